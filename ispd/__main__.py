@@ -1,0 +1,3 @@
+from ispd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,424 @@
+"""``ispd``: the daemon (``ispd run``) and the admin commands, which work on the same store
+while the daemon runs.
+
+Every failure is one line on stderr and a non-zero exit: 1 when the command could not be done
+(no such subscriber, a name taken, the store busy), 2 for a bad command line or config file.
+Listings take ``--json``; ``subscriber show`` is the helpdesk view.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import getpass
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from ispd import __version__
+from ispd.config import Config, ConfigError, load_config
+from ispd.credentials import PasswordRejected, derive_credentials, effective_policy, generate_password
+from ispd.logs import LogConfig, configure_logging
+from ispd.store import Store, StoreError, open_store
+from ispd.store.models import CredentialPolicy, Plan, SubscriberOverview, SubscriberStatus
+
+DEFAULT_CONFIG = "/etc/ispd/ispd.toml"
+EXIT_FAILED, EXIT_USAGE = 1, 2
+
+
+class CommandFailed(Exception):
+    """A command that could not be done; str() is the one line the operator sees."""
+
+
+# --- output -----------------------------------------------------------------------------------
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(_jsonable(value), indent=2, sort_keys=True))
+
+
+def when(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    for row in [list(headers), *cells]:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+
+def actor() -> str:
+    user = os.environ.get("SUDO_USER") or getpass.getuser()
+    return f"cli:{user}"
+
+
+def read_new_password(args: argparse.Namespace) -> tuple[str, bool]:
+    """The password to set and whether it was generated (and so must be shown once)."""
+    if args.generate_password:
+        return generate_password(), True
+    if args.password_stdin:
+        line = sys.stdin.readline()
+        return line.rstrip("\r\n"), False
+    if not sys.stdin.isatty():
+        raise CommandFailed("no password given: use --password-stdin or --generate-password")
+    first = getpass.getpass("New password: ")
+    if first != getpass.getpass("Again: "):
+        raise CommandFailed("the passwords differ")
+    return first, False
+
+
+async def set_password(store: Store, ref: str, password: str) -> list[str]:
+    subscriber = await store.get_subscriber(ref)
+    plan = await store.get_plan(subscriber.plan_id) if subscriber.plan_id is not None else None
+    policy = effective_policy(subscriber, plan)
+    # scrypt takes tens of milliseconds: keep it off the event loop, as the daemon must.
+    credentials = await asyncio.get_running_loop().run_in_executor(
+        None, derive_credentials, password, policy, time.time()
+    )
+    await store.set_credentials(subscriber.id, credentials, actor=actor())
+    return credentials.forms
+
+
+async def cmd_subscriber_add(store: Store, args: argparse.Namespace) -> None:
+    password = None
+    if args.password_stdin or args.generate_password:
+        password, generated = read_new_password(args)
+    subscriber = await store.add_subscriber(
+        args.username, actor=actor(), plan=args.plan, full_name=args.name, account_ref=args.account_ref,
+        credential_policy=args.credential_policy,
+    )
+    if password is not None:
+        await set_password(store, args.username, password)
+        if generated:
+            print(f"password: {password}")
+    if args.json:
+        print_json(await store.get_subscriber(subscriber.id))
+    else:
+        print(f"added subscriber {subscriber.username} (#{subscriber.id})")
+
+
+async def cmd_subscriber_list(store: Store, args: argparse.Namespace) -> None:
+    subscribers = await store.list_subscribers(args.status)
+    if args.json:
+        print_json(subscribers)
+        return
+    plans = {p.id: p.name for p in await store.list_plans()}
+    print_table(
+        ["ID", "USERNAME", "STATUS", "PLAN", "NAME", "ACCOUNT"],
+        [[s.id, s.username, s.status.value, plans.get(s.plan_id or 0), s.full_name, s.account_ref]
+         for s in subscribers],
+    )
+
+
+async def cmd_subscriber_show(store: Store, args: argparse.Namespace) -> None:
+    overview = await store.subscriber_overview(args.subscriber)
+    if args.json:
+        data = _jsonable(overview)
+        # Only which forms exist is shown, never a value (the store hands out placeholders here).
+        data["credentials"] = {"forms": overview.credentials.forms,
+                               "updated_at": overview.credentials.updated_at or None}
+        print_json(data)
+        return
+    print(render_overview(overview))
+
+
+def render_overview(o: SubscriberOverview) -> str:
+    s, plan = o.subscriber, o.plan
+    lines = [f"subscriber    {s.username} (#{s.id})"]
+    status = s.status.value + (f" ({s.status_reason})" if s.status_reason else "")
+    lines.append(f"status        {status}, since {when(s.updated_at)}")
+    if s.full_name:
+        lines.append(f"name          {s.full_name}")
+    if s.account_ref:
+        lines.append(f"account       {s.account_ref}")
+    lines.append(f"plan          {describe_plan(plan) if plan else 'none'}")
+    policy = effective_policy(s, plan)
+    forms = o.credentials.forms
+    cred = ", ".join(forms) if forms else "no password set"
+    lines.append(f"credentials   {cred} (policy {policy.value}{'' if s.credential_policy is None else ', own'})")
+    wanted = {CredentialPolicy.VERIFIER: ["verifier"], CredentialPolicy.NT_HASH: ["verifier", "nt-hash"],
+              CredentialPolicy.CLEARTEXT: ["verifier", "nt-hash", "cleartext"]}[policy]
+    missing = [f for f in wanted if f not in forms]
+    if forms and missing:
+        lines.append(f"              missing {', '.join(missing)}: set the password again to enable them")
+    lines.append(f"created       {when(s.created_at)}")
+    lines.append(f"reservations  {len(o.reservations) or 'none'}")
+    lines += [f"  {r.kind.value} {r.key} -> {r.address or 'any'}{' ' + r.hostname if r.hostname else ''}"
+              for r in o.reservations]
+    lines.append(f"leases        {len(o.leases) or 'none'}")
+    lines += [f"  {le.address} {le.state.value} until {when(le.expires_at)} mac {le.hw_address or '-'}"
+              f"{' host ' + le.hostname if le.hostname else ''}" for le in o.leases]
+    lines.append(f"sessions      {len(o.sessions) or 'none'}")
+    lines += [f"  {x.acct_session_id} on {x.nas_address} ip {x.framed_ip or '-'} from {when(x.started_at)}"
+              f" {'open' if x.stopped_at is None else 'ended ' + when(x.stopped_at)}"
+              f" in {x.input_octets} out {x.output_octets} bytes" for x in o.sessions]
+    lines.append(f"mailboxes     {len(o.mailboxes) or 'none'}")
+    lines += [f"  {m.address}" for m in o.mailboxes]
+    lines.append("recent changes")
+    for entry in o.audit:
+        details = " ".join(f"{k}={v}" for k, v in sorted(entry.details.items()) if v not in (None, [], ""))
+        lines.append(f"  {when(entry.at)} {entry.actor} {entry.action} {details}".rstrip())
+    return "\n".join(lines)
+
+
+def describe_plan(p: Plan) -> str:
+    parts = [p.name]
+    if p.download_kbps or p.upload_kbps:
+        parts.append(f"{p.download_kbps or '-'}/{p.upload_kbps or '-'} kbit/s down/up")
+    if p.session_timeout_seconds:
+        parts.append(f"session timeout {p.session_timeout_seconds} s")
+    if p.idle_timeout_seconds:
+        parts.append(f"idle timeout {p.idle_timeout_seconds} s")
+    if p.max_sessions:
+        parts.append(f"max sessions {p.max_sessions}")
+    if p.mail_quota_bytes is not None:
+        parts.append(f"mail quota {p.mail_quota_bytes} bytes")
+    return ", ".join(parts)
+
+
+async def cmd_subscriber_status(store: Store, args: argparse.Namespace, status: SubscriberStatus) -> None:
+    subscriber = await store.set_subscriber_status(args.subscriber, status, actor=actor(),
+                                                   reason=getattr(args, "reason", None))
+    print(f"{subscriber.username} is now {subscriber.status.value}")
+
+
+async def cmd_subscriber_delete(store: Store, args: argparse.Namespace) -> None:
+    subscriber = await store.delete_subscriber(args.subscriber, actor=actor())
+    print(f"deleted subscriber {subscriber.username} (#{subscriber.id}); its history is kept")
+
+
+async def cmd_subscriber_passwd(store: Store, args: argparse.Namespace) -> None:
+    await store.get_subscriber(args.subscriber)  # fail before prompting for a password
+    password, generated = read_new_password(args)
+    forms = await set_password(store, args.subscriber, password)
+    if generated:
+        print(f"password: {password}")
+    print(f"password set; stored forms: {', '.join(forms)}")
+
+
+async def cmd_plan_add(store: Store, args: argparse.Namespace) -> None:
+    plan = await store.add_plan(
+        args.name, actor=actor(), download_kbps=args.download_kbps, upload_kbps=args.upload_kbps,
+        session_timeout_seconds=args.session_timeout, idle_timeout_seconds=args.idle_timeout,
+        max_sessions=args.max_sessions, mail_quota_bytes=args.mail_quota, credential_policy=args.credential_policy,
+    )
+    if args.json:
+        print_json(plan)
+    else:
+        print(f"added plan {plan.name} (#{plan.id})")
+
+
+async def cmd_plan_list(store: Store, args: argparse.Namespace) -> None:
+    plans = await store.list_plans()
+    if args.json:
+        print_json(plans)
+        return
+    print_table(
+        ["ID", "NAME", "DOWN_KBPS", "UP_KBPS", "SESSION_TIMEOUT", "MAX_SESSIONS", "MAIL_QUOTA", "CREDENTIALS"],
+        [[p.id, p.name, p.download_kbps, p.upload_kbps, p.session_timeout_seconds, p.max_sessions,
+          p.mail_quota_bytes, p.credential_policy.value] for p in plans],
+    )
+
+
+async def cmd_plan_show(store: Store, args: argparse.Namespace) -> None:
+    plan = await store.get_plan(args.plan)
+    if args.json:
+        print_json(plan)
+        return
+    for f in dataclasses.fields(plan):
+        value = getattr(plan, f.name)
+        shown = when(value) if f.name == "created_at" else value.value if isinstance(value, Enum) else value
+        print(f"{f.name.replace('_', ' '):<24}{'-' if shown is None else shown}")
+
+
+async def cmd_lease_list(store: Store, args: argparse.Namespace) -> None:
+    leases = await store.list_leases(subscriber=args.subscriber, include_ended=args.all)
+    if args.json:
+        print_json(leases)
+        return
+    names = {s.id: s.username for s in await store.list_subscribers()}
+    print_table(
+        ["ADDRESS", "STATE", "EXPIRES", "MAC", "CLIENT_ID", "HOSTNAME", "SUBSCRIBER", "CIRCUIT_ID", "REMOTE_ID"],
+        [[le.address, le.state.value, when(le.expires_at), le.hw_address, le.client_id, le.hostname,
+          names.get(le.subscriber_id or 0), le.circuit_id, le.remote_id] for le in leases],
+    )
+
+
+# --- argument parsing ---------------------------------------------------------------------------
+
+_SIZE = re.compile(r"^(\d+)\s*([KMGT]?)(i?B?)?$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """Bytes from '500000', '512K', '2G' (binary multiples, as mail quotas usually are)."""
+    match = _SIZE.match(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 1048576, 512M, 2G)")
+    exponent = " KMGT".index(match[2].upper() or " ")
+    return int(match[1]) << (10 * exponent)
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+def name_text(text: str) -> str:
+    if not text or text != text.strip() or any(ord(c) < 32 for c in text) or len(text) > 253:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a usable name (no spaces at the ends, no control "
+                                         "characters, at most 253 characters)")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    config_opts = argparse.ArgumentParser(add_help=False)
+    config_opts.add_argument(
+        "-c", "--config", type=Path, default=Path(os.environ.get("ISPD_CONFIG", DEFAULT_CONFIG)),
+        help=f"config file (default: $ISPD_CONFIG or {DEFAULT_CONFIG})",
+    )
+    json_opt = argparse.ArgumentParser(add_help=False)
+    json_opt.add_argument("--json", action="store_true", help="print JSON instead of text")
+    password_opts = argparse.ArgumentParser(add_help=False)
+    group = password_opts.add_mutually_exclusive_group()
+    group.add_argument("--password-stdin", action="store_true", help="read the password from one line of stdin")
+    group.add_argument("--generate-password", action="store_true", help="generate one and print it once")
+    policies = [p.value for p in CredentialPolicy]
+
+    parser = argparse.ArgumentParser(prog="ispd", description="ispd: the core network services of an ISP")
+    parser.add_argument("--version", action="version", version=f"ispd {__version__}")
+    top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    top.add_parser("run", parents=[config_opts], help="run the daemon")
+    top.add_parser("check-config", parents=[config_opts], help="validate the config file and exit")
+
+    sub = top.add_parser("subscriber", help="manage subscribers").add_subparsers(dest="action", required=True)
+    p = sub.add_parser("add", parents=[config_opts, json_opt, password_opts], help="add a subscriber")
+    p.add_argument("username", type=name_text)
+    p.add_argument("--plan", type=name_text)
+    p.add_argument("--name", type=name_text, help="the person's or company's name")
+    p.add_argument("--account-ref", type=name_text, help="the billing system's account number")
+    p.add_argument("--credential-policy", choices=policies,
+                   help="password forms to keep for this subscriber (default: the plan's)")
+    p.set_defaults(handler=cmd_subscriber_add)
+    p = sub.add_parser("list", parents=[config_opts, json_opt], help="list subscribers")
+    p.add_argument("--status", choices=[s.value for s in SubscriberStatus])
+    p.set_defaults(handler=cmd_subscriber_list)
+    p = sub.add_parser("show", parents=[config_opts, json_opt], help="everything known about one subscriber")
+    p.add_argument("subscriber", help="username or id")
+    p.set_defaults(handler=cmd_subscriber_show)
+    p = sub.add_parser("suspend", parents=[config_opts], help="suspend a subscriber")
+    p.add_argument("subscriber", help="username or id")
+    p.add_argument("--reason", type=name_text, help="why (kept in the audit log)")
+    p.set_defaults(handler=lambda s, a: cmd_subscriber_status(s, a, SubscriberStatus.SUSPENDED))
+    p = sub.add_parser("resume", parents=[config_opts], help="resume a suspended or closed subscriber")
+    p.add_argument("subscriber", help="username or id")
+    p.set_defaults(handler=lambda s, a: cmd_subscriber_status(s, a, SubscriberStatus.ACTIVE))
+    p = sub.add_parser("delete", parents=[config_opts], help="delete a subscriber (history is kept)")
+    p.add_argument("subscriber", help="username or id")
+    p.set_defaults(handler=cmd_subscriber_delete)
+    p = sub.add_parser("passwd", parents=[config_opts, password_opts], help="set a subscriber's password")
+    p.add_argument("subscriber", help="username or id")
+    p.set_defaults(handler=cmd_subscriber_passwd)
+
+    plan = top.add_parser("plan", help="manage plans").add_subparsers(dest="action", required=True)
+    p = plan.add_parser("add", parents=[config_opts, json_opt], help="add a plan")
+    p.add_argument("name", type=name_text)
+    p.add_argument("--download-kbps", type=positive_int)
+    p.add_argument("--upload-kbps", type=positive_int)
+    p.add_argument("--session-timeout", type=positive_int, metavar="SECONDS")
+    p.add_argument("--idle-timeout", type=positive_int, metavar="SECONDS")
+    p.add_argument("--max-sessions", type=positive_int, help="simultaneous sessions allowed")
+    p.add_argument("--mail-quota", type=parse_size, metavar="SIZE", help="e.g. 2G")
+    p.add_argument("--credential-policy", choices=policies, default=CredentialPolicy.VERIFIER.value,
+                   help="password forms kept for its subscribers (default: verifier)")
+    p.set_defaults(handler=cmd_plan_add)
+    p = plan.add_parser("list", parents=[config_opts, json_opt], help="list plans")
+    p.set_defaults(handler=cmd_plan_list)
+    p = plan.add_parser("show", parents=[config_opts, json_opt], help="show one plan")
+    p.add_argument("plan", help="name or id")
+    p.set_defaults(handler=cmd_plan_show)
+
+    lease = top.add_parser("lease", help="DHCP leases").add_subparsers(dest="action", required=True)
+    p = lease.add_parser("list", parents=[config_opts, json_opt], help="list leases (current ones by default)")
+    p.add_argument("--subscriber", help="only this subscriber's (username or id)")
+    p.add_argument("--all", action="store_true", help="also released, expired and declined ones")
+    p.set_defaults(handler=cmd_lease_list)
+    return parser
+
+
+def load_or_fail(path: Path) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise CommandFailed(str(exc)) from None
+
+
+async def run_admin(config: Config, handler: Callable[[Store, argparse.Namespace], Awaitable[None]],
+                    args: argparse.Namespace) -> None:
+    store = await open_store(config.store)
+    try:
+        await handler(store, args)
+    finally:
+        await store.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "credential_policy", None):
+        args.credential_policy = CredentialPolicy(args.credential_policy)
+    if getattr(args, "status", None):
+        args.status = SubscriberStatus(args.status)
+    try:
+        if args.command in ("run", "check-config"):
+            try:
+                config = load_config(args.config)
+            except ConfigError as exc:
+                print(f"ispd: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            if args.command == "check-config":
+                print(f"{args.config}: ok")
+                return 0
+            from ispd.supervisor import run_daemon
+
+            return run_daemon(args.config, config)
+        config = load_or_fail(args.config)
+        configure_logging(LogConfig(level="warning", format="console"), stream=sys.stderr)
+        asyncio.run(run_admin(config, args.handler, args))
+    except (CommandFailed, StoreError, PasswordRejected) as exc:
+        print(f"ispd: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `ispd subscriber list | head`
+        return 0
+    return 0

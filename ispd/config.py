@@ -1,0 +1,106 @@
+"""The daemon's configuration: one TOML file, one pydantic model per section.
+
+Loading never raises anything but ``ConfigError``, whose message names the file, the key path
+and what is wrong, in words an operator can act on (no traceback, no pydantic jargon).
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError
+
+from ispd.configtypes import Section
+from ispd.logs import LogConfig
+from ispd.metrics.config import MetricsConfig
+from ispd.store.config import StoreConfig
+
+
+class DaemonConfig(Section):
+    # On SIGTERM, services stop accepting and finish what they have in hand for at most this long.
+    shutdown_grace_seconds: float = Field(default=10.0, gt=0, le=600)
+    # How often changes made by other processes (the admin CLI, other nodes) are picked up from
+    # the store's audit log and announced to the services.
+    store_poll_interval_seconds: float = Field(default=0.5, gt=0, le=60)
+
+
+class Config(Section):
+    daemon: DaemonConfig = DaemonConfig()
+    store: StoreConfig = StoreConfig()
+    log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; str() is the message for the operator."""
+
+
+def load_config(path: Path | str) -> Config:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(f"{path}: {line}" for line in describe_errors(exc, data))) from None
+    return _resolve_relative_paths(config, path.resolve().parent)
+
+
+def _resolve_relative_paths(config: Config, base: Path) -> Config:
+    store_path = config.store.path
+    if not store_path.is_absolute():
+        store = config.store.model_copy(update={"path": (base / store_path).resolve()})
+        config = config.model_copy(update={"store": store})
+    return config
+
+
+def describe_errors(exc: ValidationError, data: dict[str, Any]) -> list[str]:
+    lines = []
+    for error in exc.errors(include_url=False):
+        loc = [part for part in error["loc"] if not isinstance(part, int) or part >= 0]
+        key = ".".join(str(part) for part in loc) or "(top level)"
+        lines.append(f"{key}: {_describe_one(error, loc, data)}")
+    return lines
+
+
+def _describe_one(error: Any, loc: list[Any], data: dict[str, Any]) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        parent_model = _model_at(Config, loc[:-1])
+        known = sorted(parent_model.model_fields) if parent_model else []
+        hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        if hint:
+            return f"unknown key (did you mean '{hint[0]}'?)"
+        return f"unknown key (known keys here: {', '.join(known)})" if known else "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    message = str(error["msg"])
+    if kind == "value_error":
+        # Our own validators already phrase the whole problem, value included.
+        return message.removeprefix("Value error, ")
+    if kind == "model_type":
+        return f"must be a table ([{'.'.join(map(str, loc))}]), got {error['input']!r}"
+    return f"{message} (got {error['input']!r})"
+
+
+def _model_at(model: type[Section], loc: list[Any]) -> type[Section] | None:
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, Section)):
+            return None
+        model = annotation
+    return model

@@ -1,0 +1,63 @@
+"""Building blocks for the config sections: the strict base model and value types.
+
+Each service keeps its section model beside its code (``ispd/store/config.py``, ...); they all
+build on these so that every section rejects unknown keys and reports errors the same way.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, values are immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True, slots=True)
+class SocketAddress:
+    """An IP address and port to listen on; port 0 asks the kernel for a free one."""
+
+    host: str
+    port: int
+
+    @property
+    def family_is_ipv6(self) -> bool:
+        return ":" in self.host
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if self.family_is_ipv6 else f"{self.host}:{self.port}"
+
+
+_ADDRESS_HELP = "expected HOST:PORT with an IP address, e.g. 127.0.0.1:9520 or [::1]:9520"
+
+
+def parse_socket_address(value: Any) -> SocketAddress:
+    if isinstance(value, SocketAddress):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not an address: {_ADDRESS_HELP}")
+    text = value.strip()
+    if text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+    else:
+        host, sep, port_text = text.rpartition(":")
+    if not sep or not host or ":" in port_text:
+        raise ValueError(f"{value!r} is not an address: {_ADDRESS_HELP}")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an address: {host!r} is not an IP address") from None
+    if ip.version == 6 and not text.startswith("["):
+        raise ValueError(f"{value!r} is not an address: write IPv6 addresses in brackets, e.g. [::1]:9520")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{value!r} is not an address: port must be a number from 0 to 65535")
+    return SocketAddress(str(ip), int(port_text))
+
+
+ListenAddress = Annotated[SocketAddress, BeforeValidator(parse_socket_address), PlainSerializer(str)]

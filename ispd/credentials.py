@@ -1,0 +1,102 @@
+"""Password forms: deriving what the store keeps, and checking a password against it.
+
+The verifier is a PHC-style scrypt string (``$scrypt$ln=14,r=8,p=1$<salt>$<hash>``): memory-hard,
+in the standard library, and slow enough (~50 ms) that it must run in an executor, never on the
+event loop. Which other forms are kept is the subscriber's effective ``CredentialPolicy``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+
+from Crypto.Hash import MD4
+
+from ispd.store.models import CredentialPolicy, Plan, StoredCredentials, Subscriber
+
+_SCRYPT_LOG2_N = 14
+_SCRYPT_R = 8
+_SCRYPT_P = 1
+_SALT_BYTES = 16
+_KEY_BYTES = 32
+_MAX_PASSWORD_BYTES = 1024
+
+
+class PasswordRejected(ValueError):
+    """A password that cannot be stored (empty, too long, not text)."""
+
+
+def effective_policy(subscriber: Subscriber, plan: Plan | None) -> CredentialPolicy:
+    if subscriber.credential_policy is not None:
+        return subscriber.credential_policy
+    return plan.credential_policy if plan is not None else CredentialPolicy.VERIFIER
+
+
+def check_password_acceptable(password: str) -> None:
+    if not password:
+        raise PasswordRejected("the password is empty")
+    if len(password.encode("utf-8")) > _MAX_PASSWORD_BYTES:
+        raise PasswordRejected(f"the password is longer than {_MAX_PASSWORD_BYTES} bytes")
+    if any(ch in password for ch in "\r\n\x00"):
+        raise PasswordRejected("the password contains a line break or NUL")
+
+
+def derive_credentials(password: str, policy: CredentialPolicy, now: float) -> StoredCredentials:
+    """The forms to store for ``password`` under ``policy``. CPU-heavy: call it in an executor."""
+    check_password_acceptable(password)
+    return StoredCredentials(
+        verifier=make_verifier(password),
+        nt_hash=nt_hash(password) if policy in (CredentialPolicy.NT_HASH, CredentialPolicy.CLEARTEXT) else None,
+        cleartext=password if policy is CredentialPolicy.CLEARTEXT else None,
+        updated_at=now,
+    )
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii").rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text + "=" * (-len(text) % 4))
+
+
+def make_verifier(password: str, salt: bytes | None = None) -> str:
+    salt = salt if salt is not None else os.urandom(_SALT_BYTES)
+    key = hashlib.scrypt(
+        password.encode("utf-8"), salt=salt, n=1 << _SCRYPT_LOG2_N, r=_SCRYPT_R, p=_SCRYPT_P, dklen=_KEY_BYTES
+    )
+    return f"$scrypt$ln={_SCRYPT_LOG2_N},r={_SCRYPT_R},p={_SCRYPT_P}${_b64(salt)}${_b64(key)}"
+
+
+def check_verifier(verifier: str, password: str) -> bool:
+    """True when ``password`` matches; False for a mismatch or a verifier we cannot read."""
+    try:
+        _, scheme, params_text, salt_text, key_text = verifier.split("$")
+        if scheme != "scrypt":
+            return False
+        params = dict(item.split("=", 1) for item in params_text.split(","))
+        log2_n, r, p = int(params["ln"]), int(params["r"]), int(params["p"])
+        if not (1 <= log2_n <= 20 and 1 <= r <= 32 and 1 <= p <= 16):
+            return False
+        salt, expected = _unb64(salt_text), _unb64(key_text)
+        actual = hashlib.scrypt(
+            password.encode("utf-8"), salt=salt, n=1 << log2_n, r=r, p=p,
+            dklen=len(expected), maxmem=256 * 1024 * 1024,
+        )
+    except (ValueError, KeyError):
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+def nt_hash(password: str) -> bytes:
+    """MD4 of the UTF-16LE password (RFC 2759 NtPasswordHash)."""
+    return MD4.new(password.encode("utf-16-le")).digest()
+
+
+def generate_password(length: int = 16) -> str:
+    # No look-alike characters: helpdesk staff read these out over the phone.
+    alphabet = "abcdefghijkmnpqrstuvwxyzACDEFGHJKLMNPQRSTUVWXYZ23456789"
+    return "".join(secrets.choice(alphabet) for _ in range(length))

@@ -1,0 +1,190 @@
+"""The in-process event bus: services announce what happened, others react, none imports another.
+
+Events are frozen dataclasses named in the past tense. ``publish`` never blocks the publisher: a
+plain-function handler runs at once, a coroutine handler runs as its own task; a handler that
+fails is logged and counted, and never reaches the publisher or the other handlers.
+
+Changes made outside this process (the admin CLI, another node) reach the bus through
+``AuditRelay``, which tails the store's append-only audit log and publishes what it finds. So
+admin changes are always announced from the store, whichever process made them, and exactly
+once per running daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from ispd.logs import get_logger
+from ispd.metrics.fast import LabeledCounter
+from ispd.store.base import Store
+from ispd.store.errors import StoreError
+from ispd.store.models import AuditEntry
+
+log = get_logger("ispd.events")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberEvent(Event):
+    subscriber_id: int
+    username: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberAdded(SubscriberEvent):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberSuspended(SubscriberEvent):
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberResumed(SubscriberEvent):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberClosed(SubscriberEvent):
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberDeleted(SubscriberEvent):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberPasswordChanged(SubscriberEvent):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class PlanAdded(Event):
+    plan_id: int
+    name: str
+
+
+E = TypeVar("E", bound=Event)
+Handler = Callable[[E], Awaitable[None] | None]
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._handlers: dict[type[Event], list[Callable[[Any], Awaitable[None] | None]]] = {}
+        self._tasks: set[asyncio.Future[None]] = set()
+        self.published = LabeledCounter(
+            "ispd_events_published_total", "Domain events published on the bus, by event.", ["event"]
+        )
+        self.handler_failures = LabeledCounter(
+            "ispd_events_handler_failures_total", "Event handlers that raised, by event.", ["event"]
+        )
+
+    def subscribe(self, event_type: type[E], handler: Handler[E]) -> Callable[[], None]:
+        """Call ``handler`` for every published event of ``event_type`` or a subclass; returns an
+        unsubscribe function."""
+        handlers = self._handlers.setdefault(event_type, [])
+        handlers.append(handler)
+        return lambda: handlers.remove(handler)
+
+    def publish(self, event: Event) -> None:
+        name = type(event).__name__
+        self.published.inc(name)
+        for event_type in type(event).__mro__:
+            for handler in list(self._handlers.get(event_type, ())):
+                try:
+                    outcome = handler(event)
+                except Exception:
+                    self._failed(name)
+                    continue
+                if outcome is not None:
+                    task = asyncio.ensure_future(outcome)
+                    self._tasks.add(task)
+                    task.add_done_callback(functools.partial(self._finished, name))
+
+    def _finished(self, name: str, task: asyncio.Future[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._failed(name, task.exception())
+
+    def _failed(self, name: str, exc: BaseException | None = None) -> None:
+        self.handler_failures.inc(name)
+        log.error("events.handler.failed", event=name, exc_info=exc or True)
+
+    async def drain(self) -> None:
+        """Wait for the handlers already running (at shutdown, after services stopped publishing)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def event_from_audit(entry: AuditEntry) -> Event | None:
+    """The domain event an audit entry announces; None for entries no service reacts to."""
+    if entry.subject_kind == "subscriber" and entry.subject_id is not None:
+        at, sid, name = entry.at, entry.subject_id, entry.subject_name or ""
+        reason = entry.details.get("reason")
+        match entry.action:
+            case "subscriber.added":
+                return SubscriberAdded(at, sid, name)
+            case "subscriber.suspended":
+                return SubscriberSuspended(at, sid, name, reason=reason)
+            case "subscriber.resumed":
+                return SubscriberResumed(at, sid, name)
+            case "subscriber.closed":
+                return SubscriberClosed(at, sid, name, reason=reason)
+            case "subscriber.deleted":
+                return SubscriberDeleted(at, sid, name)
+            case "subscriber.password_set":
+                return SubscriberPasswordChanged(at, sid, name)
+    if entry.subject_kind == "plan" and entry.action == "plan.added" and entry.subject_id is not None:
+        return PlanAdded(at=entry.at, plan_id=entry.subject_id, name=entry.subject_name or "")
+    return None
+
+
+class AuditRelay:
+    """Tails the store's audit log and publishes each new entry's event on the bus."""
+
+    def __init__(self, store: Store, bus: EventBus, poll_interval: float) -> None:
+        self.store, self.bus, self.poll_interval = store, bus, poll_interval
+        self._task: asyncio.Task[None] | None = None
+        self.cursor = 0
+
+    async def start(self) -> None:
+        # Only what happens from now on: history before the daemon started is already applied.
+        self.cursor = await self.store.last_audit_id()
+        self._task = asyncio.create_task(self._run(), name="ispd-audit-relay")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def poll_once(self) -> int:
+        entries = await self.store.audit_since(self.cursor)
+        for entry in entries:
+            self.cursor = entry.id
+            event = event_from_audit(entry)
+            if event is not None:
+                self.bus.publish(event)
+        return len(entries)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                # A full page means more is waiting: read on without sleeping.
+                if await self.poll_once() >= 1000:
+                    continue
+            except StoreError as exc:
+                log.warning("events.relay.store_error", error=str(exc))
+            await asyncio.sleep(self.poll_interval)

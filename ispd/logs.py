@@ -1,0 +1,63 @@
+"""Logging: structlog, JSON lines for machines, a readable console for people.
+
+One event name per thing that happens (``dhcp.lease.granted``); context is bound per request.
+Secrets never reach the output: the redaction processor masks any field whose name says it
+holds one, whatever the caller passed.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any, Literal, TextIO
+
+import structlog
+
+from ispd.configtypes import Section
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class LogConfig(Section):
+    level: LogLevel = "info"
+    # auto: JSON lines when the output is not a terminal (journald, files), console otherwise.
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+_SECRET_FIELD_MARKERS = ("password", "secret", "token", "passphrase", "credential", "nt_hash")
+
+
+def redact_secrets(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key in event:
+        lowered = key.lower()
+        if any(marker in lowered for marker in _SECRET_FIELD_MARKERS):
+            event[key] = "***"
+    return event
+
+
+def configure_logging(config: LogConfig, stream: TextIO | None = None) -> None:
+    """(Re)configure structlog; safe to call again on reload to change the level or format."""
+    out = stream if stream is not None else sys.stdout
+    as_json = config.format == "json" or (config.format == "auto" and not out.isatty())
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=out.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact_secrets,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, config.level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str) -> Any:
+    # A lazy proxy (not .bind()) so that a reload's new level or format reaches loggers made earlier.
+    return structlog.get_logger(component=name)

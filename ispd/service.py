@@ -1,0 +1,78 @@
+"""The contract between the supervisor and each service (DHCP, DNS, mail, RADIUS, metrics).
+
+A service is built from the whole config and a ``ServiceContext`` (the shared store, bus and
+metrics registry), then:
+
+- ``start(stack)`` binds its listeners and starts its tasks, pushing whatever must be closed at
+  the end onto ``stack``; when it returns, the service is serving (the supervisor sends READY=1
+  only after every service has returned from start).
+- ``stop()`` is the graceful part: stop accepting new work and finish what is in hand. The
+  supervisor bounds it by the shutdown grace, then unwinds the stack, which closes the rest.
+- ``reload(old, new)`` applies a changed config without dropping what it can keep; raise to
+  refuse a change (the service then goes on with the old config).
+- ``health()`` is cheap and synchronous; /healthz and the watchdog read it.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry
+
+from ispd.events import EventBus
+from ispd.store.base import Store
+
+if TYPE_CHECKING:
+    from ispd.config import Config
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    ok: bool
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class ServiceContext:
+    store: Store
+    bus: EventBus
+    registry: CollectorRegistry
+    # The whole daemon's health, for the one service that reports it (/healthz).
+    health_report: Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
+    clock: Callable[[], float] = field(default=time.time)
+
+
+class Service(ABC):
+    name: str
+
+    @abstractmethod
+    async def start(self, stack: AsyncExitStack) -> None: ...
+
+    @abstractmethod
+    async def stop(self) -> None: ...
+
+    @abstractmethod
+    async def reload(self, old: Config, new: Config) -> None: ...
+
+    @abstractmethod
+    def health(self) -> Health: ...
+
+    def describe(self) -> str:
+        """One phrase for systemd's STATUS= line, e.g. 'metrics on 127.0.0.1:9520'."""
+        return self.name
+
+
+class ServiceStartError(Exception):
+    """A service could not start (an address in use, a missing file); str() says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    name: str
+    enabled: Callable[[Config], bool]
+    build: Callable[[Config, ServiceContext], Service]

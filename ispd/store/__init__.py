@@ -1,0 +1,22 @@
+"""The one store every service shares; ``open_store`` picks the backend named in ``[store]``."""
+
+from __future__ import annotations
+
+import time
+
+from ispd.store.base import Store, SubscriberRef
+from ispd.store.config import StoreConfig
+from ispd.store.errors import Conflict, NotFound, SchemaTooNew, StoreError, StoreUnavailable
+from ispd.store.metrics import StoreMetrics
+from ispd.store.sqlite import Clock
+
+__all__ = [
+    "Conflict", "NotFound", "SchemaTooNew", "Store", "StoreConfig", "StoreError", "StoreMetrics",
+    "StoreUnavailable", "SubscriberRef", "open_store",
+]
+
+
+async def open_store(config: StoreConfig, metrics: StoreMetrics | None = None, clock: Clock = time.time) -> Store:
+    from ispd.store.sqlite import SQLiteStore
+
+    return await SQLiteStore.open(config, metrics, clock)

@@ -1,0 +1,116 @@
+"""The store's one interface; every backend (SQLite now, PostgreSQL later) implements it.
+
+Nothing here may assume a backend: no SQL, no connection objects, no rowids. Subscribers are
+referred to by ``SubscriberRef``: the username, or the numeric id.
+
+Durability contract: when a write method returns, the change is durable (committed and synced).
+Backends get there by group commit: concurrent writes share one transaction and one sync, so a
+service awaiting many small writes at once pays for one.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from ispd.store.models import (
+    AuditEntry,
+    CredentialPolicy,
+    Lease,
+    Plan,
+    StoredCredentials,
+    Subscriber,
+    SubscriberOverview,
+    SubscriberStatus,
+)
+
+SubscriberRef = int | str
+
+
+class Store(ABC):
+    @abstractmethod
+    async def close(self) -> None:
+        """Finish pending writes and release the backend."""
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Raise ``StoreUnavailable`` unless a read round trip works (used by /healthz)."""
+
+    @abstractmethod
+    def writer_alive(self) -> bool:
+        """False once the write path is broken beyond repair (the watchdog stops petting)."""
+
+    # --- plans
+    @abstractmethod
+    async def add_plan(
+        self,
+        name: str,
+        *,
+        actor: str,
+        download_kbps: int | None = None,
+        upload_kbps: int | None = None,
+        session_timeout_seconds: int | None = None,
+        idle_timeout_seconds: int | None = None,
+        max_sessions: int | None = None,
+        mail_quota_bytes: int | None = None,
+        credential_policy: CredentialPolicy = CredentialPolicy.VERIFIER,
+    ) -> Plan: ...
+
+    @abstractmethod
+    async def get_plan(self, ref: int | str) -> Plan: ...
+
+    @abstractmethod
+    async def list_plans(self) -> list[Plan]: ...
+
+    # --- subscribers
+    @abstractmethod
+    async def add_subscriber(
+        self,
+        username: str,
+        *,
+        actor: str,
+        plan: int | str | None = None,
+        full_name: str | None = None,
+        account_ref: str | None = None,
+        credential_policy: CredentialPolicy | None = None,
+    ) -> Subscriber: ...
+
+    @abstractmethod
+    async def get_subscriber(self, ref: SubscriberRef) -> Subscriber: ...
+
+    @abstractmethod
+    async def list_subscribers(self, status: SubscriberStatus | None = None) -> list[Subscriber]: ...
+
+    @abstractmethod
+    async def set_subscriber_status(
+        self, ref: SubscriberRef, status: SubscriberStatus, *, actor: str, reason: str | None = None
+    ) -> Subscriber: ...
+
+    @abstractmethod
+    async def delete_subscriber(self, ref: SubscriberRef, *, actor: str) -> Subscriber: ...
+
+    @abstractmethod
+    async def set_credentials(self, ref: SubscriberRef, credentials: StoredCredentials, *, actor: str) -> None:
+        """Replace the stored password forms (derive them with ``ispd.credentials``)."""
+
+    @abstractmethod
+    async def get_credentials(self, ref: SubscriberRef) -> StoredCredentials: ...
+
+    @abstractmethod
+    async def subscriber_overview(self, ref: SubscriberRef, *, audit_limit: int = 20) -> SubscriberOverview: ...
+
+    # --- leases
+    @abstractmethod
+    async def record_lease(self, lease: Lease, *, event: str) -> None:
+        """Make ``lease`` the current state of its address and append it to the lease history."""
+
+    @abstractmethod
+    async def list_leases(
+        self, *, subscriber: SubscriberRef | None = None, include_ended: bool = False
+    ) -> list[Lease]: ...
+
+    # --- audit log: append-only; also how changes made elsewhere reach a running daemon
+    @abstractmethod
+    async def audit_since(self, after_id: int, *, limit: int = 1000) -> list[AuditEntry]: ...
+
+    @abstractmethod
+    async def last_audit_id(self) -> int: ...

@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from ispd.configtypes import Section
+
+
+class StoreConfig(Section):
+    # sqlite: the embedded default, one file on local disk. (postgresql: several nodes; later.)
+    backend: Literal["sqlite"] = "sqlite"
+    # Relative paths are taken from the directory of the config file.
+    path: Path = Path("/var/lib/ispd/ispd.db")
+    # How long a writer waits for another process (the CLI, a second daemon) to finish its write.
+    busy_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+    # Most writes grouped into one transaction (one fsync) by group commit.
+    group_commit_max_batch: int = Field(default=1024, ge=1, le=100_000)
+    # Lease history, accounting records and audit entries older than this are purged.
+    history_retention_days: int = Field(default=400, ge=1, le=36_500)

@@ -1,0 +1,172 @@
+"""What the store holds, as the services and the CLI see it: plain frozen dataclasses.
+
+Times are POSIX seconds (float, UTC) in every backend, so no backend's date type leaks out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class SubscriberStatus(StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    CLOSED = "closed"
+
+
+class CredentialPolicy(StrEnum):
+    """Which forms of a password are kept; each step keeps more, to serve more auth methods.
+
+    verifier   salted scrypt verifier only: PAP, EAP-TTLS/PAP, SMTP/IMAP logins. Nothing
+               recoverable is stored.
+    nt-hash    also the NT hash (MD4 of UTF-16LE): MS-CHAPv2, PEAP-MSCHAPv2. The NT hash is a
+               password equivalent for those protocols.
+    cleartext  also the password itself: CHAP and EAP-MD5 need it to compute the response.
+    """
+
+    VERIFIER = "verifier"
+    NT_HASH = "nt-hash"
+    CLEARTEXT = "cleartext"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    id: int
+    name: str
+    download_kbps: int | None = None
+    upload_kbps: int | None = None
+    session_timeout_seconds: int | None = None
+    idle_timeout_seconds: int | None = None
+    max_sessions: int | None = None
+    mail_quota_bytes: int | None = None
+    credential_policy: CredentialPolicy = CredentialPolicy.VERIFIER
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriber:
+    id: int
+    username: str
+    status: SubscriberStatus
+    plan_id: int | None = None
+    full_name: str | None = None
+    account_ref: str | None = None
+    status_reason: str | None = None
+    # Overrides the plan's policy for this subscriber (None: the plan decides).
+    credential_policy: CredentialPolicy | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCredentials:
+    """The forms of a subscriber's password held by the store; absent forms are None."""
+
+    verifier: str | None = None
+    nt_hash: bytes | None = None
+    cleartext: str | None = None
+    updated_at: float = 0.0
+
+    @property
+    def forms(self) -> list[str]:
+        present = [("verifier", self.verifier), ("nt-hash", self.nt_hash), ("cleartext", self.cleartext)]
+        return [name for name, value in present if value is not None]
+
+
+class ReservationKind(StrEnum):
+    MAC = "mac"
+    CLIENT_ID = "client-id"
+    CIRCUIT_ID = "circuit-id"
+    REMOTE_ID = "remote-id"
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    id: int
+    subscriber_id: int
+    kind: ReservationKind
+    key: str
+    address: str | None = None
+    hostname: str | None = None
+    created_at: float = 0.0
+
+
+class LeaseState(StrEnum):
+    BOUND = "bound"
+    RELEASED = "released"
+    EXPIRED = "expired"
+    DECLINED = "declined"
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """The current lease of one address (one row per address ever leased)."""
+
+    address: str
+    state: LeaseState
+    starts_at: float
+    expires_at: float
+    hw_address: str | None = None
+    client_id: str | None = None
+    hostname: str | None = None
+    subscriber_id: int | None = None
+    circuit_id: str | None = None
+    remote_id: str | None = None
+    pool: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RadiusSession:
+    id: int
+    nas_address: str
+    acct_session_id: str
+    username: str
+    started_at: float
+    updated_at: float
+    subscriber_id: int | None = None
+    framed_ip: str | None = None
+    calling_station_id: str | None = None
+    stopped_at: float | None = None
+    terminate_cause: str | None = None
+    input_octets: int = 0
+    output_octets: int = 0
+    session_time_seconds: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Mailbox:
+    id: int
+    subscriber_id: int
+    address: str
+    quota_bytes: int | None = None
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One admin change, in the append-only audit log (also how other processes learn of it)."""
+
+    id: int
+    at: float
+    actor: str
+    action: str
+    subject_kind: str
+    subject_id: int | None
+    subject_name: str | None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberOverview:
+    """The helpdesk view: everything the store knows about one subscriber."""
+
+    subscriber: Subscriber
+    plan: Plan | None
+    credentials: StoredCredentials
+    reservations: list[Reservation]
+    leases: list[Lease]
+    sessions: list[RadiusSession]
+    mailboxes: list[Mailbox]
+    audit: list[AuditEntry]

@@ -1,0 +1,245 @@
+"""The supervisor: one process, one uvloop event loop, every enabled service.
+
+Theory of operation
+-------------------
+starting   build logging, metrics registry, store (migrated) and event bus once; start each
+           enabled service in ``SERVICES`` order, each into its own exit stack. A service that
+           cannot start (address in use, ...) ends the daemon with exit code 1 before READY.
+serving    READY=1 and a STATUS= line go to systemd only now, when every listener is bound.
+           The audit relay announces changes made by other processes; the watchdog pings while
+           the loop turns and the store's writer lives.
+reloading  (SIGHUP) RELOADING=1; the file is read and validated again. An invalid file is
+           logged and changes nothing. A valid one is applied: log settings, then each service's
+           ``reload(old, new)``; services newly enabled start, newly disabled ones stop. A
+           service that refuses its change keeps its old config. [store] changes need a restart.
+           READY=1 again at the end, whatever happened.
+stopping   (SIGTERM, SIGINT) STOPPING=1; each service's ``stop()`` (stop accepting, drain) in
+           reverse order, all bounded together by ``shutdown_grace_seconds``; then every exit
+           stack unwinds, the bus drains and the store closes. Exit 0 when the drain finished in
+           time, 1 when the grace ran out and work was cut off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+
+from ispd import __version__
+from ispd.config import Config, ConfigError, load_config
+from ispd.events import AuditRelay, EventBus
+from ispd.logs import configure_logging, get_logger
+from ispd.metrics.fast import FastCollector
+from ispd.metrics.service import MetricsService
+from ispd.sdnotify import Notifier, watchdog_interval
+from ispd.service import Service, ServiceContext, ServiceSpec, ServiceStartError
+from ispd.store import Store, StoreError, StoreMetrics, open_store
+
+log = get_logger("ispd.supervisor")
+
+# Start order; stop order is the reverse. Each service issue adds its line here.
+SERVICES: tuple[ServiceSpec, ...] = (
+    ServiceSpec("metrics", lambda c: c.metrics.enabled, MetricsService),
+)
+
+STORE_PING_TIMEOUT_SECONDS = 2.0
+
+
+@dataclass(slots=True)
+class _Running:
+    service: Service
+    stack: AsyncExitStack = field(default_factory=AsyncExitStack)
+
+
+class Supervisor:
+    def __init__(self, config_path: Path, config: Config, notifier: Notifier | None = None) -> None:
+        self.config_path, self.config = config_path, config
+        self.notifier = notifier if notifier is not None else Notifier()
+        self.running: dict[str, _Running] = {}
+        self._stop_requested = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[Any]] = set()
+        self.store: Store | None = None
+        self.bus = EventBus()
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.context: ServiceContext | None = None
+
+    # --- lifecycle
+
+    async def run(self) -> int:
+        configure_logging(self.config.log)
+        log.info("daemon.starting", version=__version__, config=str(self.config_path))
+        for collector in (ProcessCollector, PlatformCollector, GCCollector):
+            collector(registry=self.registry)
+        store_metrics = StoreMetrics()
+        self.registry.register(store_metrics.collector())
+        self.registry.register(FastCollector([self.bus.published, self.bus.handler_failures]))
+        try:
+            self.store = await open_store(self.config.store, store_metrics)
+        except StoreError as exc:
+            log.error("daemon.start.failed", error=str(exc))
+            return 1
+        relay = AuditRelay(self.store, self.bus, self.config.daemon.store_poll_interval_seconds)
+        self.context = ServiceContext(self.store, self.bus, self.registry, self.health_report)
+        try:
+            try:
+                for spec in SERVICES:
+                    if spec.enabled(self.config):
+                        await self._start_service(spec)
+            except ServiceStartError as exc:
+                log.error("daemon.start.failed", error=str(exc))
+                return 1
+            await relay.start()
+            self._install_signal_handlers()
+            self._start_watchdog()
+            self.notifier.ready(self._status_line())
+            log.info("daemon.ready", services=sorted(self.running))
+            await self._stop_requested.wait()
+            return await self._shutdown(relay)
+        finally:
+            await self._close_all(relay)
+
+    async def _start_service(self, spec: ServiceSpec) -> None:
+        assert self.context is not None
+        service = spec.build(self.config, self.context)
+        entry = _Running(service)
+        try:
+            await service.start(entry.stack)
+        except BaseException:
+            await entry.stack.aclose()
+            raise
+        self.running[spec.name] = entry
+
+    async def _shutdown(self, relay: AuditRelay) -> int:
+        self.notifier.stopping()
+        grace = self.config.daemon.shutdown_grace_seconds
+        log.info("daemon.stopping", grace_seconds=grace)
+        started = time.monotonic()
+        await relay.stop()
+        stops = [asyncio.ensure_future(entry.service.stop()) for entry in reversed(self.running.values())]
+        done, pending = await asyncio.wait(stops, timeout=grace) if stops else (set(), set())
+        for task in pending:
+            task.cancel()
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("daemon.stop.service_failed", exc_info=task.exception())
+        if pending:
+            log.error("daemon.stop.grace_exceeded", grace_seconds=grace, unfinished=len(pending))
+            return 1
+        log.info("daemon.stopped", seconds=round(time.monotonic() - started, 3))
+        return 0
+
+    async def _close_all(self, relay: AuditRelay) -> None:
+        await relay.stop()
+        for task in self._background:
+            task.cancel()
+        for name in reversed(list(self.running)):
+            await self.running.pop(name).stack.aclose()
+        await self.bus.drain()
+        if self.store is not None:
+            await self.store.close()
+        self.notifier.close()
+
+    def request_stop(self) -> None:
+        self._stop_requested.set()
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _start_watchdog(self) -> None:
+        interval = watchdog_interval()
+        if interval is None:
+            return
+
+        async def pet() -> None:
+            while True:
+                # A dead store writer means no promise can be kept: let systemd restart us.
+                if self.store is not None and self.store.writer_alive():
+                    self.notifier.watchdog()
+                await asyncio.sleep(interval)
+
+        self._spawn(pet())
+
+    def _status_line(self) -> str:
+        return "serving: " + ", ".join(e.service.describe() for e in self.running.values()) if self.running \
+            else "serving: no services enabled"
+
+    # --- reload
+
+    async def reload(self) -> bool:
+        """Re-read the config file and apply it; False when it was rejected."""
+        async with self._reload_lock:
+            self.notifier.reloading(time.monotonic_ns() // 1000)
+            try:
+                return await self._apply_reload()
+            finally:
+                self.notifier.ready(self._status_line())
+
+    async def _apply_reload(self) -> bool:
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("config.reload.rejected", error=str(exc))
+            self.notifier.status("reload rejected: config invalid, running on the previous one")
+            return False
+        old = self.config
+        configure_logging(new.log)
+        if new.store != old.store:
+            log.warning("config.reload.restart_needed", section="store")
+        applied = new
+        for spec in SERVICES:
+            entry, wanted = self.running.get(spec.name), spec.enabled(new)
+            try:
+                if entry is not None and wanted:
+                    await entry.service.reload(old, new)
+                elif entry is not None:
+                    await entry.service.stop()
+                    await self.running.pop(spec.name).stack.aclose()
+                elif wanted:
+                    self.config = new
+                    await self._start_service(spec)
+            except (ServiceStartError, OSError, ValueError) as exc:
+                log.error("config.reload.service_refused", service=spec.name, error=str(exc))
+                applied = applied.model_copy(update={spec.name: getattr(old, spec.name)})
+        self.config = applied
+        log.info("config.reloaded", config=str(self.config_path))
+        return True
+
+    # --- health
+
+    async def health_report(self) -> tuple[bool, dict[str, Any]]:
+        report: dict[str, Any] = {}
+        store_ok, detail = True, ""
+        try:
+            assert self.store is not None
+            await asyncio.wait_for(self.store.ping(), STORE_PING_TIMEOUT_SECONDS)
+            if not self.store.writer_alive():
+                store_ok, detail = False, "the store writer has stopped"
+        except (StoreError, TimeoutError) as exc:
+            store_ok, detail = False, str(exc) or "the store did not answer in time"
+        report["store"] = {"ok": store_ok, "detail": detail}
+        for name, entry in self.running.items():
+            health = entry.service.health()
+            report[name] = {"ok": health.ok, "detail": health.detail}
+        return all(item["ok"] for item in report.values()), report
+
+
+def run_daemon(config_path: Path, config: Config) -> int:
+    """``ispd run``: serve until told to stop; the exit code for the process."""
+    import uvloop
+
+    return uvloop.run(Supervisor(config_path, config).run())
