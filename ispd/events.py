@@ -119,7 +119,7 @@ class EventBus:
 
     def _failed(self, name: str, exc: BaseException | None = None) -> None:
         self.handler_failures.inc(name)
-        log.error("events.handler.failed", event=name, exc_info=exc or True)
+        log.error("events.handler.failed", event_type=name, exc_info=exc or True)
 
     async def drain(self) -> None:
         """Wait for the handlers already running (at shutdown, after services stopped publishing)."""

@@ -15,6 +15,7 @@ metrics registry), then:
 
 from __future__ import annotations
 
+import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
@@ -69,6 +70,11 @@ class Service(ABC):
 
 class ServiceStartError(Exception):
     """A service could not start (an address in use, a missing file); str() says why."""
+
+
+def describe_os_error(exc: OSError) -> str:
+    """'Address already in use', the same from asyncio and uvloop (which word them differently)."""
+    return os.strerror(exc.errno) if exc.errno else str(exc)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ispd.configtypes import SocketAddress
 from ispd.logs import get_logger
-from ispd.service import Health, Service, ServiceContext, ServiceStartError
+from ispd.service import Health, Service, ServiceContext, ServiceStartError, describe_os_error
 
 if TYPE_CHECKING:
     from ispd.config import Config
@@ -55,7 +55,7 @@ class MetricsService(Service):
                 self._handle, address.host, address.port, limit=MAX_REQUEST_HEAD, reuse_address=True
             )
         except OSError as exc:
-            raise ServiceStartError(f"metrics: cannot listen on {address}: {exc.strerror or exc}") from None
+            raise ServiceStartError(f"metrics: cannot listen on {address}: {describe_os_error(exc)}") from None
 
     async def start(self, stack: AsyncExitStack) -> None:
         self._server = await self._bind(self.listen)

@@ -1,0 +1,178 @@
+"""The daemon as an operator runs it: started by the ``ispd`` script, driven by signals, read
+through /metrics and /healthz."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from tests.lab.ports import free_tcp_port
+from tests.lab.process import IspdProcess, base_config, eventually
+
+
+def test_ready_comes_only_after_the_listeners_are_bound(tmp_path: Path) -> None:
+    with IspdProcess(tmp_path) as ispd:
+        ispd.start(wait_ready=False)
+        messages = ispd.wait_for("READY=1")
+        # The moment READY arrives the port must already accept connections.
+        host, port = ispd.config["metrics"]["listen"].rsplit(":", 1)
+        socket.create_connection((host, int(port)), timeout=1).close()
+        assert messages[-1].startswith("READY=1\nSTATUS=serving: metrics on 127.0.0.1:")
+        assert ispd.http_get("/healthz")[0] == 200
+
+
+def test_a_listener_that_cannot_bind_means_no_ready_and_exit_1(tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        config = base_config(tmp_path, metrics={"listen": f"127.0.0.1:{port}"})
+        with IspdProcess(tmp_path, config) as ispd:
+            ispd.start(wait_ready=False)
+            assert ispd.proc is not None
+            assert ispd.proc.wait(15) == 1
+            assert not any("READY=1" in m for m in ispd.drain_notifications())
+            failed = ispd.log_events("daemon.start.failed")
+            assert failed and failed[0]["error"] == f"metrics: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
+def test_sigterm_stops_cleanly_within_the_grace(ispd: IspdProcess) -> None:
+    started = time.monotonic()
+    ispd.signal(signal.SIGTERM)
+    ispd.wait_for("STOPPING=1")
+    assert ispd.terminate() == 0
+    assert time.monotonic() - started < ispd.config["daemon"]["shutdown_grace_seconds"]
+    assert ispd.log_events("daemon.stopped")
+    with socket.socket() as probe:
+        host, port = ispd.config["metrics"]["listen"].rsplit(":", 1)
+        assert probe.connect_ex((host, int(port))) != 0
+
+
+def test_sigint_stops_too(ispd: IspdProcess) -> None:
+    ispd.signal(signal.SIGINT)
+    assert ispd.terminate() == 0
+
+
+def test_sighup_with_a_broken_file_keeps_serving_on_the_old_config(ispd: IspdProcess) -> None:
+    ispd.config_path.write_text("[metrics]\nlisten = 'nonsense'\n")
+    ispd.reload()
+    rejected = ispd.log_events("config.reload.rejected")
+    assert rejected and "metrics.listen: 'nonsense' is not an address" in rejected[0]["error"]
+    assert ispd.proc is not None and ispd.proc.poll() is None
+    assert ispd.http_get("/healthz")[0] == 200
+    ispd.config_path.write_text("this is [not toml\n")
+    ispd.reload()
+    assert len(ispd.log_events("config.reload.rejected")) == 2
+    assert ispd.http_get("/metrics")[0] == 200
+
+
+def test_sighup_applies_a_valid_change(ispd: IspdProcess) -> None:
+    old_url = ispd.metrics_url
+    new_listen = f"127.0.0.1:{free_tcp_port()}"
+    config = dict(ispd.config)
+    config["metrics"] = {"listen": new_listen}
+    config["log"] = {"level": "warning", "format": "json"}
+    ispd.write_config(config)
+    ready = ispd.reload()
+    assert f"STATUS=serving: metrics on {new_listen}" in ready[-1]
+    assert ispd.http_get("/healthz")[0] == 200  # metrics_url follows the new config
+    host, port = old_url.removeprefix("http://").rsplit(":", 1)
+    with socket.socket() as probe:
+        assert probe.connect_ex((host, int(port))) != 0, "the old address still answers"
+    # The new log level took effect: the info line of the next reload is not written.
+    before = len(ispd.log_events("config.reloaded"))
+    ispd.reload()
+    assert len(ispd.log_events("config.reloaded")) == before
+
+
+def test_reload_that_a_service_refuses_keeps_that_service_as_it_was(ispd: IspdProcess) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        config = dict(ispd.config)
+        config["metrics"] = {"listen": f"127.0.0.1:{squatter.getsockname()[1]}"}
+        old = ispd.metrics_url
+        ispd.write_config(config)
+        ispd.reload()
+        refused = ispd.log_events("config.reload.service_refused")
+        assert refused and refused[0]["service"] == "metrics"
+        ispd.config["metrics"] = {"listen": old.removeprefix("http://")}
+        assert ispd.http_get("/healthz")[0] == 200
+
+
+def test_metrics_pass_promtool(ispd: IspdProcess) -> None:
+    status, text = ispd.http_get("/metrics")
+    assert status == 200
+    assert "ispd_store_operation_duration_seconds_bucket" in text
+    assert "process_resident_memory_bytes" in text
+    result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_healthz_reports_each_service(ispd: IspdProcess) -> None:
+    import json
+
+    status, body = ispd.http_get("/healthz")
+    report = json.loads(body)
+    assert status == 200 and report["status"] == "ok"
+    assert set(report["services"]) == {"store", "metrics"}
+    assert ispd.http_get("/nope")[0] == 404
+
+
+def test_changes_made_with_the_cli_reach_the_running_daemon(ispd: IspdProcess) -> None:
+    ispd.cli("subscriber", "add", "alice")
+    ispd.cli("subscriber", "suspend", "alice", "--reason", "unpaid")
+    assert eventually(lambda: ispd.metric_value("ispd_events_published_total", {"event": "SubscriberSuspended"}))
+    assert ispd.metric_value("ispd_events_published_total", {"event": "SubscriberAdded"}) == 1
+
+
+def test_watchdog_pings_when_systemd_asks(tmp_path: Path) -> None:
+    with IspdProcess(tmp_path, env={"WATCHDOG_USEC": "200000"}) as ispd:
+        ispd.start()
+        ispd.wait_for("WATCHDOG=1", timeout=2)
+        ispd.wait_for("WATCHDOG=1", timeout=2)
+
+
+def test_bad_http_requests_do_not_disturb_the_listener(ispd: IspdProcess) -> None:
+    host, port = ispd.config["metrics"]["listen"].rsplit(":", 1)
+    address = (host, int(port))
+    garbage = [b"\x00\xff" * 100 + b"\r\n\r\n", b"GET\r\n\r\n", b"POST /metrics HTTP/1.1\r\n\r\n",
+               b"GET /metrics HTTP/9\r\n\r\n", b"GET " + b"A" * 70000 + b" HTTP/1.1\r\n\r\n", b"half a request"]
+    for payload in garbage:
+        with socket.create_connection(address, timeout=5) as conn:
+            conn.sendall(payload)
+            conn.shutdown(socket.SHUT_WR)
+            reply = conn.recv(200)
+            assert reply == b"" or reply.startswith(b"HTTP/1.1 4"), reply
+    # An idle client that never finishes its request does not block others.
+    with socket.create_connection(address, timeout=5):
+        assert ispd.http_get("/healthz")[0] == 200
+
+
+def test_daemon_and_cli_write_at_once_without_lock_errors(ispd: IspdProcess) -> None:
+    """Admin CLIs writing in parallel with each other and with the daemon's own store work."""
+    script = "for i in $(seq 1 15); do {ispd} subscriber add $0-$i -c {cfg} >/dev/null || exit 1; done"
+    procs = [
+        subprocess.Popen(["bash", "-c", script.format(ispd=ispd_path(), cfg=ispd.config_path), f"w{n}"],
+                         stderr=subprocess.PIPE, text=True)
+        for n in range(3)
+    ]
+    # Meanwhile the daemon reads the store (health checks, the audit relay) continuously.
+    while any(p.poll() is None for p in procs):
+        assert ispd.http_get("/healthz")[0] == 200
+    for proc in procs:
+        assert proc.wait() == 0, proc.stderr.read() if proc.stderr else ""
+    listed = ispd.cli("subscriber", "list", "--json").stdout
+    import json
+
+    assert len(json.loads(listed)) == 45
+    assert eventually(lambda: ispd.metric_value("ispd_events_published_total", {"event": "SubscriberAdded"}) == 45)
+
+
+def ispd_path() -> str:
+    from tests.lab.process import ISPD
+
+    return ISPD

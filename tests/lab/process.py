@@ -1,0 +1,194 @@
+"""ispd as a real process, started the way an operator starts it (the ``ispd`` script), with
+a systemd-style notify socket owned by the test, so tests wait for READY=1 instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.lab import toml
+from tests.lab.ports import free_tcp_port
+
+ISPD = str(Path(sys.executable).with_name("ispd"))
+
+
+def base_config(workdir: Path, **sections: dict[str, Any]) -> dict[str, Any]:
+    """A config for one test: its own store file and a free metrics port on loopback."""
+    config: dict[str, Any] = {
+        "daemon": {"shutdown_grace_seconds": 5, "store_poll_interval_seconds": 0.1},
+        "store": {"path": str(workdir / "ispd.db")},
+        "log": {"level": "debug", "format": "json"},
+        "metrics": {"listen": f"127.0.0.1:{free_tcp_port()}"},
+    }
+    for name, values in sections.items():
+        config.setdefault(name, {}).update(values)
+    return config
+
+
+class IspdProcess:
+    def __init__(self, workdir: Path, config: dict[str, Any] | None = None, *,
+                 netns: str | None = None, env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.config = config if config is not None else base_config(workdir)
+        self.config_path = workdir / "ispd.toml"
+        self.netns = netns
+        self.extra_env = env or {}
+        self.log_path = workdir / "ispd.log"
+        self.notifications: list[str] = []
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._notify: socket.socket | None = None
+
+    # --- running
+
+    def write_config(self, config: dict[str, Any] | None = None) -> None:
+        if config is not None:
+            self.config = config
+        toml.write(self.config_path, self.config)
+
+    def start(self, *, wait_ready: bool = True, timeout: float = 15.0) -> IspdProcess:
+        self.write_config()
+        notify_path = self.workdir / "notify.sock"
+        with contextlib.suppress(FileNotFoundError):
+            notify_path.unlink()
+        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._notify.bind(str(notify_path))
+        env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), **self.extra_env}
+        command = [ISPD, "run", "-c", str(self.config_path)]
+        if self.netns:
+            command = ["ip", "netns", "exec", self.netns, *command]
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                         stdin=subprocess.DEVNULL)
+        if wait_ready:
+            self.wait_for("READY=1", timeout)
+        return self
+
+    def wait_for(self, field: str, timeout: float = 10.0) -> list[str]:
+        """Read notify datagrams until one carries ``field``; returns the datagrams read.
+
+        Fails at once, with the log, when the process exits first."""
+        assert self._notify is not None
+        seen: list[str] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"ispd exited ({self.proc.returncode}) before {field}:\n{self.log_text()}")
+            self._notify.settimeout(0.1)
+            try:
+                message = self._notify.recv(4096).decode()
+            except TimeoutError:
+                continue
+            seen.append(message)
+            self.notifications.append(message)
+            if field in message.split("\n"):
+                return seen
+        raise AssertionError(f"no {field} within {timeout} s (got {seen}):\n{self.log_text()}")
+
+    def drain_notifications(self) -> list[str]:
+        """Every datagram sent so far and not read yet (e.g. after the process exited)."""
+        assert self._notify is not None
+        self._notify.setblocking(False)
+        try:
+            while True:
+                try:
+                    self.notifications.append(self._notify.recv(4096).decode())
+                except BlockingIOError:
+                    return self.notifications
+        finally:
+            self._notify.setblocking(True)
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def reload(self, timeout: float = 10.0) -> list[str]:
+        self.signal(signal.SIGHUP)
+        self.wait_for("RELOADING=1", timeout)
+        return self.wait_for("READY=1", timeout)
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        if self._notify is not None:
+            self._notify.close()
+            self._notify = None
+
+    def __enter__(self) -> IspdProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+    # --- looking at it
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_events(self, event: str) -> list[dict[str, Any]]:
+        import json
+
+        found = []
+        for line in self.log_text().splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if record.get("event") == event:
+                    found.append(record)
+        return found
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.config['metrics']['listen']}"
+
+    def http_get(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.metrics_url + path, timeout=timeout) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def metric_value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        _, text = self.http_get("/metrics")
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items()):
+                    return float(sample.value)
+        return None
+
+    def cli(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([ISPD, *args, "-c", str(self.config_path)], capture_output=True, text=True,
+                                input=input, timeout=60)
+        if check and result.returncode != 0:
+            raise AssertionError(f"ispd {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+        return result
+
+
+def eventually(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.05) -> Any:
+    """Poll until ``predicate`` returns something truthy; return it, or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s (last value {value!r})")
+        time.sleep(interval)

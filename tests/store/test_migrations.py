@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from ispd.store import SchemaTooNew, StoreConfig, open_store
+from ispd.store.sqlite import Migration, connect, migrate, schema_version, sqlite_migrations
+
+MIGRATIONS = sqlite_migrations()
+
+
+def schema_of(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
+    rows = conn.execute(
+        "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name"
+    )
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def fresh_schema(tmp_path: Path) -> list[tuple[str, str, str]]:
+    conn = connect(tmp_path / "fresh.db", 5)
+    migrate(conn, MIGRATIONS)
+    return schema_of(conn)
+
+
+def test_migrations_are_numbered_without_gaps() -> None:
+    assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
+
+
+def test_from_empty_reaches_the_newest_version(tmp_path: Path) -> None:
+    conn = connect(tmp_path / "a.db", 5)
+    assert migrate(conn, MIGRATIONS) == [m.version for m in MIGRATIONS]
+    assert schema_version(conn) == MIGRATIONS[-1].version
+    assert migrate(conn, MIGRATIONS) == []  # idempotent
+
+
+@pytest.mark.parametrize("start", range(len(MIGRATIONS) + 1))
+def test_from_every_earlier_version(tmp_path: Path, start: int) -> None:
+    """A store left at any earlier version reaches the same schema as a fresh one, and the
+    rows written at that version survive."""
+    conn = connect(tmp_path / "old.db", 5)
+    migrate(conn, MIGRATIONS, target=start)
+    assert schema_version(conn) == start
+    if start >= 1:
+        conn.execute("INSERT INTO plans (name, created_at) VALUES ('legacy', 1)")
+        conn.execute("INSERT INTO subscribers (username, plan_id, created_at, updated_at) VALUES ('old', 1, 1, 1)")
+    applied = migrate(conn, MIGRATIONS)
+    assert applied == [m.version for m in MIGRATIONS[start:]]
+    assert schema_of(conn) == fresh_schema(tmp_path)
+    if start >= 1:
+        assert conn.execute("SELECT username FROM subscribers").fetchall()[0][0] == "old"
+
+
+def test_a_failing_migration_leaves_the_previous_version(tmp_path: Path) -> None:
+    conn = connect(tmp_path / "b.db", 5)
+    broken = [*MIGRATIONS, Migration(len(MIGRATIONS) + 1, "broken", "CREATE TABLE t (x);\nNOT SQL;\n")]
+    with pytest.raises(sqlite3.OperationalError):
+        migrate(conn, broken)
+    assert schema_version(conn) == len(MIGRATIONS)
+    assert not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 't'").fetchone()
+
+
+def test_statement_splitting_keeps_triggers_whole() -> None:
+    sql = "CREATE TABLE a (x);\nCREATE TRIGGER t AFTER INSERT ON a BEGIN\n  SELECT 1;\n  SELECT 2;\nEND;\n-- end\n"
+    assert len(list(Migration(1, "t", sql).statements())) == 2
+
+
+async def test_a_store_newer_than_this_ispd_is_refused(tmp_path: Path) -> None:
+    conn = connect(tmp_path / "new.db", 5)
+    migrate(conn, MIGRATIONS)
+    conn.execute("INSERT INTO schema_migrations VALUES (999, 'future', 0)")
+    conn.close()
+    with pytest.raises(SchemaTooNew, match="upgrade ispd"):
+        await open_store(StoreConfig(path=tmp_path / "new.db"))

@@ -1,0 +1,218 @@
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from ispd.credentials import derive_credentials
+from ispd.store import Conflict, NotFound, Store, StoreConfig, StoreMetrics, StoreUnavailable, open_store
+from ispd.store.models import CredentialPolicy, Lease, LeaseState, SubscriberStatus
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def store(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
+    opened = await open_store(StoreConfig(path=tmp_path / "ispd.db"), StoreMetrics(), clock)
+    yield opened
+    await opened.close()
+
+
+async def test_plans_and_subscribers_round_trip(store: Store, clock: FakeClock) -> None:
+    plan = await store.add_plan("home-100", actor="t", download_kbps=100_000, upload_kbps=20_000, max_sessions=1,
+                                credential_policy=CredentialPolicy.NT_HASH)
+    assert (await store.get_plan("home-100")) == plan
+    assert (await store.get_plan(plan.id)) == plan
+    alice = await store.add_subscriber("alice", actor="t", plan="home-100", full_name="Alice", account_ref="A-1")
+    assert alice.status is SubscriberStatus.ACTIVE and alice.plan_id == plan.id and alice.created_at == clock.now
+    assert await store.get_subscriber("alice") == alice
+    assert await store.get_subscriber(alice.id) == alice
+    assert await store.get_subscriber(str(alice.id)) == alice
+    await store.add_subscriber("bob", actor="t")
+    assert [s.username for s in await store.list_subscribers()] == ["alice", "bob"]
+
+    clock.now += 60
+    suspended = await store.set_subscriber_status("alice", SubscriberStatus.SUSPENDED, actor="t", reason="unpaid")
+    assert suspended.status is SubscriberStatus.SUSPENDED and suspended.status_reason == "unpaid"
+    assert suspended.updated_at == clock.now
+    assert [s.username for s in await store.list_subscribers(SubscriberStatus.SUSPENDED)] == ["alice"]
+    with pytest.raises(Conflict, match="already suspended"):
+        await store.set_subscriber_status("alice", SubscriberStatus.SUSPENDED, actor="t")
+
+    deleted = await store.delete_subscriber("bob", actor="t")
+    assert deleted.username == "bob"
+    with pytest.raises(NotFound):
+        await store.get_subscriber("bob")
+
+
+async def test_usernames_made_of_digits_win_over_ids(store: Store) -> None:
+    first = await store.add_subscriber("first", actor="t")
+    numeric = await store.add_subscriber(str(first.id), actor="t")
+    assert (await store.get_subscriber(str(first.id))).id == numeric.id
+    assert (await store.get_subscriber(first.id)).username == "first"
+
+
+async def test_conflicts_and_missing_references(store: Store) -> None:
+    await store.add_plan("p", actor="t")
+    with pytest.raises(Conflict, match="plan 'p' already exists"):
+        await store.add_plan("p", actor="t")
+    await store.add_subscriber("alice", actor="t")
+    with pytest.raises(Conflict, match="subscriber 'alice' already exists"):
+        await store.add_subscriber("alice", actor="t")
+    with pytest.raises(NotFound, match="no plan 'nope'"):
+        await store.add_subscriber("carol", actor="t", plan="nope")
+    with pytest.raises(NotFound, match="no subscriber 'zed'"):
+        await store.set_subscriber_status("zed", SubscriberStatus.SUSPENDED, actor="t")
+    with pytest.raises(Conflict, match="out of range"):
+        await store.add_plan("bad", actor="t", download_kbps=-5)
+    # Nothing of the failed writes was kept.
+    assert [s.username for s in await store.list_subscribers()] == ["alice"]
+    assert [p.name for p in await store.list_plans()] == ["p"]
+
+
+async def test_group_commit_batches_concurrent_writes_and_isolates_failures(tmp_path: Path) -> None:
+    metrics = StoreMetrics()
+    store = await open_store(StoreConfig(path=tmp_path / "g.db"), metrics)
+    try:
+        names = [f"user{i}" for i in range(600)] + ["user7"]  # the last one is a duplicate
+        results = await asyncio.gather(*(store.add_subscriber(n, actor="t") for n in names), return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        assert len(failures) == 1 and isinstance(failures[0], Conflict)
+        assert len(await store.list_subscribers()) == 600
+        commits = sum(metrics.commit_batch_size.counts)
+        assert commits < 100, f"600 concurrent writes took {commits} commits: group commit is not grouping"
+    finally:
+        await store.close()
+
+
+async def test_writes_are_durable_across_reopen(tmp_path: Path) -> None:
+    config = StoreConfig(path=tmp_path / "d.db")
+    store = await open_store(config)
+    await store.add_subscriber("kept", actor="t")
+    await store.close()
+    reopened = await open_store(config)
+    try:
+        assert (await reopened.get_subscriber("kept")).username == "kept"
+    finally:
+        await reopened.close()
+
+
+async def test_credentials_are_kept_apart_and_overview_never_carries_them(store: Store, clock: FakeClock) -> None:
+    await store.add_subscriber("alice", actor="t")
+    assert (await store.get_credentials("alice")).forms == []
+    credentials = derive_credentials("s3cret", CredentialPolicy.CLEARTEXT, clock.now)
+    await store.set_credentials("alice", credentials, actor="t")
+    stored = await store.get_credentials("alice")
+    assert stored.cleartext == "s3cret" and stored.nt_hash == credentials.nt_hash
+    overview = await store.subscriber_overview("alice")
+    assert overview.credentials.forms == ["verifier", "nt-hash", "cleartext"]
+    assert "s3cret" not in repr(overview) and credentials.nt_hash is not None
+    assert credentials.nt_hash.hex() not in repr(overview) and str(credentials.verifier) not in repr(overview)
+    assert overview.audit[0].action == "subscriber.password_set"
+    assert overview.audit[0].details == {"forms": ["verifier", "nt-hash", "cleartext"]}
+
+
+async def test_leases_current_and_history(store: Store, clock: FakeClock) -> None:
+    alice = await store.add_subscriber("alice", actor="t")
+    now = clock.now
+    lease = Lease("198.18.0.10", LeaseState.BOUND, now, now + 3600, hw_address="02:00:00:00:00:01",
+                  subscriber_id=alice.id, circuit_id="eth0/1", hostname="router")
+    await store.record_lease(lease, event="granted")
+    await store.record_lease(Lease("198.18.0.11", LeaseState.BOUND, now - 7200, now - 3600), event="granted")
+    assert [le.address for le in await store.list_leases()] == ["198.18.0.10"]
+    assert [le.address for le in await store.list_leases(include_ended=True)] == ["198.18.0.10", "198.18.0.11"]
+    assert await store.list_leases(subscriber="alice") == [lease]
+    released = Lease("198.18.0.10", LeaseState.RELEASED, now, now + 60, hw_address="02:00:00:00:00:01",
+                     subscriber_id=alice.id)
+    await store.record_lease(released, event="released")
+    assert await store.list_leases() == []
+    overview = await store.subscriber_overview("alice")
+    assert overview.leases == [released]
+    # Deleting the subscriber keeps the address's history (attribution must outlive accounts).
+    await store.delete_subscriber("alice", actor="t")
+    assert (await store.list_leases(include_ended=True))[0].subscriber_id is None
+
+
+async def test_audit_log_lists_every_change_in_order(store: Store) -> None:
+    start = await store.last_audit_id()
+    await store.add_plan("p", actor="cli:root")
+    await store.add_subscriber("alice", actor="cli:root", plan="p")
+    await store.set_subscriber_status("alice", SubscriberStatus.SUSPENDED, actor="cli:root", reason="unpaid")
+    entries = await store.audit_since(start)
+    assert [(e.action, e.subject_name) for e in entries] == [
+        ("plan.added", "p"), ("subscriber.added", "alice"), ("subscriber.suspended", "alice"),
+    ]
+    assert entries[2].details == {"from": "active", "to": "suspended", "reason": "unpaid"}
+    assert await store.audit_since(entries[-1].id) == []
+
+
+async def test_closed_store_refuses_work(tmp_path: Path) -> None:
+    store = await open_store(StoreConfig(path=tmp_path / "c.db"))
+    await store.close()
+    with pytest.raises(StoreUnavailable):
+        await store.add_subscriber("x", actor="t")
+    with pytest.raises(StoreUnavailable):
+        await store.list_subscribers()
+
+
+async def test_unusable_path_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StoreUnavailable, match="cannot open the store at"):
+        await open_store(StoreConfig(path=blocker / "sub" / "x.db"))
+
+
+WRITER = textwrap.dedent("""
+    import asyncio, sys
+    from pathlib import Path
+    from ispd.store import StoreConfig, open_store
+
+    async def main(path, prefix, count):
+        store = await open_store(StoreConfig(path=Path(path), busy_timeout_seconds=30))
+        try:
+            # Half in bursts (group commit), half one at a time (many short transactions).
+            await asyncio.gather(*(store.add_subscriber(f"{prefix}-{i}", actor="t") for i in range(count // 2)))
+            for i in range(count // 2, count):
+                await store.add_subscriber(f"{prefix}-{i}", actor="t")
+        finally:
+            await store.close()
+
+    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+""")
+
+
+async def test_several_processes_write_at_once_without_lock_errors(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    store = await open_store(StoreConfig(path=path))  # migrated; kept open like a daemon would
+    try:
+        procs = [
+            await asyncio.create_subprocess_exec(sys.executable, "-c", WRITER, str(path), f"p{n}", "300",
+                                                 stderr=subprocess.PIPE)
+            for n in range(4)
+        ]
+        # Meanwhile this process writes too.
+        for i in range(100):
+            await store.add_subscriber(f"here-{i}", actor="t")
+        for proc in procs:
+            _, err = await asyncio.wait_for(proc.communicate(), 120)
+            assert proc.returncode == 0, err.decode()
+            assert b"locked" not in err
+        assert len(await store.list_subscribers()) == 4 * 300 + 100
+    finally:
+        await store.close()

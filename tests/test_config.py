@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ispd.config import Config, ConfigError, load_config
+from ispd.configtypes import SocketAddress, parse_socket_address
+from tests.lab.process import ISPD
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "ispd.toml"
+    path.write_text(text)
+    return path
+
+
+def error_of(path: Path) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["ispd.toml", "dev.toml"])
+def test_shipped_configs_are_valid(name: str) -> None:
+    config = load_config(ROOT / "configs" / name)
+    assert isinstance(config, Config)
+
+
+def test_empty_file_gives_safe_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, ""))
+    assert config.metrics.listen == SocketAddress("127.0.0.1", 9520)
+    assert config.store.path == Path("/var/lib/ispd/ispd.db")
+    assert config.log.level == "info"
+
+
+def test_relative_store_path_is_taken_from_the_config_directory(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, '[store]\npath = "state/x.db"\n'))
+    assert config.store.path == tmp_path.resolve() / "state" / "x.db"
+
+
+def test_unknown_key_is_named_with_a_suggestion(tmp_path: Path) -> None:
+    path = write(tmp_path, '[store]\npth = "/tmp/x.db"\n')
+    assert error_of(path) == f"{path}: store.pth: unknown key (did you mean 'path'?)"
+
+
+def test_unknown_section_lists_the_known_ones(tmp_path: Path) -> None:
+    path = write(tmp_path, "[frobnicate]\nx = 1\n")
+    assert error_of(path) == f"{path}: frobnicate: unknown key (known keys here: daemon, log, metrics, store)"
+
+
+def test_wrong_type_names_the_value(tmp_path: Path) -> None:
+    path = write(tmp_path, '[store]\nbusy_timeout_seconds = "fast"\n')
+    assert error_of(path) == (
+        f"{path}: store.busy_timeout_seconds: Input should be a valid number, unable to parse string as a number"
+        " (got 'fast')"
+    )
+
+
+def test_out_of_range_value(tmp_path: Path) -> None:
+    path = write(tmp_path, "[daemon]\nshutdown_grace_seconds = 0\n")
+    assert error_of(path) == f"{path}: daemon.shutdown_grace_seconds: Input should be greater than 0 (got 0)"
+
+
+def test_bad_address(tmp_path: Path) -> None:
+    path = write(tmp_path, '[metrics]\nlisten = "localhost:9520"\n')
+    assert error_of(path) == f"{path}: metrics.listen: 'localhost:9520' is not an address: 'localhost' is not an IP address"
+
+
+def test_section_that_is_not_a_table(tmp_path: Path) -> None:
+    path = write(tmp_path, 'store = "sqlite"\n')
+    assert error_of(path) == f"{path}: store: must be a table ([store]), got 'sqlite'"
+
+
+def test_several_errors_are_all_reported(tmp_path: Path) -> None:
+    path = write(tmp_path, '[log]\nlevel = "loud"\n[metrics]\nlisten = "1.2.3.4"\n')
+    lines = error_of(path).splitlines()
+    assert lines == [
+        f"{path}: log.level: Input should be 'debug', 'info', 'warning' or 'error' (got 'loud')",
+        f"{path}: metrics.listen: '1.2.3.4' is not an address: expected HOST:PORT with an IP address, "
+        "e.g. 127.0.0.1:9520 or [::1]:9520",
+    ]
+
+
+def test_toml_syntax_error_has_line_and_column(tmp_path: Path) -> None:
+    path = write(tmp_path, "[store\npath = 1\n")
+    assert error_of(path).startswith(f"{path}: not valid TOML: ")
+    assert "line 1" in error_of(path)
+
+
+def test_missing_and_binary_files(tmp_path: Path) -> None:
+    assert error_of(tmp_path / "nope.toml") == f"{tmp_path / 'nope.toml'}: no such file"
+    binary = tmp_path / "bin.toml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    assert error_of(binary) == f"{binary}: not UTF-8 text"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:53", SocketAddress("127.0.0.1", 53)),
+        ("[::1]:0", SocketAddress("::1", 0)),
+        ("0.0.0.0:65535", SocketAddress("0.0.0.0", 65535)),
+        ("[2001:db8::1]:853", SocketAddress("2001:db8::1", 853)),
+    ],
+)
+def test_socket_addresses(text: str, expected: SocketAddress) -> None:
+    assert parse_socket_address(text) == expected
+    assert str(expected) == text
+
+
+@pytest.mark.parametrize("text", ["", ":53", "127.0.0.1", "127.0.0.1:65536", "::1:53", "[::1]53", "1.2.3.4:-1",
+                                  "[::1]:x", "300.1.1.1:1"])
+def test_bad_socket_addresses(text: str) -> None:
+    with pytest.raises(ValueError, match="is not an address"):
+        parse_socket_address(text)
+
+
+def test_check_config_command(tmp_path: Path) -> None:
+    good = subprocess.run([ISPD, "check-config", "-c", str(ROOT / "configs" / "dev.toml")],
+                          capture_output=True, text=True)
+    assert good.returncode == 0, good.stderr
+    path = write(tmp_path, "[metrics]\nlisten = 9520\n")
+    bad = subprocess.run([ISPD, "check-config", "-c", str(path)], capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr == f"ispd: {path}: metrics.listen: 9520 is not an address: expected HOST:PORT with an IP address, e.g. 127.0.0.1:9520 or [::1]:9520\n"
+    assert "Traceback" not in bad.stderr + bad.stdout
+
+
+def test_run_with_a_bad_config_exits_2_without_starting(tmp_path: Path) -> None:
+    path = write(tmp_path, "[store]\nwhat = 1\n")
+    result = subprocess.run([ISPD, "run", "-c", str(path)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"ispd: {path}: store.what: unknown key")

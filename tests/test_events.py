@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from ispd.events import (
+    AuditRelay,
+    Event,
+    EventBus,
+    SubscriberAdded,
+    SubscriberEvent,
+    SubscriberSuspended,
+    event_from_audit,
+)
+from ispd.store import StoreConfig, open_store
+from ispd.store.models import AuditEntry, SubscriberStatus
+
+
+async def test_handlers_get_their_type_and_subclasses() -> None:
+    bus = EventBus()
+    got: list[Event] = []
+    bus.subscribe(SubscriberEvent, got.append)
+    only_suspended: list[Event] = []
+    bus.subscribe(SubscriberSuspended, only_suspended.append)
+    added, suspended = SubscriberAdded(1.0, 1, "a"), SubscriberSuspended(2.0, 1, "a", reason="x")
+    bus.publish(added)
+    bus.publish(suspended)
+    assert got == [added, suspended]
+    assert only_suspended == [suspended]
+    assert bus.published.get("SubscriberSuspended") == 1
+
+
+async def test_async_handlers_run_and_failures_stay_contained() -> None:
+    bus = EventBus()
+    seen: list[int] = []
+
+    async def slow(event: SubscriberAdded) -> None:
+        await asyncio.sleep(0.01)
+        seen.append(event.subscriber_id)
+
+    def broken(event: SubscriberAdded) -> None:
+        raise RuntimeError("boom")
+
+    async def broken_async(event: SubscriberAdded) -> None:
+        raise RuntimeError("boom")
+
+    bus.subscribe(SubscriberAdded, broken)
+    bus.subscribe(SubscriberAdded, broken_async)
+    unsubscribe = bus.subscribe(SubscriberAdded, slow)
+    bus.publish(SubscriberAdded(1.0, 7, "a"))  # must not raise
+    await bus.drain()
+    assert seen == [7]
+    assert bus.handler_failures.get("SubscriberAdded") == 2
+    unsubscribe()
+    bus.publish(SubscriberAdded(1.0, 8, "b"))
+    await bus.drain()
+    assert seen == [7]
+
+
+def test_audit_entries_map_to_events() -> None:
+    entry = AuditEntry(5, 10.0, "cli:root", "subscriber.suspended", "subscriber", 3, "alice", {"reason": "unpaid"})
+    assert event_from_audit(entry) == SubscriberSuspended(10.0, 3, "alice", reason="unpaid")
+    assert event_from_audit(AuditEntry(6, 1.0, "x", "something.else", "thing", 1, None)) is None
+
+
+async def test_relay_announces_changes_made_by_another_store_handle(tmp_path: Path) -> None:
+    config = StoreConfig(path=tmp_path / "r.db")
+    daemon_store, cli_store = await open_store(config), await open_store(config)
+    try:
+        await cli_store.add_subscriber("before", actor="t")  # history: not announced again
+        bus = EventBus()
+        got: list[Event] = []
+        bus.subscribe(Event, got.append)
+        relay = AuditRelay(daemon_store, bus, poll_interval=0.01)
+        await relay.start()
+        await cli_store.add_subscriber("alice", actor="cli:root")
+        await cli_store.set_subscriber_status("alice", SubscriberStatus.SUSPENDED, actor="cli:root", reason="r")
+        for _ in range(200):
+            if len(got) >= 2:
+                break
+            await asyncio.sleep(0.01)
+        await relay.stop()
+        assert [type(e).__name__ for e in got] == ["SubscriberAdded", "SubscriberSuspended"]
+        assert all(isinstance(e, SubscriberEvent) and e.username == "alice" for e in got)
+    finally:
+        await daemon_store.close()
+        await cli_store.close()

@@ -1,0 +1,62 @@
+"""The supervisor in-process, for what is hard to provoke from outside (a broken store)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from ispd.config import Config
+from ispd.configtypes import SocketAddress
+from ispd.metrics.config import MetricsConfig
+from ispd.sdnotify import Notifier
+from ispd.store.config import StoreConfig
+from ispd.supervisor import Supervisor
+
+
+class RecordingNotifier(Notifier):
+    def __init__(self) -> None:
+        super().__init__("")
+        self.sent: list[tuple[str, ...]] = []
+        self.ready_event = asyncio.Event()
+
+    def notify(self, *fields: str) -> bool:
+        self.sent.append(fields)
+        if "READY=1" in fields:
+            self.ready_event.set()
+        return True
+
+
+async def test_health_turns_503_when_the_store_breaks_and_stop_is_clean(tmp_path: Path) -> None:
+    config = Config(store=StoreConfig(path=tmp_path / "s.db"),
+                    metrics=MetricsConfig(listen=SocketAddress("127.0.0.1", 0)))
+    notifier = RecordingNotifier()
+    supervisor = Supervisor(tmp_path / "unused.toml", config, notifier)
+    running = asyncio.create_task(supervisor.run())
+    await asyncio.wait_for(notifier.ready_event.wait(), 10)
+    ok, report = await supervisor.health_report()
+    assert ok and report["store"] == {"ok": True, "detail": ""}
+
+    assert supervisor.store is not None
+    await supervisor.store.close()
+    ok, report = await supervisor.health_report()
+    assert not ok and report["store"] == {"ok": False, "detail": "the store is closed"}
+    assert report["metrics"]["ok"] is True
+
+    supervisor.request_stop()
+    assert await asyncio.wait_for(running, 10) == 0
+    assert ("STOPPING=1",) in notifier.sent
+
+
+async def test_reload_of_a_missing_file_is_rejected_and_ready_again(tmp_path: Path) -> None:
+    config = Config(store=StoreConfig(path=tmp_path / "s.db"),
+                    metrics=MetricsConfig(listen=SocketAddress("127.0.0.1", 0)))
+    notifier = RecordingNotifier()
+    supervisor = Supervisor(tmp_path / "missing.toml", config, notifier)
+    running = asyncio.create_task(supervisor.run())
+    await asyncio.wait_for(notifier.ready_event.wait(), 10)
+    assert await supervisor.reload() is False
+    assert supervisor.config == config
+    assert notifier.sent[-1][0] == "READY=1"
+    assert any(f[0] == "RELOADING=1" for f in notifier.sent)
+    supervisor.request_stop()
+    assert await asyncio.wait_for(running, 10) == 0
