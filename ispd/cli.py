@@ -419,6 +419,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # `ispd subscriber list | head`
+    except BrokenPipeError:  # `ispd subscriber list | head`: the reader has seen enough
         return 0
     return 0

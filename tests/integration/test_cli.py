@@ -1,0 +1,196 @@
+"""The admin CLI as an operator uses it, on the store of a config file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.lab import toml
+from tests.lab.process import ISPD, base_config
+
+
+@pytest.fixture
+def config_path(tmp_path: Path) -> Path:
+    return toml.write(tmp_path / "ispd.toml", base_config(tmp_path))
+
+
+def ispd(config_path: Path, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([ISPD, *args, "-c", str(config_path)], capture_output=True, text=True, input=input,
+                          timeout=60)
+
+
+def ok(config_path: Path, *args: str, input: str | None = None) -> str:
+    result = ispd(config_path, *args, input=input)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_round_trip(config_path: Path) -> None:
+    assert ok(config_path, "plan", "add", "home-100", "--download-kbps", "100000", "--upload-kbps", "20000",
+              "--max-sessions", "1", "--mail-quota", "2G", "--credential-policy", "nt-hash") == "added plan home-100 (#1)\n"
+    plan = json.loads(ok(config_path, "plan", "show", "home-100", "--json"))
+    assert plan["mail_quota_bytes"] == 2 * 1024**3 and plan["credential_policy"] == "nt-hash"
+    assert json.loads(ok(config_path, "plan", "list", "--json"))[0]["name"] == "home-100"
+
+    out = ok(config_path, "subscriber", "add", "alice", "--plan", "home-100", "--name", "Alice Example",
+             "--account-ref", "ACC-1", "--password-stdin", input="pa55word\n")
+    assert out == "added subscriber alice (#1)\n"
+    ok(config_path, "subscriber", "add", "bob")
+    listed = json.loads(ok(config_path, "subscriber", "list", "--json"))
+    assert [(s["username"], s["status"]) for s in listed] == [("alice", "active"), ("bob", "active")]
+    table = ok(config_path, "subscriber", "list").splitlines()
+    assert table[0].split() == ["ID", "USERNAME", "STATUS", "PLAN", "NAME", "ACCOUNT"]
+    assert table[1].split()[:4] == ["1", "alice", "active", "home-100"]
+
+    assert ok(config_path, "subscriber", "suspend", "alice", "--reason", "nonpayment") == "alice is now suspended\n"
+    assert [s["username"] for s in json.loads(ok(config_path, "subscriber", "list", "--status", "suspended",
+                                                  "--json"))] == ["alice"]
+    show = ok(config_path, "subscriber", "show", "alice")
+    assert "status        suspended (nonpayment)" in show
+    assert "credentials   verifier, nt-hash (policy nt-hash)" in show
+    assert "cli:" in show and "subscriber.suspended" in show and "pa55word" not in show
+    detail = json.loads(ok(config_path, "subscriber", "show", "1", "--json"))
+    assert detail["subscriber"]["status_reason"] == "nonpayment"
+    assert detail["plan"]["name"] == "home-100"
+    assert detail["credentials"]["forms"] == ["verifier", "nt-hash"]
+    assert [a["action"] for a in detail["audit"]] == ["subscriber.suspended", "subscriber.password_set",
+                                                      "subscriber.added"]
+    assert "pa55word" not in json.dumps(detail)
+
+    assert ok(config_path, "subscriber", "resume", "alice") == "alice is now active\n"
+    out = ok(config_path, "subscriber", "passwd", "bob", "--generate-password")
+    generated = out.splitlines()[0].removeprefix("password: ")
+    assert len(generated) == 16 and out.splitlines()[1] == "password set; stored forms: verifier"
+    assert ok(config_path, "subscriber", "delete", "bob").startswith("deleted subscriber bob (#2)")
+    assert [s["username"] for s in json.loads(ok(config_path, "subscriber", "list", "--json"))] == ["alice"]
+
+
+def test_password_forms_follow_the_policy_and_verify(config_path: Path, tmp_path: Path) -> None:
+    import asyncio
+
+    from ispd.config import load_config
+    from ispd.credentials import check_verifier, nt_hash
+    from ispd.store import open_store
+
+    ok(config_path, "subscriber", "add", "carol", "--credential-policy", "cleartext")
+    ok(config_path, "subscriber", "passwd", "carol", "--password-stdin", input="clientPass\n")
+
+    async def stored():  # type: ignore[no-untyped-def]
+        store = await open_store(load_config(config_path).store)
+        try:
+            return await store.get_credentials("carol")
+        finally:
+            await store.close()
+
+    credentials = asyncio.run(stored())
+    assert credentials.verifier is not None and check_verifier(credentials.verifier, "clientPass")
+    assert credentials.nt_hash == nt_hash("clientPass") and credentials.cleartext == "clientPass"
+
+
+def test_leases_are_listed(config_path: Path) -> None:
+    import asyncio
+
+    from ispd.config import load_config
+    from ispd.store import open_store
+    from ispd.store.models import Lease, LeaseState
+
+    ok(config_path, "subscriber", "add", "alice")
+
+    async def grant() -> None:
+        store = await open_store(load_config(config_path).store)
+        now = time.time()
+        try:
+            alice = await store.get_subscriber("alice")
+            await store.record_lease(Lease("198.18.0.20", LeaseState.BOUND, now, now + 600, hw_address="02:00:00:00:00:20",
+                                           hostname="cpe", subscriber_id=alice.id, circuit_id="olt1/1/1"), event="granted")
+            await store.record_lease(Lease("198.18.0.21", LeaseState.EXPIRED, now - 900, now - 300), event="expired")
+        finally:
+            await store.close()
+
+    asyncio.run(grant())
+    current = json.loads(ok(config_path, "lease", "list", "--json"))
+    assert [(le["address"], le["hostname"], le["circuit_id"]) for le in current] == [("198.18.0.20", "cpe", "olt1/1/1")]
+    assert len(json.loads(ok(config_path, "lease", "list", "--all", "--json"))) == 2
+    assert json.loads(ok(config_path, "lease", "list", "--subscriber", "alice", "--json"))[0]["address"] == "198.18.0.20"
+    table = ok(config_path, "lease", "list").splitlines()
+    assert table[1].split()[0] == "198.18.0.20" and "alice" in table[1]
+    assert "198.18.0.20 bound until" in ok(config_path, "subscriber", "show", "alice")
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "code", "message"),
+    [
+        (("subscriber", "show", "nobody"), None, 1, "ispd: no subscriber 'nobody'\n"),
+        (("subscriber", "suspend", "nobody"), None, 1, "ispd: no subscriber 'nobody'\n"),
+        (("subscriber", "add", "x", "--plan", "nope"), None, 1, "ispd: no plan 'nope'\n"),
+        (("plan", "show", "nope"), None, 1, "ispd: no plan 'nope'\n"),
+        (("subscriber", "passwd", "nobody", "--password-stdin"), "pw\n", 1, "ispd: no subscriber 'nobody'\n"),
+        (("subscriber", "add", "y", "--password-stdin"), "\n", 1, "ispd: the password is empty\n"),
+        (("subscriber", "passwd", "dup"), None, 1, "ispd: no password given: use --password-stdin or --generate-password\n"),
+    ],
+)
+def test_failures_are_one_clear_line(config_path: Path, args: tuple[str, ...], stdin: str | None, code: int,
+                                     message: str) -> None:
+    ok(config_path, "subscriber", "add", "dup")
+    result = ispd(config_path, *args, input=stdin)
+    assert (result.returncode, result.stderr) == (code, message)
+
+
+def test_conflicts_are_reported(config_path: Path) -> None:
+    ok(config_path, "subscriber", "add", "dup")
+    result = ispd(config_path, "subscriber", "add", "dup")
+    assert (result.returncode, result.stderr) == (1, "ispd: subscriber 'dup' already exists\n")
+    result = ispd(config_path, "subscriber", "resume", "dup")
+    assert (result.returncode, result.stderr) == (1, "ispd: subscriber 'dup' is already active\n")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("subscriber",),
+        ("subscriber", "frob"),
+        ("plan", "add", "p", "--download-kbps", "fast"),
+        ("plan", "add", "p", "--download-kbps", "-1"),
+        ("plan", "add", "p", "--mail-quota", "lots"),
+        ("subscriber", "add", " padded"),
+        ("subscriber", "add", "bad\x01name"),
+        ("subscriber", "list", "--status", "sleepy"),
+        ("subscriber", "add", "z", "--password-stdin", "--generate-password"),
+    ],
+)
+def test_bad_command_lines_exit_2_without_traceback(config_path: Path, args: tuple[str, ...]) -> None:
+    result = ispd(config_path, *args)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and result.stderr.strip()
+
+
+def test_admin_commands_report_a_bad_config_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[store]\nbogus = 1\n")
+    result = ispd(bad, "subscriber", "list")
+    assert (result.returncode, result.stderr) == (1, f"ispd: {bad}: store.bogus: unknown key (known keys here: backend, "
+                                                     "busy_timeout_seconds, group_commit_max_batch, history_retention_days, path)\n")
+
+
+def test_output_into_a_closed_pipe_is_quiet(config_path: Path) -> None:
+    import asyncio
+
+    from ispd.config import load_config
+    from ispd.store import open_store
+
+    async def many() -> None:
+        store = await open_store(load_config(config_path).store)
+        try:
+            await asyncio.gather(*(store.add_subscriber(f"user-{i:05}", actor="t") for i in range(3000)))
+        finally:
+            await store.close()
+
+    asyncio.run(many())  # far more than a pipe buffer of output
+    # `true` exits at once without reading: the CLI's writes hit a closed pipe.
+    result = subprocess.run(f"{ISPD} subscriber list -c {config_path} | true; echo ${{PIPESTATUS[0]}}", shell=True,
+                            executable="/bin/bash", capture_output=True, text=True)
+    assert (result.stdout, result.stderr) == ("0\n", "")
