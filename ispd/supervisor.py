@@ -49,6 +49,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
 )
 
 STORE_PING_TIMEOUT_SECONDS = 2.0
+HISTORY_PURGE_INTERVAL_SECONDS = 3600.0
 
 
 @dataclass(slots=True)
@@ -98,6 +99,7 @@ class Supervisor:
             await relay.start()
             self._install_signal_handlers()
             self._start_watchdog()
+            self._spawn(self._purge_history_periodically())
             self.notifier.ready(self._status_line())
             log.info("daemon.ready", services=sorted(self.running))
             await self._stop_requested.wait()
@@ -173,6 +175,19 @@ class Supervisor:
                 await asyncio.sleep(interval)
 
         self._spawn(pet())
+
+    async def _purge_history_periodically(self) -> None:
+        assert self.store is not None
+        while True:
+            days = self.config.store.history_retention_days
+            try:
+                deleted = await self.store.purge_history(time.time() - days * 86400)
+            except StoreError as exc:
+                log.warning("store.history.purge_failed", error=str(exc))
+            else:
+                if any(deleted.values()):
+                    log.info("store.history.purged", retention_days=days, **deleted)
+            await asyncio.sleep(HISTORY_PURGE_INTERVAL_SECONDS)
 
     def _status_line(self) -> str:
         return "serving: " + ", ".join(e.service.describe() for e in self.running.values()) if self.running \

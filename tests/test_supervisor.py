@@ -60,3 +60,33 @@ async def test_reload_of_a_missing_file_is_rejected_and_ready_again(tmp_path: Pa
     assert any(f[0] == "RELOADING=1" for f in notifier.sent)
     supervisor.request_stop()
     assert await asyncio.wait_for(running, 10) == 0
+
+
+async def test_the_daemon_purges_history_past_its_retention(tmp_path: Path) -> None:
+    import time
+
+    from ispd.store import open_store
+    from ispd.store.models import Lease, LeaseState
+
+    store_config = StoreConfig(path=tmp_path / "s.db", history_retention_days=1)
+    two_days_ago = time.time() - 2 * 86400
+    old = await open_store(store_config, clock=lambda: two_days_ago)
+    await old.record_lease(Lease("198.18.0.5", LeaseState.EXPIRED, two_days_ago, two_days_ago + 60), event="expired")
+    await old.add_subscriber("kept", actor="t")
+    await old.close()
+
+    config = Config(store=store_config, metrics=MetricsConfig(listen=SocketAddress("127.0.0.1", 0)))
+    notifier = RecordingNotifier()
+    supervisor = Supervisor(tmp_path / "unused.toml", config, notifier)
+    running = asyncio.create_task(supervisor.run())
+    await asyncio.wait_for(notifier.ready_event.wait(), 10)
+    assert supervisor.store is not None
+    for _ in range(100):
+        if not await supervisor.store.list_leases(include_ended=True):
+            break
+        await asyncio.sleep(0.02)
+    assert await supervisor.store.list_leases(include_ended=True) == []
+    assert await supervisor.store.audit_since(0) == []
+    assert (await supervisor.store.get_subscriber("kept")).username == "kept"
+    supervisor.request_stop()
+    assert await asyncio.wait_for(running, 10) == 0

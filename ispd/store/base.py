@@ -108,6 +108,13 @@ class Store(ABC):
         self, *, subscriber: SubscriberRef | None = None, include_ended: bool = False
     ) -> list[Lease]: ...
 
+    # --- retention
+    @abstractmethod
+    async def purge_history(self, before: float) -> dict[str, int]:
+        """Delete history older than ``before`` (lease history, accounting records, closed RADIUS
+        sessions, ended leases, audit entries); returns the rows deleted per kind. Works in small
+        batches so that other writers are never held up for long."""
+
     # --- audit log: append-only; also how changes made elsewhere reach a running daemon
     @abstractmethod
     async def audit_since(self, after_id: int, *, limit: int = 1000) -> list[AuditEntry]: ...

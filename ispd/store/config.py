@@ -17,5 +17,5 @@ class StoreConfig(Section):
     busy_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
     # Most writes grouped into one transaction (one fsync) by group commit.
     group_commit_max_batch: int = Field(default=1024, ge=1, le=100_000)
-    # Lease history, accounting records and audit entries older than this are purged.
+    # History older than this is purged by the daemon (at start, then hourly).
     history_retention_days: int = Field(default=400, ge=1, le=36_500)

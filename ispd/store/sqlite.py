@@ -713,6 +713,27 @@ class SQLiteStore(Store):
 
         return await self._read("list_leases", run)
 
+    # --- retention
+
+    async def purge_history(self, before: float) -> dict[str, int]:
+        deleted: dict[str, int] = {}
+        for kind, table, condition in _HISTORY:
+            total = 0
+            while True:
+                def run(conn: sqlite3.Connection, table: str = table, condition: str = condition) -> int:
+                    cursor = conn.execute(
+                        f"DELETE FROM {table} WHERE rowid IN"
+                        f" (SELECT rowid FROM {table} WHERE {condition} LIMIT {_PURGE_BATCH})", (before,)
+                    )
+                    return int(cursor.rowcount)
+
+                count = await self._write("purge_history", run)
+                total += count
+                if count < _PURGE_BATCH:
+                    break
+            deleted[kind] = total
+        return deleted
+
     # --- audit
 
     async def audit_since(self, after_id: int, *, limit: int = 1000) -> list[AuditEntry]:
@@ -724,6 +745,16 @@ class SQLiteStore(Store):
             "last_audit_id", lambda conn: int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM audit_log").fetchone()[0])
         )
 
+
+# What retention removes; each kind is deleted in batches of _PURGE_BATCH rows per transaction.
+_PURGE_BATCH = 5000
+_HISTORY = (
+    ("lease_history", "lease_history", "at < ?"),
+    ("accounting_records", "accounting_records", "at < ?"),
+    ("radius_sessions", "radius_sessions", "stopped_at IS NOT NULL AND stopped_at < ?"),
+    ("leases", "leases", "state != 'bound' AND expires_at < ?"),
+    ("audit_log", "audit_log", "at < ?"),
+)
 
 _STATUS_ACTIONS = {
     SubscriberStatus.ACTIVE: "resumed",

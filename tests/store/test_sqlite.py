@@ -216,3 +216,28 @@ async def test_several_processes_write_at_once_without_lock_errors(tmp_path: Pat
         assert len(await store.list_subscribers()) == 4 * 300 + 100
     finally:
         await store.close()
+
+
+async def test_purge_removes_only_history_older_than_the_cutoff(tmp_path: Path) -> None:
+    clock = FakeClock(1_000_000.0)
+    store = await open_store(StoreConfig(path=tmp_path / "p.db"), clock=clock)
+    try:
+        # 11,000 history rows (more than one purge batch) over 250 addresses, all long ended.
+        await asyncio.gather(*(
+            store.record_lease(Lease(f"198.18.1.{i % 250}", LeaseState.EXPIRED, 0, 10), event="expired")
+            for i in range(11_000)
+        ))
+        await store.add_subscriber("old-change", actor="t")
+        clock.now = now = 2_000_000.0
+        await store.record_lease(Lease("198.18.2.1", LeaseState.BOUND, now, now + 3600), event="granted")
+        await store.add_subscriber("new-change", actor="t")
+
+        deleted = await store.purge_history(1_500_000.0)
+        assert deleted == {"lease_history": 11_000, "accounting_records": 0, "radius_sessions": 0, "leases": 250,
+                           "audit_log": 1}
+        assert [le.address for le in await store.list_leases(include_ended=True)] == ["198.18.2.1"]
+        assert [e.subject_name for e in await store.audit_since(0)] == ["new-change"]
+        assert await store.purge_history(1_500_000.0) == dict.fromkeys(deleted, 0)
+        assert len(await store.list_subscribers()) == 2  # subscribers are not history
+    finally:
+        await store.close()
