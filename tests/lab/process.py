@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +38,15 @@ def base_config(workdir: Path, **sections: dict[str, Any]) -> dict[str, Any]:
 
 class IspdProcess:
     def __init__(self, workdir: Path, config: dict[str, Any] | None = None, *,
-                 netns: str | None = None, env: dict[str, str] | None = None) -> None:
+                 netns: str | None = None, env: dict[str, str] | None = None,
+                 wrapper: Sequence[str] = ()) -> None:
+        """``netns``: run inside that network namespace; ``wrapper``: a command that execs the rest
+        of its arguments (e.g. one that installs a seccomp filter first)."""
         self.workdir = workdir
         self.config = config if config is not None else base_config(workdir)
         self.config_path = workdir / "ispd.toml"
         self.netns = netns
+        self.wrapper = list(wrapper)
         self.extra_env = env or {}
         self.log_path = workdir / "ispd.log"
         self.notifications: list[str] = []
@@ -64,7 +68,7 @@ class IspdProcess:
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._notify.bind(str(notify_path))
         env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), **self.extra_env}
-        command = [ISPD, "run", "-c", str(self.config_path)]
+        command = [*self.wrapper, ISPD, "run", "-c", str(self.config_path)]
         if self.netns:
             command = ["ip", "netns", "exec", self.netns, *command]
         with self.log_path.open("ab") as log:
