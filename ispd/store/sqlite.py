@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import queue
 import sqlite3
 import threading
@@ -146,6 +147,26 @@ def migrate(conn: sqlite3.Connection, migrations: list[Migration], target: int |
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+
+def _create_as_directory_owner(path: Path) -> None:
+    """Create a new database file owned like its directory when we run as root.
+
+    An admin command run as root may be the first to open the store in a directory that belongs
+    to the daemon's user (/var/lib/ispd under systemd). A root-owned file there would lock the
+    daemon out. SQLite itself gives the -wal and -shm files the database file's owner when it
+    runs as root, so the database file is the only one to care for.
+    """
+    if os.geteuid() != 0 or path.exists():
+        return
+    directory = path.parent.stat()
+    if directory.st_uid == 0:
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    try:
+        os.fchown(fd, directory.st_uid, directory.st_gid)
+    finally:
+        os.close(fd)
 
 
 def connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
@@ -385,6 +406,7 @@ class SQLiteStore(Store):
     def _prepare(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            _create_as_directory_owner(self.path)
             conn = connect(self.path, self.config.busy_timeout_seconds)
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(f"cannot open the store at {self.path}: {exc}") from None

@@ -194,3 +194,36 @@ def test_output_into_a_closed_pipe_is_quiet(config_path: Path) -> None:
     result = subprocess.run(f"{ISPD} subscriber list -c {config_path} | true; echo ${{PIPESTATUS[0]}}", shell=True,
                             executable="/bin/bash", capture_output=True, text=True)
     assert (result.stdout, result.stderr) == ("0\n", "")
+
+
+def test_a_store_created_by_root_belongs_to_the_owner_of_its_directory(tmp_path: Path) -> None:
+    """Files root's CLI creates beside the store (the WAL) must stay writable by the daemon's user."""
+    import asyncio
+    import os
+    import shutil
+    import tempfile
+
+    from ispd.config import load_config
+    from ispd.store import open_store
+
+    # A place the unprivileged user can reach (pytest's tmp_path is inside root's 0700 directory).
+    top = Path(tempfile.mkdtemp(prefix="ispd-owner-", dir="/var/tmp"))
+    try:
+        top.chmod(0o755)
+        state = top / "state"
+        state.mkdir()
+        os.chown(state, 65534, 65534)  # nobody: stands in for the ispd system user
+        config_path = toml.write(tmp_path / "ispd.toml", base_config(tmp_path, store={"path": str(state / "ispd.db")}))
+        ok(config_path, "subscriber", "add", "alice")
+
+        async def files_while_open() -> list[tuple[str, int]]:
+            store = await open_store(load_config(config_path).store)  # as root, like the CLI
+            try:
+                await store.add_subscriber("bob", actor="t")
+                return sorted((p.name, p.stat().st_uid) for p in state.iterdir())
+            finally:
+                await store.close()
+
+        assert asyncio.run(files_while_open()) == [("ispd.db", 65534), ("ispd.db-shm", 65534), ("ispd.db-wal", 65534)]
+    finally:
+        shutil.rmtree(top)
