@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from ispd.config import Config
 from ispd.configtypes import SocketAddress
@@ -26,40 +29,43 @@ class RecordingNotifier(Notifier):
         return True
 
 
-async def test_health_turns_503_when_the_store_breaks_and_stop_is_clean(tmp_path: Path) -> None:
-    config = Config(store=StoreConfig(path=tmp_path / "s.db"),
-                    metrics=MetricsConfig(listen=SocketAddress("127.0.0.1", 0)))
+def config_for(tmp_path: Path, **store: Any) -> Config:
+    return Config(store=StoreConfig(path=tmp_path / "s.db", **store),
+                  metrics=MetricsConfig(listen=SocketAddress("127.0.0.1", 0)))
+
+
+@asynccontextmanager
+async def running(config: Config, config_path: Path) -> AsyncIterator[tuple[Supervisor, RecordingNotifier]]:
+    """A supervisor serving in this event loop; on exit it must stop cleanly (exit code 0)."""
     notifier = RecordingNotifier()
-    supervisor = Supervisor(tmp_path / "unused.toml", config, notifier)
-    running = asyncio.create_task(supervisor.run())
+    supervisor = Supervisor(config_path, config, notifier)
+    task = asyncio.create_task(supervisor.run())
     await asyncio.wait_for(notifier.ready_event.wait(), 10)
-    ok, report = await supervisor.health_report()
-    assert ok and report["store"] == {"ok": True, "detail": ""}
-
-    assert supervisor.store is not None
-    await supervisor.store.close()
-    ok, report = await supervisor.health_report()
-    assert not ok and report["store"] == {"ok": False, "detail": "the store is closed"}
-    assert report["metrics"]["ok"] is True
-
+    yield supervisor, notifier
     supervisor.request_stop()
-    assert await asyncio.wait_for(running, 10) == 0
+    assert await asyncio.wait_for(task, 10) == 0
     assert ("STOPPING=1",) in notifier.sent
 
 
+async def test_health_turns_503_when_the_store_breaks_and_stop_is_clean(tmp_path: Path) -> None:
+    async with running(config_for(tmp_path), tmp_path / "unused.toml") as (supervisor, _):
+        ok, report = await supervisor.health_report()
+        assert ok and report["store"] == {"ok": True, "detail": ""}
+
+        assert supervisor.store is not None
+        await supervisor.store.close()
+        ok, report = await supervisor.health_report()
+        assert not ok and report["store"] == {"ok": False, "detail": "the store is closed"}
+        assert report["metrics"]["ok"] is True
+
+
 async def test_reload_of_a_missing_file_is_rejected_and_ready_again(tmp_path: Path) -> None:
-    config = Config(store=StoreConfig(path=tmp_path / "s.db"),
-                    metrics=MetricsConfig(listen=SocketAddress("127.0.0.1", 0)))
-    notifier = RecordingNotifier()
-    supervisor = Supervisor(tmp_path / "missing.toml", config, notifier)
-    running = asyncio.create_task(supervisor.run())
-    await asyncio.wait_for(notifier.ready_event.wait(), 10)
-    assert await supervisor.reload() is False
-    assert supervisor.config == config
-    assert notifier.sent[-1][0] == "READY=1"
-    assert any(f[0] == "RELOADING=1" for f in notifier.sent)
-    supervisor.request_stop()
-    assert await asyncio.wait_for(running, 10) == 0
+    config = config_for(tmp_path)
+    async with running(config, tmp_path / "missing.toml") as (supervisor, notifier):
+        assert await supervisor.reload() is False
+        assert supervisor.config == config
+        assert notifier.sent[-1][0] == "READY=1"
+        assert any(f[0] == "RELOADING=1" for f in notifier.sent)
 
 
 async def test_the_daemon_purges_history_past_its_retention(tmp_path: Path) -> None:
@@ -68,25 +74,19 @@ async def test_the_daemon_purges_history_past_its_retention(tmp_path: Path) -> N
     from ispd.store import open_store
     from ispd.store.models import Lease, LeaseState
 
-    store_config = StoreConfig(path=tmp_path / "s.db", history_retention_days=1)
+    config = config_for(tmp_path, history_retention_days=1)
     two_days_ago = time.time() - 2 * 86400
-    old = await open_store(store_config, clock=lambda: two_days_ago)
+    old = await open_store(config.store, clock=lambda: two_days_ago)
     await old.record_lease(Lease("198.18.0.5", LeaseState.EXPIRED, two_days_ago, two_days_ago + 60), event="expired")
     await old.add_subscriber("kept", actor="t")
     await old.close()
 
-    config = Config(store=store_config, metrics=MetricsConfig(listen=SocketAddress("127.0.0.1", 0)))
-    notifier = RecordingNotifier()
-    supervisor = Supervisor(tmp_path / "unused.toml", config, notifier)
-    running = asyncio.create_task(supervisor.run())
-    await asyncio.wait_for(notifier.ready_event.wait(), 10)
-    assert supervisor.store is not None
-    for _ in range(100):
-        if not await supervisor.store.list_leases(include_ended=True):
-            break
-        await asyncio.sleep(0.02)
-    assert await supervisor.store.list_leases(include_ended=True) == []
-    assert await supervisor.store.audit_since(0) == []
-    assert (await supervisor.store.get_subscriber("kept")).username == "kept"
-    supervisor.request_stop()
-    assert await asyncio.wait_for(running, 10) == 0
+    async with running(config, tmp_path / "unused.toml") as (supervisor, _):
+        assert supervisor.store is not None
+        for _ in range(100):
+            if not await supervisor.store.list_leases(include_ended=True):
+                break
+            await asyncio.sleep(0.02)
+        assert await supervisor.store.list_leases(include_ended=True) == []
+        assert await supervisor.store.audit_since(0) == []
+        assert (await supervisor.store.get_subscriber("kept")).username == "kept"
