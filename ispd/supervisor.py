@@ -92,7 +92,7 @@ class Supervisor:
             try:
                 for spec in SERVICES:
                     if spec.enabled(self.config):
-                        await self._start_service(spec)
+                        await self._start_service(spec, self.config)
             except ServiceStartError as exc:
                 log.error("daemon.start.failed", error=str(exc))
                 return 1
@@ -107,9 +107,9 @@ class Supervisor:
         finally:
             await self._close_all(relay)
 
-    async def _start_service(self, spec: ServiceSpec) -> None:
+    async def _start_service(self, spec: ServiceSpec, config: Config) -> None:
         assert self.context is not None
-        service = spec.build(self.config, self.context)
+        service = spec.build(config, self.context)
         entry = _Running(service)
         try:
             await service.start(entry.stack)
@@ -213,9 +213,10 @@ class Supervisor:
             return False
         old = self.config
         configure_logging(new.log)
+        applied = new
         if new.store != old.store:
             log.warning("config.reload.restart_needed", section="store")
-        applied = new
+            applied = applied.model_copy(update={"store": old.store})
         for spec in SERVICES:
             entry, wanted = self.running.get(spec.name), spec.enabled(new)
             try:
@@ -225,10 +226,10 @@ class Supervisor:
                     await entry.service.stop()
                     await self.running.pop(spec.name).stack.aclose()
                 elif wanted:
-                    self.config = new
-                    await self._start_service(spec)
-            except (ServiceStartError, OSError, ValueError) as exc:
-                log.error("config.reload.service_refused", service=spec.name, error=str(exc))
+                    await self._start_service(spec, new)
+            except Exception as exc:  # one service refusing its change (or failing) must not stop the others
+                log.error("config.reload.service_refused", service=spec.name, error=str(exc),
+                          exc_info=not isinstance(exc, ServiceStartError))
                 applied = applied.model_copy(update={spec.name: getattr(old, spec.name)})
         self.config = applied
         log.info("config.reloaded", config=str(self.config_path))

@@ -396,11 +396,15 @@ class SQLiteStore(Store):
         """Create the file if needed, migrate it, start the writer."""
         store = cls(config, metrics, clock)
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(store._readers, store._prepare)
-        store._writer.start()
-        await loop.run_in_executor(store._readers, store._writer.ready.wait)
-        if store._writer.broken is not None:
-            raise StoreUnavailable(f"cannot open the store at {config.path}: {store._writer.broken}")
+        try:
+            await loop.run_in_executor(store._readers, store._prepare)
+            store._writer.start()
+            await loop.run_in_executor(store._readers, store._writer.ready.wait)
+            if store._writer.broken is not None:
+                raise StoreUnavailable(f"cannot open the store at {config.path}: {store._writer.broken}")
+        except BaseException:
+            await store.close()
+            raise
         return store
 
     def _prepare(self) -> None:

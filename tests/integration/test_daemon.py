@@ -176,3 +176,17 @@ def ispd_path() -> str:
     from tests.lab.process import ISPD
 
     return ISPD
+
+
+def test_sighup_can_turn_a_service_off_and_on(ispd: IspdProcess) -> None:
+    host, port = ispd.config["metrics"]["listen"].rsplit(":", 1)
+    config = dict(ispd.config)
+    config["metrics"] = {**config["metrics"], "enabled": False}
+    ispd.write_config(config)
+    assert "STATUS=serving: no services enabled" in ispd.reload()[-1]
+    with socket.socket() as probe:
+        assert probe.connect_ex((host, int(port))) != 0
+    config["metrics"] = {**config["metrics"], "enabled": True}
+    ispd.write_config(config)
+    assert f"STATUS=serving: metrics on {host}:{port}" in ispd.reload()[-1]
+    assert ispd.http_get("/healthz")[0] == 200
