@@ -185,7 +185,8 @@ def render_overview(o: SubscriberOverview) -> str:
     lines += [f"  {m.address}" for m in o.mailboxes]
     lines.append("recent changes")
     for entry in o.audit:
-        details = " ".join(f"{k}={v}" for k, v in sorted(entry.details.items()) if v not in (None, [], ""))
+        details = " ".join(f"{k}={','.join(v) if isinstance(v, list) else v}"
+                           for k, v in sorted(entry.details.items()) if v not in (None, [], ""))
         lines.append(f"  {when(entry.at)} {entry.actor} {entry.action} {details}".rstrip())
     return "\n".join(lines)
 

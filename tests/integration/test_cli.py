@@ -53,6 +53,7 @@ def test_round_trip(config_path: Path) -> None:
     assert "status        suspended (nonpayment)" in show
     assert "credentials   verifier, nt-hash (policy nt-hash)" in show
     assert "cli:" in show and "subscriber.suspended" in show and "pa55word" not in show
+    assert "subscriber.password_set forms=verifier,nt-hash" in show
     detail = json.loads(ok(config_path, "subscriber", "show", "1", "--json"))
     assert detail["subscriber"]["status_reason"] == "nonpayment"
     assert detail["plan"]["name"] == "home-100"
