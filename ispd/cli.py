@@ -3,6 +3,7 @@ while the daemon runs.
 
 Every failure is one line on stderr and a non-zero exit: 1 when the command could not be done
 (no such subscriber, a name taken, the store busy), 2 for a bad command line or config file.
+Set ISPD_TRACEBACK=1 to see the traceback of an unexpected error.
 Listings take ``--json``; ``subscriber show`` is the helpdesk view.
 """
 
@@ -14,9 +15,11 @@ import dataclasses
 import getpass
 import json
 import os
+import pwd
 import re
 import sys
 import time
+import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from enum import Enum
@@ -25,10 +28,16 @@ from typing import Any
 
 from ispd import __version__
 from ispd.config import Config, ConfigError, load_config
-from ispd.credentials import PasswordRejected, derive_credentials, effective_policy, generate_password
+from ispd.credentials import (
+    PasswordRejected,
+    check_password_acceptable,
+    derive_credentials,
+    effective_policy,
+    generate_password,
+)
 from ispd.logs import LogConfig, configure_logging
 from ispd.store import Store, StoreError, open_store
-from ispd.store.models import CredentialPolicy, Plan, SubscriberOverview, SubscriberStatus
+from ispd.store.models import CredentialPolicy, Plan, StoredCredentials, SubscriberOverview, SubscriberStatus
 
 DEFAULT_CONFIG = "/etc/ispd/ispd.toml"
 EXIT_FAILED, EXIT_USAGE = 1, 2
@@ -77,53 +86,72 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 
 
 def actor() -> str:
-    user = os.environ.get("SUDO_USER") or getpass.getuser()
-    return f"cli:{user}"
+    """Who the audit log says made a change: the login, and the sudo caller behind root."""
+    uid = os.getuid()
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:  # an arbitrary uid without a passwd entry (containers)
+        user = f"uid:{uid}"
+    sudo_user = os.environ.get("SUDO_USER") if uid == 0 else None
+    return f"cli:{sudo_user} via sudo" if sudo_user else f"cli:{user}"
 
 
-def read_new_password(args: argparse.Namespace) -> tuple[str, bool]:
-    """The password to set and whether it was generated (and so must be shown once)."""
+def read_new_password(args: argparse.Namespace) -> None:
+    """Get the new password into ``args`` before the store is opened: a prompt must not block
+    the event loop (Ctrl-C would go unheard), and a password that will be refused must be
+    refused before anything is written."""
+    args.generated_password = False
     if args.generate_password:
-        return generate_password(), True
-    if args.password_stdin:
-        line = sys.stdin.readline()
-        return line.rstrip("\r\n"), False
-    if not sys.stdin.isatty():
+        args.new_password, args.generated_password = generate_password(), True
+    elif args.password_stdin:
+        args.new_password = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        args.new_password = getpass.getpass("New password: ")
+        if args.new_password != getpass.getpass("Again: "):
+            raise CommandFailed("the passwords differ")
+    else:
         raise CommandFailed("no password given: use --password-stdin or --generate-password")
-    first = getpass.getpass("New password: ")
-    if first != getpass.getpass("Again: "):
-        raise CommandFailed("the passwords differ")
-    return first, False
+    check_password_acceptable(args.new_password)
 
 
-async def set_password(store: Store, ref: str, password: str) -> list[str]:
-    subscriber = await store.get_subscriber(ref)
-    plan = await store.get_plan(subscriber.plan_id) if subscriber.plan_id is not None else None
-    policy = effective_policy(subscriber, plan)
+def read_password_for_add(config: Config, args: argparse.Namespace) -> None:
+    args.new_password, args.generated_password = None, False
+    if args.password_stdin or args.generate_password:
+        read_new_password(args)
+
+
+def read_password_for_passwd(config: Config, args: argparse.Namespace) -> None:
+    async def exists(store: Store, args: argparse.Namespace) -> None:
+        await store.get_subscriber(args.subscriber)
+
+    asyncio.run(run_admin(config, exists, args))  # no prompting for a subscriber that is not there
+    read_new_password(args)
+
+
+async def derive_for(password: str, policy: CredentialPolicy) -> StoredCredentials:
     # scrypt takes tens of milliseconds: keep it off the event loop, as the daemon must.
-    credentials = await asyncio.get_running_loop().run_in_executor(
-        None, derive_credentials, password, policy, time.time()
-    )
-    await store.set_credentials(subscriber.id, credentials, actor=actor())
-    return credentials.forms
+    return await asyncio.get_running_loop().run_in_executor(None, derive_credentials, password, policy, time.time())
 
 
 async def cmd_subscriber_add(store: Store, args: argparse.Namespace) -> None:
-    password = None
-    if args.password_stdin or args.generate_password:
-        password, generated = read_new_password(args)
+    credentials = None
+    if args.new_password is not None:
+        plan = await store.get_plan(args.plan) if args.plan is not None else None
+        policy = args.credential_policy or (plan.credential_policy if plan else CredentialPolicy.VERIFIER)
+        credentials = await derive_for(args.new_password, policy)
     subscriber = await store.add_subscriber(
         args.username, actor=actor(), plan=args.plan, full_name=args.name, account_ref=args.account_ref,
-        credential_policy=args.credential_policy,
+        credential_policy=args.credential_policy, credentials=credentials,
     )
-    if password is not None:
-        await set_password(store, args.username, password)
-        if generated:
-            print(f"password: {password}")
     if args.json:
-        print_json(await store.get_subscriber(subscriber.id))
-    else:
-        print(f"added subscriber {subscriber.username} (#{subscriber.id})")
+        data = _jsonable(subscriber)
+        if args.generated_password:
+            data["password"] = args.new_password
+        print_json(data)
+        return
+    if args.generated_password:
+        print(f"password: {args.new_password}")
+    print(f"added subscriber {subscriber.username} (#{subscriber.id})")
 
 
 async def cmd_subscriber_list(store: Store, args: argparse.Namespace) -> None:
@@ -218,12 +246,13 @@ async def cmd_subscriber_delete(store: Store, args: argparse.Namespace) -> None:
 
 
 async def cmd_subscriber_passwd(store: Store, args: argparse.Namespace) -> None:
-    await store.get_subscriber(args.subscriber)  # fail before prompting for a password
-    password, generated = read_new_password(args)
-    forms = await set_password(store, args.subscriber, password)
-    if generated:
-        print(f"password: {password}")
-    print(f"password set; stored forms: {', '.join(forms)}")
+    subscriber = await store.get_subscriber(args.subscriber)
+    plan = await store.get_plan(subscriber.plan_id) if subscriber.plan_id is not None else None
+    credentials = await derive_for(args.new_password, effective_policy(subscriber, plan))
+    await store.set_credentials(subscriber.id, credentials, actor=actor())
+    if args.generated_password:
+        print(f"password: {args.new_password}")
+    print(f"password set; stored forms: {', '.join(credentials.forms)}")
 
 
 async def cmd_plan_add(store: Store, args: argparse.Namespace) -> None:
@@ -276,7 +305,7 @@ async def cmd_lease_list(store: Store, args: argparse.Namespace) -> None:
 
 # --- argument parsing ---------------------------------------------------------------------------
 
-_SIZE = re.compile(r"^(\d+)\s*([KMGT]?)(i?B?)?$", re.IGNORECASE)
+_SIZE = re.compile(r"^([0-9]+)\s*([KMGT]?)(i?B?)?$", re.IGNORECASE)
 
 
 def parse_size(text: str) -> int:
@@ -285,19 +314,31 @@ def parse_size(text: str) -> int:
     if not match:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 1048576, 512M, 2G)")
     exponent = " KMGT".index(match[2].upper() or " ")
-    return int(match[1]) << (10 * exponent)
+    size = int(match[1]) << (10 * exponent)
+    if size > MAX_STORED_INT:
+        raise argparse.ArgumentTypeError(f"{text!r} is too large")
+    return size
+
+
+MAX_STORED_INT = 2**63 - 1  # what a 64-bit database integer holds
 
 
 def positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= MAX_STORED_INT:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number (at most {MAX_STORED_INT})")
     return int(text)
 
 
+# Control, format (bidi overrides, zero-width), surrogate, private-use and unassigned characters, and
+# line separators: they hide or disguise what a helpdesk screen shows.
+_UNSHOWABLE = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+
+
 def name_text(text: str) -> str:
-    if not text or text != text.strip() or any(ord(c) < 32 for c in text) or len(text) > 253:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a usable name (no spaces at the ends, no control "
-                                         "characters, at most 253 characters)")
+    if (not text or text != text.strip() or len(text) > 253
+            or any(unicodedata.category(c) in _UNSHOWABLE for c in text)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a usable name (no spaces at the ends, no control or "
+                                         "invisible characters, at most 253 characters)")
     return text
 
 
@@ -330,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--account-ref", type=name_text, help="the billing system's account number")
     p.add_argument("--credential-policy", choices=policies,
                    help="password forms to keep for this subscriber (default: the plan's)")
-    p.set_defaults(handler=cmd_subscriber_add)
+    p.set_defaults(handler=cmd_subscriber_add, prepare=read_password_for_add)
     p = sub.add_parser("list", parents=[config_opts, json_opt], help="list subscribers")
     p.add_argument("--status", choices=[s.value for s in SubscriberStatus])
     p.set_defaults(handler=cmd_subscriber_list)
@@ -349,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_subscriber_delete)
     p = sub.add_parser("passwd", parents=[config_opts, password_opts], help="set a subscriber's password")
     p.add_argument("subscriber", help="username or id")
-    p.set_defaults(handler=cmd_subscriber_passwd)
+    p.set_defaults(handler=cmd_subscriber_passwd, prepare=read_password_for_passwd)
 
     plan = top.add_parser("plan", help="manage plans").add_subparsers(dest="action", required=True)
     p = plan.add_parser("add", parents=[config_opts, json_opt], help="add a plan")
@@ -377,13 +418,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_or_fail(path: Path) -> Config:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        raise CommandFailed(str(exc)) from None
-
-
 async def run_admin(config: Config, handler: Callable[[Store, argparse.Namespace], Awaitable[None]],
                     args: argparse.Namespace) -> None:
     store = await open_store(config.store)
@@ -400,20 +434,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "status", None):
         args.status = SubscriberStatus(args.status)
     try:
-        if args.command in ("run", "check-config"):
-            try:
-                config = load_config(args.config)
-            except ConfigError as exc:
-                print(f"ispd: {exc}", file=sys.stderr)
-                return EXIT_USAGE
-            if args.command == "check-config":
-                print(f"{args.config}: ok")
-                return 0
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"ispd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.command == "check-config":
+            print(f"{args.config}: ok")
+            return 0
+        if args.command == "run":
             from ispd.supervisor import run_daemon
 
             return run_daemon(args.config, config)
-        config = load_or_fail(args.config)
         configure_logging(LogConfig(level="warning", format="console"), stream=sys.stderr)
+        if hasattr(args, "prepare"):
+            args.prepare(config, args)
         asyncio.run(run_admin(config, args.handler, args))
     except (CommandFailed, StoreError, PasswordRejected) as exc:
         print(f"ispd: {exc}", file=sys.stderr)
@@ -422,4 +457,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # `ispd subscriber list | head`: the reader has seen enough
         return 0
+    except Exception as exc:
+        # A bug, or a case nobody foresaw: still one line for the operator; the traceback on request.
+        if os.environ.get("ISPD_TRACEBACK"):
+            raise
+        print(f"ispd: unexpected error: {type(exc).__name__}: {exc} (set ISPD_TRACEBACK=1 for details)",
+              file=sys.stderr)
+        return EXIT_FAILED
     return 0

@@ -55,7 +55,7 @@ def load_config(path: Path | str) -> Config:
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError("\n".join(f"{path}: {line}" for line in describe_errors(exc, data))) from None
+        raise ConfigError("\n".join(f"{path}: {line}" for line in describe_errors(exc))) from None
     return _resolve_relative_paths(config, path.resolve().parent)
 
 
@@ -67,16 +67,19 @@ def _resolve_relative_paths(config: Config, base: Path) -> Config:
     return config
 
 
-def describe_errors(exc: ValidationError, data: dict[str, Any]) -> list[str]:
+def describe_errors(exc: ValidationError) -> list[str]:
     lines = []
     for error in exc.errors(include_url=False):
         loc = [part for part in error["loc"] if not isinstance(part, int) or part >= 0]
         key = ".".join(str(part) for part in loc) or "(top level)"
-        lines.append(f"{key}: {_describe_one(error, loc, data)}")
+        lines.append(f"{key}: {_describe_one(error, loc)}")
     return lines
 
 
-def _describe_one(error: Any, loc: list[Any], data: dict[str, Any]) -> str:
+SECRET_KEY_MARKERS = ("secret", "password", "key", "token")
+
+
+def _describe_one(error: Any, loc: list[Any]) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         parent_model = _model_at(Config, loc[:-1])
@@ -93,6 +96,8 @@ def _describe_one(error: Any, loc: list[Any], data: dict[str, Any]) -> str:
         return message.removeprefix("Value error, ")
     if kind == "model_type":
         return f"must be a table ([{'.'.join(map(str, loc))}]), got {error['input']!r}"
+    if any(marker in str(part).lower() for part in loc for marker in SECRET_KEY_MARKERS):
+        return message  # never echo what may be a secret into a terminal or a log
     return f"{message} (got {error['input']!r})"
 
 

@@ -38,7 +38,11 @@ def effective_policy(subscriber: Subscriber, plan: Plan | None) -> CredentialPol
 def check_password_acceptable(password: str) -> None:
     if not password:
         raise PasswordRejected("the password is empty")
-    if len(password.encode("utf-8")) > _MAX_PASSWORD_BYTES:
+    try:
+        encoded = password.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PasswordRejected("the password is not valid UTF-8") from None
+    if len(encoded) > _MAX_PASSWORD_BYTES:
         raise PasswordRejected(f"the password is longer than {_MAX_PASSWORD_BYTES} bytes")
     if any(ch in password for ch in "\r\n\x00"):
         raise PasswordRejected("the password contains a line break or NUL")

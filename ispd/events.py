@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -107,7 +108,7 @@ class EventBus:
                 except Exception:
                     self._failed(name)
                     continue
-                if outcome is not None:
+                if inspect.isawaitable(outcome):
                     task = asyncio.ensure_future(outcome)
                     self._tasks.add(task)
                     task.add_done_callback(functools.partial(self._finished, name))
@@ -121,10 +122,19 @@ class EventBus:
         self.handler_failures.inc(name)
         log.error("events.handler.failed", event_type=name, exc_info=exc or True)
 
-    async def drain(self) -> None:
-        """Wait for the handlers already running (at shutdown, after services stopped publishing)."""
+    async def drain(self, within: float) -> bool:
+        """Wait up to ``within`` seconds for the handlers already running (at shutdown, after the
+        services stopped publishing), then cancel the rest; False when some had to be cancelled."""
+        deadline = asyncio.get_running_loop().time() + within
         while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                for task in list(self._tasks):
+                    task.cancel()
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+                return False
+            await asyncio.wait(list(self._tasks), timeout=remaining)
+        return True
 
 
 def event_from_audit(entry: AuditEntry) -> Event | None:
@@ -164,19 +174,19 @@ class AuditRelay:
         self._task = asyncio.create_task(self._run(), name="ispd-audit-relay")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
 
     async def poll_once(self) -> int:
         entries = await self.store.audit_since(self.cursor)
         for entry in entries:
-            self.cursor = entry.id
             event = event_from_audit(entry)
             if event is not None:
                 self.bus.publish(event)
+            self.cursor = entry.id
         return len(entries)
 
     async def _run(self) -> None:
@@ -187,4 +197,6 @@ class AuditRelay:
                     continue
             except StoreError as exc:
                 log.warning("events.relay.store_error", error=str(exc))
+            except Exception:  # a bug must not end the relay: later changes would never arrive
+                log.error("events.relay.failed", exc_info=True)
             await asyncio.sleep(self.poll_interval)

@@ -22,6 +22,7 @@ stopping   (SIGTERM, SIGINT) STOPPING=1; each service's ``stop()`` (stop accepti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from contextlib import AsyncExitStack
@@ -69,43 +70,67 @@ class Supervisor:
         self.store: Store | None = None
         self.bus = EventBus()
         self.registry = CollectorRegistry(auto_describe=True)
+        self.store_metrics = StoreMetrics()
         self.context: ServiceContext | None = None
+        self.relay: AuditRelay | None = None
+        self.ready = False
+        self._reload_pending = False
 
     # --- lifecycle
 
     async def run(self) -> int:
         configure_logging(self.config.log)
         log.info("daemon.starting", version=__version__, config=str(self.config_path))
+        # Before anything slow (the store may wait for a lock): a TERM during start-up must stop
+        # us cleanly, and a HUP must not kill us (its default action) but wait until we serve.
+        self._install_signal_handlers()
         for collector in (ProcessCollector, PlatformCollector, GCCollector):
             collector(registry=self.registry)
-        store_metrics = StoreMetrics()
-        self.registry.register(store_metrics.collector())
+        self.registry.register(self.store_metrics.collector())
         self.registry.register(FastCollector([self.bus.published, self.bus.handler_failures]))
         try:
-            self.store = await open_store(self.config.store, store_metrics)
-        except StoreError as exc:
-            log.error("daemon.start.failed", error=str(exc))
-            return 1
-        relay = AuditRelay(self.store, self.bus, self.config.daemon.store_poll_interval_seconds)
-        self.context = ServiceContext(self.store, self.bus, self.registry, self.health_report)
-        try:
-            try:
-                for spec in SERVICES:
-                    if spec.enabled(self.config):
-                        await self._start_service(spec, self.config)
-            except ServiceStartError as exc:
-                log.error("daemon.start.failed", error=str(exc))
+            starting = asyncio.ensure_future(self._start_up())
+            stop_requested = asyncio.ensure_future(self._stop_requested.wait())
+            await asyncio.wait({starting, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
+            if not starting.done():
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
+                log.info("daemon.start.aborted")
+                return 0
+            stop_requested.cancel()
+            if not starting.result():
                 return 1
-            await relay.start()
-            self._install_signal_handlers()
             self._start_watchdog()
             self._spawn(self._purge_history_periodically())
+            self.ready = True
             self.notifier.ready(self._status_line())
             log.info("daemon.ready", services=sorted(self.running))
+            if self._reload_pending:
+                self._spawn(self.reload())
             await self._stop_requested.wait()
-            return await self._shutdown(relay)
+            return await self._shutdown()
         finally:
-            await self._close_all(relay)
+            await self._close_all()
+
+    async def _start_up(self) -> bool:
+        """Open the store and start every enabled service; False (logged) when something could not."""
+        try:
+            self.store = await open_store(self.config.store, self.store_metrics)
+        except StoreError as exc:
+            log.error("daemon.start.failed", error=str(exc))
+            return False
+        self.relay = AuditRelay(self.store, self.bus, self.config.daemon.store_poll_interval_seconds)
+        self.context = ServiceContext(self.store, self.bus, self.registry, self.health_report)
+        try:
+            for spec in SERVICES:
+                if spec.enabled(self.config):
+                    await self._start_service(spec, self.config)
+        except ServiceStartError as exc:
+            log.error("daemon.start.failed", error=str(exc))
+            return False
+        await self.relay.start()
+        return True
 
     async def _start_service(self, spec: ServiceSpec, config: Config) -> None:
         assert self.context is not None
@@ -118,12 +143,13 @@ class Supervisor:
             raise
         self.running[spec.name] = entry
 
-    async def _shutdown(self, relay: AuditRelay) -> int:
+    async def _shutdown(self) -> int:
         self.notifier.stopping()
         grace = self.config.daemon.shutdown_grace_seconds
         log.info("daemon.stopping", grace_seconds=grace)
         started = time.monotonic()
-        await relay.stop()
+        if self.relay is not None:
+            await self.relay.stop()
         stops = [asyncio.ensure_future(entry.service.stop()) for entry in reversed(self.running.values())]
         done, pending = await asyncio.wait(stops, timeout=grace) if stops else (set(), set())
         for task in pending:
@@ -131,19 +157,23 @@ class Supervisor:
         for task in done:
             if not task.cancelled() and task.exception() is not None:
                 log.error("daemon.stop.service_failed", exc_info=task.exception())
-        if pending:
-            log.error("daemon.stop.grace_exceeded", grace_seconds=grace, unfinished=len(pending))
+        # Handlers still reacting to events get what is left of the grace, no more.
+        drained = await self.bus.drain(max(0.0, grace - (time.monotonic() - started)))
+        if pending or not drained:
+            log.error("daemon.stop.grace_exceeded", grace_seconds=grace, unfinished_services=len(pending),
+                      unfinished_handlers=not drained)
             return 1
         log.info("daemon.stopped", seconds=round(time.monotonic() - started, 3))
         return 0
 
-    async def _close_all(self, relay: AuditRelay) -> None:
-        await relay.stop()
+    async def _close_all(self) -> None:
+        if self.relay is not None:
+            await self.relay.stop()
         for task in self._background:
             task.cancel()
         for name in reversed(list(self.running)):
             await self.running.pop(name).stack.aclose()
-        await self.bus.drain()
+        await self.bus.drain(0)
         if self.store is not None:
             await self.store.close()
         self.notifier.close()
@@ -155,7 +185,15 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, self._hangup)
+
+    def _hangup(self) -> None:
+        if self._stop_requested.is_set():
+            return  # stopping: no reload, and never a READY=1 after STOPPING=1
+        if not self.ready:
+            self._reload_pending = True  # applied once serving
+            return
+        self._spawn(self.reload())
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -196,8 +234,10 @@ class Supervisor:
     # --- reload
 
     async def reload(self) -> bool:
-        """Re-read the config file and apply it; False when it was rejected."""
+        """Re-read the config file and apply it; False when it was rejected (or we are stopping)."""
         async with self._reload_lock:
+            if self._stop_requested.is_set():
+                return False
             self.notifier.reloading(time.monotonic_ns() // 1000)
             try:
                 return await self._apply_reload()
@@ -213,6 +253,8 @@ class Supervisor:
             return False
         old = self.config
         configure_logging(new.log)
+        if self.relay is not None:
+            self.relay.poll_interval = new.daemon.store_poll_interval_seconds
         applied = new
         if new.store != old.store:
             log.warning("config.reload.restart_needed", section="store")

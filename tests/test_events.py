@@ -48,13 +48,70 @@ async def test_async_handlers_run_and_failures_stay_contained() -> None:
     bus.subscribe(SubscriberAdded, broken_async)
     unsubscribe = bus.subscribe(SubscriberAdded, slow)
     bus.publish(SubscriberAdded(1.0, 7, "a"))  # must not raise
-    await bus.drain()
+    await bus.drain(5)
     assert seen == [7]
     assert bus.handler_failures.get("SubscriberAdded") == 2
     unsubscribe()
     bus.publish(SubscriberAdded(1.0, 8, "b"))
-    await bus.drain()
+    await bus.drain(5)
     assert seen == [7]
+
+
+async def test_a_handler_returning_a_value_is_not_awaited_and_does_not_break_publish() -> None:
+    bus = EventBus()
+    seen: list[Event] = []
+    bus.subscribe(SubscriberAdded, lambda e: seen.append(e) or 1)  # type: ignore[func-returns-value]
+    bus.publish(SubscriberAdded(1.0, 1, "a"))
+    bus.publish(SubscriberAdded(2.0, 2, "b"))
+    assert len(seen) == 2 and bus.handler_failures.get("SubscriberAdded") == 0
+
+
+async def test_drain_gives_up_after_its_time_and_cancels_the_rest() -> None:
+    bus = EventBus()
+    cancelled = asyncio.Event()
+
+    async def stuck(event: SubscriberAdded) -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    bus.subscribe(SubscriberAdded, stuck)
+    bus.publish(SubscriberAdded(1.0, 1, "a"))
+    started = asyncio.get_running_loop().time()
+    assert await bus.drain(0.2) is False
+    assert asyncio.get_running_loop().time() - started < 1 and cancelled.is_set()
+    assert await bus.drain(0.2) is True
+
+
+async def test_relay_survives_a_failing_poll(tmp_path: Path) -> None:
+    store = await open_store(StoreConfig(path=tmp_path / "f.db"))
+    try:
+        bus = EventBus()
+        got: list[Event] = []
+        bus.subscribe(Event, got.append)
+        relay = AuditRelay(store, bus, poll_interval=0.01)
+        await relay.start()
+        real_audit_since, calls = store.audit_since, []
+
+        async def flaky(after_id: int, *, limit: int = 1000) -> list[AuditEntry]:
+            calls.append(after_id)
+            if len(calls) == 1:
+                raise RuntimeError("a bug somewhere")
+            return await real_audit_since(after_id, limit=limit)
+
+        store.audit_since = flaky  # type: ignore[method-assign]
+        await store.add_subscriber("after-the-bug", actor="t")
+        for _ in range(200):
+            if got:
+                break
+            await asyncio.sleep(0.01)
+        await relay.stop()
+        await relay.stop()  # twice is harmless
+        assert [e.username for e in got if isinstance(e, SubscriberEvent)] == ["after-the-bug"]
+    finally:
+        await store.close()
 
 
 def test_audit_entries_map_to_events() -> None:

@@ -90,3 +90,24 @@ async def test_the_daemon_purges_history_past_its_retention(tmp_path: Path) -> N
         assert await supervisor.store.list_leases(include_ended=True) == []
         assert await supervisor.store.audit_since(0) == []
         assert (await supervisor.store.get_subscriber("kept")).username == "kept"
+
+
+async def test_a_stuck_event_handler_cannot_stretch_the_shutdown_past_the_grace(tmp_path: Path) -> None:
+    from ispd.config import DaemonConfig
+    from ispd.events import SubscriberAdded
+
+    config = config_for(tmp_path).model_copy(update={"daemon": DaemonConfig(shutdown_grace_seconds=0.5)})
+    notifier = RecordingNotifier()
+    supervisor = Supervisor(tmp_path / "unused.toml", config, notifier)
+    task = asyncio.create_task(supervisor.run())
+    await asyncio.wait_for(notifier.ready_event.wait(), 10)
+
+    async def stuck(event: SubscriberAdded) -> None:
+        await asyncio.sleep(3600)
+
+    supervisor.bus.subscribe(SubscriberAdded, stuck)
+    supervisor.bus.publish(SubscriberAdded(0.0, 1, "a"))
+    started = asyncio.get_running_loop().time()
+    supervisor.request_stop()
+    assert await asyncio.wait_for(task, 10) == 1  # work was cut off: say so
+    assert asyncio.get_running_loop().time() - started < 2

@@ -25,9 +25,25 @@ if TYPE_CHECKING:
 log = get_logger("ispd.metrics")
 
 MAX_REQUEST_HEAD = 16 * 1024
-REQUEST_TIMEOUT_SECONDS = 10.0
-MAX_CONNECTIONS = 64
+# A scrape sends its request at once; a client that dribbles is either broken or hostile.
+REQUEST_TIMEOUT_SECONDS = 3.0
+MAX_CONNECTIONS = 256
+# So that one host holding connections open cannot keep Prometheus or a load balancer out.
+MAX_CONNECTIONS_PER_PEER = 8
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+
+
+async def _read_head(reader: asyncio.StreamReader) -> bytes:
+    """The request line and headers, up to the blank line; LF alone is accepted as a line end
+    (RFC 9112 §2.2), the size bounded by the reader's limit and MAX_REQUEST_HEAD."""
+    head = b""
+    while True:
+        line = await reader.readuntil(b"\n")
+        if line in (b"\r\n", b"\n"):
+            return head
+        head += line
+        if len(head) > MAX_REQUEST_HEAD:
+            raise ValueError("request head too large")
 
 
 class MetricsService(Service):
@@ -37,7 +53,8 @@ class MetricsService(Service):
         self.context = context
         self.listen = config.metrics.listen
         self._server: asyncio.Server | None = None
-        self._connections = 0
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._per_peer: dict[str, int] = {}
 
     @property
     def bound(self) -> SocketAddress:
@@ -65,6 +82,10 @@ class MetricsService(Service):
     async def _close(self) -> None:
         if self._server is not None:
             self._server.close()
+        for task in list(self._handlers):
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        if self._server is not None:
             await self._server.wait_closed()
 
     async def stop(self) -> None:
@@ -86,29 +107,46 @@ class MetricsService(Service):
         return Health(self._server is not None and self._server.is_serving())
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        peername = writer.get_extra_info("peername")
+        peer = str(peername[0]) if peername else "?"
+        self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
         try:
-            if self._connections > MAX_CONNECTIONS:
+            if len(self._handlers) > MAX_CONNECTIONS or self._per_peer[peer] > MAX_CONNECTIONS_PER_PEER:
+                await self._send(writer, 503, "text/plain", b"too many connections\n")
                 return
             try:
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_SECONDS)
-            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
+                head = await asyncio.wait_for(_read_head(reader), REQUEST_TIMEOUT_SECONDS)
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, TimeoutError,
+                    ConnectionError):
                 return
             status, content_type, body, head_only = await self._respond(head)
-            writer.write(
-                f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode("ascii")
-            )
-            if not head_only:
-                writer.write(body)
-            with contextlib.suppress(ConnectionError, TimeoutError):
-                await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT_SECONDS)
+            await self._send(writer, status, content_type, b"" if head_only else body, len(body))
+        except asyncio.CancelledError:
+            pass  # the listener is closing
         finally:
-            self._connections -= 1
+            self._handlers.discard(task)
+            self._per_peer[peer] -= 1
+            if not self._per_peer[peer]:
+                del self._per_peer[peer]
             writer.close()
 
+    @staticmethod
+    async def _send(writer: asyncio.StreamWriter, status: int, content_type: str, body: bytes,
+                    length: int | None = None) -> None:
+        extra = "Allow: GET, HEAD\r\n" if status == 405 else ""
+        writer.write(
+            f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n{extra}"
+            f"Content-Length: {len(body) if length is None else length}\r\nConnection: close\r\n\r\n".encode("ascii")
+            + body
+        )
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT_SECONDS)
+
     async def _respond(self, head: bytes) -> tuple[int, str, bytes, bool]:
-        request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        request_line = head.split(b"\n", 1)[0].rstrip(b"\r").decode("latin-1")
         parts = request_line.split(" ")
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
             return 400, "text/plain", b"bad request\n", False

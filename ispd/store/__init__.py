@@ -6,12 +6,12 @@ import time
 
 from ispd.store.base import Store, SubscriberRef
 from ispd.store.config import StoreConfig
-from ispd.store.errors import Conflict, NotFound, SchemaTooNew, StoreError, StoreUnavailable
+from ispd.store.errors import Conflict, InvalidValue, NotFound, SchemaTooNew, StoreError, StoreUnavailable
 from ispd.store.metrics import StoreMetrics
 from ispd.store.sqlite import Clock
 
 __all__ = [
-    "Conflict", "NotFound", "SchemaTooNew", "Store", "StoreConfig", "StoreError", "StoreMetrics",
+    "Conflict", "InvalidValue", "NotFound", "SchemaTooNew", "Store", "StoreConfig", "StoreError", "StoreMetrics",
     "StoreUnavailable", "SubscriberRef", "open_store",
 ]
 

@@ -72,7 +72,9 @@ class Store(ABC):
         full_name: str | None = None,
         account_ref: str | None = None,
         credential_policy: CredentialPolicy | None = None,
-    ) -> Subscriber: ...
+        credentials: StoredCredentials | None = None,
+    ) -> Subscriber:
+        """Add a subscriber, with its password forms when given, in one durable write."""
 
     @abstractmethod
     async def get_subscriber(self, ref: SubscriberRef) -> Subscriber: ...

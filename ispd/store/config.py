@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ispd.configtypes import Section
 
@@ -19,3 +19,12 @@ class StoreConfig(Section):
     group_commit_max_batch: int = Field(default=1024, ge=1, le=100_000)
     # History older than this is purged by the daemon (at start, then hourly).
     history_retention_days: int = Field(default=400, ge=1, le=36_500)
+
+    @field_validator("path")
+    @classmethod
+    def _a_file_name(cls, path: Path) -> Path:
+        if "\x00" in str(path):
+            raise ValueError("the path contains a NUL character")
+        if str(path) in ("", ".") or not path.name:
+            raise ValueError("the path must name a file, e.g. /var/lib/ispd/ispd.db")
+        return path

@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 from ispd.logs import get_logger
 from ispd.store.base import Store, SubscriberRef
 from ispd.store.config import StoreConfig
-from ispd.store.errors import Conflict, NotFound, SchemaTooNew, StoreError, StoreUnavailable
+from ispd.store.errors import Conflict, InvalidValue, NotFound, SchemaTooNew, StoreError, StoreUnavailable
 from ispd.store.metrics import StoreMetrics
 from ispd.store.models import (
     AuditEntry,
@@ -118,6 +118,10 @@ def migrate(conn: sqlite3.Connection, migrations: list[Migration], target: int |
     """
     target = migrations[-1].version if target is None else target
     applied: list[int] = []
+    # The common case, a current schema, must not wait for the write lock: a read-only admin
+    # command would otherwise queue behind a busy daemon.
+    if schema_version(conn) == target == migrations[-1].version:
+        return applied
     while True:
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -149,22 +153,24 @@ def migrate(conn: sqlite3.Connection, migrations: list[Migration], target: int |
             raise
 
 
-def _create_as_directory_owner(path: Path) -> None:
-    """Create a new database file owned like its directory when we run as root.
+def _create_store_file(path: Path) -> None:
+    """Create a new database file readable by its owner and group only, owned like its directory.
 
-    An admin command run as root may be the first to open the store in a directory that belongs
-    to the daemon's user (/var/lib/ispd under systemd). A root-owned file there would lock the
-    daemon out. SQLite itself gives the -wal and -shm files the database file's owner when it
-    runs as root, so the database file is the only one to care for.
+    It holds password verifiers and, by policy, NT hashes and cleartext passwords; SQLite gives
+    the -wal and -shm files the database file's mode. When an admin command run as root is the
+    first to open the store in a directory that belongs to the daemon's user (/var/lib/ispd
+    under systemd), a root-owned file would lock the daemon out; SQLite already gives the -wal
+    and -shm files the database file's owner when it runs as root, so this file is the one to
+    care for.
     """
-    if os.geteuid() != 0 or path.exists():
-        return
-    directory = path.parent.stat()
-    if directory.st_uid == 0:
-        return
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     try:
-        os.fchown(fd, directory.st_uid, directory.st_gid)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    except FileExistsError:
+        return
+    try:
+        directory = path.parent.stat()
+        if os.geteuid() == 0 and directory.st_uid != 0:
+            os.fchown(fd, directory.st_uid, directory.st_gid)
     finally:
         os.close(fd)
 
@@ -220,6 +226,10 @@ def _translate(exc: BaseException, busy_timeout: float) -> BaseException:
         )
     if isinstance(exc, sqlite3.Error):
         return StoreUnavailable(f"store error: {exc}")
+    if isinstance(exc, OverflowError):
+        return InvalidValue("a number is too large for the store")
+    if isinstance(exc, UnicodeError):
+        return InvalidValue("a text value is not valid Unicode")
     return exc
 
 
@@ -238,15 +248,17 @@ class _Writer(threading.Thread):
         except BaseException as exc:
             self.broken = exc
             self.ready.set()
-            self._fail_remaining(exc)
+            self.fail_queued()
             return
         self.ready.set()
+        batch: list[_WriteJob] = []
         try:
             stopping = False
             while not stopping:
-                batch = [self.jobs.get()]
-                if batch[0] is _STOP:
+                first = self.jobs.get()
+                if first is _STOP:
                     break
+                batch = [first]
                 while len(batch) < self.config.group_commit_max_batch:
                     try:
                         job = self.jobs.get_nowait()
@@ -257,10 +269,13 @@ class _Writer(threading.Thread):
                         break
                     batch.append(job)
                 self._commit(batch)
-        except BaseException as exc:  # a bug in the writer itself: make it visible, fail waiters
+                batch = []
+        except BaseException as exc:  # the writer itself failed (a bug, a broken disk): fail every waiter
             self.broken = exc
             log.error("store.writer.crashed", exc_info=True)
-            self._fail_remaining(StoreUnavailable("the store writer stopped"))
+            for job in batch:
+                job.loop.call_soon_threadsafe(_settle, job.future, None, StoreUnavailable("the store writer stopped"))
+            self.fail_queued()
         finally:
             self.conn.close()
 
@@ -294,14 +309,15 @@ class _Writer(threading.Thread):
         for job, result, job_error in outcomes:
             job.loop.call_soon_threadsafe(_settle, job.future, result, job_error)
 
-    def _fail_remaining(self, exc: BaseException) -> None:
+    def fail_queued(self) -> None:
+        """Answer every queued job with an error; safe from any thread, each job is taken once."""
         while True:
             try:
                 job = self.jobs.get_nowait()
             except queue.Empty:
                 return
             if job is not _STOP:
-                job.loop.call_soon_threadsafe(_settle, job.future, None, StoreUnavailable(str(exc)))
+                job.loop.call_soon_threadsafe(_settle, job.future, None, StoreUnavailable("the store writer stopped"))
 
 
 # --- row mapping ----------------------------------------------------------------------------
@@ -342,12 +358,16 @@ def _audit_entry(row: sqlite3.Row) -> AuditEntry:
     )
 
 
+def _is_row_id(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= 18  # below 2**63: an SQLite INTEGER
+
+
 def _find_subscriber(conn: sqlite3.Connection, ref: SubscriberRef) -> sqlite3.Row:
     row = None
     if isinstance(ref, str):
         row = conn.execute("SELECT * FROM subscribers WHERE username = ?", (ref,)).fetchone()
         # Usernames may be digits (account numbers); a name match wins over an id match.
-        if row is None and ref.isdigit():
+        if row is None and _is_row_id(ref):
             row = conn.execute("SELECT * FROM subscribers WHERE id = ?", (int(ref),)).fetchone()
     else:
         row = conn.execute("SELECT * FROM subscribers WHERE id = ?", (ref,)).fetchone()
@@ -359,7 +379,7 @@ def _find_subscriber(conn: sqlite3.Connection, ref: SubscriberRef) -> sqlite3.Ro
 
 def _find_plan(conn: sqlite3.Connection, ref: int | str) -> sqlite3.Row:
     row = conn.execute("SELECT * FROM plans WHERE name = ?", (str(ref),)).fetchone()
-    if row is None and (isinstance(ref, int) or ref.isdigit()):
+    if row is None and _is_row_id(str(ref)):
         row = conn.execute("SELECT * FROM plans WHERE id = ?", (int(ref),)).fetchone()
     if row is None:
         raise NotFound(f"no plan {ref!r}")
@@ -374,6 +394,19 @@ def _append_audit(conn: sqlite3.Connection, at: float, actor: str, action: str, 
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
         (at, actor, action, kind, subject_id, subject_name, json.dumps(details or {}, sort_keys=True)),
     )
+
+
+def _store_credentials(conn: sqlite3.Connection, subscriber_id: int, username: str,
+                       credentials: StoredCredentials, actor: str, now: float) -> None:
+    conn.execute(
+        "INSERT INTO credentials (subscriber_id, verifier, nt_hash, cleartext, updated_at)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (subscriber_id) DO UPDATE SET verifier = excluded.verifier,"
+        " nt_hash = excluded.nt_hash, cleartext = excluded.cleartext, updated_at = excluded.updated_at",
+        (subscriber_id, credentials.verifier, credentials.nt_hash, credentials.cleartext, now),
+    )
+    # The audit says which forms are kept, never anything derived from the password.
+    _append_audit(conn, now, actor, "subscriber.password_set", "subscriber", subscriber_id, username,
+                  {"forms": credentials.forms})
 
 
 # --- the store ------------------------------------------------------------------------------
@@ -410,9 +443,9 @@ class SQLiteStore(Store):
     def _prepare(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            _create_as_directory_owner(self.path)
+            _create_store_file(self.path)
             conn = connect(self.path, self.config.busy_timeout_seconds)
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, ValueError, sqlite3.Error) as exc:
             raise StoreUnavailable(f"cannot open the store at {self.path}: {exc}") from None
         try:
             applied = migrate(conn, sqlite_migrations(), now=self.clock)
@@ -431,7 +464,8 @@ class SQLiteStore(Store):
         if self._writer.is_alive():
             self._writer.jobs.put(_STOP)
             await loop.run_in_executor(None, self._writer.join)
-        self._readers.shutdown(wait=True)
+        # Waiting for the reader threads (one may be mid-query) must not block the event loop.
+        await loop.run_in_executor(None, self._readers.shutdown)
         with self._reader_lock:
             for conn in self._reader_conns:
                 conn.close()
@@ -449,6 +483,9 @@ class SQLiteStore(Store):
         future: asyncio.Future[T] = loop.create_future()
         started = time.perf_counter()
         self._writer.jobs.put(_WriteJob(operation, run, loop, future))
+        if not self.writer_alive():
+            # It died between the check above and the put: nobody else will answer this job.
+            self._writer.fail_queued()
         try:
             return await future
         finally:
@@ -477,7 +514,7 @@ class SQLiteStore(Store):
                     return run(conn)
                 finally:
                     conn.execute("COMMIT")
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OverflowError, UnicodeError) as exc:
                 raise _translate(exc, self.config.busy_timeout_seconds) from None
 
         started = time.perf_counter()
@@ -546,6 +583,7 @@ class SQLiteStore(Store):
         full_name: str | None = None,
         account_ref: str | None = None,
         credential_policy: CredentialPolicy | None = None,
+        credentials: StoredCredentials | None = None,
     ) -> Subscriber:
         now = self.clock()
 
@@ -563,6 +601,8 @@ class SQLiteStore(Store):
             if credential_policy:
                 details["credential_policy"] = str(credential_policy)
             _append_audit(conn, now, actor, "subscriber.added", "subscriber", cursor.lastrowid, username, details)
+            if credentials is not None:
+                _store_credentials(conn, int(cursor.lastrowid or 0), username, credentials, actor, now)
             return _subscriber(_find_subscriber(conn, int(cursor.lastrowid or 0)))
 
         return await self._write("add_subscriber", run)
@@ -615,15 +655,7 @@ class SQLiteStore(Store):
 
         def run(conn: sqlite3.Connection) -> None:
             row = _find_subscriber(conn, ref)
-            conn.execute(
-                "INSERT INTO credentials (subscriber_id, verifier, nt_hash, cleartext, updated_at)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (subscriber_id) DO UPDATE SET verifier = excluded.verifier,"
-                " nt_hash = excluded.nt_hash, cleartext = excluded.cleartext, updated_at = excluded.updated_at",
-                (row["id"], credentials.verifier, credentials.nt_hash, credentials.cleartext, now),
-            )
-            # The audit says which forms are kept, never anything derived from the password.
-            _append_audit(conn, now, actor, "subscriber.password_set", "subscriber", row["id"], row["username"],
-                          {"forms": credentials.forms})
+            _store_credentials(conn, row["id"], row["username"], credentials, actor, now)
 
         await self._write("set_credentials", run)
 

@@ -132,6 +132,9 @@ def test_leases_are_listed(config_path: Path) -> None:
         (("subscriber", "passwd", "nobody", "--password-stdin"), "pw\n", 1, "ispd: no subscriber 'nobody'\n"),
         (("subscriber", "add", "y", "--password-stdin"), "\n", 1, "ispd: the password is empty\n"),
         (("subscriber", "passwd", "dup"), None, 1, "ispd: no password given: use --password-stdin or --generate-password\n"),
+        (("subscriber", "show", "²"), None, 1, "ispd: no subscriber '²'\n"),
+        (("plan", "show", "²"), None, 1, "ispd: no plan '²'\n"),
+        (("subscriber", "show", "99999999999999999999"), None, 1, "ispd: no subscriber '99999999999999999999'\n"),
     ],
 )
 def test_failures_are_one_clear_line(config_path: Path, args: tuple[str, ...], stdin: str | None, code: int,
@@ -139,6 +142,50 @@ def test_failures_are_one_clear_line(config_path: Path, args: tuple[str, ...], s
     ok(config_path, "subscriber", "add", "dup")
     result = ispd(config_path, *args, input=stdin)
     assert (result.returncode, result.stderr) == (code, message)
+
+
+def test_a_refused_password_adds_nothing(config_path: Path) -> None:
+    result = ispd(config_path, "subscriber", "add", "carol", "--password-stdin", input="")
+    assert (result.returncode, result.stderr) == (1, "ispd: the password is empty\n")
+    assert json.loads(ok(config_path, "subscriber", "list", "--json")) == []
+    ok(config_path, "subscriber", "add", "carol", "--password-stdin", input="fine\n")  # the name is still free
+
+
+def test_generated_password_is_part_of_the_json(config_path: Path) -> None:
+    data = json.loads(ok(config_path, "subscriber", "add", "dave", "--generate-password", "--json"))
+    assert data["username"] == "dave" and len(data["password"]) == 16
+
+
+def test_non_utf8_arguments_are_one_line_errors(config_path: Path) -> None:
+    import os
+
+    for args in (["subscriber", "add", b"a\xff".decode("utf-8", "surrogateescape")],
+                 ["subscriber", "show", b"a\xff".decode("utf-8", "surrogateescape")]):
+        result = subprocess.run([ISPD, *args, "-c", str(config_path)], capture_output=True, timeout=60,
+                                env={**os.environ, "LC_ALL": "C.UTF-8"})
+        assert result.returncode in (1, 2) and b"Traceback" not in result.stderr, result.stderr
+        assert result.stderr.count(b"\n") == 1 or result.returncode == 2, result.stderr
+
+
+def test_a_password_that_is_not_utf8_is_refused_and_adds_nothing(config_path: Path) -> None:
+    result = subprocess.run([ISPD, "subscriber", "add", "y", "--password-stdin", "-c", str(config_path)],
+                            input=b"p\xffw\n", capture_output=True, timeout=60)
+    assert (result.returncode, result.stderr) == (1, b"ispd: the password is not valid UTF-8\n")
+    assert json.loads(ok(config_path, "subscriber", "list", "--json")) == []
+
+
+def test_a_uid_without_a_passwd_entry_is_recorded_by_number(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import pwd
+
+    from ispd import cli
+
+    unknown = next(uid for uid in range(54321, 60000) if uid not in {p.pw_uid for p in pwd.getpwall()})
+    monkeypatch.setattr(os, "getuid", lambda: unknown)
+    assert cli.actor() == f"cli:uid:{unknown}"
+    monkeypatch.setattr(os, "getuid", lambda: 0)
+    monkeypatch.setenv("SUDO_USER", "alice")
+    assert cli.actor() == "cli:alice via sudo"
 
 
 def test_conflicts_are_reported(config_path: Path) -> None:
@@ -161,6 +208,12 @@ def test_conflicts_are_reported(config_path: Path) -> None:
         ("subscriber", "add", "bad\x01name"),
         ("subscriber", "list", "--status", "sleepy"),
         ("subscriber", "add", "z", "--password-stdin", "--generate-password"),
+        ("plan", "add", "p", "--download-kbps", "99999999999999999999"),
+        ("plan", "add", "p", "--mail-quota", "99999999T"),
+        ("plan", "add", "p", "--download-kbps", "²"),
+        ("subscriber", "add", "evil\u202egnp.exe"),
+        ("subscriber", "add", "zero\u200bwidth"),
+        ("subscriber", "suspend", "x", "--reason", "line\u2028break"),
     ],
 )
 def test_bad_command_lines_exit_2_without_traceback(config_path: Path, args: tuple[str, ...]) -> None:
@@ -173,7 +226,7 @@ def test_admin_commands_report_a_bad_config_in_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[store]\nbogus = 1\n")
     result = ispd(bad, "subscriber", "list")
-    assert (result.returncode, result.stderr) == (1, f"ispd: {bad}: store.bogus: unknown key (known keys here: backend, "
+    assert (result.returncode, result.stderr) == (2, f"ispd: {bad}: store.bogus: unknown key (known keys here: backend, "
                                                      "busy_timeout_seconds, group_commit_max_batch, history_retention_days, path)\n")
 
 

@@ -136,20 +136,71 @@ def test_watchdog_pings_when_systemd_asks(tmp_path: Path) -> None:
         ispd.wait_for("WATCHDOG=1", timeout=2)
 
 
-def test_bad_http_requests_do_not_disturb_the_listener(ispd: IspdProcess) -> None:
+def _exchange(address: tuple[str, int], payload: bytes, source: str = "127.0.0.1") -> bytes:
+    with socket.create_connection(address, timeout=10, source_address=(source, 0)) as conn:
+        conn.sendall(payload)
+        conn.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+        return reply
+
+
+def test_bad_http_requests_get_the_right_answer(ispd: IspdProcess) -> None:
     host, port = ispd.config["metrics"]["listen"].rsplit(":", 1)
     address = (host, int(port))
-    garbage = [b"\x00\xff" * 100 + b"\r\n\r\n", b"GET\r\n\r\n", b"POST /metrics HTTP/1.1\r\n\r\n",
-               b"GET /metrics HTTP/9\r\n\r\n", b"GET " + b"A" * 70000 + b" HTTP/1.1\r\n\r\n", b"half a request"]
-    for payload in garbage:
-        with socket.create_connection(address, timeout=5) as conn:
-            conn.sendall(payload)
-            conn.shutdown(socket.SHUT_WR)
-            reply = conn.recv(200)
-            assert reply == b"" or reply.startswith(b"HTTP/1.1 4"), reply
-    # An idle client that never finishes its request does not block others.
-    with socket.create_connection(address, timeout=5):
-        assert ispd.http_get("/healthz")[0] == 200
+    cases = [
+        (b"\x00\xff" * 100 + b"\r\n\r\n", b"HTTP/1.1 400 "),
+        (b"GET\r\n\r\n", b"HTTP/1.1 400 "),
+        (b"\r\n", b"HTTP/1.1 400 "),
+        (b"GET /metrics HTTP/9\r\n\r\n", b"HTTP/1.1 400 "),
+        (b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n", b"HTTP/1.1 405 "),
+        (b"GET /nope HTTP/1.1\r\n\r\n", b"HTTP/1.1 404 "),
+        (b"GET /healthz HTTP/1.0\n\n", b"HTTP/1.1 200 "),  # bare LF line ends
+        (b"GET " + b"A" * 70000 + b" HTTP/1.1\r\n\r\n", b""),  # over the head limit: closed
+        (b"GET /metrics HTTP/1.1\r\n" + b"X-Filler: y\r\n" * 2000 + b"\r\n", b""),
+        (b"half a request", b""),
+    ]
+    for payload, expected in cases:
+        reply = _exchange(address, payload)
+        assert reply.startswith(expected) and (expected or reply == b""), (payload[:40], reply[:80])
+    assert b"Allow: GET, HEAD" in _exchange(address, b"DELETE /metrics HTTP/1.1\r\n\r\n")
+    head = _exchange(address, b"HEAD /metrics HTTP/1.1\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n")
+
+
+def test_idle_connections_from_one_host_cannot_lock_others_out(ispd: IspdProcess) -> None:
+    host, port = ispd.config["metrics"]["listen"].rsplit(":", 1)
+    address = (host, int(port))
+    idle = [socket.create_connection(address, timeout=5, source_address=("127.0.0.1", 0)) for _ in range(8)]
+    try:
+        for conn in idle:
+            conn.sendall(b"GET /metr")  # and never more
+        time.sleep(0.2)
+        # The same host is told at once that it holds too many connections...
+        assert _exchange(address, b"GET /healthz HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 503 ")
+        # ...while another host is served.
+        assert _exchange(address, b"GET /healthz HTTP/1.1\r\n\r\n", source="127.0.0.2").startswith(b"HTTP/1.1 200 ")
+    finally:
+        for conn in idle:
+            conn.close()
+    # The idle ones time out; then the first host is served again.
+    assert eventually(lambda: ispd.http_get("/healthz")[0] == 200, timeout=10)
+
+
+def test_stopping_with_clients_connected_logs_no_traceback(ispd: IspdProcess) -> None:
+    import json
+
+    host, port = ispd.config["metrics"]["listen"].rsplit(":", 1)
+    idle = [socket.create_connection((host, int(port)), timeout=5) for _ in range(5)]
+    for conn in idle:
+        conn.sendall(b"GET /metr")
+    time.sleep(0.2)
+    assert ispd.terminate() == 0
+    for conn in idle:
+        conn.close()
+    for line in ispd.log_text().splitlines():
+        json.loads(line)  # every line is a JSON log record, no stray traceback
 
 
 def test_daemon_and_cli_write_at_once_without_lock_errors(ispd: IspdProcess) -> None:
@@ -190,3 +241,53 @@ def test_sighup_can_turn_a_service_off_and_on(ispd: IspdProcess) -> None:
     ispd.write_config(config)
     assert f"STATUS=serving: metrics on {host}:{port}" in ispd.reload()[-1]
     assert ispd.http_get("/healthz")[0] == 200
+
+
+def _hold_write_lock(path: Path) -> object:
+    import sqlite3
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("BEGIN IMMEDIATE")  # a fresh store needs this lock to migrate
+    return conn
+
+
+def test_hangup_during_start_up_is_applied_once_serving(tmp_path: Path) -> None:
+    config = base_config(tmp_path, store={"busy_timeout_seconds": 30})
+    lock = _hold_write_lock(Path(config["store"]["path"]))
+    with IspdProcess(tmp_path, config) as ispd:
+        ispd.start(wait_ready=False)
+        time.sleep(0.7)  # now waiting for the store's lock
+        ispd.signal(signal.SIGHUP)
+        time.sleep(0.3)
+        assert ispd.proc is not None and ispd.proc.poll() is None, "SIGHUP during start-up killed the daemon"
+        lock.rollback()  # type: ignore[attr-defined]
+        messages = ispd.wait_for("READY=1", timeout=15)
+        messages += ispd.wait_for("RELOADING=1")
+        assert "RELOADING=1" in "\n".join(messages)
+        assert ispd.terminate() == 0
+
+
+def test_term_during_start_up_stops_cleanly(tmp_path: Path) -> None:
+    config = base_config(tmp_path, store={"busy_timeout_seconds": 2})
+    lock = _hold_write_lock(Path(config["store"]["path"]))
+    try:
+        with IspdProcess(tmp_path, config) as ispd:
+            ispd.start(wait_ready=False)
+            time.sleep(0.7)
+            ispd.signal(signal.SIGTERM)
+            assert ispd.proc is not None and ispd.proc.wait(10) == 0
+            assert not any("READY=1" in m for m in ispd.drain_notifications())
+            assert ispd.log_events("daemon.start.aborted")
+    finally:
+        lock.rollback()  # type: ignore[attr-defined]
+
+
+def test_hangup_after_term_does_not_reload(ispd: IspdProcess) -> None:
+    ispd.signal(signal.SIGTERM)
+    ispd.signal(signal.SIGHUP)
+    assert ispd.terminate() == 0
+    notifications = ispd.drain_notifications()
+    after_stopping = notifications[next(i for i, m in enumerate(notifications) if "STOPPING=1" in m):]
+    assert not any("READY=1" in m or "RELOADING=1" in m for m in after_stopping), notifications
+    assert not ispd.log_events("config.reloaded")

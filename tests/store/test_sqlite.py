@@ -241,3 +241,67 @@ async def test_purge_removes_only_history_older_than_the_cutoff(tmp_path: Path) 
         assert len(await store.list_subscribers()) == 2  # subscribers are not history
     finally:
         await store.close()
+
+
+async def test_reading_needs_no_write_lock(tmp_path: Path) -> None:
+    """A read-only admin command works while another process holds the write lock."""
+    import sqlite3
+
+    config = StoreConfig(path=tmp_path / "l.db", busy_timeout_seconds=1)
+    first = await open_store(config)
+    await first.add_subscriber("alice", actor="t")
+    await first.close()
+    writer = sqlite3.connect(config.path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        reader = await open_store(config)
+        try:
+            assert [s.username for s in await reader.list_subscribers()] == ["alice"]
+            with pytest.raises(StoreUnavailable, match="locked by another process for more than 1 s"):
+                await reader.add_subscriber("bob", actor="t")
+        finally:
+            await reader.close()
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
+async def test_values_the_store_cannot_hold_are_clear_errors(store: Store) -> None:
+    from ispd.store import InvalidValue
+
+    with pytest.raises(InvalidValue, match="too large"):
+        await store.add_plan("huge", actor="t", download_kbps=2**70)
+    with pytest.raises(NotFound):
+        await store.get_subscriber("99999999999999999999")
+    with pytest.raises(InvalidValue, match="not valid Unicode"):
+        await store.get_subscriber("a\udcff")
+
+
+async def test_a_dead_writer_answers_every_waiter(tmp_path: Path) -> None:
+    store = await open_store(StoreConfig(path=tmp_path / "w.db"))
+    try:
+        def explode(conn: object) -> None:
+            raise SystemExit("simulated writer failure")  # not an Exception: escapes the job's savepoint
+
+        from ispd.store.sqlite import SQLiteStore
+
+        assert isinstance(store, SQLiteStore)
+        results = await asyncio.wait_for(asyncio.gather(
+            store._write("explode", explode), *(store.add_subscriber(f"u{i}", actor="t") for i in range(20)),
+            return_exceptions=True), 10)
+        assert all(isinstance(r, StoreUnavailable) for r in results), results
+        assert not store.writer_alive()
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(store.add_subscriber("late", actor="t"), 5)
+    finally:
+        await store.close()
+
+
+async def test_a_new_store_file_is_not_world_readable(tmp_path: Path) -> None:
+    store = await open_store(StoreConfig(path=tmp_path / "perm" / "p.db"))
+    await store.add_subscriber("a", actor="t")
+    try:
+        for name in ("p.db", "p.db-wal", "p.db-shm"):
+            assert (tmp_path / "perm" / name).stat().st_mode & 0o007 == 0, name
+    finally:
+        await store.close()
