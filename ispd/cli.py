@@ -137,8 +137,7 @@ async def cmd_subscriber_add(store: Store, args: argparse.Namespace) -> None:
     credentials = None
     if args.new_password is not None:
         plan = await store.get_plan(args.plan) if args.plan is not None else None
-        policy = args.credential_policy or (plan.credential_policy if plan else CredentialPolicy.VERIFIER)
-        credentials = await derive_for(args.new_password, policy)
+        credentials = await derive_for(args.new_password, effective_policy(args.credential_policy, plan))
     subscriber = await store.add_subscriber(
         args.username, actor=actor(), plan=args.plan, full_name=args.name, account_ref=args.account_ref,
         credential_policy=args.credential_policy, credentials=credentials,
@@ -189,7 +188,7 @@ def render_overview(o: SubscriberOverview) -> str:
     if s.account_ref:
         lines.append(f"account       {s.account_ref}")
     lines.append(f"plan          {describe_plan(plan) if plan else 'none'}")
-    policy = effective_policy(s, plan)
+    policy = effective_policy(s.credential_policy, plan)
     forms = o.credentials.forms
     cred = ", ".join(forms) if forms else "no password set"
     lines.append(f"credentials   {cred} (policy {policy.value}{'' if s.credential_policy is None else ', own'})")
@@ -248,7 +247,7 @@ async def cmd_subscriber_delete(store: Store, args: argparse.Namespace) -> None:
 async def cmd_subscriber_passwd(store: Store, args: argparse.Namespace) -> None:
     subscriber = await store.get_subscriber(args.subscriber)
     plan = await store.get_plan(subscriber.plan_id) if subscriber.plan_id is not None else None
-    credentials = await derive_for(args.new_password, effective_policy(subscriber, plan))
+    credentials = await derive_for(args.new_password, effective_policy(subscriber.credential_policy, plan))
     await store.set_credentials(subscriber.id, credentials, actor=actor())
     if args.generated_password:
         print(f"password: {args.new_password}")

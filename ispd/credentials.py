@@ -15,7 +15,7 @@ import secrets
 
 from Crypto.Hash import MD4
 
-from ispd.store.models import CredentialPolicy, Plan, StoredCredentials, Subscriber
+from ispd.store.models import CredentialPolicy, Plan, StoredCredentials
 
 _SCRYPT_LOG2_N = 14
 _SCRYPT_R = 8
@@ -29,9 +29,10 @@ class PasswordRejected(ValueError):
     """A password that cannot be stored (empty, too long, not text)."""
 
 
-def effective_policy(subscriber: Subscriber, plan: Plan | None) -> CredentialPolicy:
-    if subscriber.credential_policy is not None:
-        return subscriber.credential_policy
+def effective_policy(own: CredentialPolicy | None, plan: Plan | None) -> CredentialPolicy:
+    """The subscriber's own policy when it has one, else its plan's, else the safest."""
+    if own is not None:
+        return own
     return plan.credential_policy if plan is not None else CredentialPolicy.VERIFIER
 
 

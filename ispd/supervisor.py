@@ -98,8 +98,8 @@ class Supervisor:
                     await starting
                 log.info("daemon.start.aborted")
                 return 0
-            stop_requested.cancel()
             if not starting.result():
+                stop_requested.cancel()
                 return 1
             self._start_watchdog()
             self._spawn(self._purge_history_periodically())
@@ -108,7 +108,7 @@ class Supervisor:
             log.info("daemon.ready", services=sorted(self.running))
             if self._reload_pending:
                 self._spawn(self.reload())
-            await self._stop_requested.wait()
+            await stop_requested
             return await self._shutdown()
         finally:
             await self._close_all()

@@ -44,10 +44,10 @@ def test_policy_decides_the_forms_kept() -> None:
 def test_subscriber_override_beats_plan() -> None:
     plan = Plan(1, "p", credential_policy=CredentialPolicy.NT_HASH)
     sub = Subscriber(1, "a", SubscriberStatus.ACTIVE, plan_id=1)
-    assert effective_policy(sub, plan) is CredentialPolicy.NT_HASH
-    assert effective_policy(sub, None) is CredentialPolicy.VERIFIER
+    assert effective_policy(sub.credential_policy, plan) is CredentialPolicy.NT_HASH
+    assert effective_policy(sub.credential_policy, None) is CredentialPolicy.VERIFIER
     own = Subscriber(1, "a", SubscriberStatus.ACTIVE, plan_id=1, credential_policy=CredentialPolicy.CLEARTEXT)
-    assert effective_policy(own, plan) is CredentialPolicy.CLEARTEXT
+    assert effective_policy(own.credential_policy, plan) is CredentialPolicy.CLEARTEXT
 
 
 @pytest.mark.parametrize("bad", ["", "a\nb", "x\x00", "é" * 600])

@@ -123,7 +123,7 @@ class MetricsService(Service):
                     ConnectionError):
                 return
             status, content_type, body, head_only = await self._respond(head)
-            await self._send(writer, status, content_type, b"" if head_only else body, len(body))
+            await self._send(writer, status, content_type, body, head_only=head_only)
         except asyncio.CancelledError:
             pass  # the listener is closing
         finally:
@@ -135,12 +135,12 @@ class MetricsService(Service):
 
     @staticmethod
     async def _send(writer: asyncio.StreamWriter, status: int, content_type: str, body: bytes,
-                    length: int | None = None) -> None:
+                    head_only: bool = False) -> None:
         extra = "Allow: GET, HEAD\r\n" if status == 405 else ""
         writer.write(
             f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n{extra}"
-            f"Content-Length: {len(body) if length is None else length}\r\nConnection: close\r\n\r\n".encode("ascii")
-            + body
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode("ascii")
+            + (b"" if head_only else body)
         )
         with contextlib.suppress(ConnectionError, TimeoutError):
             await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT_SECONDS)

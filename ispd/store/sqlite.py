@@ -208,6 +208,10 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_result(result)
 
 
+def _fail(job: _WriteJob) -> None:
+    job.loop.call_soon_threadsafe(_settle, job.future, None, StoreUnavailable("the store writer stopped"))
+
+
 def _translate(exc: BaseException, busy_timeout: float) -> BaseException:
     if isinstance(exc, StoreError):
         return exc
@@ -274,7 +278,7 @@ class _Writer(threading.Thread):
             self.broken = exc
             log.error("store.writer.crashed", exc_info=True)
             for job in batch:
-                job.loop.call_soon_threadsafe(_settle, job.future, None, StoreUnavailable("the store writer stopped"))
+                _fail(job)
             self.fail_queued()
         finally:
             self.conn.close()
@@ -317,7 +321,7 @@ class _Writer(threading.Thread):
             except queue.Empty:
                 return
             if job is not _STOP:
-                job.loop.call_soon_threadsafe(_settle, job.future, None, StoreUnavailable("the store writer stopped"))
+                _fail(job)
 
 
 # --- row mapping ----------------------------------------------------------------------------
