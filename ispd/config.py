@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from ispd.configtypes import Section
+from ispd.dhcp.config import DHCPConfig
 from ispd.logs import LogConfig
 from ispd.metrics.config import MetricsConfig
 from ispd.store.config import StoreConfig
@@ -32,6 +33,7 @@ class Config(Section):
     store: StoreConfig = StoreConfig()
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
+    dhcp: DHCPConfig = DHCPConfig()
 
 
 class ConfigError(Exception):

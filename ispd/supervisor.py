@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 
 from ispd import __version__
 from ispd.config import Config, ConfigError, load_config
+from ispd.dhcp.service import DHCPService
 from ispd.events import AuditRelay, EventBus
 from ispd.logs import configure_logging, get_logger
 from ispd.metrics.fast import FastCollector
@@ -47,6 +48,7 @@ log = get_logger("ispd.supervisor")
 # Start order; stop order is the reverse. Each service issue adds its line here.
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("metrics", lambda c: c.metrics.enabled, MetricsService),
+    ServiceSpec("dhcp", lambda c: c.dhcp.enabled, DHCPService),
 )
 
 STORE_PING_TIMEOUT_SECONDS = 2.0

@@ -1,0 +1,786 @@
+"""The DHCPv4 server's decisions: (received message, lease table, now) → reply, writes, events.
+
+Theory of operation
+-------------------
+The engine owns the in-memory lease table (``pool.LeaseTable``), the subnets and pools built from
+``[dhcp]``, the reservations and each reserved subscriber's status. ``handle`` is synchronous and
+never touches a socket, the store or the clock: the transport passes ``now``, sends the reply the
+engine returns, and before sending it makes the returned lease records durable (every ACK is in
+the store before the client hears of it).
+
+Per message (RFC 2131 §4.3):
+  DISCOVER  choose an address (reservation, then the client's previous address, then the
+            requested one, then a fresh one) and hold it for ``offer_hold_seconds``; OFFER.
+  REQUEST   SELECTING (server id present): ACK if it names us and the address is still fine,
+            silence if it names another server (our offer is withdrawn), NAK otherwise.
+            INIT-REBOOT (requested address, no ciaddr), RENEWING / REBINDING (ciaddr): ACK if
+            the address is on the client's subnet, in a pool of the client's class and held by
+            nobody else, else NAK. We are authoritative for our subnets: an address that is free
+            is confirmed even without a record (so clients keep their address if the store was
+            lost), where RFC 2131 §4.3.2 lets a non-authoritative server stay silent.
+  DECLINE   the address is quarantined for ``decline_quarantine_seconds`` and never offered
+            to that client again.
+  RELEASE   the lease ends now; the address goes to the back of its pool's queue.
+  INFORM    ACK with the configuration options only (RFC 2131 §3.4).
+
+The client is identified by option 61 when present, else by htype + chaddr (RFC 2131 §4.2).
+Its class decides the pools it may use: a reservation (by client-id, MAC, circuit-id, remote-id
+— in that order) names a subscriber; an active subscriber gets the normal pools (and its
+reserved address), a suspended one the walled-garden pools; a client with no reservation, or a
+closed subscriber's, follows ``unknown_clients``. A class change is applied at the next REQUEST
+by a NAK, which sends the client back to DISCOVER and into the right pool.
+
+Replies go where RFC 2131 §4.1 says: to the relay (giaddr) when relayed; NAK broadcast; to
+ciaddr when the client has an address; broadcast when it asks; otherwise unicast to yiaddr at
+the link layer (the transport writes the frame itself).
+
+Not done here: BOOTP clients (no option 53), RFC 4361 DUID client ids beyond their raw bytes,
+rapid commit, leasequery, and the relay's server-id override (RFC 5107).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import Enum, StrEnum
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+from ispd.dhcp.codec import BOOTREPLY, BOOTREQUEST, FLAG_BROADCAST, UNSPECIFIED, DHCPPacket
+from ispd.dhcp.config import ClientOptions, DHCPConfig, PoolConfig, SubnetConfig
+from ispd.dhcp.identifiers import mac_text, opaque_text
+from ispd.dhcp.options import (
+    DHCPMessageType,
+    Option,
+    OptionValueError,
+    RelayAgentInfo,
+    decode_client_fqdn,
+    decode_relay_agent_info,
+    encode_classless_routes,
+    encode_ips,
+    encode_u16,
+    encode_u32,
+)
+from ispd.dhcp.pool import AddressPool, Binding, BindingState, LeaseTable
+from ispd.events import Event, LeaseEnded, LeaseGranted
+from ispd.store.models import Lease, LeaseState, Reservation, SubscriberStatus
+
+BROADCAST_ADDRESS = IPv4Address("255.255.255.255")
+
+
+class Ignored(StrEnum):
+    """Why a well-formed message got no reply (a metric label: keep it closed)."""
+
+    NOT_A_REQUEST = "not_a_request"
+    NO_MESSAGE_TYPE = "no_message_type"
+    NO_SUBNET = "no_subnet"
+    NO_SERVER_ADDRESS = "no_server_address"
+    CLIENT_IGNORED = "client_ignored"
+    NO_ADDRESS = "pool_exhausted"
+    OTHER_SERVER = "other_server"
+    UNKNOWN_LEASE = "unknown_lease"
+    BAD_REQUEST = "bad_request"
+    BAD_RELAY_INFO = "bad_relay_info"
+
+
+class ClientClass(Enum):
+    NORMAL = "normal"
+    WALLED_GARDEN = "walled-garden"
+    IGNORED = "ignored"
+
+
+class Destination(Enum):
+    RELAY = "relay"          # to giaddr, server port
+    UNICAST = "unicast"      # to ciaddr, client port
+    BROADCAST = "broadcast"  # 255.255.255.255 on the receiving interface
+    LINK = "link"            # to yiaddr at chaddr, by a frame the transport writes
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    packet: DHCPPacket
+    interface: str
+    interface_address: IPv4Address | None
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    packet: DHCPPacket
+    destination: Destination
+    address: IPv4Address
+    interface: str
+    server_address: IPv4Address
+
+
+@dataclass(slots=True)
+class Outcome:
+    reply: Reply | None = None
+    # Durable before the reply is sent.
+    writes: list[tuple[Lease, str]] = field(default_factory=list)
+    # Published once the writes are durable.
+    events: list[Event] = field(default_factory=list)
+    ignored: Ignored | None = None
+    declined: bool = False
+
+
+@dataclass(slots=True)
+class ServedPool:
+    allocator: AddressPool
+    options: dict[int, bytes]
+    lease_seconds: int
+    renew_seconds: int
+    rebind_seconds: int
+
+    @property
+    def name(self) -> str:
+        return self.allocator.name
+
+
+@dataclass(slots=True)
+class Subnet:
+    network: IPv4Network
+    first: int
+    last: int
+    interface: str | None
+    relay_addresses: frozenset[int]
+    server_id: IPv4Address | None
+    pools: list[ServedPool]
+    # For addresses outside every pool (reserved ones): the subnet's own options and times.
+    plain: ServedPool
+
+    def contains(self, address: int) -> bool:
+        return self.first <= address <= self.last
+
+    def pools_for(self, client_class: ClientClass) -> list[ServedPool]:
+        garden = client_class is ClientClass.WALLED_GARDEN
+        return [p for p in self.pools if p.allocator.walled_garden == garden]
+
+    def pool_of(self, address: int) -> ServedPool | None:
+        for pool in self.pools:
+            if address in pool.allocator:
+                return pool
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """Who sent a message: its lease key, identities, class and reservation."""
+
+    key: bytes
+    hw_address: str
+    client_id: str | None
+    circuit_id: str | None
+    remote_id: str | None
+    relay_info: bytes | None
+    client_class: ClientClass
+    reservation: Reservation | None
+
+
+_HOST_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def clean_hostname(raw: str) -> str | None:
+    """A client-supplied name fit for DNS (RFC 1123 labels), lowercased; None if it is not."""
+    name = raw.strip().rstrip(".").lower()
+    if not name or len(name) > 253:
+        return None
+    if all(_HOST_LABEL.match(label) for label in name.split(".")):
+        return name
+    return None
+
+
+def _u8(value: int) -> bytes:
+    return bytes((value,))
+
+
+def _pick(pool: ClientOptions | None, subnet: ClientOptions, name: str) -> Any:
+    value = getattr(pool, name) if pool is not None else None
+    return value if value is not None else getattr(subnet, name)
+
+
+def _served_pool(allocator: AddressPool, subnet: SubnetConfig, pool: PoolConfig | None, dhcp: DHCPConfig) -> ServedPool:
+    options: dict[int, bytes] = {
+        Option.SUBNET_MASK: subnet.network.netmask.packed,
+        Option.BROADCAST_ADDRESS: subnet.network.broadcast_address.packed,
+    }
+    routers = _pick(pool, subnet, "routers")
+    if routers:
+        options[Option.ROUTERS] = encode_ips(routers)
+    dns = _pick(pool, subnet, "dns_servers")
+    if dns:
+        options[Option.DNS_SERVERS] = encode_ips(dns)
+    domain = _pick(pool, subnet, "domain_name")
+    if domain:
+        options[Option.DOMAIN_NAME] = str(domain).encode("ascii")
+    ntp = _pick(pool, subnet, "ntp_servers")
+    if ntp:
+        options[Option.NTP_SERVERS] = encode_ips(ntp)
+    mtu = _pick(pool, subnet, "mtu")
+    if mtu:
+        options[Option.INTERFACE_MTU] = encode_u16(mtu)
+    routes = _pick(pool, subnet, "static_routes")
+    if routes:
+        options[Option.CLASSLESS_STATIC_ROUTES] = encode_classless_routes(
+            (r.destination, r.router) for r in routes
+        )
+    garden = pool is not None and pool.walled_garden
+    default_lease = dhcp.walled_garden_lease_seconds if garden else dhcp.lease_seconds
+    lease = int(_pick(pool, subnet, "lease_seconds") or default_lease)
+    renew = int(_pick(pool, subnet, "renew_seconds") or lease // 2)
+    rebind = int(_pick(pool, subnet, "rebind_seconds") or lease * 7 // 8)
+    if not renew < rebind < lease:  # RFC 2131 §4.4.5 needs T1 < T2 < lease: fall back to its defaults
+        renew, rebind = lease // 2, lease * 7 // 8
+    return ServedPool(allocator, options, lease, renew, rebind)
+
+
+def build_subnets(config: DHCPConfig) -> list[Subnet]:
+    subnets = []
+    for sc in config.subnet:
+        pools = [
+            _served_pool(AddressPool(p.name, int(p.first), int(p.last), walled_garden=p.walled_garden), sc, p, config)
+            for p in sc.pool
+        ]
+        plain = _served_pool(AddressPool("", 1, 0), sc, None, config)
+        subnets.append(Subnet(
+            network=sc.network, first=int(sc.network.network_address), last=int(sc.network.broadcast_address),
+            interface=sc.interface, relay_addresses=frozenset(int(a) for a in sc.relay_addresses),
+            server_id=sc.server_id, pools=pools, plain=plain,
+        ))
+    return subnets
+
+
+def _client_key(packet: DHCPPacket) -> bytes:
+    client_id = packet.option(Option.CLIENT_ID)
+    if client_id:
+        return b"c" + client_id
+    return b"h" + _u8(packet.htype) + packet.hw_address
+
+
+def _stored_client_key(lease: Lease) -> bytes | None:
+    """The lease key of a stored lease's client (Ethernet assumed for a MAC: the store has no htype)."""
+    try:
+        if lease.client_id:
+            return b"c" + bytes.fromhex(lease.client_id)
+        if lease.hw_address:
+            return b"h\x01" + bytes.fromhex(lease.hw_address.replace(":", ""))
+    except ValueError:
+        return None
+    return None
+
+
+_STATE_OF = {
+    LeaseState.BOUND: BindingState.BOUND,
+    LeaseState.RELEASED: BindingState.RELEASED,
+    LeaseState.EXPIRED: BindingState.EXPIRED,
+    LeaseState.DECLINED: BindingState.DECLINED,
+}
+_LEASE_STATE_OF = {v: k for k, v in _STATE_OF.items()}
+
+
+class DHCPEngine:
+    def __init__(self, config: DHCPConfig) -> None:
+        self.config = config
+        self.subnets = build_subnets(config)
+        self.table = LeaseTable()
+        self.reservations: dict[tuple[str, str], Reservation] = {}
+        self.reserved_addresses: dict[int, Reservation] = {}
+        self.subscriber_status: dict[int, SubscriberStatus] = {}
+        self._by_relay: dict[int, Subnet | None] = {}
+
+    # --- state from the store and the bus
+
+    def load(self, leases: Iterable[Lease], reservations: Iterable[Reservation],
+             statuses: dict[int, SubscriberStatus]) -> None:
+        self.subscriber_status = dict(statuses)
+        for reservation in reservations:
+            self.add_reservation(reservation)
+        for lease in sorted(leases, key=lambda le: le.expires_at):
+            try:
+                address = int(IPv4Address(lease.address))
+            except ValueError:
+                continue
+            self.table.put(Binding(
+                address=address, state=_STATE_OF[lease.state], expires_at=lease.expires_at,
+                client_key=None if lease.state is LeaseState.DECLINED else _stored_client_key(lease),
+                starts_at=lease.starts_at, hw_address=lease.hw_address, client_id=lease.client_id,
+                hostname=lease.hostname, subscriber_id=lease.subscriber_id, circuit_id=lease.circuit_id,
+                remote_id=lease.remote_id, pool=lease.pool,
+            ))
+        self._requeue_all()
+
+    def reconfigure(self, config: DHCPConfig) -> None:
+        """New subnets and pools; the lease table (what clients hold) is kept."""
+        self.config = config
+        self.subnets = build_subnets(config)
+        self._by_relay.clear()
+        self._requeue_all()
+
+    def _requeue_all(self) -> None:
+        # Ended leases, oldest first, so that the ones ended longest ago are reused first.
+        for binding in sorted(self.table.by_address.values(), key=lambda b: b.expires_at):
+            if binding.state is not BindingState.BOUND:
+                pool = self._pool_of(binding.address)
+                if pool is not None:
+                    pool.allocator.returned(binding.address)
+
+    def add_reservation(self, reservation: Reservation) -> None:
+        self.reservations[(str(reservation.kind), reservation.key)] = reservation
+        if reservation.address:
+            with contextlib.suppress(ValueError):
+                self.reserved_addresses[int(IPv4Address(reservation.address))] = reservation
+
+    def remove_reservation(self, reservation_id: int) -> None:
+        for ident, reservation in list(self.reservations.items()):
+            if reservation.id == reservation_id:
+                del self.reservations[ident]
+                if reservation.address:
+                    address = int(IPv4Address(reservation.address))
+                    if self.reserved_addresses.get(address) is reservation:
+                        del self.reserved_addresses[address]
+                        pool = self._pool_of(address)
+                        if pool is not None:
+                            pool.allocator.returned(address)
+
+    def remove_subscriber(self, subscriber_id: int) -> None:
+        for reservation in list(self.reservations.values()):
+            if reservation.subscriber_id == subscriber_id:
+                self.remove_reservation(reservation.id)
+        self.subscriber_status.pop(subscriber_id, None)
+
+    def set_subscriber_status(self, subscriber_id: int, status: SubscriberStatus) -> None:
+        self.subscriber_status[subscriber_id] = status
+
+    # --- the protocol
+
+    def handle(self, received: Received, now: float) -> Outcome:
+        packet = received.packet
+        if packet.op != BOOTREQUEST:
+            return Outcome(ignored=Ignored.NOT_A_REQUEST)
+        message_type = packet.message_type
+        if message_type is None:
+            return Outcome(ignored=Ignored.NO_MESSAGE_TYPE)
+        try:
+            relay = decode_relay_agent_info(packet.option(Option.RELAY_AGENT_INFO) or b"")
+        except OptionValueError:
+            return Outcome(ignored=Ignored.BAD_RELAY_INFO)
+        subnet = self._select_subnet(received, relay, message_type)
+        if subnet is None:
+            return Outcome(ignored=Ignored.NO_SUBNET)
+        server_id = subnet.server_id or received.interface_address
+        if server_id is None:
+            return Outcome(ignored=Ignored.NO_SERVER_ADDRESS)
+        client = self._identify(packet, relay)
+        if client.client_class is ClientClass.IGNORED and message_type is not DHCPMessageType.RELEASE:
+            return Outcome(ignored=Ignored.CLIENT_IGNORED)
+        match message_type:
+            case DHCPMessageType.DISCOVER:
+                return self._discover(received, subnet, server_id, client, now)
+            case DHCPMessageType.REQUEST:
+                return self._request(received, subnet, server_id, client, now)
+            case DHCPMessageType.DECLINE:
+                return self._decline(packet, subnet, client, now)
+            case DHCPMessageType.RELEASE:
+                return self._release(packet, client, now)
+            case DHCPMessageType.INFORM:
+                return self._inform(received, subnet, server_id, client)
+            case _:
+                return Outcome(ignored=Ignored.NOT_A_REQUEST)
+
+    def _select_subnet(self, received: Received, relay: RelayAgentInfo,
+                       message_type: DHCPMessageType) -> Subnet | None:
+        packet = received.packet
+        # RFC 3527 link selection (from the relay) and RFC 3011 subnet selection (from the client)
+        # name the client's link when giaddr cannot (a relay on a multinetted interface).
+        selection = relay.link_selection
+        if selection is None:
+            value = packet.option(Option.SUBNET_SELECTION)
+            if value is not None and len(value) == 4:
+                selection = IPv4Address(value)
+        if selection is not None:
+            return self._subnet_containing(int(selection))
+        if packet.giaddr != UNSPECIFIED:
+            giaddr = int(packet.giaddr)
+            if giaddr not in self._by_relay:
+                found = self._subnet_containing(giaddr)
+                if found is None:
+                    found = next((s for s in self.subnets if giaddr in s.relay_addresses), None)
+                self._by_relay[giaddr] = found
+            return self._by_relay[giaddr]
+        # A client with an address (renewing, releasing, informing) may be behind a relay yet
+        # unicast to us directly: its address says where it is.
+        if packet.ciaddr != UNSPECIFIED and message_type is not DHCPMessageType.DISCOVER:
+            found = self._subnet_containing(int(packet.ciaddr))
+            if found is not None:
+                return found
+        for subnet in self.subnets:
+            if subnet.interface == received.interface:
+                return subnet
+        return None
+
+    def _subnet_containing(self, address: int) -> Subnet | None:
+        for subnet in self.subnets:
+            if subnet.contains(address):
+                return subnet
+        return None
+
+    def _pool_of(self, address: int) -> ServedPool | None:
+        subnet = self._subnet_containing(address)
+        return subnet.pool_of(address) if subnet is not None else None
+
+    def _identify(self, packet: DHCPPacket, relay: RelayAgentInfo) -> Client:
+        raw_client_id = packet.option(Option.CLIENT_ID)
+        hw_address = mac_text(packet.hw_address)
+        client_id = raw_client_id.hex() if raw_client_id else None
+        circuit = relay.circuit_id
+        remote = relay.remote_id
+        circuit_id = opaque_text(circuit) if circuit else None
+        remote_id = opaque_text(remote) if remote else None
+        reservation = None
+        if self.reservations:
+            for kind, key in (("client-id", client_id), ("mac", hw_address), ("circuit-id", circuit_id),
+                              ("remote-id", remote_id)):
+                if key is not None:
+                    reservation = self.reservations.get((kind, key))
+                    if reservation is not None:
+                        break
+        client_class = self._unknown_class()
+        if reservation is not None:
+            status = self.subscriber_status.get(reservation.subscriber_id)
+            if status is SubscriberStatus.ACTIVE:
+                client_class = ClientClass.NORMAL
+            elif status is SubscriberStatus.SUSPENDED:
+                client_class = ClientClass.WALLED_GARDEN
+            else:
+                reservation = None  # closed or gone: no longer theirs to claim
+        return Client(
+            key=b"c" + raw_client_id if raw_client_id else b"h" + _u8(packet.htype) + packet.hw_address,
+            hw_address=hw_address, client_id=client_id, circuit_id=circuit_id, remote_id=remote_id,
+            relay_info=packet.option(Option.RELAY_AGENT_INFO), client_class=client_class, reservation=reservation,
+        )
+
+    def _unknown_class(self) -> ClientClass:
+        match self.config.unknown_clients:
+            case "serve":
+                return ClientClass.NORMAL
+            case "walled-garden":
+                return ClientClass.WALLED_GARDEN
+            case _:
+                return ClientClass.IGNORED
+
+    # --- address choice
+
+    def _reserved_address(self, client: Client, subnet: Subnet) -> int | None:
+        reservation = client.reservation
+        if client.client_class is not ClientClass.NORMAL or reservation is None or not reservation.address:
+            return None
+        address = int(IPv4Address(reservation.address))
+        return address if subnet.contains(address) else None
+
+    def _usable(self, address: int, client: Client, now: float) -> bool:
+        """Free for this client: held by nobody else, reserved for nobody else."""
+        reserved = self.reserved_addresses.get(address)
+        if reserved is not None and reserved is not client.reservation:
+            return False
+        binding = self.table.get(address)
+        return binding is None or not binding.held(now) or binding.client_key == client.key
+
+    def _allowed_pool(self, address: int, subnet: Subnet, client: Client) -> ServedPool | None:
+        """The pool (or, for the client's reserved address, the subnet) ``address`` is served from,
+        if this client may have it at all."""
+        if address == self._reserved_address(client, subnet):
+            return subnet.pool_of(address) or subnet.plain
+        pool = subnet.pool_of(address)
+        if pool is None or pool.allocator.walled_garden != (client.client_class is ClientClass.WALLED_GARDEN):
+            return None
+        return pool
+
+    def _choose(self, subnet: Subnet, client: Client, requested: IPv4Address | None,
+                now: float) -> tuple[int, ServedPool] | None:
+        reserved = self._reserved_address(client, subnet)
+        if reserved is not None and self._usable(reserved, client, now):
+            return reserved, subnet.pool_of(reserved) or subnet.plain
+        candidates = [self.table.previous_address(client.key)]
+        if requested is not None:
+            candidates.append(int(requested))
+        for address in candidates:
+            if address is not None and subnet.contains(address) and self._usable(address, client, now):
+                pool = self._allowed_pool(address, subnet, client)
+                if pool is not None:
+                    return address, pool
+
+        table, reserved_addresses = self.table.by_address, self.reserved_addresses
+
+        def is_fresh(address: int) -> bool:
+            return address not in table and address not in reserved_addresses
+
+        def is_free(address: int) -> bool:
+            if address in reserved_addresses:
+                return False
+            binding = table.get(address)
+            return binding is None or not binding.held(now)
+
+        def recheck(address: int) -> bool:
+            binding = table.get(address)
+            return binding is not None and binding.state in (BindingState.OFFERED, BindingState.DECLINED)
+
+        for pool in subnet.pools_for(client.client_class):
+            address = pool.allocator.allocate(is_free, is_fresh, recheck)
+            if address is not None:
+                return address, pool
+        return None
+
+    # --- messages
+
+    def _discover(self, received: Received, subnet: Subnet, server_id: IPv4Address, client: Client,
+                  now: float) -> Outcome:
+        packet = received.packet
+        requested = _requested_address(packet)
+        chosen = self._choose(subnet, client, requested, now)
+        if chosen is None:
+            return Outcome(ignored=Ignored.NO_ADDRESS)
+        address, pool = chosen
+        binding = self.table.get(address)
+        if not (binding is not None and binding.state is BindingState.BOUND and binding.held_by(client.key, now)):
+            self.table.put(Binding(address, BindingState.OFFERED, now + self.config.offer_hold_seconds, client.key,
+                                   pool=pool.name or None))
+            if pool.allocator.size:
+                pool.allocator.returned(address)  # comes back into play if the offer lapses
+        reply = self._reply(received, DHCPMessageType.OFFER, server_id, IPv4Address(address), pool, client)
+        return Outcome(reply=reply)
+
+    def _request(self, received: Received, subnet: Subnet, server_id: IPv4Address, client: Client,
+                 now: float) -> Outcome:
+        packet = received.packet
+        requested = _requested_address(packet)
+        named_server = packet.option(Option.SERVER_ID)
+        if named_server is not None:
+            # RFC 2131 §4.3.2 SELECTING: the client answers one OFFER among several.
+            if named_server != server_id.packed and (received.interface_address is None
+                                                     or named_server != received.interface_address.packed):
+                self._withdraw_offer(client, now)
+                return Outcome(ignored=Ignored.OTHER_SERVER)
+            address = requested
+        elif requested is not None and packet.ciaddr == UNSPECIFIED:
+            address = requested  # INIT-REBOOT
+        elif packet.ciaddr != UNSPECIFIED:
+            address = packet.ciaddr  # RENEWING (unicast) or REBINDING (broadcast)
+        else:
+            address = None
+        if address is None:
+            return Outcome(ignored=Ignored.BAD_REQUEST)
+        pool = self._confirmable(int(address), subnet, client, now)
+        if pool is None:
+            return Outcome(reply=self._nak(received, server_id, client))
+        return self._ack(received, server_id, int(address), pool, client, now)
+
+    def _confirmable(self, address: int, subnet: Subnet, client: Client, now: float) -> ServedPool | None:
+        if not subnet.contains(address) or not self._usable(address, client, now):
+            return None
+        reserved = self._reserved_address(client, subnet)
+        if reserved is not None and reserved != address and self._usable(reserved, client, now):
+            return None  # move the client to its reserved address
+        return self._allowed_pool(address, subnet, client)
+
+    def _withdraw_offer(self, client: Client, now: float) -> None:
+        address = self.table.previous_address(client.key)
+        if address is not None:
+            binding = self.table.by_address[address]
+            if binding.state is BindingState.OFFERED:
+                binding.expires_at = now
+
+    def _ack(self, received: Received, server_id: IPv4Address, address: int, pool: ServedPool, client: Client,
+             now: float) -> Outcome:
+        packet = received.packet
+        previous = self.table.get(address)
+        renewal = previous is not None and previous.state is BindingState.BOUND and previous.held_by(client.key, now)
+        hostname = self._hostname(packet, client)
+        if hostname is None and renewal and previous is not None:
+            hostname = previous.hostname
+        reservation = client.reservation
+        binding = Binding(
+            address=address, state=BindingState.BOUND, expires_at=now + pool.lease_seconds, client_key=client.key,
+            starts_at=previous.starts_at if renewal and previous is not None else now,
+            hw_address=client.hw_address, client_id=client.client_id, hostname=hostname,
+            subscriber_id=reservation.subscriber_id if reservation is not None else None,
+            circuit_id=client.circuit_id, remote_id=client.remote_id, pool=pool.name or None,
+        )
+        self.table.put(binding)
+        reply = self._reply(received, DHCPMessageType.ACK, server_id, IPv4Address(address), pool, client)
+        lease = _lease_of(binding)
+        return Outcome(
+            reply=reply, writes=[(lease, "renewed" if renewal else "granted")],
+            events=[LeaseGranted(at=now, address=lease.address, expires_at=binding.expires_at, hostname=hostname,
+                                 subscriber_id=binding.subscriber_id, hw_address=binding.hw_address,
+                                 pool=binding.pool, renewal=renewal)],
+        )
+
+    def _hostname(self, packet: DHCPPacket, client: Client) -> str | None:
+        if client.reservation is not None and client.reservation.hostname:
+            return client.reservation.hostname
+        fqdn = packet.option(Option.CLIENT_FQDN)
+        if fqdn is not None:
+            try:
+                name = clean_hostname(decode_client_fqdn(fqdn).name)
+            except OptionValueError:
+                name = None
+            if name:
+                return name
+        host = packet.option(Option.HOSTNAME)
+        if host:
+            return clean_hostname(host.decode("ascii", "replace"))
+        return None
+
+    def _decline(self, packet: DHCPPacket, subnet: Subnet, client: Client, now: float) -> Outcome:
+        requested = _requested_address(packet)
+        binding = self.table.get(int(requested)) if requested is not None else None
+        if binding is None or not binding.held_by(client.key, now):
+            return Outcome(ignored=Ignored.UNKNOWN_LEASE)
+        # RFC 2131 §4.3.3: the address is in use by something else; keep it out of use.
+        binding.state = BindingState.DECLINED
+        binding.expires_at = now + self.config.decline_quarantine_seconds
+        self.table.forget_client(binding)
+        pool = subnet.pool_of(binding.address)
+        if pool is not None:
+            pool.allocator.returned(binding.address)
+        lease = _lease_of(binding)
+        return Outcome(writes=[(lease, "declined")], declined=True,
+                       events=[LeaseEnded(at=now, address=lease.address, reason="declined",
+                                          hostname=binding.hostname, subscriber_id=binding.subscriber_id)])
+
+    def _release(self, packet: DHCPPacket, client: Client, now: float) -> Outcome:
+        binding = self.table.get(int(packet.ciaddr))
+        if binding is None or binding.state is not BindingState.BOUND or not binding.held_by(client.key, now):
+            return Outcome(ignored=Ignored.UNKNOWN_LEASE)
+        return self._end(binding, BindingState.RELEASED, now)
+
+    def _end(self, binding: Binding, state: BindingState, now: float) -> Outcome:
+        binding.state = state
+        binding.expires_at = min(binding.expires_at, now)
+        pool = self._pool_of(binding.address)
+        if pool is not None:
+            pool.allocator.returned(binding.address)
+        lease = _lease_of(binding)
+        return Outcome(writes=[(lease, state.value)],
+                       events=[LeaseEnded(at=now, address=lease.address, reason=state.value,
+                                          hostname=binding.hostname, subscriber_id=binding.subscriber_id)])
+
+    def _inform(self, received: Received, subnet: Subnet, server_id: IPv4Address, client: Client) -> Outcome:
+        pool = subnet.pool_of(int(received.packet.ciaddr)) or subnet.plain
+        return Outcome(reply=self._reply(received, DHCPMessageType.ACK, server_id, UNSPECIFIED, pool, client,
+                                         with_lease=False))
+
+    def reclaim(self, now: float) -> Outcome:
+        """End the leases that expired; one outcome with every write and event."""
+        outcome = Outcome()
+        for binding in self.table.expired(now):
+            ended = self._end(binding, BindingState.EXPIRED, now)
+            outcome.writes += ended.writes
+            outcome.events += ended.events
+        return outcome
+
+    # --- replies
+
+    def _reply(self, received: Received, message_type: DHCPMessageType, server_id: IPv4Address,
+               yiaddr: IPv4Address, pool: ServedPool, client: Client, *, with_lease: bool = True) -> Reply:
+        packet = received.packet
+        options: list[tuple[int, bytes]] = [(Option.MESSAGE_TYPE, _u8(message_type)),
+                                            (Option.SERVER_ID, server_id.packed)]
+        if with_lease:
+            options += [(Option.LEASE_TIME, encode_u32(pool.lease_seconds)),
+                        (Option.RENEWAL_TIME, encode_u32(pool.renew_seconds)),
+                        (Option.REBINDING_TIME, encode_u32(pool.rebind_seconds))]
+        requested = packet.option(Option.PARAMETER_REQUEST_LIST)
+        served = pool.options
+        # The mask and routers always (RFC 2132 §3.3 asks the mask first); the rest as asked,
+        # in the client's order, or everything we have when it asked for nothing in particular.
+        for always in (Option.SUBNET_MASK, Option.ROUTERS):
+            if always in served:
+                options.append((always, served[always]))
+        if requested is None:
+            options += [(c, v) for c, v in served.items() if c not in (Option.SUBNET_MASK, Option.ROUTERS)]
+        else:
+            seen: set[int] = {Option.SUBNET_MASK, Option.ROUTERS}
+            for code in requested:
+                if code in served and code not in seen:
+                    seen.add(code)
+                    options.append((code, served[code]))
+        fqdn = packet.option(Option.CLIENT_FQDN)
+        if fqdn is not None and len(fqdn) >= 3 and with_lease:
+            options.append((Option.CLIENT_FQDN, _fqdn_reply(fqdn)))
+        if client.relay_info is not None:
+            options.append((Option.RELAY_AGENT_INFO, client.relay_info))  # RFC 3046 §2.2: echo it, last
+        reply = DHCPPacket(
+            op=BOOTREPLY, xid=packet.xid, htype=packet.htype, hlen=packet.hlen, chaddr=packet.chaddr,
+            flags=packet.flags, ciaddr=packet.ciaddr if message_type is not DHCPMessageType.OFFER else UNSPECIFIED,
+            yiaddr=yiaddr, giaddr=packet.giaddr, options=tuple(options),
+        )
+        return self._addressed(received, reply, server_id)
+
+    def _nak(self, received: Received, server_id: IPv4Address, client: Client) -> Reply:
+        packet = received.packet
+        options: list[tuple[int, bytes]] = [(Option.MESSAGE_TYPE, _u8(DHCPMessageType.NAK)),
+                                            (Option.SERVER_ID, server_id.packed),
+                                            (Option.MESSAGE, b"address not available")]
+        if client.relay_info is not None:
+            options.append((Option.RELAY_AGENT_INFO, client.relay_info))
+        relayed = packet.giaddr != UNSPECIFIED
+        reply = DHCPPacket(
+            op=BOOTREPLY, xid=packet.xid, htype=packet.htype, hlen=packet.hlen, chaddr=packet.chaddr,
+            # RFC 2131 §4.1: a NAK through a relay asks it to broadcast.
+            flags=packet.flags | FLAG_BROADCAST if relayed else packet.flags,
+            giaddr=packet.giaddr, options=tuple(options),
+        )
+        return self._addressed(received, reply, server_id)
+
+    @staticmethod
+    def _addressed(received: Received, reply: DHCPPacket, server_id: IPv4Address) -> Reply:
+        """RFC 2131 §4.1: where a reply goes."""
+        request = received.packet
+        source = received.interface_address or server_id
+        if request.giaddr != UNSPECIFIED:
+            return Reply(reply, Destination.RELAY, request.giaddr, received.interface, source)
+        if reply.message_type is DHCPMessageType.NAK:
+            return Reply(reply, Destination.BROADCAST, BROADCAST_ADDRESS, received.interface, source)
+        if request.ciaddr != UNSPECIFIED:
+            return Reply(reply, Destination.UNICAST, request.ciaddr, received.interface, source)
+        if request.broadcast or reply.yiaddr == UNSPECIFIED or request.htype != 1 or request.hlen != 6:
+            return Reply(reply, Destination.BROADCAST, BROADCAST_ADDRESS, received.interface, source)
+        return Reply(reply, Destination.LINK, reply.yiaddr, received.interface, source)
+
+    # --- for metrics
+
+    def pool_usage(self, now: float) -> list[tuple[str, int, int, int]]:
+        """(pool, total, assigned, declined) for every pool."""
+        out = []
+        for subnet in self.subnets:
+            for pool in subnet.pools:
+                assigned, declined = self.table.count_in(pool.allocator, now)
+                out.append((pool.name, pool.allocator.size, assigned, declined))
+        return out
+
+
+def _requested_address(packet: DHCPPacket) -> IPv4Address | None:
+    value = packet.option(Option.REQUESTED_ADDRESS)
+    if value is None or len(value) != 4:
+        return None
+    return IPv4Address(value)
+
+
+def _fqdn_reply(request: bytes) -> bytes:
+    """RFC 4702 §4: we publish the name in our own DNS (S=1), unless the client asked us not to
+    (N); O tells a client that wanted to do it itself that we overrode it. RCODEs are 255."""
+    flags = request[0]
+    encoding = flags & 0x04
+    reply_flags = 0x08 | encoding if flags & 0x08 else 0x01 | encoding | (0x02 if not flags & 0x01 else 0)
+    return bytes((reply_flags, 255, 255)) + request[3:]
+
+
+def _lease_of(binding: Binding) -> Lease:
+    return Lease(
+        address=str(IPv4Address(binding.address)), state=_LEASE_STATE_OF[binding.state],
+        starts_at=binding.starts_at, expires_at=binding.expires_at, hw_address=binding.hw_address,
+        client_id=binding.client_id, hostname=binding.hostname, subscriber_id=binding.subscriber_id,
+        circuit_id=binding.circuit_id, remote_id=binding.remote_id, pool=binding.pool,
+    )

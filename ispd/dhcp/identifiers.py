@@ -1,0 +1,56 @@
+"""How client and line identifiers are written as text: in the store, the CLI and the logs.
+
+One canonical form per kind, so a reservation typed by an operator matches what a client sends:
+
+mac         lowercase, colon-separated: ``02:00:5e:10:00:01`` (input may use '-', '.', or none)
+client-id   lowercase hex of option 61 as sent, type byte first: ``0102005e100001``
+circuit-id  option 82 sub-options 1 and 2: the text itself when it is printable ASCII
+remote-id   (``eth0/1/2:100``, the usual for access switches and BNGs), else ``0x`` and hex
+"""
+
+from __future__ import annotations
+
+import re
+import string
+
+_PRINTABLE = frozenset(string.printable.encode()) - frozenset(b"\t\n\r\x0b\x0c")
+_HEX = re.compile(r"^[0-9a-f]*$")
+
+
+def mac_text(hw_address: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in hw_address)
+
+
+def opaque_text(value: bytes) -> str:
+    """A circuit-id or remote-id as text (see the module comment)."""
+    if value and all(b in _PRINTABLE for b in value) and not value.startswith(b"0x"):
+        return value.decode("ascii")
+    return "0x" + value.hex()
+
+
+def normalize_key(kind: str, key: str) -> str:
+    """The canonical form of a reservation key typed by an operator; ValueError says what is wrong."""
+    key = key.strip()
+    if kind == "mac":
+        digits = re.sub(r"[:.\-]", "", key.lower())
+        if len(digits) != 12 or not _HEX.match(digits):
+            raise ValueError(f"{key!r} is not a MAC address (write it like 02:00:5e:10:00:01)")
+        return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
+    if kind == "client-id":
+        digits = re.sub(r"[:.\-]", "", key.lower()).removeprefix("0x")
+        if len(digits) < 4 or len(digits) % 2 or not _HEX.match(digits):
+            raise ValueError(f"{key!r} is not a client identifier (hex bytes, type first, e.g. 01:02:00:5e:10:00:01)")
+        return digits
+    if kind in ("circuit-id", "remote-id"):
+        if not key:
+            raise ValueError(f"the {kind} is empty")
+        if key.startswith("0x"):
+            try:
+                return opaque_text(bytes.fromhex(key[2:]))
+            except ValueError:
+                raise ValueError(f"{key!r}: after 0x, write the bytes in hex") from None
+        raw = key.encode("ascii", "replace")
+        if len(raw) > 255 or not all(b in _PRINTABLE for b in raw):
+            raise ValueError(f"{key!r}: write a {kind} as printable ASCII, or as 0x and hex bytes")
+        return key
+    raise ValueError(f"unknown reservation kind {kind!r} (mac, client-id, circuit-id, remote-id)")

@@ -1,0 +1,149 @@
+"""Address allocation: which address a client gets, and what every address is doing now.
+
+Theory of operation
+-------------------
+Each address that was ever handed out has a ``Binding``: offered (held for one client for a
+short while), bound (a lease until ``expires_at``), released, expired, or declined (quarantined
+until ``expires_at``). An address with no binding has never been used since the daemon first
+saw its pool.
+
+``AddressPool.allocate`` prefers never-used addresses (a cursor walks the range once), then
+reuses ended ones oldest first (a queue). So an address stays with its last client for as long
+as the pool allows, and a returning client usually gets its old address back (the engine tries
+that first, through ``LeaseTable.previous_address``).
+
+The queue is lazy: an address is appended whenever it might become free (its offer was made,
+its lease ended) and checked when it reaches the head; one that is bound again is dropped (it
+is appended again when that lease ends), one that is still held or quarantined goes to the
+back. A scan is bounded (``MAX_SCAN``) so that a pool full of held offers costs a DISCOVER
+flood no more than a fixed amount of work per packet.
+
+The table is only ever touched from the event loop's thread; the store has the durable copy.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import Enum
+
+MAX_SCAN = 512
+
+
+class BindingState(Enum):
+    OFFERED = "offered"
+    BOUND = "bound"
+    RELEASED = "released"
+    EXPIRED = "expired"
+    DECLINED = "declined"
+
+
+@dataclass(slots=True)
+class Binding:
+    address: int
+    state: BindingState
+    expires_at: float
+    client_key: bytes | None
+    starts_at: float = 0.0
+    hw_address: str | None = None
+    client_id: str | None = None
+    hostname: str | None = None
+    subscriber_id: int | None = None
+    circuit_id: str | None = None
+    remote_id: str | None = None
+    pool: str | None = None
+
+    def held(self, now: float) -> bool:
+        """Whether the address is unavailable to anyone but its client (or to all, if declined)."""
+        if self.state in (BindingState.BOUND, BindingState.OFFERED, BindingState.DECLINED):
+            return self.expires_at > now
+        return False
+
+    def held_by(self, client_key: bytes, now: float) -> bool:
+        return self.client_key == client_key and self.state in (BindingState.BOUND, BindingState.OFFERED) \
+            and self.expires_at > now
+
+
+class AddressPool:
+    def __init__(self, name: str, first: int, last: int, *, walled_garden: bool = False) -> None:
+        self.name, self.first, self.last, self.walled_garden = name, first, last, walled_garden
+        self.size = last - first + 1
+        self._cursor = first
+        self._returned: deque[int] = deque()
+
+    def __contains__(self, address: int) -> bool:
+        return self.first <= address <= self.last
+
+    def returned(self, address: int) -> None:
+        """``address`` may have become free (offered, or its lease ended): consider it later."""
+        self._returned.append(address)
+
+    def allocate(self, is_free: Callable[[int], bool], is_fresh: Callable[[int], bool],
+                 recheck: Callable[[int], bool]) -> int | None:
+        """A free address: a never-used one if any is left, else the one free the longest.
+        ``recheck``: whether a taken address will free itself (a lapsing offer, a quarantine)
+        and so must stay queued; bound ones are queued again when their lease ends."""
+        while self._cursor <= self.last:
+            address = self._cursor
+            self._cursor += 1
+            if is_fresh(address):
+                return address
+        queue = self._returned
+        for _ in range(min(len(queue), MAX_SCAN)):
+            address = queue.popleft()
+            if is_free(address):
+                return address
+            if recheck(address):
+                queue.append(address)
+        return None
+
+    def restart_cursor(self) -> None:
+        """After loading stored leases, walk the range again (used addresses are skipped)."""
+        self._cursor = self.first
+
+
+class LeaseTable:
+    """Every binding by address, and each client's latest address."""
+
+    def __init__(self) -> None:
+        self.by_address: dict[int, Binding] = {}
+        self.by_client: dict[bytes, int] = {}
+
+    def get(self, address: int) -> Binding | None:
+        return self.by_address.get(address)
+
+    def put(self, binding: Binding) -> None:
+        self.by_address[binding.address] = binding
+        if binding.client_key is not None:
+            self.by_client[binding.client_key] = binding.address
+
+    def previous_address(self, client_key: bytes) -> int | None:
+        address = self.by_client.get(client_key)
+        if address is None:
+            return None
+        binding = self.by_address.get(address)
+        if binding is None or binding.client_key != client_key:
+            return None
+        return address
+
+    def forget_client(self, binding: Binding) -> None:
+        """The client must not get this address back (it declined it)."""
+        if binding.client_key is not None and self.by_client.get(binding.client_key) == binding.address:
+            del self.by_client[binding.client_key]
+        binding.client_key = None
+
+    def expired(self, now: float) -> Iterable[Binding]:
+        """Bound leases past their expiry (for the reclaim pass)."""
+        return [b for b in self.by_address.values() if b.state is BindingState.BOUND and b.expires_at <= now]
+
+    def count_in(self, pool: AddressPool, now: float) -> tuple[int, int]:
+        """(assigned, declined) addresses of ``pool`` now."""
+        assigned = declined = 0
+        for address, binding in self.by_address.items():
+            if address in pool and binding.expires_at > now:
+                if binding.state is BindingState.BOUND:
+                    assigned += 1
+                elif binding.state is BindingState.DECLINED:
+                    declined += 1
+        return assigned, declined

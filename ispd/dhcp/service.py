@@ -1,0 +1,392 @@
+"""The DHCPv4 transport: one UDP socket on port 67, the engine, the store, the bus.
+
+Theory of operation
+-------------------
+One socket bound to 0.0.0.0:67 receives both broadcasts from direct clients and unicasts from
+relays and renewing clients; IP_PKTINFO tells each datagram's interface (messages from
+interfaces not in ``[dhcp] interfaces`` are dropped) and the local address it came to, which is
+the server identifier unless the subnet sets one. Datagrams are read in batches straight from
+the socket when it is readable, decoded and handed to the engine synchronously.
+
+A reply that promises a lease (ACK) is held until the lease is durable: replies from one batch
+wait for one group-committed store write, then go out. OFFER and NAK go at once. Broadcasts
+leave by the receiving interface (IP_PKTINFO on send). A reply to a client that has no address
+yet and did not ask for a broadcast is written as a whole IPv4/UDP datagram to an AF_PACKET
+socket with the client's MAC as the link-layer destination, as Kea and dnsmasq do: the kernel
+could not ARP for an address the client does not have yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import socket
+import struct
+import time
+from array import array
+from contextlib import AsyncExitStack
+from ipaddress import IPv4Address
+from typing import TYPE_CHECKING
+
+from ispd.dhcp.codec import DHCPDecodeError, decode, encode
+from ispd.dhcp.config import DHCPConfig
+from ispd.dhcp.engine import Destination as To
+from ispd.dhcp.engine import DHCPEngine, Outcome, Received, Reply
+from ispd.dhcp.metrics import DHCPMetrics
+from ispd.dhcp.options import DHCPMessageType
+from ispd.events import (
+    Event,
+    ReservationAdded,
+    ReservationDeleted,
+    SubscriberAdded,
+    SubscriberClosed,
+    SubscriberDeleted,
+    SubscriberResumed,
+    SubscriberSuspended,
+)
+from ispd.logs import get_logger
+from ispd.service import Health, Service, ServiceContext, ServiceStartError, describe_os_error
+from ispd.store.errors import StoreError
+from ispd.store.models import Lease, Reservation, ReservationKind, SubscriberStatus
+
+if TYPE_CHECKING:
+    from ispd.config import Config
+
+log = get_logger("ispd.dhcp")
+
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+PKTINFO = struct.Struct("=I4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
+ETH_P_IP = 0x0800
+READ_BATCH = 64
+MAX_DATAGRAM = 4096
+_TYPE_NAMES = {t: t.name.lower() for t in DHCPMessageType}
+
+
+def _checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071), summing 16-bit words in C rather than in Python."""
+    if len(data) % 2:
+        data += b"\x00"
+    words = array("H", data)
+    total = sum(words)
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    # Summed in host order; a one's-complement sum survives the byte swap intact.
+    result = ~total & 0xFFFF
+    return socket.htons(result) if struct.pack("=H", 1) == b"\x01\x00" else result
+
+
+def ipv4_udp_datagram(payload: bytes, source: IPv4Address, destination: IPv4Address, source_port: int,
+                      destination_port: int) -> bytes:
+    udp_length = 8 + len(payload)
+    pseudo = source.packed + destination.packed + struct.pack("!BBH", 0, socket.IPPROTO_UDP, udp_length)
+    udp_header = struct.pack("!HHHH", source_port, destination_port, udp_length, 0)
+    udp_sum = _checksum(pseudo + udp_header + payload) or 0xFFFF
+    udp_header = struct.pack("!HHHH", source_port, destination_port, udp_length, udp_sum)
+    ip_header = struct.pack("!BBHHHBBH4s4s", 0x45, 0x10, 20 + udp_length, 0, 0x4000, 64, socket.IPPROTO_UDP, 0,
+                            source.packed, destination.packed)
+    ip_header = ip_header[:10] + struct.pack("!H", _checksum(ip_header)) + ip_header[12:]
+    return ip_header + udp_header + payload
+
+
+class DHCPService(Service):
+    name = "dhcp"
+
+    def __init__(self, config: Config, context: ServiceContext) -> None:
+        self.config: DHCPConfig = config.dhcp
+        self.context = context
+        self.engine = DHCPEngine(self.config)
+        self.metrics = DHCPMetrics()
+        self._socket: socket.socket | None = None
+        self._link_sockets: dict[int, socket.socket] = {}
+        self._interfaces: dict[int, str] = {}
+        self._pending: list[tuple[Outcome, float, str]] = []
+        self._flush_scheduled = False
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._reclaimer: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._store_failing = False
+
+    @property
+    def server_port(self) -> int:
+        assert self._socket is not None
+        return int(self._socket.getsockname()[1])
+
+    @property
+    def client_port(self) -> int:
+        # Clients listen on 68; a test server on another port talks to clients on the next one.
+        return 68 if self.server_port == 67 else self.server_port + 1
+
+    # --- lifecycle
+
+    async def start(self, stack: AsyncExitStack) -> None:
+        self._loop = asyncio.get_running_loop()
+        store = self.context.store
+        try:
+            leases = await store.list_leases(include_ended=True)
+            reservations = await store.list_reservations()
+            subscribers = await store.list_subscribers()
+        except StoreError as exc:
+            raise ServiceStartError(f"dhcp: cannot load leases from the store: {exc}") from None
+        self.engine.load(leases, reservations, {s.id: s.status for s in subscribers})
+        self._subscribe(stack)
+        self._open(self.config)
+        stack.callback(self._close)
+        for collector in self.metrics.collectors(lambda: self.engine.pool_usage(self.context.clock())):
+            self.context.registry.register(collector)
+            stack.callback(self.context.registry.unregister, collector)
+        self._reclaimer = asyncio.create_task(self._reclaim_periodically(), name="ispd-dhcp-reclaim")
+        stack.push_async_callback(self._cancel_reclaimer)
+        log.info("dhcp.started", interfaces=self.config.interfaces, port=self.server_port,
+                 leases=len(leases), reservations=len(reservations))
+
+    async def stop(self) -> None:
+        if self._socket is not None and self._loop is not None:
+            self._loop.remove_reader(self._socket.fileno())
+        self._flush()
+        while self._in_flight:
+            await asyncio.wait(list(self._in_flight))
+
+    async def reload(self, old: Config, new: Config) -> None:
+        if old.dhcp == new.dhcp:
+            return
+        listen_changed = (old.dhcp.interfaces, old.dhcp.port) != (new.dhcp.interfaces, new.dhcp.port)
+        if listen_changed:
+            self._close()
+            try:
+                self._open(new.dhcp)
+            except ServiceStartError:
+                self._open(self.config)  # keep serving as before; the supervisor logs the refusal
+                raise
+        self.config = new.dhcp
+        self.engine.reconfigure(new.dhcp)
+        log.info("dhcp.reloaded", interfaces=new.dhcp.interfaces, listen_changed=listen_changed)
+
+    def health(self) -> Health:
+        if self._socket is None:
+            return Health(False, "not listening")
+        if self._store_failing:
+            return Health(False, "lease writes to the store are failing")
+        return Health(True)
+
+    def describe(self) -> str:
+        return f"dhcp on {', '.join(self.config.interfaces)}"
+
+    async def _cancel_reclaimer(self) -> None:
+        task, self._reclaimer = self._reclaimer, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # --- sockets
+
+    def _open(self, config: DHCPConfig) -> None:
+        interfaces: dict[int, str] = {}
+        for name in config.interfaces:
+            try:
+                interfaces[socket.if_nametoindex(name)] = name
+            except OSError:
+                raise ServiceStartError(f"dhcp: there is no network interface named {name!r}") from None
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+            sock.setblocking(False)
+            sock.bind(("0.0.0.0", config.port))
+        except OSError as exc:
+            sock.close()
+            raise ServiceStartError(f"dhcp: cannot listen on 0.0.0.0:{config.port}: {describe_os_error(exc)}") from None
+        links: dict[int, socket.socket] = {}
+        try:
+            for index in interfaces:
+                # Protocol 0: this socket only sends; it must not receive a copy of every frame.
+                link = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)
+                link.setblocking(False)
+                links[index] = link
+        except OSError as exc:
+            for link in links.values():
+                link.close()
+            sock.close()
+            raise ServiceStartError(f"dhcp: cannot open a link-layer socket: {describe_os_error(exc)}") from None
+        self._socket, self._link_sockets, self._interfaces = sock, links, interfaces
+        assert self._loop is not None
+        self._loop.add_reader(sock.fileno(), self._readable)
+
+    def _close(self) -> None:
+        if self._socket is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._socket.fileno())
+            self._socket.close()
+            self._socket = None
+        for link in self._link_sockets.values():
+            link.close()
+        self._link_sockets = {}
+
+    # --- receiving
+
+    def _readable(self) -> None:
+        sock = self._socket
+        if sock is None:
+            return
+        now = self.context.clock()
+        for _ in range(READ_BATCH):
+            try:
+                data, ancillary, _flags, _source = sock.recvmsg(MAX_DATAGRAM, 64)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                log.warning("dhcp.receive.failed", error=describe_os_error(exc))
+                break
+            started = time.perf_counter()
+            ifindex, local = 0, None
+            for level, kind, value in ancillary:
+                if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(value) >= PKTINFO.size:
+                    ifindex, spec_dst, _ = PKTINFO.unpack_from(value)
+                    if spec_dst != b"\x00\x00\x00\x00":
+                        local = IPv4Address(spec_dst)
+            interface = self._interfaces.get(ifindex)
+            if interface is None:
+                self.metrics.dropped.inc("interface_not_served")
+                continue
+            try:
+                self._handle(data, ifindex, interface, local, now, started)
+            except Exception:  # a bug on one packet must not stop the server answering the next
+                self.metrics.dropped.inc("internal_error")
+                log.error("dhcp.packet.failed", exc_info=True)
+
+    def _handle(self, data: bytes, ifindex: int, interface: str, local: IPv4Address | None, now: float,
+                started: float) -> None:
+        try:
+            packet = decode(data)
+        except DHCPDecodeError as exc:
+            self.metrics.dropped.inc(str(exc.reason))
+            return
+        message_type = packet.message_type
+        type_name = _TYPE_NAMES[message_type] if message_type is not None else "unknown"
+        self.metrics.received.inc(type_name)
+        outcome = self.engine.handle(Received(packet, interface, local), now)
+        if outcome.ignored is not None:
+            self.metrics.dropped.inc(str(outcome.ignored))
+        if outcome.declined:
+            self.metrics.declines.inc()
+            log.warning("dhcp.lease.declined", address=str(outcome.writes[0][0].address),
+                        quarantine_seconds=self.config.decline_quarantine_seconds)
+        if outcome.writes:
+            self._pending.append((outcome, started, type_name))
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                assert self._loop is not None
+                self._loop.call_soon(self._flush)
+        elif outcome.reply is not None:
+            self._send(outcome.reply, ifindex, started, type_name)
+
+    # --- durable writes, then replies
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        task = asyncio.ensure_future(self._commit(batch))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _commit(self, batch: list[tuple[Outcome, float, str]]) -> None:
+        writes: list[tuple[Lease, str]] = [w for outcome, _, _ in batch for w in outcome.writes]
+        try:
+            await self.context.store.record_leases(writes)
+        except StoreError as exc:
+            self._store_failing = True
+            self.metrics.dropped.inc("store_error", amount=len(batch))
+            log.error("dhcp.lease.write_failed", error=str(exc), leases=len(writes))
+            return
+        self._store_failing = False
+        for outcome, started, type_name in batch:
+            if outcome.reply is not None:
+                self._send(outcome.reply, self._ifindex(outcome.reply.interface), started, type_name)
+            for event in outcome.events:
+                self._publish(event)
+
+    def _publish(self, event: Event) -> None:
+        self.context.bus.publish(event)
+
+    def _ifindex(self, interface: str) -> int:
+        for index, name in self._interfaces.items():
+            if name == interface:
+                return index
+        return 0
+
+    # --- sending
+
+    def _send(self, reply: Reply, ifindex: int, started: float, request_type: str) -> None:
+        sock = self._socket
+        if sock is None:
+            return
+        payload = encode(reply.packet)
+        try:
+            if reply.destination is To.RELAY:
+                sock.sendto(payload, (str(reply.address), self.server_port))
+            elif reply.destination is To.UNICAST:
+                sock.sendto(payload, (str(reply.address), self.client_port))
+            elif reply.destination is To.BROADCAST:
+                pktinfo = PKTINFO.pack(ifindex, reply.server_address.packed, b"\x00" * 4)
+                sock.sendmsg([payload], [(socket.IPPROTO_IP, IP_PKTINFO, pktinfo)],
+                              0, ("255.255.255.255", self.client_port))
+            else:
+                self._send_link(reply, ifindex, payload)
+        except OSError as exc:
+            self.metrics.dropped.inc("send_failed")
+            if exc.errno not in (errno.EAGAIN, errno.ENOBUFS):
+                log.warning("dhcp.send.failed", destination=str(reply.address), error=describe_os_error(exc))
+            return
+        message_type = reply.packet.message_type
+        self.metrics.sent.inc(_TYPE_NAMES[message_type] if message_type is not None else "unknown")
+        self.metrics.latency[request_type].observe(time.perf_counter() - started)
+
+    def _send_link(self, reply: Reply, ifindex: int, payload: bytes) -> None:
+        link = self._link_sockets.get(ifindex)
+        interface = self._interfaces.get(ifindex)
+        if link is None or interface is None:
+            raise OSError(errno.ENODEV, "no link-layer socket for the interface")
+        datagram = ipv4_udp_datagram(payload, reply.server_address, reply.address, self.server_port,
+                                     self.client_port)
+        link.sendto(datagram, (interface, ETH_P_IP, 0, 0, reply.packet.hw_address))
+
+    # --- expiry
+
+    async def _reclaim_periodically(self) -> None:
+        while True:
+            outcome = self.engine.reclaim(self.context.clock())
+            if outcome.writes:
+                log.info("dhcp.leases.expired", count=len(outcome.writes))
+                self._pending.append((outcome, time.perf_counter(), "expiry"))
+                self._flush()
+            await asyncio.sleep(self.config.reclaim_interval_seconds)
+
+    # --- what other processes and services change
+
+    def _subscribe(self, stack: AsyncExitStack) -> None:
+        bus, engine = self.context.bus, self.engine
+
+        def status(value: SubscriberStatus) -> object:
+            return lambda event: engine.set_subscriber_status(event.subscriber_id, value)
+
+        def added(event: ReservationAdded) -> None:
+            engine.add_reservation(Reservation(
+                id=event.reservation_id, subscriber_id=event.subscriber_id, kind=ReservationKind(event.kind),
+                key=event.key, address=event.address, hostname=event.hostname, created_at=event.at))
+
+        unsubscribers = [
+            bus.subscribe(SubscriberAdded, status(SubscriberStatus.ACTIVE)),  # type: ignore[arg-type]
+            bus.subscribe(SubscriberResumed, status(SubscriberStatus.ACTIVE)),  # type: ignore[arg-type]
+            bus.subscribe(SubscriberSuspended, status(SubscriberStatus.SUSPENDED)),  # type: ignore[arg-type]
+            bus.subscribe(SubscriberClosed, status(SubscriberStatus.CLOSED)),  # type: ignore[arg-type]
+            bus.subscribe(SubscriberDeleted, lambda event: engine.remove_subscriber(event.subscriber_id)),
+            bus.subscribe(ReservationAdded, added),
+            bus.subscribe(ReservationDeleted, lambda event: engine.remove_reservation(event.reservation_id)),
+        ]
+        for unsubscribe in unsubscribers:
+            stack.callback(unsubscribe)
