@@ -501,7 +501,7 @@ class DHCPEngine:
         reserved = self._reserved_address(client, subnet)
         if reserved is not None and self._usable(reserved, client, now):
             return reserved, subnet.pool_of(reserved) or subnet.plain
-        candidates = [self.table.previous_address(client.key)]
+        candidates: list[int | None] = list(self.table.previous_addresses(client.key))
         if requested is not None:
             candidates.append(int(requested))
         for address in candidates:
@@ -584,8 +584,7 @@ class DHCPEngine:
         return self._allowed_pool(address, subnet, client)
 
     def _withdraw_offer(self, client: Client, now: float) -> None:
-        address = self.table.previous_address(client.key)
-        if address is not None:
+        for address in self.table.previous_addresses(client.key):
             binding = self.table.by_address[address]
             if binding.state is BindingState.OFFERED:
                 binding.expires_at = now
@@ -606,12 +605,24 @@ class DHCPEngine:
             subscriber_id=reservation.subscriber_id if reservation is not None else None,
             circuit_id=client.circuit_id, remote_id=client.remote_id, pool=pool.name or None,
         )
+        # One lease per client and subnet: one it held elsewhere in the subnet (before it moved to
+        # or from the walled garden, or to its reserved address) ends now.
+        superseded = Outcome()
+        subnet = self._subnet_containing(address)
+        for other in self.table.previous_addresses(client.key):
+            held = self.table.by_address[other]
+            if other != address and held.state is BindingState.BOUND and held.held_by(client.key, now) \
+                    and subnet is not None and subnet.contains(other):
+                ended = self._end(held, BindingState.RELEASED, now)
+                superseded.writes += ended.writes
+                superseded.events += ended.events
         self.table.put(binding)
         reply = self._reply(received, DHCPMessageType.ACK, server_id, IPv4Address(address), pool, client)
         lease = _lease_of(binding)
         return Outcome(
-            reply=reply, writes=[(lease, "renewed" if renewal else "granted")],
-            events=[LeaseGranted(at=now, address=lease.address, expires_at=binding.expires_at, hostname=hostname,
+            reply=reply, writes=[*superseded.writes, (lease, "renewed" if renewal else "granted")],
+            events=[*superseded.events,
+                    LeaseGranted(at=now, address=lease.address, expires_at=binding.expires_at, hostname=hostname,
                                  subscriber_id=binding.subscriber_id, hw_address=binding.hw_address,
                                  pool=binding.pool, renewal=renewal)],
         )

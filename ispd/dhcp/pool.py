@@ -10,7 +10,7 @@ saw its pool.
 ``AddressPool.allocate`` prefers never-used addresses (a cursor walks the range once), then
 reuses ended ones oldest first (a queue). So an address stays with its last client for as long
 as the pool allows, and a returning client usually gets its old address back (the engine tries
-that first, through ``LeaseTable.previous_address``).
+that first, through ``LeaseTable.previous_addresses``).
 
 The queue is lazy: an address is appended whenever it might become free (its offer was made,
 its lease ended) and checked when it reaches the head; one that is bound again is dropped (it
@@ -104,11 +104,13 @@ class AddressPool:
 
 
 class LeaseTable:
-    """Every binding by address, and each client's latest address."""
+    """Every binding by address, and each client's latest addresses (newest first)."""
+
+    REMEMBERED = 4  # addresses per client: enough to return from the walled garden to the old one
 
     def __init__(self) -> None:
         self.by_address: dict[int, Binding] = {}
-        self.by_client: dict[bytes, int] = {}
+        self.by_client: dict[bytes, list[int]] = {}
 
     def get(self, address: int) -> Binding | None:
         return self.by_address.get(address)
@@ -116,21 +118,24 @@ class LeaseTable:
     def put(self, binding: Binding) -> None:
         self.by_address[binding.address] = binding
         if binding.client_key is not None:
-            self.by_client[binding.client_key] = binding.address
+            remembered = self.by_client.setdefault(binding.client_key, [])
+            if not remembered or remembered[0] != binding.address:
+                if binding.address in remembered:
+                    remembered.remove(binding.address)
+                remembered.insert(0, binding.address)
+                del remembered[self.REMEMBERED :]
 
-    def previous_address(self, client_key: bytes) -> int | None:
-        address = self.by_client.get(client_key)
-        if address is None:
-            return None
-        binding = self.by_address.get(address)
-        if binding is None or binding.client_key != client_key:
-            return None
-        return address
+    def previous_addresses(self, client_key: bytes) -> list[int]:
+        """The addresses this client had (and nobody has had since), newest first."""
+        return [a for a in self.by_client.get(client_key, ())
+                if (b := self.by_address.get(a)) is not None and b.client_key == client_key]
 
     def forget_client(self, binding: Binding) -> None:
         """The client must not get this address back (it declined it)."""
-        if binding.client_key is not None and self.by_client.get(binding.client_key) == binding.address:
-            del self.by_client[binding.client_key]
+        if binding.client_key is not None:
+            remembered = self.by_client.get(binding.client_key, [])
+            if binding.address in remembered:
+                remembered.remove(binding.address)
         binding.client_key = None
 
     def expired(self, now: float) -> Iterable[Binding]:

@@ -1,0 +1,396 @@
+"""The DHCP engine alone: messages in, decisions out, with a clock we move by hand."""
+
+from __future__ import annotations
+
+import struct
+from ipaddress import IPv4Address
+from typing import Any
+
+import pytest
+
+from ispd.dhcp.codec import BOOTREQUEST, FLAG_BROADCAST, DHCPPacket
+from ispd.dhcp.config import DHCPConfig
+from ispd.dhcp.engine import DHCPEngine, Destination, Ignored, Outcome, Received, clean_hostname
+from ispd.dhcp.options import DHCPMessageType, Option, decode_ips, decode_u32
+from ispd.dhcp.service import ipv4_udp_datagram
+from ispd.events import LeaseEnded, LeaseGranted
+from ispd.store.models import Lease, LeaseState, Reservation, ReservationKind, SubscriberStatus
+
+SERVER = IPv4Address("198.18.0.1")
+MAC_A = bytes.fromhex("02005e100001")
+MAC_B = bytes.fromhex("02005e100002")
+MAC_C = bytes.fromhex("02005e100003")
+T0 = 1_800_000_000.0
+
+
+def config(**overrides: Any) -> DHCPConfig:
+    base: dict[str, Any] = {
+        "enabled": True,
+        "interfaces": ["eth1"],
+        "decline_quarantine_seconds": 600,
+        "subnet": [
+            {
+                "network": "198.18.0.0/24", "interface": "eth1", "routers": ["198.18.0.1"],
+                "dns_servers": ["198.18.0.1", "198.18.0.2"], "domain_name": "lab.example", "mtu": 1500,
+                "pool": [
+                    {"name": "lan", "range": "198.18.0.100 - 198.18.0.102"},
+                    {"name": "garden", "range": "198.18.0.200 - 198.18.0.201", "walled_garden": True,
+                     "dns_servers": ["198.18.0.250"]},
+                ],
+            },
+            {
+                "network": "198.18.1.0/24", "routers": ["198.18.1.1"], "lease_seconds": 7200,
+                "pool": [{"name": "relayed", "range": "198.18.1.100 - 198.18.1.150"}],
+            },
+            {
+                "network": "198.19.0.0/16", "relay_addresses": ["198.18.9.9"],
+                "pool": [{"name": "bng", "range": "198.19.0.10 - 198.19.0.20"}],
+            },
+        ],
+    }
+    base.update(overrides)
+    return DHCPConfig.model_validate(base)
+
+
+def message(kind: DHCPMessageType, mac: bytes = MAC_A, *, xid: int = 0x1234, ciaddr: str = "0.0.0.0",
+            giaddr: str = "0.0.0.0", flags: int = 0, requested: str | None = None, server_id: str | None = None,
+            extra: tuple[tuple[int, bytes], ...] = ()) -> DHCPPacket:
+    options: list[tuple[int, bytes]] = [(Option.MESSAGE_TYPE, bytes((kind,)))]
+    if requested:
+        options.append((Option.REQUESTED_ADDRESS, IPv4Address(requested).packed))
+    if server_id:
+        options.append((Option.SERVER_ID, IPv4Address(server_id).packed))
+    options += extra
+    return DHCPPacket(op=BOOTREQUEST, xid=xid, chaddr=mac.ljust(16, b"\0"), flags=flags,
+                      ciaddr=IPv4Address(ciaddr), giaddr=IPv4Address(giaddr), options=tuple(options))
+
+
+class Lab:
+    def __init__(self, cfg: DHCPConfig | None = None) -> None:
+        self.engine = DHCPEngine(cfg or config())
+        self.now = T0
+
+    def send(self, packet: DHCPPacket, interface: str = "eth1", local: IPv4Address | None = SERVER) -> Outcome:
+        return self.engine.handle(Received(packet, interface, local), self.now)
+
+    def dora(self, mac: bytes = MAC_A, **kw: Any) -> IPv4Address:
+        offer = self.send(message(DHCPMessageType.DISCOVER, mac, **kw))
+        assert offer.reply is not None, offer.ignored
+        address = offer.reply.packet.yiaddr
+        ack = self.send(message(DHCPMessageType.REQUEST, mac, requested=str(address), server_id=str(SERVER), **kw))
+        assert ack.reply is not None and ack.reply.packet.message_type is DHCPMessageType.ACK
+        return address
+
+
+def test_discover_request_grants_a_lease_with_the_configured_options() -> None:
+    lab = Lab()
+    offer = lab.send(message(DHCPMessageType.DISCOVER,
+                             extra=((Option.PARAMETER_REQUEST_LIST, bytes((1, 3, 6, 15, 26, 42))),)))
+    assert offer.reply is not None and not offer.writes
+    packet = offer.reply.packet
+    assert packet.message_type is DHCPMessageType.OFFER
+    assert packet.yiaddr == IPv4Address("198.18.0.100")
+    assert decode_u32(packet.option(Option.LEASE_TIME) or b"") == 3600
+    assert decode_u32(packet.option(Option.RENEWAL_TIME) or b"") == 1800
+    assert decode_u32(packet.option(Option.REBINDING_TIME) or b"") == 3150
+    assert decode_ips(packet.option(Option.DNS_SERVERS) or b"") == (SERVER, IPv4Address("198.18.0.2"))
+    assert packet.option(Option.DOMAIN_NAME) == b"lab.example"
+    assert packet.option(Option.SUBNET_MASK) == bytes((255, 255, 255, 0))
+    assert packet.option(Option.BROADCAST_ADDRESS) is None  # not asked for
+    assert packet.option(Option.SERVER_ID) == SERVER.packed
+    # No address yet, no broadcast bit: unicast at the link layer (RFC 2131 §4.1).
+    assert offer.reply.destination is Destination.LINK
+
+    ack = lab.send(message(DHCPMessageType.REQUEST, requested="198.18.0.100", server_id="198.18.0.1"))
+    assert ack.reply is not None and ack.reply.packet.message_type is DHCPMessageType.ACK
+    [(lease, event)] = ack.writes
+    assert (lease.address, lease.state, event) == ("198.18.0.100", LeaseState.BOUND, "granted")
+    assert lease.expires_at == T0 + 3600 and lease.hw_address == "02:00:5e:10:00:01" and lease.pool == "lan"
+    [granted] = ack.events
+    assert isinstance(granted, LeaseGranted) and granted.address == "198.18.0.100" and not granted.renewal
+
+
+def test_options_the_client_did_not_ask_for_are_all_sent_when_it_asked_for_none() -> None:
+    reply = Lab().send(message(DHCPMessageType.DISCOVER)).reply
+    assert reply is not None
+    assert reply.packet.option(Option.INTERFACE_MTU) == struct.pack("!H", 1500)
+    assert reply.packet.option(Option.BROADCAST_ADDRESS) == IPv4Address("198.18.0.255").packed
+
+
+def test_renewing_extends_the_same_address_and_replies_by_unicast() -> None:
+    lab = Lab()
+    address = lab.dora()
+    lab.now += 1800
+    renew = lab.send(message(DHCPMessageType.REQUEST, ciaddr=str(address)))
+    assert renew.reply is not None and renew.reply.packet.message_type is DHCPMessageType.ACK
+    assert renew.reply.packet.yiaddr == address and renew.reply.packet.ciaddr == address
+    assert renew.reply.destination is Destination.UNICAST and renew.reply.address == address
+    [(lease, event)] = renew.writes
+    assert event == "renewed" and lease.starts_at == T0 and lease.expires_at == lab.now + 3600
+
+
+def test_a_returning_client_gets_its_previous_address() -> None:
+    lab = Lab()
+    first = lab.dora(MAC_A)
+    lab.send(message(DHCPMessageType.RELEASE, MAC_A, ciaddr=str(first), server_id=str(SERVER)))
+    lab.dora(MAC_B)  # takes a never-used address, not A's
+    assert lab.dora(MAC_A) == first
+
+
+def test_released_address_becomes_free_for_others_when_the_pool_runs_out() -> None:
+    lab = Lab()
+    addresses = [lab.dora(mac) for mac in (MAC_A, MAC_B, MAC_C)]
+    assert len(set(addresses)) == 3
+    fourth = bytes.fromhex("02005e100004")
+    assert lab.send(message(DHCPMessageType.DISCOVER, fourth)).ignored is Ignored.NO_ADDRESS
+    released = lab.send(message(DHCPMessageType.RELEASE, MAC_B, ciaddr=str(addresses[1])))
+    [(lease, event)] = released.writes
+    assert event == "released" and lease.state is LeaseState.RELEASED
+    assert isinstance(released.events[0], LeaseEnded)
+    assert lab.dora(fourth) == addresses[1]
+
+
+def test_an_offer_is_held_then_lapses() -> None:
+    lab = Lab(config(subnet=[{"network": "198.18.0.0/24", "interface": "eth1",
+                              "pool": [{"name": "one", "range": "198.18.0.100 - 198.18.0.100"}]}]))
+    assert lab.send(message(DHCPMessageType.DISCOVER, MAC_A)).reply is not None
+    assert lab.send(message(DHCPMessageType.DISCOVER, MAC_B)).ignored is Ignored.NO_ADDRESS
+    lab.now += 31
+    offer = lab.send(message(DHCPMessageType.DISCOVER, MAC_B))
+    assert offer.reply is not None and offer.reply.packet.yiaddr == IPv4Address("198.18.0.100")
+
+
+def test_selecting_another_server_withdraws_our_offer_silently() -> None:
+    lab = Lab(config(subnet=[{"network": "198.18.0.0/24", "interface": "eth1",
+                              "pool": [{"name": "one", "range": "198.18.0.100 - 198.18.0.100"}]}]))
+    lab.send(message(DHCPMessageType.DISCOVER, MAC_A))
+    other = lab.send(message(DHCPMessageType.REQUEST, MAC_A, requested="198.18.0.100", server_id="198.18.0.77"))
+    assert other.reply is None and other.ignored is Ignored.OTHER_SERVER
+    assert lab.send(message(DHCPMessageType.DISCOVER, MAC_B)).reply is not None
+
+
+def test_nak_for_an_address_on_another_subnet_or_held_by_another_client() -> None:
+    lab = Lab()
+    taken = lab.dora(MAC_A)
+    wrong_net = lab.send(message(DHCPMessageType.REQUEST, MAC_B, requested="198.18.1.100"))  # INIT-REBOOT
+    assert wrong_net.reply is not None and wrong_net.reply.packet.message_type is DHCPMessageType.NAK
+    assert wrong_net.reply.destination is Destination.BROADCAST and not wrong_net.writes
+    someone_elses = lab.send(message(DHCPMessageType.REQUEST, MAC_B, requested=str(taken)))
+    assert someone_elses.reply is not None and someone_elses.reply.packet.message_type is DHCPMessageType.NAK
+    outside_pools = lab.send(message(DHCPMessageType.REQUEST, MAC_B, requested="198.18.0.50"))
+    assert outside_pools.reply is not None and outside_pools.reply.packet.message_type is DHCPMessageType.NAK
+
+
+def test_init_reboot_with_a_free_address_is_confirmed() -> None:
+    """Authoritative: a client whose lease we lost keeps its address if nobody else has it."""
+    ack = Lab().send(message(DHCPMessageType.REQUEST, requested="198.18.0.101"))
+    assert ack.reply is not None and ack.reply.packet.message_type is DHCPMessageType.ACK
+    assert ack.writes[0][0].address == "198.18.0.101"
+
+
+def test_decline_quarantines_the_address_and_the_client_gets_another() -> None:
+    lab = Lab()
+    address = lab.dora(MAC_A)
+    declined = lab.send(message(DHCPMessageType.DECLINE, MAC_A, requested=str(address), server_id=str(SERVER)))
+    assert declined.declined and declined.reply is None
+    [(lease, event)] = declined.writes
+    assert event == "declined" and lease.state is LeaseState.DECLINED and lease.expires_at == T0 + 600
+    again = lab.dora(MAC_A)
+    assert again != address
+    assert lab.engine.pool_usage(lab.now)[0] == ("lan", 3, 1, 1)
+    # The quarantine ends; the address is offered again once the fresh ones are gone.
+    lab.now += 601
+    assert address in {lab.dora(MAC_B), lab.dora(MAC_C)}
+
+
+def test_decline_or_release_of_someone_elses_lease_is_ignored() -> None:
+    lab = Lab()
+    address = lab.dora(MAC_A)
+    assert lab.send(message(DHCPMessageType.DECLINE, MAC_B, requested=str(address))).ignored is Ignored.UNKNOWN_LEASE
+    assert lab.send(message(DHCPMessageType.RELEASE, MAC_B, ciaddr=str(address))).ignored is Ignored.UNKNOWN_LEASE
+
+
+def test_inform_gets_options_but_no_lease() -> None:
+    reply = Lab().send(message(DHCPMessageType.INFORM, ciaddr="198.18.0.50")).reply
+    assert reply is not None and reply.packet.message_type is DHCPMessageType.ACK
+    assert reply.packet.yiaddr == IPv4Address(0) and reply.packet.option(Option.LEASE_TIME) is None
+    assert reply.destination is Destination.UNICAST and reply.address == IPv4Address("198.18.0.50")
+
+
+def test_relayed_messages_choose_the_subnet_by_giaddr_and_echo_option_82() -> None:
+    lab = Lab()
+    relay_info = bytes((1, 8)) + b"eth0/1/7" + bytes((2, 4)) + b"\x00\x11\x22\x33"
+    offer = lab.send(message(DHCPMessageType.DISCOVER, giaddr="198.18.1.1",
+                             extra=((Option.RELAY_AGENT_INFO, relay_info),)))
+    assert offer.reply is not None
+    assert offer.reply.destination is Destination.RELAY and offer.reply.address == IPv4Address("198.18.1.1")
+    assert offer.reply.packet.yiaddr in {IPv4Address(f"198.18.1.{n}") for n in range(100, 151)}
+    assert offer.reply.packet.options[-1] == (Option.RELAY_AGENT_INFO, relay_info)
+    ack = lab.send(message(DHCPMessageType.REQUEST, giaddr="198.18.1.1", requested=str(offer.reply.packet.yiaddr),
+                           server_id=str(SERVER), extra=((Option.RELAY_AGENT_INFO, relay_info),)))
+    [(lease, _)] = ack.writes
+    assert lease.circuit_id == "eth0/1/7" and lease.remote_id == "0x00112233" and lease.pool == "relayed"
+    assert lease.expires_at == T0 + 7200
+    # A NAK through a relay asks the relay to broadcast it.
+    nak = lab.send(message(DHCPMessageType.REQUEST, MAC_B, giaddr="198.18.1.1", requested="198.18.0.100"))
+    assert nak.reply is not None and nak.reply.packet.flags & FLAG_BROADCAST
+    assert nak.reply.destination is Destination.RELAY
+
+
+def test_relay_addresses_and_link_selection_name_the_subnet() -> None:
+    lab = Lab()
+    bng = lab.send(message(DHCPMessageType.DISCOVER, giaddr="198.18.9.9")).reply
+    assert bng is not None and bng.packet.yiaddr == IPv4Address("198.19.0.10")
+    link_selection = bytes((5, 4)) + IPv4Address("198.18.1.0").packed
+    selected = lab.send(message(DHCPMessageType.DISCOVER, MAC_B, giaddr="198.18.9.9",
+                                extra=((Option.RELAY_AGENT_INFO, link_selection),))).reply
+    assert selected is not None and selected.packet.yiaddr == IPv4Address("198.18.1.100")
+    assert lab.send(message(DHCPMessageType.DISCOVER, giaddr="203.0.113.9")).ignored is Ignored.NO_SUBNET
+
+
+def test_direct_clients_on_an_interface_without_a_subnet_are_not_served() -> None:
+    assert Lab().send(message(DHCPMessageType.DISCOVER), interface="eth2").ignored is Ignored.NO_SUBNET
+    assert Lab().send(message(DHCPMessageType.DISCOVER), local=None).ignored is Ignored.NO_SERVER_ADDRESS
+
+
+def test_broadcast_flag_is_honoured() -> None:
+    reply = Lab().send(message(DHCPMessageType.DISCOVER, flags=FLAG_BROADCAST)).reply
+    assert reply is not None and reply.destination is Destination.BROADCAST
+
+
+def reservation(kind: ReservationKind, key: str, *, address: str | None = None, rid: int = 1,
+                subscriber_id: int = 7, hostname: str | None = None) -> Reservation:
+    return Reservation(id=rid, subscriber_id=subscriber_id, kind=kind, key=key, address=address, hostname=hostname)
+
+
+def test_a_reservation_by_circuit_id_gives_the_reserved_address_and_subscriber() -> None:
+    lab = Lab()
+    lab.engine.load([], [reservation(ReservationKind.CIRCUIT_ID, "eth0/1/7", address="198.18.1.42",
+                                     hostname="alice-router")], {7: SubscriberStatus.ACTIVE})
+    relay_info = bytes((1, 8)) + b"eth0/1/7"
+    address = lab.dora(giaddr="198.18.1.1", extra=((Option.RELAY_AGENT_INFO, relay_info),))
+    assert address == IPv4Address("198.18.1.42")  # outside the pool: reservations may be
+    renew = lab.send(message(DHCPMessageType.REQUEST, ciaddr=str(address),
+                             extra=((Option.RELAY_AGENT_INFO, relay_info),)))
+    [(lease, _)] = renew.writes
+    assert lease.subscriber_id == 7 and lease.hostname == "alice-router" and lease.circuit_id == "eth0/1/7"
+    # Nobody else gets the reserved address.
+    assert lab.send(message(DHCPMessageType.REQUEST, MAC_B, requested="198.18.1.42")).reply.packet.message_type \
+        is DHCPMessageType.NAK  # type: ignore[union-attr]
+
+
+def test_a_client_with_a_reservation_is_moved_to_its_reserved_address() -> None:
+    lab = Lab()
+    old = lab.dora(MAC_A)
+    lab.engine.add_reservation(reservation(ReservationKind.MAC, "02:00:5e:10:00:01", address="198.18.0.102"))
+    lab.engine.set_subscriber_status(7, SubscriberStatus.ACTIVE)
+    nak = lab.send(message(DHCPMessageType.REQUEST, ciaddr=str(old)))
+    assert nak.reply is not None and nak.reply.packet.message_type is DHCPMessageType.NAK
+    assert lab.dora(MAC_A) == IPv4Address("198.18.0.102")
+
+
+def test_suspension_moves_the_subscriber_to_the_walled_garden_and_resume_back() -> None:
+    lab = Lab()
+    lab.engine.load([], [reservation(ReservationKind.MAC, "02:00:5e:10:00:01")], {7: SubscriberStatus.ACTIVE})
+    normal = lab.dora(MAC_A)
+    assert normal == IPv4Address("198.18.0.100")
+    lab.engine.set_subscriber_status(7, SubscriberStatus.SUSPENDED)
+    nak = lab.send(message(DHCPMessageType.REQUEST, ciaddr=str(normal)))
+    assert nak.reply is not None and nak.reply.packet.message_type is DHCPMessageType.NAK
+    offer = lab.send(message(DHCPMessageType.DISCOVER))
+    assert offer.reply is not None and offer.reply.packet.yiaddr == IPv4Address("198.18.0.200")
+    assert decode_u32(offer.reply.packet.option(Option.LEASE_TIME) or b"") == 300
+    assert decode_ips(offer.reply.packet.option(Option.DNS_SERVERS) or b"") == (IPv4Address("198.18.0.250"),)
+    garden = lab.dora(MAC_A)
+    lab.engine.set_subscriber_status(7, SubscriberStatus.ACTIVE)
+    assert lab.send(message(DHCPMessageType.REQUEST, ciaddr=str(garden))).reply.packet.message_type \
+        is DHCPMessageType.NAK  # type: ignore[union-attr]
+    assert lab.dora(MAC_A) == normal
+
+
+def test_unknown_clients_policy() -> None:
+    ignore = Lab(config(unknown_clients="ignore"))
+    assert ignore.send(message(DHCPMessageType.DISCOVER)).ignored is Ignored.CLIENT_IGNORED
+    ignore.engine.load([], [reservation(ReservationKind.MAC, "02:00:5e:10:00:01")], {7: SubscriberStatus.ACTIVE})
+    assert ignore.send(message(DHCPMessageType.DISCOVER)).reply is not None
+    garden = Lab(config(unknown_clients="walled-garden")).send(message(DHCPMessageType.DISCOVER)).reply
+    assert garden is not None and garden.packet.yiaddr == IPv4Address("198.18.0.200")
+
+
+def test_client_identifier_is_preferred_over_chaddr() -> None:
+    lab = Lab()
+    cid = ((Option.CLIENT_ID, b"\x01" + MAC_C),)
+    first = lab.dora(MAC_A, extra=cid)
+    # Same client id from another NIC: the same client, the same address.
+    assert lab.dora(MAC_B, extra=cid) == first
+
+
+def test_expired_leases_are_reclaimed() -> None:
+    lab = Lab()
+    address = lab.dora()
+    assert not lab.engine.reclaim(lab.now + 3599).writes
+    outcome = lab.engine.reclaim(lab.now + 3600)
+    [(lease, event)] = outcome.writes
+    assert (lease.address, event, lease.state) == (str(address), "expired", LeaseState.EXPIRED)
+    assert not lab.engine.reclaim(lab.now + 3700).writes
+
+
+def test_leases_loaded_from_the_store_are_respected() -> None:
+    lab = Lab()
+    lab.engine.load([
+        Lease("198.18.0.100", LeaseState.BOUND, T0 - 100, T0 + 3500, hw_address="02:00:5e:10:00:02"),
+        Lease("198.18.0.101", LeaseState.DECLINED, T0 - 100, T0 + 500),
+        Lease("198.18.0.102", LeaseState.RELEASED, T0 - 100, T0 - 50, hw_address="02:00:5e:10:00:03"),
+    ], [], {})
+    assert lab.dora(MAC_B) == IPv4Address("198.18.0.100")  # its lease, kept across the restart
+    assert lab.dora(MAC_C) == IPv4Address("198.18.0.102")  # its previous address
+    assert lab.send(message(DHCPMessageType.DISCOVER, MAC_A)).ignored is Ignored.NO_ADDRESS
+
+
+def test_hostnames_are_stored_only_when_fit_for_dns() -> None:
+    lab = Lab()
+    lab.dora(extra=((Option.HOSTNAME, b"Kitchen-PC"),))
+    ack = lab.send(message(DHCPMessageType.REQUEST, requested="198.18.0.100", extra=((Option.HOSTNAME, b"Kitchen-PC"),)))
+    assert ack.writes[0][0].hostname == "kitchen-pc"
+    assert clean_hostname("bad_name") is None and clean_hostname("-x") is None and clean_hostname("a" * 64) is None
+    fqdn = lab.send(message(DHCPMessageType.REQUEST, MAC_B, requested="198.18.0.101",
+                            extra=((Option.CLIENT_FQDN, b"\x00\x00\x00laptop.lab.example"),)))
+    assert fqdn.writes[0][0].hostname == "laptop.lab.example"
+    assert fqdn.reply is not None and (fqdn.reply.packet.option(Option.CLIENT_FQDN) or b"")[0] & 0x01
+
+
+@pytest.mark.parametrize("packet", [
+    DHCPPacket(op=2, xid=1, options=((Option.MESSAGE_TYPE, b"\x01"),)),
+    DHCPPacket(op=1, xid=1),
+    message(DHCPMessageType.OFFER),
+    message(DHCPMessageType.REQUEST),  # neither requested address nor ciaddr
+    message(DHCPMessageType.DISCOVER, extra=((Option.RELAY_AGENT_INFO, b"\x01\x09short"),)),
+])
+def test_messages_no_server_answers_are_ignored(packet: DHCPPacket) -> None:
+    outcome = Lab().send(packet)
+    assert outcome.reply is None and outcome.ignored is not None and not outcome.writes
+
+
+def test_reload_keeps_leases() -> None:
+    lab = Lab()
+    address = lab.dora()
+    lab.engine.reconfigure(config(lease_seconds=600))
+    renew = lab.send(message(DHCPMessageType.REQUEST, ciaddr=str(address)))
+    assert renew.writes[0][1] == "renewed"
+
+
+def test_link_layer_datagram_checksums() -> None:
+    datagram = ipv4_udp_datagram(b"hello dhcp", IPv4Address("198.18.0.1"), IPv4Address("198.18.0.100"), 67, 68)
+
+    def ones_complement_sum(data: bytes) -> int:
+        if len(data) % 2:
+            data += b"\0"
+        total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+        while total >> 16:
+            total = (total & 0xFFFF) + (total >> 16)
+        return total
+
+    assert ones_complement_sum(datagram[:20]) == 0xFFFF  # the IP header checks out
+    udp = datagram[20:]
+    pseudo = datagram[12:20] + struct.pack("!BBH", 0, 17, len(udp))
+    assert ones_complement_sum(pseudo + udp) == 0xFFFF
