@@ -10,7 +10,7 @@ import pytest
 
 from ispd.dhcp.codec import BOOTREQUEST, FLAG_BROADCAST, DHCPPacket
 from ispd.dhcp.config import DHCPConfig
-from ispd.dhcp.engine import DHCPEngine, Destination, Ignored, Outcome, Received, clean_hostname
+from ispd.dhcp.engine import Destination, DHCPEngine, Ignored, Outcome, Received, clean_hostname
 from ispd.dhcp.options import DHCPMessageType, Option, decode_ips, decode_u32
 from ispd.dhcp.service import ipv4_udp_datagram
 from ispd.events import LeaseEnded, LeaseGranted
