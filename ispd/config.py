@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
 from pydantic import Field, ValidationError
 
@@ -105,8 +105,12 @@ def _describe_one(error: Any, loc: list[Any]) -> str:
 
 def _model_at(model: type[Section], loc: list[Any]) -> type[Section] | None:
     for part in loc:
+        if isinstance(part, int):
+            continue  # an item of a list of tables, e.g. dhcp.subnet.0
         field = model.model_fields.get(str(part))
         annotation = field.annotation if field else None
+        if get_origin(annotation) is list:
+            annotation = get_args(annotation)[0]
         if not (isinstance(annotation, type) and issubclass(annotation, Section)):
             return None
         model = annotation

@@ -156,17 +156,26 @@ def decode(data: bytes) -> DHCPPacket:
 
 
 def encode_options(options: Iterable[tuple[int, bytes]]) -> bytes:
-    out = bytearray()
+    parts = []
     for code, value in options:
-        if code in (Option.PAD, Option.END, Option.OVERLOAD):
-            continue  # framing, written by the encoder itself (we never overload replies)
-        if not value:
-            out += bytes((code, 0))
-        for start in range(0, len(value), 255):
-            chunk = value[start : start + 255]
-            out += bytes((code, len(chunk))) + chunk
-    out.append(Option.END)
-    return bytes(out)
+        if code in _FRAMING:
+            continue  # written by the encoder itself (we never overload replies)
+        length = len(value)
+        if length <= 255:
+            parts.append(_OPTION_HEADER(code, length))
+            parts.append(value)
+        else:
+            for start in range(0, length, 255):
+                chunk = value[start : start + 255]
+                parts.append(_OPTION_HEADER(code, len(chunk)))
+                parts.append(chunk)
+    parts.append(_END)
+    return b"".join(parts)
+
+
+_FRAMING = frozenset((Option.PAD, Option.END, Option.OVERLOAD))
+_OPTION_HEADER = struct.Struct("!BB").pack
+_END = bytes((Option.END,))
 
 
 def encode(packet: DHCPPacket) -> bytes:

@@ -18,7 +18,7 @@ _HEX = re.compile(r"^[0-9a-f]*$")
 
 
 def mac_text(hw_address: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in hw_address)
+    return hw_address.hex(":")
 
 
 def opaque_text(value: bytes) -> str:

@@ -7,6 +7,8 @@ from ipaddress import IPv4Address
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ispd.dhcp.codec import BOOTREQUEST, FLAG_BROADCAST, DHCPPacket
 from ispd.dhcp.config import DHCPConfig
@@ -394,3 +396,37 @@ def test_link_layer_datagram_checksums() -> None:
     udp = datagram[20:]
     pseudo = datagram[12:20] + struct.pack("!BBH", 0, 17, len(udp))
     assert ones_complement_sum(pseudo + udp) == 0xFFFF
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    kind=st.sampled_from(list(DHCPMessageType)),
+    mac=st.binary(min_size=6, max_size=6),
+    ciaddr=st.sampled_from(["0.0.0.0", "198.18.0.100", "198.18.1.120", "203.0.113.5"]),
+    giaddr=st.sampled_from(["0.0.0.0", "198.18.1.1", "198.18.9.9", "198.18.0.77"]),
+    options=st.lists(st.tuples(st.sampled_from([12, 50, 54, 55, 61, 81, 82, 118, 1, 200]),
+                               st.binary(max_size=12)), max_size=6),
+    advance=st.floats(min_value=0, max_value=10_000),
+)
+def test_no_message_makes_the_engine_fail(kind: DHCPMessageType, mac: bytes, ciaddr: str, giaddr: str,
+                                          options: list[tuple[int, bytes]], advance: float) -> None:
+    lab = FUZZ_LAB
+    lab.now += advance
+    outcome = lab.send(message(kind, mac, ciaddr=ciaddr, giaddr=giaddr, extra=tuple(options)))
+    if outcome.reply is not None:
+        assert outcome.reply.packet.message_type in (DHCPMessageType.OFFER, DHCPMessageType.ACK, DHCPMessageType.NAK)
+    writes = outcome.writes + lab.engine.reclaim(lab.now).writes
+    # Never the same address to two clients: every lease written must be free or the client's own.
+    for lease, event in writes:
+        holder = lease.client_id or lease.hw_address  # how the engine tells clients apart
+        if event in ("granted", "renewed"):
+            current = FUZZ_LEDGER.get(lease.address)
+            if current is not None and current[1] > lab.now:
+                assert current[0] == holder, (lease.address, current, holder)
+            FUZZ_LEDGER[lease.address] = (holder, lease.expires_at)
+        else:
+            FUZZ_LEDGER.pop(lease.address, None)
+
+
+FUZZ_LAB = Lab()
+FUZZ_LEDGER: dict[str, tuple[str | None, float]] = {}
