@@ -36,8 +36,20 @@ from ispd.credentials import (
     generate_password,
 )
 from ispd.logs import LogConfig, configure_logging
-from ispd.store import Store, StoreError, open_store
-from ispd.store.models import CredentialPolicy, Plan, StoredCredentials, SubscriberOverview, SubscriberStatus
+from ispd.store import NotFound, Store, StoreError, open_store
+from ispd.store.models import (
+    CredentialPolicy,
+    Lease,
+    LeaseHistoryEntry,
+    LeaseState,
+    Plan,
+    Reservation,
+    ReservationKind,
+    StoredCredentials,
+    SubscriberOverview,
+    SubscriberStatus,
+)
+from ispd.store.validation import hostname_text, ipv4_text, reservable_address, reservation_key
 
 DEFAULT_CONFIG = "/etc/ispd/ispd.toml"
 EXIT_FAILED, EXIT_USAGE = 1, 2
@@ -74,11 +86,16 @@ def when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+def table_lines(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
-    for row in [list(headers), *cells]:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    return ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+            for row in [list(headers), *cells]]
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    for line in table_lines(headers, rows):
+        print(line)
 
 
 
@@ -199,8 +216,7 @@ def render_overview(o: SubscriberOverview) -> str:
         lines.append(f"              missing {', '.join(missing)}: set the password again to enable them")
     lines.append(f"created       {when(s.created_at)}")
     lines.append(f"reservations  {len(o.reservations) or 'none'}")
-    lines += [f"  {r.kind.value} {r.key} -> {r.address or 'any'}{' ' + r.hostname if r.hostname else ''}"
-              for r in o.reservations]
+    lines += [f"  #{r.id} {describe_reservation(r)}" for r in o.reservations]
     lines.append(f"leases        {len(o.leases) or 'none'}")
     lines += [f"  {le.address} {le.state.value} until {when(le.expires_at)} mac {le.hw_address or '-'}"
               f"{' host ' + le.hostname if le.hostname else ''}" for le in o.leases]
@@ -216,6 +232,11 @@ def render_overview(o: SubscriberOverview) -> str:
                            for k, v in sorted(entry.details.items()) if v not in (None, [], ""))
         lines.append(f"  {when(entry.at)} {entry.actor} {entry.action} {details}".rstrip())
     return "\n".join(lines)
+
+
+def describe_reservation(r: Reservation) -> str:
+    target = f"address {r.address}" if r.address else "an address from the pools"
+    return f"{r.kind.value} {r.key} -> {target}{', host name ' + r.hostname if r.hostname else ''}"
 
 
 def describe_plan(p: Plan) -> str:
@@ -302,6 +323,94 @@ async def cmd_lease_list(store: Store, args: argparse.Namespace) -> None:
     )
 
 
+async def username_of(store: Store, subscriber_id: int) -> str | None:
+    try:
+        return (await store.get_subscriber(subscriber_id)).username
+    except NotFound:  # deleted meanwhile, by someone else
+        return None
+
+
+async def cmd_reservation_add(store: Store, args: argparse.Namespace) -> None:
+    kind, key = next((k, getattr(args, k.name.lower())) for k in ReservationKind
+                     if getattr(args, k.name.lower()) is not None)
+    reservation = await store.add_reservation(args.subscriber, kind, key, actor=actor(), address=args.address,
+                                              hostname=args.hostname)
+    username = await username_of(store, reservation.subscriber_id)
+    if args.json:
+        print_json({**_jsonable(reservation), "username": username})
+        return
+    holder = username or f"#{reservation.subscriber_id}"
+    print(f"added reservation #{reservation.id} for {holder}: {describe_reservation(reservation)}")
+
+
+async def cmd_reservation_list(store: Store, args: argparse.Namespace) -> None:
+    reservations = await store.list_reservations(subscriber=args.subscriber)
+    names = {s.id: s.username for s in await store.list_subscribers()}
+    if args.json:
+        print_json([{**_jsonable(r), "username": names.get(r.subscriber_id)} for r in reservations])
+        return
+    print_table(
+        ["ID", "SUBSCRIBER", "KIND", "KEY", "ADDRESS", "HOSTNAME"],
+        [[r.id, names.get(r.subscriber_id), r.kind.value, r.key, r.address, r.hostname] for r in reservations],
+    )
+
+
+async def cmd_reservation_delete(store: Store, args: argparse.Namespace) -> None:
+    reservation = await store.delete_reservation(args.id, actor=actor())
+    holder = await username_of(store, reservation.subscriber_id) or f"#{reservation.subscriber_id}"
+    print(f"deleted reservation #{reservation.id} of {holder}: {describe_reservation(reservation)}")
+
+
+async def cmd_lease_show(store: Store, args: argparse.Namespace) -> None:
+    lease: Lease | None
+    try:
+        lease = await store.get_lease(args.address)
+    except NotFound:
+        lease = None
+    history = await store.lease_history(args.address, limit=args.limit)
+    if lease is None and not history:
+        raise CommandFailed(f"no lease for {args.address}")
+    username = None
+    if lease is not None and lease.subscriber_id is not None:
+        username = await username_of(store, lease.subscriber_id)
+    if args.json:
+        current = None if lease is None else {**_jsonable(lease), "username": username}
+        print_json({"address": args.address, "lease": current, "history": history})
+        return
+    print(render_lease(args.address, lease, username, history, args.limit))
+
+
+def render_lease(address: str, lease: Lease | None, username: str | None, history: list[LeaseHistoryEntry],
+                 limit: int) -> str:
+    lines = [f"address       {address}"]
+    if lease is None:
+        lines.append("state         no current lease (only history is kept)")
+    else:
+        state = lease.state.value
+        if lease.state is LeaseState.BOUND and lease.expires_at <= time.time():
+            state += " (expired, not yet reclaimed)"
+        subscriber = (f"{username} (#{lease.subscriber_id})" if username
+                      else None if lease.subscriber_id is None else f"#{lease.subscriber_id}")
+        for label, value in (
+            ("state", state), ("starts", when(lease.starts_at)), ("expires", when(lease.expires_at)),
+            ("mac", lease.hw_address), ("client id", lease.client_id), ("hostname", lease.hostname),
+            ("subscriber", subscriber), ("circuit id", lease.circuit_id), ("remote id", lease.remote_id),
+            ("pool", lease.pool),
+        ):
+            lines.append(f"{label:<14}{'-' if value is None else value}")
+    if not history:
+        lines.append("history       none")
+        return "\n".join(lines)
+    more = f", the newest {limit}" if len(history) == limit else ""
+    lines += ["", f"history (newest first{more})"]
+    headers = ["AT", "EVENT", "MAC", "CLIENT_ID", "HOSTNAME", "SUBSCRIBER", "CIRCUIT_ID", "REMOTE_ID", "POOL",
+               "STARTS", "EXPIRES"]
+    rows = [[when(h.at), h.event, h.hw_address, h.client_id, h.hostname,
+             h.username or (None if h.subscriber_id is None else f"#{h.subscriber_id}"), h.circuit_id,
+             h.remote_id, h.pool, when(h.starts_at), when(h.expires_at)] for h in history]
+    return "\n".join(lines + table_lines(headers, rows))
+
+
 # --- argument parsing ---------------------------------------------------------------------------
 
 _SIZE = re.compile(r"^([0-9]+)\s*([KMGT]?)(i?B?)?$", re.IGNORECASE)
@@ -339,6 +448,17 @@ def name_text(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is not a usable name (no spaces at the ends, no control or "
                                          "invisible characters, at most 253 characters)")
     return text
+
+
+def checked_arg(check: Callable[[str], str]) -> Callable[[str], str]:
+    """An argparse type from a store check: its ValueError becomes a usage error with its message."""
+    def convert(text: str) -> str:
+        try:
+            return check(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -409,11 +529,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("plan", help="name or id")
     p.set_defaults(handler=cmd_plan_show)
 
+    reservation = top.add_parser("reservation", help="DHCP reservations").add_subparsers(dest="action",
+                                                                                         required=True)
+    p = reservation.add_parser(
+        "add", parents=[config_opts, json_opt],
+        help="tie a client to a subscriber, with a fixed address or host name if given",
+        description="Tie a client to a subscriber, by exactly one of --mac, --client-id (DHCP option 61), "
+                    "--circuit-id or --remote-id (option 82, as the relay sends them). Without --address the "
+                    "client gets an address from the pools.",
+    )
+    p.add_argument("subscriber", help="username or id")
+    keys = p.add_mutually_exclusive_group(required=True)
+    keys.add_argument("--mac", type=checked_arg(lambda v: reservation_key("mac", v)[1]), metavar="MAC",
+                      help="e.g. 02:00:5e:10:00:01")
+    keys.add_argument("--client-id", type=checked_arg(lambda v: reservation_key("client-id", v)[1]), metavar="HEX",
+                      help="option 61 in hex, type byte first, e.g. 01:02:00:5e:10:00:01")
+    keys.add_argument("--circuit-id", type=checked_arg(lambda v: reservation_key("circuit-id", v)[1]),
+                      metavar="TEXT", help="relay agent circuit-id: printable text, or 0x and hex")
+    keys.add_argument("--remote-id", type=checked_arg(lambda v: reservation_key("remote-id", v)[1]),
+                      metavar="TEXT", help="relay agent remote-id: printable text, or 0x and hex")
+    p.add_argument("--address", type=checked_arg(reservable_address), help="the fixed IPv4 address")
+    p.add_argument("--hostname", type=checked_arg(hostname_text), help="the host name to give the client")
+    p.set_defaults(handler=cmd_reservation_add)
+    p = reservation.add_parser("list", parents=[config_opts, json_opt], help="list reservations")
+    p.add_argument("--subscriber", help="only this subscriber's (username or id)")
+    p.set_defaults(handler=cmd_reservation_list)
+    p = reservation.add_parser("delete", parents=[config_opts], help="delete a reservation")
+    p.add_argument("id", type=positive_int, help="the reservation's number (see reservation list)")
+    p.set_defaults(handler=cmd_reservation_delete)
+
     lease = top.add_parser("lease", help="DHCP leases").add_subparsers(dest="action", required=True)
     p = lease.add_parser("list", parents=[config_opts, json_opt], help="list leases (current ones by default)")
     p.add_argument("--subscriber", help="only this subscriber's (username or id)")
     p.add_argument("--all", action="store_true", help="also released, expired and declined ones")
     p.set_defaults(handler=cmd_lease_list)
+    p = lease.add_parser("show", parents=[config_opts, json_opt],
+                         help="an address's current lease and its history: who had it, and when")
+    p.add_argument("address", type=checked_arg(ipv4_text))
+    p.add_argument("--limit", type=positive_int, default=50, help="history entries to show (default: 50)")
+    p.set_defaults(handler=cmd_lease_show)
     return parser
 
 

@@ -24,7 +24,7 @@ from ispd.logs import get_logger
 from ispd.metrics.fast import LabeledCounter
 from ispd.store.base import Store
 from ispd.store.errors import StoreError
-from ispd.store.models import AuditEntry
+from ispd.store.models import AuditEntry, ReservationKind
 
 log = get_logger("ispd.events")
 
@@ -71,9 +71,56 @@ class SubscriberPasswordChanged(SubscriberEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class ReservationAdded(SubscriberEvent):
+    """A client was tied to a subscriber (``kind``: mac, client-id, circuit-id or remote-id; ``key``
+    in its canonical form), with a fixed address and host name when they are not None."""
+
+    reservation_id: int
+    kind: str
+    key: str
+    address: str | None
+    hostname: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationDeleted(SubscriberEvent):
+    """A reservation is gone (deleted on its own, or with its subscriber); the fields are its last
+    state."""
+
+    reservation_id: int
+    kind: str
+    key: str
+    address: str | None
+    hostname: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class PlanAdded(Event):
     plan_id: int
     name: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseGranted(Event):
+    """A DHCP lease was granted or renewed, durably (the client has or is about to get its ACK)."""
+
+    address: str
+    expires_at: float
+    hostname: str | None = None
+    subscriber_id: int | None = None
+    hw_address: str | None = None
+    pool: str | None = None
+    renewal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseEnded(Event):
+    """A DHCP lease ended: released by the client, expired, or declined (the address was in use)."""
+
+    address: str
+    reason: str  # released | expired | declined
+    hostname: str | None = None
+    subscriber_id: int | None = None
 
 
 E = TypeVar("E", bound=Event)
@@ -155,9 +202,28 @@ def event_from_audit(entry: AuditEntry) -> Event | None:
                 return SubscriberDeleted(at, sid, name)
             case "subscriber.password_set":
                 return SubscriberPasswordChanged(at, sid, name)
+            case "reservation.added" | "reservation.deleted":
+                return _reservation_event(entry, sid, name)
     if entry.subject_kind == "plan" and entry.action == "plan.added" and entry.subject_id is not None:
         return PlanAdded(at=entry.at, plan_id=entry.subject_id, name=entry.subject_name or "")
     return None
+
+
+_RESERVATION_KINDS = frozenset(k.value for k in ReservationKind)
+
+
+def _reservation_event(entry: AuditEntry, sid: int, name: str) -> Event | None:
+    d = entry.details
+    rid, kind, key = d.get("reservation_id"), d.get("kind"), d.get("key")
+    # An entry this code cannot read (hand-edited, or from a newer ispd) announces nothing; raising
+    # would stop the relay on it for good.
+    if not (isinstance(rid, int) and kind in _RESERVATION_KINDS and isinstance(key, str)):
+        return None
+    address, hostname = d.get("address"), d.get("hostname")
+    address = address if isinstance(address, str) else None
+    hostname = hostname if isinstance(hostname, str) else None
+    cls = ReservationAdded if entry.action == "reservation.added" else ReservationDeleted
+    return cls(entry.at, sid, name, reservation_id=rid, kind=kind, key=key, address=address, hostname=hostname)
 
 
 class AuditRelay:

@@ -11,12 +11,16 @@ service awaiting many small writes at once pays for one.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 from ispd.store.models import (
     AuditEntry,
     CredentialPolicy,
     Lease,
+    LeaseHistoryEntry,
     Plan,
+    Reservation,
+    ReservationKind,
     StoredCredentials,
     Subscriber,
     SubscriberOverview,
@@ -100,15 +104,57 @@ class Store(ABC):
     @abstractmethod
     async def subscriber_overview(self, ref: SubscriberRef, *, audit_limit: int = 20) -> SubscriberOverview: ...
 
+    # --- DHCP reservations
+    @abstractmethod
+    async def add_reservation(
+        self,
+        subscriber: SubscriberRef,
+        kind: ReservationKind,
+        key: str,
+        *,
+        actor: str,
+        address: str | None = None,
+        hostname: str | None = None,
+    ) -> Reservation:
+        """Tie a client (by MAC, client identifier, or the relay's circuit-id or remote-id) to a
+        subscriber, with a fixed address and host name when given (else the pools decide).
+
+        ``key``, ``address`` and ``hostname`` are checked and kept in their canonical forms
+        (``ispd.store.validation``); a bad one raises ``InvalidValue``. A key or an address
+        reserved already raises ``Conflict`` naming its holder. Audited as "reservation.added".
+        """
+
+    @abstractmethod
+    async def list_reservations(self, *, subscriber: SubscriberRef | None = None) -> list[Reservation]:
+        """Every reservation (or one subscriber's), ordered by id."""
+
+    @abstractmethod
+    async def delete_reservation(self, reservation_id: int, *, actor: str) -> Reservation:
+        """Remove a reservation (``NotFound`` if there is none); audited as "reservation.deleted"."""
+
     # --- leases
     @abstractmethod
     async def record_lease(self, lease: Lease, *, event: str) -> None:
         """Make ``lease`` the current state of its address and append it to the lease history."""
 
     @abstractmethod
+    async def record_leases(self, changes: Sequence[tuple[Lease, str]]) -> None:
+        """``record_lease`` for many leases in one durable write: a DHCP server commits every ACK
+        of one receive batch together."""
+
+    @abstractmethod
     async def list_leases(
         self, *, subscriber: SubscriberRef | None = None, include_ended: bool = False
     ) -> list[Lease]: ...
+
+    @abstractmethod
+    async def get_lease(self, address: str) -> Lease:
+        """The current state of ``address`` (bound or ended); ``NotFound`` if it was never leased
+        or its row has been purged."""
+
+    @abstractmethod
+    async def lease_history(self, address: str, *, limit: int = 50) -> list[LeaseHistoryEntry]:
+        """The newest ``limit`` history entries of ``address``, newest first; empty if none."""
 
     # --- retention
     @abstractmethod

@@ -118,6 +118,30 @@ class Lease:
 
 
 @dataclass(frozen=True, slots=True)
+class LeaseHistoryEntry:
+    """One event in the append-only history of an address: who had it, from when, until when.
+
+    ``username`` is the subscriber's name when the event was recorded; it outlives the account,
+    and ``subscriber_id`` may name a subscriber deleted since.
+    """
+
+    id: int
+    at: float
+    event: str
+    address: str
+    starts_at: float
+    expires_at: float
+    hw_address: str | None = None
+    client_id: str | None = None
+    hostname: str | None = None
+    subscriber_id: int | None = None
+    username: str | None = None
+    circuit_id: str | None = None
+    remote_id: str | None = None
+    pool: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RadiusSession:
     id: int
     nas_address: str

@@ -28,7 +28,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
@@ -44,6 +44,7 @@ from ispd.store.models import (
     AuditEntry,
     CredentialPolicy,
     Lease,
+    LeaseHistoryEntry,
     LeaseState,
     Mailbox,
     Plan,
@@ -55,6 +56,7 @@ from ispd.store.models import (
     SubscriberOverview,
     SubscriberStatus,
 )
+from ispd.store.validation import hostname_text, ipv4_text, reservable_address, reservation_key
 
 T = TypeVar("T")
 log = get_logger("ispd.store")
@@ -355,6 +357,44 @@ def _lease(row: sqlite3.Row) -> Lease:
     )
 
 
+def _lease_history_entry(row: sqlite3.Row) -> LeaseHistoryEntry:
+    return LeaseHistoryEntry(
+        id=row["id"], at=row["at"], event=row["event"], address=row["address"], starts_at=row["starts_at"],
+        expires_at=row["expires_at"], hw_address=row["hw_address"], client_id=row["client_id"],
+        hostname=row["hostname"], subscriber_id=row["subscriber_id"], username=row["username"],
+        circuit_id=row["circuit_id"], remote_id=row["remote_id"], pool=row["pool"],
+    )
+
+
+def _reservation(row: sqlite3.Row) -> Reservation:
+    return Reservation(
+        id=row["id"], subscriber_id=row["subscriber_id"], kind=ReservationKind(row["kind"]), key=row["key"],
+        address=row["address"], hostname=row["hostname"], created_at=row["created_at"],
+    )
+
+
+def _reservation_details(r: Reservation) -> dict[str, Any]:
+    """What the audit log keeps of a reservation: enough for a daemon to apply the change."""
+    return {"reservation_id": r.id, "kind": r.kind.value, "key": r.key, "address": r.address,
+            "hostname": r.hostname}
+
+
+def _reservation_where(conn: sqlite3.Connection, condition: str, params: tuple[Any, ...]) -> sqlite3.Row | None:
+    """The one reservation matching ``condition`` (on columns of ``r``), with its holder's username."""
+    row: sqlite3.Row | None = conn.execute(
+        f"SELECT r.*, s.username FROM reservations r JOIN subscribers s ON s.id = r.subscriber_id WHERE {condition}",
+        params,
+    ).fetchone()
+    return row
+
+
+def _checked(check: Callable[[str], str], value: str) -> str:
+    try:
+        return check(value)
+    except ValueError as exc:
+        raise InvalidValue(str(exc)) from None
+
+
 def _audit_entry(row: sqlite3.Row) -> AuditEntry:
     return AuditEntry(
         id=row["id"], at=row["at"], actor=row["actor"], action=row["action"], subject_kind=row["subject_kind"],
@@ -648,6 +688,11 @@ class SQLiteStore(Store):
 
         def run(conn: sqlite3.Connection) -> Subscriber:
             row = _find_subscriber(conn, ref)
+            # The reservations go with the subscriber (ON DELETE CASCADE); say so one by one, so
+            # a daemon that follows reservation events alone forgets them too.
+            for r in conn.execute("SELECT * FROM reservations WHERE subscriber_id = ? ORDER BY id", (row["id"],)):
+                _append_audit(conn, now, actor, "reservation.deleted", "subscriber", row["id"], row["username"],
+                              _reservation_details(_reservation(r)))
             conn.execute("DELETE FROM subscribers WHERE id = ?", (row["id"],))
             _append_audit(conn, now, actor, "subscriber.deleted", "subscriber", row["id"], row["username"])
             return _subscriber(row)
@@ -692,11 +737,8 @@ class SQLiteStore(Store):
                 cleartext="present" if cred and cred["c"] else None,
                 updated_at=cred["updated_at"] if cred else 0.0,
             )
-            reservations = [
-                Reservation(id=r["id"], subscriber_id=sid, kind=ReservationKind(r["kind"]), key=r["key"],
-                            address=r["address"], hostname=r["hostname"], created_at=r["created_at"])
-                for r in conn.execute("SELECT * FROM reservations WHERE subscriber_id = ? ORDER BY id", (sid,))
-            ]
+            reservations = [_reservation(r) for r in conn.execute(
+                "SELECT * FROM reservations WHERE subscriber_id = ? ORDER BY id", (sid,))]
             leases = [_lease(r) for r in conn.execute(
                 "SELECT * FROM leases WHERE subscriber_id = ? ORDER BY expires_at DESC", (sid,))]
             sessions = [
@@ -727,32 +769,116 @@ class SQLiteStore(Store):
 
         return await self._read("subscriber_overview", run)
 
+    # --- DHCP reservations
+
+    async def add_reservation(
+        self,
+        subscriber: SubscriberRef,
+        kind: ReservationKind,
+        key: str,
+        *,
+        actor: str,
+        address: str | None = None,
+        hostname: str | None = None,
+    ) -> Reservation:
+        # Checked before queueing: a bad value costs no write slot, and the message is the same in
+        # every backend.
+        try:
+            checked_kind, checked_key = reservation_key(str(kind), key)
+        except ValueError as exc:
+            raise InvalidValue(str(exc)) from None
+        checked_address = _checked(reservable_address, address) if address is not None else None
+        checked_hostname = _checked(hostname_text, hostname) if hostname is not None else None
+        now = self.clock()
+
+        def run(conn: sqlite3.Connection) -> Reservation:
+            row = _find_subscriber(conn, subscriber)
+            # Looked up first (the write lock is held) for a message that names the holder, rather
+            # than the bare UNIQUE violation.
+            taken = _reservation_where(conn, "r.kind = ? AND r.key = ?", (checked_kind.value, checked_key))
+            if taken is not None:
+                raise Conflict(f"{checked_kind.value} {checked_key} is already reserved for {taken['username']}"
+                               f" (reservation #{taken['id']})")
+            if checked_address is not None:
+                taken = _reservation_where(conn, "r.address = ?", (checked_address,))
+                if taken is not None:
+                    raise Conflict(f"address {checked_address} is already reserved for {taken['username']}"
+                                   f" ({taken['kind']} {taken['key']}, reservation #{taken['id']})")
+            cursor = conn.execute(
+                "INSERT INTO reservations (subscriber_id, kind, key, address, hostname, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (row["id"], checked_kind.value, checked_key, checked_address, checked_hostname, now),
+            )
+            added = _reservation(conn.execute("SELECT * FROM reservations WHERE id = ?", (cursor.lastrowid,))
+                                 .fetchone())
+            _append_audit(conn, now, actor, "reservation.added", "subscriber", row["id"], row["username"],
+                          _reservation_details(added))
+            return added
+
+        return await self._write("add_reservation", run)
+
+    async def list_reservations(self, *, subscriber: SubscriberRef | None = None) -> list[Reservation]:
+        def run(conn: sqlite3.Connection) -> list[Reservation]:
+            if subscriber is None:
+                rows = conn.execute("SELECT * FROM reservations ORDER BY id")
+            else:
+                sid = _find_subscriber(conn, subscriber)["id"]
+                rows = conn.execute("SELECT * FROM reservations WHERE subscriber_id = ? ORDER BY id", (sid,))
+            return [_reservation(r) for r in rows]
+
+        return await self._read("list_reservations", run)
+
+    async def delete_reservation(self, reservation_id: int, *, actor: str) -> Reservation:
+        now = self.clock()
+
+        def run(conn: sqlite3.Connection) -> Reservation:
+            row = _reservation_where(conn, "r.id = ?", (reservation_id,))
+            if row is None:
+                raise NotFound(f"no reservation #{reservation_id}")
+            deleted = _reservation(row)
+            conn.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))
+            _append_audit(conn, now, actor, "reservation.deleted", "subscriber", deleted.subscriber_id,
+                          row["username"], _reservation_details(deleted))
+            return deleted
+
+        return await self._write("delete_reservation", run)
+
     # --- leases
 
     async def record_lease(self, lease: Lease, *, event: str) -> None:
+        await self.record_leases([(lease, event)])
+
+    async def record_leases(self, changes: Sequence[tuple[Lease, str]]) -> None:
+        if not changes:
+            return
         now = self.clock()
 
         def run(conn: sqlite3.Connection) -> None:
-            username = None
-            if lease.subscriber_id is not None:
-                found = conn.execute("SELECT username FROM subscribers WHERE id = ?", (lease.subscriber_id,))
-                row = found.fetchone()
-                username = row["username"] if row else None
-            values = (
-                lease.address, str(lease.state), lease.starts_at, lease.expires_at, lease.hw_address,
-                lease.client_id, lease.hostname, lease.subscriber_id if username else None, lease.circuit_id,
-                lease.remote_id, lease.pool,
-            )
-            conn.execute(
+            usernames: dict[int, str | None] = {}
+            current, history = [], []
+            for lease, event in changes:
+                sid = lease.subscriber_id
+                if sid is not None and sid not in usernames:
+                    row = conn.execute("SELECT username FROM subscribers WHERE id = ?", (sid,)).fetchone()
+                    usernames[sid] = row["username"] if row else None
+                username = usernames.get(sid) if sid is not None else None
+                values = (
+                    lease.address, str(lease.state), lease.starts_at, lease.expires_at, lease.hw_address,
+                    lease.client_id, lease.hostname, sid if username else None, lease.circuit_id,
+                    lease.remote_id, lease.pool,
+                )
+                current.append(values)
+                history.append((now, event, lease.address, *values[2:], username))
+            conn.executemany(
                 "INSERT OR REPLACE INTO leases (address, state, starts_at, expires_at, hw_address, client_id,"
                 " hostname, subscriber_id, circuit_id, remote_id, pool) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                values,
+                current,
             )
-            conn.execute(
+            conn.executemany(
                 "INSERT INTO lease_history (at, event, address, starts_at, expires_at, hw_address, client_id,"
                 " hostname, subscriber_id, circuit_id, remote_id, pool, username)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (now, event, lease.address, *values[2:], username),
+                history,
             )
 
         await self._write("record_lease", run)
@@ -774,6 +900,26 @@ class SQLiteStore(Store):
             return [_lease(r) for r in conn.execute(f"SELECT * FROM leases {where} ORDER BY address", params)]
 
         return await self._read("list_leases", run)
+
+    async def get_lease(self, address: str) -> Lease:
+        canonical = _checked(ipv4_text, address)
+
+        def run(conn: sqlite3.Connection) -> Lease:
+            row = conn.execute("SELECT * FROM leases WHERE address = ?", (canonical,)).fetchone()
+            if row is None:
+                raise NotFound(f"no lease for {canonical}")
+            return _lease(row)
+
+        return await self._read("get_lease", run)
+
+    async def lease_history(self, address: str, *, limit: int = 50) -> list[LeaseHistoryEntry]:
+        canonical = _checked(ipv4_text, address)
+        if limit < 1:
+            raise InvalidValue(f"the history limit must be at least 1, not {limit}")
+        # Newest first in the order recorded: ids only grow, and a clock stepped back (NTP) or
+        # two entries in one clock tick cannot reorder them.
+        return await self._read("lease_history", lambda conn: [_lease_history_entry(r) for r in conn.execute(
+            "SELECT * FROM lease_history WHERE address = ? ORDER BY id DESC LIMIT ?", (canonical, limit))])
 
     # --- retention
 

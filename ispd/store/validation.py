@@ -1,0 +1,59 @@
+"""Canonical forms of the values an operator types, shared by every backend and the CLI.
+
+Each function returns the one form the store keeps, or raises ValueError with a message fit for
+an operator; the store turns that into ``InvalidValue``, the CLI into a usage error. Checking
+here, not in SQL, keeps the rules and their messages the same in every backend.
+"""
+
+from __future__ import annotations
+
+import re
+from ipaddress import AddressValueError, IPv4Address
+
+from ispd.dhcp.identifiers import normalize_key
+from ispd.store.models import ReservationKind
+
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def ipv4_text(text: str) -> str:
+    """An IPv4 address in dotted-quad form (``198.18.0.10``); no leading zeros, no CIDR suffix."""
+    try:
+        return str(IPv4Address(text.strip()))
+    except (AddressValueError, ValueError):
+        raise ValueError(f"{text!r} is not an IPv4 address (write it like 198.18.0.10)") from None
+
+
+def reservable_address(text: str) -> str:
+    """An address a DHCP server could hand to a client: not 0.0.0.0, loopback, link-local,
+    multicast or the reserved block 240/4 (which holds 255.255.255.255)."""
+    address = IPv4Address(ipv4_text(text))
+    for unusable, what in (
+        (address.is_unspecified, "the unspecified address"),
+        (address.is_loopback, "a loopback address"),
+        (address.is_link_local, "a link-local address (RFC 3927)"),
+        (address.is_multicast, "a multicast address"),
+        (address.is_reserved, "a reserved or broadcast address"),
+    ):
+        if unusable:
+            raise ValueError(f"{address} is {what}: it cannot be given to a DHCP client")
+    return str(address)
+
+
+def hostname_text(text: str) -> str:
+    """A host name as DNS will publish it (RFC 1123): letters, digits and hyphens in labels of at
+    most 63 characters, separated by dots; kept in lowercase."""
+    name = text.strip().lower().removesuffix(".")
+    if not name or len(name) > 253 or not all(_LABEL.match(label) for label in name.split(".")):
+        raise ValueError(f"{text!r} is not a host name (letters, digits and hyphens, e.g. cpe-alice)")
+    return name
+
+
+def reservation_key(kind: str, key: str) -> tuple[ReservationKind, str]:
+    """The kind and the canonical key (see ``ispd.dhcp.identifiers``)."""
+    try:
+        checked = ReservationKind(kind)
+    except ValueError:
+        kinds = ", ".join(k.value for k in ReservationKind)
+        raise ValueError(f"unknown reservation kind {kind!r} ({kinds})") from None
+    return checked, normalize_key(checked.value, key)

@@ -1,0 +1,227 @@
+"""Reservations and lease lookups with the admin CLI, as an operator uses them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from ispd.config import load_config
+from ispd.store import open_store
+from ispd.store.models import Lease, LeaseState
+from tests.lab import toml
+from tests.lab.process import ISPD, IspdProcess, base_config, eventually
+
+
+@pytest.fixture
+def config_path(tmp_path: Path) -> Path:
+    path = toml.write(tmp_path / "ispd.toml", base_config(tmp_path))
+    for name in ("alice", "bob"):
+        ok(path, "subscriber", "add", name)
+    return path
+
+
+def run(config_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([ISPD, *args, "-c", str(config_path)], capture_output=True, text=True, timeout=60)
+
+
+def ok(config_path: Path, *args: str) -> str:
+    result = run(config_path, *args)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def record(config_path: Path, *leases: tuple[Lease, str], purge_before: float | None = None) -> None:
+    """Write leases as the DHCP service would (and optionally run retention)."""
+    async def write() -> None:
+        store = await open_store(load_config(config_path).store)
+        try:
+            for lease, event in leases:
+                await store.record_lease(lease, event=event)
+            if purge_before is not None:
+                await store.purge_history(purge_before)
+        finally:
+            await store.close()
+
+    asyncio.run(write())
+
+
+def test_add_list_show_delete(config_path: Path) -> None:
+    out = ok(config_path, "reservation", "add", "alice", "--mac", "02-00-5E-10-00-01", "--address", "198.18.0.10",
+             "--hostname", "CPE-Alice")
+    assert out == "added reservation #1 for alice: mac 02:00:5e:10:00:01 -> address 198.18.0.10, host name cpe-alice\n"
+    added = json.loads(ok(config_path, "reservation", "add", "bob", "--circuit-id", "olt1/1/1:100", "--json"))
+    assert {k: v for k, v in added.items() if k != "created_at"} == {
+        "id": 2, "subscriber_id": 2, "username": "bob", "kind": "circuit-id", "key": "olt1/1/1:100", "address": None,
+        "hostname": None}
+    ok(config_path, "reservation", "add", "2", "--client-id", "01:02:00:5e:10:00:02")  # a subscriber by id
+    ok(config_path, "reservation", "add", "alice", "--remote-id", "0x00ff")
+
+    table = ok(config_path, "reservation", "list").splitlines()
+    assert [line.split() for line in table] == [
+        ["ID", "SUBSCRIBER", "KIND", "KEY", "ADDRESS", "HOSTNAME"],
+        ["1", "alice", "mac", "02:00:5e:10:00:01", "198.18.0.10", "cpe-alice"],
+        ["2", "bob", "circuit-id", "olt1/1/1:100", "-", "-"],
+        ["3", "bob", "client-id", "0102005e100002", "-", "-"],
+        ["4", "alice", "remote-id", "0x00ff", "-", "-"],
+    ]
+    mine = json.loads(ok(config_path, "reservation", "list", "--subscriber", "bob", "--json"))
+    assert [(r["id"], r["username"], r["kind"]) for r in mine] == [(2, "bob", "circuit-id"), (3, "bob", "client-id")]
+
+    show = ok(config_path, "subscriber", "show", "alice")
+    assert ("reservations  2\n"
+            "  #1 mac 02:00:5e:10:00:01 -> address 198.18.0.10, host name cpe-alice\n"
+            "  #4 remote-id 0x00ff -> an address from the pools\n") in show
+    assert "reservation.added address=198.18.0.10 hostname=cpe-alice key=02:00:5e:10:00:01 kind=mac" in show
+
+    assert ok(config_path, "reservation", "delete", "1") == (
+        "deleted reservation #1 of alice: mac 02:00:5e:10:00:01 -> address 198.18.0.10, host name cpe-alice\n")
+    assert [r["id"] for r in json.loads(ok(config_path, "reservation", "list", "--json"))] == [2, 3, 4]
+    detail = json.loads(ok(config_path, "subscriber", "show", "alice", "--json"))
+    assert [a["action"] for a in detail["audit"]][:3] == ["reservation.deleted", "reservation.added",
+                                                         "reservation.added"]
+    assert detail["audit"][0]["details"]["key"] == "02:00:5e:10:00:01"
+    # The address and the MAC are free again.
+    ok(config_path, "reservation", "add", "bob", "--mac", "02:00:5e:10:00:01", "--address", "198.18.0.10")
+
+
+def test_an_empty_list_is_just_the_header(config_path: Path) -> None:
+    assert ok(config_path, "reservation", "list").split() == ["ID", "SUBSCRIBER", "KIND", "KEY", "ADDRESS", "HOSTNAME"]
+    assert json.loads(ok(config_path, "reservation", "list", "--json")) == []
+
+
+def test_taken_keys_and_addresses_name_their_holder(config_path: Path) -> None:
+    ok(config_path, "reservation", "add", "alice", "--mac", "02:00:5e:10:00:01", "--address", "198.18.0.10")
+    result = run(config_path, "reservation", "add", "bob", "--mac", "02005e100001")
+    assert (result.returncode, result.stderr) == (
+        1, "ispd: mac 02:00:5e:10:00:01 is already reserved for alice (reservation #1)\n")
+    result = run(config_path, "reservation", "add", "bob", "--remote-id", "r1", "--address", "198.18.0.10")
+    assert (result.returncode, result.stderr) == (
+        1, "ispd: address 198.18.0.10 is already reserved for alice (mac 02:00:5e:10:00:01, reservation #1)\n")
+    assert len(json.loads(ok(config_path, "reservation", "list", "--json"))) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("reservation", "add", "nobody", "--mac", "02:00:5e:10:00:01"), 1, "ispd: no subscriber 'nobody'\n"),
+        (("reservation", "delete", "99"), 1, "ispd: no reservation #99\n"),
+        (("lease", "show", "198.18.0.99"), 1, "ispd: no lease for 198.18.0.99\n"),
+        (("reservation", "list", "--subscriber", "nobody"), 1, "ispd: no subscriber 'nobody'\n"),
+    ],
+)
+def test_failures_are_one_clear_line(config_path: Path, args: tuple[str, ...], code: int, message: str) -> None:
+    result = run(config_path, *args)
+    assert (result.returncode, result.stderr) == (code, message)
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (("reservation", "add", "alice", "--mac", "02:00:5e:10:00"), "'02:00:5e:10:00' is not a MAC address"),
+        (("reservation", "add", "alice", "--mac", "02:00:00:00:00:01", "--circuit-id", "eth0/1"),
+         "argument --circuit-id: not allowed with argument --mac"),
+        (("reservation", "add", "alice"), "one of the arguments --mac --client-id --circuit-id --remote-id is required"),
+        (("reservation", "add", "alice", "--client-id", "xyz"), "is not a client identifier"),
+        (("reservation", "add", "alice", "--circuit-id", ""), "the circuit-id is empty"),
+        (("reservation", "add", "alice", "--remote-id", "tab\there"), "write a remote-id as printable ASCII"),
+        (("reservation", "add", "alice", "--mac", "02:00:00:00:00:01", "--address", "198.18.0.256"),
+         "'198.18.0.256' is not an IPv4 address"),
+        (("reservation", "add", "alice", "--mac", "02:00:00:00:00:01", "--address", "127.0.0.1"),
+         "127.0.0.1 is a loopback address"),
+        (("reservation", "add", "alice", "--mac", "02:00:00:00:00:01", "--hostname", "no spaces"),
+         "'no spaces' is not a host name"),
+        (("reservation", "delete", "one"), "'one' is not a positive whole number"),
+        (("reservation", "delete", "0"), "'0' is not a positive whole number"),
+        (("reservation", "delete"), "the following arguments are required: id"),
+        (("reservation",), "argument action"),  # -c FILE lands where the action belongs
+        (("lease", "show", "not-an-address"), "'not-an-address' is not an IPv4 address"),
+        (("lease", "show", "198.18.0.1/24"), "is not an IPv4 address"),
+        (("lease", "show", "198.18.0.1", "--limit", "0"), "'0' is not a positive whole number"),
+    ],
+)
+def test_bad_command_lines_exit_2_and_say_why(config_path: Path, args: tuple[str, ...], complaint: str) -> None:
+    result = run(config_path, *args)
+    assert result.returncode == 2 and complaint in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert json.loads(ok(config_path, "reservation", "list", "--json")) == []
+
+
+def test_lease_show_gives_the_current_lease_and_who_had_it_before(config_path: Path) -> None:
+    now = time.time()
+    alice = 1
+    common = {"hw_address": "02:00:00:00:00:20", "hostname": "cpe", "circuit_id": "olt1/1/1", "pool": "home"}
+    record(
+        config_path,
+        (Lease("198.18.0.20", LeaseState.BOUND, now - 7200, now - 3600, subscriber_id=2, hw_address="02:00:00:00:00:02",
+               pool="home"), "granted"),
+        (Lease("198.18.0.20", LeaseState.EXPIRED, now - 7200, now - 3600, subscriber_id=2,
+               hw_address="02:00:00:00:00:02", pool="home"), "expired"),
+        (Lease("198.18.0.20", LeaseState.BOUND, now, now + 600, subscriber_id=alice, client_id="0102", **common),
+         "granted"),
+        (Lease("198.18.0.21", LeaseState.BOUND, now, now + 600), "granted"),
+    )
+    ok(config_path, "subscriber", "delete", "bob")  # history still names him
+
+    text = ok(config_path, "lease", "show", "198.18.0.20").splitlines()
+    assert text[:11] == [
+        "address       198.18.0.20",
+        "state         bound",
+        f"starts        {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(now))}",
+        f"expires       {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(now + 600))}",
+        "mac           02:00:00:00:00:20",
+        "client id     0102",
+        "hostname      cpe",
+        "subscriber    alice (#1)",
+        "circuit id    olt1/1/1",
+        "remote id     -",
+        "pool          home",
+    ]
+    assert text[11:13] == ["", "history (newest first)"]
+    assert text[13].split() == ["AT", "EVENT", "MAC", "CLIENT_ID", "HOSTNAME", "SUBSCRIBER", "CIRCUIT_ID",
+                                "REMOTE_ID", "POOL", "STARTS", "EXPIRES"]
+    rows = [line.split() for line in text[14:]]
+    assert [(r[1], r[2], r[5]) for r in rows] == [("granted", "02:00:00:00:00:20", "alice"),
+                                                  ("expired", "02:00:00:00:00:02", "bob"),
+                                                  ("granted", "02:00:00:00:00:02", "bob")]
+
+    data = json.loads(ok(config_path, "lease", "show", "198.18.0.20", "--json", "--limit", "2"))
+    assert data["address"] == "198.18.0.20"
+    assert (data["lease"]["state"], data["lease"]["username"], data["lease"]["client_id"]) == ("bound", "alice", "0102")
+    assert [(h["event"], h["username"], h["subscriber_id"]) for h in data["history"]] == [
+        ("granted", "alice", 1), ("expired", "bob", 2)]
+    limited = ok(config_path, "lease", "show", "198.18.0.20", "--limit", "1").splitlines()
+    assert "history (newest first, the newest 1)" in limited and len(limited) == 15
+
+    unowned = ok(config_path, "lease", "show", "198.18.0.21").splitlines()
+    assert "subscriber    -" in unowned
+
+
+def test_lease_show_without_a_current_lease_still_shows_the_history(config_path: Path) -> None:
+    now = time.time()
+    # A lease that ended long ago: retention removed its row but not the newer history entry.
+    record(config_path, (Lease("198.18.0.30", LeaseState.EXPIRED, 0, 10, hw_address="02:00:00:00:00:30"), "expired"),
+           purge_before=now - 60)
+    text = ok(config_path, "lease", "show", "198.18.0.30")
+    assert text.splitlines()[:2] == ["address       198.18.0.30", "state         no current lease (only history is kept)"]
+    assert "expired  02:00:00:00:00:30" in text
+    data = json.loads(ok(config_path, "lease", "show", "198.18.0.30", "--json"))
+    assert data["lease"] is None and [h["event"] for h in data["history"]] == ["expired"]
+
+
+def test_reservation_changes_reach_the_running_daemon(tmp_path: Path) -> None:
+    with IspdProcess(tmp_path, base_config(tmp_path)) as daemon:
+        daemon.start()
+        daemon.cli("subscriber", "add", "alice")
+        daemon.cli("reservation", "add", "alice", "--mac", "02:00:5e:10:00:01", "--address", "198.18.0.10")
+        daemon.cli("reservation", "delete", "1")
+
+        def published(event: str) -> float | None:
+            return daemon.metric_value("ispd_events_published_total", {"event": event})
+
+        assert eventually(lambda: published("ReservationDeleted")) == 1
+        assert published("ReservationAdded") == 1

@@ -1,0 +1,272 @@
+"""DHCP reservations and lease history in the store: canonical forms, conflicts, audit, events."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from ispd.events import ReservationAdded, ReservationDeleted, SubscriberDeleted, event_from_audit
+from ispd.store import Conflict, InvalidValue, NotFound, Store, StoreConfig, open_store
+from ispd.store.models import AuditEntry, Lease, LeaseState, Reservation, ReservationKind
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def store(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
+    opened = await open_store(StoreConfig(path=tmp_path / "ispd.db"), clock=clock)
+    yield opened
+    await opened.close()
+
+
+async def test_reservations_are_kept_in_canonical_form(store: Store, clock: FakeClock) -> None:
+    alice = await store.add_subscriber("alice", actor="t")
+    by_mac = await store.add_reservation("alice", ReservationKind.MAC, " 02-00-5E-10-00-01 ", actor="t",
+                                         address=" 198.18.0.10", hostname="CPE-Alice.")
+    assert by_mac == Reservation(id=by_mac.id, subscriber_id=alice.id, kind=ReservationKind.MAC,
+                                 key="02:00:5e:10:00:01", address="198.18.0.10", hostname="cpe-alice",
+                                 created_at=clock.now)
+    by_client_id = await store.add_reservation(alice.id, ReservationKind.CLIENT_ID, "01:02:00:5E:10:00:02", actor="t")
+    assert (by_client_id.key, by_client_id.address, by_client_id.hostname) == ("0102005e100002", None, None)
+    by_circuit = await store.add_reservation("alice", ReservationKind.CIRCUIT_ID, "0x657468302f31", actor="t")
+    assert by_circuit.key == "eth0/1"  # printable bytes written in hex come back as text
+    # A plain string names the kind as well as the enum does.
+    by_remote = await store.add_reservation("alice", "remote-id", "bng1", actor="t")  # type: ignore[arg-type]
+    assert by_remote.kind is ReservationKind.REMOTE_ID
+
+    assert await store.list_reservations() == [by_mac, by_client_id, by_circuit, by_remote]
+    assert await store.list_reservations(subscriber="alice") == [by_mac, by_client_id, by_circuit, by_remote]
+    assert (await store.subscriber_overview("alice")).reservations == [by_mac, by_client_id, by_circuit, by_remote]
+
+
+async def test_list_is_by_id_and_can_be_narrowed_to_one_subscriber(store: Store) -> None:
+    await store.add_subscriber("alice", actor="t")
+    await store.add_subscriber("bob", actor="t")
+    first = await store.add_reservation("bob", ReservationKind.MAC, "02:00:00:00:00:01", actor="t")
+    second = await store.add_reservation("alice", ReservationKind.MAC, "02:00:00:00:00:02", actor="t")
+    third = await store.add_reservation("bob", ReservationKind.MAC, "02:00:00:00:00:03", actor="t")
+    assert [r.id for r in await store.list_reservations()] == [first.id, second.id, third.id]
+    assert await store.list_reservations(subscriber="bob") == [first, third]
+    with pytest.raises(NotFound, match="no subscriber 'carol'"):
+        await store.list_reservations(subscriber="carol")
+
+
+async def test_a_key_or_address_taken_is_a_conflict_naming_its_holder(store: Store) -> None:
+    await store.add_subscriber("alice", actor="t")
+    await store.add_subscriber("bob", actor="t")
+    held = await store.add_reservation("alice", ReservationKind.MAC, "02:00:5e:10:00:01", actor="t",
+                                       address="198.18.0.10")
+    before = await store.last_audit_id()
+    with pytest.raises(Conflict) as caught:
+        await store.add_reservation("bob", ReservationKind.MAC, "02005E100001", actor="t")
+    assert str(caught.value) == f"mac 02:00:5e:10:00:01 is already reserved for alice (reservation #{held.id})"
+    with pytest.raises(Conflict) as caught:
+        await store.add_reservation("bob", ReservationKind.CIRCUIT_ID, "eth0/2", actor="t", address="198.18.0.10")
+    assert str(caught.value) == ("address 198.18.0.10 is already reserved for alice"
+                                 f" (mac 02:00:5e:10:00:01, reservation #{held.id})")
+    with pytest.raises(Conflict, match="already reserved for alice"):  # the same subscriber twice, too
+        await store.add_reservation("alice", ReservationKind.MAC, "02:00:5e:10:00:01", actor="t")
+    # Nothing of the refused writes was kept, not even in the audit log.
+    assert await store.list_reservations() == [held]
+    assert await store.last_audit_id() == before
+    # The same text under another kind is another key; reservations without an address never clash.
+    await store.add_reservation("bob", ReservationKind.CIRCUIT_ID, "02:00:5e:10:00:01", actor="t")
+    await store.add_reservation("bob", ReservationKind.REMOTE_ID, "r1", actor="t")
+    await store.add_reservation("bob", ReservationKind.REMOTE_ID, "r2", actor="t")
+    # Once deleted, the key and the address are free again.
+    await store.delete_reservation(held.id, actor="t")
+    again = await store.add_reservation("bob", ReservationKind.MAC, "02:00:5e:10:00:01", actor="t",
+                                        address="198.18.0.10")
+    assert again.subscriber_id == (await store.get_subscriber("bob")).id
+
+
+@pytest.mark.parametrize(
+    ("kind", "key", "address", "hostname", "message"),
+    [
+        ("mac", "02:00:5e:10:00", None, None, "'02:00:5e:10:00' is not a MAC address"),
+        ("mac", "zz:00:5e:10:00:01", None, None, "is not a MAC address"),
+        ("client-id", "0", None, None, "is not a client identifier"),
+        ("circuit-id", "", None, None, "the circuit-id is empty"),
+        ("remote-id", "0xzz", None, None, "after 0x, write the bytes in hex"),
+        ("serial", "x", None, None, "unknown reservation kind 'serial'"),
+        ("mac", "02:00:5e:10:00:01", "198.18.0.300", None, "'198.18.0.300' is not an IPv4 address"),
+        ("mac", "02:00:5e:10:00:01", "198.18.0.0/24", None, "is not an IPv4 address"),
+        ("mac", "02:00:5e:10:00:01", "198.018.0.1", None, "is not an IPv4 address"),
+        ("mac", "02:00:5e:10:00:01", "2001:db8::1", None, "is not an IPv4 address"),
+        ("mac", "02:00:5e:10:00:01", "0.0.0.0", None, "0.0.0.0 is the unspecified address"),
+        ("mac", "02:00:5e:10:00:01", "127.0.0.2", None, "127.0.0.2 is a loopback address"),
+        ("mac", "02:00:5e:10:00:01", "169.254.1.1", None, "is a link-local address"),
+        ("mac", "02:00:5e:10:00:01", "224.0.0.1", None, "is a multicast address"),
+        ("mac", "02:00:5e:10:00:01", "255.255.255.255", None, "is a reserved or broadcast address"),
+        ("mac", "02:00:5e:10:00:01", None, "under_score", "'under_score' is not a host name"),
+        ("mac", "02:00:5e:10:00:01", None, "-leading", "is not a host name"),
+        ("mac", "02:00:5e:10:00:01", None, "a" * 64, "is not a host name"),
+        ("mac", "02:00:5e:10:00:01", None, "", "is not a host name"),
+        ("mac", "02:00:5e:10:00:01", None, "café", "is not a host name"),
+    ],
+)
+async def test_values_that_cannot_be_reserved_are_invalid(store: Store, kind: str, key: str, address: str | None,
+                                                          hostname: str | None, message: str) -> None:
+    await store.add_subscriber("alice", actor="t")
+    before = await store.last_audit_id()
+    with pytest.raises(InvalidValue, match=re.escape(message)):
+        await store.add_reservation("alice", kind, key, actor="t", address=address,  # type: ignore[arg-type]
+                                    hostname=hostname)
+    assert await store.list_reservations() == [] and await store.last_audit_id() == before
+
+
+async def test_a_reservation_needs_a_subscriber(store: Store) -> None:
+    with pytest.raises(NotFound, match="no subscriber 'nobody'"):
+        await store.add_reservation("nobody", ReservationKind.MAC, "02:00:5e:10:00:01", actor="t")
+
+
+async def test_deleting_an_unknown_reservation_is_not_found(store: Store) -> None:
+    with pytest.raises(NotFound, match=r"^no reservation #42$"):
+        await store.delete_reservation(42, actor="t")
+
+
+async def test_changes_are_audited_and_announced_as_events(store: Store, clock: FakeClock) -> None:
+    alice = await store.add_subscriber("alice", actor="t")
+    start = await store.last_audit_id()
+    added = await store.add_reservation("alice", ReservationKind.MAC, "02:00:5e:10:00:01", actor="cli:root",
+                                        address="198.18.0.10", hostname="cpe")
+    clock.now += 60
+    deleted = await store.delete_reservation(added.id, actor="cli:ops")
+    assert deleted == added
+    assert await store.list_reservations() == []
+
+    entries = await store.audit_since(start)
+    details = {"reservation_id": added.id, "kind": "mac", "key": "02:00:5e:10:00:01", "address": "198.18.0.10",
+               "hostname": "cpe"}
+    assert entries == [
+        AuditEntry(entries[0].id, clock.now - 60, "cli:root", "reservation.added", "subscriber", alice.id, "alice",
+                   details),
+        AuditEntry(entries[1].id, clock.now, "cli:ops", "reservation.deleted", "subscriber", alice.id, "alice",
+                   details),
+    ]
+    assert [event_from_audit(e) for e in entries] == [
+        ReservationAdded(clock.now - 60, alice.id, "alice", reservation_id=added.id, kind="mac",
+                         key="02:00:5e:10:00:01", address="198.18.0.10", hostname="cpe"),
+        ReservationDeleted(clock.now, alice.id, "alice", reservation_id=added.id, kind="mac",
+                           key="02:00:5e:10:00:01", address="198.18.0.10", hostname="cpe"),
+    ]
+    # The helpdesk view shows the changes among the subscriber's recent ones.
+    assert [a.action for a in (await store.subscriber_overview("alice")).audit][:2] == [
+        "reservation.deleted", "reservation.added"]
+
+
+async def test_deleting_a_subscriber_announces_each_of_its_reservations_gone(store: Store) -> None:
+    alice = await store.add_subscriber("alice", actor="t")
+    await store.add_subscriber("bob", actor="t")
+    first = await store.add_reservation("alice", ReservationKind.MAC, "02:00:00:00:00:01", actor="t",
+                                        address="198.18.0.10")
+    second = await store.add_reservation("alice", ReservationKind.CIRCUIT_ID, "eth0/1", actor="t")
+    kept = await store.add_reservation("bob", ReservationKind.MAC, "02:00:00:00:00:02", actor="t")
+    start = await store.last_audit_id()
+    await store.delete_subscriber("alice", actor="t")
+    assert await store.list_reservations() == [kept]
+    events = [event_from_audit(e) for e in await store.audit_since(start)]
+    assert [(type(e).__name__, getattr(e, "reservation_id", None)) for e in events] == [
+        ("ReservationDeleted", first.id), ("ReservationDeleted", second.id), ("SubscriberDeleted", None)]
+    assert isinstance(events[0], ReservationDeleted) and events[0].address == "198.18.0.10"
+    assert isinstance(events[2], SubscriberDeleted) and events[2].subscriber_id == alice.id
+    # The address is free for someone else.
+    await store.add_reservation("bob", ReservationKind.MAC, "02:00:00:00:00:01", actor="t", address="198.18.0.10")
+
+
+@pytest.mark.parametrize(
+    "details",
+    [
+        {},
+        {"reservation_id": "1", "kind": "mac", "key": "02:00:00:00:00:01"},
+        {"reservation_id": 1, "kind": None, "key": "02:00:00:00:00:01"},
+        {"reservation_id": 1, "kind": "serial", "key": "02:00:00:00:00:01"},
+        {"reservation_id": 1, "kind": "mac"},
+    ],
+)
+def test_an_unreadable_reservation_entry_announces_nothing(details: dict[str, object]) -> None:
+    """Raising would stall the audit relay on this entry for good."""
+    entry = AuditEntry(1, 1.0, "x", "reservation.added", "subscriber", 3, "alice", details)
+    assert event_from_audit(entry) is None
+
+
+def test_odd_optional_fields_in_an_entry_are_dropped() -> None:
+    entry = AuditEntry(1, 1.0, "x", "reservation.deleted", "subscriber", 3, "alice",
+                       {"reservation_id": 7, "kind": "mac", "key": "k", "address": 5, "hostname": ["h"]})
+    assert event_from_audit(entry) == ReservationDeleted(1.0, 3, "alice", reservation_id=7, kind="mac", key="k",
+                                                         address=None, hostname=None)
+
+
+# --- lease lookup and history
+
+
+async def test_get_lease_returns_the_current_state_of_an_address(store: Store, clock: FakeClock) -> None:
+    alice = await store.add_subscriber("alice", actor="t")
+    now = clock.now
+    with pytest.raises(NotFound, match=r"^no lease for 198.18.0.10$"):
+        await store.get_lease("198.18.0.10")
+    granted = Lease("198.18.0.10", LeaseState.BOUND, now, now + 3600, hw_address="02:00:00:00:00:01",
+                    subscriber_id=alice.id, pool="home")
+    await store.record_lease(granted, event="granted")
+    assert await store.get_lease("198.18.0.10") == granted
+    assert await store.get_lease(" 198.18.0.10 ") == granted  # the same canonical form as everywhere
+    released = Lease("198.18.0.10", LeaseState.RELEASED, now, now + 60, hw_address="02:00:00:00:00:01")
+    await store.record_lease(released, event="released")
+    assert await store.get_lease("198.18.0.10") == released  # ended leases are still the address's state
+    with pytest.raises(InvalidValue, match=r"'198\.18\.0' is not an IPv4 address"):
+        await store.get_lease("198.18.0")
+
+
+async def test_history_is_newest_first_limited_and_outlives_the_subscriber(store: Store, clock: FakeClock) -> None:
+    alice = await store.add_subscriber("alice", actor="t")
+    start = clock.now
+    events = ["granted", "renewed", "renewed", "released"]
+    for i, event in enumerate(events):
+        clock.now = start + 600 * i
+        state = LeaseState.RELEASED if event == "released" else LeaseState.BOUND
+        await store.record_lease(Lease("198.18.0.10", state, start, clock.now + 1200, hw_address="02:00:00:00:00:01",
+                                       hostname="cpe", subscriber_id=alice.id, circuit_id="eth0/1",
+                                       remote_id="bng1", pool="home", client_id="0102"), event=event)
+    await store.record_lease(Lease("198.18.0.11", LeaseState.BOUND, start, start + 60), event="granted")
+    await store.delete_subscriber("alice", actor="t")
+
+    history = await store.lease_history("198.18.0.10")
+    assert [h.event for h in history] == ["released", "renewed", "renewed", "granted"]
+    newest = history[0]
+    assert (newest.at, newest.address, newest.starts_at, newest.expires_at) == (
+        start + 1800, "198.18.0.10", start, start + 3000)
+    assert (newest.hw_address, newest.client_id, newest.hostname, newest.circuit_id, newest.remote_id,
+            newest.pool) == ("02:00:00:00:00:01", "0102", "cpe", "eth0/1", "bng1", "home")
+    assert (newest.subscriber_id, newest.username) == (alice.id, "alice")  # "who had it" survives the account
+    assert history[0].id > history[1].id > history[2].id > history[3].id
+    assert [h.event for h in await store.lease_history("198.18.0.10", limit=2)] == ["released", "renewed"]
+    assert [h.address for h in await store.lease_history("198.18.0.11")] == ["198.18.0.11"]
+    assert await store.lease_history("198.18.0.12") == []
+
+
+async def test_history_in_recording_order_even_when_the_clock_steps_back(store: Store, clock: FakeClock) -> None:
+    await store.record_lease(Lease("198.18.0.10", LeaseState.BOUND, 0, 10), event="granted")
+    clock.now -= 30  # NTP stepped the clock back
+    await store.record_lease(Lease("198.18.0.10", LeaseState.RELEASED, 0, 10), event="released")
+    assert [h.event for h in await store.lease_history("198.18.0.10")] == ["released", "granted"]
+
+
+async def test_history_rejects_a_bad_address_or_limit(store: Store) -> None:
+    with pytest.raises(InvalidValue, match="is not an IPv4 address"):
+        await store.lease_history("nope")
+    with pytest.raises(InvalidValue, match="limit must be at least 1"):
+        await store.lease_history("198.18.0.10", limit=0)
