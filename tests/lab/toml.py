@@ -1,4 +1,5 @@
-"""Writing the small TOML files the tests hand to ispd (tables of scalars and lists)."""
+"""Writing the TOML files the tests hand to ispd: tables, arrays of tables (``[[dhcp.subnet]]``),
+scalars, lists and inline tables."""
 
 from __future__ import annotations
 
@@ -16,16 +17,25 @@ def _value(value: Any) -> str:
         return json.dumps(str(value))  # a JSON string is a valid TOML basic string
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
+def _is_table_array(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
 def dumps(config: dict[str, Any], prefix: str = "") -> str:
-    scalars = [f"{k} = {_value(v)}" for k, v in config.items() if not isinstance(v, dict)]
+    scalars = [f"{k} = {_value(v)}" for k, v in config.items() if not isinstance(v, dict) and not _is_table_array(v)]
     out = "\n".join(scalars) + ("\n" if scalars else "")
     for key, value in config.items():
+        name = f"{prefix}{key}"
         if isinstance(value, dict):
-            name = f"{prefix}{key}"
             out += f"\n[{name}]\n" + dumps(value, f"{name}.")
+        elif _is_table_array(value):
+            for item in value:
+                out += f"\n[[{name}]]\n" + dumps(item, f"{name}.")
     return out
 
 

@@ -1,0 +1,333 @@
+"""ispd's DHCP server in one namespace, real DHCP clients (busybox udhcpc, ISC dhclient, dhcpcd)
+in another, a veth between them: the server end is 198.18.0.1/24, the client end has no address
+until a client gets one. Messages no stock client sends (a DECLINE, a REQUEST for a foreign
+address, garbage) are made by hand and sent from the client namespace.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ispd.dhcp.codec import BOOTREQUEST, FLAG_BROADCAST, HEADER, MAGIC_COOKIE, DHCPPacket, decode, encode
+from ispd.dhcp.options import DHCPMessageType, Option
+from tests.lab.dhcpclients import (
+    CLIENTS,
+    ClientEvent,
+    Dhclient,
+    Dhcpcd,
+    DHCPClient,
+    DHCPIspd,
+    Udhcpc,
+    client_link,
+    exchange,
+    interface_addresses,
+    set_mac,
+)
+from tests.lab.netns import Lab
+from tests.lab.process import base_config, eventually
+
+SERVER = "198.18.0.1"
+CLIENT_MAC = "02:00:5e:12:00:01"
+ROUTES = [("198.18.128.0/17", SERVER), ("0.0.0.0/0", SERVER)]
+
+
+def dhcp_section(interface: str, pool: str = "198.18.0.100 - 198.18.0.199", **overrides: Any) -> dict[str, Any]:
+    section: dict[str, Any] = {
+        "enabled": True,
+        "interfaces": [interface],
+        "lease_seconds": 3600,
+        "decline_quarantine_seconds": 600,
+        "subnet": [{
+            "network": "198.18.0.0/24",
+            "interface": interface,
+            "routers": [SERVER],
+            "dns_servers": [SERVER, "198.18.0.2"],
+            "domain_name": "lab.example",
+            "ntp_servers": [SERVER],
+            "mtu": 1500,
+            "static_routes": [{"destination": d, "router": r} for d, r in ROUTES],
+            "pool": [{"name": "lan", "range": pool}],
+        }],
+    }
+    section.update(overrides)
+    return section
+
+
+@dataclass
+class Lan:
+    lab: Lab
+    workdir: Path
+    server_ns: str
+    client_ns: str
+    server_if: str
+    client_if: str
+    ispd: DHCPIspd
+
+    def client(self, kind: str) -> DHCPClient:
+        return CLIENTS[kind](self.lab, self.client_ns, self.client_if, self.workdir)
+
+    def explain(self, *clients: DHCPClient) -> str:
+        """The clients' and ispd's own words, for a failing assertion."""
+        parts = [c.describe() for c in clients]
+        log = self.ispd.log_text().splitlines()
+        return "\n".join([*parts, "--- ispd.log (last 40 lines):", *log[-40:]])
+
+
+@pytest.fixture
+def make_lan(netlab: Lab, tmp_path: Path) -> Iterator[Callable[..., Lan]]:
+    processes: list[DHCPIspd] = []
+
+    def make(pool: str = "198.18.0.100 - 198.18.0.199", **overrides: Any) -> Lan:
+        server_ns, client_ns = netlab.namespace("srv"), netlab.namespace("cli")
+        server_if, client_if = client_link(netlab, server_ns, f"{SERVER}/24", client_ns, CLIENT_MAC)
+        config = base_config(tmp_path, dhcp=dhcp_section(server_if, pool, **overrides))
+        ispd = DHCPIspd(tmp_path, config, netns=server_ns)
+        processes.append(ispd)
+        ispd.start()
+        return Lan(netlab, tmp_path, server_ns, client_ns, server_if, client_if, ispd)
+
+    yield make
+    for process in processes:
+        process.kill()
+
+
+@pytest.fixture
+def lan(make_lan: Callable[..., Lan]) -> Lan:
+    return make_lan()
+
+
+def in_pool(address: str | None, first: str = "198.18.0.100", last: str = "198.18.0.199") -> bool:
+    return address is not None and IPv4Address(first) <= IPv4Address(address) <= IPv4Address(last)
+
+
+def assert_configured(event: ClientEvent | None, lan: Lan, *clients: DHCPClient) -> str:
+    """The lease a client reports carries everything the subnet configures."""
+    assert event is not None and event.bound, f"no lease\n{lan.explain(*clients)}"
+    assert in_pool(event.address), event
+    assert event.mask == "255.255.255.0"
+    assert event.routers == (SERVER,)
+    assert event.dns == (SERVER, "198.18.0.2")
+    assert event.domain == "lab.example"
+    assert event.lease_seconds == 3600
+    assert event.server_id == SERVER
+    assert event.ntp == (SERVER,)
+    assert event.mtu == 1500
+    assert event.static_routes == ROUTES
+    assert event.address is not None
+    return event.address
+
+
+def lease_state(lan: Lan, address: str) -> str | None:
+    lease = lan.ispd.lease_of(address)
+    return None if lease is None else str(lease["state"])
+
+
+# --- each client: obtain, renew, release -------------------------------------------------------
+
+@pytest.mark.parametrize("kind", list(CLIENTS))
+def test_client_obtains_a_lease_with_the_subnets_options(lan: Lan, kind: str) -> None:
+    with lan.client(kind) as client:
+        address = assert_configured(client.obtain(), lan, client)
+        assert interface_addresses(lan.client_ns, lan.client_if) == [f"{address}/24"]
+        lease = lan.ispd.lease_of(address, include_ended=False)
+        assert lease is not None, f"{address} not in `lease list`\n{lan.explain(client)}"
+        assert lease["state"] == "bound"
+        assert lease["hw_address"] == CLIENT_MAC
+        assert lease["pool"] == "lan"
+        assert 3500 < lease["expires_at"] - time.time() <= 3600
+
+
+@pytest.mark.parametrize("kind", list(CLIENTS))
+def test_client_renews_and_keeps_its_address(lan: Lan, kind: str) -> None:
+    with lan.client(kind) as client:
+        address = assert_configured(client.obtain(), lan, client)
+        granted = lan.ispd.lease_of(address)
+        assert granted is not None, lan.explain(client)
+        time.sleep(1.1)  # so that a renewal shows in the expiry time
+        # udhcpc and dhcpcd: a unicast REQUEST from the bound address (RENEWING, RFC 2131 §4.3.2);
+        # dhclient: restarted with its lease file, a broadcast REQUEST without a server id
+        # (INIT-REBOOT).
+        renewed = client.renew()
+        assert renewed is not None and renewed.bound, f"no renewal\n{lan.explain(client)}"
+        assert renewed.address == address
+        assert renewed.lease_seconds == 3600
+        if isinstance(client, Dhcpcd):  # and restarted with its stored lease and DUID: INIT-REBOOT
+            rebooted = client.rebind()
+            assert rebooted is not None and rebooted.reason == "REBOOT", lan.explain(client)
+            assert rebooted.address == address
+        lease = lan.ispd.lease_of(address)
+        assert lease is not None and lease["state"] == "bound"
+        assert lease["expires_at"] > granted["expires_at"] + 1, f"the renewal did not extend the lease\n{lan.explain(client)}"
+
+
+@pytest.mark.parametrize("kind", list(CLIENTS))
+def test_client_releases_and_the_lease_shows_released(lan: Lan, kind: str) -> None:
+    with lan.client(kind) as client:
+        address = assert_configured(client.obtain(), lan, client)
+        assert lease_state(lan, address) == "bound"
+        released = client.release()
+        assert released is not None, f"the client reported no release\n{lan.explain(client)}"
+        assert interface_addresses(lan.client_ns, lan.client_if) == []
+        eventually(lambda: lease_state(lan, address) == "released", timeout=5)
+        assert address not in [le["address"] for le in lan.ispd.leases()]
+
+
+# --- the pool, the store -----------------------------------------------------------------------
+
+def test_an_exhausted_pool_offers_nothing_to_a_third_client(make_lan: Callable[..., Lan]) -> None:
+    lan = make_lan(pool="198.18.0.100 - 198.18.0.101")
+    got: list[str] = []
+    for n in (1, 2):
+        set_mac(lan.client_ns, lan.client_if, f"02:00:5e:12:01:0{n}")
+        with Udhcpc(lan.lab, lan.client_ns, lan.client_if, lan.workdir) as client:
+            event = client.obtain()
+            assert event is not None and event.address is not None, lan.explain(client)
+            assert in_pool(event.address, last="198.18.0.101"), event
+            got.append(event.address)
+            # Ending udhcpc without -R keeps the lease (no RELEASE).
+    assert sorted(got) == ["198.18.0.100", "198.18.0.101"]
+    set_mac(lan.client_ns, lan.client_if, "02:00:5e:12:01:03")
+    with Udhcpc(lan.lab, lan.client_ns, lan.client_if, lan.workdir) as third:
+        assert third.obtain(tries=2) is None, f"a third client got a lease\n{lan.explain(third)}"
+        assert "select for" not in third.output(), "the third client was offered an address"
+    assert sorted(le["address"] for le in lan.ispd.leases()) == got
+    assert (lan.ispd.metric_in_netns("ispd_dhcp_packets_dropped_total", {"reason": "pool_exhausted"}) or 0) >= 2
+    assert lan.ispd.metric_in_netns("ispd_dhcp_pool_assigned_addresses", {"pool": "lan"}) == 2
+
+
+def test_a_lease_outlives_a_restart_of_ispd(lan: Lan) -> None:
+    with Dhclient(lan.lab, lan.client_ns, lan.client_if, lan.workdir) as client:
+        address = assert_configured(client.obtain(), lan, client)
+        client.stop()  # no RELEASE: the client keeps the lease in its lease file
+        assert lan.ispd.terminate() == 0
+        lan.ispd.kill()
+        lan.ispd.start()
+        lease = lan.ispd.lease_of(address, include_ended=False)
+        assert lease is not None and lease["state"] == "bound" and lease["hw_address"] == CLIENT_MAC
+        # INIT-REBOOT: the restarted server confirms the address it granted before.
+        again = client.obtain()
+        assert again is not None and again.reason == "REBOOT", lan.explain(client)
+        assert again.address == address
+
+
+# --- hand-made messages ------------------------------------------------------------------------
+
+PROBE_MAC = bytes.fromhex("025e12aa0001")
+
+
+def message(kind: DHCPMessageType, xid: int, *options: tuple[int, bytes], mac: bytes = PROBE_MAC,
+            ciaddr: str = "0.0.0.0") -> bytes:
+    """A client's message; BROADCAST set, so that replies reach a socket with no address."""
+    return encode(DHCPPacket(op=BOOTREQUEST, xid=xid, chaddr=mac, flags=FLAG_BROADCAST, ciaddr=IPv4Address(ciaddr),
+                             options=((Option.MESSAGE_TYPE, bytes([kind])), *options)))
+
+
+def requested(address: str) -> tuple[int, bytes]:
+    return (Option.REQUESTED_ADDRESS, IPv4Address(address).packed)
+
+
+SERVER_ID = (Option.SERVER_ID, IPv4Address(SERVER).packed)
+
+
+def replies(lan: Lan, *datagrams: bytes, xid: int, expect: int = 1, listen: float = 3.0) -> list[DHCPPacket]:
+    got = exchange(lan.client_ns, lan.client_if, datagrams, xids=[xid], until=expect, listen=listen)
+    return [decode(d) for d in got]
+
+
+def test_a_request_for_an_address_the_server_cannot_give_is_nakd(lan: Lan) -> None:
+    cases = [
+        # INIT-REBOOT (no server id, no ciaddr) for an address of the subnet outside every pool,
+        # and for one on another network (RFC 2131 §4.3.2: "incorrect, or on the wrong network").
+        (0x1001, message(DHCPMessageType.REQUEST, 0x1001, requested("198.18.0.250"))),
+        (0x1002, message(DHCPMessageType.REQUEST, 0x1002, requested("198.18.7.7"))),
+        # SELECTING (names us) for an address it was never offered, outside the pool.
+        (0x1003, message(DHCPMessageType.REQUEST, 0x1003, requested("198.18.0.250"), SERVER_ID)),
+    ]
+    for xid, datagram in cases:
+        got = replies(lan, datagram, xid=xid)
+        assert [p.message_type for p in got] == [DHCPMessageType.NAK], f"xid {xid:#x}: {got}\n{lan.explain()}"
+        nak = got[0]
+        assert nak.yiaddr == IPv4Address(0)
+        assert nak.option(Option.SERVER_ID) == IPv4Address(SERVER).packed
+        assert nak.option(Option.LEASE_TIME) is None  # RFC 2131 table 3: MUST NOT
+    assert lan.ispd.leases(include_ended=True) == []
+
+
+def test_a_client_that_remembers_a_foreign_address_is_nakd_and_then_served(lan: Lan) -> None:
+    # dhclient moved to this network with a lease from elsewhere: it asks for that address
+    # (INIT-REBOOT), must hear a NAK, and then gets one from the pool by DISCOVER.
+    with Dhclient(lan.lab, lan.client_ns, lan.client_if, lan.workdir) as client:
+        client.lease_file.write_text(
+            f'lease {{\n  interface "{lan.client_if}";\n  fixed-address 198.18.0.250;\n'
+            "  option subnet-mask 255.255.255.0;\n  option dhcp-server-identifier 198.18.0.1;\n"
+            "  option dhcp-lease-time 3600;\n  renew 4 2037/12/31 00:00:00;\n  rebind 4 2037/12/31 00:00:00;\n"
+            "  expire 4 2037/12/31 00:00:00;\n}\n")
+        event = client.obtain()
+        assert "DHCPNAK from 198.18.0.1" in client.output(), lan.explain(client)
+        address = assert_configured(event, lan, client)
+        assert event is not None and event.reason == "BOUND"
+        assert address != "198.18.0.250"
+
+
+def test_a_declined_address_is_quarantined_and_not_offered_again(lan: Lan) -> None:
+    offer = replies(lan, message(DHCPMessageType.DISCOVER, 0x2001), xid=0x2001)
+    assert [p.message_type for p in offer] == [DHCPMessageType.OFFER], lan.explain()
+    declined = str(offer[0].yiaddr)
+    ack = replies(lan, message(DHCPMessageType.REQUEST, 0x2002, requested(declined), SERVER_ID), xid=0x2002)
+    assert [(p.message_type, str(p.yiaddr)) for p in ack] == [(DHCPMessageType.ACK, declined)], lan.explain()
+    # RFC 2131 §4.4.1: the client found the address in use (by ARP) and declines it; no reply.
+    silence = replies(lan, message(DHCPMessageType.DECLINE, 0x2003, requested(declined), SERVER_ID),
+                      xid=0x2003, expect=0, listen=1.0)
+    assert silence == []
+    eventually(lambda: lease_state(lan, declined) == "declined", timeout=5)
+    assert lan.ispd.metric_in_netns("ispd_dhcp_declines_total") == 1
+    assert lan.ispd.metric_in_netns("ispd_dhcp_pool_declined_addresses", {"pool": "lan"}) == 1
+    # Neither the client that declined it nor another one is offered it again.
+    again = replies(lan, message(DHCPMessageType.DISCOVER, 0x2004), xid=0x2004)
+    assert [p.message_type for p in again] == [DHCPMessageType.OFFER]
+    assert str(again[0].yiaddr) != declined
+    with Udhcpc(lan.lab, lan.client_ns, lan.client_if, lan.workdir) as other:
+        event = other.obtain(requested=declined)
+        assert event is not None and event.bound, lan.explain(other)
+        assert event.address != declined
+
+
+def _header(op: int = BOOTREQUEST, hlen: int = 6) -> bytes:
+    return HEADER.pack(op, 1, hlen, 0, 0x3001, 0, FLAG_BROADCAST, bytes(4), bytes(4), bytes(4), bytes(4),
+                       PROBE_MAC.ljust(16, b"\x00"), bytes(64), bytes(128))
+
+
+MALFORMED = {
+    "truncated": b"\x01\x01\x06\x00" + bytes(96),
+    "bad_cookie": _header() + b"\x00\x00\x00\x00" + bytes([53, 1, 1, 255]),
+    "bad_op": _header(op=7) + MAGIC_COOKIE + bytes([53, 1, 1, 255]),
+    "bad_hlen": _header(hlen=17) + MAGIC_COOKIE + bytes([53, 1, 1, 255]),
+    "option_overrun": _header() + MAGIC_COOKIE + bytes([53, 1, 1, 12, 200]) + b"short",
+}
+
+
+def test_malformed_datagrams_are_dropped_and_counted_between_good_clients(lan: Lan) -> None:
+    def dropped(reason: str) -> float:
+        return lan.ispd.metric_in_netns("ispd_dhcp_packets_dropped_total", {"reason": reason}) or 0.0
+
+    before = {reason: dropped(reason) for reason in MALFORMED}
+    noise = [b"", b"garbage", *MALFORMED.values(), bytes(range(256)) * 2]
+    assert replies(lan, *noise, xid=0x3001, expect=0, listen=0.5) == []
+    with Udhcpc(lan.lab, lan.client_ns, lan.client_if, lan.workdir) as client:
+        assert_configured(client.obtain(), lan, client)
+        # And garbage again once a client is bound, then the client renews.
+        assert replies(lan, *noise, xid=0x3001, expect=0, listen=0.5) == []
+        renewed = client.renew()
+        assert renewed is not None and renewed.bound, lan.explain(client)
+    # Two rounds of each kind; the counters are read at scrape time, so no waiting is needed.
+    counted = {reason: dropped(reason) - before[reason] for reason in MALFORMED}
+    assert all(n >= 2 for n in counted.values()), f"{counted}\n{lan.explain()}"
+    assert lan.ispd.proc is not None and lan.ispd.proc.poll() is None
+    assert not lan.ispd.log_events("dhcp.packet.failed"), lan.explain()

@@ -1,0 +1,202 @@
+"""Relayed DHCP: client — relay — server, each in its own namespace.
+
+    cli [none] ── veth ── [198.18.1.1/24] relay [198.18.0.2/24] ── veth ── [198.18.0.1/24] srv (ispd)
+
+The relay is ISC dhcrelay with option 82 insertion (-a): it sets giaddr to 198.18.1.1 and the
+circuit-id to the name of its client-side interface, and adds no remote-id. ispd serves the
+relayed clients from 198.18.1.0/24 because giaddr is inside it, and direct clients on its own
+link from 198.18.0.0/24.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ispd.dhcp.codec import BOOTREQUEST, FLAG_BROADCAST, DHCPPacket, decode, encode
+from ispd.dhcp.options import DHCPMessageType, Option
+from tests.lab.dhcpclients import CLIENTS, DHCPClient, DHCPIspd, Relay, Udhcpc, client_link, exchange
+from tests.lab.netns import Lab
+from tests.lab.process import base_config, eventually
+
+SERVER, RELAY_UP, RELAY_DOWN = "198.18.0.1", "198.18.0.2", "198.18.1.1"
+RESERVED = "198.18.1.42"
+CLIENT_MAC = "02:00:5e:12:02:01"
+
+
+def dhcp_section(interface: str) -> dict[str, Any]:
+    return {
+        "enabled": True,
+        "interfaces": [interface],
+        "lease_seconds": 3600,
+        "decline_quarantine_seconds": 600,
+        "subnet": [
+            {
+                "network": "198.18.0.0/24",
+                "interface": interface,
+                "routers": [SERVER],
+                "dns_servers": [SERVER],
+                "pool": [{"name": "lan", "range": "198.18.0.100 - 198.18.0.199"}],
+            },
+            {
+                "network": "198.18.1.0/24",
+                "routers": [RELAY_DOWN],
+                "dns_servers": [SERVER, RELAY_UP],
+                "domain_name": "relayed.lab.example",
+                "pool": [{"name": "relayed", "range": "198.18.1.100 - 198.18.1.150"}],
+            },
+        ],
+    }
+
+
+@dataclass
+class RelayedLan:
+    lab: Lab
+    workdir: Path
+    client_ns: str
+    client_if: str
+    circuit_id: str  # the relay's client-side interface
+    relay: Relay
+    ispd: DHCPIspd
+
+    def client(self, kind: str) -> DHCPClient:
+        return CLIENTS[kind](self.lab, self.client_ns, self.client_if, self.workdir)
+
+    def explain(self, *clients: DHCPClient) -> str:
+        log = self.ispd.log_text().splitlines()
+        return "\n".join([*(c.describe() for c in clients), "--- dhcrelay:", self.relay.output()[-3000:],
+                          "--- ispd.log (last 40 lines):", *log[-40:]])
+
+
+@pytest.fixture
+def make_relayed(netlab: Lab, tmp_path: Path) -> Iterator[Callable[..., RelayedLan]]:
+    """``make_relayed(before_start)``: ``before_start(ispd)`` runs once the config is written and
+    before ispd starts (to prepare the store with the CLI)."""
+    started: list[DHCPIspd | Relay] = []
+
+    def make(before_start: Callable[[DHCPIspd, str], None] | None = None) -> RelayedLan:
+        server_ns, relay_ns, client_ns = netlab.namespace("srv"), netlab.namespace("rly"), netlab.namespace("cli")
+        server_if, relay_up = netlab.link(server_ns, f"{SERVER}/24", relay_ns, f"{RELAY_UP}/24")
+        relay_down, client_if = client_link(netlab, relay_ns, f"{RELAY_DOWN}/24", client_ns, CLIENT_MAC)
+        # The server answers the relay at giaddr; renewing clients reach the server through it.
+        netlab.run(server_ns, "ip", "route", "add", "198.18.1.0/24", "via", RELAY_UP).check_returncode()
+        netlab.run(relay_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1").check_returncode()
+        ispd = DHCPIspd(tmp_path, base_config(tmp_path, dhcp=dhcp_section(server_if)), netns=server_ns)
+        started.append(ispd)
+        if before_start is not None:
+            ispd.write_config()
+            before_start(ispd, relay_down)
+        ispd.start()
+        relay = Relay(relay_ns, relay_up, relay_down, SERVER, tmp_path)
+        started.append(relay)
+        relay.start()
+        return RelayedLan(netlab, tmp_path, client_ns, client_if, relay_down, relay, ispd)
+
+    yield make
+    for process in reversed(started):
+        if isinstance(process, Relay):
+            process.close()
+        else:
+            process.kill()
+
+
+def in_relayed_pool(address: str | None) -> bool:
+    return address is not None and IPv4Address("198.18.1.100") <= IPv4Address(address) <= IPv4Address("198.18.1.150")
+
+
+@pytest.mark.parametrize("kind", list(CLIENTS))
+def test_a_relayed_client_is_served_from_the_relays_subnet(make_relayed: Callable[..., RelayedLan],
+                                                            kind: str) -> None:
+    lan = make_relayed()
+    with lan.client(kind) as client:
+        event = client.obtain()
+        assert event is not None and event.bound, f"no lease\n{lan.explain(client)}"
+        assert in_relayed_pool(event.address), event
+        assert event.mask == "255.255.255.0"
+        assert event.routers == (RELAY_DOWN,)
+        assert event.dns == (SERVER, RELAY_UP)
+        assert event.domain == "relayed.lab.example"
+        assert event.server_id == SERVER
+        assert event.lease_seconds == 3600
+        address = event.address
+        assert address is not None
+        lease = lan.ispd.lease_of(address)
+        assert lease is not None and lease["state"] == "bound", lan.explain(client)
+        assert lease["pool"] == "relayed"
+        # The relay's option 82, as stored with the lease.
+        assert lease["circuit_id"] == lan.circuit_id
+        assert lease["remote_id"] is None
+        # Renewal: a unicast REQUEST routed through the relay host (udhcpc, dhcpcd), or a
+        # relayed INIT-REBOOT (dhclient restarted).
+        renewed = client.renew()
+        assert renewed is not None and renewed.bound and renewed.address == address, lan.explain(client)
+        assert client.release() is not None, lan.explain(client)
+        eventually(lambda: (lan.ispd.lease_of(address) or {}).get("state") == "released", timeout=5)
+
+
+def test_lease_list_shows_the_circuit_id(make_relayed: Callable[..., RelayedLan]) -> None:
+    lan = make_relayed()
+    with Udhcpc(lan.lab, lan.client_ns, lan.client_if, lan.workdir) as client:
+        event = client.obtain()
+        assert event is not None and event.bound, lan.explain(client)
+    table = lan.ispd.cli("lease", "list").stdout
+    row = next((line for line in table.splitlines() if line.startswith(f"{event.address} ")), "")
+    assert lan.circuit_id in row.split(), table
+
+
+def _add_alice_with_reservation(ispd: DHCPIspd, circuit_id: str) -> None:
+    ispd.cli("subscriber", "add", "alice", "--password-stdin", input="correct horse battery staple\n")
+    ispd.cli("reservation", "add", "alice", "--circuit-id", circuit_id, "--address", RESERVED)
+
+
+def _subscriber_id(ispd: DHCPIspd, username: str) -> int:
+    subscribers = json.loads(ispd.cli("subscriber", "list", "--json").stdout)
+    return int(next(s["id"] for s in subscribers if s["username"] == username))
+
+
+def test_a_reservation_by_circuit_id_gives_the_reserved_address(make_relayed: Callable[..., RelayedLan]) -> None:
+    lan = make_relayed(before_start=_add_alice_with_reservation)
+    with Udhcpc(lan.lab, lan.client_ns, lan.client_if, lan.workdir) as client:
+        event = client.obtain()
+        assert event is not None and event.bound, lan.explain(client)
+        assert event.address == RESERVED, lan.explain(client)
+        assert event.routers == (RELAY_DOWN,)
+    lease = lan.ispd.lease_of(RESERVED)
+    assert lease is not None and lease["state"] == "bound"
+    assert lease["circuit_id"] == lan.circuit_id
+    assert lease["subscriber_id"] == _subscriber_id(lan.ispd, "alice")
+    assert [le["address"] for le in lan.ispd.leases()] == [RESERVED]
+    alices = json.loads(lan.ispd.cli("lease", "list", "--subscriber", "alice", "--json").stdout)
+    assert [le["address"] for le in alices] == [RESERVED]
+
+
+def test_a_reservation_added_while_running_applies_to_the_next_discover(
+        make_relayed: Callable[..., RelayedLan]) -> None:
+    lan = make_relayed()
+    _add_alice_with_reservation(lan.ispd, lan.circuit_id)
+
+    # The daemon learns of the reservation from the store within a poll interval; a DISCOVER
+    # sent through the relay (which adds the circuit-id) shows when it has. It carries the
+    # identity udhcpc will use (chaddr and client-id 01+MAC), so that the offer held for it
+    # is the one udhcpc then gets.
+    xids = itertools.count(0x4001)
+    mac = bytes.fromhex(CLIENT_MAC.replace(":", ""))
+
+    def offered() -> bool:
+        xid = next(xids)
+        discover = encode(DHCPPacket(op=BOOTREQUEST, xid=xid, chaddr=mac, flags=FLAG_BROADCAST, options=(
+            (Option.MESSAGE_TYPE, bytes([DHCPMessageType.DISCOVER])), (Option.CLIENT_ID, b"\x01" + mac))))
+        got = [decode(d) for d in exchange(lan.client_ns, lan.client_if, [discover], xids=[xid], until=1, listen=2)]
+        return bool(got) and got[0].message_type == DHCPMessageType.OFFER and str(got[0].yiaddr) == RESERVED
+
+    eventually(offered, timeout=5, interval=0.2)
+    with Udhcpc(lan.lab, lan.client_ns, lan.client_if, lan.workdir) as client:
+        event = client.obtain()
+        assert event is not None and event.address == RESERVED, lan.explain(client)
