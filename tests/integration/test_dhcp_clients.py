@@ -38,7 +38,8 @@ CLIENT_MAC = "02:00:5e:12:00:01"
 ROUTES = [("198.18.128.0/17", SERVER), ("0.0.0.0/0", SERVER)]
 
 
-def dhcp_section(interface: str, pool: str = "198.18.0.100 - 198.18.0.199", **overrides: Any) -> dict[str, Any]:
+def dhcp_section(interface: str, pool: str = "198.18.0.100 - 198.18.0.199", *,
+                 extra_pools: tuple[dict[str, Any], ...] = (), **overrides: Any) -> dict[str, Any]:
     section: dict[str, Any] = {
         "enabled": True,
         "interfaces": [interface],
@@ -53,7 +54,7 @@ def dhcp_section(interface: str, pool: str = "198.18.0.100 - 198.18.0.199", **ov
             "ntp_servers": [SERVER],
             "mtu": 1500,
             "static_routes": [{"destination": d, "router": r} for d, r in ROUTES],
-            "pool": [{"name": "lan", "range": pool}],
+            "pool": [{"name": "lan", "range": pool}, *extra_pools],
         }],
     }
     section.update(overrides)
@@ -331,3 +332,37 @@ def test_malformed_datagrams_are_dropped_and_counted_between_good_clients(lan: L
     assert all(n >= 2 for n in counted.values()), f"{counted}\n{lan.explain()}"
     assert lan.ispd.proc is not None and lan.ispd.proc.poll() is None
     assert not lan.ispd.log_events("dhcp.packet.failed"), lan.explain()
+
+
+# --- subscriber status -------------------------------------------------------------------------
+
+GARDEN = {"name": "garden", "range": "198.18.0.200 - 198.18.0.210", "walled_garden": True,
+          "dns_servers": ["198.18.0.250"]}
+
+
+def published(lan: Lan, event: str) -> float:
+    return lan.ispd.metric_in_netns("ispd_events_published_total", {"event": event}) or 0.0
+
+
+def test_suspension_sends_the_router_to_the_walled_garden_and_resume_brings_it_back(
+        make_lan: Callable[..., Lan]) -> None:
+    lan = make_lan(extra_pools=(GARDEN,))
+    lan.ispd.cli("subscriber", "add", "alice", "--generate-password")
+    lan.ispd.cli("reservation", "add", "alice", "--mac", CLIENT_MAC)
+    eventually(lambda: published(lan, "ReservationAdded") >= 1)
+    with lan.client("udhcpc") as client:
+        first = client.obtain()
+        assert first is not None and in_pool(first.address), lan.explain(client)
+        assert lan.ispd.lease_of(first.address or "")["subscriber_id"] is not None  # type: ignore[index]
+
+        lan.ispd.cli("subscriber", "suspend", "alice", "--reason", "unpaid")
+        eventually(lambda: published(lan, "SubscriberSuspended") >= 1)
+        garden = client.renew(timeout=25)  # NAK, then a fresh DISCOVER into the garden
+        assert garden is not None and in_pool(garden.address, "198.18.0.200", "198.18.0.210"), lan.explain(client)
+        assert garden.dns == ("198.18.0.250",) and garden.lease_seconds == 300
+
+        lan.ispd.cli("subscriber", "resume", "alice")
+        eventually(lambda: published(lan, "SubscriberResumed") >= 1)
+        back = client.renew(timeout=25)
+        assert back is not None and back.address == first.address, lan.explain(client)
+        assert back.dns == (SERVER, "198.18.0.2")
