@@ -68,6 +68,7 @@ from ispd.events import Event, LeaseEnded, LeaseGranted
 from ispd.store.models import Lease, LeaseState, Reservation, SubscriberStatus
 
 BROADCAST_ADDRESS = IPv4Address("255.255.255.255")
+RELAY_CACHE_SIZE = 4096
 
 
 class Ignored(StrEnum):
@@ -403,6 +404,8 @@ class DHCPEngine:
         if packet.giaddr != UNSPECIFIED:
             giaddr = int(packet.giaddr)
             if giaddr not in self._by_relay:
+                if len(self._by_relay) >= RELAY_CACHE_SIZE:
+                    self._by_relay.clear()  # forged giaddrs must not grow it without bound
                 found = self._subnet_containing(giaddr)
                 if found is None:
                     found = next((s for s in self.subnets if giaddr in s.relay_addresses), None)

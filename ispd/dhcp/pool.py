@@ -127,8 +127,13 @@ class LeaseTable:
 
     def previous_addresses(self, client_key: bytes) -> list[int]:
         """The addresses this client had (and nobody has had since), newest first."""
-        return [a for a in self.by_client.get(client_key, ())
-                if (b := self.by_address.get(a)) is not None and b.client_key == client_key]
+        remembered = self.by_client.get(client_key)
+        if remembered is None:
+            return []
+        current = [a for a in remembered if (b := self.by_address.get(a)) is not None and b.client_key == client_key]
+        if not current:
+            del self.by_client[client_key]  # all its addresses went to others: forget the client
+        return current
 
     def forget_client(self, binding: Binding) -> None:
         """The client must not get this address back (it declined it)."""

@@ -298,10 +298,11 @@ class DHCPService(Service):
         writes: list[tuple[Lease, str]] = [w for outcome, _, _ in batch for w in outcome.writes]
         try:
             await self.context.store.record_leases(writes)
-        except StoreError as exc:
+        except Exception as exc:  # StoreError, or a bug: either way these replies must not go out
             self._store_failing = True
             self.metrics.dropped.inc("store_error", amount=len(batch))
-            log.error("dhcp.lease.write_failed", error=str(exc), leases=len(writes))
+            log.error("dhcp.lease.write_failed", error=str(exc), leases=len(writes),
+                      exc_info=not isinstance(exc, StoreError))
             return
         self._store_failing = False
         for outcome, started, type_name in batch:
@@ -359,11 +360,15 @@ class DHCPService(Service):
 
     async def _reclaim_periodically(self) -> None:
         while True:
-            outcome = self.engine.reclaim(self.context.clock())
-            if outcome.writes:
-                log.info("dhcp.leases.expired", count=len(outcome.writes))
-                self._pending.append((outcome, time.perf_counter(), "expiry"))
-                self._flush()
+            try:
+                outcome = self.engine.reclaim(self.context.clock())
+            except Exception:  # a bug here must not end expiry for the life of the daemon
+                log.error("dhcp.reclaim.failed", exc_info=True)
+            else:
+                if outcome.writes:
+                    log.info("dhcp.leases.expired", count=len(outcome.writes))
+                    self._pending.append((outcome, time.perf_counter(), "expiry"))
+                    self._flush()
             await asyncio.sleep(self.config.reclaim_interval_seconds)
 
     # --- what other processes and services change
