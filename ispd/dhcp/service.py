@@ -58,8 +58,10 @@ log = get_logger("ispd.dhcp")
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 PKTINFO = struct.Struct("=I4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
 ETH_P_IP = 0x0800
+SO_RCVBUFFORCE = 33  # Linux; Python does not name it
 READ_BATCH = 64
 MAX_DATAGRAM = 4096
+RECEIVE_BUFFER_BYTES = 2 * 1024 * 1024
 _TYPE_NAMES = {t: t.name.lower() for t in DHCPMessageType}
 
 
@@ -106,16 +108,10 @@ class DHCPService(Service):
         self._reclaimer: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._store_failing = False
+        self.server_port = 0
+        # Clients listen on 68; a server on another port (tests, benchmarks) talks to port + 1.
+        self.client_port = 68
 
-    @property
-    def server_port(self) -> int:
-        assert self._socket is not None
-        return int(self._socket.getsockname()[1])
-
-    @property
-    def client_port(self) -> int:
-        # Clients listen on 68; a test server on another port talks to clients on the next one.
-        return 68 if self.server_port == 67 else self.server_port + 1
 
     # --- lifecycle
 
@@ -193,7 +189,10 @@ class DHCPService(Service):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
             sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+            try:  # beyond net.core.rmem_max, to ride out bursts (as root or with CAP_NET_ADMIN)
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER_BYTES)
+            except PermissionError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
             sock.setblocking(False)
             sock.bind(("0.0.0.0", config.port))
         except OSError as exc:
@@ -212,6 +211,8 @@ class DHCPService(Service):
             sock.close()
             raise ServiceStartError(f"dhcp: cannot open a link-layer socket: {describe_os_error(exc)}") from None
         self._socket, self._link_sockets, self._interfaces = sock, links, interfaces
+        self.server_port = int(sock.getsockname()[1])
+        self.client_port = 68 if self.server_port == 67 else self.server_port + 1
         assert self._loop is not None
         self._loop.add_reader(sock.fileno(), self._readable)
 
