@@ -234,9 +234,12 @@ class AuditRelay:
         self._task: asyncio.Task[None] | None = None
         self.cursor = 0
 
-    async def start(self) -> None:
-        # Only what happens from now on: history before the daemon started is already applied.
+    async def mark(self) -> None:
+        """Remember where the log ends now: ``start`` announces what comes after. Call it before
+        services read their state from the store, so no change falls between the two."""
         self.cursor = await self.store.last_audit_id()
+
+    async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="ispd-audit-relay")
 
     async def stop(self) -> None:

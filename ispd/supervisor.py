@@ -123,6 +123,11 @@ class Supervisor:
             log.error("daemon.start.failed", error=str(exc))
             return False
         self.relay = AuditRelay(self.store, self.bus, self.config.daemon.store_poll_interval_seconds)
+        try:
+            await self.relay.mark()
+        except StoreError as exc:
+            log.error("daemon.start.failed", error=str(exc))
+            return False
         self.context = ServiceContext(self.store, self.bus, self.registry, self.health_report)
         try:
             for spec in SERVICES:

@@ -92,6 +92,7 @@ async def test_relay_survives_a_failing_poll(tmp_path: Path) -> None:
         got: list[Event] = []
         bus.subscribe(Event, got.append)
         relay = AuditRelay(store, bus, poll_interval=0.01)
+        await relay.mark()
         await relay.start()
         real_audit_since, calls = store.audit_since, []
 
@@ -129,6 +130,7 @@ async def test_relay_announces_changes_made_by_another_store_handle(tmp_path: Pa
         got: list[Event] = []
         bus.subscribe(Event, got.append)
         relay = AuditRelay(daemon_store, bus, poll_interval=0.01)
+        await relay.mark()
         await relay.start()
         await cli_store.add_subscriber("alice", actor="cli:root")
         await cli_store.set_subscriber_status("alice", SubscriberStatus.SUSPENDED, actor="cli:root", reason="r")

@@ -112,7 +112,6 @@ class DHCPService(Service):
         # Clients listen on 68; a server on another port (tests, benchmarks) talks to port + 1.
         self.client_port = 68
 
-
     # --- lifecycle
 
     async def start(self, stack: AsyncExitStack) -> None:
