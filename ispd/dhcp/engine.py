@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
@@ -381,7 +382,7 @@ class DHCPEngine:
             case DHCPMessageType.REQUEST:
                 return self._request(received, subnet, server_id, client, now)
             case DHCPMessageType.DECLINE:
-                return self._decline(packet, subnet, client, now)
+                return self._decline(packet, client, now)
             case DHCPMessageType.RELEASE:
                 return self._release(packet, client, now)
             case DHCPMessageType.INFORM:
@@ -646,7 +647,7 @@ class DHCPEngine:
             return clean_hostname(host.decode("ascii", "replace"))
         return None
 
-    def _decline(self, packet: DHCPPacket, subnet: Subnet, client: Client, now: float) -> Outcome:
+    def _decline(self, packet: DHCPPacket, client: Client, now: float) -> Outcome:
         requested = _requested_address(packet)
         binding = self.table.get(int(requested)) if requested is not None else None
         if binding is None or not binding.held_by(client.key, now):
@@ -655,7 +656,7 @@ class DHCPEngine:
         binding.state = BindingState.DECLINED
         binding.expires_at = now + self.config.decline_quarantine_seconds
         self.table.forget_client(binding)
-        pool = subnet.pool_of(binding.address)
+        pool = self._pool_of(binding.address)
         if pool is not None:
             pool.allocator.returned(binding.address)
         lease = _lease_of(binding)
@@ -766,13 +767,21 @@ class DHCPEngine:
     # --- for metrics
 
     def pool_usage(self, now: float) -> list[tuple[str, int, int, int]]:
-        """(pool, total, assigned, declined) for every pool."""
-        out = []
-        for subnet in self.subnets:
-            for pool in subnet.pools:
-                assigned, declined = self.table.count_in(pool.allocator, now)
-                out.append((pool.name, pool.allocator.size, assigned, declined))
-        return out
+        """(pool, total, assigned, declined) for every pool, in one pass over the lease table."""
+        pools = sorted((p.allocator for s in self.subnets for p in s.pools), key=lambda a: a.first)
+        firsts = [p.first for p in pools]
+        assigned, declined = [0] * len(pools), [0] * len(pools)
+        for address, binding in self.table.by_address.items():
+            if binding.expires_at <= now or binding.state not in (BindingState.BOUND, BindingState.DECLINED):
+                continue
+            index = bisect_right(firsts, address) - 1
+            if index < 0 or address not in pools[index]:
+                continue
+            if binding.state is BindingState.BOUND:
+                assigned[index] += 1
+            else:
+                declined[index] += 1
+        return [(p.name, p.size, assigned[i], declined[i]) for i, p in enumerate(pools)]
 
 
 def _requested_address(packet: DHCPPacket) -> IPv4Address | None:

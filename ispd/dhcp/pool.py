@@ -146,14 +146,3 @@ class LeaseTable:
     def expired(self, now: float) -> Iterable[Binding]:
         """Bound leases past their expiry (for the reclaim pass)."""
         return [b for b in self.by_address.values() if b.state is BindingState.BOUND and b.expires_at <= now]
-
-    def count_in(self, pool: AddressPool, now: float) -> tuple[int, int]:
-        """(assigned, declined) addresses of ``pool`` now."""
-        assigned = declined = 0
-        for address, binding in self.by_address.items():
-            if address in pool and binding.expires_at > now:
-                if binding.state is BindingState.BOUND:
-                    assigned += 1
-                elif binding.state is BindingState.DECLINED:
-                    declined += 1
-        return assigned, declined
