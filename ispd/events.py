@@ -71,9 +71,9 @@ class SubscriberPasswordChanged(SubscriberEvent):
 
 
 @dataclass(frozen=True, slots=True)
-class ReservationAdded(SubscriberEvent):
-    """A client was tied to a subscriber (``kind``: mac, client-id, circuit-id or remote-id; ``key``
-    in its canonical form), with a fixed address and host name when they are not None."""
+class ReservationEvent(SubscriberEvent):
+    """A reservation of a subscriber (``kind``: mac, client-id, circuit-id or remote-id; ``key`` in
+    its canonical form), with a fixed address and host name when they are not None."""
 
     reservation_id: int
     kind: str
@@ -83,15 +83,13 @@ class ReservationAdded(SubscriberEvent):
 
 
 @dataclass(frozen=True, slots=True)
-class ReservationDeleted(SubscriberEvent):
-    """A reservation is gone (deleted on its own, or with its subscriber); the fields are its last
-    state."""
+class ReservationAdded(ReservationEvent):
+    pass
 
-    reservation_id: int
-    kind: str
-    key: str
-    address: str | None
-    hostname: str | None
+
+@dataclass(frozen=True, slots=True)
+class ReservationDeleted(ReservationEvent):
+    """Deleted on its own, or with its subscriber; the fields are its last state."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -202,31 +202,28 @@ def _pick(pool: ClientOptions | None, subnet: ClientOptions, name: str) -> Any:
     return value if value is not None else getattr(subnet, name)
 
 
+_ADDRESS_LIST_OPTIONS = ((Option.ROUTERS, "routers"), (Option.DNS_SERVERS, "dns_servers"),
+                         (Option.NTP_SERVERS, "ntp_servers"))
+
+
 def _served_pool(allocator: AddressPool, subnet: SubnetConfig, pool: PoolConfig | None, dhcp: DHCPConfig) -> ServedPool:
     options: dict[int, bytes] = {
         Option.SUBNET_MASK: subnet.network.netmask.packed,
         Option.BROADCAST_ADDRESS: subnet.network.broadcast_address.packed,
     }
-    routers = _pick(pool, subnet, "routers")
-    if routers:
-        options[Option.ROUTERS] = encode_ips(routers)
-    dns = _pick(pool, subnet, "dns_servers")
-    if dns:
-        options[Option.DNS_SERVERS] = encode_ips(dns)
+    for code, name in _ADDRESS_LIST_OPTIONS:
+        addresses = _pick(pool, subnet, name)
+        if addresses:
+            options[code] = encode_ips(addresses)
     domain = _pick(pool, subnet, "domain_name")
     if domain:
         options[Option.DOMAIN_NAME] = str(domain).encode("ascii")
-    ntp = _pick(pool, subnet, "ntp_servers")
-    if ntp:
-        options[Option.NTP_SERVERS] = encode_ips(ntp)
     mtu = _pick(pool, subnet, "mtu")
     if mtu:
         options[Option.INTERFACE_MTU] = encode_u16(mtu)
     routes = _pick(pool, subnet, "static_routes")
     if routes:
-        options[Option.CLASSLESS_STATIC_ROUTES] = encode_classless_routes(
-            (r.destination, r.router) for r in routes
-        )
+        options[Option.CLASSLESS_STATIC_ROUTES] = encode_classless_routes((r.destination, r.router) for r in routes)
     garden = pool is not None and pool.walled_garden
     default_lease = dhcp.walled_garden_lease_seconds if garden else dhcp.lease_seconds
     lease = int(_pick(pool, subnet, "lease_seconds") or default_lease)

@@ -3,34 +3,13 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from ispd.events import ReservationAdded, ReservationDeleted, SubscriberDeleted, event_from_audit
-from ispd.store import Conflict, InvalidValue, NotFound, Store, StoreConfig, open_store
+from ispd.store import Conflict, InvalidValue, NotFound, Store
 from ispd.store.models import AuditEntry, Lease, LeaseState, Reservation, ReservationKind
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def store(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
-    opened = await open_store(StoreConfig(path=tmp_path / "ispd.db"), clock=clock)
-    yield opened
-    await opened.close()
+from tests.store.conftest import FakeClock
 
 
 async def test_reservations_are_kept_in_canonical_form(store: Store, clock: FakeClock) -> None:

@@ -4,7 +4,6 @@ import asyncio
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -12,26 +11,7 @@ import pytest
 from ispd.credentials import derive_credentials
 from ispd.store import Conflict, NotFound, Store, StoreConfig, StoreMetrics, StoreUnavailable, open_store
 from ispd.store.models import CredentialPolicy, Lease, LeaseState, SubscriberStatus
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def store(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
-    opened = await open_store(StoreConfig(path=tmp_path / "ispd.db"), StoreMetrics(), clock)
-    yield opened
-    await opened.close()
+from tests.store.conftest import FakeClock
 
 
 async def test_plans_and_subscribers_round_trip(store: Store, clock: FakeClock) -> None:
