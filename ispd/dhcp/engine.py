@@ -41,7 +41,6 @@ rapid commit, leasequery, and the relay's server-id override (RFC 5107).
 from __future__ import annotations
 
 import contextlib
-import re
 from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -67,6 +66,7 @@ from ispd.dhcp.options import (
 from ispd.dhcp.pool import AddressPool, Binding, BindingState, LeaseTable
 from ispd.events import Event, LeaseEnded, LeaseGranted
 from ispd.store.models import Lease, LeaseState, Reservation, SubscriberStatus
+from ispd.store.validation import hostname_text
 
 BROADCAST_ADDRESS = IPv4Address("255.255.255.255")
 RELAY_CACHE_SIZE = 4096
@@ -112,7 +112,6 @@ class Reply:
     packet: DHCPPacket
     destination: Destination
     address: IPv4Address
-    interface: str
     server_address: IPv4Address
 
 
@@ -180,17 +179,12 @@ class Client:
     reservation: Reservation | None
 
 
-_HOST_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-
-
 def clean_hostname(raw: str) -> str | None:
-    """A client-supplied name fit for DNS (RFC 1123 labels), lowercased; None if it is not."""
-    name = raw.strip().rstrip(".").lower()
-    if not name or len(name) > 253:
+    """A client-supplied name fit for DNS (the store's rule, ``hostname_text``); None if it is not."""
+    try:
+        return hostname_text(raw.strip().rstrip("."))
+    except ValueError:
         return None
-    if all(_HOST_LABEL.match(label) for label in name.split(".")):
-        return name
-    return None
 
 
 def _u8(value: int) -> bytes:
@@ -248,13 +242,6 @@ def build_subnets(config: DHCPConfig) -> list[Subnet]:
             server_id=sc.server_id, pools=pools, plain=plain,
         ))
     return subnets
-
-
-def _client_key(packet: DHCPPacket) -> bytes:
-    client_id = packet.option(Option.CLIENT_ID)
-    if client_id:
-        return b"c" + client_id
-    return b"h" + _u8(packet.htype) + packet.hw_address
 
 
 def _stored_client_key(lease: Lease) -> bytes | None:
@@ -574,7 +561,7 @@ class DHCPEngine:
         pool = self._confirmable(int(address), subnet, client, now)
         if pool is None:
             return Outcome(reply=self._nak(received, server_id, client))
-        return self._ack(received, server_id, int(address), pool, client, now)
+        return self._ack(received, subnet, server_id, int(address), pool, client, now)
 
     def _confirmable(self, address: int, subnet: Subnet, client: Client, now: float) -> ServedPool | None:
         if not subnet.contains(address) or not self._usable(address, client, now):
@@ -590,8 +577,8 @@ class DHCPEngine:
             if binding.state is BindingState.OFFERED:
                 binding.expires_at = now
 
-    def _ack(self, received: Received, server_id: IPv4Address, address: int, pool: ServedPool, client: Client,
-             now: float) -> Outcome:
+    def _ack(self, received: Received, subnet: Subnet, server_id: IPv4Address, address: int, pool: ServedPool,
+             client: Client, now: float) -> Outcome:
         packet = received.packet
         previous = self.table.get(address)
         renewal = previous is not None and previous.state is BindingState.BOUND and previous.held_by(client.key, now)
@@ -609,11 +596,10 @@ class DHCPEngine:
         # One lease per client and subnet: one it held elsewhere in the subnet (before it moved to
         # or from the walled garden, or to its reserved address) ends now.
         superseded = Outcome()
-        subnet = self._subnet_containing(address)
         for other in self.table.previous_addresses(client.key):
             held = self.table.by_address[other]
             if other != address and held.state is BindingState.BOUND and held.held_by(client.key, now) \
-                    and subnet is not None and subnet.contains(other):
+                    and subnet.contains(other):
                 ended = self._end(held, BindingState.RELEASED, now)
                 superseded.writes += ended.writes
                 superseded.events += ended.events
@@ -752,14 +738,14 @@ class DHCPEngine:
         request = received.packet
         source = received.interface_address or server_id
         if request.giaddr != UNSPECIFIED:
-            return Reply(reply, Destination.RELAY, request.giaddr, received.interface, source)
+            return Reply(reply, Destination.RELAY, request.giaddr, source)
         if reply.message_type is DHCPMessageType.NAK:
-            return Reply(reply, Destination.BROADCAST, BROADCAST_ADDRESS, received.interface, source)
+            return Reply(reply, Destination.BROADCAST, BROADCAST_ADDRESS, source)
         if request.ciaddr != UNSPECIFIED:
-            return Reply(reply, Destination.UNICAST, request.ciaddr, received.interface, source)
+            return Reply(reply, Destination.UNICAST, request.ciaddr, source)
         if request.broadcast or reply.yiaddr == UNSPECIFIED or request.htype != 1 or request.hlen != 6:
-            return Reply(reply, Destination.BROADCAST, BROADCAST_ADDRESS, received.interface, source)
-        return Reply(reply, Destination.LINK, reply.yiaddr, received.interface, source)
+            return Reply(reply, Destination.BROADCAST, BROADCAST_ADDRESS, source)
+        return Reply(reply, Destination.LINK, reply.yiaddr, source)
 
     # --- for metrics
 

@@ -98,10 +98,6 @@ class AddressPool:
                 queue.append(address)
         return None
 
-    def restart_cursor(self) -> None:
-        """After loading stored leases, walk the range again (used addresses are skipped)."""
-        self._cursor = self.first
-
 
 class LeaseTable:
     """Every binding by address, and each client's latest addresses (newest first)."""

@@ -23,6 +23,7 @@ import contextlib
 import errno
 import socket
 import struct
+import sys
 import time
 from array import array
 from contextlib import AsyncExitStack
@@ -36,7 +37,6 @@ from ispd.dhcp.engine import DHCPEngine, Outcome, Received, Reply
 from ispd.dhcp.metrics import DHCPMetrics
 from ispd.dhcp.options import DHCPMessageType
 from ispd.events import (
-    Event,
     ReservationAdded,
     ReservationDeleted,
     SubscriberAdded,
@@ -62,6 +62,7 @@ SO_RCVBUFFORCE = 33  # Linux; Python does not name it
 READ_BATCH = 64
 MAX_DATAGRAM = 4096
 RECEIVE_BUFFER_BYTES = 2 * 1024 * 1024
+_LITTLE_ENDIAN = sys.byteorder == "little"
 _TYPE_NAMES = {t: t.name.lower() for t in DHCPMessageType}
 
 
@@ -75,7 +76,7 @@ def _checksum(data: bytes) -> int:
         total = (total & 0xFFFF) + (total >> 16)
     # Summed in host order; a one's-complement sum survives the byte swap intact.
     result = ~total & 0xFFFF
-    return socket.htons(result) if struct.pack("=H", 1) == b"\x01\x00" else result
+    return socket.htons(result) if _LITTLE_ENDIAN else result
 
 
 def ipv4_udp_datagram(payload: bytes, source: IPv4Address, destination: IPv4Address, source_port: int,
@@ -102,7 +103,7 @@ class DHCPService(Service):
         self._socket: socket.socket | None = None
         self._link_sockets: dict[int, socket.socket] = {}
         self._interfaces: dict[int, str] = {}
-        self._pending: list[tuple[Outcome, float, str]] = []
+        self._pending: list[tuple[Outcome, float, str, int]] = []
         self._flush_scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()
         self._reclaimer: asyncio.Task[None] | None = None
@@ -275,7 +276,7 @@ class DHCPService(Service):
             log.warning("dhcp.lease.declined", address=str(outcome.writes[0][0].address),
                         quarantine_seconds=self.config.decline_quarantine_seconds)
         if outcome.writes:
-            self._pending.append((outcome, started, type_name))
+            self._pending.append((outcome, started, type_name, ifindex))
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 assert self._loop is not None
@@ -294,8 +295,8 @@ class DHCPService(Service):
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 
-    async def _commit(self, batch: list[tuple[Outcome, float, str]]) -> None:
-        writes: list[tuple[Lease, str]] = [w for outcome, _, _ in batch for w in outcome.writes]
+    async def _commit(self, batch: list[tuple[Outcome, float, str, int]]) -> None:
+        writes: list[tuple[Lease, str]] = [w for outcome, *_ in batch for w in outcome.writes]
         try:
             await self.context.store.record_leases(writes)
         except Exception as exc:  # StoreError, or a bug: either way these replies must not go out
@@ -305,20 +306,11 @@ class DHCPService(Service):
                       exc_info=not isinstance(exc, StoreError))
             return
         self._store_failing = False
-        for outcome, started, type_name in batch:
+        for outcome, started, type_name, ifindex in batch:
             if outcome.reply is not None:
-                self._send(outcome.reply, self._ifindex(outcome.reply.interface), started, type_name)
+                self._send(outcome.reply, ifindex, started, type_name)
             for event in outcome.events:
-                self._publish(event)
-
-    def _publish(self, event: Event) -> None:
-        self.context.bus.publish(event)
-
-    def _ifindex(self, interface: str) -> int:
-        for index, name in self._interfaces.items():
-            if name == interface:
-                return index
-        return 0
+                self.context.bus.publish(event)
 
     # --- sending
 
@@ -367,7 +359,7 @@ class DHCPService(Service):
             else:
                 if outcome.writes:
                     log.info("dhcp.leases.expired", count=len(outcome.writes))
-                    self._pending.append((outcome, time.perf_counter(), "expiry"))
+                    self._pending.append((outcome, time.perf_counter(), "expiry", 0))
                     self._flush()
             await asyncio.sleep(self.config.reclaim_interval_seconds)
 
