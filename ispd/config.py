@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError
 
 from ispd.configtypes import Section
 from ispd.dhcp.config import DHCPConfig
+from ispd.dns.config import DNSConfig
 from ispd.logs import LogConfig
 from ispd.metrics.config import MetricsConfig
 from ispd.store.config import StoreConfig
@@ -34,6 +35,7 @@ class Config(Section):
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
     dhcp: DHCPConfig = DHCPConfig()
+    dns: DNSConfig = DNSConfig()
 
 
 class ConfigError(Exception):

@@ -35,6 +35,7 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from ispd import __version__
 from ispd.config import Config, ConfigError, load_config
 from ispd.dhcp.service import DHCPService
+from ispd.dns.service import DNSService
 from ispd.events import AuditRelay, EventBus
 from ispd.logs import configure_logging, get_logger
 from ispd.metrics.fast import FastCollector
@@ -49,6 +50,7 @@ log = get_logger("ispd.supervisor")
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("metrics", lambda c: c.metrics.enabled, MetricsService),
     ServiceSpec("dhcp", lambda c: c.dhcp.enabled, DHCPService),
+    ServiceSpec("dns", lambda c: c.dns.enabled, DNSService),
 )
 
 STORE_PING_TIMEOUT_SECONDS = 2.0

@@ -1,0 +1,337 @@
+"""The resolver's caches: RRsets and negative answers for iteration, and wire answers for clients.
+
+Two layers, as in Unbound:
+- ``RRsetCache`` holds what iteration learns — RRsets keyed by (name, type), each with the trust
+  of where it came from (RFC 2181 §5.4.1: glue and referral data never replace an authoritative
+  answer that is still fresh), and negative entries (RFC 2308): NODATA per (name, type),
+  NXDOMAIN per name, each living as long as the SOA allows.
+- ``AnswerCache`` holds finished replies in wire form keyed by the question as it sits on the wire
+  (lowercased name, type, class). A hit is the client's ID and question spliced onto the stored
+  body, with TTLs lowered once per second of age by patching the stored offsets in place: no
+  decode and no encode (the speed of a Python resolver is decided here).
+
+Both are bounded in bytes (an estimate of each entry's footprint) and evict with CLOCK: a hit only
+sets a counter, and eviction walks from the oldest insertion, giving entries hit since the last
+sweep a second chance. TTLs are clamped to [min_ttl, max_ttl] on the way in. Expired entries stay
+for ``stale_seconds`` more (RFC 8767) and are only handed out by the ``*_stale`` lookups, which
+the resolver uses when its upstreams fail.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from ispd.dns.wire import RR, RRType, is_subdomain
+
+NXDOMAIN_KEY = -1  # the "type" of a name's NXDOMAIN entry
+_ENTRY_OVERHEAD = 200  # bytes of Python objects around an entry's data, roughly
+_TTL = struct.Struct("!I")
+
+
+class Trust(IntEnum):
+    """Where an RRset came from, least to most credible (RFC 2181 §5.4.1)."""
+
+    GLUE = 1  # additional section
+    REFERRAL = 2  # authority section of a referral
+    AUTHORITY = 3  # authority section of an authoritative answer
+    FORWARDED = 4  # answer section from a forwarder (not authoritative)
+    ANSWER = 5  # answer section of an authoritative answer
+    LOCAL = 6  # configured data
+
+
+@dataclass(slots=True)
+class RRsetEntry:
+    name: bytes
+    rtype: int
+    rdatas: tuple[bytes, ...]
+    trust: Trust
+    ttl: int
+    expires_at: float
+    size: int
+    hits: int = 0
+
+    def records(self, now: float, *, stale_ttl: int | None = None) -> list[RR]:
+        ttl = stale_ttl if stale_ttl is not None else max(0, int(self.expires_at - now))
+        return [RR(self.name, self.rtype, 1, ttl, rdata) for rdata in self.rdatas]
+
+    def ttl_left(self, now: float) -> int:
+        return max(0, int(self.expires_at - now))
+
+
+class NegativeKind(IntEnum):
+    NODATA = 0
+    NXDOMAIN = 3
+
+
+@dataclass(slots=True)
+class NegativeEntry:
+    name: bytes
+    kind: NegativeKind
+    soa: RR | None  # the SOA from the authority section, its TTL as it was stored
+    expires_at: float
+    size: int
+    hits: int = 0
+
+    def soa_record(self, now: float, *, stale_ttl: int | None = None) -> list[RR]:
+        if self.soa is None:
+            return []
+        ttl = stale_ttl if stale_ttl is not None else max(0, int(self.expires_at - now))
+        return [RR(self.soa.name, self.soa.rtype, self.soa.rclass, ttl, self.soa.rdata)]
+
+
+Entry = RRsetEntry | NegativeEntry
+
+
+@dataclass(slots=True)
+class CacheLimits:
+    max_bytes: int = 64 * 1024 * 1024
+    min_ttl: int = 0
+    max_ttl: int = 86400
+    max_negative_ttl: int = 3600
+    stale_seconds: int = 0  # 0: no serve-stale
+
+    def clamp(self, ttl: int) -> int:
+        return max(self.min_ttl, min(self.max_ttl, ttl))
+
+
+class _Clock:
+    """CLOCK eviction over a dict in insertion order, by an estimate of bytes held."""
+
+    def __init__(self, limits: CacheLimits) -> None:
+        self.limits = limits
+        self.bytes = 0
+        self.evictions = 0
+
+    def evict(self, entries: dict, expired_before: float) -> None:  # type: ignore[type-arg]
+        target = self.limits.max_bytes * 9 // 10
+        # Each pass looks at every entry at most twice, so this ends even if all were just hit.
+        for _ in range(2 * len(entries)):
+            if self.bytes <= target or not entries:
+                return
+            key = next(iter(entries))
+            entry = entries.pop(key)
+            if entry.hits and entry.expires_at > expired_before:
+                entry.hits = 0
+                entries[key] = entry  # second chance: to the back of the line
+                continue
+            self.bytes -= entry.size
+            self.evictions += 1
+
+
+class RRsetCache:
+    def __init__(self, limits: CacheLimits) -> None:
+        self.limits = limits
+        self._entries: dict[tuple[bytes, int], Entry] = {}
+        self._clock = _Clock(limits)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def size_bytes(self) -> int:
+        return self._clock.bytes
+
+    @property
+    def evictions(self) -> int:
+        return self._clock.evictions
+
+    # --- lookups ---
+
+    def get(self, name: bytes, rtype: int, now: float) -> RRsetEntry | None:
+        entry = self._entries.get((name, rtype))
+        if entry is None or entry.expires_at <= now or not isinstance(entry, RRsetEntry):
+            return None
+        entry.hits += 1
+        return entry
+
+    def get_stale(self, name: bytes, rtype: int, now: float) -> RRsetEntry | None:
+        entry = self._entries.get((name, rtype))
+        if (entry is None or not isinstance(entry, RRsetEntry)
+                or entry.expires_at + self.limits.stale_seconds <= now):
+            return None
+        return entry
+
+    def get_negative(self, name: bytes, rtype: int, now: float, *, stale: bool = False) -> NegativeEntry | None:
+        """NXDOMAIN for the name, or NODATA for (name, type), still fresh (or within the stale
+        window when ``stale``)."""
+        horizon = now - (self.limits.stale_seconds if stale else 0)
+        for key in ((name, NXDOMAIN_KEY), (name, rtype)):
+            entry = self._entries.get(key)
+            if isinstance(entry, NegativeEntry) and entry.expires_at > horizon:
+                entry.hits += 1
+                return entry
+        return None
+
+    # --- stores ---
+
+    def put(self, name: bytes, rtype: int, ttl: int, rdatas: tuple[bytes, ...], trust: Trust,
+            now: float) -> RRsetEntry | None:
+        """Store an RRset unless a more credible one is still fresh; the stored entry or None."""
+        key = (name, rtype)
+        old = self._entries.get(key)
+        if isinstance(old, RRsetEntry) and old.expires_at > now and old.trust > trust:
+            return None
+        ttl = self.limits.clamp(ttl)
+        size = _ENTRY_OVERHEAD + len(name) + sum(len(r) + 60 for r in rdatas)
+        entry = RRsetEntry(name, rtype, rdatas, trust, ttl, now + ttl, size)
+        self._store(key, entry, old, now)
+        if rtype != RRType.CNAME:  # positive data for the name ends an NXDOMAIN we held for it
+            nx = self._entries.get((name, NXDOMAIN_KEY))
+            if nx is not None:
+                self._remove((name, NXDOMAIN_KEY))
+        return entry
+
+    def put_negative(self, name: bytes, rtype: int, kind: NegativeKind, soa: RR | None, now: float) -> NegativeEntry:
+        """RFC 2308 §5: the negative TTL is the lesser of the SOA's TTL and its MINIMUM field (the
+        caller passes the SOA with that TTL); without an SOA the answer is cached briefly."""
+        ttl = min(soa.ttl if soa is not None else 5, self.limits.max_negative_ttl)
+        ttl = max(ttl, min(self.limits.min_ttl, self.limits.max_negative_ttl))
+        key = (name, NXDOMAIN_KEY if kind == NegativeKind.NXDOMAIN else rtype)
+        stored_soa = RR(soa.name, soa.rtype, soa.rclass, ttl, soa.rdata) if soa is not None else None
+        size = _ENTRY_OVERHEAD + len(name) + (len(soa.rdata) + len(soa.name) if soa else 0)
+        entry = NegativeEntry(name, kind, stored_soa, now + ttl, size)
+        self._store(key, entry, self._entries.get(key), now)
+        return entry
+
+    def _store(self, key: tuple[bytes, int], entry: Entry, old: Entry | None, now: float) -> None:
+        if old is not None:
+            self._clock.bytes -= old.size
+            del self._entries[key]
+        self._entries[key] = entry
+        self._clock.bytes += entry.size
+        if self._clock.bytes > self.limits.max_bytes:
+            self._clock.evict(self._entries, now)
+
+    def _remove(self, key: tuple[bytes, int]) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._clock.bytes -= entry.size
+
+    # --- administration ---
+
+    def flush(self, name: bytes, *, subtree: bool = False) -> int:
+        keys = [k for k in self._entries if k[0] == name or (subtree and is_subdomain(k[0], name))]
+        for key in keys:
+            self._remove(key)
+        return len(keys)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._clock.bytes = 0
+
+    def entries(self) -> Iterator[Entry]:
+        return iter(list(self._entries.values()))
+
+
+@dataclass(slots=True)
+class CachedAnswer:
+    """A finished reply without its header's ID and flags' RD/CD bits and without its question:
+    those come from each query. ``body`` is ``template`` with TTLs lowered for the age of the
+    entry in whole seconds (``rendered_age``)."""
+
+    rcode_flags: int  # QR, AA, RA, AD and the rcode; RD and CD are copied from the query
+    counts: bytes  # QDCOUNT..ARCOUNT packed, without an OPT
+    counts_with_opt: bytes  # the same with ARCOUNT + 1
+    template: bytes
+    ttl_offsets: tuple[int, ...]
+    ttls: tuple[int, ...]
+    stored_at: float
+    expires_at: float
+    prefetch_at: float
+    size: int
+    body: bytes = b""
+    rendered_age: int = -1
+    hits: int = 0
+    refreshing: bool = False  # a prefetch or a stale refresh is under way
+    stale_until: float = 0.0  # after a failed refresh: serve stale without asking before this
+    local: bool = False  # built from local data or policy: flushed on their reload, never stale
+
+    def render(self, now: float) -> bytes:
+        age = int(now - self.stored_at)
+        if age != self.rendered_age:
+            body = bytearray(self.template)
+            for offset, ttl in zip(self.ttl_offsets, self.ttls, strict=True):
+                _TTL.pack_into(body, offset, ttl - age if ttl > age else 0)
+            self.body = bytes(body)
+            self.rendered_age = age
+        return self.body
+
+    def render_stale(self, stale_ttl: int) -> bytes:
+        body = bytearray(self.template)
+        for offset in self.ttl_offsets:
+            _TTL.pack_into(body, offset, stale_ttl)
+        return bytes(body)
+
+
+@dataclass(slots=True)
+class AnswerCache:
+    limits: CacheLimits
+    prefetch: bool = True
+    entries: dict[bytes, CachedAnswer] = field(default_factory=dict)
+    _clock: _Clock = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._clock = _Clock(self.limits)
+
+    @property
+    def size_bytes(self) -> int:
+        return self._clock.bytes
+
+    @property
+    def evictions(self) -> int:
+        return self._clock.evictions
+
+    def store(self, key: bytes, rcode_flags: int, counts: tuple[int, int, int], template: bytes,
+              ttl_offsets: tuple[int, ...], ttls: tuple[int, ...], now: float, *,
+              ttl_floor: int | None = None, local: bool = False) -> CachedAnswer:
+        """``ttl_floor`` is the lifetime of an answer without records (a negative answer without
+        an SOA, or a SERVFAIL): the least of ``ttls`` otherwise."""
+        lifetime = min(ttls) if ttls else (ttl_floor if ttl_floor is not None else 0)
+        packed = struct.pack("!HHHH", 1, *counts)
+        with_opt = struct.pack("!HHHH", 1, counts[0], counts[1], counts[2] + 1)
+        # RFC 8767 §4 / Unbound: refresh popular entries before they expire, in the last tenth.
+        prefetch_at = now + lifetime * 0.9 if self.prefetch and lifetime >= 10 else now + lifetime + 1e9
+        entry = CachedAnswer(rcode_flags, packed, with_opt, template, ttl_offsets, ttls, now,
+                             now + lifetime, prefetch_at, _ENTRY_OVERHEAD + len(key) + len(template) * 2,
+                             local=local)
+        old = self.entries.pop(key, None)
+        if old is not None:
+            self._clock.bytes -= old.size
+        self.entries[key] = entry
+        self._clock.bytes += entry.size
+        if self._clock.bytes > self.limits.max_bytes:
+            self._clock.evict(self.entries, now)
+        return entry
+
+    def get_stale(self, key: bytes, now: float) -> CachedAnswer | None:
+        entry = self.entries.get(key)
+        if entry is None or entry.local or entry.expires_at + self.limits.stale_seconds <= now:
+            return None
+        return entry
+
+    def discard(self, key: bytes) -> None:
+        entry = self.entries.pop(key, None)
+        if entry is not None:
+            self._clock.bytes -= entry.size
+
+    def flush(self, name: bytes, *, subtree: bool = False) -> int:
+        """Drop the answers for ``name`` (the key's name part), or for it and all below."""
+        keys = [k for k in self.entries
+                if k[:-4] == name or (subtree and is_subdomain(k[:-4], name))]
+        for key in keys:
+            self.discard(key)
+        return len(keys)
+
+    def flush_local(self) -> None:
+        for key in [k for k, e in self.entries.items() if e.local]:
+            self.discard(key)
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self._clock.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self.entries)

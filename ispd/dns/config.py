@@ -1,0 +1,166 @@
+"""The ``[dns]`` section: listeners and who may use them, the cache, iteration, local data, policy.
+
+Defaults are those of a careful ISP resolver: only loopback may query until ``allow`` names the
+subscriber networks (never an open resolver), the IANA root hints, QNAME minimisation in relaxed
+mode, a 1232-byte EDNS buffer (DNS flag day 2020), serve-stale for a day, prefetch on.
+Validation checks names and addresses here, so a typo fails ``ispd check-config`` rather than a
+query at 3 a.m.; files (root hints, zones, policy zones) are read when the service starts and
+reloads, with errors naming the file and line.
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field, model_validator
+
+from ispd.configtypes import ListenAddress, Section
+from ispd.dns.wire import name_from_text
+
+IPNetwork = IPv4Network | IPv6Network
+IPAddress = IPv4Address | IPv6Address
+
+
+def _domain(value: str) -> str:
+    try:
+        name_from_text(value)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a domain name: {exc}") from None
+    return value.rstrip(".").lower() + "."
+
+
+DomainName = Annotated[str, AfterValidator(_domain)]
+
+
+class CacheConfig(Section):
+    # Memory for cached answers and RRsets together (an estimate of what Python holds).
+    max_bytes: int = Field(default=128 * 1024 * 1024, ge=1024 * 1024)
+    # TTLs are clamped to [min_ttl, max_ttl] when cached; negative answers to max_negative_ttl.
+    min_ttl: int = Field(default=0, ge=0, le=86400)
+    max_ttl: int = Field(default=86400, ge=1, le=7 * 86400)
+    max_negative_ttl: int = Field(default=3600, ge=0, le=86400)
+    # RFC 8767: when every upstream fails, answer from expired data up to this long past expiry,
+    # with this TTL; 0 turns serve-stale off.
+    stale_seconds: int = Field(default=86400, ge=0, le=7 * 86400)
+    stale_answer_ttl: int = Field(default=30, ge=1, le=3600)
+    # RFC 8767 §5 "client response timer": a client waiting this long for an expired name gets
+    # the stale answer while the refresh goes on.
+    stale_client_timeout_seconds: float = Field(default=1.8, gt=0, le=30)
+    # Refresh an answer that is asked for in the last tenth of its TTL, before it expires.
+    prefetch: bool = True
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CacheConfig:
+        if self.min_ttl > self.max_ttl:
+            raise ValueError(f"min_ttl ({self.min_ttl}) is larger than max_ttl ({self.max_ttl})")
+        return self
+
+
+class ResolverConfig(Section):
+    # RFC 9156: "relaxed" falls back to the full name when a server mishandles a minimised one.
+    qname_minimisation: Literal["off", "relaxed", "strict"] = "relaxed"
+    # Random letter case in upstream queries, checked in replies (draft-vixie-dnsext-dns0x20).
+    # Servers that do not echo the case look dead to a resolver that insists: off by default.
+    use_0x20: bool = False
+    edns_buffer_size: int = Field(default=1232, ge=512, le=4096)
+    do_ipv4: bool = True
+    do_ipv6: bool = True
+    # Source addresses for upstream queries (unset: the kernel's choice).
+    outgoing_ipv4: IPv4Address | None = None
+    outgoing_ipv6: IPv6Address | None = None
+    # Limits against loops and work amplification, per client query.
+    max_referrals: int = Field(default=30, ge=1, le=100)
+    max_cname_chain: int = Field(default=12, ge=1, le=64)
+    max_queries_per_request: int = Field(default=64, ge=4, le=1000)
+    max_ns_depth: int = Field(default=4, ge=1, le=16)
+    # Per-server timeouts adapt to the measured RTT between these bounds.
+    upstream_timeout_min_seconds: float = Field(default=0.05, gt=0, le=5)
+    upstream_timeout_max_seconds: float = Field(default=2.0, gt=0, le=30)
+    upstream_timeout_initial_seconds: float = Field(default=0.4, gt=0, le=30)
+    # A client query is answered SERVFAIL (or stale) after this long at most.
+    request_timeout_seconds: float = Field(default=8.0, gt=0, le=60)
+
+
+class ForwardZoneConfig(Section):
+    # Queries for this domain (and below) go to `servers`: with RD to resolvers (forward zone,
+    # like Unbound's forward-zone) or, when `stub` is true, without RD to authoritative servers
+    # (stub zone). name = "." forwards everything.
+    name: DomainName
+    servers: list[IPAddress] = Field(min_length=1)
+    stub: bool = False
+
+
+class LocalZoneConfig(Section):
+    # An authoritative zone ispd answers from a zone file, e.g. the ISP's internal names.
+    name: DomainName
+    file: Path
+
+
+class PolicyZoneConfig(Section):
+    # A Response Policy Zone file (QNAME triggers). The first zone that matches a name wins.
+    name: DomainName
+    file: Path
+    # Force every trigger of this zone to one action ("given": as written in the zone).
+    action: Literal["given", "nxdomain", "nodata", "passthru", "drop"] = "given"
+
+
+class LeaseNamesConfig(Section):
+    # DHCP lease host names appear as <hostname>.<domain> (A) and in the reverse zones of
+    # `reverse_networks` (PTR) the moment the lease is granted. Unset domain: off.
+    domain: DomainName | None = None
+    reverse_networks: list[IPNetwork] = []
+    ttl: int = Field(default=300, ge=0, le=86400)
+
+
+class WalledGardenConfig(Section):
+    # Queries from suspended subscribers (their addresses come from DHCP leases) are answered
+    # with the portal's address for every name except those in `allow` (and below them).
+    portal_ipv4: IPv4Address | None = None
+    portal_ipv6: IPv6Address | None = None
+    allow: list[DomainName] = []
+    ttl: int = Field(default=30, ge=0, le=3600)
+
+
+class DNSConfig(Section):
+    enabled: bool = False
+    # UDP and TCP on each address.
+    listen: list[ListenAddress] = Field(default_factory=lambda: ["127.0.0.1:53"])  # type: ignore[arg-type]
+    # Clients allowed to query (the subscriber networks); everyone else gets REFUSED.
+    allow: list[IPNetwork] = Field(default_factory=lambda: [ip_network("127.0.0.0/8"), ip_network("::1/128")])
+    # Root hints in named.root format; unset: the IANA root servers (a copy ships with ispd).
+    root_hints: Path | None = None
+    # Queries per second per client address, with a burst of twice that; 0: no limit.
+    rate_limit_qps: int = Field(default=0, ge=0, le=1_000_000)
+    # TCP: idle connections are closed after this; queries in flight per connection; clients.
+    tcp_idle_seconds: float = Field(default=10.0, gt=0, le=600)
+    tcp_max_pipelined: int = Field(default=100, ge=1, le=10_000)
+    tcp_max_connections: int = Field(default=1000, ge=1, le=100_000)
+    # Local data: records in zone-file syntax ("portal.isp.example. 300 A 198.18.0.10").
+    local_records: list[str] = []
+    local_zone: list[LocalZoneConfig] = []
+    forward_zone: list[ForwardZoneConfig] = []
+    policy_zone: list[PolicyZoneConfig] = []
+    lease_names: LeaseNamesConfig = LeaseNamesConfig()
+    walled_garden: WalledGardenConfig = WalledGardenConfig()
+    cache: CacheConfig = CacheConfig()
+    resolver: ResolverConfig = ResolverConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DNSConfig:
+        if not self.enabled:
+            return self
+        if not self.listen:
+            raise ValueError('listen: give at least one address, e.g. listen = ["198.18.0.1:53"]')
+        seen: set[str] = set()
+        for zone in self.forward_zone:
+            if zone.name in seen:
+                raise ValueError(f"forward_zone {zone.name!r} is configured twice")
+            seen.add(zone.name)
+        names = [z.name for z in self.policy_zone]
+        if len(names) != len(set(names)):
+            raise ValueError("policy_zone: two zones have one name")
+        if self.resolver.upstream_timeout_min_seconds > self.resolver.upstream_timeout_max_seconds:
+            raise ValueError("resolver: upstream_timeout_min_seconds is larger than upstream_timeout_max_seconds")
+        return self

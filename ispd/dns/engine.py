@@ -1,0 +1,470 @@
+"""Answering clients: access control, the cache-hit fast path, local data, policy, the resolver.
+
+Theory of operation. A client's query takes one of two paths.
+
+Fast path (``answer_from_cache``, synchronous, no decode): the client's class is looked up by its
+address (allowed, refused, walled — computed once per address and remembered), the question is
+read by ``wire.quick_question`` and the answer cache is asked for a fresh entry; the reply is
+the query's ID and question spliced onto the cached body with the TTLs of its age. Anything else
+— a miss, an expired entry, an unusual query, a refused or walled client — returns ``None`` and
+the transport awaits the slow path.
+
+Slow path (``answer``): a full decode; FORMERR for what does not parse (when there is a header to
+answer), NOTIMP for opcodes other than QUERY, BADVERS for EDNS versions above 0 (RFC 6891
+§6.1.3), REFUSED for clients outside ``allow``, for classes other than IN and for zone transfers.
+Then, in order:
+1. walled-garden clients (suspended subscribers, by address) get the portal's address for every
+   name not on the allow list;
+2. local data (lease names, static records, local zones) answers authoritatively;
+3. response policy (RPZ) on the query name: NXDOMAIN, NODATA, local data, DROP, TCP-only, or
+   PASSTHRU;
+4. the answer cache again (another client may have filled it), then the resolver. Concurrent
+   queries for one question share one resolution. The result is stored in wire form for the fast
+   path. A resolution that fails falls back to an expired answer (RFC 8767) for up to
+   ``stale_seconds`` past expiry, then keeps serving it for 30 s before trying again (§4's
+   failure recheck timer); a client that has waited ``stale_client_timeout_seconds`` for an
+   expired name gets the stale answer while the refresh goes on. Failures are cached for 5 s
+   (RFC 9520).
+An entry asked for in the last tenth of its TTL is refreshed in the background (prefetch).
+
+Replies carry an OPT record (buffer 1232) when the query did, echo its DO bit, and are truncated
+with TC when larger than the client's UDP size (512 without EDNS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from enum import IntEnum
+from ipaddress import IPv4Network, IPv6Network, ip_address
+from typing import Any
+
+from ispd.dns.cache import AnswerCache, CachedAnswer
+from ispd.dns.resolver import Resolution, Resolver
+from ispd.dns.wire import (
+    CLASS_IN,
+    EDNS_DO,
+    FLAG_AA,
+    FLAG_CD,
+    FLAG_QR,
+    FLAG_RA,
+    FLAG_RD,
+    FLAG_TC,
+    RR,
+    Message,
+    Opcode,
+    Question,
+    RCode,
+    RRType,
+    WireError,
+    decode_message,
+    encode_message,
+    error_reply,
+    is_subdomain,
+    key_of,
+    name_to_text,
+    opt_record,
+    quick_question,
+)
+from ispd.logs import get_logger
+
+log = get_logger("ispd.dns")
+_U16 = struct.Struct("!H")
+SERVER_UDP_SIZE = 1232
+FAILURE_CACHE_SECONDS = 5  # RFC 9520 §3.2: at least 1 s, at most 5 min
+STALE_RECHECK_SECONDS = 30  # RFC 8767 §4: the failure recheck timer
+TCP_MAX_SIZE = 65535
+_TC_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x00"
+_TC_COUNTS_OPT = b"\x00\x01\x00\x00\x00\x00\x00\x01"
+_RD_CD = FLAG_RD | FLAG_CD
+
+
+class ClientClass(IntEnum):
+    ALLOWED = 0
+    REFUSED = 1
+    WALLED = 2
+
+
+class PolicyAction(IntEnum):
+    """What the engine does with a policy hit (the policy module's actions map onto these)."""
+
+    NXDOMAIN = 0
+    NODATA = 1
+    LOCAL_DATA = 2
+    PASSTHRU = 3
+    DROP = 4
+    TCP_ONLY = 5
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """Hot-path counters, read by the metrics collector at scrape time."""
+
+    cache_hits: int = 0
+    cache_misses: int = 0
+    stale_answers: int = 0
+    prefetches: int = 0
+    malformed: int = 0
+    refused_clients: int = 0
+    rate_limited: int = 0
+    walled_answers: int = 0
+    local_answers: int = 0
+    dropped_by_policy: int = 0
+    resolution_timeouts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LocalAnswer:
+    """An answer from local data, policy or the walled garden."""
+
+    rcode: int
+    answer: list[RR]
+    authority: list[RR]
+    authoritative: bool
+
+
+class RateLimiter:
+    """A token bucket per client address: ``rate`` per second with a burst of twice that."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self.burst = 2 * rate
+        self.buckets: dict[str, list[float]] = {}
+
+    def allow(self, client: str, now: float) -> bool:
+        bucket = self.buckets.get(client)
+        if bucket is None:
+            if len(self.buckets) > 100_000:
+                self.buckets.clear()
+            self.buckets[client] = [self.burst - 1, now]
+            return True
+        tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+        bucket[1] = now
+        if tokens < 1:
+            bucket[0] = tokens
+            return False
+        bucket[0] = tokens - 1
+        return True
+
+
+LocalLookup = Callable[[bytes, int], LocalAnswer | None]
+PolicyLookup = Callable[[bytes, int], tuple[PolicyAction, LocalAnswer | None] | None]
+
+
+class DNSEngine:
+    def __init__(self, resolver: Resolver, answers: AnswerCache, clock: Callable[[], float], *,
+                 allow: list[IPv4Network | IPv6Network], rate_limit_qps: int = 0,
+                 request_timeout: float = 8.0, stale_answer_ttl: int = 30,
+                 stale_client_timeout: float = 1.8) -> None:
+        self.resolver = resolver
+        self.answers = answers
+        self.clock = clock
+        self.allow = list(allow)
+        self.request_timeout = request_timeout
+        self.stale_answer_ttl = stale_answer_ttl
+        self.stale_client_timeout = stale_client_timeout
+        self.rate_limiter = RateLimiter(rate_limit_qps) if rate_limit_qps else None
+        self.stats = EngineStats()
+        self.qtypes: dict[int, int] = {}
+        self.rcodes = [0] * 24
+        # Set by the service: local data, policy and walled garden lookups, and who is walled.
+        self.local_lookup: LocalLookup = lambda name, qtype: None
+        self.policy_lookup: PolicyLookup = lambda name, qtype: None
+        self.walled_lookup: LocalLookup = lambda name, qtype: None
+        self.walled_addresses: frozenset[str] = frozenset()
+        self._classes: dict[str, ClientClass] = {}
+        self._inflight: dict[bytes, asyncio.Future[CachedAnswer]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._opt = opt_record(SERVER_UDP_SIZE)
+        self._opt_do = opt_record(SERVER_UDP_SIZE, EDNS_DO)
+
+    # --- who is asking ---------------------------------------------------------------------
+
+    def client_class(self, client: str) -> ClientClass:
+        known = self._classes.get(client)
+        if known is not None:
+            return known
+        try:
+            address = ip_address(client.split("%", 1)[0])
+        except ValueError:
+            return ClientClass.REFUSED
+        if address.version == 6 and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if not any(address in network for network in self.allow):
+            found = ClientClass.REFUSED
+        elif str(address) in self.walled_addresses:
+            found = ClientClass.WALLED
+        else:
+            found = ClientClass.ALLOWED
+        if len(self._classes) > 200_000:
+            self._classes.clear()
+        self._classes[client] = found
+        return found
+
+    def set_walled(self, addresses: frozenset[str]) -> None:
+        self.walled_addresses = addresses
+        self._classes.clear()
+
+    def set_allow(self, allow: list[IPv4Network | IPv6Network]) -> None:
+        self.allow = list(allow)
+        self._classes.clear()
+
+    # --- the fast path -----------------------------------------------------------------------
+
+    def answer_from_cache(self, data: bytes, client: str, tcp: bool) -> bytes | None:
+        if self._classes.get(client) is not ClientClass.ALLOWED:
+            return None
+        question = quick_question(data)
+        if question is None:
+            return None
+        key, qend, size, edns_flags = question
+        entry = self.answers.entries.get(key)
+        if entry is None:
+            return None
+        now = self.clock()
+        if entry.expires_at <= now:
+            return None
+        if self.rate_limiter is not None and not self.rate_limiter.allow(client, now):
+            return None  # the slow path counts and drops it
+        entry.hits += 1
+        self.stats.cache_hits += 1
+        qtype = (key[-4] << 8) | key[-3]
+        self.qtypes[qtype] = self.qtypes.get(qtype, 0) + 1
+        self.rcodes[entry.rcode_flags & 0xF] += 1
+        if now >= entry.prefetch_at and not entry.refreshing:
+            self._prefetch(key, entry)
+        flags = entry.rcode_flags | (((data[2] << 8) | data[3]) & _RD_CD)
+        if size:
+            opt = self._opt_do if edns_flags & EDNS_DO else self._opt
+            reply = b"".join((data[:2], _U16.pack(flags), entry.counts_with_opt, data[12:qend], entry.render(now), opt))
+        else:
+            reply = b"".join((data[:2], _U16.pack(flags), entry.counts, data[12:qend], entry.render(now)))
+        if not tcp and len(reply) > (size or 512):
+            return b"".join((data[:2], _U16.pack(flags | FLAG_TC), _TC_COUNTS_OPT if size else _TC_COUNTS,
+                             data[12:qend], (self._opt_do if edns_flags & EDNS_DO else self._opt) if size else b""))
+        return reply
+
+    # --- the slow path -----------------------------------------------------------------------
+
+    async def answer(self, data: bytes, client: str, *, tcp: bool) -> bytes | None:
+        """The reply to ``data`` from ``client``, or None to send nothing."""
+        client_class = self.client_class(client)
+        try:
+            query = decode_message(data)
+        except WireError:
+            self.stats.malformed += 1
+            return self._count(error_reply(data, RCode.FORMERR))
+        if query.flags & FLAG_QR:
+            self.stats.malformed += 1
+            return None  # never answer a response
+        if client_class == ClientClass.REFUSED:
+            self.stats.refused_clients += 1
+            return self._error(query, RCode.REFUSED)
+        if self.rate_limiter is not None and not self.rate_limiter.allow(client, self.clock()):
+            self.stats.rate_limited += 1
+            return None
+        if query.opcode != Opcode.QUERY:
+            return self._error(query, RCode.NOTIMP)
+        question = query.question
+        if question is None:
+            return self._error(query, RCode.FORMERR)
+        if query.edns is not None and query.edns.version != 0:
+            return self._error(query, RCode.BADVERS)
+        if question.qclass != CLASS_IN or question.qtype in (RRType.AXFR, RRType.IXFR, RRType.OPT):
+            return self._error(query, RCode.REFUSED)
+        qtype = question.qtype
+        self.qtypes[qtype] = self.qtypes.get(qtype, 0) + 1
+        name = question.key_name
+
+        if client_class == ClientClass.WALLED:
+            walled = self.walled_lookup(name, qtype)
+            if walled is not None:
+                self.stats.walled_answers += 1
+                return self._reply_local(query, walled, tcp)
+        local = self.local_lookup(name, qtype)
+        if local is not None:
+            self.stats.local_answers += 1
+            return self._reply_local(query, local, tcp)
+        policy = self.policy_lookup(name, qtype)
+        if policy is not None:
+            action, policy_answer = policy
+            if action == PolicyAction.DROP:
+                self.stats.dropped_by_policy += 1
+                return None
+            if action == PolicyAction.TCP_ONLY and not tcp:
+                return self._truncated(query)
+            if policy_answer is not None and action != PolicyAction.PASSTHRU:
+                return self._reply_local(query, policy_answer, tcp)
+
+        key = key_of(question)
+        now = self.clock()
+        entry = self.answers.entries.get(key)
+        if entry is not None and entry.expires_at > now:
+            self.stats.cache_hits += 1
+        else:
+            self.stats.cache_misses += 1
+            entry = await self._resolve_for_client(key, question, entry)
+            if entry is None:
+                self.stats.resolution_timeouts += 1
+                return self._error(query, RCode.SERVFAIL)
+        return self._reply_cached(query, entry, tcp)
+
+    async def _resolve_for_client(self, key: bytes, question: Question,
+                                  cached: CachedAnswer | None) -> CachedAnswer | None:
+        now = self.clock()
+        stale = self.answers.get_stale(key, now) if cached is not None else None
+        if stale is not None and stale.stale_until > now:
+            self.stats.stale_answers += 1
+            return self._as_stale(stale)
+        future = self._inflight.get(key)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._inflight[key] = future
+            self._spawn(self._resolve_into(key, question, future))
+        wait = self.stale_client_timeout if stale is not None else self.request_timeout
+        try:
+            async with asyncio.timeout(wait):
+                entry = await asyncio.shield(future)
+        except TimeoutError:
+            entry = None
+        if entry is not None and (entry.rcode_flags & 0xF) != RCode.SERVFAIL:
+            return entry
+        if stale is not None:
+            self.stats.stale_answers += 1
+            return self._as_stale(stale)
+        return entry
+
+    def _as_stale(self, stale: CachedAnswer) -> CachedAnswer:
+        """A copy of an expired entry with every TTL set to the stale answer TTL (RFC 8767 §4)."""
+        body = stale.render_stale(self.stale_answer_ttl)
+        copy = CachedAnswer(stale.rcode_flags, stale.counts, stale.counts_with_opt, body, (), (), 0.0,
+                            float("inf"), float("inf"), 0)
+        copy.body, copy.rendered_age = body, 0
+        return copy
+
+    async def _resolve_into(self, key: bytes, question: Question, future: asyncio.Future[CachedAnswer]) -> None:
+        """Resolve one question, store the result, and hand it to every client waiting for it."""
+        try:
+            async with asyncio.timeout(self.request_timeout):
+                resolution = await self.resolver.resolve(question.key_name, question.qtype)
+        except TimeoutError:
+            resolution = Resolution(RCode.SERVFAIL, [], failure="timed out")
+        except Exception:  # a bug must cost one answer, not the service
+            resolution = Resolution(RCode.SERVFAIL, [], failure="internal error")
+            log.exception("dns.resolve.failed", name=name_to_text(question.key_name), qtype=question.qtype)
+        finally:
+            self._inflight.pop(key, None)
+        now = self.clock()
+        old = self.answers.get_stale(key, now) if resolution.rcode == RCode.SERVFAIL else None
+        if old is not None:
+            # A failure never replaces an answer that can still be served, fresh or stale; an
+            # expired one is served stale without asking upstream again for 30 s.
+            if old.expires_at <= now:
+                old.refreshing = True
+                old.stale_until = now + STALE_RECHECK_SECONDS
+            entry = self._build(key, question, resolution, now, store=False)
+        else:
+            entry = self._build(key, question, resolution, now, store=True)
+        if not future.done():
+            future.set_result(entry)
+
+    def _build(self, key: bytes, question: Question, resolution: Resolution, now: float, *,
+               store: bool) -> CachedAnswer:
+        flags = FLAG_QR | FLAG_RA | (resolution.rcode & 0xF)
+        q = Question(question.key_name, question.qtype, question.qclass)
+        encoded = encode_message(0, flags, q, resolution.answer, resolution.authority, [], max_size=TCP_MAX_SIZE)
+        start = 12 + len(q.name) + 4
+        template = encoded.data[start:]
+        offsets = tuple(o - start for o in encoded.ttl_offsets)
+        records = (resolution.answer + resolution.authority)[:len(offsets)]
+        ttls = tuple(rr.ttl for rr in records)
+        floor = FAILURE_CACHE_SECONDS if resolution.rcode == RCode.SERVFAIL else 0
+        if store:
+            return self.answers.store(key, flags, encoded.counts, template, offsets, ttls, now, ttl_floor=floor)
+        counts = encoded.counts
+        return CachedAnswer(flags, struct.pack("!HHHH", 1, *counts),
+                            struct.pack("!HHHH", 1, counts[0], counts[1], counts[2] + 1),
+                            template, offsets, ttls, now, now, now, 0)
+
+    def _prefetch(self, key: bytes, entry: CachedAnswer) -> None:
+        entry.refreshing = True
+        self.stats.prefetches += 1
+        name_end = len(key) - 4
+        question = Question(key[:name_end], (key[-4] << 8) | key[-3], (key[-2] << 8) | key[-1])
+        if key in self._inflight:
+            return
+        future: asyncio.Future[CachedAnswer] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        self._spawn(self._resolve_into(key, question, future))
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        while self._background:
+            await asyncio.wait(list(self._background))
+
+    async def cancel_background(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        for task in list(self._background):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # --- building replies ----------------------------------------------------------------------
+
+    def _reply_cached(self, query: Message, entry: CachedAnswer, tcp: bool) -> bytes:
+        assert query.question is not None
+        self.rcodes[entry.rcode_flags & 0xF] += 1
+        flags = entry.rcode_flags | (query.flags & _RD_CD)
+        question = query.question.name + struct.pack("!HH", query.question.qtype, query.question.qclass)
+        edns = query.edns
+        if edns is not None:
+            opt = self._opt_do if edns.do else self._opt
+            reply = b"".join((_U16.pack(query.id), _U16.pack(flags), entry.counts_with_opt, question,
+                              entry.render(self.clock()), opt))
+        else:
+            reply = b"".join((_U16.pack(query.id), _U16.pack(flags), entry.counts, question,
+                              entry.render(self.clock())))
+        limit = TCP_MAX_SIZE if tcp else (edns.udp_size if edns is not None else 512)
+        if len(reply) > limit:
+            return self._truncated(query)
+        return reply
+
+    def _reply_local(self, query: Message, local: LocalAnswer, tcp: bool) -> bytes:
+        assert query.question is not None
+        flags = (FLAG_QR | FLAG_RA | (FLAG_AA if local.authoritative else 0) | (query.flags & _RD_CD)
+                 | (local.rcode & 0xF))
+        self.rcodes[local.rcode & 0xF] += 1
+        edns = query.edns
+        limit = TCP_MAX_SIZE if tcp else (edns.udp_size if edns is not None else 512)
+        opt = (self._opt_do if edns.do else self._opt) if edns is not None else None
+        return encode_message(query.id, flags, query.question, local.answer, local.authority, [],
+                              opt=opt, max_size=limit).data
+
+    def _truncated(self, query: Message) -> bytes:
+        flags = FLAG_QR | FLAG_RA | FLAG_TC | (query.flags & _RD_CD)
+        opt = (self._opt_do if query.edns.do else self._opt) if query.edns is not None else None
+        return encode_message(query.id, flags, query.question, [], [], [], opt=opt).data
+
+    def _error(self, query: Message, rcode: int) -> bytes:
+        self.rcodes[rcode & 0xF] += 1
+        flags = FLAG_QR | FLAG_RA | (query.flags & (FLAG_RD | FLAG_CD | 0x7800)) | (rcode & 0xF)
+        opt = None
+        if query.edns is not None:
+            opt = opt_record(SERVER_UDP_SIZE, query.edns.flags & EDNS_DO, ext_rcode=rcode >> 4)
+        return encode_message(query.id, flags, query.question, [], [], [], opt=opt).data
+
+    def _count(self, reply: bytes | None) -> bytes | None:
+        if reply is not None:
+            self.rcodes[reply[3] & 0xF] += 1
+        return reply
+
+
+def in_zone_list(name: bytes, zones: list[bytes]) -> bool:
+    return any(is_subdomain(name, zone) for zone in zones)

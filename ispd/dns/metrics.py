@@ -1,0 +1,135 @@
+"""DNS metrics, read from the engine's plain counters at scrape time.
+
+Names are ours (``ispd_dns_*``); meanings follow Unbound's statistics so a dashboard translates:
+queries by type (num.query.type.*), answers by rcode (num.answer.rcode.*), cache hits and misses
+(num.cachehits, num.cachemiss), prefetches (num.prefetch), stale answers (num.answer.expired),
+cache entries (msg.cache.count, rrset.cache.count), upstream queries and timeouts, and the
+answer-time histogram (histogram.*).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ispd.dns.wire import RCode, RRType
+from ispd.metrics.fast import Histogram
+
+if TYPE_CHECKING:
+    from ispd.dns.service import DNSService
+
+# Query types reported by name; the rest count as "other" (labels stay a closed set).
+REPORTED_TYPES = {int(t): t.name for t in (
+    RRType.A, RRType.AAAA, RRType.PTR, RRType.MX, RRType.TXT, RRType.NS, RRType.SOA, RRType.SRV,
+    RRType.CNAME, RRType.HTTPS, RRType.SVCB, RRType.DS, RRType.DNSKEY, RRType.CAA, RRType.NAPTR, RRType.ANY)}
+RCODES = {int(r): r.name for r in (RCode.NOERROR, RCode.FORMERR, RCode.SERVFAIL, RCode.NXDOMAIN,
+                                   RCode.NOTIMP, RCode.REFUSED)}
+
+
+class DNSMetrics:
+    def __init__(self) -> None:
+        self.hit_latency = Histogram()
+        self.slow_latency = Histogram()
+        self.overload_drops = 0
+        self.tcp_connections = 0
+        self.tcp_refused = 0
+
+    def collectors(self, service: DNSService) -> list[Collector]:
+        return [_DNSCollector(self, service)]
+
+
+class _DNSCollector(Collector):
+    def __init__(self, metrics: DNSMetrics, service: DNSService) -> None:
+        self.metrics = metrics
+        self.service = service
+
+    def collect(self) -> Iterator[Metric]:
+        engine, service, metrics = self.service.engine, self.service, self.metrics
+        if engine is None or service.resolver is None:
+            return
+        stats = engine.stats
+
+        queries = CounterMetricFamily("ispd_dns_queries", "Queries answered or dropped, by query type.",
+                                      labels=["type"])
+        by_type: dict[str, int] = {name: 0 for name in REPORTED_TYPES.values()}
+        by_type["other"] = 0
+        for qtype, count in list(engine.qtypes.items()):
+            label = REPORTED_TYPES.get(qtype, "other")
+            by_type[label] += count
+        for label, count in by_type.items():
+            queries.add_metric([label], count)
+        yield queries
+
+        answers = CounterMetricFamily("ispd_dns_answers", "Replies sent, by rcode.", labels=["rcode"])
+        other = 0
+        for rcode, count in enumerate(engine.rcodes):
+            if rcode in RCODES:
+                answers.add_metric([RCODES[rcode]], count)
+            else:
+                other += count
+        answers.add_metric(["other"], other)
+        yield answers
+
+        yield _counter("ispd_dns_cache_hits", "Queries answered from the answer cache.", stats.cache_hits)
+        yield _counter("ispd_dns_cache_misses", "Queries that needed local data, policy or the resolver.",
+                       stats.cache_misses)
+        yield _counter("ispd_dns_prefetches", "Answers refreshed before they expired.", stats.prefetches)
+        yield _counter("ispd_dns_stale_answers", "Expired answers served because upstreams failed (RFC 8767).",
+                       stats.stale_answers)
+        yield _counter("ispd_dns_local_answers", "Queries answered from local data (lease names, local zones).",
+                       stats.local_answers)
+        yield _counter("ispd_dns_walled_garden_answers",
+                       "Queries of suspended subscribers answered by the walled garden.",
+                       stats.walled_answers)
+        yield _counter("ispd_dns_resolution_failures",
+                       "Client queries answered SERVFAIL because resolution failed or timed out.",
+                       stats.resolution_timeouts)
+
+        dropped = CounterMetricFamily("ispd_dns_dropped", "Queries not answered normally, by reason.",
+                                      labels=["reason"])
+        dropped.add_metric(["malformed"], stats.malformed)
+        dropped.add_metric(["refused_client"], stats.refused_clients)
+        dropped.add_metric(["rate_limited"], stats.rate_limited)
+        dropped.add_metric(["policy_drop"], stats.dropped_by_policy)
+        dropped.add_metric(["overload"], metrics.overload_drops)
+        yield dropped
+
+        entries = GaugeMetricFamily("ispd_dns_cache_entries", "Entries in the caches.", labels=["cache"])
+        entries.add_metric(["answer"], len(service.answers))
+        entries.add_metric(["rrset"], len(service.rrsets))
+        yield entries
+        size = GaugeMetricFamily("ispd_dns_cache_bytes", "Estimated memory held by the caches.", labels=["cache"])
+        size.add_metric(["answer"], service.answers.size_bytes)
+        size.add_metric(["rrset"], service.rrsets.size_bytes)
+        yield size
+        evictions = CounterMetricFamily("ispd_dns_cache_evictions", "Entries evicted to stay within max_bytes.",
+                                        labels=["cache"])
+        evictions.add_metric(["answer"], service.answers.evictions)
+        evictions.add_metric(["rrset"], service.rrsets.evictions)
+        yield evictions
+
+        resolver = service.resolver
+        yield _counter("ispd_dns_upstream_queries", "Queries sent to authoritative servers and forwarders.",
+                       resolver.upstream_queries)
+        failures = CounterMetricFamily("ispd_dns_upstream_failures", "Upstream queries that failed, by kind.",
+                                       labels=["kind"])
+        for kind in ("timeout", "unreachable", "tcp_closed", "socket"):
+            failures.add_metric([kind], resolver.upstream_failures.get(kind, 0))
+        yield failures
+        yield _counter("ispd_dns_upstream_mismatched_replies",
+                       "Upstream replies dropped for a wrong ID or question (spoofing attempts or late replies).",
+                       service.upstream.mismatched)
+        yield _counter("ispd_dns_tcp_connections", "TCP connections accepted from clients.", metrics.tcp_connections)
+
+        latency = HistogramMetricFamily("ispd_dns_answer_seconds", "From receiving a query to sending the answer.",
+                                        labels=["path"])
+        for path, hist in (("cache_hit", metrics.hit_latency), ("other", metrics.slow_latency)):
+            latency.add_metric([path], hist.cumulative(), hist.total)
+        yield latency
+
+
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, documentation, value=value)

@@ -1,0 +1,672 @@
+"""Iterative resolution from the root: the resolver's engine.
+
+Theory of operation. ``Resolver.resolve(name, type)`` answers one question from the RRset cache
+or by iterating, and follows the CNAME/DNAME chain across zones. The engine owns no sockets and
+reads no clock: it asks an injected ``Upstream`` to exchange bytes with one server and takes the
+time from an injected clock, so tests drive it with a fake network and a fake clock.
+
+One name is resolved by
+1. the cache: an RRset, a CNAME, or a negative entry (NXDOMAIN at the name or, RFC 8020, at an
+   ancestor; NODATA for the type);
+2. a forward zone, if the name lies in one: the question goes with RD to the zone's forwarders
+   and their answer is taken as it is (they are recursive servers the operator trusts);
+3. else iteration, starting at the closest delegation known — a cached NS RRset, a stub zone's
+   configured servers, or the root from the hints (primed once, RFC 8109). Each step asks one
+   server of the current zone, chosen by smoothed RTT among the servers not known to be lame or
+   down, and classifies its answer:
+   - referral: NS for a zone strictly below the current one and at or above the name sent —
+     descend (NS and in-bailiwick glue are cached with referral/glue trust);
+   - answer (possibly a chain of CNAMEs/DNAMEs inside the zone), NXDOMAIN (SOA, RFC 2308),
+     NODATA — cached and returned;
+   - lame (REFUSED, SERVFAIL, an upward or sideways referral, a reply that is none of the
+     above), a timeout, or an unreachable server — remembered and the next server tried; TC —
+     the same server is asked again over TCP; FORMERR to a query with EDNS — asked again
+     without it and remembered.
+   QNAME minimisation (RFC 9156): the servers of a zone are asked for the name with one more
+   label than the zone, type A, until the full name is reached; an NXDOMAIN or an error for a
+   minimised name makes the relaxed mode send the full name instead (broken servers answer
+   NXDOMAIN for empty non-terminals), the strict mode take it as the answer.
+   NS names without usable addresses are resolved as questions of their own, sharing the
+   client query's budget; an NS name inside the zone it serves without glue cannot be resolved
+   and is skipped.
+
+Only records inside the bailiwick of the zone asked (its apex or below) are accepted from a
+reply; the rest is dropped before anything is cached (RFC 5452 §6 and Unbound's scrubber).
+Limits stop loops and work amplification: referrals per name, CNAME hops, nesting of NS-name
+resolutions, and upstream queries per client query (``Budget``).
+
+Not here: the local names, policy and access control (the service answers those before asking
+the resolver), DNSSEC (a later issue), and the answer cache in wire form (the service's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+from ispd.dns.cache import NegativeKind, RRsetCache, Trust
+from ispd.dns.wire import (
+    CLASS_IN,
+    FLAG_AA,
+    FLAG_TC,
+    ROOT,
+    RR,
+    Message,
+    RCode,
+    RRType,
+    WireError,
+    ancestor_with_labels,
+    decode_message,
+    encode_query,
+    is_subdomain,
+    label_count,
+    name_to_text,
+    parent_name,
+    rdata_name,
+    soa_minimum,
+)
+
+
+class UpstreamError(Exception):
+    """An exchange with one server failed; ``kind`` is a metric label."""
+
+    def __init__(self, kind: str, detail: str = "") -> None:
+        super().__init__(f"{kind} {detail}".strip())
+        self.kind = kind
+
+
+class Upstream(Protocol):
+    async def exchange(self, address: str, query: bytes, *, tcp: bool, wait: float,
+                       exact_case: bool) -> bytes:
+        """Send ``query`` to ``address`` port 53 and return the first reply that matches its ID
+        and question (exactly, when ``exact_case``), or raise ``UpstreamError``."""
+        ...
+
+
+@dataclass(slots=True)
+class ResolverSettings:
+    qname_minimisation: str = "relaxed"  # off | relaxed | strict
+    use_0x20: bool = False
+    edns_buffer_size: int = 1232
+    do_ipv4: bool = True
+    do_ipv6: bool = True
+    max_referrals: int = 30
+    max_cname_chain: int = 12
+    max_queries_per_request: int = 64
+    max_ns_depth: int = 4
+    max_minimise_steps: int = 10
+    initial_timeout: float = 0.4
+    min_timeout: float = 0.05
+    max_timeout: float = 2.0
+    server_down_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardZone:
+    name: bytes
+    addresses: tuple[str, ...]
+    recursive: bool  # True: a forward zone (RD, answers taken as they are); False: a stub zone
+
+
+@dataclass(slots=True)
+class Resolution:
+    rcode: int
+    answer: list[RR]
+    authority: list[RR] = field(default_factory=list)
+    failure: str | None = None  # why a SERVFAIL: a short reason for logs, metrics and traces
+
+
+class Budget:
+    """Upstream work one client query may cause (RFC 9156 §2.3 and the NXNSAttack lessons)."""
+
+    __slots__ = ("queries", "trace")
+
+    def __init__(self, queries: int, trace: Callable[[str], None] | None) -> None:
+        self.queries = queries
+        self.trace = trace
+
+    def spend(self) -> bool:
+        self.queries -= 1
+        return self.queries >= 0
+
+
+@dataclass(slots=True)
+class ServerState:
+    srtt: float = 0.0
+    rttvar: float = 0.0
+    samples: int = 0
+    timeouts: int = 0
+    down_until: float = 0.0
+    no_edns: bool = False
+
+    def timeout(self, settings: ResolverSettings) -> float:
+        # RFC 6298's RTO once there is a sample.
+        base = self.srtt + 4 * self.rttvar if self.samples else settings.initial_timeout
+        return min(settings.max_timeout, max(settings.min_timeout, base * (1 << self.timeouts)))
+
+
+class InfraCache:
+    """What the resolver knows about servers: RTT, failures, and which zones they are lame for."""
+
+    def __init__(self, settings: ResolverSettings) -> None:
+        self.settings = settings
+        self.servers: dict[str, ServerState] = {}
+        self.lame: dict[tuple[bytes, str], float] = {}
+
+    def state(self, address: str) -> ServerState:
+        state = self.servers.get(address)
+        if state is None:
+            if len(self.servers) > 100_000:
+                self.servers.clear()
+            state = self.servers[address] = ServerState()
+        return state
+
+    def record_rtt(self, address: str, rtt: float) -> None:
+        state = self.state(address)
+        if state.samples == 0:
+            state.srtt, state.rttvar = rtt, rtt / 2
+        else:  # RFC 6298 §2.3
+            state.rttvar = 0.75 * state.rttvar + 0.25 * abs(state.srtt - rtt)
+            state.srtt = 0.875 * state.srtt + 0.125 * rtt
+        state.samples += 1
+        state.timeouts = 0
+        state.down_until = 0.0
+
+    def record_failure(self, address: str, now: float) -> None:
+        state = self.state(address)
+        state.timeouts = min(state.timeouts + 1, 8)
+        if state.timeouts >= 3:
+            state.down_until = now + self.settings.server_down_seconds
+
+    def mark_lame(self, zone: bytes, address: str, now: float) -> None:
+        if len(self.lame) > 100_000:
+            self.lame.clear()
+        self.lame[(zone, address)] = now + 900
+
+    def is_lame(self, zone: bytes, address: str, now: float) -> bool:
+        until = self.lame.get((zone, address))
+        return until is not None and until > now
+
+    def choose(self, addresses: list[str], now: float) -> str:
+        """RTT banding like Unbound: a random one among the servers within 400 ms of the best,
+        preferring servers that are up."""
+        up = [a for a in addresses if self.state(a).down_until <= now] or addresses
+
+        def expected(address: str) -> float:
+            state = self.state(address)
+            return state.srtt if state.samples else self.settings.initial_timeout
+
+        best = min(expected(a) for a in up)
+        band = [a for a in up if expected(a) <= best + 0.4]
+        return random.choice(band)
+
+
+class Step(Enum):
+    ANSWER = "answer"  # records for the name and type (after a chain, maybe)
+    CNAME = "cname"  # a chain that leaves what this step could answer: go on from ``next_name``
+    NXDOMAIN = "nxdomain"
+    NODATA = "nodata"
+    REFERRAL = "referral"
+    FAILED = "failed"
+
+
+@dataclass(slots=True)
+class Outcome:
+    step: Step
+    records: list[RR] = field(default_factory=list)  # chain and answer, in order
+    next_name: bytes = b""
+    soa: list[RR] = field(default_factory=list)
+    zone: bytes = b""  # for a referral
+    ns_names: tuple[bytes, ...] = ()
+    reason: str = ""
+
+
+Hints = list[tuple[bytes, list[str]]]  # (root server name, its addresses)
+
+
+class Resolver:
+    def __init__(self, cache: RRsetCache, upstream: Upstream, hints: Hints, clock: Callable[[], float],
+                 settings: ResolverSettings | None = None,
+                 forward_zones: list[ForwardZone] | None = None) -> None:
+        self.cache = cache
+        self.upstream = upstream
+        self.hints = hints
+        self.clock = clock
+        self.settings = settings or ResolverSettings()
+        self.infra = InfraCache(self.settings)
+        self.forward_zones = {zone.name: zone for zone in forward_zones or ()}
+        self.upstream_queries = 0
+        self.upstream_failures: dict[str, int] = {}
+        self._priming: asyncio.Future[None] | None = None
+        self._prime_again_at = 0.0
+
+    # --- the client-facing question -----------------------------------------------------
+
+    async def resolve(self, name: bytes, qtype: int, *, trace: Callable[[str], None] | None = None,
+                      budget: Budget | None = None, depth: int = 0) -> Resolution:
+        """Answer (name, type) in class IN, following CNAMEs and DNAMEs (RFC 1034 §4.3.2)."""
+        budget = budget or Budget(self.settings.max_queries_per_request, trace)
+        chain: list[RR] = []
+        seen = {name}
+        current = name
+        for _ in range(self.settings.max_cname_chain + 1):
+            outcome = await self._resolve_name(current, qtype, budget, depth)
+            chain.extend(outcome.records)
+            if outcome.step == Step.ANSWER:
+                return Resolution(RCode.NOERROR, chain)
+            if outcome.step == Step.NXDOMAIN:
+                return Resolution(RCode.NXDOMAIN, chain, outcome.soa)
+            if outcome.step == Step.NODATA:
+                return Resolution(RCode.NOERROR, chain, outcome.soa)
+            if outcome.step != Step.CNAME:
+                return Resolution(RCode.SERVFAIL, chain, failure=outcome.reason or "resolution failed")
+            if outcome.next_name in seen:
+                return Resolution(RCode.SERVFAIL, chain, failure="CNAME loop")
+            seen.add(outcome.next_name)
+            current = outcome.next_name
+            _trace(budget, f"following the chain to {name_to_text(current)}")
+        return Resolution(RCode.SERVFAIL, chain, failure="CNAME chain too long")
+
+    async def _resolve_name(self, name: bytes, qtype: int, budget: Budget, depth: int) -> Outcome:
+        now = self.clock()
+        cached = self._from_cache(name, qtype, now)
+        if cached is not None:
+            _trace(budget, f"{name_to_text(name)} {_type_text(qtype)}: {cached.step.value} from the cache")
+            return cached
+        forward = self._forward_zone(name)
+        if forward is not None and forward.recursive:
+            return await self._ask_servers(forward.name, list(forward.addresses), name, qtype, budget,
+                                           forwarded=True)
+        return await self._iterate(name, qtype, budget, depth)
+
+    def _from_cache(self, name: bytes, qtype: int, now: float) -> Outcome | None:
+        cache = self.cache
+        if qtype != RRType.ANY:
+            entry = cache.get(name, qtype, now)
+            if entry is not None:
+                return Outcome(Step.ANSWER, entry.records(now))
+        if qtype != RRType.CNAME:
+            cname = cache.get(name, RRType.CNAME, now)
+            if cname is not None:
+                return Outcome(Step.CNAME, cname.records(now), next_name=rdata_name(cname.rdatas[0]))
+        ancestor = name
+        while True:  # RFC 8020: nothing exists below a name that does not exist
+            negative = cache.get_negative(ancestor, qtype, now)
+            if negative is not None and (ancestor == name or negative.kind == NegativeKind.NXDOMAIN):
+                step = Step.NXDOMAIN if negative.kind == NegativeKind.NXDOMAIN else Step.NODATA
+                return Outcome(step, soa=negative.soa_record(now))
+            if ancestor == ROOT:
+                return None
+            ancestor = parent_name(ancestor)
+
+    def _forward_zone(self, name: bytes) -> ForwardZone | None:
+        if not self.forward_zones:
+            return None
+        ancestor = name
+        while True:
+            zone = self.forward_zones.get(ancestor)
+            if zone is not None or ancestor == ROOT:
+                return zone
+            ancestor = parent_name(ancestor)
+
+    # --- iteration ----------------------------------------------------------------------
+
+    async def _iterate(self, qname: bytes, qtype: int, budget: Budget, depth: int) -> Outcome:
+        zone, ns_names, addresses = await self._closest_delegation(qname, budget)
+        mode = self.settings.qname_minimisation
+        minimise = mode != "off"
+        known_labels = label_count(zone)
+        total_labels = label_count(qname)
+        steps = 0
+        for _ in range(self.settings.max_referrals):
+            if minimise and known_labels < total_labels and steps < self.settings.max_minimise_steps:
+                steps += 1
+                send_name = ancestor_with_labels(qname, known_labels + 1)
+                send_type = qtype if send_name == qname else RRType.A
+            else:
+                send_name, send_type = qname, qtype
+            if addresses is not None:
+                outcome = await self._ask_servers(zone, addresses, send_name, send_type, budget)
+            else:
+                outcome = await self._ask_zone(zone, ns_names, send_name, send_type, budget, depth)
+            if outcome.step == Step.REFERRAL:
+                zone, ns_names, addresses = outcome.zone, outcome.ns_names, None
+                known_labels = label_count(zone)
+                _trace(budget, f"referral to {name_to_text(zone)} ({', '.join(map(name_to_text, ns_names))})")
+                continue
+            if send_name == qname or outcome.step == Step.FAILED:
+                return outcome
+            # A minimised name was answered: the name exists and no zone cut is there, or not.
+            if outcome.step == Step.NXDOMAIN:
+                if mode == "strict":
+                    return Outcome(Step.NXDOMAIN, soa=outcome.soa)
+                _trace(budget, f"NXDOMAIN for the minimised {name_to_text(send_name)}: asking for the full name")
+                minimise = False
+                continue
+            known_labels += 1
+        return Outcome(Step.FAILED, reason="too many referrals")
+
+    async def _closest_delegation(self, qname: bytes,
+                                  budget: Budget) -> tuple[bytes, tuple[bytes, ...], list[str] | None]:
+        """The deepest zone above ``qname`` whose servers are known: (zone, NS names, or — for a
+        stub zone or the root hints — the addresses themselves)."""
+        now = self.clock()
+        ancestor = qname
+        while True:
+            stub = self.forward_zones.get(ancestor)
+            if stub is not None and not stub.recursive:
+                return ancestor, (), list(stub.addresses)
+            ns = self.cache.get(ancestor, RRType.NS, now)
+            if ns is not None:
+                return ancestor, tuple(rdata_name(r) for r in ns.rdatas), None
+            if ancestor == ROOT:
+                break
+            ancestor = parent_name(ancestor)
+        await self._prime(budget)
+        ns = self.cache.get(ROOT, RRType.NS, self.clock())
+        if ns is not None:
+            return ROOT, tuple(rdata_name(r) for r in ns.rdatas), None
+        return ROOT, (), self._hint_addresses()
+
+    def _hint_addresses(self) -> list[str]:
+        return [a for _, addresses in self.hints for a in addresses if self._family_ok(a)]
+
+    async def _prime(self, budget: Budget) -> None:
+        """RFC 8109: learn the root's NS set from the root itself. Concurrent callers share one
+        priming; after a failed one the hints serve for a while before the next try."""
+        if self._priming is None:
+            if self.clock() < self._prime_again_at:
+                return
+            self._priming = asyncio.ensure_future(self._do_prime(budget))
+            self._priming.add_done_callback(self._primed)
+        await asyncio.shield(self._priming)
+
+    def _primed(self, task: asyncio.Future[None]) -> None:
+        self._priming = None
+        if task.cancelled() or task.exception() is not None or self.cache.get(ROOT, RRType.NS, self.clock()) is None:
+            self._prime_again_at = self.clock() + 10
+
+    async def _do_prime(self, budget: Budget) -> None:
+        _trace(budget, "priming the root servers from the hints")
+        await self._ask_servers(ROOT, self._hint_addresses(), ROOT, RRType.NS, budget)
+
+    def _family_ok(self, address: str) -> bool:
+        return self.settings.do_ipv6 if ":" in address else self.settings.do_ipv4
+
+    async def _ask_zone(self, zone: bytes, ns_names: tuple[bytes, ...], qname: bytes, qtype: int,
+                        budget: Budget, depth: int) -> Outcome:
+        """Ask the servers of ``zone``, resolving NS names without addresses only when the
+        servers with addresses have all failed."""
+        tried: set[str] = set()
+        unresolved = list(ns_names)
+        last = Outcome(Step.FAILED, reason=f"no server of {name_to_text(zone)} answered")
+        while True:
+            now = self.clock()
+            addresses: list[str] = []
+            pending: list[bytes] = []
+            for ns in unresolved:
+                found = self._addresses_of(ns, now)
+                if found:
+                    addresses.extend(a for a in found if a not in tried)
+                else:
+                    pending.append(ns)
+            if zone == ROOT and not addresses and not tried:  # the root's addresses expired: the hints
+                addresses = self._hint_addresses()
+            if addresses:
+                outcome = await self._ask_servers(zone, addresses, qname, qtype, budget)
+                tried.update(addresses)
+                if outcome.step != Step.FAILED:
+                    return outcome
+                last = outcome
+                if budget.queries <= 0:
+                    return last
+            # Resolve the next NS name that can be resolved at all (not inside the zone itself:
+            # without glue that needs the very servers being looked for).
+            unresolved = pending
+            candidates = [ns for ns in pending if not is_subdomain(ns, zone)]
+            if not candidates or depth >= self.settings.max_ns_depth or budget.queries <= 0:
+                return last
+            ns = candidates[0]
+            unresolved.remove(ns)
+            _trace(budget, f"resolving the address of {name_to_text(ns)}")
+            for rtype in self._address_types():
+                await self.resolve(ns, rtype, budget=budget, depth=depth + 1)
+            if not self._addresses_of(ns, self.clock()):
+                continue
+            unresolved.insert(0, ns)
+
+    def _address_types(self) -> list[int]:
+        types: list[int] = []
+        if self.settings.do_ipv4:
+            types.append(RRType.A)
+        if self.settings.do_ipv6:
+            types.append(RRType.AAAA)
+        return types
+
+    def _addresses_of(self, ns: bytes, now: float) -> list[str]:
+        found: list[str] = []
+        for rtype in self._address_types():
+            entry = self.cache.get(ns, rtype, now)
+            if entry is not None:
+                found.extend(_address_text(rtype, r) for r in entry.rdatas)
+        return found
+
+    async def _ask_servers(self, zone: bytes, addresses: list[str], qname: bytes, qtype: int,
+                           budget: Budget, *, forwarded: bool = False) -> Outcome:
+        """Ask the servers at ``addresses`` one at a time (best first, each at most twice) until
+        one gives a usable reply."""
+        attempts: dict[str, int] = {}
+        last = Outcome(Step.FAILED, reason=f"no server of {name_to_text(zone)} answered")
+        candidates = [a for a in dict.fromkeys(addresses) if self._family_ok(a)]
+        while True:
+            now = self.clock()
+            usable = [a for a in candidates
+                      if attempts.get(a, 0) < 2 and not self.infra.is_lame(zone, a, now)]
+            fresh = [a for a in usable if a not in attempts]
+            if not usable:
+                return last
+            if not budget.spend():
+                return Outcome(Step.FAILED, reason="query budget exhausted")
+            address = self.infra.choose(fresh or usable, now)
+            attempts[address] = attempts.get(address, 0) + 1
+            outcome = await self._ask_server(zone, address, qname, qtype, budget, forwarded)
+            if outcome is not None:
+                return outcome
+
+    async def _ask_server(self, zone: bytes, address: str, qname: bytes, qtype: int, budget: Budget,
+                          forwarded: bool) -> Outcome | None:
+        """One server's answer, classified; None when that server is no use for this question."""
+        state = self.infra.state(address)
+        use_edns = not state.no_edns
+        send_name = _randomise_case(qname) if self.settings.use_0x20 else qname
+        tcp = False
+        for _ in range(3):  # UDP, then TCP after TC or without EDNS after FORMERR
+            query = encode_query(secrets.randbits(16), send_name, qtype, CLASS_IN, rd=forwarded,
+                                 udp_size=self.settings.edns_buffer_size if use_edns else None)
+            started = self.clock()
+            self.upstream_queries += 1
+            try:
+                data = await self.upstream.exchange(address, query, tcp=tcp, wait=state.timeout(self.settings),
+                                                    exact_case=self.settings.use_0x20)
+            except UpstreamError as exc:
+                self.upstream_failures[exc.kind] = self.upstream_failures.get(exc.kind, 0) + 1
+                self.infra.record_failure(address, self.clock())
+                _trace(budget, f"{address}: {exc}")
+                return None
+            self.infra.record_rtt(address, max(0.0, self.clock() - started))
+            try:
+                message = decode_message(data)
+            except WireError as exc:
+                _trace(budget, f"{address}: malformed reply ({exc.reason})")
+                self.infra.mark_lame(zone, address, self.clock())
+                return None
+            if message.flags & FLAG_TC and not tcp:
+                _trace(budget, f"{address}: truncated, asking again over TCP")
+                tcp = True
+                continue
+            if message.rcode in (RCode.FORMERR, RCode.NOTIMP, RCode.BADVERS) and use_edns:
+                _trace(budget, f"{address}: {RCode(message.rcode).name} with EDNS, asking without")
+                state.no_edns = True
+                use_edns = False
+                continue
+            outcome = self._classify(message, zone, qname, qtype, forwarded, self.clock())
+            _trace(budget, f"{address}: {name_to_text(qname)} {_type_text(qtype)} → {outcome.step.value}"
+                           + (f" ({outcome.reason})" if outcome.reason else ""))
+            if outcome.step == Step.FAILED:
+                self.infra.mark_lame(zone, address, self.clock())
+                return None
+            return outcome
+        return None
+
+    # --- classifying one reply ----------------------------------------------------------
+
+    def _classify(self, message: Message, zone: bytes, qname: bytes, qtype: int, forwarded: bool,
+                  now: float) -> Outcome:
+        rcode = message.rcode
+        if rcode not in (RCode.NOERROR, RCode.NXDOMAIN):
+            return Outcome(Step.FAILED, reason=f"rcode {_rcode_text(rcode)}")
+        authoritative = bool(message.flags & FLAG_AA)
+        # A forwarder answers for the whole tree; an authoritative server only for its zone.
+        bailiwick = ROOT if forwarded else zone
+        answer = [rr for rr in message.answer if rr.rclass == CLASS_IN and is_subdomain(rr.name, bailiwick)]
+        authority = [rr for rr in message.authority
+                     if rr.rclass == CLASS_IN and is_subdomain(rr.name, bailiwick)]
+        answer_trust = Trust.ANSWER if authoritative and not forwarded else Trust.FORWARDED
+
+        # Follow the chain inside the reply.
+        records: list[RR] = []
+        current = qname
+        visited = {qname}
+        final: list[RR] = []
+        for _ in range(self.settings.max_cname_chain + 1):
+            if qtype == RRType.ANY:
+                final = [rr for rr in answer if rr.name == current]
+            else:
+                final = [rr for rr in answer if rr.name == current and rr.rtype == qtype]
+            if final:
+                break
+            # RFC 6672 §3.4: the resolver synthesises the CNAME from the DNAME itself (the
+            # server's synthesised CNAME, if sent, says the same).
+            dname = next((rr for rr in answer if rr.rtype == RRType.DNAME and rr.name != current
+                          and is_subdomain(current, rr.name)), None)
+            if dname is not None:
+                target = current[:len(current) - len(dname.name)] + rdata_name(dname.rdata)
+                if len(target) > 255:
+                    return Outcome(Step.FAILED, reason="DNAME substitution too long")
+                synthesised = RR(current, RRType.CNAME, CLASS_IN, dname.ttl, target)
+                records.extend((dname, synthesised))
+                current = target
+            else:
+                cname = [rr for rr in answer if rr.name == current and rr.rtype == RRType.CNAME]
+                if not cname:
+                    break
+                records.append(cname[0])
+                current = rdata_name(cname[0].rdata)
+            if current in visited:  # a loop: resolve() sees the name again and gives up
+                self._cache_rrsets(answer, answer_trust, now, skip_any=qtype == RRType.ANY)
+                return Outcome(Step.CNAME, records, next_name=current)
+            visited.add(current)
+
+        self._cache_rrsets(answer, answer_trust, now, skip_any=qtype == RRType.ANY)
+        soa = [rr for rr in authority if rr.rtype == RRType.SOA and is_subdomain(current, rr.name)]
+        if final:
+            return Outcome(Step.ANSWER, records + final)
+        if records and not is_subdomain(current, bailiwick):
+            return Outcome(Step.CNAME, records, next_name=current)
+        if rcode == RCode.NXDOMAIN:
+            negative_soa = self._negative_soa(soa)
+            self.cache.put_negative(current, qtype, NegativeKind.NXDOMAIN, _first(negative_soa), now)
+            return Outcome(Step.NXDOMAIN, records, soa=negative_soa)
+        ns = [rr for rr in authority if rr.rtype == RRType.NS]
+        if not records and ns and not soa and ns[0].name != zone:
+            return self._referral(message, zone, qname, ns, now, authoritative)
+        if soa or authoritative or forwarded:
+            negative_soa = self._negative_soa(soa)
+            self.cache.put_negative(current, qtype, NegativeKind.NODATA, _first(negative_soa), now)
+            return Outcome(Step.NODATA, records, soa=negative_soa)
+        if records:  # a chain inside the zone that the server did not finish: go on from its end
+            return Outcome(Step.CNAME, records, next_name=current)
+        return Outcome(Step.FAILED, reason="neither answer nor referral (lame)")
+
+    def _referral(self, message: Message, zone: bytes, qname: bytes, ns: list[RR], now: float,
+                  authoritative: bool) -> Outcome:
+        child = ns[0].name
+        if not is_subdomain(qname, child):
+            # NS records for another branch of the zone: not a referral towards the name asked.
+            return Outcome(Step.FAILED, reason=f"referral to {name_to_text(child)} (lame)")
+        ns = [rr for rr in ns if rr.name == child]
+        ns_names = tuple(dict.fromkeys(rdata_name(rr.rdata) for rr in ns))
+        self.cache.put(child, RRType.NS, min(rr.ttl for rr in ns), tuple(rr.rdata for rr in ns),
+                       Trust.AUTHORITY if authoritative else Trust.REFERRAL, now)
+        # Glue: addresses of the NS names, from inside the zone that delegates.
+        wanted = set(ns_names)
+        glue: dict[tuple[bytes, int], list[RR]] = {}
+        for rr in message.additional:
+            if (rr.rtype in (RRType.A, RRType.AAAA) and rr.rclass == CLASS_IN and rr.name in wanted
+                    and is_subdomain(rr.name, zone)):
+                glue.setdefault((rr.name, rr.rtype), []).append(rr)
+        for (name, rtype), rrs in glue.items():
+            self.cache.put(name, rtype, min(rr.ttl for rr in rrs), tuple(rr.rdata for rr in rrs), Trust.GLUE, now)
+        return Outcome(Step.REFERRAL, zone=child, ns_names=ns_names)
+
+    def _negative_soa(self, soa: list[RR]) -> list[RR]:
+        """RFC 2308 §3: the SOA of a negative answer lives min(its TTL, its MINIMUM)."""
+        if not soa:
+            return []
+        record = soa[0]
+        return [RR(record.name, record.rtype, record.rclass, min(record.ttl, soa_minimum(record.rdata)), record.rdata)]
+
+    def _cache_rrsets(self, records: list[RR], trust: Trust, now: float, *, skip_any: bool) -> None:
+        if skip_any:
+            return
+        rrsets: dict[tuple[bytes, int], list[RR]] = {}
+        for rr in records:
+            if rr.rtype in (RRType.OPT, RRType.SIG, RRType.TSIG):
+                continue
+            rrsets.setdefault((rr.name, rr.rtype), []).append(rr)
+        for (name, rtype), rrs in rrsets.items():
+            rdatas = tuple(dict.fromkeys(rr.rdata for rr in rrs))
+            self.cache.put(name, rtype, min(rr.ttl for rr in rrs), rdatas, trust, now)
+
+
+def _first(records: list[RR]) -> RR | None:
+    return records[0] if records else None
+
+
+def _trace(budget: Budget, line: str) -> None:
+    if budget.trace is not None:
+        budget.trace(line)
+
+
+def _randomise_case(name: bytes) -> bytes:
+    """0x20 (draft-vixie-dnsext-dns0x20): random case in the letters of the name sent."""
+    bits = secrets.randbits(len(name))
+    out = bytearray(name)
+    for i, byte in enumerate(out):
+        if 97 <= byte <= 122 and bits >> i & 1:
+            out[i] = byte - 32
+    return bytes(out)
+
+
+def _address_text(rtype: int, rdata: bytes) -> str:
+    from ipaddress import IPv4Address, IPv6Address
+    return str(IPv4Address(rdata)) if rtype == RRType.A else str(IPv6Address(rdata))
+
+
+def _type_text(rtype: int) -> str:
+    try:
+        return RRType(rtype).name
+    except ValueError:
+        return f"TYPE{rtype}"
+
+
+def _rcode_text(rcode: int) -> str:
+    try:
+        return RCode(rcode).name
+    except ValueError:
+        return str(rcode)

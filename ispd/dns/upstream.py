@@ -1,0 +1,125 @@
+"""Queries to authoritative servers and forwarders: UDP with TCP when asked, hardened per RFC 5452.
+
+Every UDP query gets a socket of its own, bound by the kernel to a random ephemeral port and
+connected to the server, so the kernel itself drops datagrams from any other address or port;
+the ID is random (from ``secrets``, chosen by the engine). A reply is taken only if it is a
+response (QR) with the query's ID and the query's question — byte for byte when 0x20 is on,
+ignoring case otherwise; anything else is counted as a mismatch and the wait goes on until the
+timeout, so a forger has to guess port, ID and question within one round trip. An ICMP "port
+unreachable" (ECONNREFUSED on the connected socket) fails the query at once instead of waiting.
+
+TCP (RFC 7766): one connection per query, the 2-byte length prefix, the same checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+
+from ispd.dns.resolver import UpstreamError
+from ispd.dns.wire import FLAG_QR, read_name
+
+_LENGTH = struct.Struct("!H")
+PORT = 53
+
+
+def _question_end(query: bytes) -> int:
+    return read_name(query, 12)[1] + 4
+
+
+class UpstreamTransport:
+    def __init__(self, port: int = PORT, source_v4: str | None = None, source_v6: str | None = None) -> None:
+        self.port = port
+        self.source_v4 = source_v4
+        self.source_v6 = source_v6
+        self.mismatched = 0  # replies with the wrong ID or question: forgeries or very late replies
+        self.tcp_queries = 0
+
+    async def exchange(self, address: str, query: bytes, *, tcp: bool, wait: float,
+                       exact_case: bool) -> bytes:
+        if tcp:
+            self.tcp_queries += 1
+            return await self._exchange_tcp(address, query, wait, exact_case)
+        return await self._exchange_udp(address, query, wait, exact_case)
+
+    def _matches(self, query: bytes, reply: bytes, qend: int, exact_case: bool) -> bool:
+        if len(reply) < qend or reply[:2] != query[:2] or not reply[2] & (FLAG_QR >> 8):
+            return False
+        if exact_case:
+            return reply[12:qend] == query[12:qend]
+        return reply[12:qend].lower() == query[12:qend].lower()
+
+    async def _exchange_udp(self, address: str, query: bytes, wait: float, exact_case: bool) -> bytes:
+        loop = asyncio.get_running_loop()
+        v6 = ":" in address
+        try:
+            sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+        except OSError as exc:
+            raise UpstreamError("socket", str(exc)) from None
+        qend = _question_end(query)
+        future: asyncio.Future[bytes] = loop.create_future()
+        fd = sock.fileno()
+
+        def readable() -> None:
+            while not future.done():
+                try:
+                    reply = sock.recv(65535)
+                except BlockingIOError:
+                    return
+                except ConnectionRefusedError:
+                    future.set_exception(UpstreamError("unreachable", "port unreachable"))
+                    return
+                except OSError as exc:
+                    future.set_exception(UpstreamError("unreachable", exc.strerror or str(exc)))
+                    return
+                if self._matches(query, reply, qend, exact_case):
+                    future.set_result(reply)
+                    return
+                self.mismatched += 1
+
+        def expired() -> None:
+            if not future.done():
+                future.set_exception(UpstreamError("timeout", f"no reply in {wait:.2f} s"))
+
+        try:
+            sock.setblocking(False)
+            source = self.source_v6 if v6 else self.source_v4
+            if source:
+                sock.bind((source, 0))
+            sock.connect((address, self.port))
+            sock.send(query)
+        except OSError as exc:
+            sock.close()
+            raise UpstreamError("unreachable", exc.strerror or str(exc)) from None
+        loop.add_reader(fd, readable)
+        timer = loop.call_later(wait, expired)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+            loop.remove_reader(fd)
+            sock.close()
+
+    async def _exchange_tcp(self, address: str, query: bytes, wait: float, exact_case: bool) -> bytes:
+        qend = _question_end(query)
+        writer = None
+        try:
+            async with asyncio.timeout(wait * 2):  # TCP's handshake is one more round trip
+                reader, writer = await asyncio.open_connection(address, self.port)
+                writer.write(_LENGTH.pack(len(query)) + query)
+                while True:
+                    (length,) = _LENGTH.unpack(await reader.readexactly(2))
+                    reply = await reader.readexactly(length)
+                    if self._matches(query, reply, qend, exact_case):
+                        return reply
+                    self.mismatched += 1
+        except TimeoutError:
+            raise UpstreamError("timeout", "TCP: no reply in time") from None
+        except asyncio.IncompleteReadError:
+            raise UpstreamError("tcp_closed", "the server closed the connection") from None
+        except OSError as exc:
+            raise UpstreamError("unreachable", exc.strerror or str(exc)) from None
+        finally:
+            if writer is not None:
+                writer.close()
