@@ -43,6 +43,7 @@ from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any
 
 from ispd.dns.cache import AnswerCache, CachedAnswer
+from ispd.dns.policy import PolicyAction, PolicyHit
 from ispd.dns.resolver import Resolution, Resolver
 from ispd.dns.wire import (
     CLASS_IN,
@@ -53,7 +54,6 @@ from ispd.dns.wire import (
     FLAG_RA,
     FLAG_RD,
     FLAG_TC,
-    RR,
     Message,
     Opcode,
     Question,
@@ -63,12 +63,13 @@ from ispd.dns.wire import (
     decode_message,
     encode_message,
     error_reply,
-    is_subdomain,
     key_of,
     name_to_text,
     opt_record,
     quick_question,
+    rdata_name,
 )
+from ispd.dns.zone import ZoneAnswer
 from ispd.logs import get_logger
 
 log = get_logger("ispd.dns")
@@ -88,17 +89,6 @@ class ClientClass(IntEnum):
     WALLED = 2
 
 
-class PolicyAction(IntEnum):
-    """What the engine does with a policy hit (the policy module's actions map onto these)."""
-
-    NXDOMAIN = 0
-    NODATA = 1
-    LOCAL_DATA = 2
-    PASSTHRU = 3
-    DROP = 4
-    TCP_ONLY = 5
-
-
 @dataclass(slots=True)
 class EngineStats:
     """Hot-path counters, read by the metrics collector at scrape time."""
@@ -114,16 +104,6 @@ class EngineStats:
     local_answers: int = 0
     dropped_by_policy: int = 0
     resolution_timeouts: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class LocalAnswer:
-    """An answer from local data, policy or the walled garden."""
-
-    rcode: int
-    answer: list[RR]
-    authority: list[RR]
-    authoritative: bool
 
 
 class RateLimiter:
@@ -150,8 +130,8 @@ class RateLimiter:
         return True
 
 
-LocalLookup = Callable[[bytes, int], LocalAnswer | None]
-PolicyLookup = Callable[[bytes, int], tuple[PolicyAction, LocalAnswer | None] | None]
+LocalLookup = Callable[[bytes, int], ZoneAnswer | None]
+PolicyLookup = Callable[[bytes], PolicyHit | None]
 
 
 class DNSEngine:
@@ -169,10 +149,11 @@ class DNSEngine:
         self.rate_limiter = RateLimiter(rate_limit_qps) if rate_limit_qps else None
         self.stats = EngineStats()
         self.qtypes: dict[int, int] = {}
+        self.policy_hits = dict.fromkeys(PolicyAction, 0)
         self.rcodes = [0] * 24
         # Set by the service: local data, policy and walled garden lookups, and who is walled.
         self.local_lookup: LocalLookup = lambda name, qtype: None
-        self.policy_lookup: PolicyLookup = lambda name, qtype: None
+        self.policy_lookup: PolicyLookup = lambda name: None
         self.walled_lookup: LocalLookup = lambda name, qtype: None
         self.walled_addresses: frozenset[str] = frozenset()
         self._classes: dict[str, ClientClass] = {}
@@ -283,21 +264,21 @@ class DNSEngine:
             walled = self.walled_lookup(name, qtype)
             if walled is not None:
                 self.stats.walled_answers += 1
-                return self._reply_local(query, walled, tcp)
+                return await self._reply_local(query, walled, tcp)
         local = self.local_lookup(name, qtype)
         if local is not None:
             self.stats.local_answers += 1
-            return self._reply_local(query, local, tcp)
-        policy = self.policy_lookup(name, qtype)
-        if policy is not None:
-            action, policy_answer = policy
-            if action == PolicyAction.DROP:
-                self.stats.dropped_by_policy += 1
+            return await self._reply_local(query, local, tcp)
+        hit = self.policy_lookup(name)
+        if hit is not None and hit.action != PolicyAction.PASSTHRU:
+            self.policy_hits[hit.action] += 1
+            if hit.action == PolicyAction.DROP:
                 return None
-            if action == PolicyAction.TCP_ONLY and not tcp:
-                return self._truncated(query)
-            if policy_answer is not None and action != PolicyAction.PASSTHRU:
-                return self._reply_local(query, policy_answer, tcp)
+            if hit.action == PolicyAction.TCP_ONLY:
+                if not tcp:
+                    return self._truncated(query)
+            else:
+                return await self._reply_local(query, policy_answer(hit, qtype), tcp)
 
         key = key_of(question)
         now = self.clock()
@@ -436,15 +417,25 @@ class DNSEngine:
             return self._truncated(query)
         return reply
 
-    def _reply_local(self, query: Message, local: LocalAnswer, tcp: bool) -> bytes:
+    async def _reply_local(self, query: Message, local: ZoneAnswer, tcp: bool) -> bytes:
+        """A reply from local data, policy or the walled garden; a CNAME that leaves local data
+        (``next_name``) is resolved and its answer appended, as Unbound does for local-data."""
         assert query.question is not None
-        flags = (FLAG_QR | FLAG_RA | (FLAG_AA if local.authoritative else 0) | (query.flags & _RD_CD)
-                 | (local.rcode & 0xF))
-        self.rcodes[local.rcode & 0xF] += 1
+        rcode, answer, authority = local.rcode, local.answer, local.authority
+        authoritative = local.authoritative
+        if local.next_name is not None:
+            try:
+                async with asyncio.timeout(self.request_timeout):
+                    rest = await self.resolver.resolve(local.next_name, query.question.qtype)
+            except TimeoutError:
+                rest = Resolution(RCode.SERVFAIL, [], failure="timed out")
+            rcode, answer, authority, authoritative = rest.rcode, answer + rest.answer, rest.authority, False
+        flags = (FLAG_QR | FLAG_RA | (FLAG_AA if authoritative else 0) | (query.flags & _RD_CD) | (rcode & 0xF))
+        self.rcodes[rcode & 0xF] += 1
         edns = query.edns
         limit = TCP_MAX_SIZE if tcp else (edns.udp_size if edns is not None else 512)
         opt = (self._opt_do if edns.do else self._opt) if edns is not None else None
-        return encode_message(query.id, flags, query.question, local.answer, local.authority, [],
+        return encode_message(query.id, flags, query.question, answer, authority, [],
                               opt=opt, max_size=limit).data
 
     def _truncated(self, query: Message) -> bytes:
@@ -466,5 +457,16 @@ class DNSEngine:
         return reply
 
 
-def in_zone_list(name: bytes, zones: list[bytes]) -> bool:
-    return any(is_subdomain(name, zone) for zone in zones)
+def policy_answer(hit: PolicyHit, qtype: int) -> ZoneAnswer:
+    """The reply a policy action gives (RPZ: NXDOMAIN and NODATA with the policy zone's SOA,
+    local data answered as written, a CNAME to elsewhere followed)."""
+    soa = [hit.soa] if hit.soa is not None else []
+    if hit.action == PolicyAction.NXDOMAIN:
+        return ZoneAnswer(RCode.NXDOMAIN, False, [], soa, [])
+    records = hit.answer_for(qtype) if hit.action == PolicyAction.LOCAL_DATA else []
+    if not records:
+        return ZoneAnswer(RCode.NOERROR, False, [], soa, [])
+    next_name = None
+    if records[0].rtype == RRType.CNAME and qtype not in (RRType.CNAME, RRType.ANY):
+        next_name = rdata_name(records[0].rdata)
+    return ZoneAnswer(RCode.NOERROR, False, records, [], [], next_name=next_name)

@@ -226,6 +226,8 @@ class Outcome:
     reason: str = ""
 
 
+_NO_SERVER_ANSWERED = Outcome(Step.FAILED, reason="no server of the zone answered")
+
 Hints = list[tuple[bytes, list[str]]]  # (root server name, its addresses)
 
 
@@ -269,14 +271,16 @@ class Resolver:
                 return Resolution(RCode.SERVFAIL, chain, failure="CNAME loop")
             seen.add(outcome.next_name)
             current = outcome.next_name
-            _trace(budget, f"following the chain to {name_to_text(current)}")
+            if budget.trace is not None:
+                _trace(budget, f"following the chain to {name_to_text(current)}")
         return Resolution(RCode.SERVFAIL, chain, failure="CNAME chain too long")
 
     async def _resolve_name(self, name: bytes, qtype: int, budget: Budget, depth: int) -> Outcome:
         now = self.clock()
         cached = self._from_cache(name, qtype, now)
         if cached is not None:
-            _trace(budget, f"{name_to_text(name)} {_type_text(qtype)}: {cached.step.value} from the cache")
+            if budget.trace is not None:
+                _trace(budget, f"{name_to_text(name)} {_type_text(qtype)}: {cached.step.value} from the cache")
             return cached
         forward = self._forward_zone(name)
         if forward is not None and forward.recursive:
@@ -337,7 +341,8 @@ class Resolver:
             if outcome.step == Step.REFERRAL:
                 zone, ns_names, addresses = outcome.zone, outcome.ns_names, None
                 known_labels = label_count(zone)
-                _trace(budget, f"referral to {name_to_text(zone)} ({', '.join(map(name_to_text, ns_names))})")
+                if budget.trace is not None:
+                    _trace(budget, f"referral to {name_to_text(zone)} ({', '.join(map(name_to_text, ns_names))})")
                 continue
             if send_name == qname or outcome.step == Step.FAILED:
                 return outcome
@@ -345,7 +350,8 @@ class Resolver:
             if outcome.step == Step.NXDOMAIN:
                 if mode == "strict":
                     return Outcome(Step.NXDOMAIN, soa=outcome.soa)
-                _trace(budget, f"NXDOMAIN for the minimised {name_to_text(send_name)}: asking for the full name")
+                if budget.trace is not None:
+                    _trace(budget, f"NXDOMAIN for the minimised {name_to_text(send_name)}: asking for the full name")
                 minimise = False
                 continue
             known_labels += 1
@@ -404,7 +410,7 @@ class Resolver:
         servers with addresses have all failed."""
         tried: set[str] = set()
         unresolved = list(ns_names)
-        last = Outcome(Step.FAILED, reason=f"no server of {name_to_text(zone)} answered")
+        last = _NO_SERVER_ANSWERED
         while True:
             now = self.clock()
             addresses: list[str] = []
@@ -433,7 +439,8 @@ class Resolver:
                 return last
             ns = candidates[0]
             unresolved.remove(ns)
-            _trace(budget, f"resolving the address of {name_to_text(ns)}")
+            if budget.trace is not None:
+                _trace(budget, f"resolving the address of {name_to_text(ns)}")
             for rtype in self._address_types():
                 await self.resolve(ns, rtype, budget=budget, depth=depth + 1)
             if not self._addresses_of(ns, self.clock()):
@@ -461,7 +468,7 @@ class Resolver:
         """Ask the servers at ``addresses`` one at a time (best first, each at most twice) until
         one gives a usable reply."""
         attempts: dict[str, int] = {}
-        last = Outcome(Step.FAILED, reason=f"no server of {name_to_text(zone)} answered")
+        last = _NO_SERVER_ANSWERED
         candidates = [a for a in dict.fromkeys(addresses) if self._family_ok(a)]
         while True:
             now = self.clock()
@@ -496,27 +503,32 @@ class Resolver:
             except UpstreamError as exc:
                 self.upstream_failures[exc.kind] = self.upstream_failures.get(exc.kind, 0) + 1
                 self.infra.record_failure(address, self.clock())
-                _trace(budget, f"{address}: {exc}")
+                if budget.trace is not None:
+                    _trace(budget, f"{address}: {exc}")
                 return None
             self.infra.record_rtt(address, max(0.0, self.clock() - started))
             try:
                 message = decode_message(data)
             except WireError as exc:
-                _trace(budget, f"{address}: malformed reply ({exc.reason})")
+                if budget.trace is not None:
+                    _trace(budget, f"{address}: malformed reply ({exc.reason})")
                 self.infra.mark_lame(zone, address, self.clock())
                 return None
             if message.flags & FLAG_TC and not tcp:
-                _trace(budget, f"{address}: truncated, asking again over TCP")
+                if budget.trace is not None:
+                    _trace(budget, f"{address}: truncated, asking again over TCP")
                 tcp = True
                 continue
             if message.rcode in (RCode.FORMERR, RCode.NOTIMP, RCode.BADVERS) and use_edns:
-                _trace(budget, f"{address}: {RCode(message.rcode).name} with EDNS, asking without")
+                if budget.trace is not None:
+                    _trace(budget, f"{address}: {RCode(message.rcode).name} with EDNS, asking without")
                 state.no_edns = True
                 use_edns = False
                 continue
             outcome = self._classify(message, zone, qname, qtype, forwarded, self.clock())
-            _trace(budget, f"{address}: {name_to_text(qname)} {_type_text(qtype)} → {outcome.step.value}"
-                           + (f" ({outcome.reason})" if outcome.reason else ""))
+            if budget.trace is not None:
+                _trace(budget, f"{address}: {name_to_text(qname)} {_type_text(qtype)} → {outcome.step.value}"
+                               + (f" ({outcome.reason})" if outcome.reason else ""))
             if outcome.step == Step.FAILED:
                 self.infra.mark_lame(zone, address, self.clock())
                 return None

@@ -16,7 +16,9 @@ import asyncio
 import contextlib
 import struct
 import time
+from collections.abc import Callable
 from contextlib import AsyncExitStack
+from functools import partial
 from typing import Any, cast
 
 from ispd.config import Config
@@ -24,12 +26,27 @@ from ispd.dns.cache import AnswerCache, CacheLimits, RRsetCache
 from ispd.dns.config import DNSConfig
 from ispd.dns.engine import DNSEngine
 from ispd.dns.hints import HintsError, load_root_hints
+from ispd.dns.localdata import LocalData
 from ispd.dns.metrics import DNSMetrics
+from ispd.dns.policy import CompiledPolicyZone, Policy, compile_policy_zone
 from ispd.dns.resolver import ForwardZone, Resolver, ResolverSettings
 from ispd.dns.upstream import UpstreamTransport
+from ispd.dns.walledgarden import WalledGarden
 from ispd.dns.wire import name_from_text
+from ispd.dns.zone import ZoneError, load_zone_file
+from ispd.events import (
+    LeaseEnded,
+    LeaseGranted,
+    SubscriberClosed,
+    SubscriberDeleted,
+    SubscriberEvent,
+    SubscriberResumed,
+    SubscriberSuspended,
+)
 from ispd.logs import get_logger
 from ispd.service import Health, Service, ServiceContext, ServiceStartError, describe_os_error
+from ispd.store.errors import StoreError
+from ispd.store.models import LeaseState, SubscriberStatus
 
 log = get_logger("ispd.dns")
 _LENGTH = struct.Struct("!H")
@@ -74,6 +91,10 @@ class DNSService(Service):
         self._slow: set[asyncio.Task[None]] = set()
         self._tcp_connections = 0
         self.bound: list[tuple[str, int]] = []
+        self.local: LocalData | None = None
+        self.policy = Policy([])
+        self.policy_zones: list[CompiledPolicyZone] = []
+        self.walled = WalledGarden(self.config.walled_garden)
 
     # --- lifecycle ---
 
@@ -90,12 +111,99 @@ class DNSService(Service):
                                 rate_limit_qps=c.rate_limit_qps, request_timeout=c.resolver.request_timeout_seconds,
                                 stale_answer_ttl=c.cache.stale_answer_ttl,
                                 stale_client_timeout=c.cache.stale_client_timeout_seconds)
+        await self._load_data(self.config)
+        await self._load_subscribers()
+        self._subscribe(stack)
         await self._open(stack)
         stack.push_async_callback(self._cancel_tasks)
         for collector in self.metrics.collectors(self):
             self.context.registry.register(collector)
             stack.callback(self.context.registry.unregister, collector)
         log.info("dns.started", listen=[f"{h}:{p}" for h, p in self.bound], root_servers=len(hints))
+
+    async def _load_data(self, config: DNSConfig) -> None:
+        """Local data and policy zones from config and files (parsed off the loop); errors
+        raise ``ServiceStartError`` and leave what is loaded untouched."""
+        loop = asyncio.get_running_loop()
+        try:
+            zones = [await loop.run_in_executor(None, load_zone_file, z.file, z.name) for z in config.local_zone]
+            local = LocalData(lease_domain=config.lease_names.domain,
+                              reverse_networks=config.lease_names.reverse_networks,
+                              static_records=config.local_records, zones=zones)
+            policy_zones = [await loop.run_in_executor(None, partial(compile_policy_zone, z.file, z.name,
+                                                                     action=z.action))
+                            for z in config.policy_zone]
+        except (ZoneError, ValueError) as exc:
+            raise ServiceStartError(f"dns: {exc}") from None
+        for zone in policy_zones:
+            log.info("dns.policy_zone.loaded", zone=zone.source, records=zone.records_loaded,
+                     skipped_bad=zone.skipped_bad, skipped_unsupported=zone.skipped_unsupported)
+            for problem in zone.problems[:10]:
+                log.warning("dns.policy_zone.record_skipped", problem=problem)
+        self.local = local
+        self.policy = Policy(policy_zones)
+        self.policy_zones = policy_zones
+        assert self.engine is not None
+        self.engine.local_lookup = local.answer
+        self.engine.policy_lookup = self.policy.match
+        self.engine.walled_lookup = self.walled.lookup
+
+    async def _load_subscribers(self) -> None:
+        """Current leases (names, and who holds each address) and suspended subscribers."""
+        store = self.context.store
+        try:
+            leases = await store.list_leases()
+            suspended = await store.list_subscribers(SubscriberStatus.SUSPENDED)
+        except StoreError as exc:
+            raise ServiceStartError(f"dns: cannot load leases from the store: {exc}") from None
+        now = self.context.clock()
+        for lease in leases:
+            if lease.state == LeaseState.BOUND and lease.expires_at > now:
+                self._lease_granted(lease.address, lease.hostname, lease.subscriber_id, lease.expires_at)
+        for subscriber in suspended:
+            self.walled.set_suspended(subscriber.id, True)
+        self._walled_changed()
+
+    def _lease_granted(self, address: str, hostname: str | None, subscriber_id: int | None,
+                       expires_at: float) -> None:
+        self.walled.lease_granted(address, subscriber_id)
+        if hostname and self.local is not None and self.config.lease_names.domain:
+            ttl = min(self.config.lease_names.ttl, max(0, int(expires_at - self.context.clock())))
+            self.local.add_lease_name(hostname, address, ttl)
+
+    def _walled_changed(self) -> None:
+        if self.engine is not None:
+            self.engine.set_walled(self.walled.walled_addresses())
+
+    def _subscribe(self, stack: AsyncExitStack) -> None:
+        bus = self.context.bus
+
+        def granted(event: LeaseGranted) -> None:
+            self._lease_granted(event.address, event.hostname, event.subscriber_id, event.expires_at)
+            self._walled_changed()
+
+        def ended(event: LeaseEnded) -> None:
+            self.walled.lease_ended(event.address)
+            if self.local is not None:
+                self.local.remove_lease_name(event.address, event.hostname)
+            self._walled_changed()
+
+        def status(suspended: bool) -> Callable[[SubscriberEvent], None]:
+            def apply(event: SubscriberEvent) -> None:
+                self.walled.set_suspended(event.subscriber_id, suspended)
+                self._walled_changed()
+            return apply
+
+        unsubscribers = [
+            bus.subscribe(LeaseGranted, granted),
+            bus.subscribe(LeaseEnded, ended),
+            bus.subscribe(SubscriberSuspended, status(True)),
+            bus.subscribe(SubscriberResumed, status(False)),
+            bus.subscribe(SubscriberClosed, status(False)),
+            bus.subscribe(SubscriberDeleted, status(False)),
+        ]
+        for unsubscribe in unsubscribers:
+            stack.callback(unsubscribe)
 
     async def _open(self, stack: AsyncExitStack) -> None:
         loop = asyncio.get_running_loop()
@@ -147,6 +255,9 @@ class DNSService(Service):
             self.resolver.hints = load_root_hints(new.dns.root_hints)
         except HintsError as exc:
             raise ServiceStartError(f"dns: {exc}") from None
+        await self._load_data(new.dns)
+        self.walled.configure(new.dns.walled_garden)
+        await self._load_subscribers()  # lease names again, into the new local data
         self.answers.clear()
 
     def health(self) -> Health:
