@@ -568,7 +568,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("address", type=checked_arg(ipv4_text))
     p.add_argument("--limit", type=positive_int, default=50, help="history entries to show (default: 50)")
     p.set_defaults(handler=cmd_lease_show)
+
+    dns = top.add_parser("dns", help="the DNS resolver").add_subparsers(dest="action", required=True)
+    p = dns.add_parser("lookup", parents=[config_opts],
+                       help="resolve a name from the root as ispd does, with the trace of each step")
+    p.add_argument("name", type=checked_arg(name_text))
+    p.add_argument("type", nargs="?", default="A", help="record type (default: A)")
+    p.set_defaults(handler=cmd_dns_lookup, without_store=True)
     return parser
+
+
+async def cmd_dns_lookup(config: Config, args: argparse.Namespace) -> None:
+    from ispd.dns.hints import HintsError
+    from ispd.dns.lookup import lookup, parse_type
+
+    try:
+        qtype = parse_type(args.type)
+        resolution = await lookup(config.dns, args.name, qtype, print)
+    except (ValueError, HintsError) as exc:
+        raise CommandFailed(str(exc)) from None
+    if resolution.rcode == 2:  # SERVFAIL: say so in the exit status too
+        raise CommandFailed(f"{args.name}: resolution failed ({resolution.failure})")
 
 
 async def run_admin(config: Config, handler: Callable[[Store, argparse.Namespace], Awaitable[None]],
@@ -602,7 +622,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(LogConfig(level="warning", format="console"), stream=sys.stderr)
         if hasattr(args, "prepare"):
             args.prepare(config, args)
-        asyncio.run(run_admin(config, args.handler, args))
+        if getattr(args, "without_store", False):
+            asyncio.run(args.handler(config, args))
+        else:
+            asyncio.run(run_admin(config, args.handler, args))
     except (CommandFailed, StoreError, PasswordRejected) as exc:
         print(f"ispd: {exc}", file=sys.stderr)
         return EXIT_FAILED

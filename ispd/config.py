@@ -68,6 +68,16 @@ def _resolve_relative_paths(config: Config, base: Path) -> Config:
     if not store_path.is_absolute():
         store = config.store.model_copy(update={"path": (base / store_path).resolve()})
         config = config.model_copy(update={"store": store})
+    dns = config.dns
+
+    def anchored(path: Path) -> Path:
+        return path if path.is_absolute() else (base / path).resolve()
+
+    config = config.model_copy(update={"dns": dns.model_copy(update={
+        "root_hints": anchored(dns.root_hints) if dns.root_hints is not None else None,
+        "local_zone": [z.model_copy(update={"file": anchored(z.file)}) for z in dns.local_zone],
+        "policy_zone": [z.model_copy(update={"file": anchored(z.file)}) for z in dns.policy_zone],
+    })})
     return config
 
 

@@ -1,0 +1,48 @@
+"""``ispd dns lookup``: one resolution from ispd's point of view, with the trace of its iteration.
+
+It runs the resolver in the command's own process with the config's root hints, forward and stub
+zones and resolver settings, starting from an empty cache (like ``dig +trace``, but through
+ispd's own iterator: QNAME minimisation, server selection, lame and dead servers as the daemon
+sees them). Local data and policy are the daemon's business and are not consulted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import dnslib  # type: ignore[import-untyped]
+
+from ispd.dns.cache import CacheLimits, RRsetCache
+from ispd.dns.config import DNSConfig
+from ispd.dns.hints import load_root_hints
+from ispd.dns.resolver import Resolution, Resolver
+from ispd.dns.upstream import UpstreamTransport
+from ispd.dns.wire import FLAG_QR, FLAG_RA, Question, RRType, encode_message, name_from_text
+
+
+def parse_type(text: str) -> int:
+    try:
+        return int(RRType[text.upper()])
+    except KeyError:
+        if text.upper().startswith("TYPE") and text[4:].isdigit() and 0 < int(text[4:]) < 65536:
+            return int(text[4:])
+        raise ValueError(f"{text!r} is not a record type (e.g. A, AAAA, MX, TXT, TYPE65)") from None
+
+
+async def lookup(config: DNSConfig, name: str, qtype: int, say: Callable[[str], None]) -> Resolution:
+    from ispd.dns.service import forward_zones, resolver_settings
+
+    qname = name_from_text(name)
+    resolver = Resolver(RRsetCache(CacheLimits()), UpstreamTransport(), load_root_hints(config.root_hints),
+                        time.monotonic, resolver_settings(config), forward_zones(config))
+    started = time.monotonic()
+    resolution = await resolver.resolve(qname, qtype, trace=lambda line: say(f";; {line}"))
+    elapsed = time.monotonic() - started
+    flags = FLAG_QR | FLAG_RA | resolution.rcode
+    wire = encode_message(0, flags, Question(qname, qtype), resolution.answer, resolution.authority, []).data
+    say("")
+    say(str(dnslib.DNSRecord.parse(wire)))
+    say(f";; {resolver.upstream_queries} upstream queries in {elapsed * 1000:.1f} ms"
+        + (f"; failed: {resolution.failure}" if resolution.failure else ""))
+    return resolution
