@@ -37,7 +37,7 @@ import asyncio
 import contextlib
 import struct
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any
@@ -338,6 +338,7 @@ class DNSEngine:
             log.exception("dns.resolve.failed", name=name_to_text(question.key_name), qtype=question.qtype)
         finally:
             self._inflight.pop(key, None)
+        resolution = self._police_chain(resolution, question.qtype)
         now = self.clock()
         old = self.answers.get_stale(key, now) if resolution.rcode == RCode.SERVFAIL else None
         if old is not None:
@@ -351,6 +352,26 @@ class DNSEngine:
             entry = self._build(key, question, resolution, now, store=True)
         if not future.done():
             future.set_result(entry)
+
+    def _police_chain(self, resolution: Resolution, qtype: int) -> Resolution:
+        """RPZ applies to every name of a CNAME chain, not only to the query name: the chain is
+        cut at the first target the policy matches and that target gets the policy's answer
+        (DROP there becomes NXDOMAIN: the reply is shared through the cache)."""
+        for index, rr in enumerate(resolution.answer):
+            if rr.rtype != RRType.CNAME:
+                continue
+            hit = self.policy_lookup(rdata_name(rr.rdata))
+            if hit is None or hit.action in (PolicyAction.PASSTHRU, PolicyAction.TCP_ONLY):
+                continue
+            self.policy_hits[hit.action] += 1
+            if hit.action == PolicyAction.DROP:
+                hit = replace(hit, action=PolicyAction.NXDOMAIN)
+            policed = policy_answer(hit, qtype)
+            chain = resolution.answer[:index + 1]
+            if policed.next_name is not None:  # a redirect: the rest is not resolved again here
+                return Resolution(RCode.NOERROR, chain + policed.answer, [])
+            return Resolution(policed.rcode, chain + policed.answer, policed.authority)
+        return resolution
 
     def _build(self, key: bytes, question: Question, resolution: Resolution, now: float, *,
                store: bool) -> CachedAnswer:
