@@ -204,6 +204,10 @@ class RRsetCache:
         self._store(key, entry, self._entries.get(key), now)
         return entry
 
+    def forget_nxdomain(self, name: bytes) -> None:
+        """Drop an NXDOMAIN held for ``name`` (one the resolver has stopped believing)."""
+        self._remove((name, NXDOMAIN_KEY))
+
     def _store(self, key: tuple[bytes, int], entry: Entry, old: Entry | None, now: float) -> None:
         if old is not None:
             self._clock.bytes -= old.size

@@ -31,7 +31,10 @@ One name is resolved by
    and is skipped.
 
 Only records inside the bailiwick of the zone asked (its apex or below) are accepted from a
-reply; the rest is dropped before anything is cached (RFC 5452 §6 and Unbound's scrubber).
+reply, and of the answer section only the RRsets of the answer's chain; the rest is dropped
+before anything is cached (RFC 5452 §6 and Unbound's scrubber). Glue and a referral's NS set
+steer iteration but are never handed out as answers (RFC 2181 §5.4.1); a cached delegation whose
+in-zone servers' glue has expired is skipped for its parent, which refers again with glue.
 Limits stop loops and work amplification: referrals per name, CNAME hops, nesting of NS-name
 resolutions, and upstream queries per client query (``Budget``).
 
@@ -259,6 +262,9 @@ class Resolver:
         for _ in range(self.settings.max_cname_chain + 1):
             outcome = await self._resolve_name(current, qtype, budget, depth)
             chain.extend(outcome.records)
+            # One reply may carry several hops of the chain: count the hops, not the replies.
+            if sum(1 for rr in chain if rr.rtype == RRType.CNAME) > self.settings.max_cname_chain:
+                return Resolution(RCode.SERVFAIL, chain, failure="CNAME chain too long")
             if outcome.step == Step.ANSWER:
                 return Resolution(RCode.NOERROR, chain)
             if outcome.step == Step.NXDOMAIN:
@@ -290,13 +296,14 @@ class Resolver:
 
     def _from_cache(self, name: bytes, qtype: int, now: float) -> Outcome | None:
         cache = self.cache
+        # RFC 2181 §5.4.1: glue and a referral's NS set steer iteration but are never answers.
         if qtype != RRType.ANY:
             entry = cache.get(name, qtype, now)
-            if entry is not None:
+            if entry is not None and entry.trust >= Trust.AUTHORITY:
                 return Outcome(Step.ANSWER, entry.records(now))
         if qtype != RRType.CNAME:
             cname = cache.get(name, RRType.CNAME, now)
-            if cname is not None:
+            if cname is not None and cname.trust >= Trust.AUTHORITY:
                 return Outcome(Step.CNAME, cname.records(now), next_name=rdata_name(cname.rdatas[0]))
         ancestor = name
         while True:  # RFC 8020: nothing exists below a name that does not exist
@@ -352,6 +359,8 @@ class Resolver:
                     return Outcome(Step.NXDOMAIN, soa=outcome.soa)
                 if budget.trace is not None:
                     _trace(budget, f"NXDOMAIN for the minimised {name_to_text(send_name)}: asking for the full name")
+                # Not believed, so not kept: RFC 8020 would extend it to the very name asked next.
+                self.cache.forget_nxdomain(send_name)
                 minimise = False
                 continue
             known_labels += 1
@@ -369,7 +378,12 @@ class Resolver:
                 return ancestor, (), list(stub.addresses)
             ns = self.cache.get(ancestor, RRType.NS, now)
             if ns is not None:
-                return ancestor, tuple(rdata_name(r) for r in ns.rdatas), None
+                names = tuple(rdata_name(r) for r in ns.rdatas)
+                # Glue often expires before the NS set: servers named inside their own zone
+                # without addresses can only be found through the parent's referral again.
+                if ancestor == ROOT or any(self._addresses_of(n, now) or not is_subdomain(n, ancestor)
+                                           for n in names):
+                    return ancestor, names, None
             if ancestor == ROOT:
                 break
             ancestor = parent_name(ancestor)
@@ -580,11 +594,16 @@ class Resolver:
                 records.append(cname[0])
                 current = rdata_name(cname[0].rdata)
             if current in visited:  # a loop: resolve() sees the name again and gives up
-                self._cache_rrsets(answer, answer_trust, now, skip_any=qtype == RRType.ANY)
+                self._cache_rrsets(_on_chain(answer, records), answer_trust, now, skip_any=qtype == RRType.ANY)
                 return Outcome(Step.CNAME, records, next_name=current)
             visited.add(current)
+        else:  # longer than one reply may take: resolve() counts the hops and gives up
+            self._cache_rrsets(_on_chain(answer, records), answer_trust, now, skip_any=qtype == RRType.ANY)
+            return Outcome(Step.CNAME, records, next_name=current)
 
-        self._cache_rrsets(answer, answer_trust, now, skip_any=qtype == RRType.ANY)
+        # Only the RRsets that answer the question (the chain and its end) are kept: anything
+        # else in the answer section is unasked-for, if in bailiwick (Unbound's scrubber).
+        self._cache_rrsets(_on_chain(answer, records + final), answer_trust, now, skip_any=qtype == RRType.ANY)
         soa = [rr for rr in authority if rr.rtype == RRType.SOA and is_subdomain(current, rr.name)]
         if final:
             return Outcome(Step.ANSWER, records + final)
@@ -644,6 +663,12 @@ class Resolver:
         for (name, rtype), rrs in rrsets.items():
             rdatas = tuple(dict.fromkeys(rr.rdata for rr in rrs))
             self.cache.put(name, rtype, min(rr.ttl for rr in rrs), rdatas, trust, now)
+
+
+def _on_chain(answer: list[RR], chain: list[RR]) -> list[RR]:
+    """The records of ``answer`` in the RRsets (owner, type) of ``chain``."""
+    keys = {(rr.name, rr.rtype) for rr in chain}
+    return [rr for rr in answer if (rr.name, rr.rtype) in keys]
 
 
 def _first(records: list[RR]) -> RR | None:
