@@ -1,0 +1,623 @@
+"""Recursive DNS queries per second: ispd against Unbound, both iterating from the lab's root.
+
+Both resolvers run the same way: alone on 127.0.0.1 (each on a port of its own), one thread
+(Unbound: num-threads 1, no validation, caches of 256 MB + 512 MB; ispd: its [dns] service as
+configured below), resolving from the root hints of the lab hierarchy (tests/lab/dnshier.py: real
+NSD servers from the root down, on 127.55.0.0/16 port 53). dnsperf drives each through three
+workloads, each on a fresh resolver process with an empty cache:
+
+- cache hit: the 500 names h0..h499.bench.test (A), resolved once at a gentle rate to warm the
+  cache, then sent in a loop at saturation (dnsperf keeps --outstanding queries in flight);
+- latency: the same warm names at a fixed 2 000 queries/s; each reply's delay comes from
+  dnsperf's verbose output and gives the median, p99 and maximum;
+- cache miss: names never asked before (m<N>.bench.test, answered by the wildcard *.bench.test),
+  at saturation, so every query costs the resolver one query to the bench.test server (the
+  delegations are cached by the warm-up).
+
+"q/s" is the number of replies per second dnsperf counted; "lost" the queries without a reply
+within its 5 s timeout; "cpu" the share of one core the resolver (all its processes and threads)
+used during the run. On a machine with two cores or more, the resolver is pinned to all cores but
+the last, dnsperf and the NSD servers of the hierarchy to the last one, so the load generator
+and the authoritative side do not steal the resolver's CPU. Needs root (port 53 on 127.55.x.y),
+nsd, unbound and dnsperf (tools/setup --tests --bench installs them). Every process started is
+stopped at exit, also on an error, Ctrl-C or SIGTERM.
+
+    .venv/bin/python bench/dns.py [--quick] [--duration 15] [--only ispd|unbound] [--json out.json]
+                                  [--outstanding 200] [--miss-outstanding 200] [--repeat 1] [--no-pin]
+                                  [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.lab.dnshier import (  # noqa: E402
+    BENCH_NAMES,
+    BENCH_WILDCARD_ADDRESS,
+    DNSHierarchy,
+    Unbound,
+    bench_address,
+    descendants,
+    free_port,
+    query,
+)
+from tests.lab.ports import free_tcp_port  # noqa: E402
+
+ISPD = str(Path(sys.executable).with_name("ispd"))
+DNSPERF = shutil.which("dnsperf") or "/usr/bin/dnsperf"
+BASE = "127.55"
+LATENCY_QPS = 2000
+DNSPERF_TIMEOUT = 5  # dnsperf -t: a query without a reply after this long is lost
+
+ISPD_CONFIG = """\
+[daemon]
+shutdown_grace_seconds = 5
+[store]
+path = "{workdir}/ispd.db"
+[log]
+level = "warning"
+format = "json"
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+[dns]
+enabled = true
+listen = ["127.0.0.1:{port}"]
+root_hints = "{hints}"
+allow = ["127.0.0.0/8"]
+[dns.resolver]
+do_ipv6 = false  # as Unbound's do-ip6: no (the lab has IPv4 servers only)
+"""
+
+
+class ServerFailed(RuntimeError):
+    pass
+
+
+# --- the resolvers
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` and its live descendants, plus what their waited-for
+    children used."""
+    total = 0
+    for p in (pid, *descendants(pid)):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class Resolver:
+    name = ""
+    label = ""
+
+    def __init__(self, hierarchy: DNSHierarchy, workdir: Path, cpus: str | None) -> None:
+        self.hierarchy, self.workdir, self.cpus = hierarchy, workdir, cpus
+        self.port = free_port()
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int:
+        raise NotImplementedError
+
+    def alive(self) -> bool:
+        raise NotImplementedError
+
+    def log_tail(self) -> str:
+        raise NotImplementedError
+
+
+class UnboundResolver(Resolver):
+    name, label = "unbound", "unbound"
+
+    def __init__(self, hierarchy: DNSHierarchy, workdir: Path, cpus: str | None) -> None:
+        super().__init__(hierarchy, workdir, cpus)
+        self.server = Unbound(hierarchy.root_hints_path, workdir, port=self.port, msg_cache="256m",
+                              rrset_cache="512m", cpus=cpus)
+
+    def start(self) -> None:
+        try:
+            self.server.start()
+        except RuntimeError as exc:
+            raise ServerFailed(str(exc)) from None
+        _running.append(self)
+
+    def stop(self) -> None:
+        self.server.stop()
+        if self in _running:
+            _running.remove(self)
+
+    @property
+    def pid(self) -> int:
+        assert self.server.proc is not None
+        return self.server.proc.pid
+
+    def alive(self) -> bool:
+        return self.server.proc is not None and self.server.proc.poll() is None
+
+    def log_tail(self) -> str:
+        return self.server.log_tail()
+
+
+
+class IspdResolver(Resolver):
+    name, label = "ispd", "ispd"
+
+    def __init__(self, hierarchy: DNSHierarchy, workdir: Path, cpus: str | None) -> None:
+        super().__init__(hierarchy, workdir, cpus)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.output = workdir / "ispd.out"
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "ispd.toml"
+        config.write_text(ISPD_CONFIG.format(workdir=self.workdir, metrics_port=free_tcp_port(), port=self.port,
+                                             hints=self.hierarchy.root_hints_path))
+        command = [ISPD, "run", "-c", str(config)]
+        if self.cpus is not None:
+            command = ["taskset", "-c", self.cpus, *command]
+        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        with self.output.open("ab") as out:
+            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=env)
+        _running.append(self)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServerFailed(f"ispd exited ({self.proc.returncode}) while starting:\n{self.log_tail()}")
+            try:  # any reply will do: a DNS listener is up
+                query("127.0.0.1", "localhost.", "A", port=self.port, rd=True, timeout=0.5)
+                return
+            except Exception:
+                time.sleep(0.1)
+        raise ServerFailed(f"ispd did not answer DNS on 127.0.0.1:{self.port} within {timeout:.0f} s:\n"
+                           f"{self.log_tail()}")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self in _running:
+            _running.remove(self)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        if not self.output.exists():
+            return "(no output)"
+        return "\n".join(self.output.read_text(errors="replace").splitlines()[-lines:]) or "(no output)"
+
+
+RESOLVERS: dict[str, type[Resolver]] = {"unbound": UnboundResolver, "ispd": IspdResolver}
+_running: list[Resolver] = []
+
+
+# --- dnsperf
+
+
+@dataclass
+class Run:
+    """One dnsperf run against one resolver."""
+
+    server: str
+    workload: str
+    sent: int = 0
+    completed: int = 0
+    lost: int = 0
+    seconds: float = 0.0
+    qps: float = 0.0
+    rcodes: dict[str, int] = field(default_factory=dict)
+    avg_ms: float = 0.0
+    max_ms: float = 0.0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    server_cpu: float = 0.0  # share of one core
+    dnsperf_cpu: float = 0.0
+    authoritative_cpu: float = 0.0  # the bench.test NSD server's
+    rcvbuf_drops: int = 0  # datagrams the kernel dropped at a full socket buffer (any socket) during the run
+    error: str | None = None
+
+    @property
+    def lost_percent(self) -> float:
+        return 100.0 * self.lost / self.sent if self.sent else 0.0
+
+    @property
+    def noerror_percent(self) -> float:
+        return 100.0 * self.rcodes.get("NOERROR", 0) / self.completed if self.completed else 0.0
+
+
+_FIELDS = {
+    "sent": re.compile(r"Queries sent:\s+(\d+)"),
+    "completed": re.compile(r"Queries completed:\s+(\d+)"),
+    "lost": re.compile(r"Queries lost:\s+(\d+)"),
+    "seconds": re.compile(r"Run time \(s\):\s+([\d.]+)"),
+    "qps": re.compile(r"Queries per second:\s+([\d.]+)"),
+}
+_LATENCY = re.compile(r"Average Latency \(s\):\s+([\d.]+) \(min [\d.]+, max ([\d.]+)\)")
+_RCODES = re.compile(r"Response codes:\s+(.*)")
+_VERBOSE = re.compile(r"^> (\S+) \S+ \S+ ([\d.]+)$", re.M)
+
+
+def parse_dnsperf(text: str, run: Run) -> None:
+    for name, pattern in _FIELDS.items():
+        match = pattern.search(text)
+        if match is None:
+            raise ServerFailed(f"could not read dnsperf's report ({name}):\n{text[-2000:]}")
+        setattr(run, name, type(getattr(run, name))(float(match.group(1))))
+    latency = _LATENCY.search(text)
+    if latency:
+        run.avg_ms, run.max_ms = 1000 * float(latency.group(1)), 1000 * float(latency.group(2))
+    rcodes = _RCODES.search(text)
+    if rcodes:
+        for part in rcodes.group(1).split(","):
+            bits = part.split()
+            if len(bits) >= 2 and bits[1].isdigit():
+                run.rcodes[bits[0]] = int(bits[1])
+
+
+def udp_rcvbuf_errors() -> int:
+    """The UDP RcvbufErrors counter of this network namespace (loopback traffic included)."""
+    lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines() if line.startswith("Udp:")]
+    if len(lines) < 2 or "RcvbufErrors" not in lines[0]:
+        return 0
+    return int(lines[1][lines[0].index("RcvbufErrors")])
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def run_dnsperf(resolver: Resolver, workload: str, datafile: Path, *, duration: float, outstanding: int,
+                clients: int, rate: int | None = None, once: bool = False, verbose: bool = False,
+                cpus: str | None = None) -> Run:
+    run = Run(resolver.name, workload)
+    command = [DNSPERF, "-s", "127.0.0.1", "-p", str(resolver.port), "-d", str(datafile), "-l", f"{duration:g}",
+               "-c", str(clients), "-T", "1", "-q", str(outstanding), "-t", str(DNSPERF_TIMEOUT)]
+    if rate is not None:
+        command += ["-Q", str(rate)]
+    if once:
+        command += ["-n", "1"]
+    if verbose:
+        command.append("-v")
+    if cpus is not None:
+        command = ["taskset", "-c", cpus, *command]
+    out_path = resolver.workdir / f"dnsperf-{workload.replace(' ', '-')}.out"
+    auth_pid = resolver.hierarchy.pid(resolver.hierarchy.address("ns1.bench.test"))
+    auth_before, drops_before = cpu_seconds(auth_pid), udp_rcvbuf_errors()
+    cpu_before, started = cpu_seconds(resolver.pid), time.monotonic()
+    with out_path.open("wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = started + duration + DNSPERF_TIMEOUT + 60
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                break
+            if time.monotonic() > deadline:
+                raise ServerFailed(f"dnsperf did not finish:\n{out_path.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.05)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            proc.wait()
+    elapsed = time.monotonic() - started
+    run.server_cpu = (cpu_seconds(resolver.pid) - cpu_before) / elapsed
+    run.dnsperf_cpu = (usage.ru_utime + usage.ru_stime) / elapsed
+    run.authoritative_cpu = (cpu_seconds(auth_pid) - auth_before) / elapsed
+    run.rcvbuf_drops = udp_rcvbuf_errors() - drops_before
+    text = out_path.read_text(errors="replace")
+    if proc.returncode != 0:
+        raise ServerFailed(f"dnsperf failed ({proc.returncode}):\n{text[-2000:]}")
+    parse_dnsperf(text, run)
+    if verbose:
+        delays = [1000 * float(d) for _, d in _VERBOSE.findall(text)]
+        if delays:
+            run.p50_ms, run.p99_ms = percentile(delays, 0.50), percentile(delays, 0.99)
+        if not once:  # the verbose lines are large: keep only the summary
+            out_path.write_text("\n".join(line for line in text.splitlines() if not line.startswith(">")))
+    if not resolver.alive():
+        raise ServerFailed(f"{resolver.label} exited during the run:\n{resolver.log_tail()}")
+    return run
+
+
+# --- the workloads
+
+
+def write_datafiles(root: Path, miss_names: int) -> tuple[Path, Path]:
+    hits = root / "hits.txt"
+    hits.write_text("".join(f"h{i}.bench.test A\n" for i in range(BENCH_NAMES)))
+    misses = root / "misses.txt"
+    with misses.open("w") as f:
+        for start in range(0, miss_names, 100_000):
+            f.write("".join(f"m{i}.bench.test A\n" for i in range(start, min(miss_names, start + 100_000))))
+    return hits, misses
+
+
+def check_answers(resolver: Resolver) -> None:
+    """The resolver answers the bench names right before it is measured."""
+    for name, expected in (("h7.bench.test", bench_address(7)), ("check.bench.test", BENCH_WILDCARD_ADDRESS)):
+        try:
+            reply = query("127.0.0.1", name, "A", port=resolver.port, rd=True, timeout=5)
+        except Exception as exc:
+            raise ServerFailed(f"{resolver.label} did not answer {name}: {exc}") from None
+        got = [str(rr.rdata) for rr in reply.rr]
+        if got != [expected]:
+            raise ServerFailed(f"{resolver.label} answered {name} with {got} (rcode {reply.header.rcode}), "
+                               f"expected {expected}")
+
+
+def measure(kind: type[Resolver], hierarchy: DNSHierarchy, root: Path, files: tuple[Path, Path],
+            args: argparse.Namespace, cpus: tuple[str | None, str | None]) -> list[Run]:
+    hits, misses = files
+    runs: list[Run] = []
+    for workload in ("cache hit", "latency", "cache miss"):
+        workdir = Path(tempfile.mkdtemp(prefix=f"{kind.name}-{workload.replace(' ', '-')}-", dir=root))
+        resolver = kind(hierarchy, workdir, cpus[0])
+        print(f"  {kind.label}: {workload} ...", end="", flush=True, file=sys.stderr)
+        try:
+            resolver.start()
+            check_answers(resolver)
+            # warm-up: every bench name once, gently (and the delegation to bench.test for the misses)
+            warm = run_dnsperf(resolver, "warm-up", hits, duration=30, outstanding=20, clients=1, rate=5000,
+                               once=True, cpus=cpus[1])
+            if warm.completed < BENCH_NAMES or warm.rcodes.get("NOERROR", 0) < BENCH_NAMES:
+                raise ServerFailed(f"the warm-up got {warm.rcodes} for {BENCH_NAMES} names")
+            if workload == "cache hit":
+                run = run_dnsperf(resolver, workload, hits, duration=args.duration, outstanding=args.outstanding,
+                                  clients=args.clients, cpus=cpus[1])
+            elif workload == "latency":
+                run = run_dnsperf(resolver, workload, hits, duration=args.duration, outstanding=100, clients=1,
+                                  rate=LATENCY_QPS, verbose=True, cpus=cpus[1])
+            else:
+                run = run_dnsperf(resolver, workload, misses, duration=args.duration,
+                                  outstanding=args.miss_outstanding, clients=args.clients, once=True, cpus=cpus[1])
+            print(f" {run.qps:,.0f} q/s, {run.lost_percent:.2f} % lost, {run.noerror_percent:.1f} % NOERROR, "
+                  f"cpu {100 * run.server_cpu:.0f} % (dnsperf {100 * run.dnsperf_cpu:.0f} %, bench.test NSD "
+                  f"{100 * run.authoritative_cpu:.0f} %), {run.rcvbuf_drops:,} datagrams dropped at full socket "
+                  "buffers" + (f", p99 {run.p99_ms:.2f} ms" if run.p99_ms else ""), file=sys.stderr)
+        except ServerFailed as exc:
+            print(" failed", file=sys.stderr)
+            run = Run(kind.name, workload, error=str(exc))
+        finally:
+            resolver.stop()
+            if not args.keep:
+                shutil.rmtree(workdir, ignore_errors=True)
+        runs.append(run)
+        if run.error is not None and workload == "cache hit":
+            break  # it did not even start or answer: the other workloads would fail the same way
+    return runs
+
+
+def better(run: Run, than: Run) -> bool:
+    if run.workload == "latency":
+        return (run.p99_ms or float("inf")) < (than.p99_ms or float("inf"))
+    return run.qps > than.qps
+
+
+# --- the report
+
+
+def unbound_version() -> str:
+    result = subprocess.run(["unbound", "-V"], check=False, capture_output=True, text=True)
+    first = result.stdout.splitlines()[0] if result.stdout else "?"
+    return "unbound " + first.removeprefix("Version ")
+
+
+def machine_summary() -> str:
+    cores = os.cpu_count() or 1
+    model = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{cores} cores ({model}), {len(os.sched_getaffinity(0))} usable"
+
+
+def fmt_run(run: Run | None, latency: bool) -> str:
+    if run is None:
+        return f"{'':>9} {'':>6} {'':>5} {'':>20}"
+    if run.error is not None:
+        return f"{'failed':>9} {'':>6} {'':>5} {'':>20}"
+    if latency:
+        figures = f"{run.p50_ms or 0:.2f}/{run.p99_ms or 0:.2f}/{run.max_ms:.1f}"
+    else:
+        figures = f"{run.avg_ms:.2f}/{run.max_ms:.1f}"
+    return f"{run.qps:>9,.0f} {run.lost_percent:>5.2f}% {100 * run.server_cpu:>4.0f}% {figures:>20}"
+
+
+def print_table(names: list[str], results: dict[tuple[str, str], Run]) -> None:
+    width = len(fmt_run(None, False))
+    head = f"{'workload':<12}  " + "  ".join(f"{RESOLVERS[n].label:-^{width}}" for n in names)
+    sub = f"{'':<12}  " + "  ".join(f"{'q/s':>9} {'lost':>6} {'cpu':>5} {'latency ms':>20}" for _ in names)
+    if len(names) == 2:
+        head += f"  {'':>12}"
+        sub += f"  {'ispd/unbound':>12}"
+    head += f"  {'dnsperf':>7}"
+    sub += f"  {'cpu':>7}"
+    print(head)
+    print(sub)
+    for workload in ("cache hit", "cache miss", "latency"):
+        runs = [results.get((n, workload)) for n in names]
+        line = f"{workload:<12}  " + "  ".join(fmt_run(r, workload == "latency") for r in runs)
+        if len(names) == 2:
+            ispd, unbound = results.get(("ispd", workload)), results.get(("unbound", workload))
+            if workload != "latency" and ispd and unbound and ispd.error is None and unbound.error is None \
+                    and unbound.qps:
+                line += f"  {ispd.qps / unbound.qps:>11.2f}x"
+            elif workload == "latency" and ispd and unbound and ispd.p99_ms and unbound.p99_ms:
+                line += f"  {'p99 ' + format(ispd.p99_ms / unbound.p99_ms, '.2f') + 'x':>12}"
+            else:
+                line += f"  {'':>12}"
+        gen = max((r.dnsperf_cpu for r in runs if r is not None and r.error is None), default=0.0)
+        line += f"  {100 * gen:>6.0f}%"
+        print(line)
+    print(f"latency ms: avg/max at saturation; p50/p99/max at a fixed {LATENCY_QPS:,} q/s of cache hits")
+
+
+# --- running it all
+
+
+def stop_all() -> None:
+    for resolver in list(_running):
+        resolver.stop()
+
+
+def _raise_exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def preflight(names: list[str]) -> None:
+    problems = []
+    if os.geteuid() != 0:
+        problems.append("needs root (port 53 on 127.55.x.y)")
+    for tool in ("nsd", "taskset", DNSPERF):
+        if shutil.which(tool) is None:
+            problems.append(f"{tool} not found")
+    if "unbound" in names and shutil.which("unbound") is None:
+        problems.append("unbound not found")
+    if "ispd" in names and not Path(ISPD).exists():
+        problems.append(f"{ISPD} not found (run with the project's .venv/bin/python)")
+    if problems:
+        sys.exit("bench/dns.py: " + "; ".join(problems) + " — tools/setup --tests --bench installs the tools")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=15, help="seconds per run (default: %(default)s)")
+    parser.add_argument("--only", choices=sorted(RESOLVERS), help="measure one resolver only")
+    parser.add_argument("--quick", action="store_true", help="5 s per run")
+    parser.add_argument("--outstanding", type=int, default=200,
+                        help="dnsperf -q for cache hits: queries in flight (default: %(default)s)")
+    parser.add_argument("--miss-outstanding", type=int, default=200,
+                        help="dnsperf -q for cache misses (default: %(default)s)")
+    parser.add_argument("--clients", type=int, default=8,
+                        help="dnsperf -c: source ports dnsperf spreads its queries over (default: %(default)s)")
+    parser.add_argument("--miss-names", type=int, default=0,
+                        help="unique names in the cache-miss file (default: 100 000 per second of --duration)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds over every run; each keeps its best round (default: %(default)s)")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin dnsperf and the resolver to cores")
+    parser.add_argument("--base", default=BASE, help="the lab hierarchy's addresses (default: %(default)s.0.0/16)")
+    parser.add_argument("--keep", action="store_true", help="keep each run's directory (configs, logs, output)")
+    parser.add_argument("--json", type=Path, help="also write every run's figures to this file")
+    args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    if args.quick:
+        args.duration, args.repeat = 5, 1
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    miss_names = args.miss_names or int(100_000 * args.duration)
+    names = [args.only] if args.only else ["ispd", "unbound"]
+    preflight(names)
+
+    usable = sorted(os.sched_getaffinity(0))
+    if args.no_pin or len(usable) < 2:
+        cpus: tuple[str | None, str | None] = (None, None)
+        pinning = "not pinned"
+    else:
+        server_cpus = ",".join(map(str, usable[:-1]))
+        cpus = (server_cpus, str(usable[-1]))
+        pinning = f"resolver on cpu {server_cpus}, dnsperf and the NSD servers on cpu {usable[-1]}"
+
+    atexit.register(stop_all)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_exit)
+
+    root = Path(tempfile.mkdtemp(prefix="ispd-bench-dns-"))
+    hierarchy = DNSHierarchy(args.base, root / "hierarchy", cpus=cpus[1])
+    results: dict[tuple[str, str], Run] = {}
+    try:
+        files = write_datafiles(root, miss_names)
+        hierarchy.start()
+        print("Recursive DNS: ispd vs unbound, iterating from the lab's root (NSD servers on "
+              f"{args.base}.0.0/16), driven by dnsperf")
+        load = os.getloadavg()[0]
+        print(f"machine: {machine_summary()}; {pinning}; load average {load:.2f} at start"
+              + (" (busy: expect noise)" if load > 0.5 else ""))
+        if "unbound" in names:
+            print(f"{unbound_version()}: num-threads 1, iterator only (no validation), msg-cache 256m, "
+                  "rrset-cache 512m")
+        print(f"dnsperf: {args.duration:g} s per run, best of {args.repeat}, {args.clients} sockets, "
+              f"{args.outstanding} queries in flight (cache hit), {args.miss_outstanding} (cache miss); "
+              "fresh resolver per run")
+        print()
+        failed: dict[str, str] = {}
+        # Rounds, each over both resolvers in turn, so a burst of load from elsewhere on the
+        # machine hits one round's run, not all of one resolver's; each run keeps its best round.
+        for round_ in range(1, args.repeat + 1):
+            if args.repeat > 1:
+                print(f"round {round_}/{args.repeat}", file=sys.stderr)
+            for name in names:
+                if name in failed:
+                    continue
+                for run in measure(RESOLVERS[name], hierarchy, root, files, args, cpus):
+                    best = results.get((name, run.workload))
+                    if run.error is not None:
+                        failed.setdefault(name, run.error)
+                        results.setdefault((name, run.workload), run)
+                    elif best is None or best.error is not None or better(run, best):
+                        results[(name, run.workload)] = run
+        print()
+        print_table(names, results)
+        measured = [r for r in results.values() if r.error is None]
+        if any(r.dnsperf_cpu > 0.85 for r in measured):
+            print("note: dnsperf used more than 85 % of its core in some runs; there it limits the figures too")
+        if any(r.noerror_percent < 99 for r in measured):
+            print("note: some runs had more than 1 % of replies other than NOERROR (see --json)")
+        for name, error in failed.items():
+            print(f"\n{RESOLVERS[name].label} failed:\n{error}")
+            if name == "ispd":
+                print("(ispd's DNS service needs [dns] enabled and answering on the configured listen address)")
+        if args.json:
+            args.json.write_text(json.dumps(
+                [{**asdict(r), "lost_percent": r.lost_percent, "noerror_percent": r.noerror_percent}
+                 for r in results.values()], indent=1))
+    finally:
+        stop_all()
+        hierarchy.stop()
+        if args.keep:
+            print(f"kept: {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit("interrupted")

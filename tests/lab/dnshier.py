@@ -1,0 +1,1147 @@
+"""A DNS hierarchy on loopback: real authoritative servers from the root down, for the resolver.
+
+Every server of the hierarchy is its own NSD process (NSD serves each zone it has on each address
+it listens on, so one process per address keeps the servers apart), run in the foreground (``-d``)
+with a private config in a temporary directory, on port 53 of an address in ``<base>.0.0/16``
+(base "127.53" by default; another base lets two hierarchies run at once). Delegations cannot name
+ports, so port 53 it is, and the tests run as root. Answers hand out addresses from the ranges
+reserved for tests only: 198.18.0.0/15 and 2001:db8::/32.
+
+The tree (offsets from the base; "BH" is a ``Blackhole``, "--" an address where nothing listens):
+
+    .                     a.root-servers.test .0.1, b.root-servers.test .0.2
+    test.                 ns1.nic.test .1.1, ns2.nic.test .1.2 (glue in the root)
+      example-a.test      ns1/ns2.example-a.test .10.1/.10.2 (glue)
+        sub.example-a.test  ns.sub.example-a.test .10.3 (glue in example-a.test)
+      oob.test            ns-oob.example-b.example .12.1 (no glue: another TLD)
+      lame.test           ns1.lame.test .13.1 (NSD without the zone: REFUSED), ns2.lame.test .13.2
+      dead.test           ns1 .14.1 BH, ns2 .14.2 --, ns3 .14.3 live
+      alldead.test        ns1 .15.1 BH, ns2 .15.2 --
+      bench.test          ns1.bench.test .16.1 (wildcard + h0..h499, for bench/dns.py)
+      stale.test          ns1.stale.test .17.1 (short TTLs; stop it for serve-stale tests)
+      rogue.test          ns1.rogue.test .20.1 (nothing, until a test starts a RogueServer there)
+    example.              ns1.nic.example .2.1, ns2.nic.example .2.2 (glue in the root)
+      example-b.example   ns1.example-b.example .11.1 (glue)
+    arpa.                 ns.arpa-servers.test .3.1 (no glue: the name lives in test.)
+      in-addr.arpa        ns.in-addr.arpa .3.2 (glue)
+        18.198.in-addr.arpa  ns.18.198.in-addr.arpa .3.3 (glue; 198.in-addr.arpa is an empty
+                             non-terminal of in-addr.arpa)
+
+``expectations()`` (also ``DNSHierarchy.expectations`` and ``.expect(name, type)``) lists every
+case a resolver must handle, with the answer a correct recursive resolver gives (checked against
+Unbound by tests/dns/test_lab_hierarchy.py); ``Expectation.problems()`` checks a ``dig()`` result.
+
+Also here: ``RogueServer`` (a scriptable UDP/TCP server for anti-spoofing tests), ``Blackhole``
+(binds :53 and never answers), ``Unbound`` (the reference resolver, for tests and the benchmark)
+and ``dig()``. ``python -m tests.lab.dnshier serve [--base 127.53] [--hints PATH]`` runs the
+hierarchy until Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import functools
+import ipaddress
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dnslib
+
+DEFAULT_BASE = "127.53"
+NSD = shutil.which("nsd") or "/usr/sbin/nsd"
+UNBOUND = shutil.which("unbound") or "/usr/sbin/unbound"
+DIG = shutil.which("dig") or "/usr/bin/dig"
+
+SERIAL = 2024010101
+NEGATIVE_TTL = 300
+BENCH_NAMES = 500  # h0.bench.test .. h499.bench.test
+BIG_TXT_STRINGS = 10  # 10 strings of 200 characters: about 2.1 kB, more than an EDNS UDP answer's 1232
+LONG_CHAIN = 14  # long1 -> long2 -> ... -> long14 -> www: 14 CNAMEs, more than a resolver's usual 12
+
+
+# --- servers
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSpec:
+    """One address of the hierarchy. ``kind``: "nsd" (serves ``zones``; none: REFUSED to all),
+    "blackhole" (binds UDP and TCP :53, never answers), "none" (nothing listens), "rogue"
+    (nothing by default; the address a test gives its ``RogueServer``)."""
+
+    key: str
+    hosts: tuple[str, ...]  # the NS names that point at this address
+    offset: str  # the last two octets; the address is f"{base}.{offset}"
+    kind: str
+    zones: tuple[str, ...] = ()
+
+
+SERVERS: tuple[ServerSpec, ...] = (
+    ServerSpec("root-a", ("a.root-servers.test.",), "0.1", "nsd", (".",)),
+    ServerSpec("root-b", ("b.root-servers.test.",), "0.2", "nsd", (".",)),
+    ServerSpec("test-1", ("ns1.nic.test.",), "1.1", "nsd", ("test.",)),
+    ServerSpec("test-2", ("ns2.nic.test.",), "1.2", "nsd", ("test.",)),
+    ServerSpec("example-1", ("ns1.nic.example.",), "2.1", "nsd", ("example.",)),
+    ServerSpec("example-2", ("ns2.nic.example.",), "2.2", "nsd", ("example.",)),
+    ServerSpec("arpa", ("ns.arpa-servers.test.",), "3.1", "nsd", ("arpa.",)),
+    ServerSpec("in-addr", ("ns.in-addr.arpa.",), "3.2", "nsd", ("in-addr.arpa.",)),
+    ServerSpec("rev-198-18", ("ns.18.198.in-addr.arpa.",), "3.3", "nsd", ("18.198.in-addr.arpa.",)),
+    ServerSpec("example-a-1", ("ns1.example-a.test.",), "10.1", "nsd", ("example-a.test.",)),
+    ServerSpec("example-a-2", ("ns2.example-a.test.",), "10.2", "nsd", ("example-a.test.",)),
+    ServerSpec("sub", ("ns.sub.example-a.test.",), "10.3", "nsd", ("sub.example-a.test.",)),
+    ServerSpec("example-b", ("ns1.example-b.example.",), "11.1", "nsd", ("example-b.example.",)),
+    ServerSpec("oob", ("ns-oob.example-b.example.",), "12.1", "nsd", ("oob.test.",)),
+    ServerSpec("lame-1", ("ns1.lame.test.",), "13.1", "nsd", ()),
+    ServerSpec("lame-2", ("ns2.lame.test.",), "13.2", "nsd", ("lame.test.",)),
+    ServerSpec("dead-1", ("ns1.dead.test.",), "14.1", "blackhole"),
+    ServerSpec("dead-2", ("ns2.dead.test.",), "14.2", "none"),
+    ServerSpec("dead-3", ("ns3.dead.test.",), "14.3", "nsd", ("dead.test.",)),
+    ServerSpec("alldead-1", ("ns1.alldead.test.",), "15.1", "blackhole"),
+    ServerSpec("alldead-2", ("ns2.alldead.test.",), "15.2", "none"),
+    ServerSpec("bench", ("ns1.bench.test.",), "16.1", "nsd", ("bench.test.",)),
+    ServerSpec("stale", ("ns1.stale.test.",), "17.1", "nsd", ("stale.test.",)),
+    ServerSpec("rogue", ("ns1.rogue.test.",), "20.1", "rogue"),
+    # no NS points here: a second address for a RogueServer's forged sources
+    ServerSpec("rogue-spare", (), "20.2", "rogue"),
+)
+
+
+# --- zones
+
+
+def big_txt_strings() -> list[str]:
+    """The strings of big.example-a.test TXT, one per record."""
+    return [f"big-{i:02d}-" + "abcdefghij" * 19 + "abcd" for i in range(BIG_TXT_STRINGS)]
+
+
+def bench_address(i: int) -> str:
+    """The address of h<i>.bench.test."""
+    return f"198.18.{128 + i // 256}.{i % 256}"
+
+
+BENCH_WILDCARD_ADDRESS = "198.18.127.1"
+
+
+def _soa(primary: str, origin: str) -> str:
+    mbox = "hostmaster." + (origin if origin != "." else "nic.test.")
+    return f"@ 3600 IN SOA {primary} {mbox} {SERIAL} 3600 900 604800 {NEGATIVE_TTL}"
+
+
+def _long_chain(zone: str) -> list[str]:
+    """long1..long14 alternate between example-a.test (odd) and example-b.example (even), so a
+    resolver must ask again for each hop; the last points at www.example-a.test."""
+    lines = []
+    for i in range(1, LONG_CHAIN + 1):
+        here = "example-a.test." if i % 2 else "example-b.example."
+        if here != zone:
+            continue
+        target = (f"long{i + 1}." + ("example-b.example." if i % 2 else "example-a.test.")
+                  if i < LONG_CHAIN else "www.example-a.test.")
+        lines.append(f"long{i} CNAME {target}")
+    return lines
+
+
+def zone_texts(base: str = DEFAULT_BASE) -> dict[str, str]:
+    """Zone origin -> zone file text, for the hierarchy at ``base``."""
+    a = {host: f"{base}.{s.offset}" for s in SERVERS for host in s.hosts}
+    zones: dict[str, str] = {}
+
+    zones["."] = "\n".join([
+        "$ORIGIN .", "$TTL 86400", _soa("a.root-servers.test.", "."),
+        ". 518400 IN NS a.root-servers.test.", ". 518400 IN NS b.root-servers.test.",
+        # glue for the root servers, under the delegation of test.
+        f"a.root-servers.test. 518400 IN A {a['a.root-servers.test.']}",
+        f"b.root-servers.test. 518400 IN A {a['b.root-servers.test.']}",
+        "test. 172800 IN NS ns1.nic.test.", "test. 172800 IN NS ns2.nic.test.",
+        f"ns1.nic.test. 172800 IN A {a['ns1.nic.test.']}", f"ns2.nic.test. 172800 IN A {a['ns2.nic.test.']}",
+        "example. 172800 IN NS ns1.nic.example.", "example. 172800 IN NS ns2.nic.example.",
+        f"ns1.nic.example. 172800 IN A {a['ns1.nic.example.']}",
+        f"ns2.nic.example. 172800 IN A {a['ns2.nic.example.']}",
+        # out of bailiwick and no glue: the resolver resolves ns.arpa-servers.test itself
+        "arpa. 172800 IN NS ns.arpa-servers.test.",
+    ])
+
+    test_lines = ["$ORIGIN test.", "$TTL 3600", _soa("ns1.nic.test.", "test."),
+                  "@ 172800 IN NS ns1.nic.test.", "@ 172800 IN NS ns2.nic.test."]
+    for host in ("ns1.nic.test.", "ns2.nic.test.", "a.root-servers.test.", "b.root-servers.test.",
+                 "ns.arpa-servers.test."):
+        test_lines.append(f"{host} IN A {a[host]}")
+    for child in ("example-a", "oob", "lame", "dead", "alldead", "bench", "stale", "rogue"):
+        zone = f"{child}.test."
+        hosts = ["ns-oob.example-b.example."] if child == "oob" else sorted(
+            h for s in SERVERS for h in s.hosts if h.endswith("." + zone) and h.count(".") == zone.count(".") + 1)
+        for host in hosts:
+            test_lines.append(f"{zone} IN NS {host}")
+            if host.endswith("." + zone):
+                test_lines.append(f"{host} IN A {a[host]}")
+    zones["test."] = "\n".join(test_lines)
+
+    zones["example."] = "\n".join([
+        "$ORIGIN example.", "$TTL 3600", _soa("ns1.nic.example.", "example."),
+        "@ 172800 IN NS ns1.nic.example.", "@ 172800 IN NS ns2.nic.example.",
+        f"ns1.nic IN A {a['ns1.nic.example.']}", f"ns2.nic IN A {a['ns2.nic.example.']}",
+        "example-b IN NS ns1.example-b.example.",
+        f"ns1.example-b IN A {a['ns1.example-b.example.']}",
+    ])
+
+    zones["arpa."] = "\n".join([
+        "$ORIGIN arpa.", "$TTL 3600", _soa("ns.arpa-servers.test.", "arpa."),
+        "@ IN NS ns.arpa-servers.test.",
+        "in-addr IN NS ns.in-addr.arpa.", f"ns.in-addr IN A {a['ns.in-addr.arpa.']}",
+    ])
+    zones["in-addr.arpa."] = "\n".join([
+        "$ORIGIN in-addr.arpa.", "$TTL 3600", _soa("ns.in-addr.arpa.", "in-addr.arpa."),
+        "@ IN NS ns.in-addr.arpa.", f"ns IN A {a['ns.in-addr.arpa.']}",
+        "18.198 IN NS ns.18.198.in-addr.arpa.", f"ns.18.198 IN A {a['ns.18.198.in-addr.arpa.']}",
+    ])
+    zones["18.198.in-addr.arpa."] = "\n".join([
+        "$ORIGIN 18.198.in-addr.arpa.", "$TTL 3600", _soa("ns.18.198.in-addr.arpa.", "18.198.in-addr.arpa."),
+        "@ IN NS ns.18.198.in-addr.arpa.", f"ns IN A {a['ns.18.198.in-addr.arpa.']}",
+        "1.1 IN PTR www.example-a.test.", "4.1 IN PTR v4only.example-a.test.",
+        "25.1 IN PTR mail.example-a.test.", "1.3 IN PTR www.example-b.example.",
+    ])
+
+    zones["example-a.test."] = "\n".join([
+        "$ORIGIN example-a.test.", "$TTL 3600", _soa("ns1.example-a.test.", "example-a.test."),
+        "@ IN NS ns1.example-a.test.", "@ IN NS ns2.example-a.test.",
+        f"ns1 IN A {a['ns1.example-a.test.']}", f"ns2 IN A {a['ns2.example-a.test.']}",
+        "@ IN MX 10 mail.example-a.test.", '@ IN TXT "v=spf1 mx -all"',
+        "mail IN A 198.18.1.25",
+        "www IN A 198.18.1.1", "www IN AAAA 2001:db8:1::1",
+        'txt IN TXT "hello from example-a"',
+        "v4only IN A 198.18.1.4",
+        "ttl2 2 IN A 198.18.1.2",
+        "alias IN CNAME www",
+        "chain1 IN CNAME chain2", "chain2 IN CNAME chain3", "chain3 IN CNAME www",
+        "cross IN CNAME www.example-b.example.",
+        "dname IN DNAME example-b.example.",
+        "loop1 IN CNAME loop2", "loop2 IN CNAME loop1",
+        *_long_chain("example-a.test."),
+        "*.wild IN A 198.18.1.42", '*.wild IN TXT "wildcard"',
+        "x.y IN A 198.18.1.50",  # y.example-a.test: an empty non-terminal
+        *(f'big IN TXT "{s}"' for s in big_txt_strings()),
+        "sub IN NS ns.sub.example-a.test.", f"ns.sub IN A {a['ns.sub.example-a.test.']}",
+    ])
+    zones["sub.example-a.test."] = "\n".join([
+        "$ORIGIN sub.example-a.test.", "$TTL 3600", _soa("ns.sub.example-a.test.", "sub.example-a.test."),
+        "@ IN NS ns.sub.example-a.test.", f"ns IN A {a['ns.sub.example-a.test.']}",
+        "www IN A 198.18.2.1",
+    ])
+    zones["example-b.example."] = "\n".join([
+        "$ORIGIN example-b.example.", "$TTL 3600", _soa("ns1.example-b.example.", "example-b.example."),
+        "@ IN NS ns1.example-b.example.", f"ns1 IN A {a['ns1.example-b.example.']}",
+        f"ns-oob IN A {a['ns-oob.example-b.example.']}",
+        "www IN A 198.18.3.1", "www IN AAAA 2001:db8:3::1",
+        *_long_chain("example-b.example."),
+    ])
+    zones["oob.test."] = "\n".join([
+        "$ORIGIN oob.test.", "$TTL 3600", _soa("ns-oob.example-b.example.", "oob.test."),
+        "@ IN NS ns-oob.example-b.example.", "www IN A 198.18.4.1",
+    ])
+    zones["lame.test."] = "\n".join([
+        "$ORIGIN lame.test.", "$TTL 3600", _soa("ns2.lame.test.", "lame.test."),
+        "@ IN NS ns1.lame.test.", "@ IN NS ns2.lame.test.",
+        f"ns1 IN A {a['ns1.lame.test.']}", f"ns2 IN A {a['ns2.lame.test.']}",
+        "www IN A 198.18.5.1",
+    ])
+    zones["dead.test."] = "\n".join([
+        "$ORIGIN dead.test.", "$TTL 3600", _soa("ns3.dead.test.", "dead.test."),
+        *(f"@ IN NS ns{i}.dead.test." for i in (1, 2, 3)),
+        *(f"ns{i} IN A {a[f'ns{i}.dead.test.']}" for i in (1, 2, 3)),
+        "www IN A 198.18.6.1",
+    ])
+    zones["bench.test."] = "\n".join([
+        "$ORIGIN bench.test.", "$TTL 3600", _soa("ns1.bench.test.", "bench.test."),
+        "@ IN NS ns1.bench.test.", f"ns1 IN A {a['ns1.bench.test.']}",
+        f"* IN A {BENCH_WILDCARD_ADDRESS}",
+        *(f"h{i} IN A {bench_address(i)}" for i in range(BENCH_NAMES)),
+    ])
+    zones["stale.test."] = "\n".join([
+        "$ORIGIN stale.test.", "$TTL 3600", _soa("ns1.stale.test.", "stale.test."),
+        "@ IN NS ns1.stale.test.", f"ns1 IN A {a['ns1.stale.test.']}",
+        "www 2 IN A 198.18.7.1", "ttl30 30 IN A 198.18.7.30", "long IN A 198.18.7.2",
+    ])
+    return {origin: text + "\n" for origin, text in zones.items()}
+
+
+# --- what a correct resolver answers
+
+
+@dataclass(frozen=True, slots=True)
+class Expectation:
+    """A question and what a recursive resolver answers it with.
+
+    ``chain``: the names the answer aliases through after the question's name (CNAME targets,
+    or what a DNAME synthesises), in order; the final RRset's owner is ``chain[-1]`` (or the
+    question's name). ``answer``: the final RRset's rdata in presentation form (empty: NODATA or
+    an error). ``tcp``: the answer does not fit a 1232-byte UDP reply (TC set; TCP gives it all).
+    ``max_ttl``: the final RRset's TTL as published (a cache only counts down from it)."""
+
+    case: str
+    qname: str
+    qtype: str
+    rcode: str = "NOERROR"
+    answer: frozenset[str] = frozenset()
+    chain: tuple[str, ...] = ()
+    tcp: bool = False
+    max_ttl: int | None = None
+
+    @property
+    def final_name(self) -> str:
+        return self.chain[-1] if self.chain else self.qname
+
+    def problems(self, result: DigResult) -> list[str]:
+        """What in ``result`` differs from this expectation (an empty list: all is well)."""
+        found: list[str] = []
+        if result.status != self.rcode:
+            found.append(f"status {result.status}, expected {self.rcode}")
+        if self.rcode == "SERVFAIL":
+            return found
+        aliases = {r.owner: r.rdata for r in result.answer if r.type == "CNAME"}
+        name, path = self.qname, list[str]()
+        while name in aliases and len(path) < 20:
+            name = aliases[name]
+            path.append(name)
+        if tuple(path) != self.chain:
+            found.append(f"alias chain {path}, expected {list(self.chain)}")
+        final = {r.rdata for r in result.answer if r.owner == self.final_name and r.type == self.qtype}
+        if final != set(self.answer):
+            found.append(f"{self.final_name} {self.qtype} {sorted(final)}, expected {sorted(self.answer)}")
+        if self.max_ttl is not None:
+            ttls = [r.ttl for r in result.answer if r.owner == self.final_name and r.type == self.qtype]
+            if any(t > self.max_ttl for t in ttls):
+                found.append(f"TTL {max(ttls)} above the published {self.max_ttl}")
+        return found
+
+
+def _e(case: str, qname: str, qtype: str, answer: Iterable[str] = (), *, rcode: str = "NOERROR",
+       chain: Sequence[str] = (), tcp: bool = False, max_ttl: int | None = None) -> Expectation:
+    return Expectation(case, qname, qtype, rcode, frozenset(answer), tuple(chain), tcp, max_ttl)
+
+
+def expectations(base: str = DEFAULT_BASE) -> tuple[Expectation, ...]:
+    """Every case, as a correct recursive resolver answers it (checked against Unbound by
+    tests/dns/test_lab_hierarchy.py). Only ``ns1.nic.test`` depends on ``base``."""
+    www_a = ["198.18.1.1"]
+    long_chain = [f"long{i}." + ("example-a.test." if i % 2 else "example-b.example.")
+                  for i in range(2, LONG_CHAIN + 1)] + ["www.example-a.test."]
+    return (
+        _e("answer A", "www.example-a.test.", "A", www_a, max_ttl=3600),
+        _e("answer AAAA", "www.example-a.test.", "AAAA", ["2001:db8:1::1"]),
+        _e("MX at the apex", "example-a.test.", "MX", ["10 mail.example-a.test."]),
+        _e("TXT", "txt.example-a.test.", "TXT", ['"hello from example-a"']),
+        _e("NODATA (A only)", "v4only.example-a.test.", "AAAA"),
+        _e("NXDOMAIN", "nope.example-a.test.", "A", rcode="NXDOMAIN"),
+        _e("NXDOMAIN in a TLD", "nope.test.", "A", rcode="NXDOMAIN"),
+        _e("NXDOMAIN at the root", "www.no-such-tld.", "A", rcode="NXDOMAIN"),
+        _e("short TTL", "ttl2.example-a.test.", "A", ["198.18.1.2"], max_ttl=2),
+        _e("CNAME", "alias.example-a.test.", "A", www_a, chain=["www.example-a.test."]),
+        _e("CNAME chain of 3", "chain1.example-a.test.", "A", www_a,
+           chain=["chain2.example-a.test.", "chain3.example-a.test.", "www.example-a.test."]),
+        _e("CNAME into another zone", "cross.example-a.test.", "A", ["198.18.3.1"],
+           chain=["www.example-b.example."]),
+        _e("DNAME", "www.dname.example-a.test.", "A", ["198.18.3.1"], chain=["www.example-b.example."]),
+        _e("DNAME to NXDOMAIN", "nope.dname.example-a.test.", "A", rcode="NXDOMAIN",
+           chain=["nope.example-b.example."]),
+        _e("CNAME loop", "loop1.example-a.test.", "A", rcode="SERVFAIL"),
+        _e(f"CNAME chain of {LONG_CHAIN} across zones", "long1.example-a.test.", "A", rcode="SERVFAIL",
+           chain=long_chain),
+        _e("wildcard", "foo.wild.example-a.test.", "A", ["198.18.1.42"]),
+        _e("wildcard, two labels", "a.b.wild.example-a.test.", "TXT", ['"wildcard"']),
+        _e("empty non-terminal: NODATA", "y.example-a.test.", "A"),
+        _e("below the empty non-terminal", "x.y.example-a.test.", "A", ["198.18.1.50"]),
+        _e("TXT too big for UDP", "big.example-a.test.", "TXT", [f'"{s}"' for s in big_txt_strings()], tcp=True),
+        _e("in-zone delegation with glue", "www.sub.example-a.test.", "A", ["198.18.2.1"]),
+        _e("another TLD", "www.example-b.example.", "A", ["198.18.3.1"]),
+        _e("NS name out of bailiwick, no glue", "www.oob.test.", "A", ["198.18.4.1"]),
+        _e("one NS REFUSED (lame)", "www.lame.test.", "A", ["198.18.5.1"]),
+        _e("one NS silent, one unreachable, one live", "www.dead.test.", "A", ["198.18.6.1"]),
+        _e("every NS silent or unreachable", "www.alldead.test.", "A", rcode="SERVFAIL"),
+        _e("PTR", "1.1.18.198.in-addr.arpa.", "PTR", ["www.example-a.test."]),
+        _e("PTR NXDOMAIN", "9.9.18.198.in-addr.arpa.", "PTR", rcode="NXDOMAIN"),
+        _e("bench name", "h1.bench.test.", "A", [bench_address(1)]),
+        _e("bench wildcard", "u1.bench.test.", "A", [BENCH_WILDCARD_ADDRESS]),
+        _e("stale-test name", "www.stale.test.", "A", ["198.18.7.1"], max_ttl=2),
+        _e("TLD server address", "ns1.nic.test.", "A", [f"{base}.1.1"]),
+    )
+
+
+# --- dig
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    owner: str
+    ttl: int
+    type: str
+    rdata: str
+
+
+@dataclass(frozen=True, slots=True)
+class DigResult:
+    status: str  # NOERROR, NXDOMAIN, SERVFAIL, REFUSED, ... or "TIMEOUT"
+    flags: frozenset[str]  # qr, aa, tc, rd, ra
+    answer: tuple[Record, ...]
+    authority: tuple[Record, ...]
+    additional: tuple[Record, ...]
+    text: str
+
+
+_HEADER = re.compile(r"status: ([A-Z]+)")
+_FLAGS = re.compile(r";; flags: ([a-z ]*);")
+
+
+def _records(lines: list[str]) -> tuple[Record, ...]:
+    records = []
+    for line in lines:
+        parts = line.split(None, 4)
+        if len(parts) == 5 and parts[2] == "IN":
+            records.append(Record(parts[0].lower(), int(parts[1]), parts[3], parts[4]))
+    return tuple(records)
+
+
+def dig(server: str, qname: str, qtype: str = "A", *options: str, port: int = 53, timeout: float = 5.0,
+        tries: int = 1) -> DigResult:
+    """One query with dig (``options`` such as "+norec", "+tcp", "+ignore"), parsed."""
+    command = [DIG, f"@{server}", "-p", str(port), qname, qtype, f"+time={max(1, round(timeout))}",
+               f"+tries={tries}", "+nocmd", "+nostats", "+noquestion", *options]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout * tries + 10, check=False)
+    text = result.stdout
+    status = _HEADER.search(text)
+    flags = _FLAGS.search(text)
+    sections: dict[str, list[str]] = {"ANSWER": [], "AUTHORITY": [], "ADDITIONAL": []}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        heading = re.match(r";; (ANSWER|AUTHORITY|ADDITIONAL) SECTION:", line)
+        if heading:
+            current = sections[heading.group(1)]
+        elif not line.strip() or line.startswith(";"):
+            current = None if not line.strip() else current
+        elif current is not None:
+            current.append(line)
+    return DigResult(status.group(1) if status else "TIMEOUT",
+                     frozenset(flags.group(1).split()) if flags else frozenset(),
+                     _records(sections["ANSWER"]), _records(sections["AUTHORITY"]),
+                     _records(sections["ADDITIONAL"]), text + result.stderr)
+
+
+def query(server: str, qname: str, qtype: str = "A", *, port: int = 53, tcp: bool = False, rd: bool = False,
+          timeout: float = 2.0) -> dnslib.DNSRecord:
+    """One query with dnslib, without dig (raises on timeout: ``socket.timeout``)."""
+    request = dnslib.DNSRecord.question(qname, qtype)
+    request.header.rd = int(rd)
+    return dnslib.DNSRecord.parse(request.send(server, port, tcp=tcp, timeout=timeout))
+
+
+def _answers(server: str, qname: str, qtype: str, port: int = 53, timeout: float = 0.3) -> bool:
+    with contextlib.suppress(OSError, dnslib.DNSError):
+        query(server, qname, qtype, port=port, timeout=timeout)
+        return True
+    return False
+
+
+# --- processes
+
+
+_prctl: Callable[..., int] | None
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not in the forked child
+except (OSError, AttributeError):
+    _prctl = None
+
+
+def _death_signal() -> Callable[[], None] | None:
+    """The death signal follows the thread that forks, not the process: only the main thread's
+    children get one (a server started from a worker thread would die with that thread)."""
+    return _die_with_parent if threading.current_thread() is threading.main_thread() else None
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the process that started it dies, so a test
+    run killed outright does not leave name servers behind. Only a call into libc happens
+    between fork and exec (no import, no allocation by Python), which is safe with threads."""
+    if _prctl is not None:
+        _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (children, their children, ...), alive right now."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{parent}/task"):
+                with contextlib.suppress(OSError):
+                    children = [int(c) for c in Path(f"/proc/{parent}/task/{task}/children").read_text().split()]
+                    found.extend(children)
+                    todo.extend(children)
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
+def _terminate(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM, then wait for the process and for the children it forked (NSD's xfrd and server
+    processes outlive their parent by a moment, still holding the port)."""
+    if proc.poll() is None:
+        children = descendants(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        deadline = time.monotonic() + timeout
+        while children and time.monotonic() < deadline:
+            children = [c for c in children if not _gone(c)]
+            time.sleep(0.01)
+        for child in children:
+            with contextlib.suppress(OSError):
+                os.kill(child, signal.SIGKILL)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    if not path.exists():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class Blackhole:
+    """Binds UDP and TCP port 53 on an address and never answers: datagrams pile up unread and
+    TCP connections complete in the kernel's backlog but are never accepted."""
+
+    def __init__(self, address: str, port: int = 53) -> None:
+        self.address, self.port = address, port
+        self._sockets: list[socket.socket] = []
+
+    def start(self) -> Blackhole:
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            udp.bind((self.address, self.port))
+            tcp.bind((self.address, self.port))
+            tcp.listen(64)
+        except OSError:
+            udp.close()
+            tcp.close()
+            raise
+        self._sockets = [udp, tcp]
+        return self
+
+    def stop(self) -> None:
+        for sock in self._sockets:
+            sock.close()
+        self._sockets = []
+
+    def __enter__(self) -> Blackhole:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class NsdServer:
+    """One NSD process: one address, the zones of one server of the hierarchy."""
+
+    def __init__(self, spec: ServerSpec, address: str, workdir: Path, zones: dict[str, str],
+                 cpus: str | None = None) -> None:
+        self.spec, self.address, self.workdir, self.cpus = spec, address, workdir, cpus
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / "nsd.log"
+        workdir.mkdir(parents=True, exist_ok=True)
+        zone_config = []
+        for origin in spec.zones:
+            filename = ("root" if origin == "." else origin.rstrip(".")) + ".zone"
+            (workdir / filename).write_text(zones[origin])
+            zone_config.append(f"zone:\n  name: \"{origin}\"\n  zonefile: \"{workdir / filename}\"\n")
+        self.config_path = workdir / "nsd.conf"
+        self.config_path.write_text(
+            "server:\n"
+            f"  ip-address: {address}\n"
+            "  port: 53\n"
+            "  do-ip6: no\n"
+            "  server-count: 1\n"
+            '  username: ""\n'
+            '  chroot: ""\n'
+            f'  zonesdir: "{workdir}"\n'
+            f'  zonelistfile: "{workdir}/zone.list"\n'
+            '  database: ""\n'
+            f'  xfrdfile: "{workdir}/xfrd.state"\n'
+            f'  xfrdir: "{workdir}"\n'
+            f'  pidfile: "{workdir}/nsd.pid"\n'
+            f'  logfile: "{self.log_path}"\n'
+            "  verbosity: 0\n"
+            "  hide-version: yes\n"
+            # response rate limiting would throttle a resolver hammering one wildcard (the benchmark)
+            "  rrl-ratelimit: 0\n"
+            "  rrl-whitelist-ratelimit: 0\n"
+            "remote-control:\n"
+            "  control-enable: no\n" + "".join(zone_config))
+
+    def start(self) -> None:
+        command = [NSD, "-d", "-c", str(self.config_path)]
+        if self.cpus is not None:
+            command = ["taskset", "-c", self.cpus, *command]
+        with (self.workdir / "nsd.out").open("ab") as out:
+            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         preexec_fn=_death_signal())  # noqa: PLW1509
+
+    def ready(self) -> bool:
+        """Answers a query (SOA of its first zone; any reply when it serves none)."""
+        if self.proc is None or self.proc.poll() is not None:
+            origin = self.spec.zones[0] if self.spec.zones else "."
+            log = _tail(self.log_path) + "\n" + _tail(self.workdir / "nsd.out")
+            hint = ("\n(is another hierarchy running at this base? DNSHierarchy(base=...) takes another)"
+                    if "already in use" in log else "")
+            raise RuntimeError(f"nsd for {self.spec.key} ({self.address}, {origin}) exited:\n{log}{hint}")
+        return _answers(self.address, self.spec.zones[0] if self.spec.zones else ".", "SOA")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _terminate(self.proc)
+            self.proc = None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class DNSHierarchy:
+    """The whole tree, started and stopped together. Use as a context manager, or start()/stop()."""
+
+    def __init__(self, base: str = DEFAULT_BASE, workdir: Path | None = None, *, cpus: str | None = None,
+                 hints_path: Path | None = None) -> None:
+        octets = base.split(".")
+        if len(octets) != 2 or not ipaddress.ip_address(base + ".0.0").is_loopback:
+            raise ValueError(f"base must be two octets inside 127.0.0.0/8, like 127.53, not {base!r}")
+        self.base = base
+        self.cpus = cpus
+        self._own_workdir = workdir is None
+        self.workdir = workdir if workdir is not None else Path(tempfile.mkdtemp(prefix=f"dnshier-{base}-"))
+        self.root_hints_path = hints_path if hints_path is not None else self.workdir / "root.hints"
+        self.zones = zone_texts(base)
+        self.expectations = expectations(base)
+        self.servers: dict[str, ServerSpec] = {self._addr(s): s for s in SERVERS}
+        self._nsd: dict[str, NsdServer] = {}
+        self._blackholes: dict[str, Blackhole] = {}
+
+    def _addr(self, spec: ServerSpec) -> str:
+        return f"{self.base}.{spec.offset}"
+
+    # --- looking things up
+
+    def address(self, name: str) -> str:
+        """The address of a server, by NS name ("ns1.example-a.test") or key ("example-a-1")."""
+        wanted = name.lower().rstrip(".") + "."
+        for spec in SERVERS:
+            if name == spec.key or wanted in spec.hosts:
+                return self._addr(spec)
+        raise KeyError(f"no server {name!r} in the hierarchy")
+
+    def addresses(self, zone: str) -> list[str]:
+        """The addresses of the servers that serve ``zone``."""
+        origin = zone.lower().rstrip(".") + "." if zone != "." else "."
+        return [self._addr(s) for s in SERVERS if origin in s.zones]
+
+    @property
+    def rogue_address(self) -> str:
+        """Where rogue.test is delegated (ns1.rogue.test): nothing answers until a test starts a
+        ``RogueServer`` there."""
+        return self.address("rogue")
+
+    @property
+    def rogue_spare_address(self) -> str:
+        """An address no NS points to, for answers forged from an unexpected source."""
+        return self.address("rogue-spare")
+
+    def expect(self, qname: str, qtype: str = "A") -> Expectation:
+        wanted = qname.lower().rstrip(".") + "."
+        for e in self.expectations:
+            if e.qname == wanted and e.qtype == qtype.upper():
+                return e
+        raise KeyError(f"no expectation for {qname} {qtype}")
+
+    def root_hints(self) -> str:
+        lines = [f"; root hints for the lab hierarchy at {self.base}.0.0/16 (named.root format)"]
+        for spec in SERVERS[:2]:
+            lines.append(f".                        3600000      NS    {spec.hosts[0].upper()}")
+            lines.append(f"{spec.hosts[0].upper():<24} 3600000      A     {self._addr(spec)}")
+        return "\n".join(lines) + "\n"
+
+    def pids(self) -> list[int]:
+        """The NSD main processes running now (each forks an xfrd and a server process)."""
+        return [n.proc.pid for n in self._nsd.values() if n.proc is not None and n.proc.poll() is None]
+
+    def pid(self, address: str) -> int:
+        """The NSD main process serving ``address``."""
+        server = self._nsd.get(address)
+        if server is None or server.proc is None:
+            raise KeyError(f"no NSD runs on {address}")
+        return server.proc.pid
+
+    # --- running
+
+    def start(self, timeout: float = 20.0) -> DNSHierarchy:
+        try:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            self.root_hints_path.write_text(self.root_hints())
+            for address, spec in self.servers.items():
+                if spec.kind == "nsd":
+                    self._nsd[address] = NsdServer(spec, address, self.workdir / spec.key, self.zones, self.cpus)
+                    self._nsd[address].start()
+                elif spec.kind == "blackhole":
+                    self._blackholes[address] = Blackhole(address).start()
+            self._wait_ready(list(self._nsd.values()), timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, servers: list[NsdServer], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        waiting = list(servers)
+        while waiting:
+            waiting = [s for s in waiting if not s.ready()]
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                names = ", ".join(f"{s.spec.key} ({s.address})" for s in waiting)
+                raise RuntimeError(f"no answer within {timeout:.0f} s from {names}:\n{_tail(waiting[0].log_path)}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        for server in self._nsd.values():
+            server.stop()
+        self._nsd.clear()
+        for hole in self._blackholes.values():
+            hole.stop()
+        self._blackholes.clear()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def stop_server(self, address: str) -> None:
+        """Take one server down (an outage): its NSD stops (or its Blackhole closes); the address
+        then answers ICMP port unreachable, as a host without the service does."""
+        if address in self._nsd:
+            self._nsd[address].stop()
+        elif address in self._blackholes:
+            self._blackholes[address].stop()
+        else:
+            raise KeyError(f"{address} is not an NSD or Blackhole server of this hierarchy")
+
+    def start_server(self, address: str, timeout: float = 10.0) -> None:
+        """Bring a server stopped by ``stop_server`` back, and wait until it answers."""
+        if address in self._nsd:
+            server = self._nsd[address]
+            if not server.running:
+                server.start()
+                self._wait_ready([server], timeout)
+        elif address in self._blackholes:
+            if not self._blackholes[address]._sockets:
+                self._blackholes[address].start()
+        else:
+            raise KeyError(f"{address} is not an NSD or Blackhole server of this hierarchy")
+
+    @contextlib.contextmanager
+    def outage(self, *addresses: str) -> Iterator[None]:
+        """Servers down for the block, back up after it (also when the block fails)."""
+        for address in addresses:
+            self.stop_server(address)
+        try:
+            yield
+        finally:
+            for address in addresses:
+                self.start_server(address)
+
+    def __enter__(self) -> DNSHierarchy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def describe(self) -> str:
+        lines = [f"DNS hierarchy at {self.base}.0.0/16; root hints: {self.root_hints_path}"]
+        for address, spec in self.servers.items():
+            what = {"nsd": ", ".join(spec.zones) or "(no zones: REFUSED)", "blackhole": "Blackhole (never answers)",
+                    "none": "nothing listens", "rogue": "free for a RogueServer"}[spec.kind]
+            lines.append(f"  {address:<14} {' '.join(spec.hosts) or '-':<28} {what}")
+        return "\n".join(lines)
+
+
+# --- the rogue server
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send ``data`` to ``to`` (default: the querier), from ``source`` (an (address, port) to bind
+    a socket to; default: the rogue server's own socket). Over TCP only ``data`` counts."""
+
+    data: bytes
+    source: tuple[str, int] | None = None
+    to: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delay:
+    seconds: float
+
+
+Action = Send | Delay
+Handler = Callable[[bytes, tuple[str, int]], Sequence[Action]]
+
+
+def silent(query: bytes, peer: tuple[str, int]) -> list[Action]:
+    return []
+
+
+def make_reply(query: bytes, *answers: str, authority: Sequence[str] = (), additional: Sequence[str] = (),
+               rcode: int = 0, aa: bool = True, tc: bool = False, id: int | None = None,
+               qname: str | None = None, qtype: str | None = None) -> bytes:
+    """A reply to ``query`` built with dnslib. Records are zone-file lines with absolute names
+    ("www.rogue.test. 300 IN A 198.18.66.1"). Forgeries: ``id`` (a wrong ID), ``qname``/``qtype``
+    (a wrong question), out-of-bailiwick records in any section."""
+    request = dnslib.DNSRecord.parse(query)
+    reply = request.reply(aa=int(aa))
+    reply.header.rcode = rcode
+    reply.header.tc = int(tc)
+    if id is not None:
+        reply.header.id = id & 0xFFFF
+    if qname is not None or qtype is not None:
+        q = request.q
+        reply.questions = [dnslib.DNSQuestion(qname or str(q.qname),
+                                              getattr(dnslib.QTYPE, qtype) if qtype else q.qtype)]
+    for text in answers:
+        reply.add_answer(*dnslib.RR.fromZone(text))
+    for text in authority:
+        reply.add_auth(*dnslib.RR.fromZone(text))
+    for text in additional:
+        reply.add_ar(*dnslib.RR.fromZone(text))
+    return bytes(reply.pack())
+
+
+class RogueServer:
+    """A scriptable name server on ``address``:``port`` (UDP, and TCP when ``tcp``). For every
+    query, ``handler(query_bytes, (peer_ip, peer_port))`` returns the actions to take in order:
+    ``Send`` (optionally from another source, to another destination), ``Delay``; an empty
+    list is silence. Each query is handled in a thread of its own, so a Delay holds up only its
+    own query. ``queries`` records every (bytes, peer, "udp"|"tcp") received; a handler that
+    raises is recorded in ``errors`` and the query gets no answer."""
+
+    def __init__(self, address: str, handler: Handler = silent, *, port: int = 53, tcp: bool = True) -> None:
+        self.address, self.port, self.handler, self.with_tcp = address, port, handler, tcp
+        self.queries: list[tuple[bytes, tuple[str, int], str]] = []
+        self.errors: list[BaseException] = []
+        self._udp: socket.socket | None = None
+        self._tcp: socket.socket | None = None
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+
+    def start(self) -> RogueServer:
+        self._stopping.clear()
+        self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._udp.bind((self.address, self.port))
+        self._udp.settimeout(0.1)
+        self._spawn(self._serve_udp)
+        if self.with_tcp:
+            self._tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self._tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._tcp.bind((self.address, self.port))
+            self._tcp.listen(16)
+            self._tcp.settimeout(0.1)
+            self._spawn(self._serve_tcp)
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(5)
+        self._threads = []
+        for sock in (self._udp, self._tcp):
+            if sock is not None:
+                sock.close()
+        self._udp = self._tcp = None
+
+    def __enter__(self) -> RogueServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _spawn(self, target: Callable[..., None], *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self._threads = [t for t in self._threads if t.is_alive()]
+        self._threads.append(thread)
+        thread.start()
+
+    def _serve_udp(self) -> None:
+        assert self._udp is not None
+        while not self._stopping.is_set():
+            try:
+                data, peer = self._udp.recvfrom(65535)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.queries.append((data, peer, "udp"))
+            self._spawn(self._answer_udp, data, peer)
+
+    def _actions(self, data: bytes, peer: tuple[str, int]) -> Sequence[Action]:
+        try:
+            return self.handler(data, peer)
+        except Exception as exc:  # a broken handler must not kill the server thread
+            self.errors.append(exc)
+            return []
+
+    def _answer_udp(self, data: bytes, peer: tuple[str, int]) -> None:
+        for action in self._actions(data, peer):
+            if self._stopping.is_set():
+                return
+            if isinstance(action, Delay):
+                self._stopping.wait(action.seconds)
+                continue
+            to = action.to or peer
+            if action.source is None:
+                assert self._udp is not None
+                with contextlib.suppress(OSError):
+                    self._udp.sendto(action.data, to)
+            else:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    with contextlib.suppress(AttributeError):
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                    sock.bind(action.source)
+                    sock.sendto(action.data, to)
+
+    def _serve_tcp(self) -> None:
+        assert self._tcp is not None
+        while not self._stopping.is_set():
+            try:
+                conn, peer = self._tcp.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self._spawn(self._answer_tcp, conn, peer)
+
+    def _answer_tcp(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        with conn:
+            conn.settimeout(5)
+            while not self._stopping.is_set():
+                try:
+                    head = _recv_exactly(conn, 2)
+                    data = _recv_exactly(conn, struct.unpack("!H", head)[0])
+                except (OSError, EOFError):
+                    return
+                self.queries.append((data, peer, "tcp"))
+                for action in self._actions(data, peer):
+                    if isinstance(action, Delay):
+                        self._stopping.wait(action.seconds)
+                    else:
+                        with contextlib.suppress(OSError):
+                            conn.sendall(struct.pack("!H", len(action.data)) + action.data)
+
+
+def _recv_exactly(conn: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return data
+
+
+# --- Unbound, the reference resolver
+
+
+def free_port(address: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP on ``address`` right now (a DNS server binds both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((address, 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((address, port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError(f"no port free for both UDP and TCP on {address}")
+
+
+@functools.cache
+def _unbound_knows(option: str) -> bool:
+    with tempfile.NamedTemporaryFile("w", suffix=".conf") as config:
+        config.write('server:\n  chroot: ""\n')
+        config.flush()
+        result = subprocess.run(["unbound-checkconf", "-o", option, config.name], capture_output=True, text=True,
+                                check=False)
+    return result.returncode == 0
+
+
+@dataclass
+class Unbound:
+    """Unbound as a pure iterating resolver (no validation) on ``address``:``port``, started with
+    ``-d`` so the PID is its own; the config and logs live in ``workdir``."""
+
+    root_hints: Path
+    workdir: Path
+    address: str = "127.0.0.1"
+    port: int = 0  # 0: a free port
+    threads: int = 1
+    msg_cache: str = "4m"
+    rrset_cache: str = "8m"
+    extra: str = ""  # more "server:" lines, indented by two spaces
+    cpus: str | None = None
+    verbosity: int = 0
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        if self.port == 0:
+            self.port = free_port(self.address)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path = self.workdir / "unbound.conf"
+        self.log_path = self.workdir / "unbound.log"
+
+    def config(self) -> str:
+        return (
+            "server:\n"
+            f"  interface: {self.address}\n"
+            f"  port: {self.port}\n"
+            f"  num-threads: {self.threads}\n"
+            f"  root-hints: \"{self.root_hints}\"\n"
+            "  do-not-query-localhost: no\n"
+            '  module-config: "iterator"\n'
+            "  do-ip6: no\n"
+            '  chroot: ""\n'
+            '  username: ""\n'
+            f'  directory: "{self.workdir}"\n'
+            f'  pidfile: "{self.workdir}/unbound.pid"\n'
+            f'  logfile: "{self.log_path}"\n'
+            "  use-syslog: no\n"
+            f"  verbosity: {self.verbosity}\n"
+            f"  msg-cache-size: {self.msg_cache}\n"
+            f"  rrset-cache-size: {self.rrset_cache}\n"
+            '  auto-trust-anchor-file: ""\n'
+            "  access-control: 127.0.0.0/8 allow\n"
+            # RFC 6761 lets a resolver answer test. itself, and Unbound does by default (NXDOMAIN)
+            '  local-zone: "test." nodefault\n'
+            # Let a server that timed out be retried within a second, not up to 2 minutes later:
+            # with the default (120 s), "every NS dead" takes minutes to become SERVFAIL.
+            "  infra-cache-max-rtt: 1000\n"
+            + "".join(f"  {line}\n" for line in self._backported())
+            + self.extra
+            + "remote-control:\n  control-enable: no\n")
+
+    @staticmethod
+    def _backported() -> list[str]:
+        """Limits that recent Unbound (and Debian's security updates to older ones) enforce and
+        that would distort the lab: ``discard-timeout`` drops the reply to a query that took
+        longer than 1.9 s (dig, asking once, would see a timeout); ``wait-limit`` drops queries
+        beyond 1000 waiting for recursion from one address (dnsperf is one address)."""
+        return [line for line in ("discard-timeout: 0", "wait-limit: 0", "wait-limit-cookie: 0")
+                if _unbound_knows(line.split(":")[0])]
+
+    def start(self, timeout: float = 10.0) -> Unbound:
+        self.config_path.write_text(self.config())
+        check = subprocess.run(["unbound-checkconf", str(self.config_path)], capture_output=True, text=True,
+                               check=False)
+        if check.returncode != 0:
+            raise RuntimeError(f"unbound config rejected: {check.stdout}{check.stderr}")
+        command = [UNBOUND, "-d", "-c", str(self.config_path)]
+        if self.cpus is not None:
+            command = ["taskset", "-c", self.cpus, *command]
+        with (self.workdir / "unbound.out").open("ab") as out:
+            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         preexec_fn=_death_signal())  # noqa: PLW1509
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"unbound exited ({self.proc.returncode}):\n{self.log_tail()}")
+            # localhost is one of Unbound's built-in local zones: an answer without recursion
+            if _answers(self.address, "localhost.", "A", self.port):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"unbound did not answer within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _terminate(self.proc)
+            self.proc = None
+
+    def __enter__(self) -> Unbound:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def log_tail(self, lines: int = 30) -> str:
+        return _tail(self.log_path, lines) + "\n" + _tail(self.workdir / "unbound.out", lines)
+
+    def dig(self, qname: str, qtype: str = "A", *options: str, timeout: float = 5.0) -> DigResult:
+        return dig(self.address, qname, qtype, *options, port=self.port, timeout=timeout)
+
+
+# --- running it by hand
+
+
+def _serve(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    hints = Path(args.hints).resolve() if args.hints else None
+    with DNSHierarchy(args.base, hints_path=hints) as hierarchy:
+        print(hierarchy.describe(), flush=True)
+        print(f"try: dig @{hierarchy.address('a.root-servers.test')} +norec www.example-a.test  "
+              "(or a resolver with these root hints); Ctrl-C stops", flush=True)
+        stop.wait()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.lab.dnshier", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the hierarchy until Ctrl-C or SIGTERM")
+    serve.add_argument("--base", default=DEFAULT_BASE, help="first two octets of the addresses (default: %(default)s)")
+    serve.add_argument("--hints", help="write the root hints here (default: in the temporary directory)")
+    zones = commands.add_parser("zones", help="print the zone files")
+    zones.add_argument("--base", default=DEFAULT_BASE)
+    args = parser.parse_args(argv)
+    if args.command == "zones":
+        for origin, text in zone_texts(args.base).items():
+            print(f"; ---- {origin}\n{text}")
+        return 0
+    if os.geteuid() != 0:
+        print("note: binding port 53 needs root (or CAP_NET_BIND_SERVICE)", file=sys.stderr)
+    return _serve(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
