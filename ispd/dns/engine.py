@@ -301,6 +301,14 @@ class DNSEngine:
             self.stats.stale_answers += 1
             return self._as_stale(stale)
         future = self._inflight.get(key)
+        if future is None and stale is None:
+            # The common miss: nobody is resolving this yet and nothing stale could stand in, so
+            # the resolution runs in this client's task (no task or shield of its own); clients
+            # asking meanwhile wait on the future.
+            future = asyncio.get_running_loop().create_future()
+            self._inflight[key] = future
+            await self._resolve_into(key, question, future)
+            return future.result() if future.done() and not future.cancelled() else None
         if future is None:
             future = asyncio.get_running_loop().create_future()
             self._inflight[key] = future
@@ -333,6 +341,9 @@ class DNSEngine:
                 resolution = await self.resolver.resolve(question.key_name, question.qtype)
         except TimeoutError:
             resolution = Resolution(RCode.SERVFAIL, [], failure="timed out")
+        except asyncio.CancelledError:
+            future.cancel()  # shutting down: whoever waits stops waiting
+            raise
         except Exception:  # a bug must cost one answer, not the service
             resolution = Resolution(RCode.SERVFAIL, [], failure="internal error")
             log.exception("dns.resolve.failed", name=name_to_text(question.key_name), qtype=question.qtype)
