@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from ispd.dns.wire import RR, RRType, is_subdomain
+from ispd.dns.wire import RR, RCode, RRType, is_subdomain
 
 NXDOMAIN_KEY = -1  # the "type" of a name's NXDOMAIN entry
 _ENTRY_OVERHEAD = 200  # bytes of Python objects around an entry's data, roughly
@@ -107,24 +107,29 @@ class _Clock:
 
     def evict(self, entries: dict, expired_before: float) -> None:  # type: ignore[type-arg]
         """Free down to 90 % of the budget in one batch, oldest insertions first. An entry hit
-        since the last sweep is spared once (its hit count is reset); a second pass takes
-        whatever is still needed. One batch frees a tenth of the cache, so the scans cost little
-        per insertion."""
+        since it was last looked at is spared: its hit count is reset and it moves to the back,
+        where the sweeps reach it again only after the rest of the cache (the CLOCK hand going
+        round); a second pass takes whatever is still needed. One batch frees a tenth of the
+        cache, so the scans cost little per insertion."""
         target = self.limits.max_bytes * 9 // 10
         for spare_hits in (True, False):
             victims = []
+            spared = []
             excess = self.bytes - target
             for key, entry in entries.items():
                 if excess <= 0:
                     break
                 if spare_hits and entry.hits and entry.expires_at > expired_before:
                     entry.hits = 0
+                    spared.append(key)
                     continue
                 victims.append(key)
                 excess -= entry.size
             for key in victims:
                 self.bytes -= entries.pop(key).size
                 self.evictions += 1
+            for key in spared:
+                entries[key] = entries.pop(key)
             if self.bytes <= target:
                 return
 
@@ -319,8 +324,11 @@ class AnswerCache:
         return entry
 
     def get_stale(self, key: bytes, now: float) -> CachedAnswer | None:
+        """The entry for ``key`` while it can be served, fresh or stale; never a failure (a
+        SERVFAIL is cached for a few seconds, not kept to be served again) nor local data."""
         entry = self.entries.get(key)
-        if entry is None or entry.local or entry.expires_at + self.limits.stale_seconds <= now:
+        if (entry is None or entry.local or entry.expires_at + self.limits.stale_seconds <= now
+                or entry.rcode_flags & 0xF == RCode.SERVFAIL):
             return None
         return entry
 

@@ -506,7 +506,9 @@ class Resolver:
         use_edns = not state.no_edns
         send_name = _randomise_case(qname) if self.settings.use_0x20 else qname
         tcp = False
-        for _ in range(3):  # UDP, then TCP after TC or without EDNS after FORMERR
+        for attempt in range(3):  # UDP, then TCP after TC or without EDNS after FORMERR
+            if attempt and not budget.spend():  # a retry is an upstream query too
+                return None
             query = encode_query(secrets.randbits(16), send_name, qtype, CLASS_IN, rd=forwarded,
                                  udp_size=self.settings.edns_buffer_size if use_edns else None)
             started = self.clock()
@@ -606,6 +608,10 @@ class Resolver:
         self._cache_rrsets(_on_chain(answer, records + final), answer_trust, now, skip_any=qtype == RRType.ANY)
         soa = [rr for rr in authority if rr.rtype == RRType.SOA and is_subdomain(current, rr.name)]
         if final:
+            if qtype == RRType.NS and not forwarded:
+                # The servers' addresses ride along in the additional section: priming (RFC 8109)
+                # learns the root servers' current addresses this way.
+                self._cache_glue(message, zone, {rdata_name(rr.rdata) for rr in final if rr.rtype == RRType.NS}, now)
             return Outcome(Step.ANSWER, records + final)
         if records and not is_subdomain(current, bailiwick):
             return Outcome(Step.CNAME, records, next_name=current)
@@ -634,8 +640,11 @@ class Resolver:
         ns_names = tuple(dict.fromkeys(rdata_name(rr.rdata) for rr in ns))
         self.cache.put(child, RRType.NS, min(rr.ttl for rr in ns), tuple(rr.rdata for rr in ns),
                        Trust.AUTHORITY if authoritative else Trust.REFERRAL, now)
-        # Glue: addresses of the NS names, from inside the zone that delegates.
-        wanted = set(ns_names)
+        self._cache_glue(message, zone, set(ns_names), now)
+        return Outcome(Step.REFERRAL, zone=child, ns_names=ns_names)
+
+    def _cache_glue(self, message: Message, zone: bytes, wanted: set[bytes], now: float) -> None:
+        """Glue: addresses of the NS names ``wanted``, from inside the zone asked."""
         glue: dict[tuple[bytes, int], list[RR]] = {}
         for rr in message.additional:
             if (rr.rtype in (RRType.A, RRType.AAAA) and rr.rclass == CLASS_IN and rr.name in wanted
@@ -643,7 +652,6 @@ class Resolver:
                 glue.setdefault((rr.name, rr.rtype), []).append(rr)
         for (name, rtype), rrs in glue.items():
             self.cache.put(name, rtype, min(rr.ttl for rr in rrs), tuple(rr.rdata for rr in rrs), Trust.GLUE, now)
-        return Outcome(Step.REFERRAL, zone=child, ns_names=ns_names)
 
     def _negative_soa(self, soa: list[RR]) -> list[RR]:
         """RFC 2308 §3: the SOA of a negative answer lives min(its TTL, its MINIMUM)."""

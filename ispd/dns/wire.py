@@ -421,8 +421,11 @@ def _read_records(data: bytes, offset: int, count: int, out: list[RR]) -> int:
             raise WireError(DropReason.TRUNCATED, "rdata runs past the end")
         rdata = _read_rdata(data, offset, rdlength, rtype)
         offset += rdlength
-        # RFC 2181 §8: a TTL with the top bit set is treated as zero.
-        out.append(RR(name.lower(), rtype, rclass, ttl if ttl < 0x80000000 else 0, rdata))
+        # RFC 2181 §8: a TTL with the top bit set is treated as zero. Not the OPT's: its "TTL" holds
+        # the extended rcode, version and flags (RFC 6891 §6.1.3).
+        if ttl >= 0x80000000 and rtype != RRType.OPT:
+            ttl = 0
+        out.append(RR(name.lower(), rtype, rclass, ttl, rdata))
     return offset
 
 

@@ -1,0 +1,389 @@
+"""The RRset cache (trust, TTLs, negative entries, stale, flush, memory) and the wire answer cache."""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import pytest
+
+from ispd.dns.cache import (
+    AnswerCache,
+    CachedAnswer,
+    CacheLimits,
+    NegativeEntry,
+    NegativeKind,
+    RRsetCache,
+    RRsetEntry,
+    Trust,
+)
+from ispd.dns.wire import (
+    CLASS_IN,
+    FLAG_QR,
+    FLAG_RA,
+    RR,
+    Question,
+    RRType,
+    a_rdata,
+    decode_message,
+    encode_message,
+    key_of,
+    name_from_text,
+)
+
+N = name_from_text
+NOW = 1000.0
+A1, A2 = a_rdata("192.0.2.1"), a_rdata("192.0.2.2")
+SOA = RR(N("example."), RRType.SOA, CLASS_IN, 300,
+         N("ns.example.") + N("hm.example.") + struct.pack("!IIIII", 1, 2, 3, 4, 60))
+
+
+def cache(**limits: int) -> RRsetCache:
+    return RRsetCache(CacheLimits(**limits))
+
+
+# --- RRsets ---------------------------------------------------------------------------------------
+
+def test_put_and_get_with_ttl_counting_down() -> None:
+    c = cache()
+    entry = c.put(N("www.example."), RRType.A, 300, (A1, A2), Trust.ANSWER, NOW)
+    assert entry is not None
+    got = c.get(N("www.example."), RRType.A, NOW + 100)
+    assert got is entry
+    assert got.ttl_left(NOW + 100) == 200
+    assert [(rr.ttl, rr.rdata) for rr in got.records(NOW + 100.7)] == [(199, A1), (199, A2)]
+    assert c.get(N("www.example."), RRType.AAAA, NOW) is None
+    assert c.get(N("www.example."), RRType.A, NOW + 300) is None  # expired at exactly its TTL
+    assert len(c) == 1
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "replaced"),
+    [
+        (Trust.ANSWER, Trust.GLUE, False),
+        (Trust.ANSWER, Trust.REFERRAL, False),
+        (Trust.AUTHORITY, Trust.REFERRAL, False),
+        (Trust.LOCAL, Trust.ANSWER, False),
+        (Trust.GLUE, Trust.ANSWER, True),
+        (Trust.REFERRAL, Trust.AUTHORITY, True),
+        (Trust.GLUE, Trust.GLUE, True),  # the same credibility: the newer data
+        (Trust.ANSWER, Trust.ANSWER, True),
+    ],
+)
+def test_trust_ranking_while_fresh(old: Trust, new: Trust, replaced: bool) -> None:
+    c = cache()
+    c.put(N("ns.example."), RRType.A, 300, (A1,), old, NOW)
+    result = c.put(N("ns.example."), RRType.A, 300, (A2,), new, NOW + 10)
+    entry = c.get(N("ns.example."), RRType.A, NOW + 10)
+    assert entry is not None
+    assert (result is not None) is replaced
+    assert entry.rdatas == ((A2,) if replaced else (A1,))
+    assert entry.trust == (new if replaced else old)
+
+
+def test_less_trusted_data_replaces_an_expired_entry() -> None:
+    c = cache()
+    c.put(N("ns.example."), RRType.A, 60, (A1,), Trust.ANSWER, NOW)
+    assert c.put(N("ns.example."), RRType.A, 300, (A2,), Trust.GLUE, NOW + 60) is not None
+    entry = c.get(N("ns.example."), RRType.A, NOW + 60)
+    assert entry is not None and entry.rdatas == (A2,) and entry.trust == Trust.GLUE
+
+
+@pytest.mark.parametrize(("ttl", "expected"), [(0, 30), (10, 30), (30, 30), (500, 500), (86400, 3600), (2**31 - 1, 3600)])
+def test_ttl_clamped(ttl: int, expected: int) -> None:
+    c = cache(min_ttl=30, max_ttl=3600)
+    entry = c.put(N("a.example."), RRType.A, ttl, (A1,), Trust.ANSWER, NOW)
+    assert entry is not None and entry.ttl == expected and entry.expires_at == NOW + expected
+
+
+# --- negative entries -----------------------------------------------------------------------------
+
+def test_nxdomain_covers_every_type_of_the_name() -> None:
+    c = cache()
+    entry = c.put_negative(N("nx.example."), RRType.A, NegativeKind.NXDOMAIN, SOA, NOW)
+    assert entry.expires_at == NOW + 300
+    for rtype in (RRType.A, RRType.AAAA, RRType.MX):
+        got = c.get_negative(N("nx.example."), rtype, NOW + 10)
+        assert got is entry and got.kind == NegativeKind.NXDOMAIN
+    assert c.get_negative(N("other.example."), RRType.A, NOW) is None
+    assert c.get(N("nx.example."), RRType.A, NOW) is None  # a negative entry is not an RRset
+    [soa] = entry.soa_record(NOW + 100)
+    assert soa.ttl == 200 and soa.rdata == SOA.rdata and soa.name == SOA.name
+
+
+def test_nodata_is_per_type() -> None:
+    c = cache()
+    c.put_negative(N("www.example."), RRType.MX, NegativeKind.NODATA, SOA, NOW)
+    got = c.get_negative(N("www.example."), RRType.MX, NOW)
+    assert got is not None and got.kind == NegativeKind.NODATA
+    assert c.get_negative(N("www.example."), RRType.A, NOW) is None
+
+
+@pytest.mark.parametrize(
+    ("soa_ttl", "limits", "expected"),
+    [
+        (300, {}, 300),
+        (7200, {}, 3600),  # max_negative_ttl
+        (7200, {"max_negative_ttl": 900}, 900),
+        (0, {"min_ttl": 20}, 20),  # the floor applies to negative answers too
+        (10, {"min_ttl": 20, "max_negative_ttl": 15}, 15),  # but never past the negative maximum
+        (None, {}, 5),  # no SOA: cached briefly
+    ],
+)
+def test_negative_ttl(soa_ttl: int | None, limits: dict[str, int], expected: int) -> None:
+    c = cache(**limits)
+    soa = None if soa_ttl is None else RR(SOA.name, SOA.rtype, SOA.rclass, soa_ttl, SOA.rdata)
+    entry = c.put_negative(N("nx.example."), RRType.A, NegativeKind.NXDOMAIN, soa, NOW)
+    assert entry.expires_at == NOW + expected
+    if soa is not None:
+        assert entry.soa is not None and entry.soa.ttl == expected
+    else:
+        assert entry.soa_record(NOW) == []
+
+
+def test_negative_entry_expires() -> None:
+    c = cache()
+    c.put_negative(N("nx.example."), RRType.A, NegativeKind.NXDOMAIN, SOA, NOW)
+    assert c.get_negative(N("nx.example."), RRType.A, NOW + 299.9) is not None
+    assert c.get_negative(N("nx.example."), RRType.A, NOW + 300) is None
+
+
+def test_positive_data_ends_an_nxdomain_and_a_nodata() -> None:
+    c = cache()
+    c.put_negative(N("x.example."), RRType.A, NegativeKind.NXDOMAIN, SOA, NOW)
+    c.put_negative(N("y.example."), RRType.A, NegativeKind.NODATA, SOA, NOW)
+    c.put(N("x.example."), RRType.AAAA, 300, (b"\x00" * 16,), Trust.ANSWER, NOW)
+    c.put(N("y.example."), RRType.A, 300, (A1,), Trust.ANSWER, NOW)
+    assert c.get_negative(N("x.example."), RRType.A, NOW) is None
+    assert c.get_negative(N("y.example."), RRType.A, NOW) is None
+    assert c.get(N("y.example."), RRType.A, NOW) is not None
+
+
+def test_a_cname_does_not_end_the_nxdomain_of_its_owner() -> None:
+    # The resolver keys an NXDOMAIN at the end of a chain to the target; a CNAME at a name says
+    # nothing about that, so the entry is left (this is what the cache does, documented here).
+    c = cache()
+    c.put_negative(N("x.example."), RRType.A, NegativeKind.NXDOMAIN, SOA, NOW)
+    c.put(N("x.example."), RRType.CNAME, 300, (N("y.example."),), Trust.ANSWER, NOW)
+    assert c.get_negative(N("x.example."), RRType.A, NOW) is not None
+
+
+def test_forget_nxdomain() -> None:
+    c = cache()
+    c.put_negative(N("x.example."), RRType.A, NegativeKind.NXDOMAIN, SOA, NOW)
+    c.put_negative(N("x.example."), RRType.MX, NegativeKind.NODATA, SOA, NOW)
+    size = c.size_bytes
+    c.forget_nxdomain(N("x.example."))
+    c.forget_nxdomain(N("never.example."))
+    assert c.get_negative(N("x.example."), RRType.A, NOW) is None
+    assert c.get_negative(N("x.example."), RRType.MX, NOW) is not None
+    assert c.size_bytes < size
+
+
+# --- stale ------------------------------------------------------------------------------------------
+
+def test_stale_window() -> None:
+    c = cache(stale_seconds=600)
+    c.put(N("www.example."), RRType.A, 60, (A1,), Trust.ANSWER, NOW)
+    c.put_negative(N("nx.example."), RRType.A, NegativeKind.NXDOMAIN, SOA, NOW)
+    later = NOW + 60 + 300
+    assert c.get(N("www.example."), RRType.A, later) is None
+    stale = c.get_stale(N("www.example."), RRType.A, later)
+    assert stale is not None
+    assert [rr.ttl for rr in stale.records(later, stale_ttl=30)] == [30]
+    assert c.get_negative(N("nx.example."), RRType.A, NOW + 300 + 100) is None
+    negative = c.get_negative(N("nx.example."), RRType.A, NOW + 300 + 100, stale=True)
+    assert negative is not None and negative.soa_record(NOW + 400, stale_ttl=30)[0].ttl == 30
+    assert c.get_stale(N("www.example."), RRType.A, NOW + 60 + 600) is None  # past the window
+    assert c.get_negative(N("nx.example."), RRType.A, NOW + 300 + 600, stale=True) is None
+
+
+def test_no_stale_by_default() -> None:
+    c = cache()
+    c.put(N("www.example."), RRType.A, 60, (A1,), Trust.ANSWER, NOW)
+    assert c.get_stale(N("www.example."), RRType.A, NOW + 59) is not None  # still fresh
+    assert c.get_stale(N("www.example."), RRType.A, NOW + 60) is None
+
+
+# --- flush and clear --------------------------------------------------------------------------------
+
+def _filled() -> RRsetCache:
+    c = cache()
+    for name in ("example.", "www.example.", "a.b.example.", "wwwexample.", "other."):
+        c.put(N(name), RRType.A, 300, (A1,), Trust.ANSWER, NOW)
+        c.put(N(name), RRType.AAAA, 300, (b"\x00" * 16,), Trust.ANSWER, NOW)
+    c.put_negative(N("nx.example."), RRType.A, NegativeKind.NXDOMAIN, SOA, NOW)
+    return c
+
+
+def test_flush_one_name_every_type() -> None:
+    c = _filled()
+    before = c.size_bytes
+    assert c.flush(N("www.example.")) == 2
+    assert c.get(N("www.example."), RRType.A, NOW) is None
+    assert c.get(N("example."), RRType.A, NOW) is not None
+    assert c.get(N("a.b.example."), RRType.A, NOW) is not None
+    assert c.size_bytes < before
+
+
+def test_flush_subtree() -> None:
+    c = _filled()
+    assert c.flush(N("example."), subtree=True) == 7  # example, www, a.b (2 each) and the NXDOMAIN
+    remaining = sorted({e.name for e in c.entries()})
+    assert remaining == sorted([N("wwwexample."), N("other.")])  # a label boundary, not a suffix
+
+
+def test_clear() -> None:
+    c = _filled()
+    c.clear()
+    assert len(c) == 0 and c.size_bytes == 0
+
+
+def test_entries_iterates_over_a_snapshot() -> None:
+    c = _filled()
+    for entry in c.entries():
+        c.flush(entry.name)
+    assert len(c) == 0
+    assert all(isinstance(e, RRsetEntry | NegativeEntry) for e in _filled().entries())
+
+
+# --- memory -------------------------------------------------------------------------------------------
+
+def test_memory_is_bounded_and_hot_entries_survive_more_often() -> None:
+    limits = CacheLimits(max_bytes=200_000)
+    c = RRsetCache(limits)
+    rng = random.Random(7)
+    hot = [N(f"hot{i}.example.") for i in range(50)]
+    for name in hot:
+        c.put(name, RRType.A, 86400, (A1,), Trust.ANSWER, NOW)
+    cold = []
+    for i in range(20_000):
+        name = N(f"cold{i}.example.")
+        cold.append(name)
+        c.put(name, RRType.A, 86400, (A1,), Trust.ANSWER, NOW)
+        assert c.size_bytes <= limits.max_bytes
+        if i % 10 == 0:  # a working set the clients keep asking for
+            for name in rng.sample(hot, 25):
+                c.get(name, RRType.A, NOW)
+    assert c.evictions > 10_000
+    assert c.size_bytes == sum(e.size for e in c.entries())
+    hot_alive = sum(c.get(n, RRType.A, NOW) is not None for n in hot) / len(hot)
+    early_cold = cold[:5000]
+    cold_alive = sum(c._entries.get((n, RRType.A)) is not None for n in early_cold) / len(early_cold)
+    assert hot_alive > 0.9
+    assert cold_alive < 0.05
+
+
+def test_expired_entries_are_not_spared_by_their_hits() -> None:
+    limits = CacheLimits(max_bytes=20_000)
+    c = RRsetCache(limits)
+    c.put(N("short.example."), RRType.A, 10, (A1,), Trust.ANSWER, NOW)
+    c.get(N("short.example."), RRType.A, NOW)
+    for i in range(500):
+        c.put(N(f"n{i}.example."), RRType.A, 300, (A1,), Trust.ANSWER, NOW + 20)
+    assert c.get_stale(N("short.example."), RRType.A, NOW + 5) is None  # evicted, hits or not
+
+
+# --- the answer cache ---------------------------------------------------------------------------------
+
+QUESTION = Question(N("www.example."), RRType.A)
+KEY = key_of(QUESTION)
+
+
+def store(answers: AnswerCache, ttls: tuple[int, ...], now: float = NOW, key: bytes = KEY, *,
+          local: bool = False, ttl_floor: int | None = None) -> CachedAnswer:
+    """Store what the engine would: the reply body after the question, and the TTL offsets in it."""
+    records = [RR(QUESTION.name, RRType.A, CLASS_IN, ttl, a_rdata(f"192.0.2.{i + 1}")) for i, ttl in enumerate(ttls)]
+    encoded = encode_message(0, FLAG_QR | FLAG_RA, QUESTION, records, [], [])
+    start = 12 + len(QUESTION.name) + 4
+    return answers.store(key, FLAG_QR | FLAG_RA, encoded.counts, encoded.data[start:],
+                         tuple(o - start for o in encoded.ttl_offsets), ttls, now, ttl_floor=ttl_floor, local=local)
+
+
+def ttls_of(entry: CachedAnswer, body: bytes) -> list[int]:
+    head = b"\x00\x00" + struct.pack("!H", entry.rcode_flags) + entry.counts
+    message = decode_message(head + QUESTION.name + struct.pack("!HH", QUESTION.qtype, QUESTION.qclass) + body)
+    return [rr.ttl for rr in message.answer]
+
+
+def test_render_counts_down_per_second_of_age_never_below_zero() -> None:
+    answers = AnswerCache(CacheLimits())
+    entry = store(answers, (300, 5))
+    assert entry.expires_at == NOW + 5  # the least TTL
+    assert ttls_of(entry, entry.render(NOW)) == [300, 5]
+    assert ttls_of(entry, entry.render(NOW + 0.9)) == [300, 5]  # whole seconds only
+    assert ttls_of(entry, entry.render(NOW + 1)) == [299, 4]
+    assert ttls_of(entry, entry.render(NOW + 7.5)) == [293, 0]
+    assert ttls_of(entry, entry.render(NOW + 400)) == [0, 0]
+    body = entry.render(NOW + 2)
+    assert entry.render(NOW + 2.5) is body  # rendered once per second of age
+    assert entry.template == store(AnswerCache(CacheLimits()), (300, 5)).template  # the template is untouched
+
+
+def test_render_stale() -> None:
+    answers = AnswerCache(CacheLimits())
+    entry = store(answers, (300, 60))
+    assert ttls_of(entry, entry.render_stale(30)) == [30, 30]
+
+
+def test_store_lifetime_and_prefetch() -> None:
+    answers = AnswerCache(CacheLimits())
+    entry = store(answers, (100, 200))
+    assert entry.expires_at == NOW + 100
+    assert entry.prefetch_at == pytest.approx(NOW + 90)
+    short = store(answers, (9,))
+    assert short.prefetch_at > short.expires_at  # too short to prefetch
+    no_prefetch = AnswerCache(CacheLimits(), prefetch=False)
+    assert store(no_prefetch, (100,)).prefetch_at > NOW + 100
+
+
+def test_store_without_records_lives_the_floor() -> None:
+    answers = AnswerCache(CacheLimits())
+    assert store(answers, (), ttl_floor=5).expires_at == NOW + 5
+    assert store(answers, ()).expires_at == NOW  # no floor: not served again
+
+
+def test_store_replaces_and_counts_bytes() -> None:
+    answers = AnswerCache(CacheLimits())
+    store(answers, (300,))
+    first = answers.size_bytes
+    store(answers, (300,))
+    assert answers.size_bytes == first and len(answers) == 1
+    answers.discard(KEY)
+    answers.discard(KEY)
+    assert answers.size_bytes == 0 and len(answers) == 0
+
+
+def test_answer_cache_stale_and_local() -> None:
+    answers = AnswerCache(CacheLimits(stale_seconds=100))
+    store(answers, (60,))
+    local_key = key_of(Question(N("local.example."), RRType.A))
+    store(answers, (60,), key=local_key, local=True)
+    assert answers.get_stale(KEY, NOW + 150) is not None
+    assert answers.get_stale(KEY, NOW + 160) is None
+    assert answers.get_stale(local_key, NOW + 70) is None  # local data never served stale
+    answers.flush_local()
+    assert local_key not in answers.entries and KEY in answers.entries
+
+
+def test_answer_cache_flush() -> None:
+    answers = AnswerCache(CacheLimits())
+    names = ["example.", "www.example.", "a.b.example.", "wwwexample."]
+    for name in names:
+        for rtype in (RRType.A, RRType.AAAA):
+            store(answers, (60,), key=key_of(Question(N(name), rtype)))
+    assert answers.flush(N("www.example.")) == 2
+    assert answers.flush(N("example."), subtree=True) == 4
+    assert [k[:-4] for k in answers.entries] == [N("wwwexample.")] * 2
+    answers.clear()
+    assert len(answers) == 0 and answers.size_bytes == 0
+
+
+def test_answer_cache_memory_bound() -> None:
+    limits = CacheLimits(max_bytes=100_000)
+    answers = AnswerCache(limits)
+    for i in range(5000):
+        store(answers, (300,), key=key_of(Question(N(f"n{i}.example."), RRType.A)))
+        assert answers.size_bytes <= limits.max_bytes
+    assert answers.evictions > 0
+    assert answers.size_bytes == sum(e.size for e in answers.entries.values())

@@ -1,0 +1,841 @@
+"""The iterative resolver over a fake network: answers, what is cached, and what is sent upstream."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from ipaddress import IPv4Address, IPv6Address
+from typing import TypeVar
+
+import pytest
+
+import ispd.dns.resolver as resolver_module
+from ispd.dns.cache import CacheLimits, NegativeKind, RRsetCache, Trust
+from ispd.dns.resolver import Resolution, Resolver, ResolverSettings
+from ispd.dns.wire import (
+    CLASS_IN,
+    RR,
+    Message,
+    RCode,
+    RRType,
+    a_rdata,
+    name_from_text,
+    name_to_text,
+    rdata_name,
+    soa_minimum,
+)
+from ispd.dns.zone import load_zone_text
+from tests.dns.fakenet import (
+    ALLDEAD_1,
+    ALLDEAD_2,
+    DEAD_1,
+    DEAD_2,
+    EXAMPLE_TEST_1,
+    EXAMPLE_TEST_2,
+    HINTS,
+    LAME_1,
+    LAME_2,
+    OOB,
+    OTHER,
+    ROOT_A,
+    ROOT_B,
+    TEST_1,
+    TEST_2,
+    FakeClock,
+    FakeNet,
+    Reply,
+    settings,
+    standard_net,
+)
+
+N = name_from_text
+T = TypeVar("T")
+EXAMPLE_TEST = (EXAMPLE_TEST_1, EXAMPLE_TEST_2)
+TEST = (TEST_1, TEST_2)
+ROOTS = (ROOT_A, ROOT_B)
+
+
+class _FirstChoice:
+    """Stands in for the ``random`` module in the resolver: the first server of the best band,
+    so "the first NS" of a test is the one asked first."""
+
+    @staticmethod
+    def choice(seq: Sequence[T]) -> T:
+        return seq[0]
+
+
+@pytest.fixture
+def first_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(resolver_module, "random", _FirstChoice())
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def net(clock: FakeClock) -> FakeNet:
+    return standard_net(clock)
+
+
+def make_resolver(net: FakeNet, clock: FakeClock, **kwargs: object) -> Resolver:
+    limits = kwargs.pop("limits", None)
+    assert limits is None or isinstance(limits, CacheLimits)
+    return Resolver(RRsetCache(limits or CacheLimits()), net, HINTS, clock, settings(**kwargs))
+
+
+@pytest.fixture
+def resolver(net: FakeNet, clock: FakeClock) -> Resolver:
+    return make_resolver(net, clock)
+
+
+async def ask(resolver: Resolver, name: str, qtype: int = RRType.A) -> Resolution:
+    return await resolver.resolve(N(name), qtype)
+
+
+def values(result: Resolution, rtype: int = RRType.A) -> list[str]:
+    """The answer's data of ``rtype`` in presentation form (addresses, names, TXT bytes)."""
+    out = []
+    for rr in result.answer:
+        if rr.rtype != rtype:
+            continue
+        if rtype == RRType.A:
+            out.append(str(IPv4Address(rr.rdata)))
+        elif rtype == RRType.AAAA:
+            out.append(str(IPv6Address(rr.rdata)))
+        elif rtype in (RRType.CNAME, RRType.DNAME, RRType.NS):
+            out.append(name_to_text(rdata_name(rr.rdata)))
+        else:
+            out.append(rr.rdata.hex())
+    return out
+
+
+def chain(result: Resolution) -> list[tuple[str, str]]:
+    return [(name_to_text(rr.name), RRType(rr.rtype).name) for rr in result.answer]
+
+
+def add(net: FakeNet, origin: str, text: str) -> None:
+    """Add records (zone-file lines relative to ``origin``) to the zone object ``origin``."""
+    zone = net.zone(origin)
+    for rr in _records(origin, text):
+        zone.add(rr)
+
+
+def _records(origin: str, text: str) -> list[RR]:
+    head = f"$ORIGIN {origin}\n$TTL 3600\n@ SOA ns hostmaster 1 1 1 1 1\n"
+    parsed = load_zone_text(head + text, origin)
+    return [rr for name in parsed.names() for rrs in parsed.rrsets(name).values() for rr in rrs
+            if rr.rtype != RRType.SOA]
+
+
+# --- referrals, glue, the cache ----------------------------------------------------------------
+
+async def test_first_query_primes_then_follows_referrals_with_glue(net: FakeNet, resolver: Resolver,
+                                                                  first_choice: None) -> None:
+    result = await ask(resolver, "www.example.test.")
+    assert result.rcode == RCode.NOERROR
+    assert values(result) == ["192.0.2.80"]
+    assert net.sent() == [
+        (ROOT_A, ".", "NS"),  # RFC 8109 priming
+        (ROOT_A, "test.", "A"),  # minimised: one label more than the root
+        (TEST_1, "example.test.", "A"),  # the glue of ns1.nic.test from the root's referral
+        (EXAMPLE_TEST_1, "www.example.test.", "A"),
+    ]
+    now = resolver.clock()
+    root_ns = resolver.cache.get(N("."), RRType.NS, now)
+    assert root_ns is not None and root_ns.trust == Trust.ANSWER
+    test_ns = resolver.cache.get(N("test."), RRType.NS, now)
+    assert test_ns is not None and test_ns.trust == Trust.REFERRAL
+    assert sorted(map(rdata_name, test_ns.rdatas)) == [N("ns1.nic.test."), N("ns2.nic.test.")]
+    glue = resolver.cache.get(N("ns1.example.test."), RRType.A, now)
+    assert glue is not None and glue.trust == Trust.GLUE and glue.rdatas == (a_rdata(EXAMPLE_TEST_1),)
+    www = resolver.cache.get(N("www.example.test."), RRType.A, now)
+    assert www is not None and www.trust == Trust.ANSWER
+
+
+async def test_second_time_from_the_cache_without_queries(net: FakeNet, resolver: Resolver, clock: FakeClock) -> None:
+    first = await ask(resolver, "www.example.test.")
+    net.clear_log()
+    clock.advance(100)
+    second = await ask(resolver, "www.example.test.")
+    assert net.log == []
+    assert values(second) == values(first)
+    assert second.answer[0].ttl == 3600 - 100  # the TTL left
+
+
+async def test_expired_answer_asks_only_the_zone_whose_servers_are_cached(net: FakeNet, resolver: Resolver,
+                                                                           clock: FakeClock) -> None:
+    await ask(resolver, "www.example.test.")
+    net.clear_log()
+    clock.advance(3601)  # www expired, and example.test's NS (3600 in test.); test.'s NS (172800) not
+    result = await ask(resolver, "www.example.test.")
+    assert values(result) == ["192.0.2.80"]
+    # The walk restarts at test., whose servers are still known: the root is not asked.
+    assert [address for address, _, _ in net.sent()][-1] in EXAMPLE_TEST
+    assert all(address not in ROOTS for address, _, _ in net.sent())
+
+
+async def test_out_of_bailiwick_ns_name_is_resolved_on_its_own(net: FakeNet, resolver: Resolver) -> None:
+    result = await ask(resolver, "www.oob.test.")
+    assert values(result) == ["192.0.2.20"]
+    sent = net.sent()
+    ns_query = sent.index(next(s for s in sent if s[1] == "ns-oob.other.example."))
+    final = sent.index((OOB, "www.oob.test.", "A"))
+    assert ns_query < final
+    assert sent[ns_query][0] == OTHER  # asked of other.example's server, found through the root
+    assert all(address != OOB for address, _, _ in sent[:final])
+
+
+async def test_out_of_bailiwick_ns_name_with_ipv6_asks_both_families(net: FakeNet, clock: FakeClock) -> None:
+    resolver = make_resolver(net, clock, do_ipv6=True)
+    result = await ask(resolver, "www.oob.test.")
+    assert values(result) == ["192.0.2.20"]
+    asked = {(name, qtype) for _, name, qtype in net.sent()}
+    assert {("ns-oob.other.example.", "A"), ("ns-oob.other.example.", "AAAA")} <= asked
+
+
+async def test_in_zone_ns_name_without_glue_is_skipped(net: FakeNet, resolver: Resolver) -> None:
+    add(net, "test.", "noglue NS ns.noglue.test.\nnoglue NS ns-oob.other.example.\n")
+    net.serve(OOB, load_zone_text("@ SOA ns hm 1 1 1 1 1\n@ NS ns-oob.other.example.\nwww A 192.0.2.21\n",
+                                  "noglue.test."))
+    result = await ask(resolver, "www.noglue.test.")
+    assert values(result) == ["192.0.2.21"]
+    assert all(name != "ns.noglue.test." for _, name, _ in net.sent())
+
+
+# --- chains -------------------------------------------------------------------------------------
+
+async def test_cname_chain_inside_a_zone_is_one_query(net: FakeNet, resolver: Resolver) -> None:
+    await ask(resolver, "www.example.test.")  # the delegations are known
+    net.clear_log()
+    result = await ask(resolver, "chain.example.test.")
+    assert chain(result) == [("chain.example.test.", "CNAME"), ("chain2.example.test.", "CNAME"),
+                             ("alias.example.test.", "CNAME"), ("www.example.test.", "A")]
+    assert len(net.log) == 1
+    net.clear_log()
+    again = await ask(resolver, "chain.example.test.")
+    assert net.log == []
+    assert chain(again) == chain(result)
+
+
+async def test_cname_across_zones(net: FakeNet, resolver: Resolver) -> None:
+    result = await ask(resolver, "cross.example.test.")
+    assert result.rcode == RCode.NOERROR
+    assert chain(result) == [("cross.example.test.", "CNAME"), ("www.other.example.", "A")]
+    assert values(result) == ["192.0.2.10"]
+    assert (OTHER, "www.other.example.", "A") in net.sent()
+    net.clear_log()
+    assert chain(await ask(resolver, "cross.example.test.")) == chain(result)
+    assert net.log == []
+
+
+async def test_dname_is_followed_and_the_cname_synthesised(net: FakeNet, resolver: Resolver) -> None:
+    result = await ask(resolver, "a.dname.example.test.")
+    assert chain(result) == [("dname.example.test.", "DNAME"), ("a.dname.example.test.", "CNAME"),
+                             ("a.other.example.", "A")]
+    dname, cname = result.answer[0], result.answer[1]
+    assert rdata_name(cname.rdata) == N("a.other.example.")
+    assert cname.ttl == dname.ttl  # RFC 6672 §3.2
+    assert values(result) == ["192.0.2.11"]
+
+
+async def test_wildcard_answer(resolver: Resolver) -> None:
+    result = await ask(resolver, "anything.wild.example.test.")
+    assert chain(result) == [("anything.wild.example.test.", "A")]
+    assert values(result) == ["192.0.2.99"]
+
+
+async def test_cname_loop_is_servfail(resolver: Resolver) -> None:
+    result = await ask(resolver, "loop1.example.test.")
+    assert result.rcode == RCode.SERVFAIL
+    assert result.failure == "CNAME loop"
+
+
+async def test_cname_loop_across_zones_is_servfail(net: FakeNet, resolver: Resolver) -> None:
+    add(net, "example.test.", "xloop CNAME xloop.other.example.\n")
+    add(net, "other.example.", "xloop CNAME xloop.example.test.\n")
+    result = await ask(resolver, "xloop.example.test.")
+    assert result.rcode == RCode.SERVFAIL
+    assert result.failure == "CNAME loop"
+
+
+async def test_cname_chain_longer_than_the_maximum_is_servfail(net: FakeNet, clock: FakeClock) -> None:
+    add(net, "example.test.", "c1 CNAME c2\nc2 CNAME c3\nc3 CNAME c4\nc4 CNAME c5\nc5 A 192.0.2.5\n")
+    resolver = make_resolver(net, clock, max_cname_chain=3)
+    ok = await ask(resolver, "c2.example.test.")  # three CNAMEs: allowed
+    assert values(ok) == ["192.0.2.5"]
+    too_long = await ask(resolver, "c1.example.test.")  # four
+    assert too_long.rcode == RCode.SERVFAIL
+    assert too_long.failure == "CNAME chain too long"
+
+
+async def test_cname_chain_longer_than_the_maximum_in_one_reply_is_not_nodata(net: FakeNet,
+                                                                               resolver: Resolver) -> None:
+    """A chain of 13 CNAMEs that one server answers whole (default maximum 12): before the fix
+    the resolver stopped following after 13 hops without looking at the last name and called it
+    NODATA — caching a false NODATA for a name that has an address."""
+    lines = "".join(f"h{i} CNAME h{i + 1}\n" for i in range(13)) + "h13 A 192.0.2.13\n"
+    add(net, "example.test.", lines)
+    result = await ask(resolver, "h0.example.test.")
+    assert result.rcode == RCode.SERVFAIL
+    assert result.failure == "CNAME chain too long"
+    direct = await ask(resolver, "h13.example.test.")
+    assert values(direct) == ["192.0.2.13"]
+    assert resolver.cache.get_negative(N("h13.example.test."), RRType.A, resolver.clock()) is None
+
+
+async def test_cname_chain_across_zones_counts_every_hop(net: FakeNet, clock: FakeClock) -> None:
+    add(net, "example.test.", "p1 CNAME p1.other.example.\np2 CNAME p2.other.example.\n")
+    add(net, "other.example.", "p1 CNAME p2.example.test.\np2 CNAME www.example.test.\n")
+    resolver = make_resolver(net, clock, max_cname_chain=3)
+    assert (await ask(resolver, "p2.example.test.")).rcode == RCode.NOERROR  # two hops
+    assert (await ask(resolver, "p1.other.example.")).rcode == RCode.NOERROR  # three
+    result = await ask(resolver, "p1.example.test.")  # four
+    assert result.rcode == RCode.SERVFAIL
+    assert result.failure == "CNAME chain too long"
+
+
+# --- negative answers ---------------------------------------------------------------------------
+
+async def test_nxdomain_cached_for_min_of_soa_ttl_and_minimum(net: FakeNet, resolver: Resolver,
+                                                              clock: FakeClock) -> None:
+    result = await ask(resolver, "nothere.example.test.")
+    assert result.rcode == RCode.NXDOMAIN
+    assert result.answer == []
+    [soa] = result.authority
+    assert soa.rtype == RRType.SOA and soa.name == N("example.test.")
+    assert soa.ttl == 300 == min(3600, soa_minimum(soa.rdata))
+    entry = resolver.cache.get_negative(N("nothere.example.test."), RRType.A, clock())
+    assert entry is not None and entry.kind == NegativeKind.NXDOMAIN
+    assert entry.expires_at == clock() + 300
+
+    net.clear_log()
+    clock.advance(299)
+    cached = await ask(resolver, "nothere.example.test.", RRType.TXT)  # NXDOMAIN is for every type
+    assert cached.rcode == RCode.NXDOMAIN
+    assert cached.authority[0].ttl == 1
+    assert net.log == []
+
+    clock.advance(2)
+    assert (await ask(resolver, "nothere.example.test.")).rcode == RCode.NXDOMAIN
+    assert (EXAMPLE_TEST_1, "nothere.example.test.", "A") in net.sent() or \
+        (EXAMPLE_TEST_2, "nothere.example.test.", "A") in net.sent()
+
+
+async def test_negative_ttl_is_the_soa_ttl_when_lower_than_minimum(resolver: Resolver, clock: FakeClock) -> None:
+    result = await ask(resolver, "nothere.other.example.")  # SOA TTL 120, MINIMUM 600
+    assert result.rcode == RCode.NXDOMAIN
+    assert result.authority[0].ttl == 120
+    entry = resolver.cache.get_negative(N("nothere.other.example."), RRType.A, clock())
+    assert entry is not None and entry.expires_at == clock() + 120
+
+
+async def test_nodata_cached_per_type(net: FakeNet, resolver: Resolver, clock: FakeClock) -> None:
+    result = await ask(resolver, "www.example.test.", RRType.MX)
+    assert result.rcode == RCode.NOERROR
+    assert result.answer == []
+    assert [rr.rtype for rr in result.authority] == [RRType.SOA]
+    assert result.authority[0].ttl == 300
+    entry = resolver.cache.get_negative(N("www.example.test."), RRType.MX, clock())
+    assert entry is not None and entry.kind == NegativeKind.NODATA
+    net.clear_log()
+    clock.advance(200)
+    again = await ask(resolver, "www.example.test.", RRType.MX)
+    assert again.rcode == RCode.NOERROR and again.answer == [] and again.authority[0].ttl == 100
+    assert net.log == []
+    # Another type of the same name is not NODATA.
+    assert values(await ask(resolver, "www.example.test.", RRType.AAAA), RRType.AAAA) == ["2001:db8::80"]
+
+
+async def test_cname_to_a_name_that_does_not_exist(resolver: Resolver, clock: FakeClock) -> None:
+    result = await ask(resolver, "gone.example.test.")
+    assert result.rcode == RCode.NXDOMAIN  # RFC 6604: the rcode of the last name of the chain
+    assert chain(result) == [("gone.example.test.", "CNAME")]
+    # The NXDOMAIN belongs to the target, not to the alias.
+    assert resolver.cache.get_negative(N("nothere.example.test."), RRType.A, clock()) is not None
+    assert resolver.cache.get(N("gone.example.test."), RRType.CNAME, clock()) is not None
+    again = await ask(resolver, "gone.example.test.")
+    assert again.rcode == RCode.NXDOMAIN and chain(again) == chain(result)
+
+
+async def test_rfc8020_nxdomain_at_a_parent_answers_a_child_from_the_cache(net: FakeNet, resolver: Resolver) -> None:
+    await ask(resolver, "nothere.example.test.")
+    net.clear_log()
+    result = await ask(resolver, "a.b.nothere.example.test.", RRType.AAAA)
+    assert result.rcode == RCode.NXDOMAIN
+    assert result.authority and result.authority[0].rtype == RRType.SOA
+    assert net.log == []
+
+
+async def test_nodata_at_a_parent_does_not_answer_a_child(net: FakeNet, resolver: Resolver) -> None:
+    await ask(resolver, "ent.example.test.")  # an empty non-terminal: NODATA
+    result = await ask(resolver, "a.b.ent.example.test.")
+    assert values(result) == ["192.0.2.7"]
+
+
+# --- transport trouble --------------------------------------------------------------------------
+
+async def test_truncated_reply_is_asked_again_over_tcp(net: FakeNet, resolver: Resolver) -> None:
+    result = await ask(resolver, "big.example.test.", RRType.TXT)
+    assert result.rcode == RCode.NOERROR
+    assert len(values(result, RRType.TXT)) == 4
+    last_two = net.log[-2:]
+    assert [(q.text, q.tcp) for q in last_two] == [("big.example.test.", False), ("big.example.test.", True)]
+    assert last_two[0].address == last_two[1].address
+
+
+async def test_server_that_always_truncates_over_udp(net: FakeNet, resolver: Resolver) -> None:
+    for address in EXAMPLE_TEST:
+        net.misbehave(address, always_tc=True)
+    result = await ask(resolver, "www.example.test.")
+    assert values(result) == ["192.0.2.80"]
+    to_zone = [q for q in net.log if q.address in EXAMPLE_TEST]
+    assert [(q.text, q.tcp) for q in to_zone] == [("www.example.test.", False), ("www.example.test.", True)]
+
+
+async def test_formerr_with_edns_is_asked_again_without_and_remembered(net: FakeNet, resolver: Resolver,
+                                                                       first_choice: None) -> None:
+    net.misbehave(EXAMPLE_TEST_1, formerr_edns=True)
+    result = await ask(resolver, "www.example.test.")
+    assert values(result) == ["192.0.2.80"]
+    assert [(q.text, q.edns) for q in net.to(EXAMPLE_TEST_1)] == [("www.example.test.", True),
+                                                                 ("www.example.test.", False)]
+    assert resolver.infra.state(EXAMPLE_TEST_1).no_edns
+    net.clear_log()
+    await ask(resolver, "alias.example.test.")
+    assert [(q.text, q.edns) for q in net.to(EXAMPLE_TEST_1)] == [("alias.example.test.", False)]
+    assert all(q.edns for q in net.log if q.address != EXAMPLE_TEST_1)
+
+
+async def test_lame_server_is_skipped_and_remembered(net: FakeNet, resolver: Resolver, clock: FakeClock,
+                                                     first_choice: None) -> None:
+    result = await ask(resolver, "www.lame.test.")
+    assert values(result) == ["192.0.2.30"]
+    assert [q.text for q in net.to(LAME_1)] == ["www.lame.test."]  # REFUSED
+    assert [q.text for q in net.to(LAME_2)] == ["www.lame.test."]
+    assert resolver.infra.is_lame(N("lame.test."), LAME_1, clock())
+    assert not resolver.infra.is_lame(N("lame.test."), LAME_2, clock())
+    net.clear_log()
+    result = await ask(resolver, "nx.lame.test.")
+    assert result.rcode == RCode.NXDOMAIN
+    assert net.to(LAME_1) == []
+
+
+async def test_dead_server_is_skipped_after_a_timeout(net: FakeNet, resolver: Resolver, clock: FakeClock,
+                                                      first_choice: None) -> None:
+    before = clock()
+    result = await ask(resolver, "www.dead.test.")
+    assert values(result) == ["192.0.2.40"]
+    assert [q.text for q in net.to(DEAD_1)] == ["www.dead.test."]
+    assert [q.text for q in net.to(DEAD_2)] == ["www.dead.test."]
+    assert resolver.infra.state(DEAD_1).timeouts == 1
+    assert clock() - before == pytest.approx(ResolverSettings().initial_timeout)  # one wait spent
+    assert resolver.upstream_failures == {"timeout": 1}
+
+
+async def test_unreachable_server_is_skipped(net: FakeNet, resolver: Resolver, first_choice: None) -> None:
+    net.misbehave(EXAMPLE_TEST_1, unreachable=True)
+    assert values(await ask(resolver, "www.example.test.")) == ["192.0.2.80"]
+    assert resolver.upstream_failures == {"unreachable": 1}
+    assert [q.text for q in net.to(EXAMPLE_TEST_2)] == ["www.example.test."]
+
+
+async def test_all_servers_dead_is_servfail_within_the_budget(net: FakeNet, resolver: Resolver) -> None:
+    result = await ask(resolver, "www.alldead.test.")
+    assert result.rcode == RCode.SERVFAIL
+    assert result.failure
+    for address in (ALLDEAD_1, ALLDEAD_2):
+        assert 1 <= len(net.to(address)) <= 2  # each server at most twice
+    assert len(net.log) <= ResolverSettings().max_queries_per_request
+
+
+async def test_malformed_reply_marks_the_server_and_the_next_is_used(net: FakeNet, resolver: Resolver,
+                                                                     clock: FakeClock, first_choice: None) -> None:
+    net.misbehave(EXAMPLE_TEST_1, handler=lambda query, reply: b"\x00\x01garbage")
+    assert values(await ask(resolver, "www.example.test.")) == ["192.0.2.80"]
+    assert resolver.infra.is_lame(N("example.test."), EXAMPLE_TEST_1, clock())
+    assert [q.text for q in net.to(EXAMPLE_TEST_2)] == ["www.example.test."]
+
+
+async def test_upward_referral_is_lame(net: FakeNet, resolver: Resolver, clock: FakeClock,
+                                       first_choice: None) -> None:
+    root_ns = [RR(N("."), RRType.NS, CLASS_IN, 3600, N("a.root-servers.net."))]
+
+    def upward(query: Message, reply: Reply) -> Reply:
+        return Reply(RCode.NOERROR, False, authority=root_ns)
+
+    net.misbehave(EXAMPLE_TEST_1, handler=upward)
+    assert values(await ask(resolver, "www.example.test.")) == ["192.0.2.80"]
+    assert resolver.infra.is_lame(N("example.test."), EXAMPLE_TEST_1, clock())
+
+
+async def test_sideways_referral_is_lame(net: FakeNet, resolver: Resolver, clock: FakeClock,
+                                         first_choice: None) -> None:
+    sideways = [RR(N("lame.test."), RRType.NS, CLASS_IN, 3600, N("ns1.lame.test."))]
+    net.misbehave(TEST_1, handler=lambda query, reply: Reply(RCode.NOERROR, False, authority=sideways))
+    assert values(await ask(resolver, "www.example.test.")) == ["192.0.2.80"]
+    assert resolver.infra.is_lame(N("test."), TEST_1, clock())
+    assert resolver.cache.get(N("lame.test."), RRType.NS, clock()) is None
+
+
+# --- QNAME minimisation (RFC 9156) --------------------------------------------------------------
+
+async def test_minimisation_sends_one_more_name_part_at_a_time_with_type_a(net: FakeNet, resolver: Resolver) -> None:
+    result = await ask(resolver, "a.b.ent.example.test.", RRType.AAAA)
+    assert result.rcode == RCode.NOERROR and result.answer == []  # a.b.ent has only an A
+    assert net.names_sent() == [
+        (".", "NS"),
+        ("test.", "A"),
+        ("example.test.", "A"),
+        ("ent.example.test.", "A"),
+        ("b.ent.example.test.", "A"),
+        ("a.b.ent.example.test.", "AAAA"),
+    ]
+
+
+async def test_minimisation_off_sends_the_full_name(net: FakeNet, clock: FakeClock) -> None:
+    resolver = make_resolver(net, clock, qname_minimisation="off")
+    assert values(await ask(resolver, "a.b.ent.example.test.")) == ["192.0.2.7"]
+    assert net.names_sent() == [(".", "NS")] + [("a.b.ent.example.test.", "A")] * 3
+
+
+def _nxdomain_for_empty_non_terminals(net: FakeNet) -> None:
+    """example.test's servers as some broken ones are: NXDOMAIN for an empty non-terminal."""
+    zone = net.zone("example.test.")
+
+    def broken(query: Message, reply: Reply) -> Reply:
+        assert query.question is not None
+        name = query.question.key_name
+        if zone.exists(name) and not zone.rrsets(name):
+            return Reply(RCode.NXDOMAIN, True, authority=zone.negative_soa())
+        return reply
+
+    for address in EXAMPLE_TEST:
+        net.misbehave(address, handler=broken)
+
+
+async def test_relaxed_minimisation_falls_back_to_the_full_name_on_nxdomain(net: FakeNet, resolver: Resolver) -> None:
+    _nxdomain_for_empty_non_terminals(net)
+    result = await ask(resolver, "a.b.ent.example.test.")
+    assert values(result) == ["192.0.2.7"]
+    assert net.names_sent()[-2:] == [("ent.example.test.", "A"), ("a.b.ent.example.test.", "A")]
+
+
+async def test_relaxed_fallback_does_not_leave_the_broken_nxdomain_in_the_cache(net: FakeNet,
+                                                                                 resolver: Resolver) -> None:
+    """Before the fix the broken server's NXDOMAIN for the minimised ``ent.example.test`` stayed in
+    the cache, and RFC 8020 then answered NXDOMAIN for every name below it — the very name just
+    answered, for any other type."""
+    _nxdomain_for_empty_non_terminals(net)
+    assert values(await ask(resolver, "a.b.ent.example.test.")) == ["192.0.2.7"]
+    other_type = await ask(resolver, "a.b.ent.example.test.", RRType.AAAA)
+    assert other_type.rcode == RCode.NOERROR
+
+
+async def test_strict_minimisation_takes_the_nxdomain(net: FakeNet, clock: FakeClock) -> None:
+    _nxdomain_for_empty_non_terminals(net)
+    resolver = make_resolver(net, clock, qname_minimisation="strict")
+    result = await ask(resolver, "a.b.ent.example.test.")
+    assert result.rcode == RCode.NXDOMAIN
+    assert all(name != "a.b.ent.example.test." for name, _ in net.names_sent())
+
+
+@pytest.mark.xfail(strict=True, reason="BUG (resolver): relaxed minimisation does not fall back on an error "
+                   "for a minimised name, though the module comment says it does; the server is marked lame")
+async def test_relaxed_minimisation_falls_back_on_an_error_for_a_minimised_name(net: FakeNet,
+                                                                                 resolver: Resolver) -> None:
+    zone = net.zone("example.test.")
+
+    def broken(query: Message, reply: Reply) -> Reply:
+        assert query.question is not None
+        name = query.question.key_name
+        if zone.exists(name) and not zone.rrsets(name):
+            return Reply(RCode.SERVFAIL, False)
+        return reply
+
+    for address in EXAMPLE_TEST:
+        net.misbehave(address, handler=broken)
+    assert values(await ask(resolver, "a.b.ent.example.test.")) == ["192.0.2.7"]
+
+
+async def test_minimisation_stops_after_max_steps(net: FakeNet, clock: FakeClock) -> None:
+    add(net, "example.test.", "a.b.c.d.e.deep A 192.0.2.66\n")
+    resolver = make_resolver(net, clock, max_minimise_steps=2)
+    await ask(resolver, "www.example.test.")
+    net.clear_log()
+    assert values(await ask(resolver, "a.b.c.d.e.deep.example.test.")) == ["192.0.2.66"]
+    assert net.names_sent() == [("deep.example.test.", "A"), ("e.deep.example.test.", "A"),
+                                ("a.b.c.d.e.deep.example.test.", "A")]
+
+
+# --- limits ---------------------------------------------------------------------------------------
+
+async def test_query_budget_caps_an_ns_set_of_unresolvable_names(net: FakeNet, resolver: Resolver) -> None:
+    """NXNSAttack: a delegation to many out-of-bailiwick names whose zones do not answer."""
+    ns = "".join(f"nxns NS ns.sink{i}.example.\n" for i in range(40))
+    add(net, "test.", ns)
+    sinks = "".join(f"sink{i} NS ns.sink{i}\nns.sink{i} A 10.66.0.{i + 1}\n" for i in range(40))
+    add(net, "example.", sinks)  # every sink's server is an address where nothing answers
+    result = await ask(resolver, "www.nxns.test.")
+    assert result.rcode == RCode.SERVFAIL
+    assert len(net.log) <= ResolverSettings().max_queries_per_request
+    assert len(net.log) >= ResolverSettings().max_queries_per_request - 3  # it did try, up to the cap
+
+
+async def test_query_budget_setting_is_honoured(net: FakeNet, clock: FakeClock) -> None:
+    add(net, "test.", "".join(f"nxns NS ns.sink{i}.example.\n" for i in range(40)))
+    add(net, "example.", "".join(f"sink{i} NS ns.sink{i}\nns.sink{i} A 10.66.0.{i + 1}\n" for i in range(40)))
+    resolver = make_resolver(net, clock, max_queries_per_request=10)
+    assert (await ask(resolver, "www.nxns.test.")).rcode == RCode.SERVFAIL
+    assert len(net.log) <= 10
+
+
+def _deep_delegations(net: FakeNet) -> None:
+    """deep.test → d1.deep.test → d2.d1.deep.test → d3.d2.d1.deep.test, each on its own server."""
+    add(net, "test.", "deep NS ns.deep\nns.deep A 10.8.0.1\n")
+    names = ["deep.test.", "d1.deep.test.", "d2.d1.deep.test.", "d3.d2.d1.deep.test."]
+    for i, origin in enumerate(names):
+        text = f"$TTL 3600\n@ SOA ns hm 1 1 1 1 1\n@ NS ns\nns A 10.8.0.{i + 1}\n"
+        if i + 1 < len(names):
+            child = names[i + 1].split(".")[0]
+            text += f"{child} NS ns.{child}\nns.{child} A 10.8.0.{i + 2}\n"
+        else:
+            text += "www A 192.0.2.88\n"
+        net.serve(f"10.8.0.{i + 1}", load_zone_text(text, origin))
+
+
+async def test_max_referrals(net: FakeNet, clock: FakeClock) -> None:
+    _deep_delegations(net)
+    name = "www.d3.d2.d1.deep.test."
+    assert values(await ask(make_resolver(net, clock, qname_minimisation="off"), name)) == ["192.0.2.88"]
+    limited = make_resolver(net, clock, qname_minimisation="off", max_referrals=4)
+    result = await ask(limited, name)
+    assert result.rcode == RCode.SERVFAIL
+    assert result.failure == "too many referrals"
+
+
+async def test_ns_depth_limit(net: FakeNet, clock: FakeClock) -> None:
+    """oob.test's server name lives in other.example: with no NS-name nesting allowed it
+    cannot be found."""
+    resolver = make_resolver(net, clock, max_ns_depth=0)
+    assert (await ask(resolver, "www.oob.test.")).rcode == RCode.SERVFAIL
+    assert all(name != "ns-oob.other.example." for name, _ in net.names_sent())
+
+
+# --- anti-spoofing ------------------------------------------------------------------------------
+
+INJECTED = RR(N("www.other.example."), RRType.A, CLASS_IN, 86400, a_rdata("6.6.6.6"))
+
+
+async def test_records_outside_the_bailiwick_are_not_cached(net: FakeNet, resolver: Resolver, clock: FakeClock) -> None:
+    def inject(query: Message, reply: Reply) -> Reply:
+        reply.answer.append(INJECTED)
+        reply.additional.append(INJECTED)
+        reply.authority.append(RR(N("other.example."), RRType.NS, CLASS_IN, 86400, N("ns.evil.test.")))
+        return reply
+
+    for address in TEST:
+        net.misbehave(address, handler=inject)
+    assert values(await ask(resolver, "www.example.test.")) == ["192.0.2.80"]
+    assert resolver.cache.get(N("www.other.example."), RRType.A, clock()) is None
+    assert resolver.cache.get(N("other.example."), RRType.NS, clock()) is None
+    net.clear_log()
+    result = await ask(resolver, "www.other.example.")
+    assert values(result) == ["192.0.2.10"]
+    assert (OTHER, "www.other.example.", "A") in net.sent()
+
+
+async def test_glue_outside_the_delegating_zone_is_ignored(net: FakeNet, resolver: Resolver, clock: FakeClock) -> None:
+    def forged_glue(query: Message, reply: Reply) -> Reply:
+        reply.additional.append(RR(N("ns-oob.other.example."), RRType.A, CLASS_IN, 86400, a_rdata("10.66.6.6")))
+        return reply
+
+    for address in TEST:
+        net.misbehave(address, handler=forged_glue)
+    net.serve("10.66.6.6", load_zone_text("@ SOA ns hm 1 1 1 1 1\n@ NS ns\nns A 10.66.6.6\nwww A 6.6.6.6\n",
+                                          "oob.test."))
+    assert values(await ask(resolver, "www.oob.test.")) == ["192.0.2.20"]
+    assert net.to("10.66.6.6") == []
+    ns = resolver.cache.get(N("ns-oob.other.example."), RRType.A, clock())
+    assert ns is not None and ns.rdatas == (a_rdata(OOB),)
+
+
+async def test_answer_records_off_the_chain_are_not_cached(net: FakeNet, resolver: Resolver, clock: FakeClock) -> None:
+    """The parent's servers are in bailiwick for the child's names, but records in an answer that
+    are not part of the answer to the question asked are dropped (Unbound's scrubber): before the
+    fix, test.'s servers could plant www.example.test with the trust of an authoritative answer."""
+    planted = RR(N("www.example.test."), RRType.A, CLASS_IN, 86400, a_rdata("6.6.6.6"))
+
+    def plant(query: Message, reply: Reply) -> Reply:
+        reply.answer.append(planted)
+        return reply
+
+    for address in TEST:
+        net.misbehave(address, handler=plant)
+    assert values(await ask(resolver, "ns1.nic.test.")) == [TEST_1]
+    assert resolver.cache.get(N("www.example.test."), RRType.A, clock()) is None
+    assert values(await ask(resolver, "www.example.test.")) == ["192.0.2.80"]
+
+
+async def test_zero_x20_sends_mixed_case_and_asks_for_exact_matches(net: FakeNet, clock: FakeClock) -> None:
+    resolver = make_resolver(net, clock, use_0x20=True)
+    assert values(await ask(resolver, "www.example.test.")) == ["192.0.2.80"]
+    assert all(q.exact_case for q in net.log)
+    assert any(q.name != q.name.lower() for q in net.log)
+    assert net.names_sent() == [(".", "NS"), ("test.", "A"), ("example.test.", "A"), ("www.example.test.", "A")]
+    cached = resolver.cache.get(N("www.example.test."), RRType.A, clock())
+    assert cached is not None and cached.name == N("www.example.test.")  # cached under the lowercased name
+
+
+async def test_without_zero_x20_names_are_sent_lowercased(net: FakeNet, resolver: Resolver) -> None:
+    await ask(resolver, "WWW.Example.TEST.")
+    assert all(not q.exact_case and q.name == q.name.lower() for q in net.log)
+
+
+async def test_glue_does_not_overwrite_a_fresh_authoritative_answer(net: FakeNet, resolver: Resolver,
+                                                                    clock: FakeClock) -> None:
+    add(net, "example.test.", "ns1 A 10.2.0.11\n")  # the child says two addresses, the parent's glue one
+    result = await ask(resolver, "ns1.example.test.")
+    assert sorted(values(result)) == [EXAMPLE_TEST_1, "10.2.0.11"]
+    entry = resolver.cache.get(N("ns1.example.test."), RRType.A, clock())
+    assert entry is not None and entry.trust == Trust.ANSWER
+    resolver.cache.flush(N("example.test."))  # forget the delegation: the next name is referred again
+    net.clear_log()
+    assert values(await ask(resolver, "alias.example.test.")) == ["192.0.2.80"]
+    assert any(address in TEST for address, _, _ in net.sent())  # the referral with its glue came again
+    entry = resolver.cache.get(N("ns1.example.test."), RRType.A, clock())
+    assert entry is not None and entry.trust == Trust.ANSWER and len(entry.rdatas) == 2
+
+
+async def test_glue_is_not_handed_out_as_an_answer(net: FakeNet, resolver: Resolver, clock: FakeClock) -> None:
+    """RFC 2181 §5.4.1: data from the additional section (glue) and a referral's NS set must not
+    be returned as answers; a question for them goes to the zone's own servers. Before the fix the
+    cache handed out the parent's glue (one address) instead of the child's answer (two)."""
+    add(net, "example.test.", "ns1 A 10.2.0.11\n")
+    await ask(resolver, "www.example.test.")  # caches test.'s glue for ns1.example.test
+    net.clear_log()
+    result = await ask(resolver, "ns1.example.test.")
+    assert sorted(values(result)) == [EXAMPLE_TEST_1, "10.2.0.11"]
+    assert len(net.log) == 1
+    ns = await ask(resolver, "example.test.", RRType.NS)  # the child's NS set, not the referral's
+    assert sorted(values(ns, RRType.NS)) == ["ns1.example.test.", "ns2.example.test."]
+    entry = resolver.cache.get(N("example.test."), RRType.NS, clock())
+    assert entry is not None and entry.trust == Trust.ANSWER
+
+
+async def test_expired_glue_under_a_fresh_ns_set_asks_the_parent_again(net: FakeNet, resolver: Resolver,
+                                                                       clock: FakeClock) -> None:
+    """The glue of example.test's in-zone servers lives shorter than its NS set. Before the fix,
+    once the glue had expired the NS set still led to example.test, whose servers could then not
+    be found (their names are inside the zone): SERVFAIL until the NS set expired too."""
+    test_zone = net.zone("test.")
+    for name, address in (("ns1.example.test.", EXAMPLE_TEST_1), ("ns2.example.test.", EXAMPLE_TEST_2)):
+        test_zone.replace_rrset(N(name), RRType.A, [RR(N(name), RRType.A, CLASS_IN, 60, a_rdata(address))])
+    assert values(await ask(resolver, "www.example.test.")) == ["192.0.2.80"]
+    clock.advance(120)
+    assert resolver.cache.get(N("example.test."), RRType.NS, clock()) is not None
+    assert resolver.cache.get(N("ns1.example.test."), RRType.A, clock()) is None
+    result = await ask(resolver, "alias.example.test.")
+    assert result.rcode == RCode.NOERROR, result.failure
+    assert values(result) == ["192.0.2.80"]
+
+
+# --- priming --------------------------------------------------------------------------------------
+
+async def test_priming_happens_once_and_is_shared(net: FakeNet, resolver: Resolver) -> None:
+    results = await asyncio.gather(*(ask(resolver, name) for name in
+                                     ("www.example.test.", "www.other.example.", "www.lame.test.")))
+    assert all(r.rcode == RCode.NOERROR for r in results)
+    assert net.names_sent().count((".", "NS")) == 1
+    assert net.names_sent()[0] == (".", "NS")
+    net.clear_log()
+    await ask(resolver, "www.dead.test.")
+    assert (".", "NS") not in net.names_sent()
+
+
+async def test_priming_failure_falls_back_to_the_hints(net: FakeNet, resolver: Resolver, clock: FakeClock) -> None:
+    def no_ns(query: Message, reply: Reply) -> Reply | None:
+        assert query.question is not None
+        return None if query.question.qtype == RRType.NS else reply  # priming times out
+
+    for address in ROOTS:
+        net.misbehave(address, handler=no_ns)
+    assert values(await ask(resolver, "www.example.test.")) == ["192.0.2.80"]
+    assert resolver.cache.get(N("."), RRType.NS, clock()) is None
+    net.clear_log()
+    await ask(resolver, "www.other.example.")
+    assert (".", "NS") not in net.names_sent()  # not again for a while
+
+
+# --- forward zones ----------------------------------------------------------------------------------
+
+async def test_forward_zone_asks_its_forwarder_with_rd(net: FakeNet, clock: FakeClock) -> None:
+    from ispd.dns.resolver import ForwardZone
+
+    forwarder = "10.9.0.1"
+    net.serve(forwarder, net.zone("example.test."))
+    resolver = Resolver(RRsetCache(CacheLimits()), net, HINTS, clock, settings(),
+                        [ForwardZone(N("example.test."), (forwarder,), recursive=True)])
+    result = await ask(resolver, "www.example.test.")
+    assert values(result) == ["192.0.2.80"]
+    assert [(q.address, q.text, q.rd) for q in net.log] == [(forwarder, "www.example.test.", True)]
+    entry = resolver.cache.get(N("www.example.test."), RRType.A, clock())
+    assert entry is not None and entry.trust == Trust.ANSWER - 1  # FORWARDED
+
+
+async def test_stub_zone_iterates_from_its_servers(net: FakeNet, clock: FakeClock) -> None:
+    from ispd.dns.resolver import ForwardZone
+
+    resolver = Resolver(RRsetCache(CacheLimits()), net, HINTS, clock, settings(),
+                        [ForwardZone(N("example.test."), (EXAMPLE_TEST_2,), recursive=False)])
+    result = await ask(resolver, "www.example.test.")
+    assert values(result) == ["192.0.2.80"]
+    assert [(q.address, q.text, q.rd) for q in net.log] == [(EXAMPLE_TEST_2, "www.example.test.", False)]
+
+
+async def test_priming_learns_the_root_servers_addresses(net: FakeNet, clock: FakeClock, first_choice: None) -> None:
+    """RFC 8109: priming is there to learn the root servers' current addresses. Here the hints
+    know b.root-servers.net by an old address; the root's priming answer gives the new one
+    (ROOT_B) in its additional section. Once a.root stops answering, only that learned address
+    reaches the root. Before the fix the priming answer's additional section was dropped and the
+    hints' addresses were used for ever."""
+    old_hints = [(N("a.root-servers.net."), [ROOT_A]), (N("b.root-servers.net."), ["10.0.0.98"])]
+    resolver = Resolver(RRsetCache(CacheLimits()), net, old_hints, clock, settings())
+    assert values(await ask(resolver, "www.example.test.")) == ["192.0.2.80"]
+    assert net.sent()[0] == (ROOT_A, ".", "NS")
+    b_root = resolver.cache.get(N("b.root-servers.net."), RRType.A, clock())
+    assert b_root is not None and b_root.rdatas == (a_rdata(ROOT_B),) and b_root.trust == Trust.GLUE
+    net.misbehave(ROOT_A, timeout=True)
+    net.clear_log()
+    assert values(await ask(resolver, "www.other.example.")) == ["192.0.2.10"]
+    assert net.to("10.0.0.98") == []
+    assert [q.text for q in net.to(ROOT_B)] == ["example."]
+
+
+async def test_ns_answer_caches_the_servers_addresses_only_inside_the_bailiwick(net: FakeNet, resolver: Resolver,
+                                                                               clock: FakeClock) -> None:
+    forged = RR(N("www.other.example."), RRType.A, CLASS_IN, 86400, a_rdata("6.6.6.6"))
+
+    def extra(query: Message, reply: Reply) -> Reply:
+        reply.additional.append(forged)
+        reply.additional.append(RR(N("ns1.example.test."), RRType.A, CLASS_IN, 3600, a_rdata(EXAMPLE_TEST_1)))
+        return reply
+
+    for address in EXAMPLE_TEST:
+        net.misbehave(address, handler=extra)
+    ns = await ask(resolver, "example.test.", RRType.NS)
+    assert sorted(values(ns, RRType.NS)) == ["ns1.example.test.", "ns2.example.test."]
+    assert resolver.cache.get(N("www.other.example."), RRType.A, clock()) is None
+
+
+async def test_retries_over_tcp_spend_the_query_budget(net: FakeNet, clock: FakeClock) -> None:
+    """A retry over TCP (or without EDNS) is an upstream query too: before the fix the budget
+    counted only the first of each server's up to three exchanges."""
+    for address in list(net.servers):
+        net.misbehave(address, always_tc=True)
+    resolver = make_resolver(net, clock, max_queries_per_request=4)
+    result = await ask(resolver, "www.example.test.")
+    assert result.rcode == RCode.SERVFAIL
+    assert len(net.log) <= 4
+    assert values(await ask(make_resolver(net, clock), "www.example.test.")) == ["192.0.2.80"]  # enough budget
