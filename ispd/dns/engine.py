@@ -47,6 +47,7 @@ from ispd.dns.policy import PolicyAction, PolicyHit
 from ispd.dns.resolver import Resolution, Resolver
 from ispd.dns.wire import (
     CLASS_IN,
+    EDNS,
     EDNS_DO,
     FLAG_AA,
     FLAG_CD,
@@ -223,7 +224,7 @@ class DNSEngine:
             reply = b"".join((data[:2], _U16.pack(flags), entry.counts_with_opt, data[12:qend], entry.render(now), opt))
         else:
             reply = b"".join((data[:2], _U16.pack(flags), entry.counts, data[12:qend], entry.render(now)))
-        if not tcp and len(reply) > (size or 512):
+        if not tcp and len(reply) > (min(size, SERVER_UDP_SIZE) if size else 512):
             return b"".join((data[:2], _U16.pack(flags | FLAG_TC), _TC_COUNTS_OPT if size else _TC_COUNTS,
                              data[12:qend], (self._opt_do if edns_flags & EDNS_DO else self._opt) if size else b""))
         return reply
@@ -233,6 +234,12 @@ class DNSEngine:
     async def answer(self, data: bytes, client: str, *, tcp: bool) -> bytes | None:
         """The reply to ``data`` from ``client``, or None to send nothing."""
         client_class = self.client_class(client)
+        if client_class == ClientClass.REFUSED:  # before any parsing: strangers get nothing else
+            self.stats.refused_clients += 1
+            return self._count(error_reply(data, RCode.REFUSED))
+        if self.rate_limiter is not None and not self.rate_limiter.allow(client, self.clock()):
+            self.stats.rate_limited += 1
+            return None
         try:
             query = decode_message(data)
         except WireError:
@@ -241,12 +248,6 @@ class DNSEngine:
         if query.flags & FLAG_QR:
             self.stats.malformed += 1
             return None  # never answer a response
-        if client_class == ClientClass.REFUSED:
-            self.stats.refused_clients += 1
-            return self._error(query, RCode.REFUSED)
-        if self.rate_limiter is not None and not self.rate_limiter.allow(client, self.clock()):
-            self.stats.rate_limited += 1
-            return None
         if query.opcode != Opcode.QUERY:
             return self._error(query, RCode.NOTIMP)
         question = query.question
@@ -334,11 +335,12 @@ class DNSEngine:
         copy.body, copy.rendered_age = body, 0
         return copy
 
-    async def _resolve_into(self, key: bytes, question: Question, future: asyncio.Future[CachedAnswer]) -> None:
+    async def _resolve_into(self, key: bytes, question: Question, future: asyncio.Future[CachedAnswer], *,
+                            refresh: bool = False) -> None:
         """Resolve one question, store the result, and hand it to every client waiting for it."""
         try:
             async with asyncio.timeout(self.request_timeout):
-                resolution = await self.resolver.resolve(question.key_name, question.qtype)
+                resolution = await self.resolver.resolve(question.key_name, question.qtype, refresh=refresh)
         except TimeoutError:
             resolution = Resolution(RCode.SERVFAIL, [], failure="timed out")
         except asyncio.CancelledError:
@@ -386,6 +388,8 @@ class DNSEngine:
 
     def _build(self, key: bytes, question: Question, resolution: Resolution, now: float, *,
                store: bool) -> CachedAnswer:
+        if resolution.rcode == RCode.SERVFAIL:  # no partial chain: it would set the entry's lifetime
+            resolution = Resolution(RCode.SERVFAIL, [], [], resolution.failure)
         flags = FLAG_QR | FLAG_RA | (resolution.rcode & 0xF)
         q = Question(question.key_name, question.qtype, question.qclass)
         encoded = encode_message(0, flags, q, resolution.answer, resolution.authority, [], max_size=TCP_MAX_SIZE)
@@ -411,7 +415,7 @@ class DNSEngine:
             return
         future: asyncio.Future[CachedAnswer] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
-        self._spawn(self._resolve_into(key, question, future))
+        self._spawn(self._resolve_into(key, question, future, refresh=True))
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -444,7 +448,7 @@ class DNSEngine:
         else:
             reply = b"".join((_U16.pack(query.id), _U16.pack(flags), entry.counts, question,
                               entry.render(self.clock())))
-        limit = TCP_MAX_SIZE if tcp else (edns.udp_size if edns is not None else 512)
+        limit = TCP_MAX_SIZE if tcp else udp_limit(edns)
         if len(reply) > limit:
             return self._truncated(query)
         return reply
@@ -465,7 +469,7 @@ class DNSEngine:
         flags = (FLAG_QR | FLAG_RA | (FLAG_AA if authoritative else 0) | (query.flags & _RD_CD) | (rcode & 0xF))
         self.rcodes[rcode & 0xF] += 1
         edns = query.edns
-        limit = TCP_MAX_SIZE if tcp else (edns.udp_size if edns is not None else 512)
+        limit = TCP_MAX_SIZE if tcp else udp_limit(edns)
         opt = (self._opt_do if edns.do else self._opt) if edns is not None else None
         return encode_message(query.id, flags, query.question, answer, authority, [],
                               opt=opt, max_size=limit).data
@@ -487,6 +491,12 @@ class DNSEngine:
         if reply is not None:
             self.rcodes[reply[3] & 0xF] += 1
         return reply
+
+
+def udp_limit(edns: EDNS | None) -> int:
+    """The largest UDP reply: the lesser of the client's buffer and ours (RFC 6891 §6.2.5), 512
+    without EDNS."""
+    return min(edns.udp_size, SERVER_UDP_SIZE) if edns is not None else 512
 
 
 def policy_answer(hit: PolicyHit, qtype: int) -> ZoneAnswer:

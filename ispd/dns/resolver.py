@@ -253,14 +253,16 @@ class Resolver:
     # --- the client-facing question -----------------------------------------------------
 
     async def resolve(self, name: bytes, qtype: int, *, trace: Callable[[str], None] | None = None,
-                      budget: Budget | None = None, depth: int = 0) -> Resolution:
-        """Answer (name, type) in class IN, following CNAMEs and DNAMEs (RFC 1034 §4.3.2)."""
+                      budget: Budget | None = None, depth: int = 0, refresh: bool = False) -> Resolution:
+        """Answer (name, type) in class IN, following CNAMEs and DNAMEs (RFC 1034 §4.3.2).
+        ``refresh`` (a prefetch) asks upstream for the names of the answer even while the cache
+        still holds them; delegations still come from the cache."""
         budget = budget or Budget(self.settings.max_queries_per_request, trace)
         chain: list[RR] = []
         seen = {name}
         current = name
         for _ in range(self.settings.max_cname_chain + 1):
-            outcome = await self._resolve_name(current, qtype, budget, depth)
+            outcome = await self._resolve_name(current, qtype, budget, depth, refresh)
             chain.extend(outcome.records)
             # One reply may carry several hops of the chain: count the hops, not the replies.
             if sum(1 for rr in chain if rr.rtype == RRType.CNAME) > self.settings.max_cname_chain:
@@ -281,9 +283,10 @@ class Resolver:
                 _trace(budget, f"following the chain to {name_to_text(current)}")
         return Resolution(RCode.SERVFAIL, chain, failure="CNAME chain too long")
 
-    async def _resolve_name(self, name: bytes, qtype: int, budget: Budget, depth: int) -> Outcome:
+    async def _resolve_name(self, name: bytes, qtype: int, budget: Budget, depth: int,
+                            refresh: bool = False) -> Outcome:
         now = self.clock()
-        cached = self._from_cache(name, qtype, now)
+        cached = None if refresh else self._from_cache(name, qtype, now)
         if cached is not None:
             if budget.trace is not None:
                 _trace(budget, f"{name_to_text(name)} {_type_text(qtype)}: {cached.step.value} from the cache")
