@@ -227,6 +227,7 @@ class Outcome:
     zone: bytes = b""  # for a referral
     ns_names: tuple[bytes, ...] = ()
     reason: str = ""
+    minimised_error: bool = False  # an error rcode to a minimised name, not a verdict on the server
 
 
 _NO_SERVER_ANSWERED = Outcome(Step.FAILED, reason="no server of the zone answered")
@@ -344,15 +345,21 @@ class Resolver:
                 send_type = qtype if send_name == qname else RRType.A
             else:
                 send_name, send_type = qname, qtype
+            minimised = send_name != qname
             if addresses is not None:
-                outcome = await self._ask_servers(zone, addresses, send_name, send_type, budget)
+                outcome = await self._ask_servers(zone, addresses, send_name, send_type, budget, minimised=minimised)
             else:
-                outcome = await self._ask_zone(zone, ns_names, send_name, send_type, budget, depth)
+                outcome = await self._ask_zone(zone, ns_names, send_name, send_type, budget, depth, minimised)
             if outcome.step == Step.REFERRAL:
                 zone, ns_names, addresses = outcome.zone, outcome.ns_names, None
                 known_labels = label_count(zone)
                 if budget.trace is not None:
                     _trace(budget, f"referral to {name_to_text(zone)} ({', '.join(map(name_to_text, ns_names))})")
+                continue
+            if outcome.minimised_error and mode == "relaxed":
+                if budget.trace is not None:
+                    _trace(budget, f"{outcome.reason} ({name_to_text(send_name)}): asking for the full name")
+                minimise = False
                 continue
             if send_name == qname or outcome.step == Step.FAILED:
                 return outcome
@@ -422,7 +429,7 @@ class Resolver:
         return self.settings.do_ipv6 if ":" in address else self.settings.do_ipv4
 
     async def _ask_zone(self, zone: bytes, ns_names: tuple[bytes, ...], qname: bytes, qtype: int,
-                        budget: Budget, depth: int) -> Outcome:
+                        budget: Budget, depth: int, minimised: bool = False) -> Outcome:
         """Ask the servers of ``zone``, resolving NS names without addresses only when the
         servers with addresses have all failed."""
         tried: set[str] = set()
@@ -441,9 +448,9 @@ class Resolver:
             if zone == ROOT and not addresses and not tried:  # the root's addresses expired: the hints
                 addresses = self._hint_addresses()
             if addresses:
-                outcome = await self._ask_servers(zone, addresses, qname, qtype, budget)
+                outcome = await self._ask_servers(zone, addresses, qname, qtype, budget, minimised=minimised)
                 tried.update(addresses)
-                if outcome.step != Step.FAILED:
+                if outcome.step != Step.FAILED or outcome.minimised_error:
                     return outcome
                 last = outcome
                 if budget.queries <= 0:
@@ -481,7 +488,7 @@ class Resolver:
         return found
 
     async def _ask_servers(self, zone: bytes, addresses: list[str], qname: bytes, qtype: int,
-                           budget: Budget, *, forwarded: bool = False) -> Outcome:
+                           budget: Budget, *, forwarded: bool = False, minimised: bool = False) -> Outcome:
         """Ask the servers at ``addresses`` one at a time (best first, each at most twice) until
         one gives a usable reply."""
         attempts: dict[str, int] = {}
@@ -498,12 +505,12 @@ class Resolver:
                 return Outcome(Step.FAILED, reason="query budget exhausted")
             address = self.infra.choose(fresh or usable, now)
             attempts[address] = attempts.get(address, 0) + 1
-            outcome = await self._ask_server(zone, address, qname, qtype, budget, forwarded)
+            outcome = await self._ask_server(zone, address, qname, qtype, budget, forwarded, minimised)
             if outcome is not None:
                 return outcome
 
     async def _ask_server(self, zone: bytes, address: str, qname: bytes, qtype: int, budget: Budget,
-                          forwarded: bool) -> Outcome | None:
+                          forwarded: bool, minimised: bool) -> Outcome | None:
         """One server's answer, classified; None when that server is no use for this question."""
         state = self.infra.state(address)
         use_edns = not state.no_edns
@@ -538,6 +545,12 @@ class Resolver:
                     _trace(budget, f"{address}: truncated, asking again over TCP")
                 tcp = True
                 continue
+            if minimised and message.rcode not in (RCode.NOERROR, RCode.NXDOMAIN):
+                # RFC 9156 §2.3: some servers mishandle minimised names (empty non-terminals
+                # above all). Nothing is concluded about the server; the caller decides (relaxed
+                # mode asks for the full name instead).
+                return Outcome(Step.FAILED, reason=f"rcode {_rcode_text(message.rcode)} to a minimised name",
+                               minimised_error=True)
             if message.rcode in (RCode.FORMERR, RCode.NOTIMP, RCode.BADVERS) and use_edns:
                 if budget.trace is not None:
                     _trace(budget, f"{address}: {RCode(message.rcode).name} with EDNS, asking without")
@@ -549,7 +562,11 @@ class Resolver:
                 _trace(budget, f"{address}: {name_to_text(qname)} {_type_text(qtype)} → {outcome.step.value}"
                                + (f" ({outcome.reason})" if outcome.reason else ""))
             if outcome.step == Step.FAILED:
-                self.infra.mark_lame(zone, address, self.clock())
+                # SERVFAIL is often passing (a server reloading, its own upstream down): try the
+                # next server without writing this one off; anything else means it does not
+                # serve the zone.
+                if message.rcode != RCode.SERVFAIL:
+                    self.infra.mark_lame(zone, address, self.clock())
                 return None
             return outcome
         return None
