@@ -274,12 +274,17 @@ class DNSEngine:
         if hit is not None and hit.action != PolicyAction.PASSTHRU:
             self.policy_hits[hit.action] += 1
             if hit.action == PolicyAction.DROP:
+                self.stats.dropped_by_policy += 1
                 return None
-            if hit.action == PolicyAction.TCP_ONLY:
-                if not tcp:
-                    return self._truncated(query)
-            else:
+            if hit.action != PolicyAction.TCP_ONLY:
                 return await self._reply_local(query, policy_answer(hit, qtype), tcp)
+            if not tcp:
+                return self._truncated(query)
+            # Answered over TCP, but never through the answer cache: its fast path would hand
+            # the answer to the next UDP client without asking the policy.
+            resolution = await self._resolve_uncached(question)
+            return self._reply_cached(query, self._build(key_of(question), question, resolution,
+                                                         self.clock(), store=False), tcp)
 
         key = key_of(question)
         now = self.clock()
@@ -365,6 +370,14 @@ class DNSEngine:
             entry = self._build(key, question, resolution, now, store=True)
         if not future.done():
             future.set_result(entry)
+
+    async def _resolve_uncached(self, question: Question) -> Resolution:
+        try:
+            async with asyncio.timeout(self.request_timeout):
+                resolution = await self.resolver.resolve(question.key_name, question.qtype)
+        except TimeoutError:
+            resolution = Resolution(RCode.SERVFAIL, [], failure="timed out")
+        return self._police_chain(resolution, question.qtype)
 
     def _police_chain(self, resolution: Resolution, qtype: int) -> Resolution:
         """RPZ applies to every name of a CNAME chain, not only to the query name: the chain is

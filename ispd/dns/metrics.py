@@ -97,6 +97,12 @@ class _DNSCollector(Collector):
         dropped.add_metric(["overload"], metrics.overload_drops)
         yield dropped
 
+        policy = CounterMetricFamily("ispd_dns_policy_hits", "Queries a policy zone (RPZ) matched, by action.",
+                                     labels=["action"])
+        for action, count in engine.policy_hits.items():
+            policy.add_metric([action.name.lower()], count)
+        yield policy
+
         entries = GaugeMetricFamily("ispd_dns_cache_entries", "Entries in the caches.", labels=["cache"])
         entries.add_metric(["answer"], len(service.answers))
         entries.add_metric(["rrset"], len(service.rrsets))

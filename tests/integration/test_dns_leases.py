@@ -1,0 +1,223 @@
+"""ispd's DNS answering from local data and from DHCP: static ``local_records``, lease host names
+(forward and reverse) that appear the moment a real DHCP client is bound and go when it
+releases, and the walled garden for a suspended subscriber's leased address.
+
+ispd (DHCP and DNS) runs in a server namespace with 198.18.0.1/24 on a veth whose other end, in a
+client namespace, gets its address from ispd by DHCP; DNS queries go to 198.18.0.1:53 from the
+client namespace (so their source is the leased address) or to 127.0.0.1:53 inside the server
+namespace. No upstream is reachable from there: the root hints point at an address of the
+server namespace where nothing listens, so nothing leaves the lab.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.lab.dhcpclients import Dhclient, DHCPIspd, Udhcpc, client_link, set_mac
+from tests.lab.dnshier import DigResult
+from tests.lab.dnsispd import dig_in_netns, dns_section, rdatas
+from tests.lab.netns import Lab, lab
+from tests.lab.process import base_config, eventually
+
+SERVER = "198.18.0.1"
+DOMAIN = "customers.isp.example"
+PORTAL = "198.18.0.10"
+WWW = "198.18.0.80"
+PAY = "198.18.0.77"
+LOCAL_RECORDS = [
+    f"portal.isp.example. 300 A {PORTAL}",
+    f"www.isp.example. 300 A {WWW}",
+    "isp.example. 300 MX 10 mail.isp.example.",
+    f"pay.example. 300 A {PAY}",
+    f"printer.{DOMAIN}. 300 A 198.18.0.5",  # configured inside the lease domain: no lease takes it
+]
+
+
+@dataclass
+class Site:
+    lab: Lab
+    workdir: Path
+    server_ns: str
+    client_ns: str
+    client_if: str
+    ispd: DHCPIspd
+
+    def from_client(self, qname: str, qtype: str = "A", *options: str) -> DigResult:
+        """A query from the client namespace (its leased address) to ispd on the veth."""
+        return dig_in_netns(self.client_ns, SERVER, qname, qtype, *options)
+
+    def from_server(self, qname: str, qtype: str = "A", *options: str) -> DigResult:
+        """A query from inside the server namespace to ispd on its loopback."""
+        return dig_in_netns(self.server_ns, "127.0.0.1", qname, qtype, *options)
+
+    def explain(self, *clients: Any) -> str:
+        parts = [c.describe() for c in clients]
+        return "\n".join([*parts, "--- ispd.log (last 40 lines):", *self.ispd.log_text().splitlines()[-40:]])
+
+    def published(self, event: str) -> float:
+        return self.ispd.metric_in_netns("ispd_events_published_total", {"event": event}) or 0.0
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    missing = [tool for tool in ("dig", "dhclient", "udhcpc", "curl") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed")
+    workdir = tmp_path_factory.mktemp("dns-leases")
+    hints = workdir / "root.hints"
+    # Nothing listens on 127.0.0.2:53 in the server namespace: a resolution fails at once.
+    hints.write_text(".  3600000  NS  A.ROOT-SERVERS.TEST.\nA.ROOT-SERVERS.TEST.  3600000  A  127.0.0.2\n")
+    with lab() as built:
+        server_ns, client_ns = built.namespace("dnssrv"), built.namespace("dnscli")
+        server_if, client_if = client_link(built, server_ns, f"{SERVER}/24", client_ns, "02:00:5e:12:53:00")
+        dhcp = {
+            "enabled": True,
+            "interfaces": [server_if],
+            "lease_seconds": 3600,
+            "subnet": [{
+                "network": "198.18.0.0/24",
+                "interface": server_if,
+                "routers": [SERVER],
+                "dns_servers": [SERVER],
+                "domain_name": DOMAIN,
+                "pool": [{"name": "lan", "range": "198.18.0.100 - 198.18.0.199"}],
+            }],
+        }
+        dns = dns_section(None, 53, listen=[f"{SERVER}:53", "127.0.0.1:53"], allow=["198.18.0.0/24", "127.0.0.0/8"],
+                          root_hints=str(hints), local_records=LOCAL_RECORDS,
+                          lease_names={"domain": DOMAIN, "reverse_networks": ["198.18.0.0/24"], "ttl": 300},
+                          walled_garden={"portal_ipv4": PORTAL, "allow": ["portal.isp.example", "pay.example"],
+                                         "ttl": 30})
+        ispd = DHCPIspd(workdir, base_config(workdir, dhcp=dhcp, dns=dns), netns=server_ns)
+        try:
+            ispd.start()
+            yield Site(built, workdir, server_ns, client_ns, client_if, ispd)
+            assert ispd.proc is not None and ispd.proc.poll() is None
+            assert "Traceback" not in ispd.log_text()
+        finally:
+            ispd.kill()
+
+
+def reverse(address: str) -> str:
+    return IPv4Address(address).reverse_pointer + "."
+
+
+def test_local_records_are_answered_authoritatively(site: Site) -> None:
+    upstream = site.ispd.metric_in_netns("ispd_dns_upstream_queries_total") or 0
+    for ask in (site.from_server, lambda *a: dig_in_netns(site.server_ns, SERVER, *a)):
+        www = ask("www.isp.example", "A")
+        assert www.status == "NOERROR" and "aa" in www.flags and rdatas(www) == {WWW}, www.text
+        assert www.answer[0].ttl == 300
+        mx = ask("isp.example", "MX")
+        assert rdatas(mx, "MX") == {"10 mail.isp.example."}, mx.text
+        nodata = ask("www.isp.example", "AAAA")  # the name is local: other types are NODATA
+        assert nodata.status == "NOERROR" and not nodata.answer and "aa" in nodata.flags, nodata.text
+    # Never sent upstream (which is unreachable here anyway).
+    assert (site.ispd.metric_in_netns("ispd_dns_upstream_queries_total") or 0) == upstream
+
+
+def restart(site: Site) -> None:
+    assert site.ispd.terminate() == 0
+    site.ispd.kill()
+    site.ispd.start()
+
+
+def test_a_leased_host_name_resolves_both_ways_until_the_release(site: Site) -> None:
+    set_mac(site.client_ns, site.client_if, "02:00:5e:12:53:01")
+    name = f"laptop.{DOMAIN}."
+    assert site.from_server(name).status == "NXDOMAIN"
+    with Dhclient(site.lab, site.client_ns, site.client_if, site.workdir, extra_conf='send host-name "Laptop";') \
+            as client:
+        event = client.obtain()
+        assert event is not None and event.bound and event.address, site.explain(client)
+        address = event.address
+
+        def assert_published() -> None:
+            for ask in (site.from_client, site.from_server):
+                forward = ask(name, "A")
+                assert forward.status == "NOERROR" and "aa" in forward.flags, forward.text
+                assert [(r.owner, r.rdata) for r in forward.answer] == [(name, address)], forward.text
+                assert 0 < forward.answer[0].ttl <= 300
+                ptr = ask(reverse(address), "PTR")
+                assert ptr.status == "NOERROR" and rdatas(ptr, "PTR") == {name}, ptr.text
+
+        assert_published()  # right away, from the client itself and from elsewhere
+        lease = site.ispd.lease_of(address)
+        assert lease is not None and str(lease["hostname"]).lower() == "laptop", lease
+        # A restarted ispd publishes the names of the leases in its store again, and so does a
+        # reload that rebuilds the local data.
+        restart(site)
+        assert_published()
+        config = dict(site.ispd.config)
+        config["dns"] = {**config["dns"], "local_records": [*LOCAL_RECORDS, "new.isp.example. 300 A 198.18.0.81"]}
+        site.ispd.write_config(config)
+        site.ispd.reload()
+        assert rdatas(site.from_server("new.isp.example")) == {"198.18.0.81"}
+        assert_published()
+
+        assert client.release() is not None, site.explain(client)
+        eventually(lambda: site.from_server(name).status == "NXDOMAIN", timeout=5)
+        gone = site.from_server(name)
+        assert not gone.answer and [r.type for r in gone.authority] == ["SOA"], gone.text
+        assert site.from_server(reverse(address), "PTR").status == "NXDOMAIN"
+        # Another address of the lease network without a lease: NXDOMAIN from the local reverse
+        # zone, not a question for the Internet.
+        assert site.from_server(reverse("198.18.0.250"), "PTR").status == "NXDOMAIN"
+
+
+def test_a_host_name_that_names_configured_data_is_not_taken_over(site: Site) -> None:
+    set_mac(site.client_ns, site.client_if, "02:00:5e:12:53:03")
+    with Dhclient(site.lab, site.client_ns, site.client_if, site.workdir, extra_conf='send host-name "printer";') \
+            as client:
+        event = client.obtain()
+        assert event is not None and event.bound and event.address, site.explain(client)
+        printer = site.from_server(f"printer.{DOMAIN}")
+        assert [(r.owner, r.rdata) for r in printer.answer] == [(f"printer.{DOMAIN}.", "198.18.0.5")], printer.text
+        assert site.from_server(reverse(event.address), "PTR").status == "NXDOMAIN"
+        assert client.release() is not None, site.explain(client)
+
+
+def test_a_suspended_subscribers_queries_go_to_the_walled_garden_until_resumed(site: Site) -> None:
+    mac = "02:00:5e:12:53:02"
+    set_mac(site.client_ns, site.client_if, mac)
+    site.ispd.cli("subscriber", "add", "carol", "--generate-password")
+    site.ispd.cli("reservation", "add", "carol", "--mac", mac)
+    eventually(lambda: site.published("ReservationAdded") >= 1)
+    with Udhcpc(site.lab, site.client_ns, site.client_if, site.workdir) as client:
+        event = client.obtain()
+        assert event is not None and event.bound and event.address, site.explain(client)
+        lease = site.ispd.lease_of(event.address)
+        assert lease is not None and lease["subscriber_id"] is not None, lease
+
+        assert rdatas(site.from_client("www.isp.example")) == {WWW}
+        site.ispd.cli("subscriber", "suspend", "carol", "--reason", "unpaid")
+        eventually(lambda: rdatas(site.from_client("www.isp.example")) == {PORTAL}, timeout=5)
+        for qname in ("www.isp.example", "anything.example", f"laptop.{DOMAIN}", "isp.example"):
+            walled = site.from_client(qname)
+            assert walled.status == "NOERROR" and rdatas(walled) == {PORTAL}, walled.text
+            assert walled.answer[0].ttl <= 30
+        assert not site.from_client("www.isp.example", "AAAA").answer  # no portal_ipv6: NODATA
+        # The names the garden allows resolve as usual.
+        assert rdatas(site.from_client("pay.example")) == {PAY}
+        assert rdatas(site.from_client("portal.isp.example")) == {PORTAL}
+        # Other clients are not walled.
+        assert rdatas(site.from_server("www.isp.example")) == {WWW}
+        assert (site.ispd.metric_in_netns("ispd_dns_walled_garden_answers_total") or 0) >= 5
+        # Still walled after a restart: suspended subscribers and their leases come from the store.
+        restart(site)
+        assert rdatas(site.from_client("www.isp.example")) == {PORTAL}
+
+        site.ispd.cli("subscriber", "resume", "carol")
+        eventually(lambda: rdatas(site.from_client("www.isp.example")) == {WWW}, timeout=5)
+        assert site.from_client("anything.example").status == "SERVFAIL"  # no upstream here, and no portal
+        assert rdatas(site.from_client("isp.example", "MX"), "MX") == {"10 mail.isp.example."}

@@ -1,0 +1,152 @@
+"""ispd's DNS resolver as a real process over the lab's DNS hierarchy, for integration tests.
+
+``lab_hierarchy(request)`` gives the one hierarchy of the test session that every integration
+module shares (started on first use, stopped when the session ends). It runs on its own base
+(``$ISPD_TEST_DNS_INTEGRATION_BASE``, default two above ``$ISPD_TEST_DNS_BASE`` or 127.53, so
+127.55) because the session-scoped ``dns_hierarchy`` fixture of tests/dns/conftest.py is not
+visible from tests/integration and may be running in the same session.
+
+``DNSIspd`` is an ``IspdProcess`` whose config enables ``[dns]`` on a free port of 127.0.0.1,
+with the hierarchy's root hints, loopback allowed and IPv6 off (the lab is IPv4); ``dig()``,
+``metric()`` and ``assert_healthy()`` are what the tests ask of it. ``dig_in_netns`` runs dig
+inside a network namespace and gives the same ``DigResult`` as ``tests.lab.dnshier.dig``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Self
+
+import pytest
+
+from tests.lab.dnshier import DEFAULT_BASE, DIG, DigResult, DNSHierarchy, Record, dig, free_port
+from tests.lab.process import IspdProcess, base_config
+
+_HIERARCHY = pytest.StashKey[DNSHierarchy]()
+
+
+def integration_base() -> str:
+    explicit = os.environ.get("ISPD_TEST_DNS_INTEGRATION_BASE")
+    if explicit:
+        return explicit
+    first, second = os.environ.get("ISPD_TEST_DNS_BASE", DEFAULT_BASE).split(".")
+    return f"{first}.{int(second) + 2}"
+
+
+def skip_without_lab() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the DNS hierarchy binds port 53 on 127.x.y.z: needs root")
+    missing = [tool for tool in ("nsd", "dig", "kdig") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (tools/setup --tests installs them)")
+
+
+def lab_hierarchy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> DNSHierarchy:
+    """The session's shared hierarchy: whichever module asks first starts it; it stops at the
+    end of the session (also when the session fails)."""
+    skip_without_lab()
+    session = request.session
+    hierarchy = session.stash.get(_HIERARCHY, None)
+    if hierarchy is None:
+        hierarchy = DNSHierarchy(integration_base(), workdir=tmp_path_factory.mktemp("dnshier-integration"))
+        hierarchy.start()
+        session.stash[_HIERARCHY] = hierarchy
+        request.config.add_cleanup(hierarchy.stop)
+    return hierarchy
+
+
+def dns_section(hierarchy: DNSHierarchy | None, port: int, **overrides: Any) -> dict[str, Any]:
+    section: dict[str, Any] = {
+        "enabled": True,
+        "listen": [f"127.0.0.1:{port}"],
+        "allow": ["127.0.0.0/8"],
+        "resolver": {"do_ipv6": False},
+    }
+    if hierarchy is not None:
+        section["root_hints"] = str(hierarchy.root_hints_path)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(section.get(key), dict):
+            section[key] = {**section[key], **value}
+        else:
+            section[key] = value
+    return section
+
+
+class DNSIspd(IspdProcess):
+    """ispd with ``[dns]`` on 127.0.0.1:``port`` (a free one unless given)."""
+
+    def __init__(self, workdir: Path, hierarchy: DNSHierarchy, *, port: int | None = None,
+                 **dns: Any) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port("127.0.0.1")
+        self.hierarchy = hierarchy
+        super().__init__(workdir, base_config(workdir, dns=dns_section(hierarchy, self.port, **dns)))
+
+    def __enter__(self) -> Self:
+        return self
+
+    def dig(self, qname: str, qtype: str = "A", *options: str, timeout: float = 5.0) -> DigResult:
+        return dig("127.0.0.1", qname, qtype, *options, port=self.port, timeout=timeout)
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        value = self.metric_value(name, labels)
+        return 0.0 if value is None else value
+
+    def assert_healthy(self) -> None:
+        """Still running, and nothing in its log says it stumbled."""
+        assert self.proc is not None and self.proc.poll() is None, f"ispd exited:\n{self.log_tail()}"
+        text = self.log_text()
+        assert "Traceback" not in text, self.log_tail(80)
+        assert not self.log_events("dns.resolve.failed"), self.log_tail(80)
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+
+# --- dig inside a network namespace ----------------------------------------------------------
+
+_STATUS = re.compile(r"status: ([A-Z]+)")
+_FLAGS = re.compile(r";; flags: ([a-z ]*);")
+_SECTION = re.compile(r";; (ANSWER|AUTHORITY|ADDITIONAL) SECTION:")
+
+
+def parse_dig(text: str) -> DigResult:
+    """dig's output (as ``tests.lab.dnshier.dig`` runs it) as a ``DigResult``."""
+    sections: dict[str, list[Record]] = {"ANSWER": [], "AUTHORITY": [], "ADDITIONAL": []}
+    current: list[Record] | None = None
+    for line in text.splitlines():
+        heading = _SECTION.match(line)
+        if heading:
+            current = sections[heading.group(1)]
+            continue
+        if not line.strip():
+            current = None
+            continue
+        if line.startswith(";") or current is None:
+            continue
+        parts = line.split(None, 4)
+        if len(parts) == 5 and parts[2] == "IN":
+            current.append(Record(parts[0].lower(), int(parts[1]), parts[3], parts[4]))
+    status = _STATUS.search(text)
+    flags = _FLAGS.search(text)
+    return DigResult(status.group(1) if status else "TIMEOUT",
+                     frozenset(flags.group(1).split()) if flags else frozenset(),
+                     tuple(sections["ANSWER"]), tuple(sections["AUTHORITY"]), tuple(sections["ADDITIONAL"]), text)
+
+
+def dig_in_netns(ns: str, server: str, qname: str, qtype: str = "A", *options: str, port: int = 53,
+                 timeout: float = 2.0) -> DigResult:
+    command = ["ip", "netns", "exec", ns, DIG, f"@{server}", "-p", str(port), qname, qtype,
+               f"+time={max(1, round(timeout))}", "+tries=1", "+nocmd", "+nostats", "+noquestion", *options]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 10, check=False)
+    parsed = parse_dig(result.stdout)
+    return DigResult(parsed.status, parsed.flags, parsed.answer, parsed.authority, parsed.additional,
+                     result.stdout + result.stderr)
+
+
+def rdatas(result: DigResult, rtype: str = "A") -> set[str]:
+    return {r.rdata for r in result.answer if r.type == rtype}
