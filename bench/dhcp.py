@@ -48,6 +48,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import ServerFailed, machine_summary, raise_exit, require, udp_rcvbuf_errors_in  # noqa: E402
 from tests.lab.netns import Lab  # noqa: E402
 from tests.lab.ports import free_tcp_port  # noqa: E402
 
@@ -112,10 +113,6 @@ def kea_config(workdir: Path, interface: str, threads: int) -> dict[str, Any]:
 
 
 # --- the servers
-
-
-class ServerFailed(RuntimeError):
-    pass
 
 
 class Server:
@@ -374,12 +371,7 @@ def run_perfdhcp(lab: Lab, netns: str, rate: int, period: int, clients: int, cpu
 
 
 def udp_rcvbuf_errors(lab: Lab, netns: str) -> int:
-    """The namespace's UDP RcvbufErrors counter (/proc/net/snmp is per namespace)."""
-    lines = [line.split() for line in lab.run(netns, "cat", "/proc/net/snmp").stdout.splitlines()
-             if line.startswith("Udp:")]
-    if len(lines) < 2 or "RcvbufErrors" not in lines[0]:
-        return 0
-    return int(lines[1][lines[0].index("RcvbufErrors")])
+    return udp_rcvbuf_errors_in(lab.run(netns, "cat", "/proc/net/snmp").stdout)
 
 
 def measure(kind: type[Server], lab: Lab, server_ns: str, client_ns: str, interface: str, root: Path,
@@ -412,17 +404,6 @@ def measure(kind: type[Server], lab: Lab, server_ns: str, client_ns: str, interf
 
 
 # --- the report
-
-
-def machine_summary() -> str:
-    cores = os.cpu_count() or 1
-    model = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"{cores} cores ({model}), {len(os.sched_getaffinity(0))} usable"
 
 
 def kea_version() -> str:
@@ -509,23 +490,13 @@ def stop_all() -> None:
         server.stop(5)
 
 
-def _raise_exit(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def preflight(names: list[str]) -> None:
     problems = []
-    if os.geteuid() != 0:
-        problems.append("needs root (network namespaces, port 67)")
-    for tool in ("ip", "ss", "taskset", PERFDHCP):
-        if shutil.which(tool) is None:
-            problems.append(f"{tool} not found")
     if "kea" in names and not Path(KEA).exists():
         problems.append(f"{KEA} not found")
     if "ispd" in names and not Path(ISPD).exists():
         problems.append(f"{ISPD} not found (run with the project's .venv/bin/python)")
-    if problems:
-        sys.exit("bench/dhcp.py: " + "; ".join(problems) + " — tools/setup --bench installs the tools")
+    require("bench/dhcp.py", problems, ("ip", "ss", "taskset", PERFDHCP))
 
 
 def main() -> None:
@@ -576,7 +547,7 @@ def main() -> None:
     atexit.register(lab.close)  # registered first, runs last: after the servers are stopped
     atexit.register(stop_all)
     for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _raise_exit)
+        signal.signal(signum, raise_exit)
 
     results: dict[tuple[str, int], Step] = {}
     root = Path(tempfile.mkdtemp(prefix="ispd-bench-dhcp-", dir=args.dir))

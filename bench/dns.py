@@ -46,6 +46,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import ServerFailed, machine_summary, raise_exit, require, udp_rcvbuf_errors_in  # noqa: E402
 from tests.lab.dnshier import (  # noqa: E402
     BENCH_NAMES,
     BENCH_WILDCARD_ADDRESS,
@@ -82,10 +83,6 @@ allow = ["127.0.0.0/8"]
 [dns.resolver]
 do_ipv6 = false  # as Unbound's do-ip6: no (the lab has IPv4 servers only)
 """
-
-
-class ServerFailed(RuntimeError):
-    pass
 
 
 # --- the resolvers
@@ -289,10 +286,7 @@ def parse_dnsperf(text: str, run: Run) -> None:
 
 def udp_rcvbuf_errors() -> int:
     """The UDP RcvbufErrors counter of this network namespace (loopback traffic included)."""
-    lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines() if line.startswith("Udp:")]
-    if len(lines) < 2 or "RcvbufErrors" not in lines[0]:
-        return 0
-    return int(lines[1][lines[0].index("RcvbufErrors")])
+    return udp_rcvbuf_errors_in(Path("/proc/net/snmp").read_text())
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -437,17 +431,6 @@ def unbound_version() -> str:
     return "unbound " + first.removeprefix("Version ")
 
 
-def machine_summary() -> str:
-    cores = os.cpu_count() or 1
-    model = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"{cores} cores ({model}), {len(os.sched_getaffinity(0))} usable"
-
-
 def fmt_run(run: Run | None, latency: bool) -> str:
     if run is None:
         return f"{'':>9} {'':>6} {'':>5} {'':>20}"
@@ -497,23 +480,11 @@ def stop_all() -> None:
         resolver.stop()
 
 
-def _raise_exit(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def preflight(names: list[str]) -> None:
     problems = []
-    if os.geteuid() != 0:
-        problems.append("needs root (port 53 on 127.55.x.y)")
-    for tool in ("nsd", "taskset", DNSPERF):
-        if shutil.which(tool) is None:
-            problems.append(f"{tool} not found")
-    if "unbound" in names and shutil.which("unbound") is None:
-        problems.append("unbound not found")
     if "ispd" in names and not Path(ISPD).exists():
         problems.append(f"{ISPD} not found (run with the project's .venv/bin/python)")
-    if problems:
-        sys.exit("bench/dns.py: " + "; ".join(problems) + " — tools/setup --tests --bench installs the tools")
+    require("bench/dns.py", problems, ("nsd", "taskset", DNSPERF) + (("unbound",) if "unbound" in names else ()))
 
 
 def main() -> None:
@@ -556,7 +527,7 @@ def main() -> None:
 
     atexit.register(stop_all)
     for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _raise_exit)
+        signal.signal(signum, raise_exit)
 
     root = Path(tempfile.mkdtemp(prefix="ispd-bench-dns-"))
     hierarchy = DNSHierarchy(args.base, root / "hierarchy", cpus=cpus[1])
