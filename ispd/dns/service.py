@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import struct
 import time
 from collections.abc import Callable
@@ -218,8 +219,7 @@ class DNSService(Service):
             except OSError as exc:
                 raise ServiceStartError(f"dns: cannot listen on {address}: {describe_os_error(exc)}") from None
             sock = udp.get_extra_info("socket")
-            with contextlib.suppress(OSError):
-                import socket
+            with contextlib.suppress(OSError):  # a burst of misses must not overflow the default buffer
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
             self._udp.append(udp)
             self._tcp.append(tcp)
@@ -271,11 +271,11 @@ class DNSService(Service):
 
     # --- queries ---
 
-    def spawn_slow(self, data: bytes, client: str, reply: Any, addr: Any) -> None:
+    def spawn_slow(self, data: bytes, client: str, transport: asyncio.DatagramTransport, addr: Any) -> None:
         if len(self._slow) >= MAX_SLOW_TASKS:
             self.metrics.overload_drops += 1
             return
-        task = asyncio.ensure_future(self._answer_udp(data, client, reply, addr))
+        task = asyncio.ensure_future(self._answer_udp(data, client, transport, addr))
         self._slow.add(task)
         task.add_done_callback(self._slow.discard)
 
@@ -350,13 +350,14 @@ class _UDPProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         started = time.perf_counter()
+        transport = self.transport
+        assert transport is not None  # datagrams arrive only after connection_made
         reply = self.engine.answer_from_cache(data, addr[0], False)
         if reply is not None:
-            assert self.transport is not None
-            self.transport.sendto(reply, addr)
+            transport.sendto(reply, addr)
             self.hit_latency.observe(time.perf_counter() - started)
             return
-        self.service.spawn_slow(data, addr[0], self.transport, addr)
+        self.service.spawn_slow(data, addr[0], transport, addr)
 
     def error_received(self, exc: Exception) -> None:  # ICMP errors for replies to gone clients
         pass
