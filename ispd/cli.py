@@ -613,6 +613,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         if args.command == "check-config":
+            if config.dns.enabled:
+                from ispd.dns.service import check_files
+
+                problems, warnings = check_files(config.dns)
+                for warning in warnings:
+                    print(f"ispd: dns: warning: {warning}", file=sys.stderr)
+                for problem in problems:
+                    print(f"ispd: dns: {problem}", file=sys.stderr)
+                if problems:
+                    return EXIT_USAGE
             print(f"{args.config}: ok")
             return 0
         if args.command == "run":

@@ -75,6 +75,36 @@ def cache_limits(config: DNSConfig, share: float) -> CacheLimits:
                        max_negative_ttl=c.max_negative_ttl, stale_seconds=c.stale_seconds)
 
 
+def check_files(config: DNSConfig) -> tuple[list[str], list[str]]:
+    """For ``ispd check-config``: the errors in the files the [dns] section names (root hints,
+    local and policy zones, local records) that would stop the service from starting, and the
+    warnings (policy records that would be skipped)."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    try:
+        load_root_hints(config.root_hints)
+    except HintsError as exc:
+        problems.append(str(exc))
+    for zone in config.local_zone:
+        try:
+            load_zone_file(zone.file, zone.name)
+        except ZoneError as exc:
+            problems.append(str(exc))
+    for policy in config.policy_zone:
+        try:
+            compiled = compile_policy_zone(policy.file, policy.name, action=policy.action)
+        except (ZoneError, ValueError) as exc:
+            problems.append(str(exc))
+            continue
+        warnings.extend(f"{p} (the record is skipped)" for p in compiled.problems)
+    try:
+        LocalData(lease_domain=config.lease_names.domain, reverse_networks=config.lease_names.reverse_networks,
+                  static_records=config.local_records)
+    except (ZoneError, ValueError) as exc:
+        problems.append(f"local_records: {exc}")
+    return problems, warnings
+
+
 class DNSService(Service):
     def __init__(self, config: Config, context: ServiceContext) -> None:
         self.config = config.dns

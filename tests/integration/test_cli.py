@@ -281,3 +281,26 @@ def test_a_store_created_by_root_belongs_to_the_owner_of_its_directory(tmp_path:
         assert asyncio.run(files_while_open()) == [("ispd.db", 65534), ("ispd.db-shm", 65534), ("ispd.db-wal", 65534)]
     finally:
         shutil.rmtree(top)
+
+
+def test_check_config_reads_the_dns_files(tmp_path: Path) -> None:
+    """A missing root hints file fails check-config as it would fail the start; a bad policy
+    record only warns (the daemon skips it)."""
+    policy = tmp_path / "rpz.zone"
+    policy.write_text("$TTL 300\n@ SOA localhost. root.localhost. 1 3600 600 86400 60\n"
+                      "blocked.example CNAME .\nnot a record\n")
+    config = base_config(tmp_path, dns={
+        "enabled": True, "listen": ["127.0.0.1:0"], "root_hints": str(tmp_path / "missing.hints"),
+        "policy_zone": [{"name": "rpz.test", "file": "rpz.zone"}]})
+    path = tmp_path / "ispd.toml"
+    path.write_text(toml.dumps(config))
+    failed = subprocess.run([ISPD, "check-config", "-c", str(path)], capture_output=True, text=True, timeout=30)
+    assert failed.returncode == 2
+    assert "missing.hints: cannot read the root hints" in failed.stderr
+    assert "rpz.zone:4:" in failed.stderr and "warning" in failed.stderr
+
+    config["dns"].pop("root_hints")  # the shipped IANA hints
+    path.write_text(toml.dumps(config))
+    passed = subprocess.run([ISPD, "check-config", "-c", str(path)], capture_output=True, text=True, timeout=30)
+    assert passed.returncode == 0, passed.stderr
+    assert "rpz.zone:4:" in passed.stderr
