@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
 
 from ispd.dns.wire import RR, RCode, RRType, is_subdomain
@@ -134,14 +134,12 @@ class _Clock:
                 return
 
 
-class RRsetCache:
+class _BoundedCache:
+    """What both caches share: the byte budget with its CLOCK, and its figures for metrics."""
+
     def __init__(self, limits: CacheLimits) -> None:
         self.limits = limits
-        self._entries: dict[tuple[bytes, int], Entry] = {}
         self._clock = _Clock(limits)
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
     @property
     def size_bytes(self) -> int:
@@ -150,6 +148,15 @@ class RRsetCache:
     @property
     def evictions(self) -> int:
         return self._clock.evictions
+
+
+class RRsetCache(_BoundedCache):
+    def __init__(self, limits: CacheLimits) -> None:
+        super().__init__(limits)
+        self._entries: dict[tuple[bytes, int], Entry] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     # --- lookups ---
 
@@ -283,37 +290,32 @@ class CachedAnswer:
         return bytes(body)
 
 
-@dataclass(slots=True)
-class AnswerCache:
-    limits: CacheLimits
-    prefetch: bool = True
-    entries: dict[bytes, CachedAnswer] = field(default_factory=dict)
-    _clock: _Clock = field(init=False)
+class AnswerCache(_BoundedCache):
+    def __init__(self, limits: CacheLimits, prefetch: bool = True) -> None:
+        super().__init__(limits)
+        self.prefetch = prefetch
+        self.entries: dict[bytes, CachedAnswer] = {}
 
-    def __post_init__(self) -> None:
-        self._clock = _Clock(self.limits)
-
-    @property
-    def size_bytes(self) -> int:
-        return self._clock.bytes
-
-    @property
-    def evictions(self) -> int:
-        return self._clock.evictions
-
-    def store(self, key: bytes, rcode_flags: int, counts: tuple[int, int, int], template: bytes,
+    def build(self, key: bytes, rcode_flags: int, counts: tuple[int, int, int], template: bytes,
               ttl_offsets: tuple[int, ...], ttls: tuple[int, ...], now: float, *,
               ttl_floor: int | None = None, local: bool = False) -> CachedAnswer:
-        """``ttl_floor`` is the lifetime of an answer without records (a negative answer without
-        an SOA, or a SERVFAIL): the least of ``ttls`` otherwise."""
+        """An entry as ``store`` would keep it, without keeping it. ``ttl_floor`` is the
+        lifetime of an answer without records (a negative answer without an SOA, or a
+        SERVFAIL): the least of ``ttls`` otherwise."""
         lifetime = min(ttls) if ttls else (ttl_floor if ttl_floor is not None else 0)
         packed = struct.pack("!HHHH", 1, *counts)
         with_opt = struct.pack("!HHHH", 1, counts[0], counts[1], counts[2] + 1)
         # RFC 8767 §4 / Unbound: refresh popular entries before they expire, in the last tenth.
         prefetch_at = now + lifetime * 0.9 if self.prefetch and lifetime >= 10 else now + lifetime + 1e9
-        entry = CachedAnswer(rcode_flags, packed, with_opt, template, ttl_offsets, ttls, now,
-                             now + lifetime, prefetch_at, _ENTRY_OVERHEAD + len(key) + len(template) * 2,
-                             local=local)
+        return CachedAnswer(rcode_flags, packed, with_opt, template, ttl_offsets, ttls, now,
+                            now + lifetime, prefetch_at, _ENTRY_OVERHEAD + len(key) + len(template) * 2,
+                            local=local)
+
+    def store(self, key: bytes, rcode_flags: int, counts: tuple[int, int, int], template: bytes,
+              ttl_offsets: tuple[int, ...], ttls: tuple[int, ...], now: float, *,
+              ttl_floor: int | None = None, local: bool = False) -> CachedAnswer:
+        entry = self.build(key, rcode_flags, counts, template, ttl_offsets, ttls, now,
+                           ttl_floor=ttl_floor, local=local)
         old = self.entries.pop(key, None)
         if old is not None:
             self._clock.bytes -= old.size

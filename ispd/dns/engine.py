@@ -412,12 +412,8 @@ class DNSEngine:
         records = (resolution.answer + resolution.authority)[:len(offsets)]
         ttls = tuple(rr.ttl for rr in records)
         floor = FAILURE_CACHE_SECONDS if resolution.rcode == RCode.SERVFAIL else 0
-        if store:
-            return self.answers.store(key, flags, encoded.counts, template, offsets, ttls, now, ttl_floor=floor)
-        counts = encoded.counts
-        return CachedAnswer(flags, struct.pack("!HHHH", 1, *counts),
-                            struct.pack("!HHHH", 1, counts[0], counts[1], counts[2] + 1),
-                            template, offsets, ttls, now, now, now, 0)
+        make = self.answers.store if store else self.answers.build
+        return make(key, flags, encoded.counts, template, offsets, ttls, now, ttl_floor=floor)
 
     def _prefetch(self, key: bytes, entry: CachedAnswer) -> None:
         entry.refreshing = True

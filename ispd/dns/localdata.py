@@ -43,6 +43,7 @@ from ispd.dns.wire import (
     ROOT,
     RR,
     RRType,
+    ancestor_with_labels,
     is_subdomain,
     label_count,
     name_from_text,
@@ -75,16 +76,8 @@ def reverse_zones(network: IPNetwork) -> list[bytes]:
     zones = []
     for subnet in network.subnets(new_prefix=boundary):
         full = reverse_name(subnet.network_address)  # every octet/nibble: keep the top ``labels``
-        zones.append(_ancestor(full, labels + 2))  # + in-addr/ip6 and arpa
+        zones.append(ancestor_with_labels(full, labels + 2))  # + in-addr/ip6 and arpa
     return zones
-
-
-def _ancestor(name: bytes, labels: int) -> bytes:
-    extra = label_count(name) - labels
-    i = 0
-    for _ in range(extra):
-        i += name[i] + 1
-    return name[i:]
 
 
 class LocalData:
@@ -131,7 +124,7 @@ class LocalData:
     def _add_zone(self, zone: Zone) -> None:
         self._zones[zone.origin] = zone
         self._depths[label_count(zone.origin)] = True
-        tail = _ancestor(zone.origin, min(2, label_count(zone.origin)))
+        tail = ancestor_with_labels(zone.origin, min(2, label_count(zone.origin)))
         if tail not in self._tails:
             self._tails += (tail,)
 

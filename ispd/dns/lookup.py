@@ -17,6 +17,7 @@ from ispd.dns.cache import CacheLimits, RRsetCache
 from ispd.dns.config import DNSConfig
 from ispd.dns.hints import load_root_hints
 from ispd.dns.resolver import Resolution, Resolver
+from ispd.dns.service import forward_zones, resolver_settings
 from ispd.dns.upstream import UpstreamTransport
 from ispd.dns.wire import FLAG_QR, FLAG_RA, Question, RRType, encode_message, name_from_text
 
@@ -31,8 +32,6 @@ def parse_type(text: str) -> int:
 
 
 async def lookup(config: DNSConfig, name: str, qtype: int, say: Callable[[str], None]) -> Resolution:
-    from ispd.dns.service import forward_zones, resolver_settings
-
     qname = name_from_text(name)
     resolver = Resolver(RRsetCache(CacheLimits()), UpstreamTransport(), load_root_hints(config.root_hints),
                         time.monotonic, resolver_settings(config), forward_zones(config))

@@ -42,6 +42,7 @@ from ispd.dns.wire import (
     RR,
     RRType,
     is_subdomain,
+    label_count,
     name_from_text,
     name_to_text,
     soa_minimum,
@@ -262,21 +263,13 @@ def compile_policy_zone(source: str | Path, origin: str | bytes, *, action: str 
         if relative.startswith(_WILDCARD):
             base = relative[2:] + ROOT
             wildcard[base] = trigger
-            depths[_labels(base)] = True
+            depths[label_count(base)] = True
         else:
             exact[relative + ROOT] = trigger
     return CompiledPolicyZone(
         origin=zone_origin, source=name, exact=exact, wildcard=wildcard, wildcard_depths=tuple(depths),
         soa=soa, override=override, override_target=override_target, records_loaded=loaded,
         skipped_bad=bad, skipped_unsupported=unsupported, problems=tuple(problems[:max_problems]))
-
-
-def _labels(name: bytes) -> int:
-    count = i = 0
-    while name[i]:
-        i += name[i] + 1
-        count += 1
-    return count
 
 
 def _trigger(owner: bytes, group: list[tuple[int, RR]], cut: int,

@@ -72,6 +72,7 @@ from ispd.dns.wire import (
     parent_name,
     rdata_name,
     soa_minimum,
+    type_text,
 )
 
 
@@ -290,7 +291,7 @@ class Resolver:
         cached = None if refresh else self._from_cache(name, qtype, now)
         if cached is not None:
             if budget.trace is not None:
-                _trace(budget, f"{name_to_text(name)} {_type_text(qtype)}: {cached.step.value} from the cache")
+                _trace(budget, f"{name_to_text(name)} {type_text(qtype)}: {cached.step.value} from the cache")
             return cached
         forward = self._forward_zone(name)
         if forward is not None and forward.recursive:
@@ -559,7 +560,7 @@ class Resolver:
                 continue
             outcome = self._classify(message, zone, qname, qtype, forwarded, self.clock())
             if budget.trace is not None:
-                _trace(budget, f"{address}: {name_to_text(qname)} {_type_text(qtype)} → {outcome.step.value}"
+                _trace(budget, f"{address}: {name_to_text(qname)} {type_text(qtype)} → {outcome.step.value}"
                                + (f" ({outcome.reason})" if outcome.reason else ""))
             if outcome.step == Step.FAILED:
                 # SERVFAIL is often passing (a server reloading, its own upstream down): try the
@@ -721,13 +722,6 @@ def _randomise_case(name: bytes) -> bytes:
 def _address_text(rtype: int, rdata: bytes) -> str:
     from ipaddress import IPv4Address, IPv6Address
     return str(IPv4Address(rdata)) if rtype == RRType.A else str(IPv6Address(rdata))
-
-
-def _type_text(rtype: int) -> str:
-    try:
-        return RRType(rtype).name
-    except ValueError:
-        return f"TYPE{rtype}"
 
 
 def _rcode_text(rcode: int) -> str:

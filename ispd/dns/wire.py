@@ -93,6 +93,14 @@ class RRType(IntEnum):
     CAA = 257
 
 
+def type_text(rtype: int) -> str:
+    """A type's mnemonic, or the RFC 3597 form (TYPE65280) for types without one."""
+    try:
+        return RRType(rtype).name
+    except ValueError:
+        return f"TYPE{rtype}"
+
+
 class RCode(IntEnum):
     NOERROR = 0
     FORMERR = 1

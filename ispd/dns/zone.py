@@ -62,6 +62,7 @@ from ispd.dns.wire import (
     name_to_text,
     rdata_name,
     soa_minimum,
+    type_text,
 )
 
 MAX_CHAIN = 16  # CNAME/DNAME hops followed inside one zone before giving up (a loop)
@@ -173,7 +174,7 @@ class Zone:
         if rr.rclass != CLASS_IN:
             raise ZoneError(f"class {rr.rclass}: only class IN is served")
         if rr.rtype in _NOT_DATA:
-            raise ZoneError(f"type {_type_text(rr.rtype)} cannot be zone data")
+            raise ZoneError(f"type {type_text(rr.rtype)} cannot be zone data")
         if rr.rtype == RRType.SOA:
             if rr.name != self.origin:
                 raise ZoneError(f"SOA at {name_to_text(rr.name)}: a zone's SOA belongs at its origin "
@@ -186,12 +187,12 @@ class Zone:
             others = [t for t in node if t not in _CNAME_COMPANIONS]
             if others:
                 raise ZoneError(f"CNAME at {name_to_text(rr.name)}, which also has "
-                                f"{_type_text(others[0])} data (RFC 1034 §3.6.2: a CNAME is alone)")
+                                f"{type_text(others[0])} data (RFC 1034 §3.6.2: a CNAME is alone)")
             existing = node.get(RRType.CNAME)
             if existing and existing[0].rdata != rr.rdata:
                 raise ZoneError(f"a second CNAME at {name_to_text(rr.name)}: a name has at most one")
         elif rr.rtype not in _CNAME_COMPANIONS and RRType.CNAME in node:
-            raise ZoneError(f"{_type_text(rr.rtype)} at {name_to_text(rr.name)}, which has a CNAME "
+            raise ZoneError(f"{type_text(rr.rtype)} at {name_to_text(rr.name)}, which has a CNAME "
                             f"(RFC 1034 §3.6.2: a CNAME is alone)")
         if rr.rtype == RRType.DNAME:
             existing = node.get(RRType.DNAME)
@@ -392,13 +393,6 @@ def _owned(rrset: list[RR], owner: bytes | None) -> list[RR]:
     if owner is None:
         return rrset
     return [RR(owner, rr.rtype, rr.rclass, rr.ttl, rr.rdata) for rr in rrset]
-
-
-def _type_text(rtype: int) -> str:
-    try:
-        return RRType(rtype).name
-    except ValueError:
-        return f"TYPE{rtype}"
 
 
 # --- zone files ------------------------------------------------------------------------------
@@ -635,7 +629,7 @@ class _Reader:
     def dnslib_rdata(self, rtype: int, words: list[str]) -> bytes:
         import dnslib  # type: ignore[import-untyped]
 
-        type_name = _type_text(rtype)
+        type_name = type_text(rtype)
         parser = dnslib.RDMAP.get(type_name)
         if parser is None:
             raise _RecordError(f"type {type_name} is not understood here: write its data in the "
@@ -733,7 +727,7 @@ def _generic_rdata(rtype: int, words: list[str]) -> bytes:
     if len(data) != length or length > 65535:
         raise _RecordError(f"generic rdata: length {length} but {len(data)} bytes of hex")
     message = HEADER.pack(0, 0, 0, 1, 0, 0) + ROOT + RR_FIXED.pack(rtype, CLASS_IN, 0, length) + data
-    return _decoded_rdata(rtype, message, _type_text(rtype), generic=True)
+    return _decoded_rdata(rtype, message, type_text(rtype), generic=True)
 
 
 def _decoded_rdata(rtype: int, message: bytes, type_name: str, generic: bool = False) -> bytes:
