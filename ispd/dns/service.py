@@ -196,11 +196,13 @@ class DNSService(Service):
         self._walled_changed()
 
     def _lease_granted(self, address: str, hostname: str | None, subscriber_id: int | None,
-                       expires_at: float) -> None:
-        self.walled.lease_granted(address, subscriber_id)
+                       expires_at: float) -> bool:
+        """Publish the lease's name; whether the walled set changed."""
+        walled_changed = self.walled.lease_granted(address, subscriber_id)
         if hostname and self.local is not None and self.config.lease_names.domain:
             ttl = min(self.config.lease_names.ttl, max(0, int(expires_at - self.context.clock())))
             self.local.add_lease_name(hostname, address, ttl)
+        return walled_changed
 
     def _walled_changed(self) -> None:
         if self.engine is not None:
@@ -210,19 +212,19 @@ class DNSService(Service):
         bus = self.context.bus
 
         def granted(event: LeaseGranted) -> None:
-            self._lease_granted(event.address, event.hostname, event.subscriber_id, event.expires_at)
-            self._walled_changed()
+            if self._lease_granted(event.address, event.hostname, event.subscriber_id, event.expires_at):
+                self._walled_changed()
 
         def ended(event: LeaseEnded) -> None:
-            self.walled.lease_ended(event.address)
             if self.local is not None:
                 self.local.remove_lease_name(event.address, event.hostname)
-            self._walled_changed()
+            if self.walled.lease_ended(event.address):
+                self._walled_changed()
 
         def status(suspended: bool) -> Callable[[SubscriberEvent], None]:
             def apply(event: SubscriberEvent) -> None:
-                self.walled.set_suspended(event.subscriber_id, suspended)
-                self._walled_changed()
+                if self.walled.set_suspended(event.subscriber_id, suspended):
+                    self._walled_changed()
             return apply
 
         unsubscribers = [

@@ -27,21 +27,34 @@ class WalledGarden:
         self.enabled = config.portal_ipv4 is not None or config.portal_ipv6 is not None
 
     # --- who is walled ---
+    # Each change says whether the set of walled addresses changed: most lease events (every
+    # DHCP ACK) do not, and rebuilding the set and forgetting the engine's per-client classes
+    # for each of them would cost the DHCP and DNS hot paths for nothing.
 
-    def lease_granted(self, address: str, subscriber_id: int | None) -> None:
+    def is_walled(self, address: str) -> bool:
+        return self.enabled and self.subscriber_of.get(address) in self.suspended
+
+    def lease_granted(self, address: str, subscriber_id: int | None) -> bool:
+        before = self.is_walled(address)
         if subscriber_id is None:
             self.subscriber_of.pop(address, None)
         else:
             self.subscriber_of[address] = subscriber_id
+        return self.is_walled(address) != before
 
-    def lease_ended(self, address: str) -> None:
+    def lease_ended(self, address: str) -> bool:
+        before = self.is_walled(address)
         self.subscriber_of.pop(address, None)
+        return before
 
-    def set_suspended(self, subscriber_id: int, suspended: bool) -> None:
+    def set_suspended(self, subscriber_id: int, suspended: bool) -> bool:
+        if suspended == (subscriber_id in self.suspended):
+            return False
         if suspended:
             self.suspended.add(subscriber_id)
         else:
             self.suspended.discard(subscriber_id)
+        return self.enabled and subscriber_id in self.subscriber_of.values()
 
     def walled_addresses(self) -> frozenset[str]:
         if not self.enabled:

@@ -1,0 +1,46 @@
+"""Who the walled garden holds, and which changes move anyone in or out of it."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+
+from ispd.dns.config import WalledGardenConfig
+from ispd.dns.walledgarden import WalledGarden
+from ispd.dns.wire import RCode, RRType, name_from_text
+
+PORTAL = WalledGardenConfig(portal_ipv4=IPv4Address("198.18.0.10"), allow=["portal.isp.test"])
+
+
+def test_only_changes_that_move_an_address_report_a_change() -> None:
+    garden = WalledGarden(PORTAL)
+    assert garden.lease_granted("198.18.0.5", 7) is False  # subscriber 7 is active
+    assert garden.lease_granted("198.18.0.6", None) is False
+    assert garden.set_suspended(7, True) is True
+    assert garden.walled_addresses() == {"198.18.0.5"}
+    assert garden.set_suspended(7, True) is False  # already suspended
+    assert garden.set_suspended(8, True) is False  # holds no address
+    assert garden.lease_granted("198.18.0.5", 7) is False  # a renewal
+    assert garden.lease_granted("198.18.0.9", 8) is True  # a suspended subscriber's new lease
+    assert garden.lease_ended("198.18.0.9") is True
+    assert garden.lease_ended("198.18.0.6") is False
+    assert garden.lease_granted("198.18.0.5", 9) is True  # the address went to someone else
+    assert garden.walled_addresses() == frozenset()
+    assert garden.set_suspended(7, False) is False
+
+
+def test_without_a_portal_nobody_is_walled() -> None:
+    garden = WalledGarden(WalledGardenConfig())
+    garden.set_suspended(7, True)
+    assert garden.lease_granted("198.18.0.5", 7) is False
+    assert garden.walled_addresses() == frozenset()
+    assert garden.lookup(name_from_text("example.test"), RRType.A) is None
+
+
+def test_walled_answers_and_the_allow_list() -> None:
+    garden = WalledGarden(PORTAL)
+    answer = garden.lookup(name_from_text("www.example.test"), RRType.A)
+    assert answer is not None and answer.rcode == RCode.NOERROR
+    assert [rr.rdata for rr in answer.answer] == [IPv4Address("198.18.0.10").packed]
+    nodata = garden.lookup(name_from_text("www.example.test"), RRType.AAAA)
+    assert nodata is not None and nodata.answer == []
+    assert garden.lookup(name_from_text("pay.portal.isp.test"), RRType.A) is None
