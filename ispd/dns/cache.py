@@ -271,7 +271,6 @@ class CachedAnswer:
     hits: int = 0
     refreshing: bool = False  # a prefetch or a stale refresh is under way
     stale_until: float = 0.0  # after a failed refresh: serve stale without asking before this
-    local: bool = False  # built from local data or policy: flushed on their reload, never stale
 
     def render(self, now: float) -> bytes:
         age = int(now - self.stored_at)
@@ -298,7 +297,7 @@ class AnswerCache(_BoundedCache):
 
     def build(self, key: bytes, rcode_flags: int, counts: tuple[int, int, int], template: bytes,
               ttl_offsets: tuple[int, ...], ttls: tuple[int, ...], now: float, *,
-              ttl_floor: int | None = None, local: bool = False) -> CachedAnswer:
+              ttl_floor: int | None = None) -> CachedAnswer:
         """An entry as ``store`` would keep it, without keeping it. ``ttl_floor`` is the
         lifetime of an answer without records (a negative answer without an SOA, or a
         SERVFAIL): the least of ``ttls`` otherwise."""
@@ -308,14 +307,12 @@ class AnswerCache(_BoundedCache):
         # RFC 8767 §4 / Unbound: refresh popular entries before they expire, in the last tenth.
         prefetch_at = now + lifetime * 0.9 if self.prefetch and lifetime >= 10 else now + lifetime + 1e9
         return CachedAnswer(rcode_flags, packed, with_opt, template, ttl_offsets, ttls, now,
-                            now + lifetime, prefetch_at, _ENTRY_OVERHEAD + len(key) + len(template) * 2,
-                            local=local)
+                            now + lifetime, prefetch_at, _ENTRY_OVERHEAD + len(key) + len(template) * 2)
 
     def store(self, key: bytes, rcode_flags: int, counts: tuple[int, int, int], template: bytes,
               ttl_offsets: tuple[int, ...], ttls: tuple[int, ...], now: float, *,
-              ttl_floor: int | None = None, local: bool = False) -> CachedAnswer:
-        entry = self.build(key, rcode_flags, counts, template, ttl_offsets, ttls, now,
-                           ttl_floor=ttl_floor, local=local)
+              ttl_floor: int | None = None) -> CachedAnswer:
+        entry = self.build(key, rcode_flags, counts, template, ttl_offsets, ttls, now, ttl_floor=ttl_floor)
         old = self.entries.pop(key, None)
         if old is not None:
             self._clock.bytes -= old.size
@@ -327,9 +324,10 @@ class AnswerCache(_BoundedCache):
 
     def get_stale(self, key: bytes, now: float) -> CachedAnswer | None:
         """The entry for ``key`` while it can be served, fresh or stale; never a failure (a
-        SERVFAIL is cached for a few seconds, not kept to be served again) nor local data."""
+        SERVFAIL is cached for a few seconds, not kept to be served again). Local data and policy
+        answers are never in this cache, so they are never served stale."""
         entry = self.entries.get(key)
-        if (entry is None or entry.local or entry.expires_at + self.limits.stale_seconds <= now
+        if (entry is None or entry.expires_at + self.limits.stale_seconds <= now
                 or entry.rcode_flags & 0xF == RCode.SERVFAIL):
             return None
         return entry
@@ -346,10 +344,6 @@ class AnswerCache(_BoundedCache):
         for key in keys:
             self.discard(key)
         return len(keys)
-
-    def flush_local(self) -> None:
-        for key in [k for k, e in self.entries.items() if e.local]:
-            self.discard(key)
 
     def clear(self) -> None:
         self.entries.clear()

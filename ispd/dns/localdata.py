@@ -44,7 +44,6 @@ from ispd.dns.wire import (
     RR,
     RRType,
     ancestor_with_labels,
-    is_subdomain,
     label_count,
     name_from_text,
     name_to_text,
@@ -193,9 +192,6 @@ class LocalData:
             return None
         return zone.lookup(qname, qtype)
 
-    def is_local(self, qname: bytes) -> bool:
-        return qname in self._exact or self.zone_for(qname) is not None
-
     # --- changes ---
 
     def _changed(self, names: Iterable[bytes]) -> None:
@@ -310,6 +306,3 @@ class LocalData:
 
     def zones(self) -> list[Zone]:
         return list(self._zones.values())
-
-    def in_lease_domain(self, name: bytes) -> bool:
-        return self.lease_domain is not None and is_subdomain(name, self.lease_domain)

@@ -291,13 +291,13 @@ KEY = key_of(QUESTION)
 
 
 def store(answers: AnswerCache, ttls: tuple[int, ...], now: float = NOW, key: bytes = KEY, *,
-          local: bool = False, ttl_floor: int | None = None) -> CachedAnswer:
+          ttl_floor: int | None = None) -> CachedAnswer:
     """Store what the engine would: the reply body after the question, and the TTL offsets in it."""
     records = [RR(QUESTION.name, RRType.A, CLASS_IN, ttl, a_rdata(f"192.0.2.{i + 1}")) for i, ttl in enumerate(ttls)]
     encoded = encode_message(0, FLAG_QR | FLAG_RA, QUESTION, records, [], [])
     start = 12 + len(QUESTION.name) + 4
     return answers.store(key, FLAG_QR | FLAG_RA, encoded.counts, encoded.data[start:],
-                         tuple(o - start for o in encoded.ttl_offsets), ttls, now, ttl_floor=ttl_floor, local=local)
+                         tuple(o - start for o in encoded.ttl_offsets), ttls, now, ttl_floor=ttl_floor)
 
 
 def ttls_of(entry: CachedAnswer, body: bytes) -> list[int]:
@@ -354,16 +354,11 @@ def test_store_replaces_and_counts_bytes() -> None:
     assert answers.size_bytes == 0 and len(answers) == 0
 
 
-def test_answer_cache_stale_and_local() -> None:
+def test_answer_cache_stale_window() -> None:
     answers = AnswerCache(CacheLimits(stale_seconds=100))
     store(answers, (60,))
-    local_key = key_of(Question(N("local.example."), RRType.A))
-    store(answers, (60,), key=local_key, local=True)
     assert answers.get_stale(KEY, NOW + 150) is not None
     assert answers.get_stale(KEY, NOW + 160) is None
-    assert answers.get_stale(local_key, NOW + 70) is None  # local data never served stale
-    answers.flush_local()
-    assert local_key not in answers.entries and KEY in answers.entries
 
 
 def test_answer_cache_flush() -> None:
