@@ -19,6 +19,7 @@ the resolver uses when its upstreams fail.
 
 from __future__ import annotations
 
+import socket
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,10 +53,19 @@ class RRsetEntry:
     expires_at: float
     size: int
     hits: int = 0
+    # An A/AAAA set's addresses as text, made once on first use: iteration asks for a zone's
+    # server addresses on every upstream query.
+    address_texts: tuple[str, ...] | None = None
 
     def records(self, now: float, *, stale_ttl: int | None = None) -> list[RR]:
         ttl = stale_ttl if stale_ttl is not None else max(0, int(self.expires_at - now))
         return [RR(self.name, self.rtype, 1, ttl, rdata) for rdata in self.rdatas]
+
+    def addresses(self) -> tuple[str, ...]:
+        if self.address_texts is None:
+            family = socket.AF_INET if self.rtype == RRType.A else socket.AF_INET6
+            self.address_texts = tuple(socket.inet_ntop(family, rdata) for rdata in self.rdatas)
+        return self.address_texts
 
     def ttl_left(self, now: float) -> int:
         return max(0, int(self.expires_at - now))

@@ -485,7 +485,7 @@ class Resolver:
         for rtype in self._address_types():
             entry = self.cache.get(ns, rtype, now)
             if entry is not None:
-                found.extend(_address_text(rtype, r) for r in entry.rdatas)
+                found.extend(entry.addresses())
         return found
 
     async def _ask_servers(self, zone: bytes, addresses: list[str], qname: bytes, qtype: int,
@@ -717,11 +717,6 @@ def _randomise_case(name: bytes) -> bytes:
         if 97 <= byte <= 122 and bits >> i & 1:
             out[i] = byte - 32
     return bytes(out)
-
-
-def _address_text(rtype: int, rdata: bytes) -> str:
-    from ipaddress import IPv4Address, IPv6Address
-    return str(IPv4Address(rdata)) if rtype == RRType.A else str(IPv6Address(rdata))
 
 
 def _rcode_text(rcode: int) -> str:

@@ -54,7 +54,7 @@ class UpstreamTransport:
         loop = asyncio.get_running_loop()
         v6 = ":" in address
         try:
-            sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+            sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
         except OSError as exc:
             raise UpstreamError("socket", str(exc)) from None
         qend = _question_end(query)
@@ -83,7 +83,6 @@ class UpstreamTransport:
                 future.set_exception(UpstreamError("timeout", f"no reply in {wait:.2f} s"))
 
         try:
-            sock.setblocking(False)
             source = self.source_v6 if v6 else self.source_v4
             if source:
                 sock.bind((source, 0))
