@@ -1,14 +1,41 @@
-"""Operator assets shipped in contrib/ stay valid."""
+"""Operator assets shipped in contrib/ stay valid, and name only metrics that ispd exports.
+
+The exported names come from a running ispd with DNS and DHCP enabled on loopback (no traffic is
+sent: every family is exported from the start), so renaming a metric, or a value of a DNS label
+such as ``rcode`` or ``reason``, fails here before it silently breaks an alert or a dashboard.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import shutil
 import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-PROMETHEUS = Path(__file__).resolve().parent.parent / "contrib" / "prometheus"
+from tests.lab.dnshier import free_port
+from tests.lab.ports import free_udp_port
+from tests.lab.process import IspdProcess, base_config
+
+CONTRIB = Path(__file__).resolve().parent.parent / "contrib"
+PROMETHEUS = CONTRIB / "prometheus"
+RULE_FILES = (PROMETHEUS / "ispd.rules.yml", PROMETHEUS / "ispd.rules.test.yml")
+DASHBOARDS = sorted((CONTRIB / "grafana").glob("*.json"))
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+
+# An ispd metric name where it stands alone (not inside a recording rule's "ispd:..." name).
+METRIC = re.compile(r"(?<![A-Za-z0-9_:])ispd_[a-z0-9_]+")
+SELECTOR = re.compile(r"(?<![A-Za-z0-9_:])(ispd_[a-z0-9_]+)\{([^}]*)\}")
+MATCHER = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"([^"]*)"')
+# Labels whose values are not ispd's to choose.
+FOREIGN_LABELS = {"job", "instance", "le"}
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -25,3 +52,181 @@ def test_rules_are_valid() -> None:
 def test_alerts_fire_as_intended() -> None:
     result = promtool("test", "rules", "ispd.rules.test.yml")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- dashboards ---------------------------------------------------------------------------------
+
+
+def panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every panel that shows data, also those inside collapsed rows."""
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            yield from panel.get("panels", [])
+        else:
+            yield panel
+
+
+def dashboard_queries(dashboard: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(where, query) of every panel query and query variable."""
+    for panel in panels(dashboard):
+        for target in panel["targets"]:
+            yield f"panel {panel['title']!r}", target["expr"]
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            query = variable["query"]
+            yield f"variable {variable['name']!r}", query["query"] if isinstance(query, dict) else query
+
+
+def test_there_is_a_dashboard() -> None:
+    assert [p.name for p in DASHBOARDS] == ["ispd-dns.json"]
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_dashboard_is_well_formed(path: Path) -> None:
+    dashboard = json.loads(path.read_text())
+    assert dashboard["uid"] and dashboard["title"] and dashboard["schemaVersion"] >= 36
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    assert variables["instance"]["datasource"] == DATASOURCE
+    rows = [p for p in dashboard["panels"] if p["type"] == "row"]
+    ids = [p["id"] for p in rows] + [p["id"] for p in panels(dashboard)]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    shown = list(panels(dashboard))
+    assert shown
+    for panel in shown:
+        title = panel.get("title")
+        assert title, panel
+        assert panel.get("datasource") == DATASOURCE, f"{title}: datasource must be the ${{datasource}} variable"
+        assert panel.get("targets"), f"{title}: no query"
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, f"{title}: outside the 24-column grid"
+        for target in panel["targets"]:
+            assert target.get("datasource", DATASOURCE) == DATASOURCE, title
+            assert METRIC.search(target.get("expr", "")), f"{title}: a query without an ispd metric"
+            assert '{instance=~"$instance"' in target["expr"], f"{title}: not filtered by $instance"
+
+
+# --- the names they use are the names ispd exports ---------------------------------------------
+
+
+@dataclass
+class Exported:
+    series: set[str] = field(default_factory=set)  # what PromQL can select: foo_total, foo_bucket, ...
+    families: set[str] = field(default_factory=set)  # what documentation may name: foo_total, foo (a histogram)
+    label_values: dict[str, dict[str, set[str]]] = field(default_factory=dict)  # series -> label -> values
+
+
+def parse_exposition(text: str) -> Exported:
+    exported = Exported()
+    for line in text.splitlines():
+        if not line.startswith("# TYPE "):
+            continue
+        _, _, name, kind = line.split(" ", 3)
+        if kind == "counter":
+            names = {name.removesuffix("_total") + "_total"}
+        elif kind == "histogram":
+            names = {name + "_bucket", name + "_sum", name + "_count"}
+        elif kind == "summary":
+            names = {name, name + "_sum", name + "_count"}
+        else:
+            names = {name}
+        exported.series |= names
+        exported.families |= names | {name}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            exported.series.add(sample.name)
+            exported.families.add(sample.name)
+            labels = exported.label_values.setdefault(sample.name, {})
+            for label, value in sample.labels.items():
+                labels.setdefault(label, set()).add(value)
+    return exported
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exported]:
+    """What a running ispd with DNS and DHCP exports. The resolver's root is a loopback address
+    where nothing listens, and DHCP listens on a free port of lo: nothing leaves the machine."""
+    if os.geteuid() != 0:
+        pytest.skip("DHCP opens AF_PACKET sockets: needs root")
+    workdir = tmp_path_factory.mktemp("contrib-ispd")
+    hints = workdir / "root.hints"
+    hints.write_text(".  3600000  NS  a.root.invalid.\na.root.invalid.  3600000  A  127.0.0.254\n")
+    dhcp = {"enabled": True, "interfaces": ["lo"], "port": free_udp_port(),
+            "subnet": [{"network": "198.18.0.0/24",
+                        "pool": [{"name": "contrib", "range": "198.18.0.100 - 198.18.0.199"}]}]}
+    dns = {"enabled": True, "listen": [f"127.0.0.1:{free_port()}"], "allow": ["127.0.0.0/8"],
+           "root_hints": str(hints), "resolver": {"do_ipv6": False}}
+    config = base_config(workdir, dns=dns, dhcp=dhcp)
+    with IspdProcess(workdir, config) as ispd:
+        ispd.start()
+        status, text = ispd.http_get("/metrics")
+        assert status == 200, text
+        yield parse_exposition(text)
+
+
+def promql_texts() -> Iterator[tuple[str, str]]:
+    """(where, text) of everything PromQL in contrib/: rule files whole, dashboard queries."""
+    for path in RULE_FILES:
+        yield path.name, path.read_text()
+    for path in DASHBOARDS:
+        for where, query in dashboard_queries(json.loads(path.read_text())):
+            yield f"{path.name} {where}", query
+
+
+def unknown_names(text: str, known: set[str]) -> set[str]:
+    # A name ending in "_" is a prefix in prose ("ispd_dns_*"), not a metric.
+    return {name for name in METRIC.findall(text) if not name.endswith("_") and name not in known}
+
+
+def unknown_label_values(text: str, exported: Exported) -> list[str]:
+    """Label matchers on DNS metrics whose value ispd never exports. Only DNS: its collector
+    exports every value of its closed label sets from the start, while other services' counters
+    show a label value when it first happens (ispd_dhcp_packets_dropped_total{reason="store_error"})."""
+    problems = []
+    for name, matchers in SELECTOR.findall(text):
+        if not name.startswith("ispd_dns_"):
+            continue
+        values = exported.label_values.get(name, {})
+        for label, op, value in MATCHER.findall(matchers):
+            if label in FOREIGN_LABELS or op.startswith("!"):
+                continue
+            if op == "=~":
+                if not re.fullmatch(r"[A-Za-z0-9_|]+", value):
+                    continue  # a real pattern: nothing to look up
+                wanted = value.split("|")
+            else:
+                wanted = [value]
+            problems += [f'{name}{{{label}="{v}"}}' for v in wanted if v not in values.get(label, set())]
+    return problems
+
+
+def test_exported_names_are_read_correctly(exported: Exported) -> None:
+    """The checks below are only as good as this parse."""
+    assert "ispd_dns_queries_total" in exported.series
+    assert "ispd_dns_queries" not in exported.series
+    assert {"ispd_dns_answer_seconds_bucket", "ispd_dns_answer_seconds_count"} <= exported.series
+    assert "ispd_dns_answer_seconds" not in exported.series
+    assert "ispd_dns_answer_seconds" in exported.families
+    assert "ispd_dhcp_packets_dropped_total" in exported.series  # no sample yet, but declared
+    assert "SERVFAIL" in exported.label_values["ispd_dns_answers_total"]["rcode"]
+    assert unknown_names("rate(ispd_dns_querys_total[5m]) / ispd:dns_queries:rate5m", exported.series) == {
+        "ispd_dns_querys_total"}
+    assert unknown_label_values('ispd_dns_answers_total{job="ispd", rcode="SERVFAILED"}', exported) == [
+        'ispd_dns_answers_total{rcode="SERVFAILED"}']
+    assert unknown_label_values('ispd_dns_dropped_total{reason=~"overload|ratelimited"}', exported) == [
+        'ispd_dns_dropped_total{reason="ratelimited"}']
+
+
+def test_rules_and_dashboards_use_only_exported_metrics(exported: Exported) -> None:
+    problems = []
+    for where, text in promql_texts():
+        problems += [f"{where}: {name} is not exported" for name in sorted(unknown_names(text, exported.series))]
+        problems += [f"{where}: {selector} is never exported" for selector in unknown_label_values(text, exported)]
+    assert not problems, "\n".join(problems)
+
+
+def test_contrib_readme_names_only_exported_metrics(exported: Exported) -> None:
+    """The Unbound translation table names ispd's metrics; they must exist."""
+    text = (CONTRIB / "README.md").read_text()
+    assert unknown_names(text, exported.families) == set()
+    assert METRIC.search(text)

@@ -74,7 +74,9 @@ class _DNSCollector(Collector):
         yield answers
 
         yield _counter("ispd_dns_cache_hits", "Queries answered from the answer cache.", stats.cache_hits)
-        yield _counter("ispd_dns_cache_misses", "Queries that needed local data, policy or the resolver.",
+        yield _counter("ispd_dns_cache_misses",
+                       "Queries with no fresh answer in the answer cache: resolved, or answered stale "
+                       "(local data and policy answers count as neither hit nor miss).",
                        stats.cache_misses)
         yield _counter("ispd_dns_prefetches", "Answers refreshed before they expired.", stats.prefetches)
         yield _counter("ispd_dns_stale_answers", "Expired answers served because upstreams failed (RFC 8767).",
