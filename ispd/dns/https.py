@@ -1,0 +1,209 @@
+"""DNS over HTTPS on HTTP/2 (h2, over ``TLSListener``); the request logic HTTP/3 shares.
+
+``DoHResponder`` turns a request into a response: HTTP errors and cache hits at once, other
+queries through the engine's slow path. ``serve_h2`` runs one HTTP/2 connection with h2 (the
+sans-IO HTTP/2 state machine): requests are answered as they complete, several at once and in
+any order, within the stream limit announced in SETTINGS_MAX_CONCURRENT_STREAMS; response
+bodies respect flow control (what does not fit the window waits for a WINDOW_UPDATE). A query
+the engine drops (a policy DROP, a rate-limited client) resets its stream with REFUSED_STREAM,
+the HTTP counterpart of a UDP drop. A protocol error ends the connection with GOAWAY; so does
+``idle_timeout_seconds`` without a frame. HTTP/1.1 is not offered (ALPN h2 only): every DoH
+client speaks HTTP/2, which RFC 8484 §5.2 names as the minimum.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+from h2.errors import ErrorCodes
+
+from ispd.dns.config import DoHConfig
+from ispd.dns.doh import DoHError, DoHRequest, error_headers, query_of, response_headers
+from ispd.dns.frontend import Answerer, TransportStats
+
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    headers: Headers
+    body: bytes
+
+
+class DoHResponder:
+    def __init__(self, answerer: Answerer, stats: TransportStats, config: DoHConfig, alt_svc: bytes | None) -> None:
+        self.answerer = answerer
+        self.stats = stats
+        self.config = config
+        self.alt_svc = alt_svc
+
+    def prepare(self, request: DoHRequest, client: str, started: float) -> Response | bytes:
+        """A response now (an HTTP error or a cache hit), or the query for ``resolve``."""
+        try:
+            query = query_of(request, path=self.config.path, max_bytes=self.config.max_query_bytes)
+        except DoHError as exc:
+            self.stats.bad_requests += 1
+            body = exc.reason.encode() + b"\n"
+            return Response(error_headers(exc.status, body), body)
+        reply = self.answerer.from_cache(query, client, started)
+        if reply is None:
+            return query
+        return self._ok(reply)
+
+    async def resolve(self, query: bytes, client: str, started: float) -> Response | None:
+        reply = await self.answerer.resolve(query, client, started)
+        return self._ok(reply) if reply is not None else None
+
+    def _ok(self, reply: bytes) -> Response:
+        headers = response_headers(reply)
+        if self.alt_svc is not None:
+            headers.append((b"alt-svc", self.alt_svc))
+        return Response(headers, reply)
+
+
+@dataclass(slots=True)
+class _Stream:
+    method: bytes = b""
+    path: bytes = b""
+    content_type: bytes | None = None
+    body: bytearray = field(default_factory=bytearray)
+    rejected: bool = False  # answered with an error before the request ended
+
+
+async def serve_h2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str,
+                   responder: DoHResponder, *, idle_seconds: float, max_streams: int) -> None:
+    config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+    conn = h2.connection.H2Connection(config=config)
+    conn.local_settings = h2.settings.Settings(client=False, initial_values={
+        h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,
+        h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 16384,
+    })
+    conn.initiate_connection()
+    streams: dict[int, _Stream] = {}
+    unsent: dict[int, memoryview] = {}  # response bodies waiting for flow-control window
+    tasks: set[asyncio.Task[None]] = set()
+    max_body = responder.config.max_query_bytes
+
+    def flush() -> None:
+        data = conn.data_to_send()
+        if data and not writer.is_closing():
+            writer.write(data)
+
+    def send_body(stream_id: int, body: memoryview) -> None:
+        while True:
+            window = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
+            if len(body) <= window:
+                conn.send_data(stream_id, body.tobytes(), end_stream=True)
+                unsent.pop(stream_id, None)
+                return
+            if window <= 0:
+                unsent[stream_id] = body
+                return
+            conn.send_data(stream_id, body[:window].tobytes())
+            body = body[window:]
+
+    def respond(stream_id: int, response: Response | None) -> None:
+        try:
+            if response is None:
+                conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            else:
+                conn.send_headers(stream_id, response.headers)
+                send_body(stream_id, memoryview(response.body))
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            unsent.pop(stream_id, None)  # the client reset or closed it meanwhile
+        flush()
+
+    async def resolve(stream_id: int, query: bytes, started: float) -> None:
+        respond(stream_id, await responder.resolve(query, client, started))
+
+    def request_done(stream_id: int) -> None:
+        stream = streams.pop(stream_id, None)
+        if stream is None or stream.rejected:
+            return
+        started = time.perf_counter()
+        prepared = responder.prepare(DoHRequest(stream.method, stream.path, stream.content_type,
+                                                bytes(stream.body)), client, started)
+        if isinstance(prepared, Response):
+            respond(stream_id, prepared)
+            return
+        task = asyncio.ensure_future(resolve(stream_id, prepared, started))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def reject(stream_id: int, status: int, reason: str) -> None:
+        responder.stats.bad_requests += 1
+        streams[stream_id].rejected = True
+        body = reason.encode() + b"\n"
+        respond(stream_id, Response(error_headers(status, body), body))
+
+    def handle(event: h2.events.Event) -> bool:
+        """Act on one event; False when the connection is over."""
+        if isinstance(event, h2.events.RequestReceived):
+            opened = streams[event.stream_id] = _Stream()
+            for name, value in event.headers or ():
+                if name == b":method":
+                    opened.method = value
+                elif name == b":path":
+                    opened.path = value
+                elif name == b"content-type":
+                    opened.content_type = value
+        elif isinstance(event, h2.events.DataReceived):
+            conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            stream = streams.get(event.stream_id)
+            if stream is not None and not stream.rejected:
+                stream.body += event.data or b""
+                if len(stream.body) > max_body:
+                    reject(event.stream_id, 413, "query too large")
+        elif isinstance(event, h2.events.StreamEnded):
+            request_done(event.stream_id)
+        elif isinstance(event, h2.events.StreamReset):
+            streams.pop(event.stream_id, None)
+            unsent.pop(event.stream_id, None)
+        elif isinstance(event, h2.events.WindowUpdated):
+            for stream_id, body in list(unsent.items()):
+                if event.stream_id in (0, stream_id):
+                    try:
+                        send_body(stream_id, body)
+                    except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                        unsent.pop(stream_id, None)
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            return False
+        return True
+
+    flush()
+    try:
+        while True:
+            try:
+                async with asyncio.timeout(idle_seconds):
+                    data = await reader.read(65536)
+            except TimeoutError:
+                conn.close_connection()
+                flush()
+                return
+            if not data:
+                return
+            try:
+                events = conn.receive_data(data)
+            except h2.exceptions.ProtocolError:
+                responder.stats.bad_requests += 1
+                flush()  # h2 has queued a GOAWAY
+                return
+            alive = all([handle(event) for event in events])
+            flush()
+            if not alive:
+                return
+            if writer.transport.get_write_buffer_size() > 256 * 1024:
+                await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        for task in tasks:
+            task.cancel()
+        writer.close()

@@ -1,0 +1,380 @@
+"""DNS over QUIC (RFC 9250) and DNS over HTTPS on HTTP/3, both on aioquic.
+
+aioquic's ``QuicConnection`` is sans-IO and its asyncio server only routes datagrams to one
+protocol object per connection; the work here happens in ``quic_event_received``, which never
+blocks: a cache hit is answered in the callback, anything else becomes a task.
+
+DoQ (RFC 9250 §4.2): each query has a client-initiated bidirectional stream of its own, carrying
+the 2-byte length prefix and the message, then FIN; the reply goes back the same way and ends
+the stream. The message ID must be 0 and the length must match what arrived, otherwise the
+connection is closed with DOQ_PROTOCOL_ERROR (§4.3.3, §4.2). A query over ``max_query_bytes``
+or over the in-flight limit gets its stream reset with DOQ_EXCESSIVE_LOAD; a query the engine
+drops, DOQ_REQUEST_CANCELLED. 0-RTT (§4.5: replayable) is off unless ``allow_0rtt``: without a
+session-ticket store the server never offers resumption, so there is no early data to accept.
+
+HTTP/3: aioquic's ``H3Connection`` turns stream data into request events; the requests go
+through the same ``DoHResponder`` as HTTP/2.
+
+Both count connections against a ``ConnectionGate`` on their first datagram (the peer address
+is known only then) and close a connection over a limit at once; a handshake that fails or
+takes longer than ``handshake_timeout_seconds`` is counted and the connection closed. A SIGHUP
+with a new certificate changes the shared configuration's certificate for new connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from collections import OrderedDict
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.asyncio.server import QuicServer, serve
+from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent, StreamDataReceived
+from aioquic.tls import SessionTicket
+
+from ispd.configtypes import SocketAddress
+from ispd.dns.doh import DoHRequest, error_headers
+from ispd.dns.frontend import Answerer, ConnectionGate, TransportStats, load_certificate
+from ispd.dns.https import DoHResponder, Response
+from ispd.service import ServiceStartError, describe_os_error
+
+DOQ_ALPN = ["doq"]  # RFC 9250 §4.1.1
+DOQ_NO_ERROR = 0x0
+DOQ_PROTOCOL_ERROR = 0x2
+DOQ_REQUEST_CANCELLED = 0x3
+DOQ_EXCESSIVE_LOAD = 0x4
+H3_REQUEST_REJECTED = 0x10B
+H3_EXCESSIVE_LOAD = 0x107
+_LENGTH = struct.Struct("!H")
+_TICKETS_KEPT = 10_000
+
+
+@dataclass(slots=True)
+class QuicSettings:
+    idle_timeout: float
+    handshake_timeout: float
+    max_streams: int
+    max_query_bytes: int
+
+
+def quic_configuration(alpn: list[str], certificate: Path, private_key: Path, idle_timeout: float,
+                       max_query_bytes: int) -> QuicConfiguration:
+    configuration = QuicConfiguration(is_client=False, alpn_protocols=alpn, idle_timeout=idle_timeout,
+                                      max_stream_data=max(65536, max_query_bytes * 2))
+    load_certificate(configuration.load_cert_chain, certificate, private_key)
+    return configuration
+
+
+class _TicketStore:
+    """Session tickets for resumption (and so 0-RTT), in memory, oldest dropped first."""
+
+    def __init__(self) -> None:
+        self.tickets: OrderedDict[bytes, SessionTicket] = OrderedDict()
+
+    def add(self, ticket: SessionTicket) -> None:
+        self.tickets[ticket.ticket] = ticket
+        while len(self.tickets) > _TICKETS_KEPT:
+            self.tickets.popitem(last=False)
+
+    def pop(self, label: bytes) -> SessionTicket | None:
+        return self.tickets.pop(label, None)
+
+
+class _DNSQuicProtocol(QuicConnectionProtocol):
+    """What DoQ and HTTP/3 connections share: limits, handshake accounting, tasks."""
+
+    def __init__(self, quic: QuicConnection, stream_handler: Any = None, *, gate: ConnectionGate,
+                 stats: TransportStats, settings: QuicSettings) -> None:
+        super().__init__(quic, stream_handler)
+        # aioquic announces 128 concurrent bidirectional streams; ours is the configured limit.
+        quic._local_max_streams_bidi.value = settings.max_streams
+        self.gate = gate
+        self.stats = stats
+        self.settings = settings
+        self.client: str | None = None
+        self.admitted = False
+        self.handshake_done = False
+        self.in_flight = 0
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._handshake_timer: asyncio.TimerHandle | None = None
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        if self.client is None:
+            self.client = addr[0]
+            if not self.gate.admit(addr[0]):
+                self.close_with(DOQ_EXCESSIVE_LOAD, "too many connections")
+                return
+            self.admitted = True
+            self._handshake_timer = asyncio.get_running_loop().call_later(
+                self.settings.handshake_timeout, self._handshake_expired)
+        if self.admitted:
+            super().datagram_received(data, addr)
+
+    def close_with(self, code: int, reason: str) -> None:
+        self._quic.close(error_code=code, reason_phrase=reason)
+        self.transmit()
+
+    def _handshake_expired(self) -> None:
+        if not self.handshake_done:
+            self.close_with(DOQ_NO_ERROR, "handshake timeout")
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, HandshakeCompleted):
+            self.handshake_done = True
+            if self._handshake_timer is not None:
+                self._handshake_timer.cancel()
+        elif isinstance(event, ConnectionTerminated):
+            self._ended()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._ended()
+        super().connection_lost(exc)
+
+    def _ended(self) -> None:
+        if self.admitted:
+            self.admitted = False
+            if not self.handshake_done:
+                self.stats.handshake_failures += 1
+            self.gate.release(self.client or "")
+            if self._handshake_timer is not None:
+                self._handshake_timer.cancel()
+            for task in self.tasks:
+                task.cancel()
+
+    def spawn(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
+class DoQProtocol(_DNSQuicProtocol):
+    def __init__(self, quic: QuicConnection, stream_handler: Any = None, *, answerer: Answerer,
+                 **kwargs: Any) -> None:
+        super().__init__(quic, stream_handler, **kwargs)
+        self.answerer = answerer
+        self.buffers: dict[int, bytearray] = {}
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        super().quic_event_received(event)
+        if isinstance(event, StreamDataReceived):
+            self._stream_data(event.stream_id, event.data, event.end_stream)
+
+    def _stream_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        if stream_id & 0x3 != 0:  # only client-initiated bidirectional streams carry queries
+            self.stats.bad_requests += 1
+            self.close_with(DOQ_PROTOCOL_ERROR, "query on a stream that is not client bidirectional")
+            return
+        buffer = self.buffers.setdefault(stream_id, bytearray())
+        buffer += data
+        if len(buffer) > self.settings.max_query_bytes + 2:
+            self.stats.bad_requests += 1
+            del self.buffers[stream_id]
+            self._reset(stream_id, DOQ_EXCESSIVE_LOAD)
+            return
+        if not end_stream:
+            return
+        del self.buffers[stream_id]
+        if len(buffer) < 2 + 12 or _LENGTH.unpack_from(buffer)[0] != len(buffer) - 2 or buffer[2:4] != b"\0\0":
+            # RFC 9250 §4.2: a length that does not match, or a message ID other than 0.
+            self.stats.bad_requests += 1
+            self.close_with(DOQ_PROTOCOL_ERROR, "malformed query")
+            return
+        if self.in_flight >= self.settings.max_streams:
+            self._reset(stream_id, DOQ_EXCESSIVE_LOAD)
+            return
+        query = bytes(buffer[2:])
+        started = time.perf_counter()
+        client = self.client or ""
+        reply = self.answerer.from_cache(query, client, started)
+        if reply is not None:
+            self._reply(stream_id, reply)
+            return
+        self.in_flight += 1
+        self.spawn(self._resolve(stream_id, query, client, started))
+
+    async def _resolve(self, stream_id: int, query: bytes, client: str, started: float) -> None:
+        try:
+            reply = await self.answerer.resolve(query, client, started)
+        finally:
+            self.in_flight -= 1
+        if reply is None:
+            self._reset(stream_id, DOQ_REQUEST_CANCELLED)
+        else:
+            self._reply(stream_id, reply)
+
+    def _reply(self, stream_id: int, reply: bytes) -> None:
+        try:
+            self._quic.send_stream_data(stream_id, _LENGTH.pack(len(reply)) + reply, end_stream=True)
+        except (ValueError, AssertionError):  # the stream was reset or the connection closed
+            return
+        self.transmit()
+
+    def _reset(self, stream_id: int, code: int) -> None:
+        try:
+            self._quic.reset_stream(stream_id, code)
+        except (ValueError, AssertionError):
+            return
+        self.transmit()
+
+
+@dataclass(slots=True)
+class _H3Request:
+    method: bytes = b""
+    path: bytes = b""
+    content_type: bytes | None = None
+    body: bytearray = field(default_factory=bytearray)
+    rejected: bool = False
+
+
+class HTTP3Protocol(_DNSQuicProtocol):
+    def __init__(self, quic: QuicConnection, stream_handler: Any = None, *, responder: DoHResponder,
+                 **kwargs: Any) -> None:
+        super().__init__(quic, stream_handler, **kwargs)
+        self.responder = responder
+        self.http = H3Connection(quic)
+        self.requests: dict[int, _H3Request] = {}
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        super().quic_event_received(event)
+        if isinstance(event, ConnectionTerminated):
+            return
+        try:
+            events = self.http.handle_event(event)
+        except Exception:  # aioquic raises its protocol errors after closing the connection itself
+            self.stats.bad_requests += 1
+            self.transmit()
+            return
+        for h3_event in events:
+            self._h3_event(h3_event)
+
+    def _h3_event(self, event: H3Event) -> None:
+        if isinstance(event, HeadersReceived):
+            request = self.requests.setdefault(event.stream_id, _H3Request())
+            for name, value in event.headers:
+                if name == b":method":
+                    request.method = value
+                elif name == b":path":
+                    request.path = value
+                elif name == b"content-type":
+                    request.content_type = value
+            ended = event.stream_ended
+        elif isinstance(event, DataReceived):
+            request = self.requests.setdefault(event.stream_id, _H3Request())
+            if not request.rejected:
+                request.body += event.data
+                if len(request.body) > self.responder.config.max_query_bytes:
+                    request.rejected = True
+                    self.stats.bad_requests += 1
+                    body = b"query too large\n"
+                    self._respond(event.stream_id, Response(error_headers(413, body), body))
+            ended = event.stream_ended
+        else:
+            return
+        if ended:
+            self._request_done(event.stream_id)
+
+    def _request_done(self, stream_id: int) -> None:
+        request = self.requests.pop(stream_id, None)
+        if request is None or request.rejected:
+            return
+        if self.in_flight >= self.settings.max_streams:
+            self._reset(stream_id, H3_EXCESSIVE_LOAD)
+            return
+        started = time.perf_counter()
+        client = self.client or ""
+        prepared = self.responder.prepare(DoHRequest(request.method, request.path, request.content_type,
+                                                     bytes(request.body)), client, started)
+        if isinstance(prepared, Response):
+            self._respond(stream_id, prepared)
+            return
+        self.in_flight += 1
+        self.spawn(self._resolve(stream_id, prepared, client, started))
+
+    async def _resolve(self, stream_id: int, query: bytes, client: str, started: float) -> None:
+        try:
+            response = await self.responder.resolve(query, client, started)
+        finally:
+            self.in_flight -= 1
+        if response is None:
+            self._reset(stream_id, H3_REQUEST_REJECTED)
+        else:
+            self._respond(stream_id, response)
+
+    def _respond(self, stream_id: int, response: Response) -> None:
+        try:
+            self.http.send_headers(stream_id, response.headers)
+            self.http.send_data(stream_id, response.body, end_stream=True)
+        except Exception:  # the stream or the connection is gone: nothing to tell
+            return
+        self.transmit()
+
+    def _reset(self, stream_id: int, code: int) -> None:
+        try:
+            self._quic.reset_stream(stream_id, code)
+        except (ValueError, AssertionError):
+            return
+        self.transmit()
+
+
+class QuicListener:
+    """The UDP listeners of one QUIC transport (DoQ or HTTP/3) and their shared configuration."""
+
+    def __init__(self, name: str, alpn: list[str], protocol: type[_DNSQuicProtocol], settings: QuicSettings,
+                 allow_0rtt: bool, **protocol_args: Any) -> None:
+        self.name = name
+        self.alpn = alpn
+        self.protocol = protocol
+        self.settings = settings
+        self.protocol_args = protocol_args
+        self.tickets = _TicketStore() if allow_0rtt else None
+        self.configuration: QuicConfiguration | None = None
+        self.bound: list[tuple[str, int]] = []
+
+    def load_certificate(self, certificate: Path, private_key: Path) -> None:
+        fresh = quic_configuration(self.alpn, certificate, private_key, self.settings.idle_timeout,
+                                   self.settings.max_query_bytes)
+        if self.configuration is None:
+            self.configuration = fresh
+            return
+        # Connections read these when they start; established ones keep the TLS state they have.
+        self.configuration.certificate = fresh.certificate
+        self.configuration.certificate_chain = fresh.certificate_chain
+        self.configuration.private_key = fresh.private_key
+
+    async def start(self, addresses: list[SocketAddress], stack: AsyncExitStack) -> None:
+        assert self.configuration is not None
+        factory = partial(self.protocol, settings=self.settings, **self.protocol_args)
+        for address in addresses:
+            try:
+                server: QuicServer = await serve(
+                    address.host, address.port, configuration=self.configuration, create_protocol=factory,
+                    session_ticket_fetcher=self.tickets.pop if self.tickets else None,
+                    session_ticket_handler=self.tickets.add if self.tickets else None)
+            except OSError as exc:
+                raise ServiceStartError(f"dns: {self.name}: cannot listen on {address}: "
+                                        f"{describe_os_error(exc)}") from None
+            stack.callback(server.close)
+            assert server._transport is not None
+            self.bound.append((address.host, server._transport.get_extra_info("sockname")[1]))
+
+
+def doq_listener(answerer: Answerer, gate: ConnectionGate, stats: TransportStats, settings: QuicSettings,
+                 allow_0rtt: bool) -> QuicListener:
+    return QuicListener("doq", DOQ_ALPN, DoQProtocol, settings, allow_0rtt, answerer=answerer, gate=gate,
+                        stats=stats)
+
+
+def http3_listener(responder: DoHResponder, gate: ConnectionGate, stats: TransportStats,
+                   settings: QuicSettings) -> QuicListener:
+    return QuicListener("doh (HTTP/3)", H3_ALPN, HTTP3Protocol, settings, False, responder=responder, gate=gate,
+                        stats=stats)

@@ -1,0 +1,65 @@
+"""DNS over a byte stream (RFC 7766 over TCP, RFC 7858 over TLS): two-byte length prefixes.
+
+Queries are pipelined: a cache hit is answered in line; every other query becomes a task and its
+reply is written whenever it is ready, so replies may leave out of order (RFC 7766 §6.2.1.1).
+At most ``max_in_flight`` queries of one connection are resolved at once; reading waits while the
+cap is reached, and while the client does not read its replies (write buffer over 256 KiB).
+A connection idle for ``idle_seconds`` is closed; a length over ``max_query_bytes`` closes it
+too (the stream cannot be resynchronised). DoT adds TLS in front (``ispd/dns/tls.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+
+from ispd.dns.frontend import Answerer, TransportStats
+
+_LENGTH = struct.Struct("!H")
+_WRITE_BUFFER_HIGH = 256 * 1024
+
+
+async def serve_dns_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str,
+                           answerer: Answerer, stats: TransportStats, *, idle_seconds: float,
+                           max_in_flight: int, max_query_bytes: int, drain_seconds: float) -> None:
+    pending: set[asyncio.Task[None]] = set()
+    slots = asyncio.Semaphore(max_in_flight)
+
+    def send(reply: bytes) -> None:
+        if not writer.is_closing():
+            writer.write(_LENGTH.pack(len(reply)) + reply)
+
+    async def answer(data: bytes, started: float) -> None:
+        try:
+            reply = await answerer.resolve(data, client, started)
+            if reply is not None:
+                send(reply)
+        finally:
+            slots.release()
+
+    try:
+        while True:
+            async with asyncio.timeout(idle_seconds):
+                (length,) = _LENGTH.unpack(await reader.readexactly(2))
+                if length > max_query_bytes:
+                    stats.bad_requests += 1
+                    return
+                data = await reader.readexactly(length)
+            started = time.perf_counter()
+            reply = answerer.from_cache(data, client, started)
+            if reply is not None:
+                send(reply)
+            else:
+                await slots.acquire()
+                task = asyncio.ensure_future(answer(data, started))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            if writer.transport.get_write_buffer_size() > _WRITE_BUFFER_HIGH:
+                await writer.drain()
+    except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+        pass
+    finally:
+        if pending:
+            await asyncio.wait(pending, timeout=drain_seconds)
+        writer.close()

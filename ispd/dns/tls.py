@@ -1,0 +1,112 @@
+"""DNS over TLS (RFC 7858) and the TLS listeners DoH shares with it.
+
+A ``TLSListener`` accepts TCP, checks the connection limits before any TLS work, then runs the
+handshake (bounded by ``handshake_timeout_seconds``; a failure is counted, not logged per client)
+with the context current at that moment: a SIGHUP that loads a new certificate swaps the context
+for new connections and leaves established ones alone. What runs on the connection after the
+handshake is the listener's ``serve`` coroutine: length-prefixed DNS for DoT
+(``ispd/dns/streams.py``), HTTP/2 for DoH (``ispd/dns/https.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+from ispd.configtypes import SocketAddress
+from ispd.dns.frontend import ConnectionGate, TransportStats, server_tls_context
+from ispd.logs import get_logger
+from ispd.service import ServiceStartError, describe_os_error
+
+log = get_logger("ispd.dns")
+
+Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter, str], Awaitable[None]]
+
+
+class TLSListener:
+    def __init__(self, name: str, alpn: list[str], gate: ConnectionGate, stats: TransportStats,
+                 handshake_timeout: float, serve: Serve) -> None:
+        self.name = name  # "dot" or "doh", for messages
+        self.alpn = alpn
+        self.gate = gate
+        self.stats = stats
+        self.handshake_timeout = handshake_timeout
+        self.serve = serve
+        self.context: ssl.SSLContext | None = None
+        self.bound: list[tuple[str, int]] = []
+        self._connections: set[asyncio.Task[None]] = set()
+
+    def load_certificate(self, certificate: Path, private_key: Path) -> None:
+        """Build the context for new connections; raises ``CertificateError`` and keeps the old
+        one when the files are unusable."""
+        self.context = server_tls_context(certificate, private_key, self.alpn)
+
+    async def start(self, addresses: list[SocketAddress], stack: AsyncExitStack) -> None:
+        loop = asyncio.get_running_loop()
+        for address in addresses:
+            family = socket.AF_INET6 if address.family_is_ipv6 else socket.AF_INET
+            listening = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                listening.bind((address.host, address.port))
+                listening.listen(1024)
+                listening.setblocking(False)
+            except OSError as exc:
+                listening.close()
+                raise ServiceStartError(f"dns: {self.name}: cannot listen on {address}: "
+                                        f"{describe_os_error(exc)}") from None
+            loop.add_reader(listening.fileno(), self._accept, listening)
+            stack.callback(listening.close)
+            stack.callback(loop.remove_reader, listening.fileno())
+            self.bound.append((address.host, listening.getsockname()[1]))
+        stack.push_async_callback(self._close_connections)
+
+    def _accept(self, listening: socket.socket) -> None:
+        # Accepting here rather than through create_server(ssl=...) lets the limits apply before
+        # any TLS work and makes a failed handshake visible (and countable) to us.
+        for _ in range(64):
+            try:
+                connection, peer = listening.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # EMFILE and friends: the next readiness tries again
+                return
+            client = peer[0]
+            if not self.gate.admit(client):
+                connection.close()
+                continue
+            connection.setblocking(False)
+            task = asyncio.ensure_future(self._connection(connection, client))
+            self._connections.add(task)
+            task.add_done_callback(self._connections.discard)
+
+    async def _connection(self, connection: socket.socket, client: str) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=65536 + 2)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        try:
+            try:
+                transport, _ = await loop.connect_accepted_socket(
+                    lambda: protocol, connection, ssl=self.context, ssl_handshake_timeout=self.handshake_timeout)
+            except (OSError, ssl.SSLError, TimeoutError, ConnectionError):
+                self.stats.handshake_failures += 1
+                connection.close()
+                return
+            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+            try:
+                await self.serve(reader, writer, client)
+            except ConnectionError:
+                writer.close()
+        finally:
+            self.gate.release(client)
+
+    async def _close_connections(self) -> None:
+        for task in list(self._connections):
+            task.cancel()
+        if self._connections:
+            await asyncio.wait(list(self._connections), timeout=2)
+
