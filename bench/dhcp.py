@@ -68,6 +68,7 @@ DROP_WAIT_US = 1_000_000  # perfdhcp -W: after the period, wait this long for la
 ISPD_CONFIG = """\
 [daemon]
 shutdown_grace_seconds = 5
+control_socket = "{workdir}/control.sock"
 [store]
 path = "{workdir}/ispd.db"
 [log]

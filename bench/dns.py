@@ -68,6 +68,7 @@ DNSPERF_TIMEOUT = 5  # dnsperf -t: a query without a reply after this long is lo
 ISPD_CONFIG = """\
 [daemon]
 shutdown_grace_seconds = 5
+control_socket = "{workdir}/control.sock"
 [store]
 path = "{workdir}/ispd.db"
 [log]

@@ -575,7 +575,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", type=checked_arg(name_text))
     p.add_argument("type", nargs="?", default="A", help="record type (default: A)")
     p.set_defaults(handler=cmd_dns_lookup, without_store=True)
+    cache = dns.add_parser("cache", help="the running daemon's DNS caches").add_subparsers(dest="cache_action",
+                                                                                          required=True)
+    p = cache.add_parser(
+        "dump", parents=[config_opts],
+        help="print what the running daemon's caches hold (RRsets, negative entries, answers)",
+        description="Print the live entries of the running daemon's DNS caches: RRsets as zone-file lines with "
+                    "their remaining TTL, negative entries and cached answers as ';' comments.")
+    p.add_argument("name", nargs="?", type=checked_arg(name_text), help="only this name and the names below it")
+    p.add_argument("--json", action="store_true", help="one JSON object per line instead")
+    p.set_defaults(handler=cmd_dns_cache_dump, without_store=True)
+    p = cache.add_parser(
+        "flush", parents=[config_opts], help="drop a name (or a zone, or everything) from the running daemon's caches",
+        description="Drop what the running daemon's DNS caches hold for NAME: its RRsets, negative entries and "
+                    "answers; the next query for it goes upstream again.")
+    p.add_argument("name", nargs="?", type=checked_arg(name_text), help="the name to drop (or give --all)")
+    p.add_argument("--zone", action="store_true", help="also every name below NAME")
+    p.add_argument("--type", type=checked_arg(dns_type_text), help="only this record type (e.g. A, AAAA, MX)")
+    p.add_argument("--all", action="store_true", help="empty the caches")
+    p.set_defaults(handler=cmd_dns_cache_flush, without_store=True)
     return parser
+
+
+def dns_type_text(text: str) -> str:
+    from ispd.dns.lookup import parse_type
+
+    parse_type(text)
+    return text.upper()
 
 
 async def cmd_dns_lookup(config: Config, args: argparse.Namespace) -> None:
@@ -589,6 +615,39 @@ async def cmd_dns_lookup(config: Config, args: argparse.Namespace) -> None:
         raise CommandFailed(str(exc)) from None
     if resolution.rcode == 2:  # SERVFAIL: say so in the exit status too
         raise CommandFailed(f"{args.name}: resolution failed ({resolution.failure})")
+
+
+async def daemon_request(config: Config, args: argparse.Namespace, command: str, request: dict[str, Any],
+                         on_line: Callable[[str], None] | None = None) -> Any:
+    """One command to the running daemon over its control socket; failures as ``CommandFailed``."""
+    from ispd.control import ControlError, control_request
+
+    path = config.daemon.control_socket
+    if path is None:
+        raise CommandFailed(f"the control socket is disabled (daemon.control_socket = \"\" in {args.config})")
+    try:
+        return await control_request(path, command, request, on_line=on_line)
+    except ControlError as exc:
+        if exc.code == "unknown_command" and command.startswith("dns."):
+            raise CommandFailed(f"the daemon at {path} does not run the DNS resolver (is [dns] enabled?)") from None
+        raise CommandFailed(str(exc)) from None
+
+
+async def cmd_dns_cache_dump(config: Config, args: argparse.Namespace) -> None:
+    request = {"name": args.name, "json": args.json}
+    await daemon_request(config, args, "dns.cache.dump", request, on_line=print)
+
+
+async def cmd_dns_cache_flush(config: Config, args: argparse.Namespace) -> None:
+    if args.all == (args.name is not None):
+        raise CommandFailed("give a NAME to flush, or --all to empty the caches")
+    if args.all and (args.zone or args.type):
+        raise CommandFailed("--all flushes everything; it takes no --zone or --type")
+    request = {"all": True} if args.all else {"name": args.name, "zone": args.zone, "type": args.type}
+    dropped = await daemon_request(config, args, "dns.cache.flush", request)
+    what = "the caches" if args.all else f"{args.name}{' and below' if args.zone else ''}" + \
+        (f" {args.type}" if args.type else "")
+    print(f"flushed {what}: {dropped['rrsets']} RRsets and negative entries, {dropped['answers']} answers")
 
 
 async def run_admin(config: Config, handler: Callable[[Store, argparse.Namespace], Awaitable[None]],

@@ -9,16 +9,26 @@ from __future__ import annotations
 import difflib
 import tomllib
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Annotated, Any, get_args, get_origin
 
-from pydantic import Field, ValidationError
+from pydantic import BeforeValidator, Field, ValidationError
 
 from ispd.configtypes import Section
+from ispd.control import MAX_PATH_BYTES as MAX_SOCKET_PATH_BYTES
 from ispd.dhcp.config import DHCPConfig
 from ispd.dns.config import DNSConfig
 from ispd.logs import LogConfig
 from ispd.metrics.config import MetricsConfig
 from ispd.store.config import StoreConfig
+
+
+def _socket_path(value: Any) -> Any:
+    """A path as text; "" (disabled) is None."""
+    if isinstance(value, Path) or value is None:
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f'{value!r} is not a path: write it as text, e.g. "/run/ispd/control.sock" ("" disables it)')
+    return Path(value) if value.strip() else None
 
 
 class DaemonConfig(Section):
@@ -27,6 +37,9 @@ class DaemonConfig(Section):
     # How often changes made by other processes (the admin CLI, other nodes) are picked up from
     # the store's audit log and announced to the services.
     store_poll_interval_seconds: float = Field(default=0.5, gt=0, le=60)
+    # The Unix socket the admin CLI reaches the running daemon through (`ispd dns cache ...`);
+    # mode 0600. An empty string in the file disables it (None here). Changing it needs a restart.
+    control_socket: Annotated[Path | None, BeforeValidator(_socket_path)] = Path("/run/ispd/control.sock")
 
 
 class Config(Section):
@@ -60,7 +73,12 @@ def load_config(path: Path | str) -> Config:
         config = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError("\n".join(f"{path}: {line}" for line in describe_errors(exc))) from None
-    return _resolve_relative_paths(config, path.resolve().parent)
+    config = _resolve_relative_paths(config, path.resolve().parent)
+    control_socket = config.daemon.control_socket
+    if control_socket is not None and len(bytes(control_socket)) > MAX_SOCKET_PATH_BYTES:
+        raise ConfigError(f"{path}: daemon.control_socket: {control_socket} is {len(bytes(control_socket))} bytes "
+                          f"long; a Unix socket's path can have at most {MAX_SOCKET_PATH_BYTES}")
+    return config
 
 
 def _resolve_relative_paths(config: Config, base: Path) -> Config:
@@ -73,10 +91,18 @@ def _resolve_relative_paths(config: Config, base: Path) -> Config:
     def anchored(path: Path) -> Path:
         return path if path.is_absolute() else (base / path).resolve()
 
+    if config.daemon.control_socket is not None:
+        daemon = config.daemon.model_copy(update={"control_socket": anchored(config.daemon.control_socket)})
+        config = config.model_copy(update={"daemon": daemon})
+
     config = config.model_copy(update={"dns": dns.model_copy(update={
         "root_hints": anchored(dns.root_hints) if dns.root_hints is not None else None,
         "local_zone": [z.model_copy(update={"file": anchored(z.file)}) for z in dns.local_zone],
         "policy_zone": [z.model_copy(update={"file": anchored(z.file)}) for z in dns.policy_zone],
+        **{key: section.model_copy(update={
+            "certificate": anchored(section.certificate) if section.certificate is not None else None,
+            "private_key": anchored(section.private_key) if section.private_key is not None else None,
+        }) for key, section in (("dot", dns.dot), ("doh", dns.doh), ("doq", dns.doq))},
     })})
     return config
 

@@ -1,7 +1,7 @@
 """The contract between the supervisor and each service (DHCP, DNS, mail, RADIUS, metrics).
 
-A service is built from the whole config and a ``ServiceContext`` (the shared store, bus and
-metrics registry), then:
+A service is built from the whole config and a ``ServiceContext`` (the shared store, bus,
+metrics registry and control commands), then:
 
 - ``start(stack)`` binds its listeners and starts its tasks, pushing whatever must be closed at
   the end onto ``stack``; when it returns, the service is serving (the supervisor sends READY=1
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
+from ispd.control import ControlCommands
 from ispd.events import EventBus
 from ispd.store.base import Store
 
@@ -46,6 +47,9 @@ class ServiceContext:
     # The whole daemon's health, for the one service that reports it (/healthz).
     health_report: Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
     clock: Callable[[], float] = field(default=time.time)
+    # Admin commands over the control socket (``ispd dns cache flush``): register them in
+    # start() and push the returned unregister callable onto the stack.
+    control: ControlCommands = field(default_factory=ControlCommands)
 
 
 class Service(ABC):

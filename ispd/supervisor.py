@@ -2,21 +2,25 @@
 
 Theory of operation
 -------------------
-starting   build logging, metrics registry, store (migrated) and event bus once; start each
-           enabled service in ``SERVICES`` order, each into its own exit stack. A service that
-           cannot start (address in use, ...) ends the daemon with exit code 1 before READY.
+starting   build logging, metrics registry, control socket, store (migrated) and event bus
+           once; start each enabled service in ``SERVICES`` order, each into its own exit stack.
+           A service that cannot start (address in use, ...) ends the daemon with exit code 1
+           before READY; so does a control socket another live daemon answers on (checked
+           first, before the store, so a second daemon says so at once).
 serving    READY=1 and a STATUS= line go to systemd only now, when every listener is bound.
            The audit relay announces changes made by other processes; the watchdog pings while
            the loop turns and the store's writer lives.
 reloading  (SIGHUP) RELOADING=1; the file is read and validated again. An invalid file is
            logged and changes nothing. A valid one is applied: log settings, then each service's
            ``reload(old, new)``; services newly enabled start, newly disabled ones stop. A
-           service that refuses its change keeps its old config. [store] changes need a restart.
+           service that refuses its change keeps its old config. [store] and
+           ``daemon.control_socket`` changes need a restart.
            READY=1 again at the end, whatever happened.
 stopping   (SIGTERM, SIGINT) STOPPING=1; each service's ``stop()`` (stop accepting, drain) in
            reverse order, all bounded together by ``shutdown_grace_seconds``; then every exit
-           stack unwinds, the bus drains and the store closes. Exit 0 when the drain finished in
-           time, 1 when the grace ran out and work was cut off.
+           stack unwinds (services take their control commands back), the control socket
+           closes (its file removed), the bus drains and the store closes. Exit 0 when the
+           drain finished in time, 1 when the grace ran out and work was cut off.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 
 from ispd import __version__
 from ispd.config import Config, ConfigError, load_config
+from ispd.control import ControlCommands, ControlServer, ControlSocketError
 from ispd.dhcp.service import DHCPService
 from ispd.dns.service import DNSService
 from ispd.events import AuditRelay, EventBus
@@ -76,6 +81,8 @@ class Supervisor:
         self.registry = CollectorRegistry(auto_describe=True)
         self.store_metrics = StoreMetrics()
         self.context: ServiceContext | None = None
+        self.commands = ControlCommands()
+        self.control: ControlServer | None = None
         self.relay: AuditRelay | None = None
         self.ready = False
         self._reload_pending = False
@@ -118,7 +125,15 @@ class Supervisor:
             await self._close_all()
 
     async def _start_up(self) -> bool:
-        """Open the store and start every enabled service; False (logged) when something could not."""
+        """Open the control socket and the store and start every enabled service; False (logged)
+        when something could not."""
+        if self.config.daemon.control_socket is not None:
+            self.control = ControlServer(self.config.daemon.control_socket, self.commands)
+            try:
+                await self.control.start()
+            except ControlSocketError as exc:
+                log.error("daemon.start.failed", error=str(exc))
+                return False
         try:
             self.store = await open_store(self.config.store, self.store_metrics)
         except StoreError as exc:
@@ -130,7 +145,8 @@ class Supervisor:
         except StoreError as exc:
             log.error("daemon.start.failed", error=str(exc))
             return False
-        self.context = ServiceContext(self.store, self.bus, self.registry, self.health_report)
+        self.context = ServiceContext(self.store, self.bus, self.registry, self.health_report,
+                                      control=self.commands)
         try:
             for spec in SERVICES:
                 if spec.enabled(self.config):
@@ -182,6 +198,8 @@ class Supervisor:
             task.cancel()
         for name in reversed(list(self.running)):
             await self.running.pop(name).stack.aclose()
+        if self.control is not None:
+            await self.control.close()
         await self.bus.drain(0)
         if self.store is not None:
             await self.store.close()
@@ -268,6 +286,10 @@ class Supervisor:
         if new.store != old.store:
             log.warning("config.reload.restart_needed", section="store")
             applied = applied.model_copy(update={"store": old.store})
+        if new.daemon.control_socket != old.daemon.control_socket:
+            log.warning("config.reload.restart_needed", section="daemon", key="control_socket")
+            daemon = new.daemon.model_copy(update={"control_socket": old.daemon.control_socket})
+            applied = applied.model_copy(update={"daemon": daemon})
         for spec in SERVICES:
             entry, wanted = self.running.get(spec.name), spec.enabled(new)
             try:

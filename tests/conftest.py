@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.lab.dnshier import DEFAULT_BASE, DNSHierarchy
 from tests.lab.netns import Lab, lab
 from tests.lab.process import IspdProcess, base_config
 
@@ -21,3 +24,25 @@ def ispd(tmp_path: Path) -> Iterator[IspdProcess]:
 def netlab() -> Iterator[Lab]:
     with lab() as built:
         yield built
+
+
+@pytest.fixture(scope="session")
+def dns_hierarchy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DNSHierarchy]:
+    """The lab's DNS hierarchy (tests/lab/dnshier.py: NSD servers from the root down, on port 53
+    of 127.53.x.y, or of the base in $ISPD_TEST_DNS_BASE), one for the whole test session: the
+    first test that asks starts it (a few seconds), the end of the session stops it, also when
+    tests failed or the run was interrupted (and its NSDs die with the test process anyway).
+
+    Tests share it, so they leave it as they found it: a server taken down comes back
+    (``dns_hierarchy.outage(address)`` sees to that however the test ends), a ``RogueServer``
+    or ``RecordingRelay`` on one of its spare addresses is stopped by the test that started it.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("the DNS hierarchy binds port 53 on 127.x.y.z: needs root")
+    missing = [tool for tool in ("nsd", "dig") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (tools/setup --tests installs them)")
+    # ISPD_TEST_DNS_BASE="127.56": another base, so two test runs at once do not collide on port 53
+    base = os.environ.get("ISPD_TEST_DNS_BASE", DEFAULT_BASE)
+    with DNSHierarchy(base, workdir=tmp_path_factory.mktemp("dnshier")) as hierarchy:
+        yield hierarchy

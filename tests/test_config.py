@@ -42,6 +42,26 @@ def test_relative_store_path_is_taken_from_the_config_directory(tmp_path: Path) 
     assert config.store.path == tmp_path.resolve() / "state" / "x.db"
 
 
+def test_control_socket_default_relative_and_disabled(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "")).daemon.control_socket == Path("/run/ispd/control.sock")
+    config = load_config(write(tmp_path, '[daemon]\ncontrol_socket = "run/ctl.sock"\n'))
+    assert config.daemon.control_socket == tmp_path.resolve() / "run" / "ctl.sock"
+    assert load_config(write(tmp_path, '[daemon]\ncontrol_socket = ""\n')).daemon.control_socket is None
+    assert load_config(ROOT / "configs" / "dev.toml").daemon.control_socket == ROOT / "var" / "control.sock"
+
+
+def test_control_socket_that_is_not_text(tmp_path: Path) -> None:
+    path = write(tmp_path, "[daemon]\ncontrol_socket = 5\n")
+    assert error_of(path) == (f'{path}: daemon.control_socket: 5 is not a path: write it as text, e.g. '
+                              '"/run/ispd/control.sock" ("" disables it)')
+
+
+def test_control_socket_path_too_long_for_a_unix_socket(tmp_path: Path) -> None:
+    path = write(tmp_path, f'[daemon]\ncontrol_socket = "/run/{"x" * 120}.sock"\n')
+    assert error_of(path) == (f"{path}: daemon.control_socket: /run/{'x' * 120}.sock is 130 bytes long; a Unix "
+                              "socket's path can have at most 107")
+
+
 def test_unknown_key_is_named_with_a_suggestion(tmp_path: Path) -> None:
     path = write(tmp_path, '[store]\npth = "/tmp/x.db"\n')
     assert error_of(path) == f"{path}: store.pth: unknown key (did you mean 'path'?)"

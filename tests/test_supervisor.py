@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from ispd.config import Config
+from ispd.config import Config, DaemonConfig
 from ispd.configtypes import SocketAddress
 from ispd.metrics.config import MetricsConfig
 from ispd.sdnotify import Notifier
@@ -30,7 +30,8 @@ class RecordingNotifier(Notifier):
 
 
 def config_for(tmp_path: Path, **store: Any) -> Config:
-    return Config(store=StoreConfig(path=tmp_path / "s.db", **store),
+    return Config(daemon=DaemonConfig(control_socket=tmp_path / "control.sock"),
+                  store=StoreConfig(path=tmp_path / "s.db", **store),
                   metrics=MetricsConfig(listen=SocketAddress("127.0.0.1", 0)))
 
 
@@ -93,10 +94,10 @@ async def test_the_daemon_purges_history_past_its_retention(tmp_path: Path) -> N
 
 
 async def test_a_stuck_event_handler_cannot_stretch_the_shutdown_past_the_grace(tmp_path: Path) -> None:
-    from ispd.config import DaemonConfig
     from ispd.events import SubscriberAdded
 
-    config = config_for(tmp_path).model_copy(update={"daemon": DaemonConfig(shutdown_grace_seconds=0.5)})
+    config = config_for(tmp_path).model_copy(update={"daemon": DaemonConfig(
+        shutdown_grace_seconds=0.5, control_socket=tmp_path / "control.sock")})
     notifier = RecordingNotifier()
     supervisor = Supervisor(tmp_path / "unused.toml", config, notifier)
     task = asyncio.create_task(supervisor.run())

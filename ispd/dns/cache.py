@@ -259,6 +259,21 @@ class RRsetCache(_BoundedCache):
     def entries(self) -> Iterator[Entry]:
         return iter(list(self._entries.values()))
 
+    def snapshot_keys(self) -> list[tuple[bytes, int]]:
+        """A snapshot of the keys: (name, type), the type NXDOMAIN_KEY for a name's NXDOMAIN."""
+        return list(self._entries)
+
+    def entry(self, key: tuple[bytes, int]) -> Entry | None:
+        """The entry under ``key`` as it is, expired or not (for administration)."""
+        return self._entries.get(key)
+
+    def discard(self, key: tuple[bytes, int]) -> bool:
+        """Drop the entry under ``key``; whether there was one."""
+        if key not in self._entries:
+            return False
+        self._remove(key)
+        return True
+
 
 @dataclass(slots=True)
 class CachedAnswer:

@@ -10,17 +10,37 @@ reloads, with errors naming the file and line.
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from ispd.configtypes import ListenAddress, Section
 from ispd.dns.wire import name_from_text
 
-IPNetwork = IPv4Network | IPv6Network
-IPAddress = IPv4Address | IPv6Address
+
+def _address(value: object) -> object:
+    # One clear message instead of one per member of the IPv4 | IPv6 union.
+    if isinstance(value, str):
+        try:
+            return ip_address(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address (e.g. 198.18.0.53 or 2001:db8::53)") from None
+    return value
+
+
+def _network(value: object) -> object:
+    if isinstance(value, str):
+        try:
+            return ip_network(value)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a network (e.g. 198.18.0.0/15 or 2001:db8::/32): {exc}") from None
+    return value
+
+
+IPNetwork = Annotated[IPv4Network | IPv6Network, BeforeValidator(_network)]
+IPAddress = Annotated[IPv4Address | IPv6Address, BeforeValidator(_address)]
 
 
 def _domain(value: str) -> str:
@@ -123,6 +143,62 @@ class WalledGardenConfig(Section):
     ttl: int = Field(default=30, ge=0, le=3600)
 
 
+class EncryptedListenerConfig(Section):
+    """What DoT, DoH and DoQ share: a certificate, and limits so that no client can hold more
+    than its share. An empty ``listen`` leaves the transport off."""
+
+    listen: list[ListenAddress] = []
+    # PEM files: the certificate chain (leaf first) and its private key. Re-read on SIGHUP
+    # (new connections get the new certificate; established ones keep theirs).
+    certificate: Path | None = None
+    private_key: Path | None = None
+    # Connections at once, in total and from one client address.
+    max_connections: int = Field(default=10_000, ge=1, le=1_000_000)
+    max_connections_per_client: int = Field(default=20, ge=1, le=100_000)
+    # Queries (DoT) or streams (DoH, DoQ) in flight on one connection.
+    max_streams_per_connection: int = Field(default=100, ge=1, le=10_000)
+    # A connection with nothing in flight is closed after this long; a TLS or QUIC handshake
+    # must finish within handshake_timeout_seconds.
+    idle_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    handshake_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    # The largest query accepted (DNS message bytes); larger ones get HTTP 413 (DoH) or close
+    # the connection (DoT) or stream (DoQ).
+    max_query_bytes: int = Field(default=4096, ge=512, le=65535)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.listen)
+
+    @model_validator(mode="after")
+    def _certificate_given(self) -> EncryptedListenerConfig:
+        if self.enabled and (self.certificate is None or self.private_key is None):
+            raise ValueError("listening needs `certificate` and `private_key` (PEM file paths)")
+        return self
+
+
+class DoTConfig(EncryptedListenerConfig):
+    """DNS over TLS (RFC 7858), usually on TCP port 853."""
+
+
+class DoHConfig(EncryptedListenerConfig):
+    """DNS over HTTPS (RFC 8484): HTTP/2 over TLS on ``listen`` (usually TCP 443) and HTTP/3 over
+    QUIC on ``listen_http3`` (usually UDP 443), at ``path``."""
+
+    listen_http3: list[ListenAddress] = []
+    path: str = Field(default="/dns-query", pattern=r"^/[A-Za-z0-9._~!$&'()*+,;=:@/-]*$")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.listen) or bool(self.listen_http3)
+
+
+class DoQConfig(EncryptedListenerConfig):
+    """DNS over QUIC (RFC 9250), usually on UDP port 853."""
+
+    # RFC 9250 §4.5: 0-RTT data can be replayed; only safe for queries, still off unless asked.
+    allow_0rtt: bool = False
+
+
 class DNSConfig(Section):
     enabled: bool = False
     # UDP and TCP on each address.
@@ -146,6 +222,10 @@ class DNSConfig(Section):
     walled_garden: WalledGardenConfig = WalledGardenConfig()
     cache: CacheConfig = CacheConfig()
     resolver: ResolverConfig = ResolverConfig()
+    # Encrypted DNS for subscribers; each is off until it has listen addresses.
+    dot: DoTConfig = DoTConfig()
+    doh: DoHConfig = DoHConfig()
+    doq: DoQConfig = DoQConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> DNSConfig:

@@ -104,7 +104,7 @@ class EngineStats:
     walled_answers: int = 0
     local_answers: int = 0
     dropped_by_policy: int = 0
-    resolution_timeouts: int = 0
+    resolution_failures: int = 0  # resolutions that ended in SERVFAIL (failed, timed out, bugs)
 
 
 class RateLimiter:
@@ -294,8 +294,8 @@ class DNSEngine:
         else:
             self.stats.cache_misses += 1
             entry = await self._resolve_for_client(key, question, entry)
-            if entry is None:
-                self.stats.resolution_timeouts += 1
+            if entry is None:  # waited on another client's resolution past the request timeout
+                self.stats.resolution_failures += 1
                 return self._error(query, RCode.SERVFAIL)
         return self._reply_cached(query, entry, tcp)
 
@@ -356,6 +356,8 @@ class DNSEngine:
             log.exception("dns.resolve.failed", name=name_to_text(question.key_name), qtype=question.qtype)
         finally:
             self._inflight.pop(key, None)
+        if resolution.rcode == RCode.SERVFAIL:
+            self.stats.resolution_failures += 1
         resolution = self._police_chain(resolution, question.qtype)
         now = self.clock()
         old = self.answers.get_stale(key, now) if resolution.rcode == RCode.SERVFAIL else None

@@ -2,9 +2,11 @@
 
 Names are ours (``ispd_dns_*``); meanings follow Unbound's statistics so a dashboard translates:
 queries by type (num.query.type.*), answers by rcode (num.answer.rcode.*), cache hits and misses
-(num.cachehits, num.cachemiss), prefetches (num.prefetch), stale answers (num.answer.expired),
+(num.cachehits, num.cachemiss), prefetches (num.prefetch), stale answers (num.expired),
 cache entries (msg.cache.count, rrset.cache.count), upstream queries and timeouts, and the
-answer-time histogram (histogram.*).
+answer-time histogram (histogram.*). Connection transports (TCP, DoT as "tls", DoH as
+"https" and "http3", DoQ as "quic") have queries, connections, refusals, handshake failures and
+latency of their own.
 """
 
 from __future__ import annotations
@@ -34,8 +36,6 @@ class DNSMetrics:
         self.hit_latency = Histogram()
         self.slow_latency = Histogram()
         self.overload_drops = 0
-        self.tcp_connections = 0
-        self.tcp_refused = 0
 
     def collectors(self, service: DNSService) -> list[Collector]:
         return [_DNSCollector(self, service)]
@@ -87,8 +87,9 @@ class _DNSCollector(Collector):
                        "Queries of suspended subscribers answered by the walled garden.",
                        stats.walled_answers)
         yield _counter("ispd_dns_resolution_failures",
-                       "Client queries answered SERVFAIL because resolution failed or timed out.",
-                       stats.resolution_timeouts)
+                       "Resolutions that ended in SERVFAIL (upstreams failed or timed out, limits hit); clients "
+                       "sharing one resolution count once.",
+                       stats.resolution_failures)
 
         dropped = CounterMetricFamily("ispd_dns_dropped", "Queries not answered normally, by reason.",
                                       labels=["reason"])
@@ -130,7 +131,29 @@ class _DNSCollector(Collector):
         yield _counter("ispd_dns_upstream_mismatched_replies",
                        "Upstream replies dropped for a wrong ID or question (spoofing attempts or late replies).",
                        service.upstream.mismatched)
-        yield _counter("ispd_dns_tcp_connections", "TCP connections accepted from clients.", metrics.tcp_connections)
+        yield _counter("ispd_dns_upstream_tcp_queries", "Upstream queries sent over TCP (after TC, or to stubs).",
+                       service.upstream.tcp_queries)
+        transports = service.transport_stats
+        yield _counter("ispd_dns_tcp_connections", "TCP connections accepted from clients.",
+                       transports["tcp"].connections)
+        for name, documentation, attribute in (
+                ("queries", "Queries received over connection transports, by transport.", "queries"),
+                ("connections", "Connections accepted (within the limits), by transport.", "connections"),
+                ("refused_connections", "Connections closed at once for a connection limit, by transport.",
+                 "refused_connections"),
+                ("handshake_failures", "TLS or QUIC handshakes that failed or timed out, by transport.",
+                 "handshake_failures"),
+                ("bad_requests", "Malformed or oversized requests (framing, HTTP), by transport.", "bad_requests")):
+            family = CounterMetricFamily(f"ispd_dns_transport_{name}", documentation, labels=["transport"])
+            for transport, counts in transports.items():
+                family.add_metric([transport], getattr(counts, attribute))
+            yield family
+        transport_latency = HistogramMetricFamily(
+            "ispd_dns_transport_answer_seconds", "From a complete query to its answer, by connection transport.",
+            labels=["transport"])
+        for transport, counts in transports.items():
+            transport_latency.add_metric([transport], counts.latency.cumulative(), counts.latency.total)
+        yield transport_latency
 
         latency = HistogramMetricFamily("ispd_dns_answer_seconds", "From receiving a query to sending the answer.",
                                         labels=["path"])

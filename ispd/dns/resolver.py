@@ -316,7 +316,9 @@ class Resolver:
             if negative is not None and (ancestor == name or negative.kind == NegativeKind.NXDOMAIN):
                 step = Step.NXDOMAIN if negative.kind == NegativeKind.NXDOMAIN else Step.NODATA
                 return Outcome(step, soa=negative.soa_record(now))
-            if ancestor == ROOT:
+            # ... except where the operator says a zone exists: a forward or stub zone is not
+            # hidden by what the public tree says of its parent (an "internal." NXDOMAIN).
+            if ancestor == ROOT or ancestor in self.forward_zones:
                 return None
             ancestor = parent_name(ancestor)
 

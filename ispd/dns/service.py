@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import struct
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -24,13 +23,18 @@ from typing import Any, cast
 
 from ispd.config import Config
 from ispd.dns.cache import AnswerCache, CacheLimits, RRsetCache
-from ispd.dns.config import DNSConfig
+from ispd.dns.config import DNSConfig, EncryptedListenerConfig
 from ispd.dns.engine import DNSEngine
+from ispd.dns.frontend import Answerer, CertificateError, ConnectionGate, TransportStats, server_tls_context
 from ispd.dns.hints import HintsError, load_root_hints
+from ispd.dns.https import DoHResponder, serve_h2
 from ispd.dns.localdata import LocalData
 from ispd.dns.metrics import DNSMetrics
 from ispd.dns.policy import CompiledPolicyZone, Policy, compile_policy_zone
+from ispd.dns.quic import QuicListener, QuicSettings, doq_listener, http3_listener
 from ispd.dns.resolver import ForwardZone, Resolver, ResolverSettings
+from ispd.dns.streams import serve_dns_stream
+from ispd.dns.tls import TLSListener
 from ispd.dns.upstream import UpstreamTransport
 from ispd.dns.walledgarden import WalledGarden
 from ispd.dns.wire import name_from_text
@@ -50,7 +54,6 @@ from ispd.store.errors import StoreError
 from ispd.store.models import LeaseState, SubscriberStatus
 
 log = get_logger("ispd.dns")
-_LENGTH = struct.Struct("!H")
 MAX_SLOW_TASKS = 10_000  # misses being resolved at once; beyond it new misses are dropped
 
 
@@ -102,7 +105,20 @@ def check_files(config: DNSConfig) -> tuple[list[str], list[str]]:
                   static_records=config.local_records)
     except (ZoneError, ValueError) as exc:
         problems.append(f"local_records: {exc}")
+    for name, listener in encrypted_listeners(config):
+        assert listener.certificate is not None and listener.private_key is not None
+        try:
+            server_tls_context(listener.certificate, listener.private_key, [])
+        except CertificateError as exc:
+            problems.append(f"{name}: {exc}")
     return problems, warnings
+
+
+def encrypted_listeners(config: DNSConfig) -> list[tuple[str, EncryptedListenerConfig]]:
+    """The enabled encrypted transports' sections, by config key."""
+    sections: list[tuple[str, EncryptedListenerConfig]] = [("dot", config.dot), ("doh", config.doh),
+                                                           ("doq", config.doq)]
+    return [(name, section) for name, section in sections if section.enabled]
 
 
 class DNSService(Service):
@@ -126,6 +142,11 @@ class DNSService(Service):
         self.policy = Policy([])
         self.policy_zones: list[CompiledPolicyZone] = []
         self.walled = WalledGarden(self.config.walled_garden)
+        self.transport_stats = {name: TransportStats() for name in ("tcp", "tls", "https", "http3", "quic")}
+        # Encrypted listeners by config key ("dot", "doh", "doh3", "doq"), for reloads.
+        self.tls_listeners: dict[str, TLSListener] = {}
+        self.quic_listeners: dict[str, QuicListener] = {}
+        self.doh_responders: list[DoHResponder] = []
 
     # --- lifecycle ---
 
@@ -150,6 +171,10 @@ class DNSService(Service):
         for collector in self.metrics.collectors(self):
             self.context.registry.register(collector)
             stack.callback(self.context.registry.unregister, collector)
+        # `ispd dns cache dump|flush` over the control socket, for as long as the service runs.
+        from ispd.dns.admin import DNSCacheAdmin
+
+        stack.callback(DNSCacheAdmin(self.rrsets, self.answers, clock).register(self.context.control))
         log.info("dns.started", listen=[f"{h}:{p}" for h, p in self.bound], root_servers=len(hints))
 
     async def _load_data(self, config: DNSConfig) -> None:
@@ -258,6 +283,107 @@ class DNSService(Service):
             self.bound.append((address.host, port))
             stack.callback(udp.close)
             stack.callback(tcp.close)
+        self._tcp_answerer = self._answerer("tcp", pad=False)
+        await self._open_encrypted(stack)
+
+    def _answerer(self, transport: str, *, pad: bool = True) -> Answerer:
+        assert self.engine is not None
+        return Answerer(self.engine, self.transport_stats[transport], pad=pad,
+                        hit_latency=self.metrics.hit_latency, slow_latency=self.metrics.slow_latency)
+
+    async def _open_encrypted(self, stack: AsyncExitStack) -> None:
+        """DoT, DoH (HTTP/2 and HTTP/3) and DoQ, each when it has listen addresses."""
+        if self.config.dot.enabled:
+            await self._open_dot(stack)
+        if self.config.doh.listen:
+            await self._open_doh(stack)
+        if self.config.doh.listen_http3:
+            await self._open_doh3(stack)
+        if self.config.doq.enabled:
+            await self._open_doq(stack)
+
+    async def _open_dot(self, stack: AsyncExitStack) -> None:
+        section, stats = self.config.dot, self.transport_stats["tls"]
+        answerer = self._answerer("tls")
+        grace = self.config.resolver.request_timeout_seconds
+
+        async def serve_dot(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str) -> None:
+            await serve_dns_stream(reader, writer, client, answerer, stats, idle_seconds=section.idle_timeout_seconds,
+                                   max_in_flight=section.max_streams_per_connection,
+                                   max_query_bytes=section.max_query_bytes, drain_seconds=grace)
+
+        gate = ConnectionGate(section.max_connections, section.max_connections_per_client, stats)
+        listener = TLSListener("dot", ["dot"], gate, stats, section.handshake_timeout_seconds, serve_dot)
+        self._load_certificate("dot", listener, section)
+        await listener.start(section.listen, stack)
+        self.tls_listeners["dot"] = listener
+
+    async def _open_doh(self, stack: AsyncExitStack) -> None:
+        section, stats = self.config.doh, self.transport_stats["https"]
+        # Browsers move to HTTP/3 when the HTTP/2 answers advertise it (RFC 7838).
+        alt_svc = f'h3=":{section.listen_http3[0].port}"; ma=86400'.encode() if section.listen_http3 else None
+        responder = DoHResponder(self._answerer("https"), stats, section, alt_svc)
+        self.doh_responders.append(responder)
+
+        async def serve_doh(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str) -> None:
+            await serve_h2(reader, writer, client, responder, idle_seconds=responder.config.idle_timeout_seconds,
+                           max_streams=responder.config.max_streams_per_connection)
+
+        gate = ConnectionGate(section.max_connections, section.max_connections_per_client, stats)
+        listener = TLSListener("doh", ["h2"], gate, stats, section.handshake_timeout_seconds, serve_doh)
+        self._load_certificate("doh", listener, section)
+        await listener.start(section.listen, stack)
+        self.tls_listeners["doh"] = listener
+
+    async def _open_doh3(self, stack: AsyncExitStack) -> None:
+        section, stats = self.config.doh, self.transport_stats["http3"]
+        responder = DoHResponder(self._answerer("http3"), stats, section, None)
+        self.doh_responders.append(responder)
+        gate = ConnectionGate(section.max_connections, section.max_connections_per_client, stats)
+        listener = http3_listener(responder, gate, stats, _quic_settings(section))
+        self._load_certificate("doh", listener, section)
+        await listener.start(section.listen_http3, stack)
+        self.quic_listeners["doh3"] = listener
+
+    async def _open_doq(self, stack: AsyncExitStack) -> None:
+        section, stats = self.config.doq, self.transport_stats["quic"]
+        gate = ConnectionGate(section.max_connections, section.max_connections_per_client, stats)
+        listener = doq_listener(self._answerer("quic"), gate, stats, _quic_settings(section), section.allow_0rtt)
+        self._load_certificate("doq", listener, section)
+        await listener.start(section.listen, stack)
+        self.quic_listeners["doq"] = listener
+
+    def _encrypted(self) -> list[tuple[str, TLSListener | QuicListener]]:
+        return [*self.tls_listeners.items(), *self.quic_listeners.items()]
+
+    @staticmethod
+    def _load_certificate(key: str, listener: TLSListener | QuicListener, section: EncryptedListenerConfig) -> None:
+        assert section.certificate is not None and section.private_key is not None
+        try:
+            listener.load_certificate(section.certificate, section.private_key)
+        except CertificateError as exc:
+            raise ServiceStartError(f"dns: {key}: {exc}") from None
+
+    def _reload_encrypted(self, old: DNSConfig, new: DNSConfig) -> None:
+        """New certificates and request limits for the encrypted listeners; every certificate is
+        loaded before any is switched, so a bad file changes nothing."""
+        for key in ("dot", "doh", "doq"):
+            before, after = getattr(old, key), getattr(new, key)
+            listen_before = (before.listen, getattr(before, "listen_http3", None))
+            listen_after = (after.listen, getattr(after, "listen_http3", None))
+            if listen_before != listen_after:
+                raise ServiceStartError(f"dns: a change of {key} listen addresses needs a restart")
+        for key in [*self.tls_listeners, *self.quic_listeners]:
+            section = getattr(new, "doh" if key == "doh3" else key)
+            assert section.certificate is not None and section.private_key is not None
+            try:  # a trial load: CertificateError leaves every listener as it was
+                server_tls_context(section.certificate, section.private_key, [])
+            except CertificateError as exc:
+                raise ServiceStartError(f"dns: {key}: {exc}") from None
+        for key, listener in self._encrypted():
+            self._load_certificate(key, listener, getattr(new, "doh" if key == "doh3" else key))
+        for responder in self.doh_responders:
+            responder.config = new.doh
 
     async def stop(self) -> None:
         for tcp in self._tcp:
@@ -280,10 +406,14 @@ class DNSService(Service):
         if old.dns.listen != new.dns.listen:
             raise ServiceStartError("dns: a change of listen addresses needs a restart")
         assert self.engine is not None and self.resolver is not None
+        self._reload_encrypted(old.dns, new.dns)
         self.config = new.dns
         self.engine.set_allow(list(new.dns.allow))
         self.resolver.settings = resolver_settings(new.dns)
-        self.resolver.forward_zones = {z.name: z for z in forward_zones(new.dns)}
+        before, after = set(forward_zones(old.dns)), set(forward_zones(new.dns))
+        self.resolver.forward_zones = {z.name: z for z in after}
+        for zone in before ^ after:  # what the root said of names now (or no longer) configured
+            self.rrsets.flush(zone.name, subtree=True)
         try:
             self.resolver.hints = load_root_hints(new.dns.root_hints)
         except HintsError as exc:
@@ -299,7 +429,10 @@ class DNSService(Service):
         return Health(True)
 
     def describe(self) -> str:
-        return "dns on " + ", ".join(f"{h}:{p}" for h, p in self.bound)
+        text = "dns on " + ", ".join(f"{h}:{p}" for h, p in self.bound)
+        for key, listener in self._encrypted():
+            text += f", {key} on " + ", ".join(f"{h}:{p}" for h, p in listener.bound)
+        return text
 
     # --- queries ---
 
@@ -320,52 +453,27 @@ class DNSService(Service):
             self.metrics.slow_latency.observe(time.perf_counter() - started)
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        assert self.engine is not None
-        engine = self.engine
         peer = writer.get_extra_info("peername")
         client = peer[0] if peer else ""
+        stats = self.transport_stats["tcp"]
         if self._tcp_connections >= self.config.tcp_max_connections:
-            self.metrics.tcp_refused += 1
+            stats.refused_connections += 1
             writer.close()
             return
         self._tcp_connections += 1
-        self.metrics.tcp_connections += 1
-        pending: set[asyncio.Task[None]] = set()
-        slots = asyncio.Semaphore(self.config.tcp_max_pipelined)
-
-        async def answer(data: bytes, started: float) -> None:
-            try:
-                reply = await engine.answer(data, client, tcp=True)
-                if reply is not None and not writer.is_closing():
-                    writer.write(_LENGTH.pack(len(reply)) + reply)
-                    self.metrics.slow_latency.observe(time.perf_counter() - started)
-            finally:
-                slots.release()
-
+        stats.connections += 1
         try:
-            while True:
-                async with asyncio.timeout(self.config.tcp_idle_seconds):
-                    (length,) = _LENGTH.unpack(await reader.readexactly(2))
-                    data = await reader.readexactly(length)
-                started = time.perf_counter()
-                reply = engine.answer_from_cache(data, client, True)
-                if reply is not None:
-                    writer.write(_LENGTH.pack(len(reply)) + reply)
-                    self.metrics.hit_latency.observe(time.perf_counter() - started)
-                    continue
-                await slots.acquire()
-                task = asyncio.ensure_future(answer(data, started))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
-                if writer.transport.get_write_buffer_size() > 256 * 1024:
-                    await writer.drain()
-        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
-            pass
+            await serve_dns_stream(reader, writer, client, self._tcp_answerer, stats,
+                                   idle_seconds=self.config.tcp_idle_seconds,
+                                   max_in_flight=self.config.tcp_max_pipelined, max_query_bytes=65535,
+                                   drain_seconds=self.config.resolver.request_timeout_seconds)
         finally:
-            if pending:
-                await asyncio.wait(pending, timeout=self.config.resolver.request_timeout_seconds)
             self._tcp_connections -= 1
-            writer.close()
+
+
+def _quic_settings(section: EncryptedListenerConfig) -> QuicSettings:
+    return QuicSettings(idle_timeout=section.idle_timeout_seconds, handshake_timeout=section.handshake_timeout_seconds,
+                        max_streams=section.max_streams_per_connection, max_query_bytes=section.max_query_bytes)
 
 
 class _UDPProtocol(asyncio.DatagramProtocol):

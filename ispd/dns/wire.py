@@ -657,6 +657,61 @@ def error_reply(query: bytes, rcode: int, *, ra: bool = True) -> bytes | None:
     return HEADER.pack(msg_id, out_flags, 1 if question else 0, 0, 0, 0) + question
 
 
+# --- EDNS padding for encrypted transports -----------------------------------------------
+
+OPTION_PADDING = 12  # RFC 7830
+RESPONSE_PADDING_BLOCK = 468  # RFC 8467 §4.1: the recommended block size for responses
+
+
+def _skip_name(data: bytes, offset: int) -> int:
+    while True:
+        length = data[offset]
+        if length == 0:
+            return offset + 1
+        if length & 0xC0 == 0xC0:
+            return offset + 2
+        offset += length + 1
+
+
+def pad_reply(reply: bytes, block: int = RESPONSE_PADDING_BLOCK) -> bytes:
+    """``reply`` with an RFC 7830 Padding option in its OPT record, making its length a multiple
+    of ``block`` (RFC 8467 block-length padding). Unchanged when it has no OPT (the query had no
+    EDNS, so padding cannot be signalled), already carries padding, or would pass 65,535 bytes.
+    Only for encrypted transports: padding in clear text helps nobody (RFC 7830 §6)."""
+    try:
+        qdcount, ancount, nscount, arcount = struct.unpack_from("!HHHH", reply, 4)
+        offset = 12
+        for _ in range(qdcount):
+            offset = _skip_name(reply, offset) + 4
+        for index in range(ancount + nscount + arcount):
+            offset = _skip_name(reply, offset)
+            rtype, _, _, rdlength = RR_FIXED.unpack_from(reply, offset)
+            rdata_at = offset + 10
+            end = rdata_at + rdlength
+            if rtype == RRType.OPT and index >= ancount + nscount:
+                if _has_option(reply[rdata_at:end], OPTION_PADDING):
+                    return reply
+                pad = -(len(reply) + 4) % block
+                if len(reply) + 4 + pad > MAX_UDP_SIZE or rdlength + 4 + pad > 0xFFFF:
+                    return reply
+                return b"".join((reply[:offset + 8], U16.pack(rdlength + 4 + pad), reply[rdata_at:end],
+                                 U16.pack(OPTION_PADDING), U16.pack(pad), bytes(pad), reply[end:]))
+            offset = end
+    except (IndexError, struct.error):
+        pass
+    return reply
+
+
+def _has_option(options: bytes, code: int) -> bool:
+    offset = 0
+    while offset + 4 <= len(options):
+        option, length = struct.unpack_from("!HH", options, offset)
+        if option == code:
+            return True
+        offset += 4 + length
+    return False
+
+
 # --- rdata helpers the resolver needs ------------------------------------------------------
 
 def rdata_name(rdata: bytes, offset: int = 0) -> bytes:

@@ -304,3 +304,51 @@ def test_check_config_reads_the_dns_files(tmp_path: Path) -> None:
     passed = subprocess.run([ISPD, "check-config", "-c", str(path)], capture_output=True, text=True, timeout=30)
     assert passed.returncode == 0, passed.stderr
     assert "rpz.zone:4:" in passed.stderr
+
+
+def check_config(tmp_path: Path, dns: dict[str, object]) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    path = toml.write(tmp_path / "ispd.toml", base_config(tmp_path, dns={
+        "enabled": True, "listen": ["127.0.0.1:0"], **dns}))
+    return path, subprocess.run([ISPD, "check-config", "-c", str(path)], capture_output=True, text=True, timeout=30)
+
+
+def test_check_config_names_what_is_wrong_with_a_forward_zone(tmp_path: Path) -> None:
+    path, failed = check_config(tmp_path, {"forward_zone": [
+        {"name": "corp.internal", "servers": [], "stub": True},
+        {"name": "x..internal", "servers": ["10.0.0.1"], "stub": "maybe"},
+        {"servers": ["10.0.0.1"]},
+    ]})
+    assert failed.returncode == 2, failed.stderr
+    lines = failed.stderr.removeprefix("ispd: ").splitlines()
+    assert lines == [
+        f"{path}: dns.forward_zone.0.servers: List should have at least 1 item after validation, not 0 (got [])",
+        f"{path}: dns.forward_zone.1.name: 'x..internal' is not a domain name: empty label in 'x..internal'",
+        f"{path}: dns.forward_zone.1.stub: Input should be a valid boolean, unable to interpret input (got 'maybe')",
+        f"{path}: dns.forward_zone.2.name: required key is missing",
+    ], failed.stderr
+
+    path, twice = check_config(tmp_path, {"forward_zone": [
+        {"name": "corp.internal", "servers": ["10.0.0.1"]},
+        {"name": "Corp.Internal.", "servers": ["10.0.0.2"], "stub": True},
+    ]})
+    assert twice.returncode == 2
+    assert twice.stderr == f"ispd: {path}: dns: forward_zone 'corp.internal.' is configured twice\n"
+
+
+@pytest.mark.parametrize(("dns", "key", "value"), [
+    ({"forward_zone": [{"name": "corp.internal", "servers": ["ns1.corp.example"]}]},
+     "dns.forward_zone.0.servers.0", "ns1.corp.example"),
+    ({"forward_zone": [{"name": "corp.internal", "servers": ["10.0.0.53:5353"]}]},
+     "dns.forward_zone.0.servers.0", "10.0.0.53:5353"),
+    ({"allow": ["subscribers"]}, "dns.allow.0", "subscribers"),
+], ids=["forwarder-name", "forwarder-with-port", "allow"])
+def test_check_config_says_plainly_that_an_address_is_not_one(tmp_path: Path, dns: dict[str, object], key: str,
+                                                              value: str) -> None:
+    """An IPv4-or-IPv6 field: one line naming the key and the value, not one per IP version
+    with pydantic's validator names in the key path."""
+    path, failed = check_config(tmp_path, dns)
+    assert failed.returncode == 2, failed.stderr
+    lines = failed.stderr.removeprefix("ispd: ").splitlines()
+    assert len(lines) == 1, failed.stderr
+    assert lines[0].startswith(f"{path}: {key}: ") and repr(value) in lines[0], failed.stderr
+    assert "lax-or-strict" not in failed.stderr and "validator" not in failed.stderr, failed.stderr

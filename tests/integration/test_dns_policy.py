@@ -15,7 +15,7 @@ import dns.rcode
 import pytest
 
 from tests.lab.dnshier import DigResult, DNSHierarchy
-from tests.lab.dnsispd import DNSIspd, lab_hierarchy, rdatas
+from tests.lab.dnsispd import DNSIspd, rdatas
 
 RPZ_ORIGIN = "rpz.isp.example"
 HEAD = """$TTL 300
@@ -39,11 +39,6 @@ www.sub.example-a.test A not-an-address
 h4.bench.test NS ns.example.
 """
 BAD_LINES = {16: "www.sub.example-a.test", 17: "h4.bench.test"}  # 1-based lines of the two bad records
-
-
-@pytest.fixture(scope="module")
-def dns_hierarchy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> DNSHierarchy:
-    return lab_hierarchy(request, tmp_path_factory)
 
 
 def policy_ispd(workdir: Path, hierarchy: DNSHierarchy, policy: str, filename: str = "policy.rpz") -> DNSIspd:

@@ -26,15 +26,20 @@ The tree (offsets from the base; "BH" is a ``Blackhole``, "--" an address where 
       in-addr.arpa        ns.in-addr.arpa .3.2 (glue)
         18.198.in-addr.arpa  ns.18.198.in-addr.arpa .3.3 (glue; 198.in-addr.arpa is an empty
                              non-terminal of in-addr.arpa)
+    corp.internal.        ns1.corp.internal .21.1: a private zone no one delegates (internal. does
+                          not exist at the root), reachable only as a configured stub zone
+    (no zone)             .20.2 a spare for a RogueServer's forged sources; .30.1, .30.2 free for
+                          a RecordingRelay in front of a forwarder or a stub zone's server
 
 ``expectations()`` (also ``DNSHierarchy.expectations`` and ``.expect(name, type)``) lists every
 case a resolver must handle, with the answer a correct recursive resolver gives (checked against
 Unbound by tests/dns/test_lab_hierarchy.py); ``Expectation.problems()`` checks a ``dig()`` result.
 
-Also here: ``RogueServer`` (a scriptable UDP/TCP server for anti-spoofing tests), ``Blackhole``
-(binds :53 and never answers), ``Unbound`` (the reference resolver, for tests and the benchmark)
-and ``dig()``. ``python -m tests.lab.dnshier serve [--base 127.53] [--hints PATH]`` runs the
-hierarchy until Ctrl-C or SIGTERM.
+Also here: ``RogueServer`` (a scriptable UDP/TCP server for anti-spoofing tests),
+``RecordingRelay`` (passes queries on to another server and notes what was asked, RD bit
+included), ``Blackhole`` (binds :53 and never answers), ``Unbound`` (the reference resolver, for
+tests and the benchmark) and ``dig()``. ``python -m tests.lab.dnshier serve [--base 127.53]
+[--hints PATH]`` runs the hierarchy until Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -116,6 +121,11 @@ SERVERS: tuple[ServerSpec, ...] = (
     ServerSpec("rogue", ("ns1.rogue.test.",), "20.1", "rogue"),
     # no NS points here: a second address for a RogueServer's forged sources
     ServerSpec("rogue-spare", (), "20.2", "rogue"),
+    # a private zone: nothing delegates to it, a resolver reaches it only as a stub zone
+    ServerSpec("corp", ("ns1.corp.internal.",), "21.1", "nsd", ("corp.internal.",)),
+    # no NS points here either: where tests put a RecordingRelay (forward and stub zones)
+    ServerSpec("relay-1", (), "30.1", "rogue"),
+    ServerSpec("relay-2", (), "30.2", "rogue"),
 )
 
 
@@ -274,6 +284,12 @@ def zone_texts(base: str = DEFAULT_BASE) -> dict[str, str]:
         "@ IN NS ns1.stale.test.", f"ns1 IN A {a['ns1.stale.test.']}",
         "www 2 IN A 198.18.7.1", "ttl30 30 IN A 198.18.7.30", "long IN A 198.18.7.2",
     ])
+    zones["corp.internal."] = "\n".join([
+        "$ORIGIN corp.internal.", "$TTL 3600", _soa("ns1.corp.internal.", "corp.internal."),
+        "@ IN NS ns1.corp.internal.", f"ns1 IN A {a['ns1.corp.internal.']}",
+        "www IN A 198.18.21.1", "mail 300 IN A 198.18.21.25",
+        "alias IN CNAME www.example-b.example.",  # out of the stub zone: iterated from the root
+    ])
     return {origin: text + "\n" for origin, text in zones.items()}
 
 
@@ -376,6 +392,7 @@ def expectations(base: str = DEFAULT_BASE) -> tuple[Expectation, ...]:
         _e("bench wildcard", "u1.bench.test.", "A", [BENCH_WILDCARD_ADDRESS]),
         _e("stale-test name", "www.stale.test.", "A", ["198.18.7.1"], max_ttl=2),
         _e("TLD server address", "ns1.nic.test.", "A", [f"{base}.1.1"]),
+        _e("private zone, delegated by no one", "www.corp.internal.", "A", rcode="NXDOMAIN"),
     )
 
 
@@ -906,7 +923,7 @@ class RogueServer:
             self.queries.append((data, peer, "udp"))
             self._spawn(self._answer_udp, data, peer)
 
-    def _actions(self, data: bytes, peer: tuple[str, int]) -> Sequence[Action]:
+    def _actions(self, data: bytes, peer: tuple[str, int], transport: str) -> Sequence[Action]:
         try:
             return self.handler(data, peer)
         except Exception as exc:  # a broken handler must not kill the server thread
@@ -914,7 +931,7 @@ class RogueServer:
             return []
 
     def _answer_udp(self, data: bytes, peer: tuple[str, int]) -> None:
-        for action in self._actions(data, peer):
+        for action in self._actions(data, peer, "udp"):
             if self._stopping.is_set():
                 return
             if isinstance(action, Delay):
@@ -954,7 +971,7 @@ class RogueServer:
                 except (OSError, EOFError):
                     return
                 self.queries.append((data, peer, "tcp"))
-                for action in self._actions(data, peer):
+                for action in self._actions(data, peer, "tcp"):
                     if isinstance(action, Delay):
                         self._stopping.wait(action.seconds)
                     else:
@@ -970,6 +987,61 @@ def _recv_exactly(conn: socket.socket, size: int) -> bytes:
             raise EOFError
         data += chunk
     return data
+
+
+# --- a relay that takes notes
+
+
+@dataclass(frozen=True, slots=True)
+class Relayed:
+    """One query a ``RecordingRelay`` passed on."""
+
+    qname: str  # lower case, absolute ("www.corp.internal.")
+    qtype: str
+    rd: bool  # the query's RD bit: set towards a forwarder, clear towards an authoritative server
+    transport: str  # "udp" or "tcp"
+
+
+def exchange(server: tuple[str, int], query: bytes, *, tcp: bool = False, timeout: float = 5.0) -> bytes:
+    """Send ``query`` to ``server`` and return the reply's bytes as they came (no checks)."""
+    if tcp:
+        with socket.create_connection(server, timeout=timeout) as conn:
+            conn.sendall(struct.pack("!H", len(query)) + query)
+            return _recv_exactly(conn, struct.unpack("!H", _recv_exactly(conn, 2))[0])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(server)
+        sock.send(query)
+        return sock.recv(65535)
+
+
+class RecordingRelay(RogueServer):
+    """A hop between a resolver and the server it is configured to ask (a forwarder, a stub
+    zone's authoritative server): each query received on ``address``:``port`` goes on to
+    ``upstream`` unchanged, over the transport it came by, and the reply comes back unchanged
+    (TC included), so the resolver sees the upstream itself. ``seen`` notes every query (name,
+    type, RD bit, transport); an upstream that does not answer leaves the query unanswered and
+    the error in ``errors``."""
+
+    def __init__(self, address: str, upstream: tuple[str, int], *, port: int = 53, timeout: float = 5.0) -> None:
+        super().__init__(address, port=port)
+        self.upstream, self.timeout = upstream, timeout
+        self.seen: list[Relayed] = []
+
+    def _actions(self, data: bytes, peer: tuple[str, int], transport: str) -> Sequence[Action]:
+        try:
+            request = dnslib.DNSRecord.parse(data)
+            self.seen.append(Relayed(str(request.q.qname).lower(), dnslib.QTYPE.get(request.q.qtype),
+                                     bool(request.header.rd), transport))
+            return [Send(exchange(self.upstream, data, tcp=transport == "tcp", timeout=self.timeout))]
+        except Exception as exc:  # a bad query or a silent upstream: no answer, and a note
+            self.errors.append(exc)
+            return []
+
+    def asked(self, qname: str, qtype: str | None = None) -> list[Relayed]:
+        """The queries for ``qname`` (any letter case, trailing dot or not), of ``qtype`` if given."""
+        wanted = qname.lower().rstrip(".") + "."
+        return [r for r in self.seen if r.qname == wanted and (qtype is None or r.qtype == qtype)]
 
 
 # --- Unbound, the reference resolver

@@ -1,10 +1,8 @@
 """ispd's DNS resolver as a real process over the lab's DNS hierarchy, for integration tests.
 
-``lab_hierarchy(request)`` gives the one hierarchy of the test session that every integration
-module shares (started on first use, stopped when the session ends). It runs on its own base
-(``$ISPD_TEST_DNS_INTEGRATION_BASE``, default two above ``$ISPD_TEST_DNS_BASE`` or 127.53, so
-127.55) because the session-scoped ``dns_hierarchy`` fixture of tests/dns/conftest.py is not
-visible from tests/integration and may be running in the same session.
+The hierarchy is the session's one: the ``dns_hierarchy`` fixture of tests/conftest.py, shared
+by tests/dns and tests/integration (``lab_hierarchy(request)`` gives the same, for module
+fixtures written before it).
 
 ``DNSIspd`` is an ``IspdProcess`` whose config enables ``[dns]`` on a free port of 127.0.0.1,
 with the hierarchy's root hints, loopback allowed and IPv6 off (the lab is IPv4); ``dig()``,
@@ -14,48 +12,23 @@ inside a network namespace and gives the same ``DigResult`` as ``tests.lab.dnshi
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any, Self
 
 import pytest
 
-from tests.lab.dnshier import DEFAULT_BASE, DIG, DigResult, DNSHierarchy, Record, dig, free_port
+from tests.lab.dnshier import DIG, DigResult, DNSHierarchy, Record, dig, free_port
 from tests.lab.process import IspdProcess, base_config
 
-_HIERARCHY = pytest.StashKey[DNSHierarchy]()
 
-
-def integration_base() -> str:
-    explicit = os.environ.get("ISPD_TEST_DNS_INTEGRATION_BASE")
-    if explicit:
-        return explicit
-    first, second = os.environ.get("ISPD_TEST_DNS_BASE", DEFAULT_BASE).split(".")
-    return f"{first}.{int(second) + 2}"
-
-
-def skip_without_lab() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("the DNS hierarchy binds port 53 on 127.x.y.z: needs root")
-    missing = [tool for tool in ("nsd", "dig", "kdig") if shutil.which(tool) is None]
-    if missing:
-        pytest.skip(f"{', '.join(missing)} not installed (tools/setup --tests installs them)")
-
-
-def lab_hierarchy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> DNSHierarchy:
-    """The session's shared hierarchy: whichever module asks first starts it; it stops at the
-    end of the session (also when the session fails)."""
-    skip_without_lab()
-    session = request.session
-    hierarchy = session.stash.get(_HIERARCHY, None)
-    if hierarchy is None:
-        hierarchy = DNSHierarchy(integration_base(), workdir=tmp_path_factory.mktemp("dnshier-integration"))
-        hierarchy.start()
-        session.stash[_HIERARCHY] = hierarchy
-        request.config.add_cleanup(hierarchy.stop)
+def lab_hierarchy(request: pytest.FixtureRequest,
+                  tmp_path_factory: pytest.TempPathFactory | None = None) -> DNSHierarchy:
+    """The session's hierarchy, the ``dns_hierarchy`` fixture of tests/conftest.py. Tests and
+    fixtures should simply take ``dns_hierarchy`` as an argument; this stays for those that
+    called it from a module fixture of that name (which then gets the session's one)."""
+    hierarchy: DNSHierarchy = request.getfixturevalue("dns_hierarchy")
     return hierarchy
 
 

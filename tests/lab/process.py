@@ -24,9 +24,11 @@ ISPD = str(Path(sys.executable).with_name("ispd"))
 
 
 def base_config(workdir: Path, **sections: dict[str, Any]) -> dict[str, Any]:
-    """A config for one test: its own store file and a free metrics port on loopback."""
+    """A config for one test: its own store file, control socket and a free metrics port on
+    loopback."""
     config: dict[str, Any] = {
-        "daemon": {"shutdown_grace_seconds": 5, "store_poll_interval_seconds": 0.1},
+        "daemon": {"shutdown_grace_seconds": 5, "store_poll_interval_seconds": 0.1,
+                   "control_socket": str(workdir / "control.sock")},
         "store": {"path": str(workdir / "ispd.db")},
         "log": {"level": "debug", "format": "json"},
         "metrics": {"listen": f"127.0.0.1:{free_tcp_port()}"},

@@ -1,0 +1,260 @@
+"""``dns.cache.dump`` and ``dns.cache.flush`` (ispd/dns/admin.py) over real caches, and rdata in
+presentation format."""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import pytest
+
+from ispd.control import CommandError, ControlCommands
+from ispd.dns.admin import DUMP_BATCH, DNSCacheAdmin, rdata_text
+from ispd.dns.cache import AnswerCache, CacheLimits, NegativeKind, RRsetCache, Trust
+from ispd.dns.wire import CLASS_IN, FLAG_QR, FLAG_RA, RR, Question, RCode, RRType, a_rdata, key_of, name_from_text
+from ispd.dns.zone import parse_zone_text
+
+N = name_from_text
+SOA_RDATA = N("ns.example.") + N("hostmaster.example.") + struct.pack("!IIIII", 2024010101, 7200, 900, 1209600, 300)
+SOA = RR(N("example."), RRType.SOA, CLASS_IN, 300, SOA_RDATA)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def admin(clock: Clock) -> DNSCacheAdmin:
+    rrsets = RRsetCache(CacheLimits())
+    answers = AnswerCache(CacheLimits())
+    now = clock.now
+    rrsets.put(N("www.example."), RRType.A, 300, (a_rdata("192.0.2.1"), a_rdata("192.0.2.2")), Trust.ANSWER, now)
+    rrsets.put(N("www.example."), RRType.AAAA, 600, (bytes.fromhex("20010db8000000000000000000000001"),),
+               Trust.ANSWER, now)
+    rrsets.put(N("a.www.example."), RRType.A, 300, (a_rdata("192.0.2.3"),), Trust.ANSWER, now)
+    rrsets.put(N("example."), RRType.NS, 3600, (N("ns.example."),), Trust.REFERRAL, now)
+    rrsets.put(N("other.test."), RRType.A, 300, (a_rdata("198.51.100.1"),), Trust.ANSWER, now)
+    rrsets.put_negative(N("nx.example."), RRType.A, NegativeKind.NXDOMAIN, SOA, now)
+    rrsets.put_negative(N("www.example."), RRType.MX, NegativeKind.NODATA, SOA, now)
+    for name, rtype, rcode in (("www.example.", RRType.A, RCode.NOERROR), ("www.example.", RRType.AAAA, RCode.NOERROR),
+                               ("nx.example.", RRType.A, RCode.NXDOMAIN), ("other.test.", RRType.A, RCode.NOERROR)):
+        answers.store(key_of(Question(N(name), rtype)), FLAG_QR | FLAG_RA | rcode, (1, 0, 0), b"\x00" * 20, (), (250,),
+                      now)
+    return DNSCacheAdmin(rrsets, answers, clock)
+
+
+def dump(admin: DNSCacheAdmin, **kwargs: Any) -> list[str]:
+    return [line for batch in admin.dump(**kwargs) for line in batch]
+
+
+# --- rdata in presentation format
+
+
+@pytest.mark.parametrize(("rtype", "rdata", "text"), [
+    (RRType.A, a_rdata("192.0.2.1"), "192.0.2.1"),
+    (RRType.AAAA, bytes.fromhex("20010db8000000000000000000000001"), "2001:db8::1"),
+    (RRType.NS, N("ns1.Example."), "ns1.example."),
+    (RRType.CNAME, b"\x03WwW\x07example\x00", "WwW.example."),
+    (RRType.PTR, N("host.example."), "host.example."),
+    (RRType.DNAME, N("example.net."), "example.net."),
+    (RRType.MX, b"\x00\x0a" + N("mail.example."), "10 mail.example."),
+    (RRType.SOA, SOA_RDATA, "ns.example. hostmaster.example. 2024010101 7200 900 1209600 300"),
+    (RRType.SRV, struct.pack("!HHH", 10, 60, 5060) + N("sip.example."), "10 60 5060 sip.example."),
+    (RRType.TXT, b"\x05hello\x0bsay \"hi\" \\!", '"hello" "say \\"hi\\" \\\\!"'),
+    (RRType.TXT, b"\x02\x00\xff", '"\\000\\255"'),
+    (RRType.TXT, b"\x00", '""'),
+    (RRType.CAA, b"\x00\x05issue" + b"letsencrypt.org", '0 issue "letsencrypt.org"'),
+    (RRType.DS, struct.pack("!HBB", 12345, 13, 2) + bytes(range(32)),
+     "12345 13 2 " + bytes(range(32)).hex().upper()),
+    (65280, b"\x01\x02", "\\# 2 0102"),
+    (RRType.NULL, b"", "\\# 0"),
+    # Malformed rdata (a cache holds only what the codec accepted, but never crash on it).
+    (RRType.A, b"\x01\x02", "\\# 2 0102"),
+    (RRType.MX, b"\x00", "\\# 1 00"),
+    (RRType.TXT, b"\x09abc", "\\# 4 09616263"),
+    (RRType.NS, N("a.example.") + b"\x01", "\\# 12 " + (N("a.example.") + b"\x01").hex()),
+])
+def test_rdata_text(rtype: int, rdata: bytes, text: str) -> None:
+    assert rdata_text(rtype, rdata) == text
+
+
+def test_a_dump_reads_back_as_a_zone_file_with_the_same_rdata(clock: Clock) -> None:
+    records = [
+        (RRType.A, a_rdata("192.0.2.1")), (RRType.AAAA, bytes.fromhex("20010db8000000000000000000000001")),
+        (RRType.NS, N("ns.example.")), (RRType.MX, b"\x00\x0a" + N("mail.example.")), (RRType.SOA, SOA_RDATA),
+        (RRType.SRV, struct.pack("!HHH", 1, 2, 3) + N("t.example.")),
+        (RRType.TXT, b"\x05hello\x0bsay \"hi\" \\!\x03\x00\x7f\xff"),
+        (RRType.CAA, b"\x00\x05issue" + b"ca.example"), (RRType.DS, struct.pack("!HBB", 1, 8, 2) + bytes(32)),
+        (65280, b"\x01\x02\x03"),
+    ]
+    rrsets = RRsetCache(CacheLimits())
+    for i, (rtype, rdata) in enumerate(records):
+        rrsets.put(N(f"r{i}.example."), rtype, 300, (rdata,), Trust.ANSWER, clock.now)
+    text = "\n".join(dump(DNSCacheAdmin(rrsets, AnswerCache(CacheLimits()), clock)))
+    parsed, problems = parse_zone_text(text, ".")
+    assert problems == []
+    assert [(rr.name, rr.rtype, rr.ttl, rr.rdata) for _, rr in parsed] == [
+        (N(f"r{i}.example."), rtype, 300, rdata) for i, (rtype, rdata) in enumerate(records)]
+
+
+# --- dump
+
+
+def test_dump_text(admin: DNSCacheAdmin, clock: Clock) -> None:
+    clock.now += 100
+    assert dump(admin) == [
+        "; ispd DNS cache dump",
+        "; RRsets and negative answers (RRset cache)",
+        "www.example. 200 IN A 192.0.2.1",
+        "www.example. 200 IN A 192.0.2.2",
+        "www.example. 500 IN AAAA 2001:db8::1",
+        "a.www.example. 200 IN A 192.0.2.3",
+        "example. 3500 IN NS ns.example.",
+        "other.test. 200 IN A 198.51.100.1",
+        "; NXDOMAIN nx.example. 200",
+        "; NODATA www.example. MX 200",
+        "; answers (the answer cache: replies served as they are)",
+        "; answer www.example. IN A NOERROR 150",
+        "; answer www.example. IN AAAA NOERROR 150",
+        "; answer nx.example. IN A NXDOMAIN 150",
+        "; answer other.test. IN A NOERROR 150",
+        "; 5 RRsets (6 records), 2 negative entries, 4 answers",
+    ]
+
+
+def test_dump_of_a_subtree_and_without_expired_entries(admin: DNSCacheAdmin, clock: Clock) -> None:
+    clock.now += 300  # the 300 s entries and every answer have expired (kept for serve-stale)
+    assert dump(admin, zone=N("WWW.example")) == [
+        "; ispd DNS cache dump of www.example. and below",
+        "; RRsets and negative answers (RRset cache)",
+        "www.example. 300 IN AAAA 2001:db8::1",
+        "; answers (the answer cache: replies served as they are)",
+        "; 1 RRsets (1 records), 0 negative entries, 0 answers; 5 expired entries (kept for serve-stale) not shown",
+    ]
+
+
+def test_dump_json(admin: DNSCacheAdmin) -> None:
+    objects = [json.loads(line) for line in dump(admin, zone=N("example."), as_json=True)]
+    assert objects == [
+        {"kind": "rrset", "name": "www.example.", "type": "A", "ttl": 300, "trust": "answer",
+         "rdata": ["192.0.2.1", "192.0.2.2"]},
+        {"kind": "rrset", "name": "www.example.", "type": "AAAA", "ttl": 600, "trust": "answer",
+         "rdata": ["2001:db8::1"]},
+        {"kind": "rrset", "name": "a.www.example.", "type": "A", "ttl": 300, "trust": "answer",
+         "rdata": ["192.0.2.3"]},
+        {"kind": "rrset", "name": "example.", "type": "NS", "ttl": 3600, "trust": "referral",
+         "rdata": ["ns.example."]},
+        {"kind": "nxdomain", "name": "nx.example.", "ttl": 300},
+        {"kind": "nodata", "name": "www.example.", "type": "MX", "ttl": 300},
+        {"kind": "answer", "name": "www.example.", "class": "IN", "type": "A", "rcode": "NOERROR", "ttl": 250},
+        {"kind": "answer", "name": "www.example.", "class": "IN", "type": "AAAA", "rcode": "NOERROR", "ttl": 250},
+        {"kind": "answer", "name": "nx.example.", "class": "IN", "type": "A", "rcode": "NXDOMAIN", "ttl": 250},
+    ]
+
+
+def test_dump_goes_in_batches_and_survives_changes_between_them(clock: Clock) -> None:
+    rrsets, answers = RRsetCache(CacheLimits()), AnswerCache(CacheLimits())
+    total = DUMP_BATCH * 3 + 5
+    for i in range(total):
+        rrsets.put(N(f"h{i}.example."), RRType.A, 300, (a_rdata("192.0.2.1"),), Trust.ANSWER, clock.now)
+    admin = DNSCacheAdmin(rrsets, answers, clock)
+    batches = admin.dump(zone=N("nothing.matches."))
+    sizes = []
+    for batch in batches:  # the scan yields every DUMP_BATCH keys, even when nothing matched
+        sizes.append(len(batch))
+    assert len(sizes) >= 4 and sum(sizes) == 4  # header (2 lines), answers heading, count
+
+    lines = []
+    for n, batch in enumerate(admin.dump()):
+        lines.extend(batch)
+        if n == 1:  # between batches the resolver goes on: entries come and go
+            rrsets.flush(N(f"h{total - 1}.example."))
+            rrsets.put(N("new.example."), RRType.A, 300, (a_rdata("192.0.2.9"),), Trust.ANSWER, clock.now)
+            rrsets.clear()
+            rrsets.put(N(f"h{total - 2}.example."), RRType.A, 300, (a_rdata("192.0.2.7"),), Trust.ANSWER, clock.now)
+    records = [line for line in lines if not line.startswith(";")]
+    assert len(records) == DUMP_BATCH + 1  # the first batch, then the one entry still there
+    assert records[-1] == f"h{total - 2}.example. 300 IN A 192.0.2.7"
+
+
+def test_dump_command_checks_its_arguments(admin: DNSCacheAdmin) -> None:
+    with pytest.raises(CommandError, match="is not a domain name"):
+        admin.dump_command({"name": "a..b"})
+    with pytest.raises(CommandError, match="must be text"):
+        admin.dump_command({"name": 5})
+    assert len(list(admin.dump_command({}))) >= 2
+
+
+# --- flush
+
+
+def remaining(admin: DNSCacheAdmin) -> list[str]:
+    return [line for line in dump(admin) if not line.startswith("; ispd") and not line.startswith("; RRsets")
+            and not line.startswith("; answers") and not line[2:3].isdigit()]
+
+
+async def test_flush_a_name(admin: DNSCacheAdmin) -> None:
+    assert await admin.flush_command({"name": "www.example"}) == {"rrsets": 3, "answers": 2}
+    assert remaining(admin) == [
+        "a.www.example. 300 IN A 192.0.2.3",
+        "example. 3600 IN NS ns.example.",
+        "other.test. 300 IN A 198.51.100.1",
+        "; NXDOMAIN nx.example. 300",
+        "; answer nx.example. IN A NXDOMAIN 250",
+        "; answer other.test. IN A NOERROR 250",
+    ]
+    assert await admin.flush_command({"name": "nx.example."}) == {"rrsets": 1, "answers": 1}
+
+
+async def test_flush_a_zone(admin: DNSCacheAdmin) -> None:
+    assert await admin.flush_command({"name": "example", "zone": True}) == {"rrsets": 6, "answers": 3}
+    assert remaining(admin) == ["other.test. 300 IN A 198.51.100.1", "; answer other.test. IN A NOERROR 250"]
+
+
+async def test_flush_a_type(admin: DNSCacheAdmin) -> None:
+    assert await admin.flush_command({"name": "www.example", "type": "aaaa"}) == {"rrsets": 1, "answers": 1}
+    assert await admin.flush_command({"name": "www.example", "type": "MX"}) == {"rrsets": 1, "answers": 0}
+    assert await admin.flush_command({"name": "www.example", "type": "MX"}) == {"rrsets": 0, "answers": 0}
+    # Type A at and below example.: two RRsets, and the answers to A questions (the NXDOMAIN too).
+    assert await admin.flush_command({"name": "example", "type": "A", "zone": True}) == {"rrsets": 2, "answers": 2}
+    assert remaining(admin) == [
+        "example. 3600 IN NS ns.example.",
+        "other.test. 300 IN A 198.51.100.1",
+        "; NXDOMAIN nx.example. 300",  # a type flush leaves a name's NXDOMAIN, as Unbound's flush_type does
+        "; answer other.test. IN A NOERROR 250",
+    ]
+
+
+async def test_flush_all(admin: DNSCacheAdmin) -> None:
+    assert await admin.flush_command({"all": True}) == {"rrsets": 7, "answers": 4}
+    assert remaining(admin) == []
+    assert await admin.flush_command({"all": True}) == {"rrsets": 0, "answers": 0}
+
+
+@pytest.mark.parametrize(("args", "error"), [
+    ({}, "which name?"),
+    ({"all": True, "name": "x.example"}, "either a name or all"),
+    ({"name": "bad..name"}, "is not a domain name"),
+    ({"name": "www.example", "type": "BOGUS"}, "is not a record type"),
+])
+async def test_flush_command_checks_its_arguments(admin: DNSCacheAdmin, args: dict[str, Any], error: str) -> None:
+    with pytest.raises(CommandError, match=error):
+        await admin.flush_command(args)
+
+
+def test_register_and_take_back() -> None:
+    registry = ControlCommands()
+    unregister = DNSCacheAdmin(RRsetCache(CacheLimits()), AnswerCache(CacheLimits()), Clock()).register(registry)
+    assert registry.names() == ["dns.cache.dump", "dns.cache.flush"]
+    unregister()
+    assert registry.names() == []

@@ -1,0 +1,315 @@
+"""Forward zones and stub zones (``[[dns.forward_zone]]``) in a running ispd, asked with dig.
+
+The lab (tests/lab/dnshier.py) gives both kinds of upstream:
+- a forwarder: Unbound on 127.0.0.1, iterating over the lab hierarchy, with names of its own
+  (``fwd.internal``, ``fallback.internal``: local data only it has), reached through a
+  ``RecordingRelay`` on the hierarchy's relay-1 address (forwarders are configured as addresses:
+  port 53);
+- a stub zone's server: the NSD of ``corp.internal``, a zone no one delegates (the root answers
+  NXDOMAIN for ``internal.``), reached through a ``RecordingRelay`` on relay-2.
+
+The relays pass every query on unchanged and note it, RD bit included: a forwarder is asked with
+RD set (it recurses for us), a stub zone's server with RD clear (it is authoritative, and ispd
+iterates from it). Dead forwarders are the hierarchy's alldead servers: one swallows queries
+(a ``Blackhole``), at the other nothing listens (ICMP port unreachable).
+
+One ispd serves the module; the tests that need an empty cache or another config start their own.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.lab.dnshier import DNSHierarchy, RecordingRelay, Unbound, dig
+from tests.lab.dnsispd import DNSIspd, rdatas
+
+UPSTREAM = "ispd_dns_upstream_queries_total"
+REQUEST_TIMEOUT = 3.0  # [dns.resolver] request_timeout_seconds of the ispd under test
+
+FWD_WWW = "198.18.30.1"  # www.fwd.internal: only the forwarder (Unbound's local data) knows it
+FWD_MAIL = "198.18.30.25"
+FALLBACK_WWW = "198.18.30.2"
+CORP_WWW = "198.18.21.1"  # www.corp.internal: only the corp.internal NSD serves it
+CORP_MAIL = "198.18.21.25"
+
+FORWARDER_DATA = f"""\
+  local-zone: "fwd.internal." static
+  local-data: "fwd.internal. 300 IN SOA ns.fwd.internal. hostmaster.fwd.internal. 1 3600 900 604800 60"
+  local-data: "www.fwd.internal. 300 IN A {FWD_WWW}"
+  local-data: "mail.fwd.internal. 300 IN A {FWD_MAIL}"
+  local-zone: "fallback.internal." static
+  local-data: "www.fallback.internal. 300 IN A {FALLBACK_WWW}"
+"""
+
+
+@pytest.fixture(scope="module")
+def forwarder(dns_hierarchy: DNSHierarchy, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RecordingRelay]:
+    """relay-1:53 → Unbound (a recursive resolver over the lab, with fwd.internal of its own)."""
+    if shutil.which("unbound") is None:
+        pytest.skip("unbound not installed (tools/setup --tests installs it)")
+    with Unbound(dns_hierarchy.root_hints_path, tmp_path_factory.mktemp("forwarder"), extra=FORWARDER_DATA) as unbound, \
+            RecordingRelay(dns_hierarchy.address("relay-1"), (unbound.address, unbound.port)) as relay:
+        yield relay
+        assert not relay.errors, relay.errors
+
+
+@pytest.fixture(scope="module")
+def stub_server(dns_hierarchy: DNSHierarchy) -> Iterator[RecordingRelay]:
+    """relay-2:53 → the NSD of corp.internal (authoritative, delegated by no one)."""
+    with RecordingRelay(dns_hierarchy.address("relay-2"), (dns_hierarchy.address("corp"), 53)) as relay:
+        yield relay
+        assert not relay.errors, relay.errors
+
+
+def forward_zones(hierarchy: DNSHierarchy, forwarder: RecordingRelay,
+                  stub_server: RecordingRelay) -> list[dict[str, Any]]:
+    silent, unreachable = hierarchy.address("alldead-1"), hierarchy.address("alldead-2")
+    return [
+        {"name": "fwd.internal", "servers": [forwarder.address]},
+        {"name": "example-a.test", "servers": [forwarder.address]},  # public, but forwarded
+        {"name": "corp.internal", "servers": [stub_server.address], "stub": True},
+        {"name": "oob.test", "servers": [silent]},  # public, forwarded to a server that never answers
+        {"name": "refused.internal", "servers": [unreachable]},
+        {"name": "fallback.internal", "servers": [silent, unreachable, forwarder.address]},
+    ]
+
+
+def forwarding_ispd(workdir: Path, hierarchy: DNSHierarchy, zones: list[dict[str, Any]]) -> DNSIspd:
+    return DNSIspd(workdir, hierarchy, forward_zone=zones,
+                   resolver={"request_timeout_seconds": REQUEST_TIMEOUT})
+
+
+@pytest.fixture(scope="module")
+def resolver(dns_hierarchy: DNSHierarchy, forwarder: RecordingRelay, stub_server: RecordingRelay,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[DNSIspd]:
+    zones = forward_zones(dns_hierarchy, forwarder, stub_server)
+    with forwarding_ispd(tmp_path_factory.mktemp("ispd-forwarding"), dns_hierarchy, zones) as ispd:
+        ispd.start()
+        yield ispd
+        ispd.assert_healthy()
+
+
+def upstream_queries(ispd: DNSIspd) -> float:
+    return ispd.metric(UPSTREAM)
+
+
+# --- forward zones ------------------------------------------------------------------------------
+
+
+def test_a_forward_zone_is_answered_by_its_forwarder_asked_with_rd(resolver: DNSIspd,
+                                                                  forwarder: RecordingRelay) -> None:
+    before = upstream_queries(resolver)
+    www = resolver.dig("www.fwd.internal")
+    assert www.status == "NOERROR" and rdatas(www) == {FWD_WWW}, www.text
+    assert "ra" in www.flags
+    asked = forwarder.asked("www.fwd.internal", "A")
+    assert [r.rd for r in asked] == [True], forwarder.seen
+    assert upstream_queries(resolver) - before == 1  # the forwarder, and no one else
+
+    nope = resolver.dig("nope.fwd.internal")  # the forwarder's NXDOMAIN, passed on
+    assert nope.status == "NXDOMAIN" and not nope.answer, nope.text
+    assert [r.rd for r in forwarder.asked("nope.fwd.internal")] == [True], forwarder.seen
+
+
+def test_a_public_zone_forwarded_is_asked_of_the_forwarder_only(resolver: DNSIspd,
+                                                                forwarder: RecordingRelay) -> None:
+    """example-a.test is delegated in the lab, but forwarded: the forwarder resolves it (one
+    upstream query from ispd, no iteration from the root), names below it included."""
+    for name, address in (("www.example-a.test", "198.18.1.1"), ("www.sub.example-a.test", "198.18.2.1")):
+        before = upstream_queries(resolver)
+        result = resolver.dig(name)
+        assert result.status == "NOERROR" and rdatas(result) == {address}, result.text
+        assert [r.rd for r in forwarder.asked(name, "A")] == [True], forwarder.seen
+        assert upstream_queries(resolver) - before == 1
+    cross = resolver.dig("cross.example-a.test")  # a chain out of the zone, as the forwarder gave it
+    assert [(r.owner, r.type, r.rdata) for r in cross.answer] == [
+        ("cross.example-a.test.", "CNAME", "www.example-b.example."),
+        ("www.example-b.example.", "A", "198.18.3.1")], cross.text
+
+
+def test_a_forwarded_answer_too_big_for_udp_is_fetched_over_tcp(resolver: DNSIspd,
+                                                                forwarder: RecordingRelay) -> None:
+    big = resolver.dig("big.example-a.test", "TXT", "+tcp")
+    assert big.status == "NOERROR" and len(big.answer) == 10, big.text
+    asked = forwarder.asked("big.example-a.test", "TXT")
+    assert [(r.transport, r.rd) for r in asked] == [("udp", True), ("tcp", True)], asked
+
+
+# --- stub zones ---------------------------------------------------------------------------------
+
+
+def test_a_stub_zone_is_asked_without_rd_and_reaches_an_undelegated_zone(
+        dns_hierarchy: DNSHierarchy, resolver: DNSIspd, stub_server: RecordingRelay,
+        forwarder: RecordingRelay) -> None:
+    # From the root down, corp.internal does not exist.
+    assert dig(dns_hierarchy.address("a.root-servers.test"), "www.corp.internal", "A", "+norec").status == "NXDOMAIN"
+    www = resolver.dig("www.corp.internal")
+    assert www.status == "NOERROR" and rdatas(www) == {CORP_WWW}, www.text
+    asked = stub_server.asked("www.corp.internal")
+    assert asked and not any(r.rd for r in asked), stub_server.seen
+    nope = resolver.dig("nope.corp.internal")
+    assert nope.status == "NXDOMAIN", nope.text
+    assert not any(r.rd for r in stub_server.seen), stub_server.seen
+    assert not forwarder.asked("www.corp.internal")
+
+
+def test_a_cname_out_of_a_stub_zone_is_followed_by_iteration(resolver: DNSIspd, stub_server: RecordingRelay,
+                                                             forwarder: RecordingRelay) -> None:
+    alias = resolver.dig("alias.corp.internal")
+    assert [(r.owner, r.type, r.rdata) for r in alias.answer] == [
+        ("alias.corp.internal.", "CNAME", "www.example-b.example."),
+        ("www.example-b.example.", "A", "198.18.3.1")], alias.text
+    assert stub_server.asked("alias.corp.internal") and not stub_server.asked("www.example-b.example")
+    assert not forwarder.asked("www.example-b.example")
+
+
+# --- both ---------------------------------------------------------------------------------------
+
+
+def test_answers_from_a_forwarder_and_a_stub_zone_are_cached(resolver: DNSIspd, forwarder: RecordingRelay,
+                                                            stub_server: RecordingRelay) -> None:
+    names = {"mail.fwd.internal": FWD_MAIL, "mail.corp.internal": CORP_MAIL}
+    first = {}
+    for name, address in names.items():
+        result = resolver.dig(name)
+        assert rdatas(result) == {address}, result.text
+        first[name] = result.answer[0].ttl
+        assert first[name] <= 300, result.text
+    upstream, relayed = upstream_queries(resolver), len(forwarder.seen) + len(stub_server.seen)
+    time.sleep(1.1)
+    for name, address in names.items():
+        again = resolver.dig(name)
+        assert again.status == "NOERROR" and rdatas(again) == {address}, again.text
+        assert again.answer[0].ttl < first[name], (first[name], again.text)
+    assert upstream_queries(resolver) == upstream
+    assert len(forwarder.seen) + len(stub_server.seen) == relayed
+
+
+# --- dead forwarders ----------------------------------------------------------------------------
+
+
+def timed_dig(ispd: DNSIspd, name: str) -> tuple[str, float, str]:
+    started = time.monotonic()
+    result = ispd.dig(name, timeout=REQUEST_TIMEOUT + 10)  # dig waits far longer than ispd may
+    return result.status, time.monotonic() - started, result.text
+
+
+@pytest.mark.parametrize(("name", "kind"), [("www.oob.test", "silent"), ("www.refused.internal", "unreachable")])
+def test_a_dead_forwarder_gives_servfail_within_the_request_timeout(resolver: DNSIspd, name: str,
+                                                                    kind: str) -> None:
+    """Not a hang, and not the answer iteration would find (www.oob.test exists in the lab): a
+    forward zone is asked of its forwarders only. The second name finds the server's timeout
+    backed off after the first failures: that one runs into the request timeout."""
+    for qname in (name, "again." + name):
+        status, waited, text = timed_dig(resolver, qname)
+        assert status == "SERVFAIL", text
+        assert waited < REQUEST_TIMEOUT + 0.5, f"{kind} forwarder: SERVFAIL for {qname} after {waited:.2f} s"
+    status, waited, text = timed_dig(resolver, "www.fwd.internal")  # the rest still answers
+    assert status == "NOERROR" and waited < 1, text
+    resolver.assert_healthy()
+
+
+def test_a_forward_zone_with_a_live_forwarder_among_dead_ones_is_answered(resolver: DNSIspd,
+                                                                          forwarder: RecordingRelay) -> None:
+    status, waited, text = timed_dig(resolver, "www.fallback.internal")
+    assert status == "NOERROR" and FALLBACK_WWW in text, text
+    assert waited < REQUEST_TIMEOUT, f"answered after {waited:.2f} s"
+    assert [r.rd for r in forwarder.asked("www.fallback.internal")] == [True]
+
+
+# --- the cache and the configured zones -----------------------------------------------------------
+
+
+def test_a_cached_nxdomain_from_the_root_does_not_hide_the_configured_zones(
+        dns_hierarchy: DNSHierarchy, forwarder: RecordingRelay, stub_server: RecordingRelay, tmp_path: Path) -> None:
+    """The root says internal. does not exist, and RFC 8020 says nothing exists below a name that
+    does not: but fwd.internal and corp.internal are configured, and must still be asked."""
+    zones = forward_zones(dns_hierarchy, forwarder, stub_server)
+    with forwarding_ispd(tmp_path, dns_hierarchy, zones) as ispd:
+        ispd.start()
+        for name, qtype in (("internal", "SOA"), ("internal", "A"), ("nope.internal", "A")):
+            result = ispd.dig(name, qtype)
+            assert result.status == "NXDOMAIN", result.text
+        corp = ispd.dig("www.corp.internal")
+        fwd = ispd.dig("www.fwd.internal")
+        assert (corp.status, rdatas(corp)) == ("NOERROR", {CORP_WWW}), corp.text
+        assert (fwd.status, rdatas(fwd)) == ("NOERROR", {FWD_WWW}), fwd.text
+        ispd.assert_healthy()
+
+
+def test_forwarding_everything_and_a_stub_zone_inside(dns_hierarchy: DNSHierarchy, forwarder: RecordingRelay,
+                                                     stub_server: RecordingRelay, tmp_path: Path) -> None:
+    """name = "." sends every question to the forwarder (no priming, no iteration), except those
+    of a closer stub zone."""
+    zones = [{"name": ".", "servers": [forwarder.address]},
+             {"name": "corp.internal", "servers": [stub_server.address], "stub": True}]
+    with forwarding_ispd(tmp_path, dns_hierarchy, zones) as ispd:
+        ispd.start()
+        for name, address in (("www.example-b.example", "198.18.3.1"), ("www.oob.test", "198.18.4.1"),
+                              ("www.fwd.internal", FWD_WWW)):
+            before = upstream_queries(ispd)
+            result = ispd.dig(name)
+            assert result.status == "NOERROR" and rdatas(result) == {address}, result.text
+            assert upstream_queries(ispd) - before == 1, name
+            assert forwarder.asked(name, "A")[-1].rd
+        stub_before = len(stub_server.asked("www.corp.internal"))
+        corp = ispd.dig("www.corp.internal")
+        assert corp.status == "NOERROR" and rdatas(corp) == {CORP_WWW}, corp.text
+        assert len(stub_server.asked("www.corp.internal")) > stub_before
+        assert not any(r.rd for r in stub_server.seen)
+        ispd.assert_healthy()
+
+
+# --- reload and the lookup command -----------------------------------------------------------------
+
+
+def add_forward_zone_and_reload(ispd: DNSIspd, zone: dict[str, Any]) -> None:
+    config = dict(ispd.config)
+    config["dns"] = {**config["dns"], "forward_zone": [*config["dns"]["forward_zone"], zone]}
+    ispd.write_config(config)
+    ispd.reload()
+
+
+def test_sighup_applies_a_new_forward_zone(dns_hierarchy: DNSHierarchy, forwarder: RecordingRelay,
+                                           stub_server: RecordingRelay, tmp_path: Path) -> None:
+    stub_only = [z for z in forward_zones(dns_hierarchy, forwarder, stub_server) if z["name"] == "corp.internal"]
+    with forwarding_ispd(tmp_path, dns_hierarchy, stub_only) as ispd:
+        ispd.start()
+        assert ispd.dig("www.corp.internal").status == "NOERROR"
+        add_forward_zone_and_reload(ispd, {"name": "fwd.internal", "servers": [forwarder.address]})
+        mail = ispd.dig("mail.fwd.internal")
+        assert (mail.status, rdatas(mail)) == ("NOERROR", {FWD_MAIL}), mail.text
+        assert forwarder.asked("mail.fwd.internal")[-1].rd
+        corp = ispd.dig("www.corp.internal")  # the stub zone kept, its answer still cached
+        assert (corp.status, rdatas(corp)) == ("NOERROR", {CORP_WWW}), corp.text
+        ispd.assert_healthy()
+
+
+def test_sighup_with_a_new_forward_zone_forgets_what_the_root_said_about_its_names(
+        dns_hierarchy: DNSHierarchy, forwarder: RecordingRelay, tmp_path: Path) -> None:
+    """An operator sees www.fwd.internal fail (NXDOMAIN from the root), adds the forward zone
+    and reloads: the name resolves now, not once the root's NXDOMAIN has expired (300 s)."""
+    with forwarding_ispd(tmp_path, dns_hierarchy, []) as ispd:
+        ispd.start()
+        assert ispd.dig("www.fwd.internal").status == "NXDOMAIN"
+        add_forward_zone_and_reload(ispd, {"name": "fwd.internal", "servers": [forwarder.address]})
+        www = ispd.dig("www.fwd.internal")
+        assert (www.status, rdatas(www)) == ("NOERROR", {FWD_WWW}), www.text
+        ispd.assert_healthy()
+
+
+def test_dns_lookup_follows_the_forward_and_stub_zones(resolver: DNSIspd, forwarder: RecordingRelay,
+                                                       stub_server: RecordingRelay) -> None:
+    for name, address, server in (("www.fwd.internal", FWD_WWW, forwarder.address),
+                                  ("www.corp.internal", CORP_WWW, stub_server.address)):
+        result = resolver.cli("dns", "lookup", name)
+        out = result.stdout
+        assert re.search(rf"^{re.escape(name)}\.\s+\d+\s+IN\s+A\s+{re.escape(address)}$", out, re.MULTILINE), out
+        assert any(server in line for line in out.splitlines() if line.startswith(";; ")), out
