@@ -175,7 +175,8 @@ class DNSService(Service):
         from ispd.dns.admin import DNSCacheAdmin
 
         stack.callback(DNSCacheAdmin(self.rrsets, self.answers, clock).register(self.context.control))
-        log.info("dns.started", listen=[f"{h}:{p}" for h, p in self.bound], root_servers=len(hints))
+        log.info("dns.started", listen=[f"{h}:{p}" for h, p in self.bound], root_servers=len(hints),
+                 encrypted=[f"{key} {h}:{p}" for key, listener in self._encrypted() for h, p in listener.bound])
 
     async def _load_data(self, config: DNSConfig) -> None:
         """Local data and policy zones from config and files (parsed off the loop); errors
