@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
 from ispd.dns.wire import RCode, RRType, WireError, decode_message, soa_minimum
 
 CONTENT_TYPE = b"application/dns-message"
+# RFC 4648 §5 alphabet, padding tolerated. The decoder alone would skip other characters and
+# answer a query the client never sent.
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*={0,2}")
 
 
 class DoHError(Exception):
@@ -55,6 +59,8 @@ def query_of(request: DoHRequest, *, path: str, max_bytes: int) -> bytes:
         encoded = values[0]
         if len(encoded) > (max_bytes * 4 + 2) // 3 + 2:
             raise DoHError(414, "query too long")
+        if not _BASE64URL.fullmatch(encoded):
+            raise DoHError(400, "dns= is not base64url")
         try:
             query = base64.urlsafe_b64decode(encoded.rstrip("=") + "=" * (-len(encoded.rstrip("=")) % 4))
         except (binascii.Error, ValueError):

@@ -16,7 +16,8 @@ HTTP/3: aioquic's ``H3Connection`` turns stream data into request events; the re
 through the same ``DoHResponder`` as HTTP/2.
 
 Both count connections against a ``ConnectionGate`` on their first datagram (the peer address
-is known only then) and close a connection over a limit at once; a handshake that fails or
+is known only then) and turn a connection over a limit away at once, with a stateless
+CONNECTION_CLOSE (CONNECTION_REFUSED) and no TLS work; a handshake that fails or
 takes longer than ``handshake_timeout_seconds`` is counted and the connection closed. A SIGHUP
 with a new certificate changes the shared configuration's certificate for new connections.
 """
@@ -24,6 +25,7 @@ with a new certificate changes the shared configuration's certificate for new co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 import time
 from collections import OrderedDict
@@ -33,18 +35,22 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from aioquic._buffer import Buffer  # what aioquic.buffer re-exports, without saying so to mypy
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.asyncio.server import QuicServer, serve
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
-from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
-from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent, StreamDataReceived
+from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
+from aioquic.quic.connection import TRANSPORT_CLOSE_FRAME_CAPACITY, QuicConnection
+from aioquic.quic.crypto import CryptoPair
+from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent, StreamDataReceived, StreamReset
+from aioquic.quic.packet import QuicErrorCode, QuicFrameType, QuicPacketType, pull_quic_header
+from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.tls import SessionTicket
 
 from ispd.configtypes import SocketAddress
 from ispd.dns.doh import DoHRequest, error_headers
-from ispd.dns.frontend import Answerer, ConnectionGate, TransportStats, load_certificate
+from ispd.dns.frontend import Answerer, ConnectionGate, TransportStats, load_certificate, server_tls_context
 from ispd.dns.https import DoHResponder, Response
 from ispd.service import ServiceStartError, describe_os_error
 
@@ -69,10 +75,29 @@ class QuicSettings:
 
 def quic_configuration(alpn: list[str], certificate: Path, private_key: Path, idle_timeout: float,
                        max_query_bytes: int) -> QuicConfiguration:
+    # OpenSSL first: aioquic loads a private key that does not belong to the certificate without a
+    # word (every handshake would fail later); OpenSSL refuses it, as `ispd check-config` does.
+    server_tls_context(certificate, private_key, alpn)
     configuration = QuicConfiguration(is_client=False, alpn_protocols=alpn, idle_timeout=idle_timeout,
                                       max_stream_data=max(65536, max_query_bytes * 2))
     load_certificate(configuration.load_cert_chain, certificate, private_key)
     return configuration
+
+
+def _connection_refused(version: int, client_destination_cid: bytes, client_source_cid: bytes) -> bytes:
+    """A server Initial packet that closes the connection with CONNECTION_REFUSED."""
+    crypto = CryptoPair()
+    crypto.setup_initial(cid=client_destination_cid, is_client=False, version=version)
+    builder = QuicPacketBuilder(host_cid=client_destination_cid, is_client=False,
+                                max_datagram_size=SMALLEST_MAX_DATAGRAM_SIZE, peer_cid=client_source_cid,
+                                version=version)
+    builder.start_packet(QuicPacketType.INITIAL, crypto)
+    buf = builder.start_frame(QuicFrameType.TRANSPORT_CLOSE, capacity=TRANSPORT_CLOSE_FRAME_CAPACITY)
+    buf.push_uint_var(QuicErrorCode.CONNECTION_REFUSED)
+    buf.push_uint_var(QuicFrameType.PADDING)  # no frame caused it
+    buf.push_uint_var(0)  # no reason phrase
+    datagrams, _ = builder.flush()
+    return datagrams[0]
 
 
 class _TicketStore:
@@ -112,13 +137,30 @@ class _DNSQuicProtocol(QuicConnectionProtocol):
         if self.client is None:
             self.client = addr[0]
             if not self.gate.admit(addr[0]):
-                self.close_with(DOQ_EXCESSIVE_LOAD, "too many connections")
+                self._refuse(data if isinstance(data, bytes) else data.encode(), addr)
                 return
             self.admitted = True
             self._handshake_timer = asyncio.get_running_loop().call_later(
                 self.settings.handshake_timeout, self._handshake_expired)
         if self.admitted:
             super().datagram_received(data, addr)
+
+    def _refuse(self, data: bytes, addr: Any) -> None:
+        """Turn a connection over a limit away, statelessly: its first datagram (always an Initial,
+        the server makes a connection for nothing else) is answered with CONNECTION_CLOSE
+        (CONNECTION_REFUSED, RFC 9000 §20.1) in an Initial packet, whose keys come from the client's
+        connection ID (RFC 9001 §5.2): no TLS work. The connection is then forgotten by the server.
+        (Closing the QuicConnection instead would send nothing, as it has no keys and no path yet,
+        and would fail in aioquic, which expects a path.)"""
+        try:
+            header = pull_quic_header(Buffer(data=data), host_cid_length=self._quic.configuration.connection_id_length)
+        except ValueError:
+            header = None
+        if header is not None and header.packet_type == QuicPacketType.INITIAL and header.version is not None \
+                and self._transport is not None:
+            self._transport.sendto(_connection_refused(header.version, header.destination_cid, header.source_cid),
+                                   addr)
+        self._connection_terminated_handler()  # the server drops every route to this protocol
 
     def close_with(self, code: int, reason: str) -> None:
         self._quic.close(error_code=code, reason_phrase=reason)
@@ -163,22 +205,36 @@ class DoQProtocol(_DNSQuicProtocol):
         super().__init__(quic, stream_handler, **kwargs)
         self.answerer = answerer
         self.buffers: dict[int, bytearray] = {}
+        # Streams turned away for an oversized query while the client was still sending: what
+        # else arrives on them is dropped (it is not the start of a new query).
+        self.discarded: set[int] = set()
 
     def quic_event_received(self, event: QuicEvent) -> None:
         super().quic_event_received(event)
         if isinstance(event, StreamDataReceived):
             self._stream_data(event.stream_id, event.data, event.end_stream)
+        elif isinstance(event, StreamReset):  # the client gave up on a query it was sending
+            self.buffers.pop(event.stream_id, None)
+            self.discarded.discard(event.stream_id)
 
     def _stream_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
         if stream_id & 0x3 != 0:  # only client-initiated bidirectional streams carry queries
             self.stats.bad_requests += 1
             self.close_with(DOQ_PROTOCOL_ERROR, "query on a stream that is not client bidirectional")
             return
+        if stream_id in self.discarded:
+            if end_stream:
+                self.discarded.discard(stream_id)
+            return
         buffer = self.buffers.setdefault(stream_id, bytearray())
         buffer += data
         if len(buffer) > self.settings.max_query_bytes + 2:
             self.stats.bad_requests += 1
             del self.buffers[stream_id]
+            if not end_stream:
+                self.discarded.add(stream_id)
+                with contextlib.suppress(ValueError):  # and ask the client to stop sending it
+                    self._quic.stop_stream(stream_id, DOQ_EXCESSIVE_LOAD)
             self._reset(stream_id, DOQ_EXCESSIVE_LOAD)
             return
         if not end_stream:
@@ -248,6 +304,8 @@ class HTTP3Protocol(_DNSQuicProtocol):
         super().quic_event_received(event)
         if isinstance(event, ConnectionTerminated):
             return
+        if isinstance(event, StreamReset):  # a request abandoned halfway: forget what it sent
+            self.requests.pop(event.stream_id, None)
         try:
             events = self.http.handle_event(event)
         except Exception:  # aioquic raises its protocol errors after closing the connection itself

@@ -11,6 +11,7 @@ too (the stream cannot be resynchronised). DoT adds TLS in front (``ispd/dns/tls
 from __future__ import annotations
 
 import asyncio
+import ssl
 import struct
 import time
 
@@ -59,6 +60,8 @@ async def serve_dns_stream(reader: asyncio.StreamReader, writer: asyncio.StreamW
                 await writer.drain()
     except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
         pass
+    except ssl.SSLError:  # DoT: a TLS record that does not decrypt, or another TLS alert
+        stats.bad_requests += 1
     finally:
         if pending:
             await asyncio.wait(pending, timeout=drain_seconds)

@@ -99,7 +99,7 @@ class TLSListener:
             writer = asyncio.StreamWriter(transport, protocol, reader, loop)
             try:
                 await self.serve(reader, writer, client)
-            except ConnectionError:
+            except OSError:  # ConnectionError, ssl.SSLError: whatever the peer did, it ends here
                 writer.close()
         finally:
             self.gate.release(client)
