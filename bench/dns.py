@@ -12,7 +12,10 @@ workloads, each on a fresh resolver process with an empty cache:
   dnsperf's verbose output and gives the median, p99 and maximum;
 - cache miss: names never asked before (m<N>.bench.test, answered by the wildcard *.bench.test),
   at saturation, so every query costs the resolver one query to the bench.test server (the
-  delegations are cached by the warm-up).
+  delegations are cached by the warm-up);
+- DoT hit and DoH hit: the cache-hit workload over DNS over TLS (dnsperf -m dot) and DNS over
+  HTTPS (dnsperf -m doh: HTTP/2, GET), one TLS connection per dnsperf client, with a certificate
+  the bench makes (trustme). Unbound serves both (tls-port, https-port).
 
 "q/s" is the number of replies per second dnsperf counted; "lost" the queries without a reply
 within its 5 s timeout; "cpu" the share of one core the resolver (all its processes and threads)
@@ -63,6 +66,7 @@ ISPD = str(Path(sys.executable).with_name("ispd"))
 DNSPERF = shutil.which("dnsperf") or "/usr/bin/dnsperf"
 BASE = "127.55"
 LATENCY_QPS = 2000
+WORKLOADS = ("cache hit", "latency", "cache miss", "DoT hit", "DoH hit")
 DNSPERF_TIMEOUT = 5  # dnsperf -t: a query without a reply after this long is lost
 
 ISPD_CONFIG = """\
@@ -83,6 +87,14 @@ root_hints = "{hints}"
 allow = ["127.0.0.0/8"]
 [dns.resolver]
 do_ipv6 = false  # as Unbound's do-ip6: no (the lab has IPv4 servers only)
+[dns.dot]
+listen = ["127.0.0.1:{dot_port}"]
+certificate = "{pem}"
+private_key = "{key}"
+[dns.doh]
+listen = ["127.0.0.1:{doh_port}"]
+certificate = "{pem}"
+private_key = "{key}"
 """
 
 
@@ -106,9 +118,13 @@ class Resolver:
     name = ""
     label = ""
 
+    tls: tuple[Path, Path] | None = None  # certificate chain and key, for DoT and DoH
+
     def __init__(self, hierarchy: DNSHierarchy, workdir: Path, cpus: str | None) -> None:
         self.hierarchy, self.workdir, self.cpus = hierarchy, workdir, cpus
         self.port = free_port()
+        self.dot_port = free_tcp_port()
+        self.doh_port = free_tcp_port()
 
     def start(self) -> None:
         raise NotImplementedError
@@ -132,8 +148,13 @@ class UnboundResolver(Resolver):
 
     def __init__(self, hierarchy: DNSHierarchy, workdir: Path, cpus: str | None) -> None:
         super().__init__(hierarchy, workdir, cpus)
+        assert self.tls is not None
+        pem, key = self.tls
+        encrypted = (f"  interface: 127.0.0.1@{self.dot_port}\n  interface: 127.0.0.1@{self.doh_port}\n"
+                     f"  tls-port: {self.dot_port}\n  https-port: {self.doh_port}\n"
+                     f'  tls-service-pem: "{pem}"\n  tls-service-key: "{key}"\n')
         self.server = Unbound(hierarchy.root_hints_path, workdir, port=self.port, msg_cache="256m",
-                              rrset_cache="512m", cpus=cpus)
+                              rrset_cache="512m", cpus=cpus, extra=encrypted)
 
     def start(self) -> None:
         try:
@@ -171,8 +192,10 @@ class IspdResolver(Resolver):
     def start(self, timeout: float = 30.0) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "ispd.toml"
+        assert self.tls is not None
         config.write_text(ISPD_CONFIG.format(workdir=self.workdir, metrics_port=free_tcp_port(), port=self.port,
-                                             hints=self.hierarchy.root_hints_path))
+                                             hints=self.hierarchy.root_hints_path, dot_port=self.dot_port,
+                                             doh_port=self.doh_port, pem=self.tls[0], key=self.tls[1]))
         command = [ISPD, "run", "-c", str(config)]
         if self.cpus is not None:
             command = ["taskset", "-c", self.cpus, *command]
@@ -297,10 +320,13 @@ def percentile(values: list[float], share: float) -> float:
 
 def run_dnsperf(resolver: Resolver, workload: str, datafile: Path, *, duration: float, outstanding: int,
                 clients: int, rate: int | None = None, once: bool = False, verbose: bool = False,
-                cpus: str | None = None) -> Run:
+                cpus: str | None = None, mode: str = "udp") -> Run:
     run = Run(resolver.name, workload)
-    command = [DNSPERF, "-s", "127.0.0.1", "-p", str(resolver.port), "-d", str(datafile), "-l", f"{duration:g}",
+    port = {"udp": resolver.port, "dot": resolver.dot_port, "doh": resolver.doh_port}[mode]
+    command = [DNSPERF, "-m", mode, "-s", "127.0.0.1", "-p", str(port), "-d", str(datafile), "-l", f"{duration:g}",
                "-c", str(clients), "-T", "1", "-q", str(outstanding), "-t", str(DNSPERF_TIMEOUT)]
+    if mode == "doh":
+        command += ["-O", f"doh-uri=https://127.0.0.1:{port}/dns-query"]
     if rate is not None:
         command += ["-Q", str(rate)]
     if once:
@@ -379,7 +405,7 @@ def measure(kind: type[Resolver], hierarchy: DNSHierarchy, root: Path, files: tu
             args: argparse.Namespace, cpus: tuple[str | None, str | None]) -> list[Run]:
     hits, misses = files
     runs: list[Run] = []
-    for workload in ("cache hit", "latency", "cache miss"):
+    for workload in WORKLOADS:
         workdir = Path(tempfile.mkdtemp(prefix=f"{kind.name}-{workload.replace(' ', '-')}-", dir=root))
         resolver = kind(hierarchy, workdir, cpus[0])
         print(f"  {kind.label}: {workload} ...", end="", flush=True, file=sys.stderr)
@@ -397,9 +423,12 @@ def measure(kind: type[Resolver], hierarchy: DNSHierarchy, root: Path, files: tu
             elif workload == "latency":
                 run = run_dnsperf(resolver, workload, hits, duration=args.duration, outstanding=100, clients=1,
                                   rate=LATENCY_QPS, verbose=True, cpus=cpus[1])
-            else:
+            elif workload == "cache miss":
                 run = run_dnsperf(resolver, workload, misses, duration=args.duration,
                                   outstanding=args.miss_outstanding, clients=args.clients, once=True, cpus=cpus[1])
+            else:
+                run = run_dnsperf(resolver, workload, hits, duration=args.duration, outstanding=args.outstanding,
+                                  clients=args.clients, cpus=cpus[1], mode=workload.split()[0].lower())
             print(f" {run.qps:,.0f} q/s, {run.lost_percent:.2f} % lost, {run.noerror_percent:.1f} % NOERROR, "
                   f"cpu {100 * run.server_cpu:.0f} % (dnsperf {100 * run.dnsperf_cpu:.0f} %, bench.test NSD "
                   f"{100 * run.authoritative_cpu:.0f} %), {run.rcvbuf_drops:,} datagrams dropped at full socket "
@@ -455,7 +484,7 @@ def print_table(names: list[str], results: dict[tuple[str, str], Run]) -> None:
     sub += f"  {'cpu':>7}"
     print(head)
     print(sub)
-    for workload in ("cache hit", "cache miss", "latency"):
+    for workload in ("cache hit", "cache miss", "latency", "DoT hit", "DoH hit"):
         runs = [results.get((n, workload)) for n in names]
         line = f"{workload:<12}  " + "  ".join(fmt_run(r, workload == "latency") for r in runs)
         if len(names) == 2:
@@ -474,6 +503,20 @@ def print_table(names: list[str], results: dict[tuple[str, str], Run]) -> None:
 
 
 # --- running it all
+
+
+def make_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 from a throwaway CA (dnsperf does not verify it)."""
+    import trustme
+
+    directory.mkdir(parents=True)
+    issued = trustme.CA().issue_cert("127.0.0.1", "localhost")
+    pem, key = directory / "server.pem", directory / "server.key"
+    issued.cert_chain_pems[0].write_to_path(str(pem))
+    for extra in issued.cert_chain_pems[1:]:
+        extra.write_to_path(str(pem), append=True)
+    issued.private_key_pem.write_to_path(str(key))
+    return pem, key
 
 
 def stop_all() -> None:
@@ -531,6 +574,7 @@ def main() -> None:
         signal.signal(signum, raise_exit)
 
     root = Path(tempfile.mkdtemp(prefix="ispd-bench-dns-"))
+    Resolver.tls = make_certificate(root / "tls")
     hierarchy = DNSHierarchy(args.base, root / "hierarchy", cpus=cpus[1])
     results: dict[tuple[str, str], Run] = {}
     try:
