@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import h2.config
@@ -70,12 +71,26 @@ class DoHResponder:
 
 
 @dataclass(slots=True)
-class _Stream:
+class RequestInProgress:
+    """A request whose stream is still open (HTTP/2 and HTTP/3)."""
+
     method: bytes = b""
     path: bytes = b""
     content_type: bytes | None = None
     body: bytearray = field(default_factory=bytearray)
     rejected: bool = False  # answered with an error before the request ended
+
+    def take_headers(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        for name, value in headers:
+            if name == b":method":
+                self.method = value
+            elif name == b":path":
+                self.path = value
+            elif name == b"content-type":
+                self.content_type = value
+
+    def request(self) -> DoHRequest:
+        return DoHRequest(self.method, self.path, self.content_type, bytes(self.body))
 
 
 async def serve_h2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str,
@@ -93,7 +108,7 @@ async def serve_h2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
         h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 16384,
     })
     conn.initiate_connection()
-    streams: dict[int, _Stream] = {}
+    streams: dict[int, RequestInProgress] = {}
     unsent: dict[int, memoryview] = {}  # response bodies waiting for flow-control window
     tasks: set[asyncio.Task[None]] = set()
     max_body = responder.config.max_query_bytes
@@ -135,8 +150,7 @@ async def serve_h2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
         if stream is None or stream.rejected:
             return
         started = time.perf_counter()
-        prepared = responder.prepare(DoHRequest(stream.method, stream.path, stream.content_type,
-                                                bytes(stream.body)), client, started)
+        prepared = responder.prepare(stream.request(), client, started)
         if isinstance(prepared, Response):
             respond(stream_id, prepared)
             return
@@ -161,14 +175,8 @@ async def serve_h2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
     def handle(event: h2.events.Event) -> bool:
         """Act on one event; False when the connection is over."""
         if isinstance(event, h2.events.RequestReceived):
-            opened = streams[event.stream_id] = _Stream()
-            for name, value in event.headers or ():
-                if name == b":method":
-                    opened.method = value
-                elif name == b":path":
-                    opened.path = value
-                elif name == b"content-type":
-                    opened.content_type = value
+            streams[event.stream_id] = RequestInProgress()
+            streams[event.stream_id].take_headers(event.headers or ())
         elif isinstance(event, h2.events.DataReceived):
             conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             stream = streams.get(event.stream_id)

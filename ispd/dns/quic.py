@@ -30,7 +30,7 @@ import struct
 import time
 from collections import OrderedDict
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -49,9 +49,9 @@ from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.tls import SessionTicket
 
 from ispd.configtypes import SocketAddress
-from ispd.dns.doh import DoHRequest, error_headers
+from ispd.dns.doh import error_headers
 from ispd.dns.frontend import Answerer, ConnectionGate, TransportStats, load_certificate, server_tls_context
-from ispd.dns.https import DoHResponder, Response
+from ispd.dns.https import DoHResponder, RequestInProgress, Response
 from ispd.service import ServiceStartError, describe_os_error
 
 DOQ_ALPN = ["doq"]  # RFC 9250 §4.1.1
@@ -166,6 +166,13 @@ class _DNSQuicProtocol(QuicConnectionProtocol):
         self._quic.close(error_code=code, reason_phrase=reason)
         self.transmit()
 
+    def _reset(self, stream_id: int, code: int) -> None:
+        try:
+            self._quic.reset_stream(stream_id, code)
+        except (ValueError, AssertionError):
+            return
+        self.transmit()
+
     def _handshake_expired(self) -> None:
         if not self.handshake_done:
             self.close_with(DOQ_NO_ERROR, "handshake timeout")
@@ -275,22 +282,6 @@ class DoQProtocol(_DNSQuicProtocol):
             return
         self.transmit()
 
-    def _reset(self, stream_id: int, code: int) -> None:
-        try:
-            self._quic.reset_stream(stream_id, code)
-        except (ValueError, AssertionError):
-            return
-        self.transmit()
-
-
-@dataclass(slots=True)
-class _H3Request:
-    method: bytes = b""
-    path: bytes = b""
-    content_type: bytes | None = None
-    body: bytearray = field(default_factory=bytearray)
-    rejected: bool = False
-
 
 class HTTP3Protocol(_DNSQuicProtocol):
     def __init__(self, quic: QuicConnection, stream_handler: Any = None, *, responder: DoHResponder,
@@ -298,7 +289,7 @@ class HTTP3Protocol(_DNSQuicProtocol):
         super().__init__(quic, stream_handler, **kwargs)
         self.responder = responder
         self.http = H3Connection(quic)
-        self.requests: dict[int, _H3Request] = {}
+        self.requests: dict[int, RequestInProgress] = {}
 
     def quic_event_received(self, event: QuicEvent) -> None:
         super().quic_event_received(event)
@@ -317,17 +308,11 @@ class HTTP3Protocol(_DNSQuicProtocol):
 
     def _h3_event(self, event: H3Event) -> None:
         if isinstance(event, HeadersReceived):
-            request = self.requests.setdefault(event.stream_id, _H3Request())
-            for name, value in event.headers:
-                if name == b":method":
-                    request.method = value
-                elif name == b":path":
-                    request.path = value
-                elif name == b"content-type":
-                    request.content_type = value
+            request = self.requests.setdefault(event.stream_id, RequestInProgress())
+            request.take_headers(event.headers)
             ended = event.stream_ended
         elif isinstance(event, DataReceived):
-            request = self.requests.setdefault(event.stream_id, _H3Request())
+            request = self.requests.setdefault(event.stream_id, RequestInProgress())
             if not request.rejected:
                 request.body += event.data
                 if len(request.body) > self.responder.config.max_query_bytes:
@@ -350,8 +335,7 @@ class HTTP3Protocol(_DNSQuicProtocol):
             return
         started = time.perf_counter()
         client = self.client or ""
-        prepared = self.responder.prepare(DoHRequest(request.method, request.path, request.content_type,
-                                                     bytes(request.body)), client, started)
+        prepared = self.responder.prepare(request.request(), client, started)
         if isinstance(prepared, Response):
             self._respond(stream_id, prepared)
             return
@@ -373,13 +357,6 @@ class HTTP3Protocol(_DNSQuicProtocol):
             self.http.send_headers(stream_id, response.headers)
             self.http.send_data(stream_id, response.body, end_stream=True)
         except Exception:  # the stream or the connection is gone: nothing to tell
-            return
-        self.transmit()
-
-    def _reset(self, stream_id: int, code: int) -> None:
-        try:
-            self._quic.reset_stream(stream_id, code)
-        except (ValueError, AssertionError):
             return
         self.transmit()
 
