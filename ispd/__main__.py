@@ -1,3 +1,3 @@
-from ispd.cli import main
+from ispd.entry import main
 
 raise SystemExit(main())

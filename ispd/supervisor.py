@@ -41,6 +41,7 @@ from ispd.config import Config, ConfigError, load_config
 from ispd.control import ControlCommands, ControlServer, ControlSocketError
 from ispd.dhcp.service import DHCPService
 from ispd.dns.service import DNSService
+from ispd.entry import HELD_SIGNALS
 from ispd.events import AuditRelay, EventBus
 from ispd.logs import configure_logging, get_logger
 from ispd.metrics.fast import FastCollector
@@ -213,6 +214,9 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self._hangup)
+        # ispd.entry held these back while the modules loaded; any that came meanwhile are
+        # handled now, by the handlers above.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
 
     def _hangup(self) -> None:
         if self._stop_requested.is_set():

@@ -41,7 +41,7 @@ def dns_hierarchy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DNSHiera
         pytest.skip("the DNS hierarchy binds port 53 on 127.x.y.z: needs root")
     missing = [tool for tool in ("nsd", "dig") if shutil.which(tool) is None]
     if missing:
-        pytest.skip(f"{', '.join(missing)} not installed (tools/setup --tests installs them)")
+        pytest.skip(f"{', '.join(missing)} not installed (tools/setup --test installs them)")
     # ISPD_TEST_DNS_BASE="127.56": another base, so two test runs at once do not collide on port 53
     base = os.environ.get("ISPD_TEST_DNS_BASE", DEFAULT_BASE)
     with DNSHierarchy(base, workdir=tmp_path_factory.mktemp("dnshier")) as hierarchy:

@@ -18,6 +18,6 @@ from tests.lab.dnshier import DNSHierarchy, Unbound
 def unbound(dns_hierarchy: DNSHierarchy, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Unbound]:
     """Unbound resolving from the lab's root hints, on 127.0.0.1 and a free port; one per module."""
     if shutil.which("unbound") is None:
-        pytest.skip("unbound not installed (tools/setup --bench installs it)")
+        pytest.skip("unbound not installed (tools/setup --test installs it)")
     with Unbound(dns_hierarchy.root_hints_path, Path(tmp_path_factory.mktemp("unbound"))) as server:
         yield server

@@ -53,7 +53,7 @@ FORWARDER_DATA = f"""\
 def forwarder(dns_hierarchy: DNSHierarchy, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RecordingRelay]:
     """relay-1:53 → Unbound (a recursive resolver over the lab, with fwd.internal of its own)."""
     if shutil.which("unbound") is None:
-        pytest.skip("unbound not installed (tools/setup --tests installs it)")
+        pytest.skip("unbound not installed (tools/setup --test installs it)")
     with Unbound(dns_hierarchy.root_hints_path, tmp_path_factory.mktemp("forwarder"), extra=FORWARDER_DATA) as unbound, \
             RecordingRelay(dns_hierarchy.address("relay-1"), (unbound.address, unbound.port)) as relay:
         yield relay

@@ -120,7 +120,7 @@ def test_a_short_ttl_counts_down_and_the_name_is_fetched_again(resolver: DNSIspd
 def kdig(resolver: DNSIspd, qname: str, qtype: str = "A", *options: str) -> tuple[str, set[str], list[str], str]:
     """(status, flags, answer lines "owner type rdata", full text) from kdig."""
     if shutil.which("kdig") is None:
-        pytest.skip("kdig not installed (tools/setup --tests installs it)")
+        pytest.skip("kdig not installed (tools/setup --test installs it)")
     result = subprocess.run(["kdig", "@127.0.0.1", "-p", str(resolver.port), qname, qtype, "+timeout=5",
                              "+retry=0", *options], capture_output=True, text=True, timeout=20)
     text = result.stdout + result.stderr
