@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
@@ -61,3 +62,26 @@ def parse_socket_address(value: Any) -> SocketAddress:
 
 
 ListenAddress = Annotated[SocketAddress, BeforeValidator(parse_socket_address), PlainSerializer(str)]
+
+
+def _address(value: object) -> object:
+    # One clear message instead of one per member of the IPv4 | IPv6 union.
+    if isinstance(value, str):
+        try:
+            return ip_address(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address (e.g. 198.18.0.53 or 2001:db8::53)") from None
+    return value
+
+
+def _network(value: object) -> object:
+    if isinstance(value, str):
+        try:
+            return ip_network(value)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a network (e.g. 198.18.0.0/15 or 2001:db8::/32): {exc}") from None
+    return value
+
+
+IPNetwork = Annotated[IPv4Network | IPv6Network, BeforeValidator(_network)]
+IPAddress = Annotated[IPv4Address | IPv6Address, BeforeValidator(_address)]

@@ -71,6 +71,11 @@ class SubscriberPasswordChanged(SubscriberEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class SubscriberPlanChanged(SubscriberEvent):
+    plan_id: int | None = None  # None: no plan any more
+
+
+@dataclass(frozen=True, slots=True)
 class ReservationEvent(SubscriberEvent):
     """A reservation of a subscriber (``kind``: mac, client-id, circuit-id or remote-id; ``key`` in
     its canonical form), with a fixed address and host name when they are not None."""
@@ -119,6 +124,28 @@ class LeaseEnded(Event):
     reason: str  # released | expired | declined
     hostname: str | None = None
     subscriber_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEvent(Event):
+    """A RADIUS session, as its NAS accounts for it (durably recorded before the event)."""
+
+    session_id: int
+    nas_address: str
+    acct_session_id: str
+    username: str
+    subscriber_id: int | None = None
+    framed_ip: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStarted(SessionEvent):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStopped(SessionEvent):
+    cause: str | None = None  # Acct-Terminate-Cause, or why ispd closed it (NAS-Reboot, Stale-Session)
 
 
 E = TypeVar("E", bound=Event)
@@ -200,6 +227,9 @@ def event_from_audit(entry: AuditEntry) -> Event | None:
                 return SubscriberDeleted(at, sid, name)
             case "subscriber.password_set":
                 return SubscriberPasswordChanged(at, sid, name)
+            case "subscriber.plan_changed":
+                plan_id = entry.details.get("plan_id")
+                return SubscriberPlanChanged(at, sid, name, plan_id=plan_id if isinstance(plan_id, int) else None)
             case "reservation.added" | "reservation.deleted":
                 return _reservation_event(entry, sid, name)
     if entry.subject_kind == "plan" and entry.action == "plan.added" and entry.subject_id is not None:

@@ -6,6 +6,7 @@ mac         lowercase, colon-separated: ``02:00:5e:10:00:01`` (input may use '-'
 client-id   lowercase hex of option 61 as sent, type byte first: ``0102005e100001``
 circuit-id  option 82 sub-options 1 and 2: the text itself when it is printable ASCII
 remote-id   (``eth0/1/2:100``, the usual for access switches and BNGs), else ``0x`` and hex
+username    a RADIUS User-Name as the NAS sends it (``alice``, ``alice@isp.example``), case kept
 """
 
 from __future__ import annotations
@@ -53,4 +54,10 @@ def normalize_key(kind: str, key: str) -> str:
         if len(raw) > 255 or not all(b in _PRINTABLE for b in raw):
             raise ValueError(f"{key!r}: write a {kind} as printable ASCII, or as 0x and hex bytes")
         return key
-    raise ValueError(f"unknown reservation kind {kind!r} (mac, client-id, circuit-id, remote-id)")
+    if kind == "username":
+        if not key:
+            raise ValueError("the username is empty")
+        if len(key.encode("utf-8", "replace")) > 253 or any(ord(ch) < 0x20 or ch == "\x7f" for ch in key):
+            raise ValueError(f"{key!r}: a RADIUS username has at most 253 bytes and no control characters")
+        return key
+    raise ValueError(f"unknown reservation kind {kind!r} (mac, client-id, circuit-id, remote-id, username)")

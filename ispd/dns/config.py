@@ -10,37 +10,14 @@ reloads, with errors naming the file and line.
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from ipaddress import IPv4Address, IPv6Address, ip_network
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
-from ispd.configtypes import ListenAddress, Section
+from ispd.configtypes import IPAddress, IPNetwork, ListenAddress, Section
 from ispd.dns.wire import name_from_text
-
-
-def _address(value: object) -> object:
-    # One clear message instead of one per member of the IPv4 | IPv6 union.
-    if isinstance(value, str):
-        try:
-            return ip_address(value)
-        except ValueError:
-            raise ValueError(f"{value!r} is not an IP address (e.g. 198.18.0.53 or 2001:db8::53)") from None
-    return value
-
-
-def _network(value: object) -> object:
-    if isinstance(value, str):
-        try:
-            return ip_network(value)
-        except ValueError as exc:
-            raise ValueError(f"{value!r} is not a network (e.g. 198.18.0.0/15 or 2001:db8::/32): {exc}") from None
-    return value
-
-
-IPNetwork = Annotated[IPv4Network | IPv6Network, BeforeValidator(_network)]
-IPAddress = Annotated[IPv4Address | IPv6Address, BeforeValidator(_address)]
 
 
 def _domain(value: str) -> str:

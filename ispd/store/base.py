@@ -14,17 +14,22 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from ispd.store.models import (
+    AccountingRecord,
+    AccountingResult,
     AuditEntry,
+    CoARecord,
     CredentialPolicy,
     Lease,
     LeaseHistoryEntry,
     Plan,
+    RadiusSession,
     Reservation,
     ReservationKind,
     StoredCredentials,
     Subscriber,
     SubscriberOverview,
     SubscriberStatus,
+    Usage,
 )
 
 SubscriberRef = int | str
@@ -102,6 +107,15 @@ class Store(ABC):
     async def get_credentials(self, ref: SubscriberRef) -> StoredCredentials: ...
 
     @abstractmethod
+    async def list_credentials(self) -> dict[int, StoredCredentials]:
+        """Every subscriber's stored password forms, by subscriber id: for a service that
+        authenticates from memory (RADIUS), which then follows changes through events."""
+
+    @abstractmethod
+    async def set_subscriber_plan(self, ref: SubscriberRef, plan: int | str | None, *, actor: str) -> Subscriber:
+        """Move a subscriber to another plan (None: no plan); audited as "subscriber.plan_changed"."""
+
+    @abstractmethod
     async def subscriber_overview(self, ref: SubscriberRef, *, audit_limit: int = 20) -> SubscriberOverview: ...
 
     # --- DHCP reservations
@@ -155,6 +169,42 @@ class Store(ABC):
     @abstractmethod
     async def lease_history(self, address: str, *, limit: int = 50) -> list[LeaseHistoryEntry]:
         """The newest ``limit`` history entries of ``address``, newest first; empty if none."""
+
+    # --- RADIUS sessions and accounting
+    @abstractmethod
+    async def record_accounting(self, records: Sequence[AccountingRecord]) -> list[AccountingResult]:
+        """Apply Accounting-Requests in order, in one durable write (one result per record): open,
+        update and close sessions, count usage once, append every request to the accounting
+        history. Idempotent per request: a retransmission changes nothing twice."""
+
+    @abstractmethod
+    async def list_sessions(self, *, open_only: bool = False, subscriber: SubscriberRef | None = None,
+                            nas_address: str | None = None, limit: int = 1000) -> list[RadiusSession]:
+        """Sessions, newest first."""
+
+    @abstractmethod
+    async def get_session(self, session_id: int) -> RadiusSession:
+        """``NotFound`` if there is none."""
+
+    @abstractmethod
+    async def close_sessions(self, session_ids: Sequence[int], *, at: float, cause: str) -> list[RadiusSession]:
+        """Close the sessions still open among ``session_ids`` (a NAS that stopped reporting them);
+        returns those closed."""
+
+    @abstractmethod
+    async def record_coa(self, *, kind: str, nas_address: str, result: str, attempts: int, at: float,
+                         completed_at: float, session_id: int | None = None, subscriber_id: int | None = None,
+                         reason: str | None = None, error_cause: int | None = None) -> CoARecord:
+        """Keep the outcome of a Disconnect-Request or CoA-Request sent to a NAS."""
+
+    @abstractmethod
+    async def list_coa(self, *, session_id: int | None = None, subscriber: SubscriberRef | None = None,
+                       limit: int = 50) -> list[CoARecord]:
+        """CoA and Disconnect outcomes, newest first."""
+
+    @abstractmethod
+    async def usage(self, subscriber: SubscriberRef, *, since: float, until: float) -> Usage:
+        """What the subscriber used on the UTC days from ``since`` to ``until``, both included."""
 
     # --- retention
     @abstractmethod

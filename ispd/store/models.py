@@ -80,6 +80,7 @@ class ReservationKind(StrEnum):
     CLIENT_ID = "client-id"
     CIRCUIT_ID = "circuit-id"
     REMOTE_ID = "remote-id"
+    USERNAME = "username"  # a RADIUS User-Name: its address goes out as Framed-IP-Address
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +144,9 @@ class LeaseHistoryEntry:
 
 @dataclass(frozen=True, slots=True)
 class RadiusSession:
+    """One session a NAS accounts for; counters are the NAS's last totals (octets with their
+    Gigawords folded in)."""
+
     id: int
     nas_address: str
     acct_session_id: str
@@ -150,13 +154,105 @@ class RadiusSession:
     started_at: float
     updated_at: float
     subscriber_id: int | None = None
+    nas_identifier: str | None = None
     framed_ip: str | None = None
+    framed_ipv6_prefix: str | None = None
+    delegated_ipv6_prefix: str | None = None
     calling_station_id: str | None = None
+    called_station_id: str | None = None
+    nas_port_id: str | None = None
     stopped_at: float | None = None
     terminate_cause: str | None = None
+    interim_interval: int | None = None
     input_octets: int = 0
     output_octets: int = 0
+    input_packets: int = 0
+    output_packets: int = 0
     session_time_seconds: int = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self.stopped_at is None
+
+
+class AccountingStatus(StrEnum):
+    """Acct-Status-Type (RFC 2866 §5.1) values the store acts on."""
+
+    START = "start"
+    STOP = "stop"
+    INTERIM_UPDATE = "interim-update"
+    ACCOUNTING_ON = "accounting-on"
+    ACCOUNTING_OFF = "accounting-off"
+
+
+@dataclass(frozen=True, slots=True)
+class AccountingRecord:
+    """One Accounting-Request, as the store is asked to record it. ``at`` is when the event
+    happened (arrival minus Acct-Delay-Time); counters are None when the request had none."""
+
+    at: float
+    status: AccountingStatus
+    nas_address: str
+    acct_session_id: str | None = None
+    username: str | None = None
+    subscriber_id: int | None = None
+    nas_identifier: str | None = None
+    framed_ip: str | None = None
+    framed_ipv6_prefix: str | None = None
+    delegated_ipv6_prefix: str | None = None
+    calling_station_id: str | None = None
+    called_station_id: str | None = None
+    nas_port_id: str | None = None
+    input_octets: int | None = None
+    output_octets: int | None = None
+    input_packets: int | None = None
+    output_packets: int | None = None
+    session_time_seconds: int | None = None
+    terminate_cause: str | None = None
+    interim_interval: int | None = None
+    attributes: str | None = None  # the request's attributes as JSON, for the append-only record
+
+
+class AccountingOutcome(StrEnum):
+    STARTED = "started"  # a new open session
+    UPDATED = "updated"  # an open session's counters
+    STOPPED = "stopped"
+    DUPLICATE = "duplicate"  # nothing new: a retransmission, or a late copy of what is known
+    NAS_RESTARTED = "nas-restarted"  # Accounting-On/Off: the NAS's open sessions were closed
+    IGNORED = "ignored"  # a record the store keeps but cannot tie to a session (no Acct-Session-Id)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountingResult:
+    outcome: AccountingOutcome
+    session: RadiusSession | None = None  # the session after the change
+    closed: tuple[RadiusSession, ...] = ()  # sessions Accounting-On/Off closed
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What a subscriber used over a period (from session counters, each octet counted once)."""
+
+    input_octets: int = 0
+    output_octets: int = 0
+    session_seconds: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CoARecord:
+    """A Disconnect-Request or CoA-Request sent to a NAS, and its outcome."""
+
+    id: int
+    at: float
+    kind: str  # disconnect | coa
+    nas_address: str
+    result: str  # ack | nak | timeout | error
+    attempts: int
+    completed_at: float
+    session_id: int | None = None
+    subscriber_id: int | None = None
+    reason: str | None = None
+    error_cause: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,3 +290,5 @@ class SubscriberOverview:
     sessions: list[RadiusSession]
     mailboxes: list[Mailbox]
     audit: list[AuditEntry]
+    usage_this_month: Usage = field(default_factory=Usage)
+    coa: list[CoARecord] = field(default_factory=list)

@@ -41,7 +41,10 @@ from ispd.store.config import StoreConfig
 from ispd.store.errors import Conflict, InvalidValue, NotFound, SchemaTooNew, StoreError, StoreUnavailable
 from ispd.store.metrics import StoreMetrics
 from ispd.store.models import (
+    AccountingRecord,
+    AccountingResult,
     AuditEntry,
+    CoARecord,
     CredentialPolicy,
     Lease,
     LeaseHistoryEntry,
@@ -55,6 +58,15 @@ from ispd.store.models import (
     Subscriber,
     SubscriberOverview,
     SubscriberStatus,
+    Usage,
+)
+from ispd.store.sqlite_radius import (
+    apply_accounting,
+    close_sessions,
+    coa_from_row,
+    month_start,
+    session_from_row,
+    usage_between,
 )
 from ispd.store.validation import hostname_text, ipv4_text, reservable_address, reservation_key
 
@@ -721,6 +733,30 @@ class SQLiteStore(Store):
 
         return await self._read("get_credentials", run)
 
+    async def list_credentials(self) -> dict[int, StoredCredentials]:
+        return await self._read("list_credentials", lambda conn: {
+            int(r["subscriber_id"]): StoredCredentials(verifier=r["verifier"], nt_hash=r["nt_hash"],
+                                                       cleartext=r["cleartext"], updated_at=r["updated_at"])
+            for r in conn.execute("SELECT * FROM credentials")})
+
+    async def set_subscriber_plan(self, ref: SubscriberRef, plan: int | str | None, *, actor: str) -> Subscriber:
+        now = self.clock()
+
+        def run(conn: sqlite3.Connection) -> Subscriber:
+            row = _find_subscriber(conn, ref)
+            plan_row = _find_plan(conn, plan) if plan is not None else None
+            plan_id = plan_row["id"] if plan_row is not None else None
+            if row["plan_id"] == plan_id:
+                raise Conflict(f"subscriber {row['username']!r} is already on that plan")
+            old = conn.execute("SELECT name FROM plans WHERE id = ?", (row["plan_id"],)).fetchone()
+            conn.execute("UPDATE subscribers SET plan_id = ?, updated_at = ? WHERE id = ?", (plan_id, now, row["id"]))
+            _append_audit(conn, now, actor, "subscriber.plan_changed", "subscriber", row["id"], row["username"],
+                          {"from": old["name"] if old else None,
+                           "to": plan_row["name"] if plan_row is not None else None, "plan_id": plan_id})
+            return _subscriber(_find_subscriber(conn, int(row["id"])))
+
+        return await self._write("set_subscriber_plan", run)
+
     async def subscriber_overview(self, ref: SubscriberRef, *, audit_limit: int = 20) -> SubscriberOverview:
         def run(conn: sqlite3.Connection) -> SubscriberOverview:
             row = _find_subscriber(conn, ref)
@@ -741,19 +777,12 @@ class SQLiteStore(Store):
                 "SELECT * FROM reservations WHERE subscriber_id = ? ORDER BY id", (sid,))]
             leases = [_lease(r) for r in conn.execute(
                 "SELECT * FROM leases WHERE subscriber_id = ? ORDER BY expires_at DESC", (sid,))]
-            sessions = [
-                RadiusSession(
-                    id=r["id"], nas_address=r["nas_address"], acct_session_id=r["acct_session_id"],
-                    username=r["username"], started_at=r["started_at"], updated_at=r["updated_at"],
-                    subscriber_id=sid, framed_ip=r["framed_ip"], calling_station_id=r["calling_station_id"],
-                    stopped_at=r["stopped_at"], terminate_cause=r["terminate_cause"],
-                    input_octets=r["input_octets"], output_octets=r["output_octets"],
-                    session_time_seconds=r["session_time_seconds"],
-                )
-                for r in conn.execute(
-                    "SELECT * FROM radius_sessions WHERE subscriber_id = ? ORDER BY started_at DESC LIMIT 20",
-                    (sid,))
-            ]
+            sessions = [session_from_row(r) for r in conn.execute(
+                "SELECT * FROM radius_sessions WHERE subscriber_id = ? ORDER BY started_at DESC LIMIT 20", (sid,))]
+            now = self.clock()
+            usage = usage_between(conn, sid, month_start(now), now)
+            coa = [coa_from_row(r) for r in conn.execute(
+                "SELECT * FROM coa_requests WHERE subscriber_id = ? ORDER BY id DESC LIMIT 10", (sid,))]
             mailboxes = [
                 Mailbox(id=r["id"], subscriber_id=sid, address=r["address"], quota_bytes=r["quota_bytes"],
                         created_at=r["created_at"])
@@ -765,6 +794,7 @@ class SQLiteStore(Store):
             return SubscriberOverview(
                 subscriber=_subscriber(row), plan=_plan(plan_row) if plan_row else None, credentials=present,
                 reservations=reservations, leases=leases, sessions=sessions, mailboxes=mailboxes, audit=audit,
+                usage_this_month=usage, coa=coa,
             )
 
         return await self._read("subscriber_overview", run)
@@ -921,6 +951,76 @@ class SQLiteStore(Store):
         return await self._read("lease_history", lambda conn: [_lease_history_entry(r) for r in conn.execute(
             "SELECT * FROM lease_history WHERE address = ? ORDER BY id DESC LIMIT ?", (canonical, limit))])
 
+    # --- RADIUS sessions and accounting
+
+    async def record_accounting(self, records: Sequence[AccountingRecord]) -> list[AccountingResult]:
+        return await self._write("record_accounting", lambda conn: [apply_accounting(conn, r) for r in records])
+
+    async def list_sessions(self, *, open_only: bool = False, subscriber: SubscriberRef | None = None,
+                            nas_address: str | None = None, limit: int = 1000) -> list[RadiusSession]:
+        def run(conn: sqlite3.Connection) -> list[RadiusSession]:
+            conditions, params = [], []
+            if open_only:
+                conditions.append("stopped_at IS NULL")
+            if subscriber is not None:
+                conditions.append("subscriber_id = ?")
+                params.append(_find_subscriber(conn, subscriber)["id"])
+            if nas_address is not None:
+                conditions.append("nas_address = ?")
+                params.append(nas_address)
+            where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+            return [session_from_row(r) for r in conn.execute(
+                f"SELECT * FROM radius_sessions{where} ORDER BY id DESC LIMIT ?", (*params, limit))]
+
+        return await self._read("list_sessions", run)
+
+    async def get_session(self, session_id: int) -> RadiusSession:
+        def run(conn: sqlite3.Connection) -> RadiusSession:
+            row = conn.execute("SELECT * FROM radius_sessions WHERE id = ?", (session_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no session #{session_id}")
+            return session_from_row(row)
+
+        return await self._read("get_session", run)
+
+    async def close_sessions(self, session_ids: Sequence[int], *, at: float, cause: str) -> list[RadiusSession]:
+        ids = list(session_ids)
+        return await self._write("close_sessions", lambda conn: close_sessions(conn, ids, at, cause))
+
+    async def record_coa(self, *, kind: str, nas_address: str, result: str, attempts: int, at: float,
+                         completed_at: float, session_id: int | None = None, subscriber_id: int | None = None,
+                         reason: str | None = None, error_cause: int | None = None) -> CoARecord:
+        def run(conn: sqlite3.Connection) -> CoARecord:
+            cursor = conn.execute(
+                "INSERT INTO coa_requests (at, kind, session_id, subscriber_id, nas_address, reason, result,"
+                " error_cause, attempts, completed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (at, kind, session_id, subscriber_id, nas_address, reason, result, error_cause, attempts,
+                 completed_at),
+            )
+            return coa_from_row(conn.execute("SELECT * FROM coa_requests WHERE id = ?", (cursor.lastrowid,)).fetchone())
+
+        return await self._write("record_coa", run)
+
+    async def list_coa(self, *, session_id: int | None = None, subscriber: SubscriberRef | None = None,
+                       limit: int = 50) -> list[CoARecord]:
+        def run(conn: sqlite3.Connection) -> list[CoARecord]:
+            conditions, params = [], []
+            if session_id is not None:
+                conditions.append("session_id = ?")
+                params.append(session_id)
+            if subscriber is not None:
+                conditions.append("subscriber_id = ?")
+                params.append(_find_subscriber(conn, subscriber)["id"])
+            where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+            return [coa_from_row(r) for r in conn.execute(
+                f"SELECT * FROM coa_requests{where} ORDER BY id DESC LIMIT ?", (*params, limit))]
+
+        return await self._read("list_coa", run)
+
+    async def usage(self, subscriber: SubscriberRef, *, since: float, until: float) -> Usage:
+        return await self._read("usage", lambda conn: usage_between(
+            conn, int(_find_subscriber(conn, subscriber)["id"]), since, until))
+
     # --- retention
 
     async def purge_history(self, before: float) -> dict[str, int]:
@@ -962,6 +1062,8 @@ _HISTORY = (
     ("radius_sessions", "radius_sessions", "stopped_at IS NOT NULL AND stopped_at < ?"),
     ("leases", "leases", "state != 'bound' AND expires_at < ?"),
     ("audit_log", "audit_log", "at < ?"),
+    ("coa_requests", "coa_requests", "at < ?"),
+    ("usage_daily", "usage_daily", "day < strftime('%Y-%m-%d', ?, 'unixepoch')"),
 )
 
 _STATUS_ACTIONS = {
