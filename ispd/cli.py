@@ -43,6 +43,7 @@ from ispd.store.models import (
     LeaseHistoryEntry,
     LeaseState,
     Plan,
+    RadiusSession,
     Reservation,
     ReservationKind,
     StoredCredentials,
@@ -224,6 +225,14 @@ def render_overview(o: SubscriberOverview) -> str:
     lines += [f"  {x.acct_session_id} on {x.nas_address} ip {x.framed_ip or '-'} from {when(x.started_at)}"
               f" {'open' if x.stopped_at is None else 'ended ' + when(x.stopped_at)}"
               f" in {x.input_octets} out {x.output_octets} bytes" for x in o.sessions]
+    u = o.usage_this_month
+    lines.append(f"usage         this month (UTC): in {u.input_octets} out {u.output_octets} bytes, "
+                 f"{u.session_seconds} s online")
+    if o.coa:
+        lines.append("coa/disconnect")
+        lines += [f"  {when(c.at)} {c.kind} session #{c.session_id} on {c.nas_address}: {c.result}"
+                  f"{' error-cause ' + str(c.error_cause) if c.error_cause else ''}"
+                  f"{' (' + c.reason + ')' if c.reason else ''}" for c in o.coa]
     lines.append(f"mailboxes     {len(o.mailboxes) or 'none'}")
     lines += [f"  {m.address}" for m in o.mailboxes]
     lines.append("recent changes")
@@ -263,6 +272,14 @@ async def cmd_subscriber_status(store: Store, args: argparse.Namespace, status: 
 async def cmd_subscriber_delete(store: Store, args: argparse.Namespace) -> None:
     subscriber = await store.delete_subscriber(args.subscriber, actor=actor())
     print(f"deleted subscriber {subscriber.username} (#{subscriber.id}); its history is kept")
+
+
+async def cmd_subscriber_set_plan(store: Store, args: argparse.Namespace) -> None:
+    if args.none == (args.plan is not None):
+        raise CommandFailed("give a PLAN, or --none for no plan")
+    subscriber = await store.set_subscriber_plan(args.subscriber, None if args.none else args.plan, actor=actor())
+    plan = await store.get_plan(subscriber.plan_id) if subscriber.plan_id is not None else None
+    print(f"{subscriber.username} is now on {'plan ' + plan.name if plan else 'no plan'}")
 
 
 async def cmd_subscriber_passwd(store: Store, args: argparse.Namespace) -> None:
@@ -507,6 +524,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("delete", parents=[config_opts], help="delete a subscriber (history is kept)")
     p.add_argument("subscriber", help="username or id")
     p.set_defaults(handler=cmd_subscriber_delete)
+    p = sub.add_parser("set-plan", parents=[config_opts], help="move a subscriber to another plan",
+                       description="Move a subscriber to another plan. A running daemon sends the subscriber's open "
+                                   "RADIUS sessions a CoA-Request with the new plan's attributes.")
+    p.add_argument("subscriber", help="username or id")
+    p.add_argument("plan", nargs="?", help="the plan's name or id")
+    p.add_argument("--none", action="store_true", help="no plan")
+    p.set_defaults(handler=cmd_subscriber_set_plan)
     p = sub.add_parser("passwd", parents=[config_opts, password_opts], help="set a subscriber's password")
     p.add_argument("subscriber", help="username or id")
     p.set_defaults(handler=cmd_subscriber_passwd, prepare=read_password_for_passwd)
@@ -529,14 +553,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("plan", help="name or id")
     p.set_defaults(handler=cmd_plan_show)
 
-    reservation = top.add_parser("reservation", help="DHCP reservations").add_subparsers(dest="action",
+    reservation = top.add_parser("reservation", help="DHCP and RADIUS reservations").add_subparsers(dest="action",
                                                                                          required=True)
     p = reservation.add_parser(
         "add", parents=[config_opts, json_opt],
         help="tie a client to a subscriber, with a fixed address or host name if given",
         description="Tie a client to a subscriber, by exactly one of --mac, --client-id (DHCP option 61), "
-                    "--circuit-id or --remote-id (option 82, as the relay sends them). Without --address the "
-                    "client gets an address from the pools.",
+                    "--circuit-id or --remote-id (option 82, as the relay sends them), or --username (a RADIUS "
+                    "login). Without --address the client gets an address from the pools (RADIUS: from the NAS).",
     )
     p.add_argument("subscriber", help="username or id")
     keys = p.add_mutually_exclusive_group(required=True)
@@ -548,6 +572,9 @@ def build_parser() -> argparse.ArgumentParser:
                       metavar="TEXT", help="relay agent circuit-id: printable text, or 0x and hex")
     keys.add_argument("--remote-id", type=checked_arg(lambda v: reservation_key("remote-id", v)[1]),
                       metavar="TEXT", help="relay agent remote-id: printable text, or 0x and hex")
+    keys.add_argument("--username", type=checked_arg(lambda v: reservation_key("username", v)[1]),
+                      metavar="LOGIN", help="a RADIUS login (User-Name, e.g. a PPPoE login) of the subscriber; "
+                                            "its --address goes out as Framed-IP-Address")
     p.add_argument("--address", type=checked_arg(reservable_address), help="the fixed IPv4 address")
     p.add_argument("--hostname", type=checked_arg(hostname_text), help="the host name to give the client")
     p.set_defaults(handler=cmd_reservation_add)
@@ -594,7 +621,95 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--type", type=checked_arg(dns_type_text), help="only this record type (e.g. A, AAAA, MX)")
     p.add_argument("--all", action="store_true", help="empty the caches")
     p.set_defaults(handler=cmd_dns_cache_flush, without_store=True)
+
+    session = top.add_parser("session", help="RADIUS sessions").add_subparsers(dest="action", required=True)
+    p = session.add_parser("list", parents=[config_opts, json_opt], help="list RADIUS sessions, newest first")
+    p.add_argument("--open", action="store_true", help="only sessions still open")
+    p.add_argument("--subscriber", help="only this subscriber's (username or id)")
+    p.add_argument("--nas", type=checked_arg(ip_text), help="only this NAS's (its address)")
+    p.add_argument("--limit", type=positive_int, default=100, help="at most this many (default: 100)")
+    p.set_defaults(handler=cmd_session_list)
+    p = session.add_parser("show", parents=[config_opts, json_opt], help="one session, with its CoA history")
+    p.add_argument("id", type=positive_int, help="the session's number (see session list)")
+    p.set_defaults(handler=cmd_session_show)
+    p = session.add_parser("disconnect", parents=[config_opts],
+                           help="end a session: the running daemon sends its NAS a Disconnect-Request")
+    p.add_argument("id", type=positive_int, help="the session's number (see session list)")
+    p.add_argument("--reason", type=name_text, help="why (kept with the outcome)")
+    p.set_defaults(handler=cmd_session_disconnect, without_store=True)
+    p = session.add_parser("coa", parents=[config_opts],
+                           help="send a session the subscriber's current profile (CoA-Request)")
+    p.add_argument("id", type=positive_int, help="the session's number (see session list)")
+    p.set_defaults(handler=cmd_session_coa, without_store=True)
     return parser
+
+
+def ip_text(text: str) -> str:
+    from ipaddress import ip_address
+
+    try:
+        return str(ip_address(text.strip()))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address") from None
+
+
+SESSION_HEADERS = ["ID", "USERNAME", "NAS", "SESSION_ID", "IP", "STARTED", "STOPPED", "CAUSE", "IN_BYTES",
+                   "OUT_BYTES", "SECONDS"]
+
+
+def session_row(x: RadiusSession) -> list[Any]:
+    return [x.id, x.username, x.nas_address, x.acct_session_id, x.framed_ip, when(x.started_at),
+            when(x.stopped_at) if x.stopped_at is not None else "open", x.terminate_cause, x.input_octets,
+            x.output_octets, x.session_time_seconds]
+
+
+async def cmd_session_list(store: Store, args: argparse.Namespace) -> None:
+    sessions = await store.list_sessions(open_only=args.open, subscriber=args.subscriber, nas_address=args.nas,
+                                         limit=args.limit)
+    if args.json:
+        print_json(sessions)
+        return
+    print_table(SESSION_HEADERS, [session_row(x) for x in sessions])
+
+
+async def cmd_session_show(store: Store, args: argparse.Namespace) -> None:
+    session = await store.get_session(args.id)
+    coa = await store.list_coa(session_id=session.id)
+    if args.json:
+        print_json({**_jsonable(session), "coa": _jsonable(coa)})
+        return
+    for f in dataclasses.fields(session):
+        value = getattr(session, f.name)
+        shown = when(value) if f.name.endswith("_at") and value is not None else value
+        print(f"{f.name.replace('_', ' '):<24}{'-' if shown is None else shown}")
+    for record in coa:
+        print(f"{record.kind:<24}{when(record.at)} {record.result}"
+              f"{' error-cause ' + str(record.error_cause) if record.error_cause else ''}"
+              f" after {record.attempts} attempt(s){' (' + record.reason + ')' if record.reason else ''}")
+
+
+def _describe_coa(result: dict[str, Any]) -> str:
+    text = f"{result['kind']} of session #{result['session_id']}: {result['result']}"
+    if result.get("error_cause"):
+        text += f" (Error-Cause {result['error_cause']})"
+    if result.get("detail") and result["result"] in ("timeout", "error"):
+        text += f" ({result['detail']})"
+    return text
+
+
+async def cmd_session_disconnect(config: Config, args: argparse.Namespace) -> None:
+    result = await daemon_request(config, args, "radius.session.disconnect",
+                                  {"session_id": args.id, "reason": args.reason})
+    print(_describe_coa(result))
+    if result["result"] != "ack":
+        raise CommandFailed("the NAS did not confirm the disconnect")
+
+
+async def cmd_session_coa(config: Config, args: argparse.Namespace) -> None:
+    result = await daemon_request(config, args, "radius.session.coa", {"session_id": args.id})
+    print(_describe_coa(result))
+    if result["result"] != "ack":
+        raise CommandFailed("the NAS did not confirm the change")
 
 
 def dns_type_text(text: str) -> str:
@@ -630,6 +745,8 @@ async def daemon_request(config: Config, args: argparse.Namespace, command: str,
     except ControlError as exc:
         if exc.code == "unknown_command" and command.startswith("dns."):
             raise CommandFailed(f"the daemon at {path} does not run the DNS resolver (is [dns] enabled?)") from None
+        if exc.code == "unknown_command" and command.startswith("radius."):
+            raise CommandFailed(f"the daemon at {path} does not run RADIUS (is [radius] enabled?)") from None
         raise CommandFailed(str(exc)) from None
 
 
@@ -681,6 +798,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for problem in problems:
                     print(f"ispd: dns: {problem}", file=sys.stderr)
                 if problems:
+                    return EXIT_USAGE
+            if config.radius.enabled:
+                from ispd.radius.service import check_files as check_radius_files
+
+                radius_problems = check_radius_files(config.radius)
+                for problem in radius_problems:
+                    print(f"ispd: radius: {problem}", file=sys.stderr)
+                if radius_problems:
                     return EXIT_USAGE
             print(f"{args.config}: ok")
             return 0

@@ -19,6 +19,7 @@ from ispd.dhcp.config import DHCPConfig
 from ispd.dns.config import DNSConfig
 from ispd.logs import LogConfig
 from ispd.metrics.config import MetricsConfig
+from ispd.radius.config import RadiusConfig
 from ispd.store.config import StoreConfig
 
 
@@ -49,6 +50,7 @@ class Config(Section):
     metrics: MetricsConfig = MetricsConfig()
     dhcp: DHCPConfig = DHCPConfig()
     dns: DNSConfig = DNSConfig()
+    radius: RadiusConfig = RadiusConfig()
 
 
 class ConfigError(Exception):
@@ -104,6 +106,9 @@ def _resolve_relative_paths(config: Config, base: Path) -> Config:
             "private_key": anchored(section.private_key) if section.private_key is not None else None,
         }) for key, section in (("dot", dns.dot), ("doh", dns.doh), ("doq", dns.doq))},
     })})
+    radius = config.radius
+    config = config.model_copy(update={"radius": radius.model_copy(update={
+        "dictionaries": [anchored(path) for path in radius.dictionaries]})})
     return config
 
 

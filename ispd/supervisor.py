@@ -46,6 +46,7 @@ from ispd.events import AuditRelay, EventBus
 from ispd.logs import configure_logging, get_logger
 from ispd.metrics.fast import FastCollector
 from ispd.metrics.service import MetricsService
+from ispd.radius.service import RadiusService
 from ispd.sdnotify import Notifier, watchdog_interval
 from ispd.service import Service, ServiceContext, ServiceSpec, ServiceStartError
 from ispd.store import Store, StoreError, StoreMetrics, open_store
@@ -57,6 +58,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("metrics", lambda c: c.metrics.enabled, MetricsService),
     ServiceSpec("dhcp", lambda c: c.dhcp.enabled, DHCPService),
     ServiceSpec("dns", lambda c: c.dns.enabled, DNSService),
+    ServiceSpec("radius", lambda c: c.radius.enabled, RadiusService),
 )
 
 STORE_PING_TIMEOUT_SECONDS = 2.0

@@ -125,7 +125,7 @@ def test_failures_are_one_clear_line(config_path: Path, args: tuple[str, ...], c
         (("reservation", "add", "alice", "--mac", "02:00:5e:10:00"), "'02:00:5e:10:00' is not a MAC address"),
         (("reservation", "add", "alice", "--mac", "02:00:00:00:00:01", "--circuit-id", "eth0/1"),
          "argument --circuit-id: not allowed with argument --mac"),
-        (("reservation", "add", "alice"), "one of the arguments --mac --client-id --circuit-id --remote-id is required"),
+        (("reservation", "add", "alice"), "one of the arguments --mac --client-id --circuit-id --remote-id --username is required"),
         (("reservation", "add", "alice", "--client-id", "xyz"), "is not a client identifier"),
         (("reservation", "add", "alice", "--circuit-id", ""), "the circuit-id is empty"),
         (("reservation", "add", "alice", "--remote-id", "tab\there"), "write a remote-id as printable ASCII"),

@@ -1,0 +1,1 @@
+"""RADIUS: authentication, accounting and dynamic authorization for the access network."""

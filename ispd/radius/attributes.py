@@ -1,0 +1,226 @@
+"""Attribute values by dictionary type: text ⇄ wire, and reply attributes ready to encode.
+
+The engines read the few attributes they act on by number (``codec.Attr``); this module is for
+everything named by an operator (reply attributes in the config, ``Name = value`` as FreeRADIUS
+writes them) and for showing a request's attributes to people (logs, the accounting history).
+
+A ``ReplyAttribute`` is checked and converted once, when the config is loaded; encoding it into
+a reply is then a matter of joining bytes, except for the hidden ones (``encrypt=1|2``: the
+Tunnel-Password and MPPE-key kind), which need the request's authenticator and the secret.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ispd.radius.codec import Attr, hide_password, hide_salted, split_vendor_specific
+from ispd.radius.config import parse_assignment
+from ispd.radius.dictionary import Attribute, DataType, Dictionary, Encryption
+
+_U32 = struct.Struct("!I")
+_S32 = struct.Struct("!i")
+_U64 = struct.Struct("!Q")
+_U16 = struct.Struct("!H")
+# Never shown in logs or the accounting history.
+HIDDEN_NAMES = frozenset({"user-password", "chap-password", "tunnel-password", "ms-chap-mppe-keys",
+                          "ms-mppe-send-key", "ms-mppe-recv-key", "ms-chap2-response", "ms-chap-response",
+                          "eap-message", "message-authenticator", "state"})
+
+
+class AttributeValueError(ValueError):
+    """A value that does not fit its attribute's type; str() says what to write instead."""
+
+
+def encode_value(attribute: Attribute, text: str, tag: int | None = None) -> bytes:
+    """The wire value of ``text`` for ``attribute`` (before any hiding)."""
+    kind = attribute.type
+    try:
+        if kind == DataType.STRING:
+            value = text.encode("utf-8")
+        elif kind in (DataType.OCTETS, DataType.ABINARY):
+            value = bytes.fromhex(text[2:]) if text[:2].lower() == "0x" else text.encode("utf-8")
+        elif kind in (DataType.INTEGER, DataType.DATE, DataType.BYTE, DataType.SHORT, DataType.INTEGER64,
+                      DataType.SIGNED):
+            value = _encode_number(attribute, text)
+        elif kind == DataType.IPADDR:
+            value = ipaddress.IPv4Address(text).packed
+        elif kind == DataType.IPV6ADDR:
+            value = ipaddress.IPv6Address(text).packed
+        elif kind == DataType.COMBO_IP:
+            value = ipaddress.ip_address(text).packed
+        elif kind == DataType.IPV6PREFIX:
+            network = ipaddress.IPv6Network(text, strict=False)
+            value = bytes((0, network.prefixlen)) + network.network_address.packed[:(network.prefixlen + 7) // 8]
+        elif kind == DataType.IPV4PREFIX:
+            network4 = ipaddress.IPv4Network(text, strict=False)
+            value = bytes((0, network4.prefixlen)) + network4.network_address.packed
+        elif kind == DataType.IFID:
+            groups = text.split(":")
+            if len(groups) != 4:
+                raise ValueError("an interface id is four groups of hex digits, e.g. 0000:0000:0000:0001")
+            value = b"".join(int(g, 16).to_bytes(2, "big") for g in groups)
+        elif kind == DataType.ETHER:
+            digits = text.replace(":", "").replace("-", "").replace(".", "")
+            value = bytes.fromhex(digits)
+            if len(value) != 6:
+                raise ValueError("a MAC address has six bytes")
+        else:
+            raise AttributeValueError(f"{attribute.name}: values of type {kind} cannot be written in the config")
+    except (ValueError, OverflowError) as exc:
+        if isinstance(exc, AttributeValueError):
+            raise
+        raise AttributeValueError(f"{attribute.name}: {text!r} is not a valid {kind}: {exc}") from None
+    if attribute.has_tag and tag is not None:
+        if kind == DataType.INTEGER:
+            value = bytes((tag,)) + value[1:]  # RFC 2868 §3.1: the tag takes the first octet
+        elif attribute.encrypt == Encryption.NONE:
+            value = bytes((tag,)) + value
+    if len(value) > 247:
+        raise AttributeValueError(f"{attribute.name}: the value is longer than an attribute can carry")
+    return value
+
+
+def _encode_number(attribute: Attribute, text: str) -> bytes:
+    named = attribute.value_number(text)
+    number = named if named is not None else int(text, 0)
+    kind = attribute.type
+    if kind == DataType.SIGNED:
+        return _S32.pack(number)
+    if kind == DataType.INTEGER64:
+        return _U64.pack(number)
+    if kind == DataType.SHORT:
+        return _U16.pack(number)
+    if kind == DataType.BYTE:
+        return bytes((number,))
+    return _U32.pack(number)
+
+
+def decode_value(attribute: Attribute, value: bytes) -> str | int:
+    """A wire value in presentation form (VALUE names for enumerated integers); undecodable
+    values come back as 0x-hex."""
+    kind = attribute.type
+    try:
+        if attribute.has_tag and value and value[0] <= 0x1F and kind == DataType.STRING:
+            value = value[1:]
+        if kind == DataType.STRING:
+            return value.decode("utf-8")
+        if kind in (DataType.INTEGER, DataType.DATE) and len(value) == 4:
+            number = _U32.unpack(value)[0] & (0xFFFFFF if attribute.has_tag else 0xFFFFFFFF)
+            return attribute.value_name(number) or number
+        if kind == DataType.INTEGER64 and len(value) == 8:
+            return int(_U64.unpack(value)[0])
+        if kind == DataType.SIGNED and len(value) == 4:
+            return int(_S32.unpack(value)[0])
+        if kind == DataType.SHORT and len(value) == 2:
+            return int(_U16.unpack(value)[0])
+        if kind == DataType.BYTE and len(value) == 1:
+            return value[0]
+        if kind == DataType.IPADDR and len(value) == 4:
+            return str(ipaddress.IPv4Address(value))
+        if kind == DataType.IPV6ADDR and len(value) == 16:
+            return str(ipaddress.IPv6Address(value))
+        if kind == DataType.COMBO_IP and len(value) in (4, 16):
+            return str(ipaddress.ip_address(value))
+        if kind == DataType.IPV6PREFIX and 2 <= len(value) <= 18 and value[1] <= 128:
+            address = ipaddress.IPv6Address(value[2:].ljust(16, b"\x00"))
+            return f"{address}/{value[1]}"
+        if kind == DataType.ETHER and len(value) == 6:
+            return value.hex(":")
+    except (UnicodeDecodeError, ValueError):
+        pass
+    return "0x" + value.hex()
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyAttribute:
+    """An attribute to put into replies, its value already in wire form."""
+
+    name: str
+    code: int  # the attribute's number in the standard space, or the vendor's type
+    value: bytes
+    vendor: int = 0
+    vendor_type_size: int = 1
+    vendor_length_size: int = 1
+    encrypt: Encryption = Encryption.NONE
+    tag: int | None = None
+
+    @property
+    def hidden(self) -> bool:
+        return self.encrypt != Encryption.NONE
+
+    def encode(self, secret: bytes = b"", request_authenticator: bytes = b"") -> bytes:
+        value = self.value
+        if self.encrypt == Encryption.TUNNEL_PASSWORD:
+            value = hide_salted(value, secret, request_authenticator)
+            if self.tag is not None:
+                value = bytes((self.tag,)) + value
+        elif self.encrypt == Encryption.USER_PASSWORD:
+            value = hide_password(value, secret, request_authenticator)
+        if self.vendor == 0:
+            return bytes((self.code, len(value) + 2)) + value
+        sub = (self.code.to_bytes(self.vendor_type_size, "big")
+               + ((len(value) + self.vendor_type_size + self.vendor_length_size)
+                  .to_bytes(self.vendor_length_size, "big") if self.vendor_length_size else b"")
+               + value)
+        return bytes((Attr.VENDOR_SPECIFIC, len(sub) + 6)) + _U32.pack(self.vendor) + sub
+
+
+def reply_attribute(dictionary: Dictionary, text: str) -> ReplyAttribute:
+    """``Name = value`` (or ``Name:tag = value``) checked against the dictionary."""
+    name, tag, value_text = parse_assignment(text)
+    attribute = dictionary.get(name)
+    if attribute is None:
+        raise AttributeValueError(f"{name}: no such attribute in the dictionaries")
+    if len(attribute.oid) != 1:
+        raise AttributeValueError(f"{name}: extended and TLV attributes cannot be sent yet")
+    if attribute.encrypt == Encryption.ASCEND_SECRET:
+        raise AttributeValueError(f"{name}: Ascend-style hidden attributes are not supported")
+    if tag is not None and not attribute.has_tag:
+        raise AttributeValueError(f"{name} takes no tag")
+    return make_reply_attribute(dictionary, attribute, encode_value(attribute, value_text, tag), tag)
+
+
+def make_reply_attribute(dictionary: Dictionary, attribute: Attribute, value: bytes,
+                         tag: int | None = None) -> ReplyAttribute:
+    type_size, length_size = 1, 1
+    if attribute.vendor:
+        vendor = dictionary.vendor(attribute.vendor)
+        if vendor is not None:
+            type_size, length_size = vendor.type_size, vendor.length_size
+    return ReplyAttribute(attribute.name, attribute.code, value, attribute.vendor, type_size, length_size,
+                          attribute.encrypt, tag)
+
+
+def named_reply_attribute(dictionary: Dictionary, name: str, value: bytes) -> ReplyAttribute:
+    """A reply attribute the engine itself writes, by dictionary name (the value in wire form)."""
+    return make_reply_attribute(dictionary, dictionary.attribute(name), value)
+
+
+def encode_reply(attributes: Iterable[ReplyAttribute], secret: bytes, request_authenticator: bytes) -> bytes:
+    return b"".join(a.encode(secret, request_authenticator) for a in attributes)
+
+
+def describe(attributes: Iterable[tuple[int, bytes]], dictionary: Dictionary) -> dict[str, list[str | int]]:
+    """A request's attributes by name, for people: hidden ones left out, unknown ones by number."""
+    out: dict[str, list[str | int]] = {}
+    for code, value in attributes:
+        if code == Attr.VENDOR_SPECIFIC and len(value) > 4:
+            vendor_id = _U32.unpack_from(value)[0]
+            vendor = dictionary.vendor(vendor_id)
+            subs = split_vendor_specific(value, vendor.type_size, vendor.length_size) if vendor else \
+                split_vendor_specific(value)
+            for vendor_type, sub in subs or ():
+                _describe_one(out, dictionary.by_code(vendor_type, vendor_id), f"{vendor_id}:{vendor_type}", sub)
+            continue
+        _describe_one(out, dictionary.by_code(code), str(code), value)
+    return out
+
+
+def _describe_one(out: dict[str, list[str | int]], attribute: Attribute | None, number: str, value: bytes) -> None:
+    if attribute is None:
+        out.setdefault(f"Attr-{number}", []).append("0x" + value.hex())
+    elif attribute.name.lower() not in HIDDEN_NAMES and attribute.encrypt == Encryption.NONE:
+        out.setdefault(attribute.name, []).append(decode_value(attribute, value))

@@ -1,0 +1,179 @@
+"""The ``[radius]`` section: listeners, the NASes allowed to talk to ispd, and what replies carry.
+
+Defaults are a careful server's: loopback listeners until the operator names real addresses, no
+client until one is configured (a request from an unknown address is dropped, RFC 2865 §5.4's
+"silently discard"), Message-Authenticator required from every NAS (the BlastRADIUS fix,
+CVE-2024-3596; ``auto`` for firmware that learnt it late), Proxy-State without a
+Message-Authenticator refused, suspended subscribers rejected. Reply attributes are written as
+FreeRADIUS writes them (``Mikrotik-Address-List = walled-garden``); their names are checked
+against the dictionaries when the service starts and by ``ispd check-config``.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from ipaddress import IPv4Network, IPv6Network, ip_network
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, field_validator, model_validator
+
+from ispd.configtypes import IPNetwork, ListenAddress, Section
+
+_ASSIGNMENT = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?::(\d{1,2}))?\s*=\s*(.*?)\s*$")
+
+
+class MessageAuthenticatorPolicy(StrEnum):
+    """Per NAS, as FreeRADIUS 3.2.5+ (``require_message_authenticator``, ``limit_proxy_state``)."""
+
+    YES = "yes"  # requests without a valid Message-Authenticator are dropped
+    AUTO = "auto"  # as "no" until the NAS sends one, then as "yes" (until ispd restarts)
+    NO = "no"  # checked when present, not required
+
+
+class NasKind(StrEnum):
+    """What the NAS is, which decides how a plan's rate limit is written into an Access-Accept."""
+
+    GENERIC = "generic"  # no rate-limit attribute (use [[radius.plan]] attributes)
+    MIKROTIK = "mikrotik"  # Mikrotik-Rate-Limit = "UPk/DOWNk"
+    ACCEL_PPP = "accel-ppp"  # Filter-Id = "DOWN/UP" (kbit/s), accel-ppp's shaper default
+    CISCO = "cisco"  # Cisco-AVPair = "lcp:interface-config=rate-limit ..." is site-specific: none
+    JUNIPER = "juniper"  # ERX policies are named per site: none
+
+
+class SuspendedAction(StrEnum):
+    REJECT = "reject"  # Access-Reject; open sessions get a Disconnect-Request
+    WALLED_GARDEN = "walled-garden"  # Access-Accept with the walled-garden attributes; open sessions get CoA
+
+
+def _assignment(text: str) -> str:
+    """``Name = value`` or ``Name:tag = value`` (a tag for tunnel attributes), value as written."""
+    match = _ASSIGNMENT.match(text)
+    if match is None or not match.group(3):
+        raise ValueError(f"{text!r} is not an attribute assignment (write it like 'Mikrotik-Address-List = home')")
+    if match.group(2) is not None and not 1 <= int(match.group(2)) <= 31:
+        raise ValueError(f"{text!r}: a tag is a number from 1 to 31")
+    return text.strip()
+
+
+AttributeAssignment = Annotated[str, AfterValidator(_assignment)]
+
+
+def parse_assignment(text: str) -> tuple[str, int | None, str]:
+    """(name, tag, value) of a checked assignment; quotes around the value are removed."""
+    match = _ASSIGNMENT.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not an attribute assignment")
+    value = match.group(3)
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        value = value[1:-1]
+    return match.group(1), int(match.group(2)) if match.group(2) else None, value
+
+
+def _client_network(value: object) -> object:
+    if isinstance(value, str):
+        try:
+            return ip_network(value, strict=True)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not an address or network (e.g. 198.18.0.1 or 198.18.0.0/24): "
+                             f"{exc}") from None
+    return value
+
+
+ClientNetwork = Annotated[IPv4Network | IPv6Network, BeforeValidator(_client_network)]
+
+
+class RadiusClientConfig(Section):
+    # A NAS (or a network of them) that may send requests, with its shared secret.
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    address: ClientNetwork
+    secret: SecretStr
+    require_message_authenticator: MessageAuthenticatorPolicy = MessageAuthenticatorPolicy.YES
+    # Access-Requests carrying Proxy-State but no Message-Authenticator are dropped ("yes"), as
+    # FreeRADIUS does for BlastRADIUS; "auto" relaxes it until the NAS sends one.
+    limit_proxy_state: MessageAuthenticatorPolicy = MessageAuthenticatorPolicy.YES
+    kind: NasKind = NasKind.GENERIC
+    # Where Disconnect-Request and CoA-Request go (RFC 5176): the session's NAS-IP-Address (or the
+    # request's source) at this port.
+    coa_port: int = Field(default=3799, ge=1, le=65535)
+
+    @field_validator("secret")
+    @classmethod
+    def _usable_secret(cls, secret: SecretStr) -> SecretStr:
+        value = secret.get_secret_value()
+        if not value:
+            raise ValueError("the shared secret is empty")
+        if len(value.encode()) > 128:
+            raise ValueError("the shared secret is longer than 128 bytes")
+        return secret
+
+
+class PlanReplyConfig(Section):
+    # What the Access-Accept of a plan's subscribers carries besides what the plan itself says
+    # (Session-Timeout, Idle-Timeout, the rate limit for the NAS's kind).
+    plan: str = Field(min_length=1)
+    attributes: list[AttributeAssignment] = []
+    # Framed-Pool for the NAS to allocate from, when the subscriber has no reserved address.
+    framed_pool: str | None = None
+    # Overrides [radius] suspended for this plan's subscribers.
+    suspended: SuspendedAction | None = None
+
+
+class RadiusConfig(Section):
+    enabled: bool = False
+    listen_auth: list[ListenAddress] = Field(default_factory=lambda: ["127.0.0.1:1812"])  # type: ignore[arg-type]
+    listen_acct: list[ListenAddress] = Field(default_factory=lambda: ["127.0.0.1:1813"])  # type: ignore[arg-type]
+    client: list[RadiusClientConfig] = []
+    # More dictionary files in FreeRADIUS's format, on top of those ispd ships (standard,
+    # Microsoft, MikroTik, Cisco, Juniper, DSL Forum), e.g. /usr/share/freeradius/dictionary.
+    dictionaries: list[Path] = []
+    # Acct-Interim-Interval sent in every Access-Accept (0: not sent). A session the NAS has not
+    # reported on for stale_session_intervals intervals is closed.
+    interim_interval_seconds: int = Field(default=300, ge=0, le=86400)
+    stale_session_intervals: int = Field(default=3, ge=2, le=100)
+    suspended: SuspendedAction = SuspendedAction.REJECT
+    # The walled-garden profile: what an Access-Accept (or CoA) carries for a suspended
+    # subscriber instead of the plan's attributes.
+    walled_garden_attributes: list[AttributeAssignment] = []
+    plan: list[PlanReplyConfig] = []
+    # A retransmission (same source, ID and authenticator) within this long gets the first reply.
+    duplicate_window_seconds: float = Field(default=30.0, ge=1, le=600)
+    # A password checked against a slow verifier (scrypt) is remembered this long as a keyed
+    # hash in memory, so that the next PAP of that subscriber is quick; 0: never remembered.
+    auth_cache_seconds: int = Field(default=3600, ge=0, le=7 * 86400)
+    # Verifier checks (each ~50 ms of CPU) waiting at once; beyond it requests are dropped and
+    # the NAS retries.
+    max_pending_password_checks: int = Field(default=64, ge=1, le=10_000)
+    # An Access-Reject waits this long (FreeRADIUS's reject_delay): slows password guessing.
+    reject_delay_seconds: float = Field(default=1.0, ge=0, le=10)
+    # Disconnect-Request and CoA-Request: wait this long for an answer, send this many times.
+    coa_timeout_seconds: float = Field(default=3.0, gt=0, le=60)
+    coa_attempts: int = Field(default=3, ge=1, le=10)
+    # A UDP receive buffer that rides out bursts (the kernel default drops beyond ~250 requests).
+    receive_buffer_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RadiusConfig:
+        if not self.enabled:
+            return self
+        if not self.listen_auth and not self.listen_acct:
+            raise ValueError('give listen_auth or listen_acct addresses, e.g. listen_auth = ["198.18.0.1:1812"]')
+        names = [c.name for c in self.client]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"client: the name {duplicates[0]!r} is used twice")
+        networks = [c.address for c in self.client]
+        for i, a in enumerate(networks):
+            for b in networks[i + 1:]:
+                if a == b:
+                    raise ValueError(f"client: {a} is configured twice")
+        plans = [p.plan for p in self.plan]
+        if len(plans) != len(set(plans)):
+            raise ValueError("plan: a plan has two [[radius.plan]] tables")
+        return self
+
+
+def client_networks(config: RadiusConfig) -> list[tuple[IPNetwork, RadiusClientConfig]]:
+    """The clients, most specific network first (a host entry wins over its subnet's)."""
+    return sorted(((c.address, c) for c in config.client), key=lambda pair: -pair[0].prefixlen)

@@ -1,0 +1,143 @@
+"""What the RADIUS engine knows of subscribers, held in memory: who may log in, with what.
+
+Theory of operation. A NAS asks at rates a store round trip per request could not serve, so
+the service loads every subscriber's status, plan, password forms and RADIUS-relevant
+reservations once (``Directory.load``) and then follows the store's events, re-reading one
+subscriber when an event names it (``Directory.replace``/``remove``). A login name is the
+subscriber's username or the key of one of its ``username`` reservations (a PPP login of its
+own, usually with a fixed address).
+
+Passwords (``PasswordChecker``): PAP gets the password itself, which is checked against the
+cheapest form the store keeps — the cleartext, else the NT hash (one MD4), else the scrypt
+verifier (~50 ms: the service runs it in an executor). A password that passed the verifier is
+remembered for ``auth_cache_seconds`` as a keyed BLAKE2b hash under a key that lives only in
+this process (as Dovecot's auth cache does), so that a subscriber's next PAP costs one hash; a
+password change or a restart forgets it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ispd.credentials import check_verifier, nt_hash
+from ispd.store.models import Plan, Reservation, ReservationKind, StoredCredentials, Subscriber
+
+
+@dataclass(slots=True)
+class AuthSubject:
+    subscriber: Subscriber
+    plan: Plan | None
+    credentials: StoredCredentials
+    # Reservations with a fixed address, by (kind, canonical key).
+    addressed: dict[tuple[str, str], str] = field(default_factory=dict)
+    # Encoded reply attributes by (NAS kind, framed address): built once per subject.
+    reply_cache: dict[tuple[str, str | None], bytes] = field(default_factory=dict)
+
+    @property
+    def id(self) -> int:
+        return self.subscriber.id
+
+
+class Directory:
+    def __init__(self) -> None:
+        self.subjects: dict[int, AuthSubject] = {}
+        self.logins: dict[str, tuple[AuthSubject, str | None]] = {}  # login → (subject, its reserved address)
+        self.plans: dict[int, Plan] = {}
+
+    def load(self, subscribers: Iterable[Subscriber], plans: Iterable[Plan],
+             credentials: dict[int, StoredCredentials], reservations: Iterable[Reservation]) -> None:
+        self.plans = {plan.id: plan for plan in plans}
+        by_subscriber: dict[int, list[Reservation]] = {}
+        for reservation in reservations:
+            by_subscriber.setdefault(reservation.subscriber_id, []).append(reservation)
+        self.subjects.clear()
+        self.logins.clear()
+        for subscriber in subscribers:
+            self._add(subscriber, credentials.get(subscriber.id, StoredCredentials()),
+                      by_subscriber.get(subscriber.id, []))
+
+    def replace(self, subscriber: Subscriber, credentials: StoredCredentials,
+                reservations: Iterable[Reservation], plan: Plan | None) -> None:
+        """A subscriber as the store has it now (after any change to it)."""
+        if plan is not None:
+            self.plans[plan.id] = plan
+        self.remove(subscriber.id)
+        self._add(subscriber, credentials, list(reservations))
+
+    def remove(self, subscriber_id: int) -> None:
+        subject = self.subjects.pop(subscriber_id, None)
+        if subject is None:
+            return
+        for login in [login for login, (s, _) in self.logins.items() if s is subject]:
+            del self.logins[login]
+
+    def _add(self, subscriber: Subscriber, credentials: StoredCredentials, reservations: list[Reservation]) -> None:
+        plan = self.plans.get(subscriber.plan_id) if subscriber.plan_id is not None else None
+        subject = AuthSubject(subscriber, plan, credentials)
+        self.subjects[subscriber.id] = subject
+        self.logins[subscriber.username] = (subject, None)
+        for reservation in reservations:
+            if reservation.kind == ReservationKind.USERNAME:
+                self.logins[reservation.key] = (subject, reservation.address)
+            elif reservation.address is not None:
+                subject.addressed[(str(reservation.kind), reservation.key)] = reservation.address
+
+    def find(self, login: str) -> tuple[AuthSubject, str | None] | None:
+        return self.logins.get(login)
+
+    def by_id(self, subscriber_id: int) -> AuthSubject | None:
+        return self.subjects.get(subscriber_id)
+
+
+class PasswordChecker:
+    def __init__(self, cache_seconds: float) -> None:
+        self.cache_seconds = cache_seconds
+        self._key = os.urandom(32)
+        # subscriber id → (keyed hash of the password, when it was verified, credentials' updated_at)
+        self._verified: dict[int, tuple[bytes, float, float]] = {}
+
+    def _digest(self, password: bytes) -> bytes:
+        return hashlib.blake2b(password, key=self._key, digest_size=32).digest()
+
+    def check_fast(self, subject: AuthSubject, password: bytes, now: float) -> bool | None:
+        """True or False when a cheap form decides; None when only the verifier can."""
+        credentials = subject.credentials
+        if credentials.cleartext is not None:
+            return hmac.compare_digest(credentials.cleartext.encode("utf-8"), password)
+        if credentials.nt_hash is not None:
+            try:
+                text = password.decode("utf-8")
+            except UnicodeDecodeError:
+                return False
+            return hmac.compare_digest(nt_hash(text), credentials.nt_hash)
+        remembered = self._verified.get(subject.id)
+        if (remembered is not None and remembered[2] == credentials.updated_at
+                and now - remembered[1] < self.cache_seconds):
+            if hmac.compare_digest(remembered[0], self._digest(password)):
+                return True
+            return None  # perhaps a new password the cache has not seen: ask the verifier
+        if credentials.verifier is None:
+            return False
+        return None
+
+    @staticmethod
+    def check_slow(verifier: str, password: bytes) -> bool:
+        """The scrypt check: run it in an executor."""
+        try:
+            return check_verifier(verifier, password.decode("utf-8"))
+        except UnicodeDecodeError:
+            return False
+
+    def remember(self, subject: AuthSubject, password: bytes, now: float) -> None:
+        if self.cache_seconds <= 0:
+            return
+        if len(self._verified) > 1_000_000:
+            self._verified.clear()
+        self._verified[subject.id] = (self._digest(password), now, subject.credentials.updated_at)
+
+    def forget(self, subscriber_id: int) -> None:
+        self._verified.pop(subscriber_id, None)

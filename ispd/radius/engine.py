@@ -1,0 +1,639 @@
+"""The RADIUS server's decisions: (request, NAS, what the store says, now) → reply.
+
+Theory of operation
+-------------------
+Access-Request (RFC 2865 §4.1), after the transport found the NAS and decoded the packet:
+
+1. Message-Authenticator (RFC 3579 §3.2) and BlastRADIUS (CVE-2024-3596), per NAS: a value that
+   is present must be right; absent, the request is dropped when the NAS's
+   ``require_message_authenticator`` is yes (or auto, once that NAS has sent one), when it
+   carries EAP (always required) or Proxy-State (``limit_proxy_state``). Status-Server always
+   needs one (RFC 5997 §3) and is answered Access-Accept.
+2. The method, from what the request carries: EAP-Message (EAP-MD5, ``ispd.radius.eap``),
+   User-Password (PAP), CHAP-Password (CHAP, RFC 2865 §2.2), MS-CHAP-Challenge with
+   MS-CHAP2-Response (MS-CHAPv2) or MS-CHAP-Response (MS-CHAPv1) (RFC 2548). None: reject.
+3. The credentials: the login (User-Name) must name a subscriber or one of its ``username``
+   reservations, and the method needs a stored form that serves it (PAP: any; MS-CHAP: the NT
+   hash or the cleartext; CHAP and EAP-MD5: the cleartext). PAP against a scrypt verifier is
+   the one slow check: the decision is handed back as ``pending`` for the transport to run off
+   the loop, and ``finish_password_check`` completes it.
+4. Authorization: closed subscribers are rejected; suspended ones are rejected or accepted into
+   the walled-garden profile (``[radius] suspended``, per plan); a plan's ``max_sessions``
+   bounds the open sessions (Simultaneous-Use).
+5. The Access-Accept carries Class (``ispd:<subscriber id>``, echoed in accounting), the plan's
+   Session-Timeout and Idle-Timeout, Acct-Interim-Interval, Framed-IP-Address (the login's
+   reservation, or a reservation of the subscriber matching Calling-Station-Id, the circuit-id
+   or the remote-id) or else the plan's Framed-Pool, the rate limit in the NAS's dialect, the
+   plan's extra attributes and the method's own (MS-CHAP2-Success and MPPE keys, EAP-Success).
+
+Rejects carry only what the method needs (MS-CHAP-Error, EAP-Failure): nothing that tells a
+client why. The reason goes to metrics and logs (``RejectReason``).
+
+Accounting-Request (RFC 2866): the Request Authenticator must check out (else dropped); the
+request becomes an ``AccountingRecord`` — event time is arrival minus Acct-Delay-Time, octets
+include their Gigawords, the subscriber comes from Class or else the login — for the store to
+apply durably before the transport answers. Accounting-Requests need no Message-Authenticator
+(their authenticator already covers the packet) but one that is present must be right.
+
+Deliberately not here: sockets, the duplicate cache, the store, timers (the transport's).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import partial
+from ipaddress import IPv4Address, IPv6Address
+
+from ispd.credentials import nt_hash
+from ispd.dhcp.identifiers import normalize_key, opaque_text
+from ispd.radius import mschap
+from ispd.radius.attributes import ReplyAttribute, describe
+from ispd.radius.codec import (
+    Attr,
+    Code,
+    Packet,
+    RadiusDecodeError,
+    Vendor,
+    chap_response,
+    check_message_authenticator,
+    check_request_authenticator,
+    hide_password,
+    reveal_password,
+    u32,
+    vendor_specific,
+)
+from ispd.radius.config import MessageAuthenticatorPolicy, NasKind, SuspendedAction
+from ispd.radius.dictionary import Dictionary
+from ispd.radius.directory import AuthSubject, Directory, PasswordChecker
+from ispd.radius.eap import (
+    EAPCode,
+    EAPConversations,
+    EAPPacket,
+    EAPType,
+    check_md5_response,
+    decode_eap,
+    eap_attributes,
+    encode_eap,
+    md5_challenge_request,
+    md5_response_value,
+)
+from ispd.radius.sessions import OpenSessions
+from ispd.store.models import AccountingRecord, AccountingStatus, ReservationKind, SubscriberStatus
+
+_U32 = struct.Struct("!I")
+CLASS_PREFIX = b"ispd:"
+WALLED_SUFFIX = b":walled"
+EAP_CHALLENGE_TIMEOUT = 30  # Session-Timeout of an Access-Challenge: the NAS's retry timer (RFC 3579 §2.6.1)
+_MS_MPPE_ENCRYPTION_POLICY = 7
+_MS_MPPE_ENCRYPTION_TYPES = 8
+_MS_CHAP_ERROR = 2
+_MS_CHAP_RESPONSE = 1
+_MS_CHAP_MPPE_KEYS = 12
+_MS_CHAP_CHALLENGE = 11
+_MS_MPPE_SEND_KEY = 16
+_MS_MPPE_RECV_KEY = 17
+_MS_CHAP2_RESPONSE = 25
+_MS_CHAP2_SUCCESS = 26
+_ADSL_AGENT_CIRCUIT_ID = 1
+_ADSL_AGENT_REMOTE_ID = 2
+_STATUS_TYPES = {1: AccountingStatus.START, 2: AccountingStatus.STOP, 3: AccountingStatus.INTERIM_UPDATE,
+                 7: AccountingStatus.ACCOUNTING_ON, 8: AccountingStatus.ACCOUNTING_OFF}
+
+
+class RejectReason(StrEnum):
+    """Why an Access-Reject (a metric label: keep it closed)."""
+
+    NO_USER_NAME = "no_user_name"
+    NO_CREDENTIALS = "no_credentials"  # neither a password nor a challenge response
+    UNKNOWN_USER = "unknown_user"
+    WRONG_PASSWORD = "wrong_password"
+    NO_PASSWORD_FORM = "no_password_form"  # the method needs a form the store does not keep
+    SUSPENDED = "suspended"
+    CLOSED = "closed"
+    SIMULTANEOUS_USE = "simultaneous_use"
+    EAP_FAILED = "eap_failed"  # malformed, unknown or expired conversation, another method asked
+
+
+class Drop(StrEnum):
+    """Why a request got no reply, beyond the codec's reasons (a metric label: keep it closed)."""
+
+    UNKNOWN_CLIENT = "unknown_client"
+    WRONG_PORT = "wrong_port"  # e.g. an Accounting-Request to the auth port
+    NOT_A_REQUEST = "not_a_request"
+    BAD_REQUEST_AUTHENTICATOR = "bad_request_authenticator"
+    MISSING_MESSAGE_AUTHENTICATOR = "missing_message_authenticator"
+    BAD_MESSAGE_AUTHENTICATOR = "bad_message_authenticator"
+    PROXY_STATE_WITHOUT_MESSAGE_AUTHENTICATOR = "proxy_state_without_message_authenticator"
+    DUPLICATE_IN_PROGRESS = "duplicate_in_progress"
+    OVERLOADED = "overloaded"
+    STORE_ERROR = "store_error"
+    INTERNAL_ERROR = "internal_error"
+
+
+@dataclass(slots=True)
+class Nas:
+    """A configured client as the engine uses it; ``message_authenticator_seen`` is what
+    ``auto`` learns (kept for the life of the process, as FreeRADIUS does)."""
+
+    name: str
+    secret: bytes
+    kind: NasKind = NasKind.GENERIC
+    require_message_authenticator: MessageAuthenticatorPolicy = MessageAuthenticatorPolicy.YES
+    limit_proxy_state: MessageAuthenticatorPolicy = MessageAuthenticatorPolicy.YES
+    coa_port: int = 3799
+    message_authenticator_seen: bool = False
+
+    def requires(self, policy: MessageAuthenticatorPolicy) -> bool:
+        return policy == MessageAuthenticatorPolicy.YES or (
+            policy == MessageAuthenticatorPolicy.AUTO and self.message_authenticator_seen)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanReply:
+    attributes: tuple[ReplyAttribute, ...] = ()
+    framed_pool: str | None = None
+    suspended: SuspendedAction | None = None
+
+
+@dataclass(slots=True)
+class ReplySettings:
+    interim_interval: int = 300
+    suspended: SuspendedAction = SuspendedAction.REJECT
+    walled_garden: tuple[ReplyAttribute, ...] = ()
+    plans: dict[str, PlanReply] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class PendingCheck:
+    """A PAP password to check against a scrypt verifier, off the event loop."""
+
+    subject: AuthSubject
+    address: str | None
+    password: bytes
+    verifier: str
+
+
+@dataclass(slots=True)
+class Decision:
+    """What to answer: ``code`` None means drop (``drop`` says why) or wait (``pending``)."""
+
+    code: int | None = None
+    attributes: bytes = b""
+    method: str = ""
+    reject: RejectReason | None = None
+    drop: str | None = None
+    pending: PendingCheck | None = None
+    subscriber_id: int | None = None
+
+
+class AuthEngine:
+    def __init__(self, directory: Directory, sessions: OpenSessions, passwords: PasswordChecker,
+                 dictionary: Dictionary, settings: ReplySettings) -> None:
+        self.directory = directory
+        self.sessions = sessions
+        self.passwords = passwords
+        self.dictionary = dictionary
+        self.settings = settings
+        self.conversations = EAPConversations()
+        self._mikrotik_rate_limit = dictionary.attribute("Mikrotik-Rate-Limit").code
+
+    # --- the entry point
+
+    def handle(self, packet: Packet, nas: Nas, now: float) -> Decision:
+        if packet.code == Code.STATUS_SERVER:
+            return self._status_server(packet, nas)
+        if packet.code != Code.ACCESS_REQUEST:
+            return Decision(drop=Drop.WRONG_PORT)
+        refused = self._check_message_authenticator(packet, nas)
+        if refused is not None:
+            return Decision(drop=refused)
+        login = packet.get(Attr.USER_NAME)
+        if login is None:
+            return self._reject(RejectReason.NO_USER_NAME, "")
+        username = login.decode("utf-8", "replace")
+        found = self.directory.find(username)
+        if packet.has(Attr.EAP_MESSAGE):
+            return self._eap(packet, nas, username, found, now)
+        hidden = packet.get(Attr.USER_PASSWORD)
+        if hidden is not None:
+            return self._pap(packet, nas, hidden, found, now)
+        chap = packet.get(Attr.CHAP_PASSWORD)
+        if chap is not None:
+            return self._chap(packet, nas, chap, found)
+        challenge = packet.vendor_attribute(Vendor.MICROSOFT, _MS_CHAP_CHALLENGE)
+        if challenge is not None:
+            v2 = packet.vendor_attribute(Vendor.MICROSOFT, _MS_CHAP2_RESPONSE)
+            if v2 is not None:
+                return self._mschap_v2(packet, nas, username, challenge, v2, found)
+            v1 = packet.vendor_attribute(Vendor.MICROSOFT, _MS_CHAP_RESPONSE)
+            if v1 is not None:
+                return self._mschap_v1(packet, nas, challenge, v1, found)
+        return self._reject(RejectReason.NO_CREDENTIALS, "")
+
+    def _check_message_authenticator(self, packet: Packet, nas: Nas) -> str | None:
+        if packet.has(Attr.MESSAGE_AUTHENTICATOR):
+            try:
+                valid = check_message_authenticator(packet, nas.secret)
+            except RadiusDecodeError as exc:
+                return str(exc.reason)
+            if not valid:
+                return Drop.BAD_MESSAGE_AUTHENTICATOR
+            nas.message_authenticator_seen = True
+            return None
+        if packet.has(Attr.EAP_MESSAGE) or nas.requires(nas.require_message_authenticator):
+            return Drop.MISSING_MESSAGE_AUTHENTICATOR
+        if packet.has(Attr.PROXY_STATE) and nas.requires(nas.limit_proxy_state):
+            return Drop.PROXY_STATE_WITHOUT_MESSAGE_AUTHENTICATOR
+        return None
+
+    def _status_server(self, packet: Packet, nas: Nas) -> Decision:
+        # RFC 5997 §3: without a (valid) Message-Authenticator it is silently discarded.
+        try:
+            if not check_message_authenticator(packet, nas.secret):
+                return Decision(drop=Drop.BAD_MESSAGE_AUTHENTICATOR)
+        except RadiusDecodeError as exc:
+            return Decision(drop=str(exc.reason))
+        return Decision(Code.ACCESS_ACCEPT, method="status")
+
+    # --- methods
+
+    def _pap(self, packet: Packet, nas: Nas, hidden: bytes, found: tuple[AuthSubject, str | None] | None,
+             now: float) -> Decision:
+        password = reveal_password(hidden, nas.secret, packet.authenticator)
+        if found is None:
+            return self._reject(RejectReason.UNKNOWN_USER, "pap")
+        subject, address = found
+        if password is None:
+            return self._reject(RejectReason.WRONG_PASSWORD, "pap", subject)
+        verdict = self.passwords.check_fast(subject, password, now)
+        if verdict is None:
+            verifier = subject.credentials.verifier
+            assert verifier is not None  # check_fast answers False when there is no verifier
+            return Decision(method="pap", pending=PendingCheck(subject, address, password, verifier),
+                            subscriber_id=subject.id)
+        if not verdict:
+            return self._reject(RejectReason.WRONG_PASSWORD, "pap", subject)
+        return self._authorize(packet, nas, subject, address, "pap")
+
+    def finish_password_check(self, packet: Packet, nas: Nas, pending: PendingCheck, ok: bool,
+                              now: float) -> Decision:
+        if not ok:
+            return self._reject(RejectReason.WRONG_PASSWORD, "pap", pending.subject)
+        self.passwords.remember(pending.subject, pending.password, now)
+        return self._authorize(packet, nas, pending.subject, pending.address, "pap")
+
+    def _chap(self, packet: Packet, nas: Nas, chap: bytes, found: tuple[AuthSubject, str | None] | None) -> Decision:
+        if found is None:
+            return self._reject(RejectReason.UNKNOWN_USER, "chap")
+        subject, address = found
+        cleartext = subject.credentials.cleartext
+        if cleartext is None:
+            return self._reject(RejectReason.NO_PASSWORD_FORM, "chap", subject)
+        challenge = packet.get(Attr.CHAP_CHALLENGE) or packet.authenticator  # RFC 2865 §5.3
+        if len(chap) != 17 or chap_response(chap[0], cleartext.encode("utf-8"), challenge) != chap[1:]:
+            return self._reject(RejectReason.WRONG_PASSWORD, "chap", subject)
+        return self._authorize(packet, nas, subject, address, "chap")
+
+    def _nt_hash(self, subject: AuthSubject) -> bytes | None:
+        credentials = subject.credentials
+        if credentials.nt_hash is not None:
+            return credentials.nt_hash
+        if credentials.cleartext is not None:
+            return nt_hash(credentials.cleartext)
+        return None
+
+    def _mschap_v2(self, packet: Packet, nas: Nas, username: str, challenge: bytes, response: bytes,
+                   found: tuple[AuthSubject, str | None] | None) -> Decision:
+        ident = response[0] if response else 0
+
+        def error() -> bytes:
+            return _encode(vendor_specific(Vendor.MICROSOFT, _MS_CHAP_ERROR, mschap.mschap_error_value(ident)))
+
+        if found is None:
+            return self._reject(RejectReason.UNKNOWN_USER, "mschapv2", failure=error)
+        subject, address = found
+        nt = self._nt_hash(subject)
+        if nt is None:
+            return self._reject(RejectReason.NO_PASSWORD_FORM, "mschapv2", subject, failure=error)
+        if len(challenge) != 16 or len(response) != 50:
+            return self._reject(RejectReason.WRONG_PASSWORD, "mschapv2", subject, failure=error)
+        peer_challenge, nt_response = response[2:18], response[26:50]
+        user = mschap.strip_domain(username.encode("utf-8"))
+        if not mschap.verify_nt_response_v2(nt_response, challenge, peer_challenge, user, nt):
+            return self._reject(RejectReason.WRONG_PASSWORD, "mschapv2", subject, failure=error)
+        proof = mschap.authenticator_response(nt, nt_response, peer_challenge, challenge, user)
+        send_key, recv_key = mschap.mppe_keys_v2(nt, nt_response)
+        hide_key = mschap.encrypt_mppe_key  # salted with the request's authenticator (RFC 2548 §2.4.2)
+        method_attributes = _encode(
+            vendor_specific(Vendor.MICROSOFT, _MS_CHAP2_SUCCESS, mschap.mschap2_success_value(ident, proof)),
+            vendor_specific(Vendor.MICROSOFT, _MS_MPPE_SEND_KEY, hide_key(send_key, nas.secret, packet.authenticator)),
+            vendor_specific(Vendor.MICROSOFT, _MS_MPPE_RECV_KEY, hide_key(recv_key, nas.secret, packet.authenticator)),
+            vendor_specific(Vendor.MICROSOFT, _MS_MPPE_ENCRYPTION_POLICY, u32(1)),  # encryption allowed
+            vendor_specific(Vendor.MICROSOFT, _MS_MPPE_ENCRYPTION_TYPES, u32(6)),  # RC4 40 or 128 bit
+        )
+        return self._authorize(packet, nas, subject, address, "mschapv2", method_attributes, error)
+
+    def _mschap_v1(self, packet: Packet, nas: Nas, challenge: bytes, response: bytes,
+                   found: tuple[AuthSubject, str | None] | None) -> Decision:
+        ident = response[0] if response else 0
+
+        def error() -> bytes:  # RFC 2433 §8: version 2, an 8-octet challenge, as FreeRADIUS sends it
+            return _encode(vendor_specific(Vendor.MICROSOFT, _MS_CHAP_ERROR,
+                                           mschap.mschap_error_value(ident, version=2, message="")))
+
+        if found is None:
+            return self._reject(RejectReason.UNKNOWN_USER, "mschapv1", failure=error)
+        subject, address = found
+        nt = self._nt_hash(subject)
+        if nt is None:
+            return self._reject(RejectReason.NO_PASSWORD_FORM, "mschapv1", subject, failure=error)
+        # Flags bit 1: the NT-Response is used (RFC 2548 §2.1.3); an LM-only response is refused.
+        if len(challenge) != 8 or len(response) != 50 or not response[1] & 1:
+            return self._reject(RejectReason.WRONG_PASSWORD, "mschapv1", subject, failure=error)
+        if not mschap.verify_nt_response_v1(response[26:50], challenge, nt):
+            return self._reject(RejectReason.WRONG_PASSWORD, "mschapv1", subject, failure=error)
+        keys = hide_password(mschap.mppe_keys_v1(nt), nas.secret, packet.authenticator)
+        method_attributes = _encode(
+            vendor_specific(Vendor.MICROSOFT, _MS_CHAP_MPPE_KEYS, keys),
+            vendor_specific(Vendor.MICROSOFT, _MS_MPPE_ENCRYPTION_POLICY, u32(1)),
+            vendor_specific(Vendor.MICROSOFT, _MS_MPPE_ENCRYPTION_TYPES, u32(6)),
+        )
+        return self._authorize(packet, nas, subject, address, "mschapv1", method_attributes, error)
+
+    def _eap(self, packet: Packet, nas: Nas, username: str, found: tuple[AuthSubject, str | None] | None,
+             now: float) -> Decision:
+        message = b"".join(packet.get_all(Attr.EAP_MESSAGE))
+        eap = decode_eap(message)
+        if eap is None or eap.code != EAPCode.RESPONSE:
+            return self._reject(RejectReason.EAP_FAILED, "eap-md5", failure=partial(_eap_failure, 0))
+        failure = partial(_eap_failure, eap.identifier)
+        if eap.type == EAPType.IDENTITY:
+            # A challenge for every identity, known or not: the reply must not tell which exist.
+            identifier = (eap.identifier + 1) & 0xFF
+            state, started = self.conversations.begin(username, identifier, now)
+            request = encode_eap(md5_challenge_request(identifier, started.challenge))
+            attributes = _encode(*((Attr.EAP_MESSAGE, part) for part in eap_attributes(request)),
+                                 (Attr.STATE, state), (Attr.SESSION_TIMEOUT, u32(EAP_CHALLENGE_TIMEOUT)))
+            return Decision(Code.ACCESS_CHALLENGE, attributes, method="eap-md5")
+        conversation = self.conversations.take(packet.get(Attr.STATE) or b"", now)
+        response = md5_response_value(eap)
+        if conversation is None or response is None or conversation.username != username:
+            return self._reject(RejectReason.EAP_FAILED, "eap-md5", failure=failure)
+        if found is None:
+            return self._reject(RejectReason.UNKNOWN_USER, "eap-md5", failure=failure)
+        subject, address = found
+        cleartext = subject.credentials.cleartext
+        if cleartext is None:
+            return self._reject(RejectReason.NO_PASSWORD_FORM, "eap-md5", subject, failure)
+        if (eap.identifier != conversation.identifier
+                or not check_md5_response(eap.identifier, cleartext.encode("utf-8"), conversation.challenge, response)):
+            return self._reject(RejectReason.WRONG_PASSWORD, "eap-md5", subject, failure)
+        success = _encode((Attr.EAP_MESSAGE, encode_eap(EAPPacket(EAPCode.SUCCESS, eap.identifier))))
+        return self._authorize(packet, nas, subject, address, "eap-md5", success, failure)
+
+    # --- authorization and the reply
+
+    def _reject(self, reason: RejectReason, method: str, subject: AuthSubject | None = None,
+                failure: Callable[[], bytes] | None = None) -> Decision:
+        """An Access-Reject, with what the method puts into one (``failure``: MS-CHAP-Error,
+        EAP-Failure), built only when it is needed."""
+        return Decision(Code.ACCESS_REJECT, failure() if failure is not None else b"", method=method, reject=reason,
+                        subscriber_id=subject.id if subject is not None else None)
+
+    def _authorize(self, packet: Packet, nas: Nas, subject: AuthSubject, address: str | None, method: str,
+                   method_attributes: bytes = b"", failure: Callable[[], bytes] | None = None) -> Decision:
+        status = subject.subscriber.status
+        if status == SubscriberStatus.CLOSED:
+            return self._reject(RejectReason.CLOSED, method, subject, failure)
+        plan = subject.plan
+        plan_reply = self.settings.plans.get(plan.name) if plan is not None else None
+        walled = False
+        if status == SubscriberStatus.SUSPENDED:
+            action = (plan_reply.suspended if plan_reply is not None and plan_reply.suspended is not None
+                      else self.settings.suspended)
+            if action == SuspendedAction.REJECT:
+                return self._reject(RejectReason.SUSPENDED, method, subject, failure)
+            walled = True
+        if plan is not None and plan.max_sessions is not None and self.sessions.count(subject.id) >= plan.max_sessions:
+            return self._reject(RejectReason.SIMULTANEOUS_USE, method, subject, failure)
+        if address is None:
+            address = self._reserved_address(packet, subject)
+        profile = self.profile(subject, nas, address, walled, packet.authenticator)
+        return Decision(Code.ACCESS_ACCEPT, profile + method_attributes, method=method, subscriber_id=subject.id)
+
+    def _reserved_address(self, packet: Packet, subject: AuthSubject) -> str | None:
+        """A fixed address of the subscriber's reservations that this request's line matches."""
+        if not subject.addressed:
+            return None
+        keys: list[tuple[ReservationKind, str]] = []
+        calling = packet.text(Attr.CALLING_STATION_ID)
+        if calling:
+            with contextlib.suppress(ValueError):  # not a MAC address: nothing to match
+                keys.append((ReservationKind.MAC, normalize_key("mac", calling)))
+        for vendor_type, kind in ((_ADSL_AGENT_CIRCUIT_ID, ReservationKind.CIRCUIT_ID),
+                                  (_ADSL_AGENT_REMOTE_ID, ReservationKind.REMOTE_ID)):
+            value = packet.vendor_attribute(Vendor.DSL_FORUM, vendor_type)
+            if value:
+                keys.append((kind, opaque_text(value)))
+        port_id = packet.get(Attr.NAS_PORT_ID)
+        if port_id:
+            keys.append((ReservationKind.CIRCUIT_ID, opaque_text(port_id)))
+        for kind, key in keys:
+            address = subject.addressed.get((str(kind), key))
+            if address is not None:
+                return address
+        return None
+
+    def profile(self, subject: AuthSubject, nas: Nas, address: str | None, walled: bool,
+                request_authenticator: bytes) -> bytes:
+        """The subscriber's reply attributes for this NAS (cached unless something is hidden)."""
+        key = (f"{nas.kind}{':walled' if walled else ''}", address)
+        cached = subject.reply_cache.get(key)
+        if cached is not None:
+            return cached
+        items, cacheable = self._profile_items(subject, nas, address, walled)
+        encoded = b"".join(item if isinstance(item, bytes) else item.encode(nas.secret, request_authenticator)
+                           for item in items)
+        if cacheable:
+            subject.reply_cache[key] = encoded
+        return encoded
+
+    def _profile_items(self, subject: AuthSubject, nas: Nas, address: str | None, walled: bool, *,
+                       session_attributes: bool = True) -> tuple[list[bytes | ReplyAttribute], bool]:
+        """The profile's attributes, and whether they may be cached; ``session_attributes``:
+        with Class and Acct-Interim-Interval, which a session gets once, at Access-Accept."""
+        items: list[bytes | ReplyAttribute] = []
+        if session_attributes:
+            marker = CLASS_PREFIX + str(subject.id).encode() + (WALLED_SUFFIX if walled else b"")
+            items.append(_encode((Attr.CLASS, marker)))
+            if self.settings.interim_interval:
+                items.append(_encode((Attr.ACCT_INTERIM_INTERVAL, u32(self.settings.interim_interval))))
+        if address is not None:
+            items.append(_encode((Attr.FRAMED_IP_ADDRESS, IPv4Address(address).packed)))
+        if walled:
+            items.extend(self.settings.walled_garden)
+            return items, not any(a.hidden for a in self.settings.walled_garden)
+        plan = subject.plan
+        plan_reply = self.settings.plans.get(plan.name) if plan is not None else None
+        if plan is not None:
+            if plan.session_timeout_seconds:
+                items.append(_encode((Attr.SESSION_TIMEOUT, u32(plan.session_timeout_seconds))))
+            if plan.idle_timeout_seconds:
+                items.append(_encode((Attr.IDLE_TIMEOUT, u32(plan.idle_timeout_seconds))))
+            items.extend(self._rate_limit(nas.kind, plan.download_kbps, plan.upload_kbps))
+        if plan_reply is not None:
+            if address is None and plan_reply.framed_pool:
+                items.append(_encode((Attr.FRAMED_POOL, plan_reply.framed_pool.encode())))
+            items.extend(plan_reply.attributes)
+        return items, not (plan_reply is not None and any(a.hidden for a in plan_reply.attributes))
+
+    def _rate_limit(self, kind: NasKind, download: int | None, upload: int | None) -> list[bytes]:
+        if not download and not upload:
+            return []
+        if kind == NasKind.MIKROTIK:
+            # rx/tx from the router's side: rx is what the subscriber sends (upload).
+            text = f"{upload or 0}k/{download or 0}k".encode()
+            return [_encode(vendor_specific(Vendor.MIKROTIK, self._mikrotik_rate_limit, text))]
+        if kind == NasKind.ACCEL_PPP:
+            return [_encode((Attr.FILTER_ID, f"{download or 0}/{upload or 0}".encode()))]
+        return []
+
+    def change_of_authorization(self, subject: AuthSubject, nas: Nas, walled: bool) -> bytes:
+        """What a CoA-Request carries to move a session to the subscriber's current profile (its
+        plan's, or the walled garden's): the authorization attributes, without Class and the
+        address (a session keeps those)."""
+        items, _ = self._profile_items(subject, nas, None, walled, session_attributes=False)
+        return b"".join(item if isinstance(item, bytes) else item.encode(nas.secret, bytes(16)) for item in items)
+
+    def forget_profiles(self) -> None:
+        for subject in self.directory.subjects.values():
+            subject.reply_cache.clear()
+
+
+def _encode(*attributes: tuple[int, bytes]) -> bytes:
+    return b"".join(bytes((code, len(value) + 2)) + value for code, value in attributes)
+
+
+def _eap_failure(identifier: int) -> bytes:
+    return _encode((Attr.EAP_MESSAGE, encode_eap(EAPPacket(EAPCode.FAILURE, identifier))))
+
+
+# --- accounting -------------------------------------------------------------------------------
+
+
+def subscriber_from_class(packet: Packet) -> int | None:
+    """The subscriber id ispd put into Class at Access-Accept, if the NAS echoes it."""
+    for value in packet.get_all(Attr.CLASS):
+        if value.startswith(CLASS_PREFIX):
+            number = value[len(CLASS_PREFIX):].split(b":", 1)[0]
+            if number.isdigit() and len(number) < 19:
+                return int(number)
+    return None
+
+
+def _counter(packet: Packet, low: int, high: int | None = None) -> int | None:
+    value = packet.integer(low)
+    if value is None:
+        return None
+    if high is not None:
+        gigawords = packet.integer(high)
+        if gigawords:
+            value += gigawords << 32
+    return value
+
+
+def _address_text(value: bytes | None) -> str | None:
+    if value is not None and len(value) == 4:
+        return str(IPv4Address(value))
+    return None
+
+
+def _prefix_text(value: bytes | None) -> str | None:
+    if value is None or len(value) < 2 or value[1] > 128 or len(value) > 18:
+        return None
+    address = IPv6Address(value[2:].ljust(16, b"\x00"))
+    return f"{address}/{value[1]}"
+
+
+def nas_address(packet: Packet, source: str) -> str:
+    """Who the NAS says it is (NAS-IP-Address, NAS-IPv6-Address), else where the packet came from."""
+    v4 = packet.get(Attr.NAS_IP_ADDRESS)
+    if v4 is not None and len(v4) == 4:
+        return str(IPv4Address(v4))
+    v6 = packet.get(Attr.NAS_IPV6_ADDRESS)
+    if v6 is not None and len(v6) == 16:
+        return str(IPv6Address(v6))
+    return source
+
+
+class AccountingEngine:
+    def __init__(self, directory: Directory, dictionary: Dictionary, interim_interval: int) -> None:
+        self.directory = directory
+        self.dictionary = dictionary
+        self.interim_interval = interim_interval
+
+    def check(self, packet: Packet, nas: Nas) -> str | None:
+        """Why the request must be dropped, or None."""
+        if packet.code == Code.STATUS_SERVER:
+            try:
+                return None if check_message_authenticator(packet, nas.secret) else Drop.BAD_MESSAGE_AUTHENTICATOR
+            except RadiusDecodeError as exc:
+                return str(exc.reason)
+        if packet.code != Code.ACCOUNTING_REQUEST:
+            return Drop.WRONG_PORT
+        if not check_request_authenticator(packet, nas.secret):
+            return Drop.BAD_REQUEST_AUTHENTICATOR
+        if packet.has(Attr.MESSAGE_AUTHENTICATOR):
+            try:
+                if not check_message_authenticator(packet, nas.secret):
+                    return Drop.BAD_MESSAGE_AUTHENTICATOR
+            except RadiusDecodeError as exc:
+                return str(exc.reason)
+        return None
+
+    def record(self, packet: Packet, source: str, received_at: float) -> AccountingRecord | None:
+        """The store's view of an Accounting-Request; None for status types ispd does not keep
+        (Tunnel-* and Failed: answered, not recorded)."""
+        status_type = packet.integer(Attr.ACCT_STATUS_TYPE)
+        status = _STATUS_TYPES.get(status_type) if status_type is not None else None
+        if status is None:
+            return None
+        delay = packet.integer(Attr.ACCT_DELAY_TIME) or 0
+        login = packet.text(Attr.USER_NAME)
+        subscriber_id = subscriber_from_class(packet)
+        if subscriber_id is None and login is not None:
+            found = self.directory.find(login)
+            subscriber_id = found[0].id if found is not None else None
+        cause = packet.integer(Attr.ACCT_TERMINATE_CAUSE)
+        cause_text = None
+        if cause is not None:
+            definition = self.dictionary.by_code(Attr.ACCT_TERMINATE_CAUSE)
+            cause_text = (definition.value_name(cause) if definition is not None else None) or str(cause)
+        return AccountingRecord(
+            at=received_at - min(delay, 86400 * 7),
+            status=status,
+            nas_address=nas_address(packet, source),
+            acct_session_id=packet.text(Attr.ACCT_SESSION_ID),
+            username=login,
+            subscriber_id=subscriber_id,
+            nas_identifier=packet.text(Attr.NAS_IDENTIFIER),
+            framed_ip=_address_text(packet.get(Attr.FRAMED_IP_ADDRESS)),
+            framed_ipv6_prefix=_prefix_text(packet.get(Attr.FRAMED_IPV6_PREFIX)),
+            delegated_ipv6_prefix=_prefix_text(packet.get(Attr.DELEGATED_IPV6_PREFIX)),
+            calling_station_id=packet.text(Attr.CALLING_STATION_ID),
+            called_station_id=packet.text(Attr.CALLED_STATION_ID),
+            nas_port_id=packet.text(Attr.NAS_PORT_ID),
+            input_octets=_counter(packet, Attr.ACCT_INPUT_OCTETS, Attr.ACCT_INPUT_GIGAWORDS),
+            output_octets=_counter(packet, Attr.ACCT_OUTPUT_OCTETS, Attr.ACCT_OUTPUT_GIGAWORDS),
+            input_packets=_counter(packet, Attr.ACCT_INPUT_PACKETS),
+            output_packets=_counter(packet, Attr.ACCT_OUTPUT_PACKETS),
+            session_time_seconds=_counter(packet, Attr.ACCT_SESSION_TIME),
+            terminate_cause=cause_text,
+            interim_interval=self.interim_interval or None,
+            attributes=json.dumps(describe(packet.attributes, self.dictionary), separators=(",", ":")),
+        )

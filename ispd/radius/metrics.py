@@ -1,0 +1,72 @@
+"""RADIUS metrics. Names are ours (``ispd_radius_*``); they cover what freeradius_exporter shows
+(access requests, accepts, rejects, challenges, duplicates, malformed, invalid and dropped
+requests, accounting requests and responses) so a FreeRADIUS dashboard translates, plus what
+FreeRADIUS does not count: rejects by reason, open sessions, CoA outcomes, latency."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ispd.metrics.fast import FastCollector, LabeledCounter, LabeledHistogram
+
+REQUEST_KINDS = ("access", "accounting", "status")
+
+
+class RadiusMetrics:
+    def __init__(self) -> None:
+        self.requests = LabeledCounter(
+            "ispd_radius_requests_total", "RADIUS requests received from known clients, by packet type.", ["type"])
+        self.responses = LabeledCounter(
+            "ispd_radius_responses_total", "RADIUS responses sent, by packet type.", ["type"])
+        self.auth = LabeledCounter(
+            "ispd_radius_auth_total", "Access-Requests decided, by method and result (accept, reject, challenge).",
+            ["method", "result"])
+        self.rejects = LabeledCounter("ispd_radius_rejects_total", "Access-Rejects, by reason.", ["reason"])
+        self.dropped = LabeledCounter(
+            "ispd_radius_dropped_total",
+            "Datagrams dropped without a reply, by reason (unknown client, malformed, bad authenticator, ...).",
+            ["reason"])
+        self.duplicates = LabeledCounter(
+            "ispd_radius_duplicates_total", "Retransmissions answered from the duplicate cache, by port kind.",
+            ["kind"])
+        self.accounting = LabeledCounter(
+            "ispd_radius_accounting_total", "Accounting-Requests recorded, by status type and outcome.",
+            ["status", "outcome"])
+        self.coa = LabeledCounter(
+            "ispd_radius_coa_total", "Disconnect-Requests and CoA-Requests sent to NASes, by kind and result.",
+            ["kind", "result"])
+        self.stale_sessions = LabeledCounter(
+            "ispd_radius_stale_sessions_closed_total", "Sessions closed because the NAS stopped reporting them.", [])
+        self.latency = LabeledHistogram(
+            "ispd_radius_processing_seconds",
+            "From receiving a request to sending the reply (accounting: after the record is durable).",
+            "kind", REQUEST_KINDS)
+        for kind in ("access-request", "accounting-request", "status-server"):
+            self.requests.inc(kind, amount=0)
+        self.stale_sessions.inc(amount=0)
+
+    def collectors(self, gauges: Callable[[], dict[str, float]]) -> list[Collector]:
+        return [FastCollector([self.requests, self.responses, self.auth, self.rejects, self.dropped, self.duplicates,
+                               self.accounting, self.coa, self.stale_sessions, self.latency]),
+                _GaugeCollector(gauges)]
+
+
+class _GaugeCollector(Collector):
+    """Sizes read at scrape time: open sessions, pending password checks, EAP conversations."""
+
+    HELP = {
+        "open_sessions": "RADIUS sessions open now (accounted and not stopped).",
+        "pending_password_checks": "PAP passwords waiting for or in a scrypt check.",
+        "eap_conversations": "EAP conversations waiting for the client's next message.",
+        "duplicate_cache_entries": "Replies kept to answer retransmissions.",
+    }
+
+    def __init__(self, gauges: Callable[[], dict[str, float]]) -> None:
+        self.gauges = gauges
+
+    def collect(self) -> Iterator[Metric]:
+        for name, value in self.gauges().items():
+            yield GaugeMetricFamily(f"ispd_radius_{name}", self.HELP.get(name, name), value=value)

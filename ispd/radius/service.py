@@ -1,0 +1,764 @@
+"""The RADIUS transport: auth and accounting listeners, the engines, the store, the bus, CoA.
+
+Theory of operation
+-------------------
+Each datagram is handled inside the receive callback, synchronously, as far as it can be:
+
+1. the NAS is found by source address (``NasTable``; unknown: dropped and counted);
+2. a retransmission — same source address and port, identifier and authenticator
+   (``DuplicateCache``) — gets the reply sent the first time, or nothing while the first is
+   still being worked on, and is not processed again;
+3. the packet is decoded and handed to the engine.
+
+Access-Requests are answered at once, except a PAP password that only the scrypt verifier can
+judge (run on a small thread pool of its own, at most ``max_pending_password_checks`` at a
+time) and Access-Rejects, which wait ``reject_delay_seconds``. Accounting-Requests are queued;
+once per turn of the event loop the queue becomes one ``record_accounting`` write (group
+commit), and only when it is durable do the Accounting-Responses go out (RFC 2866 §4.1: no
+response unless recorded). A failed write answers nothing: the NAS retries, nothing is lost.
+
+Through the bus: subscriber changes re-read that subscriber from the store; a suspension sends
+each of its open sessions a Disconnect-Request (or a CoA-Request into the walled garden), a
+plan change a CoA-Request with the new profile, closing or deleting a Disconnect-Request.
+Sessions stopped or started are announced (``SessionStarted``/``SessionStopped``). Sessions the
+NAS stopped reporting are closed after ``stale_session_intervals`` interim intervals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from functools import partial
+from ipaddress import IPv4Network, IPv6Network, ip_address
+from typing import TYPE_CHECKING, Any, cast
+
+from ispd.control import CommandError
+from ispd.events import (
+    PlanAdded,
+    ReservationEvent,
+    SessionStarted,
+    SessionStopped,
+    SubscriberAdded,
+    SubscriberClosed,
+    SubscriberDeleted,
+    SubscriberEvent,
+    SubscriberPasswordChanged,
+    SubscriberPlanChanged,
+    SubscriberResumed,
+    SubscriberSuspended,
+)
+from ispd.logs import get_logger
+from ispd.radius.attributes import AttributeValueError, ReplyAttribute, reply_attribute
+from ispd.radius.coa import DynamicAuthorizationClient, session_identification
+from ispd.radius.codec import Code, Packet, RadiusDecodeError, decode, encode_response
+from ispd.radius.config import RadiusClientConfig, RadiusConfig, SuspendedAction, client_networks
+from ispd.radius.dictionary import Dictionary, DictionaryError, load_dictionary
+from ispd.radius.directory import Directory, PasswordChecker
+from ispd.radius.engine import (
+    AccountingEngine,
+    AuthEngine,
+    Decision,
+    Drop,
+    Nas,
+    PendingCheck,
+    PlanReply,
+    ReplySettings,
+)
+from ispd.radius.metrics import RadiusMetrics
+from ispd.radius.sessions import OpenSessions
+from ispd.service import Health, Service, ServiceContext, ServiceStartError, describe_os_error
+from ispd.store.errors import NotFound, StoreError
+from ispd.store.models import AccountingOutcome, AccountingRecord, AccountingResult, RadiusSession, SubscriberStatus
+
+if TYPE_CHECKING:
+    from ispd.config import Config
+
+log = get_logger("ispd.radius")
+
+STALE_SWEEP_SECONDS = 60.0
+SWEEP_SECONDS = 1.0
+MAX_DATAGRAM = 4096
+MAX_QUEUED_ACCOUNTING = 50_000
+STALE_CAUSE = "Stale-Session"
+_REQUEST_NAMES = {Code.ACCESS_REQUEST: "access-request", Code.ACCOUNTING_REQUEST: "accounting-request",
+                  Code.STATUS_SERVER: "status-server"}
+_RESPONSE_NAMES = {Code.ACCESS_ACCEPT: "access-accept", Code.ACCESS_REJECT: "access-reject",
+                   Code.ACCESS_CHALLENGE: "access-challenge", Code.ACCOUNTING_RESPONSE: "accounting-response"}
+_AUTH_RESULTS = {Code.ACCESS_ACCEPT: "accept", Code.ACCESS_REJECT: "reject", Code.ACCESS_CHALLENGE: "challenge"}
+
+DuplicateKey = tuple[str, int, bytes]
+
+
+# --- who may talk to us ------------------------------------------------------------------------
+
+
+class NasTable:
+    """Configured clients by source address: exact addresses in a dict, networks most specific
+    first; what a source address matched is remembered."""
+
+    def __init__(self, clients: list[RadiusClientConfig]) -> None:
+        self.clients: dict[str, Nas] = {}
+        self._networks: list[tuple[IPv4Network | IPv6Network, Nas]] = []
+        self._by_address: dict[str, Nas | None] = {}
+        for network, client in client_networks_of(clients):
+            nas = Nas(client.name, client.secret.get_secret_value().encode(), client.kind,
+                      client.require_message_authenticator, client.limit_proxy_state, client.coa_port)
+            self.clients[client.name] = nas
+            self._networks.append((network, nas))
+
+    def find(self, address: str) -> Nas | None:
+        try:
+            return self._by_address[address]
+        except KeyError:
+            pass
+        try:
+            ip = ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return None
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        found = next((nas for network, nas in self._networks if ip in network), None)
+        if len(self._by_address) > 100_000:
+            self._by_address.clear()
+        self._by_address[address] = found
+        return found
+
+    def carry_over(self, old: NasTable) -> None:
+        """What ``auto`` learnt about each NAS survives a reload."""
+        for name, nas in self.clients.items():
+            before = old.clients.get(name)
+            if before is not None:
+                nas.message_authenticator_seen = before.message_authenticator_seen
+
+
+def client_networks_of(clients: list[RadiusClientConfig]) -> list[tuple[IPv4Network | IPv6Network,
+                                                                        RadiusClientConfig]]:
+    config = RadiusConfig(client=clients)
+    return client_networks(config)
+
+
+class DuplicateCache:
+    """Replies by (source address, port, identifier + authenticator), kept ``window`` seconds;
+    None while the request is still being worked on."""
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self._entries: dict[DuplicateKey, tuple[float, bytes | None]] = {}
+
+    def get(self, key: DuplicateKey, now: float) -> tuple[bool, bytes | None]:
+        """(seen, reply): seen and None means "in progress"."""
+        entry = self._entries.get(key)
+        if entry is None or entry[0] <= now:
+            return False, None
+        return True, entry[1]
+
+    def begin(self, key: DuplicateKey, now: float) -> None:
+        self._entries[key] = (now + self.window, None)
+
+    def done(self, key: DuplicateKey, reply: bytes, now: float) -> None:
+        self._entries[key] = (now + self.window, reply)
+
+    def forget(self, key: DuplicateKey) -> None:
+        self._entries.pop(key, None)
+
+    def sweep(self, now: float) -> None:
+        """Drop what has expired; entries were added in time order, so stop at the first live one."""
+        entries = self._entries
+        expired = []
+        for key, (expires, _) in entries.items():
+            if expires > now:
+                break
+            expired.append(key)
+        for key in expired:
+            del entries[key]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+@dataclass(slots=True)
+class _QueuedAccounting:
+    record: AccountingRecord
+    packet: Packet
+    nas: Nas
+    transport: asyncio.DatagramTransport
+    addr: Any
+    key: DuplicateKey
+    started: float
+
+
+# --- the service -------------------------------------------------------------------------------
+
+
+class RadiusService(Service):
+    name = "radius"
+
+    def __init__(self, config: Config, context: ServiceContext) -> None:
+        self.config: RadiusConfig = config.radius
+        self.context = context
+        self.metrics = RadiusMetrics()
+        self.directory = Directory()
+        self.sessions = OpenSessions()
+        self.passwords = PasswordChecker(self.config.auth_cache_seconds)
+        self.nas = NasTable(self.config.client)
+        self.duplicates = DuplicateCache(self.config.duplicate_window_seconds)
+        self.coa = DynamicAuthorizationClient(self.config.coa_timeout_seconds, self.config.coa_attempts)
+        self.dictionary: Dictionary | None = None
+        self.auth: AuthEngine | None = None
+        self.accounting: AccountingEngine | None = None
+        self._transports: list[asyncio.DatagramTransport] = []
+        self.bound: list[tuple[str, str, int]] = []
+        self._queue: list[_QueuedAccounting] = []
+        self._flush_scheduled = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._pending_checks = 0
+        self._checker = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ispd-radius-password")
+        self._store_failing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # --- lifecycle
+
+    async def start(self, stack: AsyncExitStack) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.dictionary = await self._load_dictionary(self.config)
+        settings = self._reply_settings(self.config, self.dictionary)
+        await self._load_store()
+        self.auth = AuthEngine(self.directory, self.sessions, self.passwords, self.dictionary, settings)
+        self.accounting = AccountingEngine(self.directory, self.dictionary, self.config.interim_interval_seconds)
+        self._subscribe(stack)
+        await self._open(stack)
+        stack.callback(self._checker.shutdown, wait=False, cancel_futures=True)
+        stack.push_async_callback(self._cancel_tasks)
+        for collector in self.metrics.collectors(self._gauges):
+            self.context.registry.register(collector)
+            stack.callback(self.context.registry.unregister, collector)
+        stack.callback(self.context.control.register("radius.session.disconnect", self._command_disconnect))
+        stack.callback(self.context.control.register("radius.session.coa", self._command_coa))
+        self._spawn(self._sweep_periodically(), "housekeeping")
+        log.info("radius.started", listen=[f"{kind} {h}:{p}" for kind, h, p in self.bound],
+                 clients=len(self.nas.clients), subscribers=len(self.directory.subjects),
+                 open_sessions=len(self.sessions))
+
+    async def _load_dictionary(self, config: RadiusConfig) -> Dictionary:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, load_dictionary, config.dictionaries)
+        except (DictionaryError, OSError) as exc:
+            raise ServiceStartError(f"radius: dictionaries: {exc}") from None
+
+    @staticmethod
+    def _reply_settings(config: RadiusConfig, dictionary: Dictionary) -> ReplySettings:
+        def attributes(texts: list[str], where: str) -> tuple[ReplyAttribute, ...]:
+            try:
+                return tuple(reply_attribute(dictionary, text) for text in texts)
+            except AttributeValueError as exc:
+                raise ServiceStartError(f"radius: {where}: {exc}") from None
+
+        plans = {p.plan: PlanReply(attributes(p.attributes, f"plan {p.plan!r} attributes"), p.framed_pool,
+                                   p.suspended) for p in config.plan}
+        return ReplySettings(config.interim_interval_seconds, config.suspended,
+                             attributes(config.walled_garden_attributes, "walled_garden_attributes"), plans)
+
+    async def _load_store(self) -> None:
+        store = self.context.store
+        try:
+            subscribers = await store.list_subscribers()
+            plans = await store.list_plans()
+            credentials = await store.list_credentials()
+            reservations = await store.list_reservations()
+            sessions = await store.list_sessions(open_only=True, limit=10_000_000)
+        except StoreError as exc:
+            raise ServiceStartError(f"radius: cannot load subscribers from the store: {exc}") from None
+        self.directory.load(subscribers, plans, credentials, reservations)
+        self.sessions.load(sessions)
+
+    async def _open(self, stack: AsyncExitStack) -> None:
+        loop = asyncio.get_running_loop()
+        for kind, addresses in (("auth", self.config.listen_auth), ("acct", self.config.listen_acct)):
+            for address in addresses:
+                factory = partial(_AuthProtocol, self) if kind == "auth" else partial(_AccountingProtocol, self)
+                try:
+                    transport, _ = await loop.create_datagram_endpoint(
+                        factory, local_addr=(address.host, address.port))
+                except OSError as exc:
+                    raise ServiceStartError(f"radius: cannot listen on {address}: {describe_os_error(exc)}") from None
+                sock = transport.get_extra_info("socket")
+                with contextlib.suppress(OSError):
+                    try:  # beyond net.core.rmem_max when allowed (root): a burst must not overflow it
+                        sock.setsockopt(socket.SOL_SOCKET, 33, self.config.receive_buffer_bytes)  # SO_RCVBUFFORCE
+                    except PermissionError:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.config.receive_buffer_bytes)
+                self._transports.append(transport)
+                self.bound.append((kind, address.host, int(transport.get_extra_info("sockname")[1])))
+                stack.callback(transport.close)
+
+    async def stop(self) -> None:
+        for transport in self._transports:
+            transport.close()
+        self._flush()
+        pending = [t for t in self._tasks if t.get_name() != "housekeeping"]
+        if pending:
+            await asyncio.wait(pending, timeout=self.config.coa_timeout_seconds * self.config.coa_attempts)
+
+    async def _cancel_tasks(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def reload(self, old: Config, new: Config) -> None:
+        if (old.radius.listen_auth, old.radius.listen_acct) != (new.radius.listen_auth, new.radius.listen_acct):
+            raise ServiceStartError("radius: a change of listen addresses needs a restart")
+        dictionary = await self._load_dictionary(new.radius)
+        settings = self._reply_settings(new.radius, dictionary)
+        table = NasTable(new.radius.client)
+        table.carry_over(self.nas)
+        assert self.auth is not None and self.accounting is not None
+        self.config, self.nas, self.dictionary = new.radius, table, dictionary
+        self.auth.dictionary = self.accounting.dictionary = dictionary
+        self.auth.settings = settings
+        self.auth.forget_profiles()
+        self.accounting.interim_interval = new.radius.interim_interval_seconds
+        self.passwords.cache_seconds = new.radius.auth_cache_seconds
+        self.duplicates.window = new.radius.duplicate_window_seconds
+        self.coa = DynamicAuthorizationClient(new.radius.coa_timeout_seconds, new.radius.coa_attempts)
+        log.info("radius.reloaded", clients=len(table.clients))
+
+    def health(self) -> Health:
+        if not self._transports:
+            return Health(False, "not listening")
+        if self._store_failing:
+            return Health(False, "accounting writes to the store are failing")
+        return Health(True)
+
+    def describe(self) -> str:
+        return "radius on " + ", ".join(f"{kind} {h}:{p}" for kind, h, p in self.bound)
+
+    def _gauges(self) -> dict[str, float]:
+        return {"open_sessions": len(self.sessions), "pending_password_checks": self._pending_checks,
+                "eap_conversations": len(self.auth.conversations) if self.auth else 0,
+                "duplicate_cache_entries": len(self.duplicates)}
+
+    def _spawn(self, coroutine: Awaitable[Any], name: str) -> None:
+        task = asyncio.ensure_future(coroutine)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- receiving (called from the protocols)
+
+    def admit(self, data: bytes, addr: Any, transport: asyncio.DatagramTransport,
+              now: float) -> tuple[Nas, Packet, DuplicateKey] | None:
+        """The NAS, packet and duplicate key of a datagram worth handling; None when it was
+        dropped or answered from the duplicate cache."""
+        nas = self.nas.find(addr[0])
+        if nas is None:
+            self.metrics.dropped.inc(Drop.UNKNOWN_CLIENT)
+            return None
+        key = (addr[0], addr[1], data[1:2] + data[4:20])
+        seen, reply = self.duplicates.get(key, now)
+        if seen:
+            if reply is None:
+                self.metrics.dropped.inc(Drop.DUPLICATE_IN_PROGRESS)
+            else:
+                self.metrics.duplicates.inc("acct" if data[:1] == b"\x04" else "auth")
+                transport.sendto(reply, addr)
+            return None
+        try:
+            packet = decode(data)
+        except RadiusDecodeError as exc:
+            self.metrics.dropped.inc(str(exc.reason))
+            return None
+        self.metrics.requests.inc(_REQUEST_NAMES.get(Code(packet.code), "other")
+                                  if packet.code in _REQUEST_NAMES else "other")
+        return nas, packet, key
+
+    def handle_auth(self, data: bytes, addr: Any, transport: asyncio.DatagramTransport) -> None:
+        started = time.perf_counter()
+        now = self.context.clock()
+        admitted = self.admit(data, addr, transport, now)
+        if admitted is None:
+            return
+        nas, packet, key = admitted
+        assert self.auth is not None
+        try:
+            decision = self.auth.handle(packet, nas, now)
+        except Exception:  # a bug on one packet must not stop the next
+            self.metrics.dropped.inc(Drop.INTERNAL_ERROR)
+            log.error("radius.request.failed", nas=nas.name, exc_info=True)
+            return
+        self._conclude(decision, packet, nas, transport, addr, key, started)
+
+    def _conclude(self, decision: Decision, packet: Packet, nas: Nas, transport: asyncio.DatagramTransport,
+                  addr: Any, key: DuplicateKey, started: float) -> None:
+        if decision.pending is not None:
+            self._check_password(decision.pending, packet, nas, transport, addr, key, started)
+            return
+        if decision.code is None:
+            self.metrics.dropped.inc(decision.drop or "unknown")
+            return
+        now = self.context.clock()
+        reply = encode_response(decision.code, packet.identifier, packet.authenticator, decision.attributes,
+                                nas.secret)
+        if decision.method == "status":
+            kind = "status"
+        else:
+            kind = "access"
+            self.metrics.auth.inc(decision.method, _AUTH_RESULTS[Code(decision.code)])
+        if decision.reject is not None:
+            self.metrics.rejects.inc(decision.reject)
+            log.info("radius.access.rejected", nas=nas.name, reason=str(decision.reject), method=decision.method,
+                     subscriber_id=decision.subscriber_id)
+            if self.config.reject_delay_seconds > 0:
+                self.duplicates.begin(key, now)
+                assert self._loop is not None
+                self._loop.call_later(self.config.reject_delay_seconds, self._send, transport, reply, addr, key,
+                                      decision.code, kind, started)
+                return
+        self._send(transport, reply, addr, key, decision.code, kind, started)
+
+    def _send(self, transport: asyncio.DatagramTransport, reply: bytes, addr: Any, key: DuplicateKey, code: int,
+              kind: str, started: float) -> None:
+        self.duplicates.done(key, reply, self.context.clock())
+        if transport.is_closing():
+            return
+        transport.sendto(reply, addr)
+        self.metrics.responses.inc(_RESPONSE_NAMES.get(Code(code), str(code)))
+        self.metrics.latency[kind].observe(time.perf_counter() - started)
+
+    def _check_password(self, pending: PendingCheck, packet: Packet, nas: Nas, transport: asyncio.DatagramTransport,
+                        addr: Any, key: DuplicateKey, started: float) -> None:
+        if self._pending_checks >= self.config.max_pending_password_checks:
+            self.metrics.dropped.inc(Drop.OVERLOADED)
+            return
+        self._pending_checks += 1
+        self.duplicates.begin(key, self.context.clock())
+        assert self._loop is not None
+        future = self._loop.run_in_executor(self._checker, PasswordChecker.check_slow, pending.verifier,
+                                            pending.password)
+
+        def checked(done: asyncio.Future[bool]) -> None:
+            self._pending_checks -= 1
+            if done.cancelled():
+                return
+            ok = done.exception() is None and bool(done.result())
+            assert self.auth is not None
+            decision = self.auth.finish_password_check(packet, nas, pending, ok, self.context.clock())
+            self._conclude(decision, packet, nas, transport, addr, key, started)
+
+        future.add_done_callback(checked)
+
+    def handle_accounting(self, data: bytes, addr: Any, transport: asyncio.DatagramTransport) -> None:
+        started = time.perf_counter()
+        now = self.context.clock()
+        admitted = self.admit(data, addr, transport, now)
+        if admitted is None:
+            return
+        nas, packet, key = admitted
+        assert self.accounting is not None
+        try:
+            refused = self.accounting.check(packet, nas)
+            if refused is not None:
+                self.metrics.dropped.inc(refused)
+                return
+            if packet.code == Code.STATUS_SERVER:  # RFC 5997 §3: Accounting-Response on this port
+                self._answer_accounting(packet, nas, transport, addr, key, started, "status")
+                return
+            record = self.accounting.record(packet, addr[0], now)
+        except Exception:
+            self.metrics.dropped.inc(Drop.INTERNAL_ERROR)
+            log.error("radius.request.failed", nas=nas.name, exc_info=True)
+            return
+        if record is None:  # a status type ispd does not keep: acknowledged all the same
+            self.metrics.accounting.inc("other", str(AccountingOutcome.IGNORED))
+            self._answer_accounting(packet, nas, transport, addr, key, started)
+            return
+        if len(self._queue) >= MAX_QUEUED_ACCOUNTING:
+            self.metrics.dropped.inc(Drop.OVERLOADED)
+            return
+        self.duplicates.begin(key, now)
+        self._queue.append(_QueuedAccounting(record, packet, nas, transport, addr, key, started))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
+
+    def _answer_accounting(self, packet: Packet, nas: Nas, transport: asyncio.DatagramTransport, addr: Any,
+                           key: DuplicateKey, started: float, kind: str = "accounting") -> None:
+        reply = encode_response(Code.ACCOUNTING_RESPONSE, packet.identifier, packet.authenticator, b"", nas.secret,
+                                signed_with_zeros=packet.code == Code.ACCOUNTING_REQUEST)
+        self._send(transport, reply, addr, key, Code.ACCOUNTING_RESPONSE, kind, started)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._queue:
+            return
+        batch, self._queue = self._queue, []
+        self._spawn(self._commit(batch), "accounting")
+
+    async def _commit(self, batch: list[_QueuedAccounting]) -> None:
+        try:
+            results = await self.context.store.record_accounting([item.record for item in batch])
+        except Exception as exc:  # StoreError or a bug: no response, so the NASes send them again
+            self._store_failing = True
+            self.metrics.dropped.inc(Drop.STORE_ERROR, amount=len(batch))
+            for item in batch:
+                self.duplicates.forget(item.key)
+            log.error("radius.accounting.write_failed", error=str(exc), records=len(batch),
+                      exc_info=not isinstance(exc, StoreError))
+            return
+        self._store_failing = False
+        for item, result in zip(batch, results, strict=True):
+            self.metrics.accounting.inc(str(item.record.status), str(result.outcome))
+            self._answer_accounting(item.packet, item.nas, item.transport, item.addr, item.key, item.started)
+            self._follow(result, item.record.at)
+
+    def _follow(self, result: AccountingResult, at: float) -> None:
+        """Keep the open-session view and tell the bus."""
+        self.sessions.apply(result)
+        bus = self.context.bus
+        for closed in result.closed:
+            bus.publish(_session_event(SessionStopped, closed, at, closed.terminate_cause))
+        session = result.session
+        if session is None:
+            return
+        if result.outcome == AccountingOutcome.STARTED:
+            bus.publish(_session_event(SessionStarted, session, at))
+            if session.stopped_at is not None:  # a Stop with no Start before it
+                bus.publish(_session_event(SessionStopped, session, at, session.terminate_cause))
+        elif result.outcome == AccountingOutcome.STOPPED:
+            bus.publish(_session_event(SessionStopped, session, at, session.terminate_cause))
+
+    # --- housekeeping
+
+    async def _sweep_periodically(self) -> None:
+        last_stale = time.monotonic()
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            now = self.context.clock()
+            try:
+                self.duplicates.sweep(now)
+                if self.auth is not None:
+                    self.auth.conversations.expire(now)
+                if time.monotonic() - last_stale >= STALE_SWEEP_SECONDS:
+                    last_stale = time.monotonic()
+                    await self._close_stale(now)
+            except StoreError as exc:
+                log.warning("radius.stale_sessions.store_error", error=str(exc))
+            except Exception:  # a bug here must not end housekeeping for the life of the daemon
+                log.error("radius.sweep.failed", exc_info=True)
+
+    async def _close_stale(self, now: float) -> None:
+        stale = self.sessions.stale(now, self.config.interim_interval_seconds, self.config.stale_session_intervals)
+        if not stale:
+            return
+        closed = await self.context.store.close_sessions([s.id for s in stale], at=now, cause=STALE_CAUSE)
+        self.sessions.closed(stale)
+        self.metrics.stale_sessions.inc(amount=len(closed))
+        for session in closed:
+            self.context.bus.publish(_session_event(SessionStopped, session, now, STALE_CAUSE))
+        log.info("radius.sessions.stale_closed", count=len(closed))
+
+    # --- what other processes and services change
+
+    def _subscribe(self, stack: AsyncExitStack) -> None:
+        bus = self.context.bus
+
+        async def refreshed(event: SubscriberEvent) -> None:
+            await self._refresh(event.subscriber_id)
+
+        async def suspended(event: SubscriberSuspended) -> None:
+            await self._refresh(event.subscriber_id)
+            await self._apply_status(event.subscriber_id, "suspended")
+
+        async def resumed(event: SubscriberResumed) -> None:
+            await self._refresh(event.subscriber_id)
+            await self._apply_status(event.subscriber_id, "resumed")
+
+        async def ended(event: SubscriberEvent) -> None:
+            await self._refresh(event.subscriber_id)
+            await self._disconnect_all(event.subscriber_id, "closed" if isinstance(event, SubscriberClosed)
+                                       else "deleted")
+
+        async def plan_changed(event: SubscriberPlanChanged) -> None:
+            await self._refresh(event.subscriber_id)
+            await self._apply_status(event.subscriber_id, "plan changed")
+
+        async def plan_added(event: PlanAdded) -> None:
+            try:
+                self.directory.plans[event.plan_id] = await self.context.store.get_plan(event.plan_id)
+            except StoreError as exc:
+                log.warning("radius.plan.refresh_failed", plan=event.name, error=str(exc))
+
+        handlers: list[Callable[[], None]] = [
+            bus.subscribe(SubscriberSuspended, suspended),
+            bus.subscribe(SubscriberResumed, resumed),
+            bus.subscribe(SubscriberClosed, ended),
+            bus.subscribe(SubscriberDeleted, ended),
+            bus.subscribe(SubscriberPlanChanged, plan_changed),
+            bus.subscribe(PlanAdded, plan_added),
+            bus.subscribe(ReservationEvent, refreshed),
+        ]
+        handlers += [bus.subscribe(SubscriberAdded, refreshed), bus.subscribe(SubscriberPasswordChanged, refreshed)]
+        for unsubscribe in handlers:
+            stack.callback(unsubscribe)
+
+    async def _refresh(self, subscriber_id: int) -> None:
+        """Re-read one subscriber (status, plan, password forms, reservations) from the store."""
+        store = self.context.store
+        try:
+            subscriber = await store.get_subscriber(subscriber_id)
+        except NotFound:
+            self.directory.remove(subscriber_id)
+            self.passwords.forget(subscriber_id)
+            return
+        except StoreError as exc:
+            log.warning("radius.subscriber.refresh_failed", subscriber_id=subscriber_id, error=str(exc))
+            return
+        try:
+            credentials = await store.get_credentials(subscriber_id)
+            reservations = await store.list_reservations(subscriber=subscriber_id)
+            plan = await store.get_plan(subscriber.plan_id) if subscriber.plan_id is not None else None
+        except StoreError as exc:
+            log.warning("radius.subscriber.refresh_failed", subscriber_id=subscriber_id, error=str(exc))
+            return
+        before = self.directory.by_id(subscriber_id)
+        if before is None or before.credentials.updated_at != credentials.updated_at:
+            self.passwords.forget(subscriber_id)
+        self.directory.replace(subscriber, credentials, reservations, plan)
+
+    async def _apply_status(self, subscriber_id: int, reason: str) -> None:
+        """After a suspension, a resumption or a plan change: tell the NASes of its open sessions
+        (suspended and rejected: disconnect; suspended into the walled garden: CoA there; back
+        from the walled garden or onto another plan: CoA to the plan's profile)."""
+        subject = self.directory.by_id(subscriber_id)
+        sessions = self.sessions.of_subscriber(subscriber_id)
+        if subject is None or not sessions or self.auth is None:
+            return
+        plan = subject.plan
+        plan_reply = self.auth.settings.plans.get(plan.name) if plan is not None else None
+        walled_garden = (plan_reply.suspended if plan_reply is not None and plan_reply.suspended is not None
+                         else self.config.suspended) == SuspendedAction.WALLED_GARDEN
+        suspended = subject.subscriber.status == SubscriberStatus.SUSPENDED
+        if suspended and not walled_garden:
+            await asyncio.gather(*(self._disconnect(s, reason) for s in sessions))
+        elif (suspended and reason == "suspended") or (not suspended and (walled_garden or reason == "plan changed")):
+            await asyncio.gather(*(self._change(s, suspended, reason) for s in sessions))
+
+    async def _disconnect_all(self, subscriber_id: int, reason: str) -> None:
+        await asyncio.gather(*(self._disconnect(s, reason) for s in self.sessions.of_subscriber(subscriber_id)))
+
+    def _nas_for_session(self, session: RadiusSession) -> Nas | None:
+        return self.nas.find(session.nas_address)
+
+    async def _disconnect(self, session: RadiusSession, reason: str) -> dict[str, Any]:
+        return await self._dynamic(session, Code.DISCONNECT_REQUEST, b"", reason)
+
+    async def _change(self, session: RadiusSession, walled: bool, reason: str) -> dict[str, Any]:
+        assert self.auth is not None
+        subject = self.directory.by_id(session.subscriber_id) if session.subscriber_id is not None else None
+        nas = self._nas_for_session(session)
+        if subject is None or nas is None:
+            return await self._dynamic(session, Code.COA_REQUEST, b"", reason)
+        profile = self.auth.change_of_authorization(subject, nas, walled)
+        return await self._dynamic(session, Code.COA_REQUEST, profile, reason)
+
+    async def _dynamic(self, session: RadiusSession, code: Code, extra: bytes, reason: str) -> dict[str, Any]:
+        kind = "disconnect" if code == Code.DISCONNECT_REQUEST else "coa"
+        nas = self._nas_for_session(session)
+        started_at = self.context.clock()
+        if nas is None:
+            outcome_result, attempts, error_cause, detail = "error", 0, None, "the session's NAS is not a client"
+        else:
+            outcome = await self.coa.send(session.nas_address, nas.coa_port, nas.secret, code,
+                                          session_identification(session, started_at) + extra)
+            outcome_result, attempts, error_cause, detail = (outcome.result, outcome.attempts, outcome.error_cause,
+                                                             outcome.detail)
+        self.metrics.coa.inc(kind, outcome_result)
+        log.info(f"radius.{kind}.sent", session_id=session.id, nas=session.nas_address, result=outcome_result,
+                 error_cause=error_cause, attempts=attempts, reason=reason)
+        try:
+            await self.context.store.record_coa(
+                kind=kind, nas_address=session.nas_address, result=outcome_result, attempts=attempts,
+                at=started_at, completed_at=self.context.clock(), session_id=session.id,
+                subscriber_id=session.subscriber_id, reason=reason, error_cause=error_cause)
+        except StoreError as exc:
+            log.warning("radius.coa.record_failed", error=str(exc))
+        return {"session_id": session.id, "kind": kind, "result": outcome_result, "attempts": attempts,
+                "error_cause": error_cause, "detail": detail}
+
+    # --- control commands
+
+    async def _session_for_command(self, args: dict[str, Any]) -> RadiusSession:
+        session_id = args.get("session_id")
+        if not isinstance(session_id, int) or isinstance(session_id, bool):
+            raise CommandError("give the session's number (ispd session list shows them)")
+        try:
+            session = await self.context.store.get_session(session_id)
+        except NotFound:
+            raise CommandError(f"no session #{session_id}") from None
+        if not session.is_open:
+            raise CommandError(f"session #{session_id} is not open (it stopped at {session.stopped_at:.0f})")
+        return session
+
+    async def _command_disconnect(self, args: dict[str, Any]) -> dict[str, Any]:
+        session = await self._session_for_command(args)
+        reason = args.get("reason")
+        return await self._disconnect(session, str(reason) if reason else "admin")
+
+    async def _command_coa(self, args: dict[str, Any]) -> dict[str, Any]:
+        session = await self._session_for_command(args)
+        subject = self.directory.by_id(session.subscriber_id) if session.subscriber_id is not None else None
+        walled = subject is not None and subject.subscriber.status == SubscriberStatus.SUSPENDED
+        return await self._change(session, walled, str(args.get("reason") or "admin"))
+
+
+def _session_event(kind: type[SessionStarted] | type[SessionStopped], session: RadiusSession, at: float,
+                   cause: str | None = None) -> SessionStarted | SessionStopped:
+    if kind is SessionStopped:
+        return SessionStopped(at, session.id, session.nas_address, session.acct_session_id, session.username,
+                              session.subscriber_id, session.framed_ip, cause)
+    return SessionStarted(at, session.id, session.nas_address, session.acct_session_id, session.username,
+                          session.subscriber_id, session.framed_ip)
+
+
+class _AuthProtocol(asyncio.DatagramProtocol):
+    def __init__(self, service: RadiusService) -> None:
+        self.service = service
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        assert self.transport is not None
+        self.service.handle_auth(data, addr, self.transport)
+
+    def error_received(self, exc: Exception) -> None:  # ICMP errors for replies to gone NASes
+        pass
+
+
+class _AccountingProtocol(_AuthProtocol):
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        assert self.transport is not None
+        self.service.handle_accounting(data, addr, self.transport)
+
+
+def check_files(config: RadiusConfig) -> list[str]:
+    """For ``ispd check-config``: what in the dictionaries and reply attributes would stop the
+    service from starting."""
+    try:
+        dictionary = load_dictionary(config.dictionaries)
+    except (DictionaryError, OSError) as exc:
+        return [f"dictionaries: {exc}"]
+    try:
+        RadiusService._reply_settings(config, dictionary)
+    except ServiceStartError as exc:
+        return [str(exc).removeprefix("radius: ")]
+    return []

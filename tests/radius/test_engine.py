@@ -1,0 +1,440 @@
+"""The RADIUS engines: methods, BlastRADIUS policy, authorization, reply attributes, accounting."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from collections.abc import Sequence
+
+import pytest
+
+from ispd.credentials import make_verifier, nt_hash
+from ispd.radius import mschap
+from ispd.radius.attributes import reply_attribute
+from ispd.radius.codec import (
+    Attr,
+    Code,
+    Packet,
+    Vendor,
+    chap_response,
+    decode,
+    encode_attributes,
+    encode_request,
+    hide_password,
+    reveal_salted,
+    split_vendor_specific,
+    vendor_specific,
+)
+from ispd.radius.config import MessageAuthenticatorPolicy as Policy
+from ispd.radius.config import NasKind, SuspendedAction
+from ispd.radius.dictionary import builtin_dictionary
+from ispd.radius.directory import Directory, PasswordChecker
+from ispd.radius.eap import EAPCode, EAPPacket, EAPType, decode_eap, encode_eap
+from ispd.radius.engine import AccountingEngine, AuthEngine, Drop, Nas, PlanReply, RejectReason, ReplySettings
+from ispd.radius.sessions import OpenSessions
+from ispd.store.models import (
+    AccountingStatus,
+    Plan,
+    RadiusSession,
+    Reservation,
+    ReservationKind,
+    StoredCredentials,
+    Subscriber,
+    SubscriberStatus,
+)
+
+SECRET = b"testing123"
+DICTIONARY = builtin_dictionary()
+VERIFIER = make_verifier("slow-pass")  # once: ~50 ms of scrypt
+NOW = 1_800_000_000.0
+
+PLAN = Plan(1, "home", download_kbps=100_000, upload_kbps=20_000, session_timeout_seconds=86_400,
+            idle_timeout_seconds=600, max_sessions=2)
+
+
+def subscriber(sid: int, name: str, status: SubscriberStatus = SubscriberStatus.ACTIVE,
+               plan: int | None = 1) -> Subscriber:
+    return Subscriber(sid, name, status, plan_id=plan)
+
+
+class World:
+    """A directory of subscribers, open sessions and an engine over them."""
+
+    def __init__(self, settings: ReplySettings | None = None) -> None:
+        self.directory = Directory()
+        subscribers = [subscriber(1, "alice"), subscriber(2, "bob"), subscriber(3, "carol"),
+                       subscriber(4, "dave", SubscriberStatus.SUSPENDED), subscriber(5, "erin", SubscriberStatus.CLOSED),
+                       subscriber(6, "frank", plan=None)]
+        credentials = {
+            1: StoredCredentials(verifier="x", nt_hash=nt_hash("alice-pw"), cleartext="alice-pw", updated_at=1),
+            2: StoredCredentials(verifier="x", nt_hash=nt_hash("bob-pw"), updated_at=1),
+            3: StoredCredentials(verifier=VERIFIER, updated_at=1),
+            4: StoredCredentials(cleartext="dave-pw", updated_at=1),
+            5: StoredCredentials(cleartext="erin-pw", updated_at=1),
+            6: StoredCredentials(cleartext="frank-pw", updated_at=1),
+        }
+        reservations = [
+            Reservation(1, 1, ReservationKind.USERNAME, "alice@pppoe", address="198.18.7.7"),
+            Reservation(2, 6, ReservationKind.MAC, "02:00:5e:00:00:06", address="198.18.7.6"),
+        ]
+        self.directory.load(subscribers, [PLAN], credentials, reservations)
+        self.sessions = OpenSessions()
+        self.passwords = PasswordChecker(3600)
+        self.engine = AuthEngine(self.directory, self.sessions, self.passwords, DICTIONARY,
+                                 settings or ReplySettings(interim_interval=300))
+
+
+def nas(kind: NasKind = NasKind.MIKROTIK, require: Policy = Policy.YES, proxy: Policy = Policy.YES) -> Nas:
+    return Nas("lab", SECRET, kind, require, proxy)
+
+
+def access_request(attributes: Sequence[tuple[int, bytes]], *, authenticator: bytes | None = None,
+                   message_authenticator: bool = True, code: int = Code.ACCESS_REQUEST) -> Packet:
+    return decode(encode_request(code, 9, encode_attributes(attributes), SECRET, authenticator=authenticator,
+                                 message_authenticator=message_authenticator))
+
+
+def pap(user: str, password: str, **kwargs: object) -> Packet:
+    authenticator = os.urandom(16)
+    return access_request([(Attr.USER_NAME, user.encode()),
+                           (Attr.USER_PASSWORD, hide_password(password.encode(), SECRET, authenticator))],
+                          authenticator=authenticator, **kwargs)  # type: ignore[arg-type]
+
+
+def reply_attributes(attributes: bytes) -> list[tuple[int, bytes]]:
+    return list(decode(bytes((2, 0)) + (20 + len(attributes)).to_bytes(2, "big") + bytes(16) + attributes).attributes)
+
+
+def vsa(attributes: bytes, vendor: int, vendor_type: int) -> bytes | None:
+    for code, value in reply_attributes(attributes):
+        if code == Attr.VENDOR_SPECIFIC and int.from_bytes(value[:4], "big") == vendor:
+            for sub_type, sub in split_vendor_specific(value) or ():
+                if sub_type == vendor_type:
+                    return sub
+    return None
+
+
+def first(attributes: bytes, code: int) -> bytes | None:
+    return next((v for c, v in reply_attributes(attributes) if c == code), None)
+
+
+# --- PAP and the reply -----------------------------------------------------------------------
+
+
+def test_pap_accept_carries_the_plan_in_the_nas_dialect() -> None:
+    world = World()
+    decision = world.engine.handle(pap("alice", "alice-pw"), nas(), NOW)
+    assert decision.code == Code.ACCESS_ACCEPT and decision.method == "pap"
+    attributes = decision.attributes
+    assert first(attributes, Attr.CLASS) == b"ispd:1"
+    assert first(attributes, Attr.SESSION_TIMEOUT) == struct.pack("!I", 86_400)
+    assert first(attributes, Attr.IDLE_TIMEOUT) == struct.pack("!I", 600)
+    assert first(attributes, Attr.ACCT_INTERIM_INTERVAL) == struct.pack("!I", 300)
+    assert vsa(attributes, Vendor.MIKROTIK, 8) == b"20000k/100000k"  # rx (upload) / tx (download)
+    assert first(attributes, Attr.FRAMED_IP_ADDRESS) is None
+    accel = world.engine.handle(pap("alice", "alice-pw"), nas(NasKind.ACCEL_PPP), NOW)
+    assert first(accel.attributes, Attr.FILTER_ID) == b"100000/20000"
+    generic = world.engine.handle(pap("alice", "alice-pw"), nas(NasKind.GENERIC), NOW)
+    assert first(generic.attributes, Attr.FILTER_ID) is None and vsa(generic.attributes, Vendor.MIKROTIK, 8) is None
+
+
+@pytest.mark.parametrize(("user", "password", "reason"), [
+    ("alice", "wrong", RejectReason.WRONG_PASSWORD),
+    ("nobody", "x", RejectReason.UNKNOWN_USER),
+    ("bob", "wrong", RejectReason.WRONG_PASSWORD),  # against the NT hash
+    ("erin", "erin-pw", RejectReason.CLOSED),
+    ("dave", "dave-pw", RejectReason.SUSPENDED),
+])
+def test_pap_rejects_say_nothing_to_the_client(user: str, password: str, reason: RejectReason) -> None:
+    decision = World().engine.handle(pap(user, password), nas(), NOW)
+    assert decision.code == Code.ACCESS_REJECT and decision.reject == reason
+    assert decision.attributes == b""  # no Reply-Message: the reason stays on our side
+
+
+def test_pap_against_the_nt_hash_needs_no_verifier() -> None:
+    assert World().engine.handle(pap("bob", "bob-pw"), nas(), NOW).code == Code.ACCESS_ACCEPT
+
+
+def test_pap_against_a_verifier_is_checked_off_the_loop_then_remembered() -> None:
+    world = World()
+    packet = pap("carol", "slow-pass")
+    decision = world.engine.handle(packet, nas(), NOW)
+    assert decision.code is None and decision.pending is not None
+    ok = PasswordChecker.check_slow(decision.pending.verifier, decision.pending.password)
+    assert ok
+    done = world.engine.finish_password_check(packet, nas(), decision.pending, ok, NOW)
+    assert done.code == Code.ACCESS_ACCEPT
+    again = world.engine.handle(pap("carol", "slow-pass"), nas(), NOW + 1)
+    assert again.code == Code.ACCESS_ACCEPT  # remembered: no second scrypt
+    wrong = world.engine.handle(pap("carol", "other"), nas(), NOW + 2)
+    assert wrong.pending is not None  # a different password goes to the verifier again
+    assert not PasswordChecker.check_slow(wrong.pending.verifier, wrong.pending.password)
+    assert world.engine.finish_password_check(packet, nas(), wrong.pending, False, NOW).reject == \
+        RejectReason.WRONG_PASSWORD
+    later = world.engine.handle(pap("carol", "slow-pass"), nas(), NOW + 7200)
+    assert later.pending is not None  # the memory lasts auth_cache_seconds
+
+
+def test_a_login_reservation_names_the_subscriber_and_its_address() -> None:
+    decision = World().engine.handle(pap("alice@pppoe", "alice-pw"), nas(), NOW)
+    assert decision.code == Code.ACCESS_ACCEPT and decision.subscriber_id == 1
+    assert first(decision.attributes, Attr.FRAMED_IP_ADDRESS) == bytes((198, 18, 7, 7))
+
+
+def test_a_mac_reservation_gives_the_address_to_the_line_it_matches() -> None:
+    world = World()
+    authenticator = os.urandom(16)
+    packet = access_request([(Attr.USER_NAME, b"frank"), (Attr.CALLING_STATION_ID, b"02-00-5E-00-00-06"),
+                             (Attr.USER_PASSWORD, hide_password(b"frank-pw", SECRET, authenticator))],
+                            authenticator=authenticator)
+    decision = world.engine.handle(packet, nas(), NOW)
+    assert first(decision.attributes, Attr.FRAMED_IP_ADDRESS) == bytes((198, 18, 7, 6))
+    assert first(world.engine.handle(pap("frank", "frank-pw"), nas(), NOW).attributes, Attr.FRAMED_IP_ADDRESS) is None
+
+
+def test_plan_attributes_framed_pool_and_hidden_values() -> None:
+    extra = (reply_attribute(DICTIONARY, "Mikrotik-Address-List = home"),
+             reply_attribute(DICTIONARY, "Tunnel-Password:1 = s3cret"))
+    world = World(ReplySettings(interim_interval=0, plans={"home": PlanReply(extra, framed_pool="pool-home")}))
+    packet = pap("alice", "alice-pw")
+    decision = world.engine.handle(packet, nas(), NOW)
+    assert first(decision.attributes, Attr.ACCT_INTERIM_INTERVAL) is None
+    assert first(decision.attributes, Attr.FRAMED_POOL) == b"pool-home"
+    assert vsa(decision.attributes, Vendor.MIKROTIK, 19) == b"home"
+    tunnel = first(decision.attributes, Attr.TUNNEL_PASSWORD)
+    assert tunnel is not None and tunnel[0] == 1  # the tag, then the salted value
+    assert reveal_salted(tunnel[1:], SECRET, packet.authenticator) == b"s3cret"
+
+
+def test_suspended_subscribers_may_go_to_the_walled_garden() -> None:
+    walled = (reply_attribute(DICTIONARY, "Mikrotik-Address-List = walled-garden"),)
+    world = World(ReplySettings(suspended=SuspendedAction.WALLED_GARDEN, walled_garden=walled))
+    decision = world.engine.handle(pap("dave", "dave-pw"), nas(), NOW)
+    assert decision.code == Code.ACCESS_ACCEPT
+    assert first(decision.attributes, Attr.CLASS) == b"ispd:4:walled"
+    assert vsa(decision.attributes, Vendor.MIKROTIK, 19) == b"walled-garden"
+    assert vsa(decision.attributes, Vendor.MIKROTIK, 8) is None  # not the plan's rate
+    per_plan = World(ReplySettings(suspended=SuspendedAction.WALLED_GARDEN, walled_garden=walled,
+                                   plans={"home": PlanReply(suspended=SuspendedAction.REJECT)}))
+    assert per_plan.engine.handle(pap("dave", "dave-pw"), nas(), NOW).reject == RejectReason.SUSPENDED
+
+
+def test_simultaneous_use_counts_open_sessions() -> None:
+    world = World()
+    for n in range(2):
+        world.sessions.load([*world.sessions.by_key.values(),
+                             RadiusSession(n + 1, "127.0.0.1", f"s{n}", "alice", NOW, NOW, subscriber_id=1)])
+    assert world.engine.handle(pap("alice", "alice-pw"), nas(), NOW).reject == RejectReason.SIMULTANEOUS_USE
+    assert world.engine.handle(pap("frank", "frank-pw"), nas(), NOW).code == Code.ACCESS_ACCEPT  # no plan, no limit
+
+
+# --- CHAP, MS-CHAP, EAP-MD5 --------------------------------------------------------------------
+
+
+def chap(user: str, password: str, *, challenge_attribute: bool) -> Packet:
+    authenticator, challenge, ident = os.urandom(16), os.urandom(16), 42
+    response = chap_response(ident, password.encode(), challenge if challenge_attribute else authenticator)
+    attributes = [(Attr.USER_NAME, user.encode()), (Attr.CHAP_PASSWORD, bytes((ident,)) + response)]
+    if challenge_attribute:
+        attributes.append((Attr.CHAP_CHALLENGE, challenge))
+    return access_request(attributes, authenticator=authenticator)
+
+
+@pytest.mark.parametrize("challenge_attribute", [True, False])
+def test_chap(challenge_attribute: bool) -> None:
+    world = World()
+    assert world.engine.handle(chap("alice", "alice-pw", challenge_attribute=challenge_attribute), nas(),
+                               NOW).code == Code.ACCESS_ACCEPT
+    assert world.engine.handle(chap("alice", "nope", challenge_attribute=challenge_attribute), nas(),
+                               NOW).reject == RejectReason.WRONG_PASSWORD
+    # CHAP needs the password itself; bob's plan keeps only the NT hash.
+    assert world.engine.handle(chap("bob", "bob-pw", challenge_attribute=challenge_attribute), nas(),
+                               NOW).reject == RejectReason.NO_PASSWORD_FORM
+
+
+def mschap_v2(user: str, password: str) -> tuple[Packet, bytes, bytes, bytes]:
+    challenge, peer = os.urandom(16), os.urandom(16)
+    nt_response = mschap.nt_response_v2(challenge, peer, user.encode(), nt_hash(password))
+    response = bytes((7, 0)) + peer + bytes(8) + nt_response
+    packet = access_request([(Attr.USER_NAME, user.encode()),
+                             vendor_specific(Vendor.MICROSOFT, 11, challenge),
+                             vendor_specific(Vendor.MICROSOFT, 25, response)])
+    return packet, challenge, peer, nt_response
+
+
+def test_mschap_v2_proves_the_server_and_keys_mppe() -> None:
+    world = World()
+    packet, challenge, peer, nt_response = mschap_v2("bob", "bob-pw")
+    decision = world.engine.handle(packet, nas(), NOW)
+    assert decision.code == Code.ACCESS_ACCEPT and decision.method == "mschapv2"
+    success = vsa(decision.attributes, Vendor.MICROSOFT, 26)
+    proof = mschap.authenticator_response(nt_hash("bob-pw"), nt_response, peer, challenge, b"bob")
+    assert success == bytes((7,)) + proof
+    send_key, recv_key = mschap.mppe_keys_v2(nt_hash("bob-pw"), nt_response)
+    sent = vsa(decision.attributes, Vendor.MICROSOFT, 16)
+    received = vsa(decision.attributes, Vendor.MICROSOFT, 17)
+    assert sent is not None and received is not None
+    assert mschap.decrypt_mppe_key(sent, SECRET, packet.authenticator) == send_key
+    assert mschap.decrypt_mppe_key(received, SECRET, packet.authenticator) == recv_key
+
+
+def test_mschap_v2_failure_carries_ms_chap_error() -> None:
+    decision = World().engine.handle(mschap_v2("bob", "wrong")[0], nas(), NOW)
+    assert decision.reject == RejectReason.WRONG_PASSWORD
+    error = vsa(decision.attributes, Vendor.MICROSOFT, 2)
+    assert error is not None and error[0] == 7 and error[1:].startswith(b"E=691 R=")
+
+
+def test_mschap_v1() -> None:
+    world = World()
+    challenge = os.urandom(8)
+    response = bytes((3, 1)) + bytes(24) + mschap.challenge_response(challenge, nt_hash("bob-pw"))
+    packet = access_request([(Attr.USER_NAME, b"bob"), vendor_specific(Vendor.MICROSOFT, 11, challenge),
+                             vendor_specific(Vendor.MICROSOFT, 1, response)])
+    decision = world.engine.handle(packet, nas(), NOW)
+    assert decision.code == Code.ACCESS_ACCEPT and vsa(decision.attributes, Vendor.MICROSOFT, 12) is not None
+    bad = bytes((3, 1)) + bytes(48)
+    wrong = access_request([(Attr.USER_NAME, b"bob"), vendor_specific(Vendor.MICROSOFT, 11, challenge),
+                            vendor_specific(Vendor.MICROSOFT, 1, bad)])
+    decision = world.engine.handle(wrong, nas(), NOW)
+    error = vsa(decision.attributes, Vendor.MICROSOFT, 2)
+    assert decision.reject == RejectReason.WRONG_PASSWORD and error is not None and b"V=2" in error
+
+
+def eap_request(user: str, eap: EAPPacket, state: bytes | None = None) -> Packet:
+    attributes = [(Attr.USER_NAME, user.encode()), (Attr.EAP_MESSAGE, encode_eap(eap))]
+    if state is not None:
+        attributes.append((Attr.STATE, state))
+    return access_request(attributes)
+
+
+def test_eap_md5_conversation() -> None:
+    world = World()
+    challenge_reply = world.engine.handle(
+        eap_request("alice", EAPPacket(EAPCode.RESPONSE, 1, EAPType.IDENTITY, b"alice")), nas(), NOW)
+    assert challenge_reply.code == Code.ACCESS_CHALLENGE
+    state = first(challenge_reply.attributes, Attr.STATE)
+    eap = decode_eap(first(challenge_reply.attributes, Attr.EAP_MESSAGE) or b"")
+    assert eap is not None and eap.type == EAPType.MD5_CHALLENGE and state is not None
+    challenge = eap.data[1:17]
+    answer = hashlib.md5(bytes((eap.identifier,)) + b"alice-pw" + challenge).digest()
+    response = EAPPacket(EAPCode.RESPONSE, eap.identifier, EAPType.MD5_CHALLENGE, bytes((16,)) + answer)
+    accept = world.engine.handle(eap_request("alice", response, state), nas(), NOW)
+    assert accept.code == Code.ACCESS_ACCEPT
+    success = decode_eap(first(accept.attributes, Attr.EAP_MESSAGE) or b"")
+    assert success is not None and success.code == EAPCode.SUCCESS
+    replay = world.engine.handle(eap_request("alice", response, state), nas(), NOW)
+    assert replay.reject == RejectReason.EAP_FAILED  # a State is good for one answer
+
+
+def test_eap_nak_and_unknown_state_fail() -> None:
+    world = World()
+    nak = EAPPacket(EAPCode.RESPONSE, 2, EAPType.NAK, bytes((13,)))  # wants EAP-TLS
+    decision = world.engine.handle(eap_request("alice", nak, b"x" * 16), nas(), NOW)
+    failure = decode_eap(first(decision.attributes, Attr.EAP_MESSAGE) or b"")
+    assert decision.reject == RejectReason.EAP_FAILED and failure is not None and failure.code == EAPCode.FAILURE
+
+
+# --- Message-Authenticator policy (BlastRADIUS) -----------------------------------------------
+
+
+@pytest.mark.parametrize(("policy", "with_ma", "expected"), [
+    (Policy.YES, True, Code.ACCESS_ACCEPT),
+    (Policy.YES, False, Drop.MISSING_MESSAGE_AUTHENTICATOR),
+    (Policy.NO, False, Code.ACCESS_ACCEPT),
+    (Policy.AUTO, False, Code.ACCESS_ACCEPT),
+])
+def test_require_message_authenticator(policy: Policy, with_ma: bool, expected: object) -> None:
+    decision = World().engine.handle(pap("alice", "alice-pw", message_authenticator=with_ma),
+                                     nas(require=policy), NOW)
+    assert (decision.code if decision.code is not None else decision.drop) == expected
+
+
+def test_auto_requires_it_once_the_nas_has_sent_one() -> None:
+    world, client = World(), nas(require=Policy.AUTO, proxy=Policy.AUTO)
+    assert world.engine.handle(pap("alice", "alice-pw", message_authenticator=False), client, NOW).code == \
+        Code.ACCESS_ACCEPT
+    assert world.engine.handle(pap("alice", "alice-pw"), client, NOW).code == Code.ACCESS_ACCEPT
+    assert world.engine.handle(pap("alice", "alice-pw", message_authenticator=False), client, NOW).drop == \
+        Drop.MISSING_MESSAGE_AUTHENTICATOR
+
+
+def test_proxy_state_without_message_authenticator_is_dropped() -> None:
+    authenticator = os.urandom(16)
+    packet = access_request([(Attr.USER_NAME, b"alice"),
+                             (Attr.USER_PASSWORD, hide_password(b"alice-pw", SECRET, authenticator)),
+                             (Attr.PROXY_STATE, b"ps")], authenticator=authenticator, message_authenticator=False)
+    world = World()
+    assert world.engine.handle(packet, nas(require=Policy.NO), NOW).drop == \
+        Drop.PROXY_STATE_WITHOUT_MESSAGE_AUTHENTICATOR
+    assert world.engine.handle(packet, nas(require=Policy.NO, proxy=Policy.NO), NOW).code == Code.ACCESS_ACCEPT
+
+
+def test_wrong_message_authenticator_and_eap_without_one_are_dropped() -> None:
+    world = World()
+    assert world.engine.handle(pap("alice", "alice-pw"), Nas("lab", b"other", NasKind.GENERIC), NOW).drop == \
+        Drop.BAD_MESSAGE_AUTHENTICATOR
+    eap = access_request([(Attr.USER_NAME, b"alice"),
+                          (Attr.EAP_MESSAGE, encode_eap(EAPPacket(EAPCode.RESPONSE, 1, EAPType.IDENTITY, b"a")))],
+                         message_authenticator=False)
+    assert world.engine.handle(eap, nas(require=Policy.NO), NOW).drop == Drop.MISSING_MESSAGE_AUTHENTICATOR
+
+
+def test_status_server() -> None:
+    world = World()
+    assert world.engine.handle(access_request([], code=Code.STATUS_SERVER), nas(), NOW).code == Code.ACCESS_ACCEPT
+    unsigned = access_request([], code=Code.STATUS_SERVER, message_authenticator=False)
+    assert world.engine.handle(unsigned, nas(require=Policy.NO), NOW).code is None  # RFC 5997: always needed
+
+
+def test_no_credentials_and_no_user_name() -> None:
+    world = World()
+    assert world.engine.handle(access_request([(Attr.USER_NAME, b"alice")]), nas(), NOW).reject == \
+        RejectReason.NO_CREDENTIALS
+    assert world.engine.handle(access_request([]), nas(), NOW).reject == RejectReason.NO_USER_NAME
+
+
+# --- accounting ------------------------------------------------------------------------------
+
+
+def accounting(attributes: Sequence[tuple[int, bytes]], secret: bytes = SECRET) -> Packet:
+    return decode(encode_request(Code.ACCOUNTING_REQUEST, 4, encode_attributes(attributes), secret,
+                                 message_authenticator=False))
+
+
+def u32(value: int) -> bytes:
+    return struct.pack("!I", value)
+
+
+def test_accounting_record_reads_counters_delay_and_class() -> None:
+    world = World()
+    engine = AccountingEngine(world.directory, DICTIONARY, 300)
+    packet = accounting([(Attr.ACCT_STATUS_TYPE, u32(2)), (Attr.USER_NAME, b"someone-else"),
+                         (Attr.CLASS, b"ispd:2"), (Attr.ACCT_SESSION_ID, b"abc"),
+                         (Attr.NAS_IP_ADDRESS, bytes((198, 18, 0, 1))), (Attr.ACCT_DELAY_TIME, u32(10)),
+                         (Attr.ACCT_INPUT_OCTETS, u32(5)), (Attr.ACCT_INPUT_GIGAWORDS, u32(2)),
+                         (Attr.ACCT_OUTPUT_OCTETS, u32(7)), (Attr.ACCT_SESSION_TIME, u32(60)),
+                         (Attr.ACCT_TERMINATE_CAUSE, u32(1)), (Attr.FRAMED_IP_ADDRESS, bytes((198, 18, 9, 9)))])
+    assert engine.check(packet, nas()) is None
+    record = engine.record(packet, "127.0.0.1", NOW)
+    assert record is not None
+    assert record.status == AccountingStatus.STOP and record.at == NOW - 10
+    assert record.subscriber_id == 2  # from Class, whatever the login says
+    assert record.nas_address == "198.18.0.1" and record.acct_session_id == "abc"
+    assert record.input_octets == 5 + (2 << 32) and record.output_octets == 7
+    assert record.terminate_cause == "User-Request" and record.framed_ip == "198.18.9.9"
+    assert '"User-Name":["someone-else"]' in (record.attributes or "")
+
+
+def test_accounting_checks_and_statuses() -> None:
+    world = World()
+    engine = AccountingEngine(world.directory, DICTIONARY, 300)
+    assert engine.check(accounting([(Attr.ACCT_STATUS_TYPE, u32(1))], b"wrong"), nas()) == \
+        Drop.BAD_REQUEST_AUTHENTICATOR
+    assert engine.record(accounting([(Attr.ACCT_STATUS_TYPE, u32(9))]), "127.0.0.1", NOW) is None  # Tunnel-Start
+    start = engine.record(accounting([(Attr.ACCT_STATUS_TYPE, u32(1)), (Attr.USER_NAME, b"alice@pppoe")]),
+                          "198.18.0.9", NOW)
+    assert start is not None and start.subscriber_id == 1 and start.nas_address == "198.18.0.9"
+    on = engine.record(accounting([(Attr.ACCT_STATUS_TYPE, u32(7))]), "127.0.0.1", NOW)
+    assert on is not None and on.status == AccountingStatus.ACCOUNTING_ON
