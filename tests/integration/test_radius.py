@@ -1,0 +1,309 @@
+"""RADIUS end to end: ispd as a process, FreeRADIUS's radclient and radtest as the NAS, a fake
+NAS for Disconnect and CoA, subscribers made with the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ispd.credentials import nt_hash
+from ispd.radius import mschap
+from ispd.radius.codec import Attr, Code, decode, encode_attributes, encode_request, hide_password
+from tests.lab.fakenas import FakeNas
+from tests.lab.ports import free_udp_port
+from tests.lab.process import IspdProcess, base_config, eventually
+from tests.lab.radclient import radclient, radtest, require_radclient
+
+SECRET = "testing123"
+
+
+def radius_config(tmp_path: Path, coa_port: int, **radius: Any) -> dict[str, Any]:
+    auth, acct = free_udp_port(), free_udp_port()
+    section = {
+        "enabled": True, "listen_auth": [f"127.0.0.1:{auth}"], "listen_acct": [f"127.0.0.1:{acct}"],
+        "reject_delay_seconds": 0, "coa_timeout_seconds": 0.5, "coa_attempts": 2,
+        "client": [{"name": "bng", "address": "127.0.0.1", "secret": SECRET, "kind": "mikrotik",
+                    "coa_port": coa_port}],
+    }
+    section.update(radius)
+    return base_config(tmp_path, radius=section)
+
+
+class Radius:
+    def __init__(self, ispd: IspdProcess) -> None:
+        self.ispd = ispd
+        section = ispd.config["radius"]
+        self.auth = section["listen_auth"][0]
+        self.acct = section["listen_acct"][0]
+
+    def pap(self, user: str, password: str, method: str = "pap") -> str | None:
+        return radtest(user, password, self.auth, SECRET, method).code
+
+    def accounting(self, attributes: str) -> str | None:
+        return radclient(self.acct, "acct", SECRET, attributes).code
+
+    def show(self, subscriber: str) -> dict[str, Any]:
+        return json.loads(self.ispd.cli("subscriber", "show", subscriber, "--json").stdout)
+
+
+@pytest.fixture(scope="module")
+def nas() -> Iterator[FakeNas]:
+    with FakeNas(secret=SECRET.encode()) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def radius(tmp_path_factory: pytest.TempPathFactory, nas: FakeNas) -> Iterator[Radius]:
+    require_radclient()
+    workdir = tmp_path_factory.mktemp("radius")
+    with IspdProcess(workdir, radius_config(workdir, nas.port)) as ispd:
+        ispd.start()
+        ispd.cli("plan", "add", "home", "--download-kbps", "100000", "--upload-kbps", "20000",
+                 "--credential-policy", "cleartext", "--max-sessions", "2")
+        ispd.cli("plan", "add", "fast", "--download-kbps", "500000", "--upload-kbps", "100000",
+                 "--credential-policy", "cleartext")
+        ispd.cli("plan", "add", "secure")  # verifier only: PAP works, CHAP cannot
+        ispd.cli("subscriber", "add", "alice", "--plan", "home", "--password-stdin", input="alice-pw\n")
+        ispd.cli("subscriber", "add", "bob", "--plan", "home", "--password-stdin", input="bob-pw\n")
+        ispd.cli("subscriber", "add", "carol", "--plan", "secure", "--password-stdin", input="carol-pw\n")
+        ispd.cli("reservation", "add", "alice", "--username", "alice@pppoe", "--address", "198.18.7.7")
+        service = Radius(ispd)
+        eventually(lambda: service.pap("alice@pppoe", "alice-pw") == "Access-Accept", timeout=10)
+        yield service
+
+
+def test_radtest_authenticates_with_pap_chap_mschap_and_eap_md5(radius: Radius) -> None:
+    for method in ("pap", "chap", "mschap", "eap-md5"):
+        reply = radtest("alice", "alice-pw", radius.auth, SECRET, method)
+        assert reply.code == "Access-Accept", (method, reply.output)
+        assert reply.first("Mikrotik-Rate-Limit") == "20000k/100000k", reply.output
+        assert reply.first("Class") == "0x697370643a31"  # "ispd:1"
+        assert reply.first("Message-Authenticator") is not None  # in every response
+        assert radtest("alice", "nope", radius.auth, SECRET, method).code == "Access-Reject", method
+    mschap_v1 = radtest("alice", "alice-pw", radius.auth, SECRET, "mschap")
+    assert mschap_v1.first("MS-CHAP-MPPE-Keys") is not None
+
+
+def test_verifier_only_subscribers_get_pap_but_not_chap(radius: Radius) -> None:
+    assert radius.pap("carol", "carol-pw") == "Access-Accept"  # scrypt, off the loop
+    assert radius.pap("carol", "carol-pw") == "Access-Accept"  # then remembered
+    assert radius.pap("carol", "wrong") == "Access-Reject"
+    assert radius.pap("carol", "carol-pw", "chap") == "Access-Reject"
+    assert radius.ispd.metric_value("ispd_radius_rejects_total", {"reason": "no_password_form"}) == 1
+
+
+def test_a_login_reservation_gives_a_fixed_address(radius: Radius) -> None:
+    reply = radtest("alice@pppoe", "alice-pw", radius.auth, SECRET)
+    assert reply.code == "Access-Accept" and reply.first("Framed-IP-Address") == "198.18.7.7"
+
+
+def test_mschap_v2_proves_the_server_to_the_client(radius: Radius) -> None:
+    challenge, peer = os.urandom(16), os.urandom(16)
+    response = mschap.nt_response_v2(challenge, peer, b"bob", nt_hash("bob-pw"))
+    attributes = (f"User-Name = bob, MS-CHAP-Challenge = 0x{challenge.hex()}, "
+                  f"MS-CHAP2-Response = 0x{(bytes((1, 0)) + peer + bytes(8) + response).hex()}, "
+                  "Message-Authenticator = 0x00")
+    reply = radclient(radius.auth, "auth", SECRET, attributes)
+    assert reply.code == "Access-Accept", reply.output
+    proof = mschap.authenticator_response(nt_hash("bob-pw"), response, peer, challenge, b"bob")
+    assert reply.first("MS-CHAP2-Success") == "0x01" + proof.hex()
+    assert reply.first("MS-MPPE-Send-Key") is not None and reply.first("MS-MPPE-Recv-Key") is not None
+
+
+def test_requests_without_message_authenticator_get_no_reply(radius: Radius) -> None:
+    before = radius.ispd.metric_value("ispd_radius_dropped_total", {"reason": "missing_message_authenticator"}) or 0
+    reply = radclient(radius.auth, "auth", SECRET, 'User-Name = alice, User-Password = "alice-pw"', timeout=0.5,
+                      retries=1)
+    assert reply.code is None
+    assert radius.ispd.metric_value("ispd_radius_dropped_total",
+                                    {"reason": "missing_message_authenticator"}) == before + 1
+
+
+def test_status_server_on_both_ports(radius: Radius) -> None:
+    assert radclient(radius.auth, "status", SECRET, "Message-Authenticator = 0x00").code == "Access-Accept"
+    assert radclient(radius.acct, "status", SECRET, "Message-Authenticator = 0x00").code == "Accounting-Response"
+
+
+def test_accounting_shows_in_subscriber_show(radius: Radius) -> None:
+    base = "User-Name = bob, Acct-Session-Id = bob-1, NAS-IP-Address = 127.0.0.1, Framed-IP-Address = 198.18.8.8"
+    assert radius.accounting(f"{base}, Acct-Status-Type = Start") == "Accounting-Response"
+    assert radius.accounting(f"{base}, Acct-Status-Type = Interim-Update, Acct-Input-Octets = 1000, "
+                             "Acct-Output-Octets = 4000, Acct-Session-Time = 60") == "Accounting-Response"
+    overview = radius.show("bob")
+    [session] = [s for s in overview["sessions"] if s["acct_session_id"] == "bob-1"]
+    assert session["stopped_at"] is None and session["framed_ip"] == "198.18.8.8"
+    assert radius.accounting(f"{base}, Acct-Status-Type = Stop, Acct-Input-Octets = 2000, Acct-Input-Gigawords = 1,"
+                             " Acct-Output-Octets = 9000, Acct-Session-Time = 120, "
+                             "Acct-Terminate-Cause = User-Request") == "Accounting-Response"
+    overview = radius.show("bob")
+    [session] = [s for s in overview["sessions"] if s["acct_session_id"] == "bob-1"]
+    assert session["terminate_cause"] == "User-Request"
+    assert session["input_octets"] == 2000 + (1 << 32) and session["output_octets"] == 9000
+    assert overview["usage_this_month"] == {"input_octets": 2000 + (1 << 32), "output_octets": 9000,
+                                            "session_seconds": 120}
+    text = radius.ispd.cli("subscriber", "show", "bob").stdout
+    assert "bob-1 on 127.0.0.1 ip 198.18.8.8" in text and "ended" in text
+    listed = radius.ispd.cli("session", "list", "--subscriber", "bob").stdout
+    assert "bob-1" in listed and "User-Request" in listed
+
+
+def send_raw(address: str, data: bytes, *, source: str = "127.0.0.1", wait: float = 1.0,
+             times: int = 1) -> list[bytes | None]:
+    """Send ``data`` ``times`` times from one source port (a NAS retransmitting); the replies."""
+    host, port = address.rsplit(":", 1)
+    replies: list[bytes | None] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((source, 0))
+        sock.settimeout(wait)
+        for _ in range(times):
+            sock.sendto(data, (host, int(port)))
+            try:
+                replies.append(sock.recv(4096))
+            except TimeoutError:
+                replies.append(None)
+    return replies
+
+
+def test_a_retransmission_gets_the_first_reply_and_counts_once(radius: Radius) -> None:
+    attributes = encode_attributes([(Attr.ACCT_STATUS_TYPE, (1).to_bytes(4, "big")), (Attr.USER_NAME, b"bob"),
+                                    (Attr.ACCT_SESSION_ID, b"bob-dup"), (Attr.NAS_IP_ADDRESS, bytes((127, 0, 0, 1)))])
+    request = encode_request(Code.ACCOUNTING_REQUEST, 77, attributes, SECRET.encode())
+    first, again = send_raw(radius.acct, request, times=2)
+    assert first is not None and first == again
+    records = radius.ispd.metric_value("ispd_radius_accounting_total", {"status": "start", "outcome": "started"})
+    duplicates = radius.ispd.metric_value("ispd_radius_duplicates_total", {"kind": "acct"})
+    assert records is not None and duplicates is not None and duplicates >= 1
+    sessions = json.loads(radius.ispd.cli("session", "list", "--subscriber", "bob", "--open", "--json").stdout)
+    assert [s["acct_session_id"] for s in sessions].count("bob-dup") == 1
+    assert radius.accounting("User-Name = bob, Acct-Session-Id = bob-dup, NAS-IP-Address = 127.0.0.1, "
+                             "Acct-Status-Type = Stop") == "Accounting-Response"
+
+
+def test_unknown_clients_and_malformed_packets_get_nothing_and_break_nothing(radius: Radius) -> None:
+    good = encode_request(Code.STATUS_SERVER, 1, b"", SECRET.encode())
+    assert send_raw(radius.auth, good, source="127.0.0.2", wait=0.3) == [None]  # not a configured client
+    assert (radius.ispd.metric_value("ispd_radius_dropped_total", {"reason": "unknown_client"}) or 0) >= 1
+    rng = random.Random(7)
+    host, port = radius.auth.rsplit(":", 1)
+    bad = [b"", b"\x01", good[:19], bytes((1, 1, 0, 10)) + bytes(16), bytes((1, 1, 0x20, 0)) + bytes(16),
+           good[:20] + b"\x01\x00", good[:20] + b"\x50\x12" + bytes(3), bytes((1, 2, 0, 30)) + bytes(16) + b"\x01\x01"]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for i in range(3000):
+            if i % 3 == 0:
+                data = bad[i % len(bad)]
+            else:
+                data = bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 120)))
+                if i % 3 == 1 and len(data) >= 20:  # valid-looking headers with garbage attributes
+                    data = bytes((rng.choice((1, 4, 12, 43)), i % 256)) + len(data).to_bytes(2, "big") + data[4:]
+            sock.sendto(data, (host, int(port)))
+            if i % 500 == 0:
+                time.sleep(0.01)
+    assert radclient(radius.auth, "status", SECRET, "Message-Authenticator = 0x00").code == "Access-Accept"
+    assert radius.pap("alice", "alice-pw") == "Access-Accept"
+    assert radius.ispd.proc is not None and radius.ispd.proc.poll() is None
+
+
+def test_session_disconnect_reaches_the_nas(radius: Radius, nas: FakeNas) -> None:
+    base = "User-Name = alice, Acct-Session-Id = alice-kick, NAS-IP-Address = 127.0.0.1, Framed-IP-Address = 198.18.9.1"
+    assert radius.accounting(f"{base}, Acct-Status-Type = Start") == "Accounting-Response"
+    sessions = json.loads(radius.ispd.cli("session", "list", "--open", "--json").stdout)
+    [session] = [s for s in sessions if s["acct_session_id"] == "alice-kick"]
+    seen = len(nas.requests)
+    result = radius.ispd.cli("session", "disconnect", str(session["id"]), "--reason", "test")
+    assert result.stdout.strip() == f"disconnect of session #{session['id']}: ack"
+    request = nas.wait_for(seen + 1)[seen]
+    assert request.code == 40 and request.authentic
+    assert request.first(Attr.ACCT_SESSION_ID) == b"alice-kick" and request.first(Attr.USER_NAME) == b"alice"
+    assert request.first(Attr.FRAMED_IP_ADDRESS) == bytes((198, 18, 9, 1))
+    assert request.first(Attr.MESSAGE_AUTHENTICATOR) is not None
+    nas.answer = "nak"
+    try:
+        refused = radius.ispd.cli("session", "disconnect", str(session["id"]), check=False)
+    finally:
+        nas.answer = "ack"
+    assert refused.returncode == 1 and "nak (Error-Cause 503)" in refused.stdout
+    shown = radius.ispd.cli("session", "show", str(session["id"])).stdout
+    assert "ack after 1 attempt(s) (test)" in shown and "nak error-cause 503" in shown
+    assert radius.accounting(f"{base}, Acct-Status-Type = Stop, Acct-Terminate-Cause = Admin-Reset") == \
+        "Accounting-Response"
+
+
+def test_suspension_disconnects_and_a_plan_change_sends_coa(radius: Radius, nas: FakeNas) -> None:
+    base = "User-Name = bob, Acct-Session-Id = bob-live, NAS-IP-Address = 127.0.0.1, Framed-IP-Address = 198.18.9.2"
+    assert radius.accounting(f"{base}, Acct-Status-Type = Start") == "Accounting-Response"
+    assert json.loads(radius.ispd.cli("session", "list", "--subscriber", "bob", "--open", "--json").stdout)[0][
+        "acct_session_id"] == "bob-live"
+    seen = len(nas.requests)
+    radius.ispd.cli("subscriber", "set-plan", "bob", "fast")
+    coa = nas.wait_for(seen + 1)[seen]
+    assert coa.code == 43 and coa.first(Attr.ACCT_SESSION_ID) == b"bob-live"
+    rate = [v for v in coa.attributes.get(Attr.VENDOR_SPECIFIC, []) if v[:4] == (14988).to_bytes(4, "big")]
+    assert rate and rate[0][6:] == b"100000k/500000k"
+    assert radius.pap("bob", "bob-pw") == "Access-Accept"
+    radius.ispd.cli("subscriber", "suspend", "bob", "--reason", "nonpayment")
+    kick = nas.wait_for(seen + 2)[seen + 1]
+    assert kick.code == 40 and kick.first(Attr.ACCT_SESSION_ID) == b"bob-live"
+    eventually(lambda: radius.pap("bob", "bob-pw") == "Access-Reject", timeout=5)
+    overview = radius.show("bob")
+    assert [c["result"] for c in overview["coa"]][:2] == ["ack", "ack"]
+    radius.ispd.cli("subscriber", "resume", "bob")
+    eventually(lambda: radius.pap("bob", "bob-pw") == "Access-Accept", timeout=5)
+    assert radius.accounting(f"{base}, Acct-Status-Type = Stop") == "Accounting-Response"
+
+
+def test_accounting_on_closes_the_nas_sessions(radius: Radius) -> None:
+    for name in ("on-1", "on-2"):
+        assert radius.accounting(f"User-Name = alice, Acct-Session-Id = {name}, NAS-IP-Address = 127.0.0.2, "
+                                 "Acct-Status-Type = Start") == "Accounting-Response"
+    assert radius.accounting("NAS-IP-Address = 127.0.0.2, Acct-Status-Type = Accounting-On") == "Accounting-Response"
+    sessions = json.loads(radius.ispd.cli("session", "list", "--nas", "127.0.0.2", "--json").stdout)
+    assert {(s["acct_session_id"], s["terminate_cause"]) for s in sessions} == {("on-1", "NAS-Reboot"),
+                                                                                 ("on-2", "NAS-Reboot")}
+
+
+def test_simultaneous_use_survives_a_restart(tmp_path: Path) -> None:
+    require_radclient()
+    with FakeNas(secret=SECRET.encode()) as nas, IspdProcess(tmp_path, radius_config(tmp_path, nas.port)) as ispd:
+        ispd.start()
+        ispd.cli("plan", "add", "single", "--max-sessions", "1", "--credential-policy", "cleartext")
+        ispd.cli("subscriber", "add", "dave", "--plan", "single", "--password-stdin", input="dave-pw\n")
+        service = Radius(ispd)
+        eventually(lambda: service.pap("dave", "dave-pw") == "Access-Accept", timeout=10)
+        base = "User-Name = dave, Acct-Session-Id = d1, NAS-IP-Address = 127.0.0.1"
+        assert service.accounting(f"{base}, Acct-Status-Type = Start") == "Accounting-Response"
+        assert service.pap("dave", "dave-pw") == "Access-Reject"
+        assert ispd.terminate() == 0
+        ispd.start()  # the open session comes back from the store
+        assert service.pap("dave", "dave-pw") == "Access-Reject"
+        assert ispd.metric_value("ispd_radius_open_sessions") == 1
+        assert service.accounting(f"{base}, Acct-Status-Type = Stop") == "Accounting-Response"
+        assert service.pap("dave", "dave-pw") == "Access-Accept"
+
+
+def test_check_config_names_a_bad_reply_attribute(tmp_path: Path) -> None:
+    config = radius_config(tmp_path, 3799, walled_garden_attributes=["Mikrotik-Adress-List = walled"],
+                           suspended="walled-garden")
+    ispd = IspdProcess(tmp_path, config)
+    ispd.write_config()
+    result = ispd.cli("check-config", check=False)
+    assert result.returncode == 2
+    assert "radius: walled_garden_attributes: Mikrotik-Adress-List: no such attribute" in result.stderr
+
+
+def test_a_response_from_ispd_decodes_with_our_codec_too(radius: Radius) -> None:
+    authenticator = os.urandom(16)
+    attributes = encode_attributes([(Attr.USER_NAME, b"alice"),
+                                    (Attr.USER_PASSWORD, hide_password(b"alice-pw", SECRET.encode(), authenticator))])
+    [reply] = send_raw(radius.auth, encode_request(Code.ACCESS_REQUEST, 5, attributes, SECRET.encode(),
+                                                   authenticator=authenticator))
+    assert reply is not None
+    packet = decode(reply)
+    assert packet.code == Code.ACCESS_ACCEPT and packet.attributes[0][0] == Attr.MESSAGE_AUTHENTICATOR

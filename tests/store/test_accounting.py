@@ -1,0 +1,138 @@
+"""Accounting in the store: sessions open, grow and close; nothing is counted twice."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from ispd.store import Store, open_store
+from ispd.store.config import StoreConfig
+from ispd.store.errors import NotFound
+from ispd.store.models import AccountingOutcome, AccountingRecord, AccountingStatus, Usage
+
+T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+START = AccountingRecord(at=T0, status=AccountingStatus.START, nas_address="198.18.0.1", acct_session_id="s1",
+                         username="alice", subscriber_id=1, framed_ip="198.18.7.7", interim_interval=300)
+
+
+def interim(at: float, octets_in: int, octets_out: int, seconds: int, **kw: object) -> AccountingRecord:
+    return replace(START, at=at, status=AccountingStatus.INTERIM_UPDATE, input_octets=octets_in,
+                   output_octets=octets_out, session_time_seconds=seconds, **kw)  # type: ignore[arg-type]
+
+
+def stop(at: float, octets_in: int, octets_out: int, seconds: int) -> AccountingRecord:
+    return replace(START, at=at, status=AccountingStatus.STOP, input_octets=octets_in, output_octets=octets_out,
+                   session_time_seconds=seconds, terminate_cause="User-Request")
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    opened = await open_store(StoreConfig(path=tmp_path / "a.db"), clock=lambda: T0 + 3600)
+    await opened.add_subscriber("alice", actor="t")
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def usage(store: Store) -> Usage:
+    return await store.usage(1, since=T0 - 86400 * 40, until=T0 + 86400 * 40)
+
+
+async def test_start_interim_stop_and_usage(store: Store) -> None:
+    [started] = await store.record_accounting([START])
+    assert started.outcome == AccountingOutcome.STARTED and started.session is not None
+    assert started.session.is_open and started.session.framed_ip == "198.18.7.7"
+    [updated] = await store.record_accounting([interim(T0 + 300, 1000, 5000, 300)])
+    assert updated.outcome == AccountingOutcome.UPDATED
+    [stopped] = await store.record_accounting([stop(T0 + 600, 3000, 9000, 600)])
+    assert stopped.outcome == AccountingOutcome.STOPPED
+    assert stopped.session is not None and stopped.session.stopped_at == T0 + 600
+    assert stopped.session.terminate_cause == "User-Request"
+    assert await usage(store) == Usage(3000, 9000, 600)
+    assert [s.id for s in await store.list_sessions(open_only=True)] == []
+
+
+async def test_retransmissions_and_late_copies_count_nothing_twice(store: Store) -> None:
+    results = await store.record_accounting([
+        START, START,  # a retransmitted Start
+        interim(T0 + 300, 1000, 5000, 300), interim(T0 + 300, 1000, 5000, 300),
+        interim(T0 + 200, 500, 2000, 200),  # an older interim arriving late: counters never shrink
+        stop(T0 + 600, 3000, 9000, 600), stop(T0 + 600, 3000, 9000, 600),
+        interim(T0 + 500, 2500, 8000, 500),  # after the Stop
+    ])
+    assert [r.outcome for r in results] == [
+        AccountingOutcome.STARTED, AccountingOutcome.DUPLICATE, AccountingOutcome.UPDATED, AccountingOutcome.UPDATED,
+        AccountingOutcome.UPDATED, AccountingOutcome.STOPPED, AccountingOutcome.DUPLICATE, AccountingOutcome.DUPLICATE]
+    assert await usage(store) == Usage(3000, 9000, 600)
+    [session] = await store.list_sessions()
+    assert (session.input_octets, session.output_octets, session.session_time_seconds) == (3000, 9000, 600)
+
+
+async def test_a_lost_start_is_made_up_from_the_interim_or_the_stop(store: Store) -> None:
+    [from_interim] = await store.record_accounting([replace(interim(T0 + 300, 10, 20, 300), acct_session_id="s2")])
+    assert from_interim.outcome == AccountingOutcome.STARTED
+    assert from_interim.session is not None and from_interim.session.started_at == T0  # 300 s before
+    [from_stop] = await store.record_accounting([replace(stop(T0 + 900, 30, 40, 900), acct_session_id="s3")])
+    assert from_stop.outcome == AccountingOutcome.STOPPED and from_stop.session is not None
+    assert from_stop.session.started_at == T0 and not from_stop.session.is_open
+    assert await usage(store) == Usage(40, 60, 1200)
+
+
+async def test_accounting_on_closes_the_nas_sessions_only(store: Store) -> None:
+    other_nas = replace(START, nas_address="198.18.0.2", acct_session_id="x")
+    await store.record_accounting([START, other_nas])
+    [restart] = await store.record_accounting([AccountingRecord(at=T0 + 50, status=AccountingStatus.ACCOUNTING_ON,
+                                                                nas_address="198.18.0.1")])
+    assert restart.outcome == AccountingOutcome.NAS_RESTARTED
+    assert [(s.acct_session_id, s.terminate_cause) for s in restart.closed] == [("s1", "NAS-Reboot")]
+    assert [s.acct_session_id for s in await store.list_sessions(open_only=True)] == ["x"]
+
+
+async def test_a_reused_session_id_long_after_supersedes_the_old_session(store: Store) -> None:
+    await store.record_accounting([START])
+    [again] = await store.record_accounting([replace(START, at=T0 + 86400)])
+    assert again.outcome == AccountingOutcome.STARTED
+    sessions = await store.list_sessions()
+    assert [(s.is_open, s.terminate_cause) for s in sessions] == [(True, None), (False, "Superseded")]
+
+
+async def test_usage_counts_growth_on_the_day_it_was_reported(store: Store) -> None:
+    await store.record_accounting([START, interim(T0 + 300, 100, 100, 300)])
+    next_day = T0 + 86400
+    await store.record_accounting([interim(next_day, 150, 400, 86400)])
+    assert await store.usage(1, since=T0, until=T0) == Usage(100, 100, 300)
+    assert await store.usage(1, since=next_day, until=next_day) == Usage(50, 300, 86100)
+
+
+async def test_requests_without_a_session_id_are_kept_but_tied_to_nothing(store: Store) -> None:
+    [result] = await store.record_accounting([replace(START, acct_session_id=None)])
+    assert result.outcome == AccountingOutcome.IGNORED and result.session is None
+
+
+async def test_close_sessions_coa_records_and_the_overview(store: Store) -> None:
+    [started] = await store.record_accounting([START])
+    assert started.session is not None
+    sid = started.session.id
+    closed = await store.close_sessions([sid, 999], at=T0 + 2000, cause="Stale-Session")
+    assert [(s.id, s.terminate_cause) for s in closed] == [(sid, "Stale-Session")]
+    assert await store.close_sessions([sid], at=T0 + 3000, cause="again") == []
+    record = await store.record_coa(kind="disconnect", nas_address="198.18.0.1", result="ack", attempts=1, at=T0,
+                                    completed_at=T0 + 0.1, session_id=sid, subscriber_id=1, reason="admin")
+    assert (await store.list_coa(session_id=sid)) == [record]
+    overview = await store.subscriber_overview("alice")
+    assert [s.id for s in overview.sessions] == [sid] and overview.coa == [record]
+    with pytest.raises(NotFound):
+        await store.get_session(12345)
+
+
+async def test_plan_changes_are_audited(store: Store) -> None:
+    await store.add_plan("home", actor="t")
+    subscriber = await store.set_subscriber_plan("alice", "home", actor="t")
+    assert subscriber.plan_id is not None
+    entries = await store.audit_since(0)
+    assert entries[-1].action == "subscriber.plan_changed" and entries[-1].details["to"] == "home"
+    assert (await store.set_subscriber_plan("alice", None, actor="t")).plan_id is None
