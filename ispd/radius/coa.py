@@ -138,8 +138,12 @@ class DynamicAuthorizationClient:
                     continue
                 if not check_response_authenticator(reply, authenticator, secret):
                     continue
-                signed = reply.has(Attr.MESSAGE_AUTHENTICATOR)
-                if signed and not check_message_authenticator(reply, secret, authenticator):
+                # RFC 5176 §3.5 signs with the request's authenticator; FreeRADIUS-based NASes
+                # sign ACKs and NAKs over zeros. The Response Authenticator above already proves
+                # the reply, so either form is taken.
+                if reply.has(Attr.MESSAGE_AUTHENTICATOR) and not (
+                        check_message_authenticator(reply, secret, authenticator)
+                        or check_message_authenticator(reply, secret, bytes(16))):
                     continue
             except RadiusDecodeError:
                 continue

@@ -27,12 +27,13 @@ Microsoft MPPE keys (RFC 2548 §2.4.2, same salted scheme as Tunnel-Password wit
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 
 HEADER = struct.Struct("!BBH16s")
@@ -119,6 +120,9 @@ class Attr(IntEnum):
     FRAMED_IPV6_ADDRESS = 168
 
 
+_MESSAGE_AUTHENTICATOR = int(Attr.MESSAGE_AUTHENTICATOR)  # a plain int for decode's loop
+
+
 class Vendor(IntEnum):
     MICROSOFT = 311
     MIKROTIK = 14988
@@ -146,39 +150,53 @@ class RadiusDecodeError(ValueError):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Packet:
+    """A decoded packet. ``first`` holds each attribute's first value (what the engines read,
+    one dict lookup each); the full list in wire order, repeats included, is ``attributes``,
+    read again from ``raw`` when asked for (EAP-Message, Class, Vendor-Specific)."""
+
     code: int
     identifier: int
     authenticator: bytes
-    attributes: tuple[tuple[int, bytes], ...] = ()
-    raw: bytes = b""  # the packet as received (Length octets), for authenticator checks
+    raw: bytes  # the packet as received (Length octets), for authenticator checks
+    first: dict[int, bytes] = field(default_factory=dict)
+    # Where the Message-Authenticator's value is in ``raw`` (0: none, -1: more than one).
+    signature_at: int = 0
+
+    @property
+    def attributes(self) -> list[tuple[int, bytes]]:
+        raw, offset, end, out = self.raw, HEADER_SIZE, len(self.raw), []
+        while offset < end:  # checked by decode: every length fits
+            size = raw[offset + 1]
+            out.append((raw[offset], raw[offset + 2:offset + size]))
+            offset += size
+        return out
 
     def get(self, attribute: int) -> bytes | None:
-        for code, value in self.attributes:
-            if code == attribute:
-                return value
-        return None
+        return self.first.get(attribute)
 
     def get_all(self, attribute: int) -> list[bytes]:
         return [value for code, value in self.attributes if code == attribute]
 
     def has(self, attribute: int) -> bool:
-        return any(code == attribute for code, _ in self.attributes)
+        return attribute in self.first
 
     def text(self, attribute: int) -> str | None:
         """A string attribute as text (invalid UTF-8 replaced: NAS firmware sends what it likes)."""
-        value = self.get(attribute)
+        value = self.first.get(attribute)
         return value.decode("utf-8", "replace") if value is not None else None
 
     def integer(self, attribute: int) -> int | None:
-        value = self.get(attribute)
+        value = self.first.get(attribute)
         return _U32.unpack(value)[0] if value is not None and len(value) == 4 else None
 
     def vendor_attributes(self, vendor: int) -> list[tuple[int, bytes]]:
         """The (type, value) sub-attributes of every Vendor-Specific of ``vendor`` in the usual
         one-octet type and length format (RFC 2865 §5.26); a malformed one yields nothing."""
         found: list[tuple[int, bytes]] = []
+        if Attr.VENDOR_SPECIFIC not in self.first:
+            return found
         for code, value in self.attributes:
             if code == Attr.VENDOR_SPECIFIC and len(value) > 4 and _U32.unpack_from(value)[0] == vendor:
                 found.extend(split_vendor_specific(value) or ())
@@ -200,22 +218,24 @@ def decode(data: bytes) -> Packet:
         raise RadiusDecodeError(DropReason.BAD_LENGTH, f"Length field {length}")
     if length > len(data):
         raise RadiusDecodeError(DropReason.TRUNCATED, f"Length field {length}, datagram {len(data)} octets")
-    return Packet(code, identifier, authenticator, decode_attributes(data, HEADER_SIZE, length), data[:length])
-
-
-def decode_attributes(data: bytes, start: int, end: int) -> tuple[tuple[int, bytes], ...]:
-    attributes = []
-    offset = start
-    while offset < end:
-        if offset + 2 > end:
+    first: dict[int, bytes] = {}
+    signature_at = 0
+    offset = HEADER_SIZE
+    while offset < length:
+        if offset + 2 > length:
             raise RadiusDecodeError(DropReason.ATTRIBUTE_OVERRUN, f"one octet left at {offset}")
-        length = data[offset + 1]
-        if length < 2 or offset + length > end:
-            raise RadiusDecodeError(DropReason.ATTRIBUTE_OVERRUN,
-                                    f"attribute {data[offset]} of length {length} at {offset}")
-        attributes.append((data[offset], data[offset + 2:offset + length]))
-        offset += length
-    return tuple(attributes)
+        kind, size = data[offset], data[offset + 1]
+        if size < 2 or offset + size > length:
+            raise RadiusDecodeError(DropReason.ATTRIBUTE_OVERRUN, f"attribute {kind} of length {size} at {offset}")
+        if kind not in first:
+            first[kind] = data[offset + 2:offset + size]
+            if kind == _MESSAGE_AUTHENTICATOR:
+                signature_at = offset + 2
+        elif kind == _MESSAGE_AUTHENTICATOR:
+            signature_at = -1
+        offset += size
+    return Packet(code, identifier, authenticator, data[:length] if length < len(data) else data, first,
+                  signature_at)
 
 
 def split_vendor_specific(value: bytes, type_size: int = 1, length_size: int = 1) -> list[tuple[int, bytes]] | None:
@@ -259,20 +279,25 @@ def encode_attributes(attributes: Iterable[tuple[int, bytes]]) -> bytes:
 # --- authenticators ---------------------------------------------------------------------------
 
 
+_new_md5 = hashlib.md5
+
+
 def _md5(*parts: bytes) -> bytes:
-    return hashlib.md5(b"".join(parts), usedforsecurity=False).digest()
+    return _new_md5(b"".join(parts)).digest()
 
 
-def _message_authenticator_offset(packet: Packet) -> int | None:
-    """The offset in ``packet.raw`` of the (only) Message-Authenticator's value."""
-    raw, offset, end, found = packet.raw, HEADER_SIZE, len(packet.raw), None
-    while offset < end:
-        if raw[offset] == Attr.MESSAGE_AUTHENTICATOR:
-            if found is not None:
-                raise RadiusDecodeError(DropReason.DUPLICATE_MESSAGE_AUTHENTICATOR, "more than one")
-            found = offset + 2
-        offset += raw[offset + 1]
-    return found
+@functools.lru_cache(maxsize=1024)
+def _hmac_pads(secret: bytes) -> tuple[bytes, bytes]:
+    key = secret if len(secret) <= 64 else _md5(secret)  # RFC 2104 §2
+    key = key.ljust(64, b"\x00")
+    return bytes(b ^ 0x36 for b in key), bytes(b ^ 0x5C for b in key)
+
+
+def hmac_md5(secret: bytes, data: bytes) -> bytes:
+    """HMAC-MD5 (RFC 2104) with the pads of each secret computed once: two MD5s, less than
+    what ``hmac.digest`` costs per call under OpenSSL 3 (its per-call setup dominates)."""
+    inner, outer = _hmac_pads(secret)
+    return _new_md5(outer + _new_md5(inner + data).digest()).digest()
 
 
 def check_message_authenticator(packet: Packet, secret: bytes, request_authenticator: bytes | None = None) -> bool:
@@ -280,20 +305,23 @@ def check_message_authenticator(packet: Packet, secret: bytes, request_authentic
     header's own field, zeroed for Accounting/CoA/Disconnect); responses: the request's
     authenticator (zeros for an Accounting-Response, see ``encode_response``). Raises
     ``RadiusDecodeError`` when it is absent, malformed or duplicated."""
-    offset = _message_authenticator_offset(packet)
-    if offset is None:
+    offset = packet.signature_at
+    if offset == 0:
         raise RadiusDecodeError(DropReason.MISSING_MESSAGE_AUTHENTICATOR, "no Message-Authenticator")
+    if offset < 0:
+        raise RadiusDecodeError(DropReason.DUPLICATE_MESSAGE_AUTHENTICATOR, "more than one")
     raw = packet.raw
     if raw[offset - 1] != 18:
         raise RadiusDecodeError(DropReason.BAD_MESSAGE_AUTHENTICATOR, "Message-Authenticator is not 16 octets")
     if request_authenticator is None:
         request_authenticator = (ZERO_AUTHENTICATOR if packet.code in _ZERO_AUTHENTICATOR_REQUESTS
                                  else packet.authenticator)
-    signed = b"".join((raw[:4], request_authenticator, raw[HEADER_SIZE:offset], ZERO_AUTHENTICATOR, raw[offset + 16:]))
-    return hmac.compare_digest(hmac.digest(secret, signed, "md5"), raw[offset:offset + 16])
+    signed = raw[:4] + request_authenticator + raw[HEADER_SIZE:offset] + ZERO_AUTHENTICATOR + raw[offset + 16:]
+    return hmac.compare_digest(hmac_md5(secret, signed), raw[offset:offset + 16])
 
 
-_ZERO_AUTHENTICATOR_REQUESTS = frozenset({Code.ACCOUNTING_REQUEST, Code.COA_REQUEST, Code.DISCONNECT_REQUEST})
+_ZERO_AUTHENTICATOR_REQUESTS = frozenset({int(Code.ACCOUNTING_REQUEST), int(Code.COA_REQUEST),
+                                          int(Code.DISCONNECT_REQUEST)})
 
 
 def check_request_authenticator(packet: Packet, secret: bytes) -> bool:
@@ -308,7 +336,8 @@ def check_response_authenticator(response: Packet, request_authenticator: bytes,
                                response.authenticator)
 
 
-_MA_PLACEHOLDER = bytes((Attr.MESSAGE_AUTHENTICATOR, 18)) + ZERO_AUTHENTICATOR
+_MA_HEAD = bytes((Attr.MESSAGE_AUTHENTICATOR, 18))
+_MA_PLACEHOLDER = _MA_HEAD + ZERO_AUTHENTICATOR
 
 
 def encode_response(code: int, identifier: int, request_authenticator: bytes, attributes: bytes, secret: bytes,
@@ -325,9 +354,8 @@ def encode_response(code: int, identifier: int, request_authenticator: bytes, at
     head = bytes((code, identifier)) + length.to_bytes(2, "big")
     if message_authenticator:
         vector = ZERO_AUTHENTICATOR if signed_with_zeros else request_authenticator
-        mac = hmac.digest(secret, b"".join((head, vector, body)), "md5")
-        body = _MA_PLACEHOLDER[:2] + mac + attributes
-    return b"".join((head, _md5(head, request_authenticator, body, secret), body))
+        body = _MA_HEAD + hmac_md5(secret, head + vector + body) + attributes
+    return head + _new_md5(head + request_authenticator + body + secret).digest() + body
 
 
 def encode_request(code: int, identifier: int, attributes: bytes, secret: bytes, *,
@@ -342,7 +370,7 @@ def encode_request(code: int, identifier: int, attributes: bytes, secret: bytes,
     computed = code in _ZERO_AUTHENTICATOR_REQUESTS
     signing = ZERO_AUTHENTICATOR if computed else (authenticator or os.urandom(16))
     if message_authenticator:
-        mac = hmac.digest(secret, b"".join((head, signing, body)), "md5")
+        mac = hmac_md5(secret, b"".join((head, signing, body)))
         body = _MA_PLACEHOLDER[:2] + mac + attributes
     final = _md5(head, ZERO_AUTHENTICATOR, body, secret) if computed else signing
     return b"".join((head, final, body))
@@ -369,6 +397,9 @@ def hide_password(password: bytes, secret: bytes, authenticator: bytes) -> bytes
 def reveal_password(hidden: bytes, secret: bytes, authenticator: bytes) -> bytes | None:
     """RFC 2865 §5.2 in reverse: the password (trailing NULs removed), or None when the value is
     not a multiple of 16 octets between 16 and 128."""
+    if len(hidden) == 16:  # the common case, a password of at most 16 octets: one block
+        key = _new_md5(secret + authenticator).digest()
+        return (int.from_bytes(hidden, "big") ^ int.from_bytes(key, "big")).to_bytes(16, "big").rstrip(b"\x00")
     if not hidden or len(hidden) % 16 or len(hidden) > 128:
         return None
     out = bytearray()

@@ -34,8 +34,8 @@ class AuthSubject:
     credentials: StoredCredentials
     # Reservations with a fixed address, by (kind, canonical key).
     addressed: dict[tuple[str, str], str] = field(default_factory=dict)
-    # Encoded reply attributes by (NAS kind, framed address): built once per subject.
-    reply_cache: dict[tuple[str, str | None], bytes] = field(default_factory=dict)
+    # Encoded reply attributes by (NAS kind, walled garden, framed address): built once per subject.
+    reply_cache: dict[tuple[str, bool, str | None], bytes] = field(default_factory=dict)
 
     @property
     def id(self) -> int:

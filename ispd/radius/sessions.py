@@ -1,16 +1,17 @@
 """The open RADIUS sessions, in memory: Simultaneous-Use counts, CoA targets, stale sessions.
 
 The store is the record (``radius_sessions``); this is the service's view of the open ones,
-loaded at start and kept current from the results of each accounting write, so that an
+loaded at start and kept current from each accounting write's outcome, so that an
 Access-Request can count a subscriber's sessions without a store round trip. A session is
-keyed by (NAS address, Acct-Session-Id).
+keyed by (NAS address, Acct-Session-Id). ``last_seen`` is when its NAS last reported on it
+(the store's ``updated_at``, kept here without re-reading the row).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ispd.store.models import AccountingResult, RadiusSession
+from ispd.store.models import RadiusSession
 
 SessionKey = tuple[str, str]
 
@@ -19,51 +20,51 @@ class OpenSessions:
     def __init__(self) -> None:
         self.by_key: dict[SessionKey, RadiusSession] = {}
         self.by_subscriber: dict[int, set[SessionKey]] = {}
+        self.last_seen: dict[SessionKey, float] = {}
 
     def load(self, sessions: Iterable[RadiusSession]) -> None:
         self.by_key.clear()
         self.by_subscriber.clear()
+        self.last_seen.clear()
         for session in sessions:
             if session.is_open:
-                self._put(session)
+                self.put(session)
 
-    def _put(self, session: RadiusSession) -> None:
+    def get(self, key: SessionKey) -> RadiusSession | None:
+        return self.by_key.get(key)
+
+    def put(self, session: RadiusSession) -> RadiusSession | None:
+        """Add an open session; returns the one it replaces under the same key, if any."""
         key = (session.nas_address, session.acct_session_id)
-        old = self.by_key.get(key)
-        if old is not None:
-            self._drop(old)
+        old = self.pop(key)
         self.by_key[key] = session
+        self.last_seen[key] = session.updated_at
         if session.subscriber_id is not None:
             self.by_subscriber.setdefault(session.subscriber_id, set()).add(key)
+        return old
 
-    def _drop(self, session: RadiusSession) -> None:
-        key = (session.nas_address, session.acct_session_id)
-        current = self.by_key.get(key)
-        if current is None or current.id != session.id:
-            return
-        del self.by_key[key]
+    def seen(self, key: SessionKey, at: float) -> None:
+        if key in self.by_key and at > self.last_seen.get(key, 0.0):
+            self.last_seen[key] = at
+
+    def pop(self, key: SessionKey) -> RadiusSession | None:
+        session = self.by_key.pop(key, None)
+        if session is None:
+            return None
+        self.last_seen.pop(key, None)
         if session.subscriber_id is not None:
             keys = self.by_subscriber.get(session.subscriber_id)
             if keys is not None:
                 keys.discard(key)
                 if not keys:
                     del self.by_subscriber[session.subscriber_id]
-
-    def apply(self, result: AccountingResult) -> None:
-        """Follow what one accounting write did."""
-        for closed in result.closed:
-            self._drop(closed)
-        session = result.session
-        if session is None:
-            return
-        if session.is_open:
-            self._put(session)
-        else:
-            self._drop(session)
+        return session
 
     def closed(self, sessions: Iterable[RadiusSession]) -> None:
         for session in sessions:
-            self._drop(session)
+            current = self.by_key.get((session.nas_address, session.acct_session_id))
+            if current is not None and current.id == session.id:
+                self.pop((session.nas_address, session.acct_session_id))
 
     def count(self, subscriber_id: int) -> int:
         keys = self.by_subscriber.get(subscriber_id)
@@ -76,9 +77,9 @@ class OpenSessions:
         """Open sessions the NAS has not reported on for ``intervals`` interim intervals (their
         own, else ``default_interval``); none when there is no interval to go by."""
         found = []
-        for session in self.by_key.values():
+        for key, session in self.by_key.items():
             interval = session.interim_interval or default_interval
-            if interval and now - session.updated_at > interval * intervals:
+            if interval and now - self.last_seen.get(key, session.updated_at) > interval * intervals:
                 found.append(session)
         return found
 

@@ -210,7 +210,10 @@ class AccountingRecord:
     session_time_seconds: int | None = None
     terminate_cause: str | None = None
     interim_interval: int | None = None
-    attributes: str | None = None  # the request's attributes as JSON, for the append-only record
+    packet: bytes | None = None  # the request as received, for the append-only record
+    # Fill in what an open session lacks (subscriber, addresses, interval) from this record; a
+    # caller that knows the session already has them clears it and saves the store a statement.
+    fill_in: bool = True
 
 
 class AccountingOutcome(StrEnum):
@@ -225,7 +228,10 @@ class AccountingOutcome(StrEnum):
 @dataclass(frozen=True, slots=True)
 class AccountingResult:
     outcome: AccountingOutcome
-    session: RadiusSession | None = None  # the session after the change
+    # The session the record opened (STARTED, or STOPPED when no Start came before); for an
+    # update or stop of an open session, None: its holder knows it, and re-reading it would cost
+    # more than the update.
+    session: RadiusSession | None = None
     closed: tuple[RadiusSession, ...] = ()  # sessions Accounting-On/Off closed
 
 

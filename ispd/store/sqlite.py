@@ -61,10 +61,11 @@ from ispd.store.models import (
     Usage,
 )
 from ispd.store.sqlite_radius import (
-    apply_accounting,
+    SESSION_COLUMNS,
     close_sessions,
     coa_from_row,
     month_start,
+    record_accounting,
     session_from_row,
     usage_between,
 )
@@ -72,6 +73,15 @@ from ispd.store.validation import hostname_text, ipv4_text, reservable_address, 
 
 T = TypeVar("T")
 log = get_logger("ispd.store")
+
+# A parameter that is not exactly an int, float or str goes through sqlite3's adaptation protocol,
+# which misses in its adapter table and then looks for __adapt__ and __conform__: some thousands
+# of instructions per None in an accounting insert. These adapters are C callables that return
+# what sqlite3 would bind anyway (NULL, an integer, a blob), found in one dictionary lookup.
+_NONE: dict[None, None] = {}
+sqlite3.register_adapter(type(None), _NONE.get)  # _NONE.get(None) is None: a C callable that gives NULL
+sqlite3.register_adapter(bool, int)
+sqlite3.register_adapter(bytes, bytes)
 
 Clock = Callable[[], float]
 
@@ -778,7 +788,8 @@ class SQLiteStore(Store):
             leases = [_lease(r) for r in conn.execute(
                 "SELECT * FROM leases WHERE subscriber_id = ? ORDER BY expires_at DESC", (sid,))]
             sessions = [session_from_row(r) for r in conn.execute(
-                "SELECT * FROM radius_sessions WHERE subscriber_id = ? ORDER BY started_at DESC LIMIT 20", (sid,))]
+                f"SELECT {SESSION_COLUMNS} FROM radius_sessions WHERE subscriber_id = ? ORDER BY started_at DESC"
+                " LIMIT 20", (sid,))]
             now = self.clock()
             usage = usage_between(conn, sid, month_start(now), now)
             coa = [coa_from_row(r) for r in conn.execute(
@@ -954,7 +965,7 @@ class SQLiteStore(Store):
     # --- RADIUS sessions and accounting
 
     async def record_accounting(self, records: Sequence[AccountingRecord]) -> list[AccountingResult]:
-        return await self._write("record_accounting", lambda conn: [apply_accounting(conn, r) for r in records])
+        return await self._write("record_accounting", lambda conn: record_accounting(conn, records))
 
     async def list_sessions(self, *, open_only: bool = False, subscriber: SubscriberRef | None = None,
                             nas_address: str | None = None, limit: int = 1000) -> list[RadiusSession]:
@@ -970,13 +981,13 @@ class SQLiteStore(Store):
                 params.append(nas_address)
             where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
             return [session_from_row(r) for r in conn.execute(
-                f"SELECT * FROM radius_sessions{where} ORDER BY id DESC LIMIT ?", (*params, limit))]
+                f"SELECT {SESSION_COLUMNS} FROM radius_sessions{where} ORDER BY id DESC LIMIT ?", (*params, limit))]
 
         return await self._read("list_sessions", run)
 
     async def get_session(self, session_id: int) -> RadiusSession:
         def run(conn: sqlite3.Connection) -> RadiusSession:
-            row = conn.execute("SELECT * FROM radius_sessions WHERE id = ?", (session_id,)).fetchone()
+            row = conn.execute(f"SELECT {SESSION_COLUMNS} FROM radius_sessions WHERE id = ?", (session_id,)).fetchone()
             if row is None:
                 raise NotFound(f"no session #{session_id}")
             return session_from_row(row)
@@ -1063,7 +1074,7 @@ _HISTORY = (
     ("leases", "leases", "state != 'bound' AND expires_at < ?"),
     ("audit_log", "audit_log", "at < ?"),
     ("coa_requests", "coa_requests", "at < ?"),
-    ("usage_daily", "usage_daily", "day < strftime('%Y-%m-%d', ?, 'unixepoch')"),
+    ("usage_daily", "usage_daily", "day < CAST(? / 86400 AS INTEGER)"),
 )
 
 _STATUS_ACTIONS = {

@@ -1,6 +1,6 @@
 """The SQLite backend's RADIUS tables: sessions, accounting, usage and CoA outcomes.
 
-Theory of operation. ``apply_accounting`` turns one Accounting-Request into rows, inside the
+Theory of operation. ``record_accounting`` turns Accounting-Requests into rows, inside the
 writer's transaction (the caller batches a receive burst into one job, so a burst shares one
 commit and one fsync). A session is found by (NAS address, Acct-Session-Id), newest first:
 
@@ -16,8 +16,9 @@ commit and one fsync). A session is found by (NAS address, Acct-Session-Id), new
 
 Counters only ever grow: a retransmitted or reordered request with smaller totals changes
 nothing, and what a subscriber used (``usage_daily``) grows by the difference between the new
-and the stored totals, so no octet is counted twice whatever the NAS resends. Every request is
-also appended to ``accounting_records`` with its outcome, duplicates included.
+and the stored totals (triggers in the schema count it, inside SQLite), so no octet is counted
+twice whatever the NAS resends. Every request is also appended to ``accounting_records`` with
+its outcome and its bytes, duplicates included.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import calendar
 import sqlite3
 import time
 from collections.abc import Sequence
+from dataclasses import fields, replace
+from typing import Any
 
 from ispd.store.models import (
     AccountingOutcome,
@@ -42,18 +45,14 @@ SUPERSEDED_CAUSE = "Superseded"
 NAS_RESTART_CAUSE = "NAS-Reboot"
 
 
-def session_from_row(row: sqlite3.Row) -> RadiusSession:
-    return RadiusSession(
-        id=row["id"], nas_address=row["nas_address"], acct_session_id=row["acct_session_id"],
-        username=row["username"], started_at=row["started_at"], updated_at=row["updated_at"],
-        subscriber_id=row["subscriber_id"], nas_identifier=row["nas_identifier"], framed_ip=row["framed_ip"],
-        framed_ipv6_prefix=row["framed_ipv6_prefix"], delegated_ipv6_prefix=row["delegated_ipv6_prefix"],
-        calling_station_id=row["calling_station_id"], called_station_id=row["called_station_id"],
-        nas_port_id=row["nas_port_id"], stopped_at=row["stopped_at"], terminate_cause=row["terminate_cause"],
-        interim_interval=row["interim_interval"], input_octets=row["input_octets"],
-        output_octets=row["output_octets"], input_packets=row["input_packets"],
-        output_packets=row["output_packets"], session_time_seconds=row["session_time_seconds"],
-    )
+# The session columns in the order of RadiusSession's fields: a row selected with them becomes a
+# RadiusSession by position, without a lookup by name per column (the accounting hot path).
+SESSION_COLUMNS = ", ".join(f.name for f in fields(RadiusSession))
+
+
+def session_from_row(row: Sequence[Any]) -> RadiusSession:
+    """A RadiusSession from a row of ``SESSION_COLUMNS``."""
+    return RadiusSession(*row)
 
 
 def coa_from_row(row: sqlite3.Row) -> CoARecord:
@@ -64,146 +63,142 @@ def coa_from_row(row: sqlite3.Row) -> CoARecord:
     )
 
 
-def utc_day(at: float) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(at))
+def utc_day(at: float) -> int:
+    """The day ``at`` falls in, as ``usage_daily`` counts them: days since 1970-01-01 UTC."""
+    return int(at // 86400)
 
 
-def _session(conn: sqlite3.Connection, session_id: int) -> RadiusSession:
-    return session_from_row(conn.execute("SELECT * FROM radius_sessions WHERE id = ?", (session_id,)).fetchone())
+_HISTORY_INSERT = (
+    "INSERT INTO accounting_records (at, nas_address, status_type, acct_session_id, username,"
+    " subscriber_id, framed_ip, input_octets, output_octets, session_time_seconds, outcome, packet)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_SESSION_INSERT = (
+    "INSERT INTO radius_sessions (nas_address, nas_identifier, acct_session_id, username, subscriber_id,"
+    " framed_ip, framed_ipv6_prefix, delegated_ipv6_prefix, calling_station_id, called_station_id, nas_port_id,"
+    " started_at, updated_at, stopped_at, terminate_cause, interim_interval, input_octets, output_octets,"
+    " input_packets, output_packets, session_time_seconds)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+# The open session's counters rise to the record's (never fall: MAX), and the usage triggers count
+# the growth; one statement does the common case (an interim or stop for an open session). It
+# sets no indexed column but stopped_at: SQLite rewrites the index entries of every column a SET
+# names, changed or not. It returns nothing: a RETURNING clause costs more than the update (the
+# service knows its open sessions).
+_SESSION_ADVANCE = (
+    "UPDATE radius_sessions SET input_octets = MAX(input_octets, COALESCE(?1, 0)),"
+    " output_octets = MAX(output_octets, COALESCE(?2, 0)), input_packets = MAX(input_packets, COALESCE(?3, 0)),"
+    " output_packets = MAX(output_packets, COALESCE(?4, 0)),"
+    " session_time_seconds = MAX(session_time_seconds, COALESCE(?5, 0)), updated_at = MAX(updated_at, ?6),"
+    " stopped_at = CASE WHEN ?7 THEN ?6 ELSE stopped_at END,"
+    " terminate_cause = CASE WHEN ?7 THEN ?8 ELSE terminate_cause END"
+    " WHERE nas_address = ?9 AND acct_session_id = ?10 AND stopped_at IS NULL")
+# What a record may add to a session after its Start (an address learnt late, the subscriber):
+# only when the record carries it and the session lacks it, so that the common case touches no
+# indexed column.
+_SESSION_FILL_IN = (
+    "UPDATE radius_sessions SET subscriber_id = COALESCE(subscriber_id, ?1), framed_ip = COALESCE(framed_ip, ?2),"
+    " framed_ipv6_prefix = COALESCE(framed_ipv6_prefix, ?3),"
+    " delegated_ipv6_prefix = COALESCE(delegated_ipv6_prefix, ?4), interim_interval = COALESCE(interim_interval, ?5)"
+    " WHERE id = (SELECT MAX(id) FROM radius_sessions WHERE nas_address = ?6 AND acct_session_id = ?7)"
+    " AND ((subscriber_id IS NULL AND ?1 IS NOT NULL) OR (framed_ip IS NULL AND ?2 IS NOT NULL)"
+    " OR (framed_ipv6_prefix IS NULL AND ?3 IS NOT NULL) OR (delegated_ipv6_prefix IS NULL AND ?4 IS NOT NULL)"
+    " OR (interim_interval IS NULL AND ?5 IS NOT NULL))")
+_SESSION_LATEST = ("SELECT id, started_at, stopped_at FROM radius_sessions"
+                   " WHERE nas_address = ? AND acct_session_id = ? ORDER BY id DESC LIMIT 1")
 
 
-def _append_record(conn: sqlite3.Connection, record: AccountingRecord, session_id: int | None,
-                   outcome: AccountingOutcome) -> None:
-    conn.execute(
-        "INSERT INTO accounting_records (at, session_id, nas_address, status_type, acct_session_id, username,"
-        " subscriber_id, framed_ip, input_octets, output_octets, session_time_seconds, outcome, attributes)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (record.at, session_id, record.nas_address, str(record.status), record.acct_session_id, record.username,
-         record.subscriber_id, record.framed_ip, record.input_octets, record.output_octets,
-         record.session_time_seconds, str(outcome), record.attributes),
-    )
+def _open_session(conn: sqlite3.Connection, record: AccountingRecord, *, stopped: bool) -> RadiusSession:
+    session = RadiusSession(
+        0, record.nas_address, record.acct_session_id or "", record.username or "",
+        record.at - (record.session_time_seconds or 0), record.at, record.subscriber_id, record.nas_identifier,
+        record.framed_ip, record.framed_ipv6_prefix, record.delegated_ipv6_prefix, record.calling_station_id,
+        record.called_station_id, record.nas_port_id, record.at if stopped else None,
+        record.terminate_cause if stopped else None, record.interim_interval, record.input_octets or 0,
+        record.output_octets or 0, record.input_packets or 0, record.output_packets or 0,
+        record.session_time_seconds or 0)
+    cursor = conn.execute(_SESSION_INSERT, (
+        session.nas_address, session.nas_identifier, session.acct_session_id, session.username,
+        session.subscriber_id, session.framed_ip, session.framed_ipv6_prefix, session.delegated_ipv6_prefix,
+        session.calling_station_id, session.called_station_id, session.nas_port_id, session.started_at,
+        session.updated_at, session.stopped_at, session.terminate_cause, session.interim_interval,
+        session.input_octets, session.output_octets, session.input_packets, session.output_packets,
+        session.session_time_seconds))
+    return replace(session, id=int(cursor.lastrowid or 0))
 
 
-def _open_session(conn: sqlite3.Connection, record: AccountingRecord, *, stopped: bool) -> int:
-    started_at = record.at - (record.session_time_seconds or 0)
-    cursor = conn.execute(
-        "INSERT INTO radius_sessions (nas_address, nas_identifier, acct_session_id, username, subscriber_id,"
-        " framed_ip, framed_ipv6_prefix, delegated_ipv6_prefix, calling_station_id, called_station_id, nas_port_id,"
-        " started_at, updated_at, stopped_at, terminate_cause, interim_interval, input_octets, output_octets,"
-        " input_packets, output_packets, session_time_seconds)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (record.nas_address, record.nas_identifier, record.acct_session_id, record.username or "",
-         record.subscriber_id, record.framed_ip, record.framed_ipv6_prefix, record.delegated_ipv6_prefix,
-         record.calling_station_id, record.called_station_id, record.nas_port_id, started_at, record.at,
-         record.at if stopped else None, record.terminate_cause if stopped else None, record.interim_interval,
-         record.input_octets or 0, record.output_octets or 0, record.input_packets or 0, record.output_packets or 0,
-         record.session_time_seconds or 0),
-    )
-    session_id = int(cursor.lastrowid or 0)
-    _add_usage(conn, record.subscriber_id, record.at, record.input_octets or 0, record.output_octets or 0,
-               record.session_time_seconds or 0)
-    return session_id
+def _advance(conn: sqlite3.Connection, record: AccountingRecord, *, stop: bool) -> bool:
+    """Whether an open session took the record."""
+    cursor = conn.execute(_SESSION_ADVANCE, (
+        record.input_octets, record.output_octets, record.input_packets, record.output_packets,
+        record.session_time_seconds, record.at, stop, record.terminate_cause, record.nas_address,
+        record.acct_session_id))
+    if not cursor.rowcount:
+        return False
+    if record.fill_in and (record.subscriber_id is not None or record.framed_ip is not None
+                           or record.framed_ipv6_prefix is not None or record.delegated_ipv6_prefix is not None
+                           or record.interim_interval is not None):
+        conn.execute(_SESSION_FILL_IN, (record.subscriber_id, record.framed_ip, record.framed_ipv6_prefix,
+                                        record.delegated_ipv6_prefix, record.interim_interval, record.nas_address,
+                                        record.acct_session_id))
+    return True
 
 
-def _add_usage(conn: sqlite3.Connection, subscriber_id: int | None, at: float, input_octets: int,
-               output_octets: int, seconds: int) -> None:
-    if subscriber_id is None or not (input_octets or output_octets or seconds):
-        return
-    conn.execute(
-        "INSERT INTO usage_daily (subscriber_id, day, input_octets, output_octets, session_seconds)"
-        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (subscriber_id, day) DO UPDATE SET"
-        " input_octets = input_octets + excluded.input_octets,"
-        " output_octets = output_octets + excluded.output_octets,"
-        " session_seconds = session_seconds + excluded.session_seconds",
-        (subscriber_id, utc_day(at), input_octets, output_octets, seconds),
-    )
+def record_accounting(conn: sqlite3.Connection, records: Sequence[AccountingRecord]) -> list[AccountingResult]:
+    """Apply ``records`` in order; the history rows go in with one statement at the end."""
+    results, history = [], []
+    for record in records:
+        result = _apply(conn, record)
+        results.append(result)
+        history.append((record.at, record.nas_address, str(record.status), record.acct_session_id, record.username,
+                        record.subscriber_id, record.framed_ip, record.input_octets, record.output_octets,
+                        record.session_time_seconds, str(result.outcome), record.packet))
+    conn.executemany(_HISTORY_INSERT, history)
+    return results
 
 
-def _advance(conn: sqlite3.Connection, row: sqlite3.Row, record: AccountingRecord, *, stop: bool) -> None:
-    """Raise an open session's counters to the record's (never lower them) and count the growth."""
-    def grown(column: str, value: int | None) -> int:
-        old = int(row[column])
-        return max(old, value) if value is not None else old
-
-    totals = {column: grown(column, getattr(record, column)) for column in
-              ("input_octets", "output_octets", "input_packets", "output_packets", "session_time_seconds")}
-    subscriber_id = row["subscriber_id"] if row["subscriber_id"] is not None else record.subscriber_id
-    conn.execute(
-        "UPDATE radius_sessions SET input_octets = ?, output_octets = ?, input_packets = ?, output_packets = ?,"
-        " session_time_seconds = ?, updated_at = MAX(updated_at, ?), subscriber_id = ?,"
-        " framed_ip = COALESCE(?, framed_ip), framed_ipv6_prefix = COALESCE(?, framed_ipv6_prefix),"
-        " delegated_ipv6_prefix = COALESCE(?, delegated_ipv6_prefix),"
-        " interim_interval = COALESCE(?, interim_interval),"
-        " stopped_at = CASE WHEN ? THEN ? ELSE stopped_at END,"
-        " terminate_cause = CASE WHEN ? THEN ? ELSE terminate_cause END WHERE id = ?",
-        (totals["input_octets"], totals["output_octets"], totals["input_packets"], totals["output_packets"],
-         totals["session_time_seconds"], record.at, subscriber_id, record.framed_ip, record.framed_ipv6_prefix,
-         record.delegated_ipv6_prefix, record.interim_interval, stop, record.at, stop, record.terminate_cause,
-         row["id"]),
-    )
-    _add_usage(conn, subscriber_id, record.at, totals["input_octets"] - row["input_octets"],
-               totals["output_octets"] - row["output_octets"],
-               totals["session_time_seconds"] - row["session_time_seconds"])
-
-
-def apply_accounting(conn: sqlite3.Connection, record: AccountingRecord) -> AccountingResult:
+def _apply(conn: sqlite3.Connection, record: AccountingRecord) -> AccountingResult:
     status = record.status
     if status in (AccountingStatus.ACCOUNTING_ON, AccountingStatus.ACCOUNTING_OFF):
         return _nas_restarted(conn, record)
     if not record.acct_session_id:
-        _append_record(conn, record, None, AccountingOutcome.IGNORED)
         return AccountingResult(AccountingOutcome.IGNORED)
-    row = conn.execute(
-        "SELECT * FROM radius_sessions WHERE nas_address = ? AND acct_session_id = ? ORDER BY id DESC LIMIT 1",
-        (record.nas_address, record.acct_session_id),
-    ).fetchone()
-    outcome: AccountingOutcome
+    if status != AccountingStatus.START:
+        stop = status == AccountingStatus.STOP
+        if _advance(conn, record, stop=stop):
+            return AccountingResult(AccountingOutcome.STOPPED if stop else AccountingOutcome.UPDATED)
+    latest = conn.execute(_SESSION_LATEST, (record.nas_address, record.acct_session_id)).fetchone()
     if status == AccountingStatus.START:
         started_at = record.at - (record.session_time_seconds or 0)
-        if row is not None and abs(row["started_at"] - started_at) < SAME_START_SECONDS:
-            session_id, outcome = int(row["id"]), AccountingOutcome.DUPLICATE
-        else:
-            if row is not None and row["stopped_at"] is None:
-                conn.execute("UPDATE radius_sessions SET stopped_at = ?, terminate_cause = ? WHERE id = ?",
-                             (record.at, SUPERSEDED_CAUSE, row["id"]))
-            session_id, outcome = _open_session(conn, record, stopped=False), AccountingOutcome.STARTED
-    elif row is None:  # the Start (and every interim) was lost: the session as far as it is known
-        stopped = status == AccountingStatus.STOP
-        session_id = _open_session(conn, record, stopped=stopped)
-        outcome = AccountingOutcome.STOPPED if stopped else AccountingOutcome.STARTED
-    elif row["stopped_at"] is not None:
-        session_id, outcome = int(row["id"]), AccountingOutcome.DUPLICATE
-    else:
-        stop = status == AccountingStatus.STOP
-        _advance(conn, row, record, stop=stop)
-        session_id = int(row["id"])
-        outcome = AccountingOutcome.STOPPED if stop else AccountingOutcome.UPDATED
-    _append_record(conn, record, session_id, outcome)
-    return AccountingResult(outcome, _session(conn, session_id))
+        if latest is not None and abs(latest["started_at"] - started_at) < SAME_START_SECONDS:
+            return AccountingResult(AccountingOutcome.DUPLICATE)
+        if latest is not None and latest["stopped_at"] is None:
+            conn.execute("UPDATE radius_sessions SET stopped_at = ?, terminate_cause = ? WHERE id = ?",
+                         (record.at, SUPERSEDED_CAUSE, latest["id"]))
+        return AccountingResult(AccountingOutcome.STARTED, _open_session(conn, record, stopped=False))
+    if latest is not None:  # stopped already: a late copy
+        return AccountingResult(AccountingOutcome.DUPLICATE)
+    # The Start (and every interim) was lost: the session as far as it is known.
+    stopped = status == AccountingStatus.STOP
+    session = _open_session(conn, record, stopped=stopped)
+    return AccountingResult(AccountingOutcome.STOPPED if stopped else AccountingOutcome.STARTED, session)
 
 
 def _nas_restarted(conn: sqlite3.Connection, record: AccountingRecord) -> AccountingResult:
-    rows = conn.execute("SELECT id FROM radius_sessions WHERE nas_address = ? AND stopped_at IS NULL",
-                        (record.nas_address,)).fetchall()
-    conn.execute(
+    rows = conn.execute(
         "UPDATE radius_sessions SET stopped_at = ?, terminate_cause = ?, updated_at = MAX(updated_at, ?)"
-        " WHERE nas_address = ? AND stopped_at IS NULL",
+        f" WHERE nas_address = ? AND stopped_at IS NULL RETURNING {SESSION_COLUMNS}",
         (record.at, NAS_RESTART_CAUSE, record.at, record.nas_address),
-    )
-    _append_record(conn, record, None, AccountingOutcome.NAS_RESTARTED)
-    closed = tuple(_session(conn, int(r["id"])) for r in rows)
-    return AccountingResult(AccountingOutcome.NAS_RESTARTED, closed=closed)
+    ).fetchall()
+    return AccountingResult(AccountingOutcome.NAS_RESTARTED, closed=tuple(session_from_row(r) for r in rows))
 
 
 def close_sessions(conn: sqlite3.Connection, session_ids: Sequence[int], at: float, cause: str) -> list[RadiusSession]:
     closed = []
     for session_id in session_ids:
-        cursor = conn.execute(
-            "UPDATE radius_sessions SET stopped_at = ?, terminate_cause = ? WHERE id = ? AND stopped_at IS NULL",
-            (at, cause, session_id),
-        )
-        if cursor.rowcount:
-            closed.append(_session(conn, session_id))
+        row = conn.execute(
+            "UPDATE radius_sessions SET stopped_at = ?, terminate_cause = ? WHERE id = ? AND stopped_at IS NULL"
+            f" RETURNING {SESSION_COLUMNS}", (at, cause, session_id)).fetchone()
+        if row is not None:
+            closed.append(session_from_row(row))
     return closed
 
 

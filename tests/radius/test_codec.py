@@ -157,7 +157,7 @@ def test_malformed_packets_are_refused_with_a_reason(data: bytes, reason: DropRe
 
 def test_octets_beyond_the_length_field_are_padding() -> None:
     packet = decode(HEADER + b"\x01\x06abcd" + b"\xff" * 10)  # RFC 2865 §3: ignored
-    assert packet.attributes == ((1, b"abcd"),) and len(packet.raw) == 26
+    assert packet.attributes == [(1, b"abcd")] and len(packet.raw) == 26
 
 
 @settings(max_examples=2000)

@@ -50,8 +50,9 @@ async def test_start_interim_stop_and_usage(store: Store) -> None:
     assert updated.outcome == AccountingOutcome.UPDATED
     [stopped] = await store.record_accounting([stop(T0 + 600, 3000, 9000, 600)])
     assert stopped.outcome == AccountingOutcome.STOPPED
-    assert stopped.session is not None and stopped.session.stopped_at == T0 + 600
-    assert stopped.session.terminate_cause == "User-Request"
+    session = await store.get_session(started.session.id)
+    assert session.stopped_at == T0 + 600 and session.terminate_cause == "User-Request"
+    assert (session.input_octets, session.output_octets, session.session_time_seconds) == (3000, 9000, 600)
     assert await usage(store) == Usage(3000, 9000, 600)
     assert [s.id for s in await store.list_sessions(open_only=True)] == []
 
@@ -111,6 +112,17 @@ async def test_usage_counts_growth_on_the_day_it_was_reported(store: Store) -> N
 async def test_requests_without_a_session_id_are_kept_but_tied_to_nothing(store: Store) -> None:
     [result] = await store.record_accounting([replace(START, acct_session_id=None)])
     assert result.outcome == AccountingOutcome.IGNORED and result.session is None
+
+
+async def test_a_late_address_is_filled_in_without_touching_what_is_known(store: Store) -> None:
+    [started] = await store.record_accounting([replace(START, framed_ip=None, subscriber_id=None)])
+    assert started.session is not None
+    await store.record_accounting([interim(T0 + 300, 1, 1, 300, framed_ip="198.18.7.9", subscriber_id=1)])
+    await store.record_accounting([interim(T0 + 600, 2, 2, 600, framed_ip="198.18.7.10", subscriber_id=2)])
+    session = await store.get_session(started.session.id)
+    assert (session.framed_ip, session.subscriber_id) == ("198.18.7.9", 1)  # the first one learnt stays
+    await store.record_accounting([interim(T0 + 900, 3, 3, 900, framed_ip=None, fill_in=False)])
+    assert (await store.get_session(started.session.id)).input_octets == 3
 
 
 async def test_close_sessions_coa_records_and_the_overview(store: Store) -> None:

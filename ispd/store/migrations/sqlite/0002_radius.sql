@@ -22,14 +22,15 @@ CREATE INDEX reservations_subscriber ON reservations(subscriber_id);
 
 DROP TABLE radius_sessions;
 -- One row per session a NAS accounts for. Counters are totals as the NAS last reported them
--- (octets with their Gigawords folded in); they only ever grow.
+-- (octets with their Gigawords folded in); they only ever grow. A history table: no foreign key,
+-- so a deleted subscriber's sessions keep its id (who had this address, last March).
 CREATE TABLE radius_sessions (
     id                   INTEGER PRIMARY KEY,
     nas_address          TEXT NOT NULL,
     nas_identifier       TEXT,
     acct_session_id      TEXT NOT NULL,
     username             TEXT NOT NULL,
-    subscriber_id        INTEGER REFERENCES subscribers(id) ON DELETE SET NULL,
+    subscriber_id        INTEGER,
     framed_ip            TEXT,
     framed_ipv6_prefix   TEXT,
     delegated_ipv6_prefix TEXT,
@@ -48,16 +49,17 @@ CREATE TABLE radius_sessions (
     session_time_seconds INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX radius_sessions_nas ON radius_sessions(nas_address, acct_session_id);
-CREATE INDEX radius_sessions_open ON radius_sessions(stopped_at, subscriber_id);
+CREATE INDEX radius_sessions_open ON radius_sessions(subscriber_id) WHERE stopped_at IS NULL;
 CREATE INDEX radius_sessions_subscriber ON radius_sessions(subscriber_id, started_at);
 CREATE INDEX radius_sessions_ip ON radius_sessions(framed_ip, started_at);
 
 DROP TABLE accounting_records;
--- Append-only: every Accounting-Request as received, duplicates included (marked).
+-- Append-only: every Accounting-Request as received, duplicates included (marked), with the
+-- request itself (``packet``: its bytes, for reading with the dictionaries when a dispute needs it).
+-- A session's records are those of its NAS and Acct-Session-Id from its start on.
 CREATE TABLE accounting_records (
     id              INTEGER PRIMARY KEY,
     at              REAL NOT NULL,
-    session_id      INTEGER,
     nas_address     TEXT NOT NULL,
     status_type     TEXT NOT NULL,
     acct_session_id TEXT,
@@ -68,20 +70,50 @@ CREATE TABLE accounting_records (
     output_octets   INTEGER,
     session_time_seconds INTEGER,
     outcome         TEXT NOT NULL,
-    attributes      TEXT
+    packet          BLOB
 );
 CREATE INDEX accounting_records_at ON accounting_records(at);
-CREATE INDEX accounting_records_session ON accounting_records(session_id);
+CREATE INDEX accounting_records_session ON accounting_records(nas_address, acct_session_id);
 
--- What each subscriber used, per UTC day: the growth of session counters, counted once.
+-- What each subscriber used, per UTC day: the growth of session counters, counted once. The
+-- triggers keep it: a session's counters only grow (the store writes MAX(old, new)), and each
+-- growth is added to the day of the report that brought it (the session's updated_at). ``day``
+-- counts days since 1970-01-01 UTC (an integer: cheaper in the triggers than a date string).
 CREATE TABLE usage_daily (
     subscriber_id INTEGER NOT NULL,
-    day           TEXT NOT NULL,
+    day           INTEGER NOT NULL,
     input_octets  INTEGER NOT NULL DEFAULT 0,
     output_octets INTEGER NOT NULL DEFAULT 0,
     session_seconds INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (subscriber_id, day)
 );
+
+CREATE TRIGGER radius_sessions_usage_insert AFTER INSERT ON radius_sessions
+WHEN NEW.subscriber_id IS NOT NULL
+     AND (NEW.input_octets > 0 OR NEW.output_octets > 0 OR NEW.session_time_seconds > 0)
+BEGIN
+    INSERT INTO usage_daily (subscriber_id, day, input_octets, output_octets, session_seconds)
+    VALUES (NEW.subscriber_id, CAST(NEW.updated_at / 86400 AS INTEGER), NEW.input_octets,
+            NEW.output_octets, NEW.session_time_seconds)
+    ON CONFLICT (subscriber_id, day) DO UPDATE SET input_octets = input_octets + excluded.input_octets,
+        output_octets = output_octets + excluded.output_octets,
+        session_seconds = session_seconds + excluded.session_seconds;
+END;
+
+CREATE TRIGGER radius_sessions_usage_update
+AFTER UPDATE OF input_octets, output_octets, session_time_seconds ON radius_sessions
+WHEN NEW.subscriber_id IS NOT NULL
+     AND (NEW.input_octets > OLD.input_octets OR NEW.output_octets > OLD.output_octets
+          OR NEW.session_time_seconds > OLD.session_time_seconds)
+BEGIN
+    INSERT INTO usage_daily (subscriber_id, day, input_octets, output_octets, session_seconds)
+    VALUES (NEW.subscriber_id, CAST(NEW.updated_at / 86400 AS INTEGER),
+            NEW.input_octets - OLD.input_octets, NEW.output_octets - OLD.output_octets,
+            NEW.session_time_seconds - OLD.session_time_seconds)
+    ON CONFLICT (subscriber_id, day) DO UPDATE SET input_octets = input_octets + excluded.input_octets,
+        output_octets = output_octets + excluded.output_octets,
+        session_seconds = session_seconds + excluded.session_seconds;
+END;
 
 -- Disconnect-Requests and CoA-Requests sent to NASes, and what came of them.
 CREATE TABLE coa_requests (
