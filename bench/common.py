@@ -1,11 +1,36 @@
 """What every benchmark script shares: the machine line of its report, the kernel's UDP drop
-counter, the check for the tools it needs, and exiting cleanly on a signal."""
+counter, the check for the tools it needs, exiting cleanly on a signal, CPU time of a process
+tree, and ispd run as a daemon under test."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from tests.lab.dnshier import descendants
+
+ISPD = str(Path(sys.executable).with_name("ispd"))
+
+# The sections every benchmark's ispd config starts with: its own store and control socket in
+# the run's directory, quiet logs, metrics on a free port.
+ISPD_CONFIG_HEAD = """\
+[daemon]
+shutdown_grace_seconds = 5
+control_socket = "{workdir}/control.sock"
+[store]
+path = "{workdir}/ispd.db"
+[log]
+level = "warning"
+format = "json"
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+"""
 
 
 class ServerFailed(RuntimeError):
@@ -45,3 +70,69 @@ def require(script: str, problems: list[str], tools: tuple[str, ...]) -> None:
     problems += [f"{tool} not found" for tool in tools if shutil.which(tool) is None]
     if problems:
         sys.exit(f"{script}: " + "; ".join(problems) + " — tools/setup --bench installs the tools")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` and its live descendants, plus what their waited-for
+    children used."""
+    total = 0
+    for p in (pid, *descendants(pid)):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class IspdDaemon:
+    """``ispd run`` on a config the benchmark wrote, pinned to ``cpus``, its output in a file;
+    ``start`` returns once ``ready()`` says so (the service answers), ``stop`` sends SIGTERM."""
+
+    def __init__(self, workdir: Path, cpus: str | None, *, preexec: Callable[[], None] | None = None) -> None:
+        self.workdir, self.cpus, self.preexec = workdir, cpus, preexec
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.output = workdir / "ispd.out"
+
+    def start(self, config: str, ready: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+        """Run ispd on ``config`` (the text); ``what`` names the readiness check in errors."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        path = self.workdir / "ispd.toml"
+        path.write_text(config)
+        command: Sequence[str] = [ISPD, "run", "-c", str(path)]
+        if self.cpus is not None:
+            command = ["taskset", "-c", self.cpus, *command]
+        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        with self.output.open("ab") as out:
+            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=env, preexec_fn=self.preexec)  # noqa: PLW1509
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServerFailed(f"ispd exited ({self.proc.returncode}) while starting:\n{self.log_tail()}")
+            if ready():
+                return
+            time.sleep(0.05)
+        raise ServerFailed(f"ispd did not {what} within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        if not self.output.exists():
+            return "(no output)"
+        return "\n".join(self.output.read_text(errors="replace").splitlines()[-lines:]) or "(no output)"

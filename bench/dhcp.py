@@ -48,11 +48,18 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import ServerFailed, machine_summary, raise_exit, require, udp_rcvbuf_errors_in  # noqa: E402
+from bench.common import (  # noqa: E402
+    ISPD,
+    ISPD_CONFIG_HEAD,
+    ServerFailed,
+    machine_summary,
+    raise_exit,
+    require,
+    udp_rcvbuf_errors_in,
+)
 from tests.lab.netns import Lab  # noqa: E402
 from tests.lab.ports import free_tcp_port  # noqa: E402
 
-ISPD = str(Path(sys.executable).with_name("ispd"))
 KEA = "/usr/sbin/kea-dhcp4"
 PERFDHCP = "/usr/sbin/perfdhcp"
 
@@ -65,17 +72,7 @@ ROUTER = "198.19.0.1"
 LEASE_SECONDS = 3600
 DROP_WAIT_US = 1_000_000  # perfdhcp -W: after the period, wait this long for late replies
 
-ISPD_CONFIG = """\
-[daemon]
-shutdown_grace_seconds = 5
-control_socket = "{workdir}/control.sock"
-[store]
-path = "{workdir}/ispd.db"
-[log]
-level = "warning"
-format = "json"
-[metrics]
-listen = "127.0.0.1:{metrics_port}"
+ISPD_CONFIG = ISPD_CONFIG_HEAD + """\
 [dhcp]
 enabled = true
 interfaces = ["{interface}"]

@@ -49,37 +49,35 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import ServerFailed, machine_summary, raise_exit, require, udp_rcvbuf_errors_in  # noqa: E402
+from bench.common import (  # noqa: E402
+    ISPD,
+    ISPD_CONFIG_HEAD,
+    IspdDaemon,
+    ServerFailed,
+    cpu_seconds,
+    machine_summary,
+    raise_exit,
+    require,
+    udp_rcvbuf_errors_in,
+)
 from tests.lab.dnshier import (  # noqa: E402
     BENCH_NAMES,
     BENCH_WILDCARD_ADDRESS,
     DNSHierarchy,
     Unbound,
     bench_address,
-    descendants,
     free_port,
     query,
 )
 from tests.lab.ports import free_tcp_port  # noqa: E402
 
-ISPD = str(Path(sys.executable).with_name("ispd"))
 DNSPERF = shutil.which("dnsperf") or "/usr/bin/dnsperf"
 BASE = "127.55"
 LATENCY_QPS = 2000
 WORKLOADS = ("cache hit", "latency", "cache miss", "DoT hit", "DoH hit")
 DNSPERF_TIMEOUT = 5  # dnsperf -t: a query without a reply after this long is lost
 
-ISPD_CONFIG = """\
-[daemon]
-shutdown_grace_seconds = 5
-control_socket = "{workdir}/control.sock"
-[store]
-path = "{workdir}/ispd.db"
-[log]
-level = "warning"
-format = "json"
-[metrics]
-listen = "127.0.0.1:{metrics_port}"
+ISPD_CONFIG = ISPD_CONFIG_HEAD + """\
 [dns]
 enabled = true
 listen = ["127.0.0.1:{port}"]
@@ -99,19 +97,6 @@ private_key = "{key}"
 
 
 # --- the resolvers
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` and its live descendants, plus what their waited-for
-    children used."""
-    total = 0
-    for p in (pid, *descendants(pid)):
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 class Resolver:
@@ -186,59 +171,38 @@ class IspdResolver(Resolver):
 
     def __init__(self, hierarchy: DNSHierarchy, workdir: Path, cpus: str | None) -> None:
         super().__init__(hierarchy, workdir, cpus)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.output = workdir / "ispd.out"
+        self.daemon = IspdDaemon(workdir, cpus)
 
     def start(self, timeout: float = 30.0) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        config = self.workdir / "ispd.toml"
         assert self.tls is not None
-        config.write_text(ISPD_CONFIG.format(workdir=self.workdir, metrics_port=free_tcp_port(), port=self.port,
-                                             hints=self.hierarchy.root_hints_path, dot_port=self.dot_port,
-                                             doh_port=self.doh_port, pem=self.tls[0], key=self.tls[1]))
-        command = [ISPD, "run", "-c", str(config)]
-        if self.cpus is not None:
-            command = ["taskset", "-c", self.cpus, *command]
-        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
-        with self.output.open("ab") as out:
-            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=env)
+        config = ISPD_CONFIG.format(workdir=self.workdir, metrics_port=free_tcp_port(), port=self.port,
+                                    hints=self.hierarchy.root_hints_path, dot_port=self.dot_port,
+                                    doh_port=self.doh_port, pem=self.tls[0], key=self.tls[1])
         _running.append(self)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise ServerFailed(f"ispd exited ({self.proc.returncode}) while starting:\n{self.log_tail()}")
-            try:  # any reply will do: a DNS listener is up
+
+        def answers() -> bool:  # any reply will do: a DNS listener is up
+            try:
                 query("127.0.0.1", "localhost.", "A", port=self.port, rd=True, timeout=0.5)
-                return
             except Exception:
-                time.sleep(0.1)
-        raise ServerFailed(f"ispd did not answer DNS on 127.0.0.1:{self.port} within {timeout:.0f} s:\n"
-                           f"{self.log_tail()}")
+                return False
+            return True
+
+        self.daemon.start(config, answers, f"answer DNS on 127.0.0.1:{self.port}", timeout)
 
     def stop(self, timeout: float = 15.0) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        self.daemon.stop(timeout)
         if self in _running:
             _running.remove(self)
 
     @property
     def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+        return self.daemon.pid
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.daemon.alive()
 
     def log_tail(self, lines: int = 30) -> str:
-        if not self.output.exists():
-            return "(no output)"
-        return "\n".join(self.output.read_text(errors="replace").splitlines()[-lines:]) or "(no output)"
+        return self.daemon.log_tail(lines)
 
 
 RESOLVERS: dict[str, type[Resolver]] = {"unbound": UnboundResolver, "ispd": IspdResolver}
