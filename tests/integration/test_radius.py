@@ -307,3 +307,24 @@ def test_a_response_from_ispd_decodes_with_our_codec_too(radius: Radius) -> None
     assert reply is not None
     packet = decode(reply)
     assert packet.code == Code.ACCESS_ACCEPT and packet.attributes[0][0] == Attr.MESSAGE_AUTHENTICATOR
+
+
+def test_sighup_applies_a_new_secret_and_refuses_a_listener_change(tmp_path: Path) -> None:
+    require_radclient()
+    with IspdProcess(tmp_path, radius_config(tmp_path, 3799)) as ispd:
+        ispd.start()
+        service = Radius(ispd)
+        status = "Message-Authenticator = 0x00"
+        assert radclient(service.auth, "status", SECRET, status).code == "Access-Accept"
+        config = ispd.config
+        config["radius"]["client"][0]["secret"] = "a-new-secret"
+        ispd.write_config(config)
+        ispd.reload()
+        assert radclient(service.auth, "status", "a-new-secret", status).code == "Access-Accept"
+        assert radclient(service.auth, "status", SECRET, status, timeout=0.5, retries=1).code is None
+        config["radius"]["listen_auth"] = [f"127.0.0.1:{free_udp_port()}"]
+        ispd.write_config(config)
+        ispd.reload()
+        [refused] = ispd.log_events("config.reload.service_refused")
+        assert refused["service"] == "radius" and "needs a restart" in refused["error"]
+        assert radclient(service.auth, "status", "a-new-secret", status).code == "Access-Accept"  # still there

@@ -8,6 +8,8 @@ import struct
 from collections.abc import Sequence
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ispd.credentials import make_verifier, nt_hash
 from ispd.radius import mschap
@@ -453,3 +455,29 @@ def test_the_store_is_asked_to_fill_in_only_what_the_open_session_lacks() -> Non
     world.sessions.put(RadiusSession(5, "127.0.0.1", "s9", "alice", NOW, NOW, subscriber_id=1, interim_interval=300))
     late_address = engine.record(accounting(interim), "127.0.0.1", NOW)
     assert late_address is not None and late_address.fill_in
+
+
+# --- nothing a client sends breaks the engines ------------------------------------------------
+
+ATTRIBUTE = st.tuples(st.sampled_from([1, 2, 3, 4, 5, 8, 18, 24, 25, 26, 31, 32, 33, 40, 41, 42, 44, 46, 49, 52, 55,
+                                       60, 61, 79, 87, 95, 97, 123, 200]),
+                      st.binary(max_size=40))
+VENDOR = st.builds(vendor_specific,
+                   st.sampled_from([311, 14988, 3561, 9]), st.integers(0, 255), st.binary(max_size=60))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.sampled_from([1, 4, 12, 2, 40, 99]), st.lists(st.one_of(ATTRIBUTE, VENDOR), max_size=12), st.booleans())
+def test_random_requests_get_a_decision_never_an_exception(code: int, attributes: list[tuple[int, bytes]],
+                                                             signed: bool) -> None:
+    world = World()
+    try:
+        data = encode_request(code, 1, encode_attributes(attributes), SECRET, message_authenticator=signed)
+    except ValueError:
+        return  # longer than a packet may be
+    packet = decode(data)
+    decision = world.engine.handle(packet, nas(require=Policy.NO), NOW)
+    assert decision.code is not None or decision.drop is not None or decision.pending is not None
+    engine = AccountingEngine(world.directory, world.sessions, DICTIONARY, 300)
+    if engine.check(packet, nas()) is None:
+        engine.record(packet, "127.0.0.1", NOW)
