@@ -498,6 +498,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     top.add_parser("run", parents=[config_opts], help="run the daemon")
     top.add_parser("check-config", parents=[config_opts], help="validate the config file and exit")
+    p = top.add_parser("worker", parents=[config_opts], help="(started by ispd run) one service in its own process")
+    p.add_argument("service")
+    p.add_argument("--control", type=Path, required=True, help="the private control socket to serve")
+    p.add_argument("--ready-fd", type=int, default=-1, help="where to say ready (or why not)")
 
     sub = top.add_parser("subscriber", help="manage subscribers").add_subparsers(dest="action", required=True)
     p = sub.add_parser("add", parents=[config_opts, json_opt, password_opts], help="add a subscriber")
@@ -813,6 +817,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ispd.supervisor import run_daemon
 
             return run_daemon(args.config, config)
+        if args.command == "worker":
+            from ispd.supervisor import run_service_worker
+
+            return run_service_worker(args.service, args.config, config, args.control, args.ready_fd)
         configure_logging(LogConfig(level="warning", format="console"), stream=sys.stderr)
         if hasattr(args, "prepare"):
             args.prepare(config, args)

@@ -1,7 +1,8 @@
 """The ``ispd`` command's entry point, kept free of heavy imports.
 
-``ispd run`` holds back SIGTERM, SIGINT and SIGHUP from its first instant: loading the daemon's
-modules takes the better part of a second, and a signal in that window would take its default
+``ispd run`` (and a worker it starts, ``ispd worker``) holds back SIGTERM, SIGINT and SIGHUP
+from its first instant: loading the daemon's modules takes the better part of a second, and a
+signal in that window would take its default
 action (a HUP from ``systemctl reload`` right after ``start`` would kill the daemon, a TERM
 would end it without a clean stop). Blocked signals stay pending; the supervisor unblocks them
 once its own handlers are installed, and they are handled then.
@@ -16,7 +17,7 @@ HELD_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
 
 def main() -> int:
-    if sys.argv[1:2] == ["run"]:
+    if sys.argv[1:2] in (["run"], ["worker"]):
         signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
     from ispd.cli import main as cli_main
 

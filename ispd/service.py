@@ -50,6 +50,8 @@ class ServiceContext:
     # Admin commands over the control socket (``ispd dns cache flush``): register them in
     # start() and push the returned unregister callable onto the stack.
     control: ControlCommands = field(default_factory=ControlCommands)
+    # More Prometheus text appended to /metrics at each scrape (a worker process's metrics).
+    metrics_sources: list[Callable[[], Awaitable[bytes]]] = field(default_factory=list)
 
 
 class Service(ABC):
@@ -86,3 +88,5 @@ class ServiceSpec:
     name: str
     enabled: Callable[[Config], bool]
     build: Callable[[Config, ServiceContext], Service]
+    # Whether the config asks for the service in a process of its own (``ispd.workers``).
+    own_process: Callable[[Config], bool] = lambda config: False

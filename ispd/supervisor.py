@@ -50,6 +50,7 @@ from ispd.radius.service import RadiusService
 from ispd.sdnotify import Notifier, watchdog_interval
 from ispd.service import Service, ServiceContext, ServiceSpec, ServiceStartError
 from ispd.store import Store, StoreError, StoreMetrics, open_store
+from ispd.workers import WorkerService
 
 log = get_logger("ispd.supervisor")
 
@@ -58,7 +59,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("metrics", lambda c: c.metrics.enabled, MetricsService),
     ServiceSpec("dhcp", lambda c: c.dhcp.enabled, DHCPService),
     ServiceSpec("dns", lambda c: c.dns.enabled, DNSService),
-    ServiceSpec("radius", lambda c: c.radius.enabled, RadiusService),
+    ServiceSpec("radius", lambda c: c.radius.enabled, RadiusService, lambda c: c.radius.own_process),
 )
 
 STORE_PING_TIMEOUT_SECONDS = 2.0
@@ -162,7 +163,11 @@ class Supervisor:
 
     async def _start_service(self, spec: ServiceSpec, config: Config) -> None:
         assert self.context is not None
-        service = spec.build(config, self.context)
+        service: Service
+        if spec.own_process(config):
+            service = WorkerService(spec, config, self.context, self.config_path)
+        else:
+            service = spec.build(config, self.context)
         entry = _Running(service)
         try:
             await service.start(entry.stack)
@@ -331,6 +336,16 @@ class Supervisor:
             health = entry.service.health()
             report[name] = {"ok": health.ok, "detail": health.detail}
         return all(item["ok"] for item in report.values()), report
+
+
+def run_service_worker(name: str, config_path: Path, config: Config, control_path: Path, ready_fd: int) -> int:
+    """``ispd worker NAME``: the service the supervisor runs in a process of its own."""
+    from ispd.workers import run_worker
+
+    spec = next((s for s in SERVICES if s.name == name), None)
+    if spec is None:
+        raise SystemExit(f"ispd worker: no service named {name!r}")
+    return run_worker(spec, config_path, config, control_path, ready_fd)
 
 
 def run_daemon(config_path: Path, config: Config) -> int:

@@ -155,7 +155,10 @@ class MetricsService(Service):
             return 405, "text/plain", b"method not allowed\n", False
         head_only = method == "HEAD"
         if target == "/metrics":
-            return 200, CONTENT_TYPE_LATEST, generate_latest(self.context.registry), head_only
+            body = generate_latest(self.context.registry)
+            for source in list(self.context.metrics_sources):
+                body += await source()
+            return 200, CONTENT_TYPE_LATEST, body, head_only
         if target == "/healthz":
             ok, report = await self.context.health_report()
             body = json.dumps({"status": "ok" if ok else "failing", "services": report}, indent=1).encode()

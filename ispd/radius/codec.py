@@ -138,7 +138,6 @@ class DropReason(StrEnum):
     TRUNCATED = "truncated"  # shorter than a header, or than its own Length field
     BAD_LENGTH = "bad_length"  # Length field below 20 or above 4096
     ATTRIBUTE_OVERRUN = "attribute_overrun"  # an attribute of length 0/1 or running past the end
-    BAD_AUTHENTICATOR = "bad_authenticator"  # a Request Authenticator that the secret does not give
     BAD_MESSAGE_AUTHENTICATOR = "bad_message_authenticator"
     MISSING_MESSAGE_AUTHENTICATOR = "missing_message_authenticator"
     DUPLICATE_MESSAGE_AUTHENTICATOR = "duplicate_message_authenticator"

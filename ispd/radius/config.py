@@ -11,16 +11,18 @@ against the dictionaries when the service starts and by ``ispd check-config``.
 
 from __future__ import annotations
 
+import os
 import re
 from enum import StrEnum
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, field_validator, model_validator
 
 from ispd.configtypes import IPNetwork, ListenAddress, Section
 
+OWN_PROCESS_MIN_CPUS = 4
 _ASSIGNMENT = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?::(\d{1,2}))?\s*=\s*(.*?)\s*$")
 
 
@@ -122,6 +124,17 @@ class PlanReplyConfig(Section):
 
 class RadiusConfig(Section):
     enabled: bool = False
+    # "own": RADIUS runs in a worker process of its own, so that DNS or DHCP load on the main
+    # process cannot slow authentication and accounting (it needs a core to itself to gain
+    # anything); "main": in the main process, sharing its event loop; "auto": "own" when ispd
+    # may use at least 4 CPUs, else "main".
+    process: Literal["auto", "own", "main"] = "auto"
+
+    @property
+    def own_process(self) -> bool:
+        if self.process == "auto":
+            return len(os.sched_getaffinity(0)) >= OWN_PROCESS_MIN_CPUS
+        return self.process == "own"
     listen_auth: list[ListenAddress] = Field(default_factory=lambda: ["127.0.0.1:1812"])  # type: ignore[arg-type]
     listen_acct: list[ListenAddress] = Field(default_factory=lambda: ["127.0.0.1:1813"])  # type: ignore[arg-type]
     client: list[RadiusClientConfig] = []

@@ -140,14 +140,14 @@ class Drop(StrEnum):
     """Why a request got no reply, beyond the codec's reasons (a metric label: keep it closed)."""
 
     UNKNOWN_CLIENT = "unknown_client"
-    WRONG_PORT = "wrong_port"  # e.g. an Accounting-Request to the auth port
-    NOT_A_REQUEST = "not_a_request"
+    WRONG_PORT = "wrong_port"  # e.g. an Accounting-Request to the auth port, or a response
     BAD_REQUEST_AUTHENTICATOR = "bad_request_authenticator"
     MISSING_MESSAGE_AUTHENTICATOR = "missing_message_authenticator"
     BAD_MESSAGE_AUTHENTICATOR = "bad_message_authenticator"
     PROXY_STATE_WITHOUT_MESSAGE_AUTHENTICATOR = "proxy_state_without_message_authenticator"
     DUPLICATE_IN_PROGRESS = "duplicate_in_progress"
-    OVERLOADED = "overloaded"
+    PASSWORD_CHECKS_FULL = "password_checks_full"  # max_pending_password_checks scrypt checks waiting
+    ACCOUNTING_QUEUE_FULL = "accounting_queue_full"  # the store cannot keep up
     STORE_ERROR = "store_error"
     INTERNAL_ERROR = "internal_error"
 
@@ -203,7 +203,7 @@ class Decision:
     attributes: bytes = b""
     method: str = ""
     reject: RejectReason | None = None
-    drop: str | None = None
+    drop: str = Drop.INTERNAL_ERROR
     pending: PendingCheck | None = None
     subscriber_id: int | None = None
 

@@ -11,8 +11,13 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ispd.metrics.fast import FastCollector, LabeledCounter, LabeledHistogram
+from ispd.radius.codec import DropReason
+from ispd.radius.engine import Drop, RejectReason
+from ispd.store.models import AccountingOutcome, AccountingStatus
 
 REQUEST_KINDS = ("access", "accounting", "status")
+METHODS = ("pap", "chap", "mschapv1", "mschapv2", "eap-md5")
+DROP_REASONS = tuple(str(r) for r in (*DropReason, *Drop))
 
 
 class RadiusMetrics:
@@ -27,11 +32,11 @@ class RadiusMetrics:
         self.rejects = LabeledCounter("ispd_radius_rejects_total", "Access-Rejects, by reason.", ["reason"])
         self.dropped = LabeledCounter(
             "ispd_radius_dropped_total",
-            "Datagrams dropped without a reply, by reason (unknown client, malformed, bad authenticator, ...).",
-            ["reason"])
+            "Datagrams dropped without a reply, by port (auth, acct) and reason (unknown client, malformed, "
+            "bad authenticator, ...).", ["port", "reason"])
         self.duplicates = LabeledCounter(
-            "ispd_radius_duplicates_total", "Retransmissions answered from the duplicate cache, by port kind.",
-            ["kind"])
+            "ispd_radius_duplicates_total", "Retransmissions answered from the duplicate cache, by port (auth, acct).",
+            ["port"])
         self.accounting = LabeledCounter(
             "ispd_radius_accounting_total", "Accounting-Requests recorded, by status type and outcome.",
             ["status", "outcome"])
@@ -44,8 +49,27 @@ class RadiusMetrics:
             "ispd_radius_processing_seconds",
             "From receiving a request to sending the reply (accounting: after the record is durable).",
             "kind", REQUEST_KINDS)
-        for kind in ("access-request", "accounting-request", "status-server"):
+        # Every value of the closed label sets from the start, so that rates and ratios exist
+        # before the first event of each kind (and dashboards can list them).
+        for kind in ("access-request", "accounting-request", "status-server", "other"):
             self.requests.inc(kind, amount=0)
+        for kind in ("access-accept", "access-reject", "access-challenge", "accounting-response"):
+            self.responses.inc(kind, amount=0)
+        for method in METHODS:
+            for result in ("accept", "reject", *(("challenge",) if method == "eap-md5" else ())):
+                self.auth.inc(method, result, amount=0)
+        for reject in RejectReason:
+            self.rejects.inc(str(reject), amount=0)
+        for port in ("auth", "acct"):
+            self.duplicates.inc(port, amount=0)
+            for drop in DROP_REASONS:
+                self.dropped.inc(port, drop, amount=0)
+        for status in [*(str(s) for s in AccountingStatus), "other"]:
+            for outcome in AccountingOutcome:
+                self.accounting.inc(status, str(outcome), amount=0)
+        for kind in ("disconnect", "coa"):
+            for result in ("ack", "nak", "timeout", "error"):
+                self.coa.inc(kind, result, amount=0)
         self.stale_sessions.inc(amount=0)
 
     def collectors(self, gauges: Callable[[], dict[str, float]]) -> list[Collector]:

@@ -87,6 +87,7 @@ SWEEP_SECONDS = 1.0
 MAX_DATAGRAM = 4096
 MAX_QUEUED_ACCOUNTING = 50_000
 STALE_CAUSE = "Stale-Session"
+DROP_LOG_INTERVAL_SECONDS = 60.0
 # Metric labels by packet code, keyed by plain ints (an enum lookup per packet costs ~0.5 µs).
 _REQUEST_NAMES = {int(Code.ACCESS_REQUEST): "access-request", int(Code.ACCOUNTING_REQUEST): "accounting-request",
                   int(Code.STATUS_SERVER): "status-server"}
@@ -227,6 +228,7 @@ class RadiusService(Service):
         self._checker = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ispd-radius-password")
         self._store_failing = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._drop_logged: dict[tuple[str, str], float] = {}
 
     # --- lifecycle
 
@@ -289,17 +291,20 @@ class RadiusService(Service):
         for kind, addresses in (("auth", self.config.listen_auth), ("acct", self.config.listen_acct)):
             for address in addresses:
                 factory = partial(_AuthProtocol, self) if kind == "auth" else partial(_AccountingProtocol, self)
+                # Bound here rather than by the loop, so that a failure keeps its errno (the
+                # operator reads "Address already in use", not "could not bind").
+                sock = socket.socket(socket.AF_INET6 if address.family_is_ipv6 else socket.AF_INET, socket.SOCK_DGRAM)
                 try:
-                    transport, _ = await loop.create_datagram_endpoint(
-                        factory, local_addr=(address.host, address.port))
+                    sock.bind((address.host, address.port))
                 except OSError as exc:
+                    sock.close()
                     raise ServiceStartError(f"radius: cannot listen on {address}: {describe_os_error(exc)}") from None
-                sock = transport.get_extra_info("socket")
                 with contextlib.suppress(OSError):
                     try:  # beyond net.core.rmem_max when allowed (root): a burst must not overflow it
                         sock.setsockopt(socket.SOL_SOCKET, 33, self.config.receive_buffer_bytes)  # SO_RCVBUFFORCE
                     except PermissionError:
                         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.config.receive_buffer_bytes)
+                transport, _ = await loop.create_datagram_endpoint(factory, sock=sock)
                 self._transports.append(transport)
                 self.bound.append((kind, address.host, int(transport.get_extra_info("sockname")[1])))
                 stack.callback(transport.close)
@@ -322,6 +327,8 @@ class RadiusService(Service):
     async def reload(self, old: Config, new: Config) -> None:
         if (old.radius.listen_auth, old.radius.listen_acct) != (new.radius.listen_auth, new.radius.listen_acct):
             raise ServiceStartError("radius: a change of listen addresses needs a restart")
+        if new.radius.own_process:
+            raise ServiceStartError("radius: moving it into a process of its own needs a restart")
         dictionary = await self._load_dictionary(new.radius)
         settings = self._reply_settings(new.radius, dictionary)
         table = NasTable(new.radius.client)
@@ -360,27 +367,40 @@ class RadiusService(Service):
 
     # --- receiving (called from the protocols)
 
-    def admit(self, data: bytes, addr: Any, transport: asyncio.DatagramTransport,
+    def _dropped(self, port: str, reason: str, source: str, nas: Nas | None, now: float, count: int = 1) -> None:
+        """Count a datagram left unanswered, and say so in the log — once a minute per source
+        and reason, so that a flood cannot flood the log too."""
+        self.metrics.dropped.inc(port, reason, amount=count)
+        key = (source, reason)
+        if now - self._drop_logged.get(key, 0.0) < DROP_LOG_INTERVAL_SECONDS:
+            return
+        if len(self._drop_logged) > 10_000:
+            self._drop_logged.clear()
+        self._drop_logged[key] = now
+        log.warning("radius.request.dropped", port=port, reason=reason, source=source,
+                    nas=nas.name if nas is not None else None, count=count)
+
+    def admit(self, port: str, data: bytes, addr: Any, transport: asyncio.DatagramTransport,
               now: float) -> tuple[Nas, Packet, DuplicateKey] | None:
         """The NAS, packet and duplicate key of a datagram worth handling; None when it was
         dropped or answered from the duplicate cache."""
         nas = self.nas.find(addr[0])
         if nas is None:
-            self.metrics.dropped.inc(Drop.UNKNOWN_CLIENT)
+            self._dropped(port, Drop.UNKNOWN_CLIENT, addr[0], None, now)
             return None
         key = (addr, data[:20])
         seen, reply = self.duplicates.get(key, now)
         if seen:
             if reply is None:
-                self.metrics.dropped.inc(Drop.DUPLICATE_IN_PROGRESS)
+                self.metrics.dropped.inc(port, Drop.DUPLICATE_IN_PROGRESS)  # normal while working: not logged
             else:
-                self.metrics.duplicates.inc("acct" if data[0] == 4 else "auth")
+                self.metrics.duplicates.inc(port)
                 transport.sendto(reply, addr)
             return None
         try:
             packet = decode(data)
         except RadiusDecodeError as exc:
-            self.metrics.dropped.inc(str(exc.reason))
+            self._dropped(port, exc.reason, addr[0], nas, now)
             return None
         self.metrics.requests.inc(_REQUEST_NAMES.get(packet.code, "other"))
         return nas, packet, key
@@ -388,7 +408,7 @@ class RadiusService(Service):
     def handle_auth(self, data: bytes, addr: Any, transport: asyncio.DatagramTransport) -> None:
         started = time.perf_counter()
         now = self.context.clock()
-        admitted = self.admit(data, addr, transport, now)
+        admitted = self.admit("auth", data, addr, transport, now)
         if admitted is None:
             return
         nas, packet, key = admitted
@@ -396,7 +416,7 @@ class RadiusService(Service):
         try:
             decision = self.auth.handle(packet, nas, now)
         except Exception:  # a bug on one packet must not stop the next
-            self.metrics.dropped.inc(Drop.INTERNAL_ERROR)
+            self.metrics.dropped.inc("auth", Drop.INTERNAL_ERROR)
             log.error("radius.request.failed", nas=nas.name, exc_info=True)
             return
         self._conclude(decision, packet, nas, transport, addr, key, started, now)
@@ -408,7 +428,7 @@ class RadiusService(Service):
             return
         code = decision.code
         if code is None:
-            self.metrics.dropped.inc(decision.drop or "unknown")
+            self._dropped("auth", decision.drop, addr[0], nas, now)
             return
         reply = encode_response(code, packet.identifier, packet.authenticator, decision.attributes, nas.secret)
         if decision.method == "status":
@@ -421,26 +441,30 @@ class RadiusService(Service):
             log.info("radius.access.rejected", nas=nas.name, reason=str(decision.reject), method=decision.method,
                      subscriber_id=decision.subscriber_id)
             if self.config.reject_delay_seconds > 0:
+                # The processing time is ispd's, measured now: the delay is policy, not work.
+                self.metrics.latency[kind].observe(time.perf_counter() - started)
                 self.duplicates.begin(key, now)
                 assert self._loop is not None
                 self._loop.call_later(self.config.reject_delay_seconds, self._send, transport, reply, addr, key,
-                                      code, kind, started, None)
+                                      code, None, started, None)
                 return
         self._send(transport, reply, addr, key, code, kind, started, now)
 
     def _send(self, transport: asyncio.DatagramTransport, reply: bytes, addr: Any, key: DuplicateKey, code: int,
-              kind: str, started: float, now: float | None) -> None:
+              kind: str | None, started: float, now: float | None) -> None:
+        """Send a reply; its processing time goes to ``kind`` unless that was observed already."""
         self.duplicates.done(key, reply, self.context.clock() if now is None else now)
         if transport.is_closing():
             return
         transport.sendto(reply, addr)
         self.metrics.responses.inc(_RESPONSE_NAMES.get(code, "other"))
-        self.metrics.latency[kind].observe(time.perf_counter() - started)
+        if kind is not None:
+            self.metrics.latency[kind].observe(time.perf_counter() - started)
 
     def _check_password(self, pending: PendingCheck, packet: Packet, nas: Nas, transport: asyncio.DatagramTransport,
                         addr: Any, key: DuplicateKey, started: float) -> None:
         if self._pending_checks >= self.config.max_pending_password_checks:
-            self.metrics.dropped.inc(Drop.OVERLOADED)
+            self._dropped("auth", Drop.PASSWORD_CHECKS_FULL, addr[0], nas, self.context.clock())
             return
         self._pending_checks += 1
         self.duplicates.begin(key, self.context.clock())
@@ -463,7 +487,7 @@ class RadiusService(Service):
     def handle_accounting(self, data: bytes, addr: Any, transport: asyncio.DatagramTransport) -> None:
         started = time.perf_counter()
         now = self.context.clock()
-        admitted = self.admit(data, addr, transport, now)
+        admitted = self.admit("acct", data, addr, transport, now)
         if admitted is None:
             return
         nas, packet, key = admitted
@@ -471,14 +495,14 @@ class RadiusService(Service):
         try:
             refused = self.accounting.check(packet, nas)
             if refused is not None:
-                self.metrics.dropped.inc(refused)
+                self._dropped("acct", refused, addr[0], nas, now)
                 return
             if packet.code == Code.STATUS_SERVER:  # RFC 5997 §3: Accounting-Response on this port
                 self._answer_accounting(packet, nas, transport, addr, key, started, "status")
                 return
             record = self.accounting.record(packet, addr[0], now)
         except Exception:
-            self.metrics.dropped.inc(Drop.INTERNAL_ERROR)
+            self.metrics.dropped.inc("acct", Drop.INTERNAL_ERROR)
             log.error("radius.request.failed", nas=nas.name, exc_info=True)
             return
         if record is None:  # a status type ispd does not keep: acknowledged all the same
@@ -486,7 +510,7 @@ class RadiusService(Service):
             self._answer_accounting(packet, nas, transport, addr, key, started)
             return
         if len(self._queue) >= MAX_QUEUED_ACCOUNTING:
-            self.metrics.dropped.inc(Drop.OVERLOADED)
+            self._dropped("acct", Drop.ACCOUNTING_QUEUE_FULL, addr[0], nas, now)
             return
         self.duplicates.begin(key, now)
         self._queue.append(_QueuedAccounting(record, packet, nas, transport, addr, key, started))
@@ -513,7 +537,7 @@ class RadiusService(Service):
             results = await self.context.store.record_accounting([item.record for item in batch])
         except Exception as exc:  # StoreError or a bug: no response, so the NASes send them again
             self._store_failing = True
-            self.metrics.dropped.inc(Drop.STORE_ERROR, amount=len(batch))
+            self.metrics.dropped.inc("acct", Drop.STORE_ERROR, amount=len(batch))
             for item in batch:
                 self.duplicates.forget(item.key)
             log.error("radius.accounting.write_failed", error=str(exc), records=len(batch),

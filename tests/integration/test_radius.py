@@ -119,12 +119,12 @@ def test_mschap_v2_proves_the_server_to_the_client(radius: Radius) -> None:
 
 
 def test_requests_without_message_authenticator_get_no_reply(radius: Radius) -> None:
-    before = radius.ispd.metric_value("ispd_radius_dropped_total", {"reason": "missing_message_authenticator"}) or 0
+    before = radius.ispd.metric_value("ispd_radius_dropped_total", {"port": "auth", "reason": "missing_message_authenticator"}) or 0
     reply = radclient(radius.auth, "auth", SECRET, 'User-Name = alice, User-Password = "alice-pw"', timeout=0.5,
                       retries=1)
     assert reply.code is None
     assert radius.ispd.metric_value("ispd_radius_dropped_total",
-                                    {"reason": "missing_message_authenticator"}) == before + 1
+                                    {"port": "auth", "reason": "missing_message_authenticator"}) == before + 1
 
 
 def test_status_server_on_both_ports(radius: Radius) -> None:
@@ -179,7 +179,7 @@ def test_a_retransmission_gets_the_first_reply_and_counts_once(radius: Radius) -
     first, again = send_raw(radius.acct, request, times=2)
     assert first is not None and first == again
     records = radius.ispd.metric_value("ispd_radius_accounting_total", {"status": "start", "outcome": "started"})
-    duplicates = radius.ispd.metric_value("ispd_radius_duplicates_total", {"kind": "acct"})
+    duplicates = radius.ispd.metric_value("ispd_radius_duplicates_total", {"port": "acct"})
     assert records is not None and duplicates is not None and duplicates >= 1
     sessions = json.loads(radius.ispd.cli("session", "list", "--subscriber", "bob", "--open", "--json").stdout)
     assert [s["acct_session_id"] for s in sessions].count("bob-dup") == 1
@@ -190,7 +190,9 @@ def test_a_retransmission_gets_the_first_reply_and_counts_once(radius: Radius) -
 def test_unknown_clients_and_malformed_packets_get_nothing_and_break_nothing(radius: Radius) -> None:
     good = encode_request(Code.STATUS_SERVER, 1, b"", SECRET.encode())
     assert send_raw(radius.auth, good, source="127.0.0.2", wait=0.3) == [None]  # not a configured client
-    assert (radius.ispd.metric_value("ispd_radius_dropped_total", {"reason": "unknown_client"}) or 0) >= 1
+    assert (radius.ispd.metric_value("ispd_radius_dropped_total", {"port": "auth", "reason": "unknown_client"}) or 0) >= 1
+    assert any(e["reason"] == "unknown_client" and e["source"] == "127.0.0.2"
+               for e in radius.ispd.log_events("radius.request.dropped"))
     rng = random.Random(7)
     host, port = radius.auth.rsplit(":", 1)
     bad = [b"", b"\x01", good[:19], bytes((1, 1, 0, 10)) + bytes(16), bytes((1, 1, 0x20, 0)) + bytes(16),

@@ -1,0 +1,115 @@
+"""A service in a worker process of its own (RADIUS with ``process = "own"``): started, watched,
+restarted, stopped with the daemon, its metrics and commands reachable through the main process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.lab.ports import free_udp_port
+from tests.lab.process import IspdProcess, base_config, eventually
+from tests.lab.radclient import radclient, require_radclient
+
+SECRET = "testing123"
+STATUS = "Message-Authenticator = 0x00"
+
+
+def config(tmp_path: Path, **radius: object) -> dict[str, object]:
+    section = {"enabled": True, "process": "own", "listen_auth": [f"127.0.0.1:{free_udp_port()}"],
+               "listen_acct": [f"127.0.0.1:{free_udp_port()}"],
+               "client": [{"name": "lab", "address": "127.0.0.0/8", "secret": SECRET}]}
+    section.update(radius)
+    return base_config(tmp_path, radius=section)
+
+
+def worker_pids(ispd: IspdProcess) -> list[int]:
+    assert ispd.proc is not None
+    children = Path(f"/proc/{ispd.proc.pid}/task/{ispd.proc.pid}/children").read_text().split()
+    return [int(pid) for pid in children
+            if b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+
+
+def test_radius_runs_in_its_own_process_and_answers_through_it(tmp_path: Path) -> None:
+    require_radclient()
+    with IspdProcess(tmp_path, config(tmp_path)) as ispd:
+        ispd.start()
+        [worker] = worker_pids(ispd)
+        assert worker != ispd.proc.pid if ispd.proc else False
+        auth = ispd.config["radius"]["listen_auth"][0]  # type: ignore[index]
+        assert radclient(auth, "status", SECRET, STATUS).code == "Access-Accept"
+        # Its metrics come out of the main process's /metrics, each family once.
+        _, text = ispd.http_get("/metrics")
+        assert text.count("# TYPE ispd_radius_requests_total counter") == 1
+        assert ispd.metric_value("ispd_radius_requests_total", {"type": "status-server"}) == 1
+        status, health = ispd.http_get("/healthz")
+        assert status == 200 and json.loads(health)["services"]["radius"]["ok"]
+        # Its log lines say which worker wrote them.
+        assert any(event.get("worker") == "radius" for event in ispd.log_events("radius.started"))
+        # Its commands reach it through the main control socket.
+        result = ispd.cli("session", "disconnect", "999", check=False)
+        assert result.returncode == 1 and "no session #999" in result.stderr
+
+
+def test_a_worker_that_dies_is_started_again(tmp_path: Path) -> None:
+    require_radclient()
+    with IspdProcess(tmp_path, config(tmp_path)) as ispd:
+        ispd.start()
+        [first] = worker_pids(ispd)
+        os.kill(first, signal.SIGKILL)
+        eventually(lambda: ispd.log_events("worker.exited"), timeout=10)
+        eventually(lambda: ispd.log_events("worker.restarted"), timeout=15)
+        [second] = worker_pids(ispd)
+        assert second != first
+        auth = ispd.config["radius"]["listen_auth"][0]  # type: ignore[index]
+        eventually(lambda: radclient(auth, "status", SECRET, STATUS).code == "Access-Accept", timeout=10)
+        eventually(lambda: json.loads(ispd.http_get("/healthz")[1])["services"]["radius"]["ok"], timeout=10)
+
+
+def test_the_daemon_stops_its_workers_and_cleans_up(tmp_path: Path) -> None:
+    with IspdProcess(tmp_path, config(tmp_path)) as ispd:
+        ispd.start()
+        [worker] = worker_pids(ispd)
+        socket_path = tmp_path / "control.sock.radius"  # beside the daemon's control socket
+        assert socket_path.is_socket()
+        assert ispd.terminate() == 0
+    assert not Path(f"/proc/{worker}").exists() or "Z" in Path(f"/proc/{worker}/stat").read_text().split()[2]
+    assert not socket_path.exists()
+
+
+def test_a_worker_socket_left_by_a_killed_daemon_is_taken_over(tmp_path: Path) -> None:
+    with IspdProcess(tmp_path, config(tmp_path)) as ispd:
+        ispd.start()
+        [worker] = worker_pids(ispd)
+        os.kill(worker, signal.SIGKILL)  # both killed outright: nothing cleans up
+        ispd.kill()
+        eventually(lambda: not Path(f"/proc/{worker}").exists(), timeout=10)
+        assert (tmp_path / "control.sock.radius").exists()
+        ispd.start()  # the leftover sockets are stale, not live daemons: replaced
+        assert len(worker_pids(ispd)) == 1
+
+
+def test_a_worker_that_cannot_start_stops_the_daemon_with_its_reason(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        with IspdProcess(tmp_path, config(tmp_path, listen_auth=[f"127.0.0.1:{port}"])) as ispd:
+            ispd.start(wait_ready=False)
+            assert ispd.proc is not None and ispd.proc.wait(30) == 1
+            [failed] = ispd.log_events("daemon.start.failed")
+            assert failed["error"] == f"radius: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
+@pytest.mark.parametrize("process", ["main", "own", "auto"])
+def test_every_placement_serves(tmp_path: Path, process: str) -> None:
+    require_radclient()
+    with IspdProcess(tmp_path, config(tmp_path, process=process)) as ispd:
+        ispd.start()
+        own = process == "own" or (process == "auto" and len(os.sched_getaffinity(0)) >= 4)
+        assert bool(worker_pids(ispd)) == own
+        auth = ispd.config["radius"]["listen_auth"][0]  # type: ignore[index]
+        assert radclient(auth, "status", SECRET, STATUS).code == "Access-Accept"
