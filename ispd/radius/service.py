@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -152,10 +153,13 @@ def client_networks_of(clients: list[RadiusClientConfig]) -> list[tuple[IPv4Netw
 
 class DuplicateCache:
     """Replies by (source address, port, identifier + authenticator), kept ``window`` seconds;
-    None while the request is still being worked on."""
+    None while the request is still being worked on. At most ``max_entries``: beyond, the
+    oldest tenth goes (a flood of distinct requests must not grow memory without bound; at
+    25,000 requests/s a 30 s window is 750,000 replies)."""
 
-    def __init__(self, window: float) -> None:
+    def __init__(self, window: float, max_entries: int = 500_000) -> None:
         self.window = window
+        self.max_entries = max_entries
         self._entries: dict[DuplicateKey, tuple[float, bytes | None]] = {}
 
     def get(self, key: DuplicateKey, now: float) -> tuple[bool, bytes | None]:
@@ -166,10 +170,17 @@ class DuplicateCache:
         return True, entry[1]
 
     def begin(self, key: DuplicateKey, now: float) -> None:
-        self._entries[key] = (now + self.window, None)
+        self._put(key, (now + self.window, None))
 
     def done(self, key: DuplicateKey, reply: bytes, now: float) -> None:
-        self._entries[key] = (now + self.window, reply)
+        self._put(key, (now + self.window, reply))
+
+    def _put(self, key: DuplicateKey, entry: tuple[float, bytes | None]) -> None:
+        entries = self._entries
+        if len(entries) >= self.max_entries and key not in entries:
+            for old in list(itertools.islice(entries, self.max_entries // 10 or 1)):
+                del entries[old]
+        entries[key] = entry
 
     def forget(self, key: DuplicateKey) -> None:
         self._entries.pop(key, None)
@@ -229,6 +240,8 @@ class RadiusService(Service):
         self._store_failing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drop_logged: dict[tuple[str, str], float] = {}
+        # NAS-IP-Address → the client whose packets carried it (for CoA and Disconnect).
+        self._reported_nas: dict[str, Nas] = {}
 
     # --- lifecycle
 
@@ -335,6 +348,7 @@ class RadiusService(Service):
         table.carry_over(self.nas)
         assert self.auth is not None and self.accounting is not None
         self.config, self.nas, self.dictionary = new.radius, table, dictionary
+        self._reported_nas.clear()  # they name the clients as they were
         self.auth.dictionary = self.accounting.dictionary = dictionary
         self.auth.settings = settings
         self.auth.forget_profiles()
@@ -505,6 +519,10 @@ class RadiusService(Service):
             self.metrics.dropped.inc("acct", Drop.INTERNAL_ERROR)
             log.error("radius.request.failed", nas=nas.name, exc_info=True)
             return
+        if record is not None and record.nas_address != addr[0]:
+            if len(self._reported_nas) > 100_000:
+                self._reported_nas.clear()
+            self._reported_nas[record.nas_address] = nas
         if record is None:  # a status type ispd does not keep: acknowledged all the same
             self.metrics.accounting.inc("other", str(AccountingOutcome.IGNORED))
             self._answer_accounting(packet, nas, transport, addr, key, started)
@@ -693,7 +711,9 @@ class RadiusService(Service):
         await asyncio.gather(*(self._disconnect(s, reason) for s in self.sessions.of_subscriber(subscriber_id)))
 
     def _nas_for_session(self, session: RadiusSession) -> Nas | None:
-        return self.nas.find(session.nas_address)
+        """The client a session's NAS is: by the address it reports (NAS-IP-Address), which may
+        not be the address its packets come from, so what accounting showed is asked first."""
+        return self._reported_nas.get(session.nas_address) or self.nas.find(session.nas_address)
 
     async def _disconnect(self, session: RadiusSession, reason: str) -> dict[str, Any]:
         return await self._dynamic(session, Code.DISCONNECT_REQUEST, b"", reason)

@@ -330,3 +330,18 @@ def test_sighup_applies_a_new_secret_and_refuses_a_listener_change(tmp_path: Pat
         [refused] = ispd.log_events("config.reload.service_refused")
         assert refused["service"] == "radius" and "needs a restart" in refused["error"]
         assert radclient(service.auth, "status", "a-new-secret", status).code == "Access-Accept"  # still there
+
+
+def test_disconnect_goes_to_the_address_the_nas_reports(radius: Radius, nas: FakeNas) -> None:
+    """A NAS whose packets come from one address (the configured client, 127.0.0.1) and that
+    names another as NAS-IP-Address gets its Disconnect-Request there (RFC 5176 §3)."""
+    with FakeNas("127.0.0.9", nas.port, secret=SECRET.encode()) as other:
+        base = "User-Name = alice, Acct-Session-Id = elsewhere, NAS-IP-Address = 127.0.0.9"
+        assert radius.accounting(f"{base}, Acct-Status-Type = Start") == "Accounting-Response"
+        sessions = json.loads(radius.ispd.cli("session", "list", "--nas", "127.0.0.9", "--open", "--json").stdout)
+        [session] = [s for s in sessions if s["acct_session_id"] == "elsewhere"]
+        result = radius.ispd.cli("session", "disconnect", str(session["id"]))
+        assert result.stdout.strip().endswith(": ack")
+        [request] = other.wait_for(1)
+        assert request.authentic and request.first(Attr.ACCT_SESSION_ID) == b"elsewhere"
+        assert radius.accounting(f"{base}, Acct-Status-Type = Stop") == "Accounting-Response"

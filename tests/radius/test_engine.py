@@ -481,3 +481,16 @@ def test_random_requests_get_a_decision_never_an_exception(code: int, attributes
     engine = AccountingEngine(world.directory, world.sessions, DICTIONARY, 300)
     if engine.check(packet, nas()) is None:
         engine.record(packet, "127.0.0.1", NOW)
+
+
+def test_the_duplicate_cache_is_bounded() -> None:
+    from ispd.radius.service import DuplicateCache
+
+    cache = DuplicateCache(30.0, max_entries=100)
+    for n in range(250):
+        cache.done((("127.0.0.1", n), b"h"), b"reply", NOW)
+    assert len(cache) <= 100
+    assert cache.get((("127.0.0.1", 249), b"h"), NOW) == (True, b"reply")  # the newest stay
+    assert cache.get((("127.0.0.1", 0), b"h"), NOW) == (False, None)
+    cache.sweep(NOW + 31)
+    assert len(cache) == 0
