@@ -1,8 +1,9 @@
 """Operator assets shipped in contrib/ stay valid, and name only metrics that ispd exports.
 
-The exported names come from a running ispd with DNS and DHCP enabled on loopback (no traffic is
-sent: every family is exported from the start), so renaming a metric, or a value of a DNS label
-such as ``rcode`` or ``reason``, fails here before it silently breaks an alert or a dashboard.
+The exported names come from a running ispd with DHCP, DNS and RADIUS enabled on loopback (no
+traffic is sent: every family is exported from the start), so renaming a metric, or a value of a
+DNS or RADIUS label such as ``rcode``, ``port`` or ``reason``, fails here before it silently breaks
+an alert or a dashboard.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def dashboard_queries(dashboard: dict[str, Any]) -> Iterator[tuple[str, str]]:
 
 
 def test_there_is_a_dashboard() -> None:
-    assert [p.name for p in DASHBOARDS] == ["ispd-dns.json"]
+    assert [p.name for p in DASHBOARDS] == ["ispd-dns.json", "ispd-radius.json"]
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
@@ -144,8 +145,11 @@ def parse_exposition(text: str) -> Exported:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exported]:
-    """What a running ispd with DNS and DHCP exports. The resolver's root is a loopback address
-    where nothing listens, and DHCP listens on a free port of lo: nothing leaves the machine."""
+    """What a running ispd with DHCP, DNS and RADIUS exports. The resolver's root is a loopback
+    address where nothing listens, DHCP listens on a free port of lo and RADIUS on free ports of
+    127.0.0.1 with no clients: nothing leaves the machine. RADIUS runs in a worker process of its
+    own, as ``process = "auto"`` has it on 4 CPUs or more: its metrics must come out of the main
+    /metrics all the same."""
     if os.geteuid() != 0:
         pytest.skip("DHCP opens AF_PACKET sockets: needs root")
     workdir = tmp_path_factory.mktemp("contrib-ispd")
@@ -156,7 +160,9 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exported]:
                         "pool": [{"name": "contrib", "range": "198.18.0.100 - 198.18.0.199"}]}]}
     dns = {"enabled": True, "listen": [f"127.0.0.1:{free_port()}"], "allow": ["127.0.0.0/8"],
            "root_hints": str(hints), "resolver": {"do_ipv6": False}}
-    config = base_config(workdir, dns=dns, dhcp=dhcp)
+    radius = {"enabled": True, "process": "own", "listen_auth": [f"127.0.0.1:{free_udp_port()}"],
+              "listen_acct": [f"127.0.0.1:{free_udp_port()}"]}
+    config = base_config(workdir, dns=dns, dhcp=dhcp, radius=radius)
     with IspdProcess(workdir, config) as ispd:
         ispd.start()
         status, text = ispd.http_get("/metrics")
@@ -179,12 +185,13 @@ def unknown_names(text: str, known: set[str]) -> set[str]:
 
 
 def unknown_label_values(text: str, exported: Exported) -> list[str]:
-    """Label matchers on DNS metrics whose value ispd never exports. Only DNS: its collector
-    exports every value of its closed label sets from the start, while other services' counters
-    show a label value when it first happens (ispd_dhcp_packets_dropped_total{reason="store_error"})."""
+    """Label matchers on DNS and RADIUS metrics whose value ispd never exports. Only those two:
+    their collectors export every value of their closed label sets from the start (at 0), so a
+    value missing from the exposition is a typo or a renamed one; other services' counters show a
+    label value when it first happens (ispd_dhcp_packets_dropped_total{reason="store_error"})."""
     problems = []
     for name, matchers in SELECTOR.findall(text):
-        if not name.startswith("ispd_dns_"):
+        if not name.startswith(("ispd_dns_", "ispd_radius_")):
             continue
         values = exported.label_values.get(name, {})
         for label, op, value in MATCHER.findall(matchers):
@@ -208,6 +215,8 @@ def test_exported_names_are_read_correctly(exported: Exported) -> None:
     assert "ispd_dns_answer_seconds" not in exported.series
     assert "ispd_dns_answer_seconds" in exported.families
     assert "ispd_dhcp_packets_dropped_total" in exported.series  # no sample yet, but declared
+    assert {"ispd_radius_dropped_total", "ispd_radius_processing_seconds_bucket", "ispd_radius_open_sessions"} <= (
+        exported.series)
     assert "SERVFAIL" in exported.label_values["ispd_dns_answers_total"]["rcode"]
     assert unknown_names("rate(ispd_dns_querys_total[5m]) / ispd:dns_queries:rate5m", exported.series) == {
         "ispd_dns_querys_total"}
@@ -215,6 +224,12 @@ def test_exported_names_are_read_correctly(exported: Exported) -> None:
         'ispd_dns_answers_total{rcode="SERVFAILED"}']
     assert unknown_label_values('ispd_dns_dropped_total{reason=~"overload|ratelimited"}', exported) == [
         'ispd_dns_dropped_total{reason="ratelimited"}']
+    assert exported.label_values["ispd_radius_dropped_total"]["port"] == {"auth", "acct"}
+    assert unknown_label_values(
+        'ispd_radius_dropped_total{port="acct", reason=~"accounting_queue_full|overloaded"}', exported) == [
+        'ispd_radius_dropped_total{reason="overloaded"}']
+    assert unknown_label_values('ispd_radius_duplicates_total{kind="auth"}', exported) == [
+        'ispd_radius_duplicates_total{kind="auth"}']
 
 
 def test_rules_and_dashboards_use_only_exported_metrics(exported: Exported) -> None:
@@ -226,7 +241,7 @@ def test_rules_and_dashboards_use_only_exported_metrics(exported: Exported) -> N
 
 
 def test_contrib_readme_names_only_exported_metrics(exported: Exported) -> None:
-    """The Unbound translation table names ispd's metrics; they must exist."""
+    """The Unbound and freeradius_exporter translation tables name ispd's metrics; they must exist."""
     text = (CONTRIB / "README.md").read_text()
     assert unknown_names(text, exported.families) == set()
     assert METRIC.search(text)
