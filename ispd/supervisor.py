@@ -304,6 +304,9 @@ class Supervisor:
         for spec in SERVICES:
             entry, wanted = self.running.get(spec.name), spec.enabled(new)
             try:
+                if entry is not None and wanted and spec.own_process(old) != spec.own_process(new):
+                    raise ServiceStartError(f"{spec.name}: moving it into or out of a process of its own "
+                                            "needs a restart")
                 if entry is not None and wanted:
                     await entry.service.reload(old, new)
                 elif entry is not None:

@@ -103,6 +103,7 @@ class WorkerService(Service):
     # --- lifecycle
 
     async def start(self, stack: AsyncExitStack) -> None:
+        stack.push_async_callback(self._end)  # first: whatever fails below, the worker goes
         await self._spawn()
         names = await self._request("worker.commands")
         for name in names:
@@ -110,7 +111,6 @@ class WorkerService(Service):
                 stack.callback(self.context.control.register(name, self._forwarder(name)))
         self.context.metrics_sources.append(self._metrics)
         stack.callback(self.context.metrics_sources.remove, self._metrics)
-        stack.push_async_callback(self._end)
         self._spawn_task(self._watch())
         log.info("worker.started", worker=self.name, pid=self.proc.pid if self.proc else None)
 
@@ -171,8 +171,6 @@ class WorkerService(Service):
             await proc.wait()
 
     async def reload(self, old: Config, new: Config) -> None:
-        if not any(spec.name == self.name and spec.own_process(new) for spec in self._specs()):
-            raise ServiceStartError(f"{self.name}: moving it into the main process needs a restart")
         self.config = new
         try:
             await self._request("worker.reload")
@@ -181,12 +179,6 @@ class WorkerService(Service):
 
     def health(self) -> Health:
         return self._health
-
-    @staticmethod
-    def _specs() -> tuple[ServiceSpec, ...]:
-        from ispd.supervisor import SERVICES
-
-        return SERVICES
 
     def describe(self) -> str:
         return self._description

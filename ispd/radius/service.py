@@ -340,8 +340,6 @@ class RadiusService(Service):
     async def reload(self, old: Config, new: Config) -> None:
         if (old.radius.listen_auth, old.radius.listen_acct) != (new.radius.listen_auth, new.radius.listen_acct):
             raise ServiceStartError("radius: a change of listen addresses needs a restart")
-        if new.radius.own_process:
-            raise ServiceStartError("radius: moving it into a process of its own needs a restart")
         dictionary = await self._load_dictionary(new.radius)
         settings = self._reply_settings(new.radius, dictionary)
         table = NasTable(new.radius.client)

@@ -55,6 +55,25 @@ def test_radius_runs_in_its_own_process_and_answers_through_it(tmp_path: Path) -
         assert result.returncode == 1 and "no session #999" in result.stderr
 
 
+def test_sighup_reaches_the_worker_and_a_refusal_is_reported(tmp_path: Path) -> None:
+    require_radclient()
+    with IspdProcess(tmp_path, config(tmp_path)) as ispd:
+        ispd.start()
+        auth = ispd.config["radius"]["listen_auth"][0]  # type: ignore[index]
+        changed = ispd.config
+        changed["radius"]["client"][0]["secret"] = "a-new-secret"  # type: ignore[index]
+        ispd.write_config(changed)
+        ispd.reload()
+        assert radclient(auth, "status", "a-new-secret", STATUS).code == "Access-Accept"
+        assert not ispd.log_events("config.reload.service_refused")
+        changed["radius"]["process"] = "main"  # type: ignore[index]
+        ispd.write_config(changed)
+        ispd.reload()
+        [refused] = ispd.log_events("config.reload.service_refused")
+        assert refused["service"] == "radius" and "needs a restart" in refused["error"]
+        assert len(worker_pids(ispd)) == 1
+
+
 def test_a_worker_that_dies_is_started_again(tmp_path: Path) -> None:
     require_radclient()
     with IspdProcess(tmp_path, config(tmp_path)) as ispd:
