@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from ispd.config import DaemonConfig
-from tests.lab.process import IspdProcess
+from tests.lab.process import IspdProcess, base_config, eventually
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "ispd.service"
@@ -311,7 +311,18 @@ def test_every_module_imports_under_memory_deny_write_execute() -> None:
 
 
 def test_daemon_runs_under_memory_deny_write_execute(tmp_path: Path) -> None:
-    with IspdProcess(tmp_path, wrapper=_mdwe_wrapper()) as ispd:
+    """The daemon, and a RADIUS worker it starts (the filter is inherited across fork and exec),
+    serving: an MS-CHAPv1 login runs pycryptodome's DES and MD4 there."""
+    from tests.lab.ports import free_udp_port
+    from tests.lab.radclient import radtest, require_radclient
+
+    require_radclient()
+    auth = f"127.0.0.1:{free_udp_port()}"
+    radius = {"enabled": True, "process": "own", "listen_auth": [auth], "listen_acct": [f"127.0.0.1:{free_udp_port()}"],
+              "client": [{"name": "lab", "address": "127.0.0.1", "secret": "testing123"}]}
+    with IspdProcess(tmp_path, base_config(tmp_path, radius=radius), wrapper=_mdwe_wrapper()) as ispd:
         ispd.start()
         assert ispd.http_get("/healthz")[0] == 200
+        ispd.cli("subscriber", "add", "alice", "--credential-policy", "nt-hash", "--password-stdin", input="pw\n")
+        eventually(lambda: radtest("alice", "pw", auth, "testing123", "mschap").code == "Access-Accept", timeout=10)
         assert ispd.terminate() == 0, ispd.log_text()
