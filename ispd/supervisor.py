@@ -304,7 +304,7 @@ class Supervisor:
         for spec in SERVICES:
             entry, wanted = self.running.get(spec.name), spec.enabled(new)
             try:
-                if entry is not None and wanted and spec.own_process(old) != spec.own_process(new):
+                if entry is not None and wanted and isinstance(entry.service, WorkerService) != spec.own_process(new):
                     raise ServiceStartError(f"{spec.name}: moving it into or out of a process of its own "
                                             "needs a restart")
                 if entry is not None and wanted:
@@ -341,14 +341,15 @@ class Supervisor:
         return all(item["ok"] for item in report.values()), report
 
 
-def run_service_worker(name: str, config_path: Path, config: Config, control_path: Path, ready_fd: int) -> int:
+def run_service_worker(name: str, config_path: Path, config: Config, control_path: Path, ready_fd: int,
+                       parent_pid: int) -> int:
     """``ispd worker NAME``: the service the supervisor runs in a process of its own."""
     from ispd.workers import run_worker
 
     spec = next((s for s in SERVICES if s.name == name), None)
     if spec is None:
         raise SystemExit(f"ispd worker: no service named {name!r}")
-    return run_worker(spec, config_path, config, control_path, ready_fd)
+    return run_worker(spec, config_path, config, control_path, ready_fd, parent_pid)
 
 
 def run_daemon(config_path: Path, config: Config) -> int:

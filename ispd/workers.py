@@ -18,7 +18,9 @@ main side  ``WorkerService`` stands in the supervisor's list for the service. ``
            for the worker's metrics at every scrape (appended to its own /metrics), its health
            every few seconds, and a reload on SIGHUP (the worker re-reads the file; a refusal is
            the reload's). A worker that exits unasked is logged and started again, after 1 s,
-           then up to 30 s between tries; health is failing meanwhile. ``stop`` sends SIGTERM and
+           then up to 30 s between tries; health is failing meanwhile. One that stops answering
+           (three health polls in a row) is killed and started again; a scrape does not wait for
+           it (its metrics are left out). ``stop`` sends SIGTERM and
            waits; a worker outliving the grace is killed. A worker also dies with its parent
            (PR_SET_PDEATHSIG), and systemd's stop reaches it anyway (one control group).
 worker     ``run_worker`` builds what the service needs on its own — logging (each line carries
@@ -70,6 +72,8 @@ log = get_logger("ispd.workers")
 
 READY_TIMEOUT_SECONDS = 60.0  # a worker loads its store view (all subscribers) before it is ready
 HEALTH_INTERVAL_SECONDS = 5.0
+QUICK_REQUEST_SECONDS = 3.0  # health and metrics: a worker that takes longer is not answering
+HEALTH_FAILURES_BEFORE_RESTART = 3  # health polls unanswered in a row: the worker is stuck
 RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 BUILTIN_COMMANDS = ("worker.commands", "worker.health", "worker.metrics", "worker.reload")
 
@@ -77,11 +81,14 @@ _libc_name = ctypes.util.find_library("c")
 _prctl = ctypes.CDLL(_libc_name, use_errno=True).prctl if _libc_name else None
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the supervisor dies, however it dies. Only a call
-    into libc happens between fork and exec, which is safe with threads."""
+def die_with_parent(parent_pid: int) -> None:
+    """In the worker, first thing: SIGTERM when the supervisor dies, however it dies. (Set here
+    rather than between fork and exec: the supervisor has threads, where a preexec_fn may
+    deadlock.) A supervisor already gone by now is seen in getppid() and ends us at once."""
     if _prctl is not None:
         _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if parent_pid > 0 and os.getppid() != parent_pid:
+        raise SystemExit(0)
 
 
 # --- the main process's side -----------------------------------------------------------------
@@ -105,7 +112,10 @@ class WorkerService(Service):
     async def start(self, stack: AsyncExitStack) -> None:
         stack.push_async_callback(self._end)  # first: whatever fails below, the worker goes
         await self._spawn()
-        names = await self._request("worker.commands")
+        try:
+            names = await self._request("worker.commands", wait=QUICK_REQUEST_SECONDS)
+        except CommandError as exc:
+            raise ServiceStartError(f"{self.name}: the worker stopped answering at start: {exc}") from None
         for name in names:
             if name not in BUILTIN_COMMANDS:
                 stack.callback(self.context.control.register(name, self._forwarder(name)))
@@ -119,8 +129,8 @@ class WorkerService(Service):
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "ispd", "worker", self.name, "-c", str(self.config_path),
-                "--control", str(self.control_path), "--ready-fd", str(write_end),
-                pass_fds=(write_end,), stdin=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                "--control", str(self.control_path), "--ready-fd", str(write_end), "--parent-pid", str(os.getpid()),
+                pass_fds=(write_end,), stdin=asyncio.subprocess.DEVNULL)
         except OSError as exc:
             os.close(read_end)
             raise ServiceStartError(f"{self.name}: cannot start its worker process: {exc}") from None
@@ -153,7 +163,12 @@ class WorkerService(Service):
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
-            await proc.wait()
+            try:  # the worker drains within the same grace; a bit more, then it is killed
+                async with asyncio.timeout(self.config.daemon.shutdown_grace_seconds + 2):
+                    await proc.wait()
+            except TimeoutError:
+                log.error("worker.stop.timeout", worker=self.name)
+                await self._kill()
 
     async def _end(self) -> None:
         self._stopping = True
@@ -185,9 +200,9 @@ class WorkerService(Service):
 
     # --- talking to the worker
 
-    async def _request(self, command: str, args: dict[str, Any] | None = None) -> Any:
+    async def _request(self, command: str, args: dict[str, Any] | None = None, *, wait: float = 120.0) -> Any:
         try:
-            return await control_request(self.control_path, command, args, wait_seconds=120.0)
+            return await control_request(self.control_path, command, args, wait_seconds=wait)
         except ControlError as exc:
             raise CommandError(str(exc)) from None
 
@@ -197,8 +212,10 @@ class WorkerService(Service):
         return forward
 
     async def _metrics(self) -> bytes:
+        """The worker's metrics, or none when it does not answer at once (a scrape must not wait
+        for a stuck worker: the main process's own metrics matter most then)."""
         try:
-            text = await self._request("worker.metrics")
+            text = await self._request("worker.metrics", wait=QUICK_REQUEST_SECONDS)
         except CommandError:
             return b""
         return str(text).encode()
@@ -211,8 +228,10 @@ class WorkerService(Service):
         task.add_done_callback(self._tasks.discard)
 
     async def _watch(self) -> None:
-        """Poll the worker's health; start it again when it exits unasked."""
+        """Poll the worker's health; start it again when it exits unasked, or kill it first when
+        it stopped answering (stuck, or stopped with SIGSTOP)."""
         failures = 0
+        unanswered = 0
         while not self._stopping:
             proc = self.proc
             if proc is not None and proc.returncode is None:
@@ -220,9 +239,13 @@ class WorkerService(Service):
                     async with asyncio.timeout(HEALTH_INTERVAL_SECONDS):
                         await proc.wait()
                 except TimeoutError:
-                    await self._poll_health()
-                    failures = 0
-                    continue
+                    unanswered = 0 if await self._poll_health() else unanswered + 1
+                    if unanswered < HEALTH_FAILURES_BEFORE_RESTART:
+                        failures = 0
+                        continue
+                    log.error("worker.stuck", worker=self.name, unanswered_polls=unanswered)
+                    unanswered = 0
+                    await self._kill()
             if self._stopping:
                 return
             code = proc.returncode if proc is not None else None
@@ -235,19 +258,22 @@ class WorkerService(Service):
                 return
             try:
                 await self._spawn()
-            except ServiceStartError as exc:
-                log.error("worker.restart.failed", worker=self.name, error=str(exc))
+            except Exception as exc:  # whatever went wrong, try again later: the watch must go on
+                log.error("worker.restart.failed", worker=self.name, error=str(exc),
+                          exc_info=not isinstance(exc, ServiceStartError))
                 continue
             log.info("worker.restarted", worker=self.name, pid=self.proc.pid if self.proc else None)
 
-    async def _poll_health(self) -> None:
+    async def _poll_health(self) -> bool:
+        """Ask the worker how it is; False when it did not answer."""
         try:
-            report = await self._request("worker.health")
+            report = await self._request("worker.health", wait=QUICK_REQUEST_SECONDS)
         except CommandError as exc:
             self._health = Health(False, f"worker does not answer: {exc}")
-            return
+            return False
         self._health = Health(bool(report.get("ok")), str(report.get("detail", "")))
         self._description = str(report.get("describe") or self._description)
+        return True
 
 
 def worker_control_path(control_socket: Path | None, name: str) -> Path:
@@ -369,10 +395,12 @@ class _WorkerHost:
         return {"ok": True}
 
 
-def run_worker(spec: ServiceSpec, config_path: Path, config: Config, control_path: Path, ready_fd: int) -> int:
+def run_worker(spec: ServiceSpec, config_path: Path, config: Config, control_path: Path, ready_fd: int,
+               parent_pid: int) -> int:
     """``ispd worker NAME``: one service in this process, until SIGTERM."""
     import uvloop
 
+    die_with_parent(parent_pid)
     host = _WorkerHost(spec, config_path, config, control_path, ready_fd)
     try:
         return uvloop.run(host.run())

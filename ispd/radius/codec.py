@@ -120,7 +120,8 @@ class Attr(IntEnum):
     FRAMED_IPV6_ADDRESS = 168
 
 
-_MESSAGE_AUTHENTICATOR = int(Attr.MESSAGE_AUTHENTICATOR)  # a plain int for decode's loop
+_MESSAGE_AUTHENTICATOR = int(Attr.MESSAGE_AUTHENTICATOR)  # plain ints for the hot paths
+_PROXY_STATE = int(Attr.PROXY_STATE)
 
 
 class Vendor(IntEnum):
@@ -263,6 +264,15 @@ def vendor_specific(vendor: int, vendor_type: int, value: bytes) -> tuple[int, b
     if len(value) > MAX_ATTRIBUTE_VALUE - 6:
         raise ValueError(f"vendor attribute {vendor}/{vendor_type}: {len(value)} octets is too long")
     return Attr.VENDOR_SPECIFIC, _U32.pack(vendor) + bytes((vendor_type, len(value) + 2)) + value
+
+
+def proxy_states(packet: Packet) -> bytes:
+    """The request's Proxy-State attributes, encoded in their order: RFC 2865 §5.33 says a
+    reply carries them back unchanged (a proxy in front of us finds its request by them)."""
+    if _PROXY_STATE not in packet.first:
+        return b""
+    return b"".join(bytes((_PROXY_STATE, len(value) + 2)) + value
+                    for code, value in packet.attributes if code == _PROXY_STATE)
 
 
 def encode_attributes(attributes: Iterable[tuple[int, bytes]]) -> bytes:

@@ -41,13 +41,14 @@ Deliberately not here: sockets, the duplicate cache, the store, timers (the tran
 from __future__ import annotations
 
 import contextlib
+import hmac
 import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import partial
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 
 from ispd.credentials import nt_hash
 from ispd.dhcp.identifiers import normalize_key, opaque_text
@@ -142,6 +143,7 @@ class Drop(StrEnum):
     UNKNOWN_CLIENT = "unknown_client"
     WRONG_PORT = "wrong_port"  # e.g. an Accounting-Request to the auth port, or a response
     BAD_REQUEST_AUTHENTICATOR = "bad_request_authenticator"
+    MISSING_STATUS_TYPE = "missing_status_type"  # an Accounting-Request without Acct-Status-Type
     MISSING_MESSAGE_AUTHENTICATOR = "missing_message_authenticator"
     BAD_MESSAGE_AUTHENTICATOR = "bad_message_authenticator"
     PROXY_STATE_WITHOUT_MESSAGE_AUTHENTICATOR = "proxy_state_without_message_authenticator"
@@ -163,6 +165,9 @@ class Nas:
     require_message_authenticator: MessageAuthenticatorPolicy = MessageAuthenticatorPolicy.YES
     limit_proxy_state: MessageAuthenticatorPolicy = MessageAuthenticatorPolicy.YES
     coa_port: int = 3799
+    # The addresses the client is configured as: a NAS-IP-Address outside them is not believed
+    # (another NAS's sessions are not a client's to open, close or have disconnected).
+    network: IPv4Network | IPv6Network | None = None
     message_authenticator_seen: bool = False
 
     def requires(self, policy: MessageAuthenticatorPolicy) -> bool:
@@ -301,10 +306,14 @@ class AuthEngine:
 
     def finish_password_check(self, packet: Packet, nas: Nas, pending: PendingCheck, ok: bool,
                               now: float) -> Decision:
-        if not ok:
-            return self._reject(RejectReason.WRONG_PASSWORD, "pap", pending.subject)
-        self.passwords.remember(pending.subject, pending.password, now)
-        return self._authorize(packet, nas, pending.subject, pending.address, "pap")
+        # The subscriber as it is now: a suspension or a new password during the check counts.
+        subject = self.directory.subjects.get(pending.subject.id)
+        if subject is None:
+            return self._reject(RejectReason.UNKNOWN_USER, "pap")
+        if not ok or subject.credentials.updated_at != pending.subject.credentials.updated_at:
+            return self._reject(RejectReason.WRONG_PASSWORD, "pap", subject)
+        self.passwords.remember(subject, pending.password, now)
+        return self._authorize(packet, nas, subject, pending.address, "pap")
 
     def _chap(self, packet: Packet, nas: Nas, chap: bytes, found: tuple[AuthSubject, str | None] | None) -> Decision:
         if found is None:
@@ -314,7 +323,8 @@ class AuthEngine:
         if cleartext is None:
             return self._reject(RejectReason.NO_PASSWORD_FORM, "chap", subject)
         challenge = packet.get(Attr.CHAP_CHALLENGE) or packet.authenticator  # RFC 2865 §5.3
-        if len(chap) != 17 or chap_response(chap[0], cleartext.encode("utf-8"), challenge) != chap[1:]:
+        if len(chap) != 17 or not hmac.compare_digest(chap_response(chap[0], cleartext.encode("utf-8"), challenge),
+                                                      chap[1:]):
             return self._reject(RejectReason.WRONG_PASSWORD, "chap", subject)
         return self._authorize(packet, nas, subject, address, "chap")
 
@@ -564,13 +574,17 @@ def _u32(first: dict[int, bytes], attribute: int) -> int | None:
     return int.from_bytes(value, "big") if value is not None and len(value) == 4 else None
 
 
+_MAX_COUNTER = (1 << 63) - 1  # what the store (SQLite's INTEGER) holds
+
+
 def _octets(first: dict[int, bytes], low: int, high: int) -> int | None:
-    """A 32-bit counter with its Gigawords (RFC 2869 §5.1) folded in."""
+    """A 32-bit counter with its Gigawords (RFC 2869 §5.1) folded in; a Gigawords that would
+    make it more than the store can hold (2^31 of them: nothing real) is held at the maximum."""
     value = _u32(first, low)
     if value is None:
         return None
     gigawords = _u32(first, high)
-    return value + (gigawords << 32) if gigawords else value
+    return min(value + (gigawords << 32), _MAX_COUNTER) if gigawords else value
 
 
 def _text(first: dict[int, bytes], attribute: int) -> str | None:
@@ -589,15 +603,15 @@ def _prefix_text(value: bytes | None) -> str | None:
     return f"{address}/{value[1]}"
 
 
-def nas_address(packet: Packet, source: str) -> str:
-    """Who the NAS says it is (NAS-IP-Address, NAS-IPv6-Address), else where the packet came from."""
+def reported_address(packet: Packet) -> str | None:
+    """Who the NAS says it is (NAS-IP-Address, NAS-IPv6-Address), if it says."""
     v4 = packet.first.get(_NAS_IP_ADDRESS)
     if v4 is not None and len(v4) == 4:
         return socket.inet_ntoa(v4)
     v6 = packet.first.get(_NAS_IPV6_ADDRESS)
     if v6 is not None and len(v6) == 16:
         return str(IPv6Address(v6))
-    return source
+    return None
 
 
 class AccountingEngine:
@@ -607,6 +621,27 @@ class AccountingEngine:
         self.sessions = sessions
         self.dictionary = dictionary
         self.interim_interval = interim_interval
+        # (client network, NAS-IP-Address) → inside it; a client may name several networks
+        self._believed: dict[tuple[IPv4Network | IPv6Network | None, str], bool] = {}
+
+    def nas_address(self, packet: Packet, nas: Nas, source: str) -> str:
+        """The address sessions are kept under: the NAS-IP-Address the NAS reports when it lies
+        inside the client's configured network, else the packet's source."""
+        reported = reported_address(packet)
+        if reported is None or reported == source:
+            return source
+        key = (nas.network, reported)
+        believed = self._believed.get(key)
+        if believed is None:
+            believed = nas.network is None or ip_address(reported) in nas.network
+            if len(self._believed) > 100_000:
+                self._believed.clear()
+            self._believed[key] = believed
+        return reported if believed else source
+
+    def forget_clients(self) -> None:
+        """After a reload: the clients' networks may have changed."""
+        self._believed.clear()
 
     def check(self, packet: Packet, nas: Nas) -> str | None:
         """Why the request must be dropped, or None."""
@@ -627,15 +662,16 @@ class AccountingEngine:
                 return str(exc.reason)
         return None
 
-    def record(self, packet: Packet, source: str, received_at: float) -> AccountingRecord | None:
-        """The store's view of an Accounting-Request; None for status types ispd does not keep
-        (Tunnel-* and Failed: answered, not recorded). Read straight from ``packet.first`` with
-        plain-int attribute numbers: this runs for every accounting request."""
+    def record(self, packet: Packet, nas: Nas, source: str, received_at: float) -> AccountingRecord | None:
+        """The store's view of an Accounting-Request (statuses it does not act on, Tunnel-* and
+        Failed, as OTHER: kept in the history); None without an Acct-Status-Type, which RFC 2866
+        §5.1 requires. Read straight from ``packet.first`` with plain-int attribute numbers: this
+        runs for every accounting request."""
         first = packet.first
         status_type = _u32(first, _ACCT_STATUS_TYPE)
-        status = _STATUS_TYPES.get(status_type) if status_type is not None else None
-        if status is None:
+        if status_type is None:
             return None
+        status = _STATUS_TYPES.get(status_type, AccountingStatus.OTHER)
         login = _text(first, _USER_NAME)
         subscriber_id = subscriber_from_class(packet)
         if subscriber_id is None and login is not None:
@@ -646,22 +682,22 @@ class AccountingEngine:
         if cause is not None:
             definition = self.dictionary.by_code(_ACCT_TERMINATE_CAUSE)
             cause_text = (definition.value_name(cause) if definition is not None else None) or str(cause)
-        nas = nas_address(packet, source)
+        address = self.nas_address(packet, nas, source)
         acct_session_id = _text(first, _ACCT_SESSION_ID)
         framed_ip = _address_text(first.get(_FRAMED_IP_ADDRESS))
         v6_prefix = first.get(_FRAMED_IPV6_PREFIX)
         delegated = first.get(_DELEGATED_IPV6_PREFIX)
         # The store fills in what an open session lacks only when this view says it may: the
         # common interim brings nothing new, and the statement it would cost is saved.
-        known = self.sessions.by_key.get((nas, acct_session_id)) if acct_session_id is not None else None
+        known = self.sessions.by_key.get((address, acct_session_id)) if acct_session_id is not None else None
         fill_in = known is None or (
             (subscriber_id is not None and known.subscriber_id is None)
             or (framed_ip is not None and known.framed_ip is None)
             or known.interim_interval is None or v6_prefix is not None or delegated is not None)
         delay = _u32(first, _ACCT_DELAY_TIME) or 0
         return AccountingRecord(
-            received_at - min(delay, 86400 * 7), status, nas, acct_session_id, login, subscriber_id,
-            _text(first, _NAS_IDENTIFIER), framed_ip, _prefix_text(v6_prefix), _prefix_text(delegated),
+            received_at - min(delay, 86400 * 7), status, address, acct_session_id, login, subscriber_id,
+            _text(first, _NAS_IDENTIFIER), nas.name, framed_ip, _prefix_text(v6_prefix), _prefix_text(delegated),
             _text(first, _CALLING_STATION_ID), _text(first, _CALLED_STATION_ID), _text(first, _NAS_PORT_ID),
             _octets(first, _ACCT_INPUT_OCTETS, _ACCT_INPUT_GIGAWORDS),
             _octets(first, _ACCT_OUTPUT_OCTETS, _ACCT_OUTPUT_GIGAWORDS),

@@ -57,7 +57,7 @@ from ispd.events import (
 from ispd.logs import get_logger
 from ispd.radius.attributes import AttributeValueError, ReplyAttribute, reply_attribute
 from ispd.radius.coa import DynamicAuthorizationClient, session_identification
-from ispd.radius.codec import Code, Packet, RadiusDecodeError, decode, encode_response
+from ispd.radius.codec import Code, Packet, RadiusDecodeError, decode, encode_response, proxy_states
 from ispd.radius.config import RadiusClientConfig, RadiusConfig, SuspendedAction, client_networks
 from ispd.radius.dictionary import Dictionary, DictionaryError, load_dictionary
 from ispd.radius.directory import Directory, PasswordChecker
@@ -76,7 +76,7 @@ from ispd.radius.sessions import OpenSessions
 from ispd.service import Health, Service, ServiceContext, ServiceStartError, describe_os_error
 from ispd.store.errors import NotFound, StoreError
 from ispd.store.models import AccountingOutcome, AccountingRecord, AccountingResult, RadiusSession, SubscriberStatus
-from ispd.store.sqlite_radius import SUPERSEDED_CAUSE
+from ispd.store.sqlite_radius import STALE_CAUSE, SUPERSEDED_CAUSE
 
 if TYPE_CHECKING:
     from ispd.config import Config
@@ -87,7 +87,6 @@ STALE_SWEEP_SECONDS = 60.0
 SWEEP_SECONDS = 1.0
 MAX_DATAGRAM = 4096
 MAX_QUEUED_ACCOUNTING = 50_000
-STALE_CAUSE = "Stale-Session"
 DROP_LOG_INTERVAL_SECONDS = 60.0
 # Metric labels by packet code, keyed by plain ints (an enum lookup per packet costs ~0.5 µs).
 _REQUEST_NAMES = {int(Code.ACCESS_REQUEST): "access-request", int(Code.ACCOUNTING_REQUEST): "accounting-request",
@@ -116,7 +115,7 @@ class NasTable:
         self._by_address: dict[str, Nas | None] = {}
         for network, client in client_networks_of(clients):
             nas = Nas(client.name, client.secret.get_secret_value().encode(), client.kind,
-                      client.require_message_authenticator, client.limit_proxy_state, client.coa_port)
+                      client.require_message_authenticator, client.limit_proxy_state, client.coa_port, network)
             self.clients[client.name] = nas
             self._networks.append((network, nas))
 
@@ -177,10 +176,10 @@ class DuplicateCache:
 
     def _put(self, key: DuplicateKey, entry: tuple[float, bytes | None]) -> None:
         entries = self._entries
-        if len(entries) >= self.max_entries and key not in entries:
+        if entries.pop(key, None) is None and len(entries) >= self.max_entries:
             for old in list(itertools.islice(entries, self.max_entries // 10 or 1)):
                 del entries[old]
-        entries[key] = entry
+        entries[key] = entry  # at the end: the dict stays in expiry order for sweep()
 
     def forget(self, key: DuplicateKey) -> None:
         self._entries.pop(key, None)
@@ -208,7 +207,8 @@ class _QueuedAccounting:
     transport: asyncio.DatagramTransport
     addr: Any
     key: DuplicateKey
-    started: float
+    started: float  # perf_counter, for the processing time
+    received_at: float  # the clock, for when the NAS last reported (the record's time is the event's)
 
 
 # --- the service -------------------------------------------------------------------------------
@@ -240,8 +240,9 @@ class RadiusService(Service):
         self._store_failing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drop_logged: dict[tuple[str, str], float] = {}
-        # NAS-IP-Address → the client whose packets carried it (for CoA and Disconnect).
-        self._reported_nas: dict[str, Nas] = {}
+        self._writing = 0  # accounting records handed to the store and not written yet
+        self._rejects_logged: dict[tuple[str, int | None, str], list[Any]] = {}
+        self._refreshing: dict[int, list[Any]] = {}  # [lock, users]: one refresh of a subscriber at a time
 
     # --- lifecycle
 
@@ -297,7 +298,7 @@ class RadiusService(Service):
         except StoreError as exc:
             raise ServiceStartError(f"radius: cannot load subscribers from the store: {exc}") from None
         self.directory.load(subscribers, plans, credentials, reservations)
-        self.sessions.load(sessions)
+        self.sessions.load(sessions, self.context.clock())
 
     async def _open(self, stack: AsyncExitStack) -> None:
         loop = asyncio.get_running_loop()
@@ -346,11 +347,11 @@ class RadiusService(Service):
         table.carry_over(self.nas)
         assert self.auth is not None and self.accounting is not None
         self.config, self.nas, self.dictionary = new.radius, table, dictionary
-        self._reported_nas.clear()  # they name the clients as they were
         self.auth.dictionary = self.accounting.dictionary = dictionary
         self.auth.settings = settings
         self.auth.forget_profiles()
         self.accounting.interim_interval = new.radius.interim_interval_seconds
+        self.accounting.forget_clients()
         self.passwords.cache_seconds = new.radius.auth_cache_seconds
         self.duplicates.window = new.radius.duplicate_window_seconds
         self.coa = DynamicAuthorizationClient(new.radius.coa_timeout_seconds, new.radius.coa_attempts)
@@ -378,6 +379,21 @@ class RadiusService(Service):
         task.add_done_callback(self._tasks.discard)
 
     # --- receiving (called from the protocols)
+
+    def _log_reject(self, decision: Decision, nas: Nas, now: float) -> None:
+        """An Access-Reject in the log (the operator's trail of failed logins), at most one line
+        a minute per NAS, subscriber and reason, with how many there were: a password-guessing
+        flood must not flood the log too."""
+        key = (nas.name, decision.subscriber_id, str(decision.reject))
+        entry = self._rejects_logged.get(key)
+        if entry is not None and now - entry[0] < DROP_LOG_INTERVAL_SECONDS:
+            entry[1] += 1
+            return
+        if len(self._rejects_logged) > 10_000:
+            self._rejects_logged.clear()
+        self._rejects_logged[key] = [now, 0]
+        log.info("radius.access.rejected", nas=nas.name, reason=str(decision.reject), method=decision.method,
+                 subscriber_id=decision.subscriber_id, not_logged_since=entry[1] if entry is not None else 0)
 
     def _dropped(self, port: str, reason: str, source: str, nas: Nas | None, now: float, count: int = 1) -> None:
         """Count a datagram left unanswered, and say so in the log — once a minute per source
@@ -442,7 +458,8 @@ class RadiusService(Service):
         if code is None:
             self._dropped("auth", decision.drop, addr[0], nas, now)
             return
-        reply = encode_response(code, packet.identifier, packet.authenticator, decision.attributes, nas.secret)
+        reply = encode_response(code, packet.identifier, packet.authenticator,
+                                decision.attributes + proxy_states(packet), nas.secret)
         if decision.method == "status":
             kind = "status"
         else:
@@ -450,8 +467,7 @@ class RadiusService(Service):
             self.metrics.auth.inc(decision.method, _AUTH_RESULTS[code])
         if decision.reject is not None:
             self.metrics.rejects.inc(decision.reject)
-            log.info("radius.access.rejected", nas=nas.name, reason=str(decision.reject), method=decision.method,
-                     subscriber_id=decision.subscriber_id)
+            self._log_reject(decision, nas, now)
             if self.config.reject_delay_seconds > 0:
                 # The processing time is ispd's, measured now: the delay is policy, not work.
                 self.metrics.latency[kind].observe(time.perf_counter() - started)
@@ -512,24 +528,20 @@ class RadiusService(Service):
             if packet.code == Code.STATUS_SERVER:  # RFC 5997 §3: Accounting-Response on this port
                 self._answer_accounting(packet, nas, transport, addr, key, started, "status")
                 return
-            record = self.accounting.record(packet, addr[0], now)
+            record = self.accounting.record(packet, nas, addr[0], now)
         except Exception:
             self.metrics.dropped.inc("acct", Drop.INTERNAL_ERROR)
             log.error("radius.request.failed", nas=nas.name, exc_info=True)
             return
-        if record is not None and record.nas_address != addr[0]:
-            if len(self._reported_nas) > 100_000:
-                self._reported_nas.clear()
-            self._reported_nas[record.nas_address] = nas
-        if record is None:  # a status type ispd does not keep: acknowledged all the same
-            self.metrics.accounting.inc("other", str(AccountingOutcome.IGNORED))
-            self._answer_accounting(packet, nas, transport, addr, key, started)
+        if record is None:
+            self._dropped("acct", Drop.MISSING_STATUS_TYPE, addr[0], nas, now)
             return
-        if len(self._queue) >= MAX_QUEUED_ACCOUNTING:
+        # Queued and being written together: memory stays bounded while the store is slow.
+        if len(self._queue) + self._writing >= MAX_QUEUED_ACCOUNTING:
             self._dropped("acct", Drop.ACCOUNTING_QUEUE_FULL, addr[0], nas, now)
             return
         self.duplicates.begin(key, now)
-        self._queue.append(_QueuedAccounting(record, packet, nas, transport, addr, key, started))
+        self._queue.append(_QueuedAccounting(record, packet, nas, transport, addr, key, started, now))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             assert self._loop is not None
@@ -537,7 +549,8 @@ class RadiusService(Service):
 
     def _answer_accounting(self, packet: Packet, nas: Nas, transport: asyncio.DatagramTransport, addr: Any,
                            key: DuplicateKey, started: float, kind: str = "accounting") -> None:
-        reply = encode_response(_ACCOUNTING_RESPONSE, packet.identifier, packet.authenticator, b"", nas.secret,
+        reply = encode_response(_ACCOUNTING_RESPONSE, packet.identifier, packet.authenticator,
+                                proxy_states(packet), nas.secret,
                                 signed_with_zeros=packet.code == Code.ACCOUNTING_REQUEST)
         self._send(transport, reply, addr, key, _ACCOUNTING_RESPONSE, kind, started, None)
 
@@ -546,36 +559,51 @@ class RadiusService(Service):
         if not self._queue:
             return
         batch, self._queue = self._queue, []
+        self._writing += len(batch)
         self._spawn(self._commit(batch), "accounting")
 
     async def _commit(self, batch: list[_QueuedAccounting]) -> None:
         try:
+            await self._write(batch)
+        finally:
+            self._writing -= len(batch)
+
+    async def _write(self, batch: list[_QueuedAccounting]) -> None:
+        try:
             results = await self.context.store.record_accounting([item.record for item in batch])
         except Exception as exc:  # StoreError or a bug: no response, so the NASes send them again
+            if len(batch) > 1:
+                # One bad record must not hold back the others: each goes again on its own
+                # (each its own savepoint in the same group commit).
+                await asyncio.gather(*(self._write([item]) for item in batch))
+                return
             self._store_failing = True
-            self.metrics.dropped.inc("acct", Drop.STORE_ERROR, amount=len(batch))
-            for item in batch:
-                self.duplicates.forget(item.key)
-            log.error("radius.accounting.write_failed", error=str(exc), records=len(batch),
-                      exc_info=not isinstance(exc, StoreError))
+            self.metrics.dropped.inc("acct", Drop.STORE_ERROR)
+            self.duplicates.forget(batch[0].key)
+            log.error("radius.accounting.write_failed", error=str(exc), nas=batch[0].nas.name,
+                      acct_session_id=batch[0].record.acct_session_id, exc_info=not isinstance(exc, StoreError))
             return
         self._store_failing = False
         for item, result in zip(batch, results, strict=True):
             self.metrics.accounting.inc(str(item.record.status), str(result.outcome))
             self._answer_accounting(item.packet, item.nas, item.transport, item.addr, item.key, item.started)
-            self._follow(item.record, result)
+            self._follow(item.record, result, item.received_at)
 
-    def _follow(self, record: AccountingRecord, result: AccountingResult) -> None:
+    def _follow(self, record: AccountingRecord, result: AccountingResult, received_at: float) -> None:
         """Keep the open-session view and tell the bus."""
         bus, sessions, at = self.context.bus, self.sessions, record.at
         outcome = result.outcome
         key = (record.nas_address, record.acct_session_id or "")
         if outcome == AccountingOutcome.UPDATED:
-            sessions.seen(key, at)
+            sessions.seen(key, received_at)
+        elif outcome == AccountingOutcome.REOPENED and result.session is not None:
+            if result.session.is_open:  # an interim: it is back among the open sessions
+                sessions.put(result.session, received_at)
+                bus.publish(_session_event(SessionStarted, result.session, at))
         elif outcome in (AccountingOutcome.STARTED, AccountingOutcome.STOPPED) and result.session is not None:
             session = result.session  # new: started now, or a Stop with no Start before it
             if session.is_open:
-                replaced = sessions.put(session)
+                replaced = sessions.put(session, received_at)
                 if replaced is not None:
                     bus.publish(_session_event(SessionStopped, replaced, at, SUPERSEDED_CAUSE))
             bus.publish(_session_event(SessionStarted, session, at))
@@ -664,7 +692,19 @@ class RadiusService(Service):
             stack.callback(unsubscribe)
 
     async def _refresh(self, subscriber_id: int) -> None:
-        """Re-read one subscriber (status, plan, password forms, reservations) from the store."""
+        """Re-read one subscriber (status, plan, password forms, reservations) from the store;
+        one refresh of a subscriber at a time, so that an older read never lands last."""
+        entry = self._refreshing.setdefault(subscriber_id, [asyncio.Lock(), 0])
+        entry[1] += 1  # refreshes holding or waiting for the lock: the last one removes it
+        try:
+            async with entry[0]:
+                await self._reread(subscriber_id)
+        finally:
+            entry[1] -= 1
+            if not entry[1]:
+                del self._refreshing[subscriber_id]
+
+    async def _reread(self, subscriber_id: int) -> None:
         store = self.context.store
         try:
             subscriber = await store.get_subscriber(subscriber_id)
@@ -709,9 +749,10 @@ class RadiusService(Service):
         await asyncio.gather(*(self._disconnect(s, reason) for s in self.sessions.of_subscriber(subscriber_id)))
 
     def _nas_for_session(self, session: RadiusSession) -> Nas | None:
-        """The client a session's NAS is: by the address it reports (NAS-IP-Address), which may
-        not be the address its packets come from, so what accounting showed is asked first."""
-        return self._reported_nas.get(session.nas_address) or self.nas.find(session.nas_address)
+        """The client whose packets accounted the session (its secret signs the CoA), else the
+        client its NAS address falls in."""
+        nas = self.nas.clients.get(session.nas_client) if session.nas_client else None
+        return nas or self.nas.find(session.nas_address)
 
     async def _disconnect(self, session: RadiusSession, reason: str) -> dict[str, Any]:
         return await self._dynamic(session, Code.DISCONNECT_REQUEST, b"", reason)

@@ -3,8 +3,9 @@
 The store is the record (``radius_sessions``); this is the service's view of the open ones,
 loaded at start and kept current from each accounting write's outcome, so that an
 Access-Request can count a subscriber's sessions without a store round trip. A session is
-keyed by (NAS address, Acct-Session-Id). ``last_seen`` is when its NAS last reported on it
-(the store's ``updated_at``, kept here without re-reading the row).
+keyed by (NAS address, Acct-Session-Id). ``last_seen`` is when its NAS's last report on it
+arrived — the arrival, not the event time the NAS gives (a report that waited in the NAS's
+buffer is news all the same) — kept here without re-reading the row.
 """
 
 from __future__ import annotations
@@ -22,23 +23,26 @@ class OpenSessions:
         self.by_subscriber: dict[int, set[SessionKey]] = {}
         self.last_seen: dict[SessionKey, float] = {}
 
-    def load(self, sessions: Iterable[RadiusSession]) -> None:
+    def load(self, sessions: Iterable[RadiusSession], now: float) -> None:
+        """The open sessions at start: last seen ``now`` at the earliest, so that a daemon that
+        was down longer than the stale limit does not close them all before their NAS reports."""
         self.by_key.clear()
         self.by_subscriber.clear()
         self.last_seen.clear()
         for session in sessions:
             if session.is_open:
-                self.put(session)
+                self.put(session, max(session.updated_at, now))
 
     def get(self, key: SessionKey) -> RadiusSession | None:
         return self.by_key.get(key)
 
-    def put(self, session: RadiusSession) -> RadiusSession | None:
-        """Add an open session; returns the one it replaces under the same key, if any."""
+    def put(self, session: RadiusSession, seen_at: float | None = None) -> RadiusSession | None:
+        """Add an open session, its NAS last heard from at ``seen_at`` (default: its updated_at);
+        returns the one it replaces under the same key, if any."""
         key = (session.nas_address, session.acct_session_id)
         old = self.pop(key)
         self.by_key[key] = session
-        self.last_seen[key] = session.updated_at
+        self.last_seen[key] = session.updated_at if seen_at is None else seen_at
         if session.subscriber_id is not None:
             self.by_subscriber.setdefault(session.subscriber_id, set()).add(key)
         return old

@@ -155,6 +155,7 @@ class RadiusSession:
     updated_at: float
     subscriber_id: int | None = None
     nas_identifier: str | None = None
+    nas_client: str | None = None  # the [[radius.client]] whose packets carried it (CoA goes by its secret)
     framed_ip: str | None = None
     framed_ipv6_prefix: str | None = None
     delegated_ipv6_prefix: str | None = None
@@ -183,6 +184,7 @@ class AccountingStatus(StrEnum):
     INTERIM_UPDATE = "interim-update"
     ACCOUNTING_ON = "accounting-on"
     ACCOUNTING_OFF = "accounting-off"
+    OTHER = "other"  # Tunnel-*, Failed, ...: kept in the history, no session changes
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +199,7 @@ class AccountingRecord:
     username: str | None = None
     subscriber_id: int | None = None
     nas_identifier: str | None = None
+    nas_client: str | None = None
     framed_ip: str | None = None
     framed_ipv6_prefix: str | None = None
     delegated_ipv6_prefix: str | None = None
@@ -221,6 +224,7 @@ class AccountingOutcome(StrEnum):
     UPDATED = "updated"  # an open session's counters
     STOPPED = "stopped"
     DUPLICATE = "duplicate"  # nothing new: a retransmission, or a late copy of what is known
+    REOPENED = "reopened"  # reports on a session closed as stale: it was not gone after all
     NAS_RESTARTED = "nas-restarted"  # Accounting-On/Off: the NAS's open sessions were closed
     IGNORED = "ignored"  # a record the store keeps but cannot tie to a session (no Acct-Session-Id)
 

@@ -43,6 +43,7 @@ from ispd.store.models import (
 SAME_START_SECONDS = 300.0
 SUPERSEDED_CAUSE = "Superseded"
 NAS_RESTART_CAUSE = "NAS-Reboot"
+STALE_CAUSE = "Stale-Session"  # closed by ispd, the NAS silent: reopened if it reports again
 
 
 # The session columns in the order of RadiusSession's fields: a row selected with them becomes a
@@ -73,11 +74,11 @@ _HISTORY_INSERT = (
     " subscriber_id, framed_ip, input_octets, output_octets, session_time_seconds, outcome, packet)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _SESSION_INSERT = (
-    "INSERT INTO radius_sessions (nas_address, nas_identifier, acct_session_id, username, subscriber_id,"
+    "INSERT INTO radius_sessions (nas_address, nas_identifier, nas_client, acct_session_id, username, subscriber_id,"
     " framed_ip, framed_ipv6_prefix, delegated_ipv6_prefix, calling_station_id, called_station_id, nas_port_id,"
     " started_at, updated_at, stopped_at, terminate_cause, interim_interval, input_octets, output_octets,"
     " input_packets, output_packets, session_time_seconds)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 # The open session's counters rise to the record's (never fall: MAX), and the usage triggers count
 # the growth; one statement does the common case (an interim or stop for an open session). It
 # sets no indexed column but stopped_at: SQLite rewrites the index entries of every column a SET
@@ -102,21 +103,31 @@ _SESSION_FILL_IN = (
     " AND ((subscriber_id IS NULL AND ?1 IS NOT NULL) OR (framed_ip IS NULL AND ?2 IS NOT NULL)"
     " OR (framed_ipv6_prefix IS NULL AND ?3 IS NOT NULL) OR (delegated_ipv6_prefix IS NULL AND ?4 IS NOT NULL)"
     " OR (interim_interval IS NULL AND ?5 IS NOT NULL))")
-_SESSION_LATEST = ("SELECT id, started_at, stopped_at FROM radius_sessions"
+_SESSION_LATEST = ("SELECT id, started_at, updated_at, stopped_at, terminate_cause FROM radius_sessions"
                    " WHERE nas_address = ? AND acct_session_id = ? ORDER BY id DESC LIMIT 1")
+# A session closed as stale that its NAS reports on again: open again (an interim) or stopped by
+# the NAS (a stop), its counters rising as usual.
+_SESSION_REOPEN = (
+    "UPDATE radius_sessions SET input_octets = MAX(input_octets, COALESCE(?1, 0)),"
+    " output_octets = MAX(output_octets, COALESCE(?2, 0)), input_packets = MAX(input_packets, COALESCE(?3, 0)),"
+    " output_packets = MAX(output_packets, COALESCE(?4, 0)),"
+    " session_time_seconds = MAX(session_time_seconds, COALESCE(?5, 0)), updated_at = MAX(updated_at, ?6),"
+    " stopped_at = CASE WHEN ?7 THEN ?6 ELSE NULL END, terminate_cause = CASE WHEN ?7 THEN ?8 ELSE NULL END"
+    f" WHERE id = ?9 RETURNING {SESSION_COLUMNS}")
 
 
 def _open_session(conn: sqlite3.Connection, record: AccountingRecord, *, stopped: bool) -> RadiusSession:
     session = RadiusSession(
         0, record.nas_address, record.acct_session_id or "", record.username or "",
         record.at - (record.session_time_seconds or 0), record.at, record.subscriber_id, record.nas_identifier,
-        record.framed_ip, record.framed_ipv6_prefix, record.delegated_ipv6_prefix, record.calling_station_id,
+        record.nas_client, record.framed_ip, record.framed_ipv6_prefix, record.delegated_ipv6_prefix,
+        record.calling_station_id,
         record.called_station_id, record.nas_port_id, record.at if stopped else None,
         record.terminate_cause if stopped else None, record.interim_interval, record.input_octets or 0,
         record.output_octets or 0, record.input_packets or 0, record.output_packets or 0,
         record.session_time_seconds or 0)
     cursor = conn.execute(_SESSION_INSERT, (
-        session.nas_address, session.nas_identifier, session.acct_session_id, session.username,
+        session.nas_address, session.nas_identifier, session.nas_client, session.acct_session_id, session.username,
         session.subscriber_id, session.framed_ip, session.framed_ipv6_prefix, session.delegated_ipv6_prefix,
         session.calling_station_id, session.called_station_id, session.nas_port_id, session.started_at,
         session.updated_at, session.stopped_at, session.terminate_cause, session.interim_interval,
@@ -127,19 +138,18 @@ def _open_session(conn: sqlite3.Connection, record: AccountingRecord, *, stopped
 
 def _advance(conn: sqlite3.Connection, record: AccountingRecord, *, stop: bool) -> bool:
     """Whether an open session took the record."""
+    if record.fill_in and (record.subscriber_id is not None or record.framed_ip is not None
+                           or record.framed_ipv6_prefix is not None or record.delegated_ipv6_prefix is not None
+                           or record.interim_interval is not None):
+        # First: the usage triggers must see the subscriber of the growth the advance brings.
+        conn.execute(_SESSION_FILL_IN, (record.subscriber_id, record.framed_ip, record.framed_ipv6_prefix,
+                                        record.delegated_ipv6_prefix, record.interim_interval, record.nas_address,
+                                        record.acct_session_id))
     cursor = conn.execute(_SESSION_ADVANCE, (
         record.input_octets, record.output_octets, record.input_packets, record.output_packets,
         record.session_time_seconds, record.at, stop, record.terminate_cause, record.nas_address,
         record.acct_session_id))
-    if not cursor.rowcount:
-        return False
-    if record.fill_in and (record.subscriber_id is not None or record.framed_ip is not None
-                           or record.framed_ipv6_prefix is not None or record.delegated_ipv6_prefix is not None
-                           or record.interim_interval is not None):
-        conn.execute(_SESSION_FILL_IN, (record.subscriber_id, record.framed_ip, record.framed_ipv6_prefix,
-                                        record.delegated_ipv6_prefix, record.interim_interval, record.nas_address,
-                                        record.acct_session_id))
-    return True
+    return bool(cursor.rowcount)
 
 
 def record_accounting(conn: sqlite3.Connection, records: Sequence[AccountingRecord]) -> list[AccountingResult]:
@@ -159,7 +169,7 @@ def _apply(conn: sqlite3.Connection, record: AccountingRecord) -> AccountingResu
     status = record.status
     if status in (AccountingStatus.ACCOUNTING_ON, AccountingStatus.ACCOUNTING_OFF):
         return _nas_restarted(conn, record)
-    if not record.acct_session_id:
+    if not record.acct_session_id or status == AccountingStatus.OTHER:
         return AccountingResult(AccountingOutcome.IGNORED)
     if status != AccountingStatus.START:
         stop = status == AccountingStatus.STOP
@@ -168,12 +178,21 @@ def _apply(conn: sqlite3.Connection, record: AccountingRecord) -> AccountingResu
     latest = conn.execute(_SESSION_LATEST, (record.nas_address, record.acct_session_id)).fetchone()
     if status == AccountingStatus.START:
         started_at = record.at - (record.session_time_seconds or 0)
-        if latest is not None and abs(latest["started_at"] - started_at) < SAME_START_SECONDS:
+        # A retransmission, or a Start that comes after what it started (its interims or Stop
+        # made up the session already): a new session only starts after the last one known.
+        if latest is not None and (abs(latest["started_at"] - started_at) < SAME_START_SECONDS
+                                   or started_at <= latest["updated_at"]):
             return AccountingResult(AccountingOutcome.DUPLICATE)
         if latest is not None and latest["stopped_at"] is None:
             conn.execute("UPDATE radius_sessions SET stopped_at = ?, terminate_cause = ? WHERE id = ?",
                          (record.at, SUPERSEDED_CAUSE, latest["id"]))
         return AccountingResult(AccountingOutcome.STARTED, _open_session(conn, record, stopped=False))
+    if latest is not None and latest["terminate_cause"] == STALE_CAUSE:
+        row = conn.execute(_SESSION_REOPEN, (
+            record.input_octets, record.output_octets, record.input_packets, record.output_packets,
+            record.session_time_seconds, record.at, status == AccountingStatus.STOP, record.terminate_cause,
+            latest["id"])).fetchone()
+        return AccountingResult(AccountingOutcome.REOPENED, session_from_row(row))
     if latest is not None:  # stopped already: a late copy
         return AccountingResult(AccountingOutcome.DUPLICATE)
     # The Start (and every interim) was lost: the session as far as it is known.

@@ -30,7 +30,8 @@ def radius_config(tmp_path: Path, coa_port: int, **radius: Any) -> dict[str, Any
     section = {
         "enabled": True, "listen_auth": [f"127.0.0.1:{auth}"], "listen_acct": [f"127.0.0.1:{acct}"],
         "reject_delay_seconds": 0, "coa_timeout_seconds": 0.5, "coa_attempts": 2,
-        "client": [{"name": "bng", "address": "127.0.0.1", "secret": SECRET, "kind": "mikrotik",
+        # 127.0.0.0/30: the NAS may report 127.0.0.2 or .3 as its NAS-IP-Address; .5 is a stranger.
+        "client": [{"name": "bng", "address": "127.0.0.0/30", "secret": SECRET, "kind": "mikrotik",
                     "coa_port": coa_port}],
     }
     section.update(radius)
@@ -189,9 +190,9 @@ def test_a_retransmission_gets_the_first_reply_and_counts_once(radius: Radius) -
 
 def test_unknown_clients_and_malformed_packets_get_nothing_and_break_nothing(radius: Radius) -> None:
     good = encode_request(Code.STATUS_SERVER, 1, b"", SECRET.encode())
-    assert send_raw(radius.auth, good, source="127.0.0.2", wait=0.3) == [None]  # not a configured client
+    assert send_raw(radius.auth, good, source="127.0.0.5", wait=0.3) == [None]  # not a configured client
     assert (radius.ispd.metric_value("ispd_radius_dropped_total", {"port": "auth", "reason": "unknown_client"}) or 0) >= 1
-    assert any(e["reason"] == "unknown_client" and e["source"] == "127.0.0.2"
+    assert any(e["reason"] == "unknown_client" and e["source"] == "127.0.0.5"
                for e in radius.ispd.log_events("radius.request.dropped"))
     rng = random.Random(7)
     host, port = radius.auth.rsplit(":", 1)
@@ -333,15 +334,33 @@ def test_sighup_applies_a_new_secret_and_refuses_a_listener_change(tmp_path: Pat
 
 
 def test_disconnect_goes_to_the_address_the_nas_reports(radius: Radius, nas: FakeNas) -> None:
-    """A NAS whose packets come from one address (the configured client, 127.0.0.1) and that
+    """A NAS whose packets come from one address of the client's network (127.0.0.1) and that
     names another as NAS-IP-Address gets its Disconnect-Request there (RFC 5176 §3)."""
-    with FakeNas("127.0.0.9", nas.port, secret=SECRET.encode()) as other:
-        base = "User-Name = alice, Acct-Session-Id = elsewhere, NAS-IP-Address = 127.0.0.9"
+    with FakeNas("127.0.0.3", nas.port, secret=SECRET.encode()) as other:
+        base = "User-Name = alice, Acct-Session-Id = elsewhere, NAS-IP-Address = 127.0.0.3"
         assert radius.accounting(f"{base}, Acct-Status-Type = Start") == "Accounting-Response"
-        sessions = json.loads(radius.ispd.cli("session", "list", "--nas", "127.0.0.9", "--open", "--json").stdout)
+        sessions = json.loads(radius.ispd.cli("session", "list", "--nas", "127.0.0.3", "--open", "--json").stdout)
         [session] = [s for s in sessions if s["acct_session_id"] == "elsewhere"]
         result = radius.ispd.cli("session", "disconnect", str(session["id"]))
         assert result.stdout.strip().endswith(": ack")
         [request] = other.wait_for(1)
         assert request.authentic and request.first(Attr.ACCT_SESSION_ID) == b"elsewhere"
         assert radius.accounting(f"{base}, Acct-Status-Type = Stop") == "Accounting-Response"
+
+
+def test_proxy_state_comes_back_in_the_reply(radius: Radius) -> None:
+    """RFC 2865 §5.33: a proxy in front of ispd finds its request by the Proxy-States it added."""
+    reply = radclient(radius.auth, "auth", SECRET, 'User-Name = alice, User-Password = "alice-pw", '
+                      "Proxy-State = 0x0102, Proxy-State = 0xabcd, Message-Authenticator = 0x00")
+    assert reply.code == "Access-Accept" and reply.attributes.get("Proxy-State") == ["0x0102", "0xabcd"]
+    accounting = radclient(radius.acct, "acct", SECRET, "User-Name = alice, Acct-Status-Type = Interim-Update, "
+                           "Acct-Session-Id = proxied, Proxy-State = 0x0303")
+    assert accounting.code == "Accounting-Response" and accounting.attributes.get("Proxy-State") == ["0x0303"]
+
+
+def test_accounting_without_a_status_type_is_dropped(radius: Radius) -> None:
+    before = radius.ispd.metric_value("ispd_radius_dropped_total", {"port": "acct", "reason": "missing_status_type"})
+    reply = radclient(radius.acct, "acct", SECRET, "User-Name = alice, Acct-Session-Id = nostatus", timeout=0.5)
+    assert reply.code is None
+    assert radius.ispd.metric_value("ispd_radius_dropped_total",
+                                    {"port": "acct", "reason": "missing_status_type"}) == (before or 0) + 1

@@ -3,10 +3,12 @@ restarted, stopped with the daemon, its metrics and commands reachable through t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -20,9 +22,13 @@ STATUS = "Message-Authenticator = 0x00"
 
 
 def config(tmp_path: Path, **radius: object) -> dict[str, object]:
-    section = {"enabled": True, "process": "own", "listen_auth": [f"127.0.0.1:{free_udp_port()}"],
-               "listen_acct": [f"127.0.0.1:{free_udp_port()}"],
-               "client": [{"name": "lab", "address": "127.0.0.0/8", "secret": SECRET}]}
+    section = {
+        "enabled": True,
+        "process": "own",
+        "listen_auth": [f"127.0.0.1:{free_udp_port()}"],
+        "listen_acct": [f"127.0.0.1:{free_udp_port()}"],
+        "client": [{"name": "lab", "address": "127.0.0.0/8", "secret": SECRET}],
+    }
     section.update(radius)
     return base_config(tmp_path, radius=section)
 
@@ -30,8 +36,7 @@ def config(tmp_path: Path, **radius: object) -> dict[str, object]:
 def worker_pids(ispd: IspdProcess) -> list[int]:
     assert ispd.proc is not None
     children = Path(f"/proc/{ispd.proc.pid}/task/{ispd.proc.pid}/children").read_text().split()
-    return [int(pid) for pid in children
-            if b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+    return [int(pid) for pid in children if b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
 
 
 def test_radius_runs_in_its_own_process_and_answers_through_it(tmp_path: Path) -> None:
@@ -84,9 +89,7 @@ def test_a_worker_that_dies_is_started_again(tmp_path: Path) -> None:
         eventually(lambda: ispd.log_events("worker.restarted"), timeout=15)
         [second] = worker_pids(ispd)
         assert second != first
-        auth = ispd.config["radius"]["listen_auth"][0]  # type: ignore[index]
-        eventually(lambda: radclient(auth, "status", SECRET, STATUS).code == "Access-Accept", timeout=10)
-        eventually(lambda: json.loads(ispd.http_get("/healthz")[1])["services"]["radius"]["ok"], timeout=10)
+        serves_again(ispd)
 
 
 def test_the_daemon_stops_its_workers_and_cleans_up(tmp_path: Path) -> None:
@@ -132,3 +135,29 @@ def test_every_placement_serves(tmp_path: Path, process: str) -> None:
         assert bool(worker_pids(ispd)) == own
         auth = ispd.config["radius"]["listen_auth"][0]  # type: ignore[index]
         assert radclient(auth, "status", SECRET, STATUS).code == "Access-Accept"
+
+
+def test_a_stuck_worker_is_killed_and_started_again(tmp_path: Path) -> None:
+    require_radclient()
+    with IspdProcess(tmp_path, config(tmp_path)) as ispd:
+        ispd.start()
+        [stuck] = worker_pids(ispd)
+        os.kill(stuck, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            status, _ = ispd.http_get("/metrics", timeout=10)  # answered without the worker's part
+            assert status == 200 and time.monotonic() - started < 6
+            eventually(lambda: not json.loads(ispd.http_get("/healthz")[1])["services"]["radius"]["ok"], timeout=15)
+            eventually(lambda: ispd.log_events("worker.stuck"), timeout=30)
+            eventually(lambda: ispd.log_events("worker.restarted"), timeout=20)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stuck, signal.SIGKILL)
+        serves_again(ispd)
+
+
+def serves_again(ispd: IspdProcess) -> None:
+    """The restarted worker answers and the daemon's health says so."""
+    auth = ispd.config["radius"]["listen_auth"][0]  # type: ignore[index]
+    eventually(lambda: radclient(auth, "status", SECRET, STATUS).code == "Access-Accept", timeout=10)
+    eventually(lambda: json.loads(ispd.http_get("/healthz")[1])["services"]["radius"]["ok"], timeout=10)

@@ -6,6 +6,7 @@ import hashlib
 import os
 import struct
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -418,7 +419,7 @@ def test_accounting_record_reads_counters_delay_and_class() -> None:
                          (Attr.ACCT_OUTPUT_OCTETS, u32(7)), (Attr.ACCT_SESSION_TIME, u32(60)),
                          (Attr.ACCT_TERMINATE_CAUSE, u32(1)), (Attr.FRAMED_IP_ADDRESS, bytes((198, 18, 9, 9)))])
     assert engine.check(packet, nas()) is None
-    record = engine.record(packet, "127.0.0.1", NOW)
+    record = engine.record(packet, nas(), "127.0.0.1", NOW)
     assert record is not None
     assert record.status == AccountingStatus.STOP and record.at == NOW - 10
     assert record.subscriber_id == 2  # from Class, whatever the login says
@@ -433,11 +434,12 @@ def test_accounting_checks_and_statuses() -> None:
     engine = AccountingEngine(world.directory, world.sessions, DICTIONARY, 300)
     assert engine.check(accounting([(Attr.ACCT_STATUS_TYPE, u32(1))], b"wrong"), nas()) == \
         Drop.BAD_REQUEST_AUTHENTICATOR
-    assert engine.record(accounting([(Attr.ACCT_STATUS_TYPE, u32(9))]), "127.0.0.1", NOW) is None  # Tunnel-Start
+    tunnel = engine.record(accounting([(Attr.ACCT_STATUS_TYPE, u32(9))]), nas(), "127.0.0.1", NOW)  # Tunnel-Start
+    assert tunnel is not None and tunnel.status == AccountingStatus.OTHER
     start = engine.record(accounting([(Attr.ACCT_STATUS_TYPE, u32(1)), (Attr.USER_NAME, b"alice@pppoe")]),
-                          "198.18.0.9", NOW)
+                          nas(), "198.18.0.9", NOW)
     assert start is not None and start.subscriber_id == 1 and start.nas_address == "198.18.0.9"
-    on = engine.record(accounting([(Attr.ACCT_STATUS_TYPE, u32(7))]), "127.0.0.1", NOW)
+    on = engine.record(accounting([(Attr.ACCT_STATUS_TYPE, u32(7))]), nas(), "127.0.0.1", NOW)
     assert on is not None and on.status == AccountingStatus.ACCOUNTING_ON
 
 
@@ -446,14 +448,14 @@ def test_the_store_is_asked_to_fill_in_only_what_the_open_session_lacks() -> Non
     engine = AccountingEngine(world.directory, world.sessions, DICTIONARY, 300)
     interim = [(Attr.ACCT_STATUS_TYPE, u32(3)), (Attr.USER_NAME, b"alice"), (Attr.ACCT_SESSION_ID, b"s9"),
                (Attr.FRAMED_IP_ADDRESS, bytes((198, 18, 9, 9)))]
-    unknown = engine.record(accounting(interim), "127.0.0.1", NOW)
+    unknown = engine.record(accounting(interim), nas(), "127.0.0.1", NOW)
     assert unknown is not None and unknown.fill_in  # no open session known: the store decides
     world.sessions.put(RadiusSession(5, "127.0.0.1", "s9", "alice", NOW, NOW, subscriber_id=1,
                                      framed_ip="198.18.9.9", interim_interval=300))
-    known = engine.record(accounting(interim), "127.0.0.1", NOW)
+    known = engine.record(accounting(interim), nas(), "127.0.0.1", NOW)
     assert known is not None and not known.fill_in
     world.sessions.put(RadiusSession(5, "127.0.0.1", "s9", "alice", NOW, NOW, subscriber_id=1, interim_interval=300))
-    late_address = engine.record(accounting(interim), "127.0.0.1", NOW)
+    late_address = engine.record(accounting(interim), nas(), "127.0.0.1", NOW)
     assert late_address is not None and late_address.fill_in
 
 
@@ -480,7 +482,7 @@ def test_random_requests_get_a_decision_never_an_exception(code: int, attributes
     assert decision.code is not None or decision.drop is not None or decision.pending is not None
     engine = AccountingEngine(world.directory, world.sessions, DICTIONARY, 300)
     if engine.check(packet, nas()) is None:
-        engine.record(packet, "127.0.0.1", NOW)
+        engine.record(packet, nas(), "127.0.0.1", NOW)
 
 
 def test_the_duplicate_cache_is_bounded() -> None:
@@ -494,3 +496,47 @@ def test_the_duplicate_cache_is_bounded() -> None:
     assert cache.get((("127.0.0.1", 0), b"h"), NOW) == (False, None)
     cache.sweep(NOW + 31)
     assert len(cache) == 0
+
+
+def test_a_nas_ip_address_outside_the_client_is_not_believed() -> None:
+    from ipaddress import ip_network
+
+    world = World()
+    engine = AccountingEngine(world.directory, world.sessions, DICTIONARY, 300)
+    client = Nas("lab", SECRET, network=ip_network("127.0.0.0/24"))
+    inside = accounting([(Attr.ACCT_STATUS_TYPE, u32(1)), (Attr.ACCT_SESSION_ID, b"x"),
+                         (Attr.NAS_IP_ADDRESS, bytes((127, 0, 0, 9)))])
+    outside = accounting([(Attr.ACCT_STATUS_TYPE, u32(7)), (Attr.NAS_IP_ADDRESS, bytes((198, 18, 0, 1)))])
+    assert engine.record(inside, client, "127.0.0.1", NOW).nas_address == "127.0.0.9"  # type: ignore[union-attr]
+    # Another NAS's address: an Accounting-On from this client must not close that NAS's sessions.
+    assert engine.record(outside, client, "127.0.0.1", NOW).nas_address == "127.0.0.1"  # type: ignore[union-attr]
+    assert engine.record(inside, client, "127.0.0.1", NOW).nas_client == "lab"  # type: ignore[union-attr]
+    # The same client with a second network (or a narrower one after a reload) judges for itself.
+    narrow = Nas("lab", SECRET, network=ip_network("127.0.0.0/30"))
+    assert engine.record(inside, narrow, "127.0.0.1", NOW).nas_address == "127.0.0.1"  # type: ignore[union-attr]
+
+
+def test_accounting_without_a_status_type_or_with_absurd_counters() -> None:
+    world = World()
+    engine = AccountingEngine(world.directory, world.sessions, DICTIONARY, 300)
+    assert engine.record(accounting([(Attr.ACCT_SESSION_ID, b"x")]), nas(), "127.0.0.1", NOW) is None
+    huge = engine.record(accounting([(Attr.ACCT_STATUS_TYPE, u32(3)), (Attr.ACCT_SESSION_ID, b"x"),
+                                     (Attr.ACCT_INPUT_OCTETS, u32(1)), (Attr.ACCT_INPUT_GIGAWORDS, u32(0x80000000))]),
+                         nas(), "127.0.0.1", NOW)
+    assert huge is not None and huge.input_octets == (1 << 63) - 1  # what the store can hold
+    tunnel = engine.record(accounting([(Attr.ACCT_STATUS_TYPE, u32(9))]), nas(), "127.0.0.1", NOW)
+    assert tunnel is not None and tunnel.status == AccountingStatus.OTHER
+
+
+def test_a_password_changed_or_a_suspension_during_the_slow_check_counts() -> None:
+    world = World()
+    packet = pap("carol", "slow-pass")
+    decision = world.engine.handle(packet, nas(), NOW)
+    assert decision.pending is not None
+    carol = world.directory.subjects[3]
+    world.directory.replace(replace(carol.subscriber, status=SubscriberStatus.SUSPENDED), carol.credentials, [], PLAN)
+    assert world.engine.finish_password_check(packet, nas(), decision.pending, True, NOW).reject == \
+        RejectReason.SUSPENDED
+    world.directory.replace(carol.subscriber, replace(carol.credentials, updated_at=2), [], PLAN)
+    assert world.engine.finish_password_check(packet, nas(), decision.pending, True, NOW).reject == \
+        RejectReason.WRONG_PASSWORD

@@ -148,3 +148,42 @@ async def test_plan_changes_are_audited(store: Store) -> None:
     entries = await store.audit_since(0)
     assert entries[-1].action == "subscriber.plan_changed" and entries[-1].details["to"] == "home"
     assert (await store.set_subscriber_plan("alice", None, actor="t")).plan_id is None
+
+
+async def test_a_start_after_what_it_started_is_a_late_copy(store: Store) -> None:
+    """An interim without Acct-Session-Time made the session up; the delayed Start that follows
+    must not open a second one and count the counters again."""
+    late = replace(START, acct_session_id="s7")
+    first = replace(interim(T0 + 300, 1000, 1000, 300), acct_session_id="s7", session_time_seconds=None)
+    await store.record_accounting([first])
+    [start] = await store.record_accounting([late])
+    assert start.outcome == AccountingOutcome.DUPLICATE
+    await store.record_accounting([replace(interim(T0 + 600, 2000, 2000, 600), acct_session_id="s7"),
+                                   replace(stop(T0 + 900, 3000, 3000, 900), acct_session_id="s7")])
+    assert await usage(store) == Usage(3000, 3000, 900)
+    assert [s.acct_session_id for s in await store.list_sessions(open_only=True)] == []
+
+
+async def test_a_session_closed_as_stale_comes_back_when_its_nas_reports(store: Store) -> None:
+    [started] = await store.record_accounting([START])
+    assert started.session is not None
+    await store.close_sessions([started.session.id], at=T0 + 1000, cause="Stale-Session")
+    [back] = await store.record_accounting([interim(T0 + 1200, 1_000_000, 0, 1200)])
+    assert back.outcome == AccountingOutcome.REOPENED and back.session is not None and back.session.is_open
+    [stopped] = await store.record_accounting([stop(T0 + 1500, 2_000_000, 0, 1500)])
+    assert stopped.outcome == AccountingOutcome.STOPPED
+    session = await store.get_session(started.session.id)
+    assert session.terminate_cause == "User-Request" and session.input_octets == 2_000_000
+    assert (await usage(store)).input_octets == 2_000_000
+
+
+async def test_growth_is_counted_for_a_subscriber_learnt_on_the_same_record(store: Store) -> None:
+    await store.record_accounting([replace(START, subscriber_id=None)])
+    await store.record_accounting([interim(T0 + 300, 6000, 8000, 600, subscriber_id=1)])
+    assert await usage(store) == Usage(6000, 8000, 600)
+
+
+async def test_statuses_without_a_session_change_are_kept_in_the_history(store: Store) -> None:
+    [other] = await store.record_accounting([replace(START, status=AccountingStatus.OTHER, packet=b"raw")])
+    assert other.outcome == AccountingOutcome.IGNORED
+    assert await store.list_sessions() == []
