@@ -334,9 +334,10 @@ async def cmd_lease_list(store: Store, args: argparse.Namespace) -> None:
         return
     names = {s.id: s.username for s in await store.list_subscribers()}
     print_table(
-        ["ADDRESS", "STATE", "EXPIRES", "MAC", "CLIENT_ID", "HOSTNAME", "SUBSCRIBER", "CIRCUIT_ID", "REMOTE_ID"],
+        ["ADDRESS", "STATE", "EXPIRES", "MAC", "CLIENT_ID", "HOSTNAME", "SUBSCRIBER", "CIRCUIT_ID", "REMOTE_ID",
+         "BY"],
         [[le.address, le.state.value, when(le.expires_at), le.hw_address, le.client_id, le.hostname,
-          names.get(le.subscriber_id or 0), le.circuit_id, le.remote_id] for le in leases],
+          names.get(le.subscriber_id or 0), le.circuit_id, le.remote_id, le.service.value] for le in leases],
     )
 
 

@@ -11,15 +11,15 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, get_args, get_origin
 
-from pydantic import BeforeValidator, Field, ValidationError
+from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
-from ispd.configtypes import Section
+from ispd.configtypes import Section, parse_range
 from ispd.control import MAX_PATH_BYTES as MAX_SOCKET_PATH_BYTES
 from ispd.dhcp.config import DHCPConfig
 from ispd.dns.config import DNSConfig
 from ispd.logs import LogConfig
 from ispd.metrics.config import MetricsConfig
-from ispd.radius.config import RadiusConfig
+from ispd.radius.config import AddressPoolConfig, RadiusConfig
 from ispd.store.config import StoreConfig
 
 
@@ -51,6 +51,42 @@ class Config(Section):
     dhcp: DHCPConfig = DHCPConfig()
     dns: DNSConfig = DNSConfig()
     radius: RadiusConfig = RadiusConfig()
+
+    @model_validator(mode="after")
+    def _shared_pools(self) -> Config:
+        """A RADIUS plan may take addresses from a DHCP pool by its name: that pool joins
+        ``radius.address_pool`` with its range (the store keeps the two services from giving one
+        address twice). A RADIUS pool of its own must not overlap a DHCP pool it is not."""
+        radius = self.radius
+        if not radius.enabled:
+            return self
+        dhcp_pools = {p.name: p for subnet in self.dhcp.subnet for p in subnet.pool}
+        own = {p.name: p for p in radius.address_pool}
+        for pool in own.values():
+            first, last = pool.bounds
+            for other in dhcp_pools.values():
+                other_first, other_last = (int(a) for a in parse_range(other.range))
+                if other.name == pool.name and (first, last) != (other_first, other_last):
+                    raise ValueError(f"radius.address_pool {pool.name!r}: the DHCP pool of that name is "
+                                     f"{other.range}; give the same range to share it, or another name")
+                if other.name != pool.name and first <= other_last and other_first <= last:
+                    raise ValueError(f"radius.address_pool {pool.name!r} overlaps the DHCP pool {other.name!r}; "
+                                     f"to share that pool, name it in the plan's address_pool instead")
+        added = []
+        for plan in radius.plan:
+            name = plan.address_pool
+            if name is None or name in own:
+                continue
+            shared = dhcp_pools.get(name)
+            if shared is None:
+                raise ValueError(f"radius.plan {plan.plan!r}: address_pool {name!r} is neither a "
+                                 f"[[radius.address_pool]] nor a [[dhcp.subnet.pool]]")
+            own[name] = AddressPoolConfig(name=name, range=shared.range)
+            added.append(own[name])
+        if not added:
+            return self
+        return self.model_copy(update={"radius": radius.model_copy(update={
+            "address_pool": [*radius.address_pool, *added]})})
 
 
 class ConfigError(Exception):
@@ -116,8 +152,11 @@ def describe_errors(exc: ValidationError) -> list[str]:
     lines = []
     for error in exc.errors(include_url=False):
         loc = [part for part in error["loc"] if not isinstance(part, int) or part >= 0]
-        key = ".".join(str(part) for part in loc) or "(top level)"
-        lines.append(f"{key}: {_describe_one(error, loc)}")
+        key = ".".join(str(part) for part in loc)
+        if not key and error["type"] == "value_error":
+            lines.append(_describe_one(error, loc))  # a check across sections names its own keys
+            continue
+        lines.append(f"{key or '(top level)'}: {_describe_one(error, loc)}")
     return lines
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, PlainSerializer
 
 
 class Section(BaseModel):
@@ -85,3 +85,24 @@ def _network(value: object) -> object:
 
 IPNetwork = Annotated[IPv4Network | IPv6Network, BeforeValidator(_network)]
 IPAddress = Annotated[IPv4Address | IPv6Address, BeforeValidator(_address)]
+
+
+def parse_range(text: str) -> tuple[IPv4Address, IPv4Address]:
+    parts = [p.strip() for p in text.split("-")]
+    if len(parts) != 2:
+        raise ValueError(f"range {text!r}: write it as 'first - last', e.g. '198.18.0.100 - 198.18.0.199'")
+    try:
+        return IPv4Address(parts[0]), IPv4Address(parts[1])
+    except ValueError as exc:
+        raise ValueError(f"range {text!r}: {exc}") from None
+
+
+def checked_range(text: str) -> str:
+    first, last = parse_range(text)
+    if int(last) < int(first):
+        raise ValueError(f"range {text!r}: the first address is after the last")
+    return text
+
+
+# "first - last" of IPv4 addresses, e.g. "198.18.0.100 - 198.18.0.199".
+IPv4RangeText = Annotated[str, AfterValidator(checked_range)]

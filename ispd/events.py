@@ -24,7 +24,7 @@ from ispd.logs import get_logger
 from ispd.metrics.fast import LabeledCounter
 from ispd.store.base import Store
 from ispd.store.errors import StoreError
-from ispd.store.models import AuditEntry, ReservationKind
+from ispd.store.models import AuditEntry, LeaseService, ReservationKind
 
 log = get_logger("ispd.events")
 
@@ -105,7 +105,8 @@ class PlanAdded(Event):
 
 @dataclass(frozen=True, slots=True)
 class LeaseGranted(Event):
-    """A DHCP lease was granted or renewed, durably (the client has or is about to get its ACK)."""
+    """A lease was granted or renewed, durably: by DHCP (the client has or is about to get its
+    ACK), or by RADIUS (a session's Framed-IP-Address from a pool, ``service`` "radius")."""
 
     address: str
     expires_at: float
@@ -114,16 +115,19 @@ class LeaseGranted(Event):
     hw_address: str | None = None
     pool: str | None = None
     renewal: bool = False
+    service: LeaseService = LeaseService.DHCP
 
 
 @dataclass(frozen=True, slots=True)
 class LeaseEnded(Event):
-    """A DHCP lease ended: released by the client, expired, or declined (the address was in use)."""
+    """A lease ended: released by the client (or its RADIUS session stopped), expired, or declined
+    (the address was in use)."""
 
     address: str
     reason: str  # released | expired | declined
     hostname: str | None = None
     subscriber_id: int | None = None
+    service: LeaseService = LeaseService.DHCP
 
 
 @dataclass(frozen=True, slots=True)

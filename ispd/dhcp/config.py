@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ispd.configtypes import Section
+from ispd.configtypes import Section, parse_range
 
 
 class StaticRoute(Section):
@@ -61,16 +61,6 @@ class PoolConfig(ClientOptions):
     @property
     def last(self) -> IPv4Address:
         return parse_range(self.range)[1]
-
-
-def parse_range(text: str) -> tuple[IPv4Address, IPv4Address]:
-    parts = [p.strip() for p in text.split("-")]
-    if len(parts) != 2:
-        raise ValueError(f"range {text!r}: write it as 'first - last', e.g. '198.18.0.100 - 198.18.0.199'")
-    try:
-        return IPv4Address(parts[0]), IPv4Address(parts[1])
-    except ValueError as exc:
-        raise ValueError(f"range {text!r}: {exc}") from None
 
 
 class SubnetConfig(ClientOptions):

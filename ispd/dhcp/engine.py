@@ -65,7 +65,7 @@ from ispd.dhcp.options import (
 )
 from ispd.dhcp.pool import AddressPool, Binding, BindingState, LeaseTable
 from ispd.events import Event, LeaseEnded, LeaseGranted
-from ispd.store.models import Lease, LeaseState, Reservation, SubscriberStatus
+from ispd.store.models import Lease, LeaseService, LeaseState, Reservation, SubscriberStatus
 from ispd.store.validation import hostname_text
 
 BROADCAST_ADDRESS = IPv4Address("255.255.255.255")
@@ -85,6 +85,7 @@ class Ignored(StrEnum):
     UNKNOWN_LEASE = "unknown_lease"
     BAD_REQUEST = "bad_request"
     BAD_RELAY_INFO = "bad_relay_info"
+    HELD_ELSEWHERE = "held_by_radius"  # the store refused the lease: a RADIUS session has the address
 
 
 class ClientClass(Enum):
@@ -287,12 +288,13 @@ class DHCPEngine:
                 address = int(IPv4Address(lease.address))
             except ValueError:
                 continue
+            foreign = lease.service != LeaseService.DHCP
             self.table.put(Binding(
                 address=address, state=_STATE_OF[lease.state], expires_at=lease.expires_at,
-                client_key=None if lease.state is LeaseState.DECLINED else _stored_client_key(lease),
+                client_key=None if lease.state is LeaseState.DECLINED or foreign else _stored_client_key(lease),
                 starts_at=lease.starts_at, hw_address=lease.hw_address, client_id=lease.client_id,
                 hostname=lease.hostname, subscriber_id=lease.subscriber_id, circuit_id=lease.circuit_id,
-                remote_id=lease.remote_id, pool=lease.pool,
+                remote_id=lease.remote_id, pool=lease.pool, foreign=foreign,
             ))
         self._requeue_all()
 
@@ -306,10 +308,33 @@ class DHCPEngine:
     def _requeue_all(self) -> None:
         # Ended leases, oldest first, so that the ones ended longest ago are reused first.
         for binding in sorted(self.table.by_address.values(), key=lambda b: b.expires_at):
-            if binding.state is not BindingState.BOUND:
+            if binding.state is not BindingState.BOUND or binding.foreign:  # foreign: ours once its hold ends
                 pool = self._pool_of(binding.address)
                 if pool is not None:
                     pool.allocator.returned(binding.address)
+
+    def held_elsewhere(self, address: str, expires_at: float, subscriber_id: int | None = None) -> None:
+        """Another service holds ``address`` until ``expires_at`` (the store said so): whatever we
+        had there (an offer, or the lease the store just refused) is gone."""
+        try:
+            value = int(IPv4Address(address))
+        except ValueError:
+            return
+        self.table.put(Binding(value, BindingState.BOUND, expires_at, None, subscriber_id=subscriber_id,
+                               foreign=True))
+        pool = self._pool_of(value)
+        if pool is not None:
+            pool.allocator.returned(value)  # ours again once the hold ends
+
+    def freed_elsewhere(self, address: str) -> None:
+        """The other service let ``address`` go."""
+        try:
+            value = int(IPv4Address(address))
+        except ValueError:
+            return
+        binding = self.table.get(value)
+        if binding is not None and binding.foreign:
+            binding.state = BindingState.RELEASED
 
     def add_reservation(self, reservation: Reservation) -> None:
         self.reservations[(str(reservation.kind), reservation.key)] = reservation
@@ -511,7 +536,8 @@ class DHCPEngine:
 
         def recheck(address: int) -> bool:
             binding = table.get(address)
-            return binding is not None and binding.state in (BindingState.OFFERED, BindingState.DECLINED)
+            return binding is not None and (binding.state in (BindingState.OFFERED, BindingState.DECLINED)
+                                            or binding.foreign)
 
         for pool in subnet.pools_for(client.client_class):
             address = pool.allocator.allocate(is_free, is_fresh, recheck)
@@ -673,6 +699,9 @@ class DHCPEngine:
         """End the leases that expired; one outcome with every write and event."""
         outcome = Outcome()
         for binding in self.table.expired(now):
+            if binding.foreign:  # the other service's to record; free for us from now on
+                binding.state = BindingState.EXPIRED
+                continue
             ended = self._end(binding, BindingState.EXPIRED, now)
             outcome.writes += ended.writes
             outcome.events += ended.events

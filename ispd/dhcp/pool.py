@@ -18,6 +18,11 @@ is appended again when that lease ends), one that is still held or quarantined g
 back. A scan is bounded (``MAX_SCAN``) so that a pool full of held offers costs a DISCOVER
 flood no more than a fixed amount of work per packet.
 
+An address a RADIUS session holds (a pool shared with RADIUS) is a *foreign* binding: bound to
+no client of ours until the session's hold ends. The store is the arbiter: it refuses a DHCP
+lease on an address a session holds, and the engine learns foreign holds from the store at
+start, from the bus while running, and from those refusals.
+
 The table is only ever touched from the event loop's thread; the store has the durable copy.
 """
 
@@ -53,6 +58,9 @@ class Binding:
     circuit_id: str | None = None
     remote_id: str | None = None
     pool: str | None = None
+    # Held by another service (a RADIUS session given the address from a pool shared with us):
+    # never ours to offer, renew or end; it frees itself at expiry or when the session ends.
+    foreign: bool = False
 
     def held(self, now: float) -> bool:
         """Whether the address is unavailable to anyone but its client (or to all, if declined)."""

@@ -33,10 +33,12 @@ from typing import TYPE_CHECKING
 from ispd.dhcp.codec import DHCPDecodeError, decode, encode
 from ispd.dhcp.config import DHCPConfig
 from ispd.dhcp.engine import Destination as To
-from ispd.dhcp.engine import DHCPEngine, Outcome, Received, Reply
+from ispd.dhcp.engine import DHCPEngine, Ignored, Outcome, Received, Reply
 from ispd.dhcp.metrics import DHCPMetrics
 from ispd.dhcp.options import DHCPMessageType
 from ispd.events import (
+    LeaseEnded,
+    LeaseGranted,
     ReservationAdded,
     ReservationDeleted,
     SubscriberAdded,
@@ -48,7 +50,7 @@ from ispd.events import (
 from ispd.logs import get_logger
 from ispd.service import Health, Service, ServiceContext, ServiceStartError, describe_os_error
 from ispd.store.errors import StoreError
-from ispd.store.models import Lease, Reservation, ReservationKind, SubscriberStatus
+from ispd.store.models import Lease, LeaseService, Reservation, ReservationKind, SubscriberStatus
 
 if TYPE_CHECKING:
     from ispd.config import Config
@@ -298,7 +300,7 @@ class DHCPService(Service):
     async def _commit(self, batch: list[tuple[Outcome, float, str, int]]) -> None:
         writes: list[tuple[Lease, str]] = [w for outcome, *_ in batch for w in outcome.writes]
         try:
-            await self.context.store.record_leases(writes)
+            refused = await self.context.store.record_leases(writes)
         except Exception as exc:  # StoreError, or a bug: either way these replies must not go out
             self._store_failing = True
             self.metrics.dropped.inc("store_error", amount=len(batch))
@@ -307,10 +309,22 @@ class DHCPService(Service):
             return
         self._store_failing = False
         for outcome, started, type_name, ifindex in batch:
-            if outcome.reply is not None:
+            withheld = False
+            for lease, _ in outcome.writes:
+                until = refused.get(lease.address)
+                if until is not None:
+                    # A RADIUS session took the address meanwhile (a pool shared with RADIUS):
+                    # no ACK; the client's next REQUEST is NAKed, its DISCOVER gets another.
+                    self.engine.held_elsewhere(lease.address, until)
+                    withheld = True
+                    log.info("dhcp.lease.held_elsewhere", address=lease.address, until=until)
+            if withheld:
+                self.metrics.dropped.inc(str(Ignored.HELD_ELSEWHERE))
+            elif outcome.reply is not None:
                 self._send(outcome.reply, ifindex, started, type_name)
             for event in outcome.events:
-                self.context.bus.publish(event)
+                if not (isinstance(event, LeaseGranted | LeaseEnded) and event.address in refused):
+                    self.context.bus.publish(event)
 
     # --- sending
 
@@ -376,6 +390,14 @@ class DHCPService(Service):
                 id=event.reservation_id, subscriber_id=event.subscriber_id, kind=ReservationKind(event.kind),
                 key=event.key, address=event.address, hostname=event.hostname, created_at=event.at))
 
+        def granted_elsewhere(event: LeaseGranted) -> None:
+            if event.service != LeaseService.DHCP:  # a RADIUS session's address from a shared pool
+                engine.held_elsewhere(event.address, event.expires_at, event.subscriber_id)
+
+        def ended_elsewhere(event: LeaseEnded) -> None:
+            if event.service != LeaseService.DHCP:
+                engine.freed_elsewhere(event.address)
+
         unsubscribers = [
             bus.subscribe(SubscriberAdded, status(SubscriberStatus.ACTIVE)),  # type: ignore[arg-type]
             bus.subscribe(SubscriberResumed, status(SubscriberStatus.ACTIVE)),  # type: ignore[arg-type]
@@ -384,6 +406,8 @@ class DHCPService(Service):
             bus.subscribe(SubscriberDeleted, lambda event: engine.remove_subscriber(event.subscriber_id)),
             bus.subscribe(ReservationAdded, added),
             bus.subscribe(ReservationDeleted, lambda event: engine.remove_reservation(event.reservation_id)),
+            bus.subscribe(LeaseGranted, granted_elsewhere),
+            bus.subscribe(LeaseEnded, ended_elsewhere),
         ]
         for unsubscribe in unsubscribers:
             stack.callback(unsubscribe)

@@ -11,6 +11,7 @@ against the dictionaries when the service starts and by ``ispd check-config``.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from enum import StrEnum
@@ -20,7 +21,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, field_validator, model_validator
 
-from ispd.configtypes import IPNetwork, ListenAddress, Section
+from ispd.configtypes import IPNetwork, IPv4RangeText, ListenAddress, Section, parse_range
 
 OWN_PROCESS_MIN_CPUS = 4
 _ASSIGNMENT = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?::(\d{1,2}))?\s*=\s*(.*?)\s*$")
@@ -118,8 +119,25 @@ class PlanReplyConfig(Section):
     attributes: list[AttributeAssignment] = []
     # Framed-Pool for the NAS to allocate from, when the subscriber has no reserved address.
     framed_pool: str | None = None
+    # Or ispd gives the address (Framed-IP-Address) from this pool: a [[radius.address_pool]],
+    # or a [[dhcp.subnet.pool]] by its name, shared with DHCP (the store never lets both hand
+    # out one address).
+    address_pool: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     # Overrides [radius] suspended for this plan's subscribers.
     suspended: SuspendedAction | None = None
+
+
+class AddressPoolConfig(Section):
+    # A pool's name is stored with every address it gives; one that a DHCP pool also has names
+    # that pool (same range): the two share it.
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # "first - last", e.g. "198.18.8.10 - 198.18.8.250".
+    range: IPv4RangeText
+
+    @property
+    def bounds(self) -> tuple[int, int]:
+        first, last = parse_range(self.range)
+        return int(first), int(last)
 
 
 class RadiusConfig(Section):
@@ -150,6 +168,11 @@ class RadiusConfig(Section):
     # subscriber instead of the plan's attributes.
     walled_garden_attributes: list[AttributeAssignment] = []
     plan: list[PlanReplyConfig] = []
+    address_pool: list[AddressPoolConfig] = []
+    # An address given from a pool is the session's for this long, renewed while its NAS keeps
+    # accounting for it, and given back at its Stop. Keep it above the interim interval: a NAS
+    # that sends no accounting at all keeps an address only this long after Access-Accept.
+    address_hold_seconds: int = Field(default=3600, ge=300, le=7 * 86400)
     # A retransmission (same source, ID and authenticator) within this long gets the first reply.
     duplicate_window_seconds: float = Field(default=30.0, ge=1, le=600)
     # A password checked against a slow verifier (scrypt) is remembered this long as a keyed
@@ -184,6 +207,13 @@ class RadiusConfig(Section):
         plans = [p.plan for p in self.plan]
         if len(plans) != len(set(plans)):
             raise ValueError("plan: a plan has two [[radius.plan]] tables")
+        pool_names = [p.name for p in self.address_pool]
+        if len(pool_names) != len(set(pool_names)):
+            raise ValueError("address_pool: two pools have one name")
+        spans = sorted((*p.bounds, p.name) for p in self.address_pool)
+        for (_, last, name), (first, _, other) in itertools.pairwise(spans):
+            if first <= last:
+                raise ValueError(f"address_pool: pools {name!r} and {other!r} overlap")
         return self
 
 

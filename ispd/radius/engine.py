@@ -53,6 +53,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_add
 from ispd.credentials import nt_hash
 from ispd.dhcp.identifiers import normalize_key, opaque_text
 from ispd.radius import mschap
+from ispd.radius.addresses import holder_of
 from ispd.radius.attributes import ReplyAttribute
 from ispd.radius.codec import (
     Attr,
@@ -135,6 +136,7 @@ class RejectReason(StrEnum):
     CLOSED = "closed"
     SIMULTANEOUS_USE = "simultaneous_use"
     EAP_FAILED = "eap_failed"  # malformed, unknown or expired conversation, another method asked
+    POOL_EXHAUSTED = "pool_exhausted"  # the plan's address pool has no address left
 
 
 class Drop(StrEnum):
@@ -151,6 +153,7 @@ class Drop(StrEnum):
     PASSWORD_CHECKS_FULL = "password_checks_full"  # max_pending_password_checks scrypt checks waiting
     ACCOUNTING_QUEUE_FULL = "accounting_queue_full"  # the store cannot keep up
     STORE_ERROR = "store_error"
+    ADDRESS_CLAIMS_FULL = "address_claims_full"  # MAX_PENDING_CLAIMS Access-Accepts waiting for an address
     INTERNAL_ERROR = "internal_error"
 
 
@@ -180,6 +183,7 @@ class PlanReply:
     attributes: tuple[ReplyAttribute, ...] = ()
     framed_pool: str | None = None
     suspended: SuspendedAction | None = None
+    address_pool: str | None = None  # ispd gives Framed-IP-Address from this pool
 
 
 @dataclass(slots=True)
@@ -201,6 +205,21 @@ class PendingCheck:
 
 
 @dataclass(slots=True)
+class PendingClaim:
+    """An Access-Accept that waits for an address of ``pool`` (claimed in the store, durably,
+    before the NAS is told)."""
+
+    subject: AuthSubject
+    pool: str
+    holder: str
+    walled: bool
+    method: str
+    method_attributes: bytes
+    hw_address: str | None
+    line: str | None
+
+
+@dataclass(slots=True)
 class Decision:
     """What to answer: ``code`` None means drop (``drop`` says why) or wait (``pending``)."""
 
@@ -210,6 +229,7 @@ class Decision:
     reject: RejectReason | None = None
     drop: str = Drop.INTERNAL_ERROR
     pending: PendingCheck | None = None
+    claim: PendingClaim | None = None
     subscriber_id: int | None = None
 
 
@@ -452,9 +472,35 @@ class AuthEngine:
             return self._reject(RejectReason.SIMULTANEOUS_USE, method, subject, failure)
         if address is None:
             address = self._reserved_address(packet, subject)
+        if address is None and plan is not None:
+            plan_reply = self.settings.plans.get(plan.name)
+            if plan_reply is not None and plan_reply.address_pool is not None:
+                return Decision(claim=self._pending_claim(packet, subject, plan_reply.address_pool, walled, method,
+                                                          method_attributes), subscriber_id=subject.id)
         profile = self.profile(subject, nas, address, walled, packet.authenticator)
         return Decision(_ACCESS_ACCEPT, profile + method_attributes if method_attributes else profile, method=method,
                         subscriber_id=subject.id)
+
+    def _pending_claim(self, packet: Packet, subject: AuthSubject, pool: str, walled: bool, method: str,
+                       method_attributes: bytes) -> PendingClaim:
+        calling = packet.text(Attr.CALLING_STATION_ID)
+        hw_address = None
+        if calling:
+            with contextlib.suppress(ValueError):
+                hw_address = normalize_key("mac", calling)
+        port_id = packet.get(Attr.NAS_PORT_ID)
+        line = hw_address or (opaque_text(port_id) if port_id else None) or calling or None
+        return PendingClaim(subject, pool, holder_of(subject.subscriber.username, line), walled, method,
+                            method_attributes, hw_address, opaque_text(port_id) if port_id else None)
+
+    def finish_claim(self, packet: Packet, nas: Nas, claim: PendingClaim, address: str | None) -> Decision:
+        """The Access-Accept with the address the store gave (``None``: the pool is full)."""
+        if address is None:
+            return self._reject(RejectReason.POOL_EXHAUSTED, claim.method, claim.subject)
+        # Not cached: the subscriber's addresses vary, the cache would only grow.
+        profile = self.profile(claim.subject, nas, address, claim.walled, packet.authenticator, cache=False)
+        return Decision(_ACCESS_ACCEPT, profile + claim.method_attributes, method=claim.method,
+                        subscriber_id=claim.subject.id)
 
     def _reserved_address(self, packet: Packet, subject: AuthSubject) -> str | None:
         """A fixed address of the subscriber's reservations that this request's line matches."""
@@ -480,16 +526,16 @@ class AuthEngine:
         return None
 
     def profile(self, subject: AuthSubject, nas: Nas, address: str | None, walled: bool,
-                request_authenticator: bytes) -> bytes:
+                request_authenticator: bytes, *, cache: bool = True) -> bytes:
         """The subscriber's reply attributes for this NAS (cached unless something is hidden)."""
         key = (nas.kind, walled, address)
-        cached = subject.reply_cache.get(key)
+        cached = subject.reply_cache.get(key) if cache else None
         if cached is not None:
             return cached
         items, cacheable = self._profile_items(subject, nas, address, walled)
         encoded = b"".join(item if isinstance(item, bytes) else item.encode(nas.secret, request_authenticator)
                            for item in items)
-        if cacheable:
+        if cacheable and cache:
             subject.reply_cache[key] = encoded
         return encoded
 

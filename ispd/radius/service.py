@@ -41,6 +41,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ispd.control import CommandError
 from ispd.events import (
+    LeaseEnded,
+    LeaseGranted,
     PlanAdded,
     ReservationEvent,
     SessionStarted,
@@ -55,6 +57,7 @@ from ispd.events import (
     SubscriberSuspended,
 )
 from ispd.logs import get_logger
+from ispd.radius.addresses import AddressPools
 from ispd.radius.attributes import AttributeValueError, ReplyAttribute, reply_attribute
 from ispd.radius.coa import DynamicAuthorizationClient, session_identification
 from ispd.radius.codec import Code, Packet, RadiusDecodeError, decode, encode_response, proxy_states
@@ -68,6 +71,7 @@ from ispd.radius.engine import (
     Drop,
     Nas,
     PendingCheck,
+    PendingClaim,
     PlanReply,
     ReplySettings,
 )
@@ -75,7 +79,17 @@ from ispd.radius.metrics import RadiusMetrics
 from ispd.radius.sessions import OpenSessions
 from ispd.service import Health, Service, ServiceContext, ServiceStartError, describe_os_error
 from ispd.store.errors import NotFound, StoreError
-from ispd.store.models import AccountingOutcome, AccountingRecord, AccountingResult, RadiusSession, SubscriberStatus
+from ispd.store.models import (
+    AccountingOutcome,
+    AccountingRecord,
+    AccountingResult,
+    AddressClaim,
+    Lease,
+    LeaseService,
+    LeaseState,
+    RadiusSession,
+    SubscriberStatus,
+)
 from ispd.store.sqlite_radius import STALE_CAUSE, SUPERSEDED_CAUSE
 
 if TYPE_CHECKING:
@@ -88,6 +102,8 @@ SWEEP_SECONDS = 1.0
 MAX_DATAGRAM = 4096
 MAX_QUEUED_ACCOUNTING = 50_000
 DROP_LOG_INTERVAL_SECONDS = 60.0
+MAX_PENDING_CLAIMS = 4096  # Access-Accepts waiting for an address from the store
+CLAIM_ROUNDS = 3
 # Metric labels by packet code, keyed by plain ints (an enum lookup per packet costs ~0.5 µs).
 _REQUEST_NAMES = {int(Code.ACCESS_REQUEST): "access-request", int(Code.ACCOUNTING_REQUEST): "accounting-request",
                   int(Code.STATUS_SERVER): "status-server"}
@@ -243,6 +259,9 @@ class RadiusService(Service):
         self._writing = 0  # accounting records handed to the store and not written yet
         self._rejects_logged: dict[tuple[str, int | None, str], list[Any]] = {}
         self._refreshing: dict[int, list[Any]] = {}  # [lock, users]: one refresh of a subscriber at a time
+        self.addresses = AddressPools(())
+        self._pending_claims = 0
+        self._releases: list[tuple[str, str]] = []  # (address, holder) of stopped sessions, to give back
 
     # --- lifecycle
 
@@ -283,7 +302,7 @@ class RadiusService(Service):
                 raise ServiceStartError(f"radius: {where}: {exc}") from None
 
         plans = {p.plan: PlanReply(attributes(p.attributes, f"plan {p.plan!r} attributes"), p.framed_pool,
-                                   p.suspended) for p in config.plan}
+                                   p.suspended, p.address_pool) for p in config.plan}
         return ReplySettings(config.interim_interval_seconds, config.suspended,
                              attributes(config.walled_garden_attributes, "walled_garden_attributes"), plans)
 
@@ -295,10 +314,17 @@ class RadiusService(Service):
             credentials = await store.list_credentials()
             reservations = await store.list_reservations()
             sessions = await store.list_sessions(open_only=True, limit=10_000_000)
+            self.addresses = await self._address_pools(self.config)
         except StoreError as exc:
             raise ServiceStartError(f"radius: cannot load subscribers from the store: {exc}") from None
         self.directory.load(subscribers, plans, credentials, reservations)
         self.sessions.load(sessions, self.context.clock())
+
+    async def _address_pools(self, config: RadiusConfig) -> AddressPools:
+        pools = AddressPools((p.name, *p.bounds) for p in config.address_pool)
+        if pools.pools:
+            pools.load(await self.context.store.list_leases(), self.context.clock())
+        return pools
 
     async def _open(self, stack: AsyncExitStack) -> None:
         loop = asyncio.get_running_loop()
@@ -350,6 +376,11 @@ class RadiusService(Service):
         self.auth.dictionary = self.accounting.dictionary = dictionary
         self.auth.settings = settings
         self.auth.forget_profiles()
+        if old.radius.address_pool != new.radius.address_pool:
+            try:
+                self.addresses = await self._address_pools(new.radius)
+            except StoreError as exc:
+                raise ServiceStartError(f"radius: cannot load the address pools' leases: {exc}") from None
         self.accounting.interim_interval = new.radius.interim_interval_seconds
         self.accounting.forget_clients()
         self.passwords.cache_seconds = new.radius.auth_cache_seconds
@@ -454,6 +485,9 @@ class RadiusService(Service):
         if decision.pending is not None:
             self._check_password(decision.pending, packet, nas, transport, addr, key, started)
             return
+        if decision.claim is not None:
+            self._claim(decision.claim, packet, nas, transport, addr, key, started)
+            return
         code = decision.code
         if code is None:
             self._dropped("auth", decision.drop, addr[0], nas, now)
@@ -511,6 +545,108 @@ class RadiusService(Service):
             self._conclude(decision, packet, nas, transport, addr, key, started, now)
 
         future.add_done_callback(checked)
+
+    def _claim(self, claim: PendingClaim, packet: Packet, nas: Nas, transport: asyncio.DatagramTransport,
+               addr: Any, key: DuplicateKey, started: float) -> None:
+        """Claim an address in the store, then answer (the NAS retransmits meanwhile: the
+        duplicate cache holds those)."""
+        if self._pending_claims >= MAX_PENDING_CLAIMS:
+            self._dropped("auth", Drop.ADDRESS_CLAIMS_FULL, addr[0], nas, self.context.clock())
+            return
+        self._pending_claims += 1
+        self.duplicates.begin(key, self.context.clock())
+        self._spawn(self._claim_then_answer(claim, packet, nas, transport, addr, key, started), "address-claim")
+
+    async def _claim_then_answer(self, claim: PendingClaim, packet: Packet, nas: Nas,
+                                 transport: asyncio.DatagramTransport, addr: Any, key: DuplicateKey,
+                                 started: float) -> None:
+        try:
+            address = await self._claim_address(claim)
+        except Exception as exc:  # StoreError or a bug: no answer, the NAS asks again
+            self.duplicates.forget(key)
+            self._dropped("auth", Drop.STORE_ERROR, addr[0], nas, self.context.clock())
+            log.error("radius.address.claim_failed", pool=claim.pool, error=str(exc),
+                      exc_info=not isinstance(exc, StoreError))
+            return
+        finally:
+            self._pending_claims -= 1
+        assert self.auth is not None
+        now = self.context.clock()
+        if address is None:
+            log.warning("radius.address.pool_exhausted", pool=claim.pool, subscriber_id=claim.subject.id)
+        self._conclude(self.auth.finish_claim(packet, nas, claim, address), packet, nas, transport, addr, key,
+                       started, now)
+
+    async def _claim_address(self, claim: PendingClaim) -> str | None:
+        pools, store = self.addresses, self.context.store
+        if claim.pool not in pools.pools:  # gone in a reload meanwhile
+            return None
+        for _ in range(CLAIM_ROUNDS):  # a round's candidates may all turn out taken: the view was behind
+            now = self.context.clock()
+            candidates = pools.candidates(claim.pool, claim.holder, now)
+            if not candidates:
+                return None
+            result = await store.claim_address(AddressClaim(
+                claim.pool, candidates, claim.holder, now + self.config.address_hold_seconds, claim.subject.id,
+                claim.hw_address, claim.line))
+            for address, until in result.taken:
+                pools.taken(address, until)
+            lease = result.lease
+            if lease is not None:
+                pools.claimed(lease)
+                self.context.bus.publish(LeaseGranted(
+                    at=now, address=lease.address, expires_at=lease.expires_at, subscriber_id=lease.subscriber_id,
+                    hw_address=lease.hw_address, pool=lease.pool, renewal=lease.starts_at < now,
+                    service=LeaseService.RADIUS))
+                return lease.address
+        return None
+
+    def _give_back(self, session: RadiusSession) -> None:
+        """A stopped session's address goes back to its pool (soon, in one write with others)."""
+        claim = self.addresses.claim_for(session.framed_ip, session.subscriber_id)
+        if claim is None or session.framed_ip is None or session.subscriber_id is None:
+            return
+        if any(other.framed_ip == session.framed_ip for other in self.sessions.of_subscriber(session.subscriber_id)):
+            return  # the subscriber's next session on the line has it (a NAS that reused the session id)
+        if not self._releases:
+            assert self._loop is not None
+            self._loop.call_soon(lambda: self._spawn(self._release_claims(), "address-release"))
+        self._releases.append((session.framed_ip, claim.holder))
+
+    async def _release_claims(self) -> None:
+        holds, self._releases = self._releases, []
+        try:
+            released = await self.context.store.release_claims(holds)
+        except StoreError as exc:  # the addresses come back when their hold ends
+            log.warning("radius.address.release_failed", addresses=len(holds), error=str(exc))
+            return
+        now = self.context.clock()
+        for lease in released:
+            self.addresses.ended(lease.address)
+            self.context.bus.publish(LeaseEnded(at=now, address=lease.address, reason="released",
+                                                subscriber_id=lease.subscriber_id, service=LeaseService.RADIUS))
+
+    async def _renew_claims(self, now: float) -> None:
+        """Keep the addresses of open sessions held: each well before its hold ends."""
+        claims = self.addresses.claims
+        if not claims:
+            return
+        hold = self.config.address_hold_seconds
+        holds = []
+        for session in self.sessions.by_key.values():
+            claim = self.addresses.claim_for(session.framed_ip, session.subscriber_id)
+            if claim is not None and session.framed_ip is not None and claim.expires_at - now < hold / 2:
+                holds.append((session.framed_ip, claim.holder))
+        if not holds:
+            return
+        lost = set(await self.context.store.renew_claims(holds, now + hold))
+        for address, _ in holds:
+            if address in lost:
+                self.addresses.ended(address)
+                log.warning("radius.address.lost", address=address,
+                            hint="a session uses an address the store no longer gives it (released by hand?)")
+            else:
+                self.addresses.renewed(address, now + hold)
 
     def handle_accounting(self, data: bytes, addr: Any, transport: asyncio.DatagramTransport) -> None:
         started = time.perf_counter()
@@ -606,16 +742,20 @@ class RadiusService(Service):
                 replaced = sessions.put(session, received_at)
                 if replaced is not None:
                     bus.publish(_session_event(SessionStopped, replaced, at, SUPERSEDED_CAUSE))
+                    self._give_back(replaced)
             bus.publish(_session_event(SessionStarted, session, at))
             if not session.is_open:
                 bus.publish(_session_event(SessionStopped, session, at, session.terminate_cause))
+                self._give_back(session)
         elif outcome == AccountingOutcome.STOPPED:
             stopped = sessions.pop(key)
             if stopped is not None:
                 bus.publish(_session_event(SessionStopped, stopped, at, record.terminate_cause))
+                self._give_back(stopped)
         for closed in result.closed:
             sessions.closed((closed,))
             bus.publish(_session_event(SessionStopped, closed, at, closed.terminate_cause))
+            self._give_back(closed)
 
     # --- housekeeping
 
@@ -631,6 +771,7 @@ class RadiusService(Service):
                 if time.monotonic() - last_stale >= STALE_SWEEP_SECONDS:
                     last_stale = time.monotonic()
                     await self._close_stale(now)
+                    await self._renew_claims(now)
             except StoreError as exc:
                 log.warning("radius.stale_sessions.store_error", error=str(exc))
             except Exception:  # a bug here must not end housekeeping for the life of the daemon
@@ -645,6 +786,7 @@ class RadiusService(Service):
         self.metrics.stale_sessions.inc(amount=len(closed))
         for session in closed:
             self.context.bus.publish(_session_event(SessionStopped, session, now, STALE_CAUSE))
+            self._give_back(session)
         log.info("radius.sessions.stale_closed", count=len(closed))
 
     # --- what other processes and services change
@@ -688,6 +830,17 @@ class RadiusService(Service):
             bus.subscribe(ReservationEvent, refreshed),
         ]
         handlers += [bus.subscribe(SubscriberAdded, refreshed), bus.subscribe(SubscriberPasswordChanged, refreshed)]
+
+        def leased(event: LeaseGranted) -> None:  # DHCP's leases in a pool shared with it
+            if event.service == LeaseService.DHCP:
+                self.addresses.learn(Lease(event.address, LeaseState.BOUND, event.at, event.expires_at),
+                                     self.context.clock())
+
+        def lease_ended(event: LeaseEnded) -> None:
+            if event.service == LeaseService.DHCP:
+                self.addresses.ended(event.address)
+
+        handlers += [bus.subscribe(LeaseGranted, leased), bus.subscribe(LeaseEnded, lease_ended)]
         for unsubscribe in handlers:
             stack.callback(unsubscribe)
 

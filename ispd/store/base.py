@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from ispd.store.models import (
     AccountingRecord,
     AccountingResult,
+    AddressClaim,
     AuditEntry,
+    ClaimResult,
     CoARecord,
     CredentialPolicy,
     Lease,
@@ -149,12 +151,28 @@ class Store(ABC):
     # --- leases
     @abstractmethod
     async def record_lease(self, lease: Lease, *, event: str) -> None:
-        """Make ``lease`` the current state of its address and append it to the lease history."""
+        """Make ``lease`` the current state of its address and append it to the lease history;
+        ``Conflict`` if a RADIUS session holds the address (see ``record_leases``)."""
 
     @abstractmethod
-    async def record_leases(self, changes: Sequence[tuple[Lease, str]]) -> None:
+    async def record_leases(self, changes: Sequence[tuple[Lease, str]]) -> dict[str, float]:
         """``record_lease`` for many leases in one durable write: a DHCP server commits every ACK
-        of one receive batch together."""
+        of one receive batch together. A DHCP lease on an address a RADIUS session holds is not
+        written: those addresses come back, each with the time the session's hold ends."""
+
+    @abstractmethod
+    async def claim_address(self, claim: AddressClaim) -> ClaimResult:
+        """Give a RADIUS session the first of ``claim.candidates`` that nobody else holds (or that
+        ``claim.holder`` holds already: its expiry moves), durably, with a history entry."""
+
+    @abstractmethod
+    async def renew_claims(self, holds: Sequence[tuple[str, str]], expires_at: float) -> list[str]:
+        """Hold each (address, holder) of RADIUS until at least ``expires_at``; returns the addresses
+        the holder no longer has (released, or taken by another since)."""
+
+    @abstractmethod
+    async def release_claims(self, holds: Sequence[tuple[str, str]]) -> list[Lease]:
+        """End each (address, holder) of RADIUS that still holds its address; the ended leases."""
 
     @abstractmethod
     async def list_leases(

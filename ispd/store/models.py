@@ -101,6 +101,14 @@ class LeaseState(StrEnum):
     DECLINED = "declined"
 
 
+class LeaseService(StrEnum):
+    """Who holds a leased address: a DHCP client, or a RADIUS session (Framed-IP-Address from a
+    pool it shares with DHCP)."""
+
+    DHCP = "dhcp"
+    RADIUS = "radius"
+
+
 @dataclass(frozen=True, slots=True)
 class Lease:
     """The current lease of one address (one row per address ever leased)."""
@@ -116,6 +124,31 @@ class Lease:
     circuit_id: str | None = None
     remote_id: str | None = None
     pool: str | None = None
+    service: LeaseService = LeaseService.DHCP
+
+    def held(self, now: float) -> bool:
+        """Whether nobody else may have the address now (a live lease, or a quarantine)."""
+        return self.state in (LeaseState.BOUND, LeaseState.DECLINED) and self.expires_at > now
+
+
+@dataclass(frozen=True, slots=True)
+class AddressClaim:
+    """A RADIUS session's request for an address of a pool (one shared with DHCP, maybe):
+    the first of ``candidates`` that nobody else holds, or that ``holder`` holds already."""
+
+    pool: str
+    candidates: tuple[str, ...]
+    holder: str  # who the address is for (stored as the lease's client_id)
+    expires_at: float
+    subscriber_id: int | None = None
+    hw_address: str | None = None
+    circuit_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    lease: Lease | None  # None: every candidate is held by someone else
+    taken: tuple[tuple[str, float], ...] = ()  # candidates found held by others, and until when
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +173,7 @@ class LeaseHistoryEntry:
     circuit_id: str | None = None
     remote_id: str | None = None
     pool: str | None = None
+    service: LeaseService = LeaseService.DHCP
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ispd.logs import get_logger
+from ispd.store import sqlite_addresses
 from ispd.store.base import Store, SubscriberRef
 from ispd.store.config import StoreConfig
 from ispd.store.errors import Conflict, InvalidValue, NotFound, SchemaTooNew, StoreError, StoreUnavailable
@@ -43,12 +44,14 @@ from ispd.store.metrics import StoreMetrics
 from ispd.store.models import (
     AccountingRecord,
     AccountingResult,
+    AddressClaim,
     AuditEntry,
+    ClaimResult,
     CoARecord,
     CredentialPolicy,
     Lease,
     LeaseHistoryEntry,
-    LeaseState,
+    LeaseService,
     Mailbox,
     Plan,
     RadiusSession,
@@ -60,6 +63,7 @@ from ispd.store.models import (
     SubscriberStatus,
     Usage,
 )
+from ispd.store.sqlite_addresses import lease_from_row
 from ispd.store.sqlite_radius import (
     SESSION_COLUMNS,
     close_sessions,
@@ -370,21 +374,13 @@ def _subscriber(row: sqlite3.Row) -> Subscriber:
     )
 
 
-def _lease(row: sqlite3.Row) -> Lease:
-    return Lease(
-        address=row["address"], state=LeaseState(row["state"]), starts_at=row["starts_at"],
-        expires_at=row["expires_at"], hw_address=row["hw_address"], client_id=row["client_id"],
-        hostname=row["hostname"], subscriber_id=row["subscriber_id"], circuit_id=row["circuit_id"],
-        remote_id=row["remote_id"], pool=row["pool"],
-    )
-
-
 def _lease_history_entry(row: sqlite3.Row) -> LeaseHistoryEntry:
     return LeaseHistoryEntry(
         id=row["id"], at=row["at"], event=row["event"], address=row["address"], starts_at=row["starts_at"],
         expires_at=row["expires_at"], hw_address=row["hw_address"], client_id=row["client_id"],
         hostname=row["hostname"], subscriber_id=row["subscriber_id"], username=row["username"],
         circuit_id=row["circuit_id"], remote_id=row["remote_id"], pool=row["pool"],
+        service=LeaseService(row["service"]),
     )
 
 
@@ -785,7 +781,7 @@ class SQLiteStore(Store):
             )
             reservations = [_reservation(r) for r in conn.execute(
                 "SELECT * FROM reservations WHERE subscriber_id = ? ORDER BY id", (sid,))]
-            leases = [_lease(r) for r in conn.execute(
+            leases = [lease_from_row(r) for r in conn.execute(
                 "SELECT * FROM leases WHERE subscriber_id = ? ORDER BY expires_at DESC", (sid,))]
             sessions = [session_from_row(r) for r in conn.execute(
                 f"SELECT {SESSION_COLUMNS} FROM radius_sessions WHERE subscriber_id = ? ORDER BY started_at DESC"
@@ -887,17 +883,23 @@ class SQLiteStore(Store):
     # --- leases
 
     async def record_lease(self, lease: Lease, *, event: str) -> None:
-        await self.record_leases([(lease, event)])
+        refused = await self.record_leases([(lease, event)])
+        if refused:
+            raise Conflict(f"{lease.address} is held by a RADIUS session until {refused[lease.address]:.0f}")
 
-    async def record_leases(self, changes: Sequence[tuple[Lease, str]]) -> None:
+    async def record_leases(self, changes: Sequence[tuple[Lease, str]]) -> dict[str, float]:
         if not changes:
-            return
+            return {}
         now = self.clock()
 
-        def run(conn: sqlite3.Connection) -> None:
+        def run(conn: sqlite3.Connection) -> dict[str, float]:
+            refused = sqlite_addresses.refused_dhcp_writes(
+                conn, [lease.address for lease, _ in changes if lease.service == LeaseService.DHCP], now)
             usernames: dict[int, str | None] = {}
             current, history = [], []
             for lease, event in changes:
+                if lease.address in refused:
+                    continue
                 sid = lease.subscriber_id
                 if sid is not None and sid not in usernames:
                     row = conn.execute("SELECT username FROM subscribers WHERE id = ?", (sid,)).fetchone()
@@ -906,23 +908,35 @@ class SQLiteStore(Store):
                 values = (
                     lease.address, str(lease.state), lease.starts_at, lease.expires_at, lease.hw_address,
                     lease.client_id, lease.hostname, sid if username else None, lease.circuit_id,
-                    lease.remote_id, lease.pool,
+                    lease.remote_id, lease.pool, str(lease.service),
                 )
                 current.append(values)
-                history.append((now, event, lease.address, *values[2:], username))
+                history.append((now, event, values[0], *values[2:], username))
             conn.executemany(
                 "INSERT OR REPLACE INTO leases (address, state, starts_at, expires_at, hw_address, client_id,"
-                " hostname, subscriber_id, circuit_id, remote_id, pool) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " hostname, subscriber_id, circuit_id, remote_id, pool, service)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 current,
             )
-            conn.executemany(
-                "INSERT INTO lease_history (at, event, address, starts_at, expires_at, hw_address, client_id,"
-                " hostname, subscriber_id, circuit_id, remote_id, pool, username)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                history,
-            )
+            conn.executemany(sqlite_addresses.HISTORY_INSERT, history)
+            return refused
 
-        await self._write("record_lease", run)
+        return await self._write("record_lease", run)
+
+    async def claim_address(self, claim: AddressClaim) -> ClaimResult:
+        now = self.clock()
+        return await self._write("claim_address", lambda conn: sqlite_addresses.claim_address(conn, claim, now))
+
+    async def renew_claims(self, holds: Sequence[tuple[str, str]], expires_at: float) -> list[str]:
+        if not holds:
+            return []
+        return await self._write("renew_claims", lambda conn: sqlite_addresses.renew_claims(conn, holds, expires_at))
+
+    async def release_claims(self, holds: Sequence[tuple[str, str]]) -> list[Lease]:
+        if not holds:
+            return []
+        now = self.clock()
+        return await self._write("release_claims", lambda conn: sqlite_addresses.release_claims(conn, holds, now))
 
     async def list_leases(
         self, *, subscriber: SubscriberRef | None = None, include_ended: bool = False
@@ -938,7 +952,7 @@ class SQLiteStore(Store):
                 clauses.append("state = 'bound' AND expires_at > ?")
                 params.append(now)
             where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-            return [_lease(r) for r in conn.execute(f"SELECT * FROM leases {where} ORDER BY address", params)]
+            return [lease_from_row(r) for r in conn.execute(f"SELECT * FROM leases {where} ORDER BY address", params)]
 
         return await self._read("list_leases", run)
 
@@ -949,7 +963,7 @@ class SQLiteStore(Store):
             row = conn.execute("SELECT * FROM leases WHERE address = ?", (canonical,)).fetchone()
             if row is None:
                 raise NotFound(f"no lease for {canonical}")
-            return _lease(row)
+            return lease_from_row(row)
 
         return await self._read("get_lease", run)
 

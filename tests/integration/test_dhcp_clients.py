@@ -6,6 +6,7 @@ address, garbage) are made by hand and sent from the client namespace.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from tests.lab.dhcpclients import (
 )
 from tests.lab.netns import Lab
 from tests.lab.process import base_config, eventually
+from tests.lab.radclient import radclient, require_radclient
 
 SERVER = "198.18.0.1"
 CLIENT_MAC = "02:00:5e:12:00:01"
@@ -85,10 +87,12 @@ class Lan:
 def make_lan(netlab: Lab, tmp_path: Path) -> Iterator[Callable[..., Lan]]:
     processes: list[DHCPIspd] = []
 
-    def make(pool: str = "198.18.0.100 - 198.18.0.199", **overrides: Any) -> Lan:
+    def make(pool: str = "198.18.0.100 - 198.18.0.199", *, radius: dict[str, Any] | None = None,
+             **overrides: Any) -> Lan:
         server_ns, client_ns = netlab.namespace("srv"), netlab.namespace("cli")
         server_if, client_if = client_link(netlab, server_ns, f"{SERVER}/24", client_ns, CLIENT_MAC)
-        config = base_config(tmp_path, dhcp=dhcp_section(server_if, pool, **overrides))
+        sections: dict[str, Any] = {"radius": radius} if radius is not None else {}
+        config = base_config(tmp_path, dhcp=dhcp_section(server_if, pool, **overrides), **sections)
         ispd = DHCPIspd(tmp_path, config, netns=server_ns)
         processes.append(ispd)
         ispd.start()
@@ -366,3 +370,64 @@ def test_suspension_sends_the_router_to_the_walled_garden_and_resume_brings_it_b
         back = client.renew(timeout=25)
         assert back is not None and back.address == first.address, lan.explain(client)
         assert back.dns == (SERVER, "198.18.0.2")
+
+
+# --- one pool for DHCP and RADIUS --------------------------------------------------------------
+
+def test_a_pool_shared_with_radius_never_gives_one_address_twice(make_lan: Callable[..., Lan]) -> None:
+    """PPPoE sessions (radclient as the BNG, inside ispd's namespace) and DHCP clients draw from
+    one three-address pool: each address goes to one of them, a stopped session gives its
+    address back, and a restarted ispd still knows which addresses the sessions hold."""
+    require_radclient()
+    radius = {"enabled": True, "listen_auth": ["127.0.0.1:1812"], "listen_acct": ["127.0.0.1:1813"],
+              "reject_delay_seconds": 0, "process": "main",
+              "client": [{"name": "bng", "address": "127.0.0.1", "secret": "testing123"}],
+              "plan": [{"plan": "pppoe", "address_pool": "lan"}]}
+    lan = make_lan(pool="198.18.0.100 - 198.18.0.102", radius=radius)
+    ispd = lan.ispd
+    ispd.cli("plan", "add", "pppoe", "--credential-policy", "cleartext")
+    for name in ("u1", "u2", "u3"):
+        ispd.cli("subscriber", "add", name, "--plan", "pppoe", "--password-stdin", input=f"{name}-pw\n")
+
+    def login(name: str, mac: str) -> tuple[str | None, str | None]:
+        reply = radclient("127.0.0.1:1812", "auth", "testing123",
+                          f'User-Name = {name}, User-Password = "{name}-pw", Calling-Station-Id = "{mac}", '
+                          "Message-Authenticator = 0x00",
+                          netns=lan.server_ns, timeout=2)
+        return reply.code, reply.first("Framed-IP-Address")
+
+    def account(name: str, address: str, status: str) -> str | None:
+        return radclient("127.0.0.1:1813", "acct", "testing123",
+                         f"User-Name = {name}, Acct-Session-Id = s-{name}, Framed-IP-Address = {address}, "
+                         f"Acct-Status-Type = {status}", netns=lan.server_ns).code
+
+    eventually(lambda: login("u1", "02:00:00:00:01:01")[0] == "Access-Accept", timeout=10)
+    code, first = login("u1", "02:00:00:00:01:01")
+    assert code == "Access-Accept" and in_pool(first, last="198.18.0.102"), (code, first)
+    assert login("u1", "02:00:00:00:01:01") == ("Access-Accept", first)  # the same line: the same address
+    code, second = login("u2", "02:00:00:00:01:02")
+    assert code == "Access-Accept" and in_pool(second, last="198.18.0.102") and second != first
+    with Udhcpc(lan.lab, lan.client_ns, lan.client_if, lan.workdir) as client:
+        event = client.obtain()
+        assert event is not None and event.address is not None, lan.explain(client)
+        assert event.address not in (first, second) and in_pool(event.address, last="198.18.0.102")
+        dhcp_address = event.address
+    assert login("u3", "02:00:00:00:01:03") == ("Access-Reject", None)  # all three are taken
+    by = {le["address"]: le["service"] for le in ispd.leases()}
+    assert by == {first: "radius", second: "radius", dhcp_address: "dhcp"}, by
+
+    # A restarted ispd reads the sessions' addresses from the store: another DHCP client gets none.
+    assert ispd.terminate() == 0
+    ispd.start()
+    set_mac(lan.client_ns, lan.client_if, "02:00:5e:12:02:02")
+    with Udhcpc(lan.lab, lan.client_ns, lan.client_if, lan.workdir) as other:
+        assert other.obtain(tries=2) is None, f"a DHCP client got a session's address\n{lan.explain(other)}"
+
+    # u1's session starts and stops: its address goes back, and u3 gets it.
+    assert first is not None and account("u1", first, "Start") == "Accounting-Response"
+    assert account("u1", first, "Stop") == "Accounting-Response"
+    eventually(lambda: (ispd.lease_of(first) or {}).get("state") == "released", timeout=5)
+    assert login("u3", "02:00:00:00:01:03") == ("Access-Accept", first)
+    history = [e["event"] for e in json.loads(ispd.cli("lease", "show", first, "--json").stdout)["history"]]
+    # Newest first: u3's grant, u1's release, u1's two logins after its first.
+    assert history == ["granted", "released", "renewed", "renewed", "granted"], history

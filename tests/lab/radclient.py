@@ -51,9 +51,12 @@ def parse(output: str) -> Reply:
 
 
 def radclient(server: str, command: str, secret: str, attributes: str, *, timeout: float = 1.0,
-              retries: int = 1) -> Reply:
-    """Send one request (``attributes`` in radclient's ``Name = value, ...`` form)."""
-    result = subprocess.run(["radclient", "-x", "-t", str(timeout), "-r", str(retries), server, command, secret],
+              retries: int = 1, netns: str | None = None) -> Reply:
+    """Send one request (``attributes`` in radclient's ``Name = value, ...`` form), from inside
+    ``netns`` if given."""
+    inside = ["ip", "netns", "exec", netns] if netns else []
+    result = subprocess.run([*inside, "radclient", "-x", "-t", str(timeout), "-r", str(retries), server, command,
+                             secret],
                             input=attributes + "\n", capture_output=True, text=True, timeout=30)
     return parse(result.stdout + result.stderr)
 

@@ -28,7 +28,6 @@ CREATE TABLE radius_sessions (
     id                   INTEGER PRIMARY KEY,
     nas_address          TEXT NOT NULL,
     nas_identifier       TEXT,
-    nas_client           TEXT,
     acct_session_id      TEXT NOT NULL,
     username             TEXT NOT NULL,
     subscriber_id        INTEGER,

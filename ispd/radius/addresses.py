@@ -1,0 +1,151 @@
+"""RADIUS address pools: which address a session should get (Framed-IP-Address).
+
+Theory of operation
+-------------------
+The store decides who holds an address (``Store.claim_address``: the first candidate nobody
+else holds, in one transaction), so that a pool shared with DHCP, or with another ispd node,
+never gives one address twice. This view only proposes good candidates, so that a claim rarely
+has to try more than one:
+
+- the address the same *holder* (a subscriber on one line: User-Name and Calling-Station-Id or
+  NAS-Port-Id) had last, so a reconnecting router gets its address back;
+- then addresses not known to be held, from a cursor that walks the pool round and round (the
+  address freed longest ago comes round last, which keeps it with its last user for longer).
+
+What the view knows comes from the store at start (every live lease in the pools), from this
+service's own claims and releases, from DHCP's leases on the bus, and from the candidates a
+claim found taken. It may be behind (another node, the CLI): the store corrects it.
+
+The view also remembers which subscriber holds each claim, so that a session that stops gives its
+address back, and a session still open renews it (``renewals``). Only the event loop touches it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from ispd.store.models import Lease, LeaseService, LeaseState
+
+CANDIDATES = 8  # per claim: enough to get past a few addresses the view did not know were taken
+MAX_SCAN = 65536  # addresses looked at per claim: a huge, full pool costs a bounded amount of work
+
+
+@dataclass(slots=True)
+class _Pool:
+    name: str
+    first: int
+    last: int
+    cursor: int
+
+    def __contains__(self, address: int) -> bool:
+        return self.first <= address <= self.last
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """An address this service gave: to whom (``holder``, the lease's client id) and which subscriber."""
+
+    holder: str
+    subscriber_id: int | None
+    expires_at: float
+
+
+def holder_of(username: str, line: str | None) -> str:
+    """Who an address is for: the subscriber's login on one line (the CPE's MAC or the port)."""
+    return f"{username} {line}" if line else username
+
+
+class AddressPools:
+    def __init__(self, pools: Iterable[tuple[str, int, int]]) -> None:
+        self.pools = {name: _Pool(name, first, last, first) for name, first, last in pools}
+        self.held: dict[int, float] = {}  # address → held until (by anyone: a session, a DHCP client)
+        self.claims: dict[int, Claim] = {}  # the addresses this service holds
+        self.by_holder: dict[str, int] = {}  # each holder's latest address
+
+    def pool_of(self, address: int) -> _Pool | None:
+        for pool in self.pools.values():
+            if address in pool:
+                return pool
+        return None
+
+    def load(self, leases: Iterable[Lease], now: float) -> None:
+        for lease in leases:
+            self.learn(lease, now)
+
+    def learn(self, lease: Lease, now: float) -> None:
+        """A lease as the store has it (or as a DHCP event told it)."""
+        try:
+            address = int(IPv4Address(lease.address))
+        except ValueError:
+            return
+        if self.pool_of(address) is None:
+            return
+        if lease.service == LeaseService.RADIUS and lease.client_id is not None:
+            self.by_holder[lease.client_id] = address
+        if not (lease.state in (LeaseState.BOUND, LeaseState.DECLINED) and lease.expires_at > now):
+            self.ended(lease.address)
+            return
+        self.held[address] = lease.expires_at
+        if lease.service == LeaseService.RADIUS and lease.client_id is not None:
+            self.claims[address] = Claim(lease.client_id, lease.subscriber_id, lease.expires_at)
+        else:
+            self.claims.pop(address, None)
+
+    def ended(self, address_text: str) -> None:
+        try:
+            address = int(IPv4Address(address_text))
+        except ValueError:
+            return
+        self.held.pop(address, None)
+        self.claims.pop(address, None)
+
+    def taken(self, address_text: str, until: float) -> None:
+        """A claim found ``address`` held by someone else until ``until``."""
+        address = int(IPv4Address(address_text))
+        self.held[address] = until
+        self.claims.pop(address, None)
+
+    def candidates(self, pool_name: str, holder: str, now: float) -> tuple[str, ...]:
+        """Addresses of the pool to try, best first; empty if every one is held."""
+        pool = self.pools[pool_name]
+        held = self.held
+        chosen: list[int] = []
+        previous = self.by_holder.get(holder)
+        if previous is not None and previous in pool:
+            claim = self.claims.get(previous)
+            if held.get(previous, 0.0) <= now or (claim is not None and claim.holder == holder):
+                chosen.append(previous)
+        size = pool.last - pool.first + 1
+        address = pool.cursor
+        for _ in range(min(size, MAX_SCAN)):
+            if len(chosen) >= CANDIDATES:
+                break
+            if held.get(address, 0.0) <= now and address != previous:
+                chosen.append(address)
+            address = address + 1 if address < pool.last else pool.first
+        pool.cursor = address
+        return tuple(str(IPv4Address(a)) for a in chosen)
+
+    def claimed(self, lease: Lease) -> None:
+        self.learn(lease, 0.0)
+
+    def claim_for(self, address_text: str | None, subscriber_id: int | None) -> Claim | None:
+        """The claim a session of ``subscriber_id`` on ``address`` has, if this service gave it."""
+        if address_text is None:
+            return None
+        try:
+            claim = self.claims.get(int(IPv4Address(address_text)))
+        except ValueError:
+            return None
+        if claim is None or claim.subscriber_id != subscriber_id:
+            return None
+        return claim
+
+    def renewed(self, address_text: str, expires_at: float) -> None:
+        address = int(IPv4Address(address_text))
+        claim = self.claims.get(address)
+        if claim is not None:
+            self.claims[address] = Claim(claim.holder, claim.subscriber_id, expires_at)
+            self.held[address] = expires_at

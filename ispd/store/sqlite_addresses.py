@@ -1,0 +1,124 @@
+"""The SQLite backend's address ledger: one row per address in ``leases``, whichever service holds it.
+
+Theory of operation. DHCP and RADIUS may hand out addresses from one pool; the store, not either
+service's memory, decides who gets an address, inside the writer's transaction (so the decision
+and the write are one step, also across processes sharing the file):
+
+- ``refused_dhcp_writes``: a DHCP lease on an address that a RADIUS session holds (a live
+  ``radius`` row) is refused; the DHCP server withholds its ACK and the client is NAKed or offered
+  another address.
+- ``claim_address``: a RADIUS session takes the first candidate nobody else holds (or that the
+  same holder has already); candidates found held are reported with their expiry, so the
+  service's view of the pool catches up.
+- ``renew_claims`` moves the expiry of addresses still in use (their sessions are open);
+  ``release_claims`` ends them (their sessions stopped). Both touch only the holder's own rows.
+
+Every grant and release goes into ``lease_history`` with its service, like DHCP's, so "who had
+this address at that time" has one answer for both.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from ispd.store.models import AddressClaim, ClaimResult, Lease, LeaseService, LeaseState
+
+_HELD_ROW = "SELECT state, expires_at, service, client_id, starts_at FROM leases WHERE address = ?"
+_UPSERT = (
+    "INSERT OR REPLACE INTO leases (address, state, starts_at, expires_at, hw_address, client_id, hostname,"
+    " subscriber_id, circuit_id, remote_id, pool, service) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+HISTORY_INSERT = (
+    "INSERT INTO lease_history (at, event, address, starts_at, expires_at, hw_address, client_id, hostname,"
+    " subscriber_id, circuit_id, remote_id, pool, service, username) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def lease_from_row(row: sqlite3.Row) -> Lease:
+    return Lease(
+        address=row["address"], state=LeaseState(row["state"]), starts_at=row["starts_at"],
+        expires_at=row["expires_at"], hw_address=row["hw_address"], client_id=row["client_id"],
+        hostname=row["hostname"], subscriber_id=row["subscriber_id"], circuit_id=row["circuit_id"],
+        remote_id=row["remote_id"], pool=row["pool"], service=LeaseService(row["service"]),
+    )
+
+
+def _is_held(state: str, expires_at: float, now: float) -> bool:
+    return state in (LeaseState.BOUND, LeaseState.DECLINED) and expires_at > now
+
+
+def refused_dhcp_writes(conn: sqlite3.Connection, addresses: Sequence[str], now: float) -> dict[str, float]:
+    """The addresses among ``addresses`` that a RADIUS session holds, and until when."""
+    refused: dict[str, float] = {}
+    for start in range(0, len(addresses), 500):  # SQLite's limit on bound parameters
+        chunk = addresses[start:start + 500]
+        marks = ", ".join("?" * len(chunk))
+        for address, expires_at in conn.execute(
+                f"SELECT address, expires_at FROM leases WHERE address IN ({marks}) AND service = 'radius'"
+                " AND state = 'bound' AND expires_at > ?", (*chunk, now)):
+            refused[address] = expires_at
+    return refused
+
+
+def _username(conn: sqlite3.Connection, subscriber_id: int | None) -> str | None:
+    if subscriber_id is None:
+        return None
+    row = conn.execute("SELECT username FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
+    return row[0] if row else None
+
+
+def _record(conn: sqlite3.Connection, lease: Lease, event: str, now: float) -> None:
+    username = _username(conn, lease.subscriber_id)
+    sid = lease.subscriber_id if username is not None else None
+    values = (lease.hw_address, lease.client_id, lease.hostname, sid, lease.circuit_id, lease.remote_id, lease.pool,
+              str(lease.service))
+    conn.execute(_UPSERT, (lease.address, str(lease.state), lease.starts_at, lease.expires_at, *values))
+    conn.execute(HISTORY_INSERT, (now, event, lease.address, lease.starts_at, lease.expires_at, *values, username))
+
+
+def claim_address(conn: sqlite3.Connection, claim: AddressClaim, now: float) -> ClaimResult:
+    taken: list[tuple[str, float]] = []
+    for address in claim.candidates:
+        row = conn.execute(_HELD_ROW, (address,)).fetchone()
+        held = row is not None and _is_held(row[0], row[1], now)
+        renewal = held and row[2] == LeaseService.RADIUS and row[3] == claim.holder and row[0] == LeaseState.BOUND
+        if held and not renewal:
+            taken.append((address, row[1]))
+            continue
+        lease = Lease(address, LeaseState.BOUND, row[4] if renewal else now,
+                      max(claim.expires_at, row[1]) if renewal else claim.expires_at,
+                      hw_address=claim.hw_address, client_id=claim.holder, subscriber_id=claim.subscriber_id,
+                      circuit_id=claim.circuit_id, pool=claim.pool, service=LeaseService.RADIUS)
+        _record(conn, lease, "renewed" if renewal else "granted", now)
+        return ClaimResult(lease, tuple(taken))
+    return ClaimResult(None, tuple(taken))
+
+
+def renew_claims(conn: sqlite3.Connection, holds: Sequence[tuple[str, str]], expires_at: float) -> list[str]:
+    """Move the expiry of each (address, holder); the addresses that holder no longer has."""
+    lost = []
+    for address, holder in holds:
+        cursor = conn.execute(
+            "UPDATE leases SET expires_at = MAX(expires_at, ?) WHERE address = ? AND service = 'radius'"
+            " AND client_id = ? AND state = 'bound'", (expires_at, address, holder))
+        if not cursor.rowcount:
+            lost.append(address)
+    return lost
+
+
+def release_claims(conn: sqlite3.Connection, holds: Sequence[tuple[str, str]], now: float) -> list[Lease]:
+    """End each (address, holder) that still holds its address; the leases as they ended."""
+    released = []
+    for address, holder in holds:
+        row = conn.execute(
+            "UPDATE leases SET state = 'released', expires_at = MIN(expires_at, ?) WHERE address = ?"
+            " AND service = 'radius' AND client_id = ? AND state = 'bound' RETURNING *",
+            (now, address, holder)).fetchone()
+        if row is None:
+            continue
+        lease = lease_from_row(row)
+        username = _username(conn, lease.subscriber_id)
+        conn.execute(HISTORY_INSERT, (now, "released", lease.address, lease.starts_at, lease.expires_at,
+                                      lease.hw_address, lease.client_id, lease.hostname, lease.subscriber_id,
+                                      lease.circuit_id, lease.remote_id, lease.pool, str(lease.service), username))
+        released.append(lease)
+    return released
