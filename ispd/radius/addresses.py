@@ -22,10 +22,12 @@ address back, and a session still open renews it (``renewals``). Only the event 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
+from ispd.dhcp.identifiers import normalize_key
 from ispd.store.models import Lease, LeaseService, LeaseState
 
 CANDIDATES = 8  # per claim: enough to get past a few addresses the view did not know were taken
@@ -55,6 +57,16 @@ class Claim:
 def holder_of(username: str, line: str | None) -> str:
     """Who an address is for: the subscriber's login on one line (the CPE's MAC or the port)."""
     return f"{username} {line}" if line else username
+
+
+def line_of(calling_station_id: str | None, nas_port_id: str | None) -> tuple[str | None, str | None]:
+    """(the CPE's MAC if Calling-Station-Id is one, the line): the MAC, else the port, else the
+    Calling-Station-Id as it is."""
+    mac = None
+    if calling_station_id:
+        with contextlib.suppress(ValueError):
+            mac = normalize_key("mac", calling_station_id)
+    return mac, mac or nas_port_id or calling_station_id or None
 
 
 class AddressPools:

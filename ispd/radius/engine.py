@@ -53,7 +53,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_add
 from ispd.credentials import nt_hash
 from ispd.dhcp.identifiers import normalize_key, opaque_text
 from ispd.radius import mschap
-from ispd.radius.addresses import holder_of
+from ispd.radius.addresses import holder_of, line_of
 from ispd.radius.attributes import ReplyAttribute
 from ispd.radius.codec import (
     Attr,
@@ -483,15 +483,11 @@ class AuthEngine:
 
     def _pending_claim(self, packet: Packet, subject: AuthSubject, pool: str, walled: bool, method: str,
                        method_attributes: bytes) -> PendingClaim:
-        calling = packet.text(Attr.CALLING_STATION_ID)
-        hw_address = None
-        if calling:
-            with contextlib.suppress(ValueError):
-                hw_address = normalize_key("mac", calling)
         port_id = packet.get(Attr.NAS_PORT_ID)
-        line = hw_address or (opaque_text(port_id) if port_id else None) or calling or None
+        port = opaque_text(port_id) if port_id else None
+        hw_address, line = line_of(packet.text(Attr.CALLING_STATION_ID), port)
         return PendingClaim(subject, pool, holder_of(subject.subscriber.username, line), walled, method,
-                            method_attributes, hw_address, opaque_text(port_id) if port_id else None)
+                            method_attributes, hw_address, port)
 
     def finish_claim(self, packet: Packet, nas: Nas, claim: PendingClaim, address: str | None) -> Decision:
         """The Access-Accept with the address the store gave (``None``: the pool is full)."""

@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from functools import partial
-from ipaddress import IPv4Network, IPv6Network, ip_address
+from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_address
 from typing import TYPE_CHECKING, Any, cast
 
 from ispd.control import CommandError
@@ -57,7 +57,7 @@ from ispd.events import (
     SubscriberSuspended,
 )
 from ispd.logs import get_logger
-from ispd.radius.addresses import AddressPools
+from ispd.radius.addresses import AddressPools, holder_of, line_of
 from ispd.radius.attributes import AttributeValueError, ReplyAttribute, reply_attribute
 from ispd.radius.coa import DynamicAuthorizationClient, session_identification
 from ispd.radius.codec import Code, Packet, RadiusDecodeError, decode, encode_response, proxy_states
@@ -601,6 +601,44 @@ class RadiusService(Service):
                 return lease.address
         return None
 
+    def _adopt(self, session: RadiusSession) -> None:
+        """An open session reports an address of ispd's pools that no claim of its subscriber
+        covers (its hold lapsed before the Start, it was reopened after a stale close, or the NAS
+        chose it): claim it, so that nobody else is given an address in use."""
+        address = session.framed_ip
+        if address is None or self.addresses.claim_for(address, session.subscriber_id) is not None:
+            return
+        try:
+            pool = self.addresses.pool_of(int(IPv4Address(address)))
+        except ValueError:
+            return
+        if pool is None:
+            return
+        hw_address, line = line_of(session.calling_station_id, session.nas_port_id)
+        now = self.context.clock()
+        claim = AddressClaim(pool.name, (address,), holder_of(session.username, line),
+                             now + self.config.address_hold_seconds, session.subscriber_id, hw_address,
+                             session.nas_port_id)
+        self._spawn(self._adopt_claim(claim, session), "address-adopt")
+
+    async def _adopt_claim(self, claim: AddressClaim, session: RadiusSession) -> None:
+        try:
+            result = await self.context.store.claim_address(claim)
+        except StoreError as exc:
+            log.warning("radius.address.adopt_failed", address=claim.candidates[0], error=str(exc))
+            return
+        if result.lease is None:
+            until = result.taken[0][1] if result.taken else None
+            log.warning("radius.address.conflict", address=claim.candidates[0], nas=session.nas_address,
+                        acct_session_id=session.acct_session_id, held_until=until,
+                        hint="the NAS reports an address ispd has given to someone else")
+            return
+        self.addresses.claimed(result.lease)
+        self.context.bus.publish(LeaseGranted(
+            at=self.context.clock(), address=result.lease.address, expires_at=result.lease.expires_at,
+            subscriber_id=result.lease.subscriber_id, hw_address=result.lease.hw_address, pool=result.lease.pool,
+            service=LeaseService.RADIUS))
+
     def _give_back(self, session: RadiusSession) -> None:
         """A stopped session's address goes back to its pool (soon, in one write with others)."""
         claim = self.addresses.claim_for(session.framed_ip, session.subscriber_id)
@@ -736,6 +774,7 @@ class RadiusService(Service):
             if result.session.is_open:  # an interim: it is back among the open sessions
                 sessions.put(result.session, received_at)
                 bus.publish(_session_event(SessionStarted, result.session, at))
+                self._adopt(result.session)
         elif outcome in (AccountingOutcome.STARTED, AccountingOutcome.STOPPED) and result.session is not None:
             session = result.session  # new: started now, or a Stop with no Start before it
             if session.is_open:
@@ -747,6 +786,8 @@ class RadiusService(Service):
             if not session.is_open:
                 bus.publish(_session_event(SessionStopped, session, at, session.terminate_cause))
                 self._give_back(session)
+            else:
+                self._adopt(session)
         elif outcome == AccountingOutcome.STOPPED:
             stopped = sessions.pop(key)
             if stopped is not None:

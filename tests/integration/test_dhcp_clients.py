@@ -396,10 +396,11 @@ def test_a_pool_shared_with_radius_never_gives_one_address_twice(make_lan: Calla
                           netns=lan.server_ns, timeout=2)
         return reply.code, reply.first("Framed-IP-Address")
 
-    def account(name: str, address: str, status: str) -> str | None:
+    def account(name: str, address: str, status: str, session: str = "1") -> str | None:
         return radclient("127.0.0.1:1813", "acct", "testing123",
-                         f"User-Name = {name}, Acct-Session-Id = s-{name}, Framed-IP-Address = {address}, "
-                         f"Acct-Status-Type = {status}", netns=lan.server_ns).code
+                         f"User-Name = {name}, Acct-Session-Id = {name}-{session}, Framed-IP-Address = {address}, "
+                         f'Calling-Station-Id = "02:00:00:00:01:01", Acct-Status-Type = {status}',
+                         netns=lan.server_ns).code
 
     eventually(lambda: login("u1", "02:00:00:00:01:01")[0] == "Access-Accept", timeout=10)
     code, first = login("u1", "02:00:00:00:01:01")
@@ -427,7 +428,15 @@ def test_a_pool_shared_with_radius_never_gives_one_address_twice(make_lan: Calla
     assert first is not None and account("u1", first, "Start") == "Accounting-Response"
     assert account("u1", first, "Stop") == "Accounting-Response"
     eventually(lambda: (ispd.lease_of(first) or {}).get("state") == "released", timeout=5)
+    # The NAS starts a session on that free address without asking (its own choice, or an
+    # Access-Accept long ago): ispd takes it into the ledger, so that nobody else gets it.
+    assert account("u1", first, "Start", session="2") == "Accounting-Response"
+    eventually(lambda: (ispd.lease_of(first) or {}).get("state") == "bound", timeout=5)
+    assert login("u3", "02:00:00:00:01:03") == ("Access-Reject", None)
+    assert account("u1", first, "Stop", session="2") == "Accounting-Response"
+    eventually(lambda: (ispd.lease_of(first) or {}).get("state") == "released", timeout=5)
     assert login("u3", "02:00:00:00:01:03") == ("Access-Accept", first)
     history = [e["event"] for e in json.loads(ispd.cli("lease", "show", first, "--json").stdout)["history"]]
-    # Newest first: u3's grant, u1's release, u1's two logins after its first.
-    assert history == ["granted", "released", "renewed", "renewed", "granted"], history
+    # Newest first: u3's grant, the adopted session's grant and release, u1's release and its
+    # two logins after its first.
+    assert history == ["granted", "released", "granted", "released", "renewed", "renewed", "granted"], history
