@@ -34,7 +34,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_address
 from typing import TYPE_CHECKING, Any, cast
@@ -770,6 +770,14 @@ class RadiusService(Service):
         key = (record.nas_address, record.acct_session_id or "")
         if outcome == AccountingOutcome.UPDATED:
             sessions.seen(key, received_at)
+            current = sessions.get(key)
+            if current is not None and current.framed_ip is None and record.framed_ip is not None:
+                # The address comes after the Start (some NASes learn it late): the store filled
+                # it in; the open-session view must know it too, to renew or give back its claim.
+                learnt = replace(current, framed_ip=record.framed_ip,
+                                 subscriber_id=current.subscriber_id or record.subscriber_id)
+                sessions.put(learnt, received_at)
+                self._adopt(learnt)
         elif outcome == AccountingOutcome.REOPENED and result.session is not None:
             if result.session.is_open:  # an interim: it is back among the open sessions
                 sessions.put(result.session, received_at)

@@ -435,8 +435,16 @@ def test_a_pool_shared_with_radius_never_gives_one_address_twice(make_lan: Calla
     assert login("u3", "02:00:00:00:01:03") == ("Access-Reject", None)
     assert account("u1", first, "Stop", session="2") == "Accounting-Response"
     eventually(lambda: (ispd.lease_of(first) or {}).get("state") == "released", timeout=5)
+    # The same when the address comes only with an interim (the Start had none).
+    assert radclient("127.0.0.1:1813", "acct", "testing123", "User-Name = u1, Acct-Session-Id = u1-3, "
+                     "Acct-Status-Type = Start", netns=lan.server_ns).code == "Accounting-Response"
+    assert account("u1", first, "Interim-Update", session="3") == "Accounting-Response"
+    eventually(lambda: (ispd.lease_of(first) or {}).get("state") == "bound", timeout=5)
+    assert account("u1", first, "Stop", session="3") == "Accounting-Response"
+    eventually(lambda: (ispd.lease_of(first) or {}).get("state") == "released", timeout=5)
     assert login("u3", "02:00:00:00:01:03") == ("Access-Accept", first)
     history = [e["event"] for e in json.loads(ispd.cli("lease", "show", first, "--json").stdout)["history"]]
-    # Newest first: u3's grant, the adopted session's grant and release, u1's release and its
-    # two logins after its first.
-    assert history == ["granted", "released", "granted", "released", "renewed", "renewed", "granted"], history
+    # Newest first: u3's grant, the two adopted sessions' grants and releases, u1's release and
+    # its two logins after its first.
+    assert history == ["granted", "released", "granted", "released", "granted", "released", "renewed", "renewed",
+                       "granted"], history
