@@ -259,8 +259,11 @@ class ControlServer:
             if command is None:
                 raise _Refused(f"unknown command {name!r}", "unknown_command")
             # Each argument its own field, so the log's redaction masks any whose name marks a secret.
-            log.info("control.command", command=name, uid=_peer_uid(writer),
-                     **{f"arg_{key}": value for key, value in list(args.items())[:20]})
+            # The main process's own traffic with its workers (health, metrics, events) is not
+            # an operator's command: kept out of the log unless debugging.
+            (log.debug if name.startswith("worker.") else log.info)(
+                "control.command", command=name, uid=_peer_uid(writer),
+                **{f"arg_{key}": value for key, value in list(args.items())[:20]})
             if command.plain is not None:
                 result = await command.plain(args)
                 await self._send(writer, _encode({"ok": True, "result": result}))

@@ -17,7 +17,7 @@ import contextlib
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 from ispd.logs import get_logger
@@ -211,6 +211,93 @@ class EventBus:
                 return False
             await asyncio.wait(list(self._tasks), timeout=remaining)
         return True
+
+
+# Events that cross into and out of a worker process (``ispd/workers.py``). The others reach
+# every process by the store's audit log (``AuditRelay``), so they must not be bridged as well.
+BRIDGED_EVENTS: dict[str, type[Event]] = {cls.__name__: cls for cls in (LeaseGranted, LeaseEnded, SessionStarted,
+                                                                          SessionStopped)}
+
+
+def event_to_wire(event: Event) -> dict[str, Any]:
+    """A bridged event as JSON-ready data."""
+    return {"type": type(event).__name__, **{f.name: getattr(event, f.name) for f in fields(event)}}
+
+
+def event_from_wire(data: Any) -> Event | None:
+    """The event ``event_to_wire`` made; None for anything else (another version's event)."""
+    try:
+        cls = BRIDGED_EVENTS[data["type"]]
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        if "service" in values:
+            values["service"] = LeaseService(values["service"])
+        return cls(**values)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+class EventBridge:
+    """Carries a bus's bridged events to another process's bus, and that one's back, without
+    echoes: an event that came in is published here and not sent out again. The transport is the
+    caller's (``take``/``wait_and_take`` what to send, ``deliver`` what came); an outbox nobody
+    empties keeps the newest ``MAX_QUEUED`` (a worker down for a while reloads from the store)."""
+
+    MAX_QUEUED = 10_000
+
+    def __init__(self, bus: EventBus) -> None:
+        self.bus = bus
+        self.outbox: list[dict[str, Any]] = []
+        self.dropped = 0
+        self._incoming = False
+        self._ready = asyncio.Event()
+
+    def attach(self) -> Callable[[], None]:
+        """Start collecting this bus's bridged events; returns the detach."""
+        undo = [self.bus.subscribe(cls, self._outgoing) for cls in BRIDGED_EVENTS.values()]
+
+        def detach() -> None:
+            for unsubscribe in undo:
+                unsubscribe()
+        return detach
+
+    def _outgoing(self, event: Event) -> None:
+        if self._incoming:
+            return
+        if len(self.outbox) >= self.MAX_QUEUED:
+            del self.outbox[0]
+            self.dropped += 1
+        self.outbox.append(event_to_wire(event))
+        self._ready.set()
+
+    def take(self, limit: int = 1000) -> list[dict[str, Any]]:
+        batch = self.outbox[:limit]
+        del self.outbox[:limit]
+        if not self.outbox:
+            self._ready.clear()
+        return batch
+
+    async def wait_and_take(self, wait_seconds: float, limit: int = 1000) -> list[dict[str, Any]]:
+        """What there is to send, waiting up to ``wait_seconds`` for something (a long poll)."""
+        if not self.outbox:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_seconds):
+                    await self._ready.wait()
+        return self.take(limit)
+
+    def deliver(self, items: Any) -> int:
+        """Publish what the other process sent; how many were events this version knows."""
+        count = 0
+        for item in items if isinstance(items, list) else ():
+            event = event_from_wire(item)
+            if event is None:
+                continue
+            self._incoming = True
+            try:
+                self.bus.publish(event)
+            finally:
+                self._incoming = False
+            count += 1
+        return count
 
 
 def event_from_audit(entry: AuditEntry) -> Event | None:

@@ -29,9 +29,16 @@ worker     ``run_worker`` builds what the service needs on its own — logging (
            process) — starts the one service, serves the private control socket, and stops on
            SIGTERM or SIGINT (SIGHUP is the main process's to handle).
 
-Not here: the bus across processes — events a worker publishes (RADIUS's ``SessionStarted``) stay
-in it, and events of the main process (DHCP's ``LeaseGranted``) do not reach it; streaming
-control commands; the worker's own process and store metrics (only the service's are exported).
+The bus across the boundary: the events that do not reach every process through the store's
+audit log (``events.BRIDGED_EVENTS``: leases and RADIUS sessions) are bridged. The main process
+long-polls the worker for what its bus published (``worker.events.take``: RADIUS's addresses
+reach DHCP and DNS at once) and sends it what the main bus published
+(``worker.events.deliver``: DHCP's leases reach RADIUS's view of a shared pool); an event that
+came across is not sent back. While a worker is down its events wait in a bounded outbox and the
+main process's are dropped (a worker loads its state from the store when it starts).
+
+Not here: streaming control commands; the worker's own process and store metrics (only the
+service's are exported).
 """
 
 from __future__ import annotations
@@ -61,7 +68,7 @@ from ispd.control import (
     ControlSocketError,
     control_request,
 )
-from ispd.events import AuditRelay, EventBus
+from ispd.events import AuditRelay, EventBridge, EventBus
 from ispd.logs import configure_logging, get_logger
 from ispd.service import Health, Service, ServiceContext, ServiceSpec, ServiceStartError
 
@@ -75,7 +82,11 @@ HEALTH_INTERVAL_SECONDS = 5.0
 QUICK_REQUEST_SECONDS = 3.0  # health and metrics: a worker that takes longer is not answering
 HEALTH_FAILURES_BEFORE_RESTART = 3  # health polls unanswered in a row: the worker is stuck
 RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
-BUILTIN_COMMANDS = ("worker.commands", "worker.health", "worker.metrics", "worker.reload")
+BUILTIN_COMMANDS = ("worker.commands", "worker.health", "worker.metrics", "worker.reload", "worker.events.take",
+                    "worker.events.deliver")
+EVENT_POLL_SECONDS = 20.0  # a long poll for the worker's events returns at the latest after this
+EVENT_RETRY_SECONDS = 1.0
+EVENTS_PER_DELIVERY = 64  # a request to the worker must stay within the control socket's 64 KiB
 
 _libc_name = ctypes.util.find_library("c")
 _prctl = ctypes.CDLL(_libc_name, use_errno=True).prctl if _libc_name else None
@@ -106,6 +117,7 @@ class WorkerService(Service):
         self._health = Health(False, "starting")
         self._description = f"{spec.name} (own process)"
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.bridge = EventBridge(context.bus)
 
     # --- lifecycle
 
@@ -121,7 +133,10 @@ class WorkerService(Service):
                 stack.callback(self.context.control.register(name, self._forwarder(name)))
         self.context.metrics_sources.append(self._metrics)
         stack.callback(self.context.metrics_sources.remove, self._metrics)
+        stack.callback(self.bridge.attach())
         self._spawn_task(self._watch())
+        self._spawn_task(self._pull_events())
+        self._spawn_task(self._push_events())
         log.info("worker.started", worker=self.name, pid=self.proc.pid if self.proc else None)
 
     async def _spawn(self) -> None:
@@ -220,6 +235,30 @@ class WorkerService(Service):
             return b""
         return str(text).encode()
 
+    # --- the bus across
+
+    async def _pull_events(self) -> None:
+        """What the worker's bus published, onto ours (a long poll, again and again)."""
+        while not self._stopping:
+            try:
+                items = await self._request("worker.events.take", {"wait": EVENT_POLL_SECONDS},
+                                            wait=EVENT_POLL_SECONDS + QUICK_REQUEST_SECONDS)
+            except CommandError:  # restarting, or stuck: the watch deals with it
+                await asyncio.sleep(EVENT_RETRY_SECONDS)
+                continue
+            self.bridge.deliver(items)
+
+    async def _push_events(self) -> None:
+        """What our bus published, to the worker's."""
+        while not self._stopping:
+            batch = await self.bridge.wait_and_take(EVENT_POLL_SECONDS, EVENTS_PER_DELIVERY)
+            if not batch:
+                continue
+            try:
+                await self._request("worker.events.deliver", {"events": batch}, wait=QUICK_REQUEST_SECONDS)
+            except CommandError as exc:  # the worker reloads from the store when it is back
+                log.debug("worker.events.undelivered", worker=self.name, events=len(batch), error=str(exc))
+
     # --- watching it
 
     def _spawn_task(self, coroutine: Awaitable[Any]) -> None:
@@ -298,6 +337,7 @@ class _WorkerHost:
         self.commands = ControlCommands()
         self.registry = CollectorRegistry(auto_describe=True)
         self.service: Service | None = None
+        self.bridge: EventBridge | None = None
         self._stop = asyncio.Event()
 
     def _say(self, line: str) -> None:
@@ -329,6 +369,8 @@ class _WorkerHost:
                 return 1
             stack.push_async_callback(store.close)
             bus = EventBus()
+            self.bridge = EventBridge(bus)
+            stack.callback(self.bridge.attach())
             relay = AuditRelay(store, bus, self.config.daemon.store_poll_interval_seconds)
             await relay.mark()
 
@@ -348,7 +390,9 @@ class _WorkerHost:
             await relay.start()
             stack.push_async_callback(relay.stop)
             for name, handler in (("worker.commands", self._command_names), ("worker.health", self._command_health),
-                                  ("worker.metrics", self._command_metrics), ("worker.reload", self._command_reload)):
+                                  ("worker.metrics", self._command_metrics), ("worker.reload", self._command_reload),
+                                  ("worker.events.take", self._command_take_events),
+                                  ("worker.events.deliver", self._command_deliver_events)):
                 self.commands.register(name, handler)
             control = ControlServer(self.control_path, self.commands)
             try:
@@ -366,6 +410,16 @@ class _WorkerHost:
                     await self.service.stop()
             await bus.drain(1.0)
         return 0
+
+    async def _command_take_events(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        assert self.bridge is not None
+        wait = args.get("wait", 0)
+        return await self.bridge.wait_and_take(min(float(wait), EVENT_POLL_SECONDS)
+                                               if isinstance(wait, int | float) else 0.0)
+
+    async def _command_deliver_events(self, args: dict[str, Any]) -> int:
+        assert self.bridge is not None
+        return self.bridge.deliver(args.get("events"))
 
     async def _command_names(self, args: dict[str, Any]) -> list[str]:
         return self.commands.names()

@@ -1,19 +1,24 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 from ispd.events import (
     AuditRelay,
     Event,
+    EventBridge,
     EventBus,
+    LeaseEnded,
+    LeaseGranted,
+    SessionStopped,
     SubscriberAdded,
     SubscriberEvent,
     SubscriberSuspended,
     event_from_audit,
 )
 from ispd.store import StoreConfig, open_store
-from ispd.store.models import AuditEntry, SubscriberStatus
+from ispd.store.models import AuditEntry, LeaseService, SubscriberStatus
 
 
 async def test_handlers_get_their_type_and_subclasses() -> None:
@@ -144,3 +149,49 @@ async def test_relay_announces_changes_made_by_another_store_handle(tmp_path: Pa
     finally:
         await daemon_store.close()
         await cli_store.close()
+
+
+# --- the bridge to a worker process --------------------------------------------------------------
+
+async def test_bridged_events_cross_as_json_and_come_back_equal() -> None:
+    here, there = EventBus(), EventBus()
+    out, into = EventBridge(here), EventBridge(there)
+    out.attach()
+    received: list[object] = []
+    there.subscribe(Event, received.append)
+    sent = [LeaseGranted(at=1.0, address="198.18.0.7", expires_at=61.0, subscriber_id=3, service=LeaseService.RADIUS),
+            LeaseEnded(at=2.0, address="198.18.0.7", reason="released"),
+            SessionStopped(at=3.0, session_id=9, nas_address="127.0.0.1", acct_session_id="s1", username="alice",
+                           cause="User-Request")]
+    for event in sent:
+        here.publish(event)
+    here.publish(SubscriberAdded(at=4.0, subscriber_id=1, username="bob"))  # the audit log's: not bridged
+    wire = json.loads(json.dumps(await out.wait_and_take(0.1)))
+    assert into.deliver([*wire, {"type": "NoSuchEvent"}, "junk"]) == 3
+    assert received == sent
+    assert received[0].service is LeaseService.RADIUS  # type: ignore[attr-defined]
+    assert await out.wait_and_take(0.01) == []
+
+
+async def test_an_event_that_came_across_is_not_sent_back() -> None:
+    bus = EventBus()
+    bridge = EventBridge(bus)
+    bridge.attach()
+    bridge.deliver([{"type": "LeaseGranted", "at": 1.0, "address": "198.18.0.7", "expires_at": 2.0}])
+    assert bridge.take() == []  # no echo
+    bus.publish(LeaseGranted(at=1.0, address="198.18.0.8", expires_at=2.0))
+    assert [item["address"] for item in bridge.take()] == ["198.18.0.8"]
+
+
+async def test_an_outbox_nobody_empties_keeps_the_newest() -> None:
+    bus = EventBus()
+    bridge = EventBridge(bus)
+    bridge.MAX_QUEUED = 3
+    detach = bridge.attach()
+    for n in range(5):
+        bus.publish(LeaseEnded(at=float(n), address=f"198.18.0.{n}", reason="expired"))
+    assert [item["address"] for item in bridge.take()] == ["198.18.0.2", "198.18.0.3", "198.18.0.4"]
+    assert bridge.dropped == 2
+    detach()
+    bus.publish(LeaseEnded(at=9.0, address="198.18.0.9", reason="expired"))
+    assert bridge.take() == []

@@ -374,13 +374,15 @@ def test_suspension_sends_the_router_to_the_walled_garden_and_resume_brings_it_b
 
 # --- one pool for DHCP and RADIUS --------------------------------------------------------------
 
-def test_a_pool_shared_with_radius_never_gives_one_address_twice(make_lan: Callable[..., Lan]) -> None:
+@pytest.mark.parametrize("process", ["main", "own"])
+def test_a_pool_shared_with_radius_never_gives_one_address_twice(make_lan: Callable[..., Lan], process: str) -> None:
     """PPPoE sessions (radclient as the BNG, inside ispd's namespace) and DHCP clients draw from
     one three-address pool: each address goes to one of them, a stopped session gives its
-    address back, and a restarted ispd still knows which addresses the sessions hold."""
+    address back, and a restarted ispd still knows which addresses the sessions hold. The same
+    with RADIUS in a worker process of its own (another writer to the store)."""
     require_radclient()
     radius = {"enabled": True, "listen_auth": ["127.0.0.1:1812"], "listen_acct": ["127.0.0.1:1813"],
-              "reject_delay_seconds": 0, "process": "main",
+              "reject_delay_seconds": 0, "process": process,
               "client": [{"name": "bng", "address": "127.0.0.1", "secret": "testing123"}],
               "plan": [{"plan": "pppoe", "address_pool": "lan"}]}
     lan = make_lan(pool="198.18.0.100 - 198.18.0.102", radius=radius)
@@ -413,6 +415,9 @@ def test_a_pool_shared_with_radius_never_gives_one_address_twice(make_lan: Calla
         assert event is not None and event.address is not None, lan.explain(client)
         assert event.address not in (first, second) and in_pool(event.address, last="198.18.0.102")
         dhcp_address = event.address
+    # DHCP knew of the sessions' addresses before it offered one (the bus, also from a worker
+    # process), so the store never had to refuse a lease.
+    assert not ispd.metric_in_netns("ispd_dhcp_packets_dropped_total", {"reason": "held_by_radius"})
     assert login("u3", "02:00:00:00:01:03") == ("Access-Reject", None)  # all three are taken
     by = {le["address"]: le["service"] for le in ispd.leases()}
     assert by == {first: "radius", second: "radius", dhcp_address: "dhcp"}, by
