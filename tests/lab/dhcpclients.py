@@ -169,15 +169,14 @@ def _event_from_isc_style(client: str, env: dict[str, str]) -> ClientEvent:
     )
 
 
-# The hook script: log the event, then do what the distribution's script would do to the
-# interface (udhcpc and dhclient only; dhcpcd configures it itself). It runs inside the client's
-# namespace, so `ip` changes only that namespace.
+# The hook script: do what the distribution's script would do to the interface (udhcpc and
+# dhclient only; dhcpcd configures it itself), then log the event — in that order, so that a test
+# that saw the event finds the interface configured. It runs inside the client's namespace, so
+# `ip` changes only that namespace.
 _HOOK = '''#!{python}
 import json, os, subprocess, sys, time
 EVENTS, STYLE = {events!r}, {style!r}
 env = dict(os.environ)
-with open(EVENTS, "a") as f:
-    f.write(json.dumps({{"argv": sys.argv[1:], "env": env, "time": time.time()}}) + "\\n")
 
 def ip(*args):
     subprocess.run(["ip", *args], capture_output=True)
@@ -202,6 +201,9 @@ elif STYLE == "dhclient":
             ip("route", "replace", "default", "via", env["new_routers"].split()[0], "dev", dev)
     elif reason in ("EXPIRE", "FAIL", "RELEASE", "STOP"):
         ip("addr", "flush", "dev", dev)
+
+with open(EVENTS, "a") as f:
+    f.write(json.dumps({{"argv": sys.argv[1:], "env": env, "time": time.time()}}) + "\\n")
 '''
 
 
