@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import functools
 import inspect
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
@@ -231,9 +232,17 @@ def event_from_wire(data: Any) -> Event | None:
         values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
         if "service" in values:
             values["service"] = LeaseService(values["service"])
-        return cls(**values)
+        event = cls(**values)
     except (KeyError, TypeError, ValueError):
         return None
+    # Times are finite numbers, the rest JSON scalars: what a handler may compute with.
+    for name in ("at", "expires_at"):
+        value = getattr(event, name, 0.0)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return None
+    if not all(isinstance(getattr(event, f.name), str | int | float | None) for f in fields(event)):
+        return None
+    return event
 
 
 class EventBridge:

@@ -47,6 +47,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import math
 import os
 import shutil
 import signal
@@ -414,8 +415,8 @@ class _WorkerHost:
     async def _command_take_events(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         assert self.bridge is not None
         wait = args.get("wait", 0)
-        return await self.bridge.wait_and_take(min(float(wait), EVENT_POLL_SECONDS)
-                                               if isinstance(wait, int | float) else 0.0)
+        seconds = float(wait) if isinstance(wait, int | float) and math.isfinite(wait) else 0.0
+        return await self.bridge.wait_and_take(min(max(seconds, 0.0), EVENT_POLL_SECONDS))
 
     async def _command_deliver_events(self, args: dict[str, Any]) -> int:
         assert self.bridge is not None

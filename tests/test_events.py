@@ -167,7 +167,11 @@ async def test_bridged_events_cross_as_json_and_come_back_equal() -> None:
         here.publish(event)
     here.publish(SubscriberAdded(at=4.0, subscriber_id=1, username="bob"))  # the audit log's: not bridged
     wire = json.loads(json.dumps(await out.wait_and_take(0.1)))
-    assert into.deliver([*wire, {"type": "NoSuchEvent"}, "junk"]) == 3
+    bad = [{"type": "NoSuchEvent"}, "junk", {"type": "LeaseEnded", "at": "soon", "address": "x", "reason": "r"},
+           {"type": "LeaseGranted", "at": 1.0, "address": "x", "expires_at": float("nan")},
+           {"type": "LeaseEnded", "at": 1.0, "address": ["x"], "reason": "r"},
+           {"type": "LeaseEnded", "at": 1.0, "address": "x", "reason": "r", "service": "smtp"}]
+    assert into.deliver([*wire, *bad]) == 3
     assert received == sent
     assert received[0].service is LeaseService.RADIUS  # type: ignore[attr-defined]
     assert await out.wait_and_take(0.01) == []

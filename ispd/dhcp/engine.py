@@ -308,23 +308,29 @@ class DHCPEngine:
     def _requeue_all(self) -> None:
         # Ended leases, oldest first, so that the ones ended longest ago are reused first.
         for binding in sorted(self.table.by_address.values(), key=lambda b: b.expires_at):
-            if binding.state is not BindingState.BOUND or binding.foreign:  # foreign: ours once its hold ends
+            if binding.state is not BindingState.BOUND:
                 pool = self._pool_of(binding.address)
                 if pool is not None:
                     pool.allocator.returned(binding.address)
 
-    def held_elsewhere(self, address: str, expires_at: float, subscriber_id: int | None = None) -> None:
-        """Another service holds ``address`` until ``expires_at`` (the store said so): whatever we
-        had there (an offer, or the lease the store just refused) is gone."""
+    def held_elsewhere(self, address: str, expires_at: float, subscriber_id: int | None = None, *,
+                       refused: bool = False, now: float = 0.0) -> None:
+        """Another service holds ``address`` until ``expires_at``: what we had there (an offer, or
+        the lease the store just ``refused``) is gone. Not so for an announcement (not
+        ``refused``) that finds a lease of ours live at ``now``: the store, which refuses what
+        another holds, gave it to our client after that announcement was made."""
         try:
             value = int(IPv4Address(address))
         except ValueError:
             return
+        current = self.table.get(value)
+        if not refused and current is not None and not current.foreign \
+                and current.state is BindingState.BOUND and current.expires_at > now:
+            return
+        # Out of the allocator's queue while held (its queue entry, if any, is dropped when
+        # reached); back in it when the hold ends (reclaim) or the other service lets go.
         self.table.put(Binding(value, BindingState.BOUND, expires_at, None, subscriber_id=subscriber_id,
                                foreign=True))
-        pool = self._pool_of(value)
-        if pool is not None:
-            pool.allocator.returned(value)  # ours again once the hold ends
 
     def freed_elsewhere(self, address: str) -> None:
         """The other service let ``address`` go."""
@@ -333,8 +339,14 @@ class DHCPEngine:
         except ValueError:
             return
         binding = self.table.get(value)
-        if binding is not None and binding.foreign:
+        if binding is not None and binding.foreign and binding.state is BindingState.BOUND:
             binding.state = BindingState.RELEASED
+            self._requeue(value)
+
+    def _requeue(self, address: int) -> None:
+        pool = self._pool_of(address)
+        if pool is not None:
+            pool.allocator.returned(address)
 
     def add_reservation(self, reservation: Reservation) -> None:
         self.reservations[(str(reservation.kind), reservation.key)] = reservation
@@ -536,8 +548,7 @@ class DHCPEngine:
 
         def recheck(address: int) -> bool:
             binding = table.get(address)
-            return binding is not None and (binding.state in (BindingState.OFFERED, BindingState.DECLINED)
-                                            or binding.foreign)
+            return binding is not None and binding.state in (BindingState.OFFERED, BindingState.DECLINED)
 
         for pool in subnet.pools_for(client.client_class):
             address = pool.allocator.allocate(is_free, is_fresh, recheck)
@@ -701,6 +712,7 @@ class DHCPEngine:
         for binding in self.table.expired(now):
             if binding.foreign:  # the other service's to record; free for us from now on
                 binding.state = BindingState.EXPIRED
+                self._requeue(binding.address)
                 continue
             ended = self._end(binding, BindingState.EXPIRED, now)
             outcome.writes += ended.writes

@@ -21,7 +21,8 @@ flood no more than a fixed amount of work per packet.
 An address a RADIUS session holds (a pool shared with RADIUS) is a *foreign* binding: bound to
 no client of ours until the session's hold ends. The store is the arbiter: it refuses a DHCP
 lease on an address a session holds, and the engine learns foreign holds from the store at
-start, from the bus while running, and from those refusals.
+start, from the bus while running, and from those refusals. A foreign address leaves the
+queue while held and comes back when the hold ends or is given up.
 
 The table is only ever touched from the event loop's thread; the store has the durable copy.
 """

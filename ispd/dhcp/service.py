@@ -315,7 +315,7 @@ class DHCPService(Service):
                 if until is not None:
                     # A RADIUS session took the address meanwhile (a pool shared with RADIUS):
                     # no ACK; the client's next REQUEST is NAKed, its DISCOVER gets another.
-                    self.engine.held_elsewhere(lease.address, until)
+                    self.engine.held_elsewhere(lease.address, until, refused=True)
                     withheld = True
                     log.info("dhcp.lease.held_elsewhere", address=lease.address, until=until)
             if withheld:
@@ -392,7 +392,8 @@ class DHCPService(Service):
 
         def granted_elsewhere(event: LeaseGranted) -> None:
             if event.service != LeaseService.DHCP:  # a RADIUS session's address from a shared pool
-                engine.held_elsewhere(event.address, event.expires_at, event.subscriber_id)
+                engine.held_elsewhere(event.address, event.expires_at, event.subscriber_id,
+                                      now=self.context.clock())
 
         def ended_elsewhere(event: LeaseEnded) -> None:
             if event.service != LeaseService.DHCP:

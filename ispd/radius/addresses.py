@@ -23,8 +23,8 @@ address back, and a session still open renews it (``renewals``). Only the event 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Container, Iterable
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 
 from ispd.dhcp.identifiers import normalize_key
@@ -52,6 +52,7 @@ class Claim:
     holder: str
     subscriber_id: int | None
     expires_at: float
+    granted_at: float = 0.0  # the latest Access-Accept that gave or renewed it
 
 
 def holder_of(username: str, line: str | None) -> str:
@@ -94,6 +95,8 @@ class AddressPools:
             return
         if self.pool_of(address) is None:
             return
+        if lease.service != LeaseService.RADIUS and self._claimed_at(address, now):
+            return  # a DHCP event older than our claim (the store refuses DHCP what we hold)
         if lease.service == LeaseService.RADIUS and lease.client_id is not None:
             self.by_holder[lease.client_id] = address
         if not (lease.state in (LeaseState.BOUND, LeaseState.DECLINED) and lease.expires_at > now):
@@ -101,17 +104,25 @@ class AddressPools:
             return
         self.held[address] = lease.expires_at
         if lease.service == LeaseService.RADIUS and lease.client_id is not None:
-            self.claims[address] = Claim(lease.client_id, lease.subscriber_id, lease.expires_at)
+            self.claims[address] = Claim(lease.client_id, lease.subscriber_id, lease.expires_at, lease.starts_at)
         else:
             self.claims.pop(address, None)
 
-    def ended(self, address_text: str) -> None:
+    def ended(self, address_text: str, *, elsewhere_at: float | None = None) -> None:
+        """``address`` is free: as this service knows (a release, a lost claim), or as a DHCP
+        event said at ``elsewhere_at``, which cannot end a claim of ours live then."""
         try:
             address = int(IPv4Address(address_text))
         except ValueError:
             return
+        if elsewhere_at is not None and self._claimed_at(address, elsewhere_at):
+            return
         self.held.pop(address, None)
         self.claims.pop(address, None)
+
+    def _claimed_at(self, address: int, now: float) -> bool:
+        claim = self.claims.get(address)
+        return claim is not None and claim.expires_at > now
 
     def taken(self, address_text: str, until: float) -> None:
         """A claim found ``address`` held by someone else until ``until``."""
@@ -119,8 +130,10 @@ class AddressPools:
         self.held[address] = until
         self.claims.pop(address, None)
 
-    def candidates(self, pool_name: str, holder: str, now: float) -> tuple[str, ...]:
-        """Addresses of the pool to try, best first; empty if every one is held."""
+    def candidates(self, pool_name: str, holder: str, now: float,
+                   reserved: Container[str] = ()) -> tuple[str, ...]:
+        """Addresses of the pool to try, best first, none of them ``reserved`` (for a
+        subscriber's fixed address); empty if every one is held."""
         pool = self.pools[pool_name]
         held = self.held
         chosen: list[int] = []
@@ -138,10 +151,18 @@ class AddressPools:
                 chosen.append(address)
             address = address + 1 if address < pool.last else pool.first
         pool.cursor = address
-        return tuple(str(IPv4Address(a)) for a in chosen)
+        texts = (str(IPv4Address(a)) for a in chosen)
+        return tuple(text for text in texts if text not in reserved)
 
-    def claimed(self, lease: Lease) -> None:
-        self.learn(lease, 0.0)
+    def claimed(self, lease: Lease, now: float) -> None:
+        """The store gave (or renewed) ``lease`` at ``now``: for an Access-Accept then, or for a
+        session that began then."""
+        address = int(IPv4Address(lease.address))
+        self.claims.pop(address, None)  # so that learn takes it
+        self.learn(lease, now)
+        claim = self.claims.get(address)
+        if claim is not None:
+            self.claims[address] = replace(claim, granted_at=now)
 
     def claim_for(self, address_text: str | None, subscriber_id: int | None) -> Claim | None:
         """The claim a session of ``subscriber_id`` on ``address`` has, if this service gave it."""
@@ -159,5 +180,5 @@ class AddressPools:
         address = int(IPv4Address(address_text))
         claim = self.claims.get(address)
         if claim is not None:
-            self.claims[address] = Claim(claim.holder, claim.subscriber_id, expires_at)
+            self.claims[address] = replace(claim, expires_at=expires_at)
             self.held[address] = expires_at

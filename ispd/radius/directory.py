@@ -47,6 +47,7 @@ class Directory:
         self.subjects: dict[int, AuthSubject] = {}
         self.logins: dict[str, tuple[AuthSubject, str | None]] = {}  # login → (subject, its reserved address)
         self.plans: dict[int, Plan] = {}
+        self.reserved: dict[str, int] = {}  # fixed address → its subscriber (never given from a pool)
 
     def load(self, subscribers: Iterable[Subscriber], plans: Iterable[Plan],
              credentials: dict[int, StoredCredentials], reservations: Iterable[Reservation]) -> None:
@@ -56,6 +57,7 @@ class Directory:
             by_subscriber.setdefault(reservation.subscriber_id, []).append(reservation)
         self.subjects.clear()
         self.logins.clear()
+        self.reserved.clear()
         for subscriber in subscribers:
             self._add(subscriber, credentials.get(subscriber.id, StoredCredentials()),
                       by_subscriber.get(subscriber.id, []))
@@ -72,6 +74,8 @@ class Directory:
         subject = self.subjects.pop(subscriber_id, None)
         if subject is None:
             return
+        for address in [a for a, owner in self.reserved.items() if owner == subscriber_id]:
+            del self.reserved[address]
         for login in [login for login, (s, _) in self.logins.items() if s is subject]:
             del self.logins[login]
 
@@ -81,6 +85,8 @@ class Directory:
         self.subjects[subscriber.id] = subject
         self.logins[subscriber.username] = (subject, None)
         for reservation in reservations:
+            if reservation.address is not None:
+                self.reserved[reservation.address] = subscriber.id
             if reservation.kind == ReservationKind.USERNAME:
                 self.logins[reservation.key] = (subject, reservation.address)
             elif reservation.address is not None:

@@ -583,7 +583,7 @@ class RadiusService(Service):
             return None
         for _ in range(CLAIM_ROUNDS):  # a round's candidates may all turn out taken: the view was behind
             now = self.context.clock()
-            candidates = pools.candidates(claim.pool, claim.holder, now)
+            candidates = pools.candidates(claim.pool, claim.holder, now, self.directory.reserved)
             if not candidates:
                 return None
             result = await store.claim_address(AddressClaim(
@@ -593,7 +593,7 @@ class RadiusService(Service):
                 pools.taken(address, until)
             lease = result.lease
             if lease is not None:
-                pools.claimed(lease)
+                pools.claimed(lease, now)
                 self.context.bus.publish(LeaseGranted(
                     at=now, address=lease.address, expires_at=lease.expires_at, subscriber_id=lease.subscriber_id,
                     hw_address=lease.hw_address, pool=lease.pool, renewal=lease.starts_at < now,
@@ -615,8 +615,10 @@ class RadiusService(Service):
         if pool is None:
             return
         hw_address, line = line_of(session.calling_station_id, session.nas_port_id)
+        subject = self.directory.by_id(session.subscriber_id) if session.subscriber_id is not None else None
+        username = subject.subscriber.username if subject is not None else session.username  # as at Access-Accept
         now = self.context.clock()
-        claim = AddressClaim(pool.name, (address,), holder_of(session.username, line),
+        claim = AddressClaim(pool.name, (address,), holder_of(username, line),
                              now + self.config.address_hold_seconds, session.subscriber_id, hw_address,
                              session.nas_port_id)
         self._spawn(self._adopt_claim(claim, session), "address-adopt")
@@ -633,7 +635,7 @@ class RadiusService(Service):
                         acct_session_id=session.acct_session_id, held_until=until,
                         hint="the NAS reports an address ispd has given to someone else")
             return
-        self.addresses.claimed(result.lease)
+        self.addresses.claimed(result.lease, session.started_at)  # granted for this session, not a later one
         self.context.bus.publish(LeaseGranted(
             at=self.context.clock(), address=result.lease.address, expires_at=result.lease.expires_at,
             subscriber_id=result.lease.subscriber_id, hw_address=result.lease.hw_address, pool=result.lease.pool,
@@ -646,6 +648,8 @@ class RadiusService(Service):
             return
         if any(other.framed_ip == session.framed_ip for other in self.sessions.of_subscriber(session.subscriber_id)):
             return  # the subscriber's next session on the line has it (a NAS that reused the session id)
+        if claim.granted_at > session.started_at:
+            return  # an Access-Accept since this session began gave it again: the next session's
         if not self._releases:
             assert self._loop is not None
             self._loop.call_soon(lambda: self._spawn(self._release_claims(), "address-release"))
@@ -666,25 +670,30 @@ class RadiusService(Service):
 
     async def _renew_claims(self, now: float) -> None:
         """Keep the addresses of open sessions held: each well before its hold ends."""
-        claims = self.addresses.claims
-        if not claims:
+        if not self.addresses.pools:
             return
         hold = self.config.address_hold_seconds
         holds = []
-        for session in self.sessions.by_key.values():
+        for session in list(self.sessions.by_key.values()):
             claim = self.addresses.claim_for(session.framed_ip, session.subscriber_id)
-            if claim is not None and session.framed_ip is not None and claim.expires_at - now < hold / 2:
-                holds.append((session.framed_ip, claim.holder))
+            if claim is None:
+                self._adopt(session)  # its hold lapsed (ispd was down), or was lost: claim it again
+            elif session.framed_ip is not None and claim.expires_at - now < hold / 2:
+                holds.append((session.framed_ip, claim.holder, claim.subscriber_id))
         if not holds:
             return
-        lost = set(await self.context.store.renew_claims(holds, now + hold))
-        for address, _ in holds:
+        lost = set(await self.context.store.renew_claims([(a, h) for a, h, _ in holds], now + hold))
+        for address, _, subscriber_id in holds:
             if address in lost:
                 self.addresses.ended(address)
                 log.warning("radius.address.lost", address=address,
                             hint="a session uses an address the store no longer gives it (released by hand?)")
             else:
                 self.addresses.renewed(address, now + hold)
+                # DHCP (here or across a worker's bridge) keeps its view of the hold current.
+                self.context.bus.publish(LeaseGranted(at=now, address=address, expires_at=now + hold,
+                                                      subscriber_id=subscriber_id, renewal=True,
+                                                      service=LeaseService.RADIUS))
 
     def handle_accounting(self, data: bytes, addr: Any, transport: asyncio.DatagramTransport) -> None:
         started = time.perf_counter()
@@ -887,7 +896,7 @@ class RadiusService(Service):
 
         def lease_ended(event: LeaseEnded) -> None:
             if event.service == LeaseService.DHCP:
-                self.addresses.ended(event.address)
+                self.addresses.ended(event.address, elsewhere_at=self.context.clock())
 
         handlers += [bus.subscribe(LeaseGranted, leased), bus.subscribe(LeaseEnded, lease_ended)]
         for unsubscribe in handlers:

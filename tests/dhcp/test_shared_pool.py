@@ -75,6 +75,7 @@ def test_an_address_held_elsewhere_is_offered_again_once_the_hold_lapses() -> No
     others_take_the_rest(lab)
     assert offered(lab) is None
     lab.now = UNTIL + 1
+    assert lab.engine.reclaim(lab.now).writes == []  # the periodic pass that frees ended holds
     assert offered(lab) == IPv4Address(SHARED)
 
 
@@ -123,3 +124,17 @@ def test_a_loaded_radius_lease_is_offered_again_when_freed_elsewhere() -> None:
     others_take_the_rest(lab)
     lab.engine.freed_elsewhere(SHARED)
     assert offered(lab) == IPv4Address(SHARED)
+
+
+def test_a_late_announcement_does_not_take_a_live_lease_from_its_client() -> None:
+    # A session's grant, announced after the session let the address go and the store gave it
+    # to our client (a delayed bridge from a worker): the client keeps it. A refusal by the
+    # store, on the other hand, always wins.
+    lab = Lab()
+    assert lab.dora(MAC_A) == IPv4Address("198.18.0.100")
+    lab.engine.held_elsewhere("198.18.0.100", UNTIL, now=lab.now)
+    binding = lab.engine.table.get(int(IPv4Address("198.18.0.100")))
+    assert binding is not None and not binding.foreign
+    lab.engine.held_elsewhere("198.18.0.100", UNTIL, refused=True)
+    binding = lab.engine.table.get(int(IPv4Address("198.18.0.100")))
+    assert binding is not None and binding.foreign
