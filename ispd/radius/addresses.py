@@ -164,6 +164,21 @@ class AddressPools:
         if claim is not None:
             self.claims[address] = replace(claim, granted_at=now)
 
+    def reuse(self, holder: str, pool_name: str, now: float, until: float) -> str | None:
+        """The address of ``pool_name`` that ``holder`` holds already, live until at least
+        ``until``: durable in the store as it is, so an Access-Accept can give it again without
+        a write (a reconnect storm after a BNG reboot runs at the speed of authentication).
+        None: ask the store."""
+        address = self.by_holder.get(holder)
+        claim = self.claims.get(address) if address is not None else None
+        if address is None or claim is None or claim.holder != holder or claim.expires_at < until:
+            return None
+        pool = self.pools.get(pool_name)
+        if pool is None or address not in pool:
+            return None
+        self.claims[address] = replace(claim, granted_at=now)
+        return str(IPv4Address(address))
+
     def claim_for(self, address_text: str | None, subscriber_id: int | None) -> Claim | None:
         """The claim a session of ``subscriber_id`` on ``address`` has, if this service gave it."""
         if address_text is None:

@@ -493,9 +493,10 @@ class AuthEngine:
         """The Access-Accept with the address the store gave (``None``: the pool is full)."""
         if address is None:
             return self._reject(RejectReason.POOL_EXHAUSTED, claim.method, claim.subject)
-        # Not cached: the subscriber's addresses vary, the cache would only grow.
-        profile = self.profile(claim.subject, nas, address, claim.walled, packet.authenticator, cache=False)
-        return Decision(_ACCESS_ACCEPT, profile + claim.method_attributes, method=claim.method,
+        # The profile without an address is cached; the address (which varies) goes after it.
+        profile = self.profile(claim.subject, nas, None, claim.walled, packet.authenticator)
+        framed_ip = _encode((Attr.FRAMED_IP_ADDRESS, IPv4Address(address).packed))
+        return Decision(_ACCESS_ACCEPT, profile + framed_ip + claim.method_attributes, method=claim.method,
                         subscriber_id=claim.subject.id)
 
     def _reserved_address(self, packet: Packet, subject: AuthSubject) -> str | None:
@@ -559,7 +560,7 @@ class AuthEngine:
                 items.append(_encode((Attr.IDLE_TIMEOUT, u32(plan.idle_timeout_seconds))))
             items.extend(self._rate_limit(nas.kind, plan.download_kbps, plan.upload_kbps))
         if plan_reply is not None:
-            if address is None and plan_reply.framed_pool:
+            if address is None and plan_reply.framed_pool and plan_reply.address_pool is None:
                 items.append(_encode((Attr.FRAMED_POOL, plan_reply.framed_pool.encode())))
             items.extend(plan_reply.attributes)
         return items, not (plan_reply is not None and any(a.hidden for a in plan_reply.attributes))

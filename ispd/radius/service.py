@@ -550,8 +550,15 @@ class RadiusService(Service):
                addr: Any, key: DuplicateKey, started: float) -> None:
         """Claim an address in the store, then answer (the NAS retransmits meanwhile: the
         duplicate cache holds those)."""
+        now = self.context.clock()
+        held = self._still_held(claim, now)
+        if held is not None:
+            assert self.auth is not None
+            self._conclude(self.auth.finish_claim(packet, nas, claim, held), packet, nas, transport, addr, key,
+                           started, now)
+            return
         if self._pending_claims >= MAX_PENDING_CLAIMS:
-            self._dropped("auth", Drop.ADDRESS_CLAIMS_FULL, addr[0], nas, self.context.clock())
+            self._dropped("auth", Drop.ADDRESS_CLAIMS_FULL, addr[0], nas, now)
             return
         self._pending_claims += 1
         self.duplicates.begin(key, self.context.clock())
@@ -576,6 +583,12 @@ class RadiusService(Service):
             log.warning("radius.address.pool_exhausted", pool=claim.pool, subscriber_id=claim.subject.id)
         self._conclude(self.auth.finish_claim(packet, nas, claim, address), packet, nas, transport, addr, key,
                        started, now)
+
+    def _still_held(self, claim: PendingClaim, now: float) -> str | None:
+        """The address the claim's holder holds already, for long enough to give it again
+        without a write (the plan's pool unchanged, the address nobody's fixed one meanwhile)."""
+        held = self.addresses.reuse(claim.holder, claim.pool, now, now + self.config.address_hold_seconds / 2)
+        return None if held is None or held in self.directory.reserved else held
 
     async def _claim_address(self, claim: PendingClaim) -> str | None:
         pools, store = self.addresses, self.context.store

@@ -187,3 +187,13 @@ def test_reserved_addresses_are_never_proposed() -> None:
     # A subscriber's fixed address inside a pool is theirs alone, whoever asks the pool.
     pools = small()
     assert pools.candidates("p", BOB, T0, reserved={"10.0.0.1", "10.0.0.3"}) == ("10.0.0.2",)
+
+
+def test_a_claim_held_long_enough_is_given_again_without_the_store() -> None:
+    pools = small()
+    pools.claimed(session("10.0.0.2", ALICE, T0 + 3600), T0)
+    assert pools.reuse(ALICE, "p", T0 + 10, until=T0 + 1800) == "10.0.0.2"
+    assert pools.claim_for("10.0.0.2", 7) == Claim(ALICE, 7, T0 + 3600, granted_at=T0 + 10)
+    assert pools.reuse(ALICE, "p", T0 + 2000, until=T0 + 3800) is None  # too little left: renew in the store
+    assert pools.reuse(BOB, "p", T0 + 10, until=T0 + 1800) is None
+    assert pools.reuse(ALICE, "other", T0 + 10, until=T0 + 1800) is None  # the plan's pool changed
