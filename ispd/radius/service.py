@@ -262,6 +262,7 @@ class RadiusService(Service):
         self.addresses = AddressPools(())
         self._pending_claims = 0
         self._releases: list[tuple[str, str]] = []  # (address, holder) of stopped sessions, to give back
+        self._releasing: set[str] = set()  # their addresses, until the store has released them
 
     # --- lifecycle
 
@@ -588,7 +589,9 @@ class RadiusService(Service):
         """The address the claim's holder holds already, for long enough to give it again
         without a write (the plan's pool unchanged, the address nobody's fixed one meanwhile)."""
         held = self.addresses.reuse(claim.holder, claim.pool, now, now + self.config.address_hold_seconds / 2)
-        return None if held is None or held in self.directory.reserved else held
+        # Being given back (its old session's Stop): through the store, which releases it first
+        # and then grants it again (one writer, in order).
+        return None if held is None or held in self.directory.reserved or held in self._releasing else held
 
     async def _claim_address(self, claim: PendingClaim) -> str | None:
         pools, store = self.addresses, self.context.store
@@ -667,6 +670,7 @@ class RadiusService(Service):
             assert self._loop is not None
             self._loop.call_soon(lambda: self._spawn(self._release_claims(), "address-release"))
         self._releases.append((session.framed_ip, claim.holder))
+        self._releasing.add(session.framed_ip)
 
     async def _release_claims(self) -> None:
         holds, self._releases = self._releases, []
@@ -675,6 +679,8 @@ class RadiusService(Service):
         except StoreError as exc:  # the addresses come back when their hold ends
             log.warning("radius.address.release_failed", addresses=len(holds), error=str(exc))
             return
+        finally:
+            self._releasing.difference_update(address for address, _ in holds)
         now = self.context.clock()
         for lease in released:
             self.addresses.ended(lease.address)
