@@ -27,7 +27,7 @@ import calendar
 import sqlite3
 import time
 from collections.abc import Sequence
-from dataclasses import fields, replace
+from dataclasses import fields
 from typing import Any
 
 from ispd.store.models import (
@@ -73,11 +73,9 @@ _HISTORY_INSERT = (
     "INSERT INTO accounting_records (at, nas_address, status_type, acct_session_id, username,"
     " subscriber_id, framed_ip, input_octets, output_octets, session_time_seconds, outcome, packet)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+# Columns in RadiusSession's field order after id (see _open_session).
 _SESSION_INSERT = (
-    "INSERT INTO radius_sessions (nas_address, nas_identifier, nas_client, acct_session_id, username, subscriber_id,"
-    " framed_ip, framed_ipv6_prefix, delegated_ipv6_prefix, calling_station_id, called_station_id, nas_port_id,"
-    " started_at, updated_at, stopped_at, terminate_cause, interim_interval, input_octets, output_octets,"
-    " input_packets, output_packets, session_time_seconds)"
+    f"INSERT INTO radius_sessions ({SESSION_COLUMNS.removeprefix('id, ')})"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 # The open session's counters rise to the record's (never fall: MAX), and the usage triggers count
 # the growth; one statement does the common case (an interim or stop for an open session). It
@@ -117,23 +115,18 @@ _SESSION_REOPEN = (
 
 
 def _open_session(conn: sqlite3.Connection, record: AccountingRecord, *, stopped: bool) -> RadiusSession:
-    session = RadiusSession(
-        0, record.nas_address, record.acct_session_id or "", record.username or "",
+    # The row's values in RadiusSession's field order (id first), built once for the INSERT and
+    # the object: the accounting hot path (no dataclasses.replace, ~5 µs a Start).
+    values = (
+        record.nas_address, record.acct_session_id or "", record.username or "",
         record.at - (record.session_time_seconds or 0), record.at, record.subscriber_id, record.nas_identifier,
         record.nas_client, record.framed_ip, record.framed_ipv6_prefix, record.delegated_ipv6_prefix,
-        record.calling_station_id,
-        record.called_station_id, record.nas_port_id, record.at if stopped else None,
+        record.calling_station_id, record.called_station_id, record.nas_port_id, record.at if stopped else None,
         record.terminate_cause if stopped else None, record.interim_interval, record.input_octets or 0,
         record.output_octets or 0, record.input_packets or 0, record.output_packets or 0,
         record.session_time_seconds or 0)
-    cursor = conn.execute(_SESSION_INSERT, (
-        session.nas_address, session.nas_identifier, session.nas_client, session.acct_session_id, session.username,
-        session.subscriber_id, session.framed_ip, session.framed_ipv6_prefix, session.delegated_ipv6_prefix,
-        session.calling_station_id, session.called_station_id, session.nas_port_id, session.started_at,
-        session.updated_at, session.stopped_at, session.terminate_cause, session.interim_interval,
-        session.input_octets, session.output_octets, session.input_packets, session.output_packets,
-        session.session_time_seconds))
-    return replace(session, id=int(cursor.lastrowid or 0))
+    cursor = conn.execute(_SESSION_INSERT, values)
+    return RadiusSession(int(cursor.lastrowid or 0), *values)
 
 
 def _advance(conn: sqlite3.Connection, record: AccountingRecord, *, stop: bool) -> bool:
