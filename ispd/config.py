@@ -72,6 +72,16 @@ class Config(Section):
                 if other.name != pool.name and first <= other_last and other_first <= last:
                     raise ValueError(f"radius.address_pool {pool.name!r} overlaps the DHCP pool {other.name!r}; "
                                      f"to share that pool, name it in the plan's address_pool instead")
+            if pool.name in dhcp_pools:
+                continue  # the DHCP pool's own checks apply
+            for subnet in self.dhcp.subnet:  # addresses a subnet's clients rely on are no one's to lease
+                fixed = [*(subnet.routers or []), *([subnet.server_id] if subnet.server_id else [])]
+                if subnet.network.prefixlen < 31:
+                    fixed += [subnet.network.network_address, subnet.network.broadcast_address]
+                for address in fixed:
+                    if first <= int(address) <= last:
+                        raise ValueError(f"radius.address_pool {pool.name!r} includes {address}, a router, "
+                                         f"server or network address of the DHCP subnet {subnet.network}")
         added = []
         for plan in radius.plan:
             name = plan.address_pool

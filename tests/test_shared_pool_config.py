@@ -121,3 +121,11 @@ def test_pools_are_not_checked_while_radius_is_disabled(tmp_path: Path) -> None:
     text = DHCP + RADIUS.replace("enabled = true", "enabled = false") + plan("nowhere")
     config = load_config(write(tmp_path, text))
     assert config.radius.address_pool == []
+
+
+def test_a_radius_pool_must_not_include_a_dhcp_subnets_router(tmp_path: Path) -> None:
+    # A PPPoE session given the subnet's gateway address would cut the subnet's DHCP clients off.
+    text = DHCP.replace('interface = "eth1"\n', 'interface = "eth1"\nrouters = ["198.18.0.1"]\n', 1)
+    path = write(tmp_path, text + RADIUS + radius_pool("bng", "198.18.0.1 - 198.18.0.50") + plan("bng"))
+    assert error_of(path) == (f"{path}: radius.address_pool 'bng' includes 198.18.0.1, a router, server or "
+                              "network address of the DHCP subnet 198.18.0.0/24")
