@@ -895,30 +895,7 @@ class SQLiteStore(Store):
         def run(conn: sqlite3.Connection) -> dict[str, float]:
             refused = sqlite_addresses.refused_dhcp_writes(
                 conn, [lease.address for lease, _ in changes if lease.service == LeaseService.DHCP], now)
-            usernames: dict[int, str | None] = {}
-            current, history = [], []
-            for lease, event in changes:
-                if lease.address in refused:
-                    continue
-                sid = lease.subscriber_id
-                if sid is not None and sid not in usernames:
-                    row = conn.execute("SELECT username FROM subscribers WHERE id = ?", (sid,)).fetchone()
-                    usernames[sid] = row["username"] if row else None
-                username = usernames.get(sid) if sid is not None else None
-                values = (
-                    lease.address, str(lease.state), lease.starts_at, lease.expires_at, lease.hw_address,
-                    lease.client_id, lease.hostname, sid if username else None, lease.circuit_id,
-                    lease.remote_id, lease.pool, str(lease.service),
-                )
-                current.append(values)
-                history.append((now, event, values[0], *values[2:], username))
-            conn.executemany(
-                "INSERT OR REPLACE INTO leases (address, state, starts_at, expires_at, hw_address, client_id,"
-                " hostname, subscriber_id, circuit_id, remote_id, pool, service)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                current,
-            )
-            conn.executemany(sqlite_addresses.HISTORY_INSERT, history)
+            sqlite_addresses.record_leases(conn, [c for c in changes if c[0].address not in refused], now)
             return refused
 
         return await self._write("record_lease", run)

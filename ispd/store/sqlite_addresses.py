@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import replace
 
 from ispd.store.models import AddressClaim, ClaimResult, Lease, LeaseService, LeaseState
 
 _HELD_ROW = "SELECT state, expires_at, service, client_id, starts_at FROM leases WHERE address = ?"
-_UPSERT = (
+_UPSERT = (  # the columns of record_leases' rows, in order
     "INSERT OR REPLACE INTO leases (address, state, starts_at, expires_at, hw_address, client_id, hostname,"
     " subscriber_id, circuit_id, remote_id, pool, service) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-HISTORY_INSERT = (
+_HISTORY_INSERT = (
     "INSERT INTO lease_history (at, event, address, starts_at, expires_at, hw_address, client_id, hostname,"
     " subscriber_id, circuit_id, remote_id, pool, service, username) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
@@ -66,13 +67,23 @@ def _username(conn: sqlite3.Connection, subscriber_id: int | None) -> str | None
     return row[0] if row else None
 
 
-def _record(conn: sqlite3.Connection, lease: Lease, event: str, now: float) -> None:
-    username = _username(conn, lease.subscriber_id)
-    sid = lease.subscriber_id if username is not None else None
-    values = (lease.hw_address, lease.client_id, lease.hostname, sid, lease.circuit_id, lease.remote_id, lease.pool,
-              str(lease.service))
-    conn.execute(_UPSERT, (lease.address, str(lease.state), lease.starts_at, lease.expires_at, *values))
-    conn.execute(HISTORY_INSERT, (now, event, lease.address, lease.starts_at, lease.expires_at, *values, username))
+def record_leases(conn: sqlite3.Connection, changes: Sequence[tuple[Lease, str]], now: float) -> None:
+    """Make each lease its address's row and append it to the history (``event``), with the
+    subscriber's name as it is now (a subscriber since deleted: neither id nor name)."""
+    usernames: dict[int, str | None] = {}
+    current, history = [], []
+    for lease, event in changes:
+        sid = lease.subscriber_id
+        if sid is not None and sid not in usernames:
+            usernames[sid] = _username(conn, sid)
+        username = usernames.get(sid) if sid is not None else None
+        values = (lease.address, str(lease.state), lease.starts_at, lease.expires_at, lease.hw_address,
+                  lease.client_id, lease.hostname, sid if username else None, lease.circuit_id, lease.remote_id,
+                  lease.pool, str(lease.service))
+        current.append(values)
+        history.append((now, event, values[0], *values[2:], username))
+    conn.executemany(_UPSERT, current)
+    conn.executemany(_HISTORY_INSERT, history)
 
 
 def claim_address(conn: sqlite3.Connection, claim: AddressClaim, now: float) -> ClaimResult:
@@ -88,7 +99,7 @@ def claim_address(conn: sqlite3.Connection, claim: AddressClaim, now: float) -> 
                       max(claim.expires_at, row[1]) if renewal else claim.expires_at,
                       hw_address=claim.hw_address, client_id=claim.holder, subscriber_id=claim.subscriber_id,
                       circuit_id=claim.circuit_id, pool=claim.pool, service=LeaseService.RADIUS)
-        _record(conn, lease, "renewed" if renewal else "granted", now)
+        record_leases(conn, [(lease, "renewed" if renewal else "granted")], now)
         return ClaimResult(lease, tuple(taken))
     return ClaimResult(None, tuple(taken))
 
@@ -109,16 +120,10 @@ def release_claims(conn: sqlite3.Connection, holds: Sequence[tuple[str, str]], n
     """End each (address, holder) that still holds its address; the leases as they ended."""
     released = []
     for address, holder in holds:
-        row = conn.execute(
-            "UPDATE leases SET state = 'released', expires_at = MIN(expires_at, ?) WHERE address = ?"
-            " AND service = 'radius' AND client_id = ? AND state = 'bound' RETURNING *",
-            (now, address, holder)).fetchone()
-        if row is None:
-            continue
-        lease = lease_from_row(row)
-        username = _username(conn, lease.subscriber_id)
-        conn.execute(HISTORY_INSERT, (now, "released", lease.address, lease.starts_at, lease.expires_at,
-                                      lease.hw_address, lease.client_id, lease.hostname, lease.subscriber_id,
-                                      lease.circuit_id, lease.remote_id, lease.pool, str(lease.service), username))
-        released.append(lease)
+        row = conn.execute("SELECT * FROM leases WHERE address = ? AND service = 'radius' AND client_id = ?"
+                           " AND state = 'bound'", (address, holder)).fetchone()
+        if row is not None:
+            lease = lease_from_row(row)
+            released.append(replace(lease, state=LeaseState.RELEASED, expires_at=min(lease.expires_at, now)))
+    record_leases(conn, [(lease, "released") for lease in released], now)
     return released
