@@ -309,22 +309,28 @@ class DHCPService(Service):
             return
         self._store_failing = False
         for outcome, started, type_name, ifindex in batch:
-            withheld = False
-            for lease, _ in outcome.writes:
-                until = refused.get(lease.address)
-                if until is not None:
-                    # A RADIUS session took the address meanwhile (a pool shared with RADIUS):
-                    # no ACK; the client's next REQUEST is NAKed, its DISCOVER gets another.
-                    self.engine.held_elsewhere(lease.address, until, refused=True)
-                    withheld = True
-                    log.info("dhcp.lease.held_elsewhere", address=lease.address, until=until)
-            if withheld:
-                self.metrics.dropped.inc(str(Ignored.HELD_ELSEWHERE))
-            elif outcome.reply is not None:
+            if refused and self._withheld(outcome, refused):
+                continue
+            if outcome.reply is not None:
                 self._send(outcome.reply, ifindex, started, type_name)
             for event in outcome.events:
-                if not (isinstance(event, LeaseGranted | LeaseEnded) and event.address in refused):
-                    self.context.bus.publish(event)
+                self.context.bus.publish(event)
+
+    def _withheld(self, outcome: Outcome, refused: dict[str, float]) -> bool:
+        """Whether the store refused a lease of ``outcome`` (a RADIUS session took the address
+        meanwhile, from a pool shared with RADIUS): no ACK, the client's next REQUEST is NAKed
+        and its DISCOVER gets another address; the events of what was written still go out."""
+        lost = [lease.address for lease, _ in outcome.writes if lease.address in refused]
+        if not lost:
+            return False
+        for address in lost:
+            self.engine.held_elsewhere(address, refused[address], refused=True)
+            log.info("dhcp.lease.held_elsewhere", address=address, until=refused[address])
+        self.metrics.dropped.inc(str(Ignored.HELD_ELSEWHERE))
+        for event in outcome.events:
+            if not (isinstance(event, LeaseGranted | LeaseEnded) and event.address in refused):
+                self.context.bus.publish(event)
+        return True
 
     # --- sending
 

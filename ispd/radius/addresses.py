@@ -87,8 +87,9 @@ class AddressPools:
         for lease in leases:
             self.learn(lease, now)
 
-    def learn(self, lease: Lease, now: float) -> None:
-        """A lease as the store has it (or as a DHCP event told it)."""
+    def learn(self, lease: Lease, now: float, granted_at: float | None = None) -> None:
+        """A lease as the store has it (or as a DHCP event told it); a claim of ours was granted
+        at ``granted_at`` (unknown: when it began)."""
         try:
             address = int(IPv4Address(lease.address))
         except ValueError:
@@ -104,7 +105,8 @@ class AddressPools:
             return
         self.held[address] = lease.expires_at
         if lease.service == LeaseService.RADIUS and lease.client_id is not None:
-            self.claims[address] = Claim(lease.client_id, lease.subscriber_id, lease.expires_at, lease.starts_at)
+            self.claims[address] = Claim(lease.client_id, lease.subscriber_id, lease.expires_at,
+                                         lease.starts_at if granted_at is None else granted_at)
         else:
             self.claims.pop(address, None)
 
@@ -154,15 +156,10 @@ class AddressPools:
         texts = (str(IPv4Address(a)) for a in chosen)
         return tuple(text for text in texts if text not in reserved)
 
-    def claimed(self, lease: Lease, now: float) -> None:
-        """The store gave (or renewed) ``lease`` at ``now``: for an Access-Accept then, or for a
-        session that began then."""
-        address = int(IPv4Address(lease.address))
-        self.claims.pop(address, None)  # so that learn takes it
-        self.learn(lease, now)
-        claim = self.claims.get(address)
-        if claim is not None:
-            self.claims[address] = replace(claim, granted_at=now)
+    def claimed(self, lease: Lease, granted_at: float) -> None:
+        """The store gave (or renewed) ``lease`` at ``granted_at``: for an Access-Accept then, or
+        for a session that began then."""
+        self.learn(lease, granted_at, granted_at)
 
     def reuse(self, holder: str, pool_name: str, now: float, until: float) -> str | None:
         """The address of ``pool_name`` that ``holder`` holds already, live until at least

@@ -74,10 +74,12 @@ class Directory:
         subject = self.subjects.pop(subscriber_id, None)
         if subject is None:
             return
-        for address in [a for a, owner in self.reserved.items() if owner == subscriber_id]:
-            del self.reserved[address]
-        for login in [login for login, (s, _) in self.logins.items() if s is subject]:
+        logins = [(login, address) for login, (s, address) in self.logins.items() if s is subject]
+        for login, _ in logins:
             del self.logins[login]
+        for address in [*subject.addressed.values(), *(address for _, address in logins if address)]:
+            if self.reserved.get(address) == subscriber_id:
+                del self.reserved[address]
 
     def _add(self, subscriber: Subscriber, credentials: StoredCredentials, reservations: list[Reservation]) -> None:
         plan = self.plans.get(subscriber.plan_id) if subscriber.plan_id is not None else None

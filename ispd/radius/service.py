@@ -609,11 +609,7 @@ class RadiusService(Service):
                 pools.taken(address, until)
             lease = result.lease
             if lease is not None:
-                pools.claimed(lease, now)
-                self.context.bus.publish(LeaseGranted(
-                    at=now, address=lease.address, expires_at=lease.expires_at, subscriber_id=lease.subscriber_id,
-                    hw_address=lease.hw_address, pool=lease.pool, renewal=lease.starts_at < now,
-                    service=LeaseService.RADIUS))
+                self._claimed(lease, now, now)
                 return lease.address
         return None
 
@@ -651,11 +647,14 @@ class RadiusService(Service):
                         acct_session_id=session.acct_session_id, held_until=until,
                         hint="the NAS reports an address ispd has given to someone else")
             return
-        self.addresses.claimed(result.lease, session.started_at)  # granted for this session, not a later one
+        self._claimed(result.lease, session.started_at, self.context.clock())  # for this session, not a later one
+
+    def _claimed(self, lease: Lease, granted_at: float, now: float) -> None:
+        """The store gave ``lease``: into the view, and onto the bus (DHCP, DNS, across a worker's bridge)."""
+        self.addresses.claimed(lease, granted_at)
         self.context.bus.publish(LeaseGranted(
-            at=self.context.clock(), address=result.lease.address, expires_at=result.lease.expires_at,
-            subscriber_id=result.lease.subscriber_id, hw_address=result.lease.hw_address, pool=result.lease.pool,
-            service=LeaseService.RADIUS))
+            at=now, address=lease.address, expires_at=lease.expires_at, subscriber_id=lease.subscriber_id,
+            hw_address=lease.hw_address, pool=lease.pool, renewal=lease.starts_at < now, service=LeaseService.RADIUS))
 
     def _give_back(self, session: RadiusSession) -> None:
         """A stopped session's address goes back to its pool (soon, in one write with others)."""
