@@ -7,12 +7,15 @@ been told another service holds, and to take it back once that hold ends.
 from __future__ import annotations
 
 from ipaddress import IPv4Address
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
 
 from ispd.dhcp.engine import Ignored
 from ispd.dhcp.options import DHCPMessageType
 from ispd.events import LeaseEnded
 from ispd.store.models import Lease, LeaseService, LeaseState
-from tests.dhcp.test_engine import MAC_A, MAC_B, MAC_C, SERVER, T0, Lab, message
+from tests.dhcp.test_engine import MAC_A, MAC_B, MAC_C, SERVER, T0, Lab, config, message
 
 # The default test config's "lan" pool is 198.18.0.100 - 198.18.0.102.
 SHARED = "198.18.0.101"
@@ -138,3 +141,46 @@ def test_a_late_announcement_does_not_take_a_live_lease_from_its_client() -> Non
     lab.engine.held_elsewhere("198.18.0.100", UNTIL, refused=True)
     binding = lab.engine.table.get(int(IPv4Address("198.18.0.100")))
     assert binding is not None and binding.foreign
+
+
+async def test_the_service_withholds_an_ack_the_store_refuses(tmp_path: Path) -> None:
+    # The store, not the engine's memory, has the last word: a lease on an address a RADIUS
+    # session took meanwhile is not written, its ACK not sent and its event not published,
+    # while the rest of the batch goes out as usual.
+    from ispd.config import Config
+    from ispd.dhcp.service import DHCPService
+    from ispd.events import Event, EventBus, LeaseGranted
+    from ispd.service import ServiceContext
+    from ispd.store import StoreConfig, open_store
+    from ispd.store.models import AddressClaim
+
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"), clock=lambda: T0)
+    try:
+        bus = EventBus()
+        published: list[Event] = []
+        bus.subscribe(Event, published.append)
+        service = DHCPService(Config(dhcp=config()), ServiceContext(store, bus, CollectorRegistry(), _healthy,
+                                                                      clock=lambda: T0))
+        sent: list[str] = []
+        service._send = lambda reply, *_: sent.append(str(reply.packet.yiaddr))  # type: ignore[method-assign]
+        lab = Lab()
+        lab.engine = service.engine
+        lab.dora(MAC_A)  # .100, in memory only: the commit below is what writes it
+        first = lab.send(message(DHCPMessageType.REQUEST, MAC_A, requested="198.18.0.100", server_id=str(SERVER)))
+        offer = lab.send(message(DHCPMessageType.DISCOVER, MAC_B))
+        assert offer.reply is not None and offer.reply.packet.yiaddr == IPv4Address(SHARED)
+        second = lab.send(message(DHCPMessageType.REQUEST, MAC_B, requested=SHARED, server_id=str(SERVER)))
+        await store.claim_address(AddressClaim("lan", (SHARED,), "alice", UNTIL))  # a session, first
+        await service._commit([(first, 0.0, "request", 1), (second, 0.0, "request", 1)])
+        assert sent == ["198.18.0.100"]
+        assert [e.address for e in published if isinstance(e, LeaseGranted)] == ["198.18.0.100"]
+        assert (await store.get_lease(SHARED)).service == LeaseService.RADIUS
+        binding = service.engine.table.get(int(IPv4Address(SHARED)))
+        assert binding is not None and binding.foreign and binding.expires_at == UNTIL
+        assert offered(lab, MAC_B) != IPv4Address(SHARED)
+    finally:
+        await store.close()
+
+
+async def _healthy() -> tuple[bool, dict[str, object]]:
+    return True, {}

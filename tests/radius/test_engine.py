@@ -210,6 +210,39 @@ def test_plan_attributes_framed_pool_and_hidden_values() -> None:
     assert reveal_salted(tunnel[1:], SECRET, packet.authenticator) == b"s3cret"
 
 
+def test_a_pool_plan_waits_for_an_address_and_sends_it_not_the_nas_pool() -> None:
+    world = World(ReplySettings(plans={"home": PlanReply(framed_pool="pool-home", address_pool="pppoe")}))
+    packet = pap("alice", "alice-pw")
+    decision = world.engine.handle(packet, nas(), NOW)
+    assert decision.code is None and decision.claim is not None  # the store decides the address first
+    assert (decision.claim.pool, decision.claim.holder) == ("pppoe", "alice")
+    accepted = world.engine.finish_claim(packet, nas(), decision.claim, "198.18.8.9")
+    assert accepted.code == Code.ACCESS_ACCEPT and accepted.subscriber_id == 1
+    assert first(accepted.attributes, Attr.FRAMED_IP_ADDRESS) == bytes((198, 18, 8, 9))
+    assert first(accepted.attributes, Attr.FRAMED_POOL) is None  # ispd gives the address, not the NAS
+    assert first(accepted.attributes, Attr.CLASS) == b"ispd:1"
+    full = world.engine.finish_claim(packet, nas(), decision.claim, None)
+    assert (full.code, full.reject) == (Code.ACCESS_REJECT, RejectReason.POOL_EXHAUSTED)
+    # A line's MAC (else its port) makes the holder: one router, one address.
+    authenticator = os.urandom(16)
+    on_line = access_request([(Attr.USER_NAME, b"alice"), (Attr.CALLING_STATION_ID, b"02-00-5E-00-00-01"),
+                              (Attr.USER_PASSWORD, hide_password(b"alice-pw", SECRET, authenticator))],
+                             authenticator=authenticator)
+    claim = world.engine.handle(on_line, nas(), NOW).claim
+    assert claim is not None and (claim.holder, claim.hw_address) == ("alice 02:00:5e:00:00:01", "02:00:5e:00:00:01")
+
+
+def test_the_directory_knows_every_fixed_address_and_forgets_a_subscribers_own() -> None:
+    world = World()
+    assert world.directory.reserved == {"198.18.7.7": 1, "198.18.7.6": 6}
+    world.directory.remove(6)
+    assert world.directory.reserved == {"198.18.7.7": 1}
+    alice = world.directory.by_id(1)
+    assert alice is not None
+    world.directory.replace(alice.subscriber, alice.credentials, [], PLAN)  # her reservation deleted
+    assert world.directory.reserved == {}
+
+
 def test_suspended_subscribers_may_go_to_the_walled_garden() -> None:
     walled = (reply_attribute(DICTIONARY, "Mikrotik-Address-List = walled-garden"),)
     world = World(ReplySettings(suspended=SuspendedAction.WALLED_GARDEN, walled_garden=walled))
