@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from tests.lab.dnshier import descendants
 
@@ -46,6 +47,55 @@ def machine_summary() -> str:
                 model = line.split(":", 1)[1].strip()
                 break
     return f"{cores} cores ({model}), {len(os.sched_getaffinity(0))} usable"
+
+
+class BenchServer:
+    """A server the benchmark starts and must stop whatever happens (an error, Ctrl-C, SIGTERM):
+    ``process`` is what runs — an ``IspdDaemon`` or a server of the test lab, each with
+    ``stop()``, ``pid``, ``alive()`` and ``log_tail()`` — and ``_start`` starts it. Started
+    servers are listed in ``RUNNING`` for ``stop_all`` at exit."""
+
+    name = ""
+    label = ""
+    process: Any = None
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        RUNNING.append(self)  # first: one that fails half-way is stopped too
+        try:
+            self._start()
+        except RuntimeError as exc:  # the lab's servers say what went wrong
+            raise ServerFailed(str(exc)) from None
+
+    def stop(self) -> None:
+        self.process.stop()
+        if self in RUNNING:
+            RUNNING.remove(self)
+
+    @property
+    def pid(self) -> int:
+        return int(self.process.pid)
+
+    def alive(self) -> bool:
+        return bool(self.process.alive())
+
+    def log_tail(self) -> str:
+        return str(self.process.log_tail())
+
+
+RUNNING: list[BenchServer] = []
+
+
+def stop_all() -> None:
+    for server in list(RUNNING):
+        server.stop()
+
+
+def udp_rcvbuf_errors() -> int:
+    """The UDP RcvbufErrors counter of this network namespace (loopback traffic included)."""
+    return udp_rcvbuf_errors_in(Path("/proc/net/snmp").read_text())
 
 
 def udp_rcvbuf_errors_in(snmp: str) -> int:

@@ -52,13 +52,15 @@ sys.path.insert(0, str(REPO))
 from bench.common import (  # noqa: E402
     ISPD,
     ISPD_CONFIG_HEAD,
+    BenchServer,
     IspdDaemon,
     ServerFailed,
     cpu_seconds,
     machine_summary,
     raise_exit,
     require,
-    udp_rcvbuf_errors_in,
+    stop_all,
+    udp_rcvbuf_errors,
 )
 from tests.lab.dnshier import (  # noqa: E402
     BENCH_NAMES,
@@ -99,10 +101,7 @@ private_key = "{key}"
 # --- the resolvers
 
 
-class Resolver:
-    name = ""
-    label = ""
-
+class Resolver(BenchServer):
     tls: tuple[Path, Path] | None = None  # certificate chain and key, for DoT and DoH
 
     def __init__(self, hierarchy: DNSHierarchy, workdir: Path, cpus: str | None) -> None:
@@ -110,22 +109,6 @@ class Resolver:
         self.port = free_port()
         self.dot_port = free_tcp_port()
         self.doh_port = free_tcp_port()
-
-    def start(self) -> None:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        raise NotImplementedError
-
-    @property
-    def pid(self) -> int:
-        raise NotImplementedError
-
-    def alive(self) -> bool:
-        raise NotImplementedError
-
-    def log_tail(self) -> str:
-        raise NotImplementedError
 
 
 class UnboundResolver(Resolver):
@@ -138,32 +121,11 @@ class UnboundResolver(Resolver):
         encrypted = (f"  interface: 127.0.0.1@{self.dot_port}\n  interface: 127.0.0.1@{self.doh_port}\n"
                      f"  tls-port: {self.dot_port}\n  https-port: {self.doh_port}\n"
                      f'  tls-service-pem: "{pem}"\n  tls-service-key: "{key}"\n')
-        self.server = Unbound(hierarchy.root_hints_path, workdir, port=self.port, msg_cache="256m",
-                              rrset_cache="512m", cpus=cpus, extra=encrypted)
+        self.process = Unbound(hierarchy.root_hints_path, workdir, port=self.port, msg_cache="256m",
+                               rrset_cache="512m", cpus=cpus, extra=encrypted)
 
-    def start(self) -> None:
-        try:
-            self.server.start()
-        except RuntimeError as exc:
-            raise ServerFailed(str(exc)) from None
-        _running.append(self)
-
-    def stop(self) -> None:
-        self.server.stop()
-        if self in _running:
-            _running.remove(self)
-
-    @property
-    def pid(self) -> int:
-        assert self.server.proc is not None
-        return self.server.proc.pid
-
-    def alive(self) -> bool:
-        return self.server.proc is not None and self.server.proc.poll() is None
-
-    def log_tail(self) -> str:
-        return self.server.log_tail()
-
+    def _start(self) -> None:
+        self.process.start()
 
 
 class IspdResolver(Resolver):
@@ -171,14 +133,13 @@ class IspdResolver(Resolver):
 
     def __init__(self, hierarchy: DNSHierarchy, workdir: Path, cpus: str | None) -> None:
         super().__init__(hierarchy, workdir, cpus)
-        self.daemon = IspdDaemon(workdir, cpus)
+        self.process = IspdDaemon(workdir, cpus)
 
-    def start(self, timeout: float = 30.0) -> None:
+    def _start(self) -> None:
         assert self.tls is not None
         config = ISPD_CONFIG.format(workdir=self.workdir, metrics_port=free_tcp_port(), port=self.port,
                                     hints=self.hierarchy.root_hints_path, dot_port=self.dot_port,
                                     doh_port=self.doh_port, pem=self.tls[0], key=self.tls[1])
-        _running.append(self)
 
         def answers() -> bool:  # any reply will do: a DNS listener is up
             try:
@@ -187,26 +148,10 @@ class IspdResolver(Resolver):
                 return False
             return True
 
-        self.daemon.start(config, answers, f"answer DNS on 127.0.0.1:{self.port}", timeout)
-
-    def stop(self, timeout: float = 15.0) -> None:
-        self.daemon.stop(timeout)
-        if self in _running:
-            _running.remove(self)
-
-    @property
-    def pid(self) -> int:
-        return self.daemon.pid
-
-    def alive(self) -> bool:
-        return self.daemon.alive()
-
-    def log_tail(self, lines: int = 30) -> str:
-        return self.daemon.log_tail(lines)
+        self.process.start(config, answers, f"answer DNS on 127.0.0.1:{self.port}")
 
 
 RESOLVERS: dict[str, type[Resolver]] = {"unbound": UnboundResolver, "ispd": IspdResolver}
-_running: list[Resolver] = []
 
 
 # --- dnsperf
@@ -270,11 +215,6 @@ def parse_dnsperf(text: str, run: Run) -> None:
             bits = part.split()
             if len(bits) >= 2 and bits[1].isdigit():
                 run.rcodes[bits[0]] = int(bits[1])
-
-
-def udp_rcvbuf_errors() -> int:
-    """The UDP RcvbufErrors counter of this network namespace (loopback traffic included)."""
-    return udp_rcvbuf_errors_in(Path("/proc/net/snmp").read_text())
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -481,11 +421,6 @@ def make_certificate(directory: Path) -> tuple[Path, Path]:
         extra.write_to_path(str(pem), append=True)
     issued.private_key_pem.write_to_path(str(key))
     return pem, key
-
-
-def stop_all() -> None:
-    for resolver in list(_running):
-        resolver.stop()
 
 
 def preflight(names: list[str]) -> None:

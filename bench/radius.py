@@ -63,13 +63,15 @@ sys.path.insert(0, str(REPO))
 from bench.common import (  # noqa: E402
     ISPD,
     ISPD_CONFIG_HEAD,
+    BenchServer,
     IspdDaemon,
     ServerFailed,
     cpu_seconds,
     machine_summary,
     raise_exit,
     require,
-    udp_rcvbuf_errors_in,
+    stop_all,
+    udp_rcvbuf_errors,
 )
 from bench.radload import ACCESS_ACCEPT, ACCESS_REJECT, DEFAULT_PASSWORD, Report, bench_users, load  # noqa: E402
 from tests.lab.dnshier import _death_signal  # noqa: E402
@@ -99,29 +101,10 @@ secret = "{secret}"
 # --- the servers
 
 
-class Server:
-    name = ""
-    label = ""
-
+class Server(BenchServer):
     def __init__(self, workdir: Path, cpus: str | None) -> None:
         self.workdir, self.cpus = workdir, cpus
         self.auth_port, self.acct_port = free_udp_port(), free_udp_port()
-
-    def start(self) -> None:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        raise NotImplementedError
-
-    @property
-    def pid(self) -> int:
-        raise NotImplementedError
-
-    def alive(self) -> bool:
-        raise NotImplementedError
-
-    def log_tail(self) -> str:
-        raise NotImplementedError
 
     def accounting_records(self) -> int | None:
         """Accounting requests the server has written down, where the bench can count them."""
@@ -134,35 +117,16 @@ class FreeRADIUSServer(Server):
 
     def __init__(self, workdir: Path, cpus: str | None) -> None:
         super().__init__(workdir, cpus)
-        self.server = FreeRADIUS(workdir, users=bench_users(USERS), secret=SECRET, auth_port=self.auth_port,
-                                 acct_port=self.acct_port, backend=self.backend, cpus=cpus,
-                                 threads=freeradius_threads(cpus))
+        self.process = FreeRADIUS(workdir, users=bench_users(USERS), secret=SECRET, auth_port=self.auth_port,
+                                  acct_port=self.acct_port, backend=self.backend, cpus=cpus,
+                                  threads=freeradius_threads(cpus))
 
-    def start(self) -> None:
-        _running.append(self)
-        try:
-            self.server.start()
-        except RuntimeError as exc:
-            raise ServerFailed(str(exc)) from None
-
-    def stop(self) -> None:
-        self.server.stop()
-        if self in _running:
-            _running.remove(self)
-
-    @property
-    def pid(self) -> int:
-        return self.server.pid
-
-    def alive(self) -> bool:
-        return self.server.alive()
-
-    def log_tail(self) -> str:
-        return self.server.log_tail()
+    def _start(self) -> None:
+        self.process.start()
 
     def accounting_records(self) -> int | None:
         """Entries in the detail file (one per request)."""
-        path = self.server.detail_path
+        path = self.process.detail_path
         return path.read_bytes().count(b"\tAcct-Status-Type = ") if path.exists() else 0
 
 
@@ -172,7 +136,7 @@ class FreeRADIUSSQLServer(FreeRADIUSServer):
 
     def accounting_records(self) -> int | None:
         """radacct rows (one per Start) plus the rows a Stop closed."""
-        with sqlite3.connect(f"file:{self.server.db_path}?mode=ro", uri=True) as conn:
+        with sqlite3.connect(f"file:{self.process.db_path}?mode=ro", uri=True) as conn:
             rows, stopped = conn.execute("SELECT count(*), count(acctstoptime) FROM radacct").fetchone()
         return int(rows) + int(stopped)
 
@@ -183,9 +147,9 @@ class IspdServer(Server):
 
     def __init__(self, workdir: Path, cpus: str | None) -> None:
         super().__init__(workdir, cpus)
-        self.daemon = IspdDaemon(workdir, cpus, preexec=_death_signal())
+        self.process = IspdDaemon(workdir, cpus, preexec=_death_signal())
 
-    def start(self, timeout: float = 30.0) -> None:
+    def _start(self) -> None:
         assert self.seed is not None
         self.workdir.mkdir(parents=True, exist_ok=True)
         for suffix in ("", "-wal", "-shm"):
@@ -193,25 +157,9 @@ class IspdServer(Server):
                 shutil.copyfile(f"{self.seed}{suffix}", self.workdir / f"ispd.db{suffix}")
         config = ISPD_CONFIG.format(workdir=self.workdir, metrics_port=free_tcp_port(), auth_port=self.auth_port,
                                     acct_port=self.acct_port, secret=SECRET)
-        _running.append(self)
         # RFC 5997: Status-Server to the auth port is answered with Access-Accept
-        self.daemon.start(config, lambda: status_server("127.0.0.1", self.auth_port, SECRET, 0.2) == ACCESS_ACCEPT,
-                          f"answer Status-Server on 127.0.0.1:{self.auth_port}", timeout)
-
-    def stop(self, timeout: float = 15.0) -> None:
-        self.daemon.stop(timeout)
-        if self in _running:
-            _running.remove(self)
-
-    @property
-    def pid(self) -> int:
-        return self.daemon.pid
-
-    def alive(self) -> bool:
-        return self.daemon.alive()
-
-    def log_tail(self, lines: int = 30) -> str:
-        return self.daemon.log_tail(lines)
+        self.process.start(config, lambda: status_server("127.0.0.1", self.auth_port, SECRET, 0.2) == ACCESS_ACCEPT,
+                           f"answer Status-Server on 127.0.0.1:{self.auth_port}")
 
 
 def freeradius_threads(cpus: str | None) -> int:
@@ -223,7 +171,6 @@ def freeradius_threads(cpus: str | None) -> int:
 
 SERVERS: dict[str, type[Server]] = {"ispd": IspdServer, "freeradius": FreeRADIUSServer,
                                     "freeradius-sql": FreeRADIUSSQLServer}
-_running: list[Server] = []
 
 
 async def seed_ispd_store(path: Path, users: Sequence[tuple[str, str]]) -> None:
@@ -278,10 +225,6 @@ class Run:
     @property
     def lost_percent(self) -> float:
         return 100.0 * self.lost / self.sent if self.sent else 0.0
-
-
-def udp_rcvbuf_errors() -> int:
-    return udp_rcvbuf_errors_in(Path("/proc/net/snmp").read_text())
 
 
 def run_radload(server: Server, workload: str, *, duration: float, window: int, cpus: str | None) -> Run:
@@ -468,11 +411,6 @@ def ispd_hint(error: str) -> str:
 
 
 # --- running it all
-
-
-def stop_all() -> None:
-    for server in list(_running):
-        server.stop()
 
 
 def preflight(names: list[str]) -> None:
