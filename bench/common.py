@@ -52,7 +52,7 @@ def machine_summary() -> str:
 class BenchServer:
     """A server the benchmark starts and must stop whatever happens (an error, Ctrl-C, SIGTERM):
     ``process`` is what runs — an ``IspdDaemon`` or a server of the test lab, each with
-    ``stop()``, ``pid``, ``alive()`` and ``log_tail()`` — and ``_start`` starts it. Started
+    ``stop()``, ``log_tail()`` and its ``proc`` (a Popen while it runs) — and ``_start`` starts it. Started
     servers are listed in ``RUNNING`` for ``stop_all`` at exit."""
 
     name = ""
@@ -76,10 +76,13 @@ class BenchServer:
 
     @property
     def pid(self) -> int:
-        return int(self.process.pid)
+        proc = self.process.proc
+        assert proc is not None, f"{self.name} is not running"
+        return int(proc.pid)
 
     def alive(self) -> bool:
-        return bool(self.process.alive())
+        proc = self.process.proc
+        return proc is not None and proc.poll() is None
 
     def log_tail(self) -> str:
         return str(self.process.log_tail())

@@ -1163,14 +1163,6 @@ class Unbound:
             _terminate(self.proc)
             self.proc = None
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
     def __enter__(self) -> Unbound:
         return self.start()
 
