@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from ispd.configtypes import IPAddress, IPNetwork, ListenAddress, Section
+from ispd.configtypes import IPAddress, IPNetwork, ListenAddress, Section, SocketAddress
 from ispd.dns.wire import name_from_text
 
 
@@ -179,7 +179,7 @@ class DoQConfig(EncryptedListenerConfig):
 class DNSConfig(Section):
     enabled: bool = False
     # UDP and TCP on each address.
-    listen: list[ListenAddress] = Field(default_factory=lambda: ["127.0.0.1:53"])  # type: ignore[arg-type]
+    listen: list[ListenAddress] = Field(default_factory=lambda: [SocketAddress("127.0.0.1", 53)])
     # Clients allowed to query (the subscriber networks); everyone else gets REFUSED.
     allow: list[IPNetwork] = Field(default_factory=lambda: [ip_network("127.0.0.0/8"), ip_network("::1/128")])
     # Root hints in named.root format; unset: the IANA root servers (a copy ships with ispd).

@@ -50,8 +50,9 @@ from aioquic.tls import SessionTicket
 
 from ispd.configtypes import SocketAddress
 from ispd.dns.doh import error_headers
-from ispd.dns.frontend import Answerer, ConnectionGate, TransportStats, load_certificate, server_tls_context
+from ispd.dns.frontend import Answerer, TransportStats
 from ispd.dns.https import DoHResponder, RequestInProgress, Response
+from ispd.listeners import ConnectionGate, load_certificate, server_tls_context
 from ispd.service import ServiceStartError, describe_os_error
 
 DOQ_ALPN = ["doq"]  # RFC 9250 §4.1.1

@@ -25,7 +25,7 @@ from ispd.config import Config
 from ispd.dns.cache import AnswerCache, CacheLimits, RRsetCache
 from ispd.dns.config import DNSConfig, EncryptedListenerConfig
 from ispd.dns.engine import DNSEngine
-from ispd.dns.frontend import Answerer, CertificateError, ConnectionGate, TransportStats, server_tls_context
+from ispd.dns.frontend import Answerer, TransportStats
 from ispd.dns.hints import HintsError, load_root_hints
 from ispd.dns.https import DoHResponder, serve_h2
 from ispd.dns.localdata import LocalData
@@ -48,6 +48,7 @@ from ispd.events import (
     SubscriberResumed,
     SubscriberSuspended,
 )
+from ispd.listeners import CertificateError, ConnectionGate, server_tls_context
 from ispd.logs import get_logger
 from ispd.service import Health, Service, ServiceContext, ServiceStartError, describe_os_error
 from ispd.store.errors import StoreError

@@ -18,7 +18,8 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 from ispd.configtypes import SocketAddress
-from ispd.dns.frontend import ConnectionGate, TransportStats, server_tls_context
+from ispd.dns.frontend import TransportStats
+from ispd.listeners import ConnectionGate, server_tls_context
 from ispd.logs import get_logger
 from ispd.service import ServiceStartError, describe_os_error
 

@@ -21,7 +21,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, field_validator, model_validator
 
-from ispd.configtypes import IPNetwork, IPv4RangeText, ListenAddress, Section, parse_range
+from ispd.configtypes import IPNetwork, IPv4RangeText, ListenAddress, Section, SocketAddress, parse_range
 
 OWN_PROCESS_MIN_CPUS = 4
 _ASSIGNMENT = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?::(\d{1,2}))?\s*=\s*(.*?)\s*$")
@@ -153,8 +153,8 @@ class RadiusConfig(Section):
         if self.process == "auto":
             return len(os.sched_getaffinity(0)) >= OWN_PROCESS_MIN_CPUS
         return self.process == "own"
-    listen_auth: list[ListenAddress] = Field(default_factory=lambda: ["127.0.0.1:1812"])  # type: ignore[arg-type]
-    listen_acct: list[ListenAddress] = Field(default_factory=lambda: ["127.0.0.1:1813"])  # type: ignore[arg-type]
+    listen_auth: list[ListenAddress] = Field(default_factory=lambda: [SocketAddress("127.0.0.1", 1812)])
+    listen_acct: list[ListenAddress] = Field(default_factory=lambda: [SocketAddress("127.0.0.1", 1813)])
     client: list[RadiusClientConfig] = []
     # More dictionary files in FreeRADIUS's format, on top of those ispd ships (standard,
     # Microsoft, MikroTik, Cisco, Juniper, DSL Forum), e.g. /usr/share/freeradius/dictionary.
