@@ -23,6 +23,8 @@ from ispd.store.models import (
     CredentialPolicy,
     Lease,
     LeaseHistoryEntry,
+    Mailbox,
+    MailRecipient,
     Plan,
     RadiusSession,
     Reservation,
@@ -147,6 +149,27 @@ class Store(ABC):
     @abstractmethod
     async def delete_reservation(self, reservation_id: int, *, actor: str) -> Reservation:
         """Remove a reservation (``NotFound`` if there is none); audited as "reservation.deleted"."""
+
+    # --- mailboxes (the files live in the mail service's Maildir root; the store knows who owns what)
+
+    @abstractmethod
+    async def add_mailbox(self, subscriber: SubscriberRef, address: str, *, actor: str,
+                          quota_bytes: int | None = None) -> Mailbox:
+        """A mailbox for the subscriber; ``Conflict`` if the address is taken."""
+
+    @abstractmethod
+    async def list_mailboxes(self, *, subscriber: SubscriberRef | None = None) -> list[Mailbox]: ...
+
+    @abstractmethod
+    async def delete_mailbox(self, address: str, *, actor: str) -> Mailbox: ...
+
+    @abstractmethod
+    async def set_mailbox_quota(self, address: str, quota_bytes: int | None, *, actor: str) -> Mailbox:
+        """None: the plan's quota applies again."""
+
+    @abstractmethod
+    async def mail_recipient(self, address: str) -> MailRecipient | None:
+        """The mailbox at exactly this (canonical, lowercase) address, or None."""
 
     # --- leases
     @abstractmethod

@@ -309,6 +309,17 @@ class Mailbox:
 
 
 @dataclass(frozen=True, slots=True)
+class MailRecipient:
+    """What mail delivery needs to know about one mailbox, read in one query."""
+
+    mailbox: Mailbox
+    username: str
+    status: SubscriberStatus
+    # The mailbox's own quota, else its subscriber's plan's; None: no limit.
+    quota_bytes: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class AuditEntry:
     """One admin change, in the append-only audit log (also how other processes learn of it)."""
 

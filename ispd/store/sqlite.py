@@ -22,6 +22,7 @@ locked" at once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import queue
@@ -53,6 +54,7 @@ from ispd.store.models import (
     LeaseHistoryEntry,
     LeaseService,
     Mailbox,
+    MailRecipient,
     Plan,
     RadiusSession,
     Reservation,
@@ -64,6 +66,7 @@ from ispd.store.models import (
     Usage,
 )
 from ispd.store.sqlite_addresses import lease_from_row
+from ispd.store.sqlite_mail import find_mailbox, insert_mailbox, mail_recipient, mailbox_from_row
 from ispd.store.sqlite_radius import (
     SESSION_COLUMNS,
     close_sessions,
@@ -73,7 +76,7 @@ from ispd.store.sqlite_radius import (
     session_from_row,
     usage_between,
 )
-from ispd.store.validation import hostname_text, ipv4_text, reservable_address, reservation_key
+from ispd.store.validation import hostname_text, ipv4_text, mail_address, reservable_address, reservation_key
 
 T = TypeVar("T")
 log = get_logger("ispd.store")
@@ -411,6 +414,12 @@ def _checked(check: Callable[[str], str], value: str) -> str:
         return check(value)
     except ValueError as exc:
         raise InvalidValue(str(exc)) from None
+
+
+def _checked_quota(quota_bytes: int | None) -> int | None:
+    if quota_bytes is not None and not 0 <= quota_bytes < 2**63:
+        raise InvalidValue(f"a quota of {quota_bytes} bytes is out of range")
+    return quota_bytes
 
 
 def _audit_entry(row: sqlite3.Row) -> AuditEntry:
@@ -790,11 +799,8 @@ class SQLiteStore(Store):
             usage = usage_between(conn, sid, month_start(now), now)
             coa = [coa_from_row(r) for r in conn.execute(
                 "SELECT * FROM coa_requests WHERE subscriber_id = ? ORDER BY id DESC LIMIT 10", (sid,))]
-            mailboxes = [
-                Mailbox(id=r["id"], subscriber_id=sid, address=r["address"], quota_bytes=r["quota_bytes"],
-                        created_at=r["created_at"])
-                for r in conn.execute("SELECT * FROM mailboxes WHERE subscriber_id = ? ORDER BY address", (sid,))
-            ]
+            mailboxes = [mailbox_from_row(r) for r in conn.execute(
+                "SELECT * FROM mailboxes WHERE subscriber_id = ? ORDER BY address", (sid,))]
             audit = [_audit_entry(r) for r in conn.execute(
                 "SELECT * FROM audit_log WHERE subject_kind = 'subscriber' AND subject_id = ?"
                 " ORDER BY id DESC LIMIT ?", (sid, audit_limit))]
@@ -879,6 +885,65 @@ class SQLiteStore(Store):
             return deleted
 
         return await self._write("delete_reservation", run)
+
+    # --- mailboxes
+
+    async def add_mailbox(self, subscriber: SubscriberRef, address: str, *, actor: str,
+                          quota_bytes: int | None = None) -> Mailbox:
+        checked = _checked(mail_address, address)
+        quota = _checked_quota(quota_bytes)
+        now = self.clock()
+
+        def run(conn: sqlite3.Connection) -> Mailbox:
+            row = _find_subscriber(conn, subscriber)
+            added = insert_mailbox(conn, row["id"], checked, quota, now)
+            _append_audit(conn, now, actor, "mailbox.added", "subscriber", row["id"], row["username"],
+                          {"address": checked, "quota_bytes": quota})
+            return added
+
+        return await self._write("add_mailbox", run)
+
+    async def list_mailboxes(self, *, subscriber: SubscriberRef | None = None) -> list[Mailbox]:
+        def run(conn: sqlite3.Connection) -> list[Mailbox]:
+            if subscriber is None:
+                rows = conn.execute("SELECT * FROM mailboxes ORDER BY address")
+            else:
+                sid = _find_subscriber(conn, subscriber)["id"]
+                rows = conn.execute("SELECT * FROM mailboxes WHERE subscriber_id = ? ORDER BY address", (sid,))
+            return [mailbox_from_row(r) for r in rows]
+
+        return await self._read("list_mailboxes", run)
+
+    async def delete_mailbox(self, address: str, *, actor: str) -> Mailbox:
+        checked = _checked(mail_address, address)
+        now = self.clock()
+
+        def run(conn: sqlite3.Connection) -> Mailbox:
+            row = find_mailbox(conn, checked)
+            conn.execute("DELETE FROM mailboxes WHERE id = ?", (row["id"],))
+            _append_audit(conn, now, actor, "mailbox.deleted", "subscriber", row["subscriber_id"], row["username"],
+                          {"address": checked})
+            return mailbox_from_row(row)
+
+        return await self._write("delete_mailbox", run)
+
+    async def set_mailbox_quota(self, address: str, quota_bytes: int | None, *, actor: str) -> Mailbox:
+        checked = _checked(mail_address, address)
+        quota = _checked_quota(quota_bytes)
+        now = self.clock()
+
+        def run(conn: sqlite3.Connection) -> Mailbox:
+            row = find_mailbox(conn, checked)
+            conn.execute("UPDATE mailboxes SET quota_bytes = ? WHERE id = ?", (quota, row["id"]))
+            _append_audit(conn, now, actor, "mailbox.quota_changed", "subscriber", row["subscriber_id"],
+                          row["username"], {"address": checked, "quota_bytes": quota,
+                                            "previous_quota_bytes": row["quota_bytes"]})
+            return dataclasses.replace(mailbox_from_row(row), quota_bytes=quota)
+
+        return await self._write("set_mailbox_quota", run)
+
+    async def mail_recipient(self, address: str) -> MailRecipient | None:
+        return await self._read("mail_recipient", lambda conn: mail_recipient(conn, address))
 
     # --- leases
 

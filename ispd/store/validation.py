@@ -49,6 +49,29 @@ def hostname_text(text: str) -> str:
     return name
 
 
+_MAILBOX_LOCAL_PART = re.compile(r"^[a-z0-9_-]+(?:\.[a-z0-9_-]+)*$")
+
+
+def mail_address(text: str) -> str:
+    """A mailbox's address, kept in lowercase: ``local@domain``. The local part takes letters,
+    digits, ``_``, ``-`` and inner dots: it names the Maildir on disk, and ``+`` is left free for
+    subaddresses (``alice+lists@``, delivered to alice)."""
+    address = text.strip().lower()
+    local, at, domain = address.rpartition("@")
+    if not at or not local:
+        raise ValueError(f"{text!r} is not a mail address (write it like alice@isp.example)")
+    if len(local) > 64 or not _MAILBOX_LOCAL_PART.match(local):
+        raise ValueError(f"{text!r}: a mailbox's name (before @) takes letters, digits, '_', '-' and inner dots, "
+                         f"at most 64 of them")
+    try:
+        checked_domain = hostname_text(domain)
+    except ValueError:
+        raise ValueError(f"{text!r}: {domain!r} is not a domain name") from None
+    if "." not in checked_domain:
+        raise ValueError(f"{text!r}: {domain!r} is not a domain name (it has no dot)")
+    return f"{local}@{checked_domain}"
+
+
 def reservation_key(kind: str, key: str) -> tuple[ReservationKind, str]:
     """The kind and the canonical key (see ``ispd.dhcp.identifiers``)."""
     try:
