@@ -36,6 +36,7 @@ from ispd.credentials import (
     generate_password,
 )
 from ispd.logs import LogConfig, configure_logging
+from ispd.mail.maildir import Maildir
 from ispd.store import NotFound, Store, StoreError, open_store
 from ispd.store.models import (
     CredentialPolicy,
@@ -50,7 +51,7 @@ from ispd.store.models import (
     SubscriberOverview,
     SubscriberStatus,
 )
-from ispd.store.validation import hostname_text, ipv4_text, reservable_address, reservation_key
+from ispd.store.validation import hostname_text, ipv4_text, mail_address, reservable_address, reservation_key
 
 DEFAULT_CONFIG = "/etc/ispd/ispd.toml"
 EXIT_FAILED, EXIT_USAGE = 1, 2
@@ -647,7 +648,92 @@ def build_parser() -> argparse.ArgumentParser:
                            help="send a session the subscriber's current profile (CoA-Request)")
     p.add_argument("id", type=positive_int, help="the session's number (see session list)")
     p.set_defaults(handler=cmd_session_coa, without_store=True)
+    mailbox = top.add_parser("mailbox", help="subscribers' mailboxes").add_subparsers(dest="action", required=True)
+    p = mailbox.add_parser("add", parents=[config_opts, json_opt], help="give a subscriber a mailbox",
+                           description="Give a subscriber a mailbox at one of [mail] domains. Its Maildir is "
+                                       "made by the daemon at the first delivery.")
+    p.add_argument("subscriber", help="username or id")
+    p.add_argument("address", type=checked_arg(mail_address), help="e.g. alice@isp.example")
+    p.add_argument("--quota", type=parse_size, metavar="SIZE", help="e.g. 2G (default: the plan's mail quota)")
+    p.set_defaults(handler=cmd_mailbox_add, prepare=remember_mail_config)
+    p = mailbox.add_parser("list", parents=[config_opts, json_opt], help="list mailboxes")
+    p.add_argument("--subscriber", help="only this subscriber's (username or id)")
+    p.set_defaults(handler=cmd_mailbox_list)
+    p = mailbox.add_parser("delete", parents=[config_opts],
+                           help="delete a mailbox (mail to it is refused; its Maildir is left on disk)")
+    p.add_argument("address", type=checked_arg(mail_address))
+    p.set_defaults(handler=cmd_mailbox_delete, prepare=remember_mail_config)
+    p = mailbox.add_parser("quota", parents=[config_opts, json_opt],
+                           help="a mailbox's usage and limit; --set changes the limit")
+    p.add_argument("address", type=checked_arg(mail_address))
+    p.add_argument("--set", dest="set_quota", type=quota_arg, metavar="SIZE", default=_QUOTA_UNCHANGED,
+                   help="the mailbox's own limit, e.g. 5G; 'plan' goes back to the plan's")
+    p.set_defaults(handler=cmd_mailbox_quota, prepare=remember_mail_config)
     return parser
+
+
+_QUOTA_UNCHANGED = object()
+
+
+def quota_arg(text: str) -> int | None:
+    return None if text.strip().lower() == "plan" else parse_size(text)
+
+
+def remember_mail_config(config: Config, args: argparse.Namespace) -> None:
+    args.mail = config.mail
+
+
+async def cmd_mailbox_add(store: Store, args: argparse.Namespace) -> None:
+    domain = args.address.rpartition("@")[2]
+    if domain not in args.mail.domains:
+        known = ", ".join(args.mail.domains) or "none yet"
+        raise CommandFailed(f"{domain} is not one of the mail domains in {args.config} ([mail] domains: {known})")
+    mailbox = await store.add_mailbox(args.subscriber, args.address, actor=actor(), quota_bytes=args.quota)
+    username = await username_of(store, mailbox.subscriber_id)
+    if args.json:
+        print_json({**_jsonable(mailbox), "username": username})
+        return
+    quota = f", quota {mailbox.quota_bytes} bytes" if mailbox.quota_bytes is not None else ""
+    print(f"added mailbox {mailbox.address} for {username or '#' + str(mailbox.subscriber_id)}{quota}")
+
+
+async def cmd_mailbox_list(store: Store, args: argparse.Namespace) -> None:
+    mailboxes = await store.list_mailboxes(subscriber=args.subscriber)
+    names = {s.id: s.username for s in await store.list_subscribers()}
+    if args.json:
+        print_json([{**_jsonable(m), "username": names.get(m.subscriber_id)} for m in mailboxes])
+        return
+    print_table(["ADDRESS", "SUBSCRIBER", "QUOTA", "CREATED"],
+                [[m.address, names.get(m.subscriber_id), m.quota_bytes if m.quota_bytes is not None else "plan",
+                  when(m.created_at)] for m in mailboxes])
+
+
+async def cmd_mailbox_delete(store: Store, args: argparse.Namespace) -> None:
+    mailbox = await store.delete_mailbox(args.address, actor=actor())
+    path = Maildir.for_address(args.mail.maildir_root, mailbox.address).path
+    print(f"deleted mailbox {mailbox.address}; its mail stays in {path} until you remove it")
+
+
+async def cmd_mailbox_quota(store: Store, args: argparse.Namespace) -> None:
+    if args.set_quota is not _QUOTA_UNCHANGED:
+        await store.set_mailbox_quota(args.address, args.set_quota, actor=actor())
+    recipient = await store.mail_recipient(args.address)
+    if recipient is None:
+        raise CommandFailed(f"no mailbox {args.address}")
+    maildir = Maildir.for_address(args.mail.maildir_root, recipient.mailbox.address)
+    usage = await asyncio.get_running_loop().run_in_executor(None, maildir.usage)
+    source = "mailbox" if recipient.mailbox.quota_bytes is not None else (
+        "plan" if recipient.quota_bytes is not None else None)
+    if args.json:
+        print_json({"address": recipient.mailbox.address, "used_bytes": usage.bytes, "messages": usage.messages,
+                    "quota_bytes": recipient.quota_bytes, "quota_from": source})
+        return
+    if recipient.quota_bytes is None:
+        limit = "no limit"
+    else:
+        share = 100 * usage.bytes / recipient.quota_bytes if recipient.quota_bytes else 100.0
+        limit = f"of {recipient.quota_bytes} ({share:.1f}%, the {source}'s limit)"
+    print(f"{recipient.mailbox.address}: {usage.bytes} bytes in {usage.messages} messages, {limit}")
 
 
 def ip_text(text: str) -> str:
@@ -812,6 +898,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for problem in radius_problems:
                     print(f"ispd: radius: {problem}", file=sys.stderr)
                 if radius_problems:
+                    return EXIT_USAGE
+            if config.mail.enabled:
+                from ispd.mail.service import check_files as check_mail_files
+
+                mail_problems = check_mail_files(config.mail)
+                for problem in mail_problems:
+                    print(f"ispd: mail: {problem}", file=sys.stderr)
+                if mail_problems:
                     return EXIT_USAGE
             print(f"{args.config}: ok")
             return 0

@@ -18,6 +18,7 @@ from ispd.control import MAX_PATH_BYTES as MAX_SOCKET_PATH_BYTES
 from ispd.dhcp.config import DHCPConfig
 from ispd.dns.config import DNSConfig
 from ispd.logs import LogConfig
+from ispd.mail.config import MailConfig
 from ispd.metrics.config import MetricsConfig
 from ispd.radius.config import AddressPoolConfig, RadiusConfig
 from ispd.store.config import StoreConfig
@@ -51,6 +52,7 @@ class Config(Section):
     dhcp: DHCPConfig = DHCPConfig()
     dns: DNSConfig = DNSConfig()
     radius: RadiusConfig = RadiusConfig()
+    mail: MailConfig = MailConfig()
 
     @model_validator(mode="after")
     def _shared_pools(self) -> Config:
@@ -155,6 +157,12 @@ def _resolve_relative_paths(config: Config, base: Path) -> Config:
     radius = config.radius
     config = config.model_copy(update={"radius": radius.model_copy(update={
         "dictionaries": [anchored(path) for path in radius.dictionaries]})})
+    mail = config.mail
+    config = config.model_copy(update={"mail": mail.model_copy(update={
+        "maildir_root": anchored(mail.maildir_root),
+        "certificate": anchored(mail.certificate) if mail.certificate is not None else None,
+        "private_key": anchored(mail.private_key) if mail.private_key is not None else None,
+    })})
     return config
 
 

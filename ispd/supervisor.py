@@ -44,6 +44,7 @@ from ispd.dns.service import DNSService
 from ispd.entry import HELD_SIGNALS
 from ispd.events import AuditRelay, EventBus
 from ispd.logs import configure_logging, get_logger
+from ispd.mail.service import MailService
 from ispd.metrics.fast import FastCollector
 from ispd.metrics.service import MetricsService
 from ispd.radius.service import RadiusService
@@ -60,6 +61,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("dhcp", lambda c: c.dhcp.enabled, DHCPService),
     ServiceSpec("dns", lambda c: c.dns.enabled, DNSService),
     ServiceSpec("radius", lambda c: c.radius.enabled, RadiusService, lambda c: c.radius.own_process),
+    ServiceSpec("mail", lambda c: c.mail.enabled, MailService),
 )
 
 STORE_PING_TIMEOUT_SECONDS = 2.0

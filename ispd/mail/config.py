@@ -1,0 +1,79 @@
+"""The ``[mail]`` section: the domains ispd receives mail for, where mailboxes live, and the
+SMTP listeners with their limits.
+
+Defaults are a careful MX's: a loopback listener until the operator names real addresses, mail
+accepted only for the configured domains (never an open relay), the limits of Postfix's
+defaults or tighter, STARTTLS offered once a certificate is given.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, Field, model_validator
+
+from ispd.configtypes import ListenAddress, Section, SocketAddress
+from ispd.store.validation import hostname_text, mail_address
+
+
+def _domain(text: str) -> str:
+    name = hostname_text(text)
+    if "." not in name:
+        raise ValueError(f"{text!r} is not a mail domain (it has no dot)")
+    return name
+
+
+MailDomain = Annotated[str, AfterValidator(_domain)]
+MailAddressText = Annotated[str, AfterValidator(mail_address)]
+
+
+class MailConfig(Section):
+    enabled: bool = False
+    # The domains whose addresses are subscribers' mailboxes (`ispd mailbox add`). Mail for any
+    # other domain is refused on the MX (no relaying).
+    domains: list[MailDomain] = []
+    # The name ispd gives in its greeting, EHLO reply and Received headers; the machine's fully
+    # qualified name when unset.
+    hostname: Annotated[str, AfterValidator(hostname_text)] | None = None
+    # Mailboxes are Maildir++ directories under this root: <root>/<domain>/<local part>/.
+    maildir_root: Path = Path("/var/lib/ispd/mail")
+    # The MX: where the world delivers mail for the domains (port 25).
+    listen_mx: list[ListenAddress] = Field(default_factory=lambda: [SocketAddress("127.0.0.1", 25)])
+    # PEM files; when given, the MX offers STARTTLS (RFC 3207). Re-read on SIGHUP.
+    certificate: Path | None = None
+    private_key: Path | None = None
+    # A message larger than this is refused (552 5.3.4); advertised in EHLO as SIZE.
+    max_message_bytes: int = Field(default=25 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    # Recipients of one message; beyond it RCPT gets 452 4.5.3 (RFC 5321 §4.5.3.1.8 asks for
+    # at least 100).
+    max_recipients: int = Field(default=100, ge=1, le=10_000)
+    # SMTP connections at once, in total and from one client address; over it: 421 and closed.
+    max_connections: int = Field(default=500, ge=1, le=100_000)
+    max_connections_per_client: int = Field(default=20, ge=1, le=10_000)
+    # A client that sends nothing for this long is disconnected (RFC 5321 §4.5.3.2: 5 minutes).
+    command_timeout_seconds: float = Field(default=300.0, ge=10, le=3600)
+    # alice+lists@ is delivered to alice@ when no mailbox has the whole address; "" turns it off.
+    recipient_delimiter: str = Field(default="+", pattern=r"^[+\-=_]?$")
+    # Mail to postmaster@ any of the domains (RFC 5321 §4.5.1 requires that it is accepted)
+    # goes to this mailbox, unless a mailbox of that very address exists.
+    postmaster: MailAddressText | None = None
+
+    @property
+    def server_name(self) -> str:
+        return self.hostname or socket.getfqdn()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MailConfig:
+        if len(set(self.domains)) != len(self.domains):
+            raise ValueError("domains: a domain is listed twice")
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("give both `certificate` and `private_key` (PEM file paths), or neither")
+        if self.enabled and not self.domains:
+            raise ValueError('give the domains to receive mail for, e.g. domains = ["isp.example"]')
+        if self.enabled and not self.listen_mx:
+            raise ValueError('give listen_mx addresses, e.g. listen_mx = ["198.18.0.25:25"]')
+        if self.postmaster is not None and self.postmaster.rpartition("@")[2] not in self.domains:
+            raise ValueError(f"postmaster: {self.postmaster} is not at one of the domains")
+        return self

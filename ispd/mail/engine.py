@@ -1,0 +1,173 @@
+"""The MX's decisions, pure: which recipients are accepted, which mailbox a recipient is, what a
+message must fit, and the trace headers a delivered message carries.
+
+aiosmtpd is the codec and state machine (commands, pipelining, DATA with dot-stuffing and its
+smuggling defences); this module decides, and ``ispd.mail.service`` glues the two and does the
+I/O (store lookups, Maildir writes).
+
+Recipients (RFC 5321 §3.3, §4.5.1):
+- a domain that is not one of ``[mail] domains`` is refused: 554 5.7.1 relay access denied;
+- a local address is looked up as written, then without its subaddress (``alice+lists`` is
+  alice), then, for ``postmaster``, as the configured postmaster mailbox; none: 550 5.1.1;
+- a closed subscriber's mailbox is disabled: 550 5.2.1; a suspended one still receives mail (the
+  billing notices must reach it);
+- quota (RFC 9208): a mailbox already at its limit, or that the declared SIZE would take past
+  it, gets 452 4.2.2 (the sender retries; the owner may make room); a message larger than the
+  whole quota can never fit: 552 5.2.2. At DATA the real size is checked again.
+
+Not here yet: SPF, DKIM and DMARC checks; submission and relaying for authenticated senders.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+from ispd.store.models import MailRecipient, SubscriberStatus
+
+# Trace text written into headers is kept to these characters: a HELO name or address is
+# client-controlled and must not be able to start a header of its own.
+_UNSAFE_TRACE = re.compile(r"[^A-Za-z0-9.:_\-\[\]@+=]")
+_ENHANCED = re.compile(r"^\d{3}[ -]\d\.\d{1,3}\.\d{1,3}(?: |$)")
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An SMTP reply with its enhanced status code (RFC 3463)."""
+
+    code: int
+    enhanced: str
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.enhanced} {self.text}"
+
+
+class SMTPRefusal(Exception):
+    """A refusal that knows its reply; ``reason`` is its metrics label."""
+
+    def __init__(self, reply: Reply, reason: str) -> None:
+        super().__init__(str(reply))
+        self.reply = reply
+        self.reason = reason
+
+
+# Closed set: the label values of rejected recipients and messages.
+REFUSAL_REASONS = ("relay_denied", "unknown_recipient", "mailbox_disabled", "over_quota", "too_many_recipients",
+                   "too_large", "line_too_long", "bad_address", "local_error")
+
+
+def with_enhanced_code(line: str) -> str:
+    """A reply line with an enhanced status code (RFC 2034 §4: every 2xx, 4xx and 5xx reply but
+    the greeting and the HELO/EHLO reply carries one), for aiosmtpd's own replies, which lack it."""
+    if len(line) < 4 or not line[:3].isdigit() or line[0] not in "245" or _ENHANCED.match(line):
+        return line
+    if line.startswith("220"):  # the greeting, and STARTTLS's go-ahead (RFC 3207 shows it bare)
+        return line
+    code = int(line[:3])
+    enhanced = {250: "2.0.0", 221: "2.0.0", 235: "2.7.0", 252: "2.5.0", 500: "5.5.2", 501: "5.5.4", 502: "5.5.1",
+                503: "5.5.1", 504: "5.5.4", 530: "5.7.0", 535: "5.7.8", 538: "5.7.11", 552: "5.3.4", 553: "5.1.3",
+                554: "5.3.0", 555: "5.5.4", 421: "4.3.0", 451: "4.3.0", 452: "4.3.1"}.get(code)
+    if enhanced is None:
+        enhanced = f"{line[0]}.0.0"
+    return f"{line[:4]}{enhanced} {line[4:]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a local recipient may be: the mailbox addresses to look up, in order."""
+
+    candidates: tuple[str, ...]
+
+
+class MXPolicy:
+    def __init__(self, domains: list[str], *, recipient_delimiter: str = "+", postmaster: str | None = None,
+                 max_recipients: int = 100) -> None:
+        self.domains = frozenset(domains)
+        self.recipient_delimiter = recipient_delimiter
+        self.postmaster = postmaster
+        self.max_recipients = max_recipients
+
+    def route(self, address: str, accepted_so_far: int) -> Route:
+        """The mailboxes an RCPT TO address may name; raises ``SMTPRefusal`` for a recipient that
+        is not ours to take."""
+        if accepted_so_far >= self.max_recipients:
+            raise SMTPRefusal(Reply(452, "4.5.3", "Too many recipients"), "too_many_recipients")
+        local, at, domain = address.rpartition("@")
+        domain = domain.lower().removesuffix(".")
+        if not at or not local:
+            # RFC 5321 §4.5.1: <postmaster> without a domain must be accepted too.
+            if address.lower() == "postmaster" and self.postmaster is not None:
+                return Route((self.postmaster,))
+            raise SMTPRefusal(Reply(553, "5.1.3", f"<{_printable(address)}>: Recipient address is not valid"),
+                              "bad_address")
+        if domain not in self.domains:
+            raise SMTPRefusal(Reply(554, "5.7.1", f"<{_printable(address)}>: Relay access denied"), "relay_denied")
+        local = local.lower()
+        candidates = [f"{local}@{domain}"]
+        if self.recipient_delimiter and self.recipient_delimiter in local:
+            base = local.partition(self.recipient_delimiter)[0]
+            if base:
+                candidates.append(f"{base}@{domain}")
+        if local == "postmaster" and self.postmaster is not None:
+            candidates.append(self.postmaster)
+        return Route(tuple(candidates))
+
+    @staticmethod
+    def unknown(address: str) -> SMTPRefusal:
+        return SMTPRefusal(Reply(550, "5.1.1", f"<{_printable(address)}>: Recipient address rejected: "
+                                               "User unknown in virtual mailbox table"), "unknown_recipient")
+
+    @staticmethod
+    def admit(address: str, recipient: MailRecipient, used_bytes: int | None, size: int) -> None:
+        """Raises ``SMTPRefusal`` unless the mailbox can take a message of ``size`` bytes now
+        (``size`` 0: not known yet). ``used_bytes`` is None when the mailbox has no quota."""
+        if recipient.status is SubscriberStatus.CLOSED:
+            raise SMTPRefusal(Reply(550, "5.2.1", f"<{_printable(address)}>: Mailbox disabled"), "mailbox_disabled")
+        quota = recipient.quota_bytes
+        if quota is None or used_bytes is None:
+            return
+        if size > quota:
+            raise SMTPRefusal(Reply(552, "5.2.2", f"<{_printable(address)}>: Message is larger than the "
+                                                  "mailbox's quota"), "over_quota")
+        if used_bytes + size > quota or used_bytes >= quota:
+            raise SMTPRefusal(Reply(452, "4.2.2", f"<{_printable(address)}>: Mailbox full, try again later"),
+                              "over_quota")
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() and c not in "<>" else "?" for c in text)[:256]
+
+
+def trace_text(text: str) -> str:
+    return _UNSAFE_TRACE.sub("_", text)[:255] or "unknown"
+
+
+def _header_address(address: str) -> str:
+    # An envelope address as it came (UTF-8 with SMTPUTF8), short of what could end the header.
+    return "".join("_" if ord(c) < 0x20 or c in "<>\x7f" else c for c in address)[:512]
+
+
+def protocol_name(*, extended: bool, tls: bool, authenticated: bool, utf8: bool) -> str:
+    """The WITH keyword of a Received header (RFC 3848; RFC 6531 §4.3 for UTF8SMTP)."""
+    base = "UTF8SMTP" if utf8 else "ESMTP" if extended else "SMTP"
+    suffix = ("S" if tls else "") + ("A" if authenticated else "")
+    return base + suffix
+
+
+def trace_headers(*, return_path: str, helo: str, client_ip: str, server_name: str, protocol: str, queue_id: str,
+                  recipient: str | None, now: float) -> bytes:
+    """Return-Path and Received (RFC 5321 §4.4), as the final delivery adds them. ``for`` names
+    the recipient only when there is one: listing several would tell each about the others."""
+    date = format_datetime(datetime.fromtimestamp(now, UTC))
+    lines = [f"Return-Path: <{_header_address(return_path)}>",
+             f"Received: from {trace_text(helo)} ([{trace_text(client_ip)}])",
+             f"\tby {server_name} (ispd) with {protocol} id {queue_id}"]
+    if recipient is not None:
+        lines.append(f"\tfor <{_header_address(recipient)}>; {date}")
+    else:
+        lines[-1] += ";"
+        lines.append(f"\t{date}")
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8", errors="surrogateescape")

@@ -1,0 +1,244 @@
+"""The subscribers' mailstore: Maildir++, laid out as Courier and Dovecot lay it out, so that
+operators' tools work on it and a move to Dovecot needs no conversion.
+
+A mailbox is a directory ``<root>/<domain>/<local part>/``:
+
+    cur/ new/ tmp/        the INBOX
+    .Sent/ .Drafts/ ...   folders: Maildir++ names them with a leading dot ('.' also separates
+                          levels, ``.Archive.2026``); each is a Maildir with a ``maildirfolder`` file
+    maildirsize           Maildir++ quota file: a definition line, then "bytes count" lines
+    subscriptions         the folders an IMAP client subscribed to (Dovecot's file)
+
+Delivery follows the Maildir rules (cr.yp.to/proto/maildir.html): the message is written under a
+unique name in tmp/, fsynced, linked into new/ and new/ fsynced; only then is it delivered, and
+readers never see a partial file. Concurrent deliveries need no lock: names are unique.
+
+Names are ``<secs>.M<usecs>P<pid>Q<n>.<host>,S=<bytes>,W=<size with CRLF>[:2,<flags>]``. ``S=``
+lets quota be summed from a directory listing; ``W=`` is what IMAP reports as RFC822.SIZE.
+Messages are kept with LF line ends, as Dovecot and Postfix's local(8) keep them.
+
+Quota usage (RFC 9208's STORAGE and MESSAGE) is kept in ``maildirsize``: each delivery appends
+one line (an O_APPEND write of a short line is atomic), and when the file outgrows 5120 bytes it
+is recomputed from the files, as the Maildir++ specification says. The limit itself lives in the
+store (the mailbox's or its plan's), not here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+# RFC 6154 special-use folders every mailbox starts with (the IMAP issue reports them).
+SPECIAL_FOLDERS = ("Sent", "Drafts", "Trash", "Junk", "Archive")
+_MAILDIRSIZE_LIMIT = 5120  # Maildir++: recompute when the file grows past this
+_MODE_DIR = 0o700
+_MODE_FILE = 0o600
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaUsage:
+    bytes: int
+    messages: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveredMessage:
+    name: str  # the file's name in new/
+    size: int  # bytes on disk (S=)
+    virtual_size: int  # with CRLF line ends (W=, IMAP's RFC822.SIZE)
+
+
+def _host_part() -> str:
+    # The Maildir spec: '/' and ':' in the host name are written as octal escapes.
+    return socket.gethostname().replace("/", r"\057").replace(":", r"\072") or "localhost"
+
+
+_HOST = _host_part()
+_LOCKS: dict[Path, threading.RLock] = {}
+_LOCKS_GUARD = threading.Lock()
+_SEQUENCE = itertools.count(1)
+
+
+def unique_name(size: int, virtual_size: int, now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    seconds = int(now)
+    micros = int((now - seconds) * 1_000_000)
+    return f"{seconds}.M{micros}P{os.getpid()}Q{next(_SEQUENCE)}.{_HOST},S={size},W={virtual_size}"
+
+
+def size_of(name: str) -> int | None:
+    """The S= size in a Maildir file name, or None if the name has none."""
+    base = name.partition(":")[0]
+    for field in base.split(",")[1:]:
+        if field.startswith("S=") and field[2:].isdigit():
+            return int(field[2:])
+    return None
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Maildir:
+    """One subscriber mailbox. Methods block (file I/O, fsync): call them in an executor."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        # One per mailbox in this process, whichever Maildir object is used: a recount and a
+        # delivery must not interleave, or the count would miss or double the new message.
+        with _LOCKS_GUARD:
+            self._lock = _LOCKS.setdefault(path, threading.RLock())
+
+    @classmethod
+    def for_address(cls, root: Path, address: str) -> Maildir:
+        """The mailbox of a canonical address (``ispd.store.validation.mail_address``), whose
+        parts cannot climb out of the root."""
+        local, _, domain = address.rpartition("@")
+        return cls(root / domain / local)
+
+    def exists(self) -> bool:
+        return (self.path / "new").is_dir()
+
+    def create(self) -> None:
+        """The INBOX and the special-use folders, subscribed; safe to repeat, and completes a
+        mailbox some other tool made in part."""
+        created = not self.exists()
+        self.path.parent.mkdir(mode=_MODE_DIR, parents=True, exist_ok=True)
+        self.path.mkdir(mode=_MODE_DIR, exist_ok=True)
+        for folder in ("", *SPECIAL_FOLDERS):
+            base = self.folder_path(folder)
+            base.mkdir(mode=_MODE_DIR, exist_ok=True)
+            for sub in ("tmp", "new", "cur"):
+                (base / sub).mkdir(mode=_MODE_DIR, exist_ok=True)
+            if folder:
+                (base / "maildirfolder").touch(mode=_MODE_FILE, exist_ok=True)
+        subscriptions = self.path / "subscriptions"
+        if not subscriptions.exists():
+            self._replace(subscriptions, "".join(f"{name}\n" for name in SPECIAL_FOLDERS).encode())
+        if created:
+            _fsync_directory(self.path)
+            _fsync_directory(self.path.parent)
+
+    def folder_path(self, folder: str) -> Path:
+        """The directory of a folder ("" is the INBOX; "Archive.2026" a subfolder of Archive)."""
+        return self.path / f".{folder}" if folder else self.path
+
+    def folders(self) -> list[str]:
+        """The folder names besides the INBOX, sorted."""
+        try:
+            entries = list(os.scandir(self.path))
+        except FileNotFoundError:
+            return []
+        return sorted(e.name[1:] for e in entries
+                      if e.name.startswith(".") and e.name not in (".", "..") and e.is_dir()
+                      and os.path.isdir(os.path.join(e.path, "cur")))
+
+    def deliver(self, message: bytes, *, folder: str = "", now: float | None = None) -> DeliveredMessage:
+        """Store a message durably in the folder's new/. ``message`` may have CRLF line ends
+        (as SMTP carries it); it is kept with LF."""
+        data = message.replace(b"\r\n", b"\n")
+        virtual_size = len(data) + data.count(b"\n")
+        base = self.folder_path(folder)
+        while True:
+            name = unique_name(len(data), virtual_size, now)
+            temporary = base / "tmp" / name
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _MODE_FILE)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except BaseException:
+                os.close(fd)
+                temporary.unlink(missing_ok=True)
+                raise
+            os.close(fd)
+            try:
+                with self._lock:  # the message and its maildirsize line appear together
+                    # link(), not rename(): it never replaces a message that has the same name.
+                    os.link(temporary, base / "new" / name)
+                    self._count(len(data), 1)
+            except FileExistsError:
+                continue
+            finally:
+                temporary.unlink(missing_ok=True)
+            break
+        _fsync_directory(base / "new")
+        return DeliveredMessage(name=name, size=len(data), virtual_size=virtual_size)
+
+    # --- quota
+
+    def usage(self) -> QuotaUsage:
+        """Bytes and messages in every folder, from ``maildirsize`` (recomputed if missing)."""
+        try:
+            text = (self.path / "maildirsize").read_text(encoding="ascii", errors="replace")
+        except FileNotFoundError:
+            return self.recompute_usage()
+        total_bytes = total_messages = 0
+        for line in text.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) != 2:
+                continue
+            try:
+                total_bytes += int(fields[0])
+                total_messages += int(fields[1])
+            except ValueError:
+                return self.recompute_usage()  # a corrupt file: the files on disk are the truth
+        return QuotaUsage(max(total_bytes, 0), max(total_messages, 0))
+
+    def recompute_usage(self) -> QuotaUsage:
+        with self._lock:
+            total_bytes = total_messages = 0
+            for folder in ("", *self.folders()):
+                base = self.folder_path(folder)
+                for sub in ("new", "cur"):
+                    try:
+                        entries = os.scandir(base / sub)
+                    except FileNotFoundError:
+                        continue
+                    with entries:
+                        for entry in entries:
+                            if entry.name.startswith("."):
+                                continue
+                            size = size_of(entry.name)
+                            if size is None:
+                                try:
+                                    size = entry.stat().st_size
+                                except FileNotFoundError:
+                                    continue  # moved or expunged while we looked
+                            total_bytes += size
+                            total_messages += 1
+            if self.exists():
+                self._replace(self.path / "maildirsize", f"0S\n{total_bytes} {total_messages}\n".encode())
+            return QuotaUsage(total_bytes, total_messages)
+
+    def _count(self, size: int, messages: int) -> None:
+        """Called with the lock held."""
+        path = self.path / "maildirsize"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self.recompute_usage()  # counts what was just delivered
+            return
+        try:
+            os.write(fd, f"{size} {messages}\n".encode())
+            grown = os.fstat(fd).st_size > _MAILDIRSIZE_LIMIT
+        finally:
+            os.close(fd)
+        if grown:
+            self.recompute_usage()
+
+    def _replace(self, path: Path, content: bytes) -> None:
+        temporary = self.path / "tmp" / f".{path.name}.{os.getpid()}.{threading.get_ident()}"
+        temporary.write_bytes(content)
+        os.chmod(temporary, _MODE_FILE)
+        os.replace(temporary, path)

@@ -1,0 +1,288 @@
+"""Mail end to end: ispd as a process with its MX on loopback, swaks and smtplib as the world's
+mail servers, mailboxes made with the CLI, messages read back from the Maildir."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import smtplib
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trustme
+
+from tests.lab.ports import free_tcp_port
+from tests.lab.process import IspdProcess, base_config, eventually
+
+DOMAIN = "isp.example"
+MAX_MESSAGE_BYTES = 100_000
+
+
+@dataclass
+class Mail:
+    ispd: IspdProcess
+    port: int
+    root: Path
+    ca: Path
+
+    def inbox(self, address: str) -> list[bytes]:
+        local, _, domain = address.partition("@")
+        new = self.root / domain / local / "new"
+        if not new.is_dir():
+            return []
+        return [p.read_bytes() for p in sorted(new.iterdir(), key=lambda p: p.stat().st_mtime_ns)]
+
+    def smtp(self) -> smtplib.SMTP:
+        client = smtplib.SMTP("127.0.0.1", self.port, timeout=10)
+        client.ehlo("sender.example")
+        return client
+
+    def raw(self, payload: bytes, *, wait_for: bytes = b"221 ") -> bytes:
+        """Send bytes as they are (no client-side fixing of line ends) and read until ``wait_for``."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+            received = sock.recv(4096)
+            sock.sendall(payload)
+            deadline = time.monotonic() + 10
+            while wait_for not in received and time.monotonic() < deadline:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+            return received
+
+    def swaks(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["swaks", "--server", f"127.0.0.1:{self.port}", "--helo", "sender.example",
+                               "--from", "someone@sender.example", "--timeout", "10", *args],
+                              capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.fixture(scope="module")
+def mail(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mail]:
+    if shutil.which("swaks") is None:
+        pytest.fail("swaks is missing: tools/setup --test installs it")
+    workdir = tmp_path_factory.mktemp("mail")
+    ca = trustme.CA()
+    issued = ca.issue_cert("mx.isp.example", "127.0.0.1")
+    ca.cert_pem.write_to_path(str(workdir / "ca.pem"))
+    for index, pem in enumerate(issued.cert_chain_pems):
+        pem.write_to_path(str(workdir / "mx.pem"), append=index > 0)
+    issued.private_key_pem.write_to_path(str(workdir / "mx.key"))
+    port = free_tcp_port()
+    config = base_config(workdir, mail={
+        "enabled": True, "domains": [DOMAIN, "other-local.example"], "hostname": "mx.isp.example",
+        "maildir_root": str(workdir / "mail"), "listen_mx": [f"127.0.0.1:{port}"],
+        "certificate": str(workdir / "mx.pem"), "private_key": str(workdir / "mx.key"),
+        "max_message_bytes": MAX_MESSAGE_BYTES, "max_connections_per_client": 4, "postmaster": f"noc@{DOMAIN}",
+    })
+    with IspdProcess(workdir, config) as ispd:
+        ispd.start()
+        ispd.cli("plan", "add", "small", "--mail-quota", "20K")
+        ispd.cli("subscriber", "add", "alice", "--generate-password")
+        ispd.cli("subscriber", "add", "bob", "--plan", "small", "--generate-password")
+        ispd.cli("mailbox", "add", "alice", f"alice@{DOMAIN}")
+        ispd.cli("mailbox", "add", "alice", f"noc@{DOMAIN}")
+        ispd.cli("mailbox", "add", "bob", f"bob@{DOMAIN}")
+        yield Mail(ispd, port, workdir / "mail", workdir / "ca.pem")
+
+
+def test_swaks_delivers_into_the_maildir_with_trace_headers(mail: Mail) -> None:
+    before = len(mail.inbox(f"alice@{DOMAIN}"))
+    result = mail.swaks("--to", f"alice@{DOMAIN}", "--header", "Subject: swaks test",
+                        "--body", "Grüße aus dem Test")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "<-  220 mx.isp.example ESMTP ispd" in result.stdout
+    for keyword in ("PIPELINING", "SIZE 100000", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "STARTTLS"):
+        assert f"250-{keyword}" in result.stdout
+    assert "250 2.0.0 Ok: queued as" in result.stdout
+    messages = mail.inbox(f"alice@{DOMAIN}")
+    assert len(messages) == before + 1
+    text = messages[-1].decode()
+    assert text.startswith("Return-Path: <someone@sender.example>\nReceived: from sender.example ([127.0.0.1])\n"
+                           "\tby mx.isp.example (ispd) with ESMTP id ")
+    assert f"\tfor <alice@{DOMAIN}>; " in text
+    assert "Subject: swaks test\n" in text and "Grüße aus dem Test" in text and "\r" not in text
+
+
+def test_8bit_utf8_and_dot_lines_arrive_intact(mail: Mail) -> None:
+    body = (b"From: j\xc3\xb6ran@ex\xc3\xa4mple.example\r\nSubject: bytes\r\n\r\n"
+            b".one leading dot\r\n..two leading dots\r\n.\r\nlatin-1 \xe9\xe8 and utf-8 \xe2\x82\xac\r\n")
+    with mail.smtp() as client:
+        client.sendmail("jöran@exämple.example", [f"alice@{DOMAIN}"], body,
+                        mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+    message = mail.inbox(f"alice@{DOMAIN}")[-1]
+    assert message.startswith("Return-Path: <jöran@exämple.example>\n".encode())
+    assert message.endswith(body.replace(b"\r\n", b"\n"))
+    assert b"with UTF8SMTP id" in message
+
+
+def test_only_our_mailboxes_take_mail_and_nothing_is_relayed(mail: Mail) -> None:
+    with mail.smtp() as client:
+        client.mail("someone@sender.example")
+        for address, expected in ((f"nobody@{DOMAIN}", (550, b"5.1.1")),
+                                  ("victim@elsewhere.example", (554, b"5.7.1")),
+                                  (f"alice@sub.{DOMAIN}", (554, b"5.7.1")),
+                                  ("nobody@other-local.example", (550, b"5.1.1"))):
+            code, text = client.rcpt(address)
+            assert (code, text.split()[0]) == expected, (address, code, text)
+        assert client.rcpt(f"ALICE+lists@{DOMAIN}")[0] == 250  # a subaddress of alice
+        assert client.rcpt(f"postmaster@{DOMAIN}")[0] == 250  # to noc@
+        assert client.rcpt("<postmaster>")[0] == 250
+    assert mail.ispd.metric_value("ispd_mail_refusals_total", {"reason": "relay_denied"}) >= 2
+
+
+def test_a_message_to_several_names_of_one_mailbox_lands_once(mail: Mail) -> None:
+    before_alice, before_noc = len(mail.inbox(f"alice@{DOMAIN}")), len(mail.inbox(f"noc@{DOMAIN}"))
+    with mail.smtp() as client:
+        client.sendmail("someone@sender.example", [f"alice@{DOMAIN}", f"alice+x@{DOMAIN}", f"postmaster@{DOMAIN}"],
+                        b"Subject: twice\r\n\r\nonce per mailbox\r\n")
+    assert len(mail.inbox(f"alice@{DOMAIN}")) == before_alice + 1
+    assert len(mail.inbox(f"noc@{DOMAIN}")) == before_noc + 1
+    # Several recipients: the Received header names none of them.
+    assert b"\tfor <" not in mail.inbox(f"alice@{DOMAIN}")[-1]
+
+
+def test_the_size_limit_holds_whether_or_not_the_client_declares_a_size(mail: Mail) -> None:
+    big = b"Subject: big\r\n\r\n" + b"x" * 70 + b"\r\n"
+    big *= MAX_MESSAGE_BYTES // len(big) + 1
+    with mail.smtp() as client, pytest.raises(smtplib.SMTPSenderRefused) as refused:
+        client.sendmail("someone@sender.example", [f"alice@{DOMAIN}"], big)  # smtplib sends SIZE=
+    assert refused.value.smtp_code == 552
+    before = len(mail.inbox(f"alice@{DOMAIN}"))
+    reply = mail.raw(b"EHLO s\r\nMAIL FROM:<a@sender.example>\r\nRCPT TO:<alice@isp.example>\r\nDATA\r\n"
+                     + big + b".\r\nQUIT\r\n")
+    assert b"552 5.3.4" in reply and b"221 2.0.0" in reply
+    assert len(mail.inbox(f"alice@{DOMAIN}")) == before
+
+
+def test_quota_refuses_for_now_or_for_good(mail: Mail) -> None:
+    filler = b"Subject: filler\r\n\r\n" + (b"y" * 70 + b"\r\n") * 120  # ~8.6 KB; bob's quota is 20 KiB
+    with mail.smtp() as client:
+        client.sendmail("someone@sender.example", [f"bob@{DOMAIN}"], filler)
+        client.sendmail("someone@sender.example", [f"bob@{DOMAIN}"], filler)
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+            client.sendmail("someone@sender.example", [f"bob@{DOMAIN}"], filler)  # SIZE= says it won't fit
+        assert refused.value.recipients[f"bob@{DOMAIN}"][0] == 452
+        client.rset()
+        code, text = client.docmd("MAIL FROM:<someone@sender.example> SIZE=30000")
+        assert code == 250
+        code, text = client.rcpt(f"bob@{DOMAIN}")
+        assert (code, text.split()[0]) == (552, b"5.2.2")  # larger than the whole quota
+    usage = json.loads(mail.ispd.cli("mailbox", "quota", f"bob@{DOMAIN}", "--json").stdout)
+    assert usage["messages"] == 2 and usage["quota_bytes"] == 20480 and usage["quota_from"] == "plan"
+    # Without SIZE the message is refused after DATA, and nothing lands.
+    reply = mail.raw(b"EHLO s\r\nMAIL FROM:<a@sender.example>\r\nRCPT TO:<bob@isp.example>\r\nDATA\r\n"
+                     + filler + b".\r\nQUIT\r\n")
+    assert b"452 4.2.2" in reply
+    assert len(mail.inbox(f"bob@{DOMAIN}")) == 2
+    mail.ispd.cli("mailbox", "quota", f"bob@{DOMAIN}", "--set", "1M")
+    with mail.smtp() as client:
+        client.sendmail("someone@sender.example", [f"bob@{DOMAIN}"], filler)
+    assert len(mail.inbox(f"bob@{DOMAIN}")) == 3
+
+
+def test_pipelined_commands_get_their_replies_in_order(mail: Mail) -> None:
+    result = mail.swaks("--pipeline", "--to", f"alice@{DOMAIN},nobody@{DOMAIN},noc@{DOMAIN}")
+    lines = result.stdout.splitlines()
+    # swaks sent MAIL, the three RCPTs and DATA in one go, before reading any reply.
+    sent = [line[4:].split(" ")[0] for line in lines if line.startswith(" -> ")][:6]
+    assert sent == ["EHLO", "MAIL", "RCPT", "RCPT", "RCPT", "DATA"], result.stdout
+    assert lines.index(" -> DATA") < lines.index("<-  250 2.1.0 Ok"), result.stdout
+    codes = [line.split()[1] for line in lines if line.startswith(("<-  ", "<** ")) and line[4:8] != "250-"]
+    assert codes == ["220", "250", "250", "250", "550", "250", "354", "250", "221"], result.stdout
+
+
+@pytest.mark.parametrize("end", [b"\n.\n", b"\r\n.\n", b"\n.\r\n", b"\r.\r\n", b"\r\n.\r"])
+def test_smtp_smuggling_cannot_end_data_early(mail: Mail, end: bytes) -> None:
+    marker = f"smuggled-{random.randrange(10**9)}".encode()
+    before = len(mail.inbox(f"alice@{DOMAIN}"))
+    reply = mail.raw(b"EHLO s\r\nMAIL FROM:<a@sender.example>\r\nRCPT TO:<alice@isp.example>\r\nDATA\r\n"
+                     b"Subject: outer\r\n\r\nouter body" + end +
+                     b"MAIL FROM:<admin@isp.example>\r\nRCPT TO:<alice@isp.example>\r\nDATA\r\n"
+                     b"Subject: " + marker + b"\r\n\r\ninner\r\n.\r\nQUIT\r\n")
+    assert reply.count(b"250 2.0.0 Ok: queued") == 1, reply
+    messages = mail.inbox(f"alice@{DOMAIN}")
+    assert len(messages) == before + 1
+    assert marker in messages[-1] and b"Subject: outer" in messages[-1]  # one message, the smuggled text inside
+
+
+def test_starttls_then_delivery(mail: Mail) -> None:
+    result = mail.swaks("--tls", "--tls-ca-path", str(mail.ca), "--tls-verify", "--to", f"alice@{DOMAIN}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "TLS started" in result.stdout
+    assert b"with ESMTPS id" in mail.inbox(f"alice@{DOMAIN}")[-1]
+    context = ssl.create_default_context(cafile=str(mail.ca))
+    with mail.smtp() as client:
+        client.starttls(context=context)
+        client.ehlo("sender.example")
+        assert not client.has_extn("starttls")
+        client.sendmail("someone@sender.example", [f"alice@{DOMAIN}"], b"Subject: tls\r\n\r\nover TLS\r\n")
+    assert mail.inbox(f"alice@{DOMAIN}")[-1].endswith(b"over TLS\n")
+
+
+def test_one_client_cannot_hold_every_connection(mail: Mail) -> None:
+    held = [socket.create_connection(("127.0.0.1", mail.port), timeout=10) for _ in range(4)]
+    try:
+        for sock in held:
+            assert sock.recv(100).startswith(b"220 ")
+        with socket.create_connection(("127.0.0.1", mail.port), timeout=10) as extra:
+            assert extra.recv(200).startswith(b"421 4.7.0 ")
+    finally:
+        for sock in held:
+            sock.close()
+    # Once they are closed, the client may connect again.
+    def greeted() -> bool:
+        with socket.create_connection(("127.0.0.1", mail.port), timeout=10) as sock:
+            return sock.recv(200).startswith(b"220 ")
+
+    eventually(greeted, timeout=5)
+
+
+def test_malformed_input_gets_errors_and_the_mx_carries_on(mail: Mail) -> None:
+    reply = mail.raw(b"\x00\xff\xfe\r\n" + b"A" * 5000 + b"\r\nRCPT TO:<alice@isp.example>\r\nDATA\r\n"
+                     b"MAIL FROM:<<<>>>\r\nEHLO\r\nVRFY\r\n\r\nQUIT\r\n")
+    lines = reply.split(b"\r\n")
+    assert all(line[:1] in (b"2", b"5", b"") for line in lines), reply
+    assert b"503 5.5.1" in reply and b"221 2.0.0" in reply
+    rng = random.Random(8)
+    verbs = [b"EHLO", b"HELO", b"MAIL FROM:", b"RCPT TO:", b"DATA", b"RSET", b"NOOP", b"BDAT", b"AUTH", b"STARTTLS"]
+    for _ in range(30):
+        junk = b"".join(rng.choice(verbs) + b" " + rng.randbytes(rng.randrange(0, 60)) + b"\r\n" for _ in range(8))
+        with socket.create_connection(("127.0.0.1", mail.port), timeout=10) as sock:
+            sock.recv(200)
+            sock.sendall(junk.replace(b"STARTTLS", b"NOOP"))  # a TLS handshake from random bytes is not the point
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(5)
+            with_reply = b""
+            try:
+                while chunk := sock.recv(65536):
+                    with_reply += chunk
+            except (TimeoutError, ConnectionResetError):
+                pass
+    with mail.smtp() as client:
+        client.sendmail("someone@sender.example", [f"alice@{DOMAIN}"], b"Subject: still here\r\n\r\nyes\r\n")
+    assert mail.inbox(f"alice@{DOMAIN}")[-1].endswith(b"yes\n")
+
+
+def test_the_cli_manages_mailboxes(mail: Mail) -> None:
+    failed = mail.ispd.cli("mailbox", "add", "alice", "alice@not-ours.example", check=False)
+    assert failed.returncode != 0 and "not one of the mail domains" in failed.stderr
+    failed = mail.ispd.cli("mailbox", "add", "alice", "a/b@isp.example", check=False)
+    assert failed.returncode != 0 and "letters, digits" in failed.stderr
+    mail.ispd.cli("mailbox", "add", "alice", f"temp@{DOMAIN}")
+    listed = json.loads(mail.ispd.cli("mailbox", "list", "--subscriber", "alice", "--json").stdout)
+    assert {m["address"] for m in listed} >= {f"alice@{DOMAIN}", f"temp@{DOMAIN}"}
+    with mail.smtp() as client:
+        assert client.mail("someone@sender.example")[0] == 250 and client.rcpt(f"temp@{DOMAIN}")[0] == 250
+    deleted = mail.ispd.cli("mailbox", "delete", f"temp@{DOMAIN}")
+    assert "stays in" in deleted.stdout
+    with mail.smtp() as client:
+        assert client.mail("someone@sender.example")[0] == 250 and client.rcpt(f"temp@{DOMAIN}")[0] == 550
+    show = json.loads(mail.ispd.cli("subscriber", "show", "alice", "--json").stdout)
+    assert f"alice@{DOMAIN}" in {m["address"] for m in show["mailboxes"]}

@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import pytest
+
+from ispd.mail.engine import MXPolicy, SMTPRefusal, protocol_name, trace_headers, with_enhanced_code
+from ispd.store.models import Mailbox, MailRecipient, SubscriberStatus
+
+POLICY = MXPolicy(["isp.example", "mail.isp.example"], postmaster="noc@isp.example", max_recipients=3)
+
+
+def recipient(quota: int | None = None, status: SubscriberStatus = SubscriberStatus.ACTIVE) -> MailRecipient:
+    return MailRecipient(Mailbox(1, 1, "alice@isp.example"), "alice", status, quota)
+
+
+def refusal(call: object, *args: object) -> SMTPRefusal:
+    with pytest.raises(SMTPRefusal) as caught:
+        call(*args)  # type: ignore[operator]
+    return caught.value
+
+
+@pytest.mark.parametrize(("address", "candidates"), [
+    ("alice@isp.example", ("alice@isp.example",)),
+    ("Alice@ISP.Example", ("alice@isp.example",)),
+    ("alice@isp.example.", ("alice@isp.example",)),  # a trailing dot names the same domain
+    ("alice+lists@isp.example", ("alice+lists@isp.example", "alice@isp.example")),
+    ("+x@isp.example", ("+x@isp.example",)),
+    ("postmaster@mail.isp.example", ("postmaster@mail.isp.example", "noc@isp.example")),
+    ("Postmaster", ("noc@isp.example",)),  # RFC 5321 §4.5.1: without a domain, too
+])
+def test_local_recipients_are_looked_up_as_written_then_as_their_mailbox(address: str,
+                                                                         candidates: tuple[str, ...]) -> None:
+    assert POLICY.route(address, 0).candidates == candidates
+
+
+@pytest.mark.parametrize(("address", "code", "reason"), [
+    ("alice@gmail.example", "554 5.7.1", "relay_denied"),
+    ("alice@sub.isp.example", "554 5.7.1", "relay_denied"),  # a subdomain is another domain
+    ("alice@isp.example@gmail.example", "554 5.7.1", "relay_denied"),  # source routes are not ours
+    ("alice", "553 5.1.3", "bad_address"),
+])
+def test_recipients_outside_the_domains_are_never_relayed(address: str, code: str, reason: str) -> None:
+    caught = refusal(POLICY.route, address, 0)
+    assert str(caught.reply).startswith(code) and caught.reason == reason
+
+
+def test_the_recipient_limit_is_a_temporary_refusal() -> None:
+    POLICY.route("alice@isp.example", 2)
+    caught = refusal(POLICY.route, "alice@isp.example", 3)
+    assert str(caught.reply).startswith("452 4.5.3")
+
+
+def test_a_refusal_never_echoes_what_could_break_the_reply_line() -> None:
+    caught = refusal(POLICY.route, "a\r\nb>@gmail.example", 0)
+    assert "\r" not in str(caught.reply) and "\n" not in str(caught.reply)
+
+
+def test_quota_decides_between_retry_later_and_never() -> None:
+    POLICY.admit("alice@isp.example", recipient(), None, 10**9)  # no quota: anything fits
+    POLICY.admit("alice@isp.example", recipient(1000), 400, 600)  # exactly full is allowed
+    assert str(refusal(POLICY.admit, "a@isp.example", recipient(1000), 401, 600).reply).startswith("452 4.2.2")
+    assert str(refusal(POLICY.admit, "a@isp.example", recipient(1000), 1000, 0).reply).startswith("452 4.2.2")
+    assert str(refusal(POLICY.admit, "a@isp.example", recipient(1000), 0, 1001).reply).startswith("552 5.2.2")
+
+
+def test_a_closed_subscriber_gets_no_mail_and_a_suspended_one_does() -> None:
+    POLICY.admit("alice@isp.example", recipient(status=SubscriberStatus.SUSPENDED), None, 10)
+    caught = refusal(POLICY.admit, "alice@isp.example", recipient(status=SubscriberStatus.CLOSED), None, 10)
+    assert str(caught.reply).startswith("550 5.2.1") and caught.reason == "mailbox_disabled"
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("250 OK", "250 2.0.0 OK"),
+    ("503 Error: need MAIL command", "503 5.5.1 Error: need MAIL command"),
+    ("552 Error: Too much mail data", "552 5.3.4 Error: Too much mail data"),
+    ("221 Bye", "221 2.0.0 Bye"),
+    ("250 2.1.5 Ok", "250 2.1.5 Ok"),  # already has one
+    ("220 mx.isp.example ESMTP ispd", "220 mx.isp.example ESMTP ispd"),  # the greeting never
+    ("354 End data with <CR><LF>.<CR><LF>", "354 End data with <CR><LF>.<CR><LF>"),  # not 2xx/4xx/5xx
+    ("334 VXNlcm5hbWU6", "334 VXNlcm5hbWU6"),
+    ("599 odd", "599 5.0.0 odd"),
+])
+def test_every_final_reply_gets_an_enhanced_status_code(line: str, expected: str) -> None:
+    assert with_enhanced_code(line) == expected
+
+
+def test_220_is_left_alone_even_after_starttls() -> None:
+    assert with_enhanced_code("220 Ready to start TLS") == "220 Ready to start TLS"
+
+
+def test_trace_headers_name_one_recipient_and_cannot_be_forged_by_the_client() -> None:
+    headers = trace_headers(return_path="bounce@sender.example", helo="evil\r\nX-Injected: yes", client_ip="192.0.2.1",
+                            server_name="mx.isp.example", protocol="ESMTPS", queue_id="ABC123",
+                            recipient="alice@isp.example", now=1796411197.0).decode()
+    lines = headers.split("\r\n")
+    assert lines[0] == "Return-Path: <bounce@sender.example>"
+    assert lines[1] == "Received: from evil__X-Injected:_yes ([192.0.2.1])"
+    assert lines[2] == "\tby mx.isp.example (ispd) with ESMTPS id ABC123"
+    assert lines[3] == "\tfor <alice@isp.example>; Fri, 04 Dec 2026 19:06:37 +0000"
+    assert lines[4] == ""
+    several = trace_headers(return_path="", helo="", client_ip="::1", server_name="mx", protocol="SMTP",
+                            queue_id="Q", recipient=None, now=0.0).decode()
+    assert several.startswith("Return-Path: <>\r\nReceived: from unknown ([::1])\r\n\tby mx (ispd) with SMTP id Q;\r\n")
+    assert "for" not in several
+
+
+def test_a_utf8_return_path_is_kept_as_it_came() -> None:
+    headers = trace_headers(return_path="jöran@exämple.example", helo="h", client_ip="127.0.0.1", server_name="mx",
+                            protocol="UTF8SMTP", queue_id="Q", recipient=None, now=0.0)
+    assert headers.startswith("Return-Path: <jöran@exämple.example>\r\n".encode())
+
+
+@pytest.mark.parametrize(("flags", "name"), [
+    ({"extended": False, "tls": False, "authenticated": False, "utf8": False}, "SMTP"),
+    ({"extended": True, "tls": False, "authenticated": False, "utf8": False}, "ESMTP"),
+    ({"extended": True, "tls": True, "authenticated": False, "utf8": False}, "ESMTPS"),
+    ({"extended": True, "tls": True, "authenticated": True, "utf8": False}, "ESMTPSA"),
+    ({"extended": True, "tls": True, "authenticated": False, "utf8": True}, "UTF8SMTPS"),
+])
+def test_the_received_protocol_says_how_the_message_came(flags: dict[str, bool], name: str) -> None:
+    assert protocol_name(**flags) == name
