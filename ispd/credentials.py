@@ -105,3 +105,60 @@ def generate_password(length: int = 16) -> str:
     # No look-alike characters: helpdesk staff read these out over the phone.
     alphabet = "abcdefghijkmnpqrstuvwxyzACDEFGHJKLMNPQRSTUVWXYZ23456789"
     return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+class PasswordChecker:
+    """Checks a password (PAP, SMTP AUTH) against the cheapest form the store keeps: the
+    cleartext, else the NT hash (one MD4), else the scrypt verifier (~50 ms: run ``check_slow``
+    in an executor). A password that passed the verifier is remembered for ``cache_seconds`` as
+    a keyed BLAKE2b hash under a key that lives only in this process (as Dovecot's auth cache
+    does), so that the subscriber's next check costs one hash; a password change (a new
+    ``updated_at``) or a restart forgets it."""
+
+    def __init__(self, cache_seconds: float) -> None:
+        self.cache_seconds = cache_seconds
+        self._key = os.urandom(32)
+        # subscriber id → (keyed hash of the password, when it was verified, credentials' updated_at)
+        self._verified: dict[int, tuple[bytes, float, float]] = {}
+
+    def _digest(self, password: bytes) -> bytes:
+        return hashlib.blake2b(password, key=self._key, digest_size=32).digest()
+
+    def check_fast(self, subscriber_id: int, credentials: StoredCredentials, password: bytes,
+                   now: float) -> bool | None:
+        """True or False when a cheap form decides; None when only the verifier can."""
+        if credentials.cleartext is not None:
+            return hmac.compare_digest(credentials.cleartext.encode("utf-8"), password)
+        if credentials.nt_hash is not None:
+            try:
+                text = password.decode("utf-8")
+            except UnicodeDecodeError:
+                return False
+            return hmac.compare_digest(nt_hash(text), credentials.nt_hash)
+        remembered = self._verified.get(subscriber_id)
+        if (remembered is not None and remembered[2] == credentials.updated_at
+                and now - remembered[1] < self.cache_seconds):
+            if hmac.compare_digest(remembered[0], self._digest(password)):
+                return True
+            return None  # perhaps a new password the cache has not seen: ask the verifier
+        if credentials.verifier is None:
+            return False
+        return None
+
+    @staticmethod
+    def check_slow(verifier: str, password: bytes) -> bool:
+        """The scrypt check: run it in an executor."""
+        try:
+            return check_verifier(verifier, password.decode("utf-8"))
+        except UnicodeDecodeError:
+            return False
+
+    def remember(self, subscriber_id: int, credentials: StoredCredentials, password: bytes, now: float) -> None:
+        if self.cache_seconds <= 0:
+            return
+        if len(self._verified) > 1_000_000:
+            self._verified.clear()
+        self._verified[subscriber_id] = (self._digest(password), now, credentials.updated_at)
+
+    def forget(self, subscriber_id: int) -> None:
+        self._verified.pop(subscriber_id, None)

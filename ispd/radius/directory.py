@@ -7,23 +7,15 @@ subscriber when an event names it (``Directory.replace``/``remove``). A login na
 subscriber's username or the key of one of its ``username`` reservations (a PPP login of its
 own, usually with a fixed address).
 
-Passwords (``PasswordChecker``): PAP gets the password itself, which is checked against the
-cheapest form the store keeps — the cleartext, else the NT hash (one MD4), else the scrypt
-verifier (~50 ms: the service runs it in an executor). A password that passed the verifier is
-remembered for ``auth_cache_seconds`` as a keyed BLAKE2b hash under a key that lives only in
-this process (as Dovecot's auth cache does), so that a subscriber's next PAP costs one hash; a
-password change or a restart forgets it.
+Passwords: PAP gets the password itself, checked by ``ispd.credentials.PasswordChecker``
+against the cheapest form the store keeps (the mail service's AUTH checks the same way).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ispd.credentials import check_verifier, nt_hash
 from ispd.store.models import Plan, Reservation, ReservationKind, StoredCredentials, Subscriber
 
 
@@ -99,53 +91,3 @@ class Directory:
 
     def by_id(self, subscriber_id: int) -> AuthSubject | None:
         return self.subjects.get(subscriber_id)
-
-
-class PasswordChecker:
-    def __init__(self, cache_seconds: float) -> None:
-        self.cache_seconds = cache_seconds
-        self._key = os.urandom(32)
-        # subscriber id → (keyed hash of the password, when it was verified, credentials' updated_at)
-        self._verified: dict[int, tuple[bytes, float, float]] = {}
-
-    def _digest(self, password: bytes) -> bytes:
-        return hashlib.blake2b(password, key=self._key, digest_size=32).digest()
-
-    def check_fast(self, subject: AuthSubject, password: bytes, now: float) -> bool | None:
-        """True or False when a cheap form decides; None when only the verifier can."""
-        credentials = subject.credentials
-        if credentials.cleartext is not None:
-            return hmac.compare_digest(credentials.cleartext.encode("utf-8"), password)
-        if credentials.nt_hash is not None:
-            try:
-                text = password.decode("utf-8")
-            except UnicodeDecodeError:
-                return False
-            return hmac.compare_digest(nt_hash(text), credentials.nt_hash)
-        remembered = self._verified.get(subject.id)
-        if (remembered is not None and remembered[2] == credentials.updated_at
-                and now - remembered[1] < self.cache_seconds):
-            if hmac.compare_digest(remembered[0], self._digest(password)):
-                return True
-            return None  # perhaps a new password the cache has not seen: ask the verifier
-        if credentials.verifier is None:
-            return False
-        return None
-
-    @staticmethod
-    def check_slow(verifier: str, password: bytes) -> bool:
-        """The scrypt check: run it in an executor."""
-        try:
-            return check_verifier(verifier, password.decode("utf-8"))
-        except UnicodeDecodeError:
-            return False
-
-    def remember(self, subject: AuthSubject, password: bytes, now: float) -> None:
-        if self.cache_seconds <= 0:
-            return
-        if len(self._verified) > 1_000_000:
-            self._verified.clear()
-        self._verified[subject.id] = (self._digest(password), now, subject.credentials.updated_at)
-
-    def forget(self, subscriber_id: int) -> None:
-        self._verified.pop(subscriber_id, None)

@@ -50,7 +50,7 @@ from enum import StrEnum
 from functools import partial
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 
-from ispd.credentials import nt_hash
+from ispd.credentials import PasswordChecker, nt_hash
 from ispd.dhcp.identifiers import normalize_key, opaque_text
 from ispd.radius import mschap
 from ispd.radius.addresses import holder_of, line_of
@@ -71,7 +71,7 @@ from ispd.radius.codec import (
 )
 from ispd.radius.config import MessageAuthenticatorPolicy, NasKind, SuspendedAction
 from ispd.radius.dictionary import Dictionary
-from ispd.radius.directory import AuthSubject, Directory, PasswordChecker
+from ispd.radius.directory import AuthSubject, Directory
 from ispd.radius.eap import (
     EAPCode,
     EAPConversations,
@@ -314,7 +314,7 @@ class AuthEngine:
         subject, address = found
         if password is None:
             return self._reject(RejectReason.WRONG_PASSWORD, "pap", subject)
-        verdict = self.passwords.check_fast(subject, password, now)
+        verdict = self.passwords.check_fast(subject.id, subject.credentials, password, now)
         if verdict is None:
             verifier = subject.credentials.verifier
             assert verifier is not None  # check_fast answers False when there is no verifier
@@ -332,7 +332,7 @@ class AuthEngine:
             return self._reject(RejectReason.UNKNOWN_USER, "pap")
         if not ok or subject.credentials.updated_at != pending.subject.credentials.updated_at:
             return self._reject(RejectReason.WRONG_PASSWORD, "pap", subject)
-        self.passwords.remember(subject, pending.password, now)
+        self.passwords.remember(subject.id, subject.credentials, pending.password, now)
         return self._authorize(packet, nas, subject, pending.address, "pap")
 
     def _chap(self, packet: Packet, nas: Nas, chap: bytes, found: tuple[AuthSubject, str | None] | None) -> Decision:

@@ -40,6 +40,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_address
 from typing import TYPE_CHECKING, Any, cast
 
 from ispd.control import CommandError
+from ispd.credentials import PasswordChecker
 from ispd.events import (
     LeaseEnded,
     LeaseGranted,
@@ -63,7 +64,7 @@ from ispd.radius.coa import DynamicAuthorizationClient, session_identification
 from ispd.radius.codec import Code, Packet, RadiusDecodeError, decode, encode_response, proxy_states
 from ispd.radius.config import RadiusClientConfig, RadiusConfig, SuspendedAction, client_networks
 from ispd.radius.dictionary import Dictionary, DictionaryError, load_dictionary
-from ispd.radius.directory import Directory, PasswordChecker
+from ispd.radius.directory import Directory
 from ispd.radius.engine import (
     AccountingEngine,
     AuthEngine,

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ispd.credentials import make_verifier, nt_hash
+from ispd.credentials import PasswordChecker, make_verifier, nt_hash
 from ispd.radius import mschap
 from ispd.radius.attributes import reply_attribute
 from ispd.radius.codec import (
@@ -32,7 +32,7 @@ from ispd.radius.codec import (
 from ispd.radius.config import MessageAuthenticatorPolicy as Policy
 from ispd.radius.config import NasKind, SuspendedAction
 from ispd.radius.dictionary import builtin_dictionary
-from ispd.radius.directory import Directory, PasswordChecker
+from ispd.radius.directory import Directory
 from ispd.radius.eap import EAPCode, EAPPacket, EAPType, decode_eap, encode_eap
 from ispd.radius.engine import AccountingEngine, AuthEngine, Drop, Nas, PlanReply, RejectReason, ReplySettings
 from ispd.radius.sessions import OpenSessions
