@@ -37,6 +37,7 @@ from ispd.credentials import (
 )
 from ispd.logs import LogConfig, configure_logging
 from ispd.mail.maildir import Maildir
+from ispd.mail.spool import Spool
 from ispd.store import NotFound, Store, StoreError, open_store
 from ispd.store.models import (
     CredentialPolicy,
@@ -669,7 +670,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="set_quota", type=quota_arg, metavar="SIZE", default=_QUOTA_UNCHANGED,
                    help="the mailbox's own limit, e.g. 5G; 'plan' goes back to the plan's")
     p.set_defaults(handler=cmd_mailbox_quota, prepare=remember_mail_config)
+
+    mail = top.add_parser("mail", help="the mail service").add_subparsers(dest="action", required=True)
+    queue = mail.add_parser("queue", help="the outbound queue").add_subparsers(dest="queue_action", required=True)
+    p = queue.add_parser("list", parents=[config_opts, json_opt], help="messages waiting to go to other domains")
+    p.set_defaults(handler=cmd_mail_queue_list)
+    p = queue.add_parser("flush", parents=[config_opts],
+                         help="try now: the running daemon attempts every queued message (or one) at once")
+    p.add_argument("queue_id", nargs="?", type=checked_arg(queue_id_text), help="only this message")
+    p.set_defaults(handler=cmd_mail_queue_flush, without_store=True)
+    p = queue.add_parser("delete", parents=[config_opts],
+                         help="drop a queued message without a bounce (e.g. spam from a hijacked account)")
+    p.add_argument("queue_id", type=checked_arg(queue_id_text))
+    p.set_defaults(handler=cmd_mail_queue_delete, prepare=remember_mail_config)
     return parser
+
+
+def queue_id_text(text: str) -> str:
+    value = text.strip().upper()
+    if not (value.isascii() and value.isalnum() and 0 < len(value) <= 64):
+        raise ValueError(f"{text!r} is not a queue id (see mail queue list)")
+    return value
+
+
+async def cmd_mail_queue_list(store: Store, args: argparse.Namespace) -> None:
+    queued = await store.list_mail_queue()
+    if args.json:
+        print_json([{**_jsonable(m), "pending": m.pending} for m in queued])
+        return
+    print_table(["ID", "QUEUED", "SIZE", "SENDER", "PENDING", "ATTEMPTS", "NEXT", "LAST ERROR"],
+                [[m.id, when(m.created_at), m.size, m.sender or "<>", ", ".join(m.pending), m.attempts,
+                  when(m.next_attempt_at), (m.last_error or "")[:80]] for m in queued])
+
+
+async def cmd_mail_queue_flush(config: Config, args: argparse.Namespace) -> None:
+    result = await daemon_request(config, args, "mail.queue.flush", {"queue_id": args.queue_id})
+    print(f"{result['rescheduled']} queued message(s) will be tried now")
+
+
+async def cmd_mail_queue_delete(store: Store, args: argparse.Namespace) -> None:
+    deleted = await store.delete_queued_mail(args.queue_id, actor=actor())
+    Spool(args.mail.queue_directory).remove(deleted.id)
+    print(f"deleted {deleted.id} from {deleted.sender or '<>'} to {', '.join(deleted.pending) or 'nobody'}"
+          " (no bounce was sent)")
 
 
 _QUOTA_UNCHANGED = object()

@@ -60,6 +60,35 @@ class MailConfig(Section):
     # goes to this mailbox, unless a mailbox of that very address exists.
     postmaster: MailAddressText | None = None
 
+    # Submission for subscribers' mail clients: 587 with STARTTLS (RFC 6409) and 465 with TLS
+    # from the first byte (RFC 8314, which mail clients now prefer). Both need the certificate,
+    # and AUTH (PLAIN, LOGIN) against the store's credentials before any MAIL.
+    listen_submission: list[ListenAddress] = []
+    listen_submissions: list[ListenAddress] = []
+    # A failed AUTH is answered after this delay, and a session that fails this often is closed.
+    auth_failure_delay_seconds: float = Field(default=1.0, ge=0, le=30)
+    max_auth_failures: int = Field(default=3, ge=1, le=100)
+    # Messages one subscriber may submit per hour (a hijacked account sending spam is stopped
+    # here); beyond it MAIL gets 450 4.7.1.
+    max_messages_per_hour: int = Field(default=300, ge=1, le=1_000_000)
+    # The outbound queue: message files live here, their state in the store.
+    queue_directory: Path = Path("/var/lib/ispd/queue")
+    # A message not delivered after this long bounces (Postfix: maximal_queue_lifetime, 5 days).
+    queue_lifetime_seconds: float = Field(default=5 * 86400, ge=60, le=30 * 86400)
+    # Retries wait retry_initial_seconds, then twice as long each time, at most retry_max_seconds.
+    retry_initial_seconds: float = Field(default=300, ge=1, le=86400)
+    retry_max_seconds: float = Field(default=4 * 3600, ge=1, le=7 * 86400)
+    # Deliveries to other domains at once.
+    max_outbound_deliveries: int = Field(default=20, ge=1, le=1000)
+    # How long to wait for each step of an outbound SMTP conversation (RFC 5321 §4.5.3.2 asks
+    # for minutes; 60 s is enough for any server worth waiting for, and a retry follows).
+    outbound_timeout_seconds: float = Field(default=60.0, ge=1, le=600)
+    # The port other domains' MX hosts listen on: 25, except in a test lab.
+    outbound_port: int = Field(default=25, ge=1, le=65535)
+    # The DNS server for MX lookups, e.g. ispd's own DNS listener "127.0.0.1:53"; unset: the
+    # servers in /etc/resolv.conf.
+    resolver: ListenAddress | None = None
+
     @property
     def server_name(self) -> str:
         return self.hostname or socket.getfqdn()
@@ -74,6 +103,11 @@ class MailConfig(Section):
             raise ValueError('give the domains to receive mail for, e.g. domains = ["isp.example"]')
         if self.enabled and not self.listen_mx:
             raise ValueError('give listen_mx addresses, e.g. listen_mx = ["198.18.0.25:25"]')
+        if (self.listen_submission or self.listen_submissions) and self.certificate is None:
+            raise ValueError("submission (listen_submission, listen_submissions) needs `certificate` and "
+                             "`private_key`: passwords never cross the network in the clear")
+        if self.retry_max_seconds < self.retry_initial_seconds:
+            raise ValueError("retry_max_seconds is less than retry_initial_seconds")
         if self.postmaster is not None and self.postmaster.rpartition("@")[2] not in self.domains:
             raise ValueError(f"postmaster: {self.postmaster} is not at one of the domains")
         return self

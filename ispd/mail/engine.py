@@ -15,12 +15,17 @@ Recipients (RFC 5321 §3.3, §4.5.1):
   it, gets 452 4.2.2 (the sender retries; the owner may make room); a message larger than the
   whole quota can never fit: 552 5.2.2. At DATA the real size is checked again.
 
-Not here yet: SPF, DKIM and DMARC checks; submission and relaying for authenticated senders.
+Submission (authenticated): the envelope sender must be one of the subscriber's mailboxes (553
+5.7.1), the subscriber must be active (550 5.7.1), and ``SendingLimit`` caps messages per hour
+(450 4.7.1); recipients at other domains are queued.
+
+Not here yet: SPF, DKIM and DMARC checks.
 """
 
 from __future__ import annotations
 
 import re
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -56,7 +61,8 @@ class SMTPRefusal(Exception):
 
 # Closed set: the label values of rejected recipients and messages.
 REFUSAL_REASONS = ("relay_denied", "unknown_recipient", "mailbox_disabled", "over_quota", "too_many_recipients",
-                   "too_large", "line_too_long", "bad_address", "local_error")
+                   "too_large", "line_too_long", "bad_address", "local_error", "sender_not_owned", "sender_suspended",
+                   "rate_limited")
 
 
 def with_enhanced_code(line: str) -> str:
@@ -137,6 +143,47 @@ class MXPolicy:
                               "over_quota")
 
 
+    def own_address(self, address: str) -> str:
+        """The mailbox a submitted envelope sender names: lowercase, without its subaddress."""
+        local, _, domain = address.rpartition("@")
+        local = local.lower()
+        if self.recipient_delimiter and self.recipient_delimiter in local:
+            local = local.partition(self.recipient_delimiter)[0] or local
+        return f"{local}@{domain.lower().removesuffix('.')}"
+
+    def check_sender(self, address: str, owned: set[str], username: str) -> None:
+        """Submission (RFC 6409 §6.1): the envelope sender must be one of the subscriber's own
+        mailboxes (or a subaddress of one); the null sender is for bounces only."""
+        if address in ("", "<>"):
+            raise SMTPRefusal(Reply(553, "5.7.1", "Sender address rejected: the null sender is for bounces"),
+                              "sender_not_owned")
+        if self.own_address(address) not in owned:
+            raise SMTPRefusal(Reply(553, "5.7.1", f"<{_printable(address)}>: Sender address rejected: not owned "
+                                                  f"by user {_printable(username)}"), "sender_not_owned")
+
+
+class SendingLimit:
+    """Messages per subscriber in a sliding hour, for submission."""
+
+    def __init__(self, per_hour: int) -> None:
+        self.per_hour = per_hour
+        self._sent: dict[int, deque[float]] = {}
+
+    def check(self, subscriber_id: int, now: float) -> None:
+        sent = self._sent.get(subscriber_id)
+        if sent is None:
+            return
+        while sent and sent[0] <= now - 3600:
+            sent.popleft()
+        if not sent:
+            del self._sent[subscriber_id]
+        elif len(sent) >= self.per_hour:
+            raise SMTPRefusal(Reply(450, "4.7.1", "Sending limit reached, try again later"), "rate_limited")
+
+    def record(self, subscriber_id: int, now: float) -> None:
+        self._sent.setdefault(subscriber_id, deque()).append(now)
+
+
 def _printable(text: str) -> str:
     return "".join(c if c.isprintable() and c not in "<>" else "?" for c in text)[:256]
 
@@ -157,13 +204,14 @@ def protocol_name(*, extended: bool, tls: bool, authenticated: bool, utf8: bool)
     return base + suffix
 
 
-def trace_headers(*, return_path: str, helo: str, client_ip: str, server_name: str, protocol: str, queue_id: str,
-                  recipient: str | None, now: float) -> bytes:
-    """Return-Path and Received (RFC 5321 §4.4), as the final delivery adds them. ``for`` names
-    the recipient only when there is one: listing several would tell each about the others."""
+def trace_headers(*, return_path: str | None, helo: str, client_ip: str, server_name: str, protocol: str,
+                  queue_id: str, recipient: str | None, now: float) -> bytes:
+    """Return-Path (only at final delivery: None for a message that is relayed on) and Received
+    (RFC 5321 §4.4). ``for`` names the recipient only when there is one: listing several would
+    tell each about the others."""
     date = format_datetime(datetime.fromtimestamp(now, UTC))
-    lines = [f"Return-Path: <{_header_address(return_path)}>",
-             f"Received: from {trace_text(helo)} ([{trace_text(client_ip)}])",
+    lines = [f"Return-Path: <{_header_address(return_path)}>"] if return_path is not None else []
+    lines += [f"Received: from {trace_text(helo)} ([{trace_text(client_ip)}])",
              f"\tby {server_name} (ispd) with {protocol} id {queue_id}"]
     if recipient is not None:
         lines.append(f"\tfor <{_header_address(recipient)}>; {date}")

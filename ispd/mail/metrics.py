@@ -32,9 +32,13 @@ class MailMetrics:
         self.deliveries = LabeledCounter(
             "ispd_mail_deliveries_total", "Copies written into mailboxes (one per distinct recipient mailbox).", [])
         self.delivery_latency = LabeledHistogram(
-            "ispd_mail_delivery_seconds", "From the end of DATA to the reply, the copies durable in every mailbox.",
-            "listener", ("mx",))
-        for result in ("delivered", "refused"):
+            "ispd_mail_delivery_seconds",
+            "From the end of DATA to the reply: local copies durable in every mailbox, the rest in the queue.",
+            "listener", ("mx", "submission"))
+        self.auth = LabeledCounter("ispd_mail_auth_total", "Submission AUTH attempts, by result.", ["result"])
+        for result in ("success", "failure"):
+            self.auth.inc(result, amount=0)
+        for result in ("delivered", "submitted", "refused"):
             self.messages.inc(result, amount=0)
         for reason in REFUSAL_REASONS:
             self.refusals.inc(reason, amount=0)
@@ -45,9 +49,43 @@ class MailMetrics:
     def mx_latency(self) -> Histogram:
         return self.delivery_latency["mx"]
 
-    def collectors(self, gauges: Callable[[], dict[str, float]]) -> list[Collector]:
-        return [FastCollector([self.messages, self.refusals, self.bytes, self.deliveries, self.delivery_latency]),
-                _ListenerCollector(self.listener, gauges)]
+    @property
+    def submission_latency(self) -> Histogram:
+        return self.delivery_latency["submission"]
+
+    def collectors(self, gauges: Callable[[], dict[str, float]],
+                   queue: Callable[[], QueueFigures]) -> list[Collector]:
+        return [FastCollector([self.messages, self.refusals, self.bytes, self.deliveries, self.delivery_latency,
+                               self.auth]),
+                _ListenerCollector(self.listener, gauges), _QueueCollector(queue)]
+
+
+@dataclass(slots=True)
+class QueueFigures:
+    attempts: dict[str, int]  # per recipient and attempt, by result (delivered, bounced, deferred)
+    bounces: int  # delivery status notifications sent
+    messages: int  # in the queue, as last counted
+    oldest_age_seconds: float
+
+
+class _QueueCollector(Collector):
+    def __init__(self, figures: Callable[[], QueueFigures]) -> None:
+        self.figures = figures
+
+    def collect(self) -> Iterator[Metric]:
+        figures = self.figures()
+        attempts = CounterMetricFamily("ispd_mail_outbound_attempts",
+                                       "Outbound delivery attempts per recipient, by result.", labels=["result"])
+        for result, count in sorted(figures.attempts.items()):
+            attempts.add_metric([result], count)
+        yield attempts
+        yield CounterMetricFamily("ispd_mail_bounces", "Delivery status notifications sent to senders.",
+                                  value=figures.bounces)
+        yield GaugeMetricFamily("ispd_mail_queue_messages", "Messages in the outbound queue (counted every 30 s).",
+                                value=figures.messages)
+        yield GaugeMetricFamily("ispd_mail_queue_oldest_age_seconds",
+                                "Age of the oldest message in the outbound queue; 0 when empty.",
+                                value=figures.oldest_age_seconds)
 
 
 class _ListenerCollector(Collector):

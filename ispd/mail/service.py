@@ -1,15 +1,10 @@
-"""The mail service's transport: aiosmtpd sessions on the MX listeners, store lookups at RCPT,
-Maildir writes at the end of DATA.
+"""The mail service: the MX and submission listeners, recipients looked up in the store, local
+delivery into Maildirs, and the outbound queue.
 
-aiosmtpd parses commands, handles PIPELINING (it reads one line at a time from the stream, so
-pipelined commands simply queue), dot-stuffing, SIZE, 8BITMIME, SMTPUTF8 and STARTTLS, and only
-ends DATA on <CRLF>.<CRLF> (its defence against SMTP smuggling). ``MXSession`` adds what it lacks:
-enhanced status codes on every reply (RFC 2034), a cap on connections in total and per client,
-and the ESMTP keywords. ``ispd.mail.engine`` makes the decisions.
-
-The 250 after DATA is sent only once the message is fsynced into every recipient's Maildir
-(the files and their directory entries), in a thread pool of its own so that a slow disk never
-blocks the event loop or the store's threads.
+The 250 after DATA is sent only once every copy is durable: fsynced into each local recipient's
+Maildir (files and directory entries), and for other domains the spool file and the queue row.
+File I/O runs in a thread pool of its own, so that a slow disk never blocks the event loop or
+the store's threads; scrypt checks of AUTH passwords run in the default executor, a few at once.
 """
 
 from __future__ import annotations
@@ -24,30 +19,30 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import Session
 
+from ispd.credentials import PasswordChecker
 from ispd.listeners import CertificateError, ConnectionGate, server_tls_context
 from ispd.logs import get_logger
 from ispd.mail.config import MailConfig
-from ispd.mail.engine import MXPolicy, Reply, SMTPRefusal, protocol_name, trace_headers, with_enhanced_code
+from ispd.mail.engine import MXPolicy, Reply, SendingLimit, SMTPRefusal, protocol_name, trace_headers
 from ispd.mail.maildir import Maildir
 from ispd.mail.metrics import MailMetrics
+from ispd.mail.outbound import QueueRunner
+from ispd.mail.smtp import Identity, MailEnvelope, MXHandler, SMTPSession, SubmissionHandler
+from ispd.mail.spool import Spool
 from ispd.service import Health, Service, ServiceContext, ServiceStartError
-from ispd.store import StoreError
-from ispd.store.models import MailRecipient
+from ispd.store import NotFound, StoreError
+from ispd.store.models import MailRecipient, SubscriberStatus
+from ispd.store.validation import hostname_text, mail_address
 
 if TYPE_CHECKING:
     from ispd.config import Config
 
 log = get_logger("ispd.mail")
 DELIVERY_THREADS = 16  # fsyncs in flight at once; more sessions than this queue for a thread
-
-
-_AIOSMTPD_REFUSALS = {
-    "552 5.3.4 Err": "too_large",  # SIZE at MAIL, or DATA over the limit
-    "500 5.5.2 Lin": "line_too_long",  # a line of DATA over 998 octets (RFC 5321 §4.5.3.1.6)
-    "553 5.1.3 Err": "bad_address",
-}
+PASSWORD_CHECKS = 8  # scrypt checks at once (each ~50 ms of CPU)
+AUTH_CACHE_SECONDS = 3600
 
 
 def check_files(config: MailConfig) -> list[str]:
@@ -61,125 +56,6 @@ def check_files(config: MailConfig) -> list[str]:
     return []
 
 
-class MailEnvelope(Envelope):
-    def __init__(self) -> None:
-        super().__init__()
-        # The mailboxes accepted at RCPT, by canonical address (alice+x@ and alice@ are one).
-        self.mailboxes: dict[str, MailRecipient] = {}
-        self.declared_size = 0
-
-
-class MXSession(SMTP):
-    """One SMTP connection to the MX."""
-
-    def __init__(self, service: MailService) -> None:
-        config = service.config
-        super().__init__(
-            service.handler, data_size_limit=config.max_message_bytes, enable_SMTPUTF8=True,
-            hostname=config.server_name, ident="ESMTP ispd", tls_context=service.tls_context,
-            timeout=config.command_timeout_seconds, loop=asyncio.get_running_loop())
-        self.service = service
-        self.client = ""
-        self.admitted = False
-        self._released = False
-        self._helo_reply = False
-
-    def _create_envelope(self) -> Envelope:
-        return MailEnvelope()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self.transport is None:  # the TCP connection, not the switch to TLS after STARTTLS
-            peer = transport.get_extra_info("peername")
-            self.client = str(peer[0]) if peer else ""
-            self.admitted = self.service.gate.admit(self.client)
-            if self.admitted:
-                self.service.sessions.add(self)
-        super().connection_made(transport)
-
-    def connection_lost(self, error: Exception | None) -> None:
-        if self.admitted and not self._released:
-            self._released = True
-            self.service.gate.release(self.client)
-            self.service.sessions.discard(self)
-        super().connection_lost(error)
-
-    async def _handle_client(self) -> None:
-        if not self.admitted:
-            await self.push(f"421 4.7.0 {self.hostname} Too many connections, try again later")
-            assert self.transport is not None
-            self.transport.close()
-            return
-        await super()._handle_client()
-
-    async def push(self, status: Any) -> None:
-        if isinstance(status, str) and not self._helo_reply:
-            status = with_enhanced_code(status)
-            # aiosmtpd refuses these itself, without a hook: counted here.
-            reason = _AIOSMTPD_REFUSALS.get(status[:13])
-            if reason is not None:
-                self.service.metrics.refusals.inc(reason)
-                if status.startswith(("552 5.3.4 Error: Too much", "500 5.5.2 Line too")):
-                    self.service.metrics.messages.inc("refused")
-        await super().push(status)
-
-    async def smtp_EHLO(self, hostname: str) -> None:
-        self._helo_reply = True
-        try:
-            await super().smtp_EHLO(hostname)
-        finally:
-            self._helo_reply = False
-
-    async def smtp_HELO(self, hostname: str) -> None:
-        self._helo_reply = True
-        try:
-            await super().smtp_HELO(hostname)
-        finally:
-            self._helo_reply = False
-
-
-class MXHandler:
-    """aiosmtpd's hooks (``handle_<COMMAND>``), each answering with our reply text."""
-
-    def __init__(self, service: MailService) -> None:
-        self.service = service
-
-    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
-                          responses: list[str]) -> list[str]:
-        session.host_name = hostname
-        # aiosmtpd ends with "250 HELP"; the keywords it does not know go before it.
-        return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
-
-    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
-                          mail_options: list[str]) -> str:
-        assert isinstance(envelope, MailEnvelope)
-        for option in mail_options:
-            if option.startswith("SIZE=") and option[5:].isdigit():
-                envelope.declared_size = int(option[5:])
-        envelope.mail_from = address
-        envelope.mail_options.extend(mail_options)
-        return "250 2.1.0 Ok"
-
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
-                          rcpt_options: list[str]) -> str:
-        assert isinstance(envelope, MailEnvelope)
-        try:
-            await self.service.accept_recipient(address, envelope)
-        except SMTPRefusal as refusal:
-            self.service.metrics.refusals.inc(refusal.reason)
-            return str(refusal.reply)
-        envelope.rcpt_tos.append(address)
-        envelope.rcpt_options.extend(rcpt_options)
-        return "250 2.1.5 Ok"
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        assert isinstance(server, MXSession) and isinstance(envelope, MailEnvelope)
-        return str(await self.service.deliver(server, session, envelope))
-
-    async def handle_exception(self, error: Exception) -> str:
-        log.error("mail.session.error", error=repr(error))
-        return "451 4.3.0 Local error, try again later"
-
-
 class MailService(Service):
     name = "mail"
 
@@ -188,16 +64,23 @@ class MailService(Service):
         self.context = context
         self.metrics = MailMetrics()
         self.policy = self._policy(self.config)
-        self.handler = MXHandler(self)
+        self.sending = SendingLimit(self.config.max_messages_per_hour)
+        self.mx_handler = MXHandler(self)
+        self.submission_handler = SubmissionHandler(self)
         self.gate = ConnectionGate(self.config.max_connections, self.config.max_connections_per_client,
                                    self.metrics.listener)
-        self.sessions: set[MXSession] = set()
+        self.sessions: set[SMTPSession] = set()
         self.tls_context: ssl.SSLContext | None = None
+        self.passwords = PasswordChecker(AUTH_CACHE_SECONDS)
         self.bound: list[str] = []
+        self._password_checks = asyncio.Semaphore(PASSWORD_CHECKS)
         self._servers: list[asyncio.Server] = []
         self._deliveries: set[asyncio.Future[Any]] = set()
         self._created: set[Path] = set()  # Maildirs known to exist
         self._executor = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="ispd-mail")
+        self.queue = QueueRunner(self.config, context.store, Spool(self.config.queue_directory), self._executor,
+                                 self.deliver_bounce, context.clock)
+        self._queue_task: asyncio.Task[None] | None = None
 
     @staticmethod
     def _policy(config: MailConfig) -> MXPolicy:
@@ -213,33 +96,57 @@ class MailService(Service):
         except CertificateError as exc:
             raise ServiceStartError(f"mail: {exc}") from None
 
+    # --- lifecycle
+
     async def start(self, stack: AsyncExitStack) -> None:
         # aiosmtpd logs every command at INFO; ours are the events worth a line.
         logging.getLogger("mail.log").setLevel(logging.WARNING)
         self.tls_context = self._tls(self.config)
-        root = self.config.maildir_root
-        try:
-            root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ServiceStartError(f"mail: cannot create the Maildir root {root}: {exc.strerror}") from None
-        stack.callback(self._executor.shutdown, wait=True)
-        loop = asyncio.get_running_loop()
-        for address in self.config.listen_mx:
+        for directory, what in ((self.config.maildir_root, "Maildir root"),
+                                (self.config.queue_directory, "queue directory")):
             try:
-                server = await loop.create_server(lambda: MXSession(self), address.host, address.port,
-                                                  reuse_address=True, backlog=1024)
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ServiceStartError(f"mail: cannot create the {what} {directory}: {exc.strerror}") from None
+        stack.callback(self._executor.shutdown, wait=True)
+        listeners = [("mx", a) for a in self.config.listen_mx]
+        listeners += [("submission", a) for a in self.config.listen_submission]
+        listeners += [("submissions", a) for a in self.config.listen_submissions]
+        loop = asyncio.get_running_loop()
+        for listener, address in listeners:
+            try:
+                server = await loop.create_server(
+                    lambda kind=listener: SMTPSession(self, kind), address.host, address.port, reuse_address=True,
+                    backlog=1024, ssl=self.tls_context if listener == "submissions" else None)
             except OSError as exc:
                 raise ServiceStartError(f"mail: cannot listen on {address}: {exc.strerror}") from None
             self._servers.append(server)
             stack.push_async_callback(self._close_server, server)
             host, port = server.sockets[0].getsockname()[:2]
-            self.bound.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+            self.bound.append(f"{listener} {f'[{host}]' if ':' in host else host}:{port}")
         stack.push_async_callback(self._close_sessions)
-        for collector in self.metrics.collectors(lambda: {"sessions": float(len(self.sessions))}):
+        self._queue_task = asyncio.create_task(self.queue.run(), name="mail-queue")
+        stack.push_async_callback(self._cancel_queue)
+        for collector in self.metrics.collectors(self._gauges, self.queue.figures):
             self.context.registry.register(collector)
             stack.callback(self.context.registry.unregister, collector)
-        log.info("mail.started", listen_mx=self.bound, domains=self.config.domains,
-                 starttls=self.tls_context is not None, maildir_root=str(root))
+        stack.callback(self.context.control.register("mail.queue.flush", self._command_flush))
+        log.info("mail.started", listen=self.bound, domains=self.config.domains,
+                 starttls=self.tls_context is not None, maildir_root=str(self.config.maildir_root))
+
+    def _gauges(self) -> dict[str, float]:
+        return {"sessions": float(len(self.sessions)), "outbound_deliveries_in_progress": float(self.queue.active)}
+
+    async def _command_flush(self, args: dict[str, Any]) -> dict[str, Any]:
+        queue_id = args.get("queue_id")
+        if queue_id is not None and not isinstance(queue_id, str):
+            raise ValueError("queue_id must be text")
+        try:
+            moved = await self.context.store.reschedule_mail(queue_id, self.context.clock())
+        except NotFound as exc:
+            raise ValueError(str(exc)) from None
+        self.queue.wake.set()
+        return {"rescheduled": moved}
 
     @staticmethod
     async def _close_server(server: asyncio.Server) -> None:
@@ -248,23 +155,34 @@ class MailService(Service):
 
     async def _close_sessions(self) -> None:
         for session in list(self.sessions):
-            if session.transport is not None:
-                session.transport.close()
+            session.close()
+
+    async def _cancel_queue(self) -> None:
+        if self._queue_task is not None:
+            self._queue_task.cancel()
+            await asyncio.gather(self._queue_task, return_exceptions=True)
 
     async def stop(self) -> None:
         for server in self._servers:
             server.close()
-        # A message whose DATA is being written gets its reply; new ones cannot start.
+        # A message whose DATA is being written gets its reply, an outbound attempt its record;
+        # nothing new starts.
+        if self._queue_task is not None:
+            self._queue_task.cancel()
         if self._deliveries:
             await asyncio.gather(*self._deliveries, return_exceptions=True)
+        await self.queue.drain()
 
     async def reload(self, old: Config, new: Config) -> None:
-        if old.mail.listen_mx != new.mail.listen_mx:
-            raise ServiceStartError("mail: a change of listen addresses needs a restart")
-        if old.mail.maildir_root != new.mail.maildir_root:
-            raise ServiceStartError("mail: a change of maildir_root needs a restart (move the mailboxes first)")
+        for key in ("listen_mx", "listen_submission", "listen_submissions", "maildir_root", "queue_directory"):
+            if getattr(old.mail, key) != getattr(new.mail, key):
+                raise ServiceStartError(f"mail: a change of {key} needs a restart")
+        if (old.mail.certificate is None) != (new.mail.certificate is None):
+            raise ServiceStartError("mail: turning STARTTLS on or off needs a restart")
         tls_context = self._tls(new.mail)
         self.config, self.policy, self.tls_context = new.mail, self._policy(new.mail), tls_context
+        self.sending.per_hour = new.mail.max_messages_per_hour
+        self.queue.config = new.mail
         self.gate.max_total = new.mail.max_connections
         self.gate.max_per_client = new.mail.max_connections_per_client
         log.info("mail.reloaded", domains=new.mail.domains, starttls=tls_context is not None)
@@ -272,12 +190,14 @@ class MailService(Service):
     def health(self) -> Health:
         if not self._servers:
             return Health(False, "not listening")
+        if self._queue_task is not None and self._queue_task.done():
+            return Health(False, "the outbound queue stopped")
         return Health(True)
 
     def describe(self) -> str:
         return f"mail on {', '.join(self.bound)}"
 
-    # --- recipients and delivery
+    # --- recipients and local delivery
 
     def maildir(self, address: str) -> Maildir:
         return Maildir.for_address(self.config.maildir_root, address)
@@ -289,18 +209,21 @@ class MailService(Service):
         usage = await asyncio.get_running_loop().run_in_executor(self._executor, maildir.usage)
         return usage.bytes
 
-    async def accept_recipient(self, address: str, envelope: MailEnvelope) -> None:
-        route = self.policy.route(address, len(envelope.rcpt_tos))
-        recipient = None
+    async def _find_mailbox(self, candidates: tuple[str, ...]) -> MailRecipient | None:
         try:
-            for candidate in route.candidates:
+            for candidate in candidates:
                 recipient = await self.context.store.mail_recipient(candidate)
                 if recipient is not None:
-                    break
+                    return recipient
         except StoreError as exc:
             log.error("mail.store.error", operation="mail_recipient", error=str(exc))
             raise SMTPRefusal(Reply(451, "4.3.0", "Temporary lookup failure, try again later"),
                               "local_error") from None
+        return None
+
+    async def accept_recipient(self, address: str, envelope: MailEnvelope) -> None:
+        route = self.policy.route(address, len(envelope.rcpt_tos))
+        recipient = await self._find_mailbox(route.candidates)
         if recipient is None:
             raise self.policy.unknown(address)
         if recipient.mailbox.address in envelope.mailboxes:
@@ -308,47 +231,50 @@ class MailService(Service):
         self.policy.admit(address, recipient, await self._used_bytes(recipient), envelope.declared_size)
         envelope.mailboxes[recipient.mailbox.address] = recipient
 
-    async def deliver(self, server: MXSession, session: Session, envelope: MailEnvelope) -> Reply:
-        started = time.perf_counter()
-        content = envelope.original_content or b""
+    async def _deliver_locally(self, session: SMTPSession, smtp_session: Session, envelope: MailEnvelope,
+                               queue_id: str, content: bytes, now: float) -> Reply | None:
+        """Writes the local copies; a Reply when the message cannot be taken."""
         try:
             for address, recipient in envelope.mailboxes.items():
                 self.policy.admit(address, recipient, await self._used_bytes(recipient), len(content))
         except SMTPRefusal as refusal:
             self.metrics.refusals.inc(refusal.reason)
-            self.metrics.messages.inc("refused")
             return refusal.reply
-        queue_id = secrets.token_hex(6).upper()
-        now = self.context.clock()
-        protocol = protocol_name(extended=bool(session.extended_smtp), tls=session.ssl is not None,
-                                 authenticated=bool(session.authenticated), utf8=bool(envelope.smtp_utf8))
         mail_from = envelope.mail_from or ""
+        local_recipients = [r for r in envelope.rcpt_tos if r not in envelope.remote]
         headers = trace_headers(
-            return_path="" if mail_from == "<>" else mail_from, helo=session.host_name or "", client_ip=server.client,
-            server_name=server.hostname, protocol=protocol, queue_id=queue_id,
-            recipient=envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else None, now=now)
-        message = headers + content
+            return_path="" if mail_from == "<>" else mail_from, helo=smtp_session.host_name or "",
+            client_ip=session.client, server_name=session.hostname, protocol=self._protocol(session, envelope),
+            queue_id=queue_id, recipient=local_recipients[0] if len(local_recipients) == 1 else None, now=now)
         maildirs = [self.maildir(address) for address in envelope.mailboxes]
+        try:
+            await self._write_tracked(maildirs, headers + content, now)
+        except OSError as exc:
+            log.error("mail.delivery.failed", queue_id=queue_id, error=str(exc))
+            self.metrics.refusals.inc("local_error")
+            if exc.errno in (28, 122):  # ENOSPC, EDQUOT
+                return Reply(452, "4.3.1", "Insufficient system storage, try again later")
+            return Reply(451, "4.3.0", "Local delivery failed, try again later")
+        self.metrics.deliveries.inc(amount=len(maildirs))
+        self.metrics.bytes.inc(amount=len(headers) + len(content))
+        return None
+
+    @staticmethod
+    def _protocol(session: SMTPSession, envelope: MailEnvelope) -> str:
+        smtp_session = session.session
+        return protocol_name(extended=bool(smtp_session and smtp_session.extended_smtp), tls=session.encrypted,
+                             authenticated=bool(smtp_session and smtp_session.authenticated),
+                             utf8=bool(envelope.smtp_utf8))
+
+    async def _write_tracked(self, maildirs: list[Maildir], message: bytes, now: float) -> None:
+        if not maildirs:
+            return
         delivery = asyncio.get_running_loop().run_in_executor(self._executor, self._write, maildirs, message, now)
         self._deliveries.add(delivery)
         try:
             await asyncio.shield(delivery)
-        except OSError as exc:
-            log.error("mail.delivery.failed", queue_id=queue_id, error=str(exc))
-            self.metrics.refusals.inc("local_error")
-            self.metrics.messages.inc("refused")
-            if exc.errno in (28, 122):  # ENOSPC, EDQUOT
-                return Reply(452, "4.3.1", "Insufficient system storage, try again later")
-            return Reply(451, "4.3.0", "Local delivery failed, try again later")
         finally:
             self._deliveries.discard(delivery)
-        self.metrics.messages.inc("delivered")
-        self.metrics.deliveries.inc(amount=len(maildirs))
-        self.metrics.bytes.inc(amount=len(message))
-        self.metrics.mx_latency.observe(time.perf_counter() - started)
-        log.info("mail.delivered", queue_id=queue_id, client=server.client, sender=mail_from,
-                 recipients=list(envelope.mailboxes), size=len(message))
-        return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
 
     def _write(self, maildirs: list[Maildir], message: bytes, now: float) -> None:
         for maildir in maildirs:
@@ -356,3 +282,139 @@ class MailService(Service):
                 maildir.create()
                 self._created.add(maildir.path)
             maildir.deliver(message, now=now)
+
+    async def deliver(self, session: SMTPSession, smtp_session: Session, envelope: MailEnvelope) -> Reply:
+        """The end of DATA on the MX."""
+        started = time.perf_counter()
+        queue_id = secrets.token_hex(6).upper()
+        refused = await self._deliver_locally(session, smtp_session, envelope, queue_id,
+                                              envelope.original_content or b"", self.context.clock())
+        if refused is not None:
+            self.metrics.messages.inc("refused")
+            return refused
+        self.metrics.messages.inc("delivered")
+        self.metrics.mx_latency.observe(time.perf_counter() - started)
+        log.info("mail.delivered", queue_id=queue_id, client=session.client, sender=envelope.mail_from,
+                 recipients=list(envelope.mailboxes), size=len(envelope.original_content or b""))
+        return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
+
+    async def deliver_bounce(self, address: str, message: bytes) -> bool:
+        """A bounce for a local sender goes straight into the sender's mailbox; False when the
+        address is not a local mailbox (then it is queued)."""
+        try:
+            route = self.policy.route(address, 0)
+            recipient = await self._find_mailbox(route.candidates)
+        except SMTPRefusal:
+            return False
+        if recipient is None:
+            return False
+        now = self.context.clock()
+        headers = f"Return-Path: <>\r\nDelivered-To: {recipient.mailbox.address}\r\n".encode()
+        await self._write_tracked([self.maildir(recipient.mailbox.address)], headers + message, now)
+        return True
+
+    # --- submission
+
+    async def authenticate(self, login: bytes, password: bytes) -> Identity | None:
+        """The subscriber whose login (a mailbox address or the username) and password these are."""
+        try:
+            text = login.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            return None
+        store = self.context.store
+        try:
+            if "@" in text:
+                recipient = await store.mail_recipient(mail_address(text))
+                if recipient is None:
+                    return None
+                subscriber_id, username = recipient.mailbox.subscriber_id, recipient.username
+            else:
+                subscriber = await store.get_subscriber(text)
+                subscriber_id, username = subscriber.id, subscriber.username
+            credentials = await store.get_credentials(subscriber_id)
+        except (NotFound, ValueError):
+            return None
+        except StoreError as exc:
+            log.error("mail.store.error", operation="authenticate", error=str(exc))
+            return None
+        now = self.context.clock()
+        verdict = self.passwords.check_fast(subscriber_id, credentials, password, now)
+        if verdict is None and credentials.verifier is not None:
+            async with self._password_checks:
+                verdict = await asyncio.get_running_loop().run_in_executor(
+                    None, PasswordChecker.check_slow, credentials.verifier, password)
+            if verdict:
+                self.passwords.remember(subscriber_id, credentials, password, now)
+        return Identity(subscriber_id, username) if verdict else None
+
+    async def check_sender(self, identity: Identity, address: str) -> None:
+        """MAIL FROM on submission: raises ``SMTPRefusal`` unless this subscriber may send as
+        ``address`` now (read fresh: a suspension takes effect at the next message)."""
+        store = self.context.store
+        try:
+            subscriber = await store.get_subscriber(identity.subscriber_id)
+            owned = {m.address for m in await store.list_mailboxes(subscriber=identity.subscriber_id)}
+        except NotFound:
+            raise SMTPRefusal(Reply(550, "5.7.1", "This account no longer exists"), "sender_suspended") from None
+        except StoreError as exc:
+            log.error("mail.store.error", operation="check_sender", error=str(exc))
+            raise SMTPRefusal(Reply(451, "4.3.0", "Temporary lookup failure, try again later"),
+                              "local_error") from None
+        if subscriber.status is not SubscriberStatus.ACTIVE:
+            raise SMTPRefusal(Reply(550, "5.7.1", f"Sending is {subscriber.status.value} for this account"),
+                              "sender_suspended")
+        self.policy.check_sender(address, owned, identity.username)
+        self.sending.check(identity.subscriber_id, self.context.clock())
+
+    async def accept_submission_recipient(self, address: str, envelope: MailEnvelope) -> None:
+        local, at, domain = address.rpartition("@")
+        if domain.lower().removesuffix(".") in self.policy.domains or not at:
+            await self.accept_recipient(address, envelope)
+            return
+        if len(envelope.rcpt_tos) >= self.policy.max_recipients:
+            raise SMTPRefusal(Reply(452, "4.5.3", "Too many recipients"), "too_many_recipients")
+        try:
+            hostname_text(domain)
+        except ValueError:
+            raise SMTPRefusal(Reply(553, "5.1.2", "Recipient address has no valid domain"), "bad_address") from None
+        if not local:
+            raise SMTPRefusal(Reply(553, "5.1.3", "Recipient address is not valid"), "bad_address")
+        if address not in envelope.remote:
+            envelope.remote.append(address)
+
+    async def submit(self, session: SMTPSession, smtp_session: Session, envelope: MailEnvelope,
+                     identity: Identity) -> Reply:
+        """The end of DATA on submission: local copies written, the rest queued, then 250."""
+        started = time.perf_counter()
+        queue_id = secrets.token_hex(6).upper()
+        content = envelope.original_content or b""
+        now = self.context.clock()
+        try:
+            self.sending.check(identity.subscriber_id, now)
+        except SMTPRefusal as refusal:
+            self.metrics.refusals.inc(refusal.reason)
+            return refusal.reply
+        refused = await self._deliver_locally(session, smtp_session, envelope, queue_id, content, now)
+        if refused is not None:
+            self.metrics.messages.inc("refused")
+            return refused
+        if envelope.remote:
+            received = trace_headers(
+                return_path=None, helo=smtp_session.host_name or "", client_ip=session.client,
+                server_name=session.hostname, protocol=self._protocol(session, envelope), queue_id=queue_id,
+                recipient=envelope.remote[0] if len(envelope.rcpt_tos) == 1 else None, now=now)
+            try:
+                await self.queue.enqueue(envelope.mail_from or "", envelope.remote, received + content,
+                                         subscriber_id=identity.subscriber_id, queue_id=queue_id)
+            except (OSError, StoreError) as exc:
+                log.error("mail.queue.enqueue_failed", queue_id=queue_id, error=str(exc))
+                self.metrics.refusals.inc("local_error")
+                self.metrics.messages.inc("refused")
+                return Reply(451, "4.3.0", "Could not queue the message, try again later")
+        self.sending.record(identity.subscriber_id, now)
+        self.metrics.messages.inc("submitted")
+        self.metrics.submission_latency.observe(time.perf_counter() - started)
+        log.info("mail.submitted", queue_id=queue_id, username=identity.username, client=session.client,
+                 sender=envelope.mail_from, local=list(envelope.mailboxes), queued=list(envelope.remote),
+                 size=len(content))
+        return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")

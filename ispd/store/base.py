@@ -26,6 +26,8 @@ from ispd.store.models import (
     Mailbox,
     MailRecipient,
     Plan,
+    QueuedMail,
+    QueuedRecipientState,
     RadiusSession,
     Reservation,
     ReservationKind,
@@ -170,6 +172,33 @@ class Store(ABC):
     @abstractmethod
     async def mail_recipient(self, address: str) -> MailRecipient | None:
         """The mailbox at exactly this (canonical, lowercase) address, or None."""
+
+    # --- the outbound mail queue (message bytes are spool files the mail service keeps)
+
+    @abstractmethod
+    async def enqueue_mail(self, mail: QueuedMail) -> None:
+        """Durable on return: the 250 for the message may then be sent."""
+
+    @abstractmethod
+    async def due_mail(self, now: float, *, limit: int = 100) -> list[QueuedMail]:
+        """Entries whose next attempt is due, soonest first."""
+
+    @abstractmethod
+    async def list_mail_queue(self) -> list[QueuedMail]: ...
+
+    @abstractmethod
+    async def record_mail_attempt(self, queue_id: str, outcomes: dict[str, tuple[QueuedRecipientState, str | None]],
+                                  *, next_attempt_at: float, error: str | None) -> QueuedMail | None:
+        """Records what became of each recipient tried (delivered, bounced; a recipient not in
+        ``outcomes`` stays pending) and when to try again. Returns the entry as it now is (with
+        no pending recipient it has left the queue), or None if it was deleted meanwhile."""
+
+    @abstractmethod
+    async def delete_queued_mail(self, queue_id: str, *, actor: str) -> QueuedMail: ...
+
+    @abstractmethod
+    async def reschedule_mail(self, queue_id: str | None, at: float) -> int:
+        """Moves the next attempt of one entry (None: all) to ``at``; how many moved."""
 
     # --- leases
     @abstractmethod

@@ -319,6 +319,38 @@ class MailRecipient:
     quota_bytes: int | None
 
 
+class QueuedRecipientState(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedRecipient:
+    address: str
+    state: QueuedRecipientState = QueuedRecipientState.PENDING
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedMail:
+    """A message in the outbound queue; its bytes are the spool file named by ``id``."""
+
+    id: str
+    created_at: float
+    sender: str  # "" for a bounce
+    size: int
+    next_attempt_at: float
+    recipients: tuple[QueuedRecipient, ...]
+    subscriber_id: int | None = None
+    attempts: int = 0
+    last_error: str | None = None
+
+    @property
+    def pending(self) -> list[str]:
+        return [r.address for r in self.recipients if r.state is QueuedRecipientState.PENDING]
+
+
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
     """One admin change, in the append-only audit log (also how other processes learn of it)."""

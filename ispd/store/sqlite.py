@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ispd.logs import get_logger
-from ispd.store import sqlite_addresses
+from ispd.store import sqlite_addresses, sqlite_mail
 from ispd.store.base import Store, SubscriberRef
 from ispd.store.config import StoreConfig
 from ispd.store.errors import Conflict, InvalidValue, NotFound, SchemaTooNew, StoreError, StoreUnavailable
@@ -56,6 +56,8 @@ from ispd.store.models import (
     Mailbox,
     MailRecipient,
     Plan,
+    QueuedMail,
+    QueuedRecipientState,
     RadiusSession,
     Reservation,
     ReservationKind,
@@ -944,6 +946,46 @@ class SQLiteStore(Store):
 
     async def mail_recipient(self, address: str) -> MailRecipient | None:
         return await self._read("mail_recipient", lambda conn: mail_recipient(conn, address))
+
+    # --- the outbound mail queue
+
+    async def enqueue_mail(self, mail: QueuedMail) -> None:
+        now = self.clock()
+        await self._write("enqueue_mail", lambda conn: sqlite_mail.enqueue(conn, mail, now))
+
+    async def due_mail(self, now: float, *, limit: int = 100) -> list[QueuedMail]:
+        return await self._read("due_mail", lambda conn: sqlite_mail.queued_mail(
+            conn, "WHERE next_attempt_at <= ?", (now,), limit))
+
+    async def list_mail_queue(self) -> list[QueuedMail]:
+        return await self._read("list_mail_queue", sqlite_mail.queued_mail)
+
+    async def record_mail_attempt(self, queue_id: str, outcomes: dict[str, tuple[QueuedRecipientState, str | None]],
+                                  *, next_attempt_at: float, error: str | None) -> QueuedMail | None:
+        now = self.clock()
+        return await self._write("record_mail_attempt", lambda conn: sqlite_mail.record_attempt(
+            conn, queue_id, outcomes, next_attempt_at, error, now))
+
+    async def delete_queued_mail(self, queue_id: str, *, actor: str) -> QueuedMail:
+        now = self.clock()
+
+        def run(conn: sqlite3.Connection) -> QueuedMail:
+            mail = sqlite_mail.find_queued(conn, queue_id)
+            conn.execute("DELETE FROM mail_queue WHERE id = ?", (queue_id,))
+            _append_audit(conn, now, actor, "mail.queue.deleted", "mail_queue", None, queue_id,
+                          {"sender": mail.sender, "recipients": mail.pending})
+            return mail
+
+        return await self._write("delete_queued_mail", run)
+
+    async def reschedule_mail(self, queue_id: str | None, at: float) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            if queue_id is None:
+                return conn.execute("UPDATE mail_queue SET next_attempt_at = ?", (at,)).rowcount
+            sqlite_mail.find_queued(conn, queue_id)
+            return conn.execute("UPDATE mail_queue SET next_attempt_at = ? WHERE id = ?", (at, queue_id)).rowcount
+
+        return await self._write("reschedule_mail", run)
 
     # --- leases
 

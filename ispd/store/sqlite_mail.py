@@ -5,7 +5,14 @@ from __future__ import annotations
 import sqlite3
 
 from ispd.store.errors import Conflict, NotFound
-from ispd.store.models import Mailbox, MailRecipient, SubscriberStatus
+from ispd.store.models import (
+    Mailbox,
+    MailRecipient,
+    QueuedMail,
+    QueuedRecipient,
+    QueuedRecipientState,
+    SubscriberStatus,
+)
 
 
 def mailbox_from_row(row: sqlite3.Row) -> Mailbox:
@@ -44,3 +51,57 @@ def mail_recipient(conn: sqlite3.Connection, address: str) -> MailRecipient | No
     quota = row["quota_bytes"] if row["quota_bytes"] is not None else row["plan_quota"]
     return MailRecipient(mailbox=mailbox_from_row(row), username=row["username"],
                          status=SubscriberStatus(row["status"]), quota_bytes=quota)
+
+
+# --- the outbound queue
+
+
+def _queued(conn: sqlite3.Connection, row: sqlite3.Row) -> QueuedMail:
+    recipients = tuple(
+        QueuedRecipient(r["address"], QueuedRecipientState(r["state"]), r["last_error"])
+        for r in conn.execute("SELECT * FROM mail_queue_recipients WHERE queue_id = ? ORDER BY address",
+                              (row["id"],)))
+    return QueuedMail(id=row["id"], created_at=row["created_at"], sender=row["sender"], size=row["size"],
+                      next_attempt_at=row["next_attempt_at"], recipients=recipients,
+                      subscriber_id=row["subscriber_id"], attempts=row["attempts"], last_error=row["last_error"])
+
+
+def enqueue(conn: sqlite3.Connection, mail: QueuedMail, now: float) -> None:
+    conn.execute("INSERT INTO mail_queue (id, created_at, sender, subscriber_id, size, next_attempt_at, attempts,"
+                 " last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                 (mail.id, mail.created_at, mail.sender, mail.subscriber_id, mail.size, mail.next_attempt_at,
+                  mail.attempts, mail.last_error))
+    conn.executemany("INSERT INTO mail_queue_recipients (queue_id, address, state, last_error, updated_at)"
+                     " VALUES (?, ?, ?, ?, ?)",
+                     [(mail.id, r.address, r.state.value, r.last_error, now) for r in mail.recipients])
+
+
+def queued_mail(conn: sqlite3.Connection, where: str = "", params: tuple[object, ...] = (),
+                limit: int = -1) -> list[QueuedMail]:
+    rows = conn.execute(f"SELECT * FROM mail_queue {where} ORDER BY next_attempt_at, id LIMIT ?", (*params, limit))
+    return [_queued(conn, row) for row in rows.fetchall()]
+
+
+def find_queued(conn: sqlite3.Connection, queue_id: str) -> QueuedMail:
+    found = queued_mail(conn, "WHERE id = ?", (queue_id,))
+    if not found:
+        raise NotFound(f"no queued message {queue_id}")
+    return found[0]
+
+
+def record_attempt(conn: sqlite3.Connection, queue_id: str,
+                   outcomes: dict[str, tuple[QueuedRecipientState, str | None]], next_attempt_at: float,
+                   error: str | None, now: float) -> QueuedMail | None:
+    """Applies one delivery attempt's outcomes; the entry goes when nothing is pending."""
+    if conn.execute("SELECT 1 FROM mail_queue WHERE id = ?", (queue_id,)).fetchone() is None:
+        return None  # deleted by an operator meanwhile
+    conn.executemany(
+        "UPDATE mail_queue_recipients SET state = ?, last_error = ?, updated_at = ?"
+        " WHERE queue_id = ? AND address = ? AND state = 'pending'",
+        [(state.value, text, now, queue_id, address) for address, (state, text) in outcomes.items()])
+    conn.execute("UPDATE mail_queue SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE id = ?",
+                 (next_attempt_at, error, queue_id))
+    mail = find_queued(conn, queue_id)
+    if not mail.pending:
+        conn.execute("DELETE FROM mail_queue WHERE id = ?", (queue_id,))
+    return mail

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import trustme
 
+from tests.lab.maildir import inbox
 from tests.lab.ports import free_tcp_port
 from tests.lab.process import IspdProcess, base_config, eventually
 
@@ -33,11 +34,7 @@ class Mail:
     ca: Path
 
     def inbox(self, address: str) -> list[bytes]:
-        local, _, domain = address.partition("@")
-        new = self.root / domain / local / "new"
-        if not new.is_dir():
-            return []
-        return [p.read_bytes() for p in sorted(new.iterdir(), key=lambda p: p.stat().st_mtime_ns)]
+        return inbox(self.root, address)
 
     def smtp(self) -> smtplib.SMTP:
         client = smtplib.SMTP("127.0.0.1", self.port, timeout=10)

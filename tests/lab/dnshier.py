@@ -26,6 +26,9 @@ The tree (offsets from the base; "BH" is a ``Blackhole``, "--" an address where 
       in-addr.arpa        ns.in-addr.arpa .3.2 (glue)
         18.198.in-addr.arpa  ns.18.198.in-addr.arpa .3.3 (glue; 198.in-addr.arpa is an empty
                              non-terminal of in-addr.arpa)
+    (mail, in example-a.test) relay. (MX .40.1), twomx. (MX .40.2 where nothing listens, then .40.1),
+                          nullmx. (null MX, RFC 7505), nomx. (no MX, an A record .40.1): the SMTP
+                          servers of the mail tests listen on port 25 of .40.x
     corp.internal.        ns1.corp.internal .21.1: a private zone no one delegates (internal. does
                           not exist at the root), reachable only as a configured stub zone
     (no zone)             .20.2 a spare for a RogueServer's forged sources; .30.1, .30.2 free for
@@ -244,6 +247,11 @@ def zone_texts(base: str = DEFAULT_BASE) -> dict[str, str]:
         "x.y IN A 198.18.1.50",  # y.example-a.test: an empty non-terminal
         *(f'big IN TXT "{s}"' for s in big_txt_strings()),
         "sub IN NS ns.sub.example-a.test.", f"ns.sub IN A {a['ns.sub.example-a.test.']}",
+        # The mail tests' other domains: their SMTP servers listen on port 25 of .40.x.
+        "relay IN MX 10 mx1.relay", f"mx1.relay IN A {base}.40.1",
+        "twomx IN MX 10 mx-dead.twomx", "twomx IN MX 20 mx1.relay", f"mx-dead.twomx IN A {base}.40.2",
+        "nullmx IN MX 0 .",
+        f"nomx IN A {base}.40.1",  # no MX record: mail goes to the domain's own address
     ])
     zones["sub.example-a.test."] = "\n".join([
         "$ORIGIN sub.example-a.test.", "$TTL 3600", _soa("ns.sub.example-a.test.", "sub.example-a.test."),

@@ -38,6 +38,9 @@ def test_relative_paths_are_taken_from_the_config_files_directory(tmp_path: Path
     ('postmaster = "not an address"', "is not a mail address"),
     ('recipient_delimiter = "++"', "recipient_delimiter"),
     ("max_message_bytes = 10", "max_message_bytes"),
+    ('listen_submission = ["127.0.0.1:587"]', "submission (listen_submission, listen_submissions) needs `certificate`"),
+    ("retry_initial_seconds = 600\nretry_max_seconds = 300", "retry_max_seconds is less than retry_initial_seconds"),
+    ('resolver = "localhost:53"', "resolver"),
 ])
 def test_mistakes_are_named(tmp_path: Path, text: str, message: str) -> None:
     assert message in error_of(write(tmp_path, f"[mail]\n{text}\n"))

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from ispd.mail.engine import MXPolicy, SMTPRefusal, protocol_name, trace_headers, with_enhanced_code
+from ispd.mail.engine import MXPolicy, SendingLimit, SMTPRefusal, protocol_name, trace_headers, with_enhanced_code
 from ispd.store.models import Mailbox, MailRecipient, SubscriberStatus
 
 POLICY = MXPolicy(["isp.example", "mail.isp.example"], postmaster="noc@isp.example", max_recipients=3)
@@ -118,3 +118,23 @@ def test_a_utf8_return_path_is_kept_as_it_came() -> None:
 ])
 def test_the_received_protocol_says_how_the_message_came(flags: dict[str, bool], name: str) -> None:
     assert protocol_name(**flags) == name
+
+
+def test_a_submitted_sender_must_be_one_of_the_subscribers_mailboxes() -> None:
+    owned = {"alice@isp.example"}
+    POLICY.check_sender("alice@isp.example", owned, "alice")
+    POLICY.check_sender("Alice+Lists@ISP.example", owned, "alice")
+    for address in ("bob@isp.example", "alice@isp.example.evil", "", "<>"):
+        caught = refusal(POLICY.check_sender, address, owned, "alice")
+        assert str(caught.reply).startswith("553 5.7.1") and caught.reason == "sender_not_owned"
+
+
+def test_the_sending_limit_is_a_sliding_hour() -> None:
+    limit = SendingLimit(per_hour=2)
+    limit.check(1, 0.0)
+    limit.record(1, 0.0)
+    limit.record(1, 100.0)
+    caught = refusal(limit.check, 1, 200.0)
+    assert str(caught.reply).startswith("450 4.7.1")
+    limit.check(2, 200.0)  # another subscriber
+    limit.check(1, 3600.5)  # the first has left the hour

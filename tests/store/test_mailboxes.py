@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from ispd.store import Conflict, InvalidValue, NotFound, Store
-from ispd.store.models import SubscriberStatus
+from ispd.store.models import QueuedMail, QueuedRecipient, QueuedRecipientState, SubscriberStatus
 
 
 async def test_a_mailbox_is_kept_in_lowercase_and_found_by_its_address(store: Store) -> None:
@@ -69,3 +69,43 @@ async def test_mailboxes_are_listed_deleted_and_audited(store: Store) -> None:
     # A subscriber's mailboxes go with it.
     await store.delete_subscriber("alice", actor="t")
     assert await store.mail_recipient("alice@isp.example") is None
+
+
+def _queued(queue_id: str, *recipients: str, at: float = 100.0) -> QueuedMail:
+    return QueuedMail(id=queue_id, created_at=at, sender="alice@isp.example", size=42, next_attempt_at=at,
+                      recipients=tuple(QueuedRecipient(r) for r in recipients), subscriber_id=None)
+
+
+async def test_the_queue_keeps_each_recipients_state_until_none_is_pending(store: Store) -> None:
+    await store.enqueue_mail(_queued("Q1", "a@x.example", "b@y.example", "c@y.example"))
+    await store.enqueue_mail(_queued("Q2", "d@z.example", at=500.0))
+    assert [m.id for m in await store.due_mail(200.0)] == ["Q1"]
+    assert [m.id for m in await store.due_mail(500.0)] == ["Q1", "Q2"]
+    after = await store.record_mail_attempt("Q1", {
+        "a@x.example": (QueuedRecipientState.DELIVERED, "250 ok"),
+        "b@y.example": (QueuedRecipientState.BOUNCED, "550 no")}, next_attempt_at=900.0, error="450 later")
+    assert after is not None and after.pending == ["c@y.example"] and after.attempts == 1
+    assert after.last_error == "450 later" and after.next_attempt_at == 900.0
+    assert [m.id for m in await store.due_mail(500.0)] == ["Q2"]
+    done = await store.record_mail_attempt("Q1", {"c@y.example": (QueuedRecipientState.DELIVERED, "250 ok")},
+                                           next_attempt_at=2000.0, error=None)
+    assert done is not None and done.pending == []
+    assert [m.id for m in await store.list_mail_queue()] == ["Q2"]  # gone once nothing is pending
+    assert await store.record_mail_attempt("Q1", {}, next_attempt_at=0.0, error=None) is None
+
+
+async def test_queued_mail_can_be_flushed_and_deleted(store: Store) -> None:
+    await store.enqueue_mail(_queued("Q1", "a@x.example", at=100.0))
+    await store.enqueue_mail(_queued("Q2", "b@x.example", at=100.0))
+    await store.record_mail_attempt("Q1", {}, next_attempt_at=5000.0, error="timeout")
+    await store.record_mail_attempt("Q2", {}, next_attempt_at=5000.0, error="timeout")
+    assert await store.reschedule_mail("Q1", 150.0) == 1
+    assert [m.id for m in await store.due_mail(200.0)] == ["Q1"]
+    assert await store.reschedule_mail(None, 150.0) == 2
+    with pytest.raises(NotFound):
+        await store.reschedule_mail("NOPE", 150.0)
+    deleted = await store.delete_queued_mail("Q1", actor="t")
+    assert deleted.pending == ["a@x.example"]
+    with pytest.raises(NotFound):
+        await store.delete_queued_mail("Q1", actor="t")
+    assert [m.id for m in await store.list_mail_queue()] == ["Q2"]

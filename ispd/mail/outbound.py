@@ -1,0 +1,279 @@
+"""Outbound delivery: the queue runner, MX lookups, and SMTP transactions with other domains.
+
+The runner polls the store for due entries (and wakes at once when a message is queued or an
+operator flushes), runs at most ``max_outbound_deliveries`` attempts at once, and for each entry
+groups the pending recipients by domain, delivers each group in one transaction to the domain's
+MX hosts in order of preference (RFC 5321 §5.1: the domain itself when it has no MX record;
+a null MX, RFC 7505, refuses mail), and records what became of every recipient
+(``ispd.mail.queue.settle``). Bounces go to the sender as a DSN from the null reverse-path:
+into the sender's mailbox when it is ours, else into the queue.
+
+TLS is opportunistic, as Postfix's ``smtp_tls_security_level = may``: STARTTLS when the server
+offers it, without checking its certificate (MX certificates are rarely valid for the MX name,
+and refusing to deliver over an unauthenticated channel would only fall back to clear text).
+
+Names are resolved through ``[mail] resolver`` (point it at ispd's own DNS listener to use
+ispd's resolver) or, unset, the system's resolv.conf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import aiosmtplib
+import dns.asyncresolver
+import dns.exception
+import dns.resolver
+
+from ispd.logs import get_logger
+from ispd.mail.dsn import bounce_message
+from ispd.mail.metrics import QueueFigures
+from ispd.mail.queue import Outcome, Verdict, by_domain, outcome_of_reply, settle
+from ispd.mail.spool import Spool
+from ispd.store import StoreError
+from ispd.store.models import QueuedMail, QueuedRecipient
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
+    from ispd.configtypes import SocketAddress
+    from ispd.mail.config import MailConfig
+    from ispd.store import Store
+
+log = get_logger("ispd.mail.outbound")
+POLL_SECONDS = 10.0
+LocalDelivery = Callable[[str, bytes], Awaitable[bool]]
+
+
+class LookupFailed(Exception):
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.detail)
+        self.outcome = outcome
+
+
+class MXLookup:
+    def __init__(self, server: SocketAddress | None, timeout: float) -> None:
+        self.resolver = dns.asyncresolver.Resolver(configure=server is None)
+        if server is not None:
+            self.resolver.nameservers = [server.host]
+            self.resolver.port = server.port
+        self.resolver.lifetime = timeout
+
+    async def exchangers(self, domain: str) -> list[str]:
+        """The domain's mail hosts, most preferred first; raises ``LookupFailed``."""
+        try:
+            answer = await self.resolver.resolve(domain, "MX")
+        except dns.resolver.NXDOMAIN:
+            raise LookupFailed(Outcome(Verdict.BOUNCED, f"{domain}: no such domain", "5.1.2")) from None
+        except dns.resolver.NoAnswer:
+            return [domain]  # RFC 5321 §5.1: the implicit MX
+        except (dns.exception.DNSException, OSError) as exc:
+            raise LookupFailed(Outcome(Verdict.DEFERRED, f"{domain}: MX lookup failed: {exc}", "4.4.3")) from None
+        records = sorted(answer, key=lambda r: (r.preference, secrets.randbelow(1 << 16)))
+        hosts = [r.exchange.to_text().rstrip(".") for r in records]
+        if hosts == [""]:  # RFC 7505: "0 ." says the domain takes no mail
+            raise LookupFailed(Outcome(Verdict.BOUNCED, f"{domain}: the domain accepts no mail (null MX)", "5.1.10"))
+        return [h for h in hosts if h]
+
+    async def addresses(self, host: str) -> list[str]:
+        found: list[str] = []
+        for rdtype in ("A", "AAAA"):
+            try:
+                answer = await self.resolver.resolve(host, rdtype)
+            except (dns.exception.DNSException, OSError):
+                continue
+            found += [r.to_text() for r in answer]
+        return found
+
+
+def _client_tls_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def deliver_to_domain(domain: str, sender: str, recipients: list[str], message: bytes, *, lookup: MXLookup,
+                            port: int, helo: str, command_timeout: float) -> dict[str, Outcome]:
+    """One attempt for the recipients at one domain: each recipient's outcome."""
+    try:
+        hosts = await lookup.exchangers(domain)
+    except LookupFailed as failed:
+        return dict.fromkeys(recipients, failed.outcome)
+    last = f"{domain}: no mail host could be reached"
+    for host in hosts:
+        addresses = await lookup.addresses(host)
+        if not addresses:
+            last = f"{host}: no address"
+        for address in addresses:
+            try:
+                return await _transaction(address, port, sender, recipients, message, helo=helo,
+                                          command_timeout=command_timeout)
+            except (OSError, aiosmtplib.SMTPConnectError, aiosmtplib.SMTPTimeoutError,
+                    aiosmtplib.SMTPServerDisconnected) as exc:
+                last = f"{host}[{address}]: {exc or type(exc).__name__}"
+    return dict.fromkeys(recipients, Outcome(Verdict.DEFERRED, last, "4.4.1"))
+
+
+async def _transaction(address: str, port: int, sender: str, recipients: list[str], message: bytes, *, helo: str,
+                       command_timeout: float) -> dict[str, Outcome]:
+    client = aiosmtplib.SMTP(hostname=address, port=port, timeout=command_timeout, local_hostname=helo, start_tls=None,
+                             validate_certs=False, tls_context=_client_tls_context())
+    await client.connect()
+    try:
+        options = []
+        if any(b >= 0x80 for b in message) and client.supports_extension("8bitmime"):
+            options.append("BODY=8BITMIME")
+        if not (sender + "".join(recipients)).isascii() and client.supports_extension("smtputf8"):
+            options.append("SMTPUTF8")
+        try:
+            refused, reply = await client.sendmail(sender, recipients, message, mail_options=options)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            return {r.recipient: outcome_of_reply(r.code, r.message) for r in exc.recipients}
+        except aiosmtplib.SMTPResponseException as exc:
+            return dict.fromkeys(recipients, outcome_of_reply(exc.code, exc.message))
+        results = dict.fromkeys(recipients, Outcome(Verdict.DELIVERED, f"250 {reply}".strip(), "2.0.0"))
+        for recipient, response in refused.items():
+            results[recipient] = outcome_of_reply(response.code, response.message)
+        return results
+    finally:
+        try:
+            await client.quit()
+        except (aiosmtplib.SMTPException, OSError):
+            client.close()
+
+
+class QueueRunner:
+    def __init__(self, config: MailConfig, store: Store, spool: Spool, executor: Executor,
+                 deliver_locally: LocalDelivery, clock: Callable[[], float]) -> None:
+        self.config = config
+        self.store = store
+        self.spool = spool
+        self.executor = executor
+        self.deliver_locally = deliver_locally
+        self.clock = clock
+        self.lookup = MXLookup(config.resolver, config.outbound_timeout_seconds)
+        self.wake = asyncio.Event()
+        self._active: dict[str, asyncio.Task[None]] = {}
+        self._slots = asyncio.Semaphore(config.max_outbound_deliveries)
+        self.attempts: dict[str, int] = {v.value: 0 for v in Verdict}  # per recipient, for metrics
+        self.bounces = 0
+        self._counted = (0, 0.0)  # messages in the queue and the oldest one's created_at, every 30 s
+
+    @property
+    def active(self) -> int:
+        return len(self._active)
+
+    def figures(self) -> QueueFigures:
+        messages, oldest = self._counted
+        return QueueFigures(dict(self.attempts), self.bounces, messages,
+                            max(0.0, self.clock() - oldest) if messages else 0.0)
+
+    async def enqueue(self, sender: str, recipients: list[str], message: bytes, *, subscriber_id: int | None,
+                      queue_id: str | None = None) -> str:
+        """Durably queued on return (the spool file, then the row)."""
+        queue_id = queue_id or secrets.token_hex(6).upper()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.executor, self.spool.write, queue_id, message)
+        now = self.clock()
+        await self.store.enqueue_mail(QueuedMail(
+            id=queue_id, created_at=now, sender=sender, size=len(message), next_attempt_at=now,
+            recipients=tuple(QueuedRecipient(r) for r in dict.fromkeys(recipients)), subscriber_id=subscriber_id))
+        self.wake.set()
+        return queue_id
+
+    async def run(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self.executor, self.spool.prepare)
+        last_cleanup = last_count = 0.0
+        while True:
+            now = self.clock()
+            try:
+                due = await self.store.due_mail(now, limit=4 * self.config.max_outbound_deliveries)
+                if now - last_count >= 30:
+                    last_count = now
+                    queued = await self.store.list_mail_queue()
+                    self._counted = (len(queued), min((m.created_at for m in queued), default=0.0))
+                if now - last_cleanup > 3600:
+                    last_cleanup = now
+                    await self._remove_orphans()
+            except StoreError as exc:
+                log.error("mail.queue.store_error", error=str(exc))
+                due = []
+            for mail in due:
+                if mail.id not in self._active:
+                    self._active[mail.id] = asyncio.create_task(self._attempt(mail), name=f"mail-out-{mail.id}")
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), POLL_SECONDS)
+
+    async def drain(self) -> None:
+        """Lets attempts in flight finish: cancelling one after the other server's 250 but before
+        it is recorded would send that message again after a restart."""
+        if self._active:
+            await asyncio.gather(*self._active.values(), return_exceptions=True)
+
+    async def _remove_orphans(self) -> None:
+        known = {m.id for m in await self.store.list_mail_queue()}
+        loop = asyncio.get_running_loop()
+        for name in await loop.run_in_executor(self.executor, self.spool.orphans, known):
+            if name != "tmp":
+                await loop.run_in_executor(self.executor, self.spool.remove, name)
+                log.info("mail.queue.orphan_removed", queue_id=name)
+
+    async def _attempt(self, mail: QueuedMail) -> None:
+        try:
+            async with self._slots:
+                await self._attempt_now(mail)
+        except Exception as exc:  # one entry's trouble must not stop the queue
+            log.error("mail.queue.attempt_failed", queue_id=mail.id, error=repr(exc))
+        finally:
+            self._active.pop(mail.id, None)
+
+    async def _attempt_now(self, mail: QueuedMail) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            message = await loop.run_in_executor(self.executor, self.spool.read, mail.id)
+        except FileNotFoundError:
+            log.error("mail.queue.file_missing", queue_id=mail.id)
+            message = None
+        results: dict[str, Outcome] = {}
+        if message is None:
+            results = dict.fromkeys(mail.pending, Outcome(Verdict.BOUNCED, "the queued message was lost", "4.3.0"))
+        else:
+            groups = by_domain(mail.pending)
+            attempts = [deliver_to_domain(domain, mail.sender, recipients, message, lookup=self.lookup,
+                                          port=self.config.outbound_port, helo=self.config.server_name,
+                                          command_timeout=self.config.outbound_timeout_seconds)
+                        for domain, recipients in groups.items()]
+            for outcome_map in await asyncio.gather(*attempts):
+                results.update(outcome_map)
+        for outcome in results.values():
+            self.attempts[outcome.verdict.value] += 1
+        now = self.clock()
+        settled = settle(mail, results, now, lifetime=self.config.queue_lifetime_seconds,
+                         retry_initial=self.config.retry_initial_seconds, retry_max=self.config.retry_max_seconds)
+        updated = await self.store.record_mail_attempt(mail.id, settled.outcomes,
+                                                       next_attempt_at=settled.next_attempt_at, error=settled.error)
+        for address, outcome in results.items():
+            log.info("mail.outbound.attempt", queue_id=mail.id, recipient=address, result=outcome.verdict.value,
+                     detail=outcome.detail)
+        if settled.bounced and mail.sender and message is not None:
+            await self._bounce(mail, message, settled.bounced, now)
+        if updated is None or not updated.pending:
+            await loop.run_in_executor(self.executor, self.spool.remove, mail.id)
+
+    async def _bounce(self, mail: QueuedMail, message: bytes, failed: dict[str, Outcome], now: float) -> None:
+        self.bounces += 1
+        bounce = bounce_message(reporting_host=self.config.server_name, sender=mail.sender, original=message,
+                                queue_id=mail.id, arrived_at=mail.created_at, failed=failed, now=now)
+        if await self.deliver_locally(mail.sender, bounce):
+            return
+        queue_id = await self.enqueue("", [mail.sender], bounce, subscriber_id=None)
+        log.info("mail.bounce.queued", queue_id=queue_id, original=mail.id)
+
+

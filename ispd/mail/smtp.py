@@ -1,0 +1,278 @@
+"""SMTP sessions on aiosmtpd: the MX (port 25) and submission (587 with STARTTLS, 465 with
+implicit TLS), as thin as they can be; ``MailService`` does the I/O and ``ispd.mail.engine``
+decides.
+
+aiosmtpd parses commands, handles PIPELINING (it reads one line at a time from the stream, so
+pipelined commands simply queue), dot-stuffing, SIZE, 8BITMIME, SMTPUTF8, STARTTLS and AUTH,
+and only ends DATA on <CRLF>.<CRLF> (its defence against SMTP smuggling). ``SMTPSession`` adds
+what it lacks: enhanced status codes on every reply (RFC 2034), a cap on connections in total
+and per client, the ESMTP keywords it does not announce itself, and (submission) AUTH checked
+against the store off the event loop, with a delay after each failure and a cap per session.
+
+Submission (RFC 6409): nothing but EHLO, STARTTLS, AUTH, NOOP, RSET and QUIT before AUTH
+(530 5.7.0); AUTH only over TLS; the envelope sender must be one of the subscriber's own
+addresses; a suspended or closed subscriber may not send; recipients anywhere (local ones are
+delivered at once, others queued).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from base64 import b64decode
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
+
+from ispd.logs import get_logger
+from ispd.mail.engine import SMTPRefusal, with_enhanced_code
+from ispd.store.models import MailRecipient
+
+if TYPE_CHECKING:
+    from ispd.mail.service import MailService
+
+log = get_logger("ispd.mail")
+
+# aiosmtpd refuses these itself, without a hook: counted when they are sent.
+_AIOSMTPD_REFUSALS = {
+    "552 5.3.4 Err": "too_large",  # SIZE at MAIL, or DATA over the limit
+    "500 5.5.2 Lin": "line_too_long",  # a line of DATA over 998 octets (RFC 5321 §4.5.3.1.6)
+    "553 5.1.3 Err": "bad_address",
+}
+# On 465 the whole connection is TLS, which aiosmtpd cannot see: it warns about AUTH "without"
+# TLS there. It is not.
+warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who authenticated on a submission session."""
+
+    subscriber_id: int
+    username: str
+
+
+class MailEnvelope(Envelope):
+    def __init__(self) -> None:
+        super().__init__()
+        # Local mailboxes accepted at RCPT, by canonical address (alice+x@ and alice@ are one).
+        self.mailboxes: dict[str, MailRecipient] = {}
+        # Submission: recipients at other domains, for the queue.
+        self.remote: list[str] = []
+        self.declared_size = 0
+
+
+class SMTPSession(SMTP):
+    """One SMTP connection; ``listener`` is "mx", "submission" (587) or "submissions" (465)."""
+
+    def __init__(self, service: MailService, listener: str) -> None:
+        config = service.config
+        submission = listener != "mx"
+        implicit_tls = listener == "submissions"
+        super().__init__(
+            service.submission_handler if submission else service.mx_handler,
+            data_size_limit=config.max_message_bytes, enable_SMTPUTF8=True, hostname=config.server_name,
+            ident="ESMTP ispd", tls_context=None if implicit_tls else service.tls_context,
+            require_starttls=listener == "submission", auth_required=submission, auth_require_tls=not implicit_tls,
+            timeout=config.command_timeout_seconds, loop=asyncio.get_running_loop())
+        self.service = service
+        self.listener = listener
+        self.implicit_tls = implicit_tls
+        self.client = ""
+        self.admitted = False
+        self.auth_failures = 0
+        self._released = False
+        self._helo_reply = False
+
+    @property
+    def encrypted(self) -> bool:
+        return self.implicit_tls or self._tls_protocol is not None
+
+    def _create_envelope(self) -> Envelope:
+        return MailEnvelope()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is None:  # the TCP connection, not the switch to TLS after STARTTLS
+            peer = transport.get_extra_info("peername")
+            self.client = str(peer[0]) if peer else ""
+            self.admitted = self.service.gate.admit(self.client)
+            if self.admitted:
+                self.service.sessions.add(self)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self.admitted and not self._released:
+            self._released = True
+            self.service.gate.release(self.client)
+            self.service.sessions.discard(self)
+        super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        if not self.admitted:
+            await self.push(f"421 4.7.0 {self.hostname} Too many connections, try again later")
+            self.close()
+            return
+        await super()._handle_client()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    async def push(self, status: Any) -> None:
+        if isinstance(status, str) and not self._helo_reply:
+            status = with_enhanced_code(status)
+            reason = _AIOSMTPD_REFUSALS.get(status[:13])
+            if reason is not None:
+                self.service.metrics.refusals.inc(reason)
+                if status.startswith(("552 5.3.4 Error: Too much", "500 5.5.2 Line too")):
+                    self.service.metrics.messages.inc("refused")
+        await super().push(status)
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self._helo_reply = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._helo_reply = False
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        self._helo_reply = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._helo_reply = False
+
+
+class MXHandler:
+    """aiosmtpd's hooks (``handle_<COMMAND>``) for the MX, each answering with our reply text."""
+
+    def __init__(self, service: MailService) -> None:
+        self.service = service
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        # aiosmtpd ends with "250 HELP"; the keywords it does not know go before it. The MX
+        # takes no AUTH (that is submission's).
+        kept = [r for r in responses[:-1] if not r.startswith("250-AUTH")]
+        return [*kept, "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          mail_options: list[str]) -> str:
+        assert isinstance(envelope, MailEnvelope)
+        for option in mail_options:
+            if option.startswith("SIZE=") and option[5:].isdigit():
+                envelope.declared_size = int(option[5:])
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 Ok"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          rcpt_options: list[str]) -> str:
+        assert isinstance(envelope, MailEnvelope)
+        try:
+            await self.accept(address, envelope)
+        except SMTPRefusal as refusal:
+            self.service.metrics.refusals.inc(refusal.reason)
+            return str(refusal.reply)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 Ok"
+
+    async def accept(self, address: str, envelope: MailEnvelope) -> None:
+        await self.service.accept_recipient(address, envelope)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        assert isinstance(server, SMTPSession) and isinstance(envelope, MailEnvelope)
+        return str(await self.service.deliver(server, session, envelope))
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("mail.session.error", error=repr(error))
+        return "451 4.3.0 Local error, try again later"
+
+
+class SubmissionHandler(MXHandler):
+    """The hooks for submission: AUTH against the store, the sender checked, any recipient."""
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          mail_options: list[str]) -> str:
+        identity = session.auth_data
+        assert isinstance(identity, Identity)  # aiosmtpd asks for AUTH before MAIL
+        try:
+            await self.service.check_sender(identity, address)
+        except SMTPRefusal as refusal:
+            self.service.metrics.refusals.inc(refusal.reason)
+            return str(refusal.reply)
+        return await super().handle_MAIL(server, session, envelope, address, mail_options)
+
+    async def accept(self, address: str, envelope: MailEnvelope) -> None:
+        await self.service.accept_submission_recipient(address, envelope)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        assert isinstance(server, SMTPSession) and isinstance(envelope, MailEnvelope)
+        identity = session.auth_data
+        assert isinstance(identity, Identity)
+        return str(await self.service.submit(server, session, envelope, identity))
+
+    # AUTH mechanisms (RFC 4954): aiosmtpd's own check is synchronous; ours reads the store
+    # and may run scrypt, so these replace its PLAIN and LOGIN.
+
+    async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        assert isinstance(server, SMTPSession)
+        if len(args) == 1:
+            response = await server.challenge_auth("")
+            if not isinstance(response, bytes):
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                response = b64decode(args[1].encode(), validate=True)
+            except ValueError:
+                await server.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        parts = response.split(b"\x00")
+        if len(parts) != 3:  # RFC 4616: authzid NUL authcid NUL passwd
+            await server.push("501 5.5.2 Can't split auth value")
+            return AuthResult(success=False, handled=True)
+        return await self._check(server, parts[1], parts[2])
+
+    async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        assert isinstance(server, SMTPSession)
+        if len(args) == 1:
+            login = await server.challenge_auth(server.AuthLoginUsernameChallenge)
+        else:
+            try:
+                login = b64decode(args[1].encode(), validate=True)
+            except ValueError:
+                await server.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        if not isinstance(login, bytes):
+            return AuthResult(success=False, handled=True)
+        password = await server.challenge_auth(server.AuthLoginPasswordChallenge)
+        if not isinstance(password, bytes):
+            return AuthResult(success=False, handled=True)
+        return await self._check(server, login, password)
+
+    async def _check(self, server: SMTPSession, login: bytes, password: bytes) -> AuthResult:
+        identity = await self.service.authenticate(login, password)
+        if identity is not None:
+            self.service.metrics.auth.inc("success")
+            log.info("mail.auth.succeeded", client=server.client, username=identity.username,
+                     listener=server.listener)
+            return AuthResult(success=True, auth_data=identity)
+        self.service.metrics.auth.inc("failure")
+        server.auth_failures += 1
+        log.warning("mail.auth.failed", client=server.client, login=login.decode("utf-8", "replace")[:100],
+                    failures=server.auth_failures)
+        await asyncio.sleep(self.service.config.auth_failure_delay_seconds)
+        if server.auth_failures >= self.service.config.max_auth_failures:
+            await server.push("421 4.7.0 Too many authentication failures, closing")
+            server.close()
+            return AuthResult(success=False, handled=True)
+        return AuthResult(success=False, handled=False)
+

@@ -1,0 +1,305 @@
+"""Submission and the outbound queue end to end: ispd as a process with its resolver on the
+lab's DNS hierarchy (the [mail] resolver is ispd's own DNS listener), subscribers' mail clients
+(swaks, smtplib) on 587 and 465, and another domain's MX (an aiosmtpd server on port 25 of
+127.x.40.1, found through the hierarchy's MX records)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import smtplib
+import socket
+import ssl
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from tests.lab.dnshier import DNSHierarchy, free_port
+from tests.lab.dnsispd import dns_section
+from tests.lab.maildir import inbox
+from tests.lab.ports import free_tcp_port
+from tests.lab.process import IspdProcess, base_config, eventually
+
+DOMAIN = "isp.example"
+REMOTE = "relay.example-a.test"
+
+
+@dataclass
+class RemoteMX:
+    """Another domain's MX: takes every recipient but refuse@ (550) and later@ (450)."""
+
+    host: str
+    received: list[tuple[str, list[str], bytes]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    controller: Controller | None = None
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          options: list[str]) -> str:
+        if address.startswith("refuse@"):
+            return "550 5.1.1 <refuse@...>: no such user here"
+        if address.startswith("later@"):
+            return "450 4.2.1 try later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        with self.lock:
+            self.received.append((envelope.mail_from or "", list(envelope.rcpt_tos), envelope.original_content or b""))
+        return "250 OK remote-queued"
+
+    def start(self) -> None:
+        self.controller = Controller(self, hostname=self.host, port=25, ready_timeout=10)
+        self.controller.start()
+
+    def stop(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+    def messages_to(self, address: str) -> list[bytes]:
+        with self.lock:
+            return [data for _, rcpts, data in self.received if address in rcpts]
+
+
+@dataclass
+class Lab:
+    ispd: IspdProcess
+    submission: int
+    submissions: int
+    mx: int
+    remote: RemoteMX
+    ca: Path
+    root: Path
+    passwords: dict[str, str]
+
+    def context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca))
+
+    def client(self, user: str = "alice") -> smtplib.SMTP:
+        client = smtplib.SMTP("127.0.0.1", self.submission, timeout=15)
+        client.starttls(context=self.context())
+        client.login(f"{user}@{DOMAIN}", self.passwords[user])
+        return client
+
+    def inbox(self, address: str) -> list[bytes]:
+        return inbox(self.root, address)
+
+    def queue(self) -> list[dict[str, Any]]:
+        return json.loads(self.ispd.cli("mail", "queue", "list", "--json").stdout)  # type: ignore[no-any-return]
+
+    def swaks(self, *args: str, port: int | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["swaks", "--server", f"127.0.0.1:{port or self.submission}", "--timeout", "15",
+                               "--tls-ca-path", str(self.ca), *args],
+                              capture_output=True, text=True, timeout=60, check=False)
+
+
+def _certificates(workdir: Path) -> Path:
+    ca = trustme.CA()
+    issued = ca.issue_cert("mx.isp.example", "127.0.0.1")
+    ca.cert_pem.write_to_path(str(workdir / "ca.pem"))
+    for index, pem in enumerate(issued.cert_chain_pems):
+        pem.write_to_path(str(workdir / "mx.pem"), append=index > 0)
+    issued.private_key_pem.write_to_path(str(workdir / "mx.key"))
+    return workdir / "ca.pem"
+
+
+@pytest.fixture(scope="module")
+def lab(dns_hierarchy: DNSHierarchy, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    if shutil.which("swaks") is None:
+        pytest.fail("swaks is missing: tools/setup --test installs it")
+    workdir = tmp_path_factory.mktemp("submission")
+    ca = _certificates(workdir)
+    dns_port = free_port("127.0.0.1")
+    ports = {"mx": free_tcp_port(), "submission": free_tcp_port(), "submissions": free_tcp_port()}
+    config = base_config(workdir, dns=dns_section(dns_hierarchy, dns_port), mail={
+        "enabled": True, "domains": [DOMAIN], "hostname": "mx.isp.example",
+        "maildir_root": str(workdir / "mail"), "queue_directory": str(workdir / "queue"),
+        "listen_mx": [f"127.0.0.1:{ports['mx']}"], "listen_submission": [f"127.0.0.1:{ports['submission']}"],
+        "listen_submissions": [f"127.0.0.1:{ports['submissions']}"],
+        "certificate": str(workdir / "mx.pem"), "private_key": str(workdir / "mx.key"),
+        "resolver": f"127.0.0.1:{dns_port}", "retry_initial_seconds": 1, "retry_max_seconds": 2,
+        "outbound_timeout_seconds": 5, "auth_failure_delay_seconds": 0.2, "max_auth_failures": 3,
+        "max_connections_per_client": 50,
+    })
+    remote = RemoteMX(f"{dns_hierarchy.base}.40.1")
+    remote.start()
+    try:
+        with IspdProcess(workdir, config) as ispd:
+            ispd.start()
+            passwords = {}
+            for user in ("alice", "bob"):
+                ispd.cli("subscriber", "add", user, "--password-stdin", input=f"{user}-secret\n")
+                ispd.cli("mailbox", "add", user, f"{user}@{DOMAIN}")
+                passwords[user] = f"{user}-secret"
+            yield Lab(ispd, ports["submission"], ports["submissions"], ports["mx"], remote, ca, workdir / "mail",
+                      passwords)
+    finally:
+        remote.stop()
+
+
+def test_nothing_but_starttls_before_tls_and_nothing_but_auth_before_auth(lab: Lab) -> None:
+    with smtplib.SMTP("127.0.0.1", lab.submission, timeout=15) as client:
+        client.ehlo("laptop")
+        assert client.has_extn("starttls") and not client.has_extn("auth")
+        code, text = client.docmd("MAIL FROM:<alice@isp.example>")
+        assert code == 530, text
+        client.starttls(context=lab.context())
+        client.ehlo("laptop")
+        assert client.esmtp_features["auth"].split() == ["LOGIN", "PLAIN"]
+        code, text = client.docmd("MAIL FROM:<alice@isp.example>")
+        assert (code, text.split()[0]) == (530, b"5.7.0")
+        with pytest.raises(smtplib.SMTPAuthenticationError) as failed:
+            client.login("alice@isp.example", "wrong")
+        assert failed.value.smtp_code == 535
+        client.login("alice@isp.example", "alice-secret")
+        assert client.mail("alice@isp.example")[0] == 250
+    # The MX offers no AUTH at all.
+    with smtplib.SMTP("127.0.0.1", lab.mx, timeout=15) as client:
+        client.ehlo("laptop")
+        client.starttls(context=lab.context())
+        client.ehlo("laptop")
+        assert not client.has_extn("auth")
+
+
+def test_swaks_submits_to_another_domain_through_the_queue(lab: Lab) -> None:
+    result = lab.swaks("--tls", "--auth", "PLAIN", "--auth-user", "alice@isp.example", "--auth-password",
+                       "alice-secret", "--from", "alice@isp.example", "--to", f"carol@{REMOTE}",
+                       "--header", "Subject: outbound", "--body", ".a dot line\nand 8-bit: \xe9")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "235 2.7.0" in result.stdout and "250 2.0.0 Ok: queued as" in result.stdout
+    messages = eventually(lambda: lab.remote.messages_to(f"carol@{REMOTE}"), timeout=15)
+    text = messages[-1]
+    assert b"with ESMTPSA id" in text and b"Subject: outbound" in text
+    assert b"\r\n.a dot line\r\n" in text  # dot-stuffing undone on the far side
+    assert not text.startswith(b"Return-Path")  # only the final delivery adds it
+    eventually(lambda: lab.queue() == [], timeout=10)
+    assert lab.ispd.metric_value("ispd_mail_outbound_attempts_total", {"result": "delivered"}) >= 1
+
+
+def test_implicit_tls_on_465_and_local_recipients_delivered_at_once(lab: Lab) -> None:
+    with smtplib.SMTP_SSL("127.0.0.1", lab.submissions, timeout=15, context=lab.context()) as client:
+        client.login("bob", "bob-secret")  # the username works as the login too
+        refused = client.sendmail("bob@isp.example", ["alice@isp.example", f"dave@{REMOTE}"],
+                                  b"Subject: both\r\n\r\nto a neighbour and afar\r\n")
+        assert refused == {}
+    assert lab.inbox("alice@isp.example")[-1].endswith(b"to a neighbour and afar\n")
+    assert b"with ESMTPSA id" in lab.inbox("alice@isp.example")[-1]
+    eventually(lambda: lab.remote.messages_to(f"dave@{REMOTE}"), timeout=15)
+
+
+def test_the_sender_must_be_the_subscribers_own(lab: Lab) -> None:
+    with lab.client() as client:
+        code, text = client.mail("bob@isp.example")
+        assert (code, text.split()[0]) == (553, b"5.7.1")
+        client.rset()
+        code, _ = client.mail("Alice+lists@isp.example")
+        assert code == 250
+        client.rset()
+        code, text = client.mail("<>")
+        assert (code, text.split()[0]) == (553, b"5.7.1")
+        client.rset()
+        # Unknown local recipients are refused at once, as on the MX.
+        client.mail("alice@isp.example")
+        assert client.rcpt("nobody@isp.example")[0] == 550
+
+
+def test_a_suspended_subscriber_cannot_send(lab: Lab) -> None:
+    lab.ispd.cli("subscriber", "suspend", "bob", "--reason", "nonpayment")
+    try:
+        with lab.client("bob") as client:
+            code, text = client.mail("bob@isp.example")
+            assert (code, text.split()[0]) == (550, b"5.7.1") and b"suspended" in text
+    finally:
+        lab.ispd.cli("subscriber", "resume", "bob")
+    with lab.client("bob") as client:
+        assert client.mail("bob@isp.example")[0] == 250
+
+
+def test_a_refusal_far_away_bounces_to_the_sender(lab: Lab) -> None:
+    before = len(lab.inbox("alice@isp.example"))
+    with lab.client() as client:
+        client.sendmail("alice@isp.example", [f"refuse@{REMOTE}", f"erin@{REMOTE}"],
+                        b"Subject: half refused\r\nMessage-ID: <half@isp.example>\r\n\r\nhello\r\n")
+    eventually(lambda: len(lab.inbox("alice@isp.example")) > before, timeout=15)
+    bounce = message_from_bytes(lab.inbox("alice@isp.example")[-1])
+    assert bounce["Return-Path"] == "<>" and bounce.get_content_type() == "multipart/report"
+    assert bounce.get_param("report-type") == "delivery-status"
+    status = bounce.get_payload()[1].as_string()
+    assert f"Final-Recipient: rfc822; refuse@{REMOTE}" in status and "Status: 5.1.1" in status
+    assert "erin" not in status  # she got it
+    assert b"Message-ID: <half@isp.example>" in bounce.get_payload()[2].as_bytes()
+    assert lab.remote.messages_to(f"erin@{REMOTE}")
+
+
+def test_null_mx_and_an_unknown_domain_bounce_at_once_and_a_domain_without_mx_gets_mail(lab: Lab) -> None:
+    before = len(lab.inbox("alice@isp.example"))
+    with lab.client() as client:
+        client.sendmail("alice@isp.example", ["x@nullmx.example-a.test", "y@no-such-domain.example-a.test",
+                                              "z@nomx.example-a.test"], b"Subject: odd domains\r\n\r\nhi\r\n")
+    eventually(lambda: len(lab.inbox("alice@isp.example")) > before, timeout=15)
+    report = lab.inbox("alice@isp.example")[-1].decode()
+    assert "Final-Recipient: rfc822; x@nullmx.example-a.test" in report and "Status: 5.1.10" in report
+    assert "Final-Recipient: rfc822; y@no-such-domain.example-a.test" in report and "Status: 5.1.2" in report
+    eventually(lambda: lab.remote.messages_to("z@nomx.example-a.test"), timeout=15)
+
+
+def test_a_dead_first_mx_is_skipped_for_the_next(lab: Lab) -> None:
+    with lab.client() as client:
+        client.sendmail("alice@isp.example", ["f@twomx.example-a.test"], b"Subject: backup\r\n\r\nhi\r\n")
+    eventually(lambda: lab.remote.messages_to("f@twomx.example-a.test"), timeout=20)
+
+
+def test_a_message_waits_out_an_outage_and_a_restart_and_arrives_once(lab: Lab) -> None:
+    lab.remote.stop()
+    try:
+        with lab.client() as client:
+            client.sendmail("alice@isp.example", [f"gina@{REMOTE}"], b"Subject: patience\r\n\r\nhi\r\n")
+        queued = eventually(lambda: [m for m in lab.queue() if m["attempts"] >= 1], timeout=15)
+        assert queued[0]["pending"] == [f"gina@{REMOTE}"] and queued[0]["last_error"]
+        assert lab.ispd.terminate() == 0
+        lab.ispd.start()
+        assert [m["id"] for m in lab.queue()] == [queued[0]["id"]]
+    finally:
+        lab.remote.start()
+    lab.ispd.cli("mail", "queue", "flush")
+    eventually(lambda: lab.remote.messages_to(f"gina@{REMOTE}"), timeout=15)
+    eventually(lambda: lab.queue() == [], timeout=10)
+    assert len(lab.remote.messages_to(f"gina@{REMOTE}")) == 1
+    assert not list((lab.root.parent / "queue").glob("[0-9A-F]*"))  # the spool file went with it
+
+
+def test_a_temporary_refusal_is_retried_and_an_operator_can_delete_it(lab: Lab) -> None:
+    with lab.client() as client:
+        client.sendmail("alice@isp.example", [f"later@{REMOTE}"], b"Subject: later\r\n\r\nhi\r\n")
+    queued = eventually(lambda: [m for m in lab.queue() if m["attempts"] >= 2], timeout=15)
+    assert "450 4.2.1 try later" in queued[0]["last_error"]
+    deleted = lab.ispd.cli("mail", "queue", "delete", queued[0]["id"])
+    assert "no bounce was sent" in deleted.stdout
+    assert lab.queue() == []
+    missing = lab.ispd.cli("mail", "queue", "delete", queued[0]["id"], check=False)
+    assert missing.returncode != 0 and "no queued message" in missing.stderr
+
+
+def test_password_guessing_is_slowed_and_cut_off(lab: Lab) -> None:
+    raw = socket.create_connection(("127.0.0.1", lab.submissions), timeout=15)
+    with lab.context().wrap_socket(raw, server_hostname="mx.isp.example") as tls:
+        tls.recv(200)
+        tls.sendall(b"EHLO x\r\n")
+        while b"250 HELP" not in (data := tls.recv(4096)):
+            assert data
+        replies = b""
+        for _ in range(3):
+            tls.sendall(b"AUTH PLAIN AGFsaWNlQGlzcC5leGFtcGxlAG5vcGU=\r\n")  # alice@isp.example / nope
+            replies += tls.recv(200)
+        assert replies.count(b"535 5.7.8") == 2 and b"421 4.7.0" in replies, replies
+        assert tls.recv(200) == b""  # closed
+    assert lab.ispd.metric_value("ispd_mail_auth_total", {"result": "failure"}) >= 3
