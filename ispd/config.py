@@ -161,6 +161,7 @@ def _resolve_relative_paths(config: Config, base: Path) -> Config:
     config = config.model_copy(update={"mail": mail.model_copy(update={
         "maildir_root": anchored(mail.maildir_root),
         "queue_directory": anchored(mail.queue_directory),
+        "dkim": [key.model_copy(update={"private_key": anchored(key.private_key)}) for key in mail.dkim],
         "certificate": anchored(mail.certificate) if mail.certificate is not None else None,
         "private_key": anchored(mail.private_key) if mail.private_key is not None else None,
     })})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
@@ -27,6 +27,14 @@ def _domain(text: str) -> str:
 
 MailDomain = Annotated[str, AfterValidator(_domain)]
 MailAddressText = Annotated[str, AfterValidator(mail_address)]
+
+
+class DKIMKeyConfig(Section):
+    # Outbound mail whose From is at this domain is signed with this key, published in DNS as
+    # <selector>._domainkey.<domain> TXT "v=DKIM1; k=rsa; p=..." (the public key).
+    domain: MailDomain
+    selector: str = Field(pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+    private_key: Path  # PEM, RSA (2048 bits is the usual size)
 
 
 class MailConfig(Section):
@@ -89,6 +97,15 @@ class MailConfig(Section):
     # servers in /etc/resolv.conf.
     resolver: ListenAddress | None = None
 
+    # Inbound (MX) mail is checked with SPF, DKIM and DMARC, and the results written into an
+    # Authentication-Results header (RFC 8601) for filters and mail clients.
+    authentication_checks: bool = True
+    # "enforce": a DMARC failure where the From domain publishes p=reject is refused (550 5.7.1)
+    # and p=quarantine goes to the Junk folder, as the domain's owner asks; "tag": only the header.
+    dmarc_enforcement: Literal["enforce", "tag"] = "enforce"
+    # DKIM keys for signing what subscribers submit, one table per domain.
+    dkim: list[DKIMKeyConfig] = []
+
     @property
     def server_name(self) -> str:
         return self.hostname or socket.getfqdn()
@@ -106,6 +123,12 @@ class MailConfig(Section):
         if (self.listen_submission or self.listen_submissions) and self.certificate is None:
             raise ValueError("submission (listen_submission, listen_submissions) needs `certificate` and "
                              "`private_key`: passwords never cross the network in the clear")
+        signing_domains = [k.domain for k in self.dkim]
+        if len(set(signing_domains)) != len(signing_domains):
+            raise ValueError("dkim: a domain has two keys")
+        for key in self.dkim:
+            if key.domain not in self.domains:
+                raise ValueError(f"dkim: {key.domain} is not one of the domains")
         if self.retry_max_seconds < self.retry_initial_seconds:
             raise ValueError("retry_max_seconds is less than retry_initial_seconds")
         if self.postmaster is not None and self.postmaster.rpartition("@")[2] not in self.domains:

@@ -12,6 +12,8 @@ from prometheus_client.registry import Collector
 from ispd.mail.engine import REFUSAL_REASONS
 from ispd.metrics.fast import FastCollector, Histogram, LabeledCounter, LabeledHistogram
 
+AUTH_RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror", "policy")
+
 
 @dataclass(slots=True)
 class ListenerStats:
@@ -36,6 +38,12 @@ class MailMetrics:
             "From the end of DATA to the reply: local copies durable in every mailbox, the rest in the queue.",
             "listener", ("mx", "submission"))
         self.auth = LabeledCounter("ispd_mail_auth_total", "Submission AUTH attempts, by result.", ["result"])
+        self.authentication = LabeledCounter(
+            "ispd_mail_authentication_total", "Inbound SPF, DKIM and DMARC results, by method and result.",
+            ["method", "result"])
+        for method in ("spf", "dkim", "dmarc"):
+            for result in (*AUTH_RESULTS, "other"):
+                self.authentication.inc(method, result, amount=0)
         for result in ("success", "failure"):
             self.auth.inc(result, amount=0)
         for result in ("delivered", "submitted", "refused"):
@@ -56,7 +64,7 @@ class MailMetrics:
     def collectors(self, gauges: Callable[[], dict[str, float]],
                    queue: Callable[[], QueueFigures]) -> list[Collector]:
         return [FastCollector([self.messages, self.refusals, self.bytes, self.deliveries, self.delivery_latency,
-                               self.auth]),
+                               self.auth, self.authentication]),
                 _ListenerCollector(self.listener, gauges), _QueueCollector(queue)]
 
 

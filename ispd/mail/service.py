@@ -24,10 +24,19 @@ from aiosmtpd.smtp import Session
 from ispd.credentials import PasswordChecker
 from ispd.listeners import CertificateError, ConnectionGate, server_tls_context
 from ispd.logs import get_logger
+from ispd.mail.authcheck import (
+    AuthDNS,
+    SigningKey,
+    check_inbound,
+    from_domain,
+    load_signing_key,
+    sign,
+    strip_our_results,
+)
 from ispd.mail.config import MailConfig
 from ispd.mail.engine import MXPolicy, Reply, SendingLimit, SMTPRefusal, protocol_name, trace_headers
 from ispd.mail.maildir import Maildir
-from ispd.mail.metrics import MailMetrics
+from ispd.mail.metrics import AUTH_RESULTS, MailMetrics
 from ispd.mail.outbound import QueueRunner
 from ispd.mail.smtp import Identity, MailEnvelope, MXHandler, SMTPSession, SubmissionHandler
 from ispd.mail.spool import Spool
@@ -42,18 +51,31 @@ if TYPE_CHECKING:
 log = get_logger("ispd.mail")
 DELIVERY_THREADS = 16  # fsyncs in flight at once; more sessions than this queue for a thread
 PASSWORD_CHECKS = 8  # scrypt checks at once (each ~50 ms of CPU)
+AUTH_CHECK_THREADS = 8  # SPF/DKIM/DMARC checks and DKIM signing at once (DNS waits, RSA)
 AUTH_CACHE_SECONDS = 3600
 
 
 def check_files(config: MailConfig) -> list[str]:
     """What ``ispd check-config`` reports about the files the section names."""
-    if config.certificate is None or config.private_key is None:
-        return []
+    problems = []
+    if config.certificate is not None and config.private_key is not None:
+        try:
+            server_tls_context(config.certificate, config.private_key, [])
+        except CertificateError as exc:
+            problems.append(str(exc))
+    for key in config.dkim:
+        try:
+            load_signing_key(key.domain, key.selector, key.private_key)
+        except ValueError as exc:
+            problems.append(f"dkim: {exc}")
+    return problems
+
+
+def signing_keys(config: MailConfig) -> dict[str, SigningKey]:
     try:
-        server_tls_context(config.certificate, config.private_key, [])
-    except CertificateError as exc:
-        return [str(exc)]
-    return []
+        return {k.domain: load_signing_key(k.domain, k.selector, k.private_key) for k in config.dkim}
+    except ValueError as exc:
+        raise ServiceStartError(f"mail: dkim: {exc}") from None
 
 
 class MailService(Service):
@@ -78,6 +100,9 @@ class MailService(Service):
         self._deliveries: set[asyncio.Future[Any]] = set()
         self._created: set[Path] = set()  # Maildirs known to exist
         self._executor = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="ispd-mail")
+        self._auth_executor = ThreadPoolExecutor(AUTH_CHECK_THREADS, thread_name_prefix="ispd-mail-auth")
+        self.auth_dns = AuthDNS(self.config.resolver)
+        self.signing: dict[str, SigningKey] = {}
         self.queue = QueueRunner(self.config, context.store, Spool(self.config.queue_directory), self._executor,
                                  self.deliver_bounce, context.clock)
         self._queue_task: asyncio.Task[None] | None = None
@@ -102,6 +127,8 @@ class MailService(Service):
         # aiosmtpd logs every command at INFO; ours are the events worth a line.
         logging.getLogger("mail.log").setLevel(logging.WARNING)
         self.tls_context = self._tls(self.config)
+        self.signing = signing_keys(self.config)
+        self.auth_dns.use_for_spf()
         for directory, what in ((self.config.maildir_root, "Maildir root"),
                                 (self.config.queue_directory, "queue directory")):
             try:
@@ -109,6 +136,7 @@ class MailService(Service):
             except OSError as exc:
                 raise ServiceStartError(f"mail: cannot create the {what} {directory}: {exc.strerror}") from None
         stack.callback(self._executor.shutdown, wait=True)
+        stack.callback(self._auth_executor.shutdown, wait=False, cancel_futures=True)
         listeners = [("mx", a) for a in self.config.listen_mx]
         listeners += [("submission", a) for a in self.config.listen_submission]
         listeners += [("submissions", a) for a in self.config.listen_submissions]
@@ -180,6 +208,10 @@ class MailService(Service):
         if (old.mail.certificate is None) != (new.mail.certificate is None):
             raise ServiceStartError("mail: turning STARTTLS on or off needs a restart")
         tls_context = self._tls(new.mail)
+        self.signing = signing_keys(new.mail)
+        if old.mail.resolver != new.mail.resolver:
+            self.auth_dns = AuthDNS(new.mail.resolver)
+            self.auth_dns.use_for_spf()
         self.config, self.policy, self.tls_context = new.mail, self._policy(new.mail), tls_context
         self.sending.per_hour = new.mail.max_messages_per_hour
         self.queue.config = new.mail
@@ -232,8 +264,9 @@ class MailService(Service):
         envelope.mailboxes[recipient.mailbox.address] = recipient
 
     async def _deliver_locally(self, session: SMTPSession, smtp_session: Session, envelope: MailEnvelope,
-                               queue_id: str, content: bytes, now: float) -> Reply | None:
-        """Writes the local copies; a Reply when the message cannot be taken."""
+                               queue_id: str, content: bytes, now: float, *, folder: str = "") -> Reply | None:
+        """Writes the local copies (into ``folder``, "" the INBOX); a Reply when the message
+        cannot be taken. ``content`` starts with any header ispd adds besides the trace."""
         try:
             for address, recipient in envelope.mailboxes.items():
                 self.policy.admit(address, recipient, await self._used_bytes(recipient), len(content))
@@ -248,7 +281,7 @@ class MailService(Service):
             queue_id=queue_id, recipient=local_recipients[0] if len(local_recipients) == 1 else None, now=now)
         maildirs = [self.maildir(address) for address in envelope.mailboxes]
         try:
-            await self._write_tracked(maildirs, headers + content, now)
+            await self._write_tracked(maildirs, headers + content, now, folder)
         except OSError as exc:
             log.error("mail.delivery.failed", queue_id=queue_id, error=str(exc))
             self.metrics.refusals.inc("local_error")
@@ -266,37 +299,73 @@ class MailService(Service):
                              authenticated=bool(smtp_session and smtp_session.authenticated),
                              utf8=bool(envelope.smtp_utf8))
 
-    async def _write_tracked(self, maildirs: list[Maildir], message: bytes, now: float) -> None:
+    async def _write_tracked(self, maildirs: list[Maildir], message: bytes, now: float, folder: str = "") -> None:
         if not maildirs:
             return
-        delivery = asyncio.get_running_loop().run_in_executor(self._executor, self._write, maildirs, message, now)
+        delivery = asyncio.get_running_loop().run_in_executor(self._executor, self._write, maildirs, message, now,
+                                                              folder)
         self._deliveries.add(delivery)
         try:
             await asyncio.shield(delivery)
         finally:
             self._deliveries.discard(delivery)
 
-    def _write(self, maildirs: list[Maildir], message: bytes, now: float) -> None:
+    def _write(self, maildirs: list[Maildir], message: bytes, now: float, folder: str) -> None:
         for maildir in maildirs:
             if maildir.path not in self._created:
                 maildir.create()
                 self._created.add(maildir.path)
-            maildir.deliver(message, now=now)
+            maildir.deliver(message, folder=folder, now=now)
 
     async def deliver(self, session: SMTPSession, smtp_session: Session, envelope: MailEnvelope) -> Reply:
         """The end of DATA on the MX."""
         started = time.perf_counter()
         queue_id = secrets.token_hex(6).upper()
-        refused = await self._deliver_locally(session, smtp_session, envelope, queue_id,
-                                              envelope.original_content or b"", self.context.clock())
+        content = envelope.original_content or b""
+        folder = ""
+        if self.config.authentication_checks:
+            checked = await self._check_authentication(session, smtp_session, envelope, content)
+            if isinstance(checked, Reply):
+                self.metrics.messages.inc("refused")
+                return checked
+            content, folder = checked
+        refused = await self._deliver_locally(session, smtp_session, envelope, queue_id, content,
+                                              self.context.clock(), folder=folder)
         if refused is not None:
             self.metrics.messages.inc("refused")
             return refused
         self.metrics.messages.inc("delivered")
         self.metrics.mx_latency.observe(time.perf_counter() - started)
         log.info("mail.delivered", queue_id=queue_id, client=session.client, sender=envelope.mail_from,
-                 recipients=list(envelope.mailboxes), size=len(envelope.original_content or b""))
+                 recipients=list(envelope.mailboxes), size=len(content), folder=folder or "INBOX")
         return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
+
+    async def _check_authentication(self, session: SMTPSession, smtp_session: Session, envelope: MailEnvelope,
+                                    content: bytes) -> tuple[bytes, str] | Reply:
+        """SPF, DKIM and DMARC: the content with an Authentication-Results header and the folder
+        to deliver to, or the refusal DMARC asks for."""
+        authserv_id = session.hostname
+        content = strip_our_results(content, authserv_id)
+        try:
+            verdict = await asyncio.get_running_loop().run_in_executor(
+                self._auth_executor, lambda: check_inbound(
+                    content, client_ip=session.client, mail_from=envelope.mail_from or "",
+                    helo=smtp_session.host_name or "", authserv_id=authserv_id, dns_lookup=self.auth_dns))
+        except Exception as exc:  # the libraries' own errors: deliver unchecked rather than lose mail
+            log.error("mail.authentication.error", client=session.client, error=repr(exc))
+            return content, ""
+        for method, result in (("spf", verdict.spf), ("dkim", verdict.dkim), ("dmarc", verdict.dmarc)):
+            self.metrics.authentication.inc(method, result if result in AUTH_RESULTS else "other")
+        folder = ""
+        if verdict.dmarc == "fail" and self.config.dmarc_enforcement == "enforce":
+            if verdict.dmarc_policy == "reject":
+                self.metrics.refusals.inc("dmarc_reject")
+                log.info("mail.dmarc.rejected", client=session.client, from_domain=verdict.from_domain,
+                         spf=verdict.spf, dkim=verdict.dkim)
+                return Reply(550, "5.7.1", f"Rejected by the DMARC policy of {verdict.from_domain}")
+            if verdict.dmarc_policy == "quarantine":
+                folder = "Junk"
+        return verdict.header.encode("utf-8", errors="replace") + b"\r\n" + content, folder
 
     async def deliver_bounce(self, address: str, message: bytes) -> bool:
         """A bounce for a local sender goes straight into the sender's mailbox; False when the
@@ -382,6 +451,22 @@ class MailService(Service):
         if address not in envelope.remote:
             envelope.remote.append(address)
 
+    async def _dkim_sign(self, content: bytes, envelope: MailEnvelope) -> bytes:
+        """The content with a DKIM-Signature in front when ispd has a key for the From domain
+        (else the envelope sender's)."""
+        if not self.signing:
+            return content
+        domain = from_domain(content) or (envelope.mail_from or "").rpartition("@")[2].lower()
+        key = self.signing.get(domain)
+        if key is None:
+            return content
+        try:
+            signature = await asyncio.get_running_loop().run_in_executor(self._auth_executor, sign, content, key)
+        except Exception as exc:  # dkimpy's parse errors: send unsigned rather than not at all
+            log.error("mail.dkim.sign_failed", domain=domain, error=repr(exc))
+            return content
+        return signature + content
+
     async def submit(self, session: SMTPSession, smtp_session: Session, envelope: MailEnvelope,
                      identity: Identity) -> Reply:
         """The end of DATA on submission: local copies written, the rest queued, then 250."""
@@ -394,6 +479,7 @@ class MailService(Service):
         except SMTPRefusal as refusal:
             self.metrics.refusals.inc(refusal.reason)
             return refusal.reply
+        content = await self._dkim_sign(content, envelope)
         refused = await self._deliver_locally(session, smtp_session, envelope, queue_id, content, now)
         if refused is not None:
             self.metrics.messages.inc("refused")

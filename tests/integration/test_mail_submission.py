@@ -5,6 +5,7 @@ lab's DNS hierarchy (the [mail] resolver is ispd's own DNS listener), subscriber
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import smtplib
@@ -18,12 +19,15 @@ from email import message_from_bytes
 from pathlib import Path
 from typing import Any
 
+import dkim
 import pytest
 import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.lab.dnshier import DNSHierarchy, free_port
+from tests.lab.dnshier import DKIM_LAB_KEY, DNSHierarchy, free_port
 from tests.lab.dnsispd import dns_section
 from tests.lab.maildir import inbox
 from tests.lab.ports import free_tcp_port
@@ -80,6 +84,7 @@ class Lab:
     ca: Path
     root: Path
     passwords: dict[str, str]
+    dkim_record: str
 
     def context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca))
@@ -102,6 +107,16 @@ class Lab:
                               capture_output=True, text=True, timeout=60, check=False)
 
 
+def _dkim_key(workdir: Path) -> str:
+    """A signing key for isp.example in workdir/dkim.pem; returns its DNS record."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    (workdir / "dkim.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
+    public = key.public_key().public_bytes(serialization.Encoding.DER,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "v=DKIM1; k=rsa; p=" + base64.b64encode(public).decode()
+
+
 def _certificates(workdir: Path) -> Path:
     ca = trustme.CA()
     issued = ca.issue_cert("mx.isp.example", "127.0.0.1")
@@ -118,6 +133,7 @@ def lab(dns_hierarchy: DNSHierarchy, tmp_path_factory: pytest.TempPathFactory) -
         pytest.fail("swaks is missing: tools/setup --test installs it")
     workdir = tmp_path_factory.mktemp("submission")
     ca = _certificates(workdir)
+    dkim_record = _dkim_key(workdir)
     dns_port = free_port("127.0.0.1")
     ports = {"mx": free_tcp_port(), "submission": free_tcp_port(), "submissions": free_tcp_port()}
     config = base_config(workdir, dns=dns_section(dns_hierarchy, dns_port), mail={
@@ -129,6 +145,7 @@ def lab(dns_hierarchy: DNSHierarchy, tmp_path_factory: pytest.TempPathFactory) -
         "resolver": f"127.0.0.1:{dns_port}", "retry_initial_seconds": 1, "retry_max_seconds": 2,
         "outbound_timeout_seconds": 5, "auth_failure_delay_seconds": 0.2, "max_auth_failures": 3,
         "max_connections_per_client": 50,
+        "dkim": [{"domain": DOMAIN, "selector": "s2026", "private_key": str(workdir / "dkim.pem")}],
     })
     remote = RemoteMX(f"{dns_hierarchy.base}.40.1")
     remote.start()
@@ -141,7 +158,7 @@ def lab(dns_hierarchy: DNSHierarchy, tmp_path_factory: pytest.TempPathFactory) -
                 ispd.cli("mailbox", "add", user, f"{user}@{DOMAIN}")
                 passwords[user] = f"{user}-secret"
             yield Lab(ispd, ports["submission"], ports["submissions"], ports["mx"], remote, ca, workdir / "mail",
-                      passwords)
+                      passwords, dkim_record)
     finally:
         remote.stop()
 
@@ -303,3 +320,50 @@ def test_password_guessing_is_slowed_and_cut_off(lab: Lab) -> None:
         assert replies.count(b"535 5.7.8") == 2 and b"421 4.7.0" in replies, replies
         assert tls.recv(200) == b""  # closed
     assert lab.ispd.metric_value("ispd_mail_auth_total", {"result": "failure"}) >= 3
+
+
+def test_submitted_mail_is_dkim_signed_for_its_domain(lab: Lab) -> None:
+    with lab.client() as client:
+        client.sendmail("alice@isp.example", [f"hank@{REMOTE}"],
+                        b"From: Alice <alice@isp.example>\r\nTo: hank@relay.example-a.test\r\nSubject: signed\r\n"
+                        b"\r\nsigned body\r\n")
+    message = eventually(lambda: lab.remote.messages_to(f"hank@{REMOTE}"), timeout=15)[-1]
+    assert b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed;" in message and b"s=s2026" in message
+    assert dkim.verify(message, dnsfunc=lambda name, timeout=5: lab.dkim_record.encode())
+    assert not dkim.verify(message.replace(b"signed body", b"changed body"),
+                           dnsfunc=lambda name, timeout=5: lab.dkim_record.encode())
+
+
+def _to_mx(lab: Lab, sender: str, message: bytes, helo: str = "mail.example-a.test") -> None:
+    with smtplib.SMTP("127.0.0.1", lab.mx, timeout=15) as client:
+        client.ehlo(helo)
+        client.sendmail(sender, ["alice@isp.example"], message)
+
+
+def test_inbound_mail_gets_spf_dkim_and_dmarc_results_and_the_policy_is_enforced(lab: Lab) -> None:
+    # example-a.test allows only its MX (198.18.1.25) and publishes p=reject: from here it fails.
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        _to_mx(lab, "news@example-a.test", b"From: news@example-a.test\r\nSubject: forged\r\n\r\nx\r\n")
+    assert refused.value.smtp_code == 550 and b"DMARC policy of example-a.test" in refused.value.smtp_error
+    # Signed with relay.example-a.test's published key: DKIM and DMARC pass, whatever SPF says.
+    key = {"domain": "relay.example-a.test", "selector": "lab"}
+    body = (b"From: Carol <carol@relay.example-a.test>\r\nTo: alice@isp.example\r\nSubject: genuine\r\n"
+            b"Authentication-Results: mx.isp.example; dkim=pass header.d=bank.example\r\n\r\nhello\r\n")
+    signature = dkim.sign(body, key["selector"].encode(), key["domain"].encode(), DKIM_LAB_KEY.read_bytes(),
+                          include_headers=[b"from", b"to", b"subject"])
+    _to_mx(lab, "carol@relay.example-a.test", signature + body)
+    delivered = lab.inbox("alice@isp.example")[-1].decode()
+    assert "Subject: genuine" in delivered
+    assert "dkim=pass header.d=relay.example-a.test" in delivered and "dmarc=pass (p=reject)" in delivered
+    assert "spf=none" in delivered  # relay.example-a.test publishes no SPF record
+    assert "genuine\n\nhello" in delivered
+    assert "bank.example" not in delivered  # the forged result in our name is gone
+    # twomx publishes p=quarantine: unsigned mail from here goes to the Junk folder.
+    _to_mx(lab, "x@twomx.example-a.test", b"From: x@twomx.example-a.test\r\nSubject: spammy\r\n\r\nbuy\r\n")
+    junk = lab.root / DOMAIN / "alice" / ".Junk" / "new"
+    assert [p.read_bytes() for p in junk.iterdir() if b"Subject: spammy" in p.read_bytes()]
+    # No policy published: delivered, with dmarc=none for filters to read.
+    _to_mx(lab, "y@example-b.example", b"From: y@example-b.example\r\nSubject: plain\r\n\r\nhi\r\n")
+    assert "dmarc=none" in lab.inbox("alice@isp.example")[-1].decode()
+    assert lab.ispd.metric_value("ispd_mail_refusals_total", {"reason": "dmarc_reject"}) >= 1
+    assert lab.ispd.metric_value("ispd_mail_authentication_total", {"method": "dkim", "result": "pass"}) >= 1

@@ -167,6 +167,10 @@ def _long_chain(zone: str) -> list[str]:
     return lines
 
 
+DKIM_LAB_KEY = Path(__file__).with_name("data") / "dkim-lab.key"
+DKIM_LAB_RECORD = (Path(__file__).with_name("data") / "dkim-lab.txt").read_text().strip()
+
+
 def zone_texts(base: str = DEFAULT_BASE) -> dict[str, str]:
     """Zone origin -> zone file text, for the hierarchy at ``base``."""
     a = {host: f"{base}.{s.offset}" for s in SERVERS for host in s.hosts}
@@ -252,6 +256,11 @@ def zone_texts(base: str = DEFAULT_BASE) -> dict[str, str]:
         "twomx IN MX 10 mx-dead.twomx", "twomx IN MX 20 mx1.relay", f"mx-dead.twomx IN A {base}.40.2",
         "nullmx IN MX 0 .",
         f"nomx IN A {base}.40.1",  # no MX record: mail goes to the domain's own address
+        # Mail authentication: example-a.test's SPF (above) allows only its MX, its DMARC policy
+        # rejects (and covers its subdomains), twomx's quarantines; relay.example-a.test signs
+        # with the lab's DKIM key (tests/lab/data/dkim-lab.key).
+        '_dmarc IN TXT "v=DMARC1; p=reject"', '_dmarc.twomx IN TXT "v=DMARC1; p=quarantine"',
+        f'lab._domainkey.relay IN TXT "{DKIM_LAB_RECORD}"',
     ])
     zones["sub.example-a.test."] = "\n".join([
         "$ORIGIN sub.example-a.test.", "$TTL 3600", _soa("ns.sub.example-a.test.", "sub.example-a.test."),

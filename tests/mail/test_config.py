@@ -41,6 +41,9 @@ def test_relative_paths_are_taken_from_the_config_files_directory(tmp_path: Path
     ('listen_submission = ["127.0.0.1:587"]', "submission (listen_submission, listen_submissions) needs `certificate`"),
     ("retry_initial_seconds = 600\nretry_max_seconds = 300", "retry_max_seconds is less than retry_initial_seconds"),
     ('resolver = "localhost:53"', "resolver"),
+    ('domains = ["isp.example"]\n[[mail.dkim]]\ndomain = "other.example"\nselector = "s1"\nprivate_key = "k.pem"',
+     "dkim: other.example is not one of the domains"),
+    ('dmarc_enforcement = "always"', "dmarc_enforcement"),
 ])
 def test_mistakes_are_named(tmp_path: Path, text: str, message: str) -> None:
     assert message in error_of(write(tmp_path, f"[mail]\n{text}\n"))

@@ -1,0 +1,232 @@
+"""Mail authentication: SPF (RFC 7208), DKIM (RFC 6376) and DMARC (RFC 7489) checks of inbound
+mail, recorded in an Authentication-Results header (RFC 8601), and DKIM signing of outbound mail.
+
+SPF is pyspf's, DKIM dkimpy's; DMARC is ``ispd.mail.dmarc`` (see there why). What is ours besides:
+their DNS goes to ``[mail] resolver`` (ispd's own resolver, when pointed at it) through one
+dnspython resolver, and the policy: a DMARC failure under ``p=reject`` is refused at the end of
+DATA, under ``p=quarantine`` delivered to the Junk folder, when ``dmarc_enforcement`` says so.
+Authentication-Results headers that claim to be ours are removed from what arrives (RFC 8601
+§5: a sender could forge them).
+
+Everything here blocks (DNS, RSA): the service runs it in an executor. pyspf looks names up
+through a module-level function; ``use_for_spf`` points it at ours, once per process.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dkim
+import dns.exception
+import dns.resolver
+import spf
+
+from ispd.configtypes import SocketAddress
+from ispd.mail.dmarc import DNSTemporaryError, evaluate
+
+_TIMEOUT = 5.0
+
+
+class AuthDNS:
+    """Synchronous lookups for the libraries, against one server (or /etc/resolv.conf)."""
+
+    def __init__(self, server: SocketAddress | None, timeout: float = _TIMEOUT) -> None:
+        self.resolver = dns.resolver.Resolver(configure=server is None)
+        if server is not None:
+            self.resolver.nameservers = [server.host]
+            self.resolver.port = server.port
+        self.resolver.lifetime = timeout
+
+    def _texts(self, name: str) -> list[bytes]:
+        try:
+            answer = self.resolver.resolve(name, "TXT")
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return []
+        except dns.exception.DNSException as exc:
+            raise DNSTemporaryError(str(exc)) from None
+        return [b"".join(record.strings) for record in answer]
+
+    def txt(self, name: bytes, timeout: float = _TIMEOUT) -> bytes | None:
+        """dkimpy's ``dnsfunc`` (bytes in, bytes out): the first TXT record, or None."""
+        texts = self._texts(name.decode("ascii", errors="replace"))
+        return texts[0] if texts else None
+
+    def texts(self, name: str) -> list[str]:
+        """Every TXT record at ``name``, as text (DMARC's lookup)."""
+        return [t.decode("utf-8", errors="replace") for t in self._texts(name)]
+
+    def spf_lookup(self, name: str, qtype: str, tcpfallback: bool = True, timeout: float = 30) -> list[Any]:
+        """pyspf's ``DNSLookup``: [((name, type), value)] as its dnspython backend gives them."""
+        found: list[Any] = []
+        try:
+            answer = self.resolver.resolve(name, qtype)
+        except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
+            return found
+        except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
+            raise spf.TempError(f"DNS {exc}") from None
+        for rdata in answer:
+            value: Any
+            if qtype in ("A", "AAAA"):
+                value = rdata.address
+            elif qtype == "MX":
+                value = (rdata.preference, rdata.exchange)
+            elif qtype == "PTR":
+                value = rdata.target.to_text(True)
+            elif qtype in ("TXT", "SPF"):
+                value = rdata.strings
+            else:
+                continue
+            found.append(((name, qtype), value))
+        return found
+
+    def use_for_spf(self) -> None:
+        spf.DNSLookup = self.spf_lookup
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    header: str  # "Authentication-Results: ..." without the line end
+    spf: str
+    dkim: str
+    dmarc: str  # pass, fail, none, temperror, permerror
+    dmarc_policy: str  # what the From domain publishes: none, quarantine, reject ("" without a record)
+    from_domain: str
+
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_MAX_SIGNATURES = 5  # verified per message: more is a denial-of-service attempt, not mail
+
+
+def header_section(message: bytes) -> bytes:
+    match = _HEADER_END.search(message)
+    return message[:match.start()] if match else message
+
+
+def has_dkim_signature(message: bytes) -> bool:
+    return re.search(rb"(?im)^dkim-signature:", header_section(message)) is not None
+
+
+def verify_dkim(message: bytes, dns_lookup: AuthDNS) -> tuple[str, list[str]]:
+    """(the result for the header, the d= of every signature that verified)."""
+    count = len(re.findall(rb"(?im)^dkim-signature:", header_section(message)))
+    if count == 0:
+        return "none", []
+    passed: list[str] = []
+    temporary = False
+    for index in range(min(count, _MAX_SIGNATURES)):
+        verifier = dkim.DKIM(message)
+        try:
+            if verifier.verify(idx=index, dnsfunc=dns_lookup.txt):
+                passed.append(verifier.domain.decode("ascii", errors="replace").lower())
+        except DNSTemporaryError:
+            temporary = True
+        except (dkim.DKIMException, ValueError, IndexError):
+            continue  # a malformed signature fails; the others still count
+    if passed:
+        return "pass", passed
+    return ("temperror" if temporary else "fail"), []
+
+
+def _spf(client_ip: str, mail_from: str, helo: str) -> tuple[str, str]:
+    """(result, the domain checked)."""
+    sender = "" if mail_from == "<>" else mail_from
+    domain = sender.rpartition("@")[2] if sender else helo
+    try:
+        result, _ = spf.check2(client_ip, sender, helo)
+    except Exception:  # pyspf raises on addresses it cannot parse
+        return "permerror", domain
+    return str(result or "none"), domain.lower()
+
+
+def check_inbound(message: bytes, *, client_ip: str, mail_from: str, helo: str, authserv_id: str,
+                  dns_lookup: AuthDNS) -> Verdict:
+    """SPF of the client for MAIL FROM (or HELO), the DKIM signatures, DMARC of the From
+    domain(s); ``message`` with CRLF line ends as it came."""
+    spf_result, spf_domain = _spf(client_ip, mail_from, helo)
+    dkim_result, dkim_domains = verify_dkim(message, dns_lookup)
+    domains = from_domains(message)
+    dmarc = evaluate(domains, spf_result=spf_result, spf_domain=spf_domain, dkim_domains=dkim_domains,
+                     lookup=dns_lookup.texts)
+    parts = [f"spf={spf_result} smtp.mailfrom={_value(mail_from if '@' in mail_from else spf_domain)}",
+             f"dkim={dkim_result}" + (f" header.d={_value(dkim_domains[0])}" if dkim_domains else ""),
+             f"dmarc={dmarc.result}" + (f" (p={dmarc.policy})" if dmarc.policy else "")
+             + (f" header.from={_value(dmarc.from_domain)}" if dmarc.from_domain else "")]
+    header = f"Authentication-Results: {authserv_id};\r\n\t" + ";\r\n\t".join(parts)
+    return Verdict(header=header, spf=spf_result, dkim=dkim_result, dmarc=dmarc.result,
+                   dmarc_policy=dmarc.policy, from_domain=dmarc.from_domain)
+
+
+def _value(text: str) -> str:
+    # RFC 8601 pvalue: keep it to what needs no quoting (addresses and domains as they usually are).
+    return re.sub(r"[^A-Za-z0-9.@_+=-]", "_", text)[:255] or "unknown"
+
+
+def strip_our_results(message: bytes, authserv_id: str) -> bytes:
+    """The message without Authentication-Results headers in our name (RFC 8601 §5)."""
+    match = _HEADER_END.search(message)
+    if match is None:
+        return message
+    head, rest = message[:match.start()], message[match.start():]
+    newline = b"\r\n" if b"\r\n" in message[:match.end()] else b"\n"
+    lines = [line.rstrip(b"\r") for line in head.split(b"\n")]
+    kept: list[bytes] = []
+    dropping = False
+    ours = re.compile(rb"(?i)^authentication-results:\s*" + re.escape(authserv_id.encode()) + rb"\s*(;|$)")
+    for line in lines:
+        if line[:1] in (b" ", b"\t"):
+            if not dropping:
+                kept.append(line)
+            continue
+        dropping = ours.match(line) is not None
+        if not dropping:
+            kept.append(line)
+    return newline.join(kept) + rest
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    domain: str
+    selector: str
+    private_key: bytes  # PEM
+
+
+SIGNED_HEADERS = [b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"reply-to", b"in-reply-to",
+                  b"references", b"mime-version", b"content-type", b"content-transfer-encoding"]
+
+
+def load_signing_key(domain: str, selector: str, path: Path) -> SigningKey:
+    """Raises ValueError with a message for the operator when the key cannot sign."""
+    try:
+        pem = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read the DKIM key {path}: {exc.strerror}") from None
+    key = SigningKey(domain, selector, pem)
+    try:
+        sign(b"From: a@" + domain.encode() + b"\r\nSubject: t\r\n\r\nt\r\n", key)
+    except dkim.DKIMException as exc:
+        raise ValueError(f"the DKIM key {path} cannot sign: {exc}") from None
+    return key
+
+
+def sign(message: bytes, key: SigningKey) -> bytes:
+    """The DKIM-Signature header (with its CRLF) to put in front of ``message``."""
+    return dkim.sign(message, key.selector.encode(), key.domain.encode(), key.private_key,  # type: ignore[no-any-return]
+                     canonicalize=(b"relaxed", b"relaxed"), include_headers=SIGNED_HEADERS)
+
+
+def from_domains(message: bytes) -> list[str]:
+    """The domains of the addresses in the From header(s), lowercase."""
+    found = re.findall(rb"(?im)^from:(.*(?:\r?\n[ \t].*)*)", header_section(message))
+    domains = []
+    for value in found:
+        domains += [d.decode().lower().rstrip(".") for d in re.findall(rb"[^\s<>\"@,;:]+@([A-Za-z0-9.-]+)", value)]
+    return domains
+
+
+def from_domain(message: bytes) -> str | None:
+    """The domain of the first From address, or None."""
+    domains = from_domains(message)
+    return domains[0] if domains else None

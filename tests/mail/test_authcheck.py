@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+from typing import Any
+
+import dkim
+import pytest
+
+from ispd.configtypes import SocketAddress
+from ispd.mail.authcheck import (
+    AuthDNS,
+    check_inbound,
+    from_domain,
+    has_dkim_signature,
+    load_signing_key,
+    sign,
+    strip_our_results,
+)
+from tests.lab.dnshier import DKIM_LAB_KEY, DKIM_LAB_RECORD
+
+MESSAGE = (b"From: Carol <carol@relay.example-a.test>\r\nTo: alice@isp.example\r\nSubject: hi\r\n"
+           b"Date: Fri, 04 Dec 2026 19:00:00 +0000\r\nMessage-ID: <1@relay.example-a.test>\r\n\r\nhello\r\n")
+
+
+class FakeDNS(AuthDNS):
+    """Answers from a table instead of the network."""
+
+    def __init__(self, txt: dict[str, str]) -> None:
+        super().__init__(SocketAddress("127.0.0.1", 53))
+        self.table = txt
+        self.asked: list[str] = []
+
+    def _texts(self, name: str) -> list[bytes]:
+        self.asked.append(name)
+        value = self.table.get(name.rstrip("."))
+        return [value.encode()] if value is not None else []
+
+    def spf_lookup(self, name: str, qtype: str, tcpfallback: bool = True, timeout: float = 30) -> list[Any]:
+        self.asked.append(f"{qtype} {name}")
+        if qtype == "TXT" and name in self.table:
+            return [((name, "TXT"), [self.table[name].encode()])]
+        if qtype == "A" and name == "mx.relay.example-a.test":
+            return [((name, "A"), "192.0.2.25")]
+        if qtype == "MX" and name == "relay.example-a.test":
+            return [((name, "MX"), (10, "mx.relay.example-a.test"))]
+        return []
+
+
+LAB_KEY = load_signing_key("relay.example-a.test", "lab", DKIM_LAB_KEY)
+DNS_TABLE = {"lab._domainkey.relay.example-a.test": DKIM_LAB_RECORD,
+             "relay.example-a.test": "v=spf1 mx -all",
+             "_dmarc.example-a.test": "v=DMARC1; p=reject"}
+
+
+def check(message: bytes, dns: FakeDNS, ip: str = "192.0.2.25") -> Any:
+    dns.use_for_spf()
+    return check_inbound(message, client_ip=ip, mail_from="carol@relay.example-a.test", helo="mx.relay.example-a.test",
+                         authserv_id="mx.isp.example", dns_lookup=dns)
+
+
+def test_a_signed_message_from_its_mx_passes_everything() -> None:
+    signed = sign(MESSAGE, LAB_KEY) + MESSAGE
+    assert has_dkim_signature(signed) and not has_dkim_signature(MESSAGE)
+    verdict = check(signed, FakeDNS(DNS_TABLE))
+    assert (verdict.spf, verdict.dkim, verdict.dmarc) == ("pass", "pass", "pass")
+    assert verdict.header.startswith("Authentication-Results: mx.isp.example;")
+    assert "spf=pass" in verdict.header and "dkim=pass" in verdict.header and "dmarc=pass" in verdict.header
+
+
+def test_unsigned_from_a_stranger_fails_dmarc_under_the_org_domains_reject_policy() -> None:
+    verdict = check(MESSAGE, FakeDNS(DNS_TABLE), ip="198.51.100.9")
+    assert (verdict.spf, verdict.dkim, verdict.dmarc) == ("fail", "none", "fail")
+    assert verdict.dmarc_policy == "reject" and verdict.from_domain == "relay.example-a.test"
+
+
+def test_a_body_changed_after_signing_fails_dkim() -> None:
+    signed = sign(MESSAGE, LAB_KEY) + MESSAGE.replace(b"hello", b"hullo")
+    verdict = check(signed, FakeDNS(DNS_TABLE), ip="198.51.100.9")
+    assert verdict.dkim == "fail" and verdict.dmarc == "fail"
+
+
+def test_no_published_policy_means_dmarc_none() -> None:
+    verdict = check(MESSAGE, FakeDNS({}), ip="198.51.100.9")
+    assert verdict.dmarc == "none" and verdict.spf == "none"
+
+
+def test_our_own_results_from_outside_are_removed_and_others_kept() -> None:
+    message = (b"Authentication-Results: mx.isp.example; dkim=pass\r\n\theader.d=bank.example\r\n"
+               b"Authentication-Results: other.example; spf=fail\r\n"
+               b"authentication-results:mx.isp.example;dmarc=pass\r\n"
+               b"Subject: x\r\n\r\nAuthentication-Results: mx.isp.example; in the body stays\r\n")
+    assert strip_our_results(message, "mx.isp.example") == (
+        b"Authentication-Results: other.example; spf=fail\r\nSubject: x\r\n\r\n"
+        b"Authentication-Results: mx.isp.example; in the body stays\r\n")
+    assert strip_our_results(b"no header end", "mx.isp.example") == b"no header end"
+    # The last header line dropped: no stray CR before the blank line.
+    assert strip_our_results(b"Subject: x\r\nAuthentication-Results: mx.isp.example; x\r\n\r\nbody",
+                             "mx.isp.example") == b"Subject: x\r\n\r\nbody"
+
+
+@pytest.mark.parametrize(("message", "domain"), [
+    (b"From: Alice <Alice@ISP.Example>\r\n\r\nx", "isp.example"),
+    (b"Subject: s\r\nfrom:\r\n a@b.example\r\n\r\n", "b.example"),
+    (b"Subject: s\r\n\r\nFrom: a@body.example\r\n", None),
+])
+def test_from_domain_reads_the_header_only(message: bytes, domain: str | None) -> None:
+    assert from_domain(message) == domain
+
+
+def test_a_signature_verifies_with_the_published_key() -> None:
+    signature = sign(MESSAGE, LAB_KEY)
+    assert signature.startswith(b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed;\r\n d=relay.example-a.test;")
+    assert dkim.verify(signature + MESSAGE, dnsfunc=lambda name, timeout=5: DKIM_LAB_RECORD.encode())
+
+
+def test_a_key_that_cannot_sign_is_named(tmp_path: Any) -> None:
+    bad = tmp_path / "bad.pem"
+    bad.write_text("-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n")
+    with pytest.raises(ValueError, match="cannot sign"):
+        load_signing_key("isp.example", "s1", bad)
+    with pytest.raises(ValueError, match="cannot read"):
+        load_signing_key("isp.example", "s1", tmp_path / "missing.pem")
