@@ -60,6 +60,8 @@ class MailConfig(Section):
     # SMTP connections at once, in total and from one client address; over it: 421 and closed.
     max_connections: int = Field(default=500, ge=1, le=100_000)
     max_connections_per_client: int = Field(default=20, ge=1, le=10_000)
+    # New connections one client address may open per minute (0: no limit); over it: 421 4.7.0.
+    max_connection_rate_per_client: int = Field(default=120, ge=0, le=1_000_000)
     # A client that sends nothing for this long is disconnected (RFC 5321 §4.5.3.2: 5 minutes).
     command_timeout_seconds: float = Field(default=300.0, ge=10, le=3600)
     # alice+lists@ is delivered to alice@ when no mailbox has the whole address; "" turns it off.

@@ -184,6 +184,37 @@ class SendingLimit:
         self._sent.setdefault(subscriber_id, deque()).append(now)
 
 
+class ConnectionRate:
+    """New connections per client address in a sliding minute (Postfix's anvil
+    smtpd_client_connection_rate_limit): a client over it gets 421 and is closed at once."""
+
+    def __init__(self, per_minute: int, max_clients: int = 100_000) -> None:
+        self.per_minute = per_minute
+        self.max_clients = max_clients
+        self._seen: dict[str, deque[float]] = {}
+
+    def admit(self, client: str, now: float) -> bool:
+        if self.per_minute <= 0:
+            return True
+        seen = self._seen.get(client)
+        if seen is None:
+            if len(self._seen) >= self.max_clients:
+                self._forget_idle(now)
+            seen = self._seen[client] = deque()
+        while seen and seen[0] <= now - 60:
+            seen.popleft()
+        if len(seen) >= self.per_minute:
+            return False
+        seen.append(now)
+        return True
+
+    def _forget_idle(self, now: float) -> None:
+        for client in [c for c, seen in self._seen.items() if not seen or seen[-1] <= now - 60]:
+            del self._seen[client]
+        if len(self._seen) >= self.max_clients:  # a flood from very many addresses: start over
+            self._seen.clear()
+
+
 def _printable(text: str) -> str:
     return "".join(c if c.isprintable() and c not in "<>" else "?" for c in text)[:256]
 

@@ -104,8 +104,14 @@ class _ListenerCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         yield CounterMetricFamily("ispd_mail_connections", "SMTP connections accepted.",
                                   value=self.stats.connections)
-        yield CounterMetricFamily("ispd_mail_refused_connections", "SMTP connections refused over a connection limit.",
+        yield CounterMetricFamily("ispd_mail_refused_connections",
+                                  "SMTP connections refused over a connection limit or the per-client rate.",
                                   value=self.stats.refused_connections)
         for name, value in self.gauges().items():
-            yield GaugeMetricFamily(f"ispd_mail_{name}", "SMTP sessions open now." if name == "sessions" else name,
-                                    value=value)
+            yield GaugeMetricFamily(f"ispd_mail_{name}", _GAUGE_HELP.get(name, name), value=value)
+
+
+_GAUGE_HELP = {
+    "sessions": "SMTP sessions open now (MX and submission).",
+    "outbound_deliveries_in_progress": "Outbound delivery attempts running now.",
+}

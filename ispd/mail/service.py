@@ -34,7 +34,7 @@ from ispd.mail.authcheck import (
     strip_our_results,
 )
 from ispd.mail.config import MailConfig
-from ispd.mail.engine import MXPolicy, Reply, SendingLimit, SMTPRefusal, protocol_name, trace_headers
+from ispd.mail.engine import ConnectionRate, MXPolicy, Reply, SendingLimit, SMTPRefusal, protocol_name, trace_headers
 from ispd.mail.maildir import Maildir
 from ispd.mail.metrics import AUTH_RESULTS, MailMetrics
 from ispd.mail.outbound import QueueRunner
@@ -87,6 +87,7 @@ class MailService(Service):
         self.metrics = MailMetrics()
         self.policy = self._policy(self.config)
         self.sending = SendingLimit(self.config.max_messages_per_hour)
+        self.connection_rate = ConnectionRate(self.config.max_connection_rate_per_client)
         self.mx_handler = MXHandler(self)
         self.submission_handler = SubmissionHandler(self)
         self.gate = ConnectionGate(self.config.max_connections, self.config.max_connections_per_client,
@@ -214,6 +215,7 @@ class MailService(Service):
             self.auth_dns.use_for_spf()
         self.config, self.policy, self.tls_context = new.mail, self._policy(new.mail), tls_context
         self.sending.per_hour = new.mail.max_messages_per_hour
+        self.connection_rate.per_minute = new.mail.max_connection_rate_per_client
         self.queue.config = new.mail
         self.gate.max_total = new.mail.max_connections
         self.gate.max_per_client = new.mail.max_connections_per_client

@@ -18,6 +18,7 @@ delivered at once, others queued).
 from __future__ import annotations
 
 import asyncio
+import time
 import warnings
 from base64 import b64decode
 from dataclasses import dataclass
@@ -96,7 +97,10 @@ class SMTPSession(SMTP):
         if self.transport is None:  # the TCP connection, not the switch to TLS after STARTTLS
             peer = transport.get_extra_info("peername")
             self.client = str(peer[0]) if peer else ""
-            self.admitted = self.service.gate.admit(self.client)
+            if self.service.connection_rate.admit(self.client, time.monotonic()):
+                self.admitted = self.service.gate.admit(self.client)  # counts its refusals itself
+            else:
+                self.service.metrics.listener.refused_connections += 1
             if self.admitted:
                 self.service.sessions.add(self)
         super().connection_made(transport)

@@ -2,7 +2,15 @@ from __future__ import annotations
 
 import pytest
 
-from ispd.mail.engine import MXPolicy, SendingLimit, SMTPRefusal, protocol_name, trace_headers, with_enhanced_code
+from ispd.mail.engine import (
+    ConnectionRate,
+    MXPolicy,
+    SendingLimit,
+    SMTPRefusal,
+    protocol_name,
+    trace_headers,
+    with_enhanced_code,
+)
 from ispd.store.models import Mailbox, MailRecipient, SubscriberStatus
 
 POLICY = MXPolicy(["isp.example", "mail.isp.example"], postmaster="noc@isp.example", max_recipients=3)
@@ -138,3 +146,12 @@ def test_the_sending_limit_is_a_sliding_hour() -> None:
     assert str(caught.reply).startswith("450 4.7.1")
     limit.check(2, 200.0)  # another subscriber
     limit.check(1, 3600.5)  # the first has left the hour
+
+
+def test_a_client_opening_connections_too_fast_is_refused_for_the_rest_of_the_minute() -> None:
+    rate = ConnectionRate(per_minute=3, max_clients=2)
+    assert [rate.admit("192.0.2.1", t) for t in (0.0, 1.0, 2.0, 3.0)] == [True, True, True, False]
+    assert rate.admit("192.0.2.2", 3.0)  # another client
+    assert rate.admit("192.0.2.1", 60.5)  # the first has slowed down
+    assert rate.admit("192.0.2.3", 200.0)  # the table is full of idle clients: they are forgotten
+    assert ConnectionRate(per_minute=0).admit("192.0.2.1", 0.0)  # 0: no limit
