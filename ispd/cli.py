@@ -670,6 +670,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="set_quota", type=quota_arg, metavar="SIZE", default=_QUOTA_UNCHANGED,
                    help="the mailbox's own limit, e.g. 5G; 'plan' goes back to the plan's")
     p.set_defaults(handler=cmd_mailbox_quota, prepare=remember_mail_config)
+    p = mailbox.add_parser("show", parents=[config_opts, json_opt],
+                           help="a mailbox's folders as IMAP will see them (the running daemon reads its index)")
+    p.add_argument("address", type=checked_arg(mail_address))
+    p.set_defaults(handler=cmd_mailbox_show, without_store=True)
 
     mail = top.add_parser("mail", help="the mail service").add_subparsers(dest="action", required=True)
     queue = mail.add_parser("queue", help="the outbound queue").add_subparsers(dest="queue_action", required=True)
@@ -684,6 +688,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("queue_id", type=checked_arg(queue_id_text))
     p.set_defaults(handler=cmd_mail_queue_delete, prepare=remember_mail_config)
     return parser
+
+
+async def cmd_mailbox_show(config: Config, args: argparse.Namespace) -> None:
+    result = await daemon_request(config, args, "mail.mailbox.show", {"address": args.address})
+    if args.json:
+        print_json(result)
+        return
+    print(f"{result['address']} ({result['path']})")
+    print_table(["FOLDER", "MESSAGES", "UNSEEN", "BYTES", "UIDVALIDITY", "UIDNEXT"],
+                [[f["name"], f["messages"], f["unseen"], f["bytes"], f["uidvalidity"], f["uidnext"]]
+                 for f in result["folders"]])
 
 
 def queue_id_text(text: str) -> str:
@@ -882,6 +897,8 @@ async def daemon_request(config: Config, args: argparse.Namespace, command: str,
             raise CommandFailed(f"the daemon at {path} does not run the DNS resolver (is [dns] enabled?)") from None
         if exc.code == "unknown_command" and command.startswith("radius."):
             raise CommandFailed(f"the daemon at {path} does not run RADIUS (is [radius] enabled?)") from None
+        if exc.code == "unknown_command" and command.startswith("mail."):
+            raise CommandFailed(f"the daemon at {path} does not run mail (is [mail] enabled?)") from None
         raise CommandFailed(str(exc)) from None
 
 

@@ -15,7 +15,8 @@ readers never see a partial file. Concurrent deliveries need no lock: names are 
 
 Names are ``<secs>.M<usecs>P<pid>Q<n>.<host>,S=<bytes>,W=<size with CRLF>[:2,<flags>]``. ``S=``
 lets quota be summed from a directory listing; ``W=`` is what IMAP reports as RFC822.SIZE.
-Messages are kept with LF line ends, as Dovecot and Postfix's local(8) keep them.
+Messages are kept with LF line ends, as Dovecot and Postfix's local(8) keep them. UIDs, UIDVALIDITY
+and the move from new/ to cur/ are ``ispd.mail.mailindex``'s (IMAP reads through it).
 
 Quota usage (RFC 9208's STORAGE and MESSAGE) is kept in ``maildirsize``: each delivery appends
 one line (an O_APPEND write of a short line is atomic), and when the file outgrows 5120 bytes it

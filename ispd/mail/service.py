@@ -36,6 +36,7 @@ from ispd.mail.authcheck import (
 from ispd.mail.config import MailConfig
 from ispd.mail.engine import ConnectionRate, MXPolicy, Reply, SendingLimit, SMTPRefusal, protocol_name, trace_headers
 from ispd.mail.maildir import Maildir
+from ispd.mail.mailindex import FolderIndex
 from ispd.mail.metrics import AUTH_RESULTS, MailMetrics
 from ispd.mail.outbound import QueueRunner
 from ispd.mail.smtp import Identity, MailEnvelope, MXHandler, SMTPSession, SubmissionHandler
@@ -160,6 +161,7 @@ class MailService(Service):
             self.context.registry.register(collector)
             stack.callback(self.context.registry.unregister, collector)
         stack.callback(self.context.control.register("mail.queue.flush", self._command_flush))
+        stack.callback(self.context.control.register("mail.mailbox.show", self._command_mailbox_show))
         log.info("mail.started", listen=self.bound, domains=self.config.domains,
                  starttls=self.tls_context is not None, maildir_root=str(self.config.maildir_root))
 
@@ -176,6 +178,30 @@ class MailService(Service):
             raise ValueError(str(exc)) from None
         self.queue.wake.set()
         return {"rescheduled": moved}
+
+    async def _command_mailbox_show(self, args: dict[str, Any]) -> dict[str, Any]:
+        address = args.get("address")
+        if not isinstance(address, str):
+            raise ValueError("address must be text")
+        recipient = await self.context.store.mail_recipient(mail_address(address))
+        if recipient is None:
+            raise ValueError(f"no mailbox {address}")
+        maildir = self.maildir(recipient.mailbox.address)
+        folders = await asyncio.get_running_loop().run_in_executor(self._executor, self._describe_folders, maildir)
+        return {"address": recipient.mailbox.address, "path": str(maildir.path), "folders": folders}
+
+    def _describe_folders(self, maildir: Maildir) -> list[dict[str, Any]]:
+        if maildir.path not in self._created:
+            maildir.create()
+            self._created.add(maildir.path)
+        folders = []
+        for folder in ("", *maildir.folders()):
+            state = FolderIndex(maildir.folder_path(folder)).sync()
+            folders.append({"name": folder or "INBOX", "messages": len(state.messages),
+                            "unseen": sum(1 for m in state.messages if "S" not in m.flags),
+                            "bytes": sum(m.size for m in state.messages), "uidvalidity": state.uidvalidity,
+                            "uidnext": state.next_uid})
+        return folders
 
     @staticmethod
     async def _close_server(server: asyncio.Server) -> None:

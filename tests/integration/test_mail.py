@@ -285,3 +285,18 @@ def test_the_cli_manages_mailboxes(mail: Mail) -> None:
         assert client.mail("someone@sender.example")[0] == 250 and client.rcpt(f"temp@{DOMAIN}")[0] == 550
     show = json.loads(mail.ispd.cli("subscriber", "show", "alice", "--json").stdout)
     assert f"alice@{DOMAIN}" in {m["address"] for m in show["mailboxes"]}
+
+
+def test_mailbox_show_lists_the_folders_as_imap_will_see_them(mail: Mail) -> None:
+    count = len(mail.inbox(f"alice@{DOMAIN}"))
+    shown = json.loads(mail.ispd.cli("mailbox", "show", f"alice@{DOMAIN}", "--json").stdout)
+    folders = {f["name"]: f for f in shown["folders"]}
+    assert set(folders) == {"INBOX", "Archive", "Drafts", "Junk", "Sent", "Trash"}
+    inbox = folders["INBOX"]
+    assert inbox["messages"] == inbox["unseen"] == count and inbox["uidnext"] == count + 1
+    assert list((mail.root / DOMAIN / "alice" / "new").iterdir()) == []  # now in cur/, with their UIDs
+    again = json.loads(mail.ispd.cli("mailbox", "show", f"alice@{DOMAIN}", "--json").stdout)
+    assert again["folders"] == shown["folders"]  # stable: same UIDVALIDITY, same UIDNEXT
+    text = mail.ispd.cli("mailbox", "show", f"alice@{DOMAIN}").stdout
+    assert text.splitlines()[0].startswith(f"alice@{DOMAIN} (") and "UIDVALIDITY" in text
+    assert mail.ispd.cli("mailbox", "show", f"nobody@{DOMAIN}", check=False).returncode != 0

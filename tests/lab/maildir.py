@@ -6,9 +6,9 @@ from pathlib import Path
 
 
 def inbox(root: Path, address: str) -> list[bytes]:
-    """The messages in new/ of ``address``'s Maildir under ``root`` ([mail] maildir_root)."""
+    """The messages in the INBOX (new/ and cur/) of ``address``'s Maildir under ``root`` ([mail]
+    maildir_root), in delivery order."""
     local, _, domain = address.partition("@")
-    new = root / domain / local / "new"
-    if not new.is_dir():
-        return []
-    return [p.read_bytes() for p in sorted(new.iterdir(), key=lambda p: p.stat().st_mtime_ns)]
+    box = root / domain / local
+    files = [p for sub in ("new", "cur") if (box / sub).is_dir() for p in (box / sub).iterdir()]
+    return [p.read_bytes() for p in sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name))]

@@ -1,0 +1,229 @@
+"""The index IMAP reads a Maildir folder through: UIDs, UIDVALIDITY, flags and sizes, kept
+consistent with the files and rebuildable from them.
+
+Files per folder (beside cur/ new/ tmp/):
+
+    ispd-uidlist      "ispd-uidlist 1 V<uidvalidity> N<next uid>", then "<uid> <base name>" per
+                      message, by UID; rewritten whole (tmp, rename) when it changes
+    ispd-uidvalidity  "V<uidvalidity> N<next uid>": what must survive the uidlist's loss
+
+Theory of operation. ``sync`` is the one writer, under a lock per folder (a thread lock, and
+flock on ``ispd-uidlist.lock`` for other processes). It moves what delivery put in new/ to cur/,
+giving each message the next UID and writing that UID into the file name (``,U=<uid>``, before
+the ``:2,<flags>`` info), so that the UIDs can be read back from the files themselves: a lost or
+corrupt uidlist is rebuilt with the same UIDs, and UIDVALIDITY stays (RFC 3501 §2.3.1.1: a
+UID never changes or is reused while UIDVALIDITY holds). Only losing ``ispd-uidvalidity`` too
+starts a new UIDVALIDITY, which tells clients to forget what they cached — the honest answer.
+A file in cur/ that another tool put there without ``,U=`` gets the next UID the same way.
+Vanished files (expunged, or moved by another tool) leave the index.
+
+Flags and sizes live in the file names (``:2,FS``, ``,S=`` and ``,W=``), as Maildir keeps
+them; the index does not copy them, so a flag change is one rename and cannot disagree.
+Messages seen in new/ by a sync are \\Recent for the session that synced (RFC 3501 §2.3.2).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from ispd.mail.maildir import size_of
+
+_UID_FIELD = re.compile(r",U=(\d+)")
+_LOCKS: dict[Path, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+MAILDIR_FLAGS = "DFPRST"  # draft, flagged, passed, replied, seen, trashed (Maildir spec)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedMessage:
+    uid: int
+    name: str  # the file's name in cur/
+    flags: str  # Maildir flag letters, sorted
+    size: int  # bytes on disk
+    virtual_size: int  # with CRLF line ends: RFC822.SIZE
+    internal_date: float  # when it was delivered (the file's mtime)
+    recent: bool  # moved from new/ by this sync
+
+    @property
+    def base(self) -> str:
+        return self.name.partition(":")[0]
+
+
+@dataclass(frozen=True, slots=True)
+class FolderState:
+    uidvalidity: int
+    next_uid: int
+    messages: list[IndexedMessage]  # by UID
+
+
+def base_name(name: str) -> str:
+    return name.partition(":")[0]
+
+
+def uid_in_name(name: str) -> int | None:
+    match = _UID_FIELD.search(base_name(name))
+    return int(match.group(1)) if match else None
+
+
+def flags_in_name(name: str) -> str:
+    _, sep, info = name.partition(":2,")
+    return "".join(sorted(set(info) & set(MAILDIR_FLAGS))) if sep else ""
+
+
+def _virtual_size(name: str, size: int) -> int:
+    for field in base_name(name).split(",")[1:]:
+        if field.startswith("W=") and field[2:].isdigit():
+            return int(field[2:])
+    return size
+
+
+class FolderIndex:
+    """One folder's index (the directory holding cur/ new/ tmp/). Blocking: use an executor."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with _LOCKS_GUARD:
+            self._lock = _LOCKS.setdefault(path, threading.Lock())
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._lock:
+            fd = os.open(self.path / "ispd-uidlist.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # releases the flock
+
+    def sync(self, now: float | None = None) -> FolderState:
+        with self._locked():
+            uidvalidity, next_uid, by_base = self._load()
+            changed = False
+            recent: set[str] = set()
+            # Delivered since the last sync: into cur/ with the next UID in the name.
+            for entry in sorted(os.scandir(self.path / "new"), key=_delivery_order):
+                if entry.name.startswith(".") or not entry.is_file():
+                    continue
+                uid = next_uid
+                next_uid += 1
+                target = f"{base_name(entry.name)},U={uid}:2,{flags_in_name(entry.name)}"
+                try:
+                    os.rename(entry.path, self.path / "cur" / target)
+                except FileNotFoundError:
+                    continue  # another reader took it
+                by_base[base_name(target)] = uid
+                recent.add(base_name(target))
+                changed = True
+            messages: list[IndexedMessage] = []
+            present: set[str] = set()
+            taken = set(by_base.values())
+            for entry in os.scandir(self.path / "cur"):
+                name = entry.name
+                if name.startswith(".") or not entry.is_file():
+                    continue
+                base = base_name(name)
+                known = by_base.get(base)
+                if known is not None:
+                    uid = known
+                else:  # put here by another tool, or the index was rebuilt
+                    named = uid_in_name(name)
+                    if named is not None and named not in taken:
+                        uid = named
+                        next_uid = max(next_uid, uid + 1)
+                    else:
+                        uid = next_uid
+                        next_uid += 1
+                        renamed = f"{_UID_FIELD.sub('', base)},U={uid}:2,{flags_in_name(name)}"
+                        try:
+                            os.rename(entry.path, self.path / "cur" / renamed)
+                        except FileNotFoundError:
+                            continue
+                        name, base = renamed, base_name(renamed)
+                    by_base[base] = uid
+                    taken.add(uid)
+                    changed = True
+                try:
+                    mtime = os.stat(self.path / "cur" / name).st_mtime
+                except FileNotFoundError:
+                    continue
+                size = size_of(name)
+                if size is None:
+                    size = os.stat(self.path / "cur" / name).st_size
+                messages.append(IndexedMessage(uid, name, flags_in_name(name), size, _virtual_size(name, size), mtime,
+                                               base in recent))
+                present.add(base)
+            if set(by_base) - present:
+                changed = True
+                by_base = {b: u for b, u in by_base.items() if b in present}
+            if changed or not (self.path / "ispd-uidlist").exists():
+                self._save(uidvalidity, next_uid, by_base)
+            messages.sort(key=lambda m: m.uid)
+            return FolderState(uidvalidity, next_uid, messages)
+
+    def set_flags(self, message: IndexedMessage, flags: str) -> IndexedMessage:
+        """A new flag set (Maildir letters) for one message: one rename. Raises
+        FileNotFoundError when the message was expunged meanwhile."""
+        wanted = "".join(sorted(set(flags) & set(MAILDIR_FLAGS)))
+        name = f"{message.base}:2,{wanted}"
+        if name != message.name:
+            os.rename(self.path / "cur" / message.name, self.path / "cur" / name)
+        return IndexedMessage(message.uid, name, wanted, message.size, message.virtual_size, message.internal_date,
+                              message.recent)
+
+    # --- the files
+
+    def _load(self) -> tuple[int, int, dict[str, int]]:
+        """(uidvalidity, next uid, base name -> uid), rebuilt from what survives."""
+        validity, next_uid = self._read_validity()
+        try:
+            lines = (self.path / "ispd-uidlist").read_text(encoding="utf-8").splitlines()
+            header = lines[0].split()
+            if header[:2] != ["ispd-uidlist", "1"]:
+                raise ValueError("not our format")
+            listed_validity = int(header[2].removeprefix("V"))
+            listed_next = int(header[3].removeprefix("N"))
+            by_base = {}
+            for line in lines[1:]:
+                uid_text, _, base = line.partition(" ")
+                by_base[base] = int(uid_text)
+            if validity is None:
+                validity = listed_validity
+            if validity == listed_validity:
+                return validity, max(listed_next, next_uid or 0), by_base
+        except (FileNotFoundError, IndexError, ValueError):
+            pass
+        if validity is None:  # nothing survived: a new UIDVALIDITY (clients resynchronise)
+            validity = max(1, int(time.time()))
+        return validity, next_uid or 1, {}
+
+    def _read_validity(self) -> tuple[int | None, int | None]:
+        try:
+            fields = (self.path / "ispd-uidvalidity").read_text(encoding="ascii").split()
+            return int(fields[0].removeprefix("V")), int(fields[1].removeprefix("N"))
+        except (FileNotFoundError, IndexError, ValueError):
+            return None, None
+
+    def _save(self, uidvalidity: int, next_uid: int, by_base: dict[str, int]) -> None:
+        lines = [f"ispd-uidlist 1 V{uidvalidity} N{next_uid}"]
+        lines += [f"{uid} {base}" for base, uid in sorted(by_base.items(), key=lambda item: item[1])]
+        self._replace("ispd-uidvalidity", f"V{uidvalidity} N{next_uid}\n")
+        self._replace("ispd-uidlist", "\n".join(lines) + "\n")
+
+    def _replace(self, name: str, text: str) -> None:
+        temporary = self.path / "tmp" / f".{name}.{os.getpid()}.{threading.get_ident()}"
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, self.path / name)
+
+
+def _delivery_order(entry: os.DirEntry[str]) -> tuple[int, str]:
+    # Maildir names start with the delivery second; ties keep the name's order.
+    head = entry.name.partition(".")[0]
+    return (int(head) if head.isdigit() else 0, entry.name)

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ispd.mail.maildir import Maildir
+from ispd.mail.mailindex import FolderIndex, flags_in_name, uid_in_name
+
+
+@pytest.fixture
+def maildir(tmp_path: Path) -> Maildir:
+    box = Maildir(tmp_path / "alice")
+    box.create()
+    return box
+
+
+def deliver(maildir: Maildir, text: str, at: float, folder: str = "") -> None:
+    maildir.deliver(f"Subject: {text}\r\n\r\n{text}\r\n".encode(), folder=folder, now=at)
+
+
+def subjects(maildir: Maildir, state: object, folder: str = "") -> list[str]:
+    cur = maildir.folder_path(folder) / "cur"
+    return [(cur / m.name).read_text().split("\n")[0] for m in state.messages]  # type: ignore[attr-defined]
+
+
+def test_delivered_mail_gets_uids_in_delivery_order_and_moves_to_cur(maildir: Maildir) -> None:
+    for index, at in enumerate((100.0, 50.0, 75.0)):
+        deliver(maildir, f"m{index}", at)
+    index = FolderIndex(maildir.path)
+    state = index.sync()
+    assert [m.uid for m in state.messages] == [1, 2, 3] and state.next_uid == 4
+    assert subjects(maildir, state) == ["Subject: m1", "Subject: m2", "Subject: m0"]
+    assert all(m.recent for m in state.messages) and os.listdir(maildir.path / "new") == []
+    assert all(uid_in_name(m.name) == m.uid and m.name.endswith(":2,") for m in state.messages)
+    assert state.messages[0].virtual_size == len(b"Subject: m1\r\n\r\nm1\r\n")
+    again = index.sync()
+    assert [m.uid for m in again.messages] == [1, 2, 3] and not any(m.recent for m in again.messages)
+    assert again.uidvalidity == state.uidvalidity
+
+
+def test_flags_are_one_rename_and_survive_a_sync(maildir: Maildir) -> None:
+    deliver(maildir, "x", 1.0)
+    index = FolderIndex(maildir.path)
+    message = index.sync().messages[0]
+    flagged = index.set_flags(message, "SFx")
+    assert flagged.flags == "FS" and flagged.name.endswith(":2,FS")
+    assert [(m.uid, m.flags) for m in index.sync().messages] == [(1, "FS")]
+
+
+def test_a_lost_uidlist_is_rebuilt_with_the_same_uids_and_uidvalidity(maildir: Maildir) -> None:
+    for n in range(4):
+        deliver(maildir, f"m{n}", float(n))
+    index = FolderIndex(maildir.path)
+    before = index.sync()
+    # Expunge the highest UID, then lose the index: UID 4 must never come back.
+    os.unlink(maildir.path / "cur" / before.messages[-1].name)
+    (maildir.path / "ispd-uidlist").unlink()
+    deliver(maildir, "later", 10.0)
+    after = index.sync()
+    assert after.uidvalidity == before.uidvalidity
+    assert [m.uid for m in after.messages] == [1, 2, 3, 5]
+    (maildir.path / "ispd-uidlist").write_text("garbage\n")
+    assert [m.uid for m in index.sync().messages] == [1, 2, 3, 5]
+
+
+def test_losing_everything_gives_a_new_uidvalidity(maildir: Maildir) -> None:
+    deliver(maildir, "x", 1.0)
+    index = FolderIndex(maildir.path)
+    first = index.sync()
+    (maildir.path / "ispd-uidlist").unlink()
+    (maildir.path / "ispd-uidvalidity").write_text("V1 N2\n")  # a different validity on disk
+    assert index.sync().uidvalidity == 1
+    (maildir.path / "ispd-uidlist").unlink()
+    (maildir.path / "ispd-uidvalidity").unlink()
+    fresh = index.sync()
+    assert fresh.uidvalidity not in (1, 0) and fresh.uidvalidity >= first.uidvalidity
+    assert [m.uid for m in fresh.messages] == [1]  # the UID in the name still stands
+
+
+def test_files_other_tools_put_in_cur_are_numbered_and_vanished_ones_dropped(maildir: Maildir) -> None:
+    deliver(maildir, "a", 1.0)
+    index = FolderIndex(maildir.path)
+    index.sync()
+    (maildir.path / "cur" / "555.foreign.host:2,S").write_bytes(b"Subject: foreign\n\nx\n")
+    (maildir.path / "cur" / "556.copy.host,U=1:2,").write_bytes(b"Subject: claims uid 1\n\nx\n")
+    state = index.sync()
+    assert [m.uid for m in state.messages] == [1, 2, 3]
+    assert {m.flags for m in state.messages} == {"", "S"}
+    assert all(uid_in_name(m.name) == m.uid for m in state.messages)
+    os.unlink(maildir.path / "cur" / state.messages[0].name)
+    assert [m.uid for m in index.sync().messages] == [2, 3]
+    assert (maildir.path / "ispd-uidlist").read_text().count("\n") == 3  # header and two lines
+
+
+def test_each_folder_has_its_own_index(maildir: Maildir) -> None:
+    deliver(maildir, "inbox", 1.0)
+    deliver(maildir, "junk", 2.0, folder="Junk")
+    assert [m.uid for m in FolderIndex(maildir.folder_path("Junk")).sync().messages] == [1]
+    assert [m.uid for m in FolderIndex(maildir.path).sync().messages] == [1]
+
+
+@pytest.mark.parametrize(("name", "flags"), [("1.x:2,SF", "FS"), ("1.x:2,", ""), ("1.x", ""), ("1.x:2,Sa", "S")])
+def test_flags_in_name(name: str, flags: str) -> None:
+    assert flags_in_name(name) == flags
