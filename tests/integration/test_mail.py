@@ -300,3 +300,31 @@ def test_mailbox_show_lists_the_folders_as_imap_will_see_them(mail: Mail) -> Non
     text = mail.ispd.cli("mailbox", "show", f"alice@{DOMAIN}").stdout
     assert text.splitlines()[0].startswith(f"alice@{DOMAIN} (") and "UIDVALIDITY" in text
     assert mail.ispd.cli("mailbox", "show", f"nobody@{DOMAIN}", check=False).returncode != 0
+
+
+def test_data_ends_only_at_its_terminator_however_the_bytes_arrive(mail: Mail) -> None:
+    before = len(mail.inbox(f"alice@{DOMAIN}"))
+    with socket.create_connection(("127.0.0.1", mail.port), timeout=10) as sock:
+        sock.recv(200)
+        sock.sendall(b"EHLO s\r\nMAIL FROM:<a@sender.example>\r\nRCPT TO:<alice@isp.example>\r\nDATA\r\n")
+        received = b""
+        while b"354 " not in received:
+            received += sock.recv(4096)
+        # The terminator in pieces, a byte at a time, and a stuffed dot line split over two sends.
+        for piece in (b"Subject: slow\r\n\r\n..st", b"uffed", b"\r", b"\n", b".", b"\r", b"\n"):
+            sock.sendall(piece)
+            time.sleep(0.05)
+        # An empty message next, and a line over 998 octets after it: refused, the session goes on.
+        sock.sendall(b"MAIL FROM:<a@sender.example>\r\nRCPT TO:<alice@isp.example>\r\nDATA\r\n.\r\n"
+                     b"MAIL FROM:<a@sender.example>\r\nRCPT TO:<alice@isp.example>\r\nDATA\r\n"
+                     + b"x" * 1200 + b"\r\n.\r\nQUIT\r\n")
+        while b"221 " not in received:
+            chunk = sock.recv(4096)
+            assert chunk, received
+            received += chunk
+    assert received.count(b"250 2.0.0 Ok: queued") == 2, received
+    assert b"500 5.5.2 Line too long" in received
+    messages = mail.inbox(f"alice@{DOMAIN}")[before:]
+    assert len(messages) == 2
+    assert messages[0].endswith(b"Subject: slow\n\n.stuffed\n")
+    assert messages[1].count(b"\n") == 4 and messages[1].startswith(b"Return-Path: <a@sender.example>")  # trace only
