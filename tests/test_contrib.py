@@ -145,7 +145,7 @@ def parse_exposition(text: str) -> Exported:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exported]:
-    """What a running ispd with DHCP, DNS and RADIUS exports. The resolver's root is a loopback
+    """What a running ispd with DHCP, DNS, RADIUS and mail exports. The resolver's root is a loopback
     address where nothing listens, DHCP listens on a free port of lo and RADIUS on free ports of
     127.0.0.1 with no clients: nothing leaves the machine. RADIUS runs in a worker process of its
     own, as ``process = "auto"`` has it on 4 CPUs or more: its metrics must come out of the main
@@ -162,7 +162,11 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exported]:
            "root_hints": str(hints), "resolver": {"do_ipv6": False}}
     radius = {"enabled": True, "process": "own", "listen_auth": [f"127.0.0.1:{free_udp_port()}"],
               "listen_acct": [f"127.0.0.1:{free_udp_port()}"]}
-    config = base_config(workdir, dns=dns, dhcp=dhcp, radius=radius)
+    # Mail on a free port of 127.0.0.1, no checks needing DNS, its resolver a port where nothing listens.
+    mail = {"enabled": True, "domains": ["isp.example"], "listen_mx": [f"127.0.0.1:{free_port()}"],
+            "maildir_root": str(workdir / "mail"), "queue_directory": str(workdir / "queue"),
+            "authentication_checks": False, "resolver": f"127.0.0.1:{free_udp_port()}"}
+    config = base_config(workdir, dns=dns, dhcp=dhcp, radius=radius, mail=mail)
     with IspdProcess(workdir, config) as ispd:
         ispd.start()
         status, text = ispd.http_get("/metrics")

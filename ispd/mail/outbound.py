@@ -116,7 +116,11 @@ async def deliver_to_domain(domain: str, sender: str, recipients: list[str], mes
                                           command_timeout=command_timeout)
             except (OSError, aiosmtplib.SMTPConnectError, aiosmtplib.SMTPTimeoutError,
                     aiosmtplib.SMTPServerDisconnected) as exc:
-                last = f"{host}[{address}]: {exc or type(exc).__name__}"
+                last = f"{host}[{address}]: {exc or type(exc).__name__}"  # the next address, the next MX
+            except aiosmtplib.SMTPResponseException as exc:  # refused at EHLO or STARTTLS
+                return dict.fromkeys(recipients, outcome_of_reply(exc.code, f"{host}[{address}]: {exc.message}"))
+            except aiosmtplib.SMTPException as exc:  # e.g. STARTTLS offered but unusable
+                last = f"{host}[{address}]: {exc}"
     return dict.fromkeys(recipients, Outcome(Verdict.DEFERRED, last, "4.4.1"))
 
 
@@ -164,6 +168,15 @@ class QueueRunner:
         self.attempts: dict[str, int] = {v.value: 0 for v in Verdict}  # per recipient, for metrics
         self.bounces = 0
         self._counted = (0, 0.0)  # messages in the queue and the oldest one's created_at, every 30 s
+
+    def reconfigure(self, config: MailConfig) -> None:
+        """A reloaded [mail] section: attempts from now on use it."""
+        if (config.resolver, config.outbound_timeout_seconds) != (self.config.resolver,
+                                                                  self.config.outbound_timeout_seconds):
+            self.lookup = MXLookup(config.resolver, config.outbound_timeout_seconds)
+        if config.max_outbound_deliveries != self.config.max_outbound_deliveries:
+            self._slots = asyncio.Semaphore(config.max_outbound_deliveries)
+        self.config = config
 
     @property
     def active(self) -> int:
@@ -250,8 +263,14 @@ class QueueRunner:
                                           port=self.config.outbound_port, helo=self.config.server_name,
                                           command_timeout=self.config.outbound_timeout_seconds)
                         for domain, recipients in groups.items()]
-            for outcome_map in await asyncio.gather(*attempts):
-                results.update(outcome_map)
+            for (domain, recipients), attempted in zip(groups.items(), await asyncio.gather(
+                    *attempts, return_exceptions=True), strict=True):
+                if isinstance(attempted, BaseException):  # a bug or a library surprise: try again later
+                    log.error("mail.outbound.error", queue_id=mail.id, domain=domain, error=repr(attempted))
+                    results.update(dict.fromkeys(recipients, Outcome(
+                        Verdict.DEFERRED, f"local error: {attempted!r}", "4.3.0")))
+                else:
+                    results.update(attempted)
         for outcome in results.values():
             self.attempts[outcome.verdict.value] += 1
         now = self.clock()

@@ -242,7 +242,7 @@ class MailService(Service):
         self.config, self.policy, self.tls_context = new.mail, self._policy(new.mail), tls_context
         self.sending.per_hour = new.mail.max_messages_per_hour
         self.connection_rate.per_minute = new.mail.max_connection_rate_per_client
-        self.queue.config = new.mail
+        self.queue.reconfigure(new.mail)
         self.gate.max_total = new.mail.max_connections
         self.gate.max_per_client = new.mail.max_connections_per_client
         log.info("mail.reloaded", domains=new.mail.domains, starttls=tls_context is not None)

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ispd.mail import outbound
+from ispd.mail.config import MailConfig
+from ispd.mail.outbound import QueueRunner
+from ispd.mail.queue import Outcome, Verdict
+from ispd.mail.spool import Spool
+from ispd.store.models import QueuedMail, QueuedRecipient, QueuedRecipientState
+
+
+class RecordingStore:
+    def __init__(self) -> None:
+        self.recorded: list[tuple[str, dict[str, Any], float, str | None]] = []
+
+    async def record_mail_attempt(self, queue_id: str, outcomes: dict[str, Any], *, next_attempt_at: float,
+                                  error: str | None) -> QueuedMail | None:
+        self.recorded.append((queue_id, outcomes, next_attempt_at, error))
+        return None
+
+
+async def no_local_delivery(address: str, message: bytes) -> bool:
+    return False
+
+
+@pytest.fixture
+def runner(tmp_path: Path) -> QueueRunner:
+    config = MailConfig(domains=["isp.example"], queue_directory=tmp_path / "queue", retry_initial_seconds=60,
+                        retry_max_seconds=600)
+    spool = Spool(config.queue_directory)
+    spool.prepare()
+    spool.write("Q1", b"Subject: x\r\n\r\nx\r\n")
+    return QueueRunner(config, RecordingStore(), spool, ThreadPoolExecutor(1),  # type: ignore[arg-type]
+                       no_local_delivery, lambda: 1000.0)
+
+
+def mail(*recipients: str) -> QueuedMail:
+    return QueuedMail(id="Q1", created_at=900.0, sender="alice@isp.example", size=10, next_attempt_at=900.0,
+                      recipients=tuple(QueuedRecipient(r) for r in recipients))
+
+
+async def test_one_domains_surprise_defers_it_and_the_others_still_settle(runner: QueueRunner,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    async def deliver(domain: str, sender: str, recipients: list[str], message: bytes, **_: Any) -> dict[str, Outcome]:
+        if domain == "broken.example":
+            raise RuntimeError("a library surprise")
+        return dict.fromkeys(recipients, Outcome(Verdict.DELIVERED, "250 ok"))
+
+    monkeypatch.setattr(outbound, "deliver_to_domain", deliver)
+    await runner._attempt_now(mail("a@fine.example", "b@broken.example"))
+    store = runner.store
+    assert isinstance(store, RecordingStore)
+    [(queue_id, outcomes, next_attempt_at, error)] = store.recorded
+    assert queue_id == "Q1" and outcomes == {"a@fine.example": (QueuedRecipientState.DELIVERED, "250 ok")}
+    assert next_attempt_at == 1060.0 and error is not None and "a library surprise" in error
+    assert runner.attempts == {"delivered": 1, "bounced": 0, "deferred": 1}
+
+
+async def test_a_lost_spool_file_bounces_instead_of_retrying_forever(runner: QueueRunner) -> None:
+    runner.spool.remove("Q1")
+    await runner._attempt_now(mail("a@fine.example"))
+    store = runner.store
+    assert isinstance(store, RecordingStore)
+    assert store.recorded[0][1] == {"a@fine.example": (QueuedRecipientState.BOUNCED, "the queued message was lost")}
