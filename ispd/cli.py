@@ -746,6 +746,10 @@ async def cmd_mailbox_add(store: Store, args: argparse.Namespace) -> None:
     if domain not in args.mail.domains:
         known = ", ".join(args.mail.domains) or "none yet"
         raise CommandFailed(f"{domain} is not one of the mail domains in {args.config} ([mail] domains: {known})")
+    leftover = Maildir.for_address(args.mail.maildir_root, args.address).path
+    if leftover.exists():
+        raise CommandFailed(f"{leftover} already exists (the mail of a former owner of this address?): "
+                            "move it away first, so that the new owner does not get that mail")
     mailbox = await store.add_mailbox(args.subscriber, args.address, actor=actor(), quota_bytes=args.quota)
     username = await username_of(store, mailbox.subscriber_id)
     if args.json:
@@ -769,7 +773,14 @@ async def cmd_mailbox_list(store: Store, args: argparse.Namespace) -> None:
 async def cmd_mailbox_delete(store: Store, args: argparse.Namespace) -> None:
     mailbox = await store.delete_mailbox(args.address, actor=actor())
     path = Maildir.for_address(args.mail.maildir_root, mailbox.address).path
-    print(f"deleted mailbox {mailbox.address}; its mail stays in {path} until you remove it")
+    if not path.exists():
+        print(f"deleted mailbox {mailbox.address} (it had no mail on disk)")
+        return
+    # Set aside under a name no address can have ('~'), so that whoever gets the address next
+    # starts empty; the owner and modes stay as they were.
+    archive = path.with_name(f"{path.name}~deleted-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
+    path.rename(archive)
+    print(f"deleted mailbox {mailbox.address}; its mail is kept in {archive} until you remove it")
 
 
 async def cmd_mailbox_quota(store: Store, args: argparse.Namespace) -> None:

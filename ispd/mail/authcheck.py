@@ -105,10 +105,6 @@ def header_section(message: bytes) -> bytes:
     return message[:match.start()] if match else message
 
 
-def has_dkim_signature(message: bytes) -> bool:
-    return re.search(rb"(?im)^dkim-signature:", header_section(message)) is not None
-
-
 def verify_dkim(message: bytes, dns_lookup: AuthDNS) -> tuple[str, list[str]]:
     """(the result for the header, the d= of every signature that verified)."""
     count = len(re.findall(rb"(?im)^dkim-signature:", header_section(message)))
@@ -217,13 +213,30 @@ def sign(message: bytes, key: SigningKey) -> bytes:
                      canonicalize=(b"relaxed", b"relaxed"), include_headers=SIGNED_HEADERS)
 
 
+_FROM_HEADER = re.compile(rb"(?im)^from[ \t]*:(.*(?:\r?\n[ \t].*)*)")
+_ADDRESS = re.compile(rb"([^\s<>\"@,;:()]+)@([^\s<>\",;:()@]+)")
+
+
+def _a_label(domain: str) -> str:
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return domain
+
+
+def from_addresses(message: bytes) -> list[str]:
+    """The addresses in the From header(s), with their domains lowercase (IDNs as A-labels)."""
+    found = []
+    for value in _FROM_HEADER.findall(header_section(message)):
+        for local, domain in _ADDRESS.findall(value):
+            text = _a_label(domain.decode("utf-8", errors="replace").lower().rstrip("."))
+            found.append(f"{local.decode('utf-8', errors='replace')}@{text}")
+    return found
+
+
 def from_domains(message: bytes) -> list[str]:
-    """The domains of the addresses in the From header(s), lowercase."""
-    found = re.findall(rb"(?im)^from:(.*(?:\r?\n[ \t].*)*)", header_section(message))
-    domains = []
-    for value in found:
-        domains += [d.decode().lower().rstrip(".") for d in re.findall(rb"[^\s<>\"@,;:]+@([A-Za-z0-9.-]+)", value)]
-    return domains
+    """The domains of the addresses in the From header(s)."""
+    return [address.rpartition("@")[2] for address in from_addresses(message)]
 
 
 def from_domain(message: bytes) -> str | None:

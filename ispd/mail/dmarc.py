@@ -7,7 +7,7 @@ evaluates the wrong domain for many real senders. The organisational domain come
 Public Suffix List (publicsuffixlist, which ships a current copy; no network).
 
 Policy discovery (§6.6.3): ``_dmarc.<From domain>``, else ``_dmarc.<organisational domain>``
-(then its ``sp=`` applies, if given); more than one DMARC record at a name counts as none; a
+(then its ``sp=`` applies, if given); more than one DMARC record at a name ends discovery; a
 record without a valid ``p=`` but otherwise valid is ``p=none``. Alignment (§3.1): relaxed
 (same organisational domain) unless ``aspf=s`` / ``adkim=s`` ask for the exact domain. ``pct=``
 is read as 100 (DMARCbis drops it). Several From domains: each must pass (§6.6.1).
@@ -72,7 +72,9 @@ def discover(from_domain: str, lookup: Callable[[str], list[str]]) -> tuple[str,
         if at_org and name == from_domain:
             break
         records = [r for r in (parse_record(t) for t in lookup(f"_dmarc.{name}")) if r is not None]
-        if len(records) != 1:
+        if len(records) > 1:
+            return None  # §6.6.3 step 5: discovery ends; DMARC does not apply
+        if not records:
             continue
         record = records[0]
         policy = _policy(record.get("p")) or "none"

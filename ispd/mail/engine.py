@@ -16,10 +16,9 @@ Recipients (RFC 5321 §3.3, §4.5.1):
   whole quota can never fit: 552 5.2.2. At DATA the real size is checked again.
 
 Submission (authenticated): the envelope sender must be one of the subscriber's mailboxes (553
-5.7.1), the subscriber must be active (550 5.7.1), and ``SendingLimit`` caps messages per hour
-(450 4.7.1); recipients at other domains are queued.
-
-Not here yet: SPF, DKIM and DMARC checks.
+5.7.1) and so must every From header address (550 5.7.1: ispd DKIM-signs for the domain), the
+subscriber must be active (550 5.7.1), and ``SendingLimit`` caps messages per hour (450 4.7.1);
+recipients at other domains are queued. SPF, DKIM and DMARC are ``ispd.mail.authcheck``'s.
 """
 
 from __future__ import annotations
@@ -75,7 +74,7 @@ def with_enhanced_code(line: str) -> str:
     code = int(line[:3])
     enhanced = {250: "2.0.0", 221: "2.0.0", 235: "2.7.0", 252: "2.5.0", 500: "5.5.2", 501: "5.5.4", 502: "5.5.1",
                 503: "5.5.1", 504: "5.5.4", 530: "5.7.0", 535: "5.7.8", 538: "5.7.11", 552: "5.3.4", 553: "5.1.3",
-                554: "5.3.0", 555: "5.5.4", 421: "4.3.0", 451: "4.3.0", 452: "4.3.1"}.get(code)
+                554: "5.7.0", 555: "5.5.4", 421: "4.3.0", 451: "4.3.0", 452: "4.3.1"}.get(code)
     if enhanced is None:
         enhanced = f"{line[0]}.0.0"
     return f"{line[:4]}{enhanced} {line[4:]}"
@@ -160,6 +159,15 @@ class MXPolicy:
         if self.own_address(address) not in owned:
             raise SMTPRefusal(Reply(553, "5.7.1", f"<{_printable(address)}>: Sender address rejected: not owned "
                                                   f"by user {_printable(username)}"), "sender_not_owned")
+
+
+    def check_author(self, from_addresses: list[str], owned: set[str], username: str) -> None:
+        """Submission: every From header address must be the subscriber's too, since ispd
+        DKIM-signs for the domain (a message without From is left to the recipient's filters)."""
+        for address in from_addresses:
+            if self.own_address(address) not in owned:
+                raise SMTPRefusal(Reply(550, "5.7.1", f"<{_printable(address)}>: From address not owned by user "
+                                                      f"{_printable(username)}"), "sender_not_owned")
 
 
 class SendingLimit:

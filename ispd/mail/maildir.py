@@ -167,7 +167,12 @@ class Maildir:
                 with self._lock:  # the message and its maildirsize line appear together
                     # link(), not rename(): it never replaces a message that has the same name.
                     os.link(temporary, base / "new" / name)
-                    self._count(len(data), 1)
+                    try:
+                        self._count(len(data), 1)
+                    except OSError:
+                        # The message is delivered: failing now would make the sender send it
+                        # again. A stale count is mended by the next recount.
+                        (self.path / "maildirsize").unlink(missing_ok=True)
             except FileExistsError:
                 continue
             finally:
@@ -178,10 +183,14 @@ class Maildir:
 
     # --- quota
 
-    def usage(self) -> QuotaUsage:
-        """Bytes and messages in every folder, from ``maildirsize`` (recomputed if missing)."""
+    def usage(self, quota_bytes: int | None = None) -> QuotaUsage:
+        """Bytes and messages in every folder, from ``maildirsize`` (recomputed if missing, and,
+        as Maildir++ says, when it shows the mailbox full and is over 15 minutes old: mail
+        removed by other tools would otherwise keep it full)."""
+        path = self.path / "maildirsize"
         try:
-            text = (self.path / "maildirsize").read_text(encoding="ascii", errors="replace")
+            text = path.read_text(encoding="ascii", errors="replace")
+            age = time.time() - path.stat().st_mtime
         except FileNotFoundError:
             return self.recompute_usage()
         total_bytes = total_messages = 0
@@ -194,6 +203,8 @@ class Maildir:
                 total_messages += int(fields[1])
             except ValueError:
                 return self.recompute_usage()  # a corrupt file: the files on disk are the truth
+        if quota_bytes is not None and total_bytes >= quota_bytes and age > 900:
+            return self.recompute_usage()
         return QuotaUsage(max(total_bytes, 0), max(total_messages, 0))
 
     def recompute_usage(self) -> QuotaUsage:

@@ -108,10 +108,14 @@ class FolderIndex:
             uidvalidity, next_uid, by_base = self._load()
             changed = False
             recent: set[str] = set()
+            arrived = sorted((e for e in os.scandir(self.path / "new") if not e.name.startswith(".") and e.is_file()),
+                             key=_delivery_order)
+            if arrived:
+                # The UIDs about to be written into names are reserved durably first: after a
+                # crash, none of them can be given again under this UIDVALIDITY.
+                self._replace("ispd-uidvalidity", f"V{uidvalidity} N{next_uid + len(arrived)}\n", sync=True)
             # Delivered since the last sync: into cur/ with the next UID in the name.
-            for entry in sorted(os.scandir(self.path / "new"), key=_delivery_order):
-                if entry.name.startswith(".") or not entry.is_file():
-                    continue
+            for entry in arrived:
                 uid = next_uid
                 next_uid += 1
                 target = f"{base_name(entry.name)},U={uid}:2,{flags_in_name(entry.name)}"
@@ -217,10 +221,20 @@ class FolderIndex:
         self._replace("ispd-uidvalidity", f"V{uidvalidity} N{next_uid}\n")
         self._replace("ispd-uidlist", "\n".join(lines) + "\n")
 
-    def _replace(self, name: str, text: str) -> None:
+    def _replace(self, name: str, text: str, *, sync: bool = False) -> None:
         temporary = self.path / "tmp" / f".{name}.{os.getpid()}.{threading.get_ident()}"
-        temporary.write_text(text, encoding="utf-8")
+        with temporary.open("w", encoding="utf-8") as f:
+            f.write(text)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(temporary, self.path / name)
+        if sync:
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def _delivery_order(entry: os.DirEntry[str]) -> tuple[int, str]:

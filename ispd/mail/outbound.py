@@ -33,9 +33,8 @@ import dns.resolver
 from ispd.logs import get_logger
 from ispd.mail.dsn import bounce_message
 from ispd.mail.metrics import QueueFigures
-from ispd.mail.queue import Outcome, Verdict, by_domain, outcome_of_reply, settle
+from ispd.mail.queue import AttemptResult, Outcome, Verdict, by_domain, outcome_of_reply, settle
 from ispd.mail.spool import Spool
-from ispd.store import StoreError
 from ispd.store.models import QueuedMail, QueuedRecipient
 
 if TYPE_CHECKING:
@@ -133,7 +132,10 @@ async def _transaction(address: str, port: int, sender: str, recipients: list[st
         options = []
         if any(b >= 0x80 for b in message) and client.supports_extension("8bitmime"):
             options.append("BODY=8BITMIME")
-        if not (sender + "".join(recipients)).isascii() and client.supports_extension("smtputf8"):
+        if not (sender + "".join(recipients)).isascii():
+            if not client.supports_extension("smtputf8"):  # RFC 6531 §3.2: it cannot take these addresses
+                return dict.fromkeys(recipients, Outcome(
+                    Verdict.BOUNCED, f"{address}: the receiving server does not support SMTPUTF8", "5.6.7"))
             options.append("SMTPUTF8")
         try:
             refused, reply = await client.sendmail(sender, recipients, message, mail_options=options)
@@ -141,6 +143,8 @@ async def _transaction(address: str, port: int, sender: str, recipients: list[st
             return {r.recipient: outcome_of_reply(r.code, r.message) for r in exc.recipients}
         except aiosmtplib.SMTPResponseException as exc:
             return dict.fromkeys(recipients, outcome_of_reply(exc.code, exc.message))
+        except ValueError as exc:  # an address the client library cannot write on the wire
+            return dict.fromkeys(recipients, Outcome(Verdict.BOUNCED, f"address not deliverable: {exc}", "5.1.3"))
         results = dict.fromkeys(recipients, Outcome(Verdict.DELIVERED, f"250 {reply}".strip(), "2.0.0"))
         for recipient, response in refused.items():
             results[recipient] = outcome_of_reply(response.code, response.message)
@@ -167,7 +171,9 @@ class QueueRunner:
         self._slots = asyncio.Semaphore(config.max_outbound_deliveries)
         self.attempts: dict[str, int] = {v.value: 0 for v in Verdict}  # per recipient, for metrics
         self.bounces = 0
-        self._counted = (0, 0.0)  # messages in the queue and the oldest one's created_at, every 30 s
+        self._counted: tuple[int, float | None] = (0, None)  # messages queued and the oldest, every 30 s
+        self.server_name = config.server_name  # resolved once: getfqdn() blocks
+        self._stopping = False
 
     def reconfigure(self, config: MailConfig) -> None:
         """A reloaded [mail] section: attempts from now on use it."""
@@ -176,6 +182,8 @@ class QueueRunner:
             self.lookup = MXLookup(config.resolver, config.outbound_timeout_seconds)
         if config.max_outbound_deliveries != self.config.max_outbound_deliveries:
             self._slots = asyncio.Semaphore(config.max_outbound_deliveries)
+        if config.hostname != self.config.hostname:
+            self.server_name = config.server_name
         self.config = config
 
     @property
@@ -185,7 +193,7 @@ class QueueRunner:
     def figures(self) -> QueueFigures:
         messages, oldest = self._counted
         return QueueFigures(dict(self.attempts), self.bounces, messages,
-                            max(0.0, self.clock() - oldest) if messages else 0.0)
+                            max(0.0, self.clock() - oldest) if oldest is not None else 0.0)
 
     async def enqueue(self, sender: str, recipients: list[str], message: bytes, *, subscriber_id: int | None,
                       queue_id: str | None = None) -> str:
@@ -205,28 +213,28 @@ class QueueRunner:
         last_cleanup = last_count = 0.0
         while True:
             now = self.clock()
+            due: list[QueuedMail] = []
             try:
                 due = await self.store.due_mail(now, limit=4 * self.config.max_outbound_deliveries)
                 if now - last_count >= 30:
                     last_count = now
-                    queued = await self.store.list_mail_queue()
-                    self._counted = (len(queued), min((m.created_at for m in queued), default=0.0))
+                    self._counted = await self.store.mail_queue_summary()
                 if now - last_cleanup > 3600:
                     last_cleanup = now
                     await self._remove_orphans()
-            except StoreError as exc:
-                log.error("mail.queue.store_error", error=str(exc))
-                due = []
+            except Exception as exc:  # the store or the disk, for now: the queue must keep running
+                log.error("mail.queue.error", error=repr(exc))
             for mail in due:
-                if mail.id not in self._active:
-                    self._active[mail.id] = asyncio.create_task(self._attempt(mail), name=f"mail-out-{mail.id}")
+                if mail.id not in self._active and not self._stopping:
+                    self._active[mail.id] = asyncio.create_task(self._attempt(mail.id), name=f"mail-out-{mail.id}")
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), POLL_SECONDS)
 
     async def drain(self) -> None:
-        """Lets attempts in flight finish: cancelling one after the other server's 250 but before
-        it is recorded would send that message again after a restart."""
+        """Lets attempts in flight finish (and none start): cancelling one after the other
+        server's 250 but before it is recorded would send that message again after a restart."""
+        self._stopping = True
         if self._active:
             await asyncio.gather(*self._active.values(), return_exceptions=True)
 
@@ -238,14 +246,21 @@ class QueueRunner:
                 await loop.run_in_executor(self.executor, self.spool.remove, name)
                 log.info("mail.queue.orphan_removed", queue_id=name)
 
-    async def _attempt(self, mail: QueuedMail) -> None:
+    async def _attempt(self, queue_id: str) -> None:
         try:
             async with self._slots:
+                if self._stopping:
+                    return
+                # Read again now that it is its turn: the row the poll saw may have been settled by
+                # an attempt that ended meanwhile (trying it again would send it twice).
+                mail = await self.store.get_queued_mail(queue_id)
+                if mail is None or not mail.pending or mail.next_attempt_at > self.clock():
+                    return
                 await self._attempt_now(mail)
         except Exception as exc:  # one entry's trouble must not stop the queue
-            log.error("mail.queue.attempt_failed", queue_id=mail.id, error=repr(exc))
+            log.error("mail.queue.attempt_failed", queue_id=queue_id, error=repr(exc))
         finally:
-            self._active.pop(mail.id, None)
+            self._active.pop(queue_id, None)
 
     async def _attempt_now(self, mail: QueuedMail) -> None:
         loop = asyncio.get_running_loop()
@@ -256,11 +271,11 @@ class QueueRunner:
             message = None
         results: dict[str, Outcome] = {}
         if message is None:
-            results = dict.fromkeys(mail.pending, Outcome(Verdict.BOUNCED, "the queued message was lost", "4.3.0"))
+            results = dict.fromkeys(mail.pending, Outcome(Verdict.BOUNCED, "the queued message was lost", "5.3.0"))
         else:
             groups = by_domain(mail.pending)
             attempts = [deliver_to_domain(domain, mail.sender, recipients, message, lookup=self.lookup,
-                                          port=self.config.outbound_port, helo=self.config.server_name,
+                                          port=self.config.outbound_port, helo=self.server_name,
                                           command_timeout=self.config.outbound_timeout_seconds)
                         for domain, recipients in groups.items()]
             for (domain, recipients), attempted in zip(groups.items(), await asyncio.gather(
@@ -276,23 +291,31 @@ class QueueRunner:
         now = self.clock()
         settled = settle(mail, results, now, lifetime=self.config.queue_lifetime_seconds,
                          retry_initial=self.config.retry_initial_seconds, retry_max=self.config.retry_max_seconds)
-        updated = await self.store.record_mail_attempt(mail.id, settled.outcomes,
-                                                       next_attempt_at=settled.next_attempt_at, error=settled.error)
         for address, outcome in results.items():
             log.info("mail.outbound.attempt", queue_id=mail.id, recipient=address, result=outcome.verdict.value,
                      detail=outcome.detail)
-        if settled.bounced and mail.sender and message is not None:
-            await self._bounce(mail, message, settled.bounced, now)
+        # Shielded: once the other side has said 250, this must be recorded even if ispd is
+        # stopping, or the message would go again after the restart. The bounce comes first:
+        # a crash in between then repeats a bounce rather than losing it.
+        await asyncio.shield(self._record(mail, message, settled, now))
+
+    async def _record(self, mail: QueuedMail, message: bytes | None, settled: AttemptResult, now: float) -> None:
+        if settled.bounced and mail.sender:
+            await self.bounce(mail.sender, message or b"", settled.bounced, queue_id=mail.id,
+                              arrived_at=mail.created_at)
+        updated = await self.store.record_mail_attempt(mail.id, settled.outcomes,
+                                                       next_attempt_at=settled.next_attempt_at, error=settled.error)
         if updated is None or not updated.pending:
-            await loop.run_in_executor(self.executor, self.spool.remove, mail.id)
+            await asyncio.get_running_loop().run_in_executor(self.executor, self.spool.remove, mail.id)
 
-    async def _bounce(self, mail: QueuedMail, message: bytes, failed: dict[str, Outcome], now: float) -> None:
+    async def bounce(self, sender: str, message: bytes, failed: dict[str, Outcome], *, queue_id: str,
+                     arrived_at: float) -> None:
+        """A delivery status notification to ``sender`` for the ``failed`` recipients of the
+        message ``queue_id``: into the sender's mailbox when it is local, else queued."""
         self.bounces += 1
-        bounce = bounce_message(reporting_host=self.config.server_name, sender=mail.sender, original=message,
-                                queue_id=mail.id, arrived_at=mail.created_at, failed=failed, now=now)
-        if await self.deliver_locally(mail.sender, bounce):
+        bounce = bounce_message(reporting_host=self.server_name, sender=sender, original=message,
+                                queue_id=queue_id, arrived_at=arrived_at, failed=failed, now=self.clock())
+        if await self.deliver_locally(sender, bounce):
             return
-        queue_id = await self.enqueue("", [mail.sender], bounce, subscriber_id=None)
-        log.info("mail.bounce.queued", queue_id=queue_id, original=mail.id)
-
-
+        queued = await self.enqueue("", [sender], bounce, subscriber_id=None)
+        log.info("mail.bounce.queued", queue_id=queued, original=queue_id)

@@ -28,6 +28,7 @@ from ispd.mail.authcheck import (
     AuthDNS,
     SigningKey,
     check_inbound,
+    from_addresses,
     from_domain,
     load_signing_key,
     sign,
@@ -39,6 +40,7 @@ from ispd.mail.maildir import Maildir
 from ispd.mail.mailindex import FolderIndex
 from ispd.mail.metrics import AUTH_RESULTS, MailMetrics
 from ispd.mail.outbound import QueueRunner
+from ispd.mail.queue import Outcome, Verdict
 from ispd.mail.smtp import Identity, MailEnvelope, MXHandler, SMTPSession, SubmissionHandler
 from ispd.mail.spool import Spool
 from ispd.service import Health, Service, ServiceContext, ServiceStartError
@@ -52,8 +54,11 @@ if TYPE_CHECKING:
 log = get_logger("ispd.mail")
 DELIVERY_THREADS = 16  # fsyncs in flight at once; more sessions than this queue for a thread
 PASSWORD_CHECKS = 8  # scrypt checks at once (each ~50 ms of CPU)
-AUTH_CHECK_THREADS = 8  # SPF/DKIM/DMARC checks and DKIM signing at once (DNS waits, RSA)
+AUTH_CHECK_THREADS = 16  # SPF/DKIM/DMARC checks of inbound mail at once (mostly DNS waits)
+AUTH_CHECK_DEADLINE_SECONDS = 30.0  # a sender whose DNS never answers gets no longer than this
+SIGNING_THREADS = 4  # DKIM signing of submitted mail: apart, so that slow inbound checks never stall it
 AUTH_CACHE_SECONDS = 3600
+TLS_HANDSHAKE_SECONDS = 15.0
 
 
 def check_files(config: MailConfig) -> list[str]:
@@ -103,6 +108,7 @@ class MailService(Service):
         self._created: set[Path] = set()  # Maildirs known to exist
         self._executor = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="ispd-mail")
         self._auth_executor = ThreadPoolExecutor(AUTH_CHECK_THREADS, thread_name_prefix="ispd-mail-auth")
+        self._signing_executor = ThreadPoolExecutor(SIGNING_THREADS, thread_name_prefix="ispd-mail-sign")
         self.auth_dns = AuthDNS(self.config.resolver)
         self.signing: dict[str, SigningKey] = {}
         self.queue = QueueRunner(self.config, context.store, Spool(self.config.queue_directory), self._executor,
@@ -139,15 +145,19 @@ class MailService(Service):
                 raise ServiceStartError(f"mail: cannot create the {what} {directory}: {exc.strerror}") from None
         stack.callback(self._executor.shutdown, wait=True)
         stack.callback(self._auth_executor.shutdown, wait=False, cancel_futures=True)
+        stack.callback(self._signing_executor.shutdown, wait=False, cancel_futures=True)
         listeners = [("mx", a) for a in self.config.listen_mx]
         listeners += [("submission", a) for a in self.config.listen_submission]
         listeners += [("submissions", a) for a in self.config.listen_submissions]
         loop = asyncio.get_running_loop()
         for listener, address in listeners:
             try:
+                implicit_tls = listener == "submissions"
                 server = await loop.create_server(
                     lambda kind=listener: SMTPSession(self, kind), address.host, address.port, reuse_address=True,
-                    backlog=1024, ssl=self.tls_context if listener == "submissions" else None)
+                    backlog=1024, ssl=self.tls_context if implicit_tls else None,
+                    # The connection caps apply once the handshake is done: keep that short.
+                    ssl_handshake_timeout=TLS_HANDSHAKE_SECONDS if implicit_tls else None)
             except OSError as exc:
                 raise ServiceStartError(f"mail: cannot listen on {address}: {exc.strerror}") from None
             self._servers.append(server)
@@ -235,6 +245,11 @@ class MailService(Service):
         if (old.mail.certificate is None) != (new.mail.certificate is None):
             raise ServiceStartError("mail: turning STARTTLS on or off needs a restart")
         tls_context = self._tls(new.mail)
+        if tls_context is not None and self.tls_context is not None:
+            # 465's listener holds the context it was made with: load the new certificate into it.
+            assert new.mail.certificate is not None and new.mail.private_key is not None
+            self.tls_context.load_cert_chain(new.mail.certificate, new.mail.private_key)
+            tls_context = self.tls_context
         self.signing = signing_keys(new.mail)
         if old.mail.resolver != new.mail.resolver:
             self.auth_dns = AuthDNS(new.mail.resolver)
@@ -266,7 +281,8 @@ class MailService(Service):
         if recipient.quota_bytes is None:
             return None
         maildir = self.maildir(recipient.mailbox.address)
-        usage = await asyncio.get_running_loop().run_in_executor(self._executor, maildir.usage)
+        usage = await asyncio.get_running_loop().run_in_executor(self._executor, maildir.usage,
+                                                                 recipient.quota_bytes)
         return usage.bytes
 
     async def _find_mailbox(self, candidates: tuple[str, ...]) -> MailRecipient | None:
@@ -294,20 +310,28 @@ class MailService(Service):
     async def _deliver_locally(self, session: SMTPSession, smtp_session: Session, envelope: MailEnvelope,
                                queue_id: str, content: bytes, now: float, *, folder: str = "") -> Reply | None:
         """Writes the local copies (into ``folder``, "" the INBOX); a Reply when the message
-        cannot be taken. ``content`` starts with any header ispd adds besides the trace."""
-        try:
-            for address, recipient in envelope.mailboxes.items():
+        cannot be taken. ``content`` starts with any header ispd adds besides the trace.
+
+        Quota is checked again with the real size. When it refuses every local recipient (and
+        nothing goes elsewhere) the reply says so; when only some, the others get their copy and
+        the sender a bounce for those: SMTP has one reply for all recipients after DATA, and one
+        full mailbox must not hold back everyone else's mail."""
+        over: dict[str, SMTPRefusal] = {}
+        for address, recipient in envelope.mailboxes.items():
+            try:
                 self.policy.admit(address, recipient, await self._used_bytes(recipient), len(content))
-        except SMTPRefusal as refusal:
-            self.metrics.refusals.inc(refusal.reason)
-            return refusal.reply
+            except SMTPRefusal as refusal:
+                self.metrics.refusals.inc(refusal.reason)
+                over[address] = refusal
+        if over and len(over) == len(envelope.mailboxes) and not envelope.remote:
+            return next(iter(over.values())).reply
         mail_from = envelope.mail_from or ""
         local_recipients = [r for r in envelope.rcpt_tos if r not in envelope.remote]
         headers = trace_headers(
             return_path="" if mail_from == "<>" else mail_from, helo=smtp_session.host_name or "",
             client_ip=session.client, server_name=session.hostname, protocol=self._protocol(session, envelope),
             queue_id=queue_id, recipient=local_recipients[0] if len(local_recipients) == 1 else None, now=now)
-        maildirs = [self.maildir(address) for address in envelope.mailboxes]
+        maildirs = [self.maildir(address) for address in envelope.mailboxes if address not in over]
         try:
             await self._write_tracked(maildirs, headers + content, now, folder)
         except OSError as exc:
@@ -318,6 +342,13 @@ class MailService(Service):
             return Reply(451, "4.3.0", "Local delivery failed, try again later")
         self.metrics.deliveries.inc(amount=len(maildirs))
         self.metrics.bytes.inc(amount=len(headers) + len(content))
+        if over and mail_from not in ("", "<>"):
+            failed = {address: Outcome(Verdict.BOUNCED, str(refusal.reply), refusal.reply.enhanced)
+                      for address, refusal in over.items()}
+            try:
+                await self.queue.bounce(mail_from, content, failed, queue_id=queue_id, arrived_at=now)
+            except (OSError, StoreError) as exc:  # the copies are delivered: do not fail the message
+                log.error("mail.bounce.failed", queue_id=queue_id, error=str(exc))
         return None
 
     @staticmethod
@@ -343,13 +374,18 @@ class MailService(Service):
             if maildir.path not in self._created:
                 maildir.create()
                 self._created.add(maildir.path)
-            maildir.deliver(message, folder=folder, now=now)
+            try:
+                maildir.deliver(message, folder=folder, now=now)
+            except FileNotFoundError:  # removed by an operator (or `mailbox delete`) since: make it again
+                maildir.create()
+                maildir.deliver(message, folder=folder, now=now)
 
     async def deliver(self, session: SMTPSession, smtp_session: Session, envelope: MailEnvelope) -> Reply:
         """The end of DATA on the MX."""
         started = time.perf_counter()
         queue_id = secrets.token_hex(6).upper()
-        content = envelope.original_content or b""
+        # RFC 8601 §5: results claiming to be ours come from the sender, checks on or off.
+        content = strip_our_results(envelope.original_content or b"", session.hostname)
         folder = ""
         if self.config.authentication_checks:
             checked = await self._check_authentication(session, smtp_session, envelope, content)
@@ -373,13 +409,13 @@ class MailService(Service):
         """SPF, DKIM and DMARC: the content with an Authentication-Results header and the folder
         to deliver to, or the refusal DMARC asks for."""
         authserv_id = session.hostname
-        content = strip_our_results(content, authserv_id)
         try:
-            verdict = await asyncio.get_running_loop().run_in_executor(
+            verdict = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(
                 self._auth_executor, lambda: check_inbound(
                     content, client_ip=session.client, mail_from=envelope.mail_from or "",
-                    helo=smtp_session.host_name or "", authserv_id=authserv_id, dns_lookup=self.auth_dns))
-        except Exception as exc:  # the libraries' own errors: deliver unchecked rather than lose mail
+                    helo=smtp_session.host_name or "", authserv_id=authserv_id, dns_lookup=self.auth_dns)),
+                AUTH_CHECK_DEADLINE_SECONDS)
+        except Exception as exc:  # the libraries' errors, or DNS too slow: deliver unchecked, never lose mail
             log.error("mail.authentication.error", client=session.client, error=repr(exc))
             return content, ""
         for method, result in (("spf", verdict.spf), ("dkim", verdict.dkim), ("dmarc", verdict.dmarc)):
@@ -444,9 +480,10 @@ class MailService(Service):
                 self.passwords.remember(subscriber_id, credentials, password, now)
         return Identity(subscriber_id, username) if verdict else None
 
-    async def check_sender(self, identity: Identity, address: str) -> None:
+    async def check_sender(self, identity: Identity, address: str) -> set[str]:
         """MAIL FROM on submission: raises ``SMTPRefusal`` unless this subscriber may send as
-        ``address`` now (read fresh: a suspension takes effect at the next message)."""
+        ``address`` now (read fresh: a suspension takes effect at the next message); returns the
+        subscriber's own addresses."""
         store = self.context.store
         try:
             subscriber = await store.get_subscriber(identity.subscriber_id)
@@ -462,6 +499,7 @@ class MailService(Service):
                               "sender_suspended")
         self.policy.check_sender(address, owned, identity.username)
         self.sending.check(identity.subscriber_id, self.context.clock())
+        return owned
 
     async def accept_submission_recipient(self, address: str, envelope: MailEnvelope) -> None:
         local, at, domain = address.rpartition("@")
@@ -489,7 +527,7 @@ class MailService(Service):
         if key is None:
             return content
         try:
-            signature = await asyncio.get_running_loop().run_in_executor(self._auth_executor, sign, content, key)
+            signature = await asyncio.get_running_loop().run_in_executor(self._signing_executor, sign, content, key)
         except Exception as exc:  # dkimpy's parse errors: send unsigned rather than not at all
             log.error("mail.dkim.sign_failed", domain=domain, error=repr(exc))
             return content
@@ -497,21 +535,23 @@ class MailService(Service):
 
     async def submit(self, session: SMTPSession, smtp_session: Session, envelope: MailEnvelope,
                      identity: Identity) -> Reply:
-        """The end of DATA on submission: local copies written, the rest queued, then 250."""
+        """The end of DATA on submission: the rest queued, local copies written, then 250."""
         started = time.perf_counter()
         queue_id = secrets.token_hex(6).upper()
-        content = envelope.original_content or b""
+        content = strip_our_results(envelope.original_content or b"", session.hostname)
         now = self.context.clock()
         try:
             self.sending.check(identity.subscriber_id, now)
+            # The From header too (RFC 6409 §8.1 lets a submission server check it): ispd signs
+            # for the domain, so a subscriber must not sign as someone else at it.
+            self.policy.check_author(from_addresses(content), envelope.owned, identity.username)
         except SMTPRefusal as refusal:
             self.metrics.refusals.inc(refusal.reason)
+            self.metrics.messages.inc("refused")
             return refusal.reply
         content = await self._dkim_sign(content, envelope)
-        refused = await self._deliver_locally(session, smtp_session, envelope, queue_id, content, now)
-        if refused is not None:
-            self.metrics.messages.inc("refused")
-            return refused
+        # The queue first: should local delivery then fail, the sender's retry repeats the local
+        # copies (which it would anyway) but never the mail that already left.
         if envelope.remote:
             received = trace_headers(
                 return_path=None, helo=smtp_session.host_name or "", client_ip=session.client,
@@ -525,6 +565,10 @@ class MailService(Service):
                 self.metrics.refusals.inc("local_error")
                 self.metrics.messages.inc("refused")
                 return Reply(451, "4.3.0", "Could not queue the message, try again later")
+        refused = await self._deliver_locally(session, smtp_session, envelope, queue_id, content, now)
+        if refused is not None:
+            self.metrics.messages.inc("refused")
+            return refused
         self.sending.record(identity.subscriber_id, now)
         self.metrics.messages.inc("submitted")
         self.metrics.submission_latency.observe(time.perf_counter() - started)

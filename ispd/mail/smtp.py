@@ -18,6 +18,7 @@ delivered at once, others queued).
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import warnings
 from base64 import b64decode
@@ -41,6 +42,8 @@ _AIOSMTPD_REFUSALS = {
     "500 5.5.2 Lin": "line_too_long",  # a line of DATA over 998 octets (RFC 5321 §4.5.3.1.6)
     "553 5.1.3 Err": "bad_address",
 }
+# A line longer than aiosmtpd allows (998 octets, plus a stuffed dot): one C-level scan, no copy.
+_LONG_LINE = re.compile(rb"[^\r\n]{1000}")
 # On 465 the whole connection is TLS, which aiosmtpd cannot see: it warns about AUTH "without"
 # TLS there. It is not.
 warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
@@ -59,8 +62,10 @@ class MailEnvelope(Envelope):
         super().__init__()
         # Local mailboxes accepted at RCPT, by canonical address (alice+x@ and alice@ are one).
         self.mailboxes: dict[str, MailRecipient] = {}
-        # Submission: recipients at other domains, for the queue.
+        # Submission: recipients at other domains, for the queue, and the subscriber's own
+        # addresses (read at MAIL), which the From header must be among.
         self.remote: list[str] = []
+        self.owned: set[str] = set()
         self.declared_size = 0
 
 
@@ -73,7 +78,7 @@ class SMTPSession(SMTP):
         implicit_tls = listener == "submissions"
         super().__init__(
             service.submission_handler if submission else service.mx_handler,
-            data_size_limit=config.max_message_bytes, enable_SMTPUTF8=True, hostname=config.server_name,
+            data_size_limit=config.max_message_bytes, enable_SMTPUTF8=True, hostname=service.queue.server_name,
             ident="ESMTP ispd", tls_context=None if implicit_tls else service.tls_context,
             require_starttls=listener == "submission", auth_required=submission, auth_require_tls=not implicit_tls,
             timeout=config.command_timeout_seconds, loop=asyncio.get_running_loop())
@@ -203,7 +208,7 @@ class SMTPSession(SMTP):
             reader._buffer[:0] = rest  # type: ignore[attr-defined]  # pipelined commands after the end
         if discarded or (limit and len(body) > limit):
             return b"", "552 Error: Too much mail data"
-        if len(body) > self.line_length_limit and max(map(len, body.split(b"\r\n"))) > self.line_length_limit - 2:
+        if _LONG_LINE.search(body):
             return b"", "500 Line too long (see RFC5321 4.5.3.1.6)"
         if body.startswith(b"."):
             body = body[1:]
@@ -270,8 +275,9 @@ class SubmissionHandler(MXHandler):
                           mail_options: list[str]) -> str:
         identity = session.auth_data
         assert isinstance(identity, Identity)  # aiosmtpd asks for AUTH before MAIL
+        assert isinstance(envelope, MailEnvelope)
         try:
-            await self.service.check_sender(identity, address)
+            envelope.owned = await self.service.check_sender(identity, address)
         except SMTPRefusal as refusal:
             self.service.metrics.refusals.inc(refusal.reason)
             return str(refusal.reply)

@@ -55,6 +55,11 @@ class Spool:
         now = time.time() if now is None else now
         found = []
         for entry in os.scandir(self.directory):
-            if entry.is_file() and entry.name not in known and now - entry.stat().st_mtime > ORPHAN_GRACE_SECONDS:
-                found.append(entry.name)
+            if not entry.is_file() or entry.name in known:
+                continue
+            try:
+                if now - entry.stat().st_mtime > ORPHAN_GRACE_SECONDS:
+                    found.append(entry.name)
+            except FileNotFoundError:
+                continue  # removed by its delivery while we looked
         return found

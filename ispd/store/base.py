@@ -187,6 +187,14 @@ class Store(ABC):
     async def list_mail_queue(self) -> list[QueuedMail]: ...
 
     @abstractmethod
+    async def get_queued_mail(self, queue_id: str) -> QueuedMail | None:
+        """The entry as it is now; None once it has left the queue."""
+
+    @abstractmethod
+    async def mail_queue_summary(self) -> tuple[int, float | None]:
+        """(messages in the queue, the oldest one's created_at), cheaply, for the gauges."""
+
+    @abstractmethod
     async def record_mail_attempt(self, queue_id: str, outcomes: dict[str, tuple[QueuedRecipientState, str | None]],
                                   *, next_attempt_at: float, error: str | None) -> QueuedMail | None:
         """Records what became of each recipient tried (delivered, bounced; a recipient not in

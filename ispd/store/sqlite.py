@@ -960,6 +960,18 @@ class SQLiteStore(Store):
     async def list_mail_queue(self) -> list[QueuedMail]:
         return await self._read("list_mail_queue", sqlite_mail.queued_mail)
 
+    async def get_queued_mail(self, queue_id: str) -> QueuedMail | None:
+        found = await self._read("get_queued_mail", lambda conn: sqlite_mail.queued_mail(
+            conn, "WHERE id = ?", (queue_id,)))
+        return found[0] if found else None
+
+    async def mail_queue_summary(self) -> tuple[int, float | None]:
+        def run(conn: sqlite3.Connection) -> tuple[int, float | None]:
+            count, oldest = conn.execute("SELECT COUNT(*), MIN(created_at) FROM mail_queue").fetchone()
+            return int(count), oldest
+
+        return await self._read("mail_queue_summary", run)
+
     async def record_mail_attempt(self, queue_id: str, outcomes: dict[str, tuple[QueuedRecipientState, str | None]],
                                   *, next_attempt_at: float, error: str | None) -> QueuedMail | None:
         now = self.clock()

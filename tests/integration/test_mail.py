@@ -77,8 +77,9 @@ def mail(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mail]:
         "maildir_root": str(workdir / "mail"), "listen_mx": [f"127.0.0.1:{port}"],
         "certificate": str(workdir / "mx.pem"), "private_key": str(workdir / "mx.key"),
         "max_message_bytes": MAX_MESSAGE_BYTES, "max_connections_per_client": 4, "postmaster": f"noc@{DOMAIN}",
-        # No DNS here (test_mail_submission.py checks SPF, DKIM and DMARC against the lab hierarchy).
-        "authentication_checks": False,
+        # No DNS here (test_mail_submission.py checks SPF, DKIM and DMARC against the lab hierarchy);
+        # should anything be looked up, it goes to a loopback port where nothing answers.
+        "authentication_checks": False, "resolver": f"127.0.0.1:{free_tcp_port()}",
     })
     with IspdProcess(workdir, config) as ispd:
         ispd.start()
@@ -279,8 +280,19 @@ def test_the_cli_manages_mailboxes(mail: Mail) -> None:
     assert {m["address"] for m in listed} >= {f"alice@{DOMAIN}", f"temp@{DOMAIN}"}
     with mail.smtp() as client:
         assert client.mail("someone@sender.example")[0] == 250 and client.rcpt(f"temp@{DOMAIN}")[0] == 250
+    with mail.smtp() as client:
+        client.sendmail("someone@sender.example", [f"temp@{DOMAIN}"], b"Subject: for temp\r\n\r\nx\r\n")
     deleted = mail.ispd.cli("mailbox", "delete", f"temp@{DOMAIN}")
-    assert "stays in" in deleted.stdout
+    assert "its mail is kept in" in deleted.stdout
+    assert not (mail.root / DOMAIN / "temp").exists()
+    [archive] = (mail.root / DOMAIN).glob("temp~deleted-*")
+    assert list((archive / "new").iterdir())
+    # A directory left under the address (by hand, or an old ispd) is not handed to a new owner.
+    (mail.root / DOMAIN / "temp" / "new").mkdir(parents=True)
+    refused = mail.ispd.cli("mailbox", "add", "alice", f"temp@{DOMAIN}", check=False)
+    assert refused.returncode != 0 and "move it away first" in refused.stderr
+    (mail.root / DOMAIN / "temp" / "new").rmdir()
+    (mail.root / DOMAIN / "temp").rmdir()
     with mail.smtp() as client:
         assert client.mail("someone@sender.example")[0] == 250 and client.rcpt(f"temp@{DOMAIN}")[0] == 550
     show = json.loads(mail.ispd.cli("subscriber", "show", "alice", "--json").stdout)
@@ -328,3 +340,22 @@ def test_data_ends_only_at_its_terminator_however_the_bytes_arrive(mail: Mail) -
     assert len(messages) == 2
     assert messages[0].endswith(b"Subject: slow\n\n.stuffed\n")
     assert messages[1].count(b"\n") == 4 and messages[1].startswith(b"Return-Path: <a@sender.example>")  # trace only
+
+
+def test_one_full_mailbox_does_not_hold_back_the_others(mail: Mail) -> None:
+    mail.ispd.cli("mailbox", "add", "alice", f"tiny@{DOMAIN}", "--quota", "1K")
+    before_alice, before_noc = len(mail.inbox(f"alice@{DOMAIN}")), len(mail.inbox(f"noc@{DOMAIN}"))
+    body = b"Subject: for two\r\nMessage-ID: <two@isp.example>\r\n\r\n" + (b"z" * 70 + b"\r\n") * 40  # ~3 KB
+    # Without SIZE, so that only DATA knows it is too big for tiny@.
+    reply = mail.raw(b"EHLO s\r\nMAIL FROM:<noc@isp.example>\r\nRCPT TO:<alice@isp.example>\r\n"
+                     b"RCPT TO:<tiny@isp.example>\r\nDATA\r\n" + body + b".\r\nQUIT\r\n")
+    assert b"250 2.0.0 Ok: queued" in reply, reply
+    assert len(mail.inbox(f"alice@{DOMAIN}")) == before_alice + 1
+    assert mail.inbox(f"tiny@{DOMAIN}") == []
+    bounce = mail.inbox(f"noc@{DOMAIN}")[before_noc:]
+    assert len(bounce) == 1 and b"Final-Recipient: rfc822; tiny@isp.example" in bounce[0]
+    assert b"Status: 5.2.2" in bounce[0] and b"Message-ID: <two@isp.example>" in bounce[0]
+    # Only tiny@ asked for: the reply itself says so.
+    alone = mail.raw(b"EHLO s\r\nMAIL FROM:<noc@isp.example>\r\nRCPT TO:<tiny@isp.example>\r\nDATA\r\n"
+                     + body + b".\r\nQUIT\r\n")
+    assert b"552 5.2.2" in alone

@@ -367,3 +367,18 @@ def test_inbound_mail_gets_spf_dkim_and_dmarc_results_and_the_policy_is_enforced
     assert "dmarc=none" in lab.inbox("alice@isp.example")[-1].decode()
     assert lab.ispd.metric_value("ispd_mail_refusals_total", {"reason": "dmarc_reject"}) >= 1
     assert lab.ispd.metric_value("ispd_mail_authentication_total", {"method": "dkim", "result": "pass"}) >= 1
+
+
+def test_a_subscriber_cannot_send_or_sign_as_someone_else_at_the_domain(lab: Lab) -> None:
+    forged = (b"From: Billing <billing@isp.example>\r\nAuthentication-Results: mx.isp.example; dmarc=pass\r\n"
+              b"Subject: pay now\r\n\r\nsend money\r\n")
+    with lab.client() as client, pytest.raises(smtplib.SMTPDataError) as refused:
+        client.sendmail("alice@isp.example", [f"ivan@{REMOTE}"], forged)
+    assert refused.value.smtp_code == 550 and b"From address not owned by user alice" in refused.value.smtp_error
+    # Its own From is fine, and a result forged in ispd's name does not reach the neighbour.
+    before = len(lab.inbox("bob@isp.example"))
+    with lab.client() as client:
+        client.sendmail("alice@isp.example", ["bob@isp.example"], forged.replace(b"billing@", b"alice@"))
+    delivered = lab.inbox("bob@isp.example")[before:]
+    assert len(delivered) == 1 and b"send money" in delivered[0]
+    assert b"Authentication-Results" not in delivered[0]

@@ -9,6 +9,7 @@ RECORDS = {
     "_dmarc.strict.example": ["v=DMARC1; p=quarantine; adkim=s; aspf=s"],
     "_dmarc.org.example": ["v=DMARC1; p=reject; sp=quarantine"],
     "_dmarc.two.example": ["v=DMARC1; p=reject", "v=DMARC1; p=none"],
+    "_dmarc.sub.strict.example": ["v=DMARC1; p=none", "v=DMARC1; p=none"],
     "_dmarc.nop.example": ["v=DMARC1; rua=mailto:x@nop.example"],
     "_dmarc.other.example": ["some other TXT", "v=DMARC1; p=reject"],
 }
@@ -50,6 +51,7 @@ def test_spf_must_pass_to_count() -> None:
 @pytest.mark.parametrize(("domain", "expected"), [
     ("unknown.example", ("none", "")),
     ("two.example", ("none", "")),  # two records: as if none (RFC 7489 §6.6.3)
+    ("sub.strict.example", ("none", "")),  # ...and discovery ends there, not at the organisational domain
     ("nop.example", ("fail", "none")),  # no valid p=: p=none
     ("other.example", ("fail", "reject")),  # other TXT records are not DMARC records
     ("flaky.example", ("temperror", "")),

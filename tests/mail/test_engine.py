@@ -86,6 +86,7 @@ def test_a_closed_subscriber_gets_no_mail_and_a_suspended_one_does() -> None:
     ("354 End data with <CR><LF>.<CR><LF>", "354 End data with <CR><LF>.<CR><LF>"),  # not 2xx/4xx/5xx
     ("334 VXNlcm5hbWU6", "334 VXNlcm5hbWU6"),
     ("599 odd", "599 5.0.0 odd"),
+    ("554 Command refused due to lack of security", "554 5.7.0 Command refused due to lack of security"),
 ])
 def test_every_final_reply_gets_an_enhanced_status_code(line: str, expected: str) -> None:
     assert with_enhanced_code(line) == expected
@@ -155,3 +156,11 @@ def test_a_client_opening_connections_too_fast_is_refused_for_the_rest_of_the_mi
     assert rate.admit("192.0.2.1", 60.5)  # the first has slowed down
     assert rate.admit("192.0.2.3", 200.0)  # the table is full of idle clients: they are forgotten
     assert ConnectionRate(per_minute=0).admit("192.0.2.1", 0.0)  # 0: no limit
+
+
+def test_every_from_header_address_must_be_the_subscribers_own() -> None:
+    owned = {"alice@isp.example"}
+    POLICY.check_author([], owned, "alice")  # no From: nothing to impersonate
+    POLICY.check_author(["Alice+news@ISP.example"], owned, "alice")
+    caught = refusal(POLICY.check_author, ["alice@isp.example", "billing@isp.example"], owned, "alice")
+    assert str(caught.reply).startswith("550 5.7.1 <billing@isp.example>: From address not owned")

@@ -104,3 +104,18 @@ def test_each_folder_has_its_own_index(maildir: Maildir) -> None:
 @pytest.mark.parametrize(("name", "flags"), [("1.x:2,SF", "FS"), ("1.x:2,", ""), ("1.x", ""), ("1.x:2,Sa", "S")])
 def test_flags_in_name(name: str, flags: str) -> None:
     assert flags_in_name(name) == flags
+
+
+def test_uids_are_reserved_durably_before_they_are_written_into_names(maildir: Maildir) -> None:
+    for n in range(3):
+        deliver(maildir, f"m{n}", float(n))
+    index = FolderIndex(maildir.path)
+    index.sync()
+    # As if ispd crashed after reserving and renaming, before the uidlist was written.
+    (maildir.path / "ispd-uidlist").unlink()
+    assert (maildir.path / "ispd-uidvalidity").read_text().split()[1] == "N4"
+    for message in list((maildir.path / "cur").iterdir()):
+        if ",U=3" in message.name:
+            message.unlink()  # and the highest was expunged
+    deliver(maildir, "after", 9.0)
+    assert [m.uid for m in index.sync().messages] == [1, 2, 4]

@@ -17,6 +17,10 @@ from ispd.store.models import QueuedMail, QueuedRecipient, QueuedRecipientState
 class RecordingStore:
     def __init__(self) -> None:
         self.recorded: list[tuple[str, dict[str, Any], float, str | None]] = []
+        self.queued: list[QueuedMail] = []
+
+    async def enqueue_mail(self, mail: QueuedMail) -> None:
+        self.queued.append(mail)
 
     async def record_mail_attempt(self, queue_id: str, outcomes: dict[str, Any], *, next_attempt_at: float,
                                   error: str | None) -> QueuedMail | None:
@@ -67,3 +71,32 @@ async def test_a_lost_spool_file_bounces_instead_of_retrying_forever(runner: Que
     store = runner.store
     assert isinstance(store, RecordingStore)
     assert store.recorded[0][1] == {"a@fine.example": (QueuedRecipientState.BOUNCED, "the queued message was lost")}
+    # The sender still hears of it: a bounce, queued (alice is not a local mailbox here).
+    [bounce] = store.queued
+    assert bounce.sender == "" and bounce.pending == ["alice@isp.example"]
+    assert b"Status: 5.3.0" in runner.spool.read(bounce.id)
+
+
+async def test_an_entry_settled_since_the_poll_is_not_tried_again(runner: QueueRunner,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    tried: list[str] = []
+
+    async def deliver(domain: str, sender: str, recipients: list[str], message: bytes, **_: Any) -> dict[str, Outcome]:
+        tried.extend(recipients)
+        return dict.fromkeys(recipients, Outcome(Verdict.DELIVERED, "250 ok"))
+
+    monkeypatch.setattr(outbound, "deliver_to_domain", deliver)
+    now_rows: dict[str, QueuedMail | None] = {"Q1": None}
+
+    async def get_queued_mail(queue_id: str) -> QueuedMail | None:
+        return now_rows[queue_id]
+
+    runner.store.get_queued_mail = get_queued_mail  # type: ignore[attr-defined]
+    await runner._attempt("Q1")  # gone since the poll
+    later = mail("a@fine.example")
+    now_rows["Q1"] = QueuedMail(**{**{f: getattr(later, f) for f in later.__slots__}, "next_attempt_at": 5000.0})
+    await runner._attempt("Q1")  # rescheduled since the poll
+    assert tried == []
+    now_rows["Q1"] = later
+    await runner._attempt("Q1")
+    assert tried == ["a@fine.example"]

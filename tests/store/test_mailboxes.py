@@ -109,3 +109,13 @@ async def test_queued_mail_can_be_flushed_and_deleted(store: Store) -> None:
     with pytest.raises(NotFound):
         await store.delete_queued_mail("Q1", actor="t")
     assert [m.id for m in await store.list_mail_queue()] == ["Q2"]
+
+
+async def test_one_entry_and_the_summary_are_read_cheaply(store: Store) -> None:
+    assert await store.mail_queue_summary() == (0, None)
+    await store.enqueue_mail(_queued("Q1", "a@x.example", at=100.0))
+    await store.enqueue_mail(_queued("Q2", "b@x.example", at=50.0))
+    assert await store.mail_queue_summary() == (2, 50.0)
+    found = await store.get_queued_mail("Q1")
+    assert found is not None and found.pending == ["a@x.example"]
+    assert await store.get_queued_mail("NOPE") is None
