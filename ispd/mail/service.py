@@ -44,7 +44,7 @@ from ispd.mail.queue import Outcome, Verdict
 from ispd.mail.smtp import Identity, MailEnvelope, MXHandler, SMTPSession, SubmissionHandler
 from ispd.mail.spool import Spool
 from ispd.service import Health, Service, ServiceContext, ServiceStartError
-from ispd.store import NotFound, StoreError
+from ispd.store import InvalidValue, NotFound, StoreError
 from ispd.store.models import MailRecipient, SubscriberStatus
 from ispd.store.validation import hostname_text, mail_address
 
@@ -291,6 +291,8 @@ class MailService(Service):
                 recipient = await self.context.store.mail_recipient(candidate)
                 if recipient is not None:
                     return recipient
+        except InvalidValue:  # e.g. bytes that are not UTF-8 in an SMTPUTF8 address: never deliverable
+            raise SMTPRefusal(Reply(553, "5.1.3", "Recipient address is not valid"), "bad_address") from None
         except StoreError as exc:
             log.error("mail.store.error", operation="mail_recipient", error=str(exc))
             raise SMTPRefusal(Reply(451, "4.3.0", "Temporary lookup failure, try again later"),
@@ -465,7 +467,7 @@ class MailService(Service):
                 subscriber = await store.get_subscriber(text)
                 subscriber_id, username = subscriber.id, subscriber.username
             credentials = await store.get_credentials(subscriber_id)
-        except (NotFound, ValueError):
+        except (NotFound, InvalidValue, ValueError):
             return None
         except StoreError as exc:
             log.error("mail.store.error", operation="authenticate", error=str(exc))

@@ -250,6 +250,10 @@ def test_malformed_input_gets_errors_and_the_mx_carries_on(mail: Mail) -> None:
     lines = reply.split(b"\r\n")
     assert all(line[:1] in (b"2", b"5", b"") for line in lines), reply
     assert b"503 5.5.1" in reply and b"221 2.0.0" in reply
+    # Not UTF-8 in an SMTPUTF8 address: a permanent refusal, not "try again later".
+    reply = mail.raw(b"EHLO s\r\nMAIL FROM:<a@sender.example> SMTPUTF8\r\nRCPT TO:<a\xff\xfe@isp.example>\r\n"
+                     b"QUIT\r\n")
+    assert b"553 5.1.3" in reply, reply
     rng = random.Random(8)
     verbs = [b"EHLO", b"HELO", b"MAIL FROM:", b"RCPT TO:", b"DATA", b"RSET", b"NOOP", b"BDAT", b"AUTH", b"STARTTLS"]
     for _ in range(30):
