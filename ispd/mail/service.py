@@ -339,11 +339,19 @@ class MailService(Service):
         except OSError as exc:
             log.error("mail.delivery.failed", queue_id=queue_id, error=str(exc))
             self.metrics.refusals.inc("local_error")
-            if exc.errno in (28, 122):  # ENOSPC, EDQUOT
-                return Reply(452, "4.3.1", "Insufficient system storage, try again later")
-            return Reply(451, "4.3.0", "Local delivery failed, try again later")
+            storage = exc.errno in (28, 122)  # ENOSPC, EDQUOT
+            reply = (Reply(452, "4.3.1", "Insufficient system storage, try again later") if storage
+                     else Reply(451, "4.3.0", "Local delivery failed, try again later"))
+            if not envelope.remote:
+                return reply
+            # The rest is queued already: a 4xx now would make the sender send that again.
+            # The local recipients bounce instead.
+            over.update({address: SMTPRefusal(reply, "local_error") for address in envelope.mailboxes
+                         if address not in over})
+            maildirs = []
         self.metrics.deliveries.inc(amount=len(maildirs))
-        self.metrics.bytes.inc(amount=len(headers) + len(content))
+        if maildirs:
+            self.metrics.bytes.inc(amount=len(headers) + len(content))
         if over and mail_from not in ("", "<>"):
             failed = {address: Outcome(Verdict.BOUNCED, str(refusal.reply), refusal.reply.enhanced)
                       for address, refusal in over.items()}
@@ -552,8 +560,8 @@ class MailService(Service):
             self.metrics.messages.inc("refused")
             return refusal.reply
         content = await self._dkim_sign(content, envelope)
-        # The queue first: should local delivery then fail, the sender's retry repeats the local
-        # copies (which it would anyway) but never the mail that already left.
+        # The queue first: should a local copy then fail, its recipient bounces (the 250 stands),
+        # so a retry by the sender can never send the queued part twice.
         if envelope.remote:
             received = trace_headers(
                 return_path=None, helo=smtp_session.host_name or "", client_ip=session.client,

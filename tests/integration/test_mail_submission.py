@@ -382,3 +382,29 @@ def test_a_subscriber_cannot_send_or_sign_as_someone_else_at_the_domain(lab: Lab
     delivered = lab.inbox("bob@isp.example")[before:]
     assert len(delivered) == 1 and b"send money" in delivered[0]
     assert b"Authentication-Results" not in delivered[0]
+
+
+def test_a_local_copy_that_cannot_be_written_never_repeats_the_queued_part(lab: Lab) -> None:
+    lab.ispd.cli("subscriber", "add", "carl", "--generate-password")
+    lab.ispd.cli("mailbox", "add", "carl", f"carl@{DOMAIN}")
+    with lab.client() as client:  # makes carl's Maildir
+        client.sendmail("alice@isp.example", ["carl@isp.example"], b"Subject: hello carl\r\n\r\nx\r\n")
+    new = lab.root / DOMAIN / "carl" / "new"
+    for message in new.iterdir():
+        message.unlink()
+    new.rmdir()
+    new.write_bytes(b"not a directory: every delivery to carl fails")
+    try:
+        with lab.client() as client, pytest.raises(smtplib.SMTPDataError) as refused:
+            client.sendmail("alice@isp.example", ["carl@isp.example"], b"Subject: only carl\r\n\r\nx\r\n")
+        assert refused.value.smtp_code == 451  # nothing else went out: the sender may simply retry
+        before = len(lab.inbox("alice@isp.example"))
+        with lab.client() as client:
+            client.sendmail("alice@isp.example", ["carl@isp.example", f"judy@{REMOTE}"],
+                            b"Subject: carl and judy\r\n\r\nx\r\n")  # 250: judy's part is queued
+        eventually(lambda: lab.remote.messages_to(f"judy@{REMOTE}"), timeout=15)
+        bounce = eventually(lambda: lab.inbox("alice@isp.example")[before:], timeout=15)
+        assert b"Final-Recipient: rfc822; carl@isp.example" in bounce[-1] and b"Status: 4.3.0" in bounce[-1]
+    finally:
+        new.unlink()
+        new.mkdir(mode=0o700)
