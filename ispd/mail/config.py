@@ -75,6 +75,11 @@ class MailConfig(Section):
     # and AUTH (PLAIN, LOGIN) against the store's credentials before any MAIL.
     listen_submission: list[ListenAddress] = []
     listen_submissions: list[ListenAddress] = []
+    # IMAP for subscribers' mail clients: 143 with STARTTLS and 993 with TLS from the first byte
+    # (RFC 8314). Both need the certificate; LOGIN only after TLS. Clients log in with the
+    # mailbox's address (or the username, for a subscriber with one mailbox).
+    listen_imap: list[ListenAddress] = []
+    listen_imaps: list[ListenAddress] = []
     # A failed AUTH is answered after this delay, and a session that fails this often is closed.
     auth_failure_delay_seconds: float = Field(default=1.0, ge=0, le=30)
     max_auth_failures: int = Field(default=3, ge=1, le=100)
@@ -125,6 +130,9 @@ class MailConfig(Section):
         if (self.listen_submission or self.listen_submissions) and self.certificate is None:
             raise ValueError("submission (listen_submission, listen_submissions) needs `certificate` and "
                              "`private_key`: passwords never cross the network in the clear")
+        if (self.listen_imap or self.listen_imaps) and self.certificate is None:
+            raise ValueError("IMAP (listen_imap, listen_imaps) needs `certificate` and `private_key`: passwords "
+                             "never cross the network in the clear")
         signing_domains = [k.domain for k in self.dkim]
         if len(set(signing_domains)) != len(signing_domains):
             raise ValueError("dkim: a domain has two keys")

@@ -233,6 +233,14 @@ class Maildir:
                 self._replace(self.path / "maildirsize", f"0S\n{total_bytes} {total_messages}\n".encode())
             return QuotaUsage(total_bytes, total_messages)
 
+    def uncount(self, size: int) -> None:
+        """A message of ``size`` bytes was expunged."""
+        with self._lock:
+            try:
+                self._count(-size, -1)
+            except OSError:
+                (self.path / "maildirsize").unlink(missing_ok=True)  # recounted at the next look
+
     def _count(self, size: int, messages: int) -> None:
         """Called with the lock held."""
         path = self.path / "maildirsize"

@@ -36,6 +36,7 @@ from ispd.mail.authcheck import (
 )
 from ispd.mail.config import MailConfig
 from ispd.mail.engine import ConnectionRate, MXPolicy, Reply, SendingLimit, SMTPRefusal, protocol_name, trace_headers
+from ispd.mail.imap.session import IMAPSession
 from ispd.mail.maildir import Maildir
 from ispd.mail.mailindex import FolderIndex
 from ispd.mail.metrics import AUTH_RESULTS, MailMetrics
@@ -99,6 +100,8 @@ class MailService(Service):
         self.gate = ConnectionGate(self.config.max_connections, self.config.max_connections_per_client,
                                    self.metrics.listener)
         self.sessions: set[SMTPSession] = set()
+        self.imap_sessions: set[IMAPSession] = set()
+        self._idlers: dict[tuple[Path, str], set[IMAPSession]] = {}
         self.tls_context: ssl.SSLContext | None = None
         self.passwords = PasswordChecker(AUTH_CACHE_SECONDS)
         self.bound: list[str] = []
@@ -149,12 +152,14 @@ class MailService(Service):
         listeners = [("mx", a) for a in self.config.listen_mx]
         listeners += [("submission", a) for a in self.config.listen_submission]
         listeners += [("submissions", a) for a in self.config.listen_submissions]
+        listeners += [("imap", a) for a in self.config.listen_imap]
+        listeners += [("imaps", a) for a in self.config.listen_imaps]
         loop = asyncio.get_running_loop()
         for listener, address in listeners:
             try:
-                implicit_tls = listener == "submissions"
+                implicit_tls = listener in ("submissions", "imaps")
                 server = await loop.create_server(
-                    lambda kind=listener: SMTPSession(self, kind), address.host, address.port, reuse_address=True,
+                    lambda kind=listener: self._session(kind), address.host, address.port, reuse_address=True,
                     backlog=1024, ssl=self.tls_context if implicit_tls else None,
                     # The connection caps apply once the handshake is done: keep that short.
                     ssl_handshake_timeout=TLS_HANDSHAKE_SECONDS if implicit_tls else None)
@@ -174,6 +179,44 @@ class MailService(Service):
         stack.callback(self.context.control.register("mail.mailbox.show", self._command_mailbox_show))
         log.info("mail.started", listen=self.bound, domains=self.config.domains,
                  starttls=self.tls_context is not None, maildir_root=str(self.config.maildir_root))
+
+    def _session(self, listener: str) -> asyncio.Protocol:
+        if listener.startswith("imap"):
+            return IMAPSession(self, listener)
+        return SMTPSession(self, listener)
+
+    # --- IMAP's needs
+
+    @property
+    def mail_executor(self) -> ThreadPoolExecutor:
+        return self._executor
+
+    async def imap_login(self, login: bytes, password: bytes) -> tuple[str, Maildir] | None:
+        """(username, the Maildir to serve) for a login that is a mailbox address (or the
+        username of a subscriber with exactly one mailbox) and its password."""
+        identity = await self.authenticate(login, password)
+        if identity is None:
+            return None
+        text = login.decode("utf-8", "replace").strip()
+        if "@" in text:
+            return identity.username, self.maildir(mail_address(text))
+        mailboxes = await self.context.store.list_mailboxes(subscriber=identity.subscriber_id)
+        if len(mailboxes) != 1:
+            return None
+        return identity.username, self.maildir(mailboxes[0].address)
+
+    def watch_imap(self, session: IMAPSession) -> None:
+        if session.maildir is not None and session.selected is not None:
+            self._idlers.setdefault((session.maildir.path, session.selected.folder), set()).add(session)
+
+    def unwatch_imap(self, session: IMAPSession) -> None:
+        for watchers in self._idlers.values():
+            watchers.discard(session)
+
+    def notify_imap(self, maildir_path: Path | None, folder: str) -> None:
+        """Something changed in that folder: IDLE sessions watching it look at once."""
+        for session in self._idlers.get((maildir_path, folder), ()) if maildir_path is not None else ():
+            session.wake()
 
     def _gauges(self) -> dict[str, float]:
         return {"sessions": float(len(self.sessions)), "outbound_deliveries_in_progress": float(self.queue.active)}
@@ -219,8 +262,10 @@ class MailService(Service):
         await server.wait_closed()
 
     async def _close_sessions(self) -> None:
-        for session in list(self.sessions):
+        for session in self.sessions:
             session.close()
+        for imap in self.imap_sessions:
+            imap.close()
 
     async def _cancel_queue(self) -> None:
         if self._queue_task is not None:
@@ -239,7 +284,8 @@ class MailService(Service):
         await self.queue.drain()
 
     async def reload(self, old: Config, new: Config) -> None:
-        for key in ("listen_mx", "listen_submission", "listen_submissions", "maildir_root", "queue_directory"):
+        for key in ("listen_mx", "listen_submission", "listen_submissions", "listen_imap", "listen_imaps",
+                    "maildir_root", "queue_directory"):
             if getattr(old.mail, key) != getattr(new.mail, key):
                 raise ServiceStartError(f"mail: a change of {key} needs a restart")
         if (old.mail.certificate is None) != (new.mail.certificate is None):
@@ -335,7 +381,7 @@ class MailService(Service):
             queue_id=queue_id, recipient=local_recipients[0] if len(local_recipients) == 1 else None, now=now)
         maildirs = [self.maildir(address) for address in envelope.mailboxes if address not in over]
         try:
-            await self._write_tracked(maildirs, headers + content, now, folder)
+            await self._write_and_notify(maildirs, headers + content, now, folder)
         except OSError as exc:
             log.error("mail.delivery.failed", queue_id=queue_id, error=str(exc))
             self.metrics.refusals.inc("local_error")
@@ -378,6 +424,11 @@ class MailService(Service):
             await asyncio.shield(delivery)
         finally:
             self._deliveries.discard(delivery)
+
+    async def _write_and_notify(self, maildirs: list[Maildir], message: bytes, now: float, folder: str) -> None:
+        await self._write_tracked(maildirs, message, now, folder)
+        for maildir in maildirs:
+            self.notify_imap(maildir.path, folder)
 
     def _write(self, maildirs: list[Maildir], message: bytes, now: float, folder: str) -> None:
         for maildir in maildirs:
@@ -453,7 +504,7 @@ class MailService(Service):
             return False
         now = self.context.clock()
         headers = f"Return-Path: <>\r\nDelivered-To: {recipient.mailbox.address}\r\n".encode()
-        await self._write_tracked([self.maildir(recipient.mailbox.address)], headers + message, now)
+        await self._write_and_notify([self.maildir(recipient.mailbox.address)], headers + message, now, "")
         return True
 
     # --- submission

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import trustme
 
+from tests.lab.certs import issue
 from tests.lab.maildir import inbox
 from tests.lab.ports import free_tcp_port
 from tests.lab.process import IspdProcess, base_config, eventually
@@ -65,17 +65,12 @@ def mail(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mail]:
     if shutil.which("swaks") is None:
         pytest.fail("swaks is missing: tools/setup --test installs it")
     workdir = tmp_path_factory.mktemp("mail")
-    ca = trustme.CA()
-    issued = ca.issue_cert("mx.isp.example", "127.0.0.1")
-    ca.cert_pem.write_to_path(str(workdir / "ca.pem"))
-    for index, pem in enumerate(issued.cert_chain_pems):
-        pem.write_to_path(str(workdir / "mx.pem"), append=index > 0)
-    issued.private_key_pem.write_to_path(str(workdir / "mx.key"))
+    certificates = issue(workdir, "mx.isp.example", name="mx")
     port = free_tcp_port()
     config = base_config(workdir, mail={
         "enabled": True, "domains": [DOMAIN, "other-local.example"], "hostname": "mx.isp.example",
         "maildir_root": str(workdir / "mail"), "listen_mx": [f"127.0.0.1:{port}"],
-        "certificate": str(workdir / "mx.pem"), "private_key": str(workdir / "mx.key"),
+        "certificate": str(certificates.certificate), "private_key": str(certificates.private_key),
         "max_message_bytes": MAX_MESSAGE_BYTES, "max_connections_per_client": 4, "postmaster": f"noc@{DOMAIN}",
         # No DNS here (test_mail_submission.py checks SPF, DKIM and DMARC against the lab hierarchy);
         # should anything be looked up, it goes to a loopback port where nothing answers.
@@ -89,7 +84,7 @@ def mail(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mail]:
         ispd.cli("mailbox", "add", "alice", f"alice@{DOMAIN}")
         ispd.cli("mailbox", "add", "alice", f"noc@{DOMAIN}")
         ispd.cli("mailbox", "add", "bob", f"bob@{DOMAIN}")
-        yield Mail(ispd, port, workdir / "mail", workdir / "ca.pem")
+        yield Mail(ispd, port, workdir / "mail", certificates.ca)
 
 
 def test_swaks_delivers_into_the_maildir_with_trace_headers(mail: Mail) -> None:

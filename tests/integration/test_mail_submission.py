@@ -21,12 +21,12 @@ from typing import Any
 
 import dkim
 import pytest
-import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.lab.certs import issue
 from tests.lab.dnshier import DKIM_LAB_KEY, DNSHierarchy, free_port
 from tests.lab.dnsispd import dns_section
 from tests.lab.maildir import inbox
@@ -117,22 +117,13 @@ def _dkim_key(workdir: Path) -> str:
     return "v=DKIM1; k=rsa; p=" + base64.b64encode(public).decode()
 
 
-def _certificates(workdir: Path) -> Path:
-    ca = trustme.CA()
-    issued = ca.issue_cert("mx.isp.example", "127.0.0.1")
-    ca.cert_pem.write_to_path(str(workdir / "ca.pem"))
-    for index, pem in enumerate(issued.cert_chain_pems):
-        pem.write_to_path(str(workdir / "mx.pem"), append=index > 0)
-    issued.private_key_pem.write_to_path(str(workdir / "mx.key"))
-    return workdir / "ca.pem"
-
-
 @pytest.fixture(scope="module")
 def lab(dns_hierarchy: DNSHierarchy, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     if shutil.which("swaks") is None:
         pytest.fail("swaks is missing: tools/setup --test installs it")
     workdir = tmp_path_factory.mktemp("submission")
-    ca = _certificates(workdir)
+    certificates = issue(workdir, "mx.isp.example", name="mx")
+    ca = certificates.ca
     dkim_record = _dkim_key(workdir)
     dns_port = free_port("127.0.0.1")
     ports = {"mx": free_tcp_port(), "submission": free_tcp_port(), "submissions": free_tcp_port()}
@@ -141,7 +132,7 @@ def lab(dns_hierarchy: DNSHierarchy, tmp_path_factory: pytest.TempPathFactory) -
         "maildir_root": str(workdir / "mail"), "queue_directory": str(workdir / "queue"),
         "listen_mx": [f"127.0.0.1:{ports['mx']}"], "listen_submission": [f"127.0.0.1:{ports['submission']}"],
         "listen_submissions": [f"127.0.0.1:{ports['submissions']}"],
-        "certificate": str(workdir / "mx.pem"), "private_key": str(workdir / "mx.key"),
+        "certificate": str(certificates.certificate), "private_key": str(certificates.private_key),
         "resolver": f"127.0.0.1:{dns_port}", "retry_initial_seconds": 1, "retry_max_seconds": 2,
         "outbound_timeout_seconds": 5, "auth_failure_delay_seconds": 0.2, "max_auth_failures": 3,
         "max_connections_per_client": 50,

@@ -39,6 +39,7 @@ def test_relative_paths_are_taken_from_the_config_files_directory(tmp_path: Path
     ('recipient_delimiter = "++"', "recipient_delimiter"),
     ("max_message_bytes = 10", "max_message_bytes"),
     ('listen_submission = ["127.0.0.1:587"]', "submission (listen_submission, listen_submissions) needs `certificate`"),
+    ('listen_imaps = ["127.0.0.1:993"]', "IMAP (listen_imap, listen_imaps) needs `certificate`"),
     ("retry_initial_seconds = 600\nretry_max_seconds = 300", "retry_max_seconds is less than retry_initial_seconds"),
     ('resolver = "localhost:53"', "resolver"),
     ('domains = ["isp.example"]\n[[mail.dkim]]\ndomain = "other.example"\nselector = "s1"\nprivate_key = "k.pem"',

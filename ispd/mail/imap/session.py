@@ -1,0 +1,727 @@
+"""An IMAP session over the Maildir store (RFC 3501, with IMAP4rev2's habits): the subset a mail
+client needs to read, flag, search, append and delete mail, IDLE included. What is not done yet
+is refused plainly (BAD for what does not parse, NO for commands not implemented) and is not
+announced in CAPABILITY: COPY, MOVE, CREATE, DELETE, RENAME, BODYSTRUCTURE and MIME part
+sections, CONDSTORE/QRESYNC, QUOTA.
+
+States (RFC 3501 §3): not authenticated -> (LOGIN, AUTHENTICATE) authenticated -> (SELECT,
+EXAMINE) selected -> (CLOSE, UNSELECT) authenticated; LOGOUT from any. LOGIN and AUTHENTICATE
+only over TLS (LOGINDISABLED before STARTTLS on 143; 993 is TLS from the first byte).
+
+A selected folder is a snapshot of its index (``FolderIndex.sync``); sequence numbers are
+positions in it. It is refreshed at NOOP, CHECK, IDLE and after EXPUNGE and APPEND: messages
+gone are announced with EXPUNGE (highest first, so numbers stay right), new ones with EXISTS,
+changed flags with FETCH. Never during FETCH, STORE or SEARCH (RFC 3501 §7.4.1). A delivery
+into a folder an IDLE session watches wakes it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.parser
+import email.policy
+import email.utils
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from ispd.logs import get_logger
+from ispd.mail.imap.framing import Command as Framed
+from ispd.mail.imap.framing import CommandFramer, Continue, TooLong
+from ispd.mail.imap.parser import Command, FetchItem, ParseError, SearchKey, SequenceSet, parse
+from ispd.mail.imap.response import (
+    SYSTEM_FLAGS,
+    astring,
+    flags_of,
+    header_fields,
+    internal_date,
+    letters_of,
+    nstring,
+    split_message,
+)
+from ispd.mail.maildir import SPECIAL_FOLDERS, Maildir
+from ispd.mail.mailindex import FolderIndex, IndexedMessage
+
+if TYPE_CHECKING:
+    from ispd.mail.service import MailService
+
+log = get_logger("ispd.mail.imap")
+MAX_LINE = 64 * 1024
+FOLDER_DELIMITER = b"."
+
+
+@dataclass(slots=True)
+class Selected:
+    name: bytes  # as the client named it
+    folder: str  # Maildir folder ("" the INBOX)
+    index: FolderIndex
+    readonly: bool
+    uidvalidity: int = 0
+    uidnext: int = 1
+    messages: list[IndexedMessage] = field(default_factory=list)
+
+
+class IMAPSession(asyncio.Protocol):
+    def __init__(self, service: MailService, listener: str) -> None:
+        self.service = service
+        self.listener = listener
+        self.tls = listener == "imaps"
+        self.framer = CommandFramer(max_line=MAX_LINE, max_literal=service.config.max_message_bytes)
+        self.transport: Any = None  # an asyncio or uvloop stream transport
+        self.state = "not-authenticated"
+        self.maildir: Maildir | None = None
+        self.username = ""
+        self.selected: Selected | None = None
+        self.client = ""
+        self._queue: asyncio.Queue[Framed | TooLong | None] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self._woken = asyncio.Event()
+        self._failures = 0
+
+    # --- transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # uvloop's transports are not asyncio.Transport subclasses
+        peer = transport.get_extra_info("peername")
+        self.client = str(peer[0]) if peer else ""
+        self.service.imap_sessions.add(self)
+        greeting = b"* OK [CAPABILITY " + self.capabilities() + b"] ispd IMAP ready"
+        self.send(greeting)
+        self._worker = asyncio.get_running_loop().create_task(self._run())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.service.imap_sessions.discard(self)
+        self._queue.put_nowait(None)
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        for event in self.framer.feed(data):
+            if isinstance(event, Continue):
+                self.send(b"+ go ahead")
+            else:
+                self._queue.put_nowait(event)
+
+    def send(self, line: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(line + b"\r\n")
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    async def _run(self) -> None:
+        while True:
+            event = await self._queue.get()
+            if event is None or self.transport is None:
+                return
+            if isinstance(event, TooLong):
+                tag = event.tag.decode("ascii", "replace") or "*"
+                self.send(f"{tag} BAD {'literal' if event.what == 'literal' else 'line'} too long".encode())
+                continue
+            try:
+                command = parse(event)
+            except ParseError as exc:
+                tag = getattr(exc, "tag", "*")
+                self.send(f"{tag} BAD {exc}".encode())
+                continue
+            try:
+                await self._dispatch(command)
+            except Exception as exc:  # a bug must cost one command, not the session or the service
+                log.error("mail.imap.command_failed", command=command.name, error=repr(exc))
+                self.send(f"{command.tag} NO [SERVERBUG] internal error".encode())
+            if self.state == "logout":
+                self.close()
+                return
+
+    # --- dispatch
+
+    def capabilities(self) -> bytes:
+        caps = [b"IMAP4rev1", b"LITERAL+", b"IDLE", b"NAMESPACE", b"ID", b"ENABLE", b"UNSELECT", b"SPECIAL-USE"]
+        if self.state == "not-authenticated":
+            if self.tls:
+                caps.append(b"AUTH=PLAIN")
+            else:
+                caps += [b"STARTTLS", b"LOGINDISABLED"]
+        return b" ".join(caps)
+
+    async def _dispatch(self, command: Command) -> None:
+        name = command.name
+        # The UID forms share their command's handler, which looks at ``command.name``.
+        handler: Callable[[Command], Awaitable[None]] | None = getattr(
+            self, "cmd_" + name.removeprefix("UID ").lower(), None)
+        allowed = _STATES.get(name.removeprefix("UID "))
+        if handler is None or allowed is None:
+            self.send(f"{command.tag} NO [CANNOT] {name} is not implemented yet".encode())
+            return
+        if self.state not in allowed:
+            self.send(f"{command.tag} BAD {name} is not allowed {self.state.replace('-', ' ')}".encode())
+            return
+        await handler(command)
+
+    async def _blocking(self, function: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.service.mail_executor, function, *args)
+
+    # --- any state
+
+    async def cmd_capability(self, command: Command) -> None:
+        self.send(b"* CAPABILITY " + self.capabilities())
+        self.send(f"{command.tag} OK CAPABILITY completed".encode())
+
+    async def cmd_noop(self, command: Command) -> None:
+        await self._refresh()
+        self.send(f"{command.tag} OK NOOP completed".encode())
+
+    cmd_check = cmd_noop
+
+    async def cmd_logout(self, command: Command) -> None:
+        self.send(b"* BYE logging out")
+        self.send(f"{command.tag} OK LOGOUT completed".encode())
+        self.state = "logout"
+
+    async def cmd_id(self, command: Command) -> None:
+        self.send(b'* ID ("name" "ispd")')
+        self.send(f"{command.tag} OK ID completed".encode())
+
+    async def cmd_enable(self, command: Command) -> None:
+        self.send(b"* ENABLED")  # nothing this server has to enable yet
+        self.send(f"{command.tag} OK ENABLE completed".encode())
+
+    # --- not authenticated
+
+    async def cmd_starttls(self, command: Command) -> None:
+        context = self.service.tls_context
+        if self.tls or context is None or self.transport is None:
+            self.send(f"{command.tag} BAD TLS is already on or not available".encode())
+            return
+        self.send(f"{command.tag} OK begin TLS negotiation now".encode())
+        self.framer = CommandFramer(max_line=MAX_LINE, max_literal=self.service.config.max_message_bytes)
+        loop = asyncio.get_running_loop()
+        try:
+            self.transport = await loop.start_tls(self.transport, self, context, server_side=True,
+                                                  ssl_handshake_timeout=15)
+        except (OSError, TimeoutError, ConnectionError) as exc:
+            log.info("mail.imap.tls_failed", client=self.client, error=repr(exc))
+            self.close()
+            return
+        self.tls = True
+
+    async def cmd_login(self, command: Command) -> None:
+        if not self.tls:
+            self.send(f"{command.tag} NO [PRIVACYREQUIRED] LOGIN only after STARTTLS".encode())
+            return
+        await self._login(command.tag, command.args["user"], command.args["password"])
+
+    async def cmd_authenticate(self, command: Command) -> None:
+        if not self.tls:
+            self.send(f"{command.tag} NO [PRIVACYREQUIRED] AUTHENTICATE only after STARTTLS".encode())
+            return
+        if command.args["mechanism"] != "PLAIN":
+            self.send(f"{command.tag} NO [CANNOT] only AUTHENTICATE PLAIN".encode())
+            return
+        initial = command.args["initial"]
+        if initial is None:
+            self.send(b"+ ")
+            event = await self._queue.get()
+            if not isinstance(event, Framed) or len(event.pieces) != 1:
+                self.send(f"{command.tag} BAD expected the PLAIN response".encode())
+                return
+            initial = event.pieces[0]
+        if initial == b"*":
+            self.send(f"{command.tag} BAD AUTHENTICATE cancelled".encode())
+            return
+        try:
+            parts = base64.b64decode(initial, validate=True).split(b"\x00")
+        except ValueError:
+            parts = []
+        if len(parts) != 3:
+            self.send(f"{command.tag} BAD bad PLAIN response".encode())
+            return
+        await self._login(command.tag, parts[1], parts[2])
+
+    async def _login(self, tag: str, user: bytes, password: bytes) -> None:
+        found = await self.service.imap_login(user, password)
+        if found is None:
+            self._failures += 1
+            self.service.metrics.auth.inc("failure")
+            await asyncio.sleep(self.service.config.auth_failure_delay_seconds)
+            self.send(f"{tag} NO [AUTHENTICATIONFAILED] authentication failed".encode())
+            if self._failures >= self.service.config.max_auth_failures:
+                self.send(b"* BYE too many authentication failures")
+                self.close()
+            return
+        self.service.metrics.auth.inc("success")
+        self.username, self.maildir = found
+        self.state = "authenticated"
+        await self._blocking(self._ensure_maildir)
+        self.send(b"%s OK [CAPABILITY %s] logged in" % (tag.encode(), self.capabilities()))
+
+    def _ensure_maildir(self) -> None:
+        assert self.maildir is not None
+        if not self.maildir.exists():
+            self.maildir.create()
+
+    # --- authenticated
+
+    def _folder(self, name: bytes) -> str | None:
+        """The Maildir folder a mailbox name means, or None when it is not one."""
+        if name.upper() == b"INBOX":
+            return ""
+        try:
+            text = name.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        if not text or text.startswith(".") or "/" in text or ".." in text or text.endswith("."):
+            return None
+        assert self.maildir is not None
+        return text if (self.maildir.folder_path(text) / "cur").is_dir() else None
+
+    async def cmd_namespace(self, command: Command) -> None:
+        self.send(b'* NAMESPACE (("" ".")) NIL NIL')
+        self.send(f"{command.tag} OK NAMESPACE completed".encode())
+
+    async def cmd_list(self, command: Command) -> None:
+        assert self.maildir is not None
+        pattern = command.args["pattern"]
+        if pattern == b"":
+            self.send(b'* LIST (\\Noselect) "." ""')
+            self.send(f"{command.tag} OK LIST completed".encode())
+            return
+        folders = ["", *(await self._blocking(self.maildir.folders))]
+        subscribed_only = command.name == "LSUB"
+        for folder in folders:
+            name = folder.encode() if folder else b"INBOX"
+            if not _pattern_matches(command.args["reference"] + pattern, name):
+                continue
+            attributes = [b"\\HasNoChildren"] if not any(f.startswith(folder + ".") for f in folders if folder) else [
+                b"\\HasChildren"]
+            if folder.split(".")[0] in SPECIAL_FOLDERS and "." not in folder:
+                attributes.append(b"\\" + folder.encode())
+            if subscribed_only:
+                attributes = []
+            self.send(b'* %s (%s) "." %s' % (command.name.encode(), b" ".join(attributes), astring(name)))
+        self.send(f"{command.tag} OK {command.name} completed".encode())
+
+    cmd_lsub = cmd_list
+
+    async def cmd_status(self, command: Command) -> None:
+        folder = self._folder(command.args["mailbox"])
+        if folder is None:
+            self.send(f"{command.tag} NO [NONEXISTENT] no such mailbox".encode())
+            return
+        assert self.maildir is not None
+        state = await self._blocking(FolderIndex(self.maildir.folder_path(folder)).sync)
+        values = {"MESSAGES": len(state.messages), "RECENT": 0, "UIDNEXT": state.next_uid,
+                  "UIDVALIDITY": state.uidvalidity, "UNSEEN": sum(1 for m in state.messages if "S" not in m.flags),
+                  "SIZE": sum(m.virtual_size for m in state.messages), "HIGHESTMODSEQ": 1}
+        items = b" ".join(b"%s %d" % (item.encode(), values[item]) for item in command.args["items"])
+        self.send(b"* STATUS %s (%s)" % (astring(command.args["mailbox"]), items))
+        self.send(f"{command.tag} OK STATUS completed".encode())
+
+    async def cmd_select(self, command: Command) -> None:
+        self.selected = None
+        self.state = "authenticated"
+        folder = self._folder(command.args["mailbox"])
+        if folder is None:
+            self.send(f"{command.tag} NO [NONEXISTENT] no such mailbox".encode())
+            return
+        assert self.maildir is not None
+        readonly = command.name == "EXAMINE"
+        selected = Selected(command.args["mailbox"], folder, FolderIndex(self.maildir.folder_path(folder)), readonly)
+        state = await self._blocking(selected.index.sync)
+        selected.uidvalidity, selected.uidnext, selected.messages = state.uidvalidity, state.next_uid, state.messages
+        self.selected, self.state = selected, "selected"
+        recent = sum(1 for m in state.messages if m.recent)
+        unseen = next((i for i, m in enumerate(state.messages, 1) if "S" not in m.flags), None)
+        self.send(b"* FLAGS " + SYSTEM_FLAGS)
+        self.send(b"* %d EXISTS" % len(state.messages))
+        self.send(b"* %d RECENT" % recent)
+        if unseen is not None:
+            self.send(b"* OK [UNSEEN %d] first unseen" % unseen)
+        self.send(b"* OK [UIDVALIDITY %d] UIDs valid" % state.uidvalidity)
+        self.send(b"* OK [UIDNEXT %d] predicted next UID" % state.next_uid)
+        self.send(b"* OK [PERMANENTFLAGS %s] flags permitted" % (b"()" if readonly else SYSTEM_FLAGS))
+        mode = "READ-ONLY" if readonly else "READ-WRITE"
+        self.send(f"{command.tag} OK [{mode}] {command.name} completed".encode())
+
+    cmd_examine = cmd_select
+
+    async def cmd_append(self, command: Command) -> None:
+        folder = self._folder(command.args["mailbox"])
+        if folder is None:
+            self.send(f"{command.tag} NO [TRYCREATE] no such mailbox".encode())
+            return
+        assert self.maildir is not None
+        letters, _ = letters_of(command.args["flags"])
+        message = command.args["message"]
+        maildir = self.maildir
+
+        def append() -> tuple[int, int]:
+            delivered = maildir.deliver(message, folder=folder)
+            index = FolderIndex(maildir.folder_path(folder))
+            state = index.sync()
+            added = next(m for m in state.messages if m.base.startswith(delivered.name))
+            if letters:
+                index.set_flags(added, letters)
+            return state.uidvalidity, added.uid
+
+        uidvalidity, uid = await self._blocking(append)
+        self.service.notify_imap(maildir.path, folder)
+        if self.selected is not None and self.selected.folder == folder:
+            await self._refresh()
+        self.send(f"{command.tag} OK [APPENDUID {uidvalidity} {uid}] APPEND completed".encode())
+
+    # --- selected
+
+    async def cmd_close(self, command: Command) -> None:
+        if self.selected is not None and not self.selected.readonly:
+            await self._expunge(announce=False)
+        self.selected, self.state = None, "authenticated"
+        self.send(f"{command.tag} OK CLOSE completed".encode())
+
+    async def cmd_unselect(self, command: Command) -> None:
+        self.selected, self.state = None, "authenticated"
+        self.send(f"{command.tag} OK UNSELECT completed".encode())
+
+    async def cmd_expunge(self, command: Command) -> None:
+        assert self.selected is not None
+        if self.selected.readonly:
+            self.send(f"{command.tag} NO [READ-ONLY] mailbox selected read-only".encode())
+            return
+        # UID EXPUNGE (RFC 4315) removes only the \Deleted messages of its set.
+        only = set(self._numbers(command.args["set"], uid=True)) if command.args["set"] is not None else None
+        await self._expunge(announce=True, only=only)
+        self.send(f"{command.tag} OK {command.name} completed".encode())
+
+    async def _expunge(self, *, announce: bool, only: set[int] | None = None) -> None:
+        selected, maildir = self.selected, self.maildir
+        assert selected is not None and maildir is not None
+        doomed = [(seq, m) for seq, m in enumerate(selected.messages, 1)
+                  if "T" in m.flags and (only is None or seq in only)]
+
+        def remove() -> None:
+            cur = maildir.folder_path(selected.folder) / "cur"
+            for _, message in doomed:
+                try:
+                    (cur / message.name).unlink()
+                except FileNotFoundError:
+                    continue
+                maildir.uncount(message.size)
+
+        await self._blocking(remove)
+        for seq, message in reversed(doomed):
+            if announce:
+                self.send(b"* %d EXPUNGE" % seq)
+            selected.messages.remove(message)
+        if doomed:
+            self.service.notify_imap(maildir.path, selected.folder)
+
+    def _numbers(self, sequence: SequenceSet, uid: bool) -> list[int]:
+        """Sequence numbers (1-based) the set names, ascending."""
+        assert self.selected is not None
+        messages = self.selected.messages
+        if not messages:
+            return []
+        top = messages[-1].uid if uid else len(messages)
+        wanted: list[int] = []
+        for low, high in sequence.ranges:
+            a, b = low if low is not None else top, high if high is not None else top
+            a, b = min(a, b), max(a, b)
+            if uid:
+                wanted += [i for i, m in enumerate(messages, 1) if a <= m.uid <= b]
+            else:
+                wanted += range(max(a, 1), min(b, len(messages)) + 1)
+        return sorted(set(wanted))
+
+    async def cmd_fetch(self, command: Command) -> None:
+        assert self.selected is not None and self.maildir is not None
+        uid = command.name.startswith("UID")
+        items = list(command.args["items"])
+        if uid and not any(i.name == "UID" for i in items):
+            items.insert(0, FetchItem("UID"))
+        unsupported = [i.name for i in items if i.name in ("BODYSTRUCTURE", "BINARY") or (
+            i.name == "BODY" and i.section is None) or (i.section is not None and i.section.parts)]
+        if unsupported:
+            self.send(f"{command.tag} NO [CANNOT] {unsupported[0]} and MIME parts are not implemented yet".encode())
+            return
+        cur = self.maildir.folder_path(self.selected.folder) / "cur"
+        for seq in self._numbers(command.args["set"], uid):
+            message = self.selected.messages[seq - 1]
+            data: bytes | None = None
+            if any(i.name in ("BODY", "RFC822", "RFC822.HEADER", "RFC822.TEXT", "ENVELOPE") for i in items):
+                try:
+                    raw = await self._blocking((cur / message.name).read_bytes)
+                except FileNotFoundError:  # expunged by another session: nothing to say yet
+                    continue
+                data = raw.replace(b"\n", b"\r\n")
+            parts: list[bytes] = []
+            seen = False
+            for item in items:
+                parts.append(self._fetch_item(item, message, data))
+                if not self.selected.readonly and not item.peek and (
+                        item.name in ("RFC822", "RFC822.TEXT") or item.name == "BODY"):
+                    seen = True
+            if seen and "S" not in message.flags:
+                message = await self._set_letters(seq, message, message.flags + "S")
+                if not any(i.name == "FLAGS" for i in items):
+                    parts.append(b"FLAGS " + flags_of(message.flags))
+            self.send(b"* %d FETCH (%s)" % (seq, b" ".join(parts)))
+        self.send(f"{command.tag} OK {command.name} completed".encode())
+
+    def _fetch_item(self, item: FetchItem, message: IndexedMessage, data: bytes | None) -> bytes:
+        if item.name == "UID":
+            return b"UID %d" % message.uid
+        if item.name == "FLAGS":
+            return b"FLAGS " + flags_of(message.flags, message.recent)
+        if item.name == "INTERNALDATE":
+            return b"INTERNALDATE " + internal_date(message.internal_date)
+        if item.name == "RFC822.SIZE":
+            return b"RFC822.SIZE %d" % message.virtual_size
+        if item.name == "MODSEQ":
+            return b"MODSEQ (1)"
+        assert data is not None
+        header, body = split_message(data)
+        if item.name == "ENVELOPE":
+            return b"ENVELOPE " + _envelope(header)
+        if item.name == "RFC822":
+            return b"RFC822 " + astring(data)
+        if item.name == "RFC822.HEADER":
+            return b"RFC822.HEADER " + astring(header)
+        if item.name == "RFC822.TEXT":
+            return b"RFC822.TEXT " + astring(body)
+        section = item.section
+        assert section is not None
+        if section.text == "HEADER":
+            content = header
+        elif section.text == "TEXT":
+            content = body
+        elif section.text.startswith("HEADER.FIELDS"):
+            content = header_fields(header, section.fields, exclude=section.text.endswith(".NOT"))
+        else:
+            content = data
+        label = b"BODY[" + section.text.encode()
+        if section.fields:
+            label += b" (" + b" ".join(section.fields) + b")"
+        label += b"]"
+        if item.partial is not None:
+            offset, length = item.partial
+            content = content[offset:offset + length]
+            label += b"<%d>" % offset
+        return label + b" " + astring(content)
+
+    async def _set_letters(self, seq: int, message: IndexedMessage, letters: str) -> IndexedMessage:
+        assert self.selected is not None
+        try:
+            updated: IndexedMessage = await self._blocking(self.selected.index.set_flags, message, letters)
+        except FileNotFoundError:
+            return message
+        self.selected.messages[seq - 1] = updated
+        return updated
+
+    async def cmd_store(self, command: Command) -> None:
+        assert self.selected is not None
+        if self.selected.readonly:
+            self.send(f"{command.tag} NO [READ-ONLY] mailbox selected read-only".encode())
+            return
+        uid = command.name.startswith("UID")
+        letters, _ = letters_of(command.args["flags"])
+        mode = command.args["mode"]
+        for seq in self._numbers(command.args["set"], uid):
+            message = self.selected.messages[seq - 1]
+            current = set(message.flags)
+            wanted = set(letters) if mode == "=" else current | set(letters) if mode == "+" else current - set(letters)
+            if wanted != current:
+                message = await self._set_letters(seq, message, "".join(sorted(wanted)))
+            if not command.args["silent"]:
+                uid_part = b"UID %d " % message.uid if uid else b""
+                self.send(b"* %d FETCH (%sFLAGS %s)" % (seq, uid_part, flags_of(message.flags)))
+        self.service.notify_imap(self.maildir.path if self.maildir else None, self.selected.folder)
+        self.send(f"{command.tag} OK {command.name} completed".encode())
+
+    async def cmd_search(self, command: Command) -> None:
+        assert self.selected is not None and self.maildir is not None
+        uid = command.name.startswith("UID")
+        cur = self.maildir.folder_path(self.selected.folder) / "cur"
+        key: SearchKey = command.args["key"]
+        needs_text = _needs_text(key)
+        found = []
+        for seq, message in enumerate(list(self.selected.messages), 1):
+            data = b""
+            if needs_text:
+                try:
+                    data = (await self._blocking((cur / message.name).read_bytes)).replace(b"\n", b"\r\n")
+                except FileNotFoundError:
+                    continue
+            if _matches(key, seq, message, data, self.selected.messages):
+                found.append(message.uid if uid else seq)
+        self.send(b"* SEARCH" + b"".join(b" %d" % n for n in found))
+        self.send(f"{command.tag} OK {command.name} completed".encode())
+
+    async def cmd_idle(self, command: Command) -> None:
+        """RFC 2177: updates as they happen until the client's DONE (the next line it sends)."""
+        assert self.selected is not None
+        self.send(b"+ idling")
+        self.service.watch_imap(self)
+        ending = asyncio.ensure_future(self._queue.get())
+        try:
+            while True:
+                self._woken.clear()
+                await self._refresh()
+                # Woken by a delivery or a change another session made; else a look every minute.
+                woken = asyncio.ensure_future(self._woken.wait())
+                finished, _ = await asyncio.wait({ending, woken}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+                woken.cancel()
+                if ending in finished:
+                    break
+        finally:
+            self.service.unwatch_imap(self)
+            if not ending.done():
+                ending.cancel()
+        event = ending.result() if not ending.cancelled() else None
+        if event is None:
+            return  # the connection went away
+        if isinstance(event, Framed) and len(event.pieces) == 1 and event.pieces[0].upper() == b"DONE":
+            self.send(f"{command.tag} OK IDLE terminated".encode())
+        else:
+            self.send(f"{command.tag} BAD expected DONE".encode())
+
+    def wake(self) -> None:
+        self._woken.set()
+
+    async def _refresh(self) -> None:
+        """Tell the client what changed in the selected folder since it last heard."""
+        selected = self.selected
+        if selected is None:
+            return
+        state = await self._blocking(selected.index.sync)
+        now = {m.uid: m for m in state.messages}
+        for seq in range(len(selected.messages), 0, -1):
+            if selected.messages[seq - 1].uid not in now:
+                self.send(b"* %d EXPUNGE" % seq)
+                del selected.messages[seq - 1]
+        known = {m.uid for m in selected.messages}
+        for seq, message in enumerate(selected.messages, 1):
+            fresh = now[message.uid]
+            if fresh.flags != message.flags:
+                self.send(b"* %d FETCH (FLAGS %s)" % (seq, flags_of(fresh.flags)))
+            selected.messages[seq - 1] = fresh
+        added = [m for m in state.messages if m.uid not in known]
+        if added:
+            selected.messages += added
+            self.send(b"* %d EXISTS" % len(selected.messages))
+            self.send(b"* %d RECENT" % sum(1 for m in selected.messages if m.recent))
+        selected.uidnext = state.next_uid
+
+
+_AUTHENTICATED = ("authenticated", "selected")
+_STATES: dict[str, tuple[str, ...]] = {
+    "CAPABILITY": ("not-authenticated", *_AUTHENTICATED), "NOOP": ("not-authenticated", *_AUTHENTICATED),
+    "LOGOUT": ("not-authenticated", *_AUTHENTICATED), "ID": ("not-authenticated", *_AUTHENTICATED),
+    "STARTTLS": ("not-authenticated",), "LOGIN": ("not-authenticated",), "AUTHENTICATE": ("not-authenticated",),
+    "ENABLE": _AUTHENTICATED, "NAMESPACE": _AUTHENTICATED, "LIST": _AUTHENTICATED, "LSUB": _AUTHENTICATED,
+    "STATUS": _AUTHENTICATED, "SELECT": _AUTHENTICATED, "EXAMINE": _AUTHENTICATED, "APPEND": _AUTHENTICATED,
+    "CHECK": ("selected",), "CLOSE": ("selected",), "UNSELECT": ("selected",), "EXPUNGE": ("selected",),
+    "FETCH": ("selected",), "STORE": ("selected",), "SEARCH": ("selected",), "IDLE": ("selected",),
+}
+
+
+def _pattern_matches(pattern: bytes, name: bytes) -> bool:
+    """LIST wildcards: '*' matches anything, '%' anything but the hierarchy delimiter."""
+    regex = re.escape(pattern.decode("ascii", "replace")).replace(r"\*", ".*").replace("%", "[^.]*")
+    flags = re.IGNORECASE if name == b"INBOX" else 0
+    return re.fullmatch(regex, name.decode("ascii", "replace"), flags) is not None
+
+
+def _needs_text(key: SearchKey) -> bool:
+    if key.name in ("AND", "OR", "NOT"):
+        return any(_needs_text(k) for k in key.args if isinstance(k, SearchKey))
+    return key.name in ("BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO", "HEADER", "SENTBEFORE", "SENTON",
+                        "SENTSINCE")
+
+
+def _header_value(data: bytes, name: bytes) -> bytes:
+    header, _ = split_message(data)
+    return header_fields(header, (name.upper(),), exclude=False)
+
+
+def _matches(key: SearchKey, seq: int, message: IndexedMessage, data: bytes,
+             messages: list[IndexedMessage]) -> bool:
+    name, args, flags = key.name, key.args, message.flags
+    if name == "AND":
+        return all(_matches(k, seq, message, data, messages) for k in args)
+    if name == "OR":
+        return _matches(args[0], seq, message, data, messages) or _matches(args[1], seq, message, data, messages)
+    if name == "NOT":
+        return not _matches(args[0], seq, message, data, messages)
+    simple = {"ALL": True, "SEEN": "S" in flags, "UNSEEN": "S" not in flags, "DELETED": "T" in flags,
+              "UNDELETED": "T" not in flags, "FLAGGED": "F" in flags, "UNFLAGGED": "F" not in flags,
+              "ANSWERED": "R" in flags, "UNANSWERED": "R" not in flags, "DRAFT": "D" in flags,
+              "UNDRAFT": "D" not in flags, "RECENT": message.recent, "NEW": message.recent and "S" not in flags,
+              "OLD": not message.recent}
+    if name in simple:
+        return simple[name]
+    if name in ("SEQUENCE", "UID"):
+        sequence: SequenceSet = args[0]
+        top = messages[-1].uid if name == "UID" else len(messages)
+        value = message.uid if name == "UID" else seq
+        for low, high in sequence.ranges:
+            a, b = low if low is not None else top, high if high is not None else top
+            if min(a, b) <= value <= max(a, b):
+                return True
+        return False
+    if name == "LARGER":
+        return message.virtual_size > int(args[0])
+    if name == "SMALLER":
+        return message.virtual_size < int(args[0])
+    if name in ("BEFORE", "ON", "SINCE"):
+        day = datetime.fromtimestamp(message.internal_date, UTC).date()
+        wanted = args[0].date()
+        return bool(day < wanted if name == "BEFORE" else day == wanted if name == "ON" else day >= wanted)
+    if name in ("SENTBEFORE", "SENTON", "SENTSINCE"):
+        text = _header_value(data, b"DATE").partition(b":")[2].strip()
+        try:
+            sent = email.utils.parsedate_to_datetime(text.decode("ascii", "replace")).date()
+        except (TypeError, ValueError):
+            return False
+        wanted = args[0].date()
+        return bool(sent < wanted if name == "SENTBEFORE" else sent == wanted if name == "SENTON" else sent >= wanted)
+    if name in ("FROM", "TO", "CC", "BCC", "SUBJECT"):
+        return args[0].lower() in _header_value(data, name.encode()).partition(b":")[2].lower()
+    if name == "HEADER":
+        field_value = _header_value(data, args[0])
+        return bool(field_value.strip()) and args[1].lower() in field_value.partition(b":")[2].lower()
+    if name == "BODY":
+        return args[0].lower() in split_message(data)[1].lower()
+    if name == "TEXT":
+        return args[0].lower() in data.lower()
+    return False  # KEYWORD and others Maildir cannot keep here: nothing has them
+
+
+def _envelope(header: bytes) -> bytes:
+    """RFC 3501 §7.4.2 ENVELOPE from a header section."""
+    parsed = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(header)
+
+    def text(name: str) -> bytes:
+        value = parsed.get(name)
+        if value is None:
+            return b"NIL"
+        return astring(" ".join(str(value).split()).encode("utf-8", "replace"))
+
+    def addresses(name: str, fallback: str | None = None) -> bytes:
+        values = parsed.get_all(name) or (parsed.get_all(fallback) if fallback else None)
+        if not values:
+            return b"NIL"
+        entries = []
+        for display, address in email.utils.getaddresses([str(v) for v in values]):
+            local, _, domain = address.rpartition("@") if "@" in address else (address, "", "")
+            entries.append(b"(%s NIL %s %s)" % (nstring(display.encode("utf-8", "replace") or None),
+                                                astring(local.encode("utf-8", "replace")),
+                                                nstring(domain.encode("utf-8", "replace") or None)))
+        return b"(" + b"".join(entries) + b")"
+
+    return b"(" + b" ".join([
+        text("Date"), text("Subject"), addresses("From"), addresses("Sender", "From"),
+        addresses("Reply-To", "From"), addresses("To"), addresses("Cc"), addresses("Bcc"),
+        text("In-Reply-To"), text("Message-ID")]) + b")"

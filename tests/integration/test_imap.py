@@ -1,0 +1,200 @@
+"""IMAP end to end: ispd as a process, mail delivered by SMTP, read with Python's imaplib (and a
+raw TLS socket for IDLE, which imaplib of Python 3.11 lacks)."""
+
+from __future__ import annotations
+
+import imaplib
+import smtplib
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.lab.certs import issue
+from tests.lab.maildir import inbox
+from tests.lab.ports import free_tcp_port
+from tests.lab.process import IspdProcess, base_config
+
+DOMAIN = "isp.example"
+PASSWORD = "imap-secret-1"
+
+
+@dataclass
+class Lab:
+    ispd: IspdProcess
+    mx: int
+    imap: int
+    imaps: int
+    ca: Path
+    root: Path
+
+    def context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca))
+
+    def deliver(self, subject: str, body: str = "hello", to: str = f"erin@{DOMAIN}") -> None:
+        with smtplib.SMTP("127.0.0.1", self.mx, timeout=10) as client:
+            client.sendmail("sender@elsewhere.example", [to],
+                            f"From: Sender <sender@elsewhere.example>\r\nTo: {to}\r\nSubject: {subject}\r\n"
+                            f"Date: Fri, 04 Dec 2026 19:00:00 +0000\r\n\r\n{body}\r\n".encode())
+
+    def login(self) -> imaplib.IMAP4_SSL:
+        client = imaplib.IMAP4_SSL("127.0.0.1", self.imaps, ssl_context=self.context(), timeout=10)
+        client.login(f"erin@{DOMAIN}", PASSWORD)
+        return client
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    workdir = tmp_path_factory.mktemp("imap")
+    certificates = issue(workdir, "mail.isp.example", name="mail")
+    ports = {"mx": free_tcp_port(), "imap": free_tcp_port(), "imaps": free_tcp_port()}
+    config = base_config(workdir, mail={
+        "enabled": True, "domains": [DOMAIN], "hostname": "mail.isp.example", "maildir_root": str(workdir / "mail"),
+        "queue_directory": str(workdir / "queue"), "listen_mx": [f"127.0.0.1:{ports['mx']}"],
+        "listen_imap": [f"127.0.0.1:{ports['imap']}"], "listen_imaps": [f"127.0.0.1:{ports['imaps']}"],
+        "certificate": str(certificates.certificate), "private_key": str(certificates.private_key),
+        "authentication_checks": False, "resolver": f"127.0.0.1:{free_tcp_port()}",
+        "auth_failure_delay_seconds": 0.1,
+    })
+    with IspdProcess(workdir, config) as ispd:
+        ispd.start()
+        ispd.cli("subscriber", "add", "erin", "--password-stdin", input=f"{PASSWORD}\n")
+        ispd.cli("mailbox", "add", "erin", f"erin@{DOMAIN}")
+        lab = Lab(ispd, ports["mx"], ports["imap"], ports["imaps"], certificates.ca, workdir / "mail")
+        for n in range(3):
+            lab.deliver(f"message {n}", body=f"body of message {n}\r\n.a dot line")
+        yield lab
+
+
+def test_login_only_after_starttls_then_read_a_message_byte_for_byte(lab: Lab) -> None:
+    client = imaplib.IMAP4("127.0.0.1", lab.imap, timeout=10)
+    assert "LOGINDISABLED" in client.capabilities and "STARTTLS" in client.capabilities
+    with pytest.raises(imaplib.IMAP4.error, match="PRIVACYREQUIRED"):
+        client.login(f"erin@{DOMAIN}", PASSWORD)
+    client.starttls(ssl_context=lab.context())
+    typ, _ = client.login(f"erin@{DOMAIN}", PASSWORD)
+    assert typ == "OK"
+    typ, data = client.select("INBOX")
+    assert (typ, data) == ("OK", [b"3"])
+    assert client.untagged_responses.get("UIDVALIDITY") and client.untagged_responses.get("UIDNEXT") == [b"4"]
+    typ, data = client.fetch("1:*", "(UID FLAGS RFC822.SIZE)")
+    assert typ == "OK" and len(data) == 3
+    assert data[0].startswith(b"1 (UID 1 FLAGS (\\Recent) RFC822.SIZE ")
+    on_disk = inbox(lab.root, f"erin@{DOMAIN}")[0].replace(b"\n", b"\r\n")
+    typ, data = client.uid("FETCH", "1", "(BODY.PEEK[])")
+    assert data[0][1] == on_disk, data  # the whole message, as stored, with CRLF
+    typ, data = client.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert data[0][1] == b"Subject: message 0\r\n\r\n"
+    typ, data = client.fetch("1", "(FLAGS)")
+    assert b"\\Seen" not in data[0]  # PEEK leaves it unread
+    typ, data = client.fetch("1", "(BODY[TEXT])")
+    assert data[0][1] == b"body of message 0\r\n.a dot line\r\n"
+    typ, data = client.fetch("1", "(FLAGS)")
+    assert b"\\Seen" in data[0]
+    client.logout()
+
+
+def test_flags_search_expunge_and_status(lab: Lab) -> None:
+    client = lab.login()
+    client.select("INBOX")
+    typ, data = client.store("2", "+FLAGS", "(\\Flagged)")
+    assert typ == "OK" and b"\\Flagged" in data[0]
+    assert client.search(None, "FLAGGED")[1] == [b"2"]
+    assert client.search(None, "UNSEEN", "NOT", "FLAGGED")[1] == [b"3"]
+    assert client.search(None, "SUBJECT", '"message 2"')[1] == [b"3"]
+    assert client.search(None, "OR", "FROM", "nobody", "BODY", '"of message 1"')[1] == [b"2"]
+    assert client.uid("SEARCH", "UID", "2:*")[1] == [b"2 3"]
+    status = client.status("INBOX", "(MESSAGES UNSEEN UIDNEXT)")[1][0]
+    assert b"MESSAGES 3" in status and b"UIDNEXT 4" in status
+    client.store("2:3", "+FLAGS", "(\\Deleted)")
+    assert client.uid("EXPUNGE", "3")[0] == "OK"  # only UID 3 of the two marked
+    assert client.response("EXPUNGE") == ("EXPUNGE", [b"3"])
+    assert len(inbox(lab.root, f"erin@{DOMAIN}")) == 2
+    client.store("2", "-FLAGS", "(\\Deleted)")
+    assert client.expunge() == ("OK", [None])  # nothing else was marked
+    assert len(inbox(lab.root, f"erin@{DOMAIN}")) == 2
+    assert client.select("INBOX")[1] == [b"2"]
+    client.logout()
+
+
+def test_folders_append_and_a_read_only_examine(lab: Lab) -> None:
+    client = lab.login()
+    typ, folders = client.list()
+    names = {line.rsplit(b" ", 1)[-1].strip(b'"'): line for line in folders}
+    assert set(names) >= {b"INBOX", b"Sent", b"Drafts", b"Trash", b"Junk", b"Archive"}
+    assert b"\\Sent" in names[b"Sent"] and b"\\Junk" in names[b"Junk"]
+    message = b"From: erin@isp.example\r\nSubject: sent copy\r\n\r\nkept in Sent\r\n"
+    typ, data = client.append("Sent", "(\\Seen)", None, message)
+    assert typ == "OK" and b"APPENDUID" in data[0]
+    client.select("Sent", readonly=True)
+    typ, data = client.fetch("1", "(FLAGS BODY[])")
+    assert b"\\Seen" in data[0][0] and data[0][1] == message
+    assert client.store("1", "+FLAGS", "(\\Deleted)")[0] == "NO"  # read-only
+    assert client.append("NoSuchFolder", None, None, message)[0] == "NO"
+    client.logout()
+
+
+def test_two_sessions_see_each_others_changes_and_idle_wakes_on_delivery(lab: Lab) -> None:
+    watcher, actor = lab.login(), lab.login()
+    watcher.select("INBOX")
+    actor.select("INBOX")
+    actor.store("1", "+FLAGS", "(\\Answered)")
+    watcher.noop()
+    assert any(b"\\Answered" in r for r in watcher.untagged_responses.get("FETCH", []))
+    watcher.logout()
+    actor.logout()
+    raw = lab.context().wrap_socket(socket.create_connection(("127.0.0.1", lab.imaps), timeout=10),
+                                    server_hostname="mail.isp.example")
+    with raw:
+        def read_until(marker: bytes) -> bytes:
+            data = b""
+            while marker not in data:
+                chunk = raw.recv(65536)
+                assert chunk, data
+                data += chunk
+            return data
+
+        read_until(b"\r\n")
+        raw.sendall(f"a LOGIN erin@{DOMAIN} {PASSWORD}\r\nb SELECT INBOX\r\nc IDLE\r\n".encode())
+        read_until(b"+ idling")
+        started = time.monotonic()
+        lab.deliver("while idling")
+        update = read_until(b"EXISTS")
+        assert time.monotonic() - started < 3, "IDLE was not woken by the delivery"
+        assert b"* 3 EXISTS" in update
+        raw.sendall(b"DONE\r\nd LOGOUT\r\n")
+        assert b"c OK IDLE terminated" in read_until(b"d OK")
+
+
+def test_bad_commands_get_bad_and_the_session_goes_on(lab: Lab) -> None:
+    raw = lab.context().wrap_socket(socket.create_connection(("127.0.0.1", lab.imaps), timeout=10),
+                                    server_hostname="mail.isp.example")
+    with raw:
+        raw.recv(4096)
+        raw.sendall(b"x1 FROB\r\nx2 FETCH\r\n\xff\xfe\r\nx3 SELECT INBOX\r\nx4 LOGIN erin@isp.example wrong\r\n"
+                    b"x5 NOOP\r\nx6 LOGOUT\r\n")
+        data = b""
+        while b"x6 OK" not in data:
+            chunk = raw.recv(65536)
+            assert chunk, data
+            data += chunk
+    for expected in (b"x1 BAD", b"x2 BAD", b"* BAD", b"x3 BAD", b"x4 NO [AUTHENTICATIONFAILED]", b"x5 OK"):
+        assert expected in data, (expected, data)
+
+
+def test_curl_lists_and_fetches_over_imaps_and_starttls(lab: Lab) -> None:
+    base = ["curl", "-sS", "--max-time", "10", "--cacert", str(lab.ca), "--resolve", f"mail.isp.example:{lab.imaps}:127.0.0.1",
+            "--resolve", f"mail.isp.example:{lab.imap}:127.0.0.1", "-u", f"erin@{DOMAIN}:{PASSWORD}"]
+    listed = subprocess.run([*base, f"imaps://mail.isp.example:{lab.imaps}/"], capture_output=True, text=True,
+                            timeout=30, check=False)
+    assert listed.returncode == 0, listed.stderr
+    assert '"." "INBOX"' in listed.stdout and '(\\HasNoChildren \\Sent) "." "Sent"' in listed.stdout
+    fetched = subprocess.run([*base, "--ssl-reqd", f"imap://mail.isp.example:{lab.imap}/INBOX;UID=1"],
+                             capture_output=True, timeout=30, check=False)
+    assert fetched.returncode == 0, fetched.stderr
+    assert b"Subject: message 0\r\n" in fetched.stdout and fetched.stdout.endswith(b".a dot line\r\n")

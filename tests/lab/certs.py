@@ -1,0 +1,27 @@
+"""A throwaway CA and a server certificate for a test's TLS listeners (trustme)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import trustme
+
+
+@dataclass(frozen=True)
+class Certificates:
+    ca: Path  # what clients trust
+    certificate: Path  # the chain, leaf first
+    private_key: Path
+
+
+def issue(directory: Path, hostname: str, *, name: str = "server") -> Certificates:
+    """PEM files in ``directory`` for ``hostname`` and 127.0.0.1."""
+    ca = trustme.CA()
+    issued = ca.issue_cert(hostname, "127.0.0.1")
+    certificates = Certificates(directory / f"{name}-ca.pem", directory / f"{name}.pem", directory / f"{name}.key")
+    ca.cert_pem.write_to_path(str(certificates.ca))
+    for index, pem in enumerate(issued.cert_chain_pems):
+        pem.write_to_path(str(certificates.certificate), append=index > 0)
+    issued.private_key_pem.write_to_path(str(certificates.private_key))
+    return certificates
