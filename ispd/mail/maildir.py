@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import socket
 import threading
 import time
@@ -142,6 +143,27 @@ class Maildir:
         return sorted(e.name[1:] for e in entries
                       if e.name.startswith(".") and e.name not in (".", "..") and e.is_dir()
                       and os.path.isdir(os.path.join(e.path, "cur")))
+
+    def create_folder(self, folder: str) -> None:
+        """A new folder (FileExistsError if there is one of that name)."""
+        base = self.folder_path(folder)
+        base.mkdir(mode=_MODE_DIR)
+        for sub in ("tmp", "new", "cur"):
+            (base / sub).mkdir(mode=_MODE_DIR)
+        (base / "maildirfolder").touch(mode=_MODE_FILE)
+        _fsync_directory(self.path)
+
+    def delete_folder(self, folder: str) -> None:
+        """The folder and its mail; the quota usage is counted again."""
+        shutil.rmtree(self.folder_path(folder))
+        _fsync_directory(self.path)
+        self.recompute_usage()
+
+    def rename_folder(self, old: str, new: str) -> None:
+        """A folder and its subfolders (``old.x`` becomes ``new.x``)."""
+        for name in sorted((f for f in self.folders() if f == old or f.startswith(old + ".")), key=len):
+            os.rename(self.folder_path(name), self.folder_path(new + name[len(old):]))
+        _fsync_directory(self.path)
 
     def deliver(self, message: bytes, *, folder: str = "", now: float | None = None) -> DeliveredMessage:
         """Store a message durably in the folder's new/. ``message`` may have CRLF line ends

@@ -198,3 +198,34 @@ def test_curl_lists_and_fetches_over_imaps_and_starttls(lab: Lab) -> None:
                              capture_output=True, timeout=30, check=False)
     assert fetched.returncode == 0, fetched.stderr
     assert b"Subject: message 0\r\n" in fetched.stdout and fetched.stdout.endswith(b".a dot line\r\n")
+
+
+def test_folders_are_made_renamed_and_deleted_and_mail_copied_and_moved(lab: Lab) -> None:
+    client = lab.login()
+    assert client.create("Projects")[0] == "OK"
+    assert client.create("Projects")[0] == "NO"  # exists
+    assert client.create("Projects.2026")[0] == "OK"
+    assert client.rename("Projects", "Work")[0] == "OK"
+    names = {line.rsplit(b" ", 1)[-1].strip(b'"') for line in client.list()[1]}
+    assert {b"Work", b"Work.2026"} <= names and b"Projects" not in names
+    assert client.delete("Work")[0] == "NO"  # it has a subfolder
+    assert client.delete("Work.2026")[0] == "OK"
+    assert client.delete("INBOX")[0] == "NO"
+    lab.deliver("to be filed")
+    client.select("INBOX")
+    count = len(client.search(None, "ALL")[1][0].split())
+    client.store(str(count), "+FLAGS", "(\\Flagged)")
+    typ, data = client.copy(str(count), "Work")
+    assert typ == "OK" and b"COPYUID" in data[0]
+    typ, data = client.uid("MOVE", client.fetch(str(count), "(UID)")[1][0].split()[-1].rstrip(b")").decode(),
+                           "Archive")
+    assert typ == "OK"
+    assert client.search(None, "ALL")[1][0].split() == [str(n).encode() for n in range(1, count)]
+    for folder in ("Work", "Archive"):
+        client.select(folder, readonly=True)
+        typ, data = client.fetch("*", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        assert b"\\Flagged" in data[0][0] and data[0][1] == b"Subject: to be filed\r\n\r\n", folder
+    client.select("Work")
+    assert client.copy("1", "Nowhere")[0] == "NO"
+    assert client.delete("Work")[0] == "OK"
+    client.logout()

@@ -1,8 +1,8 @@
 """An IMAP session over the Maildir store (RFC 3501, with IMAP4rev2's habits): the subset a mail
 client needs to read, flag, search, append and delete mail, IDLE included. What is not done yet
 is refused plainly (BAD for what does not parse, NO for commands not implemented) and is not
-announced in CAPABILITY: COPY, MOVE, CREATE, DELETE, RENAME, BODYSTRUCTURE and MIME part
-sections, CONDSTORE/QRESYNC, QUOTA.
+announced in CAPABILITY: BODYSTRUCTURE and MIME part sections, CONDSTORE/QRESYNC, QUOTA,
+SUBSCRIBE/UNSUBSCRIBE (LSUB lists every folder).
 
 States (RFC 3501 §3): not authenticated -> (LOGIN, AUTHENTICATE) authenticated -> (SELECT,
 EXAMINE) selected -> (CLOSE, UNSELECT) authenticated; LOGOUT from any. LOGIN and AUTHENTICATE
@@ -139,7 +139,8 @@ class IMAPSession(asyncio.Protocol):
     # --- dispatch
 
     def capabilities(self) -> bytes:
-        caps = [b"IMAP4rev1", b"LITERAL+", b"IDLE", b"NAMESPACE", b"ID", b"ENABLE", b"UNSELECT", b"SPECIAL-USE"]
+        caps = [b"IMAP4rev1", b"LITERAL+", b"IDLE", b"NAMESPACE", b"ID", b"ENABLE", b"UNSELECT", b"SPECIAL-USE",
+                b"UIDPLUS", b"MOVE"]
         if self.state == "not-authenticated":
             if self.tls:
                 caps.append(b"AUTH=PLAIN")
@@ -265,15 +266,25 @@ class IMAPSession(asyncio.Protocol):
 
     # --- authenticated
 
-    def _folder(self, name: bytes) -> str | None:
-        """The Maildir folder a mailbox name means, or None when it is not one."""
+    @staticmethod
+    def _folder_name(name: bytes) -> str | None:
+        """The Maildir++ folder a mailbox name would be ("" the INBOX), or None when the name
+        cannot be one (non-ASCII names wait for modified UTF-7 support)."""
         if name.upper() == b"INBOX":
             return ""
         try:
             text = name.decode("ascii")
         except UnicodeDecodeError:
             return None
-        if not text or text.startswith(".") or "/" in text or ".." in text or text.endswith("."):
+        if (not text or text.startswith(".") or text.endswith(".") or ".." in text or "/" in text
+                or any(c < " " or c == "\x7f" for c in text) or len(text) > 200):
+            return None
+        return text
+
+    def _folder(self, name: bytes) -> str | None:
+        """The existing Maildir folder a mailbox name means, or None."""
+        text = self._folder_name(name)
+        if text is None:
             return None
         assert self.maildir is not None
         return text if (self.maildir.folder_path(text) / "cur").is_dir() else None
@@ -373,7 +384,100 @@ class IMAPSession(asyncio.Protocol):
             await self._refresh()
         self.send(f"{command.tag} OK [APPENDUID {uidvalidity} {uid}] APPEND completed".encode())
 
+    async def cmd_create(self, command: Command) -> None:
+        folder = self._folder_name(command.args["mailbox"].rstrip(b"."))
+        if not folder:
+            self.send(f"{command.tag} NO [CANNOT] that mailbox name is not allowed".encode())
+            return
+        assert self.maildir is not None
+        try:
+            await self._blocking(self.maildir.create_folder, folder)
+        except FileExistsError:
+            self.send(f"{command.tag} NO [ALREADYEXISTS] mailbox exists".encode())
+            return
+        self.send(f"{command.tag} OK CREATE completed".encode())
+
+    async def cmd_delete(self, command: Command) -> None:
+        folder = self._folder(command.args["mailbox"])
+        if folder is None or folder == "":
+            self.send(f"{command.tag} NO [NONEXISTENT] no such mailbox (or the INBOX)".encode())
+            return
+        assert self.maildir is not None
+        if any(f.startswith(folder + ".") for f in await self._blocking(self.maildir.folders)):
+            self.send(f"{command.tag} NO [INUSE] delete its subfolders first".encode())
+            return
+        if self.selected is not None and self.selected.folder == folder:
+            self.selected, self.state = None, "authenticated"
+        await self._blocking(self.maildir.delete_folder, folder)
+        self.send(f"{command.tag} OK DELETE completed".encode())
+
+    async def cmd_rename(self, command: Command) -> None:
+        old = self._folder(command.args["old"])
+        new = self._folder_name(command.args["new"])
+        if old is None or old == "" or not new:
+            self.send(f"{command.tag} NO [CANNOT] cannot rename that (the INBOX, or a bad name)".encode())
+            return
+        assert self.maildir is not None
+        if self._folder(command.args["new"]) is not None:
+            self.send(f"{command.tag} NO [ALREADYEXISTS] mailbox exists".encode())
+            return
+        await self._blocking(self.maildir.rename_folder, old, new)
+        self.send(f"{command.tag} OK RENAME completed".encode())
+
     # --- selected
+
+    async def cmd_copy(self, command: Command) -> None:
+        """COPY, and MOVE (RFC 6851): copies keep their flags; COPYUID (RFC 4315) says where
+        they went. MOVE then expunges the originals."""
+        selected, maildir = self.selected, self.maildir
+        assert selected is not None and maildir is not None
+        move = command.name.endswith("MOVE")
+        if move and selected.readonly:
+            self.send(f"{command.tag} NO [READ-ONLY] mailbox selected read-only".encode())
+            return
+        target = self._folder(command.args["mailbox"])
+        if target is None:
+            self.send(f"{command.tag} NO [TRYCREATE] no such mailbox".encode())
+            return
+        numbers = self._numbers(command.args["set"], command.name.startswith("UID"))
+        sources = [(seq, selected.messages[seq - 1]) for seq in numbers]
+        source_cur = maildir.folder_path(selected.folder) / "cur"
+
+        def copy() -> tuple[int, list[tuple[int, int]]]:
+            names = []
+            for _, message in sources:
+                try:
+                    data = (source_cur / message.name).read_bytes()
+                except FileNotFoundError:
+                    continue  # expunged meanwhile
+                names.append((message, maildir.deliver(data, folder=target).name))
+            index = FolderIndex(maildir.folder_path(target))
+            state = index.sync()
+            by_base = {m.base.split(",U=")[0]: m for m in state.messages}
+            pairs = []
+            for message, name in names:
+                added = by_base.get(name.split(",U=")[0])
+                if added is None:
+                    continue
+                if message.flags:
+                    index.set_flags(added, message.flags)
+                pairs.append((message.uid, added.uid))
+            return state.uidvalidity, pairs
+
+        uidvalidity, pairs = await self._blocking(copy)
+        self.service.notify_imap(maildir.path, target)
+        code = b""
+        if pairs:
+            code = b"[COPYUID %d %s %s] " % (uidvalidity, b",".join(b"%d" % p[0] for p in pairs),
+                                             b",".join(b"%d" % p[1] for p in pairs))
+        if not move:
+            self.send(b"%s OK %s%s completed" % (command.tag.encode(), code, command.name.encode()))
+            return
+        self.send(b"* OK " + code + b"moved")
+        await self._remove(sources, announce=True)
+        self.send(f"{command.tag} OK {command.name} completed".encode())
+
+    cmd_move = cmd_copy
 
     async def cmd_close(self, command: Command) -> None:
         if self.selected is not None and not self.selected.readonly:
@@ -396,10 +500,16 @@ class IMAPSession(asyncio.Protocol):
         self.send(f"{command.tag} OK {command.name} completed".encode())
 
     async def _expunge(self, *, announce: bool, only: set[int] | None = None) -> None:
+        selected = self.selected
+        assert selected is not None
+        await self._remove([(seq, m) for seq, m in enumerate(selected.messages, 1)
+                            if "T" in m.flags and (only is None or seq in only)], announce=announce)
+
+    async def _remove(self, doomed: list[tuple[int, IndexedMessage]], *, announce: bool) -> None:
+        """Deletes messages of the selected folder and says so (highest first, so that each
+        EXPUNGE's number is right when the client reads it)."""
         selected, maildir = self.selected, self.maildir
         assert selected is not None and maildir is not None
-        doomed = [(seq, m) for seq, m in enumerate(selected.messages, 1)
-                  if "T" in m.flags and (only is None or seq in only)]
 
         def remove() -> None:
             cur = maildir.folder_path(selected.folder) / "cur"
@@ -411,7 +521,7 @@ class IMAPSession(asyncio.Protocol):
                 maildir.uncount(message.size)
 
         await self._blocking(remove)
-        for seq, message in reversed(doomed):
+        for seq, message in sorted(doomed, key=lambda pair: -pair[0]):
             if announce:
                 self.send(b"* %d EXPUNGE" % seq)
             selected.messages.remove(message)
@@ -622,6 +732,8 @@ _STATES: dict[str, tuple[str, ...]] = {
     "STARTTLS": ("not-authenticated",), "LOGIN": ("not-authenticated",), "AUTHENTICATE": ("not-authenticated",),
     "ENABLE": _AUTHENTICATED, "NAMESPACE": _AUTHENTICATED, "LIST": _AUTHENTICATED, "LSUB": _AUTHENTICATED,
     "STATUS": _AUTHENTICATED, "SELECT": _AUTHENTICATED, "EXAMINE": _AUTHENTICATED, "APPEND": _AUTHENTICATED,
+    "CREATE": _AUTHENTICATED, "DELETE": _AUTHENTICATED, "RENAME": _AUTHENTICATED,
+    "COPY": ("selected",), "MOVE": ("selected",),
     "CHECK": ("selected",), "CLOSE": ("selected",), "UNSELECT": ("selected",), "EXPUNGE": ("selected",),
     "FETCH": ("selected",), "STORE": ("selected",), "SEARCH": ("selected",), "IDLE": ("selected",),
 }
