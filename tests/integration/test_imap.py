@@ -3,6 +3,7 @@ raw TLS socket for IDLE, which imaplib of Python 3.11 lacks)."""
 
 from __future__ import annotations
 
+import base64
 import imaplib
 import smtplib
 import socket
@@ -11,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -228,4 +230,25 @@ def test_folders_are_made_renamed_and_deleted_and_mail_copied_and_moved(lab: Lab
     client.select("Work")
     assert client.copy("1", "Nowhere")[0] == "NO"
     assert client.delete("Work")[0] == "OK"
+    client.logout()
+
+
+def test_bodystructure_and_mime_parts_of_a_multipart_message(lab: Lab) -> None:
+    message = EmailMessage()
+    message["From"], message["To"], message["Subject"] = "sender@elsewhere.example", f"erin@{DOMAIN}", "with parts"
+    message.set_content("the text part\n")
+    message.add_alternative("<p>the html part</p>\n", subtype="html")
+    message.add_attachment(bytes(range(256)), maintype="application", subtype="octet-stream", filename="blob.bin")
+    with smtplib.SMTP("127.0.0.1", lab.mx, timeout=10) as smtp:
+        smtp.send_message(message)
+    client = lab.login()
+    client.select("INBOX", readonly=True)
+    _, data = client.fetch("*", "(BODYSTRUCTURE)")
+    described = data[0]
+    assert b'"MIXED" ("BOUNDARY"' in described and b'"ALTERNATIVE"' in described
+    assert b'("attachment" ("FILENAME" "blob.bin"))' in described
+    _, data = client.fetch("*", "(BODY.PEEK[1.1] BODY.PEEK[1.2.MIME] BODY.PEEK[2])")
+    assert data[0][1] == b"the text part\r\n"
+    assert data[1][1].startswith(b"Content-Type: text/html") and data[1][1].endswith(b"\r\n\r\n")
+    assert base64.b64decode(data[2][1]) == bytes(range(256))
     client.logout()

@@ -50,6 +50,8 @@ def internal_date(timestamp: float) -> bytes:
 
 def split_message(message: bytes) -> tuple[bytes, bytes]:
     """(header section with its blank line, body) of a message with CRLF line ends."""
+    if message.startswith(b"\r\n"):  # no header fields at all (a MIME part may have none)
+        return b"\r\n", message[2:]
     end = message.find(b"\r\n\r\n")
     if end < 0:
         return message, b""

@@ -1,7 +1,7 @@
 """An IMAP session over the Maildir store (RFC 3501, with IMAP4rev2's habits): the subset a mail
 client needs to read, flag, search, append and delete mail, IDLE included. What is not done yet
 is refused plainly (BAD for what does not parse, NO for commands not implemented) and is not
-announced in CAPABILITY: BODYSTRUCTURE and MIME part sections, CONDSTORE/QRESYNC, QUOTA,
+announced in CAPABILITY: BINARY, CONDSTORE/QRESYNC, QUOTA,
 SUBSCRIBE/UNSUBSCRIBE (LSUB lists every folder).
 
 States (RFC 3501 §3): not authenticated -> (LOGIN, AUTHENTICATE) authenticated -> (SELECT,
@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ispd.logs import get_logger
+from ispd.mail.imap import mime
 from ispd.mail.imap.framing import Command as Framed
 from ispd.mail.imap.framing import CommandFramer, Continue, TooLong
 from ispd.mail.imap.parser import Command, FetchItem, ParseError, SearchKey, SequenceSet, parse
@@ -551,16 +552,15 @@ class IMAPSession(asyncio.Protocol):
         items = list(command.args["items"])
         if uid and not any(i.name == "UID" for i in items):
             items.insert(0, FetchItem("UID"))
-        unsupported = [i.name for i in items if i.name in ("BODYSTRUCTURE", "BINARY") or (
-            i.name == "BODY" and i.section is None) or (i.section is not None and i.section.parts)]
-        if unsupported:
-            self.send(f"{command.tag} NO [CANNOT] {unsupported[0]} and MIME parts are not implemented yet".encode())
+        if any(i.name == "BINARY" for i in items):
+            self.send(f"{command.tag} NO [CANNOT] BINARY is not implemented yet".encode())
             return
         cur = self.maildir.folder_path(self.selected.folder) / "cur"
         for seq in self._numbers(command.args["set"], uid):
             message = self.selected.messages[seq - 1]
             data: bytes | None = None
-            if any(i.name in ("BODY", "RFC822", "RFC822.HEADER", "RFC822.TEXT", "ENVELOPE") for i in items):
+            if any(i.name in ("BODY", "BODYSTRUCTURE", "RFC822", "RFC822.HEADER", "RFC822.TEXT", "ENVELOPE")
+                   for i in items):
                 try:
                     raw = await self._blocking((cur / message.name).read_bytes)
                 except FileNotFoundError:  # expunged by another session: nothing to say yet
@@ -571,7 +571,7 @@ class IMAPSession(asyncio.Protocol):
             for item in items:
                 parts.append(self._fetch_item(item, message, data))
                 if not self.selected.readonly and not item.peek and (
-                        item.name in ("RFC822", "RFC822.TEXT") or item.name == "BODY"):
+                        item.name in ("RFC822", "RFC822.TEXT") or (item.name == "BODY" and item.section is not None)):
                     seen = True
             if seen and "S" not in message.flags:
                 message = await self._set_letters(seq, message, message.flags + "S")
@@ -595,6 +595,9 @@ class IMAPSession(asyncio.Protocol):
         header, body = split_message(data)
         if item.name == "ENVELOPE":
             return b"ENVELOPE " + _envelope(header)
+        if item.name == "BODYSTRUCTURE" or (item.name == "BODY" and item.section is None):
+            described = mime.structure(mime.parse(data), _envelope, extensible=item.name == "BODYSTRUCTURE")
+            return item.name.encode() + b" " + described
         if item.name == "RFC822":
             return b"RFC822 " + astring(data)
         if item.name == "RFC822.HEADER":
@@ -603,15 +606,26 @@ class IMAPSession(asyncio.Protocol):
             return b"RFC822.TEXT " + astring(body)
         section = item.section
         assert section is not None
-        if section.text == "HEADER":
-            content = header
-        elif section.text == "TEXT":
-            content = body
-        elif section.text.startswith("HEADER.FIELDS"):
-            content = header_fields(header, section.fields, exclude=section.text.endswith(".NOT"))
+        if section.parts:
+            part = mime.find(mime.parse(data), section.parts)
+            if part is None:
+                content = b""  # no such part: RFC 3501 §6.4.5 asks for an empty string
+            elif section.text == "MIME":
+                content = part.header
+            elif section.text:  # HEADER, TEXT, HEADER.FIELDS of an embedded message
+                inner = part.message
+                header, body = (inner.header, inner.body) if inner is not None else (b"", b"")
+                content = self._section_text(section.text, section.fields, header, body)
+            else:
+                content = part.body
+        elif section.text:
+            content = self._section_text(section.text, section.fields, header, body)
         else:
             content = data
-        label = b"BODY[" + section.text.encode()
+        label = b"BODY[" + b".".join(b"%d" % n for n in section.parts)
+        if section.parts and section.text:
+            label += b"."
+        label += section.text.encode()
         if section.fields:
             label += b" (" + b" ".join(section.fields) + b")"
         label += b"]"
@@ -620,6 +634,14 @@ class IMAPSession(asyncio.Protocol):
             content = content[offset:offset + length]
             label += b"<%d>" % offset
         return label + b" " + astring(content)
+
+    @staticmethod
+    def _section_text(text: str, fields: tuple[bytes, ...], header: bytes, body: bytes) -> bytes:
+        if text == "HEADER":
+            return header
+        if text == "TEXT":
+            return body
+        return header_fields(header, fields, exclude=text.endswith(".NOT"))
 
     async def _set_letters(self, seq: int, message: IndexedMessage, letters: str) -> IndexedMessage:
         assert self.selected is not None
