@@ -80,6 +80,12 @@ class MailConfig(Section):
     # mailbox's address (or the username, for a subscriber with one mailbox).
     listen_imap: list[ListenAddress] = []
     listen_imaps: list[ListenAddress] = []
+    # IMAP sessions of one mailbox at once (Dovecot's mail_max_userip_connections is 10 per
+    # address); a login beyond it is refused.
+    max_imap_sessions_per_mailbox: int = Field(default=20, ge=1, le=10_000)
+    # A session that sends nothing for this long is logged out (RFC 3501 §5.4: at least 30
+    # minutes; clients in IDLE renew it every 29).
+    imap_autologout_seconds: float = Field(default=1800.0, ge=1800, le=86400)
     # A failed AUTH is answered after this delay, and a session that fails this often is closed.
     auth_failure_delay_seconds: float = Field(default=1.0, ge=0, le=30)
     max_auth_failures: int = Field(default=3, ge=1, le=100)

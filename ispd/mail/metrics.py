@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ispd.mail.engine import REFUSAL_REASONS
+from ispd.mail.imap.session import COMMAND_NAMES
 from ispd.metrics.fast import FastCollector, Histogram, LabeledCounter, LabeledHistogram
 
 AUTH_RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror", "policy")
@@ -37,7 +38,15 @@ class MailMetrics:
             "ispd_mail_delivery_seconds",
             "From the end of DATA to the reply: local copies durable in every mailbox, the rest in the queue.",
             "listener", ("mx", "submission"))
-        self.auth = LabeledCounter("ispd_mail_auth_total", "Submission AUTH attempts, by result.", ["result"])
+        self.auth = LabeledCounter("ispd_mail_auth_total", "Submission AUTH and IMAP logins, by result.", ["result"])
+        self.imap_commands = LabeledCounter(
+            "ispd_mail_imap_commands_total", "IMAP commands answered, by command and result (ok, no, bad).",
+            ["command", "result"])
+        self.imap_bytes_sent = LabeledCounter("ispd_mail_imap_sent_bytes_total", "Bytes sent to IMAP clients.", [])
+        for command in COMMAND_NAMES:
+            for result in ("ok", "no", "bad"):
+                self.imap_commands.inc(command, result, amount=0)
+        self.imap_bytes_sent.inc(amount=0)
         self.authentication = LabeledCounter(
             "ispd_mail_authentication_total", "Inbound SPF, DKIM and DMARC results, by method and result.",
             ["method", "result"])
@@ -64,7 +73,7 @@ class MailMetrics:
     def collectors(self, gauges: Callable[[], dict[str, float]],
                    queue: Callable[[], QueueFigures]) -> list[Collector]:
         return [FastCollector([self.messages, self.refusals, self.bytes, self.deliveries, self.delivery_latency,
-                               self.auth, self.authentication]),
+                               self.auth, self.authentication, self.imap_commands, self.imap_bytes_sent]),
                 _ListenerCollector(self.listener, gauges), _QueueCollector(queue)]
 
 
@@ -114,4 +123,6 @@ class _ListenerCollector(Collector):
 _GAUGE_HELP = {
     "sessions": "SMTP sessions open now (MX and submission).",
     "outbound_deliveries_in_progress": "Outbound delivery attempts running now.",
+    "imap_sessions": "IMAP sessions open now.",
+    "imap_idle_sessions": "IMAP sessions in IDLE now.",
 }

@@ -205,6 +205,9 @@ class MailService(Service):
             return None
         return identity.username, self.maildir(mailboxes[0].address)
 
+    def imap_sessions_of(self, maildir_path: Path) -> int:
+        return sum(1 for s in self.imap_sessions if s.maildir is not None and s.maildir.path == maildir_path)
+
     def watch_imap(self, session: IMAPSession) -> None:
         if session.maildir is not None and session.selected is not None:
             self._idlers.setdefault((session.maildir.path, session.selected.folder), set()).add(session)
@@ -219,7 +222,9 @@ class MailService(Service):
             session.wake()
 
     def _gauges(self) -> dict[str, float]:
-        return {"sessions": float(len(self.sessions)), "outbound_deliveries_in_progress": float(self.queue.active)}
+        return {"sessions": float(len(self.sessions)), "outbound_deliveries_in_progress": float(self.queue.active),
+                "imap_sessions": float(len(self.imap_sessions)),
+                "imap_idle_sessions": float(sum(len(watchers) for watchers in self._idlers.values()))}
 
     async def _command_flush(self, args: dict[str, Any]) -> dict[str, Any]:
         queue_id = args.get("queue_id")

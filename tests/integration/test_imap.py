@@ -61,7 +61,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         "listen_imap": [f"127.0.0.1:{ports['imap']}"], "listen_imaps": [f"127.0.0.1:{ports['imaps']}"],
         "certificate": str(certificates.certificate), "private_key": str(certificates.private_key),
         "authentication_checks": False, "resolver": f"127.0.0.1:{free_tcp_port()}",
-        "auth_failure_delay_seconds": 0.1,
+        "auth_failure_delay_seconds": 0.1, "max_imap_sessions_per_mailbox": 4,
     })
     with IspdProcess(workdir, config) as ispd:
         ispd.start()
@@ -252,3 +252,17 @@ def test_bodystructure_and_mime_parts_of_a_multipart_message(lab: Lab) -> None:
     assert data[1][1].startswith(b"Content-Type: text/html") and data[1][1].endswith(b"\r\n\r\n")
     assert base64.b64decode(data[2][1]) == bytes(range(256))
     client.logout()
+
+
+def test_one_mailbox_cannot_hold_every_session_and_commands_are_counted(lab: Lab) -> None:
+    sessions = [lab.login() for _ in range(4)]
+    try:
+        with pytest.raises(imaplib.IMAP4.error, match="LIMIT"):
+            lab.login()
+    finally:
+        for session in sessions:
+            session.logout()
+    lab.login().logout()  # room again once they are gone
+    assert lab.ispd.metric_value("ispd_mail_imap_commands_total", {"command": "FETCH", "result": "ok"}) >= 1
+    assert lab.ispd.metric_value("ispd_mail_imap_commands_total", {"command": "other", "result": "bad"}) >= 1
+    assert lab.ispd.metric_value("ispd_mail_imap_sessions") is not None

@@ -81,6 +81,10 @@ class IMAPSession(asyncio.Protocol):
         self._worker: asyncio.Task[None] | None = None
         self._woken = asyncio.Event()
         self._failures = 0
+        self.admitted = False
+        self._autologout: asyncio.TimerHandle | None = None
+        self._tag_of_current = b""  # the command being answered, for the metrics
+        self._command_of_current = "other"
 
     # --- transport
 
@@ -88,17 +92,41 @@ class IMAPSession(asyncio.Protocol):
         self.transport = transport  # uvloop's transports are not asyncio.Transport subclasses
         peer = transport.get_extra_info("peername")
         self.client = str(peer[0]) if peer else ""
+        # The same caps as SMTP: connections in total and per client address.
+        self.admitted = self.service.gate.admit(self.client)
+        if not self.admitted:
+            self.send(b"* BYE too many connections, try again later")
+            self.close()
+            return
         self.service.imap_sessions.add(self)
         greeting = b"* OK [CAPABILITY " + self.capabilities() + b"] ispd IMAP ready"
         self.send(greeting)
+        self._touch()
         self._worker = asyncio.get_running_loop().create_task(self._run())
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.admitted:
+            self.admitted = False
+            self.service.gate.release(self.client)
         self.service.imap_sessions.discard(self)
+        if self._autologout is not None:
+            self._autologout.cancel()
         self._queue.put_nowait(None)
         self.transport = None
 
+    def _touch(self) -> None:
+        """Some sign of life from the client: the autologout starts over."""
+        if self._autologout is not None:
+            self._autologout.cancel()
+        self._autologout = asyncio.get_running_loop().call_later(
+            self.service.config.imap_autologout_seconds, self._logout_idle)
+
+    def _logout_idle(self) -> None:
+        self.send(b"* BYE autologout; idle for too long")
+        self.close()
+
     def data_received(self, data: bytes) -> None:
+        self._touch()
         for event in self.framer.feed(data):
             if isinstance(event, Continue):
                 self.send(b"+ go ahead")
@@ -108,6 +136,11 @@ class IMAPSession(asyncio.Protocol):
     def send(self, line: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(line + b"\r\n")
+            self.service.metrics.imap_bytes_sent.inc(amount=len(line) + 2)
+            if self._tag_of_current and line.startswith(self._tag_of_current):
+                result = line[len(self._tag_of_current):len(self._tag_of_current) + 3].strip().lower()
+                if result in (b"ok", b"no", b"bad"):
+                    self.service.metrics.imap_commands.inc(self._command_of_current, result.decode())
 
     def close(self) -> None:
         if self.transport is not None:
@@ -126,7 +159,9 @@ class IMAPSession(asyncio.Protocol):
                 command = parse(event)
             except ParseError as exc:
                 tag = getattr(exc, "tag", "*")
+                self._tag_of_current = b""
                 self.send(f"{tag} BAD {exc}".encode())
+                self.service.metrics.imap_commands.inc("other", "bad")
                 continue
             try:
                 await self._dispatch(command)
@@ -151,6 +186,7 @@ class IMAPSession(asyncio.Protocol):
 
     async def _dispatch(self, command: Command) -> None:
         name = command.name
+        self._tag_of_current, self._command_of_current = command.tag.encode() + b" ", _metric_name(name)
         # The UID forms share their command's handler, which looks at ``command.name``.
         handler: Callable[[Command], Awaitable[None]] | None = getattr(
             self, "cmd_" + name.removeprefix("UID ").lower(), None)
@@ -254,8 +290,12 @@ class IMAPSession(asyncio.Protocol):
                 self.send(b"* BYE too many authentication failures")
                 self.close()
             return
+        username, maildir = found
+        if self.service.imap_sessions_of(maildir.path) >= self.service.config.max_imap_sessions_per_mailbox:
+            self.send(f"{tag} NO [LIMIT] too many sessions for this mailbox".encode())
+            return
         self.service.metrics.auth.inc("success")
-        self.username, self.maildir = found
+        self.username, self.maildir = username, maildir
         self.state = "authenticated"
         await self._blocking(self._ensure_maildir)
         self.send(b"%s OK [CAPABILITY %s] logged in" % (tag.encode(), self.capabilities()))
@@ -759,6 +799,14 @@ _STATES: dict[str, tuple[str, ...]] = {
     "CHECK": ("selected",), "CLOSE": ("selected",), "UNSELECT": ("selected",), "EXPUNGE": ("selected",),
     "FETCH": ("selected",), "STORE": ("selected",), "SEARCH": ("selected",), "IDLE": ("selected",),
 }
+
+
+COMMAND_NAMES = (*sorted(_STATES), "other")
+
+
+def _metric_name(name: str) -> str:
+    base = name.removeprefix("UID ")
+    return base if base in _STATES else "other"
 
 
 def _pattern_matches(pattern: bytes, name: bytes) -> bool:
