@@ -144,6 +144,19 @@ class Maildir:
                       if e.name.startswith(".") and e.name not in (".", "..") and e.is_dir()
                       and os.path.isdir(os.path.join(e.path, "cur")))
 
+    def subscriptions(self) -> list[str]:
+        try:
+            return [line for line in (self.path / "subscriptions").read_text(encoding="utf-8").splitlines() if line]
+        except FileNotFoundError:
+            return []
+
+    def set_subscribed(self, folder: str, subscribed: bool) -> None:
+        with self._lock:
+            names = [n for n in self.subscriptions() if n != folder]
+            if subscribed:
+                names.append(folder)
+            self._replace(self.path / "subscriptions", "".join(f"{n}\n" for n in names).encode())
+
     def create_folder(self, folder: str) -> None:
         """A new folder (FileExistsError if there is one of that name)."""
         base = self.folder_path(folder)
@@ -164,6 +177,9 @@ class Maildir:
         for name in sorted((f for f in self.folders() if f == old or f.startswith(old + ".")), key=len):
             os.rename(self.folder_path(name), self.folder_path(new + name[len(old):]))
         _fsync_directory(self.path)
+        with self._lock:  # subscriptions follow the folders
+            names = [new + n[len(old):] if n == old or n.startswith(old + ".") else n for n in self.subscriptions()]
+            self._replace(self.path / "subscriptions", "".join(f"{n}\n" for n in names).encode())
 
     def deliver(self, message: bytes, *, folder: str = "", now: float | None = None) -> DeliveredMessage:
         """Store a message durably in the folder's new/. ``message`` may have CRLF line ends

@@ -266,3 +266,46 @@ def test_one_mailbox_cannot_hold_every_session_and_commands_are_counted(lab: Lab
     assert lab.ispd.metric_value("ispd_mail_imap_commands_total", {"command": "FETCH", "result": "ok"}) >= 1
     assert lab.ispd.metric_value("ispd_mail_imap_commands_total", {"command": "other", "result": "bad"}) >= 1
     assert lab.ispd.metric_value("ispd_mail_imap_sessions") is not None
+
+
+def test_subscriptions_are_kept_and_follow_a_rename(lab: Lab) -> None:
+    client = lab.login()
+    client.create("Lists")
+    assert b'"Lists"' not in b"".join(client.lsub()[1])
+    assert client.subscribe("Lists")[0] == "OK"
+    assert b'"Lists"' in b"".join(client.lsub()[1]) and b'"INBOX"' in b"".join(client.lsub()[1])
+    client.rename("Lists", "Newsletters")
+    assert b'"Newsletters"' in b"".join(client.lsub()[1])
+    assert client.unsubscribe("Newsletters")[0] == "OK"
+    assert b'"Newsletters"' not in b"".join(client.lsub()[1])
+    client.delete("Newsletters")
+    client.logout()
+
+
+def test_a_10_mb_message_round_trips_byte_for_byte(lab: Lab) -> None:
+    line = bytes(range(32, 127)) + b"\r\n"
+    body = line * (10 * 1024 * 1024 // len(line))
+    with smtplib.SMTP("127.0.0.1", lab.mx, timeout=30) as smtp:
+        smtp.sendmail("sender@elsewhere.example", [f"erin@{DOMAIN}"], b"Subject: big\r\n\r\n" + body)
+    client = lab.login()
+    client.select("INBOX", readonly=True)
+    _, data = client.fetch("*", "(RFC822.SIZE BODY.PEEK[TEXT])")
+    assert data[0][1] == body
+    assert b"RFC822.SIZE %d" % len(inbox(lab.root, f"erin@{DOMAIN}")[-1].replace(b"\n", b"\r\n")) in data[0][0]
+    client.logout()
+
+
+def test_uids_and_uidvalidity_survive_a_restart(lab: Lab) -> None:
+    client = lab.login()
+    client.select("INBOX", readonly=True)
+    validity = client.untagged_responses["UIDVALIDITY"][-1]
+    _, before = client.fetch("1:*", "(UID BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    client.logout()
+    assert lab.ispd.terminate() == 0
+    lab.ispd.start()
+    client = lab.login()
+    client.select("INBOX", readonly=True)
+    assert client.untagged_responses["UIDVALIDITY"][-1] == validity
+    _, after = client.fetch("1:*", "(UID BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert after == before
+    client.logout()

@@ -1,8 +1,7 @@
 """An IMAP session over the Maildir store (RFC 3501, with IMAP4rev2's habits): the subset a mail
 client needs to read, flag, search, append and delete mail, IDLE included. What is not done yet
 is refused plainly (BAD for what does not parse, NO for commands not implemented) and is not
-announced in CAPABILITY: BINARY, CONDSTORE/QRESYNC, QUOTA,
-SUBSCRIBE/UNSUBSCRIBE (LSUB lists every folder).
+announced in CAPABILITY: BINARY, CONDSTORE/QRESYNC, QUOTA.
 
 States (RFC 3501 §3): not authenticated -> (LOGIN, AUTHENTICATE) authenticated -> (SELECT,
 EXAMINE) selected -> (CLOSE, UNSELECT) authenticated; LOGOUT from any. LOGIN and AUTHENTICATE
@@ -343,9 +342,12 @@ class IMAPSession(asyncio.Protocol):
             return
         folders = ["", *(await self._blocking(self.maildir.folders))]
         subscribed_only = command.name == "LSUB"
+        subscribed = set(await self._blocking(self.maildir.subscriptions)) | {""}
         for folder in folders:
             name = folder.encode() if folder else b"INBOX"
             if not _pattern_matches(command.args["reference"] + pattern, name):
+                continue
+            if subscribed_only and folder not in subscribed:
                 continue
             attributes = [b"\\HasNoChildren"] if not any(f.startswith(folder + ".") for f in folders if folder) else [
                 b"\\HasChildren"]
@@ -424,6 +426,18 @@ class IMAPSession(asyncio.Protocol):
         if self.selected is not None and self.selected.folder == folder:
             await self._refresh()
         self.send(f"{command.tag} OK [APPENDUID {uidvalidity} {uid}] APPEND completed".encode())
+
+    async def cmd_subscribe(self, command: Command) -> None:
+        folder = self._folder_name(command.args["mailbox"])
+        if folder is None:
+            self.send(f"{command.tag} NO [CANNOT] that mailbox name is not allowed".encode())
+            return
+        assert self.maildir is not None
+        if folder:  # the INBOX is always subscribed
+            await self._blocking(self.maildir.set_subscribed, folder, command.name == "SUBSCRIBE")
+        self.send(f"{command.tag} OK {command.name} completed".encode())
+
+    cmd_unsubscribe = cmd_subscribe
 
     async def cmd_create(self, command: Command) -> None:
         folder = self._folder_name(command.args["mailbox"].rstrip(b"."))
@@ -795,6 +809,7 @@ _STATES: dict[str, tuple[str, ...]] = {
     "ENABLE": _AUTHENTICATED, "NAMESPACE": _AUTHENTICATED, "LIST": _AUTHENTICATED, "LSUB": _AUTHENTICATED,
     "STATUS": _AUTHENTICATED, "SELECT": _AUTHENTICATED, "EXAMINE": _AUTHENTICATED, "APPEND": _AUTHENTICATED,
     "CREATE": _AUTHENTICATED, "DELETE": _AUTHENTICATED, "RENAME": _AUTHENTICATED,
+    "SUBSCRIBE": _AUTHENTICATED, "UNSUBSCRIBE": _AUTHENTICATED,
     "COPY": ("selected",), "MOVE": ("selected",),
     "CHECK": ("selected",), "CLOSE": ("selected",), "UNSELECT": ("selected",), "EXPUNGE": ("selected",),
     "FETCH": ("selected",), "STORE": ("selected",), "SEARCH": ("selected",), "IDLE": ("selected",),
