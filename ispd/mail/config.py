@@ -89,6 +89,11 @@ class MailConfig(Section):
     # A failed AUTH is answered after this delay, and a session that fails this often is closed.
     auth_failure_delay_seconds: float = Field(default=1.0, ge=0, le=30)
     max_auth_failures: int = Field(default=3, ge=1, le=100)
+    # Failed logins from one client address (SMTP AUTH and IMAP together) within
+    # auth_failure_window_seconds, after which its logins are refused unchecked until the window
+    # passes; a login name that keeps failing gets longer and longer delays instead.
+    auth_failures_per_address: int = Field(default=20, ge=1, le=100_000)
+    auth_failure_window_seconds: float = Field(default=900.0, ge=10, le=86400)
     # Messages one subscriber may submit per hour (a hijacked account sending spam is stopped
     # here); beyond it MAIL gets 450 4.7.1.
     max_messages_per_hour: int = Field(default=300, ge=1, le=1_000_000)

@@ -35,7 +35,16 @@ from ispd.mail.authcheck import (
     strip_our_results,
 )
 from ispd.mail.config import MailConfig
-from ispd.mail.engine import ConnectionRate, MXPolicy, Reply, SendingLimit, SMTPRefusal, protocol_name, trace_headers
+from ispd.mail.engine import (
+    AuthThrottle,
+    ConnectionRate,
+    MXPolicy,
+    Reply,
+    SendingLimit,
+    SMTPRefusal,
+    protocol_name,
+    trace_headers,
+)
 from ispd.mail.imap.session import IMAPSession
 from ispd.mail.maildir import Maildir
 from ispd.mail.mailindex import FolderIndex
@@ -95,6 +104,8 @@ class MailService(Service):
         self.policy = self._policy(self.config)
         self.sending = SendingLimit(self.config.max_messages_per_hour)
         self.connection_rate = ConnectionRate(self.config.max_connection_rate_per_client)
+        self.throttle = AuthThrottle(self.config.auth_failures_per_address, self.config.auth_failure_window_seconds,
+                                     self.config.auth_failure_delay_seconds)
         self.mx_handler = MXHandler(self)
         self.submission_handler = SubmissionHandler(self)
         self.gate = ConnectionGate(self.config.max_connections, self.config.max_connections_per_client,
@@ -191,10 +202,19 @@ class MailService(Service):
     def mail_executor(self) -> ThreadPoolExecutor:
         return self._executor
 
-    async def imap_login(self, login: bytes, password: bytes) -> tuple[str, Maildir] | None:
+    async def auth_failed(self, client: str, login: bytes) -> None:
+        """One failed login: counted, and answered only after the (growing) delay."""
+        now = time.monotonic()
+        name = login.decode("utf-8", "replace")
+        delay = self.throttle.delay(name, now)
+        self.throttle.failed(client, name, now)
+        self.metrics.auth.inc("failure")
+        await asyncio.sleep(delay)
+
+    async def imap_login(self, login: bytes, password: bytes, client: str = "") -> tuple[str, Maildir] | None:
         """(username, the Maildir to serve) for a login that is a mailbox address (or the
         username of a subscriber with exactly one mailbox) and its password."""
-        identity = await self.authenticate(login, password)
+        identity = await self.authenticate(login, password, client)
         if identity is None:
             return None
         text = login.decode("utf-8", "replace").strip()
@@ -308,6 +328,9 @@ class MailService(Service):
         self.config, self.policy, self.tls_context = new.mail, self._policy(new.mail), tls_context
         self.sending.per_hour = new.mail.max_messages_per_hour
         self.connection_rate.per_minute = new.mail.max_connection_rate_per_client
+        self.throttle.per_address = new.mail.auth_failures_per_address
+        self.throttle.window = new.mail.auth_failure_window_seconds
+        self.throttle.base_delay = new.mail.auth_failure_delay_seconds
         self.queue.reconfigure(new.mail)
         self.gate.max_total = new.mail.max_connections
         self.gate.max_per_client = new.mail.max_connections_per_client
@@ -514,8 +537,12 @@ class MailService(Service):
 
     # --- submission
 
-    async def authenticate(self, login: bytes, password: bytes) -> Identity | None:
-        """The subscriber whose login (a mailbox address or the username) and password these are."""
+    async def authenticate(self, login: bytes, password: bytes, client: str = "") -> Identity | None:
+        """The subscriber whose login (a mailbox address or the username) and password these
+        are; None also when ``client`` has failed too often lately (the password unchecked)."""
+        if client and self.throttle.blocked(client, time.monotonic()):
+            log.warning("mail.auth.throttled", client=client)
+            return None
         try:
             text = login.decode("utf-8").strip()
         except UnicodeDecodeError:

@@ -331,17 +331,17 @@ class SubmissionHandler(MXHandler):
         return await self._check(server, login, password)
 
     async def _check(self, server: SMTPSession, login: bytes, password: bytes) -> AuthResult:
-        identity = await self.service.authenticate(login, password)
+        identity = await self.service.authenticate(login, password, server.client)
         if identity is not None:
+            self.service.throttle.succeeded(login.decode("utf-8", "replace"))
             self.service.metrics.auth.inc("success")
             log.info("mail.auth.succeeded", client=server.client, username=identity.username,
                      listener=server.listener)
             return AuthResult(success=True, auth_data=identity)
-        self.service.metrics.auth.inc("failure")
         server.auth_failures += 1
         log.warning("mail.auth.failed", client=server.client, login=login.decode("utf-8", "replace")[:100],
                     failures=server.auth_failures)
-        await asyncio.sleep(self.service.config.auth_failure_delay_seconds)
+        await self.service.auth_failed(server.client, login)
         if server.auth_failures >= self.service.config.max_auth_failures:
             await server.push("421 4.7.0 Too many authentication failures, closing")
             server.close()

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from ispd.mail.engine import (
+    AuthThrottle,
     ConnectionRate,
     MXPolicy,
     SendingLimit,
@@ -164,3 +165,19 @@ def test_every_from_header_address_must_be_the_subscribers_own() -> None:
     POLICY.check_author(["Alice+news@ISP.example"], owned, "alice")
     caught = refusal(POLICY.check_author, ["alice@isp.example", "billing@isp.example"], owned, "alice")
     assert str(caught.reply).startswith("550 5.7.1 <billing@isp.example>: From address not owned")
+
+
+def test_password_guessing_is_throttled_by_address_and_by_login() -> None:
+    throttle = AuthThrottle(per_address=3, window=60, base_delay=1.0, max_delay=8.0)
+    assert not throttle.blocked("192.0.2.1", 0.0)
+    for t in range(3):
+        throttle.failed("192.0.2.1", "alice@isp.example", float(t))
+    assert throttle.blocked("192.0.2.1", 3.0) and not throttle.blocked("192.0.2.2", 3.0)
+    assert not throttle.blocked("192.0.2.1", 61.0)  # the window passed
+    # The login: a delay that doubles from the fourth failure, whoever tries.
+    assert throttle.delay("ALICE@isp.example", 3.0) == 1.0
+    for t in range(4):
+        throttle.failed(f"198.51.100.{t}", "alice@isp.example", 4.0)
+    assert throttle.delay("alice@isp.example", 5.0) == 8.0  # 7 failures: 1 * 2**4, capped at 8
+    throttle.succeeded("Alice@isp.example")
+    assert throttle.delay("alice@isp.example", 5.0) == 1.0

@@ -279,11 +279,11 @@ class IMAPSession(asyncio.Protocol):
         await self._login(command.tag, parts[1], parts[2])
 
     async def _login(self, tag: str, user: bytes, password: bytes) -> None:
-        found = await self.service.imap_login(user, password)
+        found = await self.service.imap_login(user, password, self.client)
         if found is None:
             self._failures += 1
-            self.service.metrics.auth.inc("failure")
-            await asyncio.sleep(self.service.config.auth_failure_delay_seconds)
+            log.warning("mail.imap.auth_failed", client=self.client, login=user.decode("utf-8", "replace")[:100])
+            await self.service.auth_failed(self.client, user)
             self.send(f"{tag} NO [AUTHENTICATIONFAILED] authentication failed".encode())
             if self._failures >= self.service.config.max_auth_failures:
                 self.send(b"* BYE too many authentication failures")
@@ -294,6 +294,7 @@ class IMAPSession(asyncio.Protocol):
             self.send(f"{tag} NO [LIMIT] too many sessions for this mailbox".encode())
             return
         self.service.metrics.auth.inc("success")
+        self.service.throttle.succeeded(user.decode("utf-8", "replace"))
         self.username, self.maildir = username, maildir
         self.state = "authenticated"
         await self._blocking(self._ensure_maildir)
