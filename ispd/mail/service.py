@@ -211,19 +211,28 @@ class MailService(Service):
         self.metrics.auth.inc("failure")
         await asyncio.sleep(delay)
 
-    async def imap_login(self, login: bytes, password: bytes, client: str = "") -> tuple[str, Maildir] | None:
-        """(username, the Maildir to serve) for a login that is a mailbox address (or the
-        username of a subscriber with exactly one mailbox) and its password."""
+    async def imap_login(self, login: bytes, password: bytes, client: str = "") -> tuple[str, str, Maildir] | None:
+        """(username, mailbox address, its Maildir) for a login that is a mailbox address (or
+        the username of a subscriber with exactly one mailbox) and its password."""
         identity = await self.authenticate(login, password, client)
         if identity is None:
             return None
         text = login.decode("utf-8", "replace").strip()
         if "@" in text:
-            return identity.username, self.maildir(mail_address(text))
-        mailboxes = await self.context.store.list_mailboxes(subscriber=identity.subscriber_id)
-        if len(mailboxes) != 1:
-            return None
-        return identity.username, self.maildir(mailboxes[0].address)
+            address = mail_address(text)
+        else:
+            mailboxes = await self.context.store.list_mailboxes(subscriber=identity.subscriber_id)
+            if len(mailboxes) != 1:
+                return None
+            address = mailboxes[0].address
+        return identity.username, address, self.maildir(address)
+
+    async def quota(self, address: str, maildir: Maildir) -> tuple[int, int | None]:
+        """(bytes used, the limit or None) of a mailbox, as IMAP's QUOTA reports them."""
+        recipient = await self.context.store.mail_recipient(address)
+        limit = recipient.quota_bytes if recipient is not None else None
+        usage = await asyncio.get_running_loop().run_in_executor(self._executor, maildir.usage, limit)
+        return usage.bytes, limit
 
     def imap_sessions_of(self, maildir_path: Path) -> int:
         return sum(1 for s in self.imap_sessions if s.maildir is not None and s.maildir.path == maildir_path)

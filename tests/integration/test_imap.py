@@ -309,3 +309,16 @@ def test_uids_and_uidvalidity_survive_a_restart(lab: Lab) -> None:
     _, after = client.fetch("1:*", "(UID BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
     assert after == before
     client.logout()
+
+
+def test_quota_is_reported_from_the_plan_or_mailbox(lab: Lab) -> None:
+    client = lab.login()
+    typ, data = client.getquotaroot("INBOX")
+    assert typ == "OK" and data[0] == [b'"INBOX" ""'] and data[1] == [b'"" ()']  # no limit yet
+    lab.ispd.cli("mailbox", "quota", f"erin@{DOMAIN}", "--set", "100M")
+    typ, data = client.getquota('""')
+    assert typ == "OK" and data[0].startswith(b'"" (STORAGE ') and data[0].endswith(b" 102400)")
+    reported_kib = int(data[0].split()[2])
+    in_inbox = sum(len(m) for m in inbox(lab.root, f"erin@{DOMAIN}"))  # other folders count too
+    assert reported_kib * 1024 >= in_inbox > 0
+    client.logout()

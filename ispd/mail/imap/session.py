@@ -1,7 +1,7 @@
 """An IMAP session over the Maildir store (RFC 3501, with IMAP4rev2's habits): the subset a mail
 client needs to read, flag, search, append and delete mail, IDLE included. What is not done yet
 is refused plainly (BAD for what does not parse, NO for commands not implemented) and is not
-announced in CAPABILITY: BINARY, CONDSTORE/QRESYNC, QUOTA.
+announced in CAPABILITY: BINARY, CONDSTORE/QRESYNC, SETQUOTA (quotas are the store's).
 
 States (RFC 3501 §3): not authenticated -> (LOGIN, AUTHENTICATE) authenticated -> (SELECT,
 EXAMINE) selected -> (CLOSE, UNSELECT) authenticated; LOGOUT from any. LOGIN and AUTHENTICATE
@@ -74,6 +74,7 @@ class IMAPSession(asyncio.Protocol):
         self.state = "not-authenticated"
         self.maildir: Maildir | None = None
         self.username = ""
+        self.address = ""
         self.selected: Selected | None = None
         self.client = ""
         self._queue: asyncio.Queue[Framed | TooLong | None] = asyncio.Queue()
@@ -175,7 +176,7 @@ class IMAPSession(asyncio.Protocol):
 
     def capabilities(self) -> bytes:
         caps = [b"IMAP4rev1", b"LITERAL+", b"IDLE", b"NAMESPACE", b"ID", b"ENABLE", b"UNSELECT", b"SPECIAL-USE",
-                b"UIDPLUS", b"MOVE"]
+                b"UIDPLUS", b"MOVE", b"QUOTA", b"QUOTA=RES-STORAGE"]
         if self.state == "not-authenticated":
             if self.tls:
                 caps.append(b"AUTH=PLAIN")
@@ -289,13 +290,13 @@ class IMAPSession(asyncio.Protocol):
                 self.send(b"* BYE too many authentication failures")
                 self.close()
             return
-        username, maildir = found
+        username, address, maildir = found
         if self.service.imap_sessions_of(maildir.path) >= self.service.config.max_imap_sessions_per_mailbox:
             self.send(f"{tag} NO [LIMIT] too many sessions for this mailbox".encode())
             return
         self.service.metrics.auth.inc("success")
         self.service.throttle.succeeded(user.decode("utf-8", "replace"))
-        self.username, self.maildir = username, maildir
+        self.username, self.address, self.maildir = username, address, maildir
         self.state = "authenticated"
         await self._blocking(self._ensure_maildir)
         self.send(b"%s OK [CAPABILITY %s] logged in" % (tag.encode(), self.capabilities()))
@@ -427,6 +428,30 @@ class IMAPSession(asyncio.Protocol):
         if self.selected is not None and self.selected.folder == folder:
             await self._refresh()
         self.send(f"{command.tag} OK [APPENDUID {uidvalidity} {uid}] APPEND completed".encode())
+
+    async def cmd_getquotaroot(self, command: Command) -> None:
+        """RFC 9208: one quota root ("") for the whole mailbox, STORAGE in units of 1024 octets."""
+        if self._folder(command.args["mailbox"]) is None:
+            self.send(f"{command.tag} NO [NONEXISTENT] no such mailbox".encode())
+            return
+        self.send(b"* QUOTAROOT " + astring(command.args["mailbox"]) + b' ""')
+        await self._send_quota()
+        self.send(f"{command.tag} OK GETQUOTAROOT completed".encode())
+
+    async def cmd_getquota(self, command: Command) -> None:
+        if command.args["root"] != b"":
+            self.send(f"{command.tag} NO [NONEXISTENT] no such quota root".encode())
+            return
+        await self._send_quota()
+        self.send(f"{command.tag} OK GETQUOTA completed".encode())
+
+    async def _send_quota(self) -> None:
+        assert self.maildir is not None
+        used, limit = await self.service.quota(self.address, self.maildir)
+        if limit is not None:
+            self.send(b'* QUOTA "" (STORAGE %d %d)' % ((used + 1023) // 1024, limit // 1024))
+        else:
+            self.send(b'* QUOTA "" ()')  # no limit: no resource to report
 
     async def cmd_subscribe(self, command: Command) -> None:
         folder = self._folder_name(command.args["mailbox"])
@@ -810,7 +835,8 @@ _STATES: dict[str, tuple[str, ...]] = {
     "ENABLE": _AUTHENTICATED, "NAMESPACE": _AUTHENTICATED, "LIST": _AUTHENTICATED, "LSUB": _AUTHENTICATED,
     "STATUS": _AUTHENTICATED, "SELECT": _AUTHENTICATED, "EXAMINE": _AUTHENTICATED, "APPEND": _AUTHENTICATED,
     "CREATE": _AUTHENTICATED, "DELETE": _AUTHENTICATED, "RENAME": _AUTHENTICATED,
-    "SUBSCRIBE": _AUTHENTICATED, "UNSUBSCRIBE": _AUTHENTICATED,
+    "SUBSCRIBE": _AUTHENTICATED, "UNSUBSCRIBE": _AUTHENTICATED, "GETQUOTAROOT": _AUTHENTICATED,
+    "GETQUOTA": _AUTHENTICATED,
     "COPY": ("selected",), "MOVE": ("selected",),
     "CHECK": ("selected",), "CLOSE": ("selected",), "UNSELECT": ("selected",), "EXPUNGE": ("selected",),
     "FETCH": ("selected",), "STORE": ("selected",), "SEARCH": ("selected",), "IDLE": ("selected",),
