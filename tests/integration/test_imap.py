@@ -322,3 +322,18 @@ def test_quota_is_reported_from_the_plan_or_mailbox(lab: Lab) -> None:
     in_inbox = sum(len(m) for m in inbox(lab.root, f"erin@{DOMAIN}"))  # other folders count too
     assert reported_kib * 1024 >= in_inbox > 0
     client.logout()
+
+
+def test_a_flood_of_pipelined_commands_is_answered_in_order(lab: Lab) -> None:
+    raw = lab.context().wrap_socket(socket.create_connection(("127.0.0.1", lab.imaps), timeout=20),
+                                    server_hostname="mail.isp.example")
+    with raw:
+        raw.recv(4096)
+        raw.sendall(b"".join(b"n%d NOOP\r\n" % i for i in range(3000)) + b"z LOGOUT\r\n")
+        data = b""
+        while b"z OK" not in data:
+            chunk = raw.recv(65536)
+            assert chunk, data[-200:]
+            data += chunk
+    tags = [line.split()[0] for line in data.split(b"\r\n") if line.startswith(b"n")]
+    assert tags == [b"n%d" % i for i in range(3000)]

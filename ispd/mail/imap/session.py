@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
 log = get_logger("ispd.mail.imap")
 MAX_LINE = 64 * 1024
+MAX_PIPELINED = 100  # commands read ahead of the one being answered
 FOLDER_DELIMITER = b"."
 
 
@@ -83,6 +84,7 @@ class IMAPSession(asyncio.Protocol):
         self._failures = 0
         self.admitted = False
         self._autologout: asyncio.TimerHandle | None = None
+        self._paused = False
         self._tag_of_current = b""  # the command being answered, for the metrics
         self._command_of_current = "other"
 
@@ -132,6 +134,11 @@ class IMAPSession(asyncio.Protocol):
                 self.send(b"+ go ahead")
             else:
                 self._queue.put_nowait(event)
+        # Commands are answered one at a time: a client that pipelines faster than that is
+        # read no further until the backlog is worked off (memory stays bounded).
+        if self._queue.qsize() > MAX_PIPELINED and self.transport is not None and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
 
     def send(self, line: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -148,6 +155,9 @@ class IMAPSession(asyncio.Protocol):
 
     async def _run(self) -> None:
         while True:
+            if self._paused and self._queue.qsize() < MAX_PIPELINED // 2 and self.transport is not None:
+                self._paused = False
+                self.transport.resume_reading()
             event = await self._queue.get()
             if event is None or self.transport is None:
                 return
