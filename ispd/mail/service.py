@@ -217,6 +217,10 @@ class MailService(Service):
         identity = await self.authenticate(login, password, client)
         if identity is None:
             return None
+        # A suspended subscriber may still read (the billing notices are there); a closed one not.
+        subscriber = await self.context.store.get_subscriber(identity.subscriber_id)
+        if subscriber.status is SubscriberStatus.CLOSED:
+            return None
         text = login.decode("utf-8", "replace").strip()
         if "@" in text:
             address = mail_address(text)

@@ -3,6 +3,7 @@ raw TLS socket for IDLE, which imaplib of Python 3.11 lacks)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import imaplib
 import smtplib
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from ispd.store import StoreConfig, open_store
+from ispd.store.models import SubscriberStatus
 from tests.lab.certs import issue
 from tests.lab.maildir import inbox
 from tests.lab.ports import free_tcp_port
@@ -337,3 +340,26 @@ def test_a_flood_of_pipelined_commands_is_answered_in_order(lab: Lab) -> None:
             data += chunk
     tags = [line.split()[0] for line in data.split(b"\r\n") if line.startswith(b"n")]
     assert tags == [b"n%d" % i for i in range(3000)]
+
+
+def test_a_suspended_subscriber_reads_mail_and_a_closed_one_cannot(lab: Lab) -> None:
+    lab.ispd.cli("subscriber", "suspend", "erin", "--reason", "nonpayment")
+    try:
+        lab.login().logout()  # the billing notices must be readable
+    finally:
+        lab.ispd.cli("subscriber", "resume", "erin")
+    # No CLI closes a subscriber yet (issue 10): the store does, as the admin API will.
+    asyncio.run(_set_status("erin", SubscriberStatus.CLOSED, lab.ispd.config["store"]["path"]))
+    try:
+        with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+            lab.login()
+    finally:
+        lab.ispd.cli("subscriber", "resume", "erin")
+
+
+async def _set_status(username: str, status: SubscriberStatus, path: str) -> None:
+    store = await open_store(StoreConfig(path=Path(path)))
+    try:
+        await store.set_subscriber_status(username, status, actor="test")
+    finally:
+        await store.close()
