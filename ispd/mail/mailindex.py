@@ -24,6 +24,7 @@ Messages seen in new/ by a sync are \\Recent for the session that synced (RFC 35
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import re
@@ -37,6 +38,7 @@ from pathlib import Path
 from ispd.mail.maildir import size_of
 
 _UID_FIELD = re.compile(r",U=(\d+)")
+_TRUST_AFTER_NS = 2_000_000_000
 _LOCKS: dict[Path, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
 MAILDIR_FLAGS = "DFPRST"  # draft, flagged, passed, replied, seen, trashed (Maildir spec)
@@ -55,6 +57,24 @@ class IndexedMessage:
     @property
     def base(self) -> str:
         return self.name.partition(":")[0]
+
+
+@dataclass(slots=True)
+class _Snapshot:
+    """The last sync of a folder, kept in memory (one per folder per process)."""
+
+    stamp: tuple[int, int, int]
+    uidvalidity: int
+    next_uid: int
+    messages: list[IndexedMessage]  # by UID, none recent
+
+
+_SNAPSHOTS: dict[Path, _Snapshot] = {}
+
+
+def forget(folder: Path) -> None:
+    """Something was delivered into that folder: its next sync looks at the files."""
+    _SNAPSHOTS.pop(folder, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,84 +123,123 @@ class FolderIndex:
             finally:
                 os.close(fd)  # releases the flock
 
+    def _stamp(self) -> tuple[int, int, int]:
+        """What changes when the folder does: the mtimes of new/, cur/ and the uidlist."""
+        stamps = []
+        for name in ("new", "cur", "ispd-uidlist"):
+            try:
+                stamps.append(os.stat(self.path / name).st_mtime_ns)
+            except FileNotFoundError:
+                stamps.append(0)
+        return stamps[0], stamps[1], stamps[2]
+
     def sync(self, now: float | None = None) -> FolderState:
         with self._locked():
-            uidvalidity, next_uid, by_base = self._load()
-            changed = False
-            recent: set[str] = set()
-            arrived = sorted((e for e in os.scandir(self.path / "new") if not e.name.startswith(".") and e.is_file()),
-                             key=_delivery_order)
-            if arrived:
-                # The UIDs about to be written into names are reserved durably first: after a
-                # crash, none of them can be given again under this UIDVALIDITY.
-                self._replace("ispd-uidvalidity", f"V{uidvalidity} N{next_uid + len(arrived)}\n", sync=True)
-            # Delivered since the last sync: into cur/ with the next UID in the name.
-            for entry in arrived:
-                uid = next_uid
-                next_uid += 1
-                target = f"{base_name(entry.name)},U={uid}:2,{flags_in_name(entry.name)}"
-                try:
-                    os.rename(entry.path, self.path / "cur" / target)
-                except FileNotFoundError:
-                    continue  # another reader took it
-                by_base[base_name(target)] = uid
-                recent.add(base_name(target))
+            stamp = self._stamp()
+            cached = _SNAPSHOTS.get(self.path)
+            # Unchanged since the last look: answer from memory. This process's own changes keep
+            # the snapshot current (set_flags) or drop it (``forget``, at every delivery); what
+            # another process may do is deliver into new/, and directory times are coarse (a
+            # clock tick): new/ must have been still for two seconds.
+            if cached is not None and cached.stamp == stamp and time.time_ns() - stamp[0] > _TRUST_AFTER_NS:
+                return FolderState(cached.uidvalidity, cached.next_uid, list(cached.messages))
+            state = self._sync(cached)
+            fresh = [m if not m.recent else dataclasses.replace(m, recent=False) for m in state.messages]
+            _SNAPSHOTS[self.path] = _Snapshot(self._stamp(), state.uidvalidity, state.next_uid, fresh)
+            return state
+
+    def _sync(self, cached: _Snapshot | None) -> FolderState:
+        known_dates = {m.name: m.internal_date for m in cached.messages} if cached is not None else {}
+        uidvalidity, next_uid, by_base = self._load()
+        changed = False
+        recent: set[str] = set()
+        arrived = sorted((e for e in os.scandir(self.path / "new") if not e.name.startswith(".") and e.is_file()),
+                         key=_delivery_order)
+        if arrived:
+            # The UIDs about to be written into names are reserved durably first: after a
+            # crash, none of them can be given again under this UIDVALIDITY.
+            self._replace("ispd-uidvalidity", f"V{uidvalidity} N{next_uid + len(arrived)}\n", sync=True)
+        # Delivered since the last sync: into cur/ with the next UID in the name.
+        for entry in arrived:
+            uid = next_uid
+            next_uid += 1
+            target = f"{base_name(entry.name)},U={uid}:2,{flags_in_name(entry.name)}"
+            try:
+                os.rename(entry.path, self.path / "cur" / target)
+            except FileNotFoundError:
+                continue  # another reader took it
+            by_base[base_name(target)] = uid
+            recent.add(base_name(target))
+            changed = True
+        messages: list[IndexedMessage] = []
+        present: set[str] = set()
+        taken = set(by_base.values())
+        for entry in os.scandir(self.path / "cur"):
+            name = entry.name
+            if name.startswith(".") or not entry.is_file():
+                continue
+            base = base_name(name)
+            known = by_base.get(base)
+            if known is not None:
+                uid = known
+            else:  # put here by another tool, or the index was rebuilt
+                named = uid_in_name(name)
+                if named is not None and named not in taken:
+                    uid = named
+                    next_uid = max(next_uid, uid + 1)
+                else:
+                    uid = next_uid
+                    next_uid += 1
+                    renamed = f"{_UID_FIELD.sub('', base)},U={uid}:2,{flags_in_name(name)}"
+                    try:
+                        os.rename(entry.path, self.path / "cur" / renamed)
+                    except FileNotFoundError:
+                        continue
+                    name, base = renamed, base_name(renamed)
+                by_base[base] = uid
+                taken.add(uid)
                 changed = True
-            messages: list[IndexedMessage] = []
-            present: set[str] = set()
-            taken = set(by_base.values())
-            for entry in os.scandir(self.path / "cur"):
-                name = entry.name
-                if name.startswith(".") or not entry.is_file():
-                    continue
-                base = base_name(name)
-                known = by_base.get(base)
-                if known is not None:
-                    uid = known
-                else:  # put here by another tool, or the index was rebuilt
-                    named = uid_in_name(name)
-                    if named is not None and named not in taken:
-                        uid = named
-                        next_uid = max(next_uid, uid + 1)
-                    else:
-                        uid = next_uid
-                        next_uid += 1
-                        renamed = f"{_UID_FIELD.sub('', base)},U={uid}:2,{flags_in_name(name)}"
-                        try:
-                            os.rename(entry.path, self.path / "cur" / renamed)
-                        except FileNotFoundError:
-                            continue
-                        name, base = renamed, base_name(renamed)
-                    by_base[base] = uid
-                    taken.add(uid)
-                    changed = True
+            mtime = known_dates.get(name)
+            if mtime is None:
                 try:
                     mtime = os.stat(self.path / "cur" / name).st_mtime
                 except FileNotFoundError:
                     continue
-                size = size_of(name)
-                if size is None:
-                    size = os.stat(self.path / "cur" / name).st_size
-                messages.append(IndexedMessage(uid, name, flags_in_name(name), size, _virtual_size(name, size), mtime,
-                                               base in recent))
-                present.add(base)
-            if set(by_base) - present:
-                changed = True
-                by_base = {b: u for b, u in by_base.items() if b in present}
-            if changed or not (self.path / "ispd-uidlist").exists():
-                self._save(uidvalidity, next_uid, by_base)
-            messages.sort(key=lambda m: m.uid)
-            return FolderState(uidvalidity, next_uid, messages)
+            size = size_of(name)
+            if size is None:
+                size = os.stat(self.path / "cur" / name).st_size
+            messages.append(IndexedMessage(uid, name, flags_in_name(name), size, _virtual_size(name, size), mtime,
+                                           base in recent))
+            present.add(base)
+        if set(by_base) - present:
+            changed = True
+            by_base = {b: u for b, u in by_base.items() if b in present}
+        if changed or not (self.path / "ispd-uidlist").exists():
+            self._save(uidvalidity, next_uid, by_base)
+        messages.sort(key=lambda m: m.uid)
+        return FolderState(uidvalidity, next_uid, messages)
 
     def set_flags(self, message: IndexedMessage, flags: str) -> IndexedMessage:
         """A new flag set (Maildir letters) for one message: one rename. Raises
         FileNotFoundError when the message was expunged meanwhile."""
         wanted = "".join(sorted(set(flags) & set(MAILDIR_FLAGS)))
         name = f"{message.base}:2,{wanted}"
-        if name != message.name:
+        updated = IndexedMessage(message.uid, name, wanted, message.size, message.virtual_size,
+                                 message.internal_date, message.recent)
+        if name == message.name:
+            return updated
+        with self._locked():
+            before = self._stamp()
             os.rename(self.path / "cur" / message.name, self.path / "cur" / name)
-        return IndexedMessage(message.uid, name, wanted, message.size, message.virtual_size, message.internal_date,
-                              message.recent)
+            cached = _SNAPSHOTS.get(self.path)
+            if cached is not None and cached.stamp == before:
+                # The snapshot was current and this rename is the only change: keep it current.
+                cached.messages = [dataclasses.replace(updated, recent=False) if m.uid == message.uid else m
+                                   for m in cached.messages]
+                cached.stamp = self._stamp()
+            else:
+                _SNAPSHOTS.pop(self.path, None)
+        return updated
 
     # --- the files
 

@@ -24,6 +24,7 @@ from aiosmtpd.smtp import Session
 from ispd.credentials import PasswordChecker
 from ispd.listeners import CertificateError, ConnectionGate, server_tls_context
 from ispd.logs import get_logger
+from ispd.mail import mailindex
 from ispd.mail.authcheck import (
     AuthDNS,
     SigningKey,
@@ -481,6 +482,7 @@ class MailService(Service):
             except FileNotFoundError:  # removed by an operator (or `mailbox delete`) since: make it again
                 maildir.create()
                 maildir.deliver(message, folder=folder, now=now)
+            mailindex.forget(maildir.folder_path(folder))
 
     async def deliver(self, session: SMTPSession, smtp_session: Session, envelope: MailEnvelope) -> Reply:
         """The end of DATA on the MX."""

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 from ispd.mail.maildir import Maildir
-from ispd.mail.mailindex import FolderIndex, flags_in_name, uid_in_name
+from ispd.mail.mailindex import FolderIndex, flags_in_name, forget, uid_in_name
 
 
 @pytest.fixture
@@ -119,3 +120,44 @@ def test_uids_are_reserved_durably_before_they_are_written_into_names(maildir: M
             message.unlink()  # and the highest was expunged
     deliver(maildir, "after", 9.0)
     assert [m.uid for m in index.sync().messages] == [1, 2, 4]
+
+
+def _age(maildir: Maildir, at: float | None = None) -> None:
+    """Directory times as if the last change were a while ago (the fast path trusts only those)."""
+    past = time.time() - 10 if at is None else at
+    for name in ("new", "cur", "ispd-uidlist"):
+        os.utime(maildir.path / name, (past, past))
+
+
+def test_an_unchanged_folder_is_answered_from_memory(maildir: Maildir, monkeypatch: pytest.MonkeyPatch) -> None:
+    for n in range(3):
+        deliver(maildir, f"m{n}", float(n))
+    index = FolderIndex(maildir.path)
+    first = index.sync()
+    _age(maildir)
+    index.sync()  # records the aged stamp
+
+    def no_listing(path: object) -> None:
+        raise AssertionError("listed the folder although nothing changed")
+
+    monkeypatch.setattr(os, "scandir", no_listing)
+    again = index.sync()
+    assert [m.uid for m in again.messages] == [m.uid for m in first.messages]
+    assert not any(m.recent for m in again.messages)
+    # A flag change made through the index keeps the snapshot current.
+    flagged = index.set_flags(again.messages[0], "S")
+    assert next((m.uid, m.flags) for m in index.sync().messages) == (1, "S")
+    assert flagged.name.endswith(":2,S")
+    monkeypatch.undo()
+    # A delivery is seen: the service forgets the snapshot, and new/ changed anyway.
+    deliver(maildir, "new one", 20.0)
+    assert [m.uid for m in index.sync().messages] == [1, 2, 3, 4]
+    # Even one whose new/ time looks unchanged, once told of it.
+    then = time.time() - 10
+    _age(maildir, then)
+    index.sync()
+    deliver(maildir, "sneaky", 21.0)
+    _age(maildir, then)  # as if in the same clock tick as the last look
+    assert [m.uid for m in index.sync().messages] == [1, 2, 3, 4]  # not seen: nobody said
+    forget(maildir.path)
+    assert [m.uid for m in index.sync().messages] == [1, 2, 3, 4, 5]

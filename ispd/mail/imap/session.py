@@ -25,6 +25,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ispd.logs import get_logger
@@ -646,14 +647,19 @@ class IMAPSession(asyncio.Protocol):
             self.send(f"{command.tag} NO [CANNOT] BINARY is not implemented yet".encode())
             return
         cur = self.maildir.folder_path(self.selected.folder) / "cur"
-        for seq in self._numbers(command.args["set"], uid):
+        numbers = self._numbers(command.args["set"], uid)
+        contents: dict[str, bytes] = {}
+        if any(i.name in ("BODY", "BODYSTRUCTURE", "RFC822", "RFC822.HEADER", "RFC822.TEXT", "ENVELOPE")
+               for i in items):
+            # Read in one trip to the file threads, and only the header when that is all asked for.
+            names = [self.selected.messages[seq - 1].name for seq in numbers]
+            contents = await self._blocking(_read_messages, cur, names, _header_only(items))
+        for seq in numbers:
             message = self.selected.messages[seq - 1]
             data: bytes | None = None
-            if any(i.name in ("BODY", "BODYSTRUCTURE", "RFC822", "RFC822.HEADER", "RFC822.TEXT", "ENVELOPE")
-                   for i in items):
-                try:
-                    raw = await self._blocking((cur / message.name).read_bytes)
-                except FileNotFoundError:  # expunged by another session: nothing to say yet
+            if contents:
+                raw = contents.get(message.name)
+                if raw is None:  # expunged by another session: nothing to say yet
                     continue
                 data = raw.replace(b"\n", b"\r\n")
             parts: list[bytes] = []
@@ -866,6 +872,40 @@ def _pattern_matches(pattern: bytes, name: bytes) -> bool:
     regex = re.escape(pattern.decode("ascii", "replace")).replace(r"\*", ".*").replace("%", "[^.]*")
     flags = re.IGNORECASE if name == b"INBOX" else 0
     return re.fullmatch(regex, name.decode("ascii", "replace"), flags) is not None
+
+
+_HEADER_READ = 64 * 1024  # enough for nearly every header section; more is read when it is not
+
+
+def _header_only(items: list[FetchItem]) -> bool:
+    for item in items:
+        if item.name in ("RFC822", "RFC822.TEXT", "BODYSTRUCTURE"):
+            return False
+        if item.name == "BODY" and (item.section is None or item.section.parts
+                                    or item.section.text not in ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT")):
+            return False
+    return True
+
+
+def _read_messages(cur: Path, names: list[str], header_only: bool) -> dict[str, bytes]:
+    """The files' contents by name (missing ones left out); with ``header_only``, as much as
+    holds the header section (the body, if read, is cut off)."""
+    contents = {}
+    for name in names:
+        try:
+            with open(cur / name, "rb") as f:
+                if not header_only:
+                    contents[name] = f.read()
+                    continue
+                head = f.read(_HEADER_READ)
+                end = head.find(b"\n\n")
+                if end < 0 and len(head) == _HEADER_READ:
+                    head += f.read()
+                    end = head.find(b"\n\n")
+                contents[name] = head[:end + 2] if end >= 0 else head
+        except FileNotFoundError:
+            continue
+    return contents
 
 
 def _needs_text(key: SearchKey) -> bool:
