@@ -145,7 +145,9 @@ class FolderIndex:
                 return FolderState(cached.uidvalidity, cached.next_uid, list(cached.messages))
             state = self._sync(cached)
             fresh = [m if not m.recent else dataclasses.replace(m, recent=False) for m in state.messages]
-            _SNAPSHOTS[self.path] = _Snapshot(self._stamp(), state.uidvalidity, state.next_uid, fresh)
+            # The stamp read before the scan: whatever changed while it ran (a delivery, this
+            # sync's own moves) makes the next sync look again rather than miss it.
+            _SNAPSHOTS[self.path] = _Snapshot(stamp, state.uidvalidity, state.next_uid, fresh)
             return state
 
     def _sync(self, cached: _Snapshot | None) -> FolderState:

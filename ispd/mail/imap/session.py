@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ispd.logs import get_logger
+from ispd.mail import mailindex
 from ispd.mail.imap import mime
 from ispd.mail.imap.framing import Command as Framed
 from ispd.mail.imap.framing import CommandFramer, Continue, TooLong
@@ -427,6 +428,7 @@ class IMAPSession(asyncio.Protocol):
 
         def append() -> tuple[int, int]:
             delivered = maildir.deliver(message, folder=folder)
+            mailindex.forget(maildir.folder_path(folder))
             index = FolderIndex(maildir.folder_path(folder))
             state = index.sync()
             added = next(m for m in state.messages if m.base.startswith(delivered.name))
@@ -543,6 +545,7 @@ class IMAPSession(asyncio.Protocol):
                 except FileNotFoundError:
                     continue  # expunged meanwhile
                 names.append((message, maildir.deliver(data, folder=target).name))
+            mailindex.forget(maildir.folder_path(target))
             index = FolderIndex(maildir.folder_path(target))
             state = index.sync()
             by_base = {m.base.split(",U=")[0]: m for m in state.messages}
@@ -611,6 +614,7 @@ class IMAPSession(asyncio.Protocol):
                 except FileNotFoundError:
                     continue
                 maildir.uncount(message.size)
+            mailindex.forget(maildir.folder_path(selected.folder))
 
         await self._blocking(remove)
         for seq, message in sorted(doomed, key=lambda pair: -pair[0]):
