@@ -146,7 +146,11 @@ class FolderIndex:
             state = self._sync(cached)
             fresh = [m if not m.recent else dataclasses.replace(m, recent=False) for m in state.messages]
             # The stamp read before the scan: whatever changed while it ran (a delivery, this
-            # sync's own moves) makes the next sync look again rather than miss it.
+            # sync's own moves) makes the next sync look again rather than miss it. And if new/
+            # had changed within two seconds of the scan, a delivery in that same clock tick
+            # would leave its time as it was: such a snapshot never answers alone.
+            if time.time_ns() - stamp[0] <= _TRUST_AFTER_NS:
+                stamp = (-1, stamp[1], stamp[2])
             _SNAPSHOTS[self.path] = _Snapshot(stamp, state.uidvalidity, state.next_uid, fresh)
             return state
 
