@@ -32,6 +32,8 @@ import shutil
 import socket
 import threading
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,8 +63,6 @@ def _host_part() -> str:
 
 
 _HOST = _host_part()
-_LOCKS: dict[Path, threading.RLock] = {}
-_LOCKS_GUARD = threading.Lock()
 _SEQUENCE = itertools.count(1)
 
 
@@ -82,7 +82,8 @@ def size_of(name: str) -> int | None:
     return None
 
 
-def _fsync_directory(path: Path) -> None:
+def fsync_directory(path: Path) -> None:
+    """Make a directory's entries durable (a created, linked or renamed file in it)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
@@ -90,15 +91,33 @@ def _fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
+class PathLocks:
+    """One lock per path for the whole process, whichever object asks for it."""
+
+    def __init__(self, factory: Callable[[], AbstractContextManager[object]]) -> None:
+        self._factory = factory
+        self._locks: dict[Path, AbstractContextManager[object]] = {}
+        self._guard = threading.Lock()
+
+    def get(self, path: Path) -> AbstractContextManager[object]:
+        with self._guard:
+            lock = self._locks.get(path)
+            if lock is None:
+                lock = self._locks[path] = self._factory()
+            return lock
+
+
+# A recount and a delivery of one mailbox must not interleave, or the count would miss or
+# double the new message (re-entrant: a recount may happen inside a delivery's count).
+_MAILBOX_LOCKS = PathLocks(threading.RLock)
+
+
 class Maildir:
     """One subscriber mailbox. Methods block (file I/O, fsync): call them in an executor."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        # One per mailbox in this process, whichever Maildir object is used: a recount and a
-        # delivery must not interleave, or the count would miss or double the new message.
-        with _LOCKS_GUARD:
-            self._lock = _LOCKS.setdefault(path, threading.RLock())
+        self._lock = _MAILBOX_LOCKS.get(path)
 
     @classmethod
     def for_address(cls, root: Path, address: str) -> Maildir:
@@ -123,12 +142,11 @@ class Maildir:
                 (base / sub).mkdir(mode=_MODE_DIR, exist_ok=True)
             if folder:
                 (base / "maildirfolder").touch(mode=_MODE_FILE, exist_ok=True)
-        subscriptions = self.path / "subscriptions"
-        if not subscriptions.exists():
-            self._replace(subscriptions, "".join(f"{name}\n" for name in SPECIAL_FOLDERS).encode())
+        if not (self.path / "subscriptions").exists():
+            self._write_subscriptions(list(SPECIAL_FOLDERS))
         if created:
-            _fsync_directory(self.path)
-            _fsync_directory(self.path.parent)
+            fsync_directory(self.path)
+            fsync_directory(self.path.parent)
 
     def folder_path(self, folder: str) -> Path:
         """The directory of a folder ("" is the INBOX; "Archive.2026" a subfolder of Archive)."""
@@ -155,7 +173,10 @@ class Maildir:
             names = [n for n in self.subscriptions() if n != folder]
             if subscribed:
                 names.append(folder)
-            self._replace(self.path / "subscriptions", "".join(f"{n}\n" for n in names).encode())
+            self._write_subscriptions(names)
+
+    def _write_subscriptions(self, names: list[str]) -> None:
+        self._replace(self.path / "subscriptions", "".join(f"{n}\n" for n in names).encode())
 
     def create_folder(self, folder: str) -> None:
         """A new folder (FileExistsError if there is one of that name)."""
@@ -164,22 +185,22 @@ class Maildir:
         for sub in ("tmp", "new", "cur"):
             (base / sub).mkdir(mode=_MODE_DIR)
         (base / "maildirfolder").touch(mode=_MODE_FILE)
-        _fsync_directory(self.path)
+        fsync_directory(self.path)
 
     def delete_folder(self, folder: str) -> None:
         """The folder and its mail; the quota usage is counted again."""
         shutil.rmtree(self.folder_path(folder))
-        _fsync_directory(self.path)
+        fsync_directory(self.path)
         self.recompute_usage()
 
     def rename_folder(self, old: str, new: str) -> None:
         """A folder and its subfolders (``old.x`` becomes ``new.x``)."""
         for name in sorted((f for f in self.folders() if f == old or f.startswith(old + ".")), key=len):
             os.rename(self.folder_path(name), self.folder_path(new + name[len(old):]))
-        _fsync_directory(self.path)
+        fsync_directory(self.path)
         with self._lock:  # subscriptions follow the folders
-            names = [new + n[len(old):] if n == old or n.startswith(old + ".") else n for n in self.subscriptions()]
-            self._replace(self.path / "subscriptions", "".join(f"{n}\n" for n in names).encode())
+            self._write_subscriptions([new + n[len(old):] if n == old or n.startswith(old + ".") else n
+                                       for n in self.subscriptions()])
 
     def deliver(self, message: bytes, *, folder: str = "", now: float | None = None) -> DeliveredMessage:
         """Store a message durably in the folder's new/. ``message`` may have CRLF line ends
@@ -216,7 +237,7 @@ class Maildir:
             finally:
                 temporary.unlink(missing_ok=True)
             break
-        _fsync_directory(base / "new")
+        fsync_directory(base / "new")
         return DeliveredMessage(name=name, size=len(data), virtual_size=virtual_size)
 
     # --- quota

@@ -35,12 +35,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ispd.mail.maildir import size_of
+from ispd.mail.maildir import PathLocks, fsync_directory, size_of
 
 _UID_FIELD = re.compile(r",U=(\d+)")
 _TRUST_AFTER_NS = 2_000_000_000
-_LOCKS: dict[Path, threading.Lock] = {}
-_LOCKS_GUARD = threading.Lock()
+# A folder's index has one writer at a time in this process (flock keeps other processes out).
+_FOLDER_LOCKS = PathLocks(threading.Lock)
 MAILDIR_FLAGS = "DFPRST"  # draft, flagged, passed, replied, seen, trashed (Maildir spec)
 
 
@@ -93,6 +93,11 @@ def uid_in_name(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _named_with_uid(name: str, uid: int) -> str:
+    """The file's name in cur/ once it has ``uid`` (any UID it carried before replaced)."""
+    return f"{_UID_FIELD.sub('', base_name(name))},U={uid}:2,{flags_in_name(name)}"
+
+
 def flags_in_name(name: str) -> str:
     _, sep, info = name.partition(":2,")
     return "".join(sorted(set(info) & set(MAILDIR_FLAGS))) if sep else ""
@@ -110,8 +115,7 @@ class FolderIndex:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        with _LOCKS_GUARD:
-            self._lock = _LOCKS.setdefault(path, threading.Lock())
+        self._lock = _FOLDER_LOCKS.get(path)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -169,7 +173,7 @@ class FolderIndex:
         for entry in arrived:
             uid = next_uid
             next_uid += 1
-            target = f"{base_name(entry.name)},U={uid}:2,{flags_in_name(entry.name)}"
+            target = _named_with_uid(entry.name, uid)
             try:
                 os.rename(entry.path, self.path / "cur" / target)
             except FileNotFoundError:
@@ -196,7 +200,7 @@ class FolderIndex:
                 else:
                     uid = next_uid
                     next_uid += 1
-                    renamed = f"{_UID_FIELD.sub('', base)},U={uid}:2,{flags_in_name(name)}"
+                    renamed = _named_with_uid(name, uid)
                     try:
                         os.rename(entry.path, self.path / "cur" / renamed)
                     except FileNotFoundError:
@@ -295,11 +299,7 @@ class FolderIndex:
                 os.fsync(f.fileno())
         os.replace(temporary, self.path / name)
         if sync:
-            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_directory(self.path)
 
 
 def _delivery_order(entry: os.DirEntry[str]) -> tuple[int, str]:

@@ -9,6 +9,8 @@ import os
 import time
 from pathlib import Path
 
+from ispd.mail.maildir import fsync_directory
+
 ORPHAN_GRACE_SECONDS = 3600.0
 
 
@@ -38,11 +40,7 @@ class Spool:
         finally:
             os.close(fd)
         os.replace(temporary, self.path(queue_id))
-        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_directory(self.directory)
 
     def read(self, queue_id: str) -> bytes:
         return self.path(queue_id).read_bytes()
