@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 log = get_logger("ispd.mail.imap")
 MAX_LINE = 64 * 1024
 MAX_PIPELINED = 100  # commands read ahead of the one being answered
+SEARCH_BATCH = 64  # messages SEARCH reads per trip to the file threads
 FOLDER_DELIMITER = b"."
 
 
@@ -777,17 +778,24 @@ class IMAPSession(asyncio.Protocol):
         uid = command.name.startswith("UID")
         cur = self.maildir.folder_path(self.selected.folder) / "cur"
         key: SearchKey = command.args["key"]
-        needs_text = _needs_text(key)
+        needs_text, needs_body = _needs_text(key), _needs_text(key, body=True)
+        messages = list(self.selected.messages)
         found = []
-        for seq, message in enumerate(list(self.selected.messages), 1):
-            data = b""
-            if needs_text:
-                try:
-                    data = (await self._blocking((cur / message.name).read_bytes)).replace(b"\n", b"\r\n")
-                except FileNotFoundError:
-                    continue
-            if _matches(key, seq, message, data, self.selected.messages):
-                found.append(message.uid if uid else seq)
+        for start in range(0, len(messages), SEARCH_BATCH):
+            batch = messages[start:start + SEARCH_BATCH]
+            # The files of a batch in one trip to the file threads (only headers unless BODY or
+            # TEXT is asked); a batch at a time, so a large folder is never all in memory.
+            contents = await self._blocking(_read_messages, cur, [m.name for m in batch], not needs_body) \
+                if needs_text else {}
+            for seq, message in enumerate(batch, start + 1):
+                data = b""
+                if needs_text:
+                    raw = contents.get(message.name)
+                    if raw is None:
+                        continue  # expunged by another session
+                    data = raw.replace(b"\n", b"\r\n")
+                if _matches(key, seq, message, data, messages):
+                    found.append(message.uid if uid else seq)
         self.send(b"* SEARCH" + b"".join(b" %d" % n for n in found))
         self.send(f"{command.tag} OK {command.name} completed".encode())
 
@@ -912,9 +920,12 @@ def _read_messages(cur: Path, names: list[str], header_only: bool) -> dict[str, 
     return contents
 
 
-def _needs_text(key: SearchKey) -> bool:
+def _needs_text(key: SearchKey, *, body: bool = False) -> bool:
+    """Whether the key reads the messages' headers (or, with ``body``, their bodies)."""
     if key.name in ("AND", "OR", "NOT"):
-        return any(_needs_text(k) for k in key.args if isinstance(k, SearchKey))
+        return any(_needs_text(k, body=body) for k in key.args if isinstance(k, SearchKey))
+    if body:
+        return key.name in ("BODY", "TEXT")
     return key.name in ("BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO", "HEADER", "SENTBEFORE", "SENTON",
                         "SENTSINCE")
 
