@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -136,6 +137,23 @@ def cpu_seconds(pid: int) -> float:
             continue
         total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def greets(port: int, greeting: bytes, timeout: float = 0.5) -> bool:
+    """Something on 127.0.0.1:``port`` greets with a line starting with ``greeting``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            return sock.recv(512).startswith(greeting)
+    except OSError:
+        return False
+
+
+def ispd_cli(config: Path, *args: str, stdin: str = "") -> None:
+    """One admin command on a benchmark's config (``ispd subscriber add ...``)."""
+    result = subprocess.run([ISPD, *args, "-c", str(config)], capture_output=True, text=True, timeout=60,
+                            check=False, input=stdin)
+    if result.returncode != 0:
+        raise ServerFailed(f"ispd {' '.join(args)} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
 
 
 class IspdDaemon:

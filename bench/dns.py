@@ -62,6 +62,7 @@ from bench.common import (  # noqa: E402
     stop_all,
     udp_rcvbuf_errors,
 )
+from tests.lab.certs import issue  # noqa: E402
 from tests.lab.dnshier import (  # noqa: E402
     BENCH_NAMES,
     BENCH_WILDCARD_ADDRESS,
@@ -409,19 +410,6 @@ def print_table(names: list[str], results: dict[tuple[str, str], Run]) -> None:
 # --- running it all
 
 
-def make_certificate(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 from a throwaway CA (dnsperf does not verify it)."""
-    import trustme
-
-    directory.mkdir(parents=True)
-    issued = trustme.CA().issue_cert("127.0.0.1", "localhost")
-    pem, key = directory / "server.pem", directory / "server.key"
-    issued.cert_chain_pems[0].write_to_path(str(pem))
-    for extra in issued.cert_chain_pems[1:]:
-        extra.write_to_path(str(pem), append=True)
-    issued.private_key_pem.write_to_path(str(key))
-    return pem, key
-
 
 def preflight(names: list[str]) -> None:
     problems = []
@@ -473,7 +461,8 @@ def main() -> None:
         signal.signal(signum, raise_exit)
 
     root = Path(tempfile.mkdtemp(prefix="ispd-bench-dns-"))
-    Resolver.tls = make_certificate(root / "tls")
+    certificates = issue(root / "tls", "localhost", name="server")  # dnsperf does not verify it
+    Resolver.tls = (certificates.certificate, certificates.private_key)
     hierarchy = DNSHierarchy(args.base, root / "hierarchy", cpus=cpus[1])
     results: dict[tuple[str, str], Run] = {}
     try:

@@ -53,7 +53,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -73,12 +72,15 @@ from bench.common import (  # noqa: E402
     IspdDaemon,
     ServerFailed,
     cpu_seconds,
+    greets,
+    ispd_cli,
     machine_summary,
     raise_exit,
     require,
     stop_all,
 )
 from bench.mail import Daemon, tail  # noqa: E402
+from tests.lab.certs import issue  # noqa: E402
 from tests.lab.dnshier import _death_signal  # noqa: E402
 from tests.lab.ports import free_tcp_port, free_udp_port  # noqa: E402
 
@@ -198,34 +200,11 @@ def write_maildir(maildir: Path, messages: list[tuple[str, bytes]], owner: pwd.s
                 os.chown(os.path.join(directory, name), owner.pw_uid, owner.pw_gid)
 
 
-def make_certificate(directory: Path) -> tuple[Path, Path, Path]:
-    """A throwaway CA and a certificate for localhost/127.0.0.1: (ca, chain, key) PEM files."""
-    import trustme
-
-    directory.mkdir(parents=True, exist_ok=True)
-    ca = trustme.CA()
-    cert = ca.issue_cert(TLS_NAME, "127.0.0.1")
-    paths = directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
-    ca.cert_pem.write_to_path(str(paths[0]))
-    cert.private_key_pem.write_to_path(str(paths[2]))
-    with paths[1].open("wb") as f:
-        for blob in cert.cert_chain_pems:
-            f.write(blob.bytes())
-    paths[2].chmod(0o600)
-    for path in paths:
-        path.chmod(path.stat().st_mode | 0o004 if path != paths[2] else 0o600)
-    return paths
-
-
 # --- the servers
 
 
-def imap_greets(port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-            return sock.recv(512).startswith(b"* OK")
-    except OSError:
-        return False
+def imap_greets(port: int) -> bool:
+    return greets(port, b"* OK")
 
 
 class ImapServer(BenchServer):
@@ -254,13 +233,8 @@ class IspdImap(ImapServer):
                                     certificate=self.tls[1], private_key=self.tls[2], dns_port=free_udp_port())
         path = self.workdir / "ispd.toml"
         path.write_text(config)
-        for command, stdin in ((["subscriber", "add", "u1", "--password-stdin"], PASSWORD + "\n"),
-                               (["mailbox", "add", "u1", USER], None)):
-            result = subprocess.run([ISPD, *command, "-c", str(path)], capture_output=True, text=True, timeout=60,
-                                    check=False, input=stdin if stdin is not None else "")
-            if result.returncode != 0:
-                raise ServerFailed(f"ispd {' '.join(command)} failed ({result.returncode}):\n"
-                                   f"{result.stdout}{result.stderr}")
+        ispd_cli(path, "subscriber", "add", "u1", "--password-stdin", stdin=PASSWORD + "\n")
+        ispd_cli(path, "mailbox", "add", "u1", USER)
         write_maildir(self.maildir_root / DOMAIN / "u1", self.messages, None)
         self.process.start(config, lambda: imap_greets(self.imap_port),
                            f"greet on IMAP at 127.0.0.1:{self.imap_port}")
@@ -747,7 +721,9 @@ def main() -> None:
         print()
         if cpus[1] is not None:
             os.sched_setaffinity(0, {int(cpus[1])})
-        tls = make_certificate(root / "tls")
+        certificates = issue(root / "tls", TLS_NAME)
+        certificates.private_key.chmod(0o600)
+        tls = (certificates.ca, certificates.certificate, certificates.private_key)
         context = ssl.create_default_context(cafile=str(tls[0]))
         servers: dict[str, ImapServer] = {}
         for name in names:

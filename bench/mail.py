@@ -76,6 +76,8 @@ from bench.common import (  # noqa: E402
     IspdDaemon,
     ServerFailed,
     cpu_seconds,
+    greets,
+    ispd_cli,
     machine_summary,
     raise_exit,
     require,
@@ -216,13 +218,8 @@ service lmtp {{
 # --- the servers
 
 
-def smtp_greets(port: int, timeout: float = 0.5) -> bool:
-    """Something on 127.0.0.1:``port`` sends an SMTP greeting (220)."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-            return sock.recv(512).startswith(b"220")
-    except OSError:
-        return False
+def smtp_greets(port: int) -> bool:
+    return greets(port, b"220")
 
 
 def count_files(*directories: Path) -> int:
@@ -269,12 +266,8 @@ class IspdMail(MailServer):
                                     maildir_root=self.maildir_root, port=self.port, dns_port=free_udp_port())
         path = self.workdir / "ispd.toml"
         path.write_text(config)
-        for command in (["subscriber", "add", "u1", "--generate-password"], ["mailbox", "add", "u1", RECIPIENT]):
-            result = subprocess.run([ISPD, *command, "-c", str(path)], capture_output=True, text=True, timeout=60,
-                                    check=False, stdin=subprocess.DEVNULL)
-            if result.returncode != 0:
-                raise ServerFailed(f"ispd {' '.join(command)} failed ({result.returncode}):\n"
-                                   f"{result.stdout}{result.stderr}")
+        ispd_cli(path, "subscriber", "add", "u1", "--generate-password")
+        ispd_cli(path, "mailbox", "add", "u1", RECIPIENT)
         self.process.start(config, lambda: smtp_greets(self.port), f"greet on SMTP at 127.0.0.1:{self.port}")
 
 

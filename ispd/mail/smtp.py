@@ -18,7 +18,6 @@ delivered at once, others queued).
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 import warnings
 from base64 import b64decode
@@ -42,8 +41,26 @@ _AIOSMTPD_REFUSALS = {
     "500 5.5.2 Lin": "line_too_long",  # a line of DATA over 998 octets (RFC 5321 §4.5.3.1.6)
     "553 5.1.3 Err": "bad_address",
 }
-# A line longer than aiosmtpd allows (998 octets, plus a stuffed dot): one C-level scan, no copy.
-_LONG_LINE = re.compile(rb"[^\r\n]{1000}")
+LONGEST_LINE = 999  # what aiosmtpd allows: 998 octets, plus a stuffed dot
+_SLICE = 64 * 1024
+
+
+def has_long_line(body: bytes, limit: int = LONGEST_LINE) -> bool:
+    """Whether a run of more than ``limit`` octets without CR or LF is in ``body``. Split a
+    slice at a time (C speed, memory bounded by the slice): a regex for it scans from every
+    position, some 25 ms for 100 KB of ordinary lines."""
+    carry = 0  # the open line's length so far, from the slices before
+    for start in range(0, len(body), _SLICE):
+        parts = body[start:start + _SLICE].replace(b"\r", b"\n").split(b"\n")
+        if len(parts) == 1:
+            carry += len(parts[0])
+        else:
+            if carry + len(parts[0]) > limit or max(map(len, parts[1:-1]), default=0) > limit:
+                return True
+            carry = len(parts[-1])
+        if carry > limit:
+            return True
+    return False
 # On 465 the whole connection is TLS, which aiosmtpd cannot see: it warns about AUTH "without"
 # TLS there. It is not.
 warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
@@ -208,7 +225,7 @@ class SMTPSession(SMTP):
             reader._buffer[:0] = rest  # type: ignore[attr-defined]  # pipelined commands after the end
         if discarded or (limit and len(body) > limit):
             return b"", "552 Error: Too much mail data"
-        if _LONG_LINE.search(body):
+        if has_long_line(body):
             return b"", "500 Line too long (see RFC5321 4.5.3.1.6)"
         if body.startswith(b"."):
             body = body[1:]

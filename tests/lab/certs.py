@@ -16,7 +16,8 @@ class Certificates:
 
 
 def issue(directory: Path, hostname: str, *, name: str = "server") -> Certificates:
-    """PEM files in ``directory`` for ``hostname`` and 127.0.0.1."""
+    """PEM files in ``directory`` (made if need be) for ``hostname`` and 127.0.0.1."""
+    directory.mkdir(parents=True, exist_ok=True)
     ca = trustme.CA()
     issued = ca.issue_cert(hostname, "127.0.0.1")
     certificates = Certificates(directory / f"{name}-ca.pem", directory / f"{name}.pem", directory / f"{name}.key")
