@@ -363,3 +363,22 @@ async def _set_status(username: str, status: SubscriberStatus, path: str) -> Non
         await store.set_subscriber_status(username, status, actor="test")
     finally:
         await store.close()
+
+
+def test_a_message_another_session_just_flagged_is_still_fetched_searched_and_stored(lab: Lab) -> None:
+    first, second = lab.login(), lab.login()
+    first.select("INBOX")
+    second.select("INBOX")  # its view: the file names before the change below
+    first.store("1", "+FLAGS", "(\\Flagged)")  # renames the message's file
+    _, data = second.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert isinstance(data[0], tuple) and data[0][1].startswith(b"Subject: ")
+    subject = data[0][1].split(b": ", 1)[1].strip()
+    assert second.search(None, "SUBJECT", b'"' + subject + b'"')[1][0].split()[:1] == [b"1"]
+    first.store("1", "-FLAGS", "(\\Flagged)")
+    typ, data = second.store("1", "+FLAGS", "(\\Draft)")  # a flag no other test sets
+    assert typ == "OK" and b"\\Draft" in data[0]
+    first.noop()
+    assert any(b"\\Draft" in r for r in first.untagged_responses.get("FETCH", []))
+    second.store("1", "-FLAGS", "(\\Draft)")
+    first.logout()
+    second.logout()

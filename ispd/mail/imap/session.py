@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import email.parser
 import email.policy
 import email.utils
@@ -651,19 +652,16 @@ class IMAPSession(asyncio.Protocol):
         if any(i.name == "BINARY" for i in items):
             self.send(f"{command.tag} NO [CANNOT] BINARY is not implemented yet".encode())
             return
-        cur = self.maildir.folder_path(self.selected.folder) / "cur"
         numbers = self._numbers(command.args["set"], uid)
-        contents: dict[str, bytes] = {}
-        if any(i.name in ("BODY", "BODYSTRUCTURE", "RFC822", "RFC822.HEADER", "RFC822.TEXT", "ENVELOPE")
-               for i in items):
-            # Read in one trip to the file threads, and only the header when that is all asked for.
-            names = [self.selected.messages[seq - 1].name for seq in numbers]
-            contents = await self._blocking(_read_messages, cur, names, _header_only(items))
+        needs_data = any(i.name in ("BODY", "BODYSTRUCTURE", "RFC822", "RFC822.HEADER", "RFC822.TEXT", "ENVELOPE")
+                         for i in items)
+        # Read in one trip to the file threads, and only the header when that is all asked for.
+        contents = await self._read_selected(numbers, _header_only(items)) if needs_data else {}
         for seq in numbers:
             message = self.selected.messages[seq - 1]
             data: bytes | None = None
-            if contents:
-                raw = contents.get(message.name)
+            if needs_data:
+                raw = contents.get(seq)
                 if raw is None:  # expunged by another session: nothing to say yet
                     continue
                 data = raw.replace(b"\n", b"\r\n")
@@ -744,14 +742,50 @@ class IMAPSession(asyncio.Protocol):
             return body
         return header_fields(header, fields, exclude=text.endswith(".NOT"))
 
+    async def _read_selected(self, numbers: list[int], header_only: bool) -> dict[int, bytes]:
+        """The files of these messages of the selected folder, by sequence number; those gone
+        are left out. A file another session renamed (its flags) is found under its new name."""
+        selected, maildir = self.selected, self.maildir
+        assert selected is not None and maildir is not None
+        cur = maildir.folder_path(selected.folder) / "cur"
+        names = {seq: selected.messages[seq - 1].name for seq in numbers}
+        read: dict[str, bytes] = await self._blocking(_read_messages, cur, list(names.values()), header_only)
+        missing = [seq for seq, name in names.items() if name not in read]
+        if missing and await self._renamed(missing):
+            names.update({seq: selected.messages[seq - 1].name for seq in missing})
+            read.update(await self._blocking(_read_messages, cur, [names[seq] for seq in missing], header_only))
+        return {seq: read[name] for seq, name in names.items() if name in read}
+
+    async def _renamed(self, numbers: list[int]) -> bool:
+        """Looks up the current file names of these messages (another session changed their
+        flags, which renames the files). Only the names change here: what else changed is
+        told at the next NOOP, CHECK or IDLE, never in the middle of this command."""
+        selected = self.selected
+        assert selected is not None
+        state = await self._blocking(selected.index.sync)
+        now = {m.uid: m for m in state.messages}
+        found = False
+        for seq in numbers:
+            message = selected.messages[seq - 1]
+            fresh = now.get(message.uid)
+            if fresh is not None and fresh.name != message.name:
+                selected.messages[seq - 1] = dataclasses.replace(message, name=fresh.name)
+                found = True
+        return found
+
     async def _set_letters(self, seq: int, message: IndexedMessage, letters: str) -> IndexedMessage:
         assert self.selected is not None
-        try:
-            updated: IndexedMessage = await self._blocking(self.selected.index.set_flags, message, letters)
-        except FileNotFoundError:
-            return message
-        self.selected.messages[seq - 1] = updated
-        return updated
+        for _ in range(2):
+            try:
+                updated: IndexedMessage = await self._blocking(self.selected.index.set_flags, message, letters)
+            except FileNotFoundError:
+                if not await self._renamed([seq]):
+                    return message  # expunged by another session
+                message = self.selected.messages[seq - 1]
+                continue
+            self.selected.messages[seq - 1] = updated
+            return updated
+        return message
 
     async def cmd_store(self, command: Command) -> None:
         assert self.selected is not None
@@ -776,21 +810,20 @@ class IMAPSession(asyncio.Protocol):
     async def cmd_search(self, command: Command) -> None:
         assert self.selected is not None and self.maildir is not None
         uid = command.name.startswith("UID")
-        cur = self.maildir.folder_path(self.selected.folder) / "cur"
         key: SearchKey = command.args["key"]
         needs_text, needs_body = _needs_text(key), _needs_text(key, body=True)
-        messages = list(self.selected.messages)
+        messages = self.selected.messages
         found = []
         for start in range(0, len(messages), SEARCH_BATCH):
-            batch = messages[start:start + SEARCH_BATCH]
+            numbers = list(range(start + 1, min(start + SEARCH_BATCH, len(messages)) + 1))
             # The files of a batch in one trip to the file threads (only headers unless BODY or
             # TEXT is asked); a batch at a time, so a large folder is never all in memory.
-            contents = await self._blocking(_read_messages, cur, [m.name for m in batch], not needs_body) \
-                if needs_text else {}
-            for seq, message in enumerate(batch, start + 1):
+            contents = await self._read_selected(numbers, not needs_body) if needs_text else {}
+            for seq in numbers:
+                message = messages[seq - 1]
                 data = b""
                 if needs_text:
-                    raw = contents.get(message.name)
+                    raw = contents.get(seq)
                     if raw is None:
                         continue  # expunged by another session
                     data = raw.replace(b"\n", b"\r\n")
