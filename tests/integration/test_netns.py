@@ -27,7 +27,7 @@ def test_ispd_in_a_namespace_answers_a_client_in_another(netlab: Lab, tmp_path: 
 def test_ipv6_link(netlab: Lab) -> None:
     a, b = netlab.namespace("a6"), netlab.namespace("b6")
     netlab.link(a, "2001:db8::1/64", b, "2001:db8::2/64")
-    result = netlab.run(a, "ping", "-6", "-c", "1", "-W", "2", "2001:db8::2")
+    result = netlab.run(a, "ping", "-6", "-c", "1", "-w", "5", "2001:db8::2")
     assert result.returncode == 0, result.stdout + result.stderr
 
 

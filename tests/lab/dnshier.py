@@ -69,6 +69,8 @@ from pathlib import Path
 
 import dnslib
 
+from tests.lab import ports
+
 DEFAULT_BASE = "127.53"
 NSD = shutil.which("nsd") or "/usr/sbin/nsd"
 UNBOUND = shutil.which("unbound") or "/usr/sbin/unbound"
@@ -1066,17 +1068,7 @@ class RecordingRelay(RogueServer):
 
 def free_port(address: str = "127.0.0.1") -> int:
     """A port free for both UDP and TCP on ``address`` right now (a DNS server binds both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((address, 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((address, port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError(f"no port free for both UDP and TCP on {address}")
+    return ports.free_port(address)
 
 
 @functools.cache

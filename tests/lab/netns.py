@@ -11,6 +11,7 @@ import ipaddress
 import itertools
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -26,6 +27,18 @@ def _check_allowed(address: str) -> None:
     ip = ipaddress.ip_interface(address).ip
     if not any(ip in net for net in _ALLOWED):
         raise ValueError(f"{address}: tests may only use 198.18.0.0/15 and 2001:db8::/32")
+
+
+def _wait_for_carrier(ns: str, end: str, timeout: float = 5.0) -> None:
+    # A veth end reports carrier only after both ends are up; a packet sent before that is
+    # lost, and a test that sends one probe (ping -c 1) would fail now and then.
+    deadline = time.monotonic() + timeout
+    while True:
+        shown = subprocess.run(["ip", "-n", ns, "-o", "link", "show", end], capture_output=True,
+                               text=True).stdout
+        if "LOWER_UP" in shown or time.monotonic() > deadline:
+            return
+        time.sleep(0.02)
 
 
 class Lab:
@@ -51,6 +64,8 @@ class Lab:
             extra = ["nodad"] if ":" in address else []
             _ip("-n", ns, "addr", "add", address, "dev", end, *extra)
             _ip("-n", ns, "link", "set", end, "up")
+        for ns, end in ((ns_a, end_a), (ns_b, end_b)):
+            _wait_for_carrier(ns, end)
         return end_a, end_b
 
     def run(self, ns: str, *command: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
