@@ -3,9 +3,13 @@ consistent with the files and rebuildable from them.
 
 Files per folder (beside cur/ new/ tmp/):
 
-    ispd-uidlist      "ispd-uidlist 1 V<uidvalidity> N<next uid>", then "<uid> <base name>" per
-                      message, by UID; rewritten whole (tmp, rename) when it changes
-    ispd-uidvalidity  "V<uidvalidity> N<next uid>": what must survive the uidlist's loss
+    ispd-uidlist      "ispd-uidlist 2 V<uidvalidity> N<next uid> M<highest modseq> X<expunge modseq>",
+                      then "<uid> <modseq> <flags or -> <base name>" per message, by UID; rewritten
+                      whole (tmp, rename) when it changes. Version 1 (no modseqs) is read too.
+    ispd-modseq       "<uid> <modseq> <flags or ->" per flag change since the uidlist was written:
+                      a STORE appends a line instead of rewriting the whole list
+    ispd-uidvalidity  "V<uidvalidity> N<next uid> M<highest modseq>": what must survive the
+                      uidlist's loss
 
 Theory of operation. ``sync`` is the one writer, under a lock per folder (a thread lock, and
 flock on ``ispd-uidlist.lock`` for other processes). It moves what delivery put in new/ to cur/,
@@ -18,7 +22,14 @@ A file in cur/ that another tool put there without ``,U=`` gets the next UID the
 Vanished files (expunged, or moved by another tool) leave the index.
 
 Flags and sizes live in the file names (``:2,FS``, ``,S=`` and ``,W=``), as Maildir keeps
-them; the index does not copy them, so a flag change is one rename and cannot disagree.
+them; a flag change is one rename. The index keeps a copy of each message's flags only to notice
+a change made behind its back (by another tool): that, like every arrival, flag change and
+expunge, gets the folder's next mod-sequence (CONDSTORE, RFC 7162). One modseq per change
+(a STORE over many messages is one change); the highest is the folder's HIGHESTMODSEQ, and the
+modseq of the last expunge tells QRESYNC whether a client that last saw modseq M can have missed
+one. Losing the uidlist loses the per-message modseqs: all messages then get one new modseq
+above any given before (the highest survives in ``ispd-uidvalidity`` and ``ispd-modseq``), and
+counting it as an expunge makes resynchronising clients look for vanished UIDs.
 Messages seen in new/ by a sync are \\Recent for the session that synced (RFC 3501 §2.3.2).
 """
 
@@ -30,8 +41,8 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +50,7 @@ from ispd.mail.maildir import PathLocks, fsync_directory, size_of
 
 _UID_FIELD = re.compile(r",U=(\d+)")
 _TRUST_AFTER_NS = 2_000_000_000
+_MODSEQ_LOG_LIMIT = 256 * 1024  # past this, the next sync folds the log into the uidlist
 # A folder's index has one writer at a time in this process (flock keeps other processes out).
 _FOLDER_LOCKS = PathLocks(threading.Lock)
 MAILDIR_FLAGS = "DFPRST"  # draft, flagged, passed, replied, seen, trashed (Maildir spec)
@@ -53,6 +65,7 @@ class IndexedMessage:
     virtual_size: int  # with CRLF line ends: RFC822.SIZE
     internal_date: float  # when it was delivered (the file's mtime)
     recent: bool  # moved from new/ by this sync
+    modseq: int = 1  # the last change to it (RFC 7162)
 
     @property
     def base(self) -> str:
@@ -66,7 +79,10 @@ class _Snapshot:
     stamp: tuple[int, int, int]
     uidvalidity: int
     next_uid: int
+    highest_modseq: int
+    expunged_modseq: int
     messages: list[IndexedMessage]  # by UID, none recent
+    logged: int  # bytes in ispd-modseq
 
 
 _SNAPSHOTS: dict[Path, _Snapshot] = {}
@@ -82,6 +98,28 @@ class FolderState:
     uidvalidity: int
     next_uid: int
     messages: list[IndexedMessage]  # by UID
+    highest_modseq: int = 1
+    expunged_modseq: int = 0  # the modseq of the last expunge seen (0: none since the index began)
+
+
+@dataclass(frozen=True, slots=True)
+class FlagChange:
+    """What ``set_flags`` did: the messages it found (changed or not), by UID; the UIDs whose
+    flags it changed; those it left alone because they changed after ``unchanged_since``; the
+    folder's modseqs afterwards."""
+
+    messages: dict[int, IndexedMessage]
+    changed: list[int]
+    modified: list[int]
+    highest_modseq: int
+    expunged_modseq: int
+
+
+@dataclass(slots=True)
+class _Entry:
+    uid: int
+    modseq: int
+    flags: str | None  # None: not known (a version 1 uidlist)
 
 
 def base_name(name: str) -> str:
@@ -139,36 +177,47 @@ class FolderIndex:
 
     def sync(self, now: float | None = None) -> FolderState:
         with self._locked():
-            stamp = self._stamp()
-            cached = _SNAPSHOTS.get(self.path)
-            # Unchanged since the last look: answer from memory. This process's own changes keep
-            # the snapshot current (set_flags) or drop it (``forget``, at every delivery); what
-            # another process may do is deliver into new/, and directory times are coarse (a
-            # clock tick): new/ must have been still for two seconds.
-            if cached is not None and cached.stamp == stamp and time.time_ns() - stamp[0] > _TRUST_AFTER_NS:
-                return FolderState(cached.uidvalidity, cached.next_uid, list(cached.messages))
-            state = self._sync(cached)
-            fresh = [m if not m.recent else dataclasses.replace(m, recent=False) for m in state.messages]
-            # The stamp read before the scan: whatever changed while it ran (a delivery, this
-            # sync's own moves) makes the next sync look again rather than miss it. And if new/
-            # had changed within two seconds of the scan, a delivery in that same clock tick
-            # would leave its time as it was: such a snapshot never answers alone.
-            if time.time_ns() - stamp[0] <= _TRUST_AFTER_NS:
-                stamp = (-1, stamp[1], stamp[2])
-            _SNAPSHOTS[self.path] = _Snapshot(stamp, state.uidvalidity, state.next_uid, fresh)
-            return state
+            snapshot, recent = self._current()
+            messages = [dataclasses.replace(m, recent=True) if m.uid in recent else m for m in snapshot.messages]
+            return FolderState(snapshot.uidvalidity, snapshot.next_uid, messages, snapshot.highest_modseq,
+                               snapshot.expunged_modseq)
 
-    def _sync(self, cached: _Snapshot | None) -> FolderState:
+    def _current(self) -> tuple[_Snapshot, set[int]]:
+        """The folder as it is (under the lock), and the UIDs this look moved from new/."""
+        stamp = self._stamp()
+        cached = _SNAPSHOTS.get(self.path)
+        # Unchanged since the last look: answer from memory. This process's own changes keep
+        # the snapshot current (set_flags) or drop it (``forget``, at every delivery); what
+        # another process may do is deliver into new/, and directory times are coarse (a
+        # clock tick): new/ must have been still for two seconds.
+        if cached is not None and cached.stamp == stamp and time.time_ns() - stamp[0] > _TRUST_AFTER_NS:
+            return cached, set()
+        snapshot, recent = self._sync(cached)
+        # The stamp read before the scan: whatever changed while it ran (a delivery, this
+        # sync's own moves) makes the next sync look again rather than miss it. And if new/
+        # had changed within two seconds of the scan, a delivery in that same clock tick
+        # would leave its time as it was: such a snapshot never answers alone.
+        if time.time_ns() - stamp[0] <= _TRUST_AFTER_NS:
+            stamp = (-1, stamp[1], stamp[2])
+        snapshot.stamp = stamp
+        _SNAPSHOTS[self.path] = snapshot
+        return snapshot, recent
+
+    def _sync(self, cached: _Snapshot | None) -> tuple[_Snapshot, set[int]]:
         known_dates = {m.name: m.internal_date for m in cached.messages} if cached is not None else {}
-        uidvalidity, next_uid, by_base = self._load()
-        changed = False
-        recent: set[str] = set()
+        uidvalidity, next_uid, highest, expunged, by_base, logged = self._load()
+        # Every change this look finds is one change: it gets the next modseq, once.
+        change_modseq = highest + 1
+        changed = logged > 0  # fold the flag changes logged since the last write into the uidlist
+        modseq_used = expunged == change_modseq  # the uidlist was lost: that counts as a change
+        recent: set[int] = set()
         arrived = sorted((e for e in os.scandir(self.path / "new") if not e.name.startswith(".") and e.is_file()),
                          key=_delivery_order)
         if arrived:
             # The UIDs about to be written into names are reserved durably first: after a
             # crash, none of them can be given again under this UIDVALIDITY.
-            self._replace("ispd-uidvalidity", f"V{uidvalidity} N{next_uid + len(arrived)}\n", sync=True)
+            self._replace("ispd-uidvalidity", f"V{uidvalidity} N{next_uid + len(arrived)} M{change_modseq}\n",
+                          sync=True)
         # Delivered since the last sync: into cur/ with the next UID in the name.
         for entry in arrived:
             uid = next_uid
@@ -178,21 +227,20 @@ class FolderIndex:
                 os.rename(entry.path, self.path / "cur" / target)
             except FileNotFoundError:
                 continue  # another reader took it
-            by_base[base_name(target)] = uid
-            recent.add(base_name(target))
-            changed = True
+            by_base[base_name(target)] = _Entry(uid, change_modseq, flags_in_name(target))
+            recent.add(uid)
+            changed = modseq_used = True
         messages: list[IndexedMessage] = []
         present: set[str] = set()
-        taken = set(by_base.values())
-        for entry in os.scandir(self.path / "cur"):
-            name = entry.name
-            if name.startswith(".") or not entry.is_file():
+        taken = {e.uid for e in by_base.values()}
+        for dir_entry in os.scandir(self.path / "cur"):
+            name = dir_entry.name
+            if name.startswith(".") or not dir_entry.is_file():
                 continue
             base = base_name(name)
             known = by_base.get(base)
-            if known is not None:
-                uid = known
-            else:  # put here by another tool, or the index was rebuilt
+            flags = flags_in_name(name)
+            if known is None:  # put here by another tool, or the index was rebuilt
                 named = uid_in_name(name)
                 if named is not None and named not in taken:
                     uid = named
@@ -202,12 +250,18 @@ class FolderIndex:
                     next_uid += 1
                     renamed = _named_with_uid(name, uid)
                     try:
-                        os.rename(entry.path, self.path / "cur" / renamed)
+                        os.rename(dir_entry.path, self.path / "cur" / renamed)
                     except FileNotFoundError:
                         continue
                     name, base = renamed, base_name(renamed)
-                by_base[base] = uid
+                known = by_base[base] = _Entry(uid, change_modseq, flags)
                 taken.add(uid)
+                changed = modseq_used = True
+            elif known.flags != flags:
+                if known.flags is not None:  # changed behind our back (None: not recorded yet)
+                    known.modseq = change_modseq
+                    modseq_used = True
+                known.flags = flags
                 changed = True
             mtime = known_dates.get(name)
             if mtime is None:
@@ -218,77 +272,154 @@ class FolderIndex:
             size = size_of(name)
             if size is None:
                 size = os.stat(self.path / "cur" / name).st_size
-            messages.append(IndexedMessage(uid, name, flags_in_name(name), size, _virtual_size(name, size), mtime,
-                                           base in recent))
+            messages.append(IndexedMessage(known.uid, name, flags, size, _virtual_size(name, size), mtime, False,
+                                           known.modseq))
             present.add(base)
         if set(by_base) - present:
-            changed = True
-            by_base = {b: u for b, u in by_base.items() if b in present}
+            changed = modseq_used = True
+            expunged = change_modseq
+            by_base = {b: e for b, e in by_base.items() if b in present}
+        if modseq_used:
+            highest = change_modseq
         if changed or not (self.path / "ispd-uidlist").exists():
-            self._save(uidvalidity, next_uid, by_base)
+            self._save(uidvalidity, next_uid, highest, expunged, by_base)
         messages.sort(key=lambda m: m.uid)
-        return FolderState(uidvalidity, next_uid, messages)
+        return _Snapshot((0, 0, 0), uidvalidity, next_uid, highest, expunged, messages, 0), recent
 
-    def set_flags(self, message: IndexedMessage, flags: str) -> IndexedMessage:
-        """A new flag set (Maildir letters) for one message: one rename. Raises
-        FileNotFoundError when the message was expunged meanwhile."""
-        wanted = "".join(sorted(set(flags) & set(MAILDIR_FLAGS)))
-        name = f"{message.base}:2,{wanted}"
-        updated = IndexedMessage(message.uid, name, wanted, message.size, message.virtual_size,
-                                 message.internal_date, message.recent)
-        if name == message.name:
-            return updated
+    def set_flags(self, uids: Iterable[int], mode: str, letters: str,
+                  unchanged_since: int | None = None) -> FlagChange:
+        """Sets (mode "="), adds ("+") or removes ("-") Maildir flag letters on messages, each
+        a rename, as one change with one new modseq. The flags are changed from what they are
+        now, not from what the caller last saw, so two sessions' changes do not undo each other.
+        With ``unchanged_since`` (CONDSTORE's UNCHANGEDSINCE), messages changed after that
+        modseq are left alone and listed. Expunged messages are left out of the result."""
+        wanted_letters = set(letters) & set(MAILDIR_FLAGS)
         with self._locked():
-            before = self._stamp()
-            os.rename(self.path / "cur" / message.name, self.path / "cur" / name)
-            cached = _SNAPSHOTS.get(self.path)
-            if cached is not None and cached.stamp == before:
-                # The snapshot was current and this rename is the only change: keep it current.
-                cached.messages = [dataclasses.replace(updated, recent=False) if m.uid == message.uid else m
-                                   for m in cached.messages]
-                cached.stamp = self._stamp()
-            else:
-                _SNAPSHOTS.pop(self.path, None)
-        return updated
+            snapshot, _ = self._current()
+            by_uid = {m.uid: i for i, m in enumerate(snapshot.messages)}
+            found: dict[int, IndexedMessage] = {}
+            modified: list[int] = []
+            renames: list[tuple[int, IndexedMessage]] = []
+            for uid in uids:
+                position = by_uid.get(uid)
+                if position is None:
+                    continue
+                message = snapshot.messages[position]
+                if unchanged_since is not None and message.modseq > unchanged_since:
+                    modified.append(uid)
+                    found[uid] = message
+                    continue
+                current = set(message.flags)
+                wanted = wanted_letters if mode == "=" else (
+                    current | wanted_letters if mode == "+" else current - wanted_letters)
+                if wanted == current:
+                    found[uid] = message
+                    continue
+                renames.append((position, IndexedMessage(
+                    message.uid, f"{message.base}:2,{''.join(sorted(wanted))}", "".join(sorted(wanted)),
+                    message.size, message.virtual_size, message.internal_date, False, snapshot.highest_modseq + 1)))
+            if renames:
+                before = self._stamp()
+                was_current = before[1:] == snapshot.stamp[1:]
+                done = []
+                for position, updated in renames:
+                    try:
+                        os.rename(self.path / "cur" / snapshot.messages[position].name,
+                                  self.path / "cur" / updated.name)
+                    except FileNotFoundError:
+                        continue  # removed by another process since the look
+                    done.append((position, updated))
+                if done:
+                    snapshot.highest_modseq += 1
+                    line = "".join(f"{u.uid} {u.modseq} {u.flags or '-'}\n" for _, u in done)
+                    with open(self.path / "ispd-modseq", "a", encoding="ascii") as log:
+                        log.write(line)
+                    snapshot.logged += len(line)
+                    for position, updated in done:
+                        snapshot.messages[position] = updated
+                        found[updated.uid] = updated
+                after = self._stamp()
+                # Our own renames keep the snapshot current; anything else since the look, or a
+                # long log, makes the next sync read the files again.
+                if was_current and snapshot.logged < _MODSEQ_LOG_LIMIT and len(done) == len(renames):
+                    snapshot.stamp = (snapshot.stamp[0], after[1], after[2])
+                else:
+                    _SNAPSHOTS.pop(self.path, None)
+            return FlagChange(found, [u.uid for _, u in done] if renames else [], modified,
+                              snapshot.highest_modseq, snapshot.expunged_modseq)
 
     # --- the files
 
-    def _load(self) -> tuple[int, int, dict[str, int]]:
-        """(uidvalidity, next uid, base name -> uid), rebuilt from what survives."""
-        validity, next_uid = self._read_validity()
+    def _load(self) -> tuple[int, int, int, int, dict[str, _Entry], int]:
+        """(uidvalidity, next uid, highest modseq, expunge modseq, base name -> entry, bytes of
+        logged flag changes), rebuilt from what survives."""
+        validity, next_uid, saved_highest = self._read_validity()
+        logged_changes, logged = self._read_log()
+        logged_highest = max((modseq for _, modseq, _ in logged_changes), default=0)
         try:
             lines = (self.path / "ispd-uidlist").read_text(encoding="utf-8").splitlines()
             header = lines[0].split()
-            if header[:2] != ["ispd-uidlist", "1"]:
+            if header[0] != "ispd-uidlist" or header[1] not in ("1", "2"):
                 raise ValueError("not our format")
-            listed_validity = int(header[2].removeprefix("V"))
-            listed_next = int(header[3].removeprefix("N"))
-            by_base = {}
+            fields = {f[0]: int(f[1:]) for f in header[2:]}
+            listed_validity, listed_next = fields["V"], fields["N"]
+            highest, expunged = fields.get("M", 1), fields.get("X", 0)
+            by_base: dict[str, _Entry] = {}
             for line in lines[1:]:
-                uid_text, _, base = line.partition(" ")
-                by_base[base] = int(uid_text)
+                if header[1] == "1":
+                    uid_text, _, base = line.partition(" ")
+                    by_base[base] = _Entry(int(uid_text), 1, None)
+                    continue
+                uid_text, modseq_text, flags, base = line.split(" ", 3)
+                by_base[base] = _Entry(int(uid_text), int(modseq_text), "" if flags == "-" else flags)
             if validity is None:
                 validity = listed_validity
             if validity == listed_validity:
-                return validity, max(listed_next, next_uid or 0), by_base
-        except (FileNotFoundError, IndexError, ValueError):
+                by_uid = {e.uid: e for e in by_base.values()}
+                for uid, modseq, flags in logged_changes:
+                    logged_entry = by_uid.get(uid)
+                    if logged_entry is not None and modseq > logged_entry.modseq:
+                        logged_entry.modseq, logged_entry.flags = modseq, flags
+                highest = max(highest, logged_highest, saved_highest or 0)
+                return validity, max(listed_next, next_uid or 0), highest, expunged, by_base, logged
+        except (FileNotFoundError, IndexError, ValueError, KeyError):
             pass
         if validity is None:  # nothing survived: a new UIDVALIDITY (clients resynchronise)
-            validity = max(1, int(time.time()))
-        return validity, next_uid or 1, {}
+            return max(1, int(time.time())), next_uid or 1, max(1, logged_highest), 0, {}, logged
+        # The per-message modseqs are gone: every message comes back with one new modseq above
+        # any given before, as if all had changed and some had been expunged.
+        highest = max(saved_highest or 1, logged_highest)
+        return validity, next_uid or 1, highest, highest + 1, {}, logged
 
-    def _read_validity(self) -> tuple[int | None, int | None]:
+    def _read_validity(self) -> tuple[int | None, int | None, int | None]:
         try:
             fields = (self.path / "ispd-uidvalidity").read_text(encoding="ascii").split()
-            return int(fields[0].removeprefix("V")), int(fields[1].removeprefix("N"))
-        except (FileNotFoundError, IndexError, ValueError):
-            return None, None
+            values = {f[0]: int(f[1:]) for f in fields}
+            return values["V"], values["N"], values.get("M")
+        except (FileNotFoundError, IndexError, ValueError, KeyError):
+            return None, None, None
 
-    def _save(self, uidvalidity: int, next_uid: int, by_base: dict[str, int]) -> None:
-        lines = [f"ispd-uidlist 1 V{uidvalidity} N{next_uid}"]
-        lines += [f"{uid} {base}" for base, uid in sorted(by_base.items(), key=lambda item: item[1])]
-        self._replace("ispd-uidvalidity", f"V{uidvalidity} N{next_uid}\n")
+    def _read_log(self) -> tuple[list[tuple[int, int, str]], int]:
+        try:
+            text = (self.path / "ispd-modseq").read_text(encoding="ascii", errors="replace")
+        except FileNotFoundError:
+            return [], 0
+        changes = []
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) == 3 and fields[0].isdigit() and fields[1].isdigit():  # a torn last line is skipped
+                changes.append((int(fields[0]), int(fields[1]), "" if fields[2] == "-" else fields[2]))
+        return changes, len(text)
+
+    def _save(self, uidvalidity: int, next_uid: int, highest: int, expunged: int, by_base: dict[str, _Entry]) -> None:
+        lines = [f"ispd-uidlist 2 V{uidvalidity} N{next_uid} M{highest} X{expunged}"]
+        lines += [f"{e.uid} {e.modseq} {e.flags or '-'} {base}"
+                  for base, e in sorted(by_base.items(), key=lambda item: item[1].uid)]
+        self._replace("ispd-uidvalidity", f"V{uidvalidity} N{next_uid} M{highest}\n")
         self._replace("ispd-uidlist", "\n".join(lines) + "\n")
+        # What the log held is in the uidlist now.
+        with suppress(FileNotFoundError):
+            os.unlink(self.path / "ispd-modseq")
 
     def _replace(self, name: str, text: str, *, sync: bool = False) -> None:
         temporary = self.path / "tmp" / f".{name}.{os.getpid()}.{threading.get_ident()}"

@@ -382,3 +382,87 @@ def test_a_message_another_session_just_flagged_is_still_fetched_searched_and_st
     second.store("1", "-FLAGS", "(\\Draft)")
     first.logout()
     second.logout()
+
+
+def raw(client: imaplib.IMAP4, command: str, arguments: str) -> tuple[str, list[bytes], dict[str, list[bytes]]]:
+    """One command as written (imaplib quotes nothing here), with its untagged responses."""
+    client.untagged_responses.clear()
+    typ, data = client._simple_command(command, *([arguments] if arguments else []))  # type: ignore[attr-defined]
+    if command in ("SELECT", "EXAMINE") and typ == "OK":
+        client.state = "SELECTED"
+    return typ, data, dict(client.untagged_responses)
+
+
+def modseq_of(line: bytes) -> int:
+    return int(line.split(b"MODSEQ (")[1].split(b")")[0])
+
+
+def test_a_client_that_was_away_resynchronises_with_qresync(lab: Lab) -> None:
+    away = lab.login()
+    assert "CONDSTORE" in away.capabilities and "QRESYNC" in away.capabilities
+    assert away.enable("QRESYNC")[0] == "OK" and away.untagged_responses["ENABLED"] == [b"QRESYNC"]
+    away.create("Sync")
+    for n in range(4):
+        away.append("Sync", None, None, f"Subject: sync {n}\r\n\r\nbody {n}\r\n".encode())
+    typ, _, untagged = raw(away, "SELECT", "Sync (CONDSTORE)")
+    assert typ == "OK"
+    validity, cached = int(untagged["UIDVALIDITY"][-1]), int(untagged["HIGHESTMODSEQ"][-1])
+    away.logout()
+
+    # Meanwhile on another device: one flagged, one deleted and expunged.
+    other = lab.login()
+    other.select("Sync")
+    other.uid("STORE", "2", "+FLAGS", "(\\Flagged)")
+    other.uid("STORE", "3", "+FLAGS", "(\\Deleted)")
+    other.expunge()
+    other.logout()
+
+    back = lab.login()
+    back.enable("QRESYNC")
+    typ, _, untagged = raw(back, "SELECT", f"Sync (QRESYNC ({validity} {cached} 1:4))")
+    assert typ == "OK"
+    assert untagged["VANISHED"] == [b"(EARLIER) 3"]
+    [changed] = untagged["FETCH"]
+    assert b"UID 2 " in changed and b"\\Flagged" in changed and modseq_of(changed) > cached
+    highest = int(untagged["HIGHESTMODSEQ"][-1])
+    assert highest >= modseq_of(changed)
+    # The same answer to a UID FETCH with CHANGEDSINCE and VANISHED.
+    typ, _, untagged = raw(back, "UID", f"FETCH 1:* (FLAGS) (CHANGEDSINCE {cached} VANISHED)")
+    assert untagged["VANISHED"] == [b"(EARLIER) 3"] and len(untagged["FETCH"]) == 1
+    # A conditional STORE leaves the message changed since then alone and says so.
+    typ, data, untagged = raw(back, "UID", f"STORE 1,2 (UNCHANGEDSINCE {cached}) +FLAGS.SILENT (\\Seen)")
+    assert typ == "OK" and b"[MODIFIED 2]" in data[0]
+    [stored] = untagged["FETCH"]
+    assert b"UID 1 " in stored and modseq_of(stored) > highest
+    typ, _, untagged = raw(back, "UID", f"SEARCH MODSEQ {cached + 1}")
+    found, _, tail = untagged["SEARCH"][0].partition(b" (MODSEQ ")
+    assert found.split() == [b"1", b"2"] and int(tail.rstrip(b")")) == modseq_of(stored)
+    # Expunged here: told as VANISHED, with the new HIGHESTMODSEQ in the tagged reply.
+    back.uid("STORE", "4", "+FLAGS.SILENT", "(\\Deleted)")
+    typ, data, untagged = raw(back, "EXPUNGE", "")
+    assert untagged["VANISHED"] == [b"4"] and b"HIGHESTMODSEQ" in data[0]
+    after_expunge = int(data[0].split(b"HIGHESTMODSEQ ")[1].split(b"]")[0])
+    _, data, _ = raw(back, "STATUS", "Sync (HIGHESTMODSEQ)")
+    back.logout()
+    # The modseqs are on disk: after a restart, nothing is told twice and nothing is missed.
+    assert lab.ispd.terminate() == 0
+    lab.ispd.start()
+    again = lab.login()
+    again.enable("QRESYNC")
+    typ, _, untagged = raw(again, "SELECT", f"Sync (QRESYNC ({validity} {after_expunge} 1:4))")
+    assert int(untagged["HIGHESTMODSEQ"][-1]) == after_expunge
+    assert "VANISHED" not in untagged and "FETCH" not in untagged
+    assert raw(again, "SELECT", "Sync (QRESYNC (1 1 1:4))")[2].get("VANISHED") is None  # another UIDVALIDITY
+    again.delete("Sync")
+    again.logout()
+
+
+def test_qresync_needs_enable_and_select_says_a_mailbox_closed(lab: Lab) -> None:
+    client = lab.login()
+    with pytest.raises(imaplib.IMAP4.error, match="QRESYNC is not enabled"):
+        raw(client, "SELECT", "INBOX (QRESYNC (1 1))")
+    client.enable("QRESYNC")
+    client.select("INBOX")
+    typ, _ = client.select("INBOX", readonly=True)
+    assert typ == "OK" and client.untagged_responses.get("CLOSED") is not None
+    client.logout()

@@ -45,7 +45,7 @@ def test_flags_are_one_rename_and_survive_a_sync(maildir: Maildir) -> None:
     deliver(maildir, "x", 1.0)
     index = FolderIndex(maildir.path)
     message = index.sync().messages[0]
-    flagged = index.set_flags(message, "SFx")
+    flagged = index.set_flags([message.uid], "=", "SFx").messages[1]
     assert flagged.flags == "FS" and flagged.name.endswith(":2,FS")
     assert [(m.uid, m.flags) for m in index.sync().messages] == [(1, "FS")]
 
@@ -145,7 +145,7 @@ def test_an_unchanged_folder_is_answered_from_memory(maildir: Maildir, monkeypat
     assert [m.uid for m in again.messages] == [m.uid for m in first.messages]
     assert not any(m.recent for m in again.messages)
     # A flag change made through the index keeps the snapshot current.
-    flagged = index.set_flags(again.messages[0], "S")
+    flagged = index.set_flags([again.messages[0].uid], "+", "S").messages[1]
     assert next((m.uid, m.flags) for m in index.sync().messages) == (1, "S")
     assert flagged.name.endswith(":2,S")
     monkeypatch.undo()
@@ -161,3 +161,86 @@ def test_an_unchanged_folder_is_answered_from_memory(maildir: Maildir, monkeypat
     assert [m.uid for m in index.sync().messages] == [1, 2, 3, 4]  # not seen: nobody said
     forget(maildir.path)
     assert [m.uid for m in index.sync().messages] == [1, 2, 3, 4, 5]
+
+
+# --- mod-sequences (CONDSTORE / QRESYNC)
+
+
+def test_every_change_gets_the_next_modseq_once(maildir: Maildir) -> None:
+    for n in range(3):
+        deliver(maildir, f"m{n}", float(n))
+    index = FolderIndex(maildir.path)
+    state = index.sync()
+    arrived = state.highest_modseq
+    assert [m.modseq for m in state.messages] == [arrived] * 3 and state.expunged_modseq == 0
+    change = index.set_flags([1, 3], "+", "S")
+    assert change.changed == [1, 3] and change.highest_modseq == arrived + 1
+    assert [m.modseq for m in index.sync().messages] == [arrived + 1, arrived, arrived + 1]
+    # Nothing to change is no change: no new modseq.
+    assert index.set_flags([1], "+", "S").changed == [] and index.sync().highest_modseq == arrived + 1
+    # Removing a flag from what it is now, not from what a caller last saw.
+    index.set_flags([3], "-", "S")
+    assert [m.flags for m in index.sync().messages] == ["S", "", ""]
+    os.unlink(maildir.path / "cur" / index.sync().messages[1].name)
+    forget(maildir.path)
+    after = index.sync()
+    assert after.expunged_modseq == after.highest_modseq == arrived + 3
+
+
+def test_unchanged_since_leaves_newer_messages_alone(maildir: Maildir) -> None:
+    deliver(maildir, "a", 1.0)
+    deliver(maildir, "b", 2.0)
+    index = FolderIndex(maildir.path)
+    seen_at = index.sync().highest_modseq
+    index.set_flags([2], "+", "F")
+    change = index.set_flags([1, 2], "+", "T", unchanged_since=seen_at)
+    assert change.modified == [2] and change.changed == [1]
+    assert [m.flags for m in index.sync().messages] == ["T", "F"]
+
+
+def test_modseqs_survive_a_restart_and_a_lost_snapshot(maildir: Maildir) -> None:
+    deliver(maildir, "a", 1.0)
+    index = FolderIndex(maildir.path)
+    index.sync()
+    change = index.set_flags([1], "+", "S")
+    assert (maildir.path / "ispd-modseq").exists()  # logged, not yet folded into the uidlist
+    forget(maildir.path)  # as after a restart: the files are read again
+    state = FolderIndex(maildir.path).sync()
+    assert state.messages[0].modseq == change.highest_modseq == state.highest_modseq
+    assert not (maildir.path / "ispd-modseq").exists()  # folded in by the full look
+
+
+def test_a_flag_changed_by_another_tool_gets_a_new_modseq(maildir: Maildir) -> None:
+    deliver(maildir, "a", 1.0)
+    index = FolderIndex(maildir.path)
+    before = index.sync()
+    name = before.messages[0].name
+    os.rename(maildir.path / "cur" / name, maildir.path / "cur" / (name + "S"))
+    forget(maildir.path)
+    after = index.sync()
+    assert after.messages[0].flags == "S" and after.messages[0].modseq == before.highest_modseq + 1
+
+
+def test_a_lost_uidlist_gives_every_message_a_modseq_above_all_before(maildir: Maildir) -> None:
+    for n in range(2):
+        deliver(maildir, f"m{n}", float(n))
+    index = FolderIndex(maildir.path)
+    index.sync()
+    told = index.set_flags([2], "+", "S").highest_modseq  # in the log only
+    (maildir.path / "ispd-uidlist").unlink()
+    forget(maildir.path)
+    state = index.sync()
+    assert [m.uid for m in state.messages] == [1, 2]
+    assert all(m.modseq > told for m in state.messages) and state.expunged_modseq > told
+
+
+def test_a_version_1_uidlist_is_read_and_upgraded(maildir: Maildir) -> None:
+    deliver(maildir, "a", 1.0)
+    index = FolderIndex(maildir.path)
+    name = index.sync().messages[0].name
+    (maildir.path / "ispd-uidlist").write_text(f"ispd-uidlist 1 V77 N2\n1 {name.partition(':')[0]}\n")
+    (maildir.path / "ispd-uidvalidity").write_text("V77 N2\n")
+    forget(maildir.path)
+    state = index.sync()
+    assert state.uidvalidity == 77 and [m.uid for m in state.messages] == [1]
+    assert (maildir.path / "ispd-uidlist").read_text().startswith("ispd-uidlist 2 V77 N2 ")

@@ -4,7 +4,8 @@ The grammar is RFC 3501 §9 (with RFC 9051's additions clients send): tags and a
 strings and literals wherever a string may be, sequence sets with ``*`` and ranges in either
 order, fetch attributes with sections (``BODY.PEEK[1.2.HEADER.FIELDS (To From)]<0.100>``),
 search keys (nested lists, OR, NOT), store modes, the UID forms, and the arguments of the
-extensions ispd implements (CONDSTORE's CHANGEDSINCE/UNCHANGEDSINCE, ENABLE, ID, IDLE, MOVE,
+extensions ispd implements (CONDSTORE's CHANGEDSINCE/UNCHANGEDSINCE and MODSEQ search key,
+QRESYNC's SELECT parameter and VANISHED fetch modifier, ENABLE, ID, IDLE, MOVE,
 UIDPLUS's UID EXPUNGE, QUOTA, SPECIAL-USE selection in LIST). A command that does not parse
 raises ``ParseError`` with the text of the BAD reply; the session goes on.
 
@@ -291,21 +292,60 @@ def _mailbox(reader: _Reader) -> dict[str, Any]:
     return {"mailbox": reader.mailbox()}
 
 
+@dataclass(frozen=True, slots=True)
+class QResync:
+    """SELECT's QRESYNC parameter (RFC 7162 §3.2.5): what the client cached last time."""
+
+    uidvalidity: int
+    modseq: int
+    known_uids: SequenceSet | None = None
+    seq_match: tuple[SequenceSet, SequenceSet] | None = None
+
+
 def _select(reader: _Reader) -> dict[str, Any]:
     args = _mailbox(reader)
     args["condstore"] = False
+    args["qresync"] = None
     if reader.peek() == b" ":
         reader.sp()
         reader.expect(b"(")
         while reader.peek() != b")":
             parameter = reader.atom().upper()
-            if parameter != b"CONDSTORE":
+            if parameter == b"CONDSTORE":
+                args["condstore"] = True
+            elif parameter == b"QRESYNC":
+                reader.sp()
+                args["qresync"] = _qresync(reader)
+            else:
                 raise ParseError(f"unknown SELECT parameter {parameter.decode()[:40]}")
-            args["condstore"] = True
             if reader.peek() == b" ":
                 reader.sp()
         reader.pos += 1
     return args
+
+
+def _qresync(reader: _Reader) -> QResync:
+    reader.expect(b"(")
+    uidvalidity = reader.number("a UIDVALIDITY")
+    reader.sp()
+    modseq = reader.number("a mod-sequence")
+    known = seq_match = None
+    if reader.peek() == b" ":
+        reader.sp()
+        if reader.peek() != b"(":
+            known = reader.sequence_set()
+            if reader.peek() == b" ":
+                reader.sp()
+        if reader.peek() == b"(":
+            reader.pos += 1
+            numbers = reader.sequence_set()
+            reader.sp()
+            seq_match = (numbers, reader.sequence_set())
+            reader.expect(b")")
+    reader.expect(b")")
+    if uidvalidity == 0 or modseq == 0:
+        raise ParseError("QRESYNC needs a UIDVALIDITY and a mod-sequence above zero")
+    return QResync(uidvalidity, modseq, known, seq_match)
 
 
 def _quota_root(reader: _Reader) -> dict[str, Any]:
@@ -469,13 +509,26 @@ def _fetch(reader: _Reader) -> dict[str, Any]:
         else:
             reader.pos -= len(name)
             items = [_fetch_item(reader)]
-    changed_since = None
-    if reader.peek() == b" ":
+    changed_since, vanished = None, False
+    if reader.peek() == b" ":  # fetch modifiers (RFC 7162): CHANGEDSINCE n, VANISHED; any order
         reader.sp()
-        reader.expect(b"(CHANGEDSINCE ")
-        changed_since = reader.number("a mod-sequence")
-        reader.expect(b")")
-    return {"set": sequence, "items": tuple(items), "changed_since": changed_since}
+        reader.expect(b"(")
+        while True:
+            modifier = reader.atom().upper()
+            if modifier == b"CHANGEDSINCE":
+                reader.sp()
+                changed_since = reader.number("a mod-sequence")
+            elif modifier == b"VANISHED":
+                vanished = True
+            else:
+                raise ParseError(f"unknown FETCH modifier {modifier.decode()[:40]}")
+            if reader.peek() == b")":
+                reader.pos += 1
+                break
+            reader.sp()
+        if vanished and changed_since is None:
+            raise ParseError("VANISHED needs CHANGEDSINCE")
+    return {"set": sequence, "items": tuple(items), "changed_since": changed_since, "vanished": vanished}
 
 
 def _fetch_item(reader: _Reader) -> FetchItem:
@@ -539,7 +592,7 @@ _FLAG_KEYS = {"ALL", "ANSWERED", "DELETED", "DRAFT", "FLAGGED", "NEW", "OLD", "R
               "UNDELETED", "UNDRAFT", "UNFLAGGED", "UNSEEN"}
 _STRING_KEYS = {"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO"}
 _DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
-_NUMBER_KEYS = {"LARGER", "SMALLER", "MODSEQ"}
+_NUMBER_KEYS = {"LARGER", "SMALLER"}
 _KEYWORD_KEYS = {"KEYWORD", "UNKEYWORD"}
 
 
@@ -586,6 +639,17 @@ def _search_key(reader: _Reader, depth: int) -> SearchKey:
         return SearchKey(name, (reader.date(),))
     if name in _NUMBER_KEYS:
         return SearchKey(name, (reader.number(),))
+    if name == "MODSEQ":
+        # RFC 7162 §3.1.5: an optional metadata entry and type before the number. Modseqs are
+        # kept per message here, not per flag, so the entry narrows nothing and is only read.
+        if reader.peek() == b'"':
+            reader.quoted()
+            reader.sp()
+            kind = reader.atom().lower()
+            if kind not in (b"priv", b"shared", b"all"):
+                raise ParseError("MODSEQ entry type must be priv, shared or all")
+            reader.sp()
+        return SearchKey(name, (reader.number("a mod-sequence"),))
     if name in _KEYWORD_KEYS:
         return SearchKey(name, (reader.flag(),))
     if name == "HEADER":

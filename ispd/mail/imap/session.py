@@ -1,7 +1,7 @@
 """An IMAP session over the Maildir store (RFC 3501, with IMAP4rev2's habits): the subset a mail
 client needs to read, flag, search, append and delete mail, IDLE included. What is not done yet
 is refused plainly (BAD for what does not parse, NO for commands not implemented) and is not
-announced in CAPABILITY: BINARY, CONDSTORE/QRESYNC, SETQUOTA (quotas are the store's).
+announced in CAPABILITY: BINARY, SETQUOTA (quotas are the store's).
 
 States (RFC 3501 §3): not authenticated -> (LOGIN, AUTHENTICATE) authenticated -> (SELECT,
 EXAMINE) selected -> (CLOSE, UNSELECT) authenticated; LOGOUT from any. LOGIN and AUTHENTICATE
@@ -12,12 +12,22 @@ positions in it. It is refreshed at NOOP, CHECK, IDLE and after EXPUNGE and APPE
 gone are announced with EXPUNGE (highest first, so numbers stay right), new ones with EXISTS,
 changed flags with FETCH. Never during FETCH, STORE or SEARCH (RFC 3501 §7.4.1). A delivery
 into a folder an IDLE session watches wakes it at once.
+
+CONDSTORE and QRESYNC (RFC 7162) ride on the index's mod-sequences: each message's MODSEQ, the
+folder's HIGHESTMODSEQ, and the modseq of its last expunge. The index keeps no list of expunged
+UIDs, so VANISHED (EARLIER) names every UID the client says it knows (or 1 up to UIDNEXT) that
+is not there, and only when an expunge happened after the client's modseq; clients drop the
+UIDs they never had. ``Selected.highest_modseq`` is the modseq up to which this session has
+told its client everything: a MODSEQ reported above it (a STORE's, while another session's
+change waits to be told) comes with an ``OK [HIGHESTMODSEQ]`` of that lower value, so that a
+client that loses the connection then still asks for what it missed (RFC 7162 §3.2).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import dataclasses
 import email.parser
 import email.policy
@@ -34,7 +44,7 @@ from ispd.mail import mailindex
 from ispd.mail.imap import mime
 from ispd.mail.imap.framing import Command as Framed
 from ispd.mail.imap.framing import CommandFramer, Continue, TooLong
-from ispd.mail.imap.parser import Command, FetchItem, ParseError, SearchKey, SequenceSet, parse
+from ispd.mail.imap.parser import Command, FetchItem, ParseError, QResync, SearchKey, SequenceSet, parse
 from ispd.mail.imap.response import (
     SYSTEM_FLAGS,
     astring,
@@ -67,6 +77,8 @@ class Selected:
     uidvalidity: int = 0
     uidnext: int = 1
     messages: list[IndexedMessage] = field(default_factory=list)
+    highest_modseq: int = 1  # everything up to this modseq has been told
+    expunged_modseq: int = 0  # the folder's last expunge, as of the last time it was told
 
 
 class IMAPSession(asyncio.Protocol):
@@ -90,6 +102,9 @@ class IMAPSession(asyncio.Protocol):
         self._autologout: asyncio.TimerHandle | None = None
         self._paused = False
         self._tag_of_current = b""  # the command being answered, for the metrics
+        self.condstore = False  # MODSEQ in every FETCH (RFC 7162 §3.1)
+        self._modified: list[int] = []  # the last conditional STORE's refusals, by sequence number
+        self.qresync = False  # VANISHED instead of EXPUNGE (RFC 7162 §3.2.10)
         self._command_of_current = "other"
 
     # --- transport
@@ -190,7 +205,7 @@ class IMAPSession(asyncio.Protocol):
 
     def capabilities(self) -> bytes:
         caps = [b"IMAP4rev1", b"LITERAL+", b"IDLE", b"NAMESPACE", b"ID", b"ENABLE", b"UNSELECT", b"SPECIAL-USE",
-                b"UIDPLUS", b"MOVE", b"QUOTA", b"QUOTA=RES-STORAGE"]
+                b"UIDPLUS", b"MOVE", b"QUOTA", b"QUOTA=RES-STORAGE", b"CONDSTORE", b"QRESYNC"]
         if self.state == "not-authenticated":
             if self.tls:
                 caps.append(b"AUTH=PLAIN")
@@ -238,7 +253,13 @@ class IMAPSession(asyncio.Protocol):
         self.send(f"{command.tag} OK ID completed".encode())
 
     async def cmd_enable(self, command: Command) -> None:
-        self.send(b"* ENABLED")  # nothing this server has to enable yet
+        enabled = []
+        for capability in command.args["capabilities"]:
+            if capability in ("CONDSTORE", "QRESYNC"):  # QRESYNC implies CONDSTORE
+                self.condstore = True
+                self.qresync = self.qresync or capability == "QRESYNC"
+                enabled.append(capability.encode())
+        self.send(b" ".join([b"* ENABLED", *enabled]))
         self.send(f"{command.tag} OK ENABLE completed".encode())
 
     # --- not authenticated
@@ -385,14 +406,23 @@ class IMAPSession(asyncio.Protocol):
         state = await self._blocking(FolderIndex(self.maildir.folder_path(folder)).sync)
         values = {"MESSAGES": len(state.messages), "RECENT": 0, "UIDNEXT": state.next_uid,
                   "UIDVALIDITY": state.uidvalidity, "UNSEEN": sum(1 for m in state.messages if "S" not in m.flags),
-                  "SIZE": sum(m.virtual_size for m in state.messages), "HIGHESTMODSEQ": 1}
+                  "SIZE": sum(m.virtual_size for m in state.messages), "HIGHESTMODSEQ": state.highest_modseq}
+        if "HIGHESTMODSEQ" in command.args["items"]:
+            self.condstore = True  # a CONDSTORE-enabling command (RFC 7162 §3.1)
         items = b" ".join(b"%s %d" % (item.encode(), values[item]) for item in command.args["items"])
         self.send(b"* STATUS %s (%s)" % (astring(command.args["mailbox"]), items))
         self.send(f"{command.tag} OK STATUS completed".encode())
 
     async def cmd_select(self, command: Command) -> None:
+        resync: QResync | None = command.args["qresync"]
+        if resync is not None and not self.qresync:
+            self.send(f"{command.tag} BAD QRESYNC is not enabled".encode())
+            return
+        if self.selected is not None and self.qresync:
+            self.send(b"* OK [CLOSED] previous mailbox closed")
         self.selected = None
         self.state = "authenticated"
+        self.condstore = self.condstore or command.args["condstore"]
         folder = self._folder(command.args["mailbox"])
         if folder is None:
             self.send(f"{command.tag} NO [NONEXISTENT] no such mailbox".encode())
@@ -402,6 +432,7 @@ class IMAPSession(asyncio.Protocol):
         selected = Selected(command.args["mailbox"], folder, FolderIndex(self.maildir.folder_path(folder)), readonly)
         state = await self._blocking(selected.index.sync)
         selected.uidvalidity, selected.uidnext, selected.messages = state.uidvalidity, state.next_uid, state.messages
+        selected.highest_modseq, selected.expunged_modseq = state.highest_modseq, state.expunged_modseq
         self.selected, self.state = selected, "selected"
         recent = sum(1 for m in state.messages if m.recent)
         unseen = next((i for i, m in enumerate(state.messages, 1) if "S" not in m.flags), None)
@@ -413,10 +444,28 @@ class IMAPSession(asyncio.Protocol):
         self.send(b"* OK [UIDVALIDITY %d] UIDs valid" % state.uidvalidity)
         self.send(b"* OK [UIDNEXT %d] predicted next UID" % state.next_uid)
         self.send(b"* OK [PERMANENTFLAGS %s] flags permitted" % (b"()" if readonly else SYSTEM_FLAGS))
+        self.send(b"* OK [HIGHESTMODSEQ %d] highest" % state.highest_modseq)
+        if resync is not None and resync.uidvalidity == state.uidvalidity:
+            self._resynchronise(resync)
         mode = "READ-ONLY" if readonly else "READ-WRITE"
         self.send(f"{command.tag} OK [{mode}] {command.name} completed".encode())
 
     cmd_examine = cmd_select
+
+    def _resynchronise(self, resync: QResync) -> None:
+        """QRESYNC's answer at SELECT (RFC 7162 §3.2.5): what vanished and what changed since
+        the client's modseq."""
+        selected = self.selected
+        assert selected is not None
+        if resync.modseq < selected.expunged_modseq:
+            known = resync.known_uids or SequenceSet(((1, None),))
+            gone = vanished(known, [m.uid for m in selected.messages], selected.uidnext - 1)
+            if gone:
+                self.send(b"* VANISHED (EARLIER) " + gone)
+        for seq, message in enumerate(selected.messages, 1):
+            if message.modseq > resync.modseq:
+                self.send(b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))" % (seq, message.uid, flags_of(message.flags),
+                                                                         message.modseq))
 
     async def cmd_append(self, command: Command) -> None:
         folder = self._folder(command.args["mailbox"])
@@ -435,7 +484,7 @@ class IMAPSession(asyncio.Protocol):
             state = index.sync()
             added = next(m for m in state.messages if m.base.startswith(delivered.name))
             if letters:
-                index.set_flags(added, letters)
+                index.set_flags([added.uid], "=", letters)
             return state.uidvalidity, added.uid
 
         uidvalidity, uid = await self._blocking(append)
@@ -552,13 +601,16 @@ class IMAPSession(asyncio.Protocol):
             state = index.sync()
             by_base = {m.base.split(",U=")[0]: m for m in state.messages}
             pairs = []
+            by_flags: dict[str, list[int]] = {}
             for message, name in names:
                 added = by_base.get(name.split(",U=")[0])
                 if added is None:
                     continue
                 if message.flags:
-                    index.set_flags(added, message.flags)
+                    by_flags.setdefault(message.flags, []).append(added.uid)
                 pairs.append((message.uid, added.uid))
+            for flags, uids in by_flags.items():
+                index.set_flags(uids, "=", flags)
             return state.uidvalidity, pairs
 
         uidvalidity, pairs = await self._blocking(copy)
@@ -572,6 +624,9 @@ class IMAPSession(asyncio.Protocol):
             return
         self.send(b"* OK " + code + b"moved")
         await self._remove(sources, announce=True)
+        if self.condstore:
+            await self._refresh()
+            self.send(b"* OK [HIGHESTMODSEQ %d] highest" % selected.highest_modseq)
         self.send(f"{command.tag} OK {command.name} completed".encode())
 
     cmd_move = cmd_copy
@@ -594,6 +649,11 @@ class IMAPSession(asyncio.Protocol):
         # UID EXPUNGE (RFC 4315) removes only the \Deleted messages of its set.
         only = set(self._numbers(command.args["set"], uid=True)) if command.args["set"] is not None else None
         await self._expunge(announce=True, only=only)
+        if self.qresync:  # the new HIGHESTMODSEQ, once everything before it has been told
+            await self._refresh()
+            self.send(b"%s OK [HIGHESTMODSEQ %d] %s completed" % (
+                command.tag.encode(), self.selected.highest_modseq, command.name.encode()))
+            return
         self.send(f"{command.tag} OK {command.name} completed".encode())
 
     async def _expunge(self, *, announce: bool, only: set[int] | None = None) -> None:
@@ -619,6 +679,9 @@ class IMAPSession(asyncio.Protocol):
             mailindex.forget(maildir.folder_path(selected.folder))
 
         await self._blocking(remove)
+        if announce and self.qresync and doomed:
+            self.send(b"* VANISHED " + uid_set(sorted(m.uid for _, m in doomed)))
+            announce = False
         for seq, message in sorted(doomed, key=lambda pair: -pair[0]):
             if announce:
                 self.send(b"* %d EXPUNGE" % seq)
@@ -644,38 +707,58 @@ class IMAPSession(asyncio.Protocol):
         return sorted(set(wanted))
 
     async def cmd_fetch(self, command: Command) -> None:
-        assert self.selected is not None and self.maildir is not None
+        selected = self.selected
+        assert selected is not None and self.maildir is not None
         uid = command.name.startswith("UID")
         items = list(command.args["items"])
+        changed_since: int | None = command.args["changed_since"]
+        if command.args["vanished"] and not (uid and self.qresync):
+            self.send(f"{command.tag} BAD VANISHED needs UID FETCH and QRESYNC enabled".encode())
+            return
         if uid and not any(i.name == "UID" for i in items):
             items.insert(0, FetchItem("UID"))
         if any(i.name == "BINARY" for i in items):
             self.send(f"{command.tag} NO [CANNOT] BINARY is not implemented yet".encode())
             return
+        if changed_since is not None or any(i.name == "MODSEQ" for i in items):
+            self.condstore = True  # a CONDSTORE-enabling command (RFC 7162 §3.1)
+            if not any(i.name == "MODSEQ" for i in items):
+                items.append(FetchItem("MODSEQ"))
         numbers = self._numbers(command.args["set"], uid)
+        if changed_since is not None:
+            if command.args["vanished"] and changed_since < selected.expunged_modseq:
+                gone = vanished(command.args["set"], [m.uid for m in selected.messages], selected.uidnext - 1)
+                if gone:
+                    self.send(b"* VANISHED (EARLIER) " + gone)
+            numbers = [seq for seq in numbers if selected.messages[seq - 1].modseq > changed_since]
         needs_data = any(i.name in ("BODY", "BODYSTRUCTURE", "RFC822", "RFC822.HEADER", "RFC822.TEXT", "ENVELOPE")
                          for i in items)
         # Read in one trip to the file threads, and only the header when that is all asked for.
         contents = await self._read_selected(numbers, _header_only(items)) if needs_data else {}
+        # Reading a body sets \Seen: one flag change for all the messages it reads.
+        marks_seen = not selected.readonly and any(
+            not i.peek and (i.name in ("RFC822", "RFC822.TEXT") or (i.name == "BODY" and i.section is not None))
+            for i in items)
+        newly_seen: set[int] = set()
+        if marks_seen:
+            unseen = [seq for seq in numbers if "S" not in selected.messages[seq - 1].flags
+                      and (not needs_data or seq in contents)]
+            if unseen:
+                newly_seen = await self._store_flags(unseen, "+", "S")
         for seq in numbers:
-            message = self.selected.messages[seq - 1]
+            message = selected.messages[seq - 1]
             data: bytes | None = None
             if needs_data:
                 raw = contents.get(seq)
                 if raw is None:  # expunged by another session: nothing to say yet
                     continue
                 data = raw.replace(b"\n", b"\r\n")
-            parts: list[bytes] = []
-            seen = False
-            for item in items:
-                parts.append(self._fetch_item(item, message, data))
-                if not self.selected.readonly and not item.peek and (
-                        item.name in ("RFC822", "RFC822.TEXT") or (item.name == "BODY" and item.section is not None)):
-                    seen = True
-            if seen and "S" not in message.flags:
-                message = await self._set_letters(seq, message, message.flags + "S")
+            parts = [self._fetch_item(item, message, data) for item in items]
+            if seq in newly_seen:
                 if not any(i.name == "FLAGS" for i in items):
                     parts.append(b"FLAGS " + flags_of(message.flags))
+                if self.condstore and not any(i.name == "MODSEQ" for i in items):
+                    parts.append(b"MODSEQ (%d)" % message.modseq)
             self.send(b"* %d FETCH (%s)" % (seq, b" ".join(parts)))
         self.send(f"{command.tag} OK {command.name} completed".encode())
 
@@ -689,7 +772,7 @@ class IMAPSession(asyncio.Protocol):
         if item.name == "RFC822.SIZE":
             return b"RFC822.SIZE %d" % message.virtual_size
         if item.name == "MODSEQ":
-            return b"MODSEQ (1)"
+            return b"MODSEQ (%d)" % message.modseq
         assert data is not None
         header, body = split_message(data)
         if item.name == "ENVELOPE":
@@ -773,38 +856,67 @@ class IMAPSession(asyncio.Protocol):
                 found = True
         return found
 
-    async def _set_letters(self, seq: int, message: IndexedMessage, letters: str) -> IndexedMessage:
-        assert self.selected is not None
-        for _ in range(2):
-            try:
-                updated: IndexedMessage = await self._blocking(self.selected.index.set_flags, message, letters)
-            except FileNotFoundError:
-                if not await self._renamed([seq]):
-                    return message  # expunged by another session
-                message = self.selected.messages[seq - 1]
-                continue
-            self.selected.messages[seq - 1] = updated
-            return updated
-        return message
+    async def _store_flags(self, numbers: list[int], mode: str, letters: str, unchanged_since: int | None = None,
+                           *, told: bool = False) -> set[int]:
+        """Changes the flags of these messages (sequence numbers) in the index as one change,
+        and in this session's view; returns the numbers whose flags changed. Messages another
+        session expunged meanwhile are left as they are here (their EXPUNGE comes later); those
+        changed after ``unchanged_since`` go to ``self._modified``. A change another session
+        made to one of them is taken into this session's view only when the caller tells the
+        client every message's flags (``told``); else the next update tells it."""
+        selected = self.selected
+        assert selected is not None
+        by_uid = {selected.messages[seq - 1].uid: seq for seq in numbers}
+        change: mailindex.FlagChange = await self._blocking(selected.index.set_flags, list(by_uid), mode, letters,
+                                                            unchanged_since)
+        self._modified = sorted(by_uid[u] for u in change.modified)
+        changed = {by_uid[u] for u in change.changed}
+        for found_uid, updated in change.messages.items():
+            seq = by_uid[found_uid]
+            if (told and found_uid not in change.modified) or seq in changed:
+                selected.messages[seq - 1] = updated
+        if changed:
+            self.service.notify_imap(self.maildir.path if self.maildir else None, selected.folder)
+            if change.highest_modseq == selected.highest_modseq + 1:
+                selected.highest_modseq = change.highest_modseq  # ours was the only change since
+            elif self.condstore:
+                # Another session's change, still to be told here, has a lower modseq than the
+                # ones just reported: a client must not take those as its HIGHESTMODSEQ.
+                self.send(b"* OK [HIGHESTMODSEQ %d] other changes still to be told" % selected.highest_modseq)
+        return changed
 
     async def cmd_store(self, command: Command) -> None:
-        assert self.selected is not None
-        if self.selected.readonly:
+        selected = self.selected
+        assert selected is not None
+        if selected.readonly:
             self.send(f"{command.tag} NO [READ-ONLY] mailbox selected read-only".encode())
             return
         uid = command.name.startswith("UID")
         letters, _ = letters_of(command.args["flags"])
-        mode = command.args["mode"]
-        for seq in self._numbers(command.args["set"], uid):
-            message = self.selected.messages[seq - 1]
-            current = set(message.flags)
-            wanted = set(letters) if mode == "=" else current | set(letters) if mode == "+" else current - set(letters)
-            if wanted != current:
-                message = await self._set_letters(seq, message, "".join(sorted(wanted)))
+        unchanged_since: int | None = command.args["unchanged_since"]
+        if unchanged_since is not None:
+            self.condstore = True  # a CONDSTORE-enabling command (RFC 7162 §3.1)
+        numbers = self._numbers(command.args["set"], uid)
+        changed = await self._store_flags(numbers, command.args["mode"], letters, unchanged_since,
+                                          told=not command.args["silent"]) if numbers else set()
+        modified = set(self._modified) if numbers else set()
+        with_uid = uid or self.qresync
+        for seq in numbers:
+            if seq in modified:
+                continue
+            message = selected.messages[seq - 1]
+            parts = [b"UID %d" % message.uid] if with_uid else []
             if not command.args["silent"]:
-                uid_part = b"UID %d " % message.uid if uid else b""
-                self.send(b"* %d FETCH (%sFLAGS %s)" % (seq, uid_part, flags_of(message.flags)))
-        self.service.notify_imap(self.maildir.path if self.maildir else None, self.selected.folder)
+                parts.append(b"FLAGS " + flags_of(message.flags))
+            if self.condstore and (seq in changed or not command.args["silent"]):
+                parts.append(b"MODSEQ (%d)" % message.modseq)
+            if len(parts) > (1 if with_uid else 0):
+                self.send(b"* %d FETCH (%s)" % (seq, b" ".join(parts)))
+        if modified:
+            listed = uid_set(sorted(selected.messages[seq - 1].uid for seq in modified)) if uid else uid_set(
+                sorted(modified))
+            self.send(b"%s OK [MODIFIED %s] %s completed" % (command.tag.encode(), listed, command.name.encode()))
+            return
         self.send(f"{command.tag} OK {command.name} completed".encode())
 
     async def cmd_search(self, command: Command) -> None:
@@ -814,6 +926,7 @@ class IMAPSession(asyncio.Protocol):
         needs_text, needs_body = _needs_text(key), _needs_text(key, body=True)
         messages = self.selected.messages
         found = []
+        highest = 0
         for start in range(0, len(messages), SEARCH_BATCH):
             numbers = list(range(start + 1, min(start + SEARCH_BATCH, len(messages)) + 1))
             # The files of a batch in one trip to the file threads (only headers unless BODY or
@@ -829,7 +942,13 @@ class IMAPSession(asyncio.Protocol):
                     data = raw.replace(b"\n", b"\r\n")
                 if _matches(key, seq, message, data, messages):
                     found.append(message.uid if uid else seq)
-        self.send(b"* SEARCH" + b"".join(b" %d" % n for n in found))
+                    highest = max(highest, message.modseq)
+        tail = b""
+        if _uses_modseq(key):
+            self.condstore = True  # a CONDSTORE-enabling command (RFC 7162 §3.1)
+            if found:
+                tail = b" (MODSEQ %d)" % highest
+        self.send(b"* SEARCH" + b"".join(b" %d" % n for n in found) + tail)
         self.send(f"{command.tag} OK {command.name} completed".encode())
 
     async def cmd_idle(self, command: Command) -> None:
@@ -870,15 +989,22 @@ class IMAPSession(asyncio.Protocol):
             return
         state = await self._blocking(selected.index.sync)
         now = {m.uid: m for m in state.messages}
-        for seq in range(len(selected.messages), 0, -1):
-            if selected.messages[seq - 1].uid not in now:
+        gone = [seq for seq in range(len(selected.messages), 0, -1) if selected.messages[seq - 1].uid not in now]
+        if gone and self.qresync:
+            self.send(b"* VANISHED " + uid_set(sorted(selected.messages[seq - 1].uid for seq in gone)))
+        for seq in gone:
+            if not self.qresync:
                 self.send(b"* %d EXPUNGE" % seq)
-                del selected.messages[seq - 1]
+            del selected.messages[seq - 1]
         known = {m.uid for m in selected.messages}
         for seq, message in enumerate(selected.messages, 1):
             fresh = now[message.uid]
-            if fresh.flags != message.flags:
-                self.send(b"* %d FETCH (FLAGS %s)" % (seq, flags_of(fresh.flags)))
+            if fresh.flags != message.flags or fresh.modseq != message.modseq:
+                parts = [b"UID %d" % fresh.uid] if self.qresync else []
+                parts.append(b"FLAGS " + flags_of(fresh.flags))
+                if self.condstore:
+                    parts.append(b"MODSEQ (%d)" % fresh.modseq)
+                self.send(b"* %d FETCH (%s)" % (seq, b" ".join(parts)))
             selected.messages[seq - 1] = fresh
         added = [m for m in state.messages if m.uid not in known]
         if added:
@@ -886,6 +1012,7 @@ class IMAPSession(asyncio.Protocol):
             self.send(b"* %d EXISTS" % len(selected.messages))
             self.send(b"* %d RECENT" % sum(1 for m in selected.messages if m.recent))
         selected.uidnext = state.next_uid
+        selected.highest_modseq, selected.expunged_modseq = state.highest_modseq, state.expunged_modseq
 
 
 _AUTHENTICATED = ("authenticated", "selected")
@@ -963,6 +1090,50 @@ def _needs_text(key: SearchKey, *, body: bool = False) -> bool:
                         "SENTSINCE")
 
 
+def _uses_modseq(key: SearchKey) -> bool:
+    if key.name in ("AND", "OR", "NOT"):
+        return any(_uses_modseq(k) for k in key.args if isinstance(k, SearchKey))
+    return key.name == "MODSEQ"
+
+
+def uid_set(uids: list[int]) -> bytes:
+    """Ascending UIDs as a compact sequence set: 1:3,7,9:10."""
+    spans: list[list[int]] = []
+    for uid in uids:
+        if spans and uid <= spans[-1][1] + 1:
+            spans[-1][1] = max(spans[-1][1], uid)
+        else:
+            spans.append([uid, uid])
+    return b",".join(b"%d" % a if a == b else b"%d:%d" % (a, b) for a, b in spans)
+
+
+def vanished(known: SequenceSet, present: list[int], top: int) -> bytes:
+    """The UIDs of ``known`` (``*`` is ``top``, the highest UID ever given) that are not in
+    ``present`` (ascending), as a sequence set; computed from the gaps, never UID by UID."""
+    gaps: list[tuple[int, int]] = []
+    for low, high in known.ranges:
+        a, b = low if low is not None else top, high if high is not None else top
+        a, b = max(1, min(a, b)), min(top, max(a, b))
+        position = bisect.bisect_left(present, a)
+        while a <= b:
+            if position < len(present) and present[position] <= b:
+                if present[position] > a:
+                    gaps.append((a, present[position] - 1))
+                a = present[position] + 1
+                position += 1
+            else:
+                gaps.append((a, b))
+                break
+    gaps.sort()
+    merged: list[list[int]] = []
+    for a, b in gaps:
+        if merged and a <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return b",".join(b"%d" % a if a == b else b"%d:%d" % (a, b) for a, b in merged)
+
+
 def _header_value(data: bytes, name: bytes) -> bytes:
     header, _ = split_message(data)
     return header_fields(header, (name.upper(),), exclude=False)
@@ -993,6 +1164,8 @@ def _matches(key: SearchKey, seq: int, message: IndexedMessage, data: bytes,
             if min(a, b) <= value <= max(a, b):
                 return True
         return False
+    if name == "MODSEQ":
+        return message.modseq >= int(args[0])
     if name == "LARGER":
         return message.virtual_size > int(args[0])
     if name == "SMALLER":

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from ispd.mail.imap.framing import Command as Framed
 from ispd.mail.imap.framing import CommandFramer
-from ispd.mail.imap.parser import FetchItem, ParseError, SearchKey, Section, SequenceSet, parse
+from ispd.mail.imap.parser import FetchItem, ParseError, QResync, SearchKey, Section, SequenceSet, parse
 
 
 def command(text: bytes) -> object:
@@ -39,9 +39,36 @@ def test_login_takes_atoms_quoted_strings_and_literals() -> None:
 
 
 def test_select_names_the_inbox_in_any_case_and_takes_condstore() -> None:
-    assert command(b"a SELECT inbox").args == {"mailbox": b"INBOX", "condstore": False}  # type: ignore[attr-defined]
+    assert command(b"a SELECT inbox").args == {  # type: ignore[attr-defined]
+        "mailbox": b"INBOX", "condstore": False, "qresync": None}
     assert command(b'a EXAMINE "Archive/2026" (CONDSTORE)').args == {  # type: ignore[attr-defined]
-        "mailbox": b"Archive/2026", "condstore": True}
+        "mailbox": b"Archive/2026", "condstore": True, "qresync": None}
+
+
+def test_select_takes_what_a_qresync_client_cached() -> None:
+    args = command(b"a SELECT INBOX (QRESYNC (67890007 20050715194045000 41,43:211,214:541))").args  # type: ignore[attr-defined]
+    assert args["qresync"] == QResync(67890007, 20050715194045000,
+                                      SequenceSet(((41, 41), (43, 211), (214, 541))))
+    args = command(b"a SELECT INBOX (QRESYNC (1 5 1:9 (1,5 2,9)))").args  # type: ignore[attr-defined]
+    assert args["qresync"] == QResync(1, 5, SequenceSet(((1, 9),)),
+                                      (SequenceSet(((1, 1), (5, 5))), SequenceSet(((2, 2), (9, 9)))))
+    assert command(b"a SELECT INBOX (QRESYNC (1 5))").args["qresync"] == QResync(1, 5)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("text", [
+    b"a SELECT INBOX (QRESYNC (0 5))", b"a SELECT INBOX (QRESYNC (1))", b"a SELECT INBOX (QRESYNC 1 5)",
+    b"a SELECT INBOX (RESYNC)", b"a UID FETCH 1:* FLAGS (VANISHED)", b"a FETCH 1 FLAGS (CHANGEDSINCE x)",
+    b"a SEARCH MODSEQ \"/flags/\\\\draft\" every 5",
+])
+def test_bad_qresync_arguments_are_bad(text: bytes) -> None:
+    bad(text)
+
+
+def test_fetch_modifiers_come_in_any_order_and_search_reads_modseq_entries() -> None:
+    args = command(b"a UID FETCH 1:* FLAGS (VANISHED CHANGEDSINCE 12)").args  # type: ignore[attr-defined]
+    assert (args["changed_since"], args["vanished"]) == (12, True)
+    key = command(b'a SEARCH MODSEQ "/flags/\\\\draft" all 620162338').args["key"]  # type: ignore[attr-defined]
+    assert key == SearchKey("MODSEQ", (620162338,))
 
 
 @pytest.mark.parametrize(("text", "ranges"), [
