@@ -11,7 +11,8 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -45,7 +46,8 @@ class Lab:
         with smtplib.SMTP("127.0.0.1", self.mx, timeout=10) as client:
             client.sendmail("sender@elsewhere.example", [to],
                             f"From: Sender <sender@elsewhere.example>\r\nTo: {to}\r\nSubject: {subject}\r\n"
-                            f"Date: Fri, 04 Dec 2026 19:00:00 +0000\r\n\r\n{body}\r\n".encode())
+                            f"Date: Fri, 04 Dec 2026 19:00:00 +0000\r\nMessage-ID: <{uuid.uuid4()}@elsewhere.example>\r\n"
+                            f"\r\n{body}\r\n".encode())
 
     def login(self) -> imaplib.IMAP4_SSL:
         client = imaplib.IMAP4_SSL("127.0.0.1", self.imaps, ssl_context=self.context(), timeout=10)
@@ -466,3 +468,144 @@ def test_qresync_needs_enable_and_select_says_a_mailbox_closed(lab: Lab) -> None
     typ, _ = client.select("INBOX", readonly=True)
     assert typ == "OK" and client.untagged_responses.get("CLOSED") is not None
     client.logout()
+
+
+# === neomutt, a real terminal mail client, driven in tmux ===========================================================
+
+
+class Terminal:
+    """A private tmux server (its own socket) running one program; keys in, screen text out."""
+
+    def __init__(self, directory: Path, command: str) -> None:
+        self.socket = directory / "tmux.sock"
+        self._tmux("new-session", "-d", "-x", "160", "-y", "40", command)
+
+    def _tmux(self, *args: str) -> str:
+        return subprocess.run(["tmux", "-S", str(self.socket), *args], check=True, capture_output=True,
+                              text=True, timeout=10).stdout
+
+    def keys(self, *keys: str) -> None:
+        self._tmux("send-keys", *keys)
+
+    def type(self, text: str) -> None:
+        self._tmux("send-keys", "-l", text)
+
+    def screen(self) -> str:
+        return self._tmux("capture-pane", "-p")
+
+    def wait_for(self, text: str, timeout: float = 15.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            shown = self.screen()
+            if text in shown:
+                return shown
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} never showed; the screen:\n{shown}")
+            time.sleep(0.1)
+
+    def running(self) -> bool:
+        """Whether the program still runs (its tmux server ends with it)."""
+        return subprocess.run(["tmux", "-S", str(self.socket), "has-session"], capture_output=True,
+                              timeout=10).returncode == 0
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "-S", str(self.socket), "kill-server"], capture_output=True, timeout=10)
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        time.sleep(0.1)
+
+
+def files_in(folder: Path) -> dict[str, bytes]:
+    """The messages in a folder's cur/ by file name (one renamed while listed is left out)."""
+    found = {}
+    for path in (folder / "cur").iterdir() if (folder / "cur").is_dir() else ():
+        try:
+            found[path.name] = path.read_bytes()
+        except FileNotFoundError:
+            continue
+    return found
+
+
+def test_neomutt_reads_replies_flags_searches_moves_and_deletes(lab: Lab, tmp_path: Path) -> None:
+    address = f"nora@{DOMAIN}"
+    lab.ispd.cli("subscriber", "add", "nora", "--password-stdin", input=f"{PASSWORD}\n")
+    lab.ispd.cli("mailbox", "add", "nora", address)
+    for n, body in ((1, "please reply"), (2, "the secret-word is here"), (3, "file me"), (4, "throw me away")):
+        lab.deliver(f"neomutt-{n}", body=body, to=address)
+    mailbox = lab.root / DOMAIN / "nora"
+    sent = tmp_path / "sent"
+    sent.mkdir()
+    sendmail, editor = tmp_path / "sendmail", tmp_path / "editor"
+    # What neomutt hands to "sendmail" is kept; the editor writes the reply's text above the quote.
+    sendmail.write_text(f'#!/bin/sh\ncat > "{sent}/$$.eml"\n')
+    editor.write_text('#!/bin/sh\n{ printf "Thanks, got it.\\n\\n"; cat "$1"; } > "$1.new" && mv "$1.new" "$1"\n')
+    for script in (sendmail, editor):
+        script.chmod(0o755)
+    muttrc = tmp_path / "muttrc"
+    muttrc.write_text("\n".join([
+        f'set folder="imaps://nora%40{DOMAIN}@127.0.0.1:{lab.imaps}/"', 'set spoolfile="+INBOX"',
+        f'set imap_pass="{PASSWORD}"', f'set ssl_ca_certificates_file="{lab.ca}"',
+        f'set certificate_file="{tmp_path}/certificates"', "set ssl_force_tls=yes",
+        'set record="+Sent"', 'set postponed="+Drafts"', f'set sendmail="{sendmail}"', f'set editor="{editor}"',
+        f'set from="Nora <{address}>"', "set use_from=yes", "set include=yes", "set fast_reply=yes",
+        "set edit_headers=no", "set delete=yes", "set move=no", "set confirmappend=no", "set wait_key=no",
+        "set sort=subject", "set resolve=no", "set imap_idle=yes", "set timeout=1", "set mail_check=1", 'set header_cache=""',
+        'set message_cachedir=""', "set abort_noattach=no", "set quit=yes", "set beep=no", "",
+    ]))
+    terminal = Terminal(tmp_path, f"env HOME={tmp_path} neomutt -n -F {muttrc}")
+    try:
+        terminal.wait_for("neomutt-4")
+        # Read the first message, then reply to it (the reply is sent and filed in Sent).
+        terminal.keys("=", "Enter")
+        terminal.wait_for("please reply")
+        terminal.keys("q")
+        terminal.wait_for("neomutt-4")
+        terminal.keys("r")
+        terminal.wait_for("Send")  # the compose menu: "y:Send"
+        terminal.keys("y")
+        wait_until(lambda: any(sent.iterdir()), "the reply handed to sendmail")
+        wait_until(lambda: len(files_in(mailbox / ".Sent")) == 1, "the reply filed in Sent over IMAP")
+        # Flag the second, save the third to Archive, delete the fourth, and purge.
+        terminal.keys("=", "j", "F", "j", "s")
+        terminal.wait_for("for list")  # "Save to mailbox ('?' for list):"
+        terminal.keys("C-u")
+        terminal.type("=Archive")
+        terminal.keys("Enter")
+        wait_until(lambda: len(files_in(mailbox / ".Archive")) == 1, "the third message saved to Archive")
+        terminal.keys("=", "j", "j", "d", "$")  # j skips the third, deleted by the save
+        wait_until(lambda: len(files_in(mailbox)) == 2, "the saved and the deleted message purged")
+        terminal.wait_for("Msgs:2 ")  # neomutt drops keys typed ahead while it syncs
+        # A search the server answers (=b: body, by IMAP SEARCH): only the second matches.
+        terminal.keys("l")
+        time.sleep(0.5)  # the prompt ("Limit to messages matching:") does not show in tmux's copy
+        terminal.type("=b secret-word")
+        terminal.keys("Enter")
+        wait_until(lambda: "neomutt-2" in terminal.screen() and "neomutt-1" not in terminal.screen(),
+                   "the limited index")
+        terminal.keys("l")
+        terminal.type("all")
+        terminal.keys("Enter")
+        # New mail shows up while neomutt idles (IDLE, woken by the delivery).
+        lab.deliver("neomutt-5", body="fresh", to=address)
+        terminal.wait_for("neomutt-5", timeout=10)
+        terminal.keys("q")
+        wait_until(lambda: not terminal.running(), "neomutt to quit", timeout=10)
+    finally:
+        terminal.close()
+    inbox_files = files_in(mailbox)
+    flags = {data.split(b"Subject: ")[1].split(b"\n")[0].decode(): name.rpartition(":2,")[2]
+             for name, data in inbox_files.items()}
+    assert set(flags) == {"neomutt-1", "neomutt-2", "neomutt-5"}, flags
+    assert "R" in flags["neomutt-1"] and "S" in flags["neomutt-1"]  # read and answered
+    assert "F" in flags["neomutt-2"]
+    [archived] = files_in(mailbox / ".Archive").values()
+    assert b"Subject: neomutt-3" in archived
+    [filed] = files_in(mailbox / ".Sent").values()
+    assert b"Subject: Re: neomutt-1" in filed and b"Thanks, got it." in filed
+    [handed] = [p.read_bytes() for p in sent.iterdir()]
+    assert b"In-Reply-To:" in handed and b"> please reply" in handed
