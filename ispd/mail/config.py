@@ -86,6 +86,10 @@ class MailConfig(Section):
     # A session that sends nothing for this long is logged out (RFC 3501 §5.4: at least 30
     # minutes; clients in IDLE renew it every 29).
     imap_autologout_seconds: float = Field(default=1800.0, ge=1800, le=86400)
+    # Commands one IMAP session may send per second, with bursts of five seconds' worth; a
+    # client above it is slowed down (its commands wait), never refused. 0: no limit. A mail
+    # client resynchronising a large folder sends tens per second at most.
+    imap_commands_per_second: int = Field(default=200, ge=0, le=100_000)
     # A failed AUTH is answered after this delay, and a session that fails this often is closed.
     auth_failure_delay_seconds: float = Field(default=1.0, ge=0, le=30)
     max_auth_failures: int = Field(default=3, ge=1, le=100)

@@ -240,6 +240,25 @@ class AuthThrottle:
         self._logins.pop(login.lower(), None)
 
 
+class CommandPace:
+    """Commands of one session: a token bucket of ``per_second`` with a burst of five seconds'
+    worth. ``delay`` says how long a command must wait: a client over the pace is slowed down to
+    it, never refused, so a buggy or hostile client in a loop costs its rate and no more."""
+
+    def __init__(self, per_second: int, now: float) -> None:
+        self.per_second = per_second
+        self.burst = 5.0 * per_second
+        self.tokens = self.burst
+        self.stamp = now
+
+    def delay(self, now: float) -> float:
+        if self.per_second <= 0:
+            return 0.0
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.per_second) - 1
+        self.stamp = now
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.per_second
+
+
 class ConnectionRate:
     """New connections per client address in a sliding minute (Postfix's anvil
     smtpd_client_connection_rate_limit): a client over it gets 421 and is closed at once."""

@@ -35,6 +35,7 @@ Messages seen in new/ by a sync are \\Recent for the session that synced (RFC 35
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import fcntl
 import os
@@ -178,7 +179,8 @@ class FolderIndex:
     def sync(self, now: float | None = None) -> FolderState:
         with self._locked():
             snapshot, recent = self._current()
-            messages = [dataclasses.replace(m, recent=True) if m.uid in recent else m for m in snapshot.messages]
+            messages = [dataclasses.replace(m, recent=True) if m.uid in recent else m
+                        for m in snapshot.messages] if recent else list(snapshot.messages)
             return FolderState(snapshot.uidvalidity, snapshot.next_uid, messages, snapshot.highest_modseq,
                                snapshot.expunged_modseq)
 
@@ -296,13 +298,13 @@ class FolderIndex:
         wanted_letters = set(letters) & set(MAILDIR_FLAGS)
         with self._locked():
             snapshot, _ = self._current()
-            by_uid = {m.uid: i for i, m in enumerate(snapshot.messages)}
             found: dict[int, IndexedMessage] = {}
             modified: list[int] = []
             renames: list[tuple[int, IndexedMessage]] = []
             for uid in uids:
-                position = by_uid.get(uid)
-                if position is None:
+                # The snapshot is in UID order: found by bisection, not by a map of the folder.
+                position = bisect.bisect_left(snapshot.messages, uid, key=_uid_of)
+                if position == len(snapshot.messages) or snapshot.messages[position].uid != uid:
                     continue
                 message = snapshot.messages[position]
                 if unchanged_since is not None and message.modseq > unchanged_since:
@@ -431,6 +433,10 @@ class FolderIndex:
         os.replace(temporary, self.path / name)
         if sync:
             fsync_directory(self.path)
+
+
+def _uid_of(message: IndexedMessage) -> int:
+    return message.uid
 
 
 def _delivery_order(entry: os.DirEntry[str]) -> tuple[int, str]:

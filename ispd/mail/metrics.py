@@ -47,6 +47,10 @@ class MailMetrics:
             for result in ("ok", "no", "bad"):
                 self.imap_commands.inc(command, result, amount=0)
         self.imap_bytes_sent.inc(amount=0)
+        self.imap_throttled = LabeledCounter(
+            "ispd_mail_imap_throttled_commands_total",
+            "IMAP commands held back because their session was over imap_commands_per_second.", [])
+        self.imap_throttled.inc(amount=0)
         self.authentication = LabeledCounter(
             "ispd_mail_authentication_total", "Inbound SPF, DKIM and DMARC results, by method and result.",
             ["method", "result"])
@@ -73,7 +77,8 @@ class MailMetrics:
     def collectors(self, gauges: Callable[[], dict[str, float]],
                    queue: Callable[[], QueueFigures]) -> list[Collector]:
         return [FastCollector([self.messages, self.refusals, self.bytes, self.deliveries, self.delivery_latency,
-                               self.auth, self.authentication, self.imap_commands, self.imap_bytes_sent]),
+                               self.auth, self.authentication, self.imap_commands, self.imap_bytes_sent,
+                               self.imap_throttled]),
                 _ListenerCollector(self.listener, gauges), _QueueCollector(queue)]
 
 

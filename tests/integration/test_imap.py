@@ -67,6 +67,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         "certificate": str(certificates.certificate), "private_key": str(certificates.private_key),
         "authentication_checks": False, "resolver": f"127.0.0.1:{free_tcp_port()}",
         "auth_failure_delay_seconds": 0.1, "max_imap_sessions_per_mailbox": 4,
+        "imap_commands_per_second": 500,  # bursts of 2 500: the flood below goes over it
     })
     with IspdProcess(workdir, config) as ispd:
         ispd.start()
@@ -329,7 +330,8 @@ def test_quota_is_reported_from_the_plan_or_mailbox(lab: Lab) -> None:
     client.logout()
 
 
-def test_a_flood_of_pipelined_commands_is_answered_in_order(lab: Lab) -> None:
+def test_a_flood_of_pipelined_commands_is_slowed_down_and_answered_in_order(lab: Lab) -> None:
+    throttled = lab.ispd.metric_value("ispd_mail_imap_throttled_commands_total") or 0
     raw = lab.context().wrap_socket(socket.create_connection(("127.0.0.1", lab.imaps), timeout=20),
                                     server_hostname="mail.isp.example")
     with raw:
@@ -342,6 +344,8 @@ def test_a_flood_of_pipelined_commands_is_answered_in_order(lab: Lab) -> None:
             data += chunk
     tags = [line.split()[0] for line in data.split(b"\r\n") if line.startswith(b"n")]
     assert tags == [b"n%d" % i for i in range(3000)]
+    # Past the burst, commands waited for their turn (500 a second): none was refused.
+    assert (lab.ispd.metric_value("ispd_mail_imap_throttled_commands_total") or 0) - throttled >= 400
 
 
 def test_a_suspended_subscriber_reads_mail_and_a_closed_one_cannot(lab: Lab) -> None:

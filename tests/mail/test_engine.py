@@ -4,6 +4,7 @@ import pytest
 
 from ispd.mail.engine import (
     AuthThrottle,
+    CommandPace,
     ConnectionRate,
     MXPolicy,
     SendingLimit,
@@ -181,3 +182,11 @@ def test_password_guessing_is_throttled_by_address_and_by_login() -> None:
     assert throttle.delay("alice@isp.example", 5.0) == 8.0  # 7 failures: 1 * 2**4, capped at 8
     throttle.succeeded("Alice@isp.example")
     assert throttle.delay("alice@isp.example", 5.0) == 1.0
+
+
+def test_a_session_over_its_command_pace_waits_and_is_never_refused() -> None:
+    pace = CommandPace(per_second=10, now=0.0)
+    assert [pace.delay(0.0) for _ in range(50)] == [0.0] * 50  # a burst of five seconds' worth
+    assert pace.delay(0.0) == pytest.approx(0.1) and pace.delay(0.0) == pytest.approx(0.2)
+    assert pace.delay(10.0) == 0.0  # refilled, up to the burst only
+    assert CommandPace(per_second=0, now=0.0).delay(0.0) == 0.0  # 0: no limit

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from ispd.logs import get_logger
 from ispd.mail import mailindex
+from ispd.mail.engine import CommandPace
 from ispd.mail.imap import mime
 from ispd.mail.imap.framing import Command as Framed
 from ispd.mail.imap.framing import CommandFramer, Continue, TooLong
@@ -103,6 +104,7 @@ class IMAPSession(asyncio.Protocol):
         self._paused = False
         self._tag_of_current = b""  # the command being answered, for the metrics
         self.condstore = False  # MODSEQ in every FETCH (RFC 7162 §3.1)
+        self._pace = CommandPace(service.config.imap_commands_per_second, 0.0)
         self._modified: list[int] = []  # the last conditional STORE's refusals, by sequence number
         self.qresync = False  # VANISHED instead of EXPUNGE (RFC 7162 §3.2.10)
         self._command_of_current = "other"
@@ -184,6 +186,10 @@ class IMAPSession(asyncio.Protocol):
                 tag = event.tag.decode("ascii", "replace") or "*"
                 self.send(f"{tag} BAD {'literal' if event.what == 'literal' else 'line'} too long".encode())
                 continue
+            wait = self._pace.delay(asyncio.get_running_loop().time())
+            if wait > 0:
+                self.service.metrics.imap_throttled.inc()
+                await asyncio.sleep(wait)
             try:
                 command = parse(event)
             except ParseError as exc:
@@ -700,8 +706,9 @@ class IMAPSession(asyncio.Protocol):
         for low, high in sequence.ranges:
             a, b = low if low is not None else top, high if high is not None else top
             a, b = min(a, b), max(a, b)
-            if uid:
-                wanted += [i for i, m in enumerate(messages, 1) if a <= m.uid <= b]
+            if uid:  # messages are in UID order: the range's ends by bisection
+                first = bisect.bisect_left(messages, a, key=_uid_of)
+                wanted += range(first + 1, bisect.bisect_right(messages, b, lo=first, key=_uid_of) + 1)
             else:
                 wanted += range(max(a, 1), min(b, len(messages)) + 1)
         return sorted(set(wanted))
@@ -927,7 +934,12 @@ class IMAPSession(asyncio.Protocol):
         messages = self.selected.messages
         found = []
         highest = 0
-        for start in range(0, len(messages), SEARCH_BATCH):
+        if not needs_text:  # flags, numbers, dates and sizes: the index answers alone
+            for seq, message in enumerate(messages, 1):
+                if _matches(key, seq, message, b"", messages):
+                    found.append(message.uid if uid else seq)
+                    highest = max(highest, message.modseq)
+        for start in range(0, len(messages) if needs_text else 0, SEARCH_BATCH):
             numbers = list(range(start + 1, min(start + SEARCH_BATCH, len(messages)) + 1))
             # The files of a batch in one trip to the file threads (only headers unless BODY or
             # TEXT is asked); a batch at a time, so a large folder is never all in memory.
@@ -1090,6 +1102,16 @@ def _needs_text(key: SearchKey, *, body: bool = False) -> bool:
                         "SENTSINCE")
 
 
+# Search keys that test one Maildir flag letter: (letter, whether it must be set).
+_FLAG_KEYS = {"SEEN": ("S", True), "UNSEEN": ("S", False), "DELETED": ("T", True), "UNDELETED": ("T", False),
+              "FLAGGED": ("F", True), "UNFLAGGED": ("F", False), "ANSWERED": ("R", True),
+              "UNANSWERED": ("R", False), "DRAFT": ("D", True), "UNDRAFT": ("D", False)}
+
+
+def _uid_of(message: IndexedMessage) -> int:
+    return message.uid
+
+
 def _uses_modseq(key: SearchKey) -> bool:
     if key.name in ("AND", "OR", "NOT"):
         return any(_uses_modseq(k) for k in key.args if isinstance(k, SearchKey))
@@ -1148,13 +1170,14 @@ def _matches(key: SearchKey, seq: int, message: IndexedMessage, data: bytes,
         return _matches(args[0], seq, message, data, messages) or _matches(args[1], seq, message, data, messages)
     if name == "NOT":
         return not _matches(args[0], seq, message, data, messages)
-    simple = {"ALL": True, "SEEN": "S" in flags, "UNSEEN": "S" not in flags, "DELETED": "T" in flags,
-              "UNDELETED": "T" not in flags, "FLAGGED": "F" in flags, "UNFLAGGED": "F" not in flags,
-              "ANSWERED": "R" in flags, "UNANSWERED": "R" not in flags, "DRAFT": "D" in flags,
-              "UNDRAFT": "D" not in flags, "RECENT": message.recent, "NEW": message.recent and "S" not in flags,
-              "OLD": not message.recent}
-    if name in simple:
-        return simple[name]
+    flag = _FLAG_KEYS.get(name)
+    if flag is not None:
+        letter, wanted = flag
+        return (letter in flags) == wanted
+    if name == "ALL":
+        return True
+    if name in ("RECENT", "NEW", "OLD"):
+        return message.recent and "S" not in flags if name == "NEW" else message.recent == (name == "RECENT")
     if name in ("SEQUENCE", "UID"):
         sequence: SequenceSet = args[0]
         top = messages[-1].uid if name == "UID" else len(messages)

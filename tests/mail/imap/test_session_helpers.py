@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import pytest
+
+from ispd.mail.imap.parser import SequenceSet
+from ispd.mail.imap.session import uid_set, vanished
+
+
+def test_uid_sets_are_compact() -> None:
+    assert uid_set([1, 2, 3, 7, 9, 10]) == b"1:3,7,9:10"
+    assert uid_set([4]) == b"4" and uid_set([]) == b""
+
+
+@pytest.mark.parametrize(("known", "present", "top", "expected"), [
+    (((1, None),), [2, 4, 5], 7, b"1,3,6:7"),
+    (((1, 4),), [1, 2, 3, 4], 9, b""),
+    (((5, 3), (8, 8)), [4], 9, b"3,5,8"),  # ranges in either order; "*" is the highest UID given
+    (((1, 4294967295),), [2], 3, b"1,3"),  # never walks past the highest UID ever given
+    (((None, None),), [], 6, b"6"),
+    (((1, 3), (2, 5)), [], 9, b"1:5"),  # overlapping ranges merged
+])
+def test_vanished_names_the_gaps(known: tuple[tuple[int | None, int | None], ...], present: list[int], top: int,
+                                 expected: bytes) -> None:
+    assert vanished(SequenceSet(known), present, top) == expected
+
+
+def test_flag_search_keys_read_the_index_alone() -> None:
+    from ispd.mail.imap.parser import SearchKey
+    from ispd.mail.imap.session import _matches
+    from ispd.mail.mailindex import IndexedMessage
+
+    def message(flags: str, recent: bool) -> IndexedMessage:
+        return IndexedMessage(1, "m:2," + flags, flags, 10, 12, 0.0, recent, 3)
+
+    cases = {"ALL": (True, True, True), "SEEN": (True, False, False), "UNSEEN": (False, True, True),
+             "RECENT": (True, True, False), "NEW": (False, True, False), "OLD": (False, False, True),
+             "FLAGGED": (False, True, False), "UNFLAGGED": (True, False, True), "DELETED": (False, False, True)}
+    messages = [message("S", True), message("F", True), message("T", False)]
+    for key, expected in cases.items():
+        assert tuple(_matches(SearchKey(key), 1, m, b"", messages) for m in messages) == expected, key
+    assert _matches(SearchKey("MODSEQ", (3,)), 1, messages[0], b"", messages)
+    assert not _matches(SearchKey("MODSEQ", (4,)), 1, messages[0], b"", messages)
