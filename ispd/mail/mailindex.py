@@ -55,6 +55,13 @@ _MODSEQ_LOG_LIMIT = 256 * 1024  # past this, the next sync folds the log into th
 # A folder's index has one writer at a time in this process (flock keeps other processes out).
 _FOLDER_LOCKS = PathLocks(threading.Lock)
 MAILDIR_FLAGS = "DFPRST"  # draft, flagged, passed, replied, seen, trashed (Maildir spec)
+KEYWORD_LETTERS = "abcdefghijklmnopqrstuvwxyz"  # keywords, named in dovecot-keywords (Dovecot's layout)
+_FLAG_LETTERS = set(MAILDIR_FLAGS + KEYWORD_LETTERS)
+KEYWORDS_FILE = "dovecot-keywords"
+
+
+class TooManyKeywords(Exception):
+    """A folder holds 26 keywords at most (one letter each in the file names)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +146,7 @@ def _named_with_uid(name: str, uid: int) -> str:
 
 def flags_in_name(name: str) -> str:
     _, sep, info = name.partition(":2,")
-    return "".join(sorted(set(info) & set(MAILDIR_FLAGS))) if sep else ""
+    return "".join(sorted(set(info) & _FLAG_LETTERS)) if sep else ""
 
 
 def _virtual_size(name: str, size: int) -> int:
@@ -295,7 +302,7 @@ class FolderIndex:
         now, not from what the caller last saw, so two sessions' changes do not undo each other.
         With ``unchanged_since`` (CONDSTORE's UNCHANGEDSINCE), messages changed after that
         modseq are left alone and listed. Expunged messages are left out of the result."""
-        wanted_letters = set(letters) & set(MAILDIR_FLAGS)
+        wanted_letters = set(letters) & _FLAG_LETTERS
         with self._locked():
             snapshot, _ = self._current()
             found: dict[int, IndexedMessage] = {}
@@ -349,6 +356,42 @@ class FolderIndex:
                     _SNAPSHOTS.pop(self.path, None)
             return FlagChange(found, [u.uid for _, u in done] if renames else [], modified,
                               snapshot.highest_modseq, snapshot.expunged_modseq)
+
+    # --- keywords
+
+    def keywords(self) -> list[str]:
+        """The folder's keywords, in letter order (a, b, c...)."""
+        by_index: dict[int, str] = {}
+        try:
+            lines = (self.path / KEYWORDS_FILE).read_text(encoding="utf-8", errors="replace").splitlines()
+        except FileNotFoundError:
+            return []
+        for line in lines:
+            number, _, name = line.partition(" ")
+            if number.isdigit() and int(number) < len(KEYWORD_LETTERS) and name:
+                by_index[int(number)] = name
+        # A gap (a hand-edited file) keeps its place: letters must not shift.
+        return [by_index.get(i, f"$ispd-unnamed-{i}") for i in range(max(by_index, default=-1) + 1)]
+
+    def keyword_letters(self, names: list[str], *, create: bool) -> str:
+        """The letters of these keywords (case-insensitive), added to the folder's table when
+        ``create``; unknown ones are left out otherwise. Raises TooManyKeywords."""
+        with self._locked():
+            known = self.keywords()
+            lowered = [k.lower() for k in known]
+            letters = []
+            for name in names:
+                if name.lower() not in lowered:
+                    if not create:
+                        continue
+                    if len(known) >= len(KEYWORD_LETTERS):
+                        raise TooManyKeywords(name)
+                    known.append(name)
+                    lowered.append(name.lower())
+                letters.append(KEYWORD_LETTERS[lowered.index(name.lower())])
+            if len(known) > len(self.keywords()):
+                self._replace(KEYWORDS_FILE, "".join(f"{i} {k}\n" for i, k in enumerate(known)))
+            return "".join(sorted(set(letters)))
 
     # --- the files
 

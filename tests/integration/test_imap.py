@@ -613,3 +613,39 @@ def test_neomutt_reads_replies_flags_searches_moves_and_deletes(lab: Lab, tmp_pa
     assert b"Subject: Re: neomutt-1" in filed and b"Thanks, got it." in filed
     [handed] = [p.read_bytes() for p in sent.iterdir()]
     assert b"In-Reply-To:" in handed and b"> please reply" in handed
+
+
+def test_keywords_are_kept_searched_copied_and_told_to_other_sessions(lab: Lab) -> None:
+    client, other = lab.login(), lab.login()
+    client.create("Tagged")
+    client.append("Tagged", "(\\Seen $Label1)", None, b"Subject: tagged\r\n\r\nbody\r\n")
+    client.append("Tagged", None, None, b"Subject: plain\r\n\r\nbody\r\n")
+    client.select("Tagged")
+    assert b"$Label1" in client.untagged_responses["FLAGS"][-1]
+    assert b"\\*" in client.untagged_responses["PERMANENTFLAGS"][-1]
+    other.select("Tagged")
+    typ, data = client.store("2", "+FLAGS", "($Forwarded)")
+    assert typ == "OK" and b"$Forwarded" in data[-1]
+    assert b"$Forwarded" in client.untagged_responses["FLAGS"][-1]  # the folder's FLAGS, told again
+    assert client.search(None, "KEYWORD", "$forwarded")[1] == [b"2"]  # keywords match in any case
+    assert client.search(None, "UNKEYWORD", "$Label1")[1] == [b"2"]
+    assert client.search(None, "KEYWORD", "$NeverUsed")[1] == [b""]
+    other.noop()
+    assert b"$Forwarded" in other.untagged_responses["FLAGS"][-1]
+    assert any(b"$Forwarded" in r for r in other.untagged_responses["FETCH"])
+    # On disk as Dovecot keeps them: a letter in the name, its keyword in dovecot-keywords.
+    folder = lab.root / DOMAIN / "erin" / ".Tagged"
+    assert (folder / "dovecot-keywords").read_text() == "0 $Label1\n1 $Forwarded\n"
+    assert sorted(name.rpartition(":2,")[2] for name in files_in(folder)) == ["Sa", "b"]
+    # A copy keeps its keywords, under the target folder's own letters.
+    client.create("Copies")
+    client.append("Copies", "(Work)", None, b"Subject: first there\r\n\r\nbody\r\n")
+    client.copy("1:2", "Copies")
+    client.select("Copies", readonly=True)
+    _, data = client.fetch("1:*", "(FLAGS)")
+    assert [b"Work" in d for d in data] == [True, False, False]
+    assert b"$Label1" in data[1] and b"\\Seen" in data[1] and b"$Forwarded" in data[2]
+    other.logout()
+    client.delete("Copies")
+    client.delete("Tagged")
+    client.logout()

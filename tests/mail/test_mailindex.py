@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ispd.mail.maildir import Maildir
-from ispd.mail.mailindex import FolderIndex, flags_in_name, forget, uid_in_name
+from ispd.mail.mailindex import FolderIndex, TooManyKeywords, flags_in_name, forget, uid_in_name
 
 
 @pytest.fixture
@@ -45,9 +45,9 @@ def test_flags_are_one_rename_and_survive_a_sync(maildir: Maildir) -> None:
     deliver(maildir, "x", 1.0)
     index = FolderIndex(maildir.path)
     message = index.sync().messages[0]
-    flagged = index.set_flags([message.uid], "=", "SFx").messages[1]
-    assert flagged.flags == "FS" and flagged.name.endswith(":2,FS")
-    assert [(m.uid, m.flags) for m in index.sync().messages] == [(1, "FS")]
+    flagged = index.set_flags([message.uid], "=", "SF?x").messages[1]  # x: a keyword's letter
+    assert flagged.flags == "FSx" and flagged.name.endswith(":2,FSx")
+    assert [(m.uid, m.flags) for m in index.sync().messages] == [(1, "FSx")]
 
 
 def test_a_lost_uidlist_is_rebuilt_with_the_same_uids_and_uidvalidity(maildir: Maildir) -> None:
@@ -102,7 +102,7 @@ def test_each_folder_has_its_own_index(maildir: Maildir) -> None:
     assert [m.uid for m in FolderIndex(maildir.path).sync().messages] == [1]
 
 
-@pytest.mark.parametrize(("name", "flags"), [("1.x:2,SF", "FS"), ("1.x:2,", ""), ("1.x", ""), ("1.x:2,Sa", "S")])
+@pytest.mark.parametrize(("name", "flags"), [("1.x:2,SF", "FS"), ("1.x:2,", ""), ("1.x", ""), ("1.x:2,Sa", "Sa"), ("1.x:2,S?b", "Sb")])
 def test_flags_in_name(name: str, flags: str) -> None:
     assert flags_in_name(name) == flags
 
@@ -244,3 +244,15 @@ def test_a_version_1_uidlist_is_read_and_upgraded(maildir: Maildir) -> None:
     state = index.sync()
     assert state.uidvalidity == 77 and [m.uid for m in state.messages] == [1]
     assert (maildir.path / "ispd-uidlist").read_text().startswith("ispd-uidlist 2 V77 N2 ")
+
+
+def test_keywords_get_letters_in_a_dovecot_keywords_table(maildir: Maildir) -> None:
+    index = FolderIndex(maildir.path)
+    assert index.keywords() == [] and index.keyword_letters(["$Forwarded"], create=False) == ""
+    assert index.keyword_letters(["$Forwarded", "$Junk"], create=True) == "ab"
+    assert index.keyword_letters(["$junk", "work"], create=True) == "bc"  # case-insensitive
+    assert index.keywords() == ["$Forwarded", "$Junk", "work"]
+    assert (maildir.path / "dovecot-keywords").read_text() == "0 $Forwarded\n1 $Junk\n2 work\n"
+    index.keyword_letters([f"k{n}" for n in range(23)], create=True)
+    with pytest.raises(TooManyKeywords):
+        index.keyword_letters(["one-too-many"], create=True)

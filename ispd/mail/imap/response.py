@@ -5,6 +5,7 @@ bytes themselves (sections, header fields)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 # Maildir's info letters (cr.yp.to/proto/maildir.html) and the IMAP system flags they hold.
@@ -25,23 +26,39 @@ def nstring(value: bytes | None) -> bytes:
     return b"NIL" if value is None else astring(value)
 
 
-def flags_of(letters: str, recent: bool = False) -> bytes:
-    names = [LETTER_FLAGS[letter] for letter in letters if letter in LETTER_FLAGS]
+def flags_of(letters: str, recent: bool = False, keywords: Sequence[str] = ()) -> bytes:
+    """IMAP flags from Maildir letters: the system flags, and the keywords that the folder's
+    table (``dovecot-keywords``) names by the letters a, b, c..."""
+    names = []
+    for letter in letters:
+        if letter in LETTER_FLAGS:
+            names.append(LETTER_FLAGS[letter])
+        elif "a" <= letter <= "z" and ord(letter) - 97 < len(keywords):
+            names.append(keywords[ord(letter) - 97].encode("ascii"))
     if recent:
         names.append(b"\\Recent")
     return b"(" + b" ".join(names) + b")"
 
 
-def letters_of(flags: tuple[bytes, ...]) -> tuple[str, list[bytes]]:
-    """(the Maildir letters of the system flags, the flags Maildir cannot keep)."""
-    letters, others = [], []
+def letters_of(flags: tuple[bytes, ...]) -> tuple[str, list[str]]:
+    """(the Maildir letters of the system flags, the keywords), from flags as a client wrote
+    them. Other system flags (``\\Recent``, or ones this server does not know) are dropped:
+    they cannot be set."""
+    letters: list[str] = []
+    keywords: list[str] = []
     for flag in flags:
         letter = next((v for k, v in FLAG_LETTERS.items() if k.lower() == flag.lower()), None)
-        if letter is None:
-            others.append(flag)
-        else:
+        if letter is not None:
             letters.append(letter)
-    return "".join(sorted(set(letters))), others
+        elif not flag.startswith(b"\\") and flag.lower() not in (k.lower().encode() for k in keywords):
+            keywords.append(flag.decode("ascii", "replace"))
+    return "".join(sorted(set(letters))), keywords
+
+
+def flag_list(keywords: Sequence[str], *, any_keyword: bool = False) -> bytes:
+    """The FLAGS (or, with ``any_keyword``, PERMANENTFLAGS) list of a folder."""
+    extra = b"".join(b" " + k.encode("ascii") for k in keywords) + (b" \\*" if any_keyword else b"")
+    return SYSTEM_FLAGS[:-1] + extra + b")"
 
 
 def internal_date(timestamp: float) -> bytes:

@@ -36,6 +36,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,8 +48,8 @@ from ispd.mail.imap.framing import Command as Framed
 from ispd.mail.imap.framing import CommandFramer, Continue, TooLong
 from ispd.mail.imap.parser import Command, FetchItem, ParseError, QResync, SearchKey, SequenceSet, parse
 from ispd.mail.imap.response import (
-    SYSTEM_FLAGS,
     astring,
+    flag_list,
     flags_of,
     header_fields,
     internal_date,
@@ -78,6 +79,7 @@ class Selected:
     uidvalidity: int = 0
     uidnext: int = 1
     messages: list[IndexedMessage] = field(default_factory=list)
+    keywords: list[str] = field(default_factory=list)  # the folder's, as last told (FLAGS)
     highest_modseq: int = 1  # everything up to this modseq has been told
     expunged_modseq: int = 0  # the folder's last expunge, as of the last time it was told
 
@@ -437,19 +439,21 @@ class IMAPSession(asyncio.Protocol):
         readonly = command.name == "EXAMINE"
         selected = Selected(command.args["mailbox"], folder, FolderIndex(self.maildir.folder_path(folder)), readonly)
         state = await self._blocking(selected.index.sync)
+        selected.keywords = await self._blocking(selected.index.keywords)
         selected.uidvalidity, selected.uidnext, selected.messages = state.uidvalidity, state.next_uid, state.messages
         selected.highest_modseq, selected.expunged_modseq = state.highest_modseq, state.expunged_modseq
         self.selected, self.state = selected, "selected"
         recent = sum(1 for m in state.messages if m.recent)
         unseen = next((i for i, m in enumerate(state.messages, 1) if "S" not in m.flags), None)
-        self.send(b"* FLAGS " + SYSTEM_FLAGS)
+        self.send(b"* FLAGS " + flag_list(selected.keywords))
         self.send(b"* %d EXISTS" % len(state.messages))
         self.send(b"* %d RECENT" % recent)
         if unseen is not None:
             self.send(b"* OK [UNSEEN %d] first unseen" % unseen)
         self.send(b"* OK [UIDVALIDITY %d] UIDs valid" % state.uidvalidity)
         self.send(b"* OK [UIDNEXT %d] predicted next UID" % state.next_uid)
-        self.send(b"* OK [PERMANENTFLAGS %s] flags permitted" % (b"()" if readonly else SYSTEM_FLAGS))
+        self.send(b"* OK [PERMANENTFLAGS %s] flags permitted" % (
+            b"()" if readonly else flag_list(selected.keywords, any_keyword=True)))
         self.send(b"* OK [HIGHESTMODSEQ %d] highest" % state.highest_modseq)
         if resync is not None and resync.uidvalidity == state.uidvalidity:
             self._resynchronise(resync)
@@ -457,6 +461,32 @@ class IMAPSession(asyncio.Protocol):
         self.send(f"{command.tag} OK [{mode}] {command.name} completed".encode())
 
     cmd_examine = cmd_select
+
+    def _flags(self, letters: str, recent: bool = False) -> bytes:
+        return flags_of(letters, recent, self.selected.keywords if self.selected is not None else ())
+
+    async def _letters(self, index: FolderIndex, flags: tuple[bytes, ...], *, create: bool = True) -> str | None:
+        """Maildir letters for flags a client wrote, keywords included (added to the folder's
+        table when ``create``); None when the folder has no room for another keyword."""
+        letters, keywords = letters_of(flags)
+        if not keywords:
+            return letters
+        try:
+            added: str = await self._blocking(partial(index.keyword_letters, keywords, create=create))
+        except mailindex.TooManyKeywords:
+            return None
+        return "".join(sorted(letters + added))
+
+    async def _announce_keywords(self) -> None:
+        """A keyword new to the selected folder (this session's or another's): FLAGS again."""
+        selected = self.selected
+        assert selected is not None
+        keywords = await self._blocking(selected.index.keywords)
+        if keywords != selected.keywords:
+            selected.keywords = keywords
+            self.send(b"* FLAGS " + flag_list(keywords))
+            if not selected.readonly:
+                self.send(b"* OK [PERMANENTFLAGS %s] flags permitted" % flag_list(keywords, any_keyword=True))
 
     def _resynchronise(self, resync: QResync) -> None:
         """QRESYNC's answer at SELECT (RFC 7162 §3.2.5): what vanished and what changed since
@@ -470,7 +500,7 @@ class IMAPSession(asyncio.Protocol):
                 self.send(b"* VANISHED (EARLIER) " + gone)
         for seq, message in enumerate(selected.messages, 1):
             if message.modseq > resync.modseq:
-                self.send(b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))" % (seq, message.uid, flags_of(message.flags),
+                self.send(b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))" % (seq, message.uid, self._flags(message.flags),
                                                                          message.modseq))
 
     async def cmd_append(self, command: Command) -> None:
@@ -479,9 +509,12 @@ class IMAPSession(asyncio.Protocol):
             self.send(f"{command.tag} NO [TRYCREATE] no such mailbox".encode())
             return
         assert self.maildir is not None
-        letters, _ = letters_of(command.args["flags"])
-        message = command.args["message"]
         maildir = self.maildir
+        letters = await self._letters(FolderIndex(maildir.folder_path(folder)), command.args["flags"])
+        if letters is None:
+            self.send(f"{command.tag} NO [LIMIT] no room for another keyword in that mailbox".encode())
+            return
+        message = command.args["message"]
 
         def append() -> tuple[int, int]:
             delivered = maildir.deliver(message, folder=folder)
@@ -593,6 +626,7 @@ class IMAPSession(asyncio.Protocol):
         numbers = self._numbers(command.args["set"], command.name.startswith("UID"))
         sources = [(seq, selected.messages[seq - 1]) for seq in numbers]
         source_cur = maildir.folder_path(selected.folder) / "cur"
+        source_index = selected.index
 
         def copy() -> tuple[int, list[tuple[int, int]]]:
             names = []
@@ -615,8 +649,16 @@ class IMAPSession(asyncio.Protocol):
                 if message.flags:
                     by_flags.setdefault(message.flags, []).append(added.uid)
                 pairs.append((message.uid, added.uid))
+            # Keyword letters are the folder's own: translated by name into the target's.
+            source_keywords = source_index.keywords() if any(f != f.upper() for f in by_flags) else []
             for flags, uids in by_flags.items():
-                index.set_flags(uids, "=", flags)
+                keyword_names = [source_keywords[ord(c) - 97] for c in flags
+                                 if c in mailindex.KEYWORD_LETTERS and ord(c) - 97 < len(source_keywords)]
+                try:
+                    keywords = index.keyword_letters(keyword_names, create=True) if keyword_names else ""
+                except mailindex.TooManyKeywords:  # the target's table is full: the known ones only
+                    keywords = index.keyword_letters(keyword_names, create=False)
+                index.set_flags(uids, "=", "".join(c for c in flags if c in mailindex.MAILDIR_FLAGS) + keywords)
             return state.uidvalidity, pairs
 
         uidvalidity, pairs = await self._blocking(copy)
@@ -763,7 +805,7 @@ class IMAPSession(asyncio.Protocol):
             parts = [self._fetch_item(item, message, data) for item in items]
             if seq in newly_seen:
                 if not any(i.name == "FLAGS" for i in items):
-                    parts.append(b"FLAGS " + flags_of(message.flags))
+                    parts.append(b"FLAGS " + self._flags(message.flags))
                 if self.condstore and not any(i.name == "MODSEQ" for i in items):
                     parts.append(b"MODSEQ (%d)" % message.modseq)
             self.send(b"* %d FETCH (%s)" % (seq, b" ".join(parts)))
@@ -773,7 +815,7 @@ class IMAPSession(asyncio.Protocol):
         if item.name == "UID":
             return b"UID %d" % message.uid
         if item.name == "FLAGS":
-            return b"FLAGS " + flags_of(message.flags, message.recent)
+            return b"FLAGS " + self._flags(message.flags, message.recent)
         if item.name == "INTERNALDATE":
             return b"INTERNALDATE " + internal_date(message.internal_date)
         if item.name == "RFC822.SIZE":
@@ -899,7 +941,12 @@ class IMAPSession(asyncio.Protocol):
             self.send(f"{command.tag} NO [READ-ONLY] mailbox selected read-only".encode())
             return
         uid = command.name.startswith("UID")
-        letters, _ = letters_of(command.args["flags"])
+        # Keywords new to the folder are added to its table, except by -FLAGS.
+        letters = await self._letters(selected.index, command.args["flags"], create=command.args["mode"] != "-")
+        if letters is None:
+            self.send(f"{command.tag} NO [LIMIT] no room for another keyword in this mailbox".encode())
+            return
+        await self._announce_keywords()
         unchanged_since: int | None = command.args["unchanged_since"]
         if unchanged_since is not None:
             self.condstore = True  # a CONDSTORE-enabling command (RFC 7162 §3.1)
@@ -914,7 +961,7 @@ class IMAPSession(asyncio.Protocol):
             message = selected.messages[seq - 1]
             parts = [b"UID %d" % message.uid] if with_uid else []
             if not command.args["silent"]:
-                parts.append(b"FLAGS " + flags_of(message.flags))
+                parts.append(b"FLAGS " + self._flags(message.flags))
             if self.condstore and (seq in changed or not command.args["silent"]):
                 parts.append(b"MODSEQ (%d)" % message.modseq)
             if len(parts) > (1 if with_uid else 0):
@@ -929,7 +976,7 @@ class IMAPSession(asyncio.Protocol):
     async def cmd_search(self, command: Command) -> None:
         assert self.selected is not None and self.maildir is not None
         uid = command.name.startswith("UID")
-        key: SearchKey = command.args["key"]
+        key: SearchKey = _resolve_keywords(command.args["key"], self.selected.keywords)
         needs_text, needs_body = _needs_text(key), _needs_text(key, body=True)
         messages = self.selected.messages
         found = []
@@ -1000,6 +1047,7 @@ class IMAPSession(asyncio.Protocol):
         if selected is None:
             return
         state = await self._blocking(selected.index.sync)
+        await self._announce_keywords()
         now = {m.uid: m for m in state.messages}
         gone = [seq for seq in range(len(selected.messages), 0, -1) if selected.messages[seq - 1].uid not in now]
         if gone and self.qresync:
@@ -1013,7 +1061,7 @@ class IMAPSession(asyncio.Protocol):
             fresh = now[message.uid]
             if fresh.flags != message.flags or fresh.modseq != message.modseq:
                 parts = [b"UID %d" % fresh.uid] if self.qresync else []
-                parts.append(b"FLAGS " + flags_of(fresh.flags))
+                parts.append(b"FLAGS " + self._flags(fresh.flags))
                 if self.condstore:
                     parts.append(b"MODSEQ (%d)" % fresh.modseq)
                 self.send(b"* %d FETCH (%s)" % (seq, b" ".join(parts)))
@@ -1110,6 +1158,20 @@ _FLAG_KEYS = {"SEEN": ("S", True), "UNSEEN": ("S", False), "DELETED": ("T", True
 
 def _uid_of(message: IndexedMessage) -> int:
     return message.uid
+
+
+def _resolve_keywords(key: SearchKey, keywords: list[str]) -> SearchKey:
+    """KEYWORD and UNKEYWORD keys with the folder's letter for their keyword ("" when the
+    folder has never had it), found once rather than for every message."""
+    if key.name in ("AND", "OR", "NOT"):
+        return SearchKey(key.name, tuple(_resolve_keywords(k, keywords) if isinstance(k, SearchKey) else k
+                                         for k in key.args))
+    if key.name in ("KEYWORD", "UNKEYWORD"):
+        wanted = key.args[0].decode("ascii", "replace").lower()
+        lowered = [k.lower() for k in keywords]
+        letter = mailindex.KEYWORD_LETTERS[lowered.index(wanted)] if wanted in lowered else ""
+        return SearchKey(key.name, (letter,))
+    return key
 
 
 def _uses_modseq(key: SearchKey) -> bool:
@@ -1214,7 +1276,9 @@ def _matches(key: SearchKey, seq: int, message: IndexedMessage, data: bytes,
         return args[0].lower() in split_message(data)[1].lower()
     if name == "TEXT":
         return args[0].lower() in data.lower()
-    return False  # KEYWORD and others Maildir cannot keep here: nothing has them
+    if name in ("KEYWORD", "UNKEYWORD"):  # resolved to the folder's letter ("" if none has it)
+        return bool(args[0] and args[0] in flags) == (name == "KEYWORD")
+    return False
 
 
 def _envelope(header: bytes) -> bytes:
