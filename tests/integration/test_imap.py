@@ -274,6 +274,20 @@ def test_one_mailbox_cannot_hold_every_session_and_commands_are_counted(lab: Lab
     assert lab.ispd.metric_value("ispd_mail_imap_sessions") is not None
 
 
+def test_folder_names_in_modified_utf7_are_kept_and_broken_ones_refused(lab: Lab) -> None:
+    client = lab.login()
+    assert client.create("&AMk-t&AOk-")[0] == "OK"  # "Été", as clients write it
+    assert b'"&AMk-t&AOk-"' in b"".join(client.list()[1])
+    assert (lab.root / DOMAIN / "erin" / ".&AMk-t&AOk-" / "cur").is_dir()  # as Dovecot keeps it
+    assert client.select("&AMk-t&AOk-")[0] == "OK"
+    assert client.create("Caf&AOk")[0] == "NO"  # an & never closed
+    assert client.create(b"\"Caf\xc3\xa9\"")[0] == "NO"  # UTF-8, which needs UTF8=ACCEPT
+    client.logout()
+    client = lab.login()
+    client.delete("&AMk-t&AOk-")
+    client.logout()
+
+
 def test_subscriptions_are_kept_and_follow_a_rename(lab: Lab) -> None:
     client = lab.login()
     client.create("Lists")

@@ -4,6 +4,8 @@ bytes themselves (sections, header fields)."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -93,3 +95,31 @@ def header_fields(header: bytes, names: tuple[bytes, ...], *, exclude: bool) -> 
         if keep:
             kept.append(line)
     return b"".join(k + b"\r\n" for k in kept) + b"\r\n"
+
+
+_SHIFTED = re.compile(r"&([^-]*)-")
+
+
+def decode_mailbox_name(name: str) -> str:
+    """A mailbox name in modified UTF-7 (RFC 3501 §5.1.3) as Unicode text; ValueError when it
+    is not valid modified UTF-7 (an unterminated ``&``, bad base64, or a shifted run that
+    holds plain ASCII, which must be written as itself)."""
+    def shifted(match: re.Match[str]) -> str:
+        text = match.group(1)
+        if not text:
+            return "&"
+        if len(text) % 4 == 1:
+            raise ValueError("bad modified UTF-7")
+        raw = base64.b64decode((text + "=" * (-len(text) % 4)).replace(",", "/"), validate=True)
+        decoded = raw.decode("utf-16-be")
+        if any(" " <= c <= "~" for c in decoded):
+            raise ValueError("printable ASCII written shifted")
+        return decoded
+
+    try:
+        decoded = _SHIFTED.sub(shifted, name)
+    except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
+        raise ValueError(f"not modified UTF-7: {name!r}") from exc
+    if "&" in _SHIFTED.sub("", name):
+        raise ValueError(f"not modified UTF-7 (an & not closed by -): {name!r}")
+    return decoded

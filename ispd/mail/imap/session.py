@@ -49,6 +49,7 @@ from ispd.mail.imap.framing import CommandFramer, Continue, TooLong
 from ispd.mail.imap.parser import Command, FetchItem, ParseError, QResync, SearchKey, SequenceSet, parse
 from ispd.mail.imap.response import (
     astring,
+    decode_mailbox_name,
     flag_list,
     flags_of,
     header_fields,
@@ -354,7 +355,9 @@ class IMAPSession(asyncio.Protocol):
     @staticmethod
     def _folder_name(name: bytes) -> str | None:
         """The Maildir++ folder a mailbox name would be ("" the INBOX), or None when the name
-        cannot be one (non-ASCII names wait for modified UTF-7 support)."""
+        cannot be one. Names are kept in modified UTF-7, as clients write them and as Dovecot
+        keeps them on disk; 8-bit names (UTF-8 without UTF8=ACCEPT) and broken modified UTF-7
+        are refused."""
         if name.upper() == b"INBOX":
             return ""
         try:
@@ -363,6 +366,10 @@ class IMAPSession(asyncio.Protocol):
             return None
         if (not text or text.startswith(".") or text.endswith(".") or ".." in text or "/" in text
                 or any(c < " " or c == "\x7f" for c in text) or len(text) > 200):
+            return None
+        try:
+            decode_mailbox_name(text)
+        except ValueError:
             return None
         return text
 

@@ -40,3 +40,18 @@ def test_flag_search_keys_read_the_index_alone() -> None:
         assert tuple(_matches(SearchKey(key), 1, m, b"", messages) for m in messages) == expected, key
     assert _matches(SearchKey("MODSEQ", (3,)), 1, messages[0], b"", messages)
     assert not _matches(SearchKey("MODSEQ", (4,)), 1, messages[0], b"", messages)
+
+
+@pytest.mark.parametrize(("name", "text"), [
+    ("&AMk-t&AOk-", "Été"), ("Sent", "Sent"), ("A&-B", "A&B"), ("&ZeVnLIqe-", "日本語"),
+])
+def test_mailbox_names_in_modified_utf7_decode(name: str, text: str) -> None:
+    from ispd.mail.imap.response import decode_mailbox_name
+    assert decode_mailbox_name(name) == text
+
+
+@pytest.mark.parametrize("name", ["&", "a&b", "&AGE-", "&A-", "&!!-", "&2D0-"])
+def test_broken_modified_utf7_is_refused(name: str) -> None:
+    from ispd.mail.imap.response import decode_mailbox_name
+    with pytest.raises(ValueError):
+        decode_mailbox_name(name)
