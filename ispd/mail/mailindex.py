@@ -108,6 +108,7 @@ class FolderState:
     messages: list[IndexedMessage]  # by UID
     highest_modseq: int = 1
     expunged_modseq: int = 0  # the modseq of the last expunge seen (0: none since the index began)
+    keywords: tuple[str, ...] = ()  # the folder's keyword table, letter a first
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +190,7 @@ class FolderIndex:
             messages = [dataclasses.replace(m, recent=True) if m.uid in recent else m
                         for m in snapshot.messages] if recent else list(snapshot.messages)
             return FolderState(snapshot.uidvalidity, snapshot.next_uid, messages, snapshot.highest_modseq,
-                               snapshot.expunged_modseq)
+                               snapshot.expunged_modseq, tuple(self.keywords()))
 
     def _current(self) -> tuple[_Snapshot, set[int]]:
         """The folder as it is (under the lock), and the UIDs this look moved from new/."""

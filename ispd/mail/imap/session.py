@@ -446,7 +446,7 @@ class IMAPSession(asyncio.Protocol):
         readonly = command.name == "EXAMINE"
         selected = Selected(command.args["mailbox"], folder, FolderIndex(self.maildir.folder_path(folder)), readonly)
         state = await self._blocking(selected.index.sync)
-        selected.keywords = await self._blocking(selected.index.keywords)
+        selected.keywords = list(state.keywords)
         selected.uidvalidity, selected.uidnext, selected.messages = state.uidvalidity, state.next_uid, state.messages
         selected.highest_modseq, selected.expunged_modseq = state.highest_modseq, state.expunged_modseq
         self.selected, self.state = selected, "selected"
@@ -484,11 +484,10 @@ class IMAPSession(asyncio.Protocol):
             return None
         return "".join(sorted(letters + added))
 
-    async def _announce_keywords(self) -> None:
+    def _announce_keywords(self, keywords: list[str]) -> None:
         """A keyword new to the selected folder (this session's or another's): FLAGS again."""
         selected = self.selected
         assert selected is not None
-        keywords = await self._blocking(selected.index.keywords)
         if keywords != selected.keywords:
             selected.keywords = keywords
             self.send(b"* FLAGS " + flag_list(keywords))
@@ -953,7 +952,8 @@ class IMAPSession(asyncio.Protocol):
         if letters is None:
             self.send(f"{command.tag} NO [LIMIT] no room for another keyword in this mailbox".encode())
             return
-        await self._announce_keywords()
+        if letters_of(command.args["flags"])[1]:
+            self._announce_keywords(await self._blocking(selected.index.keywords))
         unchanged_since: int | None = command.args["unchanged_since"]
         if unchanged_since is not None:
             self.condstore = True  # a CONDSTORE-enabling command (RFC 7162 §3.1)
@@ -1054,7 +1054,7 @@ class IMAPSession(asyncio.Protocol):
         if selected is None:
             return
         state = await self._blocking(selected.index.sync)
-        await self._announce_keywords()
+        self._announce_keywords(list(state.keywords))
         now = {m.uid: m for m in state.messages}
         gone = [seq for seq in range(len(selected.messages), 0, -1) if selected.messages[seq - 1].uid not in now]
         if gone and self.qresync:
@@ -1189,13 +1189,18 @@ def _uses_modseq(key: SearchKey) -> bool:
 
 def uid_set(uids: list[int]) -> bytes:
     """Ascending UIDs as a compact sequence set: 1:3,7,9:10."""
-    spans: list[list[int]] = []
-    for uid in uids:
-        if spans and uid <= spans[-1][1] + 1:
-            spans[-1][1] = max(spans[-1][1], uid)
+    return _sequence_text([(uid, uid) for uid in uids])
+
+
+def _sequence_text(spans: list[tuple[int, int]]) -> bytes:
+    """Ranges sorted by their start, merged where they touch or overlap, as a sequence set."""
+    merged: list[list[int]] = []
+    for a, b in spans:
+        if merged and a <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], b)
         else:
-            spans.append([uid, uid])
-    return b",".join(b"%d" % a if a == b else b"%d:%d" % (a, b) for a, b in spans)
+            merged.append([a, b])
+    return b",".join(b"%d" % a if a == b else b"%d:%d" % (a, b) for a, b in merged)
 
 
 def vanished(known: SequenceSet, present: list[int], top: int) -> bytes:
@@ -1215,14 +1220,7 @@ def vanished(known: SequenceSet, present: list[int], top: int) -> bytes:
             else:
                 gaps.append((a, b))
                 break
-    gaps.sort()
-    merged: list[list[int]] = []
-    for a, b in gaps:
-        if merged and a <= merged[-1][1] + 1:
-            merged[-1][1] = max(merged[-1][1], b)
-        else:
-            merged.append([a, b])
-    return b",".join(b"%d" % a if a == b else b"%d:%d" % (a, b) for a, b in merged)
+    return _sequence_text(sorted(gaps))
 
 
 def _header_value(data: bytes, name: bytes) -> bytes:
