@@ -51,6 +51,7 @@ from ispd.store.models import (
     StoredCredentials,
     SubscriberOverview,
     SubscriberStatus,
+    SuspendedMail,
 )
 from ispd.store.validation import hostname_text, ipv4_text, mail_address, reservable_address, reservation_key
 
@@ -262,6 +263,8 @@ def describe_plan(p: Plan) -> str:
         parts.append(f"max sessions {p.max_sessions}")
     if p.mail_quota_bytes is not None:
         parts.append(f"mail quota {p.mail_quota_bytes} bytes")
+    if p.suspended_mail is SuspendedMail.NONE:
+        parts.append("no mail reading while suspended")
     return ", ".join(parts)
 
 
@@ -299,6 +302,7 @@ async def cmd_plan_add(store: Store, args: argparse.Namespace) -> None:
         args.name, actor=actor(), download_kbps=args.download_kbps, upload_kbps=args.upload_kbps,
         session_timeout_seconds=args.session_timeout, idle_timeout_seconds=args.idle_timeout,
         max_sessions=args.max_sessions, mail_quota_bytes=args.mail_quota, credential_policy=args.credential_policy,
+        suspended_mail=args.suspended_mail,
     )
     if args.json:
         print_json(plan)
@@ -554,6 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mail-quota", type=parse_size, metavar="SIZE", help="e.g. 2G")
     p.add_argument("--credential-policy", choices=policies, default=CredentialPolicy.VERIFIER.value,
                    help="password forms kept for its subscribers (default: verifier)")
+    p.add_argument("--suspended-mail", choices=[m.value for m in SuspendedMail], default=SuspendedMail.READ.value,
+                   help="while a subscriber is suspended: read = IMAP stays open for the billing notices "
+                        "(default), none = IMAP logins refused too; mail is delivered either way")
     p.set_defaults(handler=cmd_plan_add)
     p = plan.add_parser("list", parents=[config_opts, json_opt], help="list plans")
     p.set_defaults(handler=cmd_plan_list)

@@ -240,6 +240,10 @@ class AuthThrottle:
         self._logins.pop(login.lower(), None)
 
 
+class LoginRefused(Exception):
+    """Right password, but the account may not read its mail now; str() says why."""
+
+
 class CommandPace:
     """Commands of one session: a token bucket of ``per_second`` with a burst of five seconds'
     worth. ``delay`` says how long a command must wait: a client over the pace is slowed down to

@@ -39,6 +39,7 @@ from ispd.mail.config import MailConfig
 from ispd.mail.engine import (
     AuthThrottle,
     ConnectionRate,
+    LoginRefused,
     MXPolicy,
     Reply,
     SendingLimit,
@@ -56,7 +57,7 @@ from ispd.mail.smtp import Identity, MailEnvelope, MXHandler, SMTPSession, Submi
 from ispd.mail.spool import Spool
 from ispd.service import Health, Service, ServiceContext, ServiceStartError
 from ispd.store import InvalidValue, NotFound, StoreError
-from ispd.store.models import MailRecipient, SubscriberStatus
+from ispd.store.models import MailRecipient, SubscriberStatus, SuspendedMail
 from ispd.store.validation import hostname_text, mail_address
 
 if TYPE_CHECKING:
@@ -218,10 +219,15 @@ class MailService(Service):
         identity = await self.authenticate(login, password, client)
         if identity is None:
             return None
-        # A suspended subscriber may still read (the billing notices are there); a closed one not.
+        # A suspended subscriber may still read (the billing notices are there) unless the plan
+        # says otherwise; a closed one not. The password was right: they are told why.
         subscriber = await self.context.store.get_subscriber(identity.subscriber_id)
         if subscriber.status is SubscriberStatus.CLOSED:
-            return None
+            raise LoginRefused("this account is closed")
+        if subscriber.status is SubscriberStatus.SUSPENDED and subscriber.plan_id is not None:
+            plan = await self.context.store.get_plan(subscriber.plan_id)
+            if plan.suspended_mail is SuspendedMail.NONE:
+                raise LoginRefused("this account is suspended")
         text = login.decode("utf-8", "replace").strip()
         if "@" in text:
             address = mail_address(text)

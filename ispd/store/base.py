@@ -35,6 +35,7 @@ from ispd.store.models import (
     Subscriber,
     SubscriberOverview,
     SubscriberStatus,
+    SuspendedMail,
     Usage,
 )
 
@@ -68,6 +69,7 @@ class Store(ABC):
         max_sessions: int | None = None,
         mail_quota_bytes: int | None = None,
         credential_policy: CredentialPolicy = CredentialPolicy.VERIFIER,
+        suspended_mail: SuspendedMail = SuspendedMail.READ,
     ) -> Plan: ...
 
     @abstractmethod

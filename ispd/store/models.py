@@ -31,6 +31,18 @@ class CredentialPolicy(StrEnum):
     CLEARTEXT = "cleartext"
 
 
+class SuspendedMail(StrEnum):
+    """What a suspended subscriber of a plan may still do with mail. Either way mail is
+    delivered to them and submission is refused.
+
+    read  IMAP stays open, so the billing notices can be read (the default)
+    none  IMAP logins are refused too
+    """
+
+    READ = "read"
+    NONE = "none"
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     id: int
@@ -42,6 +54,7 @@ class Plan:
     max_sessions: int | None = None
     mail_quota_bytes: int | None = None
     credential_policy: CredentialPolicy = CredentialPolicy.VERIFIER
+    suspended_mail: SuspendedMail = SuspendedMail.READ
     created_at: float = 0.0
 
 

@@ -65,6 +65,7 @@ from ispd.store.models import (
     Subscriber,
     SubscriberOverview,
     SubscriberStatus,
+    SuspendedMail,
     Usage,
 )
 from ispd.store.sqlite_addresses import lease_from_row
@@ -365,7 +366,8 @@ def _plan(row: sqlite3.Row) -> Plan:
         id=row["id"], name=row["name"], download_kbps=row["download_kbps"], upload_kbps=row["upload_kbps"],
         session_timeout_seconds=row["session_timeout_seconds"], idle_timeout_seconds=row["idle_timeout_seconds"],
         max_sessions=row["max_sessions"], mail_quota_bytes=row["mail_quota_bytes"],
-        credential_policy=CredentialPolicy(row["credential_policy"]), created_at=row["created_at"],
+        credential_policy=CredentialPolicy(row["credential_policy"]),
+        suspended_mail=SuspendedMail(row["suspended_mail"]), created_at=row["created_at"],
     )
 
 
@@ -614,12 +616,13 @@ class SQLiteStore(Store):
         max_sessions: int | None = None,
         mail_quota_bytes: int | None = None,
         credential_policy: CredentialPolicy = CredentialPolicy.VERIFIER,
+        suspended_mail: SuspendedMail = SuspendedMail.READ,
     ) -> Plan:
         values = {
             "name": name, "download_kbps": download_kbps, "upload_kbps": upload_kbps,
             "session_timeout_seconds": session_timeout_seconds, "idle_timeout_seconds": idle_timeout_seconds,
             "max_sessions": max_sessions, "mail_quota_bytes": mail_quota_bytes,
-            "credential_policy": str(credential_policy),
+            "credential_policy": str(credential_policy), "suspended_mail": str(suspended_mail),
         }
         now = self.clock()
 

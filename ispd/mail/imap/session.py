@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from ispd.logs import get_logger
 from ispd.mail import mailindex
-from ispd.mail.engine import CommandPace
+from ispd.mail.engine import CommandPace, LoginRefused
 from ispd.mail.imap import mime
 from ispd.mail.imap.framing import Command as Framed
 from ispd.mail.imap.framing import CommandFramer, Continue, TooLong
@@ -324,7 +324,11 @@ class IMAPSession(asyncio.Protocol):
         await self._login(command.tag, parts[1], parts[2])
 
     async def _login(self, tag: str, user: bytes, password: bytes) -> None:
-        found = await self.service.imap_login(user, password, self.client)
+        try:
+            found = await self.service.imap_login(user, password, self.client)
+        except LoginRefused as refused:
+            self.send(f"{tag} NO [CONTACTADMIN] {refused}".encode())
+            return
         if found is None:
             self._failures += 1
             log.warning("mail.imap.auth_failed", client=self.client, login=user.decode("utf-8", "replace")[:100])
