@@ -1,0 +1,57 @@
+"""The autologout, on a session over a fake transport: the setting cannot go below RFC 3501's
+30 minutes, so the end-to-end tests cannot wait for it; here the timer runs at 0.2 s."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+from ispd.mail.imap.session import IMAPSession
+from ispd.mail.metrics import MailMetrics
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written = b""
+        self.closed = False
+
+    def get_extra_info(self, name: str) -> Any:
+        return ("192.0.2.7", 40000) if name == "peername" else None
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def fake_service() -> Any:
+    config = SimpleNamespace(imap_autologout_seconds=0.2, imap_commands_per_second=0, max_message_bytes=1 << 20)
+    gate = SimpleNamespace(admit=lambda client: True, release=lambda client: None)
+    return SimpleNamespace(config=config, gate=gate, imap_sessions=set(), metrics=MailMetrics(), tls_context=None)
+
+
+def test_a_silent_session_is_logged_out_and_a_talking_one_is_not() -> None:
+    async def run() -> tuple[FakeTransport, FakeTransport]:
+        silent, talking = FakeTransport(), FakeTransport()
+        sessions = [IMAPSession(fake_service(), "imap") for _ in range(2)]
+        sessions[0].connection_made(silent)  # type: ignore[arg-type]
+        sessions[1].connection_made(talking)  # type: ignore[arg-type]
+        for _ in range(5):  # a NOOP every 0.1 s keeps the second one in
+            await asyncio.sleep(0.1)
+            sessions[1].data_received(b"a NOOP\r\n")
+        assert talking.closed is False
+        await asyncio.sleep(0.3)
+        for session, transport in zip(sessions, (silent, talking), strict=True):
+            if not transport.closed:
+                transport.close()
+            session.connection_lost(None)
+        return silent, talking
+
+    silent, talking = asyncio.run(run())
+    assert silent.closed and b"* BYE autologout" in silent.written
+    assert talking.written.count(b"OK NOOP completed") == 5
