@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import dataclasses
 import getpass
 import json
@@ -41,6 +42,7 @@ from ispd.mail.spool import Spool
 from ispd.store import NotFound, Store, StoreError, open_store
 from ispd.store.models import (
     CredentialPolicy,
+    Holding,
     Lease,
     LeaseHistoryEntry,
     LeaseState,
@@ -404,6 +406,74 @@ async def cmd_lease_show(store: Store, args: argparse.Namespace) -> None:
     print(render_lease(args.address, lease, username, history, args.limit))
 
 
+def moment(text: str) -> float:
+    """A time on the command line: ISO 8601 (``2026-11-03T14:00:00+01:00``, ``2026-11-03 14:00``,
+    ``2026-11-03``; without a zone, UTC), a POSIX timestamp, or ``now``."""
+    if text == "now":
+        return time.time()
+    try:
+        return float(text) if text.replace(".", "", 1).isdigit() else _utc(datetime.fromisoformat(text)).timestamp()
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a time: write it as 2026-11-03T14:00:00Z, 2026-11-03 14:00 (UTC), a POSIX "
+            "timestamp, or now") from None
+
+
+def _utc(moment_: datetime) -> datetime:
+    return moment_.replace(tzinfo=UTC) if moment_.tzinfo is None else moment_
+
+
+WHO_COLUMNS = ("address", "source", "starts_at", "ends_at", "username", "subscriber_id", "hw_address", "client_id",
+               "hostname", "circuit_id", "remote_id", "pool", "nas_address", "nas_identifier", "nas_port_id",
+               "acct_session_id", "terminate_cause", "evidence")
+
+
+async def cmd_who(store: Store, args: argparse.Namespace) -> None:
+    if args.at is not None and (args.since is not None or args.until is not None):
+        raise CommandFailed("give --at, or --from and --to, not both")
+    if args.at is None and args.since is None and args.until is None:
+        args.at = time.time()
+    since = args.at if args.at is not None else (args.since if args.since is not None else 0.0)
+    until = args.at if args.at is not None else (args.until if args.until is not None else time.time())
+    holdings = await store.who(args.address, since=since, until=until)
+    span = f"at {when(since)}" if since == until else f"from {when(since)} to {when(until)}"
+    if args.json:
+        print_json({"address": args.address, "since": since, "until": until, "holdings": holdings})
+    elif args.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(WHO_COLUMNS)
+        for h in holdings:
+            evidence = " ".join(f"{e.table}#{e.id}:{e.event}" for e in h.evidence)
+            writer.writerow([when(h.starts_at) if c == "starts_at" else when(h.ends_at) if c == "ends_at"
+                             else evidence if c == "evidence" else getattr(h, c) for c in WHO_COLUMNS])
+    elif not holdings:
+        print(f"nobody held {args.address} {span} (no lease or session in the history kept)")
+    else:
+        print(f"{args.address} {span}:")
+        for h in holdings:
+            print(render_holding(h))
+    if not holdings:
+        raise SystemExit(1)
+
+
+def render_holding(h: Holding) -> str:
+    who_ = f"{h.username} (#{h.subscriber_id})" if h.username and h.subscriber_id else (
+        h.username or (f"#{h.subscriber_id}" if h.subscriber_id else "no subscriber (an unknown client)"))
+    how = {"dhcp": "DHCP lease", "radius-pool": "RADIUS, from ispd's pool", "radius-session": "RADIUS session"}
+    ends = "still open" if h.ends_at is None else f"until {when(h.ends_at)}"
+    lines = [f"  {who_}: {how.get(h.source, h.source)} from {when(h.starts_at)} {ends}"]
+    details = [("MAC" if h.source != "radius-session" else "Calling-Station-Id", h.hw_address),
+               ("client-id", h.client_id), ("hostname", h.hostname), ("circuit-id", h.circuit_id),
+               ("remote-id", h.remote_id), ("pool", h.pool), ("NAS", h.nas_address),
+               ("NAS-Identifier", h.nas_identifier), ("NAS-Port-Id", h.nas_port_id),
+               ("Acct-Session-Id", h.acct_session_id), ("ended by", h.terminate_cause)]
+    shown = ", ".join(f"{label} {value}" for label, value in details if value)
+    if shown:
+        lines.append(f"    {shown}")
+    lines += [f"    {e.table} #{e.id}  {when(e.at)}  {e.event}" for e in h.evidence]
+    return "\n".join(lines)
+
+
 def render_lease(address: str, lease: Lease | None, username: str | None, history: list[LeaseHistoryEntry],
                  limit: int) -> str:
     lines = [f"address       {address}"]
@@ -610,6 +680,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("address", type=checked_arg(ipv4_text))
     p.add_argument("--limit", type=positive_int, default=50, help="history entries to show (default: 50)")
     p.set_defaults(handler=cmd_lease_show)
+
+    p = top.add_parser(
+        "who", parents=[config_opts],
+        help="which subscriber held an address at a time (or over a span), with the evidence",
+        description="Which subscriber held ADDRESS at a moment (--at) or at any time in a span (--from, --to), "
+                    "from the DHCP lease history and the RADIUS sessions, with the stored rows that show it. "
+                    "Times are ISO 8601 (without a zone: UTC), POSIX timestamps or 'now' (the default). "
+                    "Exits 1 when nobody held it.")
+    p.add_argument("address", type=checked_arg(ipv4_text))
+    p.add_argument("--at", type=moment, metavar="TIME", help="one moment")
+    p.add_argument("--from", dest="since", type=moment, metavar="TIME", help="start of a span (default: the oldest)")
+    p.add_argument("--to", dest="until", type=moment, metavar="TIME", help="end of a span (default: now)")
+    output = p.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print JSON instead of text")
+    output.add_argument("--csv", action="store_true", help="print CSV: one row per holding")
+    p.set_defaults(handler=cmd_who)
 
     dns = top.add_parser("dns", help="the DNS resolver").add_subparsers(dest="action", required=True)
     p = dns.add_parser("lookup", parents=[config_opts],

@@ -21,6 +21,7 @@ from ispd.store.models import (
     ClaimResult,
     CoARecord,
     CredentialPolicy,
+    Holding,
     Lease,
     LeaseHistoryEntry,
     Mailbox,
@@ -245,6 +246,11 @@ class Store(ABC):
     async def get_lease(self, address: str) -> Lease:
         """The current state of ``address`` (bound or ended); ``NotFound`` if it was never leased
         or its row has been purged."""
+
+    @abstractmethod
+    async def who(self, address: str, *, since: float, until: float) -> list[Holding]:
+        """Who held ``address`` at some time in [since, until] (since == until: at a moment),
+        from the lease history and the RADIUS sessions, with the rows that show it."""
 
     @abstractmethod
     async def lease_history(self, address: str, *, limit: int = 50) -> list[LeaseHistoryEntry]:

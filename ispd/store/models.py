@@ -190,6 +190,43 @@ class LeaseHistoryEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class Evidence:
+    """A stored row an attribution rests on: its table, id, time and what it records."""
+
+    table: str  # lease_history | radius_sessions | accounting_records
+    id: int
+    at: float
+    event: str  # granted, renewed, released, expired; session; start, interim (a count), stop...
+
+
+@dataclass(frozen=True, slots=True)
+class Holding:
+    """Who held an address over a span of time, and how we know: a DHCP lease, an address a
+    RADIUS session took from ispd's pools (``radius-pool``), or a session whose NAS reported the
+    address (``radius-session``). ``ends_at`` is when the holding ended or ends (a lease's
+    expiry); None for a session still open."""
+
+    address: str
+    source: str  # dhcp | radius-pool | radius-session
+    starts_at: float
+    ends_at: float | None
+    subscriber_id: int | None = None
+    username: str | None = None
+    hw_address: str | None = None  # DHCP chaddr, or Calling-Station-Id for a session
+    client_id: str | None = None
+    hostname: str | None = None
+    circuit_id: str | None = None
+    remote_id: str | None = None
+    pool: str | None = None
+    nas_address: str | None = None
+    nas_identifier: str | None = None
+    nas_port_id: str | None = None
+    acct_session_id: str | None = None
+    terminate_cause: str | None = None
+    evidence: tuple[Evidence, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class RadiusSession:
     """One session a NAS accounts for; counters are the NAS's last totals (octets with their
     Gigawords folded in)."""

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ispd.logs import get_logger
-from ispd.store import sqlite_addresses, sqlite_mail
+from ispd.store import sqlite_addresses, sqlite_attribution, sqlite_mail
 from ispd.store.base import Store, SubscriberRef
 from ispd.store.config import StoreConfig
 from ispd.store.errors import Conflict, InvalidValue, NotFound, SchemaTooNew, StoreError, StoreUnavailable
@@ -50,6 +50,7 @@ from ispd.store.models import (
     ClaimResult,
     CoARecord,
     CredentialPolicy,
+    Holding,
     Lease,
     LeaseHistoryEntry,
     LeaseService,
@@ -1065,6 +1066,12 @@ class SQLiteStore(Store):
             return lease_from_row(row)
 
         return await self._read("get_lease", run)
+
+    async def who(self, address: str, *, since: float, until: float) -> list[Holding]:
+        canonical = _checked(ipv4_text, address)
+        if until < since:
+            raise InvalidValue("the end of the span comes before its start")
+        return await self._read("who", lambda conn: sqlite_attribution.who(conn, canonical, since, until))
 
     async def lease_history(self, address: str, *, limit: int = 50) -> list[LeaseHistoryEntry]:
         canonical = _checked(ipv4_text, address)

@@ -225,3 +225,37 @@ def test_reservation_changes_reach_the_running_daemon(tmp_path: Path) -> None:
 
         assert eventually(lambda: published("ReservationDeleted")) == 1
         assert published("ReservationAdded") == 1
+
+
+def iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def test_who_names_the_subscriber_of_each_moment_as_text_json_and_csv(config_path: Path) -> None:
+    now = float(int(time.time()))
+    address = "198.18.0.40"
+    alice = Lease(address, LeaseState.BOUND, now - 7200, now - 3600, subscriber_id=1, hw_address="02:00:00:00:00:0a",
+                  circuit_id="olt1/1/1", pool="home")
+    record(config_path, (alice, "granted"),
+           (Lease(address, LeaseState.RELEASED, now - 7200, now - 5000, subscriber_id=1,
+                  hw_address="02:00:00:00:00:0a", circuit_id="olt1/1/1", pool="home"), "released"),
+           (Lease(address, LeaseState.BOUND, now - 3000, now + 600, subscriber_id=2, hw_address="02:00:00:00:00:0b",
+                  pool="home"), "granted"))
+    text = ok(config_path, "who", address, "--at", iso(now - 6000))
+    assert text.splitlines()[:3] == [
+        f"{address} at {iso(now - 6000)}:",
+        f"  alice (#1): DHCP lease from {iso(now - 7200)} until {iso(now - 5000)}",
+        "    MAC 02:00:00:00:00:0a, circuit-id olt1/1/1, pool home"]
+    assert "lease_history #" in text and "granted" in text and "released" in text
+    nobody = run(config_path, "who", address, "--at", iso(now - 4000))
+    assert nobody.returncode == 1 and "nobody held 198.18.0.40" in nobody.stdout
+    assert "bob (#2): DHCP lease" in ok(config_path, "who", address)  # now, by default
+    lines = ok(config_path, "who", address, "--from", iso(now - 7200), "--to", iso(now), "--csv").splitlines()
+    assert lines[0].startswith("address,source,starts_at,ends_at,username")
+    assert [line.split(",")[4] for line in lines[1:]] == ["alice", "bob"]
+    data = json.loads(ok(config_path, "who", address, "--at", str(now - 100), "--json"))
+    assert [h["username"] for h in data["holdings"]] == ["bob"] and data["holdings"][0]["evidence"]
+    bad = run(config_path, "who", address, "--at", "yesterday-ish")
+    assert bad.returncode == 2 and "is not a time" in bad.stderr
+    both = run(config_path, "who", address, "--at", "now", "--from", "now")
+    assert both.returncode == 1 and "not both" in both.stderr

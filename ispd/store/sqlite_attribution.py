@@ -1,0 +1,96 @@
+"""Attribution: which subscriber held an address at a moment (or over a span), from the
+append-only history, with the rows that show it.
+
+Two independent records answer it. The lease history holds every grant, renewal and end of a
+DHCP lease or of an address a RADIUS session took from ispd's pools: one holding is the rows
+of one lease (same address, start and client) from its grant to its last row, whose expiry is
+when it ended (a release or an expiry writes the end as the expiry). The RADIUS sessions hold
+what each NAS accounted: an address from a session's start to its stop (open: until now).
+Both are listed when both exist; agreeing rows from two sources are the strongest answer.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from collections.abc import Iterable
+
+from ispd.store.models import Evidence, Holding
+
+_NOT_HOLDING = ("declined",)  # a client that declined an address never held it
+_SESSION_EVIDENCE_LIMIT = 20  # accounting records named per session; the rest are counted
+
+
+def who(conn: sqlite3.Connection, address: str, since: float, until: float) -> list[Holding]:
+    """The holdings of ``address`` that overlap [since, until], oldest first."""
+    holdings = _lease_holdings(conn, address, since, until) + _session_holdings(conn, address, since, until)
+    holdings.sort(key=lambda h: (h.starts_at, h.source))
+    return holdings
+
+
+def _lease_holdings(conn: sqlite3.Connection, address: str, since: float, until: float) -> list[Holding]:
+    rows = conn.execute(
+        "SELECT * FROM lease_history WHERE address = ? AND starts_at <= ? ORDER BY id", (address, until)).fetchall()
+    groups: dict[tuple[object, ...], list[sqlite3.Row]] = {}
+    for row in rows:
+        if row["event"] in _NOT_HOLDING:
+            continue
+        key = (row["service"], row["starts_at"], row["hw_address"], row["client_id"])
+        groups.setdefault(key, []).append(row)
+    holdings = []
+    for group in groups.values():
+        last = group[-1]
+        ends_at = last["expires_at"]
+        if ends_at < since:
+            continue
+        named = next((r for r in reversed(group) if r["username"] is not None), last)
+        holdings.append(Holding(
+            address=address, source="dhcp" if last["service"] == "dhcp" else "radius-pool",
+            starts_at=group[0]["starts_at"], ends_at=ends_at, subscriber_id=named["subscriber_id"],
+            username=named["username"], hw_address=last["hw_address"], client_id=last["client_id"],
+            hostname=_last(group, "hostname"), circuit_id=_last(group, "circuit_id"),
+            remote_id=_last(group, "remote_id"), pool=last["pool"],
+            evidence=tuple(Evidence("lease_history", r["id"], r["at"], r["event"]) for r in group)))
+    return holdings
+
+
+def _session_holdings(conn: sqlite3.Connection, address: str, since: float, until: float) -> list[Holding]:
+    rows = conn.execute(
+        "SELECT * FROM radius_sessions WHERE framed_ip = ? AND started_at <= ?"
+        " AND (stopped_at IS NULL OR stopped_at >= ?) ORDER BY started_at, id", (address, until, since)).fetchall()
+    holdings = []
+    for row in rows:
+        evidence = [Evidence("radius_sessions", row["id"], row["started_at"], "session")]
+        evidence += _accounting_evidence(conn, row)
+        holdings.append(Holding(
+            address=address, source="radius-session", starts_at=row["started_at"], ends_at=row["stopped_at"],
+            subscriber_id=row["subscriber_id"], username=row["username"], hw_address=row["calling_station_id"],
+            nas_address=row["nas_address"], nas_identifier=row["nas_identifier"], nas_port_id=row["nas_port_id"],
+            acct_session_id=row["acct_session_id"], terminate_cause=row["terminate_cause"],
+            evidence=tuple(evidence)))
+    return holdings
+
+
+def _accounting_evidence(conn: sqlite3.Connection, session: sqlite3.Row) -> list[Evidence]:
+    """The session's Accounting-Requests as recorded: Start and Stop by id, interims counted (a
+    month of five-minute interims would drown the answer)."""
+    end = session["stopped_at"] if session["stopped_at"] is not None else math.inf
+    rows = conn.execute(
+        "SELECT id, at, status_type FROM accounting_records WHERE nas_address = ? AND acct_session_id = ?"
+        " AND at >= ? AND at <= ? ORDER BY id", (session["nas_address"], session["acct_session_id"],
+                                                  session["started_at"] - 1, end + 1)).fetchall()
+    named = [r for r in rows if r["status_type"] != "interim-update"][:_SESSION_EVIDENCE_LIMIT]
+    evidence = [Evidence("accounting_records", r["id"], r["at"], r["status_type"]) for r in named]
+    interims = [r for r in rows if r["status_type"] == "interim-update"]
+    if interims:
+        evidence.append(Evidence("accounting_records", interims[-1]["id"], interims[-1]["at"],
+                                 f"interim-update x{len(interims)}"))
+    return evidence
+
+
+def _last(rows: Iterable[sqlite3.Row], column: str) -> str | None:
+    value = None
+    for row in rows:
+        if row[column] is not None:
+            value = row[column]
+    return value

@@ -1,0 +1,120 @@
+"""Attribution from the history: who held an address at a moment, with known answers, an
+address that went from one subscriber to another, and a RADIUS session holding it later."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from ispd.store import Store, open_store
+from ispd.store.config import StoreConfig
+from ispd.store.errors import InvalidValue
+from ispd.store.models import AccountingRecord, AccountingStatus, Lease, LeaseState
+
+T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+ADDRESS = "198.18.5.10"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def history(tmp_path: Path) -> AsyncIterator[Store]:
+    """alice's router leases ADDRESS at T0, renews it, releases it at +3000; bob's gets it at
+    +4000 and lets it expire at +7600; a client declines it at +8000; carol's PPPoE session
+    has it from +10000 to +12000."""
+    clock = Clock()
+    store = await open_store(StoreConfig(path=tmp_path / "a.db"), clock=clock)
+    for name in ("alice", "bob", "carol"):
+        await store.add_subscriber(name, actor="t")
+    alice = Lease(ADDRESS, LeaseState.BOUND, T0, T0 + 3600, hw_address="02:00:00:00:00:aa", subscriber_id=1,
+                  circuit_id="olt1/1/1", remote_id="ont-aa", pool="home", hostname="alice-router")
+    bob = Lease(ADDRESS, LeaseState.BOUND, T0 + 4000, T0 + 7600, hw_address="02:00:00:00:00:bb", subscriber_id=2,
+                pool="home")
+    for at, lease, event in (
+            (T0, alice, "granted"),
+            (T0 + 1800, _with(alice, T0 + 5400), "renewed"),
+            (T0 + 3000, _with(alice, T0 + 3000, LeaseState.RELEASED), "released"),
+            (T0 + 4000, bob, "granted"),
+            (T0 + 7600, _with(bob, T0 + 7600, LeaseState.EXPIRED), "expired"),
+            (T0 + 8000, Lease(ADDRESS, LeaseState.DECLINED, T0 + 8000, T0 + 9000, hw_address="02:00:00:00:00:dd"),
+             "declined")):
+        clock.now = at
+        await store.record_leases([(lease, event)])
+    start = AccountingRecord(at=T0 + 10000, status=AccountingStatus.START, nas_address="198.18.0.1",
+                             acct_session_id="s9", username="carol", subscriber_id=3, framed_ip=ADDRESS,
+                             calling_station_id="02:00:00:00:00:cc", nas_identifier="bng1", nas_port_id="eth0.100",
+                             interim_interval=300)
+    records = [start] + [AccountingRecord(**{**_fields(start), "at": T0 + 10000 + 300 * n,
+                                              "status": AccountingStatus.INTERIM_UPDATE}) for n in (1, 2, 3)]
+    records.append(AccountingRecord(**{**_fields(start), "at": T0 + 12000, "status": AccountingStatus.STOP,
+                                       "terminate_cause": "User-Request"}))
+    clock.now = T0 + 12000
+    for record in records:
+        await store.record_accounting([record])
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def _with(lease: Lease, expires_at: float, state: LeaseState = LeaseState.BOUND) -> Lease:
+    return Lease(lease.address, state, lease.starts_at, expires_at, lease.hw_address, lease.client_id,
+                 lease.hostname, lease.subscriber_id, lease.circuit_id, lease.remote_id, lease.pool, lease.service)
+
+
+def _fields(record: AccountingRecord) -> dict[str, object]:
+    return {name: getattr(record, name) for name in record.__dataclass_fields__}
+
+
+async def names_at(store: Store, at: float) -> list[tuple[str | None, str]]:
+    return [(h.username, h.source) for h in await store.who(ADDRESS, since=at, until=at)]
+
+
+async def test_each_moment_names_whoever_held_the_address_then(history: Store) -> None:
+    assert await names_at(history, T0 - 1) == []
+    assert await names_at(history, T0 + 100) == [("alice", "dhcp")]
+    assert await names_at(history, T0 + 2999) == [("alice", "dhcp")]  # the renewal held it
+    assert await names_at(history, T0 + 3500) == []  # released at +3000, bob not yet
+    assert await names_at(history, T0 + 5000) == [("bob", "dhcp")]
+    assert await names_at(history, T0 + 8500) == []  # a decline holds nothing
+    assert await names_at(history, T0 + 11000) == [("carol", "radius-session")]
+    assert await names_at(history, T0 + 13000) == []
+
+
+async def test_a_span_names_everyone_in_it_in_order_with_the_evidence(history: Store) -> None:
+    holdings = await history.who(ADDRESS, since=T0 + 2000, until=T0 + 11000)
+    assert [h.username for h in holdings] == ["alice", "bob", "carol"]
+    alice, bob, carol = holdings
+    assert (alice.starts_at, alice.ends_at) == (T0, T0 + 3000)
+    assert (alice.hw_address, alice.circuit_id, alice.remote_id, alice.hostname, alice.pool) == (
+        "02:00:00:00:00:aa", "olt1/1/1", "ont-aa", "alice-router", "home")
+    assert [(e.table, e.event) for e in alice.evidence] == [("lease_history", "granted"), ("lease_history", "renewed"),
+                                                           ("lease_history", "released")]
+    assert (bob.starts_at, bob.ends_at, bob.subscriber_id) == (T0 + 4000, T0 + 7600, 2)
+    assert (carol.nas_address, carol.nas_identifier, carol.acct_session_id, carol.hw_address) == (
+        "198.18.0.1", "bng1", "s9", "02:00:00:00:00:cc")
+    assert (carol.starts_at, carol.ends_at, carol.terminate_cause) == (T0 + 10000, T0 + 12000, "User-Request")
+    assert [e.event for e in carol.evidence] == ["session", "start", "stop", "interim-update x3"]
+
+
+async def test_an_open_session_holds_the_address_until_now(history: Store, tmp_path: Path) -> None:
+    record = AccountingRecord(at=T0 + 20000, status=AccountingStatus.START, nas_address="198.18.0.1",
+                              acct_session_id="s10", username="carol", subscriber_id=3, framed_ip=ADDRESS)
+    await history.record_accounting([record])
+    [open_] = await history.who(ADDRESS, since=T0 + 90000, until=T0 + 90000)
+    assert open_.acct_session_id == "s10" and open_.ends_at is None
+
+
+async def test_bad_questions_are_refused(history: Store) -> None:
+    with pytest.raises(InvalidValue):
+        await history.who("not-an-address", since=T0, until=T0)
+    with pytest.raises(InvalidValue):
+        await history.who(ADDRESS, since=T0 + 1, until=T0)
