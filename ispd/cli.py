@@ -42,6 +42,7 @@ from ispd.mail.spool import Spool
 from ispd.store import NotFound, Store, StoreError, open_store
 from ispd.store.models import (
     CredentialPolicy,
+    DailyUsage,
     Holding,
     Lease,
     LeaseHistoryEntry,
@@ -423,6 +424,64 @@ def _utc(moment_: datetime) -> datetime:
     return moment_.replace(tzinfo=UTC) if moment_.tzinfo is None else moment_
 
 
+def month(text: str) -> tuple[float, float]:
+    """A month on the command line (``2026-11``) as its first and last instant, UTC."""
+    try:
+        first = datetime.strptime(text, "%Y-%m").replace(tzinfo=UTC)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a month: write it as 2026-11") from None
+    following = first.replace(year=first.year + first.month // 12, month=first.month % 12 + 1)
+    return first.timestamp(), following.timestamp() - 1
+
+
+USAGE_COLUMNS = ("subscriber_id", "username", "day", "input_octets", "output_octets", "session_seconds")
+
+
+async def cmd_usage(store: Store, args: argparse.Namespace) -> None:
+    """Per day for one subscriber; for all of them (billing), one line each with the totals."""
+    if args.month is not None and (args.since is not None or args.until is not None):
+        raise CommandFailed("give --month, or --from and --to, not both")
+    if args.month is None and args.since is None and args.until is None:
+        args.month = month(time.strftime("%Y-%m", time.gmtime()))
+    since, until = args.month if args.month is not None else (
+        args.since if args.since is not None else 0.0, args.until if args.until is not None else time.time())
+    days = await store.usage_by_day(args.subscriber, since=since, until=until)
+    rows = days
+    if args.subscriber is None:  # one row per subscriber: the span's totals
+        totals: dict[int, DailyUsage] = {}
+        for d in days:
+            t = totals.get(d.subscriber_id)
+            totals[d.subscriber_id] = d if t is None else DailyUsage(
+                d.subscriber_id, d.username, f"{t.day.split('..')[0]}..{d.day}", t.input_octets + d.input_octets,
+                t.output_octets + d.output_octets, t.session_seconds + d.session_seconds)
+        rows = list(totals.values())
+    if args.json:
+        print_json({"since": since, "until": until, "usage": rows})
+    elif args.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(USAGE_COLUMNS)
+        writer.writerows([[getattr(r, c) for c in USAGE_COLUMNS] for r in rows])
+    else:
+        print(f"usage from {when(since)} to {when(until)} (input: from the subscriber, output: to them)")
+        print_table(["SUBSCRIBER", "DAY" if args.subscriber is not None else "DAYS", "INPUT", "OUTPUT", "TIME"],
+                    [[r.username or f"#{r.subscriber_id}", r.day, size_text(r.input_octets),
+                      size_text(r.output_octets), f"{r.session_seconds // 3600}h{r.session_seconds % 3600 // 60:02d}m"]
+                     for r in rows])
+        if rows:
+            total_in, total_out = sum(r.input_octets for r in rows), sum(r.output_octets for r in rows)
+            print(f"total: input {size_text(total_in)}, output {size_text(total_out)}, "
+                  f"{sum(r.session_seconds for r in rows) // 3600} hours online")
+
+
+def size_text(octets: int) -> str:
+    value = float(octets)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
+        value /= 1000
+    return f"{octets} B"
+
+
 WHO_COLUMNS = ("address", "source", "starts_at", "ends_at", "username", "subscriber_id", "hw_address", "client_id",
                "hostname", "circuit_id", "remote_id", "pool", "nas_address", "nas_identifier", "nas_port_id",
                "acct_session_id", "terminate_cause", "evidence")
@@ -680,6 +739,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("address", type=checked_arg(ipv4_text))
     p.add_argument("--limit", type=positive_int, default=50, help="history entries to show (default: 50)")
     p.set_defaults(handler=cmd_lease_show)
+
+    p = top.add_parser(
+        "usage", parents=[config_opts],
+        help="what subscribers used, from RADIUS accounting: per day for one, totals for all (billing)",
+        description="Octets from and to the subscriber and time online, from RADIUS accounting, per UTC day "
+                    "for one SUBSCRIBER, or one line per subscriber with the totals when none is named "
+                    "(the CSV a billing run takes). The default span is the current month.")
+    p.add_argument("subscriber", nargs="?", help="username or id (default: every subscriber)")
+    p.add_argument("--month", type=month, help="e.g. 2026-11")
+    p.add_argument("--from", dest="since", type=moment, metavar="TIME", help="start of a span")
+    p.add_argument("--to", dest="until", type=moment, metavar="TIME", help="end of a span (default: now)")
+    output = p.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print JSON instead of text")
+    output.add_argument("--csv", action="store_true", help="print CSV")
+    p.set_defaults(handler=cmd_usage)
 
     p = top.add_parser(
         "who", parents=[config_opts],

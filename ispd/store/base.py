@@ -21,6 +21,7 @@ from ispd.store.models import (
     ClaimResult,
     CoARecord,
     CredentialPolicy,
+    DailyUsage,
     Holding,
     Lease,
     LeaseHistoryEntry,
@@ -293,6 +294,11 @@ class Store(ABC):
         """What the subscriber used on the UTC days from ``since`` to ``until``, both included."""
 
     # --- retention
+    @abstractmethod
+    async def usage_by_day(self, subscriber: SubscriberRef | None, *, since: float, until: float) -> list[DailyUsage]:
+        """Usage per UTC day from the day of ``since`` to that of ``until``, of one subscriber
+        (None: of every subscriber), days without any left out."""
+
     @abstractmethod
     async def purge_history(self, before: float) -> dict[str, int]:
         """Delete history older than ``before`` (lease history, accounting records, closed RADIUS

@@ -325,8 +325,22 @@ class AccountingResult:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """What a subscriber used over a period (from session counters, each octet counted once)."""
+    """What a subscriber used over a period (from session counters, each octet counted once).
+    Input and output as the NAS counts them: input from the subscriber (upload), output to
+    them (download)."""
 
+    input_octets: int = 0
+    output_octets: int = 0
+    session_seconds: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DailyUsage:
+    """One subscriber's usage on one UTC day."""
+
+    subscriber_id: int
+    username: str | None
+    day: str  # YYYY-MM-DD
     input_octets: int = 0
     output_octets: int = 0
     session_seconds: int = 0

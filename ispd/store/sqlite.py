@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ispd.logs import get_logger
-from ispd.store import sqlite_addresses, sqlite_attribution, sqlite_mail
+from ispd.store import sqlite_addresses, sqlite_attribution, sqlite_mail, sqlite_radius
 from ispd.store.base import Store, SubscriberRef
 from ispd.store.config import StoreConfig
 from ispd.store.errors import Conflict, InvalidValue, NotFound, SchemaTooNew, StoreError, StoreUnavailable
@@ -50,6 +50,7 @@ from ispd.store.models import (
     ClaimResult,
     CoARecord,
     CredentialPolicy,
+    DailyUsage,
     Holding,
     Lease,
     LeaseHistoryEntry,
@@ -1151,6 +1152,13 @@ class SQLiteStore(Store):
     async def usage(self, subscriber: SubscriberRef, *, since: float, until: float) -> Usage:
         return await self._read("usage", lambda conn: usage_between(
             conn, int(_find_subscriber(conn, subscriber)["id"]), since, until))
+
+    async def usage_by_day(self, subscriber: SubscriberRef | None, *, since: float, until: float) -> list[DailyUsage]:
+        def run(conn: sqlite3.Connection) -> list[DailyUsage]:
+            subscriber_id = int(_find_subscriber(conn, subscriber)["id"]) if subscriber is not None else None
+            return sqlite_radius.usage_by_day(conn, subscriber_id, since, until)
+
+        return await self._read("usage_by_day", run)
 
     # --- retention
 

@@ -36,6 +36,7 @@ from ispd.store.models import (
     AccountingResult,
     AccountingStatus,
     CoARecord,
+    DailyUsage,
     RadiusSession,
     Usage,
 )
@@ -222,6 +223,19 @@ def usage_between(conn: sqlite3.Connection, subscriber_id: int, since: float, un
         (subscriber_id, utc_day(since), utc_day(until)),
     ).fetchone()
     return Usage(int(row[0]), int(row[1]), int(row[2]))
+
+
+def usage_by_day(conn: sqlite3.Connection, subscriber_id: int | None, since: float, until: float) -> list[DailyUsage]:
+    """Each day's usage from the day of ``since`` to the day of ``until`` (days with none left
+    out), of one subscriber or of all, by subscriber then day."""
+    condition, params = ("AND u.subscriber_id = ?", [subscriber_id]) if subscriber_id is not None else ("", [])
+    rows = conn.execute(
+        "SELECT u.subscriber_id, s.username, u.day, u.input_octets, u.output_octets, u.session_seconds"
+        " FROM usage_daily u LEFT JOIN subscribers s ON s.id = u.subscriber_id"
+        f" WHERE u.day >= ? AND u.day <= ? {condition} ORDER BY u.subscriber_id, u.day",
+        (utc_day(since), utc_day(until), *params)).fetchall()
+    return [DailyUsage(r[0], r[1], time.strftime("%Y-%m-%d", time.gmtime(r[2] * 86400)), r[3], r[4], r[5])
+            for r in rows]
 
 
 def month_start(at: float) -> float:

@@ -259,3 +259,38 @@ def test_who_names_the_subscriber_of_each_moment_as_text_json_and_csv(config_pat
     assert bad.returncode == 2 and "is not a time" in bad.stderr
     both = run(config_path, "who", address, "--at", "now", "--from", "now")
     assert both.returncode == 1 and "not both" in both.stderr
+
+
+def test_usage_per_day_for_one_subscriber_and_totals_for_billing(config_path: Path) -> None:
+    from ispd.store.models import AccountingRecord, AccountingStatus
+
+    t0 = 1_793_520_000.0  # 2026-11-01T08:00:00Z
+    start = AccountingRecord(at=t0, status=AccountingStatus.START, nas_address="198.18.0.1", acct_session_id="a1",
+                             username="alice", subscriber_id=1, framed_ip="198.18.9.1")
+
+    def step(at: float, status: AccountingStatus, octets: int, seconds: int, **kw: object) -> AccountingRecord:
+        fields = {name: getattr(start, name) for name in start.__dataclass_fields__}
+        fields.update(at=at, status=status, input_octets=octets, output_octets=10 * octets,
+                      session_time_seconds=seconds, **kw)
+        return AccountingRecord(**fields)  # type: ignore[arg-type]
+
+    async def write() -> None:
+        store = await open_store(load_config(config_path).store)
+        try:
+            for record_ in (start, step(t0 + 3600, AccountingStatus.INTERIM_UPDATE, 1_000_000, 3600),
+                            step(t0 + 86400, AccountingStatus.STOP, 3_000_000, 86400)):
+                await store.record_accounting([record_])
+            await store.record_accounting([step(t0 + 86400 * 40, AccountingStatus.START, 5, 5, acct_session_id="a2")])
+        finally:
+            await store.close()
+
+    asyncio.run(write())
+    lines = ok(config_path, "usage", "alice", "--month", "2026-11", "--csv").splitlines()
+    assert lines == ["subscriber_id,username,day,input_octets,output_octets,session_seconds",
+                     "1,alice,2026-11-01,1000000,10000000,3600", "1,alice,2026-11-02,2000000,20000000,82800"]
+    billing = ok(config_path, "usage", "--month", "2026-11", "--csv").splitlines()
+    assert billing[1:] == ["1,alice,2026-11-01..2026-11-02,3000000,30000000,86400"]  # bob used nothing
+    text = ok(config_path, "usage", "alice", "--month", "2026-11")
+    assert "2026-11-02" in text and "total: input 3.00 MB, output 30.00 MB, 24 hours online" in text
+    assert ok(config_path, "usage", "alice", "--month", "2026-10", "--csv").splitlines()[1:] == []
+    assert run(config_path, "usage", "alice", "--month", "November").returncode == 2

@@ -187,3 +187,20 @@ async def test_statuses_without_a_session_change_are_kept_in_the_history(store: 
     [other] = await store.record_accounting([replace(START, status=AccountingStatus.OTHER, packet=b"raw")])
     assert other.outcome == AccountingOutcome.IGNORED
     assert await store.list_sessions() == []
+
+
+async def test_usage_by_day_per_subscriber_and_for_everyone(store: Store) -> None:
+    await store.add_subscriber("bob", actor="t")
+    day = 86400.0
+    await store.record_accounting([START])
+    await store.record_accounting([interim(T0 + 300, 1000, 5000, 300)])
+    await store.record_accounting([interim(T0 + day, 4000, 9000, 600)])  # the next day: growth only
+    bob = replace(START, acct_session_id="b1", username="bob", subscriber_id=2, framed_ip="198.18.7.8")
+    await store.record_accounting([bob, replace(bob, at=T0 + 60, status=AccountingStatus.STOP, input_octets=7,
+                                                output_octets=8, session_time_seconds=60)])
+    alice = await store.usage_by_day("alice", since=T0 - day, until=T0 + 2 * day)
+    assert [(d.day, d.input_octets, d.output_octets, d.session_seconds) for d in alice] == [
+        ("2027-01-15", 1000, 5000, 300), ("2027-01-16", 3000, 4000, 300)]
+    everyone = await store.usage_by_day(None, since=T0, until=T0)
+    assert [(d.username, d.input_octets) for d in everyone] == [("alice", 1000), ("bob", 7)]
+    assert await store.usage_by_day("bob", since=T0 + 2 * day, until=T0 + 3 * day) == []
