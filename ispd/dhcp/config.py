@@ -35,6 +35,9 @@ class ClientOptions(Section):
     # T1 and T2 (RFC 2131 §4.4.5); unset: 1/2 and 7/8 of the lease time.
     renew_seconds: int | None = Field(default=None, ge=1)
     rebind_seconds: int | None = Field(default=None, ge=1)
+    # Option 114 (RFC 8910): the captive portal's API URI, which tells the client's OS to open
+    # the portal (set it on walled-garden pools). An https URI that fits a DHCP option.
+    captive_portal: str | None = Field(default=None, max_length=255, pattern=r"^https://[!-~]+$")
 
 
 class PoolConfig(ClientOptions):

@@ -216,6 +216,9 @@ def _served_pool(allocator: AddressPool, subnet: SubnetConfig, pool: PoolConfig 
     mtu = _pick(pool, subnet, "mtu")
     if mtu:
         options[Option.INTERFACE_MTU] = encode_u16(mtu)
+    portal = _pick(pool, subnet, "captive_portal")
+    if portal:
+        options[Option.CAPTIVE_PORTAL] = str(portal).encode("ascii")
     routes = _pick(pool, subnet, "static_routes")
     if routes:
         options[Option.CLASSLESS_STATIC_ROUTES] = encode_classless_routes((r.destination, r.router) for r in routes)

@@ -430,3 +430,15 @@ def test_no_message_makes_the_engine_fail(kind: DHCPMessageType, mac: bytes, cia
 
 FUZZ_LAB = Lab()
 FUZZ_LEDGER: dict[str, tuple[str | None, float]] = {}
+
+
+def test_a_captive_portal_uri_must_be_https_and_fit_an_option() -> None:
+    from pydantic import ValidationError
+
+    from ispd.dhcp.config import PoolConfig
+
+    base = {"name": "garden", "range": "198.18.0.200 - 198.18.0.210", "walled_garden": True}
+    assert PoolConfig(**base, captive_portal="https://portal.example/api").captive_portal
+    for bad in ("http://portal.example/", "https://portal example/", "https://" + "a" * 250, "https://é.example/"):
+        with pytest.raises(ValidationError):
+            PoolConfig(**base, captive_portal=bad)

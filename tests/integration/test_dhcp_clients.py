@@ -340,8 +340,9 @@ def test_malformed_datagrams_are_dropped_and_counted_between_good_clients(lan: L
 
 # --- subscriber status -------------------------------------------------------------------------
 
+PORTAL = "https://portal.isp.example/capport/api"
 GARDEN = {"name": "garden", "range": "198.18.0.200 - 198.18.0.210", "walled_garden": True,
-          "dns_servers": ["198.18.0.250"]}
+          "dns_servers": ["198.18.0.250"], "captive_portal": PORTAL}
 
 
 def published(lan: Lan, event: str) -> float:
@@ -364,12 +365,14 @@ def test_suspension_sends_the_router_to_the_walled_garden_and_resume_brings_it_b
         garden = client.renew(timeout=25)  # NAK, then a fresh DISCOVER into the garden
         assert garden is not None and in_pool(garden.address, "198.18.0.200", "198.18.0.210"), lan.explain(client)
         assert garden.dns == ("198.18.0.250",) and garden.lease_seconds == 300
+        # RFC 8910 option 114: the phone or laptop opens the portal by itself.
+        assert bytes.fromhex(garden.env.get("opt114", "")).decode() == PORTAL, garden.env
 
         lan.ispd.cli("subscriber", "resume", "alice")
         eventually(lambda: published(lan, "SubscriberResumed") >= 1)
         back = client.renew(timeout=25)
         assert back is not None and back.address == first.address, lan.explain(client)
-        assert back.dns == (SERVER, "198.18.0.2")
+        assert back.dns == (SERVER, "198.18.0.2") and "opt114" not in back.env
 
 
 # --- one pool for DHCP and RADIUS --------------------------------------------------------------

@@ -351,7 +351,8 @@ class Udhcpc(DHCPClient):
         ``requested``: ask for this address (option 50 in the DISCOVER)."""
         command = self._command("udhcpc", "-f", "-i", self.interface, "-s", str(self.script),
                                 "-t", str(tries), "-T", "2", "-A", "1", "-n",
-                                "-O", "staticroutes", "-O", "ntpsrv", "-O", "mtu", "-O", "domain")
+                                "-O", "staticroutes", "-O", "ntpsrv", "-O", "mtu", "-O", "domain",
+                                "-O", "114")
         if requested:
             command += ["-r", requested]
         if client_id:
