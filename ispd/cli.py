@@ -659,6 +659,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("subscriber", help="username or id")
     p.add_argument("--reason", type=name_text, help="why (kept in the audit log)")
     p.set_defaults(handler=lambda s, a: cmd_subscriber_status(s, a, SubscriberStatus.SUSPENDED))
+    p = sub.add_parser("close", parents=[config_opts],
+                       help="close a subscriber's account: sessions disconnected, no logins, no mail; kept with its "
+                            "history (resume reopens it)")
+    p.add_argument("subscriber", help="username or id")
+    p.add_argument("--reason", type=name_text, help="why (kept in the audit log)")
+    p.set_defaults(handler=lambda s, a: cmd_subscriber_status(s, a, SubscriberStatus.CLOSED))
     p = sub.add_parser("resume", parents=[config_opts], help="resume a suspended or closed subscriber")
     p.add_argument("subscriber", help="username or id")
     p.set_defaults(handler=lambda s, a: cmd_subscriber_status(s, a, SubscriberStatus.ACTIVE))

@@ -63,6 +63,9 @@ def test_round_trip(config_path: Path) -> None:
     assert "pa55word" not in json.dumps(detail)
 
     assert ok(config_path, "subscriber", "resume", "alice") == "alice is now active\n"
+    assert ok(config_path, "subscriber", "close", "alice", "--reason", "moved away") == "alice is now closed\n"
+    assert "status        closed (moved away)" in ok(config_path, "subscriber", "show", "alice")
+    assert ok(config_path, "subscriber", "resume", "alice") == "alice is now active\n"
     out = ok(config_path, "subscriber", "passwd", "bob", "--generate-password")
     generated = out.splitlines()[0].removeprefix("password: ")
     assert len(generated) == 16 and out.splitlines()[1] == "password set; stored forms: verifier"

@@ -3,7 +3,6 @@ raw TLS socket for IDLE, which imaplib of Python 3.11 lacks)."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import imaplib
 import smtplib
@@ -19,8 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from ispd.store import StoreConfig, open_store
-from ispd.store.models import SubscriberStatus
 from tests.lab.certs import issue
 from tests.lab.maildir import inbox
 from tests.lab.ports import free_tcp_port
@@ -376,21 +373,12 @@ def test_a_suspended_subscriber_reads_mail_unless_the_plan_says_no_and_a_closed_
     finally:
         lab.ispd.cli("subscriber", "resume", "erin", check=False)  # if the test failed before
         lab.ispd.cli("subscriber", "set-plan", "erin", "--none")
-    # No CLI closes a subscriber yet (issue 10): the store does, as the admin API will.
-    asyncio.run(_set_status("erin", SubscriberStatus.CLOSED, lab.ispd.config["store"]["path"]))
+    lab.ispd.cli("subscriber", "close", "erin", "--reason", "moved away")
     try:
         with pytest.raises(imaplib.IMAP4.error, match="CONTACTADMIN"):
             lab.login()
     finally:
         lab.ispd.cli("subscriber", "resume", "erin")
-
-
-async def _set_status(username: str, status: SubscriberStatus, path: str) -> None:
-    store = await open_store(StoreConfig(path=Path(path)))
-    try:
-        await store.set_subscriber_status(username, status, actor="test")
-    finally:
-        await store.close()
 
 
 def test_a_message_another_session_just_flagged_is_still_fetched_searched_and_stored(lab: Lab) -> None:
