@@ -6,8 +6,10 @@ queries, pipelined — each miss is its own task and replies go out in the order
 — with an idle timeout, a cap on queries in flight per connection and on connections.
 
 Lease names and the walled garden follow the bus: ``LeaseGranted``/``LeaseEnded`` add and remove
-names at once; subscriber status events move a subscriber's leased addresses in and out of the
-walled garden. Both are loaded from the store at start.
+names at once; subscriber status events move a subscriber's addresses in and out of the walled
+garden. A subscriber's addresses are its leases and, for a NAS that gives addresses from its
+own pools, its open RADIUS sessions' (``SessionStarted``/``SessionStopped``). All are loaded
+from the store at start.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ from ispd.dns.zone import ZoneError, load_zone_file
 from ispd.events import (
     LeaseEnded,
     LeaseGranted,
+    SessionStarted,
+    SessionStopped,
     SubscriberClosed,
     SubscriberDeleted,
     SubscriberEvent,
@@ -212,12 +216,17 @@ class DNSService(Service):
         try:
             leases = await store.list_leases()
             suspended = await store.list_subscribers(SubscriberStatus.SUSPENDED)
+            sessions = await store.list_sessions(open_only=True, limit=1_000_000)
         except StoreError as exc:
             raise ServiceStartError(f"dns: cannot load leases from the store: {exc}") from None
         now = self.context.clock()
         for lease in leases:
             if lease.state == LeaseState.BOUND and lease.expires_at > now:
                 self._lease_granted(lease.address, lease.hostname, lease.subscriber_id, lease.expires_at)
+        # Addresses a NAS gave from its own pools are known only from its accounting.
+        for session in sessions:
+            if session.framed_ip and session.subscriber_id is not None:
+                self.walled.lease_granted(session.framed_ip, session.subscriber_id)
         for subscriber in suspended:
             self.walled.set_suspended(subscriber.id, True)
         self._walled_changed()
@@ -248,6 +257,15 @@ class DNSService(Service):
             if self.walled.lease_ended(event.address):
                 self._walled_changed()
 
+        def session_started(event: SessionStarted) -> None:
+            if event.framed_ip and event.subscriber_id is not None and self.walled.lease_granted(
+                    event.framed_ip, event.subscriber_id):
+                self._walled_changed()
+
+        def session_stopped(event: SessionStopped) -> None:
+            if event.framed_ip and self.walled.lease_ended(event.framed_ip):
+                self._walled_changed()
+
         def status(suspended: bool) -> Callable[[SubscriberEvent], None]:
             def apply(event: SubscriberEvent) -> None:
                 if self.walled.set_suspended(event.subscriber_id, suspended):
@@ -257,6 +275,8 @@ class DNSService(Service):
         unsubscribers = [
             bus.subscribe(LeaseGranted, granted),
             bus.subscribe(LeaseEnded, ended),
+            bus.subscribe(SessionStarted, session_started),
+            bus.subscribe(SessionStopped, session_stopped),
             bus.subscribe(SubscriberSuspended, status(True)),
             bus.subscribe(SubscriberResumed, status(False)),
             bus.subscribe(SubscriberClosed, status(False)),

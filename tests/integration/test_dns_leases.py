@@ -1,6 +1,7 @@
 """ispd's DNS answering from local data and from DHCP: static ``local_records``, lease host names
 (forward and reverse) that appear the moment a real DHCP client is bound and go when it
-releases, and the walled garden for a suspended subscriber's leased address.
+releases, and the walled garden for a suspended subscriber's leased address (or the address its
+BNG gave its PPPoE session, known from RADIUS accounting).
 
 ispd (DHCP and DNS) runs in a server namespace with 198.18.0.1/24 on a veth whose other end, in a
 client namespace, gets its address from ispd by DHCP; DNS queries go to 198.18.0.1:53 from the
@@ -26,6 +27,7 @@ from tests.lab.dnshier import DigResult
 from tests.lab.dnsispd import dig_in_netns, dns_section, rdatas
 from tests.lab.netns import Lab, lab
 from tests.lab.process import base_config, eventually
+from tests.lab.radclient import radclient, require_radclient
 
 SERVER = "198.18.0.1"
 DOMAIN = "customers.isp.example"
@@ -98,7 +100,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                           lease_names={"domain": DOMAIN, "reverse_networks": ["198.18.0.0/24"], "ttl": 300},
                           walled_garden={"portal_ipv4": PORTAL, "allow": ["portal.isp.example", "pay.example"],
                                          "ttl": 30})
-        ispd = DHCPIspd(workdir, base_config(workdir, dhcp=dhcp, dns=dns), netns=server_ns)
+        # RADIUS accounting from a NAS inside the server namespace: the addresses it gives from
+        # its own pools reach DNS only through its accounting.
+        radius = {"enabled": True, "listen_auth": ["127.0.0.1:1812"], "listen_acct": ["127.0.0.1:1813"],
+                  "client": [{"name": "bng", "address": "127.0.0.1", "secret": "testing123"}]}
+        ispd = DHCPIspd(workdir, base_config(workdir, dhcp=dhcp, dns=dns, radius=radius), netns=server_ns)
         try:
             ispd.start()
             yield Site(built, workdir, server_ns, client_ns, client_if, ispd)
@@ -221,3 +227,27 @@ def test_a_suspended_subscribers_queries_go_to_the_walled_garden_until_resumed(s
         eventually(lambda: rdatas(site.from_client("www.isp.example")) == {WWW}, timeout=5)
         assert site.from_client("anything.example").status == "SERVFAIL"  # no upstream here, and no portal
         assert rdatas(site.from_client("isp.example", "MX"), "MX") == {"10 mail.isp.example."}
+
+
+def test_an_address_a_nas_gave_from_its_own_pool_is_walled_while_its_session_is_open(site: Site) -> None:
+    require_radclient()
+    address = "198.18.0.60"  # the BNG's pool, not ispd's: only its accounting tells ispd who has it
+    site.lab.run(site.client_ns, "ip", "addr", "add", f"{address}/24", "dev", site.client_if).check_returncode()
+    site.ispd.cli("subscriber", "add", "dave", "--generate-password")
+
+    def account(status: str) -> str | None:
+        return radclient("127.0.0.1:1813", "acct", "testing123",
+                         f"User-Name = dave, Acct-Session-Id = dave-1, Framed-IP-Address = {address}, "
+                         f"Acct-Status-Type = {status}", netns=site.server_ns, timeout=2).code
+
+    def from_dave(qname: str) -> DigResult:
+        return site.from_client(qname, "A", "-b", address)
+
+    assert account("Start") == "Accounting-Response"
+    assert rdatas(from_dave("www.isp.example")) == {WWW}
+    site.ispd.cli("subscriber", "suspend", "dave", "--reason", "unpaid")
+    eventually(lambda: rdatas(from_dave("www.isp.example")) == {PORTAL}, timeout=5)
+    assert rdatas(site.from_client("www.isp.example")) == {WWW}  # the client's other address is not dave's
+    assert account("Stop") == "Accounting-Response"  # the address goes back to the BNG's pool
+    eventually(lambda: rdatas(from_dave("www.isp.example")) == {WWW}, timeout=5)
+    site.ispd.cli("subscriber", "resume", "dave")
