@@ -36,6 +36,7 @@ from ispd.credentials import (
     effective_policy,
     generate_password,
 )
+from ispd.effects import effects as status_effects
 from ispd.logs import LogConfig, configure_logging
 from ispd.mail.maildir import Maildir
 from ispd.mail.spool import Spool
@@ -192,14 +193,35 @@ async def cmd_subscriber_list(store: Store, args: argparse.Namespace) -> None:
 
 async def cmd_subscriber_show(store: Store, args: argparse.Namespace) -> None:
     overview = await store.subscriber_overview(args.subscriber)
+    found = status_effects(overview, args.loaded_config, await _dns_view(args.loaded_config, overview.subscriber.id),
+                           time.time())
     if args.json:
         data = _jsonable(overview)
         # Only which forms exist is shown, never a value (the store hands out placeholders here).
         data["credentials"] = {"forms": overview.credentials.forms,
                                "updated_at": overview.credentials.updated_at or None}
+        data["effects"] = _jsonable(found)
         print_json(data)
         return
     print(render_overview(overview))
+    status = overview.subscriber.status.value
+    print(f"effects       of being {status}, in each service" if found else "effects       none to show")
+    for e in found:
+        print(f"  {e.service:<6} {e.state:<8} {e.subject}: {e.detail}")
+
+
+async def _dns_view(config: Config, subscriber_id: int) -> dict[str, Any] | None:
+    """The running resolver's walled addresses of this subscriber; None when no daemon answers."""
+    from ispd.control import ControlError, control_request
+
+    if not config.dns.enabled or config.daemon.control_socket is None:
+        return None
+    try:
+        answer: dict[str, Any] = await control_request(config.daemon.control_socket, "dns.walled.show",
+                                                      {"subscriber_id": subscriber_id})
+    except (ControlError, OSError):
+        return None
+    return answer
 
 
 def render_overview(o: SubscriberOverview) -> str:
@@ -1106,6 +1128,7 @@ async def cmd_dns_cache_flush(config: Config, args: argparse.Namespace) -> None:
 async def run_admin(config: Config, handler: Callable[[Store, argparse.Namespace], Awaitable[None]],
                     args: argparse.Namespace) -> None:
     store = await open_store(config.store)
+    args.loaded_config = config  # for the commands that also read the config (subscriber show)
     try:
         await handler(store, args)
     finally:

@@ -24,6 +24,7 @@ from functools import partial
 from typing import Any, cast
 
 from ispd.config import Config
+from ispd.control import CommandError
 from ispd.dns.cache import AnswerCache, CacheLimits, RRsetCache
 from ispd.dns.config import DNSConfig, EncryptedListenerConfig
 from ispd.dns.engine import DNSEngine
@@ -180,6 +181,8 @@ class DNSService(Service):
         from ispd.dns.admin import DNSCacheAdmin
 
         stack.callback(DNSCacheAdmin(self.rrsets, self.answers, clock).register(self.context.control))
+        # `ispd subscriber show`: which of a subscriber's addresses this resolver walls now.
+        stack.callback(self.context.control.register("dns.walled.show", self._command_walled_show))
         log.info("dns.started", listen=[f"{h}:{p}" for h, p in self.bound], root_servers=len(hints),
                  encrypted=[f"{key} {h}:{p}" for key, listener in self._encrypted() for h, p in listener.bound])
 
@@ -239,6 +242,14 @@ class DNSService(Service):
             ttl = min(self.config.lease_names.ttl, max(0, int(expires_at - self.context.clock())))
             self.local.add_lease_name(hostname, address, ttl)
         return walled_changed
+
+    async def _command_walled_show(self, args: dict[str, Any]) -> dict[str, Any]:
+        subscriber_id = args.get("subscriber_id")
+        if not isinstance(subscriber_id, int) or isinstance(subscriber_id, bool):
+            raise CommandError("subscriber_id must be a number")
+        addresses = self.walled.addresses_of(subscriber_id)
+        return {"enabled": self.walled.enabled, "addresses": addresses,
+                "walled": [a for a in addresses if self.walled.is_walled(a)]}
 
     def _walled_changed(self) -> None:
         if self.engine is not None:

@@ -56,6 +56,9 @@ class WalledGarden:
             self.suspended.discard(subscriber_id)
         return self.enabled and subscriber_id in self.subscriber_of.values()
 
+    def addresses_of(self, subscriber_id: int) -> list[str]:
+        return sorted(a for a, s in self.subscriber_of.items() if s == subscriber_id)
+
     def walled_addresses(self) -> frozenset[str]:
         if not self.enabled:
             return frozenset()

@@ -362,9 +362,13 @@ def test_suspension_sends_the_router_to_the_walled_garden_and_resume_brings_it_b
 
         lan.ispd.cli("subscriber", "suspend", "alice", "--reason", "unpaid")
         eventually(lambda: published(lan, "SubscriberSuspended") >= 1)
+        shown = lan.ispd.cli("subscriber", "show", "alice").stdout  # before the client renews: not yet
+        assert f"  dhcp   pending  {first.address} ({CLIENT_MAC}): pool lan; moves to the walled garden" in shown, shown
         garden = client.renew(timeout=25)  # NAK, then a fresh DISCOVER into the garden
         assert garden is not None and in_pool(garden.address, "198.18.0.200", "198.18.0.210"), lan.explain(client)
         assert garden.dns == ("198.18.0.250",) and garden.lease_seconds == 300
+        shown = lan.ispd.cli("subscriber", "show", "alice").stdout
+        assert f"  dhcp   done     {garden.address} ({CLIENT_MAC}): pool garden (walled garden)" in shown, shown
         # RFC 8910 option 114: the phone or laptop opens the portal by itself.
         assert bytes.fromhex(garden.env.get("opt114", "")).decode() == PORTAL, garden.env
 

@@ -247,6 +247,9 @@ def test_an_address_a_nas_gave_from_its_own_pool_is_walled_while_its_session_is_
     assert rdatas(from_dave("www.isp.example")) == {WWW}
     site.ispd.cli("subscriber", "suspend", "dave", "--reason", "unpaid")
     eventually(lambda: rdatas(from_dave("www.isp.example")) == {PORTAL}, timeout=5)
+    # subscriber show asks the running resolver, which says it walls dave's address now.
+    shown = site.ispd.cli("subscriber", "show", "dave").stdout
+    assert f"  dns    done     {address}: answered from the walled garden" in shown, shown
     assert rdatas(site.from_client("www.isp.example")) == {WWW}  # the client's other address is not dave's
     assert account("Stop") == "Accounting-Response"  # the address goes back to the BNG's pool
     eventually(lambda: rdatas(from_dave("www.isp.example")) == {WWW}, timeout=5)

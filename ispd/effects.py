@@ -1,0 +1,142 @@
+"""What a subscriber's status does in each service, and whether it has taken effect.
+
+``ispd subscriber show`` answers "is the suspension (or the resumption) in force everywhere?"
+from evidence, not from intent: RADIUS from the Disconnect/CoA outcomes the NASes sent back and
+the sessions' ends, DHCP from the pool each device's current lease was actually granted from,
+DNS from the running resolver's own set of walled addresses (asked over the control socket),
+mail from what the status and plan make the SMTP and IMAP servers do at each login. Pure: the
+store's overview, the config and the resolver's answer in, a list of effects out.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ispd.config import Config
+from ispd.radius.config import SuspendedAction
+from ispd.store.models import LeaseService, LeaseState, SubscriberOverview, SubscriberStatus, SuspendedMail
+
+DONE, PENDING, FAILED, UNKNOWN = "done", "pending", "failed", "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Effect:
+    service: str  # radius | dhcp | dns | mail
+    subject: str  # a session, an address, a mailbox
+    state: str  # done | pending | failed | unknown
+    detail: str
+
+
+def effects(overview: SubscriberOverview, config: Config, dns_view: dict[str, Any] | None,
+            now: float) -> list[Effect]:
+    """``dns_view``: the resolver's ``dns.walled.show`` answer for this subscriber, or None when
+    no daemon answered."""
+    return [*_radius(overview, config), *_dhcp(overview, config, now), *_dns(overview, config, dns_view),
+            *_mail(overview)]
+
+
+def _radius(o: SubscriberOverview, config: Config) -> list[Effect]:
+    status, changed_at = o.subscriber.status, o.subscriber.updated_at
+    plan_reply = next((p for p in config.radius.plan if o.plan is not None and p.plan == o.plan.name), None)
+    action = plan_reply.suspended if plan_reply is not None and plan_reply.suspended else config.radius.suspended
+    result: list[Effect] = []
+    for session in o.sessions:
+        subject = f"session {session.acct_session_id} on {session.nas_address}"
+        if session.stopped_at is not None:
+            if status is not SubscriberStatus.ACTIVE and session.stopped_at >= changed_at:
+                result.append(Effect("radius", subject, DONE,
+                                     f"ended {_when(session.stopped_at)} ({session.terminate_cause or 'no cause'})"))
+            continue
+        answered = [c for c in o.coa if c.session_id == session.id and c.at >= changed_at]
+        last = max(answered, key=lambda c: c.at) if answered else None
+        if status is SubscriberStatus.ACTIVE:
+            if last is None:
+                result.append(Effect("radius", subject, DONE, "open with the plan's profile"))
+            else:
+                result.append(_outcome(subject, last.kind, last.result, last.at, "back to the plan's profile"))
+            continue
+        wanted = "disconnect" if status is SubscriberStatus.CLOSED or action is SuspendedAction.REJECT else "coa"
+        if last is None:
+            result.append(Effect("radius", subject, PENDING, f"still open; no {_kind(wanted)} sent yet"))
+        elif last.result == "ack" and last.kind == "disconnect":
+            result.append(Effect("radius", subject, PENDING,
+                                 f"Disconnect acknowledged {_when(last.at)}; waiting for the NAS's Stop"))
+        else:
+            result.append(_outcome(subject, last.kind, last.result, last.at, "moved into the walled garden"))
+    return result
+
+
+def _outcome(subject: str, kind: str, result: str, at: float, done: str) -> Effect:
+    if result == "ack":
+        return Effect("radius", subject, DONE, f"{done}: {_kind(kind)} acknowledged {_when(at)}")
+    return Effect("radius", subject, FAILED, f"{_kind(kind)} {result} {_when(at)}: retry with `ispd session "
+                                             f"{'disconnect' if kind == 'disconnect' else 'coa'}`")
+
+
+def _kind(kind: str) -> str:
+    return "Disconnect-Request" if kind == "disconnect" else "CoA-Request"
+
+
+def _dhcp(o: SubscriberOverview, config: Config, now: float) -> list[Effect]:
+    walled_pools = {p.name for s in config.dhcp.subnet for p in s.pool if p.walled_garden}
+    suspended = o.subscriber.status is SubscriberStatus.SUSPENDED
+    result = []
+    for lease in o.leases:
+        if lease.service is not LeaseService.DHCP or lease.state is not LeaseState.BOUND or lease.expires_at <= now:
+            continue
+        walled = lease.pool in walled_pools
+        subject = f"{lease.address} ({lease.hw_address or lease.client_id or 'no MAC'})"
+        where = f"pool {lease.pool or '-'}{' (walled garden)' if walled else ''}"
+        if o.subscriber.status is SubscriberStatus.CLOSED:
+            result.append(Effect("dhcp", subject, PENDING if not walled else DONE,
+                                 f"{where}; no new lease once it ends ({_when(lease.expires_at)})"))
+        elif walled == suspended:
+            result.append(Effect("dhcp", subject, DONE, where))
+        elif suspended and not walled_pools:
+            result.append(Effect("dhcp", subject, FAILED, f"{where}; no pool has walled_garden = true"))
+        else:
+            goal = "the walled garden" if suspended else "the normal pools"
+            result.append(Effect("dhcp", subject, PENDING,
+                                 f"{where}; moves to {goal} at its next renewal (by {_when(lease.expires_at)})"))
+    return result
+
+
+def _dns(o: SubscriberOverview, config: Config, view: dict[str, Any] | None) -> list[Effect]:
+    if not config.dns.enabled:
+        return []
+    if view is None:
+        return [Effect("dns", "-", UNKNOWN, "the daemon did not answer over the control socket")]
+    suspended = o.subscriber.status is SubscriberStatus.SUSPENDED
+    if suspended and not view["enabled"]:
+        return [Effect("dns", "-", FAILED, "no [dns.walled_garden] portal is configured: answered as usual")]
+    result = []
+    walled = set(view["walled"])
+    for address in view["addresses"]:
+        if (address in walled) == suspended:
+            detail = "answered from the walled garden" if suspended else "answered as usual"
+            result.append(Effect("dns", address, DONE, detail))
+        else:
+            result.append(Effect("dns", address, PENDING, "the resolver has not yet heard of the change"))
+    if not view["addresses"]:
+        result.append(Effect("dns", "-", DONE, "no address of it is known to the resolver"))
+    return result
+
+
+def _mail(o: SubscriberOverview) -> list[Effect]:
+    if not o.mailboxes:
+        return []
+    status = o.subscriber.status
+    readable = status is SubscriberStatus.ACTIVE or (
+        status is SubscriberStatus.SUSPENDED and (o.plan is None or o.plan.suspended_mail is SuspendedMail.READ))
+    sending = "allowed" if status is SubscriberStatus.ACTIVE else "refused (550 5.7.1)"
+    reading = "open" if readable else "refused (NO [CONTACTADMIN])"
+    subject = ", ".join(m.address for m in o.mailboxes)
+    # Both servers read the status at every MAIL FROM and every login: in force at once.
+    return [Effect("mail", subject, DONE, f"submission {sending}; IMAP {reading}; delivery to it "
+                                          f"{'refused' if status is SubscriberStatus.CLOSED else 'goes on'}")]
+
+
+def _when(at: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))

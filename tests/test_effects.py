@@ -1,0 +1,93 @@
+"""The judgement behind `ispd subscriber show`'s effects: from evidence to done/pending/failed."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ispd.config import Config
+from ispd.effects import effects
+from ispd.store.models import (
+    CoARecord,
+    Lease,
+    LeaseState,
+    Mailbox,
+    Plan,
+    RadiusSession,
+    StoredCredentials,
+    Subscriber,
+    SubscriberOverview,
+    SubscriberStatus,
+    SuspendedMail,
+)
+
+T = 1_800_000_000.0
+CONFIG = Config.model_validate({
+    "dhcp": {"subnet": [{"network": "198.18.0.0/24", "pool": [
+        {"name": "lan", "range": "198.18.0.100 - 198.18.0.150"},
+        {"name": "garden", "range": "198.18.0.200 - 198.18.0.210", "walled_garden": True}]}]},
+    "dns": {"enabled": True, "walled_garden": {"portal_ipv4": "198.18.0.10"}},
+    "radius": {"suspended": "reject"},
+})
+
+
+def overview(status: SubscriberStatus, **kw: object) -> SubscriberOverview:
+    subscriber = Subscriber(1, "alice", status, plan_id=1, status_reason="unpaid", updated_at=T)
+    base = SubscriberOverview(subscriber, Plan(1, "home"), StoredCredentials(), [], [], [], [], [])
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+def session(sid: int, stopped_at: float | None = None) -> RadiusSession:
+    return RadiusSession(sid, "198.18.0.1", f"s{sid}", "alice", T - 600, T - 60, subscriber_id=1,
+                         framed_ip=f"198.18.0.{sid}", stopped_at=stopped_at, terminate_cause="Admin-Reset" if stopped_at
+                         else None)
+
+
+def coa(session_id: int, result: str, at: float = T + 1, kind: str = "disconnect") -> CoARecord:
+    return CoARecord(session_id, at, kind, "198.18.0.1", result, 1, at, session_id=session_id, subscriber_id=1)
+
+
+def states(found: list, service: str) -> list[tuple[str, str]]:  # type: ignore[type-arg]
+    return [(e.subject, e.state) for e in found if e.service == service]
+
+
+def test_a_suspension_is_done_in_radius_only_once_the_nas_answered() -> None:
+    o = overview(SubscriberStatus.SUSPENDED,
+                 sessions=[session(1), session(2), session(3), session(4, stopped_at=T + 5), session(5, T - 100)],
+                 coa=[coa(2, "ack"), coa(3, "timeout"), coa(1, "ack", at=T - 500)])  # #1: an old answer only
+    found = effects(o, CONFIG, None, T + 10)
+    assert states(found, "radius") == [("session s1 on 198.18.0.1", "pending"), ("session s2 on 198.18.0.1", "pending"),
+                                       ("session s3 on 198.18.0.1", "failed"), ("session s4 on 198.18.0.1", "done")]
+    detail = {e.subject: e.detail for e in found}
+    assert "waiting for the NAS's Stop" in detail["session s2 on 198.18.0.1"]
+    assert "retry with `ispd session disconnect`" in detail["session s3 on 198.18.0.1"]
+
+
+def test_dhcp_is_done_when_the_lease_comes_from_the_right_pool() -> None:
+    leases = [Lease("198.18.0.201", LeaseState.BOUND, T, T + 300, hw_address="02:00:00:00:00:01", pool="garden"),
+              Lease("198.18.0.101", LeaseState.BOUND, T - 60, T + 3000, hw_address="02:00:00:00:00:02", pool="lan"),
+              Lease("198.18.0.102", LeaseState.RELEASED, T - 60, T - 1, pool="lan")]
+    suspended = effects(overview(SubscriberStatus.SUSPENDED, leases=leases), CONFIG, None, T + 10)
+    assert states(suspended, "dhcp") == [("198.18.0.201 (02:00:00:00:00:01)", "done"),
+                                         ("198.18.0.101 (02:00:00:00:00:02)", "pending")]
+    active = effects(overview(SubscriberStatus.ACTIVE, leases=leases), CONFIG, None, T + 10)
+    assert [s for _, s in states(active, "dhcp")] == ["pending", "done"]
+
+
+def test_dns_is_judged_from_the_resolver_s_own_answer() -> None:
+    o = overview(SubscriberStatus.SUSPENDED)
+    view = {"enabled": True, "addresses": ["198.18.0.5", "198.18.0.6"], "walled": ["198.18.0.5"]}
+    assert states(effects(o, CONFIG, view, T), "dns") == [("198.18.0.5", "done"), ("198.18.0.6", "pending")]
+    assert states(effects(o, CONFIG, None, T), "dns") == [("-", "unknown")]  # no daemon answered
+    assert states(effects(o, CONFIG, {**view, "enabled": False}, T), "dns") == [("-", "failed")]
+
+
+def test_mail_follows_the_status_and_the_plan() -> None:
+    boxes = [Mailbox(1, 1, "alice@isp.example")]
+    reading = effects(overview(SubscriberStatus.SUSPENDED, mailboxes=boxes), CONFIG, None, T)
+    assert "submission refused (550 5.7.1); IMAP open" in next(e for e in reading if e.service == "mail").detail
+    strict = overview(SubscriberStatus.SUSPENDED, mailboxes=boxes,
+                      plan=Plan(1, "home", suspended_mail=SuspendedMail.NONE))
+    assert "IMAP refused" in next(e for e in effects(strict, CONFIG, None, T) if e.service == "mail").detail
+    # Nothing of its own in any service: only DNS, which cannot tell without the daemon.
+    assert [(e.service, e.state) for e in effects(overview(SubscriberStatus.ACTIVE), CONFIG, None, T)] == [
+        ("dns", "unknown")]
