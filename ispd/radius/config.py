@@ -186,6 +186,11 @@ class RadiusConfig(Section):
     # Disconnect-Request and CoA-Request: wait this long for an answer, send this many times.
     coa_timeout_seconds: float = Field(default=3.0, gt=0, le=60)
     coa_attempts: int = Field(default=3, ge=1, le=10)
+    # A suspended or closed subscriber's session that no Disconnect or CoA has reached (the NAS
+    # did not answer, or the change was made while ispd was down) gets one again this often, up
+    # to coa_retry_limit exchanges; a NAK is the NAS's answer and is not retried.
+    coa_retry_interval_seconds: float = Field(default=300.0, ge=10, le=86400)
+    coa_retry_limit: int = Field(default=6, ge=0, le=100)
     # A UDP receive buffer that rides out bursts (the kernel default drops beyond ~250 requests).
     receive_buffer_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024)
 

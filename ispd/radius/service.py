@@ -64,7 +64,7 @@ from ispd.radius.coa import DynamicAuthorizationClient, session_identification
 from ispd.radius.codec import Code, Packet, RadiusDecodeError, decode, encode_response, proxy_states
 from ispd.radius.config import RadiusClientConfig, RadiusConfig, SuspendedAction, client_networks
 from ispd.radius.dictionary import Dictionary, DictionaryError, load_dictionary
-from ispd.radius.directory import Directory
+from ispd.radius.directory import AuthSubject, Directory
 from ispd.radius.engine import (
     AccountingEngine,
     AuthEngine,
@@ -838,6 +838,10 @@ class RadiusService(Service):
 
     async def _sweep_periodically(self) -> None:
         last_stale = time.monotonic()
+        try:  # at once: a suspension made while ispd was down reaches the NAS now, not in a minute
+            await self._enforce_status(self.context.clock())
+        except StoreError as exc:
+            log.warning("radius.enforce.store_error", error=str(exc))
         while True:
             await asyncio.sleep(SWEEP_SECONDS)
             now = self.context.clock()
@@ -849,6 +853,7 @@ class RadiusService(Service):
                     last_stale = time.monotonic()
                     await self._close_stale(now)
                     await self._renew_claims(now)
+                    await self._enforce_status(now)
             except StoreError as exc:
                 log.warning("radius.stale_sessions.store_error", error=str(exc))
             except Exception:  # a bug here must not end housekeeping for the life of the daemon
@@ -865,6 +870,40 @@ class RadiusService(Service):
             self.context.bus.publish(_session_event(SessionStopped, session, now, STALE_CAUSE))
             self._give_back(session)
         log.info("radius.sessions.stale_closed", count=len(closed))
+
+    async def _enforce_status(self, now: float) -> None:
+        """Open sessions of suspended or closed subscribers that no Disconnect or CoA has reached
+        since the change: send it again, every coa_retry_interval_seconds, coa_retry_limit times.
+        This also carries out a change made while ispd was down (the bus only announces what
+        happens while it runs)."""
+        if self.auth is None or self.config.coa_retry_limit == 0:
+            return
+        for subscriber_id in list(self.sessions.by_subscriber):
+            subject = self.directory.by_id(subscriber_id)
+            if subject is None or subject.subscriber.status == SubscriberStatus.ACTIVE:
+                continue
+            changed_at = subject.subscriber.updated_at
+            for session in self.sessions.of_subscriber(subscriber_id):
+                tried = [r for r in await self.context.store.list_coa(session_id=session.id, limit=100)
+                         if r.at >= changed_at]
+                if any(r.result in ("ack", "nak") for r in tried) or len(tried) >= self.config.coa_retry_limit:
+                    continue  # reached (a Disconnect's Stop is on its way), refused, or given up on
+                if tried and now - max(r.at for r in tried) < self.config.coa_retry_interval_seconds:
+                    continue
+                reason = f"{subject.subscriber.status.value}, retry" if tried else subject.subscriber.status.value
+                if subject.subscriber.status == SubscriberStatus.SUSPENDED and self._walled_garden(subject):
+                    await self._change(session, True, reason)
+                else:
+                    await self._disconnect(session, reason)
+
+    def _walled_garden(self, subject: AuthSubject) -> bool:
+        """Whether this subscriber's plan sends suspended sessions to the walled garden (else
+        they are disconnected)."""
+        assert self.auth is not None
+        plan = subject.plan
+        plan_reply = self.auth.settings.plans.get(plan.name) if plan is not None else None
+        return (plan_reply.suspended if plan_reply is not None and plan_reply.suspended is not None
+                else self.config.suspended) == SuspendedAction.WALLED_GARDEN
 
     # --- what other processes and services change
 
@@ -965,10 +1004,7 @@ class RadiusService(Service):
         sessions = self.sessions.of_subscriber(subscriber_id)
         if subject is None or not sessions or self.auth is None:
             return
-        plan = subject.plan
-        plan_reply = self.auth.settings.plans.get(plan.name) if plan is not None else None
-        walled_garden = (plan_reply.suspended if plan_reply is not None and plan_reply.suspended is not None
-                         else self.config.suspended) == SuspendedAction.WALLED_GARDEN
+        walled_garden = self._walled_garden(subject)
         suspended = subject.subscriber.status == SubscriberStatus.SUSPENDED
         if suspended and not walled_garden:
             await asyncio.gather(*(self._disconnect(s, reason) for s in sessions))

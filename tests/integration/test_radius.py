@@ -272,6 +272,30 @@ def test_accounting_on_closes_the_nas_sessions(radius: Radius) -> None:
                                                                                  ("on-2", "NAS-Reboot")}
 
 
+def test_a_suspension_made_while_ispd_was_down_reaches_the_nas_when_it_starts(tmp_path: Path) -> None:
+    require_radclient()
+    with FakeNas(secret=SECRET.encode()) as nas, IspdProcess(tmp_path, radius_config(tmp_path, nas.port)) as ispd:
+        ispd.start()
+        ispd.cli("plan", "add", "home", "--credential-policy", "cleartext")
+        ispd.cli("subscriber", "add", "erin", "--plan", "home", "--password-stdin", input="erin-pw\n")
+        service = Radius(ispd)
+        eventually(lambda: service.pap("erin", "erin-pw") == "Access-Accept", timeout=10)
+        base = "User-Name = erin, Acct-Session-Id = e1, NAS-IP-Address = 127.0.0.1"
+        assert service.accounting(f"{base}, Acct-Status-Type = Start") == "Accounting-Response"
+        assert ispd.terminate() == 0
+        ispd.cli("subscriber", "suspend", "erin", "--reason", "unpaid")  # the store alone: no daemon to tell
+        seen = len(nas.requests)
+        ispd.start()
+        kick = nas.wait_for(seen + 1)[seen]
+        assert kick.code == 40 and kick.first(Attr.ACCT_SESSION_ID) == b"e1"
+        eventually(lambda: [c["result"] for c in service.show("erin")["coa"]][:1] == ["ack"], timeout=5)
+        assert "radius done     session e1 on 127.0.0.1: ended" not in ispd.cli("subscriber", "show", "erin").stdout
+        assert service.accounting(f"{base}, Acct-Status-Type = Stop") == "Accounting-Response"
+        shown = ispd.cli("subscriber", "show", "erin").stdout
+        assert "  radius done     session e1 on 127.0.0.1: ended" in shown, shown
+        assert len(nas.requests) == seen + 1  # reached once: not sent again
+
+
 def test_simultaneous_use_survives_a_restart(tmp_path: Path) -> None:
     require_radclient()
     with FakeNas(secret=SECRET.encode()) as nas, IspdProcess(tmp_path, radius_config(tmp_path, nas.port)) as ispd:
