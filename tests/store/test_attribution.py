@@ -118,3 +118,16 @@ async def test_bad_questions_are_refused(history: Store) -> None:
         await history.who("not-an-address", since=T0, until=T0)
     with pytest.raises(InvalidValue):
         await history.who(ADDRESS, since=T0 + 1, until=T0)
+
+
+async def test_the_history_cannot_be_rewritten(history: Store, tmp_path: Path) -> None:
+    import sqlite3
+
+    conn = sqlite3.connect(tmp_path / "a.db")
+    try:
+        for table in ("lease_history", "accounting_records", "audit_log"):
+            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+                conn.execute(f"UPDATE {table} SET at = 0")
+    finally:
+        conn.close()
+    assert [h.username for h in await history.who(ADDRESS, since=T0, until=T0)] == ["alice"]
