@@ -20,7 +20,7 @@ from ispd.dns.config import DNSConfig
 from ispd.logs import LogConfig
 from ispd.mail.config import MailConfig
 from ispd.metrics.config import MetricsConfig
-from ispd.radius.config import AddressPoolConfig, RadiusConfig
+from ispd.radius.config import AccountingFeedConfig, AddressPoolConfig, RadiusConfig
 from ispd.store.config import StoreConfig
 
 
@@ -52,6 +52,8 @@ class Config(Section):
     dhcp: DHCPConfig = DHCPConfig()
     dns: DNSConfig = DNSConfig()
     radius: RadiusConfig = RadiusConfig()
+    # DHCP leases as RADIUS accounting to collectors (on when a collector is listed).
+    accounting_feed: AccountingFeedConfig = AccountingFeedConfig()
     mail: MailConfig = MailConfig()
 
     @model_validator(mode="after")

@@ -117,6 +117,7 @@ class LeaseGranted(Event):
     pool: str | None = None
     renewal: bool = False
     service: LeaseService = LeaseService.DHCP
+    starts_at: float | None = None  # when this lease began (a renewal keeps it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +130,8 @@ class LeaseEnded(Event):
     hostname: str | None = None
     subscriber_id: int | None = None
     service: LeaseService = LeaseService.DHCP
+    starts_at: float | None = None
+    hw_address: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,7 @@ from ispd.logs import configure_logging, get_logger
 from ispd.mail.service import MailService
 from ispd.metrics.fast import FastCollector
 from ispd.metrics.service import MetricsService
+from ispd.radius.feed import AccountingFeed
 from ispd.radius.service import RadiusService
 from ispd.sdnotify import Notifier, watchdog_interval
 from ispd.service import Service, ServiceContext, ServiceSpec, ServiceStartError
@@ -62,6 +63,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("dns", lambda c: c.dns.enabled, DNSService),
     ServiceSpec("radius", lambda c: c.radius.enabled, RadiusService, lambda c: c.radius.own_process),
     ServiceSpec("mail", lambda c: c.mail.enabled, MailService),
+    ServiceSpec("accounting_feed", lambda c: bool(c.accounting_feed.collectors), AccountingFeed),
 )
 
 STORE_PING_TIMEOUT_SECONDS = 2.0

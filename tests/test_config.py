@@ -69,7 +69,7 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path: Path) -> None:
 
 def test_unknown_section_lists_the_known_ones(tmp_path: Path) -> None:
     path = write(tmp_path, "[frobnicate]\nx = 1\n")
-    assert error_of(path) == f"{path}: frobnicate: unknown key (known keys here: daemon, dhcp, dns, log, mail, metrics, radius, store)"
+    assert error_of(path) == f"{path}: frobnicate: unknown key (known keys here: accounting_feed, daemon, dhcp, dns, log, mail, metrics, radius, store)"
 
 
 def test_wrong_type_names_the_value(tmp_path: Path) -> None:
@@ -157,3 +157,10 @@ def test_run_with_a_bad_config_exits_2_without_starting(tmp_path: Path) -> None:
     result = subprocess.run([ISPD, "run", "-c", str(path)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert result.stderr.startswith(f"ispd: {path}: store.what: unknown key")
+
+
+def test_an_accounting_feed_collector_needs_an_address_and_a_secret(tmp_path: Path) -> None:
+    path = write(tmp_path, '[[accounting_feed.collectors]]\nname = "shaper"\naddress = "nowhere"\nsecret = ""\n')
+    error = error_of(path)
+    assert "accounting_feed.collectors.0.address" in error and "accounting_feed.collectors.0.secret" in error, error
+    assert "the shared secret is empty" in error

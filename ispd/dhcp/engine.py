@@ -651,7 +651,7 @@ class DHCPEngine:
             events=[*superseded.events,
                     LeaseGranted(at=now, address=lease.address, expires_at=binding.expires_at, hostname=hostname,
                                  subscriber_id=binding.subscriber_id, hw_address=binding.hw_address,
-                                 pool=binding.pool, renewal=renewal)],
+                                 pool=binding.pool, renewal=renewal, starts_at=lease.starts_at)],
         )
 
     def _hostname(self, packet: DHCPPacket, client: Client) -> str | None:
@@ -685,7 +685,8 @@ class DHCPEngine:
         lease = _lease_of(binding)
         return Outcome(writes=[(lease, "declined")], declined=True,
                        events=[LeaseEnded(at=now, address=lease.address, reason="declined",
-                                          hostname=binding.hostname, subscriber_id=binding.subscriber_id)])
+                                          hostname=binding.hostname, subscriber_id=binding.subscriber_id,
+                                          starts_at=lease.starts_at, hw_address=lease.hw_address)])
 
     def _release(self, packet: DHCPPacket, client: Client, now: float) -> Outcome:
         binding = self.table.get(int(packet.ciaddr))
@@ -702,7 +703,8 @@ class DHCPEngine:
         lease = _lease_of(binding)
         return Outcome(writes=[(lease, state.value)],
                        events=[LeaseEnded(at=now, address=lease.address, reason=state.value,
-                                          hostname=binding.hostname, subscriber_id=binding.subscriber_id)])
+                                          hostname=binding.hostname, subscriber_id=binding.subscriber_id,
+                                          starts_at=lease.starts_at, hw_address=lease.hw_address)])
 
     def _inform(self, received: Received, subnet: Subnet, server_id: IPv4Address, client: Client) -> Outcome:
         pool = subnet.pool_of(int(received.packet.ciaddr)) or subnet.plain

@@ -40,6 +40,8 @@ from ispd.store.models import RadiusSession
 _ANSWERS = {
     Code.DISCONNECT_REQUEST: (Code.DISCONNECT_ACK, Code.DISCONNECT_NAK),
     Code.COA_REQUEST: (Code.COA_ACK, Code.COA_NAK),
+    # The identity feed's requests: an Accounting-Response is the only answer (ack).
+    Code.ACCOUNTING_REQUEST: (Code.ACCOUNTING_RESPONSE, Code.ACCOUNTING_RESPONSE),
 }
 
 

@@ -15,7 +15,7 @@ import itertools
 import os
 import re
 from enum import StrEnum
-from ipaddress import IPv4Network, IPv6Network, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -104,12 +104,43 @@ class RadiusClientConfig(Section):
     @field_validator("secret")
     @classmethod
     def _usable_secret(cls, secret: SecretStr) -> SecretStr:
-        value = secret.get_secret_value()
-        if not value:
-            raise ValueError("the shared secret is empty")
-        if len(value.encode()) > 128:
-            raise ValueError("the shared secret is longer than 128 bytes")
-        return secret
+        return usable_secret(secret)
+
+
+def usable_secret(secret: SecretStr) -> SecretStr:
+    value = secret.get_secret_value()
+    if not value:
+        raise ValueError("the shared secret is empty")
+    if len(value.encode()) > 128:
+        raise ValueError("the shared secret is longer than 128 bytes")
+    return secret
+
+
+class CollectorConfig(Section):
+    # A RADIUS accounting server (a shaper such as LibreQoS, a billing system) that hears of
+    # DHCP leases as if ispd were a NAS: Start, Interim-Update, Stop.
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    address: ListenAddress  # e.g. "198.51.100.9:1813"
+    secret: SecretStr
+
+    @field_validator("secret")
+    @classmethod
+    def _usable_secret(cls, secret: SecretStr) -> SecretStr:
+        return usable_secret(secret)
+
+
+class AccountingFeedConfig(Section):
+    """The identity feed: DHCP leases sent as RADIUS accounting to collectors, so that the
+    rest of an ISP's tooling sees subscribers who have no BNG (and so no NAS accounting)."""
+
+    collectors: list[CollectorConfig] = []
+    # What the Accounting-Requests say about their "NAS" (ispd).
+    nas_identifier: str = Field(default="ispd", min_length=1, max_length=253)
+    nas_ip_address: IPv4Address | None = None
+    # An Interim-Update at each renewal (with the time the lease has lasted).
+    interim_on_renew: bool = True
+    timeout_seconds: float = Field(default=3.0, gt=0, le=60)
+    attempts: int = Field(default=3, ge=1, le=10)
 
 
 class PlanReplyConfig(Section):

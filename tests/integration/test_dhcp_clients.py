@@ -7,6 +7,8 @@ address, garbage) are made by hand and sent from the client namespace.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -88,10 +90,12 @@ def make_lan(netlab: Lab, tmp_path: Path) -> Iterator[Callable[..., Lan]]:
     processes: list[DHCPIspd] = []
 
     def make(pool: str = "198.18.0.100 - 198.18.0.199", *, radius: dict[str, Any] | None = None,
-             **overrides: Any) -> Lan:
+             accounting_feed: dict[str, Any] | None = None, **overrides: Any) -> Lan:
         server_ns, client_ns = netlab.namespace("srv"), netlab.namespace("cli")
         server_if, client_if = client_link(netlab, server_ns, f"{SERVER}/24", client_ns, CLIENT_MAC)
         sections: dict[str, Any] = {"radius": radius} if radius is not None else {}
+        if accounting_feed is not None:
+            sections["accounting_feed"] = accounting_feed
         config = base_config(tmp_path, dhcp=dhcp_section(server_if, pool, **overrides), **sections)
         ispd = DHCPIspd(tmp_path, config, netns=server_ns)
         processes.append(ispd)
@@ -459,3 +463,51 @@ def test_a_pool_shared_with_radius_never_gives_one_address_twice(make_lan: Calla
     # Newest first: u3's grant, the two adopted sessions' grants and releases, u1's release and
     # its grant (its two logins after the first found the claim held for long enough: no write).
     assert history == ["granted", "released", "granted", "released", "granted", "released", "granted"], history
+
+
+# --- the identity feed ---------------------------------------------------------------------------
+
+def test_a_dhcp_subscriber_s_lease_reaches_a_collector_as_radius_accounting(
+        make_lan: Callable[..., Lan], tmp_path: Path) -> None:
+    """A shaper or billing system (the test's collector, in ispd's namespace) hears of a lease as
+    it would of a BNG's session: Start at the grant, Interim-Update at the renewal, Stop at the
+    release, one Acct-Session-Id throughout, the subscriber's username as User-Name."""
+    feed = {"collectors": [{"name": "shaper", "address": "127.0.0.1:1813", "secret": "feed-secret"}],
+            "nas_identifier": "ispd-lab"}
+    lan = make_lan(accounting_feed=feed)
+    heard = tmp_path / "collector.jsonl"
+    collector = subprocess.Popen(
+        ["ip", "netns", "exec", lan.server_ns, sys.executable, "-m", "tests.lab.collector", "--listen",
+         "127.0.0.1:1813", "--secret", "feed-secret", "--out", str(heard)],
+        cwd=Path(__file__).resolve().parents[2], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        eventually(lambda: heard.exists() and "listening" in heard.read_text(), timeout=10)
+        lan.ispd.cli("subscriber", "add", "alice", "--generate-password")
+        lan.ispd.cli("reservation", "add", "alice", "--mac", CLIENT_MAC)
+        eventually(lambda: published(lan, "ReservationAdded") >= 1)
+
+        def requests() -> list[dict[str, str]]:
+            return [r for r in map(json.loads, heard.read_text().splitlines()) if "listening" not in r]
+
+        with lan.client("udhcpc") as client:
+            bound = client.obtain()
+            assert bound is not None and bound.address, lan.explain(client)
+            eventually(lambda: len(requests()) >= 1, timeout=10)
+            assert client.renew() is not None
+            eventually(lambda: len(requests()) >= 2, timeout=10)
+            client.release()
+            eventually(lambda: len(requests()) >= 3, timeout=10)
+    finally:
+        collector.terminate()
+        collector.wait(timeout=10)
+    start, interim, stop = requests()
+    assert [r["ACCT_STATUS_TYPE"] for r in (start, interim, stop)] == ["1", "3", "2"]
+    assert all(r["valid"] for r in (start, interim, stop))
+    for request in (start, interim, stop):
+        assert (request["USER_NAME"], request["FRAMED_IP_ADDRESS"], request["CALLING_STATION_ID"],
+                request["NAS_IDENTIFIER"]) == ("alice", bound.address, CLIENT_MAC, "ispd-lab")
+    assert start["ACCT_SESSION_ID"] == interim["ACCT_SESSION_ID"] == stop["ACCT_SESSION_ID"]
+    assert start["ACCT_SESSION_ID"].startswith(f"dhcp-{bound.address}-")
+    assert "ACCT_SESSION_TIME" not in start and stop["ACCT_TERMINATE_CAUSE"] == "1"  # User-Request
+    assert lan.ispd.metric_in_netns("ispd_accounting_feed_requests_total",
+                                    {"collector": "shaper", "type": "stop", "result": "answered"}) == 1
