@@ -233,7 +233,12 @@ def test_an_address_a_nas_gave_from_its_own_pool_is_walled_while_its_session_is_
     require_radclient()
     address = "198.18.0.60"  # the BNG's pool, not ispd's: only its accounting tells ispd who has it
     site.lab.run(site.client_ns, "ip", "addr", "add", f"{address}/24", "dev", site.client_if).check_returncode()
-    site.ispd.cli("subscriber", "add", "dave", "--generate-password")
+    site.ispd.cli("subscriber", "add", "dave", "--password-stdin", input="dave-pw\n")
+
+    def login() -> str | None:
+        return radclient("127.0.0.1:1812", "auth", "testing123",
+                         'User-Name = dave, User-Password = "dave-pw", Message-Authenticator = 0x00',
+                         netns=site.server_ns, timeout=2).code
 
     def account(status: str) -> str | None:
         return radclient("127.0.0.1:1813", "acct", "testing123",
@@ -243,6 +248,8 @@ def test_an_address_a_nas_gave_from_its_own_pool_is_walled_while_its_session_is_
     def from_dave(qname: str) -> DigResult:
         return site.from_client(qname, "A", "-b", address)
 
+    # As a BNG does: the login first (by then RADIUS knows dave), then the session's Start.
+    eventually(lambda: login() == "Access-Accept", timeout=10)
     assert account("Start") == "Accounting-Response"
     assert rdatas(from_dave("www.isp.example")) == {WWW}
     site.ispd.cli("subscriber", "suspend", "dave", "--reason", "unpaid")
