@@ -13,6 +13,7 @@ from typing import Annotated, Any, get_args, get_origin
 
 from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
+from ispd.admin.config import AdminConfig
 from ispd.configtypes import Section, parse_range
 from ispd.control import MAX_PATH_BYTES as MAX_SOCKET_PATH_BYTES
 from ispd.dhcp.config import DHCPConfig
@@ -55,6 +56,8 @@ class Config(Section):
     # DHCP leases as RADIUS accounting to collectors (on when a collector is listed).
     accounting_feed: AccountingFeedConfig = AccountingFeedConfig()
     mail: MailConfig = MailConfig()
+    # The admin HTTP API (on the Unix socket beside the control socket by default).
+    admin: AdminConfig = AdminConfig()
 
     @model_validator(mode="after")
     def _shared_pools(self) -> Config:
@@ -146,6 +149,9 @@ def _resolve_relative_paths(config: Config, base: Path) -> Config:
     if config.daemon.control_socket is not None:
         daemon = config.daemon.model_copy(update={"control_socket": anchored(config.daemon.control_socket)})
         config = config.model_copy(update={"daemon": daemon})
+    if config.admin.socket not in ("auto", "") and config.admin.socket.strip():
+        admin = config.admin.model_copy(update={"socket": str(anchored(Path(config.admin.socket)))})
+        config = config.model_copy(update={"admin": admin})
 
     config = config.model_copy(update={"dns": dns.model_copy(update={
         "root_hints": anchored(dns.root_hints) if dns.root_hints is not None else None,

@@ -165,6 +165,63 @@ def _check_path_length(path: Path) -> None:
                                  f"socket's path can have at most {MAX_PATH_BYTES}")
 
 
+async def open_private_socket(path: Path, what: str, setting: str) -> tuple[socket.socket, tuple[int, int]]:
+    """A listening Unix socket at ``path`` with mode 0600, and the (st_dev, st_ino) of its file.
+    A leftover file nobody answers on is replaced; one a live process answers on is refused."""
+    _check_path_length(path)
+    try:
+        path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ControlSocketError(f"cannot create the directory of {what} {path.parent}: {_strerror(exc)}") from None
+    await _remove_stale(path, what, setting)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        # Before listen(): until then a connect is refused, whatever the mode bind gave the file.
+        os.chmod(path, 0o600)
+        info = os.stat(path)
+        sock.listen(64)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise ControlSocketError(f"cannot listen on {what} {path}: {_strerror(exc)}") from None
+    return sock, (info.st_dev, info.st_ino)
+
+
+def remove_own_socket(path: Path, identity: tuple[int, int]) -> None:
+    """Remove the socket file at ``path`` if it is still the one we bound (not a newer daemon's)."""
+    with contextlib.suppress(OSError):
+        info = os.lstat(path)
+        if (info.st_dev, info.st_ino) == identity:
+            os.unlink(path)
+
+
+async def _remove_stale(path: Path, what: str, setting: str) -> None:
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ControlSocketError(f"cannot look at {what} {path}: {_strerror(exc)}") from None
+    if not stat.S_ISSOCK(info.st_mode):
+        raise ControlSocketError(f"{path} exists and is not a socket; remove it or set another {setting}")
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 2.0)
+    except (ConnectionRefusedError, FileNotFoundError):
+        # A daemon that crashed (or was killed) left it behind: nobody listens on it.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        log.info("control.stale_socket_removed", path=str(path))
+        return
+    except (OSError, TimeoutError) as exc:
+        reason = _strerror(exc) if isinstance(exc, OSError) else "no answer within 2 s"
+        raise ControlSocketError(f"{what} {path} exists and cannot be checked ({reason}); is another ispd "
+                                 f"running? Stop it, or set another {setting}") from None
+    writer.close()
+    raise ControlSocketError(f"another ispd is running: it answers on {what} {path}. Stop it first, or give "
+                             f"this one its own {setting}")
+
+
 class ControlServer:
     def __init__(self, path: Path, commands: ControlCommands) -> None:
         self.path = path
@@ -176,54 +233,9 @@ class ControlServer:
     # --- lifecycle
 
     async def start(self) -> None:
-        path = self.path
-        _check_path_length(path)
-        try:
-            path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ControlSocketError(f"cannot create the control socket's directory {path.parent}: "
-                                     f"{_strerror(exc)}") from None
-        await self._remove_stale(path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(str(path))
-            # Before listen(): until then a connect is refused, whatever the mode bind gave the file.
-            os.chmod(path, 0o600)
-            info = os.stat(path)
-            sock.listen(64)
-            sock.setblocking(False)
-        except OSError as exc:
-            sock.close()
-            raise ControlSocketError(f"cannot listen on the control socket {path}: {_strerror(exc)}") from None
-        self._identity = (info.st_dev, info.st_ino)
+        sock, self._identity = await open_private_socket(self.path, "the control socket", "[daemon] control_socket")
         self._server = await asyncio.start_unix_server(self._serve, sock=sock, limit=MAX_REQUEST_BYTES)
-        log.info("control.listening", path=str(path))
-
-    async def _remove_stale(self, path: Path) -> None:
-        try:
-            info = os.lstat(path)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise ControlSocketError(f"cannot look at the control socket {path}: {_strerror(exc)}") from None
-        if not stat.S_ISSOCK(info.st_mode):
-            raise ControlSocketError(f"{path} exists and is not a socket; remove it or set another "
-                                     "[daemon] control_socket")
-        try:
-            _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 2.0)
-        except (ConnectionRefusedError, FileNotFoundError):
-            # A daemon that crashed (or was killed) left it behind: nobody listens on it.
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            log.info("control.stale_socket_removed", path=str(path))
-            return
-        except (OSError, TimeoutError) as exc:
-            reason = _strerror(exc) if isinstance(exc, OSError) else "no answer within 2 s"
-            raise ControlSocketError(f"the control socket {path} exists and cannot be checked ({reason}); is "
-                                     "another ispd running? Stop it, or set another [daemon] control_socket") from None
-        writer.close()
-        raise ControlSocketError(f"another ispd is running: it answers on the control socket {path}. Stop it "
-                                 "first, or give this one its own [daemon] control_socket")
+        log.info("control.listening", path=str(self.path))
 
     async def close(self) -> None:
         if self._server is not None:
@@ -234,10 +246,7 @@ class ControlServer:
         if self._connections:
             await asyncio.wait(list(self._connections), timeout=2)
         if self._identity is not None:
-            with contextlib.suppress(OSError):
-                info = os.lstat(self.path)
-                if (info.st_dev, info.st_ino) == self._identity:  # not a newer daemon's socket
-                    os.unlink(self.path)
+            remove_own_socket(self.path, self._identity)
             self._identity = None
 
     # --- one connection

@@ -37,6 +37,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from ispd import __version__
+from ispd.admin.service import AdminService
 from ispd.config import Config, ConfigError, load_config
 from ispd.control import ControlCommands, ControlServer, ControlSocketError
 from ispd.dhcp.service import DHCPService
@@ -64,6 +65,8 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("radius", lambda c: c.radius.enabled, RadiusService, lambda c: c.radius.own_process),
     ServiceSpec("mail", lambda c: c.mail.enabled, MailService),
     ServiceSpec("accounting_feed", lambda c: bool(c.accounting_feed.collectors), AccountingFeed),
+    ServiceSpec("admin", lambda c: c.admin.socket_path(c.daemon.control_socket) is not None or bool(c.admin.listen),
+                AdminService),
 )
 
 STORE_PING_TIMEOUT_SECONDS = 2.0

@@ -69,7 +69,7 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path: Path) -> None:
 
 def test_unknown_section_lists_the_known_ones(tmp_path: Path) -> None:
     path = write(tmp_path, "[frobnicate]\nx = 1\n")
-    assert error_of(path) == f"{path}: frobnicate: unknown key (known keys here: accounting_feed, daemon, dhcp, dns, log, mail, metrics, radius, store)"
+    assert error_of(path) == f"{path}: frobnicate: unknown key (known keys here: accounting_feed, admin, daemon, dhcp, dns, log, mail, metrics, radius, store)"
 
 
 def test_wrong_type_names_the_value(tmp_path: Path) -> None:
@@ -164,3 +164,9 @@ def test_an_accounting_feed_collector_needs_an_address_and_a_secret(tmp_path: Pa
     error = error_of(path)
     assert "accounting_feed.collectors.0.address" in error and "accounting_feed.collectors.0.secret" in error, error
     assert "the shared secret is empty" in error
+
+
+def test_an_admin_tcp_listener_needs_a_long_enough_token(tmp_path: Path) -> None:
+    assert "admin.listen needs admin.token" in error_of(write(tmp_path, '[admin]\nlisten = ["127.0.0.1:8740"]\n'))
+    short = write(tmp_path, '[admin]\nlisten = ["127.0.0.1:8740"]\ntoken = "short"\n')
+    assert "at least 16 characters" in error_of(short)

@@ -1,0 +1,352 @@
+"""The admin API's routes: thin over the store (and, for what lives in the daemon, over the
+services' control commands), with the same checks and audit trail as the CLI.
+
+Each change is written to the store, which audits it as ``api:<peer>``; the running services
+hear of it from the audit log, as they do of the CLI's changes. Errors are JSON
+``{"detail": "..."}`` with 400 (a bad value), 404 (no such thing), 409 (a conflict) or 503
+(a service that is not running). The OpenAPI document is served at /openapi.json and committed
+as docs/openapi.json (a test keeps the two equal).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, cast
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from ispd import __version__
+from ispd.config import Config
+from ispd.control import CommandError, ControlCommands
+from ispd.credentials import check_password_acceptable, derive_credentials, effective_policy
+from ispd.effects import Effect, effects
+from ispd.store.base import Store
+from ispd.store.errors import Conflict, InvalidValue, NotFound
+from ispd.store.models import (
+    AuditEntry,
+    CoARecord,
+    CredentialPolicy,
+    DailyUsage,
+    Holding,
+    Lease,
+    LeaseHistoryEntry,
+    Mailbox,
+    Plan,
+    RadiusSession,
+    Reservation,
+    ReservationKind,
+    Subscriber,
+    SubscriberStatus,
+    SuspendedMail,
+    Usage,
+)
+
+# --- request bodies
+
+
+class NewSubscriber(BaseModel):
+    username: str = Field(min_length=1, max_length=253)
+    plan: str | None = None
+    full_name: str | None = None
+    account_ref: str | None = None
+    password: str | None = Field(default=None, description="set if given; never stored as given")
+
+
+class StatusChange(BaseModel):
+    reason: str | None = Field(default=None, max_length=200)
+
+
+class PlanChoice(BaseModel):
+    plan: str | None = Field(description="a plan's name or id; null: no plan")
+
+
+class NewPlan(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    download_kbps: int | None = Field(default=None, gt=0)
+    upload_kbps: int | None = Field(default=None, gt=0)
+    session_timeout_seconds: int | None = Field(default=None, gt=0)
+    idle_timeout_seconds: int | None = Field(default=None, gt=0)
+    max_sessions: int | None = Field(default=None, gt=0)
+    mail_quota_bytes: int | None = Field(default=None, ge=0)
+    credential_policy: CredentialPolicy = CredentialPolicy.VERIFIER
+    suspended_mail: SuspendedMail = SuspendedMail.READ
+
+
+class NewReservation(BaseModel):
+    subscriber: str
+    kind: ReservationKind
+    key: str
+    address: str | None = None
+    hostname: str | None = None
+
+
+class NewMailbox(BaseModel):
+    subscriber: str
+    address: str
+    quota_bytes: int | None = Field(default=None, ge=0)
+
+
+# --- responses
+
+
+class SubscriberView(BaseModel):
+    subscriber: Subscriber
+    plan: Plan | None
+    credential_forms: list[str]
+    reservations: list[Reservation]
+    leases: list[Lease]
+    sessions: list[RadiusSession]
+    mailboxes: list[Mailbox]
+    coa: list[CoARecord]
+    usage_this_month: Usage
+    audit: list[AuditEntry]
+    effects: list[Effect]
+
+
+class LeaseView(BaseModel):
+    address: str
+    lease: Lease | None
+    history: list[LeaseHistoryEntry]
+
+
+class Attribution(BaseModel):
+    address: str
+    since: float
+    until: float
+    holdings: list[Holding]
+
+
+class DynamicResult(BaseModel):
+    session_id: int
+    kind: str
+    result: str
+    attempts: int
+    error_cause: int | None = None
+    detail: str = ""
+
+
+DNSView = Callable[[int], Awaitable[dict[str, Any] | None]]
+
+
+def _actor(request: Request) -> str:
+    """Who the audit log says made a change: the API, and the peer's address on TCP."""
+    client = request.client
+    return f"api:{client.host}" if client is not None and client.host else "api:local"
+
+
+Actor = Annotated[str, Depends(_actor)]
+
+
+def build_app(store: Store, config: Config, control: ControlCommands, *, token: str | None = None,
+              dns_view: DNSView | None = None) -> FastAPI:
+    """The API over ``store``; with ``token``, every request must carry it (TCP listeners)."""
+
+    async def authorized(request: Request) -> None:
+        if token is not None and not hmac.compare_digest(request.headers.get("authorization", ""),
+                                                         f"Bearer {token}"):
+            raise HTTPException(401, "a valid bearer token is needed", headers={"WWW-Authenticate": "Bearer"})
+
+    app = FastAPI(title="ispd admin API", version=__version__, dependencies=[Depends(authorized)],
+                  description="Subscribers, plans, reservations, mailboxes, sessions, leases, attribution and "
+                              "usage of one ispd store. Changes are audited and reach the running services "
+                              "at once.")
+
+    @app.exception_handler(NotFound)
+    async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(Conflict)
+    async def _conflict(request: Request, exc: Conflict) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(InvalidValue)
+    async def _invalid(request: Request, exc: InvalidValue) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    def ref(value: str) -> int | str:
+        return int(value) if value.isdigit() else value
+
+    # --- subscribers
+
+    @app.get("/v1/subscribers", tags=["subscribers"])
+    async def list_subscribers(status: SubscriberStatus | None = None) -> list[Subscriber]:
+        return await store.list_subscribers(status)
+
+    @app.post("/v1/subscribers", status_code=201, tags=["subscribers"])
+    async def add_subscriber(body: NewSubscriber, actor: Actor) -> Subscriber:
+        credentials = None
+        if body.password is not None:
+            try:
+                check_password_acceptable(body.password)
+            except ValueError as exc:
+                raise HTTPException(400, str(exc)) from None
+            plan = await store.get_plan(ref(body.plan)) if body.plan is not None else None
+            policy = effective_policy(None, plan)
+            credentials = await asyncio.get_running_loop().run_in_executor(
+                None, derive_credentials, body.password, policy, time.time())
+        return await store.add_subscriber(body.username, actor=actor, plan=ref(body.plan) if body.plan else None,
+                                          full_name=body.full_name, account_ref=body.account_ref,
+                                          credentials=credentials)
+
+    @app.get("/v1/subscribers/{subscriber}", tags=["subscribers"])
+    async def show_subscriber(subscriber: str) -> SubscriberView:
+        o = await store.subscriber_overview(ref(subscriber))
+        view = await dns_view(o.subscriber.id) if dns_view is not None else None
+        return SubscriberView(
+            subscriber=o.subscriber, plan=o.plan, credential_forms=o.credentials.forms, reservations=o.reservations,
+            leases=o.leases, sessions=o.sessions, mailboxes=o.mailboxes, coa=o.coa, usage_this_month=o.usage_this_month,
+            audit=o.audit, effects=effects(o, config, view, time.time()))
+
+    async def set_status(subscriber: str, status: SubscriberStatus, reason: str | None, actor: str) -> Subscriber:
+        return await store.set_subscriber_status(ref(subscriber), status, actor=actor, reason=reason)
+
+    @app.post("/v1/subscribers/{subscriber}/suspend", tags=["subscribers"])
+    async def suspend(subscriber: str, body: StatusChange, actor: Actor) -> Subscriber:
+        return await set_status(subscriber, SubscriberStatus.SUSPENDED, body.reason, actor)
+
+    @app.post("/v1/subscribers/{subscriber}/close", tags=["subscribers"])
+    async def close(subscriber: str, body: StatusChange, actor: Actor) -> Subscriber:
+        return await set_status(subscriber, SubscriberStatus.CLOSED, body.reason, actor)
+
+    @app.post("/v1/subscribers/{subscriber}/resume", tags=["subscribers"])
+    async def resume(subscriber: str, actor: Actor) -> Subscriber:
+        return await set_status(subscriber, SubscriberStatus.ACTIVE, None, actor)
+
+    @app.put("/v1/subscribers/{subscriber}/plan", tags=["subscribers"])
+    async def set_plan(subscriber: str, body: PlanChoice, actor: Actor) -> Subscriber:
+        return await store.set_subscriber_plan(ref(subscriber), ref(body.plan) if body.plan else None, actor=actor)
+
+    @app.delete("/v1/subscribers/{subscriber}", tags=["subscribers"])
+    async def delete_subscriber(subscriber: str, actor: Actor) -> Subscriber:
+        return await store.delete_subscriber(ref(subscriber), actor=actor)
+
+    # --- plans
+
+    @app.get("/v1/plans", tags=["plans"])
+    async def list_plans() -> list[Plan]:
+        return await store.list_plans()
+
+    @app.post("/v1/plans", status_code=201, tags=["plans"])
+    async def add_plan(body: NewPlan, actor: Actor) -> Plan:
+        fields = body.model_dump()
+        return await store.add_plan(fields.pop("name"), actor=actor, **fields)
+
+    # --- reservations
+
+    @app.get("/v1/reservations", tags=["reservations"])
+    async def list_reservations(subscriber: str | None = None) -> list[Reservation]:
+        return await store.list_reservations(subscriber=ref(subscriber) if subscriber else None)
+
+    @app.post("/v1/reservations", status_code=201, tags=["reservations"])
+    async def add_reservation(body: NewReservation, actor: Actor) -> Reservation:
+        return await store.add_reservation(ref(body.subscriber), body.kind, body.key, actor=actor,
+                                           address=body.address, hostname=body.hostname)
+
+    @app.delete("/v1/reservations/{reservation_id}", tags=["reservations"])
+    async def delete_reservation(reservation_id: int, actor: Actor) -> Reservation:
+        return await store.delete_reservation(reservation_id, actor=actor)
+
+    # --- mailboxes
+
+    @app.get("/v1/mailboxes", tags=["mailboxes"])
+    async def list_mailboxes(subscriber: str | None = None) -> list[Mailbox]:
+        return await store.list_mailboxes(subscriber=ref(subscriber) if subscriber else None)
+
+    @app.post("/v1/mailboxes", status_code=201, tags=["mailboxes"])
+    async def add_mailbox(body: NewMailbox, actor: Actor) -> Mailbox:
+        if body.address.rpartition("@")[2].lower() not in [d.lower() for d in config.mail.domains]:
+            raise HTTPException(400, f"{body.address}: not one of the mail domains ([mail] domains)")
+        return await store.add_mailbox(ref(body.subscriber), body.address, actor=actor, quota_bytes=body.quota_bytes)
+
+    # --- sessions
+
+    @app.get("/v1/sessions", tags=["sessions"])
+    async def list_sessions(subscriber: str | None = None, open_only: bool = False,
+                            limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> list[RadiusSession]:
+        return await store.list_sessions(open_only=open_only, subscriber=ref(subscriber) if subscriber else None,
+                                         limit=limit)
+
+    async def dynamic(command: str, session_id: int, reason: str | None) -> DynamicResult:
+        handler = control.get(command)
+        if handler is None or handler.plain is None:
+            raise HTTPException(503, "RADIUS is not running in this daemon")
+        try:
+            result = await handler.plain({"session_id": session_id, "reason": reason or "api"})
+        except CommandError as exc:
+            raise HTTPException(409, str(exc)) from None
+        return DynamicResult(**result)
+
+    @app.post("/v1/sessions/{session_id}/disconnect", tags=["sessions"])
+    async def disconnect(session_id: int, body: StatusChange) -> DynamicResult:
+        return await dynamic("radius.session.disconnect", session_id, body.reason)
+
+    @app.post("/v1/sessions/{session_id}/coa", tags=["sessions"])
+    async def coa(session_id: int) -> DynamicResult:
+        return await dynamic("radius.session.coa", session_id, None)
+
+    # --- leases, attribution, usage
+
+    @app.get("/v1/leases", tags=["leases"])
+    async def list_leases(subscriber: str | None = None, include_ended: bool = False) -> list[Lease]:
+        return await store.list_leases(subscriber=ref(subscriber) if subscriber else None,
+                                       include_ended=include_ended)
+
+    @app.get("/v1/leases/{address}", tags=["leases"])
+    async def show_lease(address: str, limit: Annotated[int, Query(ge=1, le=10_000)] = 50) -> LeaseView:
+        try:
+            lease: Lease | None = await store.get_lease(address)
+        except NotFound:
+            lease = None
+        return LeaseView(address=address, lease=lease, history=await store.lease_history(address, limit=limit))
+
+    @app.get("/v1/who/{address}", tags=["attribution"])
+    async def who(address: str, at: datetime | None = None, since: datetime | None = None,
+                  until: datetime | None = None) -> Attribution:
+        if at is not None and (since is not None or until is not None):
+            raise HTTPException(400, "give at, or since and until, not both")
+        now = time.time()
+        start = _seconds(at) if at is not None else (_seconds(since) if since is not None else (
+            0.0 if until is not None else now))
+        end = _seconds(at) if at is not None else (_seconds(until) if until is not None else now)
+        return Attribution(address=address, since=start, until=end,
+                           holdings=await store.who(address, since=start, until=end))
+
+    @app.get("/v1/usage", tags=["usage"])
+    async def usage(since: datetime, until: datetime, subscriber: str | None = None) -> list[DailyUsage]:
+        return await store.usage_by_day(ref(subscriber) if subscriber else None, since=_seconds(since),
+                                        until=_seconds(until))
+
+    return app
+
+
+def _seconds(moment: datetime) -> float:
+    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def openapi_document(config: Config | None = None) -> dict[str, Any]:
+    """The API's OpenAPI document, as docs/openapi.json holds it."""
+    app = build_app(cast(Store, _NoStore()), config or Config(), ControlCommands())
+    return app.openapi()
+
+
+class _NoStore:  # only the routes' signatures are read to describe them
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(name)
+
+
+
+def main() -> None:
+    """``python -m ispd.admin.app > docs/openapi.json``: the committed document, regenerated."""
+    import json
+
+    print(json.dumps(openapi_document(), indent=1, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

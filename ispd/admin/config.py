@@ -1,0 +1,34 @@
+"""[admin]: where the admin HTTP API listens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+
+from ispd.configtypes import ListenAddress, Section
+
+
+class AdminConfig(Section):
+    # The Unix socket (mode 0600: root and the daemon's user only): "auto" puts admin.sock
+    # beside [daemon] control_socket, "" turns it off, anything else is its path.
+    socket: str = "auto"
+    # TCP listeners (e.g. ["127.0.0.1:8740"]); every request on them needs
+    # "Authorization: Bearer <token>". Put TLS in front (a reverse proxy) beyond loopback.
+    listen: list[ListenAddress] = []
+    token: SecretStr | None = None
+    # Longest a request may take before its connection is dropped (a slow client).
+    request_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+
+    @model_validator(mode="after")
+    def _token_for_tcp(self) -> AdminConfig:
+        if self.listen and self.token is None:
+            raise ValueError("admin.listen needs admin.token: a TCP listener is open to anyone who can reach it")
+        if self.token is not None and len(self.token.get_secret_value()) < 16:
+            raise ValueError("admin.token must be at least 16 characters long")
+        return self
+
+    def socket_path(self, control_socket: Path | None) -> Path | None:
+        if self.socket == "auto":
+            return control_socket.with_name("admin.sock") if control_socket is not None else None
+        return Path(self.socket) if self.socket.strip() else None

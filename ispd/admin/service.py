@@ -1,0 +1,114 @@
+"""The admin API's transport: uvicorn serving the FastAPI app on sockets ispd opens itself.
+
+ispd binds the sockets: the Unix one with mode 0600 before it listens (uvicorn's own would be
+0666), TCP ones for which the app demands the bearer token. uvicorn runs inside the daemon's
+event loop, without the signal handlers it would install (the supervisor owns SIGTERM/SIGHUP).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Iterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+import uvicorn
+
+from ispd.admin.app import build_app
+from ispd.config import Config
+from ispd.control import ControlSocketError, open_private_socket, remove_own_socket
+from ispd.logs import get_logger
+from ispd.service import Health, Service, ServiceContext, ServiceStartError, describe_os_error
+
+log = get_logger("ispd.admin")
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:  # the supervisor handles signals
+        yield
+
+
+class AdminService(Service):
+    name = "admin"
+
+    def __init__(self, config: Config, context: ServiceContext) -> None:
+        self.config = config
+        self.context = context
+        self._servers: list[tuple[_Server, asyncio.Task[None]]] = []
+        self.listening: list[str] = []
+
+    async def start(self, stack: AsyncExitStack) -> None:
+        admin = self.config.admin
+        path = admin.socket_path(self.config.daemon.control_socket)
+        if path is not None:
+            try:
+                sock, identity = await open_private_socket(path, "the admin API socket", "[admin] socket")
+            except ControlSocketError as exc:
+                raise ServiceStartError(f"admin: {exc}") from None
+            stack.callback(remove_own_socket, path, identity)
+            await self._serve(stack, [sock], token=None)
+            self.listening.append(str(path))
+        if admin.listen:
+            token = admin.token.get_secret_value() if admin.token is not None else None
+            sockets = []
+            for address in admin.listen:
+                family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    sock.bind((address.host, address.port))
+                    sock.listen(128)
+                    sock.setblocking(False)
+                except OSError as exc:
+                    sock.close()
+                    raise ServiceStartError(f"admin: cannot listen on {address}: {describe_os_error(exc)}") from None
+                sockets.append(sock)
+                self.listening.append(f"http://{address}")
+            await self._serve(stack, sockets, token=token)
+        log.info("admin.started", listen=self.listening)
+
+    async def _serve(self, stack: AsyncExitStack, sockets: list[socket.socket], token: str | None) -> None:
+        app = build_app(self.context.store, self.config, self.context.control, token=token, dns_view=self._dns_view)
+        server = _Server(uvicorn.Config(app, lifespan="off", log_config=None, access_log=False,
+                                        timeout_keep_alive=5, timeout_graceful_shutdown=5,
+                                        h11_max_incomplete_event_size=64 * 1024))
+        task = asyncio.get_running_loop().create_task(server.serve(sockets=sockets), name="admin-http")
+        self._servers.append((server, task))
+        stack.push_async_callback(self._stop, server, task, sockets)
+        for _ in range(100):  # until it accepts (or failed)
+            if server.started or task.done():
+                break
+            await asyncio.sleep(0.01)
+        if task.done() and task.exception() is not None:
+            raise ServiceStartError(f"admin: the HTTP server did not start: {task.exception()!r}")
+
+    @staticmethod
+    async def _stop(server: _Server, task: asyncio.Task[None], sockets: list[socket.socket]) -> None:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
+            await asyncio.wait_for(task, 10)
+        for sock in sockets:
+            sock.close()
+
+    async def _dns_view(self, subscriber_id: int) -> dict[str, Any] | None:
+        command = self.context.control.get("dns.walled.show")
+        if command is None or command.plain is None:
+            return None
+        result: dict[str, Any] = await command.plain({"subscriber_id": subscriber_id})
+        return result
+
+    async def stop(self) -> None:
+        for server, _ in self._servers:
+            server.should_exit = True
+
+    async def reload(self, old: Config, new: Config) -> None:
+        self.config = new  # listeners and token change at a restart (the routes read the store)
+
+    def health(self) -> Health:
+        return Health(ok=all(not task.done() for _, task in self._servers), detail=", ".join(self.listening))
+
+
+

@@ -1,0 +1,115 @@
+"""The admin HTTP API, against ispd as a process: curl over the Unix socket (no token: the file
+mode is the guard) and over TCP (the bearer token), the changes audited and carried out, errors
+as JSON with the right status, and the committed OpenAPI document equal to the one served."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.lab.ports import free_tcp_port
+from tests.lab.process import IspdProcess, base_config
+
+TOKEN = "admin-token-for-the-lab-0123456789"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Api:
+    ispd: IspdProcess
+    socket: Path
+    tcp: int
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None, *, token: str | None = None,
+             tcp: bool = False) -> tuple[int, Any]:
+        where = ["--unix-socket", str(self.socket), f"http://ispd{path}"] if not tcp else [
+            f"http://127.0.0.1:{self.tcp}{path}"]
+        command = ["curl", "-sS", "-X", method, "-w", "\\n%{http_code}", *where]
+        if token is not None:
+            command += ["-H", f"Authorization: Bearer {token}"]
+        if body is not None:
+            command += ["-H", "content-type: application/json", "-d", json.dumps(body)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        text, _, status = result.stdout.rpartition("\n")
+        return int(status), json.loads(text) if text else None
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    workdir = tmp_path_factory.mktemp("admin")
+    port = free_tcp_port()
+    config = base_config(workdir, admin={"listen": [f"127.0.0.1:{port}"], "token": TOKEN},
+                         mail={"enabled": False, "domains": ["isp.example"]})
+    with IspdProcess(workdir, config) as ispd:
+        ispd.start()
+        yield Api(ispd, workdir / "admin.sock", port)
+
+
+def test_the_socket_is_private_and_tcp_needs_the_token(api: Api) -> None:
+    assert os.stat(api.socket).st_mode & 0o777 == 0o600
+    assert api.call("GET", "/v1/subscribers")[0] == 200  # the file mode is the guard
+    status, body = api.call("GET", "/v1/subscribers", tcp=True)
+    assert status == 401 and "bearer token" in body["detail"]
+    assert api.call("GET", "/v1/subscribers", tcp=True, token="wrong-token-but-long-enough")[0] == 401
+    assert api.call("GET", "/v1/subscribers", tcp=True, token=TOKEN)[0] == 200
+
+
+def test_a_subscriber_s_life_through_the_api_is_audited_and_seen_by_the_cli(api: Api) -> None:
+    status, plan = api.call("POST", "/v1/plans", {"name": "home-50", "download_kbps": 50000, "max_sessions": 2})
+    assert status == 201 and plan["name"] == "home-50"
+    status, added = api.call("POST", "/v1/subscribers", {"username": "yara", "plan": "home-50",
+                                                          "password": "yara-long-password-1"})
+    assert status == 201 and added["status"] == "active" and added["plan_id"] == plan["id"]
+    status, reservation = api.call("POST", "/v1/reservations",
+                                   {"subscriber": "yara", "kind": "mac", "key": "02:00:00:00:77:01"})
+    assert status == 201 and reservation["key"] == "02:00:00:00:77:01"
+    status, suspended = api.call("POST", "/v1/subscribers/yara/suspend", {"reason": "unpaid"}, tcp=True,
+                                 token=TOKEN)
+    assert status == 200 and suspended["status"] == "suspended"
+    status, view = api.call("GET", "/v1/subscribers/yara")
+    assert status == 200 and view["credential_forms"] == ["verifier"] and view["plan"]["name"] == "home-50"
+    assert [(a["action"], a["actor"]) for a in view["audit"]][:1] == [("subscriber.suspended", "api:127.0.0.1")]
+    assert "effects" in view
+    shown = api.ispd.cli("subscriber", "show", "yara").stdout  # the CLI reads what the API wrote
+    assert "status        suspended (unpaid)" in shown
+    assert api.call("POST", "/v1/subscribers/yara/resume")[1]["status"] == "active"
+    assert api.call("PUT", "/v1/subscribers/yara/plan", {"plan": None})[1]["plan_id"] is None
+    assert api.call("DELETE", f"/v1/reservations/{reservation['id']}")[0] == 200
+    assert api.call("GET", "/v1/reservations?subscriber=yara")[1] == []
+
+
+def test_errors_are_json_with_the_right_status(api: Api) -> None:
+    assert api.call("GET", "/v1/subscribers/nobody") == (404, {"detail": "no subscriber 'nobody'"})
+    api.call("POST", "/v1/subscribers", {"username": "twice"})
+    status, body = api.call("POST", "/v1/subscribers", {"username": "twice"})
+    assert status == 409 and "already exists" in body["detail"]
+    status, body = api.call("POST", "/v1/reservations", {"subscriber": "twice", "kind": "mac", "key": "not-a-mac"})
+    assert status == 400 and "not-a-mac" in body["detail"]
+    assert api.call("POST", "/v1/subscribers", {"name": "missing username"})[0] == 422
+    status, body = api.call("POST", "/v1/mailboxes", {"subscriber": "twice", "address": "twice@elsewhere.example"})
+    assert status == 400 and "mail domains" in body["detail"]
+    assert api.call("POST", "/v1/sessions/1/disconnect", {})[0] == 503  # RADIUS is not running here
+    assert api.call("GET", "/v1/who/not-an-address")[0] == 400
+
+
+def test_who_and_usage_answer_from_the_history(api: Api) -> None:
+    status, body = api.call("GET", "/v1/who/198.18.0.7?at=2026-11-03T14:00:00Z")
+    assert status == 200 and body["holdings"] == [] and body["since"] == body["until"] == 1793714400.0
+    status, body = api.call("GET", "/v1/usage?since=2026-11-01&until=2026-11-30")
+    assert status == 200 and body == []
+
+
+def test_the_committed_openapi_document_is_the_one_served(api: Api) -> None:
+    status, served = api.call("GET", "/openapi.json")
+    assert status == 200
+    committed = json.loads((ROOT / "docs" / "openapi.json").read_text())
+    assert served == committed, "regenerate it: .venv/bin/python -m ispd.admin.app > docs/openapi.json"
+    assert {"/v1/subscribers", "/v1/who/{address}", "/v1/usage", "/v1/sessions/{session_id}/disconnect"} <= set(
+        served["paths"])
