@@ -119,7 +119,7 @@ def test_healthz_reports_each_service(ispd: IspdProcess) -> None:
     status, body = ispd.http_get("/healthz")
     report = json.loads(body)
     assert status == 200 and report["status"] == "ok"
-    assert set(report["services"]) == {"store", "metrics"}
+    assert set(report["services"]) == {"store", "metrics", "admin"}
     assert ispd.http_get("/nope")[0] == 404
 
 
@@ -235,6 +235,7 @@ def test_sighup_can_turn_a_service_off_and_on(ispd: IspdProcess) -> None:
     host, port = ispd.config["metrics"]["listen"].rsplit(":", 1)
     config = dict(ispd.config)
     config["metrics"] = {**config["metrics"], "enabled": False}
+    config["admin"] = {"socket": ""}  # the admin API off too: nothing left
     ispd.write_config(config)
     assert "STATUS=serving: no services enabled" in ispd.reload()[-1]
     with socket.socket() as probe:
