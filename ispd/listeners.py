@@ -8,6 +8,7 @@ collectors read at scrape time.
 
 from __future__ import annotations
 
+import socket
 import ssl
 from pathlib import Path
 from typing import Protocol
@@ -80,3 +81,18 @@ def load_certificate(load: object, certificate: Path, private_key: Path) -> None
         raise CertificateError(f"cannot use {certificate} with {private_key}: {exc}") from None
     except Exception as exc:  # cryptography's parse errors have no common base worth naming
         raise CertificateError(f"cannot use {certificate} with {private_key}: {exc}") from None
+
+
+def listening_tcp_socket(host: str, port: int, backlog: int) -> socket.socket:
+    """A non-blocking TCP socket bound to (host, port) and listening; OSError as bind raises it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listening = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.bind((host, port))
+        listening.listen(backlog)
+        listening.setblocking(False)
+    except OSError:
+        listening.close()
+        raise
+    return listening

@@ -19,6 +19,7 @@ import uvicorn
 from ispd.admin.app import build_app
 from ispd.config import Config
 from ispd.control import ControlSocketError, open_private_socket, remove_own_socket
+from ispd.listeners import listening_tcp_socket
 from ispd.logs import get_logger
 from ispd.service import Health, Service, ServiceContext, ServiceStartError, describe_os_error
 
@@ -55,15 +56,9 @@ class AdminService(Service):
             token = admin.token.get_secret_value() if admin.token is not None else None
             sockets = []
             for address in admin.listen:
-                family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-                sock = socket.socket(family, socket.SOCK_STREAM)
                 try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    sock.bind((address.host, address.port))
-                    sock.listen(128)
-                    sock.setblocking(False)
+                    sock = listening_tcp_socket(address.host, address.port, 128)
                 except OSError as exc:
-                    sock.close()
                     raise ServiceStartError(f"admin: cannot listen on {address}: {describe_os_error(exc)}") from None
                 sockets.append(sock)
                 self.listening.append(f"http://{address}")

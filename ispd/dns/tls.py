@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ispd.configtypes import SocketAddress
 from ispd.dns.frontend import TransportStats
-from ispd.listeners import ConnectionGate, server_tls_context
+from ispd.listeners import ConnectionGate, listening_tcp_socket, server_tls_context
 from ispd.logs import get_logger
 from ispd.service import ServiceStartError, describe_os_error
 
@@ -49,15 +49,9 @@ class TLSListener:
     async def start(self, addresses: list[SocketAddress], stack: AsyncExitStack) -> None:
         loop = asyncio.get_running_loop()
         for address in addresses:
-            family = socket.AF_INET6 if address.family_is_ipv6 else socket.AF_INET
-            listening = socket.socket(family, socket.SOCK_STREAM)
             try:
-                listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                listening.bind((address.host, address.port))
-                listening.listen(1024)
-                listening.setblocking(False)
+                listening = listening_tcp_socket(address.host, address.port, 1024)
             except OSError as exc:
-                listening.close()
                 raise ServiceStartError(f"dns: {self.name}: cannot listen on {address}: "
                                         f"{describe_os_error(exc)}") from None
             loop.add_reader(listening.fileno(), self._accept, listening)
