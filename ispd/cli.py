@@ -48,6 +48,7 @@ from ispd.store.models import (
     Lease,
     LeaseHistoryEntry,
     LeaseState,
+    OverQuota,
     Plan,
     RadiusSession,
     Reservation,
@@ -256,6 +257,12 @@ def render_overview(o: SubscriberOverview) -> str:
     u = o.usage_this_month
     lines.append(f"usage         this month (UTC): in {u.input_octets} out {u.output_octets} bytes, "
                  f"{u.session_seconds} s online")
+    if plan is not None and plan.monthly_quota_bytes:
+        used = u.input_octets + u.output_octets
+        state = "over: " + ("walled garden" if plan.over_quota is OverQuota.WALLED_GARDEN else "throttled") if (
+            used >= plan.monthly_quota_bytes) else "under"
+        lines.append(f"quota         {used * 100 // plan.monthly_quota_bytes}% of {plan.monthly_quota_bytes} bytes "
+                     f"this month ({state})")
     if o.coa:
         lines.append("coa/disconnect")
         lines += [f"  {when(c.at)} {c.kind} session #{c.session_id} on {c.nas_address}: {c.result}"
@@ -290,6 +297,10 @@ def describe_plan(p: Plan) -> str:
         parts.append(f"mail quota {p.mail_quota_bytes} bytes")
     if p.suspended_mail is SuspendedMail.NONE:
         parts.append("no mail reading while suspended")
+    if p.monthly_quota_bytes is not None:
+        after = ("walled garden" if p.over_quota is OverQuota.WALLED_GARDEN else
+                 f"{p.over_quota_download_kbps or '-'}/{p.over_quota_upload_kbps or '-'} kbit/s")
+        parts.append(f"monthly quota {p.monthly_quota_bytes} bytes, then {after}")
     return ", ".join(parts)
 
 
@@ -327,7 +338,8 @@ async def cmd_plan_add(store: Store, args: argparse.Namespace) -> None:
         args.name, actor=actor(), download_kbps=args.download_kbps, upload_kbps=args.upload_kbps,
         session_timeout_seconds=args.session_timeout, idle_timeout_seconds=args.idle_timeout,
         max_sessions=args.max_sessions, mail_quota_bytes=args.mail_quota, credential_policy=args.credential_policy,
-        suspended_mail=args.suspended_mail,
+        suspended_mail=args.suspended_mail, monthly_quota_bytes=args.monthly_quota, over_quota=args.over_quota,
+        over_quota_download_kbps=args.over_quota_download_kbps, over_quota_upload_kbps=args.over_quota_upload_kbps,
     )
     if args.json:
         print_json(plan)
@@ -718,6 +730,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suspended-mail", choices=[m.value for m in SuspendedMail], default=SuspendedMail.READ.value,
                    help="while a subscriber is suspended: read = IMAP stays open for the billing notices "
                         "(default), none = IMAP logins refused too; mail is delivered either way")
+    p.add_argument("--monthly-quota", type=parse_size, metavar="SIZE",
+                   help="fair use: octets from and to the subscriber per calendar month (UTC), e.g. 500G")
+    p.add_argument("--over-quota", choices=[o.value for o in OverQuota], default=OverQuota.THROTTLE.value,
+                   help="past the quota, until the month ends: throttle (to the --over-quota-*-kbps rates, by "
+                        "CoA) or walled-garden (default: throttle)")
+    p.add_argument("--over-quota-download-kbps", type=positive_int)
+    p.add_argument("--over-quota-upload-kbps", type=positive_int)
     p.set_defaults(handler=cmd_plan_add)
     p = plan.add_parser("list", parents=[config_opts, json_opt], help="list plans")
     p.set_defaults(handler=cmd_plan_list)

@@ -37,6 +37,7 @@ from ispd.store.models import (
     Lease,
     LeaseHistoryEntry,
     Mailbox,
+    OverQuota,
     Plan,
     RadiusSession,
     Reservation,
@@ -76,6 +77,10 @@ class NewPlan(BaseModel):
     mail_quota_bytes: int | None = Field(default=None, ge=0)
     credential_policy: CredentialPolicy = CredentialPolicy.VERIFIER
     suspended_mail: SuspendedMail = SuspendedMail.READ
+    monthly_quota_bytes: int | None = Field(default=None, gt=0, description="fair use, both ways, per UTC month")
+    over_quota: OverQuota = OverQuota.THROTTLE
+    over_quota_download_kbps: int | None = Field(default=None, gt=0)
+    over_quota_upload_kbps: int | None = Field(default=None, gt=0)
 
 
 class NewReservation(BaseModel):

@@ -28,6 +28,8 @@ class AuthSubject:
     addressed: dict[tuple[str, str], str] = field(default_factory=dict)
     # Encoded reply attributes by (NAS kind, walled garden, framed address): built once per subject.
     reply_cache: dict[tuple[str, bool, str | None], bytes] = field(default_factory=dict)
+    # Past its plan's monthly quota this month (the RADIUS service keeps it; it resets with the month).
+    over_quota: bool = False
 
     @property
     def id(self) -> int:

@@ -85,7 +85,7 @@ from ispd.radius.eap import (
     md5_response_value,
 )
 from ispd.radius.sessions import OpenSessions
-from ispd.store.models import AccountingRecord, AccountingStatus, ReservationKind, SubscriberStatus
+from ispd.store.models import AccountingRecord, AccountingStatus, OverQuota, ReservationKind, SubscriberStatus
 
 _U32 = struct.Struct("!I")
 CLASS_PREFIX = b"ispd:"
@@ -468,6 +468,8 @@ class AuthEngine:
             if action == SuspendedAction.REJECT:
                 return self._reject(RejectReason.SUSPENDED, method, subject, failure)
             walled = True
+        if subject.over_quota and plan is not None and plan.over_quota is OverQuota.WALLED_GARDEN:
+            walled = True
         if plan is not None and plan.max_sessions is not None and self.sessions.count(subject.id) >= plan.max_sessions:
             return self._reject(RejectReason.SIMULTANEOUS_USE, method, subject, failure)
         if address is None:
@@ -558,7 +560,10 @@ class AuthEngine:
                 items.append(_encode((Attr.SESSION_TIMEOUT, u32(plan.session_timeout_seconds))))
             if plan.idle_timeout_seconds:
                 items.append(_encode((Attr.IDLE_TIMEOUT, u32(plan.idle_timeout_seconds))))
-            items.extend(self._rate_limit(nas.kind, plan.download_kbps, plan.upload_kbps))
+            if subject.over_quota:  # throttled: the plan's slower rates for the rest of the month
+                items.extend(self._rate_limit(nas.kind, plan.over_quota_download_kbps, plan.over_quota_upload_kbps))
+            else:
+                items.extend(self._rate_limit(nas.kind, plan.download_kbps, plan.upload_kbps))
         if plan_reply is not None:
             if address is None and plan_reply.framed_pool and plan_reply.address_pool is None:
                 items.append(_encode((Attr.FRAMED_POOL, plan_reply.framed_pool.encode())))

@@ -27,6 +27,7 @@ NAS stopped reporting are closed after ``stale_session_intervals`` interim inter
 from __future__ import annotations
 
 import asyncio
+import calendar
 import contextlib
 import itertools
 import socket
@@ -88,6 +89,8 @@ from ispd.store.models import (
     Lease,
     LeaseService,
     LeaseState,
+    OverQuota,
+    QuotaCrossing,
     RadiusSession,
     SubscriberStatus,
 )
@@ -99,6 +102,7 @@ if TYPE_CHECKING:
 log = get_logger("ispd.radius")
 
 STALE_SWEEP_SECONDS = 60.0
+QUOTA_CHECK_SECONDS = 10.0
 SWEEP_SECONDS = 1.0
 MAX_DATAGRAM = 4096
 MAX_QUEUED_ACCOUNTING = 50_000
@@ -259,6 +263,7 @@ class RadiusService(Service):
         self._drop_logged: dict[tuple[str, str], float] = {}
         self._writing = 0  # accounting records handed to the store and not written yet
         self._rejects_logged: dict[tuple[str, int | None, str], list[Any]] = {}
+        self._quota_checked: dict[int, float] = {}  # subscriber -> monotonic time of its last check
         self._refreshing: dict[int, list[Any]] = {}  # [lock, users]: one refresh of a subscriber at a time
         self.addresses = AddressPools(())
         self._pending_claims = 0
@@ -790,6 +795,56 @@ class RadiusService(Service):
             self.metrics.accounting.inc(str(item.record.status), str(result.outcome))
             self._answer_accounting(item.packet, item.nas, item.transport, item.addr, item.key, item.started)
             self._follow(item.record, result, item.received_at)
+            if result.outcome in (AccountingOutcome.UPDATED, AccountingOutcome.STOPPED):
+                self._quota_soon(item.record.subscriber_id)
+
+    # --- fair use
+
+    def _quota_soon(self, subscriber_id: int | None) -> None:
+        """Check this subscriber's quota after its usage grew: at most once per QUOTA_CHECK_SECONDS
+        (an interim every few minutes per session, and the check is one query)."""
+        subject = self.directory.by_id(subscriber_id) if subscriber_id is not None else None
+        if subject is None or subject.plan is None or subject.plan.monthly_quota_bytes is None:
+            return
+        now = time.monotonic()
+        if now - self._quota_checked.get(subject.id, -QUOTA_CHECK_SECONDS) < QUOTA_CHECK_SECONDS:
+            return
+        self._quota_checked[subject.id] = now
+        self._spawn(self._check_quota(subject.id, self.context.clock()), "quota")
+
+    async def _check_quotas(self, now: float) -> None:
+        """Every open session's subscriber: a month that ended lifts the limit, one that goes on
+        may have crossed it."""
+        for subscriber_id in list(self.sessions.by_subscriber):
+            await self._check_quota(subscriber_id, now)
+
+    async def _check_quota(self, subscriber_id: int, now: float) -> None:
+        subject = self.directory.by_id(subscriber_id)
+        if subject is None or subject.plan is None:
+            return
+        plan, quota = subject.plan, subject.plan.monthly_quota_bytes
+        over = False
+        if quota is not None:
+            month = time.gmtime(now)
+            since = float(calendar.timegm((month.tm_year, month.tm_mon, 1, 0, 0, 0)))
+            used = await self.context.store.usage(subscriber_id, since=since, until=now)
+            over = used.input_octets + used.output_octets >= quota
+            if over:
+                await self.context.store.record_quota_crossing(QuotaCrossing(
+                    subscriber_id, time.strftime("%Y-%m", time.gmtime(now)), now,
+                    used.input_octets + used.output_octets, quota))
+        subject = self.directory.by_id(subscriber_id)  # it may have been replaced meanwhile
+        if subject is None or subject.over_quota == over:
+            return
+        subject.over_quota = over
+        subject.reply_cache.clear()
+        log.info("radius.quota." + ("crossed" if over else "reset"), subscriber=subject.subscriber.username,
+                 plan=plan.name, action=str(plan.over_quota))
+        # Open sessions move to the profile they would get now (a suspended one stays where it is).
+        if subject.subscriber.status == SubscriberStatus.ACTIVE:
+            walled = over and plan.over_quota is OverQuota.WALLED_GARDEN
+            await asyncio.gather(*(self._change(s, walled, "over quota" if over else "quota reset")
+                                   for s in self.sessions.of_subscriber(subscriber_id)))
 
     def _follow(self, record: AccountingRecord, result: AccountingResult, received_at: float) -> None:
         """Keep the open-session view and tell the bus."""
@@ -840,6 +895,7 @@ class RadiusService(Service):
         last_stale = time.monotonic()
         try:  # at once: a suspension made while ispd was down reaches the NAS now, not in a minute
             await self._enforce_status(self.context.clock())
+            await self._check_quotas(self.context.clock())
         except StoreError as exc:
             log.warning("radius.enforce.store_error", error=str(exc))
         while True:
@@ -854,6 +910,7 @@ class RadiusService(Service):
                     await self._close_stale(now)
                     await self._renew_claims(now)
                     await self._enforce_status(now)
+                    await self._check_quotas(now)
             except StoreError as exc:
                 log.warning("radius.stale_sessions.store_error", error=str(exc))
             except Exception:  # a bug here must not end housekeeping for the life of the daemon
@@ -995,6 +1052,9 @@ class RadiusService(Service):
         if before is None or before.credentials.updated_at != credentials.updated_at:
             self.passwords.forget(subscriber_id)
         self.directory.replace(subscriber, credentials, reservations, plan)
+        after = self.directory.by_id(subscriber_id)
+        if after is not None and before is not None and plan is not None and plan.monthly_quota_bytes is not None:
+            after.over_quota = before.over_quota  # the quota checker's finding outlives a refresh
 
     async def _apply_status(self, subscriber_id: int, reason: str) -> None:
         """After a suspension, a resumption or a plan change: tell the NASes of its open sessions

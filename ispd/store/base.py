@@ -27,9 +27,11 @@ from ispd.store.models import (
     LeaseHistoryEntry,
     Mailbox,
     MailRecipient,
+    OverQuota,
     Plan,
     QueuedMail,
     QueuedRecipientState,
+    QuotaCrossing,
     RadiusSession,
     Reservation,
     ReservationKind,
@@ -72,6 +74,10 @@ class Store(ABC):
         mail_quota_bytes: int | None = None,
         credential_policy: CredentialPolicy = CredentialPolicy.VERIFIER,
         suspended_mail: SuspendedMail = SuspendedMail.READ,
+        monthly_quota_bytes: int | None = None,
+        over_quota: OverQuota = OverQuota.THROTTLE,
+        over_quota_download_kbps: int | None = None,
+        over_quota_upload_kbps: int | None = None,
     ) -> Plan: ...
 
     @abstractmethod
@@ -298,6 +304,15 @@ class Store(ABC):
     async def usage_by_day(self, subscriber: SubscriberRef | None, *, since: float, until: float) -> list[DailyUsage]:
         """Usage per UTC day from the day of ``since`` to that of ``until``, of one subscriber
         (None: of every subscriber), days without any left out."""
+
+    @abstractmethod
+    async def record_quota_crossing(self, crossing: QuotaCrossing) -> bool:
+        """Note that a subscriber went over its plan's quota in a month (audited); False when
+        that month's crossing was noted already."""
+
+    @abstractmethod
+    async def quota_crossings(self, subscriber: SubscriberRef) -> list[QuotaCrossing]:
+        """A subscriber's quota crossings, newest month first."""
 
     @abstractmethod
     async def purge_history(self, before: float) -> dict[str, int]:

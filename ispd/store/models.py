@@ -43,6 +43,22 @@ class SuspendedMail(StrEnum):
     NONE = "none"
 
 
+class OverQuota(StrEnum):
+    """What happens to a subscriber past its plan's monthly quota, until the month ends."""
+
+    THROTTLE = "throttle"  # the plan's over_quota_* rates instead of its own
+    WALLED_GARDEN = "walled-garden"
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaCrossing:
+    subscriber_id: int
+    month: str  # YYYY-MM (UTC)
+    crossed_at: float
+    used_octets: int
+    quota_bytes: int
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     id: int
@@ -55,6 +71,11 @@ class Plan:
     mail_quota_bytes: int | None = None
     credential_policy: CredentialPolicy = CredentialPolicy.VERIFIER
     suspended_mail: SuspendedMail = SuspendedMail.READ
+    # Fair use: octets (both ways) per calendar month, UTC; None: no quota.
+    monthly_quota_bytes: int | None = None
+    over_quota: OverQuota = OverQuota.THROTTLE
+    over_quota_download_kbps: int | None = None
+    over_quota_upload_kbps: int | None = None
     created_at: float = 0.0
 
 

@@ -57,9 +57,11 @@ from ispd.store.models import (
     LeaseService,
     Mailbox,
     MailRecipient,
+    OverQuota,
     Plan,
     QueuedMail,
     QueuedRecipientState,
+    QuotaCrossing,
     RadiusSession,
     Reservation,
     ReservationKind,
@@ -369,7 +371,9 @@ def _plan(row: sqlite3.Row) -> Plan:
         session_timeout_seconds=row["session_timeout_seconds"], idle_timeout_seconds=row["idle_timeout_seconds"],
         max_sessions=row["max_sessions"], mail_quota_bytes=row["mail_quota_bytes"],
         credential_policy=CredentialPolicy(row["credential_policy"]),
-        suspended_mail=SuspendedMail(row["suspended_mail"]), created_at=row["created_at"],
+        suspended_mail=SuspendedMail(row["suspended_mail"]), monthly_quota_bytes=row["monthly_quota_bytes"],
+        over_quota=OverQuota(row["over_quota"]), over_quota_download_kbps=row["over_quota_download_kbps"],
+        over_quota_upload_kbps=row["over_quota_upload_kbps"], created_at=row["created_at"],
     )
 
 
@@ -462,6 +466,11 @@ def _find_plan(conn: sqlite3.Connection, ref: int | str) -> sqlite3.Row:
         raise NotFound(f"no plan {ref!r}")
     found: sqlite3.Row = row
     return found
+
+
+def _username_or_none(conn: sqlite3.Connection, subscriber_id: int) -> str | None:
+    row = conn.execute("SELECT username FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
+    return row[0] if row else None
 
 
 def _append_audit(conn: sqlite3.Connection, at: float, actor: str, action: str, kind: str,
@@ -619,12 +628,18 @@ class SQLiteStore(Store):
         mail_quota_bytes: int | None = None,
         credential_policy: CredentialPolicy = CredentialPolicy.VERIFIER,
         suspended_mail: SuspendedMail = SuspendedMail.READ,
+        monthly_quota_bytes: int | None = None,
+        over_quota: OverQuota = OverQuota.THROTTLE,
+        over_quota_download_kbps: int | None = None,
+        over_quota_upload_kbps: int | None = None,
     ) -> Plan:
         values = {
             "name": name, "download_kbps": download_kbps, "upload_kbps": upload_kbps,
             "session_timeout_seconds": session_timeout_seconds, "idle_timeout_seconds": idle_timeout_seconds,
             "max_sessions": max_sessions, "mail_quota_bytes": mail_quota_bytes,
             "credential_policy": str(credential_policy), "suspended_mail": str(suspended_mail),
+            "monthly_quota_bytes": monthly_quota_bytes, "over_quota": str(over_quota),
+            "over_quota_download_kbps": over_quota_download_kbps, "over_quota_upload_kbps": over_quota_upload_kbps,
         }
         now = self.clock()
 
@@ -1159,6 +1174,32 @@ class SQLiteStore(Store):
             return sqlite_radius.usage_by_day(conn, subscriber_id, since, until)
 
         return await self._read("usage_by_day", run)
+
+    # --- fair-use quotas
+
+    async def record_quota_crossing(self, crossing: QuotaCrossing) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO quota_crossings (subscriber_id, month, crossed_at, used_octets, quota_bytes)"
+                " VALUES (?, ?, ?, ?, ?)", (crossing.subscriber_id, crossing.month, crossing.crossed_at,
+                                            crossing.used_octets, crossing.quota_bytes))
+            if not cursor.rowcount:
+                return False
+            _append_audit(conn, crossing.crossed_at, "ispd", "subscriber.over_quota", "subscriber",
+                          crossing.subscriber_id, _username_or_none(conn, crossing.subscriber_id),
+                          {"month": crossing.month, "used": crossing.used_octets, "quota": crossing.quota_bytes})
+            return True
+
+        return await self._write("record_quota_crossing", run)
+
+    async def quota_crossings(self, subscriber: SubscriberRef) -> list[QuotaCrossing]:
+        def run(conn: sqlite3.Connection) -> list[QuotaCrossing]:
+            sid = _find_subscriber(conn, subscriber)["id"]
+            return [QuotaCrossing(*r) for r in conn.execute(
+                "SELECT subscriber_id, month, crossed_at, used_octets, quota_bytes FROM quota_crossings"
+                " WHERE subscriber_id = ? ORDER BY month DESC", (sid,))]
+
+        return await self._read("quota_crossings", run)
 
     # --- retention
 

@@ -262,6 +262,37 @@ def test_suspension_disconnects_and_a_plan_change_sends_coa(radius: Radius, nas:
     assert radius.accounting(f"{base}, Acct-Status-Type = Stop") == "Accounting-Response"
 
 
+def test_a_subscriber_over_the_monthly_quota_is_throttled_at_once_and_at_its_next_login(
+        radius: Radius, nas: FakeNas) -> None:
+    radius.ispd.cli("plan", "add", "capped", "--download-kbps", "100000", "--upload-kbps", "20000",
+                    "--monthly-quota", "2M", "--over-quota-download-kbps", "2000", "--over-quota-upload-kbps", "1000",
+                    "--credential-policy", "cleartext")
+    radius.ispd.cli("subscriber", "add", "quinn", "--plan", "capped", "--password-stdin", input="quinn-pw\n")
+    eventually(lambda: radius.pap("quinn", "quinn-pw") == "Access-Accept", timeout=10)
+
+    def login() -> Any:
+        return radclient(radius.auth, "auth", SECRET,
+                         'User-Name = quinn, User-Password = "quinn-pw", Message-Authenticator = 0x00')
+
+    assert login().first("Mikrotik-Rate-Limit") == "20000k/100000k"  # under the quota: the plan's rates
+    base = "User-Name = quinn, Acct-Session-Id = q1, NAS-IP-Address = 127.0.0.1, Framed-IP-Address = 198.18.9.5"
+    assert radius.accounting(f"{base}, Acct-Status-Type = Start") == "Accounting-Response"
+    assert "this month (under)" in radius.ispd.cli("subscriber", "show", "quinn").stdout
+    seen = len(nas.requests)
+    # 3 MB in this month's first interim: over the 2M quota.
+    assert radius.accounting(f"{base}, Acct-Status-Type = Interim-Update, Acct-Input-Octets = 500000, "
+                             "Acct-Output-Octets = 2500000") == "Accounting-Response"
+    coa = nas.wait_for(seen + 1)[seen]
+    assert coa.code == 43 and coa.first(Attr.ACCT_SESSION_ID) == b"q1"
+    rate = [v for v in coa.attributes.get(Attr.VENDOR_SPECIFIC, []) if v[:4] == (14988).to_bytes(4, "big")]
+    assert rate and rate[0][6:] == b"1000k/2000k"  # the over-quota rates, upload/download
+    shown = radius.ispd.cli("subscriber", "show", "quinn").stdout
+    assert "this month (over: throttled)" in shown and "subscriber.over_quota" in shown, shown
+    reply = login()
+    assert reply.code == "Access-Accept" and reply.first("Mikrotik-Rate-Limit") == "1000k/2000k", reply
+    assert radius.accounting(f"{base}, Acct-Status-Type = Stop") == "Accounting-Response"
+
+
 def test_accounting_on_closes_the_nas_sessions(radius: Radius) -> None:
     for name in ("on-1", "on-2"):
         assert radius.accounting(f"User-Name = alice, Acct-Session-Id = {name}, NAS-IP-Address = 127.0.0.2, "

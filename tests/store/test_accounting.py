@@ -204,3 +204,19 @@ async def test_usage_by_day_per_subscriber_and_for_everyone(store: Store) -> Non
     everyone = await store.usage_by_day(None, since=T0, until=T0)
     assert [(d.username, d.input_octets) for d in everyone] == [("alice", 1000), ("bob", 7)]
     assert await store.usage_by_day("bob", since=T0 + 2 * day, until=T0 + 3 * day) == []
+
+
+async def test_a_plan_keeps_its_quota_and_a_crossing_is_noted_once_a_month(store: Store) -> None:
+    from ispd.store.models import OverQuota, QuotaCrossing
+
+    plan = await store.add_plan("capped", actor="t", monthly_quota_bytes=10**9, over_quota=OverQuota.WALLED_GARDEN,
+                                over_quota_download_kbps=1000)
+    assert (await store.get_plan("capped")) == plan
+    assert (plan.monthly_quota_bytes, plan.over_quota, plan.over_quota_download_kbps) == (
+        10**9, OverQuota.WALLED_GARDEN, 1000)
+    crossing = QuotaCrossing(1, "2027-01", T0, 10**9 + 5, 10**9)
+    assert await store.record_quota_crossing(crossing) is True
+    assert await store.record_quota_crossing(QuotaCrossing(1, "2027-01", T0 + 60, 2 * 10**9, 10**9)) is False
+    assert await store.quota_crossings("alice") == [crossing]
+    audit = (await store.subscriber_overview("alice")).audit
+    assert audit[0].action == "subscriber.over_quota" and audit[0].details["month"] == "2027-01"
