@@ -12,8 +12,10 @@ ispd's packets independently of ispd's own codec.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import hmac
+import os
 import socket
 import threading
 import time
@@ -66,14 +68,45 @@ def _authentic(data: bytes, secret: bytes) -> bool:
     return True  # RFC 5176 allows requests without one; the tests assert ispd sends it
 
 
+def socket_in_netns(netns: str, family: int, kind: int) -> socket.socket:
+    """A socket that belongs to network namespace ``netns`` (as ``ip netns exec`` would give): a
+    short-lived thread enters it (setns affects only the calling thread) and makes the socket,
+    which keeps its namespace for its whole life, whichever thread uses it."""
+    made: list[socket.socket | BaseException] = []
+
+    def enter_and_make() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(f"/var/run/netns/{netns}", os.O_RDONLY)
+            try:
+                if libc.setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns into {netns}")
+            finally:
+                os.close(fd)
+            made.append(socket.socket(family, kind))
+        except BaseException as exc:  # handed to the caller's thread
+            made.append(exc)
+
+    thread = threading.Thread(target=enter_and_make)
+    thread.start()
+    thread.join()
+    if isinstance(made[0], BaseException):
+        raise made[0]
+    return made[0]
+
+
+CLONE_NEWNET = 0x40000000
+
+
 class FakeNas:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, secret: bytes = b"testing123",
-                 answer: str = "ack", error_cause: int = 503) -> None:
+                 answer: str = "ack", error_cause: int = 503, netns: str | None = None) -> None:
         self.secret = secret
         self.answer = answer  # ack | nak | silent
         self.error_cause = error_cause  # for NAKs; 503 Session Context Not Found
         self.requests: list[DASRequest] = []
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._sock = (socket_in_netns(netns, socket.AF_INET, socket.SOCK_DGRAM) if netns is not None
+                      else socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
         self._sock.bind((host, port))
         self._sock.settimeout(0.2)
         self.host, self.port = self._sock.getsockname()[:2]
