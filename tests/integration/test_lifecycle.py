@@ -94,6 +94,11 @@ except Exception as exc:
                                 capture_output=True, text=True, timeout=60)
         return (result.stdout + result.stderr).strip()
 
+    def heard(self, event: str) -> float:
+        """How often the daemon's bus announced ``event`` (a change made by the CLI reaches the
+        services through the store's audit log, polled every half second)."""
+        return self.ispd.metric_in_netns("ispd_events_published_total", {"event": event}) or 0.0
+
     def effects(self) -> str:
         shown = self.cli("subscriber", "show", "sam")
         return shown[shown.index("effects"):]
@@ -166,6 +171,7 @@ def test_suspend_and_resume_take_effect_in_every_service_with_proof(site: Site) 
         before = time.time()
 
         site.cli("subscriber", "suspend", "sam", "--reason", "nonpayment")
+        eventually(lambda: site.heard("SubscriberSuspended") >= 1, timeout=5)
         # RADIUS: the BNG is told to end the session.
         [kick] = site.nas.wait_for(1)
         assert kick.code == 40 and kick.authentic and kick.first(44) == b"sam-1"
@@ -195,6 +201,7 @@ def test_suspend_and_resume_take_effect_in_every_service_with_proof(site: Site) 
         during = time.time()
 
         site.cli("subscriber", "resume", "sam")
+        eventually(lambda: site.heard("SubscriberResumed") >= 1, timeout=5)
         back = router.renew(timeout=25)
         assert back is not None and back.address == bound.address, router.describe()
         eventually(lambda: site.dig_from(bound.address or "") == {WWW}, timeout=5)
