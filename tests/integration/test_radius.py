@@ -293,6 +293,22 @@ def test_a_subscriber_over_the_monthly_quota_is_throttled_at_once_and_at_its_nex
     assert radius.accounting(f"{base}, Acct-Status-Type = Stop") == "Accounting-Response"
 
 
+def test_a_session_closed_by_accounting_on_frees_its_slot_and_keeps_its_usage(radius: Radius) -> None:
+    radius.ispd.cli("plan", "add", "single-use", "--max-sessions", "1", "--credential-policy", "cleartext")
+    radius.ispd.cli("subscriber", "add", "uma", "--plan", "single-use", "--password-stdin", input="uma-pw\n")
+    eventually(lambda: radius.pap("uma", "uma-pw") == "Access-Accept", timeout=10)
+    base = "User-Name = uma, Acct-Session-Id = u1, NAS-IP-Address = 127.0.0.3"
+    assert radius.accounting(f"{base}, Acct-Status-Type = Start") == "Accounting-Response"
+    assert radius.accounting(f"{base}, Acct-Status-Type = Interim-Update, Acct-Input-Octets = 7000, "
+                             "Acct-Output-Octets = 90000, Acct-Session-Time = 60") == "Accounting-Response"
+    assert radius.pap("uma", "uma-pw") == "Access-Reject"  # Simultaneous-Use: the one slot is taken
+    # The NAS rebooted: its sessions are gone, and with them the slot, but not what they used.
+    assert radius.accounting("NAS-IP-Address = 127.0.0.3, Acct-Status-Type = Accounting-On") == "Accounting-Response"
+    assert radius.pap("uma", "uma-pw") == "Access-Accept"
+    usage = radius.show("uma")["usage_this_month"]
+    assert (usage["input_octets"], usage["output_octets"], usage["session_seconds"]) == (7000, 90000, 60)
+
+
 def test_accounting_on_closes_the_nas_sessions(radius: Radius) -> None:
     for name in ("on-1", "on-2"):
         assert radius.accounting(f"User-Name = alice, Acct-Session-Id = {name}, NAS-IP-Address = 127.0.0.2, "
