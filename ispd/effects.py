@@ -59,7 +59,8 @@ def _radius(o: SubscriberOverview, config: Config) -> list[Effect]:
             continue
         wanted = "disconnect" if status is SubscriberStatus.CLOSED or action is SuspendedAction.REJECT else "coa"
         if last is None:
-            result.append(Effect("radius", subject, PENDING, f"still open; no {_kind(wanted)} sent yet"))
+            result.append(Effect("radius", subject, PENDING, f"still open; no answer to a {_kind(wanted)} yet "
+                                                             "(on its way, or sent at the next check)"))
         elif last.result == "ack" and last.kind == "disconnect":
             result.append(Effect("radius", subject, PENDING,
                                  f"Disconnect acknowledged {_when(last.at)}; waiting for the NAS's Stop"))
