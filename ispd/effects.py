@@ -55,7 +55,9 @@ def _radius(o: SubscriberOverview, config: Config) -> list[Effect]:
             if last is None:
                 result.append(Effect("radius", subject, DONE, "open with the plan's profile"))
             else:
-                result.append(_outcome(subject, last.kind, last.result, last.at, "back to the plan's profile"))
+                done = ("moved to the over-quota profile" if last.reason == "over quota"
+                        else "back to the plan's profile")
+                result.append(_outcome(subject, last.kind, last.result, last.at, done))
             continue
         wanted = "disconnect" if status is SubscriberStatus.CLOSED or action is SuspendedAction.REJECT else "coa"
         if last is None:

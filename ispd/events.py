@@ -132,6 +132,7 @@ class LeaseEnded(Event):
     service: LeaseService = LeaseService.DHCP
     starts_at: float | None = None
     hw_address: str | None = None
+    ended_at: float | None = None  # when it ended: an expiry found later is dated at the expiry
 
 
 @dataclass(frozen=True, slots=True)

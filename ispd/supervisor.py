@@ -60,11 +60,13 @@ log = get_logger("ispd.supervisor")
 # Start order; stop order is the reverse. Each service issue adds its line here.
 SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec("metrics", lambda c: c.metrics.enabled, MetricsService),
+    # Before DHCP (and stopped after it): the leases DHCP reclaims as it starts, and those that
+    # end as it stops, reach the collectors too.
+    ServiceSpec("accounting_feed", lambda c: bool(c.accounting_feed.collectors), AccountingFeed),
     ServiceSpec("dhcp", lambda c: c.dhcp.enabled, DHCPService),
     ServiceSpec("dns", lambda c: c.dns.enabled, DNSService),
     ServiceSpec("radius", lambda c: c.radius.enabled, RadiusService, lambda c: c.radius.own_process),
     ServiceSpec("mail", lambda c: c.mail.enabled, MailService),
-    ServiceSpec("accounting_feed", lambda c: bool(c.accounting_feed.collectors), AccountingFeed),
     ServiceSpec("admin", lambda c: c.admin.socket_path(c.daemon.control_socket) is not None or bool(c.admin.listen),
                 AdminService),
 )

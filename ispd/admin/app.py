@@ -148,13 +148,15 @@ def _actor(request: Request) -> str:
 Actor = Annotated[str, Depends(_actor)]
 
 
-def build_app(store: Store, config: Config, control: ControlCommands, *, token: str | None = None,
-              dns_view: DNSView | None = None) -> FastAPI:
-    """The API over ``store``; with ``token``, every request must carry it (TCP listeners)."""
+def build_app(store: Store, current_config: Callable[[], Config], control: ControlCommands, *,
+              token: str | None = None, dns_view: DNSView | None = None) -> FastAPI:
+    """The API over ``store``; with ``token``, every request must carry it (TCP listeners).
+    ``current_config``: the daemon's config as it is now (a reload changes it)."""
+    expected = f"Bearer {token}".encode() if token is not None else b""
 
     async def authorized(request: Request) -> None:
-        if token is not None and not hmac.compare_digest(request.headers.get("authorization", ""),
-                                                         f"Bearer {token}"):
+        given = request.headers.get("authorization", "").encode("utf-8", "surrogateescape")
+        if token is not None and not hmac.compare_digest(given, expected):
             raise HTTPException(401, "a valid bearer token is needed", headers={"WWW-Authenticate": "Bearer"})
 
     app = FastAPI(title="ispd admin API", version=__version__, dependencies=[Depends(authorized)],
@@ -206,7 +208,7 @@ def build_app(store: Store, config: Config, control: ControlCommands, *, token: 
         return SubscriberView(
             subscriber=o.subscriber, plan=o.plan, credential_forms=o.credentials.forms, reservations=o.reservations,
             leases=o.leases, sessions=o.sessions, mailboxes=o.mailboxes, coa=o.coa, usage_this_month=o.usage_this_month,
-            audit=o.audit, effects=effects(o, config, view, time.time()))
+            audit=o.audit, effects=effects(o, current_config(), view, time.time()))
 
     async def set_status(subscriber: str, status: SubscriberStatus, reason: str | None, actor: str) -> Subscriber:
         return await store.set_subscriber_status(ref(subscriber), status, actor=actor, reason=reason)
@@ -265,7 +267,7 @@ def build_app(store: Store, config: Config, control: ControlCommands, *, token: 
 
     @app.post("/v1/mailboxes", status_code=201, tags=["mailboxes"])
     async def add_mailbox(body: NewMailbox, actor: Actor) -> Mailbox:
-        if body.address.rpartition("@")[2].lower() not in [d.lower() for d in config.mail.domains]:
+        if body.address.rpartition("@")[2].lower() not in [d.lower() for d in current_config().mail.domains]:
             raise HTTPException(400, f"{body.address}: not one of the mail domains ([mail] domains)")
         return await store.add_mailbox(ref(body.subscriber), body.address, actor=actor, quota_bytes=body.quota_bytes)
 
@@ -336,7 +338,7 @@ def _seconds(moment: datetime) -> float:
 
 def openapi_document(config: Config | None = None) -> dict[str, Any]:
     """The API's OpenAPI document, as docs/openapi.json holds it."""
-    app = build_app(cast(Store, _NoStore()), config or Config(), ControlCommands())
+    app = build_app(cast(Store, _NoStore()), lambda: config or Config(), ControlCommands())
     return app.openapi()
 
 

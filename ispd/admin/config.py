@@ -17,8 +17,9 @@ class AdminConfig(Section):
     # "Authorization: Bearer <token>". Put TLS in front (a reverse proxy) beyond loopback.
     listen: list[ListenAddress] = []
     token: SecretStr | None = None
-    # Longest a request may take before its connection is dropped (a slow client).
-    request_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    # Connections served at once per listener; beyond it requests get 503 (a flood of idle
+    # connections cannot take the daemon's file descriptors).
+    max_connections: int = Field(default=64, ge=1, le=10_000)
 
     @model_validator(mode="after")
     def _token_for_tcp(self) -> AdminConfig:

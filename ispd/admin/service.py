@@ -54,11 +54,13 @@ class AdminService(Service):
             self.listening.append(str(path))
         if admin.listen:
             token = admin.token.get_secret_value() if admin.token is not None else None
-            sockets = []
+            sockets: list[socket.socket] = []
             for address in admin.listen:
                 try:
                     sock = listening_tcp_socket(address.host, address.port, 128)
                 except OSError as exc:
+                    for bound in sockets:
+                        bound.close()
                     raise ServiceStartError(f"admin: cannot listen on {address}: {describe_os_error(exc)}") from None
                 sockets.append(sock)
                 self.listening.append(f"http://{address}")
@@ -66,9 +68,11 @@ class AdminService(Service):
         log.info("admin.started", listen=self.listening)
 
     async def _serve(self, stack: AsyncExitStack, sockets: list[socket.socket], token: str | None) -> None:
-        app = build_app(self.context.store, self.config, self.context.control, token=token, dns_view=self._dns_view)
+        app = build_app(self.context.store, lambda: self.config, self.context.control, token=token,
+                        dns_view=self._dns_view)
         server = _Server(uvicorn.Config(app, lifespan="off", log_config=None, access_log=False,
                                         timeout_keep_alive=5, timeout_graceful_shutdown=5,
+                                        limit_concurrency=self.config.admin.max_connections,
                                         h11_max_incomplete_event_size=64 * 1024))
         task = asyncio.get_running_loop().create_task(server.serve(sockets=sockets), name="admin-http")
         self._servers.append((server, task))

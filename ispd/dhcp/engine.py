@@ -704,7 +704,8 @@ class DHCPEngine:
         return Outcome(writes=[(lease, state.value)],
                        events=[LeaseEnded(at=now, address=lease.address, reason=state.value,
                                           hostname=binding.hostname, subscriber_id=binding.subscriber_id,
-                                          starts_at=lease.starts_at, hw_address=lease.hw_address)])
+                                          starts_at=lease.starts_at, hw_address=lease.hw_address,
+                                          ended_at=lease.expires_at)])
 
     def _inform(self, received: Received, subnet: Subnet, server_id: IPv4Address, client: Client) -> Outcome:
         pool = subnet.pool_of(int(received.packet.ciaddr)) or subnet.plain

@@ -215,7 +215,10 @@ class FolderIndex:
 
     def _sync(self, cached: _Snapshot | None) -> tuple[_Snapshot, set[int]]:
         known_dates = {m.name: m.internal_date for m in cached.messages} if cached is not None else {}
-        uidvalidity, next_uid, highest, expunged, by_base, logged = self._load()
+        # Only when the index is rebuilt are the UIDs in the names believed below next_uid: a file
+        # another tool brings in (from another folder, from a backup) may carry a UID that was
+        # given and expunged here, and UIDs must never be reused (RFC 3501 §2.3.1.1).
+        uidvalidity, next_uid, highest, expunged, by_base, logged, rebuilding = self._load()
         # Every change this look finds is one change: it gets the next modseq, once.
         change_modseq = highest + 1
         changed = logged > 0  # fold the flag changes logged since the last write into the uidlist
@@ -252,7 +255,7 @@ class FolderIndex:
             flags = flags_in_name(name)
             if known is None:  # put here by another tool, or the index was rebuilt
                 named = uid_in_name(name)
-                if named is not None and named not in taken:
+                if named is not None and named not in taken and (rebuilding or named >= next_uid):
                     uid = named
                     next_uid = max(next_uid, uid + 1)
                 else:
@@ -396,9 +399,10 @@ class FolderIndex:
 
     # --- the files
 
-    def _load(self) -> tuple[int, int, int, int, dict[str, _Entry], int]:
+    def _load(self) -> tuple[int, int, int, int, dict[str, _Entry], int, bool]:
         """(uidvalidity, next uid, highest modseq, expunge modseq, base name -> entry, bytes of
-        logged flag changes), rebuilt from what survives."""
+        logged flag changes, whether the uidlist was lost and is being rebuilt), from what
+        survives."""
         validity, next_uid, saved_highest = self._read_validity()
         logged_changes, logged = self._read_log()
         logged_highest = max((modseq for _, modseq, _ in logged_changes), default=0)
@@ -427,15 +431,15 @@ class FolderIndex:
                     if logged_entry is not None and modseq > logged_entry.modseq:
                         logged_entry.modseq, logged_entry.flags = modseq, flags
                 highest = max(highest, logged_highest, saved_highest or 0)
-                return validity, max(listed_next, next_uid or 0), highest, expunged, by_base, logged
+                return validity, max(listed_next, next_uid or 0), highest, expunged, by_base, logged, False
         except (FileNotFoundError, IndexError, ValueError, KeyError):
             pass
         if validity is None:  # nothing survived: a new UIDVALIDITY (clients resynchronise)
-            return max(1, int(time.time())), next_uid or 1, max(1, logged_highest), 0, {}, logged
+            return max(1, int(time.time())), next_uid or 1, max(1, logged_highest), 0, {}, logged, True
         # The per-message modseqs are gone: every message comes back with one new modseq above
         # any given before, as if all had changed and some had been expunged.
         highest = max(saved_highest or 1, logged_highest)
-        return validity, next_uid or 1, highest, highest + 1, {}, logged
+        return validity, next_uid or 1, highest, highest + 1, {}, logged, True
 
     def _read_validity(self) -> tuple[int | None, int | None, int | None]:
         try:
@@ -483,7 +487,13 @@ def _uid_of(message: IndexedMessage) -> int:
     return message.uid
 
 
-def _delivery_order(entry: os.DirEntry[str]) -> tuple[int, str]:
-    # Maildir names start with the delivery second; ties keep the name's order.
-    head = entry.name.partition(".")[0]
-    return (int(head) if head.isdigit() else 0, entry.name)
+_DELIVERY_STAMP = re.compile(r"^(\d+)\.(?:M(\d+))?(?:P\d+)?(?:Q(\d+))?")
+
+
+def _delivery_order(entry: os.DirEntry[str]) -> tuple[int, int, int, str]:
+    # Maildir names start with the delivery second, then (ours and Dovecot's) M<microseconds>
+    # and Q<sequence>: compared as numbers, since "M99" sorts after "M123" as text.
+    match = _DELIVERY_STAMP.match(entry.name)
+    if match is None:
+        return (0, 0, 0, entry.name)
+    return (int(match.group(1)), int(match.group(2) or 0), int(match.group(3) or 0), entry.name)

@@ -96,7 +96,8 @@ class AccountingFeed(Service):
     def _ended(self, event: LeaseEnded) -> None:
         if event.service is not LeaseService.DHCP or event.starts_at is None:
             return
-        self._spawn(self._send(STOP, event.address, event.starts_at, event.at, event.subscriber_id,
+        ended = min(event.at, event.ended_at) if event.ended_at is not None else event.at
+        self._spawn(self._send(STOP, event.address, event.starts_at, ended, event.subscriber_id,
                                event.hw_address, _CAUSES.get(event.reason)))
 
     def _spawn(self, coroutine: Any) -> None:

@@ -264,6 +264,7 @@ class RadiusService(Service):
         self._writing = 0  # accounting records handed to the store and not written yet
         self._rejects_logged: dict[tuple[str, int | None, str], list[Any]] = {}
         self._quota_checked: dict[int, float] = {}  # subscriber -> monotonic time of its last check
+        self._quota_checking: set[int] = set()
         self._refreshing: dict[int, list[Any]] = {}  # [lock, users]: one refresh of a subscriber at a time
         self.addresses = AddressPools(())
         self._pending_claims = 0
@@ -813,38 +814,52 @@ class RadiusService(Service):
         self._spawn(self._check_quota(subject.id, self.context.clock()), "quota")
 
     async def _check_quotas(self, now: float) -> None:
-        """Every open session's subscriber: a month that ended lifts the limit, one that goes on
-        may have crossed it."""
-        for subscriber_id in list(self.sessions.by_subscriber):
-            await self._check_quota(subscriber_id, now)
+        """Every subscriber with an open session or an over-quota flag: a month that ended lifts
+        the limit, one that goes on may have crossed it."""
+        flagged = {sid for sid, subject in self.directory.subjects.items() if subject.over_quota}
+        for subscriber_id in set(self.sessions.by_subscriber) | flagged:
+            try:
+                await self._check_quota(subscriber_id, self.context.clock())
+            except StoreError as exc:
+                log.warning("radius.quota.store_error", subscriber_id=subscriber_id, error=str(exc))
 
     async def _check_quota(self, subscriber_id: int, now: float) -> None:
+        if subscriber_id in self._quota_checking:
+            return  # one check of a subscriber at a time: an older result must not land last
+        self._quota_checking.add(subscriber_id)
+        try:
+            await self._judge_quota(subscriber_id, now)
+        finally:
+            self._quota_checking.discard(subscriber_id)
+
+    async def _judge_quota(self, subscriber_id: int, now: float) -> None:
         subject = self.directory.by_id(subscriber_id)
         if subject is None or subject.plan is None:
             return
         plan, quota = subject.plan, subject.plan.monthly_quota_bytes
-        over = False
+        over, used_octets = False, 0
         if quota is not None:
             month = time.gmtime(now)
             since = float(calendar.timegm((month.tm_year, month.tm_mon, 1, 0, 0, 0)))
             used = await self.context.store.usage(subscriber_id, since=since, until=now)
-            over = used.input_octets + used.output_octets >= quota
-            if over:
-                await self.context.store.record_quota_crossing(QuotaCrossing(
-                    subscriber_id, time.strftime("%Y-%m", time.gmtime(now)), now,
-                    used.input_octets + used.output_octets, quota))
+            used_octets = used.input_octets + used.output_octets
+            over = used_octets >= quota
         subject = self.directory.by_id(subscriber_id)  # it may have been replaced meanwhile
         if subject is None or subject.over_quota == over:
             return
+        if over and quota is not None:  # noted once per month (the store ignores a second one)
+            await self.context.store.record_quota_crossing(QuotaCrossing(
+                subscriber_id, time.strftime("%Y-%m", time.gmtime(now)), now, used_octets, quota))
         subject.over_quota = over
         subject.reply_cache.clear()
         log.info("radius.quota." + ("crossed" if over else "reset"), subscriber=subject.subscriber.username,
                  plan=plan.name, action=str(plan.over_quota))
-        # Open sessions move to the profile they would get now (a suspended one stays where it is).
+        # Open sessions move to the profile they would get now (a suspended one stays where it
+        # is), each CoA on its own: a NAS that does not answer must not hold up housekeeping.
         if subject.subscriber.status == SubscriberStatus.ACTIVE:
-            walled = over and plan.over_quota is OverQuota.WALLED_GARDEN
-            await asyncio.gather(*(self._change(s, walled, "over quota" if over else "quota reset")
-                                   for s in self.sessions.of_subscriber(subscriber_id)))
+            walled = self._walled_now(subject)
+            for session in self.sessions.of_subscriber(subscriber_id):
+                self._spawn(self._change(session, walled, "over quota" if over else "quota reset"), "quota-coa")
 
     def _follow(self, record: AccountingRecord, result: AccountingResult, received_at: float) -> None:
         """Keep the open-session view and tell the bus."""
@@ -1069,7 +1084,16 @@ class RadiusService(Service):
         if suspended and not walled_garden:
             await asyncio.gather(*(self._disconnect(s, reason) for s in sessions))
         elif (suspended and reason == "suspended") or (not suspended and (walled_garden or reason == "plan changed")):
-            await asyncio.gather(*(self._change(s, suspended, reason) for s in sessions))
+            walled = self._walled_now(subject)  # a resumed subscriber over a walled quota stays there
+            await asyncio.gather(*(self._change(s, walled, reason) for s in sessions))
+
+    def _walled_now(self, subject: AuthSubject) -> bool:
+        """Whether the subscriber's sessions belong in the walled garden now: suspended under a
+        walled-garden policy, or over a quota whose plan walls rather than throttles."""
+        if subject.subscriber.status == SubscriberStatus.SUSPENDED:
+            return self._walled_garden(subject)
+        plan = subject.plan
+        return subject.over_quota and plan is not None and plan.over_quota is OverQuota.WALLED_GARDEN
 
     async def _disconnect_all(self, subscriber_id: int, reason: str) -> None:
         await asyncio.gather(*(self._disconnect(s, reason) for s in self.sessions.of_subscriber(subscriber_id)))
@@ -1138,7 +1162,7 @@ class RadiusService(Service):
     async def _command_coa(self, args: dict[str, Any]) -> dict[str, Any]:
         session = await self._session_for_command(args)
         subject = self.directory.by_id(session.subscriber_id) if session.subscriber_id is not None else None
-        walled = subject is not None and subject.subscriber.status == SubscriberStatus.SUSPENDED
+        walled = subject is not None and self._walled_now(subject)
         return await self._change(session, walled, str(args.get("reason") or "admin"))
 
 

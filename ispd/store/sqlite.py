@@ -641,6 +641,11 @@ class SQLiteStore(Store):
             "monthly_quota_bytes": monthly_quota_bytes, "over_quota": str(over_quota),
             "over_quota_download_kbps": over_quota_download_kbps, "over_quota_upload_kbps": over_quota_upload_kbps,
         }
+        if (monthly_quota_bytes is not None and OverQuota(over_quota) is OverQuota.THROTTLE
+                and not (over_quota_download_kbps and over_quota_upload_kbps)):
+            # Without both, a throttled subscriber would get no rate limit at all (faster than
+            # the plan), or "0k" (unlimited on MikroTik) one way.
+            raise InvalidValue("a monthly quota that throttles needs the over-quota download and upload rates")
         now = self.clock()
 
         def run(conn: sqlite3.Connection) -> Plan:

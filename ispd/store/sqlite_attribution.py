@@ -33,14 +33,17 @@ def _lease_holdings(conn: sqlite3.Connection, address: str, since: float, until:
         "SELECT * FROM lease_history WHERE address = ? AND starts_at <= ? ORDER BY id", (address, until)).fetchall()
     groups: dict[tuple[object, ...], list[sqlite3.Row]] = {}
     for row in rows:
-        if row["event"] in _NOT_HOLDING:
-            continue
         key = (row["service"], row["starts_at"], row["hw_address"], row["client_id"])
         groups.setdefault(key, []).append(row)
     holdings = []
     for group in groups.values():
+        if all(r["event"] in _NOT_HOLDING for r in group):
+            continue  # declined when offered: never held
         last = group[-1]
-        ends_at = last["expires_at"]
+        # A grant the client then declined (the address was in use): it held nothing from then
+        # on, whatever the grant's expiry said.
+        declined = next((r for r in group if r["event"] in _NOT_HOLDING), None)
+        ends_at = declined["at"] if declined is not None else last["expires_at"]
         if ends_at < since:
             continue
         named = next((r for r in reversed(group) if r["username"] is not None), last)

@@ -659,3 +659,20 @@ def test_keywords_are_kept_searched_copied_and_told_to_other_sessions(lab: Lab) 
     client.delete("Copies")
     client.delete("Tagged")
     client.logout()
+
+
+def test_expunge_removes_a_message_another_session_renamed_meanwhile(lab: Lab) -> None:
+    first, second = lab.login(), lab.login()
+    first.create("Renamed")
+    first.append("Renamed", None, None, b"Subject: going\r\n\r\nbody\r\n")
+    first.select("Renamed")
+    second.select("Renamed")
+    first.store("1", "+FLAGS", "(\\Deleted)")
+    second.store("1", "+FLAGS", "(\\Flagged)")  # renames the file under the first session
+    first.expunge()
+    first.noop()
+    assert first.search(None, "ALL")[1] == [b""]  # gone, and not back at the next look
+    assert not list((lab.root / DOMAIN / "erin" / ".Renamed" / "cur").iterdir())
+    second.logout()
+    first.delete("Renamed")
+    first.logout()

@@ -256,3 +256,24 @@ def test_keywords_get_letters_in_a_dovecot_keywords_table(maildir: Maildir) -> N
     index.keyword_letters([f"k{n}" for n in range(23)], create=True)
     with pytest.raises(TooManyKeywords):
         index.keyword_letters(["one-too-many"], create=True)
+
+
+def test_mail_delivered_in_one_second_gets_uids_in_microsecond_order(maildir: Maildir) -> None:
+    for micros, subject in ((987654, "third"), (99, "first"), (123456, "second")):
+        (maildir.path / "new" / f"1800000000.M{micros}P7Q1.host,S=10").write_text(f"Subject: {subject}\n\nx\n")
+    state = FolderIndex(maildir.path).sync()
+    assert subjects(maildir, state) == ["Subject: first", "Subject: second", "Subject: third"]
+
+
+def test_a_file_brought_in_with_an_old_uid_gets_a_new_one(maildir: Maildir) -> None:
+    for n in range(3):
+        deliver(maildir, f"m{n}", float(n))
+    index = FolderIndex(maildir.path)
+    first = index.sync()
+    expunged = first.messages[0]
+    os.rename(maildir.path / "cur" / expunged.name, maildir.path / expunged.name)  # taken away...
+    forget(maildir.path)
+    assert [m.uid for m in index.sync().messages] == [2, 3]
+    os.rename(maildir.path / expunged.name, maildir.path / "cur" / expunged.name)  # ...and brought back
+    forget(maildir.path)
+    assert [m.uid for m in index.sync().messages] == [2, 3, 4]  # UID 1 is never given again

@@ -220,3 +220,10 @@ async def test_a_plan_keeps_its_quota_and_a_crossing_is_noted_once_a_month(store
     assert await store.quota_crossings("alice") == [crossing]
     audit = (await store.subscriber_overview("alice")).audit
     assert audit[0].action == "subscriber.over_quota" and audit[0].details["month"] == "2027-01"
+
+
+async def test_a_throttling_quota_needs_both_slower_rates(store: Store) -> None:
+    from ispd.store.errors import InvalidValue
+
+    with pytest.raises(InvalidValue, match="over-quota download and upload"):
+        await store.add_plan("leaky", actor="t", monthly_quota_bytes=10**9, over_quota_download_kbps=1000)

@@ -131,3 +131,15 @@ async def test_the_history_cannot_be_rewritten(history: Store, tmp_path: Path) -
     finally:
         conn.close()
     assert [h.username for h in await history.who(ADDRESS, since=T0, until=T0)] == ["alice"]
+
+
+async def test_a_grant_the_client_declined_holds_the_address_only_until_the_decline(history: Store) -> None:
+    address = "198.18.5.11"
+    granted = Lease(address, LeaseState.BOUND, T0, T0 + 86400, hw_address="02:00:00:00:00:ee", subscriber_id=2)
+    await history.record_leases([(granted, "granted")])
+    await history.record_leases([(Lease(address, LeaseState.DECLINED, T0, T0 + 600, hw_address="02:00:00:00:00:ee",
+                                        subscriber_id=2), "declined")])
+    [held] = await history.who(address, since=T0 - 10, until=T0 + 86400)
+    assert held.ends_at is not None and held.ends_at <= T0 + 12000  # the decline's time (the store's clock)
+    assert [e.event for e in held.evidence] == ["granted", "declined"]
+    assert await history.who(address, since=T0 + 50000, until=T0 + 50000) == []

@@ -726,25 +726,36 @@ class IMAPSession(asyncio.Protocol):
         selected, maildir = self.selected, self.maildir
         assert selected is not None and maildir is not None
 
-        def remove() -> None:
+        def remove() -> set[int]:
+            """The UIDs now gone. Each file is looked up under its current name: another session
+            may have renamed it (a flag change) since this one last looked."""
+            current = {m.uid: m.name for m in selected.index.sync().messages}
             cur = maildir.folder_path(selected.folder) / "cur"
+            gone = set()
             for _, message in doomed:
-                try:
-                    (cur / message.name).unlink()
-                except FileNotFoundError:
+                name = current.get(message.uid)
+                if name is None:  # expunged by another session already
+                    gone.add(message.uid)
                     continue
+                try:
+                    (cur / name).unlink()
+                except FileNotFoundError:
+                    continue  # renamed again this very moment: left for the next EXPUNGE
                 maildir.uncount(message.size)
+                gone.add(message.uid)
             mailindex.forget(maildir.folder_path(selected.folder))
+            return gone
 
-        await self._blocking(remove)
-        if announce and self.qresync and doomed:
-            self.send(b"* VANISHED " + uid_set(sorted(m.uid for _, m in doomed)))
+        gone: set[int] = await self._blocking(remove)
+        removed = [(seq, message) for seq, message in doomed if message.uid in gone]
+        if announce and self.qresync and removed:
+            self.send(b"* VANISHED " + uid_set(sorted(m.uid for _, m in removed)))
             announce = False
-        for seq, message in sorted(doomed, key=lambda pair: -pair[0]):
+        for seq, message in sorted(removed, key=lambda pair: -pair[0]):
             if announce:
                 self.send(b"* %d EXPUNGE" % seq)
             selected.messages.remove(message)
-        if doomed:
+        if removed:
             self.service.notify_imap(maildir.path, selected.folder)
 
     def _numbers(self, sequence: SequenceSet, uid: bool) -> list[int]:
