@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -137,6 +138,55 @@ class DynamicResult(BaseModel):
 
 
 DNSView = Callable[[int], Awaitable[dict[str, Any] | None]]
+MAX_BODY_BYTES = 64 * 1024  # the largest request any route takes is a few hundred bytes
+
+
+class _Guard:
+    """ASGI middleware: the bearer token (when the listener needs one) and a cap on the request
+    body, before the application sees the request."""
+
+    def __init__(self, app: Any, expected: bytes | None, max_body: int) -> None:
+        self.app, self.expected, self.max_body = app, expected, max_body
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        if self.expected is not None and not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
+            await _answer(send, 401, "a valid bearer token is needed", [(b"www-authenticate", b"Bearer")])
+            return
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            await _answer(send, 413, f"a request body may have at most {self.max_body} bytes")
+            return
+        received, answered = 0, False
+
+        async def counted() -> dict[str, Any]:
+            # Chunked, without a Content-Length: counted as it comes; past the cap the client
+            # gets 413 at once and the application a disconnect (whatever it answers is dropped).
+            nonlocal received, answered
+            message: dict[str, Any] = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body and not answered:
+                answered = True
+                await _answer(send, 413, f"a request body may have at most {self.max_body} bytes")
+                return {"type": "http.disconnect"}
+            return message
+
+        async def unless_answered(message: dict[str, Any]) -> None:
+            if not answered:
+                await send(message)
+
+        await self.app(scope, counted, unless_answered)
+
+
+async def _answer(send: Any, status: int, detail: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *(extra or [])]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _actor(request: Request) -> str:
@@ -152,17 +202,14 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
               token: str | None = None, dns_view: DNSView | None = None) -> FastAPI:
     """The API over ``store``; with ``token``, every request must carry it (TCP listeners).
     ``current_config``: the daemon's config as it is now (a reload changes it)."""
-    expected = f"Bearer {token}".encode() if token is not None else b""
-
-    async def authorized(request: Request) -> None:
-        given = request.headers.get("authorization", "").encode("utf-8", "surrogateescape")
-        if token is not None and not hmac.compare_digest(given, expected):
-            raise HTTPException(401, "a valid bearer token is needed", headers={"WWW-Authenticate": "Bearer"})
-
-    app = FastAPI(title="ispd admin API", version=__version__, dependencies=[Depends(authorized)],
+    app = FastAPI(title="ispd admin API", version=__version__,
                   description="Subscribers, plans, reservations, mailboxes, sessions, leases, attribution and "
                               "usage of one ispd store. Changes are audited and reach the running services "
                               "at once.")
+    # The token and the body's size are checked before anything reads the body: a client
+    # without the token, or with a huge body, costs no memory.
+    app.add_middleware(_Guard, expected=f"Bearer {token}".encode() if token is not None else None,
+                       max_body=MAX_BODY_BYTES)
 
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
@@ -350,8 +397,6 @@ class _NoStore:  # only the routes' signatures are read to describe them
 
 def main() -> None:
     """``python -m ispd.admin.app > docs/openapi.json``: the committed document, regenerated."""
-    import json
-
     print(json.dumps(openapi_document(), indent=1, sort_keys=True))
 
 

@@ -50,6 +50,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     with IspdProcess(workdir, config) as ispd:
         ispd.start()
         yield Api(ispd, workdir / "admin.sock", port)
+        assert "Traceback" not in ispd.log_text()
 
 
 def test_the_socket_is_private_and_tcp_needs_the_token(api: Api) -> None:
@@ -59,6 +60,26 @@ def test_the_socket_is_private_and_tcp_needs_the_token(api: Api) -> None:
     assert status == 401 and "bearer token" in body["detail"]
     assert api.call("GET", "/v1/subscribers", tcp=True, token="wrong-token-but-long-enough")[0] == 401
     assert api.call("GET", "/v1/subscribers", tcp=True, token=TOKEN)[0] == 200
+    assert api.call("GET", "/openapi.json", tcp=True)[0] == 401  # nothing without the token on TCP
+
+
+def test_a_huge_body_is_refused_before_it_is_read(api: Api, tmp_path: Path) -> None:
+    huge = tmp_path / "huge.json"
+    huge.write_text('{"username": "' + "x" * (2 * 1024 * 1024) + '"}')
+
+    def post(*where: str, token: str | None = None) -> str:
+        auth = ["-H", f"Authorization: Bearer {token}"] if token else []
+        return subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", *auth,
+                               "-H", "content-type: application/json", "--data-binary", f"@{huge}", *where],
+                              capture_output=True, text=True, timeout=30).stdout
+
+    tcp = f"http://127.0.0.1:{api.tcp}/v1/subscribers"
+    assert post(tcp) == "401"  # no token: refused before the body is read
+    assert post(tcp, token=TOKEN) == "413"
+    assert post("--unix-socket", str(api.socket), "http://ispd/v1/subscribers") == "413"
+    # Chunked, with no Content-Length to go by: counted as it comes.
+    assert post("--unix-socket", str(api.socket), "-H", "Transfer-Encoding: chunked",
+                "http://ispd/v1/subscribers") == "413"
 
 
 def test_a_subscriber_s_life_through_the_api_is_audited_and_seen_by_the_cli(api: Api) -> None:
