@@ -4,6 +4,7 @@ tree, and ispd run as a daemon under test."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -114,6 +115,24 @@ def udp_rcvbuf_errors_in(snmp: str) -> int:
 def raise_exit(signum: int, frame: object) -> None:
     """A signal handler: SIGTERM/SIGHUP unwind like Ctrl-C, so cleanup code runs."""
     raise SystemExit(128 + signum)
+
+
+def stop_all_on_exit() -> None:
+    """Every server started is stopped at exit, also after SIGTERM or SIGHUP."""
+    atexit.register(stop_all)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, raise_exit)
+
+
+def split_cpus(no_pin: bool, server: str, generator: str) -> tuple[tuple[str | None, str | None], str]:
+    """((the servers' cpu list, the load generator's cpu), a line that says so): the last usable
+    core for the generator, the others for the servers; nothing pinned with --no-pin or one core.
+    ``server`` and ``generator`` name them in that line."""
+    usable = sorted(os.sched_getaffinity(0))
+    if no_pin or len(usable) < 2:
+        return (None, None), "not pinned"
+    server_cpus = ",".join(map(str, usable[:-1]))
+    return (server_cpus, str(usable[-1])), f"{server} on cpu {server_cpus}, {generator} on cpu {usable[-1]}"
 
 
 def require(script: str, problems: list[str], tools: tuple[str, ...]) -> None:

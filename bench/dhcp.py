@@ -55,6 +55,7 @@ from bench.common import (  # noqa: E402
     machine_summary,
     raise_exit,
     require,
+    split_cpus,
     udp_rcvbuf_errors_in,
 )
 from tests.lab.netns import Lab  # noqa: E402
@@ -532,18 +533,11 @@ def main() -> None:
     Kea.threads = args.kea_threads
     preflight(names)
 
-    usable = sorted(os.sched_getaffinity(0))
-    if args.no_pin or len(usable) < 2:
-        cpus: tuple[str | None, str | None] = (None, None)
-        pinning = "not pinned"
-    else:
-        server_cpus = ",".join(map(str, usable[:-1]))
-        cpus = (server_cpus, str(usable[-1]))
-        pinning = f"server on cpu {server_cpus}, perfdhcp on cpu {usable[-1]}"
+    cpus, pinning = split_cpus(args.no_pin, "server", "perfdhcp")
 
     lab = Lab()
     atexit.register(lab.close)  # registered first, runs last: after the servers are stopped
-    atexit.register(stop_all)
+    atexit.register(stop_all)  # this script's own servers (not bench.common's registry)
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, raise_exit)
 

@@ -33,12 +33,10 @@ stopped at exit, also on an error, Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -57,9 +55,10 @@ from bench.common import (  # noqa: E402
     ServerFailed,
     cpu_seconds,
     machine_summary,
-    raise_exit,
     require,
+    split_cpus,
     stop_all,
+    stop_all_on_exit,
     udp_rcvbuf_errors,
 )
 from tests.lab.certs import issue  # noqa: E402
@@ -447,18 +446,9 @@ def main() -> None:
     names = [args.only] if args.only else ["ispd", "unbound"]
     preflight(names)
 
-    usable = sorted(os.sched_getaffinity(0))
-    if args.no_pin or len(usable) < 2:
-        cpus: tuple[str | None, str | None] = (None, None)
-        pinning = "not pinned"
-    else:
-        server_cpus = ",".join(map(str, usable[:-1]))
-        cpus = (server_cpus, str(usable[-1]))
-        pinning = f"resolver on cpu {server_cpus}, dnsperf and the NSD servers on cpu {usable[-1]}"
+    cpus, pinning = split_cpus(args.no_pin, "resolver", "dnsperf and the NSD servers")
 
-    atexit.register(stop_all)
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, raise_exit)
+    stop_all_on_exit()
 
     root = Path(tempfile.mkdtemp(prefix="ispd-bench-dns-"))
     certificates = issue(root / "tls", "localhost", name="server")  # dnsperf does not verify it

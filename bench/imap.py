@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import contextlib
 import json
 import os
@@ -53,7 +52,6 @@ import random
 import re
 import resource
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
@@ -76,9 +74,10 @@ from bench.common import (  # noqa: E402
     greets,
     ispd_cli,
     machine_summary,
-    raise_exit,
     require,
+    split_cpus,
     stop_all,
+    stop_all_on_exit,
 )
 from bench.mail import Daemon, tail  # noqa: E402
 from tests.lab.certs import issue  # noqa: E402
@@ -691,18 +690,9 @@ def main() -> None:
     DovecotProcess.extra = tuple(args.dovecot_setting)
     preflight(names)
 
-    usable = sorted(os.sched_getaffinity(0))
-    if args.no_pin or len(usable) < 2:
-        cpus: tuple[str | None, str | None] = (None, None)
-        pinning = "not pinned"
-    else:
-        server_cpus = ",".join(map(str, usable[:-1]))
-        cpus = (server_cpus, str(usable[-1]))
-        pinning = f"servers on cpu {server_cpus}, the load generator (this script) on cpu {usable[-1]}"
+    cpus, pinning = split_cpus(args.no_pin, "servers", "the load generator (this script)")
 
-    atexit.register(stop_all)
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, raise_exit)
+    stop_all_on_exit()
 
     args.dir.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="ispd-bench-imap-", dir=args.dir))

@@ -49,13 +49,11 @@ directories go under --dir.
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import json
 import os
 import pwd
 import shutil
-import signal
 import smtplib
 import socket
 import subprocess
@@ -79,9 +77,10 @@ from bench.common import (  # noqa: E402
     greets,
     ispd_cli,
     machine_summary,
-    raise_exit,
     require,
+    split_cpus,
     stop_all,
+    stop_all_on_exit,
 )
 from tests.lab.dnshier import _death_signal, _terminate  # noqa: E402
 from tests.lab.ports import free_tcp_port, free_udp_port  # noqa: E402
@@ -657,18 +656,9 @@ def main() -> None:
     PostfixDovecotStack.main_cf_extra = tuple(args.postconf)
     preflight(names)
 
-    usable = sorted(os.sched_getaffinity(0))
-    if args.no_pin or len(usable) < 2:
-        cpus: tuple[str | None, str | None] = (None, None)
-        pinning = "not pinned"
-    else:
-        server_cpus = ",".join(map(str, usable[:-1]))
-        cpus = (server_cpus, str(usable[-1]))
-        pinning = f"server on cpu {server_cpus}, smtp-source and the bench on cpu {usable[-1]}"
+    cpus, pinning = split_cpus(args.no_pin, "server", "smtp-source and the bench")
 
-    atexit.register(stop_all)
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, raise_exit)
+    stop_all_on_exit()
 
     args.dir.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="ispd-bench-mail-", dir=args.dir))

@@ -42,12 +42,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import json
 import os
 import re
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -68,9 +66,10 @@ from bench.common import (  # noqa: E402
     ServerFailed,
     cpu_seconds,
     machine_summary,
-    raise_exit,
     require,
+    split_cpus,
     stop_all,
+    stop_all_on_exit,
     udp_rcvbuf_errors,
 )
 from bench.radload import ACCESS_ACCEPT, ACCESS_REJECT, DEFAULT_PASSWORD, Report, bench_users, load  # noqa: E402
@@ -466,18 +465,9 @@ def main() -> None:
         skipped.append("freeradius-sql skipped: rlm_sql_sqlite.so is not installed")
     preflight(names)
 
-    usable = sorted(os.sched_getaffinity(0))
-    if args.no_pin or len(usable) < 2:
-        cpus: tuple[str | None, str | None] = (None, None)
-        pinning = "not pinned"
-    else:
-        server_cpus = ",".join(map(str, usable[:-1]))
-        cpus = (server_cpus, str(usable[-1]))
-        pinning = f"server on cpu {server_cpus}, radload on cpu {usable[-1]}"
+    cpus, pinning = split_cpus(args.no_pin, "server", "radload")
 
-    atexit.register(stop_all)
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, raise_exit)
+    stop_all_on_exit()
 
     args.dir.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="ispd-bench-radius-", dir=args.dir))
