@@ -42,13 +42,13 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import pytest
-import trustme
 from aioquic.asyncio.client import connect
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import ConnectionTerminated, QuicEvent
 from aioquic.quic.packet import QuicErrorCode
 from aioquic.tls import SessionTicket
 
+from tests.lab.certs import Certificates, issue
 from tests.lab.ports import free_tcp_port, free_udp_port
 from tests.lab.process import ISPD, IspdProcess, base_config, eventually
 from tests.lab.quicclient import StreamResetByServer, _Client, _Pending, doq_exchange, h3_request
@@ -72,24 +72,12 @@ PADDING_BLOCK = 468
 # --- certificates ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Certs:
-    ca: Path  # the CA certificate, for clients
-    certificate: Path  # the server's chain, leaf first
-    private_key: Path
+Certs = Certificates  # the CA (for clients), the server's chain (leaf first) and its key
 
 
 def make_certs(directory: Path, name: str = "server") -> Certs:
     """A fresh CA and a certificate from it for dns.isp.test and 127.0.0.1."""
-    directory.mkdir(parents=True, exist_ok=True)
-    ca = trustme.CA()
-    issued = ca.issue_cert(SERVER_NAME, "127.0.0.1")
-    certs = Certs(directory / f"{name}-ca.pem", directory / f"{name}.pem", directory / f"{name}.key")
-    ca.cert_pem.write_to_path(str(certs.ca))
-    for index, pem in enumerate(issued.cert_chain_pems):
-        pem.write_to_path(str(certs.certificate), append=index > 0)
-    issued.private_key_pem.write_to_path(str(certs.private_key))
-    return certs
+    return issue(directory, SERVER_NAME, name=name)
 
 
 # --- a black hole for everything that is not local -----------------------------------------------
