@@ -656,6 +656,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     json_opt = argparse.ArgumentParser(add_help=False)
     json_opt.add_argument("--json", action="store_true", help="print JSON instead of text")
+    export_opts = argparse.ArgumentParser(add_help=False)  # reports that billing and lawyers take away
+    export = export_opts.add_mutually_exclusive_group()
+    export.add_argument("--json", action="store_true", help="print JSON instead of text")
+    export.add_argument("--csv", action="store_true", help="print CSV: one row per line of the report")
     password_opts = argparse.ArgumentParser(add_help=False)
     group = password_opts.add_mutually_exclusive_group()
     group.add_argument("--password-stdin", action="store_true", help="read the password from one line of stdin")
@@ -788,7 +792,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_lease_show)
 
     p = top.add_parser(
-        "usage", parents=[config_opts],
+        "usage", parents=[config_opts, export_opts],
         help="what subscribers used, from RADIUS accounting: per day for one, totals for all (billing)",
         description="Octets from and to the subscriber and time online, from RADIUS accounting, per UTC day "
                     "for one SUBSCRIBER, or one line per subscriber with the totals when none is named "
@@ -797,13 +801,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--month", type=month, help="e.g. 2026-11")
     p.add_argument("--from", dest="since", type=moment, metavar="TIME", help="start of a span")
     p.add_argument("--to", dest="until", type=moment, metavar="TIME", help="end of a span (default: now)")
-    output = p.add_mutually_exclusive_group()
-    output.add_argument("--json", action="store_true", help="print JSON instead of text")
-    output.add_argument("--csv", action="store_true", help="print CSV")
     p.set_defaults(handler=cmd_usage)
 
     p = top.add_parser(
-        "who", parents=[config_opts],
+        "who", parents=[config_opts, export_opts],
         help="which subscriber held an address at a time (or over a span), with the evidence",
         description="Which subscriber held ADDRESS at a moment (--at) or at any time in a span (--from, --to), "
                     "from the DHCP lease history and the RADIUS sessions, with the stored rows that show it. "
@@ -813,9 +814,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--at", type=moment, metavar="TIME", help="one moment")
     p.add_argument("--from", dest="since", type=moment, metavar="TIME", help="start of a span (default: the oldest)")
     p.add_argument("--to", dest="until", type=moment, metavar="TIME", help="end of a span (default: now)")
-    output = p.add_mutually_exclusive_group()
-    output.add_argument("--json", action="store_true", help="print JSON instead of text")
-    output.add_argument("--csv", action="store_true", help="print CSV: one row per holding")
     p.set_defaults(handler=cmd_who)
 
     dns = top.add_parser("dns", help="the DNS resolver").add_subparsers(dest="action", required=True)
