@@ -72,7 +72,7 @@ from ispd.store.models import (
     SuspendedMail,
     Usage,
 )
-from ispd.store.sqlite_addresses import lease_from_row
+from ispd.store.sqlite_addresses import lease_from_row, username_of
 from ispd.store.sqlite_mail import find_mailbox, insert_mailbox, mail_recipient, mailbox_from_row
 from ispd.store.sqlite_radius import (
     SESSION_COLUMNS,
@@ -466,11 +466,6 @@ def _find_plan(conn: sqlite3.Connection, ref: int | str) -> sqlite3.Row:
         raise NotFound(f"no plan {ref!r}")
     found: sqlite3.Row = row
     return found
-
-
-def _username_or_none(conn: sqlite3.Connection, subscriber_id: int) -> str | None:
-    row = conn.execute("SELECT username FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
-    return row[0] if row else None
 
 
 def _append_audit(conn: sqlite3.Connection, at: float, actor: str, action: str, kind: str,
@@ -1191,7 +1186,7 @@ class SQLiteStore(Store):
             if not cursor.rowcount:
                 return False
             _append_audit(conn, crossing.crossed_at, "ispd", "subscriber.over_quota", "subscriber",
-                          crossing.subscriber_id, _username_or_none(conn, crossing.subscriber_id),
+                          crossing.subscriber_id, username_of(conn, crossing.subscriber_id),
                           {"month": crossing.month, "used": crossing.used_octets, "quota": crossing.quota_bytes})
             return True
 

@@ -60,7 +60,7 @@ def refused_dhcp_writes(conn: sqlite3.Connection, addresses: Sequence[str], now:
     return refused
 
 
-def _username(conn: sqlite3.Connection, subscriber_id: int | None) -> str | None:
+def username_of(conn: sqlite3.Connection, subscriber_id: int | None) -> str | None:
     if subscriber_id is None:
         return None
     row = conn.execute("SELECT username FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
@@ -75,7 +75,7 @@ def record_leases(conn: sqlite3.Connection, changes: Sequence[tuple[Lease, str]]
     for lease, event in changes:
         sid = lease.subscriber_id
         if sid is not None and sid not in usernames:
-            usernames[sid] = _username(conn, sid)
+            usernames[sid] = username_of(conn, sid)
         username = usernames.get(sid) if sid is not None else None
         values = (lease.address, str(lease.state), lease.starts_at, lease.expires_at, lease.hw_address,
                   lease.client_id, lease.hostname, sid if username else None, lease.circuit_id, lease.remote_id,
