@@ -737,3 +737,27 @@ def a_rdata(address: str) -> bytes:
 
 def aaaa_rdata(address: str) -> bytes:
     return IPv6Address(address).packed
+
+
+def canonical_rdata(rtype: int, rdata: bytes) -> bytes:
+    """``rdata`` in DNSSEC canonical form (RFC 4034 §6.2 as amended by RFC 6840 §5.1): the
+    names inside the rdata of the RFC 1035-era types lowercased. Our rdata already holds those
+    names uncompressed."""
+    layout = _RDATA_NAMES.get(rtype)
+    if layout is None:
+        return rdata
+    out = bytearray()
+    offset = 0
+    for part in layout:
+        if part == "n":
+            end = offset
+            while rdata[end]:
+                end += rdata[end] + 1
+            out += rdata[offset:end + 1].lower()
+            offset = end + 1
+        else:
+            assert isinstance(part, int)
+            out += rdata[offset:offset + part]
+            offset += part
+    out += rdata[offset:]
+    return bytes(out)

@@ -1,0 +1,244 @@
+"""DNSSEC primitives against zones signed by BIND's dnssec-signzone (an independent signer)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import dns.name
+import dns.rdatatype
+import dns.zone
+import pytest
+
+from ispd.dns import dnssec
+from ispd.dns.dnssec import Denial, EDE
+from ispd.dns.wire import RR, RRType, name_from_text
+
+ZONE = """$ORIGIN example.test.
+$TTL 3600
+@ IN SOA ns1 hostmaster 1 3600 900 604800 300
+@ IN NS ns1
+ns1 IN A 198.18.0.53
+www IN A 198.18.0.1
+www IN A 198.18.0.2
+Mixed IN MX 10 Mail.Example.Test.
+alias IN CNAME www
+*.wild IN A 198.18.0.3
+deep.ent.sub IN TXT "below an empty non-terminal"
+child IN NS ns.child
+ns.child IN A 198.18.0.54
+"""
+
+
+@dataclass
+class Signed:
+    origin: bytes
+    records: list[RR]
+    keys: list[dnssec.DNSKEY]
+    ds_text: str
+
+    def rrset(self, name: str, rtype: int) -> tuple[list[bytes], list[dnssec.RRSIG]]:
+        owner = name_from_text(name)
+        rdatas = [rr.rdata for rr in self.records if rr.name == owner and rr.rtype == rtype]
+        sigs = [dnssec.parse_rrsig(rr.rdata) for rr in self.records if rr.name == owner
+                and rr.rtype == RRType.RRSIG and dnssec.parse_rrsig(rr.rdata).type_covered == rtype]
+        return rdatas, sigs
+
+    def of_type(self, rtype: int) -> list[RR]:
+        return [rr for rr in self.records if rr.rtype == rtype]
+
+
+def _sign(tmp: Path, algorithm: str, *, nsec3: bool = False, opt_out: bool = False, window: tuple[str, str] | None = None) -> Signed:
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "zone").write_text(ZONE)
+    key = subprocess.run(["dnssec-keygen", "-q", "-K", str(tmp), "-a", algorithm, "-f", "KSK", "example.test"],
+                         check=True, capture_output=True, text=True).stdout.strip()
+    zsk = subprocess.run(["dnssec-keygen", "-q", "-K", str(tmp), "-a", algorithm, "example.test"],
+                         check=True, capture_output=True, text=True).stdout.strip()
+    with (tmp / "zone").open("a") as zone:
+        for name in (key, zsk):
+            zone.write((tmp / f"{name}.key").read_text())
+    args = ["dnssec-signzone", "-q", "-K", str(tmp), "-o", "example.test", "-d", str(tmp), "-f", str(tmp / "signed")]
+    if nsec3:
+        args += ["-3", "aabbccdd", "-H", "0"] + (["-A"] if opt_out else [])
+    if window:
+        args += ["-s", window[0], "-e", window[1]]
+    subprocess.run([*args, str(tmp / "zone")], check=True, capture_output=True)
+    zone = dns.zone.from_file(str(tmp / "signed"), origin="example.test.", relativize=False)
+    records = []
+    for name, rdataset in zone.iterate_rdatasets():
+        for rdata in rdataset:
+            wire = rdata.to_digestable(dns.name.root) if rdata.rdtype != dns.rdatatype.RRSIG else \
+                rdata.to_wire(origin=dns.name.root)
+            records.append(RR(name.to_wire().lower(), rdata.rdtype, 1, rdataset.ttl, wire))
+    keys = [dnssec.parse_dnskey(rr.rdata) for rr in records if rr.rtype == RRType.DNSKEY]
+    ds_text = (tmp / "dsset-example.test.").read_text()
+    return Signed(name_from_text("example.test"), records, keys, ds_text)
+
+
+NOW = int(time.time())
+
+
+@pytest.fixture(scope="module", params=["ECDSAP256SHA256", "RSASHA256", "ED25519", "ECDSAP384SHA384",
+                                        "RSASHA512", "ED448"])
+def signed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Signed:
+    return _sign(tmp_path_factory.mktemp(request.param), request.param)
+
+
+@pytest.fixture(scope="module", params=["nsec", "nsec3", "nsec3-opt-out"])
+def denying(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Signed]:
+    variant = request.param
+    return variant, _sign(tmp_path_factory.mktemp(variant), "ECDSAP256SHA256", nsec3=variant != "nsec",
+                          opt_out=variant == "nsec3-opt-out")
+
+
+def test_every_rrset_verifies(signed: Signed) -> None:
+    owners_types = {(rr.name, rr.rtype) for rr in signed.records if rr.rtype != RRType.RRSIG}
+    checked = 0
+    for owner, rtype in owners_types:
+        rdatas, sigs = signed.rrset(_text(owner), rtype)
+        if not sigs:  # delegation NS and glue are not signed
+            continue
+        result = dnssec.verify_rrset(owner, rtype, rdatas, sigs, signed.keys, signed.origin, NOW)
+        assert result.ok, (owner, rtype, result.failure)
+        checked += 1
+    assert checked >= 8
+
+
+def test_canonical_form_ignores_case_and_order(signed: Signed) -> None:
+    rdatas, sigs = signed.rrset("mixed.example.test", RRType.MX)
+    upper = [r.upper() for r in rdatas]  # the MX target's case does not matter (RFC 4034 §6.2)
+    assert dnssec.verify_rrset(name_from_text("mixed.example.test"), RRType.MX, upper, sigs, signed.keys,
+                               signed.origin, NOW).ok
+    rdatas, sigs = signed.rrset("www.example.test", RRType.A)
+    assert dnssec.verify_rrset(name_from_text("www.example.test"), RRType.A, list(reversed(rdatas)) * 2, sigs,
+                               signed.keys, signed.origin, NOW).ok
+
+
+def test_tampered_data_and_wrong_keys_fail(signed: Signed) -> None:
+    owner = name_from_text("www.example.test")
+    rdatas, sigs = signed.rrset("www.example.test", RRType.A)
+    forged = [b"\xc6\x12\x00\x63", *rdatas[1:]]
+    result = dnssec.verify_rrset(owner, RRType.A, forged, sigs, signed.keys, signed.origin, NOW)
+    assert not result.ok and result.failure == EDE.DNSSEC_BOGUS
+    result = dnssec.verify_rrset(owner, RRType.A, rdatas, sigs, [], signed.origin, NOW)
+    assert not result.ok and result.failure == EDE.DNSKEY_MISSING
+    result = dnssec.verify_rrset(owner, RRType.A, rdatas, [], signed.keys, signed.origin, NOW)
+    assert not result.ok and result.failure == EDE.RRSIGS_MISSING
+    # Another name's signature does not cover this one.
+    other, other_sigs = signed.rrset("ns1.example.test", RRType.A)
+    assert not dnssec.verify_rrset(owner, RRType.A, other, other_sigs, signed.keys, signed.origin, NOW).ok
+
+
+def test_validity_window(signed: Signed) -> None:
+    owner = name_from_text("www.example.test")
+    rdatas, sigs = signed.rrset("www.example.test", RRType.A)
+    sig = sigs[0]
+    late = sig.expiration + dnssec.CLOCK_SKEW + 10
+    assert dnssec.verify_rrset(owner, RRType.A, rdatas, sigs, signed.keys, signed.origin, late).failure \
+        == EDE.SIGNATURE_EXPIRED
+    early = sig.inception - dnssec.CLOCK_SKEW - 10
+    assert dnssec.verify_rrset(owner, RRType.A, rdatas, sigs, signed.keys, signed.origin, early).failure \
+        == EDE.SIGNATURE_NOT_YET_VALID
+    assert dnssec.verify_rrset(owner, RRType.A, rdatas, sigs, signed.keys, signed.origin,
+                               sig.expiration + dnssec.CLOCK_SKEW - 10).ok
+
+
+def test_wildcard_expansion_verifies_under_the_expanded_name(signed: Signed) -> None:
+    rdatas, sigs = signed.rrset("*.wild.example.test", RRType.A)
+    expanded = name_from_text("a.b.wild.example.test")
+    result = dnssec.verify_rrset(expanded, RRType.A, rdatas, sigs, signed.keys, signed.origin, NOW)
+    assert result.ok and result.sig is not None and result.sig.labels == 3
+    nsecs = _proof(signed)
+    assert dnssec.wildcard_expansion(expanded, result.sig.labels, nsecs) == Denial.SECURE
+    # www exists: an NSEC cannot say it does not (a forged expansion over a real name).
+    assert dnssec.wildcard_expansion(name_from_text("www.example.test"), 2, nsecs) == Denial.BOGUS
+
+
+def test_key_tags_and_ds_match_bind(signed: Signed) -> None:
+    anchors = dnssec.parse_trust_anchors(signed.ds_text)
+    assert len(anchors) == 1 and anchors[0].zone == signed.origin
+    ksk = [k for k in signed.keys if k.flags & dnssec.DNSKEY_SEP]
+    assert ksk and all(anchors[0].trusts(k) for k in ksk)
+    assert not any(anchors[0].trusts(k) for k in signed.keys if not k.flags & dnssec.DNSKEY_SEP)
+    # DNSKEY form of the same anchor.
+    dnskey_text = "\n".join(f"example.test. 3600 IN DNSKEY {k.flags} 3 {k.algorithm} "
+                            f"{__import__('base64').b64encode(k.public_key).decode()}" for k in ksk)
+    assert dnssec.parse_trust_anchors(dnskey_text)[0].trusts(ksk[0])
+
+
+def _proof(signed: Signed) -> list[RR]:
+    return signed.of_type(RRType.NSEC) + signed.of_type(RRType.NSEC3)
+
+
+def test_denials(denying: tuple[str, Signed]) -> None:
+    variant, zone = denying
+    proof = _proof(zone)
+    n = name_from_text
+    # Unbound's rule: an NXDOMAIN whose next closer name lies in an opt-out span proves nothing
+    # (an unsigned delegation could be there), so it is insecure.
+    nxdomain = Denial.INSECURE if variant == "nsec3-opt-out" else Denial.SECURE
+    assert dnssec.denial(n("nope.example.test"), RRType.A, True, proof) == nxdomain
+    assert dnssec.denial(n("www.example.test"), RRType.AAAA, False, proof) == Denial.SECURE
+    assert dnssec.denial(n("www.example.test"), RRType.A, False, proof) == Denial.BOGUS  # it has A
+    assert dnssec.denial(n("alias.example.test"), RRType.A, False, proof) == Denial.BOGUS  # a CNAME
+    assert dnssec.denial(n("www.example.test"), RRType.A, True, proof) == Denial.BOGUS  # www exists
+    assert dnssec.denial(n("ent.sub.example.test"), RRType.A, False, proof) == Denial.SECURE  # empty non-terminal
+    assert dnssec.denial(n("x.wild.example.test"), RRType.TXT, False, proof) == Denial.SECURE  # wildcard NODATA
+    # Under the wildcard a name exists (it matches), so an NXDOMAIN proof must fail.
+    assert dnssec.denial(n("x.wild.example.test"), RRType.A, True, proof) == Denial.BOGUS
+    assert dnssec.wildcard_expansion(n("a.b.wild.example.test"), 3, proof) == Denial.SECURE
+    assert dnssec.wildcard_expansion(n("www.example.test"), 2, proof) == Denial.BOGUS
+    no_ds = dnssec.denial(n("child.example.test"), RRType.DS, False, proof)
+    if variant == "nsec3-opt-out":
+        assert no_ds == Denial.INSECURE  # the unsigned delegation has no NSEC3 of its own
+    else:
+        assert no_ds == Denial.SECURE  # an NSEC(3) at the delegation: NS, no DS
+    assert dnssec.denial(n("nope.example.test"), RRType.A, True, []) == Denial.BOGUS
+
+
+def test_nsec3_hash_matches_rfc5155_appendix_a() -> None:
+    # RFC 5155 Appendix A: H(example) with salt aabbccdd, 12 iterations.
+    digest = dnssec.nsec3_hash(name_from_text("example"), bytes.fromhex("aabbccdd"), 12)
+    assert __import__("base64").b32hexencode(digest).decode().lower() == "0p9mhaveqvm6t7vbl5lop2u3t2rp3tom"
+
+
+def test_key_tag_matches_rfc4034_appendix_c() -> None:
+    # RFC 4034 §5.4's example DS: key tag 60485 of dskey.example.com's key.
+    key = __import__("base64").b64decode(
+        "AQOeiiR0GOMYkDshWoSKz9XzfwJr1AYtsmx3TGkJaNXVbfi/2pHm822aJ5iI9BMzNXxeYCmZ"
+        "DRD99WYwYqUSdjMmmAphXdvxegXd/M5+X7OrzKBaMbCVdFLUUh6DhweJBjEVv5f2wwjM9Xzc"
+        "nOf+EPbtG9DMBmADjFDc2w/rljwvFw==")
+    rdata = bytes.fromhex("0100") + bytes([3, 5]) + key
+    assert dnssec.key_tag(rdata) == 60485
+    ds = dnssec.DS(60485, 5, 1, bytes.fromhex("2BB183AF5F22588179A53B0A98631FAD1A292118"))
+    assert dnssec.ds_matches(name_from_text("dskey.example.com"), ds, dnssec.parse_dnskey(rdata))
+
+
+def test_malformed_records_raise_dnssec_error() -> None:
+    for parse in (dnssec.parse_dnskey, dnssec.parse_ds, dnssec.parse_rrsig):
+        with pytest.raises(dnssec.DNSSECError):
+            parse(b"\x00\x01")
+    with pytest.raises(dnssec.DNSSECError):
+        dnssec.parse_rrsig(bytes(18) + b"\x05ab")
+    with pytest.raises(dnssec.DNSSECError):
+        dnssec.parse_nsec3(b"\x02zz\x00", b"\x01\x00\x00\x00\x04ab")
+    # A malformed key never verifies, never raises.
+    bad = dnssec.DNSKEY(257, 3, 13, b"\x01\x02", 0, b"")
+    assert not dnssec.verify_signature(bad, b"x" * 64, b"data")
+
+
+def test_trust_anchor_file_errors_name_the_line() -> None:
+    with pytest.raises(ValueError, match="line 2"):
+        dnssec.parse_trust_anchors(". IN DS 1 8 2 AB\n. IN DS x 8 2 AB\n")
+    with pytest.raises(ValueError, match="DS or DNSKEY"):
+        dnssec.parse_trust_anchors(". IN A 1.2.3.4\n")
+    anchors = dnssec.parse_trust_anchors("; the root\n. 86400 IN DS 20326 8 2 (\n E06D44B8 0B8F1D39 )\n")
+    assert anchors[0].ds[0].key_tag == 20326 and anchors[0].ds[0].digest == bytes.fromhex("E06D44B80B8F1D39")
+
+
+def _text(name: bytes) -> str:
+    from ispd.dns.wire import name_to_text
+    return name_to_text(name)
