@@ -1,13 +1,19 @@
 """The lab's DNS hierarchy is what the resolver tests think it is: referrals, glue (and its
-absence), lame and dead servers as described, and every case of ``EXPECTATIONS`` answered that
-way by Unbound iterating from the lab's root hints (the reference resolver).
+absence), lame and dead servers as described, signed zones as described, and every case of
+``expectations()`` answered that way by Unbound iterating from the lab's root hints (the reference
+resolver); every case of ``dnssec_expectations()`` so by Unbound validating from the lab's trust
+anchor, and judged the same by BIND's delv.
 """
 
 from __future__ import annotations
 
+import re
+import shutil
 import socket
+import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import dnslib
@@ -16,6 +22,7 @@ import pytest
 from tests.lab.dnshier import (
     BIG_TXT_STRINGS,
     SERVERS,
+    SIGNED,
     Delay,
     DNSHierarchy,
     Expectation,
@@ -23,11 +30,24 @@ from tests.lab.dnshier import (
     Send,
     Unbound,
     dig,
+    dnssec_expectations,
     expectations,
     make_reply,
 )
 
 CASES = expectations()  # the base only changes the address of ns1.nic.test: ids and names hold for any
+DNSSEC_CASES = dnssec_expectations()
+ALGORITHMS = {"RSASHA256": 8, "RSASHA512": 10, "ECDSAP256SHA256": 13, "ECDSAP384SHA384": 14, "ED25519": 15}
+
+
+@pytest.fixture(scope="module")
+def validating_unbound(dns_hierarchy: DNSHierarchy, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Unbound]:
+    """Unbound validating from the lab's trust anchor (the root's DS records)."""
+    if shutil.which("unbound") is None:
+        pytest.skip("unbound not installed (tools/setup --test installs it)")
+    with Unbound(dns_hierarchy.root_hints_path, Path(tmp_path_factory.mktemp("unbound-validating")),
+                 trust_anchor=dns_hierarchy.trust_anchor_path) as server:
+        yield server
 
 
 def names(records: tuple[object, ...], rtype: str) -> set[tuple[str, str]]:
@@ -146,6 +166,61 @@ def test_a_second_hierarchy_runs_beside_the_first(dns_hierarchy: DNSHierarchy) -
     assert dig(dns_hierarchy.address("a.root-servers.test"), ".", "SOA", "+norec").status == "NOERROR"
 
 
+# --- the signed zones (no recursion)
+
+
+def test_trust_anchor_is_the_root_ksk(dns_hierarchy: DNSHierarchy) -> None:
+    ds = [line.split() for line in dns_hierarchy.trust_anchor_path.read_text().splitlines()]
+    assert dns_hierarchy.trust_anchor_path.read_text() == dns_hierarchy.trust_anchor()
+    assert [(f[0], f[1], f[2], f[3], f[5], f[6]) for f in ds] == [(".", "86400", "IN", "DS", "13", "2")]
+    assert re.fullmatch(r"[0-9A-F]{64}", ds[0][7])
+    dnskey = [line.split() for line in dns_hierarchy.trust_anchor_dnskey_path.read_text().splitlines()]
+    assert dns_hierarchy.trust_anchor_dnskey_path.read_text() == dns_hierarchy.trust_anchor_dnskey()
+    assert [(f[0], f[3], f[4], f[6]) for f in dnskey] == [(".", "DNSKEY", "257", "13")]
+    served = dig(dns_hierarchy.address("a.root-servers.test"), ".", "DNSKEY", "+norec", "+nosplit")
+    keys = {tuple(r.rdata.split()[:3]): r.rdata.split()[3] for r in served.answer if r.type == "DNSKEY"}
+    assert sorted(keys) == [("256", "3", "13"), ("257", "3", "13")], served.text  # a ZSK and the KSK
+    assert keys[("257", "3", "13")] == "".join(dnskey[0][7:])
+
+
+@pytest.mark.parametrize("zone", sorted(SIGNED), ids=lambda z: z)
+def test_signed_zones_are_signed_and_their_parents_hold_their_ds(dns_hierarchy: DNSHierarchy, zone: str) -> None:
+    signing = SIGNED[zone]
+    server = dns_hierarchy.addresses(zone)[0]
+    soa = dig(server, zone, "SOA", "+norec", "+dnssec")
+    assert [r.rdata.split()[:2] for r in soa.answer if r.type == "RRSIG"] == [["SOA", str(ALGORITHMS[signing.algorithm])]]
+    keys = dig(server, zone, "DNSKEY", "+norec", "+dnssec")
+    tags = {int(r.rdata.split()[6]) for r in keys.answer if r.type == "RRSIG"}
+    assert len([r for r in keys.answer if r.type == "DNSKEY"]) == (2 if signing.split else 1), keys.text
+    params = dig(server, zone, "NSEC3PARAM", "+norec").answer
+    assert [r.rdata.split()[1:3] for r in params] == ([] if signing.nsec3_salt is None else [["0", "0"]]), params
+    if zone == ".":
+        return
+    parent = zone.split(".", 1)[1] or "."
+    ds = dig(dns_hierarchy.addresses(parent)[0], zone, "DS", "+norec", "+dnssec")
+    ds_tags = {int(r.rdata.split()[0]) for r in ds.answer if r.type == "DS"}
+    assert ds_tags and any(r.type == "RRSIG" for r in ds.answer), ds.text
+    # badds.test: its DS names a key the zone does not have
+    assert (ds_tags & tags == set()) == signing.wrong_ds, (ds_tags, tags)
+
+
+def test_unsigned_zone_under_a_signed_one_has_nsec_but_no_ds(dns_hierarchy: DNSHierarchy) -> None:
+    referral = dig(dns_hierarchy.address("ns1.secure.test"), "www.unsigned.secure.test", "A", "+norec", "+dnssec")
+    assert names(referral.authority, "NS") == {("unsigned.secure.test.", "ns.unsigned.secure.test.")}
+    nsec = [r for r in referral.authority if r.type == "NSEC"]
+    assert [r.owner for r in nsec] == ["unsigned.secure.test."] and "DS" not in nsec[0].rdata.split()
+
+
+def test_opt_out_delegation_has_no_nsec3_of_its_own(dns_hierarchy: DNSHierarchy) -> None:
+    referral = dig(dns_hierarchy.address("ns1.nsec3.test"), "www.optout.nsec3.test", "A", "+norec", "+dnssec")
+    assert names(referral.authority, "NS") == {("optout.nsec3.test.", "ns.optout.nsec3.test.")}
+    nsec3 = [r.rdata.split() for r in referral.authority if r.type == "NSEC3"]
+    # the closest encloser's (nsec3.test) and the one covering optout.nsec3.test (the same record
+    # when that hash follows the apex's), opt-out flag set
+    assert 1 <= len(nsec3) <= 2 and all(fields[1] == "1" for fields in nsec3), referral.text
+    assert not [r for r in referral.authority if r.type == "DS"]
+
+
 # --- the reference resolver over the hierarchy
 
 
@@ -159,6 +234,62 @@ def test_unbound_resolves_every_case(dns_hierarchy: DNSHierarchy, unbound: Unbou
     else:
         result = unbound.dig(expected.qname, expected.qtype, timeout=15)
     assert expected.problems(result) == [], result.text
+
+
+@pytest.mark.parametrize("case", DNSSEC_CASES, ids=[c.case for c in DNSSEC_CASES])
+def test_validating_unbound_resolves_every_dnssec_case(
+        dns_hierarchy: DNSHierarchy, validating_unbound: Unbound, case: Expectation) -> None:
+    expected = dns_hierarchy.expect(case.qname, case.qtype, validating=True)
+    result = validating_unbound.dig(expected.qname, expected.qtype, "+dnssec", timeout=15)
+    assert expected.problems(result) == [], result.text + validating_unbound.log_tail(5)
+    # checking disabled (CD): the data as published, bogus or not, and AD clear where not secure
+    unchecked = validating_unbound.dig(expected.qname, expected.qtype, "+dnssec", "+cd", timeout=15)
+    assert expected.unvalidated().problems(unchecked) == [], unchecked.text
+    if expected.security != "secure":
+        assert "ad" not in unchecked.flags, unchecked.text
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.case for c in CASES])
+def test_validating_unbound_gives_the_same_answers(
+        dns_hierarchy: DNSHierarchy, validating_unbound: Unbound, case: Expectation) -> None:
+    """The signed root and test. change no answer of ``expectations()`` for a validating resolver."""
+    expected = dns_hierarchy.expect(case.qname, case.qtype)
+    result = validating_unbound.dig(expected.qname, expected.qtype, "+dnssec", *(["+tcp"] if expected.tcp else []),
+                                    timeout=15)
+    assert expected.problems(result) == [], result.text + validating_unbound.log_tail(5)
+
+
+# delv (BIND's validator) validates on its own what it asks Unbound with CD set. It differs from
+# Unbound on one case: an NXDOMAIN proved by an opt-out NSEC3 is secure to BIND.
+DELV_DIFFERS = {"nsec3: NXDOMAIN under opt-out": "secure"}
+_DELV_VERDICT = re.compile(r"^; (fully validated|unsigned answer|negative response, fully validated|"
+                           r"negative response, unsigned answer)$", re.MULTILINE)
+
+
+@pytest.fixture(scope="module")
+def delv_anchor(dns_hierarchy: DNSHierarchy, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trust anchor as delv -a takes it: a named.conf trust-anchors clause."""
+    if shutil.which("delv") is None:
+        pytest.skip("delv not installed (tools/setup --test installs bind9-dnsutils)")
+    lines = []
+    for record in dns_hierarchy.trust_anchor().splitlines():
+        owner, _ttl, _class, _type, tag, algorithm, digest_type, digest = record.split()
+        lines.append(f'  "{owner}" static-ds {tag} {algorithm} {digest_type} "{digest}";\n')
+    path = tmp_path_factory.mktemp("delv") / "trust-anchors.conf"
+    path.write_text("trust-anchors {\n" + "".join(lines) + "};\n")
+    return path
+
+
+@pytest.mark.parametrize("case", DNSSEC_CASES, ids=[c.case for c in DNSSEC_CASES])
+def test_delv_agrees_on_every_dnssec_case(validating_unbound: Unbound, delv_anchor: Path, case: Expectation) -> None:
+    result = subprocess.run(["delv", f"@{validating_unbound.address}", "-p", str(validating_unbound.port),
+                             "-a", str(delv_anchor), case.qname, case.qtype], capture_output=True, text=True,
+                            timeout=30, check=False)
+    verdicts = _DELV_VERDICT.findall(result.stdout)
+    # the last word is the answer's: a secure CNAME into an unsigned zone is "fully validated",
+    # then "unsigned answer"; a bogus answer gets no verdict, only "resolution failed"
+    verdict = ("bogus" if not verdicts else "insecure" if "unsigned" in verdicts[-1] else "secure")
+    assert verdict == DELV_DIFFERS.get(case.case, case.security), result.stdout + result.stderr
 
 
 def test_unbound_counts_the_short_ttl_down(dns_hierarchy: DNSHierarchy, unbound: Unbound) -> None:

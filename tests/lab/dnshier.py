@@ -7,10 +7,11 @@ with a private config in a temporary directory, on port 53 of an address in ``<b
 ports, so port 53 it is, and the tests run as root. Answers hand out addresses from the ranges
 reserved for tests only: 198.18.0.0/15 and 2001:db8::/32.
 
-The tree (offsets from the base; "BH" is a ``Blackhole``, "--" an address where nothing listens):
+The tree (offsets from the base; "BH" is a ``Blackhole``, "--" an address where nothing listens;
+[alg 13 NSEC] a zone signed with that DNSSEC algorithm and denial, every other zone is unsigned):
 
-    .                     a.root-servers.test .0.1, b.root-servers.test .0.2
-    test.                 ns1.nic.test .1.1, ns2.nic.test .1.2 (glue in the root)
+    .                     a.root-servers.test .0.1, b.root-servers.test .0.2 [alg 13 NSEC, KSK + ZSK]
+    test.                 ns1.nic.test .1.1, ns2.nic.test .1.2 (glue in the root) [alg 8 NSEC]
       example-a.test      ns1/ns2.example-a.test .10.1/.10.2 (glue)
         sub.example-a.test  ns.sub.example-a.test .10.3 (glue in example-a.test)
       oob.test            ns-oob.example-b.example .12.1 (no glue: another TLD)
@@ -20,6 +21,15 @@ The tree (offsets from the base; "BH" is a ``Blackhole``, "--" an address where 
       bench.test          ns1.bench.test .16.1 (wildcard + h0..h499, for bench/dns.py)
       stale.test          ns1.stale.test .17.1 (short TTLs; stop it for serve-stale tests)
       rogue.test          ns1.rogue.test .20.1 (nothing, until a test starts a RogueServer there)
+      secure.test         ns1.secure.test .18.1 [alg 13 NSEC] (signed wildcard, CNAMEs out to an
+                          unsigned and a bogus zone)
+        unsigned.secure.test  ns.unsigned.secure.test .18.2 (insecure delegation: NSEC, no DS)
+      nsec3.test          ns1.nsec3.test .18.3 [alg 15 NSEC3, salt, opt-out]
+        optout.nsec3.test  ns.optout.nsec3.test .18.4 (insecure delegation, no NSEC3 of its own)
+      expired.test        ns1.expired.test .18.5 [alg 13 NSEC, signatures of January 2020: bogus]
+      badds.test          ns1.badds.test .18.6 [alg 13 NSEC, its DS in test. matches no DNSKEY: bogus]
+      rsasha512.test      ns1.rsasha512.test .18.7 [alg 10 NSEC]
+      p384.test           ns1.p384.test .18.8 [alg 14 NSEC3, no salt, no opt-out] (signed wildcard)
     example.              ns1.nic.example .2.1, ns2.nic.example .2.2 (glue in the root)
       example-b.example   ns1.example-b.example .11.1 (glue)
     arpa.                 ns.arpa-servers.test .3.1 (no glue: the name lives in test.)
@@ -38,11 +48,23 @@ The tree (offsets from the base; "BH" is a ``Blackhole``, "--" an address where 
 case a resolver must handle, with the answer a correct recursive resolver gives (checked against
 Unbound by tests/dns/test_lab_hierarchy.py); ``Expectation.problems()`` checks a ``dig()`` result.
 
+DNSSEC: ``start()`` makes new keys and signs the zones of ``SIGNED`` (tests/lab/dnssec.py, with
+BIND's dnssec-keygen and dnssec-signzone; signatures valid from an hour ago for 30 days), children
+first, each child's DS in its parent. The root's KSK is the trust anchor: its DS records in
+``DNSHierarchy.trust_anchor_path`` (". 86400 IN DS <tag> 13 2 <hex>"; Unbound's
+``trust-anchor-file:`` takes it) and its DNSKEY in ``.trust_anchor_dnskey_path``, the same texts
+from ``.trust_anchor()`` and ``.trust_anchor_dnskey()``; new at every start. ``dnssec_expectations()``
+(also ``DNSHierarchy.dnssec_expectations`` and ``.expect(name, type, validating=True)``) lists what
+a validating resolver answers: secure (AD), insecure (no AD) or bogus (SERVFAIL, with the Extended
+DNS Error that says why). ``corp.internal.`` is not delegated from the signed root, so a validating
+resolver must treat that stub zone as insecure (Unbound: ``domain-insecure``) or it is bogus.
+
 Also here: ``RogueServer`` (a scriptable UDP/TCP server for anti-spoofing tests),
 ``RecordingRelay`` (passes queries on to another server and notes what was asked, RD bit
 included), ``Blackhole`` (binds :53 and never answers), ``Unbound`` (the reference resolver, for
-tests and the benchmark) and ``dig()``. ``python -m tests.lab.dnshier serve [--base 127.53]
-[--hints PATH]`` runs the hierarchy until Ctrl-C or SIGTERM.
+tests and the benchmark; validating with ``trust_anchor=``) and ``dig()``. ``python -m
+tests.lab.dnshier serve [--base 127.53] [--hints PATH] [--trust-anchor PATH]`` runs the hierarchy
+until Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -50,6 +72,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import dataclasses
 import functools
 import ipaddress
 import os
@@ -64,12 +87,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dnslib
 
 from tests.lab import ports
+from tests.lab.dnssec import SignedZone, Signing, sign_zones
 
 DEFAULT_BASE = "127.53"
 NSD = shutil.which("nsd") or "/usr/sbin/nsd"
@@ -123,6 +148,15 @@ SERVERS: tuple[ServerSpec, ...] = (
     ServerSpec("alldead-2", ("ns2.alldead.test.",), "15.2", "none"),
     ServerSpec("bench", ("ns1.bench.test.",), "16.1", "nsd", ("bench.test.",)),
     ServerSpec("stale", ("ns1.stale.test.",), "17.1", "nsd", ("stale.test.",)),
+    # DNSSEC (see SIGNED): signed children of test., and unsigned zones delegated from signed ones
+    ServerSpec("secure", ("ns1.secure.test.",), "18.1", "nsd", ("secure.test.",)),
+    ServerSpec("unsigned-secure", ("ns.unsigned.secure.test.",), "18.2", "nsd", ("unsigned.secure.test.",)),
+    ServerSpec("nsec3", ("ns1.nsec3.test.",), "18.3", "nsd", ("nsec3.test.",)),
+    ServerSpec("optout-nsec3", ("ns.optout.nsec3.test.",), "18.4", "nsd", ("optout.nsec3.test.",)),
+    ServerSpec("expired", ("ns1.expired.test.",), "18.5", "nsd", ("expired.test.",)),
+    ServerSpec("badds", ("ns1.badds.test.",), "18.6", "nsd", ("badds.test.",)),
+    ServerSpec("rsasha512", ("ns1.rsasha512.test.",), "18.7", "nsd", ("rsasha512.test.",)),
+    ServerSpec("p384", ("ns1.p384.test.",), "18.8", "nsd", ("p384.test.",)),
     ServerSpec("rogue", ("ns1.rogue.test.",), "20.1", "rogue"),
     # no NS points here: a second address for a RogueServer's forged sources
     ServerSpec("rogue-spare", (), "20.2", "rogue"),
@@ -198,7 +232,8 @@ def zone_texts(base: str = DEFAULT_BASE) -> dict[str, str]:
     for host in ("ns1.nic.test.", "ns2.nic.test.", "a.root-servers.test.", "b.root-servers.test.",
                  "ns.arpa-servers.test."):
         test_lines.append(f"{host} IN A {a[host]}")
-    for child in ("example-a", "oob", "lame", "dead", "alldead", "bench", "stale", "rogue"):
+    for child in ("example-a", "oob", "lame", "dead", "alldead", "bench", "stale", "rogue",
+                  "secure", "nsec3", "expired", "badds", "rsasha512", "p384"):
         zone = f"{child}.test."
         hosts = ["ns-oob.example-b.example."] if child == "oob" else sorted(
             h for s in SERVERS for h in s.hosts if h.endswith("." + zone) and h.count(".") == zone.count(".") + 1)
@@ -303,6 +338,45 @@ def zone_texts(base: str = DEFAULT_BASE) -> dict[str, str]:
         "@ IN NS ns1.stale.test.", f"ns1 IN A {a['ns1.stale.test.']}",
         "www 2 IN A 198.18.7.1", "ttl30 30 IN A 198.18.7.30", "long IN A 198.18.7.2",
     ])
+    # DNSSEC: SIGNED says which zones start() signs, and how; their DS records go into test. then
+    zones["secure.test."] = "\n".join([
+        "$ORIGIN secure.test.", "$TTL 3600", _soa("ns1.secure.test.", "secure.test."),
+        "@ IN NS ns1.secure.test.", f"ns1 IN A {a['ns1.secure.test.']}",
+        "@ IN MX 10 mail.secure.test.", "mail IN A 198.18.5.25",
+        "www IN A 198.18.5.1",
+        "alias IN CNAME www",
+        "*.wild IN A 198.18.5.2",  # wild.secure.test: an empty non-terminal
+        'txt IN TXT "signed"',
+        "to-unsigned IN CNAME www.example-a.test.",
+        "to-bogus IN CNAME www.expired.test.",
+        # an insecure delegation: the NSEC at unsigned.secure.test shows NS but no DS
+        "unsigned IN NS ns.unsigned.secure.test.", f"ns.unsigned IN A {a['ns.unsigned.secure.test.']}",
+    ])
+    zones["unsigned.secure.test."] = "\n".join([
+        "$ORIGIN unsigned.secure.test.", "$TTL 3600", _soa("ns.unsigned.secure.test.", "unsigned.secure.test."),
+        "@ IN NS ns.unsigned.secure.test.", f"ns IN A {a['ns.unsigned.secure.test.']}",
+        "www IN A 198.18.5.3",
+    ])
+    zones["nsec3.test."] = "\n".join([
+        "$ORIGIN nsec3.test.", "$TTL 3600", _soa("ns1.nsec3.test.", "nsec3.test."),
+        "@ IN NS ns1.nsec3.test.", f"ns1 IN A {a['ns1.nsec3.test.']}",
+        "www IN A 198.18.5.4",
+        "*.wild IN A 198.18.5.5",
+        # opt-out: no NSEC3 for this insecure delegation, only one covering its hash
+        "optout IN NS ns.optout.nsec3.test.", f"ns.optout IN A {a['ns.optout.nsec3.test.']}",
+    ])
+    zones["optout.nsec3.test."] = "\n".join([
+        "$ORIGIN optout.nsec3.test.", "$TTL 3600", _soa("ns.optout.nsec3.test.", "optout.nsec3.test."),
+        "@ IN NS ns.optout.nsec3.test.", f"ns IN A {a['ns.optout.nsec3.test.']}",
+        "www IN A 198.18.5.6",
+    ])
+    for child, records in (("expired", ["www IN A 198.18.5.7"]), ("badds", ["www IN A 198.18.5.8"]),
+                           ("rsasha512", ["www IN A 198.18.5.10"]),
+                           ("p384", ["www IN A 198.18.5.11", "*.wild IN A 198.18.5.12"])):
+        zones[f"{child}.test."] = "\n".join([
+            f"$ORIGIN {child}.test.", "$TTL 3600", _soa(f"ns1.{child}.test.", f"{child}.test."),
+            f"@ IN NS ns1.{child}.test.", f"ns1 IN A {a[f'ns1.{child}.test.']}", *records,
+        ])
     zones["corp.internal."] = "\n".join([
         "$ORIGIN corp.internal.", "$TTL 3600", _soa("ns1.corp.internal.", "corp.internal."),
         "@ IN NS ns1.corp.internal.", f"ns1 IN A {a['ns1.corp.internal.']}",
@@ -310,6 +384,21 @@ def zone_texts(base: str = DEFAULT_BASE) -> dict[str, str]:
         "alias IN CNAME www.example-b.example.",  # out of the stub zone: iterated from the root
     ])
     return {origin: text + "\n" for origin, text in zones.items()}
+
+
+# Which zones are signed, and how (tests/lab/dnssec.py does it at every start, with fresh keys).
+# Every other zone is unsigned: under the root and test., an insecure delegation that the parent's
+# NSEC proves (no DS); under nsec3.test, one that its opt-out NSEC3 covers.
+SIGNED: dict[str, Signing] = {
+    ".": Signing("ECDSAP256SHA256", split=True),  # a KSK (its DS: the trust anchor) and a ZSK
+    "test.": Signing("RSASHA256", bits=2048),
+    "secure.test.": Signing("ECDSAP256SHA256"),
+    "nsec3.test.": Signing("ED25519", nsec3_salt="5EC7E57A", opt_out=True),
+    "expired.test.": Signing("ECDSAP256SHA256", validity=("20200101000000", "20200201000000")),
+    "badds.test.": Signing("ECDSAP256SHA256", wrong_ds=True),
+    "rsasha512.test.": Signing("RSASHA512", bits=1024),
+    "p384.test.": Signing("ECDSAP384SHA384", nsec3_salt=""),  # NSEC3 without opt-out or salt
+}
 
 
 # --- what a correct resolver answers
@@ -323,7 +412,12 @@ class Expectation:
     or what a DNAME synthesises), in order; the final RRset's owner is ``chain[-1]`` (or the
     question's name). ``answer``: the final RRset's rdata in presentation form (empty: NODATA or
     an error). ``tcp``: the answer does not fit a 1232-byte UDP reply (TC set; TCP gives it all).
-    ``max_ttl``: the final RRset's TTL as published (a cache only counts down from it)."""
+    ``max_ttl``: the final RRset's TTL as published (a cache only counts down from it).
+
+    ``security`` (the DNSSEC cases, for a validating resolver; "" elsewhere: AD not checked):
+    "secure" (AD set), "insecure" (AD clear), "bogus" (SERVFAIL; ``answer`` and ``chain`` then
+    say what the zones publish, which ``unvalidated()`` expects). ``ede``: the Extended DNS Error
+    (RFC 8914 info code) that comes with a bogus answer's SERVFAIL and says why."""
 
     case: str
     qname: str
@@ -333,18 +427,32 @@ class Expectation:
     chain: tuple[str, ...] = ()
     tcp: bool = False
     max_ttl: int | None = None
+    security: str = ""
+    ede: int | None = None
 
     @property
     def final_name(self) -> str:
         return self.chain[-1] if self.chain else self.qname
+
+    def unvalidated(self) -> Expectation:
+        """This case as a resolver that does not validate answers it, or a validating one asked
+        with CD set: the data as published (a bogus case's too), AD not checked."""
+        return dataclasses.replace(self, rcode="NOERROR" if self.security == "bogus" else self.rcode, security="",
+                                   ede=None)
 
     def problems(self, result: DigResult) -> list[str]:
         """What in ``result`` differs from this expectation (an empty list: all is well)."""
         found: list[str] = []
         if result.status != self.rcode:
             found.append(f"status {result.status}, expected {self.rcode}")
+        if self.ede is not None and self.ede not in (codes := [int(c) for c in _EDE.findall(result.text)]):
+            found.append(f"EDE {codes or 'none'}, expected {self.ede}")
         if self.rcode == "SERVFAIL":
             return found
+        if self.security == "secure" and "ad" not in result.flags:
+            found.append("AD clear, expected a secure answer (AD set)")
+        if self.security == "insecure" and "ad" in result.flags:
+            found.append("AD set, expected an insecure answer (AD clear)")
         aliases = {r.owner: r.rdata for r in result.answer if r.type == "CNAME"}
         name, path = self.qname, list[str]()
         while name in aliases and len(path) < 20:
@@ -362,9 +470,13 @@ class Expectation:
         return found
 
 
+_EDE = re.compile(r"^; EDE: (\d+)", re.MULTILINE)  # dig's OPT pseudosection
+
+
 def _e(case: str, qname: str, qtype: str, answer: Iterable[str] = (), *, rcode: str = "NOERROR",
-       chain: Sequence[str] = (), tcp: bool = False, max_ttl: int | None = None) -> Expectation:
-    return Expectation(case, qname, qtype, rcode, frozenset(answer), tuple(chain), tcp, max_ttl)
+       chain: Sequence[str] = (), tcp: bool = False, max_ttl: int | None = None, security: str = "",
+       ede: int | None = None) -> Expectation:
+    return Expectation(case, qname, qtype, rcode, frozenset(answer), tuple(chain), tcp, max_ttl, security, ede)
 
 
 def expectations(base: str = DEFAULT_BASE) -> tuple[Expectation, ...]:
@@ -412,6 +524,61 @@ def expectations(base: str = DEFAULT_BASE) -> tuple[Expectation, ...]:
         _e("stale-test name", "www.stale.test.", "A", ["198.18.7.1"], max_ttl=2),
         _e("TLD server address", "ns1.nic.test.", "A", [f"{base}.1.1"]),
         _e("private zone, delegated by no one", "www.corp.internal.", "A", rcode="NXDOMAIN"),
+    )
+
+
+def dnssec_expectations(base: str = DEFAULT_BASE) -> tuple[Expectation, ...]:
+    """The DNSSEC cases, as a validating resolver with the hierarchy's trust anchor answers them
+    (``security`` set on each; checked against Unbound by tests/dns/test_lab_hierarchy.py).
+    ``unvalidated()`` gives each as a resolver that does not validate answers it. The cases of
+    ``expectations()`` come out the same from a validating resolver, AD clear except in test.
+    and the root, which are signed. Only ``ns1.nic.test`` depends on ``base``."""
+    secure, insecure, bogus = "secure", "insecure", "bogus"
+    return (
+        # the signed root (algorithm 13, NSEC) and test. (algorithm 8, NSEC)
+        _e("signed TLD: A", "ns1.nic.test.", "A", [f"{base}.1.1"], security=secure),
+        _e("signed TLD: NXDOMAIN (NSEC)", "nope.test.", "A", rcode="NXDOMAIN", security=secure),
+        _e("signed root: NXDOMAIN (NSEC)", "www.no-such-tld.", "A", rcode="NXDOMAIN", security=secure),
+        # unsigned zones under signed parents: the parent's NSEC shows no DS
+        _e("unsigned child of test.: A", "www.example-a.test.", "A", ["198.18.1.1"], security=insecure),
+        _e("unsigned child of test.: NXDOMAIN", "nope.example-a.test.", "A", rcode="NXDOMAIN", security=insecure),
+        _e("unsigned grandchild of test.", "www.sub.example-a.test.", "A", ["198.18.2.1"], security=insecure),
+        _e("unsigned TLD", "www.example-b.example.", "A", ["198.18.3.1"], security=insecure),
+        _e("unsigned arpa.", "1.1.18.198.in-addr.arpa.", "PTR", ["www.example-a.test."], security=insecure),
+        # secure.test: algorithm 13, NSEC
+        _e("secure: A", "www.secure.test.", "A", ["198.18.5.1"], security=secure),
+        _e("secure: CNAME", "alias.secure.test.", "A", ["198.18.5.1"], chain=["www.secure.test."], security=secure),
+        _e("secure: MX", "secure.test.", "MX", ["10 mail.secure.test."], security=secure),
+        _e("secure: TXT", "txt.secure.test.", "TXT", ['"signed"'], security=secure),
+        _e("secure: wildcard", "x.wild.secure.test.", "A", ["198.18.5.2"], security=secure),
+        _e("secure: wildcard NODATA", "x.wild.secure.test.", "AAAA", security=secure),
+        _e("secure: NXDOMAIN (NSEC)", "nope.secure.test.", "A", rcode="NXDOMAIN", security=secure),
+        _e("secure: NODATA (NSEC)", "www.secure.test.", "AAAA", security=secure),
+        _e("secure: empty non-terminal NODATA", "wild.secure.test.", "A", security=secure),
+        _e("secure: no DS at an insecure delegation", "unsigned.secure.test.", "DS", security=secure),
+        _e("secure: insecure delegation", "www.unsigned.secure.test.", "A", ["198.18.5.3"], security=insecure),
+        _e("secure: CNAME into an unsigned zone", "to-unsigned.secure.test.", "A", ["198.18.1.1"],
+           chain=["www.example-a.test."], security=insecure),
+        _e("secure: CNAME into a bogus zone", "to-bogus.secure.test.", "A", ["198.18.5.7"], rcode="SERVFAIL",
+           chain=["www.expired.test."], security=bogus, ede=7),
+        # nsec3.test: algorithm 15, NSEC3 with opt-out (dnssec-signzone -A flags every NSEC3). Where
+        # the proof rests on an opt-out NSEC3 covering the next closer name (an NXDOMAIN, a wildcard
+        # expansion), an unsigned delegation could hide there: insecure (RFC 5155 §12.2; Unbound
+        # agrees). A name that has an NSEC3 of its own is proved as usual.
+        _e("nsec3: A", "www.nsec3.test.", "A", ["198.18.5.4"], security=secure),
+        _e("nsec3: NODATA", "www.nsec3.test.", "AAAA", security=secure),
+        _e("nsec3: NXDOMAIN under opt-out", "nope.nsec3.test.", "A", rcode="NXDOMAIN", security=insecure),
+        _e("nsec3: wildcard under opt-out", "x.wild.nsec3.test.", "A", ["198.18.5.5"], security=insecure),
+        _e("nsec3: opt-out delegation", "www.optout.nsec3.test.", "A", ["198.18.5.6"], security=insecure),
+        # p384.test: algorithm 14, NSEC3 without opt-out or salt; rsasha512.test: algorithm 10, NSEC
+        _e("p384: A", "www.p384.test.", "A", ["198.18.5.11"], security=secure),
+        _e("p384: NXDOMAIN (NSEC3)", "nope.p384.test.", "A", rcode="NXDOMAIN", security=secure),
+        _e("p384: NODATA (NSEC3)", "www.p384.test.", "AAAA", security=secure),
+        _e("p384: wildcard (NSEC3)", "x.wild.p384.test.", "A", ["198.18.5.12"], security=secure),
+        _e("rsasha512: A", "www.rsasha512.test.", "A", ["198.18.5.10"], security=secure),
+        # bogus, and why (RFC 8914): 7 Signature Expired, 9 DNSKEY Missing (no DNSKEY matches the DS)
+        _e("expired signatures", "www.expired.test.", "A", ["198.18.5.7"], rcode="SERVFAIL", security=bogus, ede=7),
+        _e("DS matches no DNSKEY", "www.badds.test.", "A", ["198.18.5.8"], rcode="SERVFAIL", security=bogus, ede=9),
     )
 
 
@@ -667,7 +834,7 @@ class DNSHierarchy:
     """The whole tree, started and stopped together. Use as a context manager, or start()/stop()."""
 
     def __init__(self, base: str = DEFAULT_BASE, workdir: Path | None = None, *, cpus: str | None = None,
-                 hints_path: Path | None = None) -> None:
+                 hints_path: Path | None = None, trust_anchor_path: Path | None = None) -> None:
         octets = base.split(".")
         if len(octets) != 2 or not ipaddress.ip_address(base + ".0.0").is_loopback:
             raise ValueError(f"base must be two octets inside 127.0.0.0/8, like 127.53, not {base!r}")
@@ -676,8 +843,14 @@ class DNSHierarchy:
         self._own_workdir = workdir is None
         self.workdir = workdir if workdir is not None else Path(tempfile.mkdtemp(prefix=f"dnshier-{base}-"))
         self.root_hints_path = hints_path if hints_path is not None else self.workdir / "root.hints"
-        self.zones = zone_texts(base)
+        # written by start(): the root KSK's DS records, and its DNSKEY, in zone-file form
+        self.trust_anchor_path = (trust_anchor_path if trust_anchor_path is not None
+                                  else self.workdir / "trust-anchor.ds")
+        self.trust_anchor_dnskey_path = self.trust_anchor_path.with_suffix(".dnskey")
+        self.zones = zone_texts(base)  # unsigned until start() signs the zones of SIGNED
+        self.signed: dict[str, SignedZone] = {}
         self.expectations = expectations(base)
+        self.dnssec_expectations = dnssec_expectations(base)
         self.servers: dict[str, ServerSpec] = {self._addr(s): s for s in SERVERS}
         self._nsd: dict[str, NsdServer] = {}
         self._blackholes: dict[str, Blackhole] = {}
@@ -711,12 +884,27 @@ class DNSHierarchy:
         """An address no NS points to, for answers forged from an unexpected source."""
         return self.address("rogue-spare")
 
-    def expect(self, qname: str, qtype: str = "A") -> Expectation:
+    def expect(self, qname: str, qtype: str = "A", *, validating: bool = False) -> Expectation:
+        """The case for ``qname`` ``qtype``: from ``expectations`` or, with ``validating``, from
+        ``dnssec_expectations``."""
         wanted = qname.lower().rstrip(".") + "."
-        for e in self.expectations:
+        for e in self.dnssec_expectations if validating else self.expectations:
             if e.qname == wanted and e.qtype == qtype.upper():
                 return e
-        raise KeyError(f"no expectation for {qname} {qtype}")
+        raise KeyError(f"no {'DNSSEC ' if validating else ''}expectation for {qname} {qtype}")
+
+    def trust_anchor(self) -> str:
+        """The root's DS records (". 86400 IN DS <tag> 13 2 <hex>"), one a line: what a validating
+        resolver starts from. New keys at every start, so only a started hierarchy has them."""
+        if "." not in self.signed:
+            raise RuntimeError("no trust anchor yet: the keys are made by start()")
+        return self.signed["."].ds
+
+    def trust_anchor_dnskey(self) -> str:
+        """The root's KSK as DNSKEY records (". 86400 IN DNSKEY 257 3 13 <base64>"), one a line."""
+        if "." not in self.signed:
+            raise RuntimeError("no trust anchor yet: the keys are made by start()")
+        return self.signed["."].dnskey
 
     def root_hints(self) -> str:
         lines = [f"; root hints for the lab hierarchy at {self.base}.0.0/16 (named.root format)"]
@@ -742,17 +930,36 @@ class DNSHierarchy:
         try:
             self.workdir.mkdir(parents=True, exist_ok=True)
             self.root_hints_path.write_text(self.root_hints())
-            for address, spec in self.servers.items():
-                if spec.kind == "nsd":
-                    self._nsd[address] = NsdServer(spec, address, self.workdir / spec.key, self.zones, self.cpus)
-                    self._nsd[address].start()
-                elif spec.kind == "blackhole":
-                    self._blackholes[address] = Blackhole(address).start()
+            # the zones are signed (in worker threads) while the servers of unsigned zones start up
+            signed = {a for a, s in self.servers.items() if set(s.zones) & set(SIGNED)}
+            with ThreadPoolExecutor(max_workers=1) as background:
+                signing = background.submit(self.sign)
+                for address, spec in self.servers.items():
+                    if address not in signed:
+                        self._start_server(address, spec)
+                signing.result()
+            for address in signed:
+                self._start_server(address, self.servers[address])
             self._wait_ready(list(self._nsd.values()), timeout)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _start_server(self, address: str, spec: ServerSpec) -> None:
+        if spec.kind == "nsd":
+            self._nsd[address] = NsdServer(spec, address, self.workdir / spec.key, self.zones, self.cpus)
+            self._nsd[address].start()
+        elif spec.kind == "blackhole":
+            self._blackholes[address] = Blackhole(address).start()
+
+    def sign(self) -> None:
+        """New keys, the zones of SIGNED signed with them (into ``zones``), the trust anchor files.
+        The unsigned zones' texts stay as they are (start() serves them meanwhile)."""
+        self.signed = sign_zones(zone_texts(self.base), SIGNED, self.workdir / "dnssec")
+        self.zones = self.zones | {origin: zone.text for origin, zone in self.signed.items()}
+        self.trust_anchor_path.write_text(self.trust_anchor())
+        self.trust_anchor_dnskey_path.write_text(self.trust_anchor_dnskey())
 
     def _wait_ready(self, servers: list[NsdServer], timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -817,7 +1024,9 @@ class DNSHierarchy:
         self.stop()
 
     def describe(self) -> str:
-        lines = [f"DNS hierarchy at {self.base}.0.0/16; root hints: {self.root_hints_path}"]
+        lines = [f"DNS hierarchy at {self.base}.0.0/16; root hints: {self.root_hints_path}",
+                 f"  trust anchor: {self.trust_anchor_path} (DS), {self.trust_anchor_dnskey_path} (DNSKEY); "
+                 f"signed: {', '.join(SIGNED)}"]
         for address, spec in self.servers.items():
             what = {"nsd": ", ".join(spec.zones) or "(no zones: REFUSED)", "blackhole": "Blackhole (never answers)",
                     "none": "nothing listens", "rogue": "free for a RogueServer"}[spec.kind]
@@ -1083,8 +1292,9 @@ def _unbound_knows(option: str) -> bool:
 
 @dataclass
 class Unbound:
-    """Unbound as a pure iterating resolver (no validation) on ``address``:``port``, started with
-    ``-d`` so the PID is its own; the config and logs live in ``workdir``."""
+    """Unbound as an iterating resolver on ``address``:``port``, started with ``-d`` so the PID
+    is its own; the config and logs live in ``workdir``. It validates only given a ``trust_anchor``
+    (a file of DS or DNSKEY records, such as ``DNSHierarchy.trust_anchor_path``)."""
 
     root_hints: Path
     workdir: Path
@@ -1096,6 +1306,7 @@ class Unbound:
     extra: str = ""  # more "server:" lines, indented by two spaces
     cpus: str | None = None
     verbosity: int = 0
+    trust_anchor: Path | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -1113,8 +1324,8 @@ class Unbound:
             f"  num-threads: {self.threads}\n"
             f"  root-hints: \"{self.root_hints}\"\n"
             "  do-not-query-localhost: no\n"
-            '  module-config: "iterator"\n'
-            "  do-ip6: no\n"
+            + "".join(f"  {line}\n" for line in self._modules())
+            + "  do-ip6: no\n"
             '  chroot: ""\n'
             '  username: ""\n'
             f'  directory: "{self.workdir}"\n'
@@ -1134,6 +1345,14 @@ class Unbound:
             + "".join(f"  {line}\n" for line in self._backported())
             + self.extra
             + "remote-control:\n  control-enable: no\n")
+
+    def _modules(self) -> list[str]:
+        """The iterator alone, or with a trust anchor the validator before it; then why an answer
+        is bogus goes to the log (val-log-level) and into the reply, as an Extended DNS Error."""
+        if self.trust_anchor is None:
+            return ['module-config: "iterator"']
+        return ['module-config: "validator iterator"', f'trust-anchor-file: "{self.trust_anchor}"',
+                "val-log-level: 2", *(["ede: yes"] if _unbound_knows("ede") else [])]
 
     @staticmethod
     def _backported() -> list[str]:
@@ -1197,7 +1416,8 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     hints = Path(args.hints).resolve() if args.hints else None
-    with DNSHierarchy(args.base, hints_path=hints) as hierarchy:
+    anchor = Path(args.trust_anchor).resolve() if args.trust_anchor else None
+    with DNSHierarchy(args.base, hints_path=hints, trust_anchor_path=anchor) as hierarchy:
         print(hierarchy.describe(), flush=True)
         print(f"try: dig @{hierarchy.address('a.root-servers.test')} +norec www.example-a.test  "
               "(or a resolver with these root hints); Ctrl-C stops", flush=True)
@@ -1212,7 +1432,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run the hierarchy until Ctrl-C or SIGTERM")
     serve.add_argument("--base", default=DEFAULT_BASE, help="first two octets of the addresses (default: %(default)s)")
     serve.add_argument("--hints", help="write the root hints here (default: in the temporary directory)")
-    zones = commands.add_parser("zones", help="print the zone files")
+    serve.add_argument("--trust-anchor", help="write the root's DS records here, its DNSKEY beside them with "
+                       "the suffix .dnskey (default: in the temporary directory)")
+    zones = commands.add_parser("zones", help="print the zone files (unsigned: the keys are made at start)")
     zones.add_argument("--base", default=DEFAULT_BASE)
     args = parser.parse_args(argv)
     if args.command == "zones":
