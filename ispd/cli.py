@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ispd import __version__
 from ispd.config import Config, ConfigError, load_config
@@ -629,6 +629,9 @@ def positive_int(text: str) -> int:
 _UNSHOWABLE = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
 
 
+_Arg = TypeVar("_Arg")
+
+
 def name_text(text: str) -> str:
     if (not text or text != text.strip() or len(text) > 253
             or any(unicodedata.category(c) in _UNSHOWABLE for c in text)):
@@ -637,9 +640,9 @@ def name_text(text: str) -> str:
     return text
 
 
-def checked_arg(check: Callable[[str], str]) -> Callable[[str], str]:
+def checked_arg(check: Callable[[str], _Arg]) -> Callable[[str], _Arg]:
     """An argparse type from a store check: its ValueError becomes a usage error with its message."""
-    def convert(text: str) -> str:
+    def convert(text: str) -> _Arg:
         try:
             return check(text)
         except ValueError as exc:
@@ -841,6 +844,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--type", type=checked_arg(dns_type_text), help="only this record type (e.g. A, AAAA, MX)")
     p.add_argument("--all", action="store_true", help="empty the caches")
     p.set_defaults(handler=cmd_dns_cache_flush, without_store=True)
+    nta = dns.add_parser("nta", help="negative trust anchors: domains the running daemon resolves without "
+                                     "DNSSEC validation").add_subparsers(dest="nta_action", required=True)
+    p = nta.add_parser(
+        "add", parents=[config_opts], help="stop validating a domain whose DNSSEC is broken, for a while",
+        description="Resolve DOMAIN and the names below it without DNSSEC validation (RFC 7646) until the "
+                    "anchor lapses; for a domain whose operator broke its signatures. Kept until the daemon "
+                    "stops; permanent ones go in dns.dnssec.negative_trust_anchors.")
+    p.add_argument("name", metavar="DOMAIN", type=checked_arg(name_text))
+    p.add_argument("--for", dest="lifetime", type=checked_arg(duration_seconds), default="1d",
+                   help="how long, e.g. 6h, 2d (default: 1d; at most 7d)")
+    p.set_defaults(handler=cmd_dns_nta_add, without_store=True)
+    p = nta.add_parser("delete", parents=[config_opts], help="validate a domain again")
+    p.add_argument("name", metavar="DOMAIN", type=checked_arg(name_text))
+    p.set_defaults(handler=cmd_dns_nta_delete, without_store=True)
+    p = nta.add_parser("list", parents=[config_opts, json_opt], help="the negative trust anchors in force")
+    p.set_defaults(handler=cmd_dns_nta_list, without_store=True)
 
     session = top.add_parser("session", help="RADIUS sessions").add_subparsers(dest="action", required=True)
     p = session.add_parser("list", parents=[config_opts, json_opt], help="list RADIUS sessions, newest first")
@@ -1093,15 +1112,17 @@ def dns_type_text(text: str) -> str:
 
 
 async def cmd_dns_lookup(config: Config, args: argparse.Namespace) -> None:
+    from ispd.dns.cache import Security
     from ispd.dns.hints import HintsError
     from ispd.dns.lookup import lookup, parse_type
+    from ispd.dns.wire import RCode
 
     try:
         qtype = parse_type(args.type)
         resolution = await lookup(config.dns, args.name, qtype, print)
     except (ValueError, HintsError) as exc:
         raise CommandFailed(str(exc)) from None
-    if resolution.rcode == 2:  # SERVFAIL: say so in the exit status too
+    if resolution.rcode == RCode.SERVFAIL or resolution.security == Security.BOGUS:  # the exit status says so too
         raise CommandFailed(f"{args.name}: resolution failed ({resolution.failure})")
 
 
@@ -1140,6 +1161,47 @@ async def cmd_dns_cache_flush(config: Config, args: argparse.Namespace) -> None:
     what = "the caches" if args.all else f"{args.name}{' and below' if args.zone else ''}" + \
         (f" {args.type}" if args.type else "")
     print(f"flushed {what}: {dropped['rrsets']} RRsets and negative entries, {dropped['answers']} answers")
+
+
+def duration_seconds(text: str) -> int:
+    """``90``, ``90s``, ``30m``, ``6h``, ``2d`` as seconds, between 1 s and 7 days."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    if not number.isdigit() or not 0 < int(number) * units[unit] <= 7 * 86400:
+        raise ValueError(f"{text!r} is not a duration between 1s and 7d (e.g. 90s, 30m, 6h, 2d)")
+    return int(number) * units[unit]
+
+
+async def cmd_dns_nta_add(config: Config, args: argparse.Namespace) -> None:
+    added = await daemon_request(config, args, "dns.nta.add", {"name": args.name, "seconds": args.lifetime})
+    print(f"{added['name']} is resolved without DNSSEC validation for {_duration_text(added['seconds'])}")
+
+
+async def cmd_dns_nta_delete(config: Config, args: argparse.Namespace) -> None:
+    deleted = await daemon_request(config, args, "dns.nta.delete", {"name": args.name})
+    print(f"{deleted['name']} is validated again")
+
+
+async def cmd_dns_nta_list(config: Config, args: argparse.Namespace) -> None:
+    anchors = await daemon_request(config, args, "dns.nta.list", {})
+    if args.json:
+        print(json.dumps(anchors))
+        return
+    if not anchors:
+        print("no negative trust anchors")
+    for anchor in anchors:
+        left = "from the config file" if anchor["seconds_left"] is None else \
+            f"{_duration_text(anchor['seconds_left'])} left"
+        print(f"{anchor['name']}\t{left}")
+
+
+def _duration_text(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds}s"
 
 
 async def run_admin(config: Config, handler: Callable[[Store, argparse.Namespace], Awaitable[None]],

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ispd.control import CommandError, ControlCommands
-from ispd.dns.cache import NXDOMAIN_KEY, AnswerCache, NegativeEntry, RRsetCache
+from ispd.dns.cache import NXDOMAIN_KEY, VARIANT_AD, VARIANT_CD, VARIANT_DO, AnswerCache, NegativeEntry, RRsetCache
 from ispd.dns.wire import RCode, RRType, is_subdomain, name_from_text, name_to_text, type_text
 
 DUMP_BATCH = 1000  # cache keys looked at between two turns of the event loop
@@ -152,7 +152,8 @@ def _parse_type(text: str) -> int:
         raise CommandError(str(exc)) from None
 
 
-def _parse_name(value: Any) -> bytes:
+def parse_name_argument(value: Any) -> bytes:
+    """A command's domain name argument, or ``CommandError`` saying what is wrong with it."""
     if not isinstance(value, str):
         raise CommandError("the name must be text, e.g. www.example.com")
     try:
@@ -192,7 +193,7 @@ class DNSCacheAdmin:
             return self.flush_all()
         if args.get("name") is None:
             raise CommandError("which name? (or all, to empty the caches)")
-        name = _parse_name(args["name"])
+        name = parse_name_argument(args["name"])
         rtype = _parse_type(str(args["type"])) if args.get("type") is not None else None
         return self.flush(name, subtree=bool(args.get("zone")), rtype=rtype)
 
@@ -212,9 +213,12 @@ class DNSCacheAdmin:
         if subtree:
             rrset_keys = [k for k in self.rrsets.snapshot_keys() if k[1] == rtype and is_subdomain(k[0], name)]
             answer_keys = [k for k in self.answers.entries if k[-4:-2] == qtype and is_subdomain(k[:-4], name)]
+            answer_keys += [k for k in self.answers.variants if k[-5:-3] == qtype and is_subdomain(k[:-5], name)]
         else:
             rrset_keys = [(name, rtype)]
-            answer_keys = [k for k in (name + qtype + _U16.pack(c) for c in _CLASSES) if k in self.answers.entries]
+            questions = [name + qtype + _U16.pack(c) for c in _CLASSES]
+            answer_keys = [k for k in questions if k in self.answers.entries]
+            answer_keys += [k for k in self.answers.variants if k[:-1] in questions]
         rrsets = sum(self.rrsets.discard(key) for key in rrset_keys)
         for key in answer_keys:
             self.answers.discard(key)
@@ -224,7 +228,7 @@ class DNSCacheAdmin:
 
     def dump_command(self, args: dict[str, Any]) -> Iterator[list[str]]:
         """args: ``{"name": "example.com", "json": false}``, both optional."""
-        zone = _parse_name(args["name"]) if args.get("name") is not None else None
+        zone = parse_name_argument(args["name"]) if args.get("name") is not None else None
         return self.dump(zone, as_json=bool(args.get("json")))
 
     def dump(self, zone: bytes | None = None, *, as_json: bool = False) -> Iterator[list[str]]:
@@ -264,17 +268,18 @@ class DNSCacheAdmin:
                 out.extend(f"{owner} {ttl} IN {type_name} {text}" for text in texts)
         yield out
         out = [] if as_json else ["; answers (the answer cache: replies served as they are)"]
-        answer_table = self.answers.entries
-        answer_keys = list(answer_table)
+        # Plain answers, then those kept apart for queries with DNSSEC bits (DO, AD, CD).
+        answer_keys = [(key, 0) for key in self.answers.entries] + [(key, 1) for key in self.answers.variants]
         now = self.clock()
-        for i, akey in enumerate(answer_keys):
+        for i, (akey, suffix) in enumerate(answer_keys):
             if i % DUMP_BATCH == 0 and i:
                 yield out
                 out, now = [], self.clock()
-            qname = akey[:-4]
+            question = akey[:len(akey) - suffix]
+            qname = question[:-4]
             if zone is not None and not is_subdomain(qname, zone):
                 continue
-            answer = answer_table.get(akey)
+            answer = (self.answers.variants if suffix else self.answers.entries).get(akey)
             if answer is None:
                 continue
             ttl = int(answer.expires_at - now)
@@ -282,14 +287,17 @@ class DNSCacheAdmin:
                 expired += 1
                 continue
             answers += 1
-            qtype, qclass = struct.unpack("!HH", akey[-4:])
+            qtype, qclass = struct.unpack("!HH", question[-4:])
+            bits = [name for name, bit in (("do", VARIANT_DO), ("ad", VARIANT_AD), ("cd", VARIANT_CD))
+                    if suffix and akey[-1] & bit]
             fields = (name_to_text(qname), class_text(qclass), type_text(qtype),
                       _rcode_text(answer.rcode_flags & 0xF), ttl)
             if as_json:
+                extra = {"query_bits": bits} if bits else {}
                 out.append(json.dumps(dict(zip(("name", "class", "type", "rcode", "ttl"), fields, strict=True),
-                                           kind="answer")))
+                                           kind="answer", **extra)))
             else:
-                out.append("; answer {} {} {} {} {}".format(*fields))
+                out.append("; answer {} {} {} {} {}".format(*fields) + "".join(f" +{bit}" for bit in bits))
         if not as_json:
             out.append(f"; {rrsets} RRsets ({records} records), {negatives} negative entries, {answers} answers"
                        + (f"; {expired} expired entries (kept for serve-stale) not shown" if expired else ""))

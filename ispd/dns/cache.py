@@ -8,7 +8,11 @@ Two layers, as in Unbound:
 - ``AnswerCache`` holds finished replies in wire form keyed by the question as it sits on the wire
   (lowercased name, type, class). A hit is the client's ID and question spliced onto the stored
   body, with TTLs lowered once per second of age by patching the stored offsets in place: no
-  decode and no encode (the speed of a Python resolver is decided here).
+  decode and no encode (the speed of a Python resolver is decided here). When the resolver
+  validates, a query's DNSSEC bits change its reply (DO: the RRSIGs and NSEC records; AD or DO:
+  the AD bit; CD: bogus data instead of SERVFAIL), so a query with any of them set is keyed by the
+  question plus one byte of those bits (``answer_variant``), in a table of its own
+  (``variants``): plain queries, the common case, stay on the plain table.
 
 Both are bounded in bytes (an estimate of each entry's footprint) and evict with CLOCK: a hit only
 sets a counter, and eviction walks from the oldest insertion, giving entries hit since the last
@@ -43,6 +47,16 @@ class Trust(IntEnum):
     LOCAL = 6  # configured data
 
 
+class Security(IntEnum):
+    """An RRset's or answer's DNSSEC state (RFC 4033 §5), worst first; UNCHECKED when no
+    validator looked (validation off, or not yet)."""
+
+    UNCHECKED = -1
+    BOGUS = 0
+    INSECURE = 1
+    SECURE = 2
+
+
 @dataclass(slots=True)
 class RRsetEntry:
     name: bytes
@@ -56,10 +70,22 @@ class RRsetEntry:
     # An A/AAAA set's addresses as text, made once on first use: iteration asks for a zone's
     # server addresses on every upstream query.
     address_texts: tuple[str, ...] | None = None
+    # DNSSEC: the RRSIGs over the set, the NSEC/NSEC3 proof a wildcard expansion comes with,
+    # the zone whose servers gave it, and what the validator found (with an RFC 8914 code).
+    sigs: tuple[bytes, ...] = ()
+    proof: tuple[RR, ...] = ()
+    zone: bytes = b""
+    security: Security = Security.UNCHECKED
+    ede: int = -1
 
     def records(self, now: float, *, stale_ttl: int | None = None) -> list[RR]:
         ttl = stale_ttl if stale_ttl is not None else max(0, int(self.expires_at - now))
         return [RR(self.name, self.rtype, 1, ttl, rdata) for rdata in self.rdatas]
+
+    def records_with_sigs(self, now: float, *, stale_ttl: int | None = None) -> list[RR]:
+        ttl = stale_ttl if stale_ttl is not None else max(0, int(self.expires_at - now))
+        return ([RR(self.name, self.rtype, 1, ttl, rdata) for rdata in self.rdatas]
+                + [RR(self.name, RRType.RRSIG, 1, ttl, rdata) for rdata in self.sigs])
 
     def addresses(self) -> tuple[str, ...]:
         if self.address_texts is None:
@@ -84,6 +110,14 @@ class NegativeEntry:
     expires_at: float
     size: int
     hits: int = 0
+    proof: tuple[RR, ...] = ()  # DNSSEC: the SOA's RRSIGs and the NSEC/NSEC3 records with theirs
+    zone: bytes = b""
+    security: Security = Security.UNCHECKED
+    ede: int = -1
+
+    def proof_records(self, now: float, *, stale_ttl: int | None = None) -> list[RR]:
+        ttl = stale_ttl if stale_ttl is not None else max(0, int(self.expires_at - now))
+        return [RR(rr.name, rr.rtype, rr.rclass, min(ttl, rr.ttl), rr.rdata) for rr in self.proof]
 
     def soa_record(self, now: float, *, stale_ttl: int | None = None) -> list[RR]:
         if self.soa is None:
@@ -198,15 +232,17 @@ class RRsetCache(_BoundedCache):
     # --- stores ---
 
     def put(self, name: bytes, rtype: int, ttl: int, rdatas: tuple[bytes, ...], trust: Trust,
-            now: float) -> RRsetEntry | None:
+            now: float, *, sigs: tuple[bytes, ...] = (), proof: tuple[RR, ...] = (),
+            zone: bytes = b"") -> RRsetEntry | None:
         """Store an RRset unless a more credible one is still fresh; the stored entry or None."""
         key = (name, rtype)
         old = self._entries.get(key)
         if isinstance(old, RRsetEntry) and old.expires_at > now and old.trust > trust:
             return None
         ttl = self.limits.clamp(ttl)
-        size = _ENTRY_OVERHEAD + len(name) + sum(len(r) + 60 for r in rdatas)
-        entry = RRsetEntry(name, rtype, rdatas, trust, ttl, now + ttl, size)
+        size = (_ENTRY_OVERHEAD + len(name) + sum(len(r) + 60 for r in rdatas) + sum(len(r) + 60 for r in sigs)
+                + sum(len(rr.rdata) + len(rr.name) + 60 for rr in proof))
+        entry = RRsetEntry(name, rtype, rdatas, trust, ttl, now + ttl, size, sigs=sigs, proof=proof, zone=zone)
         self._store(key, entry, old, now)
         if rtype != RRType.CNAME:  # positive data for the name ends an NXDOMAIN we held for it
             nx = self._entries.get((name, NXDOMAIN_KEY))
@@ -214,15 +250,17 @@ class RRsetCache(_BoundedCache):
                 self._remove((name, NXDOMAIN_KEY))
         return entry
 
-    def put_negative(self, name: bytes, rtype: int, kind: NegativeKind, soa: RR | None, now: float) -> NegativeEntry:
+    def put_negative(self, name: bytes, rtype: int, kind: NegativeKind, soa: RR | None, now: float, *,
+                     proof: tuple[RR, ...] = (), zone: bytes = b"") -> NegativeEntry:
         """RFC 2308 §5: the negative TTL is the lesser of the SOA's TTL and its MINIMUM field (the
         caller passes the SOA with that TTL); without an SOA the answer is cached briefly."""
         ttl = min(soa.ttl if soa is not None else 5, self.limits.max_negative_ttl)
         ttl = max(ttl, min(self.limits.min_ttl, self.limits.max_negative_ttl))
         key = (name, NXDOMAIN_KEY if kind == NegativeKind.NXDOMAIN else rtype)
         stored_soa = RR(soa.name, soa.rtype, soa.rclass, ttl, soa.rdata) if soa is not None else None
-        size = _ENTRY_OVERHEAD + len(name) + (len(soa.rdata) + len(soa.name) if soa else 0)
-        entry = NegativeEntry(name, kind, stored_soa, now + ttl, size)
+        size = (_ENTRY_OVERHEAD + len(name) + (len(soa.rdata) + len(soa.name) if soa else 0)
+                + sum(len(rr.rdata) + len(rr.name) + 60 for rr in proof))
+        entry = NegativeEntry(name, kind, stored_soa, now + ttl, size, proof=proof, zone=zone)
         self._store(key, entry, self._entries.get(key), now)
         return entry
 
@@ -296,6 +334,7 @@ class CachedAnswer:
     hits: int = 0
     refreshing: bool = False  # a prefetch or a stale refresh is under way
     stale_until: float = 0.0  # after a failed refresh: serve stale without asking before this
+    ede: int = -1  # an Extended DNS Error (RFC 8914) for the OPT record; never stored in the cache
 
     def render(self, now: float) -> bytes:
         age = int(now - self.stored_at)
@@ -314,11 +353,29 @@ class CachedAnswer:
         return bytes(body)
 
 
+VARIANT_DO = 0x01
+VARIANT_CD = 0x10  # the header bits of CD and AD, where they sit in a query's fourth byte
+VARIANT_AD = 0x20
+_VARIANT_SUFFIXES = tuple(bytes((v,)) for v in range(1, 0x32) if v & ~(VARIANT_DO | VARIANT_CD | VARIANT_AD) == 0)
+
+
+def answer_variant(key: bytes) -> int:
+    """The DNSSEC bits a key carries after its question (0 for a plain key)."""
+    i = 0
+    while key[i]:
+        i += key[i] + 1
+    return key[i + 5] if len(key) == i + 6 else 0
+
+
 class AnswerCache(_BoundedCache):
     def __init__(self, limits: CacheLimits, prefetch: bool = True) -> None:
         super().__init__(limits)
         self.prefetch = prefetch
         self.entries: dict[bytes, CachedAnswer] = {}
+        self.variants: dict[bytes, CachedAnswer] = {}
+
+    def table(self, key: bytes) -> dict[bytes, CachedAnswer]:
+        return self.variants if answer_variant(key) else self.entries
 
     def build(self, key: bytes, rcode_flags: int, counts: tuple[int, int, int], template: bytes,
               ttl_offsets: tuple[int, ...], ttls: tuple[int, ...], now: float, *,
@@ -338,41 +395,52 @@ class AnswerCache(_BoundedCache):
               ttl_offsets: tuple[int, ...], ttls: tuple[int, ...], now: float, *,
               ttl_floor: int | None = None) -> CachedAnswer:
         entry = self.build(key, rcode_flags, counts, template, ttl_offsets, ttls, now, ttl_floor=ttl_floor)
-        old = self.entries.pop(key, None)
+        table = self.table(key)
+        old = table.pop(key, None)
         if old is not None:
             self._clock.bytes -= old.size
-        self.entries[key] = entry
+        table[key] = entry
         self._clock.bytes += entry.size
         if self._clock.bytes > self.limits.max_bytes:
-            self._clock.evict(self.entries, now)
+            self._clock.evict(table, now)
         return entry
 
     def get_stale(self, key: bytes, now: float) -> CachedAnswer | None:
         """The entry for ``key`` while it can be served, fresh or stale; never a failure (a
         SERVFAIL is cached for a few seconds, not kept to be served again). Local data and policy
         answers are never in this cache, so they are never served stale."""
-        entry = self.entries.get(key)
+        entry = self.table(key).get(key)
         if (entry is None or entry.expires_at + self.limits.stale_seconds <= now
                 or entry.rcode_flags & 0xF == RCode.SERVFAIL):
             return None
         return entry
 
     def discard(self, key: bytes) -> None:
-        entry = self.entries.pop(key, None)
+        """Drop the answer under ``key``; a plain key takes its DNSSEC variants with it."""
+        table = self.table(key)
+        entry = table.pop(key, None)
         if entry is not None:
             self._clock.bytes -= entry.size
+        if table is self.entries and self.variants:
+            for suffix in _VARIANT_SUFFIXES:
+                variant = self.variants.pop(key + suffix, None)
+                if variant is not None:
+                    self._clock.bytes -= variant.size
 
     def flush(self, name: bytes, *, subtree: bool = False) -> int:
         """Drop the answers for ``name`` (the key's name part), or for it and all below."""
         keys = [k for k in self.entries
                 if k[:-4] == name or (subtree and is_subdomain(k[:-4], name))]
+        keys += [k for k in self.variants
+                 if k[:-5] == name or (subtree and is_subdomain(k[:-5], name))]
         for key in keys:
             self.discard(key)
         return len(keys)
 
     def clear(self) -> None:
         self.entries.clear()
+        self.variants.clear()
         self._clock.bytes = 0
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.entries) + len(self.variants)

@@ -1,8 +1,9 @@
 """The ``[dns]`` section: listeners and who may use them, the cache, iteration, local data, policy.
 
 Defaults are those of a careful ISP resolver: only loopback may query until ``allow`` names the
-subscriber networks (never an open resolver), the IANA root hints, QNAME minimisation in relaxed
-mode, a 1232-byte EDNS buffer (DNS flag day 2020), serve-stale for a day, prefetch on.
+subscriber networks (never an open resolver), the IANA root hints and DNSSEC validation with the
+IANA root trust anchors, QNAME minimisation in relaxed mode, a 1232-byte EDNS buffer (DNS flag
+day 2020), serve-stale for a day, prefetch on.
 Validation checks names and addresses here, so a typo fails ``ispd check-config`` rather than a
 query at 3 a.m.; files (root hints, zones, policy zones) are read when the service starts and
 reloads, with errors naming the file and line.
@@ -176,6 +177,21 @@ class DoQConfig(EncryptedListenerConfig):
     allow_0rtt: bool = False
 
 
+class DNSSECConfig(Section):
+    # Validate answers (RFC 4033-4035): AD on secure answers for clients that ask (DO or AD),
+    # SERVFAIL with an Extended DNS Error (RFC 8914) on bogus ones; a client that sets CD gets
+    # the data unvalidated.
+    validation: bool = True
+    # Trust anchors: DS or DNSKEY records in zone-file form (Unbound's root.key works as it is).
+    # Unset: the IANA root anchors that ship with ispd. A private root (root_hints) needs its own.
+    trust_anchor_file: Path | None = None
+    # Negative trust anchors (RFC 7646): domains whose signatures are broken and are resolved
+    # without validation until they are fixed. `ispd dns nta add` adds more at run time.
+    negative_trust_anchors: list[DomainName] = []
+    # How long a bogus verdict is remembered before the servers are asked again.
+    bogus_ttl_seconds: int = Field(default=60, ge=1, le=3600)
+
+
 class DNSConfig(Section):
     enabled: bool = False
     # UDP and TCP on each address.
@@ -199,6 +215,7 @@ class DNSConfig(Section):
     walled_garden: WalledGardenConfig = WalledGardenConfig()
     cache: CacheConfig = CacheConfig()
     resolver: ResolverConfig = ResolverConfig()
+    dnssec: DNSSECConfig = DNSSECConfig()
     # Encrypted DNS for subscribers; each is off until it has listen addresses.
     dot: DoTConfig = DoTConfig()
     doh: DoHConfig = DoHConfig()

@@ -35,6 +35,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -354,13 +355,15 @@ def verify_rrset(owner: bytes, rtype: int, rdatas: Sequence[bytes], sigs: Iterab
 
 # --- denial of existence ------------------------------------------------------------------
 
+_Ordered = TypeVar("_Ordered", tuple[bytes, ...], bytes)
+
+
 def canonical_key(name: bytes) -> tuple[bytes, ...]:
     """A sort key in RFC 4034 §6.1 canonical order."""
     return tuple(reversed(name_labels(name.lower())))
 
 
-def _covers(owner_key: tuple[bytes, ...] | bytes, next_key: tuple[bytes, ...] | bytes,
-            key: tuple[bytes, ...] | bytes) -> bool:
+def _covers(owner_key: _Ordered, next_key: _Ordered, key: _Ordered) -> bool:
     """``key`` lies strictly between the owner and the next name, the last link wrapping."""
     if owner_key < next_key:
         return owner_key < key < next_key
@@ -528,6 +531,28 @@ def nsec3_denial(qname: bytes, qtype: int, nxdomain: bool, records: Iterable[RR]
     return Denial.SECURE
 
 
+def shows_delegation(name: bytes, records: Iterable[RR]) -> bool:
+    """Whether verified denial records put a zone cut at ``name``: an NSEC or NSEC3 there with NS
+    and without SOA (a delegation, RFC 4035 §5.2), or an opt-out NSEC3 span that may hide one
+    (RFC 5155 §8.6). Otherwise a name whose DS is denied is no zone of its own, only a name in
+    its parent's zone."""
+    records = list(records)
+    for nsec in _nsecs(records):
+        if nsec.owner == name:
+            return bitmap_has(nsec.bitmap, RRType.NS) and not bitmap_has(nsec.bitmap, RRType.SOA)
+    chain = _Nsec3Set(records)
+    if not chain.items:
+        return False
+    match = chain.matching(name)
+    if match is not None:
+        return bitmap_has(match.bitmap, RRType.NS) and not bitmap_has(match.bitmap, RRType.SOA)
+    proof = chain.closest_encloser(name)
+    if proof is None:
+        return False
+    covering = chain.covering(proof[1])
+    return covering is not None and covering.opt_out
+
+
 def nsec3_wildcard_expansion(qname: bytes, sig_labels: int, records: Iterable[RR]) -> Denial:
     """RFC 5155 §8.8: the next closer name of a wildcard answer is covered."""
     chain = _Nsec3Set(records)
@@ -539,7 +564,9 @@ def nsec3_wildcard_expansion(qname: bytes, sig_labels: int, records: Iterable[RR
     covering = chain.covering(next_closer)
     if covering is None:
         return Denial.BOGUS
-    return Denial.SECURE
+    # Under opt-out an unsigned delegation may be where the wildcard seemed to match (Unbound's
+    # reading of RFC 5155 §9.2): insecure, not secure.
+    return Denial.INSECURE if covering.opt_out else Denial.SECURE
 
 
 def denial(qname: bytes, qtype: int, nxdomain: bool, records: Sequence[RR]) -> Denial:

@@ -29,6 +29,13 @@ An entry asked for in the last tenth of its TTL is refreshed in the background (
 
 Replies carry an OPT record (buffer 1232) when the query did, echo its DO bit, and are truncated
 with TC when larger than the client's UDP size (512 without EDNS).
+
+DNSSEC, when the resolver validates: a secure answer has AD when the query set DO or AD (RFC 6840
+§5.7), never an insecure one; a bogus one is SERVFAIL with an Extended DNS Error (RFC 8914) and is
+not kept in the answer cache (the RRset cache remembers the verdict), unless the query set CD,
+which gets the data as it came (RFC 4035 §3.2.2). RRSIG, NSEC and NSEC3 records go only to
+queries with DO (RFC 4035 §3.2.1). The answer cache keeps one reply per combination of those
+bits (``cache.answer_variant``); a plain query's key is the question alone, as without DNSSEC.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ from enum import IntEnum
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any
 
-from ispd.dns.cache import AnswerCache, CachedAnswer
+from ispd.dns.cache import VARIANT_AD, VARIANT_CD, VARIANT_DO, AnswerCache, CachedAnswer, Security, answer_variant
 from ispd.dns.policy import PolicyAction, PolicyHit
 from ispd.dns.resolver import Resolution, Resolver
 from ispd.dns.wire import (
@@ -50,11 +57,13 @@ from ispd.dns.wire import (
     EDNS,
     EDNS_DO,
     FLAG_AA,
+    FLAG_AD,
     FLAG_CD,
     FLAG_QR,
     FLAG_RA,
     FLAG_RD,
     FLAG_TC,
+    RR,
     Message,
     Opcode,
     Question,
@@ -62,6 +71,7 @@ from ispd.dns.wire import (
     RRType,
     WireError,
     decode_message,
+    ede_option,
     encode_message,
     error_reply,
     key_of,
@@ -82,6 +92,8 @@ TCP_MAX_SIZE = 65535
 _TC_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x00"
 _TC_COUNTS_OPT = b"\x00\x01\x00\x00\x00\x00\x00\x01"
 _RD_CD = FLAG_RD | FLAG_CD
+_DNSSEC_TYPES = frozenset({RRType.RRSIG, RRType.NSEC, RRType.NSEC3})
+_VARIANT_SUFFIX = tuple(bytes((v,)) for v in range(0x32))
 
 
 class ClientClass(IntEnum):
@@ -162,6 +174,7 @@ class DNSEngine:
         self._background: set[asyncio.Task[None]] = set()
         self._opt = opt_record(SERVER_UDP_SIZE)
         self._opt_do = opt_record(SERVER_UDP_SIZE, EDNS_DO)
+        self.validating = resolver.validator is not None
 
     # --- who is asking ---------------------------------------------------------------------
 
@@ -203,7 +216,13 @@ class DNSEngine:
         if question is None:
             return None
         key, qend, size, edns_flags = question
-        entry = self.answers.entries.get(key)
+        qtype = (key[-4] << 8) | key[-3]
+        if self.validating:
+            variant = (data[3] & 0x30) | (edns_flags >> 15)
+            entry = self.answers.variants.get(key + _VARIANT_SUFFIX[variant]) if variant else \
+                self.answers.entries.get(key)
+        else:
+            entry = self.answers.entries.get(key)
         if entry is None:
             return None
         now = self.clock()
@@ -213,11 +232,10 @@ class DNSEngine:
             return None  # the slow path counts and drops it
         entry.hits += 1
         self.stats.cache_hits += 1
-        qtype = (key[-4] << 8) | key[-3]
         self.qtypes[qtype] = self.qtypes.get(qtype, 0) + 1
         self.rcodes[entry.rcode_flags & 0xF] += 1
         if now >= entry.prefetch_at and not entry.refreshing:
-            self._prefetch(key, entry)
+            self._prefetch(key + _VARIANT_SUFFIX[variant] if self.validating and variant else key, entry)
         flags = entry.rcode_flags | (((data[2] << 8) | data[3]) & _RD_CD)
         if size:
             opt = self._opt_do if edns_flags & EDNS_DO else self._opt
@@ -283,12 +301,12 @@ class DNSEngine:
             # Answered over TCP, but never through the answer cache: its fast path would hand
             # the answer to the next UDP client without asking the policy.
             resolution = await self._resolve_uncached(question)
-            return self._reply_cached(query, self._build(key_of(question), question, resolution,
+            return self._reply_cached(query, self._build(self._key(query, question), question, resolution,
                                                          self.clock(), store=False), tcp)
 
-        key = key_of(question)
+        key = self._key(query, question)
         now = self.clock()
-        entry = self.answers.entries.get(key)
+        entry = self.answers.table(key).get(key)
         if entry is not None and entry.expires_at > now:
             self.stats.cache_hits += 1
         else:
@@ -298,6 +316,14 @@ class DNSEngine:
                 self.stats.resolution_failures += 1
                 return self._error(query, RCode.SERVFAIL)
         return self._reply_cached(query, entry, tcp)
+
+    def _key(self, query: Message, question: Question) -> bytes:
+        """The answer cache's key: the question, and the query's DNSSEC bits when validating."""
+        key = key_of(question)
+        if not self.validating:
+            return key
+        variant = (query.flags & (FLAG_AD | FLAG_CD)) | (VARIANT_DO if query.edns is not None and query.edns.do else 0)
+        return key + _VARIANT_SUFFIX[variant] if variant else key
 
     async def _resolve_for_client(self, key: bytes, question: Question,
                                   cached: CachedAnswer | None) -> CachedAnswer | None:
@@ -403,9 +429,20 @@ class DNSEngine:
 
     def _build(self, key: bytes, question: Question, resolution: Resolution, now: float, *,
                store: bool) -> CachedAnswer:
+        variant = answer_variant(key) if self.validating else 0
+        ede = -1
+        if resolution.security == Security.BOGUS and not variant & VARIANT_CD:
+            # RFC 4035 §5.5: bogus data is not handed out; the verdict is kept by the RRset cache.
+            ede, store = resolution_ede(resolution.ede), False
+            resolution = Resolution(RCode.SERVFAIL, [], [], resolution.failure)
         if resolution.rcode == RCode.SERVFAIL:  # no partial chain: it would set the entry's lifetime
             resolution = Resolution(RCode.SERVFAIL, [], [], resolution.failure)
         flags = FLAG_QR | FLAG_RA | (resolution.rcode & 0xF)
+        if resolution.security == Security.SECURE and variant & (VARIANT_DO | VARIANT_AD):
+            flags |= FLAG_AD
+        if not variant & VARIANT_DO:
+            resolution = Resolution(resolution.rcode, without_dnssec(resolution.answer, question.qtype),
+                                    without_dnssec(resolution.authority, question.qtype), resolution.failure)
         q = Question(question.key_name, question.qtype, question.qclass)
         encoded = encode_message(0, flags, q, resolution.answer, resolution.authority, [], max_size=TCP_MAX_SIZE)
         start = 12 + len(q.name) + 4
@@ -415,13 +452,16 @@ class DNSEngine:
         ttls = tuple(rr.ttl for rr in records)
         floor = FAILURE_CACHE_SECONDS if resolution.rcode == RCode.SERVFAIL else 0
         make = self.answers.store if store else self.answers.build
-        return make(key, flags, encoded.counts, template, offsets, ttls, now, ttl_floor=floor)
+        entry = make(key, flags, encoded.counts, template, offsets, ttls, now, ttl_floor=floor)
+        entry.ede = ede
+        return entry
 
     def _prefetch(self, key: bytes, entry: CachedAnswer) -> None:
         entry.refreshing = True
         self.stats.prefetches += 1
-        name_end = len(key) - 4
-        question = Question(key[:name_end], (key[-4] << 8) | key[-3], (key[-2] << 8) | key[-1])
+        name_end = len(key) - (5 if answer_variant(key) else 4)
+        question = Question(key[:name_end], (key[name_end] << 8) | key[name_end + 1],
+                            (key[name_end + 2] << 8) | key[name_end + 3])
         if key in self._inflight:
             return
         future: asyncio.Future[CachedAnswer] = asyncio.get_running_loop().create_future()
@@ -454,6 +494,8 @@ class DNSEngine:
         edns = query.edns
         if edns is not None:
             opt = self._opt_do if edns.do else self._opt
+            if entry.ede >= 0:
+                opt = opt_record(SERVER_UDP_SIZE, edns.flags & EDNS_DO, options=ede_option(entry.ede))
             reply = b"".join((_U16.pack(query.id), _U16.pack(flags), entry.counts_with_opt, question,
                               entry.render(self.clock()), opt))
         else:
@@ -477,6 +519,11 @@ class DNSEngine:
             except TimeoutError:
                 rest = Resolution(RCode.SERVFAIL, [], failure="timed out")
             rcode, answer, authority, authoritative = rest.rcode, answer + rest.answer, rest.authority, False
+            if rest.security == Security.BOGUS and not query.flags & FLAG_CD:
+                rcode, answer, authority = RCode.SERVFAIL, [], []
+            if query.edns is None or not query.edns.do:
+                answer = without_dnssec(answer, query.question.qtype)
+                authority = without_dnssec(authority, query.question.qtype)
         flags = (FLAG_QR | FLAG_RA | (FLAG_AA if authoritative else 0) | (query.flags & _RD_CD) | (rcode & 0xF))
         self.rcodes[rcode & 0xF] += 1
         edns = query.edns
@@ -502,6 +549,18 @@ class DNSEngine:
         if reply is not None:
             self.rcodes[reply[3] & 0xF] += 1
         return reply
+
+
+def without_dnssec(records: list[RR], qtype: int) -> list[RR]:
+    """RFC 4035 §3.2.1: without DO, RRSIG, NSEC and NSEC3 records only when asked for."""
+    if not any(rr.rtype in _DNSSEC_TYPES for rr in records):
+        return records
+    return [rr for rr in records if rr.rtype not in _DNSSEC_TYPES or rr.rtype == qtype]
+
+
+def resolution_ede(code: int) -> int:
+    """The Extended DNS Error of a bogus resolution: its own, or DNSSEC Bogus (6)."""
+    return code if code >= 0 else 6
 
 
 def udp_limit(edns: EDNS | None) -> int:

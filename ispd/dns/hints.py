@@ -1,8 +1,10 @@
-"""Root hints: the root servers' names and addresses in the format IANA publishes (named.root).
+"""Where resolution starts: root hints and DNSSEC trust anchors, shipped defaults or files.
 
+Root hints are the root servers' names and addresses in the format IANA publishes (named.root).
 Only NS records at the root and A/AAAA records of the names they list matter; comments, other
-records and TTLs are ignored. A shipped copy of IANA's file is the default; operators of private
-roots (and the tests' hierarchy on loopback) give their own.
+records and TTLs are ignored. Trust anchors are DS or DNSKEY records in zone-file form
+(``dnssec.parse_trust_anchors``). Copies of IANA's hints and root anchors ship with ispd as the
+defaults; operators of private roots (and the tests' hierarchy on loopback) give their own.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from importlib import resources
 from ipaddress import ip_address
 from pathlib import Path
 
+from ispd.dns.dnssec import TrustAnchor, parse_trust_anchors
 from ispd.dns.resolver import Hints
 from ispd.dns.wire import ROOT, name_from_text
 
@@ -27,13 +30,33 @@ def load_root_hints(path: Path | None) -> Hints:
     """The (name, addresses) of each root server; raises ``HintsError`` naming file and line."""
     if path is None:
         return parse_root_hints(default_hints_text(), "the shipped IANA root hints")
+    return parse_root_hints(_read(path, "the root hints"), str(path))
+
+
+def _read(path: Path, what: str) -> str:
     try:
-        text = path.read_text()
+        return path.read_text()
     except OSError as exc:
-        raise HintsError(f"{path}: cannot read the root hints: {exc.strerror or exc}") from None
+        raise HintsError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise HintsError(f"{path}: not a text file") from None
-    return parse_root_hints(text, str(path))
+
+
+def load_trust_anchors(path: Path | None) -> list[TrustAnchor]:
+    """The trust anchors in ``path`` (the shipped IANA root anchors when None); raises
+    ``HintsError`` naming the file and line."""
+    if path is None:
+        source, text = "the shipped IANA root anchors", resources.files("ispd.dns").joinpath(
+            "data/root-anchors.txt").read_text()
+    else:
+        source, text = str(path), _read(path, "the trust anchors")
+    try:
+        anchors = parse_trust_anchors(text)
+    except ValueError as exc:
+        raise HintsError(f"{source}: {exc}") from None
+    if not anchors:
+        raise HintsError(f"{source}: no DS or DNSKEY record")
+    return anchors
 
 
 def parse_root_hints(text: str, source: str) -> Hints:

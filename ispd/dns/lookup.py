@@ -3,7 +3,9 @@
 It runs the resolver in the command's own process with the config's root hints, forward and stub
 zones and resolver settings, starting from an empty cache (like ``dig +trace``, but through
 ispd's own iterator: QNAME minimisation, server selection, lame and dead servers as the daemon
-sees them). Local data and policy are the daemon's business and are not consulted.
+sees them), and validates the answer with the config's trust anchors as the daemon would (the
+negative trust anchors added at run time are the daemon's own). Local data and policy are the
+daemon's business and are not consulted.
 """
 
 from __future__ import annotations
@@ -13,13 +15,13 @@ from collections.abc import Callable
 
 import dnslib  # type: ignore[import-untyped]
 
-from ispd.dns.cache import CacheLimits, RRsetCache
+from ispd.dns.cache import CacheLimits, RRsetCache, Security
 from ispd.dns.config import DNSConfig
 from ispd.dns.hints import load_root_hints
 from ispd.dns.resolver import Resolution, Resolver
-from ispd.dns.service import forward_zones, resolver_settings
+from ispd.dns.service import forward_zones, make_validator, resolver_settings
 from ispd.dns.upstream import UpstreamTransport
-from ispd.dns.wire import FLAG_QR, FLAG_RA, Question, RRType, encode_message, name_from_text
+from ispd.dns.wire import FLAG_AD, FLAG_QR, FLAG_RA, Question, RRType, encode_message, name_from_text
 
 
 def parse_type(text: str) -> int:
@@ -35,13 +37,18 @@ async def lookup(config: DNSConfig, name: str, qtype: int, say: Callable[[str], 
     qname = name_from_text(name)
     resolver = Resolver(RRsetCache(CacheLimits()), UpstreamTransport(), load_root_hints(config.root_hints),
                         time.monotonic, resolver_settings(config), forward_zones(config))
+    resolver.validator = make_validator(config, resolver, time.monotonic)
     started = time.monotonic()
     resolution = await resolver.resolve(qname, qtype, trace=lambda line: say(f";; {line}"))
     elapsed = time.monotonic() - started
-    flags = FLAG_QR | FLAG_RA | resolution.rcode
+    if resolution.security == Security.BOGUS:
+        resolution.failure = f"DNSSEC: bogus (Extended DNS Error {resolution.ede})"
+    flags = FLAG_QR | FLAG_RA | resolution.rcode | (FLAG_AD if resolution.security == Security.SECURE else 0)
     wire = encode_message(0, flags, Question(qname, qtype), resolution.answer, resolution.authority, []).data
     say("")
     say(str(dnslib.DNSRecord.parse(wire)))
+    if resolver.validator is not None:
+        say(f";; DNSSEC: {resolution.security.name.lower()}")
     say(f";; {resolver.upstream_queries} upstream queries in {elapsed * 1000:.1f} ms"
         + (f"; failed: {resolution.failure}" if resolution.failure else ""))
     return resolution

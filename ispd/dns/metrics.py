@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ispd.dns.dnssec import EDE
 from ispd.dns.wire import RCode, RRType
 from ispd.metrics.fast import Histogram
 
 if TYPE_CHECKING:
     from ispd.dns.service import DNSService
+    from ispd.dns.validator import Validator
 
 # Query types reported by name; the rest count as "other" (labels stay a closed set).
 REPORTED_TYPES = {int(t): t.name for t in (
@@ -121,6 +123,8 @@ class _DNSCollector(Collector):
         yield evictions
 
         resolver = service.resolver
+        if resolver.validator is not None:
+            yield from _dnssec_metrics(resolver.validator)
         yield _counter("ispd_dns_upstream_queries", "Queries sent to authoritative servers and forwarders.",
                        resolver.upstream_queries)
         failures = CounterMetricFamily("ispd_dns_upstream_failures", "Upstream queries that failed, by kind.",
@@ -160,6 +164,22 @@ class _DNSCollector(Collector):
         for path, hist in (("cache_hit", metrics.hit_latency), ("other", metrics.slow_latency)):
             latency.add_metric([path], hist.cumulative(), hist.total)
         yield latency
+
+
+def _dnssec_metrics(validator: Validator) -> Iterator[Metric]:
+    verdicts = CounterMetricFamily("ispd_dns_dnssec_verdicts",
+                                   "Steps of resolutions validated, by verdict (RFC 4033 §5).", labels=["verdict"])
+    for security, count in validator.stats.verdicts.items():
+        verdicts.add_metric([security.name.lower()], count)
+    yield verdicts
+    failures = CounterMetricFamily("ispd_dns_dnssec_failures",
+                                   "Bogus verdicts, by reason (the Extended DNS Error, RFC 8914).", labels=["reason"])
+    for code in EDE:
+        failures.add_metric([code.name.lower()], validator.stats.failures.get(code, 0))
+    yield failures
+    yield GaugeMetricFamily("ispd_dns_dnssec_negative_trust_anchors",
+                            "Domains resolved without validation (RFC 7646), from config and `ispd dns nta add`.",
+                            value=len(validator.negative_anchors))
 
 
 def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:

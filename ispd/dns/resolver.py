@@ -38,21 +38,31 @@ in-zone servers' glue has expired is skipped for its parent, which refers again 
 Limits stop loops and work amplification: referrals per name, CNAME hops, nesting of NS-name
 resolutions, and upstream queries per client query (``Budget``).
 
+DNSSEC: with a ``Validator`` attached, upstream queries carry DO (and CD to forwarders, which
+must hand over what they would call bogus so that ispd decides), RRSIGs are kept with the RRsets
+they cover and NSEC/NSEC3 proofs with the negative answers and wildcard expansions they prove,
+DS questions go to the parent's servers (RFC 4035 §4.2), and every step of a resolution is
+handed to the validator, whose verdict (secure, insecure, bogus) is kept in the cache with the
+records. The resolutions the validator itself asks for (DS, DNSKEY) and the addresses of NS
+names are not validated on their own: the validator checks what it uses.
+
 Not here: the local names, policy and access control (the service answers those before asking
-the resolver), DNSSEC (a later issue), and the answer cache in wire form (the service's).
+the resolver), the validation itself (``ispd.dns.validator``), and the answer cache in wire form
+(the service's).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from ispd.dns.cache import NegativeKind, RRsetCache, Trust
+from ispd.dns.cache import NegativeKind, RRsetCache, Security, Trust
 from ispd.dns.wire import (
     CLASS_IN,
     FLAG_AA,
@@ -74,6 +84,11 @@ from ispd.dns.wire import (
     soa_minimum,
     type_text,
 )
+
+if TYPE_CHECKING:
+    from ispd.dns.validator import Validator
+
+_DENIAL_TYPES = frozenset({RRType.NSEC, RRType.NSEC3})
 
 
 class UpstreamError(Exception):
@@ -123,6 +138,9 @@ class Resolution:
     answer: list[RR]
     authority: list[RR] = field(default_factory=list)
     failure: str | None = None  # why a SERVFAIL: a short reason for logs, metrics and traces
+    security: Security = Security.UNCHECKED
+    ede: int = -1  # an RFC 8914 code for a bogus answer
+    zone: bytes = b""  # the zone whose servers gave the last step (the validator's parent zone)
 
 
 class Budget:
@@ -229,6 +247,12 @@ class Outcome:
     ns_names: tuple[bytes, ...] = ()
     reason: str = ""
     minimised_error: bool = False  # an error rcode to a minimised name, not a verdict on the server
+    # DNSSEC: the NSEC/NSEC3 records (and the RRSIGs of those and of the SOA) of a negative answer
+    # or a wildcard expansion, and the validator's verdict. ``zone`` is also the zone that gave
+    # an answer.
+    proof: list[RR] = field(default_factory=list)
+    security: Security = Security.UNCHECKED
+    ede: int = -1
 
 
 _NO_SERVER_ANSWERED = Outcome(Step.FAILED, reason="no server of the zone answered")
@@ -247,6 +271,7 @@ class Resolver:
         self.settings = settings or ResolverSettings()
         self.infra = InfraCache(self.settings)
         self.forward_zones = {zone.name: zone for zone in forward_zones or ()}
+        self.validator: Validator | None = None
         self.upstream_queries = 0
         self.upstream_failures: dict[str, int] = {}
         self._priming: asyncio.Future[None] | None = None
@@ -255,11 +280,16 @@ class Resolver:
     # --- the client-facing question -----------------------------------------------------
 
     async def resolve(self, name: bytes, qtype: int, *, trace: Callable[[str], None] | None = None,
-                      budget: Budget | None = None, depth: int = 0, refresh: bool = False) -> Resolution:
+                      budget: Budget | None = None, depth: int = 0, refresh: bool = False,
+                      validate: bool = True) -> Resolution:
         """Answer (name, type) in class IN, following CNAMEs and DNAMEs (RFC 1034 §4.3.2).
         ``refresh`` (a prefetch) asks upstream for the names of the answer even while the cache
-        still holds them; delegations still come from the cache."""
+        still holds them; delegations still come from the cache. ``validate=False`` leaves the
+        DNSSEC verdict to the caller (the validator's own questions)."""
         budget = budget or Budget(self.settings.max_queries_per_request, trace)
+        validator = self.validator if validate else None
+        security = Security.SECURE if validator is not None else Security.UNCHECKED
+        ede = -1
         chain: list[RR] = []
         seen = {name}
         current = name
@@ -269,12 +299,18 @@ class Resolver:
             # One reply may carry several hops of the chain: count the hops, not the replies.
             if sum(1 for rr in chain if rr.rtype == RRType.CNAME) > self.settings.max_cname_chain:
                 return Resolution(RCode.SERVFAIL, chain, failure="CNAME chain too long")
+            if validator is not None and outcome.step != Step.FAILED:
+                await validator.check(outcome, current, qtype, budget.trace)
+                if outcome.security < security:
+                    security, ede = outcome.security, outcome.ede
             if outcome.step == Step.ANSWER:
-                return Resolution(RCode.NOERROR, chain)
+                return Resolution(RCode.NOERROR, chain, outcome.proof, security=security, ede=ede, zone=outcome.zone)
             if outcome.step == Step.NXDOMAIN:
-                return Resolution(RCode.NXDOMAIN, chain, outcome.soa)
+                return Resolution(RCode.NXDOMAIN, chain, outcome.soa + outcome.proof, security=security, ede=ede,
+                                  zone=outcome.zone)
             if outcome.step == Step.NODATA:
-                return Resolution(RCode.NOERROR, chain, outcome.soa)
+                return Resolution(RCode.NOERROR, chain, outcome.soa + outcome.proof, security=security, ede=ede,
+                                  zone=outcome.zone)
             if outcome.step != Step.CNAME:
                 return Resolution(RCode.SERVFAIL, chain, failure=outcome.reason or "resolution failed")
             if outcome.next_name in seen:
@@ -293,7 +329,8 @@ class Resolver:
             if budget.trace is not None:
                 _trace(budget, f"{name_to_text(name)} {type_text(qtype)}: {cached.step.value} from the cache")
             return cached
-        forward = self._forward_zone(name)
+        # RFC 4035 §4.2: a DS set is the parent's, so it is asked where the parent is.
+        forward = self._forward_zone(parent_name(name) if qtype == RRType.DS and name != ROOT else name)
         if forward is not None and forward.recursive:
             return await self._ask_servers(forward.name, list(forward.addresses), name, qtype, budget,
                                            forwarded=True)
@@ -305,17 +342,30 @@ class Resolver:
         if qtype != RRType.ANY:
             entry = cache.get(name, qtype, now)
             if entry is not None and entry.trust >= Trust.AUTHORITY:
-                return Outcome(Step.ANSWER, entry.records(now))
+                if not entry.sigs and not entry.proof:
+                    return Outcome(Step.ANSWER, entry.records(now), zone=entry.zone, security=entry.security,
+                                   ede=entry.ede)
+                return Outcome(Step.ANSWER, entry.records_with_sigs(now), zone=entry.zone, proof=list(entry.proof),
+                               security=entry.security, ede=entry.ede)
         if qtype != RRType.CNAME:
             cname = cache.get(name, RRType.CNAME, now)
             if cname is not None and cname.trust >= Trust.AUTHORITY:
-                return Outcome(Step.CNAME, cname.records(now), next_name=rdata_name(cname.rdatas[0]))
+                return Outcome(Step.CNAME, cname.records_with_sigs(now), next_name=rdata_name(cname.rdatas[0]),
+                               zone=cname.zone, security=cname.security, ede=cname.ede)
         ancestor = name
         while True:  # RFC 8020: nothing exists below a name that does not exist
             negative = cache.get_negative(ancestor, qtype, now)
             if negative is not None and (ancestor == name or negative.kind == NegativeKind.NXDOMAIN):
                 step = Step.NXDOMAIN if negative.kind == NegativeKind.NXDOMAIN else Step.NODATA
-                return Outcome(step, soa=negative.soa_record(now))
+                if ancestor != name and negative.security != Security.UNCHECKED:
+                    # An NXDOMAIN above the name: its proof denies the ancestor, not this name;
+                    # the verdict stands for both (nothing exists below a name that does not).
+                    return Outcome(step, soa=negative.soa_record(now), zone=negative.zone,
+                                   security=negative.security, ede=negative.ede)
+                if ancestor != name and self.validator is not None:
+                    return None  # not yet validated: ask, and prove this name's own denial
+                return Outcome(step, soa=negative.soa_record(now), proof=negative.proof_records(now),
+                               zone=negative.zone, security=negative.security, ede=negative.ede)
             # ... except where the operator says a zone exists: a forward or stub zone is not
             # hidden by what the public tree says of its parent (an "internal." NXDOMAIN).
             if ancestor == ROOT or ancestor in self.forward_zones:
@@ -335,7 +385,9 @@ class Resolver:
     # --- iteration ----------------------------------------------------------------------
 
     async def _iterate(self, qname: bytes, qtype: int, budget: Budget, depth: int) -> Outcome:
-        zone, ns_names, addresses = await self._closest_delegation(qname, budget)
+        # RFC 4035 §4.2: a DS set lives in the parent zone, so its servers are the ones to ask.
+        start = parent_name(qname) if qtype == RRType.DS and qname != ROOT else qname
+        zone, ns_names, addresses = await self._closest_delegation(start, budget)
         mode = self.settings.qname_minimisation
         minimise = mode != "off"
         known_labels = label_count(zone)
@@ -354,6 +406,8 @@ class Resolver:
             else:
                 outcome = await self._ask_zone(zone, ns_names, send_name, send_type, budget, depth, minimised)
             if outcome.step == Step.REFERRAL:
+                if qtype == RRType.DS and outcome.zone == qname:
+                    return Outcome(Step.FAILED, reason="referred to the child zone for its own DS")
                 zone, ns_names, addresses = outcome.zone, outcome.ns_names, None
                 known_labels = label_count(zone)
                 if budget.trace is not None:
@@ -469,7 +523,7 @@ class Resolver:
             if budget.trace is not None:
                 _trace(budget, f"resolving the address of {name_to_text(ns)}")
             for rtype in self._address_types():
-                await self.resolve(ns, rtype, budget=budget, depth=depth + 1)
+                await self.resolve(ns, rtype, budget=budget, depth=depth + 1, validate=False)
             if not self._addresses_of(ns, self.clock()):
                 continue
             unresolved.insert(0, ns)
@@ -517,12 +571,14 @@ class Resolver:
         """One server's answer, classified; None when that server is no use for this question."""
         state = self.infra.state(address)
         use_edns = not state.no_edns
+        dnssec = self.validator is not None
         send_name = _randomise_case(qname) if self.settings.use_0x20 else qname
         tcp = False
         for attempt in range(3):  # UDP, then TCP after TC or without EDNS after FORMERR
             if attempt and not budget.spend():  # a retry is an upstream query too
                 return None
             query = encode_query(secrets.randbits(16), send_name, qtype, CLASS_IN, rd=forwarded,
+                                 cd=forwarded and dnssec, do=dnssec and use_edns,
                                  udp_size=self.settings.edns_buffer_size if use_edns else None)
             started = self.clock()
             self.upstream_queries += 1
@@ -571,6 +627,8 @@ class Resolver:
                 if message.rcode != RCode.SERVFAIL:
                     self.infra.mark_lame(zone, address, self.clock())
                 return None
+            if outcome.step != Step.REFERRAL:
+                outcome.zone = b"" if forwarded else zone  # a forwarder's answers come from zones unnamed
             return outcome
         return None
 
@@ -588,6 +646,24 @@ class Resolver:
         authority = [rr for rr in message.authority
                      if rr.rclass == CLASS_IN and is_subdomain(rr.name, bailiwick)]
         answer_trust = Trust.ANSWER if authoritative and not forwarded else Trust.FORWARDED
+        sigs: dict[tuple[bytes, int], list[RR]] = {}
+        proof: list[RR] = []
+        if self.validator is not None:
+            for rr in answer:
+                if rr.rtype == RRType.RRSIG and len(rr.rdata) >= 2:
+                    sigs.setdefault((rr.name, (rr.rdata[0] << 8) | rr.rdata[1]), []).append(rr)
+            for rr in authority:
+                if rr.rtype in _DENIAL_TYPES:
+                    proof.append(rr)
+                elif rr.rtype == RRType.RRSIG and len(rr.rdata) >= 2:
+                    covered = (rr.rdata[0] << 8) | rr.rdata[1]
+                    if covered in _DENIAL_TYPES or covered == RRType.SOA:
+                        proof.append(rr)
+                    else:
+                        sigs.setdefault((rr.name, covered), []).append(rr)
+        source_zone = b"" if forwarded else zone  # what the validator may take as the data's zone
+        cache_rrsets = functools.partial(self._cache_rrsets, trust=answer_trust, now=now, skip_any=qtype == RRType.ANY,
+                                         sigs=sigs, zone=source_zone)
 
         # Follow the chain inside the reply.
         records: list[RR] = []
@@ -619,42 +695,45 @@ class Resolver:
                 records.append(cname[0])
                 current = rdata_name(cname[0].rdata)
             if current in visited:  # a loop: resolve() sees the name again and gives up
-                self._cache_rrsets(_on_chain(answer, records), answer_trust, now, skip_any=qtype == RRType.ANY)
-                return Outcome(Step.CNAME, records, next_name=current)
+                cache_rrsets(_on_chain(answer, records))
+                return Outcome(Step.CNAME, _with_sigs(records, sigs), next_name=current)
             visited.add(current)
         else:  # longer than one reply may take: resolve() counts the hops and gives up
-            self._cache_rrsets(_on_chain(answer, records), answer_trust, now, skip_any=qtype == RRType.ANY)
-            return Outcome(Step.CNAME, records, next_name=current)
+            cache_rrsets(_on_chain(answer, records))
+            return Outcome(Step.CNAME, _with_sigs(records, sigs), next_name=current)
 
         # Only the RRsets that answer the question (the chain and its end) are kept: anything
         # else in the answer section is unasked-for, if in bailiwick (Unbound's scrubber).
-        self._cache_rrsets(_on_chain(answer, records + final), answer_trust, now, skip_any=qtype == RRType.ANY)
+        # A wildcard expansion's NSEC proof stays with the answer it proves.
+        cache_rrsets(_on_chain(answer, records + final), proof=tuple(proof) if final and sigs else ())
         soa = [rr for rr in authority if rr.rtype == RRType.SOA and is_subdomain(current, rr.name)]
         if final:
             if qtype == RRType.NS and not forwarded:
                 # The servers' addresses ride along in the additional section: priming (RFC 8109)
                 # learns the root servers' current addresses this way.
                 self._cache_glue(message, zone, {rdata_name(rr.rdata) for rr in final if rr.rtype == RRType.NS}, now)
-            return Outcome(Step.ANSWER, records + final)
+            return Outcome(Step.ANSWER, _with_sigs(records + final, sigs), proof=proof if sigs else [])
         if records and not is_subdomain(current, bailiwick):
-            return Outcome(Step.CNAME, records, next_name=current)
+            return Outcome(Step.CNAME, _with_sigs(records, sigs), next_name=current)
         if rcode == RCode.NXDOMAIN:
             negative_soa = self._negative_soa(soa)
-            self.cache.put_negative(current, qtype, NegativeKind.NXDOMAIN, _first(negative_soa), now)
-            return Outcome(Step.NXDOMAIN, records, soa=negative_soa)
+            self.cache.put_negative(current, qtype, NegativeKind.NXDOMAIN, _first(negative_soa), now,
+                                    proof=tuple(proof), zone=source_zone)
+            return Outcome(Step.NXDOMAIN, _with_sigs(records, sigs), soa=negative_soa, proof=proof)
         ns = [rr for rr in authority if rr.rtype == RRType.NS]
         if not records and ns and not soa and ns[0].name != zone:
-            return self._referral(message, zone, qname, ns, now, authoritative)
+            return self._referral(message, zone, qname, ns, now, authoritative, authority, sigs)
         if soa or authoritative or forwarded:
             negative_soa = self._negative_soa(soa)
-            self.cache.put_negative(current, qtype, NegativeKind.NODATA, _first(negative_soa), now)
-            return Outcome(Step.NODATA, records, soa=negative_soa)
+            self.cache.put_negative(current, qtype, NegativeKind.NODATA, _first(negative_soa), now,
+                                    proof=tuple(proof), zone=source_zone)
+            return Outcome(Step.NODATA, _with_sigs(records, sigs), soa=negative_soa, proof=proof)
         if records:  # a chain inside the zone that the server did not finish: go on from its end
-            return Outcome(Step.CNAME, records, next_name=current)
+            return Outcome(Step.CNAME, _with_sigs(records, sigs), next_name=current)
         return Outcome(Step.FAILED, reason="neither answer nor referral (lame)")
 
     def _referral(self, message: Message, zone: bytes, qname: bytes, ns: list[RR], now: float,
-                  authoritative: bool) -> Outcome:
+                  authoritative: bool, authority: list[RR], sigs: dict[tuple[bytes, int], list[RR]]) -> Outcome:
         child = ns[0].name
         if not is_subdomain(qname, child):
             # NS records for another branch of the zone: not a referral towards the name asked.
@@ -663,6 +742,10 @@ class Resolver:
         ns_names = tuple(dict.fromkeys(rdata_name(rr.rdata) for rr in ns))
         self.cache.put(child, RRType.NS, min(rr.ttl for rr in ns), tuple(rr.rdata for rr in ns),
                        Trust.AUTHORITY if authoritative else Trust.REFERRAL, now)
+        ds = [rr for rr in authority if rr.rtype == RRType.DS and rr.name == child]
+        if ds and (child, RRType.DS) in sigs:  # RFC 4035 §3.1.4: the parent's signed DS, saving a query
+            self.cache.put(child, RRType.DS, min(rr.ttl for rr in ds), tuple(rr.rdata for rr in ds), Trust.AUTHORITY,
+                           now, sigs=tuple(rr.rdata for rr in sigs[(child, RRType.DS)]), zone=zone)
         self._cache_glue(message, zone, set(ns_names), now)
         return Outcome(Step.REFERRAL, zone=child, ns_names=ns_names)
 
@@ -683,17 +766,28 @@ class Resolver:
         record = soa[0]
         return [RR(record.name, record.rtype, record.rclass, min(record.ttl, soa_minimum(record.rdata)), record.rdata)]
 
-    def _cache_rrsets(self, records: list[RR], trust: Trust, now: float, *, skip_any: bool) -> None:
+    def _cache_rrsets(self, records: list[RR], *, trust: Trust, now: float, skip_any: bool,
+                      sigs: dict[tuple[bytes, int], list[RR]], zone: bytes, proof: tuple[RR, ...] = ()) -> None:
         if skip_any:
             return
         rrsets: dict[tuple[bytes, int], list[RR]] = {}
         for rr in records:
-            if rr.rtype in (RRType.OPT, RRType.SIG, RRType.TSIG):
+            if rr.rtype in (RRType.OPT, RRType.SIG, RRType.TSIG, RRType.RRSIG):
                 continue
             rrsets.setdefault((rr.name, rr.rtype), []).append(rr)
-        for (name, rtype), rrs in rrsets.items():
+        for key, rrs in rrsets.items():
             rdatas = tuple(dict.fromkeys(rr.rdata for rr in rrs))
-            self.cache.put(name, rtype, min(rr.ttl for rr in rrs), rdatas, trust, now)
+            signatures = tuple(rr.rdata for rr in sigs.get(key, ()))
+            self.cache.put(key[0], key[1], min(rr.ttl for rr in rrs), rdatas, trust, now, sigs=signatures,
+                           proof=proof if signatures else (), zone=zone)
+
+
+def _with_sigs(records: list[RR], sigs: dict[tuple[bytes, int], list[RR]]) -> list[RR]:
+    """``records`` followed by the RRSIGs over their RRsets."""
+    if not sigs:
+        return records
+    keys = dict.fromkeys((rr.name, rr.rtype) for rr in records)
+    return records + [sig for key in keys for sig in sigs.get(key, ())]
 
 
 def _on_chain(answer: list[RR], chain: list[RR]) -> list[RR]:

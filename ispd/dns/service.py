@@ -25,22 +25,24 @@ from typing import Any, cast
 
 from ispd.config import Config
 from ispd.control import CommandError
+from ispd.dns.admin import parse_name_argument
 from ispd.dns.cache import AnswerCache, CacheLimits, RRsetCache
 from ispd.dns.config import DNSConfig, EncryptedListenerConfig
 from ispd.dns.engine import DNSEngine
 from ispd.dns.frontend import Answerer, TransportStats
-from ispd.dns.hints import HintsError, load_root_hints
+from ispd.dns.hints import HintsError, load_root_hints, load_trust_anchors
 from ispd.dns.https import DoHResponder, serve_h2
 from ispd.dns.localdata import LocalData
 from ispd.dns.metrics import DNSMetrics
 from ispd.dns.policy import CompiledPolicyZone, Policy, compile_policy_zone
 from ispd.dns.quic import QuicListener, QuicSettings, doq_listener, http3_listener
-from ispd.dns.resolver import ForwardZone, Resolver, ResolverSettings
+from ispd.dns.resolver import ForwardZone, Resolution, Resolver, ResolverSettings
 from ispd.dns.streams import serve_dns_stream
 from ispd.dns.tls import TLSListener
 from ispd.dns.upstream import UpstreamTransport
+from ispd.dns.validator import Validator
 from ispd.dns.walledgarden import WalledGarden
-from ispd.dns.wire import name_from_text
+from ispd.dns.wire import name_from_text, name_to_text
 from ispd.dns.zone import ZoneError, load_zone_file
 from ispd.events import (
     LeaseEnded,
@@ -61,6 +63,25 @@ from ispd.store.models import LeaseState, SubscriberStatus
 
 log = get_logger("ispd.dns")
 MAX_SLOW_TASKS = 10_000  # misses being resolved at once; beyond it new misses are dropped
+
+
+DEFAULT_NTA_SECONDS = 86400  # RFC 7646 §2: negative trust anchors lapse; a day unless told
+MAX_NTA_SECONDS = 7 * 86400  # RFC 7646 §4: no more than a week
+
+
+def make_validator(config: DNSConfig, resolver: Resolver, clock: Callable[[], float]) -> Validator | None:
+    """The DNSSEC validator ``config`` asks for over ``resolver`` (None with validation off);
+    raises ``HintsError`` for a bad trust anchor file."""
+    if not config.dnssec.validation:
+        return None
+    anchors = load_trust_anchors(config.dnssec.trust_anchor_file)
+
+    async def fetch(name: bytes, rtype: int) -> Resolution:
+        return await resolver.resolve(name, rtype, validate=False)
+
+    negative = [name_from_text(name) for name in config.dnssec.negative_trust_anchors]
+    return Validator(anchors, fetch, resolver.cache, clock, negative_anchors=negative,
+                     bogus_ttl=config.dnssec.bogus_ttl_seconds)
 
 
 def resolver_settings(config: DNSConfig) -> ResolverSettings:
@@ -94,6 +115,15 @@ def check_files(config: DNSConfig) -> tuple[list[str], list[str]]:
         load_root_hints(config.root_hints)
     except HintsError as exc:
         problems.append(str(exc))
+    if config.dnssec.validation:
+        try:
+            load_trust_anchors(config.dnssec.trust_anchor_file)
+        except HintsError as exc:
+            problems.append(f"dnssec.trust_anchor_file: {exc}")
+        if config.root_hints is not None and config.dnssec.trust_anchor_file is None:
+            warnings.append("dns: root_hints name a root of your own but dnssec.trust_anchor_file is unset: answers "
+                            "are validated against the IANA root anchors, which a private root does not match "
+                            "(give its anchors, or set dnssec.validation = false)")
     for zone in config.local_zone:
         try:
             load_zone_file(zone.file, zone.name)
@@ -164,6 +194,7 @@ class DNSService(Service):
         clock = time.monotonic
         self.resolver = Resolver(self.rrsets, self.upstream, hints, clock, resolver_settings(self.config),
                                  forward_zones(self.config))
+        self.resolver.validator = self._validator(self.config, clock)
         c = self.config
         self.engine = DNSEngine(self.resolver, self.answers, clock, allow=list(c.allow),
                                 rate_limit_qps=c.rate_limit_qps, request_timeout=c.resolver.request_timeout_seconds,
@@ -183,8 +214,64 @@ class DNSService(Service):
         stack.callback(DNSCacheAdmin(self.rrsets, self.answers, clock).register(self.context.control))
         # `ispd subscriber show`: which of a subscriber's addresses this resolver walls now.
         stack.callback(self.context.control.register("dns.walled.show", self._command_walled_show))
+        for command, handler in (("dns.nta.add", self._command_nta_add), ("dns.nta.delete", self._command_nta_delete),
+                                 ("dns.nta.list", self._command_nta_list)):
+            stack.callback(self.context.control.register(command, handler))
         log.info("dns.started", listen=[f"{h}:{p}" for h, p in self.bound], root_servers=len(hints),
                  encrypted=[f"{key} {h}:{p}" for key, listener in self._encrypted() for h, p in listener.bound])
+
+    def _validator(self, config: DNSConfig, clock: Callable[[], float]) -> Validator | None:
+        assert self.resolver is not None
+        try:
+            validator = make_validator(config, self.resolver, clock)
+        except HintsError as exc:
+            raise ServiceStartError(f"dns: dnssec.trust_anchor_file: {exc}") from None
+        if validator is not None and config.root_hints is not None and config.dnssec.trust_anchor_file is None:
+            log.warning("dns.dnssec.iana_anchors_with_private_root", root_hints=str(config.root_hints))
+        old = self.resolver.validator
+        if validator is not None and old is not None:  # `ispd dns nta add` and the counters outlive a reload
+            validator.stats = old.stats
+            for name, until in old.live_negative_anchors().items():
+                if until != float("inf"):
+                    validator.add_negative_anchor(name, until)
+        return validator
+
+    # --- negative trust anchors at run time (`ispd dns nta`)
+
+    def _live_validator(self) -> Validator:
+        validator = self.resolver.validator if self.resolver is not None else None
+        if validator is None:
+            raise CommandError("DNSSEC validation is off (dns.dnssec.validation = false)")
+        return validator
+
+    async def _command_nta_add(self, args: dict[str, Any]) -> dict[str, Any]:
+        validator = self._live_validator()
+        name = parse_name_argument(args.get("name"))
+        seconds = args.get("seconds", DEFAULT_NTA_SECONDS)
+        if not isinstance(seconds, int | float) or isinstance(seconds, bool) or not 0 < seconds <= MAX_NTA_SECONDS:
+            raise CommandError(f"the lifetime must be between 1 second and {MAX_NTA_SECONDS // 86400} days")
+        validator.add_negative_anchor(name, time.monotonic() + seconds)
+        self.answers.flush(name, subtree=True)
+        log.info("dns.dnssec.nta.added", name=name_to_text(name), seconds=seconds)
+        return {"name": name_to_text(name), "seconds": seconds}
+
+    async def _command_nta_delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        validator = self._live_validator()
+        name = parse_name_argument(args.get("name"))
+        if name in {name_from_text(n) for n in self.config.dnssec.negative_trust_anchors}:
+            raise CommandError(f"{name_to_text(name)} is a negative trust anchor of the config file; remove it there")
+        if not validator.remove_negative_anchor(name):
+            raise CommandError(f"{name_to_text(name)} is not a negative trust anchor")
+        self.answers.flush(name, subtree=True)
+        log.info("dns.dnssec.nta.deleted", name=name_to_text(name))
+        return {"name": name_to_text(name)}
+
+    async def _command_nta_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        anchors = self._live_validator().live_negative_anchors()
+        return [{"name": name_to_text(name), "seconds_left": None if until == float("inf") else int(until - now),
+                 "source": "config" if until == float("inf") else "command"}
+                for name, until in sorted(anchors.items(), key=lambda item: name_to_text(item[0]))]
 
     async def _load_data(self, config: DNSConfig) -> None:
         """Local data and policy zones from config and files (parsed off the loop); errors
@@ -451,6 +538,15 @@ class DNSService(Service):
             self.resolver.hints = load_root_hints(new.dns.root_hints)
         except HintsError as exc:
             raise ServiceStartError(f"dns: {exc}") from None
+        if old.dns.dnssec != new.dns.dnssec:
+            validator = self._validator(new.dns, time.monotonic)
+            if (validator is None) != (self.resolver.validator is None):
+                # RRsets learnt without DO carry no signatures (and the other way round): start afresh.
+                self.rrsets.clear()
+            elif validator is not None:
+                validator.forget()  # verdicts taken under other anchors
+            self.resolver.validator = validator
+            self.engine.validating = validator is not None
         await self._load_data(new.dns)
         self.walled.configure(new.dns.walled_garden)
         await self._load_subscribers()  # lease names again, into the new local data

@@ -660,6 +660,14 @@ def error_reply(query: bytes, rcode: int, *, ra: bool = True) -> bytes | None:
 # --- EDNS padding for encrypted transports -----------------------------------------------
 
 OPTION_PADDING = 12  # RFC 7830
+OPTION_EDE = 15  # RFC 8914
+
+
+def ede_option(code: int, text: str = "") -> bytes:
+    """An Extended DNS Error option for an OPT record's rdata (RFC 8914 §2)."""
+    extra = text.encode()
+    return U16.pack(OPTION_EDE) + U16.pack(2 + len(extra)) + U16.pack(code) + extra
+
 RESPONSE_PADDING_BLOCK = 468  # RFC 8467 §4.1: the recommended block size for responses
 
 

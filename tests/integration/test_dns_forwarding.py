@@ -81,8 +81,11 @@ def forward_zones(hierarchy: DNSHierarchy, forwarder: RecordingRelay,
     ]
 
 
-def forwarding_ispd(workdir: Path, hierarchy: DNSHierarchy, zones: list[dict[str, Any]]) -> DNSIspd:
-    return DNSIspd(workdir, hierarchy, forward_zone=zones,
+def forwarding_ispd(workdir: Path, hierarchy: DNSHierarchy, zones: list[dict[str, Any]], *,
+                    validation: bool = False) -> DNSIspd:
+    """These tests count where questions go; validation (its DS and DNSKEY questions) is off
+    except where a test is about validating behind a forwarder."""
+    return DNSIspd(workdir, hierarchy, forward_zone=zones, dnssec={"validation": validation},
                    resolver={"request_timeout_seconds": REQUEST_TIMEOUT})
 
 
@@ -264,6 +267,29 @@ def test_forwarding_everything_and_a_stub_zone_inside(dns_hierarchy: DNSHierarch
         assert corp.status == "NOERROR" and rdatas(corp) == {CORP_WWW}, corp.text
         assert len(stub_server.asked("www.corp.internal")) > stub_before
         assert not any(r.rd for r in stub_server.seen)
+        ispd.assert_healthy()
+
+
+def test_validating_behind_a_forwarder(dns_hierarchy: DNSHierarchy, forwarder: RecordingRelay,
+                                       stub_server: RecordingRelay, tmp_path: Path) -> None:
+    """With "." forwarded, ispd still validates: it asks the forwarder with DO and CD (so that
+    the forwarder hands over what it would call bogus) and checks the chain itself; the private
+    names a forwarder or a stub zone serves are insecure, because the signed root proves that
+    internal. does not exist."""
+    zones = [{"name": ".", "servers": [forwarder.address]},
+             {"name": "corp.internal", "servers": [stub_server.address], "stub": True}]
+    with forwarding_ispd(tmp_path, dns_hierarchy, zones, validation=True) as ispd:
+        ispd.start()
+        secure = ispd.dig("www.secure.test", "A", "+dnssec")
+        assert secure.status == "NOERROR" and "ad" in secure.flags, secure.text
+        assert forwarder.asked("www.secure.test", "A")[-1].rd
+        bogus = ispd.dig("www.expired.test", "A", "+dnssec")
+        assert bogus.status == "SERVFAIL" and "EDE: 7" in bogus.text, bogus.text
+        for name, address in (("www.example-a.test", "198.18.1.1"), ("www.fwd.internal", FWD_WWW),
+                              ("www.corp.internal", CORP_WWW)):
+            result = ispd.dig(name, "A", "+dnssec")
+            assert (result.status, rdatas(result)) == ("NOERROR", {address}), result.text
+            assert "ad" not in result.flags, result.text
         ispd.assert_healthy()
 
 

@@ -5,7 +5,8 @@ by tests/dns and tests/integration (``lab_hierarchy(request)`` gives the same, f
 fixtures written before it).
 
 ``DNSIspd`` is an ``IspdProcess`` whose config enables ``[dns]`` on a free port of 127.0.0.1,
-with the hierarchy's root hints, loopback allowed and IPv6 off (the lab is IPv4); ``dig()``,
+with the hierarchy's root hints and trust anchor (its root is signed), loopback allowed and IPv6
+off (the lab is IPv4); ``dig()``,
 ``metric()`` and ``assert_healthy()`` are what the tests ask of it. ``dig_in_netns`` runs dig
 inside a network namespace and gives the same ``DigResult`` as ``tests.lab.dnshier.dig``.
 """
@@ -41,6 +42,7 @@ def dns_section(hierarchy: DNSHierarchy | None, port: int, **overrides: Any) -> 
     }
     if hierarchy is not None:
         section["root_hints"] = str(hierarchy.root_hints_path)
+        section["dnssec"] = {"trust_anchor_file": str(hierarchy.trust_anchor_path)}
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(section.get(key), dict):
             section[key] = {**section[key], **value}

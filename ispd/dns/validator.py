@@ -1,0 +1,511 @@
+"""DNSSEC validation of the resolver's answers: the chain of trust and each step's verdict.
+
+Theory of operation. The resolver hands every step of a resolution (an answer, a piece of a
+CNAME chain, a negative answer) to ``Validator.check`` together with the zone whose servers gave
+it. A step is
+- secure when each RRset in it verifies (``dnssec.verify_rrset``) with the keys of its signer
+  zone and those keys are secure; a wildcard expansion also needs its NSEC/NSEC3 proof that the
+  name itself does not exist; a negative answer needs its SOA and denial records to verify and to
+  prove the denial (``dnssec.denial``);
+- insecure when the zone it comes from (the signer, or without signatures the zone that answered)
+  has no secure keys because the chain of trust ends above it with a proved absence of DS, a DS
+  set of algorithms or digests we do not implement, a zone under no trust anchor, or a negative
+  trust anchor;
+- bogus otherwise, with the RFC 8914 code that says why.
+
+The keys of a zone (``zone_keys``) are established top-down on demand, by asking — through the
+resolver, with its caches and budgets — for the zone's DS (at the parent's servers) and DNSKEY:
+1. a negative trust anchor at or above the zone: insecure (RFC 7646);
+2. a trust anchor for the zone: its DNSKEY set must be signed by a key the anchor names;
+3. no anchor at or above: insecure;
+4. otherwise the DS answer is validated with the keys of the zone it came from (the signer of the
+   DS set, or for a denial the zone that gave it), which are established the same way: the parent
+   insecure makes the child insecure, the parent bogus the child bogus; a secure DS set leads to
+   the DNSKEY set, which must be signed by a key one of the DS records matches (RFC 4035 §5.2);
+   a secure denial of the DS (NSEC, or NSEC3 with or without opt-out) makes the zone insecure.
+The keys are kept per zone until the least TTL of what established them (or the signature's
+expiry) runs out; a bogus verdict is kept ``bogus_ttl`` seconds (RFC 4035 §4.7 lets a validator
+remember bad data to avoid hammering the servers). Concurrent questions about one zone share one
+establishment.
+
+Verdicts are written back into the RRset and negative cache entries, so a cached step costs a
+lookup, not a signature check; a secure RRset's lifetime is capped by its RRSIG (RFC 4035
+§5.3.3) and a bogus one's by ``bogus_ttl``. Signature windows are checked against the wall clock.
+
+Not here: RFC 5011 rollover of the anchors, and aggressive use of NSEC/NSEC3 (RFC 8198).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+
+from ispd.dns import dnssec
+from ispd.dns.cache import NegativeEntry, NegativeKind, RRsetCache, RRsetEntry, Security
+from ispd.dns.dnssec import DNSKEY, EDE, Denial, DNSSECError, TrustAnchor
+from ispd.dns.resolver import Outcome, Resolution, Step
+from ispd.dns.wire import ROOT, RR, RCode, RRType, is_subdomain, label_count, name_to_text, rdata_name
+from ispd.logs import get_logger
+
+log = get_logger("ispd.dns.validator")
+
+Fetch = Callable[[bytes, int], Awaitable[Resolution]]
+Trace = Callable[[str], None] | None
+
+
+@dataclass(slots=True)
+class ZoneKeys:
+    security: Security
+    keys: tuple[DNSKEY, ...]
+    expires_at: float
+    ede: int = -1
+    why: str = ""
+
+
+@dataclass(slots=True)
+class Verdict:
+    security: Security
+    ede: int = -1
+    why: str = ""
+    ttl: int | None = None  # a secure RRset's cap (RFC 4035 §5.3.3)
+
+
+@dataclass(slots=True)
+class ValidationStats:
+    """Counters for the metrics collector: steps by verdict, bogus ones by RFC 8914 code."""
+
+    verdicts: dict[Security, int] = field(default_factory=lambda: dict.fromkeys(
+        (Security.SECURE, Security.INSECURE, Security.BOGUS), 0))
+    failures: dict[int, int] = field(default_factory=dict)
+
+
+_SECURE = Verdict(Security.SECURE)
+_INSECURE = Verdict(Security.INSECURE)
+
+
+class Validator:
+    def __init__(self, anchors: Iterable[TrustAnchor], fetch: Fetch, cache: RRsetCache,
+                 clock: Callable[[], float], *, negative_anchors: Iterable[bytes] = (),
+                 bogus_ttl: int = 60, max_key_ttl: int = 86400,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self.anchors = {anchor.zone: anchor for anchor in anchors}
+        # RFC 7646: name -> when it lapses (on the ``clock``); the config's never do.
+        self.negative_anchors: dict[bytes, float] = dict.fromkeys(negative_anchors, float("inf"))
+        self.fetch = fetch
+        self.cache = cache
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.bogus_ttl = bogus_ttl
+        self.max_key_ttl = max_key_ttl
+        self.zones: dict[bytes, ZoneKeys] = {}
+        self.stats = ValidationStats()
+        self._pending: dict[bytes, asyncio.Future[ZoneKeys]] = {}
+
+    # --- configuration at run time ---------------------------------------------------------
+
+    def add_negative_anchor(self, name: bytes, until: float = float("inf")) -> None:
+        """Stop validating ``name`` and below until ``until``; verdicts taken there are forgotten."""
+        self.negative_anchors[name] = until
+        self.forget(name)
+
+    def remove_negative_anchor(self, name: bytes) -> bool:
+        if self.negative_anchors.pop(name, None) is None:
+            return False
+        self.forget(name)
+        return True
+
+    def live_negative_anchors(self) -> dict[bytes, float]:
+        """The negative trust anchors in force, lapsed ones dropped (and their subtrees revalidated)."""
+        now = self.clock()
+        for name in [n for n, until in self.negative_anchors.items() if until <= now]:
+            self.remove_negative_anchor(name)
+        return dict(self.negative_anchors)
+
+    def forget(self, zone: bytes | None = None) -> None:
+        """Forget the keys of ``zone`` and below (all zones without one), and the verdicts the
+        RRset cache holds for what they signed, so the next question is validated afresh."""
+        if zone is None:
+            self.zones.clear()
+        else:
+            for name in [z for z in self.zones if is_subdomain(z, zone)]:
+                del self.zones[name]
+        for entry in self.cache.entries():
+            if zone is None or is_subdomain(entry.name, zone):
+                entry.security, entry.ede = Security.UNCHECKED, -1
+
+    def under_negative_anchor(self, name: bytes) -> float | None:
+        """When the negative trust anchor over ``name`` lapses, or None when none covers it. One
+        found lapsed is dropped, and what was decided under it forgotten."""
+        if not self.negative_anchors:
+            return None
+        while True:
+            until = self.negative_anchors.get(name)
+            if until is not None:
+                if until > self.clock():
+                    return until
+                self.remove_negative_anchor(name)
+            if name == ROOT:
+                return None
+            name = name[name[0] + 1:]
+
+    def covered_by_anchor(self, name: bytes) -> bool:
+        while True:
+            if name in self.anchors:
+                return True
+            if name == ROOT:
+                return False
+            name = name[name[0] + 1:]
+
+    # --- one step of a resolution ----------------------------------------------------------
+
+    async def check(self, outcome: Outcome, qname: bytes, qtype: int, trace: Trace = None) -> None:
+        """Set ``outcome.security`` (and ``ede``) unless a verdict is already there (a cached step),
+        and write the verdict into the cache entries the step came from."""
+        if outcome.security != Security.UNCHECKED:
+            return
+        lapses = self.under_negative_anchor(qname)
+        if lapses is not None:  # what is decided under it lives no longer than the anchor
+            left = None if lapses == float("inf") else max(1, int(lapses - self.clock()))
+            verdict = Verdict(Security.INSECURE, why="negative trust anchor", ttl=left)
+        elif outcome.step in (Step.ANSWER, Step.CNAME):
+            verdict = await self._check_records(outcome.records, outcome.zone, outcome.proof, qname)
+        elif outcome.step in (Step.NXDOMAIN, Step.NODATA):
+            verdict = await self._check_records(outcome.records, outcome.zone, (), qname)
+            if verdict.security != Security.BOGUS:
+                denied = _chain_end(qname, outcome.records)
+                negative = await self._check_denial(denied, qtype, outcome.step == Step.NXDOMAIN,
+                                                    outcome.soa + outcome.proof, outcome.zone)
+                if negative.security < verdict.security:
+                    verdict = negative
+        else:
+            return
+        outcome.security, outcome.ede = verdict.security, verdict.ede
+        self.stats.verdicts[verdict.security] += 1
+        if verdict.security == Security.BOGUS:
+            self.stats.failures[verdict.ede] = self.stats.failures.get(verdict.ede, 0) + 1
+            outcome.reason = verdict.why
+            log.info("dns.dnssec.bogus", name=name_to_text(qname), qtype=qtype, ede=verdict.ede, why=verdict.why)
+        if trace is not None:
+            trace(f"DNSSEC: {name_to_text(qname)} is {verdict.security.name.lower()}"
+                  + (f" ({verdict.why})" if verdict.why else ""))
+        self._remember(outcome, qname, qtype, verdict)
+
+    async def _check_records(self, records: list[RR], zone: bytes, proof: Iterable[RR], qname: bytes) -> Verdict:
+        rrsets: dict[tuple[bytes, int], list[bytes]] = {}
+        sigs: dict[tuple[bytes, int], list[dnssec.RRSIG]] = {}
+        dnames: list[RR] = []
+        for rr in records:
+            if rr.rtype == RRType.RRSIG:
+                try:
+                    sig = dnssec.parse_rrsig(rr.rdata)
+                except DNSSECError:
+                    continue
+                sigs.setdefault((rr.name, sig.type_covered), []).append(sig)
+            else:
+                rrsets.setdefault((rr.name, rr.rtype), []).append(rr.rdata)
+                if rr.rtype == RRType.DNAME:
+                    dnames.append(rr)
+        worst = _SECURE
+        proof = list(proof)
+        for (name, rtype), rdatas in rrsets.items():
+            if rtype == RRType.CNAME and (name, rtype) not in sigs and _synthesised(name, rdatas, dnames):
+                continue  # RFC 6672 §5.3.1: the CNAME a signed DNAME implies carries no signature
+            verdict = await self._check_rrset(name, rtype, rdatas, sigs.get((name, rtype), []), zone, proof)
+            if verdict.security < worst.security:
+                worst = verdict
+                if verdict.security == Security.BOGUS:
+                    break
+            elif verdict.ttl is not None and (worst.ttl is None or verdict.ttl < worst.ttl) \
+                    and worst.security == Security.SECURE:
+                worst = Verdict(Security.SECURE, ttl=verdict.ttl)
+        return worst
+
+    async def _check_rrset(self, name: bytes, rtype: int, rdatas: list[bytes], sigs: list[dnssec.RRSIG],
+                           zone: bytes, proof: list[RR]) -> Verdict:
+        signer, keys = await self._signer_keys([sig.signer for sig in sigs], name, zone or name)
+        if signer is None:
+            if keys.security == Security.SECURE:
+                return Verdict(Security.BOGUS, EDE.RRSIGS_MISSING,
+                               f"{name_to_text(name)} {rtype} has no signature from {name_to_text(zone or name)}")
+            return Verdict(keys.security, keys.ede, keys.why)
+        if keys.security != Security.SECURE:
+            return Verdict(keys.security, keys.ede, keys.why)
+        now = int(self.wall_clock())
+        result = dnssec.verify_rrset(name, rtype, rdatas, sigs, keys.keys, signer, now)
+        if not result.ok:
+            return Verdict(Security.BOGUS, result.failure,
+                           f"{name_to_text(name)} type {rtype}: {_failure_text(result.failure)}")
+        assert result.sig is not None
+        if result.sig.labels < label_count(name):  # RFC 4035 §5.3.4: a wildcard expansion
+            checked = await self._verified_denial_records(proof, signer, keys)
+            proved = Denial.BOGUS if checked is None else dnssec.wildcard_expansion(name, result.sig.labels, checked)
+            if proved == Denial.BOGUS:
+                return Verdict(Security.BOGUS, EDE.NSEC_MISSING,
+                               f"{name_to_text(name)}: a wildcard answer without proof that the name does not exist")
+            if proved == Denial.INSECURE:
+                return Verdict(Security.INSECURE, why="a wildcard answer under NSEC3 opt-out")
+        return Verdict(Security.SECURE, ttl=result.ttl_cap(now))
+
+    async def _check_denial(self, name: bytes, qtype: int, nxdomain: bool, records: list[RR],
+                            zone: bytes) -> Verdict:
+        """A negative answer: its SOA and NSEC/NSEC3 records verify, and prove the denial."""
+        signers = []
+        for rr in records:
+            if rr.rtype == RRType.RRSIG:
+                try:
+                    signers.append(dnssec.parse_rrsig(rr.rdata).signer)
+                except DNSSECError:
+                    continue
+        soa_owner = next((rr.name for rr in records if rr.rtype == RRType.SOA and is_subdomain(name, rr.name)), b"")
+        signer, keys = await self._signer_keys(signers, name, zone or soa_owner or name)
+        if signer is None:
+            if keys.security == Security.SECURE:
+                return Verdict(Security.BOGUS, EDE.NSEC_MISSING,
+                               f"an unsigned denial of {name_to_text(name)} from a signed zone")
+            return Verdict(keys.security, keys.ede, keys.why)
+        if keys.security != Security.SECURE:
+            return Verdict(keys.security, keys.ede, keys.why)
+        soa = [rr for rr in records if rr.rtype == RRType.SOA]
+        if soa:
+            soa_sigs = _sigs_over(records, soa[0].name, RRType.SOA)
+            result = dnssec.verify_rrset(soa[0].name, RRType.SOA, [rr.rdata for rr in soa], soa_sigs, keys.keys,
+                                         signer, int(self.wall_clock()))
+            if not result.ok:
+                return Verdict(Security.BOGUS, result.failure, f"the SOA of a denial: {_failure_text(result.failure)}")
+        checked = await self._verified_denial_records(records, signer, keys)
+        if checked is None:
+            return Verdict(Security.BOGUS, EDE.DNSSEC_BOGUS, f"a denial record of {name_to_text(name)} does not verify")
+        proved = dnssec.denial(name, qtype, nxdomain, checked)
+        if proved == Denial.SECURE:
+            return _SECURE
+        if proved == Denial.INSECURE:
+            return Verdict(Security.INSECURE, why="NSEC3 opt-out or too many iterations")
+        return Verdict(Security.BOGUS, EDE.NSEC_MISSING,
+                       f"no proof that {name_to_text(name)} {'does not exist' if nxdomain else 'has no such type'}")
+
+    async def _signer_keys(self, signers: list[bytes], name: bytes,
+                           unsigned_zone: bytes) -> tuple[bytes | None, ZoneKeys]:
+        """The deepest of ``signers`` that may sign ``name``, with its keys; without one, None and
+        the keys of ``unsigned_zone`` (the zone the unsigned data came from), which say whether
+        a signature was due."""
+        usable = [signer for signer in signers if is_subdomain(name, signer)]
+        if not usable:
+            return None, await self.zone_keys(unsigned_zone)
+        signer = max(usable, key=label_count)
+        return signer, await self.zone_keys(signer)
+
+    async def _verified_denial_records(self, records: Iterable[RR], signer: bytes, keys: ZoneKeys) -> list[RR] | None:
+        """The NSEC/NSEC3 records of ``records``, each RRset verified with ``keys``; None when one
+        does not verify (a forged proof is no proof)."""
+        records = list(records)
+        now = int(self.wall_clock())
+        found: list[RR] = []
+        for rr in records:
+            if rr.rtype not in (RRType.NSEC, RRType.NSEC3):
+                continue
+            result = dnssec.verify_rrset(rr.name, rr.rtype, [rr.rdata], _sigs_over(records, rr.name, rr.rtype),
+                                         keys.keys, signer, now)
+            if not result.ok:
+                return None
+            found.append(rr)
+        return found
+
+    # --- the chain of trust ----------------------------------------------------------------
+
+    async def zone_keys(self, zone: bytes) -> ZoneKeys:
+        """The keys of ``zone`` and whether they are secure (see the module comment)."""
+        now = self.clock()
+        known = self.zones.get(zone)
+        if known is not None and known.expires_at > now:
+            return known
+        pending = self._pending.get(zone)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[ZoneKeys] = asyncio.get_running_loop().create_future()
+        self._pending[zone] = future
+        try:
+            found = await self._establish(zone)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception:  # a bug must cost one verdict, not the service
+            log.exception("dns.dnssec.failed", zone=name_to_text(zone))
+            found = ZoneKeys(Security.BOGUS, (), self.clock() + 5, EDE.OTHER, "internal error")
+        finally:
+            self._pending.pop(zone, None)
+        if len(self.zones) > 100_000:
+            self.zones.clear()
+        self.zones[zone] = found
+        if not future.done():
+            future.set_result(found)
+        return found
+
+    def _until(self, ttl: float) -> float:
+        return self.clock() + max(1.0, min(ttl, self.max_key_ttl))
+
+    def _bogus(self, ede: EDE, why: str, ttl: float | None = None) -> ZoneKeys:
+        return ZoneKeys(Security.BOGUS, (), self._until(self.bogus_ttl if ttl is None else ttl), ede, why)
+
+    async def _establish(self, zone: bytes) -> ZoneKeys:
+        lapses = self.under_negative_anchor(zone)
+        if lapses is not None:
+            return ZoneKeys(Security.INSECURE, (), min(lapses, self._until(self.max_key_ttl)),
+                            why="negative trust anchor")
+        anchor = self.anchors.get(zone)
+        if anchor is not None:
+            if not anchor.usable:
+                return ZoneKeys(Security.INSECURE, (), self._until(self.max_key_ttl),
+                                why="the trust anchor has no supported algorithm")
+            return await self._keys_trusted_by(zone, anchor.trusts, self.max_key_ttl, "the trust anchor")
+        if not self.covered_by_anchor(zone):
+            return ZoneKeys(Security.INSECURE, (), self._until(self.max_key_ttl), why="no trust anchor above")
+        ds = await self.fetch(zone, RRType.DS)
+        if ds.rcode not in (RCode.NOERROR, RCode.NXDOMAIN):
+            return self._bogus(EDE.DNSSEC_BOGUS, f"no answer for the DS of {name_to_text(zone)}: {ds.failure}",
+                               ttl=5)
+        records = [rr for rr in ds.answer if rr.name == zone and rr.rtype == RRType.DS]
+        # The zone that holds the DS: its signer, else the SOA of a denial, else (iterating) the
+        # zone whose servers answered. A forwarder's answers name no zone.
+        soa_owner = next((rr.name for rr in ds.authority if rr.rtype == RRType.SOA and rr.name != zone
+                          and is_subdomain(zone, rr.name)), b"")
+        parent = _signer_of(ds.answer + ds.authority, zone) or soa_owner or ds.zone
+        if not parent or parent == zone or not is_subdomain(zone, parent):
+            return self._bogus(EDE.DNSSEC_BOGUS, f"cannot tell which zone holds the DS of {name_to_text(zone)}")
+        parent_keys = await self.zone_keys(parent)
+        if parent_keys.security != Security.SECURE:
+            return ZoneKeys(parent_keys.security, (), parent_keys.expires_at, parent_keys.ede, parent_keys.why)
+        ttl = min((rr.ttl for rr in ds.answer + ds.authority), default=self.bogus_ttl)
+        if not records:
+            nxdomain = ds.rcode == RCode.NXDOMAIN
+            checked = await self._check_denial(zone, RRType.DS, nxdomain, ds.authority, parent)
+            if checked.security == Security.BOGUS:
+                return self._bogus(EDE(checked.ede) if checked.ede in EDE._value2member_map_ else EDE.DNSSEC_BOGUS,
+                                   f"the absence of a DS for {name_to_text(zone)}: {checked.why}")
+            verified = await self._verified_denial_records(ds.authority, parent, parent_keys) or []
+            if checked.security == Security.SECURE and not nxdomain \
+                    and not dnssec.shows_delegation(zone, verified):
+                # No zone cut here: the name lies in its parent's zone, whose keys sign it.
+                return ZoneKeys(Security.SECURE, parent_keys.keys, min(parent_keys.expires_at, self._until(ttl)))
+            # A proved delegation without DS, or opt-out; or a name the signed parent says does
+            # not exist, which only a forward or stub zone of the operator's can serve.
+            return ZoneKeys(Security.INSECURE, (), self._until(ttl), why=f"{name_to_text(zone)} is not signed")
+        now = int(self.wall_clock())
+        result = dnssec.verify_rrset(zone, RRType.DS, [rr.rdata for rr in records],
+                                     _sigs_over(ds.answer, zone, RRType.DS), parent_keys.keys, parent, now)
+        if not result.ok:
+            return self._bogus(result.failure, f"the DS of {name_to_text(zone)}: {_failure_text(result.failure)}")
+        try:
+            usable = dnssec.usable_ds(dnssec.parse_ds(rr.rdata) for rr in records)
+        except DNSSECError:
+            return self._bogus(EDE.DNSSEC_BOGUS, f"a malformed DS for {name_to_text(zone)}")
+        if not usable:  # RFC 4035 §5.2: algorithms we do not implement make the zone insecure
+            return ZoneKeys(Security.INSECURE, (), self._until(ttl), EDE.UNSUPPORTED_DNSKEY_ALGORITHM,
+                            f"{name_to_text(zone)} uses no supported DS algorithm or digest")
+
+        def trusted(key: DNSKEY) -> bool:
+            return any(dnssec.ds_matches(zone, d, key) for d in usable)
+
+        return await self._keys_trusted_by(zone, trusted, min(ttl, result.ttl_cap(now)), "the DS")
+
+    async def _keys_trusted_by(self, zone: bytes, trusted: Callable[[DNSKEY], bool], ttl: float,
+                               source: str) -> ZoneKeys:
+        answer = await self.fetch(zone, RRType.DNSKEY)
+        rdatas = [rr.rdata for rr in answer.answer if rr.name == zone and rr.rtype == RRType.DNSKEY]
+        keys = []
+        for rdata in rdatas:
+            try:
+                keys.append(dnssec.parse_dnskey(rdata))
+            except DNSSECError:
+                continue
+        if not keys:
+            return self._bogus(EDE.DNSKEY_MISSING, f"no DNSKEY for {name_to_text(zone)}"
+                               + (f": {answer.failure}" if answer.failure else ""), ttl=5 if answer.failure else None)
+        entry_points = [k for k in keys if k.usable and trusted(k)]
+        if not entry_points:
+            return self._bogus(EDE.DNSKEY_MISSING, f"no DNSKEY of {name_to_text(zone)} matches {source}")
+        now = int(self.wall_clock())
+        result = dnssec.verify_rrset(zone, RRType.DNSKEY, rdatas, _sigs_over(answer.answer, zone, RRType.DNSKEY),
+                                     entry_points, zone, now)
+        if not result.ok:
+            return self._bogus(result.failure,
+                               f"the DNSKEY set of {name_to_text(zone)}: {_failure_text(result.failure)}")
+        key_ttl = min([ttl, result.ttl_cap(now), *(rr.ttl for rr in answer.answer)])
+        return ZoneKeys(Security.SECURE, tuple(k for k in keys if k.usable), self._until(key_ttl))
+
+    # --- remembering -----------------------------------------------------------------------
+
+    def _remember(self, outcome: Outcome, qname: bytes, qtype: int, verdict: Verdict) -> None:
+        now = self.clock()
+        if verdict.security == Security.BOGUS:
+            ttl: float | None = self.bogus_ttl
+        else:
+            ttl = verdict.ttl
+        entries: list[RRsetEntry | NegativeEntry] = []
+        for key in dict.fromkeys((rr.name, rr.rtype) for rr in outcome.records if rr.rtype != RRType.RRSIG):
+            entry = self.cache.entry(key)
+            if isinstance(entry, RRsetEntry):
+                entries.append(entry)
+        if outcome.step in (Step.NXDOMAIN, Step.NODATA):
+            denied = _chain_end(qname, outcome.records)
+            kind = NegativeKind.NXDOMAIN if outcome.step == Step.NXDOMAIN else NegativeKind.NODATA
+            negative = self.cache.get_negative(denied, qtype, now)
+            if negative is not None and negative.kind == kind:
+                entries.append(negative)
+        for entry in entries:
+            entry.security, entry.ede = verdict.security, verdict.ede
+            if ttl is not None:
+                entry.expires_at = min(entry.expires_at, now + ttl)
+
+
+def _sigs_over(records: Iterable[RR], name: bytes, rtype: int) -> list[dnssec.RRSIG]:
+    found = []
+    for rr in records:
+        if rr.rtype == RRType.RRSIG and rr.name == name and len(rr.rdata) >= 2 \
+                and (rr.rdata[0] << 8 | rr.rdata[1]) == rtype:
+            try:
+                found.append(dnssec.parse_rrsig(rr.rdata))
+            except DNSSECError:
+                continue
+    return found
+
+
+def _signer_of(records: Iterable[RR], name: bytes) -> bytes | None:
+    """The deepest signer, above ``name``, of the RRSIGs among ``records``."""
+    best: bytes | None = None
+    for rr in records:
+        if rr.rtype != RRType.RRSIG:
+            continue
+        try:
+            signer = dnssec.parse_rrsig(rr.rdata).signer
+        except DNSSECError:
+            continue
+        if signer != name and is_subdomain(name, signer) and (best is None or label_count(signer) > label_count(best)):
+            best = signer
+    return best
+
+
+def _chain_end(qname: bytes, records: list[RR]) -> bytes:
+    """The name a step's CNAME/DNAME chain, starting at ``qname``, ends at."""
+    current = qname
+    for _ in range(len(records)):
+        step = next((rr for rr in records if rr.rtype == RRType.CNAME and rr.name == current), None)
+        if step is None:
+            break
+        current = rdata_name(step.rdata)
+    return current
+
+
+def _synthesised(name: bytes, rdatas: list[bytes], dnames: list[RR]) -> bool:
+    """Whether the CNAME at ``name`` is what one of ``dnames`` substitutes (RFC 6672 §2.2)."""
+    for dname in dnames:
+        if name != dname.name and is_subdomain(name, dname.name) and len(rdatas) == 1:
+            target = name[:len(name) - len(dname.name)] + rdata_name(dname.rdata)
+            if rdatas[0].lower() == target.lower():
+                return True
+    return False
+
+
+def _failure_text(failure: EDE) -> str:
+    return failure.name.lower().replace("_", " ")

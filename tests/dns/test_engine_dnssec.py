@@ -1,0 +1,115 @@
+"""What a validating resolver's clients see: AD, RRSIGs only with DO, CD, bogus as SERVFAIL with
+an Extended DNS Error, and one answer-cache entry per combination of those bits."""
+
+from __future__ import annotations
+
+import struct
+from ipaddress import ip_network
+from typing import Any
+
+import pytest
+
+from ispd.dns.cache import AnswerCache, CacheLimits, Security
+from ispd.dns.engine import DNSEngine
+from ispd.dns.resolver import Resolution
+from ispd.dns.wire import (
+    FLAG_AD,
+    FLAG_CD,
+    OPTION_EDE,
+    RR,
+    Message,
+    RCode,
+    RRType,
+    decode_message,
+    encode_query,
+    name_from_text,
+)
+from tests.dns.fakenet import FakeClock
+
+N = name_from_text
+CLIENT = "192.168.1.10"
+A_RDATA = b"\xc6\x12\x05\x01"
+SIG = RR(N("www.secure.test"), RRType.RRSIG, 1, 300, b"\x00\x01" + bytes(40))
+
+
+class ScriptedResolver:
+    """Answers every question with the resolution set for it, counting the questions."""
+
+    def __init__(self) -> None:
+        self.validator: Any = object()  # only its presence matters to the engine
+        self.resolutions: dict[bytes, Resolution] = {}
+        self.asked = 0
+
+    async def resolve(self, name: bytes, qtype: int, **_: Any) -> Resolution:
+        self.asked += 1
+        return self.resolutions[name]
+
+
+def make(security: Security, ede: int = -1) -> tuple[DNSEngine, ScriptedResolver]:
+    resolver = ScriptedResolver()
+    resolver.resolutions[N("www.secure.test")] = Resolution(
+        RCode.NOERROR, [RR(N("www.secure.test"), RRType.A, 1, 300, A_RDATA), SIG], security=security, ede=ede)
+    engine = DNSEngine(resolver, AnswerCache(CacheLimits()), FakeClock(),  # type: ignore[arg-type]
+                       allow=[ip_network("192.168.0.0/16")])
+    return engine, resolver
+
+
+def query(*, do: bool = False, ad: bool = False, cd: bool = False, edns: bool = True) -> bytes:
+    data = bytearray(encode_query(0x1234, N("www.secure.test"), RRType.A, rd=True, cd=cd, do=do,
+                                  udp_size=1232 if edns else None))
+    if ad:
+        data[3] |= FLAG_AD
+    return bytes(data)
+
+
+async def ask(engine: DNSEngine, data: bytes) -> Message:
+    engine.client_class(CLIENT)
+    fast = engine.answer_from_cache(data, CLIENT, False)
+    reply = fast if fast is not None else await engine.answer(data, CLIENT, tcp=False)
+    assert reply is not None
+    return decode_message(reply)
+
+
+@pytest.mark.parametrize("bits", [{}, {"do": True}, {"ad": True}, {"cd": True}, {"do": True, "cd": True}])
+async def test_secure_answer_has_ad_only_when_asked_and_sigs_only_with_do(bits: dict[str, bool]) -> None:
+    engine, _ = make(Security.SECURE)
+    for _ in range(2):  # the slow path, then the answer cache's fast path
+        reply = await ask(engine, query(**bits))
+        assert reply.rcode == RCode.NOERROR
+        assert bool(reply.flags & FLAG_AD) == bool(bits.get("do") or bits.get("ad"))
+        assert [rr.rtype for rr in reply.answer] == ([RRType.A, RRType.RRSIG] if bits.get("do") else [RRType.A])
+        assert bool(reply.flags & FLAG_CD) == bool(bits.get("cd"))
+
+
+async def test_insecure_answer_never_has_ad() -> None:
+    engine, _ = make(Security.INSECURE)
+    for _ in range(2):
+        reply = await ask(engine, query(do=True, ad=True))
+        assert reply.rcode == RCode.NOERROR and not reply.flags & FLAG_AD
+
+
+async def test_bogus_is_servfail_with_ede_and_not_cached_but_cd_gets_the_data() -> None:
+    engine, resolver = make(Security.BOGUS, ede=7)
+    for _ in range(2):
+        reply = await ask(engine, query(do=True))
+        assert reply.rcode == RCode.SERVFAIL and not reply.answer
+        assert reply.edns is not None
+        code, length, info = struct.unpack_from("!HHH", reply.edns.options)
+        assert (code, length, info) == (OPTION_EDE, 2, 7)
+    assert resolver.asked == 2  # never from the answer cache: the RRset cache keeps the verdict
+    reply = await ask(engine, query(cd=True))
+    assert reply.rcode == RCode.NOERROR and [rr.rtype for rr in reply.answer] == [RRType.A]
+    assert not reply.flags & FLAG_AD
+    # Without EDNS there is nowhere to put the code: a plain SERVFAIL.
+    reply = await ask(engine, query(edns=False))
+    assert reply.rcode == RCode.SERVFAIL and reply.edns is None
+
+
+async def test_variants_are_cached_apart_and_flushed_together() -> None:
+    engine, resolver = make(Security.SECURE)
+    for bits in ({}, {"do": True}, {"ad": True}, {}, {"do": True}, {"ad": True}):
+        await ask(engine, query(**bits))
+    assert resolver.asked == 3
+    assert len(engine.answers) == 3
+    assert engine.answers.flush(N("www.secure.test")) == 3
+    assert len(engine.answers) == 0

@@ -1,0 +1,127 @@
+"""DNSSEC validation by ispd as a real process over the lab's signed hierarchy (a signed root,
+test. and its signed children, unsigned zones below them), given the hierarchy's trust anchor,
+asked by dig +dnssec and delv. Every case's outcome was checked against Unbound by
+tests/dns/test_lab_hierarchy.py."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.lab.dnshier import DigResult, DNSHierarchy, Expectation, dnssec_expectations
+from tests.lab.dnsispd import DNSIspd, rdatas
+
+CASES = dnssec_expectations()
+
+
+@pytest.fixture(scope="module")
+def validating(dns_hierarchy: DNSHierarchy, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DNSIspd]:
+    with DNSIspd(tmp_path_factory.mktemp("ispd-dnssec"), dns_hierarchy) as ispd:
+        ispd.start()
+        yield ispd
+        ispd.assert_healthy()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.case for c in CASES])
+def test_every_dnssec_case_and_again_from_the_cache(dns_hierarchy: DNSHierarchy, validating: DNSIspd,
+                                                    case: Expectation) -> None:
+    expected = dns_hierarchy.expect(case.qname, case.qtype, validating=True)
+    for _ in range(2):
+        result = validating.dig(expected.qname, expected.qtype, "+dnssec", timeout=10)
+        assert expected.problems(result) == [], result.text
+        if expected.security == "secure":
+            assert any(r.type == "RRSIG" for r in result.answer + result.authority), result.text
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.security == "bogus"], ids=lambda c: c.case)
+def test_checking_disabled_gets_the_bogus_data(dns_hierarchy: DNSHierarchy, validating: DNSIspd,
+                                               case: Expectation) -> None:
+    expected = dns_hierarchy.expect(case.qname, case.qtype, validating=True).unvalidated()
+    result = validating.dig(expected.qname, expected.qtype, "+cd", "+dnssec")
+    assert expected.problems(result) == [], result.text
+    assert "ad" not in result.flags, result.text
+
+
+def test_dnssec_records_only_for_queries_with_do(validating: DNSIspd) -> None:
+    plain = validating.dig("www.secure.test", "A", "+noadflag")
+    assert rdatas(plain) == {"198.18.5.1"} and "ad" not in plain.flags, plain.text
+    assert not any(r.type == "RRSIG" for r in plain.answer), plain.text
+    asked_ad = validating.dig("www.secure.test", "A", "+adflag")
+    assert "ad" in asked_ad.flags and not any(r.type == "RRSIG" for r in asked_ad.answer), asked_ad.text
+    signed = validating.dig("nope.secure.test", "A", "+dnssec")
+    assert signed.status == "NXDOMAIN" and "ad" in signed.flags, signed.text
+    assert {r.type for r in signed.authority} >= {"SOA", "RRSIG", "NSEC"}, signed.text
+    unsigned = validating.dig("nope.secure.test", "A", "+noadflag")
+    assert {r.type for r in unsigned.authority} == {"SOA"}, unsigned.text
+
+
+def test_delv_validates_what_ispd_hands_over(dns_hierarchy: DNSHierarchy, validating: DNSIspd,
+                                             tmp_path: Path) -> None:
+    if shutil.which("delv") is None:
+        pytest.skip("delv not installed (tools/setup --test installs bind9-dnsutils)")
+    anchors = []
+    for line in dns_hierarchy.trust_anchor().splitlines():
+        fields = line.split()
+        if "DS" in fields:
+            tag, algorithm, digest_type, *digest = fields[fields.index("DS") + 1:]
+            anchors.append(f'"." static-ds {tag} {algorithm} {digest_type} "{"".join(digest)}";')
+    (tmp_path / "anchors.conf").write_text("trust-anchors {\n" + "\n".join(anchors) + "\n};\n")
+
+    def delv(name: str) -> str:
+        result = subprocess.run(["delv", "@127.0.0.1", "-p", str(validating.port), "-a", str(tmp_path / "anchors.conf"),
+                                 "+root=.", name, "A"], capture_output=True, text=True, timeout=30)
+        return result.stdout + result.stderr
+
+    assert "; fully validated" in (text := delv("www.secure.test")), text
+    assert "; fully validated" in (text := delv("x.wild.secure.test")), text
+    assert "; unsigned answer" in (text := delv("www.example-a.test")), text
+    # A validating client that does not set CD gets SERVFAIL for bogus data, as from any validator.
+    assert "fully validated" not in (text := delv("www.expired.test")), text
+
+
+def test_negative_trust_anchor_added_listed_and_deleted(validating: DNSIspd) -> None:
+    assert validating.dig("www.expired.test", "A", "+dnssec").status == "SERVFAIL"
+    added = validating.cli("dns", "nta", "add", "expired.test", "--for", "2h")
+    assert "expired.test." in added.stdout and "2h" in added.stdout
+    result = validating.dig("www.expired.test", "A", "+dnssec")
+    assert result.status == "NOERROR" and rdatas(result) == {"198.18.5.7"} and "ad" not in result.flags, result.text
+    listed = json.loads(validating.cli("dns", "nta", "list", "--json").stdout)
+    assert [(a["name"], a["source"]) for a in listed] == [("expired.test.", "command")]
+    assert 7000 < listed[0]["seconds_left"] <= 7200
+    assert validating.metric("ispd_dns_dnssec_negative_trust_anchors") == 1
+    validating.cli("dns", "nta", "delete", "expired.test")
+    assert validating.dig("www.expired.test", "A", "+dnssec").status == "SERVFAIL"
+    refused = validating.cli("dns", "nta", "delete", "expired.test", check=False)
+    assert refused.returncode != 0 and "not a negative trust anchor" in refused.stderr
+    bad = validating.cli("dns", "nta", "add", "expired.test", "--for", "30d", check=False)
+    assert bad.returncode == 2 and "between 1s and 7d" in bad.stderr
+
+
+def test_verdicts_and_failures_are_counted(validating: DNSIspd) -> None:
+    validating.dig("www.badds.test", "A", "+dnssec")
+    validating.dig("www.secure.test", "A", "+dnssec")
+    assert validating.metric("ispd_dns_dnssec_verdicts_total", {"verdict": "secure"}) > 0
+    assert validating.metric("ispd_dns_dnssec_verdicts_total", {"verdict": "bogus"}) > 0
+    assert validating.metric("ispd_dns_dnssec_failures_total", {"reason": "dnskey_missing"}) > 0
+
+
+def test_lookup_command_says_the_verdict(validating: DNSIspd) -> None:
+    secure = validating.cli("dns", "lookup", "www.secure.test")
+    assert ";; DNSSEC: secure" in secure.stdout and re.search(r"flags:.* ad", secure.stdout), secure.stdout
+    bogus = validating.cli("dns", "lookup", "www.expired.test", check=False)
+    assert bogus.returncode != 0 and ";; DNSSEC: bogus" in bogus.stdout
+    assert "Extended DNS Error 7" in bogus.stderr
+
+
+def test_validation_off_answers_bogus_data_without_ad(dns_hierarchy: DNSHierarchy, tmp_path: Path) -> None:
+    with DNSIspd(tmp_path / "off", dns_hierarchy, dnssec={"validation": False}) as ispd:
+        ispd.start()
+        result: DigResult = ispd.dig("www.expired.test", "A", "+dnssec")
+        assert result.status == "NOERROR" and rdatas(result) == {"198.18.5.7"} and "ad" not in result.flags
+        assert not any(r.type == "RRSIG" for r in result.answer), "a non-validating ispd does not ask with DO"
