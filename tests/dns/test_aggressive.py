@@ -1,0 +1,56 @@
+"""RFC 8198: what cached NSEC records of a zone signed by dnssec-signzone prove, and what not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ispd.dns.aggressive import NsecIndex
+from ispd.dns.wire import RRType, name_from_text
+from tests.dns.test_dnssec import Signed, _sign
+
+N = name_from_text
+
+
+@pytest.fixture(scope="module")
+def zone(tmp_path_factory: pytest.TempPathFactory) -> Signed:
+    return _sign(tmp_path_factory.mktemp("aggressive"), "ECDSAP256SHA256")
+
+
+def index_of(zone: Signed, ttl: float = 300) -> NsecIndex:
+    index = NsecIndex()
+    soa = [rr for rr in zone.records if rr.rtype == RRType.SOA]
+    proof = zone.of_type(RRType.NSEC) + [rr for rr in zone.records if rr.rtype == RRType.RRSIG]
+    index.learn(zone.origin, soa, proof, ttl, now=0.0)
+    return index
+
+
+def test_nxdomain_needs_the_name_and_the_wildcard_denied(zone: Signed) -> None:
+    index = index_of(zone)
+    found = index.answer(zone.origin, N("nope.example.test"), RRType.A, 1.0)
+    assert found is not None and found.nxdomain
+    assert {rr.rtype for rr in found.soa} == {RRType.SOA, RRType.RRSIG}
+    assert {rr.rtype for rr in found.proof} == {RRType.NSEC, RRType.RRSIG} and found.ttl == 299
+    # Under *.wild a name matches the wildcard: nothing to deny.
+    assert index.answer(zone.origin, N("x.wild.example.test"), RRType.A, 1.0) is None
+    # Names that exist, and names below a delegation, are not this index's to deny.
+    assert index.answer(zone.origin, N("www.example.test"), RRType.A, 1.0) is None
+    assert index.answer(zone.origin, N("host.child.example.test"), RRType.A, 1.0) is None
+
+
+def test_nodata_from_the_nsec_at_the_name(zone: Signed) -> None:
+    index = index_of(zone)
+    found = index.answer(zone.origin, N("www.example.test"), RRType.TXT, 1.0)
+    assert found is not None and not found.nxdomain
+    assert index.answer(zone.origin, N("alias.example.test"), RRType.A, 1.0) is None  # a CNAME is there
+    assert index.answer(zone.origin, N("child.example.test"), RRType.A, 1.0) is None  # a delegation
+    ds = index.answer(zone.origin, N("child.example.test"), RRType.DS, 1.0)
+    assert ds is not None and not ds.nxdomain  # but its DS is the parent's to deny
+
+
+def test_entries_expire_and_the_zone_is_found_by_name(zone: Signed, tmp_path: Path) -> None:
+    index = index_of(zone, ttl=10)
+    assert index.zone_of(N("a.b.example.test")) == zone.origin
+    assert index.zone_of(N("example.org")) is None
+    assert index.answer(zone.origin, N("nope.example.test"), RRType.A, 11.0) is None
