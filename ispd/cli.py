@@ -844,6 +844,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--type", type=checked_arg(dns_type_text), help="only this record type (e.g. A, AAAA, MX)")
     p.add_argument("--all", action="store_true", help="empty the caches")
     p.set_defaults(handler=cmd_dns_cache_flush, without_store=True)
+    p = dns.add_parser(
+        "anchors", parents=[config_opts, json_opt], help="the DNSSEC trust anchor keys tracked (RFC 5011)",
+        description="The keys the resolver tracks for each trust anchor (RFC 5011): valid and missing keys are "
+                    "trusted, a new key waits in addpend until its 30-day hold-down passes, revoked keys are "
+                    "forgotten 30 days after. Empty until the daemon's first refresh.")
+    p.add_argument("--zone", default=".", type=checked_arg(name_text), help="the anchored zone (default: the root)")
+    p.set_defaults(handler=cmd_dns_anchors)
     nta = dns.add_parser("nta", help="negative trust anchors: domains the running daemon resolves without "
                                      "DNSSEC validation").add_subparsers(dest="nta_action", required=True)
     p = nta.add_parser(
@@ -1161,6 +1168,24 @@ async def cmd_dns_cache_flush(config: Config, args: argparse.Namespace) -> None:
     what = "the caches" if args.all else f"{args.name}{' and below' if args.zone else ''}" + \
         (f" {args.type}" if args.type else "")
     print(f"flushed {what}: {dropped['rrsets']} RRsets and negative entries, {dropped['answers']} answers")
+
+
+async def cmd_dns_anchors(store: Store, args: argparse.Namespace) -> None:
+    from ispd.dns.dnssec import key_tag, parse_dnskey
+
+    zone = args.zone.rstrip(".") + "."
+    keys = await store.trust_anchor_keys(zone)
+    if args.json:
+        print(json.dumps([{"zone": k.zone, "key_tag": key_tag(k.key), "algorithm": parse_dnskey(k.key).algorithm,
+                           "state": k.state, "since": k.since, "hold_down_until": k.hold_down_until or None}
+                          for k in keys]))
+        return
+    if not keys:
+        print(f"no keys tracked for {zone} (the daemon tracks them once it has refreshed the anchor)")
+    for k in keys:
+        hold = f"\tuntil {when(k.hold_down_until)}" if k.hold_down_until else ""
+        print(f"{k.zone}\tkey {key_tag(k.key)}\talgorithm {parse_dnskey(k.key).algorithm}\t{k.state}"
+              f"\tsince {when(k.since)}{hold}")
 
 
 def duration_seconds(text: str) -> int:

@@ -363,7 +363,7 @@ def canonical_key(name: bytes) -> tuple[bytes, ...]:
     return tuple(reversed(name_labels(name.lower())))
 
 
-def _covers(owner_key: _Ordered, next_key: _Ordered, key: _Ordered) -> bool:
+def covers(owner_key: _Ordered, next_key: _Ordered, key: _Ordered) -> bool:
     """``key`` lies strictly between the owner and the next name, the last link wrapping."""
     if owner_key < next_key:
         return owner_key < key < next_key
@@ -391,7 +391,7 @@ class _Nsec:
     bitmap: bytes
 
     def covers(self, name: bytes) -> bool:
-        return _covers(canonical_key(self.owner), canonical_key(self.next_name), canonical_key(name))
+        return covers(canonical_key(self.owner), canonical_key(self.next_name), canonical_key(name))
 
 
 def _nsecs(records: Iterable[RR]) -> list[_Nsec]:
@@ -470,7 +470,7 @@ class _Nsec3Set:
 
     def covering(self, name: bytes) -> NSEC3 | None:
         digest = self.hash(name)
-        return next((n for n in self.items if _covers(n.owner_hash, n.next_hash, digest)), None)
+        return next((n for n in self.items if covers(n.owner_hash, n.next_hash, digest)), None)
 
     def closest_encloser(self, qname: bytes) -> tuple[bytes, bytes] | None:
         """RFC 5155 §8.3: (closest encloser, next closer name), the encloser proved by a

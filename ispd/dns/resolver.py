@@ -330,6 +330,13 @@ class Resolver:
                 _trace(budget, f"{name_to_text(name)} {type_text(qtype)}: {cached.step.value} from the cache")
             return cached
         # RFC 4035 §4.2: a DS set is the parent's, so it is asked where the parent is.
+        if self.validator is not None and not refresh:
+            synthesised = self.validator.synthesise(name, qtype)
+            if synthesised is not None:  # RFC 8198: a cached NSEC proves it already
+                if budget.trace is not None:
+                    _trace(budget, f"{name_to_text(name)} {type_text(qtype)}: {synthesised.step.value} "
+                                   "from cached NSEC records")
+                return synthesised
         forward = self._forward_zone(parent_name(name) if qtype == RRType.DS and name != ROOT else name)
         if forward is not None and forward.recursive:
             return await self._ask_servers(forward.name, list(forward.addresses), name, qtype, budget,
@@ -671,8 +678,8 @@ class Resolver:
         visited = {qname}
         final: list[RR] = []
         for _ in range(self.settings.max_cname_chain + 1):
-            if qtype == RRType.ANY:
-                final = [rr for rr in answer if rr.name == current]
+            if qtype == RRType.ANY:  # the RRSIGs among them ride with their sets (``sigs``)
+                final = [rr for rr in answer if rr.name == current and rr.rtype != RRType.RRSIG]
             else:
                 final = [rr for rr in answer if rr.name == current and rr.rtype == qtype]
             if final:

@@ -28,6 +28,7 @@ from ispd.control import CommandError
 from ispd.dns.admin import parse_name_argument
 from ispd.dns.cache import AnswerCache, CacheLimits, RRsetCache
 from ispd.dns.config import DNSConfig, EncryptedListenerConfig
+from ispd.dns.dnssec import TrustAnchor
 from ispd.dns.engine import DNSEngine
 from ispd.dns.frontend import Answerer, TransportStats
 from ispd.dns.hints import HintsError, load_root_hints, load_trust_anchors
@@ -37,6 +38,7 @@ from ispd.dns.metrics import DNSMetrics
 from ispd.dns.policy import CompiledPolicyZone, Policy, compile_policy_zone
 from ispd.dns.quic import QuicListener, QuicSettings, doq_listener, http3_listener
 from ispd.dns.resolver import ForwardZone, Resolution, Resolver, ResolverSettings
+from ispd.dns.rollover import RETRY_SECONDS, AnchorTracker
 from ispd.dns.streams import serve_dns_stream
 from ispd.dns.tls import TLSListener
 from ispd.dns.upstream import UpstreamTransport
@@ -81,7 +83,7 @@ def make_validator(config: DNSConfig, resolver: Resolver, clock: Callable[[], fl
 
     negative = [name_from_text(name) for name in config.dnssec.negative_trust_anchors]
     return Validator(anchors, fetch, resolver.cache, clock, negative_anchors=negative,
-                     bogus_ttl=config.dnssec.bogus_ttl_seconds)
+                     bogus_ttl=config.dnssec.bogus_ttl_seconds, aggressive_nsec=config.dnssec.aggressive_nsec)
 
 
 def resolver_settings(config: DNSConfig) -> ResolverSettings:
@@ -195,6 +197,9 @@ class DNSService(Service):
         self.resolver = Resolver(self.rrsets, self.upstream, hints, clock, resolver_settings(self.config),
                                  forward_zones(self.config))
         self.resolver.validator = self._validator(self.config, clock)
+        self._anchor_trackers: list[asyncio.Task[None]] = []
+        await self._track_anchors()
+        stack.push_async_callback(self._stop_anchor_tracking)
         c = self.config
         self.engine = DNSEngine(self.resolver, self.answers, clock, allow=list(c.allow),
                                 rate_limit_qps=c.rate_limit_qps, request_timeout=c.resolver.request_timeout_seconds,
@@ -235,6 +240,50 @@ class DNSService(Service):
                 if until != float("inf"):
                     validator.add_negative_anchor(name, until)
         return validator
+
+    # --- RFC 5011 updates of the trust anchors
+
+    async def _track_anchors(self) -> None:
+        """Follow each anchored zone's key rollovers (RFC 5011) in the background."""
+        resolver = self.resolver
+        assert resolver is not None
+        validator = resolver.validator
+        if validator is None or not self.config.dnssec.auto_update_anchors:
+            return
+
+        async def fetch(name: bytes, rtype: int) -> Resolution:
+            return await resolver.resolve(name, rtype, validate=False)
+
+        def apply(anchor: TrustAnchor) -> None:
+            if resolver.validator is not None:
+                resolver.validator.set_anchor(anchor)
+                self.answers.flush(anchor.zone, subtree=True)
+
+        for anchor in list(validator.anchors.values()):
+            tracker = AnchorTracker(anchor, self.context.store, fetch, apply, wall_clock=self.context.clock)
+            try:
+                await tracker.load()
+            except StoreError as exc:
+                log.warning("dns.dnssec.anchor_state_unreadable", zone=name_to_text(anchor.zone), error=str(exc))
+            self._anchor_trackers.append(asyncio.ensure_future(self._keep_tracking(tracker)))
+
+    async def _keep_tracking(self, tracker: AnchorTracker) -> None:
+        while True:
+            try:
+                await tracker.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a store or resolver failure: try again later, never stop validating
+                log.exception("dns.dnssec.anchor_tracking_failed", zone=name_to_text(tracker.zone))
+                await asyncio.sleep(RETRY_SECONDS)
+
+    async def _stop_anchor_tracking(self) -> None:
+        for task in self._anchor_trackers:
+            task.cancel()
+        for task in self._anchor_trackers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._anchor_trackers = []
 
     # --- negative trust anchors at run time (`ispd dns nta`)
 
@@ -547,6 +596,8 @@ class DNSService(Service):
                 validator.forget()  # verdicts taken under other anchors
             self.resolver.validator = validator
             self.engine.validating = validator is not None
+            await self._stop_anchor_tracking()
+            await self._track_anchors()
         await self._load_data(new.dns)
         self.walled.configure(new.dns.walled_garden)
         await self._load_subscribers()  # lease names again, into the new local data

@@ -32,7 +32,11 @@ Verdicts are written back into the RRset and negative cache entries, so a cached
 lookup, not a signature check; a secure RRset's lifetime is capped by its RRSIG (RFC 4035
 §5.3.3) and a bogus one's by ``bogus_ttl``. Signature windows are checked against the wall clock.
 
-Not here: RFC 5011 rollover of the anchors, and aggressive use of NSEC/NSEC3 (RFC 8198).
+The NSEC records of secure negative answers are kept (``aggressive.NsecIndex``) and answer
+later questions whose names they deny without asking anyone (RFC 8198, ``synthesise``), as long
+as their zone's keys are still secure.
+
+Not here: RFC 5011 rollover of the anchors.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from ispd.dns import dnssec
+from ispd.dns.aggressive import NsecIndex
 from ispd.dns.cache import NegativeEntry, NegativeKind, RRsetCache, RRsetEntry, Security
 from ispd.dns.dnssec import DNSKEY, EDE, Denial, DNSSECError, TrustAnchor
 from ispd.dns.resolver import Outcome, Resolution, Step
@@ -70,6 +75,7 @@ class Verdict:
     ede: int = -1
     why: str = ""
     ttl: int | None = None  # a secure RRset's cap (RFC 4035 §5.3.3)
+    signer: bytes = b""  # a secure denial's zone
 
 
 @dataclass(slots=True)
@@ -79,6 +85,7 @@ class ValidationStats:
     verdicts: dict[Security, int] = field(default_factory=lambda: dict.fromkeys(
         (Security.SECURE, Security.INSECURE, Security.BOGUS), 0))
     failures: dict[int, int] = field(default_factory=dict)
+    synthesised: int = 0  # negative answers from cached NSEC records (RFC 8198)
 
 
 _SECURE = Verdict(Security.SECURE)
@@ -88,7 +95,7 @@ _INSECURE = Verdict(Security.INSECURE)
 class Validator:
     def __init__(self, anchors: Iterable[TrustAnchor], fetch: Fetch, cache: RRsetCache,
                  clock: Callable[[], float], *, negative_anchors: Iterable[bytes] = (),
-                 bogus_ttl: int = 60, max_key_ttl: int = 86400,
+                 bogus_ttl: int = 60, max_key_ttl: int = 86400, aggressive_nsec: bool = True,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self.anchors = {anchor.zone: anchor for anchor in anchors}
         # RFC 7646: name -> when it lapses (on the ``clock``); the config's never do.
@@ -100,10 +107,16 @@ class Validator:
         self.bogus_ttl = bogus_ttl
         self.max_key_ttl = max_key_ttl
         self.zones: dict[bytes, ZoneKeys] = {}
+        self.nsec_index = NsecIndex() if aggressive_nsec else None
         self.stats = ValidationStats()
         self._pending: dict[bytes, asyncio.Future[ZoneKeys]] = {}
 
     # --- configuration at run time ---------------------------------------------------------
+
+    def set_anchor(self, anchor: TrustAnchor) -> None:
+        """Validate ``anchor.zone`` from these keys from now on (an RFC 5011 update)."""
+        self.anchors[anchor.zone] = anchor
+        self.forget(anchor.zone)
 
     def add_negative_anchor(self, name: bytes, until: float = float("inf")) -> None:
         """Stop validating ``name`` and below until ``until``; verdicts taken there are forgotten."""
@@ -177,12 +190,15 @@ class Validator:
                 denied = _chain_end(qname, outcome.records)
                 negative = await self._check_denial(denied, qtype, outcome.step == Step.NXDOMAIN,
                                                     outcome.soa + outcome.proof, outcome.zone)
-                if negative.security < verdict.security:
+                if negative.security <= verdict.security:  # equal: the denial's, which names its zone
                     verdict = negative
         else:
             return
         outcome.security, outcome.ede = verdict.security, verdict.ede
         self.stats.verdicts[verdict.security] += 1
+        if verdict.signer and self.nsec_index is not None and outcome.soa:
+            ttl = min(rr.ttl for rr in outcome.soa + outcome.proof)
+            self.nsec_index.learn(verdict.signer, outcome.soa, outcome.proof, ttl, self.clock())
         if verdict.security == Security.BOGUS:
             self.stats.failures[verdict.ede] = self.stats.failures.get(verdict.ede, 0) + 1
             outcome.reason = verdict.why
@@ -279,7 +295,7 @@ class Validator:
             return Verdict(Security.BOGUS, EDE.DNSSEC_BOGUS, f"a denial record of {name_to_text(name)} does not verify")
         proved = dnssec.denial(name, qtype, nxdomain, checked)
         if proved == Denial.SECURE:
-            return _SECURE
+            return Verdict(Security.SECURE, signer=signer)
         if proved == Denial.INSECURE:
             return Verdict(Security.INSECURE, why="NSEC3 opt-out or too many iterations")
         return Verdict(Security.BOGUS, EDE.NSEC_MISSING,
@@ -311,6 +327,28 @@ class Validator:
                 return None
             found.append(rr)
         return found
+
+    def synthesise(self, name: bytes, qtype: int) -> Outcome | None:
+        """A secure NXDOMAIN or NODATA for (name, type) from cached NSEC records (RFC 8198), or
+        None when they do not prove one."""
+        index = self.nsec_index
+        if index is None or not index.zones:
+            return None
+        zone = index.zone_of(name)
+        if zone is None or self.under_negative_anchor(name) is not None:
+            return None
+        now = self.clock()
+        keys = self.zones.get(zone)
+        if keys is None or keys.expires_at <= now or keys.security != Security.SECURE:
+            return None
+        found = index.answer(zone, name, qtype, now)
+        if found is None:
+            return None
+        self.stats.synthesised += 1
+        step = Step.NXDOMAIN if found.nxdomain else Step.NODATA
+        soa = [rr for rr in found.soa if rr.rtype == RRType.SOA]
+        sigs = [rr for rr in found.soa if rr.rtype != RRType.SOA]
+        return Outcome(step, soa=soa, proof=sigs + found.proof, zone=zone, security=Security.SECURE)
 
     # --- the chain of trust ----------------------------------------------------------------
 

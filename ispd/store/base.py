@@ -40,6 +40,7 @@ from ispd.store.models import (
     SubscriberOverview,
     SubscriberStatus,
     SuspendedMail,
+    TrustAnchorKey,
     Usage,
 )
 
@@ -313,6 +314,15 @@ class Store(ABC):
     @abstractmethod
     async def quota_crossings(self, subscriber: SubscriberRef) -> list[QuotaCrossing]:
         """A subscriber's quota crossings, newest month first."""
+
+    # --- DNSSEC trust anchors (RFC 5011)
+    @abstractmethod
+    async def trust_anchor_keys(self, zone: str) -> list[TrustAnchorKey]:
+        """The keys tracked for ``zone``'s trust anchor (none before the first refresh)."""
+
+    @abstractmethod
+    async def save_trust_anchor_keys(self, zone: str, keys: Sequence[TrustAnchorKey]) -> None:
+        """Replace the keys tracked for ``zone``, in one transaction."""
 
     @abstractmethod
     async def purge_history(self, before: float) -> dict[str, int]:

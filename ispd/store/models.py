@@ -60,6 +60,18 @@ class QuotaCrossing:
 
 
 @dataclass(frozen=True, slots=True)
+class TrustAnchorKey:
+    """A key the DNS resolver tracks for a trust anchor (RFC 5011)."""
+
+    zone: str  # presentation form
+    key: bytes  # DNSKEY rdata, REVOKE bit clear
+    state: str  # addpend | valid | missing | revoked
+    since: float
+    hold_down_until: float
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     id: int
     name: str

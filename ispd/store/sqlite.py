@@ -70,6 +70,7 @@ from ispd.store.models import (
     SubscriberOverview,
     SubscriberStatus,
     SuspendedMail,
+    TrustAnchorKey,
     Usage,
 )
 from ispd.store.sqlite_addresses import lease_from_row, username_of
@@ -1200,6 +1201,26 @@ class SQLiteStore(Store):
                 " WHERE subscriber_id = ? ORDER BY month DESC", (sid,))]
 
         return await self._read("quota_crossings", run)
+
+    # --- DNSSEC trust anchors (RFC 5011)
+
+    async def trust_anchor_keys(self, zone: str) -> list[TrustAnchorKey]:
+        def run(conn: sqlite3.Connection) -> list[TrustAnchorKey]:
+            return [TrustAnchorKey(*row) for row in conn.execute(
+                "SELECT zone, key, state, since, hold_down_until, source FROM dnssec_trust_anchor_keys"
+                " WHERE zone = ? ORDER BY since, key", (zone,))]
+
+        return await self._read("trust_anchor_keys", run)
+
+    async def save_trust_anchor_keys(self, zone: str, keys: Sequence[TrustAnchorKey]) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM dnssec_trust_anchor_keys WHERE zone = ?", (zone,))
+            conn.executemany(
+                "INSERT INTO dnssec_trust_anchor_keys (zone, key, state, since, hold_down_until, source)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(zone, k.key, k.state, k.since, k.hold_down_until, k.source) for k in keys])
+
+        await self._write("save_trust_anchor_keys", run)
 
     # --- retention
 

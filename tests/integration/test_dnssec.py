@@ -16,6 +16,7 @@ import pytest
 
 from tests.lab.dnshier import DigResult, DNSHierarchy, Expectation, dnssec_expectations
 from tests.lab.dnsispd import DNSIspd, rdatas
+from tests.lab.process import eventually
 
 CASES = dnssec_expectations()
 
@@ -103,6 +104,29 @@ def test_negative_trust_anchor_added_listed_and_deleted(validating: DNSIspd) -> 
     assert bad.returncode == 2 and "between 1s and 7d" in bad.stderr
 
 
+def test_cached_nsec_records_answer_other_names_they_deny(dns_hierarchy: DNSHierarchy, tmp_path: Path) -> None:
+    """RFC 8198: once nope.secure.test's NXDOMAIN is validated, its NSEC records deny nope2
+    and www's NSEC denies its other types, without a question upstream."""
+    upstream = "ispd_dns_upstream_queries_total"
+    with DNSIspd(tmp_path / "aggressive", dns_hierarchy) as ispd:
+        ispd.start()
+        first = ispd.dig("nope.secure.test", "A", "+dnssec")
+        assert first.status == "NXDOMAIN" and "ad" in first.flags, first.text
+        nodata = ispd.dig("www.secure.test", "AAAA", "+dnssec")
+        assert nodata.status == "NOERROR" and not nodata.answer and "ad" in nodata.flags, nodata.text
+        asked = ispd.metric(upstream)
+        again = ispd.dig("nope2.secure.test", "A", "+dnssec")
+        assert again.status == "NXDOMAIN" and "ad" in again.flags, again.text
+        assert {r.type for r in again.authority} >= {"SOA", "NSEC", "RRSIG"}, again.text
+        other = ispd.dig("www.secure.test", "TXT", "+dnssec")
+        assert other.status == "NOERROR" and not other.answer and "ad" in other.flags, other.text
+        assert ispd.metric(upstream) == asked, "answered from cached NSEC records, not asked upstream"
+        assert ispd.metric("ispd_dns_dnssec_synthesised_answers_total") == 2
+        # A name that exists is not denied by a neighbouring span.
+        txt = ispd.dig("txt.secure.test", "TXT", "+dnssec")
+        assert txt.status == "NOERROR" and {r.rdata for r in txt.answer if r.type == "TXT"} == {'"signed"'}, txt.text
+
+
 def test_verdicts_and_failures_are_counted(validating: DNSIspd) -> None:
     validating.dig("www.badds.test", "A", "+dnssec")
     validating.dig("www.secure.test", "A", "+dnssec")
@@ -125,3 +149,29 @@ def test_validation_off_answers_bogus_data_without_ad(dns_hierarchy: DNSHierarch
         result: DigResult = ispd.dig("www.expired.test", "A", "+dnssec")
         assert result.status == "NOERROR" and rdatas(result) == {"198.18.5.7"} and "ad" not in result.flags
         assert not any(r.type == "RRSIG" for r in result.answer), "a non-validating ispd does not ask with DO"
+
+
+def test_the_root_key_is_tracked_in_the_store_and_survives_a_restart(dns_hierarchy: DNSHierarchy,
+                                                                     tmp_path: Path) -> None:
+    """RFC 5011: at start ispd refreshes the root's DNSKEY set, trusts the KSK the configured DS
+    names, and keeps it in the store; a changed anchor file starts the tracking afresh."""
+    workdir = tmp_path / "anchors"
+    ksk_tags = {int(line.split()[line.split().index("DS") + 1])
+                for line in dns_hierarchy.trust_anchor().splitlines() if "DS" in line.split()}
+
+    def tracked(ispd: DNSIspd) -> list[dict[str, object]]:
+        return list(json.loads(ispd.cli("dns", "anchors", "--json").stdout))
+
+    with DNSIspd(workdir, dns_hierarchy) as ispd:
+        ispd.start()
+        eventually(lambda: tracked(ispd), timeout=10)
+        keys = tracked(ispd)
+        assert {k["key_tag"] for k in keys} == ksk_tags and {k["state"] for k in keys} == {"valid"}, keys
+        assert ispd.dig("www.secure.test", "A", "+dnssec").flags >= {"ad"}
+        since = keys[0]["since"]
+    with DNSIspd(workdir, dns_hierarchy) as ispd:  # the same store: the state is read back, not relearnt
+        ispd.start()
+        assert ispd.dig("www.secure.test", "A", "+dnssec").flags >= {"ad"}
+        assert [k["since"] for k in tracked(ispd)] == [since]
+        text = ispd.cli("dns", "anchors").stdout
+        assert re.search(r"^\.\tkey \d+\talgorithm 13\tvalid\tsince ", text, re.M), text
