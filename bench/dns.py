@@ -1,10 +1,15 @@
 """Recursive DNS queries per second: ispd against Unbound, both iterating from the lab's root.
 
 Both resolvers run the same way: alone on 127.0.0.1 (each on a port of its own), one thread
-(Unbound: num-threads 1, no validation, caches of 256 MB + 512 MB; ispd: its [dns] service as
-configured below), resolving from the root hints of the lab hierarchy (tests/lab/dnshier.py: real
-NSD servers from the root down, on 127.55.0.0/16 port 53). dnsperf drives each through three
-workloads, each on a fresh resolver process with an empty cache:
+(Unbound: num-threads 1, caches of 256 MB + 512 MB; ispd: its [dns] service as configured below),
+resolving from the root hints of the lab hierarchy (tests/lab/dnshier.py: real NSD servers from
+the root down, on 127.55.0.0/16 port 53). The hierarchy's root and test. are signed, but the
+unvalidated workloads below ask for bench.test (unsigned) and neither resolver validates there
+(Unbound: module-config "iterator"; ispd: [dns.dnssec] validation = false); the validated ones
+ask for sbench.test, bench.test's signed twin (algorithm 13, NSEC), and both validate from the
+lab's trust anchor (Unbound: "validator iterator" with trust-anchor-file; ispd: validation =
+true with trust_anchor_file). dnsperf drives each through these workloads, each on a fresh
+resolver process with an empty cache:
 
 - cache hit: the 500 names h0..h499.bench.test (A), resolved once at a gentle rate to warm the
   cache, then sent in a loop at saturation (dnsperf keeps --outstanding queries in flight);
@@ -15,15 +20,32 @@ workloads, each on a fresh resolver process with an empty cache:
   delegations are cached by the warm-up);
 - DoT hit and DoH hit: the cache-hit workload over DNS over TLS (dnsperf -m dot) and DNS over
   HTTPS (dnsperf -m doh: HTTP/2, GET), one TLS connection per dnsperf client, with a certificate
-  the bench makes (trustme). Unbound serves both (tls-port, https-port).
+  the bench makes (trustme). Unbound serves both (tls-port, https-port);
+- validated hit: the cache-hit workload over h0..h499.sbench.test, both resolvers validating:
+  the warm-up validates each name once (and the chain of trust: DS and DNSKEY of the root, test.
+  and sbench.test), then the answers come from the cache with their verdict;
+- validated miss: the cache-miss workload over m<N>.sbench.test, answered by the signed wildcard
+  *.sbench.test, both validating: each name costs the query to the sbench.test server and the
+  validator's checks, the wildcard's RRSIG and the NSEC proof that the name itself does not exist
+  (RFC 4035 §5.3.4). Unbound runs with aggressive-nsec: no here: with it, Unbound synthesises
+  these wildcard answers from its cached NSEC and wildcard records (RFC 8198 §5.3.3), which ispd
+  does not do, and the row would measure a cache hit, not a miss.
+
+dnsperf's queries are plain in every workload, the validated ones included: no EDNS, so no DO
+bit (dnsperf sets it only with -D), as stub resolvers ask (they leave validation to the
+resolver). The answers then carry no signatures and no AD bit, but the resolver validates all
+the same: the bench checks before each validated run that a DO query for h7.sbench.test and for
+a wildcard name gets a secure answer (AD set).
 
 "q/s" is the number of replies per second dnsperf counted; "lost" the queries without a reply
 within its 5 s timeout; "cpu" the share of one core the resolver (all its processes and threads)
-used during the run. On a machine with two cores or more, the resolver is pinned to all cores but
-the last, dnsperf and the NSD servers of the hierarchy to the last one, so the load generator
-and the authoritative side do not steal the resolver's CPU. Needs root (port 53 on 127.55.x.y),
-nsd, unbound and dnsperf (tools/setup --tests --bench installs them). Every process started is
-stopped at exit, also on an error, Ctrl-C or SIGTERM.
+used during the run (the progress lines also give the CPU of the workload's authoritative
+server, the bench.test or sbench.test NSD: the misses reach it). On a machine with two cores or
+more, the resolver is pinned to all cores but the last, dnsperf and the NSD servers of the
+hierarchy to the last one, so the load generator and the authoritative side do not steal the
+resolver's CPU. Needs root (port 53 on 127.55.x.y), nsd, unbound and dnsperf (tools/setup
+--tests --bench installs them). Every process started is stopped at exit, also on an error,
+Ctrl-C or SIGTERM.
 
     .venv/bin/python bench/dns.py [--quick] [--duration 15] [--only ispd|unbound] [--json out.json]
                                   [--outstanding 200] [--miss-outstanding 200] [--repeat 1] [--no-pin]
@@ -68,6 +90,7 @@ from tests.lab.dnshier import (  # noqa: E402
     DNSHierarchy,
     Unbound,
     bench_address,
+    dig,
     free_port,
     query,
 )
@@ -76,7 +99,11 @@ from tests.lab.ports import free_tcp_port  # noqa: E402
 DNSPERF = shutil.which("dnsperf") or "/usr/bin/dnsperf"
 BASE = "127.55"
 LATENCY_QPS = 2000
-WORKLOADS = ("cache hit", "latency", "cache miss", "DoT hit", "DoH hit")
+WORKLOADS = ("cache hit", "latency", "cache miss", "DoT hit", "DoH hit", "validated hit", "validated miss")
+VALIDATED = frozenset({"validated hit", "validated miss"})  # over sbench.test, both resolvers validating
+ROWS = ("cache hit", "cache miss", "latency", "DoT hit", "DoH hit", "validated hit", "validated miss")
+TARGETS = {"validated hit": 0.6}  # the issue's target: ispd/unbound q/s at least this
+UNSIGNED_ZONE, SIGNED_ZONE = "bench.test", "sbench.test"
 DNSPERF_TIMEOUT = 5  # dnsperf -t: a query without a reply after this long is lost
 
 ISPD_CONFIG = ISPD_CONFIG_HEAD + """\
@@ -96,6 +123,21 @@ listen = ["127.0.0.1:{doh_port}"]
 certificate = "{pem}"
 private_key = "{key}"
 """
+# The unvalidated workloads: Unbound there is an iterator only (module-config "iterator").
+ISPD_DNSSEC_OFF = """\
+[dns.dnssec]
+validation = false
+"""
+# The validated workloads: from the lab's trust anchor (the root's DS), as Unbound's trust-anchor-file.
+ISPD_DNSSEC_ON = """\
+[dns.dnssec]
+validation = true
+trust_anchor_file = "{anchor}"
+"""
+
+
+def zone_of(workload: str) -> str:
+    return SIGNED_ZONE if workload in VALIDATED else UNSIGNED_ZONE
 
 
 # --- the resolvers
@@ -104,8 +146,8 @@ private_key = "{key}"
 class Resolver(BenchServer):
     tls: tuple[Path, Path] | None = None  # certificate chain and key, for DoT and DoH
 
-    def __init__(self, hierarchy: DNSHierarchy, workdir: Path, cpus: str | None) -> None:
-        self.hierarchy, self.workdir, self.cpus = hierarchy, workdir, cpus
+    def __init__(self, hierarchy: DNSHierarchy, workdir: Path, cpus: str | None, *, validating: bool) -> None:
+        self.hierarchy, self.workdir, self.cpus, self.validating = hierarchy, workdir, cpus, validating
         self.port = free_port()
         self.dot_port = free_tcp_port()
         self.doh_port = free_tcp_port()
@@ -114,15 +156,19 @@ class Resolver(BenchServer):
 class UnboundResolver(Resolver):
     name, label = "unbound", "unbound"
 
-    def __init__(self, hierarchy: DNSHierarchy, workdir: Path, cpus: str | None) -> None:
-        super().__init__(hierarchy, workdir, cpus)
+    def __init__(self, hierarchy: DNSHierarchy, workdir: Path, cpus: str | None, *, validating: bool) -> None:
+        super().__init__(hierarchy, workdir, cpus, validating=validating)
         assert self.tls is not None
         pem, key = self.tls
-        encrypted = (f"  interface: 127.0.0.1@{self.dot_port}\n  interface: 127.0.0.1@{self.doh_port}\n"
-                     f"  tls-port: {self.dot_port}\n  https-port: {self.doh_port}\n"
-                     f'  tls-service-pem: "{pem}"\n  tls-service-key: "{key}"\n')
+        extra = (f"  interface: 127.0.0.1@{self.dot_port}\n  interface: 127.0.0.1@{self.doh_port}\n"
+                 f"  tls-port: {self.dot_port}\n  https-port: {self.doh_port}\n"
+                 f'  tls-service-pem: "{pem}"\n  tls-service-key: "{key}"\n')
+        if validating:  # no wildcard answers synthesised from cached NSEC (RFC 8198 §5.3.3), as ispd
+            extra += "  aggressive-nsec: no\n"
+        # validating: "validator iterator" from the lab's trust anchor; else "iterator" alone
         self.process = Unbound(hierarchy.root_hints_path, workdir, port=self.port, msg_cache="256m",
-                               rrset_cache="512m", cpus=cpus, extra=encrypted)
+                               rrset_cache="512m", cpus=cpus, extra=extra,
+                               trust_anchor=hierarchy.trust_anchor_path if validating else None)
 
     def _start(self) -> None:
         self.process.start()
@@ -131,8 +177,8 @@ class UnboundResolver(Resolver):
 class IspdResolver(Resolver):
     name, label = "ispd", "ispd"
 
-    def __init__(self, hierarchy: DNSHierarchy, workdir: Path, cpus: str | None) -> None:
-        super().__init__(hierarchy, workdir, cpus)
+    def __init__(self, hierarchy: DNSHierarchy, workdir: Path, cpus: str | None, *, validating: bool) -> None:
+        super().__init__(hierarchy, workdir, cpus, validating=validating)
         self.process = IspdDaemon(workdir, cpus)
 
     def _start(self) -> None:
@@ -140,6 +186,8 @@ class IspdResolver(Resolver):
         config = ISPD_CONFIG.format(workdir=self.workdir, metrics_port=free_tcp_port(), port=self.port,
                                     hints=self.hierarchy.root_hints_path, dot_port=self.dot_port,
                                     doh_port=self.doh_port, pem=self.tls[0], key=self.tls[1])
+        config += (ISPD_DNSSEC_ON.format(anchor=self.hierarchy.trust_anchor_path) if self.validating
+                   else ISPD_DNSSEC_OFF)
 
         def answers() -> bool:  # any reply will do: a DNS listener is up
             try:
@@ -163,6 +211,7 @@ class Run:
 
     server: str
     workload: str
+    validating: bool = False
     sent: int = 0
     completed: int = 0
     lost: int = 0
@@ -175,7 +224,7 @@ class Run:
     p99_ms: float | None = None
     server_cpu: float = 0.0  # share of one core
     dnsperf_cpu: float = 0.0
-    authoritative_cpu: float = 0.0  # the bench.test NSD server's
+    authoritative_cpu: float = 0.0  # the workload's zone's NSD server's (bench.test or sbench.test)
     rcvbuf_drops: int = 0  # datagrams the kernel dropped at a full socket buffer (any socket) during the run
     error: str | None = None
 
@@ -225,8 +274,9 @@ def percentile(values: list[float], share: float) -> float:
 def run_dnsperf(resolver: Resolver, workload: str, datafile: Path, *, duration: float, outstanding: int,
                 clients: int, rate: int | None = None, once: bool = False, verbose: bool = False,
                 cpus: str | None = None, mode: str = "udp") -> Run:
-    run = Run(resolver.name, workload)
+    run = Run(resolver.name, workload, resolver.validating)
     port = {"udp": resolver.port, "dot": resolver.dot_port, "doh": resolver.doh_port}[mode]
+    # no -e or -D: plain queries without EDNS (no DO bit), as a stub resolver sends them
     command = [DNSPERF, "-m", mode, "-s", "127.0.0.1", "-p", str(port), "-d", str(datafile), "-l", f"{duration:g}",
                "-c", str(clients), "-T", "1", "-q", str(outstanding), "-t", str(DNSPERF_TIMEOUT)]
     if mode == "doh":
@@ -240,7 +290,7 @@ def run_dnsperf(resolver: Resolver, workload: str, datafile: Path, *, duration: 
     if cpus is not None:
         command = ["taskset", "-c", cpus, *command]
     out_path = resolver.workdir / f"dnsperf-{workload.replace(' ', '-')}.out"
-    auth_pid = resolver.hierarchy.pid(resolver.hierarchy.address("ns1.bench.test"))
+    auth_pid = resolver.hierarchy.pid(resolver.hierarchy.address(f"ns1.{zone_of(workload)}"))
     auth_before, drops_before = cpu_seconds(auth_pid), udp_rcvbuf_errors()
     cpu_before, started = cpu_seconds(resolver.pid), time.monotonic()
     with out_path.open("wb") as out:
@@ -282,19 +332,24 @@ def run_dnsperf(resolver: Resolver, workload: str, datafile: Path, *, duration: 
 # --- the workloads
 
 
-def write_datafiles(root: Path, miss_names: int) -> tuple[Path, Path]:
-    hits = root / "hits.txt"
-    hits.write_text("".join(f"h{i}.bench.test A\n" for i in range(BENCH_NAMES)))
-    misses = root / "misses.txt"
-    with misses.open("w") as f:
-        for start in range(0, miss_names, 100_000):
-            f.write("".join(f"m{i}.bench.test A\n" for i in range(start, min(miss_names, start + 100_000))))
-    return hits, misses
+def write_datafiles(root: Path, miss_names: int) -> dict[str, tuple[Path, Path]]:
+    """The hits and misses files of each zone: h0..h499.<zone>, and m0..m<miss_names>.<zone>."""
+    files = {}
+    for zone in (UNSIGNED_ZONE, SIGNED_ZONE):
+        hits = root / f"hits.{zone}.txt"
+        hits.write_text("".join(f"h{i}.{zone} A\n" for i in range(BENCH_NAMES)))
+        misses = root / f"misses.{zone}.txt"
+        with misses.open("w") as f:
+            for start in range(0, miss_names, 100_000):
+                f.write("".join(f"m{i}.{zone} A\n" for i in range(start, min(miss_names, start + 100_000))))
+        files[zone] = (hits, misses)
+    return files
 
 
-def check_answers(resolver: Resolver) -> None:
-    """The resolver answers the bench names right before it is measured."""
-    for name, expected in (("h7.bench.test", bench_address(7)), ("check.bench.test", BENCH_WILDCARD_ADDRESS)):
+def check_answers(resolver: Resolver, zone: str) -> None:
+    """The resolver answers the bench names right before it is measured; a validating one with
+    AD set when asked with DO (dnsperf's own queries then go without)."""
+    for name, expected in ((f"h7.{zone}", bench_address(7)), (f"check.{zone}", BENCH_WILDCARD_ADDRESS)):
         try:
             reply = query("127.0.0.1", name, "A", port=resolver.port, rd=True, timeout=5)
         except Exception as exc:
@@ -303,43 +358,50 @@ def check_answers(resolver: Resolver) -> None:
         if got != [expected]:
             raise ServerFailed(f"{resolver.label} answered {name} with {got} (rcode {reply.header.rcode}), "
                                f"expected {expected}")
+        if resolver.validating:
+            result = dig("127.0.0.1", name, "A", "+dnssec", port=resolver.port, timeout=5)
+            if result.status != "NOERROR" or "ad" not in result.flags:
+                raise ServerFailed(f"{resolver.label} did not answer {name} (DO set) as secure: status "
+                                   f"{result.status}, flags {' '.join(sorted(result.flags))}\n{result.text}")
 
 
-def measure(kind: type[Resolver], hierarchy: DNSHierarchy, root: Path, files: tuple[Path, Path],
+def measure(kind: type[Resolver], hierarchy: DNSHierarchy, root: Path, files: dict[str, tuple[Path, Path]],
             args: argparse.Namespace, cpus: tuple[str | None, str | None]) -> list[Run]:
-    hits, misses = files
     runs: list[Run] = []
     for workload in WORKLOADS:
+        zone = zone_of(workload)
+        hits, misses = files[zone]
         workdir = Path(tempfile.mkdtemp(prefix=f"{kind.name}-{workload.replace(' ', '-')}-", dir=root))
-        resolver = kind(hierarchy, workdir, cpus[0])
+        resolver = kind(hierarchy, workdir, cpus[0], validating=workload in VALIDATED)
         print(f"  {kind.label}: {workload} ...", end="", flush=True, file=sys.stderr)
         try:
             resolver.start()
-            check_answers(resolver)
-            # warm-up: every bench name once, gently (and the delegation to bench.test for the misses)
+            check_answers(resolver, zone)
+            # warm-up: every bench name once, gently (and the delegation to the zone for the misses;
+            # validating, the keys of the chain of trust too)
             warm = run_dnsperf(resolver, "warm-up", hits, duration=30, outstanding=20, clients=1, rate=5000,
                                once=True, cpus=cpus[1])
             if warm.completed < BENCH_NAMES or warm.rcodes.get("NOERROR", 0) < BENCH_NAMES:
                 raise ServerFailed(f"the warm-up got {warm.rcodes} for {BENCH_NAMES} names")
-            if workload == "cache hit":
+            if workload in ("cache hit", "validated hit"):
                 run = run_dnsperf(resolver, workload, hits, duration=args.duration, outstanding=args.outstanding,
                                   clients=args.clients, cpus=cpus[1])
             elif workload == "latency":
                 run = run_dnsperf(resolver, workload, hits, duration=args.duration, outstanding=100, clients=1,
                                   rate=LATENCY_QPS, verbose=True, cpus=cpus[1])
-            elif workload == "cache miss":
+            elif workload in ("cache miss", "validated miss"):
                 run = run_dnsperf(resolver, workload, misses, duration=args.duration,
                                   outstanding=args.miss_outstanding, clients=args.clients, once=True, cpus=cpus[1])
             else:
                 run = run_dnsperf(resolver, workload, hits, duration=args.duration, outstanding=args.outstanding,
                                   clients=args.clients, cpus=cpus[1], mode=workload.split()[0].lower())
             print(f" {run.qps:,.0f} q/s, {run.lost_percent:.2f} % lost, {run.noerror_percent:.1f} % NOERROR, "
-                  f"cpu {100 * run.server_cpu:.0f} % (dnsperf {100 * run.dnsperf_cpu:.0f} %, bench.test NSD "
+                  f"cpu {100 * run.server_cpu:.0f} % (dnsperf {100 * run.dnsperf_cpu:.0f} %, {zone} NSD "
                   f"{100 * run.authoritative_cpu:.0f} %), {run.rcvbuf_drops:,} datagrams dropped at full socket "
                   "buffers" + (f", p99 {run.p99_ms:.2f} ms" if run.p99_ms else ""), file=sys.stderr)
         except ServerFailed as exc:
             print(" failed", file=sys.stderr)
-            run = Run(kind.name, workload, error=str(exc))
+            run = Run(kind.name, workload, workload in VALIDATED, error=str(exc))
         finally:
             resolver.stop()
             if not args.keep:
@@ -379,8 +441,8 @@ def fmt_run(run: Run | None, latency: bool) -> str:
 
 def print_table(names: list[str], results: dict[tuple[str, str], Run]) -> None:
     width = len(fmt_run(None, False))
-    head = f"{'workload':<12}  " + "  ".join(f"{RESOLVERS[n].label:-^{width}}" for n in names)
-    sub = f"{'':<12}  " + "  ".join(f"{'q/s':>9} {'lost':>6} {'cpu':>5} {'latency ms':>20}" for _ in names)
+    head = f"{'workload':<14}  " + "  ".join(f"{RESOLVERS[n].label:-^{width}}" for n in names)
+    sub = f"{'':<14}  " + "  ".join(f"{'q/s':>9} {'lost':>6} {'cpu':>5} {'latency ms':>20}" for _ in names)
     if len(names) == 2:
         head += f"  {'':>12}"
         sub += f"  {'ispd/unbound':>12}"
@@ -388,9 +450,9 @@ def print_table(names: list[str], results: dict[tuple[str, str], Run]) -> None:
     sub += f"  {'cpu':>7}"
     print(head)
     print(sub)
-    for workload in ("cache hit", "cache miss", "latency", "DoT hit", "DoH hit"):
+    for workload in ROWS:
         runs = [results.get((n, workload)) for n in names]
-        line = f"{workload:<12}  " + "  ".join(fmt_run(r, workload == "latency") for r in runs)
+        line = f"{workload:<14}  " + "  ".join(fmt_run(r, workload == "latency") for r in runs)
         if len(names) == 2:
             ispd, unbound = results.get(("ispd", workload)), results.get(("unbound", workload))
             if workload != "latency" and ispd and unbound and ispd.error is None and unbound.error is None \
@@ -404,6 +466,17 @@ def print_table(names: list[str], results: dict[tuple[str, str], Run]) -> None:
         line += f"  {100 * gen:>6.0f}%"
         print(line)
     print(f"latency ms: avg/max at saturation; p50/p99/max at a fixed {LATENCY_QPS:,} q/s of cache hits")
+    print(f"validated hit/miss: {SIGNED_ZONE} (signed), both resolvers validating (AD); every other row: "
+          f"{UNSIGNED_ZONE} (unsigned), neither validating; every query plain (no EDNS, no DO)")
+    if len(names) == 2:
+        for workload, target in TARGETS.items():
+            ispd, unbound = results.get(("ispd", workload)), results.get(("unbound", workload))
+            if ispd and unbound and ispd.error is None and unbound.error is None and unbound.qps:
+                ratio = ispd.qps / unbound.qps
+                verdict = f"{ratio:.2f}x {'✓' if ratio >= target else '✗'}"
+            else:
+                verdict = "not measured"
+            print(f"target: {workload} ispd/unbound >= {target:.2f}x: {verdict}")
 
 
 # --- running it all
@@ -464,10 +537,13 @@ def main() -> None:
         print(f"machine: {machine_summary()}; {pinning}; load average {load:.2f} at start"
               + (" (busy: expect noise)" if load > 0.5 else ""))
         if "unbound" in names:
-            print(f"{unbound_version()}: num-threads 1, iterator only (no validation), msg-cache 256m, "
-                  "rrset-cache 512m")
+            print(f"{unbound_version()}: num-threads 1, msg-cache 256m, rrset-cache 512m; iterator only (no "
+                  "validation), but validator + iterator for the validated rows (aggressive-nsec off)")
+        if "ispd" in names:
+            print("ispd: [dns.dnssec] validation = false, but true (trust anchor: the lab's root DS) for the "
+                  "validated rows")
         print(f"dnsperf: {args.duration:g} s per run, best of {args.repeat}, {args.clients} sockets, "
-              f"{args.outstanding} queries in flight (cache hit), {args.miss_outstanding} (cache miss); "
+              f"{args.outstanding} queries in flight (hits), {args.miss_outstanding} (misses); "
               "fresh resolver per run")
         print()
         failed: dict[str, str] = {}

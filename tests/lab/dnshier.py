@@ -19,6 +19,8 @@ The tree (offsets from the base; "BH" is a ``Blackhole``, "--" an address where 
       dead.test           ns1 .14.1 BH, ns2 .14.2 --, ns3 .14.3 live
       alldead.test        ns1 .15.1 BH, ns2 .15.2 --
       bench.test          ns1.bench.test .16.1 (wildcard + h0..h499, for bench/dns.py)
+      sbench.test         ns1.sbench.test .16.2 [alg 13 NSEC] (bench.test's twin, signed: its
+                          validated workloads)
       stale.test          ns1.stale.test .17.1 (short TTLs; stop it for serve-stale tests)
       rogue.test          ns1.rogue.test .20.1 (nothing, until a test starts a RogueServer there)
       secure.test         ns1.secure.test .18.1 [alg 13 NSEC] (signed wildcard, CNAMEs out to an
@@ -103,7 +105,7 @@ DIG = shutil.which("dig") or "/usr/bin/dig"
 
 SERIAL = 2024010101
 NEGATIVE_TTL = 300
-BENCH_NAMES = 500  # h0.bench.test .. h499.bench.test
+BENCH_NAMES = 500  # h0.bench.test .. h499.bench.test (and sbench.test)
 BIG_TXT_STRINGS = 10  # 10 strings of 200 characters: about 2.1 kB, more than an EDNS UDP answer's 1232
 LONG_CHAIN = 14  # long1 -> long2 -> ... -> long14 -> www: 14 CNAMEs, more than a resolver's usual 12
 
@@ -147,6 +149,7 @@ SERVERS: tuple[ServerSpec, ...] = (
     ServerSpec("alldead-1", ("ns1.alldead.test.",), "15.1", "blackhole"),
     ServerSpec("alldead-2", ("ns2.alldead.test.",), "15.2", "none"),
     ServerSpec("bench", ("ns1.bench.test.",), "16.1", "nsd", ("bench.test.",)),
+    ServerSpec("sbench", ("ns1.sbench.test.",), "16.2", "nsd", ("sbench.test.",)),  # bench.test signed
     ServerSpec("stale", ("ns1.stale.test.",), "17.1", "nsd", ("stale.test.",)),
     # DNSSEC (see SIGNED): signed children of test., and unsigned zones delegated from signed ones
     ServerSpec("secure", ("ns1.secure.test.",), "18.1", "nsd", ("secure.test.",)),
@@ -177,7 +180,7 @@ def big_txt_strings() -> list[str]:
 
 
 def bench_address(i: int) -> str:
-    """The address of h<i>.bench.test."""
+    """The address of h<i>.bench.test (and of h<i>.sbench.test)."""
     return f"198.18.{128 + i // 256}.{i % 256}"
 
 
@@ -232,7 +235,7 @@ def zone_texts(base: str = DEFAULT_BASE) -> dict[str, str]:
     for host in ("ns1.nic.test.", "ns2.nic.test.", "a.root-servers.test.", "b.root-servers.test.",
                  "ns.arpa-servers.test."):
         test_lines.append(f"{host} IN A {a[host]}")
-    for child in ("example-a", "oob", "lame", "dead", "alldead", "bench", "stale", "rogue",
+    for child in ("example-a", "oob", "lame", "dead", "alldead", "bench", "sbench", "stale", "rogue",
                   "secure", "nsec3", "expired", "badds", "rsasha512", "p384"):
         zone = f"{child}.test."
         hosts = ["ns-oob.example-b.example."] if child == "oob" else sorted(
@@ -327,12 +330,13 @@ def zone_texts(base: str = DEFAULT_BASE) -> dict[str, str]:
         *(f"ns{i} IN A {a[f'ns{i}.dead.test.']}" for i in (1, 2, 3)),
         "www IN A 198.18.6.1",
     ])
-    zones["bench.test."] = "\n".join([
-        "$ORIGIN bench.test.", "$TTL 3600", _soa("ns1.bench.test.", "bench.test."),
-        "@ IN NS ns1.bench.test.", f"ns1 IN A {a['ns1.bench.test.']}",
-        f"* IN A {BENCH_WILDCARD_ADDRESS}",
-        *(f"h{i} IN A {bench_address(i)}" for i in range(BENCH_NAMES)),
-    ])
+    for bench in ("bench.test.", "sbench.test."):  # the same names; sbench.test is signed (SIGNED)
+        zones[bench] = "\n".join([
+            f"$ORIGIN {bench}", "$TTL 3600", _soa(f"ns1.{bench}", bench),
+            f"@ IN NS ns1.{bench}", f"ns1 IN A {a[f'ns1.{bench}']}",
+            f"* IN A {BENCH_WILDCARD_ADDRESS}",
+            *(f"h{i} IN A {bench_address(i)}" for i in range(BENCH_NAMES)),
+        ])
     zones["stale.test."] = "\n".join([
         "$ORIGIN stale.test.", "$TTL 3600", _soa("ns1.stale.test.", "stale.test."),
         "@ IN NS ns1.stale.test.", f"ns1 IN A {a['ns1.stale.test.']}",
@@ -398,6 +402,7 @@ SIGNED: dict[str, Signing] = {
     "badds.test.": Signing("ECDSAP256SHA256", wrong_ds=True),
     "rsasha512.test.": Signing("RSASHA512", bits=1024),
     "p384.test.": Signing("ECDSAP384SHA384", nsec3_salt=""),  # NSEC3 without opt-out or salt
+    "sbench.test.": Signing("ECDSAP256SHA256"),  # bench/dns.py's validated workloads
 }
 
 
@@ -576,6 +581,9 @@ def dnssec_expectations(base: str = DEFAULT_BASE) -> tuple[Expectation, ...]:
         _e("p384: NODATA (NSEC3)", "www.p384.test.", "AAAA", security=secure),
         _e("p384: wildcard (NSEC3)", "x.wild.p384.test.", "A", ["198.18.5.12"], security=secure),
         _e("rsasha512: A", "www.rsasha512.test.", "A", ["198.18.5.10"], security=secure),
+        # sbench.test: bench.test signed (algorithm 13, NSEC), for bench/dns.py's validated workloads
+        _e("sbench: A", "h7.sbench.test.", "A", [bench_address(7)], security=secure),
+        _e("sbench: wildcard (NSEC)", "u1.sbench.test.", "A", [BENCH_WILDCARD_ADDRESS], security=secure),
         # bogus, and why (RFC 8914): 7 Signature Expired, 9 DNSKEY Missing (no DNSKEY matches the DS)
         _e("expired signatures", "www.expired.test.", "A", ["198.18.5.7"], rcode="SERVFAIL", security=bogus, ede=7),
         _e("DS matches no DNSKEY", "www.badds.test.", "A", ["198.18.5.8"], rcode="SERVFAIL", security=bogus, ede=9),
