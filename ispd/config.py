@@ -157,6 +157,8 @@ def _resolve_relative_paths(config: Config, base: Path) -> Config:
         "root_hints": anchored(dns.root_hints) if dns.root_hints is not None else None,
         "local_zone": [z.model_copy(update={"file": anchored(z.file)}) for z in dns.local_zone],
         "policy_zone": [z.model_copy(update={"file": anchored(z.file)}) for z in dns.policy_zone],
+        "dnssec": dns.dnssec.model_copy(update={"trust_anchor_file": anchored(dns.dnssec.trust_anchor_file)
+                                                if dns.dnssec.trust_anchor_file is not None else None}),
         **{key: section.model_copy(update={
             "certificate": anchored(section.certificate) if section.certificate is not None else None,
             "private_key": anchored(section.private_key) if section.private_key is not None else None,

@@ -42,6 +42,13 @@ def test_relative_store_path_is_taken_from_the_config_directory(tmp_path: Path) 
     assert config.store.path == tmp_path.resolve() / "state" / "x.db"
 
 
+def test_dns_files_are_taken_from_the_config_directory(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, '[dns]\nroot_hints = "lab.hints"\n[dns.dnssec]\n'
+                                         'trust_anchor_file = "keys/root.ds"\n'))
+    assert config.dns.root_hints == tmp_path.resolve() / "lab.hints"
+    assert config.dns.dnssec.trust_anchor_file == tmp_path.resolve() / "keys" / "root.ds"
+
+
 def test_control_socket_default_relative_and_disabled(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, "")).daemon.control_socket == Path("/run/ispd/control.sock")
     config = load_config(write(tmp_path, '[daemon]\ncontrol_socket = "run/ctl.sock"\n'))
