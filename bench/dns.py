@@ -368,7 +368,7 @@ def check_answers(resolver: Resolver, zone: str) -> None:
 def measure(kind: type[Resolver], hierarchy: DNSHierarchy, root: Path, files: dict[str, tuple[Path, Path]],
             args: argparse.Namespace, cpus: tuple[str | None, str | None]) -> list[Run]:
     runs: list[Run] = []
-    for workload in WORKLOADS:
+    for workload in args.workload or WORKLOADS:
         zone = zone_of(workload)
         hits, misses = files[zone]
         workdir = Path(tempfile.mkdtemp(prefix=f"{kind.name}-{workload.replace(' ', '-')}-", dir=root))
@@ -452,6 +452,8 @@ def print_table(names: list[str], results: dict[tuple[str, str], Run]) -> None:
     print(sub)
     for workload in ROWS:
         runs = [results.get((n, workload)) for n in names]
+        if not any(runs):
+            continue  # not measured this time (--workload)
         line = f"{workload:<14}  " + "  ".join(fmt_run(r, workload == "latency") for r in runs)
         if len(names) == 2:
             ispd, unbound = results.get(("ispd", workload)), results.get(("unbound", workload))
@@ -509,6 +511,8 @@ def main() -> None:
     parser.add_argument("--base", default=BASE, help="the lab hierarchy's addresses (default: %(default)s.0.0/16)")
     parser.add_argument("--keep", action="store_true", help="keep each run's directory (configs, logs, output)")
     parser.add_argument("--json", type=Path, help="also write every run's figures to this file")
+    parser.add_argument("--workload", action="append", choices=WORKLOADS,
+                        help="run only this workload (repeatable; default: all)")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     if args.quick:
