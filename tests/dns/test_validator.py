@@ -1,0 +1,139 @@
+"""The validator against a zone signed by dnssec-signzone, with forged and stripped answers: what an
+off-path attacker or a broken server could hand the resolver, and the verdict each must get."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from ispd.dns import dnssec
+from ispd.dns.cache import CacheLimits, RRsetCache, Security
+from ispd.dns.dnssec import EDE
+from ispd.dns.resolver import Outcome, Resolution, Step
+from ispd.dns.validator import Validator
+from ispd.dns.wire import RR, RCode, RRType, name_from_text
+from tests.dns.fakenet import FakeClock
+from tests.dns.test_dnssec import NOW, Signed, _sign
+
+N = name_from_text
+
+
+@pytest.fixture(scope="module")
+def zone(tmp_path_factory: pytest.TempPathFactory) -> Signed:
+    return _sign(tmp_path_factory.mktemp("validator"), "ECDSAP256SHA256")
+
+
+def records(zone: Signed, name: str, rtype: int) -> list[RR]:
+    """The RRset and its RRSIGs, as a server sends them."""
+    owner = N(name)
+    rrset = [rr for rr in zone.records if rr.name == owner and rr.rtype == rtype]
+    sigs = [rr for rr in zone.records if rr.name == owner and rr.rtype == RRType.RRSIG
+            and dnssec.parse_rrsig(rr.rdata).type_covered == rtype]
+    return rrset + sigs
+
+
+def denial(zone: Signed) -> tuple[list[RR], list[RR]]:
+    """The SOA, and every NSEC with their RRSIGs (more than any one answer needs)."""
+    soa = [rr for rr in zone.records if rr.rtype == RRType.SOA]
+    proof = [rr for rr in zone.records if rr.rtype == RRType.NSEC or (
+        rr.rtype == RRType.RRSIG and dnssec.parse_rrsig(rr.rdata).type_covered in (RRType.NSEC, RRType.SOA))]
+    return soa, proof
+
+
+def make_validator(zone: Signed, **kwargs: object) -> Validator:
+    async def fetch(name: bytes, rtype: int) -> Resolution:
+        if name == zone.origin and rtype == RRType.DNSKEY:
+            return Resolution(RCode.NOERROR, records(zone, "example.test", RRType.DNSKEY), zone=zone.origin)
+        if name == N("child.example.test") and rtype == RRType.DS:
+            soa, proof = denial(zone)
+            return Resolution(RCode.NOERROR, [], soa + proof, zone=zone.origin)
+        return Resolution(RCode.SERVFAIL, [], failure="not in this test")
+
+    anchors = dnssec.parse_trust_anchors(zone.ds_text)
+    return Validator(anchors, fetch, RRsetCache(CacheLimits()), FakeClock(), wall_clock=lambda: float(NOW),
+                     **kwargs)  # type: ignore[arg-type]
+
+
+async def verdict(validator: Validator, outcome: Outcome, qname: str, qtype: int = RRType.A) -> Outcome:
+    await validator.check(outcome, N(qname), qtype)
+    return outcome
+
+
+async def test_a_signed_answer_is_secure_and_a_stripped_one_bogus(zone: Signed) -> None:
+    validator = make_validator(zone)
+    good = await verdict(validator, Outcome(Step.ANSWER, records(zone, "www.example.test", RRType.A),
+                                            zone=zone.origin), "www.example.test")
+    assert good.security == Security.SECURE
+    unsigned = [rr for rr in records(zone, "www.example.test", RRType.A) if rr.rtype == RRType.A]
+    stripped = await verdict(validator, Outcome(Step.ANSWER, unsigned, zone=zone.origin), "www.example.test")
+    assert (stripped.security, stripped.ede) == (Security.BOGUS, EDE.RRSIGS_MISSING)
+
+
+async def test_forged_data_under_a_real_signature_is_bogus(zone: Signed) -> None:
+    validator = make_validator(zone)
+    forged = [replace(rr, rdata=b"\xcb\x00\x71\x07") if rr.rtype == RRType.A else rr
+              for rr in records(zone, "www.example.test", RRType.A)]
+    outcome = await verdict(validator, Outcome(Step.ANSWER, forged, zone=zone.origin), "www.example.test")
+    assert (outcome.security, outcome.ede) == (Security.BOGUS, EDE.DNSSEC_BOGUS)
+    # Another name's signed RRset passed off as this name's.
+    moved = [replace(rr, name=N("shop.example.test")) for rr in records(zone, "www.example.test", RRType.A)]
+    outcome = await verdict(validator, Outcome(Step.ANSWER, moved, zone=zone.origin), "shop.example.test")
+    assert outcome.security == Security.BOGUS
+
+
+async def test_denials_need_their_proof(zone: Signed) -> None:
+    validator = make_validator(zone)
+    soa, proof = denial(zone)
+    proved = await verdict(validator, Outcome(Step.NXDOMAIN, soa=soa, proof=proof, zone=zone.origin),
+                           "nope.example.test")
+    assert proved.security == Security.SECURE
+    bare = await verdict(validator, Outcome(Step.NXDOMAIN, soa=soa, zone=zone.origin), "nope2.example.test")
+    assert bare.security == Security.BOGUS
+    # An NXDOMAIN for a name that exists: the NSEC chain says otherwise.
+    lie = await verdict(validator, Outcome(Step.NXDOMAIN, soa=soa, proof=proof, zone=zone.origin), "www.example.test")
+    assert (lie.security, lie.ede) == (Security.BOGUS, EDE.NSEC_MISSING)
+
+
+async def test_a_wildcard_answer_needs_the_proof_that_the_name_does_not_exist(zone: Signed) -> None:
+    validator = make_validator(zone)
+    expanded = [replace(rr, name=N("x.wild.example.test")) for rr in records(zone, "*.wild.example.test", RRType.A)]
+    _, proof = denial(zone)
+    with_proof = await verdict(validator, Outcome(Step.ANSWER, expanded, proof=proof, zone=zone.origin),
+                               "x.wild.example.test")
+    assert with_proof.security == Security.SECURE
+    without = await verdict(validator, Outcome(Step.ANSWER, expanded, zone=zone.origin), "y.wild.example.test")
+    assert (without.security, without.ede) == (Security.BOGUS, EDE.NSEC_MISSING)
+
+
+async def test_an_unsigned_child_is_insecure_by_the_parents_nsec(zone: Signed) -> None:
+    validator = make_validator(zone)
+    child = N("child.example.test")
+    answer = [RR(N("host.child.example.test"), RRType.A, 1, 300, b"\xc6\x12\x00\x07")]
+    outcome = await verdict(validator, Outcome(Step.ANSWER, answer, zone=child), "host.child.example.test")
+    assert outcome.security == Security.INSECURE
+    # An unsigned answer claimed to come from the signed parent is still bogus.
+    outcome = await verdict(validator, Outcome(Step.ANSWER, answer, zone=zone.origin), "host2.child.example.test")
+    assert outcome.security == Security.BOGUS
+
+
+async def test_negative_trust_anchor_and_expired_time(zone: Signed) -> None:
+    validator = make_validator(zone, negative_anchors=[zone.origin])
+    unsigned = [rr for rr in records(zone, "www.example.test", RRType.A) if rr.rtype == RRType.A]
+    outcome = await verdict(validator, Outcome(Step.ANSWER, unsigned, zone=zone.origin), "www.example.test")
+    assert outcome.security == Security.INSECURE
+    late = make_validator(zone)
+    late.wall_clock = lambda: float(NOW + 400 * 86400)  # signatures long expired
+    outcome = await verdict(late, Outcome(Step.ANSWER, records(zone, "www.example.test", RRType.A),
+                                          zone=zone.origin), "www.example.test")
+    assert (outcome.security, outcome.ede) == (Security.BOGUS, EDE.SIGNATURE_EXPIRED)
+
+
+async def test_synthesised_nxdomain_after_a_validated_one(zone: Signed) -> None:
+    validator = make_validator(zone)
+    soa, proof = denial(zone)
+    await verdict(validator, Outcome(Step.NXDOMAIN, soa=soa, proof=proof, zone=zone.origin), "nope.example.test")
+    synthesised = validator.synthesise(N("nope3.example.test"), RRType.A)
+    assert synthesised is not None and synthesised.step == Step.NXDOMAIN
+    assert synthesised.security == Security.SECURE and validator.stats.synthesised == 1
+    assert validator.synthesise(N("www.example.test"), RRType.A) is None
