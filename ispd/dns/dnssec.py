@@ -57,6 +57,7 @@ from ispd.dns.wire import (
 )
 
 CLOCK_SKEW = 300  # seconds either side of an RRSIG's validity window
+MAX_RSA_BITS = 4096  # RFC 3110 §2 and RFC 5702 §2.1: DNSSEC RSA keys are 512 to 4096 bits
 MAX_NSEC3_ITERATIONS = 150  # RFC 9276 §3.2: above this, answers are treated as insecure
 DNSKEY_ZONE = 0x0100
 DNSKEY_REVOKE = 0x0080
@@ -266,6 +267,8 @@ def _public_key(algorithm: int, key: bytes) -> object:
             exponent_length, start = int.from_bytes(key[1:3], "big"), 3
         exponent = int.from_bytes(key[start:start + exponent_length], "big")
         modulus = int.from_bytes(key[start + exponent_length:], "big")
+        if modulus.bit_length() > MAX_RSA_BITS:  # a huge key would make each check a denial of service
+            raise DNSSECError(f"RSA key of {modulus.bit_length()} bits")
         return rsa.RSAPublicNumbers(exponent, modulus).public_key()
     if algorithm == Algorithm.ECDSAP256SHA256:
         return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + key)
@@ -398,7 +401,10 @@ def _nsecs(records: Iterable[RR]) -> list[_Nsec]:
     found = []
     for rr in records:
         if rr.rtype == RRType.NSEC:
-            next_name, bitmap = parse_nsec(rr.rdata)
+            try:
+                next_name, bitmap = parse_nsec(rr.rdata)
+            except DNSSECError:
+                continue  # a malformed record proves nothing
             found.append(_Nsec(rr.name, next_name, bitmap))
     return found
 
@@ -450,7 +456,13 @@ def nsec3_hash(name: bytes, salt: bytes, iterations: int) -> bytes:
 
 class _Nsec3Set:
     def __init__(self, records: Iterable[RR]) -> None:
-        self.items = [parse_nsec3(rr.name, rr.rdata) for rr in records if rr.rtype == RRType.NSEC3]
+        self.items = []
+        for rr in records:
+            if rr.rtype == RRType.NSEC3:
+                try:
+                    self.items.append(parse_nsec3(rr.name, rr.rdata))
+                except DNSSECError:
+                    continue  # a malformed record proves nothing
         self.items = [n for n in self.items if n.hash_algorithm == 1]
         first = self.items[0] if self.items else None
         self.params = (first.salt, first.iterations) if first else (b"", 0)

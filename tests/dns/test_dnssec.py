@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import random
 import subprocess
 import time
 from dataclasses import dataclass
@@ -11,10 +13,12 @@ import dns.name
 import dns.rdatatype
 import dns.zone
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ispd.dns import dnssec
 from ispd.dns.dnssec import EDE, Denial
-from ispd.dns.wire import RR, RRType, name_from_text
+from ispd.dns.wire import RR, RCode, RRType, name_from_text
 
 ZONE = """$ORIGIN example.test.
 $TTL 3600
@@ -79,6 +83,7 @@ def _sign(tmp: Path, algorithm: str, *, nsec3: bool = False, opt_out: bool = Fal
 
 
 NOW = int(time.time())
+N = name_from_text
 
 
 @pytest.fixture(scope="module", params=["ECDSAP256SHA256", "RSASHA256", "ED25519", "ECDSAP384SHA384",
@@ -242,3 +247,82 @@ def test_trust_anchor_file_errors_name_the_line() -> None:
 def _text(name: bytes) -> str:
     from ispd.dns.wire import name_to_text
     return name_to_text(name)
+
+
+# --- malformed and hostile input ----------------------------------------------------------------
+
+@settings(max_examples=1500)
+@given(st.binary(max_size=80))
+def test_parsers_raise_only_dnssec_error(data: bytes) -> None:
+    for parse in (dnssec.parse_dnskey, dnssec.parse_ds, dnssec.parse_rrsig, dnssec.parse_nsec):
+        with contextlib.suppress(dnssec.DNSSECError):
+            parse(data)
+    with contextlib.suppress(dnssec.DNSSECError):
+        dnssec.parse_nsec3(b"\x20" + bytes(32) + b"\x00", data)
+    assert not dnssec.verify_signature(dnssec.DNSKEY(257, 3, data[0] if data else 8, data, 0, data), data, data)
+    dnssec.bitmap_has(data, 1)
+
+
+_OWNERS = st.sampled_from([N("example.test"), N("a.example.test"), N("*.example.test"), N("z.b.example.test"),
+                           N("0p9mhaveqvm6t7vbl5lop2u3t2rp3tom.example.test"), b"\x00"])
+
+
+@settings(max_examples=800)
+@given(st.lists(st.tuples(_OWNERS, st.sampled_from([RRType.NSEC, RRType.NSEC3, RRType.RRSIG]),
+                          st.binary(max_size=60)), max_size=6),
+       _OWNERS, st.booleans())
+def test_proofs_from_garbage_never_raise(items: list[tuple[bytes, int, bytes]], qname: bytes, nxdomain: bool) -> None:
+    records = [RR(owner, rtype, 1, 300, rdata) for owner, rtype, rdata in items]
+    dnssec.denial(qname, RRType.A, nxdomain, records)
+    dnssec.denial(qname, RRType.DS, False, records)
+    dnssec.wildcard_expansion(qname, 1, records)
+    dnssec.shows_delegation(qname, records)
+
+
+async def test_a_changed_byte_in_signed_data_is_never_secure(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Flip one byte of any rdata of a signed answer or denial: the verdict is never secure,
+    and nothing raises."""
+    from ispd.dns.cache import CacheLimits, RRsetCache, Security
+    from ispd.dns.resolver import Outcome, Resolution, Step
+    from ispd.dns.validator import Validator
+    from tests.dns.fakenet import FakeClock
+
+    zone = _sign(tmp_path_factory.mktemp("flip"), "ECDSAP256SHA256")
+    keys = [rr for rr in zone.records if rr.name == zone.origin and (rr.rtype == RRType.DNSKEY or (
+        rr.rtype == RRType.RRSIG and dnssec.parse_rrsig(rr.rdata).type_covered == RRType.DNSKEY))]
+
+    async def fetch(name: bytes, rtype: int) -> Resolution:
+        return Resolution(RCode.NOERROR, keys, zone=zone.origin)
+
+    def validator() -> Validator:
+        return Validator(dnssec.parse_trust_anchors(zone.ds_text), fetch, RRsetCache(CacheLimits()), FakeClock(),
+                         wall_clock=lambda: float(NOW))
+
+    www = [rr for rr in zone.records if rr.name == N("www.example.test") and (rr.rtype == RRType.A or (
+        rr.rtype == RRType.RRSIG and dnssec.parse_rrsig(rr.rdata).type_covered == RRType.A))]
+    soa = [rr for rr in zone.records if rr.rtype == RRType.SOA]
+    proof = [rr for rr in zone.records if rr.rtype == RRType.NSEC or (
+        rr.rtype == RRType.RRSIG and dnssec.parse_rrsig(rr.rdata).type_covered in (RRType.NSEC, RRType.SOA))]
+    rng = random.Random(5011)
+    checked = 0
+    for _ in range(300):
+        answer = rng.random() < 0.5
+        records = list(www if answer else proof)
+        index = rng.randrange(len(records))
+        victim = records[index]
+        rdata = bytearray(victim.rdata)
+        position = rng.randrange(len(rdata))
+        before = rdata[position]
+        rdata[position] ^= 1 << rng.randrange(8)
+        if bytes([before]).lower() == bytes([rdata[position]]).lower():
+            continue  # a letter's case in a name: the signature covers the lowercased name, rightly
+        records[index] = RR(victim.name, victim.rtype, victim.rclass, victim.ttl, bytes(rdata))
+        if answer:
+            outcome = Outcome(Step.ANSWER, records, zone=zone.origin)
+            await validator().check(outcome, N("www.example.test"), RRType.A)
+        else:
+            outcome = Outcome(Step.NXDOMAIN, soa=soa, proof=records, zone=zone.origin)
+            await validator().check(outcome, N("nope.example.test"), RRType.A)
+        assert outcome.security != Security.SECURE, (victim, position)
+        checked += 1
+    assert checked > 250
