@@ -265,7 +265,12 @@ def test_one_mailbox_cannot_hold_every_session_and_commands_are_counted(lab: Lab
     finally:
         for session in sessions:
             session.logout()
-    lab.login().logout()  # room again once they are gone
+    client = lab.login()  # room again once they are gone
+    client.select("INBOX", readonly=True)
+    assert client.uid("FETCH", "1:*", "(FLAGS)")[0] == "OK"  # counted as FETCH, whatever the mailbox holds
+    with pytest.raises(imaplib.IMAP4.error):
+        client.xatom("NONSENSE")  # BAD, counted as "other"
+    client.logout()
     assert lab.ispd.metric_value("ispd_mail_imap_commands_total", {"command": "FETCH", "result": "ok"}) >= 1
     assert lab.ispd.metric_value("ispd_mail_imap_commands_total", {"command": "other", "result": "bad"}) >= 1
     assert lab.ispd.metric_value("ispd_mail_imap_sessions") is not None
