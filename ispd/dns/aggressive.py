@@ -1,16 +1,20 @@
 """Aggressive use of DNSSEC-validated cache (RFC 8198): NXDOMAIN and NODATA from cached NSEC.
 
-Theory of operation. Every NSEC record the validator found secure in a negative answer is kept
-here, per signed zone, in canonical order (RFC 4034 §6.1), with the zone's SOA from that answer.
-A question the caches cannot answer is first looked up here (``answer``): an NSEC whose span
-covers the name, plus one covering the wildcard at the closest encloser, prove an NXDOMAIN; an
-NSEC at the name without the type (nor CNAME) proves a NODATA. The reply carries those NSEC
-records, their RRSIGs and the SOA, so a validating client can check it as if the zone had sent
-it. An entry lives min(NSEC TTL, SOA MINIMUM) (RFC 8198 §5.4: the negative TTL); the caller
-checks that the zone's keys are still secure before asking.
+Theory of operation. Every NSEC or NSEC3 record the validator found secure in a negative answer
+is kept here, per signed zone, in order (NSEC by canonical name, RFC 4034 §6.1; NSEC3 by hash),
+with the zone's SOA from that answer. A question the caches cannot answer is first looked up
+here (``answer``):
+- NSEC: a span covering the name, plus one covering the wildcard at the closest encloser, prove
+  an NXDOMAIN; an NSEC at the name without the type (nor CNAME) proves a NODATA;
+- NSEC3 (RFC 5155 §8, with the zone's salt and iterations): a record matching the name's hash
+  without the type proves a NODATA; a closest encloser proof — a record matching an ancestor, one
+  covering the next closer name, one covering the wildcard at the encloser — an NXDOMAIN. An
+  opt-out span proves nothing (an unsigned delegation may hide in it), so it is not used.
+The reply carries those records, their RRSIGs and the SOA, so a validating client can check it as
+if the zone had sent it. An entry lives min(TTL, SOA MINIMUM) (RFC 8198 §5.4: the negative TTL);
+the caller checks that the zone's keys are still secure before asking.
 
-Deliberately not here: NSEC3 (hashed names make a span useless for other names' hashes without
-hashing each; Unbound also does NSEC only), and wildcard synthesis of positive answers.
+Deliberately not here: wildcard synthesis of positive answers.
 """
 
 from __future__ import annotations
@@ -39,6 +43,10 @@ class _Zone:
     soa_expires_at: float = 0.0
     keys: list[tuple[bytes, ...]] = field(default_factory=list)  # canonical keys, sorted
     spans: dict[tuple[bytes, ...], _Span] = field(default_factory=dict)
+    # NSEC3: the chain's parameters, and the records by owner hash
+    params: tuple[bytes, int] | None = None
+    hashes: list[bytes] = field(default_factory=list)  # sorted
+    hashed: dict[bytes, tuple[dnssec.NSEC3, float, tuple[RR, ...]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +63,8 @@ class NsecIndex:
         self.records = 0
 
     def learn(self, zone: bytes, soa: list[RR], proof: list[RR], ttl: float, now: float) -> None:
-        """Keep the NSEC records of a secure negative answer from ``zone``."""
-        nsecs = [rr for rr in proof if rr.rtype == RRType.NSEC and is_subdomain(rr.name, zone)]
+        """Keep the NSEC and NSEC3 records of a secure negative answer from ``zone``."""
+        nsecs = [rr for rr in proof if rr.rtype in (RRType.NSEC, RRType.NSEC3) and is_subdomain(rr.name, zone)]
         if not nsecs or not soa:
             return
         if self.records + len(nsecs) > MAX_RECORDS:
@@ -67,6 +75,10 @@ class NsecIndex:
         entry.soa = tuple(rr for rr in soa + proof if rr.rtype == RRType.SOA or _covers_type(rr, RRType.SOA))
         entry.soa_expires_at = max(entry.soa_expires_at, expires_at)
         for nsec in nsecs:
+            sigs = tuple(rr for rr in proof if rr.name == nsec.name and _covers_type(rr, nsec.rtype))
+            if nsec.rtype == RRType.NSEC3:
+                self._learn_nsec3(entry, nsec, sigs, expires_at)
+                continue
             try:
                 next_name, bitmap = dnssec.parse_nsec(nsec.rdata)
             except dnssec.DNSSECError:
@@ -75,8 +87,23 @@ class NsecIndex:
             if key not in entry.spans:
                 bisect.insort(entry.keys, key)
                 self.records += 1
-            sigs = tuple(rr for rr in proof if rr.name == nsec.name and _covers_type(rr, RRType.NSEC))
             entry.spans[key] = _Span(nsec.name, next_name, bitmap, expires_at, (nsec, *sigs))
+
+    def _learn_nsec3(self, entry: _Zone, record: RR, sigs: tuple[RR, ...], expires_at: float) -> None:
+        try:
+            nsec3 = dnssec.parse_nsec3(record.name, record.rdata)
+        except dnssec.DNSSECError:
+            return
+        if nsec3.hash_algorithm != 1 or nsec3.iterations > dnssec.MAX_NSEC3_ITERATIONS:
+            return
+        params = (nsec3.salt, nsec3.iterations)
+        if entry.params != params:  # the zone was re-salted: the old chain is another chain
+            self.records -= len(entry.hashed)
+            entry.params, entry.hashes, entry.hashed = params, [], {}
+        if nsec3.owner_hash not in entry.hashed:
+            bisect.insort(entry.hashes, nsec3.owner_hash)
+            self.records += 1
+        entry.hashed[nsec3.owner_hash] = (nsec3, expires_at, (record, *sigs))
 
     def zone_of(self, name: bytes) -> bytes | None:
         """The deepest zone with spans at or above ``name``."""
@@ -91,6 +118,8 @@ class NsecIndex:
         entry = self.zones.get(zone)
         if entry is None or entry.soa_expires_at <= now:
             return None
+        if entry.hashed and not entry.spans:
+            return self._answer_nsec3(entry, zone, name, qtype, now)
         span = self._at_or_before(entry, name, now)
         if span is None:
             return None
@@ -113,6 +142,55 @@ class NsecIndex:
         if wild_span is None or not _spans(wild_span, wildcard):
             return None  # the wildcard may exist: only the zone can say
         return self._reply(entry, True, [span] if wild_span is span else [span, wild_span], now)
+
+    def _answer_nsec3(self, entry: _Zone, zone: bytes, name: bytes, qtype: int, now: float) -> Synthesised | None:
+        assert entry.params is not None
+        salt, iterations = entry.params
+
+        def matching(owner: bytes) -> tuple[dnssec.NSEC3, float, tuple[RR, ...]] | None:
+            found = entry.hashed.get(dnssec.nsec3_hash(owner, salt, iterations))
+            return found if found is not None and found[1] > now else None
+
+        def covering(owner: bytes) -> tuple[dnssec.NSEC3, float, tuple[RR, ...]] | None:
+            digest = dnssec.nsec3_hash(owner, salt, iterations)
+            index = bisect.bisect_right(entry.hashes, digest) - 1  # wraps to the last when before the first
+            found = entry.hashed[entry.hashes[index]]
+            nsec3 = found[0]
+            if found[1] <= now or nsec3.opt_out or not dnssec.covers(nsec3.owner_hash, nsec3.next_hash, digest):
+                return None
+            return found
+
+        exact = matching(name)
+        if exact is not None:  # RFC 5155 §8.5: NODATA
+            bitmap = exact[0].bitmap
+            if dnssec.bitmap_has(bitmap, qtype) or dnssec.bitmap_has(bitmap, RRType.CNAME):
+                return None
+            if dnssec.bitmap_has(bitmap, RRType.NS) and not dnssec.bitmap_has(bitmap, RRType.SOA) \
+                    and qtype != RRType.DS:
+                return None
+            return self._reply3(entry, False, [exact], now)
+        ancestor = name
+        while ancestor != zone:  # §8.3: the closest encloser proof
+            child, ancestor = ancestor, ancestor[ancestor[0] + 1:]
+            encloser = matching(ancestor)
+            if encloser is None:
+                continue
+            bitmap = encloser[0].bitmap
+            if dnssec.bitmap_has(bitmap, RRType.DNAME) or (
+                    dnssec.bitmap_has(bitmap, RRType.NS) and not dnssec.bitmap_has(bitmap, RRType.SOA)):
+                return None
+            next_closer, wildcard = covering(child), covering(b"\x01*" + ancestor)
+            if next_closer is None or wildcard is None:
+                return None
+            return self._reply3(entry, True, [encloser, next_closer, wildcard], now)
+        return None
+
+    def _reply3(self, entry: _Zone, nxdomain: bool, found: list[tuple[dnssec.NSEC3, float, tuple[RR, ...]]],
+                now: float) -> Synthesised:
+        ttl = max(0, int(min([entry.soa_expires_at, *(expiry for _, expiry, _ in found)]) - now))
+        unique = list({id(records): records for _, _, records in found}.values())
+        return Synthesised(nxdomain, [_with_ttl(rr, ttl) for rr in entry.soa],
+                           [_with_ttl(rr, ttl) for records in unique for rr in records], ttl)
 
     def _at_or_before(self, entry: _Zone, name: bytes, now: float) -> _Span | None:
         key = dnssec.canonical_key(name)

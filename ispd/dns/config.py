@@ -190,7 +190,7 @@ class DNSSECConfig(Section):
     negative_trust_anchors: list[DomainName] = []
     # How long a bogus verdict is remembered before the servers are asked again.
     bogus_ttl_seconds: int = Field(default=60, ge=1, le=3600)
-    # RFC 8198: answer NXDOMAIN and NODATA from cached, validated NSEC records without asking.
+    # RFC 8198: answer NXDOMAIN and NODATA from cached, validated NSEC/NSEC3 records without asking.
     aggressive_nsec: bool = True
     # RFC 5011: follow the anchored zones' key rollovers (new keys trusted after a 30-day
     # hold-down, revoked ones dropped), with the state in the store. Editing the anchor file

@@ -178,7 +178,7 @@ def _dnssec_metrics(validator: Validator) -> Iterator[Metric]:
         failures.add_metric([code.name.lower()], validator.stats.failures.get(code, 0))
     yield failures
     yield CounterMetricFamily("ispd_dns_dnssec_synthesised_answers",
-                              "NXDOMAIN and NODATA answered from cached NSEC records (RFC 8198).",
+                              "NXDOMAIN and NODATA answered from cached NSEC and NSEC3 records (RFC 8198).",
                               value=validator.stats.synthesised)
     yield GaugeMetricFamily("ispd_dns_dnssec_negative_trust_anchors",
                             "Domains resolved without validation (RFC 7646), from config and `ispd dns nta add`.",

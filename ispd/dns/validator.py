@@ -32,7 +32,7 @@ Verdicts are written back into the RRset and negative cache entries, so a cached
 lookup, not a signature check; a secure RRset's lifetime is capped by its RRSIG (RFC 4035
 §5.3.3) and a bogus one's by ``bogus_ttl``. Signature windows are checked against the wall clock.
 
-The NSEC records of secure negative answers are kept (``aggressive.NsecIndex``) and answer
+The NSEC and NSEC3 records of secure negative answers are kept (``aggressive.NsecIndex``) and answer
 later questions whose names they deny without asking anyone (RFC 8198, ``synthesise``), as long
 as their zone's keys are still secure.
 

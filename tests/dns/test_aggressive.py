@@ -54,3 +54,23 @@ def test_entries_expire_and_the_zone_is_found_by_name(zone: Signed, tmp_path: Pa
     assert index.zone_of(N("a.b.example.test")) == zone.origin
     assert index.zone_of(N("example.org")) is None
     assert index.answer(zone.origin, N("nope.example.test"), RRType.A, 11.0) is None
+
+
+@pytest.mark.parametrize("opt_out", [False, True])
+def test_nsec3_closest_encloser_and_nodata(opt_out: bool, tmp_path_factory: pytest.TempPathFactory) -> None:
+    zone = _sign(tmp_path_factory.mktemp(f"nsec3-{opt_out}"), "ECDSAP256SHA256", nsec3=True, opt_out=opt_out)
+    index = NsecIndex()
+    soa = [rr for rr in zone.records if rr.rtype == RRType.SOA]
+    proof = zone.of_type(RRType.NSEC3) + [rr for rr in zone.records if rr.rtype == RRType.RRSIG]
+    index.learn(zone.origin, soa, proof, 300, now=0.0)
+    nxdomain = index.answer(zone.origin, N("nope.example.test"), RRType.A, 1.0)
+    nodata = index.answer(zone.origin, N("www.example.test"), RRType.TXT, 1.0)
+    assert nodata is not None and not nodata.nxdomain  # a matching NSEC3 proves it, opt-out or not
+    assert {rr.rtype for rr in nodata.proof} == {RRType.NSEC3, RRType.RRSIG}
+    if opt_out:
+        assert nxdomain is None  # an opt-out span may hide an unsigned delegation: no proof
+    else:
+        assert nxdomain is not None and nxdomain.nxdomain
+        assert 2 <= sum(rr.rtype == RRType.NSEC3 for rr in nxdomain.proof) <= 3
+    assert index.answer(zone.origin, N("www.example.test"), RRType.A, 1.0) is None
+    assert index.answer(zone.origin, N("x.wild.example.test"), RRType.A, 1.0) is None  # the wildcard matches

@@ -106,7 +106,7 @@ def test_negative_trust_anchor_added_listed_and_deleted(validating: DNSIspd) -> 
 
 def test_cached_nsec_records_answer_other_names_they_deny(dns_hierarchy: DNSHierarchy, tmp_path: Path) -> None:
     """RFC 8198: once nope.secure.test's NXDOMAIN is validated, its NSEC records deny nope2
-    and www's NSEC denies its other types, without a question upstream."""
+    and www's NSEC denies its other types, without a question upstream; NSEC3 likewise."""
     upstream = "ispd_dns_upstream_queries_total"
     with DNSIspd(tmp_path / "aggressive", dns_hierarchy) as ispd:
         ispd.start()
@@ -122,6 +122,17 @@ def test_cached_nsec_records_answer_other_names_they_deny(dns_hierarchy: DNSHier
         assert other.status == "NOERROR" and not other.answer and "ad" in other.flags, other.text
         assert ispd.metric(upstream) == asked, "answered from cached NSEC records, not asked upstream"
         assert ispd.metric("ispd_dns_dnssec_synthesised_answers_total") == 2
+        # The same with NSEC3 (p384.test: no opt-out), by the closest encloser proof. Hashes fall
+        # anywhere: of ten new names, those whose hash a cached span covers need no question.
+        first = ispd.dig("nope.p384.test", "A", "+dnssec")  # the delegation and the zone's keys, once
+        assert first.status == "NXDOMAIN" and "ad" in first.flags, first.text
+        asked, synthesised = ispd.metric(upstream), ispd.metric("ispd_dns_dnssec_synthesised_answers_total")
+        for i in range(10):
+            hashed = ispd.dig(f"nope{i}.p384.test", "A", "+dnssec")
+            assert hashed.status == "NXDOMAIN" and "ad" in hashed.flags, hashed.text
+            assert "NSEC3" in {r.type for r in hashed.authority}, hashed.text
+        from_cache = ispd.metric("ispd_dns_dnssec_synthesised_answers_total") - synthesised
+        assert from_cache >= 1 and ispd.metric(upstream) - asked <= 10 - from_cache
         # A name that exists is not denied by a neighbouring span.
         txt = ispd.dig("txt.secure.test", "TXT", "+dnssec")
         assert txt.status == "NOERROR" and {r.rdata for r in txt.answer if r.type == "TXT"} == {'"signed"'}, txt.text
