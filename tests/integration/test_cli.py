@@ -315,6 +315,21 @@ def check_config(tmp_path: Path, dns: dict[str, object]) -> tuple[Path, subproce
     return path, subprocess.run([ISPD, "check-config", "-c", str(path)], capture_output=True, text=True, timeout=30)
 
 
+def test_check_config_reads_the_trust_anchors(tmp_path: Path) -> None:
+    """A trust anchor file that does not parse fails check-config with its line; private root
+    hints without anchors of their own only warn (the IANA anchors would not match them)."""
+    (tmp_path / "root.ds").write_text(". IN DS 20326 8 2 E06D44B8\n. IN DS twenty 8 2 AB\n")
+    (tmp_path / "lab.hints").write_text(". 3600 NS a.root.lab.\na.root.lab. 3600 A 127.0.0.9\n")
+    _, failed = check_config(tmp_path, {"dnssec": {"trust_anchor_file": "root.ds"}})
+    assert failed.returncode == 2
+    assert "dnssec.trust_anchor_file" in failed.stderr and "root.ds: line 2" in failed.stderr, failed.stderr
+    _, warned = check_config(tmp_path, {"root_hints": "lab.hints"})
+    assert warned.returncode == 0, warned.stderr
+    assert "dnssec.trust_anchor_file is unset" in warned.stderr
+    _, quiet = check_config(tmp_path, {"root_hints": "lab.hints", "dnssec": {"validation": False}})
+    assert quiet.returncode == 0 and "trust_anchor" not in quiet.stderr
+
+
 def test_check_config_names_what_is_wrong_with_a_forward_zone(tmp_path: Path) -> None:
     path, failed = check_config(tmp_path, {"forward_zone": [
         {"name": "corp.internal", "servers": [], "stub": True},
