@@ -295,14 +295,14 @@ class Resolver:
         current = name
         for _ in range(self.settings.max_cname_chain + 1):
             outcome = await self._resolve_name(current, qtype, budget, depth, refresh)
+            if validator is not None and outcome.step != Step.FAILED:
+                await validator.check(outcome, current, qtype, budget.trace)  # may lower the TTLs
+                if outcome.security < security:
+                    security, ede = outcome.security, outcome.ede
             chain.extend(outcome.records)
             # One reply may carry several hops of the chain: count the hops, not the replies.
             if sum(1 for rr in chain if rr.rtype == RRType.CNAME) > self.settings.max_cname_chain:
                 return Resolution(RCode.SERVFAIL, chain, failure="CNAME chain too long")
-            if validator is not None and outcome.step != Step.FAILED:
-                await validator.check(outcome, current, qtype, budget.trace)
-                if outcome.security < security:
-                    security, ede = outcome.security, outcome.ede
             if outcome.step == Step.ANSWER:
                 return Resolution(RCode.NOERROR, chain, outcome.proof, security=security, ede=ede, zone=outcome.zone)
             if outcome.step == Step.NXDOMAIN:

@@ -195,6 +195,12 @@ class Validator:
         else:
             return
         outcome.security, outcome.ede = verdict.security, verdict.ede
+        if verdict.ttl is not None and verdict.security != Security.BOGUS:
+            # RFC 4035 §5.3.3: no longer than the signatures last (or the negative trust anchor),
+            # for the client and for the answer cache as for the RRset cache.
+            cap = verdict.ttl
+            outcome.records = [rr if rr.ttl <= cap else RR(rr.name, rr.rtype, rr.rclass, cap, rr.rdata)
+                               for rr in outcome.records]
         self.stats.verdicts[verdict.security] += 1
         if verdict.signer and self.nsec_index is not None and outcome.soa:
             ttl = min(rr.ttl for rr in outcome.soa + outcome.proof)

@@ -137,3 +137,13 @@ async def test_synthesised_nxdomain_after_a_validated_one(zone: Signed) -> None:
     assert synthesised is not None and synthesised.step == Step.NXDOMAIN
     assert synthesised.security == Security.SECURE and validator.stats.synthesised == 1
     assert validator.synthesise(N("www.example.test"), RRType.A) is None
+
+
+async def test_a_secure_answer_lives_no_longer_than_its_signature(zone: Signed) -> None:
+    answer = records(zone, "www.example.test", RRType.A)
+    expiration = dnssec.parse_rrsig(next(rr for rr in answer if rr.rtype == RRType.RRSIG).rdata).expiration
+    validator = make_validator(zone)
+    validator.wall_clock = lambda: float(expiration - 100)
+    outcome = await verdict(validator, Outcome(Step.ANSWER, answer, zone=zone.origin), "www.example.test")
+    assert outcome.security == Security.SECURE
+    assert {rr.ttl for rr in outcome.records} == {100}  # RFC 4035 §5.3.3, not the published 3600
