@@ -26,6 +26,7 @@ from ispd import __version__
 from ispd.config import Config
 from ispd.control import CommandError, ControlCommands
 from ispd.credentials import check_password_acceptable, derive_credentials, effective_policy
+from ispd.dns import dnssec
 from ispd.effects import Effect, effects
 from ispd.store.base import Store
 from ispd.store.errors import Conflict, InvalidValue, NotFound
@@ -126,6 +127,26 @@ class Attribution(BaseModel):
     since: float
     until: float
     holdings: list[Holding]
+
+
+class NegativeTrustAnchor(BaseModel):
+    name: str
+    seconds_left: int | None = Field(description="null: from the config file, no end")
+    source: str = Field(description="config, or runtime (added by the API or `ispd dns nta add`)")
+
+
+class NewNegativeTrustAnchor(BaseModel):
+    name: str = Field(description="a domain whose DNSSEC is broken, e.g. broken.example")
+    seconds: int = Field(default=86400, ge=1, le=7 * 86400, description="how long (RFC 7646: it lapses)")
+
+
+class TrustAnchorKeyView(BaseModel):
+    zone: str
+    key_tag: int
+    algorithm: int
+    state: str = Field(description="addpend, valid, missing or revoked (RFC 5011)")
+    since: float
+    hold_down_until: float | None
 
 
 class DynamicResult(BaseModel):
@@ -343,6 +364,38 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
     @app.post("/v1/sessions/{session_id}/coa", tags=["sessions"])
     async def coa(session_id: int) -> DynamicResult:
         return await dynamic("radius.session.coa", session_id, None)
+
+    # --- DNSSEC: negative trust anchors (the running resolver's) and the tracked anchor keys
+
+    async def dns_command(command: str, args: dict[str, Any]) -> Any:
+        handler = control.get(command)
+        if handler is None or handler.plain is None:
+            raise HTTPException(503, "the DNS resolver is not running in this daemon")
+        try:
+            return await handler.plain(args)
+        except CommandError as exc:
+            raise HTTPException(409, str(exc)) from None
+
+    @app.get("/v1/dns/negative-trust-anchors", tags=["dns"])
+    async def list_ntas() -> list[NegativeTrustAnchor]:
+        return [NegativeTrustAnchor(**anchor) for anchor in await dns_command("dns.nta.list", {})]
+
+    @app.post("/v1/dns/negative-trust-anchors", status_code=201, tags=["dns"])
+    async def add_nta(body: NewNegativeTrustAnchor) -> NegativeTrustAnchor:
+        added = await dns_command("dns.nta.add", {"name": body.name, "seconds": body.seconds})
+        return NegativeTrustAnchor(name=added["name"], seconds_left=added["seconds"], source="runtime")
+
+    @app.delete("/v1/dns/negative-trust-anchors/{name}", tags=["dns"])
+    async def delete_nta(name: str) -> NegativeTrustAnchor:
+        deleted = await dns_command("dns.nta.delete", {"name": name})
+        return NegativeTrustAnchor(name=deleted["name"], seconds_left=0, source="runtime")
+
+    @app.get("/v1/dns/trust-anchors", tags=["dns"])
+    async def trust_anchor_keys(zone: str = ".") -> list[TrustAnchorKeyView]:
+        keys = await store.trust_anchor_keys(zone.rstrip(".") + ".")
+        return [TrustAnchorKeyView(zone=k.zone, key_tag=dnssec.key_tag(k.key),
+                                   algorithm=dnssec.parse_dnskey(k.key).algorithm, state=k.state, since=k.since,
+                                   hold_down_until=k.hold_down_until or None) for k in keys]
 
     # --- leases, attribution, usage
 

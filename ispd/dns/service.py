@@ -319,7 +319,7 @@ class DNSService(Service):
         now = time.monotonic()
         anchors = self._live_validator().live_negative_anchors()
         return [{"name": name_to_text(name), "seconds_left": None if until == float("inf") else int(until - now),
-                 "source": "config" if until == float("inf") else "command"}
+                 "source": "config" if until == float("inf") else "runtime"}
                 for name, until in sorted(anchors.items(), key=lambda item: name_to_text(item[0]))]
 
     async def _load_data(self, config: DNSConfig) -> None:

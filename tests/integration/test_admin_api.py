@@ -127,6 +127,12 @@ def test_who_and_usage_answer_from_the_history(api: Api) -> None:
     assert status == 200 and body == []
 
 
+def test_dns_endpoints_say_when_the_resolver_is_not_running(api: Api) -> None:
+    status, body = api.call("GET", "/v1/dns/negative-trust-anchors")
+    assert status == 503 and "DNS resolver is not running" in body["detail"]
+    assert api.call("GET", "/v1/dns/trust-anchors") == (200, [])  # nothing tracked in this store
+
+
 def test_the_committed_openapi_document_is_the_one_served(api: Api) -> None:
     status, served = api.call("GET", "/openapi.json")
     assert status == 200

@@ -93,7 +93,7 @@ def test_negative_trust_anchor_added_listed_and_deleted(validating: DNSIspd) -> 
     result = validating.dig("www.expired.test", "A", "+dnssec")
     assert result.status == "NOERROR" and rdatas(result) == {"198.18.5.7"} and "ad" not in result.flags, result.text
     listed = json.loads(validating.cli("dns", "nta", "list", "--json").stdout)
-    assert [(a["name"], a["source"]) for a in listed] == [("expired.test.", "command")]
+    assert [(a["name"], a["source"]) for a in listed] == [("expired.test.", "runtime")]
     assert 7000 < listed[0]["seconds_left"] <= 7200
     assert validating.metric("ispd_dns_dnssec_negative_trust_anchors") == 1
     validating.cli("dns", "nta", "delete", "expired.test")
@@ -186,3 +186,27 @@ def test_the_root_key_is_tracked_in_the_store_and_survives_a_restart(dns_hierarc
         assert [k["since"] for k in tracked(ispd)] == [since]
         text = ispd.cli("dns", "anchors").stdout
         assert re.search(r"^\.\tkey \d+\talgorithm 13\tvalid\tsince ", text, re.M), text
+
+
+def test_the_admin_api_manages_negative_trust_anchors_and_shows_the_anchor_keys(validating: DNSIspd) -> None:
+    def call(method: str, path: str, body: dict[str, object] | None = None) -> tuple[int, object]:
+        command = ["curl", "-sS", "-X", method, "-w", "\\n%{http_code}", "--unix-socket",
+                   str(validating.workdir / "admin.sock"), f"http://ispd{path}"]
+        if body is not None:
+            command += ["-H", "content-type: application/json", "-d", json.dumps(body)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        text, _, status = result.stdout.rpartition("\n")
+        return int(status), json.loads(text) if text else None
+
+    status, added = call("POST", "/v1/dns/negative-trust-anchors", {"name": "badds.test", "seconds": 600})
+    assert status == 201 and added == {"name": "badds.test.", "seconds_left": 600, "source": "runtime"}, added
+    result = validating.dig("www.badds.test", "A", "+dnssec")
+    assert result.status == "NOERROR" and "ad" not in result.flags, result.text
+    status, listed = call("GET", "/v1/dns/negative-trust-anchors")
+    assert status == 200 and [a["name"] for a in listed] == ["badds.test."]  # type: ignore[union-attr,index]
+    assert call("POST", "/v1/dns/negative-trust-anchors", {"name": "x.test", "seconds": 30 * 86400})[0] == 422
+    assert call("DELETE", "/v1/dns/negative-trust-anchors/badds.test")[0] == 200
+    assert call("DELETE", "/v1/dns/negative-trust-anchors/badds.test")[0] == 409
+    assert validating.dig("www.badds.test", "A", "+dnssec").status == "SERVFAIL"
+    status, keys = call("GET", "/v1/dns/trust-anchors")
+    assert status == 200 and {k["state"] for k in keys} == {"valid"}, keys  # type: ignore[union-attr,index]
