@@ -7,7 +7,8 @@ Then, every ``autotrust.refresh_interval`` (an hour to 15 days; an hour after a 
 asks for the zone's DNSKEY set through the resolver, checks that a key trusted now signed it
 (the configured anchor's, before the first refresh), applies ``autotrust.refresh`` (or
 ``bootstrap``), writes the result to the store when it changed, and hands the trusted keys to
-the validator as the zone's anchor. A failed refresh changes nothing.
+the validator as the zone's anchor. A failed refresh changes nothing. The service starts the
+refreshes once the validator first needs the anchor, so an idle resolver asks nobody anything.
 """
 
 from __future__ import annotations

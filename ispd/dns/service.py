@@ -268,6 +268,9 @@ class DNSService(Service):
             self._anchor_trackers.append(asyncio.ensure_future(self._keep_tracking(tracker)))
 
     async def _keep_tracking(self, tracker: AnchorTracker) -> None:
+        validator = self.resolver.validator if self.resolver is not None else None
+        if validator is not None:
+            await validator.anchor_used.wait()  # not before the first question that needs the anchor
         while True:
             try:
                 await tracker.run()

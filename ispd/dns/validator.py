@@ -109,6 +109,9 @@ class Validator:
         self.zones: dict[bytes, ZoneKeys] = {}
         self.nsec_index = NsecIndex() if aggressive_nsec else None
         self.stats = ValidationStats()
+        # Set once an anchor is first needed: RFC 5011 refreshes start then, so a resolver nobody
+        # asks never reaches out to the root on its own.
+        self.anchor_used = asyncio.Event()
         self._pending: dict[bytes, asyncio.Future[ZoneKeys]] = {}
 
     # --- configuration at run time ---------------------------------------------------------
@@ -399,6 +402,7 @@ class Validator:
                             why="negative trust anchor")
         anchor = self.anchors.get(zone)
         if anchor is not None:
+            self.anchor_used.set()
             if not anchor.usable:
                 return ZoneKeys(Security.INSECURE, (), self._until(self.max_key_ttl),
                                 why="the trust anchor has no supported algorithm")
