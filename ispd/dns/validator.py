@@ -57,6 +57,7 @@ from ispd.logs import get_logger
 log = get_logger("ispd.dns.validator")
 
 Fetch = Callable[[bytes, int], Awaitable[Resolution]]
+MAX_CHAIN_DEPTH = 16  # zone cuts from a name up to its trust anchor that one question may establish
 Trace = Callable[[str], None] | None
 
 
@@ -361,7 +362,7 @@ class Validator:
 
     # --- the chain of trust ----------------------------------------------------------------
 
-    async def zone_keys(self, zone: bytes) -> ZoneKeys:
+    async def zone_keys(self, zone: bytes, depth: int = 0) -> ZoneKeys:
         """The keys of ``zone`` and whether they are secure (see the module comment)."""
         now = self.clock()
         known = self.zones.get(zone)
@@ -373,7 +374,7 @@ class Validator:
         future: asyncio.Future[ZoneKeys] = asyncio.get_running_loop().create_future()
         self._pending[zone] = future
         try:
-            found = await self._establish(zone)
+            found = await self._establish(zone, depth)
         except asyncio.CancelledError:
             future.cancel()
             raise
@@ -395,7 +396,7 @@ class Validator:
     def _bogus(self, ede: EDE, why: str, ttl: float | None = None) -> ZoneKeys:
         return ZoneKeys(Security.BOGUS, (), self._until(self.bogus_ttl if ttl is None else ttl), ede, why)
 
-    async def _establish(self, zone: bytes) -> ZoneKeys:
+    async def _establish(self, zone: bytes, depth: int) -> ZoneKeys:
         lapses = self.under_negative_anchor(zone)
         if lapses is not None:
             return ZoneKeys(Security.INSECURE, (), min(lapses, self._until(self.max_key_ttl)),
@@ -421,7 +422,9 @@ class Validator:
         parent = _signer_of(ds.answer + ds.authority, zone) or soa_owner or ds.zone
         if not parent or parent == zone or not is_subdomain(zone, parent):
             return self._bogus(EDE.DNSSEC_BOGUS, f"cannot tell which zone holds the DS of {name_to_text(zone)}")
-        parent_keys = await self.zone_keys(parent)
+        if depth >= MAX_CHAIN_DEPTH:  # each link costs a DS and a DNSKEY question: bound the work
+            return self._bogus(EDE.DNSSEC_BOGUS, f"more than {MAX_CHAIN_DEPTH} zone cuts above {name_to_text(zone)}")
+        parent_keys = await self.zone_keys(parent, depth + 1)
         if parent_keys.security != Security.SECURE:
             return ZoneKeys(parent_keys.security, (), parent_keys.expires_at, parent_keys.ede, parent_keys.why)
         ttl = min((rr.ttl for rr in ds.answer + ds.authority), default=self.bogus_ttl)

@@ -147,3 +147,12 @@ async def test_a_secure_answer_lives_no_longer_than_its_signature(zone: Signed) 
     outcome = await verdict(validator, Outcome(Step.ANSWER, answer, zone=zone.origin), "www.example.test")
     assert outcome.security == Security.SECURE
     assert {rr.ttl for rr in outcome.records} == {100}  # RFC 4035 §5.3.3, not the published 3600
+
+
+async def test_the_chain_of_trust_is_bounded(zone: Signed) -> None:
+    from ispd.dns.validator import MAX_CHAIN_DEPTH
+
+    child = N("child.example.test")
+    assert (await make_validator(zone).zone_keys(child)).security == Security.INSECURE
+    deep = await make_validator(zone).zone_keys(child, depth=MAX_CHAIN_DEPTH)
+    assert deep.security == Security.BOGUS and "zone cuts" in deep.why
