@@ -329,7 +329,6 @@ class Resolver:
             if budget.trace is not None:
                 _trace(budget, f"{name_to_text(name)} {type_text(qtype)}: {cached.step.value} from the cache")
             return cached
-        # RFC 4035 §4.2: a DS set is the parent's, so it is asked where the parent is.
         if self.validator is not None and not refresh:
             synthesised = self.validator.synthesise(name, qtype)
             if synthesised is not None:  # RFC 8198: a cached NSEC proves it already
@@ -337,6 +336,7 @@ class Resolver:
                     _trace(budget, f"{name_to_text(name)} {type_text(qtype)}: {synthesised.step.value} "
                                    "from cached NSEC records")
                 return synthesised
+        # RFC 4035 §4.2: a DS set is the parent's, so it is asked where the parent is.
         forward = self._forward_zone(parent_name(name) if qtype == RRType.DS and name != ROOT else name)
         if forward is not None and forward.recursive:
             return await self._ask_servers(forward.name, list(forward.addresses), name, qtype, budget,
