@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.lab.certs import issue
 from tests.lab.dnshier import DigResult, DNSHierarchy, Expectation, dnssec_expectations
 from tests.lab.dnsispd import DNSIspd, rdatas
+from tests.lab.ports import free_tcp_port
 from tests.lab.process import eventually
 
 CASES = dnssec_expectations()
@@ -213,3 +215,28 @@ def test_the_admin_api_manages_negative_trust_anchors_and_shows_the_anchor_keys(
     assert validating.dig("www.badds.test", "A", "+dnssec").status == "SERVFAIL"
     status, keys = call("GET", "/v1/dns/trust-anchors")
     assert status == 200 and {k["state"] for k in keys} == {"valid"}, keys  # type: ignore[union-attr,index]
+
+
+def test_validated_answers_over_dot_and_doh(dns_hierarchy: DNSHierarchy, tmp_path: Path) -> None:
+    """The same verdicts over DNS over TLS and DNS over HTTPS (kdig), where replies are padded:
+    AD on a secure answer, SERVFAIL with the Extended DNS Error beside the padding option."""
+    if shutil.which("kdig") is None:
+        pytest.skip("kdig not installed (tools/setup --test installs knot-dnsutils)")
+    certs = issue(tmp_path / "tls", "dns.lab.test")
+    dot, doh = free_tcp_port(), free_tcp_port()
+    files = {"certificate": str(certs.certificate), "private_key": str(certs.private_key)}
+    with DNSIspd(tmp_path / "encrypted", dns_hierarchy, dot={"listen": [f"127.0.0.1:{dot}"], **files},
+                 doh={"listen": [f"127.0.0.1:{doh}"], **files}) as ispd:
+        ispd.start()
+        for port, transport in ((dot, "+tls"), (doh, "+https")):
+            def ask(name: str, port: int = port, transport: str = transport) -> str:
+                command = ["kdig", "@127.0.0.1", "-p", str(port), transport, f"+tls-ca={certs.ca}",
+                           "+tls-hostname=dns.lab.test", "+dnssec", "+time=5", "+retry=0", name, "A"]
+                result = subprocess.run(command, capture_output=True, text=True, timeout=20)
+                return result.stdout + result.stderr
+
+            secure = ask("www.secure.test")
+            assert "status: NOERROR" in secure and re.search(r";; Flags: .*\bad\b", secure), secure
+            assert "RRSIG" in secure and "PADDING" in secure, secure
+            bogus = ask("www.expired.test")
+            assert "status: SERVFAIL" in bogus and "EDE: 7" in bogus and "PADDING" in bogus, bogus
