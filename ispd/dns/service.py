@@ -255,8 +255,7 @@ class DNSService(Service):
             return await resolver.resolve(name, rtype, validate=False)
 
         def apply(anchor: TrustAnchor) -> None:
-            if resolver.validator is not None:
-                resolver.validator.set_anchor(anchor)
+            if resolver.validator is not None and resolver.validator.set_anchor(anchor):
                 self.answers.flush(anchor.zone, subtree=True)
 
         for anchor in list(validator.anchors.values()):

@@ -117,10 +117,21 @@ class Validator:
 
     # --- configuration at run time ---------------------------------------------------------
 
-    def set_anchor(self, anchor: TrustAnchor) -> None:
-        """Validate ``anchor.zone`` from these keys from now on (an RFC 5011 update)."""
+    def set_anchor(self, anchor: TrustAnchor) -> bool:
+        """Validate ``anchor.zone`` from these keys from now on (an RFC 5011 update). What was
+        decided with a key the new anchor no longer trusts is forgotten (True: the caller drops
+        its answers too); a key newly trusted, or the tracked form of the same keys, changes no
+        verdict already taken."""
+        old = self.anchors.get(anchor.zone)
         self.anchors[anchor.zone] = anchor
-        self.forget(anchor.zone)
+        established = self.zones.get(anchor.zone)
+        if old is None or established is None or established.security != Security.SECURE:
+            self.zones.pop(anchor.zone, None)  # established again, from the new anchor, when next needed
+            return False
+        if any(old.trusts(key) and not anchor.trusts(key) for key in established.keys):
+            self.forget(anchor.zone)
+            return True
+        return False
 
     def add_negative_anchor(self, name: bytes, until: float = float("inf")) -> None:
         """Stop validating ``name`` and below until ``until``; verdicts taken there are forgotten."""
@@ -404,6 +415,8 @@ class Validator:
         anchor = self.anchors.get(zone)
         if anchor is not None:
             self.anchor_used.set()
+            if not anchor.ds and not anchor.keys:  # RFC 5011: every trusted key revoked or gone
+                return self._bogus(EDE.DNSKEY_MISSING, f"no trusted key is left for {name_to_text(zone)}")
             if not anchor.usable:
                 return ZoneKeys(Security.INSECURE, (), self._until(self.max_key_ttl),
                                 why="the trust anchor has no supported algorithm")

@@ -156,3 +156,16 @@ async def test_the_chain_of_trust_is_bounded(zone: Signed) -> None:
     assert (await make_validator(zone).zone_keys(child)).security == Security.INSECURE
     deep = await make_validator(zone).zone_keys(child, depth=MAX_CHAIN_DEPTH)
     assert deep.security == Security.BOGUS and "zone cuts" in deep.why
+
+
+async def test_an_anchor_update_forgets_only_what_a_distrusted_key_decided(zone: Signed) -> None:
+    validator = make_validator(zone)
+    assert (await validator.zone_keys(zone.origin)).security == Security.SECURE
+    ksk = [k for k in zone.keys if k.flags & dnssec.DNSKEY_SEP]
+    # The tracked form of the same key (RFC 5011's bootstrap): nothing to forget.
+    assert not validator.set_anchor(dnssec.TrustAnchor(zone.origin, keys=tuple(ksk)))
+    assert validator.zones[zone.origin].security == Security.SECURE
+    # The KSK no longer trusted (revoked): every verdict under the zone is taken again.
+    assert validator.set_anchor(dnssec.TrustAnchor(zone.origin, keys=()))
+    assert zone.origin not in validator.zones
+    assert (await validator.zone_keys(zone.origin)).security == Security.BOGUS

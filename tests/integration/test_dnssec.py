@@ -182,6 +182,9 @@ def test_the_root_key_is_tracked_in_the_store_and_survives_a_restart(dns_hierarc
         assert tracked(ispd) == [], "an idle resolver asks nobody anything, the root included"
         assert ispd.dig("www.secure.test", "A", "+dnssec").flags >= {"ad"}
         eventually(lambda: tracked(ispd), timeout=10)
+        hits = ispd.metric("ispd_dns_cache_hits_total")
+        assert ispd.dig("www.secure.test", "A", "+dnssec").flags >= {"ad"}
+        assert ispd.metric("ispd_dns_cache_hits_total") == hits + 1, "tracking the same key flushed the cache"
         keys = tracked(ispd)
         assert {k["key_tag"] for k in keys} == ksk_tags and {k["state"] for k in keys} == {"valid"}, keys
         since = keys[0]["since"]
