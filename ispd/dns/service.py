@@ -301,6 +301,9 @@ class DNSService(Service):
         seconds = args.get("seconds", DEFAULT_NTA_SECONDS)
         if not isinstance(seconds, int | float) or isinstance(seconds, bool) or not 0 < seconds <= MAX_NTA_SECONDS:
             raise CommandError(f"the lifetime must be between 1 second and {MAX_NTA_SECONDS // 86400} days")
+        if name in {name_from_text(n) for n in self.config.dnssec.negative_trust_anchors}:
+            # a lifetime given here would make the config file's permanent one lapse
+            raise CommandError(f"{name_to_text(name)} is already a negative trust anchor of the config file")
         validator.add_negative_anchor(name, time.monotonic() + seconds)
         self.answers.flush(name, subtree=True)
         log.info("dns.dnssec.nta.added", name=name_to_text(name), seconds=seconds)

@@ -157,6 +157,17 @@ def test_lookup_command_says_the_verdict(validating: DNSIspd) -> None:
     assert "Extended DNS Error 7" in bogus.stderr
 
 
+def test_a_negative_trust_anchor_of_the_config_file_stays(dns_hierarchy: DNSHierarchy, tmp_path: Path) -> None:
+    with DNSIspd(tmp_path / "nta", dns_hierarchy, dnssec={"negative_trust_anchors": ["expired.test"]}) as ispd:
+        ispd.start()
+        assert ispd.dig("www.expired.test", "A", "+dnssec").status == "NOERROR"
+        for command in (("add", "expired.test", "--for", "1m"), ("delete", "expired.test")):
+            refused = ispd.cli("dns", "nta", *command, check=False)
+            assert refused.returncode != 0 and "of the config file" in refused.stderr, refused.stderr
+        listed = json.loads(ispd.cli("dns", "nta", "list", "--json").stdout)
+        assert listed == [{"name": "expired.test.", "seconds_left": None, "source": "config"}]
+
+
 def test_validation_off_answers_bogus_data_without_ad(dns_hierarchy: DNSHierarchy, tmp_path: Path) -> None:
     with DNSIspd(tmp_path / "off", dns_hierarchy, dnssec={"validation": False}) as ispd:
         ispd.start()
