@@ -1173,7 +1173,7 @@ async def cmd_dns_cache_flush(config: Config, args: argparse.Namespace) -> None:
 async def cmd_dns_anchors(store: Store, args: argparse.Namespace) -> None:
     from ispd.dns.dnssec import key_tag, parse_dnskey
 
-    zone = args.zone.rstrip(".") + "."
+    zone = args.zone.rstrip(".").lower() + "."
     keys = await store.trust_anchor_keys(zone)
     if args.json:
         print(json.dumps([{"zone": k.zone, "key_tag": key_tag(k.key), "algorithm": parse_dnskey(k.key).algorithm,

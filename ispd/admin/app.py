@@ -392,7 +392,7 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
 
     @app.get("/v1/dns/trust-anchors", tags=["dns"])
     async def trust_anchor_keys(zone: str = ".") -> list[TrustAnchorKeyView]:
-        keys = await store.trust_anchor_keys(zone.rstrip(".") + ".")
+        keys = await store.trust_anchor_keys(zone.rstrip(".").lower() + ".")
         return [TrustAnchorKeyView(zone=k.zone, key_tag=dnssec.key_tag(k.key),
                                    algorithm=dnssec.parse_dnskey(k.key).algorithm, state=k.state, since=k.since,
                                    hold_down_until=k.hold_down_until or None) for k in keys]
