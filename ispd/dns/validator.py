@@ -261,14 +261,12 @@ class Validator:
 
     async def _check_rrset(self, name: bytes, rtype: int, rdatas: list[bytes], sigs: list[dnssec.RRSIG],
                            zone: bytes, proof: list[RR]) -> Verdict:
-        signer, keys = await self._signer_keys([sig.signer for sig in sigs], name, zone or name)
-        if signer is None:
-            if keys.security == Security.SECURE:
-                return Verdict(Security.BOGUS, EDE.RRSIGS_MISSING,
-                               f"{name_to_text(name)} {rtype} has no signature from {name_to_text(zone or name)}")
-            return Verdict(keys.security, keys.ede, keys.why)
-        if keys.security != Security.SECURE:
-            return Verdict(keys.security, keys.ede, keys.why)
+        signing = await self._signing_keys([sig.signer for sig in sigs], name, zone or name, EDE.RRSIGS_MISSING,
+                                           f"{name_to_text(name)} {rtype} has no signature from "
+                                           f"{name_to_text(zone or name)}")
+        if isinstance(signing, Verdict):
+            return signing
+        signer, keys = signing
         now = int(self.wall_clock())
         result = dnssec.verify_rrset(name, rtype, rdatas, sigs, keys.keys, signer, now)
         if not result.ok:
@@ -296,14 +294,11 @@ class Validator:
                 except DNSSECError:
                     continue
         soa_owner = next((rr.name for rr in records if rr.rtype == RRType.SOA and is_subdomain(name, rr.name)), b"")
-        signer, keys = await self._signer_keys(signers, name, zone or soa_owner or name)
-        if signer is None:
-            if keys.security == Security.SECURE:
-                return Verdict(Security.BOGUS, EDE.NSEC_MISSING,
-                               f"an unsigned denial of {name_to_text(name)} from a signed zone")
-            return Verdict(keys.security, keys.ede, keys.why)
-        if keys.security != Security.SECURE:
-            return Verdict(keys.security, keys.ede, keys.why)
+        signing = await self._signing_keys(signers, name, zone or soa_owner or name, EDE.NSEC_MISSING,
+                                           f"an unsigned denial of {name_to_text(name)} from a signed zone")
+        if isinstance(signing, Verdict):
+            return signing
+        signer, keys = signing
         soa = [rr for rr in records if rr.rtype == RRType.SOA]
         if soa:
             soa_sigs = _sigs_over(records, soa[0].name, RRType.SOA)
@@ -322,16 +317,23 @@ class Validator:
         return Verdict(Security.BOGUS, EDE.NSEC_MISSING,
                        f"no proof that {name_to_text(name)} {'does not exist' if nxdomain else 'has no such type'}")
 
-    async def _signer_keys(self, signers: list[bytes], name: bytes,
-                           unsigned_zone: bytes) -> tuple[bytes | None, ZoneKeys]:
-        """The deepest of ``signers`` that may sign ``name``, with its keys; without one, None and
-        the keys of ``unsigned_zone`` (the zone the unsigned data came from), which say whether
-        a signature was due."""
+    async def _signing_keys(self, signers: list[bytes], name: bytes, unsigned_zone: bytes, missing: EDE,
+                            missing_why: str) -> tuple[bytes, ZoneKeys] | Verdict:
+        """The deepest of ``signers`` that may sign ``name`` and its secure keys, to verify with;
+        or the verdict when there is nothing to verify: the signer's zone insecure or bogus, or
+        no signature, which is bogus (``missing``) if ``unsigned_zone`` (where the unsigned data
+        came from) is signed and its verdict otherwise."""
         usable = [signer for signer in signers if is_subdomain(name, signer)]
         if not usable:
-            return None, await self.zone_keys(unsigned_zone)
+            keys = await self.zone_keys(unsigned_zone)
+            if keys.security == Security.SECURE:
+                return Verdict(Security.BOGUS, missing, missing_why)
+            return Verdict(keys.security, keys.ede, keys.why)
         signer = max(usable, key=label_count)
-        return signer, await self.zone_keys(signer)
+        keys = await self.zone_keys(signer)
+        if keys.security != Security.SECURE:
+            return Verdict(keys.security, keys.ede, keys.why)
+        return signer, keys
 
     async def _verified_denial_records(self, records: Iterable[RR], signer: bytes, keys: ZoneKeys) -> list[RR] | None:
         """The NSEC/NSEC3 records of ``records``, each RRset verified with ``keys``; None when one
