@@ -25,6 +25,7 @@ not fit are left out without TC.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from ipaddress import IPv4Address, IPv6Address
@@ -557,20 +558,29 @@ class _Writer:
             return
         length_at = len(buf)
         buf += b"\x00\x00"
-        rdata = rr.rdata
-        offset = 0
-        for part in layout:
-            if part == "n":
-                end = offset
-                while rdata[end]:
-                    end += rdata[end] + 1
-                self.name(rdata[offset:end + 1])
-                offset = end + 1
+        for is_name, piece in _rdata_pieces(layout, rr.rdata):
+            if is_name:
+                self.name(piece)
             else:
-                assert isinstance(part, int)
-                buf += rdata[offset:offset + part]
-                offset += part
+                buf += piece
         U16.pack_into(buf, length_at, len(buf) - length_at - 2)
+
+
+def _rdata_pieces(layout: tuple[str | int, ...], rdata: bytes) -> Iterator[tuple[bool, bytes]]:
+    """The rdata of a type with names (uncompressed, as ours are) cut along its layout:
+    (True, a name) or (False, fixed bytes); bytes past the layout are not included."""
+    offset = 0
+    for part in layout:
+        if part == "n":
+            end = offset
+            while rdata[end]:
+                end += rdata[end] + 1
+            yield True, rdata[offset:end + 1]
+            offset = end + 1
+        else:
+            assert isinstance(part, int)
+            yield False, rdata[offset:offset + part]
+            offset += part
 
 
 @dataclass(frozen=True, slots=True)
@@ -755,17 +765,7 @@ def canonical_rdata(rtype: int, rdata: bytes) -> bytes:
     if layout is None:
         return rdata
     out = bytearray()
-    offset = 0
-    for part in layout:
-        if part == "n":
-            end = offset
-            while rdata[end]:
-                end += rdata[end] + 1
-            out += rdata[offset:end + 1].lower()
-            offset = end + 1
-        else:
-            assert isinstance(part, int)
-            out += rdata[offset:offset + part]
-            offset += part
-    out += rdata[offset:]
+    for is_name, piece in _rdata_pieces(layout, rdata):
+        out += piece.lower() if is_name else piece
+    out += rdata[len(out):]
     return bytes(out)
