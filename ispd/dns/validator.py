@@ -77,6 +77,7 @@ class Verdict:
     why: str = ""
     ttl: int | None = None  # a secure RRset's cap (RFC 4035 §5.3.3)
     signer: bytes = b""  # a secure denial's zone
+    proof: tuple[RR, ...] = ()  # a secure denial's NSEC/NSEC3 records, verified
 
 
 @dataclass(slots=True)
@@ -311,7 +312,7 @@ class Validator:
             return Verdict(Security.BOGUS, EDE.DNSSEC_BOGUS, f"a denial record of {name_to_text(name)} does not verify")
         proved = dnssec.denial(name, qtype, nxdomain, checked)
         if proved == Denial.SECURE:
-            return Verdict(Security.SECURE, signer=signer)
+            return Verdict(Security.SECURE, signer=signer, proof=tuple(checked))
         if proved == Denial.INSECURE:
             return Verdict(Security.INSECURE, why="NSEC3 opt-out or too many iterations")
         return Verdict(Security.BOGUS, EDE.NSEC_MISSING,
@@ -449,9 +450,8 @@ class Validator:
             if checked.security == Security.BOGUS:
                 return self._bogus(EDE(checked.ede) if checked.ede in EDE._value2member_map_ else EDE.DNSSEC_BOGUS,
                                    f"the absence of a DS for {name_to_text(zone)}: {checked.why}")
-            verified = await self._verified_denial_records(ds.authority, parent, parent_keys) or []
             if checked.security == Security.SECURE and not nxdomain \
-                    and not dnssec.shows_delegation(zone, verified):
+                    and not dnssec.shows_delegation(zone, checked.proof):
                 # No zone cut here: the name lies in its parent's zone, whose keys sign it.
                 return ZoneKeys(Security.SECURE, parent_keys.keys, min(parent_keys.expires_at, self._until(ttl)))
             # A proved delegation without DS, or opt-out; or a name the signed parent says does
