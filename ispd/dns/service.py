@@ -71,6 +71,10 @@ DEFAULT_NTA_SECONDS = 86400  # RFC 7646 §2: negative trust anchors lapse; a day
 MAX_NTA_SECONDS = 7 * 86400  # RFC 7646 §4: no more than a week
 
 
+def configured_negative_anchors(config: DNSConfig) -> set[bytes]:
+    return {name_from_text(name) for name in config.dnssec.negative_trust_anchors}
+
+
 def make_validator(config: DNSConfig, resolver: Resolver, clock: Callable[[], float]) -> Validator | None:
     """The DNSSEC validator ``config`` asks for over ``resolver`` (None with validation off);
     raises ``HintsError`` for a bad trust anchor file."""
@@ -81,8 +85,7 @@ def make_validator(config: DNSConfig, resolver: Resolver, clock: Callable[[], fl
     async def fetch(name: bytes, rtype: int) -> Resolution:
         return await resolver.resolve(name, rtype, validate=False)
 
-    negative = [name_from_text(name) for name in config.dnssec.negative_trust_anchors]
-    return Validator(anchors, fetch, resolver.cache, clock, negative_anchors=negative,
+    return Validator(anchors, fetch, resolver.cache, clock, negative_anchors=configured_negative_anchors(config),
                      bogus_ttl=config.dnssec.bogus_ttl_seconds, aggressive_nsec=config.dnssec.aggressive_nsec)
 
 
@@ -301,7 +304,7 @@ class DNSService(Service):
         seconds = args.get("seconds", DEFAULT_NTA_SECONDS)
         if not isinstance(seconds, int | float) or isinstance(seconds, bool) or not 0 < seconds <= MAX_NTA_SECONDS:
             raise CommandError(f"the lifetime must be between 1 second and {MAX_NTA_SECONDS // 86400} days")
-        if name in {name_from_text(n) for n in self.config.dnssec.negative_trust_anchors}:
+        if name in configured_negative_anchors(self.config):
             # a lifetime given here would make the config file's permanent one lapse
             raise CommandError(f"{name_to_text(name)} is already a negative trust anchor of the config file")
         validator.add_negative_anchor(name, time.monotonic() + seconds)
@@ -312,7 +315,7 @@ class DNSService(Service):
     async def _command_nta_delete(self, args: dict[str, Any]) -> dict[str, Any]:
         validator = self._live_validator()
         name = parse_name_argument(args.get("name"))
-        if name in {name_from_text(n) for n in self.config.dnssec.negative_trust_anchors}:
+        if name in configured_negative_anchors(self.config):
             raise CommandError(f"{name_to_text(name)} is a negative trust anchor of the config file; remove it there")
         if not validator.remove_negative_anchor(name):
             raise CommandError(f"{name_to_text(name)} is not a negative trust anchor")
