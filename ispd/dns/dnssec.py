@@ -213,6 +213,30 @@ def parse_nsec3(owner: bytes, rdata: bytes) -> NSEC3:
                  rdata[start + hash_length:])
 
 
+def parse_dnskeys(rdatas: Iterable[bytes]) -> list[DNSKEY]:
+    """The keys of a DNSKEY set; a malformed one is left out (it can verify nothing)."""
+    keys = []
+    for rdata in rdatas:
+        try:
+            keys.append(parse_dnskey(rdata))
+        except DNSSECError:
+            continue
+    return keys
+
+
+def sigs_over(records: Iterable[RR], name: bytes, rtype: int) -> list[RRSIG]:
+    """The RRSIGs among ``records`` over the RRset (``name``, ``rtype``); malformed ones left out."""
+    found = []
+    for rr in records:
+        if rr.rtype == RRType.RRSIG and rr.name == name and len(rr.rdata) >= 2 \
+                and (rr.rdata[0] << 8 | rr.rdata[1]) == rtype:
+            try:
+                found.append(parse_rrsig(rr.rdata))
+            except DNSSECError:
+                continue
+    return found
+
+
 def bitmap_has(bitmap: bytes, rtype: int) -> bool:
     """Whether an NSEC/NSEC3 type bitmap (RFC 4034 §4.1.2) lists ``rtype``."""
     window, bit = rtype >> 8, rtype & 0xFF

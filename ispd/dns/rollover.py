@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 
 from ispd.dns import autotrust, dnssec
 from ispd.dns.autotrust import KeyState, TrackedKey
-from ispd.dns.dnssec import DNSKEY, DNSSECError, TrustAnchor
+from ispd.dns.dnssec import DNSKEY, TrustAnchor
 from ispd.dns.resolver import Resolution
 from ispd.dns.wire import RRType, name_to_text
 from ispd.logs import get_logger
@@ -67,21 +67,8 @@ class AnchorTracker:
         """One refresh; the seconds until the next."""
         answer = await self.fetch(self.zone, RRType.DNSKEY)
         rdatas = [rr.rdata for rr in answer.answer if rr.name == self.zone and rr.rtype == RRType.DNSKEY]
-        sigs = []
-        for rr in answer.answer:
-            if rr.rtype == RRType.RRSIG and rr.name == self.zone:
-                try:
-                    sig = dnssec.parse_rrsig(rr.rdata)
-                except DNSSECError:
-                    continue
-                if sig.type_covered == RRType.DNSKEY:
-                    sigs.append(sig)
-        keys: list[DNSKEY] = []
-        for rdata in rdatas:
-            try:
-                keys.append(dnssec.parse_dnskey(rdata))
-            except DNSSECError:
-                continue
+        sigs = dnssec.sigs_over(answer.answer, self.zone, RRType.DNSKEY)
+        keys = dnssec.parse_dnskeys(rdatas)
         now = self.wall_clock()
         anchor = self.current()
         entry_points = [k for k in keys if k.usable and anchor.trusts(k)]

@@ -302,7 +302,7 @@ class Validator:
         signer, keys = signing
         soa = [rr for rr in records if rr.rtype == RRType.SOA]
         if soa:
-            soa_sigs = _sigs_over(records, soa[0].name, RRType.SOA)
+            soa_sigs = dnssec.sigs_over(records, soa[0].name, RRType.SOA)
             result = dnssec.verify_rrset(soa[0].name, RRType.SOA, [rr.rdata for rr in soa], soa_sigs, keys.keys,
                                          signer, int(self.wall_clock()))
             if not result.ok:
@@ -345,7 +345,7 @@ class Validator:
         for rr in records:
             if rr.rtype not in (RRType.NSEC, RRType.NSEC3):
                 continue
-            result = dnssec.verify_rrset(rr.name, rr.rtype, [rr.rdata], _sigs_over(records, rr.name, rr.rtype),
+            result = dnssec.verify_rrset(rr.name, rr.rtype, [rr.rdata], dnssec.sigs_over(records, rr.name, rr.rtype),
                                          keys.keys, signer, now)
             if not result.ok:
                 return None
@@ -459,7 +459,7 @@ class Validator:
             return ZoneKeys(Security.INSECURE, (), self._until(ttl), why=f"{name_to_text(zone)} is not signed")
         now = int(self.wall_clock())
         result = dnssec.verify_rrset(zone, RRType.DS, [rr.rdata for rr in records],
-                                     _sigs_over(ds.answer, zone, RRType.DS), parent_keys.keys, parent, now)
+                                     dnssec.sigs_over(ds.answer, zone, RRType.DS), parent_keys.keys, parent, now)
         if not result.ok:
             return self._bogus(result.failure, f"the DS of {name_to_text(zone)}: {_failure_text(result.failure)}")
         try:
@@ -479,12 +479,7 @@ class Validator:
                                source: str) -> ZoneKeys:
         answer = await self.fetch(zone, RRType.DNSKEY)
         rdatas = [rr.rdata for rr in answer.answer if rr.name == zone and rr.rtype == RRType.DNSKEY]
-        keys = []
-        for rdata in rdatas:
-            try:
-                keys.append(dnssec.parse_dnskey(rdata))
-            except DNSSECError:
-                continue
+        keys = dnssec.parse_dnskeys(rdatas)
         if not keys:
             return self._bogus(EDE.DNSKEY_MISSING, f"no DNSKEY for {name_to_text(zone)}"
                                + (f": {answer.failure}" if answer.failure else ""), ttl=5 if answer.failure else None)
@@ -492,7 +487,7 @@ class Validator:
         if not entry_points:
             return self._bogus(EDE.DNSKEY_MISSING, f"no DNSKEY of {name_to_text(zone)} matches {source}")
         now = int(self.wall_clock())
-        result = dnssec.verify_rrset(zone, RRType.DNSKEY, rdatas, _sigs_over(answer.answer, zone, RRType.DNSKEY),
+        result = dnssec.verify_rrset(zone, RRType.DNSKEY, rdatas, dnssec.sigs_over(answer.answer, zone, RRType.DNSKEY),
                                      entry_points, zone, now)
         if not result.ok:
             return self._bogus(result.failure,
@@ -523,18 +518,6 @@ class Validator:
             entry.security, entry.ede = verdict.security, verdict.ede
             if ttl is not None:
                 entry.expires_at = min(entry.expires_at, now + ttl)
-
-
-def _sigs_over(records: Iterable[RR], name: bytes, rtype: int) -> list[dnssec.RRSIG]:
-    found = []
-    for rr in records:
-        if rr.rtype == RRType.RRSIG and rr.name == name and len(rr.rdata) >= 2 \
-                and (rr.rdata[0] << 8 | rr.rdata[1]) == rtype:
-            try:
-                found.append(dnssec.parse_rrsig(rr.rdata))
-            except DNSSECError:
-                continue
-    return found
 
 
 def _signer_of(records: Iterable[RR], name: bytes) -> bytes | None:
