@@ -165,8 +165,11 @@ def _resolve_relative_paths(config: Config, base: Path) -> Config:
         }) for key, section in (("dot", dns.dot), ("doh", dns.doh), ("doq", dns.doq))},
     })})
     radius = config.radius
+    eap = radius.eap.model_copy(update={
+        "certificate": anchored(radius.eap.certificate) if radius.eap.certificate is not None else None,
+        "private_key": anchored(radius.eap.private_key) if radius.eap.private_key is not None else None})
     config = config.model_copy(update={"radius": radius.model_copy(update={
-        "dictionaries": [anchored(path) for path in radius.dictionaries]})})
+        "dictionaries": [anchored(path) for path in radius.dictionaries], "eap": eap})})
     mail = config.mail
     config = config.model_copy(update={"mail": mail.model_copy(update={
         "maildir_root": anchored(mail.maildir_root),

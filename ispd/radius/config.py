@@ -171,6 +171,43 @@ class AddressPoolConfig(Section):
         return int(first), int(last)
 
 
+class EAPMethod(StrEnum):
+    MD5 = "md5"
+    TTLS = "ttls"
+    PEAP = "peap"
+
+
+class EAPConfig(Section):
+    """``[radius.eap]``: the EAP methods ispd serves. EAP-TTLS (PAP inside a TLS tunnel: any
+    credential policy) and PEAP (EAP-MSCHAPv2 inside: the NT hash or the cleartext), the Wi-Fi
+    methods, need the server's certificate and key; EAP-MD5 (wired 802.1X, cleartext
+    credentials only) needs nothing."""
+
+    # PEM files: the certificate chain (leaf first) and its private key; read at start and on
+    # SIGHUP. Supplicants check this certificate against the CA they are configured with.
+    certificate: Path | None = None
+    private_key: Path | None = None
+    # The order of preference: the first is offered on an EAP-Response/Identity; a peer that
+    # wants another answers with a Nak naming it, and gets it if it is listed here (every
+    # supplicant does; FreeRADIUS's radeapclient does not). "ttls" and "peap" are skipped while
+    # no certificate is configured. MD5 first, as FreeRADIUS's default_eap_type: a Wi-Fi
+    # station costs one round trip more, a wired one that only knows MD5 is not turned away.
+    methods: list[EAPMethod] = Field(default_factory=lambda: [EAPMethod.MD5, EAPMethod.PEAP, EAPMethod.TTLS],
+                                     min_length=1)
+
+    @model_validator(mode="after")
+    def _certificate_and_key(self) -> EAPConfig:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("give both `certificate` and `private_key` (PEM file paths), or neither")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError("methods: a method is listed twice")
+        return self
+
+    @property
+    def offered(self) -> list[EAPMethod]:
+        return [m for m in self.methods if m == EAPMethod.MD5 or self.certificate is not None]
+
+
 class RadiusConfig(Section):
     enabled: bool = False
     # "own": RADIUS runs in a worker process of its own, so that DNS or DHCP load on the main
@@ -222,6 +259,7 @@ class RadiusConfig(Section):
     # to coa_retry_limit exchanges; a NAK is the NAS's answer and is not retried.
     coa_retry_interval_seconds: float = Field(default=300.0, ge=10, le=86400)
     coa_retry_limit: int = Field(default=6, ge=0, le=100)
+    eap: EAPConfig = Field(default_factory=EAPConfig)
     # A UDP receive buffer that rides out bursts (the kernel default drops beyond ~250 requests).
     receive_buffer_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024)
 

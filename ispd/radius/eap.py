@@ -12,7 +12,7 @@ order) and every RADIUS packet that carries EAP also carries a Message-Authentic
    Access-Reject with EAP-Failure. A Nak (the peer wants another method) gets EAP-Failure.
 
 Conversations live in ``EAPConversations`` for ``EAP_TIMEOUT_SECONDS`` and are used once.
-Not here: the TLS-based methods (EAP-TLS, PEAP, EAP-TTLS), which the README plans.
+EAP-TTLS and PEAP, the methods inside a TLS tunnel, are in ``ispd.radius.eaptls``.
 """
 
 from __future__ import annotations

@@ -9,14 +9,16 @@ Access-Request (RFC 2865 §4.1), after the transport found the NAS and decoded t
    ``require_message_authenticator`` is yes (or auto, once that NAS has sent one), when it
    carries EAP (always required) or Proxy-State (``limit_proxy_state``). Status-Server always
    needs one (RFC 5997 §3) and is answered Access-Accept.
-2. The method, from what the request carries: EAP-Message (EAP-MD5, ``ispd.radius.eap``),
+2. The method, from what the request carries: EAP-Message (EAP-MD5, ``ispd.radius.eap``; and
+   EAP-TTLS/PAP and PEAP/MSCHAPv2 in a TLS tunnel, ``ispd.radius.eaptls``, with the login and
+   its credentials inside the tunnel; a Nak moves to the first of ``eap_methods`` it names),
    User-Password (PAP), CHAP-Password (CHAP, RFC 2865 §2.2), MS-CHAP-Challenge with
    MS-CHAP2-Response (MS-CHAPv2) or MS-CHAP-Response (MS-CHAPv1) (RFC 2548). None: reject.
 3. The credentials: the login (User-Name) must name a subscriber or one of its ``username``
-   reservations, and the method needs a stored form that serves it (PAP: any; MS-CHAP: the NT
-   hash or the cleartext; CHAP and EAP-MD5: the cleartext). PAP against a scrypt verifier is
-   the one slow check: the decision is handed back as ``pending`` for the transport to run off
-   the loop, and ``finish_password_check`` completes it.
+   reservations, and the method needs a stored form that serves it (PAP and EAP-TTLS: any;
+   MS-CHAP and PEAP: the NT hash or the cleartext; CHAP and EAP-MD5: the cleartext). PAP against
+   a scrypt verifier is the one slow check: the decision is handed back as ``pending`` for the
+   transport to run off the loop, and ``finish_password_check`` completes it.
 4. Authorization: closed subscribers are rejected; suspended ones are rejected or accepted into
    the walled-garden profile (``[radius] suspended``, per plan); a plan's ``max_sessions``
    bounds the open sessions (Simultaneous-Use).
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import os
 import socket
 import struct
 from collections.abc import Callable
@@ -56,6 +59,7 @@ from ispd.radius import mschap
 from ispd.radius.addresses import holder_of, line_of
 from ispd.radius.attributes import ReplyAttribute
 from ispd.radius.codec import (
+    MAX_ATTRIBUTE_VALUE,
     Attr,
     Code,
     Packet,
@@ -69,7 +73,7 @@ from ispd.radius.codec import (
     u32,
     vendor_specific,
 )
-from ispd.radius.config import MessageAuthenticatorPolicy, NasKind, SuspendedAction
+from ispd.radius.config import EAPMethod, MessageAuthenticatorPolicy, NasKind, SuspendedAction
 from ispd.radius.dictionary import Dictionary
 from ispd.radius.directory import AuthSubject, Directory
 from ispd.radius.eap import (
@@ -83,6 +87,17 @@ from ispd.radius.eap import (
     encode_eap,
     md5_challenge_request,
     md5_response_value,
+)
+from ispd.radius.eaptls import (
+    EAP_MSCHAPV2,
+    EAP_PEAP,
+    EAP_TLV,
+    EAP_TTLS,
+    InnerPAP,
+    Tunnel,
+    TunnelError,
+    TunnelServer,
+    TunnelStep,
 )
 from ispd.radius.sessions import OpenSessions
 from ispd.store.models import AccountingRecord, AccountingStatus, OverQuota, ReservationKind, SubscriberStatus
@@ -106,6 +121,13 @@ _ADSL_AGENT_REMOTE_ID = 2
 # Plain ints for the hot path: an enum member lookup (Attr.X) costs ~0.2 µs in CPython 3.11.
 _USER_NAME, _USER_PASSWORD, _CHAP_PASSWORD = int(Attr.USER_NAME), int(Attr.USER_PASSWORD), int(Attr.CHAP_PASSWORD)
 _EAP_MESSAGE, _MESSAGE_AUTHENTICATOR = int(Attr.EAP_MESSAGE), int(Attr.MESSAGE_AUTHENTICATOR)
+_EAP_TYPES = {EAPMethod.MD5: int(EAPType.MD5_CHALLENGE), EAPMethod.TTLS: EAP_TTLS,
+              EAPMethod.PEAP: EAP_PEAP}  # as a Nak names them
+_TUNNEL_METHODS = {EAP_TTLS: "eap-ttls", EAP_PEAP: "peap"}
+# EAP-MSCHAPv2 op codes (draft-kamath-pppext-eap-mschapv2 §2) and PEAP's Result TLV (type 3,
+# mandatory) with its status, success or failure
+_MSCHAPV2_CHALLENGE, _MSCHAPV2_RESPONSE, _MSCHAPV2_SUCCESS = 1, 2, 3
+_RESULT_TLV_SUCCESS = b"\x80\x03\x00\x02\x00\x01"
 _PROXY_STATE, _VENDOR_SPECIFIC = int(Attr.PROXY_STATE), int(Attr.VENDOR_SPECIFIC)
 _ACCESS_REQUEST, _STATUS_SERVER = int(Code.ACCESS_REQUEST), int(Code.STATUS_SERVER)
 _ACCESS_ACCEPT, _ACCESS_REJECT = int(Code.ACCESS_ACCEPT), int(Code.ACCESS_REJECT)
@@ -202,6 +224,10 @@ class PendingCheck:
     address: str | None
     password: bytes
     verifier: str
+    # PAP inside EAP-TTLS: the method's name, and what its Access-Accept or Access-Reject carries
+    method: str = "pap"
+    method_attributes: bytes = b""
+    failure: Callable[[], bytes] | None = None
 
 
 @dataclass(slots=True)
@@ -231,6 +257,7 @@ class Decision:
     pending: PendingCheck | None = None
     claim: PendingClaim | None = None
     subscriber_id: int | None = None
+    detail: str | None = None  # why a reject, beyond its reason (a TLS error), for the log
 
 
 class AuthEngine:
@@ -242,6 +269,8 @@ class AuthEngine:
         self.dictionary = dictionary
         self.settings = settings
         self.conversations = EAPConversations()
+        self.eap_methods: list[EAPMethod] = [EAPMethod.MD5]  # offered, in order (the service sets them)
+        self.tunnels: TunnelServer | None = None  # EAP-TTLS and PEAP, when a certificate is configured
         self._mikrotik_rate_limit = dictionary.attribute("Mikrotik-Rate-Limit").code
 
     # --- the entry point
@@ -328,12 +357,13 @@ class AuthEngine:
                               now: float) -> Decision:
         # The subscriber as it is now: a suspension or a new password during the check counts.
         subject = self.directory.subjects.get(pending.subject.id)
+        method, failure = pending.method, pending.failure
         if subject is None:
-            return self._reject(RejectReason.UNKNOWN_USER, "pap")
+            return self._reject(RejectReason.UNKNOWN_USER, method, failure=failure)
         if not ok or subject.credentials.updated_at != pending.subject.credentials.updated_at:
-            return self._reject(RejectReason.WRONG_PASSWORD, "pap", subject)
+            return self._reject(RejectReason.WRONG_PASSWORD, method, subject, failure)
         self.passwords.remember(subject.id, subject.credentials, pending.password, now)
-        return self._authorize(packet, nas, subject, pending.address, "pap")
+        return self._authorize(packet, nas, subject, pending.address, method, pending.method_attributes, failure)
 
     def _chap(self, packet: Packet, nas: Nas, chap: bytes, found: tuple[AuthSubject, str | None] | None) -> Decision:
         if found is None:
@@ -420,16 +450,28 @@ class AuthEngine:
         eap = decode_eap(message)
         if eap is None or eap.code != EAPCode.RESPONSE:
             return self._reject(RejectReason.EAP_FAILED, "eap-md5", failure=partial(_eap_failure, 0))
-        failure = partial(_eap_failure, eap.identifier)
         if eap.type == EAPType.IDENTITY:
             # A challenge for every identity, known or not: the reply must not tell which exist.
-            identifier = (eap.identifier + 1) & 0xFF
-            state, started = self.conversations.begin(username, identifier, now)
-            request = encode_eap(md5_challenge_request(identifier, started.challenge))
-            attributes = _encode(*((Attr.EAP_MESSAGE, part) for part in eap_attributes(request)),
-                                 (Attr.STATE, state), (Attr.SESSION_TIMEOUT, u32(EAP_CHALLENGE_TIMEOUT)))
-            return Decision(Code.ACCESS_CHALLENGE, attributes, method="eap-md5")
-        conversation = self.conversations.take(packet.get(Attr.STATE) or b"", now)
+            return self._eap_offer(self.eap_methods[0], username, eap.identifier, now)
+        state = packet.get(Attr.STATE) or b""
+        failure = partial(_eap_failure, eap.identifier)
+        if eap.type in _TUNNEL_METHODS:
+            method = _TUNNEL_METHODS[eap.type]
+            tunnel = self.tunnels.take(state, now) if self.tunnels is not None else None
+            if tunnel is None or tunnel.outer_username != username:
+                return self._reject(RejectReason.EAP_FAILED, method, failure=failure,
+                                    detail="no tunnel under this State and User-Name (expired, or never begun)")
+            return self._tunnel(packet, nas, eap, tunnel, now)
+        conversation = self.conversations.take(state, now)
+        if eap.type == EAPType.NAK:
+            # The peer wants another method (RFC 3748 §5.3.1): the first of ours it names.
+            started = conversation is not None or (self.tunnels is not None
+                                                   and self.tunnels.take(state, now) is not None)
+            wanted = next((m for m in self.eap_methods if _EAP_TYPES[m] in eap.data), None)
+            if not started or wanted is None:
+                return self._reject(RejectReason.EAP_FAILED, "eap-md5", failure=failure,
+                                    detail=f"a Nak for types {list(eap.data[:8])}: none offered here")
+            return self._eap_offer(wanted, username, eap.identifier, now)
         response = md5_response_value(eap)
         if conversation is None or response is None or conversation.username != username:
             return self._reject(RejectReason.EAP_FAILED, "eap-md5", failure=failure)
@@ -445,14 +487,127 @@ class AuthEngine:
         success = _encode((Attr.EAP_MESSAGE, encode_eap(EAPPacket(EAPCode.SUCCESS, eap.identifier))))
         return self._authorize(packet, nas, subject, address, "eap-md5", success, failure)
 
+    def _eap_offer(self, method: EAPMethod, username: str, answered: int, now: float) -> Decision:
+        """An Access-Challenge that starts ``method``: the EAP-Request after the response ``answered``."""
+        identifier = (answered + 1) & 0xFF
+        if method != EAPMethod.MD5 and self.tunnels is not None:
+            kind = _EAP_TYPES[method]
+            return self._challenge(self.tunnels.start(kind, username, identifier, now), _TUNNEL_METHODS[kind])
+        state, started = self.conversations.begin(username, identifier, now)
+        return self._challenge(TunnelStep(state, md5_challenge_request(identifier, started.challenge)), "eap-md5")
+
+    @staticmethod
+    def _challenge(step: TunnelStep, method: str) -> Decision:
+        assert step.request is not None
+        request = encode_eap(step.request)
+        attributes = _encode(*((Attr.EAP_MESSAGE, part) for part in eap_attributes(request)),
+                             (Attr.STATE, step.state), (Attr.SESSION_TIMEOUT, u32(EAP_CHALLENGE_TIMEOUT)))
+        return Decision(Code.ACCESS_CHALLENGE, attributes, method=method)
+
+    def _tunnel(self, packet: Packet, nas: Nas, eap: EAPPacket, tunnel: Tunnel, now: float) -> Decision:
+        assert self.tunnels is not None
+        method = _TUNNEL_METHODS[tunnel.method]
+        failure = partial(_eap_failure, eap.identifier)
+        try:
+            step = self.tunnels.step(tunnel, eap, now)
+            if step.pap is not None:
+                return self._inner_pap(packet, nas, eap, tunnel, step.pap, now)
+            if step.inner is not None:
+                return self._inner_peap(packet, nas, eap, tunnel, step.inner, now)
+        except TunnelError as exc:
+            return self._reject(RejectReason.EAP_FAILED, method, failure=failure, detail=str(exc))
+        return self._challenge(step, method)
+
+    def _tunnel_keys(self, packet: Packet, nas: Nas, eap: EAPPacket, tunnel: Tunnel, username: str) -> bytes:
+        """An Access-Accept's EAP-Success, the inner identity (for the NAS's accounting) and the
+        tunnel's keys for the access point."""
+        msk, hide_key = tunnel.msk, mschap.encrypt_mppe_key  # salted with the request's authenticator
+        return _encode(
+            (Attr.EAP_MESSAGE, encode_eap(EAPPacket(EAPCode.SUCCESS, eap.identifier))),
+            (Attr.USER_NAME, username.encode("utf-8")[:MAX_ATTRIBUTE_VALUE]),
+            vendor_specific(Vendor.MICROSOFT, _MS_MPPE_RECV_KEY, hide_key(msk[:32], nas.secret, packet.authenticator)),
+            vendor_specific(Vendor.MICROSOFT, _MS_MPPE_SEND_KEY, hide_key(msk[32:], nas.secret, packet.authenticator)),
+        )
+
+    def _inner_peap(self, packet: Packet, nas: Nas, eap: EAPPacket, tunnel: Tunnel, inner: EAPPacket,
+                    now: float) -> Decision:
+        """PEAPv0's inner conversation, one step per round trip: Identity, EAP-MSCHAPv2 challenge
+        and response, its success, then the Result TLV that the peer must confirm."""
+        assert self.tunnels is not None
+        failure = partial(_eap_failure, eap.identifier)
+        ident = tunnel.identifier  # the inner packets' identifier: the outer one's, as peers expect
+        opcode = inner.data[0] if inner.type == EAP_MSCHAPV2 and inner.data else None
+
+        def send(kind: int, body: bytes, phase: str) -> Decision:
+            assert self.tunnels is not None
+            tunnel.phase = phase
+            step = self.tunnels.send_inner(tunnel, EAPPacket(EAPCode.REQUEST, ident, kind, body), now)
+            return self._challenge(step, "peap")
+
+        if tunnel.phase == "identity" and inner.type == EAPType.IDENTITY:
+            tunnel.inner_username = inner.data.decode("utf-8", "replace")
+            tunnel.challenge, name = os.urandom(16), b"ispd"
+            # OpCode, MS-CHAPv2-ID, MS-Length (from OpCode on), Value-Size, Challenge, Name
+            return send(EAP_MSCHAPV2, bytes((_MSCHAPV2_CHALLENGE, ident)) + (21 + len(name)).to_bytes(2, "big")
+                        + b"\x10" + tunnel.challenge + name, "challenge")
+        if tunnel.phase == "challenge" and opcode == _MSCHAPV2_RESPONSE:
+            found = self.directory.logins.get(tunnel.inner_username)
+            if found is None:
+                return self._reject(RejectReason.UNKNOWN_USER, "peap", failure=failure)
+            subject = found[0]
+            nt = self._nt_hash(subject)
+            if nt is None:
+                return self._reject(RejectReason.NO_PASSWORD_FORM, "peap", subject, failure)
+            value = inner.data[4:]  # Value-Size(1) Peer-Challenge(16) Reserved(8) NT-Response(24) Flags(1) Name
+            if len(value) < 50 or value[0] != 49:
+                return self._reject(RejectReason.WRONG_PASSWORD, "peap", subject, failure)
+            peer_challenge, nt_response = value[1:17], value[25:49]
+            user = mschap.strip_domain(tunnel.inner_username.encode("utf-8"))
+            if not mschap.verify_nt_response_v2(nt_response, tunnel.challenge, peer_challenge, user, nt):
+                return self._reject(RejectReason.WRONG_PASSWORD, "peap", subject, failure)
+            message = mschap.authenticator_response(nt, nt_response, peer_challenge, tunnel.challenge, user) + b" M=OK"
+            return send(EAP_MSCHAPV2, bytes((_MSCHAPV2_SUCCESS, inner.data[1])) + (4 + len(message)).to_bytes(2, "big")
+                        + message, "success")
+        if tunnel.phase == "success" and opcode == _MSCHAPV2_SUCCESS:
+            return send(EAP_TLV, _RESULT_TLV_SUCCESS, "result")
+        if tunnel.phase == "result" and inner.type == EAP_TLV and inner.data == _RESULT_TLV_SUCCESS:
+            found = self.directory.logins.get(tunnel.inner_username)  # as it is now
+            if found is None:
+                return self._reject(RejectReason.UNKNOWN_USER, "peap", failure=failure)
+            subject, address = found
+            success = self._tunnel_keys(packet, nas, eap, tunnel, tunnel.inner_username)
+            return self._authorize(packet, nas, subject, address, "peap", success, failure)
+        return self._reject(RejectReason.EAP_FAILED, "peap", failure=failure,
+                            detail=f"inner EAP type {inner.type} out of turn ({tunnel.phase})")
+
+    def _inner_pap(self, packet: Packet, nas: Nas, eap: EAPPacket, tunnel: Tunnel, inner: InnerPAP,
+                   now: float) -> Decision:
+        """PAP through a TTLS tunnel: the inner User-Name names the subscriber (the outer one may
+        be anonymous), and the password is checked as PAP's is."""
+        failure = partial(_eap_failure, eap.identifier)
+        found = self.directory.logins.get(inner.username)
+        if found is None:
+            return self._reject(RejectReason.UNKNOWN_USER, "eap-ttls", failure=failure)
+        subject, address = found
+        success = self._tunnel_keys(packet, nas, eap, tunnel, inner.username)
+        verdict = self.passwords.check_fast(subject.id, subject.credentials, inner.password, now)
+        if verdict is None:
+            verifier = subject.credentials.verifier
+            assert verifier is not None  # check_fast answers False when there is no verifier
+            return Decision(method="eap-ttls", subscriber_id=subject.id, pending=PendingCheck(
+                subject, address, inner.password, verifier, "eap-ttls", success, failure))
+        if not verdict:
+            return self._reject(RejectReason.WRONG_PASSWORD, "eap-ttls", subject, failure)
+        return self._authorize(packet, nas, subject, address, "eap-ttls", success, failure)
+
     # --- authorization and the reply
 
     def _reject(self, reason: RejectReason, method: str, subject: AuthSubject | None = None,
-                failure: Callable[[], bytes] | None = None) -> Decision:
+                failure: Callable[[], bytes] | None = None, detail: str | None = None) -> Decision:
         """An Access-Reject, with what the method puts into one (``failure``: MS-CHAP-Error,
-        EAP-Failure), built only when it is needed."""
+        EAP-Failure), built only when it is needed; ``detail`` is for the log."""
         return Decision(_ACCESS_REJECT, failure() if failure is not None else b"", method=method, reject=reason,
-                        subscriber_id=subject.id if subject is not None else None)
+                        subscriber_id=subject.id if subject is not None else None, detail=detail)
 
     def _authorize(self, packet: Packet, nas: Nas, subject: AuthSubject, address: str | None, method: str,
                    method_attributes: bytes = b"", failure: Callable[[], bytes] | None = None) -> Decision:

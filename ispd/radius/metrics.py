@@ -16,7 +16,7 @@ from ispd.radius.engine import Drop, RejectReason
 from ispd.store.models import AccountingOutcome, AccountingStatus
 
 REQUEST_KINDS = ("access", "accounting", "status")
-METHODS = ("pap", "chap", "mschapv1", "mschapv2", "eap-md5")
+METHODS = ("pap", "chap", "mschapv1", "mschapv2", "eap-md5", "eap-ttls", "peap")
 DROP_REASONS = tuple(str(r) for r in (*DropReason, *Drop))
 
 
@@ -56,7 +56,8 @@ class RadiusMetrics:
         for kind in ("access-accept", "access-reject", "access-challenge", "accounting-response"):
             self.responses.inc(kind, amount=0)
         for method in METHODS:
-            for result in ("accept", "reject", *(("challenge",) if method == "eap-md5" else ())):
+            challenges = method.startswith("eap-") or method == "peap"
+            for result in ("accept", "reject", *(("challenge",) if challenges else ())):
                 self.auth.inc(method, result, amount=0)
         for reject in RejectReason:
             self.rejects.inc(str(reject), amount=0)
@@ -84,7 +85,7 @@ class _GaugeCollector(Collector):
     HELP = {
         "open_sessions": "RADIUS sessions open now (accounted and not stopped).",
         "pending_password_checks": "PAP passwords waiting for or in a scrypt check.",
-        "eap_conversations": "EAP conversations waiting for the client's next message.",
+        "eap_conversations": "EAP conversations (EAP-TTLS and PEAP tunnels too) waiting for the client's next message.",
         "duplicate_cache_entries": "Replies kept to answer retransmissions.",
     }
 

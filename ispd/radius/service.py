@@ -40,6 +40,8 @@ from functools import partial
 from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_address
 from typing import TYPE_CHECKING, Any, cast
 
+from OpenSSL import SSL
+
 from ispd.control import CommandError
 from ispd.credentials import PasswordChecker
 from ispd.events import (
@@ -66,6 +68,7 @@ from ispd.radius.codec import Code, Packet, RadiusDecodeError, decode, encode_re
 from ispd.radius.config import RadiusClientConfig, RadiusConfig, SuspendedAction, client_networks
 from ispd.radius.dictionary import Dictionary, DictionaryError, load_dictionary
 from ispd.radius.directory import AuthSubject, Directory
+from ispd.radius.eaptls import TunnelServer, server_context, tls_context_error
 from ispd.radius.engine import (
     AccountingEngine,
     AuthEngine,
@@ -279,6 +282,7 @@ class RadiusService(Service):
         settings = self._reply_settings(self.config, self.dictionary)
         await self._load_store()
         self.auth = AuthEngine(self.directory, self.sessions, self.passwords, self.dictionary, settings)
+        self.auth.eap_methods, self.auth.tunnels = self.config.eap.offered, await self._tunnel_server(self.config)
         self.accounting = AccountingEngine(self.directory, self.sessions, self.dictionary,
                                            self.config.interim_interval_seconds)
         self._subscribe(stack)
@@ -294,6 +298,18 @@ class RadiusService(Service):
         log.info("radius.started", listen=[f"{kind} {h}:{p}" for kind, h, p in self.bound],
                  clients=len(self.nas.clients), subscribers=len(self.directory.subjects),
                  open_sessions=len(self.sessions))
+
+    @staticmethod
+    async def _tunnel_server(config: RadiusConfig) -> TunnelServer | None:
+        """The TLS server of EAP-TTLS and PEAP, when ``[radius.eap]`` names a certificate."""
+        eap = config.eap
+        if eap.certificate is None or eap.private_key is None:
+            return None
+        try:
+            context = await asyncio.to_thread(server_context, eap.certificate, eap.private_key)
+        except (OSError, SSL.Error) as exc:
+            raise ServiceStartError(f"radius: eap: {tls_context_error(exc)}") from None
+        return TunnelServer(context)
 
     async def _load_dictionary(self, config: RadiusConfig) -> Dictionary:
         try:
@@ -377,6 +393,7 @@ class RadiusService(Service):
             raise ServiceStartError("radius: a change of listen addresses needs a restart")
         dictionary = await self._load_dictionary(new.radius)
         settings = self._reply_settings(new.radius, dictionary)
+        tunnels = await self._tunnel_server(new.radius)  # the certificate re-read: a renewed one takes effect
         table = NasTable(new.radius.client)
         table.carry_over(self.nas)
         assert self.auth is not None and self.accounting is not None
@@ -384,6 +401,11 @@ class RadiusService(Service):
         self.auth.dictionary = self.accounting.dictionary = dictionary
         self.auth.settings = settings
         self.auth.forget_profiles()
+        if tunnels is None or self.auth.tunnels is None:
+            self.auth.tunnels = tunnels
+        else:  # tunnels under way finish with the certificate they started with
+            self.auth.tunnels.context = tunnels.context
+        self.auth.eap_methods = new.radius.eap.offered
         if old.radius.address_pool != new.radius.address_pool:
             try:
                 self.addresses = await self._address_pools(new.radius)
@@ -408,7 +430,7 @@ class RadiusService(Service):
 
     def _gauges(self) -> dict[str, float]:
         return {"open_sessions": len(self.sessions), "pending_password_checks": self._pending_checks,
-                "eap_conversations": len(self.auth.conversations) if self.auth else 0,
+                "eap_conversations": (len(self.auth.conversations) + len(self.auth.tunnels or ())) if self.auth else 0,
                 "duplicate_cache_entries": len(self.duplicates)}
 
     def _spawn(self, coroutine: Awaitable[Any], name: str) -> None:
@@ -432,7 +454,8 @@ class RadiusService(Service):
             self._rejects_logged.clear()
         self._rejects_logged[key] = [now, 0]
         log.info("radius.access.rejected", nas=nas.name, reason=str(decision.reject), method=decision.method,
-                 subscriber_id=decision.subscriber_id, not_logged_since=entry[1] if entry is not None else 0)
+                 subscriber_id=decision.subscriber_id, not_logged_since=entry[1] if entry is not None else 0,
+                 **({"detail": decision.detail} if decision.detail else {}))
 
     def _dropped(self, port: str, reason: str, source: str, nas: Nas | None, now: float, count: int = 1) -> None:
         """Count a datagram left unanswered, and say so in the log — once a minute per source
@@ -920,6 +943,8 @@ class RadiusService(Service):
                 self.duplicates.sweep(now)
                 if self.auth is not None:
                     self.auth.conversations.expire(now)
+                    if self.auth.tunnels is not None:
+                        self.auth.tunnels.expire(now)
                 if time.monotonic() - last_stale >= STALE_SWEEP_SECONDS:
                     last_stale = time.monotonic()
                     await self._close_stale(now)
@@ -1204,8 +1229,15 @@ def check_files(config: RadiusConfig) -> list[str]:
         dictionary = load_dictionary(config.dictionaries)
     except (DictionaryError, OSError) as exc:
         return [f"dictionaries: {exc}"]
+    problems = []
     try:
         RadiusService._reply_settings(config, dictionary)
     except ServiceStartError as exc:
-        return [str(exc).removeprefix("radius: ")]
-    return []
+        problems.append(str(exc).removeprefix("radius: "))
+    eap = config.eap
+    if eap.certificate is not None and eap.private_key is not None:
+        try:
+            server_context(eap.certificate, eap.private_key)
+        except (OSError, SSL.Error) as exc:
+            problems.append(f"eap: {tls_context_error(exc)}")
+    return problems

@@ -7,6 +7,7 @@ import os
 import struct
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -29,12 +30,22 @@ from ispd.radius.codec import (
     split_vendor_specific,
     vendor_specific,
 )
+from ispd.radius.config import EAPConfig, EAPMethod, NasKind, SuspendedAction
 from ispd.radius.config import MessageAuthenticatorPolicy as Policy
-from ispd.radius.config import NasKind, SuspendedAction
 from ispd.radius.dictionary import builtin_dictionary
 from ispd.radius.directory import Directory
 from ispd.radius.eap import EAPCode, EAPPacket, EAPType, decode_eap, encode_eap
-from ispd.radius.engine import AccountingEngine, AuthEngine, Drop, Nas, PlanReply, RejectReason, ReplySettings
+from ispd.radius.eaptls import TLSFlag, TunnelServer, server_context
+from ispd.radius.engine import (
+    AccountingEngine,
+    AuthEngine,
+    Decision,
+    Drop,
+    Nas,
+    PlanReply,
+    RejectReason,
+    ReplySettings,
+)
 from ispd.radius.sessions import OpenSessions
 from ispd.store.models import (
     AccountingStatus,
@@ -46,6 +57,7 @@ from ispd.store.models import (
     Subscriber,
     SubscriberStatus,
 )
+from tests.lab.certs import issue
 
 SECRET = b"testing123"
 DICTIONARY = builtin_dictionary()
@@ -369,6 +381,64 @@ def test_eap_nak_and_unknown_state_fail() -> None:
     decision = world.engine.handle(eap_request("alice", nak, b"x" * 16), nas(), NOW)
     failure = decode_eap(first(decision.attributes, Attr.EAP_MESSAGE) or b"")
     assert decision.reject == RejectReason.EAP_FAILED and failure is not None and failure.code == EAPCode.FAILURE
+
+
+def tunnel_world(tmp_path: Path, methods: list[EAPMethod]) -> World:
+    world = World()
+    certificates = issue(tmp_path, "radius.isp.test")
+    world.engine.tunnels = TunnelServer(server_context(certificates.certificate, certificates.private_key))
+    world.engine.eap_methods = methods
+    return world
+
+
+def eap_reply(decision: Decision) -> EAPPacket:
+    eap = decode_eap(first(decision.attributes, Attr.EAP_MESSAGE) or b"")
+    assert eap is not None
+    return eap
+
+
+def test_a_nak_moves_to_the_method_the_peer_names(tmp_path: Path) -> None:
+    world = tunnel_world(tmp_path, [EAPMethod.MD5, EAPMethod.PEAP, EAPMethod.TTLS])
+    offer = world.engine.handle(eap_request("anonymous", EAPPacket(EAPCode.RESPONSE, 1, EAPType.IDENTITY)), nas(), NOW)
+    assert eap_reply(offer).type == EAPType.MD5_CHALLENGE
+    nak = EAPPacket(EAPCode.RESPONSE, eap_reply(offer).identifier, EAPType.NAK, bytes((21, 25)))  # TTLS, then PEAP
+    start = world.engine.handle(eap_request("anonymous", nak, first(offer.attributes, Attr.STATE)), nas(), NOW)
+    assert start.code == Code.ACCESS_CHALLENGE and start.method == "peap"  # ours come first: PEAP before TTLS
+    request = eap_reply(start)
+    assert request.type == 25 and request.data == bytes((TLSFlag.START,))
+    assert len(world.engine.tunnels or ()) == 1
+
+
+def test_a_nak_for_a_method_not_offered_fails(tmp_path: Path) -> None:
+    world = tunnel_world(tmp_path, [EAPMethod.MD5, EAPMethod.TTLS])
+    offer = world.engine.handle(eap_request("alice", EAPPacket(EAPCode.RESPONSE, 1, EAPType.IDENTITY)), nas(), NOW)
+    nak = EAPPacket(EAPCode.RESPONSE, eap_reply(offer).identifier, EAPType.NAK, bytes((25, 13)))  # PEAP, EAP-TLS
+    decision = world.engine.handle(eap_request("alice", nak, first(offer.attributes, Attr.STATE)), nas(), NOW)
+    assert decision.reject == RejectReason.EAP_FAILED and eap_reply(decision).code == EAPCode.FAILURE
+
+
+def test_the_first_method_listed_is_offered_first(tmp_path: Path) -> None:
+    world = tunnel_world(tmp_path, [EAPMethod.TTLS, EAPMethod.MD5])
+    offer = world.engine.handle(eap_request("alice", EAPPacket(EAPCode.RESPONSE, 1, EAPType.IDENTITY)), nas(), NOW)
+    assert offer.method == "eap-ttls" and eap_reply(offer).type == 21
+
+
+def test_a_tunnel_response_needs_its_tunnel(tmp_path: Path) -> None:
+    world = tunnel_world(tmp_path, [EAPMethod.TTLS])
+    offer = world.engine.handle(eap_request("alice", EAPPacket(EAPCode.RESPONSE, 1, EAPType.IDENTITY)), nas(), NOW)
+    state = first(offer.attributes, Attr.STATE)
+    response = EAPPacket(EAPCode.RESPONSE, eap_reply(offer).identifier, 21, b"\x00")
+    stranger = world.engine.handle(eap_request("mallory", response, state), nas(), NOW)  # another User-Name
+    assert stranger.reject == RejectReason.EAP_FAILED and stranger.method == "eap-ttls"
+    expired = world.engine.handle(eap_request("alice", response, state), nas(), NOW)  # taken: used once
+    assert expired.reject == RejectReason.EAP_FAILED and expired.detail is not None
+
+
+def test_without_a_certificate_only_md5_is_offered() -> None:
+    world = World()
+    world.engine.eap_methods = EAPConfig(methods=[EAPMethod.TTLS, EAPMethod.MD5]).offered
+    offer = world.engine.handle(eap_request("alice", EAPPacket(EAPCode.RESPONSE, 1, EAPType.IDENTITY)), nas(), NOW)
+    assert eap_reply(offer).type == EAPType.MD5_CHALLENGE
 
 
 # --- Message-Authenticator policy (BlastRADIUS) -----------------------------------------------

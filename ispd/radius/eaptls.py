@@ -1,0 +1,357 @@
+"""EAP-TTLS (RFC 5281) and PEAPv0: a TLS tunnel through Access-Challenges, and the subscriber's
+credentials inside it.
+
+Theory of operation. Wi-Fi (WPA2/WPA3-Enterprise) needs an EAP method that makes keys; EAP-MD5
+makes none. Both tunnel methods do: EAP-TTLS carries PAP inside (so it works with every
+credential policy, ``verifier`` included), PEAP carries EAP-MSCHAPv2 (the NT hash).
+
+1. The engine offers a method (or the peer asks for it in a Nak): ``TunnelServer.start`` sends
+   an EAP-Request with the Start flag and keeps a ``Tunnel`` under a fresh State.
+2. Each EAP-Response carries TLS records, split over several round trips when they are long
+   (RFC 5216 §2.1.5, which both use as it is): a fragment with the More flag is acknowledged
+   with an empty request; the whole message goes into the TLS server (pyOpenSSL on memory
+   buffers, TLS 1.2: what supplicants and NASes do, and what both methods' key derivations are
+   defined for). What the server writes back goes out in fragments of ``FRAGMENT_SIZE``, the
+   next one each time the peer acknowledges the last.
+3. Inside the established tunnel, TTLS: the peer sends its AVPs (RFC 5281 §10), User-Name (the
+   real login; the outer one may be ``anonymous@realm``) and User-Password, which ``step``
+   hands back as ``InnerPAP``. PEAP: the peer acknowledges the server's Finished, the server
+   sends an Identity request, and each inner EAP response (PEAPv0 leaves out the EAP header
+   but for EAP-TLV) goes back to the engine, whose replies ``send_inner`` encrypts.
+4. On success the engine answers EAP-Success with the tunnel's MSK (``Tunnel.msk``: the TLS
+   exporter with the method's label, RFC 5281 §8 and RFC 5216 §2.3) as MS-MPPE-Recv-Key and
+   MS-MPPE-Send-Key (RFC 2548, as RFC 3580 §3.16 has it), from which the access point and the
+   station derive their keys.
+
+Every tunnel is used under one State for one round trip, then kept under a new one; tunnels
+expire after ``EAP_TIMEOUT_SECONDS`` and are at most ``MAX_TUNNELS`` (the oldest go first). A
+TLS message longer than ``MAX_TLS_MESSAGE``, fragments whose lengths do not add up, an AVP that
+runs past its message or a TLS error raise ``TunnelError``: the conversation ends with
+EAP-Failure. TLS session resumption is off: every conversation makes a full handshake.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+from dataclasses import dataclass, field
+from enum import IntEnum, IntFlag
+from pathlib import Path
+
+from OpenSSL import SSL
+
+from ispd.radius.eap import EAP_TIMEOUT_SECONDS, EAPCode, EAPPacket, EAPType, decode_eap, encode_eap
+
+EAP_TTLS = 21  # the EAP method types (RFC 5281 §9.1, and PEAP's as IANA lists it)
+EAP_PEAP = 25
+EAP_MSCHAPV2 = 26  # inside PEAP (draft-kamath-pppext-eap-mschapv2)
+EAP_TLV = 33  # PEAP's result (draft-josefsson-pppext-eap-tls-eap §4.2)
+TUNNEL_VERSION = 0  # TTLSv0 and PEAPv0, the versions every supplicant speaks
+# TLS octets per EAP-Request: with the EAP and TTLS headers the packet stays within the
+# 1 020-octet EAP-Message budget that NASes and supplicants assume (FreeRADIUS: fragment_size 1024).
+FRAGMENT_SIZE = 1000
+MAX_TLS_MESSAGE = 64 * 1024  # a TLS message from the peer, reassembled
+MAX_TUNNELS = 4096  # a TLS session in flight holds tens of kilobytes
+KEYING_LABELS = {EAP_TTLS: b"ttls keying material", EAP_PEAP: b"client EAP encryption"}  # the MSK's
+
+
+class TLSFlag(IntFlag):
+    LENGTH = 0x80  # a 4-octet TLS Message Length follows
+    MORE = 0x40  # more fragments follow
+    START = 0x20
+
+
+class AVPCode(IntEnum):  # the RADIUS attribute numbers, as RFC 5281 §10.4 reuses them
+    USER_NAME = 1
+    USER_PASSWORD = 2
+
+
+class TunnelError(Exception):
+    """The conversation cannot go on: the peer gets EAP-Failure. The text says why, for the log."""
+
+
+@dataclass(frozen=True, slots=True)
+class TLSFragment:
+    flags: int
+    total: int | None  # the whole message's length, when the LENGTH flag says it is given
+    data: bytes
+
+
+def decode_tls_payload(data: bytes) -> TLSFragment:
+    """An EAP-TTLS payload (after the Type octet): Flags, [TLS Message Length], TLS Data."""
+    if not data:
+        raise TunnelError("no flags octet")
+    flags = data[0]
+    if flags & TLSFlag.LENGTH:
+        if len(data) < 5:
+            raise TunnelError("the length flag without a length")
+        return TLSFragment(flags, int.from_bytes(data[1:5], "big"), data[5:])
+    return TLSFragment(flags, None, data[1:])
+
+
+def tunnel_request(method: int, identifier: int, flags: int = 0, data: bytes = b"",
+                   total: int | None = None) -> EAPPacket:
+    if total is not None:
+        flags |= TLSFlag.LENGTH
+    head = bytes((flags | TUNNEL_VERSION,)) + (total.to_bytes(4, "big") if total is not None else b"")
+    return EAPPacket(EAPCode.REQUEST, identifier, method, head + data)
+
+
+def decode_avps(data: bytes) -> dict[int, bytes]:
+    """The AVPs of vendor 0 by code (the first of each), RFC 5281 §10.1: Code(4) Flags(1)
+    Length(3) [Vendor-ID(4)] Data, padded to four octets. Vendor AVPs are skipped."""
+    avps: dict[int, bytes] = {}
+    at = 0
+    while at < len(data):
+        if len(data) - at < 8:
+            raise TunnelError("a truncated AVP header")
+        code = int.from_bytes(data[at:at + 4], "big")
+        flags, length = data[at + 4], int.from_bytes(data[at + 5:at + 8], "big")
+        header = 12 if flags & 0x80 else 8
+        if length < header or at + length > len(data):
+            raise TunnelError("an AVP length that does not fit its message")
+        if not flags & 0x80:
+            avps.setdefault(code, data[at + header:at + length])
+        at += length + (-length % 4)
+    return avps
+
+
+def encode_avp(code: int, value: bytes, mandatory: bool = True) -> bytes:
+    length = 8 + len(value)
+    return (code.to_bytes(4, "big") + bytes((0x40 if mandatory else 0,)) + length.to_bytes(3, "big") + value
+            + bytes(-length % 4))
+
+
+def server_context(certificate: Path, private_key: Path) -> SSL.Context:
+    """The TLS server's context; raises OSError or SSL.Error with a reason for the operator."""
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    context.set_min_proto_version(SSL.TLS1_2_VERSION)
+    context.set_max_proto_version(SSL.TLS1_2_VERSION)
+    context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    context.set_options(SSL.OP_NO_TICKET)
+    for path in (certificate, private_key):
+        path.stat()  # a missing file as OSError with its name, not as OpenSSL's bare "no such file"
+    context.use_certificate_chain_file(str(certificate))
+    context.use_privatekey_file(str(private_key))
+    context.check_privatekey()
+    return context
+
+
+@dataclass(frozen=True, slots=True)
+class InnerPAP:
+    """What the peer sent through a TTLS tunnel."""
+
+    username: str
+    password: bytes
+
+
+@dataclass(slots=True)
+class Tunnel:
+    method: int  # EAP_TTLS or EAP_PEAP
+    outer_username: str
+    identifier: int  # of the last EAP-Request sent
+    expires_at: float
+    connection: SSL.Connection
+    incoming: bytearray = field(default_factory=bytearray)
+    expected: int | None = None  # the announced length of the message being reassembled
+    outgoing: bytes = b""  # TLS octets not sent yet
+    # PEAP's inner conversation, kept by the engine: where it is, whom it is with, its challenge
+    phase: str = "handshake"
+    inner_username: str = ""
+    challenge: bytes = b""
+
+    @property
+    def msk(self) -> bytes:
+        """The Master Session Key (64 octets) of an established tunnel: MS-MPPE-Recv-Key is
+        its first half, MS-MPPE-Send-Key its second (RFC 5216 §2.3, RFC 5281 §8)."""
+        return self.connection.export_keying_material(KEYING_LABELS[self.method], 64)
+
+
+@dataclass(frozen=True, slots=True)
+class TunnelStep:
+    """The outcome of one EAP-Response: a request to send under a new State, or what the peer
+    said inside the tunnel (TTLS: its AVPs as ``pap``; PEAP: an inner EAP packet as ``inner``)."""
+
+    state: bytes = b""
+    request: EAPPacket | None = None
+    pap: InnerPAP | None = None
+    inner: EAPPacket | None = None
+
+
+class TunnelServer:
+    """The tunnels of EAP-TTLS and PEAP under way, by State, and the TLS server they share."""
+
+    def __init__(self, context: SSL.Context) -> None:
+        self.context = context
+        self._tunnels: dict[bytes, Tunnel] = {}
+
+    def start(self, method: int, outer_username: str, identifier: int, now: float) -> TunnelStep:
+        connection = SSL.Connection(self.context, None)
+        connection.set_accept_state()
+        tunnel = Tunnel(method, outer_username, identifier, now + EAP_TIMEOUT_SECONDS, connection)
+        return TunnelStep(self._keep(tunnel, now), tunnel_request(method, identifier, TLSFlag.START))
+
+    def take(self, state: bytes, now: float) -> Tunnel | None:
+        tunnel = self._tunnels.pop(state, None)
+        if tunnel is None or tunnel.expires_at <= now:
+            return None
+        return tunnel
+
+    def step(self, tunnel: Tunnel, response: EAPPacket, now: float) -> TunnelStep:
+        """Go on with ``tunnel`` (taken from its State) after the peer's ``response``."""
+        if response.identifier != tunnel.identifier or response.type != tunnel.method:
+            raise TunnelError("an EAP response that answers no request sent")
+        fragment = decode_tls_payload(response.data)
+        if tunnel.outgoing:
+            if fragment.data:
+                raise TunnelError("TLS data while the server's message was still being sent")
+            return self._send_next(tunnel, now)
+        self._receive(tunnel, fragment)
+        if fragment.flags & TLSFlag.MORE:
+            return self._send(tunnel, now)  # an acknowledgement
+        message, tunnel.incoming, tunnel.expected = bytes(tunnel.incoming), bytearray(), None
+        if not message:
+            if tunnel.method == EAP_PEAP and tunnel.phase == "handshake" and self._established(tunnel):
+                # PEAP: the peer acknowledged the server's Finished; the server speaks first
+                # inside the tunnel, with an Identity request (header-less, as PEAPv0 has it).
+                tunnel.phase = "identity"
+                return self.send_inner(tunnel, EAPPacket(EAPCode.REQUEST, 0, EAPType.IDENTITY), now)
+            raise TunnelError("an empty response with nothing left to send")
+        plaintext = self._feed(tunnel, message)
+        if plaintext:
+            if tunnel.method == EAP_TTLS:
+                return TunnelStep(pap=inner_pap(plaintext))
+            return TunnelStep(inner=unwrap_peap(plaintext, tunnel.identifier))
+        tunnel.outgoing = self._drain(tunnel.connection)
+        if not tunnel.outgoing:
+            raise TunnelError("the TLS server has nothing to answer")
+        return self._send_next(tunnel, now, first=True)
+
+    def send_inner(self, tunnel: Tunnel, packet: EAPPacket, now: float) -> TunnelStep:
+        """Send an EAP packet through a PEAP tunnel (its header left out, but for EAP-TLV)."""
+        try:
+            tunnel.connection.send(wrap_peap(packet))
+        except SSL.Error as exc:
+            raise TunnelError(f"TLS: {_ssl_reason(exc)}") from None
+        tunnel.outgoing = self._drain(tunnel.connection)
+        return self._send_next(tunnel, now, first=True)
+
+    @staticmethod
+    def _established(tunnel: Tunnel) -> bool:
+        return bool(tunnel.connection.get_finished())
+
+    def _receive(self, tunnel: Tunnel, fragment: TLSFragment) -> None:
+        if fragment.total is not None:
+            if tunnel.incoming or tunnel.expected is not None:
+                if fragment.total != tunnel.expected:
+                    raise TunnelError("a TLS message length that changed between fragments")
+            elif fragment.total > MAX_TLS_MESSAGE:
+                raise TunnelError(f"a TLS message of {fragment.total} octets (at most {MAX_TLS_MESSAGE})")
+            tunnel.expected = fragment.total
+        elif fragment.flags & TLSFlag.MORE and tunnel.expected is None:
+            raise TunnelError("a first fragment without the message's length")
+        tunnel.incoming += fragment.data
+        if len(tunnel.incoming) > (tunnel.expected if tunnel.expected is not None else MAX_TLS_MESSAGE):
+            raise TunnelError("more TLS data than the message's length")
+        complete = not fragment.flags & TLSFlag.MORE
+        if complete and tunnel.expected is not None and len(tunnel.incoming) != tunnel.expected:
+            raise TunnelError("a TLS message shorter than its length")
+
+    @staticmethod
+    def _feed(tunnel: Tunnel, message: bytes) -> bytes:
+        """Hand the peer's TLS records to the server; what they carried as application data."""
+        connection = tunnel.connection
+        try:
+            connection.bio_write(message)
+            try:
+                connection.do_handshake()  # established already: returns at once
+            except SSL.WantReadError:
+                return b""
+            plaintext = bytearray()
+            with contextlib.suppress(SSL.WantReadError):
+                while True:
+                    plaintext += connection.recv(16384)
+        except SSL.ZeroReturnError:
+            raise TunnelError("the peer closed the TLS session") from None
+        except SSL.Error as exc:
+            raise TunnelError(f"TLS: {_ssl_reason(exc)}") from None
+        return bytes(plaintext)
+
+    @staticmethod
+    def _drain(connection: SSL.Connection) -> bytes:
+        out = bytearray()
+        with contextlib.suppress(SSL.WantReadError):
+            while chunk := connection.bio_read(65536):
+                out += chunk
+        return bytes(out)
+
+    def _send_next(self, tunnel: Tunnel, now: float, *, first: bool = False) -> TunnelStep:
+        """The next fragment of what the TLS server wrote; the first of several says the
+        message's length (RFC 5216 §2.1.5)."""
+        total = len(tunnel.outgoing) if first and len(tunnel.outgoing) > FRAGMENT_SIZE else None
+        data, tunnel.outgoing = tunnel.outgoing[:FRAGMENT_SIZE], tunnel.outgoing[FRAGMENT_SIZE:]
+        return self._send(tunnel, now, TLSFlag.MORE if tunnel.outgoing else 0, data, total)
+
+    def _send(self, tunnel: Tunnel, now: float, flags: int = 0, data: bytes = b"",
+              total: int | None = None) -> TunnelStep:
+        tunnel.identifier = (tunnel.identifier + 1) & 0xFF
+        return TunnelStep(self._keep(tunnel, now), tunnel_request(tunnel.method, tunnel.identifier, flags, data, total))
+
+    def _keep(self, tunnel: Tunnel, now: float) -> bytes:
+        tunnels = self._tunnels
+        if len(tunnels) >= MAX_TUNNELS:
+            self.expire(now)
+            if len(tunnels) >= MAX_TUNNELS:  # a flood: the oldest make room
+                for state in list(itertools.islice(tunnels, MAX_TUNNELS // 10)):
+                    del tunnels[state]
+        state = os.urandom(16)
+        tunnels[state] = tunnel
+        return state
+
+    def expire(self, now: float) -> None:
+        for state in [s for s, t in self._tunnels.items() if t.expires_at <= now]:
+            del self._tunnels[state]
+
+    def __len__(self) -> int:
+        return len(self._tunnels)
+
+
+def inner_pap(plaintext: bytes) -> InnerPAP:
+    """TTLS's phase 2: the User-Name and User-Password AVPs (the password padded with NULs)."""
+    avps = decode_avps(plaintext)
+    name, password = avps.get(AVPCode.USER_NAME), avps.get(AVPCode.USER_PASSWORD)
+    if name is None or password is None:
+        raise TunnelError("no User-Name and User-Password inside the tunnel (only PAP is offered there)")
+    return InnerPAP(name.decode("utf-8", "replace"), password.rstrip(b"\0"))
+
+
+def wrap_peap(packet: EAPPacket) -> bytes:
+    """PEAPv0 sends inner EAP packets without their code, identifier and length, but for
+    EAP-TLV, which keeps its header (as Windows and wpa_supplicant expect)."""
+    whole = encode_eap(packet)
+    return whole if packet.type == EAP_TLV else whole[4:]
+
+
+def unwrap_peap(plaintext: bytes, identifier: int) -> EAPPacket:
+    """An inner EAP response from PEAPv0: a whole EAP-TLV packet, or a header-less Type + Data."""
+    if len(plaintext) >= 5 and plaintext[0] == EAPCode.RESPONSE and plaintext[4] == EAP_TLV:
+        packet = decode_eap(plaintext)
+        if packet is None:
+            raise TunnelError("a malformed EAP-TLV packet inside the tunnel")
+        return packet
+    return EAPPacket(EAPCode.RESPONSE, identifier, plaintext[0], plaintext[1:])
+
+
+def tls_context_error(exc: OSError | SSL.Error) -> str:
+    """What went wrong loading the certificate or key, for the operator."""
+    if isinstance(exc, OSError):
+        return f"{exc.filename or 'a file'}: {exc.strerror or exc}"
+    return f"the certificate or private key: {_ssl_reason(exc)}"
+
+
+def _ssl_reason(exc: SSL.Error) -> str:
+    details = exc.args[0] if exc.args else None
+    if isinstance(details, list) and details and isinstance(details[0], tuple) and len(details[0]) >= 3:
+        return str(details[0][2])
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,256 @@
+"""EAP-TTLS and PEAP's tunnel (ispd.radius.eaptls): the payload codec, AVPs, fragmentation in
+both directions, and a whole TTLS conversation with Python's TLS client on memory buffers."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import pytest
+import trustme
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ispd.radius.eap import EAPCode, EAPPacket, EAPType, decode_eap, encode_eap
+from ispd.radius.eaptls import (
+    EAP_PEAP,
+    EAP_TLV,
+    EAP_TTLS,
+    FRAGMENT_SIZE,
+    MAX_TLS_MESSAGE,
+    MAX_TUNNELS,
+    AVPCode,
+    TLSFlag,
+    Tunnel,
+    TunnelError,
+    TunnelServer,
+    TunnelStep,
+    decode_avps,
+    decode_tls_payload,
+    encode_avp,
+    server_context,
+    tunnel_request,
+    unwrap_peap,
+    wrap_peap,
+)
+from tests.lab.certs import Certificates
+
+NOW = 1_000_000.0
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    """A leaf under an intermediate CA, as public CAs issue them: the server's first flight is
+    longer than one fragment."""
+    directory = tmp_path_factory.mktemp("tls")
+    root = trustme.CA()
+    issued = root.create_child_ca().issue_cert("radius.isp.test")
+    certificates = Certificates(directory / "ca.pem", directory / "chain.pem", directory / "key.pem")
+    root.cert_pem.write_to_path(str(certificates.ca))
+    for index, pem in enumerate(issued.cert_chain_pems):
+        pem.write_to_path(str(certificates.certificate), append=index > 0)
+    issued.private_key_pem.write_to_path(str(certificates.private_key))
+    return certificates
+
+
+@pytest.fixture
+def server(certificates: Certificates) -> TunnelServer:
+    return TunnelServer(server_context(certificates.certificate, certificates.private_key))
+
+
+class Station:
+    """The peer's side: Python's TLS client on memory buffers, speaking EAP-TTLS or PEAP in
+    fragments of at most ``fragment`` octets, driving a ``TunnelServer``."""
+
+    def __init__(self, server: TunnelServer, certificates: Certificates, method: int = EAP_TTLS,
+                 fragment: int = 1400) -> None:
+        context = ssl.create_default_context(cafile=str(certificates.ca))
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname="radius.isp.test")
+        self.server, self.method, self.fragment = server, method, fragment
+        self.step = server.start(method, "anonymous", 1, NOW)
+        self.tunnel: Tunnel | None = None
+        self.fragmented = 0  # EAP-Requests the server sent with more of their message to come
+
+    def respond(self, payload: bytes) -> TunnelStep:
+        assert self.step.request is not None
+        self.tunnel = self.server.take(self.step.state, NOW)
+        assert self.tunnel is not None
+        self.step = self.server.step(self.tunnel, EAPPacket(EAPCode.RESPONSE, self.step.request.identifier,
+                                                            self.method, payload), NOW)
+        if self.step.request is not None and self.step.request.data[0] & TLSFlag.MORE:
+            self.fragmented += 1
+        return self.step
+
+    def send(self, message: bytes) -> TunnelStep:
+        """``message`` in fragments, the first of several with its length; the server must
+        acknowledge each but the last."""
+        parts = [message[i:i + self.fragment] for i in range(0, len(message), self.fragment)] or [b""]
+        for index, part in enumerate(parts):
+            more = index < len(parts) - 1
+            head = bytes((TLSFlag.MORE | TLSFlag.LENGTH,)) + len(message).to_bytes(4, "big") if more and index == 0 \
+                else bytes((TLSFlag.MORE if more else 0,))
+            step = self.respond(head + part)
+            if more:
+                assert step.request is not None and step.request.data == b"\x00"  # an acknowledgement
+        return self.step
+
+    def receive(self) -> None:
+        """The server's message, fragment by fragment (each acknowledged), into the client's TLS."""
+        while True:
+            assert self.step.request is not None
+            fragment = decode_tls_payload(self.step.request.data)
+            self.incoming.write(fragment.data)
+            if not fragment.flags & TLSFlag.MORE:
+                return
+            assert len(fragment.data) == FRAGMENT_SIZE
+            self.respond(b"\x00")
+
+    def handshake(self) -> None:
+        """The TLS handshake, to the server's Finished."""
+        while True:
+            try:
+                self.tls.do_handshake()
+                return
+            except ssl.SSLWantReadError:
+                pass
+            self.send(self.outgoing.read())
+            self.receive()
+
+
+def exchange(server: TunnelServer, state: bytes, identifier: int, payload: bytes,
+             method: int = EAP_TTLS) -> TunnelStep:
+    tunnel = server.take(state, NOW)
+    assert tunnel is not None
+    return server.step(tunnel, EAPPacket(EAPCode.RESPONSE, identifier, method, payload), NOW)
+
+
+def run_ttls(server: TunnelServer, certificates: Certificates, avps: bytes, fragment: int = 1400) -> Station:
+    station = Station(server, certificates, EAP_TTLS, fragment)
+    assert station.step.request is not None and station.step.request.data[0] & TLSFlag.START
+    station.handshake()
+    station.tls.write(avps)
+    station.send(station.outgoing.read())
+    return station
+
+
+def test_the_payload_codec() -> None:
+    assert decode_tls_payload(b"\x80\x00\x00\x00\x05hello").total == 5
+    assert decode_tls_payload(b"\x00abc").data == b"abc"
+    request = tunnel_request(EAP_TTLS, 9, TLSFlag.MORE, b"xyz", total=1000)
+    assert request.data == bytes((0xC0,)) + (1000).to_bytes(4, "big") + b"xyz"
+    for bad in (b"", b"\x80\x00\x00"):
+        with pytest.raises(TunnelError):
+            decode_tls_payload(bad)
+
+
+def test_avps_round_trip_and_skip_vendor_ones() -> None:
+    vendor = (5).to_bytes(4, "big") + bytes((0x80,)) + (16).to_bytes(3, "big") + (311).to_bytes(4, "big") + b"junk"
+    data = encode_avp(AVPCode.USER_NAME, b"alice") + vendor + encode_avp(AVPCode.USER_PASSWORD, b"pw" + bytes(14))
+    assert decode_avps(data) == {1: b"alice", 2: b"pw" + bytes(14)}
+    for bad in (b"\x00" * 7, encode_avp(1, b"alice")[:-4] + b"\x00" * 0, b"\x00\x00\x00\x01\x00\x00\x00\x04"):
+        with pytest.raises(TunnelError):
+            decode_avps(bad)
+
+
+def test_peap_packs_inner_packets_without_their_header_but_tlv() -> None:
+    identity = EAPPacket(EAPCode.REQUEST, 7, EAPType.IDENTITY)
+    assert wrap_peap(identity) == b"\x01"
+    result = EAPPacket(EAPCode.REQUEST, 8, EAP_TLV, b"\x80\x03\x00\x02\x00\x01")
+    assert decode_eap(wrap_peap(result)) == result
+    assert unwrap_peap(b"\x01carol", 9) == EAPPacket(EAPCode.RESPONSE, 9, EAPType.IDENTITY, b"carol")
+    whole = encode_eap(EAPPacket(EAPCode.RESPONSE, 9, EAP_TLV, b"\x80\x03\x00\x02\x00\x01"))
+    assert unwrap_peap(whole, 9).data == b"\x80\x03\x00\x02\x00\x01"
+
+
+@pytest.mark.parametrize("fragment", [1400, 300])
+def test_a_whole_ttls_conversation_fragmented_both_ways(server: TunnelServer, certificates: Certificates,
+                                                         fragment: int) -> None:
+    avps = encode_avp(AVPCode.USER_NAME, b"alice") + encode_avp(AVPCode.USER_PASSWORD, b"s3cret" + bytes(10))
+    station = run_ttls(server, certificates, avps, fragment)
+    assert station.step.pap is not None
+    assert (station.step.pap.username, station.step.pap.password) == ("alice", b"s3cret")
+    assert station.fragmented >= 1  # the server's certificate chain took two requests or more
+    assert len(server) == 0  # the finished tunnel is no longer kept
+
+
+def test_the_msk_is_the_tls_exporter_with_each_methods_label(server: TunnelServer,
+                                                              certificates: Certificates) -> None:
+    station = run_ttls(server, certificates, encode_avp(1, b"a") + encode_avp(2, b"b"))
+    assert station.tunnel is not None
+    assert station.tunnel.msk == station.tunnel.connection.export_keying_material(b"ttls keying material", 64)
+    peap = Station(server, certificates, EAP_PEAP)
+    peap.handshake()
+    assert peap.tunnel is not None
+    assert peap.tunnel.msk == peap.tunnel.connection.export_keying_material(b"client EAP encryption", 64)
+
+
+def test_peap_speaks_first_inside_the_tunnel(server: TunnelServer, certificates: Certificates) -> None:
+    station = Station(server, certificates, EAP_PEAP)
+    station.handshake()
+    station.respond(b"\x00")  # the peer acknowledges the server's Finished
+    station.receive()
+    assert station.tls.read() == b"\x01"  # a header-less EAP-Request/Identity
+    station.tls.write(b"\x01carol")
+    step = station.send(station.outgoing.read())
+    assert step.inner is not None
+    assert (step.inner.type, step.inner.data) == (EAPType.IDENTITY, b"carol")
+    assert step.request is None
+
+
+def test_fragments_that_do_not_add_up_end_the_tunnel(server: TunnelServer) -> None:
+    cases = [
+        bytes((TLSFlag.MORE,)) + b"x" * 10,  # the first of several without the length
+        bytes((TLSFlag.LENGTH,)) + (MAX_TLS_MESSAGE + 1).to_bytes(4, "big") + b"x",  # too long
+        bytes((TLSFlag.LENGTH,)) + (100).to_bytes(4, "big") + b"x" * 10,  # shorter than said
+        bytes((TLSFlag.LENGTH | TLSFlag.MORE,)) + (5).to_bytes(4, "big") + b"x" * 10,  # longer than said
+        b"\x00",  # nothing at all, and nothing to send
+        b"\x00" + b"\x16\x03\x01\x00\x05hello",  # not TLS a server can read
+    ]
+    for payload in cases:
+        step = server.start(EAP_TTLS, "alice", 1, NOW)
+        with pytest.raises(TunnelError):
+            exchange(server, step.state, 1, payload)
+
+
+def test_a_response_must_answer_the_last_request(server: TunnelServer) -> None:
+    step = server.start(EAP_TTLS, "alice", 1, NOW)
+    with pytest.raises(TunnelError):
+        exchange(server, step.state, 2, b"\x00")
+    step = server.start(EAP_TTLS, "alice", 1, NOW)
+    with pytest.raises(TunnelError):
+        exchange(server, step.state, 1, b"\x00", EAP_PEAP)
+
+
+def test_tunnels_expire_are_used_once_and_are_bounded(server: TunnelServer) -> None:
+    step = server.start(EAP_TTLS, "alice", 1, NOW)
+    assert server.take(step.state, NOW + 31) is None
+    step = server.start(EAP_TTLS, "alice", 1, NOW)
+    assert server.take(step.state, NOW) is not None
+    assert server.take(step.state, NOW) is None
+    for _ in range(MAX_TUNNELS + 5):
+        server.start(EAP_TTLS, "flood", 1, NOW)
+    assert len(server) <= MAX_TUNNELS
+
+
+@settings(max_examples=300, deadline=None)
+@given(payloads=st.lists(st.binary(max_size=300), min_size=1, max_size=4))
+def test_random_payloads_end_in_a_request_or_a_tunnel_error(certificates: Certificates,
+                                                            payloads: list[bytes]) -> None:
+    server = TunnelServer(server_context(certificates.certificate, certificates.private_key))
+    step = server.start(EAP_TTLS, "fuzz", 1, NOW)
+    for payload in payloads:
+        assert step.request is not None
+        tunnel = server.take(step.state, NOW)
+        assert tunnel is not None
+        try:
+            step = server.step(tunnel, EAPPacket(EAPCode.RESPONSE, step.request.identifier, EAP_TTLS, payload), NOW)
+        except TunnelError:
+            return
+        if step.request is None:
+            return
+
+
+def test_a_missing_certificate_names_its_file(tmp_path: Path, certificates: Certificates) -> None:
+    with pytest.raises(OSError, match=r"nope\.pem"):
+        server_context(tmp_path / "nope.pem", certificates.private_key)
