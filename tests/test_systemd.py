@@ -312,17 +312,26 @@ def test_every_module_imports_under_memory_deny_write_execute() -> None:
 
 def test_daemon_runs_under_memory_deny_write_execute(tmp_path: Path) -> None:
     """The daemon, and a RADIUS worker it starts (the filter is inherited across fork and exec),
-    serving: an MS-CHAPv1 login runs pycryptodome's DES and MD4 there."""
+    serving: an MS-CHAPv1 login runs pycryptodome's DES and MD4 there, a PEAP login pyOpenSSL's
+    TLS server (cffi)."""
+    from tests.lab.certs import issue
+    from tests.lab.eapol import eapol_test, require_eapol_test
     from tests.lab.ports import free_udp_port
     from tests.lab.radclient import radtest, require_radclient
 
     require_radclient()
+    require_eapol_test()
     auth = f"127.0.0.1:{free_udp_port()}"
+    certificates = issue(tmp_path / "tls", "radius.test")
     radius = {"enabled": True, "process": "own", "listen_auth": [auth], "listen_acct": [f"127.0.0.1:{free_udp_port()}"],
-              "client": [{"name": "lab", "address": "127.0.0.1", "secret": "testing123"}]}
+              "client": [{"name": "lab", "address": "127.0.0.1", "secret": "testing123"}],
+              "eap": {"certificate": str(certificates.certificate), "private_key": str(certificates.private_key)}}
     with IspdProcess(tmp_path, base_config(tmp_path, radius=radius), wrapper=_mdwe_wrapper()) as ispd:
         ispd.start()
         assert ispd.http_get("/healthz")[0] == 200
         ispd.cli("subscriber", "add", "alice", "--credential-policy", "nt-hash", "--password-stdin", input="pw\n")
         eventually(lambda: radtest("alice", "pw", auth, "testing123", "mschap").code == "Access-Accept", timeout=10)
+        peap = eapol_test(auth, "testing123", method="PEAP", identity="alice", password="pw", ca_cert=certificates.ca,
+                          phase2="auth=MSCHAPV2")
+        assert peap.success and peap.mppe_keys_ok, peap.output[-3000:]
         assert ispd.terminate() == 0, ispd.log_text()
