@@ -167,7 +167,8 @@ def _resolve_relative_paths(config: Config, base: Path) -> Config:
     radius = config.radius
     eap = radius.eap.model_copy(update={
         "certificate": anchored(radius.eap.certificate) if radius.eap.certificate is not None else None,
-        "private_key": anchored(radius.eap.private_key) if radius.eap.private_key is not None else None})
+        "private_key": anchored(radius.eap.private_key) if radius.eap.private_key is not None else None,
+        "client_ca": anchored(radius.eap.client_ca) if radius.eap.client_ca is not None else None})
     config = config.model_copy(update={"radius": radius.model_copy(update={
         "dictionaries": [anchored(path) for path in radius.dictionaries], "eap": eap})})
     mail = config.mail

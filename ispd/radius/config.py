@@ -175,37 +175,51 @@ class EAPMethod(StrEnum):
     MD5 = "md5"
     TTLS = "ttls"
     PEAP = "peap"
+    TLS = "tls"
 
 
 class EAPConfig(Section):
     """``[radius.eap]``: the EAP methods ispd serves. EAP-TTLS (PAP inside a TLS tunnel: any
     credential policy) and PEAP (EAP-MSCHAPv2 inside: the NT hash or the cleartext), the Wi-Fi
-    methods, need the server's certificate and key; EAP-MD5 (wired 802.1X, cleartext
-    credentials only) needs nothing."""
+    methods, need the server's certificate and key; EAP-TLS (a client certificate instead of a
+    password) also the CA that issues the clients' certificates; EAP-MD5 (wired 802.1X,
+    cleartext credentials only) needs nothing."""
 
     # PEM files: the certificate chain (leaf first) and its private key; read at start and on
     # SIGHUP. Supplicants check this certificate against the CA they are configured with.
     certificate: Path | None = None
     private_key: Path | None = None
+    # EAP-TLS: the CA certificates (PEM) that clients' certificates must chain to. A client
+    # certificate logs in the subscriber its EAP identity names, when the certificate carries
+    # that name (subject CN, or a DNS or e-mail subjectAltName).
+    client_ca: Path | None = None
     # The order of preference: the first is offered on an EAP-Response/Identity; a peer that
     # wants another answers with a Nak naming it, and gets it if it is listed here (every
     # supplicant does; FreeRADIUS's radeapclient does not). "ttls" and "peap" are skipped while
-    # no certificate is configured. MD5 first, as FreeRADIUS's default_eap_type: a Wi-Fi
-    # station costs one round trip more, a wired one that only knows MD5 is not turned away.
-    methods: list[EAPMethod] = Field(default_factory=lambda: [EAPMethod.MD5, EAPMethod.PEAP, EAPMethod.TTLS],
-                                     min_length=1)
+    # no certificate is configured, "tls" while no client_ca is. MD5 first, as FreeRADIUS's
+    # default_eap_type: a Wi-Fi station costs one round trip more, a wired one that only knows
+    # MD5 is not turned away.
+    methods: list[EAPMethod] = Field(
+        default_factory=lambda: [EAPMethod.MD5, EAPMethod.PEAP, EAPMethod.TTLS, EAPMethod.TLS], min_length=1)
 
     @model_validator(mode="after")
     def _certificate_and_key(self) -> EAPConfig:
         if (self.certificate is None) != (self.private_key is None):
             raise ValueError("give both `certificate` and `private_key` (PEM file paths), or neither")
+        if self.client_ca is not None and self.certificate is None:
+            raise ValueError("client_ca (EAP-TLS) needs the server's `certificate` and `private_key` too")
         if len(set(self.methods)) != len(self.methods):
             raise ValueError("methods: a method is listed twice")
         return self
 
     @property
     def offered(self) -> list[EAPMethod]:
-        return [m for m in self.methods if m == EAPMethod.MD5 or self.certificate is not None]
+        def available(method: EAPMethod) -> bool:
+            if method == EAPMethod.MD5:
+                return True
+            return self.certificate is not None and (method != EAPMethod.TLS or self.client_ca is not None)
+
+        return [m for m in self.methods if available(m)]
 
 
 class RadiusConfig(Section):

@@ -1,9 +1,10 @@
-"""EAP-TTLS (RFC 5281) and PEAPv0: a TLS tunnel through Access-Challenges, and the subscriber's
-credentials inside it.
+"""EAP-TLS (RFC 5216), EAP-TTLS (RFC 5281) and PEAPv0: TLS through Access-Challenges, and the
+subscriber's credentials inside it (or its certificate).
 
 Theory of operation. Wi-Fi (WPA2/WPA3-Enterprise) needs an EAP method that makes keys; EAP-MD5
-makes none. Both tunnel methods do: EAP-TTLS carries PAP inside (so it works with every
-credential policy, ``verifier`` included), PEAP carries EAP-MSCHAPv2 (the NT hash).
+makes none. These do: EAP-TTLS carries PAP inside (so it works with every credential policy,
+``verifier`` included), PEAP carries EAP-MSCHAPv2 (the NT hash), and EAP-TLS needs no password:
+the client's certificate, which OpenSSL checks against the configured client CA in the handshake.
 
 1. The engine offers a method (or the peer asks for it in a Nak): ``TunnelServer.start`` sends
    an EAP-Request with the Start flag and keeps a ``Tunnel`` under a fresh State.
@@ -13,7 +14,9 @@ credential policy, ``verifier`` included), PEAP carries EAP-MSCHAPv2 (the NT has
    buffers, TLS 1.2: what supplicants and NASes do, and what both methods' key derivations are
    defined for). What the server writes back goes out in fragments of ``FRAGMENT_SIZE``, the
    next one each time the peer acknowledges the last.
-3. Inside the established tunnel, TTLS: the peer sends its AVPs (RFC 5281 §10), User-Name (the
+3. EAP-TLS ends when the peer acknowledges the server's Finished: ``step`` says ``verified``
+   and the engine matches the certificate's names (``certificate_names``) with the identity.
+   Inside the established tunnel, TTLS: the peer sends its AVPs (RFC 5281 §10), User-Name (the
    real login; the outer one may be ``anonymous@realm``) and User-Password, which ``step``
    hands back as ``InnerPAP``. PEAP: the peer acknowledges the server's Finished, the server
    sends an Identity request, and each inner EAP response (PEAPv0 leaves out the EAP header
@@ -39,11 +42,13 @@ from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
 from pathlib import Path
 
+from cryptography import x509
 from OpenSSL import SSL
 
 from ispd.radius.eap import EAP_TIMEOUT_SECONDS, EAPCode, EAPPacket, EAPType, decode_eap, encode_eap
 
-EAP_TTLS = 21  # the EAP method types (RFC 5281 §9.1, and PEAP's as IANA lists it)
+EAP_TLS = 13  # the EAP method types (RFC 5216, RFC 5281 §9.1, and PEAP's as IANA lists it)
+EAP_TTLS = 21
 EAP_PEAP = 25
 EAP_MSCHAPV2 = 26  # inside PEAP (draft-kamath-pppext-eap-mschapv2)
 EAP_TLV = 33  # PEAP's result (draft-josefsson-pppext-eap-tls-eap §4.2)
@@ -53,7 +58,8 @@ TUNNEL_VERSION = 0  # TTLSv0 and PEAPv0, the versions every supplicant speaks
 FRAGMENT_SIZE = 1000
 MAX_TLS_MESSAGE = 64 * 1024  # a TLS message from the peer, reassembled
 MAX_TUNNELS = 4096  # a TLS session in flight holds tens of kilobytes
-KEYING_LABELS = {EAP_TTLS: b"ttls keying material", EAP_PEAP: b"client EAP encryption"}  # the MSK's
+KEYING_LABELS = {EAP_TLS: b"client EAP encryption", EAP_TTLS: b"ttls keying material",
+                 EAP_PEAP: b"client EAP encryption"}  # the MSK's
 
 
 class TLSFlag(IntFlag):
@@ -123,8 +129,9 @@ def encode_avp(code: int, value: bytes, mandatory: bool = True) -> bytes:
             + bytes(-length % 4))
 
 
-def server_context(certificate: Path, private_key: Path) -> SSL.Context:
-    """The TLS server's context; raises OSError or SSL.Error with a reason for the operator."""
+def server_context(certificate: Path, private_key: Path, client_ca: Path | None = None) -> SSL.Context:
+    """The TLS server's context, asking for a client certificate from ``client_ca`` when given
+    (EAP-TLS); raises OSError or SSL.Error with a reason for the operator."""
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
     context.set_min_proto_version(SSL.TLS1_2_VERSION)
     context.set_max_proto_version(SSL.TLS1_2_VERSION)
@@ -135,7 +142,19 @@ def server_context(certificate: Path, private_key: Path) -> SSL.Context:
     context.use_certificate_chain_file(str(certificate))
     context.use_privatekey_file(str(private_key))
     context.check_privatekey()
+    if client_ca is not None:
+        client_ca.stat()
+        context.load_verify_locations(str(client_ca))
+        context.load_client_ca(str(client_ca).encode())
+        # OpenSSL's own chain check, no Python callback (which would need W+X memory for cffi)
+        context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT)
     return context
+
+
+def tunnel_server(certificate: Path, private_key: Path, client_ca: Path | None = None) -> TunnelServer:
+    """A ``TunnelServer`` from the PEM files of ``[radius.eap]``."""
+    client_context = server_context(certificate, private_key, client_ca) if client_ca is not None else None
+    return TunnelServer(server_context(certificate, private_key), client_context)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,17 +196,22 @@ class TunnelStep:
     request: EAPPacket | None = None
     pap: InnerPAP | None = None
     inner: EAPPacket | None = None
+    verified: bool = False  # EAP-TLS: the handshake, client certificate included, is done
 
 
 class TunnelServer:
-    """The tunnels of EAP-TTLS and PEAP under way, by State, and the TLS server they share."""
+    """The TLS conversations under way, by State: EAP-TTLS and PEAP share ``context``, EAP-TLS
+    has ``client_context`` (which asks for the client's certificate), when configured."""
 
-    def __init__(self, context: SSL.Context) -> None:
-        self.context = context
+    def __init__(self, context: SSL.Context, client_context: SSL.Context | None = None) -> None:
+        self.context, self.client_context = context, client_context
         self._tunnels: dict[bytes, Tunnel] = {}
 
     def start(self, method: int, outer_username: str, identifier: int, now: float) -> TunnelStep:
-        connection = SSL.Connection(self.context, None)
+        context = self.client_context if method == EAP_TLS else self.context
+        if context is None:
+            raise TunnelError("EAP-TLS without a client_ca")
+        connection = SSL.Connection(context, None)
         connection.set_accept_state()
         tunnel = Tunnel(method, outer_username, identifier, now + EAP_TIMEOUT_SECONDS, connection)
         return TunnelStep(self._keep(tunnel, now), tunnel_request(method, identifier, TLSFlag.START))
@@ -212,6 +236,8 @@ class TunnelServer:
             return self._send(tunnel, now)  # an acknowledgement
         message, tunnel.incoming, tunnel.expected = bytes(tunnel.incoming), bytearray(), None
         if not message:
+            if tunnel.method == EAP_TLS and self._established(tunnel):
+                return TunnelStep(verified=True)  # the peer acknowledged the server's Finished
             if tunnel.method == EAP_PEAP and tunnel.phase == "handshake" and self._established(tunnel):
                 # PEAP: the peer acknowledged the server's Finished; the server speaks first
                 # inside the tunnel, with an Identity request (header-less, as PEAPv0 has it).
@@ -220,6 +246,8 @@ class TunnelServer:
             raise TunnelError("an empty response with nothing left to send")
         plaintext = self._feed(tunnel, message)
         if plaintext:
+            if tunnel.method == EAP_TLS:
+                raise TunnelError("application data in EAP-TLS")
             if tunnel.method == EAP_TTLS:
                 return TunnelStep(pap=inner_pap(plaintext))
             return TunnelStep(inner=unwrap_peap(plaintext, tunnel.identifier))
@@ -315,6 +343,19 @@ class TunnelServer:
 
     def __len__(self) -> int:
         return len(self._tunnels)
+
+
+def certificate_names(tunnel: Tunnel) -> list[str]:
+    """The names the peer's (verified) certificate carries: its subject's common name, and its
+    DNS and e-mail subjectAltNames."""
+    peer = tunnel.connection.get_peer_certificate(as_cryptography=True)
+    if peer is None:
+        return []
+    names = [str(a.value) for a in peer.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
+    with contextlib.suppress(x509.ExtensionNotFound):
+        alternatives = peer.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names += alternatives.get_values_for_type(x509.DNSName) + alternatives.get_values_for_type(x509.RFC822Name)
+    return names
 
 
 def inner_pap(plaintext: bytes) -> InnerPAP:

@@ -11,7 +11,8 @@ Access-Request (RFC 2865 §4.1), after the transport found the NAS and decoded t
    needs one (RFC 5997 §3) and is answered Access-Accept.
 2. The method, from what the request carries: EAP-Message (EAP-MD5, ``ispd.radius.eap``; and
    EAP-TTLS/PAP and PEAP/MSCHAPv2 in a TLS tunnel, ``ispd.radius.eaptls``, with the login and
-   its credentials inside the tunnel; a Nak moves to the first of ``eap_methods`` it names),
+   its credentials inside the tunnel, and EAP-TLS with a client certificate that must name the
+   login; a Nak moves to the first of ``eap_methods`` it names),
    User-Password (PAP), CHAP-Password (CHAP, RFC 2865 §2.2), MS-CHAP-Challenge with
    MS-CHAP2-Response (MS-CHAPv2) or MS-CHAP-Response (MS-CHAPv1) (RFC 2548). None: reject.
 3. The credentials: the login (User-Name) must name a subscriber or one of its ``username``
@@ -91,6 +92,7 @@ from ispd.radius.eap import (
 from ispd.radius.eaptls import (
     EAP_MSCHAPV2,
     EAP_PEAP,
+    EAP_TLS,
     EAP_TLV,
     EAP_TTLS,
     InnerPAP,
@@ -98,6 +100,7 @@ from ispd.radius.eaptls import (
     TunnelError,
     TunnelServer,
     TunnelStep,
+    certificate_names,
 )
 from ispd.radius.sessions import OpenSessions
 from ispd.store.models import AccountingRecord, AccountingStatus, OverQuota, ReservationKind, SubscriberStatus
@@ -122,8 +125,8 @@ _ADSL_AGENT_REMOTE_ID = 2
 _USER_NAME, _USER_PASSWORD, _CHAP_PASSWORD = int(Attr.USER_NAME), int(Attr.USER_PASSWORD), int(Attr.CHAP_PASSWORD)
 _EAP_MESSAGE, _MESSAGE_AUTHENTICATOR = int(Attr.EAP_MESSAGE), int(Attr.MESSAGE_AUTHENTICATOR)
 _EAP_TYPES = {EAPMethod.MD5: int(EAPType.MD5_CHALLENGE), EAPMethod.TTLS: EAP_TTLS,
-              EAPMethod.PEAP: EAP_PEAP}  # as a Nak names them
-_TUNNEL_METHODS = {EAP_TTLS: "eap-ttls", EAP_PEAP: "peap"}
+              EAPMethod.PEAP: EAP_PEAP, EAPMethod.TLS: EAP_TLS}  # as a Nak names them
+_TUNNEL_METHODS = {EAP_TLS: "eap-tls", EAP_TTLS: "eap-ttls", EAP_PEAP: "peap"}
 # EAP-MSCHAPv2 op codes (draft-kamath-pppext-eap-mschapv2 §2) and PEAP's Result TLV (type 3,
 # mandatory) with its status, success or failure
 _MSCHAPV2_CHALLENGE, _MSCHAPV2_RESPONSE, _MSCHAPV2_SUCCESS = 1, 2, 3
@@ -492,7 +495,11 @@ class AuthEngine:
         identifier = (answered + 1) & 0xFF
         if method != EAPMethod.MD5 and self.tunnels is not None:
             kind = _EAP_TYPES[method]
-            return self._challenge(self.tunnels.start(kind, username, identifier, now), _TUNNEL_METHODS[kind])
+            try:
+                return self._challenge(self.tunnels.start(kind, username, identifier, now), _TUNNEL_METHODS[kind])
+            except TunnelError as exc:  # EAP-TLS asked for in a Nak, and no client CA configured
+                return self._reject(RejectReason.EAP_FAILED, _TUNNEL_METHODS[kind],
+                                    failure=partial(_eap_failure, answered), detail=str(exc))
         state, started = self.conversations.begin(username, identifier, now)
         return self._challenge(TunnelStep(state, md5_challenge_request(identifier, started.challenge)), "eap-md5")
 
@@ -510,6 +517,8 @@ class AuthEngine:
         failure = partial(_eap_failure, eap.identifier)
         try:
             step = self.tunnels.step(tunnel, eap, now)
+            if step.verified:
+                return self._certificate_login(packet, nas, eap, tunnel)
             if step.pap is not None:
                 return self._inner_pap(packet, nas, eap, tunnel, step.pap, now)
             if step.inner is not None:
@@ -517,6 +526,22 @@ class AuthEngine:
         except TunnelError as exc:
             return self._reject(RejectReason.EAP_FAILED, method, failure=failure, detail=str(exc))
         return self._challenge(step, method)
+
+    def _certificate_login(self, packet: Packet, nas: Nas, eap: EAPPacket, tunnel: Tunnel) -> Decision:
+        """EAP-TLS: the client certificate chains to the client CA (OpenSSL checked it in the
+        handshake); it logs in the subscriber its EAP identity names if it carries that name, so
+        that one subscriber's certificate cannot be presented under another's identity."""
+        failure = partial(_eap_failure, eap.identifier)
+        identity = tunnel.outer_username
+        if identity.casefold() not in {name.casefold() for name in certificate_names(tunnel)}:
+            return self._reject(RejectReason.EAP_FAILED, "eap-tls", failure=failure,
+                                detail=f"the client certificate does not name {identity!r}")
+        found = self.directory.logins.get(identity)
+        if found is None:
+            return self._reject(RejectReason.UNKNOWN_USER, "eap-tls", failure=failure)
+        subject, address = found
+        success = self._tunnel_keys(packet, nas, eap, tunnel, identity)
+        return self._authorize(packet, nas, subject, address, "eap-tls", success, failure)
 
     def _tunnel_keys(self, packet: Packet, nas: Nas, eap: EAPPacket, tunnel: Tunnel, username: str) -> bytes:
         """An Access-Accept's EAP-Success, the inner identity (for the NAS's accounting) and the

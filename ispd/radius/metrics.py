@@ -16,7 +16,7 @@ from ispd.radius.engine import Drop, RejectReason
 from ispd.store.models import AccountingOutcome, AccountingStatus
 
 REQUEST_KINDS = ("access", "accounting", "status")
-METHODS = ("pap", "chap", "mschapv1", "mschapv2", "eap-md5", "eap-ttls", "peap")
+METHODS = ("pap", "chap", "mschapv1", "mschapv2", "eap-md5", "eap-ttls", "peap", "eap-tls")
 DROP_REASONS = tuple(str(r) for r in (*DropReason, *Drop))
 
 

@@ -68,7 +68,7 @@ from ispd.radius.codec import Code, Packet, RadiusDecodeError, decode, encode_re
 from ispd.radius.config import RadiusClientConfig, RadiusConfig, SuspendedAction, client_networks
 from ispd.radius.dictionary import Dictionary, DictionaryError, load_dictionary
 from ispd.radius.directory import AuthSubject, Directory
-from ispd.radius.eaptls import TunnelServer, server_context, tls_context_error
+from ispd.radius.eaptls import TunnelServer, tls_context_error, tunnel_server
 from ispd.radius.engine import (
     AccountingEngine,
     AuthEngine,
@@ -265,7 +265,7 @@ class RadiusService(Service):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drop_logged: dict[tuple[str, str], float] = {}
         self._writing = 0  # accounting records handed to the store and not written yet
-        self._rejects_logged: dict[tuple[str, int | None, str], list[Any]] = {}
+        self._rejects_logged: dict[tuple[str, int | None, str, str], list[Any]] = {}
         self._quota_checked: dict[int, float] = {}  # subscriber -> monotonic time of its last check
         self._quota_checking: set[int] = set()
         self._refreshing: dict[int, list[Any]] = {}  # [lock, users]: one refresh of a subscriber at a time
@@ -301,15 +301,14 @@ class RadiusService(Service):
 
     @staticmethod
     async def _tunnel_server(config: RadiusConfig) -> TunnelServer | None:
-        """The TLS server of EAP-TTLS and PEAP, when ``[radius.eap]`` names a certificate."""
+        """The TLS server of EAP-TTLS, PEAP and EAP-TLS, when ``[radius.eap]`` names a certificate."""
         eap = config.eap
         if eap.certificate is None or eap.private_key is None:
             return None
         try:
-            context = await asyncio.to_thread(server_context, eap.certificate, eap.private_key)
+            return await asyncio.to_thread(tunnel_server, eap.certificate, eap.private_key, eap.client_ca)
         except (OSError, SSL.Error) as exc:
             raise ServiceStartError(f"radius: eap: {tls_context_error(exc)}") from None
-        return TunnelServer(context)
 
     async def _load_dictionary(self, config: RadiusConfig) -> Dictionary:
         try:
@@ -404,7 +403,7 @@ class RadiusService(Service):
         if tunnels is None or self.auth.tunnels is None:
             self.auth.tunnels = tunnels
         else:  # tunnels under way finish with the certificate they started with
-            self.auth.tunnels.context = tunnels.context
+            self.auth.tunnels.context, self.auth.tunnels.client_context = tunnels.context, tunnels.client_context
         self.auth.eap_methods = new.radius.eap.offered
         if old.radius.address_pool != new.radius.address_pool:
             try:
@@ -443,9 +442,9 @@ class RadiusService(Service):
 
     def _log_reject(self, decision: Decision, nas: Nas, now: float) -> None:
         """An Access-Reject in the log (the operator's trail of failed logins), at most one line
-        a minute per NAS, subscriber and reason, with how many there were: a password-guessing
-        flood must not flood the log too."""
-        key = (nas.name, decision.subscriber_id, str(decision.reject))
+        a minute per NAS, subscriber, reason and method, with how many there were: a
+        password-guessing flood must not flood the log too."""
+        key = (nas.name, decision.subscriber_id, str(decision.reject), decision.method)
         entry = self._rejects_logged.get(key)
         if entry is not None and now - entry[0] < DROP_LOG_INTERVAL_SECONDS:
             entry[1] += 1
@@ -1237,7 +1236,7 @@ def check_files(config: RadiusConfig) -> list[str]:
     eap = config.eap
     if eap.certificate is not None and eap.private_key is not None:
         try:
-            server_context(eap.certificate, eap.private_key)
+            tunnel_server(eap.certificate, eap.private_key, eap.client_ca)
         except (OSError, SSL.Error) as exc:
             problems.append(f"eap: {tls_context_error(exc)}")
     return problems

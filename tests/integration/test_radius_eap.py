@@ -1,6 +1,7 @@
-"""The Wi-Fi EAP methods end to end: ispd as a process with a certificate in [radius.eap], and
-wpa_supplicant's eapol_test as station and access point doing EAP-TTLS/PAP and PEAP/MSCHAPv2,
-checking ispd's certificate against the test CA and the MPPE keys against its own."""
+"""The Wi-Fi EAP methods end to end: ispd as a process with a certificate and a client CA in
+[radius.eap], and wpa_supplicant's eapol_test as station and access point doing EAP-TTLS/PAP,
+PEAP/MSCHAPv2 and EAP-TLS, checking ispd's certificate against the test CA and the MPPE keys
+against its own."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from ispd.radius.codec import Attr, Code, decode, encode_attributes, encode_request
 from tests.lab.certs import Certificates, issue
@@ -24,9 +26,18 @@ SECRET = "testing123"
 
 
 class Wifi:
-    def __init__(self, ispd: IspdProcess, certificates: Certificates) -> None:
-        self.ispd, self.certificates = ispd, certificates
+    def __init__(self, ispd: IspdProcess, certificates: Certificates, clients: trustme.CA, workdir: Path) -> None:
+        self.ispd, self.certificates, self.clients, self.workdir = ispd, certificates, clients, workdir
         self.auth = ispd.config["radius"]["listen_auth"][0]
+
+    def tls(self, identity: str, certificate_names: tuple[str, ...], issuer: trustme.CA | None = None) -> Any:
+        """EAP-TLS with a client certificate for ``certificate_names`` (the first its CN)."""
+        leaf = (issuer or self.clients).issue_cert(*certificate_names, common_name=certificate_names[0])
+        cert, key = self.workdir / f"{identity}-{len(certificate_names)}.crt", self.workdir / f"{identity}.key"
+        leaf.cert_chain_pems[0].write_to_path(str(cert))
+        leaf.private_key_pem.write_to_path(str(key))
+        return eapol_test(self.auth, SECRET, method="TLS", identity=identity, ca_cert=self.certificates.ca,
+                          client_cert=cert, private_key=key)
 
     def ttls(self, identity: str, password: str, **options: Any) -> Any:
         return eapol_test(self.auth, SECRET, method="TTLS", identity=identity, password=password,
@@ -37,13 +48,16 @@ class Wifi:
                           ca_cert=self.certificates.ca, phase2="auth=MSCHAPV2", **options)
 
 
-def eap_config(workdir: Path, certificates: Certificates, **eap: Any) -> dict[str, Any]:
+def eap_config(workdir: Path, certificates: Certificates, client_ca: Path | None = None,
+               **eap: Any) -> dict[str, Any]:
     section = {
         "enabled": True, "listen_auth": [f"127.0.0.1:{free_udp_port()}"],
         "listen_acct": [f"127.0.0.1:{free_udp_port()}"], "reject_delay_seconds": 0,
         "client": [{"name": "ap", "address": "127.0.0.0/8", "secret": SECRET, "kind": "mikrotik"}],
         "eap": {"certificate": str(certificates.certificate), "private_key": str(certificates.private_key), **eap},
     }
+    if client_ca is not None:
+        section["eap"]["client_ca"] = str(client_ca)
     return base_config(workdir, radius=section)
 
 
@@ -52,7 +66,9 @@ def wifi(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wifi]:
     require_eapol_test()
     workdir = tmp_path_factory.mktemp("eap")
     certificates = issue(workdir / "tls", "radius.isp.test")
-    with IspdProcess(workdir, eap_config(workdir, certificates)) as ispd:
+    clients = trustme.CA()  # the CA of the subscribers' devices, for EAP-TLS
+    clients.cert_pem.write_to_path(str(workdir / "clients-ca.pem"))
+    with IspdProcess(workdir, eap_config(workdir, certificates, workdir / "clients-ca.pem")) as ispd:
         ispd.start()
         ispd.cli("plan", "add", "home", "--download-kbps", "100000", "--upload-kbps", "20000",
                  "--credential-policy", "nt-hash")
@@ -60,7 +76,7 @@ def wifi(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wifi]:
         ispd.cli("subscriber", "add", "alice", "--plan", "home", "--password-stdin", input="alice-pw\n")
         ispd.cli("subscriber", "add", "carol", "--plan", "secure", "--password-stdin", input="carol-pw\n")
         ispd.cli("subscriber", "add", "dave", "--plan", "home", "--password-stdin", input="dave-pw\n")
-        service = Wifi(ispd, certificates)
+        service = Wifi(ispd, certificates, clients, workdir)
         eventually(lambda: radtest("alice", "alice-pw", service.auth, SECRET).code == "Access-Accept", timeout=10)
         yield service
 
@@ -107,6 +123,25 @@ def test_peap_rejects_a_wrong_password_and_a_verifier_only_subscriber(wifi: Wifi
     assert {"wrong_password", "no_password_form"} <= {e["reason"] for e in events}
 
 
+def test_eap_tls_logs_in_the_subscriber_its_certificate_names(wifi: Wifi) -> None:
+    result = wifi.tls("dave", ("dave",))
+    assert result.success and result.mppe_keys_ok, result.output[-3000:]
+    assert result.methods == ["MD5", "TLS"]
+    assert result.accept["User-Name"] == ["dave"]
+    assert wifi.tls("alice", ("alice.devices.isp.test", "alice")).success  # a subjectAltName names it
+
+
+def test_eap_tls_refuses_another_subscribers_certificate_and_a_foreign_ca(wifi: Wifi) -> None:
+    assert not wifi.tls("alice", ("dave",)).success  # dave's certificate, presented as alice
+    assert not wifi.tls("alice", ("alice",), issuer=trustme.CA()).success  # not from the clients' CA
+    assert not wifi.tls("mallory", ("mallory",)).success  # a good certificate, no such subscriber
+    # the first of these rejects is logged with why (the next of the same reason within a minute
+    # only counted)
+    details = [e.get("detail") or "" for e in wifi.ispd.log_events("radius.access.rejected")
+               if e["method"] == "eap-tls"]
+    assert any("does not name 'alice'" in d for d in details)
+
+
 def test_a_station_that_distrusts_the_certificate_gets_nowhere(wifi: Wifi, tmp_path: Path) -> None:
     stranger = issue(tmp_path, "other.test")  # another CA: the station must refuse ispd's certificate
     result = eapol_test(wifi.auth, SECRET, method="TTLS", identity="alice", password="alice-pw",
@@ -126,6 +161,7 @@ def test_garbage_inside_a_tunnel_ends_that_conversation_not_the_server(wifi: Wif
     """An EAP-Response/TTLS with junk for TLS records under a live State: EAP-Failure, and the
     next station still authenticates."""
     host, port = wifi.auth.rsplit(":", 1)
+    failed_before = wifi.ispd.metric_value("ispd_radius_rejects_total", {"reason": "eap_failed"}) or 0
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(3)
 
@@ -147,8 +183,8 @@ def test_garbage_inside_a_tunnel_ends_that_conversation_not_the_server(wifi: Wif
         failure = exchange(junk, nak.get(Attr.STATE))
         assert failure.code == Code.ACCESS_REJECT
         assert failure.get(Attr.EAP_MESSAGE)[0] == 4  # EAP-Failure
+    assert wifi.ispd.metric_value("ispd_radius_rejects_total", {"reason": "eap_failed"}) == failed_before + 1
     assert wifi.ttls("alice", "alice-pw").success
-    assert any("TLS" in (e.get("detail") or "") for e in wifi.ispd.log_events("radius.access.rejected"))
 
 
 def test_check_config_and_start_refuse_a_missing_certificate(tmp_path: Path) -> None:

@@ -37,15 +37,17 @@ def require_eapol_test() -> None:
         pytest.skip("eapol_test not installed (tools/setup --test installs eapoltest)")
 
 
-def eapol_test(server: str, secret: str, *, method: str, identity: str, password: str, ca_cert: Path,
-               anonymous_identity: str | None = None, phase2: str | None = None, timeout: float = 10) -> EapolResult:
+def eapol_test(server: str, secret: str, *, method: str, identity: str, ca_cert: Path, password: str | None = None,
+               anonymous_identity: str | None = None, phase2: str | None = None,
+               client_cert: Path | None = None, private_key: Path | None = None, timeout: float = 10) -> EapolResult:
+    """One authentication; EAP-TLS takes ``client_cert`` and ``private_key`` instead of a password."""
     host, port = server.rsplit(":", 1)
     lines = ["network={", "    key_mgmt=WPA-EAP", f"    eap={method}", f'    identity="{identity}"',
-             f'    password="{password}"', f'    ca_cert="{ca_cert}"']
-    if anonymous_identity is not None:
-        lines.append(f'    anonymous_identity="{anonymous_identity}"')
-    if phase2 is not None:
-        lines.append(f'    phase2="{phase2}"')
+             f'    ca_cert="{ca_cert}"']
+    for key, value in (("password", password), ("anonymous_identity", anonymous_identity), ("phase2", phase2),
+                       ("client_cert", client_cert), ("private_key", private_key)):
+        if value is not None:
+            lines.append(f'    {key}="{value}"')
     with tempfile.NamedTemporaryFile("w", suffix=".conf") as conf:
         conf.write("\n".join([*lines, "}", ""]))
         conf.flush()
@@ -80,5 +82,5 @@ def parse(output: str) -> EapolResult:
             in_accept = False
     return EapolResult(success=bool(lines) and lines[-1].strip() == "SUCCESS",
                        mppe_keys_ok="MPPE keys OK: 1  mismatch: 0" in output,
-                       methods=[{"4": "MD5", "21": "TTLS", "25": "PEAP"}.get(m, m) for m in methods],
+                       methods=[{"4": "MD5", "13": "TLS", "21": "TTLS", "25": "PEAP"}.get(m, m) for m in methods],
                        accept=accept, output=output)

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from ispd.radius.eap import EAPCode, EAPPacket, EAPType, decode_eap, encode_eap
 from ispd.radius.eaptls import (
     EAP_PEAP,
+    EAP_TLS,
     EAP_TLV,
     EAP_TTLS,
     FRAGMENT_SIZE,
@@ -25,11 +26,13 @@ from ispd.radius.eaptls import (
     TunnelError,
     TunnelServer,
     TunnelStep,
+    certificate_names,
     decode_avps,
     decode_tls_payload,
     encode_avp,
     server_context,
     tunnel_request,
+    tunnel_server,
     unwrap_peap,
     wrap_peap,
 )
@@ -63,8 +66,11 @@ class Station:
     fragments of at most ``fragment`` octets, driving a ``TunnelServer``."""
 
     def __init__(self, server: TunnelServer, certificates: Certificates, method: int = EAP_TTLS,
-                 fragment: int = 1400) -> None:
+                 fragment: int = 1400, client: trustme.LeafCert | None = None) -> None:
         context = ssl.create_default_context(cafile=str(certificates.ca))
+        if client is not None:
+            client.private_key_and_cert_chain_pem.write_to_path(str(certificates.ca.with_name("client.pem")))
+            context.load_cert_chain(str(certificates.ca.with_name("client.pem")))
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname="radius.isp.test")
         self.server, self.method, self.fragment = server, method, fragment
@@ -196,6 +202,29 @@ def test_peap_speaks_first_inside_the_tunnel(server: TunnelServer, certificates:
     assert step.inner is not None
     assert (step.inner.type, step.inner.data) == (EAPType.IDENTITY, b"carol")
     assert step.request is None
+
+
+def test_eap_tls_verifies_the_client_certificate(certificates: Certificates) -> None:
+    clients = trustme.CA()
+    clients.cert_pem.write_to_path(str(certificates.ca.with_name("clients-ca.pem")))
+    server = tunnel_server(certificates.certificate, certificates.private_key, certificates.ca.with_name("clients-ca.pem"))
+    leaf = clients.issue_cert("alice.devices.isp.test", "alice@isp.test", common_name="alice")
+    station = Station(server, certificates, EAP_TLS, client=leaf)
+    station.handshake()
+    step = station.respond(b"\x00")  # the peer acknowledges the server's Finished
+    assert step.verified and step.request is None
+    assert station.tunnel is not None
+    assert sorted(certificate_names(station.tunnel)) == ["alice", "alice.devices.isp.test", "alice@isp.test"]
+    assert station.tunnel.msk == station.tunnel.connection.export_keying_material(b"client EAP encryption", 64)
+    for stranger in (None, trustme.CA().issue_cert("alice")):  # no certificate; one from another CA
+        station = Station(server, certificates, EAP_TLS, client=stranger)
+        with pytest.raises(TunnelError, match="TLS"):
+            station.handshake()
+
+
+def test_eap_tls_needs_a_client_ca(server: TunnelServer) -> None:
+    with pytest.raises(TunnelError):
+        server.start(EAP_TLS, "alice", 1, NOW)
 
 
 def test_fragments_that_do_not_add_up_end_the_tunnel(server: TunnelServer) -> None:
