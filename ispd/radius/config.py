@@ -210,6 +210,9 @@ class EAPConfig(Section):
             raise ValueError("client_ca (EAP-TLS) needs the server's `certificate` and `private_key` too")
         if len(set(self.methods)) != len(self.methods):
             raise ValueError("methods: a method is listed twice")
+        if not self.offered:
+            raise ValueError("methods: none can be offered (ttls and peap need `certificate` and `private_key`, "
+                             "tls also `client_ca`)")
         return self
 
     @property

@@ -26,11 +26,13 @@ the client's certificate, which OpenSSL checks against the configured client CA 
    MS-MPPE-Send-Key (RFC 2548, as RFC 3580 §3.16 has it), from which the access point and the
    station derive their keys.
 
-Every tunnel is used under one State for one round trip, then kept under a new one; tunnels
-expire after ``EAP_TIMEOUT_SECONDS`` and are at most ``MAX_TUNNELS`` (the oldest go first). A
-TLS message longer than ``MAX_TLS_MESSAGE``, fragments whose lengths do not add up, an AVP that
-runs past its message or a TLS error raise ``TunnelError``: the conversation ends with
-EAP-Failure. TLS session resumption is off: every conversation makes a full handshake.
+Every tunnel is used under one State for one round trip, then kept under a new one; each round
+trip may take ``EAP_TIMEOUT_SECONDS`` (the Access-Challenge's Session-Timeout), a conversation at
+most ``MAX_ROUNDS`` of them, and there are at most ``MAX_TUNNELS`` (the oldest go first). A TLS
+message longer than ``MAX_TLS_MESSAGE``, fragments whose lengths do not add up, an AVP that runs
+past its message (or a mandatory one ispd does not know), too many round trips or a TLS error
+raise ``TunnelError``: the conversation ends with EAP-Failure. TLS session resumption is off:
+every conversation makes a full handshake.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from enum import IntEnum, IntFlag
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from OpenSSL import SSL
 
 from ispd.radius.eap import EAP_TIMEOUT_SECONDS, EAPCode, EAPPacket, EAPType, decode_eap, encode_eap
@@ -56,8 +60,13 @@ TUNNEL_VERSION = 0  # TTLSv0 and PEAPv0, the versions every supplicant speaks
 # TLS octets per EAP-Request: with the EAP and TTLS headers the packet stays within the
 # 1 020-octet EAP-Message budget that NASes and supplicants assume (FreeRADIUS: fragment_size 1024).
 FRAGMENT_SIZE = 1000
-MAX_TLS_MESSAGE = 64 * 1024  # a TLS message from the peer, reassembled
+# A TLS message from the peer, reassembled: EAP-TLS's carries the client's certificate chain;
+# TTLS's and PEAP's are a ClientHello or a few hundred octets.
+MAX_TLS_MESSAGE = {EAP_TLS: 64 * 1024, EAP_TTLS: 16 * 1024, EAP_PEAP: 16 * 1024}
 MAX_TUNNELS = 4096  # a TLS session in flight holds tens of kilobytes
+# Round trips of one conversation, at most (hostapd's EAP_MAX_AUTH_ROUNDS): each may take up to
+# EAP_TIMEOUT_SECONDS, as the Access-Challenge's Session-Timeout tells the NAS.
+MAX_ROUNDS = 50
 KEYING_LABELS = {EAP_TLS: b"client EAP encryption", EAP_TTLS: b"ttls keying material",
                  EAP_PEAP: b"client EAP encryption"}  # the MSK's
 
@@ -104,9 +113,10 @@ def tunnel_request(method: int, identifier: int, flags: int = 0, data: bytes = b
     return EAPPacket(EAPCode.REQUEST, identifier, method, head + data)
 
 
-def decode_avps(data: bytes) -> dict[int, bytes]:
+def decode_avps(data: bytes, known: frozenset[int] = frozenset()) -> dict[int, bytes]:
     """The AVPs of vendor 0 by code (the first of each), RFC 5281 §10.1: Code(4) Flags(1)
-    Length(3) [Vendor-ID(4)] Data, padded to four octets. Vendor AVPs are skipped."""
+    Length(3) [Vendor-ID(4)] Data, padded to four octets. An AVP outside ``known`` (vendor AVPs
+    included) is skipped, unless its M bit says it must be understood (RFC 5281 §10.2)."""
     avps: dict[int, bytes] = {}
     at = 0
     while at < len(data):
@@ -117,8 +127,10 @@ def decode_avps(data: bytes) -> dict[int, bytes]:
         header = 12 if flags & 0x80 else 8
         if length < header or at + length > len(data):
             raise TunnelError("an AVP length that does not fit its message")
-        if not flags & 0x80:
+        if not flags & 0x80 and code in known:
             avps.setdefault(code, data[at + header:at + length])
+        elif flags & 0x40:
+            raise TunnelError(f"a mandatory AVP ispd does not know (code {code})")
         at += length + (-length % 4)
     return avps
 
@@ -140,7 +152,19 @@ def server_context(certificate: Path, private_key: Path, client_ca: Path | None 
     for path in (certificate, private_key):
         path.stat()  # a missing file as OSError with its name, not as OpenSSL's bare "no such file"
     context.use_certificate_chain_file(str(certificate))
-    context.use_privatekey_file(str(private_key))
+    # Read here, not by OpenSSL: for an encrypted key OpenSSL would ask for the passphrase on
+    # the terminal (and a password callback is a cffi callback, which MemoryDenyWriteExecute
+    # forbids).
+    try:
+        key = serialization.load_pem_private_key(private_key.read_bytes(), password=None)
+    except TypeError:
+        raise SSL.Error([("", "", f"{private_key}: the private key is encrypted; give it without a passphrase")]) \
+            from None
+    except ValueError as exc:
+        raise SSL.Error([("", "", f"{private_key}: not a PEM private key ({exc})")]) from None
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey):
+        raise SSL.Error([("", "", f"{private_key}: a kind of key a TLS server cannot use")])
+    context.use_privatekey(key)
     context.check_privatekey()
     if client_ca is not None:
         client_ca.stat()
@@ -175,10 +199,13 @@ class Tunnel:
     incoming: bytearray = field(default_factory=bytearray)
     expected: int | None = None  # the announced length of the message being reassembled
     outgoing: bytes = b""  # TLS octets not sent yet
-    # PEAP's inner conversation, kept by the engine: where it is, whom it is with, its challenge
-    phase: str = "handshake"
+    rounds: int = 0  # EAP-Requests sent
+    # "start" until the peer sends TLS (a Nak is welcome only before), "handshake", then PEAP's
+    # inner conversation, kept by the engine: where it is, whom it is with, its challenge
+    phase: str = "start"
     inner_username: str = ""
     challenge: bytes = b""
+    challenge_id: int = 0
 
     @property
     def msk(self) -> bytes:
@@ -227,6 +254,8 @@ class TunnelServer:
         if response.identifier != tunnel.identifier or response.type != tunnel.method:
             raise TunnelError("an EAP response that answers no request sent")
         fragment = decode_tls_payload(response.data)
+        if tunnel.phase == "start":
+            tunnel.phase = "handshake"
         if tunnel.outgoing:
             if fragment.data:
                 raise TunnelError("TLS data while the server's message was still being sent")
@@ -274,13 +303,14 @@ class TunnelServer:
             if tunnel.incoming or tunnel.expected is not None:
                 if fragment.total != tunnel.expected:
                     raise TunnelError("a TLS message length that changed between fragments")
-            elif fragment.total > MAX_TLS_MESSAGE:
-                raise TunnelError(f"a TLS message of {fragment.total} octets (at most {MAX_TLS_MESSAGE})")
+            elif fragment.total > MAX_TLS_MESSAGE[tunnel.method]:
+                raise TunnelError(f"a TLS message of {fragment.total} octets (at most "
+                                  f"{MAX_TLS_MESSAGE[tunnel.method]})")
             tunnel.expected = fragment.total
         elif fragment.flags & TLSFlag.MORE and tunnel.expected is None:
             raise TunnelError("a first fragment without the message's length")
         tunnel.incoming += fragment.data
-        if len(tunnel.incoming) > (tunnel.expected if tunnel.expected is not None else MAX_TLS_MESSAGE):
+        if len(tunnel.incoming) > (tunnel.expected if tunnel.expected is not None else MAX_TLS_MESSAGE[tunnel.method]):
             raise TunnelError("more TLS data than the message's length")
         complete = not fragment.flags & TLSFlag.MORE
         if complete and tunnel.expected is not None and len(tunnel.incoming) != tunnel.expected:
@@ -326,7 +356,18 @@ class TunnelServer:
         tunnel.identifier = (tunnel.identifier + 1) & 0xFF
         return TunnelStep(self._keep(tunnel, now), tunnel_request(tunnel.method, tunnel.identifier, flags, data, total))
 
+    def restore(self, state: bytes, tunnel: Tunnel, now: float) -> None:
+        """Put ``tunnel`` back under ``state``: the response it took must be answered again (it
+        was dropped before any answer, and the NAS will send it again)."""
+        tunnel.expires_at = now + EAP_TIMEOUT_SECONDS
+        self._tunnels[state] = tunnel
+
     def _keep(self, tunnel: Tunnel, now: float) -> bytes:
+        """A new State for ``tunnel``, which waits at most EAP_TIMEOUT_SECONDS for the answer."""
+        tunnel.rounds += 1
+        if tunnel.rounds > MAX_ROUNDS:
+            raise TunnelError(f"more than {MAX_ROUNDS} round trips")
+        tunnel.expires_at = now + EAP_TIMEOUT_SECONDS
         tunnels = self._tunnels
         if len(tunnels) >= MAX_TUNNELS:
             self.expire(now)
@@ -351,20 +392,35 @@ def certificate_names(tunnel: Tunnel) -> list[str]:
     peer = tunnel.connection.get_peer_certificate(as_cryptography=True)
     if peer is None:
         return []
-    names = [str(a.value) for a in peer.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
-    with contextlib.suppress(x509.ExtensionNotFound):
-        alternatives = peer.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        names += alternatives.get_values_for_type(x509.DNSName) + alternatives.get_values_for_type(x509.RFC822Name)
+    try:
+        names = [str(a.value) for a in peer.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
+        with contextlib.suppress(x509.ExtensionNotFound):
+            alternatives = peer.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            names += alternatives.get_values_for_type(x509.DNSName) + alternatives.get_values_for_type(x509.RFC822Name)
+    except ValueError:  # an extension OpenSSL let through and cryptography cannot read: no names
+        return []
     return names
 
 
 def inner_pap(plaintext: bytes) -> InnerPAP:
     """TTLS's phase 2: the User-Name and User-Password AVPs (the password padded with NULs)."""
-    avps = decode_avps(plaintext)
+    avps = decode_avps(plaintext, frozenset((AVPCode.USER_NAME, AVPCode.USER_PASSWORD)))
     name, password = avps.get(AVPCode.USER_NAME), avps.get(AVPCode.USER_PASSWORD)
     if name is None or password is None:
         raise TunnelError("no User-Name and User-Password inside the tunnel (only PAP is offered there)")
     return InnerPAP(name.decode("utf-8", "replace"), password.rstrip(b"\0"))
+
+
+def result_tlv(data: bytes) -> int | None:
+    """The status of the Result TLV (type 3: 1 success, 2 failure) among an EAP-TLV's TLVs, each
+    Type(2: M and R bits, then the type) Length(2) Value."""
+    at = 0
+    while at + 4 <= len(data):
+        kind, length = int.from_bytes(data[at:at + 2], "big") & 0x3FFF, int.from_bytes(data[at + 2:at + 4], "big")
+        if kind == 3 and length == 2 and at + 6 <= len(data):
+            return int.from_bytes(data[at + 4:at + 6], "big")
+        at += 4 + length
+    return None
 
 
 def wrap_peap(packet: EAPPacket) -> bytes:

@@ -78,6 +78,7 @@ from ispd.radius.config import EAPMethod, MessageAuthenticatorPolicy, NasKind, S
 from ispd.radius.dictionary import Dictionary
 from ispd.radius.directory import AuthSubject, Directory
 from ispd.radius.eap import (
+    Conversation,
     EAPCode,
     EAPConversations,
     EAPPacket,
@@ -101,6 +102,7 @@ from ispd.radius.eaptls import (
     TunnelServer,
     TunnelStep,
     certificate_names,
+    result_tlv,
 )
 from ispd.radius.sessions import OpenSessions
 from ispd.store.models import AccountingRecord, AccountingStatus, OverQuota, ReservationKind, SubscriberStatus
@@ -130,7 +132,7 @@ _TUNNEL_METHODS = {EAP_TLS: "eap-tls", EAP_TTLS: "eap-ttls", EAP_PEAP: "peap"}
 # EAP-MSCHAPv2 op codes (draft-kamath-pppext-eap-mschapv2 §2) and PEAP's Result TLV (type 3,
 # mandatory) with its status, success or failure
 _MSCHAPV2_CHALLENGE, _MSCHAPV2_RESPONSE, _MSCHAPV2_SUCCESS = 1, 2, 3
-_RESULT_TLV_SUCCESS = b"\x80\x03\x00\x02\x00\x01"
+_RESULT_TLV_SUCCESS = b"\x80\x03\x00\x02\x00\x01"  # mandatory, Result, length 2, Success
 _PROXY_STATE, _VENDOR_SPECIFIC = int(Attr.PROXY_STATE), int(Attr.VENDOR_SPECIFIC)
 _ACCESS_REQUEST, _STATUS_SERVER = int(Code.ACCESS_REQUEST), int(Code.STATUS_SERVER)
 _ACCESS_ACCEPT, _ACCESS_REJECT = int(Code.ACCESS_ACCEPT), int(Code.ACCESS_REJECT)
@@ -231,6 +233,9 @@ class PendingCheck:
     method: str = "pap"
     method_attributes: bytes = b""
     failure: Callable[[], bytes] | None = None
+    # When the check cannot even start (too many at once) and the request is dropped for the NAS
+    # to send again: puts back what answering it needs (the EAP-TTLS tunnel under its State).
+    restore: Callable[[], None] | None = None
 
 
 @dataclass(slots=True)
@@ -246,6 +251,7 @@ class PendingClaim:
     method_attributes: bytes
     hw_address: str | None
     line: str | None
+    failure: Callable[[], bytes] | None = None  # what a reject carries (EAP-Failure, MS-CHAP-Error)
 
 
 @dataclass(slots=True)
@@ -467,14 +473,7 @@ class AuthEngine:
             return self._tunnel(packet, nas, eap, tunnel, now)
         conversation = self.conversations.take(state, now)
         if eap.type == EAPType.NAK:
-            # The peer wants another method (RFC 3748 §5.3.1): the first of ours it names.
-            started = conversation is not None or (self.tunnels is not None
-                                                   and self.tunnels.take(state, now) is not None)
-            wanted = next((m for m in self.eap_methods if _EAP_TYPES[m] in eap.data), None)
-            if not started or wanted is None:
-                return self._reject(RejectReason.EAP_FAILED, "eap-md5", failure=failure,
-                                    detail=f"a Nak for types {list(eap.data[:8])}: none offered here")
-            return self._eap_offer(wanted, username, eap.identifier, now)
+            return self._nak(eap, username, state, conversation, now)
         response = md5_response_value(eap)
         if conversation is None or response is None or conversation.username != username:
             return self._reject(RejectReason.EAP_FAILED, "eap-md5", failure=failure)
@@ -489,6 +488,29 @@ class AuthEngine:
             return self._reject(RejectReason.WRONG_PASSWORD, "eap-md5", subject, failure)
         success = _encode((Attr.EAP_MESSAGE, encode_eap(EAPPacket(EAPCode.SUCCESS, eap.identifier))))
         return self._authorize(packet, nas, subject, address, "eap-md5", success, failure)
+
+    def _nak(self, eap: EAPPacket, username: str, state: bytes, conversation: Conversation | None,
+             now: float) -> Decision:
+        """The peer wants another method (RFC 3748 §5.3.1): the first of ours it names, but only
+        in answer to the request that proposed the current one (an MD5 challenge, a Start)."""
+        failure = partial(_eap_failure, eap.identifier)
+        current = None
+        if conversation is not None:
+            if conversation.username == username and conversation.identifier == eap.identifier:
+                current = int(EAPType.MD5_CHALLENGE)
+        elif self.tunnels is not None:
+            tunnel = self.tunnels.take(state, now)
+            if (tunnel is not None and tunnel.outer_username == username and tunnel.identifier == eap.identifier
+                    and tunnel.phase == "start"):
+                current = tunnel.method
+        if current is None:
+            return self._reject(RejectReason.EAP_FAILED, "eap-md5", failure=failure,
+                                detail="a Nak that answers no method proposal")
+        wanted = next((m for m in self.eap_methods if _EAP_TYPES[m] in eap.data and _EAP_TYPES[m] != current), None)
+        if wanted is None:
+            return self._reject(RejectReason.EAP_FAILED, "eap-md5", failure=failure,
+                                detail=f"a Nak for types {list(eap.data[:8])}: none offered here")
+        return self._eap_offer(wanted, username, eap.identifier, now)
 
     def _eap_offer(self, method: EAPMethod, username: str, answered: int, now: float) -> Decision:
         """An Access-Challenge that starts ``method``: the EAP-Request after the response ``answered``."""
@@ -520,7 +542,7 @@ class AuthEngine:
             if step.verified:
                 return self._certificate_login(packet, nas, eap, tunnel)
             if step.pap is not None:
-                return self._inner_pap(packet, nas, eap, tunnel, step.pap, now)
+                return self._inner_pap(packet, nas, eap, tunnel, step.pap, packet.get(Attr.STATE) or b"", now)
             if step.inner is not None:
                 return self._inner_peap(packet, nas, eap, tunnel, step.inner, now)
         except TunnelError as exc:
@@ -549,7 +571,7 @@ class AuthEngine:
         msk, hide_key = tunnel.msk, mschap.encrypt_mppe_key  # salted with the request's authenticator
         return _encode(
             (Attr.EAP_MESSAGE, encode_eap(EAPPacket(EAPCode.SUCCESS, eap.identifier))),
-            (Attr.USER_NAME, username.encode("utf-8")[:MAX_ATTRIBUTE_VALUE]),
+            (Attr.USER_NAME, username.encode("utf-8")[:MAX_ATTRIBUTE_VALUE].decode("utf-8", "ignore").encode("utf-8")),
             vendor_specific(Vendor.MICROSOFT, _MS_MPPE_RECV_KEY, hide_key(msk[:32], nas.secret, packet.authenticator)),
             vendor_specific(Vendor.MICROSOFT, _MS_MPPE_SEND_KEY, hide_key(msk[32:], nas.secret, packet.authenticator)),
         )
@@ -560,7 +582,7 @@ class AuthEngine:
         and response, its success, then the Result TLV that the peer must confirm."""
         assert self.tunnels is not None
         failure = partial(_eap_failure, eap.identifier)
-        ident = tunnel.identifier  # the inner packets' identifier: the outer one's, as peers expect
+        ident = tunnel.identifier  # for the MS-CHAPv2-ID and EAP-TLV's header: any value serves
         opcode = inner.data[0] if inner.type == EAP_MSCHAPV2 and inner.data else None
 
         def send(kind: int, body: bytes, phase: str) -> Decision:
@@ -571,11 +593,12 @@ class AuthEngine:
 
         if tunnel.phase == "identity" and inner.type == EAPType.IDENTITY:
             tunnel.inner_username = inner.data.decode("utf-8", "replace")
-            tunnel.challenge, name = os.urandom(16), b"ispd"
+            tunnel.challenge, tunnel.challenge_id, name = os.urandom(16), ident, b"ispd"
             # OpCode, MS-CHAPv2-ID, MS-Length (from OpCode on), Value-Size, Challenge, Name
             return send(EAP_MSCHAPV2, bytes((_MSCHAPV2_CHALLENGE, ident)) + (21 + len(name)).to_bytes(2, "big")
                         + b"\x10" + tunnel.challenge + name, "challenge")
-        if tunnel.phase == "challenge" and opcode == _MSCHAPV2_RESPONSE:
+        answers_challenge = inner.data[1:2] == bytes((tunnel.challenge_id,))  # the MS-CHAPv2-ID sent
+        if tunnel.phase == "challenge" and opcode == _MSCHAPV2_RESPONSE and answers_challenge:
             found = self.directory.logins.get(tunnel.inner_username)
             if found is None:
                 return self._reject(RejectReason.UNKNOWN_USER, "peap", failure=failure)
@@ -595,7 +618,7 @@ class AuthEngine:
                         + message, "success")
         if tunnel.phase == "success" and opcode == _MSCHAPV2_SUCCESS:
             return send(EAP_TLV, _RESULT_TLV_SUCCESS, "result")
-        if tunnel.phase == "result" and inner.type == EAP_TLV and inner.data == _RESULT_TLV_SUCCESS:
+        if tunnel.phase == "result" and inner.type == EAP_TLV and result_tlv(inner.data) == 1:
             found = self.directory.logins.get(tunnel.inner_username)  # as it is now
             if found is None:
                 return self._reject(RejectReason.UNKNOWN_USER, "peap", failure=failure)
@@ -606,7 +629,7 @@ class AuthEngine:
                             detail=f"inner EAP type {inner.type} out of turn ({tunnel.phase})")
 
     def _inner_pap(self, packet: Packet, nas: Nas, eap: EAPPacket, tunnel: Tunnel, inner: InnerPAP,
-                   now: float) -> Decision:
+                   eap_state: bytes, now: float) -> Decision:
         """PAP through a TTLS tunnel: the inner User-Name names the subscriber (the outer one may
         be anonymous), and the password is checked as PAP's is."""
         failure = partial(_eap_failure, eap.identifier)
@@ -619,8 +642,10 @@ class AuthEngine:
         if verdict is None:
             verifier = subject.credentials.verifier
             assert verifier is not None  # check_fast answers False when there is no verifier
+            assert self.tunnels is not None
+            restore = partial(self.tunnels.restore, eap_state, tunnel, now)
             return Decision(method="eap-ttls", subscriber_id=subject.id, pending=PendingCheck(
-                subject, address, inner.password, verifier, "eap-ttls", success, failure))
+                subject, address, inner.password, verifier, "eap-ttls", success, failure, restore))
         if not verdict:
             return self._reject(RejectReason.WRONG_PASSWORD, "eap-ttls", subject, failure)
         return self._authorize(packet, nas, subject, address, "eap-ttls", success, failure)
@@ -658,23 +683,23 @@ class AuthEngine:
             plan_reply = self.settings.plans.get(plan.name)
             if plan_reply is not None and plan_reply.address_pool is not None:
                 return Decision(claim=self._pending_claim(packet, subject, plan_reply.address_pool, walled, method,
-                                                          method_attributes), subscriber_id=subject.id)
+                                                          method_attributes, failure), subscriber_id=subject.id)
         profile = self.profile(subject, nas, address, walled, packet.authenticator)
         return Decision(_ACCESS_ACCEPT, profile + method_attributes if method_attributes else profile, method=method,
                         subscriber_id=subject.id)
 
     def _pending_claim(self, packet: Packet, subject: AuthSubject, pool: str, walled: bool, method: str,
-                       method_attributes: bytes) -> PendingClaim:
+                       method_attributes: bytes, failure: Callable[[], bytes] | None) -> PendingClaim:
         port_id = packet.get(Attr.NAS_PORT_ID)
         port = opaque_text(port_id) if port_id else None
         hw_address, line = line_of(packet.text(Attr.CALLING_STATION_ID), port)
         return PendingClaim(subject, pool, holder_of(subject.subscriber.username, line), walled, method,
-                            method_attributes, hw_address, port)
+                            method_attributes, hw_address, port, failure)
 
     def finish_claim(self, packet: Packet, nas: Nas, claim: PendingClaim, address: str | None) -> Decision:
         """The Access-Accept with the address the store gave (``None``: the pool is full)."""
         if address is None:
-            return self._reject(RejectReason.POOL_EXHAUSTED, claim.method, claim.subject)
+            return self._reject(RejectReason.POOL_EXHAUSTED, claim.method, claim.subject, claim.failure)
         # The profile without an address is cached; the address (which varies) goes after it.
         profile = self.profile(claim.subject, nas, None, claim.walled, packet.authenticator)
         framed_ip = _encode((Attr.FRAMED_IP_ADDRESS, IPv4Address(address).packed))

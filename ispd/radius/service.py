@@ -556,6 +556,8 @@ class RadiusService(Service):
     def _check_password(self, pending: PendingCheck, packet: Packet, nas: Nas, transport: asyncio.DatagramTransport,
                         addr: Any, key: DuplicateKey, started: float) -> None:
         if self._pending_checks >= self.config.max_pending_password_checks:
+            if pending.restore is not None:
+                pending.restore()  # the NAS's next copy of the request finds what it needs
             self._dropped("auth", Drop.PASSWORD_CHECKS_FULL, addr[0], nas, self.context.clock())
             return
         self._pending_checks += 1
