@@ -84,7 +84,7 @@ def wifi(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wifi]:
 def test_ttls_with_pap_inside_gets_the_plan_and_keys_the_station_derived(wifi: Wifi) -> None:
     result = wifi.ttls("alice", "alice-pw")
     assert result.success, result.output[-3000:]
-    assert result.mppe_keys_ok, result.output[-3000:]
+    assert result.mppe_keys_ok and result.keys_match, result.output[-3000:]
     assert result.methods == ["MD5", "TTLS"]  # MD5 offered first, the station asked for TTLS (Nak)
     assert result.accept["User-Name"] == ["alice"]
     assert result.accept["Class"] == ["697370643a31"]  # "ispd:1": accounting finds the subscriber
@@ -110,7 +110,7 @@ def test_ttls_rejects_a_wrong_password_and_an_unknown_login(wifi: Wifi) -> None:
 def test_peap_with_mschapv2_inside(wifi: Wifi) -> None:
     result = wifi.peap("dave", "dave-pw", anonymous_identity="anonymous")
     assert result.success, result.output[-3000:]
-    assert result.mppe_keys_ok, result.output[-3000:]
+    assert result.mppe_keys_ok and result.keys_match, result.output[-3000:]
     assert result.methods == ["MD5", "PEAP"]
     assert result.accept["User-Name"] == ["dave"]
     assert "EAP-PEAP: using label 'client EAP encryption' in key derivation" in result.output
@@ -125,7 +125,7 @@ def test_peap_rejects_a_wrong_password_and_a_verifier_only_subscriber(wifi: Wifi
 
 def test_eap_tls_logs_in_the_subscriber_its_certificate_names(wifi: Wifi) -> None:
     result = wifi.tls("dave", ("dave",))
-    assert result.success and result.mppe_keys_ok, result.output[-3000:]
+    assert result.success and result.mppe_keys_ok and result.keys_match, result.output[-3000:]
     assert result.methods == ["MD5", "TLS"]
     assert result.accept["User-Name"] == ["dave"]
     assert wifi.tls("alice", ("alice.devices.isp.test", "alice")).success  # a subjectAltName names it

@@ -3,8 +3,10 @@ against a RADIUS server, and what it printed, read back.
 
 eapol_test plays both sides of 802.1X: the supplicant (the method, its TLS checks of the
 server's certificate against ``ca_cert``) and the authenticator that relays EAP in RADIUS. It
-ends with ``SUCCESS`` or ``FAILURE``, and ``MPPE keys OK: 1  mismatch: 0`` when the keys in the
-Access-Accept (MS-MPPE-Recv-Key, MS-MPPE-Send-Key) are the ones the supplicant derived itself.
+ends with ``SUCCESS`` or ``FAILURE``, and ``MPPE keys OK: 1  mismatch: 0`` when the
+MS-MPPE-Recv-Key of the Access-Accept is the first half of the MSK the supplicant derived
+itself; ``keys_match`` also checks MS-MPPE-Send-Key against the second half (both printed
+decrypted in its debug output).
 """
 
 from __future__ import annotations
@@ -30,6 +32,14 @@ class EapolResult:
     methods: list[str]  # the EAP methods the server proposed, in order
     accept: dict[str, list[str]] = field(default_factory=dict)  # the Access-Accept's attributes, by name
     output: str = ""
+    msk: bytes = b""  # as the supplicant derived it
+    send_key: bytes = b""  # as the Access-Accept carried them
+    recv_key: bytes = b""
+
+    @property
+    def keys_match(self) -> bool:
+        """MS-MPPE-Recv-Key and MS-MPPE-Send-Key are the MSK's halves (RFC 5216 §2.3)."""
+        return len(self.msk) == 64 and (self.recv_key, self.send_key) == (self.msk[:32], self.msk[32:])
 
 
 def require_eapol_test() -> None:
@@ -80,7 +90,13 @@ def parse(output: str) -> EapolResult:
             name = None
         elif not line.startswith(" "):
             in_accept = False
-    return EapolResult(success=bool(lines) and lines[-1].strip() == "SUCCESS",
+    def hexdump(pattern: str) -> bytes:
+        found = re.findall(pattern + r" - hexdump\(len=\d+\): ([0-9a-f ]+)", output)
+        return bytes.fromhex(found[-1]) if found else b""
+
+    return EapolResult(msk=hexdump(r"EAP-\w+: Derived key"), send_key=hexdump(r"MS-MPPE-Send-Key \(sign\)"),
+                       recv_key=hexdump(r"MS-MPPE-Recv-Key \(crypt\)"),
+                       success=bool(lines) and lines[-1].strip() == "SUCCESS",
                        mppe_keys_ok="MPPE keys OK: 1  mismatch: 0" in output,
                        methods=[{"4": "MD5", "13": "TLS", "21": "TTLS", "25": "PEAP"}.get(m, m) for m in methods],
                        accept=accept, output=output)

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 import trustme
+from cryptography.hazmat.primitives import serialization
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from OpenSSL import SSL
 
 from ispd.radius.eap import EAPCode, EAPPacket, EAPType, decode_eap, encode_eap
 from ispd.radius.eaptls import (
@@ -17,7 +19,7 @@ from ispd.radius.eaptls import (
     EAP_TLS,
     EAP_TLV,
     EAP_TTLS,
-    FRAGMENT_SIZE,
+    MAX_ROUNDS,
     MAX_TLS_MESSAGE,
     MAX_TUNNELS,
     AVPCode,
@@ -31,12 +33,14 @@ from ispd.radius.eaptls import (
     decode_tls_payload,
     encode_avp,
     server_context,
+    tls_context_error,
     tunnel_request,
     tunnel_server,
     unwrap_peap,
     wrap_peap,
 )
 from tests.lab.certs import Certificates
+from tests.lab.eapstation import TLSStation
 
 NOW = 1_000_000.0
 
@@ -61,67 +65,26 @@ def server(certificates: Certificates) -> TunnelServer:
     return TunnelServer(server_context(certificates.certificate, certificates.private_key))
 
 
-class Station:
-    """The peer's side: Python's TLS client on memory buffers, speaking EAP-TTLS or PEAP in
-    fragments of at most ``fragment`` octets, driving a ``TunnelServer``."""
+class Station(TLSStation):
+    """The station talking to a ``TunnelServer`` directly; ``step`` is the server's last answer,
+    ``tunnel`` the tunnel it last took."""
 
     def __init__(self, server: TunnelServer, certificates: Certificates, method: int = EAP_TTLS,
                  fragment: int = 1400, client: trustme.LeafCert | None = None) -> None:
-        context = ssl.create_default_context(cafile=str(certificates.ca))
+        client_pem = None
         if client is not None:
-            client.private_key_and_cert_chain_pem.write_to_path(str(certificates.ca.with_name("client.pem")))
-            context.load_cert_chain(str(certificates.ca.with_name("client.pem")))
-        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname="radius.isp.test")
-        self.server, self.method, self.fragment = server, method, fragment
+            client_pem = certificates.ca.with_name("client.pem")
+            client.private_key_and_cert_chain_pem.write_to_path(str(client_pem))
+        self.server = server
         self.step = server.start(method, "anonymous", 1, NOW)
         self.tunnel: Tunnel | None = None
-        self.fragmented = 0  # EAP-Requests the server sent with more of their message to come
+        super().__init__(certificates.ca, method, self.step.request, fragment=fragment, client_pem=client_pem)
 
-    def respond(self, payload: bytes) -> TunnelStep:
-        assert self.step.request is not None
+    def exchange(self, response: EAPPacket) -> EAPPacket | None:
         self.tunnel = self.server.take(self.step.state, NOW)
         assert self.tunnel is not None
-        self.step = self.server.step(self.tunnel, EAPPacket(EAPCode.RESPONSE, self.step.request.identifier,
-                                                            self.method, payload), NOW)
-        if self.step.request is not None and self.step.request.data[0] & TLSFlag.MORE:
-            self.fragmented += 1
-        return self.step
-
-    def send(self, message: bytes) -> TunnelStep:
-        """``message`` in fragments, the first of several with its length; the server must
-        acknowledge each but the last."""
-        parts = [message[i:i + self.fragment] for i in range(0, len(message), self.fragment)] or [b""]
-        for index, part in enumerate(parts):
-            more = index < len(parts) - 1
-            head = bytes((TLSFlag.MORE | TLSFlag.LENGTH,)) + len(message).to_bytes(4, "big") if more and index == 0 \
-                else bytes((TLSFlag.MORE if more else 0,))
-            step = self.respond(head + part)
-            if more:
-                assert step.request is not None and step.request.data == b"\x00"  # an acknowledgement
-        return self.step
-
-    def receive(self) -> None:
-        """The server's message, fragment by fragment (each acknowledged), into the client's TLS."""
-        while True:
-            assert self.step.request is not None
-            fragment = decode_tls_payload(self.step.request.data)
-            self.incoming.write(fragment.data)
-            if not fragment.flags & TLSFlag.MORE:
-                return
-            assert len(fragment.data) == FRAGMENT_SIZE
-            self.respond(b"\x00")
-
-    def handshake(self) -> None:
-        """The TLS handshake, to the server's Finished."""
-        while True:
-            try:
-                self.tls.do_handshake()
-                return
-            except ssl.SSLWantReadError:
-                pass
-            self.send(self.outgoing.read())
-            self.receive()
+        self.step = self.server.step(self.tunnel, response, NOW)
+        return self.step.request
 
 
 def exchange(server: TunnelServer, state: bytes, identifier: int, payload: bytes,
@@ -135,8 +98,7 @@ def run_ttls(server: TunnelServer, certificates: Certificates, avps: bytes, frag
     station = Station(server, certificates, EAP_TTLS, fragment)
     assert station.step.request is not None and station.step.request.data[0] & TLSFlag.START
     station.handshake()
-    station.tls.write(avps)
-    station.send(station.outgoing.read())
+    station.send_inner(avps)
     return station
 
 
@@ -150,13 +112,17 @@ def test_the_payload_codec() -> None:
             decode_tls_payload(bad)
 
 
-def test_avps_round_trip_and_skip_vendor_ones() -> None:
+def test_avps_skip_what_is_unknown_unless_mandatory() -> None:
     vendor = (5).to_bytes(4, "big") + bytes((0x80,)) + (16).to_bytes(3, "big") + (311).to_bytes(4, "big") + b"junk"
     data = encode_avp(AVPCode.USER_NAME, b"alice") + vendor + encode_avp(AVPCode.USER_PASSWORD, b"pw" + bytes(14))
-    assert decode_avps(data) == {1: b"alice", 2: b"pw" + bytes(14)}
-    for bad in (b"\x00" * 7, encode_avp(1, b"alice")[:-4] + b"\x00" * 0, b"\x00\x00\x00\x01\x00\x00\x00\x04"):
+    known = frozenset((1, 2))
+    assert decode_avps(data, known) == {1: b"alice", 2: b"pw" + bytes(14)}
+    assert decode_avps(data + encode_avp(98, b"x", mandatory=False), known) == decode_avps(data, known)
+    with pytest.raises(TunnelError, match="mandatory"):  # RFC 5281 §10.2: an M-bit AVP must be understood
+        decode_avps(data + encode_avp(99, b"x"), known)
+    for bad in (b"\x00" * 7, encode_avp(1, b"alice")[:-4], b"\x00\x00\x00\x01\x00\x00\x00\x04"):
         with pytest.raises(TunnelError):
-            decode_avps(bad)
+            decode_avps(bad, known)
 
 
 def test_peap_packs_inner_packets_without_their_header_but_tlv() -> None:
@@ -195,10 +161,9 @@ def test_peap_speaks_first_inside_the_tunnel(server: TunnelServer, certificates:
     station = Station(server, certificates, EAP_PEAP)
     station.handshake()
     station.respond(b"\x00")  # the peer acknowledges the server's Finished
-    station.receive()
-    assert station.tls.read() == b"\x01"  # a header-less EAP-Request/Identity
-    station.tls.write(b"\x01carol")
-    step = station.send(station.outgoing.read())
+    assert station.read_inner() == b"\x01"  # a header-less EAP-Request/Identity
+    station.send_inner(b"\x01carol")
+    step = station.step
     assert step.inner is not None
     assert (step.inner.type, step.inner.data) == (EAPType.IDENTITY, b"carol")
     assert step.request is None
@@ -211,7 +176,8 @@ def test_eap_tls_verifies_the_client_certificate(certificates: Certificates) -> 
     leaf = clients.issue_cert("alice.devices.isp.test", "alice@isp.test", common_name="alice")
     station = Station(server, certificates, EAP_TLS, client=leaf)
     station.handshake()
-    step = station.respond(b"\x00")  # the peer acknowledges the server's Finished
+    station.respond(b"\x00")  # the peer acknowledges the server's Finished
+    step = station.step
     assert step.verified and step.request is None
     assert station.tunnel is not None
     assert sorted(certificate_names(station.tunnel)) == ["alice", "alice.devices.isp.test", "alice@isp.test"]
@@ -230,7 +196,7 @@ def test_eap_tls_needs_a_client_ca(server: TunnelServer) -> None:
 def test_fragments_that_do_not_add_up_end_the_tunnel(server: TunnelServer) -> None:
     cases = [
         bytes((TLSFlag.MORE,)) + b"x" * 10,  # the first of several without the length
-        bytes((TLSFlag.LENGTH,)) + (MAX_TLS_MESSAGE + 1).to_bytes(4, "big") + b"x",  # too long
+        bytes((TLSFlag.LENGTH,)) + (MAX_TLS_MESSAGE[EAP_TTLS] + 1).to_bytes(4, "big") + b"x",  # too long
         bytes((TLSFlag.LENGTH,)) + (100).to_bytes(4, "big") + b"x" * 10,  # shorter than said
         bytes((TLSFlag.LENGTH | TLSFlag.MORE,)) + (5).to_bytes(4, "big") + b"x" * 10,  # longer than said
         b"\x00",  # nothing at all, and nothing to send
@@ -242,13 +208,41 @@ def test_fragments_that_do_not_add_up_end_the_tunnel(server: TunnelServer) -> No
             exchange(server, step.state, 1, payload)
 
 
-def test_a_response_must_answer_the_last_request(server: TunnelServer) -> None:
+def client_hello(certificates: Certificates) -> bytes:
+    tls = ssl.create_default_context(cafile=str(certificates.ca)).wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO())
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return b"\x00" + outgoing.read()
+
+
+def test_a_response_must_answer_the_last_request(server: TunnelServer, certificates: Certificates) -> None:
+    hello = client_hello(certificates)
+    assert exchange(server, server.start(EAP_TTLS, "alice", 1, NOW).state, 1, hello).request is not None
+    for identifier, method in ((2, EAP_TTLS), (1, EAP_PEAP)):  # another identifier; another method
+        step = server.start(EAP_TTLS, "alice", 1, NOW)
+        with pytest.raises(TunnelError, match="answers no request"):
+            exchange(server, step.state, identifier, hello, method)
+
+
+def test_each_round_trip_may_take_the_timeout_and_there_are_at_most_max_rounds(
+        server: TunnelServer, certificates: Certificates) -> None:
     step = server.start(EAP_TTLS, "alice", 1, NOW)
-    with pytest.raises(TunnelError):
-        exchange(server, step.state, 2, b"\x00")
+    later = NOW + 25  # within a round's 30 s
+    tunnel = server.take(step.state, later)
+    assert tunnel is not None
+    step = server.step(tunnel, EAPPacket(EAPCode.RESPONSE, 1, EAP_TTLS, client_hello(certificates)), later)
+    assert server.take(step.state, later + 25) is not None  # the next round has 30 s of its own
+    tunnel.rounds = MAX_ROUNDS
+    with pytest.raises(TunnelError, match="round trips"):
+        server._send(tunnel, later)
+
+
+def test_restore_puts_a_tunnel_back_under_its_state(server: TunnelServer) -> None:
     step = server.start(EAP_TTLS, "alice", 1, NOW)
-    with pytest.raises(TunnelError):
-        exchange(server, step.state, 1, b"\x00", EAP_PEAP)
+    tunnel = server.take(step.state, NOW)
+    assert tunnel is not None and server.take(step.state, NOW) is None
+    server.restore(step.state, tunnel, NOW + 5)
+    assert server.take(step.state, NOW + 30) is tunnel
 
 
 def test_tunnels_expire_are_used_once_and_are_bounded(server: TunnelServer) -> None:
@@ -283,3 +277,13 @@ def test_random_payloads_end_in_a_request_or_a_tunnel_error(certificates: Certif
 def test_a_missing_certificate_names_its_file(tmp_path: Path, certificates: Certificates) -> None:
     with pytest.raises(OSError, match=r"nope\.pem"):
         server_context(tmp_path / "nope.pem", certificates.private_key)
+
+
+def test_an_encrypted_private_key_is_refused_not_prompted_for(tmp_path: Path, certificates: Certificates) -> None:
+    key = serialization.load_pem_private_key(certificates.private_key.read_bytes(), password=None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.BestAvailableEncryption(b"secret")))
+    with pytest.raises(SSL.Error) as raised:
+        server_context(certificates.certificate, encrypted)
+    assert "without a passphrase" in tls_context_error(raised.value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import ssl
 import struct
 from collections.abc import Sequence
 from dataclasses import replace
@@ -34,7 +35,7 @@ from ispd.radius.config import EAPConfig, EAPMethod, NasKind, SuspendedAction
 from ispd.radius.config import MessageAuthenticatorPolicy as Policy
 from ispd.radius.dictionary import builtin_dictionary
 from ispd.radius.directory import Directory
-from ispd.radius.eap import EAPCode, EAPPacket, EAPType, decode_eap, encode_eap
+from ispd.radius.eap import EAPCode, EAPPacket, EAPType, decode_eap, eap_attributes, encode_eap
 from ispd.radius.eaptls import TLSFlag, TunnelServer, server_context
 from ispd.radius.engine import (
     AccountingEngine,
@@ -58,6 +59,7 @@ from ispd.store.models import (
     SubscriberStatus,
 )
 from tests.lab.certs import issue
+from tests.lab.eapstation import TLSStation
 
 SECRET = b"testing123"
 DICTIONARY = builtin_dictionary()
@@ -350,7 +352,7 @@ def test_mschap_v1() -> None:
 
 
 def eap_request(user: str, eap: EAPPacket, state: bytes | None = None) -> Packet:
-    attributes = [(Attr.USER_NAME, user.encode()), (Attr.EAP_MESSAGE, encode_eap(eap))]
+    attributes = [(Attr.USER_NAME, user.encode()), *((Attr.EAP_MESSAGE, part) for part in eap_attributes(encode_eap(eap)))]
     if state is not None:
         attributes.append((Attr.STATE, state))
     return access_request(attributes)
@@ -392,7 +394,7 @@ def tunnel_world(tmp_path: Path, methods: list[EAPMethod]) -> World:
 
 
 def eap_reply(decision: Decision) -> EAPPacket:
-    eap = decode_eap(first(decision.attributes, Attr.EAP_MESSAGE) or b"")
+    eap = decode_eap(b"".join(v for c, v in reply_attributes(decision.attributes) if c == Attr.EAP_MESSAGE))
     assert eap is not None
     return eap
 
@@ -423,15 +425,133 @@ def test_the_first_method_listed_is_offered_first(tmp_path: Path) -> None:
     assert offer.method == "eap-ttls" and eap_reply(offer).type == 21
 
 
-def test_a_tunnel_response_needs_its_tunnel(tmp_path: Path) -> None:
+def client_hello() -> bytes:
+    tls = ssl.create_default_context().wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO())
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return b"\x00" + outgoing.read()
+
+
+def test_a_tunnel_response_needs_its_tunnel_and_its_user_name(tmp_path: Path) -> None:
     world = tunnel_world(tmp_path, [EAPMethod.TTLS])
     offer = world.engine.handle(eap_request("alice", EAPPacket(EAPCode.RESPONSE, 1, EAPType.IDENTITY)), nas(), NOW)
     state = first(offer.attributes, Attr.STATE)
-    response = EAPPacket(EAPCode.RESPONSE, eap_reply(offer).identifier, 21, b"\x00")
+    response = EAPPacket(EAPCode.RESPONSE, eap_reply(offer).identifier, 21, client_hello())
     stranger = world.engine.handle(eap_request("mallory", response, state), nas(), NOW)  # another User-Name
     assert stranger.reject == RejectReason.EAP_FAILED and stranger.method == "eap-ttls"
-    expired = world.engine.handle(eap_request("alice", response, state), nas(), NOW)  # taken: used once
-    assert expired.reject == RejectReason.EAP_FAILED and expired.detail is not None
+    assert stranger.detail is not None and "no tunnel" in stranger.detail
+    offer = world.engine.handle(eap_request("alice", EAPPacket(EAPCode.RESPONSE, 1, EAPType.IDENTITY)), nas(), NOW)
+    state = first(offer.attributes, Attr.STATE)
+    assert world.engine.handle(eap_request("alice", response, state), nas(), NOW).code == Code.ACCESS_CHALLENGE
+    again = world.engine.handle(eap_request("alice", response, state), nas(), NOW)  # a State is used once
+    assert again.reject == RejectReason.EAP_FAILED and again.detail is not None and "no tunnel" in again.detail
+
+
+class EngineStation(TLSStation):
+    """A station whose EAP goes through the engine in Access-Requests, as a NAS relays it."""
+
+    def __init__(self, world: World, ca: Path, user: str, method: int) -> None:
+        self.world, self.user = world, user
+        self.decision = world.engine.handle(eap_request(user, EAPPacket(EAPCode.RESPONSE, 1, EAPType.IDENTITY)),
+                                            nas(), NOW)
+        self.state = first(self.decision.attributes, Attr.STATE)
+        super().__init__(ca, method, eap_reply(self.decision))
+
+    def exchange(self, response: EAPPacket) -> EAPPacket | None:
+        self.decision = self.world.engine.handle(eap_request(self.user, response, self.state), nas(), NOW)
+        self.state = first(self.decision.attributes, Attr.STATE)
+        return eap_reply(self.decision) if self.decision.code == Code.ACCESS_CHALLENGE else None
+
+
+def peap_to_the_challenge(tmp_path: Path, user: str = "bob") -> tuple[EngineStation, bytes]:
+    """A PEAP conversation through the engine, up to the inner MS-CHAPv2 challenge (returned)."""
+    world = tunnel_world(tmp_path, [EAPMethod.PEAP])
+    station = EngineStation(world, tmp_path / "server-ca.pem", "anonymous", 25)
+    station.handshake()
+    station.respond(b"\x00")  # the server's Finished acknowledged: it speaks first inside
+    assert station.read_inner() == b"\x01"  # EAP-Request/Identity, header-less (PEAPv0)
+    station.send_inner(b"\x01" + user.encode())
+    challenge = station.read_inner()
+    assert challenge[:2] == bytes((26, 1)) and challenge[5] == 16  # EAP-MSCHAPv2 Challenge, Value-Size 16
+    return station, challenge
+
+
+def mschapv2_response(challenge: bytes, user: bytes, password: str, ms_id: int | None = None) -> bytes:
+    peer_challenge = os.urandom(16)
+    nt = mschap.nt_response_v2(challenge[6:22], peer_challenge, user, nt_hash(password))
+    value = bytes((49,)) + peer_challenge + bytes(8) + nt + b"\x00" + user
+    ident = challenge[2] if ms_id is None else ms_id
+    return bytes((26, 2, ident)) + (4 + len(value)).to_bytes(2, "big") + value
+
+
+def test_peap_runs_mschapv2_then_the_result_tlv_then_accepts(tmp_path: Path) -> None:
+    station, challenge = peap_to_the_challenge(tmp_path)
+    station.send_inner(mschapv2_response(challenge, b"bob", "bob-pw"))
+    success = station.read_inner()
+    assert success[:2] == bytes((26, 3)) and b"S=" in success  # MS-CHAPv2 Success with the proof
+    station.send_inner(bytes((26, 3)))  # the peer takes it
+    result = decode_eap(station.read_inner())  # EAP-TLV, with its header
+    assert result is not None and result.type == 33 and result.data == b"\x80\x03\x00\x02\x00\x01"
+    assert station.send_inner(encode_eap(EAPPacket(EAPCode.RESPONSE, result.identifier, 33, result.data))) is None
+    accept = station.decision
+    assert accept.code == Code.ACCESS_ACCEPT and accept.method == "peap"
+    assert eap_reply(accept).code == EAPCode.SUCCESS
+    assert first(accept.attributes, Attr.USER_NAME) == b"bob"  # the inner identity
+    assert vsa(accept.attributes, Vendor.MICROSOFT, 16) is not None and vsa(accept.attributes, Vendor.MICROSOFT, 17)
+
+
+@pytest.mark.parametrize("skip_to", ["result", "success"])
+def test_peap_answers_out_of_turn_end_in_failure(tmp_path: Path, skip_to: str) -> None:
+    """A peer that skips MS-CHAPv2 (answers as if it had passed) is not let in."""
+    station, _ = peap_to_the_challenge(tmp_path)
+    if skip_to == "result":
+        station.send_inner(encode_eap(EAPPacket(EAPCode.RESPONSE, 9, 33, b"\x80\x03\x00\x02\x00\x01")))
+    else:
+        station.send_inner(bytes((26, 3)))
+    assert station.decision.reject == RejectReason.EAP_FAILED and "out of turn" in (station.decision.detail or "")
+    assert eap_reply(station.decision).code == EAPCode.FAILURE
+
+
+def test_peap_rejects_a_wrong_password_and_a_response_to_another_challenge(tmp_path: Path) -> None:
+    station, challenge = peap_to_the_challenge(tmp_path)
+    station.send_inner(mschapv2_response(challenge, b"bob", "wrong"))
+    assert station.decision.reject == RejectReason.WRONG_PASSWORD
+    station, challenge = peap_to_the_challenge(tmp_path / "again")
+    station.send_inner(mschapv2_response(challenge, b"bob", "bob-pw", ms_id=(challenge[2] + 1) & 0xFF))
+    assert station.decision.reject == RejectReason.EAP_FAILED
+
+
+def test_peap_needs_the_nt_hash(tmp_path: Path) -> None:
+    station, challenge = peap_to_the_challenge(tmp_path, "carol")  # a scrypt verifier only
+    station.send_inner(mschapv2_response(challenge, b"carol", "carol-pw"))
+    assert station.decision.reject == RejectReason.NO_PASSWORD_FORM
+
+
+def test_a_nak_only_answers_a_proposal(tmp_path: Path) -> None:
+    world = tunnel_world(tmp_path, [EAPMethod.MD5, EAPMethod.TTLS, EAPMethod.PEAP])
+
+    def offer() -> tuple[bytes | None, int]:
+        decision = world.engine.handle(eap_request("alice", EAPPacket(EAPCode.RESPONSE, 1, EAPType.IDENTITY)),
+                                       nas(), NOW)
+        return first(decision.attributes, Attr.STATE), eap_reply(decision).identifier
+
+    state, ident = offer()
+    wrong_id = world.engine.handle(eap_request("alice", EAPPacket(EAPCode.RESPONSE, ident + 1, 3, b"\x15"), state),
+                                   nas(), NOW)
+    assert wrong_id.reject == RejectReason.EAP_FAILED
+    state, ident = offer()
+    same = world.engine.handle(eap_request("alice", EAPPacket(EAPCode.RESPONSE, ident, 3, b"\x04"), state), nas(), NOW)
+    assert same.reject == RejectReason.EAP_FAILED  # a Nak for the method proposed
+    state, ident = offer()
+    ttls = world.engine.handle(eap_request("alice", EAPPacket(EAPCode.RESPONSE, ident, 3, b"\x15"), state), nas(), NOW)
+    assert ttls.method == "eap-ttls"
+    state = first(ttls.attributes, Attr.STATE)
+    hello = EAPPacket(EAPCode.RESPONSE, eap_reply(ttls).identifier, 21, client_hello())
+    handshake = world.engine.handle(eap_request("alice", hello, state), nas(), NOW)
+    assert handshake.code == Code.ACCESS_CHALLENGE
+    nak = EAPPacket(EAPCode.RESPONSE, eap_reply(handshake).identifier, 3, b"\x19")  # PEAP, in mid-handshake
+    late = world.engine.handle(eap_request("alice", nak, first(handshake.attributes, Attr.STATE)), nas(), NOW)
+    assert late.reject == RejectReason.EAP_FAILED and "no method proposal" in (late.detail or "")
 
 
 def test_without_a_certificate_only_md5_is_offered() -> None:
