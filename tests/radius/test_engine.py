@@ -763,3 +763,25 @@ def test_a_password_changed_or_a_suspension_during_the_slow_check_counts() -> No
     world.directory.replace(carol.subscriber, replace(carol.credentials, updated_at=2), [], PLAN)
     assert world.engine.finish_password_check(packet, nas(), decision.pending, True, NOW).reject == \
         RejectReason.WRONG_PASSWORD
+
+
+@pytest.fixture(scope="module")
+def eap_world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    return tunnel_world(tmp_path_factory.mktemp("eap"), [EAPMethod.MD5, EAPMethod.PEAP, EAPMethod.TTLS])
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=st.lists(st.tuples(st.sampled_from([1, 3, 4, 13, 21, 25, 26, 33, 254]), st.binary(max_size=120),
+                                st.integers(0, 255), st.booleans()), min_size=1, max_size=6))
+def test_random_eap_conversations_end_in_a_decision(eap_world: World, steps: list[tuple[int, bytes, int, bool]]) -> None:
+    """Any sequence of EAP responses of any type, following the State of the last answer or not,
+    gets a challenge or a reject (with EAP-Failure), never an exception."""
+    state: bytes | None = None
+    for kind, data, identifier, follow in steps:
+        packet = eap_request("alice", EAPPacket(EAPCode.RESPONSE, identifier, kind, data),
+                             state if follow else os.urandom(16))
+        decision = eap_world.engine.handle(packet, nas(), NOW)
+        assert decision.code in (Code.ACCESS_CHALLENGE, Code.ACCESS_REJECT, Code.ACCESS_ACCEPT), decision
+        if decision.code == Code.ACCESS_REJECT:
+            assert eap_reply(decision).code == EAPCode.FAILURE
+        state = first(decision.attributes, Attr.STATE)
