@@ -94,6 +94,11 @@ _TC_COUNTS_OPT = b"\x00\x01\x00\x00\x00\x00\x00\x01"
 _RD_CD = FLAG_RD | FLAG_CD
 _DNSSEC_TYPES = frozenset({RRType.RRSIG, RRType.NSEC, RRType.NSEC3})
 _VARIANT_SUFFIX = tuple(bytes((v,)) for v in range(0x32))
+# Local data and policy answers kept for the fast path: at most this many (emptied beyond), and a
+# negative one without an SOA lives this long (local data changes empty them anyway).
+MAX_LOCAL_ANSWERS = 100_000
+_NEVER = float("inf")
+LOCAL_NEGATIVE_SECONDS = 60
 
 
 class ClientClass(IntEnum):
@@ -166,6 +171,10 @@ class DNSEngine:
         self.rcodes = [0] * 24
         # Set by the service: local data, policy and walled garden lookups, and who is walled.
         self.local_lookup: LocalLookup = lambda name, qtype: None
+        # Replies from local data and policy by question (the plain key), for the fast path, with
+        # the policy action that made each (None: local data); the service empties it whenever
+        # local data or policy change (``forget_local_answers``).
+        self.local_answers: dict[bytes, tuple[CachedAnswer, PolicyAction | None]] = {}
         self.policy_lookup: PolicyLookup = lambda name: None
         self.walled_lookup: LocalLookup = lambda name, qtype: None
         self.walled_addresses: frozenset[str] = frozenset()
@@ -223,15 +232,26 @@ class DNSEngine:
                 self.answers.entries.get(key)
         else:
             entry = self.answers.entries.get(key)
+        action: PolicyAction | None = None
         if entry is None:
-            return None
+            local = self.local_answers.get(key)
+            if local is None:
+                return None
+            entry, action = local
+            variant = 0  # no prefetch, and one reply whatever the DNSSEC bits
         now = self.clock()
         if entry.expires_at <= now:
             return None
         if self.rate_limiter is not None and not self.rate_limiter.allow(client, now):
             return None  # the slow path counts and drops it
         entry.hits += 1
-        self.stats.cache_hits += 1
+        if entry.prefetch_at == _NEVER:
+            if action is None:
+                self.stats.local_answers += 1
+            else:
+                self.policy_hits[action] += 1
+        else:
+            self.stats.cache_hits += 1
         self.qtypes[qtype] = self.qtypes.get(qtype, 0) + 1
         self.rcodes[entry.rcode_flags & 0xF] += 1
         if now >= entry.prefetch_at and not entry.refreshing:
@@ -287,6 +307,8 @@ class DNSEngine:
         local = self.local_lookup(name, qtype)
         if local is not None:
             self.stats.local_answers += 1
+            if client_class == ClientClass.ALLOWED:
+                self._remember_local(question, local, None)
             return await self._reply_local(query, local, tcp)
         hit = self.policy_lookup(name)
         if hit is not None and hit.action != PolicyAction.PASSTHRU:
@@ -295,7 +317,10 @@ class DNSEngine:
                 self.stats.dropped_by_policy += 1
                 return None
             if hit.action != PolicyAction.TCP_ONLY:
-                return await self._reply_local(query, policy_answer(hit, qtype), tcp)
+                answer = policy_answer(hit, qtype)
+                if client_class == ClientClass.ALLOWED:
+                    self._remember_local(question, answer, hit.action)
+                return await self._reply_local(query, answer, tcp)
             if not tcp:
                 return self._truncated(query)
             # Answered over TCP, but never through the answer cache: its fast path would hand
@@ -505,6 +530,30 @@ class DNSEngine:
         if len(reply) > limit:
             return self._truncated(query)
         return reply
+
+    def _remember_local(self, question: Question, local: ZoneAnswer, action: PolicyAction | None) -> None:
+        """Keep a local data or policy reply for the fast path, unless it follows a CNAME out of
+        local data (that part is resolved, and changes with the resolver's cache). Never
+        prefetched; served with the query's DNSSEC bits ignored (local data is not signed, and
+        never gets AD)."""
+        if local.next_name is not None:
+            return
+        if len(self.local_answers) >= MAX_LOCAL_ANSWERS:
+            self.local_answers.clear()
+        flags = FLAG_QR | FLAG_RA | (FLAG_AA if local.authoritative else 0) | (local.rcode & 0xF)
+        q = Question(question.key_name, question.qtype, question.qclass)
+        encoded = encode_message(0, flags, q, local.answer, local.authority, [], max_size=TCP_MAX_SIZE)
+        start = 12 + len(q.name) + 4
+        offsets = tuple(o - start for o in encoded.ttl_offsets)
+        ttls = tuple(rr.ttl for rr in (local.answer + local.authority)[:len(offsets)])
+        entry = self.answers.build(key_of(question), flags, encoded.counts, encoded.data[start:], offsets, ttls,
+                                   self.clock(), ttl_floor=LOCAL_NEGATIVE_SECONDS)
+        entry.prefetch_at = _NEVER
+        self.local_answers[key_of(question)] = (entry, action)
+
+    def forget_local_answers(self) -> None:
+        """Local data or policy changed: the fast path asks them again."""
+        self.local_answers.clear()
 
     async def _reply_local(self, query: Message, local: ZoneAnswer, tcp: bool) -> bytes:
         """A reply from local data, policy or the walled garden; a CNAME that leaves local data

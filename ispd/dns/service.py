@@ -356,6 +356,7 @@ class DNSService(Service):
         self.engine.local_lookup = local.answer
         self.engine.policy_lookup = self.policy.match
         self.engine.walled_lookup = self.walled.lookup
+        self.engine.forget_local_answers()
 
     async def _load_subscribers(self) -> None:
         """Current leases (names, and who holds each address) and suspended subscribers."""
@@ -385,6 +386,8 @@ class DNSService(Service):
         if hostname and self.local is not None and self.config.lease_names.domain:
             ttl = min(self.config.lease_names.ttl, max(0, int(expires_at - self.context.clock())))
             self.local.add_lease_name(hostname, address, ttl)
+            if self.engine is not None:
+                self.engine.forget_local_answers()
         return walled_changed
 
     async def _command_walled_show(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -409,6 +412,8 @@ class DNSService(Service):
         def ended(event: LeaseEnded) -> None:
             if self.local is not None:
                 self.local.remove_lease_name(event.address, event.hostname)
+                if self.engine is not None:
+                    self.engine.forget_local_answers()
             if self.walled.lease_ended(event.address):
                 self._walled_changed()
 

@@ -21,6 +21,7 @@ from ispd.dns.wire import (
     CLASS_IN,
     EDNS_DO,
     FLAG_AA,
+    FLAG_AD,
     FLAG_CD,
     FLAG_QR,
     FLAG_RA,
@@ -425,6 +426,39 @@ async def test_local_data_answers_before_recursion(env: Env) -> None:
     assert env.engine.stats.local_answers == 3
 
 
+async def test_local_answers_take_the_fast_path_until_local_data_changes(env: Env) -> None:
+    with_local(env)
+    assert env.fast(query("printer.home.test.")) is None  # not asked yet
+    await env.ask_message(query("printer.home.test."))
+    await env.ask_message(query("nothere.corp.example.test."))
+    raw = env.fast(query("PRINTER.home.test.", edns=1232))
+    assert raw is not None
+    reply = decode_message(raw)
+    assert addresses(reply) == ["192.168.1.5"] and reply.flags & FLAG_AA and not reply.flags & FLAG_AD
+    assert reply.question is not None and reply.question.name == cased("PRINTER.home.test.")
+    assert reply.edns is not None
+    negative = env.fast(query("nothere.corp.example.test."))
+    assert negative is not None and decode_message(negative).rcode == RCode.NXDOMAIN
+    assert env.engine.stats.local_answers == 4 and env.engine.stats.cache_hits == 0
+    env.engine.forget_local_answers()  # what the service does when local data changes
+    assert env.fast(query("printer.home.test.")) is None
+    assert env.fast(query("printer.home.test."), OUTSIDER) is None
+
+
+async def test_local_answers_that_leave_local_data_stay_on_the_slow_path(env: Env) -> None:
+    with_local(env)
+    await env.ask_message(query("out.corp.example.test."))  # a CNAME to a resolved name
+    assert env.fast(query("out.corp.example.test.")) is None
+
+
+async def test_local_answers_expire_with_their_ttl(env: Env) -> None:
+    with_local(env)
+    await env.ask_message(query("www.corp.example.test."))  # TTL 60
+    assert env.fast(query("www.corp.example.test.")) is not None
+    env.clock.advance(61)
+    assert env.fast(query("www.corp.example.test.")) is None
+
+
 async def test_local_cname_leaving_local_data_is_resolved(env: Env) -> None:
     with_local(env)
     reply = await env.ask_message(query("out.corp.example.test."))
@@ -478,7 +512,12 @@ async def test_policy_local_data(policed: Env) -> None:
     aaaa = await policed.ask_message(query("anything.example.test.", RRType.AAAA))
     assert aaaa.rcode == RCode.NOERROR and aaaa.answer == []
     assert policed.net.log == []
-    # A policy answer is not cached for the fast path: the next hit is the policy's again.
+    # The policy's answer is kept for the fast path, and a hit there counts as a policy hit.
+    hits = sum(policed.engine.policy_hits.values())
+    fast = policed.fast(query("anything.example.test."))
+    assert fast is not None and addresses(decode_message(fast)) == ["10.10.10.10"]
+    assert sum(policed.engine.policy_hits.values()) == hits + 1
+    policed.engine.forget_local_answers()  # the policy changed
     assert policed.fast(query("anything.example.test.")) is None
 
 
