@@ -538,6 +538,10 @@ class DNSEngine:
         never gets AD)."""
         if local.next_name is not None:
             return
+        key, now = key_of(question), self.clock()
+        kept = self.local_answers.get(key)
+        if kept is not None and kept[0].expires_at > now:
+            return  # a query the fast path cannot read (EDNS options, say): it is kept already
         if len(self.local_answers) >= MAX_LOCAL_ANSWERS:
             self.local_answers.clear()
         flags = FLAG_QR | FLAG_RA | (FLAG_AA if local.authoritative else 0) | (local.rcode & 0xF)
@@ -546,10 +550,10 @@ class DNSEngine:
         start = 12 + len(q.name) + 4
         offsets = tuple(o - start for o in encoded.ttl_offsets)
         ttls = tuple(rr.ttl for rr in (local.answer + local.authority)[:len(offsets)])
-        entry = self.answers.build(key_of(question), flags, encoded.counts, encoded.data[start:], offsets, ttls,
-                                   self.clock(), ttl_floor=LOCAL_NEGATIVE_SECONDS)
+        entry = self.answers.build(key, flags, encoded.counts, encoded.data[start:], offsets, ttls, now,
+                                   ttl_floor=LOCAL_NEGATIVE_SECONDS)
         entry.prefetch_at = _NEVER
-        self.local_answers[key_of(question)] = (entry, action)
+        self.local_answers[key] = (entry, action)
 
     def forget_local_answers(self) -> None:
         """Local data or policy changed: the fast path asks them again."""
