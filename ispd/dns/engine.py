@@ -175,6 +175,7 @@ class DNSEngine:
         # the policy action that made each (None: local data); the service empties it whenever
         # local data or policy change (``forget_local_answers``).
         self.local_answers: dict[bytes, tuple[CachedAnswer, PolicyAction | None]] = {}
+        self._local_asked: set[bytes] = set()  # asked once, not kept yet
         self.policy_lookup: PolicyLookup = lambda name: None
         self.walled_lookup: LocalLookup = lambda name, qtype: None
         self.walled_addresses: frozenset[str] = frozenset()
@@ -307,8 +308,9 @@ class DNSEngine:
         local = self.local_lookup(name, qtype)
         if local is not None:
             self.stats.local_answers += 1
-            if client_class == ClientClass.ALLOWED:
-                self._remember_local(question, local, None)
+            entry = self._local_entry(question, local, None) if client_class == ClientClass.ALLOWED else None
+            if entry is not None:
+                return self._reply_cached(query, entry, tcp)
             return await self._reply_local(query, local, tcp)
         hit = self.policy_lookup(name)
         if hit is not None and hit.action != PolicyAction.PASSTHRU:
@@ -318,8 +320,9 @@ class DNSEngine:
                 return None
             if hit.action != PolicyAction.TCP_ONLY:
                 answer = policy_answer(hit, qtype)
-                if client_class == ClientClass.ALLOWED:
-                    self._remember_local(question, answer, hit.action)
+                entry = self._local_entry(question, answer, hit.action) if client_class == ClientClass.ALLOWED else None
+                if entry is not None:
+                    return self._reply_cached(query, entry, tcp)
                 return await self._reply_local(query, answer, tcp)
             if not tcp:
                 return self._truncated(query)
@@ -531,33 +534,45 @@ class DNSEngine:
             return self._truncated(query)
         return reply
 
-    def _remember_local(self, question: Question, local: ZoneAnswer, action: PolicyAction | None) -> None:
-        """Keep a local data or policy reply for the fast path, unless it follows a CNAME out of
-        local data (that part is resolved, and changes with the resolver's cache). Never
-        prefetched; served with the query's DNSSEC bits ignored (local data is not signed, and
-        never gets AD)."""
+    def _local_entry(self, question: Question, local: ZoneAnswer, action: PolicyAction | None) -> CachedAnswer | None:
+        """The local data or policy reply in the form the fast path serves, kept for it (the slow
+        path replies from it too: one encoding), from the second time it is asked; None the first
+        time, and for a CNAME out of local data (that part is resolved, and changes with the
+        resolver's cache). Never prefetched; served with the query's DNSSEC bits ignored (local
+        data is not signed, never gets AD)."""
         if local.next_name is not None:
-            return
+            return None
         key, now = key_of(question), self.clock()
         kept = self.local_answers.get(key)
         if kept is not None and kept[0].expires_at > now:
-            return  # a query the fast path cannot read (EDNS options, say): it is kept already
+            return kept[0]  # a query the fast path cannot read (malformed options, TCP): kept already
+        if key not in self._local_asked:
+            # Kept from the second time on: names asked once (a flood of random names under a
+            # local zone) cost a set entry, not an entry of their own.
+            if len(self._local_asked) >= MAX_LOCAL_ANSWERS:
+                self._local_asked.clear()
+            self._local_asked.add(key)
+            return None
+        self._local_asked.discard(key)
         if len(self.local_answers) >= MAX_LOCAL_ANSWERS:
             self.local_answers.clear()
         flags = FLAG_QR | FLAG_RA | (FLAG_AA if local.authoritative else 0) | (local.rcode & 0xF)
         q = Question(question.key_name, question.qtype, question.qclass)
         encoded = encode_message(0, flags, q, local.answer, local.authority, [], max_size=TCP_MAX_SIZE)
         start = 12 + len(q.name) + 4
-        offsets = tuple(o - start for o in encoded.ttl_offsets)
-        ttls = tuple(rr.ttl for rr in (local.answer + local.authority)[:len(offsets)])
-        entry = self.answers.build(key, flags, encoded.counts, encoded.data[start:], offsets, ttls, now,
-                                   ttl_floor=LOCAL_NEGATIVE_SECONDS)
+        # No TTL offsets: authoritative data keeps its TTLs as written (they do not count down);
+        # the entry lives as long as the least of them.
+        ttls = [rr.ttl for rr in local.answer + local.authority]
+        entry = self.answers.build(key, flags, encoded.counts, encoded.data[start:], (), (), now,
+                                   ttl_floor=min(ttls) if ttls else LOCAL_NEGATIVE_SECONDS)
         entry.prefetch_at = _NEVER
         self.local_answers[key] = (entry, action)
+        return entry
 
     def forget_local_answers(self) -> None:
         """Local data or policy changed: the fast path asks them again."""
         self.local_answers.clear()
+        self._local_asked.clear()
 
     async def _reply_local(self, query: Message, local: ZoneAnswer, tcp: bool) -> bytes:
         """A reply from local data, policy or the walled garden; a CNAME that leaves local data

@@ -477,8 +477,9 @@ def quick_question(data: bytes) -> tuple[bytes, int, int, int] | None:
     (cache key, offset after the question, the client's UDP payload size or 0 without EDNS, the
     EDNS flags). The key is the lowercased question name plus type and class as on the wire.
     ``None`` for anything unusual (not a plain QUERY with one question, compression in the
-    question, an OPT that is not alone or not version 0, options present); the full decode
-    handles those."""
+    question, an OPT that is not alone or not version 0, or whose options do not add up); the
+    full decode handles those. EDNS options are skipped, as the slow path skips them: a client
+    cookie, the padding DoT and DoH clients add (RFC 8467), a client subnet."""
     n = len(data)
     # QR=0, opcode QUERY, QDCOUNT=1, ANCOUNT=NSCOUNT=0, ARCOUNT 0 or 1.
     if n < 17 or data[2] & 0xF8 or data[4:10] != b"\x00\x01\x00\x00\x00\x00" or data[10]:
@@ -497,12 +498,19 @@ def quick_question(data: bytes) -> tuple[bytes, int, int, int] | None:
         if qend != n:
             return None
         return data[12:i].lower() + data[i:qend], qend, 0, 0
-    # One OPT: root name, type 41, class = payload size, TTL = ext-rcode/version/flags, no options.
-    if data[11] != 1 or n != qend + 11 or data[qend:qend + 3] != b"\x00\x00\x29":
+    # One OPT: root name, type 41, class = payload size, TTL = ext-rcode/version/flags, options.
+    if data[11] != 1 or n < qend + 11 or data[qend:qend + 3] != b"\x00\x00\x29":
         return None
     if data[qend + 5:qend + 7] != b"\x00\x00":  # extended rcode and version 0
         return None
-    if data[qend + 9:qend + 11] != b"\x00\x00":
+    at = qend + 11
+    if n != at + ((data[qend + 9] << 8) | data[qend + 10]):
+        return None
+    while at < n:  # each option's code and length, and the lengths must fill RDATA exactly
+        if at + 4 > n:
+            return None
+        at += 4 + ((data[at + 2] << 8) | data[at + 3])
+    if at != n:
         return None
     size = (data[qend + 3] << 8) | data[qend + 4]
     return data[12:i].lower() + data[i:qend], qend, size if size > 512 else 512, (data[qend + 7] << 8) | data[qend + 8]

@@ -548,6 +548,10 @@ def test_quick_question_vectors() -> None:
     assert size == 4096 and flags == EDNS_DO
     small = encode_query(1, N("example."), RRType.A, udp_size=100)
     assert quick_question(small) == (N("example.") + b"\x00\x01\x00\x01", 12 + 9 + 4, 512, 0)
+    # Options are skipped, as the full decode skips them: a client cookie, then padding.
+    options = b"\x00\x0a\x00\x08" + bytes(range(8)) + b"\x00\x0c\x00\x03" + bytes(3)
+    cookie = header(qd=1, ar=1) + question_bytes(QNAME) + opt_record(1232, EDNS_DO, options=options)
+    assert quick_question(cookie) == (QNAME.lower() + b"\x00\x01\x00\x01", 12 + len(QNAME) + 4, 1232, EDNS_DO)
 
 
 @pytest.mark.parametrize(
@@ -558,7 +562,9 @@ def test_quick_question_vectors() -> None:
         header(qd=0),  # no question
         header(qd=1, an=1) + question_bytes(QNAME) + rr_bytes(b"\x00", RRType.A, b"1234"),
         header(qd=1, ar=1) + question_bytes(QNAME) + rr_bytes(b"\x00", RRType.A, b"1234"),  # not an OPT
-        header(qd=1, ar=1) + question_bytes(QNAME) + opt_record(1232, options=b"\x00\x0a\x00\x00"),  # options
+        header(qd=1, ar=1) + question_bytes(QNAME) + opt_record(1232, options=b"\x00\x0a\x00"),  # a cut option
+        header(qd=1, ar=1) + question_bytes(QNAME) + opt_record(1232, options=b"\x00\x0a\x00\x09abcd"),  # overrun
+        header(qd=1, ar=1) + question_bytes(QNAME) + opt_record(1232)[:-2] + b"\x00\x08\x00\x0a\x00\x00",
         header(qd=1, ar=1) + question_bytes(QNAME)
         + b"\x00" + struct.pack("!HHIH", RRType.OPT, 1232, 1 << 16, 0),  # EDNS version 1
         header(qd=1, ar=2) + question_bytes(QNAME) + opt_record(1232) * 2,
@@ -695,3 +701,19 @@ def test_decode_mutated_messages_raises_only_wire_error(data: bytes) -> None:
     again = decode_message(encoded.data)
     assert [(rr.name, rr.rtype, rr.ttl, rr.rdata.lower()) for rr in again.answer] == \
         [(rr.name, rr.rtype, rr.ttl, rr.rdata.lower()) for rr in message.answer]
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=40), st.integers(0, 0xFFFF))
+def test_quick_question_reads_only_what_the_full_decode_reads(rdata: bytes, udp_size: int) -> None:
+    """Whatever the OPT's options area holds: when the quick read takes the query, the full
+    decode takes it too and finds the same question (a malformed one is the decode's FORMERR)."""
+    query = header(qd=1, ar=1) + question_bytes(QNAME) + opt_record(udp_size, options=rdata)
+    quick = quick_question(query)
+    try:
+        message = decode_message(query)
+    except WireError:
+        assert quick is None
+        return
+    if quick is not None:
+        assert message.question is not None and quick[0] == key_of(message.question)
