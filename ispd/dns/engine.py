@@ -96,7 +96,7 @@ _DNSSEC_TYPES = frozenset({RRType.RRSIG, RRType.NSEC, RRType.NSEC3})
 _VARIANT_SUFFIX = tuple(bytes((v,)) for v in range(0x32))
 # Local data and policy answers kept for the fast path: at most this many (emptied beyond), and a
 # negative one without an SOA lives this long (local data changes empty them anyway).
-MAX_LOCAL_ANSWERS = 100_000
+MAX_LOCAL_ANSWERS = 20_000  # hot local names are few; an entry is about 800 bytes
 _NEVER = float("inf")
 LOCAL_NEGATIVE_SECONDS = 60
 
@@ -559,6 +559,8 @@ class DNSEngine:
         flags = FLAG_QR | FLAG_RA | (FLAG_AA if local.authoritative else 0) | (local.rcode & 0xF)
         q = Question(question.key_name, question.qtype, question.qclass)
         encoded = encode_message(0, flags, q, local.answer, local.authority, [], max_size=TCP_MAX_SIZE)
+        if encoded.truncated:  # over 64 KB: the slow path's TC reply, never an empty answer kept
+            return None
         start = 12 + len(q.name) + 4
         # No TTL offsets: authoritative data keeps its TTLs as written (they do not count down);
         # the entry lives as long as the least of them.

@@ -385,10 +385,16 @@ class DNSService(Service):
         walled_changed = self.walled.lease_granted(address, subscriber_id)
         if hostname and self.local is not None and self.config.lease_names.domain:
             ttl = min(self.config.lease_names.ttl, max(0, int(expires_at - self.context.clock())))
+            before = self.local.generation
             self.local.add_lease_name(hostname, address, ttl)
-            if self.engine is not None:
-                self.engine.forget_local_answers()
+            self._local_changed(before)
         return walled_changed
+
+    def _local_changed(self, generation: int) -> None:
+        """Local data changed since ``generation`` (a renewal does not change it): the answers the
+        fast path keeps from it go."""
+        if self.engine is not None and self.local is not None and self.local.generation != generation:
+            self.engine.forget_local_answers()
 
     async def _command_walled_show(self, args: dict[str, Any]) -> dict[str, Any]:
         subscriber_id = args.get("subscriber_id")
@@ -411,9 +417,9 @@ class DNSService(Service):
 
         def ended(event: LeaseEnded) -> None:
             if self.local is not None:
+                before = self.local.generation
                 self.local.remove_lease_name(event.address, event.hostname)
-                if self.engine is not None:
-                    self.engine.forget_local_answers()
+                self._local_changed(before)
             if self.walled.lease_ended(event.address):
                 self._walled_changed()
 

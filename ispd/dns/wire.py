@@ -478,8 +478,8 @@ def quick_question(data: bytes) -> tuple[bytes, int, int, int] | None:
     EDNS flags). The key is the lowercased question name plus type and class as on the wire.
     ``None`` for anything unusual (not a plain QUERY with one question, compression in the
     question, an OPT that is not alone or not version 0, or whose options do not add up); the
-    full decode handles those. EDNS options are skipped, as the slow path skips them: a client
-    cookie, the padding DoT and DoH clients add (RFC 8467), a client subnet."""
+    full decode handles those as it always did. EDNS options are skipped, as the slow path skips
+    them: a client cookie, the padding DoT and DoH clients add (RFC 8467), a client subnet."""
     n = len(data)
     # QR=0, opcode QUERY, QDCOUNT=1, ANCOUNT=NSCOUNT=0, ARCOUNT 0 or 1.
     if n < 17 or data[2] & 0xF8 or data[4:10] != b"\x00\x01\x00\x00\x00\x00" or data[10]:

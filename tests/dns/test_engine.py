@@ -286,9 +286,9 @@ async def test_edns_options_are_skipped_on_both_paths(env: Env) -> None:
     assert addresses(reply) == ["192.0.2.80"] and reply.edns is not None and b"\x00\x0a" not in fast[-15:]
     slow = await env.ask_message(data)
     assert addresses(slow) == ["192.0.2.80"] and slow.edns is not None
-    broken = data[:-1]  # the option's length runs past the message: the full decode's FORMERR
-    assert env.fast(broken) is None
-    assert (await env.ask_message(broken)).rcode == RCode.FORMERR
+    cut = cookie[:11] + b"\x01" + cookie[12:] + b"\x00" + struct.pack("!HHIH", RRType.OPT, 1232, 0, 3) + b"\x00\x0a\x00"
+    assert env.fast(cut) is None  # an option cut short: left to the full decode, which answers as before
+    assert addresses(await env.ask_message(cut)) == ["192.0.2.80"]
 
 
 # --- resolution -------------------------------------------------------------------------------------
@@ -437,10 +437,11 @@ async def test_local_data_answers_before_recursion(env: Env) -> None:
 async def test_local_answers_take_the_fast_path_until_local_data_changes(env: Env) -> None:
     with_local(env)
     assert env.fast(query("printer.home.test.")) is None  # not asked yet
-    for _ in range(2):  # kept from the second time a name is asked
-        await env.ask_message(query("printer.home.test."))
-        await env.ask_message(query("nothere.corp.example.test."))
-        assert env.fast(query("unique.corp.example.test.")) is None
+    await env.ask_message(query("printer.home.test."))
+    await env.ask_message(query("nothere.corp.example.test."))
+    assert env.fast(query("printer.home.test.")) is None  # kept from the second time a name is asked
+    await env.ask_message(query("printer.home.test."))
+    await env.ask_message(query("nothere.corp.example.test."))
     raw = env.fast(query("PRINTER.home.test.", edns=1232))
     assert raw is not None
     reply = decode_message(raw)
@@ -450,9 +451,24 @@ async def test_local_answers_take_the_fast_path_until_local_data_changes(env: En
     negative = env.fast(query("nothere.corp.example.test."))
     assert negative is not None and decode_message(negative).rcode == RCode.NXDOMAIN
     assert env.engine.stats.local_answers == 6 and env.engine.stats.cache_hits == 0
+    assert env.fast(query("printer.home.test."), OUTSIDER) is None  # refused: never from a kept answer
+    env.engine.set_walled(frozenset({CLIENT}))
+    assert env.fast(query("printer.home.test.")) is None  # walled: the walled garden's answer, slow path
+    env.engine.set_walled(frozenset())
+    await env.ask_message(query("printer.home.test."))  # the client's class is learnt again
+    assert env.fast(query("printer.home.test.")) is not None
     env.engine.forget_local_answers()  # what the service does when local data changes
     assert env.fast(query("printer.home.test.")) is None
-    assert env.fast(query("printer.home.test."), OUTSIDER) is None
+
+
+async def test_local_answers_too_large_for_a_message_are_not_kept(env: Env) -> None:
+    big = "".join(f"big TXT {'x' * 200}{i}\n" for i in range(400))
+    zone = load_zone_text("$TTL 60\n@ SOA ns hm 1 1 1 1 60\n@ NS ns\nns A 192.168.0.53\n" + big, "big.test.")
+    env.engine.local_lookup = LocalData(zones=[zone]).answer
+    for _ in range(2):
+        over_tcp = decode_message(await env.ask(query("big.big.test.", RRType.TXT), tcp=True) or b"")
+        assert over_tcp.flags & FLAG_TC and not over_tcp.answer
+    assert env.fast(query("big.big.test.", RRType.TXT)) is None  # no empty answer kept in its place
 
 
 async def test_local_answers_that_leave_local_data_stay_on_the_slow_path(env: Env) -> None:
@@ -517,6 +533,8 @@ async def test_policy_drop(policed: Env) -> None:
     assert await policed.ask(query("drop.example.test.")) is None
     assert sum(policed.engine.policy_hits.values()) == 1
     assert policed.net.log == []
+    assert await policed.ask(query("drop.example.test.")) is None
+    assert policed.fast(query("drop.example.test.")) is None  # never kept: the policy says nothing to send
 
 
 async def test_policy_local_data(policed: Env) -> None:
@@ -566,6 +584,10 @@ async def test_policy_tcp_only(policed: Env) -> None:
     assert udp.flags & FLAG_TC and udp.answer == []
     tcp = await policed.ask_message(query("tcp.example.test."), tcp=True)
     assert tcp.rcode == RCode.NXDOMAIN  # resolved for real over TCP
+    for _ in range(2):
+        await policed.ask(query("tcp.example.test."))
+        await policed.ask(query("tcp.example.test."), tcp=True)
+    assert policed.fast(query("tcp.example.test.")) is None  # never kept: UDP must keep getting TC
 
 
 async def test_walled_client_gets_the_walled_answer(env: Env) -> None:

@@ -141,7 +141,8 @@ def restart(site: Site) -> None:
 def test_a_leased_host_name_resolves_both_ways_until_the_release(site: Site) -> None:
     set_mac(site.client_ns, site.client_if, "02:00:5e:12:53:01")
     name = f"laptop.{DOMAIN}."
-    assert site.from_server(name).status == "NXDOMAIN"
+    for _ in range(2):  # asked twice: the NXDOMAIN is kept for the fast path, and must go with the lease
+        assert site.from_server(name).status == "NXDOMAIN"
     with Dhclient(site.lab, site.client_ns, site.client_if, site.workdir, extra_conf='send host-name "Laptop";') \
             as client:
         event = client.obtain()
