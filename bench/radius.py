@@ -151,9 +151,7 @@ class IspdServer(Server):
     def _start(self) -> None:
         assert self.seed is not None
         self.workdir.mkdir(parents=True, exist_ok=True)
-        for suffix in ("", "-wal", "-shm"):
-            if Path(f"{self.seed}{suffix}").exists():
-                shutil.copyfile(f"{self.seed}{suffix}", self.workdir / f"ispd.db{suffix}")
+        copy_store(self.seed, self.workdir)
         config = ISPD_CONFIG.format(workdir=self.workdir, metrics_port=free_tcp_port(), auth_port=self.auth_port,
                                     acct_port=self.acct_port, secret=SECRET)
         # RFC 5997: Status-Server to the auth port is answered with Access-Accept
@@ -170,6 +168,13 @@ def freeradius_threads(cpus: str | None) -> int:
 
 SERVERS: dict[str, type[Server]] = {"ispd": IspdServer, "freeradius": FreeRADIUSServer,
                                     "freeradius-sql": FreeRADIUSSQLServer}
+
+
+def copy_store(seed: Path, workdir: Path) -> None:
+    """The seeded store (with its WAL, if any) as ``workdir``'s ispd.db, for a fresh run."""
+    for suffix in ("", "-wal", "-shm"):
+        if Path(f"{seed}{suffix}").exists():
+            shutil.copyfile(f"{seed}{suffix}", workdir / f"ispd.db{suffix}")
 
 
 async def seed_ispd_store(path: Path, users: Sequence[tuple[str, str]]) -> None:

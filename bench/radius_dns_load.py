@@ -49,7 +49,7 @@ from bench.common import (  # noqa: E402
     stop_all_on_exit,
 )
 from bench.dns import DNSPERF, DNSPERF_TIMEOUT, Run, parse_dnsperf  # noqa: E402
-from bench.radius import RADLOAD, SECRET, USERS, seed_ispd_store  # noqa: E402
+from bench.radius import RADLOAD, SECRET, USERS, copy_store, seed_ispd_store  # noqa: E402
 from bench.radload import ACCESS_ACCEPT, Report, bench_users  # noqa: E402
 from tests.lab.dnshier import _death_signal  # noqa: E402
 from tests.lab.freeradius import status_server  # noqa: E402
@@ -97,9 +97,7 @@ def worker_pids(pid: int) -> list[int]:
 def one_run(root: Path, seed: Path, process: str, dns_load: bool, args: argparse.Namespace,
             cpus: tuple[str | None, str | None], worker_cpu: str | None = None) -> Result:
     workdir = Path(tempfile.mkdtemp(prefix=f"{process}-{'dns' if dns_load else 'idle'}-", dir=root))
-    for suffix in ("", "-wal", "-shm"):
-        if Path(f"{seed}{suffix}").exists():
-            shutil.copyfile(f"{seed}{suffix}", workdir / f"ispd.db{suffix}")
+    copy_store(seed, workdir)
     dns_port, auth_port = free_udp_port(), free_udp_port()
     daemon = IspdDaemon(workdir, cpus[0], preexec=_death_signal())
     zone_file = workdir / "bench.test.zone"

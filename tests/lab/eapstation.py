@@ -11,6 +11,16 @@ from ispd.radius.eap import EAPPacket
 from ispd.radius.eaptls import FRAGMENT_SIZE, TLSFlag, decode_tls_payload
 
 
+def client_hello(ca: Path | None = None) -> bytes:
+    """A ClientHello as the payload of a first EAP-TLS/TTLS/PEAP response (flags octet 0)."""
+    tls = ssl.create_default_context(cafile=str(ca) if ca else None).wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO())
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        return b"\x00" + outgoing.read()
+    raise AssertionError("a TLS client finished a handshake with no server")
+
+
 class TLSStation:
     def __init__(self, ca: Path, method: int, first_request: EAPPacket, *, fragment: int = 1400,
                  client_pem: Path | None = None, server_hostname: str = "radius.isp.test") -> None:

@@ -3,7 +3,6 @@ both directions, and a whole TTLS conversation with Python's TLS client on memor
 
 from __future__ import annotations
 
-import ssl
 from pathlib import Path
 
 import pytest
@@ -40,7 +39,7 @@ from ispd.radius.eaptls import (
     wrap_peap,
 )
 from tests.lab.certs import Certificates
-from tests.lab.eapstation import TLSStation
+from tests.lab.eapstation import TLSStation, client_hello
 
 NOW = 1_000_000.0
 
@@ -208,15 +207,8 @@ def test_fragments_that_do_not_add_up_end_the_tunnel(server: TunnelServer) -> No
             exchange(server, step.state, 1, payload)
 
 
-def client_hello(certificates: Certificates) -> bytes:
-    tls = ssl.create_default_context(cafile=str(certificates.ca)).wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO())
-    with pytest.raises(ssl.SSLWantReadError):
-        tls.do_handshake()
-    return b"\x00" + outgoing.read()
-
-
 def test_a_response_must_answer_the_last_request(server: TunnelServer, certificates: Certificates) -> None:
-    hello = client_hello(certificates)
+    hello = client_hello(certificates.ca)
     assert exchange(server, server.start(EAP_TTLS, "alice", 1, NOW).state, 1, hello).request is not None
     for identifier, method in ((2, EAP_TTLS), (1, EAP_PEAP)):  # another identifier; another method
         step = server.start(EAP_TTLS, "alice", 1, NOW)
@@ -230,7 +222,7 @@ def test_each_round_trip_may_take_the_timeout_and_there_are_at_most_max_rounds(
     later = NOW + 25  # within a round's 30 s
     tunnel = server.take(step.state, later)
     assert tunnel is not None
-    step = server.step(tunnel, EAPPacket(EAPCode.RESPONSE, 1, EAP_TTLS, client_hello(certificates)), later)
+    step = server.step(tunnel, EAPPacket(EAPCode.RESPONSE, 1, EAP_TTLS, client_hello(certificates.ca)), later)
     assert server.take(step.state, later + 25) is not None  # the next round has 30 s of its own
     tunnel.rounds = MAX_ROUNDS
     with pytest.raises(TunnelError, match="round trips"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import ssl
 import struct
 from collections.abc import Sequence
 from dataclasses import replace
@@ -59,7 +58,7 @@ from ispd.store.models import (
     SubscriberStatus,
 )
 from tests.lab.certs import issue
-from tests.lab.eapstation import TLSStation
+from tests.lab.eapstation import TLSStation, client_hello
 
 SECRET = b"testing123"
 DICTIONARY = builtin_dictionary()
@@ -423,13 +422,6 @@ def test_the_first_method_listed_is_offered_first(tmp_path: Path) -> None:
     world = tunnel_world(tmp_path, [EAPMethod.TTLS, EAPMethod.MD5])
     offer = world.engine.handle(eap_request("alice", EAPPacket(EAPCode.RESPONSE, 1, EAPType.IDENTITY)), nas(), NOW)
     assert offer.method == "eap-ttls" and eap_reply(offer).type == 21
-
-
-def client_hello() -> bytes:
-    tls = ssl.create_default_context().wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO())
-    with pytest.raises(ssl.SSLWantReadError):
-        tls.do_handshake()
-    return b"\x00" + outgoing.read()
 
 
 def test_a_tunnel_response_needs_its_tunnel_and_its_user_name(tmp_path: Path) -> None:
