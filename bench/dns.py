@@ -47,9 +47,13 @@ resolver's CPU. Needs root (port 53 on 127.55.x.y), nsd, unbound and dnsperf (to
 --tests --bench installs them). Every process started is stopped at exit, also on an error,
 Ctrl-C or SIGTERM.
 
+--processes N compares ispd's [dns] processes = N with Unbound's num-threads: N (so-reuseport),
+unpinned: on a machine with fewer than N + 1 cores they share them with dnsperf and the NSD
+servers, and the figures show that contention as much as the scaling.
+
     .venv/bin/python bench/dns.py [--quick] [--duration 15] [--only ispd|unbound] [--json out.json]
                                   [--outstanding 200] [--miss-outstanding 200] [--repeat 1] [--no-pin]
-                                  [--keep]
+                                  [--processes 1] [--keep]
 """
 
 from __future__ import annotations
@@ -145,6 +149,7 @@ def zone_of(workload: str) -> str:
 
 class Resolver(BenchServer):
     tls: tuple[Path, Path] | None = None  # certificate chain and key, for DoT and DoH
+    processes = 1  # ispd's [dns] processes, Unbound's num-threads (--processes)
 
     def __init__(self, hierarchy: DNSHierarchy, workdir: Path, cpus: str | None, *, validating: bool) -> None:
         self.hierarchy, self.workdir, self.cpus, self.validating = hierarchy, workdir, cpus, validating
@@ -166,8 +171,10 @@ class UnboundResolver(Resolver):
         if validating:  # no wildcard answers synthesised from cached NSEC (RFC 8198 §5.3.3), as ispd
             extra += "  aggressive-nsec: no\n"
         # validating: "validator iterator" from the lab's trust anchor; else "iterator" alone
+        if self.processes > 1:  # one socket per thread, as ispd's processes have
+            extra += "  so-reuseport: yes\n"
         self.process = Unbound(hierarchy.root_hints_path, workdir, port=self.port, msg_cache="256m",
-                               rrset_cache="512m", cpus=cpus, extra=extra,
+                               rrset_cache="512m", cpus=cpus, extra=extra, threads=self.processes,
                                trust_anchor=hierarchy.trust_anchor_path if validating else None)
 
     def _start(self) -> None:
@@ -188,6 +195,7 @@ class IspdResolver(Resolver):
                                     doh_port=self.doh_port, pem=self.tls[0], key=self.tls[1])
         config += (ISPD_DNSSEC_ON.format(anchor=self.hierarchy.trust_anchor_path) if self.validating
                    else ISPD_DNSSEC_OFF)
+        config = config.replace("[dns]\n", f"[dns]\nprocesses = {self.processes}\n", 1)
 
         def answers() -> bool:  # any reply will do: a DNS listener is up
             try:
@@ -508,6 +516,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds over every run; each keeps its best round (default: %(default)s)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin dnsperf and the resolver to cores")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="ispd's [dns] processes and Unbound's num-threads (default: %(default)s); more than 1 "
+                             "implies --no-pin")
     parser.add_argument("--base", default=BASE, help="the lab hierarchy's addresses (default: %(default)s.0.0/16)")
     parser.add_argument("--keep", action="store_true", help="keep each run's directory (configs, logs, output)")
     parser.add_argument("--json", type=Path, help="also write every run's figures to this file")
@@ -523,7 +534,10 @@ def main() -> None:
     names = [args.only] if args.only else ["ispd", "unbound"]
     preflight(names)
 
-    cpus, pinning = split_cpus(args.no_pin, "resolver", "dnsperf and the NSD servers")
+    if args.processes < 1:
+        parser.error("--processes must be at least 1")
+    Resolver.processes = args.processes
+    cpus, pinning = split_cpus(args.no_pin or args.processes > 1, "resolver", "dnsperf and the NSD servers")
 
     stop_all_on_exit()
 
@@ -541,11 +555,11 @@ def main() -> None:
         print(f"machine: {machine_summary()}; {pinning}; load average {load:.2f} at start"
               + (" (busy: expect noise)" if load > 0.5 else ""))
         if "unbound" in names:
-            print(f"{unbound_version()}: num-threads 1, msg-cache 256m, rrset-cache 512m; iterator only (no "
-                  "validation), but validator + iterator for the validated rows (aggressive-nsec off)")
+            print(f"{unbound_version()}: num-threads {args.processes}, msg-cache 256m, rrset-cache 512m; iterator "
+                  "only (no validation), but validator + iterator for the validated rows (aggressive-nsec off)")
         if "ispd" in names:
-            print("ispd: [dns.dnssec] validation = false, but true (trust anchor: the lab's root DS) for the "
-                  "validated rows")
+            print(f"ispd: [dns] processes = {args.processes}; [dns.dnssec] validation = false, but true (trust "
+                  "anchor: the lab's root DS) for the validated rows")
         print(f"dnsperf: {args.duration:g} s per run, best of {args.repeat}, {args.clients} sockets, "
               f"{args.outstanding} queries in flight (hits), {args.miss_outstanding} (misses); "
               "fresh resolver per run")

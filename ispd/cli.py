@@ -680,6 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control", type=Path, required=True, help="the private control socket to serve")
     p.add_argument("--ready-fd", type=int, default=-1, help="where to say ready (or why not)")
     p.add_argument("--parent-pid", type=int, default=0, help="the supervisor: the worker dies with it")
+    p.add_argument("--instance", type=int, default=1, help="which of the service's processes (2 and up: extras)")
 
     sub = top.add_parser("subscriber", help="manage subscribers").add_subparsers(dest="action", required=True)
     p = sub.add_parser("add", parents=[config_opts, json_opt, password_opts], help="add a subscriber")
@@ -1288,7 +1289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "worker":
             from ispd.supervisor import run_service_worker
 
-            return run_service_worker(args.service, args.config, config, args.control, args.ready_fd, args.parent_pid)
+            return run_service_worker(args.service, args.config, config, args.control, args.ready_fd, args.parent_pid,
+                                      args.instance)
         configure_logging(LogConfig(level="warning", format="console"), stream=sys.stderr)
         if hasattr(args, "prepare"):
             args.prepare(config, args)

@@ -83,12 +83,15 @@ def load_certificate(load: object, certificate: Path, private_key: Path) -> None
         raise CertificateError(f"cannot use {certificate} with {private_key}: {exc}") from None
 
 
-def listening_tcp_socket(host: str, port: int, backlog: int) -> socket.socket:
-    """A non-blocking TCP socket bound to (host, port) and listening; OSError as bind raises it."""
+def listening_tcp_socket(host: str, port: int, backlog: int, *, reuse_port: bool = False) -> socket.socket:
+    """A non-blocking TCP socket bound to (host, port) and listening; OSError as bind raises it.
+    ``reuse_port``: shared with the other processes of a service that runs several."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listening = socket.socket(family, socket.SOCK_STREAM)
     try:
         listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         listening.bind((host, port))
         listening.listen(backlog)
         listening.setblocking(False)

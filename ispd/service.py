@@ -21,6 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
@@ -52,6 +53,11 @@ class ServiceContext:
     control: ControlCommands = field(default_factory=ControlCommands)
     # More Prometheus text appended to /metrics at each scrape (a worker process's metrics).
     metrics_sources: list[Callable[[], Awaitable[bytes]]] = field(default_factory=list)
+    # The config file the daemon runs on (a service that starts workers passes it on to them).
+    config_path: Path | None = None
+    # Which of a service's processes this is: 1 in the main process (or a service's only
+    # worker), 2 and up in the extra workers of a service that runs several (``[dns] processes``).
+    instance: int = 1
 
 
 class Service(ABC):

@@ -37,6 +37,12 @@ reach DHCP and DNS at once) and sends it what the main bus published
 came across is not sent back. While a worker is down its events wait in a bounded outbox and the
 main process's are dropped (a worker loads its state from the store when it starts).
 
+A service may also run several processes of itself (``[dns] processes``): its own service in the
+main process starts ``WorkerService(..., instance=K, attached=False)`` for K = 2.., whose
+control socket, log lines and restarts carry the name ``dns.K``. Not attached, such a worker's
+commands and metrics are not joined to the daemon's: the service forwards what it wants to each
+(``request``) and merges their ``metrics_text`` itself (``ispd.dns.processes``).
+
 Not here: streaming control commands; the worker's own process and store metrics (only the
 service's are exported).
 """
@@ -107,16 +113,25 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 class WorkerService(Service):
-    def __init__(self, spec: ServiceSpec, config: Config, context: ServiceContext, config_path: Path) -> None:
-        self.name = spec.name
+    """One worker process, seen from the main one. ``instance`` 2 and up are a service's extra
+    workers (``[dns] processes``); the service that starts them is ``attached`` to them itself
+    (``attached=False``): it forwards what commands it wants and merges their metrics, where a
+    service's only worker has its commands and metrics joined to the daemon's here."""
+
+    def __init__(self, spec: ServiceSpec, config: Config, context: ServiceContext, config_path: Path, *,
+                 instance: int = 1, attached: bool = True) -> None:
+        self.name = spec.name if instance == 1 else f"{spec.name}.{instance}"
+        self.service_name = spec.name
+        self.instance = instance
+        self.attached = attached
         self.config = config
         self.context = context
         self.config_path = config_path
-        self.control_path = worker_control_path(config.daemon.control_socket, spec.name)
+        self.control_path = worker_control_path(config.daemon.control_socket, self.name)
         self.proc: asyncio.subprocess.Process | None = None
         self._stopping = False
         self._health = Health(False, "starting")
-        self._description = f"{spec.name} (own process)"
+        self._description = f"{self.name} (own process)"
         self._tasks: set[asyncio.Task[Any]] = set()
         self.bridge = EventBridge(context.bus)
 
@@ -126,14 +141,15 @@ class WorkerService(Service):
         stack.push_async_callback(self._end)  # first: whatever fails below, the worker goes
         await self._spawn()
         try:
-            names = await self._request("worker.commands", wait=QUICK_REQUEST_SECONDS)
+            names = await self.request("worker.commands", wait=QUICK_REQUEST_SECONDS)
         except CommandError as exc:
             raise ServiceStartError(f"{self.name}: the worker stopped answering at start: {exc}") from None
-        for name in names:
-            if name not in BUILTIN_COMMANDS:
-                stack.callback(self.context.control.register(name, self._forwarder(name)))
-        self.context.metrics_sources.append(self._metrics)
-        stack.callback(self.context.metrics_sources.remove, self._metrics)
+        if self.attached:
+            for name in names:
+                if name not in BUILTIN_COMMANDS:
+                    stack.callback(self.context.control.register(name, self._forwarder(name)))
+            self.context.metrics_sources.append(self.metrics_text)
+            stack.callback(self.context.metrics_sources.remove, self.metrics_text)
         stack.callback(self.bridge.attach())
         self._spawn_task(self._watch())
         self._spawn_task(self._pull_events())
@@ -144,8 +160,9 @@ class WorkerService(Service):
         read_end, write_end = os.pipe()
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "ispd", "worker", self.name, "-c", str(self.config_path),
-                "--control", str(self.control_path), "--ready-fd", str(write_end), "--parent-pid", str(os.getpid()),
+                sys.executable, "-m", "ispd", "worker", self.service_name, "--instance", str(self.instance),
+                "-c", str(self.config_path), "--control", str(self.control_path), "--ready-fd", str(write_end),
+                "--parent-pid", str(os.getpid()),
                 pass_fds=(write_end,), stdin=asyncio.subprocess.DEVNULL)
         except OSError as exc:
             os.close(read_end)
@@ -156,7 +173,9 @@ class WorkerService(Service):
         if line != "ready":
             await self._kill()
             reason = line.removeprefix("error: ") if line else "the worker exited before it was ready"
-            raise ServiceStartError(reason if reason.startswith(f"{self.name}:") else f"{self.name}: {reason}")
+            if not reason.startswith(f"{self.service_name}:"):
+                reason = f"{self.service_name}: {reason}"
+            raise ServiceStartError(reason if self.instance == 1 else f"{reason} (in its process {self.instance})")
         self._health = Health(True)
         await self._poll_health()
 
@@ -204,7 +223,7 @@ class WorkerService(Service):
     async def reload(self, old: Config, new: Config) -> None:
         self.config = new
         try:
-            await self._request("worker.reload")
+            await self.request("worker.reload")
         except CommandError as exc:
             raise ServiceStartError(f"{self.name}: {exc}") from None
 
@@ -216,7 +235,8 @@ class WorkerService(Service):
 
     # --- talking to the worker
 
-    async def _request(self, command: str, args: dict[str, Any] | None = None, *, wait: float = 120.0) -> Any:
+    async def request(self, command: str, args: dict[str, Any] | None = None, *, wait: float = 120.0) -> Any:
+        """One command to the worker; ``CommandError`` when it fails or the worker does not answer."""
         try:
             return await control_request(self.control_path, command, args, wait_seconds=wait)
         except ControlError as exc:
@@ -224,14 +244,14 @@ class WorkerService(Service):
 
     def _forwarder(self, name: str) -> Callable[[dict[str, Any]], Awaitable[Any]]:
         async def forward(args: dict[str, Any]) -> Any:
-            return await self._request(name, args)
+            return await self.request(name, args)
         return forward
 
-    async def _metrics(self) -> bytes:
+    async def metrics_text(self) -> bytes:
         """The worker's metrics, or none when it does not answer at once (a scrape must not wait
         for a stuck worker: the main process's own metrics matter most then)."""
         try:
-            text = await self._request("worker.metrics", wait=QUICK_REQUEST_SECONDS)
+            text = await self.request("worker.metrics", wait=QUICK_REQUEST_SECONDS)
         except CommandError:
             return b""
         return str(text).encode()
@@ -242,7 +262,7 @@ class WorkerService(Service):
         """What the worker's bus published, onto ours (a long poll, again and again)."""
         while not self._stopping:
             try:
-                items = await self._request("worker.events.take", {"wait": EVENT_POLL_SECONDS},
+                items = await self.request("worker.events.take", {"wait": EVENT_POLL_SECONDS},
                                             wait=EVENT_POLL_SECONDS + QUICK_REQUEST_SECONDS)
             except CommandError:  # restarting, or stuck: the watch deals with it
                 await asyncio.sleep(EVENT_RETRY_SECONDS)
@@ -256,7 +276,7 @@ class WorkerService(Service):
             if not batch:
                 continue
             try:
-                await self._request("worker.events.deliver", {"events": batch}, wait=QUICK_REQUEST_SECONDS)
+                await self.request("worker.events.deliver", {"events": batch}, wait=QUICK_REQUEST_SECONDS)
             except CommandError as exc:  # the worker reloads from the store when it is back
                 log.debug("worker.events.undelivered", worker=self.name, events=len(batch), error=str(exc))
 
@@ -307,7 +327,7 @@ class WorkerService(Service):
     async def _poll_health(self) -> bool:
         """Ask the worker how it is; False when it did not answer."""
         try:
-            report = await self._request("worker.health", wait=QUICK_REQUEST_SECONDS)
+            report = await self.request("worker.health", wait=QUICK_REQUEST_SECONDS)
         except CommandError as exc:
             self._health = Health(False, f"worker does not answer: {exc}")
             return False
@@ -332,8 +352,9 @@ def worker_control_path(control_socket: Path | None, name: str) -> Path:
 
 class _WorkerHost:
     def __init__(self, spec: ServiceSpec, config_path: Path, config: Config, control_path: Path,
-                 ready_fd: int) -> None:
-        self.spec, self.config_path, self.config = spec, config_path, config
+                 ready_fd: int, instance: int) -> None:
+        self.spec, self.config_path, self.config, self.instance = spec, config_path, config, instance
+        self.name = spec.name if instance == 1 else f"{spec.name}.{instance}"
         self.control_path, self.ready_fd = control_path, ready_fd
         self.commands = ControlCommands()
         self.registry = CollectorRegistry(auto_describe=True)
@@ -355,7 +376,7 @@ class _WorkerHost:
         from ispd.entry import HELD_SIGNALS
         from ispd.store import StoreError, open_store
 
-        structlog.contextvars.bind_contextvars(worker=self.spec.name)
+        structlog.contextvars.bind_contextvars(worker=self.name)
         configure_logging(self.config.log)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
@@ -379,7 +400,8 @@ class _WorkerHost:
                 health = self.service.health() if self.service else Health(False, "starting")
                 return health.ok, {self.spec.name: {"ok": health.ok, "detail": health.detail}}
 
-            context = ServiceContext(store, bus, self.registry, healthy, control=self.commands)
+            context = ServiceContext(store, bus, self.registry, healthy, control=self.commands,
+                                     config_path=self.config_path, instance=self.instance)
             self.service = self.spec.build(self.config, context)
             service_stack = AsyncExitStack()
             stack.push_async_callback(service_stack.aclose)
@@ -451,12 +473,12 @@ class _WorkerHost:
 
 
 def run_worker(spec: ServiceSpec, config_path: Path, config: Config, control_path: Path, ready_fd: int,
-               parent_pid: int) -> int:
+               parent_pid: int, instance: int = 1) -> int:
     """``ispd worker NAME``: one service in this process, until SIGTERM."""
     import uvloop
 
     die_with_parent(parent_pid)
-    host = _WorkerHost(spec, config_path, config, control_path, ready_fd)
+    host = _WorkerHost(spec, config_path, config, control_path, ready_fd, instance)
     try:
         return uvloop.run(host.run())
     finally:

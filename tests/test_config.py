@@ -177,3 +177,14 @@ def test_an_admin_tcp_listener_needs_a_long_enough_token(tmp_path: Path) -> None
     assert "admin.listen needs admin.token" in error_of(write(tmp_path, '[admin]\nlisten = ["127.0.0.1:8740"]\n'))
     short = write(tmp_path, '[admin]\nlisten = ["127.0.0.1:8740"]\ntoken = "short"\n')
     assert "at least 16 characters" in error_of(short)
+
+
+def test_dns_processes_need_fixed_ports_and_a_sane_count(tmp_path: Path) -> None:
+    path = write(tmp_path, '[dns]\nenabled = true\nprocesses = 2\nlisten = ["127.0.0.1:5353"]\n'
+                           '[dns.doq]\nlisten = ["127.0.0.1:0"]\ncertificate = "c.pem"\nprivate_key = "k.pem"\n')
+    assert error_of(path) == (f"{path}: dns: doq.listen: port 0 (any free port) cannot be shared by 2 processes: "
+                              "give the port")
+    assert "dns.processes: Input should be less than or equal to 64" in error_of(
+        write(tmp_path, "[dns]\nprocesses = 65\n"))
+    assert load_config(write(tmp_path, '[dns]\nenabled = true\nprocesses = 4\nlisten = ["127.0.0.1:5353"]\n')
+                       ).dns.processes == 4

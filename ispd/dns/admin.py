@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from ispd.control import CommandError, ControlCommands
@@ -167,14 +167,18 @@ def parse_name_argument(value: Any) -> bytes:
 class DNSCacheAdmin:
     """``dns.cache.flush`` and ``dns.cache.dump`` over one service's two caches."""
 
-    def __init__(self, rrsets: RRsetCache, answers: AnswerCache, clock: Callable[[], float]) -> None:
+    def __init__(self, rrsets: RRsetCache, answers: AnswerCache, clock: Callable[[], float], *,
+                 processes: int = 1) -> None:
         self.rrsets = rrsets
         self.answers = answers
         self.clock = clock  # the caches' clock (monotonic)
+        self.processes = processes  # [dns] processes: the dump is of the first's caches only
 
-    def register(self, commands: ControlCommands) -> Callable[[], None]:
-        """Offer the commands; the returned callable takes them back."""
-        undo = [commands.register("dns.cache.flush", self.flush_command),
+    def register(self, commands: ControlCommands,
+                 flush: Callable[[dict[str, Any]], Awaitable[Any]] | None = None) -> Callable[[], None]:
+        """Offer the commands (``flush`` in place of ``flush_command``: it flushes every process's
+        caches); the returned callable takes them back."""
+        undo = [commands.register("dns.cache.flush", flush or self.flush_command),
                 commands.register_stream("dns.cache.dump", self.dump_command)]
 
         def unregister() -> None:
@@ -236,7 +240,11 @@ class DNSCacheAdmin:
         rrsets, records, negatives, answers, expired = 0, 0, 0, 0, 0
         if not as_json:
             scope = f" of {name_to_text(zone)} and below" if zone is not None else ""
-            yield [f"; ispd DNS cache dump{scope}", "; RRsets and negative answers (RRset cache)"]
+            head = [f"; ispd DNS cache dump{scope}"]
+            if self.processes > 1:
+                head.append(f"; of the main process only: each of the {self.processes} DNS processes has caches "
+                            "of its own")
+            yield [*head, "; RRsets and negative answers (RRset cache)"]
         keys = self.rrsets.snapshot_keys()
         out: list[str] = []
         now = self.clock()

@@ -202,6 +202,10 @@ class DNSConfig(Section):
     enabled: bool = False
     # UDP and TCP on each address.
     listen: list[ListenAddress] = Field(default_factory=lambda: [SocketAddress("127.0.0.1", 53)])
+    # Processes answering DNS: one event loop uses one core, so a resolver busier than that runs
+    # more. The main process is the first; the others are workers sharing every listener with it
+    # (SO_REUSEPORT: the kernel spreads clients over them). Each has a cache of its own.
+    processes: int = Field(default=1, ge=1, le=64)
     # Clients allowed to query (the subscriber networks); everyone else gets REFUSED.
     allow: list[IPNetwork] = Field(default_factory=lambda: [ip_network("127.0.0.0/8"), ip_network("::1/128")])
     # Root hints in named.root format; unset: the IANA root servers (a copy ships with ispd).
@@ -233,6 +237,13 @@ class DNSConfig(Section):
             return self
         if not self.listen:
             raise ValueError('listen: give at least one address, e.g. listen = ["198.18.0.1:53"]')
+        if self.processes > 1:
+            for key, addresses in (("listen", self.listen), ("dot.listen", self.dot.listen),
+                                   ("doh.listen", self.doh.listen), ("doh.listen_http3", self.doh.listen_http3),
+                                   ("doq.listen", self.doq.listen)):
+                if any(address.port == 0 for address in addresses):
+                    raise ValueError(f"{key}: port 0 (any free port) cannot be shared by {self.processes} "
+                                     "processes: give the port")
         seen: set[str] = set()
         for zone in self.forward_zone:
             if zone.name in seen:

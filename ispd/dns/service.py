@@ -23,6 +23,8 @@ from contextlib import AsyncExitStack
 from functools import partial
 from typing import Any, cast
 
+from prometheus_client import CollectorRegistry
+
 from ispd.config import Config
 from ispd.control import CommandError
 from ispd.dns.admin import parse_name_argument
@@ -36,6 +38,7 @@ from ispd.dns.https import DoHResponder, serve_h2
 from ispd.dns.localdata import LocalData
 from ispd.dns.metrics import DNSMetrics
 from ispd.dns.policy import CompiledPolicyZone, Policy, compile_policy_zone
+from ispd.dns.processes import ExtraProcesses, Handler, add_counts, first
 from ispd.dns.quic import QuicListener, QuicSettings, doq_listener, http3_listener
 from ispd.dns.resolver import ForwardZone, Resolution, Resolver, ResolverSettings
 from ispd.dns.rollover import RETRY_SECONDS, AnchorTracker
@@ -59,7 +62,7 @@ from ispd.events import (
 )
 from ispd.listeners import CertificateError, ConnectionGate, server_tls_context
 from ispd.logs import get_logger
-from ispd.service import Health, Service, ServiceContext, ServiceStartError, describe_os_error
+from ispd.service import Health, Service, ServiceContext, ServiceSpec, ServiceStartError, describe_os_error
 from ispd.store.errors import StoreError
 from ispd.store.models import LeaseState, SubscriberStatus
 
@@ -166,6 +169,12 @@ class DNSService(Service):
     def __init__(self, config: Config, context: ServiceContext) -> None:
         self.config = config.dns
         self.context = context
+        # Several processes (``ispd.dns.processes``): all share the listeners; the first (the
+        # main process's service) starts the others and speaks for them all.
+        self.reuse_port = config.dns.processes > 1
+        self.extras: ExtraProcesses | None = None
+        if self.reuse_port and context.instance == 1:
+            self.extras = ExtraProcesses(ServiceSpec("dns", lambda c: c.dns.enabled, DNSService), config, context)
         self.metrics = DNSMetrics()
         self.upstream = UpstreamTransport(
             source_v4=str(self.config.resolver.outgoing_ipv4) if self.config.resolver.outgoing_ipv4 else None,
@@ -213,20 +222,40 @@ class DNSService(Service):
         self._subscribe(stack)
         await self._open(stack)
         stack.push_async_callback(self._cancel_tasks)
+        # With several processes, /metrics shows their series added up (ExtraProcesses.metrics).
+        registry = CollectorRegistry(auto_describe=True) if self.extras is not None else self.context.registry
         for collector in self.metrics.collectors(self):
-            self.context.registry.register(collector)
-            stack.callback(self.context.registry.unregister, collector)
+            registry.register(collector)
+            stack.callback(registry.unregister, collector)
+        if self.extras is not None:
+            await self.extras.start(stack)
+            extras = self.extras
+
+            async def merged_metrics() -> bytes:
+                return await extras.metrics(registry)
+
+            self.context.metrics_sources.append(merged_metrics)
+            stack.callback(self.context.metrics_sources.remove, merged_metrics)
         # `ispd dns cache dump|flush` over the control socket, for as long as the service runs.
         from ispd.dns.admin import DNSCacheAdmin
 
-        stack.callback(DNSCacheAdmin(self.rrsets, self.answers, clock).register(self.context.control))
+        cache_admin = DNSCacheAdmin(self.rrsets, self.answers, clock, processes=self.config.processes)
+        stack.callback(cache_admin.register(self.context.control,
+                                            flush=self._everywhere("dns.cache.flush", cache_admin.flush_command,
+                                                                   add_counts)))
         # `ispd subscriber show`: which of a subscriber's addresses this resolver walls now.
         stack.callback(self.context.control.register("dns.walled.show", self._command_walled_show))
-        for command, handler in (("dns.nta.add", self._command_nta_add), ("dns.nta.delete", self._command_nta_delete),
+        for command, handler in (("dns.nta.add", self._everywhere("dns.nta.add", self._command_nta_add, first)),
+                                 ("dns.nta.delete", self._everywhere("dns.nta.delete", self._command_nta_delete,
+                                                                     first)),
                                  ("dns.nta.list", self._command_nta_list)):
             stack.callback(self.context.control.register(command, handler))
         log.info("dns.started", listen=[f"{h}:{p}" for h, p in self.bound], root_servers=len(hints),
                  encrypted=[f"{key} {h}:{p}" for key, listener in self._encrypted() for h, p in listener.bound])
+
+    def _everywhere(self, command: str, handler: Handler, combine: Callable[[list[Any]], Any]) -> Handler:
+        """A command that changes what a process answers: in every process when there are several."""
+        return handler if self.extras is None else self.extras.everywhere(command, handler, combine)
 
     def _validator(self, config: DNSConfig, clock: Callable[[], float]) -> Validator | None:
         assert self.resolver is not None
@@ -457,10 +486,10 @@ class DNSService(Service):
         for address in self.config.listen:
             try:
                 udp, _ = await loop.create_datagram_endpoint(
-                    lambda: _UDPProtocol(self), local_addr=(address.host, address.port), reuse_port=False)
+                    lambda: _UDPProtocol(self), local_addr=(address.host, address.port), reuse_port=self.reuse_port)
                 port = udp.get_extra_info("sockname")[1]
                 tcp = await asyncio.start_server(self._serve_tcp, address.host, port, reuse_address=True,
-                                                 backlog=1024)
+                                                 reuse_port=self.reuse_port, backlog=1024)
             except OSError as exc:
                 raise ServiceStartError(f"dns: cannot listen on {address}: {describe_os_error(exc)}") from None
             sock = udp.get_extra_info("socket")
@@ -503,7 +532,7 @@ class DNSService(Service):
         gate = ConnectionGate(section.max_connections, section.max_connections_per_client, stats)
         listener = TLSListener("dot", ["dot"], gate, stats, section.handshake_timeout_seconds, serve_dot)
         self._load_certificate("dot", listener, section)
-        await listener.start(section.listen, stack)
+        await listener.start(section.listen, stack, reuse_port=self.reuse_port)
         self.tls_listeners["dot"] = listener
 
     async def _open_doh(self, stack: AsyncExitStack) -> None:
@@ -520,7 +549,7 @@ class DNSService(Service):
         gate = ConnectionGate(section.max_connections, section.max_connections_per_client, stats)
         listener = TLSListener("doh", ["h2"], gate, stats, section.handshake_timeout_seconds, serve_doh)
         self._load_certificate("doh", listener, section)
-        await listener.start(section.listen, stack)
+        await listener.start(section.listen, stack, reuse_port=self.reuse_port)
         self.tls_listeners["doh"] = listener
 
     async def _open_doh3(self, stack: AsyncExitStack) -> None:
@@ -530,7 +559,7 @@ class DNSService(Service):
         gate = ConnectionGate(section.max_connections, section.max_connections_per_client, stats)
         listener = http3_listener(responder, gate, stats, _quic_settings(section))
         self._load_certificate("doh", listener, section)
-        await listener.start(section.listen_http3, stack)
+        await listener.start(section.listen_http3, stack, reuse_port=self.reuse_port)
         self.quic_listeners["doh3"] = listener
 
     async def _open_doq(self, stack: AsyncExitStack) -> None:
@@ -538,7 +567,7 @@ class DNSService(Service):
         gate = ConnectionGate(section.max_connections, section.max_connections_per_client, stats)
         listener = doq_listener(self._answerer("quic"), gate, stats, _quic_settings(section), section.allow_0rtt)
         self._load_certificate("doq", listener, section)
-        await listener.start(section.listen, stack)
+        await listener.start(section.listen, stack, reuse_port=self.reuse_port)
         self.quic_listeners["doq"] = listener
 
     def _encrypted(self) -> list[tuple[str, TLSListener | QuicListener]]:
@@ -574,12 +603,15 @@ class DNSService(Service):
             responder.config = new.doh
 
     async def stop(self) -> None:
+        extras = asyncio.ensure_future(self.extras.stop()) if self.extras is not None else None
         for tcp in self._tcp:
             tcp.close()
         for udp in self._udp:
             udp.close()
         if self._slow:
             await asyncio.wait(list(self._slow), timeout=2)
+        if extras is not None:
+            await extras
 
     async def _cancel_tasks(self) -> None:
         for task in list(self._slow):
@@ -593,6 +625,8 @@ class DNSService(Service):
         and the answer cache is emptied; what iteration learnt (RRsets, server RTTs) stays."""
         if old.dns.listen != new.dns.listen:
             raise ServiceStartError("dns: a change of listen addresses needs a restart")
+        if old.dns.processes != new.dns.processes:
+            raise ServiceStartError("dns: a change of processes needs a restart")
         assert self.engine is not None and self.resolver is not None
         self._reload_encrypted(old.dns, new.dns)
         self.config = new.dns
@@ -621,14 +655,20 @@ class DNSService(Service):
         self.walled.configure(new.dns.walled_garden)
         await self._load_subscribers()  # lease names again, into the new local data
         self.answers.clear()
+        if self.extras is not None:
+            await self.extras.reload(old, new)
 
     def health(self) -> Health:
         if not self._udp:
             return Health(False, "not listening")
+        if self.extras is not None:
+            return self.extras.health()
         return Health(True)
 
     def describe(self) -> str:
         text = "dns on " + ", ".join(f"{h}:{p}" for h, p in self.bound)
+        if self.config.processes > 1:
+            text += f" ({self.config.processes} processes)"
         for key, listener in self._encrypted():
             text += f", {key} on " + ", ".join(f"{h}:{p}" for h, p in listener.bound)
         return text

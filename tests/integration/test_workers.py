@@ -33,17 +33,11 @@ def config(tmp_path: Path, **radius: object) -> dict[str, object]:
     return base_config(tmp_path, radius=section)
 
 
-def worker_pids(ispd: IspdProcess) -> list[int]:
-    assert ispd.proc is not None
-    children = Path(f"/proc/{ispd.proc.pid}/task/{ispd.proc.pid}/children").read_text().split()
-    return [int(pid) for pid in children if b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
-
-
 def test_radius_runs_in_its_own_process_and_answers_through_it(tmp_path: Path) -> None:
     require_radclient()
     with IspdProcess(tmp_path, config(tmp_path)) as ispd:
         ispd.start()
-        [worker] = worker_pids(ispd)
+        [worker] = ispd.worker_pids()
         assert worker != ispd.proc.pid if ispd.proc else False
         auth = ispd.config["radius"]["listen_auth"][0]  # type: ignore[index]
         assert radclient(auth, "status", SECRET, STATUS).code == "Access-Accept"
@@ -76,18 +70,18 @@ def test_sighup_reaches_the_worker_and_a_refusal_is_reported(tmp_path: Path) -> 
         ispd.reload()
         [refused] = ispd.log_events("config.reload.service_refused")
         assert refused["service"] == "radius" and "needs a restart" in refused["error"]
-        assert len(worker_pids(ispd)) == 1
+        assert len(ispd.worker_pids()) == 1
 
 
 def test_a_worker_that_dies_is_started_again(tmp_path: Path) -> None:
     require_radclient()
     with IspdProcess(tmp_path, config(tmp_path)) as ispd:
         ispd.start()
-        [first] = worker_pids(ispd)
+        [first] = ispd.worker_pids()
         os.kill(first, signal.SIGKILL)
         eventually(lambda: ispd.log_events("worker.exited"), timeout=10)
         eventually(lambda: ispd.log_events("worker.restarted"), timeout=15)
-        [second] = worker_pids(ispd)
+        [second] = ispd.worker_pids()
         assert second != first
         serves_again(ispd)
 
@@ -95,7 +89,7 @@ def test_a_worker_that_dies_is_started_again(tmp_path: Path) -> None:
 def test_the_daemon_stops_its_workers_and_cleans_up(tmp_path: Path) -> None:
     with IspdProcess(tmp_path, config(tmp_path)) as ispd:
         ispd.start()
-        [worker] = worker_pids(ispd)
+        [worker] = ispd.worker_pids()
         socket_path = tmp_path / "control.sock.radius"  # beside the daemon's control socket
         assert socket_path.is_socket()
         assert ispd.terminate() == 0
@@ -106,13 +100,13 @@ def test_the_daemon_stops_its_workers_and_cleans_up(tmp_path: Path) -> None:
 def test_a_worker_socket_left_by_a_killed_daemon_is_taken_over(tmp_path: Path) -> None:
     with IspdProcess(tmp_path, config(tmp_path)) as ispd:
         ispd.start()
-        [worker] = worker_pids(ispd)
+        [worker] = ispd.worker_pids()
         os.kill(worker, signal.SIGKILL)  # both killed outright: nothing cleans up
         ispd.kill()
         eventually(lambda: not Path(f"/proc/{worker}").exists(), timeout=10)
         assert (tmp_path / "control.sock.radius").exists()
         ispd.start()  # the leftover sockets are stale, not live daemons: replaced
-        assert len(worker_pids(ispd)) == 1
+        assert len(ispd.worker_pids()) == 1
 
 
 def test_a_worker_that_cannot_start_stops_the_daemon_with_its_reason(tmp_path: Path) -> None:
@@ -132,7 +126,7 @@ def test_every_placement_serves(tmp_path: Path, process: str) -> None:
     with IspdProcess(tmp_path, config(tmp_path, process=process)) as ispd:
         ispd.start()
         own = process == "own" or (process == "auto" and len(os.sched_getaffinity(0)) >= 4)
-        assert bool(worker_pids(ispd)) == own
+        assert bool(ispd.worker_pids()) == own
         auth = ispd.config["radius"]["listen_auth"][0]  # type: ignore[index]
         assert radclient(auth, "status", SECRET, STATUS).code == "Access-Accept"
 
@@ -141,7 +135,7 @@ def test_a_stuck_worker_is_killed_and_started_again(tmp_path: Path) -> None:
     require_radclient()
     with IspdProcess(tmp_path, config(tmp_path)) as ispd:
         ispd.start()
-        [stuck] = worker_pids(ispd)
+        [stuck] = ispd.worker_pids()
         os.kill(stuck, signal.SIGSTOP)
         try:
             started = time.monotonic()

@@ -180,6 +180,22 @@ class IspdProcess:
                     return float(sample.value)
         return None
 
+    def worker_pids(self, instance: int | None = None) -> list[int]:
+        """The daemon's worker processes (``ispd worker ...``), or only those of one ``instance``
+        (2 and up: a service's extra processes)."""
+        assert self.proc is not None
+        pids = []
+        for pid in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split():
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except FileNotFoundError:  # gone since
+                continue
+            if b"worker" not in argv:
+                continue
+            if instance is None or argv[argv.index(b"--instance") + 1] == str(instance).encode():
+                pids.append(int(pid))
+        return pids
+
     def cli(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run([ISPD, *args, "-c", str(self.config_path)], capture_output=True, text=True,
                                 input=input, timeout=60)
