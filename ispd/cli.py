@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ispd import __version__
-from ispd.config import Config, ConfigError, load_config
+from ispd.config import Config, ConfigError, load_config, load_config_snapshot
 from ispd.credentials import (
     PasswordRejected,
     check_password_acceptable,
@@ -681,6 +681,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ready-fd", type=int, default=-1, help="where to say ready (or why not)")
     p.add_argument("--parent-pid", type=int, default=0, help="the supervisor: the worker dies with it")
     p.add_argument("--instance", type=int, default=1, help="which of the service's processes (2 and up: extras)")
+    p.add_argument("--config-snapshot", type=Path,
+                   help="run on this config (JSON, written by the main process) rather than the file's")
 
     sub = top.add_parser("subscriber", help="manage subscribers").add_subparsers(dest="action", required=True)
     p = sub.add_parser("add", parents=[config_opts, json_opt, password_opts], help="add a subscriber")
@@ -1248,7 +1250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "status", None):
         args.status = SubscriberStatus(args.status)
     try:
-        config = load_config(args.config)
+        snapshot = getattr(args, "config_snapshot", None)
+        config = load_config_snapshot(snapshot) if snapshot is not None else load_config(args.config)
     except ConfigError as exc:
         print(f"ispd: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -1290,7 +1293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ispd.supervisor import run_service_worker
 
             return run_service_worker(args.service, args.config, config, args.control, args.ready_fd, args.parent_pid,
-                                      args.instance)
+                                      args.instance, args.config_snapshot)
         configure_logging(LogConfig(level="warning", format="console"), stream=sys.stderr)
         if hasattr(args, "prepare"):
             args.prepare(config, args)

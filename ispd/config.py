@@ -6,12 +6,16 @@ and what is wrong, in words an operator can act on (no traceback, no pydantic ja
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import json
+import os
 import tomllib
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, get_args, get_origin
 
-from pydantic import BeforeValidator, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, SecretStr, ValidationError, model_validator
 
 from ispd.admin.config import AdminConfig
 from ispd.configtypes import Section, parse_range
@@ -104,6 +108,46 @@ class Config(Section):
             return self
         return self.model_copy(update={"radius": radius.model_copy(update={
             "address_pool": [*radius.address_pool, *added]})})
+
+
+def config_data(value: Any) -> Any:
+    """``value`` (a Config, or any part of one) as plain JSON-able data that ``Config.model_validate``
+    reads back into an equal config, secrets included (model_dump's JSON mode masks them): what
+    the main process hands its workers, so that they run the config it runs, not whatever the
+    file says by the time they start."""
+    if isinstance(value, BaseModel):
+        return {name: config_data(getattr(value, name)) for name in type(value).model_fields}
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, Enum):
+        return value.value
+    if value is None or isinstance(value, str | int | float):
+        return value
+    if isinstance(value, list | tuple | set | frozenset):
+        return [config_data(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): config_data(item) for key, item in value.items()}
+    return str(value)  # paths, addresses, networks: each field's parser reads its own text back
+
+
+def write_config_snapshot(config: Config, path: Path) -> None:
+    """``config`` as JSON in ``path`` (mode 0600: it holds the secrets), replaced at once."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        json.dump(config_data(config), out)
+    os.replace(temporary, path)
+
+
+def load_config_snapshot(path: Path | str) -> Config:
+    """A config that ``write_config_snapshot`` wrote."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return Config.model_validate(data)
+    except (OSError, ValueError) as exc:  # ValidationError is a ValueError
+        raise ConfigError(f"{path}: cannot read the config snapshot: {exc}") from None
 
 
 class ConfigError(Exception):

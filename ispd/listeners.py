@@ -83,9 +83,26 @@ def load_certificate(load: object, certificate: Path, private_key: Path) -> None
         raise CertificateError(f"cannot use {certificate} with {private_key}: {exc}") from None
 
 
-def listening_tcp_socket(host: str, port: int, backlog: int, *, reuse_port: bool = False) -> socket.socket:
+def check_address_free(host: str, port: int, kind: socket.SocketKind) -> None:
+    """OSError (EADDRINUSE) when a socket of ``kind`` holds (host, port) already. SO_REUSEPORT
+    lets any process of the same user join a listener unnoticed (a second daemon, an Unbound),
+    so the first of a service's processes checks before it opens one, as a plain bind would."""
+    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind)
+    try:
+        if kind == socket.SOCK_STREAM:  # past connections in TIME_WAIT do not hold the port
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+    finally:
+        probe.close()
+
+
+def listening_tcp_socket(host: str, port: int, backlog: int, *, reuse_port: bool = False,
+                         first: bool = True) -> socket.socket:
     """A non-blocking TCP socket bound to (host, port) and listening; OSError as bind raises it.
-    ``reuse_port``: shared with the other processes of a service that runs several."""
+    ``reuse_port``: shared with the other processes of a service that runs several, of which
+    this is the ``first`` (which checks that nobody else holds the address) or not."""
+    if reuse_port and first:
+        check_address_free(host, port, socket.SOCK_STREAM)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listening = socket.socket(family, socket.SOCK_STREAM)
     try:

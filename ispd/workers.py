@@ -93,6 +93,7 @@ BUILTIN_COMMANDS = ("worker.commands", "worker.health", "worker.metrics", "worke
                     "worker.events.deliver")
 EVENT_POLL_SECONDS = 20.0  # a long poll for the worker's events returns at the latest after this
 EVENT_RETRY_SECONDS = 1.0
+RELOAD_SECONDS = 60.0  # a reload re-reads zone files: it may take a while, but not forever
 EVENTS_PER_DELIVERY = 64  # a request to the worker must stay within the control socket's 64 KiB
 
 _libc_name = ctypes.util.find_library("c")
@@ -128,6 +129,10 @@ class WorkerService(Service):
         self.context = context
         self.config_path = config_path
         self.control_path = worker_control_path(config.daemon.control_socket, self.name)
+        # The config the worker runs: the main process's, as applied (see _write_snapshot).
+        self.snapshot_path = self.control_path.with_name(f"{self.control_path.name}.config.json")
+        # Called after every start of the worker process (the first and each restart).
+        self.on_ready: Callable[[], Awaitable[None]] | None = None
         self.proc: asyncio.subprocess.Process | None = None
         self._stopping = False
         self._health = Health(False, "starting")
@@ -139,6 +144,9 @@ class WorkerService(Service):
 
     async def start(self, stack: AsyncExitStack) -> None:
         stack.push_async_callback(self._end)  # first: whatever fails below, the worker goes
+        # Before the worker loads its state from the store: what our bus publishes meanwhile
+        # (a lease granted) waits in the outbox rather than being missed.
+        stack.callback(self.bridge.attach())
         await self._spawn()
         try:
             names = await self.request("worker.commands", wait=QUICK_REQUEST_SECONDS)
@@ -150,19 +158,29 @@ class WorkerService(Service):
                     stack.callback(self.context.control.register(name, self._forwarder(name)))
             self.context.metrics_sources.append(self.metrics_text)
             stack.callback(self.context.metrics_sources.remove, self.metrics_text)
-        stack.callback(self.bridge.attach())
         self._spawn_task(self._watch())
         self._spawn_task(self._pull_events())
         self._spawn_task(self._push_events())
         log.info("worker.started", worker=self.name, pid=self.proc.pid if self.proc else None)
 
+    def _write_snapshot(self, config: Config) -> None:
+        """What the worker runs when it starts or reloads: the config the main process runs, not
+        the file, which may have changed since (a change refused, or one that needs a restart)."""
+        from ispd.config import write_config_snapshot
+
+        try:
+            write_config_snapshot(config, self.snapshot_path)
+        except OSError as exc:
+            raise ServiceStartError(f"{self.name}: cannot write {self.snapshot_path}: {exc.strerror}") from None
+
     async def _spawn(self) -> None:
+        self._write_snapshot(self.config)
         read_end, write_end = os.pipe()
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "ispd", "worker", self.service_name, "--instance", str(self.instance),
-                "-c", str(self.config_path), "--control", str(self.control_path), "--ready-fd", str(write_end),
-                "--parent-pid", str(os.getpid()),
+                "-c", str(self.config_path), "--config-snapshot", str(self.snapshot_path),
+                "--control", str(self.control_path), "--ready-fd", str(write_end), "--parent-pid", str(os.getpid()),
                 pass_fds=(write_end,), stdin=asyncio.subprocess.DEVNULL)
         except OSError as exc:
             os.close(read_end)
@@ -178,6 +196,11 @@ class WorkerService(Service):
             raise ServiceStartError(reason if self.instance == 1 else f"{reason} (in its process {self.instance})")
         self._health = Health(True)
         await self._poll_health()
+        if self.on_ready is not None:
+            try:
+                await self.on_ready()
+            except Exception:  # what it hands the worker is a nicety; the worker runs without it
+                log.exception("worker.on_ready.failed", worker=self.name)
 
     async def _read_ready(self, fd: int) -> str:
         loop = asyncio.get_running_loop()
@@ -210,6 +233,8 @@ class WorkerService(Service):
         for task in list(self._tasks):
             task.cancel()
         await self._kill()
+        with contextlib.suppress(OSError):
+            self.snapshot_path.unlink()
         if self.control_path.parent.name.startswith("ispd-worker-"):
             shutil.rmtree(self.control_path.parent, ignore_errors=True)
 
@@ -221,11 +246,27 @@ class WorkerService(Service):
             await proc.wait()
 
     async def reload(self, old: Config, new: Config) -> None:
+        """The worker reloads on ``new``. Refused, or not answering (restarting), it is left on
+        ``old`` — which it then also starts on — and the refusal is the reload's."""
+        self._write_snapshot(new)
+        try:
+            await self.request("worker.reload", wait=RELOAD_SECONDS)
+        except CommandError as exc:
+            self._write_snapshot(old)
+            raise ServiceStartError(f"{self.name}: {exc}") from None
+        self.config = new
+
+    async def follow(self, new: Config) -> None:
+        """For a service's extra worker: run ``new``, which the service's first process has
+        already applied. A worker that refuses or does not answer is restarted on it, so that
+        no process answers on another config."""
+        self._write_snapshot(new)
         self.config = new
         try:
-            await self.request("worker.reload")
+            await self.request("worker.reload", wait=RELOAD_SECONDS)
         except CommandError as exc:
-            raise ServiceStartError(f"{self.name}: {exc}") from None
+            log.warning("worker.reload.failed", worker=self.name, error=str(exc), action="restart")
+            await self._kill()  # the watch starts it again, on the snapshot just written
 
     def health(self) -> Health:
         return self._health
@@ -352,8 +393,9 @@ def worker_control_path(control_socket: Path | None, name: str) -> Path:
 
 class _WorkerHost:
     def __init__(self, spec: ServiceSpec, config_path: Path, config: Config, control_path: Path,
-                 ready_fd: int, instance: int) -> None:
+                 ready_fd: int, instance: int, snapshot: Path | None) -> None:
         self.spec, self.config_path, self.config, self.instance = spec, config_path, config, instance
+        self.snapshot = snapshot  # the main process's config, which a reload reads again
         self.name = spec.name if instance == 1 else f"{spec.name}.{instance}"
         self.control_path, self.ready_fd = control_path, ready_fd
         self.commands = ControlCommands()
@@ -456,11 +498,11 @@ class _WorkerHost:
         return generate_latest(self.registry).decode()
 
     async def _command_reload(self, args: dict[str, Any]) -> dict[str, Any]:
-        from ispd.config import ConfigError, load_config
+        from ispd.config import ConfigError, load_config, load_config_snapshot
 
         assert self.service is not None
         try:
-            new = load_config(self.config_path)
+            new = load_config_snapshot(self.snapshot) if self.snapshot is not None else load_config(self.config_path)
         except ConfigError as exc:
             raise CommandError(str(exc)) from None
         configure_logging(new.log)
@@ -473,12 +515,12 @@ class _WorkerHost:
 
 
 def run_worker(spec: ServiceSpec, config_path: Path, config: Config, control_path: Path, ready_fd: int,
-               parent_pid: int, instance: int = 1) -> int:
+               parent_pid: int, instance: int = 1, snapshot: Path | None = None) -> int:
     """``ispd worker NAME``: one service in this process, until SIGTERM."""
     import uvloop
 
     die_with_parent(parent_pid)
-    host = _WorkerHost(spec, config_path, config, control_path, ready_fd, instance)
+    host = _WorkerHost(spec, config_path, config, control_path, ready_fd, instance, snapshot)
     try:
         return uvloop.run(host.run())
     finally:

@@ -188,3 +188,24 @@ def test_dns_processes_need_fixed_ports_and_a_sane_count(tmp_path: Path) -> None
         write(tmp_path, "[dns]\nprocesses = 65\n"))
     assert load_config(write(tmp_path, '[dns]\nenabled = true\nprocesses = 4\nlisten = ["127.0.0.1:5353"]\n')
                        ).dns.processes == 4
+
+
+@pytest.mark.parametrize("name", ["ispd.toml", "dev.toml", "dns-lab.toml"])
+def test_a_config_snapshot_reads_back_equal_secrets_included(name: str, tmp_path: Path) -> None:
+    """What the main process hands its workers (``ispd worker --config-snapshot``)."""
+    from ispd.config import load_config_snapshot, write_config_snapshot
+
+    config = load_config(Path(__file__).parent.parent / "configs" / name)
+    path = tmp_path / "snapshot.json"
+    write_config_snapshot(config, path)
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    again = load_config_snapshot(path)
+    assert again == config
+    secrets = [client.secret.get_secret_value() for client in config.radius.client]
+    assert secrets == [client.secret.get_secret_value() for client in again.radius.client]
+    assert secrets or name == "dns-lab.toml"  # (a DNS-only config)
+    write_config_snapshot(config, path)  # replaced, not appended to
+    assert load_config_snapshot(path) == config
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="cannot read the config snapshot"):
+        load_config_snapshot(path)

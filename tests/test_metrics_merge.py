@@ -52,3 +52,19 @@ def test_a_series_only_one_process_has_is_kept_and_one_text_is_unchanged() -> No
     assert got[("ispd_dns_extra", ())] == 7
     assert samples(merge_expositions([first]).decode()) == samples(first)
     assert merge_expositions([]) == b""
+
+
+def test_a_restarted_processs_counters_go_on_and_a_silent_one_counts_as_last_seen() -> None:
+    from ispd.metrics.merge import ContinuousCounters
+
+    keeper = ContinuousCounters()
+    key = ("ispd_dns_queries_total", (("type", "A"),))
+    assert samples(keeper.adjust(exposition(10, 100, 0, [0.005])))[key] == 10
+    assert samples(keeper.adjust(exposition(12, 90, 0, [0.005])))[key] == 12
+    silent = samples(keeper.adjust(None))  # did not answer: as last seen, without its gauges
+    assert silent[key] == 12 and ("ispd_dns_cache_entries", ()) not in silent
+    restarted = samples(keeper.adjust(exposition(3, 5, 0, [])))  # a new life: 12 counted before it
+    assert restarted[key] == 15
+    assert restarted[("ispd_dns_answer_seconds_count", ())] == 1  # the first life's one observation
+    assert restarted[("ispd_dns_cache_entries", ())] == 5  # gauges are the process's now
+    assert samples(keeper.adjust(exposition(4, 5, 0, [])))[key] == 16

@@ -13,8 +13,19 @@ tracks the trust anchors itself. The first process gives the operator one resolv
 
 - ``ispd dns cache flush`` and ``ispd dns nta add|delete`` are carried out in every process;
 - /metrics shows one set of series, the processes' figures added up (``ispd.metrics.merge``),
-  and ``ispd_dns_processes`` says how many processes' figures that sum holds;
-- a reload reaches every process; health is failing while a worker is down (it is restarted).
+  and ``ispd_dns_processes`` says how many processes answered; a worker's counters go on
+  across its restarts (``ContinuousCounters``), so the sums never fall;
+- a reload reaches every process: the first reads everything before it changes anything, and
+  the workers then follow it onto the config it runs (``WorkerService.follow``: written for
+  them, not read from the file; one that cannot is restarted on it); runtime negative trust
+  anchors are handed to a worker whenever it starts; health is failing while a worker is down.
+
+DoQ and DNS over HTTP/3 stay in the first process: a QUIC connection outlives the 4-tuple the
+kernel spreads by (a client's address changes, a worker leaves the group), and a datagram of
+it that reached another process would be dropped as an unknown connection.
+
+Limits per client (``rate_limit_qps``, connections per client) and in total are each process's:
+a client whose queries come from several ports may be spread over several processes.
 """
 
 from __future__ import annotations
@@ -22,12 +33,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
 from ispd.control import CommandError
-from ispd.metrics.merge import merge_expositions
+from ispd.metrics.merge import ContinuousCounters, merge_expositions
 from ispd.service import Health, ServiceContext, ServiceSpec, ServiceStartError
 from ispd.workers import WorkerService
 
@@ -39,14 +51,21 @@ SAME_IN_EVERY_PROCESS = frozenset({"ispd_dns_dnssec_negative_trust_anchors"})
 _PROCESSES_HELP = "DNS processes whose figures the ispd_dns_* series add up (those that answered this scrape)."
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+COMMAND_SECONDS = 15.0  # a worker that takes longer with a flush or an NTA is stuck (and restarted)
 
 
 class ExtraProcesses:
-    def __init__(self, spec: ServiceSpec, config: Config, context: ServiceContext) -> None:
+    def __init__(self, spec: ServiceSpec, config: Config, context: ServiceContext,
+                 on_ready: Callable[[WorkerService], Awaitable[None]]) -> None:
+        """``on_ready``: what to hand a worker each time it has started (the first time and after
+        a restart), such as the negative trust anchors added at run time."""
         if context.config_path is None:
             raise ServiceStartError("dns: processes > 1 needs the daemon's config file (ispd run -c FILE)")
         self.workers = [WorkerService(spec, config, context, context.config_path, instance=instance, attached=False)
                         for instance in range(2, config.dns.processes + 1)]
+        for worker in self.workers:
+            worker.on_ready = partial(on_ready, worker)
+        self.counters = {worker.instance: ContinuousCounters() for worker in self.workers}
 
     async def start(self, stack: AsyncExitStack) -> None:
         """Start every worker at once; each is killed when ``stack`` unwinds."""
@@ -62,12 +81,9 @@ class ExtraProcesses:
     async def stop(self) -> None:
         await asyncio.gather(*(worker.stop() for worker in self.workers))
 
-    async def reload(self, old: Config, new: Config) -> None:
-        """Every worker reloads; the first refusal is raised (the others have reloaded)."""
-        results = await asyncio.gather(*(worker.reload(old, new) for worker in self.workers), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+    async def reload(self, new: Config) -> None:
+        """Every worker follows the first process onto ``new`` (restarted on it if need be)."""
+        await asyncio.gather(*(worker.follow(new) for worker in self.workers))
 
     def health(self) -> Health:
         for worker in self.workers:
@@ -84,8 +100,8 @@ class ExtraProcesses:
         is asked; a worker that fails makes the command fail, saying which processes did it."""
         async def run(args: dict[str, Any]) -> Any:
             mine = await handler(args)
-            results = await asyncio.gather(*(worker.request(command, args) for worker in self.workers),
-                                           return_exceptions=True)
+            results = await asyncio.gather(*(worker.request(command, args, wait=COMMAND_SECONDS)
+                                             for worker in self.workers), return_exceptions=True)
             failed = [(worker.instance, result) for worker, result in zip(self.workers, results, strict=True)
                       if isinstance(result, BaseException)]
             if failed:
@@ -100,11 +116,13 @@ class ExtraProcesses:
         """This process's DNS series and the workers', added up; a worker that does not answer
         at once is left out (and ``ispd_dns_processes`` says so)."""
         texts = [generate_latest(own).decode()]
-        for text in await asyncio.gather(*(worker.metrics_text() for worker in self.workers)):
-            if text:
-                texts.append(text.decode())
+        answered = 1
+        replies = await asyncio.gather(*(worker.metrics_text() for worker in self.workers))
+        for worker, text in zip(self.workers, replies, strict=True):
+            answered += bool(text)
+            texts.append(self.counters[worker.instance].adjust(text.decode() if text else None))
         counted = (f"# HELP ispd_dns_processes {_PROCESSES_HELP}\n# TYPE ispd_dns_processes gauge\n"
-                   f"ispd_dns_processes {len(texts)}\n")
+                   f"ispd_dns_processes {answered}\n")
         return merge_expositions([*texts, counted], SAME_IN_EVERY_PROCESS)
 
 

@@ -37,7 +37,7 @@ from typing import Any
 
 from aioquic._buffer import Buffer  # what aioquic.buffer re-exports, without saying so to mypy
 from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.asyncio.server import QuicServer
+from aioquic.asyncio.server import QuicServer, serve
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
@@ -387,20 +387,15 @@ class QuicListener:
         self.configuration.certificate_chain = fresh.certificate_chain
         self.configuration.private_key = fresh.private_key
 
-    async def start(self, addresses: list[SocketAddress], stack: AsyncExitStack, *, reuse_port: bool = False) -> None:
-        """``reuse_port``: shared with the other DNS processes (a connection's datagrams keep their
-        addresses and ports, so the kernel sends them all to one process)."""
+    async def start(self, addresses: list[SocketAddress], stack: AsyncExitStack) -> None:
         assert self.configuration is not None
-        configuration = self.configuration
         factory = partial(self.protocol, settings=self.settings, **self.protocol_args)
-        loop = asyncio.get_running_loop()
         for address in addresses:
-            try:  # aioquic's serve(), with the socket option it does not offer
-                _, server = await loop.create_datagram_endpoint(
-                    lambda: QuicServer(configuration=configuration, create_protocol=factory,
-                                       session_ticket_fetcher=self.tickets.pop if self.tickets else None,
-                                       session_ticket_handler=self.tickets.add if self.tickets else None),
-                    local_addr=(address.host, address.port), reuse_port=reuse_port)
+            try:
+                server: QuicServer = await serve(
+                    address.host, address.port, configuration=self.configuration, create_protocol=factory,
+                    session_ticket_fetcher=self.tickets.pop if self.tickets else None,
+                    session_ticket_handler=self.tickets.add if self.tickets else None)
             except OSError as exc:
                 raise ServiceStartError(f"dns: {self.name}: cannot listen on {address}: "
                                         f"{describe_os_error(exc)}") from None

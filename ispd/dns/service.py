@@ -38,7 +38,7 @@ from ispd.dns.https import DoHResponder, serve_h2
 from ispd.dns.localdata import LocalData
 from ispd.dns.metrics import DNSMetrics
 from ispd.dns.policy import CompiledPolicyZone, Policy, compile_policy_zone
-from ispd.dns.processes import ExtraProcesses, Handler, add_counts, first
+from ispd.dns.processes import COMMAND_SECONDS, ExtraProcesses, Handler, add_counts, first
 from ispd.dns.quic import QuicListener, QuicSettings, doq_listener, http3_listener
 from ispd.dns.resolver import ForwardZone, Resolution, Resolver, ResolverSettings
 from ispd.dns.rollover import RETRY_SECONDS, AnchorTracker
@@ -60,11 +60,12 @@ from ispd.events import (
     SubscriberResumed,
     SubscriberSuspended,
 )
-from ispd.listeners import CertificateError, ConnectionGate, server_tls_context
+from ispd.listeners import CertificateError, ConnectionGate, check_address_free, server_tls_context
 from ispd.logs import get_logger
 from ispd.service import Health, Service, ServiceContext, ServiceSpec, ServiceStartError, describe_os_error
 from ispd.store.errors import StoreError
 from ispd.store.models import LeaseState, SubscriberStatus
+from ispd.workers import WorkerService
 
 log = get_logger("ispd.dns")
 MAX_SLOW_TASKS = 10_000  # misses being resolved at once; beyond it new misses are dropped
@@ -171,10 +172,10 @@ class DNSService(Service):
         self.context = context
         # Several processes (``ispd.dns.processes``): all share the listeners; the first (the
         # main process's service) starts the others and speaks for them all.
-        self.reuse_port = config.dns.processes > 1
-        self.extras: ExtraProcesses | None = None
-        if self.reuse_port and context.instance == 1:
-            self.extras = ExtraProcesses(ServiceSpec("dns", lambda c: c.dns.enabled, DNSService), config, context)
+        self.full_config = config
+        self.reuse_port = config.dns.processes > 1 or context.instance > 1
+        self.first = context.instance == 1  # with several processes: the one that opens the listeners first
+        self.extras: ExtraProcesses | None = None  # the other processes, in the first (from start)
         self.metrics = DNSMetrics()
         self.upstream = UpstreamTransport(
             source_v4=str(self.config.resolver.outgoing_ipv4) if self.config.resolver.outgoing_ipv4 else None,
@@ -223,13 +224,15 @@ class DNSService(Service):
         await self._open(stack)
         stack.push_async_callback(self._cancel_tasks)
         # With several processes, /metrics shows their series added up (ExtraProcesses.metrics).
-        registry = CollectorRegistry(auto_describe=True) if self.extras is not None else self.context.registry
+        several = self.config.processes > 1 and self.first
+        registry = CollectorRegistry(auto_describe=True) if several else self.context.registry
         for collector in self.metrics.collectors(self):
             registry.register(collector)
             stack.callback(registry.unregister, collector)
-        if self.extras is not None:
-            await self.extras.start(stack)
-            extras = self.extras
+        if several:
+            extras = self.extras = ExtraProcesses(ServiceSpec("dns", lambda c: c.dns.enabled, DNSService),
+                                                  self.full_config, self.context, self._hand_over)
+            await extras.start(stack)
 
             async def merged_metrics() -> bytes:
                 return await extras.metrics(registry)
@@ -252,6 +255,18 @@ class DNSService(Service):
             stack.callback(self.context.control.register(command, handler))
         log.info("dns.started", listen=[f"{h}:{p}" for h, p in self.bound], root_servers=len(hints),
                  encrypted=[f"{key} {h}:{p}" for key, listener in self._encrypted() for h, p in listener.bound])
+
+    async def _hand_over(self, worker: WorkerService) -> None:
+        """To a DNS worker that has just started: the negative trust anchors added at run time
+        (the config's it has), with what is left of their lifetimes."""
+        validator = self.resolver.validator if self.resolver is not None else None
+        if validator is None:
+            return
+        now = time.monotonic()
+        for name, until in validator.live_negative_anchors().items():
+            if until != float("inf") and until - now >= 1:
+                await worker.request("dns.nta.add", {"name": name_to_text(name), "seconds": int(until - now)},
+                                     wait=COMMAND_SECONDS)
 
     def _everywhere(self, command: str, handler: Handler, combine: Callable[[list[Any]], Any]) -> Handler:
         """A command that changes what a process answers: in every process when there are several."""
@@ -360,8 +375,11 @@ class DNSService(Service):
                 for name, until in sorted(anchors.items(), key=lambda item: name_to_text(item[0]))]
 
     async def _load_data(self, config: DNSConfig) -> None:
+        self._apply_data(*await self._read_data(config))
+
+    async def _read_data(self, config: DNSConfig) -> tuple[LocalData, list[CompiledPolicyZone]]:
         """Local data and policy zones from config and files (parsed off the loop); errors
-        raise ``ServiceStartError`` and leave what is loaded untouched."""
+        raise ``ServiceStartError``."""
         loop = asyncio.get_running_loop()
         try:
             zones = [await loop.run_in_executor(None, load_zone_file, z.file, z.name) for z in config.local_zone]
@@ -373,6 +391,9 @@ class DNSService(Service):
                             for z in config.policy_zone]
         except (ZoneError, ValueError) as exc:
             raise ServiceStartError(f"dns: {exc}") from None
+        return local, policy_zones
+
+    def _apply_data(self, local: LocalData, policy_zones: list[CompiledPolicyZone]) -> None:
         for zone in policy_zones:
             log.info("dns.policy_zone.loaded", zone=zone.source, records=zone.records_loaded,
                      skipped_bad=zone.skipped_bad, skipped_unsupported=zone.skipped_unsupported)
@@ -485,6 +506,9 @@ class DNSService(Service):
         assert self.engine is not None
         for address in self.config.listen:
             try:
+                if self.reuse_port and self.first:
+                    check_address_free(address.host, address.port, socket.SOCK_DGRAM)
+                    check_address_free(address.host, address.port, socket.SOCK_STREAM)
                 udp, _ = await loop.create_datagram_endpoint(
                     lambda: _UDPProtocol(self), local_addr=(address.host, address.port), reuse_port=self.reuse_port)
                 port = udp.get_extra_info("sockname")[1]
@@ -514,9 +538,10 @@ class DNSService(Service):
             await self._open_dot(stack)
         if self.config.doh.listen:
             await self._open_doh(stack)
-        if self.config.doh.listen_http3:
+        # QUIC in the first process only (ispd.dns.processes says why).
+        if self.config.doh.listen_http3 and self.context.instance == 1:
             await self._open_doh3(stack)
-        if self.config.doq.enabled:
+        if self.config.doq.enabled and self.context.instance == 1:
             await self._open_doq(stack)
 
     async def _open_dot(self, stack: AsyncExitStack) -> None:
@@ -532,7 +557,7 @@ class DNSService(Service):
         gate = ConnectionGate(section.max_connections, section.max_connections_per_client, stats)
         listener = TLSListener("dot", ["dot"], gate, stats, section.handshake_timeout_seconds, serve_dot)
         self._load_certificate("dot", listener, section)
-        await listener.start(section.listen, stack, reuse_port=self.reuse_port)
+        await listener.start(section.listen, stack, reuse_port=self.reuse_port, first=self.first)
         self.tls_listeners["dot"] = listener
 
     async def _open_doh(self, stack: AsyncExitStack) -> None:
@@ -549,7 +574,7 @@ class DNSService(Service):
         gate = ConnectionGate(section.max_connections, section.max_connections_per_client, stats)
         listener = TLSListener("doh", ["h2"], gate, stats, section.handshake_timeout_seconds, serve_doh)
         self._load_certificate("doh", listener, section)
-        await listener.start(section.listen, stack, reuse_port=self.reuse_port)
+        await listener.start(section.listen, stack, reuse_port=self.reuse_port, first=self.first)
         self.tls_listeners["doh"] = listener
 
     async def _open_doh3(self, stack: AsyncExitStack) -> None:
@@ -559,7 +584,7 @@ class DNSService(Service):
         gate = ConnectionGate(section.max_connections, section.max_connections_per_client, stats)
         listener = http3_listener(responder, gate, stats, _quic_settings(section))
         self._load_certificate("doh", listener, section)
-        await listener.start(section.listen_http3, stack, reuse_port=self.reuse_port)
+        await listener.start(section.listen_http3, stack)
         self.quic_listeners["doh3"] = listener
 
     async def _open_doq(self, stack: AsyncExitStack) -> None:
@@ -567,7 +592,7 @@ class DNSService(Service):
         gate = ConnectionGate(section.max_connections, section.max_connections_per_client, stats)
         listener = doq_listener(self._answerer("quic"), gate, stats, _quic_settings(section), section.allow_0rtt)
         self._load_certificate("doq", listener, section)
-        await listener.start(section.listen, stack, reuse_port=self.reuse_port)
+        await listener.start(section.listen, stack)
         self.quic_listeners["doq"] = listener
 
     def _encrypted(self) -> list[tuple[str, TLSListener | QuicListener]]:
@@ -581,9 +606,9 @@ class DNSService(Service):
         except CertificateError as exc:
             raise ServiceStartError(f"dns: {key}: {exc}") from None
 
-    def _reload_encrypted(self, old: DNSConfig, new: DNSConfig) -> None:
-        """New certificates and request limits for the encrypted listeners; every certificate is
-        loaded before any is switched, so a bad file changes nothing."""
+    def _check_encrypted(self, old: DNSConfig, new: DNSConfig) -> None:
+        """Whether the encrypted listeners can take ``new``: the same addresses, and every
+        certificate loads (a trial: ``ServiceStartError`` says which does not)."""
         for key in ("dot", "doh", "doq"):
             before, after = getattr(old, key), getattr(new, key)
             listen_before = (before.listen, getattr(before, "listen_http3", None))
@@ -597,6 +622,9 @@ class DNSService(Service):
                 server_tls_context(section.certificate, section.private_key, [])
             except CertificateError as exc:
                 raise ServiceStartError(f"dns: {key}: {exc}") from None
+
+    def _reload_encrypted(self, new: DNSConfig) -> None:
+        """New certificates and request limits for the encrypted listeners (checked first)."""
         for key, listener in self._encrypted():
             self._load_certificate(key, listener, getattr(new, "doh" if key == "doh3" else key))
         for responder in self.doh_responders:
@@ -622,13 +650,24 @@ class DNSService(Service):
     async def reload(self, old: Config, new: Config) -> None:
         """Like Unbound's reload: the files (root hints, local and policy zones) are read again
         even when the config is unchanged — SIGHUP is how an operator says "I changed a zone" —
-        and the answer cache is emptied; what iteration learnt (RRsets, server RTTs) stays."""
+        and the answer cache is emptied; what iteration learnt (RRsets, server RTTs) stays.
+        Everything that can fail is read first: a refused reload changes nothing (and with
+        several processes, none of them answers differently from the others)."""
         if old.dns.listen != new.dns.listen:
             raise ServiceStartError("dns: a change of listen addresses needs a restart")
         if old.dns.processes != new.dns.processes:
             raise ServiceStartError("dns: a change of processes needs a restart")
         assert self.engine is not None and self.resolver is not None
-        self._reload_encrypted(old.dns, new.dns)
+        self._check_encrypted(old.dns, new.dns)
+        try:
+            hints = load_root_hints(new.dns.root_hints)
+        except HintsError as exc:
+            raise ServiceStartError(f"dns: {exc}") from None
+        dnssec_changed = old.dns.dnssec != new.dns.dnssec
+        validator = self._validator(new.dns, time.monotonic) if dnssec_changed else None
+        data = await self._read_data(new.dns)
+        # Nothing below refuses.
+        self._reload_encrypted(new.dns)
         self.config = new.dns
         self.engine.set_allow(list(new.dns.allow))
         self.resolver.settings = resolver_settings(new.dns)
@@ -636,12 +675,8 @@ class DNSService(Service):
         self.resolver.forward_zones = {z.name: z for z in after}
         for zone in before ^ after:  # what the root said of names now (or no longer) configured
             self.rrsets.flush(zone.name, subtree=True)
-        try:
-            self.resolver.hints = load_root_hints(new.dns.root_hints)
-        except HintsError as exc:
-            raise ServiceStartError(f"dns: {exc}") from None
-        if old.dns.dnssec != new.dns.dnssec:
-            validator = self._validator(new.dns, time.monotonic)
+        self.resolver.hints = hints
+        if dnssec_changed:
             if (validator is None) != (self.resolver.validator is None):
                 # RRsets learnt without DO carry no signatures (and the other way round): start afresh.
                 self.rrsets.clear()
@@ -651,12 +686,12 @@ class DNSService(Service):
             self.engine.validating = validator is not None
             await self._stop_anchor_tracking()
             await self._track_anchors()
-        await self._load_data(new.dns)
+        self._apply_data(*data)
         self.walled.configure(new.dns.walled_garden)
         await self._load_subscribers()  # lease names again, into the new local data
         self.answers.clear()
         if self.extras is not None:
-            await self.extras.reload(old, new)
+            await self.extras.reload(new)
 
     def health(self) -> Health:
         if not self._udp:

@@ -46,11 +46,13 @@ class TLSListener:
         one when the files are unusable."""
         self.context = server_tls_context(certificate, private_key, self.alpn)
 
-    async def start(self, addresses: list[SocketAddress], stack: AsyncExitStack, *, reuse_port: bool = False) -> None:
+    async def start(self, addresses: list[SocketAddress], stack: AsyncExitStack, *, reuse_port: bool = False,
+                    first: bool = True) -> None:
         loop = asyncio.get_running_loop()
         for address in addresses:
             try:
-                listening = listening_tcp_socket(address.host, address.port, 1024, reuse_port=reuse_port)
+                listening = listening_tcp_socket(address.host, address.port, 1024, reuse_port=reuse_port,
+                                                 first=first)
             except OSError as exc:
                 raise ServiceStartError(f"dns: {self.name}: cannot listen on {address}: "
                                         f"{describe_os_error(exc)}") from None

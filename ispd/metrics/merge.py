@@ -57,3 +57,46 @@ def merge_expositions(texts: Iterable[str], same_everywhere: frozenset[str] = fr
 
 def _add(a: float, b: float) -> float:
     return a + b
+
+
+_CUMULATIVE = frozenset({"counter", "histogram", "summary"})
+SampleKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+class ContinuousCounters:
+    """One worker's counters and histograms as if it had never restarted, for a sum that must
+    only grow: Prometheus reads any fall of a counter as a reset to zero and would count the
+    other processes' whole totals again as new. A restarted worker's series go on from where
+    they were (what they had counted is added to what they count now); one that does not answer
+    a scrape is counted as last seen, and its gauges are left out."""
+
+    def __init__(self) -> None:
+        self._raw: dict[SampleKey, float] = {}  # as the worker last reported them
+        self._base: dict[SampleKey, float] = {}  # what its earlier lives counted
+        self._order: dict[SampleKey, str] = {}  # every series seen, in order, with its family
+        self._families: dict[str, tuple[str, str, str]] = {}  # name: (documentation, type, unit)
+
+    def adjust(self, text: str | None) -> str:
+        """``text`` (None: the worker did not answer) with its cumulative series continued."""
+        raw: dict[SampleKey, float] = {}
+        others: list[Metric] = []
+        for family in text_string_to_metric_families(text or ""):
+            if family.type not in _CUMULATIVE or family.name.endswith("_created"):
+                others.append(family)
+                continue
+            self._families[family.name] = (family.documentation, family.type, family.unit)
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                raw[key] = sample.value
+                self._order.setdefault(key, family.name)
+        if text is None:
+            raw = dict(self._raw)
+        elif any(raw.get(key, 0.0) < value for key, value in self._raw.items()):  # it restarted
+            for key, value in self._raw.items():
+                self._base[key] = self._base.get(key, 0.0) + value
+        self._raw = raw
+        families = {name: Metric(name, *meta) for name, meta in self._families.items()}
+        for key, name in self._order.items():
+            if key in raw or key in self._base:
+                families[name].add_sample(key[0], dict(key[1]), raw.get(key, 0.0) + self._base.get(key, 0.0))
+        return generate_latest(_Families([*families.values(), *others])).decode()

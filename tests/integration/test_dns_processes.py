@@ -115,7 +115,15 @@ def test_two_processes_answer_as_one_resolver(resolver: DNSIspd, certs: Certific
     assert status == 200
 
 
-def test_a_worker_that_dies_is_replaced_while_the_first_answers(resolver: DNSIspd) -> None:
+def test_a_worker_that_dies_is_replaced_on_the_config_and_state_the_first_runs(resolver: DNSIspd) -> None:
+    A = {"type": "A"}
+    ask_from_many_ports(resolver.port, "portal.isp.test")
+    assert resolver.metric("ispd_dns_queries_total", A) == ASKS
+    resolver.cli("dns", "nta", "add", "example-a.test")  # a runtime anchor: the replacement must get it
+    # An edit the operator has not applied yet (it would need a restart): not for the new worker.
+    edited = dict(resolver.config)
+    edited["dns"] = {**edited["dns"], "processes": 1, "local_records": []}
+    resolver.write_config(edited)
     [worker] = resolver.worker_pids(instance=2)
     os.kill(worker, signal.SIGKILL)
     eventually(lambda: not Path(f"/proc/{worker}").exists(), timeout=5)  # (what it had queued died with it)
@@ -123,13 +131,42 @@ def test_a_worker_that_dies_is_replaced_while_the_first_answers(resolver: DNSIsp
     assert all(addresses(reply) == {PORTAL} for reply in ask_from_many_ports(resolver.port, "portal.isp.test", 16))
     status, health = resolver.http_get("/healthz")
     assert status == 503 and "process 2" in health, health
+    # The sums never fall: Prometheus would take a fall for a reset and count everything again.
+    assert resolver.metric("ispd_dns_queries_total", A) == ASKS + 16
     replaced = eventually(lambda: [pid for pid in resolver.worker_pids(instance=2) if pid != worker], timeout=15)
     assert len(replaced) == 1
     eventually(lambda: resolver.http_get("/healthz")[0] == 200, timeout=15)
-    ask_from_many_ports(resolver.port, "portal.isp.test")
+    assert resolver.metric("ispd_dns_queries_total", A) == ASKS + 16
+    # It runs what the first runs (the records the file no longer has), with the runtime anchor.
+    assert all(addresses(reply) == {PORTAL} for reply in ask_from_many_ports(resolver.port, "portal.isp.test"))
     assert worker_metric(resolver, "ispd_dns_queries_total", '{type="A"}') > 0
+    assert resolver.metric("ispd_dns_queries_total", A) == 2 * ASKS + 16
     assert resolver.metric("ispd_dns_processes") == 2
+    assert worker_metric(resolver, "ispd_dns_dnssec_negative_trust_anchors", "") == 1
+    resolver.cli("dns", "nta", "delete", "example-a.test")  # fails unless every process has it
+    assert worker_metric(resolver, "ispd_dns_dnssec_negative_trust_anchors", "") == 0
     assert [event["worker"] for event in resolver.log_events("worker.exited")] == ["dns.2"]
+    resolver.write_config()  # as it runs, for the fixture's last look
+
+
+def test_a_refused_reload_changes_no_process(resolver: DNSIspd, tmp_path: Path) -> None:
+    config = resolver.config
+    config["dns"]["allow"] = ["10.0.0.0/8"]  # would refuse the tests' queries...
+    config["dns"]["local_zone"] = [{"name": "broken.test", "file": str(tmp_path / "missing.zone")}]  # ...but fails
+    resolver.write_config(config)
+    resolver.reload()
+    [refused] = resolver.log_events("config.reload.service_refused")
+    assert refused["service"] == "dns"
+    assert all(addresses(reply) == {PORTAL} for reply in ask_from_many_ports(resolver.port, "portal.isp.test"))
+
+
+def test_a_second_daemon_cannot_join_the_listeners(resolver: DNSIspd, dns_hierarchy: DNSHierarchy,
+                                                   tmp_path: Path) -> None:
+    with DNSIspd(tmp_path / "second", dns_hierarchy, port=resolver.port, processes=2) as second:
+        with pytest.raises(AssertionError):
+            second.start(timeout=10)
+        assert "Address already in use" in second.log_text()
+    assert all(addresses(reply) == {PORTAL} for reply in ask_from_many_ports(resolver.port, "portal.isp.test"))
 
 
 def test_a_reload_reaches_every_process_and_a_stop_ends_them(dns_hierarchy: DNSHierarchy, tmp_path: Path,

@@ -10,6 +10,7 @@ import signal
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,13 +55,18 @@ def test_radius_runs_in_its_own_process_and_answers_through_it(tmp_path: Path) -
         assert result.returncode == 1 and "no session #999" in result.stderr
 
 
+def with_new_secret(ispd: IspdProcess) -> tuple[str, dict[str, Any]]:
+    """The worker's auth address, and the daemon's config with the NAS's secret changed."""
+    changed = ispd.config
+    changed["radius"]["client"][0]["secret"] = "a-new-secret"
+    return changed["radius"]["listen_auth"][0], changed
+
+
 def test_sighup_reaches_the_worker_and_a_refusal_is_reported(tmp_path: Path) -> None:
     require_radclient()
     with IspdProcess(tmp_path, config(tmp_path)) as ispd:
         ispd.start()
-        auth = ispd.config["radius"]["listen_auth"][0]  # type: ignore[index]
-        changed = ispd.config
-        changed["radius"]["client"][0]["secret"] = "a-new-secret"  # type: ignore[index]
+        auth, changed = with_new_secret(ispd)
         ispd.write_config(changed)
         ispd.reload()
         assert radclient(auth, "status", "a-new-secret", STATUS).code == "Access-Accept"
@@ -86,15 +92,38 @@ def test_a_worker_that_dies_is_started_again(tmp_path: Path) -> None:
         serves_again(ispd)
 
 
+def test_a_restarted_worker_runs_the_config_the_daemon_runs_not_the_files(tmp_path: Path) -> None:
+    """A reload the worker refused leaves it on the old config, also when it starts again."""
+    require_radclient()
+    with IspdProcess(tmp_path, config(tmp_path)) as ispd:
+        ispd.start()
+        auth, changed = with_new_secret(ispd)
+        missing = str(tmp_path / "missing.pem")
+        changed["radius"]["eap"] = {"certificate": missing, "private_key": missing}  # type: ignore[index]
+        ispd.write_config(changed)
+        ispd.reload()
+        [refused] = ispd.log_events("config.reload.service_refused")
+        assert refused["service"] == "radius", refused
+        assert radclient(auth, "status", SECRET, STATUS).code == "Access-Accept"
+        [first] = ispd.worker_pids()
+        os.kill(first, signal.SIGKILL)
+        eventually(lambda: [pid for pid in ispd.worker_pids() if pid != first], timeout=15)
+        eventually(lambda: ispd.http_get("/healthz")[0] == 200, timeout=15)
+        assert radclient(auth, "status", SECRET, STATUS).code == "Access-Accept"
+        snapshot = tmp_path / "control.sock.radius.config.json"
+        assert oct(snapshot.stat().st_mode & 0o777) == "0o600"  # it holds the secrets
+
+
 def test_the_daemon_stops_its_workers_and_cleans_up(tmp_path: Path) -> None:
     with IspdProcess(tmp_path, config(tmp_path)) as ispd:
         ispd.start()
         [worker] = ispd.worker_pids()
         socket_path = tmp_path / "control.sock.radius"  # beside the daemon's control socket
-        assert socket_path.is_socket()
+        snapshot = tmp_path / "control.sock.radius.config.json"  # the config it runs
+        assert socket_path.is_socket() and snapshot.is_file()
         assert ispd.terminate() == 0
     assert not Path(f"/proc/{worker}").exists() or "Z" in Path(f"/proc/{worker}/stat").read_text().split()[2]
-    assert not socket_path.exists()
+    assert not socket_path.exists() and not snapshot.exists()
 
 
 def test_a_worker_socket_left_by_a_killed_daemon_is_taken_over(tmp_path: Path) -> None:

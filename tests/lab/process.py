@@ -5,6 +5,7 @@ a systemd-style notify socket owned by the test, so tests wait for READY=1 inste
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -64,6 +65,7 @@ class IspdProcess:
 
     def start(self, *, wait_ready: bool = True, timeout: float = 15.0) -> IspdProcess:
         self.write_config()
+        _check_snapshot_round_trip(self.config_path)
         notify_path = self.workdir / "notify.sock"
         with contextlib.suppress(FileNotFoundError):
             notify_path.unlink()
@@ -202,6 +204,19 @@ class IspdProcess:
         if check and result.returncode != 0:
             raise AssertionError(f"ispd {' '.join(args)} failed ({result.returncode}): {result.stderr}")
         return result
+
+
+def _check_snapshot_round_trip(path: Path) -> None:
+    """Every config the tests run reads back equal from the JSON the main process hands its
+    workers (ispd.config.config_data): a field that did not would start a worker on another
+    config, or not at all."""
+    from ispd.config import Config, ConfigError, config_data, load_config
+
+    try:
+        config = load_config(path)
+    except ConfigError:
+        return  # a test of a bad config
+    assert Config.model_validate(json.loads(json.dumps(config_data(config)))) == config, path
 
 
 def eventually(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.05) -> Any:
