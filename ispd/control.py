@@ -229,6 +229,7 @@ class ControlServer:
         self._server: asyncio.AbstractServer | None = None
         self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file we bound
         self._connections: set[asyncio.Task[Any]] = set()
+        self._closing = False
 
     # --- lifecycle
 
@@ -241,6 +242,7 @@ class ControlServer:
         if self._server is not None:
             self._server.close()
             self._server = None
+        self._closing = True
         for task in list(self._connections):
             task.cancel()
         if self._connections:
@@ -292,6 +294,12 @@ class ControlServer:
         except Exception:
             log.error("control.command.failed", command=name, exc_info=True)
             await self._send_error(writer, f"internal error in {name!r} (see the daemon's log)", "internal")
+        except asyncio.CancelledError:
+            # Closing with a command in hand (a worker's long poll for events, as its daemon
+            # stops): the client sees the connection close. Raised on, the cancellation would be
+            # logged by asyncio's streams as an error with a traceback.
+            if not self._closing:
+                raise
         finally:
             writer.close()
             self._connections.discard(task)
