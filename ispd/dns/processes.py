@@ -51,7 +51,7 @@ SAME_IN_EVERY_PROCESS = frozenset({"ispd_dns_dnssec_negative_trust_anchors"})
 _PROCESSES_HELP = "DNS processes whose figures the ispd_dns_* series add up (those that answered this scrape)."
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
-COMMAND_SECONDS = 15.0  # a worker that takes longer with a flush or an NTA is stuck (and restarted)
+COMMAND_SECONDS = 15.0  # a worker that takes longer with a flush or an NTA is taken to be stuck
 
 
 class ExtraProcesses:
@@ -97,16 +97,18 @@ class ExtraProcesses:
     def everywhere(self, command: str, handler: Handler, combine: Callable[[list[Any]], Any]) -> Handler:
         """``handler`` here, then the same command in every worker; ``combine`` makes one reply
         of all the replies (this process's first). Bad arguments fail here, before any worker
-        is asked; a worker that fails makes the command fail, saying which processes did it."""
+        is asked; a worker that fails makes the command fail, saying which processes did it. A
+        worker that is down is left out: it starts again with empty caches and is handed the
+        runtime anchors then."""
         async def run(args: dict[str, Any]) -> Any:
             mine = await handler(args)
-            results = await asyncio.gather(*(worker.request(command, args, wait=COMMAND_SECONDS)
-                                             for worker in self.workers), return_exceptions=True)
-            failed = [(worker.instance, result) for worker, result in zip(self.workers, results, strict=True)
+            up = [worker for worker in self.workers if worker.health().ok]
+            results = await asyncio.gather(*(worker.request(command, args, wait=COMMAND_SECONDS) for worker in up),
+                                           return_exceptions=True)
+            failed = [(worker.instance, result) for worker, result in zip(up, results, strict=True)
                       if isinstance(result, BaseException)]
             if failed:
-                done = [1] + [w.instance for w, r in zip(self.workers, results, strict=True)
-                              if not isinstance(r, BaseException)]
+                done = [1] + [w.instance for w, r in zip(up, results, strict=True) if not isinstance(r, BaseException)]
                 problems = "; ".join(f"process {instance}: {error}" for instance, error in failed)
                 raise CommandError(f"done in process(es) {', '.join(map(str, done))} but not everywhere: {problems}")
             return combine([mine, *results])
