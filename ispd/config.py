@@ -115,6 +115,15 @@ def config_data(value: Any) -> Any:
     reads back into an equal config, secrets included (model_dump's JSON mode masks them): what
     the main process hands its workers, so that they run the config it runs, not whatever the
     file says by the time they start."""
+    if isinstance(value, Config):
+        data = {name: config_data(getattr(value, name)) for name in type(value).model_fields}
+        # Without the DHCP pools that validation added for the plans naming them: validated
+        # again, they would be checked as RADIUS's own (and are added again anyway).
+        shared = {(pool.name, pool.range) for subnet in value.dhcp.subnet for pool in subnet.pool}
+        named = {plan.address_pool for plan in value.radius.plan}
+        data["radius"]["address_pool"] = [config_data(pool) for pool in value.radius.address_pool
+                                          if (pool.name, pool.range) not in shared or pool.name not in named]
+        return data
     if isinstance(value, BaseModel):
         return {name: config_data(getattr(value, name)) for name in type(value).model_fields}
     if isinstance(value, SecretStr):
@@ -146,7 +155,9 @@ def load_config_snapshot(path: Path | str) -> Config:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         return Config.model_validate(data)
-    except (OSError, ValueError) as exc:  # ValidationError is a ValueError
+    except ValidationError as exc:
+        raise ConfigError("\n".join(f"{path}: {line}" for line in describe_errors(exc))) from None
+    except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot read the config snapshot: {exc}") from None
 
 

@@ -234,6 +234,7 @@ class ControlServer:
     # --- lifecycle
 
     async def start(self) -> None:
+        self._closing = False
         sock, self._identity = await open_private_socket(self.path, "the control socket", "[daemon] control_socket")
         self._server = await asyncio.start_unix_server(self._serve, sock=sock, limit=MAX_REQUEST_BYTES)
         log.info("control.listening", path=str(self.path))

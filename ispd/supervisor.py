@@ -310,6 +310,9 @@ class Supervisor:
             log.warning("config.reload.restart_needed", section="daemon", key="control_socket")
             daemon = new.daemon.model_copy(update={"control_socket": old.daemon.control_socket})
             applied = applied.model_copy(update={"daemon": daemon})
+        # What the services get: the new config but for what needs a restart (a worker is handed
+        # it, and must not open another store when it restarts).
+        pinned = applied
         for spec in SERVICES:
             entry, wanted = self.running.get(spec.name), spec.enabled(new)
             try:
@@ -317,12 +320,12 @@ class Supervisor:
                     raise ServiceStartError(f"{spec.name}: moving it into or out of a process of its own "
                                             "needs a restart")
                 if entry is not None and wanted:
-                    await entry.service.reload(old, new)
+                    await entry.service.reload(old, pinned)
                 elif entry is not None:
                     await entry.service.stop()
                     await self.running.pop(spec.name).stack.aclose()
                 elif wanted:
-                    await self._start_service(spec, new)
+                    await self._start_service(spec, pinned)
             except Exception as exc:  # one service refusing its change (or failing) must not stop the others
                 log.error("config.reload.service_refused", service=spec.name, error=str(exc),
                           exc_info=not isinstance(exc, ServiceStartError))

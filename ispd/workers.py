@@ -134,6 +134,7 @@ class WorkerService(Service):
         # Called after every start of the worker process (the first and each restart).
         self.on_ready: Callable[[], Awaitable[None]] | None = None
         self.proc: asyncio.subprocess.Process | None = None
+        self._ready = False  # the current process said it was ready
         self._stopping = False
         self._health = Health(False, "starting")
         self._description = f"{self.name} (own process)"
@@ -173,7 +174,13 @@ class WorkerService(Service):
         except OSError as exc:
             raise ServiceStartError(f"{self.name}: cannot write {self.snapshot_path}: {exc.strerror}") from None
 
+    @property
+    def up(self) -> bool:
+        """Its process is running and has said it is ready (it may still be stuck)."""
+        return self._ready and self.proc is not None and self.proc.returncode is None
+
     async def _spawn(self) -> None:
+        self._ready = False
         self._write_snapshot(self.config)
         read_end, write_end = os.pipe()
         try:
@@ -195,6 +202,7 @@ class WorkerService(Service):
                 reason = f"{self.service_name}: {reason}"
             raise ServiceStartError(reason if self.instance == 1 else f"{reason} (in its process {self.instance})")
         self._health = Health(True)
+        self._ready = True
         await self._poll_health()
         if self.on_ready is not None:
             try:
@@ -260,13 +268,17 @@ class WorkerService(Service):
         """For a service's extra worker: run ``new``, which the service's first process has
         already applied. A worker that refuses or does not answer is restarted on it, so that
         no process answers on another config."""
-        self._write_snapshot(new)
         self.config = new
         try:
+            self._write_snapshot(new)
             await self.request("worker.reload", wait=RELOAD_SECONDS)
-        except CommandError as exc:
-            log.warning("worker.reload.failed", worker=self.name, error=str(exc), action="restart")
-            await self._kill()  # the watch starts it again, on the snapshot just written
+        except (CommandError, ServiceStartError) as exc:
+            await self.restart(f"it could not follow a reload: {exc}")
+
+    async def restart(self, why: str) -> None:
+        """End the worker's process; the watch starts it again (on ``self.config``)."""
+        log.warning("worker.restarting", worker=self.name, reason=why)
+        await self._kill()
 
     def health(self) -> Health:
         return self._health

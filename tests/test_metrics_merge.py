@@ -59,12 +59,25 @@ def test_a_restarted_processs_counters_go_on_and_a_silent_one_counts_as_last_see
 
     keeper = ContinuousCounters()
     key = ("ispd_dns_queries_total", (("type", "A"),))
-    assert samples(keeper.adjust(exposition(10, 100, 0, [0.005])))[key] == 10
-    assert samples(keeper.adjust(exposition(12, 90, 0, [0.005])))[key] == 12
-    silent = samples(keeper.adjust(None))  # did not answer: as last seen, without its gauges
+    assert samples(keeper.adjust(exposition(10, 100, 0, [0.005]), life=1))[key] == 10
+    assert samples(keeper.adjust(exposition(12, 90, 0, [0.005]), life=1))[key] == 12
+    silent = samples(keeper.adjust(None, life=1))  # did not answer: as last seen, without its gauges
     assert silent[key] == 12 and ("ispd_dns_cache_entries", ()) not in silent
-    restarted = samples(keeper.adjust(exposition(3, 5, 0, [])))  # a new life: 12 counted before it
+    restarted = samples(keeper.adjust(exposition(3, 5, 0, []), life=2))  # a new life: 12 counted before it
     assert restarted[key] == 15
     assert restarted[("ispd_dns_answer_seconds_count", ())] == 1  # the first life's one observation
     assert restarted[("ispd_dns_cache_entries", ())] == 5  # gauges are the process's now
-    assert samples(keeper.adjust(exposition(4, 5, 0, [])))[key] == 16
+    assert samples(keeper.adjust(exposition(4, 5, 0, []), life=2))[key] == 16
+
+
+def test_a_series_a_live_process_stops_reporting_stays_as_last_seen() -> None:
+    """A reload that turns DNSSEC off takes its counters out of the text: not a restart."""
+    from ispd.metrics.merge import ContinuousCounters
+
+    keeper = ContinuousCounters()
+    key = ("ispd_dns_queries_total", (("type", "A"),))
+    assert samples(keeper.adjust(exposition(1000, 1, 0, [0.005]), life=7))[key] == 1000
+    without_histogram = exposition(1010, 1, 0, []).split("# HELP ispd_dns_answer_seconds ")[0]
+    got = samples(keeper.adjust(without_histogram, life=7))
+    assert got[key] == 1010  # not 2010: the same life goes on
+    assert got[("ispd_dns_answer_seconds_count", ())] == 1  # kept as last seen

@@ -11,10 +11,13 @@ Each process keeps its own caches (``cache.max_bytes`` is per process), learns l
 subscribers' states as the main one does (the event bridge and the store's audit log), and
 tracks the trust anchors itself. The first process gives the operator one resolver:
 
-- ``ispd dns cache flush`` and ``ispd dns nta add|delete`` are carried out in every process;
+- ``ispd dns cache flush`` and ``ispd dns nta add|delete`` are carried out in every process
+  that is up; one that fails them is restarted (it comes back with empty caches and the
+  anchors, as one that was down does);
 - /metrics shows one set of series, the processes' figures added up (``ispd.metrics.merge``),
-  and ``ispd_dns_processes`` says how many processes answered; a worker's counters go on
-  across its restarts (``ContinuousCounters``), so the sums never fall;
+  and ``ispd_dns_processes`` says how many processes answered; each process's counters go on
+  across a worker's restarts and series it stops reporting (``ContinuousCounters``), so the
+  sums do not fall;
 - a reload reaches every process: the first reads everything before it changes anything, and
   the workers then follow it onto the config it runs (``WorkerService.follow``: written for
   them, not read from the file; one that cannot is restarted on it); runtime negative trust
@@ -38,7 +41,6 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from ispd.control import CommandError
 from ispd.metrics.merge import ContinuousCounters, merge_expositions
 from ispd.service import Health, ServiceContext, ServiceSpec, ServiceStartError
 from ispd.workers import WorkerService
@@ -66,6 +68,7 @@ class ExtraProcesses:
         for worker in self.workers:
             worker.on_ready = partial(on_ready, worker)
         self.counters = {worker.instance: ContinuousCounters() for worker in self.workers}
+        self.own_counters = ContinuousCounters()  # (a series this process stops reporting stays)
 
     async def start(self, stack: AsyncExitStack) -> None:
         """Start every worker at once; each is killed when ``stack`` unwinds."""
@@ -96,33 +99,34 @@ class ExtraProcesses:
 
     def everywhere(self, command: str, handler: Handler, combine: Callable[[list[Any]], Any]) -> Handler:
         """``handler`` here, then the same command in every worker; ``combine`` makes one reply
-        of all the replies (this process's first). Bad arguments fail here, before any worker
-        is asked; a worker that fails makes the command fail, saying which processes did it. A
-        worker that is down is left out: it starts again with empty caches and is handed the
-        runtime anchors then."""
+        of all the replies (this process's and those of the workers that answered). Bad
+        arguments fail here, before any worker is asked. A worker that is down is left out, and
+        one that fails the command is restarted: either starts again with empty caches and is
+        handed the runtime anchors then."""
         async def run(args: dict[str, Any]) -> Any:
             mine = await handler(args)
-            up = [worker for worker in self.workers if worker.health().ok]
+            up = [worker for worker in self.workers if worker.up]
             results = await asyncio.gather(*(worker.request(command, args, wait=COMMAND_SECONDS) for worker in up),
                                            return_exceptions=True)
-            failed = [(worker.instance, result) for worker, result in zip(up, results, strict=True)
-                      if isinstance(result, BaseException)]
-            if failed:
-                done = [1] + [w.instance for w, r in zip(up, results, strict=True) if not isinstance(r, BaseException)]
-                problems = "; ".join(f"process {instance}: {error}" for instance, error in failed)
-                raise CommandError(f"done in process(es) {', '.join(map(str, done))} but not everywhere: {problems}")
-            return combine([mine, *results])
+            replies = [mine]
+            for worker, result in zip(up, results, strict=True):
+                if isinstance(result, BaseException):
+                    await worker.restart(f"{command} failed there: {result}")
+                else:
+                    replies.append(result)
+            return combine(replies)
         return run
 
     async def metrics(self, own: CollectorRegistry) -> bytes:
         """This process's DNS series and the workers', added up; a worker that does not answer
         at once is left out (and ``ispd_dns_processes`` says so)."""
-        texts = [generate_latest(own).decode()]
+        texts = [self.own_counters.adjust(generate_latest(own).decode())]
         answered = 1
+        lives = [worker.proc.pid if worker.proc is not None else None for worker in self.workers]
         replies = await asyncio.gather(*(worker.metrics_text() for worker in self.workers))
-        for worker, text in zip(self.workers, replies, strict=True):
+        for worker, life, text in zip(self.workers, lives, replies, strict=True):
             answered += bool(text)
-            texts.append(self.counters[worker.instance].adjust(text.decode() if text else None))
+            texts.append(self.counters[worker.instance].adjust(text.decode() if text else None, life))
         counted = (f"# HELP ispd_dns_processes {_PROCESSES_HELP}\n# TYPE ispd_dns_processes gauge\n"
                    f"ispd_dns_processes {answered}\n")
         return merge_expositions([*texts, counted], SAME_IN_EVERY_PROCESS)

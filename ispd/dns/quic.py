@@ -377,8 +377,14 @@ class QuicListener:
         self.bound: list[tuple[str, int]] = []
 
     def load_certificate(self, certificate: Path, private_key: Path) -> None:
-        fresh = quic_configuration(self.alpn, certificate, private_key, self.settings.idle_timeout,
-                                   self.settings.max_query_bytes)
+        self.use_certificate(self.prepare_certificate(certificate, private_key))
+
+    def prepare_certificate(self, certificate: Path, private_key: Path) -> QuicConfiguration:
+        """What ``use_certificate`` takes; ``CertificateError`` when the files are unusable."""
+        return quic_configuration(self.alpn, certificate, private_key, self.settings.idle_timeout,
+                                  self.settings.max_query_bytes)
+
+    def use_certificate(self, fresh: QuicConfiguration) -> None:
         if self.configuration is None:
             self.configuration = fresh
             return

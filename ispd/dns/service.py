@@ -280,13 +280,16 @@ class DNSService(Service):
             raise ServiceStartError(f"dns: dnssec.trust_anchor_file: {exc}") from None
         if validator is not None and config.root_hints is not None and config.dnssec.trust_anchor_file is None:
             log.warning("dns.dnssec.iana_anchors_with_private_root", root_hints=str(config.root_hints))
-        old = self.resolver.validator
-        if validator is not None and old is not None:  # `ispd dns nta add` and the counters outlive a reload
+        return validator
+
+    def _carry_over(self, validator: Validator) -> None:
+        """`ispd dns nta add` and the counters outlive a reload."""
+        old = self.resolver.validator if self.resolver is not None else None
+        if old is not None:
             validator.stats = old.stats
             for name, until in old.live_negative_anchors().items():
                 if until != float("inf"):
                     validator.add_negative_anchor(name, until)
-        return validator
 
     # --- RFC 5011 updates of the trust anchors
 
@@ -606,27 +609,30 @@ class DNSService(Service):
         except CertificateError as exc:
             raise ServiceStartError(f"dns: {key}: {exc}") from None
 
-    def _check_encrypted(self, old: DNSConfig, new: DNSConfig) -> None:
-        """Whether the encrypted listeners can take ``new``: the same addresses, and every
-        certificate loads (a trial: ``ServiceStartError`` says which does not)."""
+    def _check_encrypted(self, old: DNSConfig, new: DNSConfig) -> dict[str, Any]:
+        """The encrypted listeners' new certificates, loaded for ``_reload_encrypted``, by
+        listener; ``ServiceStartError`` when the addresses changed or a certificate does not load
+        (then no listener has changed)."""
         for key in ("dot", "doh", "doq"):
             before, after = getattr(old, key), getattr(new, key)
             listen_before = (before.listen, getattr(before, "listen_http3", None))
             listen_after = (after.listen, getattr(after, "listen_http3", None))
             if listen_before != listen_after:
                 raise ServiceStartError(f"dns: a change of {key} listen addresses needs a restart")
-        for key in [*self.tls_listeners, *self.quic_listeners]:
+        prepared: dict[str, Any] = {}
+        for key, listener in self._encrypted():
             section = getattr(new, "doh" if key == "doh3" else key)
             assert section.certificate is not None and section.private_key is not None
-            try:  # a trial load: CertificateError leaves every listener as it was
-                server_tls_context(section.certificate, section.private_key, [])
+            try:
+                prepared[key] = listener.prepare_certificate(section.certificate, section.private_key)
             except CertificateError as exc:
                 raise ServiceStartError(f"dns: {key}: {exc}") from None
+        return prepared
 
-    def _reload_encrypted(self, new: DNSConfig) -> None:
-        """New certificates and request limits for the encrypted listeners (checked first)."""
+    def _reload_encrypted(self, prepared: dict[str, Any], new: DNSConfig) -> None:
+        """The certificates ``_check_encrypted`` loaded, and the new request limits."""
         for key, listener in self._encrypted():
-            self._load_certificate(key, listener, getattr(new, "doh" if key == "doh3" else key))
+            listener.use_certificate(prepared[key])
         for responder in self.doh_responders:
             responder.config = new.doh
 
@@ -658,7 +664,7 @@ class DNSService(Service):
         if old.dns.processes != new.dns.processes:
             raise ServiceStartError("dns: a change of processes needs a restart")
         assert self.engine is not None and self.resolver is not None
-        self._check_encrypted(old.dns, new.dns)
+        certificates = self._check_encrypted(old.dns, new.dns)
         try:
             hints = load_root_hints(new.dns.root_hints)
         except HintsError as exc:
@@ -667,7 +673,7 @@ class DNSService(Service):
         validator = self._validator(new.dns, time.monotonic) if dnssec_changed else None
         data = await self._read_data(new.dns)
         # Nothing below refuses.
-        self._reload_encrypted(new.dns)
+        self._reload_encrypted(certificates, new.dns)
         self.config = new.dns
         self.engine.set_allow(list(new.dns.allow))
         self.resolver.settings = resolver_settings(new.dns)
@@ -682,13 +688,18 @@ class DNSService(Service):
                 self.rrsets.clear()
             elif validator is not None:
                 validator.forget()  # verdicts taken under other anchors
+            if validator is not None:
+                self._carry_over(validator)  # now: `ispd dns nta` may have changed them meanwhile
             self.resolver.validator = validator
             self.engine.validating = validator is not None
             await self._stop_anchor_tracking()
             await self._track_anchors()
         self._apply_data(*data)
         self.walled.configure(new.dns.walled_garden)
-        await self._load_subscribers()  # lease names again, into the new local data
+        try:
+            await self._load_subscribers()  # lease names again, into the new local data
+        except ServiceStartError as exc:  # too late to refuse: what the events bring from now on
+            log.error("dns.reload.leases_unreadable", error=str(exc))
         self.answers.clear()
         if self.extras is not None:
             await self.extras.reload(new)

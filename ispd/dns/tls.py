@@ -44,7 +44,14 @@ class TLSListener:
     def load_certificate(self, certificate: Path, private_key: Path) -> None:
         """Build the context for new connections; raises ``CertificateError`` and keeps the old
         one when the files are unusable."""
-        self.context = server_tls_context(certificate, private_key, self.alpn)
+        self.use_certificate(self.prepare_certificate(certificate, private_key))
+
+    def prepare_certificate(self, certificate: Path, private_key: Path) -> ssl.SSLContext:
+        """What ``use_certificate`` takes; ``CertificateError`` when the files are unusable."""
+        return server_tls_context(certificate, private_key, self.alpn)
+
+    def use_certificate(self, prepared: ssl.SSLContext) -> None:
+        self.context = prepared
 
     async def start(self, addresses: list[SocketAddress], stack: AsyncExitStack, *, reuse_port: bool = False,
                     first: bool = True) -> None:

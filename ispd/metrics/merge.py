@@ -64,20 +64,24 @@ SampleKey = tuple[str, tuple[tuple[str, str], ...]]
 
 
 class ContinuousCounters:
-    """One worker's counters and histograms as if it had never restarted, for a sum that must
-    only grow: Prometheus reads any fall of a counter as a reset to zero and would count the
-    other processes' whole totals again as new. A restarted worker's series go on from where
-    they were (what they had counted is added to what they count now); one that does not answer
-    a scrape is counted as last seen, and its gauges are left out."""
+    """One process's counters and histograms as if it had never restarted and never stopped
+    reporting a series, for a sum that must only grow: Prometheus reads any fall of a counter as
+    a reset to zero and would count the other processes' whole totals again as new. A new life
+    of the process (told by the caller: its pid) goes on from where the last one was (what that
+    one counted is added to what this one counts); a series a live process no longer reports (a
+    reload turned DNSSEC off) and a process that does not answer a scrape are counted as last
+    seen, the latter without its gauges."""
 
     def __init__(self) -> None:
-        self._raw: dict[SampleKey, float] = {}  # as the worker last reported them
-        self._base: dict[SampleKey, float] = {}  # what its earlier lives counted
+        self._life: object = None
+        self._raw: dict[SampleKey, float] = {}  # as this life last reported them
+        self._base: dict[SampleKey, float] = {}  # what the earlier lives counted
         self._order: dict[SampleKey, str] = {}  # every series seen, in order, with its family
         self._families: dict[str, tuple[str, str, str]] = {}  # name: (documentation, type, unit)
 
-    def adjust(self, text: str | None) -> str:
-        """``text`` (None: the worker did not answer) with its cumulative series continued."""
+    def adjust(self, text: str | None, life: object = None) -> str:
+        """``text`` (None: the process did not answer) with its cumulative series continued;
+        ``life`` tells one life of the process from the next."""
         raw: dict[SampleKey, float] = {}
         others: list[Metric] = []
         for family in text_string_to_metric_families(text or ""):
@@ -89,14 +93,15 @@ class ContinuousCounters:
                 key = (sample.name, tuple(sorted(sample.labels.items())))
                 raw[key] = sample.value
                 self._order.setdefault(key, family.name)
-        if text is None:
-            raw = dict(self._raw)
-        elif any(raw.get(key, 0.0) < value for key, value in self._raw.items()):  # it restarted
-            for key, value in self._raw.items():
-                self._base[key] = self._base.get(key, 0.0) + value
-        self._raw = raw
+        if text is not None:
+            if life != self._life and self._raw:  # a new life: the last one's counts are history
+                for key, value in self._raw.items():
+                    self._base[key] = self._base.get(key, 0.0) + value
+                self._raw = {}
+            self._life = life
+            self._raw.update(raw)  # what this life no longer reports stays as last seen
         families = {name: Metric(name, *meta) for name, meta in self._families.items()}
         for key, name in self._order.items():
-            if key in raw or key in self._base:
-                families[name].add_sample(key[0], dict(key[1]), raw.get(key, 0.0) + self._base.get(key, 0.0))
+            if key in self._raw or key in self._base:
+                families[name].add_sample(key[0], dict(key[1]), self._raw.get(key, 0.0) + self._base.get(key, 0.0))
         return generate_latest(_Families([*families.values(), *others])).decode()

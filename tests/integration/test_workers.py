@@ -114,6 +114,25 @@ def test_a_restarted_worker_runs_the_config_the_daemon_runs_not_the_files(tmp_pa
         assert oct(snapshot.stat().st_mode & 0o777) == "0o600"  # it holds the secrets
 
 
+def test_a_change_that_needs_a_restart_does_not_reach_a_restarted_worker(tmp_path: Path) -> None:
+    """A new store path waits for the daemon's restart: a worker started again meanwhile must
+    not open another store than the main process's."""
+    require_radclient()
+    with IspdProcess(tmp_path, config(tmp_path)) as ispd:
+        ispd.start()
+        changed = ispd.config
+        changed["store"]["path"] = str(tmp_path / "other.db")
+        ispd.write_config(changed)
+        ispd.reload()
+        assert ispd.log_events("config.reload.restart_needed")
+        [first] = ispd.worker_pids()
+        os.kill(first, signal.SIGKILL)
+        eventually(lambda: [pid for pid in ispd.worker_pids() if pid != first], timeout=15)
+        eventually(lambda: ispd.http_get("/healthz")[0] == 200, timeout=15)
+        serves_again(ispd)
+        assert not (tmp_path / "other.db").exists()
+
+
 def test_the_daemon_stops_its_workers_and_cleans_up(tmp_path: Path) -> None:
     with IspdProcess(tmp_path, config(tmp_path)) as ispd:
         ispd.start()
