@@ -119,10 +119,14 @@ def config_data(value: Any) -> Any:
         data = {name: config_data(getattr(value, name)) for name in type(value).model_fields}
         # Without the DHCP pools that validation added for the plans naming them: validated
         # again, they would be checked as RADIUS's own (and are added again anyway).
-        shared = {(pool.name, pool.range) for subnet in value.dhcp.subnet for pool in subnet.pool}
-        named = {plan.address_pool for plan in value.radius.plan}
-        data["radius"]["address_pool"] = [config_data(pool) for pool in value.radius.address_pool
-                                          if (pool.name, pool.range) not in shared or pool.name not in named]
+        # (They are the last ones; an identical pool the operator gave there is added back the same.)
+        if value.radius.enabled:
+            shared = {(pool.name, pool.range) for subnet in value.dhcp.subnet for pool in subnet.pool}
+            named = {plan.address_pool for plan in value.radius.plan}
+            pools = list(value.radius.address_pool)
+            while pools and (pools[-1].name, pools[-1].range) in shared and pools[-1].name in named:
+                pools.pop()
+            data["radius"]["address_pool"] = [config_data(pool) for pool in pools]
         return data
     if isinstance(value, BaseModel):
         return {name: config_data(getattr(value, name)) for name in type(value).model_fields}

@@ -269,14 +269,18 @@ class WorkerService(Service):
         already applied. A worker that refuses or does not answer is restarted on it, so that
         no process answers on another config."""
         self.config = new
+        proc = self.proc
         try:
             self._write_snapshot(new)
             await self.request("worker.reload", wait=RELOAD_SECONDS)
         except (CommandError, ServiceStartError) as exc:
-            await self.restart(f"it could not follow a reload: {exc}")
+            await self.restart(f"it could not follow a reload: {exc}", proc)
 
-    async def restart(self, why: str) -> None:
-        """End the worker's process; the watch starts it again (on ``self.config``)."""
+    async def restart(self, why: str, proc: asyncio.subprocess.Process | None) -> None:
+        """End the worker's process ``proc`` (unless the watch has replaced it since); the watch
+        starts it again (on ``self.config``)."""
+        if proc is None or proc is not self.proc:
+            return
         log.warning("worker.restarting", worker=self.name, reason=why)
         await self._kill()
 

@@ -214,3 +214,32 @@ def test_a_config_snapshot_reads_back_equal_secrets_included(name: str, tmp_path
     path.write_text("{not json")
     with pytest.raises(ConfigError, match="cannot read the config snapshot"):
         load_config_snapshot(path)
+
+
+@pytest.mark.parametrize("radius_enabled", [True, False])
+def test_a_radius_pool_that_is_a_dhcp_pool_reads_back_in_its_place(tmp_path: Path, radius_enabled: bool) -> None:
+    from ispd.config import load_config_snapshot, write_config_snapshot
+
+    path = write(tmp_path, f"""
+[[dhcp.subnet]]
+network = "198.18.0.0/24"
+[[dhcp.subnet.pool]]
+name = "a"
+range = "198.18.0.100 - 198.18.0.199"
+[radius]
+enabled = {str(radius_enabled).lower()}
+[[radius.address_pool]]
+name = "a"
+range = "198.18.0.100 - 198.18.0.199"
+[[radius.address_pool]]
+name = "own"
+range = "198.18.5.10 - 198.18.5.20"
+[[radius.plan]]
+plan = "silver"
+address_pool = "a"
+""")
+    config = load_config(path)
+    write_config_snapshot(config, tmp_path / "snapshot.json")
+    again = load_config_snapshot(tmp_path / "snapshot.json")
+    assert [p.name for p in again.radius.address_pool] == [p.name for p in config.radius.address_pool] == ["a", "own"]
+    assert again == config

@@ -81,3 +81,16 @@ def test_a_series_a_live_process_stops_reporting_stays_as_last_seen() -> None:
     got = samples(keeper.adjust(without_histogram, life=7))
     assert got[key] == 1010  # not 2010: the same life goes on
     assert got[("ispd_dns_answer_seconds_count", ())] == 1  # kept as last seen
+
+
+def test_one_series_that_falls_within_a_life_goes_on_from_where_it_was() -> None:
+    """DNSSEC turned off and on again by reloads: its counters start from zero in the same
+    process; the sum must not fall."""
+    from ispd.metrics.merge import ContinuousCounters
+
+    keeper = ContinuousCounters()
+    key = ("ispd_dns_queries_total", (("type", "A"),))
+    other = ("ispd_dns_queries_total", (("type", "AAAA"),))
+    assert samples(keeper.adjust(exposition(2000, 1, 0, []), life=3))[key] == 2000
+    got = samples(keeper.adjust(exposition(5, 1, 0, []).replace('{type="AAAA"} 1.0', '{type="AAAA"} 3.0'), life=3))
+    assert got[key] == 2005 and got[other] == 3

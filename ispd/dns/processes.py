@@ -97,23 +97,24 @@ class ExtraProcesses:
 
     # --- one resolver to the operator
 
-    def everywhere(self, command: str, handler: Handler, combine: Callable[[list[Any]], Any]) -> Handler:
+    def everywhere(self, command: str, handler: Handler, combine: Callable[[list[Any]], Any],
+                   done_already: Callable[[BaseException], bool] = lambda error: False) -> Handler:
         """``handler`` here, then the same command in every worker; ``combine`` makes one reply
         of all the replies (this process's and those of the workers that answered). Bad
         arguments fail here, before any worker is asked. A worker that is down is left out, and
-        one that fails the command is restarted: either starts again with empty caches and is
-        handed the runtime anchors then."""
+        one that fails the command (unless ``done_already`` says its error means the same) is
+        restarted: either starts again with empty caches and is handed the runtime anchors."""
         async def run(args: dict[str, Any]) -> Any:
             mine = await handler(args)
-            up = [worker for worker in self.workers if worker.up]
-            results = await asyncio.gather(*(worker.request(command, args, wait=COMMAND_SECONDS) for worker in up),
-                                           return_exceptions=True)
+            up = [(worker, worker.proc) for worker in self.workers if worker.up]
+            results = await asyncio.gather(*(worker.request(command, args, wait=COMMAND_SECONDS)
+                                             for worker, _ in up), return_exceptions=True)
             replies = [mine]
-            for worker, result in zip(up, results, strict=True):
-                if isinstance(result, BaseException):
-                    await worker.restart(f"{command} failed there: {result}")
-                else:
+            for (worker, proc), result in zip(up, results, strict=True):
+                if not isinstance(result, BaseException):
                     replies.append(result)
+                elif not done_already(result):
+                    await worker.restart(f"{command} failed there: {result}", proc)
             return combine(replies)
         return run
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import socket
 import time
 from collections.abc import Callable
@@ -249,8 +250,10 @@ class DNSService(Service):
         # `ispd subscriber show`: which of a subscriber's addresses this resolver walls now.
         stack.callback(self.context.control.register("dns.walled.show", self._command_walled_show))
         for command, handler in (("dns.nta.add", self._everywhere("dns.nta.add", self._command_nta_add, first)),
-                                 ("dns.nta.delete", self._everywhere("dns.nta.delete", self._command_nta_delete,
-                                                                     first)),
+                                 ("dns.nta.delete", self._everywhere(
+                                     "dns.nta.delete", self._command_nta_delete, first,
+                                     # (its copy lapsed a moment before ours)
+                                     done_already=lambda error: "is not a negative trust anchor" in str(error))),
                                  ("dns.nta.list", self._command_nta_list)):
             stack.callback(self.context.control.register(command, handler))
         log.info("dns.started", listen=[f"{h}:{p}" for h, p in self.bound], root_servers=len(hints),
@@ -263,14 +266,24 @@ class DNSService(Service):
         if validator is None:
             return
         now = time.monotonic()
+        configured = configured_negative_anchors(self.config)
+        failures = []
         for name, until in validator.live_negative_anchors().items():
-            if until != float("inf") and until - now >= 1:
-                await worker.request("dns.nta.add", {"name": name_to_text(name), "seconds": int(until - now)},
+            if until == float("inf") or name in configured or until <= now:
+                continue  # the config's it has; a lapsed one is gone
+            try:  # rounded up: the worker's copy must not lapse before this one
+                await worker.request("dns.nta.add", {"name": name_to_text(name), "seconds": math.ceil(until - now)},
                                      wait=COMMAND_SECONDS)
+            except CommandError as exc:
+                failures.append(f"{name_to_text(name)}: {exc}")
+        if failures:
+            await worker.restart(f"it did not take the runtime negative trust anchors ({'; '.join(failures)})",
+                                 worker.proc)
 
-    def _everywhere(self, command: str, handler: Handler, combine: Callable[[list[Any]], Any]) -> Handler:
+    def _everywhere(self, command: str, handler: Handler, combine: Callable[[list[Any]], Any],
+                    done_already: Callable[[BaseException], bool] = lambda error: False) -> Handler:
         """A command that changes what a process answers: in every process when there are several."""
-        return handler if self.extras is None else self.extras.everywhere(command, handler, combine)
+        return handler if self.extras is None else self.extras.everywhere(command, handler, combine, done_already)
 
     def _validator(self, config: DNSConfig, clock: Callable[[], float]) -> Validator | None:
         assert self.resolver is not None
@@ -287,8 +300,9 @@ class DNSService(Service):
         old = self.resolver.validator if self.resolver is not None else None
         if old is not None:
             validator.stats = old.stats
+            permanent = validator.live_negative_anchors()  # the new config's: a runtime one must not cut them short
             for name, until in old.live_negative_anchors().items():
-                if until != float("inf"):
+                if until != float("inf") and name not in permanent:
                     validator.add_negative_anchor(name, until)
 
     # --- RFC 5011 updates of the trust anchors
@@ -700,6 +714,7 @@ class DNSService(Service):
             await self._load_subscribers()  # lease names again, into the new local data
         except ServiceStartError as exc:  # too late to refuse: what the events bring from now on
             log.error("dns.reload.leases_unreadable", error=str(exc))
+            self._walled_changed()  # (the walled garden's settings may have changed)
         self.answers.clear()
         if self.extras is not None:
             await self.extras.reload(new)

@@ -99,6 +99,10 @@ class ContinuousCounters:
                     self._base[key] = self._base.get(key, 0.0) + value
                 self._raw = {}
             self._life = life
+            for key, value in raw.items():  # one series reset on its own (DNSSEC turned off and on)
+                before = self._raw.get(key)
+                if before is not None and value < before:
+                    self._base[key] = self._base.get(key, 0.0) + before
             self._raw.update(raw)  # what this life no longer reports stays as last seen
         families = {name: Metric(name, *meta) for name, meta in self._families.items()}
         for key, name in self._order.items():
