@@ -6,6 +6,7 @@ flushes reach it; it is replaced when it dies; a reload reaches it; it stops wit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -148,6 +149,22 @@ def test_a_worker_that_dies_is_replaced_on_the_config_and_state_the_first_runs(r
     assert worker_metric(resolver, "ispd_dns_dnssec_negative_trust_anchors", "") == 0
     assert [event["worker"] for event in resolver.log_events("worker.exited")] == ["dns.2"]
     resolver.write_config()  # as it runs, for the fixture's last look
+
+
+def test_a_worker_that_fails_a_flush_is_restarted_and_the_flush_still_done(resolver: DNSIspd) -> None:
+    [stuck] = resolver.worker_pids(instance=2)
+    os.kill(stuck, signal.SIGSTOP)  # it cannot answer the flush (nor anything else)
+    try:
+        out = resolver.cli("dns", "cache", "flush", "--all").stdout  # waits for it, at most 15 s
+        assert out.startswith("flushed the caches"), out
+        [restarting] = resolver.log_events("worker.restarting")
+        assert restarting["worker"] == "dns.2" and "dns.cache.flush failed there" in restarting["reason"]
+        eventually(lambda: not Path(f"/proc/{stuck}").exists(), timeout=5)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stuck, signal.SIGCONT)
+    eventually(lambda: [pid for pid in resolver.worker_pids(instance=2) if pid != stuck], timeout=15)
+    eventually(lambda: resolver.http_get("/healthz")[0] == 200, timeout=15)
 
 
 def test_a_refused_reload_changes_no_process(resolver: DNSIspd, tmp_path: Path) -> None:
