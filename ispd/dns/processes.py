@@ -40,8 +40,9 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 
-from ispd.metrics.merge import ContinuousCounters, merge_expositions
+from ispd.metrics.merge import ContinuousCounters, merge_families
 from ispd.service import Health, ServiceContext, ServiceSpec, ServiceStartError
 from ispd.workers import WorkerService
 
@@ -121,16 +122,13 @@ class ExtraProcesses:
     async def metrics(self, own: CollectorRegistry) -> bytes:
         """This process's DNS series and the workers', added up; a worker that does not answer
         at once is left out (and ``ispd_dns_processes`` says so)."""
-        texts = [self.own_counters.adjust(generate_latest(own).decode())]
-        answered = 1
+        groups = [self.own_counters.families(generate_latest(own).decode())]
         lives = [worker.proc.pid if worker.proc is not None else None for worker in self.workers]
         replies = await asyncio.gather(*(worker.metrics_text() for worker in self.workers))
         for worker, life, text in zip(self.workers, lives, replies, strict=True):
-            answered += bool(text)
-            texts.append(self.counters[worker.instance].adjust(text.decode() if text else None, life))
-        counted = (f"# HELP ispd_dns_processes {_PROCESSES_HELP}\n# TYPE ispd_dns_processes gauge\n"
-                   f"ispd_dns_processes {answered}\n")
-        return merge_expositions([*texts, counted], SAME_IN_EVERY_PROCESS)
+            groups.append(self.counters[worker.instance].families(text.decode() if text else None, life))
+        counted = GaugeMetricFamily("ispd_dns_processes", _PROCESSES_HELP, value=1 + sum(map(bool, replies)))
+        return merge_families([*groups, [counted]], SAME_IN_EVERY_PROCESS)
 
 
 def add_counts(replies: list[dict[str, int]]) -> dict[str, int]:

@@ -74,6 +74,7 @@ MAX_SLOW_TASKS = 10_000  # misses being resolved at once; beyond it new misses a
 
 DEFAULT_NTA_SECONDS = 86400  # RFC 7646 §2: negative trust anchors lapse; a day unless told
 MAX_NTA_SECONDS = 7 * 86400  # RFC 7646 §4: no more than a week
+NOT_AN_NTA = "is not a negative trust anchor"  # (a worker saying so to a delete has it gone already)
 
 
 def configured_negative_anchors(config: DNSConfig) -> set[bytes]:
@@ -253,7 +254,7 @@ class DNSService(Service):
                                  ("dns.nta.delete", self._everywhere(
                                      "dns.nta.delete", self._command_nta_delete, first,
                                      # (its copy lapsed a moment before ours)
-                                     done_already=lambda error: "is not a negative trust anchor" in str(error))),
+                                     done_already=lambda error: NOT_AN_NTA in str(error))),
                                  ("dns.nta.list", self._command_nta_list)):
             stack.callback(self.context.control.register(command, handler))
         log.info("dns.started", listen=[f"{h}:{p}" for h, p in self.bound], root_servers=len(hints),
@@ -379,7 +380,7 @@ class DNSService(Service):
         if name in configured_negative_anchors(self.config):
             raise CommandError(f"{name_to_text(name)} is a negative trust anchor of the config file; remove it there")
         if not validator.remove_negative_anchor(name):
-            raise CommandError(f"{name_to_text(name)} is not a negative trust anchor")
+            raise CommandError(f"{name_to_text(name)} {NOT_AN_NTA}")
         self.answers.flush(name, subtree=True)
         log.info("dns.dnssec.nta.deleted", name=name_to_text(name))
         return {"name": name_to_text(name)}
@@ -556,9 +557,9 @@ class DNSService(Service):
         if self.config.doh.listen:
             await self._open_doh(stack)
         # QUIC in the first process only (ispd.dns.processes says why).
-        if self.config.doh.listen_http3 and self.context.instance == 1:
+        if self.config.doh.listen_http3 and self.first:
             await self._open_doh3(stack)
-        if self.config.doq.enabled and self.context.instance == 1:
+        if self.config.doq.enabled and self.first:
             await self._open_doq(stack)
 
     async def _open_dot(self, stack: AsyncExitStack) -> None:

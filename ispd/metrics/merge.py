@@ -29,10 +29,15 @@ class _Families:
 def merge_expositions(texts: Iterable[str], same_everywhere: frozenset[str] = frozenset()) -> bytes:
     """The Prometheus text of ``texts`` merged series by series (see the module's docstring);
     families in the order they first appear."""
+    return merge_families((text_string_to_metric_families(text) for text in texts), same_everywhere)
+
+
+def merge_families(groups: Iterable[Iterable[Metric]], same_everywhere: frozenset[str] = frozenset()) -> bytes:
+    """``merge_expositions`` of texts already parsed: one group of families per process."""
     families: dict[str, Metric] = {}
     values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
-    for text in texts:
-        for family in text_string_to_metric_families(text):
+    for group in groups:
+        for family in group:
             merged = families.get(family.name)
             if merged is None:
                 merged = families[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
@@ -82,6 +87,10 @@ class ContinuousCounters:
     def adjust(self, text: str | None, life: object = None) -> str:
         """``text`` (None: the process did not answer) with its cumulative series continued;
         ``life`` tells one life of the process from the next."""
+        return generate_latest(_Families(self.families(text, life))).decode()
+
+    def families(self, text: str | None, life: object = None) -> list[Metric]:
+        """``adjust``, as parsed families (for ``merge_families``)."""
         raw: dict[SampleKey, float] = {}
         others: list[Metric] = []
         for family in text_string_to_metric_families(text or ""):
@@ -108,4 +117,4 @@ class ContinuousCounters:
         for key, name in self._order.items():
             if key in self._raw or key in self._base:
                 families[name].add_sample(key[0], dict(key[1]), self._raw.get(key, 0.0) + self._base.get(key, 0.0))
-        return generate_latest(_Families([*families.values(), *others])).decode()
+        return [*families.values(), *others]
