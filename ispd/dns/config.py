@@ -203,8 +203,9 @@ class DNSConfig(Section):
     # UDP and TCP on each address.
     listen: list[ListenAddress] = Field(default_factory=lambda: [SocketAddress("127.0.0.1", 53)])
     # Processes answering DNS: one event loop uses one core, so a resolver busier than that runs
-    # more. The main process is the first; the others are workers sharing every listener with it
-    # (SO_REUSEPORT: the kernel spreads clients over them). Each has a cache of its own.
+    # more. The main process is the first; the others are workers sharing its listeners
+    # (SO_REUSEPORT: the kernel spreads clients over them; DoQ and HTTP/3 stay in the first).
+    # Each has a cache of its own.
     processes: int = Field(default=1, ge=1, le=64)
     # Clients allowed to query (the subscriber networks); everyone else gets REFUSED.
     allow: list[IPNetwork] = Field(default_factory=lambda: [ip_network("127.0.0.0/8"), ip_network("::1/128")])
