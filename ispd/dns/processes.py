@@ -9,7 +9,8 @@ and TCP connections stay in one process).
 
 Each process keeps its own caches (``cache.max_bytes`` is per process), learns leases and
 subscribers' states as the main one does (the event bridge and the store's audit log), and
-tracks the trust anchors itself. The first process gives the operator one resolver:
+tracks the trust anchors itself, each refresh carrying on from the state in the store, whichever
+process wrote it last (``ispd.dns.rollover``). The first process gives the operator one resolver:
 
 - ``ispd dns cache flush`` and ``ispd dns nta add|delete`` are carried out in every process
   that is up; one that fails them is restarted (it comes back with empty caches and the

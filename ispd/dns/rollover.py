@@ -9,6 +9,12 @@ asks for the zone's DNSKEY set through the resolver, checks that a key trusted n
 ``bootstrap``), writes the result to the store when it changed, and hands the trusted keys to
 the validator as the zone's anchor. A failed refresh changes nothing. The service starts the
 refreshes once the validator first needs the anchor, so an idle resolver asks nobody anything.
+
+Each refresh starts from the keys the store holds, not from the tracker's own copy: with several
+DNS processes (``[dns] processes``) every one tracks the anchors, and one that last looked days
+ago must carry on from what another has learnt since — a key's add hold-down counted from the
+first sighting — rather than write its older view back over it (a worker whose first refresh
+comes after the main process's learnt a new key would otherwise bootstrap and forget it).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from ispd.dns.resolver import Resolution
 from ispd.dns.wire import RRType, name_to_text
 from ispd.logs import get_logger
 from ispd.store.base import Store
+from ispd.store.errors import StoreError
 from ispd.store.models import TrustAnchorKey
 
 log = get_logger("ispd.dns.rollover")
@@ -52,10 +59,16 @@ class AnchorTracker:
         return TrustAnchor(self.zone, keys=tuple(autotrust.trusted_keys(self.tracked)))
 
     async def load(self) -> None:
+        """Take the keys the store tracks (if learnt from the configured anchors)."""
         rows = await self.store.trust_anchor_keys(name_to_text(self.zone))
         if rows and all(row.source == self.source for row in rows):
-            self.tracked = [TrackedKey(self.zone, row.key, KeyState(row.state), row.since, row.hold_down_until,
-                                       row.source) for row in rows]
+            self._adopt([TrackedKey(self.zone, row.key, KeyState(row.state), row.since, row.hold_down_until,
+                                    row.source) for row in rows])
+
+    def _adopt(self, tracked: list[TrackedKey]) -> None:
+        trusted_before = autotrust.trusted_keys(self.tracked) if self.tracked else None
+        self.tracked = tracked
+        if autotrust.trusted_keys(tracked) != trusted_before:
             self.apply(self.current())
 
     async def run(self) -> None:
@@ -65,6 +78,10 @@ class AnchorTracker:
 
     async def refresh(self) -> float:
         """One refresh; the seconds until the next."""
+        try:
+            await self.load()  # what another process may have learnt since
+        except StoreError as exc:  # then from what this one knows
+            log.warning("dns.dnssec.anchor_state_unreadable", zone=name_to_text(self.zone), error=str(exc))
         answer = await self.fetch(self.zone, RRType.DNSKEY)
         rdatas = [rr.rdata for rr in answer.answer if rr.name == self.zone and rr.rtype == RRType.DNSKEY]
         sigs = dnssec.sigs_over(answer.answer, self.zone, RRType.DNSKEY)
@@ -94,10 +111,7 @@ class AnchorTracker:
             await self.store.save_trust_anchor_keys(name_to_text(self.zone), [
                 TrustAnchorKey(name_to_text(self.zone), t.key, t.state.value, t.since, t.hold_down_until, t.source)
                 for t in tracked])
-            trusted_before = autotrust.trusted_keys(self.tracked)
-            self.tracked = tracked
-            if autotrust.trusted_keys(tracked) != trusted_before:
-                self.apply(self.current())
+            self._adopt(tracked)
         return autotrust.refresh_interval(checked.sig.original_ttl, (checked.sig.expiration - now) % (1 << 32))
 
 
