@@ -5,7 +5,9 @@ the service loads every subscriber's status, plan, password forms and RADIUS-rel
 reservations once (``Directory.load``) and then follows the store's events, re-reading one
 subscriber when an event names it (``Directory.replace``/``remove``). A login name is the
 subscriber's username or the key of one of its ``username`` reservations (a PPP login of its
-own, usually with a fixed address).
+own, usually with a fixed address). The store keeps the two apart (a reservation cannot take
+a subscriber's username, nor a new subscriber a reserved login); should a store from before that
+rule hold both, the username wins, so that nobody logs in as another subscriber.
 
 Passwords: PAP gets the password itself, checked by ``ispd.credentials.PasswordChecker``
 against the cheapest form the store keeps (the mail service's AUTH checks the same way).
@@ -39,7 +41,10 @@ class AuthSubject:
 class Directory:
     def __init__(self) -> None:
         self.subjects: dict[int, AuthSubject] = {}
-        self.logins: dict[str, tuple[AuthSubject, str | None]] = {}  # login → (subject, its reserved address)
+        # login → (subject, the address reserved for that login): the subscribers' usernames (and
+        # an address reserved for one's own username), then the other reserved logins.
+        self.usernames: dict[str, tuple[AuthSubject, str | None]] = {}
+        self.reserved_logins: dict[str, tuple[AuthSubject, str | None]] = {}
         self.plans: dict[int, Plan] = {}
         self.reserved: dict[str, int] = {}  # fixed address → its subscriber (never given from a pool)
 
@@ -50,7 +55,8 @@ class Directory:
         for reservation in reservations:
             by_subscriber.setdefault(reservation.subscriber_id, []).append(reservation)
         self.subjects.clear()
-        self.logins.clear()
+        self.usernames.clear()
+        self.reserved_logins.clear()
         self.reserved.clear()
         for subscriber in subscribers:
             self._add(subscriber, credentials.get(subscriber.id, StoredCredentials()),
@@ -68,10 +74,16 @@ class Directory:
         subject = self.subjects.pop(subscriber_id, None)
         if subject is None:
             return
-        logins = [(login, address) for login, (s, address) in self.logins.items() if s is subject]
-        for login, _ in logins:
-            del self.logins[login]
-        for address in [*subject.addressed.values(), *(address for _, address in logins if address)]:
+        addresses: list[str | None] = list(subject.addressed.values())
+        own = self.usernames.get(subject.subscriber.username)
+        if own is not None and own[0] is subject:
+            del self.usernames[subject.subscriber.username]
+            addresses.append(own[1])
+        for login, (holder, address) in list(self.reserved_logins.items()):
+            if holder is subject:
+                del self.reserved_logins[login]
+                addresses.append(address)
+        for address in filter(None, addresses):
             if self.reserved.get(address) == subscriber_id:
                 del self.reserved[address]
 
@@ -79,17 +91,19 @@ class Directory:
         plan = self.plans.get(subscriber.plan_id) if subscriber.plan_id is not None else None
         subject = AuthSubject(subscriber, plan, credentials)
         self.subjects[subscriber.id] = subject
-        self.logins[subscriber.username] = (subject, None)
+        self.usernames[subscriber.username] = (subject, None)
         for reservation in reservations:
             if reservation.address is not None:
                 self.reserved[reservation.address] = subscriber.id
             if reservation.kind == ReservationKind.USERNAME:
-                self.logins[reservation.key] = (subject, reservation.address)
+                logins = self.usernames if reservation.key == subscriber.username else self.reserved_logins
+                logins[reservation.key] = (subject, reservation.address)
             elif reservation.address is not None:
                 subject.addressed[(str(reservation.kind), reservation.key)] = reservation.address
 
     def find(self, login: str) -> tuple[AuthSubject, str | None] | None:
-        return self.logins.get(login)
+        """Who logs in with ``login``, and the address reserved for that login."""
+        return self.usernames.get(login) or self.reserved_logins.get(login)
 
     def by_id(self, subscriber_id: int) -> AuthSubject | None:
         return self.subjects.get(subscriber_id)

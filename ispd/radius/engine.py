@@ -298,7 +298,7 @@ class AuthEngine:
         if login is None:
             return self._reject(RejectReason.NO_USER_NAME, "")
         username = login.decode("utf-8", "replace")
-        found = self.directory.logins.get(username)
+        found = self.directory.find(username)
         if _EAP_MESSAGE in first:
             return self._eap(packet, nas, username, found, now)
         hidden = first.get(_USER_PASSWORD)
@@ -558,7 +558,7 @@ class AuthEngine:
         if identity.casefold() not in {name.casefold() for name in certificate_names(tunnel)}:
             return self._reject(RejectReason.EAP_FAILED, "eap-tls", failure=failure,
                                 detail=f"the client certificate does not name {identity!r}")
-        found = self.directory.logins.get(identity)
+        found = self.directory.find(identity)
         if found is None:
             return self._reject(RejectReason.UNKNOWN_USER, "eap-tls", failure=failure)
         subject, address = found
@@ -599,7 +599,7 @@ class AuthEngine:
                         + b"\x10" + tunnel.challenge + name, "challenge")
         answers_challenge = inner.data[1:2] == bytes((tunnel.challenge_id,))  # the MS-CHAPv2-ID sent
         if tunnel.phase == "challenge" and opcode == _MSCHAPV2_RESPONSE and answers_challenge:
-            found = self.directory.logins.get(tunnel.inner_username)
+            found = self.directory.find(tunnel.inner_username)
             if found is None:
                 return self._reject(RejectReason.UNKNOWN_USER, "peap", failure=failure)
             subject = found[0]
@@ -619,7 +619,7 @@ class AuthEngine:
         if tunnel.phase == "success" and opcode == _MSCHAPV2_SUCCESS:
             return send(EAP_TLV, _RESULT_TLV_SUCCESS, "result")
         if tunnel.phase == "result" and inner.type == EAP_TLV and result_tlv(inner.data) == 1:
-            found = self.directory.logins.get(tunnel.inner_username)  # as it is now
+            found = self.directory.find(tunnel.inner_username)  # as it is now
             if found is None:
                 return self._reject(RejectReason.UNKNOWN_USER, "peap", failure=failure)
             subject, address = found
@@ -633,7 +633,7 @@ class AuthEngine:
         """PAP through a TTLS tunnel: the inner User-Name names the subscriber (the outer one may
         be anonymous), and the password is checked as PAP's is."""
         failure = partial(_eap_failure, eap.identifier)
-        found = self.directory.logins.get(inner.username)
+        found = self.directory.find(inner.username)
         if found is None:
             return self._reject(RejectReason.UNKNOWN_USER, "eap-ttls", failure=failure)
         subject, address = found
@@ -928,7 +928,7 @@ class AccountingEngine:
         login = _text(first, _USER_NAME)
         subscriber_id = subscriber_from_class(packet)
         if subscriber_id is None and login is not None:
-            found = self.directory.logins.get(login)
+            found = self.directory.find(login)
             subscriber_id = found[0].id if found is not None else None
         cause = _u32(first, _ACCT_TERMINATE_CAUSE)
         cause_text = None

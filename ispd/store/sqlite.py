@@ -684,6 +684,11 @@ class SQLiteStore(Store):
         def run(conn: sqlite3.Connection) -> Subscriber:
             if conn.execute("SELECT 1 FROM subscribers WHERE username = ?", (username,)).fetchone():
                 raise Conflict(f"subscriber {username!r} already exists")
+            # One login, one subscriber: RADIUS looks both up by the same name.
+            reserved = _reservation_where(conn, "r.kind = ? AND r.key = ?", (ReservationKind.USERNAME.value, username))
+            if reserved is not None:
+                raise Conflict(f"{username!r} is a login reserved for {reserved['username']}"
+                               f" (reservation #{reserved['id']})")
             plan_row = _find_plan(conn, plan) if plan is not None else None
             cursor = conn.execute(
                 "INSERT INTO subscribers (username, full_name, account_ref, plan_id, status, credential_policy,"
@@ -865,6 +870,11 @@ class SQLiteStore(Store):
             if taken is not None:
                 raise Conflict(f"{checked_kind.value} {checked_key} is already reserved for {taken['username']}"
                                f" (reservation #{taken['id']})")
+            if checked_kind == ReservationKind.USERNAME:
+                holder = conn.execute("SELECT id FROM subscribers WHERE username = ? AND id != ?",
+                                      (checked_key, row["id"])).fetchone()
+                if holder is not None:
+                    raise Conflict(f"username {checked_key} is the login of subscriber {checked_key} (#{holder['id']})")
             if checked_address is not None:
                 taken = _reservation_where(conn, "r.address = ?", (checked_address,))
                 if taken is not None:

@@ -103,6 +103,14 @@ def test_taken_keys_and_addresses_name_their_holder(config_path: Path) -> None:
     assert (result.returncode, result.stderr) == (
         1, "ispd: address 198.18.0.10 is already reserved for alice (mac 02:00:5e:10:00:01, reservation #1)\n")
     assert len(json.loads(ok(config_path, "reservation", "list", "--json"))) == 1
+    # A RADIUS login belongs to one subscriber: a reservation cannot take a username, nor a
+    # subscriber a reserved login.
+    result = run(config_path, "reservation", "add", "bob", "--username", "alice")
+    assert (result.returncode, result.stderr) == (1, "ispd: username alice is the login of subscriber alice (#1)\n")
+    ok(config_path, "reservation", "add", "alice", "--username", "carol@pppoe")
+    result = run(config_path, "subscriber", "add", "carol@pppoe")
+    assert (result.returncode, result.stderr) == (
+        1, "ispd: 'carol@pppoe' is a login reserved for alice (reservation #2)\n")
 
 
 @pytest.mark.parametrize(

@@ -198,6 +198,31 @@ def test_a_login_reservation_names_the_subscriber_and_its_address() -> None:
     assert first(decision.attributes, Attr.FRAMED_IP_ADDRESS) == bytes((198, 18, 7, 7))
 
 
+def test_a_username_outranks_another_subscribers_login_reservation() -> None:
+    """A store from before reservations were kept off usernames may hold bob's reservation of
+    "alice": alice still logs in as alice, and keeps doing so after the reservation goes."""
+    world = World()
+    taking = Reservation(3, 2, ReservationKind.USERNAME, "alice")
+    world.directory.replace(subscriber(2, "bob"), StoredCredentials(cleartext="bob-pw", updated_at=1), [taking], PLAN)
+    assert world.engine.handle(pap("alice", "bob-pw"), nas(), NOW).reject == RejectReason.WRONG_PASSWORD
+    assert world.engine.handle(pap("alice", "alice-pw"), nas(), NOW).subscriber_id == 1
+    world.directory.replace(subscriber(2, "bob"), StoredCredentials(cleartext="bob-pw", updated_at=1), [], PLAN)
+    assert world.engine.handle(pap("alice", "alice-pw"), nas(), NOW).subscriber_id == 1
+    world.directory.remove(1)
+    assert world.directory.find("alice") is None and world.directory.find("alice@pppoe") is None
+
+
+def test_an_address_reserved_for_ones_own_username_goes_out() -> None:
+    world = World()
+    own = Reservation(3, 2, ReservationKind.USERNAME, "bob", address="198.18.7.8")
+    world.directory.replace(subscriber(2, "bob"), StoredCredentials(cleartext="bob-pw", updated_at=1), [own], PLAN)
+    decision = world.engine.handle(pap("bob", "bob-pw"), nas(), NOW)
+    assert decision.subscriber_id == 2 and first(decision.attributes, Attr.FRAMED_IP_ADDRESS) == bytes((198, 18, 7, 8))
+    assert world.directory.reserved["198.18.7.8"] == 2
+    world.directory.remove(2)
+    assert "198.18.7.8" not in world.directory.reserved and world.directory.find("bob") is None
+
+
 def test_a_mac_reservation_gives_the_address_to_the_line_it_matches() -> None:
     world = World()
     authenticator = os.urandom(16)

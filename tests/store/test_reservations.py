@@ -113,6 +113,21 @@ async def test_a_reservation_needs_a_subscriber(store: Store) -> None:
         await store.add_reservation("nobody", ReservationKind.MAC, "02:00:5e:10:00:01", actor="t")
 
 
+async def test_a_login_is_one_subscribers_username_or_reservation(store: Store) -> None:
+    """RADIUS finds a subscriber by its username or by a login reserved for it: neither may take
+    the other's name."""
+    await store.add_subscriber("alice", actor="t")
+    bob = await store.add_subscriber("bob", actor="t")
+    with pytest.raises(Conflict, match=r"^username alice is the login of subscriber alice \(#1\)$"):
+        await store.add_reservation("bob", ReservationKind.USERNAME, "alice", actor="t")
+    reserved = await store.add_reservation("bob", ReservationKind.USERNAME, "carol@pppoe", actor="t")
+    with pytest.raises(Conflict, match=rf"^'carol@pppoe' is a login reserved for bob \(reservation #{reserved.id}\)$"):
+        await store.add_subscriber("carol@pppoe", actor="t")
+    # A subscriber's own username as a login of its own changes nothing, and is not refused.
+    await store.add_reservation("bob", ReservationKind.USERNAME, "bob", actor="t", address="198.18.0.9")
+    assert {r.key for r in await store.list_reservations(subscriber=bob.id)} == {"carol@pppoe", "bob"}
+
+
 async def test_deleting_an_unknown_reservation_is_not_found(store: Store) -> None:
     with pytest.raises(NotFound, match=r"^no reservation #42$"):
         await store.delete_reservation(42, actor="t")
