@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import Session
 
+from ispd.control import CommandError
 from ispd.credentials import PasswordChecker
 from ispd.listeners import CertificateError, ConnectionGate, server_tls_context
 from ispd.logs import get_logger
@@ -269,29 +270,31 @@ class MailService(Service):
     async def _command_flush(self, args: dict[str, Any]) -> dict[str, Any]:
         queue_id = args.get("queue_id")
         if queue_id is not None and not isinstance(queue_id, str):
-            raise ValueError("queue_id must be text")
+            raise CommandError("queue_id must be text")
         try:
             moved = await self.context.store.reschedule_mail(queue_id, self.context.clock())
         except NotFound as exc:
-            raise ValueError(str(exc)) from None
+            raise CommandError(str(exc)) from None
         self.queue.wake.set()
         return {"rescheduled": moved}
 
     async def _command_mailbox_show(self, args: dict[str, Any]) -> dict[str, Any]:
         address = args.get("address")
         if not isinstance(address, str):
-            raise ValueError("address must be text")
-        recipient = await self.context.store.mail_recipient(mail_address(address))
+            raise CommandError("address must be text")
+        try:
+            recipient = await self.context.store.mail_recipient(mail_address(address))
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
         if recipient is None:
-            raise ValueError(f"no mailbox {address}")
+            raise CommandError(f"no mailbox {address}")
         maildir = self.maildir(recipient.mailbox.address)
         folders = await asyncio.get_running_loop().run_in_executor(self._executor, self._describe_folders, maildir)
         return {"address": recipient.mailbox.address, "path": str(maildir.path), "folders": folders}
 
     def _describe_folders(self, maildir: Maildir) -> list[dict[str, Any]]:
-        if maildir.path not in self._created:
-            maildir.create()
-            self._created.add(maildir.path)
+        maildir.create()  # (cheap, and the Maildir may have been deleted since it was last made)
+        self._created.add(maildir.path)
         folders = []
         for folder in ("", *maildir.folders()):
             state = FolderIndex(maildir.folder_path(folder)).sync()

@@ -294,6 +294,10 @@ def test_the_cli_manages_mailboxes(mail: Mail) -> None:
     (mail.root / DOMAIN / "temp").rmdir()
     with mail.smtp() as client:
         assert client.mail("someone@sender.example")[0] == 250 and client.rcpt(f"temp@{DOMAIN}")[0] == 550
+    # Added again: a new, empty Maildir, which the daemon (that wrote to the old one) shows.
+    mail.ispd.cli("mailbox", "add", "alice", f"temp@{DOMAIN}")
+    shown = json.loads(mail.ispd.cli("mailbox", "show", f"temp@{DOMAIN}", "--json").stdout)
+    assert {f["name"]: f["messages"] for f in shown["folders"]}["INBOX"] == 0
     show = json.loads(mail.ispd.cli("subscriber", "show", "alice", "--json").stdout)
     assert f"alice@{DOMAIN}" in {m["address"] for m in show["mailboxes"]}
 
@@ -310,7 +314,10 @@ def test_mailbox_show_lists_the_folders_as_imap_will_see_them(mail: Mail) -> Non
     assert again["folders"] == shown["folders"]  # stable: same UIDVALIDITY, same UIDNEXT
     text = mail.ispd.cli("mailbox", "show", f"alice@{DOMAIN}").stdout
     assert text.splitlines()[0].startswith(f"alice@{DOMAIN} (") and "UIDVALIDITY" in text
-    assert mail.ispd.cli("mailbox", "show", f"nobody@{DOMAIN}", check=False).returncode != 0
+    nobody = mail.ispd.cli("mailbox", "show", f"nobody@{DOMAIN}", check=False)
+    assert (nobody.returncode, nobody.stderr) == (1, f"ispd: no mailbox nobody@{DOMAIN}\n")
+    unqueued = mail.ispd.cli("mail", "queue", "flush", "NOPE", check=False)
+    assert (unqueued.returncode, unqueued.stderr) == (1, "ispd: no queued message NOPE\n")
 
 
 def test_data_ends_only_at_its_terminator_however_the_bytes_arrive(mail: Mail) -> None:
