@@ -90,7 +90,7 @@ def print_json(value: Any) -> None:
 
 
 def when(ts: float | None) -> str:
-    if not ts:
+    if ts is None:
         return "-"
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -229,7 +229,7 @@ def render_overview(o: SubscriberOverview) -> str:
     s, plan = o.subscriber, o.plan
     lines = [f"subscriber    {s.username} (#{s.id})"]
     status = s.status.value + (f" ({s.status_reason})" if s.status_reason else "")
-    lines.append(f"status        {status}, since {when(s.updated_at)}")
+    lines.append(f"status        {status}" + (f", since {when(o.status_since)}" if o.status_since is not None else ""))
     if s.full_name:
         lines.append(f"name          {s.full_name}")
     if s.account_ref:
@@ -311,8 +311,13 @@ async def cmd_subscriber_status(store: Store, args: argparse.Namespace, status: 
 
 
 async def cmd_subscriber_delete(store: Store, args: argparse.Namespace) -> None:
+    mailboxes = await store.list_mailboxes(subscriber=args.subscriber)
     subscriber = await store.delete_subscriber(args.subscriber, actor=actor())
     print(f"deleted subscriber {subscriber.username} (#{subscriber.id}); its history is kept")
+    for mailbox in mailboxes:  # gone with it (the store cascades): their mail is set aside as `mailbox delete` does
+        archive = set_maildir_aside(args.mail.maildir_root, mailbox.address)
+        kept = f"; its mail is kept in {archive} until you remove it" if archive else " (it had no mail on disk)"
+        print(f"deleted its mailbox {mailbox.address}{kept}")
 
 
 async def cmd_subscriber_set_plan(store: Store, args: argparse.Namespace) -> None:
@@ -441,17 +446,23 @@ async def cmd_lease_show(store: Store, args: argparse.Namespace) -> None:
     print(render_lease(args.address, lease, username, history, args.limit))
 
 
+LAST_TIME = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()  # the last that prints as a date
+
+
 def moment(text: str) -> float:
     """A time on the command line: ISO 8601 (``2026-11-03T14:00:00+01:00``, ``2026-11-03 14:00``,
     ``2026-11-03``; without a zone, UTC), a POSIX timestamp, or ``now``."""
     if text == "now":
         return time.time()
     try:
-        return float(text) if text.replace(".", "", 1).isdigit() else _utc(datetime.fromisoformat(text)).timestamp()
+        value = float(text) if text.replace(".", "", 1).isdigit() else _utc(datetime.fromisoformat(text)).timestamp()
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a time: write it as 2026-11-03T14:00:00Z, 2026-11-03 14:00 (UTC), a POSIX "
             "timestamp, or now") from None
+    if not 0 <= value <= LAST_TIME:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range: give a time from 1970 to 9999")
+    return value
 
 
 def _utc(moment_: datetime) -> datetime:
@@ -464,6 +475,10 @@ def month(text: str) -> tuple[float, float]:
         first = datetime.strptime(text, "%Y-%m").replace(tzinfo=UTC)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a month: write it as 2026-11") from None
+    if first.year < 1970:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range: give a month from 1970-01 to 9999-12")
+    if (first.year, first.month) == (9999, 12):
+        return first.timestamp(), LAST_TIME
     following = first.replace(year=first.year + first.month // 12, month=first.month % 12 + 1)
     return first.timestamp(), following.timestamp() - 1
 
@@ -697,33 +712,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", choices=[s.value for s in SubscriberStatus])
     p.set_defaults(handler=cmd_subscriber_list)
     p = sub.add_parser("show", parents=[config_opts, json_opt], help="everything known about one subscriber")
-    p.add_argument("subscriber", help="username or id")
+    p.add_argument("subscriber", help="username, or id (#ID when a username is made of digits)")
     p.set_defaults(handler=cmd_subscriber_show)
     p = sub.add_parser("suspend", parents=[config_opts], help="suspend a subscriber")
-    p.add_argument("subscriber", help="username or id")
+    p.add_argument("subscriber", help="username, or id (#ID when a username is made of digits)")
     p.add_argument("--reason", type=name_text, help="why (kept in the audit log)")
     p.set_defaults(handler=lambda s, a: cmd_subscriber_status(s, a, SubscriberStatus.SUSPENDED))
     p = sub.add_parser("close", parents=[config_opts],
                        help="close a subscriber's account: sessions disconnected, no logins, no mail; kept with its "
                             "history (resume reopens it)")
-    p.add_argument("subscriber", help="username or id")
+    p.add_argument("subscriber", help="username, or id (#ID when a username is made of digits)")
     p.add_argument("--reason", type=name_text, help="why (kept in the audit log)")
     p.set_defaults(handler=lambda s, a: cmd_subscriber_status(s, a, SubscriberStatus.CLOSED))
     p = sub.add_parser("resume", parents=[config_opts], help="resume a suspended or closed subscriber")
-    p.add_argument("subscriber", help="username or id")
+    p.add_argument("subscriber", help="username, or id (#ID when a username is made of digits)")
     p.set_defaults(handler=lambda s, a: cmd_subscriber_status(s, a, SubscriberStatus.ACTIVE))
     p = sub.add_parser("delete", parents=[config_opts], help="delete a subscriber (history is kept)")
-    p.add_argument("subscriber", help="username or id")
-    p.set_defaults(handler=cmd_subscriber_delete)
+    p.add_argument("subscriber", help="username, or id (#ID when a username is made of digits)")
+    p.set_defaults(handler=cmd_subscriber_delete, prepare=remember_mail_config)
     p = sub.add_parser("set-plan", parents=[config_opts], help="move a subscriber to another plan",
                        description="Move a subscriber to another plan. A running daemon sends the subscriber's open "
                                    "RADIUS sessions a CoA-Request with the new plan's attributes.")
-    p.add_argument("subscriber", help="username or id")
+    p.add_argument("subscriber", help="username, or id (#ID when a username is made of digits)")
     p.add_argument("plan", nargs="?", help="the plan's name or id")
     p.add_argument("--none", action="store_true", help="no plan")
     p.set_defaults(handler=cmd_subscriber_set_plan)
     p = sub.add_parser("passwd", parents=[config_opts, password_opts], help="set a subscriber's password")
-    p.add_argument("subscriber", help="username or id")
+    p.add_argument("subscriber", help="username, or id (#ID when a username is made of digits)")
     p.set_defaults(handler=cmd_subscriber_passwd, prepare=read_password_for_passwd)
 
     plan = top.add_parser("plan", help="manage plans").add_subparsers(dest="action", required=True)
@@ -763,7 +778,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "--circuit-id or --remote-id (option 82, as the relay sends them), or --username (a RADIUS "
                     "login). Without --address the client gets an address from the pools (RADIUS: from the NAS).",
     )
-    p.add_argument("subscriber", help="username or id")
+    p.add_argument("subscriber", help="username, or id (#ID when a username is made of digits)")
     keys = p.add_mutually_exclusive_group(required=True)
     keys.add_argument("--mac", type=checked_arg(lambda v: reservation_key("mac", v)[1]), metavar="MAC",
                       help="e.g. 02:00:5e:10:00:01")
@@ -780,7 +795,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hostname", type=checked_arg(hostname_text), help="the host name to give the client")
     p.set_defaults(handler=cmd_reservation_add)
     p = reservation.add_parser("list", parents=[config_opts, json_opt], help="list reservations")
-    p.add_argument("--subscriber", help="only this subscriber's (username or id)")
+    p.add_argument("--subscriber", help="only this subscriber's (username, or id: #ID)")
     p.set_defaults(handler=cmd_reservation_list)
     p = reservation.add_parser("delete", parents=[config_opts], help="delete a reservation")
     p.add_argument("id", type=positive_int, help="the reservation's number (see reservation list)")
@@ -788,7 +803,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     lease = top.add_parser("lease", help="DHCP leases").add_subparsers(dest="action", required=True)
     p = lease.add_parser("list", parents=[config_opts, json_opt], help="list leases (current ones by default)")
-    p.add_argument("--subscriber", help="only this subscriber's (username or id)")
+    p.add_argument("--subscriber", help="only this subscriber's (username, or id: #ID)")
     p.add_argument("--all", action="store_true", help="also released, expired and declined ones")
     p.set_defaults(handler=cmd_lease_list)
     p = lease.add_parser("show", parents=[config_opts, json_opt],
@@ -874,7 +889,7 @@ def build_parser() -> argparse.ArgumentParser:
     session = top.add_parser("session", help="RADIUS sessions").add_subparsers(dest="action", required=True)
     p = session.add_parser("list", parents=[config_opts, json_opt], help="list RADIUS sessions, newest first")
     p.add_argument("--open", action="store_true", help="only sessions still open")
-    p.add_argument("--subscriber", help="only this subscriber's (username or id)")
+    p.add_argument("--subscriber", help="only this subscriber's (username, or id: #ID)")
     p.add_argument("--nas", type=checked_arg(ip_text), help="only this NAS's (its address)")
     p.add_argument("--limit", type=positive_int, default=100, help="at most this many (default: 100)")
     p.set_defaults(handler=cmd_session_list)
@@ -894,12 +909,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = mailbox.add_parser("add", parents=[config_opts, json_opt], help="give a subscriber a mailbox",
                            description="Give a subscriber a mailbox at one of [mail] domains. Its Maildir is "
                                        "made by the daemon at the first delivery.")
-    p.add_argument("subscriber", help="username or id")
+    p.add_argument("subscriber", help="username, or id (#ID when a username is made of digits)")
     p.add_argument("address", type=checked_arg(mail_address), help="e.g. alice@isp.example")
     p.add_argument("--quota", type=parse_size, metavar="SIZE", help="e.g. 2G (default: the plan's mail quota)")
     p.set_defaults(handler=cmd_mailbox_add, prepare=remember_mail_config)
     p = mailbox.add_parser("list", parents=[config_opts, json_opt], help="list mailboxes")
-    p.add_argument("--subscriber", help="only this subscriber's (username or id)")
+    p.add_argument("--subscriber", help="only this subscriber's (username, or id: #ID)")
     p.set_defaults(handler=cmd_mailbox_list)
     p = mailbox.add_parser("delete", parents=[config_opts],
                            help="delete a mailbox (mail to it is refused; its Maildir is left on disk)")
@@ -1013,15 +1028,23 @@ async def cmd_mailbox_list(store: Store, args: argparse.Namespace) -> None:
 
 async def cmd_mailbox_delete(store: Store, args: argparse.Namespace) -> None:
     mailbox = await store.delete_mailbox(args.address, actor=actor())
-    path = Maildir.for_address(args.mail.maildir_root, mailbox.address).path
-    if not path.exists():
+    archive = set_maildir_aside(args.mail.maildir_root, mailbox.address)
+    if archive is None:
         print(f"deleted mailbox {mailbox.address} (it had no mail on disk)")
         return
-    # Set aside under a name no address can have ('~'), so that whoever gets the address next
-    # starts empty; the owner and modes stay as they were.
+    print(f"deleted mailbox {mailbox.address}; its mail is kept in {archive} until you remove it")
+
+
+def set_maildir_aside(maildir_root: Path, address: str) -> Path | None:
+    """A deleted mailbox's Maildir, renamed under a name no address can have ('~'), so that
+    whoever gets the address next starts empty (the owner and modes stay as they were); None
+    when there is none."""
+    path = Maildir.for_address(maildir_root, address).path
+    if not path.exists():
+        return None
     archive = path.with_name(f"{path.name}~deleted-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
     path.rename(archive)
-    print(f"deleted mailbox {mailbox.address}; its mail is kept in {archive} until you remove it")
+    return archive
 
 
 async def cmd_mailbox_quota(store: Store, args: argparse.Namespace) -> None:

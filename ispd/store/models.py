@@ -476,3 +476,6 @@ class SubscriberOverview:
     audit: list[AuditEntry]
     usage_this_month: Usage = field(default_factory=Usage)
     coa: list[CoARecord] = field(default_factory=list)
+    # When the subscriber entered its status (from the audit log); None when retention has
+    # removed the entry that says.
+    status_since: float | None = None

@@ -448,9 +448,10 @@ def _find_subscriber(conn: sqlite3.Connection, ref: SubscriberRef) -> sqlite3.Ro
     row = None
     if isinstance(ref, str):
         row = conn.execute("SELECT * FROM subscribers WHERE username = ?", (ref,)).fetchone()
-        # Usernames may be digits (account numbers); a name match wins over an id match.
-        if row is None and _is_row_id(ref):
-            row = conn.execute("SELECT * FROM subscribers WHERE id = ?", (int(ref),)).fetchone()
+        # Usernames may be digits (account numbers); a name match wins over an id match, and
+        # "#ID" is always the id.
+        if row is None and (_is_row_id(ref) or (ref.startswith("#") and _is_row_id(ref[1:]))):
+            row = conn.execute("SELECT * FROM subscribers WHERE id = ?", (int(ref.removeprefix("#")),)).fetchone()
     else:
         row = conn.execute("SELECT * FROM subscribers WHERE id = ?", (ref,)).fetchone()
     if row is None:
@@ -748,6 +749,10 @@ class SQLiteStore(Store):
             for r in conn.execute("SELECT * FROM reservations WHERE subscriber_id = ? ORDER BY id", (row["id"],)):
                 _append_audit(conn, now, actor, "reservation.deleted", "subscriber", row["id"], row["username"],
                               _reservation_details(_reservation(r)))
+            for (address,) in conn.execute("SELECT address FROM mailboxes WHERE subscriber_id = ? ORDER BY id",
+                                           (row["id"],)).fetchall():
+                _append_audit(conn, now, actor, "mailbox.deleted", "subscriber", row["id"], row["username"],
+                              {"address": address})
             conn.execute("DELETE FROM subscribers WHERE id = ?", (row["id"],))
             _append_audit(conn, now, actor, "subscriber.deleted", "subscriber", row["id"], row["username"])
             return _subscriber(row)
@@ -832,10 +837,15 @@ class SQLiteStore(Store):
             audit = [_audit_entry(r) for r in conn.execute(
                 "SELECT * FROM audit_log WHERE subject_kind = 'subscriber' AND subject_id = ?"
                 " ORDER BY id DESC LIMIT ?", (sid, audit_limit))]
+            # Its last change of status, else its creation (a subscriber starts active).
+            since = conn.execute(
+                "SELECT at FROM audit_log WHERE subject_kind = 'subscriber' AND subject_id = ? AND action IN"
+                f" ({', '.join('?' * len(_STATUS_ACTIONS))}, 'subscriber.added') ORDER BY id DESC LIMIT 1",
+                (sid, *(f"subscriber.{action}" for action in _STATUS_ACTIONS.values()))).fetchone()
             return SubscriberOverview(
                 subscriber=_subscriber(row), plan=_plan(plan_row) if plan_row else None, credentials=present,
                 reservations=reservations, leases=leases, sessions=sessions, mailboxes=mailboxes, audit=audit,
-                usage_this_month=usage, coa=coa,
+                usage_this_month=usage, coa=coa, status_since=since["at"] if since else None,
             )
 
         return await self._read("subscriber_overview", run)

@@ -150,6 +150,9 @@ def test_failures_are_one_clear_line(config_path: Path, args: tuple[str, ...], c
         (("lease", "show", "not-an-address"), "'not-an-address' is not an IPv4 address"),
         (("lease", "show", "198.18.0.1/24"), "is not an IPv4 address"),
         (("lease", "show", "198.18.0.1", "--limit", "0"), "'0' is not a positive whole number"),
+        (("who", "198.18.0.1", "--at", "99999999999999"), "'99999999999999' is out of range: give a time from 1970"),
+        (("who", "198.18.0.1", "--at", "0001-01-01"), "is out of range"),
+        (("usage", "--month", "1969-12"), "'1969-12' is out of range: give a month from 1970-01 to 9999-12"),
     ],
 )
 def test_bad_command_lines_exit_2_and_say_why(config_path: Path, args: tuple[str, ...], complaint: str) -> None:
@@ -257,6 +260,7 @@ def test_who_names_the_subscriber_of_each_moment_as_text_json_and_csv(config_pat
     assert "lease_history #" in text and "granted" in text and "released" in text
     nobody = run(config_path, "who", address, "--at", iso(now - 4000))
     assert nobody.returncode == 1 and "nobody held 198.18.0.40" in nobody.stdout
+    assert "at 1970-01-01T00:00:00Z" in run(config_path, "who", address, "--at", "0").stdout  # a time, not "-"
     assert "bob (#2): DHCP lease" in ok(config_path, "who", address)  # now, by default
     lines = ok(config_path, "who", address, "--from", iso(now - 7200), "--to", iso(now), "--csv").splitlines()
     assert lines[0].startswith("address,source,starts_at,ends_at,username")

@@ -300,6 +300,16 @@ def test_the_cli_manages_mailboxes(mail: Mail) -> None:
     assert {f["name"]: f["messages"] for f in shown["folders"]}["INBOX"] == 0
     show = json.loads(mail.ispd.cli("subscriber", "show", "alice", "--json").stdout)
     assert f"alice@{DOMAIN}" in {m["address"] for m in show["mailboxes"]}
+    # Deleting a subscriber deletes its mailboxes, and sets their mail aside as `mailbox delete` does.
+    mail.ispd.cli("subscriber", "add", "leaving")
+    mail.ispd.cli("mailbox", "add", "leaving", f"leaving@{DOMAIN}")
+    with mail.smtp() as client:
+        client.sendmail("someone@sender.example", [f"leaving@{DOMAIN}"], b"Subject: last\r\n\r\nx\r\n")
+    said = mail.ispd.cli("subscriber", "delete", "leaving").stdout.splitlines()
+    assert said[0].startswith("deleted subscriber leaving") and said[1].startswith(
+        f"deleted its mailbox leaving@{DOMAIN}; its mail is kept in "), said
+    assert not (mail.root / DOMAIN / "leaving").exists() and list((mail.root / DOMAIN).glob("leaving~deleted-*"))
+    mail.ispd.cli("mailbox", "add", "alice", f"leaving@{DOMAIN}")  # the address is free for someone else
 
 
 def test_mailbox_show_lists_the_folders_as_imap_will_see_them(mail: Mail) -> None:

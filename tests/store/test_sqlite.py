@@ -46,6 +46,21 @@ async def test_usernames_made_of_digits_win_over_ids(store: Store) -> None:
     numeric = await store.add_subscriber(str(first.id), actor="t")
     assert (await store.get_subscriber(str(first.id))).id == numeric.id
     assert (await store.get_subscriber(first.id)).username == "first"
+    assert (await store.get_subscriber(f"#{first.id}")).username == "first"  # an ID, whatever the usernames
+    with pytest.raises(NotFound):
+        await store.get_subscriber("#99")
+
+
+async def test_the_overview_says_since_when_the_status_holds(store: Store, clock: FakeClock) -> None:
+    await store.add_plan("p", actor="t")
+    added_at = clock.now
+    await store.add_subscriber("alice", actor="t")
+    clock.now += 60
+    await store.set_subscriber_plan("alice", "p", actor="t")  # not a change of status
+    assert (await store.subscriber_overview("alice")).status_since == added_at
+    clock.now += 60
+    await store.set_subscriber_status("alice", SubscriberStatus.SUSPENDED, actor="t")
+    assert (await store.subscriber_overview("alice")).status_since == clock.now
 
 
 async def test_conflicts_and_missing_references(store: Store) -> None:
