@@ -1266,6 +1266,33 @@ async def run_admin(config: Config, handler: Callable[[Store, argparse.Namespace
         await store.close()
 
 
+def check_config_files(path: Path, config: Config) -> int:
+    """``ispd check-config`` past the file itself: every problem in the files the enabled
+    services name (zones, hints, certificates, keys), all of them, then the exit status."""
+    found: list[tuple[str, str]] = []  # (section, problem)
+    if config.dns.enabled:
+        from ispd.dns.service import check_files
+
+        problems, warnings = check_files(config.dns)
+        for warning in warnings:
+            print(f"ispd: {path}: dns: warning: {warning}", file=sys.stderr)
+        found += [("dns", problem) for problem in problems]
+    if config.radius.enabled:
+        from ispd.radius.service import check_files as check_radius_files
+
+        found += [("radius", problem) for problem in check_radius_files(config.radius)]
+    if config.mail.enabled:
+        from ispd.mail.service import check_files as check_mail_files
+
+        found += [("mail", problem) for problem in check_mail_files(config.mail)]
+    for section, problem in found:
+        print(f"ispd: {path}: {section}: {problem}", file=sys.stderr)
+    if found:
+        return EXIT_USAGE
+    print(f"{path}: ok")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "credential_policy", None):
@@ -1280,34 +1307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         if args.command == "check-config":
-            if config.dns.enabled:
-                from ispd.dns.service import check_files
-
-                problems, warnings = check_files(config.dns)
-                for warning in warnings:
-                    print(f"ispd: dns: warning: {warning}", file=sys.stderr)
-                for problem in problems:
-                    print(f"ispd: dns: {problem}", file=sys.stderr)
-                if problems:
-                    return EXIT_USAGE
-            if config.radius.enabled:
-                from ispd.radius.service import check_files as check_radius_files
-
-                radius_problems = check_radius_files(config.radius)
-                for problem in radius_problems:
-                    print(f"ispd: radius: {problem}", file=sys.stderr)
-                if radius_problems:
-                    return EXIT_USAGE
-            if config.mail.enabled:
-                from ispd.mail.service import check_files as check_mail_files
-
-                mail_problems = check_mail_files(config.mail)
-                for problem in mail_problems:
-                    print(f"ispd: mail: {problem}", file=sys.stderr)
-                if mail_problems:
-                    return EXIT_USAGE
-            print(f"{args.config}: ok")
-            return 0
+            return check_config_files(args.config, config)
         if args.command == "run":
             from ispd.supervisor import run_daemon
 

@@ -313,6 +313,7 @@ class Supervisor:
         # What the services get: the new config but for what needs a restart (a worker is handed
         # it, and must not open another store when it restarts).
         pinned = applied
+        refused = []
         for spec in SERVICES:
             entry, wanted = self.running.get(spec.name), spec.enabled(new)
             try:
@@ -330,8 +331,12 @@ class Supervisor:
                 log.error("config.reload.service_refused", service=spec.name, error=str(exc),
                           exc_info=not isinstance(exc, ServiceStartError))
                 applied = applied.model_copy(update={spec.name: getattr(old, spec.name)})
+                refused.append(spec.name)
         self.config = applied
-        log.info("config.reloaded", config=str(self.config_path))
+        if refused:  # applied to the rest: those run as they were
+            log.warning("config.reloaded", config=str(self.config_path), refused=refused)
+        else:
+            log.info("config.reloaded", config=str(self.config_path))
         return True
 
     # --- health

@@ -132,7 +132,7 @@ def check_files(config: DNSConfig) -> tuple[list[str], list[str]]:
         except HintsError as exc:
             problems.append(f"dnssec.trust_anchor_file: {exc}")
         if config.root_hints is not None and config.dnssec.trust_anchor_file is None:
-            warnings.append("dns: root_hints name a root of your own but dnssec.trust_anchor_file is unset: answers "
+            warnings.append("root_hints name a root of your own but dnssec.trust_anchor_file is unset: answers "
                             "are validated against the IANA root anchors, which a private root does not match "
                             "(give its anchors, or set dnssec.validation = false)")
     for zone in config.local_zone:

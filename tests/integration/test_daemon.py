@@ -100,6 +100,8 @@ def test_reload_that_a_service_refuses_keeps_that_service_as_it_was(ispd: IspdPr
         ispd.reload()
         refused = ispd.log_events("config.reload.service_refused")
         assert refused and refused[0]["service"] == "metrics"
+        reloaded = ispd.log_events("config.reloaded")[-1]
+        assert reloaded["refused"] == ["metrics"] and reloaded["level"] == "warning", reloaded
         ispd.config["metrics"] = {"listen": old.removeprefix("http://")}
         assert ispd.http_get("/healthz")[0] == 200
 

@@ -51,10 +51,15 @@ def test_mistakes_are_named(tmp_path: Path, text: str, message: str) -> None:
 
 
 def test_check_config_reads_the_certificate(tmp_path: Path) -> None:
+    """Every service's file problems are reported, each with the config file and its section,
+    not only the first service's."""
     (tmp_path / "mx.pem").write_text("not a certificate\n")
     (tmp_path / "mx.key").write_text("not a key\n")
     path = write(tmp_path, '[store]\npath = "ispd.db"\n[mail]\nenabled = true\ndomains = ["isp.example"]\n'
-                           'certificate = "mx.pem"\nprivate_key = "mx.key"\n')
+                           'certificate = "mx.pem"\nprivate_key = "mx.key"\n'
+                           '[dns]\nenabled = true\nroot_hints = "missing.hints"\n')
     result = subprocess.run([ISPD, "check-config", "-c", str(path)], capture_output=True, text=True, check=False)
-    assert result.returncode != 0
-    assert result.stderr.startswith(f"ispd: mail: cannot use {tmp_path / 'mx.pem'} with {tmp_path / 'mx.key'}")
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if ": warning: " not in line]
+    assert len(lines) == 2 and lines[0].startswith(f"ispd: {path}: dns: ") and "missing.hints" in lines[0], lines
+    assert lines[1].startswith(f"ispd: {path}: mail: cannot use {tmp_path / 'mx.pem'} with {tmp_path / 'mx.key'}")
