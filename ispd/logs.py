@@ -56,6 +56,20 @@ def configure_logging(config: LogConfig, stream: TextIO | None = None) -> None:
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+    # The libraries' own warnings and errors (asyncio, aiosmtpd, aioquic, ...) go through the
+    # stdlib: rendered the same way, one JSON line each, rather than as Python's bare text.
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name,
+                           structlog.processors.TimeStamper(fmt="iso", utc=True), redact_secrets,
+                           structlog.processors.format_exc_info],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer]))
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(max(logging.WARNING, getattr(logging, config.level.upper())))
+    # aiosmtpd warns of every command a client gets wrong ("unrecognised: XYZZY"): the client's
+    # mistake, answered and counted in ispd_mail_smtp_refusals_total, not the operator's business.
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
 
 
 def get_logger(name: str) -> Any:

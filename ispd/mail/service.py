@@ -310,10 +310,10 @@ class MailService(Service):
         await server.wait_closed()
 
     async def _close_sessions(self) -> None:
-        for session in self.sessions:
-            session.close()
-        for imap in self.imap_sessions:
-            imap.close()
+        for session in list(self.sessions):
+            session.shut_down()
+        for imap in list(self.imap_sessions):
+            imap.shut_down()
 
     async def _cancel_queue(self) -> None:
         if self._queue_task is not None:

@@ -22,7 +22,7 @@ import time
 import warnings
 from base64 import b64decode
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, syntax
 
@@ -144,6 +144,13 @@ class SMTPSession(SMTP):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+    def shut_down(self) -> None:
+        """The daemon is stopping: RFC 5321 §3.8's 421, then the connection closes."""
+        if self.transport is not None and not self.transport.is_closing():
+            goodbye = f"421 4.3.2 {self.hostname} Service shutting down, try again later\r\n"
+            cast(asyncio.WriteTransport, self.transport).write(goodbye.encode())
+        self.close()
 
     async def push(self, status: Any) -> None:
         if isinstance(status, str) and not self._helo_reply:

@@ -215,7 +215,7 @@ def test_folders_are_made_renamed_and_deleted_and_mail_copied_and_moved(lab: Lab
     assert {b"Work", b"Work.2026"} <= names and b"Projects" not in names
     assert client.delete("Work")[0] == "NO"  # it has a subfolder
     assert client.delete("Work.2026")[0] == "OK"
-    assert client.delete("INBOX")[0] == "NO"
+    assert client.delete("INBOX") == ("NO", [b"[CANNOT] the INBOX cannot be deleted"])
     lab.deliver("to be filed")
     client.select("INBOX")
     count = len(client.search(None, "ALL")[1][0].split())

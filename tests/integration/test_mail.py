@@ -375,3 +375,34 @@ def test_one_full_mailbox_does_not_hold_back_the_others(mail: Mail) -> None:
     alone = mail.raw(b"EHLO s\r\nMAIL FROM:<noc@isp.example>\r\nRCPT TO:<tiny@isp.example>\r\nDATA\r\n"
                      + body + b".\r\nQUIT\r\n")
     assert b"552 5.2.2" in alone
+
+
+def test_a_stopping_daemon_says_goodbye_to_smtp_and_imap_clients(tmp_path: Path) -> None:
+    """SIGTERM: an SMTP client gets 421 (RFC 5321 §3.8) and an IMAP client an untagged BYE
+    before their connections close, rather than a bare EOF."""
+    mx, imap = free_tcp_port(), free_tcp_port()
+    certificates = issue(tmp_path, "mx.isp.example", name="mx")
+    config = base_config(tmp_path, mail={
+        "enabled": True, "domains": [DOMAIN], "hostname": "mx.isp.example", "maildir_root": str(tmp_path / "mail"),
+        "listen_mx": [f"127.0.0.1:{mx}"], "listen_imap": [f"127.0.0.1:{imap}"],
+        "certificate": str(certificates.certificate), "private_key": str(certificates.private_key),
+        "authentication_checks": False, "resolver": f"127.0.0.1:{free_tcp_port()}"})
+    with IspdProcess(tmp_path, config) as ispd:
+        ispd.start()
+        with socket.create_connection(("127.0.0.1", mx), timeout=10) as smtp, \
+                socket.create_connection(("127.0.0.1", imap), timeout=10) as reader:
+            assert smtp.recv(4096).startswith(b"220 ") and reader.recv(4096).startswith(b"* OK")
+            smtp.sendall(b"EHLO sender.example\r\n")
+            said = b""
+            while b"250 " not in said:
+                said += smtp.recv(4096)
+            assert ispd.terminate() == 0
+
+            def rest(sock: socket.socket) -> bytes:
+                received = b""
+                while chunk := sock.recv(4096):
+                    received += chunk
+                return received
+
+            assert rest(smtp) == b"421 4.3.2 mx.isp.example Service shutting down, try again later\r\n"
+            assert rest(reader) == b"* BYE ispd is shutting down, try again later\r\n"

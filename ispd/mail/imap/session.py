@@ -177,6 +177,11 @@ class IMAPSession(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def shut_down(self) -> None:
+        """The daemon is stopping: an untagged BYE (RFC 9051 §7.1.5), then the connection closes."""
+        self.send(b"* BYE ispd is shutting down, try again later")
+        self.close()
+
     async def _run(self) -> None:
         while True:
             if self._paused and self._queue.qsize() < MAX_PIPELINED // 2 and self.transport is not None:
@@ -593,8 +598,11 @@ class IMAPSession(asyncio.Protocol):
 
     async def cmd_delete(self, command: Command) -> None:
         folder = self._folder(command.args["mailbox"])
-        if folder is None or folder == "":
-            self.send(f"{command.tag} NO [NONEXISTENT] no such mailbox (or the INBOX)".encode())
+        if folder == "":  # RFC 9051 §6.3.4: deleting INBOX is an error
+            self.send(f"{command.tag} NO [CANNOT] the INBOX cannot be deleted".encode())
+            return
+        if folder is None:
+            self.send(f"{command.tag} NO [NONEXISTENT] no such mailbox".encode())
             return
         assert self.maildir is not None
         if any(f.startswith(folder + ".") for f in await self._blocking(self.maildir.folders)):

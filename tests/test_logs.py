@@ -1,0 +1,35 @@
+"""The log output: the libraries' stdlib warnings come out as ispd's own lines do."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from ispd.logs import LogConfig, configure_logging, get_logger
+
+
+def test_library_warnings_are_json_lines_and_client_mistakes_stay_out() -> None:
+    out = io.StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    configure_logging(LogConfig(level="info", format="json"), stream=out)
+    try:
+        get_logger("test").info("ours", password="hunter2")
+        logging.getLogger("asyncio").warning("socket.send() raised exception.")
+        logging.getLogger("mail.log").warning("%r unrecognised: %s", ("127.0.0.1", 41014), "XYZZY")
+        try:
+            raise ZeroDivisionError("boom")
+        except ZeroDivisionError:
+            logging.getLogger("aioquic").error("a callback failed", exc_info=True)
+        logging.getLogger("asyncio").info("not at info: a library's chatter")
+        lines = [json.loads(line) for line in out.getvalue().splitlines()]
+        assert [(line["event"], line.get("logger"), line["level"]) for line in lines] == [
+            ("ours", None, "info"), ("socket.send() raised exception.", "asyncio", "warning"),
+            ("a callback failed", "aioquic", "error")]
+        assert lines[0]["password"] == "***" and "ZeroDivisionError: boom" in lines[2]["exception"]
+        configure_logging(LogConfig(level="info", format="json"), stream=out)  # a reload: still one handler
+        assert len(logging.getLogger().handlers) == 1
+    finally:
+        root.handlers, level = saved
+        root.setLevel(level)
