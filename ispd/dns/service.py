@@ -719,6 +719,9 @@ class DNSService(Service):
         self.answers.clear()
         if self.extras is not None:
             await self.extras.reload(new)
+        if self.first:  # (once for the resolver: the workers follow the first)
+            log.info("dns.reloaded", local_zones=len(new.dns.local_zone), policy_zones=len(self.policy_zones),
+                     root_servers=len(hints))
 
     def health(self) -> Health:
         if not self._udp:

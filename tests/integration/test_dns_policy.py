@@ -219,6 +219,7 @@ def test_sighup_with_the_policy_in_another_file_applies_it_and_drops_cached_answ
         ispd.write_config(config)
         ispd.reload()
         assert len(ispd.log_events("dns.policy_zone.loaded")) == 2, ispd.log_tail()
+        assert ispd.log_events("dns.reloaded")[-1]["policy_zones"] == 1
         assert_blocked_now(ispd)
         ispd.assert_healthy()
 
