@@ -321,8 +321,6 @@ async def cmd_subscriber_delete(store: Store, args: argparse.Namespace) -> None:
 
 
 async def cmd_subscriber_set_plan(store: Store, args: argparse.Namespace) -> None:
-    if args.none == (args.plan is not None):
-        raise CommandFailed("give a PLAN, or --none for no plan")
     subscriber = await store.set_subscriber_plan(args.subscriber, None if args.none else args.plan, actor=actor())
     plan = await store.get_plan(subscriber.plan_id) if subscriber.plan_id is not None else None
     print(f"{subscriber.username} is now on {'plan ' + plan.name if plan else 'no plan'}")
@@ -369,10 +367,12 @@ async def cmd_plan_show(store: Store, args: argparse.Namespace) -> None:
     if args.json:
         print_json(plan)
         return
-    for f in dataclasses.fields(plan):
+    fields = dataclasses.fields(plan)
+    width = max(len(f.name) for f in fields) + 2
+    for f in fields:
         value = getattr(plan, f.name)
         shown = when(value) if f.name == "created_at" else value.value if isinstance(value, Enum) else value
-        print(f"{f.name.replace('_', ' '):<24}{'-' if shown is None else shown}")
+        print(f"{f.name.replace('_', ' '):<{width}}{'-' if shown is None else shown}")
 
 
 async def cmd_lease_list(store: Store, args: argparse.Namespace) -> None:
@@ -488,8 +488,6 @@ USAGE_COLUMNS = ("subscriber_id", "username", "day", "input_octets", "output_oct
 
 async def cmd_usage(store: Store, args: argparse.Namespace) -> None:
     """Per day for one subscriber; for all of them (billing), one line each with the totals."""
-    if args.month is not None and (args.since is not None or args.until is not None):
-        raise CommandFailed("give --month, or --from and --to, not both")
     if args.month is None and args.since is None and args.until is None:
         args.month = month(time.strftime("%Y-%m", time.gmtime()))
     since, until = args.month if args.month is not None else (
@@ -513,13 +511,16 @@ async def cmd_usage(store: Store, args: argparse.Namespace) -> None:
     else:
         print(f"usage from {when(since)} to {when(until)} (input: from the subscriber, output: to them)")
         print_table(["SUBSCRIBER", "DAY" if args.subscriber is not None else "DAYS", "INPUT", "OUTPUT", "TIME"],
-                    [[r.username or f"#{r.subscriber_id}", r.day, size_text(r.input_octets),
-                      size_text(r.output_octets), f"{r.session_seconds // 3600}h{r.session_seconds % 3600 // 60:02d}m"]
-                     for r in rows])
+                    [[r.username or f"#{r.subscriber_id} (deleted)", r.day, size_text(r.input_octets),
+                      size_text(r.output_octets), hours_text(r.session_seconds)] for r in rows])
         if rows:
             total_in, total_out = sum(r.input_octets for r in rows), sum(r.output_octets for r in rows)
             print(f"total: input {size_text(total_in)}, output {size_text(total_out)}, "
-                  f"{sum(r.session_seconds for r in rows) // 3600} hours online")
+                  f"{hours_text(sum(r.session_seconds for r in rows))} online")
+
+
+def hours_text(seconds: int) -> str:
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def size_text(octets: int) -> str:
@@ -537,8 +538,6 @@ WHO_COLUMNS = ("address", "source", "starts_at", "ends_at", "username", "subscri
 
 
 async def cmd_who(store: Store, args: argparse.Namespace) -> None:
-    if args.at is not None and (args.since is not None or args.until is not None):
-        raise CommandFailed("give --at, or --from and --to, not both")
     if args.at is None and args.since is None and args.until is None:
         args.at = time.time()
     since = args.at if args.at is not None else (args.since if args.since is not None else 0.0)
@@ -736,7 +735,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("subscriber", help="username, or id (#ID when a username is made of digits)")
     p.add_argument("plan", nargs="?", help="the plan's name or id")
     p.add_argument("--none", action="store_true", help="no plan")
-    p.set_defaults(handler=cmd_subscriber_set_plan)
+    p.set_defaults(handler=cmd_subscriber_set_plan, check=lambda a: None if a.none != (a.plan is not None) else
+                   "give a PLAN or --none, not both" if a.none else "give a PLAN, or --none for no plan")
     p = sub.add_parser("passwd", parents=[config_opts, password_opts], help="set a subscriber's password")
     p.add_argument("subscriber", help="username, or id (#ID when a username is made of digits)")
     p.set_defaults(handler=cmd_subscriber_passwd, prepare=read_password_for_passwd)
@@ -822,7 +822,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--month", type=month, help="e.g. 2026-11")
     p.add_argument("--from", dest="since", type=moment, metavar="TIME", help="start of a span")
     p.add_argument("--to", dest="until", type=moment, metavar="TIME", help="end of a span (default: now)")
-    p.set_defaults(handler=cmd_usage)
+    p.set_defaults(handler=cmd_usage, check=lambda a: "give --month, or --from and --to, not both"
+                   if a.month is not None and (a.since is not None or a.until is not None) else None)
 
     p = top.add_parser(
         "who", parents=[config_opts, export_opts],
@@ -835,7 +836,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--at", type=moment, metavar="TIME", help="one moment")
     p.add_argument("--from", dest="since", type=moment, metavar="TIME", help="start of a span (default: the oldest)")
     p.add_argument("--to", dest="until", type=moment, metavar="TIME", help="end of a span (default: now)")
-    p.set_defaults(handler=cmd_who)
+    p.set_defaults(handler=cmd_who, check=lambda a: "give --at, or --from and --to, not both"
+                   if a.at is not None and (a.since is not None or a.until is not None) else None)
 
     dns = top.add_parser("dns", help="the DNS resolver").add_subparsers(dest="action", required=True)
     p = dns.add_parser("lookup", parents=[config_opts],
@@ -861,7 +863,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zone", action="store_true", help="also every name below NAME")
     p.add_argument("--type", type=checked_arg(dns_type_text), help="only this record type (e.g. A, AAAA, MX)")
     p.add_argument("--all", action="store_true", help="empty the caches")
-    p.set_defaults(handler=cmd_dns_cache_flush, without_store=True)
+    p.set_defaults(handler=cmd_dns_cache_flush, without_store=True, check=check_flush_arguments)
     p = dns.add_parser(
         "anchors", parents=[config_opts, json_opt], help="the DNSSEC trust anchor keys tracked (RFC 5011)",
         description="The keys the resolver tracks for each trust anchor (RFC 5011): valid and missing keys are "
@@ -1066,7 +1068,8 @@ async def cmd_mailbox_quota(store: Store, args: argparse.Namespace) -> None:
     else:
         share = 100 * usage.bytes / recipient.quota_bytes if recipient.quota_bytes else 100.0
         limit = f"of {recipient.quota_bytes} ({share:.1f}%, the {source}'s limit)"
-    print(f"{recipient.mailbox.address}: {usage.bytes} bytes in {usage.messages} messages, {limit}")
+    print(f"{recipient.mailbox.address}: {usage.bytes} bytes in {usage.messages} "
+          f"message{'' if usage.messages == 1 else 's'}, {limit}")
 
 
 def ip_text(text: str) -> str:
@@ -1184,11 +1187,17 @@ async def cmd_dns_cache_dump(config: Config, args: argparse.Namespace) -> None:
     await daemon_request(config, args, "dns.cache.dump", request, on_line=print)
 
 
-async def cmd_dns_cache_flush(config: Config, args: argparse.Namespace) -> None:
-    if args.all == (args.name is not None):
-        raise CommandFailed("give a NAME to flush, or --all to empty the caches")
+def check_flush_arguments(args: argparse.Namespace) -> str | None:
+    if args.all and args.name is not None:
+        return "give a NAME to flush or --all, not both"
+    if not args.all and args.name is None:
+        return "give a NAME to flush, or --all to empty the caches"
     if args.all and (args.zone or args.type):
-        raise CommandFailed("--all flushes everything; it takes no --zone or --type")
+        return "--all flushes everything; it takes no --zone or --type"
+    return None
+
+
+async def cmd_dns_cache_flush(config: Config, args: argparse.Namespace) -> None:
     request = {"all": True} if args.all else {"name": args.name, "zone": args.zone, "type": args.type}
     dropped = await daemon_request(config, args, "dns.cache.flush", request)
     what = "the caches" if args.all else f"{args.name}{' and below' if args.zone else ''}" + \
@@ -1202,12 +1211,15 @@ async def cmd_dns_anchors(store: Store, args: argparse.Namespace) -> None:
     zone = args.zone.rstrip(".").lower() + "."
     keys = await store.trust_anchor_keys(zone)
     if args.json:
-        print(json.dumps([{"zone": k.zone, "key_tag": key_tag(k.key), "algorithm": parse_dnskey(k.key).algorithm,
-                           "state": k.state, "since": k.since, "hold_down_until": k.hold_down_until or None}
-                          for k in keys]))
+        print_json([{"zone": k.zone, "key_tag": key_tag(k.key), "algorithm": parse_dnskey(k.key).algorithm,
+                     "state": k.state, "since": k.since, "hold_down_until": k.hold_down_until or None} for k in keys])
         return
     if not keys:
-        print(f"no keys tracked for {zone} (the daemon tracks them once it has refreshed the anchor)")
+        dnssec = args.loaded_config.dns.dnssec
+        why = ("the daemon tracks them once it has refreshed the anchor" if dnssec.validation
+               and dnssec.auto_update_anchors else "dns.dnssec.auto_update_anchors is off" if dnssec.validation
+               else "dns.dnssec.validation is off")
+        print(f"no keys tracked for {zone} ({why})")
     for k in keys:
         hold = f"\tuntil {when(k.hold_down_until)}" if k.hold_down_until else ""
         print(f"{k.zone}\tkey {key_tag(k.key)}\talgorithm {parse_dnskey(k.key).algorithm}\t{k.state}"
@@ -1236,7 +1248,7 @@ async def cmd_dns_nta_delete(config: Config, args: argparse.Namespace) -> None:
 async def cmd_dns_nta_list(config: Config, args: argparse.Namespace) -> None:
     anchors = await daemon_request(config, args, "dns.nta.list", {})
     if args.json:
-        print(json.dumps(anchors))
+        print_json(anchors)
         return
     if not anchors:
         print("no negative trust anchors")
@@ -1258,7 +1270,10 @@ def _duration_text(seconds: int) -> str:
 
 async def run_admin(config: Config, handler: Callable[[Store, argparse.Namespace], Awaitable[None]],
                     args: argparse.Namespace) -> None:
+    new = not config.store.path.exists()
     store = await open_store(config.store)
+    if new:  # right for a first install; after a mistyped or moved store.path, the hint to look
+        print(f"ispd: note: {config.store.path} did not exist: this is a new, empty store", file=sys.stderr)
     args.loaded_config = config  # for the commands that also read the config (subscriber show)
     try:
         await handler(store, args)
@@ -1295,6 +1310,11 @@ def check_config_files(path: Path, config: Config) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Arguments that argparse alone cannot check together: a usage error too, before anything is opened.
+    wrong = args.check(args) if hasattr(args, "check") else None
+    if wrong is not None:
+        print(f"ispd: {wrong}", file=sys.stderr)
+        return EXIT_USAGE
     if getattr(args, "credential_policy", None):
         args.credential_policy = CredentialPolicy(args.credential_policy)
     if getattr(args, "status", None):

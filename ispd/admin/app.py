@@ -76,7 +76,7 @@ class NewPlan(BaseModel):
     session_timeout_seconds: int | None = Field(default=None, gt=0)
     idle_timeout_seconds: int | None = Field(default=None, gt=0)
     max_sessions: int | None = Field(default=None, gt=0)
-    mail_quota_bytes: int | None = Field(default=None, ge=0)
+    mail_quota_bytes: int | None = Field(default=None, gt=0)
     credential_policy: CredentialPolicy = CredentialPolicy.VERIFIER
     suspended_mail: SuspendedMail = SuspendedMail.READ
     monthly_quota_bytes: int | None = Field(default=None, gt=0, description="fair use, both ways, per UTC month")

@@ -428,7 +428,9 @@ def _checked(check: Callable[[str], str], value: str) -> str:
 
 
 def _checked_quota(quota_bytes: int | None) -> int | None:
-    if quota_bytes is not None and not 0 <= quota_bytes < 2**63:
+    if quota_bytes == 0:  # (Dovecot's 0 is "no limit": say what ours would do)
+        raise InvalidValue("a quota of 0 bytes takes no mail: give a size, or leave it to the plan")
+    if quota_bytes is not None and not 0 < quota_bytes < 2**63:
         raise InvalidValue(f"a quota of {quota_bytes} bytes is out of range")
     return quota_bytes
 
@@ -438,6 +440,21 @@ def _audit_entry(row: sqlite3.Row) -> AuditEntry:
         id=row["id"], at=row["at"], actor=row["actor"], action=row["action"], subject_kind=row["subject_kind"],
         subject_id=row["subject_id"], subject_name=row["subject_name"], details=json.loads(row["details"]),
     )
+
+
+# What a plan's figures go out as: RADIUS integers (Session-Timeout, Idle-Timeout, rate VSAs in
+# kbps) are 32 bits, and the store's sizes are 64-bit integers.
+_PLAN_LIMITS = {"download_kbps": 2**32 - 1, "upload_kbps": 2**32 - 1, "session_timeout_seconds": 2**32 - 1,
+                "idle_timeout_seconds": 2**32 - 1, "max_sessions": 2**32 - 1, "mail_quota_bytes": 2**63 - 1,
+                "monthly_quota_bytes": 2**63 - 1, "over_quota_download_kbps": 2**32 - 1,
+                "over_quota_upload_kbps": 2**32 - 1}
+
+
+def _check_plan_ranges(values: dict[str, Any]) -> None:
+    for name, limit in _PLAN_LIMITS.items():
+        value = values.get(name)
+        if value is not None and not 0 < value <= limit:
+            raise InvalidValue(f"{name} must be between 1 and {limit}, not {value}")
 
 
 def _is_row_id(text: str) -> bool:
@@ -638,6 +655,10 @@ class SQLiteStore(Store):
             "monthly_quota_bytes": monthly_quota_bytes, "over_quota": str(over_quota),
             "over_quota_download_kbps": over_quota_download_kbps, "over_quota_upload_kbps": over_quota_upload_kbps,
         }
+        _check_plan_ranges(values)
+        if monthly_quota_bytes is None and (over_quota_download_kbps is not None or over_quota_upload_kbps is not None
+                                            or OverQuota(over_quota) is not OverQuota.THROTTLE):
+            raise InvalidValue("the over-quota settings take effect past a monthly quota: give one too")
         if (monthly_quota_bytes is not None and OverQuota(over_quota) is OverQuota.THROTTLE
                 and not (over_quota_download_kbps and over_quota_upload_kbps)):
             # Without both, a throttled subscriber would get no rate limit at all (faster than
@@ -729,6 +750,9 @@ class SQLiteStore(Store):
             row = _find_subscriber(conn, ref)
             if row["status"] == str(status):
                 raise Conflict(f"subscriber {row['username']!r} is already {status}")
+            if row["status"] == str(SubscriberStatus.CLOSED) and status == SubscriberStatus.SUSPENDED:
+                # Closed is the stronger state; only `resume` reopens an account.
+                raise Conflict(f"subscriber {row['username']!r} is closed: resume it first")
             conn.execute(
                 "UPDATE subscribers SET status = ?, status_reason = ?, updated_at = ? WHERE id = ?",
                 (str(status), reason, now, row["id"]),

@@ -30,8 +30,11 @@ def ok(config_path: Path, *args: str, input: str | None = None) -> str:
 
 
 def test_round_trip(config_path: Path) -> None:
-    assert ok(config_path, "plan", "add", "home-100", "--download-kbps", "100000", "--upload-kbps", "20000",
-              "--max-sessions", "1", "--mail-quota", "2G", "--credential-policy", "nt-hash") == "added plan home-100 (#1)\n"
+    first = ispd(config_path, "plan", "add", "home-100", "--download-kbps", "100000", "--upload-kbps", "20000",
+                 "--max-sessions", "1", "--mail-quota", "2G", "--credential-policy", "nt-hash")
+    assert first.stdout == "added plan home-100 (#1)\n"
+    assert "did not exist: this is a new, empty store" in first.stderr  # (a mistyped store.path shows)
+    assert ispd(config_path, "plan", "list").stderr == ""
     plan = json.loads(ok(config_path, "plan", "show", "home-100", "--json"))
     assert plan["mail_quota_bytes"] == 2 * 1024**3 and plan["credential_policy"] == "nt-hash"
     assert json.loads(ok(config_path, "plan", "list", "--json"))[0]["name"] == "home-100"
@@ -162,6 +165,7 @@ def test_generated_password_is_part_of_the_json(config_path: Path) -> None:
 def test_non_utf8_arguments_are_one_line_errors(config_path: Path) -> None:
     import os
 
+    ok(config_path, "plan", "list")  # the store exists (no note that it is new)
     for args in (["subscriber", "add", b"a\xff".decode("utf-8", "surrogateescape")],
                  ["subscriber", "show", b"a\xff".decode("utf-8", "surrogateescape")]):
         result = subprocess.run([ISPD, *args, "-c", str(config_path)], capture_output=True, timeout=60,

@@ -153,6 +153,8 @@ def test_failures_are_one_clear_line(config_path: Path, args: tuple[str, ...], c
         (("who", "198.18.0.1", "--at", "99999999999999"), "'99999999999999' is out of range: give a time from 1970"),
         (("who", "198.18.0.1", "--at", "0001-01-01"), "is out of range"),
         (("usage", "--month", "1969-12"), "'1969-12' is out of range: give a month from 1970-01 to 9999-12"),
+        (("subscriber", "set-plan", "alice"), "ispd: give a PLAN, or --none for no plan\n"),
+        (("subscriber", "set-plan", "alice", "home", "--none"), "ispd: give a PLAN or --none, not both\n"),
     ],
 )
 def test_bad_command_lines_exit_2_and_say_why(config_path: Path, args: tuple[str, ...], complaint: str) -> None:
@@ -270,7 +272,7 @@ def test_who_names_the_subscriber_of_each_moment_as_text_json_and_csv(config_pat
     bad = run(config_path, "who", address, "--at", "yesterday-ish")
     assert bad.returncode == 2 and "is not a time" in bad.stderr
     both = run(config_path, "who", address, "--at", "now", "--from", "now")
-    assert both.returncode == 1 and "not both" in both.stderr
+    assert both.returncode == 2 and "not both" in both.stderr
 
 
 def test_usage_per_day_for_one_subscriber_and_totals_for_billing(config_path: Path) -> None:
@@ -303,6 +305,6 @@ def test_usage_per_day_for_one_subscriber_and_totals_for_billing(config_path: Pa
     billing = ok(config_path, "usage", "--month", "2026-11", "--csv").splitlines()
     assert billing[1:] == ["1,alice,2026-11-01..2026-11-02,3000000,30000000,86400"]  # bob used nothing
     text = ok(config_path, "usage", "alice", "--month", "2026-11")
-    assert "2026-11-02" in text and "total: input 3.00 MB, output 30.00 MB, 24 hours online" in text
+    assert "2026-11-02" in text and "total: input 3.00 MB, output 30.00 MB, 24h00m online" in text
     assert ok(config_path, "usage", "alice", "--month", "2026-10", "--csv").splitlines()[1:] == []
     assert run(config_path, "usage", "alice", "--month", "November").returncode == 2

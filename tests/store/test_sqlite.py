@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ispd.credentials import derive_credentials
-from ispd.store import Conflict, NotFound, Store, StoreConfig, StoreMetrics, StoreUnavailable, open_store
+from ispd.store import Conflict, InvalidValue, NotFound, Store, StoreConfig, StoreMetrics, StoreUnavailable, open_store
 from ispd.store.models import CredentialPolicy, Lease, LeaseState, SubscriberStatus
 from tests.store.conftest import FakeClock
 
@@ -61,6 +61,9 @@ async def test_the_overview_says_since_when_the_status_holds(store: Store, clock
     clock.now += 60
     await store.set_subscriber_status("alice", SubscriberStatus.SUSPENDED, actor="t")
     assert (await store.subscriber_overview("alice")).status_since == clock.now
+    await store.set_subscriber_status("alice", SubscriberStatus.CLOSED, actor="t")
+    with pytest.raises(Conflict, match="subscriber 'alice' is closed: resume it first"):
+        await store.set_subscriber_status("alice", SubscriberStatus.SUSPENDED, actor="t")
 
 
 async def test_conflicts_and_missing_references(store: Store) -> None:
@@ -74,7 +77,7 @@ async def test_conflicts_and_missing_references(store: Store) -> None:
         await store.add_subscriber("carol", actor="t", plan="nope")
     with pytest.raises(NotFound, match="no subscriber 'zed'"):
         await store.set_subscriber_status("zed", SubscriberStatus.SUSPENDED, actor="t")
-    with pytest.raises(Conflict, match="out of range"):
+    with pytest.raises(InvalidValue, match="download_kbps must be between 1 and 4294967295, not -5"):
         await store.add_plan("bad", actor="t", download_kbps=-5)
     # Nothing of the failed writes was kept.
     assert [s.username for s in await store.list_subscribers()] == ["alice"]
@@ -262,10 +265,20 @@ async def test_reading_needs_no_write_lock(tmp_path: Path) -> None:
 
 
 async def test_values_the_store_cannot_hold_are_clear_errors(store: Store) -> None:
-    from ispd.store import InvalidValue
-
-    with pytest.raises(InvalidValue, match="too large"):
+    with pytest.raises(InvalidValue, match="download_kbps must be between 1 and 4294967295, not 1180591620717411303424"):
         await store.add_plan("huge", actor="t", download_kbps=2**70)
+    # What goes out in a 32-bit RADIUS integer fits one.
+    with pytest.raises(InvalidValue, match="session_timeout_seconds must be between 1 and 4294967295"):
+        await store.add_plan("long", actor="t", session_timeout_seconds=2**32)
+    with pytest.raises(InvalidValue, match="over-quota settings take effect past a monthly quota"):
+        await store.add_plan("half", actor="t", over_quota_download_kbps=100)
+    with pytest.raises(InvalidValue, match="must be between 1 and"):
+        await store.add_plan("none", actor="t", monthly_quota_bytes=0, over_quota_download_kbps=1,
+                             over_quota_upload_kbps=1)
+    await store.add_subscriber("alice", actor="t")
+    with pytest.raises(InvalidValue, match="a quota of 0 bytes takes no mail"):
+        await store.add_mailbox("alice", "alice@isp.example", actor="t", quota_bytes=0)
+    assert await store.list_plans() == [] and await store.list_mailboxes() == []
     with pytest.raises(NotFound):
         await store.get_subscriber("99999999999999999999")
     with pytest.raises(InvalidValue, match="not valid Unicode"):
