@@ -97,9 +97,18 @@ def when(ts: float | None) -> str:
 
 def table_lines(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
-    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
-    return ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+    widths = [max([len(h), *(display_width(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    return ["  ".join(v + " " * (w - display_width(v)) for v, w in zip(row, widths, strict=True)).rstrip()
             for row in [list(headers), *cells]]
+
+
+def display_width(text: str) -> int:
+    """The columns a terminal gives ``text``: two for wide characters (CJK, most emoji), none
+    for combining marks."""
+    if text.isascii():
+        return len(text)
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+               for c in text)
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
