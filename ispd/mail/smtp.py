@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import traceback
 import warnings
 from base64 import b64decode
 from dataclasses import dataclass
@@ -86,6 +87,20 @@ class MailEnvelope(Envelope):
         self.declared_size = 0
 
 
+def release_frames(task: asyncio.Task[None]) -> None:
+    """A session's task that ended with an exception (the client gone mid-DATA, a cancel at
+    EOF) keeps it, and its traceback keeps every frame's locals: the session itself (a cycle)
+    and the DATA read so far. The daemon collects cycles rarely (``_collect_garbage_rarely``),
+    so each broken-off DATA stayed in memory; the frames are cleared as the task ends."""
+    try:
+        task.result()  # (a cancelled task hands over its CancelledError and lets go of it)
+    except (asyncio.CancelledError, ConnectionError) as exc:  # the client went: aiosmtpd has said so
+        traceback.clear_frames(exc.__traceback__)
+    except Exception as exc:
+        log.error("mail.session.failed", error=repr(exc), exc_info=exc)
+        traceback.clear_frames(exc.__traceback__)
+
+
 class SMTPSession(SMTP):
     """One SMTP connection; ``listener`` is "mx", "submission" (587) or "submissions" (465)."""
 
@@ -125,7 +140,10 @@ class SMTPSession(SMTP):
                 self.service.metrics.listener.refused_connections += 1
             if self.admitted:
                 self.service.sessions.add(self)
+        before = self._handler_coroutine
         super().connection_made(transport)
+        if self._handler_coroutine is not None and self._handler_coroutine is not before:
+            self._handler_coroutine.add_done_callback(release_frames)
 
     def connection_lost(self, error: Exception | None) -> None:
         if self.admitted and not self._released:
