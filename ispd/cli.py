@@ -58,7 +58,14 @@ from ispd.store.models import (
     SubscriberStatus,
     SuspendedMail,
 )
-from ispd.store.validation import hostname_text, ipv4_text, mail_address, reservable_address, reservation_key
+from ispd.store.validation import (
+    hostname_text,
+    ipv4_text,
+    mail_address,
+    reservable_address,
+    reservation_key,
+    usable_text,
+)
 
 DEFAULT_CONFIG = "/etc/ispd/ispd.toml"
 EXIT_FAILED, EXIT_USAGE = 1, 2
@@ -647,20 +654,9 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
-# Control, format (bidi overrides, zero-width), surrogate, private-use and unassigned characters, and
-# line separators: they hide or disguise what a helpdesk screen shows.
-_UNSHOWABLE = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
 
 
 _Arg = TypeVar("_Arg")
-
-
-def name_text(text: str) -> str:
-    if (not text or text != text.strip() or len(text) > 253
-            or any(unicodedata.category(c) in _UNSHOWABLE for c in text)):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a usable name (no spaces at the ends, no control or "
-                                         "invisible characters, at most 253 characters)")
-    return text
 
 
 def checked_arg(check: Callable[[str], _Arg]) -> Callable[[str], _Arg]:
@@ -672,6 +668,9 @@ def checked_arg(check: Callable[[str], _Arg]) -> Callable[[str], _Arg]:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
     return convert
+
+
+name_text = checked_arg(usable_text)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,7 +19,9 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, cast
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from ispd import __version__
@@ -244,8 +246,12 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
     async def _invalid(request: Request, exc: InvalidValue) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
-    def ref(value: str) -> int | str:
-        return int(value) if value.isdigit() else value
+    @app.exception_handler(RequestValidationError)
+    async def _unprocessable(request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's own handler echoes the input back as UTF-8, which a lone surrogate in it
+        # (valid JSON, "\ud800") cannot be: a 500. The same answer, ASCII-escaped.
+        return Response(json.dumps({"detail": jsonable_encoder(exc.errors())}), status_code=422,
+                        media_type="application/json")
 
     # --- subscribers
 
@@ -261,17 +267,17 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
                 check_password_acceptable(body.password)
             except ValueError as exc:
                 raise HTTPException(400, str(exc)) from None
-            plan = await store.get_plan(ref(body.plan)) if body.plan is not None else None
+            plan = await store.get_plan(body.plan) if body.plan is not None else None
             policy = effective_policy(None, plan)
             credentials = await asyncio.get_running_loop().run_in_executor(
                 None, derive_credentials, body.password, policy, time.time())
-        return await store.add_subscriber(body.username, actor=actor, plan=ref(body.plan) if body.plan else None,
+        return await store.add_subscriber(body.username, actor=actor, plan=body.plan or None,
                                           full_name=body.full_name, account_ref=body.account_ref,
                                           credentials=credentials)
 
     @app.get("/v1/subscribers/{subscriber}", tags=["subscribers"])
     async def show_subscriber(subscriber: str) -> SubscriberView:
-        o = await store.subscriber_overview(ref(subscriber))
+        o = await store.subscriber_overview(subscriber)
         view = await dns_view(o.subscriber.id) if dns_view is not None else None
         return SubscriberView(
             subscriber=o.subscriber, plan=o.plan, credential_forms=o.credentials.forms, reservations=o.reservations,
@@ -279,7 +285,7 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
             audit=o.audit, effects=effects(o, current_config(), view, time.time()))
 
     async def set_status(subscriber: str, status: SubscriberStatus, reason: str | None, actor: str) -> Subscriber:
-        return await store.set_subscriber_status(ref(subscriber), status, actor=actor, reason=reason)
+        return await store.set_subscriber_status(subscriber, status, actor=actor, reason=reason)
 
     @app.post("/v1/subscribers/{subscriber}/suspend", tags=["subscribers"])
     async def suspend(subscriber: str, body: StatusChange, actor: Actor) -> Subscriber:
@@ -295,11 +301,11 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
 
     @app.put("/v1/subscribers/{subscriber}/plan", tags=["subscribers"])
     async def set_plan(subscriber: str, body: PlanChoice, actor: Actor) -> Subscriber:
-        return await store.set_subscriber_plan(ref(subscriber), ref(body.plan) if body.plan else None, actor=actor)
+        return await store.set_subscriber_plan(subscriber, body.plan or None, actor=actor)
 
     @app.delete("/v1/subscribers/{subscriber}", tags=["subscribers"])
     async def delete_subscriber(subscriber: str, actor: Actor) -> Subscriber:
-        return await store.delete_subscriber(ref(subscriber), actor=actor)
+        return await store.delete_subscriber(subscriber, actor=actor)
 
     # --- plans
 
@@ -316,11 +322,11 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
 
     @app.get("/v1/reservations", tags=["reservations"])
     async def list_reservations(subscriber: str | None = None) -> list[Reservation]:
-        return await store.list_reservations(subscriber=ref(subscriber) if subscriber else None)
+        return await store.list_reservations(subscriber=subscriber or None)
 
     @app.post("/v1/reservations", status_code=201, tags=["reservations"])
     async def add_reservation(body: NewReservation, actor: Actor) -> Reservation:
-        return await store.add_reservation(ref(body.subscriber), body.kind, body.key, actor=actor,
+        return await store.add_reservation(body.subscriber, body.kind, body.key, actor=actor,
                                            address=body.address, hostname=body.hostname)
 
     @app.delete("/v1/reservations/{reservation_id}", tags=["reservations"])
@@ -331,20 +337,20 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
 
     @app.get("/v1/mailboxes", tags=["mailboxes"])
     async def list_mailboxes(subscriber: str | None = None) -> list[Mailbox]:
-        return await store.list_mailboxes(subscriber=ref(subscriber) if subscriber else None)
+        return await store.list_mailboxes(subscriber=subscriber or None)
 
     @app.post("/v1/mailboxes", status_code=201, tags=["mailboxes"])
     async def add_mailbox(body: NewMailbox, actor: Actor) -> Mailbox:
         if body.address.rpartition("@")[2].lower() not in [d.lower() for d in current_config().mail.domains]:
             raise HTTPException(400, f"{body.address}: not one of the mail domains ([mail] domains)")
-        return await store.add_mailbox(ref(body.subscriber), body.address, actor=actor, quota_bytes=body.quota_bytes)
+        return await store.add_mailbox(body.subscriber, body.address, actor=actor, quota_bytes=body.quota_bytes)
 
     # --- sessions
 
     @app.get("/v1/sessions", tags=["sessions"])
     async def list_sessions(subscriber: str | None = None, open_only: bool = False,
                             limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> list[RadiusSession]:
-        return await store.list_sessions(open_only=open_only, subscriber=ref(subscriber) if subscriber else None,
+        return await store.list_sessions(open_only=open_only, subscriber=subscriber or None,
                                          limit=limit)
 
     async def dynamic(command: str, session_id: int, reason: str | None) -> DynamicResult:
@@ -401,7 +407,7 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
 
     @app.get("/v1/leases", tags=["leases"])
     async def list_leases(subscriber: str | None = None, include_ended: bool = False) -> list[Lease]:
-        return await store.list_leases(subscriber=ref(subscriber) if subscriber else None,
+        return await store.list_leases(subscriber=subscriber or None,
                                        include_ended=include_ended)
 
     @app.get("/v1/leases/{address}", tags=["leases"])
@@ -426,7 +432,7 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
 
     @app.get("/v1/usage", tags=["usage"])
     async def usage(since: datetime, until: datetime, subscriber: str | None = None) -> list[DailyUsage]:
-        return await store.usage_by_day(ref(subscriber) if subscriber else None, since=_seconds(since),
+        return await store.usage_by_day(subscriber or None, since=_seconds(since),
                                         until=_seconds(until))
 
     return app

@@ -84,7 +84,14 @@ from ispd.store.sqlite_radius import (
     session_from_row,
     usage_between,
 )
-from ispd.store.validation import hostname_text, ipv4_text, mail_address, reservable_address, reservation_key
+from ispd.store.validation import (
+    hostname_text,
+    ipv4_text,
+    mail_address,
+    reservable_address,
+    reservation_key,
+    usable_text,
+)
 
 T = TypeVar("T")
 log = get_logger("ispd.store")
@@ -647,6 +654,7 @@ class SQLiteStore(Store):
         over_quota_download_kbps: int | None = None,
         over_quota_upload_kbps: int | None = None,
     ) -> Plan:
+        name = _checked(usable_text, name)
         values = {
             "name": name, "download_kbps": download_kbps, "upload_kbps": upload_kbps,
             "session_timeout_seconds": session_timeout_seconds, "idle_timeout_seconds": idle_timeout_seconds,
@@ -701,6 +709,11 @@ class SQLiteStore(Store):
         credential_policy: CredentialPolicy | None = None,
         credentials: StoredCredentials | None = None,
     ) -> Subscriber:
+        # The same rules however it comes (CLI, admin API): what a helpdesk screen, a log line and
+        # a CSV export show as it is.
+        username = _checked(usable_text, username)
+        full_name = _checked(usable_text, full_name) if full_name is not None else None
+        account_ref = _checked(usable_text, account_ref) if account_ref is not None else None
         now = self.clock()
 
         def run(conn: sqlite3.Connection) -> Subscriber:
@@ -744,6 +757,7 @@ class SQLiteStore(Store):
     async def set_subscriber_status(
         self, ref: SubscriberRef, status: SubscriberStatus, *, actor: str, reason: str | None = None
     ) -> Subscriber:
+        reason = _checked(usable_text, reason) if reason is not None else None
         now = self.clock()
 
         def run(conn: sqlite3.Connection) -> Subscriber:
@@ -1214,6 +1228,9 @@ class SQLiteStore(Store):
             conn, int(_find_subscriber(conn, subscriber)["id"]), since, until))
 
     async def usage_by_day(self, subscriber: SubscriberRef | None, *, since: float, until: float) -> list[DailyUsage]:
+        if until < since:  # (as `who` says; an empty answer would read as "no usage")
+            raise InvalidValue("the end of the span comes before its start")
+
         def run(conn: sqlite3.Connection) -> list[DailyUsage]:
             subscriber_id = int(_find_subscriber(conn, subscriber)["id"]) if subscriber is not None else None
             return sqlite_radius.usage_by_day(conn, subscriber_id, since, until)

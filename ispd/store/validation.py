@@ -8,12 +8,26 @@ here, not in SQL, keeps the rules and their messages the same in every backend.
 from __future__ import annotations
 
 import re
+import unicodedata
 from ipaddress import AddressValueError, IPv4Address
 
 from ispd.dhcp.identifiers import normalize_key
 from ispd.store.models import ReservationKind
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+# Control, format (bidi overrides, zero-width), surrogate, private-use and unassigned characters, and
+# line separators: they hide or disguise what a helpdesk screen shows, or break a log or CSV line.
+_UNSHOWABLE = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+
+
+def usable_text(text: str) -> str:
+    """A name or short text an operator types and reads back (a username, a plan's name, a
+    reason): 1 to 253 characters, no spaces at the ends, nothing unprintable."""
+    if (not text or text != text.strip() or len(text) > 253
+            or any(unicodedata.category(c) in _UNSHOWABLE for c in text)):
+        raise ValueError(f"{text!r} is not usable here (1 to 253 characters, no spaces at the ends, no control "
+                         "or invisible characters)")
+    return text
 
 
 def ipv4_text(text: str) -> str:

@@ -118,6 +118,25 @@ def test_errors_are_json_with_the_right_status(api: Api) -> None:
     assert status == 400 and "mail domains" in body["detail"]
     assert api.call("POST", "/v1/sessions/1/disconnect", {})[0] == 503  # RADIUS is not running here
     assert api.call("GET", "/v1/who/not-an-address")[0] == 400
+    # What the CLI refuses, the API refuses: names that hide or inject text.
+    for username in ("eve\nINJECT", " alice", "bob\u0000x", "\ud800bob", "x" * 254):
+        status, body = api.call("POST", "/v1/subscribers", {"username": username})
+        assert status in (400, 422) and "detail" in body, (username, status, body)
+    assert api.call("POST", "/v1/subscribers", {"username": "ok", "account_ref": "9" * 60_000})[0] == 400
+    assert api.call("POST", "/v1/plans", {"name": "p\u0001"})[0] == 400
+    # Whatever a path holds, an answer, not a 500: digits that are not ASCII, a number past any id.
+    assert api.call("GET", "/v1/subscribers/%C2%B2")[0] == 404
+    assert api.call("GET", "/v1/subscribers/" + "9" * 4400)[0] == 404
+    assert api.call("GET", "/v1/reservations?subscriber=%C2%B2")[0] == 404
+
+
+def test_a_username_of_digits_names_the_same_subscriber_as_in_the_cli(api: Api) -> None:
+    first = api.call("POST", "/v1/subscribers", {"username": "digits-first"})[1]["id"]
+    named = api.call("POST", "/v1/subscribers", {"username": str(first)})[1]["id"]
+    assert api.call("GET", f"/v1/subscribers/{first}")[1]["subscriber"]["id"] == named  # the name wins
+    assert api.call("GET", f"/v1/subscribers/%23{first}")[1]["subscriber"]["id"] == first  # "#ID": the id
+    shown = api.ispd.cli("subscriber", "show", str(first), "--json").stdout
+    assert json.loads(shown)["subscriber"]["id"] == named
 
 
 def test_who_and_usage_answer_from_the_history(api: Api) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ispd.store import Store, open_store
+from ispd.store import InvalidValue, Store, open_store
 from ispd.store.config import StoreConfig
 from ispd.store.errors import NotFound
 from ispd.store.models import AccountingOutcome, AccountingRecord, AccountingStatus, Usage
@@ -204,6 +204,8 @@ async def test_usage_by_day_per_subscriber_and_for_everyone(store: Store) -> Non
     everyone = await store.usage_by_day(None, since=T0, until=T0)
     assert [(d.username, d.input_octets) for d in everyone] == [("alice", 1000), ("bob", 7)]
     assert await store.usage_by_day("bob", since=T0 + 2 * day, until=T0 + 3 * day) == []
+    with pytest.raises(InvalidValue, match="the end of the span comes before its start"):
+        await store.usage_by_day(None, since=T0, until=T0 - 1)
 
 
 async def test_a_plan_keeps_its_quota_and_a_crossing_is_noted_once_a_month(store: Store) -> None:
