@@ -11,6 +11,7 @@ import difflib
 import json
 import os
 import tomllib
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, get_args, get_origin
@@ -183,6 +184,8 @@ def load_config(path: Path | str) -> Config:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for where in _nul_characters(data):  # no file name, address or secret holds one; os calls fail on them
+        raise ConfigError(f"{path}: {where}: a NUL character (\\u0000) cannot be in a config value")
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
@@ -193,6 +196,20 @@ def load_config(path: Path | str) -> Config:
         raise ConfigError(f"{path}: daemon.control_socket: {control_socket} is {len(bytes(control_socket))} bytes "
                           f"long; a Unix socket's path can have at most {MAX_SOCKET_PATH_BYTES}")
     return config
+
+
+def _nul_characters(value: Any, where: str = "") -> Iterator[str]:
+    """The keys (``dns.local_zone[0].file``) of the TOML values that hold a NUL character."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            yield where or "(top)"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _nul_characters(key, where)
+            yield from _nul_characters(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _nul_characters(item, f"{where}[{index}]")
 
 
 def _resolve_relative_paths(config: Config, base: Path) -> Config:

@@ -288,6 +288,9 @@ class Supervisor:
             self.notifier.reloading(time.monotonic_ns() // 1000)
             try:
                 return await self._apply_reload()
+            except Exception:  # a case nobody foresaw: logged, not lost in a task nobody awaits
+                log.exception("config.reload.failed")
+                return False
             finally:
                 self.notifier.ready(self._status_line())
 

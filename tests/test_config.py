@@ -118,6 +118,17 @@ def test_toml_syntax_error_has_line_and_column(tmp_path: Path) -> None:
     assert "line 1" in error_of(path)
 
 
+@pytest.mark.parametrize(("text", "key"), [
+    ('[dns]\nroot_hints = "hints\\u0000"\n', "dns.root_hints"),  # relative: it was resolved, and raised
+    ('[mail]\nmaildir_root = "/var/mail\\u0000x"\n', "mail.maildir_root"),  # it passed, and stopped `run`
+    ('[[dns.local_zone]]\nname = "a.test"\nfile = "/z\\u0000"\n', "dns.local_zone[0].file"),
+    ('[radius]\n"x\\u0000" = 1\n', "radius"),
+])
+def test_a_nul_character_anywhere_is_a_clear_error(tmp_path: Path, text: str, key: str) -> None:
+    path = write(tmp_path, text)
+    assert error_of(path) == f"{path}: {key}: a NUL character (\\u0000) cannot be in a config value"
+
+
 def test_missing_and_binary_files(tmp_path: Path) -> None:
     assert error_of(tmp_path / "nope.toml") == f"{tmp_path / 'nope.toml'}: no such file"
     binary = tmp_path / "bin.toml"
