@@ -320,6 +320,8 @@ class ControlServer:
         except (ValueError, UnicodeDecodeError):
             raise _Refused("request is not JSON: send one object, "
                            '{"command": "...", "args": {...}}, on one line', "bad_request") from None
+        except RecursionError:  # "[" nested a thousand deep: no command takes that
+            raise _Refused("request is nested too deeply", "bad_request") from None
         if not isinstance(request, dict) or not isinstance(request.get("command"), str):
             raise _Refused('request must be a JSON object with a "command" string', "bad_request")
         args = request.get("args", {})

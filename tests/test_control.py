@@ -229,6 +229,7 @@ async def test_unregistered_commands_are_gone(sock: Path) -> None:
     (b'{"args": {}}\n', 'request must be a JSON object with a "command" string'),
     (b'{"command": 7}\n', 'request must be a JSON object with a "command" string'),
     (b'{"command": "test.echo", "args": [1]}\n', '"args" must be a JSON object'),
+    (b'{"command": "test.echo", "args": {"a": ' + b"[" * 5000 + b"\n", "request is nested too deeply"),
 ])
 async def test_bad_requests_get_an_error(sock: Path, request_bytes: bytes, error: str) -> None:
     async with serving(sock):

@@ -845,8 +845,15 @@ def _text(first: dict[int, bytes], attribute: int) -> str | None:
     return value.decode("utf-8", "replace") if value is not None else None
 
 
+# RFC 2865 §5.8: 255.255.255.255 "let the user choose" and 255.255.255.254 "the NAS chooses" are
+# requests, not addresses; 0.0.0.0 is none. A NAS that reports them holds no address to record.
+_NOT_ADDRESSES = frozenset({b"\xff\xff\xff\xff", b"\xff\xff\xff\xfe", b"\x00\x00\x00\x00"})
+
+
 def _address_text(value: bytes | None) -> str | None:
-    return socket.inet_ntoa(value) if value is not None and len(value) == 4 else None
+    if value is None or len(value) != 4 or value in _NOT_ADDRESSES:
+        return None
+    return socket.inet_ntoa(value)
 
 
 def _prefix_text(value: bytes | None) -> str | None:

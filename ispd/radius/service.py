@@ -83,7 +83,7 @@ from ispd.radius.engine import (
 from ispd.radius.metrics import RadiusMetrics
 from ispd.radius.sessions import OpenSessions
 from ispd.service import Health, Service, ServiceContext, ServiceStartError, describe_os_error
-from ispd.store.errors import NotFound, StoreError
+from ispd.store.errors import InvalidValue, NotFound, StoreError
 from ispd.store.models import (
     AccountingOutcome,
     AccountingRecord,
@@ -1174,7 +1174,7 @@ class RadiusService(Service):
             raise CommandError("give the session's number (ispd session list shows them)")
         try:
             session = await self.context.store.get_session(session_id)
-        except NotFound:
+        except (NotFound, InvalidValue):  # (a number past any row id is no session either)
             raise CommandError(f"no session #{session_id}") from None
         if not session.is_open:
             raise CommandError(f"session #{session_id} is not open (it stopped at {session.stopped_at:.0f})")

@@ -3,6 +3,7 @@ NAS for Disconnect and CoA, subscribers made with the CLI."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from ispd.control import ControlError, control_request
 from ispd.credentials import nt_hash
 from ispd.radius import mschap
 from ispd.radius.codec import Attr, Code, decode, encode_attributes, encode_request, hide_password
@@ -237,6 +239,11 @@ def test_session_disconnect_reaches_the_nas(radius: Radius, nas: FakeNas) -> Non
     assert "ack after 1 attempt(s) (test)" in shown and "nak error-cause 503" in shown
     assert radius.accounting(f"{base}, Acct-Status-Type = Stop, Acct-Terminate-Cause = Admin-Reset") == \
         "Accounting-Response"
+    # Over the control socket itself (the CLI checks first): a number past any row id is no session.
+    control = Path(radius.ispd.config["daemon"]["control_socket"])
+    with pytest.raises(ControlError, match=r"^no session #1180591620717411303424$"):
+        asyncio.run(control_request(control, "radius.session.disconnect", {"session_id": 2**70}))
+    assert "Traceback" not in radius.ispd.log_text()
 
 
 def test_suspension_disconnects_and_a_plan_change_sends_coa(radius: Radius, nas: FakeNas) -> None:

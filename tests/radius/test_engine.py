@@ -766,6 +766,11 @@ def test_accounting_without_a_status_type_or_with_absurd_counters() -> None:
     assert huge is not None and huge.input_octets == (1 << 63) - 1  # what the store can hold
     tunnel = engine.record(accounting([(Attr.ACCT_STATUS_TYPE, u32(9))]), nas(), "127.0.0.1", NOW)
     assert tunnel is not None and tunnel.status == AccountingStatus.OTHER
+    # RFC 2865's "user chooses" and "NAS chooses" values, and 0.0.0.0: no address to record for `who`.
+    for value in (b"\xff\xff\xff\xff", b"\xff\xff\xff\xfe", b"\x00\x00\x00\x00"):
+        unset = engine.record(accounting([(Attr.ACCT_STATUS_TYPE, u32(1)), (Attr.ACCT_SESSION_ID, b"y"),
+                                          (Attr.FRAMED_IP_ADDRESS, value)]), nas(), "127.0.0.1", NOW)
+        assert unset is not None and unset.framed_ip is None
 
 
 def test_a_password_changed_or_a_suspension_during_the_slow_check_counts() -> None:
