@@ -66,6 +66,7 @@ def configure_logging(config: LogConfig, stream: TextIO | None = None) -> None:
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer]))
     root = logging.getLogger()
     root.handlers = [handler]
+    logging.captureWarnings(True)  # (a library's DeprecationWarning and the like: a log line too)
     root.setLevel(max(logging.WARNING, getattr(logging, config.level.upper())))
     # aiosmtpd warns of every command a client gets wrong ("unrecognised: XYZZY"): the client's
     # mistake, answered and counted in ispd_mail_smtp_refusals_total, not the operator's business.

@@ -528,8 +528,9 @@ class MailService(Service):
                     content, client_ip=session.client, mail_from=envelope.mail_from or "",
                     helo=smtp_session.host_name or "", authserv_id=authserv_id, dns_lookup=self.auth_dns)),
                 AUTH_CHECK_DEADLINE_SECONDS)
-        except Exception as exc:  # the libraries' errors, or DNS too slow: deliver unchecked, never lose mail
-            log.error("mail.authentication.error", client=session.client, error=repr(exc))
+        except Exception as exc:  # the libraries' errors (a message they cannot parse), or DNS too slow:
+            # delivered unchecked, never lost; what the sender sent is not the operator's fault.
+            log.warning("mail.authentication.unchecked", client=session.client, error=repr(exc))
             return content, ""
         for method, result in (("spf", verdict.spf), ("dkim", verdict.dkim), ("dmarc", verdict.dmarc)):
             self.metrics.authentication.inc(method, result if result in AUTH_RESULTS else "other")

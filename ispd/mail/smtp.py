@@ -25,7 +25,7 @@ from base64 import b64decode
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, syntax
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, TLSSetupException, syntax
 
 from ispd.logs import get_logger
 from ispd.mail.engine import SMTPRefusal, with_enhanced_code
@@ -65,6 +65,8 @@ def has_long_line(body: bytes, limit: int = LONGEST_LINE) -> bool:
 # On 465 the whole connection is TLS, which aiosmtpd cannot see: it warns about AUTH "without"
 # TLS there. It is not.
 warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
+# aiosmtpd's own AUTH code sets the attribute it deprecates, at every login.
+warnings.filterwarnings("ignore", message="Session.login_data is deprecated")
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +259,13 @@ class SMTPSession(SMTP):
         return body.replace(b"\r\n.", b"\r\n"), None
 
 
+def readable_address(address: str) -> bool:
+    """aiosmtpd hands over what is not UTF-8 as surrogate escapes; in a sender such bytes went
+    as they are into Return-Path, the queue and the logs (RFC 6531 allows UTF-8, nothing else).
+    A recipient is checked where it is looked up."""
+    return address.isascii() or not any("\udc80" <= c <= "\udcff" for c in address)
+
+
 class MXHandler:
     """aiosmtpd's hooks (``handle_<COMMAND>``) for the MX, each answering with our reply text."""
 
@@ -274,6 +283,9 @@ class MXHandler:
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           mail_options: list[str]) -> str:
         assert isinstance(envelope, MailEnvelope)
+        if not readable_address(address):
+            self.service.metrics.refusals.inc("bad_address")
+            return "553 5.1.7 The sender address is not UTF-8 text"
         for option in mail_options:
             if option.startswith("SIZE=") and option[5:].isdigit():
                 envelope.declared_size = int(option[5:])
@@ -301,7 +313,10 @@ class MXHandler:
         return str(await self.service.deliver(server, session, envelope))
 
     async def handle_exception(self, error: Exception) -> str:
-        log.error("mail.session.error", error=repr(error))
+        if isinstance(error, TLSSetupException):  # the client's handshake failed (or it sent no TLS): its end
+            log.info("mail.session.tls_failed", error=repr(error.__cause__ or error))
+        else:
+            log.error("mail.session.error", error=repr(error))
         return "451 4.3.0 Local error, try again later"
 
 
@@ -352,6 +367,10 @@ class SubmissionHandler(MXHandler):
         parts = response.split(b"\x00")
         if len(parts) != 3:  # RFC 4616: authzid NUL authcid NUL passwd
             await server.push("501 5.5.2 Can't split auth value")
+            return AuthResult(success=False, handled=True)
+        if parts[0] and parts[0] != parts[1]:
+            # RFC 4616 §2: acting as someone else must be allowed or fail; nobody may here.
+            await server.push("535 5.7.8 Acting as another user (an authorization identity) is not allowed")
             return AuthResult(success=False, handled=True)
         return await self._check(server, parts[1], parts[2])
 

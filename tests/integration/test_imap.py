@@ -192,6 +192,19 @@ def test_bad_commands_get_bad_and_the_session_goes_on(lab: Lab) -> None:
         assert expected in data, (expected, data)
 
 
+def test_a_large_literal_before_login_is_refused_without_reading_it(lab: Lab) -> None:
+    """Before login a literal holds a name or a password: one of 25 MB is refused at once, not
+    invited ("+ go ahead") and held in memory for every unknown client."""
+    raw = lab.context().wrap_socket(socket.create_connection(("127.0.0.1", lab.imaps), timeout=10),
+                                    server_hostname="mail.isp.example")
+    with raw:
+        raw.recv(4096)
+        raw.sendall(b"a1 LOGIN {25000000}\r\n")
+        assert raw.recv(4096) == b"a1 BAD literal too long\r\n"
+        raw.sendall(b"a2 LOGIN {5}\r\n")  # a name's worth is still taken
+        assert raw.recv(4096).startswith(b"+ ")
+
+
 def test_curl_lists_and_fetches_over_imaps_and_starttls(lab: Lab) -> None:
     base = ["curl", "-sS", "--max-time", "10", "--cacert", str(lab.ca), "--resolve", f"mail.isp.example:{lab.imaps}:127.0.0.1",
             "--resolve", f"mail.isp.example:{lab.imap}:127.0.0.1", "-u", f"erin@{DOMAIN}:{PASSWORD}"]

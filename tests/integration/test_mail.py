@@ -249,6 +249,8 @@ def test_malformed_input_gets_errors_and_the_mx_carries_on(mail: Mail) -> None:
     reply = mail.raw(b"EHLO s\r\nMAIL FROM:<a@sender.example> SMTPUTF8\r\nRCPT TO:<a\xff\xfe@isp.example>\r\n"
                      b"QUIT\r\n")
     assert b"553 5.1.3" in reply, reply
+    reply = mail.raw(b"EHLO s\r\nMAIL FROM:<\xff\xfe@sender.example>\r\nQUIT\r\n")
+    assert b"553 5.1.7" in reply, reply  # nor in a sender, which would go into Return-Path as it is
     rng = random.Random(8)
     verbs = [b"EHLO", b"HELO", b"MAIL FROM:", b"RCPT TO:", b"DATA", b"RSET", b"NOOP", b"BDAT", b"AUTH", b"STARTTLS"]
     for _ in range(30):

@@ -168,7 +168,12 @@ def test_nothing_but_starttls_before_tls_and_nothing_but_auth_before_auth(lab: L
         with pytest.raises(smtplib.SMTPAuthenticationError) as failed:
             client.login("alice@isp.example", "wrong")
         assert failed.value.smtp_code == 535
-        client.login("alice@isp.example", "alice-secret")
+        # RFC 4616: logging in as alice to act as bob (an authorization identity) fails, even
+        # with alice's password; her own name as authzid is herself.
+        plain = base64.b64encode(b"bob@isp.example\0alice@isp.example\0alice-secret").decode()
+        assert client.docmd("AUTH", f"PLAIN {plain}")[0] == 535
+        plain = base64.b64encode(b"alice@isp.example\0alice@isp.example\0alice-secret").decode()
+        assert client.docmd("AUTH", f"PLAIN {plain}")[0] == 235
         assert client.mail("alice@isp.example")[0] == 250
     # The MX offers no AUTH at all.
     with smtplib.SMTP("127.0.0.1", lab.mx, timeout=15) as client:

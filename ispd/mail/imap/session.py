@@ -66,6 +66,9 @@ if TYPE_CHECKING:
 
 log = get_logger("ispd.mail.imap")
 MAX_LINE = 64 * 1024
+# A literal before login carries a user name or a password: anything larger is an attempt to
+# make the server hold it (max_message_bytes for each of max_connections unknown clients).
+MAX_LITERAL_BEFORE_LOGIN = 8 * 1024
 MAX_PIPELINED = 100  # commands read ahead of the one being answered
 SEARCH_BATCH = 64  # messages SEARCH reads per trip to the file threads
 FOLDER_DELIMITER = b"."
@@ -90,7 +93,7 @@ class IMAPSession(asyncio.Protocol):
         self.service = service
         self.listener = listener
         self.tls = listener == "imaps"
-        self.framer = CommandFramer(max_line=MAX_LINE, max_literal=service.config.max_message_bytes)
+        self.framer = CommandFramer(max_line=MAX_LINE, max_literal=MAX_LITERAL_BEFORE_LOGIN)
         self.transport: Any = None  # an asyncio or uvloop stream transport
         self.state = "not-authenticated"
         self.maildir: Maildir | None = None
@@ -284,7 +287,7 @@ class IMAPSession(asyncio.Protocol):
             self.send(f"{command.tag} BAD TLS is already on or not available".encode())
             return
         self.send(f"{command.tag} OK begin TLS negotiation now".encode())
-        self.framer = CommandFramer(max_line=MAX_LINE, max_literal=self.service.config.max_message_bytes)
+        self.framer = CommandFramer(max_line=MAX_LINE, max_literal=MAX_LITERAL_BEFORE_LOGIN)
         loop = asyncio.get_running_loop()
         try:
             self.transport = await loop.start_tls(self.transport, self, context, server_side=True,
@@ -351,6 +354,7 @@ class IMAPSession(asyncio.Protocol):
         self.service.throttle.succeeded(user.decode("utf-8", "replace"))
         self.username, self.address, self.maildir = username, address, maildir
         self.state = "authenticated"
+        self.framer.max_literal = self.service.config.max_message_bytes  # APPEND may now bring a message
         await self._blocking(self._ensure_maildir)
         self.send(b"%s OK [CAPABILITY %s] logged in" % (tag.encode(), self.capabilities()))
 
