@@ -8,7 +8,8 @@ bodies respect flow control (what does not fit the window waits for a WINDOW_UPD
 the engine drops (a policy DROP, a rate-limited client) resets its stream with REFUSED_STREAM,
 the HTTP counterpart of a UDP drop. A protocol error ends the connection with GOAWAY; so does
 ``idle_timeout_seconds`` without a frame. HTTP/1.1 is not offered (ALPN h2 only): every DoH
-client speaks HTTP/2, which RFC 8484 §5.2 names as the minimum.
+client speaks HTTP/2, which RFC 8484 §5.2 names as the minimum; one that speaks HTTP/1.1 anyway
+gets a 505 it can read.
 """
 
 from __future__ import annotations
@@ -93,6 +94,11 @@ class RequestInProgress:
         return DoHRequest(self.method, self.path, self.content_type, bytes(self.body))
 
 
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # RFC 9113 §3.4
+_HTTP1_REFUSAL = (b"HTTP/1.1 505 HTTP Version Not Supported\r\nContent-Type: text/plain\r\nContent-Length: 42\r\n"
+                  b"Connection: close\r\n\r\nDNS over HTTPS here is HTTP/2 (RFC 8484)\r\n")
+
+
 async def serve_h2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str,
                    responder: DoHResponder, *, idle_seconds: float, max_streams: int) -> None:
     # Header validation costs a fifth of a request's time in h2: ours (outbound) are fixed and
@@ -107,7 +113,6 @@ async def serve_h2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
         h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,
         h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 16384,
     })
-    conn.initiate_connection()
     streams: dict[int, RequestInProgress] = {}
     unsent: dict[int, memoryview] = {}  # response bodies waiting for flow-control window
     tasks: set[asyncio.Task[None]] = set()
@@ -200,8 +205,21 @@ async def serve_h2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
             return False
         return True
 
-    flush()
     try:
+        # The client speaks first: an HTTP/1.1 client (no ALPN, or http/1.1 forced) gets an answer
+        # it can read, rather than HTTP/2 frames.
+        try:
+            async with asyncio.timeout(idle_seconds):
+                preface = await reader.readexactly(len(_H2_PREFACE))
+        except (asyncio.IncompleteReadError, TimeoutError):
+            return
+        if preface != _H2_PREFACE:
+            responder.stats.bad_requests += 1
+            writer.write(_HTTP1_REFUSAL)
+            return
+        conn.initiate_connection()
+        conn.receive_data(preface)
+        flush()
         while True:
             try:
                 async with asyncio.timeout(idle_seconds):

@@ -190,6 +190,7 @@ class DNSService(Service):
         self._tcp: list[asyncio.base_events.Server] = []
         self._slow: set[asyncio.Task[None]] = set()
         self._tcp_connections = 0
+        self._tcp_writers: set[asyncio.StreamWriter] = set()  # open DNS-over-TCP connections
         self.bound: list[tuple[str, int]] = []
         self.local: LocalData | None = None
         self.policy = Policy([])
@@ -655,6 +656,10 @@ class DNSService(Service):
         extras = asyncio.ensure_future(self.extras.stop()) if self.extras is not None else None
         for tcp in self._tcp:
             tcp.close()
+        # Their clients see the connection end, and each handler returns: left to the loop's
+        # final cancel, Python 3.11's start_server callback logs the CancelledError as an error.
+        for writer in list(self._tcp_writers):
+            writer.close()
         for udp in self._udp:
             udp.close()
         if self._slow:
@@ -765,6 +770,7 @@ class DNSService(Service):
             writer.close()
             return
         self._tcp_connections += 1
+        self._tcp_writers.add(writer)
         stats.connections += 1
         try:
             await serve_dns_stream(reader, writer, client, self._tcp_answerer, stats,
@@ -773,6 +779,7 @@ class DNSService(Service):
                                    drain_seconds=self.config.resolver.request_timeout_seconds)
         finally:
             self._tcp_connections -= 1
+            self._tcp_writers.discard(writer)
 
 
 def _quic_settings(section: EncryptedListenerConfig) -> QuicSettings:

@@ -580,6 +580,9 @@ def test_curl_get_and_post(server: EncryptedIspd, tmp_path: Path) -> None:
         reply = dns.message.from_wire(result.body)
         assert reply.id == 0 and addresses(reply) == {PORTAL_ADDRESS}
         assert len(result.body) % PADDING_BLOCK == 0
+    # A client that speaks HTTP/1.1 anyway gets an answer it can read, not HTTP/2 frames.
+    old = curl(server, f"/dns-query?dns={b64url(wire)}", "--http1.1", tmp_path=tmp_path)
+    assert (old.status, old.version, old.body) == (505, "1.1", b"DNS over HTTPS here is HTTP/2 (RFC 8484)\r\n")
 
 
 def test_a_policy_nxdomain_over_doh_is_cached_for_the_soa_minimum(server: EncryptedIspd, tmp_path: Path) -> None:
