@@ -113,6 +113,10 @@ class DHCPConfig(Section):
     # Clients that match no reservation: "serve" them from the normal pools, put them in the
     # "walled-garden" pools (a registration portal), or "ignore" them.
     unknown_clients: Literal["serve", "walled-garden", "ignore"] = "serve"
+    # Option 82 in a packet no relay forwarded (giaddr 0): "ignore" it, as anyone on the link can
+    # write one (and claim another line's reservation), or "use" it where the access switches
+    # insert it themselves (DHCP snooping, an L2 relay agent) and drop what subscribers send.
+    option82_without_relay: Literal["ignore", "use"] = "ignore"
     # How often expired leases are reclaimed (marked expired in the store, announced).
     reclaim_interval_seconds: float = Field(default=10.0, gt=0, le=3600)
     subnet: list[SubnetConfig] = []

@@ -180,6 +180,19 @@ class Client:
     reservation: Reservation | None
 
 
+def _echoed(packet: DHCPPacket, client: Client) -> list[tuple[int, bytes]]:
+    """What a reply repeats of the request: the client identifier (RFC 6842: a client that
+    shares its hardware address with others tells its replies by it) and the relay agent
+    information, which goes last (RFC 3046 §2.2)."""
+    echoed: list[tuple[int, bytes]] = []
+    client_id = packet.option(Option.CLIENT_ID)
+    if client_id is not None:
+        echoed.append((Option.CLIENT_ID, client_id))
+    if client.relay_info is not None:
+        echoed.append((Option.RELAY_AGENT_INFO, client.relay_info))
+    return echoed
+
+
 def clean_hostname(raw: str) -> str | None:
     """A client-supplied name fit for DNS (the store's rule, ``hostname_text``); None if it is not."""
     try:
@@ -387,8 +400,11 @@ class DHCPEngine:
         message_type = packet.message_type
         if message_type is None:
             return Outcome(ignored=Ignored.NO_MESSAGE_TYPE)
+        relay_info = packet.option(Option.RELAY_AGENT_INFO)
+        if relay_info is not None and packet.giaddr == UNSPECIFIED and self.config.option82_without_relay == "ignore":
+            relay_info = None  # the client's own, or a forgery: neither names its line (RFC 3046 §2.1)
         try:
-            relay = decode_relay_agent_info(packet.option(Option.RELAY_AGENT_INFO) or b"")
+            relay = decode_relay_agent_info(relay_info or b"")
         except OptionValueError:
             return Outcome(ignored=Ignored.BAD_RELAY_INFO)
         subnet = self._select_subnet(received, relay, message_type)
@@ -397,7 +413,7 @@ class DHCPEngine:
         server_id = subnet.server_id or received.interface_address
         if server_id is None:
             return Outcome(ignored=Ignored.NO_SERVER_ADDRESS)
-        client = self._identify(packet, relay)
+        client = self._identify(packet, relay, relay_info)
         if client.client_class is ClientClass.IGNORED and message_type is not DHCPMessageType.RELEASE:
             return Outcome(ignored=Ignored.CLIENT_IGNORED)
         match message_type:
@@ -457,14 +473,23 @@ class DHCPEngine:
         subnet = self._subnet_containing(address)
         return subnet.pool_of(address) if subnet is not None else None
 
-    def _identify(self, packet: DHCPPacket, relay: RelayAgentInfo) -> Client:
+    def _identify(self, packet: DHCPPacket, relay: RelayAgentInfo, relay_info: bytes | None) -> Client:
         raw_client_id = packet.option(Option.CLIENT_ID)
+        client_key = b"c" + raw_client_id if raw_client_id else b"h" + _u8(packet.htype) + packet.hw_address
         hw_address = mac_text(packet.hw_address)
         client_id = raw_client_id.hex() if raw_client_id else None
         circuit = relay.circuit_id
         remote = relay.remote_id
         circuit_id = opaque_text(circuit) if circuit else None
         remote_id = opaque_text(remote) if remote else None
+        if circuit_id is None and remote_id is None and packet.ciaddr != UNSPECIFIED:
+            # A renewal unicast past the relay carries no option 82: the client is on the line its
+            # lease was granted on (ISC's stash-agent-options, Kea's stored relay info). Without
+            # this a suspended line's renewal went through as an unknown client's, and a fixed
+            # address reserved for the line was NAKed as someone else's.
+            binding = self.table.get(int(packet.ciaddr))
+            if binding is not None and binding.client_key == client_key and binding.state is BindingState.BOUND:
+                circuit_id, remote_id = binding.circuit_id, binding.remote_id
         reservation = None
         if self.reservations:
             for kind, key in (("client-id", client_id), ("mac", hw_address), ("circuit-id", circuit_id),
@@ -483,9 +508,8 @@ class DHCPEngine:
             else:
                 reservation = None  # closed or gone: no longer theirs to claim
         return Client(
-            key=b"c" + raw_client_id if raw_client_id else b"h" + _u8(packet.htype) + packet.hw_address,
-            hw_address=hw_address, client_id=client_id, circuit_id=circuit_id, remote_id=remote_id,
-            relay_info=packet.option(Option.RELAY_AGENT_INFO), client_class=client_class, reservation=reservation,
+            key=client_key, hw_address=hw_address, client_id=client_id, circuit_id=circuit_id, remote_id=remote_id,
+            relay_info=relay_info, client_class=client_class, reservation=reservation,
         )
 
     def _unknown_class(self) -> ClientClass:
@@ -570,13 +594,16 @@ class DHCPEngine:
             return Outcome(ignored=Ignored.NO_ADDRESS)
         address, pool = chosen
         binding = self.table.get(address)
+        ended = Outcome()
         if not (binding is not None and binding.state is BindingState.BOUND and binding.held_by(client.key, now)):
+            if binding is not None:
+                ended = self._end_lapsed(binding, now)
             self.table.put(Binding(address, BindingState.OFFERED, now + self.config.offer_hold_seconds, client.key,
                                    pool=pool.name or None))
             if pool.allocator.size:
                 pool.allocator.returned(address)  # comes back into play if the offer lapses
         reply = self._reply(received, DHCPMessageType.OFFER, server_id, IPv4Address(address), pool, client)
-        return Outcome(reply=reply)
+        return Outcome(reply=reply, writes=ended.writes, events=ended.events)
 
     def _request(self, received: Received, subnet: Subnet, server_id: IPv4Address, client: Client,
                  now: float) -> Outcome:
@@ -633,9 +660,10 @@ class DHCPEngine:
             subscriber_id=reservation.subscriber_id if reservation is not None else None,
             circuit_id=client.circuit_id, remote_id=client.remote_id, pool=pool.name or None,
         )
+        # A lease that lapsed here and was not reclaimed yet ends before another begins.
+        superseded = self._end_lapsed(previous, now) if previous is not None and not renewal else Outcome()
         # One lease per client and subnet: one it held elsewhere in the subnet (before it moved to
         # or from the walled garden, or to its reserved address) ends now.
-        superseded = Outcome()
         for other in self.table.previous_addresses(client.key):
             held = self.table.by_address[other]
             if other != address and held.state is BindingState.BOUND and held.held_by(client.key, now) \
@@ -693,6 +721,14 @@ class DHCPEngine:
         if binding is None or binding.state is not BindingState.BOUND or not binding.held_by(client.key, now):
             return Outcome(ignored=Ignored.UNKNOWN_LEASE)
         return self._end(binding, BindingState.RELEASED, now)
+
+    def _end_lapsed(self, binding: Binding, now: float) -> Outcome:
+        """A lease past its expiry that the next reclaim would have ended: ended now, before its
+        address is offered or granted again (else its end was never recorded nor announced, and
+        `who` had the old client hold the address on)."""
+        if binding.state is BindingState.BOUND and not binding.foreign and binding.expires_at <= now:
+            return self._end(binding, BindingState.EXPIRED, now)
+        return Outcome()
 
     def _end(self, binding: Binding, state: BindingState, now: float) -> Outcome:
         binding.state = state
@@ -754,8 +790,7 @@ class DHCPEngine:
         fqdn = packet.option(Option.CLIENT_FQDN)
         if fqdn is not None and len(fqdn) >= 3 and with_lease:
             options.append((Option.CLIENT_FQDN, _fqdn_reply(fqdn)))
-        if client.relay_info is not None:
-            options.append((Option.RELAY_AGENT_INFO, client.relay_info))  # RFC 3046 §2.2: echo it, last
+        options += _echoed(packet, client)
         reply = DHCPPacket(
             op=BOOTREPLY, xid=packet.xid, htype=packet.htype, hlen=packet.hlen, chaddr=packet.chaddr,
             flags=packet.flags, ciaddr=packet.ciaddr if message_type is not DHCPMessageType.OFFER else UNSPECIFIED,
@@ -768,8 +803,7 @@ class DHCPEngine:
         options: list[tuple[int, bytes]] = [(Option.MESSAGE_TYPE, _u8(DHCPMessageType.NAK)),
                                             (Option.SERVER_ID, server_id.packed),
                                             (Option.MESSAGE, b"address not available")]
-        if client.relay_info is not None:
-            options.append((Option.RELAY_AGENT_INFO, client.relay_info))
+        options += _echoed(packet, client)
         relayed = packet.giaddr != UNSPECIFIED
         reply = DHCPPacket(
             op=BOOTREPLY, xid=packet.xid, htype=packet.htype, hlen=packet.hlen, chaddr=packet.chaddr,

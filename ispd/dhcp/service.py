@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import math
 import socket
 import struct
 import sys
@@ -64,8 +65,16 @@ SO_RCVBUFFORCE = 33  # Linux; Python does not name it
 READ_BATCH = 64
 MAX_DATAGRAM = 4096
 RECEIVE_BUFFER_BYTES = 2 * 1024 * 1024
+UNSERVED_LOG_SECONDS = 60.0
 _LITTLE_ENDIAN = sys.byteorder == "little"
 _TYPE_NAMES = {t: t.name.lower() for t in DHCPMessageType}
+
+
+def _interface_name(ifindex: int) -> str | None:
+    try:
+        return socket.if_indextoname(ifindex)
+    except OSError:
+        return None
 
 
 def _checksum(data: bytes) -> int:
@@ -105,6 +114,7 @@ class DHCPService(Service):
         self._socket: socket.socket | None = None
         self._link_sockets: dict[int, socket.socket] = {}
         self._interfaces: dict[int, str] = {}
+        self._unserved_logged: dict[int, float] = {}  # ifindex → when its drops were last logged
         self._pending: list[tuple[Outcome, float, str, int]] = []
         self._flush_scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -253,6 +263,13 @@ class DHCPService(Service):
             interface = self._interfaces.get(ifindex)
             if interface is None:
                 self.metrics.dropped.inc("interface_not_served")
+                if now - self._unserved_logged.get(ifindex, -math.inf) >= UNSERVED_LOG_SECONDS:
+                    # Relayed requests arrive on the uplink: a relay whose packets all vanish here
+                    # is most often an uplink missing from `interfaces`. Said once a minute.
+                    self._unserved_logged[ifindex] = now
+                    log.warning("dhcp.packet.interface_not_served", ifindex=ifindex,
+                                interface=_interface_name(ifindex), relayed=len(data) >= 28 and data[24:28] != bytes(4),
+                                hint="add the interface to dhcp.interfaces to serve clients (or relays) there")
                 continue
             try:
                 self._handle(data, ifindex, interface, local, now, started)

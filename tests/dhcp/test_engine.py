@@ -272,13 +272,34 @@ def test_a_reservation_by_circuit_id_gives_the_reserved_address_and_subscriber()
     relay_info = bytes((1, 8)) + b"eth0/1/7"
     address = lab.dora(giaddr="198.18.1.1", extra=((Option.RELAY_AGENT_INFO, relay_info),))
     assert address == IPv4Address("198.18.1.42")  # outside the pool: reservations may be
-    renew = lab.send(message(DHCPMessageType.REQUEST, ciaddr=str(address),
-                             extra=((Option.RELAY_AGENT_INFO, relay_info),)))
+    # The renewal unicast past the relay carries no option 82: the line is the lease's.
+    renew = lab.send(message(DHCPMessageType.REQUEST, ciaddr=str(address)))
     [(lease, _)] = renew.writes
     assert lease.subscriber_id == 7 and lease.hostname == "alice-router" and lease.circuit_id == "eth0/1/7"
+    assert renew.reply is not None and renew.reply.packet.message_type is DHCPMessageType.ACK
+    # ... and so is its status: suspended, the renewal is refused, for the walled garden.
+    lab.engine.set_subscriber_status(7, SubscriberStatus.SUSPENDED)
+    refused = lab.send(message(DHCPMessageType.REQUEST, ciaddr=str(address)))
+    assert refused.reply is not None and refused.reply.packet.message_type is DHCPMessageType.NAK
+    lab.engine.set_subscriber_status(7, SubscriberStatus.ACTIVE)
     # Nobody else gets the reserved address.
     assert lab.send(message(DHCPMessageType.REQUEST, MAC_B, requested="198.18.1.42")).reply.packet.message_type \
         is DHCPMessageType.NAK  # type: ignore[union-attr]
+
+
+def test_option_82_from_a_client_on_the_link_is_not_trusted_unless_configured() -> None:
+    """giaddr 0 and an option 82: written by the client (or a forger), not a relay. Its
+    circuit-id must not claim another line's reservation, nor its link selection a subnet;
+    where the access switches insert option 82 themselves, option82_without_relay = "use"."""
+    forged = bytes((1, 8)) + b"eth0/1/7"
+    for mode, expected in (("ignore", IPv4Address("198.18.0.100")), ("use", IPv4Address("198.18.0.42"))):
+        lab = Lab(config(option82_without_relay=mode))
+        lab.engine.load([], [reservation(ReservationKind.CIRCUIT_ID, "eth0/1/7", address="198.18.0.42")],
+                        {7: SubscriberStatus.ACTIVE})
+        offer = lab.send(message(DHCPMessageType.DISCOVER, extra=((Option.RELAY_AGENT_INFO, forged),))).reply
+        assert offer is not None and offer.packet.yiaddr == expected, mode
+        echoed = dict(offer.packet.options).get(Option.RELAY_AGENT_INFO)
+        assert echoed == (forged if mode == "use" else None)
 
 
 def test_a_client_with_a_reservation_is_moved_to_its_reserved_address() -> None:
@@ -325,6 +346,15 @@ def test_client_identifier_is_preferred_over_chaddr() -> None:
     first = lab.dora(MAC_A, extra=cid)
     # Same client id from another NIC: the same client, the same address.
     assert lab.dora(MAC_B, extra=cid) == first
+    # RFC 6842: OFFER, ACK and NAK carry it back (before option 82, which stays last).
+    relay_info = bytes((1, 3)) + b"p/1"
+    offer = lab.send(message(DHCPMessageType.DISCOVER, MAC_B, giaddr="198.18.1.1",
+                             extra=(*cid, (Option.RELAY_AGENT_INFO, relay_info))))
+    nak = lab.send(message(DHCPMessageType.REQUEST, MAC_B, requested="198.18.7.7", extra=cid))
+    for reply in (offer.reply, nak.reply):
+        assert reply is not None and dict(reply.packet.options)[Option.CLIENT_ID] == cid[0][1]
+    assert offer.reply is not None and offer.reply.packet.options[-2:] == (cid[0], (Option.RELAY_AGENT_INFO, relay_info))
+    assert nak.reply is not None and nak.reply.packet.message_type is DHCPMessageType.NAK
 
 
 def test_expired_leases_are_reclaimed() -> None:
@@ -335,6 +365,26 @@ def test_expired_leases_are_reclaimed() -> None:
     [(lease, event)] = outcome.writes
     assert (lease.address, event, lease.state) == (str(address), "expired", LeaseState.EXPIRED)
     assert not lab.engine.reclaim(lab.now + 3700).writes
+
+
+def test_a_lapsed_lease_ends_before_its_address_is_offered_or_granted_again() -> None:
+    """Between an expiry and the reclaim pass that marks it, the address may go to someone
+    else (or back to the same client): the old lease's end is written and announced first, else
+    the store kept it bound for good and `who` named the old client."""
+    lab = Lab()
+    address = lab.dora(MAC_A)
+    lab.now += 3600  # expired, not reclaimed yet
+    offer = lab.send(message(DHCPMessageType.DISCOVER, MAC_B, requested=str(address)))
+    assert offer.reply is not None and offer.reply.packet.yiaddr == address
+    [(ended, event)] = offer.writes
+    assert (ended.address, ended.hw_address, event) == (str(address), "02:00:5e:10:00:01", "expired")
+    assert [type(e).__name__ for e in offer.events] == ["LeaseEnded"]
+    assert not lab.engine.reclaim(lab.now).writes  # ended once
+    # The same client coming back after its lease lapsed: the end, then a new grant.
+    again = lab.dora(MAC_B)
+    lab.now += 3600
+    ack = lab.send(message(DHCPMessageType.REQUEST, MAC_B, requested=str(again)))
+    assert [event for _, event in ack.writes] == ["expired", "granted"]
 
 
 def test_leases_loaded_from_the_store_are_respected() -> None:
@@ -366,7 +416,7 @@ def test_hostnames_are_stored_only_when_fit_for_dns() -> None:
     DHCPPacket(op=1, xid=1),
     message(DHCPMessageType.OFFER),
     message(DHCPMessageType.REQUEST),  # neither requested address nor ciaddr
-    message(DHCPMessageType.DISCOVER, extra=((Option.RELAY_AGENT_INFO, b"\x01\x09short"),)),
+    message(DHCPMessageType.DISCOVER, giaddr="198.18.1.1", extra=((Option.RELAY_AGENT_INFO, b"\x01\x09short"),)),
 ])
 def test_messages_no_server_answers_are_ignored(packet: DHCPPacket) -> None:
     outcome = Lab().send(packet)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -175,6 +177,44 @@ def test_a_reservation_by_circuit_id_gives_the_reserved_address(make_relayed: Ca
     assert [le["address"] for le in lan.ispd.leases()] == [RESERVED]
     alices = json.loads(lan.ispd.cli("lease", "list", "--subscriber", "alice", "--json").stdout)
     assert [le["address"] for le in alices] == [RESERVED]
+
+
+def test_a_renewal_past_the_relay_stays_on_its_line(make_relayed: Callable[..., RelayedLan]) -> None:
+    """udhcpc renews by unicast, routed through the relay host but not by dhcrelay: no option
+    82. It is still alice's line: a fixed address reserved for it is renewed (it was NAKed as
+    someone else's), a pool lease stays hers, and once she is suspended its renewal is refused
+    (it went through as an unknown client's: her line kept normal service)."""
+    def naks() -> float:
+        return lan.ispd.metric_in_netns("ispd_dhcp_packets_sent_total", {"type": "nak"}) or 0.0
+
+    lan = make_relayed(before_start=_add_alice_with_reservation)
+    with Udhcpc(lan.lab, lan.client_ns, lan.client_if, lan.workdir) as client:
+        event = client.obtain()
+        assert event is not None and event.address == RESERVED, lan.explain(client)
+        renewed = client.renew()
+        assert renewed is not None and renewed.address == RESERVED and naks() == 0, lan.explain(client)
+    # The same line on a reservation without a fixed address: a pool lease.
+    reservation = json.loads(lan.ispd.cli("reservation", "list", "--json").stdout)[0]["id"]
+    lan.ispd.cli("reservation", "delete", str(reservation))
+    lan.ispd.cli("reservation", "add", "alice", "--circuit-id", lan.circuit_id)
+    time.sleep(1)  # (the daemon follows the store within its poll interval)
+    with Udhcpc(lan.lab, lan.client_ns, lan.client_if, lan.workdir) as client:
+        event = client.obtain()
+        assert event is not None and in_relayed_pool(event.address), lan.explain(client)
+        renewed = client.renew()
+        assert renewed is not None and renewed.address == event.address, lan.explain(client)
+        lease = lan.ispd.lease_of(event.address or "")
+        assert lease is not None and lease["subscriber_id"] == _subscriber_id(lan.ispd, "alice"), lease
+        assert lease["circuit_id"] == lan.circuit_id
+        lan.ispd.cli("subscriber", "suspend", "alice")
+        before = naks()
+
+        def refused() -> bool:
+            client.proc.send_signal(signal.SIGUSR1)  # type: ignore[union-attr]
+            time.sleep(0.5)
+            return naks() > before
+
+        eventually(refused, timeout=10, interval=0.5)  # once the daemon has seen the suspension
 
 
 def test_a_reservation_added_while_running_applies_to_the_next_discover(
