@@ -331,7 +331,7 @@ async def cmd_subscriber_delete(store: Store, args: argparse.Namespace) -> None:
     subscriber = await store.delete_subscriber(args.subscriber, actor=actor())
     print(f"deleted subscriber {subscriber.username} (#{subscriber.id}); its history is kept")
     for mailbox in mailboxes:  # gone with it (the store cascades): their mail is set aside as `mailbox delete` does
-        archive = set_maildir_aside(args.mail.maildir_root, mailbox.address)
+        archive = Maildir.for_address(args.mail.maildir_root, mailbox.address).set_aside()
         kept = f"; its mail is kept in {archive} until you remove it" if archive else " (it had no mail on disk)"
         print(f"deleted its mailbox {mailbox.address}{kept}")
 
@@ -719,34 +719,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", choices=[s.value for s in SubscriberStatus])
     p.set_defaults(handler=cmd_subscriber_list)
     p = sub.add_parser("show", parents=[config_opts, json_opt], help="everything known about one subscriber")
-    p.add_argument("subscriber", help="username, or id (#ID when a username is made of digits)")
+    p.add_argument("subscriber", help="username or id (#ID: the id, always)")
     p.set_defaults(handler=cmd_subscriber_show)
     p = sub.add_parser("suspend", parents=[config_opts], help="suspend a subscriber")
-    p.add_argument("subscriber", help="username, or id (#ID when a username is made of digits)")
+    p.add_argument("subscriber", help="username or id (#ID: the id, always)")
     p.add_argument("--reason", type=name_text, help="why (kept in the audit log)")
     p.set_defaults(handler=lambda s, a: cmd_subscriber_status(s, a, SubscriberStatus.SUSPENDED))
     p = sub.add_parser("close", parents=[config_opts],
                        help="close a subscriber's account: sessions disconnected, no logins, no mail; kept with its "
                             "history (resume reopens it)")
-    p.add_argument("subscriber", help="username, or id (#ID when a username is made of digits)")
+    p.add_argument("subscriber", help="username or id (#ID: the id, always)")
     p.add_argument("--reason", type=name_text, help="why (kept in the audit log)")
     p.set_defaults(handler=lambda s, a: cmd_subscriber_status(s, a, SubscriberStatus.CLOSED))
     p = sub.add_parser("resume", parents=[config_opts], help="resume a suspended or closed subscriber")
-    p.add_argument("subscriber", help="username, or id (#ID when a username is made of digits)")
+    p.add_argument("subscriber", help="username or id (#ID: the id, always)")
     p.set_defaults(handler=lambda s, a: cmd_subscriber_status(s, a, SubscriberStatus.ACTIVE))
     p = sub.add_parser("delete", parents=[config_opts], help="delete a subscriber (history is kept)")
-    p.add_argument("subscriber", help="username, or id (#ID when a username is made of digits)")
+    p.add_argument("subscriber", help="username or id (#ID: the id, always)")
     p.set_defaults(handler=cmd_subscriber_delete, prepare=remember_mail_config)
     p = sub.add_parser("set-plan", parents=[config_opts], help="move a subscriber to another plan",
                        description="Move a subscriber to another plan. A running daemon sends the subscriber's open "
                                    "RADIUS sessions a CoA-Request with the new plan's attributes.")
-    p.add_argument("subscriber", help="username, or id (#ID when a username is made of digits)")
+    p.add_argument("subscriber", help="username or id (#ID: the id, always)")
     p.add_argument("plan", nargs="?", help="the plan's name or id")
     p.add_argument("--none", action="store_true", help="no plan")
     p.set_defaults(handler=cmd_subscriber_set_plan, check=lambda a: None if a.none != (a.plan is not None) else
                    "give a PLAN or --none, not both" if a.none else "give a PLAN, or --none for no plan")
     p = sub.add_parser("passwd", parents=[config_opts, password_opts], help="set a subscriber's password")
-    p.add_argument("subscriber", help="username, or id (#ID when a username is made of digits)")
+    p.add_argument("subscriber", help="username or id (#ID: the id, always)")
     p.set_defaults(handler=cmd_subscriber_passwd, prepare=read_password_for_passwd)
 
     plan = top.add_parser("plan", help="manage plans").add_subparsers(dest="action", required=True)
@@ -786,7 +786,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "--circuit-id or --remote-id (option 82, as the relay sends them), or --username (a RADIUS "
                     "login). Without --address the client gets an address from the pools (RADIUS: from the NAS).",
     )
-    p.add_argument("subscriber", help="username, or id (#ID when a username is made of digits)")
+    p.add_argument("subscriber", help="username or id (#ID: the id, always)")
     keys = p.add_mutually_exclusive_group(required=True)
     keys.add_argument("--mac", type=checked_arg(lambda v: reservation_key("mac", v)[1]), metavar="MAC",
                       help="e.g. 02:00:5e:10:00:01")
@@ -919,7 +919,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = mailbox.add_parser("add", parents=[config_opts, json_opt], help="give a subscriber a mailbox",
                            description="Give a subscriber a mailbox at one of [mail] domains. Its Maildir is "
                                        "made by the daemon at the first delivery.")
-    p.add_argument("subscriber", help="username, or id (#ID when a username is made of digits)")
+    p.add_argument("subscriber", help="username or id (#ID: the id, always)")
     p.add_argument("address", type=checked_arg(mail_address), help="e.g. alice@isp.example")
     p.add_argument("--quota", type=parse_size, metavar="SIZE", help="e.g. 2G (default: the plan's mail quota)")
     p.set_defaults(handler=cmd_mailbox_add, prepare=remember_mail_config)
@@ -1012,10 +1012,9 @@ async def cmd_mailbox_add(store: Store, args: argparse.Namespace) -> None:
     if domain not in args.mail.domains:
         known = ", ".join(args.mail.domains) or "none yet"
         raise CommandFailed(f"{domain} is not one of the mail domains in {args.config} ([mail] domains: {known})")
-    leftover = Maildir.for_address(args.mail.maildir_root, args.address).path
-    if leftover.exists():
-        raise CommandFailed(f"{leftover} already exists (the mail of a former owner of this address?): "
-                            "move it away first, so that the new owner does not get that mail")
+    left_over = Maildir.for_address(args.mail.maildir_root, args.address).left_over()
+    if left_over is not None:
+        raise CommandFailed(left_over)
     mailbox = await store.add_mailbox(args.subscriber, args.address, actor=actor(), quota_bytes=args.quota)
     username = await username_of(store, mailbox.subscriber_id)
     if args.json:
@@ -1038,23 +1037,11 @@ async def cmd_mailbox_list(store: Store, args: argparse.Namespace) -> None:
 
 async def cmd_mailbox_delete(store: Store, args: argparse.Namespace) -> None:
     mailbox = await store.delete_mailbox(args.address, actor=actor())
-    archive = set_maildir_aside(args.mail.maildir_root, mailbox.address)
+    archive = Maildir.for_address(args.mail.maildir_root, mailbox.address).set_aside()
     if archive is None:
         print(f"deleted mailbox {mailbox.address} (it had no mail on disk)")
         return
     print(f"deleted mailbox {mailbox.address}; its mail is kept in {archive} until you remove it")
-
-
-def set_maildir_aside(maildir_root: Path, address: str) -> Path | None:
-    """A deleted mailbox's Maildir, renamed under a name no address can have ('~'), so that
-    whoever gets the address next starts empty (the owner and modes stay as they were); None
-    when there is none."""
-    path = Maildir.for_address(maildir_root, address).path
-    if not path.exists():
-        return None
-    archive = path.with_name(f"{path.name}~deleted-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
-    path.rename(archive)
-    return archive
 
 
 async def cmd_mailbox_quota(store: Store, args: argparse.Namespace) -> None:

@@ -11,8 +11,8 @@ from ispd.logs import LogConfig, configure_logging, get_logger
 
 def test_library_warnings_are_json_lines_and_client_mistakes_stay_out() -> None:
     out = io.StringIO()
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
+    root, smtp = logging.getLogger(), logging.getLogger("mail.log")
+    saved = root.handlers[:], root.level, smtp.level
     configure_logging(LogConfig(level="info", format="json"), stream=out)
     try:
         get_logger("test").info("ours", password="hunter2")
@@ -31,5 +31,7 @@ def test_library_warnings_are_json_lines_and_client_mistakes_stay_out() -> None:
         configure_logging(LogConfig(level="info", format="json"), stream=out)  # a reload: still one handler
         assert len(logging.getLogger().handlers) == 1
     finally:
-        root.handlers, level = saved
+        root.handlers, level, smtp_level = saved
         root.setLevel(level)
+        smtp.setLevel(smtp_level)
+        logging.captureWarnings(False)

@@ -30,6 +30,7 @@ from ispd.control import CommandError, ControlCommands
 from ispd.credentials import check_password_acceptable, derive_credentials, effective_policy
 from ispd.dns import dnssec
 from ispd.effects import Effect, effects
+from ispd.mail.maildir import Maildir
 from ispd.store.base import Store
 from ispd.store.errors import Conflict, InvalidValue, NotFound
 from ispd.store.models import (
@@ -51,6 +52,7 @@ from ispd.store.models import (
     SuspendedMail,
     Usage,
 )
+from ispd.store.validation import mail_address
 
 # --- request bodies
 
@@ -98,7 +100,7 @@ class NewReservation(BaseModel):
 class NewMailbox(BaseModel):
     subscriber: str
     address: str
-    quota_bytes: int | None = Field(default=None, ge=0)
+    quota_bytes: int | None = Field(default=None, gt=0)
 
 
 # --- responses
@@ -305,7 +307,14 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
 
     @app.delete("/v1/subscribers/{subscriber}", tags=["subscribers"])
     async def delete_subscriber(subscriber: str, actor: Actor) -> Subscriber:
-        return await store.delete_subscriber(subscriber, actor=actor)
+        mailboxes = await store.list_mailboxes(subscriber=subscriber)
+        deleted = await store.delete_subscriber(subscriber, actor=actor)
+        # Its mailboxes went with it (the store cascades): their mail is set aside as the CLI
+        # does, or the next owner of an address would read it.
+        root = current_config().mail.maildir_root
+        for mailbox in mailboxes:
+            await asyncio.to_thread(Maildir.for_address(root, mailbox.address).set_aside)
+        return deleted
 
     # --- plans
 
@@ -343,6 +352,13 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
     async def add_mailbox(body: NewMailbox, actor: Actor) -> Mailbox:
         if body.address.rpartition("@")[2].lower() not in [d.lower() for d in current_config().mail.domains]:
             raise HTTPException(400, f"{body.address}: not one of the mail domains ([mail] domains)")
+        try:
+            address = mail_address(body.address)
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        left_over = Maildir.for_address(current_config().mail.maildir_root, address).left_over()
+        if left_over is not None:
+            raise HTTPException(409, left_over)
         return await store.add_mailbox(body.subscriber, body.address, actor=actor, quota_bytes=body.quota_bytes)
 
     # --- sessions

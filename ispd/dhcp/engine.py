@@ -125,6 +125,7 @@ class Outcome:
     events: list[Event] = field(default_factory=list)
     ignored: Ignored | None = None
     declined: bool = False
+    untrusted_option82: bool = False  # the request's option 82 came from no relay, and was not used
 
 
 @dataclass(slots=True)
@@ -401,12 +402,21 @@ class DHCPEngine:
         if message_type is None:
             return Outcome(ignored=Ignored.NO_MESSAGE_TYPE)
         relay_info = packet.option(Option.RELAY_AGENT_INFO)
-        if relay_info is not None and packet.giaddr == UNSPECIFIED and self.config.option82_without_relay == "ignore":
-            relay_info = None  # the client's own, or a forgery: neither names its line (RFC 3046 §2.1)
+        # Option 82 no relay forwarded: the client's own, or a forgery; neither names its line
+        # (RFC 3046 §2.1). Not used to identify the client or choose the subnet; still echoed.
+        untrusted = (relay_info is not None and packet.giaddr == UNSPECIFIED
+                     and self.config.option82_without_relay == "ignore")
         try:
-            relay = decode_relay_agent_info(relay_info or b"")
+            relay = decode_relay_agent_info(b"" if untrusted else relay_info or b"")
         except OptionValueError:
             return Outcome(ignored=Ignored.BAD_RELAY_INFO)
+        outcome = self._answer(received, message_type, relay, relay_info, now)
+        outcome.untrusted_option82 = untrusted
+        return outcome
+
+    def _answer(self, received: Received, message_type: DHCPMessageType, relay: RelayAgentInfo,
+                relay_info: bytes | None, now: float) -> Outcome:
+        packet = received.packet
         subnet = self._select_subnet(received, relay, message_type)
         if subnet is None:
             return Outcome(ignored=Ignored.NO_SUBNET)

@@ -23,6 +23,10 @@ class DHCPMetrics:
             "ispd_dhcp_packets_dropped_total", "DHCP messages dropped or left unanswered, by reason.", ["reason"])
         self.declines = LabeledCounter(
             "ispd_dhcp_declines_total", "Addresses declined by clients (found in use) and quarantined.", [])
+        self.untrusted_option82 = LabeledCounter(
+            "ispd_dhcp_untrusted_option82_total",
+            "Requests whose option 82 came from no relay (giaddr 0) and was not used (dhcp.option82_without_relay).",
+            [])
         self.latency = LabeledHistogram(
             "ispd_dhcp_processing_seconds",
             "From receiving a DHCP message to sending the reply (for an ACK: after the lease is durable).",
@@ -32,9 +36,11 @@ class DHCPMetrics:
         for kind in ("offer", "ack", "nak"):
             self.sent.inc(kind, amount=0)
         self.declines.inc(amount=0)
+        self.untrusted_option82.inc(amount=0)
 
     def collectors(self, pool_usage: Callable[[], list[tuple[str, int, int, int]]]) -> list[Collector]:
-        return [FastCollector([self.received, self.sent, self.dropped, self.declines, self.latency]),
+        return [FastCollector([self.received, self.sent, self.dropped, self.declines, self.untrusted_option82,
+                              self.latency]),
                 PoolCollector(pool_usage)]
 
 

@@ -35,6 +35,7 @@ from ispd.dhcp.codec import DHCPDecodeError, decode, encode
 from ispd.dhcp.config import DHCPConfig
 from ispd.dhcp.engine import Destination as To
 from ispd.dhcp.engine import DHCPEngine, Ignored, Outcome, Received, Reply
+from ispd.dhcp.identifiers import mac_text
 from ispd.dhcp.metrics import DHCPMetrics
 from ispd.dhcp.options import DHCPMessageType
 from ispd.events import (
@@ -115,6 +116,7 @@ class DHCPService(Service):
         self._link_sockets: dict[int, socket.socket] = {}
         self._interfaces: dict[int, str] = {}
         self._unserved_logged: dict[int, float] = {}  # ifindex → when its drops were last logged
+        self._untrusted_logged: dict[str, float] = {}  # interface → when ignored option 82 was last logged
         self._pending: list[tuple[Outcome, float, str, int]] = []
         self._flush_scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -288,6 +290,15 @@ class DHCPService(Service):
         type_name = _TYPE_NAMES[message_type] if message_type is not None else "unknown"
         self.metrics.received.inc(type_name)
         outcome = self.engine.handle(Received(packet, interface, local), now)
+        if outcome.untrusted_option82:
+            self.metrics.untrusted_option82.inc()
+            if now - self._untrusted_logged.get(interface, -math.inf) >= UNSERVED_LOG_SECONDS:
+                # Where access switches insert option 82 themselves (giaddr stays 0), circuit-id and
+                # remote-id reservations stop matching: said once a minute per interface.
+                self._untrusted_logged[interface] = now
+                log.warning("dhcp.option82.ignored", interface=interface, hw_address=mac_text(packet.hw_address),
+                            hint="option 82 in a packet no relay forwarded is not used; if your access "
+                                 'switches insert it (DHCP snooping), set dhcp.option82_without_relay = "use"')
         if outcome.ignored is not None:
             self.metrics.dropped.inc(str(outcome.ignored))
         if outcome.declined:

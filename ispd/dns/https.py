@@ -208,15 +208,20 @@ async def serve_h2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
     try:
         # The client speaks first: an HTTP/1.1 client (no ALPN, or http/1.1 forced) gets an answer
         # it can read, rather than HTTP/2 frames.
-        try:
-            async with asyncio.timeout(idle_seconds):
-                preface = await reader.readexactly(len(_H2_PREFACE))
-        except (asyncio.IncompleteReadError, TimeoutError):
-            return
-        if preface != _H2_PREFACE:
-            responder.stats.bad_requests += 1
-            writer.write(_HTTP1_REFUSAL)
-            return
+        preface = b""
+        while len(preface) < len(_H2_PREFACE):
+            try:
+                async with asyncio.timeout(idle_seconds):
+                    chunk = await reader.read(len(_H2_PREFACE) - len(preface))
+            except TimeoutError:
+                return
+            if not chunk:
+                return
+            preface += chunk
+            if not _H2_PREFACE.startswith(preface):  # (known at once, however short the request)
+                responder.stats.bad_requests += 1
+                writer.write(_HTTP1_REFUSAL)
+                return
         conn.initiate_connection()
         conn.receive_data(preface)
         flush()

@@ -190,7 +190,8 @@ class DNSService(Service):
         self._tcp: list[asyncio.base_events.Server] = []
         self._slow: set[asyncio.Task[None]] = set()
         self._tcp_connections = 0
-        self._tcp_writers: set[asyncio.StreamWriter] = set()  # open DNS-over-TCP connections
+        # Open DNS-over-TCP connections, by writer (with the reader and handler, to end them at stop).
+        self._tcp_streams: dict[asyncio.StreamWriter, tuple[asyncio.StreamReader, asyncio.Task[Any]]] = {}
         self.bound: list[tuple[str, int]] = []
         self.local: LocalData | None = None
         self.policy = Policy([])
@@ -656,14 +657,21 @@ class DNSService(Service):
         extras = asyncio.ensure_future(self.extras.stop()) if self.extras is not None else None
         for tcp in self._tcp:
             tcp.close()
-        # Their clients see the connection end, and each handler returns: left to the loop's
-        # final cancel, Python 3.11's start_server callback logs the CancelledError as an error.
-        for writer in list(self._tcp_writers):
-            writer.close()
+        # No more queries on open connections: each handler answers what it has in hand, then
+        # closes (left to the loop's final cancel, Python 3.11's start_server callback logs the
+        # CancelledError as an error).
+        streams = list(self._tcp_streams.items())
+        for writer, (reader, _) in streams:
+            cast(asyncio.ReadTransport, writer.transport).pause_reading()
+            reader.feed_eof()
         for udp in self._udp:
             udp.close()
         if self._slow:
             await asyncio.wait(list(self._slow), timeout=2)
+        if streams:
+            await asyncio.wait([handler for _, (_, handler) in streams], timeout=2)
+        for writer, _ in streams:
+            writer.close()
         if extras is not None:
             await extras
 
@@ -770,7 +778,9 @@ class DNSService(Service):
             writer.close()
             return
         self._tcp_connections += 1
-        self._tcp_writers.add(writer)
+        handler = asyncio.current_task()
+        assert handler is not None
+        self._tcp_streams[writer] = (reader, handler)
         stats.connections += 1
         try:
             await serve_dns_stream(reader, writer, client, self._tcp_answerer, stats,
@@ -779,7 +789,7 @@ class DNSService(Service):
                                    drain_seconds=self.config.resolver.request_timeout_seconds)
         finally:
             self._tcp_connections -= 1
-            self._tcp_writers.discard(writer)
+            self._tcp_streams.pop(writer, None)
 
 
 def _quic_settings(section: EncryptedListenerConfig) -> QuicSettings:

@@ -129,6 +129,24 @@ class Maildir:
     def exists(self) -> bool:
         return (self.path / "new").is_dir()
 
+    def set_aside(self) -> Path | None:
+        """A deleted mailbox's Maildir, renamed under a name no address can have ('~'), so that
+        whoever gets the address next starts empty (owner and modes stay as they were); where it
+        went, or None when there was none."""
+        if not self.path.exists():
+            return None
+        archive = self.path.with_name(f"{self.path.name}~deleted-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
+        self.path.rename(archive)
+        return archive
+
+    def left_over(self) -> str | None:
+        """Why a new mailbox must not be made here: a directory under the address (a former
+        owner's mail, by hand or from an old ispd) would hand that mail to the new owner."""
+        if not self.path.exists():
+            return None
+        return (f"{self.path} already exists (the mail of a former owner of this address?): move it away first, "
+                "so that the new owner does not get that mail")
+
     def create(self) -> None:
         """The INBOX and the special-use folders, subscribed; safe to repeat, and completes a
         mailbox some other tool made in part."""

@@ -470,12 +470,19 @@ def _is_row_id(text: str) -> bool:
 
 def _find_subscriber(conn: sqlite3.Connection, ref: SubscriberRef) -> sqlite3.Row:
     row = None
-    if isinstance(ref, str):
+    if isinstance(ref, str) and ref.startswith("#") and _is_row_id(ref[1:]):  # "#ID": the id, always
+        row = conn.execute("SELECT * FROM subscribers WHERE id = ?", (int(ref[1:]),)).fetchone()
+    elif isinstance(ref, str):
         row = conn.execute("SELECT * FROM subscribers WHERE username = ?", (ref,)).fetchone()
-        # Usernames may be digits (account numbers); a name match wins over an id match, and
-        # "#ID" is always the id.
-        if row is None and (_is_row_id(ref) or (ref.startswith("#") and _is_row_id(ref[1:]))):
-            row = conn.execute("SELECT * FROM subscribers WHERE id = ?", (int(ref.removeprefix("#")),)).fetchone()
+        # Usernames may be digits (account numbers). Where one is also another subscriber's id,
+        # guessing which was meant could delete or suspend the wrong one: the caller says.
+        if _is_row_id(ref):
+            by_id = conn.execute("SELECT * FROM subscribers WHERE id = ?", (int(ref),)).fetchone()
+            if row is None:
+                row = by_id
+            elif by_id is not None and by_id["id"] != row["id"]:
+                raise Conflict(f"{ref!r} names two subscribers, the username of #{row['id']} and the id of "
+                               f"{by_id['username']!r}: write #{row['id']} or #{ref}")
     else:
         row = conn.execute("SELECT * FROM subscribers WHERE id = ?", (ref,)).fetchone()
     if row is None:
@@ -712,8 +719,10 @@ class SQLiteStore(Store):
         # The same rules however it comes (CLI, admin API): what a helpdesk screen, a log line and
         # a CSV export show as it is.
         username = _checked(usable_text, username)
-        full_name = _checked(usable_text, full_name) if full_name is not None else None
-        account_ref = _checked(usable_text, account_ref) if account_ref is not None else None
+        if username.startswith("#") and _is_row_id(username[1:]):
+            raise InvalidValue(f"{username!r} reads as a subscriber's id (#ID): choose another username")
+        full_name = _checked(usable_text, full_name) if full_name else None  # ("": none, as a form sends it)
+        account_ref = _checked(usable_text, account_ref) if account_ref else None
         now = self.clock()
 
         def run(conn: sqlite3.Connection) -> Subscriber:
@@ -757,7 +766,7 @@ class SQLiteStore(Store):
     async def set_subscriber_status(
         self, ref: SubscriberRef, status: SubscriberStatus, *, actor: str, reason: str | None = None
     ) -> Subscriber:
-        reason = _checked(usable_text, reason) if reason is not None else None
+        reason = _checked(usable_text, reason) if reason else None
         now = self.clock()
 
         def run(conn: sqlite3.Connection) -> Subscriber:

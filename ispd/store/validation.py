@@ -18,13 +18,14 @@ _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 # Control, format (bidi overrides, zero-width), surrogate, private-use and unassigned characters, and
 # line separators: they hide or disguise what a helpdesk screen shows, or break a log or CSV line.
 _UNSHOWABLE = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+_JOINERS = {"\u200c", "\u200d"}  # ZWNJ and ZWJ (format characters): Persian and Indic names, emoji sequences
 
 
 def usable_text(text: str) -> str:
     """A name or short text an operator types and reads back (a username, a plan's name, a
     reason): 1 to 253 characters, no spaces at the ends, nothing unprintable."""
     if (not text or text != text.strip() or len(text) > 253
-            or any(unicodedata.category(c) in _UNSHOWABLE for c in text)):
+            or any(unicodedata.category(c) in _UNSHOWABLE and c not in _JOINERS for c in text)):
         raise ValueError(f"{text!r} is not usable here (1 to 253 characters, no spaces at the ends, no control "
                          "or invisible characters)")
     return text

@@ -46,7 +46,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     workdir = tmp_path_factory.mktemp("admin")
     port = free_tcp_port()
     config = base_config(workdir, admin={"listen": [f"127.0.0.1:{port}"], "token": TOKEN},
-                         mail={"enabled": False, "domains": ["isp.example"]})
+                         mail={"enabled": False, "domains": ["isp.example"], "maildir_root": str(workdir / "mail")})
     with IspdProcess(workdir, config) as ispd:
         ispd.start()
         yield Api(ispd, workdir / "admin.sock", port)
@@ -131,12 +131,17 @@ def test_errors_are_json_with_the_right_status(api: Api) -> None:
 
 
 def test_a_username_of_digits_names_the_same_subscriber_as_in_the_cli(api: Api) -> None:
+    """A path segment of digits was always an id here and a username first on the CLI: each
+    could act on a subscriber the other did not mean. Where the digits are both, neither guesses."""
     first = api.call("POST", "/v1/subscribers", {"username": "digits-first"})[1]["id"]
     named = api.call("POST", "/v1/subscribers", {"username": str(first)})[1]["id"]
-    assert api.call("GET", f"/v1/subscribers/{first}")[1]["subscriber"]["id"] == named  # the name wins
+    status, body = api.call("DELETE", f"/v1/subscribers/{first}")
+    assert status == 409 and f"write #{named} or #{first}" in body["detail"], body
     assert api.call("GET", f"/v1/subscribers/%23{first}")[1]["subscriber"]["id"] == first  # "#ID": the id
-    shown = api.ispd.cli("subscriber", "show", str(first), "--json").stdout
-    assert json.loads(shown)["subscriber"]["id"] == named
+    assert api.call("GET", f"/v1/subscribers/%23{named}")[1]["subscriber"]["username"] == str(first)
+    refused = api.ispd.cli("subscriber", "delete", str(first), check=False)
+    assert refused.returncode == 1 and "names two subscribers" in refused.stderr
+    assert api.call("GET", f"/v1/subscribers/{named}")[1]["subscriber"]["id"] == named  # only an id: no doubt
 
 
 def test_who_and_usage_answer_from_the_history(api: Api) -> None:
@@ -159,3 +164,20 @@ def test_the_committed_openapi_document_is_the_one_served(api: Api) -> None:
     assert served == committed, "regenerate it: .venv/bin/python -m ispd.admin.app > docs/openapi.json"
     assert {"/v1/subscribers", "/v1/who/{address}", "/v1/usage", "/v1/sessions/{session_id}/disconnect"} <= set(
         served["paths"])
+
+
+def test_a_deleted_subscriber_s_mail_is_not_handed_to_the_next_owner_of_its_address(api: Api) -> None:
+    """As on the CLI: deleting a subscriber sets its Maildirs aside, and a new mailbox is not
+    made over a directory left under its address."""
+    root = api.ispd.workdir / "mail" / "isp.example"
+    assert api.call("POST", "/v1/subscribers", {"username": "leaving"})[0] == 201
+    assert api.call("POST", "/v1/mailboxes", {"subscriber": "leaving", "address": "leaving@isp.example"})[0] == 201
+    (root / "leaving" / "new").mkdir(parents=True)  # its mail, as delivery made it
+    (root / "leaving" / "new" / "1.msg").write_text("Subject: private\n\nfor leaving only\n")
+    assert api.call("DELETE", "/v1/subscribers/leaving")[0] == 200
+    assert not (root / "leaving").exists() and list(root.glob("leaving~deleted-*/new/1.msg"))
+    assert api.call("POST", "/v1/subscribers", {"username": "next"})[0] == 201
+    assert api.call("POST", "/v1/mailboxes", {"subscriber": "next", "address": "leaving@isp.example"})[0] == 201
+    (root / "stale" / "new").mkdir(parents=True)  # left by hand, or by an old version
+    status, body = api.call("POST", "/v1/mailboxes", {"subscriber": "next", "address": "stale@isp.example"})
+    assert status == 409 and "move it away first" in body["detail"], body

@@ -82,6 +82,10 @@ def test_login_only_after_starttls_then_read_a_message_byte_for_byte(lab: Lab) -
     with pytest.raises(imaplib.IMAP4.error, match="PRIVACYREQUIRED"):
         client.login(f"erin@{DOMAIN}", PASSWORD)
     client.starttls(ssl_context=lab.context())
+    # AUTHENTICATE PLAIN acting as someone else (an authorization identity) fails, whatever the
+    # password (RFC 4616 §2).
+    with pytest.raises(imaplib.IMAP4.error, match="AUTHORIZATIONFAILED"):
+        client.authenticate("PLAIN", lambda _: f"bob@{DOMAIN}\0erin@{DOMAIN}\0{PASSWORD}".encode())
     typ, _ = client.login(f"erin@{DOMAIN}", PASSWORD)
     assert typ == "OK"
     typ, data = client.select("INBOX")

@@ -41,14 +41,32 @@ async def test_plans_and_subscribers_round_trip(store: Store, clock: FakeClock) 
         await store.get_subscriber("bob")
 
 
-async def test_usernames_made_of_digits_win_over_ids(store: Store) -> None:
+async def test_a_username_of_digits_that_is_also_an_id_must_be_told_apart(store: Store) -> None:
     first = await store.add_subscriber("first", actor="t")
     numeric = await store.add_subscriber(str(first.id), actor="t")
-    assert (await store.get_subscriber(str(first.id))).id == numeric.id
+    # "1" is the username of #2 and the id of "first": which one a delete meant is not guessed.
+    with pytest.raises(Conflict, match=rf"names two subscribers, the username of #{numeric.id} and the id of 'first'"):
+        await store.get_subscriber(str(first.id))
+    assert (await store.get_subscriber(f"#{first.id}")).username == "first"  # "#ID": the id, always
+    assert (await store.get_subscriber(f"#{numeric.id}")).id == numeric.id
     assert (await store.get_subscriber(first.id)).username == "first"
-    assert (await store.get_subscriber(f"#{first.id}")).username == "first"  # an ID, whatever the usernames
+    assert (await store.get_subscriber(str(numeric.id))).id == numeric.id  # "2": only an id
     with pytest.raises(NotFound):
         await store.get_subscriber("#99")
+    with pytest.raises(InvalidValue, match="reads as a subscriber's id"):
+        await store.add_subscriber("#5", actor="t")
+
+
+async def test_names_are_what_a_screen_and_a_log_line_show_as_they_are(store: Store) -> None:
+    for bad in ("eve\nINJECT", " alice", "bob\u0000x", "a\u202etxt", "x" * 254, ""):
+        with pytest.raises(InvalidValue, match="is not usable here"):
+            await store.add_subscriber(bad, actor="t")
+    # Joiners belong in Persian and Indic names and in emoji; an empty optional field is none.
+    added = await store.add_subscriber("mehr", actor="t", full_name="\u0645\u06cc\u200c\u062e\u0648\u0627\u0647",
+                                       account_ref="")
+    assert added.full_name == "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647" and added.account_ref is None
+    suspended = await store.set_subscriber_status("mehr", SubscriberStatus.SUSPENDED, actor="t", reason="")
+    assert suspended.status_reason is None
 
 
 async def test_the_overview_says_since_when_the_status_holds(store: Store, clock: FakeClock) -> None:

@@ -329,6 +329,9 @@ class IMAPSession(asyncio.Protocol):
         if len(parts) != 3:
             self.send(f"{command.tag} BAD bad PLAIN response".encode())
             return
+        if parts[0] and parts[0] != parts[1]:  # RFC 4616 §2: acting as another user; nobody may here
+            self.send(f"{command.tag} NO [AUTHORIZATIONFAILED] acting as another user is not allowed".encode())
+            return
         await self._login(command.tag, parts[1], parts[2])
 
     async def _login(self, tag: str, user: bytes, password: bytes) -> None:
