@@ -86,7 +86,8 @@ def settle(mail: QueuedMail, results: dict[str, Outcome], now: float, *, lifetim
         elif outcome.verdict is Verdict.BOUNCED:
             outcomes[address] = (QueuedRecipientState.BOUNCED, outcome.detail)
             bounced[address] = outcome
-        else:
+        else:  # still pending, with why (`mail queue list` shows it per recipient)
+            outcomes[address] = (QueuedRecipientState.PENDING, outcome.detail)
             error = outcome.detail
     delay = retry_delay(mail.attempts + 1, retry_initial, retry_max)
     # Never past the lifetime by much: the last try comes when it ends.

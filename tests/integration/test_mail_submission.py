@@ -295,6 +295,7 @@ def test_a_temporary_refusal_is_retried_and_an_operator_can_delete_it(lab: Lab) 
         client.sendmail("alice@isp.example", [f"later@{REMOTE}"], b"Subject: later\r\n\r\nhi\r\n")
     queued = eventually(lambda: [m for m in lab.queue() if m["attempts"] >= 2], timeout=15)
     assert "450 4.2.1 try later" in queued[0]["last_error"]
+    assert "450 4.2.1 try later" in queued[0]["recipients"][0]["last_error"]  # and why, per recipient
     deleted = lab.ispd.cli("mail", "queue", "delete", queued[0]["id"])
     assert "no bounce was sent" in deleted.stdout
     assert lab.queue() == []

@@ -60,7 +60,9 @@ async def test_one_domains_surprise_defers_it_and_the_others_still_settle(runner
     store = runner.store
     assert isinstance(store, RecordingStore)
     [(queue_id, outcomes, next_attempt_at, error)] = store.recorded
-    assert queue_id == "Q1" and outcomes == {"a@fine.example": (QueuedRecipientState.DELIVERED, "250 ok")}
+    assert queue_id == "Q1" and outcomes == {
+        "a@fine.example": (QueuedRecipientState.DELIVERED, "250 ok"),
+        "b@broken.example": (QueuedRecipientState.PENDING, "local error: RuntimeError('a library surprise')")}
     assert next_attempt_at == 1060.0 and error is not None and "a library surprise" in error
     assert runner.attempts == {"delivered": 1, "bounced": 0, "deferred": 1}
 

@@ -47,7 +47,8 @@ def test_an_attempt_settles_some_recipients_and_defers_the_rest() -> None:
                            "c@y.example": Outcome(Verdict.DEFERRED, "connection refused")},
                     1100.0, lifetime=86400, retry_initial=300, retry_max=3600)
     assert result.outcomes == {"a@x.example": (QueuedRecipientState.DELIVERED, "250 ok"),
-                               "b@x.example": (QueuedRecipientState.BOUNCED, "550 5.1.1 no")}
+                               "b@x.example": (QueuedRecipientState.BOUNCED, "550 5.1.1 no"),
+                               "c@y.example": (QueuedRecipientState.PENDING, "connection refused")}
     assert list(result.bounced) == ["b@x.example"]
     assert result.next_attempt_at == 1400.0 and result.error == "connection refused"
 
@@ -63,7 +64,8 @@ def test_past_the_lifetime_what_is_still_deferred_bounces() -> None:
 def test_the_last_retry_comes_when_the_lifetime_ends() -> None:
     mail = queued("c@y.example", created_at=0.0, attempts=20)
     result = settle(mail, {}, 86000.0, lifetime=86400, retry_initial=300, retry_max=3600)
-    assert result.next_attempt_at == 86400.0 and not result.outcomes
+    assert result.next_attempt_at == 86400.0
+    assert result.outcomes == {"c@y.example": (QueuedRecipientState.PENDING, "not tried")}
 
 
 def test_a_bounce_is_a_delivery_status_notification() -> None:
