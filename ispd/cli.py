@@ -525,7 +525,9 @@ async def cmd_usage(store: Store, args: argparse.Namespace) -> None:
         writer.writerow(USAGE_COLUMNS)
         writer.writerows([[getattr(r, c) for c in USAGE_COLUMNS] for r in rows])
     else:
-        print(f"usage from {when(since)} to {when(until)} (input: from the subscriber, output: to them)")
+        # (kept per UTC day: the span is read in whole days)
+        print(f"usage from {when(since)[:10]} to {when(until)[:10]}, whole UTC days "
+              "(input: from the subscriber, output: to them)")
         print_table(["SUBSCRIBER", "DAY" if args.subscriber is not None else "DAYS", "INPUT", "OUTPUT", "TIME"],
                     [[r.username or f"#{r.subscriber_id} (deleted)", r.day, size_text(r.input_octets),
                       size_text(r.output_octets), hours_text(r.session_seconds)] for r in rows])

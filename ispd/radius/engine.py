@@ -659,6 +659,19 @@ class AuthEngine:
         return Decision(_ACCESS_REJECT, failure() if failure is not None else b"", method=method, reject=reason,
                         subscriber_id=subject.id if subject is not None else None, detail=detail)
 
+    def _same_station(self, subscriber_id: int, packet: Packet, nas: Nas) -> int:
+        """The subscriber's open sessions this request stands in for: on the same NAS, from the
+        same station (Calling-Station-Id) or port (NAS-Port-Id). 802.1X re-authenticates a
+        station periodically, and a CPE redials after its Stop was lost; counting its own
+        session against it would reject every re-authentication at max_sessions = 1 (as
+        FreeRADIUS's check does not)."""
+        station, port = _text(packet.first, _CALLING_STATION_ID), _text(packet.first, _NAS_PORT_ID)
+        if station is None and port is None:
+            return 0
+        return sum(1 for session in self.sessions.of_subscriber(subscriber_id) if session.nas_client == nas.name
+                   and ((station is not None and session.calling_station_id == station)
+                        or (port is not None and session.nas_port_id == port)))
+
     def _authorize(self, packet: Packet, nas: Nas, subject: AuthSubject, address: str | None, method: str,
                    method_attributes: bytes = b"", failure: Callable[[], bytes] | None = None) -> Decision:
         status = subject.subscriber.status
@@ -675,7 +688,8 @@ class AuthEngine:
             walled = True
         if subject.over_quota and plan is not None and plan.over_quota is OverQuota.WALLED_GARDEN:
             walled = True
-        if plan is not None and plan.max_sessions is not None and self.sessions.count(subject.id) >= plan.max_sessions:
+        if (plan is not None and plan.max_sessions is not None and self.sessions.count(subject.id) >= plan.max_sessions
+                and self.sessions.count(subject.id) - self._same_station(subject.id, packet, nas) >= plan.max_sessions):
             return self._reject(RejectReason.SIMULTANEOUS_USE, method, subject, failure)
         if address is None:
             address = self._reserved_address(packet, subject)

@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from functools import partial
 from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_address
 from typing import TYPE_CHECKING, Any, cast
@@ -1177,7 +1178,8 @@ class RadiusService(Service):
         except (NotFound, InvalidValue):  # (a number past any row id is no session either)
             raise CommandError(f"no session #{session_id}") from None
         if not session.is_open:
-            raise CommandError(f"session #{session_id} is not open (it stopped at {session.stopped_at:.0f})")
+            stopped = datetime.fromtimestamp(session.stopped_at or 0, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            raise CommandError(f"session #{session_id} is not open (it stopped at {stopped})")
         return session
 
     async def _command_disconnect(self, args: dict[str, Any]) -> dict[str, Any]:

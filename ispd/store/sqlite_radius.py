@@ -102,7 +102,7 @@ _SESSION_FILL_IN = (
     " AND ((subscriber_id IS NULL AND ?1 IS NOT NULL) OR (framed_ip IS NULL AND ?2 IS NOT NULL)"
     " OR (framed_ipv6_prefix IS NULL AND ?3 IS NOT NULL) OR (delegated_ipv6_prefix IS NULL AND ?4 IS NOT NULL)"
     " OR (interim_interval IS NULL AND ?5 IS NOT NULL))")
-_SESSION_LATEST = ("SELECT id, started_at, updated_at, stopped_at, terminate_cause FROM radius_sessions"
+_SESSION_LATEST = ("SELECT id, username, started_at, updated_at, stopped_at, terminate_cause FROM radius_sessions"
                    " WHERE nas_address = ? AND acct_session_id = ? ORDER BY id DESC LIMIT 1")
 # A session closed as stale that its NAS reports on again: open again (an interim) or stopped by
 # the NAS (a stop), its counters rising as usual.
@@ -172,16 +172,17 @@ def _apply(conn: sqlite3.Connection, record: AccountingRecord) -> AccountingResu
     latest = conn.execute(_SESSION_LATEST, (record.nas_address, record.acct_session_id)).fetchone()
     if status == AccountingStatus.START:
         started_at = record.at - (record.session_time_seconds or 0)
-        # A retransmission, or a Start that comes after what it started (its interims or Stop
-        # made up the session already): a new session only starts after the last one known.
-        if latest is not None and (abs(latest["started_at"] - started_at) < SAME_START_SECONDS
-                                   or started_at <= latest["updated_at"]):
+        if latest is not None and _a_copy_of(latest, record, started_at):
             return AccountingResult(AccountingOutcome.DUPLICATE)
         if latest is not None and latest["stopped_at"] is None:
             conn.execute("UPDATE radius_sessions SET stopped_at = ?, terminate_cause = ? WHERE id = ?",
                          (record.at, SUPERSEDED_CAUSE, latest["id"]))
         return AccountingResult(AccountingOutcome.STARTED, _open_session(conn, record, stopped=False))
-    if latest is not None and latest["terminate_cause"] == STALE_CAUSE:
+    # Reports on a session ispd closed itself: one closed as stale was not gone after all; the
+    # Stop of one closed at Accounting-On/Off or superseded (sent with the Off, or retransmitted
+    # after it) brings its final counters, which only grow.
+    if latest is not None and (latest["terminate_cause"] == STALE_CAUSE or (
+            status == AccountingStatus.STOP and latest["terminate_cause"] in (NAS_RESTART_CAUSE, SUPERSEDED_CAUSE))):
         row = conn.execute(_SESSION_REOPEN, (
             record.input_octets, record.output_octets, record.input_packets, record.output_packets,
             record.session_time_seconds, record.at, status == AccountingStatus.STOP, record.terminate_cause,
@@ -193,6 +194,17 @@ def _apply(conn: sqlite3.Connection, record: AccountingRecord) -> AccountingResu
     stopped = status == AccountingStatus.STOP
     session = _open_session(conn, record, stopped=stopped)
     return AccountingResult(AccountingOutcome.STOPPED if stopped else AccountingOutcome.STARTED, session)
+
+
+def _a_copy_of(latest: sqlite3.Row, record: AccountingRecord, started_at: float) -> bool:
+    """Whether a Start repeats the last session under its NAS and Acct-Session-Id (a
+    retransmission, or a Start that comes after its interims or Stop made the session up) rather
+    than begins a new one: NASes reuse ids, their counters restarting at boot."""
+    if record.username and latest["username"] and record.username != latest["username"]:
+        return False  # another user's session
+    if latest["stopped_at"] is not None and started_at > latest["stopped_at"]:
+        return False  # begun after that one ended
+    return bool(abs(latest["started_at"] - started_at) < SAME_START_SECONDS or started_at <= latest["updated_at"])
 
 
 def _nas_restarted(conn: sqlite3.Connection, record: AccountingRecord) -> AccountingResult:

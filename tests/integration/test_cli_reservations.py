@@ -306,5 +306,6 @@ def test_usage_per_day_for_one_subscriber_and_totals_for_billing(config_path: Pa
     assert billing[1:] == ["1,alice,2026-11-01..2026-11-02,3000000,30000000,86400"]  # bob used nothing
     text = ok(config_path, "usage", "alice", "--month", "2026-11")
     assert "2026-11-02" in text and "total: input 3.00 MB, output 30.00 MB, 24h00m online" in text
+    assert text.startswith("usage from 2026-11-01 to 2026-11-30, whole UTC days")  # what the rows are
     assert ok(config_path, "usage", "alice", "--month", "2026-10", "--csv").splitlines()[1:] == []
     assert run(config_path, "usage", "alice", "--month", "November").returncode == 2

@@ -302,6 +302,28 @@ def test_simultaneous_use_counts_open_sessions() -> None:
     assert world.engine.handle(pap("frank", "frank-pw"), nas(), NOW).code == Code.ACCESS_ACCEPT  # no plan, no limit
 
 
+def test_a_station_that_authenticates_again_is_not_its_own_second_session() -> None:
+    """802.1X re-authenticates a station while its session is open (and a CPE redials after
+    its Stop was lost): at max_sessions it stands in for its own session on that NAS."""
+    world = World()
+    station = b"AA-BB-CC-DD-EE-FF"
+    for n, (client, calling) in enumerate((("lab", "AA-BB-CC-DD-EE-FF"), ("lab", "02-00-00-00-00-02"))):
+        world.sessions.put(RadiusSession(n + 1, "127.0.0.1", f"s{n}", "alice", NOW, NOW, subscriber_id=1,
+                                         nas_client=client, calling_station_id=calling))
+
+    def again(calling: bytes, nas_: Nas) -> Decision:
+        authenticator = os.urandom(16)
+        return world.engine.handle(access_request(
+            [(Attr.USER_NAME, b"alice"), (Attr.CALLING_STATION_ID, calling),
+             (Attr.USER_PASSWORD, hide_password(b"alice-pw", SECRET, authenticator))], authenticator=authenticator),
+            nas_, NOW)
+
+    assert again(station, nas()).code == Code.ACCESS_ACCEPT
+    assert again(b"02-00-00-00-00-09", nas()).reject == RejectReason.SIMULTANEOUS_USE  # a third station
+    other_nas = Nas("other", SECRET, NasKind.MIKROTIK, Policy.YES, Policy.YES)
+    assert again(station, other_nas).reject == RejectReason.SIMULTANEOUS_USE  # elsewhere: another login
+
+
 # --- CHAP, MS-CHAP, EAP-MD5 --------------------------------------------------------------------
 
 

@@ -101,6 +101,40 @@ async def test_a_reused_session_id_long_after_supersedes_the_old_session(store: 
     assert [(s.is_open, s.terminate_cause) for s in sessions] == [(True, None), (False, "Superseded")]
 
 
+async def test_a_nas_that_reuses_session_ids_starts_new_sessions(store: Store) -> None:
+    """A NAS whose session counter restarts at boot reuses Acct-Session-Ids at once: a Start
+    after the last session under that id ended, or for another user, is a new session, not a
+    copy (carol's was counted nowhere and `who` did not know her address)."""
+    await store.record_accounting([START])
+    await store.record_accounting([AccountingRecord(at=T0 + 2, status=AccountingStatus.ACCOUNTING_ON,
+                                                    nas_address="198.18.0.1")])
+    [carol] = await store.record_accounting([replace(START, at=T0 + 4, username="carol", subscriber_id=None,
+                                                     framed_ip="198.18.7.8")])
+    assert carol.outcome == AccountingOutcome.STARTED
+    [stop_] = await store.record_accounting([stop(T0 + 10, 5, 5, 6)])
+    assert stop_.outcome == AccountingOutcome.STOPPED
+    [again] = await store.record_accounting([replace(START, at=T0 + 12)])  # same user, after that Stop
+    assert again.outcome == AccountingOutcome.STARTED
+    [copy] = await store.record_accounting([replace(START, at=T0 + 13)])  # and a retransmission of it
+    assert copy.outcome == AccountingOutcome.DUPLICATE
+    assert [(s.username, s.is_open) for s in await store.list_sessions()] == [
+        ("alice", True), ("carol", False), ("alice", False)]
+
+
+async def test_a_stop_after_accounting_off_brings_the_final_counters(store: Store) -> None:
+    """A NAS shutting down sends its Stops with the Accounting-Off (or retransmits them after
+    it): the session ispd closed at the Off still takes the Stop's counters, which only grow."""
+    await store.record_accounting([START, interim(T0 + 30, 1000, 1000, 30)])
+    await store.record_accounting([AccountingRecord(at=T0 + 40, status=AccountingStatus.ACCOUNTING_OFF,
+                                                    nas_address="198.18.0.1")])
+    [final] = await store.record_accounting([stop(T0 + 45, 50_000, 90_000, 45)])
+    assert final.outcome == AccountingOutcome.REOPENED and final.session is not None
+    assert not final.session.is_open and final.session.input_octets == 50_000
+    assert (await usage(store)).input_octets == 50_000 and (await usage(store)).output_octets == 90_000
+    [late] = await store.record_accounting([interim(T0 + 46, 60_000, 90_000, 46)])  # no reopening by an interim
+    assert late.outcome == AccountingOutcome.DUPLICATE
+
+
 async def test_usage_counts_growth_on_the_day_it_was_reported(store: Store) -> None:
     await store.record_accounting([START, interim(T0 + 300, 100, 100, 300)])
     next_day = T0 + 86400
