@@ -63,6 +63,8 @@ def session_identification(session: RadiusSession, now: float) -> bytes:
         attributes.append((Attr.NAS_IP_ADDRESS, nas.packed))
     elif nas is not None:
         attributes.append((Attr.NAS_IPV6_ADDRESS, nas.packed))
+    if session.nas_identifier:  # RFC 5176 §3: with the address, what a NAS checks to know it is meant
+        attributes.append((Attr.NAS_IDENTIFIER, session.nas_identifier.encode("utf-8")[:253]))
     if session.username:
         attributes.append((Attr.USER_NAME, session.username.encode("utf-8")[:253]))
     attributes.append((Attr.ACCT_SESSION_ID, session.acct_session_id.encode("utf-8")[:253]))
@@ -75,9 +77,13 @@ def session_identification(session: RadiusSession, now: float) -> bytes:
 
 
 class DynamicAuthorizationClient:
-    def __init__(self, timeout: float, attempts: int) -> None:
+    def __init__(self, timeout: float, attempts: int, sources: tuple[str, ...] = ()) -> None:
+        """``sources``: addresses to send from, the first of the right family (the server's
+        own listening addresses: NASes take dynamic authorization from their RADIUS server's
+        address only); none, or none of that family: the kernel chooses."""
         self.timeout = timeout
         self.attempts = attempts
+        self.sources = sources
 
     async def send(self, address: str, port: int, secret: bytes, code: Code, attributes: bytes) -> CoAOutcome:
         """``attributes``: encoded, without the Message-Authenticator (added first)."""
@@ -104,6 +110,9 @@ class DynamicAuthorizationClient:
                     return
 
         try:
+            source = next((a for a in self.sources if (":" in a) == (family == socket.AF_INET6)), None)
+            if source is not None:
+                sock.bind((source, 0))
             sock.connect((address, port))
             loop.add_reader(sock.fileno(), readable)
         except OSError as exc:

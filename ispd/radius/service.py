@@ -251,7 +251,8 @@ class RadiusService(Service):
         self.passwords = PasswordChecker(self.config.auth_cache_seconds)
         self.nas = NasTable(self.config.client)
         self.duplicates = DuplicateCache(self.config.duplicate_window_seconds)
-        self.coa = DynamicAuthorizationClient(self.config.coa_timeout_seconds, self.config.coa_attempts)
+        self.coa = DynamicAuthorizationClient(self.config.coa_timeout_seconds, self.config.coa_attempts,
+                                              coa_sources(self.config))
         self.dictionary: Dictionary | None = None
         self.auth: AuthEngine | None = None
         self.accounting: AccountingEngine | None = None
@@ -415,7 +416,8 @@ class RadiusService(Service):
         self.accounting.forget_clients()
         self.passwords.cache_seconds = new.radius.auth_cache_seconds
         self.duplicates.window = new.radius.duplicate_window_seconds
-        self.coa = DynamicAuthorizationClient(new.radius.coa_timeout_seconds, new.radius.coa_attempts)
+        self.coa = DynamicAuthorizationClient(new.radius.coa_timeout_seconds, new.radius.coa_attempts,
+                                              coa_sources(new.radius))
         log.info("radius.reloaded", clients=len(table.clients))
 
     def health(self) -> Health:
@@ -1223,6 +1225,12 @@ class _AccountingProtocol(_AuthProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         assert self.transport is not None
         self.service.handle_accounting(data, addr, self.transport)
+
+
+def coa_sources(config: RadiusConfig) -> tuple[str, ...]:
+    """Where Disconnect and CoA requests come from: the auth listeners' own addresses (a
+    wildcard names none), which is what a NAS lists as its RADIUS server."""
+    return tuple(a.host for a in config.listen_auth if not ip_address(a.host).is_unspecified)
 
 
 def check_files(config: RadiusConfig) -> list[str]:

@@ -350,6 +350,27 @@ def test_a_suspension_made_while_ispd_was_down_reaches_the_nas_when_it_starts(tm
         assert len(nas.requests) == seen + 1  # reached once: not sent again
 
 
+def test_a_disconnect_comes_from_the_address_radius_listens_on(tmp_path: Path) -> None:
+    """NASes take Disconnect and CoA from their RADIUS server's address only (Cisco's
+    dynamic-author client, MikroTik's /radius incoming): not whatever source the kernel picks."""
+    require_radclient()
+    with FakeNas(secret=SECRET.encode()) as nas:
+        config = radius_config(tmp_path, nas.port)
+        auth = free_udp_port()
+        config["radius"]["listen_auth"] = [f"127.0.0.7:{auth}"]  # the NAS (127.0.0.1) would be answered from .1
+        with IspdProcess(tmp_path, config) as ispd:
+            ispd.start()
+            service = Radius(ispd)
+            base = "User-Name = anyone, Acct-Session-Id = src-1, NAS-IP-Address = 127.0.0.1, NAS-Identifier = bng-7"
+            assert service.accounting(f"{base}, Acct-Status-Type = Start") == "Accounting-Response"
+            [session] = json.loads(ispd.cli("session", "list", "--open", "--json").stdout)
+            seen = len(nas.requests)
+            ispd.cli("session", "disconnect", str(session["id"]))
+            request = nas.wait_for(seen + 1)[seen]
+            assert request.source is not None and request.source[0] == "127.0.0.7", request.source
+            assert request.first(Attr.NAS_IDENTIFIER) == b"bng-7"  # the NAS knows it is meant (RFC 5176 §3)
+
+
 def test_simultaneous_use_survives_a_restart(tmp_path: Path) -> None:
     require_radclient()
     with FakeNas(secret=SECRET.encode()) as nas, IspdProcess(tmp_path, radius_config(tmp_path, nas.port)) as ispd:

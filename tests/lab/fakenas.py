@@ -34,6 +34,7 @@ class DASRequest:
     attributes: dict[int, list[bytes]] = field(default_factory=dict)
     authentic: bool = False  # the Request Authenticator and Message-Authenticator both checked out
     raw: bytes = b""
+    source: tuple[str, int] | None = None  # where it came from
 
     def first(self, attribute: int) -> bytes | None:
         values = self.attributes.get(attribute)
@@ -140,7 +141,7 @@ class FakeNas:
                 return
             if len(data) < 20 or data[0] not in (DISCONNECT_REQUEST, COA_REQUEST):
                 continue
-            request = DASRequest(data[0], data[1], _attributes(data), _authentic(data, self.secret), data)
+            request = DASRequest(data[0], data[1], _attributes(data), _authentic(data, self.secret), data, peer[:2])
             self.requests.append(request)
             if self.answer == "silent" or not request.authentic:
                 continue
