@@ -38,7 +38,9 @@ def effects(overview: SubscriberOverview, config: Config, dns_view: dict[str, An
 
 
 def _radius(o: SubscriberOverview, config: Config) -> list[Effect]:
-    status, changed_at = o.subscriber.status, o.subscriber.updated_at
+    # Since the status took effect (any edit moves updated_at: a plan change is no resume).
+    status = o.subscriber.status
+    changed_at = o.status_since if o.status_since is not None else o.subscriber.updated_at
     plan_reply = next((p for p in config.radius.plan if o.plan is not None and p.plan == o.plan.name), None)
     action = plan_reply.suspended if plan_reply is not None and plan_reply.suspended else config.radius.suspended
     result: list[Effect] = []
@@ -52,6 +54,10 @@ def _radius(o: SubscriberOverview, config: Config) -> list[Effect]:
         answered = [c for c in o.coa if c.session_id == session.id and c.at >= changed_at]
         last = max(answered, key=lambda c: c.at) if answered else None
         if status is SubscriberStatus.ACTIVE:
+            # Only a CoA that moved it back (or to the over-quota profile) is an effect of being
+            # active; an operator's `session disconnect` is not.
+            coas = [c for c in answered if c.kind == "coa"]
+            last = max(coas, key=lambda c: c.at) if coas else None
             if last is None:
                 result.append(Effect("radius", subject, DONE, "open with the plan's profile"))
             else:

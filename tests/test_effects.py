@@ -62,6 +62,22 @@ def test_a_suspension_is_done_in_radius_only_once_the_nas_answered() -> None:
     assert "retry with `ispd session disconnect`" in detail["session s3 on 198.18.0.1"]
 
 
+def test_being_active_is_judged_from_the_status_change_and_coa_only() -> None:
+    """An operator's Disconnect of an active subscriber's session is no effect of being active
+    (it read as "back to the plan's profile", or as failed when it timed out); the evidence
+    counts from the status change, not from any later edit (a plan change)."""
+    o = overview(SubscriberStatus.ACTIVE, sessions=[session(1), session(2), session(3)],
+                 coa=[coa(1, "timeout"), coa(2, "ack", kind="coa"), coa(3, "ack", at=T - 50, kind="coa")],
+                 status_since=T - 100, subscriber=Subscriber(1, "alice", SubscriberStatus.ACTIVE, plan_id=1,
+                                                          updated_at=T + 5))
+    found = effects(o, CONFIG, None, T + 10)
+    detail = {e.subject: (e.state, e.detail) for e in found if e.service == "radius"}
+    assert detail["session s1 on 198.18.0.1"] == ("done", "open with the plan's profile")
+    assert detail["session s2 on 198.18.0.1"][0] == "done" and "back to the plan's profile" in detail[
+        "session s2 on 198.18.0.1"][1]
+    assert "back to the plan's profile" in detail["session s3 on 198.18.0.1"][1]  # after the resume, before the edit
+
+
 def test_dhcp_is_done_when_the_lease_comes_from_the_right_pool() -> None:
     leases = [Lease("198.18.0.201", LeaseState.BOUND, T, T + 300, hw_address="02:00:00:00:00:01", pool="garden"),
               Lease("198.18.0.101", LeaseState.BOUND, T - 60, T + 3000, hw_address="02:00:00:00:00:02", pool="lan"),
