@@ -78,12 +78,20 @@ def session_identification(session: RadiusSession, now: float) -> bytes:
 
 class DynamicAuthorizationClient:
     def __init__(self, timeout: float, attempts: int, sources: tuple[str, ...] = ()) -> None:
-        """``sources``: addresses to send from, the first of the right family (the server's
-        own listening addresses: NASes take dynamic authorization from their RADIUS server's
-        address only); none, or none of that family: the kernel chooses."""
+        """``sources``: the server's own listening addresses. NASes take dynamic authorization
+        from their RADIUS server's address only, which the kernel's choice need not be."""
         self.timeout = timeout
         self.attempts = attempts
         self.sources = sources
+
+    def source_for(self, address: str) -> str | None:
+        """The one listening address of the NAS's family and reach (loopback for loopback,
+        routable otherwise) to send from; with none, or several (NASes on several networks,
+        each talking to its own), the kernel chooses by route."""
+        destination = ip_address(address)
+        fitting = [s for s in self.sources if (source := ip_address(s)).version == destination.version
+                   and source.is_loopback == destination.is_loopback and not source.is_link_local]
+        return fitting[0] if len(fitting) == 1 else None
 
     async def send(self, address: str, port: int, secret: bytes, code: Code, attributes: bytes) -> CoAOutcome:
         """``attributes``: encoded, without the Message-Authenticator (added first)."""
@@ -110,9 +118,10 @@ class DynamicAuthorizationClient:
                     return
 
         try:
-            source = next((a for a in self.sources if (":" in a) == (family == socket.AF_INET6)), None)
+            source = self.source_for(address)
             if source is not None:
-                sock.bind((source, 0))
+                with contextlib.suppress(OSError):  # (gone from the host since: the kernel's choice)
+                    sock.bind((source, 0))
             sock.connect((address, port))
             loop.add_reader(sock.fileno(), readable)
         except OSError as exc:

@@ -660,17 +660,27 @@ class AuthEngine:
                         subscriber_id=subject.id if subject is not None else None, detail=detail)
 
     def _same_station(self, subscriber_id: int, packet: Packet, nas: Nas) -> int:
-        """The subscriber's open sessions this request stands in for: on the same NAS, from the
-        same station (Calling-Station-Id) or port (NAS-Port-Id). 802.1X re-authenticates a
-        station periodically, and a CPE redials after its Stop was lost; counting its own
-        session against it would reject every re-authentication at max_sessions = 1 (as
-        FreeRADIUS's check does not)."""
+        """1 when this request re-authenticates one of the subscriber's open sessions, else 0:
+        802.1X re-authenticates a station periodically, and a CPE redials after its Stop was
+        lost; counting its own session against it rejected every re-authentication at
+        max_sessions = 1. The session is the one the request names (Acct-Session-Id), else one on
+        the same NAS from the same station (Calling-Station-Id, and NAS-Port-Id when both have
+        one: a port alone is often a whole PPPoE interface). One at most: a copied MAC buys at
+        most one session more."""
+        session_id = _text(packet.first, _ACCT_SESSION_ID)
         station, port = _text(packet.first, _CALLING_STATION_ID), _text(packet.first, _NAS_PORT_ID)
-        if station is None and port is None:
+        if session_id is None and station is None:
             return 0
-        return sum(1 for session in self.sessions.of_subscriber(subscriber_id) if session.nas_client == nas.name
-                   and ((station is not None and session.calling_station_id == station)
-                        or (port is not None and session.nas_port_id == port)))
+        for session in self.sessions.of_subscriber(subscriber_id):
+            if session.nas_client != nas.name:
+                continue
+            if session_id is not None:
+                if session.acct_session_id == session_id:
+                    return 1
+            elif session.calling_station_id == station and (
+                    port is None or session.nas_port_id is None or session.nas_port_id == port):
+                return 1
+        return 0
 
     def _authorize(self, packet: Packet, nas: Nas, subject: AuthSubject, address: str | None, method: str,
                    method_attributes: bytes = b"", failure: Callable[[], bytes] | None = None) -> Decision:

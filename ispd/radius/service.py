@@ -823,7 +823,7 @@ class RadiusService(Service):
             self.metrics.accounting.inc(str(item.record.status), str(result.outcome))
             self._answer_accounting(item.packet, item.nas, item.transport, item.addr, item.key, item.started)
             self._follow(item.record, result, item.received_at)
-            if result.outcome in (AccountingOutcome.UPDATED, AccountingOutcome.STOPPED):
+            if result.outcome in (AccountingOutcome.UPDATED, AccountingOutcome.STOPPED, AccountingOutcome.REOPENED):
                 self._quota_soon(item.record.subscriber_id)
 
     # --- fair use
@@ -1228,8 +1228,8 @@ class _AccountingProtocol(_AuthProtocol):
 
 
 def coa_sources(config: RadiusConfig) -> tuple[str, ...]:
-    """Where Disconnect and CoA requests come from: the auth listeners' own addresses (a
-    wildcard names none), which is what a NAS lists as its RADIUS server."""
+    """What Disconnect and CoA requests may come from (``DynamicAuthorizationClient.source_for``):
+    the auth listeners' own addresses (a wildcard names none), what a NAS lists as its server."""
     return tuple(a.host for a in config.listen_auth if not ip_address(a.host).is_unspecified)
 
 

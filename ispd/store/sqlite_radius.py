@@ -90,7 +90,9 @@ _SESSION_ADVANCE = (
     " session_time_seconds = MAX(session_time_seconds, COALESCE(?5, 0)), updated_at = MAX(updated_at, ?6),"
     " stopped_at = CASE WHEN ?7 THEN ?6 ELSE stopped_at END,"
     " terminate_cause = CASE WHEN ?7 THEN ?8 ELSE terminate_cause END"
-    " WHERE nas_address = ?9 AND acct_session_id = ?10 AND stopped_at IS NULL")
+    " WHERE nas_address = ?9 AND acct_session_id = ?10 AND stopped_at IS NULL"
+    # Not another user's (the Stop of the session this one superseded under a reused id).
+    " AND (?11 = '' OR username = '' OR username = ?11)")
 # What a record may add to a session after its Start (an address learnt late, the subscriber):
 # only when the record carries it and the session lacks it, so that the common case touches no
 # indexed column.
@@ -111,7 +113,8 @@ _SESSION_REOPEN = (
     " output_octets = MAX(output_octets, COALESCE(?2, 0)), input_packets = MAX(input_packets, COALESCE(?3, 0)),"
     " output_packets = MAX(output_packets, COALESCE(?4, 0)),"
     " session_time_seconds = MAX(session_time_seconds, COALESCE(?5, 0)), updated_at = MAX(updated_at, ?6),"
-    " stopped_at = CASE WHEN ?7 THEN ?6 ELSE NULL END, terminate_cause = CASE WHEN ?7 THEN ?8 ELSE NULL END"
+    " stopped_at = CASE WHEN ?7 THEN ?6 ELSE NULL END,"
+    " terminate_cause = CASE WHEN ?7 THEN COALESCE(?8, terminate_cause) ELSE NULL END"
     f" WHERE id = ?9 RETURNING {SESSION_COLUMNS}")
 
 
@@ -142,7 +145,7 @@ def _advance(conn: sqlite3.Connection, record: AccountingRecord, *, stop: bool) 
     cursor = conn.execute(_SESSION_ADVANCE, (
         record.input_octets, record.output_octets, record.input_packets, record.output_packets,
         record.session_time_seconds, record.at, stop, record.terminate_cause, record.nas_address,
-        record.acct_session_id))
+        record.acct_session_id, record.username or ""))
     return bool(cursor.rowcount)
 
 
@@ -178,22 +181,47 @@ def _apply(conn: sqlite3.Connection, record: AccountingRecord) -> AccountingResu
             conn.execute("UPDATE radius_sessions SET stopped_at = ?, terminate_cause = ? WHERE id = ?",
                          (record.at, SUPERSEDED_CAUSE, latest["id"]))
         return AccountingResult(AccountingOutcome.STARTED, _open_session(conn, record, stopped=False))
-    # Reports on a session ispd closed itself: one closed as stale was not gone after all; the
-    # Stop of one closed at Accounting-On/Off or superseded (sent with the Off, or retransmitted
-    # after it) brings its final counters, which only grow.
-    if latest is not None and (latest["terminate_cause"] == STALE_CAUSE or (
-            status == AccountingStatus.STOP and latest["terminate_cause"] in (NAS_RESTART_CAUSE, SUPERSEDED_CAUSE))):
-        row = conn.execute(_SESSION_REOPEN, (
-            record.input_octets, record.output_octets, record.input_packets, record.output_packets,
-            record.session_time_seconds, record.at, status == AccountingStatus.STOP, record.terminate_cause,
-            latest["id"])).fetchone()
-        return AccountingResult(AccountingOutcome.REOPENED, session_from_row(row))
+    if latest is not None and latest["terminate_cause"] == STALE_CAUSE:  # it was not gone after all
+        return _reopen(conn, record, latest["id"])
+    if status == AccountingStatus.STOP:
+        closed = _closed_by_ispd(conn, record)
+        if closed is not None:
+            return _reopen(conn, record, closed)
     if latest is not None:  # stopped already: a late copy
         return AccountingResult(AccountingOutcome.DUPLICATE)
     # The Start (and every interim) was lost: the session as far as it is known.
     stopped = status == AccountingStatus.STOP
     session = _open_session(conn, record, stopped=stopped)
     return AccountingResult(AccountingOutcome.STOPPED if stopped else AccountingOutcome.STARTED, session)
+
+
+def _reopen(conn: sqlite3.Connection, record: AccountingRecord, session_id: int) -> AccountingResult:
+    row = conn.execute(_SESSION_REOPEN, (
+        record.input_octets, record.output_octets, record.input_packets, record.output_packets,
+        record.session_time_seconds, record.at, record.status == AccountingStatus.STOP, record.terminate_cause,
+        session_id)).fetchone()
+    return AccountingResult(AccountingOutcome.REOPENED, session_from_row(row))
+
+
+def _closed_by_ispd(conn: sqlite3.Connection, record: AccountingRecord) -> int | None:
+    """The session a Stop ends that ispd had closed first, at Accounting-On/Off or when a
+    Start superseded it (the NAS sends its Stops with the Off, or retransmits them after it):
+    its final counters, which only grow, are still to be counted. The same user, begun when it
+    began, and more than is known (a copy of a Stop already taken, as after a NAS's own
+    NAS-Reboot Stop, changes nothing)."""
+    row = conn.execute(
+        "SELECT id, username, started_at, input_octets, output_octets, session_time_seconds FROM radius_sessions"
+        " WHERE nas_address = ? AND acct_session_id = ? AND stopped_at IS NOT NULL AND terminate_cause IN (?, ?)"
+        " ORDER BY id DESC LIMIT 1",
+        (record.nas_address, record.acct_session_id, NAS_RESTART_CAUSE, SUPERSEDED_CAUSE)).fetchone()
+    if row is None or (record.username and row["username"] and record.username != row["username"]):
+        return None
+    if record.session_time_seconds is not None and \
+            abs(record.at - record.session_time_seconds - row["started_at"]) > SAME_START_SECONDS:
+        return None
+    grows = ((record.input_octets or 0) > row["input_octets"] or (record.output_octets or 0) > row["output_octets"]
+             or (record.session_time_seconds or 0) > row["session_time_seconds"])
+    return int(row["id"]) if grows else None
 
 
 def _a_copy_of(latest: sqlite3.Row, record: AccountingRecord, started_at: float) -> bool:

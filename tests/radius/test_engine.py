@@ -322,6 +322,10 @@ def test_a_station_that_authenticates_again_is_not_its_own_second_session() -> N
     assert again(b"02-00-00-00-00-09", nas()).reject == RejectReason.SIMULTANEOUS_USE  # a third station
     other_nas = Nas("other", SECRET, NasKind.MIKROTIK, Policy.YES, Policy.YES)
     assert again(station, other_nas).reject == RejectReason.SIMULTANEOUS_USE  # elsewhere: another login
+    # A copied MAC stands in for one session at most: with both sessions from it, a third is refused.
+    world.sessions.put(RadiusSession(3, "127.0.0.1", "s9", "alice", NOW, NOW, subscriber_id=1, nas_client="lab",
+                                     calling_station_id="AA-BB-CC-DD-EE-FF"))
+    assert again(station, nas()).reject == RejectReason.SIMULTANEOUS_USE
 
 
 # --- CHAP, MS-CHAP, EAP-MD5 --------------------------------------------------------------------

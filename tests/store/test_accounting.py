@@ -111,7 +111,7 @@ async def test_a_nas_that_reuses_session_ids_starts_new_sessions(store: Store) -
     [carol] = await store.record_accounting([replace(START, at=T0 + 4, username="carol", subscriber_id=None,
                                                      framed_ip="198.18.7.8")])
     assert carol.outcome == AccountingOutcome.STARTED
-    [stop_] = await store.record_accounting([stop(T0 + 10, 5, 5, 6)])
+    [stop_] = await store.record_accounting([replace(stop(T0 + 10, 5, 5, 6), username="carol")])
     assert stop_.outcome == AccountingOutcome.STOPPED
     [again] = await store.record_accounting([replace(START, at=T0 + 12)])  # same user, after that Stop
     assert again.outcome == AccountingOutcome.STARTED
@@ -133,6 +133,20 @@ async def test_a_stop_after_accounting_off_brings_the_final_counters(store: Stor
     assert (await usage(store)).input_octets == 50_000 and (await usage(store)).output_octets == 90_000
     [late] = await store.record_accounting([interim(T0 + 46, 60_000, 90_000, 46)])  # no reopening by an interim
     assert late.outcome == AccountingOutcome.DUPLICATE
+    [again] = await store.record_accounting([stop(T0 + 47, 50_000, 90_000, 45)])  # a copy of that Stop
+    assert again.outcome == AccountingOutcome.DUPLICATE
+
+
+async def test_the_stop_of_a_superseded_session_does_not_end_its_successor(store: Store) -> None:
+    """A redial that reuses the id for another user supersedes the open session; the first
+    session's Stop, arriving after, brings its own final counters and leaves the new one open."""
+    await store.record_accounting([START, interim(T0 + 400, 100, 100, 400)])
+    await store.record_accounting([replace(START, at=T0 + 500, username="carol", subscriber_id=None)])
+    [final] = await store.record_accounting([stop(T0 + 505, 150, 150, 505)])
+    assert final.outcome == AccountingOutcome.REOPENED and final.session is not None
+    assert final.session.username == "alice" and final.session.input_octets == 150
+    [carol] = await store.list_sessions(open_only=True)
+    assert carol.username == "carol" and carol.input_octets == 0
 
 
 async def test_usage_counts_growth_on_the_day_it_was_reported(store: Store) -> None:
