@@ -656,8 +656,6 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
-
-
 _Arg = TypeVar("_Arg")
 
 
@@ -673,6 +671,7 @@ def checked_arg(check: Callable[[str], _Arg]) -> Callable[[str], _Arg]:
 
 
 name_text = checked_arg(usable_text)
+SUBSCRIBER_HELP = "username or id (#ID: the id, always)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -721,34 +720,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", choices=[s.value for s in SubscriberStatus])
     p.set_defaults(handler=cmd_subscriber_list)
     p = sub.add_parser("show", parents=[config_opts, json_opt], help="everything known about one subscriber")
-    p.add_argument("subscriber", help="username or id (#ID: the id, always)")
+    p.add_argument("subscriber", help=SUBSCRIBER_HELP)
     p.set_defaults(handler=cmd_subscriber_show)
     p = sub.add_parser("suspend", parents=[config_opts], help="suspend a subscriber")
-    p.add_argument("subscriber", help="username or id (#ID: the id, always)")
+    p.add_argument("subscriber", help=SUBSCRIBER_HELP)
     p.add_argument("--reason", type=name_text, help="why (kept in the audit log)")
     p.set_defaults(handler=lambda s, a: cmd_subscriber_status(s, a, SubscriberStatus.SUSPENDED))
     p = sub.add_parser("close", parents=[config_opts],
                        help="close a subscriber's account: sessions disconnected, no logins, no mail; kept with its "
                             "history (resume reopens it)")
-    p.add_argument("subscriber", help="username or id (#ID: the id, always)")
+    p.add_argument("subscriber", help=SUBSCRIBER_HELP)
     p.add_argument("--reason", type=name_text, help="why (kept in the audit log)")
     p.set_defaults(handler=lambda s, a: cmd_subscriber_status(s, a, SubscriberStatus.CLOSED))
     p = sub.add_parser("resume", parents=[config_opts], help="resume a suspended or closed subscriber")
-    p.add_argument("subscriber", help="username or id (#ID: the id, always)")
+    p.add_argument("subscriber", help=SUBSCRIBER_HELP)
     p.set_defaults(handler=lambda s, a: cmd_subscriber_status(s, a, SubscriberStatus.ACTIVE))
     p = sub.add_parser("delete", parents=[config_opts], help="delete a subscriber (history is kept)")
-    p.add_argument("subscriber", help="username or id (#ID: the id, always)")
+    p.add_argument("subscriber", help=SUBSCRIBER_HELP)
     p.set_defaults(handler=cmd_subscriber_delete, prepare=remember_mail_config)
     p = sub.add_parser("set-plan", parents=[config_opts], help="move a subscriber to another plan",
                        description="Move a subscriber to another plan. A running daemon sends the subscriber's open "
                                    "RADIUS sessions a CoA-Request with the new plan's attributes.")
-    p.add_argument("subscriber", help="username or id (#ID: the id, always)")
+    p.add_argument("subscriber", help=SUBSCRIBER_HELP)
     p.add_argument("plan", nargs="?", help="the plan's name or id")
     p.add_argument("--none", action="store_true", help="no plan")
     p.set_defaults(handler=cmd_subscriber_set_plan, check=lambda a: None if a.none != (a.plan is not None) else
                    "give a PLAN or --none, not both" if a.none else "give a PLAN, or --none for no plan")
     p = sub.add_parser("passwd", parents=[config_opts, password_opts], help="set a subscriber's password")
-    p.add_argument("subscriber", help="username or id (#ID: the id, always)")
+    p.add_argument("subscriber", help=SUBSCRIBER_HELP)
     p.set_defaults(handler=cmd_subscriber_passwd, prepare=read_password_for_passwd)
 
     plan = top.add_parser("plan", help="manage plans").add_subparsers(dest="action", required=True)
@@ -788,7 +787,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "--circuit-id or --remote-id (option 82, as the relay sends them), or --username (a RADIUS "
                     "login). Without --address the client gets an address from the pools (RADIUS: from the NAS).",
     )
-    p.add_argument("subscriber", help="username or id (#ID: the id, always)")
+    p.add_argument("subscriber", help=SUBSCRIBER_HELP)
     keys = p.add_mutually_exclusive_group(required=True)
     keys.add_argument("--mac", type=checked_arg(lambda v: reservation_key("mac", v)[1]), metavar="MAC",
                       help="e.g. 02:00:5e:10:00:01")
@@ -805,7 +804,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hostname", type=checked_arg(hostname_text), help="the host name to give the client")
     p.set_defaults(handler=cmd_reservation_add)
     p = reservation.add_parser("list", parents=[config_opts, json_opt], help="list reservations")
-    p.add_argument("--subscriber", help="only this subscriber's (username, or id: #ID)")
+    p.add_argument("--subscriber", help=f"only this subscriber's: {SUBSCRIBER_HELP}")
     p.set_defaults(handler=cmd_reservation_list)
     p = reservation.add_parser("delete", parents=[config_opts], help="delete a reservation")
     p.add_argument("id", type=positive_int, help="the reservation's number (see reservation list)")
@@ -813,7 +812,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     lease = top.add_parser("lease", help="DHCP leases").add_subparsers(dest="action", required=True)
     p = lease.add_parser("list", parents=[config_opts, json_opt], help="list leases (current ones by default)")
-    p.add_argument("--subscriber", help="only this subscriber's (username, or id: #ID)")
+    p.add_argument("--subscriber", help=f"only this subscriber's: {SUBSCRIBER_HELP}")
     p.add_argument("--all", action="store_true", help="also released, expired and declined ones")
     p.set_defaults(handler=cmd_lease_list)
     p = lease.add_parser("show", parents=[config_opts, json_opt],
@@ -901,7 +900,7 @@ def build_parser() -> argparse.ArgumentParser:
     session = top.add_parser("session", help="RADIUS sessions").add_subparsers(dest="action", required=True)
     p = session.add_parser("list", parents=[config_opts, json_opt], help="list RADIUS sessions, newest first")
     p.add_argument("--open", action="store_true", help="only sessions still open")
-    p.add_argument("--subscriber", help="only this subscriber's (username, or id: #ID)")
+    p.add_argument("--subscriber", help=f"only this subscriber's: {SUBSCRIBER_HELP}")
     p.add_argument("--nas", type=checked_arg(ip_text), help="only this NAS's (its address)")
     p.add_argument("--limit", type=positive_int, default=100, help="at most this many (default: 100)")
     p.set_defaults(handler=cmd_session_list)
@@ -921,12 +920,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = mailbox.add_parser("add", parents=[config_opts, json_opt], help="give a subscriber a mailbox",
                            description="Give a subscriber a mailbox at one of [mail] domains. Its Maildir is "
                                        "made by the daemon at the first delivery.")
-    p.add_argument("subscriber", help="username or id (#ID: the id, always)")
+    p.add_argument("subscriber", help=SUBSCRIBER_HELP)
     p.add_argument("address", type=checked_arg(mail_address), help="e.g. alice@isp.example")
     p.add_argument("--quota", type=parse_size, metavar="SIZE", help="e.g. 2G (default: the plan's mail quota)")
     p.set_defaults(handler=cmd_mailbox_add, prepare=remember_mail_config)
     p = mailbox.add_parser("list", parents=[config_opts, json_opt], help="list mailboxes")
-    p.add_argument("--subscriber", help="only this subscriber's (username, or id: #ID)")
+    p.add_argument("--subscriber", help=f"only this subscriber's: {SUBSCRIBER_HELP}")
     p.set_defaults(handler=cmd_mailbox_list)
     p = mailbox.add_parser("delete", parents=[config_opts],
                            help="delete a mailbox (mail to it is refused; its Maildir is left on disk)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Hashable, MutableMapping
 from typing import Any, Literal, TextIO
 
 import structlog
@@ -71,6 +71,26 @@ def configure_logging(config: LogConfig, stream: TextIO | None = None) -> None:
     # aiosmtpd warns of every command a client gets wrong ("unrecognised: XYZZY"): the client's
     # mistake, answered and counted in ispd_mail_smtp_refusals_total, not the operator's business.
     logging.getLogger("mail.log").setLevel(logging.ERROR)
+
+
+class LogThrottle:
+    """Whether a repeated warning is due: once per ``interval`` seconds for each key (a source,
+    an interface), so that a flood of bad packets cannot flood the log too. Bounded: past
+    ``max_keys`` keys (very many sources) it forgets them all and starts over."""
+
+    def __init__(self, interval: float, max_keys: int = 10_000) -> None:
+        self.interval = interval
+        self.max_keys = max_keys
+        self._last: dict[Hashable, float] = {}
+
+    def due(self, key: Hashable, now: float) -> bool:
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            return False
+        if len(self._last) > self.max_keys:
+            self._last.clear()
+        self._last[key] = now
+        return True
 
 
 def get_logger(name: str) -> Any:

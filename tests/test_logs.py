@@ -6,7 +6,7 @@ import io
 import json
 import logging
 
-from ispd.logs import LogConfig, configure_logging, get_logger
+from ispd.logs import LogConfig, LogThrottle, configure_logging, get_logger
 
 
 def test_library_warnings_are_json_lines_and_client_mistakes_stay_out() -> None:
@@ -35,3 +35,11 @@ def test_library_warnings_are_json_lines_and_client_mistakes_stay_out() -> None:
         root.setLevel(level)
         smtp.setLevel(smtp_level)
         logging.captureWarnings(False)
+
+
+def test_a_repeated_warning_is_due_once_an_interval_per_key_and_the_keys_stay_bounded() -> None:
+    throttle = LogThrottle(60.0, max_keys=2)
+    assert throttle.due("a", 1000.0) and not throttle.due("a", 1059.0) and throttle.due("a", 1060.0)
+    assert throttle.due("b", 1000.0) and throttle.due("c", 1000.0)
+    assert throttle.due("d", 1000.0)  # past max_keys: all forgotten, then this one kept
+    assert throttle.due("a", 1061.0) and not throttle.due("d", 1001.0)

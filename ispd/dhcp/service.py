@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import math
 import socket
 import struct
 import sys
@@ -49,7 +48,7 @@ from ispd.events import (
     SubscriberResumed,
     SubscriberSuspended,
 )
-from ispd.logs import get_logger
+from ispd.logs import LogThrottle, get_logger
 from ispd.service import Health, Service, ServiceContext, ServiceStartError, describe_os_error
 from ispd.store.errors import StoreError
 from ispd.store.models import Lease, LeaseService, Reservation, ReservationKind, SubscriberStatus
@@ -115,8 +114,8 @@ class DHCPService(Service):
         self._socket: socket.socket | None = None
         self._link_sockets: dict[int, socket.socket] = {}
         self._interfaces: dict[int, str] = {}
-        self._unserved_logged: dict[int, float] = {}  # ifindex → when its drops were last logged
-        self._untrusted_logged: dict[str, float] = {}  # interface → when ignored option 82 was last logged
+        self._unserved_logged = LogThrottle(UNSERVED_LOG_SECONDS)  # by ifindex
+        self._untrusted_logged = LogThrottle(UNSERVED_LOG_SECONDS)  # by interface
         self._pending: list[tuple[Outcome, float, str, int]] = []
         self._flush_scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -265,10 +264,9 @@ class DHCPService(Service):
             interface = self._interfaces.get(ifindex)
             if interface is None:
                 self.metrics.dropped.inc("interface_not_served")
-                if now - self._unserved_logged.get(ifindex, -math.inf) >= UNSERVED_LOG_SECONDS:
+                if self._unserved_logged.due(ifindex, now):
                     # Relayed requests arrive on the uplink: a relay whose packets all vanish here
                     # is most often an uplink missing from `interfaces`. Said once a minute.
-                    self._unserved_logged[ifindex] = now
                     log.warning("dhcp.packet.interface_not_served", ifindex=ifindex,
                                 interface=_interface_name(ifindex), relayed=len(data) >= 28 and data[24:28] != bytes(4),
                                 hint="add the interface to dhcp.interfaces to serve clients (or relays) there")
@@ -292,10 +290,9 @@ class DHCPService(Service):
         outcome = self.engine.handle(Received(packet, interface, local), now)
         if outcome.untrusted_option82:
             self.metrics.untrusted_option82.inc()
-            if now - self._untrusted_logged.get(interface, -math.inf) >= UNSERVED_LOG_SECONDS:
+            if self._untrusted_logged.due(interface, now):
                 # Where access switches insert option 82 themselves (giaddr stays 0), circuit-id and
                 # remote-id reservations stop matching: said once a minute per interface.
-                self._untrusted_logged[interface] = now
                 log.warning("dhcp.option82.ignored", interface=interface, hw_address=mac_text(packet.hw_address),
                             hint="option 82 in a packet no relay forwarded is not used; if your access "
                                  'switches insert it (DHCP snooping), set dhcp.option82_without_relay = "use"')

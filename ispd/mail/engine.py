@@ -240,6 +240,27 @@ class AuthThrottle:
         self._logins.pop(login.lower(), None)
 
 
+class PlainRefused(Exception):
+    """A SASL PLAIN response that cannot be a login; ``acting_as_another`` tells which."""
+
+    def __init__(self, acting_as_another: bool) -> None:
+        super().__init__("acting as another user" if acting_as_another else "not authzid NUL authcid NUL passwd")
+        self.acting_as_another = acting_as_another
+
+
+def plain_login(response: bytes) -> tuple[bytes, bytes]:
+    """The login and password of a SASL PLAIN response (RFC 4616: authzid NUL authcid NUL
+    passwd), for SMTP and IMAP alike. An authorization identity other than the login (acting as
+    someone else) must be allowed or fail (§2): nobody may here."""
+    parts = response.split(b"\x00")
+    if len(parts) != 3:
+        raise PlainRefused(acting_as_another=False)
+    authzid, login, password = parts
+    if authzid and authzid != login:
+        raise PlainRefused(acting_as_another=True)
+    return login, password
+
+
 class LoginRefused(Exception):
     """Right password, but the account may not read its mail now; str() says why."""
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, cast
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, TLSSetupException, syntax
 
 from ispd.logs import get_logger
-from ispd.mail.engine import SMTPRefusal, with_enhanced_code
+from ispd.mail.engine import PlainRefused, SMTPRefusal, plain_login, with_enhanced_code
 from ispd.store.models import MailRecipient
 
 if TYPE_CHECKING:
@@ -96,10 +96,9 @@ def release_frames(task: asyncio.Task[None]) -> None:
     so each broken-off DATA stayed in memory; the frames are cleared as the task ends."""
     try:
         task.result()  # (a cancelled task hands over its CancelledError and lets go of it)
-    except (asyncio.CancelledError, ConnectionError) as exc:  # the client went: aiosmtpd has said so
-        traceback.clear_frames(exc.__traceback__)
-    except Exception as exc:
-        log.error("mail.session.failed", error=repr(exc), exc_info=exc)
+    except (asyncio.CancelledError, Exception) as exc:
+        if not isinstance(exc, asyncio.CancelledError | ConnectionError):  # (the client went: aiosmtpd said so)
+            log.error("mail.session.failed", error=repr(exc), exc_info=exc)
         traceback.clear_frames(exc.__traceback__)
 
 
@@ -364,15 +363,13 @@ class SubmissionHandler(MXHandler):
             except ValueError:
                 await server.push("501 5.5.2 Can't decode base64")
                 return AuthResult(success=False, handled=True)
-        parts = response.split(b"\x00")
-        if len(parts) != 3:  # RFC 4616: authzid NUL authcid NUL passwd
-            await server.push("501 5.5.2 Can't split auth value")
+        try:
+            login, password = plain_login(response)
+        except PlainRefused as refused:
+            await server.push("535 5.7.8 Acting as another user (an authorization identity) is not allowed"
+                              if refused.acting_as_another else "501 5.5.2 Can't split auth value")
             return AuthResult(success=False, handled=True)
-        if parts[0] and parts[0] != parts[1]:
-            # RFC 4616 §2: acting as someone else must be allowed or fail; nobody may here.
-            await server.push("535 5.7.8 Acting as another user (an authorization identity) is not allowed")
-            return AuthResult(success=False, handled=True)
-        return await self._check(server, parts[1], parts[2])
+        return await self._check(server, login, password)
 
     async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
         assert isinstance(server, SMTPSession)

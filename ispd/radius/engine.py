@@ -698,9 +698,11 @@ class AuthEngine:
             walled = True
         if subject.over_quota and plan is not None and plan.over_quota is OverQuota.WALLED_GARDEN:
             walled = True
-        if (plan is not None and plan.max_sessions is not None and self.sessions.count(subject.id) >= plan.max_sessions
-                and self.sessions.count(subject.id) - self._same_station(subject.id, packet, nas) >= plan.max_sessions):
-            return self._reject(RejectReason.SIMULTANEOUS_USE, method, subject, failure)
+        if plan is not None and plan.max_sessions is not None:
+            open_sessions = self.sessions.count(subject.id)
+            if open_sessions >= plan.max_sessions and \
+                    open_sessions - self._same_station(subject.id, packet, nas) >= plan.max_sessions:
+                return self._reject(RejectReason.SIMULTANEOUS_USE, method, subject, failure)
         if address is None:
             address = self._reserved_address(packet, subject)
         if address is None and plan is not None:

@@ -61,7 +61,7 @@ from ispd.events import (
     SubscriberResumed,
     SubscriberSuspended,
 )
-from ispd.logs import get_logger
+from ispd.logs import LogThrottle, get_logger
 from ispd.radius.addresses import AddressPools, holder_of, line_of
 from ispd.radius.attributes import AttributeValueError, ReplyAttribute, reply_attribute
 from ispd.radius.coa import DynamicAuthorizationClient, session_identification
@@ -265,7 +265,7 @@ class RadiusService(Service):
         self._checker = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ispd-radius-password")
         self._store_failing = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._drop_logged: dict[tuple[str, str], float] = {}
+        self._drop_logged = LogThrottle(DROP_LOG_INTERVAL_SECONDS)
         self._writing = 0  # accounting records handed to the store and not written yet
         self._rejects_logged: dict[tuple[str, int | None, str, str], list[Any]] = {}
         self._quota_checked: dict[int, float] = {}  # subscriber -> monotonic time of its last check
@@ -463,12 +463,8 @@ class RadiusService(Service):
         """Count a datagram left unanswered, and say so in the log — once a minute per source
         and reason, so that a flood cannot flood the log too."""
         self.metrics.dropped.inc(port, reason, amount=count)
-        key = (source, reason)
-        if now - self._drop_logged.get(key, 0.0) < DROP_LOG_INTERVAL_SECONDS:
+        if not self._drop_logged.due((source, reason), now):
             return
-        if len(self._drop_logged) > 10_000:
-            self._drop_logged.clear()
-        self._drop_logged[key] = now
         log.warning("radius.request.dropped", port=port, reason=reason, source=source,
                     nas=nas.name if nas is not None else None, count=count)
 

@@ -214,7 +214,7 @@ def _closed_by_ispd(conn: sqlite3.Connection, record: AccountingRecord) -> int |
         " WHERE nas_address = ? AND acct_session_id = ? AND stopped_at IS NOT NULL AND terminate_cause IN (?, ?)"
         " ORDER BY id DESC LIMIT 1",
         (record.nas_address, record.acct_session_id, NAS_RESTART_CAUSE, SUPERSEDED_CAUSE)).fetchone()
-    if row is None or (record.username and row["username"] and record.username != row["username"]):
+    if row is None or _another_user(record, row):
         return None
     if record.session_time_seconds is not None and \
             abs(record.at - record.session_time_seconds - row["started_at"]) > SAME_START_SECONDS:
@@ -224,12 +224,18 @@ def _closed_by_ispd(conn: sqlite3.Connection, record: AccountingRecord) -> int |
     return int(row["id"]) if grows else None
 
 
+def _another_user(record: AccountingRecord, session: sqlite3.Row) -> bool:
+    """Whether a record is another user's than a session's (when both name one): the session
+    under a reused Acct-Session-Id that the record does not belong to."""
+    return bool(record.username and session["username"] and record.username != session["username"])
+
+
 def _a_copy_of(latest: sqlite3.Row, record: AccountingRecord, started_at: float) -> bool:
     """Whether a Start repeats the last session under its NAS and Acct-Session-Id (a
     retransmission, or a Start that comes after its interims or Stop made the session up) rather
     than begins a new one: NASes reuse ids, their counters restarting at boot."""
-    if record.username and latest["username"] and record.username != latest["username"]:
-        return False  # another user's session
+    if _another_user(record, latest):
+        return False
     if latest["stopped_at"] is not None and started_at > latest["stopped_at"]:
         return False  # begun after that one ended
     return bool(abs(latest["started_at"] - started_at) < SAME_START_SECONDS or started_at <= latest["updated_at"])

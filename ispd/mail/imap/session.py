@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from ispd.logs import get_logger
 from ispd.mail import mailindex
-from ispd.mail.engine import CommandPace, LoginRefused
+from ispd.mail.engine import CommandPace, LoginRefused, PlainRefused, plain_login
 from ispd.mail.imap import mime
 from ispd.mail.imap.framing import Command as Framed
 from ispd.mail.imap.framing import CommandFramer, Continue, TooLong
@@ -323,16 +323,14 @@ class IMAPSession(asyncio.Protocol):
             self.send(f"{command.tag} BAD AUTHENTICATE cancelled".encode())
             return
         try:
-            parts = base64.b64decode(initial, validate=True).split(b"\x00")
-        except ValueError:
-            parts = []
-        if len(parts) != 3:
-            self.send(f"{command.tag} BAD bad PLAIN response".encode())
+            login, password = plain_login(base64.b64decode(initial, validate=True))
+        except (ValueError, PlainRefused) as error:  # (bad base64, or not a PLAIN response)
+            acting = isinstance(error, PlainRefused) and error.acting_as_another
+            refusal = ("NO [AUTHORIZATIONFAILED] acting as another user is not allowed" if acting
+                       else "BAD bad PLAIN response")
+            self.send(f"{command.tag} {refusal}".encode())
             return
-        if parts[0] and parts[0] != parts[1]:  # RFC 4616 §2: acting as another user; nobody may here
-            self.send(f"{command.tag} NO [AUTHORIZATIONFAILED] acting as another user is not allowed".encode())
-            return
-        await self._login(command.tag, parts[1], parts[2])
+        await self._login(command.tag, login, password)
 
     async def _login(self, tag: str, user: bytes, password: bytes) -> None:
         try:
