@@ -82,7 +82,7 @@ class Lan:
         """The clients' and ispd's own words, for a failing assertion."""
         parts = [c.describe() for c in clients]
         log = self.ispd.log_text().splitlines()
-        return "\n".join([*parts, "--- ispd.log (last 40 lines):", *log[-40:]])
+        return "\n".join([*parts, self.ispd.packet_counters(), "--- ispd.log (last 40 lines):", *log[-40:]])
 
 
 @pytest.fixture

@@ -74,7 +74,7 @@ class RelayedLan:
     def explain(self, *clients: DHCPClient) -> str:
         log = self.ispd.log_text().splitlines()
         return "\n".join([*(c.describe() for c in clients), "--- dhcrelay:", self.relay.output()[-3000:],
-                          "--- ispd.log (last 40 lines):", *log[-40:]])
+                          self.ispd.packet_counters(), "--- ispd.log (last 40 lines):", *log[-40:]])
 
 
 @pytest.fixture

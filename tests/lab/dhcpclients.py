@@ -580,20 +580,34 @@ class Relay:
 class DHCPIspd(IspdProcess):
     """IspdProcess with what DHCP tests read from inside ispd's namespace."""
 
-    def metric_in_netns(self, name: str, labels: dict[str, str] | None = None) -> float | None:
-        """A metric's value read from inside ispd's namespace (its loopback is not the test's)."""
-        from prometheus_client.parser import text_string_to_metric_families
-
+    def _scrape_in_netns(self) -> str:
         assert self.netns is not None
         result = subprocess.run(["ip", "netns", "exec", self.netns, "curl", "-sS", "--max-time", "5",
                                  f"{self.metrics_url}/metrics"], capture_output=True, text=True, timeout=10)
         assert result.returncode == 0, f"curl /metrics in {self.netns}: {result.stderr}"
+        return result.stdout
+
+    def metric_in_netns(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        """A metric's value read from inside ispd's namespace (its loopback is not the test's)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
         total = None
-        for family in text_string_to_metric_families(result.stdout):
+        for family in text_string_to_metric_families(self._scrape_in_netns()):
             for sample in family.samples:
                 if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items()):
                     total = (total or 0.0) + float(sample.value)
         return total
+
+    def packet_counters(self) -> str:
+        """For assertion messages: what the DHCP service received, sent and dropped, which tells
+        a request that never arrived from one that was refused."""
+        try:
+            text = self._scrape_in_netns()
+        except (AssertionError, OSError, subprocess.SubprocessError) as exc:
+            return f"--- dhcp counters: not readable ({exc})"
+        wanted = ("ispd_dhcp_packets_received_total{", "ispd_dhcp_packets_sent_total{",
+                  "ispd_dhcp_packets_dropped_total{")
+        return "\n".join(["--- dhcp counters:", *(line for line in text.splitlines() if line.startswith(wanted))])
 
     def leases(self, *, include_ended: bool = False) -> list[dict[str, Any]]:
         args = ["lease", "list", "--json"] + (["--all"] if include_ended else [])
