@@ -148,6 +148,9 @@ HEADER = bytes((1, 1)) + (26).to_bytes(2, "big") + bytes(16)
     (HEADER + b"\x01\x01abcd", DropReason.ATTRIBUTE_OVERRUN),  # length 1
     (HEADER + b"\x01\x07abcd", DropReason.ATTRIBUTE_OVERRUN),  # runs past the end
     (bytes((1, 1, 0, 21)) + bytes(16) + b"\x01", DropReason.ATTRIBUTE_OVERRUN),  # one octet left
+    # One octet left within Length, the attribute's length octet in the padding after it.
+    (bytes((1, 1, 0, 21)) + bytes(16) + b"\x01\x06abcd", DropReason.ATTRIBUTE_OVERRUN),
+    (HEADER + b"\x01\x07abcd" + b"\xff" * 10, DropReason.ATTRIBUTE_OVERRUN),  # runs into the padding
 ])
 def test_malformed_packets_are_refused_with_a_reason(data: bytes, reason: DropReason) -> None:
     with pytest.raises(RadiusDecodeError) as refused:
