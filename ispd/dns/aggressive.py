@@ -124,13 +124,20 @@ class NsecIndex:
         if span is None:
             return None
         if span.owner == name:  # NODATA, if the type (or a CNAME) is not there
-            if dnssec.bitmap_has(span.bitmap, qtype) or dnssec.bitmap_has(span.bitmap, RRType.CNAME):
+            # No bitmap lists ANY: a NODATA for it would deny the records the name has.
+            if qtype == RRType.ANY or dnssec.bitmap_has(span.bitmap, qtype) \
+                    or dnssec.bitmap_has(span.bitmap, RRType.CNAME):
                 return None
             if dnssec.bitmap_has(span.bitmap, RRType.NS) and not dnssec.bitmap_has(span.bitmap, RRType.SOA) \
                     and qtype != RRType.DS:
                 return None  # a delegation: the child answers for its names
             return self._reply(entry, False, [span], now)
         if not _spans(span, name) or dnssec.bitmap_has(span.bitmap, RRType.DNAME):
+            return None
+        name_key = dnssec.canonical_key(name)
+        if dnssec.canonical_key(span.next_name)[:len(name_key)] == name_key:
+            # The next name lies below the one asked: that is an empty non-terminal, which exists
+            # (RFC 4035 §3.1.3.2), so no NXDOMAIN; its NODATA is left to the zone.
             return None
         if dnssec.bitmap_has(span.bitmap, RRType.NS) and not dnssec.bitmap_has(span.bitmap, RRType.SOA) \
                 and is_subdomain(name, span.owner):
@@ -163,7 +170,7 @@ class NsecIndex:
         exact = matching(name)
         if exact is not None:  # RFC 5155 §8.5: NODATA
             bitmap = exact[0].bitmap
-            if dnssec.bitmap_has(bitmap, qtype) or dnssec.bitmap_has(bitmap, RRType.CNAME):
+            if qtype == RRType.ANY or dnssec.bitmap_has(bitmap, qtype) or dnssec.bitmap_has(bitmap, RRType.CNAME):
                 return None
             if dnssec.bitmap_has(bitmap, RRType.NS) and not dnssec.bitmap_has(bitmap, RRType.SOA) \
                     and qtype != RRType.DS:

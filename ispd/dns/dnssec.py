@@ -273,9 +273,22 @@ def _serial_le(a: int, b: int) -> bool:
     return (b - a) % (1 << 32) < (1 << 31)
 
 
+def signed_labels(owner: bytes) -> int:
+    """The labels of ``owner`` an RRSIG's Labels field counts: a leading ``*`` is not one (RFC
+    4034 §3.1.3)."""
+    count = label_count(owner)
+    return count - 1 if owner[:2] == b"\x01*" else count
+
+
+def is_expansion(owner: bytes, sig: RRSIG) -> bool:
+    """Whether ``sig`` shows its RRset synthesised from a wildcard (RFC 4035 §5.3.2), rather
+    than held at ``owner`` — which may itself be a wildcard's own name, asked as such."""
+    return sig.labels < signed_labels(owner)
+
+
 def signed_data(sig: RRSIG, owner: bytes, rtype: int, rdatas: Iterable[bytes]) -> bytes:
     """RFC 4034 §3.1.8.1 and §6.2."""
-    if sig.labels < label_count(owner):  # RFC 4035 §5.3.2: a wildcard expansion
+    if is_expansion(owner, sig):
         owner = b"\x01*" + ancestor_with_labels(owner, sig.labels)
     prefix = owner.lower() + struct.pack("!HHI", rtype, CLASS_IN, sig.original_ttl)
     canonical = sorted({canonical_rdata(rtype, rdata) for rdata in rdatas})
@@ -354,9 +367,7 @@ def verify_rrset(owner: bytes, rtype: int, rdatas: Sequence[bytes], sigs: Iterab
                  keys: Sequence[DNSKEY], signer: bytes, now: int) -> Verified:
     """RFC 4035 §5.3: one RRSIG of ``signer`` over the RRset that verifies with one of ``keys``."""
     failure = EDE.RRSIGS_MISSING
-    owner_labels = label_count(owner)
-    if owner[:2] == b"\x01*":
-        owner_labels -= 1  # RFC 4034 §3.1.3: the wildcard label is not counted
+    owner_labels = signed_labels(owner)
     for sig in sigs:
         if sig.type_covered != rtype or sig.signer != signer or sig.labels > owner_labels:
             continue

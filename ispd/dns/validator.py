@@ -274,7 +274,7 @@ class Validator:
             return Verdict(Security.BOGUS, result.failure,
                            f"{name_to_text(name)} type {rtype}: {_failure_text(result.failure)}")
         assert result.sig is not None
-        if result.sig.labels < label_count(name):  # RFC 4035 §5.3.4: a wildcard expansion
+        if dnssec.is_expansion(name, result.sig):  # RFC 4035 §5.3.4: the name must be proved absent
             checked = await self._verified_denial_records(proof, signer, keys)
             proved = Denial.BOGUS if checked is None else dnssec.wildcard_expansion(name, result.sig.labels, checked)
             if proved == Denial.BOGUS:

@@ -49,6 +49,17 @@ def test_nodata_from_the_nsec_at_the_name(zone: Signed) -> None:
     assert ds is not None and not ds.nxdomain  # but its DS is the parent's to deny
 
 
+def test_empty_non_terminals_and_any_are_not_denied(zone: Signed) -> None:
+    """An empty non-terminal exists (the NSEC before it names something below it), and no
+    bitmap lists ANY: neither gets a synthesised NXDOMAIN or NODATA."""
+    index = index_of(zone)
+    for ent in ("sub.example.test", "ent.sub.example.test", "wild.example.test"):
+        assert index.answer(zone.origin, N(ent), RRType.TXT, 1.0) is None, ent
+    assert index.answer(zone.origin, N("www.example.test"), RRType.ANY, 1.0) is None
+    nxdomain = index.answer(zone.origin, N("nope.sub.example.test"), RRType.ANY, 1.0)
+    assert nxdomain is not None and nxdomain.nxdomain  # below the empty non-terminal: nothing
+
+
 def test_entries_expire_and_the_zone_is_found_by_name(zone: Signed, tmp_path: Path) -> None:
     index = index_of(zone, ttl=10)
     assert index.zone_of(N("a.b.example.test")) == zone.origin
@@ -73,4 +84,5 @@ def test_nsec3_closest_encloser_and_nodata(opt_out: bool, tmp_path_factory: pyte
         assert nxdomain is not None and nxdomain.nxdomain
         assert 2 <= sum(rr.rtype == RRType.NSEC3 for rr in nxdomain.proof) <= 3
     assert index.answer(zone.origin, N("www.example.test"), RRType.A, 1.0) is None
+    assert index.answer(zone.origin, N("www.example.test"), RRType.ANY, 1.0) is None
     assert index.answer(zone.origin, N("x.wild.example.test"), RRType.A, 1.0) is None  # the wildcard matches

@@ -104,6 +104,11 @@ async def test_a_wildcard_answer_needs_the_proof_that_the_name_does_not_exist(zo
     assert with_proof.security == Security.SECURE
     without = await verdict(validator, Outcome(Step.ANSWER, expanded, zone=zone.origin), "y.wild.example.test")
     assert (without.security, without.ede) == (Security.BOGUS, EDE.NSEC_MISSING)
+    # The wildcard's own name, asked as such, is no expansion: its Labels field just does not
+    # count the "*" (RFC 4034 §3.1.3), and no denial comes with it.
+    own = await verdict(validator, Outcome(Step.ANSWER, records(zone, "*.wild.example.test", RRType.A),
+                                           zone=zone.origin), "*.wild.example.test")
+    assert own.security == Security.SECURE
 
 
 async def test_an_unsigned_child_is_insecure_by_the_parents_nsec(zone: Signed) -> None:
