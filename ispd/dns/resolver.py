@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol
 
-from ispd.dns.cache import NegativeKind, RRsetCache, Security, Trust
+from ispd.dns.cache import NegativeKind, RRsetCache, RRsetEntry, Security, Trust
 from ispd.dns.wire import (
     CLASS_IN,
     FLAG_AA,
@@ -361,6 +361,10 @@ class Resolver:
                                zone=cname.zone, security=cname.security, ede=cname.ede)
         ancestor = name
         while True:  # RFC 8020: nothing exists below a name that does not exist
+            if ancestor != name:
+                dname = cache.get(ancestor, RRType.DNAME, now)
+                if dname is not None and dname.trust >= Trust.AUTHORITY:
+                    return self._substituted(name, ancestor, dname, now)
             negative = cache.get_negative(ancestor, qtype, now)
             if negative is not None and (ancestor == name or negative.kind == NegativeKind.NXDOMAIN):
                 step = Step.NXDOMAIN if negative.kind == NegativeKind.NXDOMAIN else Step.NODATA
@@ -378,6 +382,18 @@ class Resolver:
             if ancestor == ROOT or ancestor in self.forward_zones:
                 return None
             ancestor = parent_name(ancestor)
+
+    @staticmethod
+    def _substituted(name: bytes, owner: bytes, dname: RRsetEntry, now: float) -> Outcome:
+        """The step a cached DNAME at ``owner``, above ``name``, makes: the DNAME and the CNAME
+        it implies (RFC 6672 §3.4), as the zone's servers would have sent them."""
+        target = name[:len(name) - len(owner)] + rdata_name(dname.rdatas[0])
+        if len(target) > 255:
+            return Outcome(Step.FAILED, reason="DNAME substitution too long")
+        records = dname.records_with_sigs(now)
+        records.append(RR(name, RRType.CNAME, CLASS_IN, dname.ttl_left(now), target))
+        return Outcome(Step.CNAME, records, next_name=target, zone=dname.zone, security=dname.security,
+                       ede=dname.ede)
 
     def _forward_zone(self, name: bytes) -> ForwardZone | None:
         if not self.forward_zones:
@@ -674,6 +690,7 @@ class Resolver:
 
         # Follow the chain inside the reply.
         records: list[RR] = []
+        synthesised_at: set[bytes] = set()  # owners of CNAMEs a DNAME implies: never cached
         current = qname
         visited = {qname}
         final: list[RR] = []
@@ -694,6 +711,7 @@ class Resolver:
                     return Outcome(Step.FAILED, reason="DNAME substitution too long")
                 synthesised = RR(current, RRType.CNAME, CLASS_IN, dname.ttl, target)
                 records.extend((dname, synthesised))
+                synthesised_at.add(current)
                 current = target
             else:
                 cname = [rr for rr in answer if rr.name == current and rr.rtype == RRType.CNAME]
@@ -702,17 +720,17 @@ class Resolver:
                 records.append(cname[0])
                 current = rdata_name(cname[0].rdata)
             if current in visited:  # a loop: resolve() sees the name again and gives up
-                cache_rrsets(_on_chain(answer, records))
+                cache_rrsets(_on_chain(answer, records, synthesised_at))
                 return Outcome(Step.CNAME, _with_sigs(records, sigs), next_name=current)
             visited.add(current)
         else:  # longer than one reply may take: resolve() counts the hops and gives up
-            cache_rrsets(_on_chain(answer, records))
+            cache_rrsets(_on_chain(answer, records, synthesised_at))
             return Outcome(Step.CNAME, _with_sigs(records, sigs), next_name=current)
 
         # Only the RRsets that answer the question (the chain and its end) are kept: anything
         # else in the answer section is unasked-for, if in bailiwick (Unbound's scrubber).
         # A wildcard expansion's NSEC proof stays with the answer it proves.
-        cache_rrsets(_on_chain(answer, records + final), proof=tuple(proof) if final and sigs else ())
+        cache_rrsets(_on_chain(answer, records + final, synthesised_at), proof=tuple(proof) if final and sigs else ())
         soa = [rr for rr in authority if rr.rtype == RRType.SOA and is_subdomain(current, rr.name)]
         if final:
             if qtype == RRType.NS and not forwarded:
@@ -797,9 +815,11 @@ def _with_sigs(records: list[RR], sigs: dict[tuple[bytes, int], list[RR]]) -> li
     return records + [sig for key in keys for sig in sigs.get(key, ())]
 
 
-def _on_chain(answer: list[RR], chain: list[RR]) -> list[RR]:
-    """The records of ``answer`` in the RRsets (owner, type) of ``chain``."""
-    keys = {(rr.name, rr.rtype) for rr in chain}
+def _on_chain(answer: list[RR], chain: list[RR], synthesised_at: set[bytes]) -> list[RR]:
+    """The records of ``answer`` in the RRsets (owner, type) of ``chain``, less the CNAMEs at
+    ``synthesised_at``: those a DNAME implies are made again from the cached DNAME, which then
+    goes out with them (RFC 6672 §3.1: a validating client needs it)."""
+    keys = {(rr.name, rr.rtype) for rr in chain if not (rr.rtype == RRType.CNAME and rr.name in synthesised_at)}
     return [rr for rr in answer if (rr.name, rr.rtype) in keys]
 
 

@@ -238,6 +238,15 @@ async def test_dname_is_followed_and_the_cname_synthesised(net: FakeNet, resolve
     assert rdata_name(cname.rdata) == N("a.other.example.")
     assert cname.ttl == dname.ttl  # RFC 6672 §3.2
     assert values(result) == ["192.0.2.11"]
+    # From the cache, for another type of the name and for another name below the DNAME: the
+    # DNAME comes along (RFC 6672 §3.1), and example.test's servers are not asked again.
+    net.clear_log()
+    again = await ask(resolver, "a.dname.example.test.", RRType.TXT)
+    assert chain(again)[:2] == [("dname.example.test.", "DNAME"), ("a.dname.example.test.", "CNAME")]
+    other = await ask(resolver, "www.dname.example.test.")
+    assert chain(other) == [("dname.example.test.", "DNAME"), ("www.dname.example.test.", "CNAME"),
+                            ("www.other.example.", "A")]
+    assert all(name.endswith("other.example.") for _, name, _ in net.sent()), net.sent()
 
 
 async def test_wildcard_answer(resolver: Resolver) -> None:
