@@ -852,7 +852,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = dns.add_parser("lookup", parents=[config_opts],
                        help="resolve a name from the root as ispd does, with the trace of each step")
     p.add_argument("name", type=checked_arg(name_text))
-    p.add_argument("type", nargs="?", default="A", help="record type (default: A)")
+    p.add_argument("type", nargs="?", default="A", type=checked_arg(dns_type_text), help="record type (default: A)")
     p.set_defaults(handler=cmd_dns_lookup, without_store=True)
     cache = dns.add_parser("cache", help="the running daemon's DNS caches").add_subparsers(dest="cache_action",
                                                                                           required=True)

@@ -185,6 +185,11 @@ class _BoundedCache:
         self.limits = limits
         self._clock = _Clock(limits)
 
+    def set_limits(self, limits: CacheLimits) -> None:
+        """New limits (a reload): a smaller budget is reached at the next insertions; TTLs
+        already cached keep the clamp they were given."""
+        self.limits = self._clock.limits = limits
+
     @property
     def size_bytes(self) -> int:
         return self._clock.bytes

@@ -211,12 +211,15 @@ class DNSConfig(Section):
     allow: list[IPNetwork] = Field(default_factory=lambda: [ip_network("127.0.0.0/8"), ip_network("::1/128")])
     # Root hints in named.root format; unset: the IANA root servers (a copy ships with ispd).
     root_hints: Path | None = None
-    # Queries per second per client address, with a burst of twice that; 0: no limit.
+    # Queries per second per client address, with a burst of twice that; 0: no limit. Over UDP
+    # the queries past it are dropped; over TCP and the encrypted transports they get REFUSED.
     rate_limit_qps: int = Field(default=0, ge=0, le=1_000_000)
-    # TCP: idle connections are closed after this; queries in flight per connection; clients.
+    # TCP: a connection idle this long (no query, or replies the client does not read) is
+    # closed; queries in flight per connection; connections in all and per client address.
     tcp_idle_seconds: float = Field(default=10.0, gt=0, le=600)
     tcp_max_pipelined: int = Field(default=100, ge=1, le=10_000)
     tcp_max_connections: int = Field(default=1000, ge=1, le=100_000)
+    tcp_max_connections_per_client: int = Field(default=20, ge=1, le=100_000)
     # Local data: records in zone-file syntax ("portal.isp.example. 300 A 198.18.0.10").
     local_records: list[str] = []
     local_zone: list[LocalZoneConfig] = []

@@ -63,7 +63,9 @@ from ispd.dns.wire import (
     FLAG_RA,
     FLAG_RD,
     FLAG_TC,
+    REFUSED_QTYPES,
     RR,
+    SERVER_UDP_SIZE,
     Message,
     Opcode,
     Question,
@@ -85,7 +87,6 @@ from ispd.logs import get_logger
 
 log = get_logger("ispd.dns")
 _U16 = struct.Struct("!H")
-SERVER_UDP_SIZE = 1232
 FAILURE_CACHE_SECONDS = 5  # RFC 9520 §3.2: at least 1 s, at most 5 min
 STALE_RECHECK_SECONDS = 30  # RFC 8767 §4: the failure recheck timer
 TCP_MAX_SIZE = 65535
@@ -161,10 +162,9 @@ class DNSEngine:
         self.answers = answers
         self.clock = clock
         self.allow = list(allow)
-        self.request_timeout = request_timeout
-        self.stale_answer_ttl = stale_answer_ttl
-        self.stale_client_timeout = stale_client_timeout
-        self.rate_limiter = RateLimiter(rate_limit_qps) if rate_limit_qps else None
+        self.rate_limiter: RateLimiter | None = None
+        self.set_limits(rate_limit_qps=rate_limit_qps, request_timeout=request_timeout,
+                        stale_answer_ttl=stale_answer_ttl, stale_client_timeout=stale_client_timeout)
         self.stats = EngineStats()
         self.qtypes: dict[int, int] = {}
         self.policy_hits = dict.fromkeys(PolicyAction, 0)
@@ -212,6 +212,15 @@ class DNSEngine:
     def set_walled(self, addresses: frozenset[str]) -> None:
         self.walled_addresses = addresses
         self._classes.clear()
+
+    def set_limits(self, *, rate_limit_qps: int, request_timeout: float, stale_answer_ttl: int,
+                   stale_client_timeout: float) -> None:
+        """At start and at a reload; a changed rate starts every client's bucket afresh."""
+        self.request_timeout = request_timeout
+        self.stale_answer_ttl = stale_answer_ttl
+        self.stale_client_timeout = stale_client_timeout
+        if self.rate_limiter is None or self.rate_limiter.rate != rate_limit_qps:
+            self.rate_limiter = RateLimiter(rate_limit_qps) if rate_limit_qps else None
 
     def set_allow(self, allow: list[IPv4Network | IPv6Network]) -> None:
         self.allow = list(allow)
@@ -275,10 +284,12 @@ class DNSEngine:
         client_class = self.client_class(client)
         if client_class == ClientClass.REFUSED:  # before any parsing: strangers get nothing else
             self.stats.refused_clients += 1
-            return self._count(error_reply(data, RCode.REFUSED))
+            return self._count(error_reply(data, RCode.REFUSED, edns=True))
         if self.rate_limiter is not None and not self.rate_limiter.allow(client, self.clock()):
             self.stats.rate_limited += 1
-            return None
+            # Over UDP a forged source may be the victim: silence. A connection's source is real,
+            # and its client waits for each reply: it is told.
+            return self._count(error_reply(data, RCode.REFUSED, edns=True)) if tcp else None
         try:
             query = decode_message(data)
         except WireError:
@@ -294,7 +305,7 @@ class DNSEngine:
             return self._error(query, RCode.FORMERR)
         if query.edns is not None and query.edns.version != 0:
             return self._error(query, RCode.BADVERS)
-        if question.qclass != CLASS_IN or question.qtype in (RRType.AXFR, RRType.IXFR, RRType.OPT):
+        if question.qclass != CLASS_IN or question.qtype in REFUSED_QTYPES:
             return self._error(query, RCode.REFUSED)
         qtype = question.qtype
         self.qtypes[qtype] = self.qtypes.get(qtype, 0) + 1

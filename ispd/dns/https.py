@@ -54,7 +54,9 @@ class DoHResponder:
         except DoHError as exc:
             self.stats.bad_requests += 1
             body = exc.reason.encode() + b"\n"
-            return Response(error_headers(exc.status, body), body)
+            # HEAD: the headers another method would get, without the content (RFC 9110 §9.3.2;
+            # content in a response to HEAD is malformed in HTTP/2, RFC 9113 §8.1.1).
+            return Response(error_headers(exc.status, body), b"" if request.method == b"HEAD" else body)
         reply = self.answerer.from_cache(query, client, started)
         if reply is None:
             return query

@@ -21,16 +21,29 @@ from ispd.dns.hints import load_root_hints
 from ispd.dns.resolver import Resolution, Resolver
 from ispd.dns.service import forward_zones, make_validator, resolver_settings
 from ispd.dns.upstream import UpstreamTransport
-from ispd.dns.wire import FLAG_AD, FLAG_QR, FLAG_RA, Question, RRType, encode_message, name_from_text
+from ispd.dns.wire import (
+    FLAG_AD,
+    FLAG_QR,
+    FLAG_RA,
+    REFUSED_QTYPES,
+    Question,
+    RRType,
+    encode_message,
+    name_from_text,
+)
 
 
 def parse_type(text: str) -> int:
     try:
-        return int(RRType[text.upper()])
+        qtype = int(RRType[text.upper()])
     except KeyError:
-        if text.upper().startswith("TYPE") and text[4:].isdigit() and 0 < int(text[4:]) < 65536:
-            return int(text[4:])
-        raise ValueError(f"{text!r} is not a record type (e.g. A, AAAA, MX, TXT, TYPE65)") from None
+        if not (text.upper().startswith("TYPE") and text[4:].isdigit() and 0 < int(text[4:]) < 65536):
+            raise ValueError(f"{text!r} is not a record type (e.g. A, AAAA, MX, TXT, TYPE65)") from None
+        qtype = int(text[4:])
+    if qtype in REFUSED_QTYPES:
+        raise ValueError(f"{RRType(qtype).name}: the resolver refuses that type (zone transfers and OPT are "
+                         "not questions it answers)")
+    return qtype
 
 
 async def lookup(config: DNSConfig, name: str, qtype: int, say: Callable[[str], None]) -> Resolution:

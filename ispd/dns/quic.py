@@ -384,6 +384,14 @@ class QuicListener:
         return quic_configuration(self.alpn, certificate, private_key, self.settings.idle_timeout,
                                   self.settings.max_query_bytes)
 
+    def apply_settings(self, settings: QuicSettings) -> None:
+        """A reload's limits, for connections that start from now on."""
+        for name in settings.__slots__:  # the protocol factory holds this very object
+            setattr(self.settings, name, getattr(settings, name))
+        if self.configuration is not None:
+            self.configuration.idle_timeout = settings.idle_timeout
+            self.configuration.max_stream_data = max(65536, settings.max_query_bytes * 2)
+
     def use_certificate(self, fresh: QuicConfiguration) -> None:
         if self.configuration is None:
             self.configuration = fresh

@@ -189,7 +189,8 @@ class DNSService(Service):
         self._udp: list[asyncio.DatagramTransport] = []
         self._tcp: list[asyncio.base_events.Server] = []
         self._slow: set[asyncio.Task[None]] = set()
-        self._tcp_connections = 0
+        self._tcp_gate: ConnectionGate | None = None
+        self._gates: dict[str, ConnectionGate] = {}  # the encrypted listeners', by config key
         # Open DNS-over-TCP connections, by writer (with the reader and handler, to end them at stop).
         self._tcp_streams: dict[asyncio.StreamWriter, tuple[asyncio.StreamReader, asyncio.Task[Any]]] = {}
         self.bound: list[tuple[str, int]] = []
@@ -545,6 +546,8 @@ class DNSService(Service):
             stack.callback(udp.close)
             stack.callback(tcp.close)
         self._tcp_answerer = self._answerer("tcp", pad=False)
+        self._tcp_gate = ConnectionGate(self.config.tcp_max_connections, self.config.tcp_max_connections_per_client,
+                                        self.transport_stats["tcp"])
         await self._open_encrypted(stack)
 
     def _answerer(self, transport: str, *, pad: bool = True) -> Answerer:
@@ -567,14 +570,15 @@ class DNSService(Service):
     async def _open_dot(self, stack: AsyncExitStack) -> None:
         section, stats = self.config.dot, self.transport_stats["tls"]
         answerer = self._answerer("tls")
-        grace = self.config.resolver.request_timeout_seconds
 
         async def serve_dot(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str) -> None:
-            await serve_dns_stream(reader, writer, client, answerer, stats, idle_seconds=section.idle_timeout_seconds,
-                                   max_in_flight=section.max_streams_per_connection,
-                                   max_query_bytes=section.max_query_bytes, drain_seconds=grace)
+            now = self.config  # as it is when the connection starts (a reload may change it)
+            await serve_dns_stream(reader, writer, client, answerer, stats, idle_seconds=now.dot.idle_timeout_seconds,
+                                   max_in_flight=now.dot.max_streams_per_connection,
+                                   max_query_bytes=now.dot.max_query_bytes,
+                                   drain_seconds=now.resolver.request_timeout_seconds)
 
-        gate = ConnectionGate(section.max_connections, section.max_connections_per_client, stats)
+        gate = self._gate("dot", section, stats)
         listener = TLSListener("dot", ["dot"], gate, stats, section.handshake_timeout_seconds, serve_dot)
         self._load_certificate("dot", listener, section)
         await listener.start(section.listen, stack, reuse_port=self.reuse_port, first=self.first)
@@ -591,7 +595,7 @@ class DNSService(Service):
             await serve_h2(reader, writer, client, responder, idle_seconds=responder.config.idle_timeout_seconds,
                            max_streams=responder.config.max_streams_per_connection)
 
-        gate = ConnectionGate(section.max_connections, section.max_connections_per_client, stats)
+        gate = self._gate("doh", section, stats)
         listener = TLSListener("doh", ["h2"], gate, stats, section.handshake_timeout_seconds, serve_doh)
         self._load_certificate("doh", listener, section)
         await listener.start(section.listen, stack, reuse_port=self.reuse_port, first=self.first)
@@ -601,7 +605,7 @@ class DNSService(Service):
         section, stats = self.config.doh, self.transport_stats["http3"]
         responder = DoHResponder(self._answerer("http3"), stats, section, None)
         self.doh_responders.append(responder)
-        gate = ConnectionGate(section.max_connections, section.max_connections_per_client, stats)
+        gate = self._gate("doh3", section, stats)
         listener = http3_listener(responder, gate, stats, _quic_settings(section))
         self._load_certificate("doh", listener, section)
         await listener.start(section.listen_http3, stack)
@@ -609,11 +613,38 @@ class DNSService(Service):
 
     async def _open_doq(self, stack: AsyncExitStack) -> None:
         section, stats = self.config.doq, self.transport_stats["quic"]
-        gate = ConnectionGate(section.max_connections, section.max_connections_per_client, stats)
+        gate = self._gate("doq", section, stats)
         listener = doq_listener(self._answerer("quic"), gate, stats, _quic_settings(section), section.allow_0rtt)
         self._load_certificate("doq", listener, section)
         await listener.start(section.listen, stack)
         self.quic_listeners["doq"] = listener
+
+    def _gate(self, key: str, section: EncryptedListenerConfig, stats: TransportStats) -> ConnectionGate:
+        gate = self._gates[key] = ConnectionGate(section.max_connections, section.max_connections_per_client, stats)
+        return gate
+
+    def _apply_limits(self, new: DNSConfig) -> None:
+        """A reload's limits, for what comes next: queries, cache insertions, new connections
+        (established ones keep their timeouts)."""
+        assert self.engine is not None
+        self.engine.set_limits(rate_limit_qps=new.rate_limit_qps, request_timeout=new.resolver.request_timeout_seconds,
+                               stale_answer_ttl=new.cache.stale_answer_ttl,
+                               stale_client_timeout=new.cache.stale_client_timeout_seconds)
+        self.rrsets.set_limits(cache_limits(new, 0.5))
+        self.answers.set_limits(cache_limits(new, 0.5))
+        self.answers.prefetch = new.cache.prefetch
+        if self._tcp_gate is not None:
+            self._tcp_gate.max_total = new.tcp_max_connections
+            self._tcp_gate.max_per_client = new.tcp_max_connections_per_client
+        sections: dict[str, EncryptedListenerConfig] = {"dot": new.dot, "doh": new.doh, "doh3": new.doh,
+                                                        "doq": new.doq}
+        for key, gate in self._gates.items():
+            gate.max_total = sections[key].max_connections
+            gate.max_per_client = sections[key].max_connections_per_client
+        for key, tls in self.tls_listeners.items():
+            tls.handshake_timeout = sections[key].handshake_timeout_seconds
+        for key, quic in self.quic_listeners.items():
+            quic.apply_settings(_quic_settings(sections[key]))
 
     def _encrypted(self) -> list[tuple[str, TLSListener | QuicListener]]:
         return [*self.tls_listeners.items(), *self.quic_listeners.items()]
@@ -670,8 +701,11 @@ class DNSService(Service):
             await asyncio.wait(list(self._slow), timeout=2)
         if streams:
             await asyncio.wait([handler for _, (_, handler) in streams], timeout=2)
-        for writer, _ in streams:
-            writer.close()
+        for writer, (_, handler) in streams:
+            if handler.done():
+                writer.close()
+            else:  # replies its client does not read: a close would wait for them to drain
+                writer.transport.abort()
         if extras is not None:
             await extras
 
@@ -703,6 +737,7 @@ class DNSService(Service):
         # Nothing below refuses.
         self._reload_encrypted(certificates, new.dns)
         self.config = new.dns
+        self._apply_limits(new.dns)
         self.engine.set_allow(list(new.dns.allow))
         self.resolver.settings = resolver_settings(new.dns)
         before, after = set(forward_zones(old.dns)), set(forward_zones(new.dns))
@@ -773,22 +808,20 @@ class DNSService(Service):
         peer = writer.get_extra_info("peername")
         client = peer[0] if peer else ""
         stats = self.transport_stats["tcp"]
-        if self._tcp_connections >= self.config.tcp_max_connections:
-            stats.refused_connections += 1
+        gate = self._tcp_gate
+        if gate is None or not gate.admit(client):
             writer.close()
             return
-        self._tcp_connections += 1
         handler = asyncio.current_task()
         assert handler is not None
         self._tcp_streams[writer] = (reader, handler)
-        stats.connections += 1
         try:
             await serve_dns_stream(reader, writer, client, self._tcp_answerer, stats,
                                    idle_seconds=self.config.tcp_idle_seconds,
                                    max_in_flight=self.config.tcp_max_pipelined, max_query_bytes=65535,
                                    drain_seconds=self.config.resolver.request_timeout_seconds)
         finally:
-            self._tcp_connections -= 1
+            gate.release(client)
             self._tcp_streams.pop(writer, None)
 
 

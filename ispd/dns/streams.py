@@ -4,8 +4,10 @@ Queries are pipelined: a cache hit is answered in line; every other query become
 reply is written whenever it is ready, so replies may leave out of order (RFC 7766 §6.2.1.1).
 At most ``max_in_flight`` queries of one connection are resolved at once; reading waits while the
 cap is reached, and while the client does not read its replies (write buffer over 256 KiB).
-A connection idle for ``idle_seconds`` is closed; a length over ``max_query_bytes`` closes it
-too (the stream cannot be resynchronised). DoT adds TLS in front (``ispd/dns/tls.py``).
+A connection idle for ``idle_seconds`` is closed, and so is one whose client has not read its
+replies for as long (cut off: the replies it left would never drain); a length over
+``max_query_bytes`` closes it too (the stream cannot be resynchronised). DoT adds TLS in front
+(``ispd/dns/tls.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ async def serve_dns_stream(reader: asyncio.StreamReader, writer: asyncio.StreamW
                            max_in_flight: int, max_query_bytes: int, drain_seconds: float) -> None:
     pending: set[asyncio.Task[None]] = set()
     slots = asyncio.Semaphore(max_in_flight)
+    stalled = False
 
     def send(reply: bytes) -> None:
         if not writer.is_closing():
@@ -57,12 +60,18 @@ async def serve_dns_stream(reader: asyncio.StreamReader, writer: asyncio.StreamW
                 pending.add(task)
                 task.add_done_callback(pending.discard)
             if writer.transport.get_write_buffer_size() > _WRITE_BUFFER_HIGH:
-                await writer.drain()
+                stalled = True
+                async with asyncio.timeout(idle_seconds):
+                    await writer.drain()
+                stalled = False
     except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
         pass
     except ssl.SSLError:  # DoT: a TLS record that does not decrypt, or another TLS alert
         stats.bad_requests += 1
     finally:
-        if pending:
-            await asyncio.wait(pending, timeout=drain_seconds)
-        writer.close()
+        if stalled:  # a close would wait for a flush that never comes
+            writer.transport.abort()
+        else:
+            if pending:
+                await asyncio.wait(pending, timeout=drain_seconds)
+            writer.close()

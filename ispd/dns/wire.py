@@ -656,23 +656,33 @@ def encode_query(msg_id: int, qname: bytes, qtype: int, qclass: int = CLASS_IN, 
     return head + qname + QUESTION_FIXED.pack(qtype, qclass) + tail
 
 
-def error_reply(query: bytes, rcode: int, *, ra: bool = True) -> bytes | None:
+# Question types a resolver does not answer: zone transfers are for secondaries, OPT is no type
+# to ask for (RFC 6891 §6.1.1).
+REFUSED_QTYPES = frozenset({RRType.AXFR, RRType.IXFR, RRType.OPT})
+SERVER_UDP_SIZE = 1232  # what ispd offers in its OPT records (the DNS flag day 2020 figure)
+_OPT_AFTER_QUESTION = b"\x00\x00\x29"  # the root name, then type OPT
+
+
+def error_reply(query: bytes, rcode: int, *, ra: bool = True, edns: bool = False) -> bytes | None:
     """A reply carrying only ``rcode``, built from whatever of the query is readable: the header
     and, when it parses, the question. ``None`` when not even a header is there, or the bytes are
-    a response (never answer a response: that is how reflection loops start)."""
+    a response (never answer a response: that is how reflection loops start). ``edns``: when the
+    question is followed by an OPT (and nothing else), the reply has one too (RFC 6891 §7)."""
     if len(query) < 12 or query[2] & 0x80:
         return None
     msg_id, flags = HEADER.unpack_from(query)[:2]
     out_flags = FLAG_QR | (flags & (OPCODE_MASK | FLAG_RD | FLAG_CD)) | (FLAG_RA if ra else 0) | (rcode & 0xF)
-    question = b""
+    question = opt = b""
     if query[5] == 1 and query[4] == 0:
         try:
             name, offset = read_name(query, 12)
             if offset + 4 <= len(query):
                 question = name + query[offset:offset + 4]
+                if edns and query[10:12] == b"\x00\x01" and query[offset + 4:offset + 7] == _OPT_AFTER_QUESTION:
+                    opt = opt_record(SERVER_UDP_SIZE)
         except WireError:
             question = b""
-    return HEADER.pack(msg_id, out_flags, 1 if question else 0, 0, 0, 0) + question
+    return HEADER.pack(msg_id, out_flags, 1 if question else 0, 0, 0, 1 if opt else 0) + question + opt
 
 
 # --- EDNS padding for encrypted transports -----------------------------------------------

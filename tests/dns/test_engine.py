@@ -111,6 +111,10 @@ async def test_refused_for_a_client_outside_allow(env: Env) -> None:
     assert env.net.log == []
     assert env.engine.stats.refused_clients == 1
     assert env.fast(query("www.example.test."), OUTSIDER) is None
+    assert reply.edns is None
+    # A query with an OPT gets one back (RFC 6891 §7), still without parsing more of it.
+    with_edns = await env.ask_message(query("www.example.test.", edns=4096, do=True), OUTSIDER)
+    assert with_edns.rcode == RCode.REFUSED and with_edns.edns is not None and with_edns.edns.udp_size == 1232
 
 
 async def test_ipv4_mapped_and_scoped_client_addresses(env: Env) -> None:
@@ -623,6 +627,26 @@ async def test_rate_limiting_drops_beyond_the_burst() -> None:
     assert env.fast(query("www.example.test.")) is not None
     assert await env.ask(query("www.example.test.")) is not None
     assert await env.ask(query("www.example.test.")) is None
+
+
+async def test_rate_limited_queries_over_a_connection_are_refused_not_dropped() -> None:
+    """A connection's source is no forgery, and its client waits for each reply."""
+    env = make_env(rate_limit_qps=1)  # burst of 2
+    for _ in range(2):
+        assert (await env.ask_message(query("www.example.test."), tcp=True)).rcode == RCode.NOERROR
+    refused = await env.ask_message(query("www.example.test.", edns=1232), tcp=True)
+    assert refused.rcode == RCode.REFUSED and refused.edns is not None
+    assert await env.ask(query("www.example.test.")) is None  # over UDP: silence
+
+
+async def test_limits_change_with_set_limits() -> None:
+    env = make_env()
+    assert all([await env.ask(query("www.example.test.", msg_id=i)) for i in range(10)])
+    env.engine.set_limits(rate_limit_qps=1, request_timeout=8, stale_answer_ttl=30, stale_client_timeout=1.8)
+    replies = [await env.ask(query("www.example.test.", msg_id=i)) for i in range(4)]
+    assert [r is not None for r in replies] == [True, True, False, False]
+    env.engine.set_limits(rate_limit_qps=0, request_timeout=8, stale_answer_ttl=30, stale_client_timeout=1.8)
+    assert await env.ask(query("www.example.test.")) is not None
 
 
 async def test_refused_clients_are_not_rate_limited_into_silence_but_answered_refused() -> None:

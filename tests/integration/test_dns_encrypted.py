@@ -607,6 +607,7 @@ def test_a_servfail_is_a_200_that_is_not_stored(server: EncryptedIspd, tmp_path:
 HTTP_ERRORS = [
     ("wrong path", 404, ("/resolve?dns={q}",)),
     ("PUT", 405, ("/dns-query", "-X", "PUT", "--data-binary", "@{file}", "-H", "content-type: application/dns-message")),
+    ("HEAD", 405, ("/dns-query?dns={q}", "--head")),  # and no content: curl fails on a malformed one
     ("POST text/plain", 415, ("/dns-query", "--data-binary", "@{file}", "-H", "content-type: text/plain")),
     ("POST over max_query_bytes", 413, ("/dns-query", "--data-binary", "@{big}",
                                         "-H", "content-type: application/dns-message")),

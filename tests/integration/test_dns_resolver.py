@@ -7,6 +7,7 @@ the tests that need a cold cache or another ``allow`` start one of their own.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 import shutil
@@ -267,6 +268,86 @@ def test_a_stop_with_idle_tcp_clients_is_clean(dns_hierarchy: DNSHierarchy, tmp_
                 client.close()
         text = ispd.log_text()
         assert '"level": "error"' not in text and "Traceback" not in text, text[-2000:]
+
+
+def test_tcp_connections_are_capped_per_client_and_unread_replies_cut_off(dns_hierarchy: DNSHierarchy,
+                                                                          tmp_path: Path) -> None:
+    """One client, even one outside ``allow``, holds at most its share of the connections; one
+    that asks and never reads its replies is cut off after the idle time, as a silent one is."""
+    with DNSIspd(tmp_path, dns_hierarchy, allow=["127.0.0.1/32"], tcp_idle_seconds=2,
+                 tcp_max_connections_per_client=3) as ispd:
+        ispd.start()
+        stranger = [socket.create_connection(("127.0.0.1", ispd.port), timeout=5, source_address=("127.0.0.2", 0))
+                    for _ in range(4)]
+        try:
+            assert stranger[3].recv(10) == b""  # the fourth: closed at once
+            query = dnslib.DNSRecord.question("www.example-a.test", "A").pack()
+            stranger[0].sendall(struct.pack("!H", len(query)) + query)
+            assert dnslib.DNSRecord.parse(read_frame(stranger[0])).header.rcode == dnslib.RCODE.REFUSED
+            with socket.create_connection(("127.0.0.1", ispd.port), timeout=5) as allowed:  # another client
+                allowed.sendall(struct.pack("!H", len(query)) + query)
+                assert dnslib.DNSRecord.parse(read_frame(allowed)).header.rcode == dnslib.RCODE.NOERROR
+        finally:
+            for conn in stranger:
+                conn.close()
+        assert ispd.metric("ispd_dns_transport_refused_connections_total", {"transport": "tcp"}) >= 1
+
+        big = dnslib.DNSRecord.question("big.example-a.test", "TXT").pack()
+        greedy = socket.socket()
+        greedy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        greedy.settimeout(5)
+        try:
+            greedy.connect(("127.0.0.1", ispd.port))
+            greedy.sendall((struct.pack("!H", len(big)) + big) * 6000)  # 13 MB of replies, none read
+            time.sleep(2 + 3)
+            received = 0
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := greedy.recv(65536):  # what the buffers held, then the end
+                    received += len(chunk)
+            assert received < 6000 * 2000, received  # (left open, all of it would come: 2,178 bytes each)
+        finally:
+            greedy.close()
+        ispd.assert_healthy()
+        assert ispd.terminate() == 0
+        assert '"level": "error"' not in ispd.log_text()
+
+
+def test_a_reload_applies_the_rate_limit(dns_hierarchy: DNSHierarchy, tmp_path: Path) -> None:
+    """SIGHUP with a new rate_limit_qps: UDP queries past it go unanswered, queries over TCP
+    get REFUSED; and the limit comes off again the same way."""
+    with DNSIspd(tmp_path, dns_hierarchy) as ispd:
+        ispd.start()
+        assert rdatas(ispd.dig("www.example-a.test")) == {"198.18.1.1"}
+
+        def burst() -> list[str]:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(1)
+                for i in range(20):
+                    query = dnslib.DNSRecord.question("www.example-a.test", "A")
+                    query.header.id = i
+                    sock.sendto(query.pack(), ("127.0.0.1", ispd.port))
+                answered = []
+                with contextlib.suppress(TimeoutError):
+                    while True:
+                        answered.append(dnslib.RCODE[dnslib.DNSRecord.parse(sock.recv(4096)).header.rcode])
+            return answered
+
+        assert len(burst()) == 20
+        ispd.config["dns"]["rate_limit_qps"] = 2
+        ispd.write_config()
+        ispd.reload()
+        assert len(burst()) <= 5  # a burst of twice the rate, and what trickles in meanwhile
+        assert ispd.metric("ispd_dns_dropped_total", {"reason": "rate_limited"}) >= 15
+        with socket.create_connection(("127.0.0.1", ispd.port), timeout=5) as conn:
+            query = dnslib.DNSRecord.question("www.example-a.test", "A").pack()
+            conn.sendall((struct.pack("!H", len(query)) + query) * 10)
+            over_tcp = [dnslib.RCODE[dnslib.DNSRecord.parse(read_frame(conn)).header.rcode] for _ in range(10)]
+        assert over_tcp.count("REFUSED") >= 5, over_tcp  # each told, none left waiting
+        ispd.config["dns"]["rate_limit_qps"] = 0
+        ispd.write_config()
+        ispd.reload()
+        assert len(burst()) == 20
+        ispd.assert_healthy()
 
 
 # --- who may ask ------------------------------------------------------------------------------------
@@ -564,3 +645,10 @@ def test_dns_lookup_of_a_dead_zone_fails_with_a_message(resolver: DNSIspd) -> No
     assert result.returncode != 0
     assert "www.alldead.test" in result.stderr and "resolution failed" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("qtype", ["AXFR", "ixfr", "OPT", "TYPE252"])
+def test_dns_lookup_refuses_what_the_resolver_refuses(resolver: DNSIspd, qtype: str) -> None:
+    result = resolver.cli("dns", "lookup", "example-a.test", qtype, check=False)
+    assert result.returncode == 2 and "the resolver refuses that type" in result.stderr, result
+    assert "upstream queries" not in result.stdout
