@@ -667,6 +667,8 @@ class DNSService(Service):
             listen_after = (after.listen, getattr(after, "listen_http3", None))
             if listen_before != listen_after:
                 raise ServiceStartError(f"dns: a change of {key} listen addresses needs a restart")
+        if old.doq.allow_0rtt != new.doq.allow_0rtt:
+            raise ServiceStartError("dns: a change of doq.allow_0rtt needs a restart")
         prepared: dict[str, Any] = {}
         for key, listener in self._encrypted():
             section = getattr(new, "doh" if key == "doh3" else key)
