@@ -87,6 +87,8 @@ from ispd.logs import get_logger
 
 log = get_logger("ispd.dns")
 _U16 = struct.Struct("!H")
+_RD_BYTE = FLAG_RD >> 8  # the RD bit in the third byte of a message
+EDE_NOT_AUTHORITATIVE = 20  # RFC 8914 §4.21
 FAILURE_CACHE_SECONDS = 5  # RFC 9520 §3.2: at least 1 s, at most 5 min
 STALE_RECHECK_SECONDS = 30  # RFC 8767 §4: the failure recheck timer
 TCP_MAX_SIZE = 65535
@@ -122,6 +124,7 @@ class EngineStats:
     walled_answers: int = 0
     local_answers: int = 0
     dropped_by_policy: int = 0
+    not_recursive: int = 0  # RD=0 questions past local data: refused
     resolution_failures: int = 0  # resolutions that ended in SERVFAIL (failed, timed out, bugs)
 
 
@@ -249,6 +252,8 @@ class DNSEngine:
                 return None
             entry, action = local
             variant = 0  # no prefetch, and one reply whatever the DNSSEC bits
+        elif not data[2] & _RD_BYTE:
+            return None  # no recursion asked: the slow path refuses it
         now = self.clock()
         if entry.expires_at <= now:
             return None
@@ -337,12 +342,16 @@ class DNSEngine:
                 return await self._reply_local(query, answer, tcp)
             if not tcp:
                 return self._truncated(query)
+            if not query.flags & FLAG_RD:
+                return self._not_recursive(query)
             # Answered over TCP, but never through the answer cache: its fast path would hand
             # the answer to the next UDP client without asking the policy.
             resolution = await self._resolve_uncached(question)
             return self._reply_cached(query, self._build(self._key(query, question), question, resolution,
                                                          self.clock(), store=False), tcp)
 
+        if not query.flags & FLAG_RD:
+            return self._not_recursive(query)
         key = self._key(query, question)
         now = self.clock()
         entry = self.answers.table(key).get(key)
@@ -477,7 +486,10 @@ class DNSEngine:
         if resolution.rcode == RCode.SERVFAIL:  # no partial chain: it would set the entry's lifetime
             resolution = Resolution(RCode.SERVFAIL, [], [], resolution.failure)
         flags = FLAG_QR | FLAG_RA | (resolution.rcode & 0xF)
-        if resolution.security == Security.SECURE and variant & (VARIANT_DO | VARIANT_AD):
+        # An RRSIG set is never validated as such (RFC 4035 §3.2.3: AD only when every RRset of
+        # the answer is authentic), so a question for RRSIGs gets no AD, as from Unbound.
+        if resolution.security == Security.SECURE and variant & (VARIANT_DO | VARIANT_AD) \
+                and question.qtype != RRType.RRSIG:
             flags |= FLAG_AD
         if not variant & VARIANT_DO:
             resolution = Resolution(resolution.rcode, without_dnssec(resolution.answer, question.qtype),
@@ -618,12 +630,20 @@ class DNSEngine:
         opt = (self._opt_do if query.edns.do else self._opt) if query.edns is not None else None
         return encode_message(query.id, flags, query.question, [], [], [], opt=opt).data
 
-    def _error(self, query: Message, rcode: int) -> bytes:
+    def _not_recursive(self, query: Message) -> bytes:
+        """RD=0 past local data: neither iteration, which the client did not ask for (RFC 1034
+        §4.3.1), nor the cache, which would tell anyone what the other subscribers looked up
+        (cache snooping; Unbound refuses these too unless allow_snoop)."""
+        self.stats.not_recursive += 1
+        return self._error(query, RCode.REFUSED, ede=EDE_NOT_AUTHORITATIVE)
+
+    def _error(self, query: Message, rcode: int, *, ede: int | None = None) -> bytes:
         self.rcodes[rcode & 0xF] += 1
         flags = FLAG_QR | FLAG_RA | (query.flags & (FLAG_RD | FLAG_CD | 0x7800)) | (rcode & 0xF)
         opt = None
         if query.edns is not None:
-            opt = opt_record(SERVER_UDP_SIZE, query.edns.flags & EDNS_DO, ext_rcode=rcode >> 4)
+            opt = opt_record(SERVER_UDP_SIZE, query.edns.flags & EDNS_DO, ext_rcode=rcode >> 4,
+                             options=ede_option(ede) if ede is not None else b"")
         return encode_message(query.id, flags, query.question, [], [], [], opt=opt).data
 
     def _count(self, reply: bytes | None) -> bytes | None:

@@ -99,6 +99,7 @@ class _DNSCollector(Collector):
         dropped.add_metric(["refused_client"], stats.refused_clients)
         dropped.add_metric(["rate_limited"], stats.rate_limited)
         dropped.add_metric(["policy_drop"], stats.dropped_by_policy)
+        dropped.add_metric(["not_recursive"], stats.not_recursive)
         dropped.add_metric(["overload"], metrics.overload_drops)
         yield dropped
 

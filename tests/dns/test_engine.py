@@ -438,6 +438,23 @@ async def test_local_data_answers_before_recursion(env: Env) -> None:
     assert env.engine.stats.local_answers == 3
 
 
+async def test_without_recursion_desired_only_local_data_answers(env: Env) -> None:
+    """RD=0: no iteration (RFC 1034 §4.3.1), and no answer from the cache either (it would tell
+    anyone what the other clients asked: cache snooping), on either path; local data answers."""
+    with_local(env)
+    assert addresses(await env.ask_message(query("www.example.test."))) == ["192.0.2.80"]  # cached now
+    env.net.clear_log()
+    for name in ("www.example.test.", "new.example.test."):
+        assert env.fast(query(name, rd=False)) is None
+        refused = await env.ask_message(query(name, rd=False, edns=1232))
+        assert refused.rcode == RCode.REFUSED and not refused.answer and not refused.flags & FLAG_RD
+        assert refused.edns is not None and b"\x00\x14" in refused.edns.options  # EDE 20, Not Authoritative
+    assert env.net.log == []
+    local = await env.ask_message(query("printer.home.test.", rd=False))
+    assert addresses(local) == ["192.168.1.5"] and local.flags & FLAG_AA
+    assert env.engine.stats.not_recursive == 2
+
+
 async def test_local_answers_take_the_fast_path_until_local_data_changes(env: Env) -> None:
     with_local(env)
     assert env.fast(query("printer.home.test.")) is None  # not asked yet

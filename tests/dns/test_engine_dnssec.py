@@ -81,6 +81,15 @@ async def test_secure_answer_has_ad_only_when_asked_and_sigs_only_with_do(bits: 
         assert bool(reply.flags & FLAG_CD) == bool(bits.get("cd"))
 
 
+async def test_a_question_for_rrsigs_gets_no_ad() -> None:
+    """RRSIGs are not an RRset a validator checks (RFC 4035 §3.2.3): no AD, as from Unbound."""
+    engine, _ = make(Security.SECURE)
+    for _ in range(2):
+        data = encode_query(0x1234, N("www.secure.test"), RRType.RRSIG, rd=True, do=True, udp_size=1232)
+        reply = await ask(engine, data)
+        assert reply.rcode == RCode.NOERROR and reply.answer and not reply.flags & FLAG_AD
+
+
 async def test_insecure_answer_never_has_ad() -> None:
     engine, _ = make(Security.INSECURE)
     for _ in range(2):

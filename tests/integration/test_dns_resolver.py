@@ -350,6 +350,16 @@ def test_a_reload_applies_the_rate_limit(dns_hierarchy: DNSHierarchy, tmp_path: 
         ispd.assert_healthy()
 
 
+def test_queries_without_recursion_are_refused(resolver: DNSIspd) -> None:
+    """dig +norec: never iterated, and not answered from the cache (snooping on what others ask)."""
+    assert rdatas(resolver.dig("www.example-a.test")) == {"198.18.1.1"}
+    for name in ("www.example-a.test", "never-asked.bench.test"):
+        result = resolver.dig(name, "A", "+norec")
+        assert result.status == "REFUSED" and not result.answer, result.text
+        assert "NOTAUTH" in result.text or "20 (Not Authoritative)" in result.text, result.text
+    assert resolver.metric("ispd_dns_dropped_total", {"reason": "not_recursive"}) == 2
+
+
 # --- who may ask ------------------------------------------------------------------------------------
 
 
