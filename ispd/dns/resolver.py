@@ -164,6 +164,7 @@ class ServerState:
     samples: int = 0
     timeouts: int = 0
     down_until: float = 0.0
+    probe_after: float = 0.0  # while down: when it may be tried again, once
     no_edns: bool = False
 
     def timeout(self, settings: ResolverSettings) -> float:
@@ -204,6 +205,19 @@ class InfraCache:
         state.timeouts = min(state.timeouts + 1, 8)
         if state.timeouts >= 3:
             state.down_until = now + self.settings.server_down_seconds
+
+    def is_up(self, address: str, now: float) -> bool:
+        return self.state(address).down_until <= now
+
+    def probe(self, addresses: list[str], now: float) -> str | None:
+        """One of ``addresses`` (all down) to try once more, at most one every
+        ``PROBE_INTERVAL`` seconds each; None while none is due."""
+        due = [a for a in addresses if self.state(a).probe_after <= now]
+        if not due:
+            return None
+        address = random.choice(due)
+        self.state(address).probe_after = now + PROBE_INTERVAL
+        return address
 
     def mark_lame(self, zone: bytes, address: str, now: float) -> None:
         if len(self.lame) > 100_000:
@@ -256,6 +270,8 @@ class Outcome:
 
 
 _NO_SERVER_ANSWERED = Outcome(Step.FAILED, reason="no server of the zone answered")
+_ALL_DOWN = Outcome(Step.FAILED, reason="every server of the zone is down (timed out lately)")
+PROBE_INTERVAL = 10.0  # seconds between tries of a server that is down, while all of its zone's are
 
 Hints = list[tuple[bytes, list[str]]]  # (root server name, its addresses)
 
@@ -578,12 +594,20 @@ class Resolver:
             now = self.clock()
             usable = [a for a in candidates
                       if attempts.get(a, 0) < 2 and not self.infra.is_lame(zone, a, now)]
-            fresh = [a for a in usable if a not in attempts]
             if not usable:
                 return last
+            fresh = [a for a in usable if a not in attempts]
+            if any(self.infra.is_up(a, now) for a in usable):
+                probe = None
+            else:
+                # Every server left has timed out again and again: no full round of timeouts for
+                # each new name (RFC 9520 §3.1), only a probe now and then to see one come back.
+                probe = self.infra.probe(usable, now)
+                if probe is None:
+                    return last if attempts else _ALL_DOWN
             if not budget.spend():
                 return Outcome(Step.FAILED, reason="query budget exhausted")
-            address = self.infra.choose(fresh or usable, now)
+            address = probe or self.infra.choose(fresh or usable, now)
             attempts[address] = attempts.get(address, 0) + 1
             outcome = await self._ask_server(zone, address, qname, qtype, budget, forwarded, minimised)
             if outcome is not None:

@@ -650,6 +650,18 @@ def test_dns_lookup_prints_the_trace_and_the_answer(dns_hierarchy: DNSHierarchy,
     assert "status: NOERROR" in out, out
 
 
+def test_new_names_of_a_dead_zone_fail_fast_once_its_servers_are_down(resolver: DNSIspd) -> None:
+    """alldead.test: one server swallows queries, the other's port is closed. The first names
+    wait out the timeouts; once both servers are down, a new name is SERVFAIL at once."""
+    took = []
+    for i in range(6):
+        started = time.monotonic()
+        result = resolver.dig(f"fast-fail-{i}.alldead.test", "A", timeout=15)
+        took.append(time.monotonic() - started)
+        assert result.status == "SERVFAIL", result.text
+    assert max(took[-2:]) < 0.5, took  # (each took 4 s before)
+
+
 def test_dns_lookup_of_a_dead_zone_fails_with_a_message(resolver: DNSIspd) -> None:
     result = resolver.cli("dns", "lookup", "www.alldead.test", check=False)
     assert result.returncode != 0
