@@ -104,7 +104,8 @@ _SESSION_FILL_IN = (
     " AND ((subscriber_id IS NULL AND ?1 IS NOT NULL) OR (framed_ip IS NULL AND ?2 IS NOT NULL)"
     " OR (framed_ipv6_prefix IS NULL AND ?3 IS NOT NULL) OR (delegated_ipv6_prefix IS NULL AND ?4 IS NOT NULL)"
     " OR (interim_interval IS NULL AND ?5 IS NOT NULL))")
-_SESSION_LATEST = ("SELECT id, username, started_at, updated_at, stopped_at, terminate_cause FROM radius_sessions"
+_SESSION_LATEST = ("SELECT id, nas_address, acct_session_id, username, started_at, updated_at, stopped_at,"
+                   " terminate_cause FROM radius_sessions"
                    " WHERE nas_address = ? AND acct_session_id = ? ORDER BY id DESC LIMIT 1")
 # A session closed as stale that its NAS reports on again: open again (an interim) or stopped by
 # the NAS (a stop), its counters rising as usual.
@@ -175,7 +176,7 @@ def _apply(conn: sqlite3.Connection, record: AccountingRecord) -> AccountingResu
     latest = conn.execute(_SESSION_LATEST, (record.nas_address, record.acct_session_id)).fetchone()
     if status == AccountingStatus.START:
         started_at = record.at - (record.session_time_seconds or 0)
-        if latest is not None and _a_copy_of(latest, record, started_at):
+        if latest is not None and _a_copy_of(conn, latest, record, started_at):
             return AccountingResult(AccountingOutcome.DUPLICATE)
         if latest is not None and latest["stopped_at"] is None:
             conn.execute("UPDATE radius_sessions SET stopped_at = ?, terminate_cause = ? WHERE id = ?",
@@ -230,22 +231,54 @@ def _another_user(record: AccountingRecord, session: sqlite3.Row) -> bool:
     return bool(record.username and session["username"] and record.username != session["username"])
 
 
-def _a_copy_of(latest: sqlite3.Row, record: AccountingRecord, started_at: float) -> bool:
+def _a_copy_of(conn: sqlite3.Connection, latest: sqlite3.Row, record: AccountingRecord, started_at: float) -> bool:
     """Whether a Start repeats the last session under its NAS and Acct-Session-Id (a
     retransmission, or a Start that comes after its interims or Stop made the session up) rather
     than begins a new one: NASes reuse ids, their counters restarting at boot."""
     if _another_user(record, latest):
         return False
     if latest["stopped_at"] is not None and started_at > latest["stopped_at"]:
-        return False  # begun after that one ended
+        # Begun after that one ended: a new session under a reused id, unless it is that
+        # session's own Start, come late with an Acct-Delay-Time that does not say so - sent
+        # again after ispd took it but could not answer (a crash, a restart: the duplicate cache
+        # is gone), or overtaken by its Stop. Not after a NAS reboot, whose Starts may repeat
+        # the old ones to the byte.
+        if latest["terminate_cause"] == NAS_RESTART_CAUSE:
+            return False
+        if _recorded_before(conn, record):
+            return True
+        return started_at - latest["stopped_at"] < SAME_START_SECONDS and not _had_start(conn, latest)
     return bool(abs(latest["started_at"] - started_at) < SAME_START_SECONDS or started_at <= latest["updated_at"])
 
 
+def _had_start(conn: sqlite3.Connection, session: sqlite3.Row) -> bool:
+    """Whether a Start of ``session`` was recorded (or it was made up from an interim or Stop)."""
+    return conn.execute(
+        "SELECT 1 FROM accounting_records WHERE nas_address = ? AND acct_session_id = ? AND status_type = ?"
+        " AND at >= ? LIMIT 1",
+        (session["nas_address"], session["acct_session_id"], str(AccountingStatus.START),
+         session["started_at"] - SAME_START_SECONDS)).fetchone() is not None
+
+
+def _recorded_before(conn: sqlite3.Connection, record: AccountingRecord) -> bool:
+    """Whether the history holds this request already, under its NAS and Acct-Session-Id: the
+    same attributes to the byte (a retransmission may come with another Identifier, and so
+    another Request Authenticator)."""
+    if not record.packet:
+        return False
+    return conn.execute(
+        "SELECT 1 FROM accounting_records WHERE nas_address = ? AND acct_session_id = ? AND status_type = ?"
+        " AND substr(packet, 21) = ? LIMIT 1",
+        (record.nas_address, record.acct_session_id, str(record.status), record.packet[20:])).fetchone() is not None
+
+
 def _nas_restarted(conn: sqlite3.Connection, record: AccountingRecord) -> AccountingResult:
+    # The sessions open when the NAS went down or up (the request's time less its
+    # Acct-Delay-Time): one begun after that is from after the reboot, whatever came late.
     rows = conn.execute(
         "UPDATE radius_sessions SET stopped_at = ?, terminate_cause = ?, updated_at = MAX(updated_at, ?)"
-        f" WHERE nas_address = ? AND stopped_at IS NULL RETURNING {SESSION_COLUMNS}",
-        (record.at, NAS_RESTART_CAUSE, record.at, record.nas_address),
+        f" WHERE nas_address = ? AND stopped_at IS NULL AND started_at <= ? RETURNING {SESSION_COLUMNS}",
+        (record.at, NAS_RESTART_CAUSE, record.at, record.nas_address, record.at),
     ).fetchall()
     return AccountingResult(AccountingOutcome.NAS_RESTARTED, closed=tuple(session_from_row(r) for r in rows))
 

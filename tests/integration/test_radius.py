@@ -390,6 +390,47 @@ def test_simultaneous_use_survives_a_restart(tmp_path: Path) -> None:
         assert service.pap("dave", "dave-pw") == "Access-Accept"
 
 
+def test_accounting_sent_again_after_a_restart_counts_once(tmp_path: Path) -> None:
+    """A NAS sends again what ispd took but did not answer before a restart (its duplicate cache
+    gone), a Stop overtakes its Start, an Accounting-On comes late: no session twice, no octet
+    counted twice, no session of the new boot closed (radclient as the NAS)."""
+    require_radclient()
+    with FakeNas(secret=SECRET.encode()) as nas, IspdProcess(tmp_path, radius_config(tmp_path, nas.port)) as ispd:
+        ispd.start()
+        ispd.cli("plan", "add", "home", "--credential-policy", "cleartext")
+        for name in ("erin", "fred", "gina"):
+            ispd.cli("subscriber", "add", name, "--plan", "home", "--password-stdin", input=f"{name}-pw\n")
+        service = Radius(ispd)
+        eventually(lambda: service.pap("erin", "erin-pw") == "Access-Accept", timeout=10)
+
+        def account(user: str, session: str, status: str, counters: str = "") -> None:
+            attributes = f"User-Name = {user}, Acct-Session-Id = {session}, NAS-IP-Address = 127.0.0.1, " \
+                         f"Acct-Status-Type = {status}{counters}"
+            assert service.accounting(attributes) == "Accounting-Response"
+
+        final = ", Acct-Input-Octets = 1000, Acct-Output-Octets = 2000, Acct-Session-Time = 3"
+        account("erin", "e1", "Start")
+        account("erin", "e1", "Stop", final)
+        account("fred", "f1", "Stop", final)  # before its Start
+        account("fred", "f1", "Start")
+        assert ispd.terminate() == 0
+        ispd.start()
+        for _ in range(2):  # what the NAS had not seen answered, sent again
+            account("erin", "e1", "Start")
+            account("erin", "e1", "Stop", final)
+            account("fred", "f1", "Stop", final)
+        account("gina", "g1", "Start")
+        assert service.accounting("NAS-IP-Address = 127.0.0.1, Acct-Status-Type = Accounting-On, "
+                                  "Acct-Delay-Time = 30") == "Accounting-Response"  # the reboot: before g1
+        account("gina", "g1", "Interim-Update", final)
+        sessions = json.loads(ispd.cli("session", "list", "--json").stdout)
+        assert sorted((s["username"], s["stopped_at"] is None) for s in sessions) == [
+            ("erin", False), ("fred", False), ("gina", True)], sessions
+        for name in ("erin", "fred", "gina"):
+            usage = service.show(name)["usage_this_month"]
+            assert (usage["input_octets"], usage["output_octets"]) == (1000, 2000), (name, usage)
+
+
 def test_check_config_names_a_bad_reply_attribute(tmp_path: Path) -> None:
     config = radius_config(tmp_path, 3799, walled_garden_attributes=["Mikrotik-Adress-List = walled"],
                            suspended="walled-garden")

@@ -121,6 +121,55 @@ async def test_a_nas_that_reuses_session_ids_starts_new_sessions(store: Store) -
         ("alice", True), ("carol", False), ("alice", False)]
 
 
+async def test_a_start_sent_again_after_its_session_ended_is_a_copy(store: Store) -> None:
+    """A NAS retransmits a Start ispd took but never answered (a crash, a restart: the duplicate
+    cache is gone) with the same attributes, after the session's Stop came: no second session,
+    and the Stop sent again counts nothing twice. A Start that differs is a new session under a
+    reused id; after a NAS reboot, even one that repeats the old Start to the byte."""
+    packet = bytes((4, 7)) + (20 + 9).to_bytes(2, "big") + bytes(16) + b"\x2c\x04s1" + b"\x01\x07alice"
+    start = replace(START, packet=packet)
+    await store.record_accounting([start, stop(T0 + 3, 1000, 1000, 3)])
+    resent = replace(start, at=T0 + 60, packet=bytes((4, 99)) + packet[2:4] + b"\xee" * 16 + packet[20:])
+    [copy] = await store.record_accounting([resent])
+    assert copy.outcome == AccountingOutcome.DUPLICATE
+    [stop_again] = await store.record_accounting([stop(T0 + 61, 1000, 1000, 3)])
+    assert stop_again.outcome == AccountingOutcome.DUPLICATE
+    assert await usage(store) == Usage(1000, 1000, 3)
+    [other] = await store.record_accounting([replace(start, at=T0 + 90, packet=packet + b"\x1f\x03x")])
+    assert other.outcome == AccountingOutcome.STARTED  # not the same request: a reused id
+    await store.record_accounting([AccountingRecord(at=T0 + 100, status=AccountingStatus.ACCOUNTING_ON,
+                                                    nas_address="198.18.0.1")])
+    [after_reboot] = await store.record_accounting([replace(start, at=T0 + 120)])
+    assert after_reboot.outcome == AccountingOutcome.STARTED
+    assert len(await store.list_sessions()) == 3
+
+
+async def test_a_start_overtaken_by_its_stop_is_no_second_session(store: Store) -> None:
+    """The Stop came first (the session made up from it), then its Start without an
+    Acct-Delay-Time to say it is late: a copy, so that the Stop sent again is one too."""
+    [made_up] = await store.record_accounting([stop(T0, 3000, 4000, 20)])
+    assert made_up.outcome == AccountingOutcome.STOPPED
+    [late] = await store.record_accounting([replace(START, at=T0 + 1)])
+    assert late.outcome == AccountingOutcome.DUPLICATE
+    [again] = await store.record_accounting([stop(T0 + 2, 3000, 4000, 20)])
+    assert again.outcome == AccountingOutcome.DUPLICATE
+    assert await usage(store) == Usage(3000, 4000, 20)
+    assert [s.is_open for s in await store.list_sessions()] == [False]
+
+
+async def test_a_late_accounting_on_leaves_the_sessions_begun_after_the_reboot(store: Store) -> None:
+    """Accounting-On with Acct-Delay-Time 30: the NAS came up 30 s before; a session whose Start
+    came in between is of the new boot, and stays open."""
+    await store.record_accounting([replace(START, at=T0 - 600, acct_session_id="old")])
+    await store.record_accounting([START])
+    [on] = await store.record_accounting([AccountingRecord(at=T0 - 30, status=AccountingStatus.ACCOUNTING_ON,
+                                                           nas_address="198.18.0.1")])
+    assert [(s.acct_session_id, s.stopped_at) for s in on.closed] == [("old", T0 - 30)]
+    [updated] = await store.record_accounting([interim(T0 + 10, 500, 500, 10)])
+    assert updated.outcome == AccountingOutcome.UPDATED
+    assert [s.acct_session_id for s in await store.list_sessions(open_only=True)] == ["s1"]
+
+
 async def test_a_stop_after_accounting_off_brings_the_final_counters(store: Store) -> None:
     """A NAS shutting down sends its Stops with the Accounting-Off (or retransmits them after
     it): the session ispd closed at the Off still takes the Stop's counters, which only grow."""
