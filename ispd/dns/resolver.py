@@ -385,10 +385,12 @@ class Resolver:
             if negative is not None and (ancestor == name or negative.kind == NegativeKind.NXDOMAIN):
                 step = Step.NXDOMAIN if negative.kind == NegativeKind.NXDOMAIN else Step.NODATA
                 if ancestor != name and negative.security != Security.UNCHECKED:
-                    # An NXDOMAIN above the name: its proof denies the ancestor, not this name;
-                    # the verdict stands for both (nothing exists below a name that does not).
-                    return Outcome(step, soa=negative.soa_record(now), zone=negative.zone,
-                                   security=negative.security, ede=negative.ede)
+                    # An NXDOMAIN above the name: the verdict stands for both (nothing exists below
+                    # a name that does not), and so does the proof - the same closest encloser, the
+                    # same span or next closer name covering, the same wildcard denied - which a
+                    # validating client needs as much as an insecure opt-out answer's reader does.
+                    return Outcome(step, soa=negative.soa_record(now), proof=negative.proof_records(now),
+                                   zone=negative.zone, security=negative.security, ede=negative.ede)
                 if ancestor != name and self.validator is not None:
                     return None  # not yet validated: ask, and prove this name's own denial
                 return Outcome(step, soa=negative.soa_record(now), proof=negative.proof_records(now),

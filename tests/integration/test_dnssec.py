@@ -82,6 +82,12 @@ def test_delv_validates_what_ispd_hands_over(dns_hierarchy: DNSHierarchy, valida
                                  "+root=.", name, "A"], capture_output=True, text=True, timeout=30)
         return result.stdout + result.stderr
 
+    # RFC 8020: below an NXDOMAIN, from the cache, with the proof a validator needs.
+    for parent in ("gone-8020.secure.test", "zq4-8020.nsec3.test"):
+        assert validating.dig(parent, "A", "+dnssec").status == "NXDOMAIN"
+        below = validating.dig(f"a.{parent}", "A", "+dnssec")
+        assert below.status == "NXDOMAIN" and {r.type for r in below.authority} >= {"SOA", "RRSIG"}, below.text
+        assert "; negative response, fully validated" in (text := delv(f"a.{parent}")), text
     assert "; fully validated" in (text := delv("www.secure.test")), text
     assert "; fully validated" in (text := delv("x.wild.secure.test")), text
     assert "; unsigned answer" in (text := delv("www.example-a.test")), text
