@@ -370,7 +370,7 @@ class Resolver:
                                    ede=entry.ede)
                 return Outcome(Step.ANSWER, entry.records_with_sigs(now), zone=entry.zone, proof=list(entry.proof),
                                security=entry.security, ede=entry.ede)
-        if qtype != RRType.CNAME:
+        if qtype not in (RRType.CNAME, RRType.ANY):  # ANY takes the CNAME as it is (RFC 1034 §4.3.2 3a)
             cname = cache.get(name, RRType.CNAME, now)
             if cname is not None and cname.trust >= Trust.AUTHORITY:
                 return Outcome(Step.CNAME, cname.records_with_sigs(now), next_name=rdata_name(cname.rdatas[0]),

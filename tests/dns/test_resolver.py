@@ -230,6 +230,15 @@ async def test_cname_across_zones(net: FakeNet, resolver: Resolver) -> None:
     assert net.log == []
 
 
+async def test_any_takes_a_cname_as_it_is(net: FakeNet, resolver: Resolver) -> None:
+    """RFC 1034 §4.3.2 step 3a: ANY matches the CNAME itself; the chain is not followed, whether
+    the CNAME comes from the zone or from the cache."""
+    assert chain(await ask(resolver, "cross.example.test.")) == [("cross.example.test.", "CNAME"),
+                                                                 ("www.other.example.", "A")]
+    for _ in range(2):
+        assert chain(await ask(resolver, "cross.example.test.", RRType.ANY)) == [("cross.example.test.", "CNAME")]
+
+
 async def test_dname_is_followed_and_the_cname_synthesised(net: FakeNet, resolver: Resolver) -> None:
     result = await ask(resolver, "a.dname.example.test.")
     assert chain(result) == [("dname.example.test.", "DNAME"), ("a.dname.example.test.", "CNAME"),
