@@ -554,7 +554,7 @@ class DNSEngine:
                               entry.render(self.clock())))
         limit = TCP_MAX_SIZE if tcp else udp_limit(edns)
         if len(reply) > limit:
-            return self._truncated(query)
+            return self._truncated(query, entry.rcode_flags)
         return reply
 
     def _local_entry(self, question: Question, local: ZoneAnswer, action: PolicyAction | None) -> CachedAnswer | None:
@@ -625,8 +625,9 @@ class DNSEngine:
         return encode_message(query.id, flags, query.question, answer, authority, [],
                               opt=opt, max_size=limit).data
 
-    def _truncated(self, query: Message) -> bytes:
-        flags = FLAG_QR | FLAG_RA | FLAG_TC | (query.flags & _RD_CD)
+    def _truncated(self, query: Message, answer_flags: int = FLAG_QR | FLAG_RA) -> bytes:
+        """TC, with the flags and rcode the whole answer has (AA, AD): the fast path's too."""
+        flags = answer_flags | FLAG_TC | (query.flags & _RD_CD)
         opt = (self._opt_do if query.edns.do else self._opt) if query.edns is not None else None
         return encode_message(query.id, flags, query.question, [], [], [], opt=opt).data
 

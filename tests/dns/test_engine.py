@@ -492,6 +492,17 @@ async def test_local_answers_too_large_for_a_message_are_not_kept(env: Env) -> N
     assert env.fast(query("big.big.test.", RRType.TXT)) is None  # no empty answer kept in its place
 
 
+async def test_a_truncated_local_answer_is_authoritative_every_time(env: Env) -> None:
+    """TC replies carry the answer's flags (AA here) the first time (built whole), the second
+    (from the kept entry, slow path: a query without EDNS) and on the fast path alike."""
+    big = "".join(f"big TXT {'x' * 100}{i}\n" for i in range(8))
+    zone = load_zone_text("$TTL 60\n@ SOA ns hm 1 1 1 1 60\n@ NS ns\nns A 192.168.0.53\n" + big, "big.test.")
+    env.engine.local_lookup = LocalData(zones=[zone]).answer
+    replies = [decode_message(await env.ask(query("big.big.test.", RRType.TXT)) or b"") for _ in range(3)]
+    replies.append(decode_message(env.fast(query("big.big.test.", RRType.TXT)) or b""))
+    assert [(bool(r.flags & FLAG_TC), bool(r.flags & FLAG_AA), r.rcode) for r in replies] == [(True, True, 0)] * 4
+
+
 async def test_local_answers_that_leave_local_data_stay_on_the_slow_path(env: Env) -> None:
     with_local(env)
     for _ in range(2):
