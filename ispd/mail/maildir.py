@@ -73,12 +73,29 @@ def unique_name(size: int, virtual_size: int, now: float | None = None) -> str:
     return f"{seconds}.M{micros}P{os.getpid()}Q{next(_SEQUENCE)}.{_HOST},S={size},W={virtual_size}"
 
 
+def crlf_size(data: bytes) -> int:
+    """The size of ``data`` with CRLF line ends, as IMAP serves it (RFC822.SIZE), whether the file
+    has LF line ends (the Maildir norm), CRLF ones (written by other tools) or both."""
+    return len(data) + data.count(b"\n") - data.count(b"\r\n")
+
+
+def with_crlf(data: bytes) -> bytes:
+    """``data`` with every line ending in CRLF, whatever ends its lines had (``crlf_size`` long)."""
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n")
+    return data.replace(b"\n", b"\r\n")
+
+
 def size_of(name: str) -> int | None:
     """The S= size in a Maildir file name, or None if the name has none."""
-    base = name.partition(":")[0]
-    for field in base.split(",")[1:]:
-        if field.startswith("S=") and field[2:].isdigit():
-            return int(field[2:])
+    return name_field(name, "S=")
+
+
+def name_field(name: str, prefix: str) -> int | None:
+    """A number a Maildir file name carries after its base (``S=``, ``W=``, ``U=``), or None."""
+    for field in name.partition(":")[0].split(",")[1:]:
+        if field.startswith(prefix) and field[len(prefix):].isdigit():
+            return int(field[len(prefix):])
     return None
 
 
@@ -220,9 +237,11 @@ class Maildir:
             self._write_subscriptions([new + n[len(old):] if n == old or n.startswith(old + ".") else n
                                        for n in self.subscriptions()])
 
-    def deliver(self, message: bytes, *, folder: str = "", now: float | None = None) -> DeliveredMessage:
+    def deliver(self, message: bytes, *, folder: str = "", now: float | None = None,
+                received_at: float | None = None) -> DeliveredMessage:
         """Store a message durably in the folder's new/. ``message`` may have CRLF line ends
-        (as SMTP carries it); it is kept with LF."""
+        (as SMTP carries it); it is kept with LF. ``received_at``: its IMAP internal date (the
+        file's mtime, as Dovecot keeps it) when not now - an APPEND's date-time."""
         data = message.replace(b"\r\n", b"\n")
         virtual_size = len(data) + data.count(b"\n")
         base = self.folder_path(folder)
@@ -234,6 +253,8 @@ class Maildir:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
+                if received_at is not None:
+                    os.utime(fd, (received_at, received_at))
                 os.fsync(fd)
             except BaseException:
                 os.close(fd)

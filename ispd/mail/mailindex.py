@@ -47,7 +47,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from ispd.mail.maildir import PathLocks, fsync_directory, size_of
+from ispd.mail.maildir import PathLocks, crlf_size, fsync_directory, name_field, size_of
 
 _UID_FIELD = re.compile(r",U=(\d+)")
 _TRUST_AFTER_NS = 2_000_000_000
@@ -58,6 +58,7 @@ MAILDIR_FLAGS = "DFPRST"  # draft, flagged, passed, replied, seen, trashed (Mail
 KEYWORD_LETTERS = "abcdefghijklmnopqrstuvwxyz"  # keywords, named in dovecot-keywords (Dovecot's layout)
 _FLAG_LETTERS = set(MAILDIR_FLAGS + KEYWORD_LETTERS)
 KEYWORDS_FILE = "dovecot-keywords"
+LAST_UIDVALIDITY_FILE = "ispd-uidvalidity-last"  # in the Maildir's root: see _new_uidvalidity
 
 
 class TooManyKeywords(Exception):
@@ -140,9 +141,22 @@ def uid_in_name(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _named_with_uid(name: str, uid: int) -> str:
-    """The file's name in cur/ once it has ``uid`` (any UID it carried before replaced)."""
-    return f"{_UID_FIELD.sub('', base_name(name))},U={uid}:2,{flags_in_name(name)}"
+def _named_with_uid(name: str, uid: int, path: Path) -> str:
+    """The file's name in cur/ once it has ``uid`` (any UID it carried before replaced), with its
+    sizes (``,S=`` and ``,W=``) when it came without (delivered by another program): read once
+    here, they are never read again."""
+    base = _UID_FIELD.sub("", base_name(name))
+    if name_field(base, "W=") is None:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            data = None
+        if data is not None:
+            if name_field(base, "S=") is None:
+                base += f",S={len(data)}"
+            base += f",W={crlf_size(data)}"
+    return f"{base},U={uid}:2,{flags_in_name(name)}"
+
 
 
 def flags_in_name(name: str) -> str:
@@ -150,11 +164,26 @@ def flags_in_name(name: str) -> str:
     return "".join(sorted(set(info) & _FLAG_LETTERS)) if sep else ""
 
 
-def _virtual_size(name: str, size: int) -> int:
-    for field in base_name(name).split(",")[1:]:
-        if field.startswith("W=") and field[2:].isdigit():
-            return int(field[2:])
-    return size
+# Sizes with CRLF of files without ,W= that keep their names (a UID given by an older ispd or
+# another tool), by file: read once per process.
+_MEASURED: dict[tuple[Path, str], int] = {}
+
+
+def _virtual_size(folder: Path, name: str, size: int) -> int:
+    named = name_field(name, "W=")
+    if named is not None:
+        return named
+    key = (folder, base_name(name))
+    measured = _MEASURED.get(key)
+    if measured is None:
+        try:
+            measured = crlf_size((folder / "cur" / name).read_bytes())
+        except OSError:
+            return size
+        if len(_MEASURED) >= 100_000:
+            _MEASURED.clear()
+        _MEASURED[key] = measured
+    return measured
 
 
 class FolderIndex:
@@ -235,7 +264,7 @@ class FolderIndex:
         for entry in arrived:
             uid = next_uid
             next_uid += 1
-            target = _named_with_uid(entry.name, uid)
+            target = _named_with_uid(entry.name, uid, Path(entry.path))
             try:
                 os.rename(entry.path, self.path / "cur" / target)
             except FileNotFoundError:
@@ -261,7 +290,7 @@ class FolderIndex:
                 else:
                     uid = next_uid
                     next_uid += 1
-                    renamed = _named_with_uid(name, uid)
+                    renamed = _named_with_uid(name, uid, Path(dir_entry.path))
                     try:
                         os.rename(dir_entry.path, self.path / "cur" / renamed)
                     except FileNotFoundError:
@@ -285,7 +314,8 @@ class FolderIndex:
             size = size_of(name)
             if size is None:
                 size = os.stat(self.path / "cur" / name).st_size
-            messages.append(IndexedMessage(known.uid, name, flags, size, _virtual_size(name, size), mtime, False,
+            messages.append(IndexedMessage(known.uid, name, flags, size, _virtual_size(self.path, name, size), mtime,
+                                           False,
                                            known.modseq))
             present.add(base)
         if set(by_base) - present:
@@ -435,7 +465,7 @@ class FolderIndex:
         except (FileNotFoundError, IndexError, ValueError, KeyError):
             pass
         if validity is None:  # nothing survived: a new UIDVALIDITY (clients resynchronise)
-            return max(1, int(time.time())), next_uid or 1, max(1, logged_highest), 0, {}, logged, True
+            return _new_uidvalidity(self.path), next_uid or 1, max(1, logged_highest), 0, {}, logged, True
         # The per-message modseqs are gone: every message comes back with one new modseq above
         # any given before, as if all had changed and some had been expunged.
         highest = max(saved_highest or 1, logged_highest)
@@ -481,6 +511,26 @@ class FolderIndex:
         os.replace(temporary, self.path / name)
         if sync:
             fsync_directory(self.path)
+
+
+def _new_uidvalidity(folder: Path) -> int:
+    """A UIDVALIDITY no folder of this Maildir has had: the time, or one more than the last one
+    given, whichever is more. A folder deleted or renamed and made again within the second must
+    not get the old one back with its UIDs starting over (RFC 3501 §2.3.1.1); Dovecot counts up
+    the same way. The last one given is kept in the Maildir's root, under a lock."""
+    root = folder.parent if folder.name.startswith(".") else folder
+    fd = os.open(root / LAST_UIDVALIDITY_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        text = os.read(fd, 32).decode("ascii", "replace").strip()
+        value = max(1, int(time.time()), (int(text) if text.isdigit() else 0) + 1)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{value}\n".encode())
+        os.fsync(fd)
+        return value
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def _uid_of(message: IndexedMessage) -> int:

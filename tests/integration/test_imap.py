@@ -698,3 +698,49 @@ def test_expunge_removes_a_message_another_session_renamed_meanwhile(lab: Lab) -
     second.logout()
     first.delete("Renamed")
     first.logout()
+
+
+def test_files_other_programs_delivered_are_served_with_their_true_size(lab: Lab) -> None:
+    """procmail, maildrop or a migration leave files without ,W= (and some with CRLF line ends):
+    RFC822.SIZE is the size of what BODY[] sends, and every line ends in one CRLF."""
+    client = lab.login()
+    client.create("Imported")
+    folder = lab.root / DOMAIN / "erin" / ".Imported"
+    lf = b"From: a@elsewhere.example\nSubject: lf\n\nline one\nline two\n"
+    crlf = b"From: b@elsewhere.example\r\nSubject: crlf\r\n\r\nline one\r\nline two\r\n"
+    mixed = b"From: c@elsewhere.example\r\nSubject: mixed\n\nline one\r\nline two\n"
+    for i, data in enumerate((lf, crlf, mixed)):
+        (folder / "new" / f"17000000{i}.M1P1.procmail,S={len(data)}").write_bytes(data)
+    (folder / "cur" / "1700000009.M1P1.legacy,U=99:2,S").write_bytes(lf)  # a UID but no sizes
+    client.select("Imported", readonly=True)
+    _, data = client.fetch("1:*", "(RFC822.SIZE BODY.PEEK[])")
+    fetched = [item for item in data if isinstance(item, tuple)]
+    assert len(fetched) == 4
+    for head, body in fetched:
+        size = int(head.split(b"RFC822.SIZE ")[1].split()[0])
+        assert size == len(body) and b"\r\r" not in body and body.count(b"\n") == body.count(b"\r\n"), head
+    client.close()
+    # Their sizes went into their names when they got their UIDs: never read again for them.
+    assert all(",W=" in name for name in (p.name for p in (folder / "cur").iterdir()) if "procmail" in name)
+    client.delete("Imported")
+    client.logout()
+
+
+def test_append_keeps_its_date_and_a_folder_made_again_gets_a_new_uidvalidity(lab: Lab) -> None:
+    client = lab.login()
+    client.create("Dated")
+    assert client.append("Dated", None, '"15-Mar-2020 08:09:10 -0700"', b"Subject: old\r\n\r\nold\r\n")[0] == "OK"
+    client.select("Dated")
+    assert b'INTERNALDATE "15-Mar-2020 15:09:10 +0000"' in client.fetch("1", "(INTERNALDATE)")[1][0]
+    assert client.search(None, "ON", "15-Mar-2020")[1] == [b"1"]
+    client.close()
+    validities = []
+    for _ in range(2):  # within one second: the time alone would give the same UIDVALIDITY
+        status = client.status("Dated", "(UIDVALIDITY UIDNEXT)")[1][0]
+        validities.append(int(status.split(b"UIDVALIDITY ")[1].split()[0].rstrip(b")")))
+        assert client.delete("Dated")[0] == "OK" and client.create("Dated")[0] == "OK"
+    status = client.status("Dated", "(UIDVALIDITY UIDNEXT)")[1][0]
+    validities.append(int(status.split(b"UIDVALIDITY ")[1].split()[0].rstrip(b")")))
+    assert len(set(validities)) == 3, validities
+    client.delete("Dated")
+    client.logout()

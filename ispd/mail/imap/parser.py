@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ispd.mail.imap.framing import Command as FramedCommand
@@ -213,12 +213,19 @@ class _Reader:
         except ValueError:
             raise ParseError("no such date") from None
 
-    def date_time(self) -> bytes:
-        """An APPEND date-time, kept as written (the engine parses it with its zone)."""
-        value = self.quoted()
-        if not re.fullmatch(rb"[ \d]\d-[A-Za-z]{3}-\d{4} \d\d:\d\d:\d\d [+-]\d{4}", value):
+    def date_time(self) -> float:
+        """An APPEND date-time (RFC 3501 §9 date-time), as a POSIX time."""
+        found = re.fullmatch(rb"[ ]?(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)",
+                             self.quoted())
+        if found is None or found.group(2).lower() not in _MONTHS:
             raise ParseError("bad date-time")
-        return value
+        day, _, year, hour, minute, second, sign, zone_hours, zone_minutes = found.groups()
+        offset = timedelta(hours=int(zone_hours), minutes=int(zone_minutes)) * (-1 if sign == b"-" else 1)
+        try:
+            return datetime(int(year), _MONTHS[found.group(2).lower()], int(day), int(hour), int(minute), int(second),
+                            tzinfo=timezone(offset)).timestamp()
+        except ValueError:
+            raise ParseError("no such date-time") from None
 
     def end(self) -> None:
         if not self.at_end():

@@ -58,7 +58,7 @@ from ispd.mail.imap.response import (
     nstring,
     split_message,
 )
-from ispd.mail.maildir import SPECIAL_FOLDERS, Maildir
+from ispd.mail.maildir import SPECIAL_FOLDERS, Maildir, with_crlf
 from ispd.mail.mailindex import FolderIndex, IndexedMessage
 
 if TYPE_CHECKING:
@@ -534,10 +534,10 @@ class IMAPSession(asyncio.Protocol):
         if letters is None:
             self.send(f"{command.tag} NO [LIMIT] no room for another keyword in that mailbox".encode())
             return
-        message = command.args["message"]
+        message, received_at = command.args["message"], command.args["date"]
 
         def append() -> tuple[int, int]:
-            delivered = maildir.deliver(message, folder=folder)
+            delivered = maildir.deliver(message, folder=folder, received_at=received_at)
             mailindex.forget(maildir.folder_path(folder))
             index = FolderIndex(maildir.folder_path(folder))
             state = index.sync()
@@ -835,7 +835,7 @@ class IMAPSession(asyncio.Protocol):
                 raw = contents.get(seq)
                 if raw is None:  # expunged by another session: nothing to say yet
                     continue
-                data = raw.replace(b"\n", b"\r\n")
+                data = with_crlf(raw)
             parts = [self._fetch_item(item, message, data) for item in items]
             if seq in newly_seen:
                 if not any(i.name == "FLAGS" for i in items):
@@ -1033,7 +1033,7 @@ class IMAPSession(asyncio.Protocol):
                     raw = contents.get(seq)
                     if raw is None:
                         continue  # expunged by another session
-                    data = raw.replace(b"\n", b"\r\n")
+                    data = with_crlf(raw)
                 if _matches(key, seq, message, data, messages):
                     found.append(message.uid if uid else seq)
                     highest = max(highest, message.modseq)

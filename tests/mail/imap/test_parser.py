@@ -143,8 +143,12 @@ def test_append_with_flags_date_and_a_literal() -> None:
     framed = next(e for e in CommandFramer().feed(b'a APPEND Sent (\\Seen) "04-Dec-2026 19:00:00 +0000" {12+}\r\n'
                                               b"Subject: x\r\n\r\n") if isinstance(e, Framed))
     args = parse(framed).args
-    assert args == {"mailbox": b"Sent", "flags": (b"\\Seen",), "date": b"04-Dec-2026 19:00:00 +0000",
+    assert args == {"mailbox": b"Sent", "flags": (b"\\Seen",), "date": 1796410800.0,  # 2026-12-04T19:00:00Z
                     "message": b"Subject: x\r\n"}
+    # The zone counts, a leading space stands for a one-digit day, and dates that do not exist are BAD.
+    assert command(b'a APPEND x " 5-Mar-2020 08:09:10 -0700" {1+}\r\nx').args["date"] == 1583420950.0  # type: ignore[attr-defined]
+    bad(b'a APPEND x "31-Feb-2020 08:09:10 +0000" {1+}\r\nx')
+    bad(b'a APPEND x "05-Foo-2020 08:09:10 +0000" {1+}\r\nx')
 
 
 def test_list_status_enable_id_and_uid_expunge() -> None:
