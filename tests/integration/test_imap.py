@@ -733,6 +733,8 @@ def test_append_keeps_its_date_and_a_folder_made_again_gets_a_new_uidvalidity(la
     client.select("Dated")
     assert b'INTERNALDATE "15-Mar-2020 15:09:10 +0000"' in client.fetch("1", "(INTERNALDATE)")[1][0]
     assert client.search(None, "ON", "15-Mar-2020")[1] == [b"1"]
+    typ, data = client.search("KOI8-R", "ALL")
+    assert typ == "NO" and data[0].startswith(b"[BADCHARSET"), data  # RFC 3501 §6.4.4
     client.close()
     validities = []
     for _ in range(2):  # within one second: the time alone would give the same UIDVALIDITY

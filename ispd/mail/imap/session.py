@@ -29,11 +29,15 @@ import asyncio
 import base64
 import bisect
 import dataclasses
+import email
+import email.errors
+import email.header
+import email.message
 import email.parser
 import email.policy
 import email.utils
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -1010,6 +1014,9 @@ class IMAPSession(asyncio.Protocol):
 
     async def cmd_search(self, command: Command) -> None:
         assert self.selected is not None and self.maildir is not None
+        if command.args["charset"] not in (None, "US-ASCII", "UTF-8"):  # RFC 3501 §6.4.4
+            self.send(f"{command.tag} NO [BADCHARSET (US-ASCII UTF-8)] that charset is not supported".encode())
+            return
         uid = command.name.startswith("UID")
         key: SearchKey = _resolve_keywords(command.args["key"], self.selected.keywords)
         needs_text, needs_body = _needs_text(key), _needs_text(key, body=True)
@@ -1256,6 +1263,62 @@ def _header_value(data: bytes, name: bytes) -> bytes:
     return header_fields(header, (name.upper(),), exclude=False)
 
 
+# RFC 3501 §6.4.4: strings are matched in headers and bodies as their readers see them - encoded
+# words (RFC 2047) and transfer encodings undone - case-insensitively; the bytes as stored are
+# tried first, and decoding is spent only on messages that have something encoded.
+
+def _needle(wanted: bytes) -> str:
+    return wanted.decode("utf-8", "replace").casefold()
+
+
+def _header_has(value: bytes, wanted: bytes) -> bool:
+    if wanted.lower() in value.lower():
+        return True
+    return b"=?" in value and _needle(wanted) in _decoded_header(value).casefold()
+
+
+def _decoded_header(value: bytes) -> str:
+    """A field's value with its encoded words decoded (raw UTF-8, RFC 6532, is taken as it is)."""
+    text = value.decode("utf-8", "replace")
+    try:
+        return str(email.header.make_header(email.header.decode_header(" ".join(text.split()))))
+    except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
+        return text
+
+
+def _text_has(data: bytes, wanted: bytes, *, header: bool) -> bool:
+    header_section, body = split_message(data)
+    raw = data if header else body
+    lowered = raw.lower()
+    if wanted.lower() in lowered:
+        return True
+    needle = _needle(wanted)
+    if header and b"=?" in header_section and needle in _decoded_header(header_section).casefold():
+        return True
+    if b"content-transfer-encoding" not in lowered and b"charset" not in lowered:
+        return False  # nothing encoded: the bytes were the text
+    return any(needle in text.casefold() for text in _decoded_texts(data))
+
+
+def _decoded_texts(data: bytes) -> Iterator[str]:
+    """The text parts of a message, transfer encoding and charset undone."""
+    try:
+        parsed = email.message_from_bytes(data, policy=email.policy.default)
+        for part in parsed.walk():
+            if part.get_content_maintype() != "text":
+                continue
+            payload = part.get_payload(decode=True)
+            if not isinstance(payload, bytes):
+                continue
+            charset = part.get_content_charset() or "us-ascii"
+            try:
+                yield payload.decode(charset, "replace")
+            except LookupError:  # a charset Python does not know
+                yield payload.decode("utf-8", "replace")
+    except (ValueError, TypeError, email.errors.MessageError):
+        return
+
+
 def _matches(key: SearchKey, seq: int, message: IndexedMessage, data: bytes,
              messages: list[IndexedMessage]) -> bool:
     name, args, flags = key.name, key.args, message.flags
@@ -1301,14 +1364,14 @@ def _matches(key: SearchKey, seq: int, message: IndexedMessage, data: bytes,
         wanted = args[0].date()
         return bool(sent < wanted if name == "SENTBEFORE" else sent == wanted if name == "SENTON" else sent >= wanted)
     if name in ("FROM", "TO", "CC", "BCC", "SUBJECT"):
-        return args[0].lower() in _header_value(data, name.encode()).partition(b":")[2].lower()
+        return _header_has(_header_value(data, name.encode()).partition(b":")[2], args[0])
     if name == "HEADER":
         field_value = _header_value(data, args[0])
-        return bool(field_value.strip()) and args[1].lower() in field_value.partition(b":")[2].lower()
+        return bool(field_value.strip()) and _header_has(field_value.partition(b":")[2], args[1])
     if name == "BODY":
-        return args[0].lower() in split_message(data)[1].lower()
+        return _text_has(data, args[0], header=False)
     if name == "TEXT":
-        return args[0].lower() in data.lower()
+        return _text_has(data, args[0], header=True)
     if name in ("KEYWORD", "UNKEYWORD"):  # resolved to the folder's letter ("" if none has it)
         return bool(args[0] and args[0] in flags) == (name == "KEYWORD")
     return False

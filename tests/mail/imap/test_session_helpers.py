@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from ispd.mail.imap.parser import SequenceSet
@@ -55,3 +57,38 @@ def test_broken_modified_utf7_is_refused(name: str) -> None:
     from ispd.mail.imap.response import decode_mailbox_name
     with pytest.raises(ValueError):
         decode_mailbox_name(name)
+
+
+ENCODED = (b"From: =?UTF-8?Q?J=C3=BCrgen_M=C3=BCller?= <j@example.org>\r\n"
+           b"Subject: =?UTF-8?Q?Gr=C3=BC=C3=9Fe_aus?=\r\n =?ISO-8859-1?Q?K=F6ln?=\r\n"
+           b"MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=b\r\n\r\n"
+           b"--b\r\nContent-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+           b"Der r=E9port ist fertig.\r\n"
+           b"--b\r\nContent-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+           + base64.encodebytes("<p>Das geheimwort steht hier: Straße</p>".encode()).replace(b"\n", b"\r\n")
+           + b"--b--\r\n")
+
+
+@pytest.mark.parametrize(("key", "args", "found"), [
+    ("SUBJECT", ("Köln".encode(),), True),
+    ("SUBJECT", ("grüße AUS".encode(),), True),  # case-insensitively
+    ("SUBJECT", ("ausköln".encode(),), True),  # white space between encoded words is no text (RFC 2047 §6.2)
+    ("FROM", ("jürgen müller".encode(),), True),
+    ("FROM", (b"j@example.org",), True),  # as stored
+    ("HEADER", (b"Subject", "Köln".encode()), True),
+    ("BODY", ("réport".encode(),), True),  # quoted-printable, ISO-8859-1
+    ("BODY", (b"STRASSE",), True),  # Unicode caseless matching: ß is ss
+    ("BODY", ("straße".encode(),), True),  # base64, UTF-8
+    ("BODY", (b"geheimwort",), True),
+    ("TEXT", ("jürgen".encode(),), True),
+    ("TEXT", (b"nowhere",), False),
+    ("SUBJECT", (b"r=E9port",), False),
+])
+def test_searches_see_decoded_headers_and_bodies(key: str, args: tuple[bytes, ...], found: bool) -> None:
+    """RFC 3501 §6.4.4: encoded words and transfer encodings are undone before matching."""
+    from ispd.mail.imap.parser import SearchKey
+    from ispd.mail.imap.session import _matches
+    from ispd.mail.mailindex import IndexedMessage
+
+    message = IndexedMessage(1, "m:2,", "", len(ENCODED), len(ENCODED), 0.0, False, 1)
+    assert _matches(SearchKey(key, args), 1, message, ENCODED, [message]) is found
