@@ -230,7 +230,6 @@ def test_folders_are_made_renamed_and_deleted_and_mail_copied_and_moved(lab: Lab
     assert client.rename("Projects", "Work")[0] == "OK"
     names = {line.rsplit(b" ", 1)[-1].strip(b'"') for line in client.list()[1]}
     assert {b"Work", b"Work.2026"} <= names and b"Projects" not in names
-    assert client.delete("Work")[0] == "NO"  # it has a subfolder
     assert client.delete("Work.2026")[0] == "OK"
     assert client.delete("INBOX") == ("NO", [b"[CANNOT] the INBOX cannot be deleted"])
     lab.deliver("to be filed")
@@ -745,4 +744,31 @@ def test_append_keeps_its_date_and_a_folder_made_again_gets_a_new_uidvalidity(la
     validities.append(int(status.split(b"UIDVALIDITY ")[1].split()[0].rstrip(b")")))
     assert len(set(validities)) == 3, validities
     client.delete("Dated")
+    client.logout()
+
+
+def test_levels_without_a_folder_are_listed_noselect_and_a_parent_deletes_alone(lab: Lab) -> None:
+    """RFC 3501 §6.3.8, §6.3.9, §6.3.4: a client walking the tree with "%" reaches A.B.C through
+    A and A.B; deleting a folder with subfolders keeps them, its name left \\Noselect."""
+    client = lab.login()
+    assert client.create("Tree.Branch.Leaf")[0] == "OK"
+    assert client.subscribe("Tree.Branch.Leaf")[0] == "OK"
+
+    def listing(command: str, pattern: str) -> dict[bytes, bytes]:
+        _, lines = getattr(client, command)('""', pattern)
+        return {line.rsplit(b" ", 1)[-1].strip(b'"'): line.split(b")")[0] for line in lines if line}
+
+    assert b"\\Noselect" in listing("list", "%")[b"Tree"] and b"\\HasChildren" in listing("list", "%")[b"Tree"]
+    assert b"\\Noselect" in listing("list", "Tree.%")[b"Tree.Branch"]
+    assert b"\\Noselect" not in listing("list", "Tree.Branch.%")[b"Tree.Branch.Leaf"]
+    assert b"\\Noselect" in listing("lsub", "Tree.%")[b"Tree.Branch"]
+    assert client.select("Tree")[0] == "NO"
+    assert client.create("Projects")[0] == "OK" and client.create("Projects.2026")[0] == "OK"
+    assert client.delete("Projects")[0] == "OK"
+    assert b"\\Noselect" in listing("list", "Projects")[b"Projects"]
+    assert client.select("Projects.2026")[0] == "OK"
+    client.close()
+    for folder in ("Projects.2026", "Tree.Branch.Leaf"):
+        assert client.delete(folder)[0] == "OK"
+    assert b"Tree" not in listing("list", "*") and b"Projects" not in listing("list", "*")
     client.logout()

@@ -413,18 +413,24 @@ class IMAPSession(asyncio.Protocol):
         folders = ["", *(await self._blocking(self.maildir.folders))]
         subscribed_only = command.name == "LSUB"
         subscribed = set(await self._blocking(self.maildir.subscriptions)) | {""}
-        for folder in folders:
+        listed = [f for f in folders if f in subscribed] if subscribed_only else folders
+        # Levels of the hierarchy without a folder of their own (A below A.B.C, or a parent
+        # deleted before its children) are named too, \Noselect, so that a client walking the
+        # tree with "%" reaches what is below them (RFC 3501 §6.3.8, and §6.3.9 for LSUB).
+        present = set(listed)
+        implied = {f.rsplit(".", i)[0] for f in listed if f for i in range(1, f.count(".") + 1)} - present
+        for folder in sorted([*listed, *implied], key=lambda f: (f != "", f)):
             name = folder.encode() if folder else b"INBOX"
             if not _pattern_matches(command.args["reference"] + pattern, name):
                 continue
-            if subscribed_only and folder not in subscribed:
-                continue
-            attributes = [b"\\HasNoChildren"] if not any(f.startswith(folder + ".") for f in folders if folder) else [
-                b"\\HasChildren"]
-            if folder.split(".")[0] in SPECIAL_FOLDERS and "." not in folder:
-                attributes.append(b"\\" + folder.encode())
-            if subscribed_only:
+            has_children = bool(folder) and any(f.startswith(folder + ".") for f in folders)
+            attributes = [b"\\HasChildren" if has_children else b"\\HasNoChildren"]
+            if folder in implied:
+                attributes = [b"\\Noselect"] + (attributes if not subscribed_only else [])
+            elif subscribed_only:
                 attributes = []
+            elif folder.split(".")[0] in SPECIAL_FOLDERS and "." not in folder:
+                attributes.append(b"\\" + folder.encode())
             self.send(b'* %s (%s) "." %s' % (command.name.encode(), b" ".join(attributes), astring(name)))
         self.send(f"{command.tag} OK {command.name} completed".encode())
 
@@ -614,9 +620,7 @@ class IMAPSession(asyncio.Protocol):
             self.send(f"{command.tag} NO [NONEXISTENT] no such mailbox".encode())
             return
         assert self.maildir is not None
-        if any(f.startswith(folder + ".") for f in await self._blocking(self.maildir.folders)):
-            self.send(f"{command.tag} NO [INUSE] delete its subfolders first".encode())
-            return
+        # Its subfolders stay (RFC 3501 §6.3.4); its name stays in LIST as \Noselect above them.
         if self.selected is not None and self.selected.folder == folder:
             self.selected, self.state = None, "authenticated"
         await self._blocking(self.maildir.delete_folder, folder)
