@@ -14,6 +14,7 @@ import email.policy
 import re
 from dataclasses import dataclass, field
 from email.message import Message
+from urllib.parse import quote_from_bytes
 
 from ispd.mail.imap.response import astring, nstring, split_message
 
@@ -42,11 +43,14 @@ def _fields(header: bytes) -> Message:
     return email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(header)
 
 
-def parse(data: bytes, depth: int = 0, budget: list[int] | None = None) -> Part:
-    """The structure of a message (CRLF line ends)."""
+def parse(data: bytes, depth: int = 0, budget: list[int] | None = None, *, digest: bool = False) -> Part:
+    """The structure of a message (CRLF line ends); ``digest``: a part of a multipart/digest,
+    whose parts are messages unless they say otherwise (RFC 2046 §5.1.5)."""
     budget = budget if budget is not None else [MAX_PARTS]
     header, body = split_message(data)
     part = Part(header, body, _fields(header))
+    if digest:
+        part.fields.set_default_type("message/rfc822")
     budget[0] -= 1
     if depth >= MAX_DEPTH or budget[0] <= 0:
         return part
@@ -54,7 +58,8 @@ def parse(data: bytes, depth: int = 0, budget: list[int] | None = None) -> Part:
         boundary = part.fields.get_param("boundary")
         if isinstance(boundary, str) and boundary:
             for raw in _split(body, boundary.encode("utf-8", "replace")):
-                part.children.append(parse(raw, depth + 1, budget))
+                child = parse(raw, depth + 1, budget, digest=part.subtype == "digest")
+                part.children.append(child)
     elif part.maintype == "message" and part.subtype == "rfc822":
         part.message = parse(body, depth + 1, budget)
     return part
@@ -97,9 +102,20 @@ def _params(fields: Message, header: str = "content-type") -> bytes:
     params = fields.get_params(header=header)
     if not params or len(params) < 2:
         return b"NIL"
-    pairs = [astring(k.upper().encode("utf-8", "replace")) + b" " + astring(str(v).encode("utf-8", "replace"))
-             for k, v in params[1:] if isinstance(v, str)]
+    pairs = []
+    for key, value in params[1:]:
+        name, text = key, str(value)
+        if isinstance(value, tuple):
+            # RFC 2231 (filename*=UTF-8''%E2%82%AC.pdf, continuations joined): passed on in
+            # that form, as Dovecot does - IMAP strings are ASCII, and clients decode it.
+            charset, language, raw = value
+            encoded = quote_from_bytes(str(raw).encode("latin-1", "replace"), safe=_ATTRIBUTE_CHARS)
+            name, text = key + "*", f"{charset or ''}'{language or ''}'{encoded}"
+        pairs.append(astring(name.upper().encode("utf-8", "replace")) + b" " + astring(text.encode("utf-8", "replace")))
     return b"(" + b" ".join(pairs) + b")" if pairs else b"NIL"
+
+
+_ATTRIBUTE_CHARS = "!#$&+-.^_`|~"  # RFC 2231 §7 attribute-char, besides letters and digits
 
 
 def _field(fields: Message, name: str) -> bytes:

@@ -1381,6 +1381,42 @@ def _matches(key: SearchKey, seq: int, message: IndexedMessage, data: bytes,
     return False
 
 
+def _address_groups(value: str) -> list[tuple[str | None, str]]:
+    """An address list split at its groups (RFC 5322 §3.4: ``name: member, member;``): (the
+    group's name, or None outside groups; the addresses' text). The email package's own
+    parser drops the group names; quotes, comments and angle brackets are stepped over here."""
+    out: list[tuple[str | None, str]] = []
+    group: str | None = None
+    start, depth, quoted, i = 0, 0, False, 0
+    while i < len(value):
+        char = value[i]
+        if quoted:
+            if char == "\\":
+                i += 1
+            elif char == '"':
+                quoted = False
+        elif char == '"':
+            quoted = True
+        elif char in "(<":
+            depth += 1
+        elif char in ")>" and depth:
+            depth -= 1
+        elif depth == 0 and char == ":" and group is None:
+            head = value[start:i]
+            before, _, name = head.rpartition(",")  # addresses before the group, outside any
+            if before.strip():
+                out.append((None, before))
+            group, start = " ".join(name.split()), i + 1
+        elif depth == 0 and char == ";" and group is not None:
+            out.append((group, value[start:i]))
+            group, start = None, i + 1
+        i += 1
+    rest = value[start:]
+    if group is not None or rest.strip():
+        out.append((group, rest))
+    return out
+
+
 def _envelope(header: bytes) -> bytes:
     """RFC 3501 §7.4.2 ENVELOPE from a header section."""
     parsed = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(header)
@@ -1396,12 +1432,20 @@ def _envelope(header: bytes) -> bytes:
         if not values:
             return b"NIL"
         entries = []
-        for display, address in email.utils.getaddresses([str(v) for v in values]):
-            local, _, domain = address.rpartition("@") if "@" in address else (address, "", "")
-            entries.append(b"(%s NIL %s %s)" % (nstring(display.encode("utf-8", "replace") or None),
-                                                astring(local.encode("utf-8", "replace")),
-                                                nstring(domain.encode("utf-8", "replace") or None)))
-        return b"(" + b"".join(entries) + b")"
+        for group, members in _address_groups(" ".join(str(v) for v in values)):
+            if group is not None:  # RFC 3501 §7.4.2: a group's start, NIL host and its name
+                entries.append(b"(NIL NIL %s NIL)" % astring(group.encode("utf-8", "replace")))
+            for display, address in email.utils.getaddresses([members]) if members.strip() else ():
+                if not address:
+                    continue
+                local, _, domain = address.rpartition("@") if "@" in address else (address, "", "")
+                # A NIL host would read as a group's start: an address without a domain says so.
+                entries.append(b"(%s NIL %s %s)" % (nstring(display.encode("utf-8", "replace") or None),
+                                                    astring(local.encode("utf-8", "replace")),
+                                                    astring((domain or "MISSING_DOMAIN").encode("utf-8", "replace"))))
+            if group is not None:
+                entries.append(b"(NIL NIL NIL NIL)")  # the group's end
+        return b"(" + b"".join(entries) + b")" if entries else b"NIL"
 
     return b"(" + b" ".join([
         text("Date"), text("Subject"), addresses("From"), addresses("Sender", "From"),

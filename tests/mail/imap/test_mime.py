@@ -56,3 +56,36 @@ def test_broken_and_hostile_structures_do_not_break() -> None:
     assert mime.find(mime.parse(unterminated), (1,)).body == b"no end"  # type: ignore[union-attr]
     no_boundary = b"Content-Type: multipart/mixed\r\n\r\nwhatever"
     assert mime.structure(mime.parse(no_boundary), _envelope, extensible=False).startswith(b'("TEXT" "PLAIN"')
+
+
+def test_rfc2231_parameters_are_passed_on_encoded() -> None:
+    """filename*= (and continuations) reach the client as RFC 2231 text, not dropped."""
+    message = (b"Content-Type: application/octet-stream; name*0*=UTF-8''%E2%82%AC; name*1=\" rates.bin\"\r\n"
+               b"Content-Disposition: attachment; filename*=UTF-8''%E2%82%AC%20rates.bin\r\n\r\ndata\r\n")
+    described = mime.structure(mime.parse(message), _envelope, extensible=True)
+    assert b'("NAME*" "UTF-8\'\'%E2%82%AC%20rates.bin")' in described, described
+    assert b'("attachment" ("FILENAME*" "UTF-8\'\'%E2%82%AC%20rates.bin"))' in described, described
+
+
+def test_the_parts_of_a_digest_are_messages() -> None:
+    """RFC 2046 §5.1.5: in a multipart/digest a part without Content-Type is message/rfc822."""
+    digest = (b'Content-Type: multipart/digest; boundary="D"\r\n\r\n'
+              b"--D\r\n\r\nSubject: first\r\nFrom: a@x.example\r\n\r\nbody one\r\n"
+              b"--D\r\nContent-Type: text/plain\r\n\r\nplain after all\r\n--D--\r\n")
+    root = mime.parse(digest)
+    first, second = root.children
+    assert (first.maintype, first.subtype) == ("message", "rfc822") and first.message is not None
+    assert first.message.header == b"Subject: first\r\nFrom: a@x.example\r\n\r\n"
+    assert (second.maintype, second.subtype) == ("text", "plain")
+    assert mime.find(root, (1, 1)).body == b"body one"  # type: ignore[union-attr]
+
+
+def test_envelope_groups_have_start_and_end_markers() -> None:
+    """RFC 3501 §7.4.2: a group is (NIL NIL "name" NIL) ... (NIL NIL NIL NIL); an address
+    without a domain must not look like a group's start."""
+    envelope = _envelope(b"From: a@x.example\r\nTo: undisclosed-recipients:;\r\n"
+                         b'Cc: friends: "B, b" <b@y.example>, c@z.example;, d@w.example\r\nBcc: local-only\r\n\r\n')
+    assert b'((NIL NIL "undisclosed-recipients" NIL)(NIL NIL NIL NIL))' in envelope, envelope
+    assert (b'((NIL NIL "friends" NIL)("B, b" NIL "b" "y.example")(NIL NIL "c" "z.example")(NIL NIL NIL NIL)'
+            b'(NIL NIL "d" "w.example"))') in envelope, envelope
+    assert b'((NIL NIL "local-only" "MISSING_DOMAIN"))' in envelope, envelope
