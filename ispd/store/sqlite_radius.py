@@ -241,38 +241,50 @@ def _a_copy_of(conn: sqlite3.Connection, latest: sqlite3.Row, record: Accounting
         # Begun after that one ended: a new session under a reused id, unless it is that
         # session's own Start, come late with an Acct-Delay-Time that does not say so - sent
         # again after ispd took it but could not answer (a crash, a restart: the duplicate cache
-        # is gone), or overtaken by its Stop. Not after a NAS reboot, whose Starts may repeat
-        # the old ones to the byte.
-        if latest["terminate_cause"] == NAS_RESTART_CAUSE:
+        # is gone), or overtaken by its Stop. That happens within minutes (a NAS gives up
+        # retransmitting), and never across a reboot of the NAS (announced, or the session gone
+        # silent), after which its Starts may repeat the old ones to the byte.
+        if latest["terminate_cause"] in (NAS_RESTART_CAUSE, STALE_CAUSE) \
+                or started_at - latest["stopped_at"] >= SAME_START_SECONDS \
+                or _nas_restarted_since(conn, record.nas_address, latest["started_at"]):
             return False
-        if _recorded_before(conn, record):
+        if _recorded_since(conn, record, started_at - SAME_START_SECONDS):
             return True
-        return started_at - latest["stopped_at"] < SAME_START_SECONDS and not _had_start(conn, latest)
+        return not _had_start(conn, latest)
     return bool(abs(latest["started_at"] - started_at) < SAME_START_SECONDS or started_at <= latest["updated_at"])
 
 
 def _had_start(conn: sqlite3.Connection, session: sqlite3.Row) -> bool:
     """Whether a Start of ``session`` was recorded (or it was made up from an interim or Stop)."""
     return conn.execute(
-        "SELECT 1 FROM accounting_records WHERE nas_address = ? AND acct_session_id = ? AND status_type = ?"
-        " AND at >= ? LIMIT 1",
-        (session["nas_address"], session["acct_session_id"], str(AccountingStatus.START),
-         session["started_at"] - SAME_START_SECONDS)).fetchone() is not None
+        "SELECT 1 FROM accounting_records WHERE nas_address = ? AND acct_session_id = ? AND at >= ?"
+        " AND status_type = ? LIMIT 1",
+        (session["nas_address"], session["acct_session_id"], session["started_at"] - SAME_START_SECONDS,
+         str(AccountingStatus.START))).fetchone() is not None
 
 
-def _recorded_before(conn: sqlite3.Connection, record: AccountingRecord) -> bool:
-    """Whether the history holds this request already, under its NAS and Acct-Session-Id: the
-    same attributes to the byte (a retransmission may come with another Identifier, and so
-    another Request Authenticator)."""
+def _recorded_since(conn: sqlite3.Connection, record: AccountingRecord, since: float) -> bool:
+    """Whether the history holds this request already, since ``since``, under its NAS and
+    Acct-Session-Id: the same attributes to the byte (a retransmission may come with another
+    Identifier, and so another Request Authenticator)."""
     if not record.packet:
         return False
     return conn.execute(
-        "SELECT 1 FROM accounting_records WHERE nas_address = ? AND acct_session_id = ? AND status_type = ?"
-        " AND substr(packet, 21) = ? LIMIT 1",
-        (record.nas_address, record.acct_session_id, str(record.status), record.packet[20:])).fetchone() is not None
+        "SELECT 1 FROM accounting_records WHERE nas_address = ? AND acct_session_id = ? AND at >= ?"
+        " AND status_type = ? AND substr(packet, 21) = ? LIMIT 1",
+        (record.nas_address, record.acct_session_id, since, str(record.status), record.packet[20:])).fetchone() \
+        is not None
+
+
+def _nas_restarted_since(conn: sqlite3.Connection, nas_address: str, since: float) -> bool:
+    """Whether the NAS announced a reboot (Accounting-On or -Off) after ``since``."""
+    row = conn.execute("SELECT at FROM radius_nas_restarts WHERE nas_address = ?", (nas_address,)).fetchone()
+    return row is not None and row[0] > since
 
 
 def _nas_restarted(conn: sqlite3.Connection, record: AccountingRecord) -> AccountingResult:
+    conn.execute("INSERT INTO radius_nas_restarts (nas_address, at) VALUES (?, ?)"
+                 " ON CONFLICT (nas_address) DO UPDATE SET at = MAX(at, excluded.at)", (record.nas_address, record.at))
     # The sessions open when the NAS went down or up (the request's time less its
     # Acct-Delay-Time): one begun after that is from after the reboot, whatever came late.
     rows = conn.execute(

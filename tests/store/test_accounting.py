@@ -144,6 +144,23 @@ async def test_a_start_sent_again_after_its_session_ended_is_a_copy(store: Store
     assert len(await store.list_sessions()) == 3
 
 
+async def test_a_start_repeating_an_old_one_after_a_reboot_is_a_new_session(store: Store) -> None:
+    """A NAS whose counters restart at boot repeats old Starts to the byte: after an
+    Accounting-On, or once minutes have passed, such a Start is a new session, whatever the
+    history holds (from a review: the whole new session was dropped as a copy)."""
+    packet = bytes((4, 7)) + (20 + 9).to_bytes(2, "big") + bytes(16) + b"\x2c\x04s1" + b"\x01\x07alice"
+    start = replace(START, packet=packet)
+    await store.record_accounting([start, stop(T0 + 60, 1000, 1000, 60)])
+    await store.record_accounting([AccountingRecord(at=T0 + 100, status=AccountingStatus.ACCOUNTING_ON,
+                                                    nas_address="198.18.0.1")])
+    [new] = await store.record_accounting([replace(start, at=T0 + 120)])
+    assert new.outcome == AccountingOutcome.STARTED
+    await store.record_accounting([stop(T0 + 180, 9000, 9000, 60)])
+    [later] = await store.record_accounting([replace(start, at=T0 + 600)])  # minutes after: no retransmission
+    assert later.outcome == AccountingOutcome.STARTED
+    assert (await usage(store)).input_octets == 10_000
+
+
 async def test_a_start_overtaken_by_its_stop_is_no_second_session(store: Store) -> None:
     """The Stop came first (the session made up from it), then its Start without an
     Acct-Delay-Time to say it is late: a copy, so that the Stop sent again is one too."""
