@@ -380,7 +380,7 @@ class Resolver:
             if ancestor != name:
                 dname = cache.get(ancestor, RRType.DNAME, now)
                 if dname is not None and dname.trust >= Trust.AUTHORITY:
-                    return self._substituted(name, ancestor, dname, now)
+                    return self._substituted(name, qtype, ancestor, dname, now)
             negative = cache.get_negative(ancestor, qtype, now)
             if negative is not None and (ancestor == name or negative.kind == NegativeKind.NXDOMAIN):
                 step = Step.NXDOMAIN if negative.kind == NegativeKind.NXDOMAIN else Step.NODATA
@@ -402,16 +402,17 @@ class Resolver:
             ancestor = parent_name(ancestor)
 
     @staticmethod
-    def _substituted(name: bytes, owner: bytes, dname: RRsetEntry, now: float) -> Outcome:
+    def _substituted(name: bytes, qtype: int, owner: bytes, dname: RRsetEntry, now: float) -> Outcome:
         """The step a cached DNAME at ``owner``, above ``name``, makes: the DNAME and the CNAME
-        it implies (RFC 6672 §3.4), as the zone's servers would have sent them."""
+        it implies (RFC 6672 §3.4), as the zone's servers would have sent them - the answer
+        itself to a question for the CNAME."""
         target = name[:len(name) - len(owner)] + rdata_name(dname.rdatas[0])
         if len(target) > 255:
             return Outcome(Step.FAILED, reason="DNAME substitution too long")
         records = dname.records_with_sigs(now)
         records.append(RR(name, RRType.CNAME, CLASS_IN, dname.ttl_left(now), target))
-        return Outcome(Step.CNAME, records, next_name=target, zone=dname.zone, security=dname.security,
-                       ede=dname.ede)
+        step = Step.ANSWER if qtype == RRType.CNAME else Step.CNAME
+        return Outcome(step, records, next_name=target, zone=dname.zone, security=dname.security, ede=dname.ede)
 
     def _forward_zone(self, name: bytes) -> ForwardZone | None:
         if not self.forward_zones:
@@ -721,14 +722,9 @@ class Resolver:
         visited = {qname}
         final: list[RR] = []
         for _ in range(self.settings.max_cname_chain + 1):
-            if qtype == RRType.ANY:  # the RRSIGs among them ride with their sets (``sigs``)
-                final = [rr for rr in answer if rr.name == current and rr.rtype != RRType.RRSIG]
-            else:
-                final = [rr for rr in answer if rr.name == current and rr.rtype == qtype]
-            if final:
-                break
-            # RFC 6672 §3.4: the resolver synthesises the CNAME from the DNAME itself (the
-            # server's synthesised CNAME, if sent, says the same).
+            # RFC 6672 §3.4: below a DNAME a name is the DNAME's substitution, whatever type is
+            # asked; the resolver synthesises the CNAME from the DNAME itself (the server's
+            # synthesised CNAME, if sent, says the same).
             dname = next((rr for rr in answer if rr.rtype == RRType.DNAME and rr.name != current
                           and is_subdomain(current, rr.name)), None)
             if dname is not None:
@@ -736,10 +732,20 @@ class Resolver:
                 if len(target) > 255:
                     return Outcome(Step.FAILED, reason="DNAME substitution too long")
                 synthesised = RR(current, RRType.CNAME, CLASS_IN, dname.ttl, target)
-                records.extend((dname, synthesised))
                 synthesised_at.add(current)
+                records.append(dname)
+                if qtype == RRType.CNAME:  # that CNAME is the answer
+                    final = [synthesised]
+                    break
+                records.append(synthesised)
                 current = target
             else:
+                if qtype == RRType.ANY:  # the RRSIGs among them ride with their sets (``sigs``)
+                    final = [rr for rr in answer if rr.name == current and rr.rtype != RRType.RRSIG]
+                else:
+                    final = [rr for rr in answer if rr.name == current and rr.rtype == qtype]
+                if final:
+                    break
                 cname = [rr for rr in answer if rr.name == current and rr.rtype == RRType.CNAME]
                 if not cname:
                     break

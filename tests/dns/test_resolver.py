@@ -258,6 +258,16 @@ async def test_dname_is_followed_and_the_cname_synthesised(net: FakeNet, resolve
     assert all(name.endswith("other.example.") for _, name, _ in net.sent()), net.sent()
 
 
+async def test_a_cname_question_below_a_dname_is_answered_with_both(net: FakeNet, resolver: Resolver) -> None:
+    """The synthesised CNAME is the answer, with its DNAME; and it is not cached alone, so the
+    next question for the name gets the DNAME too (from a review)."""
+    for qtype in (RRType.CNAME, RRType.CNAME, RRType.A):  # from the zone, then from the cache
+        result = await ask(resolver, "b.dname.example.test.", qtype)
+        assert chain(result)[:2] == [("dname.example.test.", "DNAME"), ("b.dname.example.test.", "CNAME")], qtype
+        if qtype == RRType.CNAME:
+            assert len(result.answer) == 2 and result.rcode == RCode.NOERROR
+
+
 async def test_wildcard_answer(resolver: Resolver) -> None:
     result = await ask(resolver, "anything.wild.example.test.")
     assert chain(result) == [("anything.wild.example.test.", "A")]
