@@ -164,7 +164,6 @@ class ServerState:
     samples: int = 0
     timeouts: int = 0
     down_until: float = 0.0
-    probe_after: float = 0.0  # while down: when it may be tried again, once
     no_edns: bool = False
 
     def timeout(self, settings: ResolverSettings) -> float:
@@ -180,6 +179,10 @@ class InfraCache:
         self.settings = settings
         self.servers: dict[str, ServerState] = {}
         self.lame: dict[tuple[bytes, str], float] = {}
+        # Timeouts in a row by server and kind of question (A, AAAA, the rest, as Unbound keeps
+        # them): a server that drops one type (or whose rate limit drops some names) is not
+        # down for the others. [timeouts, down until, next probe]
+        self.failing: dict[tuple[str, int], list[float]] = {}
 
     def state(self, address: str) -> ServerState:
         state = self.servers.get(address)
@@ -189,7 +192,8 @@ class InfraCache:
             state = self.servers[address] = ServerState()
         return state
 
-    def record_rtt(self, address: str, rtt: float) -> None:
+    def record_rtt(self, address: str, rtt: float, qtype: int = RRType.A) -> None:
+        self.failing.pop((address, _kind(qtype)), None)
         state = self.state(address)
         if state.samples == 0:
             state.srtt, state.rttvar = rtt, rtt / 2
@@ -200,23 +204,32 @@ class InfraCache:
         state.timeouts = 0
         state.down_until = 0.0
 
-    def record_failure(self, address: str, now: float) -> None:
+    def record_failure(self, address: str, now: float, qtype: int = RRType.A) -> None:
         state = self.state(address)
         state.timeouts = min(state.timeouts + 1, 8)
         if state.timeouts >= 3:
             state.down_until = now + self.settings.server_down_seconds
+        if len(self.failing) > 100_000:
+            self.failing.clear()
+        failing = self.failing.setdefault((address, _kind(qtype)), [0, 0.0, 0.0])
+        failing[0] += 1
+        if failing[0] >= 3:
+            failing[1] = now + self.settings.server_down_seconds
 
-    def is_up(self, address: str, now: float) -> bool:
-        return self.state(address).down_until <= now
+    def is_up(self, address: str, qtype: int, now: float) -> bool:
+        """Whether ``address`` answered of late the kind of question ``qtype`` is."""
+        failing = self.failing.get((address, _kind(qtype)))
+        return failing is None or failing[1] <= now
 
-    def probe(self, addresses: list[str], now: float) -> str | None:
-        """One of ``addresses`` (all down) to try once more, at most one every
-        ``PROBE_INTERVAL`` seconds each; None while none is due."""
-        due = [a for a in addresses if self.state(a).probe_after <= now]
+    def probe(self, addresses: list[str], qtype: int, now: float) -> str | None:
+        """One of ``addresses`` (all down for ``qtype``'s kind) to try once more, at most one
+        every ``PROBE_INTERVAL`` seconds each; None while none is due."""
+        due = [a for a in addresses if self.failing.get((a, _kind(qtype)), (0, 0.0, 0.0))[2] <= now]
         if not due:
             return None
         address = random.choice(due)
-        self.state(address).probe_after = now + PROBE_INTERVAL
+        self.failing.setdefault((address, _kind(qtype)), [3, now + self.settings.server_down_seconds, 0.0])[2] = \
+            now + PROBE_INTERVAL
         return address
 
     def mark_lame(self, zone: bytes, address: str, now: float) -> None:
@@ -270,6 +283,10 @@ class Outcome:
 
 
 _NO_SERVER_ANSWERED = Outcome(Step.FAILED, reason="no server of the zone answered")
+def _kind(qtype: int) -> int:
+    return qtype if qtype in (RRType.A, RRType.AAAA) else 0
+
+
 _ALL_DOWN = Outcome(Step.FAILED, reason="every server of the zone is down (timed out lately)")
 PROBE_INTERVAL = 10.0  # seconds between tries of a server that is down, while all of its zone's are
 
@@ -600,12 +617,14 @@ class Resolver:
             if not usable:
                 return last
             fresh = [a for a in usable if a not in attempts]
-            if any(self.infra.is_up(a, now) for a in usable):
+            if forwarded or any(self.infra.is_up(a, qtype, now) for a in usable):
                 probe = None
             else:
-                # Every server left has timed out again and again: no full round of timeouts for
-                # each new name (RFC 9520 §3.1), only a probe now and then to see one come back.
-                probe = self.infra.probe(usable, now)
+                # Every server left has timed out again and again on this kind of question: no
+                # full round of timeouts for each new name (RFC 9520 §3.1), only a probe now and
+                # then to see one come back. (Not for forwarders: a recursive server is slow on
+                # some names as a matter of course.)
+                probe = self.infra.probe(usable, qtype, now)
                 if probe is None:
                     return last if attempts else _ALL_DOWN
             if not budget.spend():
@@ -637,11 +656,11 @@ class Resolver:
                                                     exact_case=self.settings.use_0x20)
             except UpstreamError as exc:
                 self.upstream_failures[exc.kind] = self.upstream_failures.get(exc.kind, 0) + 1
-                self.infra.record_failure(address, self.clock())
+                self.infra.record_failure(address, self.clock(), qtype)
                 if budget.trace is not None:
                     _trace(budget, f"{address}: {exc}")
                 return None
-            self.infra.record_rtt(address, max(0.0, self.clock() - started))
+            self.infra.record_rtt(address, max(0.0, self.clock() - started), qtype)
             try:
                 message = decode_message(data)
             except WireError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv6Address
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -499,6 +499,21 @@ async def test_a_zone_whose_servers_are_all_down_fails_at_once_but_for_a_probe(n
     net.misbehave(ALLDEAD_2, timeout=False)  # back
     clock.advance(PROBE_INTERVAL)
     assert values(await ask(resolver, "www.alldead.test.")) == ["192.0.2.50"]
+
+
+async def test_servers_that_drop_one_kind_of_question_stay_up_for_the_others(net: FakeNet, resolver: Resolver,
+                                                                             clock: FakeClock) -> None:
+    """A server that drops TXT (RFC 8906's unknown-type troubles, a rate limit) is down for TXT
+    alone: A and AAAA questions to its zones go on (from a review of the fast failure)."""
+    def drop_txt(query: Any, reply: Any) -> Any:
+        return None if query.question.qtype == RRType.TXT else reply
+    for address in (EXAMPLE_TEST_1, EXAMPLE_TEST_2):
+        net.misbehave(address, handler=drop_txt)
+    for i in range(4):
+        assert (await ask(resolver, f"t{i}.example.test.", RRType.TXT)).rcode == RCode.SERVFAIL
+    assert values(await ask(resolver, "www.example.test.")) == ["192.0.2.80"]
+    assert (await ask(resolver, "nothing.example.test.")).rcode == RCode.NXDOMAIN
+    assert (await ask(resolver, "www.example.test.", RRType.AAAA)).rcode == RCode.NOERROR
 
 
 async def test_malformed_reply_marks_the_server_and_the_next_is_used(net: FakeNet, resolver: Resolver,
