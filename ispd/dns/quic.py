@@ -385,7 +385,9 @@ class QuicListener:
                                   self.settings.max_query_bytes)
 
     def apply_settings(self, settings: QuicSettings) -> None:
-        """A reload's limits, for connections that start from now on."""
+        """A reload's limits, for connections that start from now on - but for the idle
+        timeout, which aioquic reads from the shared configuration as it goes: open connections
+        take it too."""
         for name in settings.__slots__:  # the protocol factory holds this very object
             setattr(self.settings, name, getattr(settings, name))
         if self.configuration is not None:

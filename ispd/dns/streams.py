@@ -75,3 +75,13 @@ async def serve_dns_stream(reader: asyncio.StreamReader, writer: asyncio.StreamW
             if pending:
                 await asyncio.wait(pending, timeout=drain_seconds)
             writer.close()
+            if writer.transport.get_write_buffer_size():
+                # Replies still to go: the client has the idle time to take them, then the end
+                # (a closing transport keeps its buffer, and its socket, for as long as it takes).
+                try:
+                    async with asyncio.timeout(idle_seconds):
+                        await writer.wait_closed()
+                except TimeoutError:
+                    writer.transport.abort()
+                except (ConnectionError, ssl.SSLError):
+                    pass
