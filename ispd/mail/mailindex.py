@@ -519,18 +519,28 @@ def _new_uidvalidity(folder: Path) -> int:
     not get the old one back with its UIDs starting over (RFC 3501 §2.3.1.1); Dovecot counts up
     the same way. The last one given is kept in the Maildir's root, under a lock."""
     root = folder.parent if folder.name.startswith(".") else folder
-    fd = os.open(root / LAST_UIDVALIDITY_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    now = max(1, int(time.time()))
+    try:
+        fd = os.open(root / LAST_UIDVALIDITY_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:  # a root that cannot be written: the time, as before there was this file
+        return now
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         text = os.read(fd, 32).decode("ascii", "replace").strip()
-        value = max(1, int(time.time()), (int(text) if text.isdigit() else 0) + 1)
+        last = int(text) if text.isdigit() and int(text) < _UIDVALIDITY_MAX else 0  # garbage: ignored
+        value = max(now, last + 1)
         os.lseek(fd, 0, os.SEEK_SET)
         os.ftruncate(fd, 0)
         os.write(fd, f"{value}\n".encode())
         os.fsync(fd)
         return value
+    except OSError:
+        return now
     finally:
         os.close(fd)  # releases the flock
+
+
+_UIDVALIDITY_MAX = 0xFFFFFFFF  # a 32-bit number (RFC 3501 §9 nz-number)
 
 
 def _uid_of(message: IndexedMessage) -> int:

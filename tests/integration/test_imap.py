@@ -732,8 +732,9 @@ def test_append_keeps_its_date_and_a_folder_made_again_gets_a_new_uidvalidity(la
     client.select("Dated")
     assert b'INTERNALDATE "15-Mar-2020 15:09:10 +0000"' in client.fetch("1", "(INTERNALDATE)")[1][0]
     assert client.search(None, "ON", "15-Mar-2020")[1] == [b"1"]
-    typ, data = client.search("KOI8-R", "ALL")
+    typ, data = client.search("X-NO-SUCH-CHARSET", "ALL")
     assert typ == "NO" and data[0].startswith(b"[BADCHARSET"), data  # RFC 3501 §6.4.4
+    assert client.search("ISO-8859-1", "SUBJECT", "old")[1] == [b"1"]  # a charset Python knows
     client.close()
     validities = []
     for _ in range(2):  # within one second: the time alone would give the same UIDVALIDITY
@@ -763,6 +764,11 @@ def test_levels_without_a_folder_are_listed_noselect_and_a_parent_deletes_alone(
     assert b"\\Noselect" not in listing("list", "Tree.Branch.%")[b"Tree.Branch.Leaf"]
     assert b"\\Noselect" in listing("lsub", "Tree.%")[b"Tree.Branch"]
     assert client.select("Tree")[0] == "NO"
+    # A folder below the INBOX (what clients make for "New Subfolder" on it): one INBOX still.
+    assert client.create("INBOX.Sub")[0] == "OK"
+    inbox_lines = [line for line in client.list('""', "*")[1] if line.rsplit(b" ", 1)[-1].strip(b'"') == b"INBOX"]
+    assert len(inbox_lines) == 1 and b"\\Noselect" not in inbox_lines[0], inbox_lines
+    assert client.delete("INBOX.Sub")[0] == "OK"
     assert client.create("Projects")[0] == "OK" and client.create("Projects.2026")[0] == "OK"
     assert client.delete("Projects")[0] == "OK"
     assert b"\\Noselect" in listing("list", "Projects")[b"Projects"]

@@ -220,6 +220,8 @@ class _Reader:
         if found is None or found.group(2).lower() not in _MONTHS:
             raise ParseError("bad date-time")
         day, _, year, hour, minute, second, sign, zone_hours, zone_minutes = found.groups()
+        if not 1900 <= int(year) <= 2999:  # an INTERNALDATE that files and replies can hold
+            raise ParseError("date-time out of range")
         offset = timedelta(hours=int(zone_hours), minutes=int(zone_minutes)) * (-1 if sign == b"-" else 1)
         try:
             return datetime(int(year), _MONTHS[found.group(2).lower()], int(day), int(hour), int(minute), int(second),

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import bisect
+import codecs
 import dataclasses
 import email
 import email.errors
@@ -419,6 +420,7 @@ class IMAPSession(asyncio.Protocol):
         # tree with "%" reaches what is below them (RFC 3501 §6.3.8, and §6.3.9 for LSUB).
         present = set(listed)
         implied = {f.rsplit(".", i)[0] for f in listed if f for i in range(1, f.count(".") + 1)} - present
+        implied = {f for f in implied if f.upper() != "INBOX"}  # INBOX.x lies below the INBOX ("")
         for folder in sorted([*listed, *implied], key=lambda f: (f != "", f)):
             name = folder.encode() if folder else b"INBOX"
             if not _pattern_matches(command.args["reference"] + pattern, name):
@@ -666,7 +668,7 @@ class IMAPSession(asyncio.Protocol):
                     data = (source_cur / message.name).read_bytes()
                 except FileNotFoundError:
                     continue  # expunged meanwhile
-                names.append((message, maildir.deliver(data, folder=target).name))
+                names.append((message, maildir.deliver(data, folder=target, received_at=message.internal_date).name))
             mailindex.forget(maildir.folder_path(target))
             index = FolderIndex(maildir.folder_path(target))
             state = index.sync()
@@ -1018,11 +1020,17 @@ class IMAPSession(asyncio.Protocol):
 
     async def cmd_search(self, command: Command) -> None:
         assert self.selected is not None and self.maildir is not None
-        if command.args["charset"] not in (None, "US-ASCII", "UTF-8"):  # RFC 3501 §6.4.4
-            self.send(f"{command.tag} NO [BADCHARSET (US-ASCII UTF-8)] that charset is not supported".encode())
-            return
+        charset = command.args["charset"]
         uid = command.name.startswith("UID")
         key: SearchKey = _resolve_keywords(command.args["key"], self.selected.keywords)
+        if charset not in (None, "US-ASCII", "UTF-8"):  # RFC 3501 §6.4.4: any charset Python knows
+            try:
+                if not getattr(codecs.lookup(charset), "_is_text_encoding", True):  # hex, zlib, ...
+                    raise LookupError(charset)
+            except LookupError:
+                self.send(f"{command.tag} NO [BADCHARSET (US-ASCII UTF-8)] that charset is not supported".encode())
+                return
+            key = _transcoded(key, charset)
         needs_text, needs_body = _needs_text(key), _needs_text(key, body=True)
         messages = self.selected.messages
         found = []
@@ -1036,18 +1044,12 @@ class IMAPSession(asyncio.Protocol):
             numbers = list(range(start + 1, min(start + SEARCH_BATCH, len(messages)) + 1))
             # The files of a batch in one trip to the file threads (only headers unless BODY or
             # TEXT is asked); a batch at a time, so a large folder is never all in memory.
-            contents = await self._read_selected(numbers, not needs_body) if needs_text else {}
-            for seq in numbers:
+            contents = await self._read_selected(numbers, not needs_body)
+            # Matching decodes headers and bodies: in the file threads, off the event loop.
+            for seq in await self._blocking(_matching, key, numbers, contents, messages):
                 message = messages[seq - 1]
-                data = b""
-                if needs_text:
-                    raw = contents.get(seq)
-                    if raw is None:
-                        continue  # expunged by another session
-                    data = with_crlf(raw)
-                if _matches(key, seq, message, data, messages):
-                    found.append(message.uid if uid else seq)
-                    highest = max(highest, message.modseq)
+                found.append(message.uid if uid else seq)
+                highest = max(highest, message.modseq)
         tail = b""
         if _uses_modseq(key):
             self.condstore = True  # a CONDSTORE-enabling command (RFC 7162 §3.1)
@@ -1281,9 +1283,13 @@ def _header_has(value: bytes, wanted: bytes) -> bool:
     return b"=?" in value and _needle(wanted) in _decoded_header(value).casefold()
 
 
+_DECODED_HEADER_BYTES = 4096  # the email package decodes encoded words in quadratic time
+
+
 def _decoded_header(value: bytes) -> str:
-    """A field's value with its encoded words decoded (raw UTF-8, RFC 6532, is taken as it is)."""
-    text = value.decode("utf-8", "replace")
+    """A field's value with its encoded words decoded (raw UTF-8, RFC 6532, is taken as it is);
+    the first 4 KiB of it, a bound on what a hostile header can cost."""
+    text = value[:_DECODED_HEADER_BYTES].decode("utf-8", "replace")
     try:
         return str(email.header.make_header(email.header.decode_header(" ".join(text.split()))))
     except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
@@ -1297,11 +1303,24 @@ def _text_has(data: bytes, wanted: bytes, *, header: bool) -> bool:
     if wanted.lower() in lowered:
         return True
     needle = _needle(wanted)
-    if header and b"=?" in header_section and needle in _decoded_header(header_section).casefold():
+    if header and b"=?" in header_section and any(
+            needle in _decoded_header(line).casefold() for line in _encoded_fields(header_section)):
         return True
-    if b"content-transfer-encoding" not in lowered and b"charset" not in lowered:
+    if not _ENCODED_BODY.search(lowered):
         return False  # nothing encoded: the bytes were the text
     return any(needle in text.casefold() for text in _decoded_texts(data))
+
+
+# A body that only decoding shows as text: a transfer encoding, or a charset not UTF-8 (ASCII is).
+_ENCODED_BODY = re.compile(rb"base64|quoted-printable|charset=[\"']?(?!utf-8|us-ascii)")
+
+
+def _encoded_fields(header: bytes, budget: int = 4 * _DECODED_HEADER_BYTES) -> Iterator[bytes]:
+    """The header fields with encoded words, unfolded, up to ``budget`` bytes in all."""
+    for line in re.split(rb"\r\n(?![ \t])", header):
+        if b"=?" in line and budget > 0:
+            budget -= len(line)
+            yield line
 
 
 def _decoded_texts(data: bytes) -> Iterator[str]:
@@ -1319,8 +1338,30 @@ def _decoded_texts(data: bytes) -> Iterator[str]:
                 yield payload.decode(charset, "replace")
             except LookupError:  # a charset Python does not know
                 yield payload.decode("utf-8", "replace")
-    except (ValueError, TypeError, email.errors.MessageError):
-        return
+    except (ValueError, TypeError, RecursionError, email.errors.MessageError):
+        return  # (RecursionError: multiparts nested a thousand deep)
+
+
+_TEXT_KEYS = frozenset({"FROM", "TO", "CC", "BCC", "SUBJECT", "BODY", "TEXT"})
+
+
+def _transcoded(key: SearchKey, charset: str) -> SearchKey:
+    """``key`` with its search strings turned from ``charset`` into UTF-8, which matching reads."""
+    if key.name in ("AND", "OR", "NOT"):
+        return SearchKey(key.name, tuple(_transcoded(k, charset) for k in key.args))
+    if key.name in _TEXT_KEYS:
+        return SearchKey(key.name, (key.args[0].decode(charset, "replace").encode(),))
+    if key.name == "HEADER":
+        return SearchKey(key.name, (key.args[0], key.args[1].decode(charset, "replace").encode()))
+    return key
+
+
+def _matching(key: SearchKey, numbers: list[int], contents: dict[int, bytes],
+              messages: list[IndexedMessage]) -> list[int]:
+    """The sequence numbers among ``numbers`` whose message (its bytes in ``contents``; gone
+    when expunged by another session) matches ``key``."""
+    return [seq for seq in numbers if seq in contents
+            and _matches(key, seq, messages[seq - 1], with_crlf(contents[seq]), messages)]
 
 
 def _matches(key: SearchKey, seq: int, message: IndexedMessage, data: bytes,
@@ -1384,16 +1425,21 @@ def _matches(key: SearchKey, seq: int, message: IndexedMessage, data: bytes,
 def _address_groups(value: str) -> list[tuple[str | None, str]]:
     """An address list split at its groups (RFC 5322 §3.4: ``name: member, member;``): (the
     group's name, or None outside groups; the addresses' text). The email package's own
-    parser drops the group names; quotes, comments and angle brackets are stepped over here."""
+    parser drops the group names; quotes, comments, angle brackets and backslash escapes are
+    stepped over here, and a colon with no semicolon after it (in a display name, as
+    ``=?UTF-8?Q?ACME:_Support?=``) starts no group."""
     out: list[tuple[str | None, str]] = []
     group: str | None = None
+    last_comma = -1
     start, depth, quoted, i = 0, 0, False, 0
+    last_semicolon = value.rfind(";")
     while i < len(value):
         char = value[i]
+        if char == "\\" and (quoted or depth):
+            i += 2
+            continue
         if quoted:
-            if char == "\\":
-                i += 1
-            elif char == '"':
+            if char == '"':
                 quoted = False
         elif char == '"':
             quoted = True
@@ -1401,12 +1447,13 @@ def _address_groups(value: str) -> list[tuple[str | None, str]]:
             depth += 1
         elif char in ")>" and depth:
             depth -= 1
-        elif depth == 0 and char == ":" and group is None:
-            head = value[start:i]
-            before, _, name = head.rpartition(",")  # addresses before the group, outside any
-            if before.strip():
-                out.append((None, before))
-            group, start = " ".join(name.split()), i + 1
+        elif depth == 0 and char == "," and group is None:
+            last_comma = i
+        elif depth == 0 and char == ":" and group is None and i < last_semicolon:
+            if last_comma >= start:  # addresses before the group, outside any
+                out.append((None, value[start:last_comma]))
+                start = last_comma + 1
+            group, start = _unquoted(" ".join(value[start:i].split())), i + 1
         elif depth == 0 and char == ";" and group is not None:
             out.append((group, value[start:i]))
             group, start = None, i + 1
@@ -1415,6 +1462,12 @@ def _address_groups(value: str) -> list[tuple[str | None, str]]:
     if group is not None or rest.strip():
         out.append((group, rest))
     return out
+
+
+def _unquoted(phrase: str) -> str:
+    if len(phrase) >= 2 and phrase[0] == phrase[-1] == '"':
+        return re.sub(r"\\(.)", r"\1", phrase[1:-1])
+    return phrase
 
 
 def _envelope(header: bytes) -> bytes:
@@ -1432,7 +1485,7 @@ def _envelope(header: bytes) -> bytes:
         if not values:
             return b"NIL"
         entries = []
-        for group, members in _address_groups(" ".join(str(v) for v in values)):
+        for group, members in _address_groups(", ".join(str(v) for v in values)):
             if group is not None:  # RFC 3501 §7.4.2: a group's start, NIL host and its name
                 entries.append(b"(NIL NIL %s NIL)" % astring(group.encode("utf-8", "replace")))
             for display, address in email.utils.getaddresses([members]) if members.strip() else ():

@@ -89,3 +89,15 @@ def test_envelope_groups_have_start_and_end_markers() -> None:
     assert (b'((NIL NIL "friends" NIL)("B, b" NIL "b" "y.example")(NIL NIL "c" "z.example")(NIL NIL NIL NIL)'
             b'(NIL NIL "d" "w.example"))') in envelope, envelope
     assert b'((NIL NIL "local-only" "MISSING_DOMAIN"))' in envelope, envelope
+
+
+def test_envelope_keeps_repeated_fields_and_colons_in_display_names() -> None:
+    """Two To lines are two addresses; a colon inside an encoded display name, or a comma in a
+    quoted group name, makes no group of its own (from a review)."""
+    envelope = _envelope(b"From: =?UTF-8?Q?ACME:_Support?= <support@acme.example>\r\n"
+                         b"To: a@x.example\r\nTo: b@y.example\r\n"
+                         b'Cc: "Doe, John": j@d.example;\r\n\r\n')
+    from_ = envelope.split(b" ", 2)[2]  # after the date and subject
+    assert from_.startswith(b'((') and not from_.startswith(b"((NIL NIL"), envelope  # no group start
+    assert b'((NIL NIL "a" "x.example")(NIL NIL "b" "y.example"))' in envelope, envelope
+    assert b'((NIL NIL "Doe, John" NIL)(NIL NIL "j" "d.example")(NIL NIL NIL NIL))' in envelope, envelope

@@ -149,6 +149,8 @@ def test_append_with_flags_date_and_a_literal() -> None:
     assert command(b'a APPEND x " 5-Mar-2020 08:09:10 -0700" {1+}\r\nx').args["date"] == 1583420950.0  # type: ignore[attr-defined]
     bad(b'a APPEND x "31-Feb-2020 08:09:10 +0000" {1+}\r\nx')
     bad(b'a APPEND x "05-Foo-2020 08:09:10 +0000" {1+}\r\nx')
+    bad(b'a APPEND x "01-Jan-0001 00:00:00 +2359" {1+}\r\nx')  # no INTERNALDATE a file or reply can hold
+    bad(b'a APPEND x "31-Dec-9999 23:59:59 -2359" {1+}\r\nx')
 
 
 def test_list_status_enable_id_and_uid_expunge() -> None:

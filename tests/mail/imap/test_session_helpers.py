@@ -92,3 +92,43 @@ def test_searches_see_decoded_headers_and_bodies(key: str, args: tuple[bytes, ..
 
     message = IndexedMessage(1, "m:2,", "", len(ENCODED), len(ENCODED), 0.0, False, 1)
     assert _matches(SearchKey(key, args), 1, message, ENCODED, [message]) is found
+
+
+def test_hostile_messages_cost_little_and_break_no_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A header of 200 KB of unfinished encoded words (the email package decodes them in
+    quadratic time: a minute for that much) reaches the decoder 4 KiB at a time, 16 KiB in all;
+    multiparts nested a thousand deep (a RecursionError in the email package) leave the search
+    answering (from a review)."""
+    import email.header
+
+    from ispd.mail.imap.parser import SearchKey
+    from ispd.mail.imap.session import _matches
+    from ispd.mail.mailindex import IndexedMessage
+
+    decoded: list[int] = []
+    original = email.header.decode_header
+
+    def measured(text: str) -> list[tuple[bytes | str, str | None]]:
+        decoded.append(len(text))
+        return original(text)
+
+    monkeypatch.setattr(email.header, "decode_header", measured)
+    hostile_header = b"Subject: " + b"=?utf-8?q?x " * 20_000 + b"\r\n\r\nbody\r\n"
+    nested = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n" \
+        + b"--b\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n" * 1000
+    for data in (hostile_header, nested):
+        message = IndexedMessage(1, "m:2,", "", len(data), len(data), 0.0, False, 1)
+        for key in ("SUBJECT", "TEXT", "BODY"):
+            decoded.clear()
+            assert _matches(SearchKey(key, (b"nowhere",)), 1, message, data, [message]) is False
+            assert max(decoded, default=0) <= 4096 and sum(decoded) <= 4 * 4096, (key, decoded)
+
+
+def test_a_search_in_another_charset_is_matched_as_utf8() -> None:
+    from ispd.mail.imap.parser import SearchKey
+    from ispd.mail.imap.session import _transcoded
+
+    key = SearchKey("OR", (SearchKey("SUBJECT", ("Köln".encode("latin-1"),)),
+                           SearchKey("HEADER", (b"X-City", "Köln".encode("latin-1")))))
+    assert _transcoded(key, "ISO-8859-1") == SearchKey("OR", (SearchKey("SUBJECT", ("Köln".encode(),)),
+                                                              SearchKey("HEADER", (b"X-City", "Köln".encode()))))
