@@ -179,9 +179,9 @@ class InfraCache:
         self.settings = settings
         self.servers: dict[str, ServerState] = {}
         self.lame: dict[tuple[bytes, str], float] = {}
-        # Timeouts in a row by server and kind of question (A, AAAA, the rest, as Unbound keeps
-        # them): a server that drops one type (or whose rate limit drops some names) is not
-        # down for the others. [timeouts, down until, next probe]
+        # Timeouts in a row by server and type of question: a server that drops one type (HTTPS
+        # or another it does not know, RFC 8906) is not down for the others - nor for the
+        # DNSKEY and DS questions validation needs. [timeouts, down until, next probe]
         self.failing: dict[tuple[str, int], list[float]] = {}
 
     def state(self, address: str) -> ServerState:
@@ -193,7 +193,7 @@ class InfraCache:
         return state
 
     def record_rtt(self, address: str, rtt: float, qtype: int = RRType.A) -> None:
-        self.failing.pop((address, _kind(qtype)), None)
+        self.failing.pop((address, qtype), None)
         state = self.state(address)
         if state.samples == 0:
             state.srtt, state.rttvar = rtt, rtt / 2
@@ -211,24 +211,24 @@ class InfraCache:
             state.down_until = now + self.settings.server_down_seconds
         if len(self.failing) > 100_000:
             self.failing.clear()
-        failing = self.failing.setdefault((address, _kind(qtype)), [0, 0.0, 0.0])
+        failing = self.failing.setdefault((address, qtype), [0, 0.0, 0.0])
         failing[0] += 1
         if failing[0] >= 3:
             failing[1] = now + self.settings.server_down_seconds
 
     def is_up(self, address: str, qtype: int, now: float) -> bool:
         """Whether ``address`` answered of late the kind of question ``qtype`` is."""
-        failing = self.failing.get((address, _kind(qtype)))
+        failing = self.failing.get((address, qtype))
         return failing is None or failing[1] <= now
 
     def probe(self, addresses: list[str], qtype: int, now: float) -> str | None:
         """One of ``addresses`` (all down for ``qtype``'s kind) to try once more, at most one
         every ``PROBE_INTERVAL`` seconds each; None while none is due."""
-        due = [a for a in addresses if self.failing.get((a, _kind(qtype)), (0, 0.0, 0.0))[2] <= now]
+        due = [a for a in addresses if self.failing.get((a, qtype), (0, 0.0, 0.0))[2] <= now]
         if not due:
             return None
         address = random.choice(due)
-        self.failing.setdefault((address, _kind(qtype)), [3, now + self.settings.server_down_seconds, 0.0])[2] = \
+        self.failing.setdefault((address, qtype), [3, now + self.settings.server_down_seconds, 0.0])[2] = \
             now + PROBE_INTERVAL
         return address
 
@@ -283,10 +283,6 @@ class Outcome:
 
 
 _NO_SERVER_ANSWERED = Outcome(Step.FAILED, reason="no server of the zone answered")
-def _kind(qtype: int) -> int:
-    return qtype if qtype in (RRType.A, RRType.AAAA) else 0
-
-
 _ALL_DOWN = Outcome(Step.FAILED, reason="every server of the zone is down (timed out lately)")
 PROBE_INTERVAL = 10.0  # seconds between tries of a server that is down, while all of its zone's are
 

@@ -83,5 +83,5 @@ async def serve_dns_stream(reader: asyncio.StreamReader, writer: asyncio.StreamW
                         await writer.wait_closed()
                 except TimeoutError:
                     writer.transport.abort()
-                except (ConnectionError, ssl.SSLError):
+                except OSError:  # the connection failed meanwhile (reset, unreachable, TLS)
                     pass
