@@ -248,7 +248,7 @@ def _a_copy_of(conn: sqlite3.Connection, latest: sqlite3.Row, record: Accounting
                 or started_at - latest["stopped_at"] >= SAME_START_SECONDS \
                 or _nas_restarted_since(conn, record.nas_address, latest["started_at"]):
             return False
-        if _recorded_since(conn, record, started_at - SAME_START_SECONDS):
+        if _recorded_since(conn, record, latest["started_at"] - SAME_START_SECONDS):  # that session's records
             return True
         return not _had_start(conn, latest)
     return bool(abs(latest["started_at"] - started_at) < SAME_START_SECONDS or started_at <= latest["updated_at"])

@@ -144,6 +144,15 @@ async def test_a_start_sent_again_after_its_session_ended_is_a_copy(store: Store
     assert len(await store.list_sessions()) == 3
 
 
+async def test_the_start_of_a_long_session_sent_again_after_its_stop_is_a_copy(store: Store) -> None:
+    """Ten minutes between the Start and the Stop, the Start sent again just after the Stop."""
+    packet = bytes((4, 7)) + (20 + 9).to_bytes(2, "big") + bytes(16) + b"\x2c\x04s1" + b"\x01\x07alice"
+    await store.record_accounting([replace(START, packet=packet), stop(T0 + 600, 1000, 1000, 600)])
+    [copy] = await store.record_accounting([replace(START, at=T0 + 610, packet=packet)])
+    assert copy.outcome == AccountingOutcome.DUPLICATE
+    assert len(await store.list_sessions()) == 1
+
+
 async def test_a_start_repeating_an_old_one_after_a_reboot_is_a_new_session(store: Store) -> None:
     """A NAS whose counters restart at boot repeats old Starts to the byte: after an
     Accounting-On, or once minutes have passed, such a Start is a new session, whatever the
