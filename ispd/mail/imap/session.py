@@ -1312,7 +1312,7 @@ def _text_has(data: bytes, wanted: bytes, *, header: bool) -> bool:
 
 
 # A body that only decoding shows as text: a transfer encoding, or a charset not UTF-8 (ASCII is).
-_ENCODED_BODY = re.compile(rb"base64|quoted-printable|charset=[\"']?(?!utf-8|us-ascii)")
+_ENCODED_BODY = re.compile(rb"base64|quoted-printable|charset=(?![\"']?(?:utf-8|us-ascii))")
 
 
 def _encoded_fields(header: bytes, budget: int = 4 * _DECODED_HEADER_BYTES) -> Iterator[bytes]:
