@@ -192,7 +192,7 @@ class InfraCache:
             state = self.servers[address] = ServerState()
         return state
 
-    def record_rtt(self, address: str, rtt: float, qtype: int = RRType.A) -> None:
+    def record_rtt(self, address: str, rtt: float, qtype: int) -> None:
         self.failing.pop((address, qtype), None)
         state = self.state(address)
         if state.samples == 0:
@@ -204,7 +204,7 @@ class InfraCache:
         state.timeouts = 0
         state.down_until = 0.0
 
-    def record_failure(self, address: str, now: float, qtype: int = RRType.A) -> None:
+    def record_failure(self, address: str, now: float, qtype: int) -> None:
         state = self.state(address)
         state.timeouts = min(state.timeouts + 1, 8)
         if state.timeouts >= 3:
@@ -217,12 +217,12 @@ class InfraCache:
             failing[1] = now + self.settings.server_down_seconds
 
     def is_up(self, address: str, qtype: int, now: float) -> bool:
-        """Whether ``address`` answered of late the kind of question ``qtype`` is."""
+        """Whether ``address`` has not timed out of late on questions of type ``qtype``."""
         failing = self.failing.get((address, qtype))
         return failing is None or failing[1] <= now
 
     def probe(self, addresses: list[str], qtype: int, now: float) -> str | None:
-        """One of ``addresses`` (all down for ``qtype``'s kind) to try once more, at most one
+        """One of ``addresses`` (all down for ``qtype``) to try once more, at most one
         every ``PROBE_INTERVAL`` seconds each; None while none is due."""
         due = [a for a in addresses if self.failing.get((a, qtype), (0, 0.0, 0.0))[2] <= now]
         if not due:
@@ -616,7 +616,7 @@ class Resolver:
             if forwarded or any(self.infra.is_up(a, qtype, now) for a in usable):
                 probe = None
             else:
-                # Every server left has timed out again and again on this kind of question: no
+                # Every server left has timed out again and again on this type of question: no
                 # full round of timeouts for each new name (RFC 9520 §3.1), only a probe now and
                 # then to see one come back. (Not for forwarders: a recursive server is slow on
                 # some names as a matter of course.)
