@@ -172,6 +172,14 @@ class ServerState:
         return min(settings.max_timeout, max(settings.min_timeout, base * (1 << self.timeouts)))
 
 
+@dataclass(slots=True)
+class TypeFailures:
+    """A server's timeouts in a row on one type of question."""
+    timeouts: int = 0
+    down_until: float = 0.0  # questions of this type skip the server until then
+    next_probe: float = 0.0  # while down: when one question may try it again
+
+
 class InfraCache:
     """What the resolver knows about servers: RTT, failures, and which zones they are lame for."""
 
@@ -181,8 +189,8 @@ class InfraCache:
         self.lame: dict[tuple[bytes, str], float] = {}
         # Timeouts in a row by server and type of question: a server that drops one type (HTTPS
         # or another it does not know, RFC 8906) is not down for the others - nor for the
-        # DNSKEY and DS questions validation needs. [timeouts, down until, next probe]
-        self.failing: dict[tuple[str, int], list[float]] = {}
+        # DNSKEY and DS questions validation needs.
+        self.failing: dict[tuple[str, int], TypeFailures] = {}
 
     def state(self, address: str) -> ServerState:
         state = self.servers.get(address)
@@ -211,25 +219,30 @@ class InfraCache:
             state.down_until = now + self.settings.server_down_seconds
         if len(self.failing) > 100_000:
             self.failing.clear()
-        failing = self.failing.setdefault((address, qtype), [0, 0.0, 0.0])
-        failing[0] += 1
-        if failing[0] >= 3:
-            failing[1] = now + self.settings.server_down_seconds
+        failing = self.failing.get((address, qtype))
+        if failing is None:
+            failing = self.failing[(address, qtype)] = TypeFailures()
+        failing.timeouts += 1
+        if failing.timeouts >= 3:
+            failing.down_until = now + self.settings.server_down_seconds
 
     def is_up(self, address: str, qtype: int, now: float) -> bool:
         """Whether ``address`` has not timed out of late on questions of type ``qtype``."""
         failing = self.failing.get((address, qtype))
-        return failing is None or failing[1] <= now
+        return failing is None or failing.down_until <= now
 
     def probe(self, addresses: list[str], qtype: int, now: float) -> str | None:
         """One of ``addresses`` (all down for ``qtype``) to try once more, at most one
         every ``PROBE_INTERVAL`` seconds each; None while none is due."""
-        due = [a for a in addresses if self.failing.get((a, qtype), (0, 0.0, 0.0))[2] <= now]
+        never_failed = TypeFailures()
+        due = [a for a in addresses if self.failing.get((a, qtype), never_failed).next_probe <= now]
         if not due:
             return None
         address = random.choice(due)
-        self.failing.setdefault((address, qtype), [3, now + self.settings.server_down_seconds, 0.0])[2] = \
-            now + PROBE_INTERVAL
+        failing = self.failing.get((address, qtype))
+        if failing is None:
+            failing = self.failing[(address, qtype)] = TypeFailures(3, now + self.settings.server_down_seconds)
+        failing.next_probe = now + PROBE_INTERVAL
         return address
 
     def mark_lame(self, zone: bytes, address: str, now: float) -> None:
