@@ -779,3 +779,25 @@ def test_levels_without_a_folder_are_listed_noselect_and_a_parent_deletes_alone(
         assert client.delete(folder)[0] == "OK"
     assert b"Tree" not in listing("list", "*") and b"Projects" not in listing("list", "*")
     client.logout()
+
+
+def test_a_sequence_number_past_the_last_message_is_bad_and_a_uid_past_it_is_not(lab: Lab) -> None:
+    """RFC 9051 §2.3.1.2: a message sequence number past EXISTS is the client's protocol error,
+    BAD for the whole command; a UID past the last may name a message expunged meanwhile."""
+    client = lab.login()
+    exists = int(client.select("INBOX")[1][0])
+    for command, args in (("FETCH", (f"{exists + 1}", "(FLAGS)")), ("FETCH", (f"1,{exists + 5}", "(FLAGS)")),
+                          ("STORE", (f"{exists + 1}:*", "+FLAGS", "(\\Flagged)")), ("COPY", (f"{exists + 1}", "Trash"))):
+        with pytest.raises(imaplib.IMAP4.error, match="no message"):
+            getattr(client, command.lower())(*args)
+    assert client.search(None, "FLAGGED")[0] == "OK"  # the session goes on
+    typ, data = client.uid("FETCH", "9999", "(FLAGS)")
+    assert typ == "OK" and data == [None]
+    typ, data = client.fetch(f"{exists}:*", "(UID)")
+    assert typ == "OK" and len(data) == 1
+    client.create("Empty")
+    client.select("Empty")
+    with pytest.raises(imaplib.IMAP4.error, match="no message"):
+        client.fetch("1:*", "(FLAGS)")
+    assert client.uid("FETCH", "1:*", "(FLAGS)") == ("OK", [None])
+    client.logout()

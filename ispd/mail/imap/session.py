@@ -79,6 +79,10 @@ SEARCH_BATCH = 64  # messages SEARCH reads per trip to the file threads
 FOLDER_DELIMITER = b"."
 
 
+class InvalidSequence(Exception):
+    """A message sequence number the selected mailbox does not have."""
+
+
 @dataclass(slots=True)
 class Selected:
     name: bytes  # as the client named it
@@ -248,7 +252,10 @@ class IMAPSession(asyncio.Protocol):
         if self.state not in allowed:
             self.send(f"{command.tag} BAD {name} is not allowed {self.state.replace('-', ' ')}".encode())
             return
-        await handler(command)
+        try:
+            await handler(command)
+        except InvalidSequence as exc:
+            self.send(f"{command.tag} BAD {exc}".encode())
 
     async def _blocking(self, function: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.service.mail_executor, function, *args)
@@ -782,9 +789,16 @@ class IMAPSession(asyncio.Protocol):
             self.service.notify_imap(maildir.path, selected.folder)
 
     def _numbers(self, sequence: SequenceSet, uid: bool) -> list[int]:
-        """Sequence numbers (1-based) the set names, ascending."""
+        """Sequence numbers (1-based) the set names, ascending. Raises ``InvalidSequence`` for
+        a message sequence number past the last message ("*" in an empty mailbox too): a
+        client's protocol error, which is BAD for the whole command (RFC 9051 §2.3.1.2) - UIDs
+        past the last are not, they may name messages expunged meanwhile."""
         assert self.selected is not None
         messages = self.selected.messages
+        if not uid and sequence.ranges and (not messages or any(
+                end is not None and end > len(messages) for pair in sequence.ranges for end in pair)):
+            raise InvalidSequence(f"no message {len(messages) + 1 if messages else 1} or above in the mailbox, "
+                                  f"which has {len(messages)}")
         if not messages:
             return []
         top = messages[-1].uid if uid else len(messages)
