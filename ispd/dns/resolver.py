@@ -366,26 +366,32 @@ class Resolver:
     async def _resolve_name(self, name: bytes, qtype: int, budget: Budget, depth: int,
                             refresh: bool = False) -> Outcome:
         now = self.clock()
-        cached = None if refresh else self._from_cache(name, qtype, now)
+        # RFC 4035 §4.2: a DS set is the parent's, so it is asked where the parent is.
+        forward = self._forward_zone(parent_name(name) if qtype == RRType.DS and name != ROOT else name)
+        # Below a forward or stub zone, the operator's view is not the public tree's, whose
+        # denials may cover the zone altogether (an "internal." that does not exist): they do
+        # not count there. Forwarding "." is the public tree, as the forwarder sees it.
+        private = forward.name if forward is not None and forward.name != ROOT else None
+        cached = None if refresh else self._from_cache(name, qtype, now, private)
         if cached is not None:
             if budget.trace is not None:
                 _trace(budget, f"{name_to_text(name)} {type_text(qtype)}: {cached.step.value} from the cache")
             return cached
-        if self.validator is not None and not refresh:
+        if self.validator is not None and not refresh and private is None:
             synthesised = self.validator.synthesise(name, qtype)
             if synthesised is not None:  # RFC 8198: a cached NSEC proves it already
                 if budget.trace is not None:
                     _trace(budget, f"{name_to_text(name)} {type_text(qtype)}: {synthesised.step.value} "
                                    "from cached NSEC records")
                 return synthesised
-        # RFC 4035 §4.2: a DS set is the parent's, so it is asked where the parent is.
-        forward = self._forward_zone(parent_name(name) if qtype == RRType.DS and name != ROOT else name)
         if forward is not None and forward.recursive:
             return await self._ask_servers(forward.name, list(forward.addresses), name, qtype, budget,
                                            forwarded=True)
         return await self._iterate(name, qtype, budget, depth)
 
-    def _from_cache(self, name: bytes, qtype: int, now: float) -> Outcome | None:
+    def _from_cache(self, name: bytes, qtype: int, now: float, private: bytes | None = None) -> Outcome | None:
+        """The step the cache already knows; ``private``: the forward or stub zone the name is
+        in, whose denials alone count."""
         cache = self.cache
         # RFC 2181 §5.4.1: glue and a referral's NS set steer iteration but are never answers.
         if qtype != RRType.ANY:
@@ -408,6 +414,8 @@ class Resolver:
                 if dname is not None and dname.trust >= Trust.AUTHORITY:
                     return self._substituted(name, qtype, ancestor, dname, now)
             negative = cache.get_negative(ancestor, qtype, now)
+            if negative is not None and private is not None and not is_subdomain(negative.zone, private):
+                negative = None
             if negative is not None and (ancestor == name or negative.kind == NegativeKind.NXDOMAIN):
                 step = Step.NXDOMAIN if negative.kind == NegativeKind.NXDOMAIN else Step.NODATA
                 if ancestor != name and negative.security != Security.UNCHECKED:

@@ -293,6 +293,28 @@ def test_validating_behind_a_forwarder(dns_hierarchy: DNSHierarchy, forwarder: R
         ispd.assert_healthy()
 
 
+@pytest.mark.parametrize("forward_root", [False, True], ids=["iterating", "forwarding"])
+def test_the_public_trees_denial_of_a_stub_zones_parent_does_not_hide_the_zone(
+        dns_hierarchy: DNSHierarchy, forwarder: RecordingRelay, stub_server: RecordingRelay, tmp_path: Path,
+        forward_root: bool) -> None:
+    """Validating, the first question below corp.internal brings the signed root's NSEC that
+    denies internal. (its DS question): the names of the stub zone asked next are the zone's
+    own answers, not an NXDOMAIN made up from that NSEC (RFC 8198) - from a review, every name
+    not yet cached was such an NXDOMAIN, with AD."""
+    zones = [{"name": "corp.internal", "servers": [stub_server.address], "stub": True}]
+    if forward_root:
+        zones.append({"name": ".", "servers": [forwarder.address]})
+    with forwarding_ispd(tmp_path, dns_hierarchy, zones, validation=True) as ispd:
+        ispd.start()
+        assert rdatas(ispd.dig("www.corp.internal")) == {CORP_WWW}
+        mail = ispd.dig("mail.corp.internal", "A", "+dnssec")
+        assert (mail.status, rdatas(mail)) == ("NOERROR", {CORP_MAIL}), mail.text
+        soa = ispd.dig("corp.internal", "SOA", "+dnssec")
+        assert soa.status == "NOERROR" and [r.type for r in soa.answer] == ["SOA"], soa.text
+        assert "ad" not in mail.flags and "ad" not in soa.flags
+        ispd.assert_healthy()
+
+
 # --- reload and the lookup command -----------------------------------------------------------------
 
 
