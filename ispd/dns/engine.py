@@ -432,7 +432,7 @@ class DNSEngine:
             self._inflight.pop(key, None)
         if resolution.rcode == RCode.SERVFAIL:
             self.stats.resolution_failures += 1
-        resolution = self._police_chain(resolution, question.qtype)
+        resolution = await self._police_chain(resolution, question.qtype)
         now = self.clock()
         old = self.answers.get_stale(key, now) if resolution.rcode == RCode.SERVFAIL else None
         if old is not None:
@@ -453,27 +453,65 @@ class DNSEngine:
                 resolution = await self.resolver.resolve(question.key_name, question.qtype)
         except TimeoutError:
             resolution = Resolution(RCode.SERVFAIL, [], failure="timed out")
-        return self._police_chain(resolution, question.qtype)
+        return await self._police_chain(resolution, question.qtype)
 
-    def _police_chain(self, resolution: Resolution, qtype: int) -> Resolution:
+    async def _police_chain(self, resolution: Resolution, qtype: int, before: tuple[RR, ...] = (),
+                            hops: int = 0) -> Resolution:
         """RPZ applies to every name of a CNAME chain, not only to the query name: the chain is
         cut at the first target the policy matches and that target gets the policy's answer
-        (DROP there becomes NXDOMAIN: the reply is shared through the cache)."""
+        (DROP there becomes NXDOMAIN: the reply is shared through the cache); a rewrite to
+        another name is followed from there. ``before``: the chain that led to this
+        resolution's name, ``hops`` its CNAMEs."""
         for index, rr in enumerate(resolution.answer):
             if rr.rtype != RRType.CNAME:
                 continue
-            hit = self.policy_lookup(rdata_name(rr.rdata))
-            if hit is None or hit.action in (PolicyAction.PASSTHRU, PolicyAction.TCP_ONLY):
+            policed = self._policy_answer(rdata_name(rr.rdata), qtype)
+            if policed is None:
                 continue
-            self.policy_hits[hit.action] += 1
-            if hit.action == PolicyAction.DROP:
-                hit = replace(hit, action=PolicyAction.NXDOMAIN)
-            policed = policy_answer(hit, qtype)
-            chain = resolution.answer[:index + 1]
-            if policed.next_name is not None:  # a redirect: the rest is not resolved again here
-                return Resolution(RCode.NOERROR, chain + policed.answer, [])
-            return Resolution(policed.rcode, chain + policed.answer, policed.authority)
-        return resolution
+            chain = [*before, *resolution.answer[:index + 1], *policed.answer]
+            if policed.next_name is None:
+                return Resolution(policed.rcode, chain, policed.authority)
+            rest = await self._follow(policed.next_name, qtype, chain, recursive=True, hops=hops + index + 2)
+            # The operator's answer, not the zone's: never AD (a bogus rest stays bogus).
+            return rest if rest.security == Security.BOGUS else replace(rest, security=Security.UNCHECKED)
+        return replace(resolution, answer=[*before, *resolution.answer]) if before else resolution
+
+    def _policy_answer(self, name: bytes, qtype: int) -> ZoneAnswer | None:
+        """What the policy answers for ``name`` inside a chain; None where it lets it be."""
+        hit = self.policy_lookup(name)
+        if hit is None or hit.action in (PolicyAction.PASSTHRU, PolicyAction.TCP_ONLY):
+            return None
+        self.policy_hits[hit.action] += 1
+        if hit.action == PolicyAction.DROP:
+            hit = replace(hit, action=PolicyAction.NXDOMAIN)
+        return policy_answer(hit, qtype)
+
+    async def _follow(self, name: bytes, qtype: int, chain: list[RR], *, recursive: bool,
+                      hops: int = 1) -> Resolution:
+        """The rest of a CNAME chain that left local data or that the policy rewrote, from
+        ``name`` on, after ``chain``: each name is looked up as a client's question would be -
+        local data, then the policy, then (``recursive``) the resolver - so that a CNAME from one
+        local name to another is not asked of the world, nor one to a blocked name let through."""
+        limit = self.resolver.settings.max_cname_chain
+        while True:
+            if hops > limit:
+                return Resolution(RCode.SERVFAIL, [], failure="CNAME chain too long")
+            local = self.local_lookup(name, qtype)
+            if local is None:
+                local = self._policy_answer(name, qtype)
+            if local is None:
+                if not recursive:  # RD=0: no further than local data (the client may ask on)
+                    return Resolution(RCode.NOERROR, chain)
+                try:
+                    async with asyncio.timeout(self.request_timeout):
+                        rest = await self.resolver.resolve(name, qtype)
+                except TimeoutError:
+                    rest = Resolution(RCode.SERVFAIL, [], failure="timed out")
+                return await self._police_chain(rest, qtype, tuple(chain), hops)
+            chain = [*chain, *local.answer]
+            if local.next_name is None:
+                return Resolution(local.rcode, chain, local.authority)
+            name, hops = local.next_name, hops + 1
 
     def _build(self, key: bytes, question: Question, resolution: Resolution, now: float, *,
                store: bool) -> CachedAnswer:
@@ -600,18 +638,15 @@ class DNSEngine:
         self._local_asked.clear()
 
     async def _reply_local(self, query: Message, local: ZoneAnswer, tcp: bool) -> bytes:
-        """A reply from local data, policy or the walled garden; a CNAME that leaves local data
-        (``next_name``) is resolved and its answer appended, as Unbound does for local-data."""
+        """A reply from local data, policy or the walled garden; a CNAME that leaves it
+        (``next_name``) is followed (``_follow``) and the rest of the chain appended."""
         assert query.question is not None
         rcode, answer, authority = local.rcode, local.answer, local.authority
         authoritative = local.authoritative
         if local.next_name is not None:
-            try:
-                async with asyncio.timeout(self.request_timeout):
-                    rest = await self.resolver.resolve(local.next_name, query.question.qtype)
-            except TimeoutError:
-                rest = Resolution(RCode.SERVFAIL, [], failure="timed out")
-            rcode, answer, authority, authoritative = rest.rcode, answer + rest.answer, rest.authority, False
+            rest = await self._follow(local.next_name, query.question.qtype, answer,
+                                      recursive=bool(query.flags & FLAG_RD))
+            rcode, answer, authority, authoritative = rest.rcode, rest.answer, rest.authority, False
             if rest.security == Security.BOGUS and not query.flags & FLAG_CD:
                 rcode, answer, authority = RCode.SERVFAIL, [], []
             if query.edns is None or not query.edns.do:

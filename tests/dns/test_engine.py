@@ -529,6 +529,57 @@ async def test_local_cname_leaving_local_data_is_resolved(env: Env) -> None:
     assert not reply.flags & FLAG_AA
 
 
+async def test_a_local_cname_to_other_local_data_is_answered_from_it(env: Env) -> None:
+    """From a review: a CNAME from one piece of local data to another (another static name,
+    another zone, a lease name) was resolved on the Internet - an NXDOMAIN from the public
+    tree, and the local name leaked upstream."""
+    shadow = load_zone_text("$TTL 60\n@ SOA ns hm 1 1 1 1 60\n@ NS ns\nns A 192.168.0.53\n"
+                            "portal CNAME portal.isp.test.\n", "corp.example.test.")
+    local = LocalData(static_records=["portal.isp.test. 300 A 198.51.100.10",
+                                      "www.isp.test. 300 CNAME portal.isp.test."], zones=[shadow])
+    env.engine.local_lookup = local.answer
+    for name in ("www.isp.test.", "portal.corp.example.test."):
+        reply = await env.ask_message(query(name))
+        assert reply.rcode == RCode.NOERROR and [rr.rtype for rr in reply.answer] == [RRType.CNAME, RRType.A]
+        assert addresses(reply) == ["198.51.100.10"]
+    assert env.net.log == []
+
+
+async def test_a_local_cname_to_a_policed_name_gets_the_policys_answer(env: Env) -> None:
+    """From a review: a CNAME out of local data to a blocked name handed out the blocked
+    address; the policy applies to the names a local chain leads to as to a client's own."""
+    env.engine.policy_lookup = Policy([compile_policy_zone(POLICY, "rpz.local.")]).match
+    local = LocalData(static_records=["blk.home.test. 300 CNAME nx.example.test.",
+                                      "redir.home.test. 300 CNAME anything.example.test."])
+    env.engine.local_lookup = local.answer
+    blocked = await env.ask_message(query("blk.home.test."))
+    assert blocked.rcode == RCode.NXDOMAIN and [rr.rtype for rr in blocked.answer] == [RRType.CNAME]
+    redirected = await env.ask_message(query("redir.home.test."))
+    assert addresses(redirected) == ["10.10.10.10"]
+    assert env.net.log == []
+
+
+async def test_without_recursion_desired_a_local_chain_stops_where_local_data_ends(env: Env) -> None:
+    with_local(env)
+    reply = await env.ask_message(query("out.corp.example.test.", rd=False))
+    assert reply.rcode == RCode.NOERROR and [rr.rtype for rr in reply.answer] == [RRType.CNAME]
+    assert env.net.log == []
+
+
+async def test_a_policy_rewrite_to_a_name_inside_a_chain_is_followed(env: Env) -> None:
+    """From a review: chain → chain2 rewritten by the policy to www.other.example. ended with
+    the CNAME, no address (and was cached so)."""
+    rewrite = "$TTL 300\n@ SOA localhost. root.localhost. 1 3600 600 86400 60\n@ NS localhost.\n" \
+              "chain2.example.test CNAME www.other.example.\n"
+    env.engine.policy_lookup = Policy([compile_policy_zone(rewrite, "rpz.local.")]).match
+    for _ in range(2):  # resolved, then from the answer cache
+        reply = await env.ask_message(query("chain.example.test.", do=True, edns=1232))
+        assert [(rr.name, rr.rtype) for rr in reply.answer] == [
+            (N("chain.example.test."), RRType.CNAME), (N("chain2.example.test."), RRType.CNAME),
+            (N("www.other.example."), RRType.A)]
+        assert addresses(reply) == ["192.0.2.10"] and not reply.flags & FLAG_AD
+
+
 POLICY = """$TTL 300
 @ SOA localhost. root.localhost. 1 3600 600 86400 60
 @ NS localhost.
