@@ -306,6 +306,10 @@ def _trigger(owner: bytes, group: list[tuple[int, RR]], cut: int,
         substitute = target.startswith(_WILDCARD)
         cname = ((int(RRType.CNAME), ttl, target),)
         return _Trigger(owner, PolicyAction.LOCAL_DATA, ttl, cname, substitute), 1, messages
-    data = tuple((rr.rtype, rr.ttl, rr.rdata) for rr in kept)
+    # An RRset whose TTLs differ takes the lowest (RFC 2181 §5.2), as local zones do.
+    lowest: dict[int, int] = {}
+    for rr in kept:
+        lowest[rr.rtype] = min(rr.ttl, lowest.get(rr.rtype, rr.ttl))
+    data = tuple((rr.rtype, lowest[rr.rtype], rr.rdata) for rr in kept)
     return _Trigger(owner, PolicyAction.LOCAL_DATA, ttl, data, False), len(kept), messages
 

@@ -85,6 +85,15 @@ def test_local_data_is_owned_by_the_query_name() -> None:
         (N("a.b.sub.example."), RRType.CNAME, N("garden.isp.example."))]
 
 
+def test_an_rrset_of_local_data_has_one_ttl_the_lowest() -> None:
+    """RFC 2181 §5.2, as local zones do: from a review, the two A records went out with 300 and 60."""
+    policy = Policy([compile_policy_zone(HEAD + "multi.example A 10.0.0.1\nmulti.example 60 A 10.0.0.2\n"
+                                         "multi.example TXT blocked\n", "rpz.local.")])
+    result = hit(policy, "multi.example.")
+    assert result is not None
+    assert sorted((rr.rtype, rr.ttl) for rr in result.records) == [(RRType.A, 60), (RRType.A, 60), (RRType.TXT, 300)]
+
+
 def test_wildcard_cname_target_takes_the_query_name() -> None:
     policy = Policy([compile_policy_zone(ZONE, "rpz.local.")])
     result = hit(policy, "www.garden.example.")
