@@ -144,17 +144,25 @@ class Resolution:
 
 
 class Budget:
-    """Upstream work one client query may cause (RFC 9156 §2.3 and the NXNSAttack lessons)."""
+    """Upstream work one client query may cause (RFC 9156 §2.3 and the NXNSAttack lessons):
+    upstream queries, and lookups of name servers' addresses - counted apart, because a lookup
+    answered from the cache costs no query, and delegations to hundreds of names whose own
+    servers are more such names kept the event loop busy for seconds (from a review)."""
 
-    __slots__ = ("queries", "trace")
+    __slots__ = ("queries", "server_lookups", "trace")
 
     def __init__(self, queries: int, trace: Callable[[str], None] | None) -> None:
         self.queries = queries
+        self.server_lookups = MAX_SERVER_LOOKUPS
         self.trace = trace
 
     def spend(self) -> bool:
         self.queries -= 1
         return self.queries >= 0
+
+    def spend_lookup(self) -> bool:
+        self.server_lookups -= 1
+        return self.server_lookups >= 0
 
 
 @dataclass(slots=True)
@@ -297,6 +305,9 @@ class Outcome:
 
 _NO_SERVER_ANSWERED = Outcome(Step.FAILED, reason="no server of the zone answered")
 _ALL_DOWN = Outcome(Step.FAILED, reason="every server of the zone is down (timed out lately)")
+# Name servers whose addresses one client query may look up (Unbound's cap on target
+# fetches is 64 queries; a sane delegation needs a handful).
+MAX_SERVER_LOOKUPS = 32
 PROBE_INTERVAL = 10.0  # seconds between tries of a server that is down, while all of its zone's are
 
 Hints = list[tuple[bytes, list[str]]]  # (root server name, its addresses)
@@ -593,6 +604,8 @@ class Resolver:
             unresolved = pending
             candidates = [ns for ns in pending if not is_subdomain(ns, zone)]
             if not candidates or depth >= self.settings.max_ns_depth or budget.queries <= 0:
+                return last
+            if not budget.spend_lookup():
                 return last
             ns = candidates[0]
             unresolved.remove(ns)

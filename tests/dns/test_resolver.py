@@ -647,6 +647,19 @@ async def test_query_budget_caps_an_ns_set_of_unresolvable_names(net: FakeNet, r
     assert len(net.log) >= ResolverSettings().max_queries_per_request - 3  # it did try, up to the cap
 
 
+async def test_server_lookups_answered_from_the_cache_are_capped_too(net: FakeNet, resolver: Resolver) -> None:
+    """From a review: once the names of a delegation to hundreds of unresolvable server names
+    were cached (NXDOMAIN), every new name below it looked them all up again from the cache -
+    no upstream query, so no budget spent - and held the event loop for seconds."""
+    add(net, "test.", "".join(f"amp NS ns{i}.nowhere.example.\n" for i in range(150)))
+    for name in ("a.amp.test.", "b.amp.test.", "c.amp.test."):
+        trace: list[str] = []
+        result = await resolver.resolve(N(name), RRType.A, trace=trace.append)
+        assert result.rcode == RCode.SERVFAIL
+        lookups = sum(1 for line in trace if "address of" in line)
+        assert 0 < lookups <= resolver_module.MAX_SERVER_LOOKUPS, (name, lookups)
+
+
 async def test_query_budget_setting_is_honoured(net: FakeNet, clock: FakeClock) -> None:
     add(net, "test.", "".join(f"nxns NS ns.sink{i}.example.\n" for i in range(40)))
     add(net, "example.", "".join(f"sink{i} NS ns.sink{i}\nns.sink{i} A 10.66.0.{i + 1}\n" for i in range(40)))
