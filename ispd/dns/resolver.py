@@ -829,12 +829,15 @@ class Resolver:
         ns = [rr for rr in authority if rr.rtype == RRType.NS]
         if not records and ns and not soa and ns[0].name != zone:
             return self._referral(message, zone, qname, ns, now, authoritative, authority, sigs)
-        if soa or authoritative or forwarded:
+        # A chain whose end has neither data nor an SOA saying it has none is unfinished, also
+        # with AA: its end may be below a zone cut (the server adds the child's referral) or
+        # left out. Go on from its end (RFC 1034 §4.3.2), do not take it for NODATA.
+        if soa or (not records and (authoritative or forwarded)):
             negative_soa = self._negative_soa(soa)
             self.cache.put_negative(current, qtype, NegativeKind.NODATA, _first(negative_soa), now,
                                     proof=tuple(proof), zone=source_zone)
             return Outcome(Step.NODATA, _with_sigs(records, sigs), soa=negative_soa, proof=proof)
-        if records:  # a chain inside the zone that the server did not finish: go on from its end
+        if records:
             return Outcome(Step.CNAME, _with_sigs(records, sigs), next_name=current)
         return Outcome(Step.FAILED, reason="neither answer nor referral (lame)")
 

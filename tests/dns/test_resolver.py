@@ -274,6 +274,23 @@ async def test_wildcard_answer(resolver: Resolver) -> None:
     assert values(result) == ["192.0.2.99"]
 
 
+async def test_a_cname_into_a_child_zone_of_the_same_server_is_followed(net: FakeNet, resolver: Resolver) -> None:
+    """The server answers with AA, the CNAME and the child's referral, no SOA: an unfinished
+    chain, not NODATA for its end (from two reviews: an empty NOERROR, cached for the CNAME's
+    TTL, and a NODATA for the target that a direct question then got)."""
+    child = "10.9.0.1"
+    add(net, "example.test.", f"tochild CNAME www.child\ntonx CNAME nothere.child\nchild NS ns.child\n"
+                              f"ns.child A {child}\n")
+    net.serve(child, load_zone_text(f"$TTL 300\n@ SOA ns hm 1 1 1 1 60\n@ NS ns\nns A {child}\n"
+                                    "www A 192.0.2.44\n", "child.example.test."))
+    result = await ask(resolver, "tochild.example.test.")
+    assert chain(result) == [("tochild.example.test.", "CNAME"), ("www.child.example.test.", "A")]
+    assert values(result) == ["192.0.2.44"]
+    assert values(await ask(resolver, "www.child.example.test.")) == ["192.0.2.44"]
+    nx = await ask(resolver, "tonx.example.test.")
+    assert nx.rcode == RCode.NXDOMAIN and chain(nx) == [("tonx.example.test.", "CNAME")]
+
+
 async def test_cname_loop_is_servfail(resolver: Resolver) -> None:
     result = await ask(resolver, "loop1.example.test.")
     assert result.rcode == RCode.SERVFAIL
