@@ -140,6 +140,10 @@ class CacheLimits:
     def clamp(self, ttl: int) -> int:
         return max(self.min_ttl, min(self.max_ttl, ttl))
 
+    def clamp_negative(self, ttl: int) -> int:
+        """A negative answer's TTL: at most ``max_negative_ttl``, at least ``min_ttl`` below that."""
+        return max(min(ttl, self.max_negative_ttl), min(self.min_ttl, self.max_negative_ttl))
+
 
 class _Clock:
     """CLOCK eviction over a dict in insertion order, by an estimate of bytes held."""
@@ -259,8 +263,7 @@ class RRsetCache(_BoundedCache):
                      proof: tuple[RR, ...] = (), zone: bytes = b"") -> NegativeEntry:
         """RFC 2308 §5: the negative TTL is the lesser of the SOA's TTL and its MINIMUM field (the
         caller passes the SOA with that TTL); without an SOA the answer is cached briefly."""
-        ttl = min(soa.ttl if soa is not None else 5, self.limits.max_negative_ttl)
-        ttl = max(ttl, min(self.limits.min_ttl, self.limits.max_negative_ttl))
+        ttl = self.limits.clamp_negative(soa.ttl if soa is not None else 5)
         key = (name, NXDOMAIN_KEY if kind == NegativeKind.NXDOMAIN else rtype)
         stored_soa = RR(soa.name, soa.rtype, soa.rclass, ttl, soa.rdata) if soa is not None else None
         size = (_ENTRY_OVERHEAD + len(name) + (len(soa.rdata) + len(soa.name) if soa else 0)

@@ -523,6 +523,8 @@ class DNSEngine:
             resolution = Resolution(RCode.SERVFAIL, [], [], resolution.failure)
         if resolution.rcode == RCode.SERVFAIL:  # no partial chain: it would set the entry's lifetime
             resolution = Resolution(RCode.SERVFAIL, [], [], resolution.failure)
+        else:
+            resolution = self._clamped(resolution)
         flags = FLAG_QR | FLAG_RA | (resolution.rcode & 0xF)
         # An RRSIG set is never validated as such (RFC 4035 §3.2.3: AD only when every RRset of
         # the answer is authentic), so a question for RRSIGs gets no AD, as from Unbound.
@@ -544,6 +546,19 @@ class DNSEngine:
         entry = make(key, flags, encoded.counts, template, offsets, ttls, now, ttl_floor=floor)
         entry.ede = ede
         return entry
+
+    def _clamped(self, resolution: Resolution) -> Resolution:
+        """The answer with the cache's TTL limits applied, as its RRsets are in the RRset cache:
+        the client sees them, and the answer cache keeps the answer no longer (an operator's
+        ``max_ttl`` is what a changed record waits at most). The authority section of a negative
+        answer (its SOA, its denial) is held to ``max_negative_ttl``."""
+        limits = self.answers.limits
+        clamp = limits.clamp
+        answer = [rr if clamp(rr.ttl) == rr.ttl else replace(rr, ttl=clamp(rr.ttl)) for rr in resolution.answer]
+        if any(rr.rtype == RRType.SOA for rr in resolution.authority):
+            clamp = limits.clamp_negative
+        authority = [rr if clamp(rr.ttl) == rr.ttl else replace(rr, ttl=clamp(rr.ttl)) for rr in resolution.authority]
+        return replace(resolution, answer=answer, authority=authority)
 
     def _prefetch(self, key: bytes, entry: CachedAnswer) -> None:
         entry.refreshing = True

@@ -67,11 +67,13 @@ class Env:
         return self.engine.answer_from_cache(data, client, tcp)
 
 
-def make_env(*, rate_limit_qps: int = 0, stale_seconds: int = 86400, prefetch: bool = True) -> Env:
+def make_env(*, rate_limit_qps: int = 0, stale_seconds: int = 86400, prefetch: bool = True,
+             limits: CacheLimits | None = None) -> Env:
     clock = FakeClock()
     net = standard_net(clock)
-    resolver = Resolver(RRsetCache(CacheLimits(stale_seconds=stale_seconds)), net, HINTS, clock, settings())
-    answers = AnswerCache(CacheLimits(stale_seconds=stale_seconds), prefetch=prefetch)
+    limits = limits or CacheLimits(stale_seconds=stale_seconds)
+    resolver = Resolver(RRsetCache(limits), net, HINTS, clock, settings())
+    answers = AnswerCache(limits, prefetch=prefetch)
     engine = DNSEngine(resolver, answers, clock, allow=[ip_network("192.168.0.0/16"), ip_network("::1/128")],
                        rate_limit_qps=rate_limit_qps)
     return Env(clock, net, resolver, answers, engine)
@@ -100,6 +102,26 @@ def without_ttls(message: Message) -> Message:
     """A copy of ``message`` with every TTL 0, to compare replies of different ages."""
     return replace(message, answer=[replace(rr, ttl=0) for rr in message.answer],
                    authority=[replace(rr, ttl=0) for rr in message.authority])
+
+
+async def test_answers_keep_to_the_caches_ttl_limits() -> None:
+    """From two reviews: max_ttl, min_ttl and max_negative_ttl held for the RRset cache only;
+    clients got (and the answer cache kept) the upstream TTLs - 2^31 - 1 s, for a record that
+    changed."""
+    env = make_env(limits=CacheLimits(min_ttl=60, max_ttl=1000, max_negative_ttl=25, stale_seconds=0))
+    www = await env.ask_message(query("www.example.test."))
+    assert [rr.ttl for rr in www.answer] == [1000]  # 3600 upstream
+    nx = await env.ask_message(query("nothere.example.test."))
+    assert nx.rcode == RCode.NXDOMAIN and [rr.ttl for rr in nx.authority] == [25]  # MINIMUM 300 upstream
+    env.net.zone("example.test.").add(_record("short.example.test.", RRType.A, bytes([192, 0, 2, 5]), ttl=5))
+    assert [rr.ttl for rr in (await env.ask_message(query("short.example.test."))).answer] == [60]
+    env.net.clear_log()
+    env.clock.advance(26)
+    await env.ask_message(query("nothere.example.test."))
+    assert ("nothere.example.test.", "A") in env.net.names_sent()  # not kept past max_negative_ttl
+    env.clock.advance(1000)
+    await env.ask_message(query("www.example.test."))
+    assert ("www.example.test.", "A") in env.net.names_sent()
 
 
 # --- refusals and errors ----------------------------------------------------------------------------
