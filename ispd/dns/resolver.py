@@ -194,7 +194,7 @@ class InfraCache:
     def __init__(self, settings: ResolverSettings) -> None:
         self.settings = settings
         self.servers: dict[str, ServerState] = {}
-        self.lame: dict[tuple[bytes, str], float] = {}
+        self.lame: dict[tuple[bytes, str, int], float] = {}
         # Timeouts in a row by server and type of question: a server that drops one type (HTTPS
         # or another it does not know, RFC 8906) is not down for the others - nor for the
         # DNSKEY and DS questions validation needs.
@@ -253,13 +253,17 @@ class InfraCache:
         failing.next_probe = now + PROBE_INTERVAL
         return address
 
-    def mark_lame(self, zone: bytes, address: str, now: float) -> None:
+    def mark_lame(self, zone: bytes, address: str, now: float, qtype: int) -> None:
+        """The server does not serve ``zone`` - for this type of question: a server may refuse
+        one type (one it does not know, RFC 8906) and answer the others, and one client's
+        question must not take a zone down for everyone (from a review: REFUSED to TYPE65000
+        made the whole zone SERVFAIL for 15 minutes; Unbound keeps A apart the same way)."""
         if len(self.lame) > 100_000:
             self.lame.clear()
-        self.lame[(zone, address)] = now + 900
+        self.lame[(zone, address, qtype)] = now + 900
 
-    def is_lame(self, zone: bytes, address: str, now: float) -> bool:
-        until = self.lame.get((zone, address))
+    def is_lame(self, zone: bytes, address: str, now: float, qtype: int) -> bool:
+        until = self.lame.get((zone, address, qtype))
         return until is not None and until > now
 
     def choose(self, addresses: list[str], now: float) -> str:
@@ -643,7 +647,7 @@ class Resolver:
         while True:
             now = self.clock()
             usable = [a for a in candidates
-                      if attempts.get(a, 0) < 2 and not self.infra.is_lame(zone, a, now)]
+                      if attempts.get(a, 0) < 2 and not self.infra.is_lame(zone, a, now, qtype)]
             if not usable:
                 return last
             fresh = [a for a in usable if a not in attempts]
@@ -690,14 +694,16 @@ class Resolver:
                 if budget.trace is not None:
                     _trace(budget, f"{address}: {exc}")
                 return None
-            self.infra.record_rtt(address, max(0.0, self.clock() - started), qtype)
             try:
                 message = decode_message(data)
             except WireError as exc:
+                # Counted as a failure, like a timeout: one malformed reply (to one odd name)
+                # does not write the server off for its whole zone; a few in a row make it down.
                 if budget.trace is not None:
                     _trace(budget, f"{address}: malformed reply ({exc.reason})")
-                self.infra.mark_lame(zone, address, self.clock())
+                self.infra.record_failure(address, self.clock(), qtype)
                 return None
+            self.infra.record_rtt(address, max(0.0, self.clock() - started), qtype)
             if message.flags & FLAG_TC and not tcp:
                 if budget.trace is not None:
                     _trace(budget, f"{address}: truncated, asking again over TCP")
@@ -724,7 +730,7 @@ class Resolver:
                 # next server without writing this one off; anything else means it does not
                 # serve the zone.
                 if message.rcode != RCode.SERVFAIL:
-                    self.infra.mark_lame(zone, address, self.clock())
+                    self.infra.mark_lame(zone, address, self.clock(), qtype)
                 return None
             if outcome.step != Step.REFERRAL:
                 outcome.zone = b"" if forwarded else zone  # a forwarder's answers come from zones unnamed

@@ -459,8 +459,8 @@ async def test_lame_server_is_skipped_and_remembered(net: FakeNet, resolver: Res
     assert values(result) == ["192.0.2.30"]
     assert [q.text for q in net.to(LAME_1)] == ["www.lame.test."]  # REFUSED
     assert [q.text for q in net.to(LAME_2)] == ["www.lame.test."]
-    assert resolver.infra.is_lame(N("lame.test."), LAME_1, clock())
-    assert not resolver.infra.is_lame(N("lame.test."), LAME_2, clock())
+    assert resolver.infra.is_lame(N("lame.test."), LAME_1, clock(), RRType.A)
+    assert not resolver.infra.is_lame(N("lame.test."), LAME_2, clock(), RRType.A)
     net.clear_log()
     result = await ask(resolver, "nx.lame.test.")
     assert result.rcode == RCode.NXDOMAIN
@@ -533,12 +533,30 @@ async def test_servers_that_drop_one_kind_of_question_stay_up_for_the_others(net
     assert (await ask(resolver, "www.example.test.", RRType.AAAA)).rcode == RCode.NOERROR
 
 
-async def test_malformed_reply_marks_the_server_and_the_next_is_used(net: FakeNet, resolver: Resolver,
-                                                                     clock: FakeClock, first_choice: None) -> None:
+async def test_a_malformed_reply_counts_as_a_failure_and_the_next_server_is_used(
+        net: FakeNet, resolver: Resolver, clock: FakeClock, first_choice: None) -> None:
+    """Not lameness (from a review: one malformed reply to one odd name took the zone down for
+    15 minutes): a failure, as a timeout is; the server is down for the type only after more."""
     net.misbehave(EXAMPLE_TEST_1, handler=lambda query, reply: b"\x00\x01garbage")
     assert values(await ask(resolver, "www.example.test.")) == ["192.0.2.80"]
-    assert resolver.infra.is_lame(N("example.test."), EXAMPLE_TEST_1, clock())
     assert [q.text for q in net.to(EXAMPLE_TEST_2)] == ["www.example.test."]
+    assert not resolver.infra.is_lame(N("example.test."), EXAMPLE_TEST_1, clock(), RRType.A)
+    assert resolver.infra.failing[(EXAMPLE_TEST_1, RRType.A)].timeouts == 1
+    assert resolver.infra.is_up(EXAMPLE_TEST_1, RRType.A, clock())
+
+
+async def test_a_server_refusing_one_type_is_lame_for_that_type_only(net: FakeNet, resolver: Resolver,
+                                                                    clock: FakeClock) -> None:
+    """From a review: one client's TYPE65000 question, REFUSED by a zone's only server, made
+    every name of the zone SERVFAIL for everyone for 15 minutes."""
+    def picky(query: Message, reply: Reply) -> Reply:
+        assert query.question is not None
+        return Reply(RCode.REFUSED, False) if query.question.qtype == 65000 else reply
+
+    net.misbehave(OTHER, handler=picky)
+    assert (await ask(resolver, "www.other.example.", 65000)).rcode == RCode.SERVFAIL
+    assert resolver.infra.is_lame(N("other.example."), OTHER, clock(), 65000)
+    assert values(await ask(resolver, "a.other.example.")) == ["192.0.2.11"]
 
 
 async def test_upward_referral_is_lame(net: FakeNet, resolver: Resolver, clock: FakeClock,
@@ -550,7 +568,7 @@ async def test_upward_referral_is_lame(net: FakeNet, resolver: Resolver, clock: 
 
     net.misbehave(EXAMPLE_TEST_1, handler=upward)
     assert values(await ask(resolver, "www.example.test.")) == ["192.0.2.80"]
-    assert resolver.infra.is_lame(N("example.test."), EXAMPLE_TEST_1, clock())
+    assert resolver.infra.is_lame(N("example.test."), EXAMPLE_TEST_1, clock(), RRType.A)
 
 
 async def test_sideways_referral_is_lame(net: FakeNet, resolver: Resolver, clock: FakeClock,
@@ -558,7 +576,7 @@ async def test_sideways_referral_is_lame(net: FakeNet, resolver: Resolver, clock
     sideways = [RR(N("lame.test."), RRType.NS, CLASS_IN, 3600, N("ns1.lame.test."))]
     net.misbehave(TEST_1, handler=lambda query, reply: Reply(RCode.NOERROR, False, authority=sideways))
     assert values(await ask(resolver, "www.example.test.")) == ["192.0.2.80"]
-    assert resolver.infra.is_lame(N("test."), TEST_1, clock())
+    assert resolver.infra.is_lame(N("test."), TEST_1, clock(), RRType.A)
     assert resolver.cache.get(N("lame.test."), RRType.NS, clock()) is None
 
 
