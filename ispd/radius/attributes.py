@@ -69,7 +69,7 @@ def encode_value(attribute: Attribute, text: str, tag: int | None = None) -> byt
                 raise ValueError("a MAC address has six bytes")
         else:
             raise AttributeValueError(f"{attribute.name}: values of type {kind} cannot be written in the config")
-    except (ValueError, OverflowError) as exc:
+    except (ValueError, OverflowError, struct.error) as exc:
         if isinstance(exc, AttributeValueError):
             raise
         raise AttributeValueError(f"{attribute.name}: {text!r} is not a valid {kind}: {exc}") from None
@@ -83,10 +83,17 @@ def encode_value(attribute: Attribute, text: str, tag: int | None = None) -> byt
     return value
 
 
+_NUMBER_RANGES = {DataType.SIGNED: (-(2**31), 2**31 - 1), DataType.INTEGER64: (0, 2**64 - 1),
+                  DataType.SHORT: (0, 2**16 - 1), DataType.BYTE: (0, 255)}
+
+
 def _encode_number(attribute: Attribute, text: str) -> bytes:
     named = attribute.value_number(text)
     number = named if named is not None else int(text, 0)
     kind = attribute.type
+    low, high = _NUMBER_RANGES.get(kind, (0, 2**32 - 1))
+    if not low <= number <= high:
+        raise ValueError(f"out of range: {low} to {high}")
     if kind == DataType.SIGNED:
         return _S32.pack(number)
     if kind == DataType.INTEGER64:
@@ -168,6 +175,17 @@ class ReplyAttribute:
         return bytes((Attr.VENDOR_SPECIFIC, len(sub) + 6)) + _U32.pack(self.vendor) + sub
 
 
+# Attributes a reply gets from ispd itself or never carries: one from the config would make a
+# second Message-Authenticator (RFC 3579 §3.2: the NAS discards the reply) or a broken EAP exchange.
+_NEVER_CONFIGURED = {
+    Attr.USER_PASSWORD: "belongs to requests",
+    Attr.CHAP_PASSWORD: "belongs to requests",
+    Attr.PROXY_STATE: "is copied from the request by ispd",
+    Attr.EAP_MESSAGE: "is written by ispd's EAP methods",
+    Attr.MESSAGE_AUTHENTICATOR: "is written by ispd into every reply",
+}
+
+
 def reply_attribute(dictionary: Dictionary, text: str) -> ReplyAttribute:
     """``Name = value`` (or ``Name:tag = value``) checked against the dictionary."""
     name, tag, value_text = parse_assignment(text)
@@ -178,6 +196,8 @@ def reply_attribute(dictionary: Dictionary, text: str) -> ReplyAttribute:
         raise AttributeValueError(f"{name}: extended and TLV attributes cannot be sent yet")
     if attribute.encrypt == Encryption.ASCEND_SECRET:
         raise AttributeValueError(f"{name}: Ascend-style hidden attributes are not supported")
+    if not attribute.vendor and attribute.oid[0] in _NEVER_CONFIGURED:
+        raise AttributeValueError(f"{name}: {_NEVER_CONFIGURED[attribute.oid[0]]}")
     if tag is not None and not attribute.has_tag:
         raise AttributeValueError(f"{name} takes no tag")
     return make_reply_attribute(dictionary, attribute, encode_value(attribute, value_text, tag), tag)
@@ -185,6 +205,10 @@ def reply_attribute(dictionary: Dictionary, text: str) -> ReplyAttribute:
 
 def make_reply_attribute(dictionary: Dictionary, attribute: Attribute, value: bytes,
                          tag: int | None = None) -> ReplyAttribute:
+    if tag is None and attribute.has_tag and attribute.encrypt == Encryption.TUNNEL_PASSWORD:
+        # RFC 2868 §3.5: Tunnel-Password's Tag octet is always there (0 when unused); a NAS
+        # takes the first octet for it and would decrypt from the wrong place.
+        tag = 0
     type_size, length_size = 1, 1
     if attribute.vendor:
         vendor = dictionary.vendor(attribute.vendor)

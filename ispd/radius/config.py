@@ -70,8 +70,17 @@ def parse_assignment(text: str) -> tuple[str, int | None, str]:
         raise ValueError(f"{text!r} is not an attribute assignment")
     value = match.group(3)
     if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-        value = value[1:-1]
+        # As FreeRADIUS reads them: escapes in double quotes, single quotes as written.
+        value = _ESCAPE.sub(_unescaped, value[1:-1]) if value[0] == '"' else value[1:-1]
     return match.group(1), int(match.group(2)) if match.group(2) else None, value
+
+
+_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+_ESCAPES = {"\\": "\\", '"': '"', "'": "'", "n": "\n", "r": "\r", "t": "\t"}
+
+
+def _unescaped(match: re.Match[str]) -> str:
+    return _ESCAPES.get(match.group(1), match.group(0))
 
 
 def _client_network(value: object) -> object:

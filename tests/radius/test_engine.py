@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from ispd.credentials import PasswordChecker, make_verifier, nt_hash
 from ispd.radius import mschap
-from ispd.radius.attributes import reply_attribute
+from ispd.radius.attributes import AttributeValueError, reply_attribute
 from ispd.radius.codec import (
     Attr,
     Code,
@@ -246,6 +246,34 @@ def test_plan_attributes_framed_pool_and_hidden_values() -> None:
     tunnel = first(decision.attributes, Attr.TUNNEL_PASSWORD)
     assert tunnel is not None and tunnel[0] == 1  # the tag, then the salted value
     assert reveal_salted(tunnel[1:], SECRET, packet.authenticator) == b"s3cret"
+
+
+def test_an_untagged_tunnel_password_carries_tag_zero() -> None:
+    """RFC 2868 §3.5: the Tag octet is always there; from a review, a Tunnel-Password written
+    without a tag went out without it, and every NAS decrypted garbage."""
+    attribute = reply_attribute(DICTIONARY, "Tunnel-Password = notagsecret")
+    authenticator = os.urandom(16)
+    encoded = attribute.encode(SECRET, authenticator)
+    assert encoded[0] == Attr.TUNNEL_PASSWORD and encoded[2] == 0
+    assert reveal_salted(encoded[3:], SECRET, authenticator) == b"notagsecret"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("Message-Authenticator = 0x00112233445566778899aabbccddeeff", "written by ispd into every reply"),
+    ("EAP-Message = 0x0101", "EAP methods"),
+    ("Proxy-State = 0x01", "copied from the request"),
+    ("User-Password = x", "belongs to requests"),
+    ("Session-Timeout = 4294967296", "out of range: 0 to 4294967295"),
+    ("Session-Timeout = -1", "out of range"),
+])
+def test_reply_attributes_ispd_writes_itself_or_out_of_range_are_refused(text: str, message: str) -> None:
+    with pytest.raises(AttributeValueError, match=message):
+        reply_attribute(DICTIONARY, text)
+
+
+def test_escapes_in_double_quoted_values_are_read_as_freeradius_reads_them() -> None:
+    assert reply_attribute(DICTIONARY, 'Reply-Message = "a \\"quoted\\" word\\tend"').value == b'a "quoted" word\tend'
+    assert reply_attribute(DICTIONARY, "Reply-Message = 'as \\t written'").value == b"as \\t written"
 
 
 def test_a_pool_plan_waits_for_an_address_and_sends_it_not_the_nas_pool() -> None:
