@@ -181,6 +181,7 @@ class Drop(StrEnum):
     ACCOUNTING_QUEUE_FULL = "accounting_queue_full"  # the store cannot keep up
     STORE_ERROR = "store_error"
     ADDRESS_CLAIMS_FULL = "address_claims_full"  # MAX_PENDING_CLAIMS Access-Accepts waiting for an address
+    REPLY_TOO_LARGE = "reply_too_large"  # over 4096 octets: the request's Proxy-States and the reply's own
     INTERNAL_ERROR = "internal_error"
 
 

@@ -521,8 +521,13 @@ class RadiusService(Service):
         if code is None:
             self._dropped("auth", decision.drop, addr[0], nas, now)
             return
-        reply = encode_response(code, packet.identifier, packet.authenticator,
-                                decision.attributes + proxy_states(packet), nas.secret)
+        try:
+            reply = encode_response(code, packet.identifier, packet.authenticator,
+                                    decision.attributes + proxy_states(packet), nas.secret)
+        except ValueError:  # over RADIUS's 4096 octets (RFC 2865 §3): nothing a NAS could take
+            self.duplicates.forget(key)
+            self._dropped("auth", Drop.REPLY_TOO_LARGE, addr[0], nas, now)
+            return
         if decision.method == "status":
             kind = "status"
         else:
@@ -780,9 +785,14 @@ class RadiusService(Service):
 
     def _answer_accounting(self, packet: Packet, nas: Nas, transport: asyncio.DatagramTransport, addr: Any,
                            key: DuplicateKey, started: float, kind: str = "accounting") -> None:
-        reply = encode_response(_ACCOUNTING_RESPONSE, packet.identifier, packet.authenticator,
-                                proxy_states(packet), nas.secret,
-                                signed_with_zeros=packet.code == Code.ACCOUNTING_REQUEST)
+        try:
+            reply = encode_response(_ACCOUNTING_RESPONSE, packet.identifier, packet.authenticator,
+                                    proxy_states(packet), nas.secret,
+                                    signed_with_zeros=packet.code == Code.ACCOUNTING_REQUEST)
+        except ValueError:  # Proxy-States filling the request: no room for the response's own
+            self.duplicates.forget(key)
+            self._dropped("acct", Drop.REPLY_TOO_LARGE, addr[0], nas, self.context.clock())
+            return
         self._send(transport, reply, addr, key, _ACCOUNTING_RESPONSE, kind, started, None)
 
     def _flush(self) -> None:

@@ -452,6 +452,30 @@ def test_a_response_from_ispd_decodes_with_our_codec_too(radius: Radius) -> None
     assert packet.code == Code.ACCESS_ACCEPT and packet.attributes[0][0] == Attr.MESSAGE_AUTHENTICATOR
 
 
+def test_a_reply_over_4096_octets_is_a_counted_drop_not_a_traceback(radius: Radius) -> None:
+    """From a review: 16 Proxy-States of 250 octets (a chain of proxies) made the Access-Accept
+    4214 octets; encode_response raised in the event loop - no reply, a traceback a request,
+    nothing counted."""
+    before = radius.ispd.metric_value("ispd_radius_dropped_total", {"port": "auth", "reason": "reply_too_large"}) or 0
+    authenticator = os.urandom(16)
+    proxies = [(Attr.PROXY_STATE, bytes([i]) * 250) for i in range(16)]
+    attributes = encode_attributes([(Attr.USER_NAME, b"alice"),
+                                    (Attr.USER_PASSWORD, hide_password(b"alice-pw", SECRET.encode(), authenticator)),
+                                    *proxies])
+    request = encode_request(Code.ACCESS_REQUEST, 9, attributes, SECRET.encode(), authenticator=authenticator)
+    assert len(request) <= 4096
+    assert send_raw(radius.auth, request, wait=0.5) == [None]
+    assert radius.ispd.metric_value("ispd_radius_dropped_total",
+                                    {"port": "auth", "reason": "reply_too_large"}) == before + 1
+    assert "Traceback" not in radius.ispd.log_text() and "Unhandled exception" not in radius.ispd.log_text()
+    fewer = encode_attributes([(Attr.USER_NAME, b"alice"),
+                               (Attr.USER_PASSWORD, hide_password(b"alice-pw", SECRET.encode(), authenticator)),
+                               *proxies[:10]])
+    [reply] = send_raw(radius.auth, encode_request(Code.ACCESS_REQUEST, 10, fewer, SECRET.encode(),
+                                                   authenticator=authenticator))
+    assert reply is not None and decode(reply).code == Code.ACCESS_ACCEPT
+
+
 def test_sighup_applies_a_new_secret_and_refuses_a_listener_change(tmp_path: Path) -> None:
     require_radclient()
     with IspdProcess(tmp_path, radius_config(tmp_path, 3799)) as ispd:
