@@ -177,7 +177,7 @@ class ReplyAttribute:
 
 # Attributes a reply gets from ispd itself or never carries: one from the config would make a
 # second Message-Authenticator (RFC 3579 §3.2: the NAS discards the reply) or a broken EAP exchange.
-_NEVER_CONFIGURED = {
+_NEVER_CONFIGURED: dict[int, str] = {
     Attr.USER_PASSWORD: "belongs to requests",
     Attr.CHAP_PASSWORD: "belongs to requests",
     Attr.PROXY_STATE: "is copied from the request by ispd",
