@@ -57,6 +57,7 @@ import asyncio
 import functools
 import random
 import secrets
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -305,6 +306,9 @@ class Outcome:
     proof: list[RR] = field(default_factory=list)
     security: Security = Security.UNCHECKED
     ede: int = -1
+    # A referral's glue, by server name: for this resolution also when its TTL keeps it out of
+    # the cache (TTL 0: "use for the transaction in progress", RFC 1035 §3.2.1).
+    glue: dict[bytes, list[str]] = field(default_factory=dict)
 
 
 _NO_SERVER_ANSWERED = Outcome(Step.FAILED, reason="no server of the zone answered")
@@ -479,6 +483,7 @@ class Resolver:
         # RFC 4035 §4.2: a DS set lives in the parent zone, so its servers are the ones to ask.
         start = parent_name(qname) if qtype == RRType.DS and qname != ROOT else qname
         zone, ns_names, addresses = await self._closest_delegation(start, budget)
+        glue: dict[bytes, list[str]] = {}
         mode = self.settings.qname_minimisation
         minimise = mode != "off"
         known_labels = label_count(zone)
@@ -495,11 +500,12 @@ class Resolver:
             if addresses is not None:
                 outcome = await self._ask_servers(zone, addresses, send_name, send_type, budget, minimised=minimised)
             else:
-                outcome = await self._ask_zone(zone, ns_names, send_name, send_type, budget, depth, minimised)
+                outcome = await self._ask_zone(zone, ns_names, send_name, send_type, budget, depth, minimised,
+                                               glue)
             if outcome.step == Step.REFERRAL:
                 if qtype == RRType.DS and outcome.zone == qname:
                     return Outcome(Step.FAILED, reason="referred to the child zone for its own DS")
-                zone, ns_names, addresses = outcome.zone, outcome.ns_names, None
+                zone, ns_names, addresses, glue = outcome.zone, outcome.ns_names, None, outcome.glue
                 known_labels = label_count(zone)
                 if budget.trace is not None:
                     _trace(budget, f"referral to {name_to_text(zone)} ({', '.join(map(name_to_text, ns_names))})")
@@ -577,9 +583,11 @@ class Resolver:
         return self.settings.do_ipv6 if ":" in address else self.settings.do_ipv4
 
     async def _ask_zone(self, zone: bytes, ns_names: tuple[bytes, ...], qname: bytes, qtype: int,
-                        budget: Budget, depth: int, minimised: bool = False) -> Outcome:
+                        budget: Budget, depth: int, minimised: bool = False,
+                        glue: dict[bytes, list[str]] | None = None) -> Outcome:
         """Ask the servers of ``zone``, resolving NS names without addresses only when the
-        servers with addresses have all failed."""
+        servers with addresses have all failed; ``glue``: the referral's, which the cache may
+        not have kept."""
         tried: set[str] = set()
         unresolved = list(ns_names)
         last = _NO_SERVER_ANSWERED
@@ -588,7 +596,7 @@ class Resolver:
             addresses: list[str] = []
             pending: list[bytes] = []
             for ns in unresolved:
-                found = self._addresses_of(ns, now)
+                found = self._addresses_of(ns, now) or (glue.get(ns) if glue else None)
                 if found:
                     addresses.extend(a for a in found if a not in tried)
                 else:
@@ -861,18 +869,26 @@ class Resolver:
         if ds and (child, RRType.DS) in sigs:  # RFC 4035 §3.1.4: the parent's signed DS, saving a query
             self.cache.put(child, RRType.DS, min(rr.ttl for rr in ds), tuple(rr.rdata for rr in ds), Trust.AUTHORITY,
                            now, sigs=tuple(rr.rdata for rr in sigs[(child, RRType.DS)]), zone=zone)
-        self._cache_glue(message, zone, set(ns_names), now)
-        return Outcome(Step.REFERRAL, zone=child, ns_names=ns_names)
+        glue = self._cache_glue(message, zone, set(ns_names), now)
+        return Outcome(Step.REFERRAL, zone=child, ns_names=ns_names, glue=glue)
 
-    def _cache_glue(self, message: Message, zone: bytes, wanted: set[bytes], now: float) -> None:
-        """Glue: addresses of the NS names ``wanted``, from inside the zone asked."""
+    def _cache_glue(self, message: Message, zone: bytes, wanted: set[bytes], now: float) -> dict[bytes, list[str]]:
+        """Glue: addresses of the NS names ``wanted``, from inside the zone asked; cached, and
+        returned by name (the ones of the address families in use)."""
         glue: dict[tuple[bytes, int], list[RR]] = {}
         for rr in message.additional:
             if (rr.rtype in (RRType.A, RRType.AAAA) and rr.rclass == CLASS_IN and rr.name in wanted
                     and is_subdomain(rr.name, zone)):
                 glue.setdefault((rr.name, rr.rtype), []).append(rr)
+        addresses: dict[bytes, list[str]] = {}
+        families = self._address_types()
         for (name, rtype), rrs in glue.items():
             self.cache.put(name, rtype, min(rr.ttl for rr in rrs), tuple(rr.rdata for rr in rrs), Trust.GLUE, now)
+            if rtype in families:
+                family = socket.AF_INET if rtype == RRType.A else socket.AF_INET6
+                addresses.setdefault(name, []).extend(
+                    socket.inet_ntop(family, rr.rdata) for rr in rrs if len(rr.rdata) in (4, 16))
+        return addresses
 
     def _negative_soa(self, soa: list[RR]) -> list[RR]:
         """RFC 2308 §3: the SOA of a negative answer lives min(its TTL, its MINIMUM)."""

@@ -291,6 +291,19 @@ async def test_a_cname_into_a_child_zone_of_the_same_server_is_followed(net: Fak
     assert nx.rcode == RCode.NXDOMAIN and chain(nx) == [("tonx.example.test.", "CNAME")]
 
 
+async def test_a_referral_whose_glue_has_ttl_0_is_followed(net: FakeNet, resolver: Resolver) -> None:
+    """TTL 0: not cached, but used for the resolution in progress (RFC 1035 §3.2.1); from a
+    review, such a delegation was SERVFAIL ("no server of the zone answered")."""
+    child = "10.9.0.2"
+    add(net, "test.", f"zero 0 NS ns.zero\nns.zero 0 A {child}\n")
+    net.serve(child, load_zone_text(f"$TTL 300\n@ SOA ns hm 1 1 1 1 60\n@ NS ns\nns A {child}\n"
+                                    "www A 192.0.2.45\n", "zero.test."))
+    for name in ("www.zero.test.", "www.zero.test.", "ns.zero.test."):  # the delegation is asked for anew
+        result = await ask(resolver, name)
+        assert result.rcode == RCode.NOERROR and values(result), result
+    assert values(await ask(resolver, "www.zero.test.")) == ["192.0.2.45"]
+
+
 async def test_cname_loop_is_servfail(resolver: Resolver) -> None:
     result = await ask(resolver, "loop1.example.test.")
     assert result.rcode == RCode.SERVFAIL
