@@ -435,17 +435,15 @@ class Resolver:
             negative = cache.get_negative(ancestor, qtype, now)
             if negative is not None and private is not None and not is_subdomain(negative.zone, private):
                 negative = None
-            if negative is not None and (ancestor == name or negative.kind == NegativeKind.NXDOMAIN):
+            if negative is not None and (ancestor == name or (negative.kind == NegativeKind.NXDOMAIN
+                                                              and negative.security == Security.SECURE)):
+                # Below a name, only a validated NXDOMAIN counts (as Unbound's
+                # harden-below-nxdomain): servers answer NXDOMAIN for empty non-terminals, and
+                # one client's question must not hide the names below from everyone.
                 step = Step.NXDOMAIN if negative.kind == NegativeKind.NXDOMAIN else Step.NODATA
-                if ancestor != name and negative.security != Security.UNCHECKED:
-                    # An NXDOMAIN above the name: the verdict stands for both (nothing exists below
-                    # a name that does not), and so does the proof - the same closest encloser, the
-                    # same span or next closer name covering, the same wildcard denied - which a
-                    # validating client needs as much as an insecure opt-out answer's reader does.
-                    return Outcome(step, soa=negative.soa_record(now), proof=negative.proof_records(now),
-                                   zone=negative.zone, security=negative.security, ede=negative.ede)
-                if ancestor != name and self.validator is not None:
-                    return None  # not yet validated: ask, and prove this name's own denial
+                # An NXDOMAIN above the name: the verdict stands for both (nothing exists below a
+                # name that does not), and so does the proof - the same closest encloser, the
+                # same span or next closer name covering, the same wildcard denied.
                 return Outcome(step, soa=negative.soa_record(now), proof=negative.proof_records(now),
                                zone=negative.zone, security=negative.security, ede=negative.ede)
             # ... except where the operator says a zone exists: a forward or stub zone is not

@@ -417,13 +417,26 @@ async def test_cname_to_a_name_that_does_not_exist(resolver: Resolver, clock: Fa
     assert again.rcode == RCode.NXDOMAIN and chain(again) == chain(result)
 
 
-async def test_rfc8020_nxdomain_at_a_parent_answers_a_child_from_the_cache(net: FakeNet, resolver: Resolver) -> None:
+async def test_an_unvalidated_nxdomain_at_a_parent_does_not_answer_below_it(net: FakeNet, resolver: Resolver) -> None:
+    """RFC 8020 only for a validated NXDOMAIN, as Unbound's harden-below-nxdomain: servers
+    answer NXDOMAIN for empty non-terminals, and from a review one client's question for such
+    a name made the existing names below it NXDOMAIN for everyone for the negative TTL."""
     await ask(resolver, "nothere.example.test.")
     net.clear_log()
     result = await ask(resolver, "a.b.nothere.example.test.", RRType.AAAA)
-    assert result.rcode == RCode.NXDOMAIN
-    assert result.authority and result.authority[0].rtype == RRType.SOA
-    assert net.log == []
+    assert result.rcode == RCode.NXDOMAIN and result.authority and result.authority[0].rtype == RRType.SOA
+    assert ("a.b.nothere.example.test.", "AAAA") in net.names_sent()
+
+    def empty_non_terminals_do_not_exist(query: Message, reply: Reply) -> Reply:
+        assert query.question is not None
+        if query.question.key_name in (N("ent.example.test."), N("b.ent.example.test.")):
+            return Reply(RCode.NXDOMAIN, True, authority=reply.authority)
+        return reply
+
+    for address in (EXAMPLE_TEST_1, EXAMPLE_TEST_2):
+        net.misbehave(address, handler=empty_non_terminals_do_not_exist)
+    assert (await ask(resolver, "b.ent.example.test.")).rcode == RCode.NXDOMAIN
+    assert values(await ask(resolver, "a.b.ent.example.test.")) == ["192.0.2.7"]
 
 
 async def test_nodata_at_a_parent_does_not_answer_a_child(net: FakeNet, resolver: Resolver) -> None:
