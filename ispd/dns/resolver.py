@@ -884,8 +884,7 @@ class Resolver:
             self.cache.put(name, rtype, min(rr.ttl for rr in rrs), tuple(rr.rdata for rr in rrs), Trust.GLUE, now)
             if rtype in families:
                 family = socket.AF_INET if rtype == RRType.A else socket.AF_INET6
-                addresses.setdefault(name, []).extend(
-                    socket.inet_ntop(family, rr.rdata) for rr in rrs if len(rr.rdata) in (4, 16))
+                addresses.setdefault(name, []).extend(socket.inet_ntop(family, rr.rdata) for rr in rrs)
         return addresses
 
     def _negative_soa(self, soa: list[RR]) -> list[RR]:
