@@ -34,7 +34,8 @@ client why. The reason goes to metrics and logs (``RejectReason``).
 
 Accounting-Request (RFC 2866): the Request Authenticator must check out (else dropped); the
 request becomes an ``AccountingRecord`` — event time is arrival minus Acct-Delay-Time, octets
-include their Gigawords, the subscriber comes from Class or else the login — for the store to
+include their Gigawords, the subscriber comes from Class (when it names one the directory knows)
+or else the login — for the store to
 apply durably before the transport answers. Accounting-Requests need no Message-Authenticator
 (their authenticator already covers the packet) but one that is present must be right.
 
@@ -960,6 +961,10 @@ class AccountingEngine:
         status = _STATUS_TYPES.get(status_type, AccountingStatus.OTHER)
         login = _text(first, _USER_NAME)
         subscriber_id = subscriber_from_class(packet)
+        if subscriber_id is not None and subscriber_id not in self.directory.subjects:
+            # A Class naming no subscriber (deleted, or another server's): not attributed to
+            # it, nor to whoever holds that id later; the login may still name someone.
+            subscriber_id = None
         if subscriber_id is None and login is not None:
             found = self.directory.find(login)
             subscriber_id = found[0].id if found is not None else None

@@ -695,6 +695,18 @@ def test_accounting_record_reads_counters_delay_and_class() -> None:
     assert record.packet == packet.raw
 
 
+def test_a_class_naming_no_subscriber_is_not_believed() -> None:
+    """ispd:N of a deleted subscriber (or another server's) names nobody: its accounting is not
+    attributed to N, which is nobody's now; the login may still name someone."""
+    world = World()
+    engine = AccountingEngine(world.directory, world.sessions, DICTIONARY, 300)
+    stop = [(Attr.ACCT_STATUS_TYPE, u32(2)), (Attr.ACCT_SESSION_ID, b"abc"), (Attr.CLASS, b"ispd:77")]
+    nobody = engine.record(accounting([*stop, (Attr.USER_NAME, b"gone")]), nas(), "127.0.0.1", NOW)
+    assert nobody is not None and nobody.subscriber_id is None
+    by_login = engine.record(accounting([*stop, (Attr.USER_NAME, b"bob")]), nas(), "127.0.0.1", NOW)
+    assert by_login is not None and by_login.subscriber_id == 2
+
+
 def test_accounting_checks_and_statuses() -> None:
     world = World()
     engine = AccountingEngine(world.directory, world.sessions, DICTIONARY, 300)
