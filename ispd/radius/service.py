@@ -980,18 +980,28 @@ class RadiusService(Service):
             if subject is None or subject.subscriber.status == SubscriberStatus.ACTIVE:
                 continue
             changed_at = subject.subscriber.updated_at
+            # A session that must end is reached by a Disconnect only: an acknowledged CoA gave it
+            # a profile, it did not end it.
+            disconnect = self._disconnect_wanted(subject)
             for session in self.sessions.of_subscriber(subscriber_id):
                 tried = [r for r in await self.context.store.list_coa(session_id=session.id, limit=100)
-                         if r.at >= changed_at]
+                         if r.at >= changed_at and (r.kind == "disconnect" or not disconnect)]
                 if any(r.result in ("ack", "nak") for r in tried) or len(tried) >= self.config.coa_retry_limit:
                     continue  # reached (a Disconnect's Stop is on its way), refused, or given up on
                 if tried and now - max(r.at for r in tried) < self.config.coa_retry_interval_seconds:
                     continue
                 reason = f"{subject.subscriber.status.value}, retry" if tried else subject.subscriber.status.value
-                if subject.subscriber.status == SubscriberStatus.SUSPENDED and self._walled_garden(subject):
+                if not disconnect:
                     await self._change(session, True, reason)
                 else:
                     await self._disconnect(session, reason)
+
+    def _disconnect_wanted(self, subject: AuthSubject) -> bool:
+        """Whether the subscriber's sessions must end rather than change: closed, or suspended
+        under a policy that rejects (not one that walls)."""
+        status = subject.subscriber.status
+        return status == SubscriberStatus.CLOSED or (
+            status == SubscriberStatus.SUSPENDED and not self._walled_garden(subject))
 
     def _walled_garden(self, subject: AuthSubject) -> bool:
         """Whether this subscriber's plan sends suspended sessions to the walled garden (else
@@ -1188,6 +1198,14 @@ class RadiusService(Service):
     async def _command_coa(self, args: dict[str, Any]) -> dict[str, Any]:
         session = await self._session_for_command(args)
         subject = self.directory.by_id(session.subscriber_id) if session.subscriber_id is not None else None
+        if subject is not None and self._disconnect_wanted(subject):
+            # A CoA carries a profile, and such a subscriber has none: the plan's would give it
+            # full service, and its ACK would read as the suspension carried out.
+            status = subject.subscriber.status.value
+            why = "closed" if subject.subscriber.status == SubscriberStatus.CLOSED else \
+                f"{status}, and its plan rejects {status} subscribers"
+            raise CommandError(f"subscriber {subject.subscriber.username!r} is {why}: a CoA would give the session "
+                               f"service; end it with `ispd session disconnect {session.id}`")
         walled = subject is not None and self._walled_now(subject)
         return await self._change(session, walled, str(args.get("reason") or "admin"))
 

@@ -269,6 +269,30 @@ def test_suspension_disconnects_and_a_plan_change_sends_coa(radius: Radius, nas:
     assert radius.accounting(f"{base}, Acct-Status-Type = Stop") == "Accounting-Response"
 
 
+def test_session_coa_refuses_a_suspended_subscriber_who_must_be_disconnected(radius: Radius, nas: FakeNas) -> None:
+    """suspended = "reject": a CoA would carry the plan's full profile to the session of a
+    subscriber who must have none; the command refuses, and the suspension stays undone."""
+    radius.ispd.cli("subscriber", "add", "sue", "--plan", "home", "--password-stdin", input="sue-pw\n")
+    base = "User-Name = sue, Acct-Session-Id = sue-1, NAS-IP-Address = 127.0.0.1, Framed-IP-Address = 198.18.9.7"
+    assert radius.accounting(f"{base}, Acct-Status-Type = Start") == "Accounting-Response"
+    [session] = json.loads(radius.ispd.cli("session", "list", "--subscriber", "sue", "--open", "--json").stdout)
+    nas.answer = "nak"  # the suspension's Disconnect is refused: the session stays open
+    try:
+        seen = len(nas.requests)
+        radius.ispd.cli("subscriber", "suspend", "sue")
+        nas.wait_for(seen + 1)
+        eventually(lambda: [c["result"] for c in radius.show("sue")["coa"]][:1] == ["nak"], timeout=5)
+    finally:
+        nas.answer = "ack"
+    seen = len(nas.requests)
+    refused = radius.ispd.cli("session", "coa", str(session["id"]), check=False)
+    assert refused.returncode != 0 and "ispd session disconnect" in refused.stdout + refused.stderr, refused
+    assert len(nas.requests) == seen  # nothing sent
+    shown = radius.ispd.cli("subscriber", "show", "sue").stdout
+    assert "moved into the walled garden" not in shown and "Disconnect-Request nak" in shown, shown
+    assert radius.accounting(f"{base}, Acct-Status-Type = Stop") == "Accounting-Response"
+
+
 def test_a_subscriber_over_the_monthly_quota_is_throttled_at_once_and_at_its_next_login(
         radius: Radius, nas: FakeNas) -> None:
     radius.ispd.cli("plan", "add", "capped", "--download-kbps", "100000", "--upload-kbps", "20000",
