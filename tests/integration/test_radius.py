@@ -374,6 +374,37 @@ def test_a_suspension_made_while_ispd_was_down_reaches_the_nas_when_it_starts(tm
         assert len(nas.requests) == seen + 1  # reached once: not sent again
 
 
+def test_the_over_quota_profile_holds_after_a_stop_and_after_a_restart(tmp_path: Path) -> None:
+    """The over-quota flag lives in memory: a crossing that the check's rate limit skipped just
+    before the Stop, and a restart, must not give the next login the plan's full rate."""
+    require_radclient()
+    with FakeNas(secret=SECRET.encode()) as nas, IspdProcess(tmp_path, radius_config(tmp_path, nas.port)) as ispd:
+        ispd.start()
+        ispd.cli("plan", "add", "capped", "--download-kbps", "100000", "--upload-kbps", "20000",
+                 "--monthly-quota", "2M", "--over-quota-download-kbps", "2000", "--over-quota-upload-kbps", "1000",
+                 "--credential-policy", "cleartext")
+        ispd.cli("subscriber", "add", "quinn", "--plan", "capped", "--password-stdin", input="quinn-pw\n")
+        service = Radius(ispd)
+        eventually(lambda: service.pap("quinn", "quinn-pw") == "Access-Accept", timeout=10)
+
+        def rate() -> str | None:
+            return radclient(service.auth, "auth", SECRET,
+                             'User-Name = quinn, User-Password = "quinn-pw", Message-Authenticator = 0x00'
+                             ).first("Mikrotik-Rate-Limit")
+
+        base = "User-Name = quinn, Acct-Session-Id = q9, NAS-IP-Address = 127.0.0.1"
+        assert service.accounting(f"{base}, Acct-Status-Type = Start") == "Accounting-Response"
+        # Under the quota (checked), then over it and stopped, both within the check's rate limit.
+        for status, octets in (("Interim-Update", 1000), ("Interim-Update", 3_000_000), ("Stop", 3_000_000)):
+            assert service.accounting(f"{base}, Acct-Status-Type = {status}, Acct-Input-Octets = {octets}") == \
+                "Accounting-Response"
+        eventually(lambda: rate() == "1000k/2000k", timeout=5)
+        assert ispd.terminate() == 0
+        ispd.start()
+        eventually(lambda: service.pap("quinn", "quinn-pw") == "Access-Accept", timeout=10)
+        assert rate() == "1000k/2000k"  # the first login after the restart
+
+
 def test_a_disconnect_comes_from_the_address_radius_listens_on(tmp_path: Path) -> None:
     """NASes take Disconnect and CoA from their RADIUS server's address only (Cisco's
     dynamic-author client, MikroTik's /radius incoming): not whatever source the kernel picks."""
