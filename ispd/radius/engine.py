@@ -668,21 +668,21 @@ class AuthEngine:
         lost; counting its own session against it rejected every re-authentication at
         max_sessions = 1. The session is the one the request names (Acct-Session-Id), else one on
         the same NAS from the same station (Calling-Station-Id, and NAS-Port-Id when both have
-        one: a port alone is often a whole PPPoE interface). One at most: a copied MAC buys at
+        one: a port alone is often a whole PPPoE interface). The station is looked for also when
+        the request names a session that is not open: a NAS that rebooted without Accounting-On
+        gives the station's new login a new Acct-Session-Id. One at most: a copied MAC buys at
         most one session more."""
         session_id = _text(packet.first, _ACCT_SESSION_ID)
         station, port = _text(packet.first, _CALLING_STATION_ID), _text(packet.first, _NAS_PORT_ID)
         if session_id is None and station is None:
             return 0
-        for session in self.sessions.of_subscriber(subscriber_id):
-            if session.nas_client != nas.name:
-                continue
-            if session_id is not None:
-                if session.acct_session_id == session_id:
-                    return 1
-            elif session.calling_station_id == station and (
-                    port is None or session.nas_port_id is None or session.nas_port_id == port):
-                return 1
+        on_this_nas = [s for s in self.sessions.of_subscriber(subscriber_id) if s.nas_client == nas.name]
+        if session_id is not None and any(s.acct_session_id == session_id for s in on_this_nas):
+            return 1
+        if station is not None and any(
+                s.calling_station_id == station and (port is None or s.nas_port_id is None or s.nas_port_id == port)
+                for s in on_this_nas):
+            return 1
         return 0
 
     def _authorize(self, packet: Packet, nas: Nas, subject: AuthSubject, address: str | None, method: str,

@@ -330,6 +330,29 @@ def test_a_station_that_authenticates_again_is_not_its_own_second_session() -> N
     assert again(station, nas()).reject == RejectReason.SIMULTANEOUS_USE
 
 
+def test_a_station_whose_nas_rebooted_silently_is_known_by_its_mac_under_a_new_session_id() -> None:
+    """The NAS rebooted without Accounting-On: the old session is still open here, and the
+    station's new login names a new Acct-Session-Id. That id matches no open session, so the
+    station (Calling-Station-Id, and NAS-Port-Id when both have one) decides, as without one."""
+    world = World()
+    world.sessions.put(RadiusSession(1, "127.0.0.1", "old-1", "alice", NOW, NOW, subscriber_id=1, nas_client="lab",
+                                     calling_station_id="AA-BB-CC-DD-EE-FF", nas_port_id="eth0.100"))
+    world.sessions.put(RadiusSession(2, "127.0.0.1", "old-2", "alice", NOW, NOW, subscriber_id=1, nas_client="lab",
+                                     calling_station_id="02-00-00-00-00-02"))
+
+    def login(session_id: bytes, calling: bytes, port: bytes) -> Decision:
+        authenticator = os.urandom(16)
+        return world.engine.handle(access_request(
+            [(Attr.USER_NAME, b"alice"), (Attr.ACCT_SESSION_ID, session_id), (Attr.CALLING_STATION_ID, calling),
+             (Attr.NAS_PORT_ID, port), (Attr.USER_PASSWORD, hide_password(b"alice-pw", SECRET, authenticator))],
+            authenticator=authenticator), nas(), NOW)
+
+    assert login(b"new-1", b"AA-BB-CC-DD-EE-FF", b"eth0.100").code == Code.ACCESS_ACCEPT
+    assert login(b"new-2", b"AA-BB-CC-DD-EE-FF", b"eth0.200").reject == RejectReason.SIMULTANEOUS_USE  # another port
+    assert login(b"new-3", b"02-00-00-00-00-09", b"eth0.100").reject == RejectReason.SIMULTANEOUS_USE  # another station
+    assert login(b"old-2", b"02-00-00-00-00-09", b"eth0.9").code == Code.ACCESS_ACCEPT  # the id names its session
+
+
 # --- CHAP, MS-CHAP, EAP-MD5 --------------------------------------------------------------------
 
 
