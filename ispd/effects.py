@@ -66,6 +66,9 @@ def _radius(o: SubscriberOverview, config: Config) -> list[Effect]:
                 result.append(_outcome(subject, last.kind, last.result, last.at, done))
             continue
         wanted = "disconnect" if status is SubscriberStatus.CLOSED or action is SuspendedAction.REJECT else "coa"
+        if wanted == "disconnect":  # a CoA acknowledged gave the session a profile; it did not end it
+            answered = [c for c in answered if c.kind == "disconnect"]
+            last = max(answered, key=lambda c: c.at) if answered else None
         if last is None:
             result.append(Effect("radius", subject, PENDING, f"still open; no answer to a {_kind(wanted)} yet "
                                                              "(on its way, or sent at the next check)"))

@@ -62,6 +62,17 @@ def test_a_suspension_is_done_in_radius_only_once_the_nas_answered() -> None:
     assert "retry with `ispd session disconnect`" in detail["session s3 on 198.18.0.1"]
 
 
+def test_a_coa_acknowledged_does_not_carry_out_a_suspension_that_disconnects() -> None:
+    """With suspended = "reject" only a Disconnect ends the session: a CoA's ACK gave it a
+    profile (the plan's, as `session coa` did), and reading it as done stopped the retries."""
+    o = overview(SubscriberStatus.SUSPENDED, sessions=[session(1), session(2)],
+                 coa=[coa(1, "nak"), coa(1, "ack", at=T + 2, kind="coa"), coa(2, "ack", kind="coa")])
+    detail = {e.subject: (e.state, e.detail) for e in effects(o, CONFIG, None, T + 10) if e.service == "radius"}
+    assert detail["session s1 on 198.18.0.1"][0] == "failed"  # the Disconnect's NAK is what counts
+    assert detail["session s2 on 198.18.0.1"] == ("pending", "still open; no answer to a Disconnect-Request yet "
+                                                             "(on its way, or sent at the next check)")
+
+
 def test_being_active_is_judged_from_the_status_change_and_coa_only() -> None:
     """An operator's Disconnect of an active subscriber's session is no effect of being active
     (it read as "back to the plan's profile", or as failed when it timed out); the evidence

@@ -33,8 +33,10 @@ Rejects carry only what the method needs (MS-CHAP-Error, EAP-Failure): nothing t
 client why. The reason goes to metrics and logs (``RejectReason``).
 
 Accounting-Request (RFC 2866): the Request Authenticator must check out (else dropped); the
-request becomes an ``AccountingRecord`` — event time is arrival minus Acct-Delay-Time, octets
-include their Gigawords, the subscriber comes from Class or else the login — for the store to
+request becomes an ``AccountingRecord`` — event time is Event-Timestamp when sane, else arrival
+minus Acct-Delay-Time (``event_time``), octets
+include their Gigawords, the subscriber comes from Class (when it names one the directory knows)
+or else the login — for the store to
 apply durably before the transport answers. Accounting-Requests need no Message-Authenticator
 (their authenticator already covers the packet) but one that is present must be right.
 
@@ -144,6 +146,7 @@ _ACCT_INPUT_OCTETS, _ACCT_INPUT_GIGAWORDS = int(Attr.ACCT_INPUT_OCTETS), int(Att
 _ACCT_OUTPUT_OCTETS, _ACCT_OUTPUT_GIGAWORDS = int(Attr.ACCT_OUTPUT_OCTETS), int(Attr.ACCT_OUTPUT_GIGAWORDS)
 _ACCT_INPUT_PACKETS, _ACCT_OUTPUT_PACKETS = int(Attr.ACCT_INPUT_PACKETS), int(Attr.ACCT_OUTPUT_PACKETS)
 _ACCT_SESSION_TIME, _NAS_IDENTIFIER = int(Attr.ACCT_SESSION_TIME), int(Attr.NAS_IDENTIFIER)
+_EVENT_TIMESTAMP = int(Attr.EVENT_TIMESTAMP)
 _FRAMED_IP_ADDRESS, _FRAMED_IPV6_PREFIX = int(Attr.FRAMED_IP_ADDRESS), int(Attr.FRAMED_IPV6_PREFIX)
 _DELEGATED_IPV6_PREFIX, _CALLING_STATION_ID = int(Attr.DELEGATED_IPV6_PREFIX), int(Attr.CALLING_STATION_ID)
 _CALLED_STATION_ID, _NAS_PORT_ID = int(Attr.CALLED_STATION_ID), int(Attr.NAS_PORT_ID)
@@ -666,21 +669,21 @@ class AuthEngine:
         lost; counting its own session against it rejected every re-authentication at
         max_sessions = 1. The session is the one the request names (Acct-Session-Id), else one on
         the same NAS from the same station (Calling-Station-Id, and NAS-Port-Id when both have
-        one: a port alone is often a whole PPPoE interface). One at most: a copied MAC buys at
+        one: a port alone is often a whole PPPoE interface). The station is looked for also when
+        the request names a session that is not open: a NAS that rebooted without Accounting-On
+        gives the station's new login a new Acct-Session-Id. One at most: a copied MAC buys at
         most one session more."""
         session_id = _text(packet.first, _ACCT_SESSION_ID)
         station, port = _text(packet.first, _CALLING_STATION_ID), _text(packet.first, _NAS_PORT_ID)
         if session_id is None and station is None:
             return 0
-        for session in self.sessions.of_subscriber(subscriber_id):
-            if session.nas_client != nas.name:
-                continue
-            if session_id is not None:
-                if session.acct_session_id == session_id:
-                    return 1
-            elif session.calling_station_id == station and (
-                    port is None or session.nas_port_id is None or session.nas_port_id == port):
-                return 1
+        on_this_nas = [s for s in self.sessions.of_subscriber(subscriber_id) if s.nas_client == nas.name]
+        if session_id is not None and any(s.acct_session_id == session_id for s in on_this_nas):
+            return 1
+        if station is not None and any(
+                s.calling_station_id == station and (port is None or s.nas_port_id is None or s.nas_port_id == port)
+                for s in on_this_nas):
+            return 1
         return 0
 
     def _authorize(self, packet: Packet, nas: Nas, subject: AuthSubject, address: str | None, method: str,
@@ -890,6 +893,26 @@ def _prefix_text(value: bytes | None) -> str | None:
     return f"{address}/{value[1]}"
 
 
+MAX_EVENT_AGE = 86400 * 7  # an event reported later than this is a clock or counter gone wrong
+EVENT_CLOCK_SKEW = 300.0  # how far ahead of ours a NAS's clock may run and still be believed
+
+
+def event_time(first: dict[int, bytes], received_at: float) -> float:
+    """When the event happened: the NAS's Event-Timestamp (RFC 2869 §5.3) when it is sane, else
+    arrival less Acct-Delay-Time (RFC 2866 §5.2). Event-Timestamp is what FreeRADIUS's SQL
+    records, and the only date a NAS gives that does not depend on when the request got here: a
+    Start that arrives after its session's interims, with no Acct-Delay-Time, still starts the
+    session when it started. Sane: not more than EVENT_CLOCK_SKEW ahead of arrival (a NAS clock
+    a little fast; an event cannot come after its report, so it is taken as the arrival) and not
+    more than MAX_EVENT_AGE behind it; a NAS without a set clock (1970 after a boot, a year off)
+    falls back to the delay."""
+    stamp = _u32(first, _EVENT_TIMESTAMP)
+    if stamp is not None and received_at - MAX_EVENT_AGE <= stamp <= received_at + EVENT_CLOCK_SKEW:
+        return min(float(stamp), received_at)
+    delay = _u32(first, _ACCT_DELAY_TIME) or 0
+    return received_at - min(delay, MAX_EVENT_AGE)
+
+
 def reported_address(packet: Packet) -> str | None:
     """Who the NAS says it is (NAS-IP-Address, NAS-IPv6-Address), if it says."""
     v4 = packet.first.get(_NAS_IP_ADDRESS)
@@ -961,6 +984,10 @@ class AccountingEngine:
         status = _STATUS_TYPES.get(status_type, AccountingStatus.OTHER)
         login = _text(first, _USER_NAME)
         subscriber_id = subscriber_from_class(packet)
+        if subscriber_id is not None and subscriber_id not in self.directory.subjects:
+            # A Class naming no subscriber (deleted, or another server's): not attributed to
+            # it, nor to whoever holds that id later; the login may still name someone.
+            subscriber_id = None
         if subscriber_id is None and login is not None:
             found = self.directory.find(login)
             subscriber_id = found[0].id if found is not None else None
@@ -981,9 +1008,8 @@ class AccountingEngine:
             (subscriber_id is not None and known.subscriber_id is None)
             or (framed_ip is not None and known.framed_ip is None)
             or known.interim_interval is None or v6_prefix is not None or delegated is not None)
-        delay = _u32(first, _ACCT_DELAY_TIME) or 0
         return AccountingRecord(
-            received_at - min(delay, 86400 * 7), status, address, acct_session_id, login, subscriber_id,
+            event_time(first, received_at), status, address, acct_session_id, login, subscriber_id,
             _text(first, _NAS_IDENTIFIER), nas.name, framed_ip, _prefix_text(v6_prefix), _prefix_text(delegated),
             _text(first, _CALLING_STATION_ID), _text(first, _CALLED_STATION_ID), _text(first, _NAS_PORT_ID),
             _octets(first, _ACCT_INPUT_OCTETS, _ACCT_INPUT_GIGAWORDS),

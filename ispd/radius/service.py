@@ -89,6 +89,7 @@ from ispd.store.models import (
     AccountingOutcome,
     AccountingRecord,
     AccountingResult,
+    AccountingStatus,
     AddressClaim,
     Lease,
     LeaseService,
@@ -98,7 +99,7 @@ from ispd.store.models import (
     RadiusSession,
     SubscriberStatus,
 )
-from ispd.store.sqlite_radius import STALE_CAUSE, SUPERSEDED_CAUSE
+from ispd.store.sqlite_radius import STALE_CAUSE, SUPERSEDED_CAUSE, month_start
 
 if TYPE_CHECKING:
     from ispd.config import Config
@@ -270,6 +271,10 @@ class RadiusService(Service):
         self._rejects_logged: dict[tuple[str, int | None, str, str], list[Any]] = {}
         self._quota_checked: dict[int, float] = {}  # subscriber -> monotonic time of its last check
         self._quota_checking: set[int] = set()
+        # Subscribers whose usage grew since their last check and who were not checked then (the
+        # rate limit, or a check already under way): the next sweep checks them, open sessions or
+        # not, so that a crossing just before a Stop still flags the next login.
+        self._quota_due: set[int] = set()
         self._refreshing: dict[int, list[Any]] = {}  # [lock, users]: one refresh of a subscriber at a time
         self.addresses = AddressPools(())
         self._pending_claims = 0
@@ -283,6 +288,7 @@ class RadiusService(Service):
         self.dictionary = await self._load_dictionary(self.config)
         settings = self._reply_settings(self.config, self.dictionary)
         await self._load_store()
+        await self._load_quota_flags()
         self.auth = AuthEngine(self.directory, self.sessions, self.passwords, self.dictionary, settings)
         self.auth.eap_methods, self.auth.tunnels = self.config.eap.offered, await self._tunnel_server(self.config)
         self.accounting = AccountingEngine(self.directory, self.sessions, self.dictionary,
@@ -344,6 +350,26 @@ class RadiusService(Service):
             raise ServiceStartError(f"radius: cannot load subscribers from the store: {exc}") from None
         self.directory.load(subscribers, plans, credentials, reservations)
         self.sessions.load(sessions, self.context.clock())
+
+    async def _load_quota_flags(self) -> None:
+        """Who is over its plan's monthly quota already, from this month's usage (one query at
+        start): the flag lives in memory, and the first login after a restart must get the
+        over-quota profile, not wait for a check that only accounting or a session brings."""
+        capped = {sid: subject.plan.monthly_quota_bytes for sid, subject in self.directory.subjects.items()
+                  if subject.plan is not None and subject.plan.monthly_quota_bytes is not None}
+        if not capped:
+            return
+        now = self.context.clock()
+        try:
+            days = await self.context.store.usage_by_day(None, since=month_start(now), until=now)
+        except StoreError as exc:
+            raise ServiceStartError(f"radius: cannot load this month's usage from the store: {exc}") from None
+        used: dict[int, int] = {}
+        for day in days:
+            used[day.subscriber_id] = used.get(day.subscriber_id, 0) + day.input_octets + day.output_octets
+        for subscriber_id, quota in capped.items():
+            if used.get(subscriber_id, 0) >= quota:
+                self.directory.subjects[subscriber_id].over_quota = True
 
     async def _address_pools(self, config: RadiusConfig) -> AddressPools:
         pools = AddressPools((p.name, *p.bounds) for p in config.address_pool)
@@ -830,27 +856,31 @@ class RadiusService(Service):
             self._answer_accounting(item.packet, item.nas, item.transport, item.addr, item.key, item.started)
             self._follow(item.record, result, item.received_at)
             if result.outcome in (AccountingOutcome.UPDATED, AccountingOutcome.STOPPED, AccountingOutcome.REOPENED):
-                self._quota_soon(item.record.subscriber_id)
+                # A Stop is checked at once: the session's last growth may cross the quota, and
+                # with no session left no sweep would look at the subscriber before its next login.
+                self._quota_soon(item.record.subscriber_id, now=item.record.status == AccountingStatus.STOP)
 
     # --- fair use
 
-    def _quota_soon(self, subscriber_id: int | None) -> None:
+    def _quota_soon(self, subscriber_id: int | None, *, now: bool = False) -> None:
         """Check this subscriber's quota after its usage grew: at most once per QUOTA_CHECK_SECONDS
-        (an interim every few minutes per session, and the check is one query)."""
+        (an interim every few minutes per session, and the check is one query), unless ``now``;
+        one not made now is left to the next sweep."""
         subject = self.directory.by_id(subscriber_id) if subscriber_id is not None else None
         if subject is None or subject.plan is None or subject.plan.monthly_quota_bytes is None:
             return
-        now = time.monotonic()
-        if now - self._quota_checked.get(subject.id, -QUOTA_CHECK_SECONDS) < QUOTA_CHECK_SECONDS:
+        at = time.monotonic()
+        if not now and at - self._quota_checked.get(subject.id, -QUOTA_CHECK_SECONDS) < QUOTA_CHECK_SECONDS:
+            self._quota_due.add(subject.id)
             return
-        self._quota_checked[subject.id] = now
+        self._quota_checked[subject.id] = at
         self._spawn(self._check_quota(subject.id, self.context.clock()), "quota")
 
     async def _check_quotas(self, now: float) -> None:
-        """Every subscriber with an open session or an over-quota flag: a month that ended lifts
-        the limit, one that goes on may have crossed it."""
+        """Every subscriber with an open session, an over-quota flag or growth not checked yet: a
+        month that ended lifts the limit, one that goes on may have crossed it."""
         flagged = {sid for sid, subject in self.directory.subjects.items() if subject.over_quota}
-        for subscriber_id in set(self.sessions.by_subscriber) | flagged:
+        for subscriber_id in set(self.sessions.by_subscriber) | flagged | self._quota_due:
             try:
                 await self._check_quota(subscriber_id, self.context.clock())
             except StoreError as exc:
@@ -858,8 +888,12 @@ class RadiusService(Service):
 
     async def _check_quota(self, subscriber_id: int, now: float) -> None:
         if subscriber_id in self._quota_checking:
-            return  # one check of a subscriber at a time: an older result must not land last
+            # One check of a subscriber at a time (an older result must not land last); the one
+            # under way may have read the usage before this growth: the next sweep looks again.
+            self._quota_due.add(subscriber_id)
+            return
         self._quota_checking.add(subscriber_id)
+        self._quota_due.discard(subscriber_id)  # before the read: growth after it marks it due again
         try:
             await self._judge_quota(subscriber_id, now)
         finally:
@@ -990,18 +1024,28 @@ class RadiusService(Service):
             if subject is None or subject.subscriber.status == SubscriberStatus.ACTIVE:
                 continue
             changed_at = subject.subscriber.updated_at
+            # A session that must end is reached by a Disconnect only: an acknowledged CoA gave it
+            # a profile, it did not end it.
+            disconnect = self._disconnect_wanted(subject)
             for session in self.sessions.of_subscriber(subscriber_id):
                 tried = [r for r in await self.context.store.list_coa(session_id=session.id, limit=100)
-                         if r.at >= changed_at]
+                         if r.at >= changed_at and (r.kind == "disconnect" or not disconnect)]
                 if any(r.result in ("ack", "nak") for r in tried) or len(tried) >= self.config.coa_retry_limit:
                     continue  # reached (a Disconnect's Stop is on its way), refused, or given up on
                 if tried and now - max(r.at for r in tried) < self.config.coa_retry_interval_seconds:
                     continue
                 reason = f"{subject.subscriber.status.value}, retry" if tried else subject.subscriber.status.value
-                if subject.subscriber.status == SubscriberStatus.SUSPENDED and self._walled_garden(subject):
+                if not disconnect:
                     await self._change(session, True, reason)
                 else:
                     await self._disconnect(session, reason)
+
+    def _disconnect_wanted(self, subject: AuthSubject) -> bool:
+        """Whether the subscriber's sessions must end rather than change: closed, or suspended
+        under a policy that rejects (not one that walls)."""
+        status = subject.subscriber.status
+        return status == SubscriberStatus.CLOSED or (
+            status == SubscriberStatus.SUSPENDED and not self._walled_garden(subject))
 
     def _walled_garden(self, subject: AuthSubject) -> bool:
         """Whether this subscriber's plan sends suspended sessions to the walled garden (else
@@ -1198,6 +1242,14 @@ class RadiusService(Service):
     async def _command_coa(self, args: dict[str, Any]) -> dict[str, Any]:
         session = await self._session_for_command(args)
         subject = self.directory.by_id(session.subscriber_id) if session.subscriber_id is not None else None
+        if subject is not None and self._disconnect_wanted(subject):
+            # A CoA carries a profile, and such a subscriber has none: the plan's would give it
+            # full service, and its ACK would read as the suspension carried out.
+            status = subject.subscriber.status.value
+            why = "closed" if subject.subscriber.status == SubscriberStatus.CLOSED else \
+                f"{status}, and its plan rejects {status} subscribers"
+            raise CommandError(f"subscriber {subject.subscriber.username!r} is {why}: a CoA would give the session "
+                               f"service; end it with `ispd session disconnect {session.id}`")
         walled = subject is not None and self._walled_now(subject)
         return await self._change(session, walled, str(args.get("reason") or "admin"))
 

@@ -734,9 +734,12 @@ class SQLiteStore(Store):
                 raise Conflict(f"{username!r} is a login reserved for {reserved['username']}"
                                f" (reservation #{reserved['id']})")
             plan_row = _find_plan(conn, plan) if plan is not None else None
+            # The id after the highest ever given, never a deleted subscriber's: its sessions,
+            # usage and history stay under that id (migration 0010).
             cursor = conn.execute(
-                "INSERT INTO subscribers (username, full_name, account_ref, plan_id, status, credential_policy,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, 'active', ?, ?, ?)",
+                "INSERT INTO subscribers (id, username, full_name, account_ref, plan_id, status, credential_policy,"
+                " created_at, updated_at) VALUES ((SELECT highest + 1 FROM subscriber_ids), ?, ?, ?, ?, 'active', ?,"
+                " ?, ?)",
                 (username, full_name, account_ref, plan_row["id"] if plan_row else None,
                  str(credential_policy) if credential_policy else None, now, now),
             )

@@ -12,7 +12,8 @@ commit and one fsync). A session is found by (NAS address, Acct-Session-Id), new
   was lost), and it changes nothing once the session is stopped (a late copy).
 - Stop closes an open session with its final counters, or records a closed one when the Start
   and every interim were lost; a second Stop changes nothing.
-- Accounting-On/Off closes every open session of that NAS (it restarted: they are gone).
+- Accounting-On/Off closes every open session of that NAS (it restarted: they are gone); one
+  whose interims then show it alive after that time is reopened, as a stale one is.
 
 Counters only ever grow: a retransmitted or reordered request with smaller totals changes
 nothing, and what a subscriber used (``usage_daily``) grows by the difference between the new
@@ -184,6 +185,9 @@ def _apply(conn: sqlite3.Connection, record: AccountingRecord) -> AccountingResu
         return AccountingResult(AccountingOutcome.STARTED, _open_session(conn, record, stopped=False))
     if latest is not None and latest["terminate_cause"] == STALE_CAUSE:  # it was not gone after all
         return _reopen(conn, record, latest["id"])
+    if status == AccountingStatus.INTERIM_UPDATE and latest is not None \
+            and latest["terminate_cause"] == NAS_RESTART_CAUSE and _outlived_the_restart(record, latest):
+        return _reopen(conn, record, latest["id"])
     if status == AccountingStatus.STOP:
         closed = _closed_by_ispd(conn, record)
         if closed is not None:
@@ -202,6 +206,22 @@ def _reopen(conn: sqlite3.Connection, record: AccountingRecord, session_id: int)
         record.session_time_seconds, record.at, record.status == AccountingStatus.STOP, record.terminate_cause,
         session_id)).fetchone()
     return AccountingResult(AccountingOutcome.REOPENED, session_from_row(row))
+
+
+def _outlived_the_restart(record: AccountingRecord, session: sqlite3.Row) -> bool:
+    """Whether an interim shows that a session closed by its NAS's Accounting-On/Off went on
+    after the time that closed it: the NAS did not reboot for it (a repeated Accounting-On,
+    whose time is later than the first's, closed sessions begun just before it; a NAS that
+    announces a restart of one line card). The same user, begun when it began (by the
+    interim's Acct-Session-Time: a new boot's session under a reused id begins later), and
+    alive past the close; an interim from before the restart, come late, proves nothing and
+    reopens nothing (its counters, below the final ones a Stop brings, are not lost)."""
+    if _another_user(record, session) or record.session_time_seconds is None:
+        return False
+    started_at, stopped_at = float(session["started_at"]), float(session["stopped_at"])
+    began = record.at - record.session_time_seconds
+    return abs(began - started_at) <= SAME_START_SECONDS and record.at > stopped_at \
+        and started_at + record.session_time_seconds > stopped_at
 
 
 def _closed_by_ispd(conn: sqlite3.Connection, record: AccountingRecord) -> int | None:

@@ -269,6 +269,30 @@ def test_suspension_disconnects_and_a_plan_change_sends_coa(radius: Radius, nas:
     assert radius.accounting(f"{base}, Acct-Status-Type = Stop") == "Accounting-Response"
 
 
+def test_session_coa_refuses_a_suspended_subscriber_who_must_be_disconnected(radius: Radius, nas: FakeNas) -> None:
+    """suspended = "reject": a CoA would carry the plan's full profile to the session of a
+    subscriber who must have none; the command refuses, and the suspension stays undone."""
+    radius.ispd.cli("subscriber", "add", "sue", "--plan", "home", "--password-stdin", input="sue-pw\n")
+    base = "User-Name = sue, Acct-Session-Id = sue-1, NAS-IP-Address = 127.0.0.1, Framed-IP-Address = 198.18.9.7"
+    assert radius.accounting(f"{base}, Acct-Status-Type = Start") == "Accounting-Response"
+    [session] = json.loads(radius.ispd.cli("session", "list", "--subscriber", "sue", "--open", "--json").stdout)
+    nas.answer = "nak"  # the suspension's Disconnect is refused: the session stays open
+    try:
+        seen = len(nas.requests)
+        radius.ispd.cli("subscriber", "suspend", "sue")
+        nas.wait_for(seen + 1)
+        eventually(lambda: [c["result"] for c in radius.show("sue")["coa"]][:1] == ["nak"], timeout=5)
+    finally:
+        nas.answer = "ack"
+    seen = len(nas.requests)
+    refused = radius.ispd.cli("session", "coa", str(session["id"]), check=False)
+    assert refused.returncode != 0 and "ispd session disconnect" in refused.stdout + refused.stderr, refused
+    assert len(nas.requests) == seen  # nothing sent
+    shown = radius.ispd.cli("subscriber", "show", "sue").stdout
+    assert "moved into the walled garden" not in shown and "Disconnect-Request nak" in shown, shown
+    assert radius.accounting(f"{base}, Acct-Status-Type = Stop") == "Accounting-Response"
+
+
 def test_a_subscriber_over_the_monthly_quota_is_throttled_at_once_and_at_its_next_login(
         radius: Radius, nas: FakeNas) -> None:
     radius.ispd.cli("plan", "add", "capped", "--download-kbps", "100000", "--upload-kbps", "20000",
@@ -348,6 +372,37 @@ def test_a_suspension_made_while_ispd_was_down_reaches_the_nas_when_it_starts(tm
         shown = ispd.cli("subscriber", "show", "erin").stdout
         assert "  radius done     session e1 on 127.0.0.1: ended" in shown, shown
         assert len(nas.requests) == seen + 1  # reached once: not sent again
+
+
+def test_the_over_quota_profile_holds_after_a_stop_and_after_a_restart(tmp_path: Path) -> None:
+    """The over-quota flag lives in memory: a crossing that the check's rate limit skipped just
+    before the Stop, and a restart, must not give the next login the plan's full rate."""
+    require_radclient()
+    with FakeNas(secret=SECRET.encode()) as nas, IspdProcess(tmp_path, radius_config(tmp_path, nas.port)) as ispd:
+        ispd.start()
+        ispd.cli("plan", "add", "capped", "--download-kbps", "100000", "--upload-kbps", "20000",
+                 "--monthly-quota", "2M", "--over-quota-download-kbps", "2000", "--over-quota-upload-kbps", "1000",
+                 "--credential-policy", "cleartext")
+        ispd.cli("subscriber", "add", "quinn", "--plan", "capped", "--password-stdin", input="quinn-pw\n")
+        service = Radius(ispd)
+        eventually(lambda: service.pap("quinn", "quinn-pw") == "Access-Accept", timeout=10)
+
+        def rate() -> str | None:
+            return radclient(service.auth, "auth", SECRET,
+                             'User-Name = quinn, User-Password = "quinn-pw", Message-Authenticator = 0x00'
+                             ).first("Mikrotik-Rate-Limit")
+
+        base = "User-Name = quinn, Acct-Session-Id = q9, NAS-IP-Address = 127.0.0.1"
+        assert service.accounting(f"{base}, Acct-Status-Type = Start") == "Accounting-Response"
+        # Under the quota (checked), then over it and stopped, both within the check's rate limit.
+        for status, octets in (("Interim-Update", 1000), ("Interim-Update", 3_000_000), ("Stop", 3_000_000)):
+            assert service.accounting(f"{base}, Acct-Status-Type = {status}, Acct-Input-Octets = {octets}") == \
+                "Accounting-Response"
+        eventually(lambda: rate() == "1000k/2000k", timeout=5)
+        assert ispd.terminate() == 0
+        ispd.start()
+        eventually(lambda: service.pap("quinn", "quinn-pw") == "Access-Accept", timeout=10)
+        assert rate() == "1000k/2000k"  # the first login after the restart
 
 
 def test_a_disconnect_comes_from_the_address_radius_listens_on(tmp_path: Path) -> None:

@@ -47,6 +47,7 @@ from ispd.radius.engine import (
     ReplySettings,
 )
 from ispd.radius.sessions import OpenSessions
+from ispd.store import StoreConfig, open_store
 from ispd.store.models import (
     AccountingStatus,
     Plan,
@@ -56,6 +57,7 @@ from ispd.store.models import (
     StoredCredentials,
     Subscriber,
     SubscriberStatus,
+    Usage,
 )
 from tests.lab.certs import issue
 from tests.lab.eapstation import TLSStation, client_hello
@@ -354,6 +356,29 @@ def test_a_station_that_authenticates_again_is_not_its_own_second_session() -> N
     world.sessions.put(RadiusSession(3, "127.0.0.1", "s9", "alice", NOW, NOW, subscriber_id=1, nas_client="lab",
                                      calling_station_id="AA-BB-CC-DD-EE-FF"))
     assert again(station, nas()).reject == RejectReason.SIMULTANEOUS_USE
+
+
+def test_a_station_whose_nas_rebooted_silently_is_known_by_its_mac_under_a_new_session_id() -> None:
+    """The NAS rebooted without Accounting-On: the old session is still open here, and the
+    station's new login names a new Acct-Session-Id. That id matches no open session, so the
+    station (Calling-Station-Id, and NAS-Port-Id when both have one) decides, as without one."""
+    world = World()
+    world.sessions.put(RadiusSession(1, "127.0.0.1", "old-1", "alice", NOW, NOW, subscriber_id=1, nas_client="lab",
+                                     calling_station_id="AA-BB-CC-DD-EE-FF", nas_port_id="eth0.100"))
+    world.sessions.put(RadiusSession(2, "127.0.0.1", "old-2", "alice", NOW, NOW, subscriber_id=1, nas_client="lab",
+                                     calling_station_id="02-00-00-00-00-02"))
+
+    def login(session_id: bytes, calling: bytes, port: bytes) -> Decision:
+        authenticator = os.urandom(16)
+        return world.engine.handle(access_request(
+            [(Attr.USER_NAME, b"alice"), (Attr.ACCT_SESSION_ID, session_id), (Attr.CALLING_STATION_ID, calling),
+             (Attr.NAS_PORT_ID, port), (Attr.USER_PASSWORD, hide_password(b"alice-pw", SECRET, authenticator))],
+            authenticator=authenticator), nas(), NOW)
+
+    assert login(b"new-1", b"AA-BB-CC-DD-EE-FF", b"eth0.100").code == Code.ACCESS_ACCEPT
+    assert login(b"new-2", b"AA-BB-CC-DD-EE-FF", b"eth0.200").reject == RejectReason.SIMULTANEOUS_USE  # another port
+    assert login(b"new-3", b"02-00-00-00-00-09", b"eth0.100").reject == RejectReason.SIMULTANEOUS_USE  # another station
+    assert login(b"old-2", b"02-00-00-00-00-09", b"eth0.9").code == Code.ACCESS_ACCEPT  # the id names its session
 
 
 # --- CHAP, MS-CHAP, EAP-MD5 --------------------------------------------------------------------
@@ -721,6 +746,67 @@ def test_accounting_record_reads_counters_delay_and_class() -> None:
     assert record.input_octets == 5 + (2 << 32) and record.output_octets == 7
     assert record.terminate_cause == "User-Request" and record.framed_ip == "198.18.9.9"
     assert record.packet == packet.raw
+
+
+def test_a_class_naming_no_subscriber_is_not_believed() -> None:
+    """ispd:N of a deleted subscriber (or another server's) names nobody: its accounting is not
+    attributed to N, which is nobody's now; the login may still name someone."""
+    world = World()
+    engine = AccountingEngine(world.directory, world.sessions, DICTIONARY, 300)
+    stop = [(Attr.ACCT_STATUS_TYPE, u32(2)), (Attr.ACCT_SESSION_ID, b"abc"), (Attr.CLASS, b"ispd:77")]
+    nobody = engine.record(accounting([*stop, (Attr.USER_NAME, b"gone")]), nas(), "127.0.0.1", NOW)
+    assert nobody is not None and nobody.subscriber_id is None
+    by_login = engine.record(accounting([*stop, (Attr.USER_NAME, b"bob")]), nas(), "127.0.0.1", NOW)
+    assert by_login is not None and by_login.subscriber_id == 2
+
+
+@pytest.mark.parametrize(("stamp", "delay", "expected"), [
+    (NOW - 400, None, NOW - 400),  # the NAS's own date of the event
+    (NOW - 400, 30, NOW - 400),  # over Acct-Delay-Time: it dates the event itself
+    (NOW + 60, None, NOW),  # a NAS clock a little fast: no event comes after its report
+    (NOW + 3600, 30, NOW - 30),  # far in the future: not believed
+    (NOW - 86400 * 30, 30, NOW - 30),  # absurdly old (a NAS clock not set): not believed
+    (12, None, NOW),  # 1970
+    (None, 30, NOW - 30),
+])
+def test_event_time_is_event_timestamp_when_sane_else_the_delay(stamp: float | None, delay: int | None,
+                                                                expected: float) -> None:
+    engine = AccountingEngine(World().directory, OpenSessions(), DICTIONARY, 300)
+    attributes = [(Attr.ACCT_STATUS_TYPE, u32(1)), (Attr.ACCT_SESSION_ID, b"e1")]
+    attributes += [(Attr.EVENT_TIMESTAMP, u32(int(stamp)))] if stamp is not None else []
+    attributes += [(Attr.ACCT_DELAY_TIME, u32(delay))] if delay is not None else []
+    record = engine.record(accounting(attributes), nas(), "127.0.0.1", NOW)
+    assert record is not None and record.at == expected
+
+
+async def test_a_start_overtaken_by_its_interim_is_dated_by_its_event_timestamp(tmp_path: Path) -> None:
+    """The interim 400 s into the session comes first (the Start lost once), then the Start with
+    Event-Timestamp = the real start and no Acct-Delay-Time: one session, counted once."""
+    world = World()
+    engine = AccountingEngine(world.directory, world.sessions, DICTIONARY, 300)
+    store = await open_store(StoreConfig(path=tmp_path / "a.db"), clock=lambda: NOW)
+    try:
+        await store.add_subscriber("alice", actor="t")
+        base = [(Attr.USER_NAME, b"alice"), (Attr.ACCT_SESSION_ID, b"C2")]
+
+        def counters(octets_in: int, octets_out: int, seconds: int) -> list[tuple[int, bytes]]:
+            return [(Attr.ACCT_INPUT_OCTETS, u32(octets_in)), (Attr.ACCT_OUTPUT_OCTETS, u32(octets_out)),
+                    (Attr.ACCT_SESSION_TIME, u32(seconds))]
+
+        arriving = [  # (status, event timestamp, counters), each received 10 s after the one before
+            (3, NOW, counters(5000, 7000, 400)), (1, NOW - 400, []), (3, NOW + 10, counters(6000, 8000, 410)),
+            (2, NOW + 10, counters(6000, 8000, 410))]
+        for n, (status, stamp, extra) in enumerate(arriving):
+            packet = accounting([(Attr.ACCT_STATUS_TYPE, u32(status)), (Attr.EVENT_TIMESTAMP, u32(int(stamp))),
+                                 *base, *extra])
+            record = engine.record(packet, nas(), "127.0.0.1", NOW + 10 * n)
+            assert record is not None
+            await store.record_accounting([record])
+        [session] = await store.list_sessions()
+        assert (session.started_at, session.stopped_at) == (NOW - 400, NOW + 10)
+        assert await store.usage(1, since=NOW - 86400, until=NOW + 86400) == Usage(6000, 8000, 410)
+    finally:
+        await store.close()
 
 
 def test_accounting_checks_and_statuses() -> None:

@@ -352,3 +352,37 @@ async def test_a_throttling_quota_needs_both_slower_rates(store: Store) -> None:
 
     with pytest.raises(InvalidValue, match="over-quota download and upload"):
         await store.add_plan("leaky", actor="t", monthly_quota_bytes=10**9, over_quota_download_kbps=1000)
+
+
+async def test_a_session_its_nas_reports_alive_after_an_accounting_on_is_reopened(store: Store) -> None:
+    """A repeated Accounting-On (a new Identifier, the same Acct-Delay-Time: a later time)
+    closes a session begun just before it; its interims, alive past that time, reopen it and
+    its usage counts once. An interim from before the restart reopens nothing."""
+    await store.record_accounting([START])
+    on = AccountingRecord(at=T0 + 5, status=AccountingStatus.ACCOUNTING_ON, nas_address="198.18.0.1")
+    [closed] = await store.record_accounting([on])
+    assert [s.terminate_cause for s in closed.closed] == ["NAS-Reboot"]
+    [late] = await store.record_accounting([interim(T0 + 4, 10, 20, 4)])  # sent before the restart, come late
+    assert late.outcome == AccountingOutcome.DUPLICATE
+    assert await store.list_sessions(open_only=True) == []
+    [back] = await store.record_accounting([interim(T0 + 300, 1000, 5000, 300)])
+    assert back.outcome == AccountingOutcome.REOPENED and back.session is not None and back.session.is_open
+    [again] = await store.record_accounting([interim(T0 + 300, 1000, 5000, 300)])  # a retransmission
+    assert again.outcome == AccountingOutcome.UPDATED
+    [stopped] = await store.record_accounting([stop(T0 + 600, 3000, 9000, 600)])
+    assert stopped.outcome == AccountingOutcome.STOPPED
+    [session] = await store.list_sessions()
+    assert (session.stopped_at, session.terminate_cause) == (T0 + 600, "User-Request")
+    assert await usage(store) == Usage(3000, 9000, 600)
+
+
+async def test_a_new_boots_session_under_a_reused_id_does_not_reopen_the_old_one(store: Store) -> None:
+    """After a real reboot the NAS may reuse the id for a session begun later (its Start lost):
+    that interim is not the closed session's, however far past the restart it is."""
+    await store.record_accounting([START])
+    await store.record_accounting([AccountingRecord(at=T0 + 3600, status=AccountingStatus.ACCOUNTING_ON,
+                                                    nas_address="198.18.0.1")])
+    [new_boot] = await store.record_accounting([interim(T0 + 3900, 10, 20, 250)])
+    assert new_boot.outcome != AccountingOutcome.REOPENED
+    [old] = [s for s in await store.list_sessions() if s.started_at == T0]
+    assert old.terminate_cause == "NAS-Reboot"

@@ -44,7 +44,7 @@ def test_from_every_earlier_version(tmp_path: Path, start: int) -> None:
     assert schema_version(conn) == start
     if start >= 1:
         conn.execute("INSERT INTO plans (name, created_at) VALUES ('legacy', 1)")
-        conn.execute("INSERT INTO subscribers (username, plan_id, created_at, updated_at) VALUES ('old', 1, 1, 1)")
+        conn.execute("INSERT INTO subscribers (id, username, plan_id, created_at, updated_at) VALUES (1, 'old', 1, 1, 1)")
     applied = migrate(conn, MIGRATIONS)
     assert applied == [m.version for m in MIGRATIONS[start:]]
     assert schema_of(conn) == fresh_schema(tmp_path)
@@ -73,3 +73,29 @@ async def test_a_store_newer_than_this_ispd_is_refused(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(SchemaTooNew, match="upgrade ispd"):
         await open_store(StoreConfig(path=tmp_path / "new.db"))
+
+
+async def test_ids_of_subscribers_deleted_before_the_upgrade_are_not_given_again(tmp_path: Path) -> None:
+    """A store from before migration 10: the newest subscribers are gone, and only their
+    sessions, usage or the audit log still name them; the next subscriber comes after all."""
+    path = tmp_path / "old.db"
+    conn = connect(path, 5)
+    migrate(conn, MIGRATIONS, target=9)
+    conn.execute("INSERT INTO subscribers (id, username, created_at, updated_at) VALUES (1, 'alice', 1, 1)")
+    conn.execute("INSERT INTO usage_daily (subscriber_id, day, input_octets, output_octets, session_seconds)"
+                 " VALUES (3, 1, 1000, 1000, 10)")
+    conn.execute("INSERT INTO audit_log (at, actor, action, subject_kind, subject_id, subject_name)"
+                 " VALUES (1, 't', 'subscriber.deleted', 'subscriber', 4, 'dave')")
+    conn.execute("INSERT INTO audit_log (at, actor, action, subject_kind, subject_id, subject_name)"
+                 " VALUES (1, 't', 'plan.added', 'plan', 9, 'home')")  # a plan's id is not a subscriber's
+    conn.commit()
+    conn.close()
+    store = await open_store(StoreConfig(path=path))
+    try:
+        assert (await store.add_subscriber("newguy", actor="t")).id == 5
+        assert (await store.get_subscriber("alice")).id == 1  # the rows already there keep theirs
+    finally:
+        await store.close()
+    raw = connect(path, 5)
+    with pytest.raises(sqlite3.IntegrityError, match="never reused"):  # whoever inserts
+        raw.execute("INSERT INTO subscribers (username, created_at, updated_at) VALUES ('raw', 1, 1)")

@@ -331,3 +331,15 @@ async def test_a_new_store_file_is_not_world_readable(tmp_path: Path) -> None:
             assert (tmp_path / "perm" / name).stat().st_mode & 0o007 == 0, name
     finally:
         await store.close()
+
+
+async def test_a_deleted_subscribers_id_is_never_given_again(store: Store) -> None:
+    """Its sessions, usage and history stay under its id: a newcomer with that id would inherit
+    them (billed for its usage, refused by Simultaneous-Use for its open sessions)."""
+    await store.add_subscriber("alice", actor="t")
+    carol = await store.add_subscriber("carol", actor="t")
+    await store.delete_subscriber("carol", actor="t")
+    newguy = await store.add_subscriber("newguy", actor="t")
+    assert newguy.id == carol.id + 1
+    await store.delete_subscriber("newguy", actor="t")
+    assert (await store.add_subscriber("later", actor="t")).id == carol.id + 2
