@@ -387,16 +387,16 @@ class Resolver:
         now = self.clock()
         # RFC 4035 §4.2: a DS set is the parent's, so it is asked where the parent is.
         forward = self._forward_zone(parent_name(name) if qtype == RRType.DS and name != ROOT else name)
-        # Below a forward or stub zone, the operator's view is not the public tree's, whose
-        # denials may cover the zone altogether (an "internal." that does not exist): they do
-        # not count there. Forwarding "." is the public tree, as the forwarder sees it.
-        private = forward.name if forward is not None and forward.name != ROOT else None
-        cached = None if refresh else self._from_cache(name, qtype, now, private)
+        # Below a forward or stub zone, the operator's view is not the public tree's, whose NSEC
+        # records may deny the zone altogether (an "internal." that does not exist): no answer is
+        # made up from them there. Forwarding "." is the public tree, as the forwarder sees it.
+        private = forward is not None and forward.name != ROOT
+        cached = None if refresh else self._from_cache(name, qtype, now)
         if cached is not None:
             if budget.trace is not None:
                 _trace(budget, f"{name_to_text(name)} {type_text(qtype)}: {cached.step.value} from the cache")
             return cached
-        if self.validator is not None and not refresh and private is None:
+        if self.validator is not None and not refresh and not private:
             synthesised = self.validator.synthesise(name, qtype)
             if synthesised is not None:  # RFC 8198: a cached NSEC proves it already
                 if budget.trace is not None:
@@ -408,9 +408,7 @@ class Resolver:
                                            forwarded=True)
         return await self._iterate(name, qtype, budget, depth)
 
-    def _from_cache(self, name: bytes, qtype: int, now: float, private: bytes | None = None) -> Outcome | None:
-        """The step the cache already knows; ``private``: the forward or stub zone the name is
-        in, whose denials alone count."""
+    def _from_cache(self, name: bytes, qtype: int, now: float) -> Outcome | None:
         cache = self.cache
         # RFC 2181 §5.4.1: glue and a referral's NS set steer iteration but are never answers.
         if qtype != RRType.ANY:
@@ -433,8 +431,6 @@ class Resolver:
                 if dname is not None and dname.trust >= Trust.AUTHORITY:
                     return self._substituted(name, qtype, ancestor, dname, now)
             negative = cache.get_negative(ancestor, qtype, now)
-            if negative is not None and private is not None and not is_subdomain(negative.zone, private):
-                negative = None
             if negative is not None and (ancestor == name or (negative.kind == NegativeKind.NXDOMAIN
                                                               and negative.security == Security.SECURE)):
                 # Below a name, only a validated NXDOMAIN counts (as Unbound's
@@ -700,16 +696,15 @@ class Resolver:
                 if budget.trace is not None:
                     _trace(budget, f"{address}: {exc}")
                 return None
+            self.infra.record_rtt(address, max(0.0, self.clock() - started), qtype)
             try:
                 message = decode_message(data)
             except WireError as exc:
-                # Counted as a failure, like a timeout: one malformed reply (to one odd name)
-                # does not write the server off for its whole zone; a few in a row make it down.
+                # That reply is no use, the server is: not lame for its zone, not down (a burst
+                # of questions for one odd name would take the zone down for every name).
                 if budget.trace is not None:
                     _trace(budget, f"{address}: malformed reply ({exc.reason})")
-                self.infra.record_failure(address, self.clock(), qtype)
                 return None
-            self.infra.record_rtt(address, max(0.0, self.clock() - started), qtype)
             if message.flags & FLAG_TC and not tcp:
                 if budget.trace is not None:
                     _trace(budget, f"{address}: truncated, asking again over TCP")
@@ -835,8 +830,11 @@ class Resolver:
             return Outcome(Step.CNAME, _with_sigs(records, sigs), next_name=current)
         if rcode == RCode.NXDOMAIN:
             negative_soa = self._negative_soa(soa)
-            self.cache.put_negative(current, qtype, NegativeKind.NXDOMAIN, _first(negative_soa), now,
-                                    proof=tuple(proof), zone=source_zone)
+            # The parent's NXDOMAIN for a forward or stub zone's DS (the public tree has no such
+            # name) says nothing of the zone the operator configured: kept for the DS alone.
+            private_apex = qtype == RRType.DS and current != ROOT and current in self.forward_zones
+            self.cache.put_negative(current, qtype, NegativeKind.NODATA if private_apex else NegativeKind.NXDOMAIN,
+                                    _first(negative_soa), now, proof=tuple(proof), zone=source_zone)
             return Outcome(Step.NXDOMAIN, _with_sigs(records, sigs), soa=negative_soa, proof=proof)
         ns = [rr for rr in authority if rr.rtype == RRType.NS]
         if not records and ns and not soa and ns[0].name != zone:

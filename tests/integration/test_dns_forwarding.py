@@ -119,6 +119,9 @@ def test_a_forward_zone_is_answered_by_its_forwarder_asked_with_rd(resolver: DNS
     nope = resolver.dig("nope.fwd.internal")  # the forwarder's NXDOMAIN, passed on
     assert nope.status == "NXDOMAIN" and not nope.answer, nope.text
     assert [r.rd for r in forwarder.asked("nope.fwd.internal")] == [True], forwarder.seen
+    # ... and kept, for the name's other types too (RFC 2308 §5).
+    assert resolver.dig("nope.fwd.internal", "AAAA").status == "NXDOMAIN"
+    assert not forwarder.asked("nope.fwd.internal", "AAAA"), forwarder.seen
 
 
 def test_a_public_zone_forwarded_is_asked_of_the_forwarder_only(resolver: DNSIspd,
