@@ -33,8 +33,7 @@ Rejects carry only what the method needs (MS-CHAP-Error, EAP-Failure): nothing t
 client why. The reason goes to metrics and logs (``RejectReason``).
 
 Accounting-Request (RFC 2866): the Request Authenticator must check out (else dropped); the
-request becomes an ``AccountingRecord`` — event time is Event-Timestamp when sane, else arrival
-minus Acct-Delay-Time (``event_time``), octets
+request becomes an ``AccountingRecord`` — event time is arrival minus Acct-Delay-Time, octets
 include their Gigawords, the subscriber comes from Class (when it names one the directory knows)
 or else the login — for the store to
 apply durably before the transport answers. Accounting-Requests need no Message-Authenticator
@@ -146,7 +145,6 @@ _ACCT_INPUT_OCTETS, _ACCT_INPUT_GIGAWORDS = int(Attr.ACCT_INPUT_OCTETS), int(Att
 _ACCT_OUTPUT_OCTETS, _ACCT_OUTPUT_GIGAWORDS = int(Attr.ACCT_OUTPUT_OCTETS), int(Attr.ACCT_OUTPUT_GIGAWORDS)
 _ACCT_INPUT_PACKETS, _ACCT_OUTPUT_PACKETS = int(Attr.ACCT_INPUT_PACKETS), int(Attr.ACCT_OUTPUT_PACKETS)
 _ACCT_SESSION_TIME, _NAS_IDENTIFIER = int(Attr.ACCT_SESSION_TIME), int(Attr.NAS_IDENTIFIER)
-_EVENT_TIMESTAMP = int(Attr.EVENT_TIMESTAMP)
 _FRAMED_IP_ADDRESS, _FRAMED_IPV6_PREFIX = int(Attr.FRAMED_IP_ADDRESS), int(Attr.FRAMED_IPV6_PREFIX)
 _DELEGATED_IPV6_PREFIX, _CALLING_STATION_ID = int(Attr.DELEGATED_IPV6_PREFIX), int(Attr.CALLING_STATION_ID)
 _CALLED_STATION_ID, _NAS_PORT_ID = int(Attr.CALLED_STATION_ID), int(Attr.NAS_PORT_ID)
@@ -893,26 +891,6 @@ def _prefix_text(value: bytes | None) -> str | None:
     return f"{address}/{value[1]}"
 
 
-MAX_EVENT_AGE = 86400 * 7  # an event reported later than this is a clock or counter gone wrong
-EVENT_CLOCK_SKEW = 300.0  # how far ahead of ours a NAS's clock may run and still be believed
-
-
-def event_time(first: dict[int, bytes], received_at: float) -> float:
-    """When the event happened: the NAS's Event-Timestamp (RFC 2869 §5.3) when it is sane, else
-    arrival less Acct-Delay-Time (RFC 2866 §5.2). Event-Timestamp is what FreeRADIUS's SQL
-    records, and the only date a NAS gives that does not depend on when the request got here: a
-    Start that arrives after its session's interims, with no Acct-Delay-Time, still starts the
-    session when it started. Sane: not more than EVENT_CLOCK_SKEW ahead of arrival (a NAS clock
-    a little fast; an event cannot come after its report, so it is taken as the arrival) and not
-    more than MAX_EVENT_AGE behind it; a NAS without a set clock (1970 after a boot, a year off)
-    falls back to the delay."""
-    stamp = _u32(first, _EVENT_TIMESTAMP)
-    if stamp is not None and received_at - MAX_EVENT_AGE <= stamp <= received_at + EVENT_CLOCK_SKEW:
-        return min(float(stamp), received_at)
-    delay = _u32(first, _ACCT_DELAY_TIME) or 0
-    return received_at - min(delay, MAX_EVENT_AGE)
-
-
 def reported_address(packet: Packet) -> str | None:
     """Who the NAS says it is (NAS-IP-Address, NAS-IPv6-Address), if it says."""
     v4 = packet.first.get(_NAS_IP_ADDRESS)
@@ -1008,8 +986,9 @@ class AccountingEngine:
             (subscriber_id is not None and known.subscriber_id is None)
             or (framed_ip is not None and known.framed_ip is None)
             or known.interim_interval is None or v6_prefix is not None or delegated is not None)
+        delay = _u32(first, _ACCT_DELAY_TIME) or 0
         return AccountingRecord(
-            event_time(first, received_at), status, address, acct_session_id, login, subscriber_id,
+            received_at - min(delay, 86400 * 7), status, address, acct_session_id, login, subscriber_id,
             _text(first, _NAS_IDENTIFIER), nas.name, framed_ip, _prefix_text(v6_prefix), _prefix_text(delegated),
             _text(first, _CALLING_STATION_ID), _text(first, _CALLED_STATION_ID), _text(first, _NAS_PORT_ID),
             _octets(first, _ACCT_INPUT_OCTETS, _ACCT_INPUT_GIGAWORDS),

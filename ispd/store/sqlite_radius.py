@@ -188,6 +188,14 @@ def _apply(conn: sqlite3.Connection, record: AccountingRecord) -> AccountingResu
     if status == AccountingStatus.INTERIM_UPDATE and latest is not None \
             and latest["terminate_cause"] == NAS_RESTART_CAUSE and _outlived_the_restart(record, latest):
         return _reopen(conn, record, latest["id"])
+    if latest is not None and latest["terminate_cause"] == NAS_RESTART_CAUSE \
+            and record.session_time_seconds is not None \
+            and record.at - record.session_time_seconds >= latest["stopped_at"]:
+        # Begun after its NAS restarted: a session of the new boot under a reused id, its Start
+        # lost - made up as any such session is, not a late copy of the one the restart closed.
+        stopped = status == AccountingStatus.STOP
+        return AccountingResult(AccountingOutcome.STOPPED if stopped else AccountingOutcome.STARTED,
+                                _open_session(conn, record, stopped=stopped))
     if status == AccountingStatus.STOP:
         closed = _closed_by_ispd(conn, record)
         if closed is not None:
@@ -220,7 +228,9 @@ def _outlived_the_restart(record: AccountingRecord, session: sqlite3.Row) -> boo
         return False
     started_at, stopped_at = float(session["started_at"]), float(session["stopped_at"])
     began = record.at - record.session_time_seconds
-    return abs(began - started_at) <= SAME_START_SECONDS and record.at > stopped_at \
+    # Begun before the close, too: a session begun after the reboot is a new one under a reused
+    # id (its Start lost), not this one going on (from a review: merged into it, its usage lost).
+    return abs(began - started_at) <= SAME_START_SECONDS and began < stopped_at and record.at > stopped_at \
         and started_at + record.session_time_seconds > stopped_at
 
 
@@ -271,7 +281,13 @@ def _a_copy_of(conn: sqlite3.Connection, latest: sqlite3.Row, record: Accounting
         if _recorded_since(conn, record, latest["started_at"] - SAME_START_SECONDS):  # that session's records
             return True
         return not _had_start(conn, latest)
-    return bool(abs(latest["started_at"] - started_at) < SAME_START_SECONDS or started_at <= latest["updated_at"])
+    if abs(latest["started_at"] - started_at) < SAME_START_SECONDS or started_at <= latest["updated_at"]:
+        return True
+    # An open session that an interim made up (its Start lost, or overtaken): a Start within
+    # minutes of its last report is that session's own, come late without an Acct-Delay-Time
+    # to say so - dated by its arrival, it looks begun after the session's reported start.
+    return latest["stopped_at"] is None and started_at - latest["updated_at"] < SAME_START_SECONDS \
+        and not _had_start(conn, latest) and not _nas_restarted_since(conn, record.nas_address, latest["started_at"])
 
 
 def _had_start(conn: sqlite3.Connection, session: sqlite3.Row) -> bool:

@@ -170,6 +170,25 @@ async def test_a_start_repeating_an_old_one_after_a_reboot_is_a_new_session(stor
     assert (await usage(store)).input_octets == 10_000
 
 
+async def test_a_start_overtaken_by_its_first_interim_is_no_second_session(store: Store) -> None:
+    """From a review: the interim 400 s into the session came first (the Start lost once),
+    then the Start without Acct-Delay-Time: dated by its arrival it looked 410 s younger than
+    the session, which was closed as Superseded and its usage counted twice. (Event-Timestamp
+    would date it, but a NAS clock minutes off then mixes with ispd's: not used.)"""
+    [made_up] = await store.record_accounting([interim(T0, 5000, 7000, 400)])
+    assert made_up.outcome == AccountingOutcome.STARTED
+    [late] = await store.record_accounting([replace(START, at=T0 + 10)])
+    assert late.outcome == AccountingOutcome.DUPLICATE
+    await store.record_accounting([interim(T0 + 20, 6000, 8000, 410), stop(T0 + 30, 6000, 8000, 410)])
+    assert await usage(store) == Usage(6000, 8000, 410)
+    [session] = await store.list_sessions()
+    assert session.started_at == T0 - 400
+    # Minutes after the last report, or once the session had its own Start, it is a new one.
+    await store.record_accounting([replace(interim(T0 + 100, 1, 1, 5), acct_session_id="s9")])
+    [new] = await store.record_accounting([replace(START, at=T0 + 100 + 400, acct_session_id="s9")])
+    assert new.outcome == AccountingOutcome.STARTED
+
+
 async def test_a_start_overtaken_by_its_stop_is_no_second_session(store: Store) -> None:
     """The Stop came first (the session made up from it), then its Start without an
     Acct-Delay-Time to say it is late: a copy, so that the Stop sent again is one too."""
@@ -386,3 +405,17 @@ async def test_a_new_boots_session_under_a_reused_id_does_not_reopen_the_old_one
     assert new_boot.outcome != AccountingOutcome.REOPENED
     [old] = [s for s in await store.list_sessions() if s.started_at == T0]
     assert old.terminate_cause == "NAS-Reboot"
+
+
+async def test_a_session_begun_just_after_the_reboot_is_not_the_one_the_reboot_closed(store: Store) -> None:
+    """From a review: the NAS reboots 60 s into a session and reuses its id 30 s later (the new
+    Start lost); that session's interims reopened the old one and its usage was lost in the
+    merge (before that, they were dropped as late copies). It began after the Accounting-On: a
+    session of the new boot, made up from its interims."""
+    await store.record_accounting([START, interim(T0 + 50, 800_000, 800_000, 50)])
+    await store.record_accounting([AccountingRecord(at=T0 + 60, status=AccountingStatus.ACCOUNTING_ON,
+                                                    nas_address="198.18.0.1")])
+    for at, octets, seconds in ((T0 + 210, 300_000, 120), (T0 + 330, 600_000, 240)):
+        [result] = await store.record_accounting([interim(at, octets, octets, seconds)])
+        assert result.outcome != AccountingOutcome.REOPENED
+    assert await usage(store) == Usage(1_400_000, 1_400_000, 290)
