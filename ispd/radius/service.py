@@ -1149,6 +1149,10 @@ class RadiusService(Service):
         after = self.directory.by_id(subscriber_id)
         if after is not None and before is not None and plan is not None and plan.monthly_quota_bytes is not None:
             after.over_quota = before.over_quota  # the quota checker's finding outlives a refresh
+            if before.plan is None or before.plan.monthly_quota_bytes != plan.monthly_quota_bytes:
+                # Another quota (a plan change): judged again now, not at the next sweep - the
+                # next login must not get the old plan's verdict.
+                self._quota_soon(subscriber_id, now=True)
 
     async def _apply_status(self, subscriber_id: int, reason: str) -> None:
         """After a suspension, a resumption or a plan change: tell the NASes of its open sessions

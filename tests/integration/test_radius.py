@@ -322,6 +322,13 @@ def test_a_subscriber_over_the_monthly_quota_is_throttled_at_once_and_at_its_nex
     reply = login()
     assert reply.code == "Access-Accept" and reply.first("Mikrotik-Rate-Limit") == "1000k/2000k", reply
     assert radius.accounting(f"{base}, Acct-Status-Type = Stop") == "Accounting-Response"
+    # A plan with room for what was used: judged again at once (from a review: the old plan's
+    # verdict held until the next minute's sweep).
+    radius.ispd.cli("plan", "add", "roomy", "--download-kbps", "50000", "--upload-kbps", "10000",
+                    "--monthly-quota", "5M", "--over-quota-download-kbps", "3000", "--over-quota-upload-kbps", "1500",
+                    "--credential-policy", "cleartext")
+    radius.ispd.cli("subscriber", "set-plan", "quinn", "roomy")
+    eventually(lambda: login().first("Mikrotik-Rate-Limit") == "10000k/50000k", timeout=5)
 
 
 def test_a_session_closed_by_accounting_on_frees_its_slot_and_keeps_its_usage(radius: Radius) -> None:
