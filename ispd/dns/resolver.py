@@ -57,7 +57,6 @@ import asyncio
 import functools
 import random
 import secrets
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -879,10 +878,12 @@ class Resolver:
         addresses: dict[bytes, list[str]] = {}
         families = self._address_types()
         for (name, rtype), rrs in glue.items():
-            self.cache.put(name, rtype, min(rr.ttl for rr in rrs), tuple(rr.rdata for rr in rrs), Trust.GLUE, now)
-            if rtype in families:
-                family = socket.AF_INET if rtype == RRType.A else socket.AF_INET6
-                addresses.setdefault(name, []).extend(socket.inet_ntop(family, rr.rdata) for rr in rrs)
+            # The stored entry (expired at once with TTL 0) still knows its addresses; None when
+            # a more credible set is cached, which the cache then answers with.
+            entry = self.cache.put(name, rtype, min(rr.ttl for rr in rrs), tuple(rr.rdata for rr in rrs),
+                                   Trust.GLUE, now)
+            if entry is not None and rtype in families:
+                addresses.setdefault(name, []).extend(entry.addresses())
         return addresses
 
     def _negative_soa(self, soa: list[RR]) -> list[RR]:
