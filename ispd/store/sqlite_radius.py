@@ -185,25 +185,27 @@ def _apply(conn: sqlite3.Connection, record: AccountingRecord) -> AccountingResu
         return AccountingResult(AccountingOutcome.STARTED, _open_session(conn, record, stopped=False))
     if latest is not None and latest["terminate_cause"] == STALE_CAUSE:  # it was not gone after all
         return _reopen(conn, record, latest["id"])
-    if status == AccountingStatus.INTERIM_UPDATE and latest is not None \
-            and latest["terminate_cause"] == NAS_RESTART_CAUSE and _outlived_the_restart(record, latest):
-        return _reopen(conn, record, latest["id"])
     if latest is not None and latest["terminate_cause"] == NAS_RESTART_CAUSE \
-            and record.session_time_seconds is not None \
-            and record.at - record.session_time_seconds >= latest["stopped_at"]:
-        # Begun after its NAS restarted: a session of the new boot under a reused id, its Start
-        # lost - made up as any such session is, not a late copy of the one the restart closed.
-        stopped = status == AccountingStatus.STOP
-        return AccountingResult(AccountingOutcome.STOPPED if stopped else AccountingOutcome.STARTED,
-                                _open_session(conn, record, stopped=stopped))
+            and record.session_time_seconds is not None:
+        if record.at - record.session_time_seconds >= latest["stopped_at"]:
+            # Begun after its NAS restarted: a session of the new boot under a reused id, its
+            # Start lost - not a late copy of the one the restart closed (nor its Stop's).
+            return _made_up(conn, record)
+        if status == AccountingStatus.INTERIM_UPDATE and _outlived_the_restart(record, latest):
+            return _reopen(conn, record, latest["id"])
     if status == AccountingStatus.STOP:
         closed = _closed_by_ispd(conn, record)
         if closed is not None:
             return _reopen(conn, record, closed)
     if latest is not None:  # stopped already: a late copy
         return AccountingResult(AccountingOutcome.DUPLICATE)
-    # The Start (and every interim) was lost: the session as far as it is known.
-    stopped = status == AccountingStatus.STOP
+    return _made_up(conn, record)
+
+
+def _made_up(conn: sqlite3.Connection, record: AccountingRecord) -> AccountingResult:
+    """The session of an interim or a Stop whose Start (and every interim before) was lost, as
+    far as it is known."""
+    stopped = record.status == AccountingStatus.STOP
     session = _open_session(conn, record, stopped=stopped)
     return AccountingResult(AccountingOutcome.STOPPED if stopped else AccountingOutcome.STARTED, session)
 
@@ -229,7 +231,8 @@ def _outlived_the_restart(record: AccountingRecord, session: sqlite3.Row) -> boo
     started_at, stopped_at = float(session["started_at"]), float(session["stopped_at"])
     began = record.at - record.session_time_seconds
     # Begun before the close, too: a session begun after the reboot is a new one under a reused
-    # id (its Start lost), not this one going on (from a review: merged into it, its usage lost).
+    # id (its Start lost), not this one going on (from a review: merged into it, its usage lost;
+    # ``_apply`` makes such a session up before asking here).
     return abs(began - started_at) <= SAME_START_SECONDS and began < stopped_at and record.at > stopped_at \
         and started_at + record.session_time_seconds > stopped_at
 
