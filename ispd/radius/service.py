@@ -27,7 +27,6 @@ NAS stopped reporting are closed after ``stale_session_intervals`` interim inter
 from __future__ import annotations
 
 import asyncio
-import calendar
 import contextlib
 import itertools
 import socket
@@ -906,9 +905,7 @@ class RadiusService(Service):
         plan, quota = subject.plan, subject.plan.monthly_quota_bytes
         over, used_octets = False, 0
         if quota is not None:
-            month = time.gmtime(now)
-            since = float(calendar.timegm((month.tm_year, month.tm_mon, 1, 0, 0, 0)))
-            used = await self.context.store.usage(subscriber_id, since=since, until=now)
+            used = await self.context.store.usage(subscriber_id, since=month_start(now), until=now)
             used_octets = used.input_octets + used.output_octets
             over = used_octets >= quota
         subject = self.directory.by_id(subscriber_id)  # it may have been replaced meanwhile
