@@ -360,14 +360,12 @@ class RadiusService(Service):
             return
         now = self.context.clock()
         try:
-            days = await self.context.store.usage_by_day(None, since=month_start(now), until=now)
+            used = await self.context.store.usage_totals(since=month_start(now), until=now)
         except StoreError as exc:
             raise ServiceStartError(f"radius: cannot load this month's usage from the store: {exc}") from None
-        used: dict[int, int] = {}
-        for day in days:
-            used[day.subscriber_id] = used.get(day.subscriber_id, 0) + day.input_octets + day.output_octets
         for subscriber_id, quota in capped.items():
-            if used.get(subscriber_id, 0) >= quota:
+            usage = used.get(subscriber_id)
+            if usage is not None and usage.input_octets + usage.output_octets >= quota:
                 self.directory.subjects[subscriber_id].over_quota = True
 
     async def _address_pools(self, config: RadiusConfig) -> AddressPools:

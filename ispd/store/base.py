@@ -300,6 +300,10 @@ class Store(ABC):
     async def usage(self, subscriber: SubscriberRef, *, since: float, until: float) -> Usage:
         """What the subscriber used on the UTC days from ``since`` to ``until``, both included."""
 
+    @abstractmethod
+    async def usage_totals(self, *, since: float, until: float) -> dict[int, Usage]:
+        """``usage`` of every subscriber that used anything on those days, by subscriber id."""
+
     # --- retention
     @abstractmethod
     async def usage_by_day(self, subscriber: SubscriberRef | None, *, since: float, until: float) -> list[DailyUsage]:

@@ -1239,6 +1239,9 @@ class SQLiteStore(Store):
         return await self._read("usage", lambda conn: usage_between(
             conn, int(_find_subscriber(conn, subscriber)["id"]), since, until))
 
+    async def usage_totals(self, *, since: float, until: float) -> dict[int, Usage]:
+        return await self._read("usage_totals", lambda conn: sqlite_radius.usage_totals(conn, since, until))
+
     async def usage_by_day(self, subscriber: SubscriberRef | None, *, since: float, until: float) -> list[DailyUsage]:
         if until < since:  # (as `who` says; an empty answer would read as "no usage")
             raise InvalidValue("the end of the span comes before its start")

@@ -355,6 +355,14 @@ def usage_between(conn: sqlite3.Connection, subscriber_id: int, since: float, un
     return Usage(int(row[0]), int(row[1]), int(row[2]))
 
 
+def usage_totals(conn: sqlite3.Connection, since: float, until: float) -> dict[int, Usage]:
+    """``usage_between`` for every subscriber with any, in one query."""
+    rows = conn.execute(
+        "SELECT subscriber_id, SUM(input_octets), SUM(output_octets), SUM(session_seconds) FROM usage_daily"
+        " WHERE day >= ? AND day <= ? GROUP BY subscriber_id", (utc_day(since), utc_day(until))).fetchall()
+    return {r[0]: Usage(int(r[1]), int(r[2]), int(r[3])) for r in rows}
+
+
 def usage_by_day(conn: sqlite3.Connection, subscriber_id: int | None, since: float, until: float) -> list[DailyUsage]:
     """Each day's usage from the day of ``since`` to the day of ``until`` (days with none left
     out), of one subscriber or of all, by subscriber then day."""

@@ -348,6 +348,9 @@ async def test_usage_by_day_per_subscriber_and_for_everyone(store: Store) -> Non
     assert await store.usage_by_day("bob", since=T0 + 2 * day, until=T0 + 3 * day) == []
     with pytest.raises(InvalidValue, match="the end of the span comes before its start"):
         await store.usage_by_day(None, since=T0, until=T0 - 1)
+    assert await store.usage_totals(since=T0, until=T0 + day) == {1: Usage(4000, 9000, 600), 2: Usage(7, 8, 60)}
+    assert await store.usage_totals(since=T0 + day, until=T0 + 2 * day) == {1: Usage(3000, 4000, 300)}
+    assert await store.usage_totals(since=T0 + 2 * day, until=T0 + 3 * day) == {}
 
 
 async def test_a_plan_keeps_its_quota_and_a_crossing_is_noted_once_a_month(store: Store) -> None:
