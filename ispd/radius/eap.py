@@ -127,6 +127,11 @@ class EAPConversations:
             return None
         return conversation
 
+    def put_back(self, state: bytes, conversation: Conversation) -> None:
+        """``conversation`` under ``state`` again: the response that took it was dropped
+        unanswered, and the NAS will send it again."""
+        self._by_state[state] = conversation
+
     def expire(self, now: float) -> None:
         for state, conversation in list(self._by_state.items()):
             if conversation.expires_at <= now:

@@ -206,6 +206,12 @@ class Tunnel:
     inner_username: str = ""
     challenge: bytes = b""
     challenge_id: int = 0
+    # TLS octets per EAP-Request: FRAGMENT_SIZE, less when the NAS's Framed-MTU is smaller
+    fragment_size: int = FRAGMENT_SIZE
+    # A response whose answer was dropped (a password check or an address claim that could not
+    # be made then), with the step it gave: the NAS's copy of it is answered from that step, as
+    # its TLS records were decrypted already and cannot be fed to the connection again.
+    parked: tuple[bytes, TunnelStep] | None = None
 
     @property
     def msk(self) -> bytes:
@@ -347,8 +353,9 @@ class TunnelServer:
     def _send_next(self, tunnel: Tunnel, now: float, *, first: bool = False) -> TunnelStep:
         """The next fragment of what the TLS server wrote; the first of several says the
         message's length (RFC 5216 §2.1.5)."""
-        total = len(tunnel.outgoing) if first and len(tunnel.outgoing) > FRAGMENT_SIZE else None
-        data, tunnel.outgoing = tunnel.outgoing[:FRAGMENT_SIZE], tunnel.outgoing[FRAGMENT_SIZE:]
+        size = tunnel.fragment_size
+        total = len(tunnel.outgoing) if first and len(tunnel.outgoing) > size else None
+        data, tunnel.outgoing = tunnel.outgoing[:size], tunnel.outgoing[size:]
         return self._send(tunnel, now, TLSFlag.MORE if tunnel.outgoing else 0, data, total)
 
     def _send(self, tunnel: Tunnel, now: float, flags: int = 0, data: bytes = b"",
@@ -356,10 +363,12 @@ class TunnelServer:
         tunnel.identifier = (tunnel.identifier + 1) & 0xFF
         return TunnelStep(self._keep(tunnel, now), tunnel_request(tunnel.method, tunnel.identifier, flags, data, total))
 
-    def restore(self, state: bytes, tunnel: Tunnel, now: float) -> None:
-        """Put ``tunnel`` back under ``state``: the response it took must be answered again (it
-        was dropped before any answer, and the NAS will send it again)."""
+    def park(self, state: bytes, tunnel: Tunnel, response: bytes, step: TunnelStep, now: float) -> None:
+        """Put ``tunnel`` back under ``state`` with the ``step`` that ``response`` (the EAP
+        message, whole) gave: it must be answered again (it was dropped before any answer, and
+        the NAS will send it again)."""
         tunnel.expires_at = now + EAP_TIMEOUT_SECONDS
+        tunnel.parked = (response, step)
         self._tunnels[state] = tunnel
 
     def _keep(self, tunnel: Tunnel, now: float) -> bytes:
@@ -384,6 +393,15 @@ class TunnelServer:
 
     def __len__(self) -> int:
         return len(self._tunnels)
+
+
+def fragment_size_for(framed_mtu: int | None) -> int:
+    """TLS octets per EAP-Request for a NAS that announced ``framed_mtu``, the largest EAP packet
+    it can pass on (RFC 3579): the EAP and TLS headers (10 octets) left out. A value of 100
+    or less is taken for a mistake (FreeRADIUS ignores those too)."""
+    if framed_mtu is None or framed_mtu <= 100:
+        return FRAGMENT_SIZE
+    return min(FRAGMENT_SIZE, framed_mtu - 10)
 
 
 def certificate_names(tunnel: Tunnel) -> list[str]:

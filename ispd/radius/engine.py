@@ -103,6 +103,7 @@ from ispd.radius.eaptls import (
     TunnelServer,
     TunnelStep,
     certificate_names,
+    fragment_size_for,
     result_tlv,
 )
 from ispd.radius.sessions import OpenSessions
@@ -148,6 +149,7 @@ _ACCT_SESSION_TIME, _NAS_IDENTIFIER = int(Attr.ACCT_SESSION_TIME), int(Attr.NAS_
 _FRAMED_IP_ADDRESS, _FRAMED_IPV6_PREFIX = int(Attr.FRAMED_IP_ADDRESS), int(Attr.FRAMED_IPV6_PREFIX)
 _DELEGATED_IPV6_PREFIX, _CALLING_STATION_ID = int(Attr.DELEGATED_IPV6_PREFIX), int(Attr.CALLING_STATION_ID)
 _CALLED_STATION_ID, _NAS_PORT_ID = int(Attr.CALLED_STATION_ID), int(Attr.NAS_PORT_ID)
+_FRAMED_MTU = int(Attr.FRAMED_MTU)
 _STATUS_TYPES = {1: AccountingStatus.START, 2: AccountingStatus.STOP, 3: AccountingStatus.INTERIM_UPDATE,
                  7: AccountingStatus.ACCOUNTING_ON, 8: AccountingStatus.ACCOUNTING_OFF}
 
@@ -254,6 +256,8 @@ class PendingClaim:
     hw_address: str | None
     line: str | None
     failure: Callable[[], bytes] | None = None  # what a reject carries (EAP-Failure, MS-CHAP-Error)
+    # When the claim cannot be made now and the request is dropped: as PendingCheck's.
+    restore: Callable[[], None] | None = None
 
 
 @dataclass(slots=True)
@@ -374,7 +378,10 @@ class AuthEngine:
         if not ok or subject.credentials.updated_at != pending.subject.credentials.updated_at:
             return self._reject(RejectReason.WRONG_PASSWORD, method, subject, failure)
         self.passwords.remember(subject.id, subject.credentials, pending.password, now)
-        return self._authorize(packet, nas, subject, pending.address, method, pending.method_attributes, failure)
+        decision = self._authorize(packet, nas, subject, pending.address, method, pending.method_attributes, failure)
+        if decision.claim is not None:
+            decision.claim.restore = pending.restore
+        return decision
 
     def _chap(self, packet: Packet, nas: Nas, chap: bytes, found: tuple[AuthSubject, str | None] | None) -> Decision:
         if found is None:
@@ -458,6 +465,9 @@ class AuthEngine:
     def _eap(self, packet: Packet, nas: Nas, username: str, found: tuple[AuthSubject, str | None] | None,
              now: float) -> Decision:
         message = b"".join(packet.get_all(Attr.EAP_MESSAGE))
+        if not message:  # EAP-Start (RFC 3579 §2.1): the NAS asks the server to begin
+            request = encode_eap(EAPPacket(EAPCode.REQUEST, 0, EAPType.IDENTITY))
+            return Decision(Code.ACCESS_CHALLENGE, _encode((Attr.EAP_MESSAGE, request)), method=self._first_method())
         eap = decode_eap(message)
         if eap is None or eap.code != EAPCode.RESPONSE:
             return self._reject(RejectReason.EAP_FAILED, "eap-md5", failure=partial(_eap_failure, 0))
@@ -472,7 +482,8 @@ class AuthEngine:
             if tunnel is None or tunnel.outer_username != username:
                 return self._reject(RejectReason.EAP_FAILED, method, failure=failure,
                                     detail="no tunnel under this State and User-Name (expired, or never begun)")
-            return self._tunnel(packet, nas, eap, tunnel, now)
+            tunnel.fragment_size = fragment_size_for(_u32(packet.first, _FRAMED_MTU))
+            return self._tunnel(packet, nas, eap, message, tunnel, state, now)
         conversation = self.conversations.take(state, now)
         if eap.type == EAPType.NAK:
             return self._nak(eap, username, state, conversation, now)
@@ -489,7 +500,8 @@ class AuthEngine:
                 or not check_md5_response(eap.identifier, cleartext.encode("utf-8"), conversation.challenge, response)):
             return self._reject(RejectReason.WRONG_PASSWORD, "eap-md5", subject, failure)
         success = _encode((Attr.EAP_MESSAGE, encode_eap(EAPPacket(EAPCode.SUCCESS, eap.identifier))))
-        return self._authorize(packet, nas, subject, address, "eap-md5", success, failure)
+        return _on_drop(self._authorize(packet, nas, subject, address, "eap-md5", success, failure),
+                        partial(self.conversations.put_back, state, conversation))
 
     def _nak(self, eap: EAPPacket, username: str, state: bytes, conversation: Conversation | None,
              now: float) -> Decision:
@@ -514,6 +526,11 @@ class AuthEngine:
                                 detail=f"a Nak for types {list(eap.data[:8])}: none offered here")
         return self._eap_offer(wanted, username, eap.identifier, now)
 
+    def _first_method(self) -> str:
+        """The metric label of the method offered first."""
+        kind = _EAP_TYPES[self.eap_methods[0]]
+        return _TUNNEL_METHODS.get(kind, "eap-md5")
+
     def _eap_offer(self, method: EAPMethod, username: str, answered: int, now: float) -> Decision:
         """An Access-Challenge that starts ``method``: the EAP-Request after the response ``answered``."""
         identifier = (answered + 1) & 0xFF
@@ -535,21 +552,25 @@ class AuthEngine:
                              (Attr.STATE, step.state), (Attr.SESSION_TIMEOUT, u32(EAP_CHALLENGE_TIMEOUT)))
         return Decision(Code.ACCESS_CHALLENGE, attributes, method=method)
 
-    def _tunnel(self, packet: Packet, nas: Nas, eap: EAPPacket, tunnel: Tunnel, now: float) -> Decision:
+    def _tunnel(self, packet: Packet, nas: Nas, eap: EAPPacket, message: bytes, tunnel: Tunnel, state: bytes,
+                now: float) -> Decision:
         assert self.tunnels is not None
         method = _TUNNEL_METHODS[tunnel.method]
         failure = partial(_eap_failure, eap.identifier)
+        parked, tunnel.parked = tunnel.parked, None
         try:
-            step = self.tunnels.step(tunnel, eap, now)
+            step = parked[1] if parked is not None and parked[0] == message else self.tunnels.step(tunnel, eap, now)
             if step.verified:
-                return self._certificate_login(packet, nas, eap, tunnel)
-            if step.pap is not None:
-                return self._inner_pap(packet, nas, eap, tunnel, step.pap, packet.get(Attr.STATE) or b"", now)
-            if step.inner is not None:
-                return self._inner_peap(packet, nas, eap, tunnel, step.inner, now)
+                decision = self._certificate_login(packet, nas, eap, tunnel)
+            elif step.pap is not None:
+                decision = self._inner_pap(packet, nas, eap, tunnel, step.pap, now)
+            elif step.inner is not None:
+                decision = self._inner_peap(packet, nas, eap, tunnel, step.inner, now)
+            else:
+                return self._challenge(step, method)
         except TunnelError as exc:
             return self._reject(RejectReason.EAP_FAILED, method, failure=failure, detail=str(exc))
-        return self._challenge(step, method)
+        return _on_drop(decision, partial(self.tunnels.park, state, tunnel, message, step, now))
 
     def _certificate_login(self, packet: Packet, nas: Nas, eap: EAPPacket, tunnel: Tunnel) -> Decision:
         """EAP-TLS: the client certificate chains to the client CA (OpenSSL checked it in the
@@ -631,7 +652,7 @@ class AuthEngine:
                             detail=f"inner EAP type {inner.type} out of turn ({tunnel.phase})")
 
     def _inner_pap(self, packet: Packet, nas: Nas, eap: EAPPacket, tunnel: Tunnel, inner: InnerPAP,
-                   eap_state: bytes, now: float) -> Decision:
+                   now: float) -> Decision:
         """PAP through a TTLS tunnel: the inner User-Name names the subscriber (the outer one may
         be anonymous), and the password is checked as PAP's is."""
         failure = partial(_eap_failure, eap.identifier)
@@ -644,10 +665,8 @@ class AuthEngine:
         if verdict is None:
             verifier = subject.credentials.verifier
             assert verifier is not None  # check_fast answers False when there is no verifier
-            assert self.tunnels is not None
-            restore = partial(self.tunnels.restore, eap_state, tunnel, now)
             return Decision(method="eap-ttls", subscriber_id=subject.id, pending=PendingCheck(
-                subject, address, inner.password, verifier, "eap-ttls", success, failure, restore))
+                subject, address, inner.password, verifier, "eap-ttls", success, failure))
         if not verdict:
             return self._reject(RejectReason.WRONG_PASSWORD, "eap-ttls", subject, failure)
         return self._authorize(packet, nas, subject, address, "eap-ttls", success, failure)
@@ -828,6 +847,17 @@ class AuthEngine:
 
 def _encode(*attributes: tuple[int, bytes]) -> bytes:
     return b"".join(bytes((code, len(value) + 2)) + value for code, value in attributes)
+
+
+def _on_drop(decision: Decision, restore: Callable[[], None]) -> Decision:
+    """``decision`` with what puts its EAP conversation back when its request is dropped
+    unanswered (too many password checks or address claims at once, a store error), so that
+    the NAS's copy of the request is answered as the first would have been."""
+    if decision.pending is not None:
+        decision.pending.restore = restore
+    if decision.claim is not None:
+        decision.claim.restore = restore
+    return decision
 
 
 def _eap_failure(identifier: int) -> bytes:

@@ -617,6 +617,9 @@ class RadiusService(Service):
                            started, now)
             return
         if self._pending_claims >= MAX_PENDING_CLAIMS:
+            self.duplicates.forget(key)  # begun when a password check came first
+            if claim.restore is not None:
+                claim.restore()
             self._dropped("auth", Drop.ADDRESS_CLAIMS_FULL, addr[0], nas, now)
             return
         self._pending_claims += 1
@@ -630,6 +633,8 @@ class RadiusService(Service):
             address = await self._claim_address(claim)
         except Exception as exc:  # StoreError or a bug: no answer, the NAS asks again
             self.duplicates.forget(key)
+            if claim.restore is not None:
+                claim.restore()
             self._dropped("auth", Drop.STORE_ERROR, addr[0], nas, self.context.clock())
             log.error("radius.address.claim_failed", pool=claim.pool, error=str(exc),
                       exc_info=not isinstance(exc, StoreError))

@@ -23,13 +23,14 @@ def client_hello(ca: Path | None = None) -> bytes:
 
 class TLSStation:
     def __init__(self, ca: Path, method: int, first_request: EAPPacket, *, fragment: int = 1400,
-                 client_pem: Path | None = None, server_hostname: str = "radius.isp.test") -> None:
+                 client_pem: Path | None = None, server_hostname: str = "radius.isp.test",
+                 server_fragment: int = FRAGMENT_SIZE) -> None:
         context = ssl.create_default_context(cafile=str(ca))
         if client_pem is not None:
             context.load_cert_chain(str(client_pem))
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname=server_hostname)
-        self.method, self.fragment = method, fragment
+        self.method, self.fragment, self.server_fragment = method, fragment, server_fragment
         self.request: EAPPacket | None = first_request  # the server's last EAP-Request; None: it stopped asking
         self.fragmented = 0  # EAP-Requests the server sent with more of their message to come
 
@@ -67,7 +68,7 @@ class TLSStation:
             self.incoming.write(fragment.data)
             if not fragment.flags & TLSFlag.MORE:
                 return
-            assert len(fragment.data) == FRAGMENT_SIZE
+            assert len(fragment.data) == self.server_fragment
             self.respond(b"\x00")
 
     def handshake(self) -> None:

@@ -18,6 +18,7 @@ from ispd.radius.eaptls import (
     EAP_TLS,
     EAP_TLV,
     EAP_TTLS,
+    FRAGMENT_SIZE,
     MAX_ROUNDS,
     MAX_TLS_MESSAGE,
     MAX_TUNNELS,
@@ -31,6 +32,7 @@ from ispd.radius.eaptls import (
     decode_avps,
     decode_tls_payload,
     encode_avp,
+    fragment_size_for,
     server_context,
     tls_context_error,
     tunnel_request,
@@ -229,12 +231,17 @@ def test_each_round_trip_may_take_the_timeout_and_there_are_at_most_max_rounds(
         server._send(tunnel, later)
 
 
-def test_restore_puts_a_tunnel_back_under_its_state(server: TunnelServer) -> None:
+def test_park_puts_a_tunnel_back_under_its_state_with_the_step_it_gave(server: TunnelServer) -> None:
     step = server.start(EAP_TTLS, "alice", 1, NOW)
     tunnel = server.take(step.state, NOW)
     assert tunnel is not None and server.take(step.state, NOW) is None
-    server.restore(step.state, tunnel, NOW + 5)
-    assert server.take(step.state, NOW + 30) is tunnel
+    server.park(step.state, tunnel, b"response", step, NOW + 5)
+    assert server.take(step.state, NOW + 30) is tunnel and tunnel.parked == (b"response", step)
+
+
+def test_the_fragment_size_follows_a_sensible_framed_mtu() -> None:
+    assert fragment_size_for(None) == fragment_size_for(100) == fragment_size_for(5000) == FRAGMENT_SIZE
+    assert fragment_size_for(300) == 290  # the EAP packet, headers included, within the MTU
 
 
 def test_tunnels_expire_are_used_once_and_are_bounded(server: TunnelServer) -> None:

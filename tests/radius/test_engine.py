@@ -35,7 +35,7 @@ from ispd.radius.config import MessageAuthenticatorPolicy as Policy
 from ispd.radius.dictionary import builtin_dictionary
 from ispd.radius.directory import Directory
 from ispd.radius.eap import EAPCode, EAPPacket, EAPType, decode_eap, eap_attributes, encode_eap
-from ispd.radius.eaptls import TLSFlag, TunnelServer, server_context
+from ispd.radius.eaptls import FRAGMENT_SIZE, AVPCode, TLSFlag, TunnelServer, encode_avp, server_context
 from ispd.radius.engine import (
     AccountingEngine,
     AuthEngine,
@@ -453,11 +453,12 @@ def test_mschap_v1() -> None:
     assert decision.reject == RejectReason.WRONG_PASSWORD and error is not None and b"V=2" in error
 
 
-def eap_request(user: str, eap: EAPPacket, state: bytes | None = None) -> Packet:
+def eap_request(user: str, eap: EAPPacket, state: bytes | None = None,
+                extra: Sequence[tuple[int, bytes]] = ()) -> Packet:
     attributes = [(Attr.USER_NAME, user.encode()), *((Attr.EAP_MESSAGE, part) for part in eap_attributes(encode_eap(eap)))]
     if state is not None:
         attributes.append((Attr.STATE, state))
-    return access_request(attributes)
+    return access_request([*attributes, *extra])
 
 
 def test_eap_md5_conversation() -> None:
@@ -487,8 +488,8 @@ def test_eap_nak_and_unknown_state_fail() -> None:
     assert decision.reject == RejectReason.EAP_FAILED and failure is not None and failure.code == EAPCode.FAILURE
 
 
-def tunnel_world(tmp_path: Path, methods: list[EAPMethod]) -> World:
-    world = World()
+def tunnel_world(tmp_path: Path, methods: list[EAPMethod], settings: ReplySettings | None = None) -> World:
+    world = World(settings)
     certificates = issue(tmp_path, "radius.isp.test")
     world.engine.tunnels = TunnelServer(server_context(certificates.certificate, certificates.private_key))
     world.engine.eap_methods = methods
@@ -543,17 +544,20 @@ def test_a_tunnel_response_needs_its_tunnel_and_its_user_name(tmp_path: Path) ->
 
 
 class EngineStation(TLSStation):
-    """A station whose EAP goes through the engine in Access-Requests, as a NAS relays it."""
+    """A station whose EAP goes through the engine in Access-Requests, as a NAS relays it
+    (``extra``: attributes the NAS adds to each); ``sent`` is the last Access-Request."""
 
-    def __init__(self, world: World, ca: Path, user: str, method: int) -> None:
-        self.world, self.user = world, user
-        self.decision = world.engine.handle(eap_request(user, EAPPacket(EAPCode.RESPONSE, 1, EAPType.IDENTITY)),
-                                            nas(), NOW)
+    def __init__(self, world: World, ca: Path, user: str, method: int, extra: Sequence[tuple[int, bytes]] = (),
+                 server_fragment: int = FRAGMENT_SIZE) -> None:
+        self.world, self.user, self.extra = world, user, extra
+        self.sent = eap_request(user, EAPPacket(EAPCode.RESPONSE, 1, EAPType.IDENTITY), extra=extra)
+        self.decision = world.engine.handle(self.sent, nas(), NOW)
         self.state = first(self.decision.attributes, Attr.STATE)
-        super().__init__(ca, method, eap_reply(self.decision))
+        super().__init__(ca, method, eap_reply(self.decision), server_fragment=server_fragment)
 
     def exchange(self, response: EAPPacket) -> EAPPacket | None:
-        self.decision = self.world.engine.handle(eap_request(self.user, response, self.state), nas(), NOW)
+        self.sent = eap_request(self.user, response, self.state, self.extra)
+        self.decision = self.world.engine.handle(self.sent, nas(), NOW)
         self.state = first(self.decision.attributes, Attr.STATE)
         return eap_reply(self.decision) if self.decision.code == Code.ACCESS_CHALLENGE else None
 
@@ -647,6 +651,92 @@ def test_a_nak_only_answers_a_proposal(tmp_path: Path) -> None:
     nak = EAPPacket(EAPCode.RESPONSE, eap_reply(handshake).identifier, 3, b"\x19")  # PEAP, in mid-handshake
     late = world.engine.handle(eap_request("alice", nak, first(handshake.attributes, Attr.STATE)), nas(), NOW)
     assert late.reject == RejectReason.EAP_FAILED and "no method proposal" in (late.detail or "")
+
+
+def ttls_pap(user: str, password: str) -> bytes:
+    return encode_avp(AVPCode.USER_NAME, user.encode()) + encode_avp(AVPCode.USER_PASSWORD, password.encode().ljust(16, b"\0"))
+
+
+def resend(world: World, packet: Packet) -> Decision:
+    """The NAS's copy of an Access-Request left unanswered: the same attributes, as it resends."""
+    return world.engine.handle(decode(packet.raw), nas(), NOW)
+
+
+def test_a_ttls_login_dropped_before_its_password_check_is_answered_when_the_nas_sends_it_again(
+        tmp_path: Path) -> None:
+    """Too many password checks at once: the request is dropped and the tunnel put back. Its TLS
+    records were decrypted already; the copy must not be fed to TLS again (a MAC failure)."""
+    world = tunnel_world(tmp_path, [EAPMethod.TTLS])
+    station = EngineStation(world, tmp_path / "server-ca.pem", "anonymous", 21)
+    station.handshake()
+    station.send_inner(ttls_pap("carol", "carol-pw"))  # a scrypt verifier only: checked off the loop
+    pending = station.decision.pending
+    assert pending is not None and pending.restore is not None
+    pending.restore()  # what the service does when it cannot start the check
+    again = resend(world, station.sent)
+    assert again.pending is not None, again
+    accept = world.engine.finish_password_check(station.sent, nas(), again.pending, True, NOW)
+    assert accept.code == Code.ACCESS_ACCEPT and eap_reply(accept).code == EAPCode.SUCCESS
+    assert first(accept.attributes, Attr.USER_NAME) == b"carol"
+
+
+def test_an_eap_login_dropped_before_its_address_claim_is_answered_when_the_nas_sends_it_again(
+        tmp_path: Path) -> None:
+    settings = ReplySettings(plans={"home": PlanReply(address_pool="pppoe")})
+    world = tunnel_world(tmp_path, [EAPMethod.TTLS], settings)
+    station = EngineStation(world, tmp_path / "server-ca.pem", "anonymous", 21)
+    station.handshake()
+    station.send_inner(ttls_pap("bob", "bob-pw"))
+    claim = station.decision.claim
+    assert claim is not None and claim.restore is not None
+    claim.restore()  # the claim failed (the store busy): dropped, for the NAS to send again
+    again = resend(world, station.sent)
+    assert again.claim is not None, again
+    accept = world.engine.finish_claim(station.sent, nas(), again.claim, "198.18.8.9")
+    assert accept.code == Code.ACCESS_ACCEPT and eap_reply(accept).code == EAPCode.SUCCESS
+    assert first(accept.attributes, Attr.FRAMED_IP_ADDRESS) == bytes((198, 18, 8, 9))
+
+    md5 = World(settings)  # EAP-MD5: its conversation goes back under its State
+    offer = md5.engine.handle(eap_request("alice", EAPPacket(EAPCode.RESPONSE, 1, EAPType.IDENTITY)), nas(), NOW)
+    challenge = eap_reply(offer)
+    answer = hashlib.md5(bytes((challenge.identifier,)) + b"alice-pw" + challenge.data[1:17]).digest()
+    packet = eap_request("alice", EAPPacket(EAPCode.RESPONSE, challenge.identifier, EAPType.MD5_CHALLENGE,
+                                            bytes((16,)) + answer), first(offer.attributes, Attr.STATE))
+    first_try = md5.engine.handle(packet, nas(), NOW)
+    assert first_try.claim is not None and first_try.claim.restore is not None
+    first_try.claim.restore()
+    assert resend(md5, packet).claim is not None
+
+
+def test_a_password_check_then_a_dropped_claim_keeps_the_tunnel_for_the_copy(tmp_path: Path) -> None:
+    world = tunnel_world(tmp_path, [EAPMethod.TTLS], ReplySettings(plans={"home": PlanReply(address_pool="pppoe")}))
+    station = EngineStation(world, tmp_path / "server-ca.pem", "anonymous", 21)
+    station.handshake()
+    station.send_inner(ttls_pap("carol", "carol-pw"))
+    assert station.decision.pending is not None
+    checked = world.engine.finish_password_check(station.sent, nas(), station.decision.pending, True, NOW)
+    assert checked.claim is not None and checked.claim.restore is not None
+    checked.claim.restore()
+    assert resend(world, station.sent).claim is not None  # the password checked is remembered: no new check
+
+
+def test_eap_start_is_answered_with_an_identity_request() -> None:
+    """RFC 3579 §2.1: an EAP-Message of no data asks the server to begin (as FreeRADIUS does)."""
+    world = World()
+    decision = world.engine.handle(access_request([(Attr.USER_NAME, b"alice"), (Attr.EAP_MESSAGE, b"")]), nas(), NOW)
+    assert decision.code == Code.ACCESS_CHALLENGE, decision
+    request = eap_reply(decision)
+    assert (request.code, request.type, request.data) == (EAPCode.REQUEST, EAPType.IDENTITY, b"")
+
+
+def test_tls_fragments_fit_the_nas_framed_mtu(tmp_path: Path) -> None:
+    world = tunnel_world(tmp_path, [EAPMethod.TTLS])
+    station = EngineStation(world, tmp_path / "server-ca.pem", "anonymous", 21,
+                            extra=[(Attr.FRAMED_MTU, (300).to_bytes(4, "big"))], server_fragment=290)
+    station.handshake()
+    assert station.fragmented > 0  # the server's certificate took several requests, each within the MTU
+    station.send_inner(ttls_pap("alice", "alice-pw"))
+    assert station.decision.code == Code.ACCESS_ACCEPT
 
 
 def test_without_a_certificate_only_md5_is_offered() -> None:
