@@ -3,11 +3,12 @@
 Theory of operation. A policy zone (draft-vixie-dnsop-dns-rpz, as BIND and Unbound implement it)
 is a zone file whose owner names are triggers under the policy zone's origin and whose data is the
 action. ``compile_policy_zone`` reads one (skipping bad records instead of failing: a feed with
-one broken line must not take the filter down) into two dicts keyed by the name a query would
-carry: exact triggers (``bad.example.com.rpz.local.`` → ``bad.example.com.``) and wildcard
-triggers (``*.bad.example.com.rpz.local.`` → the subdomains of ``bad.example.com.``, not the
-name itself). That is the heavy part; it is pure, so the service runs it in an executor and swaps
-a new ``Policy`` in at once.
+one broken line must not take the filter down; but a file without its SOA, or one whose
+unclosed parenthesis swallowed the rest, is refused, so a reload keeps the policy it had) into
+two dicts keyed by the name a query would carry: exact triggers (``bad.example.com.rpz.local.``
+→ ``bad.example.com.``) and wildcard triggers (``*.bad.example.com.rpz.local.`` → the
+subdomains of ``bad.example.com.``, not the name itself). That is the heavy part; it is pure,
+so the service runs it in an executor and swaps a new ``Policy`` in at once.
 
 Actions (draft §3; the CNAME targets are the draft's special names):
 - ``CNAME .`` NXDOMAIN; ``CNAME *.`` NODATA;
@@ -47,7 +48,7 @@ from ispd.dns.wire import (
     name_to_text,
     soa_minimum,
 )
-from ispd.dns.zone import parse_zone_text, read_zone_file
+from ispd.dns.zone import ZoneError, parse_zone_text, read_zone_file
 
 _MAX_DEPTH = 128
 _WILDCARD = b"\x01*"
@@ -248,6 +249,9 @@ def compile_policy_zone(source: str | Path, origin: str | bytes, *, action: str 
             groups[owner] = [(line, rr)]
         else:
             group.append((line, rr))
+    if soa is None:  # a policy zone starts with its SOA: without, an empty, truncated or foreign file
+        raise ZoneError(f"{name}: no SOA record at {name_to_text(zone_origin)}: not a policy zone (an empty or "
+                        f"truncated file?)")
     exact: dict[bytes, _Trigger] = {}
     wildcard: dict[bytes, _Trigger] = {}
     depths = [False] * (_MAX_DEPTH + 1)

@@ -517,8 +517,9 @@ class _Reader:
                     self.entry(words, quoted, blank_owner, start)
                 except _RecordError as exc:
                     self.fail(start, str(exc))
-        if depth:
-            self.fail(start, "parenthesis opened here is never closed")
+        if depth:  # everything after it went into one record: not a bad record to skip
+            raise ZoneError(f"{self.source}:{start}: parenthesis opened here is never closed (the rest of the "
+                            f"file was read as one record)")
         return self.records
 
     def name(self, text: str) -> bytes:

@@ -167,19 +167,33 @@ mixed.example                A 192.0.2.1
 ns.example                   NS ns.other.
 outside.example.net.         CNAME .
 unknown.example              BOGUS 1
-( unclosed
 """
     zone = compile_policy_zone(text, "rpz.local.", source_name="feed.rpz")
-    assert (zone.records_loaded, zone.skipped_bad, zone.skipped_unsupported, zone.triggers) == (2, 6, 4, 2)
+    assert (zone.records_loaded, zone.skipped_bad, zone.skipped_unsupported, zone.triggers) == (2, 5, 4, 2)
     joined = "\n".join(zone.problems)
     for expected in ("feed.rpz:10: bad IPv4 address '300.1.1.1'", "feed.rpz:12: mixed.example.rpz.local.: a CNAME and other data",
                      "feed.rpz:13: ns.example.rpz.local.: NS is not a policy action", "feed.rpz:14: outside.example.net. is outside",
-                     "feed.rpz:15: unknown type 'BOGUS'", "feed.rpz:16: parenthesis opened here is never closed"):
+                     "feed.rpz:15: unknown type 'BOGUS'"):
         assert expected in joined
     policy = Policy([zone])
     assert hit(policy, "good.example.") is not None
     mixed = hit(policy, "mixed.example.")  # the first record of the owner stands
     assert mixed is not None and mixed.action == PolicyAction.NXDOMAIN
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("", "feed.rpz: no SOA record at rpz.local."),  # an empty (truncated) file
+    ("garbage (((\n", "feed.rpz: no SOA record"),
+    ("bad.example CNAME .\n", "feed.rpz: no SOA record"),
+    # One typo swallowing every record after it: not one bad record to skip.
+    (HEAD + "typo.example CNAME ( .\nbad.example CNAME .\nworse.example CNAME .\n",
+     "feed.rpz:[0-9]+: parenthesis opened here is never closed"),
+])
+def test_a_file_that_lost_its_records_is_refused_not_an_empty_policy(text: str, message: str) -> None:
+    """A reload keeps the policy it has when the new file is refused; an empty policy would
+    silently lift every block."""
+    with pytest.raises(ZoneError, match=message):
+        compile_policy_zone(text, "rpz.local.", source_name="feed.rpz")
 
 
 def test_compile_from_file(tmp_path: Path) -> None:
