@@ -455,6 +455,8 @@ def decode_message(data: bytes) -> Message:
         msg.question = Question(qname, qtype, qclass)
     offset = _read_records(data, offset, ancount, msg.answer)
     offset = _read_records(data, offset, nscount, msg.authority)
+    if any(rr.rtype == RRType.OPT for rr in msg.answer) or any(rr.rtype == RRType.OPT for rr in msg.authority):
+        raise WireError(DropReason.BAD_OPT, "an OPT outside the additional section (RFC 6891 §6.1.1)")
     additional: list[RR] = []
     offset = _read_records(data, offset, arcount, additional)
     for rr in additional:

@@ -377,6 +377,14 @@ def test_bad_opt_rejected(additional: bytes) -> None:
     assert reason_of(data) == DropReason.BAD_OPT
 
 
+@pytest.mark.parametrize("section", ["answer", "authority"])
+def test_an_opt_outside_the_additional_section_is_rejected(section: str) -> None:
+    """RFC 6891 §6.1.1: OPT goes in the additional section only (Unbound: FORMERR)."""
+    counts = {"an": 1} if section == "answer" else {"ns": 1}
+    data = header(qd=1, **counts) + question_bytes(QNAME) + opt_record(1232)
+    assert reason_of(data) == DropReason.BAD_OPT
+
+
 # --- encoding -----------------------------------------------------------------------------------
 
 SOA_RDATA = N("ns1.example.com.") + N("hostmaster.example.com.") + struct.pack("!IIIII", 1, 2, 3, 4, 60)
