@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
 
@@ -213,8 +214,29 @@ def sign(message: bytes, key: SigningKey) -> bytes:
                      canonicalize=(b"relaxed", b"relaxed"), include_headers=SIGNED_HEADERS)
 
 
-_FROM_HEADER = re.compile(rb"(?im)^from[ \t]*:(.*(?:\r?\n[ \t].*)*)")
-_ADDRESS = re.compile(rb"([^\s<>\"@,;:()]+)@([^\s<>\",;:()@]+)")
+# One header line: lines end at CRLF, LF or a bare CR, as the next hop may read them (a bare CR
+# before "From:" would otherwise hide a header that arrives as one after line-end repair).
+_LINE = re.compile(rb"([^\r\n]*)(?:\r\n|\r|\n|$)")
+_MAX_HEADER_SECTION = 1024 * 1024  # looked at for From: far more than any header block
+
+
+def from_header_values(message: bytes) -> list[str]:
+    """The values of the From header(s), unfolded."""
+    values: list[list[bytes]] = []
+    current: list[bytes] | None = None
+    for match in _LINE.finditer(message, 0, min(len(message), _MAX_HEADER_SECTION)):
+        line = match.group(1)
+        if not line:
+            break  # the end of the header section (or of the message)
+        if line[:1] in (b" ", b"\t"):
+            if current is not None:
+                current.append(line)
+            continue
+        name, colon, value = line.partition(b":")
+        current = [value] if colon and name.rstrip(b" \t").lower() == b"from" else None
+        if current is not None:
+            values.append(current)
+    return [b" ".join(parts).decode("utf-8", errors="replace") for parts in values]
 
 
 def _a_label(domain: str) -> str:
@@ -224,14 +246,33 @@ def _a_label(domain: str) -> str:
         return domain
 
 
+def _address(text: str) -> str | None:
+    """An address as the header parser gave it, its local part unquoted ("bob" is bob) and its
+    domain lowercase (IDNs as A-labels); None when it has no local part or no domain."""
+    local, at, domain = text.rpartition("@")
+    if len(local) >= 2 and local[0] == local[-1] == '"':
+        local = re.sub(r"\\(.)", r"\1", local[1:-1])
+    domain = domain.strip().rstrip(".")
+    if not at or not local or not domain:
+        return None
+    return f"{local}@{_a_label(domain.lower())}"
+
+
+def _parsed(value: str) -> list[str | None]:
+    """Each address of one From value, in RFC 5322's reading (comments, quoted local parts and
+    spaces around "@" taken as a mail client takes them); None for one that is not an address."""
+    return [_address(address) for _, address in getaddresses([value])] or [None]
+
+
 def from_addresses(message: bytes) -> list[str]:
-    """The addresses in the From header(s), with their domains lowercase (IDNs as A-labels)."""
-    found = []
-    for value in _FROM_HEADER.findall(header_section(message)):
-        for local, domain in _ADDRESS.findall(value):
-            text = _a_label(domain.decode("utf-8", errors="replace").lower().rstrip("."))
-            found.append(f"{local.decode('utf-8', errors='replace')}@{text}")
-    return found
+    """The addresses in the From header(s) that read as addresses."""
+    return [address for value in from_header_values(message) for address in _parsed(value) if address is not None]
+
+
+def unreadable_from(message: bytes) -> str | None:
+    """The first From value with something that does not read as an address (empty, a group,
+    garbage), or None."""
+    return next((value.strip() for value in from_header_values(message) if None in _parsed(value)), None)
 
 
 def from_domains(message: bytes) -> list[str]:

@@ -161,9 +161,14 @@ class MXPolicy:
                                                   f"by user {_printable(username)}"), "sender_not_owned")
 
 
-    def check_author(self, from_addresses: list[str], owned: set[str], username: str) -> None:
+    def check_author(self, from_addresses: list[str], owned: set[str], username: str,
+                     unreadable: str | None = None) -> None:
         """Submission: every From header address must be the subscriber's too, since ispd
-        DKIM-signs for the domain (a message without From is left to the recipient's filters)."""
+        DKIM-signs for the domain (a message without From is left to the recipient's filters);
+        a From with something that is no address (``unreadable``) cannot be checked."""
+        if unreadable is not None:
+            raise SMTPRefusal(Reply(550, "5.7.1", f"From header {_printable(unreadable[:80])!r} has no address "
+                                                  f"ispd can check"), "sender_not_owned")
         for address in from_addresses:
             if self.own_address(address) not in owned:
                 raise SMTPRefusal(Reply(550, "5.7.1", f"<{_printable(address)}>: From address not owned by user "

@@ -130,7 +130,7 @@ async def _transaction(address: str, port: int, sender: str, recipients: list[st
     await client.connect()
     try:
         options = []
-        if any(b >= 0x80 for b in message) and client.supports_extension("8bitmime"):
+        if not message.isascii() and client.supports_extension("8bitmime"):
             options.append("BODY=8BITMIME")
         if not (sender + "".join(recipients)).isascii():
             if not client.supports_extension("smtputf8"):  # RFC 6531 §3.2: it cannot take these addresses

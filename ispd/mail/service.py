@@ -35,6 +35,7 @@ from ispd.mail.authcheck import (
     load_signing_key,
     sign,
     strip_our_results,
+    unreadable_from,
 )
 from ispd.mail.config import MailConfig
 from ispd.mail.engine import (
@@ -662,7 +663,8 @@ class MailService(Service):
             self.sending.check(identity.subscriber_id, now)
             # The From header too (RFC 6409 §8.1 lets a submission server check it): ispd signs
             # for the domain, so a subscriber must not sign as someone else at it.
-            self.policy.check_author(from_addresses(content), envelope.owned, identity.username)
+            self.policy.check_author(from_addresses(content), envelope.owned, identity.username,
+                                     unreadable_from(content))
         except SMTPRefusal as refusal:
             self.metrics.refusals.inc(refusal.reason)
             self.metrics.messages.inc("refused")

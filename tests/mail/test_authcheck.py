@@ -14,6 +14,7 @@ from ispd.mail.authcheck import (
     load_signing_key,
     sign,
     strip_our_results,
+    unreadable_from,
 )
 from tests.lab.dnshier import DKIM_LAB_KEY, DKIM_LAB_RECORD
 
@@ -125,3 +126,24 @@ def test_a_key_that_cannot_sign_is_named(tmp_path: Any) -> None:
 def test_from_addresses_lists_every_author() -> None:
     assert from_addresses(b"From: a@x.example, B <b@Y.example>\r\nFrom: c@z.example\r\n\r\nFrom: d@body\r\n") == [
         "a@x.example", "b@y.example", "c@z.example"]
+
+
+@pytest.mark.parametrize("header", [
+    b'From: "bob"@isp.example', b"From: bob(comment)@isp.example", b"From: bob @ isp.example",
+    b'From: Bob <"bob"@isp.example>', b"From: Bob <bob(x)@isp.example>",
+    b"X-Pad: 1\rFrom: bob@isp.example",  # a bare CR: a header line for the next hop, which repairs it
+])
+def test_from_addresses_read_as_a_mail_client_reads_them(header: bytes) -> None:
+    """Each of these shows bob@isp.example in a mail client: a check that missed them let a
+    subscriber send as another through submission (and an inbound sender dodge DMARC)."""
+    message = header + b"\r\nSubject: s\r\n\r\nbody\r\n"
+    assert (from_addresses(message), unreadable_from(message)) == (["bob@isp.example"], None)
+
+
+@pytest.mark.parametrize(("header", "unreadable"), [
+    (b"From: undisclosed:;", "undisclosed:;"), (b"From: garbage", "garbage"), (b"From:", ""),
+    (b"From: a@b@c", "a@b@c"), (b"From: ok@isp.example, junk", "ok@isp.example, junk"),
+])
+def test_a_from_that_is_not_an_address_is_named(header: bytes, unreadable: str) -> None:
+    assert unreadable_from(header + b"\r\n\r\n") == unreadable
+    assert unreadable_from(b"Subject: s\r\n\r\n" + header + b"\r\n") is None  # in the body

@@ -166,6 +166,8 @@ def test_every_from_header_address_must_be_the_subscribers_own() -> None:
     POLICY.check_author(["Alice+news@ISP.example"], owned, "alice")
     caught = refusal(POLICY.check_author, ["alice@isp.example", "billing@isp.example"], owned, "alice")
     assert str(caught.reply).startswith("550 5.7.1 <billing@isp.example>: From address not owned")
+    garbled = refusal(POLICY.check_author, [], owned, "alice", "undisclosed:;")  # a From with no address in it
+    assert str(garbled.reply).startswith("550 5.7.1 From header 'undisclosed:;' has no address")
 
 
 def test_password_guessing_is_throttled_by_address_and_by_login() -> None:
