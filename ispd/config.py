@@ -184,6 +184,8 @@ def load_config(path: Path | str) -> Config:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses per level of nested arrays and inline tables
+        raise ConfigError(f"{path}: not valid TOML here: arrays or inline tables nested too deeply") from None
     for where in _nul_characters(data):  # no file name, address or secret holds one; os calls fail on them
         raise ConfigError(f"{path}: {where}: a NUL character (\\u0000) cannot be in a config value")
     try:
@@ -289,10 +291,19 @@ def _describe_one(error: Any, loc: list[Any]) -> str:
         # Our own validators already phrase the whole problem, value included.
         return message.removeprefix("Value error, ")
     if kind == "model_type":
-        return f"must be a table ([{'.'.join(map(str, loc))}]), got {error['input']!r}"
+        return f"must be a table ([{'.'.join(map(str, loc))}]), got {_shown(error['input'])}"
     if any(marker in str(part).lower() for part in loc for marker in SECRET_KEY_MARKERS):
         return message  # never echo what may be a secret into a terminal or a log
-    return f"{message} (got {error['input']!r})"
+    return f"{message} (got {_shown(error['input'])})"
+
+
+def _shown(value: Any, limit: int = 200) -> str:
+    """A bad value as the error shows it: cut short, since it may be megabytes long."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        return "(a value nested too deeply to show)"
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
 
 
 def _model_at(model: type[Section], loc: list[Any]) -> type[Section] | None:

@@ -129,6 +129,28 @@ def test_a_nul_character_anywhere_is_a_clear_error(tmp_path: Path, text: str, ke
     assert error_of(path) == f"{path}: {key}: a NUL character (\\u0000) cannot be in a config value"
 
 
+def test_arrays_nested_too_deeply_are_an_error_not_a_traceback(tmp_path: Path) -> None:
+    path = write(tmp_path, "[dns]\nlocal_records = " + "[" * 2000 + "]" * 2000 + "\n")
+    assert error_of(path) == f"{path}: not valid TOML here: arrays or inline tables nested too deeply"
+
+
+def test_a_huge_bad_value_is_shown_cut_short(tmp_path: Path) -> None:
+    path = write(tmp_path, '[log]\nlevel = "' + "x" * 100_000 + '"\n')
+    assert error_of(path).endswith("… (100,002 characters))")
+    assert len(error_of(path)) < 500
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ("renew_seconds = 5000\nrebind_seconds = 100", "renew_seconds (5000) must be less than rebind_seconds (100)"),
+    ("lease_seconds = 600\nrebind_seconds = 900", "rebind_seconds (900) must be less than lease_seconds (600)"),
+])
+def test_dhcp_timers_out_of_order_are_an_error_not_replaced(tmp_path: Path, options: str, message: str) -> None:
+    path = write(tmp_path, f'[dhcp]\nenabled = true\ninterfaces = ["eth1"]\n[[dhcp.subnet]]\n'
+                           f'network = "198.18.0.0/24"\n{options}\n[[dhcp.subnet.pool]]\nname = "p"\n'
+                           f'range = "198.18.0.10 - 198.18.0.20"\n')
+    assert message in error_of(path)
+
+
 def test_missing_and_binary_files(tmp_path: Path) -> None:
     assert error_of(tmp_path / "nope.toml") == f"{tmp_path / 'nope.toml'}: no such file"
     binary = tmp_path / "bin.toml"

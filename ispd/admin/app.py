@@ -170,15 +170,17 @@ class _Guard:
     """ASGI middleware: the bearer token (when the listener needs one) and a cap on the request
     body, before the application sees the request."""
 
-    def __init__(self, app: Any, expected: bytes | None, max_body: int) -> None:
-        self.app, self.expected, self.max_body = app, expected, max_body
+    def __init__(self, app: Any, token: Callable[[], str | None] | None, max_body: int) -> None:
+        self.app, self.token, self.max_body = app, token, max_body
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        if self.expected is not None and not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
+        token = self.token() if self.token is not None else None  # read per request: a reload may rotate it
+        if self.token is not None and (token is None or not hmac.compare_digest(
+                headers.get(b"authorization", b""), f"Bearer {token}".encode())):
             await _answer(send, 401, "a valid bearer token is needed", [(b"www-authenticate", b"Bearer")])
             return
         length = headers.get(b"content-length")
@@ -224,17 +226,18 @@ Actor = Annotated[str, Depends(_actor)]
 
 
 def build_app(store: Store, current_config: Callable[[], Config], control: ControlCommands, *,
-              token: str | None = None, dns_view: DNSView | None = None) -> FastAPI:
-    """The API over ``store``; with ``token``, every request must carry it (TCP listeners).
-    ``current_config``: the daemon's config as it is now (a reload changes it)."""
+              token: str | Callable[[], str | None] | None = None, dns_view: DNSView | None = None) -> FastAPI:
+    """The API over ``store``; with ``token`` (or what it returns when called, read per
+    request), every request must carry it (TCP listeners). ``current_config``: the daemon's
+    config as it is now (a reload changes it)."""
     app = FastAPI(title="ispd admin API", version=__version__,
                   description="Subscribers, plans, reservations, mailboxes, sessions, leases, attribution and "
                               "usage of one ispd store. Changes are audited and reach the running services "
                               "at once.")
     # The token and the body's size are checked before anything reads the body: a client
     # without the token, or with a huge body, costs no memory.
-    app.add_middleware(_Guard, expected=f"Bearer {token}".encode() if token is not None else None,
-                       max_body=MAX_BODY_BYTES)
+    fixed = token
+    app.add_middleware(_Guard, token=(lambda: fixed) if isinstance(fixed, str) else fixed, max_body=MAX_BODY_BYTES)
 
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, exc: NotFound) -> JSONResponse:

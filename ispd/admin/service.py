@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -53,7 +53,6 @@ class AdminService(Service):
             await self._serve(stack, [sock], token=None)
             self.listening.append(str(path))
         if admin.listen:
-            token = admin.token.get_secret_value() if admin.token is not None else None
             sockets: list[socket.socket] = []
             for address in admin.listen:
                 try:
@@ -64,10 +63,16 @@ class AdminService(Service):
                     raise ServiceStartError(f"admin: cannot listen on {address}: {describe_os_error(exc)}") from None
                 sockets.append(sock)
                 self.listening.append(f"http://{address}")
-            await self._serve(stack, sockets, token=token)
+            await self._serve(stack, sockets, token=self._token)
         log.info("admin.started", listen=self.listening)
 
-    async def _serve(self, stack: AsyncExitStack, sockets: list[socket.socket], token: str | None) -> None:
+    def _token(self) -> str | None:
+        """The bearer token TCP clients must send, as the config has it now."""
+        token = self.config.admin.token
+        return token.get_secret_value() if token is not None else None
+
+    async def _serve(self, stack: AsyncExitStack, sockets: list[socket.socket],
+                     token: Callable[[], str | None] | None) -> None:
         app = build_app(self.context.store, lambda: self.config, self.context.control, token=token,
                         dns_view=self._dns_view)
         server = _Server(uvicorn.Config(app, lifespan="off", log_config=None, access_log=False,
@@ -104,7 +109,13 @@ class AdminService(Service):
             server.should_exit = True
 
     async def reload(self, old: Config, new: Config) -> None:
-        self.config = new  # listeners and token change at a restart (the routes read the store)
+        """A new token applies at once (rotating a leaked one must not wait for a restart);
+        listeners change at a restart. The routes read the store."""
+        before, after = old.admin, new.admin
+        if (before.listen, before.max_connections) != (after.listen, after.max_connections) or \
+                before.socket_path(old.daemon.control_socket) != after.socket_path(new.daemon.control_socket):
+            raise ServiceStartError("admin: a change of listen, socket or max_connections needs a restart")
+        self.config = new
 
     def health(self) -> Health:
         return Health(ok=all(not task.done() for _, task in self._servers), detail=", ".join(self.listening))

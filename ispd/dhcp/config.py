@@ -39,6 +39,18 @@ class ClientOptions(Section):
     # the portal (set it on walled-garden pools). An https URI that fits a DHCP option.
     captive_portal: str | None = Field(default=None, max_length=255, pattern=r"^https://[!-~]+$")
 
+    @model_validator(mode="after")
+    def _timers_in_order(self) -> ClientOptions:
+        """T1 < T2 < lease (RFC 2131 §4.4.5) among the values given here; what a pool inherits
+        and does not fit its own lease (a walled garden's short one) falls back to 1/2 and 7/8."""
+        renew, rebind, lease = self.renew_seconds, self.rebind_seconds, self.lease_seconds
+        if renew is not None and rebind is not None and renew >= rebind:
+            raise ValueError(f"renew_seconds ({renew}) must be less than rebind_seconds ({rebind})")
+        for name, value in (("renew_seconds", renew), ("rebind_seconds", rebind)):
+            if value is not None and lease is not None and value >= lease:
+                raise ValueError(f"{name} ({value}) must be less than lease_seconds ({lease})")
+        return self
+
 
 class PoolConfig(ClientOptions):
     # A name for this pool: a metric label and stored with every lease it hands out.

@@ -63,6 +63,28 @@ def test_the_socket_is_private_and_tcp_needs_the_token(api: Api) -> None:
     assert api.call("GET", "/openapi.json", tcp=True)[0] == 401  # nothing without the token on TCP
 
 
+def test_a_new_token_applies_at_a_reload_and_a_new_listener_is_refused(tmp_path: Path) -> None:
+    """Rotating a leaked token is a SIGHUP away; a listener change needs a restart and says so."""
+    port = free_tcp_port()
+    config = base_config(tmp_path, admin={"listen": [f"127.0.0.1:{port}"], "token": TOKEN})
+    with IspdProcess(tmp_path, config) as ispd:
+        ispd.start()
+        api = Api(ispd, tmp_path / "admin.sock", port)
+        assert api.call("GET", "/v1/plans", tcp=True, token=TOKEN)[0] == 200
+        rotated = "a-rotated-token-for-the-lab-987654321"
+        config["admin"]["token"] = rotated
+        ispd.write_config(config)
+        ispd.reload()
+        assert api.call("GET", "/v1/plans", tcp=True, token=TOKEN)[0] == 401
+        assert api.call("GET", "/v1/plans", tcp=True, token=rotated)[0] == 200
+        config["admin"]["listen"].append(f"127.0.0.1:{free_tcp_port()}")
+        ispd.write_config(config)
+        ispd.reload()
+        refused = ispd.log_events("config.reload.service_refused")
+        assert refused and "needs a restart" in refused[-1]["error"], refused
+        assert api.call("GET", "/v1/plans", tcp=True, token=rotated)[0] == 200
+
+
 def test_a_huge_body_is_refused_before_it_is_read(api: Api, tmp_path: Path) -> None:
     huge = tmp_path / "huge.json"
     huge.write_text('{"username": "' + "x" * (2 * 1024 * 1024) + '"}')
