@@ -65,6 +65,43 @@ class Config(Section):
     admin: AdminConfig = AdminConfig()
 
     @model_validator(mode="after")
+    def _listeners_apart(self) -> Config:
+        """No two listeners on one address, port and transport: the second would fail to bind
+        at start, after check-config said the file was fine. An admin socket that is the
+        control socket is the same mistake."""
+        seen: dict[tuple[str, str, int], str] = {}
+        for transport, key, addresses in self._listeners():
+            for address in addresses:
+                if address.port == 0:  # any free port: never the same
+                    continue
+                slot = (transport, address.host, address.port)
+                if slot in seen:
+                    raise ValueError(f"{key} and {seen[slot]} both listen on {address} ({transport.upper()})")
+                seen[slot] = key
+        control = self.daemon.control_socket
+        if control is not None and self.admin.socket_path(control) == control:
+            raise ValueError(f"admin.socket is daemon.control_socket ({control}): give each a path of its own")
+        return self
+
+    def _listeners(self) -> Iterator[tuple[str, str, list[Any]]]:
+        """(transport, key, addresses) of every enabled service's listeners."""
+        dns, mail, radius = self.dns, self.mail, self.radius
+        if dns.enabled:
+            yield from (("udp", "dns.listen", dns.listen), ("tcp", "dns.listen", dns.listen),
+                        ("tcp", "dns.dot.listen", dns.dot.listen), ("tcp", "dns.doh.listen", dns.doh.listen),
+                        ("udp", "dns.doh.listen_http3", dns.doh.listen_http3),
+                        ("udp", "dns.doq.listen", dns.doq.listen))
+        if mail.enabled:
+            yield from (("tcp", f"mail.{key}", getattr(mail, key)) for key in (
+                "listen_mx", "listen_submission", "listen_submissions", "listen_imap", "listen_imaps"))
+        if radius.enabled:
+            yield from (("udp", "radius.listen_auth", radius.listen_auth),
+                        ("udp", "radius.listen_acct", radius.listen_acct))
+        if self.metrics.enabled:
+            yield "tcp", "metrics.listen", [self.metrics.listen]
+        yield "tcp", "admin.listen", self.admin.listen
+
+    @model_validator(mode="after")
     def _shared_pools(self) -> Config:
         """A RADIUS plan may take addresses from a DHCP pool by its name: that pool joins
         ``radius.address_pool`` with its range (the store keeps the two services from giving one

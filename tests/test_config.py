@@ -151,6 +151,32 @@ def test_dhcp_timers_out_of_order_are_an_error_not_replaced(tmp_path: Path, opti
     assert message in error_of(path)
 
 
+@pytest.mark.parametrize(("text", "message"), [
+    ('[dns]\nenabled = true\nlisten = ["127.0.0.1:5300", "127.0.0.1:5300"]\n',
+     "dns.listen and dns.listen both listen on 127.0.0.1:5300 (UDP)"),
+    ('[dns]\nenabled = true\nlisten = ["127.0.0.1:5300"]\n[radius]\nenabled = true\n'
+     'listen_auth = ["127.0.0.1:5300"]\nlisten_acct = ["127.0.0.1:5301"]\n',
+     "radius.listen_auth and dns.listen both listen on 127.0.0.1:5300 (UDP)"),
+    ('[radius]\nenabled = true\nlisten_auth = ["127.0.0.1:1812"]\nlisten_acct = ["127.0.0.1:1812"]\n',
+     "radius.listen_acct and radius.listen_auth both listen on 127.0.0.1:1812 (UDP)"),
+    ('[metrics]\nlisten = "127.0.0.1:8740"\n[admin]\nlisten = ["127.0.0.1:8740"]\n'
+     'token = "a-token-long-enough-for-the-check-0123"\n',
+     "admin.listen and metrics.listen both listen on 127.0.0.1:8740 (TCP)"),
+    ('[daemon]\ncontrol_socket = "/run/x.sock"\n[admin]\nsocket = "/run/x.sock"\n',
+     "admin.socket is daemon.control_socket (/run/x.sock)"),
+])
+def test_two_listeners_on_one_address_are_an_error_before_the_start(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    assert message in error_of(path)
+
+
+def test_one_port_for_a_tcp_and_a_udp_service_is_fine(tmp_path: Path) -> None:
+    path = write(tmp_path, '[dns]\nenabled = true\nlisten = ["127.0.0.1:5300"]\n[radius]\nenabled = true\n'
+                           'listen_auth = ["127.0.0.1:8740"]\nlisten_acct = ["127.0.0.2:5300"]\n'
+                           '[metrics]\nlisten = "127.0.0.1:8740"\n')
+    load_config(path)
+
+
 def test_missing_and_binary_files(tmp_path: Path) -> None:
     assert error_of(tmp_path / "nope.toml") == f"{tmp_path / 'nope.toml'}: no such file"
     binary = tmp_path / "bin.toml"

@@ -135,9 +135,10 @@ def check_files(config: DNSConfig) -> tuple[list[str], list[str]]:
             warnings.append("root_hints name a root of your own but dnssec.trust_anchor_file is unset: answers "
                             "are validated against the IANA root anchors, which a private root does not match "
                             "(give its anchors, or set dnssec.validation = false)")
+    zones = []
     for zone in config.local_zone:
         try:
-            load_zone_file(zone.file, zone.name)
+            zones.append(load_zone_file(zone.file, zone.name))
         except ZoneError as exc:
             problems.append(str(exc))
     for policy in config.policy_zone:
@@ -149,9 +150,9 @@ def check_files(config: DNSConfig) -> tuple[list[str], list[str]]:
         warnings.extend(f"{p} (the record is skipped)" for p in compiled.problems)
     try:
         LocalData(lease_domain=config.lease_names.domain, reverse_networks=config.lease_names.reverse_networks,
-                  static_records=config.local_records)
+                  static_records=config.local_records, zones=zones)  # as the start builds it: zones twice, say
     except (ZoneError, ValueError) as exc:
-        problems.append(f"local_records: {exc}")
+        problems.append(f"local data: {exc}")
     for name, listener in encrypted_listeners(config):
         assert listener.certificate is not None and listener.private_key is not None
         try:

@@ -290,6 +290,17 @@ def test_a_store_created_by_root_belongs_to_the_owner_of_its_directory(tmp_path:
         shutil.rmtree(top)
 
 
+def test_check_config_refuses_one_local_zone_configured_twice(tmp_path: Path) -> None:
+    """As the start does ("configured twice"): check-config passed it before."""
+    (tmp_path / "corp.zone").write_text("$TTL 300\n@ SOA ns h 1 2 3 4 5\nwww A 198.18.0.1\n")
+    zones = [{"name": "corp.test", "file": "corp.zone"}, {"name": "corp.test.", "file": "corp.zone"}]
+    config = base_config(tmp_path, dns={"enabled": True, "listen": ["127.0.0.1:0"], "local_zone": zones})
+    path = tmp_path / "ispd.toml"
+    path.write_text(toml.dumps(config))
+    failed = subprocess.run([ISPD, "check-config", "-c", str(path)], capture_output=True, text=True, timeout=30)
+    assert failed.returncode == 2 and "corp.test. is configured twice" in failed.stderr, failed.stderr
+
+
 def test_check_config_reads_the_dns_files(tmp_path: Path) -> None:
     """A missing root hints file fails check-config as it would fail the start; a bad policy
     record only warns (the daemon skips it)."""
