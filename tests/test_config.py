@@ -177,6 +177,11 @@ def test_one_port_for_a_tcp_and_a_udp_service_is_fine(tmp_path: Path) -> None:
     load_config(path)
 
 
+def test_a_plan_with_a_framed_pool_and_an_address_pool_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, '[[radius.plan]]\nplan = "home"\nframed_pool = "nas"\naddress_pool = "main"\n')
+    assert "framed_pool (the NAS gives the address) and address_pool (ispd gives it) exclude each other" in error_of(path)
+
+
 def test_missing_and_binary_files(tmp_path: Path) -> None:
     assert error_of(tmp_path / "nope.toml") == f"{tmp_path / 'nope.toml'}: no such file"
     binary = tmp_path / "bin.toml"

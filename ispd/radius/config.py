@@ -166,6 +166,13 @@ class PlanReplyConfig(Section):
     # Overrides [radius] suspended for this plan's subscribers.
     suspended: SuspendedAction | None = None
 
+    @model_validator(mode="after")
+    def _one_source_of_addresses(self) -> PlanReplyConfig:
+        if self.framed_pool is not None and self.address_pool is not None:
+            raise ValueError(f"plan {self.plan!r}: framed_pool (the NAS gives the address) and address_pool "
+                             f"(ispd gives it) exclude each other: keep one")
+        return self
+
 
 class AddressPoolConfig(Section):
     # A pool's name is stored with every address it gives; one that a DHCP pool also has names

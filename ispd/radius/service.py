@@ -287,6 +287,7 @@ class RadiusService(Service):
         self.dictionary = await self._load_dictionary(self.config)
         settings = self._reply_settings(self.config, self.dictionary)
         await self._load_store()
+        self._warn_of_unknown_plans(self.config)
         await self._load_quota_flags()
         self.auth = AuthEngine(self.directory, self.sessions, self.passwords, self.dictionary, settings)
         self.auth.eap_methods, self.auth.tunnels = self.config.eap.offered, await self._tunnel_server(self.config)
@@ -441,7 +442,17 @@ class RadiusService(Service):
         self.duplicates.window = new.radius.duplicate_window_seconds
         self.coa = DynamicAuthorizationClient(new.radius.coa_timeout_seconds, new.radius.coa_attempts,
                                               coa_sources(new.radius))
+        self._warn_of_unknown_plans(new.radius)
         log.info("radius.reloaded", clients=len(table.clients))
+
+    def _warn_of_unknown_plans(self, config: RadiusConfig) -> None:
+        """A [[radius.plan]] whose name is no plan in the store reaches nobody: a typo, most
+        likely (the store's plans change at run time, so this is a warning, not a refusal)."""
+        known = {plan.name for plan in self.directory.plans.values()}
+        for reply in config.plan:
+            if reply.plan not in known:
+                log.warning("radius.plan.unknown", plan=reply.plan, known=sorted(known)[:20],
+                            detail="no plan of this name in the store: its attributes reach nobody")
 
     def health(self) -> Health:
         if not self._transports:

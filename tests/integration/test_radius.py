@@ -83,6 +83,19 @@ def radius(tmp_path_factory: pytest.TempPathFactory, nas: FakeNas) -> Iterator[R
         yield service
 
 
+def test_a_plan_section_naming_no_plan_is_reported(tmp_path: Path) -> None:
+    """A typo in [[radius.plan]] plan = ... reaches nobody: said at start and at each reload."""
+    config = radius_config(tmp_path, free_udp_port(), plan=[{"plan": "hmoe", "attributes": ["Filter-Id = fast"]}])
+    with IspdProcess(tmp_path, config) as ispd:
+        ispd.start()
+        assert [e["plan"] for e in ispd.log_events("radius.plan.unknown")] == ["hmoe"]
+        ispd.cli("plan", "add", "home")
+        config["radius"]["plan"].append({"plan": "home", "attributes": ["Filter-Id = home"]})
+        ispd.write_config(config)
+        ispd.reload()
+        assert [e["plan"] for e in ispd.log_events("radius.plan.unknown")] == ["hmoe", "hmoe"]
+
+
 def test_radtest_authenticates_with_pap_chap_mschap_and_eap_md5(radius: Radius) -> None:
     for method in ("pap", "chap", "mschap", "eap-md5"):
         reply = radtest("alice", "alice-pw", radius.auth, SECRET, method)
