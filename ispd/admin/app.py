@@ -22,7 +22,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt
 
 from ispd import __version__
 from ispd.config import Config
@@ -75,18 +75,18 @@ class PlanChoice(BaseModel):
 
 class NewPlan(BaseModel):
     name: str = Field(min_length=1, max_length=64)
-    download_kbps: int | None = Field(default=None, gt=0)
-    upload_kbps: int | None = Field(default=None, gt=0)
-    session_timeout_seconds: int | None = Field(default=None, gt=0)
-    idle_timeout_seconds: int | None = Field(default=None, gt=0)
-    max_sessions: int | None = Field(default=None, gt=0)
-    mail_quota_bytes: int | None = Field(default=None, gt=0)
+    download_kbps: StrictInt | None = Field(default=None, gt=0)
+    upload_kbps: StrictInt | None = Field(default=None, gt=0)
+    session_timeout_seconds: StrictInt | None = Field(default=None, gt=0)
+    idle_timeout_seconds: StrictInt | None = Field(default=None, gt=0)
+    max_sessions: StrictInt | None = Field(default=None, gt=0)
+    mail_quota_bytes: StrictInt | None = Field(default=None, gt=0)
     credential_policy: CredentialPolicy = CredentialPolicy.VERIFIER
     suspended_mail: SuspendedMail = SuspendedMail.READ
-    monthly_quota_bytes: int | None = Field(default=None, gt=0, description="fair use, both ways, per UTC month")
+    monthly_quota_bytes: StrictInt | None = Field(default=None, gt=0, description="fair use, both ways, per UTC month")
     over_quota: OverQuota = OverQuota.THROTTLE
-    over_quota_download_kbps: int | None = Field(default=None, gt=0)
-    over_quota_upload_kbps: int | None = Field(default=None, gt=0)
+    over_quota_download_kbps: StrictInt | None = Field(default=None, gt=0)
+    over_quota_upload_kbps: StrictInt | None = Field(default=None, gt=0)
 
 
 class NewReservation(BaseModel):
@@ -100,7 +100,7 @@ class NewReservation(BaseModel):
 class NewMailbox(BaseModel):
     subscriber: str
     address: str
-    quota_bytes: int | None = Field(default=None, gt=0)
+    quota_bytes: StrictInt | None = Field(default=None, gt=0)
 
 
 # --- responses
@@ -141,7 +141,7 @@ class NegativeTrustAnchor(BaseModel):
 
 class NewNegativeTrustAnchor(BaseModel):
     name: str = Field(description="a domain whose DNSSEC is broken, e.g. broken.example")
-    seconds: int = Field(default=86400, ge=1, le=7 * 86400, description="how long (RFC 7646: it lapses)")
+    seconds: StrictInt = Field(default=86400, ge=1, le=7 * 86400, description="how long (RFC 7646: it lapses)")
 
 
 class TrustAnchorKeyView(BaseModel):

@@ -146,6 +146,8 @@ def test_errors_are_json_with_the_right_status(api: Api) -> None:
         assert status in (400, 422) and "detail" in body, (username, status, body)
     assert api.call("POST", "/v1/subscribers", {"username": "ok", "account_ref": "9" * 60_000})[0] == 400
     assert api.call("POST", "/v1/plans", {"name": "p\u0001"})[0] == 400
+    assert api.call("POST", "/v1/plans", {"name": "tru", "download_kbps": True})[0] == 422  # not a number
+    assert api.call("POST", "/v1/plans", {"name": "tru", "download_kbps": "100"})[0] == 422
     # Whatever a path holds, an answer, not a 500: digits that are not ASCII, a number past any id.
     assert api.call("GET", "/v1/subscribers/%C2%B2")[0] == 404
     assert api.call("GET", "/v1/subscribers/" + "9" * 4400)[0] == 404
