@@ -246,6 +246,9 @@ class SMTPSession(SMTP):
             chunk = await reader.read(65536)
             if not chunk:
                 raise ConnectionResetError("the client closed the connection during DATA")
+            # The timeout is for silence (RFC 5321 §4.5.3.2.5: per data block), not for the
+            # whole message: 25 MB over a slow uplink takes longer than any command.
+            self._reset_timeout()
             buffer += chunk
         if rest:
             reader._buffer[:0] = rest  # type: ignore[attr-defined]  # pipelined commands after the end

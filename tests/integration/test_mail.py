@@ -444,3 +444,31 @@ def test_data_that_a_client_breaks_off_is_not_kept(tmp_path: Path) -> None:
                     client.sendall(line * 1000)  # 15 MB in all, no terminator
             eventually(lambda: ispd.metric_value("ispd_mail_sessions") == 0)
         assert rss_kb() - before < 30_000, (before, rss_kb())  # not 5 times 15 MB
+
+
+def test_a_client_still_sending_its_message_is_not_cut_off_by_the_command_timeout(tmp_path: Path) -> None:
+    """The timeout is for silence: a message that takes longer than it to arrive, a line at a
+    time, is taken (RFC 5321 §4.5.3.2.5); before, the connection was closed mid-DATA."""
+    port = free_tcp_port()
+    config = base_config(tmp_path, mail={
+        "enabled": True, "domains": [DOMAIN], "maildir_root": str(tmp_path / "mail"),
+        "listen_mx": [f"127.0.0.1:{port}"], "command_timeout_seconds": 10, "authentication_checks": False,
+        "resolver": f"127.0.0.1:{free_tcp_port()}"})
+    with IspdProcess(tmp_path, config) as ispd:
+        ispd.start()
+        ispd.cli("subscriber", "add", "alice", "--generate-password")
+        ispd.cli("mailbox", "add", "alice", f"alice@{DOMAIN}")
+        client = smtplib.SMTP("127.0.0.1", port, timeout=30)
+        client.ehlo("slow.example")
+        assert client.mail("slow@example.net")[0] == 250
+        assert client.rcpt(f"alice@{DOMAIN}")[0] == 250
+        assert client.docmd("DATA")[0] == 354
+        assert client.sock is not None
+        client.sock.sendall(b"Subject: slow\r\n\r\n")
+        started = time.monotonic()
+        while time.monotonic() - started < 14:  # longer than the timeout, never silent for long
+            client.sock.sendall(b"another line of a slow upload\r\n")
+            time.sleep(2)
+        client.sock.sendall(b".\r\n")
+        assert client.getreply()[0] == 250
+        client.quit()
