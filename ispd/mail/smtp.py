@@ -102,6 +102,12 @@ def release_frames(task: asyncio.Task[None]) -> None:
         traceback.clear_frames(exc.__traceback__)
 
 
+# Refused recipients per connection: after the soft limit each further refusal waits a second,
+# at the hard limit the connection is closed (Postfix: smtpd_soft_error_limit 10, hard 20).
+SOFT_RECIPIENT_ERRORS = 10
+HARD_RECIPIENT_ERRORS = 20
+
+
 class SMTPSession(SMTP):
     """One SMTP connection; ``listener`` is "mx", "submission" (587) or "submissions" (465)."""
 
@@ -121,6 +127,7 @@ class SMTPSession(SMTP):
         self.client = ""
         self.admitted = False
         self.auth_failures = 0
+        self.refused_recipients = 0
         self._released = False
         self._helo_reply = False
 
@@ -302,6 +309,16 @@ class MXHandler:
             await self.accept(address, envelope)
         except SMTPRefusal as refusal:
             self.service.metrics.refusals.inc(refusal.reason)
+            assert isinstance(server, SMTPSession)
+            server.refused_recipients += 1
+            if server.refused_recipients >= HARD_RECIPIENT_ERRORS:
+                # Guessing mailboxes (they are also login names): as Postfix's hard error limit.
+                log.warning("mail.session.too_many_refusals", client=server.client, listener=server.listener,
+                            refused=server.refused_recipients)
+                server.loop.call_soon(server.close)  # once this reply is written
+                return "421 4.7.0 Too many refused recipients, closing"
+            if server.refused_recipients > SOFT_RECIPIENT_ERRORS:
+                await asyncio.sleep(1.0)  # each one from here on costs a second
             return str(refusal.reply)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)

@@ -472,3 +472,18 @@ def test_a_client_still_sending_its_message_is_not_cut_off_by_the_command_timeou
         client.sock.sendall(b".\r\n")
         assert client.getreply()[0] == 250
         client.quit()
+
+
+def test_guessing_mailboxes_is_slowed_then_cut_off(mail: Mail) -> None:
+    """Mailbox names are login names: as Postfix's error limits, after 10 refused recipients
+    each costs a second, and the 20th ends the connection with 421."""
+    client = smtplib.SMTP("127.0.0.1", mail.port, timeout=30)
+    client.ehlo("guesser.example")
+    client.mail("guesser@example.net")
+    codes = [client.rcpt(f"guess{i}@{DOMAIN}")[0] for i in range(10)]
+    assert codes == [550] * 10
+    started = time.monotonic()
+    codes = [client.rcpt(f"guess{i}@{DOMAIN}")[0] for i in range(10, 20)]
+    assert codes == [550] * 9 + [421] and time.monotonic() - started >= 9
+    with pytest.raises(smtplib.SMTPServerDisconnected):
+        client.rcpt(f"alice@{DOMAIN}")
