@@ -138,22 +138,49 @@ async def _transaction(address: str, port: int, sender: str, recipients: list[st
                     Verdict.BOUNCED, f"{address}: the receiving server does not support SMTPUTF8", "5.6.7"))
             options.append("SMTPUTF8")
         try:
-            refused, reply = await client.sendmail(sender, recipients, message, mail_options=options)
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            return {r.recipient: outcome_of_reply(r.code, r.message) for r in exc.recipients}
-        except aiosmtplib.SMTPResponseException as exc:
-            return dict.fromkeys(recipients, outcome_of_reply(exc.code, exc.message))
+            return await _envelope_and_data(client, sender, recipients, message, options)
         except ValueError as exc:  # an address the client library cannot write on the wire
             return dict.fromkeys(recipients, Outcome(Verdict.BOUNCED, f"address not deliverable: {exc}", "5.1.3"))
-        results = dict.fromkeys(recipients, Outcome(Verdict.DELIVERED, f"250 {reply}".strip(), "2.0.0"))
-        for recipient, response in refused.items():
-            results[recipient] = outcome_of_reply(response.code, response.message)
-        return results
     finally:
         try:
             await client.quit()
         except (aiosmtplib.SMTPException, OSError):
             client.close()
+
+
+async def _envelope_and_data(client: aiosmtplib.SMTP, sender: str, recipients: list[str], message: bytes,
+                             options: list[str]) -> dict[str, Outcome]:
+    """MAIL, RCPT for each recipient, DATA: each recipient keeps its own RCPT answer, and the DATA
+    answer goes to those the server accepted only (one refused at RCPT for good bounces, whatever
+    DATA then says; one deferred at RCPT is not bounced by a DATA refusal)."""
+    encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
+    if client.supports_extension("size"):  # RFC 1870: as sent, bare line ends made CRLF
+        size = len(message) + message.count(b"\n") - message.count(b"\r\n")
+        options = [f"SIZE={size}", *options]
+    try:
+        await client.mail(sender, options=options, encoding=encoding)
+    except aiosmtplib.SMTPResponseException as exc:
+        return dict.fromkeys(recipients, outcome_of_reply(exc.code, exc.message))
+    results: dict[str, Outcome] = {}
+    accepted = []
+    for recipient in recipients:
+        try:
+            await client.rcpt(recipient, encoding=encoding)
+        except aiosmtplib.SMTPResponseException as exc:
+            results[recipient] = outcome_of_reply(exc.code, exc.message)
+        else:
+            accepted.append(recipient)
+    if not accepted:
+        with contextlib.suppress(aiosmtplib.SMTPResponseException):
+            await client.rset()
+        return results
+    try:
+        reply = await client.data(message)
+    except aiosmtplib.SMTPResponseException as exc:
+        results.update(dict.fromkeys(accepted, outcome_of_reply(exc.code, exc.message)))
+        return results
+    results.update(dict.fromkeys(accepted, Outcome(Verdict.DELIVERED, f"250 {reply.message}".strip(), "2.0.0")))
+    return results
 
 
 class QueueRunner:
