@@ -264,3 +264,29 @@ async def test_history_rejects_a_bad_address_or_limit(store: Store) -> None:
         await store.lease_history("nope")
     with pytest.raises(InvalidValue, match="limit must be at least 1"):
         await store.lease_history("198.18.0.10", limit=0)
+
+
+async def test_an_address_someone_else_holds_cannot_be_reserved(store: Store, clock: FakeClock) -> None:
+    """RADIUS hands a reserved address out as it is: reserving one that another subscriber's
+    session (or a stranger's DHCP lease) holds would give it twice."""
+    from ispd.store.models import AddressClaim
+
+    alice = await store.add_subscriber("alice", actor="t")
+    dave = await store.add_subscriber("dave", actor="t")
+    claimed = await store.claim_address(AddressClaim("shared", ("198.18.60.100",), "alice", clock.now + 600,
+                                                     subscriber_id=alice.id))
+    assert claimed.lease is not None and claimed.lease.address == "198.18.60.100"
+    with pytest.raises(Conflict, match=r"198.18.60.100 is in use: RADIUS gave it to alice until"):
+        await store.add_reservation("dave", ReservationKind.USERNAME, "dave-a", actor="t", address="198.18.60.100")
+    # Its own holder may reserve it (the address it has), and anyone once the hold has lapsed.
+    await store.add_reservation("alice", ReservationKind.USERNAME, "alice-a", actor="t", address="198.18.60.100")
+    await store.delete_reservation((await store.list_reservations(subscriber="alice"))[0].id, actor="t")
+    clock.now += 601
+    await store.add_reservation("dave", ReservationKind.USERNAME, "dave-a", actor="t", address="198.18.60.100")
+    assert dave.id != alice.id
+    stranger = Lease("198.18.60.101", LeaseState.BOUND, clock.now, clock.now + 3600, hw_address="02:00:00:00:00:09")
+    await store.record_leases([(stranger, "granted")])
+    with pytest.raises(Conflict, match=r"198.18.60.101 is in use: DHCP gave it to 02:00:00:00:00:09 until"):
+        await store.add_reservation("dave", ReservationKind.MAC, "02:00:00:00:00:04", actor="t", address="198.18.60.101")
+    # The device that has it may have it made fixed.
+    await store.add_reservation("dave", ReservationKind.MAC, "02:00:00:00:00:09", actor="t", address="198.18.60.101")
