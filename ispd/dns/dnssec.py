@@ -353,10 +353,17 @@ class Verified:
     sig: RRSIG | None = None
 
     def ttl_cap(self, now: int) -> int:
-        """RFC 4035 §5.3.3: no longer than the original TTL or the signature's life."""
+        """RFC 4035 §5.3.3: no longer than the original TTL or the signature's life (none left
+        for one past its expiry, accepted within the clock skew)."""
         if self.sig is None:
             return 0
-        return max(0, min(self.sig.original_ttl, (self.sig.expiration - now) % (1 << 32)))
+        return min(self.sig.original_ttl, seconds_left(self.sig.expiration, now))
+
+
+def seconds_left(expiration: int, now: int) -> int:
+    """Until a signature's expiration (RFC 1982 serial time): 0 once it has passed."""
+    left = (expiration - now) % (1 << 32)
+    return 0 if left >= 1 << 31 else left
 
 
 _FAILURE_RANK = {EDE.OTHER: 0, EDE.RRSIGS_MISSING: 1, EDE.DNSKEY_MISSING: 2, EDE.SIGNATURE_NOT_YET_VALID: 3,
@@ -431,6 +438,22 @@ class _Nsec:
     def covers(self, name: bytes) -> bool:
         return covers(canonical_key(self.owner), canonical_key(self.next_name), canonical_key(name))
 
+    def cut_above(self, name: bytes) -> bool:
+        """This NSEC is at a zone cut (NS without SOA: the parent's side) or a DNAME above
+        ``name``: it says nothing about names below it (RFC 6840 §4.1), which are another
+        zone's or redirected, however it sorts."""
+        if self.owner == name or not is_subdomain(name, self.owner):
+            return False
+        return bitmap_has(self.bitmap, RRType.DNAME) or (
+            bitmap_has(self.bitmap, RRType.NS) and not bitmap_has(self.bitmap, RRType.SOA))
+
+    def denies(self, name: bytes) -> bool:
+        return self.covers(name) and not self.cut_above(name)
+
+    def closest_encloser(self, name: bytes) -> bytes:
+        """The closest encloser of ``name`` that this (covering) NSEC proves."""
+        return max(common_ancestor(name, self.owner), common_ancestor(name, self.next_name), key=label_count)
+
 
 def _nsecs(records: Iterable[RR]) -> list[_Nsec]:
     found = []
@@ -459,16 +482,14 @@ def nsec_denial(qname: bytes, qtype: int, nxdomain: bool, records: Iterable[RR])
                 if qtype == RRType.DS and bitmap_has(nsec.bitmap, RRType.SOA) and qname != b"\x00":
                     return Denial.BOGUS  # the child's apex NSEC cannot deny the parent's DS
                 return Denial.SECURE
-            if nsec.covers(qname) and is_subdomain(nsec.next_name, qname):
+            if nsec.denies(qname) and is_subdomain(nsec.next_name, qname):
                 return Denial.SECURE  # an empty non-terminal (RFC 4035 §3.1.3.2)
-    covering = next((n for n in nsecs if n.covers(qname)), None)
+    covering = next((n for n in nsecs if n.denies(qname)), None)
     if covering is None:
         return Denial.BOGUS
-    closest = max(common_ancestor(qname, covering.owner), common_ancestor(qname, covering.next_name),
-                  key=label_count)
-    wildcard = b"\x01*" + closest
+    wildcard = b"\x01*" + covering.closest_encloser(qname)
     for nsec in nsecs:
-        if nxdomain and nsec.covers(wildcard):
+        if nxdomain and nsec.denies(wildcard):
             return Denial.SECURE
         if not nxdomain and nsec.owner == wildcard:
             has_type = bitmap_has(nsec.bitmap, qtype) or bitmap_has(nsec.bitmap, RRType.CNAME)
@@ -476,9 +497,12 @@ def nsec_denial(qname: bytes, qtype: int, nxdomain: bool, records: Iterable[RR])
     return Denial.BOGUS
 
 
-def nsec_wildcard_expansion(qname: bytes, records: Iterable[RR]) -> bool:
-    """RFC 4035 §5.3.4: a wildcard answer needs an NSEC saying ``qname`` itself does not exist."""
-    return any(n.covers(qname) for n in _nsecs(records))
+def nsec_wildcard_expansion(qname: bytes, sig_labels: int, records: Iterable[RR]) -> bool:
+    """RFC 4035 §5.3.4 with RFC 4592: a wildcard answer needs an NSEC saying that ``qname``
+    does not exist and that the wildcard's parent (``sig_labels`` labels of it, from the RRSIG)
+    is its closest encloser: no name between the two, where the wildcard would not apply."""
+    source_parent = ancestor_with_labels(qname, sig_labels)
+    return any(nsec.denies(qname) and nsec.closest_encloser(qname) == source_parent for nsec in _nsecs(records))
 
 
 def nsec3_hash(name: bytes, salt: bytes, iterations: int) -> bytes:
@@ -626,7 +650,7 @@ def denial(qname: bytes, qtype: int, nxdomain: bool, records: Sequence[RR]) -> D
 def wildcard_expansion(qname: bytes, sig_labels: int, records: Sequence[RR]) -> Denial:
     if any(rr.rtype == RRType.NSEC3 for rr in records):
         return nsec3_wildcard_expansion(qname, sig_labels, records)
-    return Denial.SECURE if nsec_wildcard_expansion(qname, records) else Denial.BOGUS
+    return Denial.SECURE if nsec_wildcard_expansion(qname, sig_labels, records) else Denial.BOGUS
 
 
 # --- trust anchors ------------------------------------------------------------------------

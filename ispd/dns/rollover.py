@@ -112,7 +112,8 @@ class AnchorTracker:
                 TrustAnchorKey(name_to_text(self.zone), t.key, t.state.value, t.since, t.hold_down_until, t.source)
                 for t in tracked])
             self._adopt(tracked)
-        return autotrust.refresh_interval(checked.sig.original_ttl, (checked.sig.expiration - now) % (1 << 32))
+        left = dnssec.seconds_left(checked.sig.expiration, int(now))
+        return autotrust.refresh_interval(checked.sig.original_ttl, left)
 
 
 def _unrevoked_view(key: DNSKEY) -> DNSKEY:

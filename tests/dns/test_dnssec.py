@@ -204,6 +204,48 @@ def test_denials(denying: tuple[str, Signed]) -> None:
     assert dnssec.denial(n("nope.example.test"), RRType.A, True, []) == Denial.BOGUS
 
 
+def _nsec(owner: str, text: str) -> RR:
+    import dns.rdata
+
+    return RR(name_from_text(owner), RRType.NSEC, 1, 300, dns.rdata.from_text("IN", "NSEC", text).to_wire())
+
+
+def test_an_nsec_at_a_zone_cut_or_dname_denies_nothing_below_it() -> None:
+    """RFC 6840 §4.1: genuine, signed records an attacker replays. The parent's NSEC at a
+    delegation covers, in canonical order, every name of the child zone; a DNAME's, every name
+    it redirects. Neither may prove an NXDOMAIN there (before: a secure NXDOMAIN, with AD)."""
+    apex = _nsec("strip.test.", "a.strip.test. NS SOA RRSIG NSEC DNSKEY")
+    delegation = _nsec("sc.strip.test.", "to-unsigned.strip.test. NS DS RRSIG NSEC")
+    dname = _nsec("dn.strip.test.", "m.strip.test. DNAME RRSIG NSEC")
+    n = name_from_text
+    assert dnssec.denial(n("www.sc.strip.test"), RRType.A, True, [delegation, apex]) == Denial.BOGUS
+    assert dnssec.denial(n("x.dn.strip.test"), RRType.A, True, [dname, apex]) == Denial.BOGUS
+    assert dnssec.denial(n("a.sc.strip.test"), RRType.A, False, [delegation, apex]) == Denial.BOGUS  # not an ENT
+    # Names beside them, which those records do deny, still are (apex: no wildcard).
+    assert dnssec.denial(n("sd.strip.test"), RRType.A, True, [delegation, apex]) == Denial.SECURE
+
+
+def test_a_wildcard_answer_needs_its_parent_to_be_the_closest_encloser() -> None:
+    """RFC 4035 §5.3.4, RFC 4592: b.w2 exists, so *.w2 does not apply to a.b.w2; an NSEC that
+    covers a.b.w2 (after b.w2) shows b.w2 is the closest encloser, not w2."""
+    n = name_from_text
+    after_b = _nsec("b.w2.strip.test.", "wrongsigner.strip.test. TXT RRSIG NSEC")
+    assert dnssec.wildcard_expansion(n("a.b.w2.strip.test"), 3, [after_b]) == Denial.BOGUS
+    before_b = _nsec("*.w2.strip.test.", "b.w2.strip.test. A RRSIG NSEC")
+    assert dnssec.wildcard_expansion(n("a.w2.strip.test"), 3, [before_b]) == Denial.SECURE
+
+
+def test_a_signature_past_its_expiry_caps_the_ttl_at_nothing() -> None:
+    """Accepted within the clock skew, an expired signature leaves no time to cache (before:
+    the serial difference wrapped, and the original TTL stood)."""
+    def expiring(at: int) -> dnssec.Verified:
+        return dnssec.Verified(True, sig=dnssec.RRSIG(RRType.A, 13, 2, 3600, at, NOW - 86400, 1,
+                                                      name_from_text("example.test"), b"", b""))
+
+    assert expiring(NOW - 90).ttl_cap(NOW) == 0
+    assert expiring(NOW + 60).ttl_cap(NOW) == 60 and expiring(NOW + 86400).ttl_cap(NOW) == 3600
+
+
 def test_nsec3_hash_matches_rfc5155_appendix_a() -> None:
     # RFC 5155 Appendix A: H(example) with salt aabbccdd, 12 iterations.
     digest = dnssec.nsec3_hash(name_from_text("example"), bytes.fromhex("aabbccdd"), 12)
