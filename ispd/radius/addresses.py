@@ -53,6 +53,9 @@ class Claim:
     subscriber_id: int | None
     expires_at: float
     granted_at: float = 0.0  # the latest Access-Accept that gave or renewed it
+    # The Acct-Session-Id that Accept's request named, when it gave the address again: a
+    # re-authentication of that open session (802.1X does it periodically), not a new one.
+    regiven_for: str | None = None
 
 
 def holder_of(username: str, line: str | None) -> str:
@@ -161,7 +164,8 @@ class AddressPools:
         for a session that began then."""
         self.learn(lease, granted_at, granted_at)
 
-    def reuse(self, holder: str, pool_name: str, now: float, until: float) -> str | None:
+    def reuse(self, holder: str, pool_name: str, now: float, until: float,
+              session_id: str | None = None) -> str | None:
         """The address of ``pool_name`` that ``holder`` holds already, live until at least
         ``until``: durable in the store as it is, so an Access-Accept can give it again without
         a write (a reconnect storm after a BNG reboot runs at the speed of authentication).
@@ -173,7 +177,7 @@ class AddressPools:
         pool = self.pools.get(pool_name)
         if pool is None or address not in pool:
             return None
-        self.claims[address] = replace(claim, granted_at=now)
+        self.claims[address] = replace(claim, granted_at=now, regiven_for=session_id)
         return str(IPv4Address(address))
 
     def claim_for(self, address_text: str | None, subscriber_id: int | None) -> Claim | None:

@@ -258,6 +258,7 @@ class PendingClaim:
     failure: Callable[[], bytes] | None = None  # what a reject carries (EAP-Failure, MS-CHAP-Error)
     # When the claim cannot be made now and the request is dropped: as PendingCheck's.
     restore: Callable[[], None] | None = None
+    acct_session_id: str | None = None  # the session the request names (a re-authentication)
 
 
 @dataclass(slots=True)
@@ -741,7 +742,8 @@ class AuthEngine:
         port = opaque_text(port_id) if port_id else None
         hw_address, line = line_of(packet.text(Attr.CALLING_STATION_ID), port)
         return PendingClaim(subject, pool, holder_of(subject.subscriber.username, line), walled, method,
-                            method_attributes, hw_address, port, failure)
+                            method_attributes, hw_address, port, failure,
+                            acct_session_id=_text(packet.first, _ACCT_SESSION_ID))
 
     def finish_claim(self, packet: Packet, nas: Nas, claim: PendingClaim, address: str | None) -> Decision:
         """The Access-Accept with the address the store gave (``None``: the pool is full)."""

@@ -113,6 +113,10 @@ MAX_QUEUED_ACCOUNTING = 50_000
 DROP_LOG_INTERVAL_SECONDS = 60.0
 MAX_PENDING_CLAIMS = 4096  # Access-Accepts waiting for an address from the store
 CLAIM_ROUNDS = 3
+# A stopped session's address that an Access-Accept gave again meanwhile: a re-authentication of
+# that session, or the next session's Accept whose Start is on its way. Looked at again this long
+# after the Stop: no session on it by then, and not given again, it goes back to the pool.
+REGIVEN_GRACE_SECONDS = 60.0
 # Metric labels by packet code, keyed by plain ints (an enum lookup per packet costs ~0.5 µs).
 _REQUEST_NAMES = {int(Code.ACCESS_REQUEST): "access-request", int(Code.ACCOUNTING_REQUEST): "accounting-request",
                   int(Code.STATUS_SERVER): "status-server"}
@@ -662,7 +666,8 @@ class RadiusService(Service):
     def _still_held(self, claim: PendingClaim, now: float) -> str | None:
         """The address the claim's holder holds already, for long enough to give it again
         without a write (the plan's pool unchanged, the address nobody's fixed one meanwhile)."""
-        held = self.addresses.reuse(claim.holder, claim.pool, now, now + self.config.address_hold_seconds / 2)
+        held = self.addresses.reuse(claim.holder, claim.pool, now, now + self.config.address_hold_seconds / 2,
+                                    claim.acct_session_id)
         # Being given back (its old session's Stop): through the store, which releases it first
         # and then grants it again (one writer, in order).
         return None if held is None or held in self.directory.reserved or held in self._releasing else held
@@ -737,13 +742,32 @@ class RadiusService(Service):
             return
         if any(other.framed_ip == session.framed_ip for other in self.sessions.of_subscriber(session.subscriber_id)):
             return  # the subscriber's next session on the line has it (a NAS that reused the session id)
-        if claim.granted_at > session.started_at:
-            return  # an Access-Accept since this session began gave it again: the next session's
+        assert self._loop is not None
+        if claim.granted_at > session.started_at and claim.regiven_for != session.acct_session_id:
+            # An Access-Accept since this session began gave it again, and not by naming this
+            # session (which would be its re-authentication, ended by this Stop).
+            self._loop.call_later(REGIVEN_GRACE_SECONDS, self._give_back_unless_used, session, claim.granted_at)
+            return
+        self._release(session.framed_ip, claim.holder)
+
+    def _give_back_unless_used(self, session: RadiusSession, granted_at: float) -> None:
+        """A minute after the Stop of a session whose address was given again: a session that
+        Accept was for has started by now, or it was the same session re-authenticating."""
+        claim = self.addresses.claim_for(session.framed_ip, session.subscriber_id)
+        if claim is None or claim.granted_at != granted_at or session.framed_ip is None \
+                or session.subscriber_id is None:
+            return  # given back already, or given once more since: that Accept's session will have it
+        if any(other.framed_ip == session.framed_ip for other in self.sessions.of_subscriber(session.subscriber_id)):
+            return
+        self._release(session.framed_ip, claim.holder)
+
+    def _release(self, address: str, holder: str) -> None:
+        """Give ``address`` back (soon, in one write with others)."""
         if not self._releases:
             assert self._loop is not None
             self._loop.call_soon(lambda: self._spawn(self._release_claims(), "address-release"))
-        self._releases.append((session.framed_ip, claim.holder))
-        self._releasing.add(session.framed_ip)
+        self._releases.append((address, holder))
+        self._releasing.add(address)
 
     async def _release_claims(self) -> None:
         holds, self._releases = self._releases, []

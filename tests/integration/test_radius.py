@@ -22,7 +22,7 @@ from ispd.radius.codec import Attr, Code, decode, encode_attributes, encode_requ
 from tests.lab.fakenas import FakeNas
 from tests.lab.ports import free_udp_port
 from tests.lab.process import IspdProcess, base_config, eventually
-from tests.lab.radclient import radclient, radtest, require_radclient
+from tests.lab.radclient import Reply, radclient, radtest, require_radclient
 
 SECRET = "testing123"
 
@@ -603,3 +603,33 @@ def test_accounting_without_a_status_type_is_dropped(radius: Radius) -> None:
     assert reply.code is None
     assert radius.ispd.metric_value("ispd_radius_dropped_total",
                                     {"port": "acct", "reason": "missing_status_type"}) == (before or 0) + 1
+
+
+def test_a_reauthenticated_sessions_stop_gives_its_pool_address_back(tmp_path: Path) -> None:
+    """802.1X re-authenticates an open session (its Acct-Session-Id in the Access-Request) and
+    gets its address again; the Stop then ends that session and must give the address back,
+    not hold it for address_hold_seconds (a pool of one: the next login was refused)."""
+    config = radius_config(tmp_path, free_udp_port(), plan=[{"plan": "pooled", "address_pool": "one"}],
+                           address_pool=[{"name": "one", "range": "198.18.70.10 - 198.18.70.10"}])
+    with IspdProcess(tmp_path, config) as ispd:
+        ispd.start()
+        radius = Radius(ispd)
+        ispd.cli("plan", "add", "pooled", "--credential-policy", "cleartext")
+        for name in ("alice", "bob"):
+            ispd.cli("subscriber", "add", name, "--plan", "pooled", "--password-stdin", input=f"{name}-pw\n")
+        line = "Calling-Station-Id = 02:00:00:00:70:01, NAS-IP-Address = 127.0.0.1"
+
+        def login(user: str, extra: str = "") -> Reply:
+            return radclient(radius.auth, "auth", SECRET, f'User-Name = {user}, User-Password = "{user}-pw", '
+                                                          f"Message-Authenticator = 0x00, {line}{extra}")
+
+        first = login("alice")
+        assert first.code == "Access-Accept" and first.first("Framed-IP-Address") == "198.18.70.10", first.output
+        base = f"User-Name = alice, Acct-Session-Id = a-1, Framed-IP-Address = 198.18.70.10, {line}"
+        assert radius.accounting(f"{base}, Acct-Status-Type = Start") == "Accounting-Response"
+        again = login("alice", ", Acct-Session-Id = a-1")  # the re-authentication of session a-1
+        assert again.code == "Access-Accept" and again.first("Framed-IP-Address") == "198.18.70.10", again.output
+        assert radius.accounting(f"{base}, Acct-Status-Type = Stop") == "Accounting-Response"
+        line = "Calling-Station-Id = 02:00:00:00:70:02"
+        given = eventually(lambda: (reply := login("bob")).code == "Access-Accept" and reply, timeout=5)
+        assert given.first("Framed-IP-Address") == "198.18.70.10", given.output
