@@ -195,11 +195,16 @@ def _echoed(packet: DHCPPacket, client: Client) -> list[tuple[int, bytes]]:
 
 
 def clean_hostname(raw: str) -> str | None:
-    """A client-supplied name fit for DNS (the store's rule, ``hostname_text``); None if it is not."""
+    """A client-supplied name fit for DNS (the store's rule, ``hostname_text``); None if it is
+    not. Trailing NULs go first: some clients count one in the option (Kea trims them too)."""
     try:
-        return hostname_text(raw.strip().rstrip("."))
+        return hostname_text(raw.rstrip("\x00").strip().rstrip("."))
     except ValueError:
         return None
+
+
+def _first_label(hostname: str) -> str:
+    return hostname.split(".", 1)[0].lower()
 
 
 def _u8(value: int) -> bytes:
@@ -290,6 +295,9 @@ class DHCPEngine:
         self.table = LeaseTable()
         self.reservations: dict[tuple[str, str], Reservation] = {}
         self.reserved_addresses: dict[int, Reservation] = {}
+        # Host names reservations give (their first label, lowercase): no other client may take
+        # one for its lease, and with it the name in DNS (as dnsmasq keeps configured names).
+        self.reserved_hostnames: dict[str, Reservation] = {}
         self.subscriber_status: dict[int, SubscriberStatus] = {}
         self._by_relay: dict[int, Subnet | None] = {}
 
@@ -367,6 +375,8 @@ class DHCPEngine:
 
     def add_reservation(self, reservation: Reservation) -> None:
         self.reservations[(str(reservation.kind), reservation.key)] = reservation
+        if reservation.hostname:
+            self.reserved_hostnames[_first_label(reservation.hostname)] = reservation
         if reservation.address:
             with contextlib.suppress(ValueError):
                 self.reserved_addresses[int(IPv4Address(reservation.address))] = reservation
@@ -375,6 +385,9 @@ class DHCPEngine:
         for ident, reservation in list(self.reservations.items()):
             if reservation.id == reservation_id:
                 del self.reservations[ident]
+                name = _first_label(reservation.hostname) if reservation.hostname else None
+                if name is not None and self.reserved_hostnames.get(name) is reservation:
+                    del self.reserved_hostnames[name]
                 if reservation.address:
                     address = int(IPv4Address(reservation.address))
                     if self.reserved_addresses.get(address) is reservation:
@@ -695,6 +708,12 @@ class DHCPEngine:
     def _hostname(self, packet: DHCPPacket, client: Client) -> str | None:
         if client.reservation is not None and client.reservation.hostname:
             return client.reservation.hostname
+        name = self._client_hostname(packet)
+        if name is not None and _first_label(name) in self.reserved_hostnames:
+            return None  # another device's reserved name: it keeps it (in DNS too)
+        return name
+
+    def _client_hostname(self, packet: DHCPPacket) -> str | None:
         fqdn = packet.option(Option.CLIENT_FQDN)
         if fqdn is not None:
             try:

@@ -216,11 +216,13 @@ class LocalData:
     # --- lease names ---
 
     def lease_owner(self, hostname: str) -> bytes | None:
-        """``<hostname>.<lease domain>`` for a hostname that is one LDH label (RFC 1123 §2.1),
-        lowercased; ``None`` for anything else or when lease names are off."""
+        """``<hostname>.<lease domain>`` for a hostname whose first label is an LDH label (RFC
+        1123 §2.1), lowercased; ``None`` for anything else or when lease names are off. A
+        fully qualified name (``laptop.home.example``, option 81) gives its first label, as
+        dnsmasq does: the lease domain is ours to say."""
         if self.lease_domain is None:
             return None
-        label = hostname.strip().rstrip(".").lower()
+        label = hostname.strip().rstrip(".").lower().split(".", 1)[0]
         if not 0 < len(label) <= 63 or not set(label) <= _LDH or label[0] == "-" or label[-1] == "-":
             return None
         owner = bytes([len(label)]) + label.encode("ascii") + self.lease_domain

@@ -440,7 +440,9 @@ class DNSService(Service):
         except StoreError as exc:
             raise ServiceStartError(f"dns: cannot load leases from the store: {exc}") from None
         now = self.context.clock()
-        for lease in leases:
+        # A name two leases claim is the one written last's (the newest claim wins, as while
+        # running): in the order they were last granted or renewed, which their expiry follows.
+        for lease in sorted(leases, key=lambda lease: lease.expires_at):
             if lease.state == LeaseState.BOUND and lease.expires_at > now:
                 self._lease_granted(lease.address, lease.hostname, lease.subscriber_id, lease.expires_at)
         # Addresses a NAS gave from its own pools are known only from its accounting.

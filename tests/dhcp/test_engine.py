@@ -413,6 +413,30 @@ def test_hostnames_are_stored_only_when_fit_for_dns() -> None:
     assert fqdn.reply is not None and (fqdn.reply.packet.option(Option.CLIENT_FQDN) or b"")[0] & 0x01
 
 
+def test_a_trailing_nul_in_a_hostname_is_trimmed() -> None:
+    """Some clients count a NUL in option 12 (Kea trims them); the name was dropped."""
+    assert clean_hostname("nullhost\x00") == "nullhost" and clean_hostname("\x00") is None
+
+
+def test_a_reserved_hostname_cannot_be_taken_by_another_client() -> None:
+    """A name a reservation gives stays its device's, in the lease and so in DNS (dnsmasq keeps
+    configured names the same way); the other client's lease gets none."""
+    lab = Lab()
+    lab.engine.load([], [reservation(ReservationKind.MAC, "02:00:5e:10:00:01", hostname="davebox")],
+                    {7: SubscriberStatus.ACTIVE})
+    lab.dora(MAC_A)
+    stranger = lab.send(message(DHCPMessageType.REQUEST, MAC_B, requested="198.18.0.101",
+                                extra=((Option.HOSTNAME, b"DaveBox"),)))
+    assert stranger.writes and stranger.writes[0][0].hostname is None
+    other = lab.send(message(DHCPMessageType.REQUEST, MAC_C, requested="198.18.0.102",
+                             extra=((Option.HOSTNAME, b"kitchen"),)))
+    assert other.writes[0][0].hostname == "kitchen"
+    lab.engine.remove_reservation(1)  # once it is gone, the name is anyone's
+    again = lab.send(message(DHCPMessageType.REQUEST, MAC_B, requested="198.18.0.101",
+                             extra=((Option.HOSTNAME, b"davebox"),)))
+    assert again.writes[0][0].hostname == "davebox"
+
+
 @pytest.mark.parametrize("packet", [
     DHCPPacket(op=2, xid=1, options=((Option.MESSAGE_TYPE, b"\x01"),)),
     DHCPPacket(op=1, xid=1),

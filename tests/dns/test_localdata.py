@@ -119,7 +119,15 @@ def test_remove_lease_name() -> None:
     assert local.lease_names() == {}
 
 
-@pytest.mark.parametrize("hostname", ["", "-pc", "pc-", "my pc", "a.b", "x" * 64, "*", "_srv", "bücher", "pc;rm"])
+def test_a_fully_qualified_hostname_is_published_by_its_first_label() -> None:
+    """Option 81 often carries the name with a domain: the lease domain is ours (dnsmasq)."""
+    local = make()
+    assert local.add_lease_name("Laptop.dyn.isp.example.", "198.18.5.6", 300)
+    assert answered(local, "laptop.dyn.isp.example.", RRType.A) == [bytes([198, 18, 5, 6])]
+    assert local.remove_lease_name("198.18.5.6", "laptop.elsewhere.example")
+
+
+@pytest.mark.parametrize("hostname", ["", "-pc", "pc-", "my pc", ".b", "x" * 64, "*", "_srv", "bücher", "pc;rm"])
 def test_bad_hostnames_are_refused(hostname: str) -> None:
     local = make()
     assert not local.add_lease_name(hostname, "198.18.5.6", 300)

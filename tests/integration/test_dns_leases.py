@@ -262,3 +262,42 @@ def test_an_address_a_nas_gave_from_its_own_pool_is_walled_while_its_session_is_
     assert account("Stop") == "Accounting-Response"  # the address goes back to the BNG's pool
     eventually(lambda: rdatas(from_dave("www.isp.example")) == {WWW}, timeout=5)
     site.ispd.cli("subscriber", "resume", "dave")
+
+
+def test_a_name_two_leases_claim_goes_to_the_newer_claim_after_a_restart(tmp_path: Path) -> None:
+    """While running the newest claim of a name wins; the start replayed the leases by address,
+    so the higher address won after a restart. Both leases in the store, the one at the lower
+    address renewed (claimed the name) last."""
+    import asyncio
+
+    from ispd.config import load_config
+    from ispd.store import open_store
+    from ispd.store.models import Lease, LeaseState
+    from tests.lab.dnshier import dig
+    from tests.lab.ports import free_udp_port
+    from tests.lab.process import IspdProcess
+    from tests.lab.toml import write as write_toml
+
+    port = free_udp_port()
+    config = base_config(tmp_path, dns={"enabled": True, "listen": [f"127.0.0.1:{port}"], "allow": ["127.0.0.0/8"],
+                                        "lease_names": {"domain": DOMAIN, "reverse_networks": ["198.18.0.0/24"]}})
+    path = tmp_path / "ispd.toml"
+    write_toml(path, config)
+
+    async def leases() -> None:
+        store = await open_store(load_config(path).store)
+        try:
+            now = __import__("time").time()
+            older = Lease("198.18.0.101", LeaseState.BOUND, now - 600, now + 3000, hw_address="02:00:00:00:01:01",
+                          hostname="dup")
+            newer = Lease("198.18.0.100", LeaseState.BOUND, now - 900, now + 3500, hw_address="02:00:00:00:01:02",
+                          hostname="dup")
+            await store.record_leases([(older, "granted"), (newer, "renewed")])
+        finally:
+            await store.close()
+
+    asyncio.run(leases())
+    with IspdProcess(tmp_path, config) as ispd:
+        ispd.start()
+        answer = dig("127.0.0.1", f"dup.{DOMAIN}", "A", port=port)
+        assert rdatas(answer) == {"198.18.0.100"}, answer.text
