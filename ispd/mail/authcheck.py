@@ -15,6 +15,7 @@ through a module-level function; ``use_for_spf`` points it at ours, once per pro
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from email.utils import getaddresses
 from pathlib import Path
@@ -220,23 +221,33 @@ _LINE = re.compile(rb"([^\r\n]*)(?:\r\n|\r|\n|$)")
 _MAX_HEADER_SECTION = 1024 * 1024  # looked at for From: far more than any header block
 
 
-def from_header_values(message: bytes) -> list[str]:
-    """The values of the From header(s), unfolded."""
-    values: list[list[bytes]] = []
-    current: list[bytes] | None = None
+def _headers(message: bytes) -> Iterator[tuple[bytes, list[bytes]]]:
+    """Each header field: its name (lowercase) and its lines, the first without the name."""
+    name: bytes | None = None
+    lines: list[bytes] = []
     for match in _LINE.finditer(message, 0, min(len(message), _MAX_HEADER_SECTION)):
         line = match.group(1)
         if not line:
             break  # the end of the header section (or of the message)
         if line[:1] in (b" ", b"\t"):
-            if current is not None:
-                current.append(line)
+            lines.append(line)
             continue
-        name, colon, value = line.partition(b":")
-        current = [value] if colon and name.rstrip(b" \t").lower() == b"from" else None
-        if current is not None:
-            values.append(current)
-    return [b" ".join(parts).decode("utf-8", errors="replace") for parts in values]
+        if name is not None:
+            yield name, lines
+        field, colon, value = line.partition(b":")
+        name, lines = (field.rstrip(b" \t").lower(), [value]) if colon else (None, [])
+    if name is not None:
+        yield name, lines
+
+
+def from_header_values(message: bytes) -> list[str]:
+    """The values of the From header(s), unfolded."""
+    return [b" ".join(lines).decode("utf-8", errors="replace") for name, lines in _headers(message) if name == b"from"]
+
+
+def header_names(message: bytes) -> set[str]:
+    """The names of the header fields present, lowercase."""
+    return {name.decode("ascii", errors="replace") for name, _ in _headers(message)}
 
 
 def _a_label(domain: str) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 import smtplib
 import socket
@@ -206,7 +207,12 @@ def test_implicit_tls_on_465_and_local_recipients_delivered_at_once(lab: Lab) ->
         assert refused == {}
     assert lab.inbox("alice@isp.example")[-1].endswith(b"to a neighbour and afar\n")
     assert b"with ESMTPSA id" in lab.inbox("alice@isp.example")[-1]
-    eventually(lambda: lab.remote.messages_to(f"dave@{REMOTE}"), timeout=15)
+    far = eventually(lambda: lab.remote.messages_to(f"dave@{REMOTE}"), timeout=15)
+    # The client gave no Date nor Message-ID (RFC 5322 §3.6 wants both): ispd added them, the
+    # same to both copies.
+    for copy in (lab.inbox("alice@isp.example")[-1], far[-1]):
+        assert re.search(rb"(?m)^Date: \w{3}, \d{1,2} \w{3} \d{4} [\d:]{8} GMT\r?$", copy), copy[:400]
+        assert re.search(rb"(?m)^Message-ID: <[0-9A-F]{12}\.[0-9a-f]{16}@[^>]+>\r?$", copy), copy[:400]
 
 
 def test_the_sender_must_be_the_subscribers_own(lab: Lab) -> None:
@@ -372,6 +378,11 @@ def test_a_subscriber_cannot_send_or_sign_as_someone_else_at_the_domain(lab: Lab
     with lab.client() as client, pytest.raises(smtplib.SMTPDataError) as refused:
         client.sendmail("alice@isp.example", [f"ivan@{REMOTE}"], forged)
     assert refused.value.smtp_code == 550 and b"From address not owned by user alice" in refused.value.smtp_error
+    # Nor behind what a mail client shows as billing@isp.example all the same.
+    for disguised in (b'From: "billing"@isp.example', b"From: billing(x)@isp.example", b"X-Pad: 1\rFrom: billing@isp.example"):
+        with lab.client() as client, pytest.raises(smtplib.SMTPDataError) as refused:
+            client.sendmail("alice@isp.example", [f"ivan@{REMOTE}"], disguised + b"\r\nSubject: pay\r\n\r\nx\r\n")
+        assert refused.value.smtp_code == 550, disguised
     # Its own From is fine, and a result forged in ispd's name does not reach the neighbour.
     before = len(lab.inbox("bob@isp.example"))
     with lab.client() as client:
