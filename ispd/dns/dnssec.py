@@ -577,6 +577,9 @@ def nsec3_denial(qname: bytes, qtype: int, nxdomain: bool, records: Iterable[RR]
                 return Denial.BOGUS
             if qtype == RRType.DS and bitmap_has(match.bitmap, RRType.SOA) and qname != b"\x00":
                 return Denial.BOGUS
+            if qtype != RRType.DS and bitmap_has(match.bitmap, RRType.NS) \
+                    and not bitmap_has(match.bitmap, RRType.SOA):
+                return Denial.BOGUS  # the parent's NSEC3 at a delegation says nothing of the child (RFC 6840 §4.1)
             return Denial.SECURE
     proof = chain.closest_encloser(qname)
     if proof is None:

@@ -250,8 +250,8 @@ def compile_policy_zone(source: str | Path, origin: str | bytes, *, action: str 
         else:
             group.append((line, rr))
     if soa is None:  # a policy zone starts with its SOA: without, an empty, truncated or foreign file
-        raise ZoneError(f"{name}: no SOA record at {name_to_text(zone_origin)}: not a policy zone (an empty or "
-                        f"truncated file?)")
+        why = f"; the first problem: {problems[0]}" if problems else " (an empty or truncated file?)"
+        raise ZoneError(f"{name}: no SOA record at {name_to_text(zone_origin)}: not a policy zone{why}")
     exact: dict[bytes, _Trigger] = {}
     wildcard: dict[bytes, _Trigger] = {}
     depths = [False] * (_MAX_DEPTH + 1)

@@ -225,6 +225,22 @@ def test_an_nsec_at_a_zone_cut_or_dname_denies_nothing_below_it() -> None:
     assert dnssec.denial(n("sd.strip.test"), RRType.A, True, [delegation, apex]) == Denial.SECURE
 
 
+def test_the_parents_nsec3_at_a_delegation_denies_only_the_ds() -> None:
+    """RFC 6840 §4.1, as for NSEC: the parent's NSEC3 at kid (NS, no SOA) replayed as a NODATA
+    for the child's apex A was a secure NODATA."""
+    import dns.dnssec
+    import dns.name
+    import dns.rdata
+
+    kid = dns.name.from_text("kid.example.")
+    digest = dns.dnssec.nsec3_hash(kid, salt=None, iterations=0, algorithm=1).lower()
+    rdata = dns.rdata.from_text("IN", "NSEC3", "1 0 0 - 00000000000000000000000000000000 NS").to_digestable()
+    proof = [RR(dns.name.from_text(digest + ".example.").to_wire(), RRType.NSEC3, 1, 300, rdata)]
+    assert dnssec.nsec3_denial(kid.to_wire(), RRType.A, False, proof) == Denial.BOGUS
+    assert dnssec.nsec3_denial(kid.to_wire(), RRType.MX, False, proof) == Denial.BOGUS
+    assert dnssec.nsec3_denial(kid.to_wire(), RRType.DS, False, proof) == Denial.SECURE  # an insecure delegation
+
+
 def test_a_wildcard_answer_needs_its_parent_to_be_the_closest_encloser() -> None:
     """RFC 4035 §5.3.4, RFC 4592: b.w2 exists, so *.w2 does not apply to a.b.w2; an NSEC that
     covers a.b.w2 (after b.w2) shows b.w2 is the closest encloser, not w2."""

@@ -185,6 +185,8 @@ unknown.example              BOGUS 1
     ("", "feed.rpz: no SOA record at rpz.local."),  # an empty (truncated) file
     ("garbage (((\n", "feed.rpz: no SOA record"),
     ("bad.example CNAME .\n", "feed.rpz: no SOA record"),
+    ("@ SOA ns h 2024x 3600 600 86400 60\nbad.example CNAME .\n",  # a bad SOA: its line is named
+     "no SOA record at rpz.local.: not a policy zone; the first problem: feed.rpz:1: "),
     # One typo swallowing every record after it: not one bad record to skip.
     (HEAD + "typo.example CNAME ( .\nbad.example CNAME .\nworse.example CNAME .\n",
      "feed.rpz:[0-9]+: parenthesis opened here is never closed"),
