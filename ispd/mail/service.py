@@ -10,13 +10,16 @@ the store's threads; scrypt checks of AUTH passwords run in the default executor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
+import socket
 import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from email.utils import formatdate
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +27,7 @@ from aiosmtpd.smtp import Session
 
 from ispd.control import CommandError
 from ispd.credentials import PasswordChecker
-from ispd.listeners import CertificateError, ConnectionGate, server_tls_context
+from ispd.listeners import CertificateError, ConnectionGate, listening_tcp_socket, server_tls_context
 from ispd.logs import get_logger
 from ispd.mail import mailindex
 from ispd.mail.authcheck import (
@@ -124,6 +127,7 @@ class MailService(Service):
         self.bound: list[str] = []
         self._password_checks = asyncio.Semaphore(PASSWORD_CHECKS)
         self._servers: list[asyncio.Server] = []
+        self._handshaking: dict[str, int] = {}  # TLS handshakes under way on 465/993, by client address
         self._deliveries: set[asyncio.Future[Any]] = set()
         self._created: set[Path] = set()  # Maildirs known to exist
         self._executor = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="ispd-mail")
@@ -174,17 +178,22 @@ class MailService(Service):
         loop = asyncio.get_running_loop()
         for listener, address in listeners:
             try:
-                implicit_tls = listener in ("submissions", "imaps")
-                server = await loop.create_server(
-                    lambda kind=listener: self._session(kind), address.host, address.port, reuse_address=True,
-                    backlog=1024, ssl=self.tls_context if implicit_tls else None,
-                    # The connection caps apply once the handshake is done: keep that short.
-                    ssl_handshake_timeout=TLS_HANDSHAKE_SECONDS if implicit_tls else None)
+                if listener in ("submissions", "imaps"):
+                    # TLS from the first byte: asyncio's server would make the session (and so
+                    # apply the connection caps) only after the handshake; accepted here instead.
+                    sock = listening_tcp_socket(address.host, address.port, 1024)
+                    task = asyncio.create_task(self._accept_implicit_tls(sock, listener), name=f"mail-{listener}")
+                    stack.push_async_callback(self._stop_accepting, task, sock)
+                    host, port = sock.getsockname()[:2]
+                else:
+                    server = await loop.create_server(
+                        partial(self._session, listener), address.host, address.port, reuse_address=True,
+                        backlog=1024)
+                    self._servers.append(server)
+                    stack.push_async_callback(self._close_server, server)
+                    host, port = server.sockets[0].getsockname()[:2]
             except OSError as exc:
                 raise ServiceStartError(f"mail: cannot listen on {address}: {exc.strerror}") from None
-            self._servers.append(server)
-            stack.push_async_callback(self._close_server, server)
-            host, port = server.sockets[0].getsockname()[:2]
             self.bound.append(f"{listener} {f'[{host}]' if ':' in host else host}:{port}")
         stack.push_async_callback(self._close_sessions)
         self._queue_task = asyncio.create_task(self.queue.run(), name="mail-queue")
@@ -311,6 +320,52 @@ class MailService(Service):
     async def _close_server(server: asyncio.Server) -> None:
         server.close()
         await server.wait_closed()
+
+    async def _accept_implicit_tls(self, sock: socket.socket, listener: str) -> None:
+        """Accept connections for a TLS-from-the-first-byte listener: a client with as many
+        handshakes under way as it may have connections (or the server with as many as it may
+        have in all) has the new one closed at once, before any TLS work; the session's own
+        caps apply once the handshake is done, within TLS_HANDSHAKE_SECONDS."""
+        loop = asyncio.get_running_loop()
+        handshakes: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                conn, peer = await loop.sock_accept(sock)
+                client = str(peer[0])
+                pending = self._handshaking.get(client, 0)
+                if pending >= self.config.max_connections_per_client or \
+                        sum(self._handshaking.values()) >= self.config.max_connections:
+                    self.metrics.listener.refused_connections += 1
+                    conn.close()
+                    continue
+                self._handshaking[client] = pending + 1
+                task = asyncio.create_task(self._handshake(conn, client, listener))
+                handshakes.add(task)
+                task.add_done_callback(handshakes.discard)
+        finally:
+            for task in handshakes:
+                task.cancel()
+
+    async def _handshake(self, conn: socket.socket, client: str, listener: str) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                partial(self._session, listener), conn, ssl=self.tls_context,
+                ssl_handshake_timeout=TLS_HANDSHAKE_SECONDS)
+        except (TimeoutError, OSError, ssl.SSLError):  # (ConnectionError is an OSError)
+            conn.close()  # a failed or abandoned handshake: nothing to log per connection
+        finally:
+            left = self._handshaking.get(client, 1) - 1
+            if left > 0:
+                self._handshaking[client] = left
+            else:
+                self._handshaking.pop(client, None)
+
+    @staticmethod
+    async def _stop_accepting(task: asyncio.Task[None], sock: socket.socket) -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        sock.close()
 
     async def _close_sessions(self) -> None:
         for session in list(self.sessions):

@@ -416,3 +416,22 @@ def test_a_local_copy_that_cannot_be_written_never_repeats_the_queued_part(lab: 
     finally:
         new.unlink()
         new.mkdir(mode=0o700)
+
+
+def test_the_per_client_cap_holds_on_465_before_any_tls(lab: Lab) -> None:
+    """TLS from the first byte: asyncio made the session, and so applied the caps, only after
+    the handshake; a client opening connections and never starting TLS held as many as it
+    liked for the handshake timeout. Now the 51st is closed at once (the cap here is 50)."""
+    held = [socket.create_connection(("127.0.0.1", lab.submissions), timeout=5) for _ in range(50)]
+    try:
+        extra = socket.create_connection(("127.0.0.1", lab.submissions), timeout=5)
+        with extra:
+            extra.settimeout(3)
+            assert extra.recv(1) == b""  # closed by the server, not left waiting for a ClientHello
+        for sock in held[:5]:
+            sock.close()
+        with smtplib.SMTP_SSL("127.0.0.1", lab.submissions, timeout=15, context=lab.context()) as client:
+            assert client.noop()[0] == 250  # a slot freed: served
+    finally:
+        for sock in held:
+            sock.close()
