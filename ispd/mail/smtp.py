@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, cast
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, TLSSetupException, syntax
 
 from ispd.logs import get_logger
-from ispd.mail.engine import PlainRefused, SMTPRefusal, plain_login, with_enhanced_code
+from ispd.mail.engine import PlainRefused, Reply, SMTPRefusal, plain_login, with_enhanced_code
 from ispd.store.models import MailRecipient
 
 if TYPE_CHECKING:
@@ -268,6 +268,14 @@ class SMTPSession(SMTP):
         return body.replace(b"\r\n.", b"\r\n"), None
 
 
+def delivered(server: SMTPSession, reply: Reply) -> str:
+    """The end of DATA's reply; mail delivered starts the count of refused recipients afresh
+    (Postfix counts the errors a client makes without delivering mail)."""
+    if reply.code == 250:
+        server.refused_recipients = 0
+    return str(reply)
+
+
 def readable_address(address: str) -> bool:
     """aiosmtpd hands over what is not UTF-8 as surrogate escapes; in a sender such bytes went
     as they are into Return-Path, the queue and the logs (RFC 6531 allows UTF-8, nothing else).
@@ -310,6 +318,8 @@ class MXHandler:
         except SMTPRefusal as refusal:
             self.service.metrics.refusals.inc(refusal.reason)
             assert isinstance(server, SMTPSession)
+            if refusal.reason == "too_many_recipients":  # the client sends the rest later (RFC 5321 §4.5.3.1.10)
+                return str(refusal.reply)
             server.refused_recipients += 1
             if server.refused_recipients >= HARD_RECIPIENT_ERRORS:
                 # Guessing mailboxes (they are also login names): as Postfix's hard error limit.
@@ -329,7 +339,7 @@ class MXHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         assert isinstance(server, SMTPSession) and isinstance(envelope, MailEnvelope)
-        return str(await self.service.deliver(server, session, envelope))
+        return delivered(server, await self.service.deliver(server, session, envelope))
 
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, TLSSetupException):  # the client's handshake failed (or it sent no TLS): its end
@@ -366,7 +376,7 @@ class SubmissionHandler(MXHandler):
         assert isinstance(server, SMTPSession) and isinstance(envelope, MailEnvelope)
         identity = session.auth_data
         assert isinstance(identity, Identity)
-        return str(await self.service.submit(server, session, envelope, identity))
+        return delivered(server, await self.service.submit(server, session, envelope, identity))
 
     # AUTH mechanisms (RFC 4954): aiosmtpd's own check is synchronous; ours reads the store
     # and may run scrypt, so these replace its PLAIN and LOGIN.

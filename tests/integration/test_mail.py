@@ -487,3 +487,23 @@ def test_guessing_mailboxes_is_slowed_then_cut_off(mail: Mail) -> None:
     assert codes == [550] * 9 + [421] and time.monotonic() - started >= 9
     with pytest.raises(smtplib.SMTPServerDisconnected):
         client.rcpt(f"alice@{DOMAIN}")
+
+
+
+def test_delivered_mail_starts_the_count_of_refused_recipients_afresh(mail: Mail) -> None:
+    """A list server with a few stale addresses per message is no guesser: each delivered
+    message resets the count (Postfix: errors without delivering mail)."""
+    client = smtplib.SMTP("127.0.0.1", mail.port, timeout=30)
+    client.ehlo("lists.example")
+    for message in range(4):  # 4 x 8 refusals: past the limit of 20 altogether
+        client.mail("list@example.net")
+        codes = [client.rcpt(f"stale{message}-{i}@{DOMAIN}")[0] for i in range(8)]
+        assert codes == [550] * 8
+        assert client.rcpt(f"alice@{DOMAIN}")[0] == 250
+        assert client.data(b"Subject: list\r\n\r\nissue\r\n")[0] == 250
+    # Recipients past max_recipients (452: send the rest later) are no errors at all.
+    client.mail("list@example.net")
+    codes = [client.rcpt(f"alice+{i}@{DOMAIN}")[0] for i in range(125)]
+    assert codes.count(250) == 100 and codes.count(452) == 25
+    assert client.data(b"Subject: many\r\n\r\nissue\r\n")[0] == 250
+    client.quit()
