@@ -418,17 +418,23 @@ def _reservation_details(r: Reservation) -> dict[str, Any]:
             "hostname": r.hostname}
 
 
+# The lease column that holds each kind of device key, as DHCP writes it.
+_DEVICE_COLUMNS = {ReservationKind.MAC: "hw_address", ReservationKind.CLIENT_ID: "client_id",
+                   ReservationKind.CIRCUIT_ID: "circuit_id", ReservationKind.REMOTE_ID: "remote_id"}
+
+
 def _refuse_an_address_in_use(conn: sqlite3.Connection, address: str, subscriber_id: int, now: float,
-                              mac: str | None) -> None:
+                              kind: ReservationKind, key: str) -> None:
     """A fixed address must not be someone else's right now (a DHCP lease, a RADIUS session's
     claim): RADIUS hands a reserved address out as it is, and would give it twice. The
-    subscriber's own, and the device being reserved (``mac``: the address it has made fixed),
+    subscriber's own, and the device or line being reserved (making the address it has fixed),
     are not someone else."""
-    lease = conn.execute("SELECT l.service, l.expires_at, l.hw_address, s.username FROM leases l LEFT JOIN"
-                         " subscribers s ON s.id = l.subscriber_id WHERE l.address = ? AND l.state = 'bound'"
-                         " AND l.expires_at > ? AND (l.subscriber_id IS NULL OR l.subscriber_id != ?)",
+    lease = conn.execute("SELECT l.*, s.username FROM leases l LEFT JOIN subscribers s ON s.id = l.subscriber_id"
+                         " WHERE l.address = ? AND l.state = 'bound' AND l.expires_at > ?"
+                         " AND (l.subscriber_id IS NULL OR l.subscriber_id != ?)",
                          (address, now, subscriber_id)).fetchone()
-    if lease is not None and not (mac is not None and lease["hw_address"] == mac):
+    column = _DEVICE_COLUMNS.get(kind)
+    if lease is not None and not (column is not None and lease["service"] == "dhcp" and lease[column] == key):
         holder = lease["username"] or lease["hw_address"] or "a client"
         until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(lease["expires_at"]))
         raise Conflict(f"address {address} is in use: {lease['service'].upper()} gave it to {holder} until {until}; "
@@ -957,8 +963,7 @@ class SQLiteStore(Store):
                 if taken is not None:
                     raise Conflict(f"address {checked_address} is already reserved for {taken['username']}"
                                    f" ({taken['kind']} {taken['key']}, reservation #{taken['id']})")
-                _refuse_an_address_in_use(conn, checked_address, row["id"], now,
-                                          checked_key if checked_kind == ReservationKind.MAC else None)
+                _refuse_an_address_in_use(conn, checked_address, row["id"], now, checked_kind, checked_key)
             cursor = conn.execute(
                 "INSERT INTO reservations (subscriber_id, kind, key, address, hostname, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",

@@ -288,5 +288,14 @@ async def test_an_address_someone_else_holds_cannot_be_reserved(store: Store, cl
     await store.record_leases([(stranger, "granted")])
     with pytest.raises(Conflict, match=r"198.18.60.101 is in use: DHCP gave it to 02:00:00:00:00:09 until"):
         await store.add_reservation("dave", ReservationKind.MAC, "02:00:00:00:00:04", actor="t", address="198.18.60.101")
-    # The device that has it may have it made fixed.
+    # The device (or line) that has it may have it made fixed, whatever key names it.
     await store.add_reservation("dave", ReservationKind.MAC, "02:00:00:00:00:09", actor="t", address="198.18.60.101")
+    for number, (kind, key, fields) in enumerate([
+            (ReservationKind.CLIENT_ID, "0152540000aabb01", {"client_id": "0152540000aabb01"}),
+            (ReservationKind.CIRCUIT_ID, "eth0/1/7", {"circuit_id": "eth0/1/7"}),
+            (ReservationKind.REMOTE_ID, "cpe-0003", {"remote_id": "cpe-0003"})]):
+        address = f"198.18.60.{110 + number}"
+        device = Lease(address, LeaseState.BOUND, clock.now, clock.now + 3600, hw_address=f"02:00:00:00:01:0{number}",
+                       **fields)  # type: ignore[arg-type]
+        await store.record_leases([(device, "granted")])
+        await store.add_reservation("dave", kind, key, actor="t", address=address)
