@@ -50,6 +50,17 @@ class DaemonConfig(Section):
     control_socket: Annotated[Path | None, BeforeValidator(_socket_path)] = Path("/run/ispd/control.sock")
 
 
+_WILDCARD = {False: "0.0.0.0", True: "::"}
+
+
+def _overlap(a: Any, b: Any) -> bool:
+    """Two listening addresses on one port clash: the same, or one the wildcard of the other's
+    family (which takes the port on all its addresses)."""
+    if a.family_is_ipv6 != b.family_is_ipv6:
+        return False
+    return a.host == b.host or _WILDCARD[a.family_is_ipv6] in (a.host, b.host)
+
+
 class Config(Section):
     daemon: DaemonConfig = DaemonConfig()
     store: StoreConfig = StoreConfig()
@@ -69,15 +80,16 @@ class Config(Section):
         """No two listeners on one address, port and transport: the second would fail to bind
         at start, after check-config said the file was fine. An admin socket that is the
         control socket is the same mistake."""
-        seen: dict[tuple[str, str, int], str] = {}
+        seen: list[tuple[str, str, Any]] = []
         for transport, key, addresses in self._listeners():
             for address in addresses:
                 if address.port == 0:  # any free port: never the same
                     continue
-                slot = (transport, address.host, address.port)
-                if slot in seen:
-                    raise ValueError(f"{key} and {seen[slot]} both listen on {address} ({transport.upper()})")
-                seen[slot] = key
+                for other_transport, other_key, other in seen:
+                    if other_transport == transport and other.port == address.port and _overlap(address, other):
+                        raise ValueError(f"{key} ({address}) and {other_key} ({other}) both take port "
+                                         f"{address.port} ({transport.upper()})")
+                seen.append((transport, key, address))
         control = self.daemon.control_socket
         if control is not None and self.admin.socket_path(control) == control:
             raise ValueError(f"admin.socket is daemon.control_socket ({control}): give each a path of its own")

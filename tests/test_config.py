@@ -153,15 +153,18 @@ def test_dhcp_timers_out_of_order_are_an_error_not_replaced(tmp_path: Path, opti
 
 @pytest.mark.parametrize(("text", "message"), [
     ('[dns]\nenabled = true\nlisten = ["127.0.0.1:5300", "127.0.0.1:5300"]\n',
-     "dns.listen and dns.listen both listen on 127.0.0.1:5300 (UDP)"),
+     "dns.listen (127.0.0.1:5300) and dns.listen (127.0.0.1:5300) both take port 5300 (UDP)"),
     ('[dns]\nenabled = true\nlisten = ["127.0.0.1:5300"]\n[radius]\nenabled = true\n'
      'listen_auth = ["127.0.0.1:5300"]\nlisten_acct = ["127.0.0.1:5301"]\n',
-     "radius.listen_auth and dns.listen both listen on 127.0.0.1:5300 (UDP)"),
+     "radius.listen_auth (127.0.0.1:5300) and dns.listen (127.0.0.1:5300) both take port 5300 (UDP)"),
     ('[radius]\nenabled = true\nlisten_auth = ["127.0.0.1:1812"]\nlisten_acct = ["127.0.0.1:1812"]\n',
-     "radius.listen_acct and radius.listen_auth both listen on 127.0.0.1:1812 (UDP)"),
+     "radius.listen_acct (127.0.0.1:1812) and radius.listen_auth (127.0.0.1:1812) both take"),
     ('[metrics]\nlisten = "127.0.0.1:8740"\n[admin]\nlisten = ["127.0.0.1:8740"]\n'
      'token = "a-token-long-enough-for-the-check-0123"\n',
-     "admin.listen and metrics.listen both listen on 127.0.0.1:8740 (TCP)"),
+     "admin.listen (127.0.0.1:8740) and metrics.listen (127.0.0.1:8740) both take port 8740 (TCP)"),
+    ('[metrics]\nlisten = "0.0.0.0:9611"\n[admin]\nlisten = ["127.0.0.7:9611"]\n'
+     'token = "a-token-long-enough-for-the-check-0123"\n',
+     "admin.listen (127.0.0.7:9611) and metrics.listen (0.0.0.0:9611) both take port 9611 (TCP)"),
     ('[daemon]\ncontrol_socket = "/run/x.sock"\n[admin]\nsocket = "/run/x.sock"\n',
      "admin.socket is daemon.control_socket (/run/x.sock)"),
 ])
