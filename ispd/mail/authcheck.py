@@ -271,8 +271,12 @@ def _address(text: str) -> str | None:
 
 def _parsed(value: str) -> list[str | None]:
     """Each address of one From value, in RFC 5322's reading (comments, quoted local parts and
-    spaces around "@" taken as a mail client takes them); None for one that is not an address."""
-    return [_address(address) for _, address in getaddresses([value])] or [None]
+    spaces around "@" taken as a mail client takes them); None for one with an "@" that is not
+    an address, or for a value with no address at all. Words without "@" are left out: what
+    the parser makes of an unquoted comma or bracket in a display name ("Smith, Alice <...>",
+    as scripts write them) names no mailbox anyone could be impersonated by."""
+    found = [_address(address) for _, address in getaddresses([value]) if "@" in address]
+    return found or [None]
 
 
 def from_addresses(message: bytes) -> list[str]:

@@ -140,9 +140,17 @@ def test_from_addresses_read_as_a_mail_client_reads_them(header: bytes) -> None:
     assert (from_addresses(message), unreadable_from(message)) == (["bob@isp.example"], None)
 
 
+def test_unquoted_specials_in_a_display_name_are_tolerated() -> None:
+    for header in (b"From: Smith, Alice <alice@isp.example>", b"From: Alice Smith [ISP] <alice@isp.example>",
+                   b"From: Alice; Smith <alice@isp.example>"):
+        message = header + b"\r\n\r\n"
+        assert (from_addresses(message), unreadable_from(message)) == (["alice@isp.example"], None), header
+
+
 @pytest.mark.parametrize(("header", "unreadable"), [
     (b"From: undisclosed:;", "undisclosed:;"), (b"From: garbage", "garbage"), (b"From:", ""),
-    (b"From: a@b@c", "a@b@c"), (b"From: ok@isp.example, junk", "ok@isp.example, junk"),
+    (b"From: a@b@c", "a@b@c"), (b"From: ok@isp.example, @junk", "ok@isp.example, @junk"),
+    (b"From: alice@isp.example (x) bob@isp.example", "alice@isp.example (x) bob@isp.example"),
 ])
 def test_a_from_that_is_not_an_address_is_named(header: bytes, unreadable: str) -> None:
     assert unreadable_from(header + b"\r\n\r\n") == unreadable
