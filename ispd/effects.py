@@ -102,8 +102,15 @@ def _dhcp(o: SubscriberOverview, config: Config, now: float) -> list[Effect]:
         subject = f"{lease.address} ({lease.hw_address or lease.client_id or 'no MAC'})"
         where = f"pool {lease.pool or '-'}{' (walled garden)' if walled else ''}"
         if o.subscriber.status is SubscriberStatus.CLOSED:
-            result.append(Effect("dhcp", subject, PENDING if not walled else DONE,
-                                 f"{where}; no new lease once it ends ({_when(lease.expires_at)})"))
+            # A closed subscriber's devices are unknown clients from now on: unknown_clients says
+            # what they get at their next renewal.
+            after = {"ignore": "no new lease once it ends",
+                     "walled-garden": "the walled-garden pools once it ends",
+                     "serve": "the normal pools as an unknown client (unknown_clients = \"serve\"): "
+                              "service goes on"}[config.dhcp.unknown_clients]
+            done = walled and config.dhcp.unknown_clients == "walled-garden"
+            state = FAILED if config.dhcp.unknown_clients == "serve" else (DONE if done else PENDING)
+            result.append(Effect("dhcp", subject, state, f"{where}; {after} ({_when(lease.expires_at)})"))
         elif walled == suspended:
             result.append(Effect("dhcp", subject, DONE, where))
         elif suspended and not walled_pools:

@@ -118,3 +118,17 @@ def test_mail_follows_the_status_and_the_plan() -> None:
     # Nothing of its own in any service: only DNS, which cannot tell without the daemon.
     assert [(e.service, e.state) for e in effects(overview(SubscriberStatus.ACTIVE), CONFIG, None, T)] == [
         ("dns", "unknown")]
+
+
+def test_a_closed_subscribers_device_follows_unknown_clients() -> None:
+    """A closed subscriber's devices are unknown clients: with the default (serve) they keep
+    full service from the normal pools, which the overview must say, not "no new lease"."""
+    lease = Lease("198.18.0.100", LeaseState.BOUND, T - 60, T + 3000, hw_address="02:00:00:00:00:01", pool="lan")
+    o = overview(SubscriberStatus.CLOSED, leases=[lease])
+    [served] = [e for e in effects(o, CONFIG, None, T + 10) if e.service == "dhcp"]
+    assert served.state == "failed" and "service goes on" in served.detail
+    for setting, state, words in (("ignore", "pending", "no new lease"),
+                                  ("walled-garden", "pending", "walled-garden pools")):
+        config = CONFIG.model_copy(update={"dhcp": CONFIG.dhcp.model_copy(update={"unknown_clients": setting})})
+        [effect] = [e for e in effects(o, config, None, T + 10) if e.service == "dhcp"]
+        assert effect.state == state and words in effect.detail, (setting, effect)
