@@ -327,7 +327,9 @@ class QueueRunner:
         await asyncio.shield(self._record(mail, message, settled, now))
 
     async def _record(self, mail: QueuedMail, message: bytes | None, settled: AttemptResult, now: float) -> None:
-        if settled.bounced and mail.sender:
+        # The bounce first (a crash before the record retries the attempt, rather than lose it),
+        # unless an operator deleted the message during the attempt: 'no bounce was sent'.
+        if settled.bounced and mail.sender and await self.store.get_queued_mail(mail.id) is not None:
             await self.bounce(mail.sender, message or b"", settled.bounced, queue_id=mail.id,
                               arrived_at=mail.created_at)
         updated = await self.store.record_mail_attempt(mail.id, settled.outcomes,

@@ -18,9 +18,13 @@ class RecordingStore:
     def __init__(self) -> None:
         self.recorded: list[tuple[str, dict[str, Any], float, str | None]] = []
         self.queued: list[QueuedMail] = []
+        self.deleted: set[str] = set()
 
     async def enqueue_mail(self, mail: QueuedMail) -> None:
         self.queued.append(mail)
+
+    async def get_queued_mail(self, queue_id: str) -> QueuedMail | None:
+        return None if queue_id in self.deleted else QueuedMail(queue_id, 900.0, "alice@isp.example", 10, 900.0, ())
 
     async def record_mail_attempt(self, queue_id: str, outcomes: dict[str, Any], *, next_attempt_at: float,
                                   error: str | None) -> QueuedMail | None:
@@ -146,3 +150,20 @@ async def test_each_recipient_keeps_its_rcpt_answer_whatever_data_gets(data_repl
         "ok@remote.example": accepted, "later@remote.example": Verdict.DEFERRED,
         "refuse@remote.example": Verdict.BOUNCED}
     assert "no such user" in outcomes["refuse@remote.example"].detail
+
+
+async def test_a_message_deleted_during_its_attempt_is_not_bounced(runner: QueueRunner) -> None:
+    """`ispd mail queue delete` says no bounce is sent; an attempt under way then refused for
+    good must not send one after all."""
+    from ispd.mail.queue import AttemptResult
+
+    store = runner.store
+    assert isinstance(store, RecordingStore)
+    refused = AttemptResult({"bob@remote.example": (QueuedRecipientState.BOUNCED, "550 no")},
+                            {"bob@remote.example": Outcome(Verdict.BOUNCED, "550 no", "5.1.1")}, 2000.0, None)
+    store.deleted.add("Q1")
+    await runner._record(mail("bob@remote.example"), b"Subject: x\r\n\r\nx\r\n", refused, 1000.0)
+    assert runner.bounces == 0
+    store.deleted.clear()
+    await runner._record(mail("bob@remote.example"), b"Subject: x\r\n\r\nx\r\n", refused, 1000.0)
+    assert runner.bounces == 1
