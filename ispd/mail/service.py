@@ -10,7 +10,6 @@ the store's threads; scrypt checks of AUTH passwords run in the default executor
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import socket
@@ -28,7 +27,7 @@ from aiosmtpd.smtp import Session
 from ispd.control import CommandError
 from ispd.credentials import PasswordChecker
 from ispd.listeners import CertificateError, ConnectionGate, listening_tcp_socket, server_tls_context
-from ispd.logs import get_logger
+from ispd.logs import LogThrottle, get_logger
 from ispd.mail import mailindex
 from ispd.mail.authcheck import (
     AuthDNS,
@@ -78,6 +77,7 @@ AUTH_CHECK_DEADLINE_SECONDS = 30.0  # a sender whose DNS never answers gets no l
 SIGNING_THREADS = 4  # DKIM signing of submitted mail: apart, so that slow inbound checks never stall it
 AUTH_CACHE_SECONDS = 3600
 TLS_HANDSHAKE_SECONDS = 15.0
+ACCEPT_RETRY_SECONDS = 1.0  # after a failed accept (asyncio's servers wait as long)
 
 
 def check_files(config: MailConfig) -> list[str]:
@@ -128,6 +128,7 @@ class MailService(Service):
         self._password_checks = asyncio.Semaphore(PASSWORD_CHECKS)
         self._servers: list[asyncio.Server] = []
         self._handshaking: dict[str, int] = {}  # TLS handshakes under way on 465/993, by client address
+        self._accept_failures = LogThrottle(60.0)
         self._deliveries: set[asyncio.Future[Any]] = set()
         self._created: set[Path] = set()  # Maildirs known to exist
         self._executor = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="ispd-mail")
@@ -330,7 +331,15 @@ class MailService(Service):
         handshakes: set[asyncio.Task[None]] = set()
         try:
             while True:
-                conn, peer = await loop.sock_accept(sock)
+                try:
+                    conn, peer = await loop.sock_accept(sock)
+                except OSError as exc:  # out of file descriptors, a connection reset before accept, ...
+                    # As asyncio's own servers: say so, wait a little (the descriptors may come
+                    # back), and go on accepting; one error must not close the port for good.
+                    if self._accept_failures.due((listener, exc.errno), time.monotonic()):
+                        log.error("mail.accept_failed", listener=listener, error=str(exc))
+                    await asyncio.sleep(ACCEPT_RETRY_SECONDS)
+                    continue
                 client = str(peer[0])
                 pending = self._handshaking.get(client, 0)
                 if pending >= self.config.max_connections_per_client or \
@@ -363,9 +372,14 @@ class MailService(Service):
     @staticmethod
     async def _stop_accepting(task: asyncio.Task[None], sock: socket.socket) -> None:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await task
-        sock.close()
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # a bug in the loop: said here, not raised into the shutdown
+            log.error("mail.accept_loop_failed", exc_info=True)
+        finally:
+            sock.close()
 
     async def _close_sessions(self) -> None:
         for session in list(self.sessions):
@@ -763,7 +777,7 @@ def _completed(content: bytes, hostname: str, now: float, queue_id: str) -> byte
     present = header_names(content)
     added = b""
     if "date" not in present:
-        added += f"Date: {formatdate(now, usegmt=True)}\r\n".encode("ascii")
+        added += f"Date: {formatdate(now, localtime=True)}\r\n".encode("ascii")  # a numeric zone (§4.3)
     if "message-id" not in present:
         added += f"Message-ID: <{queue_id}.{secrets.token_hex(8)}@{hostname}>\r\n".encode("ascii", "replace")
     return added + content

@@ -53,9 +53,13 @@ class Claim:
     subscriber_id: int | None
     expires_at: float
     granted_at: float = 0.0  # the latest Access-Accept that gave or renewed it
-    # The Acct-Session-Id that Accept's request named, when it gave the address again: a
-    # re-authentication of that open session (802.1X does it periodically), not a new one.
+    # The Acct-Session-Id that every Access-Accept which gave the address again since it was
+    # claimed named: re-authentications of that one open session (802.1X does it periodically).
+    # None: not given again; SEVERAL: given again for other sessions too, or naming none.
     regiven_for: str | None = None
+
+
+SEVERAL = ""  # Claim.regiven_for: given again for more than one session (no Acct-Session-Id is empty)
 
 
 def holder_of(username: str, line: str | None) -> str:
@@ -177,7 +181,11 @@ class AddressPools:
         pool = self.pools.get(pool_name)
         if pool is None or address not in pool:
             return None
-        self.claims[address] = replace(claim, granted_at=now, regiven_for=session_id)
+        if claim.regiven_for is None:
+            regiven_for = session_id or SEVERAL
+        else:
+            regiven_for = claim.regiven_for if claim.regiven_for == session_id else SEVERAL
+        self.claims[address] = replace(claim, granted_at=now, regiven_for=regiven_for)
         return str(IPv4Address(address))
 
     def claim_for(self, address_text: str | None, subscriber_id: int | None) -> Claim | None:

@@ -744,8 +744,8 @@ class RadiusService(Service):
             return  # the subscriber's next session on the line has it (a NAS that reused the session id)
         assert self._loop is not None
         if claim.granted_at > session.started_at and claim.regiven_for != session.acct_session_id:
-            # An Access-Accept since this session began gave it again, and not by naming this
-            # session (which would be its re-authentication, ended by this Stop).
+            # An Access-Accept since this session began gave it again, and not only ever naming
+            # this session (which would be its re-authentications, ended by this Stop).
             self._loop.call_later(REGIVEN_GRACE_SECONDS, self._give_back_unless_used, session, claim.granted_at)
             return
         self._release(session.framed_ip, claim.holder)

@@ -6,7 +6,9 @@ lab's DNS hierarchy (the [mail] resolver is ispd's own DNS listener), subscriber
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import os
 import re
 import shutil
 import smtplib
@@ -14,6 +16,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes
@@ -211,7 +214,7 @@ def test_implicit_tls_on_465_and_local_recipients_delivered_at_once(lab: Lab) ->
     # The client gave no Date nor Message-ID (RFC 5322 §3.6 wants both): ispd added them, the
     # same to both copies.
     for copy in (lab.inbox("alice@isp.example")[-1], far[-1]):
-        assert re.search(rb"(?m)^Date: \w{3}, \d{1,2} \w{3} \d{4} [\d:]{8} GMT\r?$", copy), copy[:400]
+        assert re.search(rb"(?m)^Date: \w{3}, \d{1,2} \w{3} \d{4} [\d:]{8} [+-]\d{4}\r?$", copy), copy[:400]
         assert re.search(rb"(?m)^Message-ID: <[0-9A-F]{12}\.[0-9a-f]{16}@[^>]+>\r?$", copy), copy[:400]
 
 
@@ -435,3 +438,34 @@ def test_the_per_client_cap_holds_on_465_before_any_tls(lab: Lab) -> None:
     finally:
         for sock in held:
             sock.close()
+
+
+def test_465_accepts_again_after_running_out_of_file_descriptors(lab: Lab) -> None:
+    """One failed accept (EMFILE) ended the loop that accepts on 465 for good, silently. Now it
+    is logged, and accepting goes on once descriptors are free."""
+    assert lab.ispd.proc is not None
+    pid = lab.ispd.proc.pid
+    limit = Path(f"/proc/{pid}/limits").read_text().split("Max open files")[1].split()[1]
+    used = len(os.listdir(f"/proc/{pid}/fd"))
+    subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={used + 4}:{limit}"], check=True)
+    stalled = []
+    try:
+        for index in range(12):
+            sock = socket.socket()
+            sock.bind((f"127.0.{index + 1}.9", 0))  # each from its own address: no per-client cap
+            sock.settimeout(2)
+            with contextlib.suppress(OSError):
+                sock.connect(("127.0.0.1", lab.submissions))
+            stalled.append(sock)
+        time.sleep(1.5)
+    finally:
+        subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={limit}:{limit}"], check=True)
+        for sock in stalled:
+            sock.close()
+
+    def served() -> bool:
+        with smtplib.SMTP_SSL("127.0.0.1", lab.submissions, timeout=5, context=lab.context()) as client:
+            return client.noop()[0] == 250
+
+    assert eventually(served, timeout=10)
+    assert lab.ispd.log_events("mail.accept_failed")

@@ -633,3 +633,15 @@ def test_a_reauthenticated_sessions_stop_gives_its_pool_address_back(tmp_path: P
         line = "Calling-Station-Id = 02:00:00:00:70:02"
         given = eventually(lambda: (reply := login("bob")).code == "Access-Accept" and reply, timeout=5)
         assert given.first("Framed-IP-Address") == "198.18.70.10", given.output
+        # A redial: the new session's Accept (naming a-3) comes before the old session's Stop,
+        # and a late re-authentication of the old one in between: the Stop of a-2 must not free
+        # the address the new session is about to use.
+        line = "Calling-Station-Id = 02:00:00:00:70:02, NAS-IP-Address = 127.0.0.1"
+        base = f"User-Name = bob, Acct-Session-Id = b-2, Framed-IP-Address = 198.18.70.10, {line}"
+        assert radius.accounting(f"{base}, Acct-Status-Type = Start") == "Accounting-Response"
+        assert login("bob", ", Acct-Session-Id = b-3").code == "Access-Accept"  # the redial
+        assert login("bob", ", Acct-Session-Id = b-2").code == "Access-Accept"  # a late re-authentication
+        assert radius.accounting(f"{base}, Acct-Status-Type = Stop") == "Accounting-Response"
+        line = "Calling-Station-Id = 02:00:00:00:70:01"
+        refused = login("alice")
+        assert refused.code == "Access-Reject", refused.output  # the pool's one address is the redial's
