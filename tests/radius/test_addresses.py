@@ -7,7 +7,7 @@ claim rarely has to try more than one.
 
 from __future__ import annotations
 
-from ispd.radius.addresses import CANDIDATES, AddressPools, Claim, holder_of
+from ispd.radius.addresses import CANDIDATES, SEVERAL, AddressPools, Claim, holder_of
 from ispd.store.models import Lease, LeaseService, LeaseState
 
 T0 = 1_800_000_000.0
@@ -193,7 +193,25 @@ def test_a_claim_held_long_enough_is_given_again_without_the_store() -> None:
     pools = small()
     pools.claimed(session("10.0.0.2", ALICE, T0 + 3600), T0)
     assert pools.reuse(ALICE, "p", T0 + 10, until=T0 + 1800) == "10.0.0.2"
-    assert pools.claim_for("10.0.0.2", 7) == Claim(ALICE, 7, T0 + 3600, granted_at=T0 + 10)
+    # Given again naming no session: for another session, maybe (a Stop then waits before it frees it).
+    assert pools.claim_for("10.0.0.2", 7) == Claim(ALICE, 7, T0 + 3600, granted_at=T0 + 10, regiven_for=SEVERAL)
     assert pools.reuse(ALICE, "p", T0 + 2000, until=T0 + 3800) is None  # too little left: renew in the store
     assert pools.reuse(BOB, "p", T0 + 10, until=T0 + 1800) is None
     assert pools.reuse(ALICE, "other", T0 + 10, until=T0 + 1800) is None  # the plan's pool changed
+
+
+def test_a_claim_remembers_whether_every_re_give_named_one_session() -> None:
+    """Only re-authentications of one session (each naming it) let that session's Stop free the
+    address at once: a redial's Accept among them means another session may be about to use it."""
+    pools = small()
+    pools.claimed(session("10.0.0.2", ALICE, T0 + 3600), T0)
+    pools.reuse(ALICE, "p", T0 + 10, until=T0 + 1800, session_id="s1")
+    pools.reuse(ALICE, "p", T0 + 20, until=T0 + 1800, session_id="s1")
+    claim = pools.claim_for("10.0.0.2", 7)
+    assert claim is not None and claim.regiven_for == "s1"
+    pools.reuse(ALICE, "p", T0 + 30, until=T0 + 1800, session_id="s2")
+    claim = pools.claim_for("10.0.0.2", 7)
+    assert claim is not None and claim.regiven_for == SEVERAL
+    pools.reuse(ALICE, "p", T0 + 40, until=T0 + 1800, session_id="s1")
+    claim = pools.claim_for("10.0.0.2", 7)
+    assert claim is not None and claim.regiven_for == SEVERAL  # once several, until claimed anew
