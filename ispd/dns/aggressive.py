@@ -128,8 +128,7 @@ class NsecIndex:
             if qtype == RRType.ANY or dnssec.bitmap_has(span.bitmap, qtype) \
                     or dnssec.bitmap_has(span.bitmap, RRType.CNAME):
                 return None
-            if dnssec.bitmap_has(span.bitmap, RRType.NS) and not dnssec.bitmap_has(span.bitmap, RRType.SOA) \
-                    and qtype != RRType.DS:
+            if dnssec.parent_side(span.bitmap) and qtype != RRType.DS:
                 return None  # a delegation: the child answers for its names
             return self._reply(entry, False, [span], now)
         if not _spans(span, name) or dnssec.bitmap_has(span.bitmap, RRType.DNAME):
@@ -139,8 +138,7 @@ class NsecIndex:
             # The next name lies below the one asked: that is an empty non-terminal, which exists
             # (RFC 4035 §3.1.3.2), so no NXDOMAIN; its NODATA is left to the zone.
             return None
-        if dnssec.bitmap_has(span.bitmap, RRType.NS) and not dnssec.bitmap_has(span.bitmap, RRType.SOA) \
-                and is_subdomain(name, span.owner):
+        if dnssec.parent_side(span.bitmap) and is_subdomain(name, span.owner):
             return None  # below a delegation: not this zone's to deny
         closest = max(dnssec.common_ancestor(name, span.owner), dnssec.common_ancestor(name, span.next_name),
                       key=label_count)
@@ -172,8 +170,7 @@ class NsecIndex:
             bitmap = exact[0].bitmap
             if qtype == RRType.ANY or dnssec.bitmap_has(bitmap, qtype) or dnssec.bitmap_has(bitmap, RRType.CNAME):
                 return None
-            if dnssec.bitmap_has(bitmap, RRType.NS) and not dnssec.bitmap_has(bitmap, RRType.SOA) \
-                    and qtype != RRType.DS:
+            if dnssec.parent_side(bitmap) and qtype != RRType.DS:
                 return None
             return self._reply3(entry, False, [exact], now)
         ancestor = name
@@ -183,8 +180,7 @@ class NsecIndex:
             if encloser is None:
                 continue
             bitmap = encloser[0].bitmap
-            if dnssec.bitmap_has(bitmap, RRType.DNAME) or (
-                    dnssec.bitmap_has(bitmap, RRType.NS) and not dnssec.bitmap_has(bitmap, RRType.SOA)):
+            if dnssec.cut_below(bitmap):
                 return None
             next_closer, wildcard = covering(child), covering(b"\x01*" + ancestor)
             if next_closer is None or wildcard is None:

@@ -252,6 +252,17 @@ def bitmap_has(bitmap: bytes, rtype: int) -> bool:
 
 # --- digests and signatures ----------------------------------------------------------------
 
+def parent_side(bitmap: bytes) -> bool:
+    """An NSEC/NSEC3 at a delegation, on the parent's side of the cut: NS without SOA."""
+    return bitmap_has(bitmap, RRType.NS) and not bitmap_has(bitmap, RRType.SOA)
+
+
+def cut_below(bitmap: bytes) -> bool:
+    """Names below this owner are another zone's (a delegation) or redirected (a DNAME): its
+    NSEC/NSEC3 says nothing of them (RFC 6840 §4.1)."""
+    return bitmap_has(bitmap, RRType.DNAME) or parent_side(bitmap)
+
+
 def ds_matches(owner: bytes, ds: DS, key: DNSKEY) -> bool:
     """Whether ``ds`` is the digest of ``key`` at ``owner`` (RFC 4034 §5.1.4)."""
     digest = DIGESTS.get(ds.digest_type)
@@ -442,10 +453,7 @@ class _Nsec:
         """This NSEC is at a zone cut (NS without SOA: the parent's side) or a DNAME above
         ``name``: it says nothing about names below it (RFC 6840 §4.1), which are another
         zone's or redirected, however it sorts."""
-        if self.owner == name or not is_subdomain(name, self.owner):
-            return False
-        return bitmap_has(self.bitmap, RRType.DNAME) or (
-            bitmap_has(self.bitmap, RRType.NS) and not bitmap_has(self.bitmap, RRType.SOA))
+        return self.owner != name and is_subdomain(name, self.owner) and cut_below(self.bitmap)
 
     def denies(self, name: bytes) -> bool:
         return self.covers(name) and not self.cut_above(name)
@@ -467,6 +475,17 @@ def _nsecs(records: Iterable[RR]) -> list[_Nsec]:
     return found
 
 
+def _nodata_at(bitmap: bytes, qname: bytes, qtype: int) -> Denial:
+    """A NODATA from the NSEC or NSEC3 that matches ``qname``, by its type bitmap."""
+    if bitmap_has(bitmap, qtype) or bitmap_has(bitmap, RRType.CNAME):
+        return Denial.BOGUS
+    if qtype != RRType.DS and parent_side(bitmap):
+        return Denial.BOGUS  # the parent's record at a delegation says nothing of the child (RFC 6840 §4.1)
+    if qtype == RRType.DS and bitmap_has(bitmap, RRType.SOA) and qname != b"\x00":
+        return Denial.BOGUS  # the child's apex record cannot deny the parent's DS
+    return Denial.SECURE
+
+
 def nsec_denial(qname: bytes, qtype: int, nxdomain: bool, records: Iterable[RR]) -> Denial:
     """NSEC proof (RFC 4035 §5.4) that ``qname`` does not exist (``nxdomain``) or has no
     ``qtype`` — also through an empty non-terminal or a wildcard (RFC 4592 §4)."""
@@ -474,14 +493,7 @@ def nsec_denial(qname: bytes, qtype: int, nxdomain: bool, records: Iterable[RR])
     if not nxdomain:
         for nsec in nsecs:
             if nsec.owner == qname:
-                if bitmap_has(nsec.bitmap, qtype) or bitmap_has(nsec.bitmap, RRType.CNAME):
-                    return Denial.BOGUS
-                if qtype != RRType.DS and bitmap_has(nsec.bitmap, RRType.NS) \
-                        and not bitmap_has(nsec.bitmap, RRType.SOA):
-                    return Denial.BOGUS  # the parent's NSEC at a delegation says nothing of the child
-                if qtype == RRType.DS and bitmap_has(nsec.bitmap, RRType.SOA) and qname != b"\x00":
-                    return Denial.BOGUS  # the child's apex NSEC cannot deny the parent's DS
-                return Denial.SECURE
+                return _nodata_at(nsec.bitmap, qname, qtype)
             if nsec.denies(qname) and is_subdomain(nsec.next_name, qname):
                 return Denial.SECURE  # an empty non-terminal (RFC 4035 §3.1.3.2)
     covering = next((n for n in nsecs if n.denies(qname)), None)
@@ -553,8 +565,7 @@ class _Nsec3Set:
             if match is not None:
                 if name == qname:
                     return None  # the name exists: not a closest encloser proof
-                if bitmap_has(match.bitmap, RRType.DNAME) or (
-                        bitmap_has(match.bitmap, RRType.NS) and not bitmap_has(match.bitmap, RRType.SOA)):
+                if cut_below(match.bitmap):
                     return None
                 return name, ancestor_with_labels(qname, label_count(name) + 1)
             if name == self.zone:
@@ -573,14 +584,7 @@ def nsec3_denial(qname: bytes, qtype: int, nxdomain: bool, records: Iterable[RR]
     if not nxdomain:
         match = chain.matching(qname)
         if match is not None:  # §8.5, and §8.6 for DS at a delegation
-            if bitmap_has(match.bitmap, qtype) or bitmap_has(match.bitmap, RRType.CNAME):
-                return Denial.BOGUS
-            if qtype == RRType.DS and bitmap_has(match.bitmap, RRType.SOA) and qname != b"\x00":
-                return Denial.BOGUS
-            if qtype != RRType.DS and bitmap_has(match.bitmap, RRType.NS) \
-                    and not bitmap_has(match.bitmap, RRType.SOA):
-                return Denial.BOGUS  # the parent's NSEC3 at a delegation says nothing of the child (RFC 6840 §4.1)
-            return Denial.SECURE
+            return _nodata_at(match.bitmap, qname, qtype)
     proof = chain.closest_encloser(qname)
     if proof is None:
         return Denial.BOGUS
@@ -613,13 +617,13 @@ def shows_delegation(name: bytes, records: Iterable[RR]) -> bool:
     records = list(records)
     for nsec in _nsecs(records):
         if nsec.owner == name:
-            return bitmap_has(nsec.bitmap, RRType.NS) and not bitmap_has(nsec.bitmap, RRType.SOA)
+            return parent_side(nsec.bitmap)
     chain = _Nsec3Set(records)
     if not chain.items:
         return False
     match = chain.matching(name)
     if match is not None:
-        return bitmap_has(match.bitmap, RRType.NS) and not bitmap_has(match.bitmap, RRType.SOA)
+        return parent_side(match.bitmap)
     proof = chain.closest_encloser(name)
     if proof is None:
         return False
