@@ -735,29 +735,24 @@ class RadiusService(Service):
             at=now, address=lease.address, expires_at=lease.expires_at, subscriber_id=lease.subscriber_id,
             hw_address=lease.hw_address, pool=lease.pool, renewal=lease.starts_at < now, service=LeaseService.RADIUS))
 
-    def _give_back(self, session: RadiusSession) -> None:
-        """A stopped session's address goes back to its pool (soon, in one write with others)."""
+    def _give_back(self, session: RadiusSession, regiven_at: float | None = None) -> None:
+        """A stopped session's address goes back to its pool (soon, in one write with others).
+        ``regiven_at``: looked at again REGIVEN_GRACE_SECONDS after the Stop, because an
+        Access-Accept had given the address again at that time (a session that Accept was for
+        has started by now, or it was the same session re-authenticating)."""
         claim = self.addresses.claim_for(session.framed_ip, session.subscriber_id)
         if claim is None or session.framed_ip is None or session.subscriber_id is None:
             return
         if any(other.framed_ip == session.framed_ip for other in self.sessions.of_subscriber(session.subscriber_id)):
             return  # the subscriber's next session on the line has it (a NAS that reused the session id)
-        assert self._loop is not None
-        if claim.granted_at > session.started_at and claim.regiven_for != session.acct_session_id:
+        if regiven_at is not None:
+            if claim.granted_at != regiven_at:
+                return  # given once more since: that Accept's session will have it
+        elif claim.granted_at > session.started_at and claim.regiven_for != session.acct_session_id:
             # An Access-Accept since this session began gave it again, and not only ever naming
             # this session (which would be its re-authentications, ended by this Stop).
-            self._loop.call_later(REGIVEN_GRACE_SECONDS, self._give_back_unless_used, session, claim.granted_at)
-            return
-        self._release(session.framed_ip, claim.holder)
-
-    def _give_back_unless_used(self, session: RadiusSession, granted_at: float) -> None:
-        """A minute after the Stop of a session whose address was given again: a session that
-        Accept was for has started by now, or it was the same session re-authenticating."""
-        claim = self.addresses.claim_for(session.framed_ip, session.subscriber_id)
-        if claim is None or claim.granted_at != granted_at or session.framed_ip is None \
-                or session.subscriber_id is None:
-            return  # given back already, or given once more since: that Accept's session will have it
-        if any(other.framed_ip == session.framed_ip for other in self.sessions.of_subscriber(session.subscriber_id)):
+            assert self._loop is not None
+            self._loop.call_later(REGIVEN_GRACE_SECONDS, self._give_back, session, claim.granted_at)
             return
         self._release(session.framed_ip, claim.holder)
 
