@@ -226,9 +226,9 @@ Actor = Annotated[str, Depends(_actor)]
 
 
 def build_app(store: Store, current_config: Callable[[], Config], control: ControlCommands, *,
-              token: str | Callable[[], str | None] | None = None, dns_view: DNSView | None = None) -> FastAPI:
-    """The API over ``store``; with ``token`` (or what it returns when called, read per
-    request), every request must carry it (TCP listeners). ``current_config``: the daemon's
+              token: Callable[[], str | None] | None = None, dns_view: DNSView | None = None) -> FastAPI:
+    """The API over ``store``; with ``token``, every request must carry what it returns, read
+    per request (TCP listeners; a reload may rotate it). ``current_config``: the daemon's
     config as it is now (a reload changes it)."""
     app = FastAPI(title="ispd admin API", version=__version__,
                   description="Subscribers, plans, reservations, mailboxes, sessions, leases, attribution and "
@@ -236,8 +236,7 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
                               "at once.")
     # The token and the body's size are checked before anything reads the body: a client
     # without the token, or with a huge body, costs no memory.
-    fixed = token
-    app.add_middleware(_Guard, token=(lambda: fixed) if isinstance(fixed, str) else fixed, max_body=MAX_BODY_BYTES)
+    app.add_middleware(_Guard, token=token, max_body=MAX_BODY_BYTES)
 
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
