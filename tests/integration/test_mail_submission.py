@@ -15,18 +15,15 @@ import smtplib
 import socket
 import ssl
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email import message_from_bytes
 from pathlib import Path
 from typing import Any
 
 import dkim
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -36,46 +33,10 @@ from tests.lab.dnsispd import dns_section
 from tests.lab.maildir import inbox
 from tests.lab.ports import free_tcp_port
 from tests.lab.process import IspdProcess, base_config, eventually
+from tests.lab.remotemx import RemoteMX
 
 DOMAIN = "isp.example"
 REMOTE = "relay.example-a.test"
-
-
-@dataclass
-class RemoteMX:
-    """Another domain's MX: takes every recipient but refuse@ (550) and later@ (450)."""
-
-    host: str
-    received: list[tuple[str, list[str], bytes]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    controller: Controller | None = None
-
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
-                          options: list[str]) -> str:
-        if address.startswith("refuse@"):
-            return "550 5.1.1 <refuse@...>: no such user here"
-        if address.startswith("later@"):
-            return "450 4.2.1 try later"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        with self.lock:
-            self.received.append((envelope.mail_from or "", list(envelope.rcpt_tos), envelope.original_content or b""))
-        return "250 OK remote-queued"
-
-    def start(self) -> None:
-        self.controller = Controller(self, hostname=self.host, port=25, ready_timeout=10)
-        self.controller.start()
-
-    def stop(self) -> None:
-        if self.controller is not None:
-            self.controller.stop()
-            self.controller = None
-
-    def messages_to(self, address: str) -> list[bytes]:
-        with self.lock:
-            return [data for _, rcpts, data in self.received if address in rcpts]
 
 
 @dataclass

@@ -108,24 +108,6 @@ async def test_an_entry_settled_since_the_poll_is_not_tried_again(runner: QueueR
     assert tried == ["a@fine.example"]
 
 
-class MixedMX:
-    """An MX that answers each recipient by its local part at RCPT, and DATA with ``data_reply``."""
-
-    def __init__(self, data_reply: str) -> None:
-        self.data_reply = data_reply
-
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
-        if address.startswith("refuse@"):
-            return "550 5.1.1 no such user"
-        if address.startswith("later@"):
-            return "450 4.2.1 try later"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        return self.data_reply
-
-
 @pytest.mark.parametrize(("data_reply", "accepted"), [
     ("554 5.7.1 content rejected", Verdict.BOUNCED), ("451 4.3.0 try again", Verdict.DEFERRED),
     ("250 OK queued", Verdict.DELIVERED),
@@ -133,19 +115,18 @@ class MixedMX:
 async def test_each_recipient_keeps_its_rcpt_answer_whatever_data_gets(data_reply: str, accepted: Verdict) -> None:
     """A DATA refusal is for the recipients the server took; one refused for good at RCPT
     bounces at once, one deferred at RCPT is tried again (before: all got the DATA answer)."""
-    from aiosmtpd.controller import Controller
-
     from tests.lab.ports import free_tcp_port
+    from tests.lab.remotemx import RemoteMX
 
     port = free_tcp_port()
-    controller = Controller(MixedMX(data_reply), hostname="127.0.0.1", port=port, ready_timeout=10)
-    controller.start()
+    remote = RemoteMX("127.0.0.1", port, data_reply)
+    remote.start()
     try:
         outcomes = await outbound._transaction("127.0.0.1", port, "alice@isp.example",
                                                ["ok@remote.example", "later@remote.example", "refuse@remote.example"],
                                                b"Subject: x\r\n\r\nbody\r\n", helo="mx.isp.example", command_timeout=5)
     finally:
-        controller.stop()
+        remote.stop()
     assert {r: o.verdict for r, o in outcomes.items()} == {
         "ok@remote.example": accepted, "later@remote.example": Verdict.DEFERRED,
         "refuse@remote.example": Verdict.BOUNCED}
