@@ -21,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import socket
 import ssl
+import struct
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -46,7 +48,15 @@ if TYPE_CHECKING:
 
 log = get_logger("ispd.mail.outbound")
 POLL_SECONDS = 10.0
+# RFC 5321 §4.5.3.2.6: a client waits 10 minutes for the reply to the end of the message (the
+# other side may be filtering it); the transfer before gets a second per DATA_MIN_RATE octets, a
+# line at 64 kbit/s (§4.5.3.2.5 gives 3 minutes per block sent; aiosmtplib writes the whole
+# message at once, so the time is for the transfer as a whole).
+DATA_REPLY_SECONDS = 600.0
+DATA_MIN_RATE = 8192
+_LINGER_RESET = struct.pack("ii", 1, 0)
 LocalDelivery = Callable[[str, bytes], Awaitable[bool]]
+Delivered = Callable[[dict[str, "Outcome"]], None]
 
 
 class LookupFailed(Exception):
@@ -98,8 +108,10 @@ def _client_tls_context() -> ssl.SSLContext:
 
 
 async def deliver_to_domain(domain: str, sender: str, recipients: list[str], message: bytes, *, lookup: MXLookup,
-                            port: int, helo: str, command_timeout: float) -> dict[str, Outcome]:
-    """One attempt for the recipients at one domain: each recipient's outcome."""
+                            port: int, helo: str, command_timeout: float,
+                            delivered: Delivered | None = None) -> dict[str, Outcome]:
+    """One attempt for the recipients at one domain: each recipient's outcome. ``delivered`` is
+    told of the recipients the other server took the moment it says so, before QUIT."""
     try:
         hosts = await lookup.exchangers(domain)
     except LookupFailed as failed:
@@ -112,7 +124,7 @@ async def deliver_to_domain(domain: str, sender: str, recipients: list[str], mes
         for address in addresses:
             try:
                 return await _transaction(address, port, sender, recipients, message, helo=helo,
-                                          command_timeout=command_timeout)
+                                          command_timeout=command_timeout, delivered=delivered)
             except (OSError, aiosmtplib.SMTPConnectError, aiosmtplib.SMTPTimeoutError,
                     aiosmtplib.SMTPServerDisconnected) as exc:
                 last = f"{host}[{address}]: {exc or type(exc).__name__}"  # the next address, the next MX
@@ -124,7 +136,7 @@ async def deliver_to_domain(domain: str, sender: str, recipients: list[str], mes
 
 
 async def _transaction(address: str, port: int, sender: str, recipients: list[str], message: bytes, *, helo: str,
-                       command_timeout: float) -> dict[str, Outcome]:
+                       command_timeout: float, delivered: Delivered | None = None) -> dict[str, Outcome]:
     client = aiosmtplib.SMTP(hostname=address, port=port, timeout=command_timeout, local_hostname=helo, start_tls=None,
                              validate_certs=False, tls_context=_client_tls_context())
     await client.connect()
@@ -138,7 +150,7 @@ async def _transaction(address: str, port: int, sender: str, recipients: list[st
                     Verdict.BOUNCED, f"{address}: the receiving server does not support SMTPUTF8", "5.6.7"))
             options.append("SMTPUTF8")
         try:
-            return await _envelope_and_data(client, sender, recipients, message, options)
+            return await _envelope_and_data(client, sender, recipients, message, options, delivered)
         except ValueError as exc:  # an address the client library cannot write on the wire
             return dict.fromkeys(recipients, Outcome(Verdict.BOUNCED, f"address not deliverable: {exc}", "5.1.3"))
     finally:
@@ -149,7 +161,7 @@ async def _transaction(address: str, port: int, sender: str, recipients: list[st
 
 
 async def _envelope_and_data(client: aiosmtplib.SMTP, sender: str, recipients: list[str], message: bytes,
-                             options: list[str]) -> dict[str, Outcome]:
+                             options: list[str], delivered: Delivered | None = None) -> dict[str, Outcome]:
     """MAIL, RCPT for each recipient, DATA: each recipient keeps its own RCPT answer, and the DATA
     answer goes to those the server accepted only (one refused at RCPT for good bounces, whatever
     DATA then says; one deferred at RCPT is not bounced by a DATA refusal)."""
@@ -174,13 +186,43 @@ async def _envelope_and_data(client: aiosmtplib.SMTP, sender: str, recipients: l
         with contextlib.suppress(aiosmtplib.SMTPResponseException):
             await client.rset()
         return results
+    seconds = max(client.timeout or 0.0, DATA_REPLY_SECONDS) + len(message) / DATA_MIN_RATE
     try:
-        reply = await client.data(message)
+        reply = await _send_message(client, message, seconds)
     except aiosmtplib.SMTPResponseException as exc:
         results.update(dict.fromkeys(accepted, outcome_of_reply(exc.code, exc.message)))
         return results
-    results.update(dict.fromkeys(accepted, Outcome(Verdict.DELIVERED, f"250 {reply.message}".strip(), "2.0.0")))
+    except TimeoutError:
+        # Not another MX now: the message may yet arrive there, and a second copy would follow.
+        results.update(dict.fromkeys(accepted, Outcome(
+            Verdict.DEFERRED, f"no reply to the message in {seconds:.0f} s", "4.4.2")))
+        return results
+    taken = dict.fromkeys(accepted, Outcome(Verdict.DELIVERED, f"250 {reply.message}".strip(), "2.0.0"))
+    if delivered is not None:
+        delivered(taken)
+    results.update(taken)
     return results
+
+
+async def _send_message(client: aiosmtplib.SMTP, message: bytes, seconds: float) -> aiosmtplib.SMTPResponse:
+    """DATA, the message and the reply to its end, within ``seconds``. Given up (time out, or
+    ispd stopping), the connection is cut, not closed: a close would still send what is buffered,
+    the end of the message with it, and the other server would take a message ispd then counts
+    as not delivered and sends again. Cut means a reset (SO_LINGER 0): a plain close still sends
+    what the kernel holds."""
+    transport = client.transport
+    try:
+        async with asyncio.timeout(seconds):
+            return await client.data(message, timeout=None)
+    except (TimeoutError, asyncio.CancelledError):
+        if transport is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            transport.abort()
+        client.close()
+        raise
 
 
 class QueueRunner:
@@ -195,6 +237,7 @@ class QueueRunner:
         self.lookup = MXLookup(config.resolver, config.outbound_timeout_seconds)
         self.wake = asyncio.Event()
         self._active: dict[str, asyncio.Task[None]] = {}
+        self._noting: set[asyncio.Task[None]] = set()  # deliveries being written down (see _note_delivered)
         self._slots = asyncio.Semaphore(config.max_outbound_deliveries)
         self.attempts: dict[str, int] = {v.value: 0 for v in Verdict}  # per recipient, for metrics
         self.bounces = 0
@@ -264,6 +307,8 @@ class QueueRunner:
         self._stopping = True
         if self._active:
             await asyncio.gather(*self._active.values(), return_exceptions=True)
+        if self._noting:
+            await asyncio.gather(*self._noting, return_exceptions=True)
 
     async def _remove_orphans(self) -> None:
         known = {m.id for m in await self.store.list_mail_queue()}
@@ -301,9 +346,14 @@ class QueueRunner:
             results = dict.fromkeys(mail.pending, Outcome(Verdict.BOUNCED, "the queued message was lost", "5.3.0"))
         else:
             groups = by_domain(mail.pending)
+            noted: list[asyncio.Task[None]] = []
+
+            def delivered(taken: dict[str, Outcome]) -> None:
+                noted.append(self._note_delivered(mail.id, taken))
+
             attempts = [deliver_to_domain(domain, mail.sender, recipients, message, lookup=self.lookup,
                                           port=self.config.outbound_port, helo=self.server_name,
-                                          command_timeout=self.config.outbound_timeout_seconds)
+                                          command_timeout=self.config.outbound_timeout_seconds, delivered=delivered)
                         for domain, recipients in groups.items()]
             for (domain, recipients), attempted in zip(groups.items(), await asyncio.gather(
                     *attempts, return_exceptions=True), strict=True):
@@ -313,6 +363,8 @@ class QueueRunner:
                         Verdict.DEFERRED, f"local error: {attempted!r}", "4.3.0")))
                 else:
                     results.update(attempted)
+            if noted:
+                await asyncio.gather(*noted, return_exceptions=True)
         for outcome in results.values():
             self.attempts[outcome.verdict.value] += 1
         now = self.clock()
@@ -325,6 +377,21 @@ class QueueRunner:
         # stopping, or the message would go again after the restart. The bounce comes first:
         # a crash in between then repeats a bounce rather than losing it.
         await asyncio.shield(self._record(mail, message, settled, now))
+
+    def _note_delivered(self, queue_id: str, taken: dict[str, Outcome]) -> asyncio.Task[None]:
+        """Writes down at once the recipients another server has just taken, in a task of its
+        own: the attempt's other domains may take minutes more, and ispd stopping (or dying)
+        meanwhile must not send the message to these again."""
+        async def note() -> None:
+            try:
+                await self.store.record_mail_delivered(queue_id, {a: o.detail for a, o in taken.items()})
+            except Exception as exc:  # the attempt's own record tries again
+                log.error("mail.queue.note_failed", queue_id=queue_id, error=repr(exc))
+
+        task = asyncio.ensure_future(note())
+        self._noting.add(task)
+        task.add_done_callback(self._noting.discard)
+        return task
 
     async def _record(self, mail: QueuedMail, message: bytes | None, settled: AttemptResult, now: float) -> None:
         # The bounce first (a crash before the record retries the attempt, rather than lose it),

@@ -213,6 +213,12 @@ class Store(ABC):
         no pending recipient it has left the queue), or None if it was deleted meanwhile."""
 
     @abstractmethod
+    async def record_mail_delivered(self, queue_id: str, delivered: dict[str, str]) -> None:
+        """Marks these pending recipients delivered (address → the other server's reply) the
+        moment it took them, before the attempt's other domains are done; the entry leaves the
+        queue when none is pending. The attempt's count and schedule are the attempt's record's."""
+
+    @abstractmethod
     async def delete_queued_mail(self, queue_id: str, *, actor: str) -> QueuedMail: ...
 
     @abstractmethod

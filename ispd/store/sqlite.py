@@ -1093,6 +1093,11 @@ class SQLiteStore(Store):
         return await self._write("record_mail_attempt", lambda conn: sqlite_mail.record_attempt(
             conn, queue_id, outcomes, next_attempt_at, error, now))
 
+    async def record_mail_delivered(self, queue_id: str, delivered: dict[str, str]) -> None:
+        now = self.clock()
+        await self._write("record_mail_delivered", lambda conn: sqlite_mail.record_delivered(
+            conn, queue_id, delivered, now))
+
     async def delete_queued_mail(self, queue_id: str, *, actor: str) -> QueuedMail:
         now = self.clock()
 

@@ -89,6 +89,16 @@ def find_queued(conn: sqlite3.Connection, queue_id: str) -> QueuedMail:
     return found[0]
 
 
+def record_delivered(conn: sqlite3.Connection, queue_id: str, delivered: dict[str, str], now: float) -> None:
+    conn.executemany(
+        "UPDATE mail_queue_recipients SET state = 'delivered', last_error = ?, updated_at = ?"
+        " WHERE queue_id = ? AND address = ? AND state = 'pending'",
+        [(reply, now, queue_id, address) for address, reply in delivered.items()])
+    if conn.execute("SELECT 1 FROM mail_queue_recipients WHERE queue_id = ? AND state = 'pending' LIMIT 1",
+                    (queue_id,)).fetchone() is None:
+        conn.execute("DELETE FROM mail_queue WHERE id = ?", (queue_id,))
+
+
 def record_attempt(conn: sqlite3.Connection, queue_id: str,
                    outcomes: dict[str, tuple[QueuedRecipientState, str | None]], next_attempt_at: float,
                    error: str | None, now: float) -> QueuedMail | None:

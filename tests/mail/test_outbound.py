@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ class RecordingStore:
         self.recorded: list[tuple[str, dict[str, Any], float, str | None]] = []
         self.queued: list[QueuedMail] = []
         self.deleted: set[str] = set()
+        self.delivered: list[tuple[str, dict[str, str]]] = []
 
     async def enqueue_mail(self, mail: QueuedMail) -> None:
         self.queued.append(mail)
@@ -30,6 +33,9 @@ class RecordingStore:
                                   error: str | None) -> QueuedMail | None:
         self.recorded.append((queue_id, outcomes, next_attempt_at, error))
         return None
+
+    async def record_mail_delivered(self, queue_id: str, delivered: dict[str, str]) -> None:
+        self.delivered.append((queue_id, delivered))
 
 
 async def no_local_delivery(address: str, message: bytes) -> bool:
@@ -148,3 +154,85 @@ async def test_a_message_deleted_during_its_attempt_is_not_bounced(runner: Queue
     store.deleted.clear()
     await runner._record(mail("bob@remote.example"), b"Subject: x\r\n\r\nx\r\n", refused, 1000.0)
     assert runner.bounces == 1
+
+
+async def test_a_domain_that_took_the_message_is_written_down_before_the_slowest_domain_ends(
+        runner: QueueRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From a review: the outcomes were recorded when every domain of the attempt was done, so
+    ispd stopping (or dying) while one domain was slow sent the message again to those that had
+    already taken it."""
+    slow_started = asyncio.Event()
+
+    async def deliver(domain: str, sender: str, recipients: list[str], message: bytes, *,
+                      delivered: outbound.Delivered | None = None, **_: Any) -> dict[str, Outcome]:
+        if domain == "slow.example":
+            slow_started.set()
+            await asyncio.sleep(3600)
+        taken = dict.fromkeys(recipients, Outcome(Verdict.DELIVERED, "250 ok"))
+        if delivered is not None:
+            delivered(taken)
+        await asyncio.sleep(0.05)  # QUIT
+        return taken
+
+    monkeypatch.setattr(outbound, "deliver_to_domain", deliver)
+    attempt = asyncio.ensure_future(runner._attempt_now(mail("a@fast.example", "b@slow.example")))
+    await slow_started.wait()
+    await asyncio.sleep(0.2)
+    attempt.cancel()  # the supervisor's grace is over
+    with pytest.raises(asyncio.CancelledError):
+        await attempt
+    await runner.drain()
+    store = runner.store
+    assert isinstance(store, RecordingStore)
+    assert store.delivered == [("Q1", {"a@fast.example": "250 ok"})] and store.recorded == []
+
+
+async def test_a_message_given_up_on_mid_transfer_never_reaches_its_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From a review: a receiver reading slowly got the whole message and its final dot after
+    the client had timed out (the library's close sends what is buffered), so every retry left
+    one more copy there. The connection is now cut: the receiver never sees the end."""
+    from tests.lab.ports import free_tcp_port
+
+    monkeypatch.setattr(outbound, "DATA_REPLY_SECONDS", 0.5)
+    monkeypatch.setattr(outbound, "DATA_MIN_RATE", 1e12)
+    taken: list[int] = []
+
+    async def slow_receiver(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 slow.example ESMTP\r\n")
+        try:
+            while line := await reader.readline():
+                verb = line[:4].upper()
+                if verb == b"DATA":
+                    writer.write(b"354 go ahead\r\n")
+                    received = bytearray()
+                    while not received.endswith(b"\r\n.\r\n"):
+                        chunk = await reader.read(65536)
+                        if not chunk:
+                            return
+                        received += chunk
+                        await asyncio.sleep(0.05)  # about 1 MB/s
+                    taken.append(len(received))
+                    writer.write(b"250 queued\r\n")
+                elif verb == b"QUIT":
+                    writer.write(b"221 bye\r\n")
+                    return
+                else:
+                    writer.write(b"250 ok\r\n")
+        except ConnectionError:
+            return
+        finally:
+            writer.close()
+
+    port = free_tcp_port()
+    server = await asyncio.start_server(slow_receiver, "127.0.0.1", port)
+    for sock in server.sockets:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    try:
+        message = b"Subject: big\r\n\r\n" + b"x" * 76 + b"\r\n" + (b"y" * 76 + b"\r\n") * 30000  # 2.3 MB
+        outcomes = await outbound._transaction("127.0.0.1", port, "alice@isp.example", ["bob@slow.example"],
+                                               message, helo="mx.isp.example", command_timeout=0.5)
+        assert outcomes["bob@slow.example"].verdict is Verdict.DEFERRED
+        await asyncio.sleep(3)  # the rest of the transfer, at the receiver's pace
+    finally:
+        server.close()
+    assert taken == []

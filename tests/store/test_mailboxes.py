@@ -94,6 +94,20 @@ async def test_the_queue_keeps_each_recipients_state_until_none_is_pending(store
     assert await store.record_mail_attempt("Q1", {}, next_attempt_at=0.0, error=None) is None
 
 
+async def test_a_delivery_is_written_down_before_the_attempt_ends(store: Store) -> None:
+    await store.enqueue_mail(_queued("Q1", "a@x.example", "b@y.example"))
+    await store.record_mail_delivered("Q1", {"a@x.example": "250 ok"})
+    [mail] = await store.list_mail_queue()
+    assert mail.pending == ["b@y.example"] and mail.attempts == 0 and mail.next_attempt_at == 100.0
+    # The attempt's record that follows does not undo it, nor count it again.
+    after = await store.record_mail_attempt("Q1", {"a@x.example": (QueuedRecipientState.DELIVERED, "250 ok"),
+                                                   "b@y.example": (QueuedRecipientState.PENDING, "450 later")},
+                                            next_attempt_at=900.0, error="450 later")
+    assert after is not None and after.pending == ["b@y.example"] and after.attempts == 1
+    await store.record_mail_delivered("Q1", {"b@y.example": "250 ok"})
+    assert await store.list_mail_queue() == []  # nothing pending: gone, as after an attempt
+
+
 async def test_queued_mail_can_be_flushed_and_deleted(store: Store) -> None:
     await store.enqueue_mail(_queued("Q1", "a@x.example", at=100.0))
     await store.enqueue_mail(_queued("Q2", "b@x.example", at=100.0))
