@@ -25,7 +25,7 @@ import socket
 import ssl
 import struct
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import aiosmtplib
 import dns.asyncresolver
@@ -210,7 +210,7 @@ async def _send_message(client: aiosmtplib.SMTP, message: bytes, seconds: float)
     the end of the message with it, and the other server would take a message ispd then counts
     as not delivered and sends again. Cut means a reset (SO_LINGER 0): a plain close still sends
     what the kernel holds."""
-    transport = client.transport
+    transport = cast("asyncio.Transport | None", client.transport)
     try:
         async with asyncio.timeout(seconds):
             return await client.data(message, timeout=None)
