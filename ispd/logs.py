@@ -7,6 +7,7 @@ holds one, whatever the caller passed.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Hashable, MutableMapping
@@ -36,10 +37,49 @@ def redact_secrets(_logger: Any, _method: str, event: MutableMapping[str, Any]) 
     return event
 
 
+class LossyOutput:
+    """The log's output, which never raises: a full disk or a closed pipe under the log must not
+    fail the store's commit, an SMTP reply or an IMAP session that happened to log something
+    (the write raised into the caller). Lines that cannot be written are counted, and the first
+    line that can says how many were lost."""
+
+    def __init__(self, out: TextIO, as_json: bool) -> None:
+        self.out = out
+        self.as_json = as_json
+        self.lost = 0  # since the last line written
+
+    def write(self, text: str) -> int:
+        try:
+            if self.lost:
+                self.out.write(self._lost_line())
+                self.lost = 0
+            return self.out.write(text)
+        except (OSError, ValueError):  # ValueError: the stream is closed
+            self.lost += text.count("\n")  # (print writes the line and its end apart)
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self.out.flush()
+        except (OSError, ValueError):
+            pass
+
+    def isatty(self) -> bool:
+        return self.out.isatty()
+
+    def _lost_line(self) -> str:
+        if self.as_json:
+            return json.dumps({"event": "log.lines_lost", "count": self.lost, "level": "warning"}) + "\n"
+        return f"[warning  ] log.lines_lost                 count={self.lost}\n"
+
+
 def configure_logging(config: LogConfig, stream: TextIO | None = None) -> None:
     """(Re)configure structlog; safe to call again on reload to change the level or format."""
-    out = stream if stream is not None else sys.stdout
-    as_json = config.format == "json" or (config.format == "auto" and not out.isatty())
+    given = stream if stream is not None else sys.stdout
+    if isinstance(given, LossyOutput):
+        given = given.out
+    as_json = config.format == "json" or (config.format == "auto" and not given.isatty())
+    out: Any = LossyOutput(given, as_json)
     renderer: Any = (
         structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )

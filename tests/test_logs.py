@@ -37,6 +37,39 @@ def test_library_warnings_are_json_lines_and_client_mistakes_stay_out() -> None:
         logging.captureWarnings(False)
 
 
+class FullDisk(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.full = True
+
+    def write(self, text: str) -> int:
+        if self.full:
+            raise OSError(28, "No space left on device")
+        return super().write(text)
+
+
+def test_a_log_that_cannot_be_written_fails_no_caller_and_says_later_what_was_lost() -> None:
+    """From a review: with the log's disk full, the write raised into whoever logged: the store's
+    writer thread died in its own error path (every later write hung), SMTP answered 500 for
+    mail it had queued, IMAP sessions died."""
+    out = FullDisk()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    configure_logging(LogConfig(level="info", format="json"), stream=out)
+    try:
+        get_logger("test").info("first")
+        get_logger("test").warning("second")
+        logging.getLogger("asyncio").error("a library's line")
+        out.full = False
+        get_logger("test").info("third")
+        lines = [json.loads(line) for line in out.getvalue().splitlines()]
+        assert [(line["event"], line.get("count")) for line in lines] == [("log.lines_lost", 3), ("third", None)]
+    finally:
+        root.handlers, level = saved
+        root.setLevel(level)
+        logging.captureWarnings(False)
+
+
 def test_a_repeated_warning_is_due_once_an_interval_per_key_and_the_keys_stay_bounded() -> None:
     throttle = LogThrottle(60.0, max_keys=2)
     assert throttle.due("a", 1000.0) and not throttle.due("a", 1059.0) and throttle.due("a", 1060.0)
