@@ -7,6 +7,7 @@ holds one, whatever the caller passed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -59,10 +60,8 @@ class LossyOutput:
             return len(text)
 
     def flush(self) -> None:
-        try:
+        with contextlib.suppress(OSError, ValueError):
             self.out.flush()
-        except (OSError, ValueError):
-            pass
 
     def isatty(self) -> bool:
         return self.out.isatty()
