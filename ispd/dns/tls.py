@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -20,11 +21,12 @@ from pathlib import Path
 from ispd.configtypes import SocketAddress
 from ispd.dns.frontend import TransportStats
 from ispd.listeners import ConnectionGate, listening_tcp_socket, server_tls_context
-from ispd.logs import get_logger
+from ispd.logs import LogThrottle, get_logger
 from ispd.service import ServiceStartError, describe_os_error
 
 log = get_logger("ispd.dns")
 
+ACCEPT_RETRY_SECONDS = 1.0
 Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter, str], Awaitable[None]]
 
 
@@ -40,6 +42,8 @@ class TLSListener:
         self.context: ssl.SSLContext | None = None
         self.bound: list[tuple[str, int]] = []
         self._connections: set[asyncio.Task[None]] = set()
+        self._paused: set[asyncio.TimerHandle] = set()  # listening sockets resting after a failed accept
+        self._accept_failures = LogThrottle(60)
 
     def load_certificate(self, certificate: Path, private_key: Path) -> None:
         """Build the context for new connections; raises ``CertificateError`` and keeps the old
@@ -66,6 +70,7 @@ class TLSListener:
             loop.add_reader(listening.fileno(), self._accept, listening)
             stack.callback(listening.close)
             stack.callback(loop.remove_reader, listening.fileno())
+            stack.callback(self._cancel_pauses)
             self.bound.append((address.host, listening.getsockname()[1]))
         stack.push_async_callback(self._close_connections)
 
@@ -77,7 +82,10 @@ class TLSListener:
                 connection, peer = listening.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:  # EMFILE and friends: the next readiness tries again
+            except ConnectionAbortedError:  # gone before it was accepted: the next one
+                continue
+            except OSError as exc:  # EMFILE and friends
+                self._pause(listening, exc)
                 return
             client = peer[0]
             if not self.gate.admit(client):
@@ -87,6 +95,28 @@ class TLSListener:
             task = asyncio.ensure_future(self._connection(connection, client))
             self._connections.add(task)
             task.add_done_callback(self._connections.discard)
+
+    def _pause(self, listening: socket.socket, exc: OSError) -> None:
+        """Out of descriptors the pending connection stays, and the socket stays readable: left
+        as it is, the loop would call ``_accept`` again at once, forever (a core at 100 %). As
+        asyncio's own servers do, stop watching it for a while, say so, and look again."""
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(listening.fileno())
+        if self._accept_failures.due(exc.errno, time.monotonic()):
+            log.error("dns.accept_failed", listener=self.name, error=str(exc))
+
+        def resume() -> None:
+            self._paused.discard(handle)
+            if listening.fileno() != -1:
+                loop.add_reader(listening.fileno(), self._accept, listening)
+
+        handle = loop.call_later(ACCEPT_RETRY_SECONDS, resume)
+        self._paused.add(handle)
+
+    def _cancel_pauses(self) -> None:
+        for handle in self._paused:
+            handle.cancel()
+        self._paused.clear()
 
     async def _connection(self, connection: socket.socket, client: str) -> None:
         loop = asyncio.get_running_loop()
