@@ -183,25 +183,28 @@ class DuplicateCache:
     """Replies by (source address, port, identifier + authenticator), kept ``window`` seconds;
     None while the request is still being worked on. At most ``max_entries``: beyond, the
     oldest tenth goes (a flood of distinct requests must not grow memory without bound; at
-    25,000 requests/s a 30 s window is 750,000 replies)."""
+    25,000 requests/s a 30 s window is 750,000 replies). Timed by the monotonic clock: a step
+    of the wall clock must neither keep entries for the length of the step nor drop them."""
 
-    def __init__(self, window: float, max_entries: int = 500_000) -> None:
+    def __init__(self, window: float, max_entries: int = 500_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.window = window
         self.max_entries = max_entries
+        self.clock = clock
         self._entries: dict[DuplicateKey, tuple[float, bytes | None]] = {}
 
-    def get(self, key: DuplicateKey, now: float) -> tuple[bool, bytes | None]:
+    def get(self, key: DuplicateKey) -> tuple[bool, bytes | None]:
         """(seen, reply): seen and None means "in progress"."""
         entry = self._entries.get(key)
-        if entry is None or entry[0] <= now:
+        if entry is None or entry[0] <= self.clock():
             return False, None
         return True, entry[1]
 
-    def begin(self, key: DuplicateKey, now: float) -> None:
-        self._put(key, (now + self.window, None))
+    def begin(self, key: DuplicateKey) -> None:
+        self._put(key, (self.clock() + self.window, None))
 
-    def done(self, key: DuplicateKey, reply: bytes, now: float) -> None:
-        self._put(key, (now + self.window, reply))
+    def done(self, key: DuplicateKey, reply: bytes) -> None:
+        self._put(key, (self.clock() + self.window, reply))
 
     def _put(self, key: DuplicateKey, entry: tuple[float, bytes | None]) -> None:
         entries = self._entries
@@ -213,9 +216,10 @@ class DuplicateCache:
     def forget(self, key: DuplicateKey) -> None:
         self._entries.pop(key, None)
 
-    def sweep(self, now: float) -> None:
+    def sweep(self) -> None:
         """Drop what has expired; entries were added in time order, so stop at the first live one."""
         entries = self._entries
+        now = self.clock()
         expired = []
         for key, (expires, _) in entries.items():
             if expires > now:
@@ -237,7 +241,6 @@ class _QueuedAccounting:
     addr: Any
     key: DuplicateKey
     started: float  # perf_counter, for the processing time
-    received_at: float  # the clock, for when the NAS last reported (the record's time is the event's)
 
 
 # --- the service -------------------------------------------------------------------------------
@@ -353,7 +356,7 @@ class RadiusService(Service):
         except StoreError as exc:
             raise ServiceStartError(f"radius: cannot load subscribers from the store: {exc}") from None
         self.directory.load(subscribers, plans, credentials, reservations)
-        self.sessions.load(sessions, self.context.clock())
+        self.sessions.load(sessions)
 
     async def _load_quota_flags(self) -> None:
         """Who is over its plan's monthly quota already, from this month's usage (one query at
@@ -515,7 +518,7 @@ class RadiusService(Service):
             self._dropped(port, Drop.UNKNOWN_CLIENT, addr[0], None, now)
             return None
         key = (addr, data[:20])
-        seen, reply = self.duplicates.get(key, now)
+        seen, reply = self.duplicates.get(key)
         if seen:
             if reply is None:
                 self.metrics.dropped.inc(port, Drop.DUPLICATE_IN_PROGRESS)  # normal while working: not logged
@@ -577,7 +580,7 @@ class RadiusService(Service):
             if self.config.reject_delay_seconds > 0:
                 # The processing time is ispd's, measured now: the delay is policy, not work.
                 self.metrics.latency[kind].observe(time.perf_counter() - started)
-                self.duplicates.begin(key, now)
+                self.duplicates.begin(key)
                 assert self._loop is not None
                 self._loop.call_later(self.config.reject_delay_seconds, self._send, transport, reply, addr, key,
                                       code, None, started, None)
@@ -587,7 +590,7 @@ class RadiusService(Service):
     def _send(self, transport: asyncio.DatagramTransport, reply: bytes, addr: Any, key: DuplicateKey, code: int,
               kind: str | None, started: float, now: float | None) -> None:
         """Send a reply; its processing time goes to ``kind`` unless that was observed already."""
-        self.duplicates.done(key, reply, self.context.clock() if now is None else now)
+        self.duplicates.done(key, reply)
         if transport.is_closing():
             return
         transport.sendto(reply, addr)
@@ -603,7 +606,7 @@ class RadiusService(Service):
             self._dropped("auth", Drop.PASSWORD_CHECKS_FULL, addr[0], nas, self.context.clock())
             return
         self._pending_checks += 1
-        self.duplicates.begin(key, self.context.clock())
+        self.duplicates.begin(key)
         assert self._loop is not None
         future = self._loop.run_in_executor(self._checker, PasswordChecker.check_slow, pending.verifier,
                                             pending.password)
@@ -638,7 +641,7 @@ class RadiusService(Service):
             self._dropped("auth", Drop.ADDRESS_CLAIMS_FULL, addr[0], nas, now)
             return
         self._pending_claims += 1
-        self.duplicates.begin(key, self.context.clock())
+        self.duplicates.begin(key)
         self._spawn(self._claim_then_answer(claim, packet, nas, transport, addr, key, started), "address-claim")
 
     async def _claim_then_answer(self, claim: PendingClaim, packet: Packet, nas: Nas,
@@ -834,8 +837,8 @@ class RadiusService(Service):
         if len(self._queue) + self._writing >= MAX_QUEUED_ACCOUNTING:
             self._dropped("acct", Drop.ACCOUNTING_QUEUE_FULL, addr[0], nas, now)
             return
-        self.duplicates.begin(key, now)
-        self._queue.append(_QueuedAccounting(record, packet, nas, transport, addr, key, started, now))
+        self.duplicates.begin(key)
+        self._queue.append(_QueuedAccounting(record, packet, nas, transport, addr, key, started))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             assert self._loop is not None
@@ -886,7 +889,7 @@ class RadiusService(Service):
         for item, result in zip(batch, results, strict=True):
             self.metrics.accounting.inc(str(item.record.status), str(result.outcome))
             self._answer_accounting(item.packet, item.nas, item.transport, item.addr, item.key, item.started)
-            self._follow(item.record, result, item.received_at)
+            self._follow(item.record, result)
             if result.outcome in (AccountingOutcome.UPDATED, AccountingOutcome.STOPPED, AccountingOutcome.REOPENED):
                 # A Stop is checked at once: the session's last growth may cross the quota, and
                 # with no session left no sweep would look at the subscriber before its next login.
@@ -958,30 +961,30 @@ class RadiusService(Service):
             for session in self.sessions.of_subscriber(subscriber_id):
                 self._spawn(self._change(session, walled, "over quota" if over else "quota reset"), "quota-coa")
 
-    def _follow(self, record: AccountingRecord, result: AccountingResult, received_at: float) -> None:
+    def _follow(self, record: AccountingRecord, result: AccountingResult) -> None:
         """Keep the open-session view and tell the bus."""
         bus, sessions, at = self.context.bus, self.sessions, record.at
         outcome = result.outcome
         key = (record.nas_address, record.acct_session_id or "")
         if outcome == AccountingOutcome.UPDATED:
-            sessions.seen(key, received_at)
+            sessions.seen(key)
             current = sessions.get(key)
             if current is not None and current.framed_ip is None and record.framed_ip is not None:
                 # The address comes after the Start (some NASes learn it late): the store filled
                 # it in; the open-session view must know it too, to renew or give back its claim.
                 learnt = replace(current, framed_ip=record.framed_ip,
                                  subscriber_id=current.subscriber_id or record.subscriber_id)
-                sessions.put(learnt, received_at)
+                sessions.put(learnt)
                 self._adopt(learnt)
         elif outcome == AccountingOutcome.REOPENED and result.session is not None:
             if result.session.is_open:  # an interim: it is back among the open sessions
-                sessions.put(result.session, received_at)
+                sessions.put(result.session)
                 bus.publish(_session_event(SessionStarted, result.session, at))
                 self._adopt(result.session)
         elif outcome in (AccountingOutcome.STARTED, AccountingOutcome.STOPPED) and result.session is not None:
             session = result.session  # new: started now, or a Stop with no Start before it
             if session.is_open:
-                replaced = sessions.put(session, received_at)
+                replaced = sessions.put(session)
                 if replaced is not None:
                     bus.publish(_session_event(SessionStopped, replaced, at, SUPERSEDED_CAUSE))
                     self._give_back(replaced)
@@ -1014,7 +1017,7 @@ class RadiusService(Service):
             await asyncio.sleep(SWEEP_SECONDS)
             now = self.context.clock()
             try:
-                self.duplicates.sweep(now)
+                self.duplicates.sweep()
                 if self.auth is not None:
                     self.auth.conversations.expire(now)
                     if self.auth.tunnels is not None:
@@ -1031,7 +1034,7 @@ class RadiusService(Service):
                 log.error("radius.sweep.failed", exc_info=True)
 
     async def _close_stale(self, now: float) -> None:
-        stale = self.sessions.stale(now, self.config.interim_interval_seconds, self.config.stale_session_intervals)
+        stale = self.sessions.stale(self.config.interim_interval_seconds, self.config.stale_session_intervals)
         if not stale:
             return
         closed = await self.context.store.close_sessions([s.id for s in stale], at=now, cause=STALE_CAUSE)

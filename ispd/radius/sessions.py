@@ -5,12 +5,15 @@ loaded at start and kept current from each accounting write's outcome, so that a
 Access-Request can count a subscriber's sessions without a store round trip. A session is
 keyed by (NAS address, Acct-Session-Id). ``last_seen`` is when its NAS's last report on it
 arrived — the arrival, not the event time the NAS gives (a report that waited in the NAS's
-buffer is news all the same) — kept here without re-reading the row.
+buffer is news all the same) — kept here without re-reading the row, on the monotonic clock:
+a step of the wall clock (NTP correcting a box that booted with a wrong one) must not make
+every session look silent, closed as stale and its address given to someone else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
 from ispd.store.models import RadiusSession
 
@@ -18,38 +21,39 @@ SessionKey = tuple[str, str]
 
 
 class OpenSessions:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self.by_key: dict[SessionKey, RadiusSession] = {}
         self.by_subscriber: dict[int, set[SessionKey]] = {}
         self.last_seen: dict[SessionKey, float] = {}
 
-    def load(self, sessions: Iterable[RadiusSession], now: float) -> None:
-        """The open sessions at start: last seen ``now`` at the earliest, so that a daemon that
-        was down longer than the stale limit does not close them all before their NAS reports."""
+    def load(self, sessions: Iterable[RadiusSession]) -> None:
+        """The open sessions at start, each seen now: a daemon that was down longer than the
+        stale limit must not close them all before their NAS reports."""
         self.by_key.clear()
         self.by_subscriber.clear()
         self.last_seen.clear()
         for session in sessions:
             if session.is_open:
-                self.put(session, max(session.updated_at, now))
+                self.put(session)
 
     def get(self, key: SessionKey) -> RadiusSession | None:
         return self.by_key.get(key)
 
-    def put(self, session: RadiusSession, seen_at: float | None = None) -> RadiusSession | None:
-        """Add an open session, its NAS last heard from at ``seen_at`` (default: its updated_at);
-        returns the one it replaces under the same key, if any."""
+    def put(self, session: RadiusSession) -> RadiusSession | None:
+        """Add an open session, its NAS heard from now; returns the one it replaces under the
+        same key, if any."""
         key = (session.nas_address, session.acct_session_id)
         old = self.pop(key)
         self.by_key[key] = session
-        self.last_seen[key] = session.updated_at if seen_at is None else seen_at
+        self.last_seen[key] = self.clock()
         if session.subscriber_id is not None:
             self.by_subscriber.setdefault(session.subscriber_id, set()).add(key)
         return old
 
-    def seen(self, key: SessionKey, at: float) -> None:
-        if key in self.by_key and at > self.last_seen.get(key, 0.0):
-            self.last_seen[key] = at
+    def seen(self, key: SessionKey) -> None:
+        if key in self.by_key:
+            self.last_seen[key] = self.clock()
 
     def pop(self, key: SessionKey) -> RadiusSession | None:
         session = self.by_key.pop(key, None)
@@ -77,13 +81,14 @@ class OpenSessions:
     def of_subscriber(self, subscriber_id: int) -> list[RadiusSession]:
         return [self.by_key[key] for key in self.by_subscriber.get(subscriber_id, ())]
 
-    def stale(self, now: float, default_interval: int, intervals: int) -> list[RadiusSession]:
+    def stale(self, default_interval: int, intervals: int) -> list[RadiusSession]:
         """Open sessions the NAS has not reported on for ``intervals`` interim intervals (their
         own, else ``default_interval``); none when there is no interval to go by."""
+        now = self.clock()
         found = []
         for key, session in self.by_key.items():
             interval = session.interim_interval or default_interval
-            if interval and now - self.last_seen.get(key, session.updated_at) > interval * intervals:
+            if interval and now - self.last_seen[key] > interval * intervals:
                 found.append(session)
         return found
 

@@ -908,14 +908,33 @@ def test_random_requests_get_a_decision_never_an_exception(code: int, attributes
 def test_the_duplicate_cache_is_bounded() -> None:
     from ispd.radius.service import DuplicateCache
 
-    cache = DuplicateCache(30.0, max_entries=100)
+    clock = [100.0]
+    cache = DuplicateCache(30.0, max_entries=100, clock=lambda: clock[0])
     for n in range(250):
-        cache.done((("127.0.0.1", n), b"h"), b"reply", NOW)
+        cache.done((("127.0.0.1", n), b"h"), b"reply")
     assert len(cache) <= 100
-    assert cache.get((("127.0.0.1", 249), b"h"), NOW) == (True, b"reply")  # the newest stay
-    assert cache.get((("127.0.0.1", 0), b"h"), NOW) == (False, None)
-    cache.sweep(NOW + 31)
+    assert cache.get((("127.0.0.1", 249), b"h")) == (True, b"reply")  # the newest stay
+    assert cache.get((("127.0.0.1", 0), b"h")) == (False, None)
+    clock[0] += 31
+    cache.sweep()
     assert len(cache) == 0
+
+
+def test_open_sessions_go_stale_by_the_time_their_nas_has_been_silent_not_by_the_wall_clock() -> None:
+    """From a review: a step of the wall clock (NTP correcting a box that booted with a wrong
+    clock) made every session look silent for the length of the step: all were closed as stale
+    and their pool addresses given to other subscribers while still in use."""
+    clock = [5000.0]  # the monotonic clock
+    sessions = OpenSessions(clock=lambda: clock[0])
+    long_ago = RadiusSession(1, "127.0.0.1", "s1", "alice", NOW - 86_400, NOW - 86_400, subscriber_id=1,
+                             interim_interval=300)
+    sessions.load([long_ago])  # at start: seen now, whatever its row says
+    sessions.put(RadiusSession(2, "127.0.0.1", "s2", "bob", NOW, NOW, subscriber_id=2, interim_interval=300))
+    clock[0] += 899
+    assert sessions.stale(300, 3) == []
+    sessions.seen(("127.0.0.1", "s2"))  # bob's interim
+    clock[0] += 2
+    assert [s.id for s in sessions.stale(300, 3)] == [1]
 
 
 def test_a_nas_ip_address_outside_the_client_is_not_believed() -> None:
