@@ -111,7 +111,8 @@ class MailConfig(Section):
     # Deliveries to other domains at once.
     max_outbound_deliveries: int = Field(default=20, ge=1, le=1000)
     # How long to wait for each step of an outbound SMTP conversation (RFC 5321 §4.5.3.2 asks
-    # for minutes; 60 s is enough for any server worth waiting for, and a retry follows).
+    # for minutes; 60 s is enough for any server worth waiting for, and a retry follows). Not
+    # for the message itself: see outbound.DATA_REPLY_SECONDS.
     outbound_timeout_seconds: float = Field(default=60.0, ge=1, le=600)
     # The port other domains' MX hosts listen on: 25, except in a test lab.
     outbound_port: int = Field(default=25, ge=1, le=65535)

@@ -6,6 +6,7 @@ from text, and the format is three short parts."""
 
 from __future__ import annotations
 
+import re
 import secrets
 from datetime import UTC, datetime
 from email.utils import format_datetime, make_msgid
@@ -31,6 +32,13 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())[:900]
 
 
+def _diagnostic(detail: str) -> str:
+    """RFC 3464 §2.3.6: type "smtp" for another server's reply; ispd's own finding (no such
+    host, a refused connection, a time out) is not one, and says so as Postfix's "X-Postfix" does."""
+    text = _one_line(detail)
+    return f"smtp; {text}" if re.match(r"[2-5]\d\d[ -]", text) else f"X-ispd; {text}"
+
+
 def bounce_message(*, reporting_host: str, sender: str, original: bytes, queue_id: str, arrived_at: float,
                    failed: dict[str, Outcome], now: float) -> bytes:
     """The whole bounce message, CRLF line ends, ready to deliver or queue."""
@@ -44,7 +52,7 @@ def bounce_message(*, reporting_host: str, sender: str, original: bytes, queue_i
         # A 4.x.x only for expiry (4.4.7), as Postfix reports it; anything unreadable is 5.0.0.
         code = outcome.status if outcome.status[:1] in ("4", "5") else "5.0.0"
         status += ["", f"Final-Recipient: rfc822; {address}", "Action: failed", f"Status: {code}",
-                   f"Diagnostic-Code: smtp; {_one_line(outcome.detail)}"]
+                   f"Diagnostic-Code: {_diagnostic(outcome.detail)}"]
     lines = [
         f"From: Mail Delivery System <MAILER-DAEMON@{reporting_host}>",
         f"To: <{sender}>",

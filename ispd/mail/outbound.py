@@ -89,15 +89,21 @@ class MXLookup:
             raise LookupFailed(Outcome(Verdict.BOUNCED, f"{domain}: the domain accepts no mail (null MX)", "5.1.10"))
         return [h for h in hosts if h]
 
-    async def addresses(self, host: str) -> list[str]:
+    async def addresses(self, host: str) -> tuple[list[str], bool]:
+        """The host's addresses, and whether a lookup failed for now (a time out, SERVFAIL)
+        rather than said for good that there is none (NXDOMAIN, no A or AAAA record)."""
         found: list[str] = []
+        failed = False
         for rdtype in ("A", "AAAA"):
             try:
                 answer = await self.resolver.resolve(host, rdtype)
+            except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+                continue
             except (dns.exception.DNSException, OSError):
+                failed = True
                 continue
             found += [r.to_text() for r in answer]
-        return found
+        return found, failed
 
 
 def _client_tls_context() -> ssl.SSLContext:
@@ -117,10 +123,12 @@ async def deliver_to_domain(domain: str, sender: str, recipients: list[str], mes
     except LookupFailed as failed:
         return dict.fromkeys(recipients, failed.outcome)
     last = f"{domain}: no mail host could be reached"
+    reachable = False  # a host with an address, or one whose lookup may yet give one
     for host in hosts:
-        addresses = await lookup.addresses(host)
+        addresses, unsure = await lookup.addresses(host)
+        reachable = reachable or unsure or bool(addresses)
         if not addresses:
-            last = f"{host}: no address"
+            last = f"{host}: {'address lookup failed' if unsure else 'no such host (no A or AAAA record)'}"
         for address in addresses:
             try:
                 return await _transaction(address, port, sender, recipients, message, helo=helo,
@@ -132,6 +140,10 @@ async def deliver_to_domain(domain: str, sender: str, recipients: list[str], mes
                 return dict.fromkeys(recipients, outcome_of_reply(exc.code, f"{host}[{address}]: {exc.message}"))
             except aiosmtplib.SMTPException as exc:  # e.g. STARTTLS offered but unusable
                 last = f"{host}[{address}]: {exc}"
+    if not reachable:
+        # RFC 5321 §5.1: mail hosts none of which has an address are an error to report, not
+        # something that waits out the queue lifetime (Postfix: "Host or domain name not found").
+        return dict.fromkeys(recipients, Outcome(Verdict.BOUNCED, f"{domain}: {last}", "5.4.4"))
     return dict.fromkeys(recipients, Outcome(Verdict.DEFERRED, last, "4.4.1"))
 
 

@@ -224,14 +224,21 @@ def test_a_refusal_far_away_bounces_to_the_sender(lab: Lab) -> None:
 
 
 def test_null_mx_and_an_unknown_domain_bounce_at_once_and_a_domain_without_mx_gets_mail(lab: Lab) -> None:
+    """(And, from a review, an MX host that does not exist bounces at once too: it waited out
+    the queue lifetime, five days, with its DSN's Diagnostic-Code typed "smtp" though no SMTP
+    server said a word.)"""
     before = len(lab.inbox("alice@isp.example"))
     with lab.client() as client:
         client.sendmail("alice@isp.example", ["x@nullmx.example-a.test", "y@no-such-domain.example-a.test",
-                                              "z@nomx.example-a.test"], b"Subject: odd domains\r\n\r\nhi\r\n")
+                                              "z@nomx.example-a.test", "w@hostless.example-a.test"],
+                        b"Subject: odd domains\r\n\r\nhi\r\n")
     eventually(lambda: len(lab.inbox("alice@isp.example")) > before, timeout=15)
     report = lab.inbox("alice@isp.example")[-1].decode()
     assert "Final-Recipient: rfc822; x@nullmx.example-a.test" in report and "Status: 5.1.10" in report
     assert "Final-Recipient: rfc822; y@no-such-domain.example-a.test" in report and "Status: 5.1.2" in report
+    assert "Final-Recipient: rfc822; w@hostless.example-a.test" in report and "Status: 5.4.4" in report
+    assert "Diagnostic-Code: X-ispd; hostless.example-a.test: nohost.hostless.example-a.test: no such host" \
+        in report
     eventually(lambda: lab.remote.messages_to("z@nomx.example-a.test"), timeout=15)
 
 

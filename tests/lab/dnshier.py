@@ -39,8 +39,9 @@ The tree (offsets from the base; "BH" is a ``Blackhole``, "--" an address where 
         18.198.in-addr.arpa  ns.18.198.in-addr.arpa .3.3 (glue; 198.in-addr.arpa is an empty
                              non-terminal of in-addr.arpa)
     (mail, in example-a.test) relay. (MX .40.1), twomx. (MX .40.2 where nothing listens, then .40.1),
-                          nullmx. (null MX, RFC 7505), nomx. (no MX, an A record .40.1): the SMTP
-                          servers of the mail tests listen on port 25 of .40.x
+                          nullmx. (null MX, RFC 7505), nomx. (no MX, an A record .40.1),
+                          hostless. (MX to a host that does not exist): the SMTP servers of the
+                          mail tests listen on port 25 of .40.x
     corp.internal.        ns1.corp.internal .21.1: a private zone no one delegates (internal. does
                           not exist at the root), reachable only as a configured stub zone
     (no zone)             .20.2 a spare for a RogueServer's forged sources; .30.1, .30.2 free for
@@ -295,6 +296,7 @@ def zone_texts(base: str = DEFAULT_BASE) -> dict[str, str]:
         "relay IN MX 10 mx1.relay", f"mx1.relay IN A {base}.40.1",
         "twomx IN MX 10 mx-dead.twomx", "twomx IN MX 20 mx1.relay", f"mx-dead.twomx IN A {base}.40.2",
         "nullmx IN MX 0 .",
+        "hostless IN MX 10 nohost.hostless",  # its one mail host does not exist
         f"nomx IN A {base}.40.1",  # no MX record: mail goes to the domain's own address
         # Mail authentication: example-a.test's SPF (above) allows only its MX, its DMARC policy
         # rejects (and covers its subdomains), twomx's quarantines; relay.example-a.test signs
