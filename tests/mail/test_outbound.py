@@ -236,3 +236,35 @@ async def test_a_message_given_up_on_mid_transfer_never_reaches_its_end(monkeypa
     finally:
         server.close()
     assert taken == []
+
+
+async def test_eight_bit_mail_is_returned_rather_than_sent_to_a_server_without_8bitmime() -> None:
+    """From a review: an 8-bit body went raw, without BODY=, to a server whose EHLO offered no
+    8BITMIME (RFC 6152 §3: convert it or return it)."""
+    from tests.lab.ports import free_tcp_port
+
+    commands: list[bytes] = []
+
+    async def seven_bit_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 old.example ESMTP\r\n")
+        while line := await reader.readline():
+            commands.append(line.split(b" ")[0].strip().upper())
+            if line.upper().startswith(b"EHLO"):
+                writer.write(b"250-old.example\r\n250 SIZE 10000000\r\n")
+            elif line.upper().startswith(b"QUIT"):
+                writer.write(b"221 bye\r\n")
+                break
+            else:
+                writer.write(b"250 ok\r\n")
+        writer.close()
+
+    port = free_tcp_port()
+    server = await asyncio.start_server(seven_bit_server, "127.0.0.1", port)
+    try:
+        outcomes = await outbound._transaction("127.0.0.1", port, "alice@isp.example", ["bob@old.example"],
+                                               "Subject: café\r\n\r\nun café\r\n".encode(), helo="mx.isp.example",
+                                               command_timeout=5)
+    finally:
+        server.close()
+    assert outcomes["bob@old.example"].verdict is Verdict.BOUNCED and outcomes["bob@old.example"].status == "5.6.3"
+    assert b"MAIL" not in commands and b"DATA" not in commands
