@@ -110,6 +110,9 @@ class MailConfig(Section):
     retry_max_seconds: float = Field(default=4 * 3600, ge=1, le=7 * 86400)
     # Deliveries to other domains at once.
     max_outbound_deliveries: int = Field(default=20, ge=1, le=1000)
+    # Of those, at most this many to one domain (Postfix's destination concurrency limit): a
+    # slow or tarpitting MX must not take every slot from the mail to everyone else.
+    max_outbound_per_domain: int = Field(default=10, ge=1, le=1000)
     # How long to wait for each step of an outbound SMTP conversation (RFC 5321 §4.5.3.2 asks
     # for minutes; 60 s is enough for any server worth waiting for, and a retry follows). Not
     # for the message itself: see outbound.DATA_REPLY_SECONDS.

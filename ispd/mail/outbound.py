@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 log = get_logger("ispd.mail.outbound")
 POLL_SECONDS = 10.0
+BUSY_DOMAIN_DELAY_SECONDS = 30.0  # a message whose domains are all at their limit: looked at again then
 # RFC 5321 §4.5.3.2.6: a client waits 10 minutes for the reply to the end of the message (the
 # other side may be filtering it); the transfer before gets a second per DATA_MIN_RATE octets, a
 # line at 64 kbit/s (§4.5.3.2.5 gives 3 minutes per block sent; aiosmtplib writes the whole
@@ -257,6 +258,7 @@ class QueueRunner:
         self.wake = asyncio.Event()
         self._active: dict[str, asyncio.Task[None]] = {}
         self._noting: set[asyncio.Task[None]] = set()  # deliveries being written down (see _note_delivered)
+        self._per_domain: dict[str, int] = {}  # deliveries under way to each domain
         self._slots = asyncio.Semaphore(config.max_outbound_deliveries)
         self.attempts: dict[str, int] = {v.value: 0 for v in Verdict}  # per recipient, for metrics
         self.bounces = 0
@@ -347,7 +349,27 @@ class QueueRunner:
                 mail = await self.store.get_queued_mail(queue_id)
                 if mail is None or not mail.pending or mail.next_attempt_at > self.clock():
                     return
-                await self._attempt_now(mail)
+                domains = list(by_domain(mail.pending))
+                limit = self.config.max_outbound_per_domain
+                if all(self._per_domain.get(domain, 0) >= limit for domain in domains):
+                    # Later, and out of the way: left due, it would stay first in the queue's order
+                    # and keep taking the poll's places from mail to other domains.
+                    await self.store.reschedule_mail(queue_id, self.clock() + BUSY_DOMAIN_DELAY_SECONDS)
+                    return
+                # Counted from now, before any wait: the attempts behind this one look at once.
+                # (A message to several domains goes when one has room: the others may then be
+                # one over their limit.)
+                for domain in domains:
+                    self._per_domain[domain] = self._per_domain.get(domain, 0) + 1
+                try:
+                    await self._attempt_now(mail)
+                finally:
+                    for domain in domains:
+                        left = self._per_domain[domain] - 1
+                        if left:
+                            self._per_domain[domain] = left
+                        else:
+                            del self._per_domain[domain]
         except Exception as exc:  # one entry's trouble must not stop the queue
             log.error("mail.queue.attempt_failed", queue_id=queue_id, error=repr(exc))
         finally:

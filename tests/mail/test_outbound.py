@@ -268,3 +268,48 @@ async def test_eight_bit_mail_is_returned_rather_than_sent_to_a_server_without_8
         server.close()
     assert outcomes["bob@old.example"].verdict is Verdict.BOUNCED and outcomes["bob@old.example"].status == "5.6.3"
     assert b"MAIL" not in commands and b"DATA" not in commands
+
+
+async def test_a_slow_domain_takes_at_most_its_share_of_the_deliveries(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """From a review: one slow destination held every delivery slot, so mail to everyone else
+    waited behind it (19 s in the review; minutes with a tarpit)."""
+    config = MailConfig(domains=["isp.example"], queue_directory=tmp_path / "queue", max_outbound_deliveries=4,
+                        max_outbound_per_domain=2)
+    spool = Spool(config.queue_directory)
+    spool.prepare()
+    queued = {f"S{n}": mail("x@slow.example") for n in range(4)} | {"F1": mail("y@fast.example")}
+    for queue_id in queued:
+        spool.write(queue_id, b"Subject: x\r\n\r\nx\r\n")
+    store = RecordingStore()
+    rescheduled: list[tuple[str, float]] = []
+
+    async def get_queued_mail(queue_id: str) -> QueuedMail:
+        return QueuedMail(queue_id, 900.0, "alice@isp.example", 10, 900.0, queued[queue_id].recipients)
+
+    async def reschedule_mail(queue_id: str, at: float) -> int:
+        rescheduled.append((queue_id, at))
+        return 1
+
+    store.get_queued_mail = get_queued_mail  # type: ignore[method-assign]
+    store.reschedule_mail = reschedule_mail  # type: ignore[attr-defined]
+    runner = QueueRunner(config, store, spool, ThreadPoolExecutor(1),  # type: ignore[arg-type]
+                         no_local_delivery, lambda: 1000.0)
+    slow_answers = asyncio.Event()
+    fast_done = asyncio.Event()
+
+    async def deliver(domain: str, sender: str, recipients: list[str], message: bytes, **_: Any) -> dict[str, Outcome]:
+        if domain == "slow.example":
+            await slow_answers.wait()
+        else:
+            fast_done.set()
+        return dict.fromkeys(recipients, Outcome(Verdict.DELIVERED, "250 ok"))
+
+    monkeypatch.setattr(outbound, "deliver_to_domain", deliver)
+    attempts = [asyncio.ensure_future(runner._attempt(queue_id)) for queue_id in queued]
+    try:
+        await asyncio.wait_for(fast_done.wait(), 2)
+    finally:
+        slow_answers.set()
+        await asyncio.gather(*attempts)
+    assert rescheduled == [("S2", 1030.0), ("S3", 1030.0)]  # later, out of the way
