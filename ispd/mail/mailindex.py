@@ -102,6 +102,36 @@ def forget(folder: Path) -> None:
     _SNAPSHOTS.pop(folder, None)
 
 
+def withdraw(folder: Path, name: str) -> int | None:
+    """Takes back a message this process delivered as ``name`` into the folder's new/ and whose
+    delivery is being undone (a failed transaction: SMTP's 4xx, IMAP's NO). A sync may have moved
+    it to cur/ with a UID meanwhile: it is removed from there too, which a session that saw it
+    reads as an expunge. Under the folder's lock, so a sync cannot move it while it is looked
+    for. The bytes removed (for the quota count), or None when it was not there (expunged
+    already); OSError when it could not be removed."""
+    index = FolderIndex(folder)
+    with index._locked():
+        removed: Path | None = folder / "new" / name
+        assert removed is not None
+        try:
+            os.unlink(removed)
+        except FileNotFoundError:
+            removed = None
+            prefix = base_name(name)
+            for entry in os.scandir(folder / "cur"):
+                if _UID_FIELD.sub("", base_name(entry.name)) == prefix:
+                    removed = Path(entry.path)
+                    os.unlink(removed)
+                    break
+        forget(folder)
+        if removed is None:
+            return None
+        # Durable before the client is told nothing was taken: after a crash the copy must not
+        # come back beside the one the retry brings.
+        fsync_directory(removed.parent)
+    return size_of(name) or 0
+
+
 @dataclass(frozen=True, slots=True)
 class FolderState:
     uidvalidity: int

@@ -80,6 +80,16 @@ TLS_HANDSHAKE_SECONDS = 15.0
 ACCEPT_RETRY_SECONDS = 1.0  # after a failed accept (asyncio's servers wait as long)
 
 
+class PartialDelivery(Exception):
+    """Some copies of a message stay delivered after another failed and could not be taken
+    back: the message counts as taken; ``missing`` are the Maildirs without a copy."""
+
+    def __init__(self, error: OSError, missing: set[Path]) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.missing = missing
+
+
 def check_files(config: MailConfig) -> list[str]:
     """What ``ispd check-config`` reports about the files the section names."""
     problems = []
@@ -502,22 +512,29 @@ class MailService(Service):
             return_path="" if mail_from == "<>" else mail_from, helo=smtp_session.host_name or "",
             client_ip=session.client, server_name=session.hostname, protocol=self._protocol(session, envelope),
             queue_id=queue_id, recipient=local_recipients[0] if len(local_recipients) == 1 else None, now=now)
-        maildirs = [self.maildir(address) for address in envelope.mailboxes if address not in over]
+        targets = {address: self.maildir(address) for address in envelope.mailboxes if address not in over}
+        maildirs = list(targets.values())
         try:
             await self._write_and_notify(maildirs, headers + content, now, folder)
-        except OSError as exc:
+        except (OSError, PartialDelivery) as failure:
+            exc = failure.error if isinstance(failure, PartialDelivery) else failure
             log.error("mail.delivery.failed", queue_id=queue_id, error=str(exc))
             self.metrics.refusals.inc("local_error")
             storage = exc.errno in (28, 122)  # ENOSPC, EDQUOT
             reply = (Reply(452, "4.3.1", "Insufficient system storage, try again later") if storage
                      else Reply(451, "4.3.0", "Local delivery failed, try again later"))
-            if not envelope.remote:
+            # ``_write`` took back the copies it had made, so a 4xx takes nothing: unless some
+            # stay (PartialDelivery), or the rest is queued already, where a 4xx would make the
+            # sender send that again. Then the message is taken and the recipients without a
+            # copy bounce.
+            missing = failure.missing if isinstance(failure, PartialDelivery) else {m.path for m in maildirs}
+            if not envelope.remote and not isinstance(failure, PartialDelivery):
                 return reply
-            # The rest is queued already: a 4xx now would make the sender send that again.
-            # The local recipients bounce instead.
-            over.update({address: SMTPRefusal(reply, "local_error") for address in envelope.mailboxes
-                         if address not in over})
-            maildirs = []
+            over.update({address: SMTPRefusal(reply, "local_error") for address, maildir in targets.items()
+                         if maildir.path in missing})
+            maildirs = [m for m in maildirs if m.path not in missing]
+            for maildir in maildirs:
+                self.notify_imap(maildir.path, folder)
         self.metrics.deliveries.inc(amount=len(maildirs))
         if maildirs:
             self.metrics.bytes.inc(amount=len(headers) + len(content))
@@ -554,16 +571,46 @@ class MailService(Service):
             self.notify_imap(maildir.path, folder)
 
     def _write(self, maildirs: list[Maildir], message: bytes, now: float, folder: str) -> None:
+        """Every copy, or (OSError) none: RFC 5321 §4.1.1.4, a 4xx after DATA says nothing was
+        taken, and the sender sends the whole message again to every recipient. So when a copy
+        fails (the disk full, a mailbox not writable) those written before it are taken back,
+        with their quota count, before the error goes on. Should that fail too, the copies
+        that stay make the message delivered: ``PartialDelivery`` names the recipients without
+        one, who bounce under a 250 (as ``submit`` bounces a local copy that fails beside a
+        queued part), so nothing is lost and nothing arrives twice."""
+        delivered: list[tuple[Maildir, str]] = []
         for maildir in maildirs:
-            if maildir.path not in self._created:
-                maildir.create()
-                self._created.add(maildir.path)
             try:
-                maildir.deliver(message, folder=folder, now=now)
-            except FileNotFoundError:  # removed by an operator (or `mailbox delete`) since: make it again
-                maildir.create()
-                maildir.deliver(message, folder=folder, now=now)
+                if maildir.path not in self._created:
+                    maildir.create()
+                    self._created.add(maildir.path)
+                try:
+                    copy = maildir.deliver(message, folder=folder, now=now)
+                except FileNotFoundError:  # removed by an operator (or `mailbox delete`) since: make it again
+                    maildir.create()
+                    copy = maildir.deliver(message, folder=folder, now=now)
+            except OSError as exc:
+                kept = self._take_back(delivered, folder)
+                if kept:
+                    raise PartialDelivery(exc, {m.path for m in maildirs} - kept) from exc
+                raise
             mailindex.forget(maildir.folder_path(folder))
+            delivered.append((maildir, copy.name))
+
+    @staticmethod
+    def _take_back(delivered: list[tuple[Maildir, str]], folder: str) -> set[Path]:
+        """Removes copies of a transaction that failed part-way; the mailboxes whose copy stays."""
+        kept: set[Path] = set()
+        for maildir, name in delivered:
+            try:
+                size = mailindex.withdraw(maildir.folder_path(folder), name)
+            except OSError as exc:
+                log.error("mail.delivery.take_back_failed", mailbox=str(maildir.path), error=str(exc))
+                kept.add(maildir.path)
+                continue
+            if size is not None:
+                maildir.uncount(size)
+        return kept
 
     async def deliver(self, session: SMTPSession, smtp_session: Session, envelope: MailEnvelope) -> Reply:
         """The end of DATA on the MX."""
