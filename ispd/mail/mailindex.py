@@ -43,7 +43,7 @@ import re
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,7 +110,11 @@ def withdraw(folder: Path, name: str) -> int | None:
     for. The bytes removed (for the quota count), or None when it was not there (expunged
     already); OSError when it could not be removed."""
     index = FolderIndex(folder)
-    with index._locked():
+    with ExitStack() as locks:
+        try:
+            locks.enter_context(index._locked())
+        except OSError:  # the lock file cannot be made (a full disk): this process's lock alone
+            locks.enter_context(index._lock)
         removed: Path | None = folder / "new" / name
         assert removed is not None
         try:

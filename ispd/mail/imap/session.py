@@ -557,12 +557,16 @@ class IMAPSession(asyncio.Protocol):
 
         def append() -> tuple[int, int]:
             delivered = maildir.deliver(message, folder=folder, received_at=received_at)
-            mailindex.forget(maildir.folder_path(folder))
-            index = FolderIndex(maildir.folder_path(folder))
-            state = index.sync()
-            added = next(m for m in state.messages if m.base.startswith(delivered.name))
-            if letters:
-                index.set_flags([added.uid], "=", letters)
+            try:
+                mailindex.forget(maildir.folder_path(folder))
+                index = FolderIndex(maildir.folder_path(folder))
+                state = index.sync()
+                added = next(m for m in state.messages if m.base.startswith(delivered.name))
+                if letters:
+                    index.set_flags([added.uid], "=", letters)
+            except BaseException:  # NO: the message is not there (the client appends it again)
+                _take_back(maildir, folder, [delivered.name])
+                raise
             return state.uidvalidity, added.uid
 
         uidvalidity, uid = await self._blocking(append)
@@ -669,7 +673,16 @@ class IMAPSession(asyncio.Protocol):
         source_index = selected.index
 
         def copy() -> tuple[int, list[tuple[int, int]]]:
-            names = []
+            names: list[tuple[IndexedMessage, str]] = []
+            try:
+                return copy_all(names)
+            except BaseException:
+                # RFC 3501 §6.4.7: a COPY that fails leaves the destination as it was; the
+                # client's retry must not find the first part twice. (MOVE then removes nothing.)
+                _take_back(maildir, target, [name for _, name in names])
+                raise
+
+        def copy_all(names: list[tuple[IndexedMessage, str]]) -> tuple[int, list[tuple[int, int]]]:
             for _, message in sources:
                 try:
                     data = (source_cur / message.name).read_bytes()
@@ -1154,6 +1167,19 @@ _STATES: dict[str, tuple[str, ...]] = {
 
 
 COMMAND_NAMES = (*sorted(_STATES), "other")
+
+
+def _take_back(maildir: Maildir, folder: str, names: list[str]) -> None:
+    """Removes the messages a failing COPY or APPEND put into ``folder`` (with their quota count);
+    one that cannot be removed is logged and left (the command still answers NO)."""
+    for name in names:
+        try:
+            size = mailindex.withdraw(maildir.folder_path(folder), name)
+        except OSError as exc:
+            log.error("mail.imap.take_back_failed", folder=folder, error=str(exc))
+            continue
+        if size is not None:
+            maildir.uncount(size)
 
 
 def _metric_name(name: str) -> str:

@@ -1,0 +1,119 @@
+"""IMAP commands that fail part-way (a full disk) answer NO and leave the mailbox as it was:
+RFC 3501 §6.4.7 for COPY, and a NO to STORE or APPEND means nothing changed. On a session over
+a fake transport, so that the disk can be made to fail at a chosen write."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from ispd.mail.imap.session import IMAPSession
+from ispd.mail.maildir import Maildir
+from ispd.mail.mailindex import FolderIndex
+from ispd.mail.metrics import MailMetrics
+from tests.mail.imap.test_autologout import FakeTransport
+
+
+def fake_service(maildir: Maildir, executor: ThreadPoolExecutor) -> Any:
+    config = SimpleNamespace(imap_autologout_seconds=1800, imap_commands_per_second=0, max_message_bytes=1 << 20,
+                             max_imap_sessions_per_mailbox=10, max_auth_failures=3)
+    gate = SimpleNamespace(admit=lambda client: True, release=lambda client: None)
+
+    async def imap_login(user: bytes, password: bytes, client: str = "") -> tuple[str, str, Maildir]:
+        return "alice", "alice@isp.example", maildir
+
+    return SimpleNamespace(
+        config=config, gate=gate, imap_sessions=set(), metrics=MailMetrics(), tls_context=None,
+        imap_login=imap_login, imap_sessions_of=lambda path: 0, mail_executor=executor,
+        throttle=SimpleNamespace(succeeded=lambda login: None), notify_imap=lambda path, folder: None,
+        watch_imap=lambda session: None, unwatch_imap=lambda session: None)
+
+
+def run_commands(maildir: Maildir, commands: list[str], before_last: Callable[[], None]) -> bytes:
+    """Sends each command and waits for its tagged answer; ``before_last`` runs (sets up the
+    failure) before the last one. What the server wrote to the last command."""
+    async def run() -> bytes:
+        transport = FakeTransport()
+        with ThreadPoolExecutor(2) as executor:
+            session = IMAPSession(fake_service(maildir, executor), "imaps")
+            session.connection_made(transport)  # type: ignore[arg-type]
+            start = 0
+            for number, command in enumerate(commands):
+                if number == len(commands) - 1:
+                    before_last()
+                start = len(transport.written)
+                tag = f"t{number}".encode()
+                session.data_received(tag + b" " + command.encode() + b"\r\n")
+                for _ in range(500):
+                    if any(line.startswith(tag + b" ") for line in transport.written[start:].split(b"\r\n")):
+                        break
+                    await asyncio.sleep(0.01)
+            transport.close()
+            session.connection_lost(None)
+            return transport.written[start:]
+
+    return asyncio.run(run())
+
+
+@pytest.fixture()
+def maildir(tmp_path: Path) -> Maildir:
+    maildir = Maildir.for_address(tmp_path, "alice@isp.example")
+    maildir.create()
+    for number in range(3):
+        maildir.deliver(f"Subject: {number}\r\n\r\nbody {number}\r\n".encode(), now=1000.0 + number)
+    return maildir
+
+
+def fail_after(monkeypatch: pytest.MonkeyPatch, where: Path, allowed: int) -> None:
+    """Files opened for writing under ``where`` fail with ENOSPC after ``allowed`` of them."""
+    real_open = os.open
+    count = [0]
+
+    def open_(path: str | os.PathLike[str], flags: int, *args: int, **kwargs: int) -> int:
+        if str(path).startswith(str(where)) and flags & (os.O_WRONLY | os.O_RDWR):
+            count[0] += 1
+            if count[0] > allowed:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+
+
+def messages_in(folder: Path) -> list[str]:
+    return os.listdir(folder / "new") + os.listdir(folder / "cur")
+
+
+@pytest.mark.parametrize("command", ["COPY", "MOVE"])
+def test_a_copy_that_fails_part_way_leaves_the_target_as_it_was(maildir: Maildir, monkeypatch: pytest.MonkeyPatch,
+                                                                command: str) -> None:
+    archive = maildir.folder_path("Archive")
+    before = maildir.usage()
+    answer = run_commands(maildir, ["LOGIN alice x", "SELECT INBOX", f"{command} 1:3 Archive"],
+                          lambda: fail_after(monkeypatch, archive / "tmp", 2))  # room for two copies
+    monkeypatch.undo()
+    assert b"t2 NO" in answer
+    assert messages_in(archive) == []
+    assert len(messages_in(maildir.path)) == 3  # a MOVE removed nothing
+    assert maildir.usage() == before
+    assert FolderIndex(archive).sync().messages == []
+
+
+def test_an_append_that_fails_after_the_write_leaves_no_message(maildir: Maildir,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    archive = maildir.folder_path("Archive")
+    message = "Subject: appended\r\n\r\nhi\r\n"
+    # The message file is written; the index's lock file (and whatever follows) is not.
+    answer = run_commands(maildir, ["LOGIN alice x", f"APPEND Archive (\\Seen) {{{len(message)}+}}\r\n{message}"],
+                          lambda: fail_after(monkeypatch, archive, 1))
+    monkeypatch.undo()
+    assert b"t1 NO" in answer
+    assert messages_in(archive) == []
+    assert maildir.recompute_usage().messages == 3 and maildir.usage().messages == 3
