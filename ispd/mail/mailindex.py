@@ -398,20 +398,32 @@ class FolderIndex:
             if renames:
                 before = self._stamp()
                 was_current = before[1:] == snapshot.stamp[1:]
+                # The modseq log first: a NO must mean nothing changed, and the log is what can
+                # fail on a full disk (a rename needs no room). A line whose rename then does not
+                # happen is harmless: the next sync believes the file's name.
+                line = "".join(f"{u.uid} {u.modseq} {u.flags or '-'}\n" for _, u in renames)
+                self._log_changes(line)
+                snapshot.logged += len(line)
                 done = []
-                for position, updated in renames:
-                    try:
-                        os.rename(self.path / "cur" / snapshot.messages[position].name,
-                                  self.path / "cur" / updated.name)
-                    except FileNotFoundError:
-                        continue  # removed by another process since the look
-                    done.append((position, updated))
+                try:
+                    for position, updated in renames:
+                        try:
+                            os.rename(self.path / "cur" / snapshot.messages[position].name,
+                                      self.path / "cur" / updated.name)
+                        except FileNotFoundError:
+                            continue  # removed by another process since the look
+                        done.append((position, updated))
+                except OSError:
+                    # A longer name in a full directory block (ENOSPC), a folder made read-only:
+                    # the renames done are undone, and the next sync reads the files again.
+                    for position, updated in reversed(done):
+                        with suppress(OSError):
+                            os.rename(self.path / "cur" / updated.name,
+                                      self.path / "cur" / snapshot.messages[position].name)
+                    _SNAPSHOTS.pop(self.path, None)
+                    raise
                 if done:
                     snapshot.highest_modseq += 1
-                    line = "".join(f"{u.uid} {u.modseq} {u.flags or '-'}\n" for _, u in done)
-                    with open(self.path / "ispd-modseq", "a", encoding="ascii") as log:
-                        log.write(line)
-                    snapshot.logged += len(line)
                     for position, updated in done:
                         snapshot.messages[position] = updated
                         found[updated.uid] = updated
@@ -424,6 +436,23 @@ class FolderIndex:
                     _SNAPSHOTS.pop(self.path, None)
             return FlagChange(found, [u.uid for _, u in done] if renames else [], modified,
                               snapshot.highest_modseq, snapshot.expunged_modseq)
+
+    def _log_changes(self, line: str) -> None:
+        """Appends flag changes to ``ispd-modseq``, all or nothing: a write cut short (ENOSPC)
+        is cut off again, so that the next line appended does not run on from half a line."""
+        fd = os.open(self.path / "ispd-modseq", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            length = os.fstat(fd).st_size
+            try:
+                data = line.encode("ascii")
+                while data:
+                    data = data[os.write(fd, data):]
+            except OSError:
+                with suppress(OSError):
+                    os.ftruncate(fd, length)
+                raise
+        finally:
+            os.close(fd)
 
     # --- keywords
 

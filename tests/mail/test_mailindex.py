@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import builtins
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -277,3 +279,91 @@ def test_a_file_brought_in_with_an_old_uid_gets_a_new_one(maildir: Maildir) -> N
     os.rename(maildir.path / expunged.name, maildir.path / "cur" / expunged.name)  # ...and brought back
     forget(maildir.path)
     assert [m.uid for m in index.sync().messages] == [2, 3, 4]  # UID 1 is never given again
+
+
+def _disk_full(*args: object, **kwargs: object) -> None:
+    raise OSError(28, "No space left on device")
+
+
+def test_a_flag_change_that_cannot_be_logged_changes_nothing(maildir: Maildir,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    for number in range(3):
+        deliver(maildir, f"m{number}", 100.0 + number)
+    index = FolderIndex(maildir.path)
+    before = index.sync()
+    names = sorted(os.listdir(maildir.path / "cur"))
+    real_open = os.open
+
+    def open_(path: str | os.PathLike[str], flags: int, *args: int, **kwargs: int) -> int:
+        if str(path).endswith("ispd-modseq"):
+            _disk_full()
+        return real_open(path, flags, *args, **kwargs)
+
+    real_builtin_open = builtins.open
+
+    def builtin_open(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(path).endswith("ispd-modseq") and args and args[0] == "a":
+            _disk_full()
+        return real_builtin_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+    monkeypatch.setattr(builtins, "open", builtin_open)
+    with pytest.raises(OSError):
+        index.set_flags([1, 2, 3], "+", "S")
+    monkeypatch.undo()
+    assert sorted(os.listdir(maildir.path / "cur")) == names  # STORE said NO: no file renamed
+    after = index.sync()
+    assert after.highest_modseq == before.highest_modseq and [m.flags for m in after.messages] == ["", "", ""]
+    # And the next change works and counts one modseq up.
+    assert index.set_flags([2], "+", "S").highest_modseq == before.highest_modseq + 1
+
+
+def test_a_flag_change_cut_short_by_a_rename_is_undone(maildir: Maildir, monkeypatch: pytest.MonkeyPatch) -> None:
+    for number in range(3):
+        deliver(maildir, f"m{number}", 100.0 + number)
+    index = FolderIndex(maildir.path)
+    before = index.sync()
+    names = sorted(os.listdir(maildir.path / "cur"))
+    real_rename = os.rename
+    renamed = [0]
+
+    def rename(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+        renamed[0] += 1
+        if renamed[0] == 2:  # the second message's longer name finds no room in the directory
+            _disk_full()
+        real_rename(source, target)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError):
+        index.set_flags([1, 2, 3], "+", "S")
+    monkeypatch.undo()
+    assert sorted(os.listdir(maildir.path / "cur")) == names
+    after = index.sync()
+    assert [m.flags for m in after.messages] == ["", "", ""]
+    assert after.highest_modseq >= before.highest_modseq  # never back
+    # A torn append is cut off: the log holds whole lines only.
+    log = maildir.path / "ispd-modseq"
+    assert not log.exists() or log.read_text().endswith("\n")
+
+
+def test_a_torn_modseq_line_is_cut_off(maildir: Maildir, monkeypatch: pytest.MonkeyPatch) -> None:
+    deliver(maildir, "m", 100.0)
+    index = FolderIndex(maildir.path)
+    index.sync()
+    index.set_flags([1], "+", "F")
+    real_write = os.write
+
+    def half_then_full(fd: int, data: bytes | memoryview) -> int:
+        if len(data) > 2:
+            return real_write(fd, bytes(data)[:2])
+        _disk_full()
+        return 0
+
+    monkeypatch.setattr(os, "write", half_then_full)
+    with pytest.raises(OSError):
+        index.set_flags([1], "+", "S")
+    monkeypatch.undo()
+    log = maildir.path / "ispd-modseq"
+    logged = log.read_text() if log.exists() else ""
+    assert "1 " not in logged.replace("1 3 F\n", "")  # whole lines only: no half of "1 4 FS"
+    assert [m.flags for m in index.sync().messages] == ["F"]
