@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import errno
 import fcntl
 import os
 import re
@@ -47,9 +48,14 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from ispd.logs import get_logger
 from ispd.mail.maildir import PathLocks, crlf_size, fsync_directory, name_field, size_of
 
+log = get_logger("ispd.mail.index")
 _UID_FIELD = re.compile(r",U=(\d+)")
+# A full disk, a quota, a read-only mount: the folder can be read, not written.
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+_UNWRITABLE_LOGGED: set[Path] = set()  # folders whose unwritable index was logged (once each)
 _TRUST_AFTER_NS = 2_000_000_000
 _MODSEQ_LOG_LIMIT = 256 * 1024  # past this, the next sync folds the log into the uidlist
 # A folder's index has one writer at a time in this process (flock keeps other processes out).
@@ -92,6 +98,7 @@ class _Snapshot:
     expunged_modseq: int
     messages: list[IndexedMessage]  # by UID, none recent
     logged: int  # bytes in ispd-modseq
+    deferred: bool = False  # mail left in new/ (no room to index it): never answered from memory
 
 
 _SNAPSHOTS: dict[Path, _Snapshot] = {}
@@ -230,12 +237,25 @@ class FolderIndex:
     @contextmanager
     def _locked(self) -> Iterator[None]:
         with self._lock:
-            fd = os.open(self.path / "ispd-uidlist.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd: int | None
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                fd = os.open(self.path / "ispd-uidlist.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                if exc.errno not in _NO_ROOM:
+                    raise
+                # A read-only mount, or no room to make the file: reading must still work (and
+                # flock needs no write access); without the file, this process's lock alone.
+                try:
+                    fd = os.open(self.path / "ispd-uidlist.lock", os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    fd = None
+            try:
+                if fd is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
                 yield
             finally:
-                os.close(fd)  # releases the flock
+                if fd is not None:
+                    os.close(fd)  # releases the flock
 
     def _stamp(self) -> tuple[int, int, int]:
         """What changes when the folder does: the mtimes of new/, cur/ and the uidlist."""
@@ -270,7 +290,7 @@ class FolderIndex:
         # sync's own moves) makes the next sync look again rather than miss it. And if new/
         # had changed within two seconds of the scan, a delivery in that same clock tick
         # would leave its time as it was: such a snapshot never answers alone.
-        if time.time_ns() - stamp[0] <= _TRUST_AFTER_NS:
+        if time.time_ns() - stamp[0] <= _TRUST_AFTER_NS or snapshot.deferred:
             stamp = (-1, stamp[1], stamp[2])
         snapshot.stamp = stamp
         _SNAPSHOTS[self.path] = snapshot
@@ -289,11 +309,22 @@ class FolderIndex:
         recent: set[int] = set()
         arrived = sorted((e for e in os.scandir(self.path / "new") if not e.name.startswith(".") and e.is_file()),
                          key=_delivery_order)
+        deferred = False
         if arrived:
             # The UIDs about to be written into names are reserved durably first: after a
             # crash, none of them can be given again under this UIDVALIDITY.
-            self._replace("ispd-uidvalidity", f"V{uidvalidity} N{next_uid + len(arrived)} M{change_modseq}\n",
-                          sync=True)
+            try:
+                self._replace("ispd-uidvalidity", f"V{uidvalidity} N{next_uid + len(arrived)} M{change_modseq}\n",
+                              sync=True)
+            except OSError as exc:
+                if exc.errno not in _NO_ROOM:
+                    raise
+                # No room to reserve UIDs (a full disk): the new mail waits in new/ until there
+                # is. A UID given in memory only could be given again, after a restart, to
+                # another message - a client would then show it the wrong message (RFC 3501
+                # §2.3.1.1). Reading what has UIDs already must not fail for it.
+                self._unwritable(exc)
+                arrived, deferred = [], True
         # Delivered since the last sync: into cur/ with the next UID in the name.
         for entry in arrived:
             uid = next_uid
@@ -359,9 +390,24 @@ class FolderIndex:
         if modseq_used:
             highest = change_modseq
         if changed or not (self.path / "ispd-uidlist").exists():
-            self._save(uidvalidity, next_uid, highest, expunged, by_base)
+            try:
+                self._save(uidvalidity, next_uid, highest, expunged, by_base)
+            except OSError as exc:
+                if exc.errno not in _NO_ROOM:
+                    raise
+                # The UIDs given are in the file names (and those of new mail were reserved):
+                # the next sync with room writes the list. Until then, look again every time.
+                self._unwritable(exc)
+                deferred = True
+        if not deferred:
+            _UNWRITABLE_LOGGED.discard(self.path)
         messages.sort(key=lambda m: m.uid)
-        return _Snapshot((0, 0, 0), uidvalidity, next_uid, highest, expunged, messages, 0), recent
+        return _Snapshot((0, 0, 0), uidvalidity, next_uid, highest, expunged, messages, 0, deferred), recent
+
+    def _unwritable(self, error: OSError) -> None:
+        if self.path not in _UNWRITABLE_LOGGED:
+            _UNWRITABLE_LOGGED.add(self.path)
+            log.warning("mail.index.unwritable", folder=str(self.path), error=str(error))
 
     def set_flags(self, uids: Iterable[int], mode: str, letters: str,
                   unchanged_since: int | None = None) -> FlagChange:

@@ -367,3 +367,39 @@ def test_a_torn_modseq_line_is_cut_off(maildir: Maildir, monkeypatch: pytest.Mon
     logged = log.read_text() if log.exists() else ""
     assert "1 " not in logged.replace("1 3 F\n", "")  # whole lines only: no half of "1 4 FS"
     assert [m.flags for m in index.sync().messages] == ["F"]
+
+
+def test_a_folder_that_cannot_be_written_is_read_and_its_new_mail_waits(maildir: Maildir,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    deliver(maildir, "m1", 100.0)
+    deliver(maildir, "m2", 101.0)
+    index = FolderIndex(maildir.path)
+    assert [m.uid for m in index.sync().messages] == [1, 2]
+    deliver(maildir, "m3", 102.0)
+    monkeypatch.setattr(FolderIndex, "_replace", _disk_full)  # the uidvalidity file, the uidlist
+    for _ in range(2):
+        state = index.sync()
+        # What had UIDs is served; the new message gets none it could lose (no UID given in
+        # memory that a later session could give to another message).
+        assert [m.uid for m in state.messages] == [1, 2] and state.next_uid == 3
+        assert len(os.listdir(maildir.path / "new")) == 1
+    monkeypatch.undo()
+    state = index.sync()  # room again: the message waiting gets the next UID
+    assert [m.uid for m in state.messages] == [1, 2, 3] and os.listdir(maildir.path / "new") == []
+    assert subjects(maildir, state)[2] == "Subject: m3"
+
+
+def test_a_read_only_folder_is_read(maildir: Maildir, monkeypatch: pytest.MonkeyPatch) -> None:
+    deliver(maildir, "m1", 100.0)
+    index = FolderIndex(maildir.path)
+    index.sync()
+    forget(maildir.path)
+    real_open = os.open
+
+    def read_only(path: str | os.PathLike[str], flags: int, *args: int, **kwargs: int) -> int:
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(30, "Read-only file system")
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    assert [m.uid for m in index.sync().messages] == [1]
