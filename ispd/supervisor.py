@@ -4,6 +4,9 @@ Theory of operation
 -------------------
 starting   build logging, metrics registry, control socket, store (migrated) and event bus
            once; start each enabled service in ``SERVICES`` order, each into its own exit stack.
+           While a schema migration runs (minutes on a large store), EXTEND_TIMEOUT_USEC and a
+           STATUS= line naming it go to systemd every few seconds, so TimeoutStartSec= does not
+           kill the start mid-migration (rolled back, restarted, killed again, forever).
            A service that cannot start (address in use, ...) ends the daemon with exit code 1
            before READY; so does a control socket another live daemon answers on (checked
            first, before the store, so a second daemon says so at once).
@@ -53,6 +56,7 @@ from ispd.radius.service import RadiusService
 from ispd.sdnotify import Notifier, watchdog_interval
 from ispd.service import Service, ServiceContext, ServiceSpec, ServiceStartError
 from ispd.store import Store, StoreError, StoreMetrics, open_store
+from ispd.store.sqlite import Migration
 from ispd.workers import WorkerService
 
 log = get_logger("ispd.supervisor")
@@ -72,6 +76,10 @@ SERVICES: tuple[ServiceSpec, ...] = (
 )
 
 STORE_PING_TIMEOUT_SECONDS = 2.0
+# While a migration runs: ask systemd for this much more start time, this often. The extension
+# outlasts several intervals, so a busy moment of the loop cannot let the start time run out.
+MIGRATION_EXTEND_SECONDS = 30.0
+MIGRATION_EXTEND_INTERVAL_SECONDS = 10.0
 HISTORY_PURGE_INTERVAL_SECONDS = 3600.0
 
 
@@ -99,6 +107,7 @@ class Supervisor:
         self.relay: AuditRelay | None = None
         self.ready = False
         self._reload_pending = False
+        self._migrating: tuple[Migration, int, float] | None = None  # (step, target, its start)
 
     # --- lifecycle
 
@@ -147,11 +156,16 @@ class Supervisor:
             except ControlSocketError as exc:
                 log.error("daemon.start.failed", error=str(exc))
                 return False
+        extending = asyncio.ensure_future(self._extend_start_while_migrating())
         try:
-            self.store = await open_store(self.config.store, self.store_metrics)
+            self.store = await open_store(self.config.store, self.store_metrics,
+                                          migration_starting=self._migration_starting)
         except StoreError as exc:
             log.error("daemon.start.failed", error=str(exc))
             return False
+        finally:
+            extending.cancel()
+            self._migrating = None
         self.relay = AuditRelay(self.store, self.bus, self.config.daemon.store_poll_interval_seconds)
         try:
             await self.relay.mark()
@@ -169,6 +183,25 @@ class Supervisor:
             return False
         await self.relay.start()
         return True
+
+    def _migration_starting(self, step: Migration, target: int) -> None:
+        """Called in the store's thread as each migration begins."""
+        self._migrating = (step, target, time.monotonic())
+        self._extend_start()
+
+    def _extend_start(self) -> None:
+        if self._migrating is None:
+            return
+        step, target, began = self._migrating
+        status = (f"migrating the store to schema {target}: {step.version} {step.name}, "
+                  f"running for {time.monotonic() - began:.0f} s")
+        self.notifier.notify(f"EXTEND_TIMEOUT_USEC={int(MIGRATION_EXTEND_SECONDS * 1_000_000)}", f"STATUS={status}")
+
+    async def _extend_start_while_migrating(self) -> None:
+        # On the loop, which turns while the migration runs in the store's thread.
+        while True:
+            await asyncio.sleep(MIGRATION_EXTEND_INTERVAL_SECONDS)
+            self._extend_start()
 
     async def _start_service(self, spec: ServiceSpec, config: Config) -> None:
         assert self.context is not None

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from ispd.config import Config, DaemonConfig
 from ispd.configtypes import SocketAddress
 from ispd.metrics.config import MetricsConfig
 from ispd.sdnotify import Notifier
 from ispd.store.config import StoreConfig
+from ispd.store.sqlite import Migration, connect, migrate, sqlite_migrations
 from ispd.supervisor import Supervisor
 
 
@@ -112,3 +117,45 @@ async def test_a_stuck_event_handler_cannot_stretch_the_shutdown_past_the_grace(
     supervisor.request_stop()
     assert await asyncio.wait_for(task, 10) == 1  # work was cut off: say so
     assert asyncio.get_running_loop().time() - started < 2
+
+
+class SlowMigration(Migration):
+    """A real migration that takes its time, as one does on tens of millions of rows."""
+
+    __slots__ = ()
+
+    def statements(self) -> Iterator[str]:
+        time.sleep(0.8)
+        yield from super().statements()
+
+
+async def test_systemd_is_asked_for_more_start_time_while_a_migration_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    migrations = sqlite_migrations()
+    newest = migrations[-1]
+    config = config_for(tmp_path)
+    conn = connect(config.store.path, 5)
+    migrate(conn, migrations, target=newest.version - 1)
+    conn.close()
+    monkeypatch.setattr("ispd.store.sqlite.sqlite_migrations",
+                        lambda: [*migrations[:-1], SlowMigration(newest.version, newest.name, newest.sql)])
+    monkeypatch.setattr("ispd.supervisor.MIGRATION_EXTEND_INTERVAL_SECONDS", 0.2, raising=False)
+
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(str(tmp_path / "notify.sock"))
+        listener.setblocking(False)
+        supervisor = Supervisor(tmp_path / "unused.toml", config, Notifier(str(tmp_path / "notify.sock")))
+        task = asyncio.create_task(supervisor.run())
+        received: list[str] = []
+        while not received or not received[-1].startswith("READY=1"):
+            received.append((await asyncio.wait_for(loop.sock_recv(listener, 4096), 10)).decode())
+        supervisor.request_stop()
+        assert await asyncio.wait_for(task, 10) == 0
+
+    extensions = [m for m in received if m.startswith("EXTEND_TIMEOUT_USEC=")]
+    # One as the migration begins, then one per interval while it runs; all before READY=1.
+    assert len(extensions) >= 3, received
+    assert all(m.split("\n")[0] == "EXTEND_TIMEOUT_USEC=30000000" for m in extensions)
+    assert f"STATUS=migrating the store to schema {newest.version}: {newest.version} {newest.name}" in extensions[0]
+    assert received.index(extensions[-1]) < len(received) - 1

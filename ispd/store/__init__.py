@@ -8,7 +8,7 @@ from ispd.store.base import Store, SubscriberRef
 from ispd.store.config import StoreConfig
 from ispd.store.errors import Conflict, InvalidValue, NotFound, SchemaTooNew, StoreError, StoreUnavailable
 from ispd.store.metrics import StoreMetrics
-from ispd.store.sqlite import Clock
+from ispd.store.sqlite import Clock, MigrationStarting
 
 __all__ = [
     "Conflict", "InvalidValue", "NotFound", "SchemaTooNew", "Store", "StoreConfig", "StoreError", "StoreMetrics",
@@ -16,7 +16,10 @@ __all__ = [
 ]
 
 
-async def open_store(config: StoreConfig, metrics: StoreMetrics | None = None, clock: Clock = time.time) -> Store:
+async def open_store(config: StoreConfig, metrics: StoreMetrics | None = None, clock: Clock = time.time,
+                     migration_starting: MigrationStarting | None = None) -> Store:
+    """``migration_starting(step, target)`` is called from the store's thread before each schema
+    migration it applies (a long one is worth telling systemd about)."""
     from ispd.store.sqlite import SQLiteStore
 
-    return await SQLiteStore.open(config, metrics, clock)
+    return await SQLiteStore.open(config, metrics, clock, migration_starting)

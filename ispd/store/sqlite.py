@@ -155,12 +155,18 @@ def schema_version(conn: sqlite3.Connection) -> int:
     return int(row[0] or 0)
 
 
+MigrationStarting = Callable[[Migration, int], None]
+
+
 def migrate(conn: sqlite3.Connection, migrations: list[Migration], target: int | None = None,
-            now: Clock = time.time) -> list[int]:
+            now: Clock = time.time, starting: MigrationStarting | None = None) -> list[int]:
     """Bring the schema to ``target`` (default: the newest); returns the versions applied.
 
     Each migration commits on its own, under the write lock, and re-reads the version first, so
-    two processes starting at once apply each migration exactly once.
+    two processes starting at once apply each migration exactly once. ``starting(step, target)``
+    is called (in this thread) just before a step runs: on a store of tens of millions of rows a
+    step takes minutes, and the daemon tells systemd so (EXTEND_TIMEOUT_USEC) instead of being
+    killed mid-step, rolled back and restarted into the same step forever.
     """
     target = migrations[-1].version if target is None else target
     applied: list[int] = []
@@ -185,6 +191,10 @@ def migrate(conn: sqlite3.Connection, migrations: list[Migration], target: int |
                 conn.execute("COMMIT")
                 return applied
             step = migrations[current]
+            log.info("store.migration.started", version=step.version, name=step.name, target=target)
+            if starting is not None:
+                starting(step, target)
+            began = time.monotonic()
             for statement in step.statements():
                 conn.execute(statement)
             conn.execute(
@@ -193,6 +203,8 @@ def migrate(conn: sqlite3.Connection, migrations: list[Migration], target: int |
             )
             conn.execute("COMMIT")
             applied.append(step.version)
+            log.info("store.migration.finished", version=step.version, name=step.name,
+                     seconds=round(time.monotonic() - began, 3))
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -550,8 +562,10 @@ def _store_credentials(conn: sqlite3.Connection, subscriber_id: int, username: s
 
 
 class SQLiteStore(Store):
-    def __init__(self, config: StoreConfig, metrics: StoreMetrics | None = None, clock: Clock = time.time) -> None:
+    def __init__(self, config: StoreConfig, metrics: StoreMetrics | None = None, clock: Clock = time.time,
+                 migration_starting: MigrationStarting | None = None) -> None:
         self.config, self.metrics, self.clock = config, metrics, clock
+        self._migration_starting = migration_starting
         self.path = config.path
         self._writer = _Writer(self.path, config, metrics)
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ispd-store-reader")
@@ -561,10 +575,10 @@ class SQLiteStore(Store):
         self._closed = False
 
     @classmethod
-    async def open(cls, config: StoreConfig, metrics: StoreMetrics | None = None,
-                   clock: Clock = time.time) -> SQLiteStore:
-        """Create the file if needed, migrate it, start the writer."""
-        store = cls(config, metrics, clock)
+    async def open(cls, config: StoreConfig, metrics: StoreMetrics | None = None, clock: Clock = time.time,
+                   migration_starting: MigrationStarting | None = None) -> SQLiteStore:
+        """Create the file if needed, migrate it (``migration_starting``: see ``migrate``), start the writer."""
+        store = cls(config, metrics, clock, migration_starting)
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(store._readers, store._prepare)
@@ -584,14 +598,16 @@ class SQLiteStore(Store):
             conn = connect(self.path, self.config.busy_timeout_seconds)
         except (OSError, ValueError, sqlite3.Error) as exc:
             raise StoreUnavailable(f"cannot open the store at {self.path}: {exc}") from None
+        began = time.monotonic()
         try:
-            applied = migrate(conn, sqlite_migrations(), now=self.clock)
+            applied = migrate(conn, sqlite_migrations(), now=self.clock, starting=self._migration_starting)
         except sqlite3.Error as exc:
             raise _translate(exc, self.config.busy_timeout_seconds) from None
         finally:
             conn.close()
         if applied:
-            log.info("store.migrated", path=str(self.path), versions=applied)
+            log.info("store.migrated", path=str(self.path), versions=applied,
+                     seconds=round(time.monotonic() - began, 3))
 
     async def close(self) -> None:
         if self._closed:
