@@ -8,8 +8,10 @@ starting   build logging, metrics registry, control socket, store (migrated) and
            STATUS= line naming it go to systemd every few seconds, so TimeoutStartSec= does not
            kill the start mid-migration (rolled back, restarted, killed again, forever).
            A service that cannot start (address in use, ...) ends the daemon with exit code 1
-           before READY; so does a control socket another live daemon answers on (checked
-           first, before the store, so a second daemon says so at once).
+           before READY; so does another daemon on the same store (the lock beside it,
+           ``ispd/daemonlock.py``, held for the daemon's lifetime) or a control socket another
+           live daemon answers on (both checked first, before the store is opened, so a second
+           daemon says so at once).
 serving    READY=1 and a STATUS= line go to systemd only now, when every listener is bound.
            The audit relay announces changes made by other processes; the watchdog pings while
            the loop turns and the store's writer lives.
@@ -43,6 +45,7 @@ from ispd import __version__
 from ispd.admin.service import AdminService
 from ispd.config import Config, ConfigError, load_config
 from ispd.control import ControlCommands, ControlServer, ControlSocketError
+from ispd.daemonlock import DaemonLock, DaemonLockError
 from ispd.dhcp.service import DHCPService
 from ispd.dns.service import DNSService
 from ispd.entry import HELD_SIGNALS
@@ -104,6 +107,7 @@ class Supervisor:
         self.context: ServiceContext | None = None
         self.commands = ControlCommands()
         self.control: ControlServer | None = None
+        self.lock = DaemonLock(config.store.path)
         self.relay: AuditRelay | None = None
         self.ready = False
         self._reload_pending = False
@@ -149,6 +153,11 @@ class Supervisor:
     async def _start_up(self) -> bool:
         """Open the control socket and the store and start every enabled service; False (logged)
         when something could not."""
+        try:
+            self.lock.acquire()
+        except DaemonLockError as exc:
+            log.error("daemon.start.failed", error=str(exc))
+            return False
         if self.config.daemon.control_socket is not None:
             self.control = ControlServer(self.config.daemon.control_socket, self.commands)
             try:
@@ -253,6 +262,7 @@ class Supervisor:
         await self.bus.drain(0)
         if self.store is not None:
             await self.store.close()
+        self.lock.release()  # last: the store is closed, another daemon may open it now
         self.notifier.close()
 
     def request_stop(self) -> None:

@@ -4,13 +4,14 @@ through /metrics and /healthz."""
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
-from tests.lab.ports import free_tcp_port
+from tests.lab.ports import free_port, free_tcp_port
 from tests.lab.process import IspdProcess, base_config, eventually
 
 
@@ -296,3 +297,48 @@ def test_hangup_after_term_does_not_reload(ispd: IspdProcess) -> None:
     after_stopping = notifications[next(i for i, m in enumerate(notifications) if "STOPPING=1" in m):]
     assert not any("READY=1" in m or "RELOADING=1" in m for m in after_stopping), notifications
     assert not ispd.log_events("config.reloaded")
+
+
+def test_a_second_daemon_on_the_same_store_exits_at_once_and_the_first_serves_on(tmp_path: Path) -> None:
+    """Their sockets set apart, two daemons on one store both reached READY and both answered
+    every DHCP client. The store's lock stops the second at its start, naming the first; the
+    first's DNS worker process (started by fork and exec) does not hold the lock."""
+    import dns.message
+    import dns.query
+
+    store = tmp_path / "ispd.db"
+    dns_port = free_port()
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    first_config = base_config(first_dir, store={"path": str(store)}, dns={
+        "enabled": True, "listen": [f"127.0.0.1:{dns_port}"], "processes": 2,
+        "local_records": ["portal.isp.test. 300 A 198.18.0.10"]})
+    with IspdProcess(first_dir, first_config) as first, \
+            IspdProcess(second_dir, base_config(second_dir, store={"path": str(store)})) as second:
+        first.start(timeout=60)  # two processes to start on a machine that may be busy
+        assert first.proc is not None
+        worker = eventually(lambda: first.worker_pids(2), timeout=30)[0]
+        lock = f"{store}.lock"
+        assert Path(lock).read_text() == f"{first.proc.pid}\n"
+        assert not any(os.readlink(fd) == lock for fd in Path(f"/proc/{worker}/fd").iterdir())
+
+        second.start(wait_ready=False)
+        assert second.proc is not None
+        assert second.proc.wait(30) == 1
+        assert not any("READY=1" in m for m in second.drain_notifications())
+        failed = second.log_events("daemon.start.failed")
+        assert failed and failed[0]["error"] == (
+            f"another ispd (pid {first.proc.pid}) is running on the store {store} (it holds {lock}); "
+            "stop it first: two daemons on one store would both answer every client")
+
+        assert first.proc.poll() is None
+        assert first.http_get("/healthz")[0] == 200
+        reply = dns.query.udp(dns.message.make_query("portal.isp.test.", "A"), "127.0.0.1", port=dns_port, timeout=5)
+        assert [item.address for rrset in reply.answer for item in rrset] == ["198.18.0.10"]
+        assert first.terminate() == 0
+
+        # Gone with its holder: the next daemon on the store starts.
+        second.start(timeout=60)
+        assert Path(lock).read_text() == f"{second.proc.pid}\n"
+        assert second.terminate() == 0

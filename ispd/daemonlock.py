@@ -1,0 +1,91 @@
+"""One daemon per store: ``ispd run`` holds an exclusive lock beside the store for its lifetime.
+
+Two daemons on one store file (their control and admin sockets set apart) would both reach
+READY and both answer: DHCP binds 0.0.0.0:67 with SO_REUSEADDR, so a DISCOVER got two OFFERs
+and a REQUEST two ACKs from two lease tables. The lock is ``flock(2)`` on ``<store path>.lock``,
+taken without waiting: a second daemon fails its start at once, naming the first one's PID
+(which the holder writes into the file) and the store.
+
+The kernel drops the lock when the holder's descriptor closes, however the process ends
+(SIGKILL included), so a stale file never blocks a start and is never removed (removing it
+would let two daemons lock two different files of the same name). The descriptor is
+close-on-exec: the worker processes ``ispd run`` starts (fork and exec) neither hold nor need
+it. Admin commands do not take it; they work beside the running daemon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+
+
+class DaemonLockError(Exception):
+    """Another daemon holds the store's lock, or the lock file cannot be opened."""
+
+
+def lock_path(store_path: Path) -> Path:
+    return store_path.with_name(store_path.name + ".lock")
+
+
+class DaemonLock:
+    def __init__(self, store_path: Path) -> None:
+        self.store_path = store_path
+        self.path = lock_path(store_path)
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock and write this process's PID into the file, or raise DaemonLockError."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except OSError as exc:
+            raise DaemonLockError(f"cannot open the lock file {self.path}: {exc.strerror or exc}") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_pid(fd)
+                who = f"pid {holder}" if holder else "its pid unknown"
+                raise DaemonLockError(
+                    f"another ispd ({who}) is running on the store {self.store_path} (it holds {self.path}); "
+                    f"stop it first: two daemons on one store would both answer every client"
+                ) from None
+            _own_like_its_directory(fd, self.path)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)  # no PID left behind to mislead anyone reading the file
+            os.close(self._fd)  # closing drops the lock
+            self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _own_like_its_directory(fd: int, path: Path) -> None:
+    # As for the store file: root (an operator's `ispd store migrate` under sudo) creating it in
+    # the daemon's /var/lib/ispd must not lock the daemon out of it.
+    if os.geteuid() != 0:
+        return
+    directory = path.parent.stat()
+    if directory.st_uid != 0 and os.fstat(fd).st_uid == 0:
+        with contextlib.suppress(OSError):
+            os.fchown(fd, directory.st_uid, directory.st_gid)
