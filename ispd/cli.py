@@ -942,6 +942,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("address", type=checked_arg(mail_address))
     p.set_defaults(handler=cmd_mailbox_show, without_store=True)
 
+    store = top.add_parser("store", help="the store itself").add_subparsers(dest="action", required=True)
+    p = store.add_parser("migrate", parents=[config_opts],
+                         help="apply the pending schema migrations and exit (with the daemon stopped)",
+                         description="Apply the pending schema migrations and exit. The daemon does this as it "
+                                     "starts, too; on a large store they can take minutes, which this runs ahead "
+                                     "of the restart, in the foreground. Refused while a daemon runs on the store.")
+    p.set_defaults(handler=cmd_store_migrate, without_store=True)
+
     mail = top.add_parser("mail", help="the mail service").add_subparsers(dest="action", required=True)
     queue = mail.add_parser("queue", help="the outbound queue").add_subparsers(dest="queue_action", required=True)
     p = queue.add_parser("list", parents=[config_opts, json_opt], help="messages waiting to go to other domains")
@@ -955,6 +963,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("queue_id", type=checked_arg(queue_id_text))
     p.set_defaults(handler=cmd_mail_queue_delete, prepare=remember_mail_config)
     return parser
+
+
+async def cmd_store_migrate(config: Config, args: argparse.Namespace) -> None:
+    from ispd.daemonlock import DaemonLock, DaemonLockError
+    from ispd.store.sqlite import Migration, sqlite_migrations
+
+    # The daemon's own lock: no daemon starts (or runs, perhaps an older one that would not know
+    # the new schema) on the store while this migrates it.
+    lock = DaemonLock(config.store.path)
+    try:
+        lock.acquire()
+    except DaemonLockError as exc:
+        if not exc.in_use:
+            raise CommandFailed(str(exc)) from None
+        who = f"pid {exc.held_by}" if exc.held_by else "pid unknown"
+        raise CommandFailed(f"an ispd daemon ({who}) is running on the store {config.store.path}: stop it "
+                            "first (or let it be: a daemon applies the migrations itself as it starts)") from None
+    applied: list[int] = []
+
+    def starting(step: Migration, target: int) -> None:  # in the store's thread
+        applied.append(step.version)
+        print(f"{config.store.path}: migrating to schema {target}: {step.version} {step.name} ...", flush=True)
+
+    began = time.monotonic()
+    try:
+        store = await open_store(config.store, migration_starting=starting)
+        await store.close()
+    finally:
+        lock.release()
+    newest = sqlite_migrations()[-1].version
+    if applied:
+        print(f"{config.store.path}: at schema {newest} (applied {', '.join(map(str, applied))} "
+              f"in {time.monotonic() - began:.1f} s)")
+    else:
+        print(f"{config.store.path}: at schema {newest}, nothing to do")
 
 
 async def cmd_mailbox_show(config: Config, args: argparse.Namespace) -> None:

@@ -22,7 +22,12 @@ from pathlib import Path
 
 
 class DaemonLockError(Exception):
-    """Another daemon holds the store's lock, or the lock file cannot be opened."""
+    """Another daemon holds the store's lock (``held_by``: its PID, if known), or the lock file
+    cannot be opened."""
+
+    def __init__(self, message: str, held_by: int | None = None, *, in_use: bool = False) -> None:
+        super().__init__(message)
+        self.held_by, self.in_use = held_by, in_use
 
 
 def lock_path(store_path: Path) -> Path:
@@ -50,8 +55,8 @@ class DaemonLock:
                 who = f"pid {holder}" if holder else "its pid unknown"
                 raise DaemonLockError(
                     f"another ispd ({who}) is running on the store {self.store_path} (it holds {self.path}); "
-                    f"stop it first: two daemons on one store would both answer every client"
-                ) from None
+                    f"stop it first: two daemons on one store would both answer every client",
+                    holder, in_use=True) from None
             _own_like_its_directory(fd, self.path)
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

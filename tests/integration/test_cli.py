@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -385,3 +386,38 @@ def test_check_config_says_plainly_that_an_address_is_not_one(tmp_path: Path, dn
     assert len(lines) == 1, failed.stderr
     assert lines[0].startswith(f"{path}: {key}: ") and repr(value) in lines[0], failed.stderr
     assert "lax-or-strict" not in failed.stderr and "validator" not in failed.stderr, failed.stderr
+
+
+def test_store_migrate_applies_what_is_pending_and_is_refused_beside_a_daemon(tmp_path: Path,
+                                                                              config_path: Path) -> None:
+    from ispd.daemonlock import DaemonLock
+    from ispd.store.sqlite import connect, migrate, schema_version, sqlite_migrations
+
+    migrations = sqlite_migrations()
+    store = tmp_path / "ispd.db"
+    conn = connect(store, 5)
+    migrate(conn, migrations, target=len(migrations) - 2)
+    conn.close()
+
+    daemon = DaemonLock(store)  # as a running `ispd run` holds it
+    daemon.acquire()
+    try:
+        refused = ispd(config_path, "store", "migrate")
+    finally:
+        daemon.release()
+    assert refused.returncode == 1
+    assert refused.stderr == (f"ispd: an ispd daemon (pid {os.getpid()}) is running on the store {store}: stop it "
+                              "first (or let it be: a daemon applies the migrations itself as it starts)\n")
+    conn = connect(store, 5)
+    assert schema_version(conn) == len(migrations) - 2  # untouched
+    conn.close()
+
+    lines = ok(config_path, "store", "migrate").splitlines()
+    newest, before = migrations[-1], migrations[-2]
+    assert lines[:2] == [f"{store}: migrating to schema {newest.version}: {before.version} {before.name} ...",
+                         f"{store}: migrating to schema {newest.version}: {newest.version} {newest.name} ..."]
+    assert lines[2].startswith(f"{store}: at schema {newest.version} (applied {before.version}, {newest.version} in ")
+    conn = connect(store, 5)
+    assert schema_version(conn) == newest.version
+    conn.close()
+    assert ok(config_path, "store", "migrate") == f"{store}: at schema {newest.version}, nothing to do\n"
