@@ -706,6 +706,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instance", type=int, default=1, help="which of the service's processes (2 and up: extras)")
     p.add_argument("--config-snapshot", type=Path,
                    help="run on this config (JSON, written by the main process) rather than the file's")
+    p.add_argument("--handed-files", type=Path,
+                   help="use the files the main process loaded (a manifest it wrote) rather than the disk's")
 
     sub = top.add_parser("subscriber", help="manage subscribers").add_subparsers(dest="action", required=True)
     p = sub.add_parser("add", parents=[config_opts, json_opt, password_opts], help="add a subscriber")
@@ -1375,7 +1377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ispd.supervisor import run_service_worker
 
             return run_service_worker(args.service, args.config, config, args.control, args.ready_fd, args.parent_pid,
-                                      args.instance, args.config_snapshot)
+                                      args.instance, args.config_snapshot, args.handed_files)
         configure_logging(LogConfig(level="warning", format="console"), stream=sys.stderr)
         if hasattr(args, "prepare"):
             args.prepare(config, args)

@@ -58,6 +58,9 @@ class ServiceContext:
     # Which of a service's processes this is: 1 in the main process (or a service's only
     # worker), 2 and up in the extra workers of a service that runs several (``[dns] processes``).
     instance: int = 1
+    # In a worker of a service that runs several processes: the manifest of the files the main
+    # process loaded (zones, certificates), which the worker uses instead of the disk's.
+    handed_files: Path | None = None
 
 
 class Service(ABC):

@@ -405,7 +405,8 @@ class Supervisor:
 
 
 def run_service_worker(name: str, config_path: Path, config: Config, control_path: Path, ready_fd: int,
-                       parent_pid: int, instance: int = 1, snapshot: Path | None = None) -> int:
+                       parent_pid: int, instance: int = 1, snapshot: Path | None = None,
+                       handed_files: Path | None = None) -> int:
     """``ispd worker NAME``: the service the supervisor runs in a process of its own."""
     from ispd.workers import run_worker
 
@@ -415,7 +416,8 @@ def run_service_worker(name: str, config_path: Path, config: Config, control_pat
     if instance < 1:
         raise SystemExit(f"ispd worker: --instance must be 1 or more, not {instance}")
     _collect_garbage_rarely()
-    return run_worker(spec, config_path, config, control_path, ready_fd, parent_pid, instance, snapshot)
+    return run_worker(spec, config_path, config, control_path, ready_fd, parent_pid, instance, snapshot,
+                      handed_files)
 
 
 def _collect_garbage_rarely() -> None:

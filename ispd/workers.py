@@ -131,6 +131,10 @@ class WorkerService(Service):
         self.control_path = worker_control_path(config.daemon.control_socket, self.name)
         # The config the worker runs: the main process's, as applied (see _write_snapshot).
         self.snapshot_path = self.control_path.with_name(f"{self.control_path.name}.config.json")
+        # What else the service hands its worker with the config, beside it (``ispd.dns.datafiles``:
+        # the manifest of the files the main process loaded); None: nothing.
+        self.handed: dict[str, Any] | None = None
+        self.handed_path = self.control_path.with_name(f"{self.control_path.name}.files.json")
         # Called after every start of the worker process (the first and each restart).
         self.on_ready: Callable[[], Awaitable[None]] | None = None
         self.proc: asyncio.subprocess.Process | None = None
@@ -168,11 +172,17 @@ class WorkerService(Service):
         """What the worker runs when it starts or reloads: the config the main process runs, not
         the file, which may have changed since (a change refused, or one that needs a restart)."""
         from ispd.config import write_config_snapshot
+        from ispd.dns.datafiles import write_manifest
 
         try:
             write_config_snapshot(config, self.snapshot_path)
         except OSError as exc:
             raise ServiceStartError(f"{self.name}: cannot write {self.snapshot_path}: {exc.strerror}") from None
+        if self.handed is not None:
+            try:
+                write_manifest(self.handed, self.handed_path)
+            except OSError as exc:
+                raise ServiceStartError(f"{self.name}: cannot write {self.handed_path}: {exc.strerror}") from None
 
     @property
     def up(self) -> bool:
@@ -183,10 +193,11 @@ class WorkerService(Service):
         self._ready = False
         self._write_snapshot(self.config)
         read_end, write_end = os.pipe()
+        handed = ["--handed-files", str(self.handed_path)] if self.handed is not None else []
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "ispd", "worker", self.service_name, "--instance", str(self.instance),
-                "-c", str(self.config_path), "--config-snapshot", str(self.snapshot_path),
+                "-c", str(self.config_path), "--config-snapshot", str(self.snapshot_path), *handed,
                 "--control", str(self.control_path), "--ready-fd", str(write_end), "--parent-pid", str(os.getpid()),
                 pass_fds=(write_end,), stdin=asyncio.subprocess.DEVNULL)
         except OSError as exc:
@@ -243,6 +254,8 @@ class WorkerService(Service):
         await self._kill()
         with contextlib.suppress(OSError):
             self.snapshot_path.unlink()
+        with contextlib.suppress(OSError):
+            self.handed_path.unlink()
         if self.control_path.parent.name.startswith("ispd-worker-"):
             shutil.rmtree(self.control_path.parent, ignore_errors=True)
 
@@ -264,11 +277,13 @@ class WorkerService(Service):
             raise ServiceStartError(f"{self.name}: {exc}") from None
         self.config = new
 
-    async def follow(self, new: Config) -> None:
-        """For a service's extra worker: run ``new``, which the service's first process has
-        already applied. A worker that refuses or does not answer is restarted on it, so that
-        no process answers on another config."""
+    async def follow(self, new: Config, handed: dict[str, Any] | None = None) -> None:
+        """For a service's extra worker: run ``new`` (and ``handed`` with it), which the
+        service's first process has already applied. A worker that refuses or does not answer is
+        restarted on it, so that no process answers on another config."""
         self.config = new
+        if handed is not None:
+            self.handed = handed
         proc = self.proc
         try:
             self._write_snapshot(new)
@@ -409,9 +424,10 @@ def worker_control_path(control_socket: Path | None, name: str) -> Path:
 
 class _WorkerHost:
     def __init__(self, spec: ServiceSpec, config_path: Path, config: Config, control_path: Path,
-                 ready_fd: int, instance: int, snapshot: Path | None) -> None:
+                 ready_fd: int, instance: int, snapshot: Path | None, handed_files: Path | None = None) -> None:
         self.spec, self.config_path, self.config, self.instance = spec, config_path, config, instance
         self.snapshot = snapshot  # the main process's config, which a reload reads again
+        self.handed_files = handed_files  # what else it hands over (WorkerService.handed), read again too
         self.name = spec.name if instance == 1 else f"{spec.name}.{instance}"
         self.control_path, self.ready_fd = control_path, ready_fd
         self.commands = ControlCommands()
@@ -459,7 +475,8 @@ class _WorkerHost:
                 return health.ok, {self.spec.name: {"ok": health.ok, "detail": health.detail}}
 
             context = ServiceContext(store, bus, self.registry, healthy, control=self.commands,
-                                     config_path=self.config_path, instance=self.instance)
+                                     config_path=self.config_path, instance=self.instance,
+                                     handed_files=self.handed_files)
             self.service = self.spec.build(self.config, context)
             service_stack = AsyncExitStack()
             stack.push_async_callback(service_stack.aclose)
@@ -531,12 +548,13 @@ class _WorkerHost:
 
 
 def run_worker(spec: ServiceSpec, config_path: Path, config: Config, control_path: Path, ready_fd: int,
-               parent_pid: int, instance: int = 1, snapshot: Path | None = None) -> int:
+               parent_pid: int, instance: int = 1, snapshot: Path | None = None,
+               handed_files: Path | None = None) -> int:
     """``ispd worker NAME``: one service in this process, until SIGTERM."""
     import uvloop
 
     die_with_parent(parent_pid)
-    host = _WorkerHost(spec, config_path, config, control_path, ready_fd, instance, snapshot)
+    host = _WorkerHost(spec, config_path, config, control_path, ready_fd, instance, snapshot, handed_files)
     try:
         return uvloop.run(host.run())
     finally:

@@ -9,6 +9,7 @@ defaults; operators of private roots (and the tests' hierarchy on loopback) give
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import resources
 from ipaddress import ip_address
 from pathlib import Path
@@ -26,30 +27,33 @@ def default_hints_text() -> str:
     return resources.files("ispd.dns").joinpath("data/named.root").read_text()
 
 
-def load_root_hints(path: Path | None) -> Hints:
+Read = Callable[[Path], bytes]  # how a file's bytes are had (a DNS worker: those handed to it)
+
+
+def load_root_hints(path: Path | None, read: Read = Path.read_bytes) -> Hints:
     """The (name, addresses) of each root server; raises ``HintsError`` naming file and line."""
     if path is None:
         return parse_root_hints(default_hints_text(), "the shipped IANA root hints")
-    return parse_root_hints(_read(path, "the root hints"), str(path))
+    return parse_root_hints(_read(path, "the root hints", read), str(path))
 
 
-def _read(path: Path, what: str) -> str:
+def _read(path: Path, what: str, read: Read) -> str:
     try:
-        return path.read_text()
+        return read(path).decode()
     except OSError as exc:
         raise HintsError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise HintsError(f"{path}: not a text file") from None
 
 
-def load_trust_anchors(path: Path | None) -> list[TrustAnchor]:
+def load_trust_anchors(path: Path | None, read: Read = Path.read_bytes) -> list[TrustAnchor]:
     """The trust anchors in ``path`` (the shipped IANA root anchors when None); raises
     ``HintsError`` naming the file and line."""
     if path is None:
         source, text = "the shipped IANA root anchors", resources.files("ispd.dns").joinpath(
             "data/root-anchors.txt").read_text()
     else:
-        source, text = str(path), _read(path, "the trust anchors")
+        source, text = str(path), _read(path, "the trust anchors", read)
     try:
         anchors = parse_trust_anchors(text)
     except ValueError as exc:

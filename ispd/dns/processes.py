@@ -20,8 +20,9 @@ process wrote it last (``ispd.dns.rollover``). The first process gives the opera
   across a worker's restarts and series it stops reporting (``ContinuousCounters``), so the
   sums do not fall;
 - a reload reaches every process: the first reads everything before it changes anything, and
-  the workers then follow it onto the config it runs (``WorkerService.follow``: written for
-  them, not read from the file; one that cannot is restarted on it); runtime negative trust
+  the workers then follow it onto the config it runs and the files it loaded with it
+  (``WorkerService.follow``: written for them, not read from the config file or the zone and
+  certificate files, ``ispd.dns.datafiles``; one that cannot is restarted on it); runtime negative trust
   anchors are handed to a worker whenever it starts; health is failing while a worker is down.
 
 DoQ and DNS over HTTP/3 stay in the first process: a QUIC connection outlives the 4-tuple the
@@ -60,15 +61,18 @@ COMMAND_SECONDS = 15.0  # a worker that takes longer with a flush or an NTA is t
 
 class ExtraProcesses:
     def __init__(self, spec: ServiceSpec, config: Config, context: ServiceContext,
-                 on_ready: Callable[[WorkerService], Awaitable[None]]) -> None:
+                 on_ready: Callable[[WorkerService], Awaitable[None]], handed: dict[str, Any]) -> None:
         """``on_ready``: what to hand a worker each time it has started (the first time and after
-        a restart), such as the negative trust anchors added at run time."""
+        a restart), such as the negative trust anchors added at run time. ``handed``: the
+        manifest of the files the first process loaded (``ispd.dns.datafiles``), which every
+        worker loads rather than the disk's."""
         if context.config_path is None:
             raise ServiceStartError("dns: processes > 1 needs the daemon's config file (ispd run -c FILE)")
         self.workers = [WorkerService(spec, config, context, context.config_path, instance=instance, attached=False)
                         for instance in range(2, config.dns.processes + 1)]
         for worker in self.workers:
             worker.on_ready = partial(on_ready, worker)
+            worker.handed = handed
         self.counters = {worker.instance: ContinuousCounters() for worker in self.workers}
         self.own_counters = ContinuousCounters()  # (a series this process stops reporting stays)
 
@@ -86,9 +90,10 @@ class ExtraProcesses:
     async def stop(self) -> None:
         await asyncio.gather(*(worker.stop() for worker in self.workers))
 
-    async def reload(self, new: Config) -> None:
-        """Every worker follows the first process onto ``new`` (restarted on it if need be)."""
-        await asyncio.gather(*(worker.follow(new) for worker in self.workers))
+    async def reload(self, new: Config, handed: dict[str, Any]) -> None:
+        """Every worker follows the first process onto ``new`` and the files it loaded with it
+        (``handed``), restarted on them if need be."""
+        await asyncio.gather(*(worker.follow(new, handed) for worker in self.workers))
 
     def health(self) -> Health:
         for worker in self.workers:

@@ -18,10 +18,11 @@ import asyncio
 import contextlib
 import math
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from functools import partial
+from pathlib import Path
 from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
@@ -31,6 +32,7 @@ from ispd.control import CommandError
 from ispd.dns.admin import parse_name_argument
 from ispd.dns.cache import AnswerCache, CacheLimits, RRsetCache
 from ispd.dns.config import DNSConfig, EncryptedListenerConfig
+from ispd.dns.datafiles import DataFiles, DiskFiles, FileStore, HandedFiles
 from ispd.dns.dnssec import TrustAnchor
 from ispd.dns.engine import DNSEngine
 from ispd.dns.frontend import Answerer, TransportStats
@@ -49,7 +51,7 @@ from ispd.dns.upstream import UpstreamTransport
 from ispd.dns.validator import Validator
 from ispd.dns.walledgarden import WalledGarden
 from ispd.dns.wire import name_from_text, name_to_text
-from ispd.dns.zone import ZoneError, load_zone_file
+from ispd.dns.zone import Zone, ZoneError, load_zone_file, load_zone_text
 from ispd.events import (
     LeaseEnded,
     LeaseGranted,
@@ -81,12 +83,13 @@ def configured_negative_anchors(config: DNSConfig) -> set[bytes]:
     return {name_from_text(name) for name in config.dnssec.negative_trust_anchors}
 
 
-def make_validator(config: DNSConfig, resolver: Resolver, clock: Callable[[], float]) -> Validator | None:
+def make_validator(config: DNSConfig, resolver: Resolver, clock: Callable[[], float],
+                   read: Callable[[Path], bytes] = Path.read_bytes) -> Validator | None:
     """The DNSSEC validator ``config`` asks for over ``resolver`` (None with validation off);
     raises ``HintsError`` for a bad trust anchor file."""
     if not config.dnssec.validation:
         return None
-    anchors = load_trust_anchors(config.dnssec.trust_anchor_file)
+    anchors = load_trust_anchors(config.dnssec.trust_anchor_file, read)
 
     async def fetch(name: bytes, rtype: int) -> Resolution:
         return await resolver.resolve(name, rtype, validate=False)
@@ -162,6 +165,36 @@ def check_files(config: DNSConfig) -> tuple[list[str], list[str]]:
     return problems, warnings
 
 
+def named_files(config: DNSConfig) -> list[Path]:
+    """Every file ``config`` has the service read (``ispd.dns.datafiles``)."""
+    paths = [z.file for z in config.local_zone] + [z.file for z in config.policy_zone]
+    if config.root_hints is not None:
+        paths.append(config.root_hints)
+    if config.dnssec.validation and config.dnssec.trust_anchor_file is not None:
+        paths.append(config.dnssec.trust_anchor_file)
+    for _, section in encrypted_listeners(config):
+        assert section.certificate is not None and section.private_key is not None
+        paths += [section.certificate, section.private_key]
+    return [Path(path) for path in paths]
+
+
+def _text(files: DataFiles, path: Path) -> str:
+    """A zone file's text as the service has it; ``ZoneError`` when it cannot be had. Bytes
+    that are not UTF-8 are kept (surrogate escapes), as ``read_zone_file`` keeps them."""
+    try:
+        return files.read(path).decode("utf-8", "surrogateescape")
+    except OSError as exc:
+        raise ZoneError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _load_local_zone(files: DataFiles, path: Path, origin: str) -> Zone:
+    return load_zone_text(_text(files, path), origin, source=str(path))
+
+
+def _compile_policy_zone(files: DataFiles, path: Path, origin: str, action: str) -> CompiledPolicyZone:
+    return compile_policy_zone(_text(files, path), origin, action=action, source_name=str(path))
+
+
 def encrypted_listeners(config: DNSConfig) -> list[tuple[str, EncryptedListenerConfig]]:
     """The enabled encrypted transports' sections, by config key."""
     sections: list[tuple[str, EncryptedListenerConfig]] = [("dot", config.dot), ("doh", config.doh),
@@ -179,6 +212,14 @@ class DNSService(Service):
         self.reuse_port = config.dns.processes > 1 or context.instance > 1
         self.first = context.instance == 1  # with several processes: the one that opens the listeners first
         self.extras: ExtraProcesses | None = None  # the other processes, in the first (from start)
+        # Where the files (zones, certificates...) come from: the disk in the first process, which
+        # keeps what it loaded for the workers (``file_store``); in a worker, what it was handed.
+        self.files: DataFiles
+        if context.handed_files is not None:
+            self.files = HandedFiles(context.handed_files)
+        else:
+            self.files = DiskFiles(remember=self.first and config.dns.processes > 1)
+        self.file_store: FileStore | None = None
         self.metrics = DNSMetrics()
         self.upstream = UpstreamTransport(
             source_v4=str(self.config.resolver.outgoing_ipv4) if self.config.resolver.outgoing_ipv4 else None,
@@ -209,7 +250,7 @@ class DNSService(Service):
 
     async def start(self, stack: AsyncExitStack) -> None:
         try:
-            hints = load_root_hints(self.config.root_hints)
+            hints = load_root_hints(self.config.root_hints, self.files.read)
         except HintsError as exc:
             raise ServiceStartError(f"dns: {exc}") from None
         clock = time.monotonic
@@ -236,8 +277,16 @@ class DNSService(Service):
             registry.register(collector)
             stack.callback(registry.unregister, collector)
         if several:
+            store = self._open_file_store(stack)
+            try:
+                store.use(store.put(self._take_files(), named_files(self.config)))
+                store.prune()  # (what a daemon killed before it could clean up left behind)
+            except OSError as exc:
+                raise ServiceStartError(f"dns: cannot keep the files for the other processes in "
+                                        f"{store.directory}: {describe_os_error(exc)}") from None
             extras = self.extras = ExtraProcesses(ServiceSpec("dns", lambda c: c.dns.enabled, DNSService),
-                                                  self.full_config, self.context, self._hand_over)
+                                                  self.full_config, self.context, self._hand_over,
+                                                  store.manifest())
             await extras.start(stack)
 
             async def merged_metrics() -> bytes:
@@ -263,6 +312,25 @@ class DNSService(Service):
             stack.callback(self.context.control.register(command, handler))
         log.info("dns.started", listen=[f"{h}:{p}" for h, p in self.bound], root_servers=len(hints),
                  encrypted=[f"{key} {h}:{p}" for key, listener in self._encrypted() for h, p in listener.bound])
+
+    def _open_file_store(self, stack: AsyncExitStack) -> FileStore:
+        """The private directory of what this process loaded, for the workers (beside the
+        daemon's control socket, as their config snapshots are; a temporary one without it)."""
+        control = self.full_config.daemon.control_socket
+        try:
+            if control is not None:
+                directory = control.with_name(f"{control.name}.dns.files")
+            else:
+                directory = Path(tempfile.mkdtemp(prefix="ispd-dns-files-"))
+            store = self.file_store = FileStore(directory)
+        except OSError as exc:
+            raise ServiceStartError(f"dns: cannot make a directory for the other processes' files: "
+                                    f"{describe_os_error(exc)}") from None
+        stack.callback(store.close)
+        return store
+
+    def _take_files(self) -> dict[Path, bytes]:
+        return self.files.take() if isinstance(self.files, DiskFiles) else {}
 
     async def _hand_over(self, worker: WorkerService) -> None:
         """To a DNS worker that has just started: the negative trust anchors added at run time
@@ -293,7 +361,7 @@ class DNSService(Service):
     def _validator(self, config: DNSConfig, clock: Callable[[], float]) -> Validator | None:
         assert self.resolver is not None
         try:
-            validator = make_validator(config, self.resolver, clock)
+            validator = make_validator(config, self.resolver, clock, self.files.read)
         except HintsError as exc:
             raise ServiceStartError(f"dns: dnssec.trust_anchor_file: {exc}") from None
         if validator is not None and config.root_hints is not None and config.dnssec.trust_anchor_file is None:
@@ -403,13 +471,14 @@ class DNSService(Service):
         """Local data and policy zones from config and files (parsed off the loop); errors
         raise ``ServiceStartError``."""
         loop = asyncio.get_running_loop()
+        files = self.files
         try:
-            zones = [await loop.run_in_executor(None, load_zone_file, z.file, z.name) for z in config.local_zone]
+            zones = [await loop.run_in_executor(None, _load_local_zone, files, z.file, z.name)
+                     for z in config.local_zone]
             local = LocalData(lease_domain=config.lease_names.domain,
                               reverse_networks=config.lease_names.reverse_networks,
                               static_records=config.local_records, zones=zones)
-            policy_zones = [await loop.run_in_executor(None, partial(compile_policy_zone, z.file, z.name,
-                                                                     action=z.action))
+            policy_zones = [await loop.run_in_executor(None, _compile_policy_zone, files, z.file, z.name, z.action)
                             for z in config.policy_zone]
         except (ZoneError, ValueError) as exc:
             raise ServiceStartError(f"dns: {exc}") from None
@@ -652,13 +721,24 @@ class DNSService(Service):
     def _encrypted(self) -> list[tuple[str, TLSListener | QuicListener]]:
         return [*self.tls_listeners.items(), *self.quic_listeners.items()]
 
-    @staticmethod
-    def _load_certificate(key: str, listener: TLSListener | QuicListener, section: EncryptedListenerConfig) -> None:
+    def _load_certificate(self, key: str, listener: TLSListener | QuicListener,
+                          section: EncryptedListenerConfig) -> None:
+        listener.use_certificate(self._prepare_certificate(key, listener, section))
+
+    def _prepare_certificate(self, key: str, listener: TLSListener | QuicListener,
+                             section: EncryptedListenerConfig) -> Any:
+        """What ``listener.use_certificate`` takes, from the certificate and key as this process
+        has them (``ispd.dns.datafiles``); ``ServiceStartError`` when they do not load."""
         assert section.certificate is not None and section.private_key is not None
         try:
-            listener.load_certificate(section.certificate, section.private_key)
+            prepared = listener.prepare_certificate(self.files.file(section.certificate),
+                                                    self.files.file(section.private_key))
+            self.files.check_unchanged([section.certificate, section.private_key])
         except CertificateError as exc:
             raise ServiceStartError(f"dns: {key}: {exc}") from None
+        except OSError as exc:  # (a worker's: the file was not handed over)
+            raise ServiceStartError(f"dns: {key}: {exc}") from None
+        return prepared
 
     def _check_encrypted(self, old: DNSConfig, new: DNSConfig) -> dict[str, Any]:
         """The encrypted listeners' new certificates, loaded for ``_reload_encrypted``, by
@@ -674,12 +754,7 @@ class DNSService(Service):
             raise ServiceStartError("dns: a change of doq.allow_0rtt needs a restart")
         prepared: dict[str, Any] = {}
         for key, listener in self._encrypted():
-            section = getattr(new, "doh" if key == "doh3" else key)
-            assert section.certificate is not None and section.private_key is not None
-            try:
-                prepared[key] = listener.prepare_certificate(section.certificate, section.private_key)
-            except CertificateError as exc:
-                raise ServiceStartError(f"dns: {key}: {exc}") from None
+            prepared[key] = self._prepare_certificate(key, listener, getattr(new, "doh" if key == "doh3" else key))
         return prepared
 
     def _reload_encrypted(self, prepared: dict[str, Any], new: DNSConfig) -> None:
@@ -731,14 +806,25 @@ class DNSService(Service):
         if old.dns.processes != new.dns.processes:
             raise ServiceStartError("dns: a change of processes needs a restart")
         assert self.engine is not None and self.resolver is not None
+        if isinstance(self.files, HandedFiles):
+            self.files.refresh()  # (the first process has handed this reload's)
+        elif isinstance(self.files, DiskFiles):
+            self.files.forget()  # (what a refused reload read)
         certificates = self._check_encrypted(old.dns, new.dns)
         try:
-            hints = load_root_hints(new.dns.root_hints)
+            hints = load_root_hints(new.dns.root_hints, self.files.read)
         except HintsError as exc:
             raise ServiceStartError(f"dns: {exc}") from None
         dnssec_changed = old.dns.dnssec != new.dns.dnssec
         validator = self._validator(new.dns, time.monotonic) if dnssec_changed else None
         data = await self._read_data(new.dns)
+        handed: dict[str, str] | None = None
+        if self.file_store is not None:  # what the workers are to load: what this process did
+            try:  # (a file not read again, the trust anchors with [dns.dnssec] unchanged, keeps its content)
+                handed = self.file_store.put(self._take_files(), named_files(new.dns))
+            except OSError as exc:
+                raise ServiceStartError(f"dns: cannot keep the files for the other processes in "
+                                        f"{self.file_store.directory}: {describe_os_error(exc)}") from None
         # Nothing below refuses.
         self._reload_encrypted(certificates, new.dns)
         self.config = new.dns
@@ -771,7 +857,10 @@ class DNSService(Service):
             self._walled_changed()  # (the walled garden's settings may have changed)
         self.answers.clear()
         if self.extras is not None:
-            await self.extras.reload(new)
+            assert self.file_store is not None and handed is not None
+            self.file_store.use(handed)
+            await self.extras.reload(new, self.file_store.manifest())
+            self.file_store.prune()  # (every worker runs the new contents now, or is restarting on them)
         if self.first:  # (once for the resolver: the workers follow the first)
             log.info("dns.reloaded", local_zones=len(new.dns.local_zone), policy_zones=len(self.policy_zones),
                      root_servers=len(hints))
