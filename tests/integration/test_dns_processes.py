@@ -17,6 +17,7 @@ from pathlib import Path
 
 import dns.message
 import dns.query
+import dns.rcode
 import pytest
 
 from ispd.control import control_request
@@ -149,6 +150,76 @@ def test_a_worker_that_dies_is_replaced_on_the_config_and_state_the_first_runs(r
     assert worker_metric(resolver, "ispd_dns_dnssec_negative_trust_anchors", "") == 0
     assert [event["worker"] for event in resolver.log_events("worker.exited")] == ["dns.2"]
     resolver.write_config()  # as it runs, for the fixture's last look
+
+
+RPZ_ORIGIN = "rpz.isp.test"
+RPZ_HEAD = "$TTL 300\n@ SOA localhost. hostmaster.localhost. 1 3600 600 86400 60\n@ NS localhost.\n"
+CORP_ZONE = """$TTL 300
+@ SOA ns.corp.isp.test. hostmaster.corp.isp.test. 1 3600 600 86400 60
+@ NS ns
+ns A 198.18.0.2
+host A {}
+"""
+
+
+def test_a_restarted_worker_loads_what_the_first_loaded_not_the_files_on_disk(
+        dns_hierarchy: DNSHierarchy, tmp_path: Path, certs: Certificates) -> None:
+    """Policy and local zones, certificate and key: a worker that restarts gets the contents the
+    first process loaded at its last good start or reload, not the files as they are now (an edit
+    not yet reloaded, or one SIGHUP refused)."""
+    rpz, corp = tmp_path / "policy.rpz", tmp_path / "corp.zone"
+    rpz.write_text(RPZ_HEAD + "www.example-a.test CNAME .\n")
+    corp.write_text(CORP_ZONE.format("198.18.0.20"))
+    tls = {"certificate": str(certs.certificate), "private_key": str(certs.private_key)}
+    dot_port = free_port(kinds=(socket.SOCK_STREAM,))
+    with DNSIspd(tmp_path / "ispd", dns_hierarchy, processes=2, local_records=LOCAL,
+                 policy_zone=[{"name": RPZ_ORIGIN, "file": str(rpz)}],
+                 local_zone=[{"name": "corp.isp.test", "file": str(corp)}],
+                 dot={"listen": [f"127.0.0.1:{dot_port}"], **tls}) as resolver:
+        resolver.start()
+
+        def answers_as_loaded() -> None:  # by every process: the kernel spreads the source ports
+            blocked = ask_from_many_ports(resolver.port, "www.example-a.test")
+            assert {reply.rcode() for reply in blocked} == {dns.rcode.NXDOMAIN}
+            resolved = ask_from_many_ports(resolver.port, "www.example-b.example")
+            assert {reply.rcode() for reply in resolved} == {dns.rcode.NOERROR}
+            assert all(addresses(reply) for reply in resolved)
+            local = ask_from_many_ports(resolver.port, "host.corp.isp.test")
+            assert all(addresses(reply) == {"198.18.0.20"} for reply in local)
+            context = ssl.create_default_context(cafile=str(certs.ca))
+            for _ in range(16):  # each connection from a port of its own
+                reply = dns.query.tls(dns.message.make_query("portal.isp.test", "A"), "127.0.0.1", port=dot_port,
+                                      timeout=5, ssl_context=context, server_hostname="dns.isp.test")
+                assert addresses(reply) == {PORTAL}
+
+        def replace_worker() -> None:
+            [worker] = resolver.worker_pids(instance=2)
+            os.kill(worker, signal.SIGKILL)
+            eventually(lambda: [pid for pid in resolver.worker_pids(instance=2) if pid != worker], timeout=20)
+            eventually(lambda: resolver.http_get("/healthz")[0] == 200, timeout=20)
+
+        answers_as_loaded()
+        assert worker_metric(resolver, "ispd_dns_queries_total", '{type="A"}') > 0
+        # (a) Edits not reloaded yet: the other name blocked, the host moved.
+        rpz.write_text(RPZ_HEAD + "www.example-b.example CNAME .\n")
+        corp.write_text(CORP_ZONE.format("198.18.0.21"))
+        replace_worker()
+        answers_as_loaded()
+        # (b) Files a reload refuses: a policy zone cut short, a key that is not the certificate's
+        # (a renewal half done). The first runs on; so must a worker that restarts now.
+        rpz.write_text(RPZ_HEAD + "www.example-a.test CNAME .\n( broken\n")
+        other = issue(tmp_path / "other", "dns.isp.test", name="other")
+        certs.private_key.write_bytes(other.private_key.read_bytes())
+        resolver.reload()
+        eventually(lambda: resolver.log_events("config.reload.service_refused"), timeout=10)
+        replace_worker()
+        answers_as_loaded()
+        assert not resolver.log_events("worker.restart.failed")
+        # The copies handed over are private: the key is among them.
+        handed = Path(f"{resolver.config['daemon']['control_socket']}.dns.files")
+        assert handed.stat().st_mode & 0o777 == 0o700
+        assert all(entry.stat().st_mode & 0o777 == 0o600 for entry in handed.iterdir())
+        resolver.assert_healthy()
 
 
 def test_a_worker_that_fails_a_flush_is_restarted_and_the_flush_still_done(resolver: DNSIspd) -> None:
