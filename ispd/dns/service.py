@@ -825,7 +825,16 @@ class DNSService(Service):
             except OSError as exc:
                 raise ServiceStartError(f"dns: cannot keep the files for the other processes in "
                                         f"{self.file_store.directory}: {describe_os_error(exc)}") from None
-        # Nothing below refuses.
+        # Nothing below refuses. The workers switch first: each compiles what this process has
+        # compiled already (a large policy zone takes seconds) and then switches, so that this
+        # process, switching at once after them, does not answer on the new data for all that
+        # time while they answer on the old. (Not a joint switch: between a worker's switch and
+        # this process's, for as long as the others take to compile, two sets answer.)
+        if self.extras is not None:
+            assert self.file_store is not None and handed is not None
+            self.file_store.use(handed)
+            await self.extras.reload(new, self.file_store.manifest())
+            self.file_store.prune()  # (every worker runs the new contents now, or is restarting on them)
         self._reload_encrypted(certificates, new.dns)
         self.config = new.dns
         self._apply_limits(new.dns)
@@ -856,11 +865,6 @@ class DNSService(Service):
             log.error("dns.reload.leases_unreadable", error=str(exc))
             self._walled_changed()  # (the walled garden's settings may have changed)
         self.answers.clear()
-        if self.extras is not None:
-            assert self.file_store is not None and handed is not None
-            self.file_store.use(handed)
-            await self.extras.reload(new, self.file_store.manifest())
-            self.file_store.prune()  # (every worker runs the new contents now, or is restarting on them)
         if self.first:  # (once for the resolver: the workers follow the first)
             log.info("dns.reloaded", local_zones=len(new.dns.local_zone), policy_zones=len(self.policy_zones),
                      root_servers=len(hints))

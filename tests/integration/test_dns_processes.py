@@ -209,6 +209,7 @@ def test_a_restarted_worker_loads_what_the_first_loaded_not_the_files_on_disk(
         # (a renewal half done). The first runs on; so must a worker that restarts now.
         rpz.write_text(RPZ_HEAD + "www.example-a.test CNAME .\n( broken\n")
         other = issue(tmp_path / "other", "dns.isp.test", name="other")
+        key = certs.private_key.read_bytes()
         certs.private_key.write_bytes(other.private_key.read_bytes())
         resolver.reload()
         eventually(lambda: resolver.log_events("config.reload.service_refused"), timeout=10)
@@ -219,6 +220,19 @@ def test_a_restarted_worker_loads_what_the_first_loaded_not_the_files_on_disk(
         handed = Path(f"{resolver.config['daemon']['control_socket']}.dns.files")
         assert handed.stat().st_mode & 0o777 == 0o700
         assert all(entry.stat().st_mode & 0o777 == 0o600 for entry in handed.iterdir())
+        # A good reload reaches every process; the worker has compiled and switched before the
+        # main process switches (not the main process alone on the new policy while it compiles).
+        rpz.write_text(RPZ_HEAD + "www.example-b.example CNAME .\n")
+        certs.private_key.write_bytes(key)
+        before = len(resolver.log_events("dns.policy_zone.loaded"))
+        resolver.reload()
+        eventually(lambda: resolver.log_events("dns.reloaded"), timeout=20)
+        loaded = resolver.log_events("dns.policy_zone.loaded")[before:]
+        assert [event.get("worker") for event in loaded] == ["dns.2", None], loaded
+        resolved = ask_from_many_ports(resolver.port, "www.example-a.test")
+        assert {reply.rcode() for reply in resolved} == {dns.rcode.NOERROR}
+        blocked = ask_from_many_ports(resolver.port, "www.example-b.example")
+        assert {reply.rcode() for reply in blocked} == {dns.rcode.NXDOMAIN}
         resolver.assert_healthy()
 
 
