@@ -106,6 +106,9 @@ class Received:
     packet: DHCPPacket
     interface: str
     interface_address: IPv4Address | None
+    # The IP destination the datagram was sent to (IP_PKTINFO); None when not known. A broadcast
+    # came from the receiving link itself, whatever its ciaddr says (RFC 2131 §4.3.2).
+    destination: IPv4Address | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,8 +479,16 @@ class DHCPEngine:
                 self._by_relay[giaddr] = found
             return self._by_relay[giaddr]
         # A client with an address (renewing, releasing, informing) may be behind a relay yet
-        # unicast to us directly: its address says where it is.
-        if packet.ciaddr != UNSPECIFIED and message_type is not DHCPMessageType.DISCOVER:
+        # unicast to us directly: its address says where it is. Not so for a broadcast (a
+        # REBINDING request, an INFORM): with giaddr 0 it came from a client on the receiving
+        # link, and its ciaddr is a claim to check, not a subnet to serve it from (taken as the
+        # subnet, any client on a direct link could lease a free address of any relayed subnet).
+        # RFC 2131 §4.3.2 REBINDING: the server SHOULD check ciaddr for correctness; §3.2 (4): a
+        # client whose request is invalid, e.g. moved to a new subnet, SHOULD get a DHCPNAK.
+        # So the link's subnet is used and _request NAKs a ciaddr outside it. Kea too takes the
+        # subnet from ciaddr for unicast packets only.
+        if packet.ciaddr != UNSPECIFIED and message_type is not DHCPMessageType.DISCOVER \
+                and not self._broadcast(received):
             found = self._subnet_containing(int(packet.ciaddr))
             if found is not None:
                 return found
@@ -485,6 +496,16 @@ class DHCPEngine:
             if subnet.interface == received.interface:
                 return subnet
         return None
+
+    def _broadcast(self, received: Received) -> bool:
+        """Whether the datagram went to the limited broadcast address or a subnet's directed one."""
+        destination = received.destination
+        if destination is None:
+            return False
+        if destination == BROADCAST_ADDRESS:
+            return True
+        value = int(destination)
+        return any(value == subnet.last and subnet.network.prefixlen < 31 for subnet in self.subnets)
 
     def _subnet_containing(self, address: int) -> Subnet | None:
         for subnet in self.subnets:

@@ -4,9 +4,11 @@ Theory of operation
 -------------------
 One socket bound to 0.0.0.0:67 receives both broadcasts from direct clients and unicasts from
 relays and renewing clients; IP_PKTINFO tells each datagram's interface (messages from
-interfaces not in ``[dhcp] interfaces`` are dropped) and the local address it came to, which is
-the server identifier unless the subnet sets one. Datagrams are read in batches straight from
-the socket when it is readable, decoded and handed to the engine synchronously.
+interfaces not in ``[dhcp] interfaces`` are dropped), the local address it came to, which is
+the server identifier unless the subnet sets one, and the address it was sent to: whether it
+was broadcast decides if the engine may take the client's subnet from ciaddr. Datagrams are
+read in batches straight from the socket when it is readable, decoded and handed to the engine
+synchronously.
 
 A reply that promises a lease (ACK) is held until the lease is durable: replies from one batch
 wait for one group-committed store write, then go out. OFFER and NAK go at once. Broadcasts
@@ -255,12 +257,14 @@ class DHCPService(Service):
                 log.warning("dhcp.receive.failed", error=describe_os_error(exc))
                 break
             started = time.perf_counter()
-            ifindex, local = 0, None
+            ifindex, local, destination = 0, None, None
             for level, kind, value in ancillary:
                 if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(value) >= PKTINFO.size:
-                    ifindex, spec_dst, _ = PKTINFO.unpack_from(value)
+                    ifindex, spec_dst, header_dst = PKTINFO.unpack_from(value)
                     if spec_dst != b"\x00\x00\x00\x00":
                         local = IPv4Address(spec_dst)
+                    # Broadcast or unicast: the engine trusts ciaddr to place a client only in a unicast.
+                    destination = IPv4Address(header_dst)
             interface = self._interfaces.get(ifindex)
             if interface is None:
                 self.metrics.dropped.inc("interface_not_served")
@@ -272,13 +276,13 @@ class DHCPService(Service):
                                 hint="add the interface to dhcp.interfaces to serve clients (or relays) there")
                 continue
             try:
-                self._handle(data, ifindex, interface, local, now, started)
+                self._handle(data, ifindex, interface, local, destination, now, started)
             except Exception:  # a bug on one packet must not stop the server answering the next
                 self.metrics.dropped.inc("internal_error")
                 log.error("dhcp.packet.failed", exc_info=True)
 
-    def _handle(self, data: bytes, ifindex: int, interface: str, local: IPv4Address | None, now: float,
-                started: float) -> None:
+    def _handle(self, data: bytes, ifindex: int, interface: str, local: IPv4Address | None,
+                destination: IPv4Address | None, now: float, started: float) -> None:
         try:
             packet = decode(data)
         except DHCPDecodeError as exc:
@@ -287,7 +291,7 @@ class DHCPService(Service):
         message_type = packet.message_type
         type_name = _TYPE_NAMES[message_type] if message_type is not None else "unknown"
         self.metrics.received.inc(type_name)
-        outcome = self.engine.handle(Received(packet, interface, local), now)
+        outcome = self.engine.handle(Received(packet, interface, local, destination), now)
         if outcome.untrusted_option82:
             self.metrics.untrusted_option82.inc()
             if self._untrusted_logged.due(interface, now):

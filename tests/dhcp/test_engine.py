@@ -72,8 +72,9 @@ class Lab:
         self.engine = DHCPEngine(cfg or config())
         self.now = T0
 
-    def send(self, packet: DHCPPacket, interface: str = "eth1", local: IPv4Address | None = SERVER) -> Outcome:
-        return self.engine.handle(Received(packet, interface, local), self.now)
+    def send(self, packet: DHCPPacket, interface: str = "eth1", local: IPv4Address | None = SERVER,
+             destination: IPv4Address | None = None) -> Outcome:
+        return self.engine.handle(Received(packet, interface, local, destination), self.now)
 
     def dora(self, mac: bytes = MAC_A, **kw: Any) -> IPv4Address:
         offer = self.send(message(DHCPMessageType.DISCOVER, mac, **kw))
@@ -217,6 +218,29 @@ def test_inform_gets_options_but_no_lease() -> None:
     assert reply is not None and reply.packet.message_type is DHCPMessageType.ACK
     assert reply.packet.yiaddr == IPv4Address(0) and reply.packet.option(Option.LEASE_TIME) is None
     assert reply.destination is Destination.UNICAST and reply.address == IPv4Address("198.18.0.50")
+
+
+def test_a_broadcast_rebinding_request_cannot_claim_an_address_of_another_subnet() -> None:
+    """giaddr 0 and a broadcast: the client is on the receiving link (RFC 2131 §4.3.2), whatever
+    subnet its ciaddr names. Taking the subnet from ciaddr let any client on a direct link
+    lease a free address of a subnet served only through a relay; it is NAKed instead, as an
+    INIT-REBOOT on the wrong network is. A unicast renewal still finds its subnet by ciaddr (a
+    relayed client unicasts past its relay)."""
+    lab = Lab()
+    rebind = message(DHCPMessageType.REQUEST, ciaddr="198.18.1.105", flags=FLAG_BROADCAST)
+    for broadcast in (IPv4Address("255.255.255.255"), IPv4Address("198.18.0.255")):
+        nak = lab.send(rebind, destination=broadcast)
+        assert nak.reply is not None and nak.reply.packet.message_type is DHCPMessageType.NAK, broadcast
+        assert nak.reply.destination is Destination.BROADCAST and not nak.writes
+    renew = lab.send(message(DHCPMessageType.REQUEST, ciaddr="198.18.1.105"), destination=SERVER)
+    assert renew.reply is not None and renew.reply.packet.message_type is DHCPMessageType.ACK
+    assert renew.writes[0][0].pool == "relayed"
+    # A client of the link itself rebinds as before.
+    address = lab.dora(MAC_B)
+    rebound = lab.send(message(DHCPMessageType.REQUEST, MAC_B, ciaddr=str(address)),
+                       destination=IPv4Address("255.255.255.255"))
+    assert rebound.reply is not None and rebound.reply.packet.message_type is DHCPMessageType.ACK
+    assert rebound.writes[0][1] == "renewed"
 
 
 def test_relayed_messages_choose_the_subnet_by_giaddr_and_echo_option_82() -> None:
