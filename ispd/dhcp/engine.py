@@ -30,9 +30,10 @@ reserved address), a suspended one the walled-garden pools; a client with no res
 closed subscriber's, follows ``unknown_clients``. A class change is applied at the next REQUEST
 by a NAK, which sends the client back to DISCOVER and into the right pool.
 
-Replies go where RFC 2131 §4.1 says: to the relay (giaddr) when relayed; NAK broadcast; to
-ciaddr when the client has an address; broadcast when it asks; otherwise unicast to yiaddr at
-the link layer (the transport writes the frame itself).
+Replies go where RFC 2131 §4.1 says: the ACK to an INFORM to its ciaddr (§4.3.5, relayed or
+not); to the relay (giaddr) when relayed; NAK broadcast; to ciaddr when the client has an
+address; broadcast when it asks; otherwise unicast to yiaddr at the link layer (the transport
+writes the frame itself).
 
 Not done here: BOOTP clients (no option 53), RFC 4361 DUID client ids beyond their raw bytes,
 rapid commit, leasequery, and the relay's server-id override (RFC 5107).
@@ -868,6 +869,11 @@ class DHCPEngine:
         """RFC 2131 §4.1: where a reply goes."""
         request = received.packet
         source = received.interface_address or server_id
+        if request.message_type is DHCPMessageType.INFORM and request.ciaddr != UNSPECIFIED:
+            # RFC 2131 §4.3.5: the ACK to an INFORM goes straight to ciaddr, relayed or not. Sent
+            # to the relay, it carries yiaddr 0 and the relay has nowhere to forward it (Kea too
+            # answers ciaddr). The client has its address, so the kernel can route and ARP for it.
+            return Reply(reply, Destination.UNICAST, request.ciaddr, source)
         if request.giaddr != UNSPECIFIED:
             return Reply(reply, Destination.RELAY, request.giaddr, source)
         if reply.message_type is DHCPMessageType.NAK:

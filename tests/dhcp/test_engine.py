@@ -220,6 +220,18 @@ def test_inform_gets_options_but_no_lease() -> None:
     assert reply.destination is Destination.UNICAST and reply.address == IPv4Address("198.18.0.50")
 
 
+def test_a_relayed_inform_is_answered_at_its_ciaddr_not_through_the_relay() -> None:
+    """RFC 2131 §4.3.5: the ACK to an INFORM goes to ciaddr. Sent to the relay it carried yiaddr
+    0, so the relay forwarded it nowhere and the client never heard back."""
+    outcome = Lab().send(message(DHCPMessageType.INFORM, ciaddr="198.18.1.150", giaddr="198.18.1.1",
+                                 extra=((Option.PARAMETER_REQUEST_LIST, bytes((1, 3, 6))),)))
+    reply = outcome.reply
+    assert reply is not None and reply.packet.message_type is DHCPMessageType.ACK and not outcome.writes
+    assert reply.destination is Destination.UNICAST and reply.address == IPv4Address("198.18.1.150")
+    # The options are the relay's subnet's, as for any relayed message.
+    assert decode_ips(reply.packet.option(Option.ROUTERS) or b"") == (IPv4Address("198.18.1.1"),)
+
+
 def test_a_broadcast_rebinding_request_cannot_claim_an_address_of_another_subnet() -> None:
     """giaddr 0 and a broadcast: the client is on the receiving link (RFC 2131 §4.3.2), whatever
     subnet its ciaddr names. Taking the subnet from ciaddr let any client on a direct link
