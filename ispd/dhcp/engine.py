@@ -187,12 +187,17 @@ class Client:
 
 def _echoed(packet: DHCPPacket, client: Client) -> list[tuple[int, bytes]]:
     """What a reply repeats of the request: the client identifier (RFC 6842: a client that
-    shares its hardware address with others tells its replies by it) and the relay agent
-    information, which goes last (RFC 3046 §2.2)."""
+    shares its hardware address with others tells its replies by it), the subnet selection
+    (RFC 3011 §3: a server that supports it returns an identical copy, asked for or not, and
+    the client discards an OFFER or ACK without it) and the relay agent information, which goes
+    last (RFC 3046 §2.2)."""
     echoed: list[tuple[int, bytes]] = []
     client_id = packet.option(Option.CLIENT_ID)
     if client_id is not None:
         echoed.append((Option.CLIENT_ID, client_id))
+    selection = packet.option(Option.SUBNET_SELECTION)
+    if selection is not None and len(selection) == 4:  # the form _select_subnet reads; else unused
+        echoed.append((Option.SUBNET_SELECTION, selection))
     if client.relay_info is not None:
         echoed.append((Option.RELAY_AGENT_INFO, client.relay_info))
     return echoed

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 import pytest
@@ -253,6 +253,24 @@ def test_a_broadcast_rebinding_request_cannot_claim_an_address_of_another_subnet
                        destination=IPv4Address("255.255.255.255"))
     assert rebound.reply is not None and rebound.reply.packet.message_type is DHCPMessageType.ACK
     assert rebound.writes[0][1] == "renewed"
+
+
+def test_the_subnet_selection_option_is_echoed() -> None:
+    """RFC 3011 §3: a server that supports option 118 returns an identical copy, asked for or
+    not, and a client that sent one discards an OFFER or ACK without it."""
+    lab = Lab()
+    selection = (Option.SUBNET_SELECTION, IPv4Address("198.18.1.0").packed)
+    relay_info = (Option.RELAY_AGENT_INFO, bytes((1, 3)) + b"p/1")
+    offer = lab.send(message(DHCPMessageType.DISCOVER, giaddr="198.18.9.9", extra=(selection, relay_info))).reply
+    assert offer is not None and offer.packet.yiaddr in IPv4Network("198.18.1.0/24")
+    assert offer.packet.options[-2:] == (selection, relay_info)  # option 82 stays last
+    ack = lab.send(message(DHCPMessageType.REQUEST, giaddr="198.18.9.9", requested=str(offer.packet.yiaddr),
+                           server_id=str(SERVER), extra=(selection,))).reply
+    assert ack is not None and ack.packet.message_type is DHCPMessageType.ACK
+    assert ack.packet.option(Option.SUBNET_SELECTION) == selection[1]
+    # One we could not read (not 4 bytes) was not used: not echoed.
+    odd = lab.send(message(DHCPMessageType.DISCOVER, MAC_B, extra=((Option.SUBNET_SELECTION, b"\xc6\x12"),))).reply
+    assert odd is not None and odd.packet.option(Option.SUBNET_SELECTION) is None
 
 
 def test_relayed_messages_choose_the_subnet_by_giaddr_and_echo_option_82() -> None:
