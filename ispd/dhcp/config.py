@@ -42,7 +42,8 @@ class ClientOptions(Section):
     @model_validator(mode="after")
     def _timers_in_order(self) -> ClientOptions:
         """T1 < T2 < lease (RFC 2131 §4.4.5) among the values given here; what a pool inherits
-        and does not fit its own lease (a walled garden's short one) falls back to 1/2 and 7/8."""
+        and does not fit its own lease falls back to 1/2 and 7/8. (A walled-garden pool inherits
+        no times from its subnet: its lease is its own or the short garden default.)"""
         renew, rebind, lease = self.renew_seconds, self.rebind_seconds, self.lease_seconds
         if renew is not None and rebind is not None and renew >= rebind:
             raise ValueError(f"renew_seconds ({renew}) must be less than rebind_seconds ({rebind})")
@@ -115,7 +116,8 @@ class DHCPConfig(Section):
     interfaces: list[str] = []
     # UDP port to listen on; 67 except in tests and benchmarks.
     port: int = Field(default=67, ge=0, le=65535)
-    # Defaults for every subnet that does not set its own.
+    # Defaults for every subnet that does not set its own; walled-garden pools take
+    # walled_garden_lease_seconds unless the pool itself sets lease_seconds (a subnet's does not apply).
     lease_seconds: int = Field(default=3600, ge=60, le=366 * 86400)
     walled_garden_lease_seconds: int = Field(default=300, ge=60, le=86400)
     # An offered address is held for the client this long before it may go to another.

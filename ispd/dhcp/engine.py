@@ -250,11 +250,17 @@ def _served_pool(allocator: AddressPool, subnet: SubnetConfig, pool: PoolConfig 
     routes = _pick(pool, subnet, "static_routes")
     if routes:
         options[Option.CLASSLESS_STATIC_ROUTES] = encode_classless_routes((r.destination, r.router) for r in routes)
-    garden = pool is not None and pool.walled_garden
-    default_lease = dhcp.walled_garden_lease_seconds if garden else dhcp.lease_seconds
-    lease = int(_pick(pool, subnet, "lease_seconds") or default_lease)
-    renew = int(_pick(pool, subnet, "renew_seconds") or lease // 2)
-    rebind = int(_pick(pool, subnet, "rebind_seconds") or lease * 7 // 8)
+    if pool is not None and pool.walled_garden:
+        # A garden pool's times are its own or the short garden default, never the subnet's: a
+        # subnet's day-long lease kept a resumed subscriber in the garden for a day, where the
+        # short lease is what brings it back within minutes.
+        lease = int(pool.lease_seconds or dhcp.walled_garden_lease_seconds)
+        renew = int(pool.renew_seconds or lease // 2)
+        rebind = int(pool.rebind_seconds or lease * 7 // 8)
+    else:
+        lease = int(_pick(pool, subnet, "lease_seconds") or dhcp.lease_seconds)
+        renew = int(_pick(pool, subnet, "renew_seconds") or lease // 2)
+        rebind = int(_pick(pool, subnet, "rebind_seconds") or lease * 7 // 8)
     if not renew < rebind < lease:  # RFC 2131 §4.4.5 needs T1 < T2 < lease: fall back to its defaults
         renew, rebind = lease // 2, lease * 7 // 8
     return ServedPool(allocator, options, lease, renew, rebind)

@@ -273,6 +273,23 @@ def test_the_subnet_selection_option_is_echoed() -> None:
     assert odd is not None and odd.packet.option(Option.SUBNET_SELECTION) is None
 
 
+def test_a_walled_garden_pool_keeps_its_short_lease_when_the_subnet_sets_a_long_one() -> None:
+    """The subnet's lease_seconds is for its normal pools: in the garden it kept a resumed
+    subscriber out of service for a day. A garden pool's own lease_seconds still applies."""
+    def served(garden: dict[str, Any]) -> dict[str, tuple[int, int, int]]:
+        cfg = config(lease_seconds=3600, walled_garden_lease_seconds=300, subnet=[{
+            "network": "198.18.0.0/24", "interface": "eth1", "lease_seconds": 86400,
+            "renew_seconds": 43200, "rebind_seconds": 75600,
+            "pool": [{"name": "lan", "range": "198.18.0.100 - 198.18.0.102"},
+                     {"name": "garden", "range": "198.18.0.200 - 198.18.0.201", "walled_garden": True, **garden}],
+        }])
+        [subnet] = DHCPEngine(cfg).subnets
+        return {p.name: (p.lease_seconds, p.renew_seconds, p.rebind_seconds) for p in subnet.pools}
+
+    assert served({}) == {"lan": (86400, 43200, 75600), "garden": (300, 150, 262)}
+    assert served({"lease_seconds": 900})["garden"] == (900, 450, 787)
+
+
 def test_relayed_messages_choose_the_subnet_by_giaddr_and_echo_option_82() -> None:
     lab = Lab()
     relay_info = bytes((1, 8)) + b"eth0/1/7" + bytes((2, 4)) + b"\x00\x11\x22\x33"
