@@ -193,7 +193,7 @@ def _echoed(packet: DHCPPacket, client: Client) -> list[tuple[int, bytes]]:
     last (RFC 3046 §2.2)."""
     echoed: list[tuple[int, bytes]] = []
     client_id = packet.option(Option.CLIENT_ID)
-    if client_id is not None:
+    if client_id:  # an empty one identifies nobody (_identify falls back to chaddr): not echoed
         echoed.append((Option.CLIENT_ID, client_id))
     selection = packet.option(Option.SUBNET_SELECTION)
     if selection is not None and len(selection) == 4:  # the form _select_subnet reads; else unused
@@ -850,7 +850,7 @@ class DHCPEngine:
                     seen.add(code)
                     options.append((code, served[code]))
         fqdn = packet.option(Option.CLIENT_FQDN)
-        if fqdn is not None and len(fqdn) >= 3 and with_lease:
+        if fqdn is not None and with_lease and _decodable_fqdn(fqdn):
             options.append((Option.CLIENT_FQDN, _fqdn_reply(fqdn)))
         options += _echoed(packet, client)
         reply = DHCPPacket(
@@ -920,6 +920,17 @@ def _requested_address(packet: DHCPPacket) -> IPv4Address | None:
     if value is None or len(value) != 4:
         return None
     return IPv4Address(value)
+
+
+def _decodable_fqdn(value: bytes) -> bool:
+    """Whether a client FQDN option can be read at all. One that cannot (too short, a label
+    running past its end) named nothing we could use: the reply leaves the option out rather
+    than echo the garbage back as if it were the name we took. The request is still served."""
+    try:
+        decode_client_fqdn(value)
+    except OptionValueError:
+        return False
+    return True
 
 
 def _fqdn_reply(request: bytes) -> bytes:

@@ -484,6 +484,19 @@ def test_hostnames_are_stored_only_when_fit_for_dns() -> None:
     assert fqdn.reply is not None and (fqdn.reply.packet.option(Option.CLIENT_FQDN) or b"")[0] & 0x01
 
 
+def test_a_malformed_fqdn_or_an_empty_client_id_is_not_echoed() -> None:
+    """A client FQDN whose encoded label runs past the option's end named nothing: the lease is
+    granted without a name and the option left out of the ACK, not echoed back as if it were
+    the name taken. An empty client identifier identifies nobody (chaddr does) and is not echoed."""
+    lab = Lab()
+    broken = (Option.CLIENT_FQDN, bytes((0x04, 0, 0, 9)) + b"laptop")  # E: a 9-byte label, 6 there
+    ack = lab.send(message(DHCPMessageType.REQUEST, requested="198.18.0.101", extra=(broken,)))
+    assert ack.reply is not None and ack.reply.packet.message_type is DHCPMessageType.ACK
+    assert ack.reply.packet.option(Option.CLIENT_FQDN) is None and ack.writes[0][0].hostname is None
+    offer = lab.send(message(DHCPMessageType.DISCOVER, MAC_B, extra=((Option.CLIENT_ID, b""),))).reply
+    assert offer is not None and offer.packet.option(Option.CLIENT_ID) is None
+
+
 def test_a_trailing_nul_in_a_hostname_is_trimmed() -> None:
     """Some clients count a NUL in option 12 (Kea trims them); the name was dropped."""
     assert clean_hostname("nullhost\x00") == "nullhost" and clean_hostname("\x00") is None
