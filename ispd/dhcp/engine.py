@@ -853,6 +853,7 @@ class DHCPEngine:
         if fqdn is not None and with_lease and _decodable_fqdn(fqdn):
             options.append((Option.CLIENT_FQDN, _fqdn_reply(fqdn)))
         options += _echoed(packet, client)
+        options = _fitted(options, _max_options_size(packet))
         reply = DHCPPacket(
             op=BOOTREPLY, xid=packet.xid, htype=packet.htype, hlen=packet.hlen, chaddr=packet.chaddr,
             flags=packet.flags, ciaddr=packet.ciaddr if message_type is not DHCPMessageType.OFFER else UNSPECIFIED,
@@ -920,6 +921,45 @@ def _requested_address(packet: DHCPPacket) -> IPv4Address | None:
     if value is None or len(value) != 4:
         return None
     return IPv4Address(value)
+
+
+# RFC 2132 §9.10: option 57 counts the whole IP datagram, and no client may ask for less than
+# 576 bytes (RFC 2131 §2: every client takes that much). Left for options: the IP and UDP
+# headers (28), the fixed BOOTP fields (236), the magic cookie (4) and the END option (1).
+MIN_MAX_MESSAGE_SIZE = 576
+_NOT_OPTIONS_SIZE = 28 + 236 + 4 + 1
+# What a reply cannot lose and still be the reply it is (message type, server id, lease times,
+# mask, routers) or that the client discards a reply without (61, 118) or the relay needs (82).
+_ESSENTIAL_OPTIONS = frozenset((Option.MESSAGE_TYPE, Option.SERVER_ID, Option.LEASE_TIME, Option.RENEWAL_TIME,
+                                Option.REBINDING_TIME, Option.SUBNET_MASK, Option.ROUTERS, Option.MESSAGE,
+                                Option.CLIENT_ID, Option.SUBNET_SELECTION, Option.RELAY_AGENT_INFO))
+
+
+def _max_options_size(packet: DHCPPacket) -> int | None:
+    """Room for options in a reply to a client that set option 57; None if it set none."""
+    value = packet.option(Option.MAX_MESSAGE_SIZE)
+    if value is None or len(value) != 2:
+        return None
+    return max(int.from_bytes(value, "big"), MIN_MAX_MESSAGE_SIZE) - _NOT_OPTIONS_SIZE
+
+
+def _encoded_size(value: bytes) -> int:
+    return len(value) + 2 * max(1, -(-len(value) // 255))  # long options split (RFC 3396)
+
+
+def _fitted(options: list[tuple[int, bytes]], room: int | None) -> list[tuple[int, bytes]]:
+    """``options`` trimmed to ``room`` bytes: the optional ones go from the end first, which is
+    the least wanted (the client's parameter request list ranks them in that order; RFC 2131
+    §4.3.1 lets a server leave out what does not fit). Essential options always stay."""
+    if room is None or sum(_encoded_size(v) for _, v in options) <= room:
+        return options
+    kept = list(options)
+    for index in range(len(kept) - 1, -1, -1):
+        if kept[index][0] not in _ESSENTIAL_OPTIONS:
+            del kept[index]
+            if sum(_encoded_size(v) for _, v in kept) <= room:
+                break
+    return kept
 
 
 def _decodable_fqdn(value: bytes) -> bool:

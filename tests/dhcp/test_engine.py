@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ispd.dhcp.codec import BOOTREQUEST, FLAG_BROADCAST, DHCPPacket
+from ispd.dhcp.codec import BOOTREQUEST, FLAG_BROADCAST, DHCPPacket, encode
 from ispd.dhcp.config import DHCPConfig
 from ispd.dhcp.engine import Destination, DHCPEngine, Ignored, Outcome, Received, clean_hostname
 from ispd.dhcp.options import DHCPMessageType, Option, decode_ips, decode_u32
@@ -495,6 +495,33 @@ def test_a_malformed_fqdn_or_an_empty_client_id_is_not_echoed() -> None:
     assert ack.reply.packet.option(Option.CLIENT_FQDN) is None and ack.writes[0][0].hostname is None
     offer = lab.send(message(DHCPMessageType.DISCOVER, MAC_B, extra=((Option.CLIENT_ID, b""),))).reply
     assert offer is not None and offer.packet.option(Option.CLIENT_ID) is None
+
+
+def test_a_reply_fits_the_clients_maximum_message_size() -> None:
+    """RFC 2132 §9.10: option 57 is the largest datagram the client takes (576 at the least).
+    Options that do not fit go, the least wanted (last in the client's list) first; the
+    essential ones (message type, server id, lease times, mask, routers, echoes) stay."""
+    routes = [{"destination": f"10.{n}.0.0/16", "router": "198.18.0.1"} for n in range(60)]
+    lab = Lab(config(subnet=[{"network": "198.18.0.0/24", "interface": "eth1", "routers": ["198.18.0.1"],
+                              "dns_servers": [f"198.18.0.{n}" for n in range(1, 40)],
+                              "domain_name": "lab.example", "static_routes": routes,
+                              "pool": [{"name": "lan", "range": "198.18.0.100 - 198.18.0.102"}]}]))
+    asked = (Option.PARAMETER_REQUEST_LIST, bytes((1, 3, 15, 6, 121)))
+    full = lab.send(message(DHCPMessageType.DISCOVER, extra=(asked,))).reply
+    assert full is not None and len(encode(full.packet)) + 28 > 576  # too big without option 57
+    max_size = (Option.MAX_MESSAGE_SIZE, struct.pack("!H", 576))
+    cid = (Option.CLIENT_ID, b"\x01" + MAC_A)
+    offer = lab.send(message(DHCPMessageType.DISCOVER, extra=(asked, max_size, cid))).reply
+    assert offer is not None and len(encode(offer.packet)) + 28 <= 576
+    kept = [code for code, _ in offer.packet.options]
+    assert Option.CLASSLESS_STATIC_ROUTES not in kept  # last asked for: dropped first
+    for code in (Option.MESSAGE_TYPE, Option.SERVER_ID, Option.LEASE_TIME, Option.SUBNET_MASK, Option.ROUTERS,
+                 Option.DOMAIN_NAME, Option.CLIENT_ID):
+        assert code in kept, code
+    # A client may not ask for less than 576: 300 is read as 576.
+    small = (Option.MAX_MESSAGE_SIZE, struct.pack("!H", 300))
+    assert lab.send(message(DHCPMessageType.DISCOVER, extra=(asked, small))).reply.packet.options \
+        == lab.send(message(DHCPMessageType.DISCOVER, extra=(asked, max_size))).reply.packet.options  # type: ignore[union-attr]
 
 
 def test_a_trailing_nul_in_a_hostname_is_trimmed() -> None:
