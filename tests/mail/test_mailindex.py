@@ -285,13 +285,17 @@ def _disk_full(*args: object, **kwargs: object) -> None:
     raise OSError(28, "No space left on device")
 
 
-def test_a_flag_change_that_cannot_be_logged_changes_nothing(maildir: Maildir,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def _three_messages(maildir: Maildir) -> tuple[FolderIndex, Any, list[str]]:
+    """Three messages synced: the index, its state, and the file names in cur/."""
     for number in range(3):
         deliver(maildir, f"m{number}", 100.0 + number)
     index = FolderIndex(maildir.path)
-    before = index.sync()
-    names = sorted(os.listdir(maildir.path / "cur"))
+    return index, index.sync(), sorted(os.listdir(maildir.path / "cur"))
+
+
+def test_a_flag_change_that_cannot_be_logged_changes_nothing(maildir: Maildir,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    index, before, names = _three_messages(maildir)
     real_open = os.open
 
     def open_(path: str | os.PathLike[str], flags: int, *args: int, **kwargs: int) -> int:
@@ -319,11 +323,7 @@ def test_a_flag_change_that_cannot_be_logged_changes_nothing(maildir: Maildir,
 
 
 def test_a_flag_change_cut_short_by_a_rename_is_undone(maildir: Maildir, monkeypatch: pytest.MonkeyPatch) -> None:
-    for number in range(3):
-        deliver(maildir, f"m{number}", 100.0 + number)
-    index = FolderIndex(maildir.path)
-    before = index.sync()
-    names = sorted(os.listdir(maildir.path / "cur"))
+    index, before, names = _three_messages(maildir)
     real_rename = os.rename
     renamed = [0]
 
