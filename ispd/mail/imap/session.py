@@ -37,6 +37,7 @@ import email.message
 import email.parser
 import email.policy
 import email.utils
+import errno
 import re
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -258,7 +259,8 @@ class IMAPSession(asyncio.Protocol):
             self.send(f"{command.tag} BAD {exc}".encode())
 
     async def _blocking(self, function: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.service.mail_executor, function, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.service.mail_executor, _without_stop_iteration,
+                                                                function, *args)
 
     # --- any state
 
@@ -561,7 +563,9 @@ class IMAPSession(asyncio.Protocol):
                 mailindex.forget(maildir.folder_path(folder))
                 index = FolderIndex(maildir.folder_path(folder))
                 state = index.sync()
-                added = next(m for m in state.messages if m.base.startswith(delivered.name))
+                added = next((m for m in state.messages if m.base.startswith(delivered.name)), None)
+                if added is None:  # no room to give it a UID: it would wait in new/ (see mailindex)
+                    raise OSError(errno.ENOSPC, "no room to index the appended message")
                 if letters:
                     index.set_flags([added.uid], "=", letters)
             except BaseException:  # NO: the message is not there (the client appends it again)
@@ -1167,6 +1171,16 @@ _STATES: dict[str, tuple[str, ...]] = {
 
 
 COMMAND_NAMES = (*sorted(_STATES), "other")
+
+
+def _without_stop_iteration(function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)``, a StopIteration (a ``next`` that found nothing) raised as a plain
+    error: set on the executor's future, StopIteration fails the callback instead, the future
+    never resolves, and the command never gets its tagged reply."""
+    try:
+        return function(*args)
+    except StopIteration as exc:
+        raise RuntimeError("StopIteration in a mailbox operation") from exc
 
 
 def _take_back(maildir: Maildir, folder: str, names: list[str]) -> None:

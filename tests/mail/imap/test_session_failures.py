@@ -5,6 +5,7 @@ a fake transport, so that the disk can be made to fail at a chosen write."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import os
 from collections.abc import Callable
@@ -117,3 +118,22 @@ def test_an_append_that_fails_after_the_write_leaves_no_message(maildir: Maildir
     assert b"t1 NO" in answer
     assert messages_in(archive) == []
     assert maildir.recompute_usage().messages == 3 and maildir.usage().messages == 3
+
+
+def test_an_append_the_index_has_no_room_for_is_answered(maildir: Maildir, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From a review: with room for the message but not for its UID (the index then leaves the
+    message waiting in new/, out of the folder's state), APPEND's lookup of the new UID raised
+    StopIteration, which the executor's future cannot carry: no tagged reply, ever."""
+    archive = maildir.folder_path("Archive")
+    message = "Subject: appended\r\n\r\nhi\r\n"
+    real_sync = FolderIndex.sync
+
+    def no_room_for_uids(self: FolderIndex, now: float | None = None) -> Any:
+        state = real_sync(self, now)
+        return dataclasses.replace(state, messages=[]) if self.path == archive else state
+
+    answer = run_commands(maildir, ["LOGIN alice x", f"APPEND Archive {{{len(message)}+}}\r\n{message}"],
+                          lambda: monkeypatch.setattr(FolderIndex, "sync", no_room_for_uids))
+    monkeypatch.undo()
+    assert b"t1 NO" in answer
+    assert messages_in(archive) == []  # taken back: the client appends it again
