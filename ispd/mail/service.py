@@ -515,32 +515,32 @@ class MailService(Service):
         targets = {address: self.maildir(address) for address in envelope.mailboxes if address not in over}
         maildirs = list(targets.values())
         try:
-            await self._write_and_notify(maildirs, headers + content, now, folder)
+            # With a part queued already the reply is 250 whatever happens here (a 4xx would make
+            # the sender send that part again): each copy that can be written stays.
+            await self._write_and_notify(maildirs, headers + content, now, folder,
+                                         all_or_nothing=not envelope.remote)
         except (OSError, PartialDelivery) as failure:
             exc = failure.error if isinstance(failure, PartialDelivery) else failure
             log.error("mail.delivery.failed", queue_id=queue_id, error=str(exc))
             self.metrics.refusals.inc("local_error")
             storage = exc.errno in (28, 122)  # ENOSPC, EDQUOT
-            reply = (Reply(452, "4.3.1", "Insufficient system storage, try again later") if storage
-                     else Reply(451, "4.3.0", "Local delivery failed, try again later"))
-            # ``_write`` took back the copies it had made, so a 4xx takes nothing: unless some
-            # stay (PartialDelivery), or the rest is queued already, where a 4xx would make the
-            # sender send that again. Then the message is taken and the recipients without a
-            # copy bounce.
-            missing = failure.missing if isinstance(failure, PartialDelivery) else {m.path for m in maildirs}
-            if not envelope.remote and not isinstance(failure, PartialDelivery):
-                return reply
-            over.update({address: SMTPRefusal(reply, "local_error") for address, maildir in targets.items()
-                         if maildir.path in missing})
-            maildirs = [m for m in maildirs if m.path not in missing]
+            if not isinstance(failure, PartialDelivery):
+                # ``_write`` took back the copies it had made: the 4xx takes nothing.
+                return (Reply(452, "4.3.1", "Insufficient system storage, try again later") if storage
+                        else Reply(451, "4.3.0", "Local delivery failed, try again later"))
+            # The message is taken (250): the recipients without a copy bounce, for good.
+            lost = Reply(552 if storage else 550, "5.3.1" if storage else "5.3.0",
+                         f"the mailbox could not be written: {exc.strerror or exc}")
+            over.update({address: SMTPRefusal(lost, "local_error") for address, maildir in targets.items()
+                         if maildir.path in failure.missing})
+            maildirs = [m for m in maildirs if m.path not in failure.missing]
             for maildir in maildirs:
                 self.notify_imap(maildir.path, folder)
         self.metrics.deliveries.inc(amount=len(maildirs))
         if maildirs:
             self.metrics.bytes.inc(amount=len(headers) + len(content))
         if over and mail_from not in ("", "<>"):
-            failed = {address: Outcome(Verdict.BOUNCED, str(refusal.reply), refusal.reply.enhanced)
-                      for address, refusal in over.items()}
+            failed = {address: _bounced(refusal.reply) for address, refusal in over.items()}
             try:
                 await self.queue.bounce(mail_from, content, failed, queue_id=queue_id, arrived_at=now)
             except (OSError, StoreError) as exc:  # the copies are delivered: do not fail the message
@@ -554,31 +554,38 @@ class MailService(Service):
                              authenticated=bool(smtp_session and smtp_session.authenticated),
                              utf8=bool(envelope.smtp_utf8))
 
-    async def _write_tracked(self, maildirs: list[Maildir], message: bytes, now: float, folder: str = "") -> None:
+    async def _write_tracked(self, maildirs: list[Maildir], message: bytes, now: float, folder: str = "",
+                             all_or_nothing: bool = True) -> None:
         if not maildirs:
             return
         delivery = asyncio.get_running_loop().run_in_executor(self._executor, self._write, maildirs, message, now,
-                                                              folder)
+                                                              folder, all_or_nothing)
         self._deliveries.add(delivery)
         try:
             await asyncio.shield(delivery)
         finally:
             self._deliveries.discard(delivery)
 
-    async def _write_and_notify(self, maildirs: list[Maildir], message: bytes, now: float, folder: str) -> None:
-        await self._write_tracked(maildirs, message, now, folder)
+    async def _write_and_notify(self, maildirs: list[Maildir], message: bytes, now: float, folder: str, *,
+                                all_or_nothing: bool = True) -> None:
+        await self._write_tracked(maildirs, message, now, folder, all_or_nothing)
         for maildir in maildirs:
             self.notify_imap(maildir.path, folder)
 
-    def _write(self, maildirs: list[Maildir], message: bytes, now: float, folder: str) -> None:
+    def _write(self, maildirs: list[Maildir], message: bytes, now: float, folder: str,
+               all_or_nothing: bool = True) -> None:
         """Every copy, or (OSError) none: RFC 5321 §4.1.1.4, a 4xx after DATA says nothing was
         taken, and the sender sends the whole message again to every recipient. So when a copy
         fails (the disk full, a mailbox not writable) those written before it are taken back,
         with their quota count, before the error goes on. Should that fail too, the copies
         that stay make the message delivered: ``PartialDelivery`` names the recipients without
         one, who bounce under a 250 (as ``submit`` bounces a local copy that fails beside a
-        queued part), so nothing is lost and nothing arrives twice."""
+        queued part), so nothing is lost and nothing arrives twice. Not ``all_or_nothing`` (the
+        reply will be 250 anyway): every copy that can be written is, and ``PartialDelivery``
+        names the others."""
         delivered: list[tuple[Maildir, str]] = []
+        failed: set[Path] = set()
+        first_error: OSError | None = None
         for maildir in maildirs:
             try:
                 if maildir.path not in self._created:
@@ -590,12 +597,18 @@ class MailService(Service):
                     maildir.create()
                     copy = maildir.deliver(message, folder=folder, now=now)
             except OSError as exc:
+                if not all_or_nothing:
+                    failed.add(maildir.path)
+                    first_error = first_error or exc
+                    continue
                 kept = self._take_back(delivered, folder)
                 if kept:
                     raise PartialDelivery(exc, {m.path for m in maildirs} - kept) from exc
                 raise
             mailindex.forget(maildir.folder_path(folder))
             delivered.append((maildir, copy.name))
+        if first_error is not None:
+            raise PartialDelivery(first_error, failed)
 
     @staticmethod
     def _take_back(delivered: list[tuple[Maildir, str]], folder: str) -> set[Path]:
@@ -815,6 +828,14 @@ class MailService(Service):
                  sender=envelope.mail_from, local=list(envelope.mailboxes), queued=list(envelope.remote),
                  size=len(content))
         return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
+
+
+def _bounced(reply: Reply) -> Outcome:
+    """What a local recipient refused under a 250 (a full mailbox, one that could not be
+    written) gets in its bounce: for good (RFC 3464 §2.3.4: a failed action has a 5.x.x
+    status, whatever temporary reply it would have had on its own), as ispd's own finding."""
+    status = "5" + reply.enhanced[1:] if reply.enhanced.startswith("4") else reply.enhanced
+    return Outcome(Verdict.BOUNCED, f"local delivery: {reply.text.removesuffix(', try again later')}", status)
 
 
 def _completed(content: bytes, hostname: str, now: float, queue_id: str) -> bytes:

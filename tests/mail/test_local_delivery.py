@@ -89,3 +89,25 @@ def test_copies_that_cannot_be_taken_back_make_the_message_delivered(tmp_path: P
     assert failure.value.missing == {bob.path, carol.path}
     assert failure.value.error.errno == errno.ENOSPC
     assert len(_messages(alice)) == 1 and _messages(bob) == [] and _messages(carol) == []
+
+
+def test_with_a_part_queued_every_copy_that_can_be_written_stays(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """From a review: beside a queued part the reply is 250 whatever happens, yet a failing copy
+    took back the copies before it, whose recipients then bounced without their mail."""
+    alice, bob, carol = _mailboxes(tmp_path)
+    _fail_in(monkeypatch, bob, errno.EPERM)
+    with pytest.raises(PartialDelivery) as failure:
+        _writer()._write([alice, bob, carol], b"Subject: x\r\n\r\nhello\r\n", 1.0, "", all_or_nothing=False)
+    monkeypatch.undo()
+    assert failure.value.missing == {bob.path} and failure.value.error.errno == errno.EPERM
+    assert len(_messages(alice)) == 1 and _messages(bob) == [] and len(_messages(carol)) == 1
+
+
+def test_a_local_recipient_bounced_under_a_250_failed_for_good() -> None:
+    from ispd.mail.engine import Reply
+    from ispd.mail.service import _bounced
+
+    full = _bounced(Reply(452, "4.2.2", "Mailbox full, try again later"))
+    assert (full.status, full.detail) == ("5.2.2", "local delivery: Mailbox full")
+    assert _bounced(Reply(550, "5.3.0", "the mailbox could not be written: Permission denied")).status == "5.3.0"
