@@ -47,17 +47,27 @@ class LossyOutput:
     def __init__(self, out: TextIO, as_json: bool) -> None:
         self.out = out
         self.as_json = as_json
-        self.lost = 0  # since the last line written
+        self.lost = 0  # lines lost since the last line written
+        self._broken = False  # the line being written lost its start: the rest of it goes too
 
     def write(self, text: str) -> int:
+        written = text
+        if self._broken:  # print writes a line and its end apart: no lone end of a lost line
+            end = text.find("\n")
+            if end < 0:
+                return len(written)
+            self._broken, self.lost, text = False, self.lost + 1, text[end + 1:]
+            if not text:
+                return len(written)
         try:
             if self.lost:
                 self.out.write(self._lost_line())
                 self.lost = 0
-            return self.out.write(text)
+            self.out.write(text)
         except (OSError, ValueError):  # ValueError: the stream is closed
-            self.lost += text.count("\n")  # (print writes the line and its end apart)
-            return len(text)
+            self.lost += text.count("\n")
+            self._broken = not text.endswith("\n")
+        return len(written)
 
     def flush(self) -> None:
         with contextlib.suppress(OSError, ValueError):

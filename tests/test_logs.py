@@ -70,6 +70,36 @@ def test_a_log_that_cannot_be_written_fails_no_caller_and_says_later_what_was_lo
         logging.captureWarnings(False)
 
 
+class RoomForNewlines(FullDisk):
+    """A buffered file on a full disk: the line fails, the lone newline print writes after it
+    still fits in the buffer."""
+
+    def write(self, text: str) -> int:
+        if self.full and text != "\n":
+            raise OSError(28, "No space left on device")
+        return io.StringIO.write(self, text)
+
+
+def test_a_lost_line_leaves_no_blank_line_behind() -> None:
+    """From the review of the fix: the lines were lost, their newlines were not (print writes
+    them apart), so the log got blank lines and never said that lines were lost."""
+    out = RoomForNewlines()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    configure_logging(LogConfig(level="info", format="json"), stream=out)
+    try:
+        for _ in range(5):
+            get_logger("test").error("mail.delivery.failed")
+        out.full = False
+        get_logger("test").info("mail.delivered")
+        assert [(json.loads(line)["event"], json.loads(line).get("count")) for line in out.getvalue().splitlines()] \
+            == [("log.lines_lost", 5), ("mail.delivered", None)]
+    finally:
+        root.handlers, level = saved
+        root.setLevel(level)
+        logging.captureWarnings(False)
+
+
 def test_a_repeated_warning_is_due_once_an_interval_per_key_and_the_keys_stay_bounded() -> None:
     throttle = LogThrottle(60.0, max_keys=2)
     assert throttle.due("a", 1000.0) and not throttle.due("a", 1059.0) and throttle.due("a", 1060.0)
