@@ -110,6 +110,8 @@ class Received:
     # The IP destination the datagram was sent to (IP_PKTINFO); None when not known. A broadcast
     # came from the receiving link itself, whatever its ciaddr says (RFC 2131 §4.3.2).
     destination: IPv4Address | None = None
+    # The IP source it came from; None when not known.
+    source: IPv4Address | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -498,9 +500,11 @@ class DHCPEngine:
         # RFC 2131 §4.3.2 REBINDING: the server SHOULD check ciaddr for correctness; §3.2 (4): a
         # client whose request is invalid, e.g. moved to a new subnet, SHOULD get a DHCPNAK.
         # So the link's subnet is used and _request NAKs a ciaddr outside it. Kea too takes the
-        # subnet from ciaddr for unicast packets only.
+        # subnet from ciaddr for unicast packets only. And only from a client that sends from
+        # ciaddr (RFC 2131 §4.4.5: a RENEWING client unicasts from its address): one on a direct
+        # link writing another subnet's address into ciaddr must not "renew" it into a lease.
         if packet.ciaddr != UNSPECIFIED and message_type is not DHCPMessageType.DISCOVER \
-                and not self._broadcast(received):
+                and not self._broadcast(received) and received.source in (None, packet.ciaddr):
             found = self._subnet_containing(int(packet.ciaddr))
             if found is not None:
                 return found
@@ -850,7 +854,7 @@ class DHCPEngine:
                     seen.add(code)
                     options.append((code, served[code]))
         fqdn = packet.option(Option.CLIENT_FQDN)
-        if fqdn is not None and with_lease and _decodable_fqdn(fqdn):
+        if fqdn is not None and with_lease and _usable_fqdn(fqdn):
             options.append((Option.CLIENT_FQDN, _fqdn_reply(fqdn)))
         options += _echoed(packet, client)
         options = _fitted(options, _max_options_size(packet))
@@ -962,15 +966,15 @@ def _fitted(options: list[tuple[int, bytes]], room: int | None) -> list[tuple[in
     return kept
 
 
-def _decodable_fqdn(value: bytes) -> bool:
-    """Whether a client FQDN option can be read at all. One that cannot (too short, a label
-    running past its end) named nothing we could use: the reply leaves the option out rather
-    than echo the garbage back as if it were the name we took. The request is still served."""
+def _usable_fqdn(value: bytes) -> bool:
+    """Whether a client FQDN option names a host we take (and so publish, which the echo's S bit
+    says). One that does not (too short, a label running past its end, no usable name left once
+    cleaned) is left out of the reply rather than echoed back as if it were the name we took.
+    The request is still served."""
     try:
-        decode_client_fqdn(value)
+        return clean_hostname(decode_client_fqdn(value).name) is not None
     except OptionValueError:
         return False
-    return True
 
 
 def _fqdn_reply(request: bytes) -> bytes:

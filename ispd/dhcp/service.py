@@ -30,7 +30,7 @@ import time
 from array import array
 from contextlib import AsyncExitStack
 from ipaddress import IPv4Address
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ispd.dhcp.codec import DHCPDecodeError, decode, encode
 from ispd.dhcp.config import DHCPConfig
@@ -250,7 +250,7 @@ class DHCPService(Service):
         now = self.context.clock()
         for _ in range(READ_BATCH):
             try:
-                data, ancillary, _flags, _source = sock.recvmsg(MAX_DATAGRAM, 64)
+                data, ancillary, _flags, sender = sock.recvmsg(MAX_DATAGRAM, 64)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
@@ -276,13 +276,13 @@ class DHCPService(Service):
                                 hint="add the interface to dhcp.interfaces to serve clients (or relays) there")
                 continue
             try:
-                self._handle(data, ifindex, interface, local, destination, now, started)
+                self._handle(data, ifindex, interface, local, destination, _source_address(sender), now, started)
             except Exception:  # a bug on one packet must not stop the server answering the next
                 self.metrics.dropped.inc("internal_error")
                 log.error("dhcp.packet.failed", exc_info=True)
 
     def _handle(self, data: bytes, ifindex: int, interface: str, local: IPv4Address | None,
-                destination: IPv4Address | None, now: float, started: float) -> None:
+                destination: IPv4Address | None, source: IPv4Address | None, now: float, started: float) -> None:
         try:
             packet = decode(data)
         except DHCPDecodeError as exc:
@@ -291,7 +291,7 @@ class DHCPService(Service):
         message_type = packet.message_type
         type_name = _TYPE_NAMES[message_type] if message_type is not None else "unknown"
         self.metrics.received.inc(type_name)
-        outcome = self.engine.handle(Received(packet, interface, local, destination), now)
+        outcome = self.engine.handle(Received(packet, interface, local, destination, source), now)
         if outcome.untrusted_option82:
             self.metrics.untrusted_option82.inc()
             if self._untrusted_logged.due(interface, now):
@@ -447,3 +447,10 @@ class DHCPService(Service):
         ]
         for unsubscribe in unsubscribers:
             stack.callback(unsubscribe)
+
+
+def _source_address(sender: Any) -> IPv4Address | None:
+    try:
+        return IPv4Address(sender[0])
+    except (TypeError, IndexError, ValueError):
+        return None

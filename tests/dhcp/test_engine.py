@@ -495,6 +495,13 @@ def test_a_malformed_fqdn_or_an_empty_client_id_is_not_echoed() -> None:
     assert ack.reply.packet.option(Option.CLIENT_FQDN) is None and ack.writes[0][0].hostname is None
     offer = lab.send(message(DHCPMessageType.DISCOVER, MAC_B, extra=((Option.CLIENT_ID, b""),))).reply
     assert offer is not None and offer.packet.option(Option.CLIENT_ID) is None
+    # From the verification: names that decode but that ispd does not take (no usable host name
+    # once cleaned) were still echoed with S=1, "published".
+    for unusable in (bytes((0x01, 0, 0)) + b"\xff\xfe", bytes((0x01, 0, 0)), bytes((0x01, 0, 0)) + b"a b.example"):
+        ack = lab.send(message(DHCPMessageType.REQUEST, requested="198.18.0.101",
+                               extra=((Option.CLIENT_FQDN, unusable),)))
+        assert ack.reply is not None and ack.reply.packet.message_type is DHCPMessageType.ACK
+        assert ack.reply.packet.option(Option.CLIENT_FQDN) is None and ack.writes[0][0].hostname is None
 
 
 def test_a_reply_fits_the_clients_maximum_message_size() -> None:

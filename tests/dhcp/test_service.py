@@ -23,15 +23,16 @@ IFINDEX = 7
 class DatagramsSocket:
     """Hands ``recvmsg`` the datagrams given, each with the IP_PKTINFO the kernel would add."""
 
-    def __init__(self, datagrams: list[tuple[bytes, IPv4Address]]) -> None:
+    def __init__(self, datagrams: list[tuple[bytes, IPv4Address]], source: str = "198.18.0.77") -> None:
         self.datagrams = list(datagrams)
+        self.source = source
 
     def recvmsg(self, size: int, ancillary_size: int) -> tuple[bytes, list[tuple[int, int, bytes]], int, Any]:
         if not self.datagrams:
             raise BlockingIOError
         data, destination = self.datagrams.pop(0)
         pktinfo = PKTINFO.pack(IFINDEX, SERVER.packed, destination.packed)
-        return data, [(socket.IPPROTO_IP, IP_PKTINFO, pktinfo)], 0, ("198.18.0.77", 68)
+        return data, [(socket.IPPROTO_IP, IP_PKTINFO, pktinfo)], 0, (self.source, 68)
 
 
 async def _healthy() -> tuple[bool, dict[str, object]]:
@@ -56,8 +57,15 @@ def test_the_destination_address_reaches_the_engine_so_a_broadcast_ciaddr_is_not
     [nak] = replies
     assert nak.packet.message_type is DHCPMessageType.NAK and nak.destination is Destination.BROADCAST
 
+    # From the verification: the same unicast from another address (a client of the direct link
+    # writing the relayed subnet's address into ciaddr) was "renewed" into a lease too.
     renew = encode(message(DHCPMessageType.REQUEST, ciaddr="198.18.1.105"))
-    service._socket = DatagramsSocket([(renew, SERVER)])  # type: ignore[assignment]
+    service._socket = DatagramsSocket([(renew, SERVER)], source="198.18.0.77")  # type: ignore[assignment]
+    service._readable()
+    assert not service._pending, "ACKed"
+    assert replies[-1].packet.message_type is DHCPMessageType.NAK
+
+    service._socket = DatagramsSocket([(renew, SERVER)], source="198.18.1.105")  # type: ignore[assignment]
     service._readable()
     [(outcome, *_)] = service._pending
     assert outcome.reply is not None and outcome.reply.packet.message_type is DHCPMessageType.ACK
