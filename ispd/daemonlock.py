@@ -31,7 +31,10 @@ class DaemonLockError(Exception):
 
 
 def lock_path(store_path: Path) -> Path:
-    return store_path.with_name(store_path.name + ".lock")
+    """Beside the store's real file: two configs that name it by different paths (a symlink, a
+    symlinked directory, relative and absolute) must meet at one lock."""
+    real = Path(os.path.realpath(store_path))
+    return real.with_name(real.name + ".lock")
 
 
 class DaemonLock:
