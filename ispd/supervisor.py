@@ -79,6 +79,11 @@ SERVICES: tuple[ServiceSpec, ...] = (
 )
 
 STORE_PING_TIMEOUT_SECONDS = 2.0
+
+
+class MigrationStopped(Exception):
+    """A stop asked for while the store was being migrated: the next step is not begun."""
+
 # While a migration runs: ask systemd for this much more start time, this often. The extension
 # outlasts several intervals, so a busy moment of the loop cannot let the start time run out.
 MIGRATION_EXTEND_SECONDS = 30.0
@@ -194,13 +199,17 @@ class Supervisor:
         return True
 
     def _migration_starting(self, step: Migration, target: int) -> None:
-        """Called in the store's thread as each migration begins."""
+        """Called in the store's thread as each migration begins. Once a stop is asked for, no
+        further step begins (the one under way is left to finish: killed, it would only be
+        rolled back): systemd's stop timeout is not to be stretched by the upgrade's rest."""
+        if self._stop_requested.is_set():
+            raise MigrationStopped(f"stopping: migration {step.version} {step.name} not begun")
         self._migrating = (step, target, time.monotonic())
         self._extend_start()
 
     def _extend_start(self) -> None:
-        if self._migrating is None:
-            return
+        if self._migrating is None or self._stop_requested.is_set():
+            return  # (while stopping, EXTEND_TIMEOUT_USEC would stretch the stop timeout)
         step, target, began = self._migrating
         status = (f"migrating the store to schema {target}: {step.version} {step.name}, "
                   f"running for {time.monotonic() - began:.0f} s")

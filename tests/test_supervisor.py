@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -17,7 +18,7 @@ from ispd.configtypes import SocketAddress
 from ispd.metrics.config import MetricsConfig
 from ispd.sdnotify import Notifier
 from ispd.store.config import StoreConfig
-from ispd.store.sqlite import Migration, connect, migrate, sqlite_migrations
+from ispd.store.sqlite import Migration, connect, migrate, schema_version, sqlite_migrations
 from ispd.supervisor import Supervisor
 
 
@@ -159,3 +160,57 @@ async def test_systemd_is_asked_for_more_start_time_while_a_migration_runs(
     assert all(m.split("\n")[0] == "EXTEND_TIMEOUT_USEC=30000000" for m in extensions)
     assert f"STATUS=migrating the store to schema {newest.version}: {newest.version} {newest.name}" in extensions[0]
     assert received.index(extensions[-1]) < len(received) - 1
+
+
+async def test_a_stop_during_a_migration_begins_no_further_step(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """From the verification: a SIGTERM during one migration still ran every step after it,
+    sending EXTEND_TIMEOUT_USEC all the while (which systemd applies to its stop timeout)."""
+    migrations = sqlite_migrations()
+    config = config_for(tmp_path)
+    conn = connect(config.store.path, 5)
+    migrate(conn, migrations, target=migrations[-3].version)
+    conn.close()
+    slow = [SlowMigration(m.version, m.name, m.sql) for m in migrations[-2:]]
+    monkeypatch.setattr("ispd.store.sqlite.sqlite_migrations", lambda: [*migrations[:-2], *slow])
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(str(tmp_path / "notify.sock"))
+        listener.setblocking(False)
+        supervisor = Supervisor(tmp_path / "unused.toml", config, Notifier(str(tmp_path / "notify.sock")))
+        task = asyncio.create_task(supervisor.run())
+        first = (await asyncio.wait_for(loop.sock_recv(listener, 4096), 10)).decode()
+        assert first.startswith("EXTEND_TIMEOUT_USEC=") and f": {slow[0].version} " in first
+        supervisor.request_stop()  # during the first slow step
+        assert await asyncio.wait_for(task, 10) == 0
+        after: list[str] = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                after.append(listener.recv(4096).decode())
+    assert not [m for m in after if m.startswith("EXTEND_TIMEOUT_USEC=")], after
+    check = connect(config.store.path, 5)
+    try:
+        assert schema_version(check) == slow[0].version  # the step under way finished; the next never began
+    finally:
+        check.close()
+
+
+def test_the_lock_is_the_store_files_whatever_path_names_it(tmp_path: Path) -> None:
+    """From the verification: the lock was beside the path as written, so a config naming the
+    store through a symlink (or a symlinked directory) locked another file, and two daemons ran
+    on one store."""
+    from ispd.daemonlock import DaemonLock, DaemonLockError
+
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "ispd.db").touch()
+    (tmp_path / "link.db").symlink_to(real / "ispd.db")
+    (tmp_path / "dir").symlink_to(real)
+    first = DaemonLock(real / "ispd.db")
+    first.acquire()
+    try:
+        for other in (tmp_path / "link.db", tmp_path / "dir" / "ispd.db"):
+            with pytest.raises(DaemonLockError, match="another ispd"):
+                DaemonLock(other).acquire()
+    finally:
+        first.release()
