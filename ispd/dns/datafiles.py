@@ -10,7 +10,9 @@ Theory of operation
 -------------------
 first process  ``DiskFiles`` reads the disk and, with workers to feed, remembers each file's
                bytes as it read them. When a start or a reload has read everything, the service
-               puts what was read into a ``FileStore`` (a private directory, mode 0700: one file
+               puts what was read into a ``FileStore`` (``<store>.dns-files/`` beside the store:
+               on disk rather than in /run's memory, and one per store, which one daemon holds;
+               whatever a killed daemon left there goes at the next start; mode 0700: one file
                per content, named by its SHA-256, mode 0600 like the config snapshot, since a
                private key is among them) and gets a manifest, path → content name. A file the
                reload did not read again (the trust anchors when ``[dns.dnssec]`` is unchanged:
@@ -140,13 +142,7 @@ class FileStore:
             name = hashlib.sha256(data).hexdigest()
             target = self.directory / name
             if not target.exists():
-                temporary = self.directory / f".{name}.tmp"
-                with contextlib.suppress(FileNotFoundError):
-                    temporary.unlink()
-                fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "wb") as out:
-                    out.write(data)
-                os.replace(temporary, target)
+                _write_private(target, data)
             files[str(path)] = name
         return files
 
@@ -171,10 +167,22 @@ class FileStore:
 
 def write_manifest(manifest: dict[str, Any], path: Path) -> None:
     """``manifest`` as JSON in ``path`` (mode 0600, as the config snapshot beside it), replaced at once."""
+    _write_private(path, json.dumps(manifest).encode("utf-8"))
+
+
+def _write_private(path: Path, content: bytes) -> None:
+    """``path`` (mode 0600) written through a temporary file and replaced at once. A write that
+    fails (the disk full) takes its temporary with it: left there, it would keep the disk full
+    for every later reload and worker restart."""
     temporary = path.with_name(f".{path.name}.tmp")
     with contextlib.suppress(FileNotFoundError):
         temporary.unlink()
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        json.dump(manifest, out)
-    os.replace(temporary, path)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(content)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise

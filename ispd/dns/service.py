@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
+import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -276,6 +277,9 @@ class DNSService(Service):
         for collector in self.metrics.collectors(self):
             registry.register(collector)
             stack.callback(registry.unregister, collector)
+        if self.first:
+            # What a daemon killed before its clean stop left (with processes = 1 now, too).
+            shutil.rmtree(self._file_store_directory(), ignore_errors=True)
         if several:
             store = self._open_file_store(stack)
             try:
@@ -313,16 +317,17 @@ class DNSService(Service):
         log.info("dns.started", listen=[f"{h}:{p}" for h, p in self.bound], root_servers=len(hints),
                  encrypted=[f"{key} {h}:{p}" for key, listener in self._encrypted() for h, p in listener.bound])
 
+    def _file_store_directory(self) -> Path:
+        """Beside the store's real file: one daemon per store (its lock), so one directory per
+        daemon, on disk (a large policy zone would fill /run's memory), and known at the next
+        start, which removes what a killed daemon left (a private key among it)."""
+        store = Path(os.path.realpath(self.full_config.store.path))
+        return store.with_name(store.name + ".dns-files")
+
     def _open_file_store(self, stack: AsyncExitStack) -> FileStore:
-        """The private directory of what this process loaded, for the workers (beside the
-        daemon's control socket, as their config snapshots are; a temporary one without it)."""
-        control = self.full_config.daemon.control_socket
+        """The private directory of what this process loaded, for the workers."""
         try:
-            if control is not None:
-                directory = control.with_name(f"{control.name}.dns.files")
-            else:
-                directory = Path(tempfile.mkdtemp(prefix="ispd-dns-files-"))
-            store = self.file_store = FileStore(directory)
+            store = self.file_store = FileStore(self._file_store_directory())
         except OSError as exc:
             raise ServiceStartError(f"dns: cannot make a directory for the other processes' files: "
                                     f"{describe_os_error(exc)}") from None

@@ -62,3 +62,35 @@ def test_a_certificate_that_changes_while_it_loads_is_refused(tmp_path: Path) ->
     with pytest.raises(OSError, match="changed while it was being loaded"):
         disk.check_unchanged([certificate])
     DiskFiles().check_unchanged([certificate])  # (one process alone hands nothing: no check)
+
+
+def test_a_copy_the_disk_has_no_room_for_leaves_no_part_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From the verification: a reload refused on a full disk left its partial copy, which kept
+    the disk full, so every later reload and worker restart failed too."""
+    import errno
+    import os
+
+    store = FileStore(tmp_path / "handed")
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, fd: int, *args: object) -> None:
+            self.file = real_fdopen(fd, "wb")
+
+        def __enter__(self) -> FullDisk:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.file.close()
+
+        def write(self, data: bytes) -> int:
+            self.file.write(data[:10])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fdopen", FullDisk)
+    with pytest.raises(OSError):
+        store.put({tmp_path / "big.rpz": b"x" * 1000})
+    with pytest.raises(OSError):
+        write_manifest({"files": {}}, tmp_path / "worker.files.json")
+    monkeypatch.undo()
+    assert list(store.directory.iterdir()) == [] and list(tmp_path.glob(".*.tmp")) == []

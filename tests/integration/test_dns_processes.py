@@ -217,7 +217,7 @@ def test_a_restarted_worker_loads_what_the_first_loaded_not_the_files_on_disk(
         answers_as_loaded()
         assert not resolver.log_events("worker.restart.failed")
         # The copies handed over are private: the key is among them.
-        handed = Path(f"{resolver.config['daemon']['control_socket']}.dns.files")
+        handed = Path(f"{resolver.config['store']['path']}.dns-files")
         assert handed.stat().st_mode & 0o777 == 0o700
         assert all(entry.stat().st_mode & 0o777 == 0o600 for entry in handed.iterdir())
         # A good reload reaches every process; the worker has compiled and switched before the
@@ -277,6 +277,19 @@ def test_a_reload_reaches_every_process_and_a_stop_ends_them(dns_hierarchy: DNSH
     with two_processes(dns_hierarchy, tmp_path, certs) as resolver:
         resolver.start()
         reload_and_stop(resolver)
+        # The copies handed to the workers (a private key among them) go with a clean stop, and
+        # what a killed daemon left goes at the next start, with one process now too (from the
+        # verification: left for good, and a new temporary directory at every start).
+        handed = Path(f"{resolver.config['store']['path']}.dns-files")
+        assert not handed.exists()
+        handed.mkdir(mode=0o700)
+        (handed / "left-by-a-killed-daemon").write_bytes(b"a private key")
+        config = resolver.config
+        config["dns"]["processes"] = 1
+        resolver.write_config(config)
+        resolver.start()
+        assert not handed.exists()
+        assert resolver.terminate() == 0
 
 
 def reload_and_stop(resolver: DNSIspd) -> None:
