@@ -701,8 +701,8 @@ class IMAPSession(asyncio.Protocol):
             by_flags: dict[str, list[int]] = {}
             for message, name in names:
                 added = by_base.get(name.split(",U=")[0])
-                if added is None:
-                    continue
+                if added is None:  # no room to give it a UID (it would wait in new/, its flags lost)
+                    raise OSError(errno.ENOSPC, "no room to index the copied messages")
                 if message.flags:
                     by_flags.setdefault(message.flags, []).append(added.uid)
                 pairs.append((message.uid, added.uid))

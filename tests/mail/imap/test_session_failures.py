@@ -120,6 +120,26 @@ def test_an_append_that_fails_after_the_write_leaves_no_message(maildir: Maildir
     assert maildir.recompute_usage().messages == 3 and maildir.usage().messages == 3
 
 
+@pytest.mark.parametrize("command", ["COPY", "MOVE"])
+def test_a_copy_the_target_index_has_no_room_for_answers_no(maildir: Maildir, monkeypatch: pytest.MonkeyPatch,
+                                                            command: str) -> None:
+    """From the second verification: as APPEND, a COPY or MOVE whose copies the target's index
+    could not give UIDs answered OK; the copies waited in new/ with their flags lost (moved mail
+    came back unread) and a MOVE expunged the originals."""
+    archive = maildir.folder_path("Archive")
+    real_sync = FolderIndex.sync
+
+    def no_room_for_uids(self: FolderIndex, now: float | None = None) -> Any:
+        state = real_sync(self, now)
+        return dataclasses.replace(state, messages=[]) if self.path == archive else state
+
+    answer = run_commands(maildir, ["LOGIN alice x", "SELECT INBOX", f"{command} 1:3 Archive"],
+                          lambda: monkeypatch.setattr(FolderIndex, "sync", no_room_for_uids))
+    monkeypatch.undo()
+    assert b"t2 NO" in answer
+    assert messages_in(archive) == [] and len(messages_in(maildir.path)) == 3
+
+
 def test_an_append_the_index_has_no_room_for_is_answered(maildir: Maildir, monkeypatch: pytest.MonkeyPatch) -> None:
     """From a review: with room for the message but not for its UID (the index then leaves the
     message waiting in new/, out of the folder's state), APPEND's lookup of the new UID raised
