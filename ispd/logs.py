@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
+import threading
 from collections.abc import Hashable, MutableMapping
 from typing import Any, Literal, TextIO
 
@@ -42,36 +44,54 @@ class LossyOutput:
     """The log's output, which never raises: a full disk or a closed pipe under the log must not
     fail the store's commit, an SMTP reply or an IMAP session that happened to log something
     (the write raised into the caller). Lines that cannot be written are counted, and the first
-    line that can says how many were lost."""
+    line that can says how many were lost.
+
+    Each whole line goes to the stream's descriptor in one write, not through its buffer: a
+    buffered stream takes a line and fails at the flush, where the lines it drops can no longer
+    be told apart (and print writes a line and its end apart, which must not leave a lone end
+    behind). A stream without a descriptor (a test's) is written as it is."""
 
     def __init__(self, out: TextIO, as_json: bool) -> None:
         self.out = out
         self.as_json = as_json
         self.lost = 0  # lines lost since the last line written
-        self._broken = False  # the line being written lost its start: the rest of it goes too
+        self._line = ""  # the start of a line not ended yet
+        self._lock = threading.Lock()  # (the store's writer thread logs too)
+        with contextlib.suppress(OSError, ValueError):
+            out.flush()  # what was written to it before goes first
+        try:
+            self._fd: int | None = out.fileno()
+        except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+            self._fd = None
+        self._encoding = getattr(out, "encoding", None) or "utf-8"
 
     def write(self, text: str) -> int:
-        written = text
-        if self._broken:  # print writes a line and its end apart: no lone end of a lost line
-            end = text.find("\n")
-            if end < 0:
-                return len(written)
-            self._broken, self.lost, text = False, self.lost + 1, text[end + 1:]
-            if not text:
-                return len(written)
+        with self._lock:
+            *lines, self._line = (self._line + text).split("\n")
+            for line in lines:
+                self._emit(line + "\n")
+        return len(text)
+
+    def _emit(self, line: str) -> None:
         try:
             if self.lost:
-                self.out.write(self._lost_line())
+                self._put(self._lost_line())
                 self.lost = 0
-            self.out.write(text)
+            self._put(line)
         except (OSError, ValueError):  # ValueError: the stream is closed
-            self.lost += text.count("\n")
-            self._broken = not text.endswith("\n")
-        return len(written)
+            self.lost += 1
+
+    def _put(self, text: str) -> None:
+        if self._fd is None:
+            self.out.write(text)
+            self.out.flush()
+            return
+        data = memoryview(text.encode(self._encoding, "backslashreplace"))
+        while data:
+            data = data[os.write(self._fd, data):]
 
     def flush(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            self.out.flush()
+        pass  # (every line is written whole as it ends)
 
     def isatty(self) -> bool:
         return self.out.isatty()
@@ -102,7 +122,7 @@ def configure_logging(config: LogConfig, stream: TextIO | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, config.level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=structlog.WriteLoggerFactory(out),  # (a line and its end in one write)
         cache_logger_on_first_use=False,
     )
     # The libraries' own warnings and errors (asyncio, aiosmtpd, aioquic, ...) go through the

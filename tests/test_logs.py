@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 from ispd.logs import LogConfig, LogThrottle, configure_logging, get_logger
 
@@ -98,6 +104,38 @@ def test_a_lost_line_leaves_no_blank_line_behind() -> None:
         root.handlers, level = saved
         root.setLevel(level)
         logging.captureWarnings(False)
+
+
+def test_a_log_file_that_fills_up_counts_the_lines_it_lost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From the second verification: stdout to a file (or journald's socket) is buffered, so the
+    write took each line and the flush failed, where the lines dropped were not counted: 991
+    lines missing, and no log.lines_lost."""
+    path = tmp_path / "ispd.log"
+    stream = open(path, "w", encoding="utf-8")  # noqa: SIM115 (buffered, as stdout to a file is; closed below)
+    full = [True]
+    real_write = os.write
+
+    def write(fd: int, data: Any) -> int:
+        if full[0] and fd == stream.fileno():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    configure_logging(LogConfig(level="info", format="json"), stream=stream)
+    try:
+        for _ in range(5):
+            get_logger("test").error("mail.delivery.failed")
+        full[0] = False
+        get_logger("test").info("mail.delivered")
+    finally:
+        root.handlers, level = saved
+        root.setLevel(level)
+        logging.captureWarnings(False)
+        stream.close()
+    assert [(json.loads(line)["event"], json.loads(line).get("count")) for line in path.read_text().splitlines()] \
+        == [("log.lines_lost", 5), ("mail.delivered", None)]
 
 
 def test_a_repeated_warning_is_due_once_an_interval_per_key_and_the_keys_stay_bounded() -> None:
