@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import math
 import os
 import shutil
@@ -278,8 +279,7 @@ class DNSService(Service):
             registry.register(collector)
             stack.callback(registry.unregister, collector)
         if self.first:
-            # What a daemon killed before its clean stop left (with processes = 1 now, too).
-            shutil.rmtree(self._file_store_directory(), ignore_errors=True)
+            self._remove_leftovers()
         if several:
             store = self._open_file_store(stack)
             try:
@@ -323,6 +323,20 @@ class DNSService(Service):
         start, which removes what a killed daemon left (a private key among it)."""
         store = Path(os.path.realpath(self.full_config.store.path))
         return store.with_name(store.name + ".dns-files")
+
+    def _remove_leftovers(self) -> None:
+        """What a daemon killed before its clean stop left for its DNS workers (with processes = 1
+        now, too): the copies of its files (a private key among them), and each worker's config
+        snapshot (the whole config) and manifest beside the control socket. No worker of this
+        daemon has started yet, and no other daemon runs on this store (its lock)."""
+        shutil.rmtree(self._file_store_directory(), ignore_errors=True)
+        control = self.full_config.daemon.control_socket
+        if control is None:
+            return
+        for suffix in ("config.json", "files.json"):
+            for left in control.parent.glob(f"{glob.escape(control.name)}.dns.*.{suffix}"):
+                with contextlib.suppress(OSError):
+                    left.unlink()
 
     def _open_file_store(self, stack: AsyncExitStack) -> FileStore:
         """The private directory of what this process loaded, for the workers."""

@@ -284,11 +284,15 @@ def test_a_reload_reaches_every_process_and_a_stop_ends_them(dns_hierarchy: DNSH
         assert not handed.exists()
         handed.mkdir(mode=0o700)
         (handed / "left-by-a-killed-daemon").write_bytes(b"a private key")
+        control = Path(resolver.config["daemon"]["control_socket"])
+        snapshots = [control.with_name(f"{control.name}.dns.2.{suffix}") for suffix in ("config.json", "files.json")]
+        for snapshot in snapshots:
+            snapshot.write_text("{}")  # (the whole config, left by a killed daemon)
         config = resolver.config
         config["dns"]["processes"] = 1
         resolver.write_config(config)
         resolver.start()
-        assert not handed.exists()
+        assert not handed.exists() and not any(snapshot.exists() for snapshot in snapshots)
         assert resolver.terminate() == 0
 
 
