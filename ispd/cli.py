@@ -18,7 +18,9 @@ import json
 import os
 import pwd
 import re
+import signal
 import sys
+import threading
 import time
 import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
@@ -969,7 +971,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def cmd_store_migrate(config: Config, args: argparse.Namespace) -> None:
     from ispd.daemonlock import DaemonLock, DaemonLockError
-    from ispd.store.sqlite import Migration, sqlite_migrations
+    from ispd.store.sqlite import Migration, MigrationStopped, sqlite_migrations
 
     # The daemon's own lock: no daemon starts (or runs, perhaps an older one that would not know
     # the new schema) on the store while this migrates it.
@@ -983,8 +985,16 @@ async def cmd_store_migrate(config: Config, args: argparse.Namespace) -> None:
         raise CommandFailed(f"an ispd daemon ({who}) is running on the store {config.store.path}: stop it "
                             "first (or let it be: a daemon applies the migrations itself as it starts)") from None
     applied: list[int] = []
+    # Ctrl-C or a TERM: the step under way finishes (cut, it would only be rolled back), no
+    # other begins, as in the daemon.
+    stop = threading.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
 
     def starting(step: Migration, target: int) -> None:  # in the store's thread
+        if stop.is_set():
+            raise MigrationStopped(step)
         applied.append(step.version)
         print(f"{config.store.path}: migrating to schema {target}: {step.version} {step.name} ...", flush=True)
 
@@ -992,7 +1002,12 @@ async def cmd_store_migrate(config: Config, args: argparse.Namespace) -> None:
     try:
         store = await open_store(config.store, migration_starting=starting)
         await store.close()
+    except MigrationStopped as stopped:
+        raise CommandFailed(f"{config.store.path}: stopped before migration {stopped.step.version} "
+                            f"{stopped.step.name}; run it again to go on") from None
     finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
         lock.release()
     newest = sqlite_migrations()[-1].version
     if applied:

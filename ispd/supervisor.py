@@ -59,7 +59,7 @@ from ispd.radius.service import RadiusService
 from ispd.sdnotify import Notifier, watchdog_interval
 from ispd.service import Service, ServiceContext, ServiceSpec, ServiceStartError
 from ispd.store import Store, StoreError, StoreMetrics, open_store
-from ispd.store.sqlite import Migration
+from ispd.store.sqlite import Migration, MigrationStopped
 from ispd.workers import WorkerService
 
 log = get_logger("ispd.supervisor")
@@ -79,10 +79,6 @@ SERVICES: tuple[ServiceSpec, ...] = (
 )
 
 STORE_PING_TIMEOUT_SECONDS = 2.0
-
-
-class MigrationStopped(Exception):
-    """A stop asked for while the store was being migrated: the next step is not begun."""
 
 # While a migration runs: ask systemd for this much more start time, this often. The extension
 # outlasts several intervals, so a busy moment of the loop cannot let the start time run out.
@@ -203,7 +199,7 @@ class Supervisor:
         further step begins (the one under way is left to finish: killed, it would only be
         rolled back): systemd's stop timeout is not to be stretched by the upgrade's rest."""
         if self._stop_requested.is_set():
-            raise MigrationStopped(f"stopping: migration {step.version} {step.name} not begun")
+            raise MigrationStopped(step)
         self._migrating = (step, target, time.monotonic())
         self._extend_start()
 

@@ -214,3 +214,29 @@ def test_the_lock_is_the_store_files_whatever_path_names_it(tmp_path: Path) -> N
                 DaemonLock(other).acquire()
     finally:
         first.release()
+
+
+async def test_store_migrate_stopped_by_ctrl_c_begins_no_further_step(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """From the second verification: Ctrl-C on `ispd store migrate` let the next step begin."""
+    import argparse
+    import os
+    import signal
+
+    from ispd.cli import CommandFailed, cmd_store_migrate
+
+    migrations = sqlite_migrations()
+    config = config_for(tmp_path)
+    conn = connect(config.store.path, 5)
+    migrate(conn, migrations, target=migrations[-3].version)
+    conn.close()
+    slow = [SlowMigration(m.version, m.name, m.sql) for m in migrations[-2:]]
+    monkeypatch.setattr("ispd.store.sqlite.sqlite_migrations", lambda: [*migrations[:-2], *slow])
+    asyncio.get_running_loop().call_later(0.3, os.kill, os.getpid(), signal.SIGINT)
+    with pytest.raises(CommandFailed, match=f"stopped before migration {slow[1].version} {slow[1].name}"):
+        await cmd_store_migrate(config, argparse.Namespace())
+    check = connect(config.store.path, 5)
+    try:
+        assert schema_version(check) == slow[0].version
+    finally:
+        check.close()

@@ -158,6 +158,14 @@ def schema_version(conn: sqlite3.Connection) -> int:
 MigrationStarting = Callable[[Migration, int], None]
 
 
+class MigrationStopped(Exception):
+    """Raised by a ``MigrationStarting`` hook: a stop was asked for, ``step`` is not begun."""
+
+    def __init__(self, step: Migration) -> None:
+        super().__init__(f"stopped before migration {step.version} {step.name}")
+        self.step = step
+
+
 def migrate(conn: sqlite3.Connection, migrations: list[Migration], target: int | None = None,
             now: Clock = time.time, starting: MigrationStarting | None = None) -> list[int]:
     """Bring the schema to ``target`` (default: the newest); returns the versions applied.
@@ -191,9 +199,9 @@ def migrate(conn: sqlite3.Connection, migrations: list[Migration], target: int |
                 conn.execute("COMMIT")
                 return applied
             step = migrations[current]
-            log.info("store.migration.started", version=step.version, name=step.name, target=target)
             if starting is not None:
-                starting(step, target)
+                starting(step, target)  # (it may refuse: a stop asked for)
+            log.info("store.migration.started", version=step.version, name=step.name, target=target)
             began = time.monotonic()
             for statement in step.statements():
                 conn.execute(statement)
