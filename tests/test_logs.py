@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,24 @@ def test_library_warnings_are_json_lines_and_client_mistakes_stay_out() -> None:
         logging.captureWarnings(False)
 
 
+@contextlib.contextmanager
+def logging_to(stream: Any) -> Iterator[None]:
+    """ispd's logging (JSON) into ``stream``, the root logger as it was afterwards."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    configure_logging(LogConfig(level="info", format="json"), stream=stream)
+    try:
+        yield
+    finally:
+        root.handlers, level = saved
+        root.setLevel(level)
+        logging.captureWarnings(False)
+
+
+def events(text: str) -> list[tuple[str, int | None]]:
+    return [(json.loads(line)["event"], json.loads(line).get("count")) for line in text.splitlines()]
+
+
 class FullDisk(io.StringIO):
     def __init__(self) -> None:
         super().__init__()
@@ -59,21 +79,13 @@ def test_a_log_that_cannot_be_written_fails_no_caller_and_says_later_what_was_lo
     writer thread died in its own error path (every later write hung), SMTP answered 500 for
     mail it had queued, IMAP sessions died."""
     out = FullDisk()
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    configure_logging(LogConfig(level="info", format="json"), stream=out)
-    try:
+    with logging_to(out):
         get_logger("test").info("first")
         get_logger("test").warning("second")
         logging.getLogger("asyncio").error("a library's line")
         out.full = False
         get_logger("test").info("third")
-        lines = [json.loads(line) for line in out.getvalue().splitlines()]
-        assert [(line["event"], line.get("count")) for line in lines] == [("log.lines_lost", 3), ("third", None)]
-    finally:
-        root.handlers, level = saved
-        root.setLevel(level)
-        logging.captureWarnings(False)
+    assert events(out.getvalue()) == [("log.lines_lost", 3), ("third", None)]
 
 
 class RoomForNewlines(FullDisk):
@@ -90,20 +102,12 @@ def test_a_lost_line_leaves_no_blank_line_behind() -> None:
     """From the review of the fix: the lines were lost, their newlines were not (print writes
     them apart), so the log got blank lines and never said that lines were lost."""
     out = RoomForNewlines()
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    configure_logging(LogConfig(level="info", format="json"), stream=out)
-    try:
+    with logging_to(out):
         for _ in range(5):
             get_logger("test").error("mail.delivery.failed")
         out.full = False
         get_logger("test").info("mail.delivered")
-        assert [(json.loads(line)["event"], json.loads(line).get("count")) for line in out.getvalue().splitlines()] \
-            == [("log.lines_lost", 5), ("mail.delivered", None)]
-    finally:
-        root.handlers, level = saved
-        root.setLevel(level)
-        logging.captureWarnings(False)
+    assert events(out.getvalue()) == [("log.lines_lost", 5), ("mail.delivered", None)]
 
 
 def test_a_log_file_that_fills_up_counts_the_lines_it_lost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -121,21 +125,12 @@ def test_a_log_file_that_fills_up_counts_the_lines_it_lost(tmp_path: Path, monke
         return real_write(fd, data)
 
     monkeypatch.setattr(os, "write", write)
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    configure_logging(LogConfig(level="info", format="json"), stream=stream)
-    try:
+    with stream, logging_to(stream):
         for _ in range(5):
             get_logger("test").error("mail.delivery.failed")
         full[0] = False
         get_logger("test").info("mail.delivered")
-    finally:
-        root.handlers, level = saved
-        root.setLevel(level)
-        logging.captureWarnings(False)
-        stream.close()
-    assert [(json.loads(line)["event"], json.loads(line).get("count")) for line in path.read_text().splitlines()] \
-        == [("log.lines_lost", 5), ("mail.delivered", None)]
+    assert events(path.read_text()) == [("log.lines_lost", 5), ("mail.delivered", None)]
 
 
 def test_a_repeated_warning_is_due_once_an_interval_per_key_and_the_keys_stay_bounded() -> None:

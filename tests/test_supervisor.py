@@ -120,6 +120,16 @@ async def test_a_stuck_event_handler_cannot_stretch_the_shutdown_past_the_grace(
     assert asyncio.get_running_loop().time() - started < 2
 
 
+@asynccontextmanager
+async def notified(tmp_path: Path, config: Config) -> AsyncIterator[tuple[Supervisor, asyncio.Task[int], socket.socket]]:
+    """A supervisor running on ``config``, its notifications to systemd coming to ``listener``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(str(tmp_path / "notify.sock"))
+        listener.setblocking(False)
+        supervisor = Supervisor(tmp_path / "unused.toml", config, Notifier(str(tmp_path / "notify.sock")))
+        yield supervisor, asyncio.create_task(supervisor.run()), listener
+
+
 class SlowMigration(Migration):
     """A real migration that takes its time, as one does on tens of millions of rows."""
 
@@ -143,11 +153,7 @@ async def test_systemd_is_asked_for_more_start_time_while_a_migration_runs(
     monkeypatch.setattr("ispd.supervisor.MIGRATION_EXTEND_INTERVAL_SECONDS", 0.2, raising=False)
 
     loop = asyncio.get_running_loop()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
-        listener.bind(str(tmp_path / "notify.sock"))
-        listener.setblocking(False)
-        supervisor = Supervisor(tmp_path / "unused.toml", config, Notifier(str(tmp_path / "notify.sock")))
-        task = asyncio.create_task(supervisor.run())
+    async with notified(tmp_path, config) as (supervisor, task, listener):
         received: list[str] = []
         while not received or not received[-1].startswith("READY=1"):
             received.append((await asyncio.wait_for(loop.sock_recv(listener, 4096), 10)).decode())
@@ -162,23 +168,33 @@ async def test_systemd_is_asked_for_more_start_time_while_a_migration_runs(
     assert received.index(extensions[-1]) < len(received) - 1
 
 
-async def test_a_stop_during_a_migration_begins_no_further_step(tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """From the verification: a SIGTERM during one migration still ran every step after it,
-    sending EXTEND_TIMEOUT_USEC all the while (which systemd applies to its stop timeout)."""
+def two_slow_steps_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Config, list[Migration]]:
+    """A store two migrations behind, and those two slow (as on tens of millions of rows)."""
     migrations = sqlite_migrations()
     config = config_for(tmp_path)
     conn = connect(config.store.path, 5)
     migrate(conn, migrations, target=migrations[-3].version)
     conn.close()
-    slow = [SlowMigration(m.version, m.name, m.sql) for m in migrations[-2:]]
+    slow: list[Migration] = [SlowMigration(m.version, m.name, m.sql) for m in migrations[-2:]]
     monkeypatch.setattr("ispd.store.sqlite.sqlite_migrations", lambda: [*migrations[:-2], *slow])
+    return config, slow
+
+
+def schema_of(config: Config) -> int:
+    conn = connect(config.store.path, 5)
+    try:
+        return schema_version(conn)
+    finally:
+        conn.close()
+
+
+async def test_a_stop_during_a_migration_begins_no_further_step(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """From the verification: a SIGTERM during one migration still ran every step after it,
+    sending EXTEND_TIMEOUT_USEC all the while (which systemd applies to its stop timeout)."""
+    config, slow = two_slow_steps_behind(tmp_path, monkeypatch)
     loop = asyncio.get_running_loop()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
-        listener.bind(str(tmp_path / "notify.sock"))
-        listener.setblocking(False)
-        supervisor = Supervisor(tmp_path / "unused.toml", config, Notifier(str(tmp_path / "notify.sock")))
-        task = asyncio.create_task(supervisor.run())
+    async with notified(tmp_path, config) as (supervisor, task, listener):
         first = (await asyncio.wait_for(loop.sock_recv(listener, 4096), 10)).decode()
         assert first.startswith("EXTEND_TIMEOUT_USEC=") and f": {slow[0].version} " in first
         supervisor.request_stop()  # during the first slow step
@@ -188,11 +204,7 @@ async def test_a_stop_during_a_migration_begins_no_further_step(tmp_path: Path,
             while True:
                 after.append(listener.recv(4096).decode())
     assert not [m for m in after if m.startswith("EXTEND_TIMEOUT_USEC=")], after
-    check = connect(config.store.path, 5)
-    try:
-        assert schema_version(check) == slow[0].version  # the step under way finished; the next never began
-    finally:
-        check.close()
+    assert schema_of(config) == slow[0].version  # the step under way finished; the next never began
 
 
 def test_the_lock_is_the_store_files_whatever_path_names_it(tmp_path: Path) -> None:
@@ -225,18 +237,8 @@ async def test_store_migrate_stopped_by_ctrl_c_begins_no_further_step(tmp_path: 
 
     from ispd.cli import CommandFailed, cmd_store_migrate
 
-    migrations = sqlite_migrations()
-    config = config_for(tmp_path)
-    conn = connect(config.store.path, 5)
-    migrate(conn, migrations, target=migrations[-3].version)
-    conn.close()
-    slow = [SlowMigration(m.version, m.name, m.sql) for m in migrations[-2:]]
-    monkeypatch.setattr("ispd.store.sqlite.sqlite_migrations", lambda: [*migrations[:-2], *slow])
+    config, slow = two_slow_steps_behind(tmp_path, monkeypatch)
     asyncio.get_running_loop().call_later(0.3, os.kill, os.getpid(), signal.SIGINT)
     with pytest.raises(CommandFailed, match=f"stopped before migration {slow[1].version} {slow[1].name}"):
         await cmd_store_migrate(config, argparse.Namespace())
-    check = connect(config.store.path, 5)
-    try:
-        assert schema_version(check) == slow[0].version
-    finally:
-        check.close()
+    assert schema_of(config) == slow[0].version
