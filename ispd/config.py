@@ -195,13 +195,25 @@ def config_data(value: Any) -> Any:
 
 def write_config_snapshot(config: Config, path: Path) -> None:
     """``config`` as JSON in ``path`` (mode 0600: it holds the secrets), replaced at once."""
+    write_private_file(path, json.dumps(config_data(config)).encode("utf-8"))
+
+
+def write_private_file(path: Path, content: bytes) -> None:
+    """``path`` (mode 0600) written through a temporary file and replaced at once. A write that
+    fails (the disk full) takes its temporary with it: left there, it would keep the disk full
+    for every later try."""
     temporary = path.with_name(f".{path.name}.tmp")
     with contextlib.suppress(FileNotFoundError):
         temporary.unlink()
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        json.dump(config_data(config), out)
-    os.replace(temporary, path)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(content)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
 
 
 def load_config_snapshot(path: Path | str) -> Config:

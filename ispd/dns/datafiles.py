@@ -41,6 +41,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+from ispd.config import write_private_file
+
 MANIFEST_VERSION = 1
 
 
@@ -142,7 +144,7 @@ class FileStore:
             name = hashlib.sha256(data).hexdigest()
             target = self.directory / name
             if not target.exists():
-                _write_private(target, data)
+                write_private_file(target, data)
             files[str(path)] = name
         return files
 
@@ -167,22 +169,4 @@ class FileStore:
 
 def write_manifest(manifest: dict[str, Any], path: Path) -> None:
     """``manifest`` as JSON in ``path`` (mode 0600, as the config snapshot beside it), replaced at once."""
-    _write_private(path, json.dumps(manifest).encode("utf-8"))
-
-
-def _write_private(path: Path, content: bytes) -> None:
-    """``path`` (mode 0600) written through a temporary file and replaced at once. A write that
-    fails (the disk full) takes its temporary with it: left there, it would keep the disk full
-    for every later reload and worker restart."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        temporary.unlink()
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(content)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        raise
+    write_private_file(path, json.dumps(manifest).encode("utf-8"))
