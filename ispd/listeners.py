@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 import ssl
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class ConnectionStats(Protocol):
@@ -83,17 +83,42 @@ def load_certificate(load: object, certificate: Path, private_key: Path) -> None
         raise CertificateError(f"cannot use {certificate} with {private_key}: {exc}") from None
 
 
+def bound_socket(host: str, port: int, kind: socket.SocketKind, *, reuse_address: bool = False,
+                 reuse_port: bool = False) -> socket.socket:
+    """A socket of ``kind`` bound to (host, port); OSError (the bind's, with its errno) when it
+    cannot be. Every listener is made here, so that all agree on two things. An IPv6 socket
+    takes IPv6 only (IPV6_V6ONLY, as Unbound's and Kea's do): "[::]" means every IPv6 address on
+    every port and protocol, never IPv4 on some and not others, and it can sit beside an IPv4
+    listener on the same port, which the config check allows. A link-local address with its
+    zone ("fe80::1%eth0") is bound on that interface."""
+    if ":" not in host:
+        sock = socket.socket(socket.AF_INET, kind)
+        address: tuple[Any, ...] = (host, port)
+    else:
+        sock = socket.socket(socket.AF_INET6, kind)
+        # The zone name becomes the scope id only through getaddrinfo; a bare bind takes none.
+        address = socket.getaddrinfo(host, port, socket.AF_INET6, kind, 0, socket.AI_NUMERICHOST)[0][4] \
+            if "%" in host else (host, port)
+    try:
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if reuse_address:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def check_address_free(host: str, port: int, kind: socket.SocketKind) -> None:
     """OSError (EADDRINUSE) when a socket of ``kind`` holds (host, port) already. SO_REUSEPORT
     lets any process of the same user join a listener unnoticed (a second daemon, an Unbound),
     so the first of a service's processes checks before it opens one, as a plain bind would."""
-    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind)
-    try:
-        if kind == socket.SOCK_STREAM:  # past connections in TIME_WAIT do not hold the port
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind((host, port))
-    finally:
-        probe.close()
+    # Past TCP connections in TIME_WAIT do not hold the port.
+    bound_socket(host, port, kind, reuse_address=kind == socket.SOCK_STREAM).close()
 
 
 def listening_tcp_socket(host: str, port: int, backlog: int, *, reuse_port: bool = False,
@@ -103,13 +128,8 @@ def listening_tcp_socket(host: str, port: int, backlog: int, *, reuse_port: bool
     this is the ``first`` (which checks that nobody else holds the address) or not."""
     if reuse_port and first:
         check_address_free(host, port, socket.SOCK_STREAM)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listening = socket.socket(family, socket.SOCK_STREAM)
+    listening = bound_socket(host, port, socket.SOCK_STREAM, reuse_address=True, reuse_port=reuse_port)
     try:
-        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        listening.bind((host, port))
         listening.listen(backlog)
         listening.setblocking(False)
     except OSError:

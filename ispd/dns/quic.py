@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import struct
 import time
 from collections import OrderedDict
@@ -37,7 +38,7 @@ from typing import Any
 
 from aioquic._buffer import Buffer  # what aioquic.buffer re-exports, without saying so to mypy
 from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.asyncio.server import QuicServer, serve
+from aioquic.asyncio.server import QuicServer
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
@@ -52,7 +53,7 @@ from ispd.configtypes import SocketAddress
 from ispd.dns.doh import error_headers
 from ispd.dns.frontend import Answerer, TransportStats
 from ispd.dns.https import DoHResponder, RequestInProgress, Response
-from ispd.listeners import ConnectionGate, load_certificate, server_tls_context
+from ispd.listeners import ConnectionGate, bound_socket, load_certificate, server_tls_context
 from ispd.service import ServiceStartError, describe_os_error
 
 DOQ_ALPN = ["doq"]  # RFC 9250 §4.1.1
@@ -406,12 +407,15 @@ class QuicListener:
     async def start(self, addresses: list[SocketAddress], stack: AsyncExitStack) -> None:
         assert self.configuration is not None
         factory = partial(self.protocol, settings=self.settings, **self.protocol_args)
+        loop = asyncio.get_running_loop()
         for address in addresses:
             try:
-                server: QuicServer = await serve(
-                    address.host, address.port, configuration=self.configuration, create_protocol=factory,
-                    session_ticket_fetcher=self.tickets.pop if self.tickets else None,
-                    session_ticket_handler=self.tickets.add if self.tickets else None)
+                # aioquic's serve() without its bind: the socket is made as every listener's is.
+                _, server = await loop.create_datagram_endpoint(
+                    partial(QuicServer, configuration=self.configuration, create_protocol=factory,
+                            session_ticket_fetcher=self.tickets.pop if self.tickets else None,
+                            session_ticket_handler=self.tickets.add if self.tickets else None),
+                    sock=bound_socket(address.host, address.port, socket.SOCK_DGRAM))
             except OSError as exc:
                 raise ServiceStartError(f"dns: {self.name}: cannot listen on {address}: "
                                         f"{describe_os_error(exc)}") from None

@@ -65,7 +65,13 @@ from ispd.events import (
     SubscriberResumed,
     SubscriberSuspended,
 )
-from ispd.listeners import CertificateError, ConnectionGate, check_address_free, server_tls_context
+from ispd.listeners import (
+    CertificateError,
+    ConnectionGate,
+    bound_socket,
+    check_address_free,
+    server_tls_context,
+)
 from ispd.logs import get_logger
 from ispd.service import Health, Service, ServiceContext, ServiceSpec, ServiceStartError, describe_os_error
 from ispd.store.errors import StoreError
@@ -621,11 +627,12 @@ class DNSService(Service):
                 if self.reuse_port and self.first:
                     check_address_free(address.host, address.port, socket.SOCK_DGRAM)
                     check_address_free(address.host, address.port, socket.SOCK_STREAM)
-                udp, _ = await loop.create_datagram_endpoint(
-                    lambda: _UDPProtocol(self), local_addr=(address.host, address.port), reuse_port=self.reuse_port)
+                udp_socket = bound_socket(address.host, address.port, socket.SOCK_DGRAM, reuse_port=self.reuse_port)
+                udp, _ = await loop.create_datagram_endpoint(lambda: _UDPProtocol(self), sock=udp_socket)
                 port = udp.get_extra_info("sockname")[1]
-                tcp = await asyncio.start_server(self._serve_tcp, address.host, port, reuse_address=True,
-                                                 reuse_port=self.reuse_port, backlog=1024)
+                tcp_socket = bound_socket(address.host, port, socket.SOCK_STREAM, reuse_address=True,
+                                          reuse_port=self.reuse_port)
+                tcp = await asyncio.start_server(self._serve_tcp, sock=tcp_socket, backlog=1024)
             except OSError as exc:
                 raise ServiceStartError(f"dns: cannot listen on {address}: {describe_os_error(exc)}") from None
             sock = udp.get_extra_info("socket")

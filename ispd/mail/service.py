@@ -26,7 +26,13 @@ from aiosmtpd.smtp import Session
 
 from ispd.control import CommandError
 from ispd.credentials import PasswordChecker
-from ispd.listeners import CertificateError, ConnectionGate, listening_tcp_socket, server_tls_context
+from ispd.listeners import (
+    CertificateError,
+    ConnectionGate,
+    bound_socket,
+    listening_tcp_socket,
+    server_tls_context,
+)
 from ispd.logs import LogThrottle, get_logger
 from ispd.mail import mailindex
 from ispd.mail.authcheck import (
@@ -198,7 +204,8 @@ class MailService(Service):
                     host, port = sock.getsockname()[:2]
                 else:
                     server = await loop.create_server(
-                        partial(self._session, listener), address.host, address.port, reuse_address=True,
+                        partial(self._session, listener),
+                        sock=bound_socket(address.host, address.port, socket.SOCK_STREAM, reuse_address=True),
                         backlog=1024)
                     self._servers.append(server)
                     stack.push_async_callback(self._close_server, server)

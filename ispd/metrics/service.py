@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ispd.configtypes import SocketAddress
+from ispd.listeners import bound_socket
 from ispd.logs import get_logger
 from ispd.service import Health, Service, ServiceContext, ServiceStartError, describe_os_error
 
@@ -69,8 +71,8 @@ class MetricsService(Service):
     async def _bind(self, address: SocketAddress) -> asyncio.Server:
         try:
             return await asyncio.start_server(
-                self._handle, address.host, address.port, limit=MAX_REQUEST_HEAD, reuse_address=True
-            )
+                self._handle, sock=bound_socket(address.host, address.port, socket.SOCK_STREAM, reuse_address=True),
+                limit=MAX_REQUEST_HEAD)
         except OSError as exc:
             raise ServiceStartError(f"metrics: cannot listen on {address}: {describe_os_error(exc)}") from None
 

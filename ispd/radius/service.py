@@ -60,6 +60,7 @@ from ispd.events import (
     SubscriberResumed,
     SubscriberSuspended,
 )
+from ispd.listeners import bound_socket
 from ispd.logs import LogThrottle, get_logger
 from ispd.radius.addresses import AddressPools, holder_of, line_of
 from ispd.radius.attributes import AttributeValueError, ReplyAttribute, reply_attribute
@@ -389,11 +390,9 @@ class RadiusService(Service):
                 factory = partial(_AuthProtocol, self) if kind == "auth" else partial(_AccountingProtocol, self)
                 # Bound here rather than by the loop, so that a failure keeps its errno (the
                 # operator reads "Address already in use", not "could not bind").
-                sock = socket.socket(socket.AF_INET6 if address.family_is_ipv6 else socket.AF_INET, socket.SOCK_DGRAM)
                 try:
-                    sock.bind((address.host, address.port))
+                    sock = bound_socket(address.host, address.port, socket.SOCK_DGRAM)
                 except OSError as exc:
-                    sock.close()
                     raise ServiceStartError(f"radius: cannot listen on {address}: {describe_os_error(exc)}") from None
                 with contextlib.suppress(OSError):
                     try:  # beyond net.core.rmem_max when allowed (root): a burst must not overflow it

@@ -1,0 +1,75 @@
+"""Listening sockets: what every service's listener has in common (ispd/listeners.py)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ispd.listeners import bound_socket, check_address_free, listening_tcp_socket
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("kind", [socket.SOCK_DGRAM, socket.SOCK_STREAM])
+def test_an_ipv6_wildcard_takes_ipv6_only_and_leaves_the_port_to_ipv4(kind: socket.SocketKind) -> None:
+    # From a review: "[::]" took IPv4 too on UDP (DNS, RADIUS) but not on asyncio's TCP, and an
+    # IPv4 listener on its port then failed to start although check-config passed it.
+    wildcard = bound_socket("::", 0, kind, reuse_address=kind == socket.SOCK_STREAM)
+    try:
+        assert wildcard.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+        port = wildcard.getsockname()[1]
+        check_address_free("127.0.0.1", port, kind)
+        beside = bound_socket("127.0.0.1", port, kind, reuse_address=kind == socket.SOCK_STREAM)
+        beside.close()
+    finally:
+        wildcard.close()
+
+
+def test_a_tcp_listener_on_ipv6_takes_ipv6_only() -> None:
+    listening = listening_tcp_socket("::1", 0, 16)
+    try:
+        assert listening.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+    finally:
+        listening.close()
+
+
+def test_a_bind_failure_keeps_its_errno_and_leaves_no_socket() -> None:
+    held = bound_socket("127.0.0.1", 0, socket.SOCK_DGRAM)
+    try:
+        with pytest.raises(OSError) as failure:
+            bound_socket("127.0.0.1", held.getsockname()[1], socket.SOCK_DGRAM)
+        assert "Address already in use" in str(failure.value)
+    finally:
+        held.close()
+
+
+@pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2")
+def test_a_link_local_address_is_bound_on_its_zone(tmp_path: Path) -> None:
+    # From a review: check-config took "[fe80::61%eth0]:1812", but the start failed with
+    # "Invalid argument" (a bare bind gives no scope id to a link-local address). Inside a
+    # namespace of its own, with the address on its loopback; nothing is sent.
+    namespace = f"ispd-zone-{abs(hash(tmp_path)) % 100000}"
+    subprocess.run(["ip", "netns", "add", namespace], check=True)
+    try:
+        subprocess.run(["ip", "-n", namespace, "link", "set", "lo", "up"], check=True)
+        subprocess.run(["ip", "-n", namespace, "-6", "addr", "add", "fe80::61/64", "dev", "lo", "nodad"],
+                       check=True)
+        script = textwrap.dedent("""
+            import socket
+            from ispd.listeners import bound_socket
+            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                sock = bound_socket("fe80::61%lo", 0, kind)
+                print(sock.getsockname()[3] == socket.if_nametoindex("lo"))
+        """)
+        shown = subprocess.run(["ip", "netns", "exec", namespace, sys.executable, "-c", script], cwd=ROOT,
+                               capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.split() == ["True", "True"]
+    finally:
+        subprocess.run(["ip", "netns", "del", namespace], check=False)
