@@ -105,7 +105,10 @@ class UpstreamTransport:
         writer = None
         try:
             async with asyncio.timeout(wait * 2):  # TCP's handshake is one more round trip
-                reader, writer = await asyncio.open_connection(address, self.port)
+                # From the configured source too, as UDP: upstream ACLs and firewalls know that one.
+                source = self.source_v6 if ":" in address else self.source_v4
+                reader, writer = await asyncio.open_connection(address, self.port,
+                                                               local_addr=(source, 0) if source else None)
                 writer.write(_LENGTH.pack(len(query)) + query)
                 while True:
                     (length,) = _LENGTH.unpack(await reader.readexactly(2))

@@ -1,0 +1,53 @@
+"""The upstream transport's own promises (ispd/dns/upstream.py), against servers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import pytest
+
+from ispd.dns.upstream import UpstreamTransport
+from ispd.dns.wire import encode_query
+
+
+def _reply_to(query: bytes) -> bytes:
+    return query[:2] + bytes([query[2] | 0x80, 0]) + query[4:]
+
+
+@pytest.mark.parametrize("tcp", [False, True])
+async def test_queries_leave_from_the_configured_source_over_udp_and_tcp(tcp: bool) -> None:
+    # From a review: outgoing_ipv4/ipv6 held for UDP only; the TCP retry after a truncated reply
+    # left from whatever address the kernel chose, past the upstream's ACL.
+    seen: list[str] = []
+    loop = asyncio.get_running_loop()
+
+    class UDPServer(asyncio.DatagramProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+            seen.append(addr[0])
+            self.transport.sendto(_reply_to(data), addr)  # type: ignore[attr-defined]
+
+    async def serve_tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(writer.get_extra_info("peername")[0])
+        (length,) = struct.unpack("!H", await reader.readexactly(2))
+        reply = _reply_to(await reader.readexactly(length))
+        writer.write(struct.pack("!H", len(reply)) + reply)
+        await writer.drain()
+        writer.close()
+
+    udp, _ = await loop.create_datagram_endpoint(UDPServer, local_addr=("127.0.0.1", 0))
+    port = udp.get_extra_info("sockname")[1]
+    server = await asyncio.start_server(serve_tcp, "127.0.0.1", port)
+    try:
+        upstream = UpstreamTransport(port=port, source_v4="127.0.0.2")
+        query = encode_query(0x1234, b"\x07example\x04test\x00", 1, 1, rd=False)
+        reply = await upstream.exchange("127.0.0.1", query, tcp=tcp, wait=2.0, exact_case=False)
+        assert reply[:2] == query[:2]
+        assert seen == ["127.0.0.2"]
+    finally:
+        udp.close()
+        server.close()
+        await server.wait_closed()
