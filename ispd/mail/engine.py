@@ -347,7 +347,9 @@ def trace_headers(*, return_path: str | None, helo: str, client_ip: str, server_
     tell each about the others."""
     date = format_datetime(datetime.fromtimestamp(now, UTC))
     lines = [f"Return-Path: <{_header_address(return_path)}>"] if return_path is not None else []
-    lines += [f"Received: from {trace_text(helo)} ([{trace_text(client_ip)}])",
+    # TCP-info is an address literal (RFC 5321 §4.1.3): an IPv6 one says so.
+    literal = f"IPv6:{client_ip}" if ":" in client_ip else client_ip
+    lines += [f"Received: from {trace_text(helo)} ([{trace_text(literal)}])",
              f"\tby {server_name} (ispd) with {protocol} id {queue_id}"]
     if recipient is not None:
         lines.append(f"\tfor <{_header_address(recipient)}>; {date}")

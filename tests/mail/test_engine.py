@@ -110,7 +110,7 @@ def test_trace_headers_name_one_recipient_and_cannot_be_forged_by_the_client() -
     assert lines[4] == ""
     several = trace_headers(return_path="", helo="", client_ip="::1", server_name="mx", protocol="SMTP",
                             queue_id="Q", recipient=None, now=0.0).decode()
-    assert several.startswith("Return-Path: <>\r\nReceived: from unknown ([::1])\r\n\tby mx (ispd) with SMTP id Q;\r\n")
+    assert several.startswith("Return-Path: <>\r\nReceived: from unknown ([IPv6:::1])\r\n\tby mx (ispd) with SMTP id Q;\r\n")
     assert "for" not in several
 
 
