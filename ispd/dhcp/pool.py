@@ -12,10 +12,10 @@ reuses ended ones oldest first (a queue). So an address stays with its last clie
 as the pool allows, and a returning client usually gets its old address back (the engine tries
 that first, through ``LeaseTable.previous_addresses``).
 
-The queue is lazy: an address is appended whenever it might become free (its offer was made,
-its lease ended) and checked when it reaches the head; one that is bound again is dropped (it
-is appended again when that lease ends), one that is still held or quarantined goes to the
-back. A scan is bounded (``MAX_SCAN``) so that a pool full of held offers costs a DISCOVER
+The queue is lazy: an address goes to the back whenever it might become free (its offer was
+made, its lease ended; once, wherever it was before) and is checked when it reaches the head;
+one that is bound again is dropped (it goes back when that lease ends), one that is still held
+or quarantined goes to the back. A scan is bounded (``MAX_SCAN``) so that a pool full of held offers costs a DISCOVER
 flood no more than a fixed amount of work per packet.
 
 An address a RADIUS session holds (a pool shared with RADIUS) is a *foreign* binding: bound to
@@ -29,7 +29,7 @@ The table is only ever touched from the event loop's thread; the store has the d
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
@@ -79,14 +79,17 @@ class AddressPool:
         self.name, self.first, self.last, self.walled_garden = name, first, last, walled_garden
         self.size = last - first + 1
         self._cursor = first
-        self._returned: deque[int] = deque()
+        # An ordered set: an address queued again moves to the back (it was freed last), never
+        # twice in (a copy per offer and per release grew the queue by one every client).
+        self._returned: OrderedDict[int, None] = OrderedDict()
 
     def __contains__(self, address: int) -> bool:
         return self.first <= address <= self.last
 
     def returned(self, address: int) -> None:
         """``address`` may have become free (offered, or its lease ended): consider it later."""
-        self._returned.append(address)
+        self._returned[address] = None
+        self._returned.move_to_end(address)
 
     def allocate(self, is_free: Callable[[int], bool], is_fresh: Callable[[int], bool],
                  recheck: Callable[[int], bool]) -> int | None:
@@ -100,16 +103,19 @@ class AddressPool:
                 return address
         queue = self._returned
         for _ in range(min(len(queue), MAX_SCAN)):
-            address = queue.popleft()
+            address, _ = queue.popitem(last=False)
             if is_free(address):
                 return address
             if recheck(address):
-                queue.append(address)
+                queue[address] = None
         return None
 
 
 class LeaseTable:
-    """Every binding by address, and each client's latest addresses (newest first)."""
+    """Every binding by address, and each client's latest addresses (newest first). An address
+    is remembered for the client whose binding it holds only: once it goes to another, the
+    first client forgets it, and a client with nothing left is forgotten, so the clients
+    remembered never outnumber the addresses (phones with random MACs come and go for ever)."""
 
     REMEMBERED = 4  # addresses per client: enough to return from the walled garden to the old one
 
@@ -121,7 +127,10 @@ class LeaseTable:
         return self.by_address.get(address)
 
     def put(self, binding: Binding) -> None:
+        before = self.by_address.get(binding.address)
         self.by_address[binding.address] = binding
+        if before is not None and before.client_key is not None and before.client_key != binding.client_key:
+            self._forget_address(before.client_key, binding.address)
         if binding.client_key is not None:
             remembered = self.by_client.setdefault(binding.client_key, [])
             if not remembered or remembered[0] != binding.address:
@@ -143,10 +152,15 @@ class LeaseTable:
     def forget_client(self, binding: Binding) -> None:
         """The client must not get this address back (it declined it)."""
         if binding.client_key is not None:
-            remembered = self.by_client.get(binding.client_key, [])
-            if binding.address in remembered:
-                remembered.remove(binding.address)
+            self._forget_address(binding.client_key, binding.address)
         binding.client_key = None
+
+    def _forget_address(self, client_key: bytes, address: int) -> None:
+        remembered = self.by_client.get(client_key)
+        if remembered is not None and address in remembered:
+            remembered.remove(address)
+            if not remembered:
+                del self.by_client[client_key]
 
     def expired(self, now: float) -> Iterable[Binding]:
         """Bound leases past their expiry (for the reclaim pass)."""
