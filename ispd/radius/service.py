@@ -269,6 +269,7 @@ class RadiusService(Service):
         self._queue: list[_QueuedAccounting] = []
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._enforcing: set[int] = set()  # sessions a Disconnect or CoA of _enforce_status is under way for
         self._pending_checks = 0
         self._checker = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ispd-radius-password")
         self._store_failing = False
@@ -1060,6 +1061,8 @@ class RadiusService(Service):
             # a profile, it did not end it.
             disconnect = self._disconnect_wanted(subject)
             for session in self.sessions.of_subscriber(subscriber_id):
+                if session.id in self._enforcing:
+                    continue  # its request is still being retried: the outcome is not recorded yet
                 tried = [r for r in await self.context.store.list_coa(session_id=session.id, limit=100)
                          if r.at >= changed_at and (r.kind == "disconnect" or not disconnect)]
                 if any(r.result in ("ack", "nak") for r in tried) or len(tried) >= self.config.coa_retry_limit:
@@ -1067,10 +1070,18 @@ class RadiusService(Service):
                 if tried and now - max(r.at for r in tried) < self.config.coa_retry_interval_seconds:
                     continue
                 reason = f"{subject.subscriber.status.value}, retry" if tried else subject.subscriber.status.value
-                if not disconnect:
-                    await self._change(session, True, reason)
-                else:
-                    await self._disconnect(session, reason)
+                # Each on its own, as the quota's CoAs: a NAS that does not answer (3 attempts
+                # of 3 s a session) must not hold up housekeeping (from a soak review: the
+                # duplicate cache, EAP conversations and stale sessions waited 10 minutes).
+                request = self._change(session, True, reason) if not disconnect else self._disconnect(session, reason)
+                self._enforcing.add(session.id)
+                self._spawn(self._enforced(session.id, request), "enforce-status")
+
+    async def _enforced(self, session_id: int, request: Awaitable[Any]) -> None:
+        try:
+            await request
+        finally:
+            self._enforcing.discard(session_id)
 
     def _disconnect_wanted(self, subject: AuthSubject) -> bool:
         """Whether the subscriber's sessions must end rather than change: closed, or suspended

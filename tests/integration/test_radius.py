@@ -394,6 +394,35 @@ def test_a_suspension_made_while_ispd_was_down_reaches_the_nas_when_it_starts(tm
         assert len(nas.requests) == seen + 1  # reached once: not sent again
 
 
+def test_disconnects_a_nas_never_answers_do_not_hold_up_housekeeping(tmp_path: Path) -> None:
+    """From a soak review: the Disconnects for a suspended subscriber's sessions went one after
+    the other inside the housekeeping loop, 3 attempts of 3 s each, and the duplicate cache, EAP
+    conversations and stale sessions waited meanwhile (10 minutes for 40 sessions)."""
+    require_radclient()
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a NAS whose CoA port reads and never answers
+    silent.bind(("127.0.0.1", 0))
+    try:
+        config = radius_config(tmp_path, silent.getsockname()[1], coa_timeout_seconds=5, coa_attempts=3,
+                               duplicate_window_seconds=1)
+        with IspdProcess(tmp_path, config) as ispd:
+            ispd.start()
+            ispd.cli("plan", "add", "home", "--credential-policy", "cleartext")
+            ispd.cli("subscriber", "add", "gail", "--plan", "home", "--password-stdin", input="gail-pw\n")
+            service = Radius(ispd)
+            for n in range(3):
+                assert service.accounting(f"User-Name = gail, Acct-Session-Id = g{n}, NAS-IP-Address = 127.0.0.1, "
+                                          "Acct-Status-Type = Start") == "Accounting-Response"
+            assert ispd.terminate() == 0
+            ispd.cli("subscriber", "suspend", "gail", "--reason", "unpaid")
+            ispd.start()  # three Disconnects of 15 s each are due now
+            eventually(lambda: service.pap("gail", "wrong") == "Access-Reject", timeout=10)
+            assert (ispd.metric_value("ispd_radius_duplicate_cache_entries") or 0) >= 1
+            # Swept a second or two after its window, not after 45 s of Disconnects.
+            eventually(lambda: ispd.metric_value("ispd_radius_duplicate_cache_entries") == 0, timeout=5)
+    finally:
+        silent.close()
+
+
 def test_the_over_quota_profile_holds_after_a_stop_and_after_a_restart(tmp_path: Path) -> None:
     """The over-quota flag lives in memory: a crossing that the check's rate limit skipped just
     before the Stop, and a restart, must not give the next login the plan's full rate."""
