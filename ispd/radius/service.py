@@ -109,6 +109,7 @@ log = get_logger("ispd.radius")
 STALE_SWEEP_SECONDS = 60.0
 QUOTA_CHECK_SECONDS = 10.0
 SWEEP_SECONDS = 1.0
+MAX_ENFORCING = 64  # Disconnects/CoAs of _enforce_status at once; the rest wait for its next round
 MAX_DATAGRAM = 4096
 MAX_QUEUED_ACCOUNTING = 50_000
 DROP_LOG_INTERVAL_SECONDS = 60.0
@@ -1063,6 +1064,8 @@ class RadiusService(Service):
             for session in self.sessions.of_subscriber(subscriber_id):
                 if session.id in self._enforcing:
                     continue  # its request is still being retried: the outcome is not recorded yet
+                if len(self._enforcing) >= MAX_ENFORCING:
+                    return
                 tried = [r for r in await self.context.store.list_coa(session_id=session.id, limit=100)
                          if r.at >= changed_at and (r.kind == "disconnect" or not disconnect)]
                 if any(r.result in ("ack", "nak") for r in tried) or len(tried) >= self.config.coa_retry_limit:
