@@ -8,8 +8,12 @@ collectors read at scrape time.
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import socket
 import ssl
+import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -136,3 +140,116 @@ def listening_tcp_socket(host: str, port: int, backlog: int, *, reuse_port: bool
         listening.close()
         raise
     return listening
+
+
+# --- UDP on a wildcard address: replies from the address each request came to
+
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
+IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+_IN_PKTINFO = struct.Struct("=I4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
+_IN6_PKTINFO = struct.Struct("=16sI")  # struct in6_pktinfo: addr, ifindex
+_ANCILLARY_SPACE = socket.CMSG_SPACE(_IN6_PKTINFO.size)
+_READS_PER_WAKEUP = 32
+
+
+class Peer(tuple):  # type: ignore[type-arg]
+    """A sender's address as asyncio gives it ((host, port), or the 4-tuple of IPv6), and the
+    pktinfo to send the reply with: from the address the request was sent to."""
+
+    pktinfo: tuple[int, int, bytes]
+
+
+async def open_datagram_listener(protocol_factory: Callable[[], asyncio.DatagramProtocol],
+                                 sock: socket.socket) -> tuple[asyncio.DatagramTransport, asyncio.DatagramProtocol]:
+    """``loop.create_datagram_endpoint(protocol_factory, sock=sock)``, but on a wildcard address
+    (0.0.0.0, [::]) a transport that replies from the address each datagram was sent to. The
+    kernel would send it from the address it picks for the route back, which a host with several
+    (a VRRP address, a second one on the interface) does not always choose: the NAS or stub
+    resolver takes no reply from an address it did not ask (FreeRADIUS does the same; Unbound
+    has interface-automatic)."""
+    if not ipaddress.ip_address(sock.getsockname()[0].partition("%")[0]).is_unspecified:
+        return await asyncio.get_running_loop().create_datagram_endpoint(protocol_factory, sock=sock)
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+    sock.setblocking(False)
+    protocol = protocol_factory()
+    transport = AddressedDatagramTransport(sock, protocol)
+    return transport, protocol
+
+
+class AddressedDatagramTransport(asyncio.DatagramTransport):
+    """The part of a datagram transport the services use (sendto, close, is_closing,
+    get_extra_info), on a socket that tells each datagram's destination (IP_PKTINFO,
+    IPV6_PKTINFO). A reply that would block is dropped: the client asks again, as it would
+    after any loss."""
+
+    def __init__(self, sock: socket.socket, protocol: asyncio.DatagramProtocol) -> None:
+        super().__init__(extra={"socket": sock, "sockname": sock.getsockname()})
+        self._sock = sock
+        self._protocol = protocol
+        self._closing = False
+        self._loop = asyncio.get_running_loop()
+        self._v6 = sock.family == socket.AF_INET6
+        protocol.connection_made(self)
+        self._loop.add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        sock, protocol = self._sock, self._protocol
+        for _ in range(_READS_PER_WAKEUP):
+            if self._closing:
+                return
+            try:
+                data, ancillary, _flags, sender = sock.recvmsg(65535, _ANCILLARY_SPACE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # an ICMP error for an earlier reply
+                protocol.error_received(exc)
+                continue
+            peer = Peer(sender)
+            peer.pktinfo = self._pktinfo(ancillary)
+            protocol.datagram_received(data, peer)
+
+    def _pktinfo(self, ancillary: list[tuple[int, int, bytes]]) -> tuple[int, int, bytes]:
+        for level, kind, value in ancillary:
+            if self._v6 and level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(value) >= _IN6_PKTINFO.size:
+                address, ifindex = _IN6_PKTINFO.unpack_from(value)
+                return socket.IPPROTO_IPV6, IPV6_PKTINFO, _IN6_PKTINFO.pack(address, ifindex)
+            if not self._v6 and level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(value) >= _IN_PKTINFO.size:
+                _ifindex, _spec_dst, destination = _IN_PKTINFO.unpack_from(value)
+                # From that address, routed as the kernel routes (ifindex 0).
+                return socket.IPPROTO_IP, IP_PKTINFO, _IN_PKTINFO.pack(0, destination, bytes(4))
+        return 0, 0, b""
+
+    def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None:
+        if self._closing:
+            return
+        pktinfo = getattr(addr, "pktinfo", None)
+        try:
+            if pktinfo is not None and pktinfo[2]:
+                self._sock.sendmsg([data], [pktinfo], 0, tuple(addr))
+            else:
+                self._sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            self._protocol.error_received(exc)
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+        self._loop.call_soon(self._protocol.connection_lost, None)
+
+    def abort(self) -> None:
+        self.close()
+
+    def get_write_buffer_size(self) -> int:
+        return 0

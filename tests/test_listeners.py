@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from ispd.listeners import bound_socket, check_address_free, listening_tcp_socket
+from ispd.listeners import (
+    AddressedDatagramTransport,
+    bound_socket,
+    check_address_free,
+    listening_tcp_socket,
+    open_datagram_listener,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,5 +79,74 @@ def test_a_link_local_address_is_bound_on_its_zone(tmp_path: Path) -> None:
                                capture_output=True, text=True, timeout=60)
         assert shown.returncode == 0, shown.stderr
         assert shown.stdout.split() == ["True", "True"]
+    finally:
+        subprocess.run(["ip", "netns", "del", namespace], check=False)
+
+
+class _Echo(asyncio.DatagramProtocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        # Later, as a reply that waited on the store would be sent.
+        asyncio.get_running_loop().call_soon(self.transport.sendto, b"re:" + data, addr)  # type: ignore[attr-defined]
+
+
+async def test_a_wildcard_udp_listener_replies_from_the_address_it_was_asked_at() -> None:
+    # From a review: on 0.0.0.0 or [::] the kernel sent the reply from the address it picks for
+    # the route back (here 127.0.0.1 for a request to 127.0.0.5), and the NAS or stub resolver,
+    # which takes replies only from the address it asked, dropped it.
+    transport, _ = await open_datagram_listener(_Echo, bound_socket("0.0.0.0", 0, socket.SOCK_DGRAM))
+    port = transport.get_extra_info("sockname")[1]
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        client.bind(("127.0.0.1", 0))
+        client.connect(("127.0.0.5", port))  # a connected socket takes datagrams from there only
+        client.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(client, b"ping")
+        assert await asyncio.wait_for(loop.sock_recv(client, 100), 2) == b"re:ping"
+    finally:
+        client.close()
+        transport.close()
+
+
+async def test_a_specific_udp_listener_keeps_the_loops_own_transport() -> None:
+    transport, _ = await open_datagram_listener(_Echo, bound_socket("127.0.0.1", 0, socket.SOCK_DGRAM))
+    try:
+        assert not isinstance(transport, AddressedDatagramTransport)
+    finally:
+        transport.close()
+
+
+@pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2")
+def test_a_wildcard_ipv6_listener_replies_from_the_address_it_was_asked_at(tmp_path: Path) -> None:
+    namespace = f"ispd-pktinfo-{abs(hash(tmp_path)) % 100000}"
+    subprocess.run(["ip", "netns", "add", namespace], check=True)
+    try:
+        subprocess.run(["ip", "-n", namespace, "link", "set", "lo", "up"], check=True)
+        for address in ("2001:db8:77::1/128", "2001:db8:77::2/128"):
+            subprocess.run(["ip", "-n", namespace, "-6", "addr", "add", address, "dev", "lo", "nodad"], check=True)
+        script = textwrap.dedent("""
+            import asyncio, socket
+            from tests.test_listeners import _Echo
+            from ispd.listeners import bound_socket, open_datagram_listener
+
+            async def main():
+                transport, _ = await open_datagram_listener(_Echo, bound_socket("::", 0, socket.SOCK_DGRAM))
+                client = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+                client.bind(("2001:db8:77::1", 0))
+                client.connect(("2001:db8:77::2", transport.get_extra_info("sockname")[1]))
+                client.setblocking(False)
+                loop = asyncio.get_running_loop()
+                await loop.sock_sendall(client, b"ping")
+                print((await asyncio.wait_for(loop.sock_recv(client, 100), 2)).decode())
+
+            asyncio.run(main())
+        """)
+        shown = subprocess.run(["ip", "netns", "exec", namespace, sys.executable, "-c", script], cwd=ROOT,
+                               capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.split() == ["re:ping"]
     finally:
         subprocess.run(["ip", "netns", "del", namespace], check=False)

@@ -34,7 +34,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from aioquic._buffer import Buffer  # what aioquic.buffer re-exports, without saying so to mypy
 from aioquic.asyncio.protocol import QuicConnectionProtocol
@@ -53,7 +53,13 @@ from ispd.configtypes import SocketAddress
 from ispd.dns.doh import error_headers
 from ispd.dns.frontend import Answerer, TransportStats
 from ispd.dns.https import DoHResponder, RequestInProgress, Response
-from ispd.listeners import ConnectionGate, bound_socket, load_certificate, server_tls_context
+from ispd.listeners import (
+    ConnectionGate,
+    bound_socket,
+    load_certificate,
+    open_datagram_listener,
+    server_tls_context,
+)
 from ispd.service import ServiceStartError, describe_os_error
 
 DOQ_ALPN = ["doq"]  # RFC 9250 §4.1.1
@@ -407,15 +413,15 @@ class QuicListener:
     async def start(self, addresses: list[SocketAddress], stack: AsyncExitStack) -> None:
         assert self.configuration is not None
         factory = partial(self.protocol, settings=self.settings, **self.protocol_args)
-        loop = asyncio.get_running_loop()
         for address in addresses:
             try:
                 # aioquic's serve() without its bind: the socket is made as every listener's is.
-                _, server = await loop.create_datagram_endpoint(
+                _, protocol = await open_datagram_listener(
                     partial(QuicServer, configuration=self.configuration, create_protocol=factory,
                             session_ticket_fetcher=self.tickets.pop if self.tickets else None,
                             session_ticket_handler=self.tickets.add if self.tickets else None),
-                    sock=bound_socket(address.host, address.port, socket.SOCK_DGRAM))
+                    bound_socket(address.host, address.port, socket.SOCK_DGRAM))
+                server = cast(QuicServer, protocol)
             except OSError as exc:
                 raise ServiceStartError(f"dns: {self.name}: cannot listen on {address}: "
                                         f"{describe_os_error(exc)}") from None

@@ -70,6 +70,7 @@ from ispd.listeners import (
     ConnectionGate,
     bound_socket,
     check_address_free,
+    open_datagram_listener,
     server_tls_context,
 )
 from ispd.logs import get_logger
@@ -620,7 +621,6 @@ class DNSService(Service):
             stack.callback(unsubscribe)
 
     async def _open(self, stack: AsyncExitStack) -> None:
-        loop = asyncio.get_running_loop()
         assert self.engine is not None
         for address in self.config.listen:
             try:
@@ -628,7 +628,7 @@ class DNSService(Service):
                     check_address_free(address.host, address.port, socket.SOCK_DGRAM)
                     check_address_free(address.host, address.port, socket.SOCK_STREAM)
                 udp_socket = bound_socket(address.host, address.port, socket.SOCK_DGRAM, reuse_port=self.reuse_port)
-                udp, _ = await loop.create_datagram_endpoint(lambda: _UDPProtocol(self), sock=udp_socket)
+                udp, _ = await open_datagram_listener(lambda: _UDPProtocol(self), udp_socket)
                 port = udp.get_extra_info("sockname")[1]
                 tcp_socket = bound_socket(address.host, port, socket.SOCK_STREAM, reuse_address=True,
                                           reuse_port=self.reuse_port)

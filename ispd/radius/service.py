@@ -60,7 +60,7 @@ from ispd.events import (
     SubscriberResumed,
     SubscriberSuspended,
 )
-from ispd.listeners import bound_socket
+from ispd.listeners import bound_socket, open_datagram_listener
 from ispd.logs import LogThrottle, get_logger
 from ispd.radius.addresses import AddressPools, holder_of, line_of
 from ispd.radius.attributes import AttributeValueError, ReplyAttribute, reply_attribute
@@ -386,7 +386,6 @@ class RadiusService(Service):
         return pools
 
     async def _open(self, stack: AsyncExitStack) -> None:
-        loop = asyncio.get_running_loop()
         for kind, addresses in (("auth", self.config.listen_auth), ("acct", self.config.listen_acct)):
             for address in addresses:
                 factory = partial(_AuthProtocol, self) if kind == "auth" else partial(_AccountingProtocol, self)
@@ -401,7 +400,7 @@ class RadiusService(Service):
                         sock.setsockopt(socket.SOL_SOCKET, 33, self.config.receive_buffer_bytes)  # SO_RCVBUFFORCE
                     except PermissionError:
                         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.config.receive_buffer_bytes)
-                transport, _ = await loop.create_datagram_endpoint(factory, sock=sock)
+                transport, _ = await open_datagram_listener(factory, sock)
                 self._transports.append(transport)
                 self.bound.append((kind, address.host, int(transport.get_extra_info("sockname")[1])))
                 stack.callback(transport.close)
