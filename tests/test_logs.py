@@ -24,7 +24,10 @@ def test_library_warnings_are_json_lines_and_client_mistakes_stay_out() -> None:
     configure_logging(LogConfig(level="info", format="json"), stream=out)
     try:
         get_logger("test").info("ours", password="hunter2")
+        logging.getLogger("asyncio").warning("Executing <Task> took 0.300 seconds")
+        # Writes after the peer has gone, one line each from the transports: left out.
         logging.getLogger("asyncio").warning("socket.send() raised exception.")
+        logging.getLogger("asyncio").warning("SSL connection is closed")
         logging.getLogger("mail.log").warning("%r unrecognised: %s", ("127.0.0.1", 41014), "XYZZY")
         try:
             raise ZeroDivisionError("boom")
@@ -33,11 +36,12 @@ def test_library_warnings_are_json_lines_and_client_mistakes_stay_out() -> None:
         logging.getLogger("asyncio").info("not at info: a library's chatter")
         lines = [json.loads(line) for line in out.getvalue().splitlines()]
         assert [(line["event"], line.get("logger"), line["level"]) for line in lines] == [
-            ("ours", None, "info"), ("socket.send() raised exception.", "asyncio", "warning"),
+            ("ours", None, "info"), ("Executing <Task> took 0.300 seconds", "asyncio", "warning"),
             ("a callback failed", "aioquic", "error")]
         assert lines[0]["password"] == "***" and "ZeroDivisionError: boom" in lines[2]["exception"]
         configure_logging(LogConfig(level="info", format="json"), stream=out)  # a reload: still one handler
         assert len(logging.getLogger().handlers) == 1
+        assert len(logging.getLogger("asyncio").filters) == 1
     finally:
         root.handlers, level, smtp_level = saved
         root.setLevel(level)
