@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import secrets
 import socket
 import ssl
@@ -107,7 +108,13 @@ class MXLookup:
         return found, failed
 
 
+@functools.cache
 def _client_tls_context() -> ssl.SSLContext:
+    # Built once and shared by every attempt: create_default_context() loads the whole system CA
+    # store (tens of ms of CPU on the event loop), and a context per attempt, caught in a reference
+    # cycle with its aiosmtplib client, outlived the attempt for as long as the supervisor's rare
+    # garbage collections let it (hundreds of MB over a few hundred attempts to a refusing MX).
+    # The settings never change, so one context serves all.
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE

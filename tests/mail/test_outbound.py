@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -313,3 +314,29 @@ async def test_a_slow_domain_takes_at_most_its_share_of_the_deliveries(tmp_path:
         slow_answers.set()
         await asyncio.gather(*attempts)
     assert rescheduled == [("S2", 1030.0), ("S3", 1030.0)]  # later, out of the way
+
+
+async def test_delivery_attempts_share_one_client_tls_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From a soak review: each attempt built its own SSLContext (the system CA store loaded on
+    the event loop each time, and the context kept by a reference cycle until a rare gc): 0.8 MB
+    and 63 ms per attempt to a refusing MX."""
+    from tests.lab.ports import free_tcp_port
+
+    contexts: list[object] = []
+
+    class RecordingSMTP(outbound.aiosmtplib.SMTP):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            contexts.append(kwargs.get("tls_context"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(outbound.aiosmtplib, "SMTP", RecordingSMTP)
+    host = "127.62.27.1"
+    port = free_tcp_port(host)  # nothing listens there: each attempt is refused
+    for _ in range(2):
+        with pytest.raises((OSError, outbound.aiosmtplib.SMTPConnectError)):
+            await outbound._transaction(host, port, "alice@isp.example", ["bob@remote.example"], b"x\r\n",
+                                        helo="mx.isp.example", command_timeout=5)
+    assert len(contexts) == 2 and contexts[0] is contexts[1] is not None
+    context = contexts[0]
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_NONE and not context.check_hostname
