@@ -197,6 +197,12 @@ class IMAPSession(asyncio.Protocol):
 
     async def _run(self) -> None:
         while True:
+            if self.transport is None:
+                # The connection is gone. Its end marker on the queue may already have been
+                # taken by a command reading the client's next line (IDLE's DONE, AUTHENTICATE's
+                # response), so waiting for the next command here would wait forever, keeping
+                # the session and its selected folder (RFC 2177: a dropped IDLE ends the session).
+                return
             if self._paused and self._queue.qsize() < MAX_PIPELINED // 2 and self.transport is not None:
                 self._paused = False
                 self.transport.resume_reading()
