@@ -32,6 +32,7 @@ import shutil
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -109,11 +110,17 @@ def fsync_directory(path: Path) -> None:
 
 
 class PathLocks:
-    """One lock per path for the whole process, whichever object asks for it."""
+    """One lock per path for the whole process, whichever object asks for it.
+
+    Held weakly: a path's lock goes once no object refers to it (the Maildir or FolderIndex that
+    asked, a thread holding or waiting for it), so a long-running process does not keep one lock
+    for every path it ever touched. Nobody can then hold or wait for the old lock, so the next
+    asker's new one excludes as well."""
 
     def __init__(self, factory: Callable[[], AbstractContextManager[object]]) -> None:
         self._factory = factory
-        self._locks: dict[Path, AbstractContextManager[object]] = {}
+        self._locks: weakref.WeakValueDictionary[Path, AbstractContextManager[object]] = (
+            weakref.WeakValueDictionary())
         self._guard = threading.Lock()
 
     def get(self, path: Path) -> AbstractContextManager[object]:

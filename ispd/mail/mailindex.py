@@ -43,6 +43,7 @@ import os
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
@@ -101,12 +102,61 @@ class _Snapshot:
     deferred: bool = False  # mail left in new/ (no room to index it): never answered from memory
 
 
-_SNAPSHOTS: dict[Path, _Snapshot] = {}
+class _SnapshotCache:
+    """The snapshots of the folders synced last, the least recently used dropped first once they
+    hold more than ``_SNAPSHOT_MESSAGES_MAX`` messages in all. A snapshot only spares a sync
+    reading the files again, so one dropped costs a rescan, never a wrong answer; kept without a
+    bound, every folder ever selected stayed in memory for the life of the process. The snapshot
+    just stored is always kept, however large, or its folder would be rescanned at every look.
+    Locked: syncs of different folders run at once in the executors."""
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[Path, tuple[_Snapshot, int]] = OrderedDict()  # with its count when stored
+        self._held = 0
+        self._guard = threading.Lock()
+
+    def get(self, folder: Path) -> _Snapshot | None:
+        with self._guard:
+            entry = self._entries.get(folder)
+            if entry is None:
+                return None
+            self._entries.move_to_end(folder)
+            return entry[0]
+
+    def put(self, folder: Path, snapshot: _Snapshot) -> None:
+        with self._guard:
+            self._drop(folder)
+            size = len(snapshot.messages)
+            self._entries[folder] = (snapshot, size)
+            self._held += size
+            while self._held > _SNAPSHOT_MESSAGES_MAX and len(self._entries) > 1:
+                self._drop(next(iter(self._entries)))
+
+    def pop(self, folder: Path) -> None:
+        with self._guard:
+            self._drop(folder)
+
+    def _drop(self, folder: Path) -> None:
+        entry = self._entries.pop(folder, None)
+        if entry is not None:
+            self._held -= entry[1]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, folder: Path) -> bool:
+        return folder in self._entries
+
+
+# A snapshot holds about 250 bytes per message (measured with tracemalloc): this many keeps
+# the folders in use answered from memory for some 50 MB at most.
+_SNAPSHOT_MESSAGES_MAX = 200_000
+_SNAPSHOTS = _SnapshotCache()
 
 
 def forget(folder: Path) -> None:
     """Something was delivered into that folder: its next sync looks at the files."""
-    _SNAPSHOTS.pop(folder, None)
+    _SNAPSHOTS.pop(folder)
 
 
 def withdraw(folder: Path, name: str) -> int | None:
@@ -293,7 +343,7 @@ class FolderIndex:
         if time.time_ns() - stamp[0] <= _TRUST_AFTER_NS or snapshot.deferred:
             stamp = (-1, stamp[1], stamp[2])
         snapshot.stamp = stamp
-        _SNAPSHOTS[self.path] = snapshot
+        _SNAPSHOTS.put(self.path, snapshot)
         return snapshot, recent
 
     def _sync(self, cached: _Snapshot | None) -> tuple[_Snapshot, set[int]]:
@@ -466,7 +516,7 @@ class FolderIndex:
                         with suppress(OSError):
                             os.rename(self.path / "cur" / updated.name,
                                       self.path / "cur" / snapshot.messages[position].name)
-                    _SNAPSHOTS.pop(self.path, None)
+                    _SNAPSHOTS.pop(self.path)
                     raise
                 if done:
                     snapshot.highest_modseq += 1
@@ -479,7 +529,7 @@ class FolderIndex:
                 if was_current and snapshot.logged < _MODSEQ_LOG_LIMIT and len(done) == len(renames):
                     snapshot.stamp = (snapshot.stamp[0], after[1], after[2])
                 else:
-                    _SNAPSHOTS.pop(self.path, None)
+                    _SNAPSHOTS.pop(self.path)
             return FlagChange(found, [u.uid for _, u in done] if renames else [], modified,
                               snapshot.highest_modseq, snapshot.expunged_modseq)
 

@@ -284,8 +284,12 @@ class MailService(Service):
             self._idlers.setdefault((session.maildir.path, session.selected.folder), set()).add(session)
 
     def unwatch_imap(self, session: IMAPSession) -> None:
-        for watchers in self._idlers.values():
+        # A folder nobody idles in any more leaves the table, which else kept every folder
+        # anyone ever idled in.
+        for key, watchers in list(self._idlers.items()):
             watchers.discard(session)
+            if not watchers:
+                del self._idlers[key]
 
     def notify_imap(self, maildir_path: Path | None, folder: str) -> None:
         """Something changed in that folder: IDLE sessions watching it look at once."""

@@ -112,3 +112,16 @@ def test_size_of_reads_the_s_field(name: str, size: int | None) -> None:
 def test_unique_name_escapes_nothing_it_should_not() -> None:
     name = unique_name(3, 4, now=5.5)
     assert name.startswith("5.M500000P") and "/" not in name and ":" not in name
+
+
+def test_a_mailboxs_lock_goes_when_nothing_uses_it_and_stays_while_something_does(tmp_path: Path) -> None:
+    """From a soak review: a lock per mailbox ever delivered to, never dropped."""
+    from ispd.mail import maildir
+
+    before = len(maildir._MAILBOX_LOCKS._locks)
+    for n in range(20):
+        Maildir(tmp_path / f"gone{n}")
+    assert len(maildir._MAILBOX_LOCKS._locks) == before
+    kept = Maildir(tmp_path / "kept")
+    with kept._lock:
+        assert Maildir(tmp_path / "kept")._lock is kept._lock
