@@ -18,6 +18,7 @@ delivered at once, others queued).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import traceback
 import warnings
@@ -63,10 +64,24 @@ def has_long_line(body: bytes, limit: int = LONGEST_LINE) -> bool:
             return True
     return False
 # On 465 the whole connection is TLS, which aiosmtpd cannot see: it warns about AUTH "without"
-# TLS there. It is not.
+# TLS there, at every connection, as a Python warning and as a log line. It is not.
 warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
-# aiosmtpd's own AUTH code sets the attribute it deprecates, at every login.
+# aiosmtpd's own AUTH code sets the attribute it deprecates, at every login (a log line).
 warnings.filterwarnings("ignore", message="Session.login_data is deprecated")
+
+
+class _AiosmtpdFalseAlarms(logging.Filter):
+    """Drops aiosmtpd's log lines for the two false alarms above, and only those: each came once
+    per connection or login and said nothing true. Its other warnings still reach the log."""
+
+    FALSE_ALARMS = frozenset({"auth_required == True but auth_require_tls == False",
+                              "Session.login_data is deprecated and will be removed in version 2.0"})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in self.FALSE_ALARMS
+
+
+logging.getLogger("mail.log").addFilter(_AiosmtpdFalseAlarms())
 
 
 @dataclass(frozen=True, slots=True)
