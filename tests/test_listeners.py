@@ -20,6 +20,7 @@ from ispd.listeners import (
     listening_tcp_socket,
     open_datagram_listener,
 )
+from tests.lab.netns import lab
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,31 +58,31 @@ def test_a_bind_failure_keeps_its_errno_and_leaves_no_socket() -> None:
         held.close()
 
 
-@pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2")
-def test_a_link_local_address_is_bound_on_its_zone(tmp_path: Path) -> None:
-    # From a review: check-config took "[fe80::61%eth0]:1812", but the start failed with
-    # "Invalid argument" (a bare bind gives no scope id to a link-local address). Inside a
-    # namespace of its own, with the address on its loopback; nothing is sent.
-    namespace = f"ispd-zone-{abs(hash(tmp_path)) % 100000}"
-    subprocess.run(["ip", "netns", "add", namespace], check=True)
-    try:
-        subprocess.run(["ip", "-n", namespace, "link", "set", "lo", "up"], check=True)
-        subprocess.run(["ip", "-n", namespace, "-6", "addr", "add", "fe80::61/64", "dev", "lo", "nodad"],
-                       check=True)
-        script = textwrap.dedent("""
-            import socket
-            from ispd.listeners import bound_socket
-            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-                sock = bound_socket("fe80::61%lo", 0, kind)
-                print(sock.getsockname()[3] == socket.if_nametoindex("lo"))
-        """)
-        shown = subprocess.run(["ip", "netns", "exec", namespace, sys.executable, "-c", script], cwd=ROOT,
-                               capture_output=True, text=True, timeout=60)
+def _run_in_namespace(addresses: list[str], script: str) -> list[str]:
+    """What ``script`` prints, run by this Python in a namespace of its own whose loopback has
+    ``addresses`` (removed with the namespace, also on failure)."""
+    with lab() as namespaces:
+        namespace = namespaces.namespace("listen")
+        for address in addresses:
+            subprocess.run(["ip", "-n", namespace, "-6", "addr", "add", address, "dev", "lo", "nodad"], check=True)
+        shown = subprocess.run(["ip", "netns", "exec", namespace, sys.executable, "-c", textwrap.dedent(script)],
+                               cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert shown.returncode == 0, shown.stderr
-        assert shown.stdout.split() == ["True", "True"]
-    finally:
-        subprocess.run(["ip", "netns", "del", namespace], check=False)
+        return shown.stdout.split()
 
+
+@pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2")
+def test_a_link_local_address_is_bound_on_its_zone() -> None:
+    # From a review: check-config took "[fe80::61%eth0]:1812", but the start failed with
+    # "Invalid argument" (a bare bind gives no scope id to a link-local address). The address
+    # on a namespace's loopback; nothing is sent.
+    assert _run_in_namespace(["fe80::61/64"], """
+        import socket
+        from ispd.listeners import bound_socket
+        for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+            sock = bound_socket("fe80::61%lo", 0, kind)
+            print(sock.getsockname()[3] == socket.if_nametoindex("lo"))
+    """) == ["True", "True"]
 
 class _Echo(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -120,33 +121,21 @@ async def test_a_specific_udp_listener_keeps_the_loops_own_transport() -> None:
 
 
 @pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2")
-def test_a_wildcard_ipv6_listener_replies_from_the_address_it_was_asked_at(tmp_path: Path) -> None:
-    namespace = f"ispd-pktinfo-{abs(hash(tmp_path)) % 100000}"
-    subprocess.run(["ip", "netns", "add", namespace], check=True)
-    try:
-        subprocess.run(["ip", "-n", namespace, "link", "set", "lo", "up"], check=True)
-        for address in ("2001:db8:77::1/128", "2001:db8:77::2/128"):
-            subprocess.run(["ip", "-n", namespace, "-6", "addr", "add", address, "dev", "lo", "nodad"], check=True)
-        script = textwrap.dedent("""
-            import asyncio, socket
-            from tests.test_listeners import _Echo
-            from ispd.listeners import bound_socket, open_datagram_listener
+def test_a_wildcard_ipv6_listener_replies_from_the_address_it_was_asked_at() -> None:
+    assert _run_in_namespace(["2001:db8:77::1/128", "2001:db8:77::2/128"], """
+        import asyncio, socket
+        from tests.test_listeners import _Echo
+        from ispd.listeners import bound_socket, open_datagram_listener
 
-            async def main():
-                transport, _ = await open_datagram_listener(_Echo, bound_socket("::", 0, socket.SOCK_DGRAM))
-                client = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-                client.bind(("2001:db8:77::1", 0))
-                client.connect(("2001:db8:77::2", transport.get_extra_info("sockname")[1]))
-                client.setblocking(False)
-                loop = asyncio.get_running_loop()
-                await loop.sock_sendall(client, b"ping")
-                print((await asyncio.wait_for(loop.sock_recv(client, 100), 2)).decode())
+        async def main():
+            transport, _ = await open_datagram_listener(_Echo, bound_socket("::", 0, socket.SOCK_DGRAM))
+            client = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            client.bind(("2001:db8:77::1", 0))
+            client.connect(("2001:db8:77::2", transport.get_extra_info("sockname")[1]))
+            client.setblocking(False)
+            loop = asyncio.get_running_loop()
+            await loop.sock_sendall(client, b"ping")
+            print((await asyncio.wait_for(loop.sock_recv(client, 100), 2)).decode())
 
-            asyncio.run(main())
-        """)
-        shown = subprocess.run(["ip", "netns", "exec", namespace, sys.executable, "-c", script], cwd=ROOT,
-                               capture_output=True, text=True, timeout=60)
-        assert shown.returncode == 0, shown.stderr
-        assert shown.stdout.split() == ["re:ping"]
-    finally:
-        subprocess.run(["ip", "netns", "del", namespace], check=False)
+        asyncio.run(main())
+    """) == ["re:ping"]
