@@ -216,11 +216,16 @@ class AddressedDatagramTransport(asyncio.DatagramTransport):
         for level, kind, value in ancillary:
             if self._v6 and level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(value) >= _IN6_PKTINFO.size:
                 address, ifindex = _IN6_PKTINFO.unpack_from(value)
+                if address[0] == 0xFF:  # sent to a multicast group: answered from the kernel's choice
+                    break
                 return socket.IPPROTO_IPV6, IPV6_PKTINFO, _IN6_PKTINFO.pack(address, ifindex)
             if not self._v6 and level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(value) >= _IN_PKTINFO.size:
-                _ifindex, _spec_dst, destination = _IN_PKTINFO.unpack_from(value)
-                # From that address, routed as the kernel routes (ifindex 0).
-                return socket.IPPROTO_IP, IP_PKTINFO, _IN_PKTINFO.pack(0, destination, bytes(4))
+                # spec_dst is the local address to answer from: the destination itself, or for a
+                # datagram to a broadcast address the interface's own (from a review: answering
+                # from the broadcast address failed, "Network is unreachable"). Routed as the
+                # kernel routes (ifindex 0).
+                _ifindex, spec_dst, _destination = _IN_PKTINFO.unpack_from(value)
+                return socket.IPPROTO_IP, IP_PKTINFO, _IN_PKTINFO.pack(0, spec_dst, bytes(4))
         return 0, 0, b""
 
     def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None:

@@ -58,13 +58,16 @@ def test_a_bind_failure_keeps_its_errno_and_leaves_no_socket() -> None:
         held.close()
 
 
-def _run_in_namespace(addresses: list[str], script: str) -> list[str]:
+def _run_in_namespace(addresses: list[str], script: str, *, setup: tuple[tuple[str, ...], ...] = ()) -> list[str]:
     """What ``script`` prints, run by this Python in a namespace of its own whose loopback has
-    ``addresses`` (removed with the namespace, also on failure)."""
+    the IPv6 ``addresses``, after the ``ip -n NAMESPACE`` commands of ``setup`` (all removed with
+    the namespace, also on failure)."""
     with lab() as namespaces:
         namespace = namespaces.namespace("listen")
         for address in addresses:
             subprocess.run(["ip", "-n", namespace, "-6", "addr", "add", address, "dev", "lo", "nodad"], check=True)
+        for command in setup:
+            subprocess.run(["ip", "-n", namespace, *command], check=True)
         shown = subprocess.run(["ip", "netns", "exec", namespace, sys.executable, "-c", textwrap.dedent(script)],
                                cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert shown.returncode == 0, shown.stderr
@@ -139,3 +142,30 @@ def test_a_wildcard_ipv6_listener_replies_from_the_address_it_was_asked_at() -> 
 
         asyncio.run(main())
     """) == ["re:ping"]
+
+
+@pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2")
+def test_a_datagram_to_a_broadcast_address_is_answered_from_the_interfaces_own() -> None:
+    # From the review of the fix: the reply was sent "from" the broadcast address itself, which
+    # the kernel refuses (Network is unreachable); the loop's own transport had answered.
+    setup = (("link", "add", "v0", "type", "veth", "peer", "name", "v1"),
+             ("addr", "add", "198.18.77.1/24", "brd", "+", "dev", "v0"),
+             ("link", "set", "v0", "up"), ("link", "set", "v1", "up"))
+    assert _run_in_namespace([], """
+        import asyncio, socket
+        from tests.test_listeners import _Echo
+        from ispd.listeners import bound_socket, open_datagram_listener
+
+        async def main():
+            transport, _ = await open_datagram_listener(_Echo, bound_socket("0.0.0.0", 0, socket.SOCK_DGRAM))
+            client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            client.bind(("198.18.77.1", 0))
+            client.setblocking(False)
+            loop = asyncio.get_running_loop()
+            await loop.sock_sendto(client, b"ping", ("198.18.77.255", transport.get_extra_info("sockname")[1]))
+            data, source = await asyncio.wait_for(loop.sock_recvfrom(client, 100), 2)
+            print(data.decode(), source[0])
+
+        asyncio.run(main())
+    """, setup=setup) == ["re:ping", "198.18.77.1"]
