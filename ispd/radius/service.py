@@ -109,7 +109,7 @@ log = get_logger("ispd.radius")
 STALE_SWEEP_SECONDS = 60.0
 QUOTA_CHECK_SECONDS = 10.0
 SWEEP_SECONDS = 1.0
-MAX_ENFORCING = 64  # Disconnects/CoAs of _enforce_status at once; the rest wait for its next round
+MAX_ENFORCING = 64  # Disconnects/CoAs under way past which _enforce_status waits for its next round
 MAX_DATAGRAM = 4096
 MAX_QUEUED_ACCOUNTING = 50_000
 DROP_LOG_INTERVAL_SECONDS = 60.0
@@ -270,7 +270,8 @@ class RadiusService(Service):
         self._queue: list[_QueuedAccounting] = []
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._enforcing: set[int] = set()  # sessions a Disconnect or CoA of _enforce_status is under way for
+        # Sessions a Disconnect or CoA is under way for, whoever sent it: how many.
+        self._requesting: dict[int, int] = {}
         self._pending_checks = 0
         self._checker = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ispd-radius-password")
         self._store_failing = False
@@ -1052,6 +1053,7 @@ class RadiusService(Service):
         happens while it runs)."""
         if self.auth is None or self.config.coa_retry_limit == 0:
             return
+        spawned = 0
         for subscriber_id in list(self.sessions.by_subscriber):
             subject = self.directory.by_id(subscriber_id)
             if subject is None or subject.subscriber.status == SubscriberStatus.ACTIVE:
@@ -1061,9 +1063,11 @@ class RadiusService(Service):
             # a profile, it did not end it.
             disconnect = self._disconnect_wanted(subject)
             for session in self.sessions.of_subscriber(subscriber_id):
-                if session.id in self._enforcing:
-                    continue  # its request is still being retried: the outcome is not recorded yet
-                if len(self._enforcing) >= MAX_ENFORCING:
+                if session.id in self._requesting:
+                    # A request is still being retried (this round's, or the suspension's own):
+                    # its outcome is not recorded yet, and a second would be another request.
+                    continue
+                if len(self._requesting) + spawned >= MAX_ENFORCING:
                     return
                 tried = [r for r in await self.context.store.list_coa(session_id=session.id, limit=100)
                          if r.at >= changed_at and (r.kind == "disconnect" or not disconnect)]
@@ -1076,14 +1080,8 @@ class RadiusService(Service):
                 # of 3 s a session) must not hold up housekeeping (from a soak review: the
                 # duplicate cache, EAP conversations and stale sessions waited 10 minutes).
                 request = self._change(session, True, reason) if not disconnect else self._disconnect(session, reason)
-                self._enforcing.add(session.id)
-                self._spawn(self._enforced(session.id, request), "enforce-status")
-
-    async def _enforced(self, session_id: int, request: Awaitable[Any]) -> None:
-        try:
-            await request
-        finally:
-            self._enforcing.discard(session_id)
+                self._spawn(request, "enforce-status")  # (counted in _requesting once it begins)
+                spawned += 1
 
     def _disconnect_wanted(self, subject: AuthSubject) -> bool:
         """Whether the subscriber's sessions must end rather than change: closed, or suspended
@@ -1245,6 +1243,16 @@ class RadiusService(Service):
         return await self._dynamic(session, Code.COA_REQUEST, profile, reason)
 
     async def _dynamic(self, session: RadiusSession, code: Code, extra: bytes, reason: str) -> dict[str, Any]:
+        self._requesting[session.id] = self._requesting.get(session.id, 0) + 1
+        try:
+            return await self._send_dynamic(session, code, extra, reason)
+        finally:
+            if self._requesting[session.id] > 1:
+                self._requesting[session.id] -= 1
+            else:
+                del self._requesting[session.id]
+
+    async def _send_dynamic(self, session: RadiusSession, code: Code, extra: bytes, reason: str) -> dict[str, Any]:
         kind = "disconnect" if code == Code.DISCONNECT_REQUEST else "coa"
         nas = self._nas_for_session(session)
         started_at = self.context.clock()
