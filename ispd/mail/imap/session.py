@@ -315,6 +315,11 @@ class IMAPSession(asyncio.Protocol):
         except (OSError, TimeoutError, ConnectionError) as exc:
             log.info("mail.imap.tls_failed", client=self.client, error=repr(exc))
             self.close()
+            # The TLS layer owns the connection now and tells this session nothing of its end
+            # (a reset before the handshake): the session ends here, its slot given back (from a
+            # review: 300 such drops locked the client's address out of IMAP and SMTP). Once
+            # more is harmless where the loop does tell.
+            self.connection_lost(exc)
             return
         self.tls = True
 

@@ -5,13 +5,18 @@ that the drop comes at a chosen moment."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import uvloop
 
+from ispd.listeners import server_tls_context
 from ispd.mail.imap.session import IMAPSession
 from ispd.mail.maildir import Maildir
+from tests.lab.certs import issue
 from tests.mail.imap.test_autologout import FakeTransport
 from tests.mail.imap.test_session_failures import fake_service
 
@@ -59,3 +64,44 @@ def test_a_connection_dropped_while_a_command_waits_for_the_client_ends_the_sess
             assert session not in service.imap_sessions
 
     asyncio.run(run())
+
+
+def test_a_connection_dropped_after_starttls_before_the_handshake_ends_the_session(tmp_path: Path) -> None:
+    """From the review of the fix: after STARTTLS the connection belongs to the TLS layer, which
+    tells nobody when it fails before the handshake; the session waited for its next command
+    for ever, holding one of the client's connection slots (300 such drops locked an address
+    out of IMAP and SMTP until a restart)."""
+    maildir = Maildir.for_address(tmp_path, "alice@isp.example")
+    maildir.create()
+    certificates = issue(tmp_path / "tls", "localhost", name="server")
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(2) as executor:
+            service = fake_service(maildir, executor)
+            service.tls_context = server_tls_context(certificates.certificate, certificates.private_key, [])
+            sessions: list[IMAPSession] = []
+
+            def accepted() -> IMAPSession:
+                sessions.append(IMAPSession(service, "imap"))
+                return sessions[-1]
+
+            server = await loop.create_server(accepted, "127.0.0.1", 0)
+            try:
+                reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+                await reader.readline()  # the greeting
+                writer.write(b"a STARTTLS\r\n")
+                assert (await reader.readline()).startswith(b"a OK")
+                # Gone before any handshake, with a reset (its read error reaches the TLS layer).
+                sock = writer.transport.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.transport.abort()
+                [session] = sessions
+                worker = session._worker
+                assert worker is not None
+                await asyncio.wait_for(worker, timeout=5)
+                assert session not in service.imap_sessions
+            finally:
+                server.close()
+
+    uvloop.run(run())  # the daemon's loop: its TLS layer is the one that tells nobody
