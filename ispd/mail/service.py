@@ -10,7 +10,6 @@ the store's threads; scrypt checks of AUTH passwords run in the default executor
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
 import socket
 import ssl
@@ -173,8 +172,6 @@ class MailService(Service):
     # --- lifecycle
 
     async def start(self, stack: AsyncExitStack) -> None:
-        # aiosmtpd logs every command at INFO; ours are the events worth a line.
-        logging.getLogger("mail.log").setLevel(logging.WARNING)
         self.tls_context = self._tls(self.config)
         self.signing = signing_keys(self.config)
         self.auth_dns.use_for_spf()
