@@ -410,7 +410,8 @@ class RadiusService(Service):
         for transport in self._transports:
             transport.close()
         self._flush()
-        pending = [t for t in self._tasks if t.get_name() != "housekeeping"]
+        # Enforcement's requests are not waited for: the next start sends them again.
+        pending = [t for t in self._tasks if t.get_name() not in ("housekeeping", "enforce-status")]
         if pending:
             await asyncio.wait(pending, timeout=self.config.coa_timeout_seconds * self.config.coa_attempts)
 
