@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -420,8 +421,12 @@ def test_465_accepts_again_after_running_out_of_file_descriptors(lab: Lab) -> No
     assert lab.ispd.proc is not None
     pid = lab.ispd.proc.pid
     limit = Path(f"/proc/{pid}/limits").read_text().split("Max open files")[1].split()[1]
-    used = len(os.listdir(f"/proc/{pid}/fd"))
-    subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={used}:{limit}"], check=True)
+    # The limit is on a descriptor's number, not on how many are open, and a new one takes the
+    # lowest free number: at the first gap in the numbers nothing more can be opened (a limit at
+    # the count left the gaps above it usable, and accepts went on in a loaded CI run).
+    held = {int(name) for name in os.listdir(f"/proc/{pid}/fd")}
+    first_gap = next(number for number in itertools.count() if number not in held)
+    subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={first_gap}:{limit}"], check=True)
     stalled = []
     try:
         for index in range(20):  # more than descriptors that earlier tests' closing sockets may free
