@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Hashable, MutableMapping
+from collections.abc import Hashable, Iterable, MutableMapping
 from typing import Any, Literal, TextIO
 
 import structlog
@@ -140,21 +140,30 @@ def configure_logging(config: LogConfig, stream: TextIO | None = None) -> None:
     # aiosmtpd warns of every command a client gets wrong ("unrecognised: XYZZY"): the client's
     # mistake, answered and counted in ispd_mail_smtp_refusals_total, not the operator's business.
     logging.getLogger("mail.log").setLevel(logging.ERROR)
-    asyncio_logger = logging.getLogger("asyncio")
-    if not any(isinstance(f, WritesAfterTheEnd) for f in asyncio_logger.filters):
-        asyncio_logger.addFilter(WritesAfterTheEnd())
+    # asyncio's and uvloop's transports log a line for every write after the peer has gone (past
+    # the fifth): a DoT client that pipelines queries and leaves without reading got one per
+    # reply still being answered, 170,000 lines in a soak review. The write is dropped either
+    # way, as a reply to a client gone is; a client's leaving is not the operator's business.
+    drop_messages("asyncio", ("SSL connection is closed", "socket.send() raised exception."))
 
 
-class WritesAfterTheEnd(logging.Filter):
-    """asyncio's and uvloop's transports log a line for every write after the peer has gone
-    (past the fifth): a DoT client that pipelines queries and leaves without reading got one per
-    reply still being answered, 170,000 lines in a soak review. The write is dropped either
-    way, as a reply to a client gone is; a client's leaving is not the operator's business."""
+class DroppedMessages(logging.Filter):
+    """Drops a library's log records whose message is one of ``messages``, and only those."""
 
-    ENDED = frozenset({"SSL connection is closed", "socket.send() raised exception."})
+    def __init__(self, messages: frozenset[str]) -> None:
+        super().__init__()
+        self.messages = messages
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg not in self.ENDED
+        return record.msg not in self.messages
+
+
+def drop_messages(logger_name: str, messages: Iterable[str]) -> None:
+    """Leave these messages of a library's logger out of the log; once per logger and set of
+    messages, however often it is asked (each reload)."""
+    logger, wanted = logging.getLogger(logger_name), frozenset(messages)
+    if not any(isinstance(f, DroppedMessages) and f.messages == wanted for f in logger.filters):
+        logger.addFilter(DroppedMessages(wanted))
 
 
 class LogThrottle:

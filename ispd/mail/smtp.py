@@ -18,7 +18,6 @@ delivered at once, others queued).
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 import traceback
 import warnings
@@ -28,7 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, TLSSetupException, syntax
 
-from ispd.logs import get_logger
+from ispd.logs import drop_messages, get_logger
 from ispd.mail.engine import PlainRefused, Reply, SMTPRefusal, plain_login, with_enhanced_code
 from ispd.store.models import MailRecipient
 
@@ -70,18 +69,10 @@ warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TL
 warnings.filterwarnings("ignore", message="Session.login_data is deprecated")
 
 
-class _AiosmtpdFalseAlarms(logging.Filter):
-    """Drops aiosmtpd's log lines for the two false alarms above, and only those: each came once
-    per connection or login and said nothing true. Its other warnings still reach the log."""
-
-    FALSE_ALARMS = frozenset({"auth_required == True but auth_require_tls == False",
-                              "Session.login_data is deprecated and will be removed in version 2.0"})
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg not in self.FALSE_ALARMS
-
-
-logging.getLogger("mail.log").addFilter(_AiosmtpdFalseAlarms())
+# The same two false alarms as aiosmtpd's log lines, once per connection or login; its other
+# warnings still reach the log.
+drop_messages("mail.log", ("auth_required == True but auth_require_tls == False",
+                           "Session.login_data is deprecated and will be removed in version 2.0"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -203,7 +203,7 @@ class IMAPSession(asyncio.Protocol):
                 # response), so waiting for the next command here would wait forever, keeping
                 # the session and its selected folder (RFC 2177: a dropped IDLE ends the session).
                 return
-            if self._paused and self._queue.qsize() < MAX_PIPELINED // 2 and self.transport is not None:
+            if self._paused and self._queue.qsize() < MAX_PIPELINED // 2:
                 self._paused = False
                 self.transport.resume_reading()
             event = await self._queue.get()
