@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 from collections.abc import Iterator
@@ -18,6 +19,18 @@ def ispd(tmp_path: Path) -> Iterator[IspdProcess]:
     with IspdProcess(tmp_path, base_config(tmp_path)) as process:
         process.start()
         yield process
+
+
+@pytest.fixture
+def without_cycle_collection() -> Iterator[None]:
+    """The garbage collector off, as good as the daemon's rare runs of it: an object a test
+    expects gone with its connection is gone only if no reference cycle holds it."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 @pytest.fixture

@@ -70,6 +70,7 @@ from ispd.listeners import (
     ConnectionGate,
     bound_socket,
     check_address_free,
+    forget_connection_error,
     open_datagram_listener,
     server_tls_context,
 )
@@ -947,6 +948,7 @@ class DNSService(Service):
         finally:
             gate.release(client)
             self._tcp_streams.pop(writer, None)
+            forget_connection_error(reader)
 
 
 def _quic_settings(section: EncryptedListenerConfig) -> QuicSettings:

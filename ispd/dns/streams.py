@@ -74,8 +74,10 @@ async def serve_dns_stream(reader: asyncio.StreamReader, writer: asyncio.StreamW
         else:
             if pending:
                 await asyncio.wait(pending, timeout=drain_seconds)
+            # (asked before the close: asyncio's TLS transport, closed twice, forgets its protocol)
+            unsent = writer.transport.get_write_buffer_size()
             writer.close()
-            if writer.transport.get_write_buffer_size():
+            if unsent:
                 # Replies still to go: the client has the idle time to take them, then the end
                 # (a closing transport keeps its buffer, and its socket, for as long as it takes).
                 try:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ispd.configtypes import SocketAddress
 from ispd.dns.frontend import TransportStats
-from ispd.listeners import ConnectionGate, listening_tcp_socket, server_tls_context
+from ispd.listeners import ConnectionGate, forget_connection_error, listening_tcp_socket, server_tls_context
 from ispd.logs import LogThrottle, get_logger
 from ispd.service import ServiceStartError, describe_os_error
 
@@ -137,6 +137,7 @@ class TLSListener:
                 writer.close()
         finally:
             self.gate.release(client)
+            forget_connection_error(reader)
 
     async def _close_connections(self) -> None:
         for task in list(self._connections):

@@ -5,13 +5,22 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
+import ssl
+import weakref
+from contextlib import AsyncExitStack
+from pathlib import Path
 
 import pytest
+import uvloop
 
+from ispd.configtypes import SocketAddress
 from ispd.dns import tls
 from ispd.dns.frontend import TransportStats
+from ispd.dns.streams import serve_dns_stream
 from ispd.dns.tls import TLSListener
 from ispd.listeners import ConnectionGate
+from tests.dns.test_streams import QUERY, SlowAnswers, reset
+from tests.lab.certs import issue
 
 
 class OutOfDescriptors:
@@ -52,3 +61,38 @@ async def test_out_of_descriptors_the_listener_rests_instead_of_spinning(monkeyp
         loop.remove_reader(real.fileno())
         client.close()
         real.close()
+
+
+def test_a_dot_connection_its_client_resets_goes_with_it(tmp_path: Path, without_cycle_collection: None) -> None:
+    """A client that pipelines queries and resets the connection: the reader kept the reset, and
+    the reset's traceback the frames that read, which held the reader. The daemon collects such
+    cycles rarely, so each connection's TLS state and buffers stayed: 100 MB per 10,000 of these
+    connections (measured). Nothing of the connection may wait for the collector."""
+    certificates = issue(tmp_path, "dns.test")
+    stats = TransportStats()
+    readers: list[weakref.ref[asyncio.StreamReader]] = []
+    started = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str) -> None:
+        readers.append(weakref.ref(reader))
+        started.set()
+        await serve_dns_stream(reader, writer, client, SlowAnswers(), stats, idle_seconds=5, max_in_flight=10,
+                               max_query_bytes=512, drain_seconds=1)
+
+    async def run() -> None:
+        listener = TLSListener("dot", ["dot"], ConnectionGate(10, 10, stats), stats, 5.0, serve)
+        listener.load_certificate(certificates.certificate, certificates.private_key)
+        context = ssl.create_default_context(cafile=str(certificates.ca))
+        async with AsyncExitStack() as stack:
+            await listener.start([SocketAddress("127.0.0.1", 0)], stack)
+            _, writer = await asyncio.open_connection(*listener.bound[0], ssl=context, server_hostname="dns.test")
+            writer.write(QUERY * 5)
+            await writer.drain()
+            await asyncio.wait_for(started.wait(), 5)
+            connection = next(iter(listener._connections))
+            reset(writer)
+            await asyncio.wait([connection], timeout=5)
+
+    uvloop.run(run())  # the daemon's loop and its TLS layer
+    assert stats.connections == 1
+    assert readers[0]() is None
