@@ -18,7 +18,8 @@ from typing import Any
 
 from tests.lab.dnshier import descendants
 
-ISPD = str(Path(sys.executable).with_name("ispd"))
+# ISPD_BENCH_BIN: another command in ispd's place, e.g. a script that runs it under cProfile or perf.
+ISPD = os.environ.get("ISPD_BENCH_BIN") or str(Path(sys.executable).with_name("ispd"))
 
 # The sections every benchmark's ispd config starts with: its own store and control socket in
 # the run's directory, quiet logs, metrics on a free port.
