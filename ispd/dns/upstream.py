@@ -19,6 +19,7 @@ import struct
 
 from ispd.dns.resolver import UpstreamError
 from ispd.dns.wire import FLAG_QR, read_name
+from ispd.listeners import forget_connection_error
 
 _LENGTH = struct.Struct("!H")
 PORT = 53
@@ -99,6 +100,9 @@ class UpstreamTransport:
             timer.cancel()
             loop.remove_reader(fd)
             sock.close()
+            # A failed future keeps its error, whose traceback keeps this frame, which kept the
+            # future: a cycle per timeout that would wait for ispd's rare garbage collections.
+            future = None  # type: ignore[assignment]
 
     async def _exchange_tcp(self, address: str, query: bytes, wait: float, exact_case: bool) -> bytes:
         qend = _question_end(query)
@@ -125,3 +129,4 @@ class UpstreamTransport:
         finally:
             if writer is not None:
                 writer.close()
+                forget_connection_error(reader)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
+import weakref
+from typing import Any
 
 import pytest
 
+from ispd.dns.resolver import UpstreamError
 from ispd.dns.upstream import UpstreamTransport
 from ispd.dns.wire import encode_query
 
@@ -51,3 +55,47 @@ async def test_queries_leave_from_the_configured_source_over_udp_and_tcp(tcp: bo
         udp.close()
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.parametrize("tcp", [False, True])
+async def test_a_failed_query_leaves_no_cycle_behind(tcp: bool, without_cycle_collection: None,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A timeout (UDP: a server that never answers) or a reset (TCP): the error went into a
+    future, or the reader, and its traceback kept the frame that held them - a cycle per failed
+    query, which ispd's rare garbage collections left for long (a dead server is asked often)."""
+    loop = asyncio.get_running_loop()
+    silent, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+    port = silent.get_extra_info("sockname")[1]
+
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(2)
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    server = await asyncio.start_server(reset, "127.0.0.1", port)
+    gone: list[weakref.ref[object]] = []  # the error, and over TCP the reader that kept the reset
+    open_connection = asyncio.open_connection
+
+    async def recording_open_connection(*args: Any, **kwargs: Any) -> tuple[asyncio.StreamReader, Any]:
+        reader, writer = await open_connection(*args, **kwargs)
+        gone.append(weakref.ref(reader))
+        return reader, writer
+
+    monkeypatch.setattr(asyncio, "open_connection", recording_open_connection)
+
+    async def ask() -> None:
+        query = encode_query(0x1234, b"\x07example\x04test\x00", 1, 1, rd=False)
+        try:
+            await UpstreamTransport(port=port).exchange("127.0.0.1", query, tcp=tcp, wait=0.2, exact_case=False)
+        except UpstreamError as exc:
+            gone.append(weakref.ref(exc))
+
+    try:
+        await ask()
+        await asyncio.sleep(0)  # (the loop's handle that resumed this task holds the future until the next step)
+    finally:
+        silent.close()
+        server.close()
+        await server.wait_closed()
+    assert len(gone) == (2 if tcp else 1)
+    assert [thing() for thing in gone] == [None] * len(gone)
