@@ -430,7 +430,11 @@ def _collect_garbage_rarely() -> None:
 
     # The caches and lease tables hold millions of long-lived objects; with CPython's default
     # thresholds (700, 10, 10) the collector ran so often that it cost a quarter of a DNS cache
-    # miss (dnsperf on the lab hierarchy: 4 200 → 5 400 misses/s). Cycles are still collected.
+    # miss (dnsperf on the lab hierarchy: 4 200 → 5 400 misses/s). Cycles are still collected,
+    # but late: a connection or a request must not end in one, or what it holds (buffers, TLS
+    # state) stays with it - 20-40 kB per connection, measured - until a full collection. Hence
+    # listeners.forget_connection_error and SMTPSession._session_over; tests check with the
+    # `without_cycle_collection` fixture.
     gc.set_threshold(100_000, 50, 100)
 
 
