@@ -257,3 +257,7 @@ async def serve_h2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
         for task in tasks:
             task.cancel()
         writer.close()
+        # h2 dispatches frames through a table of the connection's own bound methods: a cycle
+        # that ispd's rare garbage collections would free late, with the header tables and
+        # buffers of every connection since.
+        conn._frame_dispatch_table.clear()
