@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import struct
 import weakref
 from typing import Any
@@ -13,6 +12,7 @@ import pytest
 from ispd.dns.resolver import UpstreamError
 from ispd.dns.upstream import UpstreamTransport
 from ispd.dns.wire import encode_query
+from tests.dns.test_streams import reset
 
 
 def _reply_to(query: bytes) -> bytes:
@@ -67,12 +67,11 @@ async def test_a_failed_query_leaves_no_cycle_behind(tcp: bool, without_cycle_co
     silent, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
     port = silent.get_extra_info("sockname")[1]
 
-    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def reset_after_length(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readexactly(2)
-        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        writer.transport.abort()
+        reset(writer)
 
-    server = await asyncio.start_server(reset, "127.0.0.1", port)
+    server = await asyncio.start_server(reset_after_length, "127.0.0.1", port)
     gone: list[weakref.ref[object]] = []  # the error, and over TCP the reader that kept the reset
     open_connection = asyncio.open_connection
 
