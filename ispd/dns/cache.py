@@ -32,7 +32,26 @@ from enum import IntEnum
 from ispd.dns.wire import RR, RCode, RRType, is_subdomain
 
 NXDOMAIN_KEY = -1  # the "type" of a name's NXDOMAIN entry
-_ENTRY_OVERHEAD = 200  # bytes of Python objects around an entry's data, roughly
+# What an entry costs in Python objects beyond its data bytes, as tracemalloc counts it on
+# CPython 3.11 (tests/dns/test_cache.py holds the estimate to that): the entry object, its key
+# and its slot in the dict, the headers of its bytes and tuples, its numbers. An estimate that
+# leaves these out undercounts small entries, the common ones, by half or more, and the cache
+# would hold two or three times the memory the operator gave it.
+_RRSET_OVERHEAD = 390
+_NEGATIVE_OVERHEAD = 240
+_ANSWER_OVERHEAD = 530
+_BYTES_OVERHEAD = 41  # a bytes object's header, and its slot in a tuple
+_TUPLE_OVERHEAD = 48  # a tuple of the entry's beyond those counted in its overhead
+_RR_OVERHEAD = 140  # an RR object with its TTL and the headers of its name and rdata
+_TTL_OVERHEAD = 48  # per record of a cached answer: its TTL's offset and its TTL
+
+
+def _records_size(records: tuple[RR, ...]) -> int:
+    return _TUPLE_OVERHEAD + sum(len(rr.rdata) + len(rr.name) + _RR_OVERHEAD for rr in records) if records else 0
+
+
+def _rdatas_size(rdatas: tuple[bytes, ...]) -> int:
+    return sum(len(r) + _BYTES_OVERHEAD for r in rdatas)
 _TTL = struct.Struct("!I")
 
 
@@ -249,8 +268,8 @@ class RRsetCache(_BoundedCache):
         if isinstance(old, RRsetEntry) and old.expires_at > now and old.trust > trust:
             return None
         ttl = self.limits.clamp(ttl)
-        size = (_ENTRY_OVERHEAD + len(name) + sum(len(r) + 60 for r in rdatas) + sum(len(r) + 60 for r in sigs)
-                + sum(len(rr.rdata) + len(rr.name) + 60 for rr in proof))
+        size = (_RRSET_OVERHEAD + len(name) + _rdatas_size(rdatas)
+                + (_TUPLE_OVERHEAD + _rdatas_size(sigs) if sigs else 0) + _records_size(proof))
         entry = RRsetEntry(name, rtype, rdatas, trust, ttl, now + ttl, size, sigs=sigs, proof=proof, zone=zone)
         self._store(key, entry, old, now)
         if rtype != RRType.CNAME:  # positive data for the name ends an NXDOMAIN we held for it
@@ -266,8 +285,8 @@ class RRsetCache(_BoundedCache):
         ttl = self.limits.clamp_negative(soa.ttl if soa is not None else 5)
         key = (name, NXDOMAIN_KEY if kind == NegativeKind.NXDOMAIN else rtype)
         stored_soa = RR(soa.name, soa.rtype, soa.rclass, ttl, soa.rdata) if soa is not None else None
-        size = (_ENTRY_OVERHEAD + len(name) + (len(soa.rdata) + len(soa.name) if soa else 0)
-                + sum(len(rr.rdata) + len(rr.name) + 60 for rr in proof))
+        size = (_NEGATIVE_OVERHEAD + len(name) + (len(soa.rdata) + len(soa.name) + _RR_OVERHEAD if soa else 0)
+                + _records_size(proof))
         entry = NegativeEntry(name, kind, stored_soa, now + ttl, size, proof=proof, zone=zone)
         self._store(key, entry, self._entries.get(key), now)
         return entry
@@ -397,7 +416,8 @@ class AnswerCache(_BoundedCache):
         # RFC 8767 §4 / Unbound: refresh popular entries before they expire, in the last tenth.
         prefetch_at = now + lifetime * 0.9 if self.prefetch and lifetime >= 10 else now + lifetime + 1e9
         return CachedAnswer(rcode_flags, packed, with_opt, template, ttl_offsets, ttls, now,
-                            now + lifetime, prefetch_at, _ENTRY_OVERHEAD + len(key) + len(template) * 2)
+                            now + lifetime, prefetch_at,
+                            _ANSWER_OVERHEAD + len(key) + len(template) * 2 + _TTL_OVERHEAD * len(ttl_offsets))
 
     def store(self, key: bytes, rcode_flags: int, counts: tuple[int, int, int], template: bytes,
               ttl_offsets: tuple[int, ...], ttls: tuple[int, ...], now: float, *,

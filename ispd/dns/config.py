@@ -33,7 +33,8 @@ DomainName = Annotated[str, AfterValidator(_domain)]
 
 
 class CacheConfig(Section):
-    # Memory for cached answers and RRsets together (an estimate of what Python holds).
+    # Memory for cached answers and RRsets together: what their Python objects take, per entry
+    # (resident memory grows by about 1.3 times this once the cache is full).
     max_bytes: int = Field(default=128 * 1024 * 1024, ge=1024 * 1024)
     # TTLs are clamped to [min_ttl, max_ttl] when cached; negative answers to max_negative_ttl.
     min_ttl: int = Field(default=0, ge=0, le=86400)

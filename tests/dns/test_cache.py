@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import gc
+import os
 import random
 import struct
+import tracemalloc
+from collections.abc import Callable
 
 import pytest
 
@@ -282,6 +286,79 @@ def test_expired_entries_are_not_spared_by_their_hits() -> None:
     for i in range(500):
         c.put(N(f"n{i}.example."), RRType.A, 300, (A1,), Trust.ANSWER, NOW + 20)
     assert c.get_stale(N("short.example."), RRType.A, NOW + 5) is None  # evicted, hits or not
+
+
+def _fresh(value: int) -> int:
+    return int(str(value))  # an int object of its own, as a decoded TTL is
+
+
+def _fresh_name(i: int, extra: int = 0) -> bytes:
+    return N(f"n{i:06d}{'x' * extra}.example.test.")
+
+
+def _rrsets(rdatas: int, rdata_length: int, *, sigs: int = 0, proof: int = 0, extra: int = 0) -> Callable[[], int]:
+    def fill() -> int:
+        c = cache(max_bytes=1 << 40)
+        for i in range(_MEMORY_ENTRIES):
+            c.put(_fresh_name(i, extra), RRType.A, _fresh(300), tuple(os.urandom(rdata_length) for _ in range(rdatas)),
+                  Trust.ANSWER, NOW, sigs=tuple(os.urandom(100) for _ in range(sigs)),
+                  proof=tuple(RR(_fresh_name(i), RRType.NSEC, CLASS_IN, _fresh(300), os.urandom(40))
+                              for _ in range(proof)))
+        kept.append(c)
+        return c.size_bytes
+    return fill
+
+
+def _negatives(proof: int) -> Callable[[], int]:
+    def fill() -> int:
+        c = cache(max_bytes=1 << 40)
+        for i in range(_MEMORY_ENTRIES):
+            soa = RR(N("example.test."), RRType.SOA, CLASS_IN, _fresh(300), os.urandom(50))
+            c.put_negative(_fresh_name(i), RRType.A, NegativeKind.NXDOMAIN, soa, NOW,
+                           proof=tuple(RR(_fresh_name(i), RRType.NSEC, CLASS_IN, _fresh(300), os.urandom(40))
+                                       for _ in range(proof)))
+        kept.append(c)
+        return c.size_bytes
+    return fill
+
+
+def _answers(template_length: int, records: int) -> Callable[[], int]:
+    def fill() -> int:
+        c = AnswerCache(CacheLimits(max_bytes=1 << 40))
+        for i in range(_MEMORY_ENTRIES):
+            key = _fresh_name(i) + b"\x00\x01\x00\x01"
+            entry = c.store(key, FLAG_QR | FLAG_RA, (1, records, 0), os.urandom(template_length),
+                            tuple(range(records)), tuple(_fresh(300 + r) for r in range(records)), NOW)
+            entry.render(NOW + 5)  # the body a hit makes, kept with the entry
+        kept.append(c)
+        return c.size_bytes
+    return fill
+
+
+_MEMORY_ENTRIES = 3000
+kept: list[object] = []
+
+
+@pytest.mark.parametrize("fill", [
+    _rrsets(1, 4), _rrsets(4, 16), _rrsets(1, 200), _rrsets(1, 4, extra=40), _rrsets(1, 4, sigs=2),
+    _rrsets(1, 4, sigs=1, proof=2), _negatives(0), _negatives(4), _answers(16, 1), _answers(100, 4),
+    _answers(600, 10),
+], ids=["A", "4 AAAA", "TXT 200", "long name", "signed", "wildcard with proof", "NXDOMAIN",
+        "NXDOMAIN with proof", "answer of one record", "answer of four", "answer of ten"])
+def test_the_byte_estimate_is_what_python_allocates(fill: Callable[[], int]) -> None:
+    # cache.max_bytes is the operator's memory budget: entries counted at a fraction of their
+    # real cost would let the cache take several times that.
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        estimate = fill()
+        gc.collect()
+        allocated = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+        kept.clear()
+    assert 0.85 < allocated / estimate < 1.2, (allocated // _MEMORY_ENTRIES, estimate // _MEMORY_ENTRIES)
 
 
 # --- the answer cache ---------------------------------------------------------------------------------
