@@ -540,7 +540,9 @@ class Resolver:
                 # without addresses can only be found through the parent's referral again.
                 if ancestor == ROOT or any(self._addresses_of(n, now) or not is_subdomain(n, ancestor)
                                            for n in names):
-                    return ancestor, names, None
+                    # The cached name, not ``ancestor`` (a new slice per query): the zone is kept
+                    # in every RRset this query caches.
+                    return ns.name, names, None
             if ancestor == ROOT:
                 break
             ancestor = parent_name(ancestor)

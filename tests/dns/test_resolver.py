@@ -164,6 +164,16 @@ async def test_second_time_from_the_cache_without_queries(net: FakeNet, resolver
     assert second.answer[0].ttl == 3600 - 100  # the TTL left
 
 
+async def test_answers_from_one_zone_share_its_name(net: FakeNet, resolver: Resolver) -> None:
+    # Each cached RRset names its zone: one object for the zone, not a copy per name cached.
+    await ask(resolver, "www.example.test.")
+    await ask(resolver, "a.b.ent.example.test.")
+    www = resolver.cache.get(N("www.example.test."), RRType.A, resolver.clock())
+    deep = resolver.cache.get(N("a.b.ent.example.test."), RRType.A, resolver.clock())
+    assert www is not None and deep is not None
+    assert www.zone == N("example.test.") and deep.zone is www.zone
+
+
 async def test_expired_answer_asks_only_the_zone_whose_servers_are_cached(net: FakeNet, resolver: Resolver,
                                                                            clock: FakeClock) -> None:
     await ask(resolver, "www.example.test.")
