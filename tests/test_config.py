@@ -310,3 +310,10 @@ address_pool = "a"
     again = load_config_snapshot(tmp_path / "snapshot.json")
     assert [p.name for p in again.radius.address_pool] == [p.name for p in config.radius.address_pool] == ["a", "own"]
     assert again == config
+
+
+def test_radius_housekeeping_interval_has_a_default_and_bounds(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "")).radius.housekeeping_interval_seconds == 60
+    path = write(tmp_path, "[radius]\nhousekeeping_interval_seconds = 300\n")
+    assert error_of(path) == (f"{path}: radius.housekeeping_interval_seconds: "
+                              "Input should be less than or equal to 120 (got 300)")

@@ -292,6 +292,10 @@ class RadiusConfig(Section):
     # to coa_retry_limit exchanges; a NAK is the NAS's answer and is not retried.
     coa_retry_interval_seconds: float = Field(default=300.0, ge=10, le=86400)
     coa_retry_limit: int = Field(default=6, ge=0, le=100)
+    # Housekeeping runs this often: it closes stale sessions, renews the pool addresses of open
+    # sessions, sends those retries and checks quotas, so each of these lands up to this late.
+    # At most 120: an address hold (300 s at the least) is renewed once half of it is left.
+    housekeeping_interval_seconds: int = Field(default=60, ge=1, le=120)
     eap: EAPConfig = Field(default_factory=EAPConfig)
     # A UDP receive buffer that rides out bursts (the kernel default drops beyond ~250 requests).
     receive_buffer_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024)

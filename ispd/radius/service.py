@@ -106,7 +106,6 @@ if TYPE_CHECKING:
 
 log = get_logger("ispd.radius")
 
-STALE_SWEEP_SECONDS = 60.0
 QUOTA_CHECK_SECONDS = 10.0
 SWEEP_SECONDS = 1.0
 MAX_ENFORCING = 64  # Disconnects/CoAs under way past which _enforce_status waits for its next round
@@ -1009,7 +1008,7 @@ class RadiusService(Service):
     # --- housekeeping
 
     async def _sweep_periodically(self) -> None:
-        last_stale = time.monotonic()
+        last_round = time.monotonic()
         try:  # at once: a suspension made while ispd was down reaches the NAS now, not in a minute
             await self._enforce_status(self.context.clock())
             await self._check_quotas(self.context.clock())
@@ -1024,8 +1023,8 @@ class RadiusService(Service):
                     self.auth.conversations.expire(now)
                     if self.auth.tunnels is not None:
                         self.auth.tunnels.expire(now)
-                if time.monotonic() - last_stale >= STALE_SWEEP_SECONDS:
-                    last_stale = time.monotonic()
+                if time.monotonic() - last_round >= self.config.housekeeping_interval_seconds:
+                    last_round = time.monotonic()
                     await self._close_stale(now)
                     await self._renew_claims(now)
                     await self._enforce_status(now)
