@@ -1,0 +1,132 @@
+"""RadiusService over a real store, with a NAS that never answers: what housekeeping and stop()
+do while a Disconnect is still being retried. housekeeping_interval_seconds is shortened to 1, so
+a round comes within a second or two rather than a minute."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from ispd.config import Config
+from ispd.events import EventBus, SubscriberSuspended
+from ispd.radius.config import RadiusConfig
+from ispd.radius.service import RadiusService
+from ispd.service import ServiceContext
+from ispd.store import StoreConfig, open_store
+from ispd.store.base import Store
+from ispd.store.models import AccountingRecord, AccountingStatus, CoARecord, SubscriberStatus
+from tests.lab.fakenas import FakeNas
+
+NAS = "127.58.0.1"  # the NAS, and the address RADIUS listens on (Disconnects come from it)
+SECRET = "testing123"
+
+
+async def _healthy() -> tuple[bool, dict[str, object]]:
+    return True, {}
+
+
+async def _subscriber_with_a_session(store: Store) -> int:
+    await store.add_plan("home", actor="test")
+    alice = await store.add_subscriber("alice", actor="test", plan="home")
+    await store.record_accounting([AccountingRecord(
+        at=time.time(), status=AccountingStatus.START, nas_address=NAS, acct_session_id="a1", username="alice",
+        subscriber_id=alice.id, nas_client="bng")])
+    return alice.id
+
+
+def _radius_config(coa_port: int, **radius: Any) -> Config:
+    return Config(radius=RadiusConfig.model_validate({
+        "enabled": True, "listen_auth": [f"{NAS}:0"], "listen_acct": [f"{NAS}:0"],
+        "client": [{"name": "bng", "address": f"{NAS}/32", "secret": SECRET, "coa_port": coa_port}],
+        "housekeeping_interval_seconds": 1, **radius}))
+
+
+@asynccontextmanager
+async def _running(store: Store, bus: EventBus, config: Config) -> AsyncIterator[RadiusService]:
+    service = RadiusService(config, ServiceContext(store, bus, CollectorRegistry(), _healthy))
+    async with AsyncExitStack() as stack:
+        await service.start(stack)
+        yield service
+
+
+async def _until(condition: Callable[[], Awaitable[bool]], within: float) -> None:
+    for _ in range(int(within / 0.05)):
+        if await condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not within {within} s")
+
+
+async def _records(store: Store) -> list[CoARecord]:
+    return await store.list_coa(subscriber="alice")
+
+
+async def test_housekeeping_sends_no_second_disconnect_beside_the_suspensions_own(tmp_path: Path) -> None:
+    """From a review of the retries: housekeeping skipped only sessions its own requests were
+    out for, so the suspension's Disconnect, still being sent to a silent NAS, got a second one
+    beside it (another Identifier: a NAS that ACKs one NAKs the other)."""
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        alice = await _subscriber_with_a_session(store)
+        bus = EventBus()
+        with FakeNas(NAS, secret=SECRET.encode(), answer="silent") as nas:
+            # The suspension's Disconnect is under way for 3 s: a housekeeping round or two within.
+            async with _running(store, bus, _radius_config(nas.port, coa_timeout_seconds=1.0, coa_attempts=3)) \
+                    as service:
+                rounds: list[float] = []
+                enforce = service._enforce_status
+
+                async def counted(now: float) -> None:
+                    rounds.append(time.monotonic())
+                    await enforce(now)
+
+                service._enforce_status = counted  # type: ignore[method-assign]
+                await store.set_subscriber_status(alice, SubscriberStatus.SUSPENDED, actor="test")
+                suspended_at = time.monotonic()
+                bus.publish(SubscriberSuspended(time.time(), alice, "alice"))
+
+                async def recorded() -> bool:
+                    return bool(await _records(store))
+
+                await _until(recorded, within=8)
+                assert any(r > suspended_at for r in rounds), "no housekeeping round while it was under way"
+                assert [(r.kind, r.result, r.attempts) for r in await _records(store)] == [("disconnect", "timeout", 3)]
+                assert {(r.code, r.identifier) for r in nas.requests} == {(40, nas.requests[0].identifier)}
+                assert len(nas.requests) == 3  # its three sends, and no one else's
+            await bus.drain(5)
+    finally:
+        await store.close()
+
+
+async def test_stop_does_not_wait_for_enforcements_retries_to_a_silent_nas(tmp_path: Path) -> None:
+    """Housekeeping's Disconnects are not recorded until they end, so the next start sends them
+    again: stop() need not spend the shutdown grace on them (6 s here, 9 s by default)."""
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        alice = await _subscriber_with_a_session(store)
+        # Suspended while ispd was down: enforcement's first round, at start, sends the Disconnect.
+        await store.set_subscriber_status(alice, SubscriberStatus.SUSPENDED, actor="test")
+        with FakeNas(NAS, secret=SECRET.encode(), answer="silent") as nas:
+            config = _radius_config(nas.port, coa_timeout_seconds=2.0, coa_attempts=3)
+            async with _running(store, EventBus(), config) as service:
+                await asyncio.to_thread(nas.wait_for, 1, 5)
+                started = time.monotonic()
+                await service.stop()
+                assert time.monotonic() - started < 1.0
+            assert await _records(store) == []  # cut short: nothing recorded
+            nas.answer = "ack"
+            async with _running(store, EventBus(), config):
+                await asyncio.to_thread(nas.wait_for, 2, 5)  # so the next start sends it again
+
+                async def acknowledged() -> bool:
+                    return [r.result for r in await _records(store)] == ["ack"]
+
+                await _until(acknowledged, within=5)
+    finally:
+        await store.close()
