@@ -131,6 +131,8 @@ class EngineStats:
 class RateLimiter:
     """A token bucket per client address: ``rate`` per second with a burst of twice that."""
 
+    MAX_CLIENTS = 100_000
+
     def __init__(self, rate: int) -> None:
         self.rate = rate
         self.burst = 2 * rate
@@ -139,8 +141,8 @@ class RateLimiter:
     def allow(self, client: str, now: float) -> bool:
         bucket = self.buckets.get(client)
         if bucket is None:
-            if len(self.buckets) > 100_000:
-                self.buckets.clear()
+            if len(self.buckets) >= self.MAX_CLIENTS:
+                self._forget_idle(now)
             self.buckets[client] = [self.burst - 1, now]
             return True
         tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
@@ -150,6 +152,19 @@ class RateLimiter:
             return False
         bucket[0] = tokens - 1
         return True
+
+    def _forget_idle(self, now: float) -> None:
+        """Make room without letting a limited client start afresh, as clearing the table would
+        (a flood from many sources would do that on purpose): the buckets that have filled up
+        again go, as a new client's would be full; if that leaves more than half, the clients
+        heard from longest ago go too. The next sweep is then 50,000 new clients away at least."""
+        burst, rate = self.burst, self.rate
+        self.buckets = {client: bucket for client, bucket in self.buckets.items()
+                        if bucket[0] + (now - bucket[1]) * rate < burst}
+        excess = len(self.buckets) - self.MAX_CLIENTS // 2
+        if excess > 0:
+            for client in sorted(self.buckets, key=lambda c: self.buckets[c][1])[:excess]:
+                del self.buckets[client]
 
 
 LocalLookup = Callable[[bytes, int], ZoneAnswer | None]

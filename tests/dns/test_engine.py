@@ -11,7 +11,7 @@ import pytest
 
 from ispd.dns.cache import AnswerCache, CacheLimits, RRsetCache
 from ispd.dns.config import WalledGardenConfig
-from ispd.dns.engine import STALE_RECHECK_SECONDS, DNSEngine
+from ispd.dns.engine import STALE_RECHECK_SECONDS, DNSEngine, RateLimiter
 from ispd.dns.localdata import LocalData
 from ispd.dns.policy import Policy, compile_policy_zone
 from ispd.dns.resolver import Resolver
@@ -728,6 +728,20 @@ async def test_rate_limiting_drops_beyond_the_burst() -> None:
     assert env.fast(query("www.example.test.")) is not None
     assert await env.ask(query("www.example.test.")) is not None
     assert await env.ask(query("www.example.test.")) is None
+
+
+def test_a_flood_from_many_sources_does_not_give_a_limited_client_a_new_burst() -> None:
+    limiter = RateLimiter(2)  # burst of 4
+    for _ in range(4):
+        assert limiter.allow(CLIENT, 0.0)
+    assert not limiter.allow(CLIENT, 0.0)
+    for i in range(RateLimiter.MAX_CLIENTS + 10):  # one query each: more clients than the table holds
+        limiter.allow(f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}", 0.1 + i * 1e-6)
+        if i % 20_000 == 0:
+            limiter.allow(CLIENT, 0.1 + i * 1e-6)  # still asking, still limited
+    assert len(limiter.buckets) <= RateLimiter.MAX_CLIENTS
+    assert not limiter.allow(CLIENT, 0.3)
+    assert limiter.allow(CLIENT, 1.0)  # its tokens come back at its rate, no faster
 
 
 async def test_rate_limited_queries_over_a_connection_are_refused_not_dropped() -> None:
