@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import socket
+from collections import Counter
+from contextlib import AsyncExitStack
 from ipaddress import IPv4Address
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from ispd.config import Config
-from ispd.dhcp.codec import FLAG_BROADCAST, encode
+from ispd.dhcp.codec import FLAG_BROADCAST, HEADER_SIZE, MAGIC_COOKIE, DHCPPacket, decode, encode
+from ispd.dhcp.config import DHCPConfig
 from ispd.dhcp.engine import Destination, Reply
-from ispd.dhcp.options import DHCPMessageType
+from ispd.dhcp.options import DHCPMessageType, Option
 from ispd.dhcp.service import IP_PKTINFO, PKTINFO, DHCPService
 from ispd.events import EventBus
 from ispd.service import ServiceContext
+from ispd.store import StoreConfig, StoreMetrics, open_store
 from tests.dhcp.test_engine import SERVER, T0, config, message
 
 IFINDEX = 7
@@ -70,3 +77,64 @@ def test_the_destination_address_reaches_the_engine_so_a_broadcast_ciaddr_is_not
     [(outcome, *_)] = service._pending
     assert outcome.reply is not None and outcome.reply.packet.message_type is DHCPMessageType.ACK
     assert outcome.writes[0][0].pool == "relayed"
+
+
+async def test_exchanges_and_malformed_packets_leave_no_cycle_behind(tmp_path: Path,
+                                                                   without_cycle_collection: None) -> None:
+    """ispd collects reference cycles rarely (``supervisor._collect_garbage_rarely``): what a
+    packet left in one would stay long. Measured clean (no object in a cycle after 100 relayed
+    DISCOVER/REQUEST/RELEASE exchanges, 50 direct ones answered by broadcast and link layer, or 300
+    malformed datagrams); this keeps it so, through the real transport: a relay on loopback, the
+    socket, the engine and the store's writes."""
+    server_address, relay_address = "127.59.0.1", "127.59.0.2"  # (the relay's socket must not be the server's)
+    dhcp = DHCPConfig.model_validate({
+        "enabled": True, "interfaces": ["lo"], "port": 0,
+        "subnet": [{"network": "127.59.0.0/24", "pool": [{"name": "relayed", "range": "127.59.0.100 - 127.59.0.150"}]}]})
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"), StoreMetrics())
+    service = DHCPService(Config(dhcp=dhcp), ServiceContext(store, EventBus(), CollectorRegistry(), _healthy))
+    relay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    loop = asyncio.get_running_loop()
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(store.close)
+        stack.callback(relay.close)
+        await service.start(stack)
+        stack.push_async_callback(service.stop)
+        # Replies to a relay go to its address on the server's port (RFC 2131 §4.1).
+        relay.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        relay.bind((relay_address, service.server_port))
+        relay.setblocking(False)
+
+        async def ask(packet: DHCPPacket) -> DHCPPacket:
+            relay.sendto(encode(packet), (server_address, service.server_port))
+            return decode(await asyncio.wait_for(loop.sock_recv(relay, 4096), 2))
+
+        async def exchange(number: int) -> None:
+            mac = bytes.fromhex(f"02005e10{number:04x}")
+            offer = await ask(message(DHCPMessageType.DISCOVER, mac, xid=number, giaddr=relay_address))
+            server_id = offer.option(Option.SERVER_ID)
+            assert server_id is not None
+            ack = await ask(message(DHCPMessageType.REQUEST, mac, xid=number, giaddr=relay_address,
+                                    requested=str(offer.yiaddr), server_id=str(IPv4Address(server_id))))
+            assert ack.message_type is DHCPMessageType.ACK
+            valid = encode(message(DHCPMessageType.DISCOVER, mac, giaddr=relay_address))
+            options = HEADER_SIZE + len(MAGIC_COOKIE)
+            malformed = [b"", valid[:100], b"\x03" + valid[1:], valid[:HEADER_SIZE] + bytes(4) + valid[options:],
+                         valid[:options] + b"\x35\x05\x01", valid[:options] + b"\x34\x01\x09\xff",
+                         valid[:options] + b"\xff"]
+            malformed.append(encode(message(DHCPMessageType.RELEASE, mac, ciaddr=str(ack.yiaddr),
+                                            giaddr=relay_address, server_id=str(IPv4Address(server_id)))))
+            for datagram in malformed:  # (none is answered: a RELEASE has no reply)
+                relay.sendto(datagram, (server_address, service.server_port))
+            await asyncio.sleep(0.05)
+
+        await exchange(0)  # (what the first exchange sets up for good is not a leak)
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for number in range(1, 4):
+                await exchange(number)
+            assert gc.collect() == 0, Counter(type(thing).__name__ for thing in gc.garbage)
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+    assert sum(service.metrics.dropped.values.values()) == 4 * 7  # (the malformed ones did reach it)
