@@ -1,8 +1,16 @@
-"""Where Disconnect and CoA requests are sent from."""
+"""Disconnect and CoA requests: where they are sent from, what they leave behind."""
 
 from __future__ import annotations
 
+import gc
+import os
+import socket
+from collections import Counter
+
+import pytest
+
 from ispd.radius.coa import DynamicAuthorizationClient
+from ispd.radius.codec import Code
 
 
 def test_the_one_listening_address_that_reaches_the_nas_is_the_source() -> None:
@@ -13,3 +21,33 @@ def test_the_one_listening_address_that_reaches_the_nas_is_the_source() -> None:
     # Several that could: NASes on several networks, each with its own; the route decides.
     assert DynamicAuthorizationClient(1.0, 1, ("198.51.100.1", "203.0.113.1")).source_for("203.0.113.9") is None
     assert DynamicAuthorizationClient(1.0, 1, ()).source_for("203.0.113.9") is None
+
+
+@pytest.mark.parametrize("nas", ["closed port", "silent"])
+async def test_a_request_no_nas_answers_leaves_no_cycle_and_no_socket(nas: str, without_cycle_collection: None) -> None:
+    """A Disconnect or CoA to a NAS whose port is closed (ICMP port unreachable on each attempt)
+    or that never answers: ispd collects reference cycles rarely, and such requests repeat
+    (``coa_retry_interval_seconds``), so none may leave a cycle, or its socket open. Measured
+    clean; this keeps it so."""
+    listening = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listening.bind(("127.59.0.3", 0))
+    address, port = listening.getsockname()
+    if nas == "closed port":
+        listening.close()
+    client = DynamicAuthorizationClient(0.05, 2)
+    try:
+        await client.send(address, port, b"secret", Code.DISCONNECT_REQUEST, b"")  # (first-use setup is no leak)
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        descriptors = len(os.listdir("/proc/self/fd"))
+        try:
+            for code in (Code.DISCONNECT_REQUEST, Code.COA_REQUEST):
+                outcome = await client.send(address, port, b"secret", code, b"")
+                assert (outcome.result, outcome.attempts) == ("timeout", 2)
+            assert gc.collect() == 0, Counter(type(thing).__name__ for thing in gc.garbage)
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+        assert len(os.listdir("/proc/self/fd")) == descriptors
+    finally:
+        listening.close()
