@@ -61,6 +61,7 @@ from ispd.store.models import (
     SuspendedMail,
 )
 from ispd.store.validation import (
+    attributable_text,
     hostname_text,
     ipv4_text,
     mail_address,
@@ -555,6 +556,7 @@ def size_text(octets: int) -> str:
 WHO_COLUMNS = ("address", "source", "starts_at", "ends_at", "username", "subscriber_id", "hw_address", "client_id",
                "hostname", "circuit_id", "remote_id", "pool", "nas_address", "nas_identifier", "nas_port_id",
                "acct_session_id", "terminate_cause", "evidence")
+IPV6_ONLY = ("prefix", "prefix_kind")  # an IPv6 question's answer: the session's prefix that held it
 
 
 async def cmd_who(store: Store, args: argparse.Namespace) -> None:
@@ -564,15 +566,19 @@ async def cmd_who(store: Store, args: argparse.Namespace) -> None:
     until = args.at if args.at is not None else (args.until if args.until is not None else time.time())
     holdings = await store.who(args.address, since=since, until=until)
     span = f"at {when(since)}" if since == until else f"from {when(since)} to {when(until)}"
+    # An IPv4 answer keeps the columns and keys it always had; an IPv6 one adds the prefix.
+    ipv6 = ":" in args.address
+    columns = (*WHO_COLUMNS, *IPV6_ONLY) if ipv6 else WHO_COLUMNS
     if args.json:
-        print_json({"address": args.address, "since": since, "until": until, "holdings": holdings})
+        print_json({"address": args.address, "since": since, "until": until, "holdings": [
+            {k: v for k, v in _jsonable(h).items() if ipv6 or k not in IPV6_ONLY} for h in holdings]})
     elif args.csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(WHO_COLUMNS)
+        writer.writerow(columns)
         for h in holdings:
             evidence = " ".join(f"{e.table}#{e.id}:{e.event}" for e in h.evidence)
             writer.writerow([when(h.starts_at) if c == "starts_at" else when(h.ends_at) if c == "ends_at"
-                             else evidence if c == "evidence" else getattr(h, c) for c in WHO_COLUMNS])
+                             else evidence if c == "evidence" else getattr(h, c) for c in columns])
     elif not holdings:
         print(f"nobody held {args.address} {span} (no lease or session in the history kept)")
     else:
@@ -588,7 +594,8 @@ def render_holding(h: Holding) -> str:
         h.username or (f"#{h.subscriber_id}" if h.subscriber_id else "no subscriber (an unknown client)"))
     how = {"dhcp": "DHCP lease", "radius-pool": "RADIUS, from ispd's pool", "radius-session": "RADIUS session"}
     ends = "still open" if h.ends_at is None else f"until {when(h.ends_at)}"
-    lines = [f"  {who_}: {how.get(h.source, h.source)} from {when(h.starts_at)} {ends}"]
+    held_by = "" if h.prefix is None else f", {h.prefix_kind} prefix {h.prefix}"
+    lines = [f"  {who_}: {how.get(h.source, h.source)}{held_by} from {when(h.starts_at)} {ends}"]
     details = [("MAC" if h.source != "radius-session" else "Calling-Station-Id", h.hw_address),
                ("client-id", h.client_id), ("hostname", h.hostname), ("circuit-id", h.circuit_id),
                ("remote-id", h.remote_id), ("pool", h.pool), ("NAS", h.nas_address),
@@ -843,9 +850,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="which subscriber held an address at a time (or over a span), with the evidence",
         description="Which subscriber held ADDRESS at a moment (--at) or at any time in a span (--from, --to), "
                     "from the DHCP lease history and the RADIUS sessions, with the stored rows that show it. "
-                    "Times are ISO 8601 (without a zone: UTC), POSIX timestamps or 'now' (the default). "
+                    "An IPv6 address or prefix is held by the RADIUS sessions whose framed prefix "
+                    "(Framed-IPv6-Prefix, the subscriber's link) or delegated prefix (Delegated-IPv6-Prefix, "
+                    "its router's networks) overlaps it: contains the address, or contains or lies inside the "
+                    "prefix. Times are ISO 8601 (without a zone: UTC), POSIX timestamps or 'now' (the default). "
                     "Exits 1 when nobody held it.")
-    p.add_argument("address", type=checked_arg(ipv4_text))
+    p.add_argument("address", type=checked_arg(attributable_text),
+                   help="an IPv4 address, an IPv6 address or an IPv6 prefix (e.g. a /64 from an abuse report)")
     p.add_argument("--at", type=moment, metavar="TIME", help="one moment")
     p.add_argument("--from", dest="since", type=moment, metavar="TIME", help="start of a span (default: the oldest)")
     p.add_argument("--to", dest="until", type=moment, metavar="TIME", help="end of a span (default: now)")

@@ -436,7 +436,8 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
             lease = None
         return LeaseView(address=address, lease=lease, history=await store.lease_history(address, limit=limit))
 
-    @app.get("/v1/who/{address}", tags=["attribution"])
+    # ":path": an IPv6 prefix asked about (2001:db8:1:2::/64) has a slash in it.
+    @app.get("/v1/who/{address:path}", tags=["attribution"])
     async def who(address: str, at: datetime | None = None, since: datetime | None = None,
                   until: datetime | None = None) -> Attribution:
         if at is not None and (since is not None or until is not None):

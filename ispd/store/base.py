@@ -264,7 +264,9 @@ class Store(ABC):
     @abstractmethod
     async def who(self, address: str, *, since: float, until: float) -> list[Holding]:
         """Who held ``address`` at some time in [since, until] (since == until: at a moment),
-        from the lease history and the RADIUS sessions, with the rows that show it."""
+        from the lease history and the RADIUS sessions, with the rows that show it. An IPv6
+        address or prefix is held by the sessions whose framed or delegated prefix overlaps it
+        (``Holding.prefix`` and ``prefix_kind`` say which)."""
 
     @abstractmethod
     async def lease_history(self, address: str, *, limit: int = 50) -> list[LeaseHistoryEntry]:

@@ -237,7 +237,10 @@ class Holding:
     """Who held an address over a span of time, and how we know: a DHCP lease, an address a
     RADIUS session took from ispd's pools (``radius-pool``), or a session whose NAS reported the
     address (``radius-session``). ``ends_at`` is when the holding ended or ends (a lease's
-    expiry); None for a session still open."""
+    expiry); None for a session still open. For an IPv6 question ``address`` is the address or
+    prefix asked about, and ``prefix`` the session's prefix that held it: the one on the
+    subscriber's link (``prefix_kind`` framed: Framed-IPv6-Prefix) or the one delegated to its
+    router (delegated: Delegated-IPv6-Prefix)."""
 
     address: str
     source: str  # dhcp | radius-pool | radius-session
@@ -257,6 +260,8 @@ class Holding:
     acct_session_id: str | None = None
     terminate_cause: str | None = None
     evidence: tuple[Evidence, ...] = ()
+    prefix: str | None = None  # IPv6 only, in the compressed lower-case form
+    prefix_kind: str | None = None  # framed | delegated
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,6 +85,7 @@ from ispd.store.sqlite_radius import (
     usage_between,
 )
 from ispd.store.validation import (
+    attributable_text,
     hostname_text,
     ipv4_text,
     mail_address,
@@ -1208,7 +1209,7 @@ class SQLiteStore(Store):
         return await self._read("get_lease", run)
 
     async def who(self, address: str, *, since: float, until: float) -> list[Holding]:
-        canonical = _checked(ipv4_text, address)
+        canonical = _checked(attributable_text, address)
         if until < since:
             raise InvalidValue("the end of the span comes before its start")
         return await self._read("who", lambda conn: sqlite_attribution.who(conn, canonical, since, until))

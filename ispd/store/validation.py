@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from ipaddress import AddressValueError, IPv4Address
+from ipaddress import AddressValueError, IPv4Address, IPv6Address, IPv6Network, NetmaskValueError
 
 from ispd.dhcp.identifiers import normalize_key
 from ispd.store.models import ReservationKind
@@ -37,6 +37,27 @@ def ipv4_text(text: str) -> str:
         return str(IPv4Address(text.strip()))
     except (AddressValueError, ValueError):
         raise ValueError(f"{text!r} is not an IPv4 address (write it like 198.18.0.10)") from None
+
+
+def attributable_text(text: str) -> str:
+    """What ``who`` is asked about: an IPv4 address (as ``ipv4_text``), an IPv6 address
+    (``2001:db8:1:2::5``) or an IPv6 prefix (``2001:db8:1:2::/64``, as an abuse report gives
+    one), in the compressed lower-case form. A prefix's bits past its length are dropped (an
+    address with a length names the prefix it is in); a /128 is the address."""
+    stripped = text.strip()
+    if ":" not in stripped:
+        return ipv4_text(stripped)
+    wrong = ValueError(f"{text!r} is not an IPv4 or IPv6 address or an IPv6 prefix "
+                       "(write it like 198.18.0.10, 2001:db8:1:2::5 or 2001:db8:1:2::/64)")
+    if "%" in stripped:  # a zone index names a link of this host, not a subscriber's address
+        raise wrong
+    try:
+        if "/" not in stripped:
+            return str(IPv6Address(stripped))
+        prefix = IPv6Network(stripped, strict=False)
+    except (AddressValueError, NetmaskValueError, ValueError):
+        raise wrong from None
+    return str(prefix.network_address) if prefix.prefixlen == 128 else str(prefix)
 
 
 def reservable_address(text: str) -> str:

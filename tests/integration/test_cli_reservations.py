@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import csv
 import json
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -11,9 +13,11 @@ from pathlib import Path
 import pytest
 
 from ispd.config import load_config
+from ispd.radius.codec import Attr, Code, encode_attributes, encode_request
 from ispd.store import open_store
 from ispd.store.models import Lease, LeaseState
 from tests.lab import toml
+from tests.lab.ports import free_tcp_port, free_udp_port
 from tests.lab.process import ISPD, IspdProcess, base_config, eventually
 
 
@@ -266,9 +270,11 @@ def test_who_names_the_subscriber_of_each_moment_as_text_json_and_csv(config_pat
     assert "bob (#2): DHCP lease" in ok(config_path, "who", address)  # now, by default
     lines = ok(config_path, "who", address, "--from", iso(now - 7200), "--to", iso(now), "--csv").splitlines()
     assert lines[0].startswith("address,source,starts_at,ends_at,username")
+    assert lines[0].endswith(",terminate_cause,evidence")  # an IPv6 answer's prefix columns are not an IPv4 one's
     assert [line.split(",")[4] for line in lines[1:]] == ["alice", "bob"]
     data = json.loads(ok(config_path, "who", address, "--at", str(now - 100), "--json"))
     assert [h["username"] for h in data["holdings"]] == ["bob"] and data["holdings"][0]["evidence"]
+    assert "prefix" not in data["holdings"][0]
     bad = run(config_path, "who", address, "--at", "yesterday-ish")
     assert bad.returncode == 2 and "is not a time" in bad.stderr
     both = run(config_path, "who", address, "--at", "now", "--from", "now")
@@ -309,3 +315,64 @@ def test_usage_per_day_for_one_subscriber_and_totals_for_billing(config_path: Pa
     assert text.startswith("usage from 2026-11-01 to 2026-11-30, whole UTC days")  # what the rows are
     assert ok(config_path, "usage", "alice", "--month", "2026-10", "--csv").splitlines()[1:] == []
     assert run(config_path, "usage", "alice", "--month", "November").returncode == 2
+
+
+def test_who_names_the_session_whose_ipv6_prefix_held_an_address(tmp_path: Path) -> None:
+    """Real accounting (an Accounting-Request to the running daemon, from a NAS on loopback)
+    brings a session's Framed- and Delegated-IPv6-Prefix; ``who`` finds it by any address or
+    prefix inside them, with the prefix that matched and its kind, while the daemon runs."""
+    server, nas, secret = "127.60.0.1", "127.60.0.2", b"who-v6-secret"
+    acct = free_udp_port(server)
+    config = base_config(tmp_path, metrics={"listen": f"{server}:{free_tcp_port(server)}"}, radius={
+        "enabled": True, "listen_auth": [f"{server}:{free_udp_port(server)}"], "listen_acct": [f"{server}:{acct}"],
+        "client": [{"name": "bng", "address": f"{nas}/32", "secret": secret.decode()}]})
+
+    def account(identifier: int, status: int, *prefixes: tuple[int, bytes]) -> bytes | None:
+        attributes = encode_attributes([
+            (Attr.ACCT_STATUS_TYPE, status.to_bytes(4, "big")), (Attr.USER_NAME, b"alice"),
+            (Attr.ACCT_SESSION_ID, b"v6-1"), (Attr.NAS_IP_ADDRESS, socket.inet_aton(nas)),
+            (Attr.CALLING_STATION_ID, b"02:00:00:00:00:a6"), *prefixes])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((nas, 0))
+            sock.settimeout(5)
+            sock.sendto(encode_request(Code.ACCOUNTING_REQUEST, identifier, attributes, secret), (server, acct))
+            return sock.recv(4096)
+
+    with IspdProcess(tmp_path, config) as ispd:
+        ispd.start()
+        ispd.cli("subscriber", "add", "alice")
+        # RFC 3162 §2.3 layout: reserved, length, then the prefix's octets. The delegated one
+        # carries bits past its /48 (stored as sent), the framed one only the octets it needs.
+        delegated = bytes((0, 48)) + bytes.fromhex("20010db800010000ff00")
+        framed = bytes((0, 64)) + bytes.fromhex("20010db8ffff0001")
+        reply = account(1, 1, (Attr.FRAMED_IPV6_PREFIX, framed), (Attr.DELEGATED_IPV6_PREFIX, delegated))
+        assert reply is not None and reply[0] == Code.ACCOUNTING_RESPONSE
+        started = time.time()
+        path = ispd.config_path
+
+        text = ok(path, "who", "2001:db8:1:2::5", "--at", "now")
+        assert text.splitlines()[1].startswith(
+            "  alice (#1): RADIUS session, delegated prefix 2001:db8:1::/48 from "), text
+        assert text.splitlines()[1].endswith(" still open")
+        assert "Calling-Station-Id 02:00:00:00:00:a6, NAS 127.60.0.2, Acct-Session-Id v6-1" in text
+        assert "accounting_records #1" in text and "start" in text
+        # An abuse report's /64, written long-hand in upper case.
+        data = json.loads(ok(path, "who", "2001:0DB8:0001:0002::/64", "--json"))
+        assert data["address"] == "2001:db8:1:2::/64"
+        [holding] = data["holdings"]
+        assert (holding["username"], holding["prefix"], holding["prefix_kind"], holding["source"]) == (
+            "alice", "2001:db8:1::/48", "delegated", "radius-session")
+        rows = list(csv.reader(ok(path, "who", "2001:db8::/32", "--csv").splitlines()))
+        assert rows[0][-2:] == ["prefix", "prefix_kind"]
+        assert [(r[4], r[-2], r[-1]) for r in rows[1:]] == [("alice", "2001:db8:ffff:1::/64", "framed"),
+                                                            ("alice", "2001:db8:1::/48", "delegated")]
+
+        reply = account(2, 2)  # Stop
+        assert reply is not None and reply[0] == Code.ACCOUNTING_RESPONSE
+        stopped = time.time()
+        closed = ok(path, "who", "2001:db8:1:2::5", "--from", iso(started - 1), "--to", iso(stopped + 1))
+        assert closed.splitlines()[1].startswith("  alice (#1): RADIUS session, delegated prefix ") and \
+            " until " in closed.splitlines()[1]
+        after = run(path, "who", "2001:db8:1:2::5", "--at", "now")
+        assert after.returncode == 1 and "nobody held 2001:db8:1:2::5 at " in after.stdout
+    assert "Traceback" not in ispd.log_text()

@@ -1,5 +1,6 @@
 """Attribution from the history: who held an address at a moment, with known answers, an
-address that went from one subscriber to another, and a RADIUS session holding it later."""
+address that went from one subscriber to another, and a RADIUS session holding it later; and
+IPv6 addresses and prefixes, held by the sessions whose framed or delegated prefix overlaps them."""
 
 from __future__ import annotations
 
@@ -143,3 +144,119 @@ async def test_a_grant_the_client_declined_holds_the_address_only_until_the_decl
     assert held.ends_at is not None and held.ends_at <= T0 + 12000  # the decline's time (the store's clock)
     assert [e.event for e in held.evidence] == ["granted", "declined"]
     assert await history.who(address, since=T0 + 50000, until=T0 + 50000) == []
+
+
+# --- IPv6: the session's framed or delegated prefix holds the address -------------------------
+
+V6_START = T0 + 20000
+
+
+@pytest.fixture
+async def dual_stack(history: Store) -> Store:
+    """dave's session on bng2 from +20000 to +30000: its link's prefix written long-hand in
+    upper case, its delegated /48 with bits set past the length (both as a NAS or an importer may
+    write them); erin's session, still open from +25000, with only a delegated /56."""
+    await history.add_subscriber("dave", actor="t")
+    await history.add_subscriber("erin", actor="t")
+    dave = AccountingRecord(at=V6_START, status=AccountingStatus.START, nas_address="198.18.0.2",
+                            acct_session_id="d1", username="dave", subscriber_id=4, framed_ip="198.18.5.20",
+                            framed_ipv6_prefix="2001:0DB8:FFFF:0001:0000:0000:0000:0000/64",
+                            delegated_ipv6_prefix="2001:db8:1:0:ff::/48", calling_station_id="02:00:00:00:00:d1")
+    await history.record_accounting([dave])
+    await history.record_accounting([AccountingRecord(**{**_fields(dave), "at": V6_START + 10000,
+                                                         "status": AccountingStatus.STOP})])
+    await history.record_accounting([AccountingRecord(
+        at=V6_START + 5000, status=AccountingStatus.START, nas_address="198.18.0.2", acct_session_id="e1",
+        username="erin", subscriber_id=5, delegated_ipv6_prefix="2001:db8:2:100::/56")])
+    return history
+
+
+Held = tuple[str | None, str | None, str | None]  # username, prefix, prefix kind
+
+
+async def held_by(store: Store, question: str, since: float, until: float | None = None) -> list[Held]:
+    holdings = await store.who(question, since=since, until=since if until is None else until)
+    return [(h.username, h.prefix, h.prefix_kind) for h in holdings]
+
+
+async def test_an_ipv6_address_is_held_by_the_session_whose_prefix_contains_it(dual_stack: Store) -> None:
+    at = V6_START + 100
+    # Inside the delegated /48, read whatever form it was stored in; named in its canonical form.
+    assert await held_by(dual_stack, "2001:db8:1:2::5", at) == [("dave", "2001:db8:1::/48", "delegated")]
+    assert await held_by(dual_stack, "2001:db8:1:ffff:ffff:ffff:ffff:ffff", at) == [
+        ("dave", "2001:db8:1::/48", "delegated")]
+    # On the link: the framed /64 written long-hand in upper case.
+    assert await held_by(dual_stack, "2001:db8:ffff:1::9", at) == [("dave", "2001:db8:ffff:1::/64", "framed")]
+    for outside in ("2001:db8:0:ffff::1", "2001:db8:ffff:2::1", "2001:db8:2::1"):
+        assert await held_by(dual_stack, outside, at) == [], outside
+
+
+async def test_an_ipv6_question_is_read_in_any_form(dual_stack: Store) -> None:
+    at = V6_START + 100
+    [holding] = await dual_stack.who(" 2001:0DB8:0001:0002:0000:0000:0000:0005 ", since=at, until=at)
+    assert holding.address == "2001:db8:1:2::5" and holding.prefix == "2001:db8:1::/48"
+    assert holding.source == "radius-session" and holding.acct_session_id == "d1"
+    assert holding.hw_address == "02:00:00:00:00:d1" and holding.subscriber_id == 4
+    assert [e.event for e in holding.evidence] == ["session", "start", "stop"]
+
+
+async def test_an_ipv6_prefix_asked_about_overlaps_the_sessions_prefixes(dual_stack: Store) -> None:
+    at = V6_START + 6000  # dave's and erin's sessions both open
+    # An abuse report's /64 inside a delegated prefix; the bits past its length do not matter.
+    assert await held_by(dual_stack, "2001:db8:1:2::/64", at) == [("dave", "2001:db8:1::/48", "delegated")]
+    assert await held_by(dual_stack, "2001:db8:2:1ab::1/64", at) == [("erin", "2001:db8:2:100::/56", "delegated")]
+    # A prefix wider than the sessions': every prefix inside it, each a holding of its own.
+    assert await held_by(dual_stack, "2001:db8::/32", at) == [
+        ("dave", "2001:db8:ffff:1::/64", "framed"), ("dave", "2001:db8:1::/48", "delegated"),
+        ("erin", "2001:db8:2:100::/56", "delegated")]
+    assert await held_by(dual_stack, "2001:db8:3::/48", at) == []
+    # The same prefix, and a /128 as the address it is.
+    assert await held_by(dual_stack, "2001:db8:2:100::/56", at) == [("erin", "2001:db8:2:100::/56", "delegated")]
+    [one] = await dual_stack.who("2001:db8:2:100::1/128", since=at, until=at)
+    assert one.address == "2001:db8:2:100::1"
+
+
+async def test_an_ipv6_holding_lasts_as_long_as_the_session(dual_stack: Store) -> None:
+    address = "2001:db8:1:2::5"
+    assert await held_by(dual_stack, address, V6_START - 1) == []
+    assert [h[0] for h in await held_by(dual_stack, address, V6_START)] == ["dave"]
+    assert [h[0] for h in await held_by(dual_stack, address, V6_START + 10000)] == ["dave"]  # the stop's moment
+    assert await held_by(dual_stack, address, V6_START + 10001) == []
+    assert [h[0] for h in await held_by(dual_stack, address, T0, V6_START)] == ["dave"]  # a span touching it
+    assert await held_by(dual_stack, address, T0, V6_START - 1) == []
+    # erin's session is open: it holds its prefix until now, whatever moment is asked about.
+    assert [h[0] for h in await held_by(dual_stack, "2001:db8:2:1ff::1", V6_START + 10 ** 6)] == ["erin"]
+    assert await held_by(dual_stack, "2001:db8:2:1ff::1", V6_START + 4999) == []
+
+
+async def test_ipv6_questions_leave_ipv4_answers_alone(dual_stack: Store) -> None:
+    [v4] = await dual_stack.who("198.18.5.20", since=V6_START + 100, until=V6_START + 100)
+    assert v4.username == "dave" and v4.prefix is None and v4.prefix_kind is None
+    assert await names_at(dual_stack, T0 + 11000) == [("carol", "radius-session")]
+
+
+async def test_a_stored_prefix_that_is_not_one_answers_nothing(dual_stack: Store) -> None:
+    await dual_stack.record_accounting([AccountingRecord(
+        at=V6_START + 100, status=AccountingStatus.START, nas_address="198.18.0.2", acct_session_id="bad",
+        username="dave", framed_ipv6_prefix="not-a-prefix", delegated_ipv6_prefix="2001:db8:1::/129")])
+    assert await held_by(dual_stack, "2001:db8:1:2::5", V6_START + 200) == [("dave", "2001:db8:1::/48", "delegated")]
+
+
+@pytest.mark.parametrize("question", ["2001:db8::/129", "2001:db8::g", "fe80::1%eth0", "198.18.0.0/24", ":::"])
+async def test_bad_ipv6_questions_are_refused(history: Store, question: str) -> None:
+    with pytest.raises(InvalidValue, match="is not an IPv"):
+        await history.who(question, since=T0, until=T0)
+
+
+async def test_ipv6_sessions_are_read_by_time_from_their_own_index(tmp_path: Path, history: Store) -> None:
+    """Sessions are many: the span is narrowed in SQL, by the partial index on sessions with a prefix."""
+    import sqlite3
+
+    from ispd.store.sqlite_attribution import _IPV6_CANDIDATES
+
+    conn = sqlite3.connect(tmp_path / "a.db")
+    try:
+        plan = " ".join(str(row[3]) for row in conn.execute(f"EXPLAIN QUERY PLAN {_IPV6_CANDIDATES}", (T0, T0)))
+    finally:
+        conn.close()
+    assert "USING INDEX radius_sessions_ipv6" in plan, plan

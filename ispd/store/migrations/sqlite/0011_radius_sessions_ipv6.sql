@@ -1,0 +1,6 @@
+-- Sessions with an IPv6 prefix by start: ``who`` asked about an IPv6 address reads those of the
+-- span (containment is then decided in Python, see sqlite_attribution) instead of every session.
+-- Partial: an IPv4-only session costs nothing, and no column of it is one an interim or a Stop
+-- sets, so the accounting hot path never rewrites it.
+CREATE INDEX radius_sessions_ipv6 ON radius_sessions(started_at)
+    WHERE framed_ipv6_prefix IS NOT NULL OR delegated_ipv6_prefix IS NOT NULL;
