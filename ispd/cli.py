@@ -557,6 +557,7 @@ WHO_COLUMNS = ("address", "source", "starts_at", "ends_at", "username", "subscri
                "hostname", "circuit_id", "remote_id", "pool", "nas_address", "nas_identifier", "nas_port_id",
                "acct_session_id", "terminate_cause", "evidence")
 IPV6_ONLY = ("prefix", "prefix_kind")  # an IPv6 question's answer: the session's prefix that held it
+PREFIX_KINDS = {"framed": "framed prefix", "delegated": "delegated prefix", "framed-address": "framed address"}
 
 
 async def cmd_who(store: Store, args: argparse.Namespace) -> None:
@@ -594,7 +595,7 @@ def render_holding(h: Holding) -> str:
         h.username or (f"#{h.subscriber_id}" if h.subscriber_id else "no subscriber (an unknown client)"))
     how = {"dhcp": "DHCP lease", "radius-pool": "RADIUS, from ispd's pool", "radius-session": "RADIUS session"}
     ends = "still open" if h.ends_at is None else f"until {when(h.ends_at)}"
-    held_by = "" if h.prefix is None else f", {h.prefix_kind} prefix {h.prefix}"
+    held_by = "" if h.prefix is None else f", {PREFIX_KINDS.get(h.prefix_kind or '', h.prefix_kind)} {h.prefix}"
     lines = [f"  {who_}: {how.get(h.source, h.source)}{held_by} from {when(h.starts_at)} {ends}"]
     details = [("MAC" if h.source != "radius-session" else "Calling-Station-Id", h.hw_address),
                ("client-id", h.client_id), ("hostname", h.hostname), ("circuit-id", h.circuit_id),
@@ -853,7 +854,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "An IPv6 address or prefix is held by the RADIUS sessions whose framed prefix "
                     "(Framed-IPv6-Prefix, the subscriber's link) or delegated prefix (Delegated-IPv6-Prefix, "
                     "its router's networks) overlaps it: contains the address, or contains or lies inside the "
-                    "prefix. Times are ISO 8601 (without a zone: UTC), POSIX timestamps or 'now' (the default). "
+                    "prefix; or whose framed address (Framed-IPv6-Address) is it or lies inside it. "
+                    "Times are ISO 8601 (without a zone: UTC), POSIX timestamps or 'now' (the default). "
                     "Exits 1 when nobody held it.")
     p.add_argument("address", type=checked_arg(attributable_text),
                    help="an IPv4 address, an IPv6 address or an IPv6 prefix (e.g. a /64 from an abuse report)")

@@ -148,6 +148,7 @@ _ACCT_INPUT_PACKETS, _ACCT_OUTPUT_PACKETS = int(Attr.ACCT_INPUT_PACKETS), int(At
 _ACCT_SESSION_TIME, _NAS_IDENTIFIER = int(Attr.ACCT_SESSION_TIME), int(Attr.NAS_IDENTIFIER)
 _FRAMED_IP_ADDRESS, _FRAMED_IPV6_PREFIX = int(Attr.FRAMED_IP_ADDRESS), int(Attr.FRAMED_IPV6_PREFIX)
 _DELEGATED_IPV6_PREFIX, _CALLING_STATION_ID = int(Attr.DELEGATED_IPV6_PREFIX), int(Attr.CALLING_STATION_ID)
+_FRAMED_IPV6_ADDRESS = int(Attr.FRAMED_IPV6_ADDRESS)
 _CALLED_STATION_ID, _NAS_PORT_ID = int(Attr.CALLED_STATION_ID), int(Attr.NAS_PORT_ID)
 _FRAMED_MTU = int(Attr.FRAMED_MTU)
 _STATUS_TYPES = {1: AccountingStatus.START, 2: AccountingStatus.STOP, 3: AccountingStatus.INTERIM_UPDATE,
@@ -923,6 +924,13 @@ def _prefix_text(value: bytes | None) -> str | None:
     return f"{address}/{value[1]}"
 
 
+def _ipv6_address_text(value: bytes | None) -> str | None:
+    """Framed-IPv6-Address (RFC 6911 §3.1): 16 octets; the unspecified address is none."""
+    if value is None or len(value) != 16 or not any(value):
+        return None
+    return str(IPv6Address(value))
+
+
 def reported_address(packet: Packet) -> str | None:
     """Who the NAS says it is (NAS-IP-Address, NAS-IPv6-Address), if it says."""
     v4 = packet.first.get(_NAS_IP_ADDRESS)
@@ -1011,18 +1019,20 @@ class AccountingEngine:
         framed_ip = _address_text(first.get(_FRAMED_IP_ADDRESS))
         v6_prefix = first.get(_FRAMED_IPV6_PREFIX)
         delegated = first.get(_DELEGATED_IPV6_PREFIX)
+        v6_address = _ipv6_address_text(first.get(_FRAMED_IPV6_ADDRESS))
         # The store fills in what an open session lacks only when this view says it may: the
         # common interim brings nothing new, and the statement it would cost is saved.
         known = self.sessions.by_key.get((address, acct_session_id)) if acct_session_id is not None else None
         fill_in = known is None or (
             (subscriber_id is not None and known.subscriber_id is None)
             or (framed_ip is not None and known.framed_ip is None)
-            or known.interim_interval is None or v6_prefix is not None or delegated is not None)
+            or known.interim_interval is None or v6_prefix is not None or delegated is not None
+            or (v6_address is not None and known.framed_ipv6_address is None))
         delay = _u32(first, _ACCT_DELAY_TIME) or 0
         return AccountingRecord(
             received_at - min(delay, 86400 * 7), status, address, acct_session_id, login, subscriber_id,
             _text(first, _NAS_IDENTIFIER), nas.name, framed_ip, _prefix_text(v6_prefix), _prefix_text(delegated),
-            _text(first, _CALLING_STATION_ID), _text(first, _CALLED_STATION_ID), _text(first, _NAS_PORT_ID),
+            v6_address, _text(first, _CALLING_STATION_ID), _text(first, _CALLED_STATION_ID), _text(first, _NAS_PORT_ID),
             _octets(first, _ACCT_INPUT_OCTETS, _ACCT_INPUT_GIGAWORDS),
             _octets(first, _ACCT_OUTPUT_OCTETS, _ACCT_OUTPUT_GIGAWORDS),
             _u32(first, _ACCT_INPUT_PACKETS), _u32(first, _ACCT_OUTPUT_PACKETS), _u32(first, _ACCT_SESSION_TIME),

@@ -239,8 +239,9 @@ class Holding:
     address (``radius-session``). ``ends_at`` is when the holding ended or ends (a lease's
     expiry); None for a session still open. For an IPv6 question ``address`` is the address or
     prefix asked about, and ``prefix`` the session's prefix that held it: the one on the
-    subscriber's link (``prefix_kind`` framed: Framed-IPv6-Prefix) or the one delegated to its
-    router (delegated: Delegated-IPv6-Prefix)."""
+    subscriber's link (``prefix_kind`` framed: Framed-IPv6-Prefix), the one delegated to its
+    router (delegated: Delegated-IPv6-Prefix), or the one address its NAS gave it on the link
+    (framed-address: Framed-IPv6-Address)."""
 
     address: str
     source: str  # dhcp | radius-pool | radius-session
@@ -261,7 +262,7 @@ class Holding:
     terminate_cause: str | None = None
     evidence: tuple[Evidence, ...] = ()
     prefix: str | None = None  # IPv6 only, in the compressed lower-case form
-    prefix_kind: str | None = None  # framed | delegated
+    prefix_kind: str | None = None  # framed | delegated | framed-address (Framed-IPv6-Address: no length)
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +282,7 @@ class RadiusSession:
     framed_ip: str | None = None
     framed_ipv6_prefix: str | None = None
     delegated_ipv6_prefix: str | None = None
+    framed_ipv6_address: str | None = None  # RFC 6911: the subscriber's address on the link (DHCPv6 IA_NA)
     calling_station_id: str | None = None
     called_station_id: str | None = None
     nas_port_id: str | None = None
@@ -325,6 +327,7 @@ class AccountingRecord:
     framed_ip: str | None = None
     framed_ipv6_prefix: str | None = None
     delegated_ipv6_prefix: str | None = None
+    framed_ipv6_address: str | None = None
     calling_station_id: str | None = None
     called_station_id: str | None = None
     nas_port_id: str | None = None

@@ -11,7 +11,8 @@ Both are listed when both exist; agreeing rows from two sources are the stronges
 An IPv6 address or prefix is held by the sessions whose Framed-IPv6-Prefix (the subscriber's
 link) or Delegated-IPv6-Prefix (its router's networks) overlaps it: contains the address, or
 contains or lies inside the prefix asked about (an abuse report's /64 inside a delegated /56; a
-/48 asked about that holds several subscribers' /56s). ispd's pools hand out no IPv6, so there
+/48 asked about that holds several subscribers' /56s); and by those whose Framed-IPv6-Address
+is the address, or lies inside the prefix. ispd's pools hand out no IPv6, so there
 is no lease history to read. Containment is not a question SQL answers on prefix texts, and the
 texts are as the NAS or an importer wrote them (compressed or not, either case, bits set past the
 length), so SQL narrows the sessions to those with a prefix that overlap the span and each text
@@ -92,8 +93,8 @@ def _session_holdings(conn: sqlite3.Connection, address: str, since: float, unti
 # The span's sessions with an IPv6 prefix, by the partial index radius_sessions_ipv6 (the OR term
 # must be written as the index's WHERE is for SQLite to use it).
 _IPV6_CANDIDATES = (
-    "SELECT id, framed_ipv6_prefix, delegated_ipv6_prefix FROM radius_sessions"
-    " WHERE (framed_ipv6_prefix IS NOT NULL OR delegated_ipv6_prefix IS NOT NULL)"
+    "SELECT id, framed_ipv6_prefix, delegated_ipv6_prefix, framed_ipv6_address FROM radius_sessions"
+    " WHERE (framed_ipv6_prefix IS NOT NULL OR delegated_ipv6_prefix IS NOT NULL OR framed_ipv6_address IS NOT NULL)"
     " AND started_at <= ? AND (stopped_at IS NULL OR stopped_at >= ?)")
 
 
@@ -116,11 +117,12 @@ def _ipv6_session_holdings(conn: sqlite3.Connection, question: str, since: float
         shift = 128 - min(length, asked_length)  # aligned prefixes overlap iff the shorter holds the longer
         return canonical if bits >> shift == asked_bits >> shift else None
 
-    # A session whose two prefixes both overlap (a wide prefix asked about) holds it twice over:
-    # one holding each, so that each says which prefix it was.
+    # A session whose prefixes both overlap (a wide prefix asked about) holds it twice over: one
+    # holding each, so that each says which prefix it was. (An address is a prefix of 128 bits.)
     matched: dict[int, list[tuple[str, str]]] = {}
-    for session_id, framed, delegated in conn.execute(_IPV6_CANDIDATES, (until, since)):
-        for prefix, kind in ((overlapping(framed), "framed"), (overlapping(delegated), "delegated")):
+    for session_id, framed, delegated, address in conn.execute(_IPV6_CANDIDATES, (until, since)):
+        for prefix, kind in ((overlapping(framed), "framed"), (overlapping(delegated), "delegated"),
+                             (overlapping(address), "framed-address")):
             if prefix is not None:
                 matched.setdefault(session_id, []).append((prefix, kind))
     ids, rows = list(matched), []
@@ -144,13 +146,15 @@ def _ipv6_session_holdings(conn: sqlite3.Connection, question: str, since: float
 
 
 def _read_prefix(text: str) -> tuple[int, int, str] | None:
-    """A stored IPv6 prefix as (network bits, length, compressed lower-case text), whatever form
-    it was written in; None for a text that is not one (it answers nothing)."""
+    """A stored IPv6 prefix or address as (network bits, length, compressed lower-case text; an
+    address's without a length), whatever form it was written in; None for a text that is not
+    one (it answers nothing)."""
     try:
         prefix = IPv6Network(text.strip(), strict=False)
     except ValueError:
         return None
-    return int(prefix.network_address), prefix.prefixlen, str(prefix)
+    canonical = str(prefix.network_address) if prefix.prefixlen == 128 else str(prefix)
+    return int(prefix.network_address), prefix.prefixlen, canonical
 
 
 def _accounting_evidence(conn: sqlite3.Connection, session: sqlite3.Row) -> list[Evidence]:

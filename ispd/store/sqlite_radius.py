@@ -78,7 +78,7 @@ _HISTORY_INSERT = (
 # Columns in RadiusSession's field order after id (see _open_session).
 _SESSION_INSERT = (
     f"INSERT INTO radius_sessions ({SESSION_COLUMNS.removeprefix('id, ')})"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+    f" VALUES ({', '.join('?' * (len(fields(RadiusSession)) - 1))})")
 # The open session's counters rise to the record's (never fall: MAX), and the usage triggers count
 # the growth; one statement does the common case (an interim or stop for an open session). It
 # sets no indexed column but stopped_at: SQLite rewrites the index entries of every column a SET
@@ -100,11 +100,12 @@ _SESSION_ADVANCE = (
 _SESSION_FILL_IN = (
     "UPDATE radius_sessions SET subscriber_id = COALESCE(subscriber_id, ?1), framed_ip = COALESCE(framed_ip, ?2),"
     " framed_ipv6_prefix = COALESCE(framed_ipv6_prefix, ?3),"
-    " delegated_ipv6_prefix = COALESCE(delegated_ipv6_prefix, ?4), interim_interval = COALESCE(interim_interval, ?5)"
+    " delegated_ipv6_prefix = COALESCE(delegated_ipv6_prefix, ?4), interim_interval = COALESCE(interim_interval, ?5),"
+    " framed_ipv6_address = COALESCE(framed_ipv6_address, ?8)"
     " WHERE id = (SELECT MAX(id) FROM radius_sessions WHERE nas_address = ?6 AND acct_session_id = ?7)"
     " AND ((subscriber_id IS NULL AND ?1 IS NOT NULL) OR (framed_ip IS NULL AND ?2 IS NOT NULL)"
     " OR (framed_ipv6_prefix IS NULL AND ?3 IS NOT NULL) OR (delegated_ipv6_prefix IS NULL AND ?4 IS NOT NULL)"
-    " OR (interim_interval IS NULL AND ?5 IS NOT NULL))")
+    " OR (interim_interval IS NULL AND ?5 IS NOT NULL) OR (framed_ipv6_address IS NULL AND ?8 IS NOT NULL))")
 _SESSION_LATEST = ("SELECT id, nas_address, acct_session_id, username, started_at, updated_at, stopped_at,"
                    " terminate_cause FROM radius_sessions"
                    " WHERE nas_address = ? AND acct_session_id = ? ORDER BY id DESC LIMIT 1")
@@ -127,8 +128,9 @@ def _open_session(conn: sqlite3.Connection, record: AccountingRecord, *, stopped
         record.nas_address, record.acct_session_id or "", record.username or "",
         record.at - (record.session_time_seconds or 0), record.at, record.subscriber_id, record.nas_identifier,
         record.nas_client, record.framed_ip, record.framed_ipv6_prefix, record.delegated_ipv6_prefix,
-        record.calling_station_id, record.called_station_id, record.nas_port_id, record.at if stopped else None,
-        record.terminate_cause if stopped else None, record.interim_interval, record.input_octets or 0,
+        record.framed_ipv6_address, record.calling_station_id, record.called_station_id, record.nas_port_id,
+        record.at if stopped else None, record.terminate_cause if stopped else None, record.interim_interval,
+        record.input_octets or 0,
         record.output_octets or 0, record.input_packets or 0, record.output_packets or 0,
         record.session_time_seconds or 0)
     cursor = conn.execute(_SESSION_INSERT, values)
@@ -139,11 +141,11 @@ def _advance(conn: sqlite3.Connection, record: AccountingRecord, *, stop: bool) 
     """Whether an open session took the record."""
     if record.fill_in and (record.subscriber_id is not None or record.framed_ip is not None
                            or record.framed_ipv6_prefix is not None or record.delegated_ipv6_prefix is not None
-                           or record.interim_interval is not None):
+                           or record.framed_ipv6_address is not None or record.interim_interval is not None):
         # First: the usage triggers must see the subscriber of the growth the advance brings.
         conn.execute(_SESSION_FILL_IN, (record.subscriber_id, record.framed_ip, record.framed_ipv6_prefix,
                                         record.delegated_ipv6_prefix, record.interim_interval, record.nas_address,
-                                        record.acct_session_id))
+                                        record.acct_session_id, record.framed_ipv6_address))
     cursor = conn.execute(_SESSION_ADVANCE, (
         record.input_octets, record.output_octets, record.input_packets, record.output_packets,
         record.session_time_seconds, record.at, stop, record.terminate_cause, record.nas_address,

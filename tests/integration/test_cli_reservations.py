@@ -319,8 +319,9 @@ def test_usage_per_day_for_one_subscriber_and_totals_for_billing(config_path: Pa
 
 def test_who_names_the_session_whose_ipv6_prefix_held_an_address(tmp_path: Path) -> None:
     """Real accounting (an Accounting-Request to the running daemon, from a NAS on loopback)
-    brings a session's Framed- and Delegated-IPv6-Prefix; ``who`` finds it by any address or
-    prefix inside them, with the prefix that matched and its kind, while the daemon runs."""
+    brings a session's Framed- and Delegated-IPv6-Prefix and Framed-IPv6-Address; ``who`` finds
+    it by any address or prefix inside them, with the prefix that matched and its kind, while the
+    daemon runs."""
     server, nas, secret = "127.60.0.1", "127.60.0.2", b"who-v6-secret"
     acct = free_udp_port(server)
     config = base_config(tmp_path, metrics={"listen": f"{server}:{free_tcp_port(server)}"}, radius={
@@ -339,13 +340,16 @@ def test_who_names_the_session_whose_ipv6_prefix_held_an_address(tmp_path: Path)
             return sock.recv(4096)
 
     with IspdProcess(tmp_path, config) as ispd:
+        ispd.write_config()
+        ispd.cli("subscriber", "add", "alice")  # before the start: known to the accounting at once
         ispd.start()
-        ispd.cli("subscriber", "add", "alice")
         # RFC 3162 §2.3 layout: reserved, length, then the prefix's octets. The delegated one
         # carries bits past its /48 (stored as sent), the framed one only the octets it needs.
         delegated = bytes((0, 48)) + bytes.fromhex("20010db800010000ff00")
         framed = bytes((0, 64)) + bytes.fromhex("20010db8ffff0001")
-        reply = account(1, 1, (Attr.FRAMED_IPV6_PREFIX, framed), (Attr.DELEGATED_IPV6_PREFIX, delegated))
+        address = bytes.fromhex("20010db8ffff000100000000000000a6")  # the router's, on the link (IA_NA)
+        reply = account(1, 1, (Attr.FRAMED_IPV6_PREFIX, framed), (Attr.DELEGATED_IPV6_PREFIX, delegated),
+                        (Attr.FRAMED_IPV6_ADDRESS, address))
         assert reply is not None and reply[0] == Code.ACCOUNTING_RESPONSE
         started = time.time()
         path = ispd.config_path
@@ -365,7 +369,8 @@ def test_who_names_the_session_whose_ipv6_prefix_held_an_address(tmp_path: Path)
         rows = list(csv.reader(ok(path, "who", "2001:db8::/32", "--csv").splitlines()))
         assert rows[0][-2:] == ["prefix", "prefix_kind"]
         assert [(r[4], r[-2], r[-1]) for r in rows[1:]] == [("alice", "2001:db8:ffff:1::/64", "framed"),
-                                                            ("alice", "2001:db8:1::/48", "delegated")]
+                                                            ("alice", "2001:db8:1::/48", "delegated"),
+                                                            ("alice", "2001:db8:ffff:1::a6", "framed-address")]
 
         reply = account(2, 2)  # Stop
         assert reply is not None and reply[0] == Code.ACCOUNTING_RESPONSE

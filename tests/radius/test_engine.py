@@ -837,6 +837,32 @@ def test_accounting_record_reads_counters_delay_and_class() -> None:
     assert record.packet == packet.raw
 
 
+def test_accounting_record_reads_the_ipv6_prefixes_and_address() -> None:
+    world = World()
+    engine = AccountingEngine(world.directory, world.sessions, DICTIONARY, 300)
+    address = bytes.fromhex("20010db8ffff00010000000000000a06")
+    interim = [(Attr.ACCT_STATUS_TYPE, u32(3)), (Attr.USER_NAME, b"alice"), (Attr.ACCT_SESSION_ID, b"s6"),
+               (Attr.FRAMED_IPV6_PREFIX, bytes((0, 64)) + address[:8]),
+               (Attr.DELEGATED_IPV6_PREFIX, bytes((0, 56)) + bytes.fromhex("20010db80001ab")),
+               (Attr.FRAMED_IPV6_ADDRESS, address)]
+    record = engine.record(accounting(interim), nas(), "127.0.0.1", NOW)
+    assert record is not None and record.fill_in
+    assert (record.framed_ipv6_prefix, record.delegated_ipv6_prefix, record.framed_ipv6_address) == (
+        "2001:db8:ffff:1::/64", "2001:db8:1:ab00::/56", "2001:db8:ffff:1::a06")
+    # RFC 6911 §3.1 wants 16 octets; none, or the unspecified address, is no address.
+    for wrong in (address[:15], bytes(16)):
+        odd = engine.record(accounting([*interim[:-1], (Attr.FRAMED_IPV6_ADDRESS, wrong)]), nas(), "127.0.0.1", NOW)
+        assert odd is not None and odd.framed_ipv6_address is None
+    # Known to the open session already: nothing for the store to fill in on its account.
+    world.sessions.put(RadiusSession(6, "127.0.0.1", "s6", "alice", NOW, NOW, subscriber_id=1, interim_interval=300,
+                                     framed_ipv6_address="2001:db8:ffff:1::a06"))
+    known = engine.record(accounting([interim[i] for i in (0, 1, 2, 5)]), nas(), "127.0.0.1", NOW)
+    assert known is not None and known.framed_ipv6_address == "2001:db8:ffff:1::a06" and not known.fill_in
+    world.sessions.put(RadiusSession(6, "127.0.0.1", "s6", "alice", NOW, NOW, subscriber_id=1, interim_interval=300))
+    late = engine.record(accounting([interim[i] for i in (0, 1, 2, 5)]), nas(), "127.0.0.1", NOW)
+    assert late is not None and late.fill_in
+
+
 def test_a_class_naming_no_subscriber_is_not_believed() -> None:
     """ispd:N of a deleted subscriber (or another server's) names nobody: its accounting is not
     attributed to N, which is nobody's now; the login may still name someone."""

@@ -242,6 +242,26 @@ async def test_a_stored_prefix_that_is_not_one_answers_nothing(dual_stack: Store
     assert await held_by(dual_stack, "2001:db8:1:2::5", V6_START + 200) == [("dave", "2001:db8:1::/48", "delegated")]
 
 
+async def test_a_framed_ipv6_address_holds_itself_kept_from_the_start_or_learnt_later(dual_stack: Store) -> None:
+    """Framed-IPv6-Address (RFC 6911), an IA_NA on the link with no prefix reported: kept on the
+    session from the Start, or from the first interim that brings it when the Start did not."""
+    start = AccountingRecord(at=V6_START, status=AccountingStatus.START, nas_address="198.18.0.3",
+                             acct_session_id="f1", username="frank", framed_ipv6_address="2001:DB8:AAAA::0001")
+    await dual_stack.record_accounting([start, AccountingRecord(
+        at=V6_START, status=AccountingStatus.START, nas_address="198.18.0.3", acct_session_id="g1", username="gina")])
+    await dual_stack.record_accounting([AccountingRecord(
+        at=V6_START + 300, status=AccountingStatus.INTERIM_UPDATE, nas_address="198.18.0.3", acct_session_id="g1",
+        username="gina", framed_ipv6_address="2001:db8:aaaa::2")])
+    at = V6_START + 600
+    assert await held_by(dual_stack, "2001:db8:aaaa::1", at) == [("frank", "2001:db8:aaaa::1", "framed-address")]
+    assert await held_by(dual_stack, "2001:db8:aaaa::2", at) == [("gina", "2001:db8:aaaa::2", "framed-address")]
+    assert await held_by(dual_stack, "2001:db8:aaaa::3", at) == []
+    assert [h[0] for h in await held_by(dual_stack, "2001:db8:aaaa::/64", at)] == ["frank", "gina"]
+    sessions = await dual_stack.list_sessions(nas_address="198.18.0.3")
+    assert {s.acct_session_id: s.framed_ipv6_address for s in sessions} == {
+        "f1": "2001:DB8:AAAA::0001", "g1": "2001:db8:aaaa::2"}  # kept as reported
+
+
 @pytest.mark.parametrize("question", ["2001:db8::/129", "2001:db8::g", "fe80::1%eth0", "198.18.0.0/24", ":::"])
 async def test_bad_ipv6_questions_are_refused(history: Store, question: str) -> None:
     with pytest.raises(InvalidValue, match="is not an IPv"):
