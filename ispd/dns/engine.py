@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import struct
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
@@ -142,29 +143,28 @@ class RateLimiter:
         bucket = self.buckets.get(client)
         if bucket is None:
             if len(self.buckets) >= self.MAX_CLIENTS:
-                self._forget_idle(now)
+                self._forget_oldest()
             self.buckets[client] = [self.burst - 1, now]
             return True
         tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
         bucket[1] = now
         if tokens < 1:
             bucket[0] = tokens
+            # To the back of the table, where making room reaches last (``_forget_oldest``).
+            del self.buckets[client]
+            self.buckets[client] = bucket
             return False
         bucket[0] = tokens - 1
         return True
 
-    def _forget_idle(self, now: float) -> None:
+    def _forget_oldest(self) -> None:
         """Make room without letting a limited client start afresh, as clearing the table would
-        (a flood from many sources would do that on purpose): the buckets that have filled up
-        again go, as a new client's would be full; if that leaves more than half, the clients
-        heard from longest ago go too. The next sweep is then 50,000 new clients away at least."""
-        burst, rate = self.burst, self.rate
-        self.buckets = {client: bucket for client, bucket in self.buckets.items()
-                        if bucket[0] + (now - bucket[1]) * rate < burst}
-        excess = len(self.buckets) - self.MAX_CLIENTS // 2
-        if excess > 0:
-            for client in sorted(self.buckets, key=lambda c: self.buckets[c][1])[:excess]:
-                del self.buckets[client]
+        (a flood from many sources would do that on purpose): the front half of the table goes,
+        the clients first heard from longest ago and not limited since (``allow`` moves a limited
+        one to the back). A client that goes gets a full bucket when it comes back: one burst
+        at most, per 50,000 new clients."""
+        for client in list(itertools.islice(self.buckets, len(self.buckets) - self.MAX_CLIENTS // 2)):
+            del self.buckets[client]
 
 
 LocalLookup = Callable[[bytes, int], ZoneAnswer | None]
