@@ -52,7 +52,7 @@ from ispd.store.models import (
     SuspendedMail,
     Usage,
 )
-from ispd.store.validation import mail_address
+from ispd.store.validation import attributable_text, mail_address
 
 # --- request bodies
 
@@ -446,8 +446,13 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
         start = _seconds(at) if at is not None else (_seconds(since) if since is not None else (
             0.0 if until is not None else now))
         end = _seconds(at) if at is not None else (_seconds(until) if until is not None else now)
-        return Attribution(address=address, since=start, until=end,
-                           holdings=await store.who(address, since=start, until=end))
+        # A trailing slash, which the path converter now keeps, was redirected away before.
+        try:
+            canonical = attributable_text(address.removesuffix("/"))
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        return Attribution(address=canonical, since=start, until=end,
+                           holdings=await store.who(canonical, since=start, until=end))
 
     @app.get("/v1/usage", tags=["usage"])
     async def usage(since: datetime, until: datetime, subscriber: str | None = None) -> list[DailyUsage]:

@@ -45,15 +45,22 @@ def attributable_text(text: str) -> str:
     one), in the compressed lower-case form. A prefix's bits past its length are dropped (an
     address with a length names the prefix it is in); a /128 is the address."""
     stripped = text.strip()
-    if ":" not in stripped:
-        return ipv4_text(stripped)
     wrong = ValueError(f"{text!r} is not an IPv4 or IPv6 address or an IPv6 prefix "
                        "(write it like 198.18.0.10, 2001:db8:1:2::5 or 2001:db8:1:2::/64)")
+    if ":" not in stripped:
+        if "/" in stripped:  # leases and sessions hold addresses: there is no range to search
+            raise ValueError(f"{text!r}: give one IPv4 address, not a prefix (write it like 198.18.0.10)")
+        try:
+            return ipv4_text(stripped)
+        except ValueError:
+            raise wrong from None
     if "%" in stripped:  # a zone index names a link of this host, not a subscriber's address
         raise wrong
     try:
         if "/" not in stripped:
-            return str(IPv6Address(stripped))
+            address = IPv6Address(stripped)
+            # An IPv4 client as a dual-stack server logs it (::ffff:198.18.0.10) is that IPv4 address.
+            return str(address.ipv4_mapped or address)
         prefix = IPv6Network(stripped, strict=False)
     except (AddressValueError, NetmaskValueError, ValueError):
         raise wrong from None

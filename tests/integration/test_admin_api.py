@@ -173,6 +173,13 @@ def test_who_and_usage_answer_from_the_history(api: Api) -> None:
     assert status == 200 and body["holdings"] == [] and body["since"] == body["until"] == 1793714400.0
     status, body = api.call("GET", "/v1/usage?since=2026-11-01&until=2026-11-30")
     assert status == 200 and body == []
+    # An IPv6 prefix has a slash in it; the answer names the question in its canonical form.
+    status, body = api.call("GET", "/v1/who/2001:DB8:1:2:0::/64")
+    assert status == 200 and body["address"] == "2001:db8:1:2::/64" and body["holdings"] == []
+    status, body = api.call("GET", "/v1/who/198.18.0.7/")  # a trailing slash, as before the prefixes
+    assert status == 200 and body["address"] == "198.18.0.7"
+    status, body = api.call("GET", "/v1/who/2001:db8::/129")
+    assert status == 400 and "is not an IPv4 or IPv6 address" in body["detail"]
 
 
 def test_dns_endpoints_say_when_the_resolver_is_not_running(api: Api) -> None:

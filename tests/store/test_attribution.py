@@ -262,10 +262,21 @@ async def test_a_framed_ipv6_address_holds_itself_kept_from_the_start_or_learnt_
         "f1": "2001:DB8:AAAA::0001", "g1": "2001:db8:aaaa::2"}  # kept as reported
 
 
-@pytest.mark.parametrize("question", ["2001:db8::/129", "2001:db8::g", "fe80::1%eth0", "198.18.0.0/24", ":::"])
+@pytest.mark.parametrize("question", ["2001:db8::/129", "2001:db8::g", "fe80::1%eth0", ":::", "nonsense"])
 async def test_bad_ipv6_questions_are_refused(history: Store, question: str) -> None:
-    with pytest.raises(InvalidValue, match="is not an IPv"):
+    with pytest.raises(InvalidValue, match="is not an IPv4 or IPv6 address or an IPv6 prefix"):
         await history.who(question, since=T0, until=T0)
+
+
+async def test_an_ipv4_prefix_is_refused_with_what_to_give_instead(history: Store) -> None:
+    with pytest.raises(InvalidValue, match="give one IPv4 address, not a prefix"):
+        await history.who("198.18.0.0/24", since=T0, until=T0)
+
+
+async def test_an_ipv4_mapped_ipv6_address_is_its_ipv4_address(history: Store) -> None:
+    """As a dual-stack server logs an IPv4 client: from a review, it was answered "nobody held"."""
+    [held] = await history.who(f"::ffff:{ADDRESS}", since=T0 + 100, until=T0 + 100)
+    assert (held.username, held.address) == ("alice", ADDRESS)
 
 
 async def test_ipv6_sessions_are_read_by_time_from_their_own_index(tmp_path: Path, history: Store) -> None:
