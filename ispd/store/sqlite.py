@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ispd.logs import get_logger
-from ispd.store import sqlite_addresses, sqlite_attribution, sqlite_mail, sqlite_radius
+from ispd.store import ipv6_networks, sqlite_addresses, sqlite_attribution, sqlite_mail, sqlite_radius
 from ispd.store.base import Store, SubscriberRef
 from ispd.store.config import StoreConfig
 from ispd.store.errors import Conflict, InvalidValue, NotFound, SchemaTooNew, StoreError, StoreUnavailable
@@ -183,6 +183,9 @@ def migrate(conn: sqlite3.Connection, migrations: list[Migration], target: int |
     # command would otherwise queue behind a busy daemon.
     if schema_version(conn) == target == migrations[-1].version:
         return applied
+    # A migration that derives a column SQL cannot compute (0012: IPv6 texts as integers) calls
+    # ispd's own function; any connection that migrates has it.
+    conn.create_function("ispd_ipv6_network", 2, ipv6_networks.network_part, deterministic=True)
     while True:
         conn.execute("BEGIN IMMEDIATE")
         try:

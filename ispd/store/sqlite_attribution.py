@@ -13,24 +13,24 @@ link) or Delegated-IPv6-Prefix (its router's networks) overlaps it: contains the
 contains or lies inside the prefix asked about (an abuse report's /64 inside a delegated /56; a
 /48 asked about that holds several subscribers' /56s); and by those whose Framed-IPv6-Address
 is the address, or lies inside the prefix. ispd's pools hand out no IPv6, so there
-is no lease history to read. Containment is not a question SQL answers on prefix texts, and the
-texts are as the NAS or an importer wrote them (compressed or not, either case, bits set past the
-length), so SQL narrows the sessions to those with a prefix that overlap the span and each text
-is read once with the ipaddress module and compared as integers.
+is no lease history to read. Containment is not a question SQL answers on prefix texts (as the NAS
+or an importer wrote them: compressed or not, either case, bits set past the length), so each is
+also kept as its network in integers (``ipv6_networks``), and the question is a few index ranges
+on those: its cost grows with the sessions that hold the address, not with all that are kept.
 """
 
 from __future__ import annotations
 
 import math
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from ipaddress import IPv6Network
 
+from ispd.store.ipv6_networks import network_text, overlap_ranges
 from ispd.store.models import Evidence, Holding
 
 _NOT_HOLDING = ("declined",)  # a client that declined an address never held it
 _SESSION_EVIDENCE_LIMIT = 20  # accounting records named per session; the rest are counted
-_IDS_PER_SELECT = 500  # well under SQLite's limit on bound parameters
 
 
 def who(conn: sqlite3.Connection, address: str, since: float, until: float) -> list[Holding]:
@@ -90,71 +90,60 @@ def _session_holdings(conn: sqlite3.Connection, address: str, since: float, unti
     return holdings
 
 
-# The span's sessions with an IPv6 prefix, by the partial index radius_sessions_ipv6 (the OR term
-# must be written as the index's WHERE is for SQLite to use it).
-_IPV6_CANDIDATES = (
-    "SELECT id, framed_ipv6_prefix, delegated_ipv6_prefix, framed_ipv6_address FROM radius_sessions"
-    " WHERE (framed_ipv6_prefix IS NOT NULL OR delegated_ipv6_prefix IS NOT NULL OR framed_ipv6_address IS NOT NULL)"
-    " AND started_at <= ? AND (stopped_at IS NULL OR stopped_at >= ?)")
+# The sessions whose IPv6 networks overlap the question, by one seek in the index
+# radius_session_ipv6_network per stored length (see ipv6_networks), then those of the span, each
+# read by its id. CROSS JOIN keeps that order: the few ranges outside, the index inside.
+_BY_HIGH = ("high(length, hi_min, hi_max) AS (VALUES {ranges})",
+            "SELECT n.* FROM high CROSS JOIN radius_session_ipv6 n"
+            " ON n.length = high.length AND n.net_hi BETWEEN high.hi_min AND high.hi_max")
+_BY_LOW = ("low(length, hi, lo_min, lo_max) AS (VALUES {ranges})",
+           "SELECT n.* FROM low CROSS JOIN radius_session_ipv6 n"
+           " ON n.length = low.length AND n.net_hi = low.hi AND n.net_lo BETWEEN low.lo_min AND low.lo_max")
+_IPV6_OVERLAPPING = (
+    "WITH {ranges} SELECT s.*, m.kind AS network_kind, m.length AS network_length, m.net_hi, m.net_lo"
+    " FROM ({matching}) AS m CROSS JOIN radius_sessions s ON s.id = m.session_id"
+    " WHERE s.started_at <= ? AND (s.stopped_at IS NULL OR s.stopped_at >= ?)")
+_KIND_ORDER = {"framed": 0, "delegated": 1, "framed-address": 2}
+
+
+def ipv6_overlapping_query(question: IPv6Network, since: float, until: float) -> tuple[str, list[float]]:
+    """The statement and parameters that select the span's sessions holding ``question``."""
+    high_ranges, low_ranges = overlap_ranges(question)
+    tables, selects, parameters = [], [], []
+    by_either: list[tuple[tuple[str, str], Sequence[tuple[int, ...]]]] = [
+        (_BY_HIGH, high_ranges), (_BY_LOW, low_ranges)]
+    for (table, select), ranges in by_either:
+        if ranges:  # (a question shorter than /64 shares 64 bits with no network: no low ranges)
+            row = f"({', '.join('?' * len(ranges[0]))})"
+            tables.append(table.format(ranges=", ".join([row] * len(ranges))))
+            selects.append(select)
+            parameters += [value for one in ranges for value in one]
+    sql = _IPV6_OVERLAPPING.format(ranges=", ".join(tables), matching=" UNION ALL ".join(selects))
+    return sql, [*parameters, until, since]
 
 
 def _ipv6_session_holdings(conn: sqlite3.Connection, question: str, since: float,
                            until: float) -> list[Holding]:
-    asked = IPv6Network(question)
-    asked_bits, asked_length = int(asked.network_address), asked.prefixlen
-    read: dict[str, tuple[int, int, str] | None] = {}  # stored text -> as _read_prefix; the same few recur
-
-    def overlapping(text: str | None) -> str | None:
-        """The canonical text of a stored prefix that overlaps the question."""
-        if text is None:
-            return None
-        if text not in read:
-            read[text] = _read_prefix(text)
-        prefix = read[text]
-        if prefix is None:
-            return None
-        bits, length, canonical = prefix
-        shift = 128 - min(length, asked_length)  # aligned prefixes overlap iff the shorter holds the longer
-        return canonical if bits >> shift == asked_bits >> shift else None
-
     # A session whose prefixes both overlap (a wide prefix asked about) holds it twice over: one
     # holding each, so that each says which prefix it was. (An address is a prefix of 128 bits.)
-    matched: dict[int, list[tuple[str, str]]] = {}
-    for session_id, framed, delegated, address in conn.execute(_IPV6_CANDIDATES, (until, since)):
-        for prefix, kind in ((overlapping(framed), "framed"), (overlapping(delegated), "delegated"),
-                             (overlapping(address), "framed-address")):
-            if prefix is not None:
-                matched.setdefault(session_id, []).append((prefix, kind))
-    ids, rows = list(matched), []
-    for first in range(0, len(ids), _IDS_PER_SELECT):
-        chosen = ids[first:first + _IDS_PER_SELECT]
-        rows += conn.execute(f"SELECT * FROM radius_sessions WHERE id IN ({', '.join('?' * len(chosen))})",
-                             chosen).fetchall()
-    rows.sort(key=lambda r: (r["started_at"], r["id"]))
+    sql, parameters = ipv6_overlapping_query(IPv6Network(question), since, until)
+    rows = sorted(conn.execute(sql, parameters),
+                  key=lambda r: (r["started_at"], r["id"], _KIND_ORDER[r["network_kind"]]))
     holdings = []
-    for row in rows:
-        evidence = [Evidence("radius_sessions", row["id"], row["started_at"], "session")]
-        evidence += _accounting_evidence(conn, row)
-        for prefix, kind in matched[row["id"]]:
-            holdings.append(Holding(
-                address=question, source="radius-session", starts_at=row["started_at"], ends_at=row["stopped_at"],
-                subscriber_id=row["subscriber_id"], username=row["username"], hw_address=row["calling_station_id"],
-                nas_address=row["nas_address"], nas_identifier=row["nas_identifier"],
-                nas_port_id=row["nas_port_id"], acct_session_id=row["acct_session_id"],
-                terminate_cause=row["terminate_cause"], evidence=tuple(evidence), prefix=prefix, prefix_kind=kind))
+    evidence: tuple[Evidence, ...] = ()
+    for index, row in enumerate(rows):
+        if index == 0 or rows[index - 1]["id"] != row["id"]:
+            evidence = (Evidence("radius_sessions", row["id"], row["started_at"], "session"),
+                        *_accounting_evidence(conn, row))
+        holdings.append(Holding(
+            address=question, source="radius-session", starts_at=row["started_at"], ends_at=row["stopped_at"],
+            subscriber_id=row["subscriber_id"], username=row["username"], hw_address=row["calling_station_id"],
+            nas_address=row["nas_address"], nas_identifier=row["nas_identifier"],
+            nas_port_id=row["nas_port_id"], acct_session_id=row["acct_session_id"],
+            terminate_cause=row["terminate_cause"], evidence=evidence,
+            prefix=network_text(row["network_length"], row["net_hi"], row["net_lo"]),
+            prefix_kind=row["network_kind"]))
     return holdings
-
-
-def _read_prefix(text: str) -> tuple[int, int, str] | None:
-    """A stored IPv6 prefix or address as (network bits, length, compressed lower-case text; an
-    address's without a length), whatever form it was written in; None for a text that is not
-    one (it answers nothing)."""
-    try:
-        prefix = IPv6Network(text.strip(), strict=False)
-    except ValueError:
-        return None
-    canonical = str(prefix.network_address) if prefix.prefixlen == 128 else str(prefix)
-    return int(prefix.network_address), prefix.prefixlen, canonical
 
 
 def _accounting_evidence(conn: sqlite3.Connection, session: sqlite3.Row) -> list[Evidence]:

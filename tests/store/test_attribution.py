@@ -278,16 +278,3 @@ async def test_an_ipv4_mapped_ipv6_address_is_its_ipv4_address(history: Store) -
     [held] = await history.who(f"::ffff:{ADDRESS}", since=T0 + 100, until=T0 + 100)
     assert (held.username, held.address) == ("alice", ADDRESS)
 
-
-async def test_ipv6_sessions_are_read_by_time_from_their_own_index(tmp_path: Path, history: Store) -> None:
-    """Sessions are many: the span is narrowed in SQL, by the partial index on sessions with a prefix."""
-    import sqlite3
-
-    from ispd.store.sqlite_attribution import _IPV6_CANDIDATES
-
-    conn = sqlite3.connect(tmp_path / "a.db")
-    try:
-        plan = " ".join(str(row[3]) for row in conn.execute(f"EXPLAIN QUERY PLAN {_IPV6_CANDIDATES}", (T0, T0)))
-    finally:
-        conn.close()
-    assert "USING INDEX radius_sessions_ipv6" in plan, plan

@@ -99,3 +99,46 @@ async def test_ids_of_subscribers_deleted_before_the_upgrade_are_not_given_again
     raw = connect(path, 5)
     with pytest.raises(sqlite3.IntegrityError, match="never reused"):  # whoever inserts
         raw.execute("INSERT INTO subscribers (username, created_at, updated_at) VALUES ('raw', 1, 1)")
+
+
+async def test_sessions_kept_before_the_ipv6_index_are_indexed_by_the_upgrade(tmp_path: Path) -> None:
+    """A store from before migration 12: its sessions' IPv6 texts, in whatever form the NAS or an
+    importer wrote them, are read into networks by the migration, and ``who`` finds them."""
+    path = tmp_path / "old.db"
+    conn = connect(path, 5)
+    migrate(conn, MIGRATIONS, target=11)
+    sessions = [  # framed prefix, delegated prefix, framed address
+        ("2001:0DB8:FFFF:0001:0000:0000:0000:0000/64", "2001:db8:1:0:ff::/48", None),
+        (None, " 2001:db8:2:100::/56 ", "2001:DB8:FFFF:2::0009"),
+        ("not-a-prefix", "198.18.0.0/24", "2001:db8::/129"),  # answer nothing, as before
+        (None, None, None),  # IPv4 only
+        ("::/0", None, "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")]
+    conn.executemany(
+        "INSERT INTO radius_sessions (nas_address, acct_session_id, username, started_at, updated_at,"
+        " framed_ipv6_prefix, delegated_ipv6_prefix, framed_ipv6_address) VALUES ('198.18.0.1', ?, 'u', 1, 1, ?, ?, ?)",
+        [(f"s{i}", *texts) for i, texts in enumerate(sessions, 1)])
+    conn.commit()
+    conn.close()
+    store = await open_store(StoreConfig(path=path))
+    try:
+        async def held(question: str) -> list[tuple[str | None, str | None, str | None]]:
+            return [(h.acct_session_id, h.prefix, h.prefix_kind) for h in await store.who(question, since=1, until=1)]
+
+        assert await held("2001:db8:1:2::5") == [("s1", "2001:db8:1::/48", "delegated"), ("s5", "::/0", "framed")]
+        assert await held("2001:db8:ffff::/48") == [
+            ("s1", "2001:db8:ffff:1::/64", "framed"), ("s2", "2001:db8:ffff:2::9", "framed-address"),
+            ("s5", "::/0", "framed")]
+        assert await held("2001:db8:2:1ff::/64") == [("s2", "2001:db8:2:100::/56", "delegated"),
+                                                     ("s5", "::/0", "framed")]
+        assert await held("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff") == [
+            ("s5", "::/0", "framed"), ("s5", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "framed-address")]
+    finally:
+        await store.close()
+    raw = connect(path, 5)
+    try:
+        assert [(r[0], r[1], r[2]) for r in raw.execute(
+            "SELECT session_id, kind, length FROM radius_session_ipv6 ORDER BY session_id, kind")] == [
+            (1, "delegated", 48), (1, "framed", 64), (2, "delegated", 56), (2, "framed-address", 128),
+            (5, "framed", 0), (5, "framed-address", 128)]
+    finally:
+        raw.close()
