@@ -12,8 +12,13 @@ A stored network of length L overlaps a question of length Q iff both agree on t
 m = min(L, Q) bits: its bits lie in [the question's bits masked to m, those | the host mask of m].
 For each L that is one index range on (length, net_hi, net_lo): below 64 common bits a range of
 net_hi, and from 64 one net_hi and a range of net_lo. For L <= Q the range holds one aligned
-network (the one containing the question); for L > Q exactly the networks inside it. 129 such
-seeks (L = 0..128) read the matching rows and no other.
+network (the one containing the question); for L > Q exactly the networks inside it. One seek
+per length from SHORTEST to 128 reads the matching rows and no other.
+
+A network shorter than SHORTEST holds nothing for ``who``: a /32 is a whole ISP's allocation (the
+least a registry gives), so a subscriber's prefix is never shorter, and one a NAS got wrong
+(::/0 is two zero octets away) would otherwise name its session for every address asked about.
+It is kept and indexed all the same (as the NAS sent it), only not matched.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from functools import lru_cache
 from ipaddress import IPv6Network
 from socket import AF_INET6, inet_pton
 
+SHORTEST = 32
 _OFFSET = 1 << 63
 _LOW_64 = (1 << 64) - 1
 _ALL_128 = (1 << 128) - 1
@@ -72,12 +78,12 @@ def network_text(length: int, net_hi: int, net_lo: int) -> str:
 
 
 def overlap_ranges(question: IPv6Network) -> tuple[list[HighRange], list[LowRange]]:
-    """For each stored length 0..128, where the networks that overlap ``question`` (contain it,
-    are it, or lie inside it) lie: below 64 common bits a range of net_hi (the host mask takes
-    all of net_lo), at 64 or more one net_hi and a range of net_lo."""
+    """For each stored length SHORTEST..128, where the networks that overlap ``question``
+    (contain it, are it, or lie inside it) lie: below 64 common bits a range of net_hi (the host
+    mask takes all of net_lo), at 64 or more one net_hi and a range of net_lo."""
     bits, asked = int(question.network_address), question.prefixlen
     high_ranges, low_ranges = [], []
-    for length in range(129):
+    for length in range(SHORTEST, 129):
         common = min(length, asked)
         host = _ALL_128 >> common
         lowest = bits & ~host & _ALL_128

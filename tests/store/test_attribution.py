@@ -278,3 +278,14 @@ async def test_an_ipv4_mapped_ipv6_address_is_its_ipv4_address(history: Store) -
     [held] = await history.who(f"::ffff:{ADDRESS}", since=T0 + 100, until=T0 + 100)
     assert (held.username, held.address) == ("alice", ADDRESS)
 
+
+
+async def test_a_prefix_shorter_than_an_isps_allocation_names_nobody(dual_stack: Store) -> None:
+    """From a review: a NAS that sends ::/0 (two zero octets) would have its session named as
+    the holder of every IPv6 address; no subscriber's prefix is shorter than a /32."""
+    at = V6_START + 600
+    await dual_stack.record_accounting([AccountingRecord(
+        at=at - 1, status=AccountingStatus.START, nas_address="198.18.0.9", acct_session_id="z1", username="zed",
+        framed_ipv6_prefix="::/0", delegated_ipv6_prefix="2a00::/31", framed_ipv6_address="2a00:1::1")])
+    assert await held_by(dual_stack, "2a00:1::1", at) == [("zed", "2a00:1::1", "framed-address")]
+    assert await held_by(dual_stack, "2a00:1::2", at) == []

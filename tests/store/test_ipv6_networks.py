@@ -13,7 +13,7 @@ import pytest
 
 from ispd.store import Store, open_store
 from ispd.store.config import StoreConfig
-from ispd.store.ipv6_networks import network_text, stored_network
+from ispd.store.ipv6_networks import SHORTEST, network_text, stored_network
 from ispd.store.models import AccountingRecord, AccountingStatus
 from ispd.store.sqlite import connect, migrate, sqlite_migrations
 from ispd.store.sqlite_attribution import ipv6_overlapping_query, who
@@ -107,7 +107,8 @@ def test_every_stored_length_answers_every_question_length(every_length: Path) -
                     question = _network(base, length, sibling)
                     sql, parameters = ipv6_overlapping_query(question, T0, T0)
                     found = sorted(row["id"] for row in conn.execute(sql, parameters))
-                    assert found == sorted(i for i, n in stored.items() if n.overlaps(question)), question
+                    assert found == sorted(i for i, n in stored.items()
+                                           if n.overlaps(question) and n.prefixlen >= SHORTEST), question
     finally:
         conn.close()
 
@@ -116,11 +117,12 @@ def test_the_answer_names_the_stored_network_and_kind(every_length: Path) -> Non
     conn = connect(every_length, 5)
     try:
         holdings = who(conn, "8000::/1", T0, T0)
-        # Every 8000:: network of length 1..128 (and its siblings from 2 on), and the one /0.
+        # Every 8000:: network of length 32..128 (and its siblings); none shorter (SHORTEST).
         assert {(h.prefix, h.prefix_kind) for h in holdings} >= {
-            ("::/0", "framed"), ("8000::/1", "delegated"), ("8000::/64", "framed"), ("8000::", "framed-address"),
-            ("8000::1", "framed-address"), ("c000::/2", "framed")}
+            ("8000::/32", "framed"), ("8000::/33", "delegated"), ("8000::/64", "framed"),
+            ("8000::", "framed-address"), ("8000::1", "framed-address"), ("8000:1::/32", "framed")}
         assert all(IPv6Network(h.prefix or "").overlaps(IPv6Network("8000::/1")) for h in holdings)
+        assert min(IPv6Network(h.prefix or "").prefixlen for h in holdings) == SHORTEST
     finally:
         conn.close()
 

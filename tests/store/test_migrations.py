@@ -124,14 +124,13 @@ async def test_sessions_kept_before_the_ipv6_index_are_indexed_by_the_upgrade(tm
         async def held(question: str) -> list[tuple[str | None, str | None, str | None]]:
             return [(h.acct_session_id, h.prefix, h.prefix_kind) for h in await store.who(question, since=1, until=1)]
 
-        assert await held("2001:db8:1:2::5") == [("s1", "2001:db8:1::/48", "delegated"), ("s5", "::/0", "framed")]
+        # (s5's ::/0 is indexed as well, and names nobody: ipv6_networks.SHORTEST.)
+        assert await held("2001:db8:1:2::5") == [("s1", "2001:db8:1::/48", "delegated")]
         assert await held("2001:db8:ffff::/48") == [
-            ("s1", "2001:db8:ffff:1::/64", "framed"), ("s2", "2001:db8:ffff:2::9", "framed-address"),
-            ("s5", "::/0", "framed")]
-        assert await held("2001:db8:2:1ff::/64") == [("s2", "2001:db8:2:100::/56", "delegated"),
-                                                     ("s5", "::/0", "framed")]
+            ("s1", "2001:db8:ffff:1::/64", "framed"), ("s2", "2001:db8:ffff:2::9", "framed-address")]
+        assert await held("2001:db8:2:1ff::/64") == [("s2", "2001:db8:2:100::/56", "delegated")]
         assert await held("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff") == [
-            ("s5", "::/0", "framed"), ("s5", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "framed-address")]
+            ("s5", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "framed-address")]
     finally:
         await store.close()
     raw = connect(path, 5)
