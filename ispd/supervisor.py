@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import signal
 import time
 from contextlib import AsyncExitStack
@@ -113,6 +114,7 @@ class Supervisor:
         self.ready = False
         self._reload_pending = False
         self._migrating: tuple[Migration, int, float] | None = None  # (step, target, its start)
+        self._extended_at = -math.inf  # when EXTEND_TIMEOUT_USEC last went to systemd (monotonic)
 
     # --- lifecycle
 
@@ -201,12 +203,18 @@ class Supervisor:
         if self._stop_requested.is_set():
             raise MigrationStopped(step)
         self._migrating = (step, target, time.monotonic())
-        self._extend_start()
+        # A new store runs a dozen quick steps in a row: one message says it for all of them
+        # (a long step gets the periodic ones). A message a step filled the notify socket's
+        # queue (10 datagrams by default) faster than its reader drained it, and the start
+        # blocked on the next send.
+        if time.monotonic() - self._extended_at >= MIGRATION_EXTEND_INTERVAL_SECONDS:
+            self._extend_start()
 
     def _extend_start(self) -> None:
         if self._migrating is None or self._stop_requested.is_set():
             return  # (while stopping, EXTEND_TIMEOUT_USEC would stretch the stop timeout)
         step, target, began = self._migrating
+        self._extended_at = time.monotonic()
         status = (f"migrating the store to schema {target}: {step.version} {step.name}, "
                   f"running for {time.monotonic() - began:.0f} s")
         self.notifier.notify(f"EXTEND_TIMEOUT_USEC={int(MIGRATION_EXTEND_SECONDS * 1_000_000)}", f"STATUS={status}")

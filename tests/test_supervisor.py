@@ -168,6 +168,20 @@ async def test_systemd_is_asked_for_more_start_time_while_a_migration_runs(
     assert received.index(extensions[-1]) < len(received) - 1
 
 
+async def test_a_new_store_s_quick_migrations_ask_systemd_once(tmp_path: Path) -> None:
+    """From CI: a message per migration step filled the notify socket's queue (10 datagrams),
+    and with a reader not draining it the start blocked on the eleventh send."""
+    loop = asyncio.get_running_loop()
+    async with notified(tmp_path, config_for(tmp_path)) as (supervisor, task, listener):
+        received: list[str] = []
+        while not received or not received[-1].startswith("READY=1"):
+            received.append((await asyncio.wait_for(loop.sock_recv(listener, 4096), 10)).decode())
+        supervisor.request_stop()
+        assert await asyncio.wait_for(task, 10) == 0
+    assert len(sqlite_migrations()) > 10
+    assert len([m for m in received if m.startswith("EXTEND_TIMEOUT_USEC=")]) == 1, received
+
+
 def two_slow_steps_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Config, list[Migration]]:
     """A store two migrations behind, and those two slow (as on tens of millions of rows)."""
     migrations = sqlite_migrations()
