@@ -450,13 +450,22 @@ class RadiusService(Service):
         self.duplicates.window = new.radius.duplicate_window_seconds
         self.coa = DynamicAuthorizationClient(new.radius.coa_timeout_seconds, new.radius.coa_attempts,
                                               coa_sources(new.radius))
-        self._warn_of_unknown_plans(new.radius)
+        # From the store itself: a plan just added with the CLI, the usual step before naming it
+        # here, may not have reached the directory yet (it polls the store), and the warning
+        # would be false.
+        try:
+            known = {plan.name for plan in await self.context.store.list_plans()}
+        except StoreError:
+            known = None
+        self._warn_of_unknown_plans(new.radius, known)
         log.info("radius.reloaded", clients=len(table.clients))
 
-    def _warn_of_unknown_plans(self, config: RadiusConfig) -> None:
+    def _warn_of_unknown_plans(self, config: RadiusConfig, known: set[str] | None = None) -> None:
         """A [[radius.plan]] whose name is no plan in the store reaches nobody: a typo, most
-        likely (the store's plans change at run time, so this is a warning, not a refusal)."""
-        known = {plan.name for plan in self.directory.plans.values()}
+        likely (the store's plans change at run time, so this is a warning, not a refusal).
+        ``known``: the store's plan names (default: the directory's, loaded from it)."""
+        if known is None:
+            known = {plan.name for plan in self.directory.plans.values()}
         for reply in config.plan:
             if reply.plan not in known:
                 log.warning("radius.plan.unknown", plan=reply.plan, known=sorted(known)[:20],
