@@ -289,6 +289,8 @@ def test_session_coa_refuses_a_suspended_subscriber_who_must_be_disconnected(rad
     """suspended = "reject": a CoA would carry the plan's full profile to the session of a
     subscriber who must have none; the command refuses, and the suspension stays undone."""
     radius.ispd.cli("subscriber", "add", "sue", "--plan", "home", "--password-stdin", input="sue-pw\n")
+    # (as the tests around: the daemon knows sue before her Start, which would otherwise find no subscriber)
+    eventually(lambda: radius.pap("sue", "sue-pw") == "Access-Accept", timeout=10)
     base = "User-Name = sue, Acct-Session-Id = sue-1, NAS-IP-Address = 127.0.0.1, Framed-IP-Address = 198.18.9.7"
     assert radius.accounting(f"{base}, Acct-Status-Type = Start") == "Accounting-Response"
     [session] = json.loads(radius.ispd.cli("session", "list", "--subscriber", "sue", "--open", "--json").stdout)
