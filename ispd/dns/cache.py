@@ -46,13 +46,19 @@ _RR_OVERHEAD = 140  # an RR object with its TTL and the headers of its name and 
 _TTL_OVERHEAD = 48  # per record of a cached answer: its TTL's offset and its TTL
 
 
+_TTL = struct.Struct("!I")
+
+
+def _record_size(rr: RR) -> int:
+    return len(rr.rdata) + len(rr.name) + _RR_OVERHEAD
+
+
 def _records_size(records: tuple[RR, ...]) -> int:
-    return _TUPLE_OVERHEAD + sum(len(rr.rdata) + len(rr.name) + _RR_OVERHEAD for rr in records) if records else 0
+    return _TUPLE_OVERHEAD + sum(_record_size(rr) for rr in records) if records else 0
 
 
 def _rdatas_size(rdatas: tuple[bytes, ...]) -> int:
     return sum(len(r) + _BYTES_OVERHEAD for r in rdatas)
-_TTL = struct.Struct("!I")
 
 
 class Trust(IntEnum):
@@ -285,8 +291,7 @@ class RRsetCache(_BoundedCache):
         ttl = self.limits.clamp_negative(soa.ttl if soa is not None else 5)
         key = (name, NXDOMAIN_KEY if kind == NegativeKind.NXDOMAIN else rtype)
         stored_soa = RR(soa.name, soa.rtype, soa.rclass, ttl, soa.rdata) if soa is not None else None
-        size = (_NEGATIVE_OVERHEAD + len(name) + (len(soa.rdata) + len(soa.name) + _RR_OVERHEAD if soa else 0)
-                + _records_size(proof))
+        size = _NEGATIVE_OVERHEAD + len(name) + (_record_size(soa) if soa else 0) + _records_size(proof)
         entry = NegativeEntry(name, kind, stored_soa, now + ttl, size, proof=proof, zone=zone)
         self._store(key, entry, self._entries.get(key), now)
         return entry

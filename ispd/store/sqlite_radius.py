@@ -147,11 +147,15 @@ def _open_session(conn: sqlite3.Connection, record: AccountingRecord, *, stopped
         record.session_time_seconds or 0)
     cursor = conn.execute(_SESSION_INSERT, values)
     session_id = int(cursor.lastrowid or 0)
-    if record.framed_ipv6_prefix is not None or record.delegated_ipv6_prefix is not None \
-            or record.framed_ipv6_address is not None:
+    if _carries_ipv6(record):
         _index_networks(conn, session_id, record.framed_ipv6_prefix, record.delegated_ipv6_prefix,
                         record.framed_ipv6_address)
     return RadiusSession(session_id, *values)
+
+
+def _carries_ipv6(record: AccountingRecord) -> bool:
+    return (record.framed_ipv6_prefix is not None or record.delegated_ipv6_prefix is not None
+            or record.framed_ipv6_address is not None)
 
 
 def _index_networks(conn: sqlite3.Connection, session_id: int, framed: str | None, delegated: str | None,
@@ -167,15 +171,13 @@ def _index_networks(conn: sqlite3.Connection, session_id: int, framed: str | Non
 def _advance(conn: sqlite3.Connection, record: AccountingRecord, *, stop: bool) -> bool:
     """Whether an open session took the record."""
     if record.fill_in and (record.subscriber_id is not None or record.framed_ip is not None
-                           or record.framed_ipv6_prefix is not None or record.delegated_ipv6_prefix is not None
-                           or record.framed_ipv6_address is not None or record.interim_interval is not None):
+                           or record.interim_interval is not None or _carries_ipv6(record)):
         # First: the usage triggers must see the subscriber of the growth the advance brings.
         filled = conn.execute(_SESSION_FILL_IN, (
             record.subscriber_id, record.framed_ip, record.framed_ipv6_prefix, record.delegated_ipv6_prefix,
             record.interim_interval, record.nas_address, record.acct_session_id, record.framed_ipv6_address))
         # An interim that repeats what its session has changes no row, and indexes nothing.
-        if filled.rowcount and (record.framed_ipv6_prefix is not None or record.delegated_ipv6_prefix is not None
-                                or record.framed_ipv6_address is not None):
+        if filled.rowcount and _carries_ipv6(record):
             _index_networks(conn, *conn.execute(_SESSION_IPV6_TEXTS, (record.nas_address,
                                                                       record.acct_session_id)).fetchone())
     cursor = conn.execute(_SESSION_ADVANCE, (
