@@ -119,6 +119,7 @@ root_hints = "{hints}"
 allow = ["127.0.0.0/8"]
 [dns.resolver]
 do_ipv6 = false  # as Unbound's do-ip6: no (the lab has IPv4 servers only)
+do_not_query_localhost = false  # as Unbound's (the lab is on loopback)
 [dns.cache]
 max_bytes = 805306368  # Unbound's msg-cache and rrset-cache together: no run evicts on either side
 [dns.dot]

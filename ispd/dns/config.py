@@ -69,6 +69,13 @@ class ResolverConfig(Section):
     # Source addresses for upstream queries (unset: the kernel's choice).
     outgoing_ipv4: IPv4Address | None = None
     outgoing_ipv6: IPv6Address | None = None
+    # Server addresses never asked, whatever a delegation names (Unbound's do-not-query-*): a zone
+    # anyone can register may give this host or the operator's inner networks as its servers.
+    # Addresses given here (root hints, forward and stub zones) are asked all the same.
+    # do_not_query_localhost: 127.0.0.0/8, ::1, and 0.0.0.0/8, :: and IPv4-mapped IPv6, which
+    # Linux sends to this host too. A private root on loopback (a lab) needs it off.
+    do_not_query_localhost: bool = True
+    do_not_query_addresses: list[IPNetwork] = []
     # Limits against loops and work amplification, per client query.
     max_referrals: int = Field(default=30, ge=1, le=100)
     max_cname_chain: int = Field(default=12, ge=1, le=64)

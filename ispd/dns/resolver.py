@@ -57,9 +57,10 @@ import asyncio
 import functools
 import random
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
+from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_address
 from typing import TYPE_CHECKING, Protocol
 
 from ispd.dns.cache import NegativeKind, RRsetCache, RRsetEntry, Security, Trust
@@ -123,6 +124,53 @@ class ResolverSettings:
     min_timeout: float = 0.05
     max_timeout: float = 2.0
     server_down_seconds: float = 30.0
+    # Server addresses never asked unless the operator named them (``AskableAddresses``).
+    do_not_query: tuple[IPv4Network | IPv6Network, ...] = ()
+
+
+# Where a packet to these goes to this very host on Linux: loopback, the unspecified addresses
+# (0.0.0.0/8 and ``::`` reach the local host) and IPv4-mapped IPv6, which an AF_INET6 socket
+# sends as IPv4 (Unbound's do-not-query-localhost, with CVE-2026-50251's additions).
+LOCALHOST_NETWORKS: tuple[IPv4Network | IPv6Network, ...] = (
+    IPv4Network("127.0.0.0/8"), IPv4Network("0.0.0.0/8"),
+    IPv6Network("::1/128"), IPv6Network("::/128"), IPv6Network("::ffff:0:0/96"))
+
+
+class AskableAddresses:
+    """Which server addresses iteration may send to: those of the address families in use and
+    outside ``settings.do_not_query`` — a zone anyone can register may name this host or the
+    operator's inner networks as its servers, and the resolver would query them on its behalf.
+    Addresses the operator gave (root hints, forward and stub zones) are asked wherever they are."""
+
+    def __init__(self, settings: ResolverSettings, configured: Iterable[str]) -> None:
+        self.settings = settings
+        self.configured = frozenset(configured)
+        self._verdicts: dict[str, bool] = {}
+
+    def __call__(self, address: str) -> bool:
+        verdict = self._verdicts.get(address)
+        if verdict is None:
+            if len(self._verdicts) >= 100_000:
+                self._verdicts.clear()
+            verdict = self._verdicts[address] = self._judge(address)
+        return verdict
+
+    def refused(self, address: str) -> bool:
+        """Of the families in use, but in ``do_not_query``."""
+        return not self(address) and (self.settings.do_ipv6 if ":" in address else self.settings.do_ipv4)
+
+    def _judge(self, address: str) -> bool:
+        if not (self.settings.do_ipv6 if ":" in address else self.settings.do_ipv4):
+            return False
+        if address in self.configured or not self.settings.do_not_query:
+            return True
+        try:
+            ip = ip_address(address)
+        except ValueError:
+            return False
+        mapped: IPv4Address | None = getattr(ip, "ipv4_mapped", None)
+        return not any(ip in network or (mapped is not None and mapped in network)
+                       for network in self.settings.do_not_query)
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +360,7 @@ class Outcome:
 
 _NO_SERVER_ANSWERED = Outcome(Step.FAILED, reason="no server of the zone answered")
 _ALL_DOWN = Outcome(Step.FAILED, reason="every server of the zone is down (timed out lately)")
+_ALL_REFUSED = Outcome(Step.FAILED, reason="every server address of the zone is one not to query (do_not_query)")
 # Name servers whose addresses one client query may look up (Unbound's cap on target
 # fetches is 64 queries; a sane delegation needs a handful).
 MAX_SERVER_LOOKUPS = 32
@@ -331,11 +380,24 @@ class Resolver:
         self.settings = settings or ResolverSettings()
         self.infra = InfraCache(self.settings)
         self.forward_zones = {zone.name: zone for zone in forward_zones or ()}
+        self.askable = self._askable_addresses()
         self.validator: Validator | None = None
         self.upstream_queries = 0
         self.upstream_failures: dict[str, int] = {}
         self._priming: asyncio.Future[None] | None = None
         self._prime_again_at = 0.0
+
+    def configure(self, settings: ResolverSettings, hints: Hints, forward_zones: list[ForwardZone]) -> None:
+        """A reload's settings, hints and forward zones."""
+        self.settings = self.infra.settings = settings
+        self.hints = hints
+        self.forward_zones = {zone.name: zone for zone in forward_zones}
+        self.askable = self._askable_addresses()
+
+    def _askable_addresses(self) -> AskableAddresses:
+        configured = [a for _, addresses in self.hints for a in addresses]
+        configured.extend(a for zone in self.forward_zones.values() for a in zone.addresses)
+        return AskableAddresses(self.settings, configured)
 
     # --- the client-facing question -----------------------------------------------------
 
@@ -646,7 +708,14 @@ class Resolver:
         one gives a usable reply."""
         attempts: dict[str, int] = {}
         last = _NO_SERVER_ANSWERED
-        candidates = [a for a in dict.fromkeys(addresses) if self._family_ok(a)]
+        askable = self.askable
+        candidates = [a for a in dict.fromkeys(addresses) if askable(a)]
+        if budget.trace is not None or not candidates:
+            refused = [a for a in dict.fromkeys(addresses) if askable.refused(a)]
+            for address in refused:
+                _trace(budget, f"not asking {address}: it is in do_not_query")
+            if refused and not candidates:
+                return _ALL_REFUSED
         while True:
             now = self.clock()
             usable = [a for a in candidates

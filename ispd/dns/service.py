@@ -45,7 +45,15 @@ from ispd.dns.metrics import DNSMetrics
 from ispd.dns.policy import CompiledPolicyZone, Policy, compile_policy_zone
 from ispd.dns.processes import COMMAND_SECONDS, ExtraProcesses, Handler, add_counts, first
 from ispd.dns.quic import QuicListener, QuicSettings, doq_listener, http3_listener
-from ispd.dns.resolver import ForwardZone, Resolution, Resolver, ResolverSettings
+from ispd.dns.resolver import (
+    LOCALHOST_NETWORKS,
+    AskableAddresses,
+    ForwardZone,
+    Hints,
+    Resolution,
+    Resolver,
+    ResolverSettings,
+)
 from ispd.dns.rollover import RETRY_SECONDS, AnchorTracker
 from ispd.dns.streams import serve_dns_stream
 from ispd.dns.tls import TLSListener
@@ -115,7 +123,8 @@ def resolver_settings(config: DNSConfig) -> ResolverSettings:
         do_ipv4=r.do_ipv4, do_ipv6=r.do_ipv6, max_referrals=r.max_referrals, max_cname_chain=r.max_cname_chain,
         max_queries_per_request=r.max_queries_per_request, max_ns_depth=r.max_ns_depth,
         initial_timeout=r.upstream_timeout_initial_seconds, min_timeout=r.upstream_timeout_min_seconds,
-        max_timeout=r.upstream_timeout_max_seconds)
+        max_timeout=r.upstream_timeout_max_seconds,
+        do_not_query=(LOCALHOST_NETWORKS if r.do_not_query_localhost else ()) + tuple(r.do_not_query_addresses))
 
 
 def forward_zones(config: DNSConfig) -> list[ForwardZone]:
@@ -129,6 +138,18 @@ def cache_limits(config: DNSConfig, share: float) -> CacheLimits:
                        max_negative_ttl=c.max_negative_ttl, stale_seconds=c.stale_seconds)
 
 
+def hints_in_do_not_query(config: DNSConfig, hints: Hints) -> str | None:
+    """A private root on addresses ispd does not query (loopback, for a lab): its servers are
+    asked, being configured, but the servers they delegate to nearby are not."""
+    judge = AskableAddresses(resolver_settings(config), ())
+    refused = [a for _, addresses in hints for a in addresses if judge.refused(a)]
+    if not refused:
+        return None
+    return (f"root_hints name servers at {', '.join(refused)}, inside resolver.do_not_query_localhost or "
+            "do_not_query_addresses: ispd asks them, but not the servers they refer it to in those networks "
+            "(for a private root on this host, set resolver.do_not_query_localhost = false)")
+
+
 def check_files(config: DNSConfig) -> tuple[list[str], list[str]]:
     """For ``ispd check-config``: the errors in the files the [dns] section names (root hints,
     local and policy zones, local records) that would stop the service from starting, and the
@@ -136,9 +157,13 @@ def check_files(config: DNSConfig) -> tuple[list[str], list[str]]:
     problems: list[str] = []
     warnings: list[str] = []
     try:
-        load_root_hints(config.root_hints)
+        hints = load_root_hints(config.root_hints)
     except HintsError as exc:
         problems.append(str(exc))
+    else:
+        warning = hints_in_do_not_query(config, hints)
+        if warning is not None:
+            warnings.append(warning)
     if config.dnssec.validation:
         try:
             load_trust_anchors(config.dnssec.trust_anchor_file)
@@ -263,6 +288,8 @@ class DNSService(Service):
             hints = load_root_hints(self.config.root_hints, self.files.read)
         except HintsError as exc:
             raise ServiceStartError(f"dns: {exc}") from None
+        if self.first and (warning := hints_in_do_not_query(self.config, hints)) is not None:
+            log.warning("dns.root_hints.do_not_query", detail=warning)
         clock = time.monotonic
         self.resolver = Resolver(self.rrsets, self.upstream, hints, clock, resolver_settings(self.config),
                                  forward_zones(self.config))
@@ -866,12 +893,10 @@ class DNSService(Service):
         self.config = new.dns
         self._apply_limits(new.dns)
         self.engine.set_allow(list(new.dns.allow))
-        self.resolver.settings = resolver_settings(new.dns)
-        before, after = set(forward_zones(old.dns)), set(forward_zones(new.dns))
-        self.resolver.forward_zones = {z.name: z for z in after}
-        for zone in before ^ after:  # what the root said of names now (or no longer) configured
+        before, after = set(forward_zones(old.dns)), forward_zones(new.dns)
+        self.resolver.configure(resolver_settings(new.dns), hints, after)
+        for zone in before ^ set(after):  # what the root said of names now (or no longer) configured
             self.rrsets.flush(zone.name, subtree=True)
-        self.resolver.hints = hints
         if dnssec_changed:
             if (validator is None) != (self.resolver.validator is None):
                 # RRsets learnt without DO carry no signatures (and the other way round): start afresh.

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import Any, TypeVar
 
 import pytest
 
 import ispd.dns.resolver as resolver_module
 from ispd.dns.cache import CacheLimits, NegativeKind, RRsetCache, Trust
-from ispd.dns.resolver import PROBE_INTERVAL, Resolution, Resolver, ResolverSettings
+from ispd.dns.resolver import (
+    LOCALHOST_NETWORKS,
+    PROBE_INTERVAL,
+    AskableAddresses,
+    ForwardZone,
+    Resolution,
+    Resolver,
+    ResolverSettings,
+)
 from ispd.dns.wire import (
     CLASS_IN,
     RR,
@@ -928,11 +936,77 @@ async def test_priming_failure_falls_back_to_the_hints(net: FakeNet, resolver: R
     assert (".", "NS") not in net.names_sent()  # not again for a while
 
 
+# --- addresses not to query ------------------------------------------------------------------------
+
+EVIL_DELEGATION = """evil NS ns1.evil.test.
+evil NS ns2.evil.test.
+evil NS ns3.evil.test.
+ns1.evil.test. A 127.0.0.1
+ns2.evil.test. A 0.0.0.0
+ns3.evil.test. AAAA ::ffff:127.0.0.1
+"""
+
+
+def serve_evil(net: FakeNet) -> None:
+    """A zone anyone could register, naming this host as its servers three ways (all answer)."""
+    add(net, "test.", EVIL_DELEGATION)
+    zone = load_zone_text("@ SOA ns hm 1 1 1 1 1\n@ NS ns1\nwww A 192.0.2.66\n", "evil.test.")
+    for address in ("127.0.0.1", "0.0.0.0", "::ffff:127.0.0.1"):
+        net.serve(address, zone)
+
+
+async def test_a_delegation_to_this_host_is_not_followed(net: FakeNet, clock: FakeClock) -> None:
+    serve_evil(net)
+    trusting = make_resolver(net, clock, do_ipv6=True)
+    assert values(await ask(trusting, "www.evil.test.")) == ["192.0.2.66"]  # what the zone wants
+    resolver = make_resolver(net, clock, do_ipv6=True, do_not_query=LOCALHOST_NETWORKS)
+    net.clear_log()
+    lines: list[str] = []
+    result = await resolver.resolve(N("www.evil.test."), RRType.A, trace=lines.append)
+    assert result.rcode == RCode.SERVFAIL
+    assert result.failure is not None and "do_not_query" in result.failure
+    assert {address for address, _, _ in net.sent()}.isdisjoint({"127.0.0.1", "0.0.0.0", "::ffff:127.0.0.1"})
+    for address in ("127.0.0.1", "0.0.0.0", "::ffff:127.0.0.1"):
+        assert f"not asking {address}: it is in do_not_query" in lines
+
+
+async def test_addresses_the_operator_gave_are_asked_inside_do_not_query(net: FakeNet, clock: FakeClock) -> None:
+    """The fake net is in 10.0.0.0/8: with that network not to be queried, the root hints and a
+    forward zone's server (given by the operator) are asked, the servers the root refers to are not."""
+    forwarder = "10.9.0.1"
+    net.serve(forwarder, net.zone("other.example."))
+    resolver = Resolver(RRsetCache(CacheLimits()), net, HINTS, clock,
+                        settings(do_not_query=(IPv4Network("10.0.0.0/8"),)),
+                        [ForwardZone(N("other.example."), (forwarder,), recursive=True)])
+    assert values(await ask(resolver, "www.other.example.")) == ["192.0.2.10"]
+    result = await ask(resolver, "www.example.test.")
+    assert result.rcode == RCode.SERVFAIL
+    assert {address for address, _, _ in net.sent()} <= {forwarder, ROOT_A, ROOT_B}
+    assert net.to(ROOT_A) + net.to(ROOT_B)  # asked, and their referral to TEST_1/TEST_2 refused
+    # A reload that no longer forbids 10/8 lets the referral through.
+    resolver.configure(settings(), HINTS, [])
+    assert values(await ask(resolver, "www.example.test.")) == ["192.0.2.80"]
+
+
+def test_askable_addresses_cover_every_form_of_this_host() -> None:
+    forbidden = (*LOCALHOST_NETWORKS, IPv4Network("10.0.0.0/8"))
+    askable = AskableAddresses(ResolverSettings(do_ipv6=True, do_not_query=forbidden), ["127.0.0.53"])
+    for address in ("192.0.2.1", "2001:db8::1", "127.0.0.53"):
+        assert askable(address) and not askable.refused(address)
+    for address in ("127.0.0.1", "127.1.2.3", "0.0.0.0", "0.1.2.3", "::1", "::", "::ffff:127.0.0.1",
+                    "::ffff:192.0.2.1", "10.1.2.3"):
+        assert not askable(address) and askable.refused(address), address
+    # An operator's IPv4 network covers its IPv4-mapped IPv6 form too.
+    only_inner = AskableAddresses(ResolverSettings(do_ipv6=True, do_not_query=(IPv4Network("10.0.0.0/8"),)), [])
+    assert not only_inner("::ffff:10.1.2.3") and only_inner("::ffff:192.0.2.1") and only_inner("127.0.0.1")
+    # A family not in use is no server, but not refused by do_not_query either.
+    ipv4_only = AskableAddresses(ResolverSettings(do_ipv6=False, do_not_query=forbidden), [])
+    assert not ipv4_only("2001:db8::1") and not ipv4_only.refused("2001:db8::1")
+
+
 # --- forward zones ----------------------------------------------------------------------------------
 
 async def test_forward_zone_asks_its_forwarder_with_rd(net: FakeNet, clock: FakeClock) -> None:
-    from ispd.dns.resolver import ForwardZone
-
     forwarder = "10.9.0.1"
     net.serve(forwarder, net.zone("example.test."))
     resolver = Resolver(RRsetCache(CacheLimits()), net, HINTS, clock, settings(),
@@ -945,8 +1019,6 @@ async def test_forward_zone_asks_its_forwarder_with_rd(net: FakeNet, clock: Fake
 
 
 async def test_stub_zone_iterates_from_its_servers(net: FakeNet, clock: FakeClock) -> None:
-    from ispd.dns.resolver import ForwardZone
-
     resolver = Resolver(RRsetCache(CacheLimits()), net, HINTS, clock, settings(),
                         [ForwardZone(N("example.test."), (EXAMPLE_TEST_2,), recursive=False)])
     result = await ask(resolver, "www.example.test.")

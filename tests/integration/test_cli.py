@@ -346,6 +346,26 @@ def test_check_config_reads_the_trust_anchors(tmp_path: Path) -> None:
     assert quiet.returncode == 0 and "trust_anchor" not in quiet.stderr
 
 
+def test_check_config_warns_of_a_root_on_loopback_below_which_nothing_is_asked(tmp_path: Path) -> None:
+    """A private root on this host is asked (the operator gave it), but what it refers to on
+    loopback is not while do_not_query_localhost is on: check-config says so, and how to change it."""
+    (tmp_path / "lab.hints").write_text(". 3600 NS a.root.lab.\na.root.lab. 3600 A 127.0.0.9\n")
+    no_validation = {"validation": False}
+    _, warned = check_config(tmp_path, {"root_hints": "lab.hints", "dnssec": no_validation})
+    assert warned.returncode == 0, warned.stderr
+    assert "root_hints name servers at 127.0.0.9" in warned.stderr
+    assert "resolver.do_not_query_localhost = false" in warned.stderr
+    _, quiet = check_config(tmp_path, {"root_hints": "lab.hints", "dnssec": no_validation,
+                                       "resolver": {"do_not_query_localhost": False}})
+    assert quiet.returncode == 0 and "do_not_query" not in quiet.stderr, quiet.stderr
+    _, inner = check_config(tmp_path, {"root_hints": "lab.hints", "dnssec": no_validation,
+                                       "resolver": {"do_not_query_localhost": False,
+                                                    "do_not_query_addresses": ["127.0.0.0/24"]}})
+    assert "root_hints name servers at 127.0.0.9" in inner.stderr
+    _, bad = check_config(tmp_path, {"resolver": {"do_not_query_addresses": ["10.0.0.0/33"]}})
+    assert bad.returncode == 2 and "do_not_query_addresses" in bad.stderr, bad.stderr
+
+
 def test_check_config_names_what_is_wrong_with_a_forward_zone(tmp_path: Path) -> None:
     path, failed = check_config(tmp_path, {"forward_zone": [
         {"name": "corp.internal", "servers": [], "stub": True},

@@ -38,7 +38,7 @@ def dns_section(hierarchy: DNSHierarchy | None, port: int, **overrides: Any) -> 
         "enabled": True,
         "listen": [f"127.0.0.1:{port}"],
         "allow": ["127.0.0.0/8"],
-        "resolver": {"do_ipv6": False},
+        "resolver": {"do_ipv6": False, "do_not_query_localhost": False},  # the lab is on loopback
     }
     if hierarchy is not None:
         section["root_hints"] = str(hierarchy.root_hints_path)
