@@ -257,6 +257,17 @@ def test_dns_processes_need_fixed_ports_and_a_sane_count(tmp_path: Path) -> None
                        ).dns.processes == 4
 
 
+def test_dns_zone_rate_limits_name_their_domains_once(tmp_path: Path) -> None:
+    limits = ('[[dns.resolver.zone_rate_limit_for]]\nname = "Example.com"\nqps = 10\n'
+              '[[dns.resolver.zone_rate_limit_for]]\nname = "example.com."\nqps = 0\n')
+    path = write(tmp_path, '[dns]\nenabled = true\n' + limits)
+    assert error_of(path) == f"{path}: dns: resolver.zone_rate_limit_for: a domain is given twice"
+    assert "qps: Input should be greater than or equal to 0" in error_of(write(
+        tmp_path, '[[dns.resolver.zone_rate_limit_for]]\nname = "example.com"\nqps = -1\n'))
+    assert "is not a domain name" in error_of(write(
+        tmp_path, '[[dns.resolver.zone_rate_limit_for]]\nname = "a..b"\nqps = 1\n'))
+
+
 @pytest.mark.parametrize("name", ["ispd.toml", "dev.toml", "dns-lab.toml", "tests/everything.toml",
                                   "tests/shared-pools-overlapping.toml"])
 def test_a_config_snapshot_reads_back_equal_secrets_included(name: str, tmp_path: Path) -> None:

@@ -57,6 +57,13 @@ class CacheConfig(Section):
         return self
 
 
+class ZoneRateLimitConfig(Section):
+    # Queries per second to the servers of this domain and of every zone below it (the deepest
+    # domain listed wins); 0: no limit there.
+    name: DomainName
+    qps: int = Field(ge=0, le=1_000_000)
+
+
 class ResolverConfig(Section):
     # RFC 9156: "relaxed" falls back to the full name when a server mishandles a minimised one.
     qname_minimisation: Literal["off", "relaxed", "strict"] = "relaxed"
@@ -76,6 +83,14 @@ class ResolverConfig(Section):
     # Linux sends to this host too. A private root on loopback (a lab) needs it off.
     do_not_query_localhost: bool = True
     do_not_query_addresses: list[IPNetwork] = []
+    # Queries per second sent to one zone's servers (Unbound's ratelimit), against random-subdomain
+    # ("water torture") floods from infected devices: past it a question for that zone gets
+    # SERVFAIL, or a stale answer, without a query leaving, except one in zone_rate_limit_factor
+    # (0: none). 0: no limit. zone_rate_limit_for sets other limits for given domains. Forward
+    # zones are not limited.
+    zone_rate_limit_qps: int = Field(default=0, ge=0, le=1_000_000)
+    zone_rate_limit_factor: int = Field(default=10, ge=0, le=1000)
+    zone_rate_limit_for: list[ZoneRateLimitConfig] = []
     # Limits against loops and work amplification, per client query.
     max_referrals: int = Field(default=30, ge=1, le=100)
     max_cname_chain: int = Field(default=12, ge=1, le=64)
@@ -264,6 +279,9 @@ class DNSConfig(Section):
         names = [z.name for z in self.policy_zone]
         if len(names) != len(set(names)):
             raise ValueError("policy_zone: two zones have one name")
+        limited = [limit.name for limit in self.resolver.zone_rate_limit_for]
+        if len(limited) != len(set(limited)):
+            raise ValueError("resolver.zone_rate_limit_for: a domain is given twice")
         if self.resolver.upstream_timeout_min_seconds > self.resolver.upstream_timeout_max_seconds:
             raise ValueError("resolver: upstream_timeout_min_seconds is larger than upstream_timeout_max_seconds")
         return self

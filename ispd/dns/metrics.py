@@ -133,6 +133,9 @@ class _DNSCollector(Collector):
         for kind in ("timeout", "unreachable", "tcp_closed", "socket"):
             failures.add_metric([kind], resolver.upstream_failures.get(kind, 0))
         yield failures
+        yield _counter("ispd_dns_zone_rate_limited",
+                       "Questions answered SERVFAIL (or stale) without a query because their zone's servers "
+                       "were asked more than resolver.zone_rate_limit_qps allows.", resolver.zone_limiter.limited)
         yield _counter("ispd_dns_upstream_mismatched_replies",
                        "Upstream replies dropped for a wrong ID or question (spoofing attempts or late replies).",
                        service.upstream.mismatched)

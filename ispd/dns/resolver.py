@@ -85,6 +85,7 @@ from ispd.dns.wire import (
     soa_minimum,
     type_text,
 )
+from ispd.dns.zonelimit import ZoneRateLimiter
 
 if TYPE_CHECKING:
     from ispd.dns.validator import Validator
@@ -126,6 +127,11 @@ class ResolverSettings:
     server_down_seconds: float = 30.0
     # Server addresses never asked unless the operator named them (``AskableAddresses``).
     do_not_query: tuple[IPv4Network | IPv6Network, ...] = ()
+    # Queries per second to one zone's servers (``ZoneRateLimiter``): 0 and no per-domain
+    # limits, none.
+    zone_rate_limit_qps: int = 0
+    zone_rate_limit_factor: int = 10
+    zone_rate_limits: dict[bytes, int] = field(default_factory=dict)
 
 
 # Where a packet to these goes to this very host on Linux: loopback, the unspecified addresses
@@ -360,6 +366,7 @@ class Outcome:
 
 _NO_SERVER_ANSWERED = Outcome(Step.FAILED, reason="no server of the zone answered")
 _ALL_DOWN = Outcome(Step.FAILED, reason="every server of the zone is down (timed out lately)")
+_RATE_LIMITED = Outcome(Step.FAILED, reason="the zone's servers are asked more than its rate limit allows")
 _ALL_REFUSED = Outcome(Step.FAILED, reason="every server address of the zone is one not to query (do_not_query)")
 # Name servers whose addresses one client query may look up (Unbound's cap on target
 # fetches is 64 queries; a sane delegation needs a handful).
@@ -381,6 +388,8 @@ class Resolver:
         self.infra = InfraCache(self.settings)
         self.forward_zones = {zone.name: zone for zone in forward_zones or ()}
         self.askable = self._askable_addresses()
+        self.zone_limiter = ZoneRateLimiter(self.settings.zone_rate_limit_qps, self.settings.zone_rate_limit_factor,
+                                            self.settings.zone_rate_limits)
         self.validator: Validator | None = None
         self.upstream_queries = 0
         self.upstream_failures: dict[str, int] = {}
@@ -393,6 +402,8 @@ class Resolver:
         self.hints = hints
         self.forward_zones = {zone.name: zone for zone in forward_zones}
         self.askable = self._askable_addresses()
+        self.zone_limiter.configure(settings.zone_rate_limit_qps, settings.zone_rate_limit_factor,
+                                    settings.zone_rate_limits)
 
     def _askable_addresses(self) -> AskableAddresses:
         configured = [a for _, addresses in self.hints for a in addresses]
@@ -708,7 +719,7 @@ class Resolver:
         one gives a usable reply."""
         attempts: dict[str, int] = {}
         last = _NO_SERVER_ANSWERED
-        askable = self.askable
+        askable, limiter = self.askable, self.zone_limiter
         candidates = [a for a in dict.fromkeys(addresses) if askable(a)]
         if budget.trace is not None or not candidates:
             refused = [a for a in dict.fromkeys(addresses) if askable.refused(a)]
@@ -733,6 +744,13 @@ class Resolver:
                 probe = self.infra.probe(usable, qtype, now)
                 if probe is None:
                     return last if attempts else _ALL_DOWN
+            if limiter.enabled and not forwarded and not limiter.allow(zone, now):
+                # A flood of new names under one zone: this client query ends here, rather than
+                # looking for other ways round the limit (NS-name lookups, other zones).
+                budget.queries = 0
+                if budget.trace is not None:
+                    _trace(budget, f"not asking the servers of {name_to_text(zone)}: over its rate limit")
+                return _RATE_LIMITED
             if not budget.spend():
                 return Outcome(Step.FAILED, reason="query budget exhausted")
             address = probe or self.infra.choose(fresh or usable, now)

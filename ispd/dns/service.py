@@ -62,6 +62,7 @@ from ispd.dns.validator import Validator
 from ispd.dns.walledgarden import WalledGarden
 from ispd.dns.wire import name_from_text, name_to_text
 from ispd.dns.zone import Zone, ZoneError, load_zone_file, load_zone_text
+from ispd.dns.zonelimit import ZoneRateLimiter
 from ispd.events import (
     LeaseEnded,
     LeaseGranted,
@@ -89,6 +90,7 @@ from ispd.store.models import LeaseState, SubscriberStatus
 from ispd.workers import WorkerService
 
 log = get_logger("ispd.dns")
+ZONE_LIMIT_REPORT_SECONDS = 10.0  # how often zones newly over their rate limit are logged
 MAX_SLOW_TASKS = 10_000  # misses being resolved at once; beyond it new misses are dropped
 
 
@@ -124,7 +126,9 @@ def resolver_settings(config: DNSConfig) -> ResolverSettings:
         max_queries_per_request=r.max_queries_per_request, max_ns_depth=r.max_ns_depth,
         initial_timeout=r.upstream_timeout_initial_seconds, min_timeout=r.upstream_timeout_min_seconds,
         max_timeout=r.upstream_timeout_max_seconds,
-        do_not_query=(LOCALHOST_NETWORKS if r.do_not_query_localhost else ()) + tuple(r.do_not_query_addresses))
+        do_not_query=(LOCALHOST_NETWORKS if r.do_not_query_localhost else ()) + tuple(r.do_not_query_addresses),
+        zone_rate_limit_qps=r.zone_rate_limit_qps, zone_rate_limit_factor=r.zone_rate_limit_factor,
+        zone_rate_limits={name_from_text(limit.name): limit.qps for limit in r.zone_rate_limit_for})
 
 
 def forward_zones(config: DNSConfig) -> list[ForwardZone]:
@@ -307,6 +311,8 @@ class DNSService(Service):
         self._subscribe(stack)
         await self._open(stack)
         stack.push_async_callback(self._cancel_tasks)
+        reporter = asyncio.ensure_future(self._report_zone_limits(self.resolver.zone_limiter))
+        stack.callback(reporter.cancel)
         # With several processes, /metrics shows their series added up (ExtraProcesses.metrics).
         several = self.config.processes > 1 and self.first
         registry = CollectorRegistry(auto_describe=True) if several else self.context.registry
@@ -842,6 +848,19 @@ class DNSService(Service):
                 writer.transport.abort()
         if extras is not None:
             await extras
+
+    async def _report_zone_limits(self, limiter: ZoneRateLimiter) -> None:
+        """A log line when zones go over resolver.zone_rate_limit_qps: at once, then at most one
+        every ZONE_LIMIT_REPORT_SECONDS, naming the zones rather than every question."""
+        went_over = asyncio.Event()
+        limiter.on_newly_limited = went_over.set
+        while True:
+            await went_over.wait()
+            went_over.clear()
+            zones = limiter.take_newly_limited()
+            log.warning("dns.zone_rate_limited", zones={name_to_text(z): qps for z, qps in zones.items()},
+                        questions_stopped_total=limiter.limited)
+            await asyncio.sleep(ZONE_LIMIT_REPORT_SECONDS)
 
     async def _cancel_tasks(self) -> None:
         for task in list(self._slow):

@@ -1004,6 +1004,33 @@ def test_askable_addresses_cover_every_form_of_this_host() -> None:
     assert not ipv4_only("2001:db8::1") and not ipv4_only.refused("2001:db8::1")
 
 
+async def test_a_flood_of_new_names_under_one_zone_stops_at_its_rate_limit(net: FakeNet, clock: FakeClock) -> None:
+    """Random-subdomain names under example.test: past 3 queries a second to its servers, the
+    questions fail without a query; other zones are still resolved, and the next second
+    example.test gets its 3 again. Its forwarded twin is not limited."""
+    resolver = make_resolver(net, clock, qname_minimisation="off", zone_rate_limit_qps=3, zone_rate_limit_factor=0)
+    assert values(await ask(resolver, "www.example.test.")) == ["192.0.2.80"]  # 1 query to example.test
+    clock.advance(1 - clock() % 1)  # the start of a second
+    net.clear_log()
+    lines: list[str] = []
+    results = [await resolver.resolve(N(f"r{i}.wild.example.test."), RRType.A, trace=lines.append) for i in range(10)]
+    assert [r.rcode for r in results] == [RCode.NOERROR] * 3 + [RCode.SERVFAIL] * 7
+    assert len(net.to(EXAMPLE_TEST_1) + net.to(EXAMPLE_TEST_2)) == 3
+    assert results[-1].failure is not None and "rate limit" in results[-1].failure
+    assert "not asking the servers of example.test.: over its rate limit" in lines
+    assert resolver.zone_limiter.limited == 7
+    assert resolver.zone_limiter.take_newly_limited() == {N("example.test."): 3}
+    assert values(await ask(resolver, "www.other.example.")) == ["192.0.2.10"]
+    clock.advance(1)
+    assert values(await ask(resolver, "r99.wild.example.test.")) == ["192.0.2.99"]
+
+    forwarding = Resolver(RRsetCache(CacheLimits()), net, HINTS, clock,
+                          settings(zone_rate_limit_qps=1, zone_rate_limit_factor=0),
+                          [ForwardZone(N("example.test."), (EXAMPLE_TEST_1,), recursive=True)])
+    forwarded = [await ask(forwarding, f"f{i}.wild.example.test.") for i in range(5)]
+    assert [values(r) for r in forwarded] == [["192.0.2.99"]] * 5
+
+
 # --- forward zones ----------------------------------------------------------------------------------
 
 async def test_forward_zone_asks_its_forwarder_with_rd(net: FakeNet, clock: FakeClock) -> None:

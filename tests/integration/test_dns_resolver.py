@@ -253,6 +253,41 @@ def test_concurrent_queries_for_one_name_share_one_resolution(resolver: DNSIspd)
     assert resolver.metric("ispd_dns_upstream_queries_total") - before <= 2
 
 
+FLOOD = 200
+
+
+def test_a_random_subdomain_flood_stops_at_the_zone_rate_limit(dns_hierarchy: DNSHierarchy, tmp_path: Path) -> None:
+    """200 new names under bench.test as fast as one socket sends them, with a limit of 20 queries
+    a second to its servers: most get SERVFAIL without a query (counted, and logged by zone), the
+    rest their answers, and another zone resolves meanwhile. (200: the replies wait in the
+    client's receive buffer meanwhile, which holds about 256 of them.)"""
+    limits = {"zone_rate_limit_qps": 20, "zone_rate_limit_factor": 0}
+    with DNSIspd(tmp_path, dns_hierarchy, resolver=limits) as ispd:
+        ispd.start()
+        assert rdatas(ispd.dig("warm.bench.test")) == {"198.18.127.1"}  # bench.test's servers known
+        upstream = ispd.metric("ispd_dns_upstream_queries_total")
+        rcodes: dict[int, int] = {}
+        started = time.monotonic()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(5)
+            for i in range(FLOOD):
+                query = dnslib.DNSRecord.question(f"flood{i}-{random.getrandbits(32)}.bench.test", "A")
+                query.header.id = i
+                sock.sendto(query.pack(), ("127.0.0.1", ispd.port))
+            assert rdatas(ispd.dig("www.secure.test")) == {"198.18.5.1"}  # another zone, mid-flood
+            for _ in range(FLOOD):
+                reply = dnslib.DNSRecord.parse(sock.recv(65535))
+                rcodes[reply.header.rcode] = rcodes.get(reply.header.rcode, 0) + 1
+        seconds = time.monotonic() - started
+        answered, limited = rcodes.get(dnslib.RCODE.NOERROR, 0), rcodes.get(dnslib.RCODE.SERVFAIL, 0)
+        assert answered + limited == FLOOD, rcodes
+        assert 19 <= answered <= 20 * (int(seconds) + 2), (rcodes, seconds)  # (19: warm.bench.test may count)
+        assert ispd.metric("ispd_dns_zone_rate_limited_total") == limited
+        assert ispd.metric("ispd_dns_upstream_queries_total") - upstream <= answered + 5  # + www.secure.test
+        logged = eventually(lambda: ispd.log_events("dns.zone_rate_limited"), timeout=15)
+        assert logged[0]["zones"] == {"bench.test.": 20}
+
+
 def test_a_stop_with_idle_tcp_clients_is_clean(dns_hierarchy: DNSHierarchy, tmp_path: Path) -> None:
     """SIGTERM with DNS-over-TCP clients connected: each sees its connection end, and nothing is
     logged as an error (Python 3.11's start_server logged the loop's final cancel of the handler)."""
