@@ -903,7 +903,8 @@ class RadiusService(Service):
             if result.outcome in (AccountingOutcome.UPDATED, AccountingOutcome.STOPPED, AccountingOutcome.REOPENED):
                 # A Stop is checked at once: the session's last growth may cross the quota, and
                 # with no session left no sweep would look at the subscriber before its next login.
-                self._quota_soon(item.record.subscriber_id, now=item.record.status == AccountingStatus.STOP)
+                self._quota_soon(item.record.subscriber_id or result.subscriber_id,
+                                 now=item.record.status == AccountingStatus.STOP)
 
     # --- fair use
 
@@ -1006,6 +1007,8 @@ class RadiusService(Service):
                 self._adopt(session)
         elif outcome == AccountingOutcome.STOPPED:
             stopped = sessions.pop(key)
+            if stopped is not None and stopped.subscriber_id is None and result.subscriber_id is not None:
+                stopped = replace(stopped, subscriber_id=result.subscriber_id)  # the store found them by login
             if stopped is not None:
                 bus.publish(_session_event(SessionStopped, stopped, at, record.terminate_cause))
                 self._give_back(stopped)

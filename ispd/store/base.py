@@ -277,7 +277,9 @@ class Store(ABC):
     async def record_accounting(self, records: Sequence[AccountingRecord]) -> list[AccountingResult]:
         """Apply Accounting-Requests in order, in one durable write (one result per record): open,
         update and close sessions, count usage once, append every request to the accounting
-        history. Idempotent per request: a retransmission changes nothing twice."""
+        history. Idempotent per request: a retransmission changes nothing twice. A record with a
+        login and no subscriber is attributed to the subscriber of that login (its username, else
+        a ``username`` reservation's key) as the store has it at the write."""
 
     @abstractmethod
     async def list_sessions(self, *, open_only: bool = False, subscriber: SubscriberRef | None = None,

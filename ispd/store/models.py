@@ -362,6 +362,9 @@ class AccountingResult:
     # more than the update.
     session: RadiusSession | None = None
     closed: tuple[RadiusSession, ...] = ()  # sessions Accounting-On/Off closed
+    # The subscriber the store found by the record's login when the record named none (the
+    # caller's view of the subscribers lags the store); None otherwise.
+    subscriber_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,10 @@ commit and one fsync). A session is found by (NAS address, Acct-Session-Id), new
 - Accounting-On/Off closes every open session of that NAS (it restarted: they are gone); one
   whose interims then show it alive after that time is reopened, as a stale one is.
 
+A record that names no subscriber but a login (the RADIUS service's view of the subscribers
+follows the store a poll behind) is the subscriber's whose username, else reserved login, it is,
+found in the same transaction.
+
 Counters only ever grow: a retransmitted or reordered request with smaller totals changes
 nothing, and what a subscriber used (``usage_daily``) grows by the difference between the new
 and the stored totals (triggers in the schema count it, inside SQLite), so no octet is counted
@@ -28,7 +32,7 @@ import calendar
 import sqlite3
 import time
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any
 
 from ispd.store.ipv6_networks import stored_network
@@ -187,11 +191,28 @@ def _advance(conn: sqlite3.Connection, record: AccountingRecord, *, stop: bool) 
     return bool(cursor.rowcount)
 
 
+# The subscriber a login names, as the RADIUS directory finds it (ispd.radius.directory): its
+# username first, then a ``username`` reservation's key.
+_LOGIN_SUBSCRIBER = (
+    "SELECT COALESCE((SELECT id FROM subscribers WHERE username = ?1),"
+    " (SELECT subscriber_id FROM reservations WHERE kind = 'username' AND key = ?1))")
+
+
 def record_accounting(conn: sqlite3.Connection, records: Sequence[AccountingRecord]) -> list[AccountingResult]:
     """Apply ``records`` in order; the history rows go in with one statement at the end."""
     results, history = [], []
-    for record in records:
+    for asked in records:
+        record, resolved = asked, None
+        if asked.subscriber_id is None and asked.username:
+            # The caller's view of the subscribers follows the store a poll behind (a subscriber
+            # the CLI added a moment ago): the login names them here, in this transaction, so
+            # that the session, its usage and the history are theirs from the first record.
+            resolved = conn.execute(_LOGIN_SUBSCRIBER, (asked.username,)).fetchone()[0]
+            if resolved is not None:
+                record = replace(asked, subscriber_id=resolved, fill_in=True)
         result = _apply(conn, record)
+        if resolved is not None:
+            result = replace(result, subscriber_id=resolved)
         results.append(result)
         history.append((record.at, record.nas_address, str(record.status), record.acct_session_id, record.username,
                         record.subscriber_id, record.framed_ip, record.input_octets, record.output_octets,

@@ -20,7 +20,7 @@ from ispd.credentials import nt_hash
 from ispd.radius import mschap
 from ispd.radius.codec import Attr, Code, decode, encode_attributes, encode_request, hide_password
 from tests.lab.fakenas import FakeNas
-from tests.lab.ports import free_udp_port
+from tests.lab.ports import free_tcp_port, free_udp_port
 from tests.lab.process import IspdProcess, base_config, eventually
 from tests.lab.radclient import Reply, radclient, radtest, require_radclient
 
@@ -682,3 +682,40 @@ def test_a_reauthenticated_sessions_stop_gives_its_pool_address_back(tmp_path: P
         # The redial's session never starts (its Start lost, or it failed): a minute after the
         # Stop, with no session on it and not given again, the address goes back after all.
         eventually(lambda: login("alice").code == "Access-Accept", timeout=90, interval=3)
+
+
+def test_accounting_right_after_subscriber_add_is_attributed(tmp_path: Path) -> None:
+    """``subscriber add`` reaches the daemon's view only at its next store poll (30 s here); the
+    Accounting-Requests that come before, by the username or by a reserved login, are the new
+    subscriber's all the same: the session, and the usage of a session that starts and stops
+    before that poll."""
+    server, nas, secret = "127.57.0.1", "127.57.0.2", b"early-secret"
+    acct = free_udp_port(server)
+    config = base_config(tmp_path, daemon={"store_poll_interval_seconds": 30},
+                         metrics={"listen": f"{server}:{free_tcp_port(server)}"}, radius={
+                             "enabled": True, "listen_auth": [f"{server}:{free_udp_port(server)}"],
+                             "listen_acct": [f"{server}:{acct}"],
+                             "client": [{"name": "bng", "address": f"{nas}/32", "secret": secret.decode()}]})
+
+    def account(identifier: int, login: bytes, session_id: bytes, status: int, *counters: tuple[int, bytes]) -> None:
+        attributes = encode_attributes([
+            (Attr.ACCT_STATUS_TYPE, status.to_bytes(4, "big")), (Attr.USER_NAME, login),
+            (Attr.ACCT_SESSION_ID, session_id), (Attr.NAS_IP_ADDRESS, socket.inet_aton(nas)), *counters])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((nas, 0))
+            sock.settimeout(5)
+            sock.sendto(encode_request(Code.ACCOUNTING_REQUEST, identifier, attributes, secret), (server, acct))
+            assert sock.recv(4096)[0] == Code.ACCOUNTING_RESPONSE
+
+    with IspdProcess(tmp_path, config) as ispd:
+        ispd.start()
+        carol = json.loads(ispd.cli("subscriber", "add", "carol", "--json").stdout)["id"]
+        ispd.cli("reservation", "add", "carol", "--username", "carol@pppoe")
+        account(1, b"carol", b"c-1", 1)  # Start
+        account(2, b"carol@pppoe", b"c-2", 1)
+        account(3, b"carol@pppoe", b"c-2", 2, (Attr.ACCT_INPUT_OCTETS, (1000).to_bytes(4, "big")),
+                (Attr.ACCT_OUTPUT_OCTETS, (3000).to_bytes(4, "big")), (Attr.ACCT_SESSION_TIME, (5).to_bytes(4, "big")))
+        sessions = json.loads(ispd.cli("session", "list", "--json").stdout)
+        assert sorted((s["acct_session_id"], s["subscriber_id"]) for s in sessions) == [("c-1", carol), ("c-2", carol)]
+        shown = json.loads(ispd.cli("subscriber", "show", "carol", "--json").stdout)
+        assert shown["usage_this_month"] == {"input_octets": 1000, "output_octets": 3000, "session_seconds": 5}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from ispd.store import InvalidValue, Store, open_store
 from ispd.store.config import StoreConfig
 from ispd.store.errors import NotFound
-from ispd.store.models import AccountingOutcome, AccountingRecord, AccountingStatus, Usage
+from ispd.store.models import AccountingOutcome, AccountingRecord, AccountingStatus, ReservationKind, Usage
 
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 START = AccountingRecord(at=T0, status=AccountingStatus.START, nas_address="198.18.0.1", acct_session_id="s1",
@@ -422,3 +423,55 @@ async def test_a_session_begun_just_after_the_reboot_is_not_the_one_the_reboot_c
         [result] = await store.record_accounting([interim(at, octets, octets, seconds)])
         assert result.outcome != AccountingOutcome.REOPENED
     assert await usage(store) == Usage(1_400_000, 1_400_000, 290)
+
+
+async def test_a_record_naming_no_subscriber_is_attributed_by_its_login(store: Store, tmp_path: Path) -> None:
+    """The RADIUS service's view of the subscribers is a store poll behind (one the CLI added
+    a moment ago): a record that names none but carries a login is theirs all the same, the
+    session, its usage and the history, by username or by a reserved login."""
+    bob = await store.add_subscriber("bob", actor="t")
+    await store.add_reservation("bob", ReservationKind.USERNAME, "bob@pppoe", actor="t")
+    unnamed = replace(START, subscriber_id=None, fill_in=False)  # as the service sends it: no subscriber known
+    [alice_start] = await store.record_accounting([unnamed])
+    assert alice_start.session is not None and alice_start.session.subscriber_id == 1
+    assert alice_start.subscriber_id == 1
+    [bob_start] = await store.record_accounting([replace(unnamed, acct_session_id="b1", username="bob@pppoe")])
+    assert bob_start.session is not None and bob_start.session.subscriber_id == bob.id
+    [bob_stop] = await store.record_accounting([replace(stop(T0 + 60, 100, 200, 60), acct_session_id="b1",
+                                                        username="bob@pppoe", subscriber_id=None, fill_in=False)])
+    assert bob_stop.outcome == AccountingOutcome.STOPPED and bob_stop.subscriber_id == bob.id
+    assert await store.usage(bob.id, since=T0, until=T0 + 60) == Usage(100, 200, 60)
+    # Someone nobody knows is nobody's.
+    [stranger] = await store.record_accounting([replace(unnamed, acct_session_id="x1", username="mallory")])
+    assert stranger.session is not None and stranger.session.subscriber_id is None
+    assert stranger.subscriber_id is None
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        history = conn.execute("SELECT acct_session_id, subscriber_id FROM accounting_records ORDER BY id").fetchall()
+    assert history == [("s1", 1), ("b1", bob.id), ("b1", bob.id), ("x1", None)]
+
+
+async def test_a_session_opened_before_its_subscriber_existed_is_theirs_from_the_next_record(
+        store: Store) -> None:
+    """Its Start came before the subscriber did (nobody's then); the next interim names nobody
+    either and the service saw nothing to fill in, yet the store finds the login now: the
+    session is theirs, and so is the growth that interim brings."""
+    [started] = await store.record_accounting([replace(START, username="carol", subscriber_id=None)])
+    assert started.session is not None and started.session.subscriber_id is None
+    carol = await store.add_subscriber("carol", actor="t")
+    [updated] = await store.record_accounting([interim(T0 + 300, 1000, 2000, 300, username="carol",
+                                                       subscriber_id=None, fill_in=False)])
+    assert updated.outcome == AccountingOutcome.UPDATED and updated.subscriber_id == carol.id
+    assert (await store.get_session(started.session.id)).subscriber_id == carol.id
+    assert await store.usage(carol.id, since=T0, until=T0 + 300) == Usage(1000, 2000, 300)
+
+
+async def test_a_login_that_is_both_a_username_and_a_reserved_login_is_the_usernames(
+        store: Store, tmp_path: Path) -> None:
+    """As the RADIUS directory finds it: a store from before reservations could not take a
+    username may hold both; the subscriber of that username is the one logging in."""
+    bob = await store.add_subscriber("bob", actor="t")
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        conn.execute("INSERT INTO reservations (subscriber_id, kind, key, created_at) VALUES (?, 'username', 'alice', 0)",
+                     (bob.id,))
+    [started] = await store.record_accounting([replace(START, subscriber_id=None)])
+    assert started.session is not None and started.session.subscriber_id == 1
