@@ -1017,23 +1017,29 @@ class AccountingEngine:
         address = self.nas_address(packet, nas, source)
         acct_session_id = _text(first, _ACCT_SESSION_ID)
         framed_ip = _address_text(first.get(_FRAMED_IP_ADDRESS))
-        v6_prefix = first.get(_FRAMED_IPV6_PREFIX)
-        delegated = first.get(_DELEGATED_IPV6_PREFIX)
+        v6_prefix = _prefix_text(first.get(_FRAMED_IPV6_PREFIX))
+        delegated = _prefix_text(first.get(_DELEGATED_IPV6_PREFIX))
         v6_address = _ipv6_address_text(first.get(_FRAMED_IPV6_ADDRESS))
+        interim_interval = self.interim_interval or None
         # The store fills in what an open session lacks only when this view says it may: the
-        # common interim brings nothing new, and the statement it would cost is saved.
+        # common interim brings nothing new (a dual-stack NAS repeats its prefixes in every
+        # one), and the statement it would cost is saved. The view learns what the store fills
+        # in (RadiusService._follow), and a value once set is never changed: one it has is the
+        # store's.
         known = self.sessions.by_key.get((address, acct_session_id)) if acct_session_id is not None else None
         fill_in = known is None or (
             (subscriber_id is not None and known.subscriber_id is None)
             or (framed_ip is not None and known.framed_ip is None)
-            or known.interim_interval is None or v6_prefix is not None or delegated is not None
+            or (interim_interval is not None and known.interim_interval is None)
+            or (v6_prefix is not None and known.framed_ipv6_prefix is None)
+            or (delegated is not None and known.delegated_ipv6_prefix is None)
             or (v6_address is not None and known.framed_ipv6_address is None))
         delay = _u32(first, _ACCT_DELAY_TIME) or 0
         return AccountingRecord(
             received_at - min(delay, 86400 * 7), status, address, acct_session_id, login, subscriber_id,
-            _text(first, _NAS_IDENTIFIER), nas.name, framed_ip, _prefix_text(v6_prefix), _prefix_text(delegated),
+            _text(first, _NAS_IDENTIFIER), nas.name, framed_ip, v6_prefix, delegated,
             v6_address, _text(first, _CALLING_STATION_ID), _text(first, _CALLED_STATION_ID), _text(first, _NAS_PORT_ID),
             _octets(first, _ACCT_INPUT_OCTETS, _ACCT_INPUT_GIGAWORDS),
             _octets(first, _ACCT_OUTPUT_OCTETS, _ACCT_OUTPUT_GIGAWORDS),
             _u32(first, _ACCT_INPUT_PACKETS), _u32(first, _ACCT_OUTPUT_PACKETS), _u32(first, _ACCT_SESSION_TIME),
-            cause_text, self.interim_interval or None, packet.raw, fill_in)
+            cause_text, interim_interval, packet.raw, fill_in)

@@ -980,13 +980,16 @@ class RadiusService(Service):
         if outcome == AccountingOutcome.UPDATED:
             sessions.seen(key)
             current = sessions.get(key)
-            if current is not None and current.framed_ip is None and record.framed_ip is not None:
-                # The address comes after the Start (some NASes learn it late): the store filled
-                # it in; the open-session view must know it too, to renew or give back its claim.
-                learnt = replace(current, framed_ip=record.framed_ip,
-                                 subscriber_id=current.subscriber_id or record.subscriber_id)
+            learnt = _filled_in(current, record, result) if current is not None and (
+                record.fill_in or result.subscriber_id is not None) else None
+            if learnt is not None:
+                # What the store filled in the view must know too: the subscriber (its
+                # Simultaneous-Use count, its CoA targets), an address come after the Start
+                # (some NASes learn it late: to renew or give back its claim), the IPv6
+                # prefixes (so that the engine stops asking the store to fill them in).
                 sessions.put(learnt)
-                self._adopt(learnt)
+                if current is not None and current.framed_ip is None and learnt.framed_ip is not None:
+                    self._adopt(learnt)
         elif outcome == AccountingOutcome.REOPENED and result.session is not None:
             if result.session.is_open:  # an interim: it is back among the open sessions
                 sessions.put(result.session)
@@ -1321,6 +1324,25 @@ class RadiusService(Service):
                                f"service; end it with `ispd session disconnect {session.id}`")
         walled = subject is not None and self._walled_now(subject)
         return await self._change(session, walled, str(args.get("reason") or "admin"))
+
+
+def _filled_in(session: RadiusSession, record: AccountingRecord, result: AccountingResult) -> RadiusSession | None:
+    """``session`` with what the store's fill-in added from ``record`` (a value once set is
+    never changed), or None when it added nothing."""
+    subscriber_id = record.subscriber_id if record.subscriber_id is not None else result.subscriber_id
+    if not ((session.subscriber_id is None and subscriber_id is not None)
+            or (session.framed_ip is None and record.framed_ip is not None)
+            or (session.framed_ipv6_prefix is None and record.framed_ipv6_prefix is not None)
+            or (session.delegated_ipv6_prefix is None and record.delegated_ipv6_prefix is not None)
+            or (session.framed_ipv6_address is None and record.framed_ipv6_address is not None)
+            or (session.interim_interval is None and record.interim_interval is not None)):
+        return None
+    return replace(session, subscriber_id=session.subscriber_id if session.subscriber_id is not None else subscriber_id,
+                   framed_ip=session.framed_ip or record.framed_ip,
+                   framed_ipv6_prefix=session.framed_ipv6_prefix or record.framed_ipv6_prefix,
+                   delegated_ipv6_prefix=session.delegated_ipv6_prefix or record.delegated_ipv6_prefix,
+                   framed_ipv6_address=session.framed_ipv6_address or record.framed_ipv6_address,
+                   interim_interval=session.interim_interval or record.interim_interval)
 
 
 def _session_event(kind: type[SessionStarted] | type[SessionStopped], session: RadiusSession, at: float,

@@ -863,6 +863,26 @@ def test_accounting_record_reads_the_ipv6_prefixes_and_address() -> None:
     assert late is not None and late.fill_in
 
 
+def test_prefixes_an_open_session_has_already_ask_for_no_fill_in() -> None:
+    """A dual-stack NAS repeats its prefixes in every interim: once the open session has them
+    (a text once set is never changed) the store is not asked to fill them in again; a prefix it
+    lacks still is."""
+    world = World()
+    engine = AccountingEngine(world.directory, world.sessions, DICTIONARY, 300)
+    interim = [(Attr.ACCT_STATUS_TYPE, u32(3)), (Attr.USER_NAME, b"alice"), (Attr.ACCT_SESSION_ID, b"s6"),
+               (Attr.FRAMED_IPV6_PREFIX, bytes((0, 64)) + bytes.fromhex("20010db8ffff0001")),
+               (Attr.DELEGATED_IPV6_PREFIX, bytes((0, 56)) + bytes.fromhex("20010db80001ab"))]
+    both = RadiusSession(6, "127.0.0.1", "s6", "alice", NOW, NOW, subscriber_id=1, interim_interval=300,
+                         framed_ipv6_prefix="2001:db8:ffff:1::/64", delegated_ipv6_prefix="2001:db8:1:ab00::/56")
+    world.sessions.put(both)
+    known = engine.record(accounting(interim), nas(), "127.0.0.1", NOW)
+    assert known is not None and known.delegated_ipv6_prefix == "2001:db8:1:ab00::/56" and not known.fill_in
+    for lacking in ({"framed_ipv6_prefix": None}, {"delegated_ipv6_prefix": None}):
+        world.sessions.put(replace(both, **lacking))  # type: ignore[arg-type]
+        late = engine.record(accounting(interim), nas(), "127.0.0.1", NOW)
+        assert late is not None and late.fill_in
+
+
 def test_a_class_naming_no_subscriber_is_not_believed() -> None:
     """ispd:N of a deleted subscriber (or another server's) names nobody: its accounting is not
     attributed to N, which is nobody's now; the login may still name someone."""

@@ -15,7 +15,10 @@ from prometheus_client import CollectorRegistry
 
 from ispd.config import Config
 from ispd.events import EventBus, SubscriberSuspended
+from ispd.radius.codec import Attr, Code, decode, encode_attributes, encode_request
 from ispd.radius.config import RadiusConfig
+from ispd.radius.dictionary import builtin_dictionary
+from ispd.radius.engine import AccountingEngine, Nas
 from ispd.radius.service import RadiusService
 from ispd.service import ServiceContext
 from ispd.store import StoreConfig, open_store
@@ -128,5 +131,45 @@ async def test_stop_does_not_wait_for_enforcements_retries_to_a_silent_nas(tmp_p
                     return [r.result for r in await _records(store)] == ["ack"]
 
                 await _until(acknowledged, within=5)
+    finally:
+        await store.close()
+
+
+async def test_the_open_session_view_learns_what_the_store_filled_in(tmp_path: Path) -> None:
+    """What the store fills in (prefixes a dual-stack NAS learnt after the Start, the subscriber
+    of a login the service did not know yet) the open-session view learns from the outcome: the
+    engine stops asking for a fill-in the prefixes repeat in every interim, and the subscriber's
+    sessions are counted and reachable by CoA."""
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        service = RadiusService(_radius_config(3799), ServiceContext(store, EventBus(), CollectorRegistry(),
+                                                                     _healthy))
+        engine = AccountingEngine(service.directory, service.sessions, builtin_dictionary(), 300)
+        nas = Nas("bng", SECRET.encode())
+
+        async def account(status: int, *more: tuple[int, bytes]) -> None:
+            attributes = encode_attributes([(Attr.ACCT_STATUS_TYPE, status.to_bytes(4, "big")),
+                                            (Attr.USER_NAME, b"carol"), (Attr.ACCT_SESSION_ID, b"c1"), *more])
+            packet = decode(encode_request(Code.ACCOUNTING_REQUEST, 1, attributes, SECRET.encode(),
+                                           message_authenticator=False))
+            record = engine.record(packet, nas, NAS, time.time())
+            assert record is not None
+            asked.append(record.fill_in)
+            [result] = await store.record_accounting([record])
+            service._follow(record, result)
+
+        asked: list[bool] = []
+        prefixes = ((Attr.FRAMED_IPV6_PREFIX, bytes((0, 64)) + bytes.fromhex("20010db8ffff0001")),
+                    (Attr.DELEGATED_IPV6_PREFIX, bytes((0, 56)) + bytes.fromhex("20010db80001ab")))
+        await account(1)  # Start, without the prefixes, before carol is anyone's login
+        carol = await store.add_subscriber("carol", actor="test")  # not in the service's view yet
+        assert service.directory.find("carol") is None
+        await account(3, *prefixes)  # the prefixes, learnt late; carol's now, the store finds
+        await account(3, *prefixes)
+        await account(3, *prefixes)
+        assert asked == [True, True, False, False]
+        [session] = service.sessions.of_subscriber(carol.id)
+        assert (session.framed_ipv6_prefix, session.delegated_ipv6_prefix) == (
+            "2001:db8:ffff:1::/64", "2001:db8:1:ab00::/56")
     finally:
         await store.close()
