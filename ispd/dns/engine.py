@@ -84,6 +84,7 @@ from ispd.dns.wire import (
     rdata_name,
 )
 from ispd.dns.zone import ZoneAnswer
+from ispd.dns.zonelimit import Screen
 from ispd.logs import get_logger
 
 log = get_logger("ispd.dns")
@@ -177,6 +178,7 @@ class DNSEngine:
                  request_timeout: float = 8.0, stale_answer_ttl: int = 30,
                  stale_client_timeout: float = 1.8) -> None:
         self.resolver = resolver
+        self.zone_limiter = resolver.zone_limiter  # (the resolver's own: a reload configures it in place)
         self.answers = answers
         self.clock = clock
         self.allow = list(allow)
@@ -374,7 +376,14 @@ class DNSEngine:
             self.stats.cache_hits += 1
         else:
             self.stats.cache_misses += 1
-            entry = await self._resolve_for_client(key, question, entry)
+            past_limit = False
+            if entry is None and self.zone_limiter.enabled:  # (with nothing stale to stand in)
+                screen = self.zone_limiter.screen(name, now)
+                if screen == Screen.STOP:  # a flood under one zone: answered before costing a miss
+                    self.stats.resolution_failures += 1
+                    return self._count(error_reply(data, RCode.SERVFAIL, edns=True))
+                past_limit = screen == Screen.PAST
+            entry = await self._resolve_for_client(key, question, entry, past_limit)
             if entry is None:  # waited on another client's resolution past the request timeout
                 self.stats.resolution_failures += 1
                 return self._error(query, RCode.SERVFAIL)
@@ -388,8 +397,8 @@ class DNSEngine:
         variant = (query.flags & (FLAG_AD | FLAG_CD)) | (VARIANT_DO if query.edns is not None and query.edns.do else 0)
         return key + _VARIANT_SUFFIX[variant] if variant else key
 
-    async def _resolve_for_client(self, key: bytes, question: Question,
-                                  cached: CachedAnswer | None) -> CachedAnswer | None:
+    async def _resolve_for_client(self, key: bytes, question: Question, cached: CachedAnswer | None,
+                                  past_limit: bool = False) -> CachedAnswer | None:
         now = self.clock()
         stale = self.answers.get_stale(key, now) if cached is not None else None
         if stale is not None and stale.stale_until > now:
@@ -402,7 +411,7 @@ class DNSEngine:
             # asking meanwhile wait on the future.
             future = asyncio.get_running_loop().create_future()
             self._inflight[key] = future
-            await self._resolve_into(key, question, future)
+            await self._resolve_into(key, question, future, past_limit=past_limit)
             return future.result() if future.done() and not future.cancelled() else None
         if future is None:
             future = asyncio.get_running_loop().create_future()
@@ -430,11 +439,12 @@ class DNSEngine:
         return copy
 
     async def _resolve_into(self, key: bytes, question: Question, future: asyncio.Future[CachedAnswer], *,
-                            refresh: bool = False) -> None:
+                            refresh: bool = False, past_limit: bool = False) -> None:
         """Resolve one question, store the result, and hand it to every client waiting for it."""
         try:
             async with asyncio.timeout(self.request_timeout):
-                resolution = await self.resolver.resolve(question.key_name, question.qtype, refresh=refresh)
+                resolution = await self.resolver.resolve(question.key_name, question.qtype, refresh=refresh,
+                                                         past_limit=past_limit)
         except TimeoutError:
             resolution = Resolution(RCode.SERVFAIL, [], failure="timed out")
         except asyncio.CancelledError:

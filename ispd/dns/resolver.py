@@ -203,12 +203,13 @@ class Budget:
     answered from the cache costs no query, and delegations to hundreds of names whose own
     servers are more such names kept the event loop busy for seconds (from a review)."""
 
-    __slots__ = ("queries", "server_lookups", "trace")
+    __slots__ = ("past_limit", "queries", "server_lookups", "trace")
 
-    def __init__(self, queries: int, trace: Callable[[str], None] | None) -> None:
+    def __init__(self, queries: int, trace: Callable[[str], None] | None, past_limit: bool = False) -> None:
         self.queries = queries
         self.server_lookups = MAX_SERVER_LOOKUPS
         self.trace = trace
+        self.past_limit = past_limit  # let through a zone's rate limit already (ZoneRateLimiter.screen)
 
     def spend(self) -> bool:
         self.queries -= 1
@@ -414,12 +415,13 @@ class Resolver:
 
     async def resolve(self, name: bytes, qtype: int, *, trace: Callable[[str], None] | None = None,
                       budget: Budget | None = None, depth: int = 0, refresh: bool = False,
-                      validate: bool = True) -> Resolution:
+                      validate: bool = True, past_limit: bool = False) -> Resolution:
         """Answer (name, type) in class IN, following CNAMEs and DNAMEs (RFC 1034 §4.3.2).
         ``refresh`` (a prefetch) asks upstream for the names of the answer even while the cache
         still holds them; delegations still come from the cache. ``validate=False`` leaves the
-        DNSSEC verdict to the caller (the validator's own questions)."""
-        budget = budget or Budget(self.settings.max_queries_per_request, trace)
+        DNSSEC verdict to the caller (the validator's own questions). ``past_limit``: the zone
+        rate limit let this question through already."""
+        budget = budget or Budget(self.settings.max_queries_per_request, trace, past_limit)
         validator = self.validator if validate else None
         security = Security.SECURE if validator is not None else Security.UNCHECKED
         ede = -1
@@ -744,7 +746,7 @@ class Resolver:
                 probe = self.infra.probe(usable, qtype, now)
                 if probe is None:
                     return last if attempts else _ALL_DOWN
-            if limiter.enabled and not forwarded and not limiter.allow(zone, now):
+            if limiter.enabled and not forwarded and not limiter.allow(zone, now, budget.past_limit):
                 # A flood of new names under one zone: this client query ends here, rather than
                 # looking for other ways round the limit (NS-name lookups, other zones).
                 budget.queries = 0

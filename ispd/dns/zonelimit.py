@@ -12,16 +12,29 @@ goes through anyway, so that a busy legitimate zone degrades rather than disappe
 The count is per calendar second and per zone name, as the resolver knows zones (the deepest
 delegation found); a limit configured for a domain covers it and every zone below it, the
 deepest such domain winning. Pure: the caller gives the time and the random draw.
+
+Stopping a question deep in iteration still costs most of a cache miss (the cache lookups,
+the search for the delegation), so a flood would keep the process busy all the same. Hence
+``screen``: before resolving a client's question, the deepest zone below the root that has been
+asked for an ancestor of the name is looked up; if it is over its limit this second, the
+question is stopped (or let through, one in ``factor``) there, at the cost of a few dict lookups.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping
+from enum import Enum
 
 from ispd.dns.wire import ROOT, parent_name
 
 MAX_ZONES = 100_000  # counters kept at once; older seconds' are dropped past it
+
+
+class Screen(Enum):
+    GO = "go"  # resolve as usual
+    STOP = "stop"  # over the limit: answer SERVFAIL without resolving (counted)
+    PAST = "past"  # over the limit, but one of the one in ``factor`` let through
 
 
 class ZoneRateLimiter:
@@ -53,8 +66,25 @@ class ZoneRateLimiter:
     def enabled(self) -> bool:
         return bool(self.default_qps or self.limits)
 
-    def allow(self, zone: bytes, now: float) -> bool:
-        """Whether one more query may go to ``zone``'s servers now; counts it if so."""
+    def screen(self, name: bytes, now: float) -> Screen:
+        """What to do with a client's question for ``name`` (lower case, wire form) before it is
+        resolved: judged by the deepest zone below the root asked for an ancestor of it."""
+        counts, second, domain = self._counts, int(now), name
+        while domain != ROOT:
+            count = counts.get(domain)
+            if count is not None:
+                if count[0] != second or not count[2] or count[1] < count[2]:
+                    return Screen.GO
+                if self.factor and self._draw() * self.factor < 1:
+                    return Screen.PAST
+                self._stopped(domain, count[2])
+                return Screen.STOP
+            domain = parent_name(domain)
+        return Screen.GO  # (the root is not judged here: a cached delegation may spare it)
+
+    def allow(self, zone: bytes, now: float, past_limit: bool = False) -> bool:
+        """Whether one more query may go to ``zone``'s servers now; counts it if so.
+        ``past_limit``: the question was let through by ``screen`` already."""
         second = int(now)
         count = self._counts.get(zone)
         if count is None:
@@ -64,15 +94,18 @@ class ZoneRateLimiter:
         elif count[0] != second:
             count[0], count[1] = second, 0
         limit = count[2]
-        if not limit or count[1] < limit or (self.factor and self._draw() * self.factor < 1):
+        if not limit or count[1] < limit or past_limit or (self.factor and self._draw() * self.factor < 1):
             count[1] += 1
             return True
+        self._stopped(zone, limit)
+        return False
+
+    def _stopped(self, zone: bytes, limit: int) -> None:
         self.limited += 1
         if zone not in self._newly_limited and len(self._newly_limited) < 1000:
             if not self._newly_limited and self.on_newly_limited is not None:
                 self.on_newly_limited()
             self._newly_limited[zone] = limit
-        return False
 
     def take_newly_limited(self) -> dict[bytes, int]:
         """The zones (and their limits) that went over since the last call."""

@@ -14,7 +14,7 @@ from ispd.dns.config import WalledGardenConfig
 from ispd.dns.engine import STALE_RECHECK_SECONDS, DNSEngine, RateLimiter
 from ispd.dns.localdata import LocalData
 from ispd.dns.policy import Policy, compile_policy_zone
-from ispd.dns.resolver import Resolver
+from ispd.dns.resolver import Resolver, ResolverSettings
 from ispd.dns.walledgarden import WalledGarden
 from ispd.dns.wire import (
     CLASS_CH,
@@ -30,6 +30,7 @@ from ispd.dns.wire import (
     HEADER,
     RR,
     Message,
+    Question,
     RCode,
     RRType,
     decode_message,
@@ -39,7 +40,7 @@ from ispd.dns.wire import (
     name_from_text,
 )
 from ispd.dns.zone import load_zone_text
-from tests.dns.fakenet import HINTS, FakeClock, FakeNet, settings, standard_net
+from tests.dns.fakenet import EXAMPLE_TEST_1, EXAMPLE_TEST_2, HINTS, FakeClock, FakeNet, settings, standard_net
 
 N = name_from_text
 CLIENT = "192.168.1.10"
@@ -68,11 +69,11 @@ class Env:
 
 
 def make_env(*, rate_limit_qps: int = 0, stale_seconds: int = 86400, prefetch: bool = True,
-             limits: CacheLimits | None = None) -> Env:
+             limits: CacheLimits | None = None, resolver_settings: ResolverSettings | None = None) -> Env:
     clock = FakeClock()
     net = standard_net(clock)
     limits = limits or CacheLimits(stale_seconds=stale_seconds)
-    resolver = Resolver(RRsetCache(limits), net, HINTS, clock, settings())
+    resolver = Resolver(RRsetCache(limits), net, HINTS, clock, resolver_settings or settings())
     answers = AnswerCache(limits, prefetch=prefetch)
     engine = DNSEngine(resolver, answers, clock, allow=[ip_network("192.168.0.0/16"), ip_network("::1/128")],
                        rate_limit_qps=rate_limit_qps)
@@ -351,6 +352,35 @@ async def test_serve_stale_when_the_upstreams_fail(env: Env) -> None:
     env.clock.advance(10)
     fresh = await env.ask_message(query("www.example.test."))
     assert fresh.answer[0].ttl == 3600
+
+
+async def test_a_flood_under_a_zone_over_its_rate_limit_is_answered_before_any_resolving() -> None:
+    """New names under example.test, limited to 3 queries a second: the questions past it get
+    SERVFAIL from the engine's screen (the resolver is not asked, nothing is cached), while
+    cached answers, local data under the zone and a stale answer still come; the next second
+    the zone gets its 3 again."""
+    env = make_env(resolver_settings=settings(qname_minimisation="off", zone_rate_limit_factor=0,
+                                              zone_rate_limits={N("example.test."): 3}))
+    with_local(env)  # corp.example.test, a local zone below the limited one
+    await env.ask(query("www.example.test."))
+    await env.ask(query("old.wild.example.test."))
+    env.clock.advance(3700 - env.clock() % 1)  # every answer expired (served stale below)
+    env.net.clear_log()
+    replies = [await env.ask_message(query(f"r{i}.wild.example.test.", msg_id=i)) for i in range(10)]
+    assert [r.rcode for r in replies] == [RCode.NOERROR] * 3 + [RCode.SERVFAIL] * 7
+    assert [r.id for r in replies] == list(range(10))
+    assert [q.text for q in env.net.log if q.address in (EXAMPLE_TEST_1, EXAMPLE_TEST_2)] == [
+        f"r{i}.wild.example.test." for i in range(3)]
+    assert env.resolver.zone_limiter.limited == 7
+    stopped = key_of(Question(N("r9.wild.example.test."), RRType.A, CLASS_IN))
+    assert env.answers.table(stopped).get(stopped) is None
+    edns = await env.ask_message(query("r10.wild.example.test.", edns=1232))
+    assert edns.rcode == RCode.SERVFAIL and edns.edns is not None and edns.question is not None
+    assert addresses(await env.ask_message(query("www.corp.example.test."))) == ["192.168.0.80"]
+    stale = await env.ask_message(query("old.wild.example.test."))
+    assert addresses(stale) == ["192.0.2.99"] and stale.answer[0].ttl == 30
+    env.clock.advance(1)
+    assert addresses(await env.ask_message(query("r11.wild.example.test."))) == ["192.0.2.99"]
 
 
 async def test_no_stale_answer_past_the_stale_window() -> None:

@@ -24,6 +24,7 @@ from ispd.dns.wire import (
     encode_query,
     name_from_text,
 )
+from ispd.dns.zonelimit import ZoneRateLimiter
 from tests.dns.fakenet import FakeClock
 
 N = name_from_text
@@ -39,6 +40,7 @@ class ScriptedResolver:
         self.validator: Any = object()  # only its presence matters to the engine
         self.resolutions: dict[bytes, Resolution] = {}
         self.asked = 0
+        self.zone_limiter = ZoneRateLimiter(0, 10)
 
     async def resolve(self, name: bytes, qtype: int, **_: Any) -> Resolution:
         self.asked += 1

@@ -6,7 +6,7 @@ import pytest
 
 from ispd.dns import zonelimit
 from ispd.dns.wire import ROOT, name_from_text
-from ispd.dns.zonelimit import ZoneRateLimiter
+from ispd.dns.zonelimit import Screen, ZoneRateLimiter
 
 N = name_from_text
 VICTIM = N("victim.example.")
@@ -72,3 +72,27 @@ def test_the_counters_are_bounded_under_a_flood_of_zones(monkeypatch: pytest.Mon
         limiter.allow(N(f"z{i}.example."), 1.0 + i // 50)
     assert len(limiter._counts) <= 100
     assert not limiter.allow(N("z249.example."), 5.0)  # the current second's counts are kept
+
+
+def test_screen_judges_a_question_by_the_deepest_zone_asked_above_it() -> None:
+    draws = iter([0.5, 0.01])
+    limiter = ZoneRateLimiter(2, factor=10, draw=lambda: next(draws))
+    name = N("x1.www.victim.example.")
+    assert limiter.screen(name, 5.0) == Screen.GO  # nothing asked yet
+    limiter.allow(VICTIM, 5.0)
+    assert limiter.screen(name, 5.0) == Screen.GO  # under the limit
+    limiter.allow(VICTIM, 5.0)
+    assert limiter.screen(name, 5.0) == Screen.STOP  # (draw 0.5: not one in ten)
+    assert limiter.limited == 1 and limiter.take_newly_limited() == {VICTIM: 2}
+    assert limiter.screen(name, 5.0) == Screen.PAST  # (draw 0.01)
+    assert limiter.allow(VICTIM, 5.0, past_limit=True)  # let through once, counted
+    assert limiter.screen(name, 6.0) == Screen.GO  # a new second
+    # A zone of its own below, not over: its names go on.
+    sub = N("sub.victim.example.")
+    limiter.allow(sub, 5.0)
+    assert limiter.screen(N("a.sub.victim.example."), 5.0) == Screen.GO
+    # The root is not judged: a cached delegation may spare it.
+    limiter.configure(1, 0, {})
+    limiter.allow(ROOT, 9.0)
+    limiter.allow(ROOT, 9.0)
+    assert limiter.screen(N("new.tld."), 9.0) == Screen.GO
