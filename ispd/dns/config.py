@@ -87,10 +87,16 @@ class ResolverConfig(Section):
     # ("water torture") floods from infected devices: past it a question for that zone gets
     # SERVFAIL, or a stale answer, without a query leaving, except one in zone_rate_limit_factor
     # (0: none). 0: no limit. zone_rate_limit_for sets other limits for given domains. Forward
-    # zones are not limited.
+    # zones are not limited. Counted per process: with `processes = N`, N times this in all.
     zone_rate_limit_qps: int = Field(default=0, ge=0, le=1_000_000)
     zone_rate_limit_factor: int = Field(default=10, ge=0, le=1000)
     zone_rate_limit_for: list[ZoneRateLimitConfig] = []
+    # DNS rebinding protection (Unbound's private-address): A and AAAA records for these
+    # networks are dropped from what upstream servers answer, so that no public name leads a
+    # subscriber's browser to their own router or your inner networks. Names under
+    # private_domains, and in forward and stub zones, keep them; local data is not touched.
+    private_addresses: list[IPNetwork] = []
+    private_domains: list[DomainName] = []
     # Limits against loops and work amplification, per client query.
     max_referrals: int = Field(default=30, ge=1, le=100)
     max_cname_chain: int = Field(default=12, ge=1, le=64)

@@ -64,6 +64,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_address
 from typing import TYPE_CHECKING, Protocol
 
 from ispd.dns.cache import NegativeKind, RRsetCache, RRsetEntry, Security, Trust
+from ispd.dns.rebinding import RebindingGuard
 from ispd.dns.wire import (
     CLASS_IN,
     FLAG_AA,
@@ -132,6 +133,10 @@ class ResolverSettings:
     zone_rate_limit_qps: int = 0
     zone_rate_limit_factor: int = 10
     zone_rate_limits: dict[bytes, int] = field(default_factory=dict)
+    # DNS rebinding protection (``RebindingGuard``): addresses dropped from upstream answers,
+    # and the domains whose names may have them (the forward and stub zones may anyway).
+    private_addresses: tuple[IPv4Network | IPv6Network, ...] = ()
+    private_domains: tuple[bytes, ...] = ()
 
 
 # Where a packet to these goes to this very host on Linux: loopback, the unspecified addresses
@@ -389,6 +394,8 @@ class Resolver:
         self.infra = InfraCache(self.settings)
         self.forward_zones = {zone.name: zone for zone in forward_zones or ()}
         self.askable = self._askable_addresses()
+        self.guard = RebindingGuard()
+        self._configure_guard()
         self.zone_limiter = ZoneRateLimiter(self.settings.zone_rate_limit_qps, self.settings.zone_rate_limit_factor,
                                             self.settings.zone_rate_limits)
         self.validator: Validator | None = None
@@ -403,8 +410,14 @@ class Resolver:
         self.hints = hints
         self.forward_zones = {zone.name: zone for zone in forward_zones}
         self.askable = self._askable_addresses()
+        self._configure_guard()
         self.zone_limiter.configure(settings.zone_rate_limit_qps, settings.zone_rate_limit_factor,
                                     settings.zone_rate_limits)
+
+    def _configure_guard(self) -> None:
+        """The rebinding guard for these settings and forward zones (its count goes on)."""
+        self.guard.networks = self.settings.private_addresses
+        self.guard.allowed = frozenset((*self.settings.private_domains, *self.forward_zones))
 
     def _askable_addresses(self) -> AskableAddresses:
         configured = [a for _, addresses in self.hints for a in addresses]
@@ -812,8 +825,12 @@ class Resolver:
                 state.no_edns = True
                 use_edns = False
                 continue
+            removed = self.guard.removed
             outcome = self._classify(message, zone, qname, qtype, forwarded, self.clock())
             if budget.trace is not None:
+                if self.guard.removed != removed:
+                    _trace(budget, f"{address}: {self.guard.removed - removed} private address(es) dropped "
+                                   "(private_addresses)")
                 _trace(budget, f"{address}: {name_to_text(qname)} {type_text(qtype)} → {outcome.step.value}"
                                + (f" ({outcome.reason})" if outcome.reason else ""))
             if outcome.step == Step.FAILED:
@@ -839,6 +856,8 @@ class Resolver:
         # A forwarder answers for the whole tree; an authoritative server only for its zone.
         bailiwick = ROOT if forwarded else zone
         answer = [rr for rr in message.answer if rr.rclass == CLASS_IN and is_subdomain(rr.name, bailiwick)]
+        if self.guard.enabled:
+            answer = self.guard.scrub(answer)
         authority = [rr for rr in message.authority
                      if rr.rclass == CLASS_IN and is_subdomain(rr.name, bailiwick)]
         answer_trust = Trust.ANSWER if authoritative and not forwarded else Trust.FORWARDED
@@ -962,7 +981,8 @@ class Resolver:
         """Glue: addresses of the NS names ``wanted``, from inside the zone asked; cached, and
         returned by name (the ones of the address families in use)."""
         glue: dict[tuple[bytes, int], list[RR]] = {}
-        for rr in message.additional:
+        additional = self.guard.scrub(message.additional) if self.guard.enabled else message.additional
+        for rr in additional:
             if (rr.rtype in (RRType.A, RRType.AAAA) and rr.rclass == CLASS_IN and rr.name in wanted
                     and is_subdomain(rr.name, zone)):
                 glue.setdefault((rr.name, rr.rtype), []).append(rr)

@@ -128,7 +128,8 @@ def resolver_settings(config: DNSConfig) -> ResolverSettings:
         max_timeout=r.upstream_timeout_max_seconds,
         do_not_query=(LOCALHOST_NETWORKS if r.do_not_query_localhost else ()) + tuple(r.do_not_query_addresses),
         zone_rate_limit_qps=r.zone_rate_limit_qps, zone_rate_limit_factor=r.zone_rate_limit_factor,
-        zone_rate_limits={name_from_text(limit.name): limit.qps for limit in r.zone_rate_limit_for})
+        zone_rate_limits={name_from_text(limit.name): limit.qps for limit in r.zone_rate_limit_for},
+        private_addresses=tuple(r.private_addresses), private_domains=tuple(map(name_from_text, r.private_domains)))
 
 
 def forward_zones(config: DNSConfig) -> list[ForwardZone]:

@@ -1031,6 +1031,60 @@ async def test_a_flood_of_new_names_under_one_zone_stops_at_its_rate_limit(net: 
     assert [values(r) for r in forwarded] == [["192.0.2.99"]] * 5
 
 
+# --- rebinding protection ---------------------------------------------------------------------------
+
+REBINDING_RECORDS = """rebind A 192.168.1.1
+mixed A 192.168.1.1
+mixed A 192.0.2.5
+mapped AAAA ::ffff:192.168.3.3
+lan A 172.16.0.7
+"""
+PRIVATE = (IPv4Network("172.16.0.0/12"), IPv4Network("192.168.0.0/16"))  # (the fake net is in 10/8)
+
+
+async def test_private_addresses_are_dropped_from_public_answers(net: FakeNet, clock: FakeClock) -> None:
+    add(net, "example.test.", REBINDING_RECORDS)
+    resolver = make_resolver(net, clock, do_ipv6=True, private_addresses=PRIVATE)
+    rebind = await ask(resolver, "rebind.example.test.")
+    assert rebind.rcode == RCode.NOERROR and rebind.answer == []  # no address, no failure
+    assert values(await ask(resolver, "mixed.example.test.")) == ["192.0.2.5"]  # the public one stays
+    assert values(await ask(resolver, "mapped.example.test.", RRType.AAAA), RRType.AAAA) == []
+    assert values(await ask(resolver, "www.example.test.")) == ["192.0.2.80"]
+    assert resolver.guard.removed == 3
+    assert resolver.cache.get(N("rebind.example.test."), RRType.A, clock()) is None  # never cached
+    lines: list[str] = []
+    await resolver.resolve(N("lan.example.test."), RRType.A, trace=lines.append)
+    assert any("1 private address(es) dropped (private_addresses)" in line for line in lines), lines
+
+
+async def test_private_domains_and_forward_zones_keep_their_private_addresses(net: FakeNet, clock: FakeClock) -> None:
+    add(net, "example.test.", REBINDING_RECORDS)
+    add(net, "other.example.", "intranet A 172.16.9.9\n")
+    forwarder = "10.9.0.1"
+    net.serve(forwarder, net.zone("other.example."))
+    resolver = Resolver(RRsetCache(CacheLimits()), net, HINTS, clock,
+                        settings(private_addresses=PRIVATE, private_domains=(N("mixed.example.test."),)),
+                        [ForwardZone(N("other.example."), (forwarder,), recursive=True)])
+    assert sorted(values(await ask(resolver, "mixed.example.test."))) == ["192.0.2.5", "192.168.1.1"]
+    assert values(await ask(resolver, "intranet.other.example.")) == ["172.16.9.9"]
+    assert values(await ask(resolver, "rebind.example.test.")) == []
+    # A reload that drops the setting lets the next answers through (the count goes on).
+    resolver.configure(settings(), HINTS, [])
+    resolver.cache.flush(N("example.test."), subtree=True)
+    assert values(await ask(resolver, "rebind.example.test.")) == ["192.168.1.1"]
+    assert resolver.guard.removed == 1
+
+
+async def test_glue_with_private_addresses_is_dropped(net: FakeNet, clock: FakeClock) -> None:
+    """The fake net's servers are in 10.0.0.0/8: with that network private, the root's referral
+    glue is dropped and test. cannot be reached (its servers are named inside it)."""
+    resolver = make_resolver(net, clock, private_addresses=(IPv4Network("10.0.0.0/8"),))
+    result = await ask(resolver, "www.example.test.")
+    assert result.rcode == RCode.SERVFAIL
+    assert net.to(TEST_1) == net.to(TEST_2) == []
+    assert resolver.guard.removed > 0
+
+
 # --- forward zones ----------------------------------------------------------------------------------
 
 async def test_forward_zone_asks_its_forwarder_with_rd(net: FakeNet, clock: FakeClock) -> None:

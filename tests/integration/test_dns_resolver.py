@@ -288,6 +288,22 @@ def test_a_random_subdomain_flood_stops_at_the_zone_rate_limit(dns_hierarchy: DN
         assert logged[0]["zones"] == {"bench.test.": 20}
 
 
+def test_private_addresses_are_kept_from_public_names(dns_hierarchy: DNSHierarchy, tmp_path: Path) -> None:
+    """DNS rebinding protection: bench.test's wildcard points into 198.18.127.0/24, made private
+    here. Its names get no address (NOERROR), those under private_domains get theirs, other zones
+    are untouched, and a signed answer that loses its address fails validation rather than
+    coming through; the records dropped are counted."""
+    private = {"private_addresses": ["198.18.127.0/24"], "private_domains": ["ok.bench.test"]}
+    with DNSIspd(tmp_path, dns_hierarchy, resolver=private) as ispd:
+        ispd.start()
+        dropped = ispd.dig("x.bench.test")
+        assert dropped.status == "NOERROR" and dropped.answer == ()
+        assert rdatas(ispd.dig("a.ok.bench.test")) == {"198.18.127.1"}
+        assert rdatas(ispd.dig("www.secure.test")) == {"198.18.5.1"}
+        assert ispd.dig("x.sbench.test").status == "SERVFAIL"
+        assert ispd.metric("ispd_dns_private_addresses_removed_total") >= 2
+
+
 def test_a_stop_with_idle_tcp_clients_is_clean(dns_hierarchy: DNSHierarchy, tmp_path: Path) -> None:
     """SIGTERM with DNS-over-TCP clients connected: each sees its connection end, and nothing is
     logged as an error (Python 3.11's start_server logged the loop's final cancel of the handler)."""

@@ -1,0 +1,63 @@
+"""DNS rebinding protection (Unbound's ``private-address``): addresses of the operator's and the
+subscribers' own networks are taken out of what the Internet answers.
+
+Why. A web page from attacker.example makes the browser fetch attacker.example again after its
+short TTL, and the name now resolves to 192.168.1.1: the same-origin policy lets the page's
+script talk to the subscriber's router (or a printer, or the ISP's management network) as if it
+were attacker.example. A resolver that never hands out such addresses for public names closes
+that for every subscriber at once, whatever their router does.
+
+What. Records A and AAAA, in the answers and glue that upstream servers send, whose address lies
+in ``networks`` (an IPv4-mapped IPv6 address counts as its IPv4 address) are dropped before
+anything is cached, as Unbound's scrubber does: an RRset loses its private addresses and keeps
+the others, and one left empty is gone (the question is then answered without addresses).
+Names at or below ``allowed`` keep them: the operator's split-horizon domains, and the forward
+and stub zones (their servers are the operator's). Local data is answered before iteration and
+is never looked at here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+
+from ispd.dns.wire import ROOT, RR, RRType, parent_name
+
+
+class RebindingGuard:
+    __slots__ = ("allowed", "networks", "removed")
+
+    def __init__(self, networks: Iterable[IPv4Network | IPv6Network] = (), allowed: Iterable[bytes] = ()) -> None:
+        self.networks = tuple(networks)
+        self.allowed = frozenset(allowed)  # domains (lower case, wire form) whose names may have them
+        self.removed = 0  # records dropped, in all
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.networks)
+
+    def scrub(self, records: list[RR]) -> list[RR]:
+        """``records`` without the private addresses of names outside ``allowed``."""
+        kept = [rr for rr in records if not self._private(rr)]
+        if len(kept) != len(records):
+            self.removed += len(records) - len(kept)
+        return kept
+
+    def _private(self, rr: RR) -> bool:
+        mapped: IPv4Address | None = None
+        if rr.rtype == RRType.A and len(rr.rdata) == 4:
+            address: IPv4Address | IPv6Address = IPv4Address(rr.rdata)
+        elif rr.rtype == RRType.AAAA and len(rr.rdata) == 16:
+            address = IPv6Address(rr.rdata)
+            mapped = address.ipv4_mapped
+        else:
+            return False
+        if not any(address in network or (mapped is not None and mapped in network) for network in self.networks):
+            return False
+        name = rr.name.lower()
+        while True:
+            if name in self.allowed:
+                return False
+            if name == ROOT:
+                return True
+            name = parent_name(name)
