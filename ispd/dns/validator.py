@@ -263,8 +263,8 @@ class Validator:
     async def _check_rrset(self, name: bytes, rtype: int, rdatas: list[bytes], sigs: list[dnssec.RRSIG],
                            zone: bytes, proof: list[RR]) -> Verdict:
         signing = await self._signing_keys([sig.signer for sig in sigs], name, zone or name, EDE.RRSIGS_MISSING,
-                                           f"{name_to_text(name)} {rtype} has no signature from "
-                                           f"{name_to_text(zone or name)}")
+                                           lambda: f"{name_to_text(name)} {rtype} has no signature from "
+                                                   f"{name_to_text(zone or name)}")
         if isinstance(signing, Verdict):
             return signing
         signer, keys = signing
@@ -296,7 +296,7 @@ class Validator:
                     continue
         soa_owner = next((rr.name for rr in records if rr.rtype == RRType.SOA and is_subdomain(name, rr.name)), b"")
         signing = await self._signing_keys(signers, name, zone or soa_owner or name, EDE.NSEC_MISSING,
-                                           f"an unsigned denial of {name_to_text(name)} from a signed zone")
+                                           lambda: f"an unsigned denial of {name_to_text(name)} from a signed zone")
         if isinstance(signing, Verdict):
             return signing
         signer, keys = signing
@@ -319,7 +319,7 @@ class Validator:
                        f"no proof that {name_to_text(name)} {'does not exist' if nxdomain else 'has no such type'}")
 
     async def _signing_keys(self, signers: list[bytes], name: bytes, unsigned_zone: bytes, missing: EDE,
-                            missing_why: str) -> tuple[bytes, ZoneKeys] | Verdict:
+                            missing_why: Callable[[], str]) -> tuple[bytes, ZoneKeys] | Verdict:
         """The deepest of ``signers`` that may sign ``name`` and its secure keys, to verify with;
         or the verdict when there is nothing to verify: the signer's zone insecure or bogus, or
         no signature, which is bogus (``missing``) if ``unsigned_zone`` (where the unsigned data
@@ -328,7 +328,7 @@ class Validator:
         if not usable:
             keys = await self.zone_keys(unsigned_zone)
             if keys.security == Security.SECURE:
-                return Verdict(Security.BOGUS, missing, missing_why)
+                return Verdict(Security.BOGUS, missing, missing_why())  # (text made only when needed)
             return Verdict(keys.security, keys.ede, keys.why)
         signer = max(usable, key=label_count)
         keys = await self.zone_keys(signer)
