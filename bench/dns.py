@@ -25,6 +25,12 @@ resolver process with an empty cache:
 - validated hit: the cache-hit workload over h0..h499.sbench.test, both resolvers validating:
   the warm-up validates each name once (and the chain of trust: DS and DNSKEY of the root, test.
   and sbench.test), then the answers come from the cache with their verdict;
+- flood: a random-subdomain flood, as infected subscriber devices send them: new names under
+  bench.test at a fixed 8 000 q/s, with both resolvers limiting the queries to one zone's
+  servers to 500 a second (--zone-limit; ispd: zone_rate_limit_qps; Unbound: ratelimit; both
+  let one in ten past it through). "q/s" is the replies to the flood; "latency" is what the other subscribers
+  see meanwhile: a probe asks new names under sbench.test (another zone, cache misses too) at
+  50 q/s, and its p50/p99/max are shown, with the share it got answered;
 - validated miss: the cache-miss workload over m<N>.sbench.test, answered by the signed wildcard
   *.sbench.test, both validating: each name costs the query to the sbench.test server and the
   validator's checks, the wildcard's RRSIG and the NSEC proof that the name itself does not exist
@@ -54,7 +60,7 @@ servers, and the figures show that contention as much as the scaling.
 
     .venv/bin/python bench/dns.py [--quick] [--duration 15] [--only ispd|unbound] [--json out.json]
                                   [--outstanding 200] [--miss-outstanding 200] [--repeat 1] [--no-pin]
-                                  [--processes 1] [--keep]
+                                  [--processes 1] [--zone-limit 500] [--keep]
 """
 
 from __future__ import annotations
@@ -64,9 +70,11 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -88,6 +96,7 @@ from bench.common import (  # noqa: E402
     stop_all_on_exit,
     udp_rcvbuf_errors,
 )
+from ispd.dns.wire import CLASS_IN, RCode, RRType, encode_query, name_from_text  # noqa: E402
 from tests.lab.certs import issue  # noqa: E402
 from tests.lab.dnshier import (  # noqa: E402
     BENCH_NAMES,
@@ -104,9 +113,10 @@ from tests.lab.ports import free_tcp_port  # noqa: E402
 DNSPERF = shutil.which("dnsperf") or "/usr/bin/dnsperf"
 BASE = "127.55"
 LATENCY_QPS = 2000
-WORKLOADS = ("cache hit", "latency", "cache miss", "DoT hit", "DoH hit", "validated hit", "validated miss")
+WORKLOADS = ("cache hit", "latency", "cache miss", "DoT hit", "DoH hit", "validated hit", "validated miss", "flood")
 VALIDATED = frozenset({"validated hit", "validated miss"})  # over sbench.test, both resolvers validating
-ROWS = ("cache hit", "cache miss", "latency", "DoT hit", "DoH hit", "validated hit", "validated miss")
+ROWS = ("cache hit", "cache miss", "latency", "DoT hit", "DoH hit", "validated hit", "validated miss", "flood")
+FLOOD_QPS, PROBE_QPS = 8000, 50  # the flood workload (its zone limit: --zone-limit)
 TARGETS = {"validated hit": 0.6}  # the issue's target: ispd/unbound q/s at least this
 UNSIGNED_ZONE, SIGNED_ZONE = "bench.test", "sbench.test"
 DNSPERF_TIMEOUT = 5  # dnsperf -t: a query without a reply after this long is lost
@@ -155,8 +165,10 @@ class Resolver(BenchServer):
     tls: tuple[Path, Path] | None = None  # certificate chain and key, for DoT and DoH
     processes = 1  # ispd's [dns] processes, Unbound's num-threads (--processes)
 
-    def __init__(self, hierarchy: DNSHierarchy, workdir: Path, cpus: str | None, *, validating: bool) -> None:
+    def __init__(self, hierarchy: DNSHierarchy, workdir: Path, cpus: str | None, *, validating: bool,
+                 zone_limit: int = 0) -> None:
         self.hierarchy, self.workdir, self.cpus, self.validating = hierarchy, workdir, cpus, validating
+        self.zone_limit = zone_limit  # queries per second to one zone's servers; 0: none
         self.port = free_port()
         self.dot_port = free_tcp_port()
         self.doh_port = free_tcp_port()
@@ -165,8 +177,9 @@ class Resolver(BenchServer):
 class UnboundResolver(Resolver):
     name, label = "unbound", "unbound"
 
-    def __init__(self, hierarchy: DNSHierarchy, workdir: Path, cpus: str | None, *, validating: bool) -> None:
-        super().__init__(hierarchy, workdir, cpus, validating=validating)
+    def __init__(self, hierarchy: DNSHierarchy, workdir: Path, cpus: str | None, *, validating: bool,
+                 zone_limit: int = 0) -> None:
+        super().__init__(hierarchy, workdir, cpus, validating=validating, zone_limit=zone_limit)
         assert self.tls is not None
         pem, key = self.tls
         extra = (f"  interface: 127.0.0.1@{self.dot_port}\n  interface: 127.0.0.1@{self.doh_port}\n"
@@ -177,6 +190,8 @@ class UnboundResolver(Resolver):
         # validating: "validator iterator" from the lab's trust anchor; else "iterator" alone
         if self.processes > 1:  # one socket per thread, as ispd's processes have
             extra += "  so-reuseport: yes\n"
+        if zone_limit:  # (ratelimit-factor stays at its default, 10: as ispd's zone_rate_limit_factor)
+            extra += f"  ratelimit: {zone_limit}\n"
         self.process = Unbound(hierarchy.root_hints_path, workdir, port=self.port, msg_cache="256m",
                                rrset_cache="512m", cpus=cpus, extra=extra, threads=self.processes,
                                trust_anchor=hierarchy.trust_anchor_path if validating else None)
@@ -188,8 +203,9 @@ class UnboundResolver(Resolver):
 class IspdResolver(Resolver):
     name, label = "ispd", "ispd"
 
-    def __init__(self, hierarchy: DNSHierarchy, workdir: Path, cpus: str | None, *, validating: bool) -> None:
-        super().__init__(hierarchy, workdir, cpus, validating=validating)
+    def __init__(self, hierarchy: DNSHierarchy, workdir: Path, cpus: str | None, *, validating: bool,
+                 zone_limit: int = 0) -> None:
+        super().__init__(hierarchy, workdir, cpus, validating=validating, zone_limit=zone_limit)
         self.process = IspdDaemon(workdir, cpus)
 
     def _start(self) -> None:
@@ -200,6 +216,8 @@ class IspdResolver(Resolver):
         config += (ISPD_DNSSEC_ON.format(anchor=self.hierarchy.trust_anchor_path) if self.validating
                    else ISPD_DNSSEC_OFF)
         config = config.replace("[dns]\n", f"[dns]\nprocesses = {self.processes}\n", 1)
+        if self.zone_limit:
+            config = config.replace("[dns.resolver]\n", f"[dns.resolver]\nzone_rate_limit_qps = {self.zone_limit}\n", 1)
 
         def answers() -> bool:  # any reply will do: a DNS listener is up
             try:
@@ -238,6 +256,7 @@ class Run:
     dnsperf_cpu: float = 0.0
     authoritative_cpu: float = 0.0  # the workload's zone's NSD server's (bench.test or sbench.test)
     rcvbuf_drops: int = 0  # datagrams the kernel dropped at a full socket buffer (any socket) during the run
+    probe_answered: float | None = None  # flood: the share of the probe's questions answered NOERROR
     error: str | None = None
 
     @property
@@ -344,6 +363,65 @@ def run_dnsperf(resolver: Resolver, workload: str, datafile: Path, *, duration: 
 # --- the workloads
 
 
+class Probe(threading.Thread):
+    """Other subscribers during a flood: new names under ``zone`` at ``rate`` q/s, each a cache miss,
+    with the delay of every NOERROR reply (the rest count as not answered)."""
+
+    def __init__(self, port: int, zone: str, rate: int) -> None:
+        super().__init__(daemon=True)
+        self.port, self.zone, self.rate = port, zone, rate
+        self.sent, self.delays = 0, list[float]()
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        asked: dict[int, float] = {}
+        next_send = time.monotonic()
+        stop_at: float | None = None
+        try:
+            while stop_at is None or (asked and time.monotonic() < stop_at):
+                now = time.monotonic()
+                if stop_at is None and self.stopping.is_set():
+                    stop_at = now + DNSPERF_TIMEOUT  # the last ones may still be answered
+                if stop_at is None and now >= next_send:
+                    name = name_from_text(f"p{self.sent}-{os.getpid()}.{self.zone}")
+                    sock.sendto(encode_query(self.sent & 0xFFFF, name, RRType.A, CLASS_IN, rd=True),
+                                ("127.0.0.1", self.port))
+                    asked[self.sent & 0xFFFF] = now
+                    self.sent += 1
+                    next_send += 1 / self.rate
+                try:
+                    reply = sock.recv(4096)
+                except BlockingIOError:
+                    time.sleep(0.001)
+                    continue
+                if len(reply) < 12:
+                    continue
+                sent_at = asked.pop(int.from_bytes(reply[:2], "big"), None)
+                if sent_at is not None and reply[3] & 0xF == RCode.NOERROR and reply[6:8] != b"\0\0":  # answered
+                    self.delays.append(time.monotonic() - sent_at)
+        finally:
+            sock.close()
+
+
+def run_flood(resolver: Resolver, misses: Path, args: argparse.Namespace, cpus: str | None) -> Run:
+    probe = Probe(resolver.port, SIGNED_ZONE, PROBE_QPS)
+    probe.start()
+    try:
+        run = run_dnsperf(resolver, "flood", misses, duration=args.duration, outstanding=5000, clients=args.clients,
+                          rate=FLOOD_QPS, once=True, cpus=cpus)
+    finally:
+        probe.stopping.set()
+        probe.join()
+    if probe.delays:
+        delays = [1000 * d for d in probe.delays]
+        run.p50_ms, run.p99_ms, run.max_ms = percentile(delays, 0.5), percentile(delays, 0.99), max(delays)
+    run.probe_answered = len(probe.delays) / max(1, probe.sent)
+    return run
+
+
+
 def write_datafiles(root: Path, miss_names: int) -> dict[str, tuple[Path, Path]]:
     """The hits and misses files of each zone: h0..h499.<zone>, and m0..m<miss_names>.<zone>."""
     files = {}
@@ -384,14 +462,17 @@ def measure(kind: type[Resolver], hierarchy: DNSHierarchy, root: Path, files: di
         zone = zone_of(workload)
         hits, misses = files[zone]
         workdir = Path(tempfile.mkdtemp(prefix=f"{kind.name}-{workload.replace(' ', '-')}-", dir=root))
-        resolver = kind(hierarchy, workdir, cpus[0], validating=workload in VALIDATED)
+        resolver = kind(hierarchy, workdir, cpus[0], validating=workload in VALIDATED,
+                        zone_limit=args.zone_limit if workload == "flood" else 0)
         print(f"  {kind.label}: {workload} ...", end="", flush=True, file=sys.stderr)
         try:
             resolver.start()
             check_answers(resolver, zone)
             # warm-up: every bench name once, gently (and the delegation to the zone for the misses;
             # validating, the keys of the chain of trust too)
-            warm = run_dnsperf(resolver, "warm-up", hits, duration=30, outstanding=20, clients=1, rate=5000,
+            # (under a zone limit, slower than it)
+            warm_rate = resolver.zone_limit * 4 // 5 if resolver.zone_limit else 5000
+            warm = run_dnsperf(resolver, "warm-up", hits, duration=30, outstanding=20, clients=1, rate=warm_rate,
                                once=True, cpus=cpus[1])
             if warm.completed < BENCH_NAMES or warm.rcodes.get("NOERROR", 0) < BENCH_NAMES:
                 raise ServerFailed(f"the warm-up got {warm.rcodes} for {BENCH_NAMES} names")
@@ -401,6 +482,8 @@ def measure(kind: type[Resolver], hierarchy: DNSHierarchy, root: Path, files: di
             elif workload == "latency":
                 run = run_dnsperf(resolver, workload, hits, duration=args.duration, outstanding=100, clients=1,
                                   rate=LATENCY_QPS, verbose=True, cpus=cpus[1])
+            elif workload == "flood":
+                run = run_flood(resolver, misses, args, cpus[1])
             elif workload in ("cache miss", "validated miss"):
                 run = run_dnsperf(resolver, workload, misses, duration=args.duration,
                                   outstanding=args.miss_outstanding, clients=args.clients, once=True, cpus=cpus[1])
@@ -410,7 +493,9 @@ def measure(kind: type[Resolver], hierarchy: DNSHierarchy, root: Path, files: di
             print(f" {run.qps:,.0f} q/s, {run.lost_percent:.2f} % lost, {run.noerror_percent:.1f} % NOERROR, "
                   f"cpu {100 * run.server_cpu:.0f} % (dnsperf {100 * run.dnsperf_cpu:.0f} %, {zone} NSD "
                   f"{100 * run.authoritative_cpu:.0f} %), {run.rcvbuf_drops:,} datagrams dropped at full socket "
-                  "buffers" + (f", p99 {run.p99_ms:.2f} ms" if run.p99_ms else ""), file=sys.stderr)
+                  "buffers" + (f", p99 {run.p99_ms:.2f} ms" if run.p99_ms else "")
+                  + (f", probe answered {100 * run.probe_answered:.0f} %" if run.probe_answered is not None else ""),
+                  file=sys.stderr)
         except ServerFailed as exc:
             print(" failed", file=sys.stderr)
             run = Run(kind.name, workload, workload in VALIDATED, error=str(exc))
@@ -425,7 +510,7 @@ def measure(kind: type[Resolver], hierarchy: DNSHierarchy, root: Path, files: di
 
 
 def better(run: Run, than: Run) -> bool:
-    if run.workload == "latency":
+    if run.workload in ("latency", "flood"):
         return (run.p99_ms or float("inf")) < (than.p99_ms or float("inf"))
     return run.qps > than.qps
 
@@ -451,7 +536,7 @@ def fmt_run(run: Run | None, latency: bool) -> str:
     return f"{run.qps:>9,.0f} {run.lost_percent:>5.2f}% {100 * run.server_cpu:>4.0f}% {figures:>20}"
 
 
-def print_table(names: list[str], results: dict[tuple[str, str], Run]) -> None:
+def print_table(names: list[str], results: dict[tuple[str, str], Run], zone_limit: int) -> None:
     width = len(fmt_run(None, False))
     head = f"{'workload':<14}  " + "  ".join(f"{RESOLVERS[n].label:-^{width}}" for n in names)
     sub = f"{'':<14}  " + "  ".join(f"{'q/s':>9} {'lost':>6} {'cpu':>5} {'latency ms':>20}" for _ in names)
@@ -466,13 +551,13 @@ def print_table(names: list[str], results: dict[tuple[str, str], Run]) -> None:
         runs = [results.get((n, workload)) for n in names]
         if not any(runs):
             continue  # not measured this time (--workload)
-        line = f"{workload:<14}  " + "  ".join(fmt_run(r, workload == "latency") for r in runs)
+        line = f"{workload:<14}  " + "  ".join(fmt_run(r, workload in ("latency", "flood")) for r in runs)
         if len(names) == 2:
             ispd, unbound = results.get(("ispd", workload)), results.get(("unbound", workload))
-            if workload != "latency" and ispd and unbound and ispd.error is None and unbound.error is None \
-                    and unbound.qps:
+            if workload not in ("latency", "flood") and ispd and unbound and ispd.error is None \
+                    and unbound.error is None and unbound.qps:
                 line += f"  {ispd.qps / unbound.qps:>11.2f}x"
-            elif workload == "latency" and ispd and unbound and ispd.p99_ms and unbound.p99_ms:
+            elif workload in ("latency", "flood") and ispd and unbound and ispd.p99_ms and unbound.p99_ms:
                 line += f"  {'p99 ' + format(ispd.p99_ms / unbound.p99_ms, '.2f') + 'x':>12}"
             else:
                 line += f"  {'':>12}"
@@ -480,6 +565,15 @@ def print_table(names: list[str], results: dict[tuple[str, str], Run]) -> None:
         line += f"  {100 * gen:>6.0f}%"
         print(line)
     print(f"latency ms: avg/max at saturation; p50/p99/max at a fixed {LATENCY_QPS:,} q/s of cache hits")
+    flooded = [results.get((n, "flood")) for n in names]
+    if any(flooded):
+        answered = ", ".join(f"{RESOLVERS[n].label} {100 * r.probe_answered:.0f} %"
+                             for n, r in zip(names, flooded, strict=True)
+                             if r is not None and r.probe_answered is not None)
+        limit = f"zone limit {zone_limit} q/s (1 in 10 past it)" if zone_limit else "no zone limit"
+        print(f"flood: {FLOOD_QPS:,} q/s of new {UNSIGNED_ZONE} names, {limit}; q/s: replies to the flood; "
+              f"latency: a probe's new {SIGNED_ZONE} names at {PROBE_QPS} q/s meanwhile, p50/p99/max of those "
+              f"answered ({answered})")
     print(f"validated hit/miss: {SIGNED_ZONE} (signed), both resolvers validating (AD); every other row: "
           f"{UNSIGNED_ZONE} (unsigned), neither validating; every query plain (no EDNS, no DO)")
     if len(names) == 2:
@@ -526,6 +620,9 @@ def main() -> None:
     parser.add_argument("--base", default=BASE, help="the lab hierarchy's addresses (default: %(default)s.0.0/16)")
     parser.add_argument("--keep", action="store_true", help="keep each run's directory (configs, logs, output)")
     parser.add_argument("--json", type=Path, help="also write every run's figures to this file")
+    parser.add_argument("--zone-limit", type=int, default=500,
+                        help="flood: both resolvers' queries per second to one zone (ispd zone_rate_limit_qps, "
+                             "Unbound ratelimit); 0: none (default: %(default)s)")
     parser.add_argument("--workload", action="append", choices=WORKLOADS,
                         help="run only this workload (repeatable; default: all)")
     args = parser.parse_args()
@@ -585,7 +682,7 @@ def main() -> None:
                     elif best is None or best.error is not None or better(run, best):
                         results[(name, run.workload)] = run
         print()
-        print_table(names, results)
+        print_table(names, results, args.zone_limit)
         measured = [r for r in results.values() if r.error is None]
         if any(r.dnsperf_cpu > 0.85 for r in measured):
             print("note: dnsperf used more than 85 % of its core in some runs; there it limits the figures too")
