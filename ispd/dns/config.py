@@ -11,13 +11,14 @@ reloads, with errors naming the file and line.
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv6Address, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
 from ispd.configtypes import IPAddress, IPNetwork, ListenAddress, Section, SocketAddress
+from ispd.dns.dns64 import check_prefix
 from ispd.dns.wire import name_from_text
 
 
@@ -206,6 +207,27 @@ class DoQConfig(EncryptedListenerConfig):
     allow_0rtt: bool = False
 
 
+def _dns64_prefix(value: IPv4Network | IPv6Network | None) -> IPv6Network | None:
+    if value is None:
+        return None
+    if not isinstance(value, IPv6Network):
+        raise ValueError(f"{value} is not an IPv6 prefix (e.g. 64:ff9b::/96)")
+    check_prefix(value)
+    return value
+
+
+class DNS64Config(Section):
+    # DNS64 (RFC 6147) for IPv6-only subscriber networks behind a NAT64: a name with A records
+    # but no AAAA gets AAAA records embedding its IPv4 addresses in `prefix` (RFC 6052: a /32,
+    # /40, /48, /56, /64 or /96; the well-known 64:ff9b::/96 embeds global IPv4 addresses only).
+    # For every client of this resolver (as Unbound's dns64 module). Unset: off.
+    prefix: Annotated[IPNetwork | None, AfterValidator(_dns64_prefix)] = None
+    # AAAA records in these networks count as none (RFC 6147 §5.1.4): IPv4-mapped ones by default.
+    exclude: list[IPNetwork] = Field(default_factory=lambda: [ip_network("::ffff:0:0/96")])
+    # Make AAAA records from the A records even for names that have AAAA records of their own.
+    synthesize_all: bool = False
+
+
 class DNSSECConfig(Section):
     # Validate answers (RFC 4033-4035): AD on secure answers for clients that ask (DO or AD),
     # SERVFAIL with an Extended DNS Error (RFC 8914) on bogus ones; a client that sets CD gets
@@ -259,6 +281,7 @@ class DNSConfig(Section):
     cache: CacheConfig = CacheConfig()
     resolver: ResolverConfig = ResolverConfig()
     dnssec: DNSSECConfig = DNSSECConfig()
+    dns64: DNS64Config = DNS64Config()
     # Encrypted DNS for subscribers; each is off until it has listen addresses.
     dot: DoTConfig = DoTConfig()
     doh: DoHConfig = DoHConfig()

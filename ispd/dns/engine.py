@@ -51,6 +51,7 @@ from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any
 
 from ispd.dns.cache import VARIANT_AD, VARIANT_CD, VARIANT_DO, AnswerCache, CachedAnswer, Security, answer_variant
+from ispd.dns.dns64 import DNS64
 from ispd.dns.policy import PolicyAction, PolicyHit
 from ispd.dns.resolver import Resolution, Resolver
 from ispd.dns.wire import (
@@ -82,6 +83,7 @@ from ispd.dns.wire import (
     opt_record,
     quick_question,
     rdata_name,
+    soa_minimum,
 )
 from ispd.dns.zone import ZoneAnswer
 from ispd.dns.zonelimit import Screen
@@ -92,6 +94,8 @@ _U16 = struct.Struct("!H")
 _RD_BYTE = FLAG_RD >> 8  # the RD bit in the third byte of a message
 EDE_NOT_AUTHORITATIVE = 20  # RFC 8914 §4.21
 FAILURE_CACHE_SECONDS = 5  # RFC 9520 §3.2: at least 1 s, at most 5 min
+DNS64_NEGATIVE_TTL = 600  # a made AAAA's TTL at most, when the AAAA question's answer had no SOA
+_COVERS_A, _COVERS_AAAA = RRType.A.to_bytes(2, "big"), RRType.AAAA.to_bytes(2, "big")  # an RRSIG's first bytes
 STALE_RECHECK_SECONDS = 30  # RFC 8767 §4: the failure recheck timer
 TCP_MAX_SIZE = 65535
 _TC_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x00"
@@ -128,6 +132,7 @@ class EngineStats:
     dropped_by_policy: int = 0
     not_recursive: int = 0  # RD=0 questions past local data: refused
     resolution_failures: int = 0  # resolutions that ended in SERVFAIL (failed, timed out, bugs)
+    dns64_answers: int = 0  # AAAA answers made from A records (DNS64)
 
 
 class RateLimiter:
@@ -179,6 +184,7 @@ class DNSEngine:
                  stale_client_timeout: float = 1.8) -> None:
         self.resolver = resolver
         self.zone_limiter = resolver.zone_limiter  # (the resolver's own: a reload configures it in place)
+        self.dns64: DNS64 | None = None  # AAAA answers made from A records (the service sets it)
         self.answers = answers
         self.clock = clock
         self.allow = list(allow)
@@ -455,6 +461,8 @@ class DNSEngine:
             log.exception("dns.resolve.failed", name=name_to_text(question.key_name), qtype=question.qtype)
         finally:
             self._inflight.pop(key, None)
+        if self.dns64 is not None and question.qtype == RRType.AAAA:
+            resolution = await self._synthesised(resolution, question.key_name, key, self.dns64)
         if resolution.rcode == RCode.SERVFAIL:
             self.stats.resolution_failures += 1
         resolution = await self._police_chain(resolution, question.qtype)
@@ -478,7 +486,53 @@ class DNSEngine:
                 resolution = await self.resolver.resolve(question.key_name, question.qtype)
         except TimeoutError:
             resolution = Resolution(RCode.SERVFAIL, [], failure="timed out")
+        if self.dns64 is not None and question.qtype == RRType.AAAA:
+            resolution = await self._synthesised(resolution, question.key_name, key_of(question), self.dns64)
         return await self._police_chain(resolution, question.qtype)
+
+    async def _synthesised(self, resolution: Resolution, name: bytes, key: bytes, dns64: DNS64) -> Resolution:
+        """The AAAA resolution of ``name`` with DNS64's records made from the A records of the
+        chain's end when it has no AAAA of its own (``ispd.dns.dns64``)."""
+        if resolution.rcode == RCode.NXDOMAIN or resolution.security == Security.BOGUS:
+            return resolution
+        if self.validating and answer_variant(key) & VARIANT_DO and answer_variant(key) & VARIANT_CD:
+            return resolution  # RFC 6147 §5.5: it validates for itself, on the records as they are
+        chain: list[RR] = []  # the AAAA resolution's CNAMEs and DNAMEs (with their RRSIGs)
+        own: list[RR] = []  # and its AAAA records
+        end = name
+        if resolution.rcode == RCode.NOERROR:
+            for rr in resolution.answer:
+                if rr.rtype == RRType.AAAA:
+                    own.append(rr)
+                elif rr.rtype != RRType.RRSIG or rr.rdata[:2] != _COVERS_AAAA:
+                    chain.append(rr)
+                    if rr.rtype == RRType.CNAME and rr.name == end:
+                        end = rdata_name(rr.rdata)
+        # (after a failure, RFC 6147 §5.1.2: as if there were no AAAA, from the name itself)
+        counted = [rr for rr in own if dns64.counts(rr.rdata)]
+        if counted and not dns64.synthesize_all:
+            if len(counted) == len(own):
+                return resolution
+            return replace(resolution, answer=[rr for rr in resolution.answer
+                                               if rr.rtype != RRType.AAAA or dns64.counts(rr.rdata)])
+        try:
+            async with asyncio.timeout(self.request_timeout):
+                ipv4 = await self.resolver.resolve(end, RRType.A)
+        except TimeoutError:
+            return resolution
+        if ipv4.rcode != RCode.NOERROR or ipv4.security == Security.BOGUS:
+            return resolution
+        # RFC 6147 §5.1.7: no longer than the A records, nor than the AAAA question's negative answer.
+        negative = min((min(rr.ttl, soa_minimum(rr.rdata)) for rr in resolution.authority if rr.rtype == RRType.SOA),
+                       default=DNS64_NEGATIVE_TTL)
+        made = [RR(rr.name, RRType.AAAA, rr.rclass, min(rr.ttl, negative), dns64.embed(rr.rdata))
+                for rr in ipv4.answer if rr.rtype == RRType.A and dns64.may_embed(rr.rdata)]
+        if not made:
+            return resolution
+        self.stats.dns64_answers += 1
+        a_chain = [rr for rr in ipv4.answer if rr.rtype in (RRType.CNAME, RRType.DNAME)
+                   or (rr.rtype == RRType.RRSIG and rr.rdata[:2] != _COVERS_A)]
+        return Resolution(RCode.NOERROR, [*chain, *a_chain, *made], [], security=Security.INSECURE, zone=ipv4.zone)
 
     async def _police_chain(self, resolution: Resolution, qtype: int, before: tuple[RR, ...] = (),
                             hops: int = 0) -> Resolution:

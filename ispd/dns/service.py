@@ -24,6 +24,7 @@ import socket
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
+from ipaddress import IPv6Network
 from pathlib import Path
 from typing import Any, cast
 
@@ -35,6 +36,7 @@ from ispd.dns.admin import parse_name_argument
 from ispd.dns.cache import AnswerCache, CacheLimits, RRsetCache
 from ispd.dns.config import DNSConfig, EncryptedListenerConfig
 from ispd.dns.datafiles import DataFiles, DiskFiles, FileStore, HandedFiles
+from ispd.dns.dns64 import DNS64
 from ispd.dns.dnssec import TrustAnchor
 from ispd.dns.engine import DNSEngine
 from ispd.dns.frontend import Answerer, TransportStats
@@ -130,6 +132,13 @@ def resolver_settings(config: DNSConfig) -> ResolverSettings:
         zone_rate_limit_qps=r.zone_rate_limit_qps, zone_rate_limit_factor=r.zone_rate_limit_factor,
         zone_rate_limits={name_from_text(limit.name): limit.qps for limit in r.zone_rate_limit_for},
         private_addresses=tuple(r.private_addresses), private_domains=tuple(map(name_from_text, r.private_domains)))
+
+
+def make_dns64(config: DNSConfig) -> DNS64 | None:
+    d = config.dns64
+    if not isinstance(d.prefix, IPv6Network):  # (unset; the config refuses an IPv4 one)
+        return None
+    return DNS64(d.prefix, [n for n in d.exclude if isinstance(n, IPv6Network)], d.synthesize_all)
 
 
 def forward_zones(config: DNSConfig) -> list[ForwardZone]:
@@ -307,6 +316,7 @@ class DNSService(Service):
                                 rate_limit_qps=c.rate_limit_qps, request_timeout=c.resolver.request_timeout_seconds,
                                 stale_answer_ttl=c.cache.stale_answer_ttl,
                                 stale_client_timeout=c.cache.stale_client_timeout_seconds)
+        self.engine.dns64 = make_dns64(c)
         await self._load_data(self.config)
         await self._load_subscribers()
         self._subscribe(stack)
@@ -912,6 +922,7 @@ class DNSService(Service):
         self._reload_encrypted(certificates, new.dns)
         self.config = new.dns
         self._apply_limits(new.dns)
+        self.engine.dns64 = make_dns64(new.dns)
         self.engine.set_allow(list(new.dns.allow))
         before, after = set(forward_zones(old.dns)), forward_zones(new.dns)
         self.resolver.configure(resolver_settings(new.dns), hints, after)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import struct
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address, ip_network
+from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_network
 
 import pytest
 
 from ispd.dns.cache import AnswerCache, CacheLimits, RRsetCache
 from ispd.dns.config import WalledGardenConfig
+from ispd.dns.dns64 import DNS64
 from ispd.dns.engine import STALE_RECHECK_SECONDS, DNSEngine, RateLimiter
 from ispd.dns.localdata import LocalData
 from ispd.dns.policy import Policy, compile_policy_zone
@@ -381,6 +382,48 @@ async def test_a_flood_under_a_zone_over_its_rate_limit_is_answered_before_any_r
     assert addresses(stale) == ["192.0.2.99"] and stale.answer[0].ttl == 30
     env.clock.advance(1)
     assert addresses(await env.ask_message(query("r11.wild.example.test."))) == ["192.0.2.99"]
+
+
+def with_dns64(env: Env, **kwargs: object) -> None:
+    zone = env.net.zone("example.test.")
+    for line in ("v4only 3600 A 192.0.2.7", "v4only 3600 A 192.0.2.8", "v4alias 3600 CNAME v4only",
+                 "mapped 3600 AAAA ::ffff:192.0.2.9", "mapped 3600 A 192.0.2.9"):
+        for rr in load_zone_text(f"$ORIGIN example.test.\n@ SOA ns hm 1 1 1 1 1\n{line}\n", "example.test.").rrsets(
+                N(line.split()[0] + ".example.test.")).values():
+            for record in rr:
+                zone.add(record)
+    env.engine.dns64 = DNS64(IPv6Network("2001:db8:64::/96"), **kwargs)  # type: ignore[arg-type]
+
+
+def aaaa_values(message: Message) -> list[str]:
+    return sorted(str(IPv6Address(rr.rdata)) for rr in message.answer if rr.rtype == RRType.AAAA)
+
+
+async def test_dns64_makes_aaaa_records_for_names_with_only_a_records(env: Env) -> None:
+    with_dns64(env)
+    reply = await env.ask_message(query("v4only.example.test.", RRType.AAAA))
+    assert reply.rcode == RCode.NOERROR and not reply.flags & FLAG_AD
+    assert aaaa_values(reply) == ["2001:db8:64::c000:207", "2001:db8:64::c000:208"]
+    assert {rr.ttl for rr in reply.answer} == {300}  # the AAAA question's negative TTL (the SOA's 300)
+    assert env.engine.stats.dns64_answers == 1
+    # Through a CNAME: the chain, then the records made for its end.
+    chained = await env.ask_message(query("v4alias.example.test.", RRType.AAAA))
+    assert [RRType(rr.rtype).name for rr in chained.answer] == ["CNAME", "AAAA", "AAAA"]
+    assert chained.answer[1].name == N("v4only.example.test.")
+    # A name with AAAA records keeps them; an IPv4-mapped one counts as none; NXDOMAIN stays.
+    assert aaaa_values(await env.ask_message(query("www.example.test.", RRType.AAAA))) == ["2001:db8::80"]
+    assert aaaa_values(await env.ask_message(query("mapped.example.test.", RRType.AAAA))) == [
+        "2001:db8:64::c000:209"]
+    assert (await env.ask_message(query("nothere.example.test.", RRType.AAAA))).rcode == RCode.NXDOMAIN
+    # A questions are untouched; the made answer comes from the cache's fast path the next time.
+    assert addresses(await env.ask_message(query("v4only.example.test."))) == ["192.0.2.7", "192.0.2.8"]
+    again = env.fast(query("v4only.example.test.", RRType.AAAA))
+    assert again is not None and aaaa_values(decode_message(again)) == aaaa_values(reply)
+
+
+async def test_dns64_synthesize_all_replaces_real_aaaa_records(env: Env) -> None:
+    with_dns64(env, synthesize_all=True)
+    assert aaaa_values(await env.ask_message(query("www.example.test.", RRType.AAAA))) == ["2001:db8:64::c000:250"]
 
 
 async def test_no_stale_answer_past_the_stale_window() -> None:

@@ -304,6 +304,19 @@ def test_private_addresses_are_kept_from_public_names(dns_hierarchy: DNSHierarch
         assert ispd.metric("ispd_dns_private_addresses_removed_total") >= 2
 
 
+def test_dns64_gives_ipv6_only_clients_addresses_through_the_nat64(dns_hierarchy: DNSHierarchy,
+                                                                   tmp_path: Path) -> None:
+    """bench.test's wildcard has an A record (198.18.127.1) and no AAAA: with [dns.dns64] a dig
+    for AAAA gets it embedded in the NAT64 prefix, counted; A answers are as before."""
+    with DNSIspd(tmp_path, dns_hierarchy, dns64={"prefix": "2001:db8:64::/96"}) as ispd:
+        ispd.start()
+        made = ispd.dig("v6only.bench.test", "AAAA")
+        assert made.status == "NOERROR" and rdatas(made, "AAAA") == {"2001:db8:64::c612:7f01"}, made.text
+        assert "ad" not in ispd.dig("v6only.bench.test", "AAAA", "+dnssec").flags
+        assert rdatas(ispd.dig("v6only.bench.test")) == {"198.18.127.1"}
+        assert ispd.metric("ispd_dns_dns64_answers_total") >= 1
+
+
 def test_a_stop_with_idle_tcp_clients_is_clean(dns_hierarchy: DNSHierarchy, tmp_path: Path) -> None:
     """SIGTERM with DNS-over-TCP clients connected: each sees its connection end, and nothing is
     logged as an error (Python 3.11's start_server logged the loop's final cancel of the handler)."""

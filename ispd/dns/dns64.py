@@ -1,0 +1,70 @@
+"""DNS64 (RFC 6147): AAAA records made from A records, for IPv6-only subscribers behind a NAT64.
+
+An IPv6-only network reaches IPv4-only hosts through a NAT64 that translates addresses under a
+prefix (the well-known 64:ff9b::/96, or one of the operator's own). Its clients only ask for
+AAAA records, so the resolver answers a name that has A records and no AAAA with AAAA records
+that embed those IPv4 addresses in the prefix (RFC 6052 §2.2), and the NAT64 does the rest.
+
+The answer is the AAAA question's own when it has AAAA records (``synthesize_all`` makes one
+from the A records anyway); AAAA records inside ``exclude`` count as none (RFC 6147 §5.1.4:
+IPv4-mapped addresses by default). NXDOMAIN stays NXDOMAIN; any other failure of the AAAA
+question is treated as no AAAA (§5.1.2). Under the well-known prefix only global IPv4 addresses
+are embedded (RFC 6052 §3.1). The made records live no longer than the A records, nor than the
+AAAA question's negative TTL (§5.1.7), are not signed, and so never get AD; a client that sets
+DO and CD validates for itself and gets the records as they are (§5.5).
+
+Pure: the engine resolves, this module decides and makes the records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from ipaddress import IPv4Address, IPv6Address, IPv6Network
+
+WELL_KNOWN_PREFIX = IPv6Network("64:ff9b::/96")
+PREFIX_LENGTHS = (32, 40, 48, 56, 64, 96)  # RFC 6052 §2.2
+_U_OCTET = 8  # byte 8 (bits 64-71) of the address is reserved and stays zero
+
+
+def check_prefix(prefix: IPv6Network) -> None:
+    """Raises ValueError unless ``prefix`` can embed IPv4 addresses (RFC 6052 §2.2)."""
+    if prefix.prefixlen not in PREFIX_LENGTHS:
+        raise ValueError(f"{prefix}: a DNS64 prefix is a /32, /40, /48, /56, /64 or /96 (RFC 6052)")
+    if prefix.prefixlen > 64 and prefix.network_address.packed[_U_OCTET]:
+        raise ValueError(f"{prefix}: bits 64 to 71 of a DNS64 prefix must be zero (RFC 6052 §2.2)")
+
+
+class DNS64:
+    __slots__ = ("_positions", "_prefix_bytes", "exclude", "prefix", "synthesize_all")
+
+    def __init__(self, prefix: IPv6Network, exclude: Iterable[IPv6Network] = (IPv6Network("::ffff:0:0/96"),),
+                 synthesize_all: bool = False) -> None:
+        check_prefix(prefix)
+        self.prefix = prefix
+        self.exclude = tuple(exclude)
+        self.synthesize_all = synthesize_all
+        self._prefix_bytes = prefix.network_address.packed
+        start = prefix.prefixlen // 8
+        # Where the IPv4 address's four bytes go: after the prefix, around the u-octet.
+        self._positions = [i for i in range(start, 16) if i != _U_OCTET][:4]
+
+    def embed(self, ipv4: bytes) -> bytes:
+        """The IPv6 address (16 bytes) for the IPv4 address ``ipv4`` (4 bytes) under the prefix."""
+        address = bytearray(self._prefix_bytes)
+        for position, byte in zip(self._positions, ipv4, strict=True):
+            address[position] = byte
+        return bytes(address)
+
+    def extract(self, ipv6: bytes) -> bytes | None:
+        """The IPv4 address an address under the prefix embeds (for reverse lookups), or None."""
+        if IPv6Address(ipv6) not in self.prefix:
+            return None
+        return bytes(ipv6[i] for i in self._positions)
+
+    def counts(self, aaaa: bytes) -> bool:
+        """Whether an AAAA record's address counts as one (not in ``exclude``)."""
+        address = IPv6Address(aaaa)
+        return not any(address in network for network in self.exclude)
+
+    def may_embed(self, ipv4: bytes) -> bool:
+        return self.prefix != WELL_KNOWN_PREFIX or IPv4Address(ipv4).is_global
