@@ -15,7 +15,7 @@ from ispd.dns.dns64 import DNS64
 from ispd.dns.engine import STALE_RECHECK_SECONDS, DNSEngine, RateLimiter
 from ispd.dns.localdata import LocalData
 from ispd.dns.policy import Policy, compile_policy_zone
-from ispd.dns.resolver import Resolver, ResolverSettings
+from ispd.dns.resolver import ForwardZone, Resolver, ResolverSettings
 from ispd.dns.walledgarden import WalledGarden
 from ispd.dns.wire import (
     CLASS_CH,
@@ -70,11 +70,12 @@ class Env:
 
 
 def make_env(*, rate_limit_qps: int = 0, stale_seconds: int = 86400, prefetch: bool = True,
-             limits: CacheLimits | None = None, resolver_settings: ResolverSettings | None = None) -> Env:
+             limits: CacheLimits | None = None, resolver_settings: ResolverSettings | None = None,
+             forward_zones: list[ForwardZone] | None = None) -> Env:
     clock = FakeClock()
     net = standard_net(clock)
     limits = limits or CacheLimits(stale_seconds=stale_seconds)
-    resolver = Resolver(RRsetCache(limits), net, HINTS, clock, resolver_settings or settings())
+    resolver = Resolver(RRsetCache(limits), net, HINTS, clock, resolver_settings or settings(), forward_zones)
     answers = AnswerCache(limits, prefetch=prefetch)
     engine = DNSEngine(resolver, answers, clock, allow=[ip_network("192.168.0.0/16"), ip_network("::1/128")],
                        rate_limit_qps=rate_limit_qps)
@@ -424,6 +425,35 @@ async def test_dns64_makes_aaaa_records_for_names_with_only_a_records(env: Env) 
 async def test_dns64_synthesize_all_replaces_real_aaaa_records(env: Env) -> None:
     with_dns64(env, synthesize_all=True)
     assert aaaa_values(await env.ask_message(query("www.example.test.", RRType.AAAA))) == ["2001:db8:64::c000:250"]
+
+
+async def test_the_rate_limit_screen_lets_through_names_whose_servers_are_not_the_limited_zones() -> None:
+    """From a review: the screen judged a miss by the deepest zone it had counted above the name,
+    so with test. flooded past its limit it stopped (factor 0: for as long as the flood lasted)
+    the names of a forward zone below it, which are never counted (forwarded questions are not
+    limited), and, after a reload had cleared the counts, new names of example.test, whose
+    delegation the cache holds: neither would have sent test.'s servers a query."""
+    limited = settings(qname_minimisation="off", zone_rate_limit_factor=0, zone_rate_limits={N("test."): 3})
+
+    async def flood(env: Env) -> list[int]:
+        env.clock.advance(1 - env.clock() % 1)  # the start of a second
+        return [(await env.ask_message(query(f"r{i}.test.", msg_id=i))).rcode for i in range(6)]
+
+    forwarding = make_env(resolver_settings=limited,
+                          forward_zones=[ForwardZone(N("example.test."), (EXAMPLE_TEST_1,), recursive=True)])
+    assert await flood(forwarding) == [RCode.NXDOMAIN] * 3 + [RCode.SERVFAIL] * 3
+    assert addresses(await forwarding.ask_message(query("a1.wild.example.test."))) == ["192.0.2.99"]
+    assert addresses(await forwarding.ask_message(query("a2.wild.example.test."))) == ["192.0.2.99"]
+
+    reloaded = make_env(resolver_settings=limited)
+    assert addresses(await reloaded.ask_message(query("www.example.test."))) == ["192.0.2.80"]
+    reloaded.resolver.configure(limited, HINTS, [])  # a reload: the counts start afresh
+    assert await flood(reloaded) == [RCode.NXDOMAIN] * 3 + [RCode.SERVFAIL] * 3
+    reloaded.net.clear_log()
+    assert addresses(await reloaded.ask_message(query("a1.wild.example.test."))) == ["192.0.2.99"]
+    assert {q.address for q in reloaded.net.log} <= {EXAMPLE_TEST_1, EXAMPLE_TEST_2}  # not test.'s
+    # The flooded zone's own new names are still stopped.
+    assert (await reloaded.ask_message(query("r99.test."))).rcode == RCode.SERVFAIL
 
 
 async def test_no_stale_answer_past_the_stale_window() -> None:
