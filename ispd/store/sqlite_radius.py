@@ -108,6 +108,8 @@ _SESSION_FILL_IN = (
     " delegated_ipv6_prefix = COALESCE(delegated_ipv6_prefix, ?4), interim_interval = COALESCE(interim_interval, ?5),"
     " framed_ipv6_address = COALESCE(framed_ipv6_address, ?8)"
     " WHERE id = (SELECT MAX(id) FROM radius_sessions WHERE nas_address = ?6 AND acct_session_id = ?7)"
+    # Not another user's, as in _SESSION_ADVANCE: its growth would count against this one.
+    " AND (?9 = '' OR username = '' OR username = ?9)"
     " AND ((subscriber_id IS NULL AND ?1 IS NOT NULL) OR (framed_ip IS NULL AND ?2 IS NOT NULL)"
     " OR (framed_ipv6_prefix IS NULL AND ?3 IS NOT NULL) OR (delegated_ipv6_prefix IS NULL AND ?4 IS NOT NULL)"
     " OR (interim_interval IS NULL AND ?5 IS NOT NULL) OR (framed_ipv6_address IS NULL AND ?8 IS NOT NULL))")
@@ -179,7 +181,8 @@ def _advance(conn: sqlite3.Connection, record: AccountingRecord, *, stop: bool) 
         # First: the usage triggers must see the subscriber of the growth the advance brings.
         filled = conn.execute(_SESSION_FILL_IN, (
             record.subscriber_id, record.framed_ip, record.framed_ipv6_prefix, record.delegated_ipv6_prefix,
-            record.interim_interval, record.nas_address, record.acct_session_id, record.framed_ipv6_address))
+            record.interim_interval, record.nas_address, record.acct_session_id, record.framed_ipv6_address,
+            record.username or ""))
         # An interim that repeats what its session has changes no row, and indexes nothing.
         if filled.rowcount and _carries_ipv6(record):
             _index_networks(conn, *conn.execute(_SESSION_IPV6_TEXTS, (record.nas_address,

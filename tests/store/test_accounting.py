@@ -475,3 +475,17 @@ async def test_a_login_that_is_both_a_username_and_a_reserved_login_is_the_usern
                      (bob.id,))
     [started] = await store.record_accounting([replace(START, subscriber_id=None)])
     assert started.session is not None and started.session.subscriber_id == 1
+
+
+async def test_a_record_of_another_user_under_a_reused_id_fills_nothing_in(store: Store) -> None:
+    """From a review: the fill-in before an interim's growth took the latest session under the
+    NAS and Acct-Session-Id whoever's it was, where the growth itself skips another user's. A
+    guest's open session (nobody's) under an id the NAS reused for alice (her Start lost) became
+    alice's, and every later octet of the guest's counted against alice's quota."""
+    guest = replace(START, username="guest", subscriber_id=None, framed_ip=None)
+    [opened] = await store.record_accounting([guest])
+    assert opened.session is not None
+    await store.record_accounting([interim(T0 + 300, 10, 10, 300)])  # alice's, as the service sends it
+    await store.record_accounting([interim(T0 + 600, 1000, 1000, 600, username="guest", subscriber_id=None)])
+    assert await usage(store) == Usage(0, 0, 0)
+    assert (await store.get_session(opened.session.id)).subscriber_id is None
