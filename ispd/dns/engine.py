@@ -384,7 +384,8 @@ class DNSEngine:
             self.stats.cache_misses += 1
             past_limit = False
             if entry is None and self.zone_limiter.enabled:  # (with nothing stale to stand in)
-                screen = self.zone_limiter.screen(name, now, self.resolver.asked_elsewhere)
+                resolver = self.resolver
+                screen = self.zone_limiter.screen(name, now, lambda zone: resolver.spares(name, qtype, zone))
                 if screen == Screen.STOP:  # a flood under one zone: answered before costing a miss
                     self.stats.resolution_failures += 1
                     return self._count(error_reply(data, RCode.SERVFAIL, edns=True))

@@ -548,19 +548,24 @@ class Resolver:
         step = Step.ANSWER if qtype == RRType.CNAME else Step.CNAME
         return Outcome(step, records, next_name=target, zone=dname.zone, security=dname.security, ede=dname.ede)
 
-    def asked_elsewhere(self, name: bytes, zone: bytes) -> bool:
-        """Whether a question for ``name`` goes to other servers than those of ``zone``, an
-        ancestor of it, as the configuration and the cache tell at once: a forward zone's (never
-        rate limited), a stub zone's or a cached delegation's below ``zone``. For the zone rate
-        limit's screen, which knows only the zones it has counted (none below ``zone`` after a
-        reload, and never a forwarded one)."""
+    def spares(self, name: bytes, qtype: int, zone: bytes) -> bool:
+        """Whether resolving (name, qtype) may ask none of the servers of ``zone``, an ancestor
+        of ``name``, as the cache and the configuration tell at once: the cache holds an answer
+        (the engine's answer cache may not: a reload empties it), or the name's servers are a
+        forward zone's (never rate limited), a stub zone's or a cached delegation's below
+        ``zone``. For the zone rate limit's screen, which knows only the zones it has counted
+        (none after a reload, never a forwarded one); what the resolver does ask, it counts."""
+        now = self.clock()
+        cache = self.cache
+        if (cache.get(name, qtype, now) is not None or cache.get(name, RRType.CNAME, now) is not None
+                or cache.get_negative(name, qtype, now) is not None):
+            return True
         forward = self._forward_zone(name)
         if forward is not None and (forward.recursive or len(forward.name) > len(zone)):
             return True
-        now = self.clock()
         ancestor = name
         while len(ancestor) > len(zone):
-            if self.cache.get(ancestor, RRType.NS, now) is not None:
+            if cache.get(ancestor, RRType.NS, now) is not None:
                 return True
             ancestor = parent_name(ancestor)
         return False

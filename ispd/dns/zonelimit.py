@@ -66,20 +66,20 @@ class ZoneRateLimiter:
     def enabled(self) -> bool:
         return bool(self.default_qps or self.limits)
 
-    def screen(self, name: bytes, now: float,
-               asked_elsewhere: Callable[[bytes, bytes], bool] | None = None) -> Screen:
+    def screen(self, name: bytes, now: float, spared: Callable[[bytes], bool] | None = None) -> Screen:
         """What to do with a client's question for ``name`` (lower case, wire form) before it is
         resolved: judged by the deepest zone below the root asked for an ancestor of it, unless
-        ``asked_elsewhere(name, zone)`` says the name's questions go to other servers than that
-        zone's (a forward zone, a delegation below it: zones this count may not know yet)."""
+        ``spared(zone)`` says resolving it may ask none of that zone's servers (the cache holds
+        the answer, or the name is a forward zone's or a delegation's below: zones this count
+        may not know, as after a reload)."""
         counts, second, domain = self._counts, int(now), name
         while domain != ROOT:
             count = counts.get(domain)
             if count is not None:
                 if count[0] != second or not count[2] or count[1] < count[2]:
                     return Screen.GO
-                if asked_elsewhere is not None and asked_elsewhere(name, domain):
-                    return Screen.GO  # the resolver counts the zone it does ask
+                if spared is not None and spared(domain):
+                    return Screen.GO  # the resolver counts what it does ask
                 if self.factor and self._draw() * self.factor < 1:
                     return Screen.PAST
                 self._stopped(domain, count[2])

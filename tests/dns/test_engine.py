@@ -447,13 +447,28 @@ async def test_the_rate_limit_screen_lets_through_names_whose_servers_are_not_th
 
     reloaded = make_env(resolver_settings=limited)
     assert addresses(await reloaded.ask_message(query("www.example.test."))) == ["192.0.2.80"]
-    reloaded.resolver.configure(limited, HINTS, [])  # a reload: the counts start afresh
+    reloaded.resolver.configure(limited, HINTS, [])  # a reload: the counts start afresh,
+    reloaded.answers.clear()  # and the answer cache (DNSService.reload)
     assert await flood(reloaded) == [RCode.NXDOMAIN] * 3 + [RCode.SERVFAIL] * 3
     reloaded.net.clear_log()
     assert addresses(await reloaded.ask_message(query("a1.wild.example.test."))) == ["192.0.2.99"]
     assert {q.address for q in reloaded.net.log} <= {EXAMPLE_TEST_1, EXAMPLE_TEST_2}  # not test.'s
     # The flooded zone's own new names are still stopped.
     assert (await reloaded.ask_message(query("r99.test."))).rcode == RCode.SERVFAIL
+
+    # Nor a name of the flooded zone that the RRset cache answers, without a query.
+    cached = make_env(resolver_settings=settings(qname_minimisation="off", zone_rate_limit_factor=0,
+                                                 zone_rate_limits={N("example.test."): 3}))
+    assert addresses(await cached.ask_message(query("www.example.test."))) == ["192.0.2.80"]
+    cached.resolver.configure(cached.resolver.settings, HINTS, [])
+    cached.answers.clear()
+    cached.clock.advance(1 - cached.clock() % 1)
+    flooded = [(await cached.ask_message(query(f"r{i}.wild.example.test."))).rcode for i in range(5)]
+    assert flooded == [RCode.NOERROR] * 3 + [RCode.SERVFAIL] * 2
+    cached.net.clear_log()
+    assert addresses(await cached.ask_message(query("www.example.test."))) == ["192.0.2.80"]
+    assert addresses(await cached.ask_message(query("www.example.test.", edns=1232, do=True))) == ["192.0.2.80"]
+    assert cached.net.log == []
 
 
 async def test_no_stale_answer_past_the_stale_window() -> None:
