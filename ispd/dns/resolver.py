@@ -555,6 +555,8 @@ class Resolver:
         forward zone's (never rate limited), a stub zone's or a cached delegation's below
         ``zone``. For the zone rate limit's screen, which knows only the zones it has counted
         (none after a reload, never a forwarded one); what the resolver does ask, it counts."""
+        if qtype == RRType.DS and name == zone:  # RFC 4035 §4.2: asked of the parent's servers
+            return True
         now = self.clock()
         cache = self.cache
         if (cache.get(name, qtype, now) is not None or cache.get(name, RRType.CNAME, now) is not None

@@ -41,7 +41,17 @@ from ispd.dns.wire import (
     name_from_text,
 )
 from ispd.dns.zone import load_zone_text
-from tests.dns.fakenet import EXAMPLE_TEST_1, EXAMPLE_TEST_2, HINTS, FakeClock, FakeNet, settings, standard_net
+from tests.dns.fakenet import (
+    EXAMPLE_TEST_1,
+    EXAMPLE_TEST_2,
+    HINTS,
+    TEST_1,
+    TEST_2,
+    FakeClock,
+    FakeNet,
+    settings,
+    standard_net,
+)
 
 N = name_from_text
 CLIENT = "192.168.1.10"
@@ -469,6 +479,9 @@ async def test_the_rate_limit_screen_lets_through_names_whose_servers_are_not_th
     assert addresses(await cached.ask_message(query("www.example.test."))) == ["192.0.2.80"]
     assert addresses(await cached.ask_message(query("www.example.test.", edns=1232, do=True))) == ["192.0.2.80"]
     assert cached.net.log == []
+    # A DS is asked of the parent's servers (test.), not of the flooded zone's.
+    ds = await cached.ask_message(query("example.test.", RRType.DS))
+    assert ds.rcode == RCode.NOERROR and {q.address for q in cached.net.log} <= {TEST_1, TEST_2}
 
 
 async def test_no_stale_answer_past_the_stale_window() -> None:
