@@ -114,7 +114,11 @@ def make_validator(config: DNSConfig, resolver: Resolver, clock: Callable[[], fl
     anchors = load_trust_anchors(config.dnssec.trust_anchor_file, read)
 
     async def fetch(name: bytes, rtype: int) -> Resolution:
-        return await resolver.resolve(name, rtype, validate=False)
+        # Not held to the zone rate limit (past_limit): a DS or DNSKEY set the limit kept from
+        # the validator would make a flooded parent's other signed children bogus for
+        # bogus_ttl_seconds. Each is asked once per zone and cached, and only for a zone that a
+        # query within the limit led to.
+        return await resolver.resolve(name, rtype, validate=False, past_limit=True)
 
     return Validator(anchors, fetch, resolver.cache, clock, negative_anchors=configured_negative_anchors(config),
                      bogus_ttl=config.dnssec.bogus_ttl_seconds, aggressive_nsec=config.dnssec.aggressive_nsec)
@@ -460,7 +464,7 @@ class DNSService(Service):
             return
 
         async def fetch(name: bytes, rtype: int) -> Resolution:
-            return await resolver.resolve(name, rtype, validate=False)
+            return await resolver.resolve(name, rtype, validate=False, past_limit=True)  # (as the validator's)
 
         def apply(anchor: TrustAnchor) -> None:
             if resolver.validator is not None and resolver.validator.set_anchor(anchor):
@@ -899,6 +903,8 @@ class DNSService(Service):
             hints = load_root_hints(new.dns.root_hints, self.files.read)
         except HintsError as exc:
             raise ServiceStartError(f"dns: {exc}") from None
+        if self.first and (warning := hints_in_do_not_query(new.dns, hints)) is not None:
+            log.warning("dns.root_hints.do_not_query", detail=warning)
         dnssec_changed = old.dns.dnssec != new.dns.dnssec
         validator = self._validator(new.dns, time.monotonic) if dnssec_changed else None
         data = await self._read_data(new.dns)

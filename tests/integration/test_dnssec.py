@@ -147,6 +147,21 @@ def test_cached_nsec_records_answer_other_names_they_deny(dns_hierarchy: DNSHier
         assert txt.status == "NOERROR" and {r.rdata for r in txt.answer if r.type == "TXT"} == {'"signed"'}, txt.text
 
 
+def test_the_validators_questions_are_not_held_to_the_zone_rate_limit(dns_hierarchy: DNSHierarchy,
+                                                                       tmp_path: Path) -> None:
+    """With test.'s servers limited to one query a second, the referral to secure.test takes
+    that second's query; test.'s DNSKEY and secure.test's DS, which the validator then asks of
+    the same servers, go all the same. Before, they were stopped and secure.test was bogus
+    (SERVFAIL) for bogus_ttl_seconds: a flood under a parent poisoned its signed children."""
+    limit = {"zone_rate_limit_for": [{"name": "test", "qps": 1}], "zone_rate_limit_factor": 0,
+             "qname_minimisation": "off"}
+    with DNSIspd(tmp_path / "limited", dns_hierarchy, resolver=limit) as ispd:
+        ispd.start()
+        answer = ispd.dig("www.secure.test", "A", "+dnssec")
+        assert answer.status == "NOERROR" and "ad" in answer.flags, answer.text
+        assert rdatas(answer) == {"198.18.5.1"}
+
+
 def test_verdicts_and_failures_are_counted(validating: DNSIspd) -> None:
     validating.dig("www.badds.test", "A", "+dnssec")
     validating.dig("www.secure.test", "A", "+dnssec")
