@@ -5,6 +5,10 @@ prefix (the well-known 64:ff9b::/96, or one of the operator's own). Its clients 
 AAAA records, so the resolver answers a name that has A records and no AAAA with AAAA records
 that embed those IPv4 addresses in the prefix (RFC 6052 §2.2), and the NAT64 does the rest.
 
+A PTR question for an address under the prefix is answered with a CNAME to the in-addr.arpa
+name of the IPv4 address it embeds, followed (§5.3.1), so that reverse lookups by IPv6-only
+clients find the IPv4 host's name.
+
 The answer is the AAAA question's own when it has AAAA records (``synthesize_all`` makes one
 from the A records anyway); AAAA records inside ``exclude`` count as none (RFC 6147 §5.1.4:
 IPv4-mapped addresses by default). NXDOMAIN stays NXDOMAIN; any other failure of the AAAA
@@ -20,6 +24,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
+
+from ispd.dns.wire import name_from_labels, name_labels
 
 WELL_KNOWN_PREFIX = IPv6Network("64:ff9b::/96")
 PREFIX_LENGTHS = (32, 40, 48, 56, 64, 96)  # RFC 6052 §2.2
@@ -60,6 +66,23 @@ class DNS64:
         if IPv6Address(ipv6) not in self.prefix:
             return None
         return bytes(ipv6[i] for i in self._positions)
+
+    def reverse_target(self, name: bytes) -> bytes | None:
+        """RFC 6147 §5.3.1: for the ip6.arpa name of an address under the prefix (lower case,
+        wire form), the in-addr.arpa name of the IPv4 address it embeds; else None."""
+        labels = name_labels(name)
+        if len(labels) != 34 or labels[32:] != [b"ip6", b"arpa"]:
+            return None
+        try:
+            address = bytes.fromhex("".join(label.decode("ascii") for label in reversed(labels[:32])))
+        except (UnicodeDecodeError, ValueError):
+            return None
+        if len(address) != 16 or any(len(label) != 1 for label in labels[:32]):
+            return None
+        ipv4 = self.extract(address)
+        if ipv4 is None:
+            return None
+        return name_from_labels([str(byte).encode() for byte in reversed(ipv4)] + [b"in-addr", b"arpa"])
 
     def counts(self, aaaa: bytes) -> bool:
         """Whether an AAAA record's address counts as one (not in ``exclude``)."""

@@ -94,7 +94,7 @@ _U16 = struct.Struct("!H")
 _RD_BYTE = FLAG_RD >> 8  # the RD bit in the third byte of a message
 EDE_NOT_AUTHORITATIVE = 20  # RFC 8914 §4.21
 FAILURE_CACHE_SECONDS = 5  # RFC 9520 §3.2: at least 1 s, at most 5 min
-DNS64_NEGATIVE_TTL = 600  # a made AAAA's TTL at most, when the AAAA question's answer had no SOA
+DNS64_NEGATIVE_TTL = 600  # a made AAAA's TTL at most (no SOA in the AAAA answer); a mapped PTR's CNAME's
 _COVERS_A, _COVERS_AAAA = RRType.A.to_bytes(2, "big"), RRType.AAAA.to_bytes(2, "big")  # an RRSIG's first bytes
 STALE_RECHECK_SECONDS = 30  # RFC 8767 §4: the failure recheck timer
 TCP_MAX_SIZE = 65535
@@ -450,8 +450,7 @@ class DNSEngine:
         """Resolve one question, store the result, and hand it to every client waiting for it."""
         try:
             async with asyncio.timeout(self.request_timeout):
-                resolution = await self.resolver.resolve(question.key_name, question.qtype, refresh=refresh,
-                                                         past_limit=past_limit)
+                resolution = await self._resolve(question, refresh=refresh, past_limit=past_limit)
         except TimeoutError:
             resolution = Resolution(RCode.SERVFAIL, [], failure="timed out")
         except asyncio.CancelledError:
@@ -484,12 +483,26 @@ class DNSEngine:
     async def _resolve_uncached(self, question: Question) -> Resolution:
         try:
             async with asyncio.timeout(self.request_timeout):
-                resolution = await self.resolver.resolve(question.key_name, question.qtype)
+                resolution = await self._resolve(question)
         except TimeoutError:
             resolution = Resolution(RCode.SERVFAIL, [], failure="timed out")
         if self.dns64 is not None and question.qtype == RRType.AAAA:
             resolution = await self._synthesised(resolution, question.key_name, key_of(question), self.dns64)
         return await self._police_chain(resolution, question.qtype)
+
+    async def _resolve(self, question: Question, *, refresh: bool = False, past_limit: bool = False) -> Resolution:
+        target = None
+        if self.dns64 is not None and question.qtype == RRType.PTR:
+            target = self.dns64.reverse_target(question.key_name)
+        if target is None:
+            return await self.resolver.resolve(question.key_name, question.qtype, refresh=refresh,
+                                               past_limit=past_limit)
+        # DNS64's reverse mapping (RFC 6147 §5.3.1): the IPv4 address's PTR, through a CNAME.
+        mapped = await self.resolver.resolve(target, RRType.PTR, refresh=refresh, past_limit=past_limit)
+        cname = RR(question.key_name, RRType.CNAME, CLASS_IN, DNS64_NEGATIVE_TTL, target)
+        security = Security.BOGUS if mapped.security == Security.BOGUS else Security.INSECURE
+        return Resolution(mapped.rcode, [cname, *mapped.answer], mapped.authority, mapped.failure,
+                          security=security, ede=mapped.ede, zone=mapped.zone)
 
     async def _synthesised(self, resolution: Resolution, name: bytes, key: bytes, dns64: DNS64) -> Resolution:
         """The AAAA resolution of ``name`` with DNS64's records made from the A records of the

@@ -7,6 +7,7 @@ from ipaddress import IPv4Address, IPv6Address, IPv6Network
 import pytest
 
 from ispd.dns.dns64 import DNS64, check_prefix
+from ispd.dns.wire import name_from_text
 
 V4 = IPv4Address("192.0.2.33").packed
 
@@ -49,3 +50,12 @@ def test_excluded_aaaa_records_do_not_count() -> None:
 def test_prefixes_that_cannot_embed_are_refused(prefix: str, error: str) -> None:
     with pytest.raises(ValueError, match=error):
         check_prefix(IPv6Network(prefix))
+
+
+def test_a_reverse_name_under_the_prefix_maps_to_the_ipv4_addresses_name() -> None:
+    dns64 = DNS64(IPv6Network("2001:db8:64::/96"))
+    under = name_from_text(IPv6Address("2001:db8:64::c612:7f01").reverse_pointer)
+    assert dns64.reverse_target(under) == name_from_text("1.127.18.198.in-addr.arpa.")
+    for other in (IPv6Address("2001:db8:65::c612:7f01").reverse_pointer, "1.0.0.2.ip6.arpa",
+                  "c612:7f01.example.", IPv6Address("2001:db8:64::1").reverse_pointer.replace(".1.", ".x.", 1)):
+        assert dns64.reverse_target(name_from_text(other)) is None, other

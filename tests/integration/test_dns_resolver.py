@@ -8,6 +8,7 @@ the tests that need a cold cache or another ``allow`` start one of their own.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import random
 import re
 import shutil
@@ -315,6 +316,11 @@ def test_dns64_gives_ipv6_only_clients_addresses_through_the_nat64(dns_hierarchy
         assert "ad" not in ispd.dig("v6only.bench.test", "AAAA", "+dnssec").flags
         assert rdatas(ispd.dig("v6only.bench.test")) == {"198.18.127.1"}
         assert ispd.metric("ispd_dns_dns64_answers_total") >= 1
+        # Reverse: the ip6.arpa name of an address under the prefix is the IPv4 address's, by a CNAME.
+        reverse = ispd.dig(ipaddress.IPv6Address("2001:db8:64::c612:101").reverse_pointer, "PTR")
+        assert reverse.status == "NOERROR", reverse.text
+        assert rdatas(reverse, "CNAME") == {"1.1.18.198.in-addr.arpa."}
+        assert rdatas(reverse, "PTR") == {"www.example-a.test."}
 
 
 def test_a_stop_with_idle_tcp_clients_is_clean(dns_hierarchy: DNSHierarchy, tmp_path: Path) -> None:
