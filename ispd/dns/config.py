@@ -95,7 +95,8 @@ class ResolverConfig(Section):
     # DNS rebinding protection (Unbound's private-address): A and AAAA records for these
     # networks are dropped from what upstream servers answer, so that no public name leads a
     # subscriber's browser to their own router or your inner networks. Names under
-    # private_domains, and in forward and stub zones, keep them; local data is not touched.
+    # private_domains, and in forward and stub zones (not a forward zone ".": the public tree),
+    # keep them; local data is not touched. A reload that changes these empties the RRset cache.
     private_addresses: list[IPNetwork] = []
     private_domains: list[DomainName] = []
     # Limits against loops and work amplification, per client query.

@@ -12,7 +12,8 @@ in ``networks`` (an IPv4-mapped IPv6 address counts as its IPv4 address) are dro
 anything is cached, as Unbound's scrubber does: an RRset loses its private addresses and keeps
 the others, and one left empty is gone (the question is then answered without addresses).
 Names at or below ``allowed`` keep them: the operator's split-horizon domains, and the forward
-and stub zones (their servers are the operator's). Local data is answered before iteration and
+and stub zones (their servers are the operator's) other than a forward zone "." (the
+public tree, as the upstream resolver sees it). Local data is answered before iteration and
 is never looked at here.
 """
 

@@ -410,14 +410,22 @@ class Resolver:
         self.hints = hints
         self.forward_zones = {zone.name: zone for zone in forward_zones}
         self.askable = self._askable_addresses()
+        before = (self.guard.networks, self.guard.allowed)
         self._configure_guard()
+        if self.guard.enabled and (self.guard.networks, self.guard.allowed) != before:
+            # What the cache learnt under the old setting (or none) may hold addresses that the
+            # new one drops: they would be answered, and served stale, for as long as they live.
+            self.cache.clear()
         self.zone_limiter.configure(settings.zone_rate_limit_qps, settings.zone_rate_limit_factor,
                                     settings.zone_rate_limits)
 
     def _configure_guard(self) -> None:
-        """The rebinding guard for these settings and forward zones (its count goes on)."""
+        """The rebinding guard for these settings and forward zones (its count goes on). A
+        forward zone "." is the public tree as an upstream resolver sees it, not the operator's
+        own names: exempting it would exempt every name."""
         self.guard.networks = self.settings.private_addresses
-        self.guard.allowed = frozenset((*self.settings.private_domains, *self.forward_zones))
+        self.guard.allowed = frozenset((*self.settings.private_domains,
+                                        *(zone for zone in self.forward_zones if zone != ROOT)))
 
     def _askable_addresses(self) -> AskableAddresses:
         configured = [a for _, addresses in self.hints for a in addresses]

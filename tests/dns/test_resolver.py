@@ -22,6 +22,7 @@ from ispd.dns.resolver import (
 )
 from ispd.dns.wire import (
     CLASS_IN,
+    ROOT,
     RR,
     Message,
     RCode,
@@ -1073,6 +1074,27 @@ async def test_private_domains_and_forward_zones_keep_their_private_addresses(ne
     resolver.cache.flush(N("example.test."), subtree=True)
     assert values(await ask(resolver, "rebind.example.test.")) == ["192.168.1.1"]
     assert resolver.guard.removed == 1
+
+
+async def test_forwarding_everything_does_not_exempt_every_name(net: FakeNet, clock: FakeClock) -> None:
+    """A forward zone "." (all questions to an ISP's upstream or a public resolver) is the
+    public tree, as for NSEC synthesis: its names get no private addresses, while a forward
+    zone below it keeps its own; and a reload that turns the protection on (or narrows
+    private_domains) does not leave what the cache learnt without it to be answered."""
+    add(net, "example.test.", REBINDING_RECORDS)
+    forwarder, internal = "10.9.0.1", "10.9.0.2"
+    net.serve(forwarder, net.zone("example.test."))
+    add(net, "other.example.", "intranet A 172.16.9.9\n")
+    net.serve(internal, net.zone("other.example."))
+    zones = [ForwardZone(ROOT, (forwarder,), recursive=True), ForwardZone(N("other.example."), (internal,),
+                                                                          recursive=True)]
+    resolver = Resolver(RRsetCache(CacheLimits()), net, HINTS, clock, settings(), zones)
+    assert values(await ask(resolver, "rebind.example.test.")) == ["192.168.1.1"]  # (no protection yet)
+    resolver.configure(settings(private_addresses=PRIVATE), HINTS, zones)
+    assert values(await ask(resolver, "rebind.example.test.")) == []
+    assert values(await ask(resolver, "mixed.example.test.")) == ["192.0.2.5"]
+    assert values(await ask(resolver, "intranet.other.example.")) == ["172.16.9.9"]
+    assert resolver.guard.removed == 2
 
 
 async def test_glue_with_private_addresses_is_dropped(net: FakeNet, clock: FakeClock) -> None:
