@@ -135,6 +135,10 @@ class EngineStats:
     dns64_answers: int = 0  # AAAA answers made from A records (DNS64)
 
 
+def _briefly(records: list[RR]) -> list[RR]:
+    """``records`` with TTLs of FAILURE_CACHE_SECONDS at most: an answer not to keep long."""
+    return [rr if rr.ttl <= FAILURE_CACHE_SECONDS else replace(rr, ttl=FAILURE_CACHE_SECONDS) for rr in records]
+
 class RateLimiter:
     """A token bucket per client address: ``rate`` per second with a burst of twice that."""
 
@@ -462,7 +466,7 @@ class DNSEngine:
         finally:
             self._inflight.pop(key, None)
         if self.dns64 is not None and question.qtype == RRType.AAAA:
-            resolution = await self._synthesised(resolution, question.key_name, key, self.dns64)
+            resolution = await self._synthesised(resolution, question.key_name, key, self.dns64, past_limit)
         if resolution.rcode == RCode.SERVFAIL:
             self.stats.resolution_failures += 1
         resolution = await self._police_chain(resolution, question.qtype)
@@ -504,9 +508,11 @@ class DNSEngine:
         return Resolution(mapped.rcode, [cname, *mapped.answer], mapped.authority, mapped.failure,
                           security=security, ede=mapped.ede, zone=mapped.zone)
 
-    async def _synthesised(self, resolution: Resolution, name: bytes, key: bytes, dns64: DNS64) -> Resolution:
+    async def _synthesised(self, resolution: Resolution, name: bytes, key: bytes, dns64: DNS64,
+                           past_limit: bool = False) -> Resolution:
         """The AAAA resolution of ``name`` with DNS64's records made from the A records of the
-        chain's end when it has no AAAA of its own (``ispd.dns.dns64``)."""
+        chain's end when it has no AAAA of its own (``ispd.dns.dns64``). ``past_limit``: the
+        zone rate limit let the client's question through (its A question is part of it)."""
         if resolution.rcode == RCode.NXDOMAIN or resolution.security == Security.BOGUS:
             return resolution
         if self.validating and answer_variant(key) & VARIANT_DO and answer_variant(key) & VARIANT_CD:
@@ -531,10 +537,15 @@ class DNSEngine:
                                                if rr.rtype != RRType.AAAA or dns64.counts(rr.rdata)])
         try:
             async with asyncio.timeout(self.request_timeout):
-                ipv4 = await self.resolver.resolve(end, RRType.A)
+                ipv4 = await self.resolver.resolve(end, RRType.A, past_limit=past_limit)
         except TimeoutError:
-            return resolution
-        if ipv4.rcode != RCode.NOERROR or ipv4.security == Security.BOGUS:
+            ipv4 = Resolution(RCode.SERVFAIL, [], failure="timed out")
+        if ipv4.rcode == RCode.SERVFAIL or ipv4.security == Security.BOGUS:
+            # The A records could not be had this time (a timeout, the zone rate limit): the
+            # AAAA question's "no AAAA" is not the answer to keep for its negative TTL, during
+            # which IPv6-only clients would have no address for the name at all.
+            return replace(resolution, answer=_briefly(resolution.answer), authority=_briefly(resolution.authority))
+        if ipv4.rcode != RCode.NOERROR:
             return resolution
         # RFC 6147 §5.1.7: no longer than the A records, nor than the AAAA question's negative answer.
         negative = min((min(rr.ttl, soa_minimum(rr.rdata)) for rr in resolution.authority if rr.rtype == RRType.SOA),

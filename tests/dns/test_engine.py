@@ -12,7 +12,7 @@ import pytest
 from ispd.dns.cache import AnswerCache, CacheLimits, RRsetCache
 from ispd.dns.config import WalledGardenConfig
 from ispd.dns.dns64 import DNS64
-from ispd.dns.engine import STALE_RECHECK_SECONDS, DNSEngine, RateLimiter
+from ispd.dns.engine import FAILURE_CACHE_SECONDS, STALE_RECHECK_SECONDS, DNSEngine, RateLimiter
 from ispd.dns.localdata import LocalData
 from ispd.dns.policy import Policy, compile_policy_zone
 from ispd.dns.resolver import ForwardZone, Resolver, ResolverSettings
@@ -49,6 +49,7 @@ from tests.dns.fakenet import (
     TEST_2,
     FakeClock,
     FakeNet,
+    Reply,
     settings,
     standard_net,
 )
@@ -482,6 +483,44 @@ async def test_the_rate_limit_screen_lets_through_names_whose_servers_are_not_th
     # A DS is asked of the parent's servers (test.), not of the flooded zone's.
     ds = await cached.ask_message(query("example.test.", RRType.DS))
     assert ds.rcode == RCode.NOERROR and {q.address for q in cached.net.log} <= {TEST_1, TEST_2}
+
+
+async def test_dns64_keeps_no_aaaa_only_briefly_when_the_a_question_fails(env: Env) -> None:
+    """From a review: the A question DNS64 asks timed out, and the AAAA question's NODATA went
+    into the answer cache for its negative TTL (300 s here): IPv6-only clients had no address
+    for the name for that long after the servers were back."""
+    with_dns64(env)
+    await env.ask_message(query("v4only.example.test.", RRType.AAAA, msg_id=1))  # (an A lookup, cached)
+    env.clock.advance(3700)  # every answer and RRset expired
+    env.answers.clear()
+
+    def refuse_a(message: Message, reply: Reply) -> Reply | None:
+        assert message.question is not None
+        return None if message.question.qtype == RRType.A else reply
+
+    for address in (EXAMPLE_TEST_1, EXAMPLE_TEST_2):
+        env.net.misbehave(address, handler=refuse_a)
+    failed = await env.ask_message(query("v4only.example.test.", RRType.AAAA, msg_id=2))
+    assert failed.rcode == RCode.NOERROR and aaaa_values(failed) == []
+    assert all(rr.ttl <= FAILURE_CACHE_SECONDS for rr in failed.authority)
+    env.net.behaviour.clear()
+    env.clock.advance(FAILURE_CACHE_SECONDS + 1)
+    assert env.fast(query("v4only.example.test.", RRType.AAAA, msg_id=3)) is None  # not kept
+    again = await env.ask_message(query("v4only.example.test.", RRType.AAAA, msg_id=4))
+    assert aaaa_values(again) == ["2001:db8:64::c000:207", "2001:db8:64::c000:208"]
+
+
+async def test_dns64_a_question_goes_through_with_the_question_the_rate_limit_let_through() -> None:
+    """The zone rate limit's screen let a AAAA question through (one in factor); the A question
+    DNS64 then asked for it was held to the limit again, and the name got no address."""
+    env = make_env(resolver_settings=settings(qname_minimisation="off", zone_rate_limit_factor=10,
+                                              zone_rate_limits={N("example.test."): 1}))
+    with_dns64(env)
+    draws = iter([0.0])  # the screen's draw lets the question through; any other would not
+    env.resolver.zone_limiter._draw = lambda: next(draws, 0.99)
+    await env.ask_message(query("www.example.test."))  # this second's one query to example.test
+    reply = await env.ask_message(query("v4only.example.test.", RRType.AAAA))
+    assert aaaa_values(reply) == ["2001:db8:64::c000:207", "2001:db8:64::c000:208"]
 
 
 async def test_no_stale_answer_past_the_stale_window() -> None:
