@@ -469,7 +469,7 @@ class DNSEngine:
             resolution = await self._synthesised(resolution, question.key_name, key, self.dns64, past_limit)
         if resolution.rcode == RCode.SERVFAIL:
             self.stats.resolution_failures += 1
-        resolution = await self._police_chain(resolution, question.qtype)
+        resolution = await self._police_chain(resolution, question.qtype, key=key)
         now = self.clock()
         old = self.answers.get_stale(key, now) if resolution.rcode == RCode.SERVFAIL else None
         if old is not None:
@@ -515,7 +515,7 @@ class DNSEngine:
         zone rate limit let the client's question through (its A question is part of it)."""
         if resolution.rcode == RCode.NXDOMAIN or resolution.security == Security.BOGUS:
             return resolution
-        if self.validating and answer_variant(key) & VARIANT_DO and answer_variant(key) & VARIANT_CD:
+        if self.validating and key and answer_variant(key) & VARIANT_DO and answer_variant(key) & VARIANT_CD:
             return resolution  # RFC 6147 §5.5: it validates for itself, on the records as they are
         chain: list[RR] = []  # the AAAA resolution's CNAMEs and DNAMEs (with their RRSIGs)
         own: list[RR] = []  # and its AAAA records
@@ -560,12 +560,13 @@ class DNSEngine:
         return Resolution(RCode.NOERROR, [*chain, *a_chain, *made], [], security=Security.INSECURE, zone=ipv4.zone)
 
     async def _police_chain(self, resolution: Resolution, qtype: int, before: tuple[RR, ...] = (),
-                            hops: int = 0) -> Resolution:
+                            hops: int = 0, *, key: bytes = b"") -> Resolution:
         """RPZ applies to every name of a CNAME chain, not only to the query name: the chain is
         cut at the first target the policy matches and that target gets the policy's answer
         (DROP there becomes NXDOMAIN: the reply is shared through the cache); a rewrite to
         another name is followed from there. ``before``: the chain that led to this
-        resolution's name, ``hops`` its CNAMEs."""
+        resolution's name, ``hops`` its CNAMEs; ``key``: the client's (answer cache key), for
+        DNS64 on a rewrite's target."""
         for index, rr in enumerate(resolution.answer):
             if rr.rtype != RRType.CNAME:
                 continue
@@ -575,7 +576,8 @@ class DNSEngine:
             chain = [*before, *resolution.answer[:index + 1], *policed.answer]
             if policed.next_name is None:
                 return Resolution(policed.rcode, chain, policed.authority)
-            rest = await self._follow(policed.next_name, qtype, chain, recursive=True, hops=hops + index + 2)
+            rest = await self._follow(policed.next_name, qtype, chain, recursive=True, hops=hops + index + 2,
+                                      key=key)
             # The operator's answer, not the zone's: never AD (a bogus rest stays bogus).
             return rest if rest.security == Security.BOGUS else replace(rest, security=Security.UNCHECKED)
         return replace(resolution, answer=[*before, *resolution.answer]) if before else resolution
@@ -591,11 +593,13 @@ class DNSEngine:
         return policy_answer(hit, qtype)
 
     async def _follow(self, name: bytes, qtype: int, chain: list[RR], *, recursive: bool,
-                      hops: int = 1) -> Resolution:
+                      hops: int = 1, key: bytes = b"") -> Resolution:
         """The rest of a CNAME chain that left local data or that the policy rewrote, from
         ``name`` on, after ``chain``: each name is looked up as a client's question would be -
         local data, then the policy, then (``recursive``) the resolver - so that a CNAME from one
-        local name to another is not asked of the world, nor one to a blocked name let through."""
+        local name to another is not asked of the world, nor one to a blocked name let through.
+        What the resolver answers gets DNS64 as a client's question would (``key``: the
+        client's answer cache key, for its DNSSEC bits)."""
         limit = self.resolver.settings.max_cname_chain
         while True:
             if hops > limit:
@@ -611,7 +615,9 @@ class DNSEngine:
                         rest = await self.resolver.resolve(name, qtype)
                 except TimeoutError:
                     rest = Resolution(RCode.SERVFAIL, [], failure="timed out")
-                return await self._police_chain(rest, qtype, tuple(chain), hops)
+                if self.dns64 is not None and qtype == RRType.AAAA:
+                    rest = await self._synthesised(rest, name, key, self.dns64)
+                return await self._police_chain(rest, qtype, tuple(chain), hops, key=key)
             chain = [*chain, *local.answer]
             if local.next_name is None:
                 return Resolution(local.rcode, chain, local.authority)
@@ -764,7 +770,7 @@ class DNSEngine:
         authoritative = local.authoritative
         if local.next_name is not None:
             rest = await self._follow(local.next_name, query.question.qtype, answer,
-                                      recursive=bool(query.flags & FLAG_RD))
+                                      recursive=bool(query.flags & FLAG_RD), key=self._key(query, query.question))
             rcode, answer, authority, authoritative = rest.rcode, rest.answer, rest.authority, False
             if rest.security == Security.BOGUS and not query.flags & FLAG_CD:
                 rcode, answer, authority = RCode.SERVFAIL, [], []

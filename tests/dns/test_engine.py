@@ -523,6 +523,16 @@ async def test_dns64_a_question_goes_through_with_the_question_the_rate_limit_le
     assert aaaa_values(reply) == ["2001:db8:64::c000:207", "2001:db8:64::c000:208"]
 
 
+async def test_dns64_for_a_chain_that_leaves_local_data(env: Env) -> None:
+    """From a review: a local name CNAMEd to a public IPv4-only name got no AAAA (the rest of
+    the chain was resolved without DNS64), whereas the public name asked directly did."""
+    with_dns64(env)
+    env.engine.local_lookup = LocalData(static_records=["portal.home.test. 300 CNAME v4alias.example.test."]).answer
+    reply = await env.ask_message(query("portal.home.test.", RRType.AAAA))
+    assert [RRType(rr.rtype).name for rr in reply.answer] == ["CNAME", "CNAME", "AAAA", "AAAA"]
+    assert aaaa_values(reply) == ["2001:db8:64::c000:207", "2001:db8:64::c000:208"]
+
+
 async def test_no_stale_answer_past_the_stale_window() -> None:
     env = make_env(stale_seconds=60)
     await env.ask(query("www.example.test."))
