@@ -453,10 +453,15 @@ class DNSEngine:
                             refresh: bool = False, past_limit: bool = False) -> None:
         """Resolve one question, store the result, and hand it to every client waiting for it."""
         try:
-            async with asyncio.timeout(self.request_timeout):
-                resolution = await self._resolve(question, refresh=refresh, past_limit=past_limit)
-        except TimeoutError:
-            resolution = Resolution(RCode.SERVFAIL, [], failure="timed out")
+            try:
+                async with asyncio.timeout(self.request_timeout):
+                    resolution = await self._resolve(question, refresh=refresh, past_limit=past_limit)
+            except TimeoutError:
+                resolution = Resolution(RCode.SERVFAIL, [], failure="timed out")
+            # While in flight: the clients asking meanwhile wait for it rather than each asking
+            # the A question again (and a bug in it costs one answer, as in the resolution).
+            if self.dns64 is not None and question.qtype == RRType.AAAA:
+                resolution = await self._synthesised(resolution, question.key_name, key, self.dns64, past_limit)
         except asyncio.CancelledError:
             future.cancel()  # shutting down: whoever waits stops waiting
             raise
@@ -465,8 +470,6 @@ class DNSEngine:
             log.exception("dns.resolve.failed", name=name_to_text(question.key_name), qtype=question.qtype)
         finally:
             self._inflight.pop(key, None)
-        if self.dns64 is not None and question.qtype == RRType.AAAA:
-            resolution = await self._synthesised(resolution, question.key_name, key, self.dns64, past_limit)
         if resolution.rcode == RCode.SERVFAIL:
             self.stats.resolution_failures += 1
         resolution = await self._police_chain(resolution, question.qtype, key=key)

@@ -533,6 +533,36 @@ async def test_dns64_for_a_chain_that_leaves_local_data(env: Env) -> None:
     assert aaaa_values(reply) == ["2001:db8:64::c000:207", "2001:db8:64::c000:208"]
 
 
+class _SlowNet:
+    """The fake network, each exchange taking a turn of the event loop (clients interleave)."""
+
+    def __init__(self, net: FakeNet) -> None:
+        self.net = net
+        self.asked_aaaa = False
+        self.a_after_aaaa = asyncio.Event()  # an A question under way after a AAAA one
+
+    async def exchange(self, address: str, query: bytes, *, tcp: bool, wait: float, exact_case: bool) -> bytes:
+        question = decode_message(query).question
+        assert question is not None
+        self.asked_aaaa |= question.qtype == RRType.AAAA
+        if self.asked_aaaa and question.qtype == RRType.A:
+            self.a_after_aaaa.set()
+        await asyncio.sleep(0.01)
+        return await self.net.exchange(address, query, tcp=tcp, wait=wait, exact_case=exact_case)
+
+
+async def test_dns64_clients_asking_during_the_a_question_wait_for_it(env: Env) -> None:
+    """From a review: the AAAA question left the in-flight table before DNS64's A question, so
+    each client asking meanwhile (a popular name at its expiry) sent the A question again."""
+    with_dns64(env)
+    env.resolver.upstream = slow = _SlowNet(env.net)
+    first = asyncio.ensure_future(env.ask_message(query("v4only.example.test.", RRType.AAAA, msg_id=1)))
+    await slow.a_after_aaaa.wait()
+    second = await env.ask_message(query("v4only.example.test.", RRType.AAAA, msg_id=2))
+    assert aaaa_values(second) == aaaa_values(await first) == ["2001:db8:64::c000:207", "2001:db8:64::c000:208"]
+    assert env.net.names_sent().count(("v4only.example.test.", "A")) == 1
+
+
 async def test_no_stale_answer_past_the_stale_window() -> None:
     env = make_env(stale_seconds=60)
     await env.ask(query("www.example.test."))
