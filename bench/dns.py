@@ -414,6 +414,8 @@ def run_flood(resolver: Resolver, misses: Path, args: argparse.Namespace, cpus: 
     finally:
         probe.stopping.set()
         probe.join()
+    run.p50_ms = run.p99_ms = None
+    run.max_ms = 0.0  # (not the flood's: the row's latency is the probe's)
     if probe.delays:
         delays = [1000 * d for d in probe.delays]
         run.p50_ms, run.p99_ms, run.max_ms = percentile(delays, 0.5), percentile(delays, 0.99), max(delays)
@@ -510,6 +512,8 @@ def measure(kind: type[Resolver], hierarchy: DNSHierarchy, root: Path, files: di
 
 
 def better(run: Run, than: Run) -> bool:
+    if run.workload == "flood" and run.probe_answered != than.probe_answered:
+        return (run.probe_answered or 0) > (than.probe_answered or 0)
     if run.workload in ("latency", "flood"):
         return (run.p99_ms or float("inf")) < (than.p99_ms or float("inf"))
     return run.qps > than.qps
@@ -631,6 +635,8 @@ def main() -> None:
         args.duration, args.repeat = 5, 1
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    if 0 < args.zone_limit < 50:
+        parser.error("--zone-limit must be 0 (none) or at least 50 (the warm-up's 500 names go below it)")
     miss_names = args.miss_names or int(100_000 * args.duration)
     names = [args.only] if args.only else ["ispd", "unbound"]
     preflight(names)

@@ -208,6 +208,12 @@ class DoQConfig(EncryptedListenerConfig):
     allow_0rtt: bool = False
 
 
+def _ipv6_network(value: IPv4Network | IPv6Network) -> IPv4Network | IPv6Network:
+    if not isinstance(value, IPv6Network):
+        raise ValueError(f"{value} is not an IPv6 network (AAAA records hold IPv6 addresses)")
+    return value
+
+
 def _dns64_prefix(value: IPv4Network | IPv6Network | None) -> IPv6Network | None:
     if value is None:
         return None
@@ -224,7 +230,8 @@ class DNS64Config(Section):
     # For every client of this resolver (as Unbound's dns64 module). Unset: off.
     prefix: Annotated[IPNetwork | None, AfterValidator(_dns64_prefix)] = None
     # AAAA records in these networks count as none (RFC 6147 §5.1.4): IPv4-mapped ones by default.
-    exclude: list[IPNetwork] = Field(default_factory=lambda: [ip_network("::ffff:0:0/96")])
+    exclude: list[Annotated[IPNetwork, AfterValidator(_ipv6_network)]] = Field(
+        default_factory=lambda: [ip_network("::ffff:0:0/96")])
     # Make AAAA records from the A records even for names that have AAAA records of their own.
     synthesize_all: bool = False
 

@@ -461,7 +461,8 @@ class DNSEngine:
             # While in flight: the clients asking meanwhile wait for it rather than each asking
             # the A question again (and a bug in it costs one answer, as in the resolution).
             if self.dns64 is not None and question.qtype == RRType.AAAA:
-                resolution = await self._synthesised(resolution, question.key_name, key, self.dns64, past_limit)
+                resolution = await self._synthesised(resolution, question.key_name, key, self.dns64, past_limit,
+                                                     refresh)
         except asyncio.CancelledError:
             future.cancel()  # shutting down: whoever waits stops waiting
             raise
@@ -512,10 +513,11 @@ class DNSEngine:
                           security=security, ede=mapped.ede, zone=mapped.zone)
 
     async def _synthesised(self, resolution: Resolution, name: bytes, key: bytes, dns64: DNS64,
-                           past_limit: bool = False) -> Resolution:
+                           past_limit: bool = False, refresh: bool = False) -> Resolution:
         """The AAAA resolution of ``name`` with DNS64's records made from the A records of the
         chain's end when it has no AAAA of its own (``ispd.dns.dns64``). ``past_limit``: the
-        zone rate limit let the client's question through (its A question is part of it)."""
+        zone rate limit let the client's question through (its A question is part of it);
+        ``refresh``: a prefetch, which renews the A records too (the made ones live no longer)."""
         if resolution.rcode == RCode.NXDOMAIN or resolution.security == Security.BOGUS:
             return resolution
         if self.validating and key and answer_variant(key) & VARIANT_DO and answer_variant(key) & VARIANT_CD:
@@ -540,7 +542,7 @@ class DNSEngine:
                                                if rr.rtype != RRType.AAAA or dns64.counts(rr.rdata)])
         try:
             async with asyncio.timeout(self.request_timeout):
-                ipv4 = await self.resolver.resolve(end, RRType.A, past_limit=past_limit)
+                ipv4 = await self.resolver.resolve(end, RRType.A, past_limit=past_limit, refresh=refresh)
         except TimeoutError:
             ipv4 = Resolution(RCode.SERVFAIL, [], failure="timed out")
         if ipv4.rcode == RCode.SERVFAIL or ipv4.security == Security.BOGUS:

@@ -433,6 +433,18 @@ async def test_dns64_makes_aaaa_records_for_names_with_only_a_records(env: Env) 
     assert again is not None and aaaa_values(decode_message(again)) == aaaa_values(reply)
 
 
+async def test_a_prefetch_of_a_made_answer_renews_its_a_records_too(env: Env) -> None:
+    """From a review: the prefetch asked the AAAA question again but took the A records from the
+    cache with what was left of their TTL, so the renewed answer lived only that long."""
+    with_dns64(env)
+    await env.ask_message(query("v4only.example.test.", RRType.AAAA))  # TTL 300 (the SOA's negative TTL)
+    env.clock.advance(280)  # the last tenth: the next hit prefetches
+    env.net.clear_log()
+    assert env.fast(query("v4only.example.test.", RRType.AAAA)) is not None
+    await env.engine.drain()
+    assert ("v4only.example.test.", "A") in env.net.names_sent()
+
+
 async def test_dns64_synthesize_all_replaces_real_aaaa_records(env: Env) -> None:
     with_dns64(env, synthesize_all=True)
     assert aaaa_values(await env.ask_message(query("www.example.test.", RRType.AAAA))) == ["2001:db8:64::c000:250"]
