@@ -64,6 +64,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_address
 from typing import TYPE_CHECKING, Protocol
 
 from ispd.dns.cache import NegativeKind, RRsetCache, RRsetEntry, Security, Trust
+from ispd.dns.dns64 import DNS64
 from ispd.dns.rebinding import RebindingGuard
 from ispd.dns.wire import (
     CLASS_IN,
@@ -137,6 +138,7 @@ class ResolverSettings:
     # and the domains whose names may have them (the forward and stub zones may anyway).
     private_addresses: tuple[IPv4Network | IPv6Network, ...] = ()
     private_domains: tuple[bytes, ...] = ()
+    nat64_prefix: IPv6Network | None = None  # DNS64's: an AAAA under it reaches the IPv4 address it embeds
 
 
 # Where a packet to these goes to this very host on Linux: loopback, the unspecified addresses
@@ -410,20 +412,27 @@ class Resolver:
         self.hints = hints
         self.forward_zones = {zone.name: zone for zone in forward_zones}
         self.askable = self._askable_addresses()
-        before = (self.guard.networks, self.guard.allowed)
+        before = self._guard_setting()
         self._configure_guard()
-        if self.guard.enabled and (self.guard.networks, self.guard.allowed) != before:
+        if self.guard.enabled and self._guard_setting() != before:
             # What the cache learnt under the old setting (or none) may hold addresses that the
             # new one drops: they would be answered, and served stale, for as long as they live.
             self.cache.clear()
         self.zone_limiter.configure(settings.zone_rate_limit_qps, settings.zone_rate_limit_factor,
                                     settings.zone_rate_limits)
 
+    def _guard_setting(self) -> tuple[object, ...]:
+        guard = self.guard
+        return guard.networks, guard.allowed, guard.nat64.prefix if guard.nat64 is not None else None
+
     def _configure_guard(self) -> None:
         """The rebinding guard for these settings and forward zones (its count goes on). A
         forward zone "." is the public tree as an upstream resolver sees it, not the operator's
         own names: exempting it would exempt every name."""
         self.guard.networks = self.settings.private_addresses
+        prefix = self.settings.nat64_prefix
+        if prefix != (self.guard.nat64.prefix if self.guard.nat64 is not None else None):
+            self.guard.nat64 = DNS64(prefix) if prefix is not None else None
         self.guard.allowed = frozenset((*self.settings.private_domains,
                                         *(zone for zone in self.forward_zones if zone != ROOT)))
 

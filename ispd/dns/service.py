@@ -135,7 +135,8 @@ def resolver_settings(config: DNSConfig) -> ResolverSettings:
         do_not_query=(LOCALHOST_NETWORKS if r.do_not_query_localhost else ()) + tuple(r.do_not_query_addresses),
         zone_rate_limit_qps=r.zone_rate_limit_qps, zone_rate_limit_factor=r.zone_rate_limit_factor,
         zone_rate_limits={name_from_text(limit.name): limit.qps for limit in r.zone_rate_limit_for},
-        private_addresses=tuple(r.private_addresses), private_domains=tuple(map(name_from_text, r.private_domains)))
+        private_addresses=tuple(r.private_addresses), private_domains=tuple(map(name_from_text, r.private_domains)),
+        nat64_prefix=config.dns64.prefix if isinstance(config.dns64.prefix, IPv6Network) else None)
 
 
 def make_dns64(config: DNSConfig) -> DNS64 | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
+from ispd.dns.dns64 import DNS64
 from ispd.dns.rebinding import RebindingGuard
 from ispd.dns.wire import CLASS_IN, RR, RRType, name_from_labels, name_from_text
 
@@ -37,3 +38,13 @@ def test_an_ipv6_network_of_mapped_addresses_covers_them_too() -> None:
     guard = RebindingGuard((IPv6Network("::ffff:0:0/96"),))
     evil = N("evil.example.")
     assert guard.scrub([aaaa(evil, "::ffff:198.51.100.1"), a(evil, "198.51.100.1")]) == [a(evil, "198.51.100.1")]
+
+
+def test_an_aaaa_under_the_nat64_prefix_is_judged_by_the_ipv4_address_it_embeds() -> None:
+    """Through the NAT64, 2001:db8:64::c0a8:101 is 192.168.1.1."""
+    guard = RebindingGuard((IPv4Network("192.168.0.0/16"),), nat64=DNS64(IPv6Network("2001:db8:64::/96")))
+    evil = N("evil.example.")
+    inside, outside = aaaa(evil, "2001:db8:64::c0a8:101"), aaaa(evil, "2001:db8:64::c000:201")
+    assert guard.scrub([inside, outside, aaaa(evil, "2001:db8:65::c0a8:101")]) == [
+        outside, aaaa(evil, "2001:db8:65::c0a8:101")]
+    assert RebindingGuard((IPv4Network("192.168.0.0/16"),)).scrub([inside]) == [inside]

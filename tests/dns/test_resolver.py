@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from ipaddress import IPv4Address, IPv4Network, IPv6Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, TypeVar
 
 import pytest
@@ -1095,6 +1095,14 @@ async def test_forwarding_everything_does_not_exempt_every_name(net: FakeNet, cl
     assert values(await ask(resolver, "mixed.example.test.")) == ["192.0.2.5"]
     assert values(await ask(resolver, "intranet.other.example.")) == ["172.16.9.9"]
     assert resolver.guard.removed == 2
+
+
+async def test_an_upstream_aaaa_under_the_dns64_prefix_is_judged_by_its_ipv4_address(net: FakeNet,
+                                                                                   clock: FakeClock) -> None:
+    add(net, "example.test.", "nat AAAA 2001:db8:64::ac10:1\nnat AAAA 2001:db8:64::c000:201\n")
+    resolver = make_resolver(net, clock, do_ipv6=True, private_addresses=PRIVATE,
+                             nat64_prefix=IPv6Network("2001:db8:64::/96"))
+    assert values(await ask(resolver, "nat.example.test.", RRType.AAAA), RRType.AAAA) == ["2001:db8:64::c000:201"]
 
 
 async def test_glue_with_private_addresses_is_dropped(net: FakeNet, clock: FakeClock) -> None:
