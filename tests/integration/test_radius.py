@@ -689,7 +689,7 @@ def test_accounting_right_after_subscriber_add_is_attributed(tmp_path: Path) -> 
     Accounting-Requests that come before, by the username or by a reserved login, are the new
     subscriber's all the same: the session, and the usage of a session that starts and stops
     before that poll."""
-    server, nas, secret = "127.57.0.1", "127.57.0.2", b"early-secret"
+    server, nas, secret = "127.0.0.1", "127.0.0.2", b"early-secret"
     acct = free_udp_port(server)
     config = base_config(tmp_path, daemon={"store_poll_interval_seconds": 30},
                          metrics={"listen": f"{server}:{free_tcp_port(server)}"}, radius={
