@@ -139,6 +139,7 @@ def _briefly(records: list[RR]) -> list[RR]:
     """``records`` with TTLs of FAILURE_CACHE_SECONDS at most: an answer not to keep long."""
     return [rr if rr.ttl <= FAILURE_CACHE_SECONDS else replace(rr, ttl=FAILURE_CACHE_SECONDS) for rr in records]
 
+
 class RateLimiter:
     """A token bucket per client address: ``rate`` per second with a burst of twice that."""
 
