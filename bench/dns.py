@@ -28,9 +28,9 @@ resolver process with an empty cache:
 - flood: a random-subdomain flood, as infected subscriber devices send them: new names under
   bench.test at a fixed 8 000 q/s, with both resolvers limiting the queries to one zone's
   servers to 500 a second (--zone-limit; ispd: zone_rate_limit_qps; Unbound: ratelimit; both
-  let one in ten past it through). "q/s" is the replies to the flood; "latency" is what the other subscribers
-  see meanwhile: a probe asks new names under sbench.test (another zone, cache misses too) at
-  50 q/s, and its p50/p99/max are shown, with the share it got answered;
+  let one in ten past it through). "q/s" is the replies to the flood; "latency" is what the
+  other subscribers see meanwhile: a probe asks new names under sbench.test (another zone,
+  cache misses too) at 50 q/s, and its p50/p99/max are shown, with the share it got answered;
 - validated miss: the cache-miss workload over m<N>.sbench.test, answered by the signed wildcard
   *.sbench.test, both validating: each name costs the query to the sbench.test server and the
   validator's checks, the wildcard's RRSIG and the NSEC proof that the name itself does not exist
@@ -421,7 +421,6 @@ def run_flood(resolver: Resolver, misses: Path, args: argparse.Namespace, cpus: 
         run.p50_ms, run.p99_ms, run.max_ms = percentile(delays, 0.5), percentile(delays, 0.99), max(delays)
     run.probe_answered = len(probe.delays) / max(1, probe.sent)
     return run
-
 
 
 def write_datafiles(root: Path, miss_names: int) -> dict[str, tuple[Path, Path]]:
