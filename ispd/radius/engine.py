@@ -106,7 +106,7 @@ from ispd.radius.eaptls import (
     fragment_size_for,
     result_tlv,
 )
-from ispd.radius.sessions import OpenSessions
+from ispd.radius.sessions import OpenSessions, fills_in
 from ispd.store.models import AccountingRecord, AccountingStatus, OverQuota, ReservationKind, SubscriberStatus
 
 _U32 = struct.Struct("!I")
@@ -1027,13 +1027,9 @@ class AccountingEngine:
         # in (RadiusService._follow), and a value once set is never changed: one it has is the
         # store's.
         known = self.sessions.by_key.get((address, acct_session_id)) if acct_session_id is not None else None
-        fill_in = known is None or (
-            (subscriber_id is not None and known.subscriber_id is None)
-            or (framed_ip is not None and known.framed_ip is None)
-            or (interim_interval is not None and known.interim_interval is None)
-            or (v6_prefix is not None and known.framed_ipv6_prefix is None)
-            or (delegated is not None and known.delegated_ipv6_prefix is None)
-            or (v6_address is not None and known.framed_ipv6_address is None))
+        fill_in = known is None or fills_in(
+            known, subscriber_id=subscriber_id, framed_ip=framed_ip, framed_ipv6_prefix=v6_prefix,
+            delegated_ipv6_prefix=delegated, framed_ipv6_address=v6_address, interim_interval=interim_interval)
         delay = _u32(first, _ACCT_DELAY_TIME) or 0
         return AccountingRecord(
             received_at - min(delay, 86400 * 7), status, address, acct_session_id, login, subscriber_id,

@@ -82,7 +82,7 @@ from ispd.radius.engine import (
     ReplySettings,
 )
 from ispd.radius.metrics import RadiusMetrics
-from ispd.radius.sessions import OpenSessions
+from ispd.radius.sessions import OpenSessions, fills_in
 from ispd.service import Health, Service, ServiceContext, ServiceStartError, describe_os_error
 from ispd.store.errors import InvalidValue, NotFound, StoreError
 from ispd.store.models import (
@@ -1330,12 +1330,9 @@ def _filled_in(session: RadiusSession, record: AccountingRecord, result: Account
     """``session`` with what the store's fill-in added from ``record`` (a value once set is
     never changed), or None when it added nothing."""
     subscriber_id = record.subscriber_id if record.subscriber_id is not None else result.subscriber_id
-    if not ((session.subscriber_id is None and subscriber_id is not None)
-            or (session.framed_ip is None and record.framed_ip is not None)
-            or (session.framed_ipv6_prefix is None and record.framed_ipv6_prefix is not None)
-            or (session.delegated_ipv6_prefix is None and record.delegated_ipv6_prefix is not None)
-            or (session.framed_ipv6_address is None and record.framed_ipv6_address is not None)
-            or (session.interim_interval is None and record.interim_interval is not None)):
+    if not fills_in(session, subscriber_id=subscriber_id, framed_ip=record.framed_ip,
+                    framed_ipv6_prefix=record.framed_ipv6_prefix, delegated_ipv6_prefix=record.delegated_ipv6_prefix,
+                    framed_ipv6_address=record.framed_ipv6_address, interim_interval=record.interim_interval):
         return None
     return replace(session, subscriber_id=session.subscriber_id if session.subscriber_id is not None else subscriber_id,
                    framed_ip=session.framed_ip or record.framed_ip,

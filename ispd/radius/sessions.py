@@ -20,6 +20,19 @@ from ispd.store.models import RadiusSession
 SessionKey = tuple[str, str]
 
 
+def fills_in(session: RadiusSession, *, subscriber_id: int | None, framed_ip: str | None,
+             framed_ipv6_prefix: str | None, delegated_ipv6_prefix: str | None,
+             framed_ipv6_address: str | None, interim_interval: int | None) -> bool:
+    """Whether these values of an accounting record would set something ``session`` lacks: the
+    store's fill-in sets only those (a value once set is never changed)."""
+    return ((subscriber_id is not None and session.subscriber_id is None)
+            or (framed_ip is not None and session.framed_ip is None)
+            or (framed_ipv6_prefix is not None and session.framed_ipv6_prefix is None)
+            or (delegated_ipv6_prefix is not None and session.delegated_ipv6_prefix is None)
+            or (framed_ipv6_address is not None and session.framed_ipv6_address is None)
+            or (interim_interval is not None and session.interim_interval is None))
+
+
 class OpenSessions:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
