@@ -899,12 +899,11 @@ class RadiusService(Service):
         for item, result in zip(batch, results, strict=True):
             self.metrics.accounting.inc(str(item.record.status), str(result.outcome))
             self._answer_accounting(item.packet, item.nas, item.transport, item.addr, item.key, item.started)
-            self._follow(item.record, result)
+            holder = self._follow(item.record, result)
             if result.outcome in (AccountingOutcome.UPDATED, AccountingOutcome.STOPPED, AccountingOutcome.REOPENED):
                 # A Stop is checked at once: the session's last growth may cross the quota, and
                 # with no session left no sweep would look at the subscriber before its next login.
-                self._quota_soon(item.record.subscriber_id or result.subscriber_id,
-                                 now=item.record.status == AccountingStatus.STOP)
+                self._quota_soon(holder, now=item.record.status == AccountingStatus.STOP)
 
     # --- fair use
 
@@ -972,14 +971,19 @@ class RadiusService(Service):
             for session in self.sessions.of_subscriber(subscriber_id):
                 self._spawn(self._change(session, walled, "over quota" if over else "quota reset"), "quota-coa")
 
-    def _follow(self, record: AccountingRecord, result: AccountingResult) -> None:
-        """Keep the open-session view and tell the bus."""
+    def _follow(self, record: AccountingRecord, result: AccountingResult) -> int | None:
+        """Keep the open-session view and tell the bus. Returns the subscriber whose session the
+        record counted for: the session's holder where the view knows it, not the login's owner
+        now (a login renamed and given to another during the session must not move its usage)."""
         bus, sessions, at = self.context.bus, self.sessions, record.at
         outcome = result.outcome
         key = (record.nas_address, record.acct_session_id or "")
+        holder = record.subscriber_id or result.subscriber_id
         if outcome == AccountingOutcome.UPDATED:
             sessions.seen(key)
             current = sessions.get(key)
+            if current is not None and current.subscriber_id is not None:
+                holder = current.subscriber_id
             learnt = _filled_in(current, record, result) if current is not None and (
                 record.fill_in or result.subscriber_id is not None) else None
             if learnt is not None:
@@ -988,9 +992,11 @@ class RadiusService(Service):
                 # (some NASes learn it late: to renew or give back its claim), the IPv6
                 # prefixes (so that the engine stops asking the store to fill them in).
                 sessions.put(learnt)
+                holder = learnt.subscriber_id or holder
                 if current is not None and current.framed_ip is None and learnt.framed_ip is not None:
                     self._adopt(learnt)
         elif outcome == AccountingOutcome.REOPENED and result.session is not None:
+            holder = result.session.subscriber_id or holder
             if result.session.is_open:  # an interim: it is back among the open sessions
                 sessions.put(result.session)
                 bus.publish(_session_event(SessionStarted, result.session, at))
@@ -1013,12 +1019,14 @@ class RadiusService(Service):
             if stopped is not None and stopped.subscriber_id is None and result.subscriber_id is not None:
                 stopped = replace(stopped, subscriber_id=result.subscriber_id)  # the store found them by login
             if stopped is not None:
+                holder = stopped.subscriber_id or holder
                 bus.publish(_session_event(SessionStopped, stopped, at, record.terminate_cause))
                 self._give_back(stopped)
         for closed in result.closed:
             sessions.closed((closed,))
             bus.publish(_session_event(SessionStopped, closed, at, closed.terminate_cause))
             self._give_back(closed)
+        return holder
 
     # --- housekeeping
 

@@ -23,7 +23,15 @@ from ispd.radius.service import RadiusService
 from ispd.service import ServiceContext
 from ispd.store import StoreConfig, open_store
 from ispd.store.base import Store
-from ispd.store.models import AccountingRecord, AccountingStatus, CoARecord, SubscriberStatus
+from ispd.store.models import (
+    AccountingOutcome,
+    AccountingRecord,
+    AccountingResult,
+    AccountingStatus,
+    CoARecord,
+    RadiusSession,
+    SubscriberStatus,
+)
 from tests.lab.fakenas import FakeNas
 
 NAS = "127.58.0.1"  # the NAS, and the address RADIUS listens on (Disconnects come from it)
@@ -171,5 +179,29 @@ async def test_the_open_session_view_learns_what_the_store_filled_in(tmp_path: P
         [session] = service.sessions.of_subscriber(carol.id)
         assert (session.framed_ipv6_prefix, session.delegated_ipv6_prefix) == (
             "2001:db8:ffff:1::/64", "2001:db8:1:ab00::/56")
+    finally:
+        await store.close()
+
+
+async def test_usage_counts_for_the_sessions_holder_not_the_logins_owner_now(tmp_path: Path) -> None:
+    """A login given to another subscriber during a session (a reserved PPPoE login moved, a
+    username reused after a deletion): the engine names the login's owner now, but the usage
+    the interim and the Stop add is the session holder's, and so is the quota check after it."""
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        service = RadiusService(_radius_config(3799), ServiceContext(store, EventBus(), CollectorRegistry(),
+                                                                     _healthy))
+        alice, bob = 11, 12
+        service.sessions.put(RadiusSession(1, NAS, "s1", "shared", 1000.0, 1000.0, subscriber_id=alice))
+        for status, outcome in ((AccountingStatus.INTERIM_UPDATE, AccountingOutcome.UPDATED),
+                                (AccountingStatus.STOP, AccountingOutcome.STOPPED)):
+            record = AccountingRecord(at=1060.0, status=status, nas_address=NAS, acct_session_id="s1",
+                                      username="shared", subscriber_id=bob, fill_in=False)
+            assert service._follow(record, AccountingResult(outcome)) == alice
+        assert service.sessions.get((NAS, "s1")) is None
+        # A session the view does not know is the record's (or the store's finding).
+        record = AccountingRecord(at=1060.0, status=AccountingStatus.INTERIM_UPDATE, nas_address=NAS,
+                                  acct_session_id="s2", username="shared", subscriber_id=bob)
+        assert service._follow(record, AccountingResult(AccountingOutcome.UPDATED)) == bob
     finally:
         await store.close()
