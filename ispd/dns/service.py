@@ -328,7 +328,13 @@ class DNSService(Service):
         await self._open(stack)
         stack.push_async_callback(self._cancel_tasks)
         reporter = asyncio.ensure_future(self._report_zone_limits(self.resolver.zone_limiter))
-        stack.callback(reporter.cancel)
+
+        async def stop_reporting() -> None:  # awaited: a task still pending when the loop closes is logged as destroyed
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
+
+        stack.push_async_callback(stop_reporting)
         # With several processes, /metrics shows their series added up (ExtraProcesses.metrics).
         several = self.config.processes > 1 and self.first
         registry = CollectorRegistry(auto_describe=True) if several else self.context.registry
