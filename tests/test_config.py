@@ -328,3 +328,15 @@ def test_radius_housekeeping_interval_has_a_default_and_bounds(tmp_path: Path) -
     path = write(tmp_path, "[radius]\nhousekeeping_interval_seconds = 300\n")
     assert error_of(path) == (f"{path}: radius.housekeeping_interval_seconds: "
                               "Input should be less than or equal to 120 (got 300)")
+
+
+@pytest.mark.parametrize(("dnstap", "error"), [
+    ('socket_path = "/run/d.sock"\naddress = "127.0.0.1:6000"', "socket_path or address (one collector), not both"),
+    ('address = "127.0.0.1:0"', "give the collector's port"),
+    ('address = "collector.example:6000"', "is not an IP address"),
+    ('socket_path = "/run/d.sock"\nbuffer_bytes = 1000', "greater than or equal to 65536"),
+    ('socket_path = "/run/d.sock"\nsample = 2', "dns.dnstap.sample: unknown key"),
+])
+def test_dnstap_mistakes_are_named(tmp_path: Path, dnstap: str, error: str) -> None:
+    text = error_of(write(tmp_path, f"[dns]\nenabled = true\n[dns.dnstap]\n{dnstap}\n"))
+    assert error in text and "dns.dnstap" in text, text

@@ -236,6 +236,39 @@ class DNS64Config(Section):
     synthesize_all: bool = False
 
 
+class DnstapConfig(Section):
+    # dnstap (dnstap.info): a copy of the DNS traffic, as protobuf messages over Frame Streams, to
+    # a collector (fstrm_capture, golang-dnstap, go-dnscollector, Vector). Give the collector's
+    # Unix socket or its TCP address; neither: off. DNS never waits for the collector: messages
+    # wait in a buffer of buffer_bytes while it is away or slow, past that they are dropped and
+    # counted. With several processes each connects on its own.
+    socket_path: Path | None = None
+    address: ListenAddress | None = None
+    # Sent in every message; identity unset: the host name; version: "ispd <version>".
+    identity: str | None = Field(default=None, max_length=255)
+    send_identity: bool = True
+    send_version: bool = True
+    # Which messages: the clients' queries and the replies they get; the queries this resolver
+    # sends to authoritative servers and forwarders, and their replies.
+    client_queries: bool = True
+    client_responses: bool = True
+    resolver_queries: bool = False
+    resolver_responses: bool = False
+    buffer_bytes: int = Field(default=32 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024)
+
+    @property
+    def enabled(self) -> bool:
+        return self.socket_path is not None or self.address is not None
+
+    @model_validator(mode="after")
+    def _one_collector(self) -> DnstapConfig:
+        if self.socket_path is not None and self.address is not None:
+            raise ValueError("give socket_path or address (one collector), not both")
+        if self.address is not None and self.address.port == 0:
+            raise ValueError(f"address: {self.address}: give the collector's port")
+        return self
+
+
 class DNSSECConfig(Section):
     # Validate answers (RFC 4033-4035): AD on secure answers for clients that ask (DO or AD),
     # SERVFAIL with an Extended DNS Error (RFC 8914) on bogus ones; a client that sets CD gets
@@ -290,6 +323,7 @@ class DNSConfig(Section):
     resolver: ResolverConfig = ResolverConfig()
     dnssec: DNSSECConfig = DNSSECConfig()
     dns64: DNS64Config = DNS64Config()
+    dnstap: DnstapConfig = DnstapConfig()
     # Encrypted DNS for subscribers; each is off until it has listen addresses.
     dot: DoTConfig = DoTConfig()
     doh: DoHConfig = DoHConfig()

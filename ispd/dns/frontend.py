@@ -15,7 +15,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from ispd.dns.dnstap import HttpProtocol, SocketProtocol
 from ispd.dns.engine import DNSEngine
+from ispd.dns.tap import DnstapSink
 from ispd.dns.wire import pad_reply
 from ispd.metrics.fast import Histogram
 
@@ -34,28 +36,44 @@ class TransportStats:
 
 class Answerer:
     """Answers for one transport. Latency goes to the transport's histogram and to the daemon's
-    by path (cache hit or not), which UDP feeds too."""
+    by path (cache hit or not), which UDP feeds too. Every query comes to ``from_cache`` first,
+    so that is where dnstap sees it arrive (the client's port is not passed down this far)."""
 
     def __init__(self, engine: DNSEngine, stats: TransportStats, *, pad: bool, hit_latency: Histogram,
-                 slow_latency: Histogram) -> None:
+                 slow_latency: Histogram, tap: DnstapSink | None = None,
+                 protocol: SocketProtocol = SocketProtocol.TCP, http: HttpProtocol | None = None) -> None:
         self.engine = engine
         self.stats = stats
         self.pad = pad
         self.hit_latency = hit_latency
         self.slow_latency = slow_latency
+        self.tap = tap if tap is not None else DnstapSink()
+        self.protocol = protocol
+        self.http = http
 
     def from_cache(self, query: bytes, client: str, started: float) -> bytes | None:
         reply = self.engine.answer_from_cache(query, client, True)
+        tap = self.tap
         if reply is None:
+            if tap.clients:  # (its reply, if any, from resolve)
+                tap.client_query(self.protocol, client, 0, query, time.time(), self.http)
             return None
-        return self._done(reply, started, self.hit_latency)
+        reply = self._done(reply, started, self.hit_latency)
+        if tap.clients:
+            tap.client_exchange(self.protocol, client, 0, query, time.time() - (time.perf_counter() - started),
+                                reply, self.http)
+        return reply
 
     async def resolve(self, query: bytes, client: str, started: float) -> bytes | None:
         reply = await self.engine.answer(query, client, tcp=True)
         if reply is None:
             self.stats.queries += 1
             return None
-        return self._done(reply, started, self.slow_latency)
+        reply = self._done(reply, started, self.slow_latency)
+        if self.tap.clients:
+            self.tap.client_response(self.protocol, client, 0, time.time() - (time.perf_counter() - started),
+                                     reply, self.http)
+        return reply
 
     async def answer(self, query: bytes, client: str) -> bytes | None:
         started = time.perf_counter()

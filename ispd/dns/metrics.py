@@ -141,6 +141,15 @@ class _DNSCollector(Collector):
         yield _counter("ispd_dns_private_addresses_removed",
                        "A and AAAA records dropped from upstream answers by resolver.private_addresses "
                        "(DNS rebinding protection).", resolver.guard.removed)
+        tap = service.tap
+        yield _counter("ispd_dns_dnstap_sent", "dnstap messages handed to the collector's connection ([dns.dnstap]).",
+                       tap.sent)
+        yield _counter("ispd_dns_dnstap_dropped",
+                       "dnstap messages dropped: the buffer was full (collector away or slow) or still held at stop.",
+                       tap.dropped)
+        yield GaugeMetricFamily("ispd_dns_dnstap_connected",
+                                "Processes connected to the dnstap collector (0 when it is away or dnstap is off).",
+                                value=int(tap.writer is not None and tap.writer.connected))
         yield _counter("ispd_dns_upstream_mismatched_replies",
                        "Upstream replies dropped for a wrong ID or question (spoofing attempts or late replies).",
                        service.upstream.mismatched)

@@ -105,9 +105,10 @@ class UpstreamError(Exception):
 
 class Upstream(Protocol):
     async def exchange(self, address: str, query: bytes, *, tcp: bool, wait: float,
-                       exact_case: bool) -> bytes:
+                       exact_case: bool, zone: bytes = b"") -> bytes:
         """Send ``query`` to ``address`` port 53 and return the first reply that matches its ID
-        and question (exactly, when ``exact_case``), or raise ``UpstreamError``."""
+        and question (exactly, when ``exact_case``), or raise ``UpstreamError``. ``zone`` is the
+        zone the server is asked as a server of (for dnstap)."""
         ...
 
 
@@ -833,7 +834,7 @@ class Resolver:
             self.upstream_queries += 1
             try:
                 data = await self.upstream.exchange(address, query, tcp=tcp, wait=state.timeout(self.settings),
-                                                    exact_case=self.settings.use_0x20)
+                                                    exact_case=self.settings.use_0x20, zone=zone)
             except UpstreamError as exc:
                 self.upstream_failures[exc.kind] = self.upstream_failures.get(exc.kind, 0) + 1
                 self.infra.record_failure(address, self.clock(), qtype)

@@ -30,14 +30,16 @@ from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
 
+from ispd import __version__
 from ispd.config import Config
 from ispd.control import CommandError
 from ispd.dns.admin import parse_name_argument
 from ispd.dns.cache import AnswerCache, CacheLimits, RRsetCache
-from ispd.dns.config import DNSConfig, EncryptedListenerConfig
+from ispd.dns.config import DNSConfig, DnstapConfig, EncryptedListenerConfig
 from ispd.dns.datafiles import DataFiles, DiskFiles, FileStore, HandedFiles
 from ispd.dns.dns64 import DNS64
 from ispd.dns.dnssec import TrustAnchor
+from ispd.dns.dnstap import Encoder, HttpProtocol, SocketProtocol
 from ispd.dns.engine import DNSEngine
 from ispd.dns.frontend import Answerer, TransportStats
 from ispd.dns.hints import HintsError, load_root_hints, load_trust_anchors
@@ -58,6 +60,7 @@ from ispd.dns.resolver import (
 )
 from ispd.dns.rollover import RETRY_SECONDS, AnchorTracker
 from ispd.dns.streams import serve_dns_stream
+from ispd.dns.tap import DnstapSink, FrameStreamClient
 from ispd.dns.tls import TLSListener
 from ispd.dns.upstream import UpstreamTransport
 from ispd.dns.validator import Validator
@@ -275,7 +278,8 @@ class DNSService(Service):
             self.files = DiskFiles(remember=self.first and config.dns.processes > 1)
         self.file_store: FileStore | None = None
         self.metrics = DNSMetrics()
-        self.upstream = UpstreamTransport(
+        self.tap = DnstapSink()
+        self.upstream = UpstreamTransport(tap=self.tap,
             source_v4=str(self.config.resolver.outgoing_ipv4) if self.config.resolver.outgoing_ipv4 else None,
             source_v6=str(self.config.resolver.outgoing_ipv6) if self.config.resolver.outgoing_ipv6 else None)
         self.rrsets = RRsetCache(cache_limits(self.config, 0.5))
@@ -327,6 +331,8 @@ class DNSService(Service):
         self._subscribe(stack)
         await self._open(stack)
         stack.push_async_callback(self._cancel_tasks)
+        self._configure_tap(self.config.dnstap)
+        stack.push_async_callback(self.tap.retire)
         reporter = asyncio.ensure_future(self._report_zone_limits(self.resolver.zone_limiter))
 
         async def stop_reporting() -> None:  # awaited: a task still pending when the loop closes is logged as destroyed
@@ -706,8 +712,10 @@ class DNSService(Service):
 
     def _answerer(self, transport: str, *, pad: bool = True) -> Answerer:
         assert self.engine is not None
+        protocol, http = _TAPPED_AS[transport]
         return Answerer(self.engine, self.transport_stats[transport], pad=pad,
-                        hit_latency=self.metrics.hit_latency, slow_latency=self.metrics.slow_latency)
+                        hit_latency=self.metrics.hit_latency, slow_latency=self.metrics.slow_latency,
+                        tap=self.tap, protocol=protocol, http=http)
 
     async def _open_encrypted(self, stack: AsyncExitStack) -> None:
         """DoT, DoH (HTTP/2 and HTTP/3) and DoQ, each when it has listen addresses."""
@@ -884,6 +892,23 @@ class DNSService(Service):
                         questions_stopped_total=limiter.limited)
             await asyncio.sleep(ZONE_LIMIT_REPORT_SECONDS)
 
+    def _configure_tap(self, section: DnstapConfig) -> None:
+        """dnstap to the collector the config names, on the connection there is if it names the
+        same one (retire the old one first when it does not)."""
+        target: Path | tuple[str, int] | None = section.socket_path or (
+            (section.address.host, section.address.port) if section.address is not None else None)
+        writer = self.tap.writer
+        if writer is None and target is not None:
+            writer = FrameStreamClient(target, buffer_bytes=section.buffer_bytes)
+            writer.start()
+        if writer is not None:
+            writer.buffer_bytes = section.buffer_bytes
+        identity = (section.identity or socket.gethostname()).encode() if section.send_identity else b""
+        version = f"ispd {__version__}".encode() if section.send_version else b""
+        self.tap.use(writer, Encoder(identity, version), client_queries=section.client_queries,
+                     client_responses=section.client_responses, resolver_queries=section.resolver_queries,
+                     resolver_responses=section.resolver_responses)
+
     async def _cancel_tasks(self) -> None:
         for task in list(self._slow):
             task.cancel()
@@ -960,6 +985,10 @@ class DNSService(Service):
         except ServiceStartError as exc:  # too late to refuse: what the events bring from now on
             log.error("dns.reload.leases_unreadable", error=str(exc))
             self._walled_changed()  # (the walled garden's settings may have changed)
+        tap_before, tap_now = old.dns.dnstap, new.dns.dnstap
+        if (tap_before.socket_path, tap_before.address) != (tap_now.socket_path, tap_now.address):
+            await self.tap.retire()  # another collector (or none): this one gets STOP
+        self._configure_tap(tap_now)
         self.answers.clear()
         if self.first:  # (once for the resolver: the workers follow the first)
             log.info("dns.reloaded", local_zones=len(new.dns.local_zone), policy_zones=len(self.policy_zones),
@@ -982,21 +1011,25 @@ class DNSService(Service):
 
     # --- queries ---
 
-    def spawn_slow(self, data: bytes, client: str, transport: asyncio.DatagramTransport, addr: Any) -> None:
+    def spawn_slow(self, data: bytes, client: str, transport: asyncio.DatagramTransport, addr: Any,
+                   received: float = 0.0) -> None:
         if len(self._slow) >= MAX_SLOW_TASKS:
             self.metrics.overload_drops += 1
             return
-        task = asyncio.ensure_future(self._answer_udp(data, client, transport, addr))
+        task = asyncio.ensure_future(self._answer_udp(data, client, transport, addr, received))
         self._slow.add(task)
         task.add_done_callback(self._slow.discard)
 
-    async def _answer_udp(self, data: bytes, client: str, transport: asyncio.DatagramTransport, addr: Any) -> None:
+    async def _answer_udp(self, data: bytes, client: str, transport: asyncio.DatagramTransport, addr: Any,
+                          received: float = 0.0) -> None:
         assert self.engine is not None
         started = time.perf_counter()
         reply = await self.engine.answer(data, client, tcp=False)
         if reply is not None and not transport.is_closing():
             transport.sendto(reply, addr)
             self.metrics.slow_latency.observe(time.perf_counter() - started)
+            if self.tap.clients:
+                self.tap.client_response(SocketProtocol.UDP, client, addr[1], received, reply)
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
@@ -1020,6 +1053,13 @@ class DNSService(Service):
             forget_connection_error(reader)
 
 
+# How dnstap names each connection transport (by the transport_stats key).
+_TAPPED_AS: dict[str, tuple[SocketProtocol, HttpProtocol | None]] = {
+    "tcp": (SocketProtocol.TCP, None), "tls": (SocketProtocol.DOT, None),
+    "https": (SocketProtocol.DOH, HttpProtocol.HTTP2), "http3": (SocketProtocol.DOH, HttpProtocol.HTTP3),
+    "quic": (SocketProtocol.DOQ, None)}
+
+
 def _quic_settings(section: EncryptedListenerConfig) -> QuicSettings:
     return QuicSettings(idle_timeout=section.idle_timeout_seconds, handshake_timeout=section.handshake_timeout_seconds,
                         max_streams=section.max_streams_per_connection, max_query_bytes=section.max_query_bytes)
@@ -1031,6 +1071,7 @@ class _UDPProtocol(asyncio.DatagramProtocol):
         assert service.engine is not None
         self.engine = service.engine
         self.hit_latency = service.metrics.hit_latency
+        self.tap = service.tap
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -1041,12 +1082,28 @@ class _UDPProtocol(asyncio.DatagramProtocol):
         started = time.perf_counter()
         transport = self.transport
         assert transport is not None  # datagrams arrive only after connection_made
+        if self.tap.clients:
+            self._tapped(data, addr, transport)
+            return
         reply = self.engine.answer_from_cache(data, addr[0], False)
         if reply is not None:
             transport.sendto(reply, addr)
             self.hit_latency.observe(time.perf_counter() - started)
             return
         self.service.spawn_slow(data, addr[0], transport, addr)
+
+    def _tapped(self, data: bytes, addr: Any, transport: asyncio.DatagramTransport) -> None:
+        """datagram_received with dnstap on (kept apart so the path without it stays as lean)."""
+        started, received = time.perf_counter(), time.time()
+        tap = self.tap
+        reply = self.engine.answer_from_cache(data, addr[0], False)
+        if reply is not None:
+            transport.sendto(reply, addr)
+            self.hit_latency.observe(time.perf_counter() - started)
+            tap.client_exchange(SocketProtocol.UDP, addr[0], addr[1], data, received, reply)
+            return
+        tap.client_query(SocketProtocol.UDP, addr[0], addr[1], data, received)
+        self.service.spawn_slow(data, addr[0], transport, addr, received)
 
     def error_received(self, exc: Exception) -> None:  # ICMP errors for replies to gone clients
         pass

@@ -16,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import time
 
 from ispd.dns.resolver import UpstreamError
+from ispd.dns.tap import DnstapSink
 from ispd.dns.wire import FLAG_QR, read_name
 from ispd.listeners import forget_connection_error
 
@@ -30,19 +32,21 @@ def _question_end(query: bytes) -> int:
 
 
 class UpstreamTransport:
-    def __init__(self, port: int = PORT, source_v4: str | None = None, source_v6: str | None = None) -> None:
+    def __init__(self, port: int = PORT, source_v4: str | None = None, source_v6: str | None = None,
+                 tap: DnstapSink | None = None) -> None:
         self.port = port
+        self.tap = tap if tap is not None else DnstapSink()
         self.source_v4 = source_v4
         self.source_v6 = source_v6
         self.mismatched = 0  # replies with the wrong ID or question: forgeries or very late replies
         self.tcp_queries = 0
 
     async def exchange(self, address: str, query: bytes, *, tcp: bool, wait: float,
-                       exact_case: bool) -> bytes:
+                       exact_case: bool, zone: bytes = b"") -> bytes:
         if tcp:
             self.tcp_queries += 1
-            return await self._exchange_tcp(address, query, wait, exact_case)
-        return await self._exchange_udp(address, query, wait, exact_case)
+            return await self._exchange_tcp(address, query, wait, exact_case, zone)
+        return await self._exchange_udp(address, query, wait, exact_case, zone)
 
     def _matches(self, query: bytes, reply: bytes, qend: int, exact_case: bool) -> bool:
         if len(reply) < qend or reply[:2] != query[:2] or not reply[2] & (FLAG_QR >> 8):
@@ -51,7 +55,7 @@ class UpstreamTransport:
             return reply[12:qend] == query[12:qend]
         return reply[12:qend].lower() == query[12:qend].lower()
 
-    async def _exchange_udp(self, address: str, query: bytes, wait: float, exact_case: bool) -> bytes:
+    async def _exchange_udp(self, address: str, query: bytes, wait: float, exact_case: bool, zone: bytes) -> bytes:
         loop = asyncio.get_running_loop()
         v6 = ":" in address
         try:
@@ -94,8 +98,15 @@ class UpstreamTransport:
             raise UpstreamError("unreachable", exc.strerror or str(exc)) from None
         loop.add_reader(fd, readable)
         timer = loop.call_later(wait, expired)
+        tap = self.tap
         try:
-            return await future
+            if not tap.resolvers:
+                return await future
+            local, server, sent = sock.getsockname()[:2], (address, self.port), time.time()
+            tap.upstream_query(False, local, server, query, sent, zone)
+            reply = await future
+            tap.upstream_response(False, local, server, query, sent, reply, zone)
+            return reply
         finally:
             timer.cancel()
             loop.remove_reader(fd)
@@ -104,7 +115,7 @@ class UpstreamTransport:
             # future: a cycle per timeout that would wait for ispd's rare garbage collections.
             future = None  # type: ignore[assignment]
 
-    async def _exchange_tcp(self, address: str, query: bytes, wait: float, exact_case: bool) -> bytes:
+    async def _exchange_tcp(self, address: str, query: bytes, wait: float, exact_case: bool, zone: bytes) -> bytes:
         qend = _question_end(query)
         writer = None
         try:
@@ -114,10 +125,16 @@ class UpstreamTransport:
                 reader, writer = await asyncio.open_connection(address, self.port,
                                                                local_addr=(source, 0) if source else None)
                 writer.write(_LENGTH.pack(len(query)) + query)
+                tap, sent = self.tap, time.time()
+                local = writer.get_extra_info("sockname")[:2] if tap.resolvers else ("", 0)
+                if tap.resolvers:
+                    tap.upstream_query(True, local, (address, self.port), query, sent, zone)
                 while True:
                     (length,) = _LENGTH.unpack(await reader.readexactly(2))
                     reply = await reader.readexactly(length)
                     if self._matches(query, reply, qend, exact_case):
+                        if tap.resolvers:
+                            tap.upstream_response(True, local, (address, self.port), query, sent, reply, zone)
                         return reply
                     self.mismatched += 1
         except TimeoutError:

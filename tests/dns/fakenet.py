@@ -161,7 +161,8 @@ class FakeNet:
 
     # --- the Upstream protocol ---
 
-    async def exchange(self, address: str, query: bytes, *, tcp: bool, wait: float, exact_case: bool) -> bytes:
+    async def exchange(self, address: str, query: bytes, *, tcp: bool, wait: float, exact_case: bool,
+                       zone: bytes = b"") -> bytes:
         message = decode_message(query)  # the resolver must only ever send what decodes
         assert message.question is not None, "a query without a question"
         self.log.append(SentQuery(address, message.question.name, message.question.qtype, tcp,

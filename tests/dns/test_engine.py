@@ -553,7 +553,8 @@ class _SlowNet:
         self.asked_aaaa = False
         self.a_after_aaaa = asyncio.Event()  # an A question under way after a AAAA one
 
-    async def exchange(self, address: str, query: bytes, *, tcp: bool, wait: float, exact_case: bool) -> bytes:
+    async def exchange(self, address: str, query: bytes, *, tcp: bool, wait: float, exact_case: bool,
+                       zone: bytes = b"") -> bytes:
         question = decode_message(query).question
         assert question is not None
         self.asked_aaaa |= question.qtype == RRType.AAAA

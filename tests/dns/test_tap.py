@@ -1,0 +1,207 @@
+"""The dnstap connection (ispd/dns/tap.py) against a collector in the test that speaks the
+reader's side of bidirectional Frame Streams: the handshake, frames held while the collector is
+away, the buffer's bound, reconnection, STOP and FINISH. fstrm_capture, the real collector,
+is in tests/integration/test_dns_dnstap.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from ispd.dns import tap as tapmodule
+from ispd.dns.dnstap import CONTENT_TYPE, ControlType, Encoder, MessageType, SocketProtocol, control_frame
+from ispd.dns.tap import DnstapSink, FrameStreamClient, read_control
+
+
+@pytest.fixture(autouse=True)
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tapmodule, "RECONNECT_MIN_SECONDS", 0.05)
+    monkeypatch.setattr(tapmodule, "RECONNECT_MAX_SECONDS", 0.2)
+    monkeypatch.setattr(tapmodule, "HANDSHAKE_SECONDS", 0.5)
+    monkeypatch.setattr(tapmodule, "FINISH_SECONDS", 0.5)
+
+
+class Collector:
+    """The reader side: ACCEPT (naming ``accept``), then data frames until STOP, then FINISH."""
+
+    def __init__(self, path: Path, *, accept: bytes = CONTENT_TYPE, answer: bool = True, read: bool = True) -> None:
+        self.path, self.accept, self.answer, self.read = path, accept, answer, read
+        self.frames: list[bytes] = []
+        self.connections = 0
+        self.stopped = asyncio.Event()
+        self.ready_types: list[list[bytes]] = []
+        self.server: asyncio.AbstractServer | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> Collector:
+        self.server = await asyncio.start_unix_server(self._serve, self.path)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            for writer in self.writers:
+                writer.transport.abort()
+            await self.server.wait_closed()
+            self.server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.writers.append(writer)
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            kind, types = await read_control(reader)
+            assert kind == ControlType.READY
+            self.ready_types.append(types)
+            if not self.answer:
+                await asyncio.sleep(3600)
+            writer.write(control_frame(ControlType.ACCEPT, self.accept))
+            kind, types = await read_control(reader)
+            assert (kind, types) == (ControlType.START, [CONTENT_TYPE])
+            if not self.read:
+                await asyncio.sleep(3600)
+            while True:
+                (length,) = struct.unpack("!I", await reader.readexactly(4))
+                if length:
+                    self.frames.append(await reader.readexactly(length))
+                    continue
+                (length,) = struct.unpack("!I", await reader.readexactly(4))
+                assert await reader.readexactly(length) == struct.pack("!I", ControlType.STOP)
+                writer.write(control_frame(ControlType.FINISH, None))
+                await writer.drain()
+                self.stopped.set()
+                break
+        writer.close()
+
+
+def frame(n: int) -> bytes:
+    return Encoder().frame(MessageType.CLIENT_QUERY, SocketProtocol.UDP, v6=False, query_message=b"%012d" % n)
+
+
+def payload(n: int) -> bytes:
+    return frame(n)[4:]
+
+
+async def until(condition: Callable[[], object], within: float = 5.0) -> None:
+    for _ in range(int(within / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"not within {within} s")
+
+
+@contextlib.asynccontextmanager
+async def client(path: Path, buffer_bytes: int = 1 << 20) -> AsyncIterator[FrameStreamClient]:
+    writer = FrameStreamClient(path, buffer_bytes=buffer_bytes)
+    writer.start()
+    try:
+        yield writer
+    finally:
+        await writer.close()
+
+
+async def test_handshake_frames_in_order_and_stop_finish(tmp_path: Path) -> None:
+    async with Collector(tmp_path / "c.sock") as collector, client(collector.path) as writer:
+        await until(lambda: writer.connected)
+        for n in range(100):
+            writer.push(frame(n))
+        await until(lambda: len(collector.frames) == 100)
+        assert collector.frames == [payload(n) for n in range(100)]
+        assert collector.ready_types == [[CONTENT_TYPE]]
+        assert (writer.sent, writer.dropped) == (100, 0)
+        writer.push(frame(100))
+        await writer.close()  # the held frame, then STOP, answered with FINISH
+        assert collector.stopped.is_set() and collector.frames[-1] == payload(100)
+
+
+async def test_frames_wait_for_a_collector_that_comes_later_and_past_the_buffer_are_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "c.sock"
+    one = len(frame(0))
+    async with client(path, buffer_bytes=10 * one) as writer:
+        for n in range(15):
+            writer.push(frame(n))
+        assert (writer.connected, writer.dropped) == (False, 5)
+        async with Collector(path) as collector:
+            await until(lambda: len(collector.frames) == 10)
+            assert collector.frames == [payload(n) for n in range(10)]
+            assert writer.sent == 10
+
+
+async def test_a_collector_that_goes_away_and_comes_back(tmp_path: Path) -> None:
+    path = tmp_path / "c.sock"
+    async with client(path) as writer:
+        async with Collector(path) as first:
+            await until(lambda: writer.connected)
+            writer.push(frame(1))
+            await until(lambda: first.frames == [payload(1)])
+        await until(lambda: not writer.connected)
+        writer.push(frame(2))  # held while the collector is away
+        path.unlink(missing_ok=True)
+        async with Collector(path) as second:
+            await until(lambda: second.frames == [payload(2)])
+            writer.push(frame(3))
+            await until(lambda: second.frames == [payload(2), payload(3)])
+
+
+async def test_a_collector_that_does_not_take_dnstap_is_not_written_to(tmp_path: Path) -> None:
+    async with Collector(tmp_path / "c.sock", accept=b"protobuf:something.Else") as collector, \
+            client(collector.path) as writer:
+        writer.push(frame(1))
+        await until(lambda: collector.connections >= 2)  # refused, tried again
+        assert not writer.connected and collector.frames == [] and writer.dropped == 0
+
+
+async def test_a_collector_that_never_answers_the_handshake(tmp_path: Path) -> None:
+    async with Collector(tmp_path / "c.sock", answer=False) as collector, client(collector.path) as writer:
+        await until(lambda: collector.connections >= 2, within=3)
+        assert not writer.connected
+
+
+async def test_a_collector_that_stops_reading_cannot_hold_up_the_stop(tmp_path: Path) -> None:
+    async with Collector(tmp_path / "c.sock", read=False) as collector:
+        writer = FrameStreamClient(collector.path, buffer_bytes=64 * 1024 * 1024)
+        writer.start()
+        await until(lambda: writer.connected)
+        big = Encoder().frame(MessageType.CLIENT_RESPONSE, SocketProtocol.TCP, v6=False, response_message=b"x" * 60000)
+        for _ in range(400):  # 24 MB: more than the socket buffers take
+            writer.push(big)
+        await asyncio.sleep(0.2)
+        async with asyncio.timeout(5):
+            await writer.close()
+        assert writer.sent + writer.dropped <= 400
+
+
+async def test_the_sink_writes_only_what_is_asked(tmp_path: Path) -> None:
+    async with Collector(tmp_path / "c.sock") as collector:
+        writer = FrameStreamClient(collector.path, buffer_bytes=1 << 20)
+        writer.start()
+        sink = DnstapSink()
+        sink.client_query(SocketProtocol.UDP, "198.18.0.7", 1000, b"q" * 12, 1.0)  # off: nothing
+        sink.use(writer, Encoder(b"id"), client_queries=False, client_responses=True, resolver_queries=True,
+                 resolver_responses=False)
+        assert sink.clients and sink.resolvers
+        sink.client_query(SocketProtocol.UDP, "198.18.0.7", 1000, b"q" * 12, 1.0)
+        sink.client_response(SocketProtocol.UDP, "2001:db8::7", 1000, 1.0, b"r" * 12)
+        sink.upstream_query(False, ("127.0.0.1", 5000), ("198.18.0.53", 53), b"\0\0\0\0" + b"q" * 8, 1.0, b"\0")
+        sink.upstream_query(False, ("127.0.0.1", 5000), ("198.18.0.53", 53), b"\0\0\x01\0" + b"q" * 8, 1.0, b"\0")
+        sink.upstream_response(False, ("127.0.0.1", 5000), ("198.18.0.53", 53), b"q" * 12, 1.0, b"r" * 12, b"\0")
+        await until(lambda: len(collector.frames) == 3)
+        import dnstap_pb
+
+        types = []
+        for data in collector.frames:
+            message = dnstap_pb.Dnstap()
+            message.ParseFromString(data)
+            types.append(message.message.type)
+        assert types == [dnstap_pb.Message.CLIENT_RESPONSE, dnstap_pb.Message.RESOLVER_QUERY,
+                         dnstap_pb.Message.FORWARDER_QUERY]  # RD set: a forwarder was asked
+        await sink.retire()
+        assert (sink.writer, sink.clients, sink.sent) == (None, False, 3)
+        assert collector.stopped.is_set()

@@ -1,0 +1,122 @@
+"""dnstap from a real ispd to a real collector: fstrm_capture (Debian's fstrm-bin) writes what it
+receives to a file, dnstap-ldns reads the file back; dig asks over UDP and TCP, the resolver
+iterates through the lab's hierarchy."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.lab.dnshier import DNSHierarchy, free_port
+from tests.lab.dnsispd import DNSIspd
+from tests.lab.process import eventually
+
+pytestmark = pytest.mark.skipif(not (shutil.which("fstrm_capture") and shutil.which("dnstap-ldns")),
+                                reason="fstrm-bin and dnstap-ldns are not installed (tools/setup --test)")
+
+
+class Capture:
+    """fstrm_capture on a Unix socket or a TCP port, writing to ``output``."""
+
+    def __init__(self, output: Path, *, socket_path: Path | None = None, port: int | None = None) -> None:
+        self.output = output
+        where = ["-u", str(socket_path)] if socket_path is not None else ["-a", "127.0.0.1", "-p", str(port)]
+        self.proc = subprocess.Popen(["fstrm_capture", "-t", "protobuf:dnstap.Dnstap", *where, "-w", str(output)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if socket_path is not None:
+            eventually(socket_path.exists, timeout=5)
+
+    def stop(self) -> list[str]:
+        """Ends the capture (its file complete) and gives dnstap-ldns's quiet lines of it."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(10)
+        result = subprocess.run(["dnstap-ldns", "-q", "-r", str(self.output)], capture_output=True, text=True,
+                                timeout=30, check=True)
+        return result.stdout.splitlines()
+
+    def yaml(self) -> str:
+        return subprocess.run(["dnstap-ldns", "-y", "-r", str(self.output)], capture_output=True, text=True,
+                              timeout=30, check=True).stdout
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def captures() -> Iterator[list[Capture]]:
+    started: list[Capture] = []
+    yield started
+    for capture in started:
+        capture.kill()
+
+
+def test_client_and_resolver_messages_reach_the_collector(dns_hierarchy: DNSHierarchy, tmp_path: Path,
+                                                          captures: list[Capture]) -> None:
+    socket_path = tmp_path / "dnstap.sock"
+    captures.append(capture := Capture(tmp_path / "first.fstrm", socket_path=socket_path))
+    with DNSIspd(tmp_path / "ispd", dns_hierarchy, dnstap={
+            "socket_path": str(socket_path), "identity": "resolver-7", "resolver_queries": True,
+            "resolver_responses": True}) as ispd:
+        ispd.start()
+        eventually(lambda: ispd.metric("ispd_dns_dnstap_connected") == 1, timeout=10)
+        assert ispd.dig("www.example-a.test").status == "NOERROR"  # a miss: iterated from the root
+        assert ispd.dig("www.example-a.test", "A", "+tcp").status == "NOERROR"  # a hit, over TCP
+        eventually(lambda: ispd.metric("ispd_dns_dnstap_sent_total") >= 6, timeout=5)
+        ispd.assert_healthy()
+        assert ispd.terminate() == 0  # STOP, answered by FINISH: the capture is complete
+        assert "Traceback" not in ispd.log_text()
+    lines = capture.stop()
+    kinds = [(line.split()[2], line.split()[4]) for line in lines]
+    assert kinds[0] == ("CQ", "UDP") and ("CR", "UDP") in kinds
+    assert ("CQ", "TCP") in kinds and kinds[-1] == ("CR", "TCP")
+    client = [line for line in lines if " CQ " in line or " CR " in line]
+    assert all('"www.example-a.test." IN A' in line and " 127.0.0.1 " in line for line in client), client
+    upstream = [line for line in lines if " RQ " in line or " RR " in line]
+    assert upstream and any('"www.example-a.test." IN A' in line for line in upstream), lines
+    root = dns_hierarchy.root_hints_path.read_text()
+    assert any(line.split()[3] in root for line in upstream)  # asked the lab's servers, by address
+    text = capture.yaml()
+    assert 'identity: "resolver-7"' in text and "version: \"ispd " in text and "query_zone: " in text
+
+
+def test_a_collector_late_gone_and_back_and_a_reload_to_another(dns_hierarchy: DNSHierarchy, tmp_path: Path,
+                                                              captures: list[Capture]) -> None:
+    socket_path = tmp_path / "dnstap.sock"
+    with DNSIspd(tmp_path / "ispd", dns_hierarchy, dnstap={"socket_path": str(socket_path),
+                                                           "send_identity": False}) as ispd:
+        ispd.start()
+        assert ispd.dig("early.bench.test").status == "NOERROR"  # no collector yet: held
+        eventually(lambda: ispd.log_events("dns.dnstap.unreachable"), timeout=5)
+        captures.append(first := Capture(tmp_path / "first.fstrm", socket_path=socket_path))
+        eventually(lambda: ispd.metric("ispd_dns_dnstap_connected") == 1, timeout=10)  # retried at 1 s, 2 s...
+        assert ispd.dig("second.bench.test").status == "NOERROR"
+        eventually(lambda: ispd.metric("ispd_dns_dnstap_sent_total") == 4, timeout=5)
+        first_lines = first.stop()  # the collector goes away
+        eventually(lambda: ispd.log_events("dns.dnstap.disconnected"), timeout=5)
+        socket_path.unlink(missing_ok=True)
+        assert ispd.dig("meanwhile.bench.test").status == "NOERROR"
+        captures.append(second := Capture(tmp_path / "second.fstrm", socket_path=socket_path))
+        eventually(lambda: ispd.metric("ispd_dns_dnstap_sent_total") == 6, timeout=15)
+        # SIGHUP onto a TCP collector: the Unix one gets STOP, the TCP one what follows.
+        port = free_port("127.0.0.1")
+        captures.append(third := Capture(tmp_path / "third.fstrm", port=port))
+        ispd.config["dns"]["dnstap"] = {"address": f"127.0.0.1:{port}", "client_queries": False}
+        ispd.write_config()
+        ispd.reload()
+        eventually(lambda: ispd.metric("ispd_dns_dnstap_connected") == 1, timeout=10)
+        assert ispd.dig("after.bench.test").status == "NOERROR"
+        eventually(lambda: ispd.metric("ispd_dns_dnstap_sent_total") == 7, timeout=5)
+        assert ispd.metric("ispd_dns_dnstap_dropped_total") == 0
+        ispd.assert_healthy()
+    names = [[line.split()[6] for line in lines] for lines in (first_lines, second.stop(), third.stop())]
+    assert names == [['"early.bench.test."'] * 2 + ['"second.bench.test."'] * 2,
+                     ['"meanwhile.bench.test."'] * 2, ['"after.bench.test."']]
+    assert "identity" not in first.yaml()
