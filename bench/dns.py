@@ -58,9 +58,12 @@ Ctrl-C or SIGTERM.
 unpinned: on a machine with fewer than N + 1 cores they share them with dnsperf and the NSD
 servers, and the figures show that contention as much as the scaling.
 
+--dnstap has both resolvers log every client query and response as dnstap to fstrm_capture
+(fstrm-bin), which runs beside dnsperf: the rows then show what that logging costs each.
+
     .venv/bin/python bench/dns.py [--quick] [--duration 15] [--only ispd|unbound] [--json out.json]
                                   [--outstanding 200] [--miss-outstanding 200] [--repeat 1] [--no-pin]
-                                  [--processes 1] [--zone-limit 500] [--keep]
+                                  [--processes 1] [--zone-limit 500] [--dnstap] [--keep]
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -164,6 +168,8 @@ def zone_of(workload: str) -> str:
 class Resolver(BenchServer):
     tls: tuple[Path, Path] | None = None  # certificate chain and key, for DoT and DoH
     processes = 1  # ispd's [dns] processes, Unbound's num-threads (--processes)
+    dnstap = False  # --dnstap: client queries and responses to a collector (fstrm_capture)
+    collector_cpus: str | None = None  # the collector's cores: dnsperf's side
 
     def __init__(self, hierarchy: DNSHierarchy, workdir: Path, cpus: str | None, *, validating: bool,
                  zone_limit: int = 0) -> None:
@@ -172,6 +178,35 @@ class Resolver(BenchServer):
         self.port = free_port()
         self.dot_port = free_tcp_port()
         self.doh_port = free_tcp_port()
+        self.tap_socket = workdir / "dnstap.sock"
+        self.collector: subprocess.Popen[bytes] | None = None
+        self.tapped: int | None = None  # frames the collector wrote, read when it stops
+
+    def start(self) -> None:
+        if self.dnstap:  # first: both resolvers connect at start (and retry while it is not there)
+            command = ["fstrm_capture", "-t", "protobuf:dnstap.Dnstap", "-u", str(self.tap_socket),
+                       "-w", str(self.workdir / "dnstap.fstrm")]
+            if self.collector_cpus is not None:
+                command = ["taskset", "-c", self.collector_cpus, *command]
+            self.collector = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            deadline = time.monotonic() + 5
+            while not self.tap_socket.exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        super().start()
+
+    def stop(self) -> None:
+        super().stop()
+        if self.collector is not None:
+            self.collector.send_signal(signal.SIGINT)
+            try:
+                _, err = self.collector.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.collector.kill()
+                _, err = self.collector.communicate()
+            written = re.search(rb"wrote (\d+) frames", err)
+            self.tapped = int(written.group(1)) if written else None
+            self.collector = None
+            (self.workdir / "dnstap.fstrm").unlink(missing_ok=True)  # (large; only its count matters)
 
 
 class UnboundResolver(Resolver):
@@ -192,6 +227,10 @@ class UnboundResolver(Resolver):
             extra += "  so-reuseport: yes\n"
         if zone_limit:  # (ratelimit-factor stays at its default, 10: as ispd's zone_rate_limit_factor)
             extra += f"  ratelimit: {zone_limit}\n"
+        if self.dnstap:
+            extra += (f'dnstap:\n  dnstap-enable: yes\n  dnstap-socket-path: "{self.tap_socket}"\n'
+                      "  dnstap-send-identity: yes\n  dnstap-send-version: yes\n"
+                      "  dnstap-log-client-query-messages: yes\n  dnstap-log-client-response-messages: yes\n")
         self.process = Unbound(hierarchy.root_hints_path, workdir, port=self.port, msg_cache="256m",
                                rrset_cache="512m", cpus=cpus, extra=extra, threads=self.processes,
                                trust_anchor=hierarchy.trust_anchor_path if validating else None)
@@ -218,6 +257,8 @@ class IspdResolver(Resolver):
         config = config.replace("[dns]\n", f"[dns]\nprocesses = {self.processes}\n", 1)
         if self.zone_limit:
             config = config.replace("[dns.resolver]\n", f"[dns.resolver]\nzone_rate_limit_qps = {self.zone_limit}\n", 1)
+        if self.dnstap:  # (client queries and responses are on by default)
+            config += f'[dns.dnstap]\nsocket_path = "{self.tap_socket}"\n'
 
         def answers() -> bool:  # any reply will do: a DNS listener is up
             try:
@@ -257,6 +298,7 @@ class Run:
     authoritative_cpu: float = 0.0  # the workload's zone's NSD server's (bench.test or sbench.test)
     rcvbuf_drops: int = 0  # datagrams the kernel dropped at a full socket buffer (any socket) during the run
     probe_answered: float | None = None  # flood: the share of the probe's questions answered NOERROR
+    tapped: int | None = None  # --dnstap: frames the collector wrote in the resolver's life (warm-up too)
     error: str | None = None
 
     @property
@@ -504,6 +546,9 @@ def measure(kind: type[Resolver], hierarchy: DNSHierarchy, root: Path, files: di
             resolver.stop()
             if not args.keep:
                 shutil.rmtree(workdir, ignore_errors=True)
+        if resolver.dnstap:
+            run.tapped = resolver.tapped
+            print(f"    dnstap: the collector wrote {resolver.tapped or 0:,} frames", file=sys.stderr)
         runs.append(run)
         if run.error is not None and workload == "cache hit":
             break  # it did not even start or answer: the other workloads would fail the same way
@@ -594,11 +639,12 @@ def print_table(names: list[str], results: dict[tuple[str, str], Run], zone_limi
 
 
 
-def preflight(names: list[str]) -> None:
+def preflight(names: list[str], dnstap: bool) -> None:
     problems = []
     if "ispd" in names and not Path(ISPD).exists():
         problems.append(f"{ISPD} not found (run with the project's .venv/bin/python)")
-    require("bench/dns.py", problems, ("nsd", "taskset", DNSPERF) + (("unbound",) if "unbound" in names else ()))
+    require("bench/dns.py", problems, ("nsd", "taskset", DNSPERF) + (("unbound",) if "unbound" in names else ())
+            + (("fstrm_capture",) if dnstap else ()))
 
 
 def main() -> None:
@@ -626,6 +672,9 @@ def main() -> None:
     parser.add_argument("--zone-limit", type=int, default=500,
                         help="flood: both resolvers' queries per second to one zone (ispd zone_rate_limit_qps, "
                              "Unbound ratelimit); 0: none (default: %(default)s)")
+    parser.add_argument("--dnstap", action="store_true",
+                        help="both resolvers send dnstap (client queries and responses) to fstrm_capture, a "
+                             "collector on dnsperf's core: what logging every query costs")
     parser.add_argument("--workload", action="append", choices=WORKLOADS,
                         help="run only this workload (repeatable; default: all)")
     args = parser.parse_args()
@@ -638,12 +687,13 @@ def main() -> None:
         parser.error("--zone-limit must be 0 (none) or at least 50 (the warm-up's 500 names go below it)")
     miss_names = args.miss_names or int(100_000 * args.duration)
     names = [args.only] if args.only else ["ispd", "unbound"]
-    preflight(names)
+    preflight(names, args.dnstap)
 
     if args.processes < 1:
         parser.error("--processes must be at least 1")
     Resolver.processes = args.processes
     cpus, pinning = split_cpus(args.no_pin or args.processes > 1, "resolver", "dnsperf and the NSD servers")
+    Resolver.dnstap, Resolver.collector_cpus = args.dnstap, cpus[1]
 
     stop_all_on_exit()
 
@@ -666,6 +716,9 @@ def main() -> None:
         if "ispd" in names:
             print(f"ispd: [dns] processes = {args.processes}, cache.max_bytes 768m; [dns.dnssec] validation = "
                   "false, but true (trust anchor: the lab's root DS) for the validated rows")
+        if args.dnstap:
+            print("dnstap: both resolvers log every client query and response to fstrm_capture (a Unix socket; "
+                  "the collector on dnsperf's core, writing to a file)")
         print(f"dnsperf: {args.duration:g} s per run, best of {args.repeat}, {args.clients} sockets, "
               f"{args.outstanding} queries in flight (hits), {args.miss_outstanding} (misses); "
               "fresh resolver per run")
