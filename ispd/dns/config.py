@@ -306,6 +306,9 @@ class DNSConfig(Section):
     # Queries per second per client address, with a burst of twice that; 0: no limit. Over UDP
     # the queries past it are dropped; over TCP and the encrypted transports they get REFUSED.
     rate_limit_qps: int = Field(default=0, ge=0, le=1_000_000)
+    # A log line (dns.servfail) for each resolution that ends in SERVFAIL, saying why, as
+    # Unbound's log-servfail: at most 10 a second per process, the rest counted in the next line.
+    log_servfail: bool = False
     # TCP: a connection idle this long (no query, or replies the client does not read) is
     # closed; queries in flight per connection; connections in all and per client address.
     tcp_idle_seconds: float = Field(default=10.0, gt=0, le=600)

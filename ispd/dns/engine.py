@@ -84,6 +84,7 @@ from ispd.dns.wire import (
     quick_question,
     rdata_name,
     soa_minimum,
+    type_text,
 )
 from ispd.dns.zone import ZoneAnswer
 from ispd.dns.zonelimit import Screen
@@ -133,6 +134,35 @@ class EngineStats:
     not_recursive: int = 0  # RD=0 questions past local data: refused
     resolution_failures: int = 0  # resolutions that ended in SERVFAIL (failed, timed out, bugs)
     dns64_answers: int = 0  # AAAA answers made from A records (DNS64)
+
+
+SERVFAIL_LOG_PER_SECOND = 10
+
+
+class ServfailLog:
+    """``log_servfail`` (Unbound's log-servfail): a line for each resolution that fails, with
+    why; at most SERVFAIL_LOG_PER_SECOND a second, so that a flood of failing names cannot flood
+    the log, and the next line says how many were left out. Concurrent clients of one name share
+    one resolution, hence one line."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.enabled = False
+        self.clock = clock
+        self.left_out = 0
+        self._second = -1
+        self._lines = 0
+
+    def failed(self, name: bytes, qtype: int, reason: str, *, answered_stale: bool) -> None:
+        second = int(self.clock())
+        if second != self._second:
+            self._second, self._lines = second, 0
+        if self._lines >= SERVFAIL_LOG_PER_SECOND:
+            self.left_out += 1
+            return
+        self._lines += 1
+        log.warning("dns.servfail", name=name_to_text(name), qtype=type_text(qtype), reason=reason,
+                    answered_stale=answered_stale, left_out_before=self.left_out)
+        self.left_out = 0
 
 
 def _briefly(records: list[RR]) -> list[RR]:
@@ -216,6 +246,7 @@ class DNSEngine:
         self._opt = opt_record(SERVER_UDP_SIZE)
         self._opt_do = opt_record(SERVER_UDP_SIZE, EDNS_DO)
         self.validating = resolver.validator is not None
+        self.servfail_log = ServfailLog(clock)
 
     # --- who is asking ---------------------------------------------------------------------
 
@@ -477,6 +508,9 @@ class DNSEngine:
         resolution = await self._police_chain(resolution, question.qtype, key=key)
         now = self.clock()
         old = self.answers.get_stale(key, now) if resolution.rcode == RCode.SERVFAIL else None
+        if resolution.rcode == RCode.SERVFAIL and self.servfail_log.enabled:
+            self.servfail_log.failed(question.key_name, question.qtype, resolution.failure or "resolution failed",
+                                     answered_stale=old is not None)
         if old is not None:
             # A failure never replaces an answer that can still be served, fresh or stale; an
             # expired one is served stale without asking upstream again for 30 s.

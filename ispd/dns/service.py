@@ -326,6 +326,7 @@ class DNSService(Service):
                                 stale_answer_ttl=c.cache.stale_answer_ttl,
                                 stale_client_timeout=c.cache.stale_client_timeout_seconds)
         self.engine.dns64 = make_dns64(c)
+        self.engine.servfail_log.enabled = c.log_servfail
         await self._load_data(self.config)
         await self._load_subscribers()
         self._subscribe(stack)
@@ -961,6 +962,7 @@ class DNSService(Service):
         self.config = new.dns
         self._apply_limits(new.dns)
         self.engine.dns64 = make_dns64(new.dns)
+        self.engine.servfail_log.enabled = new.dns.log_servfail
         self.engine.set_allow(list(new.dns.allow))
         before, after = set(forward_zones(old.dns)), forward_zones(new.dns)
         self.resolver.configure(resolver_settings(new.dns), hints, after)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_network
 
 import pytest
+from structlog.testing import capture_logs
 
 from ispd.dns.cache import AnswerCache, CacheLimits, RRsetCache
 from ispd.dns.config import WalledGardenConfig
@@ -599,6 +600,24 @@ async def test_servfail_is_cached_for_five_seconds(env: Env) -> None:
     env.clock.advance(2)
     assert (await env.ask_message(query("www.alldead.test."))).rcode == RCode.SERVFAIL
     assert env.net.log != []  # asked again
+
+
+async def test_log_servfail_says_which_name_failed_and_why_ten_a_second(env: Env) -> None:
+    with capture_logs() as logs:
+        await env.ask(query("www.alldead.test."))  # off: nothing
+        env.engine.servfail_log.enabled = True
+        env.clock.advance(6)
+        await env.ask(query("www.alldead.test."))
+        await env.ask(query("loop1.example.test."))
+        for n in range(12):  # 10 a second at most: the rest are counted
+            await env.ask(query(f"n{n}.alldead.test."))
+        env.clock.advance(1)
+        await env.ask(query("last.alldead.test."))
+    lines = [entry for entry in logs if entry["event"] == "dns.servfail"]
+    assert [(e["name"], e["qtype"]) for e in lines[:2]] == [("www.alldead.test.", "A"), ("loop1.example.test.", "A")]
+    assert "every server of the zone is down" in lines[0]["reason"] or "no server" in lines[0]["reason"]
+    assert lines[1]["reason"] == "CNAME loop" and lines[1]["answered_stale"] is False
+    assert len(lines) == 11 and lines[-1]["name"] == "last.alldead.test." and lines[-1]["left_out_before"] == 4
 
 
 async def test_servfail_is_never_served_as_a_stale_answer(env: Env) -> None:

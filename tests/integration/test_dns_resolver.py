@@ -51,7 +51,7 @@ MISMATCHED = "ispd_dns_upstream_mismatched_replies_total"
 
 @pytest.fixture(scope="module")
 def resolver(dns_hierarchy: DNSHierarchy, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DNSIspd]:
-    with DNSIspd(tmp_path_factory.mktemp("ispd-resolver"), dns_hierarchy) as ispd:
+    with DNSIspd(tmp_path_factory.mktemp("ispd-resolver"), dns_hierarchy, log_servfail=True) as ispd:
         ispd.start()
         yield ispd
         ispd.assert_healthy()
@@ -730,6 +730,9 @@ def test_new_names_of_a_dead_zone_fail_fast_once_its_servers_are_down(resolver: 
         took.append(time.monotonic() - started)
         assert result.status == "SERVFAIL", result.text
     assert max(took[-2:]) < 0.5, took  # (each took 4 s before)
+    logged = {e["name"]: e["reason"] for e in resolver.log_events("dns.servfail")}  # (log_servfail is on)
+    assert {f"fast-fail-{i}.alldead.test." for i in range(6)} <= set(logged), logged
+    assert "every server of the zone is down" in logged["fast-fail-5.alldead.test."], logged
 
 
 def test_dns_lookup_of_a_dead_zone_fails_with_a_message(resolver: DNSIspd) -> None:
