@@ -929,6 +929,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", type=positive_int, help="the session's number (see session list)")
     p.add_argument("--reason", type=name_text, help="why (kept with the outcome)")
     p.set_defaults(handler=cmd_session_disconnect, without_store=True)
+    p = session.add_parser("close", parents=[config_opts],
+                           help="mark sessions closed without asking their NAS (it is gone): frees the "
+                                "subscriber's Simultaneous-Use slot and pool address now",
+                           description="Close sessions in the store as they are, without a Disconnect-Request, "
+                                       "through the running daemon: for a NAS that died without Accounting-On, "
+                                       "or a session its NAS no longer has (as FreeRADIUS's radzap). If the NAS "
+                                       "still has one, its next interim reopens it.")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", type=positive_int, nargs="?", help="the session's number (see session list)")
+    which.add_argument("--nas", type=checked_arg(ip_text), help="every open session of this NAS (its address)")
+    p.set_defaults(handler=cmd_session_close, without_store=True)
     p = session.add_parser("coa", parents=[config_opts],
                            help="send a session the subscriber's current profile (CoA-Request)")
     p.add_argument("id", type=positive_int, help="the session's number (see session list)")
@@ -1200,6 +1211,16 @@ async def cmd_session_disconnect(config: Config, args: argparse.Namespace) -> No
     print(_describe_coa(result))
     if result["result"] != "ack":
         raise CommandFailed("the NAS did not confirm the disconnect")
+
+
+async def cmd_session_close(config: Config, args: argparse.Namespace) -> None:
+    request = {"nas": args.nas, "actor": actor()} if args.nas is not None else {"session_id": args.id, "actor": actor()}
+    result = await daemon_request(config, args, "radius.session.close", request)
+    closed = result["closed"]
+    if closed:
+        print(f"closed {len(closed)} session(s): " + ", ".join(f"#{n}" for n in closed))
+    else:
+        print(f"no open session of NAS {args.nas}")
 
 
 async def cmd_session_coa(config: Config, args: argparse.Namespace) -> None:

@@ -99,7 +99,7 @@ from ispd.store.models import (
     RadiusSession,
     SubscriberStatus,
 )
-from ispd.store.sqlite_radius import STALE_CAUSE, SUPERSEDED_CAUSE, month_start
+from ispd.store.sqlite_radius import ADMIN_CLOSE_CAUSE, STALE_CAUSE, SUPERSEDED_CAUSE, month_start
 
 if TYPE_CHECKING:
     from ispd.config import Config
@@ -312,6 +312,7 @@ class RadiusService(Service):
             stack.callback(self.context.registry.unregister, collector)
         stack.callback(self.context.control.register("radius.session.disconnect", self._command_disconnect))
         stack.callback(self.context.control.register("radius.session.coa", self._command_coa))
+        stack.callback(self.context.control.register("radius.session.close", self._command_close))
         self._spawn(self._sweep_periodically(), "housekeeping")
         log.info("radius.started", listen=[f"{kind} {h}:{p}" for kind, h, p in self.bound],
                  clients=len(self.nas.clients), subscribers=len(self.directory.subjects),
@@ -1318,6 +1319,35 @@ class RadiusService(Service):
         session = await self._session_for_command(args)
         reason = args.get("reason")
         return await self._disconnect(session, str(reason) if reason else "admin")
+
+    async def _command_close(self, args: dict[str, Any]) -> dict[str, Any]:
+        """``ispd session close``: sessions their NAS can no longer end (it died without an
+        Accounting-On, the line is gone) closed in the store as they are, without a word to the
+        NAS, as FreeRADIUS's radzap: the subscriber's Simultaneous-Use count and pool address are
+        freed at once rather than after stale_session_intervals. If the NAS had it after all, its
+        next interim reopens it, as for a session closed as stale."""
+        actor = str(args.get("actor") or "cli")
+        nas = args.get("nas")
+        if nas is not None:
+            try:
+                nas = str(ip_address(nas)) if isinstance(nas, str) else None
+            except ValueError:
+                nas = None
+            if nas is None:
+                raise CommandError("give the NAS's IP address")
+            sessions = await self.context.store.list_sessions(open_only=True, nas_address=nas, limit=1_000_000)
+        else:
+            sessions = [await self._session_for_command(args)]
+        now = self.context.clock()
+        closed = await self.context.store.close_sessions([s.id for s in sessions], at=now, cause=ADMIN_CLOSE_CAUSE,
+                                                         actor=actor)
+        self.sessions.closed(closed)
+        for session in closed:
+            self.context.bus.publish(_session_event(SessionStopped, session, now, ADMIN_CLOSE_CAUSE))
+            self._give_back(session)
+        if closed:
+            log.info("radius.sessions.closed_by_admin", sessions=[s.id for s in closed], nas=nas, actor=actor)
+        return {"closed": [s.id for s in closed]}
 
     async def _command_coa(self, args: dict[str, Any]) -> dict[str, Any]:
         session = await self._session_for_command(args)

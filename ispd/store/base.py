@@ -291,9 +291,11 @@ class Store(ABC):
         """``NotFound`` if there is none."""
 
     @abstractmethod
-    async def close_sessions(self, session_ids: Sequence[int], *, at: float, cause: str) -> list[RadiusSession]:
-        """Close the sessions still open among ``session_ids`` (a NAS that stopped reporting them);
-        returns those closed."""
+    async def close_sessions(self, session_ids: Sequence[int], *, at: float, cause: str,
+                             actor: str | None = None) -> list[RadiusSession]:
+        """Close the sessions still open among ``session_ids`` (a NAS that stopped reporting them,
+        or an operator's ``ispd session close``: ``actor``, written to the audit log); returns
+        those closed."""
 
     @abstractmethod
     async def record_coa(self, *, kind: str, nas_address: str, result: str, attempts: int, at: float,

@@ -1258,9 +1258,24 @@ class SQLiteStore(Store):
 
         return await self._read("get_session", run)
 
-    async def close_sessions(self, session_ids: Sequence[int], *, at: float, cause: str) -> list[RadiusSession]:
+    async def close_sessions(self, session_ids: Sequence[int], *, at: float, cause: str,
+                             actor: str | None = None) -> list[RadiusSession]:
         ids = list(session_ids)
-        return await self._write("close_sessions", lambda conn: close_sessions(conn, ids, at, cause))
+
+        def run(conn: sqlite3.Connection) -> list[RadiusSession]:
+            closed = close_sessions(conn, ids, at, cause)
+            if actor is None:  # ispd's own closing (stale sessions): not an operator's change
+                return closed
+            for session in closed:
+                # In the subscriber's history (ispd subscriber show) when it has one.
+                kind, subject = ("subscriber", session.subscriber_id) if session.subscriber_id is not None \
+                    else ("session", session.id)
+                _append_audit(conn, at, actor, "session.closed", kind, subject, session.username,
+                              {"session_id": session.id, "nas_address": session.nas_address,
+                               "acct_session_id": session.acct_session_id, "cause": cause})
+            return closed
+
+        return await self._write("close_sessions", run)
 
     async def record_coa(self, *, kind: str, nas_address: str, result: str, attempts: int, at: float,
                          completed_at: float, session_id: int | None = None, subscriber_id: int | None = None,

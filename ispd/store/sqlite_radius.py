@@ -51,6 +51,8 @@ SAME_START_SECONDS = 300.0
 SUPERSEDED_CAUSE = "Superseded"
 NAS_RESTART_CAUSE = "NAS-Reboot"
 STALE_CAUSE = "Stale-Session"  # closed by ispd, the NAS silent: reopened if it reports again
+ADMIN_CLOSE_CAUSE = "Closed-By-Admin"  # ispd session close: as a stale one, reopened if its NAS reports again
+CLOSED_WITHOUT_NAS = (STALE_CAUSE, ADMIN_CLOSE_CAUSE)  # closed by ispd alone: the NAS may still have it
 
 
 # The session columns in the order of RadiusSession's fields: a row selected with them becomes a
@@ -243,7 +245,7 @@ def _apply(conn: sqlite3.Connection, record: AccountingRecord) -> AccountingResu
             conn.execute("UPDATE radius_sessions SET stopped_at = ?, terminate_cause = ? WHERE id = ?",
                          (record.at, SUPERSEDED_CAUSE, latest["id"]))
         return AccountingResult(AccountingOutcome.STARTED, _open_session(conn, record, stopped=False))
-    if latest is not None and latest["terminate_cause"] == STALE_CAUSE:  # it was not gone after all
+    if latest is not None and latest["terminate_cause"] in CLOSED_WITHOUT_NAS:  # it was not gone after all
         return _reopen(conn, record, latest["id"])
     if latest is not None and latest["terminate_cause"] == NAS_RESTART_CAUSE \
             and record.session_time_seconds is not None:
@@ -337,7 +339,7 @@ def _a_copy_of(conn: sqlite3.Connection, latest: sqlite3.Row, record: Accounting
         # is gone), or overtaken by its Stop. That happens within minutes (a NAS gives up
         # retransmitting), and never across a reboot of the NAS (announced, or the session gone
         # silent), after which its Starts may repeat the old ones to the byte.
-        if latest["terminate_cause"] in (NAS_RESTART_CAUSE, STALE_CAUSE) \
+        if latest["terminate_cause"] in (NAS_RESTART_CAUSE, *CLOSED_WITHOUT_NAS) \
                 or started_at - latest["stopped_at"] >= SAME_START_SECONDS \
                 or _nas_restarted_since(conn, record.nas_address, latest["started_at"]):
             return False

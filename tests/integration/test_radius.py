@@ -365,6 +365,37 @@ def test_a_session_closed_by_accounting_on_frees_its_slot_and_keeps_its_usage(ra
     assert (usage["input_octets"], usage["output_octets"], usage["session_seconds"]) == (7000, 90000, 60)
 
 
+def test_session_close_frees_the_slot_of_a_session_whose_nas_is_gone(radius: Radius) -> None:
+    """ispd session close (FreeRADIUS's radzap): a NAS that died without Accounting-On keeps its
+    subscriber's one Simultaneous-Use slot until the operator closes the session by hand."""
+    radius.ispd.cli("plan", "add", "one-line", "--max-sessions", "1", "--credential-policy", "cleartext")
+    radius.ispd.cli("subscriber", "add", "zed", "--plan", "one-line", "--password-stdin", input="zed-pw\n")
+    eventually(lambda: radius.pap("zed", "zed-pw") == "Access-Accept", timeout=10)
+    base = "User-Name = zed, Acct-Session-Id = z1, NAS-IP-Address = 127.0.0.3"
+    assert radius.accounting(f"{base}, Acct-Status-Type = Start") == "Accounting-Response"
+    assert radius.pap("zed", "zed-pw") == "Access-Reject"  # the one slot is taken
+    [session] = json.loads(radius.ispd.cli("session", "list", "--open", "--subscriber", "zed", "--json").stdout)
+    closed = radius.ispd.cli("session", "close", str(session["id"]))
+    assert closed.stdout.strip() == f"closed 1 session(s): #{session['id']}"
+    assert radius.pap("zed", "zed-pw") == "Access-Accept"  # at once, not after stale_session_intervals
+    shown = radius.show("zed")
+    assert any(e["action"] == "session.closed" and e["actor"].startswith("cli:") for e in shown["audit"])
+    again = radius.ispd.cli("session", "close", str(session["id"]), check=False)
+    assert again.returncode == 1 and "is not open" in again.stderr
+    # The NAS had it after all: its interim reopens it, and the slot is taken again.
+    assert radius.accounting(f"{base}, Acct-Status-Type = Interim-Update, Acct-Input-Octets = 500, "
+                             "Acct-Output-Octets = 800, Acct-Session-Time = 120") == "Accounting-Response"
+    assert radius.ispd.cli("session", "show", str(session["id"]), "--json").stdout.count('"stopped_at": null') == 1
+    assert radius.pap("zed", "zed-pw") == "Access-Reject"
+    # Every open session of a NAS at once.
+    by_nas = radius.ispd.cli("session", "close", "--nas", "127.0.0.3")
+    assert f"#{session['id']}" in by_nas.stdout
+    assert radius.pap("zed", "zed-pw") == "Access-Accept"
+    assert radius.ispd.cli("session", "close", "--nas", "198.18.9.9").stdout.strip() == "no open session of NAS 198.18.9.9"
+    bad = radius.ispd.cli("session", "close", "--nas", "not-an-address", check=False)
+    assert bad.returncode == 2 and "not an IP address" in bad.stderr
+
+
 def test_accounting_on_closes_the_nas_sessions(radius: Radius) -> None:
     for name in ("on-1", "on-2"):
         assert radius.accounting(f"User-Name = alice, Acct-Session-Id = {name}, NAS-IP-Address = 127.0.0.2, "

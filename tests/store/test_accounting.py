@@ -284,6 +284,19 @@ async def test_close_sessions_coa_records_and_the_overview(store: Store) -> None
         await store.get_session(12345)
 
 
+async def test_an_operators_close_is_audited_in_the_subscribers_history(store: Store) -> None:
+    [started] = await store.record_accounting([START])
+    assert started.session is not None
+    before = await store.last_audit_id()
+    await store.close_sessions([started.session.id], at=T0 + 1000, cause="Closed-By-Admin", actor="cli:carol")
+    [entry] = await store.audit_since(before)
+    assert (entry.actor, entry.action, entry.subject_kind, entry.subject_name) == (
+        "cli:carol", "session.closed", "subscriber", "alice")
+    assert entry.details["session_id"] == started.session.id and entry.details["cause"] == "Closed-By-Admin"
+    await store.close_sessions([started.session.id], at=T0 + 2000, cause="Stale-Session")  # closed already
+    assert await store.audit_since(entry.id) == []
+
+
 async def test_plan_changes_are_audited(store: Store) -> None:
     await store.add_plan("home", actor="t")
     subscriber = await store.set_subscriber_plan("alice", "home", actor="t")
@@ -307,10 +320,12 @@ async def test_a_start_after_what_it_started_is_a_late_copy(store: Store) -> Non
     assert [s.acct_session_id for s in await store.list_sessions(open_only=True)] == []
 
 
-async def test_a_session_closed_as_stale_comes_back_when_its_nas_reports(store: Store) -> None:
+@pytest.mark.parametrize("cause", ["Stale-Session", "Closed-By-Admin"])
+async def test_a_session_closed_as_stale_comes_back_when_its_nas_reports(store: Store, cause: str) -> None:
+    """Closed by ispd alone (stale, or ``ispd session close``): the NAS may still have it."""
     [started] = await store.record_accounting([START])
     assert started.session is not None
-    await store.close_sessions([started.session.id], at=T0 + 1000, cause="Stale-Session")
+    await store.close_sessions([started.session.id], at=T0 + 1000, cause=cause)
     [back] = await store.record_accounting([interim(T0 + 1200, 1_000_000, 0, 1200)])
     assert back.outcome == AccountingOutcome.REOPENED and back.session is not None and back.session.is_open
     [stopped] = await store.record_accounting([stop(T0 + 1500, 2_000_000, 0, 1500)])
