@@ -162,6 +162,10 @@ class DynamicResult(BaseModel):
     detail: str = ""
 
 
+class ClosedSessions(BaseModel):
+    closed: list[int]  # the sessions closed (none: it was not open)
+
+
 DNSView = Callable[[int], Awaitable[dict[str, Any] | None]]
 MAX_BODY_BYTES = 64 * 1024  # the largest request any route takes is a few hundred bytes
 
@@ -388,6 +392,17 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
     @app.post("/v1/sessions/{session_id}/coa", tags=["sessions"])
     async def coa(session_id: int) -> DynamicResult:
         return await dynamic("radius.session.coa", session_id, None)
+
+    @app.post("/v1/sessions/{session_id}/close", tags=["sessions"])
+    async def close_session(session_id: int, actor: Actor) -> ClosedSessions:
+        """Mark the session closed without asking its NAS (a NAS that is gone), as `ispd session close`."""
+        handler = control.get("radius.session.close")
+        if handler is None or handler.plain is None:
+            raise HTTPException(503, "RADIUS is not running in this daemon")
+        try:
+            return ClosedSessions(**await handler.plain({"session_id": session_id, "actor": actor}))
+        except CommandError as exc:
+            raise HTTPException(409, str(exc)) from None
 
     # --- DNSSEC: negative trust anchors (the running resolver's) and the tracked anchor keys
 

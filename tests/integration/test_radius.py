@@ -8,6 +8,7 @@ import json
 import os
 import random
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -387,9 +388,17 @@ def test_session_close_frees_the_slot_of_a_session_whose_nas_is_gone(radius: Rad
                              "Acct-Output-Octets = 800, Acct-Session-Time = 120") == "Accounting-Response"
     assert radius.ispd.cli("session", "show", str(session["id"]), "--json").stdout.count('"stopped_at": null') == 1
     assert radius.pap("zed", "zed-pw") == "Access-Reject"
+    # The same through the admin API (on its Unix socket beside the control socket).
+    api = subprocess.run(["curl", "-sS", "-X", "POST", "--unix-socket", str(radius.ispd.workdir / "admin.sock"),
+                          f"http://ispd/v1/sessions/{session['id']}/close"], capture_output=True, text=True, timeout=30)
+    assert json.loads(api.stdout) == {"closed": [session["id"]]}, api
+    assert radius.pap("zed", "zed-pw") == "Access-Accept"
     # Every open session of a NAS at once.
+    assert radius.accounting("User-Name = zed, Acct-Session-Id = z2, NAS-IP-Address = 127.0.0.3, "
+                             "Acct-Status-Type = Start") == "Accounting-Response"
+    assert radius.pap("zed", "zed-pw") == "Access-Reject"
     by_nas = radius.ispd.cli("session", "close", "--nas", "127.0.0.3")
-    assert f"#{session['id']}" in by_nas.stdout
+    assert by_nas.stdout.startswith("closed 1 session(s): #"), by_nas.stdout
     assert radius.pap("zed", "zed-pw") == "Access-Accept"
     assert radius.ispd.cli("session", "close", "--nas", "198.18.9.9").stdout.strip() == "no open session of NAS 198.18.9.9"
     bad = radius.ispd.cli("session", "close", "--nas", "not-an-address", check=False)
