@@ -340,3 +340,20 @@ def test_radius_housekeeping_interval_has_a_default_and_bounds(tmp_path: Path) -
 def test_dnstap_mistakes_are_named(tmp_path: Path, dnstap: str, error: str) -> None:
     text = error_of(write(tmp_path, f"[dns]\nenabled = true\n[dns.dnstap]\n{dnstap}\n"))
     assert error in text and "dns.dnstap" in text, text
+
+
+@pytest.mark.parametrize(("realms", "error"), [
+    ('[[radius.realm]]\nname = "a.example"\nauth_servers = ["198.18.5.1:1812"]\nsecret = "s"\n'
+     '[[radius.realm]]\nname = "A.example."\nauth_servers = ["198.18.5.2:1812"]\nsecret = "s"\n',
+     "'a.example' has two [[radius.realm]] tables"),
+    ('local_realms = ["a.example"]\n[[radius.realm]]\nname = "a.example"\nauth_servers = ["198.18.5.1:1812"]\n'
+     'secret = "s"\n', "is in local_realms too"),
+    ('[[radius.realm]]\nname = "not a realm"\nauth_servers = ["198.18.5.1:1812"]\nsecret = "s"\n',
+     "is not a realm"),
+    ('[[radius.realm]]\nname = "a.example"\nauth_servers = []\nsecret = "s"\n', "auth_servers"),
+    ('[[radius.realm]]\nname = "a.example"\nauth_servers = ["198.18.5.1:1812"]\nsecret = ""\n',
+     "the shared secret is empty"),
+])
+def test_realm_mistakes_are_named(tmp_path: Path, realms: str, error: str) -> None:
+    text = error_of(write(tmp_path, f"[radius]\nenabled = true\n{realms}"))
+    assert error in text and "radius" in text, text

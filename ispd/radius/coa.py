@@ -27,6 +27,7 @@ from ipaddress import IPv4Address, ip_address
 from ispd.radius.codec import (
     Attr,
     Code,
+    Packet,
     RadiusDecodeError,
     check_message_authenticator,
     check_response_authenticator,
@@ -100,11 +101,31 @@ class DynamicAuthorizationClient:
             request = encode_request(code, identifier, attributes, secret)
         except ValueError as exc:
             return CoAOutcome("error", 0, detail=str(exc))
+        ack, nak = _ANSWERS[code]
+        exchange = await self.exchange(address, port, secret, request, (ack, nak))
+        reply = exchange.reply
+        if reply is None:
+            return CoAOutcome("error" if exchange.error else "timeout", exchange.attempts,
+                              detail=exchange.error or f"no answer in {self.attempts} attempts")
+        if reply.code == ack:
+            return CoAOutcome("ack", exchange.attempts)
+        cause = reply.get(Attr.ERROR_CAUSE)
+        error_cause = struct.unpack("!I", cause)[0] if cause is not None and len(cause) == 4 else None
+        return CoAOutcome("nak", exchange.attempts, error_cause)
+
+    async def exchange(self, address: str, port: int, secret: bytes, request: bytes, answers: tuple[int, ...], *,
+                       wait_seconds: float | None = None, attempts: int | None = None,
+                       require_message_authenticator: bool = False) -> Exchange:
+        """Send ``request`` (encoded) until a reply with its identifier, one of the ``answers``
+        codes and valid authenticators comes, or ``attempts`` sends ``timeout`` apart go
+        unanswered. Also the proxy's exchange with a home server."""
+        wait = self.timeout if wait_seconds is None else wait_seconds
+        attempts = self.attempts if attempts is None else attempts
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         try:
             sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
         except OSError as exc:
-            return CoAOutcome("error", 0, detail=exc.strerror or str(exc))
+            return Exchange(None, 0, exc.strerror or str(exc))
         loop = asyncio.get_running_loop()
         replies: asyncio.Queue[bytes] = asyncio.Queue()
 
@@ -126,24 +147,23 @@ class DynamicAuthorizationClient:
             loop.add_reader(sock.fileno(), readable)
         except OSError as exc:
             sock.close()
-            return CoAOutcome("error", 0, detail=exc.strerror or str(exc))
+            return Exchange(None, 0, exc.strerror or str(exc))
         try:
-            for attempt in range(1, self.attempts + 1):
+            for attempt in range(1, attempts + 1):
                 with contextlib.suppress(OSError):  # unreachable now; the next attempt may do better
                     sock.send(request)
-                outcome = await self._wait(replies, request, identifier, code, secret, attempt)
-                if outcome is not None:
-                    return outcome
-            return CoAOutcome("timeout", self.attempts, detail=f"no answer in {self.attempts} attempts")
+                reply = await self._wait(replies, request, answers, secret, wait, require_message_authenticator)
+                if reply is not None:
+                    return Exchange(reply, attempt)
+            return Exchange(None, attempts)
         finally:
             loop.remove_reader(sock.fileno())
             sock.close()
 
-    async def _wait(self, replies: asyncio.Queue[bytes], request: bytes, identifier: int, code: Code,
-                    secret: bytes, attempt: int) -> CoAOutcome | None:
-        ack, nak = _ANSWERS[code]
-        authenticator = request[4:20]
-        deadline = asyncio.get_running_loop().time() + self.timeout
+    async def _wait(self, replies: asyncio.Queue[bytes], request: bytes, answers: tuple[int, ...], secret: bytes,
+                    wait: float, require_message_authenticator: bool) -> Packet | None:
+        identifier, authenticator = request[1], request[4:20]
+        deadline = asyncio.get_running_loop().time() + wait
         while True:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
@@ -154,21 +174,26 @@ class DynamicAuthorizationClient:
                 return None
             try:
                 reply = decode(data)
-                if reply.identifier != identifier or reply.code not in (ack, nak):
+                if reply.identifier != identifier or reply.code not in answers:
                     continue
                 if not check_response_authenticator(reply, authenticator, secret):
                     continue
                 # RFC 5176 §3.5 signs with the request's authenticator; FreeRADIUS-based NASes
                 # sign ACKs and NAKs over zeros. The Response Authenticator above already proves
                 # the reply, so either form is taken.
-                if reply.has(Attr.MESSAGE_AUTHENTICATOR) and not (
-                        check_message_authenticator(reply, secret, authenticator)
-                        or check_message_authenticator(reply, secret, bytes(16))):
+                if reply.has(Attr.MESSAGE_AUTHENTICATOR):
+                    if not (check_message_authenticator(reply, secret, authenticator)
+                            or check_message_authenticator(reply, secret, bytes(16))):
+                        continue
+                elif require_message_authenticator:
                     continue
             except RadiusDecodeError:
                 continue
-            if reply.code == ack:
-                return CoAOutcome("ack", attempt)
-            cause = reply.get(Attr.ERROR_CAUSE)
-            error_cause = struct.unpack("!I", cause)[0] if cause is not None and len(cause) == 4 else None
-            return CoAOutcome("nak", attempt, error_cause)
+            return reply
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    reply: Packet | None  # None: no valid answer (``error`` says why when it is not a timeout)
+    attempts: int
+    error: str = ""

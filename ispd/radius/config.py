@@ -152,6 +152,42 @@ class AccountingFeedConfig(Section):
     attempts: int = Field(default=3, ge=1, le=10)
 
 
+def _realm_name(value: str) -> str:
+    name = value.strip().lower().rstrip(".")
+    if name != "*" and not re.fullmatch(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*", name):
+        raise ValueError(f"{value!r} is not a realm: give a domain such as partner.example, or \"*\"")
+    return name
+
+
+RealmName = Annotated[str, AfterValidator(_realm_name)]
+
+
+class RealmConfig(Section):
+    # Proxying (FreeRADIUS's proxy.conf): requests whose User-Name ends in @name and names no
+    # local login go to the realm's home servers, and their answers back to the NAS. "*" takes
+    # every realm no other entry and no local_realms name (an eduroam federation's proxy).
+    name: RealmName
+    # Home servers for Access-Requests, tried in order when one does not answer (fail-over), and
+    # for accounting (empty: accounting is kept here only).
+    auth_servers: list[ListenAddress] = Field(min_length=1)
+    acct_servers: list[ListenAddress] = []
+    secret: SecretStr
+    # Send User-Name without "@realm" (the home server knows its users without it). eduroam wants
+    # the realm kept.
+    strip_realm: bool = False
+    # Each server gets the request this many times, timeout_seconds apart, before the next.
+    timeout_seconds: float = Field(default=3.0, gt=0, le=30)
+    attempts: int = Field(default=2, ge=1, le=10)
+    # Access-Accept/Reject/Challenge from the home servers must carry a valid
+    # Message-Authenticator (BlastRADIUS, CVE-2024-3596); false for servers that never send one.
+    require_message_authenticator: bool = True
+
+    @field_validator("secret")
+    @classmethod
+    def _usable_secret(cls, secret: SecretStr) -> SecretStr:
+        return usable_secret(secret)
+
+
 class PlanReplyConfig(Section):
     # What the Access-Accept of a plan's subscribers carries besides what the plan itself says
     # (Session-Timeout, Idle-Timeout, the rate limit for the NAS's kind).
@@ -299,6 +335,10 @@ class RadiusConfig(Section):
     eap: EAPConfig = Field(default_factory=EAPConfig)
     # A UDP receive buffer that rides out bursts (the kernel default drops beyond ~250 requests).
     receive_buffer_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024)
+    # Realms proxied to other RADIUS servers ([[radius.realm]]), and the realms that are this
+    # server's own: a User-Name ending in @one of these is never proxied, whatever "*" says.
+    realm: list[RealmConfig] = []
+    local_realms: list[RealmName] = []
 
     @model_validator(mode="after")
     def _consistent(self) -> RadiusConfig:
@@ -321,6 +361,13 @@ class RadiusConfig(Section):
         pool_names = [p.name for p in self.address_pool]
         if len(pool_names) != len(set(pool_names)):
             raise ValueError("address_pool: two pools have one name")
+        realms = [r.name for r in self.realm]
+        twice = sorted({n for n in realms if realms.count(n) > 1})
+        if twice:
+            raise ValueError(f"realm: {twice[0]!r} has two [[radius.realm]] tables")
+        local = sorted(set(realms) & set(self.local_realms))
+        if local:
+            raise ValueError(f"realm: {local[0]!r} is in local_realms too: proxied or local, not both")
         spans = sorted((*p.bounds, p.name) for p in self.address_pool)
         for (_, last, name), (first, _, other) in itertools.pairwise(spans):
             if first <= last:

@@ -106,6 +106,7 @@ from ispd.radius.eaptls import (
     fragment_size_for,
     result_tlv,
 )
+from ispd.radius.proxy import Realm, Realms
 from ispd.radius.sessions import OpenSessions, fills_in
 from ispd.store.models import AccountingRecord, AccountingStatus, OverQuota, ReservationKind, SubscriberStatus
 
@@ -168,6 +169,7 @@ class RejectReason(StrEnum):
     SIMULTANEOUS_USE = "simultaneous_use"
     EAP_FAILED = "eap_failed"  # malformed, unknown or expired conversation, another method asked
     POOL_EXHAUSTED = "pool_exhausted"  # the plan's address pool has no address left
+    HOME_SERVER_UNREACHABLE = "home_server_unreachable"  # a proxied realm's servers did not answer
 
 
 class Drop(StrEnum):
@@ -275,6 +277,7 @@ class Decision:
     claim: PendingClaim | None = None
     subscriber_id: int | None = None
     detail: str | None = None  # why a reject, beyond its reason (a TLS error), for the log
+    proxy: Realm | None = None  # not ours: the service sends it to this realm's home servers
 
 
 class AuthEngine:
@@ -288,6 +291,7 @@ class AuthEngine:
         self.conversations = EAPConversations()
         self.eap_methods: list[EAPMethod] = [EAPMethod.MD5]  # offered, in order (the service sets them)
         self.tunnels: TunnelServer | None = None  # EAP-TTLS and PEAP, when a certificate is configured
+        self.realms = Realms([], [])  # proxied realms ([[radius.realm]]; the service sets them)
         self._mikrotik_rate_limit = dictionary.attribute("Mikrotik-Rate-Limit").code
 
     # --- the entry point
@@ -307,6 +311,10 @@ class AuthEngine:
             return self._reject(RejectReason.NO_USER_NAME, "")
         username = login.decode("utf-8", "replace")
         found = self.directory.find(username)
+        if found is None and self.realms:
+            realm = self.realms.route(username)  # a local login wins over a realm of that name
+            if realm is not None:
+                return Decision(proxy=realm, method="proxy")
         if _EAP_MESSAGE in first:
             return self._eap(packet, nas, username, found, now)
         hidden = first.get(_USER_PASSWORD)

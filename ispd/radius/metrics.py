@@ -43,6 +43,10 @@ class RadiusMetrics:
         self.coa = LabeledCounter(
             "ispd_radius_coa_total", "Disconnect-Requests and CoA-Requests sent to NASes, by kind and result.",
             ["kind", "result"])
+        self.proxied = LabeledCounter(
+            "ispd_radius_proxied_total", "Requests proxied to a realm's home servers ([[radius.realm]]), by kind "
+            "and result (accept, reject, challenge; acked; timeout: no home server answered; error).",
+            ["kind", "result"])
         self.stale_sessions = LabeledCounter(
             "ispd_radius_stale_sessions_closed_total", "Sessions closed because the NAS stopped reporting them.", [])
         self.latency = LabeledHistogram(
@@ -72,10 +76,14 @@ class RadiusMetrics:
             for result in ("ack", "nak", "timeout", "error"):
                 self.coa.inc(kind, result, amount=0)
         self.stale_sessions.inc(amount=0)
+        for kind, results in (("auth", ("accept", "reject", "challenge", "timeout", "error")),
+                              ("acct", ("acked", "timeout", "error"))):
+            for result in results:
+                self.proxied.inc(kind, result, amount=0)
 
     def collectors(self, gauges: Callable[[], dict[str, float]]) -> list[Collector]:
         return [FastCollector([self.requests, self.responses, self.auth, self.rejects, self.dropped, self.duplicates,
-                               self.accounting, self.coa, self.stale_sessions, self.latency]),
+                               self.accounting, self.coa, self.proxied, self.stale_sessions, self.latency]),
                 _GaugeCollector(gauges)]
 
 

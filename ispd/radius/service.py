@@ -29,6 +29,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
+import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -79,9 +81,19 @@ from ispd.radius.engine import (
     PendingCheck,
     PendingClaim,
     PlanReply,
+    RejectReason,
     ReplySettings,
 )
 from ispd.radius.metrics import RadiusMetrics
+from ispd.radius.proxy import (
+    HomeServer,
+    ProxyError,
+    Realm,
+    Realms,
+    forward_access_request,
+    forward_accounting_request,
+    relay_answer,
+)
 from ispd.radius.sessions import OpenSessions, fills_in
 from ispd.service import Health, Service, ServiceContext, ServiceStartError, describe_os_error
 from ispd.store.errors import InvalidValue, NotFound, StoreError
@@ -126,6 +138,13 @@ _RESPONSE_NAMES = {int(Code.ACCESS_ACCEPT): "access-accept", int(Code.ACCESS_REJ
 _AUTH_RESULTS = {int(Code.ACCESS_ACCEPT): "accept", int(Code.ACCESS_REJECT): "reject",
                  int(Code.ACCESS_CHALLENGE): "challenge"}
 _ACCOUNTING_RESPONSE = int(Code.ACCOUNTING_RESPONSE)
+_ACCESS_ANSWERS = (int(Code.ACCESS_ACCEPT), int(Code.ACCESS_REJECT), int(Code.ACCESS_CHALLENGE))
+_ACCOUNTING_ANSWER = (_ACCOUNTING_RESPONSE,)
+HOME_SERVER_DOWN_SECONDS = 30.0  # a home server that did not answer is tried after the others this long
+
+
+def realms_of(config: RadiusConfig) -> Realms:
+    return Realms([Realm.from_config(r) for r in config.realm], list(config.local_realms))
 
 # A datagram's source (address, port) and its header (code, identifier, length, authenticator):
 # a retransmission repeats all of them (RFC 5080 §2.2.2).
@@ -261,6 +280,9 @@ class RadiusService(Service):
         self.duplicates = DuplicateCache(self.config.duplicate_window_seconds)
         self.coa = DynamicAuthorizationClient(self.config.coa_timeout_seconds, self.config.coa_attempts,
                                               coa_sources(self.config))
+        self.realms = realms_of(self.config)
+        # Home servers that did not answer lately, until when: tried after the others.
+        self._home_down: dict[HomeServer, float] = {}
         self.dictionary: Dictionary | None = None
         self.auth: AuthEngine | None = None
         self.accounting: AccountingEngine | None = None
@@ -301,6 +323,7 @@ class RadiusService(Service):
         await self._load_quota_flags()
         self.auth = AuthEngine(self.directory, self.sessions, self.passwords, self.dictionary, settings)
         self.auth.eap_methods, self.auth.tunnels = self.config.eap.offered, await self._tunnel_server(self.config)
+        self.auth.realms = self.realms
         self.accounting = AccountingEngine(self.directory, self.sessions, self.dictionary,
                                            self.config.interim_interval_seconds)
         self._subscribe(stack)
@@ -451,6 +474,7 @@ class RadiusService(Service):
         self.duplicates.window = new.radius.duplicate_window_seconds
         self.coa = DynamicAuthorizationClient(new.radius.coa_timeout_seconds, new.radius.coa_attempts,
                                               coa_sources(new.radius))
+        self.realms = self.auth.realms = realms_of(new.radius)
         # From the store itself: a plan just added with the CLI, the usual step before naming it
         # here, may not have reached the directory yet (it polls the store), and the warning
         # would be false.
@@ -563,6 +587,10 @@ class RadiusService(Service):
 
     def _conclude(self, decision: Decision, packet: Packet, nas: Nas, transport: asyncio.DatagramTransport,
                   addr: Any, key: DuplicateKey, started: float, now: float) -> None:
+        if decision.proxy is not None:
+            self.duplicates.begin(key)  # the NAS's copies meanwhile are not proxied again
+            self._spawn(self._proxied(decision.proxy, packet, nas, transport, addr, key, started), "proxy")
+            return
         if decision.pending is not None:
             self._check_password(decision.pending, packet, nas, transport, addr, key, started)
             return
@@ -608,6 +636,92 @@ class RadiusService(Service):
         self.metrics.responses.inc(_RESPONSE_NAMES.get(code, "other"))
         if kind is not None:
             self.metrics.latency[kind].observe(time.perf_counter() - started)
+
+    # --- proxying ([[radius.realm]])
+
+    def _home_servers(self, servers: tuple[HomeServer, ...]) -> list[HomeServer]:
+        """In the configured order, those that failed lately last."""
+        now = time.monotonic()
+        return sorted(servers, key=lambda server: self._home_down.get(server, 0.0) > now)
+
+    async def _ask_home(self, realm: Realm, servers: tuple[HomeServer, ...], build: Callable[[int], bytes],
+                        answers: tuple[int, ...]) -> tuple[Packet, bytes] | None:
+        """The first valid answer of the realm's servers, tried in turn, with the request it
+        answers; None when none answered (a ``ProxyError`` from ``build`` goes to the caller)."""
+        for server in self._home_servers(servers):
+            request = build(secrets.randbelow(256))
+            exchange = await self.coa.exchange(server.address, server.port, realm.secret, request, answers,
+                                               wait_seconds=realm.timeout, attempts=realm.attempts,
+                                               require_message_authenticator=realm.require_message_authenticator
+                                               and answers != _ACCOUNTING_ANSWER)
+            if exchange.reply is not None:
+                self._home_down.pop(server, None)
+                return exchange.reply, request
+            if server not in self._home_down or self._home_down[server] <= time.monotonic():
+                log.warning("radius.proxy.home_server_silent", realm=realm.name, server=str(server),
+                            attempts=exchange.attempts, error=exchange.error or None)
+            self._home_down[server] = time.monotonic() + HOME_SERVER_DOWN_SECONDS
+        return None
+
+    async def _proxied(self, realm: Realm, packet: Packet, nas: Nas, transport: asyncio.DatagramTransport,
+                       addr: Any, key: DuplicateKey, started: float) -> None:
+        try:
+            await self._proxy_access(realm, packet, nas, transport, addr, key, started)
+        except Exception:  # a bug on one request must not leave the NAS's copies dropped as in progress
+            self.duplicates.forget(key)
+            self.metrics.dropped.inc("auth", Drop.INTERNAL_ERROR)
+            log.error("radius.proxy.failed", realm=realm.name, nas=nas.name, exc_info=True)
+
+    async def _proxy_access(self, realm: Realm, packet: Packet, nas: Nas, transport: asyncio.DatagramTransport,
+                            addr: Any, key: DuplicateKey, started: float) -> None:
+        """An Access-Request of another realm: to its home servers, and their answer to the NAS
+        re-secured with the NAS's secret; an Access-Reject when none answers."""
+        authenticator = os.urandom(16)
+        try:
+            answered = await self._ask_home(
+                realm, realm.auth_servers,
+                lambda identifier: forward_access_request(packet, nas.secret, realm, identifier, authenticator),
+                _ACCESS_ANSWERS)
+            reply = None if answered is None else relay_answer(answered[0], realm, authenticator, packet, nas.secret)
+        except ProxyError as exc:
+            self.metrics.proxied.inc("auth", "error")
+            log.warning("radius.proxy.failed", realm=realm.name, nas=nas.name, error=str(exc))
+            answered, reply = None, None
+        else:
+            if answered is None:
+                self.metrics.proxied.inc("auth", "timeout")
+        now = self.context.clock()
+        if answered is None or reply is None:
+            self.metrics.rejects.inc(RejectReason.HOME_SERVER_UNREACHABLE)
+            reply = encode_response(Code.ACCESS_REJECT, packet.identifier, packet.authenticator, proxy_states(packet),
+                                    nas.secret)
+            self._send(transport, reply, addr, key, Code.ACCESS_REJECT, "access", started, now)
+            return
+        code = answered[0].code
+        self.metrics.proxied.inc("auth", _AUTH_RESULTS[code])
+        self._send(transport, reply, addr, key, code, "access", started, now)
+
+    def _proxy_accounting(self, record: AccountingRecord, packet: Packet) -> None:
+        """Accounting of a proxied realm, kept here already: a copy to its accounting servers,
+        as the NAS would have sent it (best effort: the NAS has its answer)."""
+        if not self.realms or not record.username or self.directory.find(record.username) is not None:
+            return
+        realm = self.realms.route(record.username)
+        if realm is None or not realm.acct_servers:
+            return
+
+        async def forward() -> None:
+            try:
+                answered = await self._ask_home(
+                    realm, realm.acct_servers,
+                    lambda identifier: forward_accounting_request(packet, realm, identifier), _ACCOUNTING_ANSWER)
+            except ProxyError as exc:
+                self.metrics.proxied.inc("acct", "error")
+                log.warning("radius.proxy.failed", realm=realm.name, error=str(exc))
+                return
+            self.metrics.proxied.inc("acct", "acked" if answered is not None else "timeout")
+
+        self._spawn(forward(), "proxy-accounting")
 
     def _check_password(self, pending: PendingCheck, packet: Packet, nas: Nas, transport: asyncio.DatagramTransport,
                         addr: Any, key: DuplicateKey, started: float) -> None:
@@ -900,6 +1014,8 @@ class RadiusService(Service):
         for item, result in zip(batch, results, strict=True):
             self.metrics.accounting.inc(str(item.record.status), str(result.outcome))
             self._answer_accounting(item.packet, item.nas, item.transport, item.addr, item.key, item.started)
+            if self.realms:
+                self._proxy_accounting(item.record, item.packet)
             holder = self._follow(item.record, result)
             if result.outcome in (AccountingOutcome.UPDATED, AccountingOutcome.STOPPED, AccountingOutcome.REOPENED):
                 # A Stop is checked at once: the session's last growth may cross the quota, and

@@ -1,0 +1,191 @@
+"""Proxying to other RADIUS servers by realm: which requests go where, and the packets' rewriting
+both ways. Pure: bytes and packets in, bytes out; the service sends and waits.
+
+Theory of operation. A request whose User-Name is ``user@realm``, that names no local login and
+whose realm is not in ``local_realms``, goes to the home servers of the ``[[radius.realm]]`` of
+that name, or of ``"*"`` when none has it (FreeRADIUS's DEFAULT realm, an eduroam federation's
+proxy). The home server sees ispd as its NAS: every hop has its own shared secret, so what the
+secrets protect is taken apart with the NAS's and put back with the home server's, and the
+other way for the answer:
+
+- the request keeps its attributes in order, but User-Password is hidden again for the new
+  Request Authenticator (RFC 2865 §5.2); a CHAP-Password whose challenge was the NAS's Request
+  Authenticator gets it as a CHAP-Challenge attribute (RFC 2865 §2.2), since the new packet has
+  another; the Message-Authenticator is made anew (first, as BlastRADIUS advises); the realm
+  is cut from User-Name when the realm says ``strip_realm``. The NAS's Proxy-States travel on.
+- the answer keeps its code and attributes, but MS-MPPE-Send/Recv-Key (RFC 2548 §2.4.2) and
+  Tunnel-Password (RFC 2868 §3.5), salted with the home server's secret and ispd's Request
+  Authenticator, are salted again with the NAS's; Proxy-State is what the NAS sent (each
+  once, in order), and the Message-Authenticator and Response Authenticator are the NAS's.
+- accounting is forwarded with the realm's secret (its Request Authenticator is computed,
+  RFC 2866 §3).
+
+Not here: Tunnel-Password in requests (NASes do not send it), proxying Status-Server, loops
+between proxies (a realm pointing back at ispd): the home servers' configuration is the
+operator's.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ispd.radius import mschap
+from ispd.radius.codec import (
+    Attr,
+    Code,
+    Packet,
+    Vendor,
+    encode_attributes,
+    encode_request,
+    encode_response,
+    hide_password,
+    hide_salted,
+    reveal_password,
+    reveal_salted,
+    split_vendor_specific,
+    vendor_specific,
+)
+from ispd.radius.config import RealmConfig
+
+_MS_MPPE_SEND_KEY, _MS_MPPE_RECV_KEY = 16, 17
+_MA = int(Attr.MESSAGE_AUTHENTICATOR)
+_PROXY_STATE = int(Attr.PROXY_STATE)
+
+
+class ProxyError(ValueError):
+    """A request or answer that cannot be carried across (an unreadable hidden attribute, a
+    packet over 4096 octets): the request is not proxied, or the answer not relayed."""
+
+
+@dataclass(frozen=True, slots=True)
+class HomeServer:
+    address: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Realm:
+    name: str  # the realm, or "*"
+    auth_servers: tuple[HomeServer, ...]
+    acct_servers: tuple[HomeServer, ...]
+    secret: bytes
+    strip_realm: bool
+    timeout: float
+    attempts: int
+    require_message_authenticator: bool
+
+    @classmethod
+    def from_config(cls, config: RealmConfig) -> Realm:
+        return cls(config.name, tuple(HomeServer(a.host, a.port) for a in config.auth_servers),
+                   tuple(HomeServer(a.host, a.port) for a in config.acct_servers),
+                   config.secret.get_secret_value().encode(), config.strip_realm, config.timeout_seconds,
+                   config.attempts, config.require_message_authenticator)
+
+
+class Realms:
+    """Which realm, if any, a User-Name is proxied to."""
+
+    def __init__(self, realms: list[Realm], local_realms: list[str]) -> None:
+        self.by_name = {r.name: r for r in realms if r.name != "*"}
+        self.default = next((r for r in realms if r.name == "*"), None)
+        self.local = frozenset(local_realms)
+
+    def __bool__(self) -> bool:
+        return bool(self.by_name) or self.default is not None
+
+    def route(self, username: str) -> Realm | None:
+        """The realm of ``user@realm`` (the part after the last "@", any case), or None: no
+        realm, one of ``local_realms``, or one no entry and no "*" takes."""
+        user, at, realm = username.rpartition("@")
+        if not at or not user or not realm:
+            return None
+        realm = realm.lower().rstrip(".")
+        if realm in self.local:
+            return None
+        return self.by_name.get(realm, self.default)
+
+
+def stripped(username: bytes) -> bytes:
+    return username.rpartition(b"@")[0] or username
+
+
+def forward_access_request(packet: Packet, nas_secret: bytes, realm: Realm, identifier: int,
+                           authenticator: bytes | None = None) -> bytes:
+    """The Access-Request for the home server: ``packet`` from the NAS re-secured for the realm."""
+    authenticator = authenticator if authenticator is not None else os.urandom(16)
+    out: list[tuple[int, bytes]] = []
+    for code, value in packet.attributes:
+        if code == _MA:
+            continue  # made anew, first
+        if code == Attr.USER_NAME and realm.strip_realm:
+            out.append((code, stripped(value)))
+        elif code == Attr.USER_PASSWORD:
+            password = reveal_password(value, nas_secret, packet.authenticator)
+            if password is None:
+                raise ProxyError("a User-Password that does not decrypt")
+            out.append((code, hide_password(password, realm.secret, authenticator)))
+        else:
+            out.append((code, value))
+    if Attr.CHAP_PASSWORD in packet.first and Attr.CHAP_CHALLENGE not in packet.first:
+        out.append((Attr.CHAP_CHALLENGE, packet.authenticator))  # the challenge the NAS used
+    try:
+        return encode_request(Code.ACCESS_REQUEST, identifier, encode_attributes(out), realm.secret,
+                              authenticator=authenticator)
+    except ValueError as exc:
+        raise ProxyError(str(exc)) from None
+
+
+def forward_accounting_request(packet: Packet, realm: Realm, identifier: int) -> bytes:
+    out = [(Attr.USER_NAME, stripped(value)) if code == Attr.USER_NAME and realm.strip_realm else (code, value)
+           for code, value in packet.attributes if code != _MA]
+    try:
+        return encode_request(Code.ACCOUNTING_REQUEST, identifier, encode_attributes(out), realm.secret,
+                              message_authenticator=False)
+    except ValueError as exc:
+        raise ProxyError(str(exc)) from None
+
+
+def relay_answer(answer: Packet, realm: Realm, sent_authenticator: bytes, request: Packet, nas_secret: bytes) -> bytes:
+    """The home server's Access-Accept, -Reject or -Challenge as the NAS's answer to ``request``."""
+    out = [_salted_again(code, value, realm.secret, sent_authenticator, nas_secret, request.authenticator)
+           for code, value in answer.attributes if code not in (_MA, _PROXY_STATE)]  # the NAS's own, below
+    states = [(c, v) for c, v in request.attributes if c == _PROXY_STATE]
+    try:
+        return encode_response(answer.code, request.identifier, request.authenticator,
+                               encode_attributes([*out, *states]), nas_secret)
+    except ValueError as exc:
+        raise ProxyError(str(exc)) from None
+
+
+_MICROSOFT = int(Vendor.MICROSOFT).to_bytes(4, "big")
+
+
+def _salted_again(code: int, value: bytes, home_secret: bytes, sent_authenticator: bytes, nas_secret: bytes,
+                  nas_authenticator: bytes) -> tuple[int, bytes]:
+    """An answer's attribute as the NAS must see it: what is salted with the home server's
+    secret and ispd's Request Authenticator, salted with the NAS's; the rest as it is."""
+    if code == Attr.TUNNEL_PASSWORD and len(value) > 3:
+        plain = reveal_salted(value[1:], home_secret, sent_authenticator)
+        if plain is None:
+            raise ProxyError("a Tunnel-Password that does not decrypt")
+        return code, value[:1] + hide_salted(plain, nas_secret, nas_authenticator)  # (its tag first)
+    if code != Attr.VENDOR_SPECIFIC or value[:4] != _MICROSOFT:
+        return code, value
+    parts = split_vendor_specific(value)
+    if parts is None or not any(t in (_MS_MPPE_SEND_KEY, _MS_MPPE_RECV_KEY) for t, _ in parts):
+        return code, value
+    body = b""
+    for vendor_type, sub in parts:
+        again = sub
+        if vendor_type in (_MS_MPPE_SEND_KEY, _MS_MPPE_RECV_KEY):
+            try:
+                again = mschap.encrypt_mppe_key(mschap.decrypt_mppe_key(sub, home_secret, sent_authenticator),
+                                                nas_secret, nas_authenticator)
+            except ValueError:
+                raise ProxyError("an MS-MPPE key that does not decrypt") from None
+        body += vendor_specific(Vendor.MICROSOFT, vendor_type, again)[1][4:]
+    return code, _MICROSOFT + body

@@ -1,0 +1,128 @@
+"""Proxying by realm ([[radius.realm]]) between two real ispd processes: a visited one that the NAS
+(radtest, radclient, eapol_test as the access point) talks to, and the home one of the realm's
+users. PAP, CHAP, MS-CHAPv2 and PEAP go through; eapol_test checks the MPPE keys the home server
+made, which the proxy salted again for the NAS's secret; accounting is kept by the visited
+server and copied to the home one."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.lab.certs import issue
+from tests.lab.eapol import eapol_test, require_eapol_test
+from tests.lab.ports import free_udp_port
+from tests.lab.process import IspdProcess, base_config, eventually
+from tests.lab.radclient import radclient, radtest, require_radclient
+
+NAS_SECRET = "testing123"
+HOME_SECRET = "between-the-servers"
+
+
+class Pair:
+    def __init__(self, visited: IspdProcess, home: IspdProcess, ca: Path) -> None:
+        self.visited, self.home, self.ca = visited, home, ca
+        self.auth = visited.config["radius"]["listen_auth"][0]
+        self.acct = visited.config["radius"]["listen_acct"][0]
+
+    def login(self, user: str, password: str, method: str = "pap") -> str | None:
+        return radtest(user, password, self.auth, NAS_SECRET, method).code
+
+
+def radius_section(**more: Any) -> dict[str, Any]:
+    return {"enabled": True, "listen_auth": [f"127.0.0.1:{free_udp_port()}"],
+            "listen_acct": [f"127.0.0.1:{free_udp_port()}"], "reject_delay_seconds": 0, **more}
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    require_radclient()
+    require_eapol_test()
+    workdir = tmp_path_factory.mktemp("proxy")
+    (workdir / "home").mkdir()
+    (workdir / "visited").mkdir()
+    certificates = issue(workdir / "tls", "radius.home.example")
+    home_section = radius_section(
+        client=[{"name": "visited", "address": "127.0.0.1/32", "secret": HOME_SECRET}],
+        eap={"certificate": str(certificates.certificate), "private_key": str(certificates.private_key)})
+    with IspdProcess(workdir / "home", base_config(workdir / "home", radius=home_section)) as home:
+        home.start()
+        home.cli("plan", "add", "roaming", "--credential-policy", "cleartext")
+        home.cli("subscriber", "add", "visitor@home.example", "--plan", "roaming", "--password-stdin",
+                 input="visitor-pw\n")
+        home.cli("subscriber", "add", "bare", "--plan", "roaming", "--password-stdin", input="bare-pw\n")
+        home_auth, home_acct = home_section["listen_auth"][0], home_section["listen_acct"][0]
+        visited_section = radius_section(
+            client=[{"name": "ap", "address": "127.0.0.0/8", "secret": NAS_SECRET, "kind": "mikrotik"}],
+            local_realms=["visited.example"],
+            realm=[{"name": "home.example", "auth_servers": [home_auth], "acct_servers": [home_acct],
+                    "secret": HOME_SECRET, "timeout_seconds": 1, "attempts": 1},
+                   {"name": "stripped.example", "auth_servers": [home_auth], "secret": HOME_SECRET,
+                    "strip_realm": True, "timeout_seconds": 1, "attempts": 1},
+                   # "*": a federation proxy that is down (the first server) and one that answers
+                   {"name": "*", "auth_servers": ["127.0.0.1:9", home_auth], "secret": HOME_SECRET,
+                    "timeout_seconds": 0.5, "attempts": 1}])
+        with IspdProcess(workdir / "visited", base_config(workdir / "visited", radius=visited_section)) as visited:
+            visited.start()
+            visited.cli("plan", "add", "local", "--credential-policy", "cleartext")
+            visited.cli("subscriber", "add", "resident@visited.example", "--plan", "local", "--password-stdin",
+                        input="resident-pw\n")
+            result = Pair(visited, home, certificates.ca)
+            eventually(lambda: result.login("resident@visited.example", "resident-pw") == "Access-Accept", timeout=10)
+            yield result
+            for ispd in (visited, home):
+                assert "Traceback" not in ispd.log_text(), ispd.log_text()[-3000:]
+
+
+@pytest.mark.parametrize("method", ["pap", "chap", "mschap"])
+def test_a_visitor_logs_in_through_the_proxy(pair: Pair, method: str) -> None:
+    assert pair.login("visitor@home.example", "visitor-pw", method) == "Access-Accept"
+    assert pair.login("visitor@home.example", "wrong-pw", method) == "Access-Reject"  # the home server's word
+
+
+def test_peap_through_the_proxy_with_the_home_servers_keys(pair: Pair) -> None:
+    result = eapol_test(pair.auth, NAS_SECRET, method="PEAP", identity="visitor@home.example",
+                        anonymous_identity="anonymous@home.example", password="visitor-pw", ca_cert=pair.ca,
+                        phase2="auth=MSCHAPV2")
+    assert result.success, result.output[-3000:]
+    assert result.mppe_keys_ok and result.keys_match, result.output[-3000:]
+
+
+def test_strip_realm_and_the_default_realm_with_a_dead_server(pair: Pair) -> None:
+    assert pair.login("bare@stripped.example", "bare-pw") == "Access-Accept"  # home knows "bare"
+    assert pair.login("bare@Stripped.Example.", "bare-pw") == "Access-Accept"  # (the realm in any case, a dot)
+    # "*": the first server (port 9) is silent, the second answers; "visitor@elsewhere" is no
+    # user there: the home server rejects.
+    assert pair.login("bare@elsewhere.example", "bare-pw") == "Access-Reject"
+    assert pair.visited.log_events("radius.proxy.home_server_silent")
+
+
+def test_local_users_and_local_realms_are_never_proxied(pair: Pair) -> None:
+    assert pair.login("resident@visited.example", "resident-pw") == "Access-Accept"
+    assert pair.login("nobody@visited.example", "x") == "Access-Reject"  # a local realm: not to "*"
+    assert pair.login("nobody", "x") == "Access-Reject"
+    sent = pair.visited.metric_value("ispd_radius_proxied_total", {"kind": "auth", "result": "accept"})
+    assert sent is not None and sent >= 1
+
+
+def test_accounting_is_kept_here_and_copied_home(pair: Pair) -> None:
+    base = "User-Name = visitor@home.example, Acct-Session-Id = roam-1, NAS-IP-Address = 127.0.0.2"
+    assert radclient(pair.acct, "acct", NAS_SECRET, f"{base}, Acct-Status-Type = Start").code == "Accounting-Response"
+    assert radclient(pair.acct, "acct", NAS_SECRET, f"{base}, Acct-Status-Type = Stop, Acct-Input-Octets = 4000, "
+                     "Acct-Output-Octets = 9000, Acct-Session-Time = 60").code == "Accounting-Response"
+
+    def at_home() -> list[dict[str, Any]]:
+        return [s for s in json.loads(pair.home.cli("session", "list", "--json").stdout)
+                if s["acct_session_id"] == "roam-1" and s["stopped_at"] is not None]
+
+    [home_session] = eventually(at_home, timeout=10)
+    assert (home_session["username"], home_session["input_octets"]) == ("visitor@home.example", 4000)
+    [here] = [s for s in json.loads(pair.visited.cli("session", "list", "--json").stdout)
+              if s["acct_session_id"] == "roam-1"]
+    assert here["output_octets"] == 9000 and here["subscriber_id"] is None  # (not a subscriber here)
+    acked = pair.visited.metric_value("ispd_radius_proxied_total", {"kind": "acct", "result": "acked"})
+    assert acked == 2

@@ -1,0 +1,124 @@
+"""Proxying's pure half (ispd/radius/proxy.py): which realm a User-Name goes to, and the rewriting
+of the request for the home server and of its answer for the NAS, checked with the codec."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ispd.radius import mschap
+from ispd.radius.codec import (
+    Attr,
+    Code,
+    Vendor,
+    check_message_authenticator,
+    check_request_authenticator,
+    check_response_authenticator,
+    decode,
+    encode_attributes,
+    encode_request,
+    encode_response,
+    hide_password,
+    hide_salted,
+    reveal_password,
+    reveal_salted,
+    vendor_specific,
+)
+from ispd.radius.proxy import (
+    HomeServer,
+    ProxyError,
+    Realm,
+    Realms,
+    forward_access_request,
+    forward_accounting_request,
+    relay_answer,
+)
+
+NAS, HOME = b"nas-secret", b"home-secret"
+
+
+def realm(name: str = "home.example", *, strip: bool = False) -> Realm:
+    return Realm(name, (HomeServer("198.18.5.1", 1812),), (), HOME, strip, 1.0, 1, True)
+
+
+def test_which_realm() -> None:
+    realms = Realms([realm("home.example"), realm("*")], ["campus.example"])
+    assert realms.route("alice@home.example").name == "home.example"  # type: ignore[union-attr]
+    assert realms.route("alice@HOME.Example.").name == "home.example"  # type: ignore[union-attr]
+    assert realms.route("alice@other.example").name == "*"  # type: ignore[union-attr]
+    assert realms.route("a@b@home.example").name == "home.example"  # type: ignore[union-attr]  # the last @
+    for local in ("alice", "alice@campus.example", "alice@", "@home.example"):
+        assert realms.route(local) is None, local
+    only = Realms([realm("home.example")], [])
+    assert only.route("alice@other.example") is None and bool(only) and not Realms([], ["x"])
+
+
+def test_pap_is_hidden_again_for_the_home_server_and_signed_with_its_secret() -> None:
+    nas_auth = os.urandom(16)
+    packet = decode(encode_request(Code.ACCESS_REQUEST, 7, encode_attributes(
+        [(Attr.USER_NAME, b"alice@home.example"), (Attr.PROXY_STATE, b"nas-proxy"),
+         (Attr.USER_PASSWORD, hide_password(b"s3cret-but-longer-than-16", NAS, nas_auth))]), NAS,
+        authenticator=nas_auth))
+    sent_auth = os.urandom(16)
+    forwarded = decode(forward_access_request(packet, NAS, realm(), 33, sent_auth))
+    assert (forwarded.code, forwarded.identifier, forwarded.authenticator) == (Code.ACCESS_REQUEST, 33, sent_auth)
+    assert check_message_authenticator(forwarded, HOME) and forwarded.attributes[0][0] == Attr.MESSAGE_AUTHENTICATOR
+    password = forwarded.get(Attr.USER_PASSWORD)
+    assert password is not None and reveal_password(password, HOME, sent_auth) == b"s3cret-but-longer-than-16"
+    assert forwarded.get(Attr.USER_NAME) == b"alice@home.example"
+    assert forwarded.get_all(Attr.PROXY_STATE) == [b"nas-proxy"]  # the NAS's travel on
+    stripped = decode(forward_access_request(packet, NAS, realm(strip=True), 1))
+    assert stripped.get(Attr.USER_NAME) == b"alice"
+
+
+def test_chap_gets_its_challenge_as_an_attribute_and_a_bad_password_is_refused() -> None:
+    nas_auth = os.urandom(16)
+    packet = decode(encode_request(Code.ACCESS_REQUEST, 1, encode_attributes(
+        [(Attr.USER_NAME, b"bob@home.example"), (Attr.CHAP_PASSWORD, b"\x01" + bytes(16))]), NAS,
+        authenticator=nas_auth))
+    forwarded = decode(forward_access_request(packet, NAS, realm(), 2))
+    assert forwarded.get(Attr.CHAP_CHALLENGE) == nas_auth
+    with_challenge = decode(encode_request(Code.ACCESS_REQUEST, 1, encode_attributes(
+        [(Attr.CHAP_PASSWORD, b"\x01" + bytes(16)), (Attr.CHAP_CHALLENGE, b"c" * 16)]), NAS))
+    assert decode(forward_access_request(with_challenge, NAS, realm(), 2)).get_all(Attr.CHAP_CHALLENGE) == [b"c" * 16]
+    broken = decode(encode_request(Code.ACCESS_REQUEST, 1, encode_attributes([(Attr.USER_PASSWORD, b"x" * 5)]), NAS))
+    with pytest.raises(ProxyError):
+        forward_access_request(broken, NAS, realm(), 2)
+
+
+def test_the_answer_is_the_nass_with_keys_salted_again() -> None:
+    nas_auth, sent_auth = os.urandom(16), os.urandom(16)
+    request = decode(encode_request(Code.ACCESS_REQUEST, 9, encode_attributes(
+        [(Attr.USER_NAME, b"carol@home.example"), (Attr.PROXY_STATE, b"one"), (Attr.PROXY_STATE, b"two")]), NAS,
+        authenticator=nas_auth))
+    send_key, recv_key = os.urandom(32), os.urandom(32)
+    home_answer = decode(encode_response(Code.ACCESS_ACCEPT, 200, sent_auth, encode_attributes([
+        vendor_specific(Vendor.MICROSOFT, 16, mschap.encrypt_mppe_key(send_key, HOME, sent_auth)),
+        vendor_specific(Vendor.MICROSOFT, 17, mschap.encrypt_mppe_key(recv_key, HOME, sent_auth)),
+        vendor_specific(Vendor.MICROSOFT, 7, b"\0\0\0\1"),
+        (Attr.TUNNEL_PASSWORD, b"\x01" + hide_salted(b"tunnel-pw", HOME, sent_auth)),
+        (Attr.PROXY_STATE, b"one"), (Attr.PROXY_STATE, b"two"), (Attr.CLASS, b"home-class")]), HOME))
+    relayed = decode(relay_answer(home_answer, realm(), sent_auth, request, NAS))
+    assert (relayed.code, relayed.identifier) == (Code.ACCESS_ACCEPT, 9)
+    assert check_response_authenticator(relayed, nas_auth, NAS) and check_message_authenticator(relayed, NAS, nas_auth)
+    keys = dict(relayed.vendor_attributes(Vendor.MICROSOFT))
+    assert mschap.decrypt_mppe_key(keys[16], NAS, nas_auth) == send_key
+    assert mschap.decrypt_mppe_key(keys[17], NAS, nas_auth) == recv_key
+    assert keys[7] == b"\0\0\0\1"
+    tunnel = relayed.get(Attr.TUNNEL_PASSWORD)
+    assert tunnel is not None and tunnel[:1] == b"\x01" and reveal_salted(tunnel[1:], NAS, nas_auth) == b"tunnel-pw"
+    assert relayed.get_all(Attr.PROXY_STATE) == [b"one", b"two"] and relayed.get(Attr.CLASS) == b"home-class"
+    wrong = decode(encode_response(Code.ACCESS_ACCEPT, 200, sent_auth, encode_attributes([
+        vendor_specific(Vendor.MICROSOFT, 16, mschap.encrypt_mppe_key(send_key, b"other", sent_auth)[:2] + b"x" * 3)]),
+        HOME))
+    with pytest.raises(ProxyError):
+        relay_answer(wrong, realm(), sent_auth, request, NAS)
+
+
+def test_accounting_is_signed_with_the_realms_secret() -> None:
+    packet = decode(encode_request(Code.ACCOUNTING_REQUEST, 3, encode_attributes(
+        [(Attr.USER_NAME, b"dan@home.example"), (Attr.ACCT_STATUS_TYPE, b"\0\0\0\1")]), NAS,
+        message_authenticator=False))
+    again = decode(forward_accounting_request(packet, realm(strip=True), 4))
+    assert check_request_authenticator(again, HOME) and again.get(Attr.USER_NAME) == b"dan"
