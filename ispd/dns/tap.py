@@ -8,7 +8,7 @@ iteration at most.
 The client's states: connecting → handshake (READY sent, waiting for ACCEPT naming dnstap) →
 started (START sent, data frames flow) → stopping (STOP sent at shutdown, waiting for FINISH).
 Any failure, or the collector closing, goes back to connecting after a delay that doubles
-from 1 s up to 30 s. DNS never waits for the collector: frames wait in a buffer of
+from 1 s up to 30 s (and starts over after a connection that lasted 30 s). DNS never waits for the collector: frames wait in a buffer of
 ``buffer_bytes`` while the collector is away or slow, and past it they are dropped and counted
 (``ispd_dns_dnstap_dropped_total``), as Unbound drops when its dnstap queue is full. A
 collector that comes back gets the frames the buffer kept; those already handed to a connection
@@ -131,9 +131,9 @@ class FrameStreamClient:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX_SECONDS)
                 continue
-            delay = RECONNECT_MIN_SECONDS
             failing = False
             self.connected = True
+            connected_at = time.monotonic()
             log.info("dns.dnstap.connected", collector=str(self), held_frames=len(self._frames))
             try:
                 ended = await self._pump(reader, writer)
@@ -150,7 +150,14 @@ class FrameStreamClient:
                     writer.close()
             if self._closing:
                 return
-            log.warning("dns.dnstap.disconnected", collector=str(self), reason=ended)
+            # Not at once: a collector that takes the handshake and hangs up (or talks out of
+            # turn) would make a loop of connections and log lines. Only one that stayed a
+            # while has the delay start over.
+            if time.monotonic() - connected_at >= RECONNECT_MAX_SECONDS:
+                delay = RECONNECT_MIN_SECONDS
+            log.warning("dns.dnstap.disconnected", collector=str(self), reason=ended, retry_seconds=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_SECONDS)
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
         """Write the frames as they come until the connection ends (the reason) or ispd stops."""

@@ -29,8 +29,9 @@ def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
 class Collector:
     """The reader side: ACCEPT (naming ``accept``), then data frames until STOP, then FINISH."""
 
-    def __init__(self, path: Path, *, accept: bytes = CONTENT_TYPE, answer: bool = True, read: bool = True) -> None:
-        self.path, self.accept, self.answer, self.read = path, accept, answer, read
+    def __init__(self, path: Path, *, accept: bytes = CONTENT_TYPE, answer: bool = True, read: bool = True,
+                 hang_up: bool = False) -> None:
+        self.path, self.accept, self.answer, self.read, self.hang_up = path, accept, answer, read, hang_up
         self.frames: list[bytes] = []
         self.connections = 0
         self.stopped = asyncio.Event()
@@ -67,6 +68,9 @@ class Collector:
             assert (kind, types) == (ControlType.START, [CONTENT_TYPE])
             if not self.read:
                 await asyncio.sleep(3600)
+            if self.hang_up:
+                writer.close()
+                return
             while True:
                 (length,) = struct.unpack("!I", await reader.readexactly(4))
                 if length:
@@ -156,6 +160,13 @@ async def test_a_collector_that_does_not_take_dnstap_is_not_written_to(tmp_path:
         writer.push(frame(1))
         await until(lambda: collector.connections >= 2)  # refused, tried again
         assert not writer.connected and collector.frames == [] and writer.dropped == 0
+
+
+async def test_a_collector_that_hangs_up_after_the_handshake_is_not_called_again_at_once(tmp_path: Path) -> None:
+    async with Collector(tmp_path / "c.sock", hang_up=True) as collector, client(collector.path) as writer:
+        await until(lambda: collector.connections >= 2)
+        await asyncio.sleep(1.0)  # 0.05 s, 0.1 s, then every 0.2 s: a handful, not thousands
+        assert collector.connections <= 10 and not writer.connected
 
 
 async def test_a_collector_that_never_answers_the_handshake(tmp_path: Path) -> None:
