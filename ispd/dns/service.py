@@ -988,9 +988,12 @@ class DNSService(Service):
             log.error("dns.reload.leases_unreadable", error=str(exc))
             self._walled_changed()  # (the walled garden's settings may have changed)
         tap_before, tap_now = old.dns.dnstap, new.dns.dnstap
+        replaced = None
         if (tap_before.socket_path, tap_before.address) != (tap_now.socket_path, tap_now.address):
-            await self.tap.retire()  # another collector (or none): this one gets STOP
+            replaced = self.tap.detach()  # another collector (or none): this one gets STOP...
         self._configure_tap(tap_now)
+        if replaced is not None:  # ...while the next one is already written to (or held for)
+            await self.tap.finish(replaced)
         self.answers.clear()
         if self.first:  # (once for the resolver: the workers follow the first)
             log.info("dns.reloaded", local_zones=len(new.dns.local_zone), policy_zones=len(self.policy_zones),

@@ -8,11 +8,11 @@ iteration at most.
 The client's states: connecting → handshake (READY sent, waiting for ACCEPT naming dnstap) →
 started (START sent, data frames flow) → stopping (STOP sent at shutdown, waiting for FINISH).
 Any failure, or the collector closing, goes back to connecting after a delay that doubles
-from 1 s up to 30 s (and starts over after a connection that lasted 30 s). DNS never waits for the collector: frames wait in a buffer of
-``buffer_bytes`` while the collector is away or slow, and past it they are dropped and counted
-(``ispd_dns_dnstap_dropped_total``), as Unbound drops when its dnstap queue is full. A
-collector that comes back gets the frames the buffer kept; those already handed to a connection
-that then broke are lost with it.
+from 1 s up to 30 s (and starts over after a connection that lasted 30 s). DNS never waits for
+the collector: frames wait in a buffer of ``buffer_bytes`` while the collector is away or slow,
+and past it they are dropped and counted (``ispd_dns_dnstap_dropped_total``), as Unbound drops
+when its dnstap queue is full. A collector that comes back gets the frames the buffer kept;
+those already handed to a connection that then broke are lost with it.
 """
 
 from __future__ import annotations
@@ -216,14 +216,16 @@ class DnstapSink:
         self.encoder = Encoder()
         self.writer: FrameStreamClient | None = None
         self._retired_sent = self._retired_dropped = 0  # of writers replaced by a reload
+        self._retiring: list[FrameStreamClient] = []  # replaced, still sending what they held and STOP
 
     @property
-    def sent(self) -> int:
-        return self._retired_sent + (self.writer.sent if self.writer is not None else 0)
+    def sent(self) -> int:  # (a counter: the writers being retired still count)
+        return self._retired_sent + sum(writer.sent for writer in (self.writer, *self._retiring) if writer is not None)
 
     @property
     def dropped(self) -> int:
-        return self._retired_dropped + (self.writer.dropped if self.writer is not None else 0)
+        return self._retired_dropped + sum(writer.dropped for writer in (self.writer, *self._retiring)
+                                           if writer is not None)
 
     def use(self, writer: FrameStreamClient | None, encoder: Encoder, *, client_queries: bool,
             client_responses: bool, resolver_queries: bool, resolver_responses: bool) -> None:
@@ -237,11 +239,26 @@ class DnstapSink:
 
     async def retire(self) -> None:
         """Stop writing: the connection sends what it holds and ends."""
-        writer, self.writer = self.writer, None
+        writer = self.detach()
+        if writer is not None:
+            await self.finish(writer)
+
+    def detach(self) -> FrameStreamClient | None:
+        """Stop writing to the current connection at once, and give it for ``finish``: a reload
+        puts the next one in use first, so that nothing goes untapped while this one ends."""
+        writer = self.writer
         self.use(None, self.encoder, client_queries=False, client_responses=False, resolver_queries=False,
                  resolver_responses=False)
         if writer is not None:
+            self._retiring.append(writer)
+        return writer
+
+    async def finish(self, writer: FrameStreamClient) -> None:
+        """A detached connection sends what it holds and ends (STOP, FINISH)."""
+        try:
             await writer.close()
+        finally:
+            self._retiring.remove(writer)
             self._retired_sent += writer.sent
             self._retired_dropped += writer.dropped
 

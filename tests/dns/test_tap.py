@@ -30,8 +30,9 @@ class Collector:
     """The reader side: ACCEPT (naming ``accept``), then data frames until STOP, then FINISH."""
 
     def __init__(self, path: Path, *, accept: bytes = CONTENT_TYPE, answer: bool = True, read: bool = True,
-                 hang_up: bool = False) -> None:
+                 hang_up: bool = False, finish_after: float = 0.0) -> None:
         self.path, self.accept, self.answer, self.read, self.hang_up = path, accept, answer, read, hang_up
+        self.finish_after = finish_after
         self.frames: list[bytes] = []
         self.connections = 0
         self.stopped = asyncio.Event()
@@ -78,6 +79,7 @@ class Collector:
                     continue
                 (length,) = struct.unpack("!I", await reader.readexactly(4))
                 assert await reader.readexactly(length) == struct.pack("!I", ControlType.STOP)
+                await asyncio.sleep(self.finish_after)
                 writer.write(control_frame(ControlType.FINISH, None))
                 await writer.drain()
                 self.stopped.set()
@@ -216,3 +218,23 @@ async def test_the_sink_writes_only_what_is_asked(tmp_path: Path) -> None:
         await sink.retire()
         assert (sink.writer, sink.clients, sink.sent) == (None, False, 3)
         assert collector.stopped.is_set()
+
+
+async def test_the_counters_do_not_go_back_while_a_replaced_connection_ends(tmp_path: Path) -> None:
+    async with Collector(tmp_path / "c.sock", finish_after=0.3) as collector:
+        writer = FrameStreamClient(collector.path, buffer_bytes=1 << 20)
+        writer.start()
+        sink = DnstapSink()
+        sink.use(writer, Encoder(), client_queries=True, client_responses=True, resolver_queries=False,
+                 resolver_responses=False)
+        await until(lambda: writer.connected)
+        for n in range(3):
+            sink.client_query(SocketProtocol.UDP, "198.18.0.7", 1000 + n, b"q" * 12, 1.0)
+        await until(lambda: sink.sent == 3)
+        retiring = asyncio.ensure_future(sink.retire())
+        await until(lambda: sink.writer is None)
+        await asyncio.sleep(0.1)
+        assert not retiring.done()  # STOP sent, FINISH awaited
+        assert sink.sent == 3  # a Prometheus counter: never less than it was
+        await retiring
+        assert sink.sent == 3 and collector.stopped.is_set()

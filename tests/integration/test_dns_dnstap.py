@@ -4,14 +4,20 @@ iterates through the lab's hierarchy."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
+import socket
+import struct
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from ispd.dns.dnstap import ControlType, control_frame
 from tests.lab.dnshier import DNSHierarchy, free_port
 from tests.lab.dnsispd import DNSIspd
 from tests.lab.process import eventually
@@ -120,3 +126,116 @@ def test_a_collector_late_gone_and_back_and_a_reload_to_another(dns_hierarchy: D
     assert names == [['"early.bench.test."'] * 2 + ['"second.bench.test."'] * 2,
                      ['"meanwhile.bench.test."'] * 2, ['"after.bench.test."']]
     assert "identity" not in first.yaml()
+
+
+class SlowFinisher(threading.Thread):
+    """A collector that takes its time to answer STOP with FINISH (a busy one, flushing its
+    file): meanwhile ispd must go on tapping what it answers, to the next collector or to this
+    one until its listeners are closed."""
+
+    def __init__(self, path: Path, finish_after: float = 1.5) -> None:
+        super().__init__(daemon=True)
+        self.finish_after = finish_after
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(path))
+        self.server.listen()
+        self.frames: list[bytes] = []
+
+    def run(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = self.server.accept()
+                threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        stream = connection.makefile("rb")
+
+        def frame() -> tuple[bool, bytes]:  # (control, body)
+            (length,) = struct.unpack("!I", stream.read(4))
+            if length:
+                return False, stream.read(length)
+            (length,) = struct.unpack("!I", stream.read(4))
+            return True, stream.read(length)
+
+        with connection, contextlib.suppress(OSError, struct.error):
+            frame()  # READY
+            connection.sendall(control_frame(ControlType.ACCEPT))
+            frame()  # START
+            while True:
+                control, body = frame()
+                if control:  # STOP
+                    time.sleep(self.finish_after)
+                    connection.sendall(control_frame(ControlType.FINISH, None))
+                    return
+                self.frames.append(body)
+
+    def answered_names(self) -> set[bytes]:
+        """The questions of the CLIENT_RESPONSE messages, in wire form."""
+        import dnstap_pb
+
+        names = set()
+        for body in list(self.frames):
+            message = dnstap_pb.Dnstap()
+            message.ParseFromString(body)
+            if message.message.type == dnstap_pb.Message.CLIENT_RESPONSE:
+                reply = message.message.response_message
+                names.add(reply[12:reply.index(b"\0", 12) + 1])
+        return names
+
+
+class Asker(threading.Thread):
+    """Asks ispd one question after another over UDP, noting those answered."""
+
+    def __init__(self, port: int, prefix: str) -> None:
+        super().__init__(daemon=True)
+        self.port, self.prefix = port, prefix
+        self.answered: list[bytes] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(0.3)
+            n = 0
+            while not self.done.is_set():
+                n += 1
+                label = f"{self.prefix}{n}".encode()
+                name = bytes((len(label),)) + label + b"\x05bench\x04test\x00"
+                sock.sendto(struct.pack("!HHHHHH", n, 0x0100, 1, 0, 0, 0) + name + b"\0\x01\0\x01", ("127.0.0.1",
+                                                                                                    self.port))
+                with contextlib.suppress(OSError):
+                    if sock.recv(4096)[:2] == struct.pack("!H", n):
+                        self.answered.append(name)
+
+    def stop(self) -> list[bytes]:
+        self.done.set()
+        self.join(5)
+        return self.answered
+
+
+def test_nothing_answered_goes_untapped_while_a_collector_takes_its_time_to_finish(
+        dns_hierarchy: DNSHierarchy, tmp_path: Path) -> None:
+    """A reload to another collector, and the stop: the old connection's STOP and FINISH take
+    1.5 s, and every query answered meanwhile is in one collector or the other."""
+    first, second = SlowFinisher(tmp_path / "first.sock"), SlowFinisher(tmp_path / "second.sock")
+    first.start()
+    second.start()
+    try:
+        with DNSIspd(tmp_path / "ispd", dns_hierarchy, dnstap={"socket_path": str(tmp_path / "first.sock")}) as ispd:
+            ispd.start()
+            eventually(lambda: ispd.metric("ispd_dns_dnstap_connected") == 1, timeout=10)
+            ispd.config["dns"]["dnstap"] = {"socket_path": str(tmp_path / "second.sock")}
+            ispd.write_config()
+            asker = Asker(ispd.port, "reload")
+            asker.start()
+            ispd.reload()
+            during_reload = asker.stop()
+            asker = Asker(ispd.port, "stop")
+            asker.start()
+            assert ispd.terminate() == 0
+            during_stop = asker.stop()
+        assert during_reload, "nothing answered during the reload"
+        tapped = first.answered_names() | second.answered_names()
+        assert [name for name in during_reload + during_stop if name not in tapped] == []
+    finally:
+        first.server.close()
+        second.server.close()
