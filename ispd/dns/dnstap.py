@@ -153,10 +153,12 @@ class Encoder:
     # what they share (the client, the query's time) is encoded once.
 
     def client_common(self, address: bytes, port: int, query_time: float) -> bytes:
+        """The client and the query's time. Port 0 (not known: the stream transports do not pass
+        it down) and an empty address are left out, not sent as a port 0 or an address of no octets."""
         seconds = int(query_time)
-        return b"".join((_QUERY_ADDRESS, _varint(len(address)), address, _QUERY_PORT, _varint(port), _QUERY_SEC,
-                         self._seconds(seconds), _QUERY_NSEC,
-                         _NSEC.pack(min(999_999_999, int((query_time - seconds) * 1e9)))))
+        return b"".join((_QUERY_ADDRESS + _varint(len(address)) + address if address else b"",
+                         _QUERY_PORT + _varint(port) if port else b"", _QUERY_SEC, self._seconds(seconds),
+                         _QUERY_NSEC, _NSEC.pack(min(999_999_999, int((query_time - seconds) * 1e9)))))
 
     def client_query_frame(self, protocol: SocketProtocol, v6: bool, common: bytes, query: bytes,
                            http: HttpProtocol | None = None) -> bytes:

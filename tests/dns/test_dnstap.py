@@ -57,6 +57,19 @@ def test_identity_and_version_are_left_out_when_empty() -> None:
     assert tap.message.socket_family == dnstap_pb.INET6
 
 
+def test_a_client_port_or_address_not_known_is_left_out_not_sent_as_zero() -> None:
+    """TCP, DoT, DoH and DoQ do not pass the client's port down to dnstap (port 0), and a QUIC
+    connection may not know its client's address: neither field is sent then."""
+    encoder = Encoder()
+    for port, address in ((0, bytes([198, 18, 0, 7])), (0, b""), (53000, b"")):
+        common = encoder.client_common(address, port, 1_700_000_000.5)
+        for frame in (encoder.client_query_frame(SocketProtocol.TCP, False, common, b"q" * 12),
+                      encoder.client_response_frame(SocketProtocol.DOT, False, common, 1_700_000_001.0, b"r" * 12)):
+            m = decoded(frame).message
+            assert m.HasField("query_port") == bool(port) and m.HasField("query_address") == bool(address)
+            assert (m.query_port, m.query_address, m.query_time_sec) == (port, address, 1_700_000_000)
+
+
 def test_doh_carries_its_http_version_after_the_fields_older_readers_know() -> None:
     frame = Encoder().frame(MessageType.CLIENT_QUERY, SocketProtocol.DOH, v6=False, query_message=b"q" * 12,
                             http=HttpProtocol.HTTP3)
