@@ -1033,8 +1033,9 @@ class DNSService(Service):
         if reply is not None and not transport.is_closing():
             transport.sendto(reply, addr)
             self.metrics.slow_latency.observe(time.perf_counter() - started)
-            if self.tap.clients:
-                self.tap.client_response(SocketProtocol.UDP, client, addr[1], received, reply)
+            if self.tap.clients:  # (no ``received`` when it came before a reload turned dnstap on)
+                self.tap.client_response(SocketProtocol.UDP, client, addr[1],
+                                         received or time.time() - (time.perf_counter() - started), reply)
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")

@@ -238,3 +238,34 @@ async def test_the_counters_do_not_go_back_while_a_replaced_connection_ends(tmp_
         assert sink.sent == 3  # a Prometheus counter: never less than it was
         await retiring
         assert sink.sent == 3 and collector.stopped.is_set()
+
+
+async def test_a_udp_reply_whose_query_came_before_a_reload_turned_dnstap_on_has_a_real_query_time(
+        tmp_path: Path) -> None:
+    """A query that came on the path without dnstap has no arrival time; its reply, answered
+    after a reload turned dnstap on, is tapped with its start, not the epoch."""
+    import time
+    from types import SimpleNamespace
+
+    import dnstap_pb
+
+    from ispd.dns.service import DNSService
+
+    writer = FrameStreamClient(tmp_path / "nobody.sock", buffer_bytes=1 << 20)  # not started: frames held
+    sink = DnstapSink()
+    sink.use(writer, Encoder(), client_queries=True, client_responses=True, resolver_queries=False,
+             resolver_responses=False)
+
+    async def answer(data: bytes, client: str, *, tcp: bool) -> bytes:
+        return data
+
+    service = SimpleNamespace(engine=SimpleNamespace(answer=answer), tap=sink,
+                              metrics=SimpleNamespace(slow_latency=SimpleNamespace(observe=lambda _: None)))
+    transport = SimpleNamespace(is_closing=lambda: False, sendto=lambda *_: None)
+    before = time.time()
+    await DNSService._answer_udp(service, b"q" * 12, "198.18.0.7", transport, ("198.18.0.7", 5300))  # type: ignore[arg-type]
+    (frame,) = writer._frames
+    message = dnstap_pb.Dnstap()
+    message.ParseFromString(frame[4:])
+    assert message.message.type == dnstap_pb.Message.CLIENT_RESPONSE
+    assert before - 1 < message.message.query_time_sec <= time.time()
