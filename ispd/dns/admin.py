@@ -34,7 +34,16 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from ispd.control import CommandError, ControlCommands
-from ispd.dns.cache import NXDOMAIN_KEY, VARIANT_AD, VARIANT_CD, VARIANT_DO, AnswerCache, NegativeEntry, RRsetCache
+from ispd.dns.cache import (
+    NXDOMAIN_KEY,
+    VARIANT_AD,
+    VARIANT_CD,
+    VARIANT_DNS64,
+    VARIANT_DO,
+    AnswerCache,
+    NegativeEntry,
+    RRsetCache,
+)
 from ispd.dns.wire import RCode, RRType, is_subdomain, name_from_text, name_to_text, type_text
 
 DUMP_BATCH = 1000  # cache keys looked at between two turns of the event loop
@@ -276,7 +285,8 @@ class DNSCacheAdmin:
                 out.extend(f"{owner} {ttl} IN {type_name} {text}" for text in texts)
         yield out
         out = [] if as_json else ["; answers (the answer cache: replies served as they are)"]
-        # Plain answers, then those kept apart for queries with DNSSEC bits (DO, AD, CD).
+        # Plain answers, then those kept apart for queries with DNSSEC bits (DO, AD, CD) or from
+        # [dns.dns64] clients.
         answer_keys = [(key, 0) for key in self.answers.entries] + [(key, 1) for key in self.answers.variants]
         now = self.clock()
         for i, (akey, suffix) in enumerate(answer_keys):
@@ -296,8 +306,8 @@ class DNSCacheAdmin:
                 continue
             answers += 1
             qtype, qclass = struct.unpack("!HH", question[-4:])
-            bits = [name for name, bit in (("do", VARIANT_DO), ("ad", VARIANT_AD), ("cd", VARIANT_CD))
-                    if suffix and akey[-1] & bit]
+            bits = [name for name, bit in (("do", VARIANT_DO), ("ad", VARIANT_AD), ("cd", VARIANT_CD),
+                                           ("dns64", VARIANT_DNS64)) if suffix and akey[-1] & bit]
             fields = (name_to_text(qname), class_text(qclass), type_text(qtype),
                       _rcode_text(answer.rcode_flags & 0xF), ttl)
             if as_json:

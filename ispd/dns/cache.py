@@ -386,13 +386,16 @@ class CachedAnswer:
 
 
 VARIANT_DO = 0x01
+VARIANT_DNS64 = 0x02  # asked by a client of [dns.dns64] clients (AAAA and PTR questions only)
 VARIANT_CD = 0x10  # the header bits of CD and AD, where they sit in a query's fourth byte
 VARIANT_AD = 0x20
-_VARIANT_SUFFIXES = tuple(bytes((v,)) for v in range(1, 0x32) if v & ~(VARIANT_DO | VARIANT_CD | VARIANT_AD) == 0)
+_VARIANT_SUFFIXES = tuple(bytes((v,)) for v in range(1, 0x33)
+                          if v & ~(VARIANT_DO | VARIANT_DNS64 | VARIANT_CD | VARIANT_AD) == 0)
 
 
 def answer_variant(key: bytes) -> int:
-    """The DNSSEC bits a key carries after its question (0 for a plain key)."""
+    """The bits a key carries after its question (0 for a plain key): the query's DNSSEC bits,
+    and whether its client gets DNS64."""
     i = 0
     while key[i]:
         i += key[i] + 1

@@ -234,6 +234,9 @@ class DNS64Config(Section):
         default_factory=lambda: [ip_network("::ffff:0:0/96")])
     # Make AAAA records from the A records even for names that have AAAA records of their own.
     synthesize_all: bool = False
+    # Only for clients in these networks (the IPv6-only ones behind the NAT64), as Unbound with
+    # views: the others (dual-stack subscribers) keep the real "no AAAA". Empty: every client.
+    clients: list[IPNetwork] = []
 
 
 class DnstapConfig(Section):

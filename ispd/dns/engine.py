@@ -50,7 +50,16 @@ from enum import IntEnum
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any
 
-from ispd.dns.cache import VARIANT_AD, VARIANT_CD, VARIANT_DO, AnswerCache, CachedAnswer, Security, answer_variant
+from ispd.dns.cache import (
+    VARIANT_AD,
+    VARIANT_CD,
+    VARIANT_DNS64,
+    VARIANT_DO,
+    AnswerCache,
+    CachedAnswer,
+    Security,
+    answer_variant,
+)
 from ispd.dns.dns64 import DNS64
 from ispd.dns.policy import PolicyAction, PolicyHit
 from ispd.dns.resolver import Resolution, Resolver
@@ -115,6 +124,11 @@ class ClientClass(IntEnum):
     ALLOWED = 0
     REFUSED = 1
     WALLED = 2
+    ALLOWED_DNS64 = 3  # allowed, and in [dns.dns64] clients: AAAA and PTR answers of their own
+
+
+_DNS64_TYPES = (RRType.AAAA, RRType.PTR)
+_ANSWERING = (ClientClass.ALLOWED, ClientClass.ALLOWED_DNS64)  # answered from the caches
 
 
 @dataclass(slots=True)
@@ -220,6 +234,9 @@ class DNSEngine:
         self.resolver = resolver
         self.zone_limiter = resolver.zone_limiter  # (the resolver's own: a reload configures it in place)
         self.dns64: DNS64 | None = None  # AAAA answers made from A records (the service sets it)
+        # The clients DNS64 is for; None: every client. Theirs are answers of their own (a key
+        # variant), so that the others keep the real "no AAAA".
+        self.dns64_clients: list[IPv4Network | IPv6Network] | None = None
         self.answers = answers
         self.clock = clock
         self.allow = list(allow)
@@ -264,6 +281,9 @@ class DNSEngine:
             found = ClientClass.REFUSED
         elif str(address) in self.walled_addresses:
             found = ClientClass.WALLED
+        elif self.dns64_clients is not None and self.dns64 is not None and any(
+                address in network for network in self.dns64_clients):
+            found = ClientClass.ALLOWED_DNS64
         else:
             found = ClientClass.ALLOWED
         if len(self._classes) > 200_000:
@@ -288,22 +308,33 @@ class DNSEngine:
         self.allow = list(allow)
         self._classes.clear()
 
+    def set_dns64(self, dns64: DNS64 | None, clients: list[IPv4Network | IPv6Network] | None) -> None:
+        """DNS64 for every client (``clients`` None) or for those networks only."""
+        self.dns64, self.dns64_clients = dns64, clients
+        self._classes.clear()
+
+    def _dns64_for(self, key: bytes) -> DNS64 | None:
+        """The DNS64 the answer under ``key`` gets, if any (no key: as for any client)."""
+        if self.dns64_clients is None or (key and answer_variant(key) & VARIANT_DNS64):
+            return self.dns64
+        return None
+
     # --- the fast path -----------------------------------------------------------------------
 
     def answer_from_cache(self, data: bytes, client: str, tcp: bool) -> bytes | None:
-        if self._classes.get(client) is not ClientClass.ALLOWED:
+        client_class = self._classes.get(client)
+        if client_class is not ClientClass.ALLOWED and client_class is not ClientClass.ALLOWED_DNS64:
             return None
         question = quick_question(data)
         if question is None:
             return None
         key, qend, size, edns_flags = question
         qtype = (key[-4] << 8) | key[-3]
-        if self.validating:
-            variant = (data[3] & 0x30) | (edns_flags >> 15)
-            entry = self.answers.variants.get(key + _VARIANT_SUFFIX[variant]) if variant else \
-                self.answers.entries.get(key)
-        else:
-            entry = self.answers.entries.get(key)
+        variant = (data[3] & 0x30) | (edns_flags >> 15) if self.validating else 0
+        if client_class is ClientClass.ALLOWED_DNS64 and qtype in _DNS64_TYPES:
+            variant |= VARIANT_DNS64
+        entry = self.answers.variants.get(key + _VARIANT_SUFFIX[variant]) if variant else \
+            self.answers.entries.get(key)
         action: PolicyAction | None = None
         if entry is None:
             local = self.local_answers.get(key)
@@ -329,7 +360,7 @@ class DNSEngine:
         self.qtypes[qtype] = self.qtypes.get(qtype, 0) + 1
         self.rcodes[entry.rcode_flags & 0xF] += 1
         if now >= entry.prefetch_at and not entry.refreshing:
-            self._prefetch(key + _VARIANT_SUFFIX[variant] if self.validating and variant else key, entry)
+            self._prefetch(key + _VARIANT_SUFFIX[variant] if variant else key, entry)
         flags = entry.rcode_flags | (((data[2] << 8) | data[3]) & _RD_CD)
         if size:
             opt = self._opt_do if edns_flags & EDNS_DO else self._opt
@@ -379,14 +410,14 @@ class DNSEngine:
             walled = self.walled_lookup(name, qtype)
             if walled is not None:
                 self.stats.walled_answers += 1
-                return await self._reply_local(query, walled, tcp)
+                return await self._reply_local(query, walled, tcp, client_class)
         local = self.local_lookup(name, qtype)
         if local is not None:
             self.stats.local_answers += 1
-            entry = self._local_entry(question, local, None) if client_class == ClientClass.ALLOWED else None
+            entry = self._local_entry(question, local, None) if client_class in _ANSWERING else None
             if entry is not None:
                 return self._reply_cached(query, entry, tcp)
-            return await self._reply_local(query, local, tcp)
+            return await self._reply_local(query, local, tcp, client_class)
         hit = self.policy_lookup(name)
         if hit is not None and hit.action != PolicyAction.PASSTHRU:
             self.policy_hits[hit.action] += 1
@@ -395,23 +426,23 @@ class DNSEngine:
                 return None
             if hit.action != PolicyAction.TCP_ONLY:
                 answer = policy_answer(hit, qtype)
-                entry = self._local_entry(question, answer, hit.action) if client_class == ClientClass.ALLOWED else None
+                entry = self._local_entry(question, answer, hit.action) if client_class in _ANSWERING else None
                 if entry is not None:
                     return self._reply_cached(query, entry, tcp)
-                return await self._reply_local(query, answer, tcp)
+                return await self._reply_local(query, answer, tcp, client_class)
             if not tcp:
                 return self._truncated(query)
             if not query.flags & FLAG_RD:
                 return self._not_recursive(query)
             # Answered over TCP, but never through the answer cache: its fast path would hand
             # the answer to the next UDP client without asking the policy.
-            resolution = await self._resolve_uncached(question)
-            return self._reply_cached(query, self._build(self._key(query, question), question, resolution,
-                                                         self.clock(), store=False), tcp)
+            key = self._key(query, question, client_class)
+            resolution = await self._resolve_uncached(question, key)
+            return self._reply_cached(query, self._build(key, question, resolution, self.clock(), store=False), tcp)
 
         if not query.flags & FLAG_RD:
             return self._not_recursive(query)
-        key = self._key(query, question)
+        key = self._key(query, question, client_class)
         now = self.clock()
         entry = self.answers.table(key).get(key)
         if entry is not None and entry.expires_at > now:
@@ -432,12 +463,14 @@ class DNSEngine:
                 return self._error(query, RCode.SERVFAIL)
         return self._reply_cached(query, entry, tcp)
 
-    def _key(self, query: Message, question: Question) -> bytes:
-        """The answer cache's key: the question, and the query's DNSSEC bits when validating."""
+    def _key(self, query: Message, question: Question, client_class: ClientClass = ClientClass.ALLOWED) -> bytes:
+        """The answer cache's key: the question, the query's DNSSEC bits when validating, and
+        whether the client is one of [dns.dns64] clients (for AAAA and PTR)."""
         key = key_of(question)
-        if not self.validating:
-            return key
-        variant = (query.flags & (FLAG_AD | FLAG_CD)) | (VARIANT_DO if query.edns is not None and query.edns.do else 0)
+        variant = VARIANT_DNS64 if client_class == ClientClass.ALLOWED_DNS64 and question.qtype in _DNS64_TYPES else 0
+        if self.validating:
+            variant |= (query.flags & (FLAG_AD | FLAG_CD)) | (VARIANT_DO if query.edns is not None and query.edns.do
+                                                             else 0)
         return key + _VARIANT_SUFFIX[variant] if variant else key
 
     async def _resolve_for_client(self, key: bytes, question: Question, cached: CachedAnswer | None,
@@ -487,14 +520,14 @@ class DNSEngine:
         try:
             try:
                 async with asyncio.timeout(self.request_timeout):
-                    resolution = await self._resolve(question, refresh=refresh, past_limit=past_limit)
+                    resolution = await self._resolve(question, key, refresh=refresh, past_limit=past_limit)
             except TimeoutError:
                 resolution = Resolution(RCode.SERVFAIL, [], failure="timed out")
             # While in flight: the clients asking meanwhile wait for it rather than each asking
             # the A question again (and a bug in it costs one answer, as in the resolution).
-            if self.dns64 is not None and question.qtype == RRType.AAAA:
-                resolution = await self._synthesised(resolution, question.key_name, key, self.dns64, past_limit,
-                                                     refresh)
+            dns64 = self._dns64_for(key)
+            if dns64 is not None and question.qtype == RRType.AAAA:
+                resolution = await self._synthesised(resolution, question.key_name, key, dns64, past_limit, refresh)
         except asyncio.CancelledError:
             future.cancel()  # shutting down: whoever waits stops waiting
             raise
@@ -523,20 +556,23 @@ class DNSEngine:
         if not future.done():
             future.set_result(entry)
 
-    async def _resolve_uncached(self, question: Question) -> Resolution:
+    async def _resolve_uncached(self, question: Question, key: bytes) -> Resolution:
         try:
             async with asyncio.timeout(self.request_timeout):
-                resolution = await self._resolve(question)
+                resolution = await self._resolve(question, key)
         except TimeoutError:
             resolution = Resolution(RCode.SERVFAIL, [], failure="timed out")
-        if self.dns64 is not None and question.qtype == RRType.AAAA:
-            resolution = await self._synthesised(resolution, question.key_name, key_of(question), self.dns64)
-        return await self._police_chain(resolution, question.qtype)
+        dns64 = self._dns64_for(key)
+        if dns64 is not None and question.qtype == RRType.AAAA:
+            resolution = await self._synthesised(resolution, question.key_name, key, dns64)
+        return await self._police_chain(resolution, question.qtype, key=key)
 
-    async def _resolve(self, question: Question, *, refresh: bool = False, past_limit: bool = False) -> Resolution:
+    async def _resolve(self, question: Question, key: bytes, *, refresh: bool = False,
+                       past_limit: bool = False) -> Resolution:
         target = None
-        if self.dns64 is not None and question.qtype == RRType.PTR:
-            target = self.dns64.reverse_target(question.key_name)
+        dns64 = self._dns64_for(key)
+        if dns64 is not None and question.qtype == RRType.PTR:
+            target = dns64.reverse_target(question.key_name)
         if target is None:
             return await self.resolver.resolve(question.key_name, question.qtype, refresh=refresh,
                                                past_limit=past_limit)
@@ -655,8 +691,9 @@ class DNSEngine:
                         rest = await self.resolver.resolve(name, qtype)
                 except TimeoutError:
                     rest = Resolution(RCode.SERVFAIL, [], failure="timed out")
-                if self.dns64 is not None and qtype == RRType.AAAA:
-                    rest = await self._synthesised(rest, name, key, self.dns64)
+                dns64 = self._dns64_for(key)
+                if dns64 is not None and qtype == RRType.AAAA:
+                    rest = await self._synthesised(rest, name, key, dns64)
                 return await self._police_chain(rest, qtype, tuple(chain), hops, key=key)
             chain = [*chain, *local.answer]
             if local.next_name is None:
@@ -802,7 +839,8 @@ class DNSEngine:
         self.local_answers.clear()
         self._local_asked.clear()
 
-    async def _reply_local(self, query: Message, local: ZoneAnswer, tcp: bool) -> bytes:
+    async def _reply_local(self, query: Message, local: ZoneAnswer, tcp: bool,
+                           client_class: ClientClass = ClientClass.ALLOWED) -> bytes:
         """A reply from local data, policy or the walled garden; a CNAME that leaves it
         (``next_name``) is followed (``_follow``) and the rest of the chain appended."""
         assert query.question is not None
@@ -810,7 +848,8 @@ class DNSEngine:
         authoritative = local.authoritative
         if local.next_name is not None:
             rest = await self._follow(local.next_name, query.question.qtype, answer,
-                                      recursive=bool(query.flags & FLAG_RD), key=self._key(query, query.question))
+                                      recursive=bool(query.flags & FLAG_RD),
+                                      key=self._key(query, query.question, client_class))
             rcode, answer, authority, authoritative = rest.rcode, rest.answer, rest.authority, False
             if rest.security == Security.BOGUS and not query.flags & FLAG_CD:
                 rcode, answer, authority = RCode.SERVFAIL, [], []

@@ -325,7 +325,7 @@ class DNSService(Service):
                                 rate_limit_qps=c.rate_limit_qps, request_timeout=c.resolver.request_timeout_seconds,
                                 stale_answer_ttl=c.cache.stale_answer_ttl,
                                 stale_client_timeout=c.cache.stale_client_timeout_seconds)
-        self.engine.dns64 = make_dns64(c)
+        self.engine.set_dns64(make_dns64(c), list(c.dns64.clients) or None)
         self.engine.servfail_log.enabled = c.log_servfail
         await self._load_data(self.config)
         await self._load_subscribers()
@@ -961,7 +961,7 @@ class DNSService(Service):
         self._reload_encrypted(certificates, new.dns)
         self.config = new.dns
         self._apply_limits(new.dns)
-        self.engine.dns64 = make_dns64(new.dns)
+        self.engine.set_dns64(make_dns64(new.dns), list(new.dns.dns64.clients) or None)
         self.engine.servfail_log.enabled = new.dns.log_servfail
         self.engine.set_allow(list(new.dns.allow))
         before, after = set(forward_zones(old.dns)), forward_zones(new.dns)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 
 import pytest
 from structlog.testing import capture_logs
@@ -432,6 +432,32 @@ async def test_dns64_makes_aaaa_records_for_names_with_only_a_records(env: Env) 
     assert addresses(await env.ask_message(query("v4only.example.test."))) == ["192.0.2.7", "192.0.2.8"]
     again = env.fast(query("v4only.example.test.", RRType.AAAA))
     assert again is not None and aaaa_values(decode_message(again)) == aaaa_values(reply)
+
+
+async def test_dns64_for_some_client_networks_only(env: Env) -> None:
+    """[dns.dns64] clients: the IPv6-only subscribers behind the NAT64 get the made AAAA records,
+    the dual-stack ones the real "no AAAA", both from the cache's fast path afterwards; reverse
+    mapping likewise; A questions are one answer for all."""
+    with_dns64(env)
+    env.engine.set_dns64(env.engine.dns64, [IPv4Network("192.168.64.0/24")])
+    nat64, dual = "192.168.64.9", CLIENT
+    made = await env.ask_message(query("v4only.example.test.", RRType.AAAA), nat64)
+    assert aaaa_values(made) == ["2001:db8:64::c000:207", "2001:db8:64::c000:208"]
+    plain = await env.ask_message(query("v4only.example.test.", RRType.AAAA), dual)
+    assert plain.rcode == RCode.NOERROR and aaaa_values(plain) == []
+    for client, expected in ((nat64, aaaa_values(made)), (dual, [])):
+        again = env.fast(query("v4only.example.test.", RRType.AAAA), client)
+        assert again is not None and aaaa_values(decode_message(again)) == expected, client
+    await env.ask(query("v4only.example.test."), nat64)
+    a_answer = env.fast(query("v4only.example.test."), nat64)  # the A answer stored once, shared
+    assert a_answer is not None and env.fast(query("v4only.example.test."), dual) == a_answer
+    ptr = IPv6Address("2001:db8:64::c000:207").reverse_pointer + "."
+    mapped = await env.ask_message(query(ptr, RRType.PTR), nat64)
+    assert mapped.answer and mapped.answer[0].rtype == RRType.CNAME
+    assert not (await env.ask_message(query(ptr, RRType.PTR), dual)).answer
+    env.engine.set_dns64(env.engine.dns64, None)  # every client again: a reload, which empties the answers
+    env.answers.clear()
+    assert aaaa_values(await env.ask_message(query("v4only.example.test.", RRType.AAAA), dual)) == aaaa_values(made)
 
 
 async def test_a_prefetch_of_a_made_answer_renews_its_a_records_too(env: Env) -> None:

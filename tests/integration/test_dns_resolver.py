@@ -323,6 +323,22 @@ def test_dns64_gives_ipv6_only_clients_addresses_through_the_nat64(dns_hierarchy
         assert rdatas(reverse, "PTR") == {"www.example-a.test."}
 
 
+def test_dns64_for_the_ipv6_only_network_only(dns_hierarchy: DNSHierarchy, tmp_path: Path) -> None:
+    """[dns.dns64] clients: dig from 127.0.0.2 (the NAT64's network here) gets the made AAAA
+    records; from 127.0.0.1 (a dual-stack subscriber) the real "no AAAA", asked twice (the
+    second time from the answer cache's fast path)."""
+    with DNSIspd(tmp_path, dns_hierarchy, dns64={"prefix": "2001:db8:64::/96", "clients": ["127.0.0.2/32"]}) as ispd:
+        ispd.start()
+        for _ in range(2):
+            made = ispd.dig("mixed.bench.test", "AAAA", "-b", "127.0.0.2")
+            assert rdatas(made, "AAAA") == {"2001:db8:64::c612:7f01"}, made.text
+            plain = ispd.dig("mixed.bench.test", "AAAA")
+            assert plain.status == "NOERROR" and plain.answer == (), plain.text
+        reverse = ipaddress.IPv6Address("2001:db8:64::c612:101").reverse_pointer
+        assert rdatas(ispd.dig(reverse, "PTR", "-b", "127.0.0.2"), "CNAME") == {"1.1.18.198.in-addr.arpa."}
+        assert not rdatas(ispd.dig(reverse, "PTR"), "CNAME")
+
+
 def test_a_stop_with_idle_tcp_clients_is_clean(dns_hierarchy: DNSHierarchy, tmp_path: Path) -> None:
     """SIGTERM with DNS-over-TCP clients connected: each sees its connection end, and nothing is
     logged as an error (Python 3.11's start_server logged the loop's final cancel of the handler)."""
