@@ -129,6 +129,7 @@ class ClientClass(IntEnum):
 
 _DNS64_TYPES = (RRType.AAAA, RRType.PTR)
 _ANSWERING = (ClientClass.ALLOWED, ClientClass.ALLOWED_DNS64)  # answered from the caches
+_ALLOWED, _ALLOWED_DNS64 = ClientClass.ALLOWED, ClientClass.ALLOWED_DNS64  # (globals: read on every hit)
 
 
 @dataclass(slots=True)
@@ -323,7 +324,7 @@ class DNSEngine:
 
     def answer_from_cache(self, data: bytes, client: str, tcp: bool) -> bytes | None:
         client_class = self._classes.get(client)
-        if client_class is not ClientClass.ALLOWED and client_class is not ClientClass.ALLOWED_DNS64:
+        if client_class is not _ALLOWED and client_class is not _ALLOWED_DNS64:
             return None
         question = quick_question(data)
         if question is None:
@@ -331,7 +332,7 @@ class DNSEngine:
         key, qend, size, edns_flags = question
         qtype = (key[-4] << 8) | key[-3]
         variant = (data[3] & 0x30) | (edns_flags >> 15) if self.validating else 0
-        if client_class is ClientClass.ALLOWED_DNS64 and qtype in _DNS64_TYPES:
+        if client_class is _ALLOWED_DNS64 and qtype in _DNS64_TYPES:
             variant |= VARIANT_DNS64
         entry = self.answers.variants.get(key + _VARIANT_SUFFIX[variant]) if variant else \
             self.answers.entries.get(key)
