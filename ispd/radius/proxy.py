@@ -15,7 +15,8 @@ other way for the answer:
   is cut from User-Name when the realm says ``strip_realm``. The NAS's Proxy-States travel on.
 - the answer keeps its code and attributes, but MS-MPPE-Send/Recv-Key (RFC 2548 §2.4.2) and
   Tunnel-Password (RFC 2868 §3.5), salted with the home server's secret and ispd's Request
-  Authenticator, are salted again with the NAS's; Proxy-State is what the NAS sent (each
+  Authenticator, are salted again with the NAS's, and MS-CHAPv1's MS-CHAP-MPPE-Keys (§2.4.1,
+  hidden as User-Password is) hidden again; Proxy-State is what the NAS sent (each
   once, in order), and the Message-Authenticator and Response Authenticator are the NAS's.
 - accounting is forwarded with the realm's secret (its Request Authenticator is computed,
   RFC 2866 §3).
@@ -48,7 +49,8 @@ from ispd.radius.codec import (
 )
 from ispd.radius.config import RealmConfig
 
-_MS_MPPE_SEND_KEY, _MS_MPPE_RECV_KEY = 16, 17
+_MS_CHAP_MPPE_KEYS, _MS_MPPE_SEND_KEY, _MS_MPPE_RECV_KEY = 12, 16, 17
+_HIDDEN_MICROSOFT = (_MS_CHAP_MPPE_KEYS, _MS_MPPE_SEND_KEY, _MS_MPPE_RECV_KEY)
 _MA = int(Attr.MESSAGE_AUTHENTICATOR)
 _PROXY_STATE = int(Attr.PROXY_STATE)
 
@@ -176,12 +178,18 @@ def _salted_again(code: int, value: bytes, home_secret: bytes, sent_authenticato
     if code != Attr.VENDOR_SPECIFIC or value[:4] != _MICROSOFT:
         return code, value
     parts = split_vendor_specific(value)
-    if parts is None or not any(t in (_MS_MPPE_SEND_KEY, _MS_MPPE_RECV_KEY) for t, _ in parts):
+    if parts is None or not any(t in _HIDDEN_MICROSOFT for t, _ in parts):
         return code, value
     body = b""
     for vendor_type, sub in parts:
         again = sub
-        if vendor_type in (_MS_MPPE_SEND_KEY, _MS_MPPE_RECV_KEY):
+        if vendor_type == _MS_CHAP_MPPE_KEYS:  # MS-CHAPv1's, hidden as User-Password is (RFC 2548 §2.4.1)
+            keys = reveal_password(sub, home_secret, sent_authenticator)
+            if keys is None:
+                raise ProxyError("an MS-CHAP-MPPE-Keys that does not decrypt")
+            # (its zero padding is part of the 32 octets: kept, not left to hide_password's rounding)
+            again = hide_password(keys.ljust(len(sub), b"\0"), nas_secret, nas_authenticator)
+        elif vendor_type in (_MS_MPPE_SEND_KEY, _MS_MPPE_RECV_KEY):
             try:
                 again = mschap.encrypt_mppe_key(mschap.decrypt_mppe_key(sub, home_secret, sent_authenticator),
                                                 nas_secret, nas_authenticator)

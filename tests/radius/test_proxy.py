@@ -122,3 +122,20 @@ def test_accounting_is_signed_with_the_realms_secret() -> None:
         message_authenticator=False))
     again = decode(forward_accounting_request(packet, realm(strip=True), 4))
     assert check_request_authenticator(again, HOME) and again.get(Attr.USER_NAME) == b"dan"
+
+
+def test_mschap_v1_keys_are_hidden_again_for_the_nas() -> None:
+    # MS-CHAP-MPPE-Keys (RFC 2548 §2.4.1) is hidden as User-Password is, with the home server's
+    # secret and ispd's Request Authenticator: the NAS must get it under its own (from a review:
+    # relayed as it came, MS-CHAPv1 through the proxy gave the NAS garbage keys).
+    nas_auth, sent_auth = os.urandom(16), os.urandom(16)
+    request = decode(encode_request(Code.ACCESS_REQUEST, 9, encode_attributes(
+        [(Attr.USER_NAME, b"erin@home.example")]), NAS, authenticator=nas_auth))
+    keys = bytes(8) + os.urandom(15) + b"\0" + bytes(8)  # LM-Key, NT-Key (ending in a zero), padding
+    home_answer = decode(encode_response(Code.ACCESS_ACCEPT, 200, sent_auth, encode_attributes([
+        vendor_specific(Vendor.MICROSOFT, 12, hide_password(keys, HOME, sent_auth)),
+        vendor_specific(Vendor.MICROSOFT, 7, b"\0\0\0\1")]), HOME))
+    relayed = decode(relay_answer(home_answer, realm(), sent_auth, request, NAS))
+    hidden = dict(relayed.vendor_attributes(Vendor.MICROSOFT))[12]
+    assert len(hidden) == 32 and reveal_password(hidden, NAS, nas_auth) == keys.rstrip(b"\0")
+    assert hidden == hide_password(keys, NAS, nas_auth)  # all 32 octets, the padding too
