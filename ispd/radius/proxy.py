@@ -101,9 +101,10 @@ class Realms:
 
     def route(self, username: str) -> Realm | None:
         """The realm of ``user@realm`` (the part after the last "@", any case), or None: no
-        realm, one of ``local_realms``, or one no entry and no "*" takes."""
-        user, at, realm = username.rpartition("@")
-        if not at or not user or not realm:
+        realm, one of ``local_realms``, or one no entry and no "*" takes. ``@realm`` alone is
+        the anonymous NAI of RFC 7542 §2.4, an EAP supplicant's outer identity: proxied too."""
+        _, at, realm = username.rpartition("@")
+        if not at or not realm:
             return None
         realm = realm.lower().rstrip(".")
         if realm in self.local:

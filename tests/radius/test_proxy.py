@@ -48,8 +48,11 @@ def test_which_realm() -> None:
     assert realms.route("alice@HOME.Example.").name == "home.example"  # type: ignore[union-attr]
     assert realms.route("alice@other.example").name == "*"  # type: ignore[union-attr]
     assert realms.route("a@b@home.example").name == "home.example"  # type: ignore[union-attr]  # the last @
-    for local in ("alice", "alice@campus.example", "alice@", "@home.example"):
+    for local in ("alice", "alice@campus.example", "alice@", "@campus.example", "@"):
         assert realms.route(local) is None, local
+    # RFC 7542 §2.4's anonymous NAI, an EAP outer identity (from a review: it was taken as a
+    # local login, and the visitor rejected here)
+    assert realms.route("@home.example").name == "home.example"  # type: ignore[union-attr]
     only = Realms([realm("home.example")], [])
     assert only.route("alice@other.example") is None and bool(only) and not Realms([], ["x"])
 
