@@ -19,7 +19,7 @@ other way for the answer:
   hidden as User-Password is) hidden again; Proxy-State is what the NAS sent (each
   once, in order), and the Message-Authenticator and Response Authenticator are the NAS's.
 - accounting is forwarded with the realm's secret (its Request Authenticator is computed,
-  RFC 2866 §3).
+  RFC 2866 §3), its Acct-Delay-Time grown by the time ispd held it.
 
 Not here: Tunnel-Password in requests (NASes do not send it), proxying Status-Server, loops
 between proxies (a realm pointing back at ispd): the home servers' configuration is the
@@ -45,6 +45,7 @@ from ispd.radius.codec import (
     reveal_password,
     reveal_salted,
     split_vendor_specific,
+    u32,
     vendor_specific,
 )
 from ispd.radius.config import RealmConfig
@@ -142,9 +143,24 @@ def forward_access_request(packet: Packet, nas_secret: bytes, realm: Realm, iden
         raise ProxyError(str(exc)) from None
 
 
-def forward_accounting_request(packet: Packet, realm: Realm, identifier: int) -> bytes:
-    out = [(Attr.USER_NAME, stripped(value)) if code == Attr.USER_NAME and realm.strip_realm else (code, value)
-           for code, value in packet.attributes if code != _MA]
+def forward_accounting_request(packet: Packet, realm: Realm, identifier: int, held_seconds: float = 0.0) -> bytes:
+    """The NAS's Accounting-Request for the realm's server, ``held_seconds`` after it came: its
+    Acct-Delay-Time grows by as much (RFC 2866 §5.2), or the home server dates the record that
+    much late (a copy sent after the local write, or to the next server when one was silent)."""
+    held = int(held_seconds)
+    out: list[tuple[int, bytes]] = []
+    for code, value in packet.attributes:
+        if code == _MA:
+            continue
+        if code == Attr.USER_NAME and realm.strip_realm:
+            out.append((code, stripped(value)))
+        elif code == Attr.ACCT_DELAY_TIME and held > 0 and len(value) == 4:
+            out.append((code, u32(min(int.from_bytes(value, "big") + held, 0xFFFFFFFF))))
+            held = 0
+        else:
+            out.append((code, value))
+    if held > 0 and Attr.ACCT_DELAY_TIME not in packet.first:
+        out.append((Attr.ACCT_DELAY_TIME, u32(held)))
     try:
         return encode_request(Code.ACCOUNTING_REQUEST, identifier, encode_attributes(out), realm.secret,
                               message_authenticator=False)

@@ -701,9 +701,10 @@ class RadiusService(Service):
         self.metrics.proxied.inc("auth", _AUTH_RESULTS[code])
         self._send(transport, reply, addr, key, code, "access", started, now)
 
-    def _proxy_accounting(self, record: AccountingRecord, packet: Packet) -> None:
+    def _proxy_accounting(self, record: AccountingRecord, packet: Packet, received: float) -> None:
         """Accounting of a proxied realm, kept here already: a copy to its accounting servers,
-        as the NAS would have sent it (best effort: the NAS has its answer)."""
+        as the NAS would have sent it (best effort: the NAS has its answer). ``received``:
+        perf_counter when it came, for its Acct-Delay-Time."""
         if not self.realms or not record.username or self.directory.find(record.username) is not None:
             return
         realm = self.realms.route(record.username)
@@ -714,7 +715,9 @@ class RadiusService(Service):
             try:
                 answered = await self._ask_home(
                     realm, realm.acct_servers,
-                    lambda identifier: forward_accounting_request(packet, realm, identifier), _ACCOUNTING_ANSWER)
+                    lambda identifier: forward_accounting_request(packet, realm, identifier,
+                                                                  time.perf_counter() - received),
+                    _ACCOUNTING_ANSWER)
             except ProxyError as exc:
                 self.metrics.proxied.inc("acct", "error")
                 log.warning("radius.proxy.failed", realm=realm.name, error=str(exc))
@@ -1015,7 +1018,7 @@ class RadiusService(Service):
             self.metrics.accounting.inc(str(item.record.status), str(result.outcome))
             self._answer_accounting(item.packet, item.nas, item.transport, item.addr, item.key, item.started)
             if self.realms:
-                self._proxy_accounting(item.record, item.packet)
+                self._proxy_accounting(item.record, item.packet, item.started)
             holder = self._follow(item.record, result)
             if result.outcome in (AccountingOutcome.UPDATED, AccountingOutcome.STOPPED, AccountingOutcome.REOPENED):
                 # A Stop is checked at once: the session's last growth may cross the quota, and

@@ -142,3 +142,21 @@ def test_mschap_v1_keys_are_hidden_again_for_the_nas() -> None:
     hidden = dict(relayed.vendor_attributes(Vendor.MICROSOFT))[12]
     assert len(hidden) == 32 and reveal_password(hidden, NAS, nas_auth) == keys.rstrip(b"\0")
     assert hidden == hide_password(keys, NAS, nas_auth)  # all 32 octets, the padding too
+
+
+def test_accounting_held_here_says_so_in_its_acct_delay_time() -> None:
+    # The copy goes after the local write, or to the next server when one was silent: the home
+    # server dates the record by Acct-Delay-Time (from a review: sent unchanged, it was dated as
+    # late as the proxy held it, seconds for each silent server).
+    def request(*more: tuple[int, bytes]) -> bytes:
+        return encode_request(Code.ACCOUNTING_REQUEST, 3, encode_attributes(
+            [(Attr.USER_NAME, b"dan@home.example"), *more, (Attr.ACCT_STATUS_TYPE, b"\0\0\0\1")]), NAS,
+            message_authenticator=False)
+
+    delayed = decode(request((Attr.ACCT_DELAY_TIME, b"\0\0\0\5")))
+    again = decode(forward_accounting_request(delayed, realm(), 4, held_seconds=6.7))
+    assert again.attributes[1] == (Attr.ACCT_DELAY_TIME, b"\0\0\0\x0b") and check_request_authenticator(again, HOME)
+    undelayed = decode(request())
+    assert decode(forward_accounting_request(undelayed, realm(), 4, held_seconds=3.2)).get(Attr.ACCT_DELAY_TIME) \
+        == b"\0\0\0\3"
+    assert decode(forward_accounting_request(undelayed, realm(), 4, held_seconds=0.4)).get(Attr.ACCT_DELAY_TIME) is None
