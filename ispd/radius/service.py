@@ -220,8 +220,10 @@ class DuplicateCache:
             return False, None
         return True, entry[1]
 
-    def begin(self, key: DuplicateKey) -> None:
-        self._put(key, (self.clock() + self.window, None))
+    def begin(self, key: DuplicateKey, at_least: float = 0.0) -> None:
+        """In progress, for the window or ``at_least`` seconds (a proxied request, whose home
+        servers may take longer). (A longer entry among shorter ones only delays ``sweep``.)"""
+        self._put(key, (self.clock() + max(self.window, at_least), None))
 
     def done(self, key: DuplicateKey, reply: bytes) -> None:
         self._put(key, (self.clock() + self.window, reply))
@@ -588,7 +590,9 @@ class RadiusService(Service):
     def _conclude(self, decision: Decision, packet: Packet, nas: Nas, transport: asyncio.DatagramTransport,
                   addr: Any, key: DuplicateKey, started: float, now: float) -> None:
         if decision.proxy is not None:
-            self.duplicates.begin(key)  # the NAS's copies meanwhile are not proxied again
+            # The NAS's copies meanwhile are not proxied again, however long its servers take.
+            realm = decision.proxy
+            self.duplicates.begin(key, realm.timeout * realm.attempts * len(realm.auth_servers) + 1.0)
             self._spawn(self._proxied(decision.proxy, packet, nas, transport, addr, key, started), "proxy")
             return
         if decision.pending is not None:

@@ -5,6 +5,7 @@ a round comes within a second or two rather than a minute."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -204,4 +205,59 @@ async def test_usage_counts_for_the_sessions_holder_not_the_logins_owner_now(tmp
                                   acct_session_id="s2", username="shared", subscriber_id=bob)
         assert service._follow(record, AccountingResult(AccountingOutcome.UPDATED)) == bob
     finally:
+        await store.close()
+
+
+async def test_a_retransmission_while_the_home_server_is_slow_is_not_proxied_again(tmp_path: Path) -> None:
+    # The home servers may take longer than duplicate_window_seconds (timeout x attempts x
+    # servers): the NAS's copies meanwhile must still be taken for the one in progress (from a
+    # review: the marker expired with the window, and a copy went to the home server again).
+    import socket
+
+    from ispd.radius.codec import encode_response
+
+    nas, home_secret = "127.62.7.1", b"home-secret"
+    home = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    home.bind(("127.62.7.2", 0))
+    home.setblocking(False)
+    loop = asyncio.get_running_loop()
+    asked: list[bytes] = []
+
+    def answer_late() -> None:
+        data, peer = home.recvfrom(4096)
+        asked.append(data)
+        request = decode(data)
+        loop.call_later(1.8, home.sendto, encode_response(
+            Code.ACCESS_ACCEPT, request.identifier, request.authenticator, b"", home_secret), peer)
+
+    loop.add_reader(home.fileno(), answer_late)
+    config = Config(radius=RadiusConfig.model_validate({
+        "enabled": True, "listen_auth": [f"{nas}:0"], "listen_acct": [f"{nas}:0"],
+        "client": [{"name": "ap", "address": f"{nas}/32", "secret": SECRET}], "duplicate_window_seconds": 1,
+        "realm": [{"name": "home.example", "auth_servers": [f"127.62.7.2:{home.getsockname()[1]}"],
+                   "secret": home_secret.decode(), "timeout_seconds": 3, "attempts": 1}]}))
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    nas_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        async with _running(store, EventBus(), config) as service:
+            [port] = [p for kind, _, p in service.bound if kind == "auth"]
+            nas_socket.bind((nas, 0))
+            nas_socket.settimeout(0)
+            request = encode_request(Code.ACCESS_REQUEST, 5, encode_attributes([(Attr.USER_NAME, b"v@home.example")]),
+                                     SECRET.encode())
+            nas_socket.sendto(request, (nas, port))
+            await asyncio.sleep(1.3)  # past the duplicate window, the home server still silent
+            service.duplicates.sweep()
+            nas_socket.sendto(request, (nas, port))
+            await asyncio.sleep(1.2)
+            answers = []
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    answers.append(decode(nas_socket.recv(4096)))
+            assert len(asked) == 1
+            assert [a.code for a in answers] == [Code.ACCESS_ACCEPT]
+    finally:
+        loop.remove_reader(home.fileno())
+        home.close()
+        nas_socket.close()
         await store.close()
