@@ -45,7 +45,8 @@ class RadiusMetrics:
             ["kind", "result"])
         self.proxied = LabeledCounter(
             "ispd_radius_proxied_total", "Requests proxied to a realm's home servers ([[radius.realm]]), by kind "
-            "and result (accept, reject, challenge; acked; timeout: no home server answered; error).",
+            "and result (accept, reject, challenge; acked; timeout: no home server answered; error; dropped: too "
+            "many accounting copies waiting).",
             ["kind", "result"])
         self.stale_sessions = LabeledCounter(
             "ispd_radius_stale_sessions_closed_total", "Sessions closed because the NAS stopped reporting them.", [])
@@ -77,7 +78,7 @@ class RadiusMetrics:
                 self.coa.inc(kind, result, amount=0)
         self.stale_sessions.inc(amount=0)
         for kind, results in (("auth", ("accept", "reject", "challenge", "timeout", "error")),
-                              ("acct", ("acked", "timeout", "error"))):
+                              ("acct", ("acked", "timeout", "error", "dropped"))):
             for result in results:
                 self.proxied.inc(kind, result, amount=0)
 

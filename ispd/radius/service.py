@@ -141,6 +141,7 @@ _ACCOUNTING_RESPONSE = int(Code.ACCOUNTING_RESPONSE)
 _ACCESS_ANSWERS = (int(Code.ACCESS_ACCEPT), int(Code.ACCESS_REJECT), int(Code.ACCESS_CHALLENGE))
 _ACCOUNTING_ANSWER = (_ACCOUNTING_RESPONSE,)
 HOME_SERVER_DOWN_SECONDS = 30.0  # a home server that did not answer is tried after the others this long
+MAX_ACCOUNTING_COPIES = 1000  # accounting copies waiting for home servers at once; past it: dropped, counted
 
 
 def realms_of(config: RadiusConfig) -> Realms:
@@ -285,6 +286,7 @@ class RadiusService(Service):
         self.realms = realms_of(self.config)
         # Home servers that did not answer lately, until when: tried after the others.
         self._home_down: dict[HomeServer, float] = {}
+        self._copying = 0  # accounting copies on their way to home servers
         self.dictionary: Dictionary | None = None
         self.auth: AuthEngine | None = None
         self.accounting: AccountingEngine | None = None
@@ -643,19 +645,22 @@ class RadiusService(Service):
 
     # --- proxying ([[radius.realm]])
 
-    def _home_servers(self, servers: tuple[HomeServer, ...]) -> list[HomeServer]:
-        """In the configured order, those that failed lately last."""
+    def _home_servers(self, servers: tuple[HomeServer, ...], attempts: int) -> list[tuple[HomeServer, int]]:
+        """In the configured order, with the sends each gets: those that failed lately last and
+        with one send only, so that a realm whose servers are all down costs each request one
+        timeout per server, not ``attempts`` of them (FreeRADIUS fails such requests at once)."""
         now = time.monotonic()
-        return sorted(servers, key=lambda server: self._home_down.get(server, 0.0) > now)
+        up = [(s, attempts) for s in servers if self._home_down.get(s, 0.0) <= now]
+        return up + [(s, 1) for s in servers if self._home_down.get(s, 0.0) > now]
 
     async def _ask_home(self, realm: Realm, servers: tuple[HomeServer, ...], build: Callable[[int], bytes],
                         answers: tuple[int, ...]) -> tuple[Packet, bytes] | None:
         """The first valid answer of the realm's servers, tried in turn, with the request it
         answers; None when none answered (a ``ProxyError`` from ``build`` goes to the caller)."""
-        for server in self._home_servers(servers):
+        for server, attempts in self._home_servers(servers, realm.attempts):
             request = build(secrets.randbelow(256))
             exchange = await self.coa.exchange(server.address, server.port, realm.secret, request, answers,
-                                               wait_seconds=realm.timeout, attempts=realm.attempts,
+                                               wait_seconds=realm.timeout, attempts=attempts,
                                                require_message_authenticator=realm.require_message_authenticator
                                                and answers != _ACCOUNTING_ANSWER)
             if exchange.reply is not None:
@@ -714,6 +719,10 @@ class RadiusService(Service):
         realm = self.realms.route(record.username)
         if realm is None or not realm.acct_servers:
             return
+        if self._copying >= MAX_ACCOUNTING_COPIES:  # home servers slow or down: no pile of waiting copies
+            self.metrics.proxied.inc("acct", "dropped")
+            return
+        self._copying += 1
 
         async def forward() -> None:
             try:
@@ -726,6 +735,8 @@ class RadiusService(Service):
                 self.metrics.proxied.inc("acct", "error")
                 log.warning("radius.proxy.failed", realm=realm.name, error=str(exc))
                 return
+            finally:
+                self._copying -= 1
             self.metrics.proxied.inc("acct", "acked" if answered is not None else "timeout")
 
         self._spawn(forward(), "proxy-accounting")

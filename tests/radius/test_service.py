@@ -261,3 +261,32 @@ async def test_a_retransmission_while_the_home_server_is_slow_is_not_proxied_aga
         home.close()
         nas_socket.close()
         await store.close()
+
+
+async def test_home_servers_that_failed_lately_go_last_with_one_send_and_copies_are_bounded(tmp_path: Path) -> None:
+    """A realm whose servers are all down costs a request one timeout per server, not attempts
+    of them; accounting copies waiting for home servers are bounded (past it: dropped, counted)."""
+    from ispd.radius.proxy import HomeServer, Realm, Realms
+    from ispd.radius.service import MAX_ACCOUNTING_COPIES
+
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        service = RadiusService(_radius_config(3799), ServiceContext(store, EventBus(), CollectorRegistry(),
+                                                                     _healthy))
+        first, second = HomeServer("198.18.5.1", 1812), HomeServer("198.18.5.2", 1812)
+        assert service._home_servers((first, second), 3) == [(first, 3), (second, 3)]
+        service._home_down[first] = time.monotonic() + 30
+        assert service._home_servers((first, second), 3) == [(second, 3), (first, 1)]
+        service._home_down[second] = time.monotonic() + 30
+        assert service._home_servers((first, second), 3) == [(first, 1), (second, 1)]
+        service.realms = Realms([Realm("home.example", (first,), (first,), b"s", False, 1.0, 1, True)], [])
+        service._copying = MAX_ACCOUNTING_COPIES
+        record = AccountingRecord(at=1.0, status=AccountingStatus.START, nas_address=NAS, acct_session_id="r1",
+                                  username="v@home.example")
+        packet = decode(encode_request(Code.ACCOUNTING_REQUEST, 1, encode_attributes(
+            [(Attr.USER_NAME, b"v@home.example"), (Attr.ACCT_STATUS_TYPE, (1).to_bytes(4, "big"))]),
+            SECRET.encode(), message_authenticator=False))
+        service._proxy_accounting(record, packet, time.perf_counter())
+        assert service.metrics.proxied.values[("acct", "dropped")] == 1 and not service._tasks
+    finally:
+        await store.close()
