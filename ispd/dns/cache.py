@@ -389,8 +389,8 @@ VARIANT_DO = 0x01
 VARIANT_DNS64 = 0x02  # asked by a client of [dns.dns64] clients (AAAA and PTR questions only)
 VARIANT_CD = 0x10  # the header bits of CD and AD, where they sit in a query's fourth byte
 VARIANT_AD = 0x20
-_VARIANT_SUFFIXES = tuple(bytes((v,)) for v in range(1, 0x33)
-                          if v & ~(VARIANT_DO | VARIANT_DNS64 | VARIANT_CD | VARIANT_AD) == 0)
+_VARIANT_BITS = VARIANT_DO | VARIANT_DNS64 | VARIANT_CD | VARIANT_AD
+_VARIANT_SUFFIXES = tuple(bytes((v,)) for v in range(1, _VARIANT_BITS + 1) if v & ~_VARIANT_BITS == 0)
 
 
 def answer_variant(key: bytes) -> int:

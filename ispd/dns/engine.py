@@ -112,7 +112,7 @@ _TC_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x00"
 _TC_COUNTS_OPT = b"\x00\x01\x00\x00\x00\x00\x00\x01"
 _RD_CD = FLAG_RD | FLAG_CD
 _DNSSEC_TYPES = frozenset({RRType.RRSIG, RRType.NSEC, RRType.NSEC3})
-_VARIANT_SUFFIX = tuple(bytes((v,)) for v in range(0x32))
+_VARIANT_SUFFIX = tuple(bytes((v,)) for v in range((VARIANT_DO | VARIANT_DNS64 | VARIANT_CD | VARIANT_AD) + 1))
 # Local data and policy answers kept for the fast path: at most this many (emptied beyond), and a
 # negative one without an SOA lives this long (local data changes empty them anyway).
 MAX_LOCAL_ANSWERS = 20_000  # hot local names are few; an entry is about 800 bytes

@@ -4,12 +4,13 @@ an Extended DNS Error, and one answer-cache entry per combination of those bits.
 from __future__ import annotations
 
 import struct
-from ipaddress import ip_network
+from ipaddress import IPv6Address, IPv6Network, ip_network
 from typing import Any
 
 import pytest
 
 from ispd.dns.cache import AnswerCache, CacheLimits, Security
+from ispd.dns.dns64 import DNS64
 from ispd.dns.engine import DNSEngine
 from ispd.dns.resolver import Resolution
 from ispd.dns.wire import (
@@ -123,4 +124,31 @@ async def test_variants_are_cached_apart_and_flushed_together() -> None:
     assert resolver.asked == 3
     assert len(engine.answers) == 3
     assert engine.answers.flush(N("www.secure.test")) == 3
+    assert len(engine.answers) == 0
+
+
+@pytest.mark.parametrize("do", [False, True])
+async def test_dns64_clients_questions_with_ad_and_cd_are_answered(do: bool) -> None:
+    """From a review: a [dns.dns64] client's AAAA question with AD and CD set made a key variant
+    (0x32, 0x33 with DO) past the table of variant suffixes: IndexError on both paths, no
+    answer. With DO and CD the client validates for itself: no records made (RFC 6147 §5.5)."""
+    engine, resolver = make(Security.INSECURE)
+    name = N("www.secure.test")
+    by_type = {RRType.A: Resolution(RCode.NOERROR, [RR(name, RRType.A, 1, 300, A_RDATA)], security=Security.INSECURE),
+               RRType.AAAA: Resolution(RCode.NOERROR, [], security=Security.INSECURE)}
+
+    async def resolve(asked: bytes, qtype: int, **_: Any) -> Resolution:
+        return by_type[RRType(qtype)]
+
+    resolver.resolve = resolve  # type: ignore[method-assign]
+    engine.set_dns64(DNS64(IPv6Network("2001:db8:64::/96")), [ip_network("192.168.1.0/24")])
+    data = bytearray(encode_query(0x1234, name, RRType.AAAA, rd=True, cd=True, do=do, udp_size=1232))
+    data[3] |= FLAG_AD
+    for _ in range(2):  # the slow path, then the fast path
+        reply = await ask(engine, bytes(data))
+        assert reply.rcode == RCode.NOERROR
+        assert [rr.rdata for rr in reply.answer if rr.rtype == RRType.AAAA] == \
+            ([] if do else [IPv6Address("2001:db8:64::c612:501").packed])
+    assert len(engine.answers.variants) == 1
+    engine.answers.discard(name + struct.pack("!HH", RRType.AAAA, 1))  # a plain key takes its variants along
     assert len(engine.answers) == 0
