@@ -125,10 +125,13 @@ class ClientClass(IntEnum):
     REFUSED = 1
     WALLED = 2
     ALLOWED_DNS64 = 3  # allowed, and in [dns.dns64] clients: AAAA and PTR answers of their own
+    WALLED_DNS64 = 4  # walled, and in [dns.dns64] clients (what the garden lets resolve gets DNS64)
 
 
 _DNS64_TYPES = (RRType.AAAA, RRType.PTR)
 _ANSWERING = (ClientClass.ALLOWED, ClientClass.ALLOWED_DNS64)  # answered from the caches
+_WALLED = (ClientClass.WALLED, ClientClass.WALLED_DNS64)
+_GETTING_DNS64 = (ClientClass.ALLOWED_DNS64, ClientClass.WALLED_DNS64)
 _ALLOWED, _ALLOWED_DNS64 = ClientClass.ALLOWED, ClientClass.ALLOWED_DNS64  # (globals: read on every hit)
 
 
@@ -280,13 +283,13 @@ class DNSEngine:
             address = address.ipv4_mapped
         if not any(address in network for network in self.allow):
             found = ClientClass.REFUSED
-        elif str(address) in self.walled_addresses:
-            found = ClientClass.WALLED
-        elif self.dns64_clients is not None and self.dns64 is not None and any(
-                address in network for network in self.dns64_clients):
-            found = ClientClass.ALLOWED_DNS64
         else:
-            found = ClientClass.ALLOWED
+            dns64 = self.dns64_clients is not None and self.dns64 is not None and any(
+                address in network for network in self.dns64_clients)
+            if str(address) in self.walled_addresses:
+                found = ClientClass.WALLED_DNS64 if dns64 else ClientClass.WALLED
+            else:
+                found = ClientClass.ALLOWED_DNS64 if dns64 else ClientClass.ALLOWED
         if len(self._classes) > 200_000:
             self._classes.clear()
         self._classes[client] = found
@@ -407,7 +410,7 @@ class DNSEngine:
         self.qtypes[qtype] = self.qtypes.get(qtype, 0) + 1
         name = question.key_name
 
-        if client_class == ClientClass.WALLED:
+        if client_class in _WALLED:
             walled = self.walled_lookup(name, qtype)
             if walled is not None:
                 self.stats.walled_answers += 1
@@ -468,7 +471,7 @@ class DNSEngine:
         """The answer cache's key: the question, the query's DNSSEC bits when validating, and
         whether the client is one of [dns.dns64] clients (for AAAA and PTR)."""
         key = key_of(question)
-        variant = VARIANT_DNS64 if client_class == ClientClass.ALLOWED_DNS64 and question.qtype in _DNS64_TYPES else 0
+        variant = VARIANT_DNS64 if client_class in _GETTING_DNS64 and question.qtype in _DNS64_TYPES else 0
         if self.validating:
             variant |= (query.flags & (FLAG_AD | FLAG_CD)) | (VARIANT_DO if query.edns is not None and query.edns.do
                                                              else 0)

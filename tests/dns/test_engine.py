@@ -460,6 +460,25 @@ async def test_dns64_for_some_client_networks_only(env: Env) -> None:
     assert aaaa_values(await env.ask_message(query("v4only.example.test.", RRType.AAAA), dual)) == aaaa_values(made)
 
 
+async def test_dns64_for_walled_clients_of_the_dns64_networks(env: Env) -> None:
+    """From a review: a suspended IPv6-only subscriber is walled, and walled clients were never
+    [dns.dns64] clients: the names the walled garden lets resolve (the payment provider) had no
+    made AAAA records, so the subscriber could not reach an IPv4-only one to pay."""
+    with_dns64(env)
+    env.engine.set_dns64(env.engine.dns64, [IPv4Network("192.168.64.0/24")])
+    garden = WalledGarden(WalledGardenConfig(portal_ipv4=IPv4Address("192.0.2.250"), allow=["example.test."]))
+    env.engine.walled_lookup = garden.lookup
+    nat64, dual = "192.168.64.9", CLIENT
+    env.engine.set_walled(frozenset({nat64, dual}))
+    made = await env.ask_message(query("v4only.example.test.", RRType.AAAA), nat64)
+    assert aaaa_values(made) == ["2001:db8:64::c000:207", "2001:db8:64::c000:208"]
+    assert aaaa_values(await env.ask_message(query("v4only.example.test.", RRType.AAAA), dual)) == []
+    ptr = IPv6Address("2001:db8:64::c000:207").reverse_pointer + "."
+    garden.configure(WalledGardenConfig(portal_ipv4=IPv4Address("192.0.2.250"), allow=["arpa."]))
+    assert (await env.ask_message(query(ptr, RRType.PTR), nat64)).answer[0].rtype == RRType.CNAME
+    assert env.fast(query("v4only.example.test.", RRType.AAAA), nat64) is None  # still never the fast path
+
+
 async def test_a_prefetch_of_a_made_answer_renews_its_a_records_too(env: Env) -> None:
     """From a review: the prefetch asked the AAAA question again but took the A records from the
     cache with what was left of their TTL, so the renewed answer lived only that long."""
