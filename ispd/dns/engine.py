@@ -241,6 +241,7 @@ class DNSEngine:
         # The clients DNS64 is for; None: every client. Theirs are answers of their own (a key
         # variant), so that the others keep the real "no AAAA".
         self.dns64_clients: list[IPv4Network | IPv6Network] | None = None
+        self._dns64_changes = 0  # how many times set_dns64 was called (a reload's every time)
         self.answers = answers
         self.clock = clock
         self.allow = list(allow)
@@ -315,6 +316,7 @@ class DNSEngine:
     def set_dns64(self, dns64: DNS64 | None, clients: list[IPv4Network | IPv6Network] | None) -> None:
         """DNS64 for every client (``clients`` None) or for those networks only."""
         self.dns64, self.dns64_clients = dns64, clients
+        self._dns64_changes += 1
         self._classes.clear()
 
     def _dns64_for(self, key: bytes) -> DNS64 | None:
@@ -521,6 +523,7 @@ class DNSEngine:
     async def _resolve_into(self, key: bytes, question: Question, future: asyncio.Future[CachedAnswer], *,
                             refresh: bool = False, past_limit: bool = False) -> None:
         """Resolve one question, store the result, and hand it to every client waiting for it."""
+        dns64_changes = self._dns64_changes
         try:
             try:
                 async with asyncio.timeout(self.request_timeout):
@@ -556,7 +559,11 @@ class DNSEngine:
                 old.stale_until = now + STALE_RECHECK_SECONDS
             entry = self._build(key, question, resolution, now, store=False)
         else:
-            entry = self._build(key, question, resolution, now, store=True)
+            # An AAAA or PTR answer made under the DNS64 settings a reload has changed meanwhile
+            # is handed to those waiting, never kept: which clients the key stands for may have
+            # changed (the reload emptied the cache before this answer came).
+            store = dns64_changes == self._dns64_changes or question.qtype not in _DNS64_TYPES
+            entry = self._build(key, question, resolution, now, store=store)
         if not future.done():
             future.set_result(entry)
 

@@ -16,7 +16,7 @@ from ispd.dns.dns64 import DNS64
 from ispd.dns.engine import FAILURE_CACHE_SECONDS, STALE_RECHECK_SECONDS, DNSEngine, RateLimiter
 from ispd.dns.localdata import LocalData
 from ispd.dns.policy import Policy, compile_policy_zone
-from ispd.dns.resolver import ForwardZone, Resolver, ResolverSettings
+from ispd.dns.resolver import ForwardZone, Resolution, Resolver, ResolverSettings
 from ispd.dns.walledgarden import WalledGarden
 from ispd.dns.wire import (
     CLASS_CH,
@@ -477,6 +477,32 @@ async def test_dns64_for_walled_clients_of_the_dns64_networks(env: Env) -> None:
     garden.configure(WalledGardenConfig(portal_ipv4=IPv4Address("192.0.2.250"), allow=["arpa."]))
     assert (await env.ask_message(query(ptr, RRType.PTR), nat64)).answer[0].rtype == RRType.CNAME
     assert env.fast(query("v4only.example.test.", RRType.AAAA), nat64) is None  # still never the fast path
+
+
+async def test_a_reload_of_dns64_clients_during_a_made_answer_keeps_no_answer_of_the_old_kind(env: Env) -> None:
+    """From a review: an AAAA answer made for every client while a reload limited DNS64 to the
+    IPv6-only network (its A question still out) was stored after the reload had emptied the
+    answer cache: dual-stack clients then got made AAAA records, from the fast path, for as
+    long as they lived."""
+    with_dns64(env)
+    env.engine.set_dns64(env.engine.dns64, None)
+    resolve, asked, release = env.resolver.resolve, asyncio.Event(), asyncio.Event()
+
+    async def held(name: bytes, qtype: int, **kwargs: bool) -> Resolution:
+        if qtype == RRType.A:
+            asked.set()
+            await release.wait()
+        return await resolve(name, qtype, **kwargs)
+
+    env.resolver.resolve = held  # type: ignore[method-assign]
+    before = asyncio.create_task(env.ask_message(query("v4only.example.test.", RRType.AAAA)))
+    await asked.wait()
+    env.engine.set_dns64(env.engine.dns64, [IPv4Network("192.168.64.0/24")])  # the reload...
+    env.answers.clear()  # ...which empties the answer cache
+    release.set()
+    assert aaaa_values(await before) == ["2001:db8:64::c000:207", "2001:db8:64::c000:208"]  # (asked before)
+    assert env.fast(query("v4only.example.test.", RRType.AAAA)) is None
+    assert aaaa_values(await env.ask_message(query("v4only.example.test.", RRType.AAAA))) == []
 
 
 async def test_a_prefetch_of_a_made_answer_renews_its_a_records_too(env: Env) -> None:
