@@ -35,7 +35,11 @@ class Capture:
         self.proc = subprocess.Popen(["fstrm_capture", "-t", "protobuf:dnstap.Dnstap", *where, "-w", str(output)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if socket_path is not None:
-            eventually(socket_path.exists, timeout=5)
+            try:
+                eventually(socket_path.exists, timeout=5)
+            except BaseException:  # (not handed to the fixture yet: it would be left running)
+                self.kill()
+                raise
 
     def stop(self) -> list[str]:
         """Ends the capture (its file complete) and gives dnstap-ldns's quiet lines of it."""
