@@ -100,6 +100,11 @@ class Realms:
     def __bool__(self) -> bool:
         return bool(self.by_name) or self.default is not None
 
+    def with_accounting(self) -> list[Realm]:
+        """The realms that have accounting servers (Accounting-On/Off go to each)."""
+        realms = [*self.by_name.values(), *([self.default] if self.default is not None else [])]
+        return [r for r in realms if r.acct_servers]
+
     def route(self, username: str) -> Realm | None:
         """The realm of ``user@realm`` (the part after the last "@", any case), or None: no
         realm, one of ``local_realms``, or one no entry and no "*" takes. ``@realm`` alone is

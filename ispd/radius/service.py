@@ -713,12 +713,21 @@ class RadiusService(Service):
     def _proxy_accounting(self, record: AccountingRecord, packet: Packet, received: float) -> None:
         """Accounting of a proxied realm, kept here already: a copy to its accounting servers,
         as the NAS would have sent it (best effort: the NAS has its answer). ``received``:
-        perf_counter when it came, for its Acct-Delay-Time."""
-        if not self.realms or not record.username or self.directory.find(record.username) is not None:
+        perf_counter when it came, for its Acct-Delay-Time. Accounting-On and -Off name no user:
+        every realm's accounting servers hear of them, whose sessions on that NAS have ended."""
+        if not self.realms:
             return
-        realm = self.realms.route(record.username)
-        if realm is None or not realm.acct_servers:
+        if record.status in (AccountingStatus.ACCOUNTING_ON, AccountingStatus.ACCOUNTING_OFF):
+            for realm in self.realms.with_accounting():
+                self._copy_accounting(realm, packet, received)
             return
+        if not record.username or self.directory.find(record.username) is not None:
+            return
+        routed = self.realms.route(record.username)
+        if routed is not None and routed.acct_servers:
+            self._copy_accounting(routed, packet, received)
+
+    def _copy_accounting(self, realm: Realm, packet: Packet, received: float) -> None:
         if self._copying >= MAX_ACCOUNTING_COPIES:  # home servers slow or down: no pile of waiting copies
             self.metrics.proxied.inc("acct", "dropped")
             return

@@ -126,3 +126,15 @@ def test_accounting_is_kept_here_and_copied_home(pair: Pair) -> None:
     assert here["output_octets"] == 9000 and here["subscriber_id"] is None  # (not a subscriber here)
     acked = pair.visited.metric_value("ispd_radius_proxied_total", {"kind": "acct", "result": "acked"})
     assert acked == 2
+    # The NAS reboots: Accounting-On names no user, every realm's accounting servers hear of it
+    # and close their sessions on that NAS.
+    other = "User-Name = visitor@home.example, Acct-Session-Id = roam-2, NAS-IP-Address = 127.0.0.2"
+    assert radclient(pair.acct, "acct", NAS_SECRET, f"{other}, Acct-Status-Type = Start").code == "Accounting-Response"
+    assert radclient(pair.acct, "acct", NAS_SECRET, "NAS-IP-Address = 127.0.0.2, Acct-Status-Type = Accounting-On"
+                     ).code == "Accounting-Response"
+
+    def closed_at_home() -> list[dict[str, Any]]:
+        return [s for s in json.loads(pair.home.cli("session", "list", "--json").stdout)
+                if s["acct_session_id"] == "roam-2" and s["terminate_cause"] == "NAS-Reboot"]
+
+    assert eventually(closed_at_home, timeout=10)
