@@ -197,3 +197,4 @@ class Exchange:
     reply: Packet | None  # None: no valid answer (``error`` says why when it is not a timeout)
     attempts: int
     error: str = ""
+    request: bytes = b""  # what was sent (the proxy's: its authenticators are the answer's key)

@@ -410,7 +410,8 @@ def hide_password(password: bytes, secret: bytes, authenticator: bytes) -> bytes
     previous = authenticator
     for i in range(0, len(padded), 16):
         key = _md5(secret, previous)
-        block = bytes(a ^ b for a, b in zip(padded[i:i + 16], key, strict=True))
+        # (XOR of two 128-bit integers: a proxy hides every password it forwards)
+        block = (int.from_bytes(padded[i:i + 16], "big") ^ int.from_bytes(key, "big")).to_bytes(16, "big")
         out += block
         previous = block
     return bytes(out)

@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import itertools
 import os
-import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -84,6 +83,7 @@ from ispd.radius.engine import (
     RejectReason,
     ReplySettings,
 )
+from ispd.radius.homeclient import HomeServerClient
 from ispd.radius.metrics import RadiusMetrics
 from ispd.radius.proxy import (
     HomeServer,
@@ -287,6 +287,7 @@ class RadiusService(Service):
         # Home servers that did not answer lately, until when: tried after the others.
         self._home_down: dict[HomeServer, float] = {}
         self._copying = 0  # accounting copies on their way to home servers
+        self._home_clients: dict[HomeServer, HomeServerClient] = {}
         self.dictionary: Dictionary | None = None
         self.auth: AuthEngine | None = None
         self.accounting: AccountingEngine | None = None
@@ -334,6 +335,7 @@ class RadiusService(Service):
         await self._open(stack)
         stack.callback(self._checker.shutdown, wait=False, cancel_futures=True)
         stack.push_async_callback(self._cancel_tasks)
+        stack.callback(self._close_home_clients)
         for collector in self.metrics.collectors(self._gauges):
             self.context.registry.register(collector)
             stack.callback(self.context.registry.unregister, collector)
@@ -645,6 +647,11 @@ class RadiusService(Service):
 
     # --- proxying ([[radius.realm]])
 
+    def _close_home_clients(self) -> None:
+        for client in self._home_clients.values():
+            client.close()
+        self._home_clients.clear()
+
     def _home_servers(self, servers: tuple[HomeServer, ...], attempts: int) -> list[tuple[HomeServer, int]]:
         """In the configured order, with the sends each gets: those that failed lately last and
         with one send only, so that a realm whose servers are all down costs each request one
@@ -658,14 +665,16 @@ class RadiusService(Service):
         """The first valid answer of the realm's servers, tried in turn, with the request it
         answers; None when none answered (a ``ProxyError`` from ``build`` goes to the caller)."""
         for server, attempts in self._home_servers(servers, realm.attempts):
-            request = build(secrets.randbelow(256))
-            exchange = await self.coa.exchange(server.address, server.port, realm.secret, request, answers,
-                                               wait_seconds=realm.timeout, attempts=attempts,
-                                               require_message_authenticator=realm.require_message_authenticator
-                                               and answers != _ACCOUNTING_ANSWER)
+            client = self._home_clients.get(server)
+            if client is None:
+                client = self._home_clients[server] = HomeServerClient(server.address, server.port,
+                                                                       self.coa.source_for(server.address))
+            exchange = await client.exchange(build, realm.secret, answers, wait=realm.timeout, attempts=attempts,
+                                             require_message_authenticator=realm.require_message_authenticator
+                                             and answers != _ACCOUNTING_ANSWER)
             if exchange.reply is not None:
                 self._home_down.pop(server, None)
-                return exchange.reply, request
+                return exchange.reply, exchange.request
             if server not in self._home_down or self._home_down[server] <= time.monotonic():
                 log.warning("radius.proxy.home_server_silent", realm=realm.name, server=str(server),
                             attempts=exchange.attempts, error=exchange.error or None)

@@ -1,0 +1,161 @@
+"""Requests to one home server (proxying), over a few long-lived sockets.
+
+Theory of operation. A socket of its own per request (as the CoA client has, for its rare
+requests) costs a proxied request more than everything else it does; a proxy keeps its sockets,
+as FreeRADIUS does. Each socket is connected to the home server (the kernel drops datagrams
+from anyone else) and carries up to 256 requests at once, one per Identifier; a request takes a
+free Identifier of the first socket that has one, another socket is opened when none has (up to
+MAX_SOCKETS, then the request fails at once). A reply is matched by socket and Identifier and
+taken only with a valid Response Authenticator (and Message-Authenticator: present and valid when
+required, valid when present), and one of the codes asked for; anything else is ignored and the
+wait goes on. Unanswered, the same packet is sent again after ``wait`` seconds, ``attempts``
+times in all (RFC 5080 §2.2.1: a retransmission is identical), then the request gives up and
+its Identifier is free again. A late reply to an Identifier given to a newer request fails that
+request's authenticator check (its Request Authenticator differs) and is ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ispd.radius.coa import Exchange
+from ispd.radius.codec import (
+    Attr,
+    Code,
+    Packet,
+    RadiusDecodeError,
+    check_message_authenticator,
+    check_response_authenticator,
+    decode,
+)
+
+MAX_SOCKETS = 16  # 4,096 requests in flight to one home server
+
+
+@dataclass(slots=True)
+class _Waiting:
+    request: bytes
+    secret: bytes
+    answers: tuple[int, ...]
+    require_message_authenticator: bool
+    future: asyncio.Future[Packet]
+
+
+@dataclass(slots=True)
+class _Socket:
+    sock: socket.socket
+    waiting: dict[int, _Waiting] = field(default_factory=dict)
+    next_identifier: int = 0
+
+    def free_identifier(self) -> int | None:
+        if len(self.waiting) >= 256:
+            return None
+        for step in range(256):  # from where the last one was taken: the longest free first
+            identifier = (self.next_identifier + step) & 0xFF
+            if identifier not in self.waiting:
+                self.next_identifier = (identifier + 1) & 0xFF
+                return identifier
+        return None
+
+
+class HomeServerClient:
+    def __init__(self, address: str, port: int, source: str | None = None) -> None:
+        self.address, self.port, self.source = address, port, source
+        self._sockets: list[_Socket] = []
+        self.closed = False
+
+    async def exchange(self, build: Callable[[int], bytes], secret: bytes, answers: tuple[int, ...], *,
+                       wait: float, attempts: int, require_message_authenticator: bool) -> Exchange:
+        """``build(identifier)`` makes the request; the first valid answer, or none."""
+        try:
+            slot, identifier = self._slot()
+        except OSError as exc:
+            return Exchange(None, 0, exc.strerror or str(exc))
+        if slot is None:
+            return Exchange(None, 0, f"{MAX_SOCKETS * 256} requests in flight to this server already")
+        request = build(identifier)  # (a ProxyError goes to the caller; nothing is taken yet)
+        future: asyncio.Future[Packet] = asyncio.get_running_loop().create_future()
+        slot.waiting[identifier] = _Waiting(request, secret, answers, require_message_authenticator, future)
+        try:
+            for attempt in range(1, attempts + 1):
+                with contextlib.suppress(OSError):  # unreachable now (ICMP): the next attempt may do better
+                    slot.sock.send(request)
+                done, _ = await asyncio.wait((future,), timeout=wait)
+                if done:
+                    return Exchange(future.result(), attempt, request=request)
+            return Exchange(None, attempts, request=request)
+        finally:
+            slot.waiting.pop(identifier, None)
+            if not future.done():
+                future.cancel()
+
+    def _slot(self) -> tuple[_Socket | None, int]:
+        for slot in self._sockets:
+            identifier = slot.free_identifier()
+            if identifier is not None:
+                return slot, identifier
+        if len(self._sockets) >= MAX_SOCKETS or self.closed:
+            return None, 0
+        slot = self._open()
+        return slot, slot.free_identifier() or 0
+
+    def _open(self) -> _Socket:
+        family = socket.AF_INET6 if ":" in self.address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+        try:
+            if self.source is not None:
+                with contextlib.suppress(OSError):  # (gone from the host since: the kernel's choice)
+                    sock.bind((self.source, 0))
+            sock.connect((self.address, self.port))
+            slot = _Socket(sock)
+            asyncio.get_running_loop().add_reader(sock.fileno(), self._readable, slot)
+        except OSError:
+            sock.close()
+            raise
+        self._sockets.append(slot)
+        return slot
+
+    def _readable(self, slot: _Socket) -> None:
+        while True:
+            try:
+                data = slot.sock.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # ICMP port unreachable on the connected socket: a lost attempt
+                continue
+            if len(data) < 20:
+                continue
+            waiting = slot.waiting.get(data[1])
+            if waiting is None or waiting.future.done() or data[0] not in waiting.answers:
+                continue
+            try:
+                reply = decode(data)
+            except RadiusDecodeError:
+                continue
+            authenticator = waiting.request[4:20]
+            if not check_response_authenticator(reply, authenticator, waiting.secret):
+                continue
+            if reply.has(Attr.MESSAGE_AUTHENTICATOR):
+                # (an Accounting-Response's may be over a zeroed authenticator, as FreeRADIUS signs them)
+                if not (check_message_authenticator(reply, waiting.secret, authenticator)
+                        or (reply.code == Code.ACCOUNTING_RESPONSE
+                            and check_message_authenticator(reply, waiting.secret, bytes(16)))):
+                    continue
+            elif waiting.require_message_authenticator:
+                continue
+            waiting.future.set_result(reply)
+
+    def close(self) -> None:
+        self.closed = True
+        loop = asyncio.get_running_loop()
+        for slot in self._sockets:
+            loop.remove_reader(slot.sock.fileno())
+            slot.sock.close()
+            for waiting in slot.waiting.values():
+                if not waiting.future.done():
+                    waiting.future.cancel()
+        self._sockets = []

@@ -1,0 +1,77 @@
+"""The proxy's client to a home server (ispd/radius/homeclient.py) against a home server in the
+test: concurrent requests share a socket with their own Identifiers, a forged or wrong-secret
+answer is ignored, an unanswered request is sent again, then given up."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from ispd.radius.codec import Code, decode, encode_attributes, encode_request, encode_response
+from ispd.radius.homeclient import HomeServerClient
+
+SECRET = b"home-secret"
+ACCESS = (Code.ACCESS_ACCEPT, Code.ACCESS_REJECT, Code.ACCESS_CHALLENGE)
+
+
+class Home(asyncio.DatagramProtocol):
+    """Answers each request after ``delay``, with ``secret``; counts what it got."""
+
+    def __init__(self, secret: bytes = SECRET, delay: float = 0.0, silent: bool = False) -> None:
+        self.secret, self.delay, self.silent = secret, delay, silent
+        self.received: list[bytes] = []
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.received.append(data)
+        if self.silent:
+            return
+        request = decode(data)
+        reply = encode_response(Code.ACCESS_ACCEPT, request.identifier, request.authenticator, b"", self.secret)
+        asyncio.get_running_loop().call_later(self.delay, self.transport.sendto, reply, addr)  # type: ignore[union-attr]
+
+
+async def home(protocol: Home) -> tuple[asyncio.DatagramTransport, int]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)  # (a burst of 300 overflows the default)
+    sock.bind(("127.0.0.1", 0))
+    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(lambda: protocol, sock=sock)
+    return transport, sock.getsockname()[1]
+
+
+def access_request(identifier: int) -> bytes:
+    return encode_request(Code.ACCESS_REQUEST, identifier, encode_attributes([(1, b"v@home.example")]), SECRET)
+
+
+async def test_concurrent_requests_each_get_their_answer() -> None:
+    server = Home(delay=0.05)
+    transport, port = await home(server)
+    client = HomeServerClient("127.0.0.1", port)
+    try:
+        # (a lost datagram is sent again: a burst may overflow a socket buffer the kernel caps)
+        exchanges = await asyncio.gather(*(client.exchange(access_request, SECRET, ACCESS, wait=0.5, attempts=4,
+                                                           require_message_authenticator=True) for _ in range(300)))
+        assert all(e.reply is not None and e.reply.code == Code.ACCESS_ACCEPT for e in exchanges)
+        assert all(e.reply.identifier == e.request[1] for e in exchanges if e.reply is not None)
+        assert len(server.received) >= 300 and len(client._sockets) == 2  # 256 Identifiers a socket
+    finally:
+        client.close()
+        transport.close()
+
+
+async def test_a_wrong_secret_is_no_answer_and_silence_is_sent_again_then_given_up() -> None:
+    forger = Home(secret=b"not-the-secret")
+    transport, port = await home(forger)
+    client = HomeServerClient("127.0.0.1", port)
+    try:
+        exchange = await client.exchange(access_request, SECRET, ACCESS, wait=0.1, attempts=3,
+                                         require_message_authenticator=True)
+        assert exchange.reply is None and exchange.attempts == 3
+        assert len(forger.received) == 3 and len(set(forger.received)) == 1  # the same packet again
+        assert client._sockets[0].waiting == {}  # its Identifier is free again
+    finally:
+        client.close()
+        transport.close()
