@@ -113,14 +113,10 @@ class DynamicAuthorizationClient:
         error_cause = struct.unpack("!I", cause)[0] if cause is not None and len(cause) == 4 else None
         return CoAOutcome("nak", exchange.attempts, error_cause)
 
-    async def exchange(self, address: str, port: int, secret: bytes, request: bytes, answers: tuple[int, ...], *,
-                       wait_seconds: float | None = None, attempts: int | None = None,
-                       require_message_authenticator: bool = False) -> Exchange:
-        """Send ``request`` (encoded) until a reply with its identifier, one of the ``answers``
-        codes and valid authenticators comes, or ``attempts`` sends ``timeout`` apart go
-        unanswered. Also the proxy's exchange with a home server."""
-        wait = self.timeout if wait_seconds is None else wait_seconds
-        attempts = self.attempts if attempts is None else attempts
+    async def exchange(self, address: str, port: int, secret: bytes, request: bytes,
+                       answers: tuple[int, ...]) -> Exchange:
+        """Send ``request`` (encoded) until ``answer_to`` takes a reply, or ``attempts`` sends
+        ``timeout`` apart go unanswered."""
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         try:
             sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
@@ -149,21 +145,20 @@ class DynamicAuthorizationClient:
             sock.close()
             return Exchange(None, 0, exc.strerror or str(exc))
         try:
-            for attempt in range(1, attempts + 1):
+            for attempt in range(1, self.attempts + 1):
                 with contextlib.suppress(OSError):  # unreachable now; the next attempt may do better
                     sock.send(request)
-                reply = await self._wait(replies, request, answers, secret, wait, require_message_authenticator)
+                reply = await self._wait(replies, request, answers, secret)
                 if reply is not None:
                     return Exchange(reply, attempt)
-            return Exchange(None, attempts)
+            return Exchange(None, self.attempts)
         finally:
             loop.remove_reader(sock.fileno())
             sock.close()
 
-    async def _wait(self, replies: asyncio.Queue[bytes], request: bytes, answers: tuple[int, ...], secret: bytes,
-                    wait: float, require_message_authenticator: bool) -> Packet | None:
-        identifier, authenticator = request[1], request[4:20]
-        deadline = asyncio.get_running_loop().time() + wait
+    async def _wait(self, replies: asyncio.Queue[bytes], request: bytes, answers: tuple[int, ...],
+                    secret: bytes) -> Packet | None:
+        deadline = asyncio.get_running_loop().time() + self.timeout
         while True:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
@@ -172,24 +167,40 @@ class DynamicAuthorizationClient:
                 data = await asyncio.wait_for(replies.get(), remaining)
             except TimeoutError:
                 return None
-            try:
-                reply = decode(data)
-                if reply.identifier != identifier or reply.code not in answers:
-                    continue
-                if not check_response_authenticator(reply, authenticator, secret):
-                    continue
-                # RFC 5176 §3.5 signs with the request's authenticator; FreeRADIUS-based NASes
-                # sign ACKs and NAKs over zeros. The Response Authenticator above already proves
-                # the reply, so either form is taken.
-                if reply.has(Attr.MESSAGE_AUTHENTICATOR):
-                    if not (check_message_authenticator(reply, secret, authenticator)
-                            or check_message_authenticator(reply, secret, bytes(16))):
-                        continue
-                elif require_message_authenticator:
-                    continue
-            except RadiusDecodeError:
-                continue
-            return reply
+            reply = answer_to(data, request, secret, answers)
+            if reply is not None:
+                return reply
+
+
+_ACCESS_ANSWERS = frozenset((Code.ACCESS_ACCEPT, Code.ACCESS_REJECT, Code.ACCESS_CHALLENGE))
+
+
+def answer_to(data: bytes, request: bytes, secret: bytes, answers: tuple[int, ...], *,
+              require_message_authenticator: bool = False) -> Packet | None:
+    """``data`` as the answer to ``request`` (encoded), or None: its Identifier, one of the
+    ``answers`` codes, a valid Response Authenticator, and a Message-Authenticator that is valid
+    when present (and present when required). RFC 3579 and RFC 5176 §3.5 sign it with the
+    request's authenticator; FreeRADIUS-based NASes sign ACKs and NAKs, and FreeRADIUS its
+    Accounting-Responses, over zeros: taken too, but for Access-Accept, -Reject and -Challenge
+    (the Response Authenticator proves those others anyway)."""
+    try:
+        reply = decode(data)
+    except RadiusDecodeError:
+        return None
+    authenticator = request[4:20]
+    if reply.identifier != request[1] or reply.code not in answers \
+            or not check_response_authenticator(reply, authenticator, secret):
+        return None
+    if reply.has(Attr.MESSAGE_AUTHENTICATOR):
+        try:
+            if not (check_message_authenticator(reply, secret, authenticator)
+                    or (reply.code not in _ACCESS_ANSWERS and check_message_authenticator(reply, secret, bytes(16)))):
+                return None
+        except RadiusDecodeError:  # (two of them)
+            return None
+    elif require_message_authenticator:
+        return None
+    return reply
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,10 +6,10 @@ as FreeRADIUS does. Each socket is connected to the home server (the kernel drop
 from anyone else) and carries up to 256 requests at once, one per Identifier; a request takes a
 free Identifier of the first socket that has one, another socket is opened when none has (up to
 MAX_SOCKETS, then the request fails at once). A reply is matched by socket and Identifier and
-taken only with a valid Response Authenticator (and Message-Authenticator: present and valid when
-required, valid when present), and one of the codes asked for; anything else is ignored and the
-wait goes on. Unanswered, the same packet is sent again after ``wait`` seconds, ``attempts``
-times in all (RFC 5080 §2.2.1: a retransmission is identical), then the request gives up and
+taken only as ``coa.answer_to`` says (authenticators, code), as the CoA client's replies are;
+anything else is ignored and the wait goes on. Unanswered, the same packet is sent again after
+``wait`` seconds, ``attempts`` times in all (RFC 5080 §2.2.1: a retransmission is identical),
+then the request gives up and
 its Identifier is free again. A late reply to an Identifier given to a newer request fails that
 request's authenticator check (its Request Authenticator differs) and is ignored.
 """
@@ -22,16 +22,8 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ispd.radius.coa import Exchange
-from ispd.radius.codec import (
-    Attr,
-    Code,
-    Packet,
-    RadiusDecodeError,
-    check_message_authenticator,
-    check_response_authenticator,
-    decode,
-)
+from ispd.radius.coa import Exchange, answer_to
+from ispd.radius.codec import Packet
 
 MAX_SOCKETS = 16  # 4,096 requests in flight to one home server
 
@@ -127,27 +119,13 @@ class HomeServerClient:
                 return
             except OSError:  # ICMP port unreachable on the connected socket: a lost attempt
                 continue
-            if len(data) < 20:
+            waiting = slot.waiting.get(data[1]) if len(data) >= 20 else None
+            if waiting is None or waiting.future.done():
                 continue
-            waiting = slot.waiting.get(data[1])
-            if waiting is None or waiting.future.done() or data[0] not in waiting.answers:
-                continue
-            try:
-                reply = decode(data)
-            except RadiusDecodeError:
-                continue
-            authenticator = waiting.request[4:20]
-            if not check_response_authenticator(reply, authenticator, waiting.secret):
-                continue
-            if reply.has(Attr.MESSAGE_AUTHENTICATOR):
-                # (an Accounting-Response's may be over a zeroed authenticator, as FreeRADIUS signs them)
-                if not (check_message_authenticator(reply, waiting.secret, authenticator)
-                        or (reply.code == Code.ACCOUNTING_RESPONSE
-                            and check_message_authenticator(reply, waiting.secret, bytes(16)))):
-                    continue
-            elif waiting.require_message_authenticator:
-                continue
-            waiting.future.set_result(reply)
+            reply = answer_to(data, waiting.request, waiting.secret, waiting.answers,
+                              require_message_authenticator=waiting.require_message_authenticator)
+            if reply is not None:
+                waiting.future.set_result(reply)
 
     def close(self) -> None:
         self.closed = True
