@@ -12,7 +12,8 @@ Two layers, as in Unbound:
   validates, a query's DNSSEC bits change its reply (DO: the RRSIGs and NSEC records; AD or DO:
   the AD bit; CD: bogus data instead of SERVFAIL), so a query with any of them set is keyed by the
   question plus one byte of those bits (``answer_variant``), in a table of its own
-  (``variants``): plain queries, the common case, stay on the plain table.
+  (``variants``): plain queries, the common case, stay on the plain table. The same byte says
+  whether the client gets DNS64 and which limited policy zones apply to it (its view).
 
 Both are bounded in bytes (an estimate of each entry's footprint) and evict with CLOCK: a hit only
 sets a counter, and eviction walks from the oldest insertion, giving entries hit since the last
@@ -389,13 +390,17 @@ VARIANT_DO = 0x01
 VARIANT_DNS64 = 0x02  # asked by a client of [dns.dns64] clients (AAAA and PTR questions only)
 VARIANT_CD = 0x10  # the header bits of CD and AD, where they sit in a query's fourth byte
 VARIANT_AD = 0x20
-_VARIANT_BITS = VARIANT_DO | VARIANT_DNS64 | VARIANT_CD | VARIANT_AD
+# The policy scopes the client is in (``ispd.dns.scopes``), one bit each: a client that policy
+# zones limited to some plans or networks apply to gets answers of its own.
+VARIANT_SCOPES = (0x04, 0x08, 0x40)
+VARIANT_VIEW = 0x04 | 0x08 | 0x40
+_VARIANT_BITS = VARIANT_DO | VARIANT_DNS64 | VARIANT_CD | VARIANT_AD | VARIANT_VIEW
 _VARIANT_SUFFIXES = tuple(bytes((v,)) for v in range(1, _VARIANT_BITS + 1) if v & ~_VARIANT_BITS == 0)
 
 
 def answer_variant(key: bytes) -> int:
     """The bits a key carries after its question (0 for a plain key): the query's DNSSEC bits,
-    and whether its client gets DNS64."""
+    whether its client gets DNS64, and its client's view of the policy."""
     i = 0
     while key[i]:
         i += key[i] + 1

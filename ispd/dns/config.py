@@ -21,6 +21,10 @@ from ispd.configtypes import IPAddress, IPNetwork, ListenAddress, Section, Socke
 from ispd.dns.dns64 import check_prefix
 from ispd.dns.wire import name_from_text
 
+# Policy zones limited to some clients: how many different limits (each takes a bit of the answer
+# cache's key, ``ispd.dns.cache.VARIANT_SCOPES``).
+MAX_POLICY_SCOPES = 3
+
 
 def _domain(value: str) -> str:
     try:
@@ -133,6 +137,18 @@ class PolicyZoneConfig(Section):
     file: Path
     # Force every trigger of this zone to one action ("given": as written in the zone).
     action: Literal["given", "nxdomain", "nodata", "passthru", "drop"] = "given"
+    # Only for some clients (a family filter sold as a plan option, a school's network): those
+    # whose address is leased to (or in a RADIUS session of) a subscriber on one of `plans`, and
+    # those in `clients`. Both empty: every client. Zones limited alike form one scope; at most
+    # MAX_POLICY_SCOPES scopes.
+    plans: list[Annotated[str, Field(min_length=1)]] = []
+    clients: list[IPNetwork] = []
+
+    def scope(self) -> tuple[frozenset[str], frozenset[IPv4Network | IPv6Network]] | None:
+        """Whom the zone is for: None for every client."""
+        if not self.plans and not self.clients:
+            return None
+        return frozenset(self.plans), frozenset(self.clients)
 
 
 class LeaseNamesConfig(Section):
@@ -356,6 +372,10 @@ class DNSConfig(Section):
         names = [z.name for z in self.policy_zone]
         if len(names) != len(set(names)):
             raise ValueError("policy_zone: two zones have one name")
+        scopes = {scope for z in self.policy_zone if (scope := z.scope()) is not None}
+        if len(scopes) > MAX_POLICY_SCOPES:
+            raise ValueError(f"policy_zone: {len(scopes)} different sets of plans and clients limit policy zones; "
+                             f"at most {MAX_POLICY_SCOPES} (zones limited to the same plans and clients count once)")
         limited = [limit.name for limit in self.resolver.zone_rate_limit_for]
         if len(limited) != len(set(limited)):
             raise ValueError("resolver.zone_rate_limit_for: a domain is given twice")

@@ -36,6 +36,12 @@ not kept in the answer cache (the RRset cache remembers the verdict), unless the
 which gets the data as it came (RFC 4035 §3.2.2). RRSIG, NSEC and NSEC3 records go only to
 queries with DO (RFC 4035 §3.2.1). The answer cache keeps one reply per combination of those
 bits (``cache.answer_variant``); a plain query's key is the question alone, as without DNSSEC.
+
+Views: policy zones limited to some plans or networks (``ispd.dns.scopes``) apply only to the
+clients in their scopes. A client's view (its scopes' bits, found with its class and remembered
+alike) goes into the key of every answer it gets, cached or from local data and policy, so that
+a client of one view is never handed an answer made under another's policy; clients of no scope
+keep the plain keys.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ import struct
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from enum import IntEnum
-from ipaddress import IPv4Network, IPv6Network, ip_address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any
 
 from ispd.dns.cache import (
@@ -55,6 +61,7 @@ from ispd.dns.cache import (
     VARIANT_CD,
     VARIANT_DNS64,
     VARIANT_DO,
+    VARIANT_VIEW,
     AnswerCache,
     CachedAnswer,
     Security,
@@ -112,7 +119,8 @@ _TC_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x00"
 _TC_COUNTS_OPT = b"\x00\x01\x00\x00\x00\x00\x00\x01"
 _RD_CD = FLAG_RD | FLAG_CD
 _DNSSEC_TYPES = frozenset({RRType.RRSIG, RRType.NSEC, RRType.NSEC3})
-_VARIANT_SUFFIX = tuple(bytes((v,)) for v in range((VARIANT_DO | VARIANT_DNS64 | VARIANT_CD | VARIANT_AD) + 1))
+_VARIANT_SUFFIX = tuple(bytes((v,)) for v in range((VARIANT_DO | VARIANT_DNS64 | VARIANT_CD | VARIANT_AD | VARIANT_VIEW)
+                                                    + 1))
 # Local data and policy answers kept for the fast path: at most this many (emptied beyond), and a
 # negative one without an SOA lives this long (local data changes empty them anyway).
 MAX_LOCAL_ANSWERS = 20_000  # hot local names are few; an entry is about 800 bytes
@@ -227,7 +235,7 @@ class RateLimiter:
 
 
 LocalLookup = Callable[[bytes, int], ZoneAnswer | None]
-PolicyLookup = Callable[[bytes], PolicyHit | None]
+PolicyLookup = Callable[[bytes, int], PolicyHit | None]  # (name, the client's view)
 
 
 class DNSEngine:
@@ -259,10 +267,14 @@ class DNSEngine:
         # local data or policy change (``forget_local_answers``).
         self.local_answers: dict[bytes, tuple[CachedAnswer, PolicyAction | None]] = {}
         self._local_asked: set[bytes] = set()  # asked once, not kept yet
-        self.policy_lookup: PolicyLookup = lambda name: None
+        self.policy_lookup: PolicyLookup = lambda name, view: None
+        self._policy_changes = 0  # policy or its scopes replaced (a reload): an answer made across it is not kept
         self.walled_lookup: LocalLookup = lambda name, qtype: None
         self.walled_addresses: frozenset[str] = frozenset()
+        # A client's view of the policy (``ispd.dns.scopes``), by address: set by the service.
+        self.client_view: Callable[[IPv4Address | IPv6Address], int] = lambda address: 0
         self._classes: dict[str, ClientClass] = {}
+        self._views: dict[str, int] = {}  # clients whose view is not 0 (found with their class)
         self._inflight: dict[bytes, asyncio.Future[CachedAnswer]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._opt = opt_record(SERVER_UDP_SIZE)
@@ -282,6 +294,7 @@ class DNSEngine:
             return ClientClass.REFUSED
         if address.version == 6 and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
+        view = 0
         if not any(address in network for network in self.allow):
             found = ClientClass.REFUSED
         else:
@@ -291,14 +304,33 @@ class DNSEngine:
                 found = ClientClass.WALLED_DNS64 if dns64 else ClientClass.WALLED
             else:
                 found = ClientClass.ALLOWED_DNS64 if dns64 else ClientClass.ALLOWED
+            view = self.client_view(address)
         if len(self._classes) > 200_000:
-            self._classes.clear()
+            self.forget_clients()
         self._classes[client] = found
+        if view:
+            self._views[client] = view
         return found
+
+    def view_of(self, client: str) -> int:
+        """The client's view (after its ``client_class``)."""
+        return self._views.get(client, 0) if self._views else 0
+
+    def forget_clients(self) -> None:
+        """What decides a client's class or view changed: each is found again when it next asks."""
+        self._classes.clear()
+        self._views.clear()
 
     def set_walled(self, addresses: frozenset[str]) -> None:
         self.walled_addresses = addresses
-        self._classes.clear()
+        self.forget_clients()
+
+    def set_policy(self, lookup: PolicyLookup) -> None:
+        """Another policy, or other scopes for it: what was answered from the old one goes."""
+        self.policy_lookup = lookup
+        self._policy_changes += 1
+        self.forget_local_answers()
+        self.forget_clients()
 
     def set_limits(self, *, rate_limit_qps: int, request_timeout: float, stale_answer_ttl: int,
                    stale_client_timeout: float) -> None:
@@ -311,13 +343,13 @@ class DNSEngine:
 
     def set_allow(self, allow: list[IPv4Network | IPv6Network]) -> None:
         self.allow = list(allow)
-        self._classes.clear()
+        self.forget_clients()
 
     def set_dns64(self, dns64: DNS64 | None, clients: list[IPv4Network | IPv6Network] | None) -> None:
         """DNS64 for every client (``clients`` None) or for those networks only."""
         self.dns64, self.dns64_clients = dns64, clients
         self._dns64_changes += 1
-        self._classes.clear()
+        self.forget_clients()
 
     def _dns64_for(self, key: bytes) -> DNS64 | None:
         """The DNS64 the answer under ``key`` gets, if any (no key: as for any client)."""
@@ -339,11 +371,15 @@ class DNSEngine:
         variant = (data[3] & 0x30) | (edns_flags >> 15) if self.validating else 0
         if client_class is _ALLOWED_DNS64 and qtype in _DNS64_TYPES:
             variant |= VARIANT_DNS64
+        view = 0
+        if self._views:
+            view = self._views.get(client, 0)
+            variant |= view
         entry = self.answers.variants.get(key + _VARIANT_SUFFIX[variant]) if variant else \
             self.answers.entries.get(key)
         action: PolicyAction | None = None
         if entry is None:
-            local = self.local_answers.get(key)
+            local = self.local_answers.get(key + _VARIANT_SUFFIX[view] if view else key)
             if local is None:
                 return None
             entry, action = local
@@ -411,20 +447,21 @@ class DNSEngine:
         qtype = question.qtype
         self.qtypes[qtype] = self.qtypes.get(qtype, 0) + 1
         name = question.key_name
+        view = self._views.get(client, 0) if self._views else 0
 
         if client_class in _WALLED:
             walled = self.walled_lookup(name, qtype)
             if walled is not None:
                 self.stats.walled_answers += 1
-                return await self._reply_local(query, walled, tcp, client_class)
+                return await self._reply_local(query, walled, tcp, client_class, view)
         local = self.local_lookup(name, qtype)
         if local is not None:
             self.stats.local_answers += 1
-            entry = self._local_entry(question, local, None) if client_class in _ANSWERING else None
+            entry = self._local_entry(question, local, None, view) if client_class in _ANSWERING else None
             if entry is not None:
                 return self._reply_cached(query, entry, tcp)
-            return await self._reply_local(query, local, tcp, client_class)
-        hit = self.policy_lookup(name)
+            return await self._reply_local(query, local, tcp, client_class, view)
+        hit = self.policy_lookup(name, view)
         if hit is not None and hit.action != PolicyAction.PASSTHRU:
             self.policy_hits[hit.action] += 1
             if hit.action == PolicyAction.DROP:
@@ -432,23 +469,23 @@ class DNSEngine:
                 return None
             if hit.action != PolicyAction.TCP_ONLY:
                 answer = policy_answer(hit, qtype)
-                entry = self._local_entry(question, answer, hit.action) if client_class in _ANSWERING else None
+                entry = self._local_entry(question, answer, hit.action, view) if client_class in _ANSWERING else None
                 if entry is not None:
                     return self._reply_cached(query, entry, tcp)
-                return await self._reply_local(query, answer, tcp, client_class)
+                return await self._reply_local(query, answer, tcp, client_class, view)
             if not tcp:
                 return self._truncated(query)
             if not query.flags & FLAG_RD:
                 return self._not_recursive(query)
             # Answered over TCP, but never through the answer cache: its fast path would hand
             # the answer to the next UDP client without asking the policy.
-            key = self._key(query, question, client_class)
+            key = self._key(query, question, client_class, view)
             resolution = await self._resolve_uncached(question, key)
             return self._reply_cached(query, self._build(key, question, resolution, self.clock(), store=False), tcp)
 
         if not query.flags & FLAG_RD:
             return self._not_recursive(query)
-        key = self._key(query, question, client_class)
+        key = self._key(query, question, client_class, view)
         now = self.clock()
         entry = self.answers.table(key).get(key)
         if entry is not None and entry.expires_at > now:
@@ -469,11 +506,12 @@ class DNSEngine:
                 return self._error(query, RCode.SERVFAIL)
         return self._reply_cached(query, entry, tcp)
 
-    def _key(self, query: Message, question: Question, client_class: ClientClass = ClientClass.ALLOWED) -> bytes:
-        """The answer cache's key: the question, the query's DNSSEC bits when validating, and
-        whether the client is one of [dns.dns64] clients (for AAAA and PTR)."""
+    def _key(self, query: Message, question: Question, client_class: ClientClass = ClientClass.ALLOWED,
+             view: int = 0) -> bytes:
+        """The answer cache's key: the question, the query's DNSSEC bits when validating,
+        whether the client is one of [dns.dns64] clients (for AAAA and PTR), and its view."""
         key = key_of(question)
-        variant = VARIANT_DNS64 if client_class in _GETTING_DNS64 and question.qtype in _DNS64_TYPES else 0
+        variant = view | (VARIANT_DNS64 if client_class in _GETTING_DNS64 and question.qtype in _DNS64_TYPES else 0)
         if self.validating:
             variant |= (query.flags & (FLAG_AD | FLAG_CD)) | (VARIANT_DO if query.edns is not None and query.edns.do
                                                              else 0)
@@ -523,7 +561,7 @@ class DNSEngine:
     async def _resolve_into(self, key: bytes, question: Question, future: asyncio.Future[CachedAnswer], *,
                             refresh: bool = False, past_limit: bool = False) -> None:
         """Resolve one question, store the result, and hand it to every client waiting for it."""
-        dns64_changes = self._dns64_changes
+        dns64_changes, policy_changes = self._dns64_changes, self._policy_changes
         try:
             try:
                 async with asyncio.timeout(self.request_timeout):
@@ -561,8 +599,10 @@ class DNSEngine:
         else:
             # An AAAA or PTR answer made under the DNS64 settings a reload has changed meanwhile
             # is handed to those waiting, never kept: which clients the key stands for may have
-            # changed (the reload emptied the cache before this answer came).
-            store = dns64_changes == self._dns64_changes or question.qtype not in _DNS64_TYPES
+            # changed (the reload emptied the cache before this answer came). Nor is one made
+            # across a change of policy: its question passed the old policy's check.
+            store = ((dns64_changes == self._dns64_changes or question.qtype not in _DNS64_TYPES)
+                     and policy_changes == self._policy_changes)
             entry = self._build(key, question, resolution, now, store=store)
         if not future.done():
             future.set_result(entry)
@@ -657,7 +697,7 @@ class DNSEngine:
         for index, rr in enumerate(resolution.answer):
             if rr.rtype != RRType.CNAME:
                 continue
-            policed = self._policy_answer(rdata_name(rr.rdata), qtype)
+            policed = self._policy_answer(rdata_name(rr.rdata), qtype, key)
             if policed is None:
                 continue
             chain = [*before, *resolution.answer[:index + 1], *policed.answer]
@@ -669,9 +709,10 @@ class DNSEngine:
             return rest if rest.security == Security.BOGUS else replace(rest, security=Security.UNCHECKED)
         return replace(resolution, answer=[*before, *resolution.answer]) if before else resolution
 
-    def _policy_answer(self, name: bytes, qtype: int) -> ZoneAnswer | None:
-        """What the policy answers for ``name`` inside a chain; None where it lets it be."""
-        hit = self.policy_lookup(name)
+    def _policy_answer(self, name: bytes, qtype: int, key: bytes) -> ZoneAnswer | None:
+        """What the policy answers for ``name`` inside a chain of the answer under ``key`` (the
+        client's view is in it); None where it lets it be."""
+        hit = self.policy_lookup(name, answer_variant(key) & VARIANT_VIEW if key else 0)
         if hit is None or hit.action in (PolicyAction.PASSTHRU, PolicyAction.TCP_ONLY):
             return None
         self.policy_hits[hit.action] += 1
@@ -693,7 +734,7 @@ class DNSEngine:
                 return Resolution(RCode.SERVFAIL, [], failure="CNAME chain too long")
             local = self.local_lookup(name, qtype)
             if local is None:
-                local = self._policy_answer(name, qtype)
+                local = self._policy_answer(name, qtype, key)
             if local is None:
                 if not recursive:  # RD=0: no further than local data (the client may ask on)
                     return Resolution(RCode.NOERROR, chain)
@@ -808,15 +849,18 @@ class DNSEngine:
             return self._truncated(query, entry.rcode_flags)
         return reply
 
-    def _local_entry(self, question: Question, local: ZoneAnswer, action: PolicyAction | None) -> CachedAnswer | None:
+    def _local_entry(self, question: Question, local: ZoneAnswer, action: PolicyAction | None,
+                     view: int = 0) -> CachedAnswer | None:
         """The local data or policy reply in the form the fast path serves, kept for it (the slow
         path replies from it too: one encoding), from the second time it is asked; None the first
         time, and for a CNAME out of local data (that part is resolved, and changes with the
         resolver's cache). Never prefetched; served with the query's DNSSEC bits ignored (local
-        data is not signed, never gets AD)."""
+        data is not signed, never gets AD); kept for the client's ``view``."""
         if local.next_name is not None:
             return None
         key, now = key_of(question), self.clock()
+        if view:
+            key += _VARIANT_SUFFIX[view]
         kept = self.local_answers.get(key)
         if kept is not None and kept[0].expires_at > now:
             return kept[0]  # a query the fast path cannot read (malformed options, TCP): kept already
@@ -851,7 +895,7 @@ class DNSEngine:
         self._local_asked.clear()
 
     async def _reply_local(self, query: Message, local: ZoneAnswer, tcp: bool,
-                           client_class: ClientClass = ClientClass.ALLOWED) -> bytes:
+                           client_class: ClientClass = ClientClass.ALLOWED, view: int = 0) -> bytes:
         """A reply from local data, policy or the walled garden; a CNAME that leaves it
         (``next_name``) is followed (``_follow``) and the rest of the chain appended."""
         assert query.question is not None
@@ -860,7 +904,7 @@ class DNSEngine:
         if local.next_name is not None:
             rest = await self._follow(local.next_name, query.question.qtype, answer,
                                       recursive=bool(query.flags & FLAG_RD),
-                                      key=self._key(query, query.question, client_class))
+                                      key=self._key(query, query.question, client_class, view))
             rcode, answer, authority, authoritative = rest.rcode, rest.answer, rest.authority, False
             if rest.security == Security.BOGUS and not query.flags & FLAG_CD:
                 rcode, answer, authority = RCode.SERVFAIL, [], []

@@ -25,7 +25,8 @@ origin (SOA, NS) are the zone's own and not triggers.
 Precedence (draft §5.1 and BIND): the first policy zone, in configured order, with any match wins;
 inside a zone an exact trigger beats a wildcard, and a longer wildcard a shorter one. A zone may
 carry an override that forces every one of its hits to one action (Unbound's
-``rpz-action-override``). ``Policy.match`` costs one dict lookup for the name and one per
+``rpz-action-override``), and may be limited to some clients (``ispd.dns.scopes``): for the
+others it is not there. ``Policy.match`` costs one dict lookup for the name and one per
 ancestor label at which the zone has wildcards.
 """
 
@@ -170,13 +171,19 @@ class Policy:
     """The configured policy zones, in order (see the module comment). Immutable: a reload
     builds a new one."""
 
-    __slots__ = ("zones",)
+    __slots__ = ("_scoped", "zones")
 
-    def __init__(self, zones: Sequence[CompiledPolicyZone]) -> None:
+    def __init__(self, zones: Sequence[CompiledPolicyZone], zone_bits: Sequence[int] = ()) -> None:
+        """``zone_bits``: per zone, the bit of the clients it is limited to (``ispd.dns.scopes``),
+        0 (or none given) for a zone for every client."""
         self.zones = tuple(zones)
+        bits = tuple(zone_bits) or (0,) * len(self.zones)
+        assert len(bits) == len(self.zones)
+        self._scoped = tuple(zip(self.zones, bits, strict=True))
 
-    def match(self, qname: bytes) -> PolicyHit | None:
-        """The policy for ``qname`` (lowercased wire form), or ``None``: no trigger matches."""
+    def match(self, qname: bytes, view: int = 0) -> PolicyHit | None:
+        """The policy for ``qname`` (lowercased wire form) seen by a client with ``view`` (its
+        scopes' bits), or ``None``: no trigger of a zone for it matches."""
         if not self.zones:
             return None
         labels = 0
@@ -184,7 +191,9 @@ class Policy:
         while qname[i]:
             i += qname[i] + 1
             labels += 1
-        for zone in self.zones:
+        for zone, bit in self._scoped:
+            if bit and not bit & view:
+                continue
             hit = zone.match(qname, labels)
             if hit is not None:
                 return hit

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from ispd.dns.cache import AnswerCache, CacheLimits, Security
+from ispd.dns.cache import VARIANT_VIEW, AnswerCache, CacheLimits, Security
 from ispd.dns.dns64 import DNS64
 from ispd.dns.engine import DNSEngine
 from ispd.dns.resolver import Resolution
@@ -127,8 +127,9 @@ async def test_variants_are_cached_apart_and_flushed_together() -> None:
     assert len(engine.answers) == 0
 
 
+@pytest.mark.parametrize("view", [0, VARIANT_VIEW])
 @pytest.mark.parametrize("do", [False, True])
-async def test_dns64_clients_questions_with_ad_and_cd_are_answered(do: bool) -> None:
+async def test_dns64_clients_questions_with_ad_and_cd_are_answered(do: bool, view: int) -> None:
     """From a review: a [dns.dns64] client's AAAA question with AD and CD set made a key variant
     (0x32, 0x33 with DO) past the table of variant suffixes: IndexError on both paths, no
     answer. With DO and CD the client validates for itself: no records made (RFC 6147 §5.5)."""
@@ -142,6 +143,7 @@ async def test_dns64_clients_questions_with_ad_and_cd_are_answered(do: bool) -> 
 
     resolver.resolve = resolve  # type: ignore[method-assign]
     engine.set_dns64(DNS64(IPv6Network("2001:db8:64::/96")), [ip_network("192.168.1.0/24")])
+    engine.client_view = lambda address: view  # (with every scope's bit: the highest variant there is)
     data = bytearray(encode_query(0x1234, name, RRType.AAAA, rd=True, cd=True, do=do, udp_size=1232))
     data[3] |= FLAG_AD
     for _ in range(2):  # the slow path, then the fast path
