@@ -132,9 +132,12 @@ def _dns(o: SubscriberOverview, config: Config, view: dict[str, Any] | None) -> 
         return [Effect("dns", "-", FAILED, "no [dns.walled_garden] portal is configured: answered as usual")]
     result = []
     walled = set(view["walled"])
+    limited = view.get("policy_zones") or {}  # (from a daemon before them: none)
     for address in view["addresses"]:
         if (address in walled) == suspended:
             detail = "answered from the walled garden" if suspended else "answered as usual"
+            if limited.get(address):
+                detail += f"; with the policy zones {', '.join(limited[address])}"
             result.append(Effect("dns", address, DONE, detail))
         else:
             result.append(Effect("dns", address, PENDING, "the resolver has not yet heard of the change"))

@@ -43,7 +43,7 @@ class SubscriberEvent(Event):
 
 @dataclass(frozen=True, slots=True)
 class SubscriberAdded(SubscriberEvent):
-    pass
+    plan: str | None = None  # the plan's name
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,7 +320,8 @@ def event_from_audit(entry: AuditEntry) -> Event | None:
         reason = entry.details.get("reason")
         match entry.action:
             case "subscriber.added":
-                return SubscriberAdded(at, sid, name)
+                plan = entry.details.get("plan")
+                return SubscriberAdded(at, sid, name, plan=plan if isinstance(plan, str) else None)
             case "subscriber.suspended":
                 return SubscriberSuspended(at, sid, name, reason=reason)
             case "subscriber.resumed":

@@ -106,6 +106,10 @@ def test_dns_is_judged_from_the_resolver_s_own_answer() -> None:
     assert states(effects(o, CONFIG, view, T), "dns") == [("198.18.0.5", "done"), ("198.18.0.6", "pending")]
     assert states(effects(o, CONFIG, None, T), "dns") == [("-", "unknown")]  # no daemon answered
     assert states(effects(o, CONFIG, {**view, "enabled": False}, T), "dns") == [("-", "failed")]
+    # The policy zones limited to some clients (a plan's family filter) that each address gets.
+    active = {**view, "walled": [], "policy_zones": {"198.18.0.5": ["family.rpz", "school.rpz"], "198.18.0.6": []}}
+    details = [e.detail for e in effects(overview(SubscriberStatus.ACTIVE), CONFIG, active, T) if e.service == "dns"]
+    assert details == ["answered as usual; with the policy zones family.rpz, school.rpz", "answered as usual"]
 
 
 def test_mail_follows_the_status_and_the_plan() -> None:

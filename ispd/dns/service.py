@@ -24,7 +24,7 @@ import socket
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from ipaddress import IPv6Network
+from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_address
 from pathlib import Path
 from typing import Any, cast
 
@@ -59,6 +59,7 @@ from ispd.dns.resolver import (
     ResolverSettings,
 )
 from ispd.dns.rollover import RETRY_SECONDS, AnchorTracker
+from ispd.dns.scopes import PolicyScopes, SubscriberPlans
 from ispd.dns.streams import serve_dns_stream
 from ispd.dns.tap import DnstapSink, FrameStreamClient
 from ispd.dns.tls import TLSListener
@@ -71,11 +72,14 @@ from ispd.dns.zonelimit import ZoneRateLimiter
 from ispd.events import (
     LeaseEnded,
     LeaseGranted,
+    PlanAdded,
     SessionStarted,
     SessionStopped,
+    SubscriberAdded,
     SubscriberClosed,
     SubscriberDeleted,
     SubscriberEvent,
+    SubscriberPlanChanged,
     SubscriberResumed,
     SubscriberSuspended,
 )
@@ -298,6 +302,8 @@ class DNSService(Service):
         self.policy = Policy([])
         self.policy_zones: list[CompiledPolicyZone] = []
         self.walled = WalledGarden(self.config.walled_garden)
+        self.scopes = PolicyScopes()  # (the policy zones limited to some clients)
+        self.plans = SubscriberPlans()
         self.transport_stats = {name: TransportStats() for name in ("tcp", "tls", "https", "http3", "quic")}
         # Encrypted listeners by config key ("dot", "doh", "doh3", "doq"), for reloads.
         self.tls_listeners: dict[str, TLSListener] = {}
@@ -327,6 +333,7 @@ class DNSService(Service):
                                 stale_client_timeout=c.cache.stale_client_timeout_seconds)
         self.engine.set_dns64(make_dns64(c), list(c.dns64.clients) or None)
         self.engine.servfail_log.enabled = c.log_servfail
+        self.engine.client_view = self._client_view
         await self._load_data(self.config)
         await self._load_subscribers()
         self._subscribe(stack)
@@ -554,7 +561,7 @@ class DNSService(Service):
                 for name, until in sorted(anchors.items(), key=lambda item: name_to_text(item[0]))]
 
     async def _load_data(self, config: DNSConfig) -> None:
-        self._apply_data(*await self._read_data(config))
+        self._apply_data(*await self._read_data(config), config)
 
     async def _read_data(self, config: DNSConfig) -> tuple[LocalData, list[CompiledPolicyZone]]:
         """Local data and policy zones from config and files (parsed off the loop); errors
@@ -573,30 +580,40 @@ class DNSService(Service):
             raise ServiceStartError(f"dns: {exc}") from None
         return local, policy_zones
 
-    def _apply_data(self, local: LocalData, policy_zones: list[CompiledPolicyZone]) -> None:
+    def _apply_data(self, local: LocalData, policy_zones: list[CompiledPolicyZone], config: DNSConfig) -> None:
         for zone in policy_zones:
             log.info("dns.policy_zone.loaded", zone=zone.source, records=zone.records_loaded,
                      skipped_bad=zone.skipped_bad, skipped_unsupported=zone.skipped_unsupported)
             for problem in zone.problems[:10]:
                 log.warning("dns.policy_zone.record_skipped", problem=problem)
         self.local = local
-        self.policy = Policy(policy_zones)
+        self.scopes = PolicyScopes(config.policy_zone)
+        self.policy = Policy(policy_zones, self.scopes.zone_bits)
         self.policy_zones = policy_zones
         assert self.engine is not None
         self.engine.local_lookup = local.answer
-        self.engine.policy_lookup = self.policy.match
+        self.engine.set_policy(self.policy.match)
         self.engine.walled_lookup = self.walled.lookup
         self.engine.forget_local_answers()
 
     async def _load_subscribers(self) -> None:
-        """Current leases (names, and who holds each address) and suspended subscribers."""
+        """Current leases (names, and who holds each address), suspended subscribers, and (for
+        policy zones limited to some plans) every subscriber's plan."""
         store = self.context.store
         try:
             leases = await store.list_leases()
             suspended = await store.list_subscribers(SubscriberStatus.SUSPENDED)
             sessions = await store.list_sessions(open_only=True, limit=1_000_000)
+            if self.scopes.by_plan:
+                self.plans.load(await store.list_plans(), await store.list_subscribers())
         except StoreError as exc:
             raise ServiceStartError(f"dns: cannot load leases from the store: {exc}") from None
+        if self.first and self.scopes.by_plan:
+            named = {plan for zone in self.config.policy_zone for plan in zone.plans}
+            unknown = sorted(named - set(self.plans.plan_names.values()))
+            if unknown:  # (not refused: the plan may be added later, and the zone applies from then)
+                log.warning("dns.policy_zone.unknown_plans", plans=unknown,
+                            detail="no such plan in the store yet: the zones limited to it apply to nobody")
         now = self.context.clock()
         # A name two leases claim is the one written last's (the newest claim wins, as while
         # running): in the order they were last granted or renewed, which their expiry follows.
@@ -634,35 +651,83 @@ class DNSService(Service):
             raise CommandError("subscriber_id must be a number")
         addresses = self.walled.addresses_of(subscriber_id)
         return {"enabled": self.walled.enabled, "addresses": addresses,
-                "walled": [a for a in addresses if self.walled.is_walled(a)]}
+                "walled": [a for a in addresses if self.walled.is_walled(a)],
+                "policy_zones": {a: self._limited_zones_for(a) for a in addresses}}
+
+    def _limited_zones_for(self, address: str) -> list[str]:
+        """The policy zones limited to some clients that apply to the client at ``address``."""
+        view = self._client_view(ip_address(address))
+        return [zone.name for zone, bit in zip(self.config.policy_zone, self.scopes.zone_bits, strict=True)
+                if bit & view]
 
     def _walled_changed(self) -> None:
         if self.engine is not None:
             self.engine.set_walled(self.walled.walled_addresses())
 
+    # --- views of the policy (ispd.dns.scopes) ---
+
+    def _client_view(self, address: IPv4Address | IPv6Address) -> int:
+        if not self.scopes:
+            return 0
+        plan = self.plans.plan_of(self.walled.subscriber_of.get(str(address))) if self.scopes.by_plan else None
+        return self.scopes.view(address, plan)
+
+    def _plan_view_at(self, address: str) -> int:
+        """The bits the address's holder's plan gives it (0 without plan scopes)."""
+        if not self.scopes.by_plan:
+            return 0
+        return self.scopes.plan_view(self.plans.plan_of(self.walled.subscriber_of.get(address)))
+
+    def _holder_changed(self, address: str, plan_view_before: int, walled_changed: bool) -> None:
+        """Who holds ``address`` may have changed: the engine finds its class and view again
+        if either changed (a renewal, every DHCP ACK, changes neither)."""
+        if walled_changed:
+            self._walled_changed()  # (forgets every client's class and view)
+        elif self.engine is not None and self._plan_view_at(address) != plan_view_before:
+            self.engine.forget_clients()
+
+    def _set_plan(self, subscriber_id: int, change: Callable[[], None]) -> None:
+        before = self.scopes.plan_view(self.plans.plan_of(subscriber_id))
+        change()
+        if (self.engine is not None and self.scopes.plan_view(self.plans.plan_of(subscriber_id)) != before
+                and self.walled.addresses_of(subscriber_id)):
+            self.engine.forget_clients()
+
     def _subscribe(self, stack: AsyncExitStack) -> None:
         bus = self.context.bus
 
         def granted(event: LeaseGranted) -> None:
-            if self._lease_granted(event.address, event.hostname, event.subscriber_id, event.expires_at):
-                self._walled_changed()
+            view = self._plan_view_at(event.address)
+            walled = self._lease_granted(event.address, event.hostname, event.subscriber_id, event.expires_at)
+            self._holder_changed(event.address, view, walled)
 
         def ended(event: LeaseEnded) -> None:
             if self.local is not None:
                 before = self.local.generation
                 self.local.remove_lease_name(event.address, event.hostname)
                 self._local_changed(before)
-            if self.walled.lease_ended(event.address):
-                self._walled_changed()
+            view = self._plan_view_at(event.address)
+            self._holder_changed(event.address, view, self.walled.lease_ended(event.address))
 
         def session_started(event: SessionStarted) -> None:
-            if event.framed_ip and event.subscriber_id is not None and self.walled.lease_granted(
-                    event.framed_ip, event.subscriber_id):
-                self._walled_changed()
+            if event.framed_ip and event.subscriber_id is not None:
+                view = self._plan_view_at(event.framed_ip)
+                walled = self.walled.lease_granted(event.framed_ip, event.subscriber_id)
+                self._holder_changed(event.framed_ip, view, walled)
 
         def session_stopped(event: SessionStopped) -> None:
-            if event.framed_ip and self.walled.lease_ended(event.framed_ip):
-                self._walled_changed()
+            if event.framed_ip:
+                view = self._plan_view_at(event.framed_ip)
+                self._holder_changed(event.framed_ip, view, self.walled.lease_ended(event.framed_ip))
+
+        def subscriber_added(event: SubscriberAdded) -> None:
+            self._set_plan(event.subscriber_id, lambda: self.plans.set_plan(event.subscriber_id, event.plan))
+
+        def plan_changed(event: SubscriberPlanChanged) -> None:
+            self._set_plan(event.subscriber_id, lambda: self.plans.set_plan_id(event.subscriber_id, event.plan_id))
+
+        def subscriber_deleted(event: SubscriberDeleted) -> None:
+            self._set_plan(event.subscriber_id, lambda: self.plans.set_plan(event.subscriber_id, None))
 
         def status(suspended: bool) -> Callable[[SubscriberEvent], None]:
             def apply(event: SubscriberEvent) -> None:
@@ -679,6 +744,10 @@ class DNSService(Service):
             bus.subscribe(SubscriberResumed, status(False)),
             bus.subscribe(SubscriberClosed, status(False)),
             bus.subscribe(SubscriberDeleted, status(False)),
+            bus.subscribe(SubscriberAdded, subscriber_added),
+            bus.subscribe(SubscriberPlanChanged, plan_changed),
+            bus.subscribe(SubscriberDeleted, subscriber_deleted),
+            bus.subscribe(PlanAdded, lambda event: self.plans.plan_added(event.plan_id, event.name)),
         ]
         for unsubscribe in unsubscribers:
             stack.callback(unsubscribe)
@@ -980,7 +1049,7 @@ class DNSService(Service):
             self.engine.validating = validator is not None
             await self._stop_anchor_tracking()
             await self._track_anchors()
-        self._apply_data(*data)
+        self._apply_data(*data, new.dns)
         self.walled.configure(new.dns.walled_garden)
         try:
             await self._load_subscribers()  # lease names again, into the new local data

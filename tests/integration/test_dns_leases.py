@@ -1,7 +1,8 @@
 """ispd's DNS answering from local data and from DHCP: static ``local_records``, lease host names
 (forward and reverse) that appear the moment a real DHCP client is bound and go when it
 releases, and the walled garden for a suspended subscriber's leased address (or the address its
-BNG gave its PPPoE session, known from RADIUS accounting).
+BNG gave its PPPoE session, known from RADIUS accounting); policy zones limited to a plan's
+subscribers or to a network.
 
 ispd (DHCP and DNS) runs in a server namespace with 198.18.0.1/24 on a veth whose other end, in a
 client namespace, gets its address from ispd by DHCP; DNS queries go to 198.18.0.1:53 from the
@@ -40,7 +41,12 @@ LOCAL_RECORDS = [
     "isp.example. 300 MX 10 mail.isp.example.",
     f"pay.example. 300 A {PAY}",
     f"printer.{DOMAIN}. 300 A 198.18.0.5",  # configured inside the lease domain: no lease takes it
+    "games.isp.example. 300 CNAME casino.example.",  # a local chain into what the family zone blocks
 ]
+RPZ_HEAD = "$TTL 60\n@ SOA localhost. root.localhost. 1 3600 600 86400 60\n@ NS localhost.\n"
+FAMILY_REDIRECT = "198.18.0.99"  # the family filter's "blocked" page
+SCHOOL_REDIRECT = "198.18.0.98"
+SCHOOL_NETWORK = "198.18.0.64/28"
 
 
 @dataclass
@@ -76,6 +82,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     if missing:
         pytest.skip(f"{', '.join(missing)} not installed")
     workdir = tmp_path_factory.mktemp("dns-leases")
+
+    def rpz(name: str, records: str) -> Path:
+        path = workdir / f"{name}.rpz"
+        path.write_text(RPZ_HEAD + records)
+        return path
+
     hints = workdir / "root.hints"
     # Nothing listens on 127.0.0.2:53 in the server namespace: a resolution fails at once.
     hints.write_text(".  3600000  NS  A.ROOT-SERVERS.TEST.\nA.ROOT-SERVERS.TEST.  3600000  A  127.0.0.2\n")
@@ -99,7 +111,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                           root_hints=str(hints), local_records=LOCAL_RECORDS,
                           lease_names={"domain": DOMAIN, "reverse_networks": ["198.18.0.0/24"], "ttl": 300},
                           walled_garden={"portal_ipv4": PORTAL, "allow": ["portal.isp.example", "pay.example"],
-                                         "ttl": 30})
+                                         "ttl": 30},
+                          policy_zone=[{"name": "family.rpz", "file": str(rpz("family", f"casino.example A {FAMILY_REDIRECT}\n")),
+                                        "plans": ["family"]},
+                                       {"name": "school.rpz", "file": str(rpz("school", f"*.example A {SCHOOL_REDIRECT}\n")),
+                                        "clients": [SCHOOL_NETWORK]}])
         # RADIUS accounting from a NAS inside the server namespace: the addresses it gives from
         # its own pools reach DNS only through its accounting.
         radius = {"enabled": True, "listen_auth": ["127.0.0.1:1812"], "listen_acct": ["127.0.0.1:1813"],
@@ -301,3 +317,59 @@ def test_a_name_two_leases_claim_goes_to_the_newer_claim_after_a_restart(tmp_pat
         ispd.start()
         answer = dig("127.0.0.1", f"dup.{DOMAIN}", "A", port=port)
         assert rdatas(answer) == {"198.18.0.100"}, answer.text
+
+
+def test_a_policy_zone_for_one_plan_applies_to_its_subscribers_addresses_only(site: Site) -> None:
+    """A family filter sold as a plan option: the zone limited to plan "family" answers for the
+    address a BNG gave erin's session while erin is on that plan; other clients, and erin on
+    another plan, resolve as usual (here: SERVFAIL, no upstream in the lab)."""
+    require_radclient()
+    address, school = "198.18.0.61", "198.18.0.70"
+    for added in (address, school):
+        site.lab.run(site.client_ns, "ip", "addr", "add", f"{added}/24", "dev", site.client_if).check_returncode()
+    site.ispd.cli("plan", "add", "family")
+    site.ispd.cli("plan", "add", "basic")
+    site.ispd.cli("subscriber", "add", "erin", "--plan", "family", "--password-stdin", input="erin-pw\n")
+
+    def login() -> str | None:
+        return radclient("127.0.0.1:1812", "auth", "testing123",
+                         'User-Name = erin, User-Password = "erin-pw", Message-Authenticator = 0x00',
+                         netns=site.server_ns, timeout=2).code
+
+    def account(status: str) -> str | None:
+        return radclient("127.0.0.1:1813", "acct", "testing123",
+                         f"User-Name = erin, Acct-Session-Id = erin-1, Framed-IP-Address = {address}, "
+                         f"Acct-Status-Type = {status}", netns=site.server_ns, timeout=2).code
+
+    def filtered(source: str, qname: str = "casino.example") -> bool:
+        answer = site.from_client(qname, "A", "-b", source)
+        assert answer.status in ("NOERROR", "SERVFAIL"), answer.text
+        return answer.status == "NOERROR" and FAMILY_REDIRECT in rdatas(answer)
+
+    eventually(lambda: login() == "Access-Accept", timeout=10)
+    assert not filtered(address)  # no session yet: nobody's address
+    assert account("Start") == "Accounting-Response"
+    eventually(lambda: filtered(address), timeout=5)
+    for _ in range(3):  # the slow path, then the answer kept for the fast path: each client its own
+        assert filtered(address)
+        assert not filtered(school)
+        chain = site.from_client("games.isp.example", "A", "-b", address)
+        assert [r.rdata for r in chain.answer] == ["casino.example.", FAMILY_REDIRECT], chain.text
+        assert site.from_client("games.isp.example", "A", "-b", school).status == "NOERROR"
+        assert site.from_server("games.isp.example").status == "SERVFAIL"
+    # The zone limited to a network: its clients, whoever holds the address.
+    assert rdatas(site.from_client("casino.example", "A", "-b", school)) == {SCHOOL_REDIRECT}
+    assert rdatas(site.from_client("homework.example", "A", "-b", school)) == {SCHOOL_REDIRECT}
+    assert site.from_client("homework.example", "A", "-b", address).status == "SERVFAIL"
+    shown = site.ispd.cli("subscriber", "show", "erin").stdout
+    assert f"  dns    done     {address}: answered as usual; with the policy zones family.rpz" in shown, shown
+
+    restart(site)  # the plan and the session's address come from the store
+    eventually(lambda: filtered(address), timeout=5)
+    site.ispd.cli("subscriber", "set-plan", "erin", "basic")
+    eventually(lambda: not filtered(address), timeout=5)
+    site.ispd.cli("subscriber", "set-plan", "erin", "family")
+    eventually(lambda: filtered(address), timeout=5)
+    assert account("Stop") == "Accounting-Response"  # the address goes back to the BNG's pool
+    eventually(lambda: not filtered(address), timeout=5)
+    assert "dns.policy_zone.unknown_plans" in site.ispd.log_text()  # (at the first start: no plan yet)
