@@ -357,3 +357,26 @@ def test_dnstap_mistakes_are_named(tmp_path: Path, dnstap: str, error: str) -> N
 def test_realm_mistakes_are_named(tmp_path: Path, realms: str, error: str) -> None:
     text = error_of(write(tmp_path, f"[radius]\nenabled = true\n{realms}"))
     assert error in text and "radius" in text, text
+
+
+@pytest.mark.parametrize(("written", "kept"), [
+    ("198.18.0.53", "198.18.0.53"), ("198.18.0.53@5300", "198.18.0.53@5300"), ("198.18.0.53:5300", "198.18.0.53@5300"),
+    ("198.18.0.53@53", "198.18.0.53"), ("[2001:DB8::53]:5300", "2001:db8::53@5300"), ("2001:db8::53@5300", "2001:db8::53@5300"),
+    ("2001:db8::53", "2001:db8::53")])
+def test_a_forward_zone_server_may_have_a_port_of_its_own(written: str, kept: str) -> None:
+    """Kept as the address, with "@port" only for another port than 53: what the resolver's
+    upstream transport reads."""
+    from ispd.dns.config import ForwardZoneConfig
+    assert ForwardZoneConfig(name="corp.internal", servers=[written]).servers == [kept]
+
+
+@pytest.mark.parametrize(("written", "problem"), [
+    ("198.18.0.53@0", "the port must be a number from 1 to 65535"), ("198.18.0.53@x", "the port must be a number"),
+    ("ns1.corp.example", "is not an IP address"), ("2001:db8::53:5300x", "is not an IP address"),
+    ("198.18.0.53:", "port must be a number")])
+def test_a_forward_zone_server_that_is_not_one_is_named(written: str, problem: str) -> None:
+    from pydantic import ValidationError
+
+    from ispd.dns.config import ForwardZoneConfig
+    with pytest.raises(ValidationError, match=problem):
+        ForwardZoneConfig(name="corp.internal", servers=[written])

@@ -11,13 +11,13 @@ reloads, with errors naming the file and line.
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
-from ispd.configtypes import IPAddress, IPNetwork, ListenAddress, Section, SocketAddress
+from ispd.configtypes import IPNetwork, ListenAddress, Section, SocketAddress, parse_socket_address
 from ispd.dns.dns64 import check_prefix
 from ispd.dns.wire import name_from_text
 
@@ -116,12 +116,43 @@ class ResolverConfig(Section):
     request_timeout_seconds: float = Field(default=8.0, gt=0, le=60)
 
 
+def _server_address(value: object) -> object:
+    """A server to forward to: an IP address, with a port other than 53 as Unbound writes it
+    ("127.0.0.1@5300") or as a socket address ("127.0.0.1:5300", "[2001:db8::53]:5300"); kept as
+    the address, or "address@port" (what the resolver and its upstream transport take)."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    host, at, port_text = text.partition("@")
+    if not at and (text.startswith("[") or text.count(":") == 1):
+        try:
+            socket_address = parse_socket_address(text)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a server address: {exc}") from None
+        host, port_text = socket_address.host, str(socket_address.port)
+    try:
+        ip = ip_address(host)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a server address: {host!r} is not an IP address "
+                         "(e.g. 198.18.0.53, 198.18.0.53@5300 or [2001:db8::53]:5300)") from None
+    if not port_text:
+        return str(ip)
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"{value!r} is not a server address: the port must be a number from 1 to 65535")
+    return str(ip) if int(port_text) == 53 else f"{ip}@{int(port_text)}"
+
+
+# An upstream server: its address, with "@port" when the port is not 53.
+ServerAddress = Annotated[str, BeforeValidator(_server_address)]
+
+
 class ForwardZoneConfig(Section):
     # Queries for this domain (and below) go to `servers`: with RD to resolvers (forward zone,
     # like Unbound's forward-zone) or, when `stub` is true, without RD to authoritative servers
-    # (stub zone). name = "." forwards everything.
+    # (stub zone). name = "." forwards everything. A server on another port than 53:
+    # "127.0.0.1@5300" (as Unbound) or "127.0.0.1:5300", "[2001:db8::53]:5300".
     name: DomainName
-    servers: list[IPAddress] = Field(min_length=1)
+    servers: list[ServerAddress] = Field(min_length=1)
     stub: bool = False
 
 

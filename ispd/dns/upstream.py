@@ -43,10 +43,16 @@ class UpstreamTransport:
 
     async def exchange(self, address: str, query: bytes, *, tcp: bool, wait: float,
                        exact_case: bool, zone: bytes = b"") -> bytes:
+        """``address``: an IP address (asked on ``port``), or "address@port" (a forward or stub
+        zone's server on a port of its own)."""
+        port = self.port
+        if "@" in address:
+            address, _, port_text = address.partition("@")
+            port = int(port_text)
         if tcp:
             self.tcp_queries += 1
-            return await self._exchange_tcp(address, query, wait, exact_case, zone)
-        return await self._exchange_udp(address, query, wait, exact_case, zone)
+            return await self._exchange_tcp(address, port, query, wait, exact_case, zone)
+        return await self._exchange_udp(address, port, query, wait, exact_case, zone)
 
     def _matches(self, query: bytes, reply: bytes, qend: int, exact_case: bool) -> bool:
         if len(reply) < qend or reply[:2] != query[:2] or not reply[2] & (FLAG_QR >> 8):
@@ -55,7 +61,8 @@ class UpstreamTransport:
             return reply[12:qend] == query[12:qend]
         return reply[12:qend].lower() == query[12:qend].lower()
 
-    async def _exchange_udp(self, address: str, query: bytes, wait: float, exact_case: bool, zone: bytes) -> bytes:
+    async def _exchange_udp(self, address: str, port: int, query: bytes, wait: float, exact_case: bool,
+                            zone: bytes) -> bytes:
         loop = asyncio.get_running_loop()
         v6 = ":" in address
         try:
@@ -91,7 +98,7 @@ class UpstreamTransport:
             source = self.source_v6 if v6 else self.source_v4
             if source:
                 sock.bind((source, 0))
-            sock.connect((address, self.port))
+            sock.connect((address, port))
             sock.send(query)
         except OSError as exc:
             sock.close()
@@ -102,7 +109,7 @@ class UpstreamTransport:
         try:
             if not tap.resolvers:
                 return await future
-            local, server, sent = sock.getsockname()[:2], (address, self.port), time.time()
+            local, server, sent = sock.getsockname()[:2], (address, port), time.time()
             tap.upstream_query(False, local, server, query, sent, zone)
             reply = await future
             tap.upstream_response(False, local, server, query, sent, reply, zone)
@@ -115,26 +122,27 @@ class UpstreamTransport:
             # future: a cycle per timeout that would wait for ispd's rare garbage collections.
             future = None  # type: ignore[assignment]
 
-    async def _exchange_tcp(self, address: str, query: bytes, wait: float, exact_case: bool, zone: bytes) -> bytes:
+    async def _exchange_tcp(self, address: str, port: int, query: bytes, wait: float, exact_case: bool,
+                            zone: bytes) -> bytes:
         qend = _question_end(query)
         writer = None
         try:
             async with asyncio.timeout(wait * 2):  # TCP's handshake is one more round trip
                 # From the configured source too, as UDP: upstream ACLs and firewalls know that one.
                 source = self.source_v6 if ":" in address else self.source_v4
-                reader, writer = await asyncio.open_connection(address, self.port,
+                reader, writer = await asyncio.open_connection(address, port,
                                                                local_addr=(source, 0) if source else None)
                 writer.write(_LENGTH.pack(len(query)) + query)
                 tap, sent = self.tap, time.time()
                 local = writer.get_extra_info("sockname")[:2] if tap.resolvers else ("", 0)
                 if tap.resolvers:
-                    tap.upstream_query(True, local, (address, self.port), query, sent, zone)
+                    tap.upstream_query(True, local, (address, port), query, sent, zone)
                 while True:
                     (length,) = _LENGTH.unpack(await reader.readexactly(2))
                     reply = await reader.readexactly(length)
                     if self._matches(query, reply, qend, exact_case):
                         if tap.resolvers:
-                            tap.upstream_response(True, local, (address, self.port), query, sent, reply, zone)
+                            tap.upstream_response(True, local, (address, port), query, sent, reply, zone)
                         return reply
                     self.mismatched += 1
         except TimeoutError:

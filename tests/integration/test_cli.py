@@ -392,10 +392,12 @@ def test_check_config_names_what_is_wrong_with_a_forward_zone(tmp_path: Path) ->
 @pytest.mark.parametrize(("dns", "key", "value"), [
     ({"forward_zone": [{"name": "corp.internal", "servers": ["ns1.corp.example"]}]},
      "dns.forward_zone.0.servers.0", "ns1.corp.example"),
-    ({"forward_zone": [{"name": "corp.internal", "servers": ["10.0.0.53:5353"]}]},
-     "dns.forward_zone.0.servers.0", "10.0.0.53:5353"),
+    ({"forward_zone": [{"name": "corp.internal", "servers": ["ns1.corp.example@5353"]}]},
+     "dns.forward_zone.0.servers.0", "ns1.corp.example@5353"),
+    ({"forward_zone": [{"name": "corp.internal", "servers": ["10.0.0.53:99999"]}]},
+     "dns.forward_zone.0.servers.0", "10.0.0.53:99999"),
     ({"allow": ["subscribers"]}, "dns.allow.0", "subscribers"),
-], ids=["forwarder-name", "forwarder-with-port", "allow"])
+], ids=["forwarder-name", "forwarder-name-with-port", "forwarder-port", "allow"])
 def test_check_config_says_plainly_that_an_address_is_not_one(tmp_path: Path, dns: dict[str, object], key: str,
                                                               value: str) -> None:
     """An IPv4-or-IPv6 field: one line naming the key and the value, not one per IP version

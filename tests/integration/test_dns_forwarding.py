@@ -3,8 +3,8 @@
 The lab (tests/lab/dnshier.py) gives both kinds of upstream:
 - a forwarder: Unbound on 127.0.0.1, iterating over the lab hierarchy, with names of its own
   (``fwd.internal``, ``fallback.internal``: local data only it has), reached through a
-  ``RecordingRelay`` on the hierarchy's relay-1 address (forwarders are configured as addresses:
-  port 53);
+  ``RecordingRelay`` on the hierarchy's relay-1 address, port 53 (one test puts relays on other
+  ports);
 - a stub zone's server: the NSD of ``corp.internal``, a zone no one delegates (the root answers
   NXDOMAIN for ``internal.``), reached through a ``RecordingRelay`` on relay-2.
 
@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.lab.dnshier import DNSHierarchy, RecordingRelay, Unbound, dig
+from tests.lab.dnshier import DNSHierarchy, RecordingRelay, Unbound, dig, free_port
 from tests.lab.dnsispd import DNSIspd, rdatas
 
 UPSTREAM = "ispd_dns_upstream_queries_total"
@@ -146,6 +146,33 @@ def test_a_forwarded_answer_too_big_for_udp_is_fetched_over_tcp(resolver: DNSIsp
     assert big.status == "NOERROR" and len(big.answer) == 10, big.text
     asked = forwarder.asked("big.example-a.test", "TXT")
     assert [(r.transport, r.rd) for r in asked] == [("udp", True), ("tcp", True)], asked
+
+
+def test_forward_and_stub_servers_on_ports_of_their_own(dns_hierarchy: DNSHierarchy, forwarder: RecordingRelay,
+                                                        tmp_path: Path) -> None:
+    """A forwarder or an authoritative server beside another resolver on the same host listens on
+    another port than 53: "address@port" (as Unbound writes it) and "address:port" both reach
+    it, over UDP and over TCP when the answer is too big."""
+    address = dns_hierarchy.address("relay-2")  # (its port 53 is the stub_server fixture's, when used)
+    forward_port, stub_port = free_port(address), free_port(address)
+    with RecordingRelay(address, (forwarder.address, 53), port=forward_port) as forward_relay, \
+            RecordingRelay(address, (dns_hierarchy.address("corp"), 53), port=stub_port) as stub_relay:
+        zones = [{"name": "fwd.internal", "servers": [f"{address}@{forward_port}"]},
+                 {"name": "example-a.test", "servers": [f"{address}:{forward_port}"]},
+                 {"name": "corp.internal", "servers": [f"{address}@{stub_port}"], "stub": True}]
+        with forwarding_ispd(tmp_path, dns_hierarchy, zones) as ispd:
+            ispd.start()
+            www = ispd.dig("www.fwd.internal")
+            assert www.status == "NOERROR" and rdatas(www) == {FWD_WWW}, www.text
+            assert [r.rd for r in forward_relay.asked("www.fwd.internal", "A")] == [True], forward_relay.seen
+            big = ispd.dig("big.example-a.test", "TXT", "+tcp")
+            assert big.status == "NOERROR" and len(big.answer) == 10, big.text
+            assert [r.transport for r in forward_relay.asked("big.example-a.test", "TXT")] == ["udp", "tcp"]
+            corp = ispd.dig("www.corp.internal")
+            assert corp.status == "NOERROR" and rdatas(corp) == {CORP_WWW}, corp.text
+            assert stub_relay.asked("www.corp.internal") and not any(r.rd for r in stub_relay.seen)
+            ispd.assert_healthy()
+        assert not forward_relay.errors and not stub_relay.errors
 
 
 # --- stub zones ---------------------------------------------------------------------------------
