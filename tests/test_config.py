@@ -380,3 +380,12 @@ def test_a_forward_zone_server_that_is_not_one_is_named(written: str, problem: s
     from ispd.dns.config import ForwardZoneConfig
     with pytest.raises(ValidationError, match=problem):
         ForwardZoneConfig(name="corp.internal", servers=[written])
+
+
+def test_forward_first_is_for_forward_zones_only() -> None:
+    from pydantic import ValidationError
+
+    from ispd.dns.config import ForwardZoneConfig
+    assert ForwardZoneConfig(name=".", servers=["198.18.0.53"], first=True).first
+    with pytest.raises(ValidationError, match="first = true is for forward zones"):
+        ForwardZoneConfig(name="corp.internal", servers=["198.18.0.53"], stub=True, first=True)

@@ -154,6 +154,17 @@ class ForwardZoneConfig(Section):
     name: DomainName
     servers: list[ServerAddress] = Field(min_length=1)
     stub: bool = False
+    # When no forwarder answers, resolve by iterating from the root (Unbound's forward-first):
+    # for a public domain (or ".") forwarded to resolvers that may fail. Forwarders that keep
+    # timing out are then skipped for a while, so that names do not wait for them each time.
+    first: bool = False
+
+    @model_validator(mode="after")
+    def _first_forwards(self) -> ForwardZoneConfig:
+        if self.first and self.stub:
+            raise ValueError("first = true is for forward zones (stub = false): a stub zone's servers are "
+                             "where iteration goes already")
+        return self
 
 
 class LocalZoneConfig(Section):

@@ -9,7 +9,10 @@ One name is resolved by
 1. the cache: an RRset, a CNAME, or a negative entry (NXDOMAIN at the name or, RFC 8020, at an
    ancestor; NODATA for the type);
 2. a forward zone, if the name lies in one: the question goes with RD to the zone's forwarders
-   and their answer is taken as it is (they are recursive servers the operator trusts);
+   and their answer is taken as it is (they are recursive servers the operator trusts); a zone
+   with ``first`` (Unbound's forward-first) goes on to iteration when none of them answers,
+   and then treats them as it does authoritative servers that time out: down for a while, with
+   a probe now and then, so that each new name does not wait for their timeouts again;
 3. else iteration, starting at the closest delegation known — a cached NS RRset, a stub zone's
    configured servers, or the root from the hints (primed once, RFC 8109). Each step asks one
    server of the current zone, chosen by smoothed RTT among the servers not known to be lame or
@@ -192,6 +195,7 @@ class ForwardZone:
     name: bytes
     addresses: tuple[str, ...]
     recursive: bool  # True: a forward zone (RD, answers taken as they are); False: a stub zone
+    first: bool = False  # a forward zone whose names are iterated when its forwarders fail
 
 
 @dataclass(slots=True)
@@ -211,13 +215,16 @@ class Budget:
     answered from the cache costs no query, and delegations to hundreds of names whose own
     servers are more such names kept the event loop busy for seconds (from a review)."""
 
-    __slots__ = ("past_limit", "queries", "server_lookups", "trace")
+    __slots__ = ("failed_forwarding", "past_limit", "queries", "server_lookups", "trace")
 
     def __init__(self, queries: int, trace: Callable[[str], None] | None, past_limit: bool = False) -> None:
         self.queries = queries
         self.server_lookups = MAX_SERVER_LOOKUPS
         self.trace = trace
         self.past_limit = past_limit  # let through a zone's rate limit already (ZoneRateLimiter.screen)
+        # Forward zones (with first) whose forwarders failed this query: its other lookups (the
+        # name servers' addresses, a chain's names) iterate at once rather than wait for them.
+        self.failed_forwarding: set[bytes] | None = None
 
     def spend(self) -> bool:
         self.queries -= 1
@@ -508,9 +515,18 @@ class Resolver:
                     _trace(budget, f"{name_to_text(name)} {type_text(qtype)}: {synthesised.step.value} "
                                    "from cached NSEC records")
                 return synthesised
-        if forward is not None and forward.recursive:
-            return await self._ask_servers(forward.name, list(forward.addresses), name, qtype, budget,
-                                           forwarded=True)
+        if forward is not None and forward.recursive and (
+                budget.failed_forwarding is None or forward.name not in budget.failed_forwarding):
+            outcome = await self._ask_servers(forward.name, list(forward.addresses), name, qtype, budget,
+                                              forwarded=True, skip_down=forward.first)
+            if outcome.step != Step.FAILED or not forward.first:
+                return outcome
+            if budget.failed_forwarding is None:
+                budget.failed_forwarding = set()
+            budget.failed_forwarding.add(forward.name)
+            if budget.trace is not None:
+                _trace(budget, f"the forwarders of {name_to_text(forward.name)} failed ({outcome.reason}): "
+                               "iterating from the root")
         return await self._iterate(name, qtype, budget, depth)
 
     def _from_cache(self, name: bytes, qtype: int, now: float) -> Outcome | None:
@@ -771,10 +787,14 @@ class Resolver:
         return found
 
     async def _ask_servers(self, zone: bytes, addresses: list[str], qname: bytes, qtype: int,
-                           budget: Budget, *, forwarded: bool = False, minimised: bool = False) -> Outcome:
+                           budget: Budget, *, forwarded: bool = False, minimised: bool = False,
+                           skip_down: bool = False) -> Outcome:
         """Ask the servers at ``addresses`` one at a time (best first, each at most twice) until
-        one gives a usable reply."""
+        one gives a usable reply. Servers that timed out again and again lately are only probed
+        now and then: authoritative ones, and forwarders with ``skip_down`` (there is somewhere
+        else to go, so each is asked once)."""
         attempts: dict[str, int] = {}
+        tries = 1 if skip_down else 2
         last = _NO_SERVER_ANSWERED
         askable, limiter = self.askable, self.zone_limiter
         candidates = [a for a in dict.fromkeys(addresses) if askable(a)]
@@ -787,11 +807,11 @@ class Resolver:
         while True:
             now = self.clock()
             usable = [a for a in candidates
-                      if attempts.get(a, 0) < 2 and not self.infra.is_lame(zone, a, now, qtype)]
+                      if attempts.get(a, 0) < tries and not self.infra.is_lame(zone, a, now, qtype)]
             if not usable:
                 return last
             fresh = [a for a in usable if a not in attempts]
-            if forwarded or any(self.infra.is_up(a, qtype, now) for a in usable):
+            if (forwarded and not skip_down) or any(self.infra.is_up(a, qtype, now) for a in usable):
                 probe = None
             else:
                 # Every server left has timed out again and again on this type of question: no

@@ -154,7 +154,7 @@ def make_dns64(config: DNSConfig) -> DNS64 | None:
 
 
 def forward_zones(config: DNSConfig) -> list[ForwardZone]:
-    return [ForwardZone(name_from_text(z.name), tuple(str(a) for a in z.servers), recursive=not z.stub)
+    return [ForwardZone(name_from_text(z.name), tuple(z.servers), recursive=not z.stub, first=z.first)
             for z in config.forward_zone]
 
 

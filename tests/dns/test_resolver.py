@@ -1129,6 +1129,44 @@ async def test_forward_zone_asks_its_forwarder_with_rd(net: FakeNet, clock: Fake
     assert entry is not None and entry.trust == Trust.ANSWER - 1  # FORWARDED
 
 
+@pytest.mark.parametrize("failure", ["timeout", "unreachable"])
+async def test_forward_first_iterates_when_the_forwarders_fail_and_then_skips_them(
+        net: FakeNet, clock: FakeClock, failure: str) -> None:
+    """Unbound's forward-first: a forward zone ("." here) whose forwarders do not answer is
+    resolved from the root; forwarders that timed out again and again are skipped for a while
+    (a probe now and then), not waited for by every new name."""
+    forwarder = "10.9.0.1"
+    net.misbehave(forwarder, **{failure: True})
+    resolver = Resolver(RRsetCache(CacheLimits()), net, HINTS, clock, settings(),
+                        [ForwardZone(ROOT, (forwarder,), recursive=True, first=True)])
+    assert values(await ask(resolver, "www.example.test.")) == ["192.0.2.80"]
+    assert net.to(forwarder) and any(q.address != forwarder for q in net.log)
+    for name in ("www.other.example.", "a.b.ent.example.test.", "x.wild.example.test."):
+        assert values(await ask(resolver, name))  # (once each: down after 3 timeouts, then probed once)
+    assert len(net.to(forwarder)) == 4
+    asked_before = len(net.to(forwarder))
+    for name in ("a.other.example.", "alias.example.test."):
+        assert values(await ask(resolver, name))
+    assert len(net.to(forwarder)) == asked_before  # down: not asked until a probe is due
+    clock.advance(PROBE_INTERVAL + 1)  # (still within server_down_seconds)
+    assert values(await ask(resolver, "chain.example.test."))
+    assert len(net.to(forwarder)) == asked_before + 1  # the probe
+    # Without first: the forwarder's failure is the answer.
+    plain = Resolver(RRsetCache(CacheLimits()), net, HINTS, clock, settings(),
+                     [ForwardZone(ROOT, (forwarder,), recursive=True)])
+    assert (await ask(plain, "www.example.test.")).rcode == RCode.SERVFAIL
+
+
+async def test_forward_first_takes_a_forwarders_answer_as_it_is(net: FakeNet, clock: FakeClock) -> None:
+    forwarder = "10.9.0.1"
+    net.serve(forwarder, net.zone("example.test."))
+    resolver = Resolver(RRsetCache(CacheLimits()), net, HINTS, clock, settings(),
+                        [ForwardZone(N("example.test."), (forwarder,), recursive=True, first=True)])
+    assert values(await ask(resolver, "www.example.test.")) == ["192.0.2.80"]
+    assert (await ask(resolver, "nothere.example.test.")).rcode == RCode.NXDOMAIN  # an answer: not iterated
+    assert {q.address for q in net.log} == {forwarder}
+
+
 async def test_stub_zone_iterates_from_its_servers(net: FakeNet, clock: FakeClock) -> None:
     resolver = Resolver(RRsetCache(CacheLimits()), net, HINTS, clock, settings(),
                         [ForwardZone(N("example.test."), (EXAMPLE_TEST_2,), recursive=False)])

@@ -391,3 +391,21 @@ def test_dns_lookup_follows_the_forward_and_stub_zones(resolver: DNSIspd, forwar
         out = result.stdout
         assert re.search(rf"^{re.escape(name)}\.\s+\d+\s+IN\s+A\s+{re.escape(address)}$", out, re.MULTILINE), out
         assert any(server in line for line in out.splitlines() if line.startswith(";; ")), out
+
+
+def test_forward_first_resolves_from_the_root_when_the_forwarders_fail(dns_hierarchy: DNSHierarchy,
+                                                                       tmp_path: Path) -> None:
+    """Unbound's forward-first: everything forwarded to a forwarder that never answers is still
+    resolved, by iterating; ``ispd dns lookup`` says so. Without first: SERVFAIL."""
+    silent = dns_hierarchy.address("alldead-1")
+    with forwarding_ispd(tmp_path / "first", dns_hierarchy, [{"name": ".", "servers": [silent], "first": True}]) as ispd:
+        ispd.start()
+        for name, address in (("www.example-b.example", "198.18.3.1"), ("www.oob.test", "198.18.4.1")):
+            result = ispd.dig(name)
+            assert result.status == "NOERROR" and rdatas(result) == {address}, result.text
+        trace = ispd.cli("dns", "lookup", "www.example-b.example").stdout
+        assert "the forwarders of . failed" in trace and "iterating from the root" in trace, trace
+        ispd.assert_healthy()
+    with forwarding_ispd(tmp_path / "only", dns_hierarchy, [{"name": ".", "servers": [silent]}]) as ispd:
+        ispd.start()
+        assert ispd.dig("www.example-b.example").status == "SERVFAIL"
