@@ -171,6 +171,11 @@ class RealmConfig(Section):
     # for accounting (empty: accounting is kept here only).
     auth_servers: list[ListenAddress] = Field(min_length=1)
     acct_servers: list[ListenAddress] = []
+    # "fail-over": the first server that is up takes every request. "load-balance": requests are
+    # spread over the servers, each device's (NAS and Calling-Station-Id, else User-Name) to one
+    # of them, so that an EAP conversation's rounds all reach the server that began it (a server
+    # that goes down moves only its own devices to the others).
+    balance: Literal["fail-over", "load-balance"] = "fail-over"
     secret: SecretStr
     # Send User-Name without "@realm" (the home server knows its users without it). eduroam wants
     # the realm kept.

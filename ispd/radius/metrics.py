@@ -48,6 +48,9 @@ class RadiusMetrics:
             "and result (accept, reject, challenge; acked; timeout: no home server answered; error; dropped: too "
             "many accounting copies waiting).",
             ["kind", "result"])
+        self.home_servers = LabeledCounter(
+            "ispd_radius_home_server_requests_total", "Requests proxied, by home server (address:port), kind (auth, "
+            "acct) and result (answered; silent: no valid answer after every send).", ["server", "kind", "result"])
         self.stale_sessions = LabeledCounter(
             "ispd_radius_stale_sessions_closed_total", "Sessions closed because the NAS stopped reporting them.", [])
         self.latency = LabeledHistogram(
@@ -84,7 +87,8 @@ class RadiusMetrics:
 
     def collectors(self, gauges: Callable[[], dict[str, float]]) -> list[Collector]:
         return [FastCollector([self.requests, self.responses, self.auth, self.rejects, self.dropped, self.duplicates,
-                               self.accounting, self.coa, self.proxied, self.stale_sessions, self.latency]),
+                               self.accounting, self.coa, self.proxied, self.home_servers, self.stale_sessions,
+                               self.latency]),
                 _GaugeCollector(gauges)]
 
 
@@ -96,6 +100,8 @@ class _GaugeCollector(Collector):
         "pending_password_checks": "PAP passwords waiting for or in a scrypt check.",
         "eap_conversations": "EAP conversations (EAP-TTLS and PEAP tunnels too) waiting for the client's next message.",
         "duplicate_cache_entries": "Replies kept to answer retransmissions.",
+        "home_servers_down": "Home servers of [[radius.realm]] that did not answer lately: asked after the others, "
+                             "with one send, for 30 s after each silence.",
     }
 
     def __init__(self, gauges: Callable[[], dict[str, float]]) -> None:

@@ -21,6 +21,13 @@ other way for the answer:
 - accounting is forwarded with the realm's secret (its Request Authenticator is computed,
   RFC 2866 §3), its Acct-Delay-Time grown by the time ispd held it.
 
+Which home server: the realm's servers in order (fail-over), or with ``balance =
+"load-balance"`` in an order of their own for each device (``servers_for``: rendezvous hashing
+of the NAS and the Calling-Station-Id, else the User-Name), so that one device's requests, an
+EAP conversation's rounds among them, go to one server while it is up, and a server that goes
+down moves only its devices to the others. The service puts the servers that failed lately
+last.
+
 Not here: Tunnel-Password in requests (NASes do not send it), proxying Status-Server, loops
 between proxies (a realm pointing back at ispd): the home servers' configuration is the
 operator's.
@@ -28,6 +35,7 @@ operator's.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -80,13 +88,24 @@ class Realm:
     timeout: float
     attempts: int
     require_message_authenticator: bool
+    load_balance: bool = False
 
     @classmethod
     def from_config(cls, config: RealmConfig) -> Realm:
         return cls(config.name, tuple(HomeServer(a.host, a.port) for a in config.auth_servers),
                    tuple(HomeServer(a.host, a.port) for a in config.acct_servers),
                    config.secret.get_secret_value().encode(), config.strip_realm, config.timeout_seconds,
-                   config.attempts, config.require_message_authenticator)
+                   config.attempts, config.require_message_authenticator, config.balance == "load-balance")
+
+    def servers_for(self, servers: tuple[HomeServer, ...], packet: Packet, nas_address: str) -> tuple[HomeServer, ...]:
+        """The order in which ``servers`` (the realm's auth or accounting servers) are asked for
+        ``packet`` from the NAS at ``nas_address``: as configured, or load-balanced by device."""
+        if not self.load_balance or len(servers) < 2:
+            return servers
+        device = packet.get(Attr.CALLING_STATION_ID) or packet.get(Attr.USER_NAME) or b""
+        key = nas_address.encode() + b"\0" + device + b"\0"
+        return tuple(sorted(servers, key=lambda s: hashlib.blake2b(key + str(s).encode(), digest_size=8).digest(),
+                            reverse=True))
 
 
 class Realms:

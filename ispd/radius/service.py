@@ -515,7 +515,8 @@ class RadiusService(Service):
     def _gauges(self) -> dict[str, float]:
         return {"open_sessions": len(self.sessions), "pending_password_checks": self._pending_checks,
                 "eap_conversations": (len(self.auth.conversations) + len(self.auth.tunnels or ())) if self.auth else 0,
-                "duplicate_cache_entries": len(self.duplicates)}
+                "duplicate_cache_entries": len(self.duplicates),
+                "home_servers_down": sum(1 for until in self._home_down.values() if until > time.monotonic())}
 
     def _spawn(self, coroutine: Awaitable[Any], name: str) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -672,9 +673,12 @@ class RadiusService(Service):
             exchange = await client.exchange(build, realm.secret, answers, wait=realm.timeout, attempts=attempts,
                                              require_message_authenticator=realm.require_message_authenticator
                                              and answers != _ACCOUNTING_ANSWER)
+            kind = "acct" if answers == _ACCOUNTING_ANSWER else "auth"
             if exchange.reply is not None:
                 self._home_down.pop(server, None)
+                self.metrics.home_servers.inc(str(server), kind, "answered")
                 return exchange.reply, exchange.request
+            self.metrics.home_servers.inc(str(server), kind, "silent")
             if server not in self._home_down or self._home_down[server] <= time.monotonic():
                 log.warning("radius.proxy.home_server_silent", realm=realm.name, server=str(server),
                             attempts=exchange.attempts, error=exchange.error or None)
@@ -697,7 +701,7 @@ class RadiusService(Service):
         authenticator = os.urandom(16)
         try:
             answered = await self._ask_home(
-                realm, realm.auth_servers,
+                realm, realm.servers_for(realm.auth_servers, packet, addr[0]),
                 lambda identifier: forward_access_request(packet, nas.secret, realm, identifier, authenticator),
                 _ACCESS_ANSWERS)
             reply = None if answered is None else relay_answer(answered[0], realm, authenticator, packet, nas.secret)
@@ -728,15 +732,15 @@ class RadiusService(Service):
             return
         if record.status in (AccountingStatus.ACCOUNTING_ON, AccountingStatus.ACCOUNTING_OFF):
             for realm in self.realms.with_accounting():
-                self._copy_accounting(realm, packet, received)
+                self._copy_accounting(realm, packet, received, record.nas_address)
             return
         if not record.username or self.directory.find(record.username) is not None:
             return
         routed = self.realms.route(record.username)
         if routed is not None and routed.acct_servers:
-            self._copy_accounting(routed, packet, received)
+            self._copy_accounting(routed, packet, received, record.nas_address)
 
-    def _copy_accounting(self, realm: Realm, packet: Packet, received: float) -> None:
+    def _copy_accounting(self, realm: Realm, packet: Packet, received: float, nas_address: str) -> None:
         if self._copying >= MAX_ACCOUNTING_COPIES:  # home servers slow or down: no pile of waiting copies
             self.metrics.proxied.inc("acct", "dropped")
             return
@@ -745,7 +749,7 @@ class RadiusService(Service):
         async def forward() -> None:
             try:
                 answered = await self._ask_home(
-                    realm, realm.acct_servers,
+                    realm, realm.servers_for(realm.acct_servers, packet, nas_address),
                     lambda identifier: forward_accounting_request(packet, realm, identifier,
                                                                   time.perf_counter() - received),
                     _ACCOUNTING_ANSWER)

@@ -43,18 +43,25 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     require_radclient()
     require_eapol_test()
     workdir = tmp_path_factory.mktemp("proxy")
-    (workdir / "home").mkdir()
-    (workdir / "visited").mkdir()
+    for name in ("home", "home2", "visited"):
+        (workdir / name).mkdir()
     certificates = issue(workdir / "tls", "radius.home.example")
-    home_section = radius_section(
-        client=[{"name": "visited", "address": "127.0.0.1/32", "secret": HOME_SECRET}],
-        eap={"certificate": str(certificates.certificate), "private_key": str(certificates.private_key)})
-    with IspdProcess(workdir / "home", base_config(workdir / "home", radius=home_section)) as home:
-        home.start()
-        home.cli("plan", "add", "roaming", "--credential-policy", "cleartext")
-        home.cli("subscriber", "add", "visitor@home.example", "--plan", "roaming", "--password-stdin",
-                 input="visitor-pw\n")
-        home.cli("subscriber", "add", "bare", "--plan", "roaming", "--password-stdin", input="bare-pw\n")
+
+    def home_server(name: str) -> tuple[IspdProcess, dict[str, Any]]:
+        section = radius_section(
+            client=[{"name": "visited", "address": "127.0.0.1/32", "secret": HOME_SECRET}],
+            eap={"certificate": str(certificates.certificate), "private_key": str(certificates.private_key)})
+        return IspdProcess(workdir / name, base_config(workdir / name, radius=section)), section
+
+    # Two home servers with the same users (a realm's pair): each keeps its own EAP conversations.
+    (home, home_section), (home2, home2_section) = home_server("home"), home_server("home2")
+    with home, home2:
+        for server in (home, home2):
+            server.start()
+            server.cli("plan", "add", "roaming", "--credential-policy", "cleartext")
+            server.cli("subscriber", "add", "visitor@home.example", "--plan", "roaming", "--password-stdin",
+                       input="visitor-pw\n")
+            server.cli("subscriber", "add", "bare", "--plan", "roaming", "--password-stdin", input="bare-pw\n")
         home_auth, home_acct = home_section["listen_auth"][0], home_section["listen_acct"][0]
         visited_section = radius_section(
             client=[{"name": "ap", "address": "127.0.0.0/8", "secret": NAS_SECRET, "kind": "mikrotik"}],
@@ -63,6 +70,9 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
                     "secret": HOME_SECRET, "timeout_seconds": 1, "attempts": 1},
                    {"name": "stripped.example", "auth_servers": [home_auth], "secret": HOME_SECRET,
                     "strip_realm": True, "timeout_seconds": 1, "attempts": 1},
+                   {"name": "balanced.example", "auth_servers": [home_auth, home2_section["listen_auth"][0]],
+                    "secret": HOME_SECRET,
+                    "strip_realm": True, "balance": "load-balance", "timeout_seconds": 1, "attempts": 1},
                    # "*": a federation proxy that is down (the first server) and one that answers
                    {"name": "*", "auth_servers": ["127.0.0.1:9", home_auth], "secret": HOME_SECRET,
                     "timeout_seconds": 0.5, "attempts": 1}])
@@ -74,7 +84,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
             result = Pair(visited, home, certificates.ca)
             eventually(lambda: result.login("resident@visited.example", "resident-pw") == "Access-Accept", timeout=10)
             yield result
-            for ispd in (visited, home):
+            for ispd in (visited, home, home2):
                 assert "Traceback" not in ispd.log_text(), ispd.log_text()[-3000:]
 
 
@@ -99,6 +109,33 @@ def test_strip_realm_and_the_default_realm_with_a_dead_server(pair: Pair) -> Non
     # user there: the home server rejects.
     assert pair.login("bare@elsewhere.example", "bare-pw") == "Access-Reject"
     assert pair.visited.log_events("radius.proxy.home_server_silent")
+    assert pair.visited.metric_value("ispd_radius_home_servers_down") == 1
+    assert pair.visited.metric_value("ispd_radius_home_server_requests_total",
+                                     {"server": "127.0.0.1:9", "kind": "auth", "result": "silent"}) == 1
+
+
+def test_load_balance_spreads_devices_and_keeps_each_on_one_server(pair: Pair) -> None:
+    """balance = "load-balance": logins from 24 devices (Calling-Station-Id) reach both home
+    servers (two processes); each device's requests, all the rounds of its PEAP conversation
+    among them, reach one server (the other does not know the conversation)."""
+    servers = pair.visited.config["radius"]["realm"][2]["auth_servers"]
+
+    def answered(server: str) -> float:
+        return pair.visited.metric_value("ispd_radius_home_server_requests_total",
+                                         {"server": server, "kind": "auth", "result": "answered"}) or 0.0
+
+    before = [answered(s) for s in servers]
+    for device in range(24):
+        login = radclient(pair.auth, "auth", NAS_SECRET, 'User-Name = bare@balanced.example, User-Password = "bare-pw", '
+                          f'Calling-Station-Id = "02-00-00-00-00-{device:02x}", Message-Authenticator = 0x00')
+        assert login.code == "Access-Accept", login.output
+    spread = [answered(s) - b for s, b in zip(servers, before, strict=True)]
+    assert sum(spread) == 24 and min(spread) >= 3, spread
+    for _ in range(2):
+        result = eapol_test(pair.auth, NAS_SECRET, method="PEAP", identity="visitor@home.example",
+                            anonymous_identity="anonymous@balanced.example", password="visitor-pw", ca_cert=pair.ca,
+                            phase2="auth=MSCHAPV2")
+        assert result.success, result.output[-3000:]
 
 
 def test_local_users_and_local_realms_are_never_proxied(pair: Pair) -> None:

@@ -11,6 +11,7 @@ from ispd.radius import mschap
 from ispd.radius.codec import (
     Attr,
     Code,
+    Packet,
     Vendor,
     check_message_authenticator,
     check_request_authenticator,
@@ -160,3 +161,29 @@ def test_accounting_held_here_says_so_in_its_acct_delay_time() -> None:
     assert decode(forward_accounting_request(undelayed, realm(), 4, held_seconds=3.2)).get(Attr.ACCT_DELAY_TIME) \
         == b"\0\0\0\3"
     assert decode(forward_accounting_request(undelayed, realm(), 4, held_seconds=0.4)).get(Attr.ACCT_DELAY_TIME) is None
+
+
+def test_load_balance_orders_the_servers_by_device_and_a_lost_server_moves_only_its_devices() -> None:
+    servers = tuple(HomeServer(f"198.18.5.{i}", 1812) for i in range(1, 5))
+    balanced = Realm("home.example", servers, (), HOME, False, 1.0, 1, True, load_balance=True)
+
+    def packet(device: bytes | None, user: bytes = b"dan@home.example") -> Packet:
+        attributes = [(Attr.USER_NAME, user), *([(Attr.CALLING_STATION_ID, device)] if device else [])]
+        return decode(encode_request(Code.ACCESS_REQUEST, 1, encode_attributes(attributes), NAS))
+
+    devices = [f"02-00-00-00-01-{i:02x}".encode() for i in range(200)]
+    firsts = [balanced.servers_for(servers, packet(d), "198.18.9.1")[0] for d in devices]
+    assert all(firsts.count(s) >= 25 for s in servers)  # spread (50 each on average)
+    for device in devices[:20]:  # one order per device (and NAS), whatever else the request says
+        order = balanced.servers_for(servers, packet(device), "198.18.9.1")
+        assert sorted(order, key=str) == sorted(servers, key=str)
+        assert balanced.servers_for(servers, packet(device, b"other@home.example"), "198.18.9.1") == order
+    # Without Calling-Station-Id: by User-Name.
+    assert balanced.servers_for(servers, packet(None, b"a@home.example"), "198.18.9.1") == \
+        balanced.servers_for(servers, packet(None, b"a@home.example"), "198.18.9.1")
+    # A server gone: its devices move, the others stay where they were.
+    fewer = servers[1:]
+    moved = [balanced.servers_for(fewer, packet(d), "198.18.9.1")[0] for d in devices]
+    assert all(after == before for before, after in zip(firsts, moved, strict=True) if before != servers[0])
+    # Fail-over: as configured.
+    assert realm().servers_for(servers, packet(devices[0]), "198.18.9.1") == servers
