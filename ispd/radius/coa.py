@@ -1,8 +1,10 @@
 """Dynamic Authorization (RFC 5176): Disconnect-Request and CoA-Request sent to a NAS.
 
 Theory of operation. ispd is the Dynamic Authorization Client; the NAS listens (port 3799 by
-default). One request is one exchange on a socket of its own, connected to the NAS (so the
-kernel drops datagrams from anyone else), with a random identifier. The same packet is sent
+default). One request is one exchange on a socket of its own that sends to the NAS and takes
+datagrams from it only (by their source: not connected, because under uvloop a connected socket
+that got an ICMP port unreachable never reported a datagram again, and a NAS that answered a
+later attempt went unheard), with a random identifier. The same packet is sent
 again after each ``timeout`` up to ``attempts`` times (RFC 5176 §2.3: a retransmission is
 identical), and the first reply that has the request's identifier, a valid Response
 Authenticator and, when present, a valid Message-Authenticator settles it: ACK, or NAK with its
@@ -128,18 +130,19 @@ class DynamicAuthorizationClient:
         def readable() -> None:
             while True:
                 try:
-                    replies.put_nowait(sock.recv(4096))
+                    data, peer = sock.recvfrom(4096)
                 except (BlockingIOError, InterruptedError):
                     return
-                except OSError:  # ICMP port unreachable on the connected socket: a lost attempt
+                except OSError:
                     return
+                if peer[0] == address and peer[1] == port:
+                    replies.put_nowait(data)
 
         try:
             source = self.source_for(address)
             if source is not None:
                 with contextlib.suppress(OSError):  # (gone from the host since: the kernel's choice)
                     sock.bind((source, 0))
-            sock.connect((address, port))
             loop.add_reader(sock.fileno(), readable)
         except OSError as exc:
             sock.close()
@@ -147,7 +150,7 @@ class DynamicAuthorizationClient:
         try:
             for attempt in range(1, self.attempts + 1):
                 with contextlib.suppress(OSError):  # unreachable now; the next attempt may do better
-                    sock.send(request)
+                    sock.sendto(request, (address, port))
                 reply = await self._wait(replies, request, answers, secret)
                 if reply is not None:
                     return Exchange(reply, attempt)

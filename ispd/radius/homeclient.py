@@ -2,8 +2,10 @@
 
 Theory of operation. A socket of its own per request (as the CoA client has, for its rare
 requests) costs a proxied request more than everything else it does; a proxy keeps its sockets,
-as FreeRADIUS does. Each socket is connected to the home server (the kernel drops datagrams
-from anyone else) and carries up to 256 requests at once, one per Identifier; a request takes a
+as FreeRADIUS does. Each socket sends to the home server only and takes datagrams from it only
+(their source is checked; not connected: under uvloop, a connected socket that got an ICMP port
+unreachable, from a home server down, never reported a datagram again, and the server could
+not come back) and carries up to 256 requests at once, one per Identifier; a request takes a
 free Identifier of the first socket that has one, another socket is opened when none has (up to
 MAX_SOCKETS, then the request fails at once). A reply is matched by socket and Identifier and
 taken only as ``coa.answer_to`` says (authenticators, code), as the CoA client's replies are;
@@ -57,6 +59,7 @@ class _Socket:
 class HomeServerClient:
     def __init__(self, address: str, port: int, source: str | None = None) -> None:
         self.address, self.port, self.source = address, port, source
+        self._peer = (address, port)
         self._sockets: list[_Socket] = []
         self.closed = False
 
@@ -74,8 +77,8 @@ class HomeServerClient:
         slot.waiting[identifier] = _Waiting(request, secret, answers, require_message_authenticator, future)
         try:
             for attempt in range(1, attempts + 1):
-                with contextlib.suppress(OSError):  # unreachable now (ICMP): the next attempt may do better
-                    slot.sock.send(request)
+                with contextlib.suppress(OSError):  # unreachable now: the next attempt may do better
+                    slot.sock.sendto(request, self._peer)
                 done, _ = await asyncio.wait((future,), timeout=wait)
                 if done:
                     return Exchange(future.result(), attempt, request=request)
@@ -102,7 +105,6 @@ class HomeServerClient:
             if self.source is not None:
                 with contextlib.suppress(OSError):  # (gone from the host since: the kernel's choice)
                     sock.bind((self.source, 0))
-            sock.connect((self.address, self.port))
             slot = _Socket(sock)
             asyncio.get_running_loop().add_reader(sock.fileno(), self._readable, slot)
         except OSError:
@@ -114,11 +116,13 @@ class HomeServerClient:
     def _readable(self, slot: _Socket) -> None:
         while True:
             try:
-                data = slot.sock.recv(4096)
+                data, peer = slot.sock.recvfrom(4096)
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:  # ICMP port unreachable on the connected socket: a lost attempt
+            except OSError:
                 continue
+            if peer[0] != self.address or peer[1] != self.port:
+                continue  # not the home server's
             waiting = slot.waiting.get(data[1]) if len(data) >= 20 else None
             if waiting is None or waiting.future.done():
                 continue

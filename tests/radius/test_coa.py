@@ -51,3 +51,44 @@ async def test_a_request_no_nas_answers_leaves_no_cycle_and_no_socket(nas: str, 
         assert len(os.listdir("/proc/self/fd")) == descriptors
     finally:
         listening.close()
+
+
+def test_a_nas_that_answers_a_later_attempt_is_heard_under_uvloop() -> None:
+    """A NAS whose port was closed at the first attempt (rebooting) and answers the next: under
+    uvloop (the daemon's loop) the request's connected socket, once it had an ICMP port
+    unreachable, never reported the answer, and the Disconnect timed out."""
+    import asyncio
+
+    import uvloop
+
+    from ispd.radius.codec import decode, encode_response
+
+    async def scenario() -> None:
+        placeholder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        placeholder.bind(("127.0.0.1", 0))
+        port = placeholder.getsockname()[1]
+        placeholder.close()
+
+        class Nas(asyncio.DatagramProtocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                self.transport = transport
+
+            def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+                request = decode(data)
+                self.transport.sendto(  # type: ignore[attr-defined]
+                    encode_response(Code.DISCONNECT_ACK, request.identifier, request.authenticator, b"", b"secret"),
+                    addr)
+
+        async def reboot() -> asyncio.BaseTransport:
+            await asyncio.sleep(0.1)  # after the first attempt
+            transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+                Nas, local_addr=("127.0.0.1", port))
+            return transport
+
+        rebooted = asyncio.ensure_future(reboot())
+        outcome = await DynamicAuthorizationClient(0.25, 3).send("127.0.0.1", port, b"secret",
+                                                                 Code.DISCONNECT_REQUEST, b"")
+        (await rebooted).close()
+        assert (outcome.result, outcome.attempts) == ("ack", 2)
+
+    uvloop.run(scenario())

@@ -75,3 +75,61 @@ async def test_a_wrong_secret_is_no_answer_and_silence_is_sent_again_then_given_
     finally:
         client.close()
         transport.close()
+
+
+def test_a_home_server_that_was_down_is_heard_again_under_uvloop() -> None:
+    """From a status-check test: the client's sockets were connected, and under uvloop (the
+    daemon's loop) a connected UDP socket that got an ICMP port unreachable never reported a
+    datagram again: a home server that had been down stayed unheard until a restart."""
+    import uvloop
+
+    async def scenario() -> None:
+        placeholder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        placeholder.bind(("127.0.0.1", 0))
+        port = placeholder.getsockname()[1]
+        placeholder.close()  # nothing listens there: port unreachable
+        client = HomeServerClient("127.0.0.1", port)
+        try:
+            down = await client.exchange(access_request, SECRET, ACCESS, wait=0.2, attempts=1,
+                                         require_message_authenticator=True)
+            assert down.reply is None
+            server = Home()
+            protocol_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            protocol_sock.bind(("127.0.0.1", port))
+            transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(lambda: server,
+                                                                                     sock=protocol_sock)
+            try:
+                back = await client.exchange(access_request, SECRET, ACCESS, wait=1.0, attempts=2,
+                                             require_message_authenticator=True)
+                assert back.reply is not None and back.reply.code == Code.ACCESS_ACCEPT
+            finally:
+                transport.close()
+        finally:
+            client.close()
+
+    uvloop.run(scenario())
+
+
+def test_a_datagram_from_anyone_but_the_home_server_is_ignored() -> None:
+    """The sockets are not connected: their source is checked instead."""
+    async def scenario() -> None:
+        server = Home(delay=0.2)
+        transport, port = await home(server)
+        client = HomeServerClient("127.0.0.1", port)
+        try:
+            pending = asyncio.ensure_future(client.exchange(access_request, SECRET, ACCESS, wait=1.0, attempts=1,
+                                                            require_message_authenticator=False))
+            await asyncio.sleep(0.1)  # (the home server answers after 0.2 s)
+            assert server.received
+            request = decode(server.received[0])
+            forged = encode_response(Code.ACCESS_REJECT, request.identifier, request.authenticator, b"", SECRET)
+            local = client._sockets[0].sock.getsockname()
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+                stranger.sendto(forged, local)  # right secret and authenticators, wrong source
+            exchange = await pending
+            assert exchange.reply is not None and exchange.reply.code == Code.ACCESS_ACCEPT
+        finally:
+            client.close()
+            transport.close()
+
+    asyncio.run(scenario())
