@@ -176,6 +176,12 @@ class RealmConfig(Section):
     # of them, so that an EAP conversation's rounds all reach the server that began it (a server
     # that goes down moves only its own devices to the others).
     balance: Literal["fail-over", "load-balance"] = "fail-over"
+    # Status-Server checks (RFC 5997, FreeRADIUS's status_check = status-server): a home server
+    # that did not answer gets no more requests, only a Status-Server this often, until it
+    # answers one (the home servers must answer Status-Server). With every server of the realm
+    # down, requests are rejected at once. 0: off, a silent server is tried after the others
+    # for 30 s.
+    status_check_seconds: float = Field(default=0, ge=0, le=3600)
     secret: SecretStr
     # Send User-Name without "@realm" (the home server knows its users without it). eduroam wants
     # the realm kept.

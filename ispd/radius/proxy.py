@@ -89,13 +89,15 @@ class Realm:
     attempts: int
     require_message_authenticator: bool
     load_balance: bool = False
+    status_check: float = 0.0  # seconds between Status-Server checks of a dead server; 0: none
 
     @classmethod
     def from_config(cls, config: RealmConfig) -> Realm:
         return cls(config.name, tuple(HomeServer(a.host, a.port) for a in config.auth_servers),
                    tuple(HomeServer(a.host, a.port) for a in config.acct_servers),
                    config.secret.get_secret_value().encode(), config.strip_realm, config.timeout_seconds,
-                   config.attempts, config.require_message_authenticator, config.balance == "load-balance")
+                   config.attempts, config.require_message_authenticator, config.balance == "load-balance",
+                   config.status_check_seconds)
 
     def servers_for(self, servers: tuple[HomeServer, ...], packet: Packet, nas_address: str) -> tuple[HomeServer, ...]:
         """The order in which ``servers`` (the realm's auth or accounting servers) are asked for
@@ -135,6 +137,12 @@ class Realms:
         if realm in self.local:
             return None
         return self.by_name.get(realm, self.default)
+
+
+def status_server_request(identifier: int, secret: bytes) -> bytes:
+    """A Status-Server to a home server (RFC 5997 §3: with a Message-Authenticator; the
+    NAS-Identifier says who asks)."""
+    return encode_request(Code.STATUS_SERVER, identifier, encode_attributes([(Attr.NAS_IDENTIFIER, b"ispd")]), secret)
 
 
 def stripped(username: bytes) -> bytes:

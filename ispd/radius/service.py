@@ -93,6 +93,7 @@ from ispd.radius.proxy import (
     forward_access_request,
     forward_accounting_request,
     relay_answer,
+    status_server_request,
 )
 from ispd.radius.sessions import OpenSessions, fills_in
 from ispd.service import Health, Service, ServiceContext, ServiceStartError, describe_os_error
@@ -286,6 +287,9 @@ class RadiusService(Service):
         self.realms = realms_of(self.config)
         # Home servers that did not answer lately, until when: tried after the others.
         self._home_down: dict[HomeServer, float] = {}
+        # Home servers of realms with Status-Server checks that did not answer: no requests go
+        # to them until one of the checks (a task each) is answered.
+        self._home_dead: dict[HomeServer, asyncio.Task[None]] = {}
         self._copying = 0  # accounting copies on their way to home servers
         self._home_clients: dict[HomeServer, HomeServerClient] = {}
         self.dictionary: Dictionary | None = None
@@ -439,8 +443,10 @@ class RadiusService(Service):
         for transport in self._transports:
             transport.close()
         self._flush()
-        # Enforcement's requests are not waited for: the next start sends them again.
-        pending = [t for t in self._tasks if t.get_name() not in ("housekeeping", "enforce-status")]
+        # Enforcement's requests are not waited for: the next start sends them again (nor the
+        # Status-Server checks of dead home servers, which go on until one answers).
+        endless = ("housekeeping", "enforce-status", "home-server-check")
+        pending = [t for t in self._tasks if t.get_name() not in endless]
         if pending:
             await asyncio.wait(pending, timeout=self.config.coa_timeout_seconds * self.config.coa_attempts)
 
@@ -481,6 +487,9 @@ class RadiusService(Service):
         self.coa = DynamicAuthorizationClient(new.radius.coa_timeout_seconds, new.radius.coa_attempts,
                                               coa_sources(new.radius))
         self.realms = self.auth.realms = realms_of(new.radius)
+        for task in self._home_dead.values():  # (checked under the realms' old settings)
+            task.cancel()
+        self._home_dead.clear()
         # From the store itself: a plan just added with the CLI, the usual step before naming it
         # here, may not have reached the directory yet (it polls the store), and the warning
         # would be false.
@@ -516,13 +525,15 @@ class RadiusService(Service):
         return {"open_sessions": len(self.sessions), "pending_password_checks": self._pending_checks,
                 "eap_conversations": (len(self.auth.conversations) + len(self.auth.tunnels or ())) if self.auth else 0,
                 "duplicate_cache_entries": len(self.duplicates),
-                "home_servers_down": sum(1 for until in self._home_down.values() if until > time.monotonic())}
+                "home_servers_down": len({s for s, until in self._home_down.items() if until > time.monotonic()}
+                                         | self._home_dead.keys())}
 
-    def _spawn(self, coroutine: Awaitable[Any], name: str) -> None:
+    def _spawn(self, coroutine: Awaitable[Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coroutine)
         task.set_name(name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     # --- receiving (called from the protocols)
 
@@ -654,25 +665,50 @@ class RadiusService(Service):
         self._home_clients.clear()
 
     def _home_servers(self, servers: tuple[HomeServer, ...], attempts: int) -> list[tuple[HomeServer, int]]:
-        """In the configured order, with the sends each gets: those that failed lately last and
-        with one send only, so that a realm whose servers are all down costs each request one
-        timeout per server, not ``attempts`` of them (FreeRADIUS fails such requests at once)."""
+        """In the order given, with the sends each gets: those that failed lately last and with
+        one send only, so that a realm whose servers are all down costs each request one timeout
+        per server, not ``attempts`` of them; those that failed a realm with Status-Server
+        checks not at all, until a check is answered (FreeRADIUS fails a request at once when
+        all are dead)."""
         now = time.monotonic()
+        servers = tuple(s for s in servers if s not in self._home_dead) if self._home_dead else servers
         up = [(s, attempts) for s in servers if self._home_down.get(s, 0.0) <= now]
         return up + [(s, 1) for s in servers if self._home_down.get(s, 0.0) > now]
+
+    def _home_client(self, server: HomeServer) -> HomeServerClient:
+        client = self._home_clients.get(server)
+        if client is None:
+            client = self._home_clients[server] = HomeServerClient(server.address, server.port,
+                                                                   self.coa.source_for(server.address))
+        return client
+
+    async def _check_home_server(self, realm: Realm, server: HomeServer, answers: tuple[int, ...]) -> None:
+        """Status-Server to a dead home server every ``realm.status_check`` seconds until it
+        answers: then it takes requests again."""
+        # RFC 5997 §3: Accounting-Response on an accounting port (some answer Access-Accept there too).
+        expected = (int(Code.ACCOUNTING_RESPONSE), int(Code.ACCESS_ACCEPT)) if answers == _ACCOUNTING_ANSWER \
+            else (int(Code.ACCESS_ACCEPT),)
+        while True:
+            await asyncio.sleep(realm.status_check)
+            exchange = await self._home_client(server).exchange(
+                lambda identifier: status_server_request(identifier, realm.secret), realm.secret, expected,
+                wait=realm.timeout, attempts=1, require_message_authenticator=realm.require_message_authenticator)
+            if exchange.reply is not None:
+                break
+        self._home_dead.pop(server, None)
+        self._home_down.pop(server, None)
+        log.info("radius.proxy.home_server_alive", realm=realm.name, server=str(server))
 
     async def _ask_home(self, realm: Realm, servers: tuple[HomeServer, ...], build: Callable[[int], bytes],
                         answers: tuple[int, ...]) -> tuple[Packet, bytes] | None:
         """The first valid answer of the realm's servers, tried in turn, with the request it
         answers; None when none answered (a ``ProxyError`` from ``build`` goes to the caller)."""
         for server, attempts in self._home_servers(servers, realm.attempts):
-            client = self._home_clients.get(server)
-            if client is None:
-                client = self._home_clients[server] = HomeServerClient(server.address, server.port,
-                                                                       self.coa.source_for(server.address))
-            exchange = await client.exchange(build, realm.secret, answers, wait=realm.timeout, attempts=attempts,
-                                             require_message_authenticator=realm.require_message_authenticator
-                                             and answers != _ACCOUNTING_ANSWER)
+            if server in self._home_dead:  # (found dead while this request waited for another)
+                continue
+            exchange = await self._home_client(server).exchange(
+                build, realm.secret, answers, wait=realm.timeout, attempts=attempts,
+                require_message_authenticator=realm.require_message_authenticator and answers != _ACCOUNTING_ANSWER)
             kind = "acct" if answers == _ACCOUNTING_ANSWER else "auth"
             if exchange.reply is not None:
                 self._home_down.pop(server, None)
@@ -683,6 +719,9 @@ class RadiusService(Service):
                 log.warning("radius.proxy.home_server_silent", realm=realm.name, server=str(server),
                             attempts=exchange.attempts, error=exchange.error or None)
             self._home_down[server] = time.monotonic() + HOME_SERVER_DOWN_SECONDS
+            if realm.status_check and server not in self._home_dead:
+                self._home_dead[server] = self._spawn(self._check_home_server(realm, server, answers),
+                                                      "home-server-check")
         return None
 
     async def _proxied(self, realm: Realm, packet: Packet, nas: Nas, transport: asyncio.DatagramTransport,

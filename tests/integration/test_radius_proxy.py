@@ -7,6 +7,8 @@ server and copied to the home one."""
 from __future__ import annotations
 
 import json
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,46 @@ NAS_SECRET = "testing123"
 HOME_SECRET = "between-the-servers"
 
 
+class UdpRelay:
+    """A home server that comes back: datagrams to 127.0.0.1:``port`` go on to ``target`` and its
+    replies come back, from when the relay is started."""
+
+    def __init__(self, port: int, target: str) -> None:
+        host, target_port = target.rsplit(":", 1)
+        self.port, self.target = port, (host, int(target_port))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> UdpRelay:
+        return self
+
+    def start(self) -> None:
+        listening = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        listening.bind(("127.0.0.1", self.port))
+        listening.settimeout(0.1)
+        self._thread = threading.Thread(target=self._run, args=(listening,), daemon=True)
+        self._thread.start()
+
+    def _run(self, listening: socket.socket) -> None:
+        with listening, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as onward:
+            onward.settimeout(2)
+            while not self._stop.is_set():
+                try:
+                    data, peer = listening.recvfrom(4096)
+                    onward.sendto(data, self.target)
+                    listening.sendto(onward.recv(4096), peer)
+                except TimeoutError:
+                    continue
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+
 class Pair:
+    comeback: UdpRelay
+
     def __init__(self, visited: IspdProcess, home: IspdProcess, ca: Path) -> None:
         self.visited, self.home, self.ca = visited, home, ca
         self.auth = visited.config["radius"]["listen_auth"][0]
@@ -55,7 +96,8 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
 
     # Two home servers with the same users (a realm's pair): each keeps its own EAP conversations.
     (home, home_section), (home2, home2_section) = home_server("home"), home_server("home2")
-    with home, home2:
+    comeback_port = free_udp_port()
+    with home, home2, UdpRelay(comeback_port, home_section["listen_auth"][0]) as comeback:
         for server in (home, home2):
             server.start()
             server.cli("plan", "add", "roaming", "--credential-policy", "cleartext")
@@ -70,6 +112,12 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
                     "secret": HOME_SECRET, "timeout_seconds": 1, "attempts": 1},
                    {"name": "stripped.example", "auth_servers": [home_auth], "secret": HOME_SECRET,
                     "strip_realm": True, "timeout_seconds": 1, "attempts": 1},
+                   # Status-Server checks: the first server is dead until the test starts the relay
+                   {"name": "checked.example", "auth_servers": [f"127.0.0.1:{comeback_port}", home_auth],
+                    "secret": HOME_SECRET, "strip_realm": True, "status_check_seconds": 0.3, "timeout_seconds": 0.5,
+                    "attempts": 1},
+                   {"name": "alldead.example", "auth_servers": ["127.0.0.1:9"], "secret": HOME_SECRET,
+                    "status_check_seconds": 0.3, "timeout_seconds": 0.5, "attempts": 1},
                    {"name": "balanced.example", "auth_servers": [home_auth, home2_section["listen_auth"][0]],
                     "secret": HOME_SECRET,
                     "strip_realm": True, "balance": "load-balance", "timeout_seconds": 1, "attempts": 1},
@@ -82,6 +130,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
             visited.cli("subscriber", "add", "resident@visited.example", "--plan", "local", "--password-stdin",
                         input="resident-pw\n")
             result = Pair(visited, home, certificates.ca)
+            result.comeback = comeback
             eventually(lambda: result.login("resident@visited.example", "resident-pw") == "Access-Accept", timeout=10)
             yield result
             for ispd in (visited, home, home2):
@@ -118,7 +167,7 @@ def test_load_balance_spreads_devices_and_keeps_each_on_one_server(pair: Pair) -
     """balance = "load-balance": logins from 24 devices (Calling-Station-Id) reach both home
     servers (two processes); each device's requests, all the rounds of its PEAP conversation
     among them, reach one server (the other does not know the conversation)."""
-    servers = pair.visited.config["radius"]["realm"][2]["auth_servers"]
+    servers = next(r for r in pair.visited.config["radius"]["realm"] if r["name"] == "balanced.example")["auth_servers"]
 
     def answered(server: str) -> float:
         return pair.visited.metric_value("ispd_radius_home_server_requests_total",
@@ -175,3 +224,30 @@ def test_accounting_is_kept_here_and_copied_home(pair: Pair) -> None:
                 if s["acct_session_id"] == "roam-2" and s["terminate_cause"] == "NAS-Reboot"]
 
     assert eventually(closed_at_home, timeout=10)
+
+
+def test_status_server_checks_keep_a_dead_server_out_until_it_answers(pair: Pair) -> None:
+    """status_check_seconds: a home server that did not answer gets no requests, only
+    Status-Server checks, until it answers one; a realm whose servers are all dead rejects at
+    once. (FreeRADIUS's status_check = status-server.)"""
+    dead = f"127.0.0.1:{pair.comeback.port}"
+
+    def sent(server: str, result: str) -> float:
+        return pair.visited.metric_value("ispd_radius_home_server_requests_total",
+                                         {"server": server, "kind": "auth", "result": result}) or 0.0
+
+    assert pair.login("bare@checked.example", "bare-pw") == "Access-Accept"  # the first server silent, the next
+    assert sent(dead, "silent") == 1
+    for _ in range(3):
+        assert pair.login("bare@checked.example", "bare-pw") == "Access-Accept"
+    assert sent(dead, "silent") == 1 and sent(dead, "answered") == 0  # not asked again: checked
+    assert pair.visited.metric_value("ispd_radius_home_servers_down") == 2  # (and 127.0.0.1:9 of "*")
+    pair.comeback.start()
+    eventually(lambda: pair.visited.log_events("radius.proxy.home_server_alive"), timeout=5)
+    assert pair.login("bare@checked.example", "bare-pw") == "Access-Accept"
+    assert sent(dead, "answered") == 1  # first in the order again
+
+    assert pair.login("nobody@alldead.example", "x") == "Access-Reject"  # waited for its timeout
+    silent = sent("127.0.0.1:9", "silent")
+    assert pair.login("nobody@alldead.example", "x") == "Access-Reject"
+    assert sent("127.0.0.1:9", "silent") == silent  # dead: rejected at once, not asked
