@@ -326,9 +326,12 @@ class DNSEngine:
         self.forget_clients()
 
     def set_policy(self, lookup: PolicyLookup) -> None:
-        """Another policy, or other scopes for it: what was answered from the old one goes."""
+        """Another policy, or other scopes for it: what was answered from the old one goes, the
+        answer cache's too, at once (its CNAME chains were policed by the old policy, and a view's
+        bits may stand for another scope now), not when a reload is done with the store."""
         self.policy_lookup = lookup
         self._policy_changes += 1
+        self.answers.clear()
         self.forget_local_answers()
         self.forget_clients()
 

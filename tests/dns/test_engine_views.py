@@ -101,3 +101,18 @@ async def test_an_answer_made_across_a_change_of_policy_is_handed_out_not_kept(v
     assert addresses(await before) == ["192.0.2.80"]  # (asked before the change)
     assert len(viewed.answers) == 0
     assert (await answer(viewed, "www.example.test.", OTHER_CLIENT))[0] == RCode.NXDOMAIN
+
+
+async def test_a_change_of_policy_takes_the_answers_made_under_the_old_one_with_it(viewed: Env) -> None:
+    """A reload gives the scopes their bits afresh (here the family's goes to a school zone that
+    lets the chain be), and DNSService.reload empties the answer cache only once it has read the
+    leases again: until then the fast path handed the school's clients the family's answers."""
+    for _ in range(2):  # the family's chain, cut at www.other.example, kept for the fast path
+        assert (await answer(viewed, "cross.example.test.", CLIENT))[1] == ["10.9.9.9"]
+    assert (await answer(viewed, "cross.example.test.", CLIENT))[2]
+    school = compile_policy_zone(HEAD, "school.rpz")
+    family = compile_policy_zone(FAMILY_ZONE, "family.rpz")
+    viewed.engine.set_policy(Policy([school, family], (FAMILY, VARIANT_SCOPES[1])).match)
+    # CLIENT is in the school's scope now (the bit the family had), not the family's.
+    assert viewed.fast(query("cross.example.test."), CLIENT) is None
+    assert (await answer(viewed, "cross.example.test.", CLIENT))[1] == ["192.0.2.10"]
