@@ -233,8 +233,7 @@ class DNSCacheAdmin:
             answer_keys = [k for k in questions if k in self.answers.entries]
             answer_keys += [k for k in self.answers.variants if k[:-1] in questions]
         rrsets = sum(self.rrsets.discard(key) for key in rrset_keys)
-        for key in answer_keys:
-            self.answers.discard(key)
+        self.answers.drop(answer_keys)  # (the variants of each name are among them)
         return {"rrsets": rrsets, "answers": len(answer_keys)}
 
     # --- dump

@@ -470,13 +470,20 @@ class AnswerCache(_BoundedCache):
 
     def flush(self, name: bytes, *, subtree: bool = False) -> int:
         """Drop the answers for ``name`` (the key's name part), or for it and all below."""
-        keys = [k for k in self.entries
-                if k[:-4] == name or (subtree and is_subdomain(k[:-4], name))]
-        keys += [k for k in self.variants
-                 if k[:-5] == name or (subtree and is_subdomain(k[:-5], name))]
+        plain = [k for k in self.entries
+                 if k[:-4] == name or (subtree and is_subdomain(k[:-4], name))]
+        variants = [k for k in self.variants
+                    if k[:-5] == name or (subtree and is_subdomain(k[:-5], name))]
+        self.drop(plain + variants)
+        return len(plain) + len(variants)
+
+    def drop(self, keys: list[bytes]) -> None:
+        """Drop the answers under ``keys``, each key alone: for a list that has the variants
+        already, where ``discard`` would try every variant suffix (127) of each plain key."""
         for key in keys:
-            self.discard(key)
-        return len(keys)
+            entry = self.table(key).pop(key, None)
+            if entry is not None:
+                self._clock.bytes -= entry.size
 
     def clear(self) -> None:
         self.entries.clear()
