@@ -40,6 +40,7 @@ from ispd.dns.cache import (
     VARIANT_CD,
     VARIANT_DNS64,
     VARIANT_DO,
+    VARIANT_SCOPES,
     AnswerCache,
     NegativeEntry,
     RRsetCache,
@@ -47,6 +48,11 @@ from ispd.dns.cache import (
 from ispd.dns.wire import RCode, RRType, is_subdomain, name_from_text, name_to_text, type_text
 
 DUMP_BATCH = 1000  # cache keys looked at between two turns of the event loop
+# What an answer's key variant says of the queries it is for: their DNSSEC bits, a [dns.dns64]
+# client's, and the policy scopes of its client's view (scopeN: the Nth different set of plans
+# and clients that [[dns.policy_zone]] entries are limited to, in their order).
+_QUERY_BITS = (("do", VARIANT_DO), ("ad", VARIANT_AD), ("cd", VARIANT_CD), ("dns64", VARIANT_DNS64),
+               *((f"scope{number}", bit) for number, bit in enumerate(VARIANT_SCOPES, 1)))
 _U16 = struct.Struct("!H")
 _SOA_TIMERS = struct.Struct("!IIIII")
 _NAME_TYPES = frozenset({RRType.NS, RRType.CNAME, RRType.DNAME, RRType.PTR, RRType.MD, RRType.MF,
@@ -285,7 +291,7 @@ class DNSCacheAdmin:
         yield out
         out = [] if as_json else ["; answers (the answer cache: replies served as they are)"]
         # Plain answers, then those kept apart for queries with DNSSEC bits (DO, AD, CD) or from
-        # [dns.dns64] clients.
+        # [dns.dns64] clients or clients with a view of the policy.
         answer_keys = [(key, 0) for key in self.answers.entries] + [(key, 1) for key in self.answers.variants]
         now = self.clock()
         for i, (akey, suffix) in enumerate(answer_keys):
@@ -305,8 +311,7 @@ class DNSCacheAdmin:
                 continue
             answers += 1
             qtype, qclass = struct.unpack("!HH", question[-4:])
-            bits = [name for name, bit in (("do", VARIANT_DO), ("ad", VARIANT_AD), ("cd", VARIANT_CD),
-                                           ("dns64", VARIANT_DNS64)) if suffix and akey[-1] & bit]
+            bits = [name for name, bit in _QUERY_BITS if suffix and akey[-1] & bit]
             fields = (name_to_text(qname), class_text(qclass), type_text(qtype),
                       _rcode_text(answer.rcode_flags & 0xF), ttl)
             if as_json:

@@ -11,7 +11,7 @@ import pytest
 
 from ispd.control import CommandError, ControlCommands
 from ispd.dns.admin import DUMP_BATCH, DNSCacheAdmin, rdata_text
-from ispd.dns.cache import AnswerCache, CacheLimits, NegativeKind, RRsetCache, Trust
+from ispd.dns.cache import VARIANT_DO, VARIANT_SCOPES, AnswerCache, CacheLimits, NegativeKind, RRsetCache, Trust
 from ispd.dns.wire import CLASS_IN, FLAG_QR, FLAG_RA, RR, Question, RCode, RRType, a_rdata, key_of, name_from_text
 from ispd.dns.zone import parse_zone_text
 
@@ -201,6 +201,25 @@ def test_dump_command_checks_its_arguments(admin: DNSCacheAdmin) -> None:
 def remaining(admin: DNSCacheAdmin) -> list[str]:
     return [line for line in dump(admin) if not line.startswith("; ispd") and not line.startswith("; RRsets")
             and not line.startswith("; answers") and not line[2:3].isdigit()]
+
+
+def test_dump_tells_answers_kept_apart_for_a_view_of_the_policy_from_the_plain_ones(admin: DNSCacheAdmin,
+                                                                                      clock: Clock) -> None:
+    """Clients that policy zones limited to some plans or networks apply to have answers of
+    their own (a key variant per view): without its scopes, such an answer read as a second
+    copy of the plain one."""
+    question = key_of(Question(N("www.example."), RRType.A))
+    for variant in (VARIANT_SCOPES[0], VARIANT_DO | VARIANT_SCOPES[0] | VARIANT_SCOPES[2]):
+        admin.answers.store(question + bytes((variant,)), FLAG_QR | FLAG_RA, (1, 0, 0), b"\x00" * 20, (), (250,),
+                            clock.now)
+    assert [line for line in dump(admin, zone=N("www.example.")) if line.startswith("; answer www.example. IN A ")] == [
+        "; answer www.example. IN A NOERROR 250",
+        "; answer www.example. IN A NOERROR 250 +scope1",
+        "; answer www.example. IN A NOERROR 250 +do +scope1 +scope3",
+    ]
+    answers = [json.loads(line) for line in dump(admin, zone=N("www.example."), as_json=True)]
+    bits = [a.get("query_bits") for a in answers if a["kind"] == "answer" and a["type"] == "A"]
+    assert bits == [None, ["scope1"], ["do", "scope1", "scope3"]]
 
 
 async def test_flush_a_name(admin: DNSCacheAdmin) -> None:
