@@ -321,6 +321,15 @@ class DNSEngine:
         self._classes.clear()
         self._views.clear()
 
+    def forget_client(self, address: str) -> None:
+        """The view of the client at ``address`` (as an IPv4 address is written, or an IPv6 one
+        compressed) may have changed (another holder, or its plan): found again when it next
+        asks, by that address and as a dual-stack socket gives an IPv4 one. The other clients
+        keep the fast path."""
+        for client in (address, "::ffff:" + address):
+            self._classes.pop(client, None)
+            self._views.pop(client, None)
+
     def set_walled(self, addresses: frozenset[str]) -> None:
         self.walled_addresses = addresses
         self.forget_clients()

@@ -680,18 +680,20 @@ class DNSService(Service):
 
     def _holder_changed(self, address: str, plan_view_before: int, walled_changed: bool) -> None:
         """Who holds ``address`` may have changed: the engine finds its class and view again
-        if either changed (a renewal, every DHCP ACK, changes neither)."""
+        if either changed (a renewal, every DHCP ACK, changes neither). A view changes with
+        every new lease or session of a subscriber on a plan with limited zones: only that
+        address is found again, the other clients keep the fast path."""
         if walled_changed:
             self._walled_changed()  # (forgets every client's class and view)
         elif self.engine is not None and self._plan_view_at(address) != plan_view_before:
-            self.engine.forget_clients()
+            self.engine.forget_client(address)
 
     def _set_plan(self, subscriber_id: int, change: Callable[[], None]) -> None:
         before = self.scopes.plan_view(self.plans.plan_of(subscriber_id))
         change()
-        if (self.engine is not None and self.scopes.plan_view(self.plans.plan_of(subscriber_id)) != before
-                and self.walled.addresses_of(subscriber_id)):
-            self.engine.forget_clients()
+        if self.engine is not None and self.scopes.plan_view(self.plans.plan_of(subscriber_id)) != before:
+            for address in self.walled.addresses_of(subscriber_id):
+                self.engine.forget_client(address)
 
     def _subscribe(self, stack: AsyncExitStack) -> None:
         bus = self.context.bus

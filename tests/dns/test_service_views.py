@@ -1,0 +1,84 @@
+"""The DNS service's part in policy zones limited to some plans: who holds which address and on
+which plan, from the bus, told to the engine (``DNSService._client_view``) without the service
+started (no sockets: an engine of ``tests.dns.test_engine`` takes the place of its own)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from ispd.config import Config
+from ispd.dns.cache import VARIANT_SCOPES
+from ispd.dns.scopes import PolicyScopes
+from ispd.dns.service import DNSService
+from ispd.events import EventBus, LeaseEnded, LeaseGranted, SessionStarted, SubscriberPlanChanged
+from ispd.service import ServiceContext
+from ispd.store.models import Plan, Subscriber, SubscriberStatus
+from tests.dns.test_engine import make_env
+
+FAMILY = VARIANT_SCOPES[0]
+ANN, BOB = 10, 11  # on the family plan, on the basic plan
+OTHERS = ["192.168.1.20", "192.168.1.21", "::ffff:192.168.1.22"]  # plain clients, asking all along
+
+
+async def _healthy() -> tuple[bool, dict[str, Any]]:
+    return True, {}
+
+
+@pytest.fixture
+async def service() -> AsyncIterator[DNSService]:
+    config = Config.model_validate({"dns": {"enabled": True, "listen": ["127.61.0.1:0"], "policy_zone": [
+        {"name": "family.rpz", "file": "/etc/ispd/family.rpz", "plans": ["family"]}]}})
+    service = DNSService(config, ServiceContext(None, EventBus(), CollectorRegistry(), _healthy))  # type: ignore[arg-type]
+    service.engine = make_env().engine
+    service.engine.client_view = service._client_view
+    service.scopes = PolicyScopes(config.dns.policy_zone)
+    service.plans.load([Plan(1, "basic"), Plan(2, "family")],
+                       [Subscriber(ANN, "ann", SubscriberStatus.ACTIVE, plan_id=2),
+                        Subscriber(BOB, "bob", SubscriberStatus.ACTIVE, plan_id=1)])
+    async with AsyncExitStack() as stack:
+        service._subscribe(stack)
+        yield service
+
+
+def known(service: DNSService) -> list[str]:
+    """The clients among OTHERS whose class the engine still knows (the fast path serves them)."""
+    assert service.engine is not None
+    return [client for client in OTHERS if client in service.engine._classes]
+
+
+def view(service: DNSService, client: str) -> int:
+    assert service.engine is not None
+    service.engine.client_class(client)
+    return service.engine.view_of(client)
+
+
+async def test_a_change_of_one_address_s_plan_makes_the_engine_find_that_address_again_only(
+        service: DNSService) -> None:
+    """Every new DHCP lease, lease end and PPPoE session of a subscriber on a plan with limited
+    zones changes that address's view: forgetting every client's class for it sent all clients
+    to the slow path, again and again under a busy access network's churn."""
+    bus = service.context.bus
+    for client in OTHERS:
+        assert view(service, client) == 0
+    ann_address, bob_address = "192.168.1.30", "192.168.1.31"
+    for address in (ann_address, "::ffff:" + ann_address, bob_address):
+        assert view(service, address) == 0  # nobody's yet
+
+    bus.publish(LeaseGranted(1.0, ann_address, 4000.0, subscriber_id=ANN))
+    bus.publish(SessionStarted(1.0, 1, "198.18.0.2", "s1", "bob", subscriber_id=BOB, framed_ip=bob_address))
+    assert known(service) == OTHERS
+    assert view(service, ann_address) == view(service, "::ffff:" + ann_address) == FAMILY
+    assert view(service, bob_address) == 0
+
+    bus.publish(SubscriberPlanChanged(2.0, BOB, "bob", plan_id=2))
+    assert known(service) == OTHERS
+    assert view(service, bob_address) == FAMILY
+
+    bus.publish(LeaseEnded(3.0, ann_address, "released", subscriber_id=ANN))
+    assert known(service) == OTHERS
+    assert view(service, ann_address) == view(service, "::ffff:" + ann_address) == 0
