@@ -145,6 +145,12 @@ class SessionEvent(Event):
     username: str
     subscriber_id: int | None = None
     framed_ip: str | None = None
+    # Its IPv6 networks, comma-separated: Framed-IPv6-Prefix, Delegated-IPv6-Prefix (the home's
+    # LAN, where its devices' addresses are), Framed-IPv6-Address (as a /128).
+    ipv6_networks: str | None = None
+
+    def networks(self) -> list[str]:
+        return self.ipv6_networks.split(",") if self.ipv6_networks else []
 
 
 @dataclass(frozen=True, slots=True)

@@ -271,6 +271,7 @@ class DNSEngine:
         self._policy_changes = 0  # policy or its scopes replaced (a reload): an answer made across it is not kept
         self.walled_lookup: LocalLookup = lambda name, qtype: None
         self.walled_addresses: frozenset[str] = frozenset()
+        self.walled_networks: tuple[IPv4Network | IPv6Network, ...] = ()  # (a suspended subscriber's IPv6 prefixes)
         # A client's view of the policy (``ispd.dns.scopes``), by address: set by the service.
         self.client_view: Callable[[IPv4Address | IPv6Address], int] = lambda address: 0
         self._classes: dict[str, ClientClass] = {}
@@ -300,7 +301,8 @@ class DNSEngine:
         else:
             dns64 = self.dns64_clients is not None and self.dns64 is not None and any(
                 address in network for network in self.dns64_clients)
-            if str(address) in self.walled_addresses:
+            if str(address) in self.walled_addresses or (
+                    self.walled_networks and any(address in network for network in self.walled_networks)):
                 found = ClientClass.WALLED_DNS64 if dns64 else ClientClass.WALLED
             else:
                 found = ClientClass.ALLOWED_DNS64 if dns64 else ClientClass.ALLOWED
@@ -330,8 +332,9 @@ class DNSEngine:
             self._classes.pop(client, None)
             self._views.pop(client, None)
 
-    def set_walled(self, addresses: frozenset[str]) -> None:
-        self.walled_addresses = addresses
+    def set_walled(self, addresses: frozenset[str],
+                   networks: tuple[IPv4Network | IPv6Network, ...] = ()) -> None:
+        self.walled_addresses, self.walled_networks = addresses, networks
         self.forget_clients()
 
     def set_policy(self, lookup: PolicyLookup) -> None:

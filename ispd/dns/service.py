@@ -24,7 +24,7 @@ import socket
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_address
+from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any, cast
 
@@ -622,8 +622,11 @@ class DNSService(Service):
                 self._lease_granted(lease.address, lease.hostname, lease.subscriber_id, lease.expires_at)
         # Addresses a NAS gave from its own pools are known only from its accounting.
         for session in sessions:
-            if session.framed_ip and session.subscriber_id is not None:
-                self.walled.lease_granted(session.framed_ip, session.subscriber_id)
+            if session.subscriber_id is not None:
+                if session.framed_ip:
+                    self.walled.lease_granted(session.framed_ip, session.subscriber_id)
+                for network in session.ipv6_networks():
+                    self.walled.network_granted(network, session.subscriber_id)
         for subscriber in suspended:
             self.walled.set_suspended(subscriber.id, True)
         self._walled_changed()
@@ -656,20 +659,20 @@ class DNSService(Service):
 
     def _limited_zones_for(self, address: str) -> list[str]:
         """The policy zones limited to some clients that apply to the client at ``address``."""
-        view = self._client_view(ip_address(address))
+        view = self._client_view(ip_network(address, strict=False).network_address)  # (a network: its clients')
         return [zone.name for zone, bit in zip(self.config.policy_zone, self.scopes.zone_bits, strict=True)
                 if bit & view]
 
     def _walled_changed(self) -> None:
         if self.engine is not None:
-            self.engine.set_walled(self.walled.walled_addresses())
+            self.engine.set_walled(self.walled.walled_addresses(), self.walled.walled_networks())
 
     # --- views of the policy (ispd.dns.scopes) ---
 
     def _client_view(self, address: IPv4Address | IPv6Address) -> int:
         if not self.scopes:
             return 0
-        plan = self.plans.plan_of(self.walled.subscriber_of.get(str(address))) if self.scopes.by_plan else None
+        plan = self.plans.plan_of(self.walled.holder(str(address))) if self.scopes.by_plan else None
         return self.scopes.view(address, plan)
 
     def _plan_view_at(self, address: str) -> int:
@@ -688,10 +691,27 @@ class DNSService(Service):
         elif self.engine is not None and self._plan_view_at(address) != plan_view_before:
             self.engine.forget_client(address)
 
+    def _network_change(self, network: str, change: Callable[[], bool]) -> None:
+        """A session's IPv6 network held by another, or no longer: the clients in it are not
+        known one by one, so every client is found again when its holder's walled state or
+        plan view changed with it."""
+        def plan_view() -> int:
+            return self.scopes.plan_view(self.plans.plan_of(self.walled.network_holder(network))) \
+                if self.scopes.by_plan else 0
+
+        before = plan_view()
+        if change():
+            self._walled_changed()
+        elif self.engine is not None and plan_view() != before:
+            self.engine.forget_clients()
+
     def _set_plan(self, subscriber_id: int, change: Callable[[], None]) -> None:
         before = self.scopes.plan_view(self.plans.plan_of(subscriber_id))
         change()
         if self.engine is not None and self.scopes.plan_view(self.plans.plan_of(subscriber_id)) != before:
+            if subscriber_id in self.walled.network_holders.values():
+                self.engine.forget_clients()  # (the clients in its networks are not known one by one)
+                return
             for address in self.walled.addresses_of(subscriber_id):
                 self.engine.forget_client(address)
 
@@ -712,15 +732,22 @@ class DNSService(Service):
             self._holder_changed(event.address, view, self.walled.lease_ended(event.address))
 
         def session_started(event: SessionStarted) -> None:
-            if event.framed_ip and event.subscriber_id is not None:
+            subscriber = event.subscriber_id
+            if subscriber is None:
+                return
+            if event.framed_ip:
                 view = self._plan_view_at(event.framed_ip)
-                walled = self.walled.lease_granted(event.framed_ip, event.subscriber_id)
+                walled = self.walled.lease_granted(event.framed_ip, subscriber)
                 self._holder_changed(event.framed_ip, view, walled)
+            for network in event.networks():
+                self._network_change(network, lambda: self.walled.network_granted(network, subscriber))  # noqa: B023
 
         def session_stopped(event: SessionStopped) -> None:
             if event.framed_ip:
                 view = self._plan_view_at(event.framed_ip)
                 self._holder_changed(event.framed_ip, view, self.walled.lease_ended(event.framed_ip))
+            for network in event.networks():
+                self._network_change(network, lambda: self.walled.network_ended(network))  # noqa: B023
 
         def subscriber_added(event: SubscriberAdded) -> None:
             self._set_plan(event.subscriber_id, lambda: self.plans.set_plan(event.subscriber_id, event.plan))

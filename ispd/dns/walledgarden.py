@@ -1,14 +1,18 @@
 """Suspended subscribers' DNS: who they are (by leased address) and what they are told.
 
 The DNS service learns addresses from DHCP leases (``LeaseGranted``/``LeaseEnded`` on the bus,
-and the store's current leases at start) and subscriber status from the subscriber events; a
-client address is walled while it is leased to a suspended subscriber. A walled client asking
+and the store's current leases at start), networks from RADIUS sessions' IPv6 prefixes (a
+dual-stack home's devices take their addresses in its Delegated-IPv6-Prefix, which no event
+names one by one), and subscriber status from the subscriber events; a client address is walled
+while it is leased to a suspended subscriber, or lies in a network of one. A walled client asking
 for any name outside ``allow`` gets the portal's address (A/AAAA) or NODATA (other types), with
 a short TTL so the real answers return quickly after ``resume``; names in ``allow`` (the portal
 itself, the payment provider) resolve normally.
 """
 
 from __future__ import annotations
+
+from ipaddress import IPv6Network, ip_address, ip_network
 
 from ispd.dns.config import WalledGardenConfig
 from ispd.dns.wire import CLASS_IN, RR, RCode, RRType, is_subdomain, name_from_text
@@ -19,6 +23,9 @@ class WalledGarden:
     def __init__(self, config: WalledGardenConfig) -> None:
         self.configure(config)
         self.subscriber_of: dict[str, int] = {}  # leased address -> subscriber
+        # A session's IPv6 networks -> subscriber, by prefix length and the network's first address.
+        self._networks: dict[int, dict[int, int]] = {}
+        self.network_holders: dict[str, int] = {}  # (the same, by the network as written)
         self.suspended: set[int] = set()
 
     def configure(self, config: WalledGardenConfig) -> None:
@@ -32,7 +39,54 @@ class WalledGarden:
     # for each of them would cost the DHCP and DNS hot paths for nothing.
 
     def is_walled(self, address: str) -> bool:
-        return self.enabled and self.subscriber_of.get(address) in self.suspended
+        """Whether the client at ``address`` is walled (or every client in a network, "/" in it)."""
+        holder = self.network_holder(address) if "/" in address else self.holder(address)
+        return self.enabled and holder in self.suspended
+
+    def holder(self, address: str) -> int | None:
+        """The subscriber who holds ``address``: leased to them, or in a network of theirs."""
+        holder = self.subscriber_of.get(address)
+        if holder is not None or not self._networks:
+            return holder
+        try:
+            ip = ip_address(address)
+        except ValueError:
+            return None
+        if ip.version != 6:
+            return None
+        value = int(ip)
+        for length in sorted(self._networks, reverse=True):  # the longest prefix first
+            holder = self._networks[length].get(value >> (128 - length))
+            if holder is not None:
+                return holder
+        return None
+
+    def network_holder(self, network: str) -> int | None:
+        parsed = _ipv6_network(network)
+        return None if parsed is None else self.network_holders.get(str(parsed))
+
+    def network_granted(self, network: str, subscriber_id: int) -> bool:
+        """A session's IPv6 network; whether the walled set changed."""
+        parsed = _ipv6_network(network)
+        if parsed is None:
+            return False
+        network = str(parsed)
+        before = self.enabled and self.network_holders.get(network) in self.suspended
+        self.network_holders[network] = subscriber_id
+        self._networks.setdefault(parsed.prefixlen, {})[int(parsed.network_address) >> (128 - parsed.prefixlen)] = \
+            subscriber_id
+        return (self.enabled and subscriber_id in self.suspended) != before
+
+    def network_ended(self, network: str) -> bool:
+        parsed = _ipv6_network(network)
+        holder = self.network_holders.pop(str(parsed), None) if parsed is not None else None
+        if parsed is None or holder is None:
+            return False
+        by_length = self._networks.get(parsed.prefixlen, {})
+        by_length.pop(int(parsed.network_address) >> (128 - parsed.prefixlen), None)
+        if not by_length:
+            self._networks.pop(parsed.prefixlen, None)
+        return self.enabled and holder in self.suspended
 
     def lease_granted(self, address: str, subscriber_id: int | None) -> bool:
         before = self.is_walled(address)
@@ -54,15 +108,23 @@ class WalledGarden:
             self.suspended.add(subscriber_id)
         else:
             self.suspended.discard(subscriber_id)
-        return self.enabled and subscriber_id in self.subscriber_of.values()
+        return self.enabled and (subscriber_id in self.subscriber_of.values()
+                                 or subscriber_id in self.network_holders.values())
 
     def addresses_of(self, subscriber_id: int) -> list[str]:
-        return sorted(a for a, s in self.subscriber_of.items() if s == subscriber_id)
+        """Its addresses and networks."""
+        return sorted(a for a, s in [*self.subscriber_of.items(), *self.network_holders.items()]
+                      if s == subscriber_id)
 
     def walled_addresses(self) -> frozenset[str]:
         if not self.enabled:
             return frozenset()
         return frozenset(a for a, s in self.subscriber_of.items() if s in self.suspended)
+
+    def walled_networks(self) -> tuple[IPv6Network, ...]:
+        if not self.enabled:
+            return ()
+        return tuple(IPv6Network(n) for n, s in self.network_holders.items() if s in self.suspended)
 
     # --- what they are told ---
 
@@ -76,3 +138,11 @@ class WalledGarden:
         elif qtype == RRType.AAAA and self.config.portal_ipv6 is not None:
             records = [RR(name, RRType.AAAA, CLASS_IN, ttl, self.config.portal_ipv6.packed)]
         return ZoneAnswer(RCode.NOERROR, False, records, [], [])
+
+
+def _ipv6_network(text: str) -> IPv6Network | None:
+    try:
+        network = ip_network(text, strict=False)
+    except ValueError:
+        return None
+    return network if isinstance(network, IPv6Network) else None

@@ -1191,6 +1191,11 @@ class RadiusService(Service):
                 holder = learnt.subscriber_id or holder
                 if current is not None and current.framed_ip is None and learnt.framed_ip is not None:
                     self._adopt(learnt)
+                if current is not None and learnt.subscriber_id is not None and (
+                        (learnt.framed_ip, learnt.ipv6_networks()) != (current.framed_ip, current.ipv6_networks())
+                        or current.subscriber_id is None):
+                    # Who holds the addresses learnt late: DNS's walled garden and plan filters.
+                    bus.publish(_session_event(SessionStarted, learnt, at))
         elif outcome == AccountingOutcome.REOPENED and result.session is not None:
             holder = result.session.subscriber_id or holder
             if result.session.is_open:  # an interim: it is back among the open sessions
@@ -1577,11 +1582,12 @@ def _filled_in(session: RadiusSession, record: AccountingRecord, result: Account
 
 def _session_event(kind: type[SessionStarted] | type[SessionStopped], session: RadiusSession, at: float,
                    cause: str | None = None) -> SessionStarted | SessionStopped:
+    networks = ",".join(session.ipv6_networks()) or None
     if kind is SessionStopped:
         return SessionStopped(at, session.id, session.nas_address, session.acct_session_id, session.username,
-                              session.subscriber_id, session.framed_ip, cause)
+                              session.subscriber_id, session.framed_ip, ipv6_networks=networks, cause=cause)
     return SessionStarted(at, session.id, session.nas_address, session.acct_session_id, session.username,
-                          session.subscriber_id, session.framed_ip)
+                          session.subscriber_id, session.framed_ip, ipv6_networks=networks)
 
 
 class _AuthProtocol(asyncio.DatagramProtocol):

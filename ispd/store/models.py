@@ -295,6 +295,12 @@ class RadiusSession:
     output_packets: int = 0
     session_time_seconds: int = 0
 
+    def ipv6_networks(self) -> list[str]:
+        """Its IPv6 networks, each once: its prefixes, and its address as a /128."""
+        found = [self.framed_ipv6_prefix, self.delegated_ipv6_prefix,
+                 f"{self.framed_ipv6_address}/128" if self.framed_ipv6_address else None]
+        return list(dict.fromkeys(n for n in found if n))
+
     @property
     def is_open(self) -> bool:
         return self.stopped_at is None

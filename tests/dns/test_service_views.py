@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from ipaddress import ip_network
 from typing import Any
 
 import pytest
@@ -13,9 +14,18 @@ from prometheus_client import CollectorRegistry
 
 from ispd.config import Config
 from ispd.dns.cache import VARIANT_SCOPES
+from ispd.dns.engine import ClientClass
 from ispd.dns.scopes import PolicyScopes
 from ispd.dns.service import DNSService
-from ispd.events import EventBus, LeaseEnded, LeaseGranted, SessionStarted, SubscriberPlanChanged
+from ispd.events import (
+    EventBus,
+    LeaseEnded,
+    LeaseGranted,
+    SessionStarted,
+    SessionStopped,
+    SubscriberPlanChanged,
+    SubscriberSuspended,
+)
 from ispd.service import ServiceContext
 from ispd.store.models import Plan, Subscriber, SubscriberStatus
 from tests.dns.test_engine import make_env
@@ -32,7 +42,8 @@ async def _healthy() -> tuple[bool, dict[str, Any]]:
 @pytest.fixture
 async def service() -> AsyncIterator[DNSService]:
     config = Config.model_validate({"dns": {"enabled": True, "listen": ["127.61.0.1:0"], "policy_zone": [
-        {"name": "family.rpz", "file": "/etc/ispd/family.rpz", "plans": ["family"]}]}})
+        {"name": "family.rpz", "file": "/etc/ispd/family.rpz", "plans": ["family"]}],
+        "walled_garden": {"portal_ipv4": "198.18.0.10"}}})
     service = DNSService(config, ServiceContext(None, EventBus(), CollectorRegistry(), _healthy))  # type: ignore[arg-type]
     service.engine = make_env().engine
     service.engine.client_view = service._client_view
@@ -82,3 +93,33 @@ async def test_a_change_of_one_address_s_plan_makes_the_engine_find_that_address
     bus.publish(LeaseEnded(3.0, ann_address, "released", subscriber_id=ANN))
     assert known(service) == OTHERS
     assert view(service, ann_address) == view(service, "::ffff:" + ann_address) == 0
+
+
+async def test_a_sessions_ipv6_prefixes_bring_its_homes_devices_under_the_plan_and_the_walled_garden(
+        service: DNSService) -> None:
+    """A dual-stack home's devices take their IPv6 addresses in its Delegated-IPv6-Prefix, which
+    no event names one by one: they were neither filtered by their subscriber's plan nor walled
+    while the subscriber was suspended (asking over IPv6 went round the walled garden)."""
+    assert service.engine is not None
+    service.engine.set_allow([ip_network("2001:db8::/32")])
+    bus = service.context.bus
+    ann_device, bob_device, stranger = "2001:db8:100:7:a::5", "2001:db8:200::9", "2001:db8:101::5"
+    bus.publish(SessionStarted(1.0, 1, "198.18.0.2", "s1", "ann", subscriber_id=ANN,
+                               ipv6_networks="2001:db8:1::/64,2001:db8:100::/56"))
+    bus.publish(SessionStarted(1.0, 2, "198.18.0.2", "s2", "bob", subscriber_id=BOB,
+                               ipv6_networks="2001:db8:200::/56,2001:db8:2::7/128"))
+    assert view(service, ann_device) == view(service, "2001:db8:1::1") == FAMILY
+    assert view(service, stranger) == view(service, bob_device) == 0
+    bus.publish(SubscriberSuspended(2.0, BOB, "bob"))
+    assert service.engine.client_class(bob_device) == service.engine.client_class("2001:db8:2::7") == ClientClass.WALLED
+    assert service.engine.client_class(ann_device) == ClientClass.ALLOWED
+    shown = await service._command_walled_show({"subscriber_id": BOB})
+    assert shown["addresses"] == shown["walled"] == ["2001:db8:200::/56", "2001:db8:2::7/128"]
+    assert (await service._command_walled_show({"subscriber_id": ANN}))["policy_zones"] == {
+        "2001:db8:1::/64": ["family.rpz."], "2001:db8:100::/56": ["family.rpz."]}
+    bus.publish(SessionStopped(3.0, 2, "198.18.0.2", "s2", "bob", subscriber_id=BOB,
+                               ipv6_networks="2001:db8:200::/56,2001:db8:2::7/128"))
+    bus.publish(SessionStopped(3.0, 1, "198.18.0.2", "s1", "ann", subscriber_id=ANN,
+                               ipv6_networks="2001:db8:1::/64,2001:db8:100::/56"))
+    assert service.engine.client_class(bob_device) == ClientClass.ALLOWED
+    assert view(service, ann_device) == 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Network
 
 from ispd.dns.config import WalledGardenConfig
 from ispd.dns.walledgarden import WalledGarden
@@ -26,6 +26,23 @@ def test_only_changes_that_move_an_address_report_a_change() -> None:
     assert garden.lease_granted("198.18.0.5", 9) is True  # the address went to someone else
     assert garden.walled_addresses() == frozenset()
     assert garden.set_suspended(7, False) is False
+
+
+def test_a_sessions_ipv6_networks_hold_every_address_in_them_the_longest_prefix_first() -> None:
+    garden = WalledGarden(PORTAL)
+    assert garden.network_granted("2001:db8:100::/56", 7) is False  # 7 is active
+    assert garden.network_granted("2001:DB8:100:5::/64", 8) is False  # a longer prefix inside it
+    assert garden.network_granted("not a network", 7) is False and garden.network_granted("198.18.0.0/24", 7) is False
+    assert [garden.holder(a) for a in ("2001:db8:100:7::1", "2001:db8:100:5::1", "2001:db8:101::1", "198.18.0.1",
+                                       "junk")] == [7, 8, None, None, None]
+    assert garden.set_suspended(8, True) is True
+    assert garden.walled_networks() == (IPv6Network("2001:db8:100:5::/64"),)
+    assert garden.is_walled("2001:db8:100:5::1") and not garden.is_walled("2001:db8:100:7::1")
+    assert garden.is_walled("2001:db8:100:5::/64")  # (the network itself, as subscriber show asks)
+    assert garden.addresses_of(8) == ["2001:db8:100:5::/64"]
+    assert garden.network_ended("2001:db8:100:5::/64") is True
+    assert garden.network_ended("2001:db8:100:5::/64") is False  # (once)
+    assert garden.holder("2001:db8:100:5::1") == 7 and garden.walled_networks() == ()
 
 
 def test_without_a_portal_nobody_is_walled() -> None:

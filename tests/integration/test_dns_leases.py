@@ -31,6 +31,7 @@ from tests.lab.process import base_config, eventually
 from tests.lab.radclient import radclient, require_radclient
 
 SERVER = "198.18.0.1"
+SERVER6 = "2001:db8:53::1"  # ispd's IPv6 address on the link
 DOMAIN = "customers.isp.example"
 PORTAL = "198.18.0.10"
 WWW = "198.18.0.80"
@@ -57,6 +58,7 @@ class Site:
     client_ns: str
     client_if: str
     ispd: DHCPIspd
+    server_if: str
 
     def from_client(self, qname: str, qtype: str = "A", *options: str) -> DigResult:
         """A query from the client namespace (its leased address) to ispd on the veth."""
@@ -94,6 +96,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     with lab() as built:
         server_ns, client_ns = built.namespace("dnssrv"), built.namespace("dnscli")
         server_if, client_if = client_link(built, server_ns, f"{SERVER}/24", client_ns, "02:00:5e:12:53:00")
+        built.run(server_ns, "ip", "-6", "addr", "add", f"{SERVER6}/64", "dev", server_if, "nodad").check_returncode()
         dhcp = {
             "enabled": True,
             "interfaces": [server_if],
@@ -107,7 +110,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                 "pool": [{"name": "lan", "range": "198.18.0.100 - 198.18.0.199"}],
             }],
         }
-        dns = dns_section(None, 53, listen=[f"{SERVER}:53", "127.0.0.1:53"], allow=["198.18.0.0/24", "127.0.0.0/8"],
+        dns = dns_section(None, 53, listen=[f"{SERVER}:53", "127.0.0.1:53", f"[{SERVER6}]:53"],
+                          allow=["198.18.0.0/24", "127.0.0.0/8", "2001:db8::/32"],
                           root_hints=str(hints), local_records=LOCAL_RECORDS,
                           lease_names={"domain": DOMAIN, "reverse_networks": ["198.18.0.0/24"], "ttl": 300},
                           walled_garden={"portal_ipv4": PORTAL, "allow": ["portal.isp.example", "pay.example"],
@@ -123,7 +127,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         ispd = DHCPIspd(workdir, base_config(workdir, dhcp=dhcp, dns=dns, radius=radius), netns=server_ns)
         try:
             ispd.start()
-            yield Site(built, workdir, server_ns, client_ns, client_if, ispd)
+            yield Site(built, workdir, server_ns, client_ns, client_if, ispd, server_if)
             assert ispd.proc is not None and ispd.proc.poll() is None
             assert "Traceback" not in ispd.log_text()
         finally:
@@ -373,3 +377,42 @@ def test_a_policy_zone_for_one_plan_applies_to_its_subscribers_addresses_only(si
     assert account("Stop") == "Accounting-Response"  # the address goes back to the BNG's pool
     eventually(lambda: not filtered(address), timeout=5)
     assert "dns.policy_zone.unknown_plans" in site.ispd.log_text()  # (at the first start: no plan yet)
+
+
+def test_a_suspended_subscribers_home_is_walled_over_ipv6_too(site: Site) -> None:
+    """A dual-stack PPPoE home: its devices take IPv6 addresses in the session's
+    Delegated-IPv6-Prefix, which only the NAS's accounting names. Asking over IPv6 from one of
+    them must not go round the walled garden."""
+    require_radclient()
+    device = "2001:db8:100:1::5"  # in frank's delegated prefix
+    # (here, not with the link: the DHCP clients of the other tests flush the client end's addresses)
+    for address in ("2001:db8:53::100/64", f"{device}/64"):
+        site.lab.run(site.client_ns, "ip", "-6", "addr", "replace", address, "dev", site.client_if,
+                     "nodad").check_returncode()
+    site.lab.run(site.server_ns, "ip", "-6", "route", "replace", "2001:db8:100::/56", "dev",
+                 site.server_if).check_returncode()
+    site.ispd.cli("subscriber", "add", "frank", "--password-stdin", input="frank-pw\n")
+
+    def account(status: str) -> str | None:
+        return radclient("127.0.0.1:1813", "acct", "testing123",
+                         "User-Name = frank, Acct-Session-Id = frank-1, Framed-IP-Address = 198.18.0.62, "
+                         "Delegated-IPv6-Prefix = 2001:db8:100::/56, Framed-IPv6-Prefix = 2001:db8:53:1::/64, "
+                         f"Acct-Status-Type = {status}", netns=site.server_ns, timeout=2).code
+
+    def from_device(qname: str) -> set[str]:
+        return rdatas(dig_in_netns(site.client_ns, SERVER6, qname, "A", "-b", device))
+
+    eventually(lambda: radclient("127.0.0.1:1812", "auth", "testing123",
+                                 'User-Name = frank, User-Password = "frank-pw", Message-Authenticator = 0x00',
+                                 netns=site.server_ns, timeout=2).code == "Access-Accept", timeout=10)
+    assert account("Start") == "Accounting-Response"
+    assert from_device("www.isp.example") == {WWW}
+    site.ispd.cli("subscriber", "suspend", "frank", "--reason", "unpaid")
+    eventually(lambda: from_device("www.isp.example") == {PORTAL}, timeout=5)
+    # The client's other IPv6 address is not in frank's prefix.
+    assert rdatas(dig_in_netns(site.client_ns, SERVER6, "www.isp.example", "A", "-b", "2001:db8:53::100")) == {WWW}
+    shown = site.ispd.cli("subscriber", "show", "frank").stdout
+    assert "  dns    done     2001:db8:100::/56: answered from the walled garden" in shown, shown
+    assert account("Stop") == "Accounting-Response"
+    eventually(lambda: from_device("www.isp.example") == {WWW}, timeout=5)
+    site.ispd.cli("subscriber", "resume", "frank")

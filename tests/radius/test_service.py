@@ -15,7 +15,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from ispd.config import Config
-from ispd.events import EventBus, SubscriberSuspended
+from ispd.events import EventBus, SessionStarted, SubscriberSuspended
 from ispd.radius.codec import Attr, Code, decode, encode_attributes, encode_request
 from ispd.radius.config import RadiusConfig
 from ispd.radius.dictionary import builtin_dictionary
@@ -151,8 +151,10 @@ async def test_the_open_session_view_learns_what_the_store_filled_in(tmp_path: P
     sessions are counted and reachable by CoA."""
     store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
     try:
-        service = RadiusService(_radius_config(3799), ServiceContext(store, EventBus(), CollectorRegistry(),
-                                                                     _healthy))
+        bus = EventBus()
+        started: list[SessionStarted] = []
+        bus.subscribe(SessionStarted, started.append)
+        service = RadiusService(_radius_config(3799), ServiceContext(store, bus, CollectorRegistry(), _healthy))
         engine = AccountingEngine(service.directory, service.sessions, builtin_dictionary(), 300)
         nas = Nas("bng", SECRET.encode())
 
@@ -180,6 +182,10 @@ async def test_the_open_session_view_learns_what_the_store_filled_in(tmp_path: P
         [session] = service.sessions.of_subscriber(carol.id)
         assert (session.framed_ipv6_prefix, session.delegated_ipv6_prefix) == (
             "2001:db8:ffff:1::/64", "2001:db8:1:ab00::/56")
+        # DNS hears of it (its walled garden and plan filters): who holds the prefixes, once.
+        await bus.drain(5)
+        assert [(e.subscriber_id, e.networks()) for e in started] == [
+            (None, []), (carol.id, ["2001:db8:ffff:1::/64", "2001:db8:1:ab00::/56"])]
     finally:
         await store.close()
 
