@@ -134,6 +134,20 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             ispd.kill()
 
 
+def nas_login(site: Site, user: str, password: str) -> str | None:
+    """An Access-Request from the BNG in the server namespace (by then RADIUS knows the user)."""
+    return radclient("127.0.0.1:1812", "auth", "testing123",
+                     f'User-Name = {user}, User-Password = "{password}", Message-Authenticator = 0x00',
+                     netns=site.server_ns, timeout=2).code
+
+
+def nas_accounting(site: Site, user: str, status: str, addresses: str) -> str | None:
+    """The BNG's accounting of ``user``'s session (one each), with ``addresses`` (attributes)."""
+    return radclient("127.0.0.1:1813", "acct", "testing123",
+                     f"User-Name = {user}, Acct-Session-Id = {user}-1, {addresses}, Acct-Status-Type = {status}",
+                     netns=site.server_ns, timeout=2).code
+
+
 def reverse(address: str) -> str:
     return IPv4Address(address).reverse_pointer + "."
 
@@ -257,14 +271,10 @@ def test_an_address_a_nas_gave_from_its_own_pool_is_walled_while_its_session_is_
     site.ispd.cli("subscriber", "add", "dave", "--password-stdin", input="dave-pw\n")
 
     def login() -> str | None:
-        return radclient("127.0.0.1:1812", "auth", "testing123",
-                         'User-Name = dave, User-Password = "dave-pw", Message-Authenticator = 0x00',
-                         netns=site.server_ns, timeout=2).code
+        return nas_login(site, "dave", "dave-pw")
 
     def account(status: str) -> str | None:
-        return radclient("127.0.0.1:1813", "acct", "testing123",
-                         f"User-Name = dave, Acct-Session-Id = dave-1, Framed-IP-Address = {address}, "
-                         f"Acct-Status-Type = {status}", netns=site.server_ns, timeout=2).code
+        return nas_accounting(site, "dave", status, f"Framed-IP-Address = {address}")
 
     def from_dave(qname: str) -> DigResult:
         return site.from_client(qname, "A", "-b", address)
@@ -336,14 +346,10 @@ def test_a_policy_zone_for_one_plan_applies_to_its_subscribers_addresses_only(si
     site.ispd.cli("subscriber", "add", "erin", "--plan", "family", "--password-stdin", input="erin-pw\n")
 
     def login() -> str | None:
-        return radclient("127.0.0.1:1812", "auth", "testing123",
-                         'User-Name = erin, User-Password = "erin-pw", Message-Authenticator = 0x00',
-                         netns=site.server_ns, timeout=2).code
+        return nas_login(site, "erin", "erin-pw")
 
     def account(status: str) -> str | None:
-        return radclient("127.0.0.1:1813", "acct", "testing123",
-                         f"User-Name = erin, Acct-Session-Id = erin-1, Framed-IP-Address = {address}, "
-                         f"Acct-Status-Type = {status}", netns=site.server_ns, timeout=2).code
+        return nas_accounting(site, "erin", status, f"Framed-IP-Address = {address}")
 
     def filtered(source: str, qname: str = "casino.example") -> bool:
         answer = site.from_client(qname, "A", "-b", source)
@@ -394,17 +400,13 @@ def test_a_suspended_subscribers_home_is_walled_over_ipv6_too(site: Site) -> Non
     site.ispd.cli("subscriber", "add", "frank", "--password-stdin", input="frank-pw\n")
 
     def account(status: str) -> str | None:
-        return radclient("127.0.0.1:1813", "acct", "testing123",
-                         "User-Name = frank, Acct-Session-Id = frank-1, Framed-IP-Address = 198.18.0.62, "
-                         "Delegated-IPv6-Prefix = 2001:db8:100::/56, Framed-IPv6-Prefix = 2001:db8:53:1::/64, "
-                         f"Acct-Status-Type = {status}", netns=site.server_ns, timeout=2).code
+        return nas_accounting(site, "frank", status, "Framed-IP-Address = 198.18.0.62, "
+                              "Delegated-IPv6-Prefix = 2001:db8:100::/56, Framed-IPv6-Prefix = 2001:db8:53:1::/64")
 
     def from_device(qname: str) -> set[str]:
         return rdatas(dig_in_netns(site.client_ns, SERVER6, qname, "A", "-b", device))
 
-    eventually(lambda: radclient("127.0.0.1:1812", "auth", "testing123",
-                                 'User-Name = frank, User-Password = "frank-pw", Message-Authenticator = 0x00',
-                                 netns=site.server_ns, timeout=2).code == "Access-Accept", timeout=10)
+    eventually(lambda: nas_login(site, "frank", "frank-pw") == "Access-Accept", timeout=10)
     assert account("Start") == "Accounting-Response"
     assert from_device("www.isp.example") == {WWW}
     site.ispd.cli("subscriber", "suspend", "frank", "--reason", "unpaid")
