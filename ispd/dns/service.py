@@ -600,6 +600,8 @@ class DNSService(Service):
         """Current leases (names, and who holds each address), suspended subscribers, and (for
         policy zones limited to some plans) every subscriber's plan."""
         store = self.context.store
+        if self.scopes.by_plan:
+            self.plans.begin_load()  # (plan changes the bus brings while the store is read count)
         try:
             leases = await store.list_leases()
             suspended = await store.list_subscribers(SubscriberStatus.SUSPENDED)
@@ -607,6 +609,7 @@ class DNSService(Service):
             if self.scopes.by_plan:
                 self.plans.load(await store.list_plans(), await store.list_subscribers())
         except StoreError as exc:
+            self.plans.abandon_load()
             raise ServiceStartError(f"dns: cannot load leases from the store: {exc}") from None
         if self.first and self.scopes.by_plan:
             named = {plan for zone in self.config.policy_zone for plan in zone.plans}
