@@ -629,7 +629,7 @@ class DNSService(Service):
                 if session.framed_ip:
                     self.walled.lease_granted(session.framed_ip, session.subscriber_id)
                 for network in session.ipv6_networks():
-                    self.walled.network_granted(network, session.subscriber_id)
+                    self.walled.network_granted(network, session.subscriber_id, session.id)
         for subscriber in suspended:
             self.walled.set_suspended(subscriber.id, True)
         self._walled_changed()
@@ -743,14 +743,14 @@ class DNSService(Service):
                 walled = self.walled.lease_granted(event.framed_ip, subscriber)
                 self._holder_changed(event.framed_ip, view, walled)
             for network in event.networks():
-                self._network_change(network, lambda: self.walled.network_granted(network, subscriber))  # noqa: B023
+                self._network_change(network, lambda: self.walled.network_granted(network, subscriber, event.session_id))  # noqa: B023
 
         def session_stopped(event: SessionStopped) -> None:
             if event.framed_ip:
                 view = self._plan_view_at(event.framed_ip)
                 self._holder_changed(event.framed_ip, view, self.walled.lease_ended(event.framed_ip))
             for network in event.networks():
-                self._network_change(network, lambda: self.walled.network_ended(network))  # noqa: B023
+                self._network_change(network, lambda: self.walled.network_ended(network, event.session_id))  # noqa: B023
 
         def subscriber_added(event: SubscriberAdded) -> None:
             self._set_plan(event.subscriber_id, lambda: self.plans.set_plan(event.subscriber_id, event.plan))

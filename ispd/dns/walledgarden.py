@@ -26,6 +26,10 @@ class WalledGarden:
         # A session's IPv6 networks -> subscriber, by prefix length and the network's first address.
         self._networks: dict[int, dict[int, int]] = {}
         self.network_holders: dict[str, int] = {}  # (the same, by the network as written)
+        # The session each network was last granted with: another session's end (a stale one
+        # closed after its subscriber reconnected with the same prefix, or one whose prefix went
+        # to someone else) does not take it from the session that holds it now.
+        self._network_sessions: dict[str, int] = {}
         self.suspended: set[int] = set()
 
     def configure(self, config: WalledGardenConfig) -> None:
@@ -65,7 +69,7 @@ class WalledGarden:
         parsed = _ipv6_network(network)
         return None if parsed is None else self.network_holders.get(str(parsed))
 
-    def network_granted(self, network: str, subscriber_id: int) -> bool:
+    def network_granted(self, network: str, subscriber_id: int, session_id: int | None = None) -> bool:
         """A session's IPv6 network; whether the walled set changed."""
         parsed = _ipv6_network(network)
         if parsed is None:
@@ -73,14 +77,26 @@ class WalledGarden:
         network = str(parsed)
         before = self.enabled and self.network_holders.get(network) in self.suspended
         self.network_holders[network] = subscriber_id
+        if session_id is None:
+            self._network_sessions.pop(network, None)
+        else:
+            self._network_sessions[network] = session_id
         self._networks.setdefault(parsed.prefixlen, {})[int(parsed.network_address) >> (128 - parsed.prefixlen)] = \
             subscriber_id
         return (self.enabled and subscriber_id in self.suspended) != before
 
-    def network_ended(self, network: str) -> bool:
+    def network_ended(self, network: str, session_id: int | None = None) -> bool:
+        """The session ``session_id`` (None: whichever) gave ``network`` up; whether the walled
+        set changed."""
         parsed = _ipv6_network(network)
-        holder = self.network_holders.pop(str(parsed), None) if parsed is not None else None
-        if parsed is None or holder is None:
+        if parsed is None:
+            return False
+        network = str(parsed)
+        if session_id is not None and self._network_sessions.get(network, session_id) != session_id:
+            return False  # granted with another session since: that one holds it
+        holder = self.network_holders.pop(network, None)
+        self._network_sessions.pop(network, None)
+        if holder is None:
             return False
         by_length = self._networks.get(parsed.prefixlen, {})
         by_length.pop(int(parsed.network_address) >> (128 - parsed.prefixlen), None)

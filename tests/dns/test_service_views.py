@@ -123,3 +123,20 @@ async def test_a_sessions_ipv6_prefixes_bring_its_homes_devices_under_the_plan_a
                                ipv6_networks="2001:db8:1::/64,2001:db8:100::/56"))
     assert service.engine.client_class(bob_device) == ClientClass.ALLOWED
     assert view(service, ann_device) == 0
+
+
+async def test_a_stale_sessions_end_leaves_the_prefix_to_the_session_that_has_it_now(service: DNSService) -> None:
+    """ann reconnects and her new session gets the same prefix; the old one, closed later (its
+    Stop late, or ispd closing it as stale), took the prefix with it: her devices went round the
+    walled garden over IPv6, though suspended."""
+    assert service.engine is not None
+    service.engine.set_allow([ip_network("2001:db8::/32")])
+    bus, device = service.context.bus, "2001:db8:100:7:a::5"
+    bus.publish(SubscriberSuspended(1.0, ANN, "ann"))
+    bus.publish(SessionStarted(1.0, 1, "198.18.0.2", "s1", "ann", subscriber_id=ANN, ipv6_networks="2001:db8:100::/56"))
+    bus.publish(SessionStarted(2.0, 2, "198.18.0.2", "s2", "ann", subscriber_id=ANN, ipv6_networks="2001:db8:100::/56"))
+    bus.publish(SessionStopped(3.0, 1, "198.18.0.2", "s1", "ann", subscriber_id=ANN,
+                               ipv6_networks="2001:db8:100::/56", cause="Stale-Session"))
+    assert service.engine.client_class(device) == ClientClass.WALLED
+    bus.publish(SessionStopped(4.0, 2, "198.18.0.2", "s2", "ann", subscriber_id=ANN, ipv6_networks="2001:db8:100::/56"))
+    assert service.engine.client_class(device) == ClientClass.ALLOWED

@@ -61,3 +61,19 @@ def test_walled_answers_and_the_allow_list() -> None:
     nodata = garden.lookup(name_from_text("www.example.test"), RRType.AAAA)
     assert nodata is not None and nodata.answer == []
     assert garden.lookup(name_from_text("pay.portal.isp.test"), RRType.A) is None
+
+
+def test_a_sessions_end_leaves_its_network_to_the_session_that_holds_it_now() -> None:
+    """A subscriber who reconnects gets the same Delegated-IPv6-Prefix in a new session; the old
+    session's Stop (late, or ispd closing it as stale) took the prefix from the new one, and a
+    suspended subscriber's devices asked over IPv6 round the walled garden from then on."""
+    garden = WalledGarden(PORTAL)
+    garden.set_suspended(7, True)
+    assert garden.network_granted("2001:db8:100::/56", 7, session_id=1) is True
+    assert garden.network_granted("2001:db8:100::/56", 7, session_id=2) is False  # the reconnect
+    assert garden.network_ended("2001:db8:100::/56", session_id=1) is False
+    assert garden.is_walled("2001:db8:100::5") and garden.walled_networks() == (IPv6Network("2001:db8:100::/56"),)
+    assert garden.network_granted("2001:db8:100::/56", 8, session_id=3) is True  # given to another
+    assert garden.network_ended("2001:db8:100::/56", session_id=2) is False and garden.holder("2001:db8:100::5") == 8
+    assert garden.network_ended("2001:db8:100::/56", session_id=3) is False  # (8 is not suspended)
+    assert garden.holder("2001:db8:100::5") is None
