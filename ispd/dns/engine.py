@@ -271,7 +271,9 @@ class DNSEngine:
         self._policy_changes = 0  # policy or its scopes replaced (a reload): an answer made across it is not kept
         self.walled_lookup: LocalLookup = lambda name, qtype: None
         self.walled_addresses: frozenset[str] = frozenset()
-        self.walled_networks: tuple[IPv4Network | IPv6Network, ...] = ()  # (a suspended subscriber's IPv6 prefixes)
+        # Whether an address lies in a suspended subscriber's IPv6 prefix (the longest prefix
+        # that holds it decides: another's longer one inside it is not walled); None: none is.
+        self.in_walled_network: Callable[[IPv4Address | IPv6Address], bool] | None = None
         # A client's view of the policy (``ispd.dns.scopes``), by address: set by the service.
         self.client_view: Callable[[IPv4Address | IPv6Address], int] = lambda address: 0
         self._classes: dict[str, ClientClass] = {}
@@ -302,7 +304,7 @@ class DNSEngine:
             dns64 = self.dns64_clients is not None and self.dns64 is not None and any(
                 address in network for network in self.dns64_clients)
             if str(address) in self.walled_addresses or (
-                    self.walled_networks and any(address in network for network in self.walled_networks)):
+                    self.in_walled_network is not None and self.in_walled_network(address)):
                 found = ClientClass.WALLED_DNS64 if dns64 else ClientClass.WALLED
             else:
                 found = ClientClass.ALLOWED_DNS64 if dns64 else ClientClass.ALLOWED
@@ -333,8 +335,8 @@ class DNSEngine:
             self._views.pop(client, None)
 
     def set_walled(self, addresses: frozenset[str],
-                   networks: tuple[IPv4Network | IPv6Network, ...] = ()) -> None:
-        self.walled_addresses, self.walled_networks = addresses, networks
+                   in_walled_network: Callable[[IPv4Address | IPv6Address], bool] | None = None) -> None:
+        self.walled_addresses, self.in_walled_network = addresses, in_walled_network
         self.forget_clients()
 
     def set_policy(self, lookup: PolicyLookup) -> None:

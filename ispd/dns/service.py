@@ -668,7 +668,8 @@ class DNSService(Service):
 
     def _walled_changed(self) -> None:
         if self.engine is not None:
-            self.engine.set_walled(self.walled.walled_addresses(), self.walled.walled_networks())
+            self.engine.set_walled(self.walled.walled_addresses(),
+                                   self.walled.in_walled_network if self.walled.walled_networks() else None)
 
     # --- views of the policy (ispd.dns.scopes) ---
 
@@ -742,8 +743,9 @@ class DNSService(Service):
                 view = self._plan_view_at(event.framed_ip)
                 walled = self.walled.lease_granted(event.framed_ip, subscriber)
                 self._holder_changed(event.framed_ip, view, walled)
+            session = event.session_id
             for network in event.networks():
-                self._network_change(network, lambda: self.walled.network_granted(network, subscriber, event.session_id))  # noqa: B023
+                self._network_change(network, lambda: self.walled.network_granted(network, subscriber, session))  # noqa: B023
 
         def session_stopped(event: SessionStopped) -> None:
             if event.framed_ip:

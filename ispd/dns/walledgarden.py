@@ -12,7 +12,7 @@ itself, the payment provider) resolve normally.
 
 from __future__ import annotations
 
-from ipaddress import IPv6Network, ip_address, ip_network
+from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_address, ip_network
 
 from ispd.dns.config import WalledGardenConfig
 from ispd.dns.wire import CLASS_IN, RR, RCode, RRType, is_subdomain, name_from_text
@@ -56,7 +56,10 @@ class WalledGarden:
             ip = ip_address(address)
         except ValueError:
             return None
-        if ip.version != 6:
+        return self._network_holder_of(ip)
+
+    def _network_holder_of(self, ip: IPv4Address | IPv6Address) -> int | None:
+        if ip.version != 6 or not self._networks:
             return None
         value = int(ip)
         for length in sorted(self._networks, reverse=True):  # the longest prefix first
@@ -64,6 +67,11 @@ class WalledGarden:
             if holder is not None:
                 return holder
         return None
+
+    def in_walled_network(self, address: IPv4Address | IPv6Address) -> bool:
+        """Whether the network that holds ``address`` (the longest of those that contain it) is
+        a suspended subscriber's: not when it lies in a longer prefix of an active one."""
+        return self.enabled and self._network_holder_of(address) in self.suspended
 
     def network_holder(self, network: str) -> int | None:
         parsed = _ipv6_network(network)

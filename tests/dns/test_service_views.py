@@ -140,3 +140,18 @@ async def test_a_stale_sessions_end_leaves_the_prefix_to_the_session_that_has_it
     assert service.engine.client_class(device) == ClientClass.WALLED
     bus.publish(SessionStopped(4.0, 2, "198.18.0.2", "s2", "ann", subscriber_id=ANN, ipv6_networks="2001:db8:100::/56"))
     assert service.engine.client_class(device) == ClientClass.ALLOWED
+
+
+async def test_a_longer_prefix_of_an_active_subscriber_inside_a_suspended_ones_is_not_walled(
+        service: DNSService) -> None:
+    """The holder of an address in two sessions' prefixes is the longer prefix's (as the plan
+    view has it); the walled garden took any suspended subscriber's prefix that contained it."""
+    assert service.engine is not None
+    service.engine.set_allow([ip_network("2001:db8::/32")])
+    bus = service.context.bus
+    bus.publish(SessionStarted(1.0, 1, "198.18.0.2", "s1", "bob", subscriber_id=BOB, ipv6_networks="2001:db8:100::/48"))
+    bus.publish(SessionStarted(1.0, 2, "198.18.0.2", "s2", "ann", subscriber_id=ANN, ipv6_networks="2001:db8:100:5::/64"))
+    bus.publish(SubscriberSuspended(2.0, BOB, "bob"))
+    assert service.engine.client_class("2001:db8:100:7::1") == ClientClass.WALLED
+    assert service.engine.client_class("2001:db8:100:5::1") == ClientClass.ALLOWED
+    assert view(service, "2001:db8:100:5::1") == FAMILY
