@@ -766,20 +766,28 @@ class RadiusService(Service):
         """Accounting of a proxied realm, kept here already: a copy to its accounting servers,
         as the NAS would have sent it (best effort: the NAS has its answer). ``received``:
         perf_counter when it came, for its Acct-Delay-Time. Accounting-On and -Off name no user:
-        every realm's accounting servers hear of them, whose sessions on that NAS have ended."""
+        every realm's accounting servers hear of them, whose sessions on that NAS have ended (each
+        server of a load-balanced realm: the NAS's sessions are spread over them all)."""
         if not self.realms:
             return
         if record.status in (AccountingStatus.ACCOUNTING_ON, AccountingStatus.ACCOUNTING_OFF):
             for realm in self.realms.with_accounting():
-                self._copy_accounting(realm, packet, received, record.nas_address)
+                if realm.load_balance:
+                    for server in realm.acct_servers:
+                        self._copy_accounting(realm, packet, received, (server,))
+                else:
+                    self._copy_accounting(realm, packet, received, realm.acct_servers)
             return
         if not record.username or self.directory.find(record.username) is not None:
             return
         routed = self.realms.route(record.username)
         if routed is not None and routed.acct_servers:
-            self._copy_accounting(routed, packet, received, record.nas_address)
+            self._copy_accounting(routed, packet, received,
+                                  routed.servers_for(routed.acct_servers, packet, record.nas_address))
 
-    def _copy_accounting(self, realm: Realm, packet: Packet, received: float, nas_address: str) -> None:
+    def _copy_accounting(self, realm: Realm, packet: Packet, received: float,
+                         servers: tuple[HomeServer, ...]) -> None:
+        """A copy of ``packet`` to the first of ``servers`` that answers."""
         if self._copying >= MAX_ACCOUNTING_COPIES:  # home servers slow or down: no pile of waiting copies
             self.metrics.proxied.inc("acct", "dropped")
             return
@@ -788,7 +796,7 @@ class RadiusService(Service):
         async def forward() -> None:
             try:
                 answered = await self._ask_home(
-                    realm, realm.servers_for(realm.acct_servers, packet, nas_address),
+                    realm, servers,
                     lambda identifier: forward_accounting_request(packet, realm, identifier,
                                                                   time.perf_counter() - received),
                     _ACCOUNTING_ANSWER)

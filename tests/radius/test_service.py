@@ -296,3 +296,33 @@ async def test_home_servers_that_failed_lately_go_last_with_one_send_and_copies_
         assert service.metrics.proxied.values[("acct", "dropped")] == 1 and not service._tasks
     finally:
         await store.close()
+
+
+async def test_accounting_on_reaches_every_server_of_a_load_balanced_realm(tmp_path: Path) -> None:
+    """A load-balanced realm's sessions of one NAS are spread over its accounting servers: an
+    Accounting-On (the NAS rebooted, its sessions are over) that went to one of them only left
+    the others' sessions open there."""
+    from ispd.radius.proxy import HomeServer, Realm, Realms
+
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        service = RadiusService(_radius_config(3799), ServiceContext(store, EventBus(), CollectorRegistry(),
+                                                                     _healthy))
+        servers = (HomeServer("198.18.5.1", 1813), HomeServer("198.18.5.2", 1813), HomeServer("198.18.5.3", 1813))
+        service.realms = Realms([Realm("home.example", servers[:1], servers, b"s", False, 1.0, 1, True,
+                                       load_balance=True)], [])
+        asked: list[tuple[HomeServer, ...]] = []
+
+        async def ask_home(realm: Realm, servers: tuple[HomeServer, ...], *args: Any) -> None:
+            asked.append(servers)
+
+        service._ask_home = ask_home  # type: ignore[method-assign,assignment]
+        record = AccountingRecord(at=1.0, status=AccountingStatus.ACCOUNTING_ON, nas_address=NAS,
+                                  acct_session_id="", username="")
+        packet = decode(encode_request(Code.ACCOUNTING_REQUEST, 1, encode_attributes(
+            [(Attr.ACCT_STATUS_TYPE, (7).to_bytes(4, "big"))]), SECRET.encode(), message_authenticator=False))
+        service._proxy_accounting(record, packet, time.perf_counter())
+        await asyncio.gather(*service._tasks)
+        assert sorted(asked, key=str) == [(server,) for server in servers]
+    finally:
+        await store.close()
