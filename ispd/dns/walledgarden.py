@@ -74,8 +74,19 @@ class WalledGarden:
         return self.enabled and self._network_holder_of(address) in self.suspended
 
     def network_holder(self, network: str) -> int | None:
+        """Who holds the clients of ``network``: the holder of the network itself, or of the
+        longest prefix that contains it (longer ones inside it aside)."""
         parsed = _ipv6_network(network)
-        return None if parsed is None else self.network_holders.get(str(parsed))
+        return None if parsed is None else self._covering_holder(parsed)
+
+    def _covering_holder(self, network: IPv6Network) -> int | None:
+        value = int(network.network_address)
+        for length in sorted(self._networks, reverse=True):
+            if length <= network.prefixlen:
+                holder = self._networks[length].get(value >> (128 - length))
+                if holder is not None:
+                    return holder
+        return None
 
     def network_granted(self, network: str, subscriber_id: int, session_id: int | None = None) -> bool:
         """A session's IPv6 network; whether the walled set changed."""
@@ -83,7 +94,7 @@ class WalledGarden:
         if parsed is None:
             return False
         network = str(parsed)
-        before = self.enabled and self.network_holders.get(network) in self.suspended
+        before = self.enabled and self._covering_holder(parsed) in self.suspended  # (another's prefix around it)
         self.network_holders[network] = subscriber_id
         if session_id is None:
             self._network_sessions.pop(network, None)
@@ -110,7 +121,8 @@ class WalledGarden:
         by_length.pop(int(parsed.network_address) >> (128 - parsed.prefixlen), None)
         if not by_length:
             self._networks.pop(parsed.prefixlen, None)
-        return self.enabled and holder in self.suspended
+        # Its clients go to the holder of a prefix around it, if any.
+        return self.enabled and (holder in self.suspended) != (self._covering_holder(parsed) in self.suspended)
 
     def lease_granted(self, address: str, subscriber_id: int | None) -> bool:
         before = self.is_walled(address)

@@ -155,3 +155,19 @@ async def test_a_longer_prefix_of_an_active_subscriber_inside_a_suspended_ones_i
     assert service.engine.client_class("2001:db8:100:7::1") == ClientClass.WALLED
     assert service.engine.client_class("2001:db8:100:5::1") == ClientClass.ALLOWED
     assert view(service, "2001:db8:100:5::1") == FAMILY
+
+
+async def test_a_prefix_that_comes_or_goes_inside_anothers_moves_its_clients(service: DNSService) -> None:
+    """A prefix granted inside a suspended subscriber's (or ended there, or inside a family
+    plan's) changes its clients' holder: the change looked at the prefix alone and left the
+    engine's classes and views of those clients as they were."""
+    assert service.engine is not None
+    service.engine.set_allow([ip_network("2001:db8::/32")])
+    bus, device = service.context.bus, "2001:db8:100:5::1"
+    bus.publish(SessionStarted(1.0, 1, "198.18.0.2", "s1", "ann", subscriber_id=ANN, ipv6_networks="2001:db8:100::/48"))
+    bus.publish(SubscriberSuspended(1.0, ANN, "ann"))
+    assert service.engine.client_class(device) == ClientClass.WALLED and view(service, device) == FAMILY
+    bus.publish(SessionStarted(2.0, 2, "198.18.0.2", "s2", "bob", subscriber_id=BOB, ipv6_networks="2001:db8:100:5::/64"))
+    assert service.engine.client_class(device) == ClientClass.ALLOWED and view(service, device) == 0
+    bus.publish(SessionStopped(3.0, 2, "198.18.0.2", "s2", "bob", subscriber_id=BOB, ipv6_networks="2001:db8:100:5::/64"))
+    assert service.engine.client_class(device) == ClientClass.WALLED and view(service, device) == FAMILY
