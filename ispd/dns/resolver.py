@@ -57,6 +57,7 @@ the resolver), the validation itself (``ispd.dns.validator``), and the answer ca
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import random
 import secrets
@@ -207,6 +208,12 @@ class Resolution:
     security: Security = Security.UNCHECKED
     ede: int = -1  # an RFC 8914 code for a bogus answer
     zone: bytes = b""  # the zone whose servers gave the last step (the validator's parent zone)
+
+
+# The forward zones (with ``first``) whose forwarders failed in the client question this task
+# resolves: ``Resolver.resolve`` shares them with the questions asked on its behalf.
+_FAILED_FORWARDING: contextvars.ContextVar[set[bytes] | None] = contextvars.ContextVar("failed_forwarding",
+                                                                                       default=None)
 
 
 class Budget:
@@ -460,6 +467,23 @@ class Resolver:
         DNSSEC verdict to the caller (the validator's own questions). ``past_limit``: the zone
         rate limit let this question through already."""
         budget = budget or Budget(self.settings.max_queries_per_request, trace, past_limit)
+        if budget.failed_forwarding is None and any(zone.first for zone in self.forward_zones.values()):
+            # The forwarders found failing while one client question is resolved are failing for
+            # the validator's questions too (DS, DNSKEY: budgets of their own, in this task): they
+            # iterate at once, not after the forwarders' timeouts again, one per question.
+            shared = _FAILED_FORWARDING.get()
+            if shared is None:
+                budget.failed_forwarding = set()
+                token = _FAILED_FORWARDING.set(budget.failed_forwarding)
+                try:
+                    return await self._resolve_chain(name, qtype, budget, depth, refresh, validate)
+                finally:
+                    _FAILED_FORWARDING.reset(token)
+            budget.failed_forwarding = shared
+        return await self._resolve_chain(name, qtype, budget, depth, refresh, validate)
+
+    async def _resolve_chain(self, name: bytes, qtype: int, budget: Budget, depth: int, refresh: bool,
+                             validate: bool) -> Resolution:
         validator = self.validator if validate else None
         security = Security.SECURE if validator is not None else Security.UNCHECKED
         ede = -1

@@ -11,6 +11,7 @@ import pytest
 
 import ispd.dns.resolver as resolver_module
 from ispd.dns.cache import CacheLimits, NegativeKind, RRsetCache, Trust
+from ispd.dns.dnssec import parse_trust_anchors
 from ispd.dns.resolver import (
     LOCALHOST_NETWORKS,
     PROBE_INTERVAL,
@@ -20,6 +21,7 @@ from ispd.dns.resolver import (
     Resolver,
     ResolverSettings,
 )
+from ispd.dns.validator import Validator
 from ispd.dns.wire import (
     CLASS_IN,
     ROOT,
@@ -1236,3 +1238,23 @@ async def test_a_passing_servfail_does_not_write_the_servers_off(net: FakeNet, r
     failing["on"] = False
     assert values(await ask(resolver, "alias.example.test.")) == values(await ask(resolver, "www.example.test."))
     assert values(await ask(resolver, "www.example.test.")) != []
+
+
+async def test_forward_first_the_validators_questions_do_not_wait_for_failed_forwarders_again(
+        net: FakeNet, clock: FakeClock) -> None:
+    """Once the forwarders failed a client question, the DS and DNSKEY questions the validator
+    asks for it (each with a budget of its own) went to them again, a timeout each: the first
+    questions after a forwarder died did not fit in the request timeout."""
+    forwarder = "10.9.0.1"
+    net.misbehave(forwarder, timeout=True)
+    resolver = Resolver(RRsetCache(CacheLimits()), net, HINTS, clock, settings(),
+                        [ForwardZone(ROOT, (forwarder,), recursive=True, first=True)])
+
+    async def fetch(name: bytes, rtype: int) -> Resolution:
+        return await resolver.resolve(name, rtype, validate=False, past_limit=True)
+
+    root_ds = ". IN DS 20326 8 2 E06D44B80B8F1D39A95C0B0D7C65D08458E880409BBC683457104237C7F8EC8D\n"
+    resolver.validator = Validator(parse_trust_anchors(root_ds), fetch, resolver.cache, clock)
+    await ask(resolver, "www.example.test.")  # (bogus here: the test hierarchy is not signed)
+    assert len(net.to(forwarder)) == 1
+    assert any(q.qtype == RRType.DNSKEY for q in net.log)  # the validator did ask, from the root down
