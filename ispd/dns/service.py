@@ -627,7 +627,7 @@ class DNSService(Service):
         for session in sessions:
             if session.subscriber_id is not None:
                 if session.framed_ip:
-                    self.walled.lease_granted(session.framed_ip, session.subscriber_id)
+                    self.walled.lease_granted(session.framed_ip, session.subscriber_id, session.id)
                 for network in session.ipv6_networks():
                     self.walled.network_granted(network, session.subscriber_id, session.id)
         for subscriber in suspended:
@@ -741,7 +741,7 @@ class DNSService(Service):
                 return
             if event.framed_ip:
                 view = self._plan_view_at(event.framed_ip)
-                walled = self.walled.lease_granted(event.framed_ip, subscriber)
+                walled = self.walled.lease_granted(event.framed_ip, subscriber, event.session_id)
                 self._holder_changed(event.framed_ip, view, walled)
             session = event.session_id
             for network in event.networks():
@@ -750,7 +750,7 @@ class DNSService(Service):
         def session_stopped(event: SessionStopped) -> None:
             if event.framed_ip:
                 view = self._plan_view_at(event.framed_ip)
-                self._holder_changed(event.framed_ip, view, self.walled.lease_ended(event.framed_ip))
+                self._holder_changed(event.framed_ip, view, self.walled.lease_ended(event.framed_ip, event.session_id))
             for network in event.networks():
                 self._network_change(network, lambda: self.walled.network_ended(network, event.session_id))  # noqa: B023
 

@@ -30,6 +30,7 @@ class WalledGarden:
         # closed after its subscriber reconnected with the same prefix, or one whose prefix went
         # to someone else) does not take it from the session that holds it now.
         self._network_sessions: dict[str, int] = {}
+        self._address_sessions: dict[str, int] = {}  # (the same for the addresses of sessions)
         self.suspended: set[int] = set()
 
     def configure(self, config: WalledGardenConfig) -> None:
@@ -124,17 +125,29 @@ class WalledGarden:
         # Its clients go to the holder of a prefix around it, if any.
         return self.enabled and (holder in self.suspended) != (self._covering_holder(parsed) in self.suspended)
 
-    def lease_granted(self, address: str, subscriber_id: int | None) -> bool:
+    def lease_granted(self, address: str, subscriber_id: int | None, session_id: int | None = None) -> bool:
+        """An address leased (by DHCP), or in the RADIUS session ``session_id``; whether the
+        walled set changed."""
         before = self.is_walled(address)
         if subscriber_id is None:
             self.subscriber_of.pop(address, None)
         else:
             self.subscriber_of[address] = subscriber_id
+        if session_id is None:
+            self._address_sessions.pop(address, None)
+        else:
+            self._address_sessions[address] = session_id
         return self.is_walled(address) != before
 
-    def lease_ended(self, address: str) -> bool:
+    def lease_ended(self, address: str, session_id: int | None = None) -> bool:
+        """The lease, or the session ``session_id``, gave ``address`` up: not when another
+        session holds it since (a subscriber who reconnected with the same address, and whose
+        stale session is closed late)."""
+        if session_id is not None and self._address_sessions.get(address, session_id) != session_id:
+            return False
         before = self.is_walled(address)
         self.subscriber_of.pop(address, None)
+        self._address_sessions.pop(address, None)
         return before
 
     def set_suspended(self, subscriber_id: int, suspended: bool) -> bool:

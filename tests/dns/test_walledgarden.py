@@ -77,3 +77,17 @@ def test_a_sessions_end_leaves_its_network_to_the_session_that_holds_it_now() ->
     assert garden.network_ended("2001:db8:100::/56", session_id=2) is False and garden.holder("2001:db8:100::5") == 8
     assert garden.network_ended("2001:db8:100::/56", session_id=3) is False  # (8 is not suspended)
     assert garden.holder("2001:db8:100::5") is None
+
+
+def test_a_sessions_end_leaves_its_address_to_the_session_that_holds_it_now() -> None:
+    """The same for a session's Framed-IP-Address (a static address, the same at each reconnect),
+    and a DHCP lease's end still ends it whoever had it."""
+    garden = WalledGarden(PORTAL)
+    garden.set_suspended(7, True)
+    assert garden.lease_granted("198.18.0.62", 7, session_id=1) is True
+    assert garden.lease_granted("198.18.0.62", 7, session_id=2) is False  # the reconnect
+    assert garden.lease_ended("198.18.0.62", session_id=1) is False  # the old session closed late
+    assert garden.walled_addresses() == {"198.18.0.62"}
+    assert garden.lease_ended("198.18.0.62", session_id=2) is True
+    assert garden.lease_granted("198.18.0.62", 7, session_id=3) is True
+    assert garden.lease_ended("198.18.0.62") is True  # (no session: whoever holds it)
