@@ -212,6 +212,11 @@ class PlanReplyConfig(Section):
     address_pool: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     # Overrides [radius] suspended for this plan's subscribers.
     suspended: SuspendedAction | None = None
+    # Logins only from the subscriber's own lines: a subscriber with reservations of its lines
+    # (a MAC as the NAS sends it in Calling-Station-Id, a circuit-id or remote-id) is rejected
+    # from any other (reason wrong_line), as a shared password would let anyone log in. One
+    # without such reservations is not locked.
+    line_lock: bool = False
 
     @model_validator(mode="after")
     def _one_source_of_addresses(self) -> PlanReplyConfig:

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 from ispd.store.models import Plan, Reservation, ReservationKind, StoredCredentials, Subscriber
 
+_LINE_KINDS = frozenset({ReservationKind.MAC, ReservationKind.CIRCUIT_ID, ReservationKind.REMOTE_ID})
+
 
 @dataclass(slots=True)
 class AuthSubject:
@@ -28,6 +30,8 @@ class AuthSubject:
     credentials: StoredCredentials
     # Reservations with a fixed address, by (kind, canonical key).
     addressed: dict[tuple[str, str], str] = field(default_factory=dict)
+    # Its lines: the (kind, key) of its MAC, circuit-id and remote-id reservations (line_lock).
+    lines: set[tuple[str, str]] = field(default_factory=set)
     # Encoded reply attributes by (NAS kind, walled garden, framed address): built once per subject.
     reply_cache: dict[tuple[str, bool, str | None], bytes] = field(default_factory=dict)
     # Past its plan's monthly quota this month (the RADIUS service keeps it; it resets with the month).
@@ -98,8 +102,11 @@ class Directory:
             if reservation.kind == ReservationKind.USERNAME:
                 logins = self.usernames if reservation.key == subscriber.username else self.reserved_logins
                 logins[reservation.key] = (subject, reservation.address)
-            elif reservation.address is not None:
-                subject.addressed[(str(reservation.kind), reservation.key)] = reservation.address
+            else:
+                if reservation.kind in _LINE_KINDS:  # (a DHCP client-id is no line a NAS reports)
+                    subject.lines.add((str(reservation.kind), reservation.key))
+                if reservation.address is not None:
+                    subject.addressed[(str(reservation.kind), reservation.key)] = reservation.address
 
     def find(self, login: str) -> tuple[AuthSubject, str | None] | None:
         """Who logs in with ``login``, and the address reserved for that login."""

@@ -156,6 +156,25 @@ _STATUS_TYPES = {1: AccountingStatus.START, 2: AccountingStatus.STOP, 3: Account
                  7: AccountingStatus.ACCOUNTING_ON, 8: AccountingStatus.ACCOUNTING_OFF}
 
 
+def _line_keys(packet: Packet) -> list[tuple[ReservationKind, str]]:
+    """The request's line as reservations name one: Calling-Station-Id (as a MAC), the DSL Forum
+    circuit-id and remote-id, NAS-Port-Id (as a circuit-id)."""
+    keys: list[tuple[ReservationKind, str]] = []
+    calling = packet.text(Attr.CALLING_STATION_ID)
+    if calling:
+        with contextlib.suppress(ValueError):  # not a MAC address: nothing to match
+            keys.append((ReservationKind.MAC, normalize_key("mac", calling)))
+    for vendor_type, kind in ((_ADSL_AGENT_CIRCUIT_ID, ReservationKind.CIRCUIT_ID),
+                              (_ADSL_AGENT_REMOTE_ID, ReservationKind.REMOTE_ID)):
+        value = packet.vendor_attribute(Vendor.DSL_FORUM, vendor_type)
+        if value:
+            keys.append((kind, opaque_text(value)))
+    port_id = packet.get(Attr.NAS_PORT_ID)
+    if port_id:
+        keys.append((ReservationKind.CIRCUIT_ID, opaque_text(port_id)))
+    return keys
+
+
 class RejectReason(StrEnum):
     """Why an Access-Reject (a metric label: keep it closed)."""
 
@@ -170,6 +189,7 @@ class RejectReason(StrEnum):
     EAP_FAILED = "eap_failed"  # malformed, unknown or expired conversation, another method asked
     POOL_EXHAUSTED = "pool_exhausted"  # the plan's address pool has no address left
     HOME_SERVER_UNREACHABLE = "home_server_unreachable"  # a proxied realm's servers did not answer
+    WRONG_LINE = "wrong_line"  # the plan's line_lock, and the request came from none of its lines
 
 
 class Drop(StrEnum):
@@ -218,6 +238,7 @@ class PlanReply:
     framed_pool: str | None = None
     suspended: SuspendedAction | None = None
     address_pool: str | None = None  # ispd gives Framed-IP-Address from this pool
+    line_lock: bool = False  # logins only from the subscriber's reserved lines (when it has any)
 
 
 @dataclass(slots=True)
@@ -727,6 +748,11 @@ class AuthEngine:
             if action == SuspendedAction.REJECT:
                 return self._reject(RejectReason.SUSPENDED, method, subject, failure)
             walled = True
+        if subject.lines and plan is not None:
+            plan_reply = self.settings.plans.get(plan.name)
+            if plan_reply is not None and plan_reply.line_lock and not any(
+                    (str(kind), key) in subject.lines for kind, key in _line_keys(packet)):
+                return self._reject(RejectReason.WRONG_LINE, method, subject, failure)
         if subject.over_quota and plan is not None and plan.over_quota is OverQuota.WALLED_GARDEN:
             walled = True
         if plan is not None and plan.max_sessions is not None:
@@ -768,20 +794,7 @@ class AuthEngine:
         """A fixed address of the subscriber's reservations that this request's line matches."""
         if not subject.addressed:  # the common case: nothing to match
             return None
-        keys: list[tuple[ReservationKind, str]] = []
-        calling = packet.text(Attr.CALLING_STATION_ID)
-        if calling:
-            with contextlib.suppress(ValueError):  # not a MAC address: nothing to match
-                keys.append((ReservationKind.MAC, normalize_key("mac", calling)))
-        for vendor_type, kind in ((_ADSL_AGENT_CIRCUIT_ID, ReservationKind.CIRCUIT_ID),
-                                  (_ADSL_AGENT_REMOTE_ID, ReservationKind.REMOTE_ID)):
-            value = packet.vendor_attribute(Vendor.DSL_FORUM, vendor_type)
-            if value:
-                keys.append((kind, opaque_text(value)))
-        port_id = packet.get(Attr.NAS_PORT_ID)
-        if port_id:
-            keys.append((ReservationKind.CIRCUIT_ID, opaque_text(port_id)))
-        for kind, key in keys:
+        for kind, key in _line_keys(packet):
             address = subject.addressed.get((str(kind), key))
             if address is not None:
                 return address

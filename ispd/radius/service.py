@@ -377,7 +377,7 @@ class RadiusService(Service):
                 raise ServiceStartError(f"radius: {where}: {exc}") from None
 
         plans = {p.plan: PlanReply(attributes(p.attributes, f"plan {p.plan!r} attributes"), p.framed_pool,
-                                   p.suspended, p.address_pool) for p in config.plan}
+                                   p.suspended, p.address_pool, p.line_lock) for p in config.plan}
         return ReplySettings(config.interim_interval_seconds, config.suspended,
                              attributes(config.walled_garden_attributes, "walled_garden_attributes"), plans)
 

@@ -759,3 +759,25 @@ def test_accounting_right_after_subscriber_add_is_attributed(tmp_path: Path) -> 
         assert sorted((s["acct_session_id"], s["subscriber_id"]) for s in sessions) == [("c-1", carol), ("c-2", carol)]
         shown = json.loads(ispd.cli("subscriber", "show", "carol", "--json").stdout)
         assert shown["usage_this_month"] == {"input_octets": 1000, "output_octets": 3000, "session_seconds": 5}
+
+
+def test_line_lock_lets_a_subscriber_log_in_from_its_own_lines_only(tmp_path: Path) -> None:
+    """[[radius.plan]] line_lock: once dan has a reservation of his line (his CPE's MAC, added
+    while ispd runs), his password works from that line only: a shared password is no login
+    from anywhere else."""
+    config = radius_config(tmp_path, free_udp_port(), plan=[{"plan": "locked", "line_lock": True}])
+    with IspdProcess(tmp_path, config) as ispd:
+        ispd.start()
+        radius = Radius(ispd)
+        ispd.cli("plan", "add", "locked", "--credential-policy", "cleartext")
+        ispd.cli("subscriber", "add", "dan", "--plan", "locked", "--password-stdin", input="dan-pw\n")
+
+        def login(mac: str) -> str | None:
+            return radclient(radius.auth, "auth", SECRET, 'User-Name = dan, User-Password = "dan-pw", '
+                             f"Message-Authenticator = 0x00, Calling-Station-Id = {mac}").code
+
+        eventually(lambda: login("02-00-00-00-71-02") == "Access-Accept", timeout=10)  # no line of his yet
+        ispd.cli("reservation", "add", "dan", "--mac", "02:00:00:00:71:01")
+        eventually(lambda: login("02-00-00-00-71-02") == "Access-Reject", timeout=10)
+        assert login("02-00-00-00-71-01") == "Access-Accept"
+        assert ispd.metric_value("ispd_radius_rejects_total", {"reason": "wrong_line"}) >= 1

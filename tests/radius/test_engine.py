@@ -234,6 +234,36 @@ def test_a_mac_reservation_gives_the_address_to_the_line_it_matches() -> None:
     assert first(world.engine.handle(pap("frank", "frank-pw"), nas(), NOW).attributes, Attr.FRAMED_IP_ADDRESS) is None
 
 
+def test_line_lock_takes_logins_only_from_the_subscribers_own_lines() -> None:
+    """A plan with line_lock: alice, who has a MAC and a circuit-id reservation, logs in from
+    those lines only; carol, with a DHCP client-id reservation only (no line a NAS reports), and
+    frank, on no plan, are not locked."""
+    world = World(ReplySettings(plans={"home": PlanReply(line_lock=True)}))
+    reservations = [Reservation(1, 1, ReservationKind.MAC, "02:00:5e:00:00:01"),
+                    Reservation(2, 1, ReservationKind.CIRCUIT_ID, "olt1 eth 1/1/1:100"),
+                    Reservation(3, 3, ReservationKind.CLIENT_ID, "01:02:00:5e:00:00:03"),
+                    Reservation(4, 6, ReservationKind.MAC, "02:00:5e:00:00:06", address="198.18.7.6")]
+    world.directory.load([subscriber(1, "alice"), subscriber(3, "carol"), subscriber(6, "frank", plan=None)], [PLAN],
+                         {1: StoredCredentials(cleartext="alice-pw", updated_at=1),
+                          3: StoredCredentials(cleartext="carol-pw", updated_at=1),
+                          6: StoredCredentials(cleartext="frank-pw", updated_at=1)}, reservations)
+
+    def login(user: str, *line: tuple[int, bytes]) -> Decision:
+        authenticator = os.urandom(16)
+        return world.engine.handle(access_request(
+            [(Attr.USER_NAME, user.encode()), *line,
+             (Attr.USER_PASSWORD, hide_password(f"{user}-pw".encode(), SECRET, authenticator))],
+            authenticator=authenticator), nas(), NOW)
+
+    assert login("alice", (Attr.CALLING_STATION_ID, b"02-00-5E-00-00-01")).code == Code.ACCESS_ACCEPT
+    assert login("alice", (Attr.NAS_PORT_ID, b"olt1 eth 1/1/1:100")).code == Code.ACCESS_ACCEPT
+    for line in ([(Attr.CALLING_STATION_ID, b"02-00-5E-00-00-99")], [(Attr.NAS_PORT_ID, b"olt1 eth 1/1/2:100")], []):
+        decision = login("alice", *line)
+        assert (decision.code, decision.reject) == (Code.ACCESS_REJECT, RejectReason.WRONG_LINE), line
+    assert login("carol", (Attr.CALLING_STATION_ID, b"02-00-5E-00-00-99")).code == Code.ACCESS_ACCEPT
+    assert login("frank", (Attr.CALLING_STATION_ID, b"02-00-5E-00-00-99")).code == Code.ACCESS_ACCEPT
+
+
 def test_plan_attributes_framed_pool_and_hidden_values() -> None:
     extra = (reply_attribute(DICTIONARY, "Mikrotik-Address-List = home"),
              reply_attribute(DICTIONARY, "Tunnel-Password:1 = s3cret"))
