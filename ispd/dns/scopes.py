@@ -47,6 +47,7 @@ class PolicyScopes:
                 bits[scope] = VARIANT_SCOPES[len(bits)]  # (the config allows no more)
             zone_bits.append(bits[scope])
         self.zone_bits = tuple(zone_bits)  # per zone, in order: 0 for a zone for every client
+        self.zone_names = tuple(zone.name for zone in zones)
         self._scopes = tuple(_Scope(plans, tuple(networks), bit) for (plans, networks), bit in bits.items())
         self.by_plan = any(scope.plans for scope in self._scopes)
 

@@ -663,8 +663,8 @@ class DNSService(Service):
     def _limited_zones_for(self, address: str) -> list[str]:
         """The policy zones limited to some clients that apply to the client at ``address``."""
         view = self._client_view(ip_network(address, strict=False).network_address)  # (a network: its clients')
-        return [zone.name for zone, bit in zip(self.config.policy_zone, self.scopes.zone_bits, strict=True)
-                if bit & view]
+        # (the scopes' own names: a reload sets its config before it has the zones read)
+        return [name for name, bit in zip(self.scopes.zone_names, self.scopes.zone_bits, strict=True) if bit & view]
 
     def _walled_changed(self) -> None:
         if self.engine is not None:
