@@ -95,7 +95,7 @@ from ispd.listeners import (
 from ispd.logs import get_logger
 from ispd.service import Health, Service, ServiceContext, ServiceSpec, ServiceStartError, describe_os_error
 from ispd.store.errors import StoreError
-from ispd.store.models import LeaseState, SubscriberStatus
+from ispd.store.models import LeaseService, LeaseState, SubscriberStatus
 from ispd.workers import WorkerService
 
 log = get_logger("ispd.dns")
@@ -622,7 +622,8 @@ class DNSService(Service):
         # running): in the order they were last granted or renewed, which their expiry follows.
         for lease in sorted(leases, key=lambda lease: lease.expires_at):
             if lease.state == LeaseState.BOUND and lease.expires_at > now:
-                self._lease_granted(lease.address, lease.hostname, lease.subscriber_id, lease.expires_at)
+                self._lease_granted(lease.address, lease.hostname, lease.subscriber_id, lease.expires_at,
+                                    radius_pool=lease.service == LeaseService.RADIUS)
         # Addresses a NAS gave from its own pools are known only from its accounting.
         for session in sessions:
             if session.subscriber_id is not None:
@@ -635,9 +636,9 @@ class DNSService(Service):
         self._walled_changed()
 
     def _lease_granted(self, address: str, hostname: str | None, subscriber_id: int | None,
-                       expires_at: float) -> bool:
+                       expires_at: float, *, radius_pool: bool = False) -> bool:
         """Publish the lease's name; whether the walled set changed."""
-        walled_changed = self.walled.lease_granted(address, subscriber_id)
+        walled_changed = self.walled.lease_granted(address, subscriber_id, radius_pool=radius_pool)
         if hostname and self.local is not None and self.config.lease_names.domain:
             ttl = min(self.config.lease_names.ttl, max(0, int(expires_at - self.context.clock())))
             before = self.local.generation
@@ -724,7 +725,8 @@ class DNSService(Service):
 
         def granted(event: LeaseGranted) -> None:
             view = self._plan_view_at(event.address)
-            walled = self._lease_granted(event.address, event.hostname, event.subscriber_id, event.expires_at)
+            walled = self._lease_granted(event.address, event.hostname, event.subscriber_id, event.expires_at,
+                                         radius_pool=event.service == LeaseService.RADIUS)
             self._holder_changed(event.address, view, walled)
 
         def ended(event: LeaseEnded) -> None:

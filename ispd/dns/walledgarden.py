@@ -125,18 +125,22 @@ class WalledGarden:
         # Its clients go to the holder of a prefix around it, if any.
         return self.enabled and (holder in self.suspended) != (self._covering_holder(parsed) in self.suspended)
 
-    def lease_granted(self, address: str, subscriber_id: int | None, session_id: int | None = None) -> bool:
-        """An address leased (by DHCP), or in the RADIUS session ``session_id``; whether the
-        walled set changed."""
+    def lease_granted(self, address: str, subscriber_id: int | None, session_id: int | None = None, *,
+                      radius_pool: bool = False) -> bool:
+        """An address leased (by DHCP), or in the RADIUS session ``session_id``, or (``radius_pool``)
+        given or held again from a RADIUS pool; whether the walled set changed. A pool's grants
+        (at each Access-Accept, at each renewal of the hold) name no session: the subscriber's
+        session that has the address keeps it."""
         before = self.is_walled(address)
+        same_holder = self.subscriber_of.get(address) == subscriber_id
         if subscriber_id is None:
             self.subscriber_of.pop(address, None)
         else:
             self.subscriber_of[address] = subscriber_id
-        if session_id is None:
-            self._address_sessions.pop(address, None)
-        else:
+        if session_id is not None:
             self._address_sessions[address] = session_id
+        elif not (radius_pool and same_holder):
+            self._address_sessions.pop(address, None)
         return self.is_walled(address) != before
 
     def lease_ended(self, address: str, session_id: int | None = None) -> bool:

@@ -27,7 +27,7 @@ from ispd.events import (
     SubscriberSuspended,
 )
 from ispd.service import ServiceContext
-from ispd.store.models import Plan, Subscriber, SubscriberStatus
+from ispd.store.models import LeaseService, Plan, Subscriber, SubscriberStatus
 from tests.dns.test_engine import make_env
 
 FAMILY = VARIANT_SCOPES[0]
@@ -171,3 +171,22 @@ async def test_a_prefix_that_comes_or_goes_inside_anothers_moves_its_clients(ser
     assert service.engine.client_class(device) == ClientClass.ALLOWED and view(service, device) == 0
     bus.publish(SessionStopped(3.0, 2, "198.18.0.2", "s2", "bob", subscriber_id=BOB, ipv6_networks="2001:db8:100:5::/64"))
     assert service.engine.client_class(device) == ClientClass.WALLED and view(service, device) == FAMILY
+
+
+async def test_a_radius_pools_renewal_leaves_the_address_to_the_session_in_it(service: DNSService) -> None:
+    """A pool's address comes with a LeaseGranted of the RADIUS service at the Access-Accept and
+    at each renewal of its hold: it forgot the session the address was in, and the stale
+    session's end (ann reconnected and got the same address) took it from the new one."""
+    assert service.engine is not None
+    bus, address = service.context.bus, "192.168.1.40"
+    bus.publish(SubscriberSuspended(1.0, ANN, "ann"))
+    bus.publish(SessionStarted(1.0, 1, "198.18.0.2", "s1", "ann", subscriber_id=ANN, framed_ip=address))
+    bus.publish(LeaseGranted(2.0, address, 4000.0, subscriber_id=ANN, service=LeaseService.RADIUS, renewal=True))
+    bus.publish(SessionStarted(2.0, 2, "198.18.0.2", "s2", "ann", subscriber_id=ANN, framed_ip=address))
+    bus.publish(LeaseGranted(3.0, address, 5000.0, subscriber_id=ANN, service=LeaseService.RADIUS, renewal=True))
+    bus.publish(SessionStopped(4.0, 1, "198.18.0.2", "s1", "ann", subscriber_id=ANN, framed_ip=address,
+                               cause="Stale-Session"))
+    assert service.engine.client_class(address) == ClientClass.WALLED
+    bus.publish(SessionStopped(5.0, 2, "198.18.0.2", "s2", "ann", subscriber_id=ANN, framed_ip=address))
+    assert service.engine.client_class(address) == ClientClass.ALLOWED
+
