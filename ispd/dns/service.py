@@ -624,8 +624,11 @@ class DNSService(Service):
             if lease.state == LeaseState.BOUND and lease.expires_at > now:
                 self._lease_granted(lease.address, lease.hostname, lease.subscriber_id, lease.expires_at,
                                     radius_pool=lease.service == LeaseService.RADIUS)
-        # Addresses a NAS gave from its own pools are known only from its accounting.
-        for session in sessions:
+        # Addresses a NAS gave from its own pools are known only from its accounting. The oldest
+        # first (the store lists the newest first): of two open sessions with one address or
+        # prefix (a subscriber who reconnected, the old session not yet closed as stale), the
+        # newer holds it, and the old one's close leaves it.
+        for session in sorted(sessions, key=lambda stored: stored.id):
             if session.subscriber_id is not None:
                 if session.framed_ip:
                     self.walled.lease_granted(session.framed_ip, session.subscriber_id, session.id)

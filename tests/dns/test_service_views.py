@@ -27,7 +27,7 @@ from ispd.events import (
     SubscriberSuspended,
 )
 from ispd.service import ServiceContext
-from ispd.store.models import LeaseService, Plan, Subscriber, SubscriberStatus
+from ispd.store.models import LeaseService, Plan, RadiusSession, Subscriber, SubscriberStatus
 from tests.dns.test_engine import make_env
 
 FAMILY = VARIANT_SCOPES[0]
@@ -190,3 +190,40 @@ async def test_a_radius_pools_renewal_leaves_the_address_to_the_session_in_it(se
     bus.publish(SessionStopped(5.0, 2, "198.18.0.2", "s2", "ann", subscriber_id=ANN, framed_ip=address))
     assert service.engine.client_class(address) == ClientClass.ALLOWED
 
+
+class _Store:
+    """What ``DNSService._load_subscribers`` reads, as the SQLite store gives it (sessions newest first)."""
+
+    def __init__(self, sessions: list[RadiusSession]) -> None:
+        self.sessions = sessions
+
+    async def list_leases(self) -> list[Any]:
+        return []
+
+    async def list_subscribers(self, status: SubscriberStatus | None = None) -> list[Subscriber]:
+        ann = Subscriber(ANN, "ann", SubscriberStatus.SUSPENDED, plan_id=2)
+        return [ann] if status in (None, SubscriberStatus.SUSPENDED) else []
+
+    async def list_plans(self) -> list[Plan]:
+        return [Plan(1, "basic"), Plan(2, "family")]
+
+    async def list_sessions(self, **_: Any) -> list[RadiusSession]:
+        return sorted(self.sessions, key=lambda s: s.id, reverse=True)
+
+
+async def test_at_start_the_newest_open_session_holds_an_address_two_sessions_name(service: DNSService) -> None:
+    """ann reconnected with the same address and prefix, and ispd (re)started before her old
+    session was closed as stale: the store lists sessions newest first, so the oldest was
+    loaded last and held them, and its close took them from the session that has them."""
+    assert service.engine is not None
+    service.engine.set_allow([ip_network("2001:db8::/32"), ip_network("192.168.1.0/24")])
+    address, device = "192.168.1.41", "2001:db8:100:7::5"
+    sessions = [RadiusSession(session_id, "198.18.0.2", f"s{session_id}", "ann", float(session_id),
+                              float(session_id), subscriber_id=ANN, framed_ip=address,
+                              delegated_ipv6_prefix="2001:db8:100::/56") for session_id in (1, 2)]
+    service.context.store = _Store(sessions)  # type: ignore[assignment]
+    await service._load_subscribers()
+    assert service.engine.client_class(address) == service.engine.client_class(device) == ClientClass.WALLED
+    service.context.bus.publish(SessionStopped(3.0, 1, "198.18.0.2", "s1", "ann", subscriber_id=ANN, framed_ip=address,
+                                               ipv6_networks="2001:db8:100::/56", cause="Stale-Session"))
+    assert service.engine.client_class(address) == service.engine.client_class(device) == ClientClass.WALLED
