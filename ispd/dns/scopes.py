@@ -96,6 +96,7 @@ class SubscriberPlans:
             change()
 
     def abandon_load(self) -> None:
+        """No load follows (the store could not be read), or it is done already."""
         self._meanwhile = None
 
     def plan_of(self, subscriber_id: int | None) -> str | None:

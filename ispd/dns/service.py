@@ -609,8 +609,9 @@ class DNSService(Service):
             if self.scopes.by_plan:
                 self.plans.load(await store.list_plans(), await store.list_subscribers())
         except StoreError as exc:
-            self.plans.abandon_load()
             raise ServiceStartError(f"dns: cannot load leases from the store: {exc}") from None
+        finally:
+            self.plans.abandon_load()  # (read or not, cancelled or not: changes are no longer held back)
         if self.first and self.scopes.by_plan:
             named = {plan for zone in self.config.policy_zone for plan in zone.plans}
             unknown = sorted(named - set(self.plans.plan_names.values()))
