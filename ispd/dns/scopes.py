@@ -14,7 +14,7 @@ address, and ``SubscriberPlans``, each subscriber's plan as the store's events t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
@@ -79,47 +79,24 @@ class SubscriberPlans:
     def __init__(self) -> None:
         self.plan_names: dict[int, str] = {}
         self._plan_of: dict[int, str] = {}  # subscriber -> plan name (none: no plan)
-        # While the store is read: the changes the events brought meanwhile, to apply again on
-        # top of what was read (which may predate them).
-        self._meanwhile: list[Callable[[], None]] | None = None
-
-    def begin_load(self) -> None:
-        self._meanwhile = []
 
     def load(self, plans: Iterable[Plan], subscribers: Iterable[Subscriber]) -> None:
-        """What the store says (read since ``begin_load``), with the changes heard meanwhile."""
+        """What the store says (the service applies the events heard while it read again)."""
         self.plan_names = {plan.id: plan.name for plan in plans}
         self._plan_of = {s.id: self.plan_names[s.plan_id] for s in subscribers
                          if s.plan_id is not None and s.plan_id in self.plan_names}
-        meanwhile, self._meanwhile = self._meanwhile or [], None
-        for change in meanwhile:
-            change()
-
-    def abandon_load(self) -> None:
-        """No load follows (the store could not be read), or it is done already."""
-        self._meanwhile = None
 
     def plan_of(self, subscriber_id: int | None) -> str | None:
         return None if subscriber_id is None else self._plan_of.get(subscriber_id)
 
     def plan_added(self, plan_id: int, name: str) -> None:
         self.plan_names[plan_id] = name
-        if self._meanwhile is not None:
-            self._meanwhile.append(lambda: self.plan_added(plan_id, name))
 
     def set_plan(self, subscriber_id: int, plan: str | None) -> None:
         if plan is None:
             self._plan_of.pop(subscriber_id, None)
         else:
             self._plan_of[subscriber_id] = plan
-        if self._meanwhile is not None:
-            self._meanwhile.append(lambda: self.set_plan(subscriber_id, plan))
 
     def set_plan_id(self, subscriber_id: int, plan_id: int | None) -> None:
-        if self._meanwhile is not None:  # (by id: the name may come with the plans read)
-            self._meanwhile.append(lambda: self.set_plan_id(subscriber_id, plan_id))
-        saved, self._meanwhile = self._meanwhile, None
-        try:
-            self.set_plan(subscriber_id, None if plan_id is None else self.plan_names.get(plan_id))
-        finally:
-            self._meanwhile = saved
+        self.set_plan(subscriber_id, None if plan_id is None else self.plan_names.get(plan_id))

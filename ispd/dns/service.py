@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import glob
 import math
 import os
@@ -304,6 +305,8 @@ class DNSService(Service):
         self.walled = WalledGarden(self.config.walled_garden)
         self.scopes = PolicyScopes()  # (the policy zones limited to some clients)
         self.plans = SubscriberPlans()
+        # While the store's subscribers are read: the events heard meanwhile, to apply again.
+        self._heard_meanwhile: list[Callable[[], None]] | None = None
         self.transport_stats = {name: TransportStats() for name in ("tcp", "tls", "https", "http3", "quic")}
         # Encrypted listeners by config key ("dot", "doh", "doh3", "doq"), for reloads.
         self.tls_listeners: dict[str, TLSListener] = {}
@@ -335,8 +338,8 @@ class DNSService(Service):
         self.engine.servfail_log.enabled = c.log_servfail
         self.engine.client_view = self._client_view
         await self._load_data(self.config)
+        self._subscribe(stack)  # (first: what happens while the store is read is heard too)
         await self._load_subscribers()
-        self._subscribe(stack)
         await self._open(stack)
         stack.push_async_callback(self._cancel_tasks)
         self._configure_tap(self.config.dnstap)
@@ -598,10 +601,21 @@ class DNSService(Service):
 
     async def _load_subscribers(self) -> None:
         """Current leases (names, and who holds each address), suspended subscribers, and (for
-        policy zones limited to some plans) every subscriber's plan."""
+        policy zones limited to some plans) every subscriber's plan. What the bus brings while
+        the store is read (the events are heard already) is applied again on top of what was
+        read, which may be older: a resume, a session's end, a plan change heard meanwhile
+        stand."""
+        self._heard_meanwhile = []
+        try:
+            await self._read_subscribers()
+        finally:
+            heard, self._heard_meanwhile = self._heard_meanwhile, None
+        for handle in heard:
+            handle()
+        self._walled_changed()
+
+    async def _read_subscribers(self) -> None:
         store = self.context.store
-        if self.scopes.by_plan:
-            self.plans.begin_load()  # (plan changes the bus brings while the store is read count)
         try:
             leases = await store.list_leases()
             suspended = await store.list_subscribers(SubscriberStatus.SUSPENDED)
@@ -610,8 +624,6 @@ class DNSService(Service):
                 self.plans.load(await store.list_plans(), await store.list_subscribers())
         except StoreError as exc:
             raise ServiceStartError(f"dns: cannot load leases from the store: {exc}") from None
-        finally:
-            self.plans.abandon_load()  # (read or not, cancelled or not: changes are no longer held back)
         if self.first and self.scopes.by_plan:
             named = {plan for zone in self.config.policy_zone for plan in zone.plans}
             unknown = sorted(named - set(self.plans.plan_names.values()))
@@ -637,7 +649,6 @@ class DNSService(Service):
                     self.walled.network_granted(network, session.subscriber_id, session.id)
         for subscriber in suspended:
             self.walled.set_suspended(subscriber.id, True)
-        self._walled_changed()
 
     def _lease_granted(self, address: str, hostname: str | None, subscriber_id: int | None,
                        expires_at: float, *, radius_pool: bool = False) -> bool:
@@ -775,20 +786,31 @@ class DNSService(Service):
                     self._walled_changed()
             return apply
 
-        unsubscribers = [
-            bus.subscribe(LeaseGranted, granted),
-            bus.subscribe(LeaseEnded, ended),
-            bus.subscribe(SessionStarted, session_started),
-            bus.subscribe(SessionStopped, session_stopped),
-            bus.subscribe(SubscriberSuspended, status(True)),
-            bus.subscribe(SubscriberResumed, status(False)),
-            bus.subscribe(SubscriberClosed, status(False)),
-            bus.subscribe(SubscriberDeleted, status(False)),
-            bus.subscribe(SubscriberAdded, subscriber_added),
-            bus.subscribe(SubscriberPlanChanged, plan_changed),
-            bus.subscribe(SubscriberDeleted, subscriber_deleted),
-            bus.subscribe(PlanAdded, lambda event: self.plans.plan_added(event.plan_id, event.name)),
-        ]
+        def plan_added(event: PlanAdded) -> None:
+            self.plans.plan_added(event.plan_id, event.name)
+
+        def heard(handler: Callable[[Any], None]) -> Callable[[Any], None]:
+            """``handler``, and once more after a load of the store's subscribers going on now."""
+            def handle(event: Any) -> None:
+                handler(event)
+                if self._heard_meanwhile is not None:
+                    self._heard_meanwhile.append(functools.partial(handler, event))
+            return handle
+
+        unsubscribers = [bus.subscribe(kind, heard(handler)) for kind, handler in (
+            (LeaseGranted, granted),
+            (LeaseEnded, ended),
+            (SessionStarted, session_started),
+            (SessionStopped, session_stopped),
+            (SubscriberSuspended, status(True)),
+            (SubscriberResumed, status(False)),
+            (SubscriberClosed, status(False)),
+            (SubscriberDeleted, status(False)),
+            (SubscriberAdded, subscriber_added),
+            (SubscriberPlanChanged, plan_changed),
+            (SubscriberDeleted, subscriber_deleted),
+            (PlanAdded, plan_added),
+        )]
         for unsubscribe in unsubscribers:
             stack.callback(unsubscribe)
 

@@ -94,18 +94,3 @@ def test_subscriber_plans_follow_the_store_and_its_events() -> None:
     plans.set_plan(14, "family")  # added with its plan
     assert [plans.plan_of(s) for s in (10, 11, 12, 14)] == [None, "family-plus", None, "family"]
 
-
-def test_plan_changes_heard_while_the_store_is_read_stand_over_what_was_read() -> None:
-    """A reload reads every subscriber from the store, waiting on it: a plan change the bus
-    brought meanwhile (after the read, perhaps) was lost under the older snapshot."""
-    plans = SubscriberPlans()
-    plans.load([Plan(1, "basic"), Plan(2, "family")], [Subscriber(10, "ann", SubscriberStatus.ACTIVE, plan_id=1)])
-    plans.begin_load()
-    plans.plan_added(3, "family-plus")
-    plans.set_plan_id(10, 3)  # ann moved to the plan added meanwhile...
-    plans.set_plan(11, "family")  # ...and bob added
-    # ...which the snapshot, read before, does not show.
-    plans.load([Plan(1, "basic"), Plan(2, "family")], [Subscriber(10, "ann", SubscriberStatus.ACTIVE, plan_id=1)])
-    assert (plans.plan_of(10), plans.plan_of(11)) == ("family-plus", "family")
-    plans.set_plan_id(10, 2)  # (after the load: as usual)
-    assert plans.plan_of(10) == "family"

@@ -4,6 +4,7 @@ started (no sockets: an engine of ``tests.dns.test_engine`` takes the place of i
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from ipaddress import ip_network
@@ -24,6 +25,7 @@ from ispd.events import (
     SessionStarted,
     SessionStopped,
     SubscriberPlanChanged,
+    SubscriberResumed,
     SubscriberSuspended,
 )
 from ispd.service import ServiceContext
@@ -227,3 +229,38 @@ async def test_at_start_the_newest_open_session_holds_an_address_two_sessions_na
     service.context.bus.publish(SessionStopped(3.0, 1, "198.18.0.2", "s1", "ann", subscriber_id=ANN, framed_ip=address,
                                                ipv6_networks="2001:db8:100::/56", cause="Stale-Session"))
     assert service.engine.client_class(address) == service.engine.client_class(device) == ClientClass.WALLED
+
+
+class _SlowStore(_Store):
+    """A store read that waits for the test: events come while it is read."""
+
+    def __init__(self, sessions: list[RadiusSession]) -> None:
+        super().__init__(sessions)
+        self.reading, self.go_on = asyncio.Event(), asyncio.Event()
+
+    async def list_sessions(self, **kwargs: Any) -> list[RadiusSession]:
+        self.reading.set()
+        await self.go_on.wait()
+        return await super().list_sessions(**kwargs)
+
+
+async def test_what_the_bus_brings_while_the_store_is_read_stands_over_what_was_read(service: DNSService) -> None:
+    """A reload reads the store with awaits between: a resume, a session's end or a plan change
+    heard meanwhile was overwritten by the older snapshot (ann walled until her next change of
+    status, an ended session's address held for good, bob's plan as it was)."""
+    assert service.engine is not None
+    service.engine.set_allow([ip_network("192.168.1.0/24")])
+    address = "192.168.1.42"
+    store = _SlowStore([RadiusSession(1, "198.18.0.2", "s1", "ann", 1.0, 1.0, subscriber_id=ANN, framed_ip=address)])
+    service.context.store = store  # type: ignore[assignment]
+    loading = asyncio.ensure_future(service._load_subscribers())
+    await store.reading.wait()
+    bus = service.context.bus
+    bus.publish(SubscriberResumed(2.0, ANN, "ann"))  # (the store said suspended, read before)
+    bus.publish(SessionStopped(2.0, 1, "198.18.0.2", "s1", "ann", subscriber_id=ANN, framed_ip=address))
+    bus.publish(SubscriberPlanChanged(2.0, BOB, "bob", plan_id=2))
+    store.go_on.set()
+    await loading
+    assert service.walled.suspended == set() and service.walled.holder(address) is None
+    assert service.plans.plan_of(BOB) == "family"
+    assert service.engine.client_class(address) == ClientClass.ALLOWED
