@@ -110,9 +110,9 @@ class UpstreamError(Exception):
 class Upstream(Protocol):
     async def exchange(self, address: str, query: bytes, *, tcp: bool, wait: float,
                        exact_case: bool, zone: bytes = b"") -> bytes:
-        """Send ``query`` to ``address`` (port 53, or "address@port") and return the first reply that matches its ID
-        and question (exactly, when ``exact_case``), or raise ``UpstreamError``. ``zone`` is the
-        zone the server is asked as a server of (for dnstap)."""
+        """Send ``query`` to ``address`` (on port 53, or "address@port") and return the first
+        reply that matches its ID and question (exactly, when ``exact_case``), or raise
+        ``UpstreamError``. ``zone`` is the zone the server is asked as a server of (for dnstap)."""
         ...
 
 

@@ -8,8 +8,9 @@ share a scope, and each scope owns a bit of the answer cache key's variant byte
 the fast path's answers, and never get another view's.
 
 A client is on a plan when its address is leased (by DHCP, or in a RADIUS session's
-Framed-IP-Address) to a subscriber on that plan: the walled garden's map of who holds which
-address, and ``SubscriberPlans``, each subscriber's plan as the store's events tell it.
+Framed-IP-Address, or in its IPv6 prefixes) to a subscriber on that plan: the walled garden's
+map of who holds which address, and ``SubscriberPlans``, each subscriber's plan as the store's
+events tell it.
 """
 
 from __future__ import annotations
