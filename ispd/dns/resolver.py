@@ -211,7 +211,9 @@ class Resolution:
 
 
 # The forward zones (with ``first``) whose forwarders failed in the client question this task
-# resolves: ``Resolver.resolve`` shares them with the questions asked on its behalf.
+# resolves: the questions asked on its behalf (name servers' addresses, and the validator's DS
+# and DNSKEY questions, each with a budget of its own) iterate at once, not after the
+# forwarders' timeouts again, one per question. Set by the outermost ``Resolver.resolve``.
 _FAILED_FORWARDING: contextvars.ContextVar[set[bytes] | None] = contextvars.ContextVar("failed_forwarding",
                                                                                        default=None)
 
@@ -222,16 +224,13 @@ class Budget:
     answered from the cache costs no query, and delegations to hundreds of names whose own
     servers are more such names kept the event loop busy for seconds (from a review)."""
 
-    __slots__ = ("failed_forwarding", "past_limit", "queries", "server_lookups", "trace")
+    __slots__ = ("past_limit", "queries", "server_lookups", "trace")
 
     def __init__(self, queries: int, trace: Callable[[str], None] | None, past_limit: bool = False) -> None:
         self.queries = queries
         self.server_lookups = MAX_SERVER_LOOKUPS
         self.trace = trace
         self.past_limit = past_limit  # let through a zone's rate limit already (ZoneRateLimiter.screen)
-        # Forward zones (with first) whose forwarders failed this query: its other lookups (the
-        # name servers' addresses, a chain's names) iterate at once rather than wait for them.
-        self.failed_forwarding: set[bytes] | None = None
 
     def spend(self) -> bool:
         self.queries -= 1
@@ -410,6 +409,7 @@ class Resolver:
         self.settings = settings or ResolverSettings()
         self.infra = InfraCache(self.settings)
         self.forward_zones = {zone.name: zone for zone in forward_zones or ()}
+        self._forward_first = any(zone.first for zone in self.forward_zones.values())
         self.askable = self._askable_addresses()
         self.guard = RebindingGuard()
         self._configure_guard()
@@ -426,6 +426,7 @@ class Resolver:
         self.settings = self.infra.settings = settings
         self.hints = hints
         self.forward_zones = {zone.name: zone for zone in forward_zones}
+        self._forward_first = any(zone.first for zone in self.forward_zones.values())
         self.askable = self._askable_addresses()
         before = self._guard_setting()
         self._configure_guard()
@@ -467,19 +468,12 @@ class Resolver:
         DNSSEC verdict to the caller (the validator's own questions). ``past_limit``: the zone
         rate limit let this question through already."""
         budget = budget or Budget(self.settings.max_queries_per_request, trace, past_limit)
-        if budget.failed_forwarding is None and any(zone.first for zone in self.forward_zones.values()):
-            # The forwarders found failing while one client question is resolved are failing for
-            # the validator's questions too (DS, DNSKEY: budgets of their own, in this task): they
-            # iterate at once, not after the forwarders' timeouts again, one per question.
-            shared = _FAILED_FORWARDING.get()
-            if shared is None:
-                budget.failed_forwarding = set()
-                token = _FAILED_FORWARDING.set(budget.failed_forwarding)
-                try:
-                    return await self._resolve_chain(name, qtype, budget, depth, refresh, validate)
-                finally:
-                    _FAILED_FORWARDING.reset(token)
-            budget.failed_forwarding = shared
+        if self._forward_first and _FAILED_FORWARDING.get() is None:
+            token = _FAILED_FORWARDING.set(set())
+            try:
+                return await self._resolve_chain(name, qtype, budget, depth, refresh, validate)
+            finally:
+                _FAILED_FORWARDING.reset(token)
         return await self._resolve_chain(name, qtype, budget, depth, refresh, validate)
 
     async def _resolve_chain(self, name: bytes, qtype: int, budget: Budget, depth: int, refresh: bool,
@@ -539,15 +533,14 @@ class Resolver:
                     _trace(budget, f"{name_to_text(name)} {type_text(qtype)}: {synthesised.step.value} "
                                    "from cached NSEC records")
                 return synthesised
-        if forward is not None and forward.recursive and (
-                budget.failed_forwarding is None or forward.name not in budget.failed_forwarding):
+        failed = _FAILED_FORWARDING.get() if forward is not None and forward.first else None
+        if forward is not None and forward.recursive and (failed is None or forward.name not in failed):
             outcome = await self._ask_servers(forward.name, list(forward.addresses), name, qtype, budget,
                                               forwarded=True, skip_down=forward.first)
             if outcome.step != Step.FAILED or not forward.first:
                 return outcome
-            if budget.failed_forwarding is None:
-                budget.failed_forwarding = set()
-            budget.failed_forwarding.add(forward.name)
+            if failed is not None:  # (always, with first: the outermost resolve set it)
+                failed.add(forward.name)
             if budget.trace is not None:
                 _trace(budget, f"the forwarders of {name_to_text(forward.name)} failed ({outcome.reason}): "
                                "iterating from the root")
