@@ -464,7 +464,7 @@ class DNSEngine:
         qtype = question.qtype
         self.qtypes[qtype] = self.qtypes.get(qtype, 0) + 1
         name = question.key_name
-        view = self._views.get(client, 0) if self._views else 0
+        view = self.view_of(client)
 
         if client_class in _WALLED:
             walled = self.walled_lookup(name, qtype)

@@ -695,11 +695,13 @@ class DNSService(Service):
         plan = self.plans.plan_of(self.walled.holder(str(address))) if self.scopes.by_plan else None
         return self.scopes.view(address, plan)
 
+    def _plan_view_of(self, subscriber_id: int | None) -> int:
+        """The bits the subscriber's plan gives its clients (0 without plan scopes)."""
+        return self.scopes.plan_view(self.plans.plan_of(subscriber_id)) if self.scopes.by_plan else 0
+
     def _plan_view_at(self, address: str) -> int:
-        """The bits the address's holder's plan gives it (0 without plan scopes)."""
-        if not self.scopes.by_plan:
-            return 0
-        return self.scopes.plan_view(self.plans.plan_of(self.walled.subscriber_of.get(address)))
+        """The bits the address's holder's plan gives it."""
+        return self._plan_view_of(self.walled.subscriber_of.get(address))
 
     def _holder_changed(self, address: str, plan_view_before: int, walled_changed: bool) -> None:
         """Who holds ``address`` may have changed: the engine finds its class and view again
@@ -715,20 +717,16 @@ class DNSService(Service):
         """A session's IPv6 network held by another, or no longer: the clients in it are not
         known one by one, so every client is found again when its holder's walled state or
         plan view changed with it."""
-        def plan_view() -> int:
-            return self.scopes.plan_view(self.plans.plan_of(self.walled.network_holder(network))) \
-                if self.scopes.by_plan else 0
-
-        before = plan_view()
+        before = self._plan_view_of(self.walled.network_holder(network))
         if change():
             self._walled_changed()
-        elif self.engine is not None and plan_view() != before:
+        elif self.engine is not None and self._plan_view_of(self.walled.network_holder(network)) != before:
             self.engine.forget_clients()
 
     def _set_plan(self, subscriber_id: int, change: Callable[[], None]) -> None:
-        before = self.scopes.plan_view(self.plans.plan_of(subscriber_id))
+        before = self._plan_view_of(subscriber_id)
         change()
-        if self.engine is not None and self.scopes.plan_view(self.plans.plan_of(subscriber_id)) != before:
+        if self.engine is not None and self._plan_view_of(subscriber_id) != before:
             if subscriber_id in self.walled.network_holders.values():
                 self.engine.forget_clients()  # (the clients in its networks are not known one by one)
                 return

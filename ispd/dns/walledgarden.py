@@ -62,11 +62,16 @@ class WalledGarden:
     def _network_holder_of(self, ip: IPv4Address | IPv6Address) -> int | None:
         if ip.version != 6 or not self._networks:
             return None
-        value = int(ip)
-        for length in sorted(self._networks, reverse=True):  # the longest prefix first
-            holder = self._networks[length].get(value >> (128 - length))
-            if holder is not None:
-                return holder
+        return self._holder_within(int(ip), 128)
+
+    def _holder_within(self, value: int, longest: int) -> int | None:
+        """The holder of the longest network, of ``longest`` bits at most, that has the IPv6
+        address ``value``."""
+        for length in sorted(self._networks, reverse=True):
+            if length <= longest:
+                holder = self._networks[length].get(value >> (128 - length))
+                if holder is not None:
+                    return holder
         return None
 
     def in_walled_network(self, address: IPv4Address | IPv6Address) -> bool:
@@ -81,13 +86,7 @@ class WalledGarden:
         return None if parsed is None else self._covering_holder(parsed)
 
     def _covering_holder(self, network: IPv6Network) -> int | None:
-        value = int(network.network_address)
-        for length in sorted(self._networks, reverse=True):
-            if length <= network.prefixlen:
-                holder = self._networks[length].get(value >> (128 - length))
-                if holder is not None:
-                    return holder
-        return None
+        return self._holder_within(int(network.network_address), network.prefixlen)
 
     def network_granted(self, network: str, subscriber_id: int, session_id: int | None = None) -> bool:
         """A session's IPv6 network; whether the walled set changed."""
