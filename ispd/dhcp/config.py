@@ -2,18 +2,145 @@
 
 Validation checks what an operator can get wrong without noticing until a client fails: pools
 outside their subnet, overlapping pools or subnets, routers outside the subnet, T1 ≥ T2, two
-pools with one name (the name is a metric label and is stored with each lease).
+pools with one name (the name is a metric label and is stored with each lease), an option given
+twice or one that ispd writes itself, a pool limited to a client class that does not exist.
 """
 
 from __future__ import annotations
 
 import itertools
 from ipaddress import IPv4Address, IPv4Network
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from ispd.configtypes import Section, parse_range
+from ispd.dhcp.options import OptionValueError, encode_domain_names, encode_ips
+
+# Options ispd writes itself, from the protocol or from other settings: an `option` entry may
+# not set them. What each is, and what sets it if anything.
+_SET_BY_ISPD = {
+    1: "the subnet mask, from the subnet's network", 12: "the host name, the client's own",
+    28: "the broadcast address, from the subnet's network", 50: "the requested address",
+    51: "the lease time: set lease_seconds", 52: "option overload", 53: "the message type",
+    54: "the server identifier: set server_id", 55: "the parameter request list", 56: "the message",
+    57: "the maximum message size", 58: "the renewal time: set renew_seconds",
+    59: "the rebinding time: set rebind_seconds", 61: "the client identifier", 81: "the client FQDN",
+    82: "the relay agent information", 118: "the subnet selection",
+}
+# Options that a setting of their own writes too: one place sets one or the other.
+SETTING_OF_OPTION = {3: "routers", 6: "dns_servers", 15: "domain_name", 26: "mtu", 42: "ntp_servers",
+                     114: "captive_portal", 121: "static_routes"}
+
+
+class OptionValue(Section):
+    """An option's code and its value, in exactly one of the forms below (what the option's
+    definition in its RFC or the vendor's manual says it holds)."""
+
+    code: int = Field(ge=1, le=254)
+    text: str | None = Field(default=None, min_length=1)  # sent as UTF-8, no NUL at the end
+    hex: str | None = None  # raw bytes: "01:04:c0:00:02:01", "0104c0000201"; "" for an empty option
+    addresses: list[IPv4Address] | None = Field(default=None, min_length=1)
+    uint8: int | None = Field(default=None, ge=0, le=0xFF)
+    uint16: int | None = Field(default=None, ge=0, le=0xFFFF)
+    uint32: int | None = Field(default=None, ge=0, le=0xFFFFFFFF)
+    int32: int | None = Field(default=None, ge=-(2**31), le=2**31 - 1)
+    boolean: bool | None = None
+    domains: list[str] | None = Field(default=None, min_length=1)  # RFC 1035 wire form, as option 119
+
+    VALUE_FORMS: ClassVar[tuple[str, ...]] = (
+        "text", "hex", "addresses", "uint8", "uint16", "uint32", "int32", "boolean", "domains")
+    # Longest value: a sub-option holds at most 255 bytes; a longer option is split into several
+    # (RFC 3396), which not every client joins again.
+    MAX_LENGTH: ClassVar[int] = 255
+
+    @model_validator(mode="after")
+    def _one_value(self) -> OptionValue:
+        given = [form for form in self.VALUE_FORMS if getattr(self, form) is not None]
+        if len(given) != 1:
+            forms = ", ".join(self.VALUE_FORMS)
+            found = f"got {' and '.join(given)}" if given else "got none"
+            raise ValueError(f"option {self.code}: give its value in exactly one of {forms} ({found})")
+        length = len(self.encoded())
+        if length > self.MAX_LENGTH:
+            raise ValueError(f"option {self.code}: its value is {length} bytes, longer than {self.MAX_LENGTH}")
+        return self
+
+    def encoded(self) -> bytes:
+        """The value as it goes on the wire."""
+        if self.text is not None:
+            return self.text.encode()
+        if self.hex is not None:
+            try:
+                return bytes.fromhex(self.hex.removeprefix("0x").replace(":", " "))
+            except ValueError:
+                raise ValueError(f"option {self.code}: hex {self.hex!r} is not pairs of hex digits, "
+                                 "e.g. \"01:04:c0:00:02:01\"") from None
+        if self.addresses is not None:
+            return encode_ips(self.addresses)
+        for form, size in (("uint8", 1), ("uint16", 2), ("uint32", 4)):
+            number = getattr(self, form)
+            if number is not None:
+                return int(number).to_bytes(size, "big")
+        if self.int32 is not None:
+            return self.int32.to_bytes(4, "big", signed=True)
+        if self.boolean is not None:
+            return b"\x01" if self.boolean else b"\x00"
+        if self.domains is not None:
+            try:
+                return encode_domain_names(self.domains)
+            except (OptionValueError, UnicodeEncodeError) as error:
+                raise ValueError(f"option {self.code}: domains: {error}") from None
+        return self._encoded_suboptions()
+
+    def _encoded_suboptions(self) -> bytes:
+        return b""
+
+
+class SubOption(OptionValue):
+    """One sub-option of an option that holds them (vendor-specific information, option 43)."""
+
+
+class DHCPOption(OptionValue):
+    """An option ispd sends as given: a TFTP server for IP phones (66, 150), an ACS URL for
+    TR-069 routers (43), a domain search list (119), a time offset (2), a vendor's own."""
+
+    # Sub-options, each its code, length and value: the usual form of option 43.
+    suboptions: list[SubOption] | None = Field(default=None, min_length=1)
+    # Send it to clients that did not ask for it (option 55), as Kea's always-send: some
+    # devices use an option they never ask for. Otherwise it goes to those who ask.
+    always_send: bool = False
+
+    VALUE_FORMS: ClassVar[tuple[str, ...]] = (*OptionValue.VALUE_FORMS, "suboptions")
+    MAX_LENGTH: ClassVar[int] = 1024
+
+    @field_validator("code")
+    @classmethod
+    def _not_ispds(cls, code: int) -> int:
+        what = _SET_BY_ISPD.get(code)
+        if what is not None:
+            raise ValueError(f"option {code} is {what}, which ispd writes itself")
+        return code
+
+    def _encoded_suboptions(self) -> bytes:
+        codes = [sub.code for sub in self.suboptions or ()]
+        repeated = sorted({c for c in codes if codes.count(c) > 1})
+        if repeated:
+            raise ValueError(f"option {self.code}: sub-option {repeated[0]} is given twice")
+        return b"".join(bytes((sub.code, len(value))) + value
+                        for sub in self.suboptions or () for value in (sub.encoded(),))
+
+
+def check_options(options: list[DHCPOption], where: str = "", settings: ClientOptions | None = None) -> None:
+    """Each code once at one place, and not both as an option and as the setting that writes it."""
+    seen: set[int] = set()
+    for option in options:
+        if option.code in seen:
+            raise ValueError(f"{where}option {option.code} is given twice")
+        seen.add(option.code)
+        setting = SETTING_OF_OPTION.get(option.code)
+        if settings is not None and setting is not None and getattr(settings, setting) is not None:
+            raise ValueError(f"{where}option {option.code} and {setting} are the same option: set one of them")
 
 
 class StaticRoute(Section):
@@ -38,6 +165,13 @@ class ClientOptions(Section):
     # Option 114 (RFC 8910): the captive portal's API URI, which tells the client's OS to open
     # the portal (set it on walled-garden pools). An https URI that fits a DHCP option.
     captive_portal: str | None = Field(default=None, max_length=255, pattern=r"^https://[!-~]+$")
+    # Any other option, by code: `[[dhcp.subnet.option]]`, `[[dhcp.subnet.pool.option]]`.
+    option: list[DHCPOption] = []
+
+    @model_validator(mode="after")
+    def _options_once(self) -> ClientOptions:
+        check_options(self.option, settings=self)
+        return self
 
     @model_validator(mode="after")
     def _timers_in_order(self) -> ClientOptions:
@@ -61,6 +195,9 @@ class PoolConfig(ClientOptions):
     # Addresses for suspended subscribers (and for unknown clients when unknown_clients =
     # "walled-garden"): give it a short lease and DNS servers that lead to the captive portal.
     walled_garden: bool = False
+    # Only clients of one of these classes ([[dhcp.client_class]]) get addresses here; unset:
+    # any client. (Set-top boxes in a pool of their own, say.)
+    client_classes: list[str] = []
 
     @field_validator("range")
     @classmethod
@@ -109,6 +246,43 @@ class SubnetConfig(ClientOptions):
         return self
 
 
+class ClientClassConfig(Section):
+    """Devices told apart by what they send: a class's options go to its members (over the
+    pool's and the subnet's), and pools may be kept for members (`client_classes`)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # Members send a vendor class identifier (option 60) that begins with one of these, e.g.
+    # "dslforum.org" (TR-069 routers), "PXEClient", "MSFT 5.0".
+    vendor_class: list[str] | None = Field(default=None, min_length=1)
+    # Members have a MAC address that begins with one of these, e.g. "00:1a:2b" (a vendor's OUI).
+    # Given with vendor_class, a member matches both.
+    mac_prefix: list[str] | None = Field(default=None, min_length=1)
+    option: list[DHCPOption] = []
+
+    @field_validator("mac_prefix")
+    @classmethod
+    def _mac_prefixes(cls, prefixes: list[str] | None) -> list[str] | None:
+        for prefix in prefixes or ():
+            if not 1 <= len(mac_prefix_bytes(prefix)) <= 16:
+                raise ValueError(f"mac_prefix {prefix!r}: give 1 to 16 bytes in hex, e.g. \"00:1a:2b\"")
+        return prefixes
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ClientClassConfig:
+        if self.vendor_class is None and self.mac_prefix is None:
+            raise ValueError(f"client class {self.name!r}: say who is in it: vendor_class, mac_prefix or both")
+        check_options(self.option, f"client class {self.name!r}: ")
+        return self
+
+
+def mac_prefix_bytes(prefix: str) -> bytes:
+    """ "00:1a:2b", "00-1a-2b" or "001a2b" as bytes; empty if it is not hex pairs."""
+    try:
+        return bytes.fromhex(prefix.replace(":", "").replace("-", ""))
+    except ValueError:
+        return b""
+
+
 class DHCPConfig(Section):
     enabled: bool = False
     # Interfaces to serve on (by name). Direct clients are matched to a subnet by interface,
@@ -134,9 +308,23 @@ class DHCPConfig(Section):
     # How often expired leases are reclaimed (marked expired in the store, announced).
     reclaim_interval_seconds: float = Field(default=10.0, gt=0, le=3600)
     subnet: list[SubnetConfig] = []
+    # Options for every subnet (`[[dhcp.option]]`); a subnet's, pool's or class's own win.
+    option: list[DHCPOption] = []
+    # The first class a client matches that sets an option gives it; see ClientClassConfig.
+    client_class: list[ClientClassConfig] = []
 
     @model_validator(mode="after")
     def _consistent(self) -> DHCPConfig:
+        check_options(self.option, "[[dhcp.option]]: ")
+        classes = [c.name for c in self.client_class]
+        for name in classes:
+            if classes.count(name) > 1:
+                raise ValueError(f"client class {name!r} is defined twice")
+        for pool in (p for s in self.subnet for p in s.pool):
+            for name in pool.client_classes:
+                if name not in classes:
+                    raise ValueError(f"pool {pool.name!r}: client class {name!r} is not defined "
+                                     "(add a [[dhcp.client_class]] with that name)")
         if not self.enabled:
             return self
         if not self.interfaces:

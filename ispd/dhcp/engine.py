@@ -28,7 +28,12 @@ Its class decides the pools it may use: a reservation (by client-id, MAC, circui
 — in that order) names a subscriber; an active subscriber gets the normal pools (and its
 reserved address), a suspended one the walled-garden pools; a client with no reservation, or a
 closed subscriber's, follows ``unknown_clients``. A class change is applied at the next REQUEST
-by a NAK, which sends the client back to DISCOVER and into the right pool.
+by a NAK, which sends the client back to DISCOVER and into the right pool. Besides, the
+operator's client classes (``[[dhcp.client_class]]``: by vendor class identifier, by MAC prefix)
+add options and open the pools kept for them.
+
+Options: the subnet mask and broadcast address from the subnet; then the global options, the
+subnet's, the pool's and the client's classes', each replacing what the one before set for a code.
 
 Replies go where RFC 2131 §4.1 says: the ACK to an INFORM to its ciaddr (§4.3.5, relayed or
 not); to the relay (giaddr) when relayed; NAK broadcast; to ciaddr when the client has an
@@ -50,7 +55,15 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from ispd.dhcp.codec import BOOTREPLY, BOOTREQUEST, FLAG_BROADCAST, UNSPECIFIED, DHCPPacket
-from ispd.dhcp.config import ClientOptions, DHCPConfig, PoolConfig, SubnetConfig
+from ispd.dhcp.config import (
+    ClientClassConfig,
+    ClientOptions,
+    DHCPConfig,
+    DHCPOption,
+    PoolConfig,
+    SubnetConfig,
+    mac_prefix_bytes,
+)
 from ispd.dhcp.identifiers import mac_text, opaque_text
 from ispd.dhcp.options import (
     DHCPMessageType,
@@ -141,6 +154,10 @@ class ServedPool:
     lease_seconds: int
     renew_seconds: int
     rebind_seconds: int
+    # Codes sent whether asked for or not (always_send).
+    always: frozenset[int] = frozenset()
+    # Names of the client classes it is kept for; empty: anyone's.
+    classes: frozenset[str] = frozenset()
 
     @property
     def name(self) -> str:
@@ -162,15 +179,43 @@ class Subnet:
     def contains(self, address: int) -> bool:
         return self.first <= address <= self.last
 
-    def pools_for(self, client_class: ClientClass) -> list[ServedPool]:
-        garden = client_class is ClientClass.WALLED_GARDEN
-        return [p for p in self.pools if p.allocator.walled_garden == garden]
+    def pools_for(self, client: Client) -> list[ServedPool]:
+        """The pools a new address may come from, in order: those kept for the client's classes
+        first (else a set-top box would land in the open pool listed before its own), then the
+        ones open to anyone."""
+        garden = client.client_class is ClientClass.WALLED_GARDEN
+        usable = [p for p in self.pools if p.allocator.walled_garden == garden and client.may_use(p)]
+        return sorted(usable, key=lambda p: not p.classes) if client.classes else usable
 
     def pool_of(self, address: int) -> ServedPool | None:
         for pool in self.pools:
             if address in pool.allocator:
                 return pool
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class ClassRule:
+    """A ``[[dhcp.client_class]]``, ready to match requests."""
+
+    name: str
+    vendor_prefixes: tuple[bytes, ...] | None
+    mac_prefixes: tuple[bytes, ...] | None
+    options: dict[int, bytes]
+    always: frozenset[int]
+
+    @classmethod
+    def of(cls, config: ClientClassConfig) -> ClassRule:
+        options, always = _options_of(config.option)
+        vendors = None if config.vendor_class is None else tuple(v.encode() for v in config.vendor_class)
+        macs = None if config.mac_prefix is None else tuple(mac_prefix_bytes(m) for m in config.mac_prefix)
+        return cls(config.name, vendors, macs, options, frozenset(always))
+
+    def matches(self, vendor_class: bytes | None, hw_address: bytes) -> bool:
+        if self.vendor_prefixes is not None and (
+                vendor_class is None or not vendor_class.startswith(self.vendor_prefixes)):
+            return False
+        return self.mac_prefixes is None or hw_address.startswith(self.mac_prefixes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +230,11 @@ class Client:
     relay_info: bytes | None
     client_class: ClientClass
     reservation: Reservation | None
+    # The operator's classes it is in, in their config order.
+    classes: tuple[ClassRule, ...] = ()
+
+    def may_use(self, pool: ServedPool) -> bool:
+        return not pool.classes or any(rule.name in pool.classes for rule in self.classes)
 
 
 def _echoed(packet: DHCPPacket, client: Client) -> list[tuple[int, bytes]]:
@@ -227,8 +277,29 @@ def _pick(pool: ClientOptions | None, subnet: ClientOptions, name: str) -> Any:
     return value if value is not None else getattr(subnet, name)
 
 
-_ADDRESS_LIST_OPTIONS = ((Option.ROUTERS, "routers"), (Option.DNS_SERVERS, "dns_servers"),
-                         (Option.NTP_SERVERS, "ntp_servers"))
+def _options_of(options: Iterable[DHCPOption]) -> tuple[dict[int, bytes], set[int]]:
+    """Values by code, and the codes to send unasked."""
+    return {o.code: o.encoded() for o in options}, {o.code for o in options if o.always_send}
+
+
+def _settings_options(level: ClientOptions) -> dict[int, bytes | None]:
+    """What the named settings of one level write (None: set empty, so none is sent)."""
+    written: dict[int, bytes | None] = {}
+    for code, name in ((Option.ROUTERS, "routers"), (Option.DNS_SERVERS, "dns_servers"),
+                       (Option.NTP_SERVERS, "ntp_servers")):
+        addresses = getattr(level, name)
+        if addresses is not None:
+            written[code] = encode_ips(addresses) if addresses else None
+    if level.domain_name is not None:
+        written[Option.DOMAIN_NAME] = level.domain_name.encode("ascii")
+    if level.mtu is not None:
+        written[Option.INTERFACE_MTU] = encode_u16(level.mtu)
+    if level.captive_portal is not None:
+        written[Option.CAPTIVE_PORTAL] = level.captive_portal.encode("ascii")
+    if level.static_routes is not None:
+        written[Option.CLASSLESS_STATIC_ROUTES] = encode_classless_routes(
+            (r.destination, r.router) for r in level.static_routes) or None
+    return written
 
 
 def _served_pool(allocator: AddressPool, subnet: SubnetConfig, pool: PoolConfig | None, dhcp: DHCPConfig) -> ServedPool:
@@ -236,22 +307,20 @@ def _served_pool(allocator: AddressPool, subnet: SubnetConfig, pool: PoolConfig 
         Option.SUBNET_MASK: subnet.network.netmask.packed,
         Option.BROADCAST_ADDRESS: subnet.network.broadcast_address.packed,
     }
-    for code, name in _ADDRESS_LIST_OPTIONS:
-        addresses = _pick(pool, subnet, name)
-        if addresses:
-            options[code] = encode_ips(addresses)
-    domain = _pick(pool, subnet, "domain_name")
-    if domain:
-        options[Option.DOMAIN_NAME] = str(domain).encode("ascii")
-    mtu = _pick(pool, subnet, "mtu")
-    if mtu:
-        options[Option.INTERFACE_MTU] = encode_u16(mtu)
-    portal = _pick(pool, subnet, "captive_portal")
-    if portal:
-        options[Option.CAPTIVE_PORTAL] = str(portal).encode("ascii")
-    routes = _pick(pool, subnet, "static_routes")
-    if routes:
-        options[Option.CLASSLESS_STATIC_ROUTES] = encode_classless_routes((r.destination, r.router) for r in routes)
+    global_options, always = _options_of(dhcp.option)
+    options.update(global_options)
+    for level in (subnet, pool):  # the pool's settings and options replace the subnet's
+        if level is None:
+            continue
+        for code, value in _settings_options(level).items():
+            always.discard(code)
+            if value is None:
+                options.pop(code, None)
+            else:
+                options[code] = value
+        level_options, level_always = _options_of(level.option)
+        options.update(level_options)
+        always = (always - level_options.keys()) | level_always
     if pool is not None and pool.walled_garden:
         # A garden pool's times are its own or the short garden default, never the subnet's: a
         # subnet's day-long lease kept a resumed subscriber in the garden for a day, where the
@@ -265,7 +334,8 @@ def _served_pool(allocator: AddressPool, subnet: SubnetConfig, pool: PoolConfig 
         rebind = int(_pick(pool, subnet, "rebind_seconds") or lease * 7 // 8)
     if not renew < rebind < lease:  # RFC 2131 §4.4.5 needs T1 < T2 < lease: fall back to its defaults
         renew, rebind = lease // 2, lease * 7 // 8
-    return ServedPool(allocator, options, lease, renew, rebind)
+    return ServedPool(allocator, options, lease, renew, rebind, frozenset(always),
+                      frozenset(pool.client_classes) if pool is not None else frozenset())
 
 
 def build_subnets(config: DHCPConfig) -> list[Subnet]:
@@ -309,6 +379,7 @@ class DHCPEngine:
     def __init__(self, config: DHCPConfig) -> None:
         self.config = config
         self.subnets = build_subnets(config)
+        self.class_rules = [ClassRule.of(c) for c in config.client_class]
         self.table = LeaseTable()
         self.reservations: dict[tuple[str, str], Reservation] = {}
         self.reserved_addresses: dict[int, Reservation] = {}
@@ -344,6 +415,7 @@ class DHCPEngine:
         """New subnets and pools; the lease table (what clients hold) is kept."""
         self.config = config
         self.subnets = build_subnets(config)
+        self.class_rules = [ClassRule.of(c) for c in config.client_class]
         self._by_relay.clear()
         self._requeue_all()
 
@@ -567,9 +639,13 @@ class DHCPEngine:
                 client_class = ClientClass.WALLED_GARDEN
             else:
                 reservation = None  # closed or gone: no longer theirs to claim
+        classes: tuple[ClassRule, ...] = ()
+        if self.class_rules:
+            vendor_class, chaddr = packet.option(Option.VENDOR_CLASS_ID), packet.hw_address
+            classes = tuple(rule for rule in self.class_rules if rule.matches(vendor_class, chaddr))
         return Client(
             key=client_key, hw_address=hw_address, client_id=client_id, circuit_id=circuit_id, remote_id=remote_id,
-            relay_info=relay_info, client_class=client_class, reservation=reservation,
+            relay_info=relay_info, client_class=client_class, reservation=reservation, classes=classes,
         )
 
     def _unknown_class(self) -> ClientClass:
@@ -604,7 +680,8 @@ class DHCPEngine:
         if address == self._reserved_address(client, subnet):
             return subnet.pool_of(address) or subnet.plain
         pool = subnet.pool_of(address)
-        if pool is None or pool.allocator.walled_garden != (client.client_class is ClientClass.WALLED_GARDEN):
+        if pool is None or pool.allocator.walled_garden != (client.client_class is ClientClass.WALLED_GARDEN) \
+                or not client.may_use(pool):
             return None
         return pool
 
@@ -637,7 +714,7 @@ class DHCPEngine:
             binding = table.get(address)
             return binding is not None and binding.state in (BindingState.OFFERED, BindingState.DECLINED)
 
-        for pool in subnet.pools_for(client.client_class):
+        for pool in subnet.pools_for(client):
             address = pool.allocator.allocate(is_free, is_fresh, recheck)
             if address is not None:
                 return address, pool
@@ -839,9 +916,12 @@ class DHCPEngine:
                         (Option.RENEWAL_TIME, encode_u32(pool.renew_seconds)),
                         (Option.REBINDING_TIME, encode_u32(pool.rebind_seconds))]
         requested = packet.option(Option.PARAMETER_REQUEST_LIST)
-        served = pool.options
+        served, unasked = pool.options, pool.always
+        if client.classes:
+            served, unasked = _with_classes(served, unasked, client.classes)
         # The mask and routers always (RFC 2132 §3.3 asks the mask first); the rest as asked,
-        # in the client's order, or everything we have when it asked for nothing in particular.
+        # in the client's order, then those sent unasked, or everything we have when it asked
+        # for nothing in particular.
         for always in (Option.SUBNET_MASK, Option.ROUTERS):
             if always in served:
                 options.append((always, served[always]))
@@ -849,7 +929,7 @@ class DHCPEngine:
             options += [(c, v) for c, v in served.items() if c not in (Option.SUBNET_MASK, Option.ROUTERS)]
         else:
             seen: set[int] = {Option.SUBNET_MASK, Option.ROUTERS}
-            for code in requested:
+            for code in (*requested, *sorted(unasked)):
                 if code in served and code not in seen:
                     seen.add(code)
                     options.append((code, served[code]))
@@ -918,6 +998,18 @@ class DHCPEngine:
             else:
                 declined[index] += 1
         return [(p.name, p.size, assigned[i], declined[i]) for i, p in enumerate(pools)]
+
+
+def _with_classes(served: dict[int, bytes], always: frozenset[int],
+                  classes: tuple[ClassRule, ...]) -> tuple[dict[int, bytes], frozenset[int]]:
+    """The pool's options under the client's classes': of two classes that set one code, the
+    first (in config order) gives it."""
+    served = dict(served)
+    sent_unasked = set(always)
+    for rule in reversed(classes):
+        served.update(rule.options)
+        sent_unasked = (sent_unasked - rule.options.keys()) | rule.always
+    return served, frozenset(sent_unasked)
 
 
 def _requested_address(packet: DHCPPacket) -> IPv4Address | None:

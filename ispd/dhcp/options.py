@@ -138,6 +138,22 @@ def decode_classless_routes(value: bytes) -> tuple[tuple[IPv4Network, IPv4Addres
     return tuple(routes)
 
 
+def encode_domain_names(names: Iterable[str]) -> bytes:
+    """Names in RFC 1035 wire form, one after another and uncompressed: the form of the domain
+    search list (option 119, RFC 3397, which allows compression but does not need it) and of
+    SIP servers by name (option 120, RFC 3361, after its encoding byte)."""
+    out = bytearray()
+    for name in names:
+        for label in name.rstrip(".").split(".") if name.strip(".") else []:
+            raw = label.encode("ascii")
+            if not 1 <= len(raw) <= 63:
+                raise OptionValueError(f"{name!r}: a label must be 1 to 63 characters")
+            out.append(len(raw))
+            out += raw
+        out.append(0)
+    return bytes(out)
+
+
 @dataclass(frozen=True, slots=True)
 class RelayAgentInfo:
     """Option 82 as the relay sent it: the sub-options in order, raw."""

@@ -511,3 +511,51 @@ def test_a_dhcp_subscriber_s_lease_reaches_a_collector_as_radius_accounting(
     assert "ACCT_SESSION_TIME" not in start and stop["ACCT_TERMINATE_CAUSE"] == "1"  # User-Request
     assert lan.ispd.metric_in_netns("ispd_accounting_feed_requests_total",
                                     {"collector": "shaper", "type": "stop", "result": "answered"}) == 1
+
+
+# --- options by code, client classes -----------------------------------------------------------
+
+ACS_URL = "https://acs.lab.example:7547/"
+
+
+def test_options_by_code_and_client_classes_reach_real_clients(make_lan: Callable[..., Lan]) -> None:
+    """A TR-069 router (by its vendor class) gets its ACS URL in option 43; a set-top box gets an
+    address from the pool kept for its class and its own TFTP server; a laptop gets neither;
+    the domain search list goes to every client, asked for or not."""
+    lan = make_lan(
+        extra_pools=({"name": "stb", "range": "198.18.0.220 - 198.18.0.229", "client_classes": ["iptv"]},),
+        option=[{"code": 66, "text": "tftp.lab.example"},
+                {"code": 119, "domains": ["lab.example", "isp.example"], "always_send": True}],
+        client_class=[
+            {"name": "tr069", "vendor_class": ["dslforum.org"],
+             "option": [{"code": 43, "suboptions": [{"code": 1, "text": ACS_URL}]}]},
+            {"name": "iptv", "vendor_class": ["IPTV-STB"], "option": [{"code": 66, "text": "tftp.iptv.example"}]},
+        ],
+    )
+    acs = bytes((1, len(ACS_URL))) + ACS_URL.encode()
+    seen: dict[str, dict[str, str]] = {}
+    for n, (who, vendor) in enumerate((("router", "dslforum.org"), ("stb", "IPTV-STB 2.1"), ("laptop", None))):
+        set_mac(lan.client_ns, lan.client_if, f"02:00:5e:12:02:0{n}")
+        with Udhcpc(lan.lab, lan.client_ns, lan.client_if, lan.workdir) as client:
+            event = client.obtain(vendor_class=vendor, ask=(43, 66))
+            assert event is not None and event.bound, lan.explain(client)
+            seen[who] = {**event.env, "address": event.address or ""}
+    router, stb, laptop = seen["router"], seen["stb"], seen["laptop"]
+    assert bytes.fromhex(router.get("opt43", "")) == acs, router
+    assert router["tftp"] == "tftp.lab.example" and in_pool(router["address"])
+    assert stb["tftp"] == "tftp.iptv.example" and in_pool(stb["address"], "198.18.0.220", "198.18.0.229"), stb
+    assert "opt43" not in stb and "opt43" not in laptop
+    assert laptop["tftp"] == "tftp.lab.example" and in_pool(laptop["address"])
+    # Option 119, never asked for (no -O search): sent all the same.
+    assert all(s.get("search") == "lab.example isp.example" for s in seen.values()), seen
+
+    # dhclient, which asks for neither, gets the search list too and says so in its own words.
+    set_mac(lan.client_ns, lan.client_if, "02:00:5e:12:02:09")
+    with Dhclient(lan.lab, lan.client_ns, lan.client_if, lan.workdir,
+                  extra_conf='send vendor-class-identifier "dslforum.org";\n'
+                             'option acs-info code 43 = string;\nalso request acs-info;') as client:
+        event = client.obtain()
+        assert event is not None and event.bound, lan.explain(client)
+        assert event.env.get("new_domain_search") == "lab.example. isp.example.", event.env
+        # dhclient writes a string that is not printable as colon-separated hex, without leading zeros.
+        assert event.env.get("new_acs_info") == ":".join(f"{b:x}" for b in acs), event.env

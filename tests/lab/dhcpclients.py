@@ -345,14 +345,20 @@ class Udhcpc(DHCPClient):
         return _event_from_udhcpc(record["argv"], record["env"])
 
     def obtain(self, *, requested: str | None = None, client_id: str | None = None, tries: int = 3,
-               timeout: float = 20.0, release_on_exit: bool = False) -> ClientEvent | None:
+               timeout: float = 20.0, release_on_exit: bool = False, vendor_class: str | None = None,
+               ask: Sequence[int] = ()) -> ClientEvent | None:
         """Start udhcpc and wait for a lease (None: no lease within ``tries`` DISCOVERs).
 
-        ``requested``: ask for this address (option 50 in the DISCOVER)."""
+        ``requested``: ask for this address (option 50 in the DISCOVER); ``vendor_class``: send
+        it as option 60 (else udhcpc sends "udhcp 1.35.0"); ``ask``: more option codes to ask for
+        in option 55. udhcpc hands its script every option of the reply, those it has no name
+        for as ``opt<code>`` in hex."""
         command = self._command("udhcpc", "-f", "-i", self.interface, "-s", str(self.script),
                                 "-t", str(tries), "-T", "2", "-A", "1", "-n",
                                 "-O", "staticroutes", "-O", "ntpsrv", "-O", "mtu", "-O", "domain",
-                                "-O", "114")
+                                "-O", "114", *(arg for code in ask for arg in ("-O", str(code))))
+        if vendor_class is not None:
+            command += ["-V", vendor_class]
         if requested:
             command += ["-r", requested]
         if client_id:
