@@ -40,8 +40,12 @@ not); to the relay (giaddr) when relayed; NAK broadcast; to ciaddr when the clie
 address; broadcast when it asks; otherwise unicast to yiaddr at the link layer (the transport
 writes the frame itself).
 
+A relay's server identifier override (RFC 5107, option 82 sub-option 11) names the server in
+the replies it relays: the relay's address, so that the client's renewals go to the relay (a BNG
+that keeps its subscribers' state from what it relays) and come to us relayed.
+
 Not done here: BOOTP clients (no option 53), RFC 4361 DUID client ids beyond their raw bytes,
-rapid commit, leasequery, and the relay's server-id override (RFC 5107).
+rapid commit, leasequery.
 """
 
 from __future__ import annotations
@@ -523,6 +527,9 @@ class DHCPEngine:
         if subnet is None:
             return Outcome(ignored=Ignored.NO_SUBNET)
         server_id = subnet.server_id or received.interface_address
+        override = relay.server_id_override
+        if override is not None and packet.giaddr != UNSPECIFIED:
+            server_id = override  # RFC 5107 §4; a relay is one that sets giaddr
         if server_id is None:
             return Outcome(ignored=Ignored.NO_SERVER_ADDRESS)
         client = self._identify(packet, relay, relay_info)

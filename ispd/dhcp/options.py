@@ -179,6 +179,13 @@ class RelayAgentInfo:
         value = self.get(RelaySubOption.LINK_SELECTION)
         return IPv4Address(value) if value is not None and len(value) == 4 else None
 
+    @property
+    def server_id_override(self) -> IPv4Address | None:
+        """RFC 5107: the relay's own address, which replies name as the server identifier so that
+        renewals come to the relay (which relays them) rather than straight to us."""
+        value = self.get(RelaySubOption.SERVER_ID_OVERRIDE)
+        return IPv4Address(value) if value is not None and len(value) == 4 else None
+
     def encode(self) -> bytes:
         return encode_suboptions(self.suboptions)
 

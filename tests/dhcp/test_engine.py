@@ -310,6 +310,28 @@ def test_relayed_messages_choose_the_subnet_by_giaddr_and_echo_option_82() -> No
     assert nak.reply.destination is Destination.RELAY
 
 
+def test_a_relay_s_server_id_override_names_the_server_in_its_replies() -> None:
+    """RFC 5107: the override (sub-option 11) is option 54 in the relayed replies, and a REQUEST
+    that names it is ours. From a packet no relay forwarded it means nothing."""
+    lab = Lab()
+    relay_info = bytes((1, 3)) + b"p/1" + bytes((11, 4)) + IPv4Address("198.18.1.1").packed
+    relayed = (Option.RELAY_AGENT_INFO, relay_info)
+    offer = lab.send(message(DHCPMessageType.DISCOVER, giaddr="198.18.1.1", extra=(relayed,))).reply
+    assert offer is not None and offer.packet.option(Option.SERVER_ID) == IPv4Address("198.18.1.1").packed
+    assert offer.server_address == SERVER  # still sent from our own address
+    ack = lab.send(message(DHCPMessageType.REQUEST, giaddr="198.18.1.1", requested=str(offer.packet.yiaddr),
+                           server_id="198.18.1.1", extra=(relayed,))).reply
+    assert ack is not None and ack.packet.message_type is DHCPMessageType.ACK
+    assert ack.packet.option(Option.SERVER_ID) == IPv4Address("198.18.1.1").packed
+    renewal = lab.send(message(DHCPMessageType.REQUEST, giaddr="198.18.1.1", ciaddr=str(offer.packet.yiaddr),
+                               extra=(relayed,))).reply
+    assert renewal is not None and renewal.packet.option(Option.SERVER_ID) == IPv4Address("198.18.1.1").packed
+    for mode in ("ignore", "use"):  # option 82 from the client's link: no relay to name
+        direct = Lab(config(option82_without_relay=mode)).send(
+            message(DHCPMessageType.DISCOVER, MAC_B, extra=(relayed,))).reply
+        assert direct is not None and direct.packet.option(Option.SERVER_ID) == SERVER.packed
+
+
 def test_relay_addresses_and_link_selection_name_the_subnet() -> None:
     lab = Lab()
     bng = lab.send(message(DHCPMessageType.DISCOVER, giaddr="198.18.9.9")).reply

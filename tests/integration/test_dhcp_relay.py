@@ -24,7 +24,7 @@ import pytest
 
 from ispd.dhcp.codec import BOOTREQUEST, FLAG_BROADCAST, DHCPPacket, decode, encode
 from ispd.dhcp.options import DHCPMessageType, Option
-from tests.lab.dhcpclients import CLIENTS, DHCPClient, DHCPIspd, Relay, Udhcpc, client_link, exchange
+from tests.lab.dhcpclients import CLIENTS, BNGRelay, DHCPClient, DHCPIspd, Relay, Udhcpc, client_link, exchange
 from tests.lab.netns import Lab
 from tests.lab.process import base_config, eventually
 
@@ -80,10 +80,12 @@ class RelayedLan:
 @pytest.fixture
 def make_relayed(netlab: Lab, tmp_path: Path) -> Iterator[Callable[..., RelayedLan]]:
     """``make_relayed(before_start)``: ``before_start(ispd)`` runs once the config is written and
-    before ispd starts (to prepare the store with the CLI)."""
+    before ispd starts (to prepare the store with the CLI). ``bng_relay``: our BNG-like relay
+    (``BNGRelay``'s keywords) in place of dhcrelay."""
     started: list[DHCPIspd | Relay] = []
 
-    def make(before_start: Callable[[DHCPIspd, str], None] | None = None) -> RelayedLan:
+    def make(before_start: Callable[[DHCPIspd, str], None] | None = None, *,
+             bng_relay: dict[str, Any] | None = None) -> RelayedLan:
         server_ns, relay_ns, client_ns = netlab.namespace("srv"), netlab.namespace("rly"), netlab.namespace("cli")
         server_if, relay_up = netlab.link(server_ns, f"{SERVER}/24", relay_ns, f"{RELAY_UP}/24")
         relay_down, client_if = client_link(netlab, relay_ns, f"{RELAY_DOWN}/24", client_ns, CLIENT_MAC)
@@ -96,7 +98,8 @@ def make_relayed(netlab: Lab, tmp_path: Path) -> Iterator[Callable[..., RelayedL
             ispd.write_config()
             before_start(ispd, relay_down)
         ispd.start()
-        relay = Relay(relay_ns, relay_up, relay_down, SERVER, tmp_path)
+        relay = Relay(relay_ns, relay_up, relay_down, SERVER, tmp_path) if bng_relay is None else \
+            BNGRelay(relay_ns, relay_up, relay_down, SERVER, tmp_path, downstream_address=RELAY_DOWN, **bng_relay)
         started.append(relay)
         relay.start()
         return RelayedLan(netlab, tmp_path, client_ns, client_if, relay_down, relay, ispd)
@@ -240,3 +243,24 @@ def test_a_reservation_added_while_running_applies_to_the_next_discover(
     with Udhcpc(lan.lab, lan.client_ns, lan.client_if, lan.workdir) as client:
         event = client.obtain()
         assert event is not None and event.address == RESERVED, lan.explain(client)
+
+
+@pytest.mark.parametrize("override", [True, False])
+def test_with_a_server_id_override_renewals_go_through_the_relay(make_relayed: Callable[..., RelayedLan],
+                                                                  override: bool) -> None:
+    """RFC 5107: a relay that puts its own address in option 82 sub-option 11 is named as the
+    server in the replies, so udhcpc unicasts its renewal to the relay, which relays it (a BNG
+    sees every renewal). Without the override the renewal goes to ispd's own address, past the
+    relay (only routed by it)."""
+    lan = make_relayed(bng_relay={"override": override})
+    with Udhcpc(lan.lab, lan.client_ns, lan.client_if, lan.workdir) as client:
+        event = client.obtain()
+        assert event is not None and event.bound and in_relayed_pool(event.address), lan.explain(client)
+        assert event.server_id == (RELAY_DOWN if override else SERVER), lan.explain(client)
+        relayed_before = lan.relay.output().count(f"request REQUEST from {event.address}")
+        renewed = client.renew()
+        assert renewed is not None and renewed.bound and renewed.address == event.address, lan.explain(client)
+        relayed = lan.relay.output().count(f"request REQUEST from {event.address}") - relayed_before
+        assert relayed == (1 if override else 0), lan.explain(client)
+        lease = lan.ispd.lease_of(event.address)
+        assert lease is not None and lease["circuit_id"] == lan.circuit_id, lease

@@ -546,15 +546,19 @@ class Relay:
         self.output_path = workdir / f"dhcrelay-{downstream}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
+    # What it prints once it has opened its sockets (dhcrelay: the fallback socket comes last).
+    ready = "Sending on   Socket/fallback"
+
+    def _argv(self) -> list[str]:
+        return ["dhcrelay", "-4", "-d", "-a", "--no-pid", "-iu", self.upstream, "-id", self.downstream, self.server]
+
     def start(self, timeout: float = 10.0) -> Relay:
         with self.output_path.open("ab") as out:
             self.proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.ns, "dhcrelay", "-4", "-d", "-a", "--no-pid",
-                 "-iu", self.upstream, "-id", self.downstream, self.server],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        # It prints its sockets once it has opened them all, the fallback socket last.
+                ["ip", "netns", "exec", self.ns, *self._argv()],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=REPO)
         deadline = time.monotonic() + timeout
-        while "Sending on   Socket/fallback" not in self.output():
+        while self.ready not in self.output():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"dhcrelay did not start:\n{self.output()}")
             time.sleep(0.05)
@@ -578,6 +582,23 @@ class Relay:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class BNGRelay(Relay):
+    """``tests.lab.bngrelay``: a relay that adds the server identifier override (RFC 5107) to
+    option 82, as BNGs do; ``downstream_address`` is its address on the clients' link."""
+
+    ready = "ready"
+
+    def __init__(self, ns: str, upstream: str, downstream: str, server: str, workdir: Path, *,
+                 downstream_address: str, override: bool = True) -> None:
+        super().__init__(ns, upstream, downstream, server, workdir)
+        self.downstream_address, self.override = downstream_address, override
+
+    def _argv(self) -> list[str]:
+        argv = [sys.executable, "-m", "tests.lab.bngrelay", "--downstream", self.downstream,
+                "--address", self.downstream_address, "--server", self.server]
+        return [*argv, "--no-override"] if not self.override else argv
 
 
 # --- ispd with a [dhcp] section ----------------------------------------------------------------
