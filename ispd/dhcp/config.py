@@ -25,7 +25,8 @@ _SET_BY_ISPD = {
     51: "the lease time: set lease_seconds", 52: "option overload", 53: "the message type",
     54: "the server identifier: set server_id", 55: "the parameter request list", 56: "the message",
     57: "the maximum message size", 58: "the renewal time: set renew_seconds",
-    59: "the rebinding time: set rebind_seconds", 61: "the client identifier", 81: "the client FQDN",
+    59: "the rebinding time: set rebind_seconds", 61: "the client identifier",
+    80: "rapid commit: set rapid_commit", 81: "the client FQDN",
     82: "the relay agent information", 118: "the subnet selection",
 }
 # Options that a setting of their own writes too: one place sets one or the other.
@@ -225,6 +226,8 @@ class SubnetConfig(ClientOptions):
     relay_addresses: list[IPv4Address] = []
     # The server identifier (option 54) for this subnet; unset: the receiving interface's address.
     server_id: IPv4Address | None = None
+    # Rapid commit (RFC 4039) here; unset: [dhcp] rapid_commit.
+    rapid_commit: bool | None = None
     pool: list[PoolConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -305,6 +308,10 @@ class DHCPConfig(Section):
     # write one (and claim another line's reservation), or "use" it where the access switches
     # insert it themselves (DHCP snooping, an L2 relay agent) and drop what subscribers send.
     option82_without_relay: Literal["ignore", "use"] = "ignore"
+    # Rapid commit (RFC 4039): a DISCOVER with option 80 gets the ACK at once, two messages
+    # instead of four. Only where ispd is the one DHCP server of the link: each server that
+    # answers one commits a lease.
+    rapid_commit: bool = False
     # How often expired leases are reclaimed (marked expired in the store, announced).
     reclaim_interval_seconds: float = Field(default=10.0, gt=0, le=3600)
     subnet: list[SubnetConfig] = []

@@ -44,8 +44,11 @@ A relay's server identifier override (RFC 5107, option 82 sub-option 11) names t
 the replies it relays: the relay's address, so that the client's renewals go to the relay (a BNG
 that keeps its subscribers' state from what it relays) and come to us relayed.
 
+With rapid commit on (RFC 4039), a DISCOVER that carries option 80 is answered as a REQUEST for
+the address it would have been offered: ACK with option 80, the lease durable first.
+
 Not done here: BOOTP clients (no option 53), RFC 4361 DUID client ids beyond their raw bytes,
-rapid commit, leasequery.
+leasequery.
 """
 
 from __future__ import annotations
@@ -176,6 +179,7 @@ class Subnet:
     interface: str | None
     relay_addresses: frozenset[int]
     server_id: IPv4Address | None
+    rapid_commit: bool
     pools: list[ServedPool]
     # For addresses outside every pool (reserved ones): the subnet's own options and times.
     plain: ServedPool
@@ -353,7 +357,8 @@ def build_subnets(config: DHCPConfig) -> list[Subnet]:
         subnets.append(Subnet(
             network=sc.network, first=int(sc.network.network_address), last=int(sc.network.broadcast_address),
             interface=sc.interface, relay_addresses=frozenset(int(a) for a in sc.relay_addresses),
-            server_id=sc.server_id, pools=pools, plain=plain,
+            server_id=sc.server_id, rapid_commit=config.rapid_commit if sc.rapid_commit is None else sc.rapid_commit,
+            pools=pools, plain=plain,
         ))
     return subnets
 
@@ -737,6 +742,8 @@ class DHCPEngine:
         if chosen is None:
             return Outcome(ignored=Ignored.NO_ADDRESS)
         address, pool = chosen
+        if subnet.rapid_commit and packet.option(Option.RAPID_COMMIT) is not None:
+            return self._ack(received, subnet, server_id, address, pool, client, now)  # RFC 4039 §4
         binding = self.table.get(address)
         ended = Outcome()
         if not (binding is not None and binding.state is BindingState.BOUND and binding.held_by(client.key, now)):
@@ -940,6 +947,8 @@ class DHCPEngine:
                 if code in served and code not in seen:
                     seen.add(code)
                     options.append((code, served[code]))
+        if message_type is DHCPMessageType.ACK and packet.message_type is DHCPMessageType.DISCOVER:
+            options.append((Option.RAPID_COMMIT, b""))
         fqdn = packet.option(Option.CLIENT_FQDN)
         if fqdn is not None and with_lease and _usable_fqdn(fqdn):
             options.append((Option.CLIENT_FQDN, _fqdn_reply(fqdn)))
@@ -1032,10 +1041,11 @@ def _requested_address(packet: DHCPPacket) -> IPv4Address | None:
 MIN_MAX_MESSAGE_SIZE = 576
 _NOT_OPTIONS_SIZE = 28 + 236 + 4 + 1
 # What a reply cannot lose and still be the reply it is (message type, server id, lease times,
-# mask, routers) or that the client discards a reply without (61, 118) or the relay needs (82).
+# mask, routers) or that the client discards a reply without (61, 118, 80) or the relay needs (82).
 _ESSENTIAL_OPTIONS = frozenset((Option.MESSAGE_TYPE, Option.SERVER_ID, Option.LEASE_TIME, Option.RENEWAL_TIME,
                                 Option.REBINDING_TIME, Option.SUBNET_MASK, Option.ROUTERS, Option.MESSAGE,
-                                Option.CLIENT_ID, Option.SUBNET_SELECTION, Option.RELAY_AGENT_INFO))
+                                Option.CLIENT_ID, Option.SUBNET_SELECTION, Option.RELAY_AGENT_INFO,
+                                Option.RAPID_COMMIT))
 
 
 def _max_options_size(packet: DHCPPacket) -> int | None:

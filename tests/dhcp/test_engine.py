@@ -332,6 +332,28 @@ def test_a_relay_s_server_id_override_names_the_server_in_its_replies() -> None:
         assert direct is not None and direct.packet.option(Option.SERVER_ID) == SERVER.packed
 
 
+def test_rapid_commit_answers_a_discover_with_option_80_by_a_durable_ack() -> None:
+    rapid = (Option.RAPID_COMMIT, b"")
+    plain = Lab().send(message(DHCPMessageType.DISCOVER, extra=(rapid,)))  # off: a plain OFFER
+    assert plain.reply is not None and plain.reply.packet.message_type is DHCPMessageType.OFFER
+    assert plain.reply.packet.option(Option.RAPID_COMMIT) is None and not plain.writes
+    lab = Lab(config(rapid_commit=True))
+    assert lab.send(message(DHCPMessageType.DISCOVER, MAC_B)).reply.packet.message_type is DHCPMessageType.OFFER
+    outcome = lab.send(message(DHCPMessageType.DISCOVER, extra=(rapid,), requested="198.18.0.101"))
+    assert outcome.reply is not None and outcome.reply.packet.message_type is DHCPMessageType.ACK
+    assert outcome.reply.packet.option(Option.RAPID_COMMIT) == b""
+    assert outcome.reply.packet.yiaddr == IPv4Address("198.18.0.101")
+    [(lease, event)] = outcome.writes
+    assert (lease.address, lease.state, event) == ("198.18.0.101", LeaseState.BOUND, "granted")
+    assert isinstance(outcome.events[0], LeaseGranted)
+    # Per subnet: the relayed subnet turns it off.
+    subnets = config().model_dump()["subnet"]
+    subnets[1]["rapid_commit"] = False
+    lab = Lab(config(rapid_commit=True, subnet=subnets))
+    relayed = lab.send(message(DHCPMessageType.DISCOVER, giaddr="198.18.1.1", extra=(rapid,))).reply
+    assert relayed is not None and relayed.packet.message_type is DHCPMessageType.OFFER
+
+
 def test_relay_addresses_and_link_selection_name_the_subnet() -> None:
     lab = Lab()
     bng = lab.send(message(DHCPMessageType.DISCOVER, giaddr="198.18.9.9")).reply

@@ -559,3 +559,17 @@ def test_options_by_code_and_client_classes_reach_real_clients(make_lan: Callabl
         assert event.env.get("new_domain_search") == "lab.example. isp.example.", event.env
         # dhclient writes a string that is not printable as colon-separated hex, without leading zeros.
         assert event.env.get("new_acs_info") == ":".join(f"{b:x}" for b in acs), event.env
+
+
+def test_rapid_commit_gives_dhcpcd_its_lease_in_two_messages(make_lan: Callable[..., Lan]) -> None:
+    """RFC 4039: dhcpcd asks for rapid commit (option 80 in its DISCOVER); ispd, with it on,
+    answers the DISCOVER with the ACK, and sends no OFFER. The lease is in the store as any."""
+    lan = make_lan(rapid_commit=True)
+    with Dhcpcd(lan.lab, lan.client_ns, lan.client_if, lan.workdir, extra_conf="option rapid_commit") as client:
+        address = assert_configured(client.obtain(), lan, client)
+        assert lease_state(lan, address) == "bound"
+        sent = {kind: lan.ispd.metric_in_netns("ispd_dhcp_packets_sent_total", {"type": kind})
+                for kind in ("offer", "ack")}
+        assert not sent["offer"] and sent["ack"] == 1, f"{sent}\n{lan.explain(client)}"
+        output = client.output()
+        assert "sending DISCOVER" in output and "sending REQUEST" not in output, output
