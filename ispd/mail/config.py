@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from ispd.configtypes import ListenAddress, Section, SocketAddress
+from ispd.configtypes import IPNetwork, ListenAddress, Section, SocketAddress
 from ispd.store.validation import hostname_text, mail_address
 
 
@@ -35,6 +35,18 @@ class DKIMKeyConfig(Section):
     domain: MailDomain
     selector: str = Field(pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
     private_key: Path  # PEM, RSA (2048 bits is the usual size)
+
+
+class BlocklistConfig(Section):
+    """A DNS blocklist the MX asks about each client (Postfix's reject_rbl_client)."""
+
+    # The list's zone: a client 192.0.2.1 is listed when 1.2.0.192.<zone> has an A record.
+    zone: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+\.?$")
+    # Only answers inside these list a client, e.g. ["127.0.0.2/32", "127.0.0.4/30"] for some of
+    # a list's kinds. Unset: 127.0.0.0/8 but 127.255.255.0/24, which Spamhaus and others answer
+    # when they refuse the query (from a public resolver, over a quota) rather than to list
+    # anyone: taken as listings, every client would be refused.
+    answers: list[IPNetwork] | None = Field(default=None, min_length=1)
 
 
 class MailConfig(Section):
@@ -131,6 +143,12 @@ class MailConfig(Section):
     dmarc_enforcement: Literal["enforce", "tag"] = "enforce"
     # DKIM keys for signing what subscribers submit, one table per domain.
     dkim: list[DKIMKeyConfig] = []
+    # DNS blocklists ([[mail.dnsbl]]) for MX clients: a listed client's recipients get 554 5.7.1,
+    # but for postmaster, so that a sender listed by mistake can still reach you. Asked through
+    # `resolver` when the client connects; a list that does not answer lists no one.
+    dnsbl: list[BlocklistConfig] = []
+    # Clients never looked up (the ISP's own relays, its monitoring).
+    dnsbl_exempt: list[IPNetwork] = []
 
     @property
     def server_name(self) -> str:

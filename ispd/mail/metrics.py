@@ -63,6 +63,9 @@ class MailMetrics:
             self.messages.inc(result, amount=0)
         for reason in REFUSAL_REASONS:
             self.refusals.inc(reason, amount=0)
+        self.dnsbl_lookups = LabeledCounter(
+            "ispd_mail_dnsbl_lookups_total",
+            "MX clients looked up in DNS blocklists, by list and result (listed, clean, failed).", ["zone", "result"])
         self.bytes.inc(amount=0)
         self.deliveries.inc(amount=0)
 
@@ -78,7 +81,7 @@ class MailMetrics:
                    queue: Callable[[], QueueFigures]) -> list[Collector]:
         return [FastCollector([self.messages, self.refusals, self.bytes, self.deliveries, self.delivery_latency,
                                self.auth, self.authentication, self.imap_commands, self.imap_bytes_sent,
-                               self.imap_throttled]),
+                               self.imap_throttled, self.dnsbl_lookups]),
                 _ListenerCollector(self.listener, gauges), _QueueCollector(queue)]
 
 

@@ -47,6 +47,7 @@ from ispd.mail.authcheck import (
     unreadable_from,
 )
 from ispd.mail.config import MailConfig
+from ispd.mail.dnsbl import Blocklists
 from ispd.mail.engine import (
     AuthThrottle,
     ConnectionRate,
@@ -150,10 +151,14 @@ class MailService(Service):
         self._auth_executor = ThreadPoolExecutor(AUTH_CHECK_THREADS, thread_name_prefix="ispd-mail-auth")
         self._signing_executor = ThreadPoolExecutor(SIGNING_THREADS, thread_name_prefix="ispd-mail-sign")
         self.auth_dns = AuthDNS(self.config.resolver)
+        self.blocklists = self._blocklists(self.config)
         self.signing: dict[str, SigningKey] = {}
         self.queue = QueueRunner(self.config, context.store, Spool(self.config.queue_directory), self._executor,
                                  self.deliver_bounce, context.clock)
         self._queue_task: asyncio.Task[None] | None = None
+
+    def _blocklists(self, config: MailConfig) -> Blocklists:
+        return Blocklists(config.dnsbl, config.dnsbl_exempt, config.resolver, self.metrics.dnsbl_lookups.inc)
 
     @staticmethod
     def _policy(config: MailConfig) -> MXPolicy:
@@ -435,6 +440,7 @@ class MailService(Service):
             self.tls_context.load_cert_chain(new.mail.certificate, new.mail.private_key)
             tls_context = self.tls_context
         self.signing = signing_keys(new.mail)
+        self.blocklists = self._blocklists(new.mail)
         if old.mail.resolver != new.mail.resolver:
             self.auth_dns = AuthDNS(new.mail.resolver)
             self.auth_dns.use_for_spf()

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, cast
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, TLSSetupException, syntax
 
 from ispd.logs import drop_messages, get_logger
+from ispd.mail.dnsbl import Listing
 from ispd.mail.engine import PlainRefused, Reply, SMTPRefusal, plain_login, with_enhanced_code
 from ispd.store.models import MailRecipient
 
@@ -123,6 +124,8 @@ class SMTPSession(SMTP):
         self.refused_recipients = 0
         self._released = False
         self._helo_reply = False
+        # The MX's blocklist verdict on the client, looked up from the connection on.
+        self.blocklisting: asyncio.Task[Listing | None] | None = None
 
     @property
     def encrypted(self) -> bool:
@@ -141,6 +144,8 @@ class SMTPSession(SMTP):
                 self.service.metrics.listener.refused_connections += 1
             if self.admitted:
                 self.service.sessions.add(self)
+                if self.listener == "mx" and self.service.blocklists.applies_to(self.client):
+                    self.blocklisting = asyncio.ensure_future(self.service.blocklists.check(self.client))
         before = self._handler_coroutine
         super().connection_made(transport)
         if self._handler_coroutine is not None and self._handler_coroutine is not before:
@@ -169,6 +174,9 @@ class SMTPSession(SMTP):
         self._client_connected_cb = None
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self.blocklisting is not None:
+            self.blocklisting.cancel()
+            self.blocklisting = None
         if self.admitted and not self._released:
             self._released = True
             self.service.gate.release(self.client)
@@ -327,12 +335,12 @@ class MXHandler:
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
-        assert isinstance(envelope, MailEnvelope)
+        assert isinstance(envelope, MailEnvelope) and isinstance(server, SMTPSession)
         try:
+            await self._not_blocklisted(server, address)
             await self.accept(address, envelope)
         except SMTPRefusal as refusal:
             self.service.metrics.refusals.inc(refusal.reason)
-            assert isinstance(server, SMTPSession)
             if refusal.reason == "too_many_recipients":  # the client sends the rest later (RFC 5321 §4.5.3.1.10)
                 return str(refusal.reply)
             server.refused_recipients += 1
@@ -351,6 +359,20 @@ class MXHandler:
 
     async def accept(self, address: str, envelope: MailEnvelope) -> None:
         await self.service.accept_recipient(address, envelope)
+
+    @staticmethod
+    async def _not_blocklisted(server: SMTPSession, address: str) -> None:
+        """Raises the refusal when a blocklist lists the client; postmaster takes its mail all
+        the same, so that a sender listed by mistake can say so."""
+        if server.blocklisting is None:
+            return
+        listing = await asyncio.shield(server.blocklisting)
+        local = address.rpartition("@")[0] or address
+        if listing is None or local.lower() == "postmaster":
+            return
+        if server.refused_recipients == 0:
+            log.info("mail.dnsbl.listed", client=server.client, zone=listing.zone, answer=listing.answer)
+        raise SMTPRefusal(Reply(554, "5.7.1", listing.reply_text(server.client)), "dnsbl")
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         assert isinstance(server, SMTPSession) and isinstance(envelope, MailEnvelope)

@@ -55,8 +55,8 @@ class Lab:
     def context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca))
 
-    def client(self, user: str = "alice") -> smtplib.SMTP:
-        client = smtplib.SMTP("127.0.0.1", self.submission, timeout=15)
+    def client(self, user: str = "alice", source: str = "127.0.0.1") -> smtplib.SMTP:
+        client = smtplib.SMTP("127.0.0.1", self.submission, timeout=15, source_address=(source, 0))
         client.starttls(context=self.context())
         client.login(f"{user}@{DOMAIN}", self.passwords[user])
         return client
@@ -93,7 +93,11 @@ def lab(dns_hierarchy: DNSHierarchy, tmp_path_factory: pytest.TempPathFactory) -
     dkim_record = _dkim_key(workdir)
     dns_port = free_port("127.0.0.1")
     ports = {"mx": free_tcp_port(), "submission": free_tcp_port(), "submissions": free_tcp_port()}
-    config = base_config(workdir, dns=dns_section(dns_hierarchy, dns_port), mail={
+    # A blocklist served by ispd's own DNS: 127.0.0.2 is listed, 127.0.0.3 gets the answer
+    # Spamhaus gives a refused query (no listing), anyone else NXDOMAIN.
+    blocklist = ["2.0.0.127.bl.isp.test. 60 A 127.0.0.2", '2.0.0.127.bl.isp.test. 60 TXT "test listing"',
+                 "3.0.0.127.bl.isp.test. 60 A 127.255.255.254"]
+    config = base_config(workdir, dns=dns_section(dns_hierarchy, dns_port, local_records=blocklist), mail={
         "enabled": True, "domains": [DOMAIN], "hostname": "mx.isp.example",
         "maildir_root": str(workdir / "mail"), "queue_directory": str(workdir / "queue"),
         "listen_mx": [f"127.0.0.1:{ports['mx']}"], "listen_submission": [f"127.0.0.1:{ports['submission']}"],
@@ -103,6 +107,7 @@ def lab(dns_hierarchy: DNSHierarchy, tmp_path_factory: pytest.TempPathFactory) -
         "outbound_timeout_seconds": 5, "auth_failure_delay_seconds": 0.2, "max_auth_failures": 3,
         "max_connections_per_client": 50,
         "dkim": [{"domain": DOMAIN, "selector": "s2026", "private_key": str(workdir / "dkim.pem")}],
+        "dnsbl": [{"zone": "bl.isp.test"}], "postmaster": f"bob@{DOMAIN}",
     })
     remote = RemoteMX(f"{dns_hierarchy.base}.40.1")
     remote.start()
@@ -448,3 +453,30 @@ def test_465_accepts_again_after_running_out_of_file_descriptors(lab: Lab) -> No
 
     assert eventually(served, timeout=10)
     assert lab.ispd.log_events("mail.accept_failed")
+
+
+def test_a_client_a_blocklist_lists_is_refused_but_may_write_to_postmaster(lab: Lab) -> None:
+    message = b"From: x@example-b.example\r\nSubject: listed?\r\n\r\nhi\r\n"
+    with smtplib.SMTP("127.0.0.1", lab.mx, timeout=15, source_address=("127.0.0.2", 0)) as client:
+        client.ehlo("listed.example-b.example")
+        client.mail("x@example-b.example")
+        code, text = client.rcpt("alice@isp.example")
+        assert code == 554 and text == (b"5.7.1 Service unavailable; Client host [127.0.0.2] blocked using "
+                                        b"bl.isp.test; test listing"), text
+        assert client.rcpt(f"postmaster@{DOMAIN}")[0] == 250
+        client.data(message)
+    assert b"Subject: listed?" in lab.inbox(f"bob@{DOMAIN}")[-1]
+    # The answer a list gives when it refuses to be asked lists no one; nor does a name it lacks.
+    for source in ("127.0.0.3", "127.0.0.1"):
+        with smtplib.SMTP("127.0.0.1", lab.mx, timeout=15, source_address=(source, 0)) as client:
+            client.ehlo("mail.example-b.example")
+            client.sendmail("y@example-b.example", ["alice@isp.example"], message.replace(b"?", source.encode()))
+        assert f"Subject: listed{source}".encode() in lab.inbox("alice@isp.example")[-1]
+    assert lab.ispd.metric_value("ispd_mail_refusals_total", {"reason": "dnsbl"}) == 1
+    assert lab.ispd.metric_value("ispd_mail_dnsbl_lookups_total", {"zone": "bl.isp.test", "result": "listed"}) == 1
+    assert lab.ispd.metric_value("ispd_mail_dnsbl_lookups_total", {"zone": "bl.isp.test", "result": "clean"}) >= 2
+    # Submission is for subscribers, wherever they are: not looked up.
+    with lab.client(source="127.0.0.2") as client:
+        client.sendmail("alice@isp.example", [f"bob@{DOMAIN}"],
+                        b"From: alice@isp.example\r\nSubject: from a listed address\r\n\r\nx\r\n")
+    assert b"Subject: from a listed address" in lab.inbox(f"bob@{DOMAIN}")[-1]

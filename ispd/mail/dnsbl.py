@@ -1,0 +1,131 @@
+"""DNS blocklists for the MX, as Postfix's ``reject_rbl_client``: is a connecting client listed?
+
+A list publishes its listings as A records under its zone, the client's address reversed: for
+192.0.2.1 in zen.spamhaus.org, 1.2.0.192.zen.spamhaus.org; for an IPv6 client its 32 nibbles
+reversed (RFC 5782 §2.4). Which answers count as a listing is the list's (``answers``); its TXT
+record, when it has one, says why, and goes into the reply as Postfix puts it there.
+
+Every list is asked at once when the client connects, so the verdict is there by its first RCPT.
+A list that does not answer in time, or fails, lists no one: a blocklist outage must not stop
+the mail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
+
+import dns.asyncresolver
+import dns.exception
+import dns.resolver
+
+from ispd.configtypes import SocketAddress
+from ispd.mail.config import BlocklistConfig
+
+LOOKUP_SECONDS = 5.0
+_DEFAULT_ANSWERS = (IPv4Network("127.0.0.0/8"),)
+# What lists answer when they refuse a query rather than list a client (Spamhaus: 127.255.255.252
+# typo in the zone, .254 a public resolver, .255 over the free quota).
+_REFUSED_QUERY = IPv4Network("127.255.255.0/24")
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    zone: str
+    answer: str
+    reason: str | None  # the list's TXT record
+
+    def reply_text(self, client: str) -> str:
+        """The refusal, in Postfix's words (operators and senders search for them)."""
+        text = f"Service unavailable; Client host [{client}] blocked using {self.zone}"
+        return f"{text}; {_printable(self.reason)}" if self.reason else text
+
+
+def query_name(client: IPv4Address | IPv6Address, zone: str) -> str:
+    """The name a list answers at for ``client`` (RFC 5782 §2.1, §2.4)."""
+    if isinstance(client, IPv4Address):
+        labels = reversed(str(client).split("."))
+    else:
+        labels = reversed(client.exploded.replace(":", ""))
+    return ".".join(labels) + "." + zone.rstrip(".")
+
+
+def listed_by(addresses: Iterable[str], accepted: Iterable[IPv4Network | IPv6Network] | None) -> str | None:
+    """The first answer that is a listing; None if none is."""
+    for text in addresses:
+        try:
+            answer = ip_address(text)
+        except ValueError:
+            continue
+        if accepted is None:
+            if answer in _DEFAULT_ANSWERS[0] and answer not in _REFUSED_QUERY:
+                return text
+        elif any(answer in network for network in accepted):
+            return text
+    return None
+
+
+def _printable(text: str | None) -> str:
+    return "".join(c if " " <= c <= "~" else "?" for c in text or "")[:200]
+
+
+class Blocklists:
+    """The configured lists, asked through one DNS server (or /etc/resolv.conf)."""
+
+    def __init__(self, lists: list[BlocklistConfig], exempt: Iterable[IPv4Network | IPv6Network],
+                 server: SocketAddress | None, count: Callable[[str, str], None],
+                 timeout: float = LOOKUP_SECONDS) -> None:
+        self.lists = lists
+        self.exempt = tuple(exempt)
+        self.resolver = dns.asyncresolver.Resolver(configure=server is None)
+        if server is not None:
+            self.resolver.nameservers = [server.host]
+            self.resolver.port = server.port
+        self.resolver.lifetime = timeout
+        self._count = count  # (zone, result: listed, clean or failed)
+
+    def applies_to(self, client: str) -> bool:
+        if not self.lists:
+            return False
+        try:
+            address = ip_address(client)
+        except ValueError:
+            return False
+        return not any(address in network for network in self.exempt)
+
+    async def check(self, client: str) -> Listing | None:
+        """The first list (in config order) that lists ``client``; None if none does."""
+        address = ip_address(client)
+        if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        found = await asyncio.gather(*(self._ask(address, entry) for entry in self.lists))
+        return next((listing for listing in found if listing is not None), None)
+
+    async def _ask(self, client: IPv4Address | IPv6Address, entry: BlocklistConfig) -> Listing | None:
+        zone = entry.zone.rstrip(".").lower()
+        name = query_name(client, zone)
+        try:
+            answer = await self.resolver.resolve(name, "A")
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            self._count(zone, "clean")
+            return None
+        except (dns.exception.DNSException, OSError):
+            self._count(zone, "failed")
+            return None
+        hit = listed_by((r.to_text() for r in answer), entry.answers)
+        if hit is None:
+            self._count(zone, "clean")
+            return None
+        self._count(zone, "listed")
+        return Listing(zone, hit, await self._reason(name))
+
+    async def _reason(self, name: str) -> str | None:
+        try:
+            answer = await self.resolver.resolve(name, "TXT")
+        except (dns.exception.DNSException, OSError):
+            return None
+        for record in answer:
+            return b"".join(record.strings).decode("utf-8", errors="replace")
+        return None

@@ -1,0 +1,94 @@
+"""DNS blocklists: the names asked, which answers are listings, the refusal's words, and a list
+that fails listing no one (asked against a small DNS server of the test's own)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
+
+import dns.message
+import dns.rcode
+import dns.rrset
+import pytest
+
+from ispd.configtypes import SocketAddress
+from ispd.mail.config import BlocklistConfig
+from ispd.mail.dnsbl import Blocklists, Listing, listed_by, query_name
+
+
+def test_the_name_asked_is_the_address_reversed_under_the_zone() -> None:
+    assert query_name(IPv4Address("192.0.2.1"), "zen.example.") == "1.2.0.192.zen.example"
+    v6 = query_name(IPv6Address("2001:db8::1"), "bl.example")
+    assert v6 == "1." + "0." * 23 + "8.b.d.0.1.0.0.2.bl.example"  # RFC 5782 §2.4: 32 nibbles
+
+
+def test_which_answers_list_a_client() -> None:
+    assert listed_by(["127.0.0.2"], None) == "127.0.0.2"
+    assert listed_by(["127.255.255.254"], None) is None  # the list refused the query: no listing
+    assert listed_by(["192.0.2.1"], None) is None  # not a blocklist answer at all
+    assert listed_by(["127.255.255.254", "127.0.0.4"], None) == "127.0.0.4"
+    only_sbl = [IPv4Network("127.0.0.2/32")]
+    assert listed_by(["127.0.0.4"], only_sbl) is None and listed_by(["127.0.0.2"], only_sbl) == "127.0.0.2"
+    assert listed_by(["not an address"], None) is None
+
+
+def test_the_refusal_says_what_postfix_says_and_nothing_unprintable() -> None:
+    assert Listing("zen.example", "127.0.0.2", None).reply_text("192.0.2.1") == \
+        "Service unavailable; Client host [192.0.2.1] blocked using zen.example"
+    text = Listing("zen.example", "127.0.0.2", "see https://zen.example/q?ip=192.0.2.1\r\nx").reply_text("192.0.2.1")
+    assert text.endswith("; see https://zen.example/q?ip=192.0.2.1??x") and "\r" not in text
+
+
+class _Server(asyncio.DatagramProtocol):
+    """Answers A and TXT for 2.0.0.127.<zone>; SERVFAIL for the zone "broken.example."; silence for "dead.example."."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        query = dns.message.from_wire(data)
+        question = query.question[0]
+        name = question.name.to_text()
+        if name.endswith("dead.example."):
+            return
+        reply = dns.message.make_response(query)
+        if name.endswith("broken.example."):
+            reply.set_rcode(dns.rcode.SERVFAIL)
+        elif name.startswith("2.0.0.127."):
+            kind = "A" if question.rdtype == 1 else "TXT"
+            value = "127.0.0.2" if kind == "A" else '"listed: see https://bl.example"'
+            reply.answer.append(dns.rrset.from_text(name, 60, "IN", kind, value))
+        else:
+            reply.set_rcode(dns.rcode.NXDOMAIN)
+        self.transport.sendto(reply.to_wire(), addr)  # type: ignore[attr-defined]
+
+
+async def _check(zones: list[str], client: str, counted: list[tuple[str, str]]) -> Listing | None:
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(_Server, local_addr=("127.0.0.1", 0), family=socket.AF_INET)
+    try:
+        port = transport.get_extra_info("sockname")[1]
+        lists = Blocklists([BlocklistConfig(zone=z) for z in zones], [IPv4Network("10.0.0.0/8")],
+                           SocketAddress("127.0.0.1", port), lambda zone, result: counted.append((zone, result)),
+                           timeout=0.5)
+        assert not lists.applies_to("10.1.2.3") and lists.applies_to(client)
+        return await lists.check(client)
+    finally:
+        transport.close()
+
+
+def test_a_listed_client_is_found_with_the_list_s_reason_and_a_failing_list_lists_no_one() -> None:
+    counted: list[tuple[str, str]] = []
+    listing = asyncio.run(_check(["dead.example", "broken.example.", "bl.example."], "127.0.0.2", counted))
+    assert listing == Listing("bl.example", "127.0.0.2", "listed: see https://bl.example")
+    assert sorted(counted) == [("bl.example", "listed"), ("broken.example", "failed"), ("dead.example", "failed")]
+    counted.clear()
+    assert asyncio.run(_check(["bl.example"], "::ffff:127.0.0.3", counted)) is None
+    assert counted == [("bl.example", "clean")]
+
+
+@pytest.mark.parametrize("zone", ["", "no_dot", "a..b", "bad zone.example"])
+def test_a_zone_that_is_no_domain_name_is_refused(zone: str) -> None:
+    with pytest.raises(ValueError, match="zone"):
+        BlocklistConfig(zone=zone)
