@@ -33,7 +33,9 @@ operator's client classes (``[[dhcp.client_class]]``: by vendor class identifier
 add options and open the pools kept for them.
 
 Options: the subnet mask and broadcast address from the subnet; then the global options, the
-subnet's, the pool's and the client's classes', each replacing what the one before set for a code.
+subnet's, the pool's and the client's classes', each replacing what the one before set for a code
+— except in a walled-garden pool, whose options the classes' only add to (never replace: the
+garden's DNS servers and routers are what keeps a suspended subscriber in it).
 
 Replies go where RFC 2131 §4.1 says: the ACK to an INFORM to its ciaddr (§4.3.5, relayed or
 not); to the relay (giaddr) when relayed; NAK broadcast; to ciaddr when the client has an
@@ -932,7 +934,8 @@ class DHCPEngine:
         requested = packet.option(Option.PARAMETER_REQUEST_LIST)
         served, unasked = pool.options, pool.always
         if client.classes:
-            served, unasked = _with_classes(served, unasked, client.classes)
+            served, unasked = _with_classes(served, unasked, client.classes,
+                                            under_pool=pool.allocator.walled_garden)
         # The mask and routers always (RFC 2132 §3.3 asks the mask first); the rest as asked,
         # in the client's order, then those sent unasked, or everything we have when it asked
         # for nothing in particular.
@@ -1016,16 +1019,24 @@ class DHCPEngine:
         return [(p.name, p.size, assigned[i], declined[i]) for i, p in enumerate(pools)]
 
 
-def _with_classes(served: dict[int, bytes], always: frozenset[int],
-                  classes: tuple[ClassRule, ...]) -> tuple[dict[int, bytes], frozenset[int]]:
-    """The pool's options under the client's classes': of two classes that set one code, the
-    first (in config order) gives it."""
-    served = dict(served)
-    sent_unasked = set(always)
-    for rule in reversed(classes):
-        served.update(rule.options)
-        sent_unasked = (sent_unasked - rule.options.keys()) | rule.always
-    return served, frozenset(sent_unasked)
+def _with_classes(served: dict[int, bytes], always: frozenset[int], classes: tuple[ClassRule, ...], *,
+                  under_pool: bool = False) -> tuple[dict[int, bytes], frozenset[int]]:
+    """The pool's options with the client's classes': of two classes that set one code, the
+    first (in config order) gives it. The classes' replace the pool's, except ``under_pool`` (a
+    walled-garden pool), where they only add codes the pool does not send: a class's DNS
+    servers, routers or routes must not lead a suspended subscriber out of the garden."""
+    by_classes: dict[int, bytes] = {}
+    by_classes_unasked: set[int] = set()
+    for rule in classes:
+        for code, value in rule.options.items():
+            if code not in by_classes:
+                by_classes[code] = value
+                if code in rule.always:
+                    by_classes_unasked.add(code)
+    if under_pool:
+        added = by_classes.keys() - served.keys()
+        return {**served, **{c: by_classes[c] for c in added}}, always | (by_classes_unasked & added)
+    return {**served, **by_classes}, (always - by_classes.keys()) | by_classes_unasked
 
 
 def _requested_address(packet: DHCPPacket) -> IPv4Address | None:

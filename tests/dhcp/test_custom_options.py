@@ -200,3 +200,24 @@ def test_a_reload_brings_new_options_and_classes() -> None:
     assert offer(lab, MAC_B, asked=bytes((66,))).option(66) == b"tftp.later.example"
     lab.engine.reconfigure(config(client_class=[{"name": "iptv", "vendor_class": ["IPTV-STB"]}]))
     assert offer(lab, MAC_B, asked=bytes((66,))).option(66) == b"tftp.subnet.example"
+
+
+def test_a_class_s_options_add_to_a_walled_garden_pool_s_but_replace_none() -> None:
+    """A class's DNS servers (or routers) would lead a suspended subscriber's device out of the
+    garden, whose DNS is what sends it to the portal: there the pool's own stay."""
+    from tests.dhcp.test_engine import config as engine_config
+
+    classes = [{"name": "own-dns", "mac_prefix": ["02:00:5e"],
+                "option": [{"code": 6, "addresses": ["192.0.2.53"], "always_send": True},
+                           {"code": 3, "addresses": ["198.18.0.9"]},
+                           {"code": 43, "hex": "0101ff", "always_send": True}]}]
+    garden = Lab(engine_config(unknown_clients="walled-garden", client_class=classes))
+    packet = offer(garden, MAC_A, asked=bytes((1, 3, 6)))
+    assert IPv4Address("198.18.0.200") <= packet.yiaddr <= IPv4Address("198.18.0.201")
+    assert packet.option(Option.DNS_SERVERS) == IPv4Address("198.18.0.250").packed  # the garden's
+    assert packet.option(Option.ROUTERS) == IPv4Address("198.18.0.1").packed
+    assert packet.option(43) == b"\x01\x01\xff"  # added: the pool sends no 43
+    served = Lab(engine_config(client_class=classes))  # out of the garden the class's win
+    packet = offer(served, MAC_A, asked=bytes((1, 3)))
+    assert packet.option(Option.DNS_SERVERS) == IPv4Address("192.0.2.53").packed
+    assert packet.option(Option.ROUTERS) == IPv4Address("198.18.0.9").packed
