@@ -1050,6 +1050,11 @@ def _requested_address(packet: DHCPPacket) -> IPv4Address | None:
 # 576 bytes (RFC 2131 §2: every client takes that much). Left for options: the IP and UDP
 # headers (28), the fixed BOOTP fields (236), the magic cookie (4) and the END option (1).
 MIN_MAX_MESSAGE_SIZE = 576
+# And no reply is larger than an Ethernet frame's payload, whatever option 57 says or if it is
+# not there: a reply written to the link itself (Destination.LINK) cannot be (the send fails,
+# and the client never hears of its offer), and a relayed one would go in fragments, which
+# relays and clients often drop. Options by code, up to 1 KiB each, can add up to more.
+MAX_REPLY_SIZE = 1500
 _NOT_OPTIONS_SIZE = 28 + 236 + 4 + 1
 # What a reply cannot lose and still be the reply it is (message type, server id, lease times,
 # mask, routers) or that the client discards a reply without (61, 118, 80) or the relay needs (82).
@@ -1059,23 +1064,23 @@ _ESSENTIAL_OPTIONS = frozenset((Option.MESSAGE_TYPE, Option.SERVER_ID, Option.LE
                                 Option.RAPID_COMMIT))
 
 
-def _max_options_size(packet: DHCPPacket) -> int | None:
-    """Room for options in a reply to a client that set option 57; None if it set none."""
+def _max_options_size(packet: DHCPPacket) -> int:
+    """Room for options in a reply: what option 57 allows (at least 576), at most MAX_REPLY_SIZE."""
     value = packet.option(Option.MAX_MESSAGE_SIZE)
     if value is None or len(value) != 2:
-        return None
-    return max(int.from_bytes(value, "big"), MIN_MAX_MESSAGE_SIZE) - _NOT_OPTIONS_SIZE
+        return MAX_REPLY_SIZE - _NOT_OPTIONS_SIZE
+    return min(max(int.from_bytes(value, "big"), MIN_MAX_MESSAGE_SIZE), MAX_REPLY_SIZE) - _NOT_OPTIONS_SIZE
 
 
 def _encoded_size(value: bytes) -> int:
     return len(value) + 2 * max(1, -(-len(value) // 255))  # long options split (RFC 3396)
 
 
-def _fitted(options: list[tuple[int, bytes]], room: int | None) -> list[tuple[int, bytes]]:
+def _fitted(options: list[tuple[int, bytes]], room: int) -> list[tuple[int, bytes]]:
     """``options`` trimmed to ``room`` bytes: the optional ones go from the end first, which is
     the least wanted (the client's parameter request list ranks them in that order; RFC 2131
     §4.3.1 lets a server leave out what does not fit). Essential options always stay."""
-    if room is None or sum(_encoded_size(v) for _, v in options) <= room:
+    if sum(_encoded_size(v) for _, v in options) <= room:
         return options
     kept = list(options)
     for index in range(len(kept) - 1, -1, -1):

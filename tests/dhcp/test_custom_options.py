@@ -221,3 +221,25 @@ def test_a_class_s_options_add_to_a_walled_garden_pool_s_but_replace_none() -> N
     packet = offer(served, MAC_A, asked=bytes((1, 3)))
     assert packet.option(Option.DNS_SERVERS) == IPv4Address("192.0.2.53").packed
     assert packet.option(Option.ROUTERS) == IPv4Address("198.18.0.9").packed
+
+
+@pytest.mark.parametrize("max_size", [None, 65535])
+def test_large_options_never_make_a_reply_larger_than_an_ethernet_frame(max_size: int | None) -> None:
+    """Without option 57 (or with a large one) a reply had no bound: two 1 KiB options sent
+    always made a 2.3 kB datagram, which cannot be written to the link (the offer never reached
+    the client). What does not fit goes, the essential options stay."""
+    from ispd.dhcp.codec import encode
+
+    big = [{"code": code, "text": "x" * 1000, "always_send": True} for code in (224, 225)]
+    lab = Lab(config(option=big))
+    extra: tuple[tuple[int, bytes], ...] = ((PRL, bytes((1, 3, 66))),)
+    if max_size is not None:
+        extra += ((Option.MAX_MESSAGE_SIZE, max_size.to_bytes(2, "big")),)
+    outcome = lab.send(message(DHCPMessageType.DISCOVER, MAC_PLAIN, extra=extra))
+    assert outcome.reply is not None
+    packet = outcome.reply.packet
+    assert 28 + len(encode(packet)) <= 1500
+    assert packet.option(224) is not None and packet.option(225) is None  # the last one went
+    for code in (Option.MESSAGE_TYPE, Option.SERVER_ID, Option.LEASE_TIME, Option.SUBNET_MASK, Option.ROUTERS):
+        assert packet.option(code) is not None, code
+    assert packet.option(66) == b"tftp.subnet.example"
