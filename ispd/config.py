@@ -136,7 +136,7 @@ class Config(Section):
             if pool.name in dhcp_pools:
                 continue  # the DHCP pool's own checks apply
             for subnet in self.dhcp.subnet:  # addresses a subnet's clients rely on are no one's to lease
-                fixed = [*(subnet.routers or []), *([subnet.server_id] if subnet.server_id else [])]
+                fixed = [*self.dhcp.routers_of(subnet), *([subnet.server_id] if subnet.server_id else [])]
                 if subnet.network.prefixlen < 31:
                     fixed += [subnet.network.network_address, subnet.network.broadcast_address]
                 for address in fixed:

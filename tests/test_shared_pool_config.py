@@ -129,3 +129,14 @@ def test_a_radius_pool_must_not_include_a_dhcp_subnets_router(tmp_path: Path) ->
     path = write(tmp_path, text + RADIUS + radius_pool("bng", "198.18.0.1 - 198.18.0.50") + plan("bng"))
     assert error_of(path) == (f"{path}: radius.address_pool 'bng' includes 198.18.0.1, a router, server or "
                               "network address of the DHCP subnet 198.18.0.0/24")
+
+
+def test_a_radius_pool_must_not_include_a_router_given_as_option_3(tmp_path: Path) -> None:
+    # Written as Kea writes routers (option-data), on the subnet or for every subnet.
+    for where, option in (("subnet", '[[dhcp.subnet.option]]\ncode = 3\naddresses = ["198.18.0.1"]\n'),
+                          ("global", '[[dhcp.option]]\ncode = 3\naddresses = ["198.18.0.1"]\n')):
+        dhcp = DHCP.replace("[[dhcp.subnet.pool]]", option + "[[dhcp.subnet.pool]]", 1) if where == "subnet" \
+            else DHCP.replace("[[dhcp.subnet]]", option + "[[dhcp.subnet]]", 1)
+        path = write(tmp_path, dhcp + RADIUS + radius_pool("bng", "198.18.0.1 - 198.18.0.50") + plan("bng"))
+        assert error_of(path) == (f"{path}: radius.address_pool 'bng' includes 198.18.0.1, a router, server or "
+                                  "network address of the DHCP subnet 198.18.0.0/24"), where

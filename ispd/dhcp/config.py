@@ -144,6 +144,15 @@ def check_options(options: list[DHCPOption], where: str = "", settings: ClientOp
             raise ValueError(f"{where}option {option.code} and {setting} are the same option: set one of them")
 
 
+def routers_option(options: list[DHCPOption]) -> list[IPv4Address] | None:
+    """The addresses in option 3 among ``options``; None if it is not there."""
+    for option in options:
+        if option.code == 3:
+            value = option.encoded()
+            return [IPv4Address(value[i : i + 4]) for i in range(0, len(value) - len(value) % 4, 4)]
+    return None
+
+
 class StaticRoute(Section):
     destination: IPv4Network
     router: IPv4Address
@@ -173,6 +182,11 @@ class ClientOptions(Section):
     def _options_once(self) -> ClientOptions:
         check_options(self.option, settings=self)
         return self
+
+    def sent_routers(self) -> list[IPv4Address] | None:
+        """The routers this level sends: its `routers`, or its option 3 given by code (as Kea's
+        option-data writes them), which the checks on routers must see too; None: neither."""
+        return self.routers if self.routers is not None else routers_option(self.option)
 
     @model_validator(mode="after")
     def _timers_in_order(self) -> ClientOptions:
@@ -243,7 +257,7 @@ class SubnetConfig(ClientOptions):
         for (_, last, name), (first, _, other) in itertools.pairwise(spans):
             if first <= last:
                 raise ValueError(f"pools {name!r} and {other!r} overlap")
-        for router in self.routers or []:
+        for router in self.sent_routers() or []:
             if router not in self.network:
                 raise ValueError(f"router {router} is not inside {self.network}")
         return self
@@ -347,8 +361,17 @@ class DHCPConfig(Section):
             networks.append(subnet.network)
             if subnet.interface is not None and subnet.interface not in self.interfaces:
                 raise ValueError(f"subnet {subnet.network}: interface {subnet.interface!r} is not in interfaces")
+            for router in self.routers_of(subnet):
+                if router not in subnet.network:
+                    raise ValueError(f"[[dhcp.option]] 3: router {router} is not inside {subnet.network}, "
+                                     "which sends it (give the subnet its own routers)")
             for pool in subnet.pool:
                 if pool.name in names:
                     raise ValueError(f"pool name {pool.name!r} is used twice")
                 names.add(pool.name)
         return self
+
+    def routers_of(self, subnet: SubnetConfig) -> list[IPv4Address]:
+        """The routers ``subnet`` sends: its own, else the global option 3's."""
+        own = subnet.sent_routers()
+        return own if own is not None else routers_option(self.option) or []

@@ -243,3 +243,19 @@ def test_large_options_never_make_a_reply_larger_than_an_ethernet_frame(max_size
     for code in (Option.MESSAGE_TYPE, Option.SERVER_ID, Option.LEASE_TIME, Option.SUBNET_MASK, Option.ROUTERS):
         assert packet.option(code) is not None, code
     assert packet.option(66) == b"tftp.subnet.example"
+
+
+def test_a_router_given_as_option_3_is_checked_as_routers_are() -> None:
+    """Kea's option-data writes routers as option 3: outside the subnet it is refused, as
+    `routers` is, on the subnet and for every subnet that sends the global one."""
+    subnet = {"network": "198.18.0.0/24", "interface": "eth1",
+              "pool": [{"name": "lan", "range": "198.18.0.100 - 198.18.0.109"}]}
+    base = {"enabled": True, "interfaces": ["eth1"]}
+    with pytest.raises(ValidationError, match=r"router 198\.18\.1\.1 is not inside 198\.18\.0\.0/24"):
+        DHCPConfig.model_validate({**base, "subnet": [
+            {**subnet, "option": [{"code": 3, "addresses": ["198.18.1.1"]}]}]})
+    with pytest.raises(ValidationError, match=r"\[\[dhcp.option\]\] 3: router 198\.18\.1\.1 is not inside"):
+        DHCPConfig.model_validate({**base, "subnet": [subnet], "option": [{"code": 3, "addresses": ["198.18.1.1"]}]})
+    # A subnet with routers of its own does not send the global option 3.
+    DHCPConfig.model_validate({**base, "subnet": [{**subnet, "routers": ["198.18.0.1"]}],
+                               "option": [{"code": 3, "addresses": ["198.18.1.1"]}]})
