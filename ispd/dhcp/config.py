@@ -34,6 +34,17 @@ SETTING_OF_OPTION = {3: "routers", 6: "dns_servers", 15: "domain_name", 26: "mtu
                      114: "captive_portal", 121: "static_routes"}
 
 
+# Options that hold a list of IPv4 addresses (RFC 2132 and vendors'), by what they are: given in
+# another form (the text "198.18.0.1", as Kea's `data` reads), clients would get its characters.
+ADDRESS_LIST_OPTIONS = {
+    3: "routers", 4: "time servers", 5: "name servers", 6: "DNS servers", 7: "log servers",
+    9: "LPR servers", 41: "NIS servers", 42: "NTP servers", 44: "NetBIOS name servers",
+    45: "NetBIOS datagram distribution servers", 48: "X Window font servers", 49: "X display managers",
+    65: "NIS+ servers", 69: "SMTP servers", 70: "POP3 servers", 72: "WWW servers",
+    138: "CAPWAP access controllers", 150: "TFTP server addresses",
+}
+
+
 class OptionValue(Section):
     """An option's code and its value, in exactly one of the forms below (what the option's
     definition in its RFC or the vendor's manual says it holds)."""
@@ -122,6 +133,14 @@ class DHCPOption(OptionValue):
         if what is not None:
             raise ValueError(f"option {code} is {what}, which ispd writes itself")
         return code
+
+    @model_validator(mode="after")
+    def _addresses_as_addresses(self) -> DHCPOption:
+        what = ADDRESS_LIST_OPTIONS.get(self.code)
+        if what is not None and self.addresses is None and (self.hex is None or len(self.encoded()) % 4):
+            raise ValueError(f"option {self.code} holds IPv4 addresses ({what}): give them as "
+                             f"addresses = [\"198.51.100.1\", ...]")
+        return self
 
     def _encoded_suboptions(self) -> bytes:
         codes = [sub.code for sub in self.suboptions or ()]

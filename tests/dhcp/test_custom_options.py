@@ -259,3 +259,15 @@ def test_a_router_given_as_option_3_is_checked_as_routers_are() -> None:
     # A subnet with routers of its own does not send the global option 3.
     DHCPConfig.model_validate({**base, "subnet": [{**subnet, "routers": ["198.18.0.1"]}],
                                "option": [{"code": 3, "addresses": ["198.18.1.1"]}]})
+
+
+@pytest.mark.parametrize("given", [
+    {"code": 150, "text": "198.18.0.5"},  # Kea's data = "198.18.0.5", as text: sent as 10 characters
+    {"code": 6, "text": "198.18.0.53, 198.18.0.54"},
+    {"code": 3, "hex": "c61200"},
+    {"code": 42, "uint32": 3323068417},
+])
+def test_an_address_list_option_takes_addresses(given: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError, match=rf"option {given['code']} holds IPv4 addresses \(.+\): give them as addresses"):
+        DHCPOption.model_validate(given)
+    assert DHCPOption.model_validate({"code": given["code"], "hex": "c6120005"}).encoded() == bytes((198, 18, 0, 5))
