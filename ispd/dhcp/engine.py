@@ -56,6 +56,7 @@ leasequery.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -163,8 +164,8 @@ class ServedPool:
     lease_seconds: int
     renew_seconds: int
     rebind_seconds: int
-    # Codes sent whether asked for or not (always_send).
-    always: frozenset[int] = frozenset()
+    # Codes sent whether asked for or not (always_send), in the order they are sent.
+    always: tuple[int, ...] = ()
     # Names of the client classes it is kept for; empty: anyone's.
     classes: frozenset[str] = frozenset()
 
@@ -185,6 +186,9 @@ class Subnet:
     pools: list[ServedPool]
     # For addresses outside every pool (reserved ones): the subnet's own options and times.
     plain: ServedPool
+    # The pools open to anyone, (normal ones, walled-garden ones): all that a client in no
+    # class may use, found without a look at each pool per DISCOVER.
+    open_pools: tuple[list[ServedPool], list[ServedPool]]
 
     def contains(self, address: int) -> bool:
         return self.first <= address <= self.last
@@ -194,8 +198,10 @@ class Subnet:
         first (else a set-top box would land in the open pool listed before its own), then the
         ones open to anyone."""
         garden = client.client_class is ClientClass.WALLED_GARDEN
+        if not client.classes:
+            return self.open_pools[garden]
         usable = [p for p in self.pools if p.allocator.walled_garden == garden and client.may_use(p)]
-        return sorted(usable, key=lambda p: not p.classes) if client.classes else usable
+        return sorted(usable, key=lambda p: not p.classes)
 
     def pool_of(self, address: int) -> ServedPool | None:
         for pool in self.pools:
@@ -344,7 +350,7 @@ def _served_pool(allocator: AddressPool, subnet: SubnetConfig, pool: PoolConfig 
         rebind = int(_pick(pool, subnet, "rebind_seconds") or lease * 7 // 8)
     if not renew < rebind < lease:  # RFC 2131 §4.4.5 needs T1 < T2 < lease: fall back to its defaults
         renew, rebind = lease // 2, lease * 7 // 8
-    return ServedPool(allocator, options, lease, renew, rebind, frozenset(always),
+    return ServedPool(allocator, options, lease, renew, rebind, tuple(sorted(always)),
                       frozenset(pool.client_classes) if pool is not None else frozenset())
 
 
@@ -356,11 +362,14 @@ def build_subnets(config: DHCPConfig) -> list[Subnet]:
             for p in sc.pool
         ]
         plain = _served_pool(AddressPool("", 1, 0), sc, None, config)
+        open_pools = [p for p in pools if not p.classes]
         subnets.append(Subnet(
             network=sc.network, first=int(sc.network.network_address), last=int(sc.network.broadcast_address),
             interface=sc.interface, relay_addresses=frozenset(int(a) for a in sc.relay_addresses),
             server_id=sc.server_id, rapid_commit=config.rapid_commit if sc.rapid_commit is None else sc.rapid_commit,
             pools=pools, plain=plain,
+            open_pools=([p for p in open_pools if not p.allocator.walled_garden],
+                        [p for p in open_pools if p.allocator.walled_garden]),
         ))
     return subnets
 
@@ -695,7 +704,7 @@ class DHCPEngine:
             return subnet.pool_of(address) or subnet.plain
         pool = subnet.pool_of(address)
         if pool is None or pool.allocator.walled_garden != (client.client_class is ClientClass.WALLED_GARDEN) \
-                or not client.may_use(pool):
+                or (pool.classes and not client.may_use(pool)):
             return None
         return pool
 
@@ -946,7 +955,7 @@ class DHCPEngine:
             options += [(c, v) for c, v in served.items() if c not in (Option.SUBNET_MASK, Option.ROUTERS)]
         else:
             seen: set[int] = {Option.SUBNET_MASK, Option.ROUTERS}
-            for code in (*requested, *sorted(unasked)):
+            for code in itertools.chain(requested, unasked):
                 if code in served and code not in seen:
                     seen.add(code)
                     options.append((code, served[code]))
@@ -1019,8 +1028,8 @@ class DHCPEngine:
         return [(p.name, p.size, assigned[i], declined[i]) for i, p in enumerate(pools)]
 
 
-def _with_classes(served: dict[int, bytes], always: frozenset[int], classes: tuple[ClassRule, ...], *,
-                  under_pool: bool = False) -> tuple[dict[int, bytes], frozenset[int]]:
+def _with_classes(served: dict[int, bytes], always: tuple[int, ...], classes: tuple[ClassRule, ...], *,
+                  under_pool: bool = False) -> tuple[dict[int, bytes], tuple[int, ...]]:
     """The pool's options with the client's classes': of two classes that set one code, the
     first (in config order) gives it. The classes' replace the pool's, except ``under_pool`` (a
     walled-garden pool), where they only add codes the pool does not send: a class's DNS
@@ -1035,8 +1044,9 @@ def _with_classes(served: dict[int, bytes], always: frozenset[int], classes: tup
                     by_classes_unasked.add(code)
     if under_pool:
         added = by_classes.keys() - served.keys()
-        return {**served, **{c: by_classes[c] for c in added}}, always | (by_classes_unasked & added)
-    return {**served, **by_classes}, (always - by_classes.keys()) | by_classes_unasked
+        return ({**served, **{c: by_classes[c] for c in added}},
+                tuple(sorted({*always, *(by_classes_unasked & added)})))
+    return {**served, **by_classes}, tuple(sorted({*always} - by_classes.keys() | by_classes_unasked))
 
 
 def _requested_address(packet: DHCPPacket) -> IPv4Address | None:
@@ -1080,6 +1090,10 @@ def _fitted(options: list[tuple[int, bytes]], room: int) -> list[tuple[int, byte
     """``options`` trimmed to ``room`` bytes: the optional ones go from the end first, which is
     the least wanted (the client's parameter request list ranks them in that order; RFC 2131
     §4.3.1 lets a server leave out what does not fit). Essential options always stay."""
+    # At most this (splitting a value adds a header per 255 bytes): the cheap test, per reply.
+    values_size = sum([len(v) for _, v in options])
+    if values_size + 2 * len(options) + 2 * (values_size // 255) <= room:
+        return options
     if sum(_encoded_size(v) for _, v in options) <= room:
         return options
     kept = list(options)
