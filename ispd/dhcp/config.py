@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from ipaddress import IPv4Address, IPv4Network
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -53,11 +53,12 @@ class OptionValue(Section):
     text: str | None = Field(default=None, min_length=1)  # sent as UTF-8, no NUL at the end
     hex: str | None = None  # raw bytes: "01:04:c0:00:02:01", "0104c0000201"; "" for an empty option
     addresses: list[IPv4Address] | None = Field(default=None, min_length=1)
-    uint8: int | None = Field(default=None, ge=0, le=0xFF)
-    uint16: int | None = Field(default=None, ge=0, le=0xFFFF)
-    uint32: int | None = Field(default=None, ge=0, le=0xFFFFFFFF)
-    int32: int | None = Field(default=None, ge=-(2**31), le=2**31 - 1)
-    boolean: bool | None = None
+    # Strict: `uint8 = true` or `int32 = "3600"` is a mistake to point out, not a value to convert.
+    uint8: int | None = Field(default=None, ge=0, le=0xFF, strict=True)
+    uint16: int | None = Field(default=None, ge=0, le=0xFFFF, strict=True)
+    uint32: int | None = Field(default=None, ge=0, le=0xFFFFFFFF, strict=True)
+    int32: int | None = Field(default=None, ge=-(2**31), le=2**31 - 1, strict=True)
+    boolean: bool | None = Field(default=None, strict=True)
     domains: list[str] | None = Field(default=None, min_length=1)  # RFC 1035 wire form, as option 119
 
     VALUE_FORMS: ClassVar[tuple[str, ...]] = (
@@ -289,7 +290,7 @@ class ClientClassConfig(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     # Members send a vendor class identifier (option 60) that begins with one of these, e.g.
     # "dslforum.org" (TR-069 routers), "PXEClient", "MSFT 5.0".
-    vendor_class: list[str] | None = Field(default=None, min_length=1)
+    vendor_class: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
     # Members have a MAC address that begins with one of these, e.g. "00:1a:2b" (a vendor's OUI).
     # Given with vendor_class, a member matches both.
     mac_prefix: list[str] | None = Field(default=None, min_length=1)

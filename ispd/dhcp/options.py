@@ -145,6 +145,7 @@ def encode_domain_names(names: Iterable[str]) -> bytes:
     SIP servers by name (option 120, RFC 3361, after its encoding byte)."""
     out = bytearray()
     for name in names:
+        start = len(out)
         for label in name.rstrip(".").split(".") if name.strip(".") else []:
             raw = label.encode("ascii")
             if not 1 <= len(raw) <= 63:
@@ -152,6 +153,8 @@ def encode_domain_names(names: Iterable[str]) -> bytes:
             out.append(len(raw))
             out += raw
         out.append(0)
+        if len(out) - start > 255:
+            raise OptionValueError(f"{name!r}: a name is at most 255 bytes in wire form (RFC 1035 §2.3.4)")
     return bytes(out)
 
 

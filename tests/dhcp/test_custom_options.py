@@ -93,6 +93,10 @@ def test_an_option_s_forms_encode_as_their_rfcs_say() -> None:
     ({"code": 119, "domains": ["a..example"]}, "label must be 1 to 63"),
     ({"code": 119, "domains": ["bücher.example"]}, "domains"),
     ({"code": 23, "uint8": 256}, "less than or equal to 255"),
+    ({"code": 23, "uint8": True}, "valid integer"),
+    ({"code": 2, "int32": "3600"}, "valid integer"),
+    ({"code": 19, "boolean": 1}, "valid boolean"),
+    ({"code": 119, "domains": [".".join(["a" * 63] * 4)]}, "at most 255 bytes"),
     ({"code": 43, "suboptions": [{"code": 1, "text": "a"}, {"code": 1, "text": "b"}]}, "sub-option 1 is given twice"),
     ({"code": 43, "suboptions": [{"code": 1, "text": "a" * 256}]}, "256 bytes, longer than 255"),
     ({"code": 224, "text": "a" * 1025}, "1025 bytes, longer than 1024"),
@@ -109,6 +113,7 @@ def test_a_bad_option_is_refused_with_what_to_fix(given: dict[str, Any], says: s
     ({"pool_extra": {"client_classes": ["nobody"]}}, "client class 'nobody' is not defined"),
     ({"client_class": [{"name": "x", "option": []}]}, "say who is in it"),
     ({"client_class": [{"name": "x", "mac_prefix": ["zz"]}]}, "mac_prefix 'zz'"),
+    ({"client_class": [{"name": "x", "vendor_class": [""]}]}, "at least 1 character"),
     ({"client_class": [{"name": "x", "mac_prefix": ["02"]}, {"name": "x", "mac_prefix": ["04"]}]},
      "client class 'x' is defined twice"),
 ])
