@@ -50,6 +50,7 @@ def serving_service() -> Any:
     service.gate = ConnectionGate(10, 10, stats)
     service.sessions = set()
     service.metrics = SimpleNamespace(listener=stats)
+    service.blocklists = SimpleNamespace(applies_to=lambda client: False)
     return service
 
 
