@@ -748,7 +748,8 @@ class DNSService(Service):
                 self.local.remove_lease_name(event.address, event.hostname)
                 self._local_changed(before)
             view = self._plan_view_at(event.address)
-            self._holder_changed(event.address, view, self.walled.lease_ended(event.address))
+            self._holder_changed(event.address, view, self.walled.lease_ended(
+                event.address, radius_pool=event.service == LeaseService.RADIUS))
 
         def session_started(event: SessionStarted) -> None:
             subscriber = event.subscriber_id

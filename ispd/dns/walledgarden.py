@@ -22,7 +22,13 @@ from ispd.dns.zone import ZoneAnswer
 class WalledGarden:
     def __init__(self, config: WalledGardenConfig) -> None:
         self.configure(config)
-        self.subscriber_of: dict[str, int] = {}  # leased address -> subscriber
+        self.subscriber_of: dict[str, int] = {}  # leased address -> subscriber (its latest hold's)
+        # Who holds each address, and how: its DHCP lease ("dhcp"), a RADIUS pool's hold
+        # ("radius-pool"), RADIUS sessions (by id), the latest grant last. An address can be
+        # held more than one way at once (a subscriber's static address in its DHCP lease and
+        # its session; a reconnect before the stale session closes): one hold's end leaves the
+        # others, and the latest of those says who holds it.
+        self._holds: dict[str, dict[str | int, int | None]] = {}
         # A session's IPv6 networks -> subscriber, by prefix length and the network's first address.
         self._networks: dict[int, dict[int, int]] = {}
         self.network_holders: dict[str, int] = {}  # (the same, by the network as written)
@@ -30,7 +36,6 @@ class WalledGarden:
         # closed after its subscriber reconnected with the same prefix, or one whose prefix went
         # to someone else) does not take it from the session that holds it now.
         self._network_sessions: dict[str, int] = {}
-        self._address_sessions: dict[str, int] = {}  # (the same for the addresses of sessions)
         self.suspended: set[int] = set()
 
     def configure(self, config: WalledGardenConfig) -> None:
@@ -127,31 +132,41 @@ class WalledGarden:
     def lease_granted(self, address: str, subscriber_id: int | None, session_id: int | None = None, *,
                       radius_pool: bool = False) -> bool:
         """An address leased (by DHCP), or in the RADIUS session ``session_id``, or (``radius_pool``)
-        given or held again from a RADIUS pool; whether the walled set changed. A pool's grants
-        (at each Access-Accept, at each renewal of the hold) name no session: the subscriber's
-        session that has the address keeps it."""
+        given or held again from a RADIUS pool; whether the walled set changed. A pool's hold is
+        the session's once the session has the address: the pool's grants at each renewal name
+        no session, and the session's end (which releases the hold) ends it."""
         before = self.is_walled(address)
-        same_holder = self.subscriber_of.get(address) == subscriber_id
-        if subscriber_id is None:
-            self.subscriber_of.pop(address, None)
-        else:
-            self.subscriber_of[address] = subscriber_id
-        if session_id is not None:
-            self._address_sessions[address] = session_id
-        elif not (radius_pool and same_holder):
-            self._address_sessions.pop(address, None)
+        holds = self._holds.setdefault(address, {})
+        hold = _hold(session_id, radius_pool)
+        if session_id is not None and holds.get("radius-pool", _NO_HOLD) == subscriber_id:
+            del holds["radius-pool"]
+        elif radius_pool and session_id is None:
+            hold = next((h for h, s in holds.items() if isinstance(h, int) and s == subscriber_id), hold)
+        holds.pop(hold, None)
+        holds[hold] = subscriber_id
+        self._holder_is_latest(address, holds)
         return self.is_walled(address) != before
 
-    def lease_ended(self, address: str, session_id: int | None = None) -> bool:
-        """The lease, or the session ``session_id``, gave ``address`` up: not when another
-        session holds it since (a subscriber who reconnected with the same address, and whose
-        stale session is closed late)."""
-        if session_id is not None and self._address_sessions.get(address, session_id) != session_id:
+    def lease_ended(self, address: str, session_id: int | None = None, *, radius_pool: bool = False) -> bool:
+        """The DHCP lease, the RADIUS pool's hold (``radius_pool``) or the session ``session_id``
+        gave ``address`` up: whoever else holds it (a subscriber who reconnected with the same
+        address and whose stale session is closed late; the session that has a DHCP client's
+        reserved address) keeps it. Whether the walled set changed."""
+        holds = self._holds.get(address)
+        if holds is None or holds.pop(_hold(session_id, radius_pool), _NO_HOLD) is _NO_HOLD:
             return False
         before = self.is_walled(address)
-        self.subscriber_of.pop(address, None)
-        self._address_sessions.pop(address, None)
-        return before
+        if not holds:
+            del self._holds[address]
+        self._holder_is_latest(address, holds)
+        return self.is_walled(address) != before
+
+    def _holder_is_latest(self, address: str, holds: dict[str | int, int | None]) -> None:
+        holder = next(reversed(holds.values()), None) if holds else None
+        if holder is None:
+            self.subscriber_of.pop(address, None)
+        else:
+            self.subscriber_of[address] = holder
 
     def set_suspended(self, subscriber_id: int, suspended: bool) -> bool:
         if suspended == (subscriber_id in self.suspended):
@@ -190,6 +205,13 @@ class WalledGarden:
         elif qtype == RRType.AAAA and self.config.portal_ipv6 is not None:
             records = [RR(name, RRType.AAAA, CLASS_IN, ttl, self.config.portal_ipv6.packed)]
         return ZoneAnswer(RCode.NOERROR, False, records, [], [])
+
+
+_NO_HOLD = object()
+
+
+def _hold(session_id: int | None, radius_pool: bool) -> str | int:
+    return session_id if session_id is not None else "radius-pool" if radius_pool else "dhcp"
 
 
 def _ipv6_network(text: str) -> IPv6Network | None:

@@ -193,6 +193,20 @@ async def test_a_radius_pools_renewal_leaves_the_address_to_the_session_in_it(se
     assert service.engine.client_class(address) == ClientClass.ALLOWED
 
 
+async def test_a_dhcp_lease_s_end_leaves_the_address_to_the_session_that_has_it_too(service: DNSService) -> None:
+    """IPoE with RADIUS accounting: the subscriber's address is in its DHCP lease and in its
+    session. The lease's release took it out of the walled garden for the rest of the session."""
+    assert service.engine is not None
+    bus, address = service.context.bus, "192.168.1.77"
+    bus.publish(SubscriberSuspended(1.0, ANN, "ann"))
+    bus.publish(LeaseGranted(1.0, address, 4000.0, subscriber_id=ANN))
+    bus.publish(SessionStarted(1.0, 1, "198.18.0.2", "s1", "ann", subscriber_id=ANN, framed_ip=address))
+    bus.publish(LeaseEnded(2.0, address, "released", subscriber_id=ANN))
+    assert service.engine.client_class(address) == ClientClass.WALLED
+    bus.publish(SessionStopped(3.0, 1, "198.18.0.2", "s1", "ann", subscriber_id=ANN, framed_ip=address))
+    assert service.engine.client_class(address) == ClientClass.ALLOWED
+
+
 class _Store:
     """What ``DNSService._load_subscribers`` reads, as the SQLite store gives it (sessions newest first)."""
 

@@ -80,8 +80,8 @@ def test_a_sessions_end_leaves_its_network_to_the_session_that_holds_it_now() ->
 
 
 def test_a_sessions_end_leaves_its_address_to_the_session_that_holds_it_now() -> None:
-    """The same for a session's Framed-IP-Address (a static address, the same at each reconnect),
-    and a DHCP lease's end still ends it whoever had it."""
+    """The same for a session's Framed-IP-Address (a static address, the same at each reconnect);
+    a DHCP lease's end takes nothing from a session (there was no lease)."""
     garden = WalledGarden(PORTAL)
     garden.set_suspended(7, True)
     assert garden.lease_granted("198.18.0.62", 7, session_id=1) is True
@@ -90,4 +90,38 @@ def test_a_sessions_end_leaves_its_address_to_the_session_that_holds_it_now() ->
     assert garden.walled_addresses() == {"198.18.0.62"}
     assert garden.lease_ended("198.18.0.62", session_id=2) is True
     assert garden.lease_granted("198.18.0.62", 7, session_id=3) is True
-    assert garden.lease_ended("198.18.0.62") is True  # (no session: whoever holds it)
+    assert garden.lease_ended("198.18.0.62") is False and garden.walled_addresses() == {"198.18.0.62"}
+
+
+def test_an_address_held_by_a_dhcp_lease_and_a_session_stays_held_until_both_end() -> None:
+    """A subscriber's static address in its DHCP lease (IPoE) and in its RADIUS session (the BNG
+    accounts for it): the end of one left the address to no one, and a suspended subscriber's
+    devices went round the walled garden for the rest of the other."""
+    garden = WalledGarden(PORTAL)
+    garden.set_suspended(7, True)
+    assert garden.lease_granted("198.18.0.63", 7, session_id=1) is True
+    assert garden.lease_granted("198.18.0.63", 7) is False  # DHCP: the lease
+    assert garden.lease_ended("198.18.0.63") is False  # the lease released; the session goes on
+    assert garden.walled_addresses() == {"198.18.0.63"}
+    assert garden.lease_granted("198.18.0.63", 7) is False
+    assert garden.lease_ended("198.18.0.63", session_id=1) is False  # the session ends; the lease goes on
+    assert garden.walled_addresses() == {"198.18.0.63"}
+    assert garden.lease_ended("198.18.0.63") is True and garden.walled_addresses() == set()
+    # Held by two subscribers (a stale record): the latest grant says who; its end hands back.
+    garden.lease_granted("198.18.0.64", 8, session_id=2)
+    garden.lease_granted("198.18.0.64", 7)
+    assert garden.walled_addresses() == {"198.18.0.64"}
+    assert garden.lease_ended("198.18.0.64") is True and garden.holder("198.18.0.64") == 8
+
+
+def test_a_radius_pool_s_hold_goes_with_the_session_that_has_the_address() -> None:
+    """The pool's grant at the Access-Accept, then the session: the session's end (the pool's
+    hold is released with it) leaves nothing behind; a renewal of the hold keeps the session's."""
+    garden = WalledGarden(PORTAL)
+    garden.set_suspended(7, True)
+    assert garden.lease_granted("192.168.1.40", 7, radius_pool=True) is True
+    assert garden.lease_granted("192.168.1.40", 7, session_id=1) is False
+    assert garden.lease_granted("192.168.1.40", 7, radius_pool=True) is False  # a renewal of the hold
+    assert garden.lease_ended("192.168.1.40", session_id=1) is True
+    assert garden.lease_ended("192.168.1.40", radius_pool=True) is False  # (released: nothing left)
+    assert garden.walled_addresses() == set()
