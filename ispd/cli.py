@@ -264,6 +264,9 @@ def render_overview(o: SubscriberOverview) -> str:
     if forms and missing:
         lines.append(f"              missing {', '.join(missing)}: set the password again to enable them")
     lines.append(f"created       {when(s.created_at)}")
+    if s.radius_reply:
+        lines.append(f"radius reply  {len(s.radius_reply)} of its own (with its plan's)")
+        lines += [f"  {line}" for line in s.radius_reply]
     lines.append(f"reservations  {len(o.reservations) or 'none'}")
     lines += [f"  #{r.id} {describe_reservation(r)}" for r in o.reservations]
     lines.append(f"leases        {len(o.leases) or 'none'}")
@@ -343,6 +346,49 @@ async def cmd_subscriber_set_plan(store: Store, args: argparse.Namespace) -> Non
     subscriber = await store.set_subscriber_plan(args.subscriber, None if args.none else args.plan, actor=actor())
     plan = await store.get_plan(subscriber.plan_id) if subscriber.plan_id is not None else None
     print(f"{subscriber.username} is now on {'plan ' + plan.name if plan else 'no plan'}")
+
+
+def check_radius_reply(config: Config, args: argparse.Namespace) -> None:
+    """The attributes against the dictionaries the daemon loads (``radius.dictionaries``), as
+    plan attributes are checked at start: a mistake is refused here, not met at a login."""
+    from ispd.radius.attributes import AttributeValueError, reply_attribute
+    from ispd.radius.dictionary import DictionaryError, load_dictionary
+
+    if not args.attributes:
+        return
+    try:
+        dictionary = load_dictionary(config.radius.dictionaries)
+    except DictionaryError as exc:
+        raise CommandFailed(f"cannot read the RADIUS dictionaries: {exc}") from None
+    for text in args.attributes:
+        try:
+            attribute = reply_attribute(dictionary, text)
+        except AttributeValueError as exc:
+            raise CommandFailed(f"{text!r}: {exc}") from None
+        if attribute.name in _RESERVED_REPLY:
+            raise CommandFailed(f"{attribute.name}: {_RESERVED_REPLY[attribute.name]}")
+
+
+_RESERVED_REPLY = {
+    "Framed-IP-Address": "reserve the address instead (ispd reservation add NAME --username LOGIN --address A): "
+                         "one record of who has which address",
+    "Class": "ispd's own: it names the subscriber in the accounting",
+}
+
+
+async def cmd_subscriber_radius_reply(store: Store, args: argparse.Namespace) -> None:
+    if args.clear or args.attributes:
+        subscriber = await store.set_radius_reply(args.subscriber, [] if args.clear else args.attributes,
+                                                  actor=actor())
+    else:
+        subscriber = await store.get_subscriber(args.subscriber)
+    if args.json:
+        print_json({"subscriber": subscriber.username, "radius_reply": list(subscriber.radius_reply)})
+        return
+    if not subscriber.radius_reply:
+        print(f"{subscriber.username} has no reply attributes of its own (its plan's apply)")
+    for line in subscriber.radius_reply:
+        print(line)
 
 
 async def cmd_subscriber_passwd(store: Store, args: argparse.Namespace) -> None:
@@ -758,6 +804,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--none", action="store_true", help="no plan")
     p.set_defaults(handler=cmd_subscriber_set_plan, check=lambda a: None if a.none != (a.plan is not None) else
                    "give a PLAN or --none, not both" if a.none else "give a PLAN, or --none for no plan")
+    p = sub.add_parser("radius-reply", parents=[config_opts, json_opt],
+                       help="show or set a subscriber's own RADIUS reply attributes",
+                       description="Show, or with ATTRIBUTEs replace, the reply attributes this subscriber's "
+                                   "Access-Accepts carry besides its plan's (a business line's Framed-Route, a "
+                                   "static Delegated-IPv6-Prefix), as FreeRADIUS's users file; an attribute also "
+                                   "given by the plan is the subscriber's. Checked against the dictionaries; "
+                                   "new logins get them.")
+    p.add_argument("subscriber", help=SUBSCRIBER_HELP)
+    p.add_argument("attributes", nargs="*", metavar="ATTRIBUTE",
+                   help='e.g. \'Framed-Route = "203.0.113.0/29 0.0.0.0 1"\'')
+    p.add_argument("--clear", action="store_true", help="remove them all")
+    p.set_defaults(handler=cmd_subscriber_radius_reply, prepare=check_radius_reply,
+                   check=lambda a: "give ATTRIBUTEs or --clear, not both" if a.clear and a.attributes else None)
     p = sub.add_parser("passwd", parents=[config_opts, password_opts], help="set a subscriber's password")
     p.add_argument("subscriber", help=SUBSCRIBER_HELP)
     p.set_defaults(handler=cmd_subscriber_passwd, prepare=read_password_for_passwd)

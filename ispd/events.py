@@ -72,6 +72,11 @@ class SubscriberPasswordChanged(SubscriberEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class SubscriberRadiusReplyChanged(SubscriberEvent):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
 class SubscriberPlanChanged(SubscriberEvent):
     plan_id: int | None = None  # None: no plan any more
 
@@ -338,6 +343,8 @@ def event_from_audit(entry: AuditEntry) -> Event | None:
                 return SubscriberDeleted(at, sid, name)
             case "subscriber.password_set":
                 return SubscriberPasswordChanged(at, sid, name)
+            case "subscriber.radius_reply_set":
+                return SubscriberRadiusReplyChanged(at, sid, name)
             case "subscriber.plan_changed":
                 plan_id = entry.details.get("plan_id")
                 return SubscriberPlanChanged(at, sid, name, plan_id=plan_id if isinstance(plan_id, int) else None)

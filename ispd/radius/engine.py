@@ -57,9 +57,10 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_add
 
 from ispd.credentials import PasswordChecker, nt_hash
 from ispd.dhcp.identifiers import normalize_key, opaque_text
+from ispd.logs import get_logger
 from ispd.radius import mschap
 from ispd.radius.addresses import holder_of, line_of
-from ispd.radius.attributes import ReplyAttribute
+from ispd.radius.attributes import AttributeValueError, ReplyAttribute, reply_attribute
 from ispd.radius.codec import (
     MAX_ATTRIBUTE_VALUE,
     Attr,
@@ -154,6 +155,8 @@ _CALLED_STATION_ID, _NAS_PORT_ID = int(Attr.CALLED_STATION_ID), int(Attr.NAS_POR
 _FRAMED_MTU = int(Attr.FRAMED_MTU)
 _STATUS_TYPES = {1: AccountingStatus.START, 2: AccountingStatus.STOP, 3: AccountingStatus.INTERIM_UPDATE,
                  7: AccountingStatus.ACCOUNTING_ON, 8: AccountingStatus.ACCOUNTING_OFF}
+
+log = get_logger("ispd.radius")
 
 
 def _line_keys(packet: Packet) -> list[tuple[ReservationKind, str]]:
@@ -844,7 +847,28 @@ class AuthEngine:
             if address is None and plan_reply.framed_pool and plan_reply.address_pool is None:
                 items.append(_encode((Attr.FRAMED_POOL, plan_reply.framed_pool.encode())))
             items.extend(plan_reply.attributes)
-        return items, not (plan_reply is not None and any(a.hidden for a in plan_reply.attributes))
+        cacheable = not (plan_reply is not None and any(a.hidden for a in plan_reply.attributes))
+        own = self._own_reply(subject)
+        if own:
+            # The subscriber's own replace the plan's of the same attribute (FreeRADIUS's ":="
+            # in a user's entry); ispd's Class and the address stay.
+            replaced = {(a.vendor, a.code) for a in own}
+            items = [item for item in items if _attribute_key(item) not in replaced]
+            items.extend(own)
+            cacheable = cacheable and not any(a.hidden for a in own)
+        return items, cacheable
+
+    def _own_reply(self, subject: AuthSubject) -> list[ReplyAttribute]:
+        """The subscriber's own reply attributes, as the dictionaries read them now (checked when
+        they were set; one the dictionaries no longer have is left out and logged)."""
+        own = []
+        for text in subject.subscriber.radius_reply:
+            try:
+                own.append(reply_attribute(self.dictionary, text))
+            except AttributeValueError as exc:
+                log.warning("radius.subscriber.bad_reply_attribute", subscriber=subject.subscriber.username,
+                            attribute=text, error=str(exc))
+        return own
 
     def _rate_limit(self, kind: NasKind, download: int | None, upload: int | None) -> list[bytes]:
         if not download and not upload:
@@ -867,6 +891,18 @@ class AuthEngine:
     def forget_profiles(self) -> None:
         for subject in self.directory.subjects.values():
             subject.reply_cache.clear()
+
+
+def _attribute_key(item: bytes | ReplyAttribute) -> tuple[int, int]:
+    """(vendor, type) of a reply item; ispd's Class and Framed-IP-Address as none a subscriber
+    may give."""
+    if isinstance(item, ReplyAttribute):
+        return item.vendor, item.code
+    if item[0] in (Attr.CLASS, Attr.FRAMED_IP_ADDRESS):
+        return -1, -1
+    if item[0] == Attr.VENDOR_SPECIFIC and len(item) >= 7:
+        return int.from_bytes(item[2:6], "big"), item[6]
+    return 0, item[0]
 
 
 def _encode(*attributes: tuple[int, bytes]) -> bytes:

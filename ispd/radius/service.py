@@ -58,6 +58,7 @@ from ispd.events import (
     SubscriberEvent,
     SubscriberPasswordChanged,
     SubscriberPlanChanged,
+    SubscriberRadiusReplyChanged,
     SubscriberResumed,
     SubscriberSuspended,
 )
@@ -1371,7 +1372,8 @@ class RadiusService(Service):
             bus.subscribe(PlanAdded, plan_added),
             bus.subscribe(ReservationEvent, refreshed),
         ]
-        handlers += [bus.subscribe(SubscriberAdded, refreshed), bus.subscribe(SubscriberPasswordChanged, refreshed)]
+        handlers += [bus.subscribe(SubscriberAdded, refreshed), bus.subscribe(SubscriberPasswordChanged, refreshed),
+                     bus.subscribe(SubscriberRadiusReplyChanged, refreshed)]
 
         def leased(event: LeaseGranted) -> None:  # DHCP's leases in a pool shared with it
             if event.service == LeaseService.DHCP:

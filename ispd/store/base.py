@@ -129,6 +129,11 @@ class Store(ABC):
         authenticates from memory (RADIUS), which then follows changes through events."""
 
     @abstractmethod
+    async def set_radius_reply(self, ref: SubscriberRef, attributes: Sequence[str], *, actor: str) -> Subscriber:
+        """Replace a subscriber's own RADIUS reply attributes (each "Attribute = value", checked
+        by the caller against the dictionaries); audited as "subscriber.radius_reply_set"."""
+
+    @abstractmethod
     async def set_subscriber_plan(self, ref: SubscriberRef, plan: int | str | None, *, actor: str) -> Subscriber:
         """Move a subscriber to another plan (None: no plan); audited as "subscriber.plan_changed"."""
 

@@ -104,6 +104,8 @@ class Subscriber:
     credential_policy: CredentialPolicy | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+    # Its own RADIUS reply attributes ("Framed-Route = ..."), after and over its plan's.
+    radius_reply: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -415,8 +415,17 @@ def _subscriber(row: sqlite3.Row) -> Subscriber:
         id=row["id"], username=row["username"], status=SubscriberStatus(row["status"]), plan_id=row["plan_id"],
         full_name=row["full_name"], account_ref=row["account_ref"], status_reason=row["status_reason"],
         credential_policy=CredentialPolicy(policy) if policy else None,
-        created_at=row["created_at"], updated_at=row["updated_at"],
+        created_at=row["created_at"], updated_at=row["updated_at"], radius_reply=_text_list(row["radius_reply"]),
     )
+
+
+def _text_list(stored: str) -> tuple[str, ...]:
+    """A JSON array of strings as the store keeps it; anything else (a hand edit) is no list."""
+    try:
+        value = json.loads(stored)
+    except ValueError:
+        return ()
+    return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
 
 
 def _lease_history_entry(row: sqlite3.Row) -> LeaseHistoryEntry:
@@ -905,6 +914,25 @@ class SQLiteStore(Store):
             return _subscriber(_find_subscriber(conn, int(row["id"])))
 
         return await self._write("set_subscriber_plan", run)
+
+    async def set_radius_reply(self, ref: SubscriberRef, attributes: Sequence[str], *, actor: str) -> Subscriber:
+        now = self.clock()
+        lines = [line.strip() for line in attributes]
+        if any(not line or "\n" in line or len(line) > 1000 for line in lines):
+            raise InvalidValue("a reply attribute is one line of at most 1000 characters")
+
+        def run(conn: sqlite3.Connection) -> Subscriber:
+            row = _find_subscriber(conn, ref)
+            before = list(_text_list(row["radius_reply"]))
+            if before == lines:
+                raise Conflict(f"subscriber {row['username']!r} has those reply attributes already")
+            conn.execute("UPDATE subscribers SET radius_reply = ?, updated_at = ? WHERE id = ?",
+                         (json.dumps(lines), now, row["id"]))
+            _append_audit(conn, now, actor, "subscriber.radius_reply_set", "subscriber", row["id"], row["username"],
+                          {"from": before, "to": lines})
+            return _subscriber(_find_subscriber(conn, int(row["id"])))
+
+        return await self._write("set_radius_reply", run)
 
     async def subscriber_overview(self, ref: SubscriberRef, *, audit_limit: int = 20) -> SubscriberOverview:
         def run(conn: sqlite3.Connection) -> SubscriberOverview:

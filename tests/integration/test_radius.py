@@ -125,6 +125,38 @@ def test_a_login_reservation_gives_a_fixed_address(radius: Radius) -> None:
     assert reply.code == "Access-Accept" and reply.first("Framed-IP-Address") == "198.18.7.7"
 
 
+def test_a_subscriber_s_own_reply_attributes_reach_the_nas_over_its_plan_s(radius: Radius) -> None:
+    """A business line: its routed block (Framed-Route) and its own prefix for its router, and a
+    faster rate than its plan's, set with the CLI and in the next Access-Accept."""
+    radius.ispd.cli("subscriber", "add", "dave", "--plan", "home", "--password-stdin", input="dave-pw\n")
+    route, prefix = '"203.0.113.0/29 0.0.0.0 1"', "2001:db8:77::/48"
+    out = radius.ispd.cli("subscriber", "radius-reply", "dave", f"Framed-Route = {route}",
+                          f"Delegated-IPv6-Prefix = {prefix}", "Mikrotik-Rate-Limit = 50000k/200000k").stdout
+    assert "Framed-Route" in out
+
+    def accepted() -> Reply | None:
+        reply = radtest("dave", "dave-pw", radius.auth, SECRET)
+        return reply if reply.first("Framed-Route") is not None else None
+
+    reply = eventually(accepted, timeout=10)  # once the daemon has heard of it (its store poll)
+    assert reply.first("Framed-Route") == "203.0.113.0/29 0.0.0.0 1", reply.output
+    assert reply.first("Delegated-IPv6-Prefix") == prefix, reply.output
+    assert reply.attributes["Mikrotik-Rate-Limit"] == ["50000k/200000k"], reply.output  # the plan's is replaced
+    assert reply.first("Class") == "0x" + b"ispd:".hex() + str(json.loads(radius.ispd.cli(
+        "subscriber", "show", "dave", "--json").stdout)["subscriber"]["id"]).encode().hex()
+    shown = radius.ispd.cli("subscriber", "show", "dave").stdout
+    assert "radius reply  3 of its own" in shown and "Framed-Route = " in shown
+    # Mistakes are refused before they reach the store, each with what is wrong.
+    for bad, says in (("Framed-Rout = x", "no such attribute"), ("Framed-IP-Address = 198.18.7.9", "reservation"),
+                      ("Session-Timeout = soon", "Session-Timeout")):
+        failed = radius.ispd.cli("subscriber", "radius-reply", "dave", bad, check=False)
+        assert failed.returncode == 1 and says in failed.stderr, failed.stderr
+    radius.ispd.cli("subscriber", "radius-reply", "dave", "--clear")
+    reply = eventually(lambda: (r := radtest("dave", "dave-pw", radius.auth, SECRET)).first("Framed-Route") is None
+                       and r, timeout=10)
+    assert reply.attributes["Mikrotik-Rate-Limit"] == ["20000k/100000k"], reply.output  # the plan's again
+
+
 def test_mschap_v2_proves_the_server_to_the_client(radius: Radius) -> None:
     challenge, peer = os.urandom(16), os.urandom(16)
     response = mschap.nt_response_v2(challenge, peer, b"bob", nt_hash("bob-pw"))

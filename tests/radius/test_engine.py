@@ -278,6 +278,28 @@ def test_plan_attributes_framed_pool_and_hidden_values() -> None:
     assert reveal_salted(tunnel[1:], SECRET, packet.authenticator) == b"s3cret"
 
 
+def test_a_subscriber_s_own_attributes_come_after_and_over_its_plan_s_but_not_in_the_walled_garden() -> None:
+    extra = (reply_attribute(DICTIONARY, "Filter-Id = plan-filter"), reply_attribute(DICTIONARY, "Framed-MTU = 1492"))
+    world = World(ReplySettings(plans={"home": PlanReply(extra)}, suspended=SuspendedAction.WALLED_GARDEN,
+                                walled_garden=(reply_attribute(DICTIONARY, "Filter-Id = garden"),)))
+    own = ('Framed-Route = "203.0.113.0/29 0.0.0.0 1"', "Session-Timeout = 3600", "Filter-Id = business",
+           "Mikrotik-Rate-Limit = 1M/1M", "No-Such-Attribute = 1")  # (the dictionaries lost the last one)
+    world.directory.replace(Subscriber(1, "alice", SubscriberStatus.ACTIVE, plan_id=1, radius_reply=own),
+                            StoredCredentials(cleartext="alice-pw", updated_at=1), [], PLAN)
+    attributes = world.engine.handle(pap("alice", "alice-pw"), nas(), NOW).attributes
+    assert [v for c, v in reply_attributes(attributes) if c == 22] == [b"203.0.113.0/29 0.0.0.0 1"]
+    assert [v for c, v in reply_attributes(attributes) if c == Attr.SESSION_TIMEOUT] == [(3600).to_bytes(4, "big")]
+    assert [v for c, v in reply_attributes(attributes) if c == Attr.FILTER_ID] == [b"business"]
+    assert first(attributes, Attr.IDLE_TIMEOUT) == (600).to_bytes(4, "big")  # the plan's, not replaced
+    assert first(attributes, Attr.FRAMED_MTU) == (1492).to_bytes(4, "big")
+    assert vsa(attributes, Vendor.MIKROTIK, 8) == b"1M/1M"
+    assert first(attributes, Attr.CLASS) == b"ispd:1"
+    world.directory.replace(Subscriber(1, "alice", SubscriberStatus.SUSPENDED, plan_id=1, radius_reply=own),
+                            StoredCredentials(cleartext="alice-pw", updated_at=1), [], PLAN)
+    walled = world.engine.handle(pap("alice", "alice-pw"), nas(), NOW).attributes
+    assert first(walled, 22) is None and first(walled, Attr.FILTER_ID) == b"garden"
+
+
 def test_an_untagged_tunnel_password_carries_tag_zero() -> None:
     """RFC 2868 §3.5: the Tag octet is always there; from a review, a Tunnel-Password written
     without a tag went out without it, and every NAS decrypted garbage."""

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from ispd.events import SubscriberRadiusReplyChanged, event_from_audit
 from ispd.store import InvalidValue, Store, open_store
 from ispd.store.config import StoreConfig
-from ispd.store.errors import NotFound
+from ispd.store.errors import Conflict, NotFound
 from ispd.store.models import AccountingOutcome, AccountingRecord, AccountingStatus, ReservationKind, Usage
 
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
@@ -304,6 +305,22 @@ async def test_plan_changes_are_audited(store: Store) -> None:
     entries = await store.audit_since(0)
     assert entries[-1].action == "subscriber.plan_changed" and entries[-1].details["to"] == "home"
     assert (await store.set_subscriber_plan("alice", None, actor="t")).plan_id is None
+
+
+async def test_a_subscriber_s_own_reply_attributes_are_kept_audited_and_announced(store: Store) -> None:
+    lines = ['Framed-Route = "203.0.113.0/29 0.0.0.0 1"', "Delegated-IPv6-Prefix = 2001:db8:77::/48"]
+    subscriber = await store.set_radius_reply("alice", lines, actor="t")
+    assert subscriber.radius_reply == tuple(lines)
+    assert (await store.get_subscriber("alice")).radius_reply == tuple(lines)
+    assert [s.radius_reply for s in await store.list_subscribers() if s.username == "alice"] == [tuple(lines)]
+    entry = (await store.audit_since(0))[-1]
+    assert entry.action == "subscriber.radius_reply_set" and entry.details == {"from": [], "to": lines}
+    assert event_from_audit(entry) == SubscriberRadiusReplyChanged(entry.at, subscriber.id, "alice")
+    with pytest.raises(Conflict):
+        await store.set_radius_reply("alice", lines, actor="t")  # no change
+    with pytest.raises(InvalidValue):
+        await store.set_radius_reply("alice", ["Filter-Id = a\nFilter-Id = b"], actor="t")
+    assert (await store.set_radius_reply("alice", [], actor="t")).radius_reply == ()
 
 
 async def test_a_start_after_what_it_started_is_a_late_copy(store: Store) -> None:
