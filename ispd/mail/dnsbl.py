@@ -52,6 +52,22 @@ def query_name(client: IPv4Address | IPv6Address, zone: str) -> str:
     return ".".join(labels) + "." + zone.rstrip(".")
 
 
+def client_address(client: str) -> IPv4Address | IPv6Address | None:
+    """The address a list knows ``client`` (a peer name) by: an IPv4-mapped one as IPv4 (Postfix
+    does so too), a link-local one without its zone ("fe80::1%eth0", which has no reversed name
+    and raised from the lookup task: every RCPT of the session got 451); None if no address."""
+    try:
+        address = ip_address(client)
+    except ValueError:
+        return None
+    if isinstance(address, IPv6Address):
+        if address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+        if address.scope_id is not None:
+            return IPv6Address(int(address))
+    return address
+
+
 def listed_by(addresses: Iterable[str], accepted: Iterable[IPv4Network | IPv6Network] | None) -> str | None:
     """The first answer that is a listing; None if none is."""
     for text in addresses:
@@ -89,29 +105,26 @@ class Blocklists:
     def applies_to(self, client: str) -> bool:
         if not self.lists:
             return False
-        try:
-            address = ip_address(client)
-        except ValueError:
-            return False
-        return not any(address in network for network in self.exempt)
+        address = client_address(client)
+        return address is not None and not any(address in network for network in self.exempt)
 
     async def check(self, client: str) -> Listing | None:
         """The first list (in config order) that lists ``client``; None if none does."""
-        address = ip_address(client)
-        if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
+        address = client_address(client)
+        if address is None:
+            return None
         found = await asyncio.gather(*(self._ask(address, entry) for entry in self.lists))
         return next((listing for listing in found if listing is not None), None)
 
     async def _ask(self, client: IPv4Address | IPv6Address, entry: BlocklistConfig) -> Listing | None:
         zone = entry.zone.rstrip(".").lower()
-        name = query_name(client, zone)
         try:
+            name = query_name(client, zone)
             answer = await self.resolver.resolve(name, "A")
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             self._count(zone, "clean")
             return None
-        except (dns.exception.DNSException, OSError):
+        except (dns.exception.DNSException, OSError, ValueError):  # (ValueError: a name no list has)
             self._count(zone, "failed")
             return None
         hit = listed_by((r.to_text() for r in answer), entry.answers)

@@ -92,3 +92,15 @@ def test_a_listed_client_is_found_with_the_list_s_reason_and_a_failing_list_list
 def test_a_zone_that_is_no_domain_name_is_refused(zone: str) -> None:
     with pytest.raises(ValueError, match="zone"):
         BlocklistConfig(zone=zone)
+
+
+def test_a_link_local_client_with_its_zone_is_looked_up_without_it_and_a_mapped_one_is_exempt_as_ipv4() -> None:
+    """A peer name "fe80::1%eth0" made the lookup task raise (the zone has no reversed name):
+    every RCPT of the session got 451. An IPv4-mapped client was looked up as IPv4 but checked
+    against the IPv4 exemptions as IPv6, so it was never exempt."""
+    counted: list[tuple[str, str]] = []
+    assert asyncio.run(_check(["bl.example"], "fe80::1%eth0", counted)) is None
+    assert counted == [("bl.example", "clean")]
+    lists = Blocklists([BlocklistConfig(zone="bl.example")], [IPv4Network("10.0.0.0/8")], None, lambda *_: None)
+    assert not lists.applies_to("::ffff:10.1.2.3") and lists.applies_to("::ffff:192.0.2.1")
+    assert not lists.applies_to("")
