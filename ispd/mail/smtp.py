@@ -337,7 +337,7 @@ class MXHandler:
                           rcpt_options: list[str]) -> str:
         assert isinstance(envelope, MailEnvelope) and isinstance(server, SMTPSession)
         try:
-            await self._not_blocklisted(server, address)
+            await self._not_blocklisted(server, address, envelope)
             await self.accept(address, envelope)
         except SMTPRefusal as refusal:
             self.service.metrics.refusals.inc(refusal.reason)
@@ -360,12 +360,14 @@ class MXHandler:
     async def accept(self, address: str, envelope: MailEnvelope) -> None:
         await self.service.accept_recipient(address, envelope)
 
-    @staticmethod
-    async def _not_blocklisted(server: SMTPSession, address: str) -> None:
+    async def _not_blocklisted(self, server: SMTPSession, address: str, envelope: MailEnvelope) -> None:
         """Raises the refusal when a blocklist lists the client; postmaster takes its mail all
         the same, so that a sender listed by mistake can say so."""
         if server.blocklisting is None:
             return
+        # Postfix's order (reject_unauth_destination before reject_rbl_client): a recipient that is
+        # not ours at all is refused as such, a relay attempt counted as relay_denied, not dnsbl.
+        self.service.policy.route(address, len(envelope.rcpt_tos))
         listing = await asyncio.shield(server.blocklisting)
         local = address.rpartition("@")[0] or address
         if listing is None or local.lower() == "postmaster":

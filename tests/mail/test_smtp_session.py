@@ -13,7 +13,9 @@ import uvloop
 from aiosmtpd.smtp import Session
 
 from ispd.listeners import ConnectionGate
-from ispd.mail.smtp import SMTPSession
+from ispd.mail.dnsbl import Listing
+from ispd.mail.engine import MXPolicy
+from ispd.mail.smtp import MailEnvelope, MXHandler, SMTPSession
 from tests.dns.test_streams import reset
 
 
@@ -91,3 +93,26 @@ def test_a_session_goes_with_its_connection(leave: str, without_cycle_collection
     uvloop.run(run())
     assert len(sessions) == 1
     assert sessions[0]() is None
+
+
+def test_a_listed_client_s_relay_attempt_is_refused_as_relaying_not_as_listed() -> None:
+    """Postfix checks reject_unauth_destination before reject_rbl_client: a listed client asking
+    to relay got the blocklist's 554 and was counted as dnsbl, hiding relay probes in the metrics."""
+    refusals: list[str] = []
+
+    async def run() -> list[str]:
+        service = fake_service()
+        service.policy = MXPolicy(["isp.example"], postmaster="bob@isp.example")
+        service.metrics = SimpleNamespace(refusals=SimpleNamespace(inc=refusals.append))
+        handler = MXHandler(service)
+        session = SMTPSession(service, "mx")
+        session.client = "192.0.2.1"
+        session.blocklisting = asyncio.ensure_future(asyncio.sleep(0, Listing("bl.example", "127.0.0.2", None)))
+        smtp_session = Session(asyncio.get_running_loop())
+        return [await handler.handle_RCPT(session, smtp_session, MailEnvelope(), address, [])
+                for address in ("x@elsewhere.example", "alice@isp.example")]
+
+    relayed, local = asyncio.run(run())
+    assert relayed == "554 5.7.1 <x@elsewhere.example>: Relay access denied", relayed
+    assert local.startswith("554 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using bl.example")
+    assert refusals == ["relay_denied", "dnsbl"]
