@@ -13,6 +13,7 @@ the mail.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
@@ -22,9 +23,14 @@ import dns.exception
 import dns.resolver
 
 from ispd.configtypes import SocketAddress
+from ispd.logs import LogThrottle, get_logger
 from ispd.mail.config import BlocklistConfig
 
+log = get_logger("ispd.mail")
+
 LOOKUP_SECONDS = 5.0
+# A list that refuses our queries is said once in this many seconds, per list.
+REFUSED_LOG_SECONDS = 600.0
 _DEFAULT_ANSWERS = (IPv4Network("127.0.0.0/8"),)
 # What lists answer when they refuse a query rather than list a client (Spamhaus: 127.255.255.252
 # typo in the zone, .254 a public resolver, .255 over the free quota).
@@ -83,6 +89,17 @@ def listed_by(addresses: Iterable[str], accepted: Iterable[IPv4Network | IPv6Net
     return None
 
 
+def refused_query(addresses: Iterable[str]) -> str | None:
+    """The answer by which a list refuses the query itself (127.255.255.0/24), if it gave one."""
+    for text in addresses:
+        try:
+            if ip_address(text) in _REFUSED_QUERY:
+                return text
+        except ValueError:
+            continue
+    return None
+
+
 def _printable(text: str | None) -> str:
     return "".join(c if " " <= c <= "~" else "?" for c in text or "")[:200]
 
@@ -100,7 +117,8 @@ class Blocklists:
             self.resolver.nameservers = [server.host]
             self.resolver.port = server.port
         self.resolver.lifetime = timeout
-        self._count = count  # (zone, result: listed, clean or failed)
+        self._count = count  # (zone, result: listed, clean, refused or failed)
+        self._refused_logged = LogThrottle(REFUSED_LOG_SECONDS)
 
     def applies_to(self, client: str) -> bool:
         if not self.lists:
@@ -127,9 +145,20 @@ class Blocklists:
         except (dns.exception.DNSException, OSError, ValueError):  # (ValueError: a name no list has)
             self._count(zone, "failed")
             return None
-        hit = listed_by((r.to_text() for r in answer), entry.answers)
+        addresses = [r.to_text() for r in answer]
+        hit = listed_by(addresses, entry.answers)
         if hit is None:
-            self._count(zone, "clean")
+            refusal = refused_query(addresses)
+            if refusal is None:
+                self._count(zone, "clean")
+                return None
+            # Not a verdict on the client: the list would not answer us (through a public resolver,
+            # over its quota). Counted as clean, the list looked at work while it listed no one.
+            self._count(zone, "refused")
+            if self._refused_logged.due(zone, time.monotonic()):
+                log.warning("mail.dnsbl.query_refused", zone=zone, answer=refusal,
+                            hint="the list refuses queries from this resolver (a public one, or over its "
+                                 "free quota): set mail.resolver to a resolver of your own, e.g. ispd's DNS")
             return None
         self._count(zone, "listed")
         return Listing(zone, hit, await self._reason(name))

@@ -65,7 +65,8 @@ class MailMetrics:
             self.refusals.inc(reason, amount=0)
         self.dnsbl_lookups = LabeledCounter(
             "ispd_mail_dnsbl_lookups_total",
-            "MX clients looked up in DNS blocklists, by list and result (listed, clean, failed).", ["zone", "result"])
+            "MX clients looked up in DNS blocklists, by list and result (listed, clean, refused, failed).",
+            ["zone", "result"])
         self.bytes.inc(amount=0)
         self.deliveries.inc(amount=0)
 

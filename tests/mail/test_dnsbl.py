@@ -11,6 +11,7 @@ import dns.message
 import dns.rcode
 import dns.rrset
 import pytest
+import structlog.testing
 
 from ispd.configtypes import SocketAddress
 from ispd.mail.config import BlocklistConfig
@@ -41,7 +42,8 @@ def test_the_refusal_says_what_postfix_says_and_nothing_unprintable() -> None:
 
 
 class _Server(asyncio.DatagramProtocol):
-    """Answers A and TXT for 2.0.0.127.<zone>; SERVFAIL for the zone "broken.example."; silence for "dead.example."."""
+    """Answers A and TXT for 2.0.0.127.<zone>; SERVFAIL for the zone "broken.example."; silence for
+    "dead.example."; 127.255.255.255 (over the quota) to any A query under "quota.example."."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -55,6 +57,8 @@ class _Server(asyncio.DatagramProtocol):
         reply = dns.message.make_response(query)
         if name.endswith("broken.example."):
             reply.set_rcode(dns.rcode.SERVFAIL)
+        elif name.endswith("quota.example.") and question.rdtype == 1:
+            reply.answer.append(dns.rrset.from_text(name, 60, "IN", "A", "127.255.255.255"))
         elif name.startswith("2.0.0.127."):
             kind = "A" if question.rdtype == 1 else "TXT"
             value = "127.0.0.2" if kind == "A" else '"listed: see https://bl.example"'
@@ -65,6 +69,11 @@ class _Server(asyncio.DatagramProtocol):
 
 
 async def _check(zones: list[str], client: str, counted: list[tuple[str, str]]) -> Listing | None:
+    [listing] = await _checks(zones, [client], counted)
+    return listing
+
+
+async def _checks(zones: list[str], clients: list[str], counted: list[tuple[str, str]]) -> list[Listing | None]:
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(_Server, local_addr=("127.0.0.1", 0), family=socket.AF_INET)
     try:
@@ -72,8 +81,8 @@ async def _check(zones: list[str], client: str, counted: list[tuple[str, str]]) 
         lists = Blocklists([BlocklistConfig(zone=z) for z in zones], [IPv4Network("10.0.0.0/8")],
                            SocketAddress("127.0.0.1", port), lambda zone, result: counted.append((zone, result)),
                            timeout=0.5)
-        assert not lists.applies_to("10.1.2.3") and lists.applies_to(client)
-        return await lists.check(client)
+        assert not lists.applies_to("10.1.2.3") and all(lists.applies_to(client) for client in clients)
+        return [await lists.check(client) for client in clients]
     finally:
         transport.close()
 
@@ -104,3 +113,14 @@ def test_a_link_local_client_with_its_zone_is_looked_up_without_it_and_a_mapped_
     lists = Blocklists([BlocklistConfig(zone="bl.example")], [IPv4Network("10.0.0.0/8")], None, lambda *_: None)
     assert not lists.applies_to("::ffff:10.1.2.3") and lists.applies_to("::ffff:192.0.2.1")
     assert not lists.applies_to("")
+
+
+def test_a_list_that_refuses_the_query_is_counted_and_said_so_not_counted_clean() -> None:
+    """Spamhaus answers 127.255.255.254/.255 to a query through a public resolver or over its
+    quota: no listing, but no verdict either. Counted clean, the list seemed to work while it
+    listed no one (every query of an MX whose resolver is 8.8.8.8)."""
+    counted: list[tuple[str, str]] = []
+    with structlog.testing.capture_logs() as events:
+        assert asyncio.run(_checks(["quota.example"], ["192.0.2.1", "192.0.2.2"], counted)) == [None, None]
+    assert counted == [("quota.example", "refused")] * 2
+    assert [e["event"] for e in events] == ["mail.dnsbl.query_refused"]  # once per list, not per client
