@@ -112,7 +112,9 @@ class Blocklists:
                  timeout: float = LOOKUP_SECONDS) -> None:
         self.lists = lists
         self.exempt = tuple(exempt)
-        self.resolver = dns.asyncresolver.Resolver(configure=server is None)
+        # (/etc/resolv.conf is read only when there are lists to ask: a reload without any
+        # must not fail on it)
+        self.resolver = dns.asyncresolver.Resolver(configure=server is None and bool(lists))
         if server is not None:
             self.resolver.nameservers = [server.host]
             self.resolver.port = server.port

@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import dns.exception
 from aiosmtpd.smtp import Session
 
 from ispd.control import CommandError
@@ -151,14 +152,17 @@ class MailService(Service):
         self._auth_executor = ThreadPoolExecutor(AUTH_CHECK_THREADS, thread_name_prefix="ispd-mail-auth")
         self._signing_executor = ThreadPoolExecutor(SIGNING_THREADS, thread_name_prefix="ispd-mail-sign")
         self.auth_dns = AuthDNS(self.config.resolver)
-        self.blocklists = self._blocklists(self.config)
+        self.blocklists = Blocklists([], [], None, self.metrics.dnsbl_lookups.inc)  # (start sets the lists)
         self.signing: dict[str, SigningKey] = {}
         self.queue = QueueRunner(self.config, context.store, Spool(self.config.queue_directory), self._executor,
                                  self.deliver_bounce, context.clock)
         self._queue_task: asyncio.Task[None] | None = None
 
     def _blocklists(self, config: MailConfig) -> Blocklists:
-        return Blocklists(config.dnsbl, config.dnsbl_exempt, config.resolver, self.metrics.dnsbl_lookups.inc)
+        try:
+            return Blocklists(config.dnsbl, config.dnsbl_exempt, config.resolver, self.metrics.dnsbl_lookups.inc)
+        except dns.exception.DNSException as exc:  # no /etc/resolv.conf, and no `resolver`
+            raise ServiceStartError(f"mail: dnsbl: no DNS server to ask ({exc}): set mail.resolver") from None
 
     @staticmethod
     def _policy(config: MailConfig) -> MXPolicy:
@@ -179,6 +183,7 @@ class MailService(Service):
     async def start(self, stack: AsyncExitStack) -> None:
         self.tls_context = self._tls(self.config)
         self.signing = signing_keys(self.config)
+        self.blocklists = self._blocklists(self.config)
         self.auth_dns.use_for_spf()
         for directory, what in ((self.config.maildir_root, "Maildir root"),
                                 (self.config.queue_directory, "queue directory")):
@@ -433,6 +438,7 @@ class MailService(Service):
                 raise ServiceStartError(f"mail: a change of {key} needs a restart")
         if (old.mail.certificate is None) != (new.mail.certificate is None):
             raise ServiceStartError("mail: turning STARTTLS on or off needs a restart")
+        blocklists = self._blocklists(new.mail)  # (before anything changes: it may refuse the reload)
         tls_context = self._tls(new.mail)
         if tls_context is not None and self.tls_context is not None:
             # 465's listener holds the context it was made with: load the new certificate into it.
@@ -440,7 +446,7 @@ class MailService(Service):
             self.tls_context.load_cert_chain(new.mail.certificate, new.mail.private_key)
             tls_context = self.tls_context
         self.signing = signing_keys(new.mail)
-        self.blocklists = self._blocklists(new.mail)
+        self.blocklists = blocklists
         if old.mail.resolver != new.mail.resolver:
             self.auth_dns = AuthDNS(new.mail.resolver)
             self.auth_dns.use_for_spf()

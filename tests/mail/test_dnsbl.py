@@ -124,3 +124,17 @@ def test_a_list_that_refuses_the_query_is_counted_and_said_so_not_counted_clean(
         assert asyncio.run(_checks(["quota.example"], ["192.0.2.1", "192.0.2.2"], counted)) == [None, None]
     assert counted == [("quota.example", "refused")] * 2
     assert [e["event"] for e in events] == ["mail.dnsbl.query_refused"]  # once per list, not per client
+
+
+def test_without_lists_the_system_resolver_configuration_is_not_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reload rebuilds the lists: without any (and without `resolver`), a missing
+    /etc/resolv.conf must not refuse it; with some, it is an error the service reports."""
+    import dns.resolver
+
+    def unreadable(self: object, *args: object, **kwargs: object) -> None:
+        raise dns.resolver.NoResolverConfiguration("no /etc/resolv.conf")
+
+    monkeypatch.setattr(dns.resolver.BaseResolver, "read_resolv_conf", unreadable)
+    assert not Blocklists([], [], None, lambda zone, result: None).applies_to("192.0.2.1")
+    with pytest.raises(dns.resolver.NoResolverConfiguration):
+        Blocklists([BlocklistConfig(zone="bl.example")], [], None, lambda zone, result: None)
