@@ -292,8 +292,13 @@ class ClientClassConfig(Section):
     # "dslforum.org" (TR-069 routers), "PXEClient", "MSFT 5.0".
     vendor_class: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
     # Members have a MAC address that begins with one of these, e.g. "00:1a:2b" (a vendor's OUI).
-    # Given with vendor_class, a member matches both.
+    # Of the criteria given, a member matches every one.
     mac_prefix: list[str] | None = Field(default=None, min_length=1)
+    # Members come through a relay whose option 82 circuit-id (or remote-id) begins with one of
+    # these, written as reservations take them: its text ("olt1 eth 1/1/"), or 0x and hex.
+    # (A DSLAM's or an OLT's lines; a renewal past the relay keeps its lease's line.)
+    circuit_id: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
+    remote_id: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
     option: list[DHCPOption] = []
 
     @field_validator("mac_prefix")
@@ -306,8 +311,10 @@ class ClientClassConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> ClientClassConfig:
-        if self.vendor_class is None and self.mac_prefix is None:
-            raise ValueError(f"client class {self.name!r}: say who is in it: vendor_class, mac_prefix or both")
+        if self.vendor_class is None and self.mac_prefix is None and self.circuit_id is None \
+                and self.remote_id is None:
+            raise ValueError(f"client class {self.name!r}: say who is in it: vendor_class, mac_prefix, "
+                             "circuit_id or remote_id")
         check_options(self.option, f"client class {self.name!r}: ")
         return self
 

@@ -219,19 +219,29 @@ class ClassRule:
     mac_prefixes: tuple[bytes, ...] | None
     options: dict[int, bytes]
     always: frozenset[int]
+    # The relay's circuit-id and remote-id, in their canonical text (as reservations keep them).
+    circuit_prefixes: tuple[str, ...] | None = None
+    remote_prefixes: tuple[str, ...] | None = None
 
     @classmethod
     def of(cls, config: ClientClassConfig) -> ClassRule:
         options, always = _options_of(config.option)
         vendors = None if config.vendor_class is None else tuple(v.encode() for v in config.vendor_class)
         macs = None if config.mac_prefix is None else tuple(mac_prefix_bytes(m) for m in config.mac_prefix)
-        return cls(config.name, vendors, macs, options, frozenset(always))
+        circuits = None if config.circuit_id is None else tuple(config.circuit_id)
+        remotes = None if config.remote_id is None else tuple(config.remote_id)
+        return cls(config.name, vendors, macs, options, frozenset(always), circuits, remotes)
 
-    def matches(self, vendor_class: bytes | None, hw_address: bytes) -> bool:
-        if self.vendor_prefixes is not None and (
-                vendor_class is None or not vendor_class.startswith(self.vendor_prefixes)):
-            return False
-        return self.mac_prefixes is None or hw_address.startswith(self.mac_prefixes)
+    def matches(self, vendor_class: bytes | None, hw_address: bytes, circuit_id: str | None,
+                remote_id: str | None) -> bool:
+        """Whether a client matches every criterion the class gives (each a list of prefixes)."""
+        return (_begins(vendor_class, self.vendor_prefixes) and _begins(hw_address, self.mac_prefixes)
+                and _begins(circuit_id, self.circuit_prefixes) and _begins(remote_id, self.remote_prefixes))
+
+
+def _begins(value: Any, prefixes: tuple[Any, ...] | None) -> bool:
+    """No criterion, or ``value`` (bytes or text) begins with one of ``prefixes``."""
+    return prefixes is None or (value is not None and value.startswith(prefixes))
 
 
 @dataclass(frozen=True, slots=True)
@@ -665,7 +675,8 @@ class DHCPEngine:
         classes: tuple[ClassRule, ...] = ()
         if self.class_rules:
             vendor_class, chaddr = packet.option(Option.VENDOR_CLASS_ID), packet.hw_address
-            classes = tuple(rule for rule in self.class_rules if rule.matches(vendor_class, chaddr))
+            classes = tuple(rule for rule in self.class_rules
+                            if rule.matches(vendor_class, chaddr, circuit_id, remote_id))
         return Client(
             key=client_key, hw_address=hw_address, client_id=client_id, circuit_id=circuit_id, remote_id=remote_id,
             relay_info=relay_info, client_class=client_class, reservation=reservation, classes=classes,

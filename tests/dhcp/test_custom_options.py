@@ -276,3 +276,38 @@ def test_an_address_list_option_takes_addresses(given: dict[str, Any]) -> None:
     with pytest.raises(ValidationError, match=rf"option {given['code']} holds IPv4 addresses \(.+\): give them as addresses"):
         DHCPOption.model_validate(given)
     assert DHCPOption.model_validate({"code": given["code"], "hex": "c6120005"}).encoded() == bytes((198, 18, 0, 5))
+
+
+def test_a_class_by_the_relay_s_circuit_id_keeps_its_members_through_a_renewal_past_the_relay() -> None:
+    """An OLT's business ports (circuit-ids "olt1 biz/...") in a pool of their own; a renewal that
+    comes straight from the client (no option 82) is on the line its lease was granted on."""
+    cfg = DHCPConfig.model_validate({
+        "enabled": True, "interfaces": ["eth1"],
+        "subnet": [{"network": "198.18.1.0/24", "routers": ["198.18.1.1"], "pool": [
+            {"name": "home", "range": "198.18.1.100 - 198.18.1.149"},
+            {"name": "biz", "range": "198.18.1.200 - 198.18.1.209", "client_classes": ["business"]}]}],
+        "client_class": [{"name": "business", "circuit_id": ["olt1 biz/"],
+                          "option": [{"code": 66, "text": "tftp.biz.example", "always_send": True}]},
+                         {"name": "by-remote", "remote_id": ["0x00aa"], "mac_prefix": ["02:00"]}],
+    })
+    lab = Lab(cfg)
+
+    def relayed(kind: DHCPMessageType, mac: bytes, circuit: bytes, **kw: Any) -> Any:
+        info = bytes((1, len(circuit))) + circuit + bytes((2, 2)) + b"\x00\xaa"
+        outcome = lab.send(message(kind, mac, giaddr="198.18.1.1", extra=((Option.RELAY_AGENT_INFO, info),), **kw))
+        assert outcome.reply is not None, outcome.ignored
+        return outcome.reply.packet
+
+    biz = relayed(DHCPMessageType.DISCOVER, MAC_A, b"olt1 biz/1/3:100")
+    assert IPv4Address("198.18.1.200") <= biz.yiaddr <= IPv4Address("198.18.1.209") and biz.option(66)
+    ack = relayed(DHCPMessageType.REQUEST, MAC_A, b"olt1 biz/1/3:100", requested=str(biz.yiaddr),
+                  server_id=str(SERVER))
+    assert ack.message_type is DHCPMessageType.ACK
+    renewal = lab.send(message(DHCPMessageType.REQUEST, MAC_A, ciaddr=str(biz.yiaddr)), local=SERVER,
+                       destination=SERVER)
+    assert renewal.reply is not None and renewal.reply.packet.message_type is DHCPMessageType.ACK
+    assert renewal.reply.packet.option(66) == b"tftp.biz.example"
+    home = relayed(DHCPMessageType.DISCOVER, MAC_B, b"olt1 home/1/4:100")
+    assert IPv4Address("198.18.1.100") <= home.yiaddr <= IPv4Address("198.18.1.149") and home.option(66) is None
+    assert [r.name for r in lab.engine.class_rules if r.matches(None, MAC_B, None, "0x00aa")] == ["by-remote"]
+    assert not [r.name for r in lab.engine.class_rules if r.matches(None, MAC_PLAIN, None, "0x00aa")]
