@@ -1028,6 +1028,23 @@ def build_parser() -> argparse.ArgumentParser:
                            help="a mailbox's folders as IMAP will see them (the running daemon reads its index)")
     p.add_argument("address", type=checked_arg(mail_address))
     p.set_defaults(handler=cmd_mailbox_show, without_store=True)
+    alias = mailbox.add_parser("alias", help="addresses that lead to mailboxes, or elsewhere (forwarding)") \
+        .add_subparsers(dest="alias_action", required=True)
+    p = alias.add_parser("add", parents=[config_opts, json_opt], help="add an alias owned by a subscriber",
+                         description="Mail to ADDRESS (at one of [mail] domains, no mailbox's) goes to each "
+                                     "TARGET: a mailbox here, or an address elsewhere (forwarded with its "
+                                     "sender kept, as Postfix's virtual aliases). The alias goes with its "
+                                     "subscriber.")
+    p.add_argument("subscriber", help=SUBSCRIBER_HELP)
+    p.add_argument("address", type=checked_arg(mail_address), help="e.g. info@business.example")
+    p.add_argument("targets", nargs="+", metavar="TARGET", help="a mailbox here, or an address elsewhere")
+    p.set_defaults(handler=cmd_alias_add, prepare=remember_mail_config)
+    p = alias.add_parser("list", parents=[config_opts, json_opt], help="list aliases")
+    p.add_argument("--subscriber", help=f"only this subscriber's: {SUBSCRIBER_HELP}")
+    p.set_defaults(handler=cmd_alias_list)
+    p = alias.add_parser("delete", parents=[config_opts], help="delete an alias (mail to it is refused)")
+    p.add_argument("address", type=checked_arg(mail_address))
+    p.set_defaults(handler=cmd_alias_delete)
 
     store = top.add_parser("store", help="the store itself").add_subparsers(dest="action", required=True)
     p = store.add_parser("migrate", parents=[config_opts],
@@ -1151,11 +1168,15 @@ def remember_mail_config(config: Config, args: argparse.Namespace) -> None:
     args.mail = config.mail
 
 
-async def cmd_mailbox_add(store: Store, args: argparse.Namespace) -> None:
+def _at_a_mail_domain(args: argparse.Namespace) -> None:
     domain = args.address.rpartition("@")[2]
     if domain not in args.mail.domains:
         known = ", ".join(args.mail.domains) or "none yet"
         raise CommandFailed(f"{domain} is not one of the mail domains in {args.config} ([mail] domains: {known})")
+
+
+async def cmd_mailbox_add(store: Store, args: argparse.Namespace) -> None:
+    _at_a_mail_domain(args)
     left_over = Maildir.for_address(args.mail.maildir_root, args.address).left_over()
     if left_over is not None:
         raise CommandFailed(left_over)
@@ -1177,6 +1198,33 @@ async def cmd_mailbox_list(store: Store, args: argparse.Namespace) -> None:
     print_table(["ADDRESS", "SUBSCRIBER", "QUOTA", "CREATED"],
                 [[m.address, names.get(m.subscriber_id), m.quota_bytes if m.quota_bytes is not None else "plan",
                   when(m.created_at)] for m in mailboxes])
+
+
+async def cmd_alias_add(store: Store, args: argparse.Namespace) -> None:
+    _at_a_mail_domain(args)
+    alias = await store.add_mail_alias(args.subscriber, args.address, args.targets,
+                                       local_domains=args.mail.domains, actor=actor())
+    if args.json:
+        print_json({**_jsonable(alias), "username": await username_of(store, alias.subscriber_id)})
+        return
+    elsewhere = [t for t in alias.targets if t.rpartition("@")[2] not in args.mail.domains]
+    print(f"added alias {alias.address} -> {', '.join(alias.targets)}"
+          + (f" (forwarded elsewhere: {', '.join(elsewhere)})" if elsewhere else ""))
+
+
+async def cmd_alias_list(store: Store, args: argparse.Namespace) -> None:
+    aliases = await store.list_mail_aliases(subscriber=args.subscriber)
+    names = {s.id: s.username for s in await store.list_subscribers()}
+    if args.json:
+        print_json([{**_jsonable(a), "username": names.get(a.subscriber_id)} for a in aliases])
+        return
+    print_table(["ADDRESS", "SUBSCRIBER", "TARGETS", "CREATED"],
+                [[a.address, names.get(a.subscriber_id), ", ".join(a.targets), when(a.created_at)] for a in aliases])
+
+
+async def cmd_alias_delete(store: Store, args: argparse.Namespace) -> None:
+    alias = await store.delete_mail_alias(args.address, actor=actor())
+    print(f"deleted alias {alias.address}")
 
 
 async def cmd_mailbox_delete(store: Store, args: argparse.Namespace) -> None:

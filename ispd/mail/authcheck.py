@@ -245,6 +245,11 @@ def from_header_values(message: bytes) -> list[str]:
     return [b" ".join(lines).decode("utf-8", errors="replace") for name, lines in _headers(message) if name == b"from"]
 
 
+def received_headers(message: bytes) -> int:
+    """How many Received fields the message has: the hops it made."""
+    return sum(1 for name, _ in _headers(message) if name == b"received")
+
+
 def header_names(message: bytes) -> set[str]:
     """The names of the header fields present, lowercase."""
     return {name.decode("ascii", errors="replace") for name, _ in _headers(message)}

@@ -61,7 +61,7 @@ class SMTPRefusal(Exception):
 # Closed set: the label values of rejected recipients and messages.
 REFUSAL_REASONS = ("relay_denied", "unknown_recipient", "mailbox_disabled", "over_quota", "too_many_recipients",
                    "too_large", "line_too_long", "bad_address", "local_error", "sender_not_owned", "sender_suspended",
-                   "rate_limited", "dmarc_reject", "dnsbl")
+                   "rate_limited", "dmarc_reject", "dnsbl", "mail_loop")
 
 
 def with_enhanced_code(line: str) -> str:
@@ -126,11 +126,15 @@ class MXPolicy:
                                                "User unknown in virtual mailbox table"), "unknown_recipient")
 
     @staticmethod
+    def disabled(address: str) -> SMTPRefusal:
+        return SMTPRefusal(Reply(550, "5.2.1", f"<{_printable(address)}>: Mailbox disabled"), "mailbox_disabled")
+
+    @staticmethod
     def admit(address: str, recipient: MailRecipient, used_bytes: int | None, size: int) -> None:
         """Raises ``SMTPRefusal`` unless the mailbox can take a message of ``size`` bytes now
         (``size`` 0: not known yet). ``used_bytes`` is None when the mailbox has no quota."""
         if recipient.status is SubscriberStatus.CLOSED:
-            raise SMTPRefusal(Reply(550, "5.2.1", f"<{_printable(address)}>: Mailbox disabled"), "mailbox_disabled")
+            raise MXPolicy.disabled(address)
         quota = recipient.quota_bytes
         if quota is None or used_bytes is None:
             return

@@ -43,6 +43,7 @@ from ispd.mail.authcheck import (
     from_domain,
     header_names,
     load_signing_key,
+    received_headers,
     sign,
     strip_our_results,
     unreadable_from,
@@ -81,6 +82,8 @@ DELIVERY_THREADS = 16  # fsyncs in flight at once; more sessions than this queue
 PASSWORD_CHECKS = 8  # scrypt checks at once (each ~50 ms of CPU)
 AUTH_CHECK_THREADS = 16  # SPF/DKIM/DMARC checks of inbound mail at once (mostly DNS waits)
 AUTH_CHECK_DEADLINE_SECONDS = 30.0  # a sender whose DNS never answers gets no longer than this
+# Received fields past which a message is taken to be looping (Postfix's hopcount_limit).
+MAX_HOPS = 50
 SIGNING_THREADS = 4  # DKIM signing of submitted mail: apart, so that slow inbound checks never stall it
 AUTH_CACHE_SECONDS = 3600
 TLS_HANDSHAKE_SECONDS = 15.0
@@ -502,11 +505,49 @@ class MailService(Service):
         route = self.policy.route(address, len(envelope.rcpt_tos))
         recipient = await self._find_mailbox(route.candidates)
         if recipient is None:
-            raise self.policy.unknown(address)
+            await self._accept_alias(address, route.candidates, envelope)
+            return
         if recipient.mailbox.address in envelope.mailboxes:
             return  # alice@ and alice+x@: one copy
         self.policy.admit(address, recipient, await self._used_bytes(recipient), envelope.declared_size)
         envelope.mailboxes[recipient.mailbox.address] = recipient
+
+    async def _accept_alias(self, address: str, candidates: tuple[str, ...], envelope: MailEnvelope) -> None:
+        """An alias among ``candidates``: its mailboxes get a copy (their quota is checked at
+        DATA: one full mailbox of several bounces alone), its other addresses go to the queue
+        (forwarding, the envelope sender kept, as Postfix's virtual aliases). One that reaches
+        nobody (every target mailbox gone or closed) is an unknown recipient."""
+        found = None
+        try:
+            for candidate in candidates:
+                found = await self.context.store.mail_alias(candidate)
+                if found is not None:
+                    break
+        except StoreError as exc:
+            log.error("mail.store.error", operation="mail_alias", error=str(exc))
+            raise SMTPRefusal(Reply(451, "4.3.0", "Temporary lookup failure, try again later"),
+                              "local_error") from None
+        if found is None:
+            raise self.policy.unknown(address)
+        alias, owner = found
+        if owner is SubscriberStatus.CLOSED:
+            raise self.policy.disabled(address)
+        reached = False
+        for target in alias.targets:
+            if target.rpartition("@")[2] not in self.policy.domains:
+                if target not in envelope.remote:
+                    envelope.remote.append(target)
+                reached = True
+                continue
+            recipient = await self._find_mailbox((target,))
+            if recipient is None or recipient.status is SubscriberStatus.CLOSED:
+                log.warning("mail.alias.target_unusable", alias=alias.address, target=target,
+                            detail="no such mailbox" if recipient is None else "its subscriber is closed")
+                continue
+            envelope.mailboxes.setdefault(recipient.mailbox.address, recipient)
+            reached = True
+        if not reached:
+            raise self.policy.unknown(address)
 
     async def _deliver_locally(self, session: SMTPSession, smtp_session: Session, envelope: MailEnvelope,
                                queue_id: str, content: bytes, now: float, *, folder: str = "") -> Reply | None:
@@ -652,12 +693,24 @@ class MailService(Service):
         # RFC 8601 §5: results claiming to be ours come from the sender, checks on or off.
         content = strip_our_results(envelope.original_content or b"", session.hostname)
         folder = ""
+        if received_headers(content) > MAX_HOPS:
+            # A forwarding loop (an alias to a mailbox elsewhere that forwards back here): each
+            # pass adds a Received header. Postfix's hopcount_limit is 50 too.
+            self.metrics.refusals.inc("mail_loop")
+            self.metrics.messages.inc("refused")
+            log.warning("mail.loop", client=session.client, sender=envelope.mail_from, recipients=envelope.rcpt_tos)
+            return Reply(554, "5.4.6", "Too many hops: a mail loop?")
         if self.config.authentication_checks:
             checked = await self._check_authentication(session, smtp_session, envelope, content)
             if isinstance(checked, Reply):
                 self.metrics.messages.inc("refused")
                 return checked
             content, folder = checked
+        if envelope.remote:  # an alias's addresses elsewhere: queued first, as on submission
+            refused_queue = await self._forward(session, smtp_session, envelope, queue_id, content)
+            if refused_queue is not None:
+                self.metrics.messages.inc("refused")
+                return refused_queue
         refused = await self._deliver_locally(session, smtp_session, envelope, queue_id, content,
                                               self.context.clock(), folder=folder)
         if refused is not None:
@@ -668,6 +721,24 @@ class MailService(Service):
         log.info("mail.delivered", queue_id=queue_id, client=session.client, sender=envelope.mail_from,
                  recipients=list(envelope.mailboxes), size=len(content), folder=folder or "INBOX")
         return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
+
+    async def _forward(self, session: SMTPSession, smtp_session: Session, envelope: MailEnvelope, queue_id: str,
+                       content: bytes) -> Reply | None:
+        """Queue the message for an alias's addresses elsewhere, the sender kept (its bounces
+        go back to it); a Reply if it could not be queued (nothing is delivered then)."""
+        sender = "" if envelope.mail_from in (None, "<>") else envelope.mail_from or ""
+        received = trace_headers(
+            return_path=None, helo=smtp_session.host_name or "", client_ip=session.client,
+            server_name=session.hostname, protocol=self._protocol(session, envelope), queue_id=queue_id,
+            recipient=None, now=self.context.clock())
+        try:
+            await self.queue.enqueue(sender, envelope.remote, received + content, subscriber_id=None, queue_id=queue_id)
+        except (OSError, StoreError) as exc:
+            log.error("mail.queue.enqueue_failed", queue_id=queue_id, error=str(exc))
+            self.metrics.refusals.inc("local_error")
+            return Reply(451, "4.3.0", "Could not queue the message, try again later")
+        log.info("mail.forwarded", queue_id=queue_id, sender=sender, recipients=list(envelope.remote))
+        return None
 
     async def _check_authentication(self, session: SMTPSession, smtp_session: Session, envelope: MailEnvelope,
                                     content: bytes) -> tuple[bytes, str] | Reply:

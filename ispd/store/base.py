@@ -11,7 +11,7 @@ service awaiting many small writes at once pays for one.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from ispd.store.models import (
     AccountingRecord,
@@ -25,6 +25,7 @@ from ispd.store.models import (
     Holding,
     Lease,
     LeaseHistoryEntry,
+    MailAlias,
     Mailbox,
     MailRecipient,
     OverQuota,
@@ -184,6 +185,23 @@ class Store(ABC):
     @abstractmethod
     async def set_mailbox_quota(self, address: str, quota_bytes: int | None, *, actor: str) -> Mailbox:
         """None: the plan's quota applies again."""
+
+    @abstractmethod
+    async def add_mail_alias(self, subscriber: SubscriberRef, address: str, targets: Sequence[str], *,
+                             local_domains: Collection[str], actor: str) -> MailAlias:
+        """An alias owned by the subscriber: mail to ``address`` goes to each target (1 to
+        ``MAX_ALIAS_TARGETS``). Conflict if ``address`` is a mailbox or an alias already;
+        NotFound if a target at one of ``local_domains`` is no mailbox. Audited."""
+
+    @abstractmethod
+    async def list_mail_aliases(self, *, subscriber: SubscriberRef | None = None) -> list[MailAlias]: ...
+
+    @abstractmethod
+    async def delete_mail_alias(self, address: str, *, actor: str) -> MailAlias: ...
+
+    @abstractmethod
+    async def mail_alias(self, address: str) -> tuple[MailAlias, SubscriberStatus] | None:
+        """The alias at ``address`` and its owner's status, for delivery; None if there is none."""
 
     @abstractmethod
     async def mail_recipient(self, address: str) -> MailRecipient | None:

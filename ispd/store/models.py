@@ -424,6 +424,20 @@ class Mailbox:
     created_at: float = 0.0
 
 
+MAX_ALIAS_TARGETS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class MailAlias:
+    """Mail to ``address`` goes to each of ``targets``: mailboxes of ours, or addresses elsewhere."""
+
+    id: int
+    subscriber_id: int
+    address: str
+    targets: tuple[str, ...]
+    created_at: float = 0.0
+
+
 @dataclass(frozen=True, slots=True)
 class MailRecipient:
     """What mail delivery needs to know about one mailbox, read in one query."""

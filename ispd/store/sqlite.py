@@ -29,7 +29,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
@@ -43,6 +43,7 @@ from ispd.store.config import StoreConfig
 from ispd.store.errors import Conflict, InvalidValue, NotFound, SchemaTooNew, StoreError, StoreUnavailable
 from ispd.store.metrics import StoreMetrics
 from ispd.store.models import (
+    MAX_ALIAS_TARGETS,
     AccountingRecord,
     AccountingResult,
     AddressClaim,
@@ -55,6 +56,7 @@ from ispd.store.models import (
     Lease,
     LeaseHistoryEntry,
     LeaseService,
+    MailAlias,
     Mailbox,
     MailRecipient,
     OverQuota,
@@ -74,7 +76,15 @@ from ispd.store.models import (
     Usage,
 )
 from ispd.store.sqlite_addresses import lease_from_row, username_of
-from ispd.store.sqlite_mail import find_mailbox, insert_mailbox, mail_recipient, mailbox_from_row
+from ispd.store.sqlite_mail import (
+    alias_from_row,
+    find_alias,
+    find_mailbox,
+    insert_alias,
+    insert_mailbox,
+    mail_recipient,
+    mailbox_from_row,
+)
 from ispd.store.sqlite_radius import (
     SESSION_COLUMNS,
     close_sessions,
@@ -86,6 +96,7 @@ from ispd.store.sqlite_radius import (
 )
 from ispd.store.validation import (
     attributable_text,
+    forward_address,
     hostname_text,
     ipv4_text,
     mail_address,
@@ -859,10 +870,11 @@ class SQLiteStore(Store):
             for r in conn.execute("SELECT * FROM reservations WHERE subscriber_id = ? ORDER BY id", (row["id"],)):
                 _append_audit(conn, now, actor, "reservation.deleted", "subscriber", row["id"], row["username"],
                               _reservation_details(_reservation(r)))
-            for (address,) in conn.execute("SELECT address FROM mailboxes WHERE subscriber_id = ? ORDER BY id",
-                                           (row["id"],)).fetchall():
-                _append_audit(conn, now, actor, "mailbox.deleted", "subscriber", row["id"], row["username"],
-                              {"address": address})
+            for table, action in (("mailboxes", "mailbox.deleted"), ("mail_aliases", "mail_alias.deleted")):
+                for (address,) in conn.execute(f"SELECT address FROM {table} WHERE subscriber_id = ? ORDER BY id",
+                                               (row["id"],)).fetchall():
+                    _append_audit(conn, now, actor, action, "subscriber", row["id"], row["username"],
+                                  {"address": address})
             conn.execute("DELETE FROM subscribers WHERE id = ?", (row["id"],))
             _append_audit(conn, now, actor, "subscriber.deleted", "subscriber", row["id"], row["username"])
             return _subscriber(row)
@@ -1117,6 +1129,64 @@ class SQLiteStore(Store):
 
     async def mail_recipient(self, address: str) -> MailRecipient | None:
         return await self._read("mail_recipient", lambda conn: mail_recipient(conn, address))
+
+    async def add_mail_alias(self, subscriber: SubscriberRef, address: str, targets: Sequence[str], *,
+                             local_domains: Collection[str], actor: str) -> MailAlias:
+        checked = _checked(mail_address, address)
+        domains = frozenset(local_domains)
+
+        def target(text: str) -> str:  # a mailbox here, or an address elsewhere as its server takes it
+            here = text.strip().rpartition("@")[2].lower().removesuffix(".") in domains
+            return _checked(mail_address if here else forward_address, text)
+
+        wanted = list(dict.fromkeys(target(t) for t in targets))
+        if not 1 <= len(wanted) <= MAX_ALIAS_TARGETS:
+            raise InvalidValue(f"an alias has 1 to {MAX_ALIAS_TARGETS} targets")
+        if checked in wanted:
+            raise InvalidValue(f"{checked} cannot be its own target")
+        now = self.clock()
+
+        def run(conn: sqlite3.Connection) -> MailAlias:
+            row = _find_subscriber(conn, subscriber)
+            added = insert_alias(conn, row["id"], checked, wanted, domains, now)
+            _append_audit(conn, now, actor, "mail_alias.added", "subscriber", row["id"], row["username"],
+                          {"address": checked, "targets": wanted})
+            return added
+
+        return await self._write("add_mail_alias", run)
+
+    async def list_mail_aliases(self, *, subscriber: SubscriberRef | None = None) -> list[MailAlias]:
+        def run(conn: sqlite3.Connection) -> list[MailAlias]:
+            if subscriber is None:
+                rows = conn.execute("SELECT * FROM mail_aliases ORDER BY address")
+            else:
+                sid = _find_subscriber(conn, subscriber)["id"]
+                rows = conn.execute("SELECT * FROM mail_aliases WHERE subscriber_id = ? ORDER BY address", (sid,))
+            return [alias_from_row(r) for r in rows]
+
+        return await self._read("list_mail_aliases", run)
+
+    async def delete_mail_alias(self, address: str, *, actor: str) -> MailAlias:
+        checked = _checked(mail_address, address)
+        now = self.clock()
+
+        def run(conn: sqlite3.Connection) -> MailAlias:
+            row = find_alias(conn, checked)
+            if row is None:
+                raise NotFound(f"no alias {checked}")
+            conn.execute("DELETE FROM mail_aliases WHERE id = ?", (row["id"],))
+            _append_audit(conn, now, actor, "mail_alias.deleted", "subscriber", row["subscriber_id"], row["username"],
+                          {"address": checked})
+            return alias_from_row(row)
+
+        return await self._write("delete_mail_alias", run)
+
+    async def mail_alias(self, address: str) -> tuple[MailAlias, SubscriberStatus] | None:
+        def run(conn: sqlite3.Connection) -> tuple[MailAlias, SubscriberStatus] | None:
+            row = find_alias(conn, address)
+            return None if row is None else (alias_from_row(row), SubscriberStatus(row["status"]))
+
+        return await self._read("mail_alias", run)
 
     # --- the outbound mail queue
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 from ispd.store.errors import Conflict, NotFound
 from ispd.store.models import (
+    MailAlias,
     Mailbox,
     MailRecipient,
     QueuedMail,
@@ -35,6 +37,7 @@ def insert_mailbox(conn: sqlite3.Connection, subscriber_id: int, address: str, q
                          " WHERE m.address = ?", (address,)).fetchone()
     if taken is not None:
         raise Conflict(f"the mailbox {address} already exists (it is {taken['username']}'s)")
+    _not_an_alias(conn, address)
     cursor = conn.execute("INSERT INTO mailboxes (subscriber_id, address, quota_bytes, created_at) VALUES (?, ?, ?, ?)",
                           (subscriber_id, address, quota_bytes, now))
     return Mailbox(id=cursor.lastrowid or 0, subscriber_id=subscriber_id, address=address, quota_bytes=quota_bytes,
@@ -51,6 +54,48 @@ def mail_recipient(conn: sqlite3.Connection, address: str) -> MailRecipient | No
     quota = row["quota_bytes"] if row["quota_bytes"] is not None else row["plan_quota"]
     return MailRecipient(mailbox=mailbox_from_row(row), username=row["username"],
                          status=SubscriberStatus(row["status"]), quota_bytes=quota)
+
+
+# --- aliases
+
+
+def alias_from_row(row: sqlite3.Row) -> MailAlias:
+    try:
+        targets = json.loads(row["targets"])
+    except ValueError:
+        targets = []
+    return MailAlias(id=row["id"], subscriber_id=row["subscriber_id"], address=row["address"],
+                     targets=tuple(t for t in targets if isinstance(t, str)) if isinstance(targets, list) else (),
+                     created_at=row["created_at"])
+
+
+def _not_an_alias(conn: sqlite3.Connection, address: str) -> None:
+    taken = conn.execute("SELECT s.username FROM mail_aliases a JOIN subscribers s ON s.id = a.subscriber_id"
+                         " WHERE a.address = ?", (address,)).fetchone()
+    if taken is not None:
+        raise Conflict(f"{address} is an alias (it is {taken['username']}'s)")
+
+
+def insert_alias(conn: sqlite3.Connection, subscriber_id: int, address: str, targets: list[str],
+                 local_domains: frozenset[str], now: float) -> MailAlias:
+    """An alias at a free address; its targets at ``local_domains`` must be mailboxes now."""
+    if conn.execute("SELECT 1 FROM mailboxes WHERE address = ?", (address,)).fetchone() is not None:
+        raise Conflict(f"{address} is a mailbox: an alias takes an address no mailbox has")
+    _not_an_alias(conn, address)
+    for target in targets:
+        if target.rpartition("@")[2] in local_domains and \
+                conn.execute("SELECT 1 FROM mailboxes WHERE address = ?", (target,)).fetchone() is None:
+            raise NotFound(f"no mailbox {target}: an alias's targets here are mailboxes")
+    cursor = conn.execute("INSERT INTO mail_aliases (subscriber_id, address, targets, created_at) VALUES (?, ?, ?, ?)",
+                          (subscriber_id, address, json.dumps(targets), now))
+    return MailAlias(cursor.lastrowid or 0, subscriber_id, address, tuple(targets), now)
+
+
+def find_alias(conn: sqlite3.Connection, address: str) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = conn.execute(
+        "SELECT a.*, s.username, s.status FROM mail_aliases a JOIN subscribers s ON s.id = a.subscriber_id"
+        " WHERE a.address = ?", (address,)).fetchone()
+    return row
 
 
 # --- the outbound queue

@@ -106,13 +106,30 @@ def mail_address(text: str) -> str:
     if len(local) > 64 or not _MAILBOX_LOCAL_PART.match(local):
         raise ValueError(f"{text!r}: a mailbox's name (before @) takes letters, digits, '_', '-' and inner dots, "
                          f"at most 64 of them")
+    return f"{local}@{_mail_domain(text, domain)}"
+
+
+def _mail_domain(text: str, domain: str) -> str:
     try:
         checked_domain = hostname_text(domain)
     except ValueError:
         raise ValueError(f"{text!r}: {domain!r} is not a domain name") from None
     if "." not in checked_domain:
         raise ValueError(f"{text!r}: {domain!r} is not a domain name (it has no dot)")
-    return f"{local}@{checked_domain}"
+    return checked_domain
+
+
+_FORWARD_LOCAL_PART = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}$")
+
+
+def forward_address(text: str) -> str:
+    """An address at another domain mail is forwarded to: any dot-atom local part (``john+isp``,
+    as RFC 5321 allows; case kept, the other server decides what it means) at a domain name."""
+    local, at, domain = text.strip().rpartition("@")
+    if not at or not _FORWARD_LOCAL_PART.match(local) or local.startswith(".") or local.endswith(".") \
+            or ".." in local:
+        raise ValueError(f"{text!r} is not a mail address (write it like someone@example.net)")
+    return f"{local}@{_mail_domain(text, domain)}"
 
 
 def reservation_key(kind: str, key: str) -> tuple[ReservationKind, str]:

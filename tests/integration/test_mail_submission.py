@@ -482,3 +482,52 @@ def test_a_client_a_blocklist_lists_is_refused_but_may_write_to_postmaster(lab: 
         client.sendmail("alice@isp.example", [f"bob@{DOMAIN}"],
                         b"From: alice@isp.example\r\nSubject: from a listed address\r\n\r\nx\r\n")
     assert b"Subject: from a listed address" in lab.inbox(f"bob@{DOMAIN}")[-1]
+
+
+def test_an_alias_reaches_its_mailboxes_and_forwards_elsewhere_with_the_sender_kept(lab: Lab) -> None:
+    """info@ for two of our mailboxes and someone at another domain, as Postfix's virtual
+    aliases: one message, a copy in each mailbox, one queued for the other domain from the
+    original sender (whose bounces it is)."""
+    ispd = lab.ispd
+    out = ispd.cli("mailbox", "alias", "add", "alice", f"info@{DOMAIN}", f"alice@{DOMAIN}", f"bob@{DOMAIN}",
+                   f"hank@{REMOTE}").stdout
+    assert "forwarded elsewhere: hank@relay.example-a.test" in out
+    listed = json.loads(ispd.cli("mailbox", "alias", "list", "--json").stdout)
+    assert [(a["address"], a["username"], a["targets"]) for a in listed] == [
+        (f"info@{DOMAIN}", "alice", [f"alice@{DOMAIN}", f"bob@{DOMAIN}", f"hank@{REMOTE}"])]
+    message = b"From: y@example-b.example\r\nTo: info@isp.example\r\nSubject: to the alias\r\n\r\nhello\r\n"
+    with smtplib.SMTP("127.0.0.1", lab.mx, timeout=15) as client:
+        client.ehlo("mail.example-b.example")
+        client.sendmail("y@example-b.example", [f"info@{DOMAIN}"], message)
+    for mailbox in (f"alice@{DOMAIN}", f"bob@{DOMAIN}"):
+        delivered = lab.inbox(mailbox)[-1]
+        assert b"Subject: to the alias" in delivered and b"Return-Path: <y@example-b.example>" in delivered
+    forwarded = eventually(lambda: lab.remote.messages_to(f"hank@{REMOTE}"), timeout=15)[-1]
+    assert b"Subject: to the alias" in forwarded
+    assert [s for s, rcpts, _ in lab.remote.received if f"hank@{REMOTE}" in rcpts][-1] == "y@example-b.example"
+    # What an alias cannot be, each said.
+    for args, says in ((("alice", f"alice@{DOMAIN}", f"bob@{DOMAIN}"), "is a mailbox"),
+                       (("alice", f"info@{DOMAIN}", f"bob@{DOMAIN}"), "is an alias"),
+                       (("alice", f"sales@{DOMAIN}", f"nobody@{DOMAIN}"), "no mailbox nobody@isp.example"),
+                       (("alice", f"self@{DOMAIN}", f"self@{DOMAIN}"), "its own target"),
+                       (("alice", "x@elsewhere.example", f"bob@{DOMAIN}"), "not one of the mail domains")):
+        failed = ispd.cli("mailbox", "alias", "add", *args, check=False)
+        assert failed.returncode == 1 and says in failed.stderr, (args, failed.stderr)
+    failed = ispd.cli("mailbox", "add", "bob", f"info@{DOMAIN}", check=False)
+    assert failed.returncode == 1 and "is an alias" in failed.stderr
+    ispd.cli("mailbox", "alias", "delete", f"info@{DOMAIN}")
+    with smtplib.SMTP("127.0.0.1", lab.mx, timeout=15) as client:
+        client.ehlo("mail.example-b.example")
+        client.mail("y@example-b.example")
+        assert client.rcpt(f"info@{DOMAIN}")[0] == 550
+
+
+def test_a_message_that_went_round_too_often_is_refused_as_a_loop(lab: Lab) -> None:
+    hops = b"".join(b"Received: from a.example by b.example; Sat, 5 Dec 2026 10:00:00 +0000\r\n" for _ in range(51))
+    with smtplib.SMTP("127.0.0.1", lab.mx, timeout=15) as client:
+        client.ehlo("mail.example-b.example")
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            client.sendmail("y@example-b.example", [f"alice@{DOMAIN}"],
+                            hops + b"From: y@example-b.example\r\nSubject: loop\r\n\r\nx\r\n")
+    assert refused.value.smtp_code == 554 and b"5.4.6" in refused.value.smtp_error
+    assert lab.ispd.metric_value("ispd_mail_refusals_total", {"reason": "mail_loop"}) == 1

@@ -133,3 +133,34 @@ async def test_one_entry_and_the_summary_are_read_cheaply(store: Store) -> None:
     found = await store.get_queued_mail("Q1")
     assert found is not None and found.pending == ["a@x.example"]
     assert await store.get_queued_mail("NOPE") is None
+
+
+async def test_an_alias_takes_a_free_address_mailboxes_here_and_addresses_elsewhere(store: Store) -> None:
+    await store.add_subscriber("alice", actor="t")
+    await store.add_mailbox("alice", "alice@isp.example", actor="t")
+    here = ["isp.example"]
+    alias = await store.add_mail_alias("alice", "Info@ISP.example", ["ALICE@isp.example", "John+ISP@Example.NET",
+                                                                       "alice@isp.example"],
+                                       local_domains=here, actor="t")
+    assert alias.address == "info@isp.example"
+    assert alias.targets == ("alice@isp.example", "John+ISP@example.net")  # (once each; the other server's case)
+    found = await store.mail_alias("info@isp.example")
+    assert found == (alias, SubscriberStatus.ACTIVE)
+    with pytest.raises(NotFound, match=r"no mailbox bob@isp\.example"):
+        await store.add_mail_alias("alice", "sales@isp.example", ["bob@isp.example"], local_domains=here, actor="t")
+    with pytest.raises(InvalidValue):
+        await store.add_mail_alias("alice", "sales@isp.example", ["bad address@example.net"], local_domains=here,
+                                   actor="t")
+    with pytest.raises(InvalidValue, match="1 to 50"):
+        await store.add_mail_alias("alice", "sales@isp.example", [f"a{i}@example.net" for i in range(51)],
+                                   local_domains=here, actor="t")
+    with pytest.raises(Conflict, match="is an alias"):
+        await store.add_mailbox("alice", "info@isp.example", actor="t")
+    assert [a.address for a in await store.list_mail_aliases(subscriber="alice")] == ["info@isp.example"]
+    entries = [e.action for e in await store.audit_since(0)]
+    assert "mail_alias.added" in entries
+    before = await store.last_audit_id()
+    await store.delete_subscriber("alice", actor="t")  # its aliases go with it, each said
+    assert await store.list_mail_aliases() == [] and await store.mail_alias("info@isp.example") is None
+    assert [(e.action, e.details.get("address")) for e in await store.audit_since(before)][:2] == [
+        ("mailbox.deleted", "alice@isp.example"), ("mail_alias.deleted", "info@isp.example")]
