@@ -138,6 +138,12 @@ class WalledGarden:
         before = self.is_walled(address)
         holds = self._holds.setdefault(address, {})
         hold = _hold(session_id, radius_pool)
+        if session_id is None:
+            # One lease row per address in the store: a DHCP lease and a pool's hold never
+            # coexist. The one granted now ended the other, whose end may never be announced (a
+            # pool's hold for a login whose session never started lapses silently), and which
+            # would otherwise hold the address again once this one ends.
+            holds.pop("radius-pool" if hold == "dhcp" else "dhcp", None)
         if session_id is not None and holds.get("radius-pool", _NO_HOLD) == subscriber_id:
             del holds["radius-pool"]
         elif radius_pool and session_id is None:

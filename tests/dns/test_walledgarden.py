@@ -125,3 +125,20 @@ def test_a_radius_pool_s_hold_goes_with_the_session_that_has_the_address() -> No
     assert garden.lease_ended("192.168.1.40", session_id=1) is True
     assert garden.lease_ended("192.168.1.40", radius_pool=True) is False  # (released: nothing left)
     assert garden.walled_addresses() == set()
+
+
+def test_a_dhcp_lease_ends_a_pool_s_hold_that_lapsed_unannounced() -> None:
+    """A pool shared by DHCP and RADIUS: a login's hold whose session never started lapses in
+    the store without an event, and DHCP gives the address to another. The store keeps one
+    lease per address, so the DHCP lease ended the hold: the lease's end gave the address back
+    to the suspended subscriber of the lapsed hold (and the other way round)."""
+    garden = WalledGarden(PORTAL)
+    garden.set_suspended(7, True)
+    assert garden.lease_granted("192.168.1.50", 7, radius_pool=True) is True
+    assert garden.lease_granted("192.168.1.50", 8) is True  # DHCP, once the hold lapsed
+    assert garden.lease_ended("192.168.1.50") is False
+    assert garden.holder("192.168.1.50") is None and garden.walled_addresses() == set()
+    garden.lease_granted("192.168.1.51", 7)  # the other way: a DHCP lease lapsed, the pool gives it
+    garden.lease_granted("192.168.1.51", 8, radius_pool=True)
+    assert garden.lease_ended("192.168.1.51", radius_pool=True) is False
+    assert garden.holder("192.168.1.51") is None
