@@ -630,6 +630,10 @@ class DNSService(Service):
             if unknown:  # (not refused: the plan may be added later, and the zone applies from then)
                 log.warning("dns.policy_zone.unknown_plans", plans=unknown,
                             detail="no such plan in the store yet: the zones limited to it apply to nobody")
+        # The holds as the store has them now (a reload: not on top of what was held before,
+        # which keeps holds whose end this process never heard); what the bus brought during
+        # the reads is applied again after this.
+        self.walled.forget_holds()
         now = self.context.clock()
         # A name two leases claim is the one written last's (the newest claim wins, as while
         # running): in the order they were last granted or renewed, which their expiry follows.

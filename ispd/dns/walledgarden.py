@@ -129,6 +129,15 @@ class WalledGarden:
         # Its clients go to the holder of a prefix around it, if any.
         return self.enabled and (holder in self.suspended) != (self._covering_holder(parsed) in self.suspended)
 
+    def forget_holds(self) -> None:
+        """Forget who holds which address and network, to read them again from the store (a
+        reload): a hold whose end was never heard must not outlive a read that no longer has it."""
+        self.subscriber_of.clear()
+        self._holds.clear()
+        self._networks.clear()
+        self.network_holders.clear()
+        self._network_sessions.clear()
+
     def lease_granted(self, address: str, subscriber_id: int | None, session_id: int | None = None, *,
                       radius_pool: bool = False) -> bool:
         """An address leased (by DHCP), or in the RADIUS session ``session_id``, or (``radius_pool``)

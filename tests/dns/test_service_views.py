@@ -5,6 +5,7 @@ started (no sockets: an engine of ``tests.dns.test_engine`` takes the place of i
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from ipaddress import ip_network
@@ -29,7 +30,7 @@ from ispd.events import (
     SubscriberSuspended,
 )
 from ispd.service import ServiceContext
-from ispd.store.models import LeaseService, Plan, RadiusSession, Subscriber, SubscriberStatus
+from ispd.store.models import Lease, LeaseService, LeaseState, Plan, RadiusSession, Subscriber, SubscriberStatus
 from tests.dns.test_engine import make_env
 
 FAMILY = VARIANT_SCOPES[0]
@@ -243,6 +244,37 @@ async def test_at_start_the_newest_open_session_holds_an_address_two_sessions_na
     service.context.bus.publish(SessionStopped(3.0, 1, "198.18.0.2", "s1", "ann", subscriber_id=ANN, framed_ip=address,
                                                ipv6_networks="2001:db8:100::/56", cause="Stale-Session"))
     assert service.engine.client_class(address) == service.engine.client_class(device) == ClientClass.WALLED
+
+
+class _LeasesStore(_Store):
+    """The same, with current leases."""
+
+    def __init__(self, sessions: list[RadiusSession], leases: list[Lease]) -> None:
+        super().__init__(sessions)
+        self.leases = leases
+
+    async def list_leases(self) -> list[Any]:
+        return self.leases
+
+
+async def test_a_reload_reads_the_holds_again_rather_than_on_top_of_what_was_held(service: DNSService) -> None:
+    """A reload re-applied the store's leases and sessions over what the garden held: a hold
+    whose end was never heard (a DNS process that missed it) outlived a store that no longer
+    had it, walled a free address, and took an address back from its holder at that holder's
+    end."""
+    assert service.engine is not None
+    service.engine.set_allow([ip_network("192.168.1.0/24")])
+    bus, free, shared = service.context.bus, "192.168.1.43", "192.168.1.44"
+    bus.publish(SubscriberSuspended(1.0, ANN, "ann"))
+    bus.publish(LeaseGranted(1.0, free, 4000.0, subscriber_id=ANN))  # its end goes unheard
+    bus.publish(SessionStarted(1.0, 5, "198.18.0.2", "s5", "ann", subscriber_id=ANN, framed_ip=shared))  # (so)
+    service.context.store = _LeasesStore([], [Lease(shared, LeaseState.BOUND, 2.0, time.time() + 3600,
+                                                    subscriber_id=BOB)])  # type: ignore[assignment]
+    await service._load_subscribers()
+    assert service.walled.holder(free) is None and service.walled.holder(shared) == BOB
+    assert service.engine.client_class(free) == service.engine.client_class(shared) == ClientClass.ALLOWED
+    bus.publish(LeaseEnded(3.0, shared, "released", subscriber_id=BOB))
+    assert service.walled.holder(shared) is None and service.engine.client_class(shared) == ClientClass.ALLOWED
 
 
 class _SlowStore(_Store):
