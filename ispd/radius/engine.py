@@ -822,6 +822,7 @@ class AuthEngine:
         """The profile's attributes, and whether they may be cached; ``session_attributes``:
         with Class and Acct-Interim-Interval, which a session gets once, at Access-Accept."""
         items: list[bytes | ReplyAttribute] = []
+        throttle: list[bytes] = []
         if session_attributes:
             marker = CLASS_PREFIX + str(subject.id).encode() + (WALLED_SUFFIX if walled else b"")
             items.append(_encode((Attr.CLASS, marker)))
@@ -840,7 +841,8 @@ class AuthEngine:
             if plan.idle_timeout_seconds:
                 items.append(_encode((Attr.IDLE_TIMEOUT, u32(plan.idle_timeout_seconds))))
             if subject.over_quota:  # throttled: the plan's slower rates for the rest of the month
-                items.extend(self._rate_limit(nas.kind, plan.over_quota_download_kbps, plan.over_quota_upload_kbps))
+                throttle = self._rate_limit(nas.kind, plan.over_quota_download_kbps, plan.over_quota_upload_kbps)
+                items.extend(throttle)
             else:
                 items.extend(self._rate_limit(nas.kind, plan.download_kbps, plan.upload_kbps))
         if plan_reply is not None:
@@ -849,6 +851,9 @@ class AuthEngine:
             items.extend(plan_reply.attributes)
         cacheable = not (plan_reply is not None and any(a.hidden for a in plan_reply.attributes))
         own = self._own_reply(subject)
+        if throttle:  # the month's throttle stands over a rate of the subscriber's own
+            throttled = {_attribute_key(item) for item in throttle}
+            own = [a for a in own if (a.vendor, a.code) not in throttled]
         if own:
             # The subscriber's own replace the plan's of the same attribute (FreeRADIUS's ":="
             # in a user's entry); ispd's Class and the address stay.

@@ -300,6 +300,27 @@ def test_a_subscriber_s_own_attributes_come_after_and_over_its_plan_s_but_not_in
     assert first(walled, 22) is None and first(walled, Attr.FILTER_ID) == b"garden"
 
 
+def test_a_subscriber_s_own_rate_gives_way_to_its_plan_s_throttle_over_quota() -> None:
+    """A business line's own Mikrotik-Rate-Limit replaced the plan's over-quota rate too: over
+    its monthly quota it kept its full rate, in the Access-Accept and in the CoA the crossing
+    sends (which changed nothing)."""
+    plan = replace(PLAN, monthly_quota_bytes=10**9, over_quota_download_kbps=1000,
+                               over_quota_upload_kbps=500)
+    world = World(ReplySettings(plans={"home": PlanReply()}))
+    own = ("Mikrotik-Rate-Limit = 50M/50M", "Filter-Id = business")
+    world.directory.replace(Subscriber(1, "alice", SubscriberStatus.ACTIVE, plan_id=1, radius_reply=own),
+                            StoredCredentials(cleartext="alice-pw", updated_at=1), [], plan)
+    assert vsa(world.engine.handle(pap("alice", "alice-pw"), nas(), NOW).attributes, Vendor.MIKROTIK, 8) == b"50M/50M"
+    subject = world.directory.by_id(1)
+    assert subject is not None
+    subject.over_quota = True
+    subject.reply_cache.clear()
+    attributes = world.engine.handle(pap("alice", "alice-pw"), nas(), NOW).attributes
+    assert vsa(attributes, Vendor.MIKROTIK, 8) == b"500k/1000k" and first(attributes, Attr.FILTER_ID) == b"business"
+    coa = world.engine.change_of_authorization(subject, nas(), False)
+    assert vsa(coa, Vendor.MIKROTIK, 8) == b"500k/1000k"
+
+
 def test_an_untagged_tunnel_password_carries_tag_zero() -> None:
     """RFC 2868 §3.5: the Tag octet is always there; from a review, a Tunnel-Password written
     without a tag went out without it, and every NAS decrypted garbage."""
