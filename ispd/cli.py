@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ispd import __version__
 from ispd.config import Config, ConfigError, load_config, load_config_snapshot
@@ -69,6 +69,9 @@ from ispd.store.validation import (
     reservation_key,
     usable_text,
 )
+
+if TYPE_CHECKING:
+    from ispd.radius.dictionary import Dictionary
 
 DEFAULT_CONFIG = "/etc/ispd/ispd.toml"
 EXIT_FAILED, EXIT_USAGE = 1, 2
@@ -354,12 +357,13 @@ def check_radius_reply(config: Config, args: argparse.Namespace) -> None:
     from ispd.radius.attributes import AttributeValueError, reply_attribute
     from ispd.radius.dictionary import DictionaryError, load_dictionary
 
-    if not args.attributes:
+    if not (args.attributes or args.clear):
         return
     try:
         dictionary = load_dictionary(config.radius.dictionaries)
     except DictionaryError as exc:
         raise CommandFailed(f"cannot read the RADIUS dictionaries: {exc}") from None
+    args.radius_dictionary = dictionary  # (which attributes the audit keeps no value of)
     for text in args.attributes:
         try:
             attribute = reply_attribute(dictionary, text)
@@ -376,10 +380,26 @@ _RESERVED_REPLY = {
 }
 
 
+def _hidden_names(dictionary: Dictionary, lines: Sequence[str]) -> set[str]:
+    """The attributes among ``lines`` whose values are secrets (a Tunnel-Password): the audit,
+    which keeps what it is given for good, does not get their values."""
+    from ispd.radius.dictionary import Encryption
+
+    names = set()
+    for line in lines:
+        name = line.split("=", 1)[0].split(":", 1)[0].strip()
+        attribute = dictionary.get(name)
+        if attribute is not None and attribute.encrypt != Encryption.NONE:
+            names.add(name)
+    return names
+
+
 async def cmd_subscriber_radius_reply(store: Store, args: argparse.Namespace) -> None:
     if args.clear or args.attributes:
-        subscriber = await store.set_radius_reply(args.subscriber, [] if args.clear else args.attributes,
-                                                  actor=actor())
+        lines = [] if args.clear else args.attributes
+        before = await store.get_subscriber(args.subscriber)
+        subscriber = await store.set_radius_reply(args.subscriber, lines, actor=actor(), hidden=_hidden_names(
+            args.radius_dictionary, [*before.radius_reply, *lines]))
     else:
         subscriber = await store.get_subscriber(args.subscriber)
     if args.json:

@@ -130,9 +130,12 @@ class Store(ABC):
         authenticates from memory (RADIUS), which then follows changes through events."""
 
     @abstractmethod
-    async def set_radius_reply(self, ref: SubscriberRef, attributes: Sequence[str], *, actor: str) -> Subscriber:
+    async def set_radius_reply(self, ref: SubscriberRef, attributes: Sequence[str], *, actor: str,
+                               hidden: Collection[str] = ()) -> Subscriber:
         """Replace a subscriber's own RADIUS reply attributes (each "Attribute = value", checked
-        by the caller against the dictionaries); audited as "subscriber.radius_reply_set"."""
+        by the caller against the dictionaries); audited as "subscriber.radius_reply_set", the
+        values of the attributes named in ``hidden`` (the dictionaries' encrypted ones: a
+        Tunnel-Password) left out of the audit, which keeps them for good."""
 
     @abstractmethod
     async def set_subscriber_plan(self, ref: SubscriberRef, plan: int | str | None, *, actor: str) -> Subscriber:

@@ -439,6 +439,17 @@ def _text_list(stored: str) -> tuple[str, ...]:
     return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
 
 
+def _audited_reply(lines: Sequence[str], hidden: Collection[str]) -> list[str]:
+    """Reply attribute lines as the audit keeps them: a hidden attribute's value left out."""
+    names = {name.lower() for name in hidden}
+    audited = []
+    for line in lines:
+        assigned = line.split("=", 1)[0]
+        audited.append(f"{assigned.strip()} = (hidden)" if assigned.split(":", 1)[0].strip().lower() in names
+                       else line)
+    return audited
+
+
 def _lease_history_entry(row: sqlite3.Row) -> LeaseHistoryEntry:
     return LeaseHistoryEntry(
         id=row["id"], at=row["at"], event=row["event"], address=row["address"], starts_at=row["starts_at"],
@@ -927,7 +938,8 @@ class SQLiteStore(Store):
 
         return await self._write("set_subscriber_plan", run)
 
-    async def set_radius_reply(self, ref: SubscriberRef, attributes: Sequence[str], *, actor: str) -> Subscriber:
+    async def set_radius_reply(self, ref: SubscriberRef, attributes: Sequence[str], *, actor: str,
+                               hidden: Collection[str] = ()) -> Subscriber:
         now = self.clock()
         lines = [line.strip() for line in attributes]
         if any(not line or "\n" in line or len(line) > 1000 for line in lines):
@@ -941,7 +953,7 @@ class SQLiteStore(Store):
             conn.execute("UPDATE subscribers SET radius_reply = ?, updated_at = ? WHERE id = ?",
                          (json.dumps(lines), now, row["id"]))
             _append_audit(conn, now, actor, "subscriber.radius_reply_set", "subscriber", row["id"], row["username"],
-                          {"from": before, "to": lines})
+                          {"from": _audited_reply(before, hidden), "to": _audited_reply(lines, hidden)})
             return _subscriber(_find_subscriber(conn, int(row["id"])))
 
         return await self._write("set_radius_reply", run)

@@ -151,7 +151,11 @@ def test_a_subscriber_s_own_reply_attributes_reach_the_nas_over_its_plan_s(radiu
                       ("Session-Timeout = soon", "Session-Timeout")):
         failed = radius.ispd.cli("subscriber", "radius-reply", "dave", bad, check=False)
         assert failed.returncode == 1 and says in failed.stderr, failed.stderr
+    # A tunnel's password is a secret: its value stays out of the audit that show prints.
+    radius.ispd.cli("subscriber", "radius-reply", "dave", "Tunnel-Password = tunnel-s3cret")
     radius.ispd.cli("subscriber", "radius-reply", "dave", "--clear")
+    shown = radius.ispd.cli("subscriber", "show", "dave").stdout
+    assert "radius_reply_set" in shown and "tunnel-s3cret" not in shown, shown
     reply = eventually(lambda: (r := radtest("dave", "dave-pw", radius.auth, SECRET)).first("Framed-Route") is None
                        and r, timeout=10)
     assert reply.attributes["Mikrotik-Rate-Limit"] == ["20000k/100000k"], reply.output  # the plan's again

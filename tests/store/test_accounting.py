@@ -323,6 +323,17 @@ async def test_a_subscriber_s_own_reply_attributes_are_kept_audited_and_announce
     assert (await store.set_radius_reply("alice", [], actor="t")).radius_reply == ()
 
 
+async def test_a_hidden_reply_attribute_s_value_stays_out_of_the_audit(store: Store) -> None:
+    """A subscriber's own Tunnel-Password went into the audit's details as written: shown by
+    ``subscriber show`` and kept for good by the append-only history."""
+    lines = ["Tunnel-Password:1 = s3cret", "Filter-Id = business"]
+    await store.set_radius_reply("alice", lines, actor="t", hidden={"Tunnel-Password"})
+    await store.set_radius_reply("alice", [], actor="t", hidden={"tunnel-password"})
+    set_entry, cleared = (await store.audit_since(0))[-2:]
+    assert set_entry.details == {"from": [], "to": ["Tunnel-Password:1 = (hidden)", "Filter-Id = business"]}
+    assert cleared.details == {"from": ["Tunnel-Password:1 = (hidden)", "Filter-Id = business"], "to": []}
+
+
 async def test_a_start_after_what_it_started_is_a_late_copy(store: Store) -> None:
     """An interim without Acct-Session-Time made the session up; the delayed Start that follows
     must not open a second one and count the counters again."""
