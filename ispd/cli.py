@@ -354,7 +354,7 @@ async def cmd_subscriber_set_plan(store: Store, args: argparse.Namespace) -> Non
 def check_radius_reply(config: Config, args: argparse.Namespace) -> None:
     """The attributes against the dictionaries the daemon loads (``radius.dictionaries``), as
     plan attributes are checked at start: a mistake is refused here, not met at a login."""
-    from ispd.radius.attributes import AttributeValueError, reply_attribute
+    from ispd.radius.attributes import AttributeValueError, subscriber_reply_attribute
     from ispd.radius.dictionary import DictionaryError, load_dictionary
 
     if not (args.attributes or args.clear):
@@ -366,18 +366,9 @@ def check_radius_reply(config: Config, args: argparse.Namespace) -> None:
     args.radius_dictionary = dictionary  # (which attributes the audit keeps no value of)
     for text in args.attributes:
         try:
-            attribute = reply_attribute(dictionary, text)
+            subscriber_reply_attribute(dictionary, text)
         except AttributeValueError as exc:
             raise CommandFailed(f"{text!r}: {exc}") from None
-        if attribute.name in _RESERVED_REPLY:
-            raise CommandFailed(f"{attribute.name}: {_RESERVED_REPLY[attribute.name]}")
-
-
-_RESERVED_REPLY = {
-    "Framed-IP-Address": "reserve the address instead (ispd reservation add NAME --username LOGIN --address A): "
-                         "one record of who has which address",
-    "Class": "ispd's own: it names the subscriber in the accounting",
-}
 
 
 def _hidden_names(dictionary: Dictionary, lines: Sequence[str]) -> set[str]:

@@ -208,6 +208,22 @@ def reply_attribute(dictionary: Dictionary, text: str) -> ReplyAttribute:
     return reply
 
 
+# What a subscriber's own attributes may not give, besides what no reply attribute may.
+_NOT_A_SUBSCRIBERS = {
+    "Framed-IP-Address": "reserve the address instead (ispd reservation add NAME --username LOGIN --address A): "
+                         "one record of who has which address",
+    "Class": "ispd's own: it names the subscriber in the accounting",
+}
+
+
+def subscriber_reply_attribute(dictionary: Dictionary, text: str) -> ReplyAttribute:
+    """One of a subscriber's own reply attributes (``ispd subscriber radius-reply``)."""
+    reply = reply_attribute(dictionary, text)
+    if not reply.vendor and reply.name in _NOT_A_SUBSCRIBERS:
+        raise AttributeValueError(f"{reply.name}: {_NOT_A_SUBSCRIBERS[reply.name]}")
+    return reply
+
+
 def make_reply_attribute(dictionary: Dictionary, attribute: Attribute, value: bytes,
                          tag: int | None = None) -> ReplyAttribute:
     if tag is None and attribute.has_tag and attribute.encrypt == Encryption.TUNNEL_PASSWORD:

@@ -60,7 +60,7 @@ from ispd.dhcp.identifiers import normalize_key, opaque_text
 from ispd.logs import get_logger
 from ispd.radius import mschap
 from ispd.radius.addresses import holder_of, line_of
-from ispd.radius.attributes import AttributeValueError, ReplyAttribute, reply_attribute
+from ispd.radius.attributes import AttributeValueError, ReplyAttribute, subscriber_reply_attribute
 from ispd.radius.codec import (
     MAX_ATTRIBUTE_VALUE,
     Attr,
@@ -869,10 +869,11 @@ class AuthEngine:
         own = []
         for text in subject.subscriber.radius_reply:
             try:
-                own.append(reply_attribute(self.dictionary, text))
-            except AttributeValueError as exc:
+                own.append(subscriber_reply_attribute(self.dictionary, text))
+            except AttributeValueError:  # (not the line itself in the log: it may hold a secret)
                 log.warning("radius.subscriber.bad_reply_attribute", subscriber=subject.subscriber.username,
-                            attribute=text, error=str(exc))
+                            attribute=text.partition("=")[0].strip()[:64],
+                            detail="the dictionaries do not take it any more, or it is ispd's own")
         return own
 
     def _rate_limit(self, kind: NasKind, download: int | None, upload: int | None) -> list[bytes]:

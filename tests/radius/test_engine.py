@@ -283,7 +283,8 @@ def test_a_subscriber_s_own_attributes_come_after_and_over_its_plan_s_but_not_in
     world = World(ReplySettings(plans={"home": PlanReply(extra)}, suspended=SuspendedAction.WALLED_GARDEN,
                                 walled_garden=(reply_attribute(DICTIONARY, "Filter-Id = garden"),)))
     own = ('Framed-Route = "203.0.113.0/29 0.0.0.0 1"', "Session-Timeout = 3600", "Filter-Id = business",
-           "Mikrotik-Rate-Limit = 1M/1M", "No-Such-Attribute = 1")  # (the dictionaries lost the last one)
+           "Mikrotik-Rate-Limit = 1M/1M", "No-Such-Attribute = 1",  # (the dictionaries lost this one)
+           "Framed-IP-Address = 198.18.9.9", "Class = 0x01")  # (never a subscriber's: ispd's own)
     world.directory.replace(Subscriber(1, "alice", SubscriberStatus.ACTIVE, plan_id=1, radius_reply=own),
                             StoredCredentials(cleartext="alice-pw", updated_at=1), [], PLAN)
     attributes = world.engine.handle(pap("alice", "alice-pw"), nas(), NOW).attributes
@@ -293,7 +294,8 @@ def test_a_subscriber_s_own_attributes_come_after_and_over_its_plan_s_but_not_in
     assert first(attributes, Attr.IDLE_TIMEOUT) == (600).to_bytes(4, "big")  # the plan's, not replaced
     assert first(attributes, Attr.FRAMED_MTU) == (1492).to_bytes(4, "big")
     assert vsa(attributes, Vendor.MIKROTIK, 8) == b"1M/1M"
-    assert first(attributes, Attr.CLASS) == b"ispd:1"
+    assert [v for c, v in reply_attributes(attributes) if c == Attr.CLASS] == [b"ispd:1"]
+    assert first(attributes, Attr.FRAMED_IP_ADDRESS) is None
     world.directory.replace(Subscriber(1, "alice", SubscriberStatus.SUSPENDED, plan_id=1, radius_reply=own),
                             StoredCredentials(cleartext="alice-pw", updated_at=1), [], PLAN)
     walled = world.engine.handle(pap("alice", "alice-pw"), nas(), NOW).attributes
