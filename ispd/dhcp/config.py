@@ -15,6 +15,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ispd.configtypes import Section, parse_range
+from ispd.dhcp.identifiers import opaque_bytes
 from ispd.dhcp.options import OptionValueError, encode_domain_names, encode_ips
 
 # Options ispd writes itself, from the protocol or from other settings: an `option` entry may
@@ -295,7 +296,9 @@ class ClientClassConfig(Section):
     # Of the criteria given, a member matches every one.
     mac_prefix: list[str] | None = Field(default=None, min_length=1)
     # Members come through a relay whose option 82 circuit-id (or remote-id) begins with one of
-    # these, written as reservations take them: its text ("olt1 eth 1/1/"), or 0x and hex.
+    # these, written as reservations take them: its text ("olt1 eth 1/1/"), or 0x and hex bytes
+    # ("0x0004"). The bytes are compared, so a text prefix also matches an id with binary
+    # bytes after it (a NUL at its end), which reservations and logs show as 0x and hex.
     # (A DSLAM's or an OLT's lines; a renewal past the relay keeps its lease's line.)
     circuit_id: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
     remote_id: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
@@ -307,6 +310,14 @@ class ClientClassConfig(Section):
         for prefix in prefixes or ():
             if not 1 <= len(mac_prefix_bytes(prefix)) <= 16:
                 raise ValueError(f"mac_prefix {prefix!r}: give 1 to 16 bytes in hex, e.g. \"00:1a:2b\"")
+        return prefixes
+
+    @field_validator("circuit_id", "remote_id")
+    @classmethod
+    def _line_prefixes(cls, prefixes: list[str] | None) -> list[str] | None:
+        for prefix in prefixes or ():
+            if not opaque_bytes(prefix):
+                raise ValueError(f"{prefix!r}: give at least one byte after 0x")
         return prefixes
 
     @model_validator(mode="after")

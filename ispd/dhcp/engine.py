@@ -74,7 +74,7 @@ from ispd.dhcp.config import (
     SubnetConfig,
     mac_prefix_bytes,
 )
-from ispd.dhcp.identifiers import mac_text, opaque_text
+from ispd.dhcp.identifiers import mac_text, opaque_bytes, opaque_text
 from ispd.dhcp.options import (
     DHCPMessageType,
     Option,
@@ -219,29 +219,44 @@ class ClassRule:
     mac_prefixes: tuple[bytes, ...] | None
     options: dict[int, bytes]
     always: frozenset[int]
-    # The relay's circuit-id and remote-id, in their canonical text (as reservations keep them).
-    circuit_prefixes: tuple[str, ...] | None = None
-    remote_prefixes: tuple[str, ...] | None = None
+    # The relay's circuit-id and remote-id, as bytes: the canonical text of a whole id is
+    # "0x" and hex as soon as one byte is not printable, so text prefixes would miss
+    # "olt1 biz/1/3" followed by a NUL, and a hex prefix of printable bytes would miss all.
+    circuit_prefixes: tuple[bytes, ...] | None = None
+    remote_prefixes: tuple[bytes, ...] | None = None
 
     @classmethod
     def of(cls, config: ClientClassConfig) -> ClassRule:
         options, always = _options_of(config.option)
         vendors = None if config.vendor_class is None else tuple(v.encode() for v in config.vendor_class)
         macs = None if config.mac_prefix is None else tuple(mac_prefix_bytes(m) for m in config.mac_prefix)
-        circuits = None if config.circuit_id is None else tuple(config.circuit_id)
-        remotes = None if config.remote_id is None else tuple(config.remote_id)
+        circuits = None if config.circuit_id is None else tuple(opaque_bytes(c) for c in config.circuit_id)
+        remotes = None if config.remote_id is None else tuple(opaque_bytes(r) for r in config.remote_id)
         return cls(config.name, vendors, macs, options, frozenset(always), circuits, remotes)
 
     def matches(self, vendor_class: bytes | None, hw_address: bytes, circuit_id: str | None,
                 remote_id: str | None) -> bool:
-        """Whether a client matches every criterion the class gives (each a list of prefixes)."""
+        """Whether a client matches every criterion the class gives (each a list of prefixes);
+        ``circuit_id`` and ``remote_id`` in their canonical text (``opaque_text``)."""
         return (_begins(vendor_class, self.vendor_prefixes) and _begins(hw_address, self.mac_prefixes)
-                and _begins(circuit_id, self.circuit_prefixes) and _begins(remote_id, self.remote_prefixes))
+                and _begins_opaque(circuit_id, self.circuit_prefixes)
+                and _begins_opaque(remote_id, self.remote_prefixes))
 
 
 def _begins(value: Any, prefixes: tuple[Any, ...] | None) -> bool:
     """No criterion, or ``value`` (bytes or text) begins with one of ``prefixes``."""
     return prefixes is None or (value is not None and value.startswith(prefixes))
+
+
+def _begins_opaque(text: str | None, prefixes: tuple[bytes, ...] | None) -> bool:
+    if prefixes is None:
+        return True
+    if text is None:
+        return False
+    try:
+        return opaque_bytes(text).startswith(prefixes)
+    except ValueError:  # no canonical text (a lease row written by hand): no line to match
+        return False
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,20 @@ def opaque_text(value: bytes) -> str:
     return "0x" + value.hex()
 
 
+def opaque_bytes(text: str) -> bytes:
+    """The bytes a circuit-id or remote-id in its text form (``opaque_text``, or an operator's
+    prefix of one) stands for: ``0x`` and hex, or the text itself; ValueError if neither."""
+    if text.startswith("0x"):
+        try:
+            return bytes.fromhex(text[2:])
+        except ValueError:
+            raise ValueError(f"{text!r}: after 0x, write whole bytes in hex (two digits each)") from None
+    raw = text.encode("ascii", "replace")
+    if not text.isascii() or not all(b in _PRINTABLE for b in raw):
+        raise ValueError(f"{text!r}: write it as printable ASCII, or as 0x and hex bytes")
+    return raw
+
+
 def normalize_key(kind: str, key: str) -> str:
     """The canonical form of a reservation key typed by an operator; ValueError says what is wrong."""
     key = key.strip()

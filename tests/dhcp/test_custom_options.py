@@ -311,3 +311,37 @@ def test_a_class_by_the_relay_s_circuit_id_keeps_its_members_through_a_renewal_p
     assert IPv4Address("198.18.1.100") <= home.yiaddr <= IPv4Address("198.18.1.149") and home.option(66) is None
     assert [r.name for r in lab.engine.class_rules if r.matches(None, MAC_B, None, "0x00aa")] == ["by-remote"]
     assert not [r.name for r in lab.engine.class_rules if r.matches(None, MAC_PLAIN, None, "0x00aa")]
+
+
+def test_a_line_prefix_is_matched_on_the_id_s_bytes_whichever_way_either_is_written() -> None:
+    """The canonical text of a whole circuit-id turns to 0x and hex at one unprintable byte (a
+    relay that ends it with a NUL), so prefixes are compared as bytes: a text prefix still
+    matches such an id, a hex prefix matches a printable one, and hex may be in capitals."""
+    cfg = DHCPConfig.model_validate({
+        "enabled": True, "interfaces": ["eth1"],
+        "subnet": [{"network": "198.18.1.0/24", "interface": "eth1",
+                    "pool": [{"name": "p", "range": "198.18.1.100 - 198.18.1.149"}]}],
+        "client_class": [{"name": "by-text", "circuit_id": ["olt1 biz/"],
+                          "option": [{"code": 66, "text": "tftp.biz.example", "always_send": True}]},
+                         {"name": "by-hex", "circuit_id": ["0x6F6C7431"]},
+                         {"name": "binary", "remote_id": ["0x00aa"]}],
+    })
+    lab = Lab(cfg)
+
+    def members(circuit: str | None, remote: str | None = None) -> list[str]:
+        return [r.name for r in lab.engine.class_rules if r.matches(None, MAC_PLAIN, circuit, remote)]
+
+    assert members("0x6f6c74312062697a2f312f3300") == ["by-text", "by-hex"]  # b"olt1 biz/1/3\0"
+    assert members("olt1 biz/1/3") == ["by-text", "by-hex"]
+    assert members("olt2 biz/1/3", "0x00aa01") == ["binary"]
+    assert members("0x0a") == [] and members(None, "0xaa00") == []
+    # Option 82 that no relay forwarded (giaddr 0) is the client's own claim: no class by it.
+    forged = bytes((1, 12)) + b"olt1 biz/1/3"
+    direct = lab.send(message(DHCPMessageType.DISCOVER, MAC_PLAIN, extra=((Option.RELAY_AGENT_INFO, forged),)))
+    assert direct.reply is not None and direct.untrusted_option82 and direct.reply.packet.option(66) is None
+    relayed = lab.send(message(DHCPMessageType.DISCOVER, MAC_PLAIN, giaddr="198.18.1.1",
+                               extra=((Option.RELAY_AGENT_INFO, forged),)))
+    assert relayed.reply is not None and relayed.reply.packet.option(66) == b"tftp.biz.example"
+    for bad in ("0x0", "0xzz", "0x", "olt\u00e9"):
+        with pytest.raises(ValidationError, match="circuit_id"):
+            DHCPConfig.model_validate({"enabled": True, "client_class": [{"name": "x", "circuit_id": [bad]}]})
