@@ -71,7 +71,7 @@ from ispd.mail.smtp import Identity, MailEnvelope, MXHandler, SMTPSession, Submi
 from ispd.mail.spool import Spool
 from ispd.service import Health, Service, ServiceContext, ServiceStartError
 from ispd.store import InvalidValue, NotFound, StoreError
-from ispd.store.models import MailRecipient, SubscriberStatus, SuspendedMail
+from ispd.store.models import MailAlias, MailRecipient, SubscriberStatus, SuspendedMail
 from ispd.store.validation import hostname_text, mail_address
 
 if TYPE_CHECKING:
@@ -503,33 +503,38 @@ class MailService(Service):
 
     async def accept_recipient(self, address: str, envelope: MailEnvelope) -> None:
         route = self.policy.route(address, len(envelope.rcpt_tos))
-        recipient = await self._find_mailbox(route.candidates)
-        if recipient is None:
-            await self._accept_alias(address, route.candidates, envelope)
-            return
-        if recipient.mailbox.address in envelope.mailboxes:
-            return  # alice@ and alice+x@: one copy
-        self.policy.admit(address, recipient, await self._used_bytes(recipient), envelope.declared_size)
-        envelope.mailboxes[recipient.mailbox.address] = recipient
+        # Candidate by candidate, a mailbox or an alias at each: the address as written comes
+        # before its base (without the subaddress) and the configured postmaster, so an alias
+        # at postmaster@ (or at info-sales@ with "-" as the delimiter) is not passed over for
+        # the mailbox a later candidate names.
+        for candidate in route.candidates:
+            recipient = await self._find_mailbox((candidate,))
+            if recipient is not None:
+                if recipient.mailbox.address in envelope.mailboxes:
+                    return  # alice@ and alice+x@: one copy
+                self.policy.admit(address, recipient, await self._used_bytes(recipient), envelope.declared_size)
+                envelope.mailboxes[recipient.mailbox.address] = recipient
+                return
+            found = await self._find_alias(candidate)
+            if found is not None:
+                await self._accept_alias(address, *found, envelope)
+                return
+        raise self.policy.unknown(address)
 
-    async def _accept_alias(self, address: str, candidates: tuple[str, ...], envelope: MailEnvelope) -> None:
-        """An alias among ``candidates``: its mailboxes get a copy (their quota is checked at
-        DATA: one full mailbox of several bounces alone), its other addresses go to the queue
-        (forwarding, the envelope sender kept, as Postfix's virtual aliases). One that reaches
-        nobody (every target mailbox gone or closed) is an unknown recipient."""
-        found = None
+    async def _find_alias(self, address: str) -> tuple[MailAlias, SubscriberStatus] | None:
         try:
-            for candidate in candidates:
-                found = await self.context.store.mail_alias(candidate)
-                if found is not None:
-                    break
+            return await self.context.store.mail_alias(address)
         except StoreError as exc:
             log.error("mail.store.error", operation="mail_alias", error=str(exc))
             raise SMTPRefusal(Reply(451, "4.3.0", "Temporary lookup failure, try again later"),
                               "local_error") from None
-        if found is None:
-            raise self.policy.unknown(address)
-        alias, owner = found
+
+    async def _accept_alias(self, address: str, alias: MailAlias, owner: SubscriberStatus,
+                            envelope: MailEnvelope) -> None:
+        """An alias: its mailboxes get a copy (their quota is checked at DATA: one full mailbox
+        of several bounces alone), its other addresses go to the queue (forwarding, the
+        envelope sender kept, as Postfix's virtual aliases). One that reaches nobody (every
+        target mailbox gone or closed) is an unknown recipient."""
         if owner is SubscriberStatus.CLOSED:
             raise self.policy.disabled(address)
         reached = False
