@@ -540,8 +540,7 @@ class MailService(Service):
         reached = False
         for target in alias.targets:
             if target.rpartition("@")[2] not in self.policy.domains:
-                if target not in envelope.remote:
-                    envelope.remote.append(target)
+                envelope.add_remote(target)
                 reached = True
                 continue
             recipient = await self._find_mailbox((target,))
@@ -860,8 +859,7 @@ class MailService(Service):
             raise SMTPRefusal(Reply(553, "5.1.2", "Recipient address has no valid domain"), "bad_address") from None
         if not local:
             raise SMTPRefusal(Reply(553, "5.1.3", "Recipient address is not valid"), "bad_address")
-        if address not in envelope.remote:
-            envelope.remote.append(address)
+        envelope.add_remote(address)
 
     async def _dkim_sign(self, content: bytes, envelope: MailEnvelope) -> bytes:
         """The content with a DKIM-Signature in front when ispd has a key for the From domain

@@ -89,11 +89,23 @@ class MailEnvelope(Envelope):
         super().__init__()
         # Local mailboxes accepted at RCPT, by canonical address (alice+x@ and alice@ are one).
         self.mailboxes: dict[str, MailRecipient] = {}
-        # Submission: recipients at other domains, for the queue, and the subscriber's own
-        # addresses (read at MAIL), which the From header must be among.
+        # Recipients at other domains, for the queue (submission's, and an alias's forwards on
+        # the MX), and the subscriber's own addresses (read at MAIL), which the From header
+        # must be among.
         self.remote: list[str] = []
+        self._remote_seen: set[str] = set()
         self.owned: set[str] = set()
         self.declared_size = 0
+
+    def add_remote(self, address: str) -> None:
+        """A recipient elsewhere, once: ``John@Example.NET`` (as a client typed it) and an
+        alias's ``John@example.net`` are one (a domain has no case, RFC 5321 §2.4; a local
+        part's is the other server's to decide, so it stays)."""
+        local, _, domain = address.rpartition("@")
+        key = f"{local}@{domain.lower().removesuffix('.')}"
+        if key not in self._remote_seen:
+            self._remote_seen.add(key)
+            self.remote.append(address)
 
 
 # Refused recipients per connection: after the soft limit each further refusal waits a second,

@@ -1,5 +1,5 @@
-"""Aliases at RCPT: which address wins, on a stand-in for the service (its constructor wants a
-whole daemon) over a real store."""
+"""Aliases at RCPT: which address wins, and each recipient elsewhere once; on a stand-in for the
+service (its constructor wants a whole daemon) over a real store."""
 
 from __future__ import annotations
 
@@ -62,3 +62,19 @@ async def test_an_alias_at_the_address_written_comes_before_the_mailboxes_other_
     envelope = MailEnvelope()
     await _accept(dashed, envelope, f"info-other@{DOMAIN}")  # still a subaddress of the mailbox
     assert list(envelope.mailboxes) == [f"info@{DOMAIN}"]
+
+
+@pytest.mark.parametrize("alias_first", [False, True])
+async def test_a_recipient_elsewhere_gets_one_copy_however_its_domain_is_written(
+        store: Store, tmp_path: Path, alias_first: bool) -> None:
+    """A subscriber writes to John@Example.NET and to an alias that forwards to him (kept as
+    John@example.net): one copy in the queue, not two."""
+    await store.add_mail_alias("alice", f"fwd@{DOMAIN}", ["John@Example.NET"], local_domains=[DOMAIN], actor="t")
+    service = _service(store, tmp_path)
+    envelope = MailEnvelope()
+    order = [f"fwd@{DOMAIN}", "John@EXAMPLE.net."]
+    for address in order if alias_first else reversed(order):
+        await _accept(service, envelope, address, submission=True)
+    assert len(envelope.remote) == 1 and envelope.remote[0].startswith("John@")
+    await _accept(service, envelope, "john@example.net", submission=True)  # another local part: another mailbox
+    assert len(envelope.remote) == 2
