@@ -697,13 +697,9 @@ class MailService(Service):
         # RFC 8601 §5: results claiming to be ours come from the sender, checks on or off.
         content = strip_our_results(envelope.original_content or b"", session.hostname)
         folder = ""
-        if received_headers(content) > MAX_HOPS:
-            # A forwarding loop (an alias to a mailbox elsewhere that forwards back here): each
-            # pass adds a Received header. Postfix's hopcount_limit is 50 too.
-            self.metrics.refusals.inc("mail_loop")
-            self.metrics.messages.inc("refused")
-            log.warning("mail.loop", client=session.client, sender=envelope.mail_from, recipients=envelope.rcpt_tos)
-            return Reply(554, "5.4.6", "Too many hops: a mail loop?")
+        looping = self._looping(session, envelope, content)
+        if looping is not None:
+            return looping
         if self.config.authentication_checks:
             checked = await self._check_authentication(session, smtp_session, envelope, content)
             if isinstance(checked, Reply):
@@ -725,6 +721,18 @@ class MailService(Service):
         log.info("mail.delivered", queue_id=queue_id, client=session.client, sender=envelope.mail_from,
                  recipients=list(envelope.mailboxes), size=len(content), folder=folder or "INBOX")
         return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
+
+    def _looping(self, session: SMTPSession, envelope: MailEnvelope, content: bytes) -> Reply | None:
+        """The refusal of a message that went round too often, on the MX and on submission alike
+        (Postfix checks hopcount_limit in every smtpd, also 50): a forwarding loop (an alias to
+        an address elsewhere that forwards back here, or a subscriber's own forwarder that
+        submits again) adds a Received header on each pass."""
+        if received_headers(content) <= MAX_HOPS:
+            return None
+        self.metrics.refusals.inc("mail_loop")
+        self.metrics.messages.inc("refused")
+        log.warning("mail.loop", client=session.client, sender=envelope.mail_from, recipients=envelope.rcpt_tos)
+        return Reply(554, "5.4.6", "Too many hops: a mail loop?")
 
     async def _forward(self, session: SMTPSession, smtp_session: Session, envelope: MailEnvelope, queue_id: str,
                        content: bytes) -> Reply | None:
@@ -883,6 +891,9 @@ class MailService(Service):
         started = time.perf_counter()
         queue_id = secrets.token_hex(6).upper()
         content = strip_our_results(envelope.original_content or b"", session.hostname)
+        looping = self._looping(session, envelope, content)
+        if looping is not None:
+            return looping
         now = self.context.clock()
         try:
             self.sending.check(identity.subscriber_id, now)

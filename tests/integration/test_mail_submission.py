@@ -531,3 +531,13 @@ def test_a_message_that_went_round_too_often_is_refused_as_a_loop(lab: Lab) -> N
                             hops + b"From: y@example-b.example\r\nSubject: loop\r\n\r\nx\r\n")
     assert refused.value.smtp_code == 554 and b"5.4.6" in refused.value.smtp_error
     assert lab.ispd.metric_value("ispd_mail_refusals_total", {"reason": "mail_loop"}) == 1
+
+
+def test_a_submitted_message_that_went_round_too_often_is_refused_as_a_loop_too(lab: Lab) -> None:
+    """A subscriber's own forwarder that submits what it receives, pointed back at itself."""
+    hops = b"".join(b"Received: from a.example by b.example; Sat, 5 Dec 2026 10:00:00 +0000\r\n" for _ in range(51))
+    with lab.client() as client, pytest.raises(smtplib.SMTPDataError) as refused:
+        client.sendmail(f"alice@{DOMAIN}", [f"bob@{DOMAIN}", f"carol@{REMOTE}"],
+                        hops + b"From: alice@isp.example\r\nSubject: submitted loop\r\n\r\nx\r\n")
+    assert refused.value.smtp_code == 554 and b"5.4.6" in refused.value.smtp_error
+    assert not [m for m in lab.inbox(f"bob@{DOMAIN}") if b"Subject: submitted loop" in m]
