@@ -913,7 +913,9 @@ class MailService(Service):
             received = trace_headers(
                 return_path=None, helo=smtp_session.host_name or "", client_ip=session.client,
                 server_name=session.hostname, protocol=self._protocol(session, envelope), queue_id=queue_id,
-                recipient=envelope.remote[0] if len(envelope.rcpt_tos) == 1 else None, now=now)
+                # The one recipient the client gave, as given: with an alias among them, the
+                # first of its forwards would tell the others who else it goes to.
+                recipient=envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else None, now=now)
             try:
                 await self.queue.enqueue(envelope.mail_from or "", envelope.remote, received + content,
                                          subscriber_id=identity.subscriber_id, queue_id=queue_id)

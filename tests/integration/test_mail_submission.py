@@ -533,6 +533,22 @@ def test_a_message_that_went_round_too_often_is_refused_as_a_loop(lab: Lab) -> N
     assert lab.ispd.metric_value("ispd_mail_refusals_total", {"reason": "mail_loop"}) == 1
 
 
+def test_a_submitted_message_to_an_alias_says_no_forward_target_s_address_to_another(lab: Lab) -> None:
+    """The Received header's "for" names the one recipient the client gave (RFC 5321 §4.4), not
+    the first of an alias's forwards: ivy's copy must not tell her hank's address."""
+    lab.ispd.cli("mailbox", "alias", "add", "bob", f"team@{DOMAIN}", f"hank@{REMOTE}", f"ivy@{REMOTE}")
+    try:
+        with lab.client() as client:
+            client.sendmail(f"alice@{DOMAIN}", [f"team@{DOMAIN}"],
+                            b"From: alice@isp.example\r\nSubject: to the team\r\n\r\nx\r\n")
+        for target in (f"hank@{REMOTE}", f"ivy@{REMOTE}"):
+            copy = eventually(lambda t=target: [m for m in lab.remote.messages_to(t) if b"to the team" in m],
+                              timeout=15)[-1]
+            assert b"hank@" not in copy.partition(b"\r\n\r\n")[0] and f"for <team@{DOMAIN}>".encode() in copy
+    finally:
+        lab.ispd.cli("mailbox", "alias", "delete", f"team@{DOMAIN}")
+
+
 def test_a_submitted_message_that_went_round_too_often_is_refused_as_a_loop_too(lab: Lab) -> None:
     """A subscriber's own forwarder that submits what it receives, pointed back at itself."""
     hops = b"".join(b"Received: from a.example by b.example; Sat, 5 Dec 2026 10:00:00 +0000\r\n" for _ in range(51))
