@@ -245,9 +245,24 @@ def from_header_values(message: bytes) -> list[str]:
     return [b" ".join(lines).decode("utf-8", errors="replace") for name, lines in _headers(message) if name == b"from"]
 
 
+# Two line ends in a row that are not one CRLF: the empty line that ends the header section
+# (``_headers`` takes CR, LF and CRLF each as a line end).
+_EMPTY_LINE = (b"\n\n", b"\r\r", b"\n\r")
+_RECEIVED_FIELD = re.compile(rb"[\r\n]received[ \t]*:")
+
+
 def received_headers(message: bytes) -> int:
-    """How many Received fields the message has: the hops it made."""
-    return sum(1 for name, _ in _headers(message) if name == b"received")
+    """How many Received fields the message has: the hops it made. Counted as ``_headers`` reads
+    fields, but in C (a lowercase copy, a few finds, one regex) rather than line by line: it
+    runs on the event loop for every message, and a megabyte of short header lines held the
+    loop (DNS, DHCP and RADIUS with it) for a third of a second."""
+    head = message[:_MAX_HEADER_SECTION]
+    if head[:1] in (b"\r", b"\n"):
+        return 0  # no header section at all
+    ends = [found for found in (head.find(empty) for empty in _EMPTY_LINE) if found >= 0]
+    if ends:
+        head = head[:min(ends) + 1]
+    return len(_RECEIVED_FIELD.findall(b"\n" + head.lower()))
 
 
 def header_names(message: bytes) -> set[str]:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+import time
 from typing import Any
 
 import dkim
@@ -8,10 +10,12 @@ import pytest
 from ispd.configtypes import SocketAddress
 from ispd.mail.authcheck import (
     AuthDNS,
+    _headers,
     check_inbound,
     from_addresses,
     from_domain,
     load_signing_key,
+    received_headers,
     sign,
     strip_our_results,
     unreadable_from,
@@ -155,3 +159,33 @@ def test_unquoted_specials_in_a_display_name_are_tolerated() -> None:
 def test_a_from_that_is_not_an_address_is_named(header: bytes, unreadable: str) -> None:
     assert unreadable_from(header + b"\r\n\r\n") == unreadable
     assert unreadable_from(b"Subject: s\r\n\r\n" + header + b"\r\n") is None  # in the body
+
+
+@pytest.mark.parametrize(("message", "hops"), [
+    (b"Received: a\r\nreceived \t: b\r\n\tReceived: folded, no field\r\nX: y\r\n\r\nReceived: body\r\n", 2),
+    (b"RECEIVED:a\rReceived:b\nReceived-SPF: pass\nReceivedx: c\n\nReceived: body\n", 2),  # bare CR, LF
+    (b"\r\nReceived: all body\r\n", 0),
+    (b"Received: a\r\n\rReceived: after an empty line\r\n", 1),
+    (b"Received: a\r\r\nReceived: after an empty line\r\n", 1),
+    (b"X: y\r\n Received: folded\r\nReceived", 0),
+])
+def test_received_fields_are_counted_as_header_fields_are_read(message: bytes, hops: int) -> None:
+    assert received_headers(message) == hops
+    # The same count as a field-by-field reading, whatever mix of line ends and names.
+    pieces = (b"Received:", b"received \t:", b" Received: x", b"\r\n", b"\r", b"\n", b"X: y", b"Received", b":")
+    for combination in itertools.product(pieces, repeat=4):
+        text = b"".join(combination)
+        assert received_headers(text) == sum(1 for name, _ in _headers(text) if name == b"received"), text
+
+
+def test_a_megabyte_of_short_header_lines_is_counted_without_holding_the_loop() -> None:
+    """received_headers runs on the event loop for every message on the MX and on submission."""
+    message = b"a:\n" * 349_000 + b"Received: x\n\nbody\n"  # just under the megabyte looked at
+    took = min(_timed(lambda: received_headers(message)) for _ in range(3))
+    assert received_headers(message) == 1 and took < 0.1, took
+
+
+def _timed(work: Any) -> float:
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
