@@ -295,6 +295,9 @@ def render_overview(o: SubscriberOverview) -> str:
                   f"{' (' + c.reason + ')' if c.reason else ''}" for c in o.coa]
     lines.append(f"mailboxes     {len(o.mailboxes) or 'none'}")
     lines += [f"  {m.address}" for m in o.mailboxes]
+    if o.aliases:
+        lines.append(f"aliases       {len(o.aliases)}")
+        lines += [f"  {a.address} -> {', '.join(a.targets)}" for a in o.aliases]
     lines.append("recent changes")
     for entry in o.audit:
         details = " ".join(f"{k}={','.join(v) if isinstance(v, list) else v}"

@@ -84,6 +84,8 @@ AUTH_CHECK_THREADS = 16  # SPF/DKIM/DMARC checks of inbound mail at once (mostly
 AUTH_CHECK_DEADLINE_SECONDS = 30.0  # a sender whose DNS never answers gets no longer than this
 # Received fields past which a message is taken to be looping (Postfix's hopcount_limit).
 MAX_HOPS = 50
+# Mailboxes and addresses elsewhere one message may reach through aliases.
+MAX_EXPANDED_RECIPIENTS = 1000
 SIGNING_THREADS = 4  # DKIM signing of submitted mail: apart, so that slow inbound checks never stall it
 AUTH_CACHE_SECONDS = 3600
 TLS_HANDSHAKE_SECONDS = 15.0
@@ -537,6 +539,9 @@ class MailService(Service):
         target mailbox gone or closed) is an unknown recipient."""
         if owner is SubscriberStatus.CLOSED:
             raise self.policy.disabled(address)
+        if len(envelope.mailboxes) + len(envelope.remote) + len(alias.targets) > MAX_EXPANDED_RECIPIENTS:
+            # max_recipients counts RCPTs; each alias may name 50 (Postfix: virtual_alias_expansion_limit)
+            raise SMTPRefusal(Reply(452, "4.5.3", "Too many recipients"), "too_many_recipients")
         reached = False
         for target in alias.targets:
             if target.rpartition("@")[2] not in self.policy.domains:
@@ -841,6 +846,9 @@ class MailService(Service):
         try:
             subscriber = await store.get_subscriber(identity.subscriber_id)
             owned = {m.address for m in await store.list_mailboxes(subscriber=identity.subscriber_id)}
+            # An alias's owner sends as the alias (a business's staff as info@), as Postfix's
+            # smtpd_sender_login_maps would list it.
+            owned |= {a.address for a in await store.list_mail_aliases(subscriber=identity.subscriber_id)}
         except NotFound:
             raise SMTPRefusal(Reply(550, "5.7.1", "This account no longer exists"), "sender_suspended") from None
         except StoreError as exc:

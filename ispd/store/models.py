@@ -512,3 +512,4 @@ class SubscriberOverview:
     # When the subscriber entered its status (from the audit log); None when retention has
     # removed the entry that says.
     status_since: float | None = None
+    aliases: list[MailAlias] = field(default_factory=list)

@@ -987,6 +987,8 @@ class SQLiteStore(Store):
                 "SELECT * FROM coa_requests WHERE subscriber_id = ? ORDER BY id DESC LIMIT 10", (sid,))]
             mailboxes = [mailbox_from_row(r) for r in conn.execute(
                 "SELECT * FROM mailboxes WHERE subscriber_id = ? ORDER BY address", (sid,))]
+            aliases = [alias_from_row(r) for r in conn.execute(
+                "SELECT * FROM mail_aliases WHERE subscriber_id = ? ORDER BY address", (sid,))]
             audit = [_audit_entry(r) for r in conn.execute(
                 "SELECT * FROM audit_log WHERE subject_kind = 'subscriber' AND subject_id = ?"
                 " ORDER BY id DESC LIMIT ?", (sid, audit_limit))]
@@ -998,7 +1000,7 @@ class SQLiteStore(Store):
             return SubscriberOverview(
                 subscriber=_subscriber(row), plan=_plan(plan_row) if plan_row else None, credentials=present,
                 reservations=reservations, leases=leases, sessions=sessions, mailboxes=mailboxes, audit=audit,
-                usage_this_month=usage, coa=coa, status_since=since["at"] if since else None,
+                usage_this_month=usage, coa=coa, status_since=since["at"] if since else None, aliases=aliases,
             )
 
         return await self._read("subscriber_overview", run)

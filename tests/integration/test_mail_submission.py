@@ -516,6 +516,14 @@ def test_an_alias_reaches_its_mailboxes_and_forwards_elsewhere_with_the_sender_k
         assert failed.returncode == 1 and says in failed.stderr, (args, failed.stderr)
     failed = ispd.cli("mailbox", "add", "bob", f"info@{DOMAIN}", check=False)
     assert failed.returncode == 1 and "is an alias" in failed.stderr
+    assert f"info@{DOMAIN} -> alice@{DOMAIN}" in ispd.cli("subscriber", "show", "alice").stdout
+    # Its owner sends as the alias (the business's staff as info@); others may not.
+    staff = b"From: Info <info@isp.example>\r\nTo: bob@isp.example\r\nSubject: as info\r\n\r\nhi\r\n"
+    with lab.client("alice") as client:
+        client.sendmail(f"info@{DOMAIN}", [f"bob@{DOMAIN}"], staff)
+    assert b"Subject: as info" in lab.inbox(f"bob@{DOMAIN}")[-1]
+    with lab.client("bob") as client, pytest.raises(smtplib.SMTPSenderRefused):
+        client.sendmail(f"info@{DOMAIN}", [f"alice@{DOMAIN}"], staff)
     ispd.cli("mailbox", "alias", "delete", f"info@{DOMAIN}")
     with smtplib.SMTP("127.0.0.1", lab.mx, timeout=15) as client:
         client.ehlo("mail.example-b.example")

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from ispd.mail.engine import MXPolicy
+from ispd.mail.engine import MXPolicy, SMTPRefusal
 from ispd.mail.service import MailService
 from ispd.mail.smtp import MailEnvelope
 from ispd.store import Store, StoreConfig, StoreMetrics, open_store
@@ -78,3 +78,18 @@ async def test_a_recipient_elsewhere_gets_one_copy_however_its_domain_is_written
     assert len(envelope.remote) == 1 and envelope.remote[0].startswith("John@")
     await _accept(service, envelope, "john@example.net", submission=True)  # another local part: another mailbox
     assert len(envelope.remote) == 2
+
+
+async def test_aliases_reach_at_most_a_thousand_recipients_in_one_message(store: Store, tmp_path: Path) -> None:
+    """max_recipients counts RCPTs, and each alias may name 50: without a cap on what they
+    expand to, one message reached 100 x 50 addresses (Postfix: virtual_alias_expansion_limit)."""
+    for n in range(21):
+        await store.add_mail_alias("alice", f"list{n}@{DOMAIN}", [f"m{n}-{i}@example.net" for i in range(50)],
+                                   local_domains=[DOMAIN], actor="t")
+    service, envelope = _service(store, tmp_path), MailEnvelope()
+    for n in range(20):
+        await _accept(service, envelope, f"list{n}@{DOMAIN}")
+    assert len(envelope.remote) == 1000
+    with pytest.raises(SMTPRefusal) as refused:
+        await _accept(service, envelope, f"list20@{DOMAIN}")
+    assert refused.value.reply.code == 452 and refused.value.reason == "too_many_recipients"
