@@ -29,8 +29,8 @@ Its class decides the pools it may use: a reservation (by client-id, MAC, circui
 reserved address), a suspended one the walled-garden pools; a client with no reservation, or a
 closed subscriber's, follows ``unknown_clients``. A class change is applied at the next REQUEST
 by a NAK, which sends the client back to DISCOVER and into the right pool. Besides, the
-operator's client classes (``[[dhcp.client_class]]``: by vendor class identifier, by MAC prefix)
-add options and open the pools kept for them.
+operator's client classes (``[[dhcp.client_class]]``: by vendor class identifier, MAC prefix,
+the relay's circuit-id or remote-id) add options and open the pools kept for them.
 
 Options: the subnet mask and broadcast address from the subnet; then the global options, the
 subnet's, the pool's and the client's classes', each replacing what the one before set for a code
@@ -569,8 +569,8 @@ class DHCPEngine:
             return Outcome(ignored=Ignored.NO_SUBNET)
         server_id = subnet.server_id or received.interface_address
         override = relay.server_id_override
-        if override is not None and packet.giaddr != UNSPECIFIED:
-            server_id = override  # RFC 5107 §4; a relay is one that sets giaddr
+        if override is not None and UNSPECIFIED not in (packet.giaddr, override):
+            server_id = override  # RFC 5107 §4; a relay is one that sets giaddr (and names an address)
         if server_id is None:
             return Outcome(ignored=Ignored.NO_SERVER_ADDRESS)
         client = self._identify(packet, relay, relay_info)

@@ -326,6 +326,9 @@ def test_a_relay_s_server_id_override_names_the_server_in_its_replies() -> None:
     renewal = lab.send(message(DHCPMessageType.REQUEST, giaddr="198.18.1.1", ciaddr=str(offer.packet.yiaddr),
                                extra=(relayed,))).reply
     assert renewal is not None and renewal.packet.option(Option.SERVER_ID) == IPv4Address("198.18.1.1").packed
+    zero = (Option.RELAY_AGENT_INFO, bytes((1, 3)) + b"p/2" + bytes((11, 4)) + bytes(4))
+    unnamed = lab.send(message(DHCPMessageType.DISCOVER, MAC_C, giaddr="198.18.1.1", extra=(zero,))).reply
+    assert unnamed is not None and unnamed.packet.option(Option.SERVER_ID) == SERVER.packed  # 0.0.0.0 names nobody
     for mode in ("ignore", "use"):  # option 82 from the client's link: no relay to name
         direct = Lab(config(option82_without_relay=mode)).send(
             message(DHCPMessageType.DISCOVER, MAC_B, extra=(relayed,))).reply
