@@ -31,7 +31,8 @@ log = get_logger("ispd.mail")
 LOOKUP_SECONDS = 5.0
 # A list that refuses our queries is said once in this many seconds, per list.
 REFUSED_LOG_SECONDS = 600.0
-_DEFAULT_ANSWERS = (IPv4Network("127.0.0.0/8"),)
+# What a list answers to list a client, unless its `answers` say otherwise (RFC 5782 §2.3).
+_LISTING_ANSWERS = IPv4Network("127.0.0.0/8")
 # What lists answer when they refuse a query rather than list a client (Spamhaus: 127.255.255.252
 # typo in the zone, .254 a public resolver, .255 over the free quota).
 _REFUSED_QUERY = IPv4Network("127.255.255.0/24")
@@ -82,7 +83,7 @@ def listed_by(addresses: Iterable[str], accepted: Iterable[IPv4Network | IPv6Net
         except ValueError:
             continue
         if accepted is None:
-            if answer in _DEFAULT_ANSWERS[0] and answer not in _REFUSED_QUERY:
+            if answer in _LISTING_ANSWERS and answer not in _REFUSED_QUERY:
                 return text
         elif any(answer in network for network in accepted):
             return text

@@ -430,6 +430,14 @@ def _subscriber(row: sqlite3.Row) -> Subscriber:
     )
 
 
+def _addresses_of(conn: sqlite3.Connection, table: str, subscriber: SubscriberRef | None) -> sqlite3.Cursor:
+    """The rows of ``table`` (mailboxes, mail_aliases) by address: all, or one subscriber's."""
+    if subscriber is None:
+        return conn.execute(f"SELECT * FROM {table} ORDER BY address")
+    sid = _find_subscriber(conn, subscriber)["id"]
+    return conn.execute(f"SELECT * FROM {table} WHERE subscriber_id = ? ORDER BY address", (sid,))
+
+
 def _text_list(stored: str) -> tuple[str, ...]:
     """A JSON array of strings as the store keeps it; anything else (a hand edit) is no list."""
     try:
@@ -1104,12 +1112,7 @@ class SQLiteStore(Store):
 
     async def list_mailboxes(self, *, subscriber: SubscriberRef | None = None) -> list[Mailbox]:
         def run(conn: sqlite3.Connection) -> list[Mailbox]:
-            if subscriber is None:
-                rows = conn.execute("SELECT * FROM mailboxes ORDER BY address")
-            else:
-                sid = _find_subscriber(conn, subscriber)["id"]
-                rows = conn.execute("SELECT * FROM mailboxes WHERE subscriber_id = ? ORDER BY address", (sid,))
-            return [mailbox_from_row(r) for r in rows]
+            return [mailbox_from_row(r) for r in _addresses_of(conn, "mailboxes", subscriber)]
 
         return await self._read("list_mailboxes", run)
 
@@ -1171,12 +1174,7 @@ class SQLiteStore(Store):
 
     async def list_mail_aliases(self, *, subscriber: SubscriberRef | None = None) -> list[MailAlias]:
         def run(conn: sqlite3.Connection) -> list[MailAlias]:
-            if subscriber is None:
-                rows = conn.execute("SELECT * FROM mail_aliases ORDER BY address")
-            else:
-                sid = _find_subscriber(conn, subscriber)["id"]
-                rows = conn.execute("SELECT * FROM mail_aliases WHERE subscriber_id = ? ORDER BY address", (sid,))
-            return [alias_from_row(r) for r in rows]
+            return [alias_from_row(r) for r in _addresses_of(conn, "mail_aliases", subscriber)]
 
         return await self._read("list_mail_aliases", run)
 
