@@ -179,6 +179,41 @@ class Lease:
         return self.state in (LeaseState.BOUND, LeaseState.DECLINED) and self.expires_at > now
 
 
+class Lease6Kind(StrEnum):
+    """What a DHCPv6 binding gives: one address of the link (IA_NA), or a prefix delegated to the
+    client's router for its own networks (IA_PD)."""
+
+    ADDRESS = "na"
+    PREFIX = "pd"
+
+
+@dataclass(frozen=True, slots=True)
+class Lease6:
+    """The current DHCPv6 binding of one address or delegated prefix (one row per prefix ever
+    leased). ``prefix`` is the canonical network text: ``2001:db8:1::10/128`` for an address,
+    ``2001:db8:100:ff00::/56`` for a delegated prefix. A client's binding is identified by its
+    DUID, the IA's IAID and the kind (RFC 8415 §12)."""
+
+    prefix: str
+    kind: Lease6Kind
+    state: LeaseState
+    duid: str  # the client's DUID, lower-case hex in colon-separated octets
+    iaid: int
+    starts_at: float
+    preferred_until: float
+    expires_at: float  # the end of the valid lifetime
+    subscriber_id: int | None = None
+    hostname: str | None = None
+    link: str | None = None  # the [[dhcp6.subnet]]'s name
+    pool: str | None = None
+    remote_id: str | None = None  # the relay's Remote-ID (RFC 4649): enterprise number and id
+    interface_id: str | None = None  # the relay's Interface-ID (RFC 8415 §21.18): the line
+
+    def held(self, now: float) -> bool:
+        """Whether nobody else may have the prefix now (a live binding, or a quarantine)."""
+        return self.state in (LeaseState.BOUND, LeaseState.DECLINED) and self.expires_at > now
+
+
 @dataclass(frozen=True, slots=True)
 class AddressClaim:
     """A RADIUS session's request for an address of a pool (one shared with DHCP, maybe):
