@@ -22,6 +22,7 @@ from ispd.admin.config import AdminConfig
 from ispd.configtypes import Section, parse_range
 from ispd.control import MAX_PATH_BYTES as MAX_SOCKET_PATH_BYTES
 from ispd.dhcp.config import DHCPConfig
+from ispd.dhcp6.config import DHCP6Config
 from ispd.dns.config import DNSConfig
 from ispd.logs import LogConfig
 from ispd.mail.config import MailConfig
@@ -67,6 +68,7 @@ class Config(Section):
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
     dhcp: DHCPConfig = DHCPConfig()
+    dhcp6: DHCP6Config = DHCP6Config()
     dns: DNSConfig = DNSConfig()
     radius: RadiusConfig = RadiusConfig()
     # DHCP leases as RADIUS accounting to collectors (on when a collector is listed).

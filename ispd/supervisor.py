@@ -48,6 +48,7 @@ from ispd.config import Config, ConfigError, load_config
 from ispd.control import ControlCommands, ControlServer, ControlSocketError
 from ispd.daemonlock import DaemonLock, DaemonLockError
 from ispd.dhcp.service import DHCPService
+from ispd.dhcp6.service import DHCP6Service
 from ispd.dns.service import DNSService
 from ispd.entry import HELD_SIGNALS
 from ispd.events import AuditRelay, EventBus
@@ -72,6 +73,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     # end as it stops, reach the collectors too.
     ServiceSpec("accounting_feed", lambda c: bool(c.accounting_feed.collectors), AccountingFeed),
     ServiceSpec("dhcp", lambda c: c.dhcp.enabled, DHCPService),
+    ServiceSpec("dhcp6", lambda c: c.dhcp6.enabled, DHCP6Service),
     ServiceSpec("dns", lambda c: c.dns.enabled, DNSService),
     ServiceSpec("radius", lambda c: c.radius.enabled, RadiusService, lambda c: c.radius.own_process),
     ServiceSpec("mail", lambda c: c.mail.enabled, MailService),

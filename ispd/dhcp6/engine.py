@@ -1,0 +1,502 @@
+"""The DHCPv6 server's decisions: (message, where it came from, now) → reply and binding writes.
+
+Theory of operation
+-------------------
+A binding belongs to one IA of one client: (DUID, IAID, kind), the kind being an address of
+the link (IA_NA) or a prefix delegated to the client's router (IA_PD). Each IA gets one
+address or one prefix. The engine keeps every binding ever made in memory, by prefix, loaded
+from the store at start; the transport writes what ``handle`` returns, durably, before the
+Reply that promises it goes out.
+
+The link a message belongs to (RFC 8415 §13.1) is the subnet of the interface it arrived on,
+for a direct client; for a relayed one, the subnet whose prefix holds the link-address of the
+relay closest to the client, or which lists that address in ``relay_addresses``.
+
+Messages (RFC 8415 §18.3; §16 says which are dropped):
+
+- Solicit → Advertise with an address or prefix for each IA, held for the client for
+  ``offer_hold_seconds``; with Rapid Commit (when the client asks and the config allows), a
+  Reply with the bindings committed instead.
+- Request, Renew, Rebind → Reply with the IA's binding (made, kept or extended). The client's
+  previous binding comes first, then its hint if free, then the pools in order. Addresses the
+  client lists that it does not get back are returned with lifetimes 0, so that it stops
+  using them (a client that moved links, say).
+- Release → the bindings end (NoBinding for an IA that has none); Decline → the addresses go
+  into quarantine for ``decline_quarantine_seconds``.
+- Confirm → Success when every address is on the link's prefix, NotOnLink otherwise; no reply
+  when there are no addresses or no link (§18.3.3).
+- Information-request → the configuration options alone.
+
+Solicit, Confirm and Rebind carrying a Server Identifier are dropped, as are Request, Renew,
+Release and Decline naming another server (§16). Options sent: Server and Client Identifier,
+the IAs, Status Code where the RFC asks for one, DNS servers (23) and domain search (24) when
+the client asks for them (Option Request, §21.7), Preference when configured.
+
+A subscriber owns a binding when a reservation of its line matches: the Interface-ID of the
+relay closest to the client as a circuit-id, the Remote-ID (RFC 4649, without its enterprise
+number) as a remote-id. Suspended and closed subscribers get no IPv6: their IAs get
+NoAddrsAvail/NoPrefixAvail and bindings they hold come back with lifetimes 0, so their
+devices fall back to IPv4, where the walled garden is.
+
+Not done: temporary addresses (IA_TA: NoAddrsAvail), reconfiguration (Reconfigure, option 19;
+Reconfigure Accept is ignored), Server Unicast (clients always multicast), addresses or
+prefixes reserved to a DUID, more than one binding per IA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from ipaddress import IPv6Address, IPv6Network
+
+from ispd.dhcp.identifiers import opaque_text
+from ispd.dhcp6.codec import (
+    IA,
+    IAAddress,
+    IAPrefix,
+    Message,
+    MessageType,
+    Option,
+    OptionCode,
+    RelayForward,
+    StatusCode,
+    encode_addresses,
+    encode_domain_list,
+    encode_ia,
+    encode_status,
+    option,
+)
+from ispd.dhcp6.config import DHCP6Config, Subnet6
+from ispd.store.models import Lease6, Lease6Kind, LeaseState, Reservation, ReservationKind, SubscriberStatus
+
+# How many candidates one allocation looks at in a pool before calling it full: a /64 range is
+# never scanned whole; a pool that is full for this many in a row is as good as full.
+SCAN_LIMIT = 4096
+
+IAKey = tuple[str, int, Lease6Kind]  # (DUID in hex, IAID, kind)
+
+
+class Ignored6(StrEnum):
+    """Why a message got no reply (a metric label: keep it closed)."""
+
+    NO_SUBNET = "no_subnet"
+    NO_CLIENT_ID = "no_client_id"
+    NOT_FOR_US = "not_for_us"  # a Server Identifier that is not ours
+    SERVER_ID_PRESENT = "server_id_present"  # §16: Solicit, Confirm, Rebind must not have one
+    NOT_A_REQUEST = "not_a_request"  # a server's message, or one we do not know
+    NOTHING_TO_CONFIRM = "nothing_to_confirm"
+    UNICAST = "unicast"  # a direct client's message sent to our address, not to ff02::1:2
+
+
+@dataclass(frozen=True, slots=True)
+class Received6:
+    message: Message
+    interface: str
+    relays: tuple[RelayForward, ...] = ()  # from the server's side to the client's; empty: direct
+    multicast: bool = True  # a direct client's message came to ff02::1:2 (not to one of our addresses)
+    source: IPv6Address | None = None  # who sent the datagram: the client, or the relay next to us
+
+
+@dataclass(slots=True)
+class Outcome6:
+    reply: Message | None = None
+    writes: list[tuple[Lease6, str]] = field(default_factory=list)
+    ignored: Ignored6 | None = None
+    declined: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Pool:
+    """A pool as the engine walks it: candidate i is ``base + (i << shift)`` of length ``length``."""
+
+    name: str
+    kind: Lease6Kind
+    base: int
+    size: int
+    length: int
+
+    @property
+    def shift(self) -> int:
+        return 128 - self.length
+
+    def candidate(self, index: int) -> str:
+        return f"{IPv6Address(self.base + (index << self.shift))}/{self.length}"
+
+    def index_of(self, network: IPv6Network) -> int | None:
+        if network.prefixlen != self.length:
+            return None
+        offset = int(network.network_address) - self.base
+        index = offset >> self.shift
+        return index if offset >= 0 and index < self.size and offset & ((1 << self.shift) - 1) == 0 else None
+
+
+def _pools(subnet: Subnet6) -> list[_Pool]:
+    pools = [_Pool(p.name, Lease6Kind.ADDRESS, int(p.first), int(p.last) - int(p.first) + 1, 128)
+             for p in subnet.pool]
+    pools += [_Pool(p.name, Lease6Kind.PREFIX, int(p.prefix.network_address), p.size, p.delegated_length)
+              for p in subnet.prefix_pool]
+    return pools
+
+
+class DHCP6Engine:
+    def __init__(self, config: DHCP6Config, server_duid: bytes) -> None:
+        self.server_duid = server_duid
+        self.leases: dict[str, Lease6] = {}
+        self.by_ia: dict[IAKey, list[str]] = {}  # every prefix an IA has had, latest last
+        self.offers: dict[str, tuple[IAKey, float]] = {}
+        self.reservations: dict[tuple[str, str], Reservation] = {}
+        self.subscriber_status: dict[int, SubscriberStatus] = {}
+        self.reconfigure(config)
+
+    def reconfigure(self, config: DHCP6Config) -> None:
+        self.config = config
+        self.by_interface = {s.interface: s for s in config.subnet if s.interface is not None}
+        self.pools = {s.name: _pools(s) for s in config.subnet}
+        self.cursors: dict[str, int] = {}
+
+    def load(self, leases: Iterable[Lease6], reservations: Iterable[Reservation],
+             statuses: dict[int, SubscriberStatus]) -> None:
+        self.subscriber_status = dict(statuses)
+        for reservation in reservations:
+            self.add_reservation(reservation)
+        for lease in sorted(leases, key=lambda le: le.starts_at):
+            self._remember(lease)
+
+    def add_reservation(self, reservation: Reservation) -> None:
+        if reservation.kind in (ReservationKind.CIRCUIT_ID, ReservationKind.REMOTE_ID):
+            self.reservations[(str(reservation.kind), reservation.key)] = reservation
+
+    def remove_reservation(self, reservation_id: int) -> None:
+        for ident, reservation in list(self.reservations.items()):
+            if reservation.id == reservation_id:
+                del self.reservations[ident]
+
+    def remove_subscriber(self, subscriber_id: int) -> None:
+        for ident, reservation in list(self.reservations.items()):
+            if reservation.subscriber_id == subscriber_id:
+                del self.reservations[ident]
+        self.subscriber_status.pop(subscriber_id, None)
+
+    def set_subscriber_status(self, subscriber_id: int, status: SubscriberStatus) -> None:
+        self.subscriber_status[subscriber_id] = status
+
+    def _remember(self, lease: Lease6) -> None:
+        self.leases[lease.prefix] = lease
+        history = self.by_ia.setdefault((lease.duid, lease.iaid, lease.kind), [])
+        with contextlib.suppress(ValueError):
+            history.remove(lease.prefix)
+        history.append(lease.prefix)
+
+    # --- the protocol
+
+    def handle(self, received: Received6, now: float) -> Outcome6:
+        message = received.message
+        kind = message.type
+        if kind not in _HANDLED:
+            return Outcome6(ignored=Ignored6.NOT_A_REQUEST)
+        if kind in (MessageType.SOLICIT, MessageType.CONFIRM, MessageType.REBIND) and message.server_id is not None:
+            return Outcome6(ignored=Ignored6.SERVER_ID_PRESENT)
+        if message.server_id is not None and message.server_id != self.server_duid:
+            return Outcome6(ignored=Ignored6.NOT_FOR_US)
+        if kind in _NEED_SERVER_ID and message.server_id is None:
+            return Outcome6(ignored=Ignored6.NOT_FOR_US)
+        if message.client_id is None and kind != MessageType.INFORMATION_REQUEST:
+            return Outcome6(ignored=Ignored6.NO_CLIENT_ID)
+        if not received.multicast and not received.relays:
+            # RFC 8415 §16, §18.3: no Server Unicast option is ever sent, so a client's unicast is
+            # dropped, or told to multicast where the RFC says so.
+            if kind not in _NEED_SERVER_ID:
+                return Outcome6(ignored=Ignored6.UNICAST)
+            assert message.client_id is not None
+            options = (option(OptionCode.SERVERID, self.server_duid), option(OptionCode.CLIENTID, message.client_id),
+                       encode_status(StatusCode.USE_MULTICAST, "send to ff02::1:2"))
+            return Outcome6(reply=Message(MessageType.REPLY, message.transaction_id, options), ignored=Ignored6.UNICAST)
+        subnet = self.subnet_for(received)
+        if subnet is None:
+            return Outcome6(ignored=Ignored6.NO_SUBNET)
+        request = _Request(self, received, subnet, now)
+        return request.answer()
+
+    def subnet_for(self, received: Received6) -> Subnet6 | None:
+        if not received.relays:
+            return self.by_interface.get(received.interface)
+        # The link-address of the relay closest to the client (RFC 8415 §13.1); a relay that left
+        # it :: (a PPPoE BNG, whose clients have no link of addresses) defers to the next one out.
+        link = next((relay.link_address for relay in reversed(received.relays)
+                     if not (relay.link_address.is_unspecified or relay.link_address.is_link_local)), None)
+        for subnet in self.config.subnet:
+            if link is not None and (link in subnet.prefix or link in subnet.relay_addresses):
+                return subnet
+        if link is None and received.source is not None:  # none said: the relay that sent it
+            for subnet in self.config.subnet:
+                if received.source in subnet.relay_addresses:
+                    return subnet
+        return None
+
+    # --- expiry
+
+    def reclaim(self, now: float) -> Outcome6:
+        """Bindings whose valid lifetime is over: expired, to be written."""
+        outcome = Outcome6()
+        for lease in list(self.leases.values()):
+            if lease.state is LeaseState.BOUND and lease.expires_at <= now:
+                ended = replace(lease, state=LeaseState.EXPIRED)
+                self.leases[lease.prefix] = ended
+                outcome.writes.append((ended, "expired"))
+        for prefix, (_, until) in list(self.offers.items()):
+            if until <= now:
+                del self.offers[prefix]
+        return outcome
+
+    def pool_usage(self, now: float) -> list[tuple[str, str, int, int, int]]:
+        """(pool, kind, size, bound now, declined now) for each pool."""
+        counts: dict[str, list[int]] = {}
+        for lease in self.leases.values():
+            if lease.pool is not None and lease.held(now):
+                row = counts.setdefault(lease.pool, [0, 0])
+                row[0 if lease.state is LeaseState.BOUND else 1] += 1
+        usage = []
+        for pools in self.pools.values():
+            for pool in pools:
+                bound, declined = counts.get(pool.name, (0, 0))
+                usage.append((pool.name, str(pool.kind), pool.size, bound, declined))
+        return usage
+
+    # --- allocation
+
+    def free_for(self, prefix: str, key: IAKey, now: float) -> bool:
+        lease = self.leases.get(prefix)
+        if lease is not None and lease.held(now) and (
+                lease.state is LeaseState.DECLINED or (lease.duid, lease.iaid, lease.kind) != key):
+            return False
+        offer = self.offers.get(prefix)
+        return offer is None or offer[0] == key or offer[1] <= now
+
+    def allocate(self, pool: _Pool, key: IAKey, now: float) -> str | None:
+        start = self.cursors.get(pool.name, 0)
+        for step in range(min(pool.size, SCAN_LIMIT)):
+            index = (start + step) % pool.size
+            candidate = pool.candidate(index)
+            if self.free_for(candidate, key, now):
+                self.cursors[pool.name] = (index + 1) % pool.size
+                return candidate
+        return None
+
+
+_HANDLED = frozenset({MessageType.SOLICIT, MessageType.REQUEST, MessageType.CONFIRM, MessageType.RENEW,
+                      MessageType.REBIND, MessageType.RELEASE, MessageType.DECLINE, MessageType.INFORMATION_REQUEST})
+_NEED_SERVER_ID = frozenset({MessageType.REQUEST, MessageType.RENEW, MessageType.RELEASE, MessageType.DECLINE})
+_KIND_OF = {OptionCode.IA_NA: Lease6Kind.ADDRESS, OptionCode.IA_PD: Lease6Kind.PREFIX}
+_NONE_AVAILABLE = {Lease6Kind.ADDRESS: (StatusCode.NO_ADDRS_AVAIL, "no addresses available"),
+                   Lease6Kind.PREFIX: (StatusCode.NO_PREFIX_AVAIL, "no prefixes available")}
+
+
+class _Request:
+    """One message's handling: what it asks of which link, for whom."""
+
+    def __init__(self, engine: DHCP6Engine, received: Received6, subnet: Subnet6, now: float) -> None:
+        self.engine, self.received, self.subnet, self.now = engine, received, subnet, now
+        self.message = received.message
+        self.duid = (self.message.client_id or b"").hex(":")
+        self.preferred, self.valid, self.t1, self.t2 = engine.config.lifetimes(subnet)
+        closest = received.relays[-1] if received.relays else None
+        interface_id = closest.interface_id if closest is not None else None
+        remote_id = closest.remote_id if closest is not None else None
+        self.interface_id = opaque_text(interface_id) if interface_id else None
+        self.remote_id = opaque_text(remote_id[4:]) if remote_id is not None and len(remote_id) > 4 else None
+        self.subscriber_id = self._subscriber()
+        self.outcome = Outcome6()
+
+    def _subscriber(self) -> int | None:
+        for kind, key in ((ReservationKind.CIRCUIT_ID, self.interface_id), (ReservationKind.REMOTE_ID, self.remote_id)):
+            if key is not None:
+                reservation = self.engine.reservations.get((str(kind), key))
+                if reservation is not None:
+                    return reservation.subscriber_id
+        return None
+
+    @property
+    def served(self) -> bool:
+        if self.subscriber_id is None:
+            return True
+        status = self.engine.subscriber_status.get(self.subscriber_id, SubscriberStatus.ACTIVE)
+        return status is SubscriberStatus.ACTIVE
+
+    def answer(self) -> Outcome6:
+        kind = self.message.type
+        if kind == MessageType.SOLICIT:
+            commit = self.message.rapid_commit and (
+                self.subnet.rapid_commit if self.subnet.rapid_commit is not None else self.engine.config.rapid_commit)
+            options = [self._ia_reply(ia, commit=commit, drop_others=False) for ia in self.message.ias]
+            if commit:
+                self._reply(MessageType.REPLY, [option(OptionCode.RAPID_COMMIT), *options])
+            else:
+                preference = self.engine.config.preference
+                extra = [option(OptionCode.PREFERENCE, bytes([preference]))] if preference is not None else []
+                self._reply(MessageType.ADVERTISE, [*options, *extra])
+        elif kind in (MessageType.REQUEST, MessageType.RENEW, MessageType.REBIND):
+            self._reply(MessageType.REPLY,
+                        [self._ia_reply(ia, commit=True, drop_others=True) for ia in self.message.ias])
+        elif kind == MessageType.RELEASE:
+            self._reply(MessageType.REPLY, self._end_bindings(LeaseState.RELEASED, "released"))
+        elif kind == MessageType.DECLINE:
+            self._reply(MessageType.REPLY, self._end_bindings(LeaseState.DECLINED, "declined"))
+        elif kind == MessageType.CONFIRM:
+            addresses = [lease.address for ia in self.message.ias if ia.code == OptionCode.IA_NA
+                         for lease in ia.leases if isinstance(lease, IAAddress)]
+            if not addresses:
+                self.outcome.ignored = Ignored6.NOTHING_TO_CONFIRM
+                return self.outcome
+            on_link = all(address in self.subnet.prefix for address in addresses)
+            status = encode_status(StatusCode.SUCCESS, "all addresses still on-link") if on_link \
+                else encode_status(StatusCode.NOT_ON_LINK, "some addresses are not on this link")
+            self._reply(MessageType.REPLY, [status], with_config=False)
+        else:  # Information-request
+            self._reply(MessageType.REPLY, [])
+        return self.outcome
+
+    def _reply(self, kind: int, body: list[Option], *, with_config: bool = True) -> None:
+        options = [option(OptionCode.SERVERID, self.engine.server_duid)]
+        if self.message.client_id is not None:
+            options.append(option(OptionCode.CLIENTID, self.message.client_id))
+        options += body
+        options += self._ia_ta_refusals()
+        if with_config:
+            options += self._config_options()
+        self.outcome.reply = Message(kind, self.message.transaction_id, tuple(options))
+
+    def _ia_ta_refusals(self) -> list[Option]:
+        if self.message.type not in (MessageType.SOLICIT, MessageType.REQUEST):
+            return []
+        refusals = []
+        for raw in self.message.options:
+            if raw.code == OptionCode.IA_TA and len(raw.data) >= 4:
+                status = encode_status(StatusCode.NO_ADDRS_AVAIL, "no temporary addresses here")
+                body = raw.data[:4] + status.code.to_bytes(2, "big") + len(status.data).to_bytes(2, "big") + status.data
+                refusals.append(option(OptionCode.IA_TA, body))
+        return refusals
+
+    def _config_options(self) -> list[Option]:
+        wanted = set(self.message.requested_options)
+        options = []
+        dns = self.engine.config.dns_servers_of(self.subnet)
+        if dns and OptionCode.DNS_SERVERS in wanted:
+            options.append(encode_addresses(OptionCode.DNS_SERVERS, dns))
+        search = self.engine.config.domain_search_of(self.subnet)
+        if search and OptionCode.DOMAIN_LIST in wanted:
+            options.append(encode_domain_list(search))
+        return options
+
+    # --- IAs
+
+    def _ia_reply(self, ia: IA, *, commit: bool, drop_others: bool) -> Option:
+        kind = _KIND_OF[OptionCode(ia.code)]
+        key: IAKey = (self.duid, ia.iaid, kind)
+        prefix = self._choose(ia, key, kind) if self.served else None
+        given: list[IAAddress | IAPrefix] = []
+        if prefix is not None:
+            network = IPv6Network(prefix)
+            if commit:
+                self._bind(prefix, key, kind)
+                self.engine.offers.pop(prefix, None)
+            else:
+                self.engine.offers[prefix] = (key, self.now + self.engine.config.offer_hold_seconds)
+            given.append(_lease_option(kind, network, self.preferred, self.valid))
+        if drop_others:  # RFC 8415 §18.3.4, §18.3.5: what the client may no longer use
+            kept = {str(lease.prefix) for lease in given if isinstance(lease, IAPrefix)} | \
+                   {f"{lease.address}/128" for lease in given if isinstance(lease, IAAddress)}
+            for lease in ia.leases:
+                network = IPv6Network((lease.address, 128)) if isinstance(lease, IAAddress) else lease.prefix
+                if str(network) not in kept and not (network.network_address.is_unspecified
+                                                     and isinstance(lease, IAPrefix)):
+                    given.append(_lease_option(kind, network, 0, 0))
+                    self._end_if_ours(str(network), key)
+        if prefix is None:
+            return encode_ia(IA(ia.code, ia.iaid, 0, 0, tuple(given), _NONE_AVAILABLE[kind]))
+        return encode_ia(IA(ia.code, ia.iaid, self.t1, self.t2, tuple(given)))
+
+    def _choose(self, ia: IA, key: IAKey, kind: Lease6Kind) -> str | None:
+        engine, now = self.engine, self.now
+        pools = [pool for pool in engine.pools[self.subnet.name] if pool.kind is kind]
+        if not pools:
+            return None
+        for previous in reversed(engine.by_ia.get(key, [])):  # the client's own, latest first
+            if self._in_pools(previous, pools) and engine.free_for(previous, key, now):
+                return previous
+        for hint in ia.leases:  # RFC 8415 §18.3.1: the client's hint, if it can have it
+            network = IPv6Network((hint.address, 128)) if isinstance(hint, IAAddress) else hint.prefix
+            if not network.network_address.is_unspecified:
+                text = str(network)
+                if self._in_pools(text, pools) and engine.free_for(text, key, now):
+                    return text
+        lengths = [hint.prefix.prefixlen for hint in ia.leases if isinstance(hint, IAPrefix)]
+        ordered = sorted(pools, key=lambda pool: pool.length not in lengths)  # a pool of the hinted length first
+        for pool in ordered:
+            chosen = engine.allocate(pool, key, now)
+            if chosen is not None:
+                return chosen
+        return None
+
+    @staticmethod
+    def _in_pools(prefix: str, pools: list[_Pool]) -> bool:
+        network = IPv6Network(prefix)
+        return any(pool.index_of(network) is not None for pool in pools)
+
+    def _pool_of(self, prefix: str) -> str | None:
+        network = IPv6Network(prefix)
+        return next((pool.name for pool in self.engine.pools[self.subnet.name] if pool.index_of(network) is not None),
+                    None)
+
+    def _bind(self, prefix: str, key: IAKey, kind: Lease6Kind) -> None:
+        previous = self.engine.leases.get(prefix)
+        ours = previous is not None and previous.state is LeaseState.BOUND and previous.expires_at > self.now \
+            and (previous.duid, previous.iaid, previous.kind) == key
+        lease = Lease6(
+            prefix=prefix, kind=kind, state=LeaseState.BOUND, duid=key[0], iaid=key[1],
+            starts_at=previous.starts_at if ours and previous is not None else self.now,
+            preferred_until=self.now + self.preferred, expires_at=self.now + self.valid,
+            subscriber_id=self.subscriber_id,
+            hostname=self.message.hostname or (previous.hostname if ours and previous else None),
+            link=self.subnet.name, pool=self._pool_of(prefix), remote_id=self.remote_id,
+            interface_id=self.interface_id)
+        self.engine._remember(lease)
+        self.outcome.writes.append((lease, "renewed" if ours else "granted"))
+
+    def _end_if_ours(self, prefix: str, key: IAKey, state: LeaseState = LeaseState.RELEASED,
+                     event: str = "released") -> bool:
+        lease = self.engine.leases.get(prefix)
+        if lease is None or (lease.duid, lease.iaid, lease.kind) != key or lease.state is not LeaseState.BOUND \
+                or lease.expires_at <= self.now:
+            return False
+        until = self.now + self.engine.config.decline_quarantine_seconds if state is LeaseState.DECLINED else self.now
+        ended = replace(lease, state=state, expires_at=until, preferred_until=min(lease.preferred_until, until))
+        self.engine.leases[prefix] = ended
+        self.outcome.writes.append((ended, event))
+        return True
+
+    def _end_bindings(self, state: LeaseState, event: str) -> list[Option]:
+        """Release or Decline (RFC 8415 §18.3.7, §18.3.8): the listed bindings of this client end."""
+        refused: list[Option] = []
+        for ia in self.message.ias:
+            kind = _KIND_OF[OptionCode(ia.code)]
+            key: IAKey = (self.duid, ia.iaid, kind)
+            ended = 0
+            for lease in ia.leases:
+                network = IPv6Network((lease.address, 128)) if isinstance(lease, IAAddress) else lease.prefix
+                if self._end_if_ours(str(network), key, state, event):
+                    ended += 1
+                    if state is LeaseState.DECLINED:
+                        self.outcome.declined += 1
+            if not ended:
+                no_binding = (StatusCode.NO_BINDING, "no binding for this IA")
+                refused.append(encode_ia(IA(ia.code, ia.iaid, 0, 0, (), no_binding)))
+        done = "released" if state is LeaseState.RELEASED else "declined"
+        return [encode_status(StatusCode.SUCCESS, f"addresses {done}"), *refused]
+
+
+def _lease_option(kind: Lease6Kind, network: IPv6Network, preferred: int, valid: int) -> IAAddress | IAPrefix:
+    if kind is Lease6Kind.ADDRESS:
+        return IAAddress(network.network_address, preferred, valid)
+    return IAPrefix(network, preferred, valid)

@@ -1,0 +1,369 @@
+"""The DHCPv6 transport: one UDP socket on port 547, the engine, the store.
+
+Theory of operation
+-------------------
+One IPv6 socket bound to [::]:547 joins All_DHCP_Relay_Agents_and_Servers (ff02::1:2) on each
+of ``[dhcp6] interfaces``: direct clients multicast there from their link-local addresses, and
+relay agents send Relay-forward messages to one of our addresses. IPV6_PKTINFO says which
+interface a datagram came in on (others are dropped) and whether it was sent to the group.
+Datagrams are read in batches when the socket is readable, decoded and handed to the engine
+synchronously.
+
+A Reply that promises a binding is held until the binding is durable: the replies of one batch
+wait for one group-committed store write, then go out. Advertise, and replies that promise
+nothing, go at once. Every reply goes back to where its request came from: a direct client's
+link-local address and port on the interface it came in on, or the relay (a Relay-reply that
+wraps the reply once for each relay on the way, RFC 8415 §19.3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import socket
+import struct
+import time
+import uuid
+from contextlib import AsyncExitStack
+from ipaddress import IPv6Address
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ispd.dhcp6.codec import (
+    DHCP6DecodeError,
+    Message,
+    MessageType,
+    RelayForward,
+    decode,
+    encode,
+    encode_relay_reply,
+)
+from ispd.dhcp6.config import DHCP6Config
+from ispd.dhcp6.engine import DHCP6Engine, Outcome6, Received6
+from ispd.dhcp6.metrics import DHCP6Metrics
+from ispd.events import (
+    ReservationAdded,
+    ReservationDeleted,
+    SubscriberAdded,
+    SubscriberClosed,
+    SubscriberDeleted,
+    SubscriberResumed,
+    SubscriberSuspended,
+)
+from ispd.logs import LogThrottle, get_logger
+from ispd.service import Health, Service, ServiceContext, ServiceStartError, describe_os_error
+from ispd.store.errors import StoreError
+from ispd.store.models import Lease6, Reservation, ReservationKind, SubscriberStatus
+
+if TYPE_CHECKING:
+    from ispd.config import Config
+
+log = get_logger("ispd.dhcp6")
+
+ALL_DHCP_RELAY_AGENTS_AND_SERVERS = socket.inet_pton(socket.AF_INET6, "ff02::1:2")
+IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
+IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+PKTINFO6 = struct.Struct("=16sI")  # struct in6_pktinfo: address, ifindex
+SO_RCVBUFFORCE = 33  # Linux; Python does not name it
+READ_BATCH = 64
+MAX_DATAGRAM = 65535
+RECEIVE_BUFFER_BYTES = 2 * 1024 * 1024
+UNSERVED_LOG_SECONDS = 60.0
+_TYPE_NAMES: dict[int, str] = {int(t): t.name.lower() for t in MessageType}
+# So that two machines never make one DUID from their machine ids (RFC 6355 DUID-UUID).
+_DUID_NAMESPACE = uuid.UUID("5f1b7e0a-3c0d-4a8e-9a57-0d7d1f2a6c31")
+
+
+def server_duid(config: DHCP6Config, machine_id: Path = Path("/etc/machine-id")) -> bytes:
+    """The configured DUID, else a DUID-UUID (type 4, RFC 6355) that this machine always makes."""
+    if config.server_duid is not None:
+        return bytes.fromhex(config.server_duid.replace(":", "").replace("-", ""))
+    try:
+        seed = machine_id.read_text().strip() or socket.gethostname()
+    except OSError:
+        seed = socket.gethostname()
+    return b"\x00\x04" + uuid.uuid5(_DUID_NAMESPACE, seed).bytes
+
+
+class DHCP6Service(Service):
+    name = "dhcp6"
+
+    def __init__(self, config: Config, context: ServiceContext) -> None:
+        self.config: DHCP6Config = config.dhcp6
+        self.context = context
+        self.engine = DHCP6Engine(self.config, server_duid(self.config))
+        self.metrics = DHCP6Metrics()
+        self._socket: socket.socket | None = None
+        self._interfaces: dict[int, str] = {}
+        self._unserved_logged = LogThrottle(UNSERVED_LOG_SECONDS)
+        self._pending: list[tuple[Outcome6, tuple[RelayForward, ...], Any, float, str]] = []
+        self._flush_scheduled = False
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._reclaimer: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._store_failing = False
+        self.server_port = 0
+
+    # --- lifecycle
+
+    async def start(self, stack: AsyncExitStack) -> None:
+        self._loop = asyncio.get_running_loop()
+        store = self.context.store
+        try:
+            leases = await store.list_leases6(include_ended=True)
+            reservations = await store.list_reservations()
+            subscribers = await store.list_subscribers()
+        except StoreError as exc:
+            raise ServiceStartError(f"dhcp6: cannot load bindings from the store: {exc}") from None
+        self.engine.load(leases, reservations, {s.id: s.status for s in subscribers})
+        self._subscribe(stack)
+        self._open(self.config)
+        stack.callback(self._close)
+        for collector in self.metrics.collectors(lambda: self.engine.pool_usage(self.context.clock())):
+            self.context.registry.register(collector)
+            stack.callback(self.context.registry.unregister, collector)
+        self._reclaimer = asyncio.create_task(self._reclaim_periodically(), name="ispd-dhcp6-reclaim")
+        stack.push_async_callback(self._cancel_reclaimer)
+        log.info("dhcp6.started", interfaces=self.config.interfaces, port=self.server_port, bindings=len(leases),
+                 server_duid=self.engine.server_duid.hex(":"))
+
+    async def stop(self) -> None:
+        if self._socket is not None and self._loop is not None:
+            self._loop.remove_reader(self._socket.fileno())
+        self._flush()
+        while self._in_flight:
+            await asyncio.wait(list(self._in_flight))
+
+    async def reload(self, old: Config, new: Config) -> None:
+        if old.dhcp6 == new.dhcp6:
+            return
+        if server_duid(old.dhcp6) != server_duid(new.dhcp6):
+            raise ValueError("dhcp6.server_duid: a change needs a restart (clients would drop every binding)")
+        listen_changed = (old.dhcp6.interfaces, old.dhcp6.port) != (new.dhcp6.interfaces, new.dhcp6.port)
+        if listen_changed:
+            self._close()
+            try:
+                self._open(new.dhcp6)
+            except ServiceStartError:
+                self._open(self.config)  # keep serving as before; the supervisor logs the refusal
+                raise
+        self.config = new.dhcp6
+        self.engine.reconfigure(new.dhcp6)
+        log.info("dhcp6.reloaded", interfaces=new.dhcp6.interfaces, listen_changed=listen_changed)
+
+    def health(self) -> Health:
+        if self._socket is None:
+            return Health(False, "not listening")
+        if self._store_failing:
+            return Health(False, "binding writes to the store are failing")
+        return Health(True)
+
+    def describe(self) -> str:
+        return f"dhcp6 on {', '.join(self.config.interfaces)}"
+
+    async def _cancel_reclaimer(self) -> None:
+        task, self._reclaimer = self._reclaimer, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # --- the socket
+
+    def _open(self, config: DHCP6Config) -> None:
+        interfaces: dict[int, str] = {}
+        for name in config.interfaces:
+            try:
+                interfaces[socket.if_nametoindex(name)] = name
+            except OSError:
+                raise ServiceStartError(f"dhcp6: there is no network interface named {name!r}") from None
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+            try:  # beyond net.core.rmem_max, to ride out bursts (as root or with CAP_NET_ADMIN)
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER_BYTES)
+            except PermissionError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+            sock.setblocking(False)
+            sock.bind(("::", config.port))
+        except OSError as exc:
+            sock.close()
+            raise ServiceStartError(f"dhcp6: cannot listen on [::]:{config.port}: {describe_os_error(exc)}") from None
+        for index, name in interfaces.items():
+            try:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP,
+                                ALL_DHCP_RELAY_AGENTS_AND_SERVERS + struct.pack("@I", index))
+            except OSError as exc:
+                sock.close()
+                raise ServiceStartError(f"dhcp6: cannot join ff02::1:2 on {name}: {describe_os_error(exc)} "
+                                        "(is IPv6 enabled on it?)") from None
+        self._socket, self._interfaces = sock, interfaces
+        self.server_port = int(sock.getsockname()[1])
+        assert self._loop is not None
+        self._loop.add_reader(sock.fileno(), self._readable)
+
+    def _close(self) -> None:
+        if self._socket is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._socket.fileno())
+            self._socket.close()
+            self._socket = None
+
+    # --- receiving
+
+    def _readable(self) -> None:
+        sock = self._socket
+        if sock is None:
+            return
+        now = self.context.clock()
+        for _ in range(READ_BATCH):
+            try:
+                data, ancillary, _flags, sender = sock.recvmsg(MAX_DATAGRAM, 64)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                log.warning("dhcp6.receive.failed", error=describe_os_error(exc))
+                break
+            started = time.perf_counter()
+            ifindex, destination = 0, b""
+            for level, kind, value in ancillary:
+                if level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(value) >= PKTINFO6.size:
+                    destination, ifindex = PKTINFO6.unpack_from(value)
+            interface = self._interfaces.get(ifindex)
+            if interface is None:
+                self.metrics.dropped.inc("interface_not_served")
+                if self._unserved_logged.due(ifindex, now):
+                    log.warning("dhcp6.packet.interface_not_served", ifindex=ifindex,
+                                hint="add the interface to dhcp6.interfaces to serve clients (or relays) there")
+                continue
+            try:
+                self._handle(data, interface, destination == ALL_DHCP_RELAY_AGENTS_AND_SERVERS, sender, now, started)
+            except Exception:  # a bug on one packet must not stop the server answering the next
+                self.metrics.dropped.inc("internal_error")
+                log.error("dhcp6.packet.failed", exc_info=True)
+
+    def _handle(self, data: bytes, interface: str, multicast: bool, sender: Any, now: float, started: float) -> None:
+        try:
+            decoded = decode(data)
+        except DHCP6DecodeError as exc:
+            self.metrics.dropped.inc(str(exc.reason))
+            return
+        relays: tuple[RelayForward, ...] = ()
+        if isinstance(decoded, RelayForward):
+            chain, message = decoded.chain()
+            relays = tuple(chain)
+        else:
+            message = decoded
+        type_name = _TYPE_NAMES.get(message.type, "unknown")
+        self.metrics.received.inc(type_name)
+        outcome = self.engine.handle(Received6(message, interface, relays, multicast, _source_address(sender)), now)
+        if outcome.ignored is not None:
+            self.metrics.dropped.inc(str(outcome.ignored))
+        if outcome.declined:
+            self.metrics.declines.inc(amount=outcome.declined)
+            log.warning("dhcp6.address.declined", prefixes=[lease.prefix for lease, _ in outcome.writes],
+                        quarantine_seconds=self.config.decline_quarantine_seconds)
+        if outcome.writes:
+            self._pending.append((outcome, relays, sender, started, type_name))
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                assert self._loop is not None
+                self._loop.call_soon(self._flush)
+        elif outcome.reply is not None:
+            self._send(outcome.reply, relays, sender, started, type_name)
+
+    # --- durable writes, then replies
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        task = asyncio.ensure_future(self._commit(batch))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _commit(self, batch: list[tuple[Outcome6, tuple[RelayForward, ...], Any, float, str]]) -> None:
+        writes: list[tuple[Lease6, str]] = [w for outcome, *_ in batch for w in outcome.writes]
+        try:
+            await self.context.store.record_leases6(writes)
+        except Exception as exc:  # StoreError, or a bug: either way these replies must not go out
+            self._store_failing = True
+            self.metrics.dropped.inc("store_error", amount=len(batch))
+            log.error("dhcp6.binding.write_failed", error=str(exc), bindings=len(writes),
+                      exc_info=not isinstance(exc, StoreError))
+            return
+        self._store_failing = False
+        for outcome, relays, sender, started, type_name in batch:
+            if outcome.reply is not None:
+                self._send(outcome.reply, relays, sender, started, type_name)
+
+    # --- sending
+
+    def _send(self, reply: Message, relays: tuple[RelayForward, ...], sender: Any, started: float,
+              request_type: str) -> None:
+        sock = self._socket
+        if sock is None:
+            return
+        payload = encode(reply)
+        for relay in reversed(relays):  # wrapped from the client's side out (RFC 8415 §19.3)
+            payload = encode_relay_reply(relay, payload)
+        try:
+            sock.sendto(payload, sender)
+        except OSError as exc:
+            self.metrics.dropped.inc("send_failed")
+            if exc.errno not in (errno.EAGAIN, errno.ENOBUFS):
+                log.warning("dhcp6.send.failed", destination=str(sender[0]), error=describe_os_error(exc))
+            return
+        self.metrics.sent.inc(_TYPE_NAMES[MessageType(reply.type)])
+        self.metrics.latency[request_type].observe(time.perf_counter() - started)
+
+    # --- expiry
+
+    async def _reclaim_periodically(self) -> None:
+        while True:
+            try:
+                outcome = self.engine.reclaim(self.context.clock())
+            except Exception:  # a bug here must not end expiry for the life of the daemon
+                log.error("dhcp6.reclaim.failed", exc_info=True)
+            else:
+                if outcome.writes:
+                    log.info("dhcp6.bindings.expired", count=len(outcome.writes))
+                    self._pending.append((outcome, (), None, time.perf_counter(), "expiry"))
+                    self._flush()
+            await asyncio.sleep(self.config.reclaim_interval_seconds)
+
+    # --- what other processes and services change
+
+    def _subscribe(self, stack: AsyncExitStack) -> None:
+        bus, engine = self.context.bus, self.engine
+
+        def status(value: SubscriberStatus) -> object:
+            return lambda event: engine.set_subscriber_status(event.subscriber_id, value)
+
+        def added(event: ReservationAdded) -> None:
+            engine.add_reservation(Reservation(
+                id=event.reservation_id, subscriber_id=event.subscriber_id, kind=ReservationKind(event.kind),
+                key=event.key, address=event.address, hostname=event.hostname, created_at=event.at))
+
+        unsubscribers = [
+            bus.subscribe(SubscriberAdded, status(SubscriberStatus.ACTIVE)),  # type: ignore[arg-type]
+            bus.subscribe(SubscriberResumed, status(SubscriberStatus.ACTIVE)),  # type: ignore[arg-type]
+            bus.subscribe(SubscriberSuspended, status(SubscriberStatus.SUSPENDED)),  # type: ignore[arg-type]
+            bus.subscribe(SubscriberClosed, status(SubscriberStatus.CLOSED)),  # type: ignore[arg-type]
+            bus.subscribe(SubscriberDeleted, lambda event: engine.remove_subscriber(event.subscriber_id)),
+            bus.subscribe(ReservationAdded, added),
+            bus.subscribe(ReservationDeleted, lambda event: engine.remove_reservation(event.reservation_id)),
+        ]
+        for unsubscribe in unsubscribers:
+            stack.callback(unsubscribe)
+
+
+def _source_address(sender: Any) -> IPv6Address | None:
+    try:
+        return IPv6Address(str(sender[0]).split("%", 1)[0])
+    except (TypeError, IndexError, ValueError):
+        return None

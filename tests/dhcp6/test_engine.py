@@ -1,0 +1,361 @@
+"""The DHCPv6 engine alone: messages in, decisions out, with a clock we move by hand."""
+
+from __future__ import annotations
+
+import struct
+from ipaddress import IPv6Address, IPv6Network
+from typing import Any
+
+import pytest
+
+from ispd.dhcp6.codec import (
+    IA,
+    IAAddress,
+    IAPrefix,
+    Message,
+    MessageType,
+    Option,
+    OptionCode,
+    RelayForward,
+    StatusCode,
+    decode,
+    decode_ia,
+    encode,
+    encode_ia,
+    encode_options,
+    option,
+)
+from ispd.dhcp6.config import DHCP6Config
+from ispd.dhcp6.engine import DHCP6Engine, Ignored6, Outcome6, Received6
+from ispd.store.models import Lease6Kind, LeaseState, Reservation, ReservationKind, SubscriberStatus
+
+SERVER_DUID = bytes.fromhex("0004") + bytes(range(16))
+DUID_A = bytes.fromhex("0003000102005e100001")
+DUID_B = bytes.fromhex("0003000102005e100002")
+T0 = 1_800_000_000.0
+
+
+def config(**overrides: Any) -> DHCP6Config:
+    base: dict[str, Any] = {
+        "enabled": True, "interfaces": ["eth1", "uplink"], "decline_quarantine_seconds": 600,
+        "preferred_lifetime_seconds": 3600, "valid_lifetime_seconds": 7200,
+        "dns_servers": ["2001:db8::53"], "domain_search": ["isp.example"],
+        "subnet": [
+            {"name": "access", "prefix": "2001:db8:1::/64", "interface": "eth1",
+             "pool": [{"name": "hosts", "range": "2001:db8:1::100 - 2001:db8:1::101"}],
+             "prefix_pool": [{"name": "homes", "prefix": "2001:db8:100::/54", "delegated_length": 56},
+                             {"name": "business", "prefix": "2001:db8:200::/46", "delegated_length": 48}]},
+            {"name": "bng", "prefix": "2001:db8:2::/64", "relay_addresses": ["2001:db8:ff::1"],
+             "pool": [{"name": "bng-hosts", "range": "2001:db8:2::100 - 2001:db8:2::1ff"}]},
+        ],
+    }
+    base.update(overrides)
+    return DHCP6Config.model_validate(base)
+
+
+def engine(**overrides: Any) -> DHCP6Engine:
+    return DHCP6Engine(config(**overrides), SERVER_DUID)
+
+
+def ia_na(iaid: int = 1, *addresses: str) -> Option:
+    return encode_ia(IA(OptionCode.IA_NA, iaid, 0, 0, tuple(IAAddress(IPv6Address(a), 0, 0) for a in addresses)))
+
+
+def ia_pd(iaid: int = 2, *prefixes: str) -> Option:
+    return encode_ia(IA(OptionCode.IA_PD, iaid, 0, 0, tuple(IAPrefix(IPv6Network(p), 0, 0) for p in prefixes)))
+
+
+def message(kind: MessageType, *options: Option, client: bytes | None = DUID_A, server: bytes | None = None,
+            oro: tuple[int, ...] = (23, 24)) -> Message:
+    head = []
+    if client is not None:
+        head.append(option(OptionCode.CLIENTID, client))
+    if server is not None:
+        head.append(option(OptionCode.SERVERID, server))
+    if oro:
+        head.append(option(OptionCode.ORO, struct.pack(f"!{len(oro)}H", *oro)))
+    decoded = decode(bytes([kind]) + b"\x00\x00\x2a" + encode_options([*head, *options]))
+    assert isinstance(decoded, Message)
+    return decoded
+
+
+def handle(eng: DHCP6Engine, msg: Message, now: float = T0, interface: str = "eth1",
+           relays: tuple[RelayForward, ...] = (), multicast: bool = True) -> Outcome6:
+    return eng.handle(Received6(msg, interface, relays, multicast), now)
+
+
+def reply_ias(outcome: Outcome6) -> list[IA]:
+    assert outcome.reply is not None
+    return [decode_ia(o.code, o.data) for o in outcome.reply.options if o.code in (OptionCode.IA_NA, OptionCode.IA_PD)]
+
+
+def status_of(outcome: Outcome6) -> int | None:
+    assert outcome.reply is not None
+    raw = next((o.data for o in outcome.reply.options if o.code == OptionCode.STATUS_CODE), None)
+    return None if raw is None else int.from_bytes(raw[:2], "big")
+
+
+def bind(eng: DHCP6Engine, *options: Option, client: bytes = DUID_A, now: float = T0, **kw: Any) -> Outcome6:
+    """Solicit, then Request what was advertised; the Request's outcome."""
+    advertise = handle(eng, message(MessageType.SOLICIT, *options, client=client), now, **kw)
+    assert advertise.reply is not None and advertise.reply.type == MessageType.ADVERTISE and not advertise.writes
+    offered = [o for o in advertise.reply.options if o.code in (OptionCode.IA_NA, OptionCode.IA_PD)]
+    return handle(eng, message(MessageType.REQUEST, *offered, client=client, server=SERVER_DUID), now, **kw)
+
+
+def test_solicit_request_gives_an_address_and_a_prefix() -> None:
+    eng = engine()
+    outcome = bind(eng, ia_na(1), ia_pd(2))
+    assert outcome.reply is not None and outcome.reply.type == MessageType.REPLY
+    na, pd = reply_ias(outcome)
+    assert (na.t1, na.t2) == (1800, 2880)
+    assert na.leases == (IAAddress(IPv6Address("2001:db8:1::100"), 3600, 7200),)
+    assert pd.leases == (IAPrefix(IPv6Network("2001:db8:100::/56"), 3600, 7200),)
+    written = {lease.prefix: (lease.kind, lease.state, event) for lease, event in outcome.writes}
+    assert written == {"2001:db8:1::100/128": (Lease6Kind.ADDRESS, LeaseState.BOUND, "granted"),
+                       "2001:db8:100::/56": (Lease6Kind.PREFIX, LeaseState.BOUND, "granted")}
+    lease = outcome.writes[0][0]
+    assert (lease.duid, lease.iaid, lease.link, lease.pool) == (DUID_A.hex(":"), 1, "access", "hosts")
+    assert lease.expires_at == T0 + 7200 and lease.preferred_until == T0 + 3600
+    options = {o.code: o.data for o in outcome.reply.options}
+    assert options[OptionCode.SERVERID] == SERVER_DUID and options[OptionCode.CLIENTID] == DUID_A
+    assert options[OptionCode.DNS_SERVERS] == IPv6Address("2001:db8::53").packed
+    assert options[OptionCode.DOMAIN_LIST] == b"\x03isp\x07example\x00"
+    assert encode(outcome.reply)  # it encodes
+
+
+def test_options_go_only_to_clients_that_ask() -> None:
+    outcome = handle(engine(), message(MessageType.SOLICIT, ia_na(), oro=()))
+    assert outcome.reply is not None
+    assert {o.code for o in outcome.reply.options} == {OptionCode.SERVERID, OptionCode.CLIENTID, OptionCode.IA_NA}
+
+
+def test_an_advertised_address_is_held_for_its_client() -> None:
+    eng = engine()
+    first = reply_ias(handle(eng, message(MessageType.SOLICIT, ia_na())))[0]
+    second = reply_ias(handle(eng, message(MessageType.SOLICIT, ia_na(), client=DUID_B)))[0]
+    assert first.leases[0] != second.leases[0]  # type: ignore[union-attr]
+    again = reply_ias(handle(eng, message(MessageType.SOLICIT, ia_na())))[0]
+    assert again.leases == first.leases
+
+
+def test_a_full_pool_says_no_addresses_and_a_returning_client_gets_its_own() -> None:
+    eng = engine()
+    bind(eng, ia_na(1))
+    bind(eng, ia_na(1), client=DUID_B)
+    third = handle(eng, message(MessageType.SOLICIT, ia_na(1), client=bytes.fromhex("00030001020000000003")))
+    (ia,) = reply_ias(third)
+    assert ia.leases == () and ia.status is not None and ia.status[0] == StatusCode.NO_ADDRS_AVAIL
+    again = bind(eng, ia_na(1), now=T0 + 100)
+    assert reply_ias(again)[0].leases[0].address == IPv6Address("2001:db8:1::100")  # type: ignore[union-attr]
+    assert again.writes[0][1] == "renewed" and again.writes[0][0].starts_at == T0
+
+
+def test_renew_extends_and_rebind_too() -> None:
+    eng = engine()
+    bind(eng, ia_na(1, ), ia_pd(2))
+    renew = handle(eng, message(MessageType.RENEW, ia_na(1, "2001:db8:1::100"), ia_pd(2, "2001:db8:100::/56"),
+                                server=SERVER_DUID), T0 + 1800)
+    na, _pd = reply_ias(renew)
+    assert na.leases == (IAAddress(IPv6Address("2001:db8:1::100"), 3600, 7200),)
+    assert [(lease.expires_at, event) for lease, event in renew.writes] == [(T0 + 1800 + 7200, "renewed")] * 2
+    rebind = handle(eng, message(MessageType.REBIND, ia_na(1, "2001:db8:1::100")), T0 + 2900)
+    assert reply_ias(rebind)[0].leases[0].valid == 7200  # type: ignore[union-attr]
+
+
+def test_an_address_from_elsewhere_comes_back_with_lifetimes_zero() -> None:
+    eng = engine()
+    outcome = handle(eng, message(MessageType.REBIND, ia_na(1, "2001:db8:9::5")))
+    (ia,) = reply_ias(outcome)
+    assert IAAddress(IPv6Address("2001:db8:9::5"), 0, 0) in ia.leases
+    assert IAAddress(IPv6Address("2001:db8:1::100"), 3600, 7200) in ia.leases
+
+
+def test_a_prefix_hint_picks_the_pool_of_that_length_and_a_free_exact_hint_is_honoured() -> None:
+    eng = engine()
+    business = reply_ias(bind(eng, ia_pd(2, "::/48")))[0]
+    assert business.leases == (IAPrefix(IPv6Network("2001:db8:200::/48"), 3600, 7200),)
+    exact = reply_ias(bind(eng, ia_pd(2, "2001:db8:100:300::/56"), client=DUID_B))[0]
+    assert exact.leases == (IAPrefix(IPv6Network("2001:db8:100:300::/56"), 3600, 7200),)
+
+
+def test_rapid_commit_only_where_allowed() -> None:
+    plain = handle(engine(), message(MessageType.SOLICIT, ia_na(), option(OptionCode.RAPID_COMMIT)))
+    assert plain.reply is not None and plain.reply.type == MessageType.ADVERTISE and not plain.writes
+    rapid = handle(engine(rapid_commit=True), message(MessageType.SOLICIT, ia_na(), option(OptionCode.RAPID_COMMIT)))
+    assert rapid.reply is not None and rapid.reply.type == MessageType.REPLY and len(rapid.writes) == 1
+    assert rapid.reply.has(OptionCode.RAPID_COMMIT)
+
+
+def test_preference_is_sent_when_set() -> None:
+    outcome = handle(engine(preference=255), message(MessageType.SOLICIT, ia_na()))
+    assert outcome.reply is not None
+    assert next(o.data for o in outcome.reply.options if o.code == OptionCode.PREFERENCE) == b"\xff"
+
+
+def test_release_ends_the_binding_and_says_no_binding_for_an_unknown_ia() -> None:
+    eng = engine()
+    bind(eng, ia_na(1))
+    outcome = handle(eng, message(MessageType.RELEASE, ia_na(1, "2001:db8:1::100"), ia_na(9, "2001:db8:1::101"),
+                                  server=SERVER_DUID), T0 + 10)
+    assert status_of(outcome) == StatusCode.SUCCESS
+    assert [(lease.state, event, lease.expires_at) for lease, event in outcome.writes] == [
+        (LeaseState.RELEASED, "released", T0 + 10)]
+    (refused,) = reply_ias(outcome)
+    assert refused.iaid == 9 and refused.status is not None and refused.status[0] == StatusCode.NO_BINDING
+    other = bind(eng, ia_na(1), client=DUID_B, now=T0 + 20)  # the released address is free again
+    assert other.writes[0][0].prefix in ("2001:db8:1::100/128", "2001:db8:1::101/128")
+
+
+def test_decline_quarantines_the_address_from_everyone() -> None:
+    eng = engine()
+    bind(eng, ia_na(1))
+    outcome = handle(eng, message(MessageType.DECLINE, ia_na(1, "2001:db8:1::100"), server=SERVER_DUID))
+    assert outcome.declined == 1 and outcome.writes[0][0].state is LeaseState.DECLINED
+    assert outcome.writes[0][0].expires_at == T0 + 600
+    again = bind(eng, ia_na(1), now=T0 + 1)
+    assert reply_ias(again)[0].leases[0].address == IPv6Address("2001:db8:1::101")  # type: ignore[union-attr]
+
+
+def test_confirm_says_whether_the_addresses_are_on_link() -> None:
+    eng = engine()
+    on = handle(eng, message(MessageType.CONFIRM, ia_na(1, "2001:db8:1::100")))
+    assert on.reply is not None and status_of(on) == StatusCode.SUCCESS and not on.writes
+    off = handle(eng, message(MessageType.CONFIRM, ia_na(1, "2001:db8:7::100")))
+    assert status_of(off) == StatusCode.NOT_ON_LINK
+    assert handle(eng, message(MessageType.CONFIRM, ia_na(1))).ignored is Ignored6.NOTHING_TO_CONFIRM
+
+
+def test_information_request_gets_the_options_alone() -> None:
+    outcome = handle(engine(), message(MessageType.INFORMATION_REQUEST, client=None))
+    assert outcome.reply is not None and not outcome.writes
+    assert {o.code for o in outcome.reply.options} == {OptionCode.SERVERID, OptionCode.DNS_SERVERS,
+                                                       OptionCode.DOMAIN_LIST}
+
+
+@pytest.mark.parametrize(("msg", "reason"), [
+    (message(MessageType.SOLICIT, ia_na(), server=SERVER_DUID), Ignored6.SERVER_ID_PRESENT),
+    (message(MessageType.REBIND, ia_na(), server=SERVER_DUID), Ignored6.SERVER_ID_PRESENT),
+    (message(MessageType.REQUEST, ia_na(), server=DUID_B), Ignored6.NOT_FOR_US),
+    (message(MessageType.RENEW, ia_na()), Ignored6.NOT_FOR_US),
+    (message(MessageType.SOLICIT, ia_na(), client=None), Ignored6.NO_CLIENT_ID),
+    (message(MessageType.ADVERTISE, ia_na()), Ignored6.NOT_A_REQUEST),
+    (message(MessageType.REPLY, ia_na()), Ignored6.NOT_A_REQUEST),
+])
+def test_messages_the_rfc_says_to_drop(msg: Message, reason: Ignored6) -> None:
+    outcome = handle(engine(), msg)
+    assert outcome.reply is None and outcome.ignored is reason and not outcome.writes
+
+
+def test_a_client_on_an_unserved_interface_gets_nothing() -> None:
+    assert handle(engine(), message(MessageType.SOLICIT, ia_na()), interface="uplink").ignored is Ignored6.NO_SUBNET
+
+
+def test_unicast_from_a_client_is_told_to_multicast_or_dropped() -> None:
+    eng = engine()
+    told = handle(eng, message(MessageType.REQUEST, ia_na(), server=SERVER_DUID), multicast=False)
+    assert status_of(told) == StatusCode.USE_MULTICAST and not told.writes
+    dropped = handle(eng, message(MessageType.SOLICIT, ia_na()), multicast=False)
+    assert dropped.reply is None and dropped.ignored is Ignored6.UNICAST
+
+
+def _relay(msg: Message, link: str, interface_id: bytes | None = None, remote_id: bytes | None = None) -> RelayForward:
+    options = []
+    if interface_id is not None:
+        options.append(option(OptionCode.INTERFACE_ID, interface_id))
+    if remote_id is not None:
+        options.append(option(OptionCode.REMOTE_ID, remote_id))
+    return RelayForward(0, IPv6Address(link), IPv6Address("fe80::1"), tuple(options), msg)
+
+
+def test_relayed_clients_are_placed_by_link_address_or_relay_address() -> None:
+    eng = engine()
+    by_prefix = bind(eng, ia_na(), interface="uplink",
+                     relays=(_relay(message(MessageType.SOLICIT), "2001:db8:1::1"),))
+    assert by_prefix.writes[0][0].link == "access"
+    listed = bind(eng, ia_na(), client=DUID_B, interface="uplink",
+                  relays=(_relay(message(MessageType.SOLICIT), "2001:db8:ff::1", b"port 7"),))
+    assert listed.writes[0][0].link == "bng" and listed.writes[0][0].interface_id == "port 7"
+    unknown = handle(eng, message(MessageType.SOLICIT, ia_na()), interface="uplink",
+                     relays=(_relay(message(MessageType.SOLICIT), "2001:db8:77::1"),))
+    assert unknown.ignored is Ignored6.NO_SUBNET
+
+
+def test_a_line_reservation_names_the_subscriber_and_suspension_takes_ipv6_away() -> None:
+    eng = engine()
+    eng.load([], [Reservation(id=1, subscriber_id=42, kind=ReservationKind.CIRCUIT_ID, key="olt1 1/1/3"),
+                  Reservation(id=2, subscriber_id=43, kind=ReservationKind.REMOTE_ID, key="line-9")],
+             {42: SubscriberStatus.ACTIVE, 43: SubscriberStatus.ACTIVE})
+    relays = (_relay(message(MessageType.SOLICIT), "2001:db8:1::1", b"olt1 1/1/3"),)
+    outcome = bind(eng, ia_na(), ia_pd(), interface="uplink", relays=relays)
+    assert {lease.subscriber_id for lease, _ in outcome.writes} == {42}
+    by_remote = bind(eng, ia_pd(), client=DUID_B, interface="uplink",
+                     relays=(_relay(message(MessageType.SOLICIT), "2001:db8:1::1", None, b"\x00\x00\x0d\xe9line-9"),))
+    assert by_remote.writes[0][0].subscriber_id == 43 and by_remote.writes[0][0].remote_id == "line-9"
+    eng.set_subscriber_status(42, SubscriberStatus.SUSPENDED)
+    renew = handle(eng, message(MessageType.RENEW, ia_na(1, "2001:db8:1::100"), ia_pd(2, "2001:db8:100::/56"),
+                                server=SERVER_DUID), T0 + 1800, interface="uplink", relays=relays)
+    na, pd = reply_ias(renew)
+    assert na.leases == (IAAddress(IPv6Address("2001:db8:1::100"), 0, 0),)
+    assert na.status is not None and na.status[0] == StatusCode.NO_ADDRS_AVAIL
+    assert pd.status is not None and pd.status[0] == StatusCode.NO_PREFIX_AVAIL
+    assert {lease.state for lease, _ in renew.writes} == {LeaseState.RELEASED}
+
+
+def test_reclaim_expires_bindings_past_their_valid_lifetime() -> None:
+    eng = engine()
+    bind(eng, ia_na(1))
+    assert not eng.reclaim(T0 + 7199).writes
+    expired = eng.reclaim(T0 + 7200)
+    assert [(lease.state, event) for lease, event in expired.writes] == [(LeaseState.EXPIRED, "expired")]
+    assert not eng.reclaim(T0 + 7300).writes
+
+
+def test_bindings_loaded_from_the_store_are_kept() -> None:
+    first = engine()
+    outcome = bind(first, ia_na(1), ia_pd(2))
+    second = engine()
+    second.load([lease for lease, _ in outcome.writes], [], {})
+    renew = handle(second, message(MessageType.RENEW, ia_na(1), ia_pd(2), server=SERVER_DUID), T0 + 100)
+    assert {lease.prefix for lease, _ in renew.writes} == {"2001:db8:1::100/128", "2001:db8:100::/56"}
+    usage = {row[0]: row[1:] for row in second.pool_usage(T0 + 100)}
+    assert usage["hosts"] == ("na", 2, 1, 0) and usage["homes"] == ("pd", 4, 1, 0)
+
+
+def test_ia_ta_is_refused() -> None:
+    ia_ta = option(OptionCode.IA_TA, struct.pack("!I", 5))
+    outcome = handle(engine(), message(MessageType.SOLICIT, ia_ta))
+    assert outcome.reply is not None
+    ta = next(o.data for o in outcome.reply.options if o.code == OptionCode.IA_TA)
+    assert ta[:4] == struct.pack("!I", 5) and int.from_bytes(ta[8:10], "big") == StatusCode.NO_ADDRS_AVAIL
+
+
+@pytest.mark.parametrize(("change", "error"), [
+    ({"subnet": [{"name": "a", "prefix": "2001:db8:1::/64", "pool": [{"name": "p", "range": "2001:db8:2::1 - 2001:db8:2::9"}]}],
+      "interfaces": ["eth1"]}, "is not inside"),
+    ({"subnet": [{"name": "a", "prefix": "2001:db8:1::/64",
+                  "prefix_pool": [{"name": "p", "prefix": "2001:db8:100::/56", "delegated_length": 48}]}]},
+     "shorter than"),
+    ({"subnet": [{"name": "a", "prefix": "2001:db8:1::/64"}]}, "give it a"),
+    ({"subnet": [{"name": "a", "prefix": "2001:db8:1::/64", "prefix_pool": [
+        {"name": "p", "prefix": "2001:db8:100::/40", "delegated_length": 56}]},
+                 {"name": "b", "prefix": "2001:db8:2::/64", "prefix_pool": [
+                     {"name": "q", "prefix": "2001:db8:180::/48", "delegated_length": 56}]}]}, "overlaps"),
+    ({"renew_seconds": 3000, "rebind_seconds": 2000}, "after rebind_seconds"),
+    ({"preferred_lifetime_seconds": 7200, "valid_lifetime_seconds": 3600}, "longer than the valid"),
+    ({"server_duid": "zz"}, "hex bytes"),
+    ({"interfaces": []}, "at least one interface"),
+])
+def test_config_mistakes_are_explained(change: dict[str, Any], error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        config(**change)
+
+
+def test_a_relay_that_leaves_its_link_address_empty_is_placed_by_its_own_address() -> None:
+    eng = engine()
+    relayed = Received6(message(MessageType.SOLICIT, ia_na()), "uplink",
+                        (_relay(message(MessageType.SOLICIT), "::"),), True, IPv6Address("2001:db8:ff::1"))
+    outcome = eng.handle(relayed, T0)
+    assert outcome.reply is not None and reply_ias(outcome)[0].leases[0].address in IPv6Network("2001:db8:2::/64")  # type: ignore[union-attr]
+    stranger = Received6(relayed.message, "uplink", relayed.relays, True, IPv6Address("2001:db8:ff::9"))
+    assert eng.handle(stranger, T0).ignored is Ignored6.NO_SUBNET
