@@ -76,7 +76,7 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path: Path) -> None:
 
 def test_unknown_section_lists_the_known_ones(tmp_path: Path) -> None:
     path = write(tmp_path, "[frobnicate]\nx = 1\n")
-    assert error_of(path) == f"{path}: frobnicate: unknown key (known keys here: accounting_feed, admin, daemon, dhcp, dns, log, mail, metrics, radius, store)"
+    assert error_of(path) == f"{path}: frobnicate: unknown key (known keys here: accounting_feed, admin, daemon, dhcp, dhcp6, dns, log, mail, metrics, radius, store)"
 
 
 def test_wrong_type_names_the_value(tmp_path: Path) -> None:
