@@ -146,6 +146,7 @@ class DHCP6Engine:
         self.leases: dict[str, Lease6] = {}
         self.by_ia: dict[IAKey, list[str]] = {}  # every prefix an IA has had, latest last
         self.offers: dict[str, tuple[IAKey, float]] = {}
+        self.offered_to: dict[IAKey, str] = {}  # the latest offer to each IA
         self.reservations: dict[tuple[str, str], Reservation] = {}
         self.subscriber_status: dict[int, SubscriberStatus] = {}
         self.reconfigure(config)
@@ -245,9 +246,11 @@ class DHCP6Engine:
                 ended = replace(lease, state=LeaseState.EXPIRED)
                 self.leases[lease.prefix] = ended
                 outcome.writes.append((ended, "expired"))
-        for prefix, (_, until) in list(self.offers.items()):
+        for prefix, (key, until) in list(self.offers.items()):
             if until <= now:
                 del self.offers[prefix]
+                if self.offered_to.get(key) == prefix:
+                    del self.offered_to[key]
         return outcome
 
     def pool_usage(self, now: float) -> list[tuple[str, str, int, int, int]]:
@@ -401,8 +404,10 @@ class _Request:
             if commit:
                 self._bind(prefix, key, kind)
                 self.engine.offers.pop(prefix, None)
+                self.engine.offered_to.pop(key, None)
             else:
                 self.engine.offers[prefix] = (key, self.now + self.engine.config.offer_hold_seconds)
+                self.engine.offered_to[key] = prefix
             given.append(_lease_option(kind, network, self.preferred, self.valid))
         if drop_others:  # RFC 8415 §18.3.4, §18.3.5: what the client may no longer use
             kept = {str(lease.prefix) for lease in given if isinstance(lease, IAPrefix)} | \
@@ -425,6 +430,9 @@ class _Request:
         for previous in reversed(engine.by_ia.get(key, [])):  # the client's own, latest first
             if self._in_pools(previous, pools) and engine.free_for(previous, key, now):
                 return previous
+        offered = engine.offered_to.get(key)  # what the Advertise said (the client may not repeat it)
+        if offered is not None and self._in_pools(offered, pools) and engine.free_for(offered, key, now):
+            return offered
         for hint in ia.leases:  # RFC 8415 §18.3.1: the client's hint, if it can have it
             network = IPv6Network((hint.address, 128)) if isinstance(hint, IAAddress) else hint.prefix
             if not network.network_address.is_unspecified:

@@ -359,3 +359,12 @@ def test_a_relay_that_leaves_its_link_address_empty_is_placed_by_its_own_address
     assert outcome.reply is not None and reply_ias(outcome)[0].leases[0].address in IPv6Network("2001:db8:2::/64")  # type: ignore[union-attr]
     stranger = Received6(relayed.message, "uplink", relayed.relays, True, IPv6Address("2001:db8:ff::9"))
     assert eng.handle(stranger, T0).ignored is Ignored6.NO_SUBNET
+
+
+def test_a_request_without_the_advertised_address_still_gets_it() -> None:
+    """dhcpcd and others may send the Request (or a rapid-commit Solicit) without repeating what
+    was advertised: they get the prefix held for them, not the next one."""
+    eng = engine()
+    offered = reply_ias(handle(eng, message(MessageType.SOLICIT, ia_pd(2))))[0].leases
+    request = handle(eng, message(MessageType.REQUEST, ia_pd(2), server=SERVER_DUID), T0 + 1)
+    assert reply_ias(request)[0].leases == offered

@@ -1,0 +1,126 @@
+"""The DHCPv6 transport on a real socket: relayed messages over loopback, and a Reply that waits
+for its binding to be durable."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from ipaddress import IPv6Address, IPv6Network
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from ispd.config import Config
+from ispd.dhcp6.codec import IAPrefix, Message, MessageType, OptionCode, decode, encode, option
+from ispd.dhcp6.config import DHCP6Config
+from ispd.dhcp6.service import DHCP6Service, server_duid
+from ispd.events import EventBus
+from ispd.service import ServiceContext
+from ispd.store.models import Lease6
+from tests.dhcp6.test_engine import ia_na, ia_pd, message
+
+
+class SlowStore:
+    """Writes that finish only when the test says so."""
+
+    def __init__(self) -> None:
+        self.written: list[tuple[Lease6, str]] = []
+        self.release = asyncio.Event()
+
+    async def list_leases6(self, include_ended: bool = False) -> list[Lease6]:
+        return []
+
+    async def list_reservations(self) -> list[object]:
+        return []
+
+    async def list_subscribers(self) -> list[object]:
+        return []
+
+    async def record_leases6(self, changes: Sequence[tuple[Lease6, str]]) -> None:
+        await self.release.wait()
+        self.written += changes
+
+
+async def _healthy() -> tuple[bool, dict[str, object]]:
+    return True, {}
+
+
+def _relayed(inner: bytes, interface_id: bytes = b"port 1") -> bytes:
+    body = struct.pack("!HH", 18, len(interface_id)) + interface_id + struct.pack("!HH", 9, len(inner)) + inner
+    return bytes([12, 0]) + bytes(16) + IPv6Address("fe80::5").packed + body
+
+
+def _unwrapped(reply: bytes) -> Message:
+    assert reply[0] == MessageType.RELAY_REPL
+    offset = 34
+    while offset < len(reply):
+        code, length = struct.unpack_from("!HH", reply, offset)
+        if code == OptionCode.RELAY_MSG:
+            decoded = decode(reply[offset + 4 : offset + 4 + length])
+            assert isinstance(decoded, Message)
+            return decoded
+        offset += 4 + length
+    raise AssertionError("no relayed message")
+
+
+def test_a_relayed_exchange_over_loopback_and_the_reply_after_the_write() -> None:
+    config = DHCP6Config.model_validate({
+        "enabled": True, "interfaces": ["lo"], "port": 0, "rapid_commit": True,
+        "subnet": [{"name": "bng", "prefix": "2001:db8:2::/64", "relay_addresses": ["::1"],
+                    "prefix_pool": [{"name": "homes", "prefix": "2001:db8:100::/40", "delegated_length": 56}]}]})
+
+    async def run() -> None:
+        store = SlowStore()
+        service = DHCP6Service(Config(dhcp6=config), ServiceContext(store, EventBus(), CollectorRegistry(),  # type: ignore[arg-type]
+                                                                    _healthy))
+        loop = asyncio.get_running_loop()
+        async with AsyncExitStack() as stack:
+            await service.start(stack)
+            relay = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            stack.callback(relay.close)
+            relay.bind(("::1", 0))
+            relay.setblocking(False)
+            target = ("::1", service.server_port)
+
+            relay.sendto(_relayed(encode(message(MessageType.SOLICIT, ia_pd(2)))), target)
+            advertise = _unwrapped(await asyncio.wait_for(loop.sock_recv(relay, 4096), 2))
+            assert advertise.type == MessageType.ADVERTISE
+            assert advertise.server_id == server_duid(config)
+            assert advertise.ias[0].leases == (IAPrefix(IPv6Network("2001:db8:100::/56"), 3600, 7200),)
+
+            rapid = message(MessageType.SOLICIT, ia_pd(2), option(OptionCode.RAPID_COMMIT))
+            relay.sendto(_relayed(encode(rapid)), target)
+            await asyncio.sleep(0.2)
+            try:
+                early = relay.recv(4096)
+            except BlockingIOError:
+                early = b""
+            assert early == b"", "the Reply went out before its binding was written"
+            store.release.set()
+            reply = _unwrapped(await asyncio.wait_for(loop.sock_recv(relay, 4096), 2))
+            assert reply.type == MessageType.REPLY and reply.rapid_commit
+            assert [(lease.prefix, lease.interface_id, event) for lease, event in store.written] == [
+                ("2001:db8:100::/56", "port 1", "granted")]
+
+            relay.sendto(b"\x0c\x00garbage", target)  # counted, dropped, and the next still answered
+            relay.sendto(_relayed(encode(message(MessageType.SOLICIT, ia_na(1)))), target)
+            unserved = _unwrapped(await asyncio.wait_for(loop.sock_recv(relay, 4096), 2))
+            assert unserved.ias[0].status is not None  # the link has no address pool: NoAddrsAvail
+            assert service.metrics.dropped.values[("truncated",)] == 1  # type: ignore[attr-defined]
+            await service.stop()
+
+    asyncio.run(run())
+
+
+def test_the_server_duid_is_the_configured_one_or_the_machines(tmp_path: Path) -> None:
+    configured = DHCP6Config(server_duid="00:02:00:00:d8:8c:01")
+    assert server_duid(configured) == bytes.fromhex("00020000d88c01")
+    machine = tmp_path / "machine-id"
+    machine.write_text("0123456789abcdef0123456789abcdef\n")
+    first, again = server_duid(DHCP6Config(), machine), server_duid(DHCP6Config(), machine)
+    assert first == again and first[:2] == b"\x00\x04" and len(first) == 18
+    machine.write_text("fedcba9876543210fedcba9876543210\n")
+    assert server_duid(DHCP6Config(), machine) != first
