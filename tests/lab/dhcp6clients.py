@@ -740,7 +740,8 @@ def exchange6(ns: str, interface: str, datagrams: Sequence[bytes], *, listen: fl
     """Send ``datagrams`` from ``ns`` out of ``interface`` to ``to`` port 547 (from ``port``:
     546 as a client, 547 as a relay agent) and return the datagrams that arrive on that port
     within ``listen`` seconds (those whose transaction id, bytes 1-3, is in ``transaction_ids``,
-    when given); stops early once ``until`` replies have arrived.
+    when given: a Relay-Reply has none, leave it empty there); stops early once ``until``
+    replies have arrived.
 
     A client's datagrams leave from the interface's link-local address, as a real client's do,
     and a server answers there."""

@@ -59,6 +59,7 @@ class Net:
     server_if: str
     unicast: str | None
     relay: Relay6 | None = None
+    relay_side: tuple[str, str, str] | None = None  # the relay's namespace, upper end, lower address
 
     def client(self, kind: str, **kwargs: object) -> DHCPv6Client:
         client = CLIENTS6[kind](self.lab, self.client_ns, self.client_if, self.workdir, **kwargs)  # type: ignore[arg-type]
@@ -90,16 +91,17 @@ def net(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Net]:
         if request.param == "direct":
             link = client_link6(lab, server_ns, client_ns, "2001:db8:1::1/64")
             subnet = Subnet6(**{**DIRECT.__dict__, "interface": link.a_end})
-            server_if, client_if, relay, unicast = link.a_end, link.b_end, None, None
+            server_if, client_if, relay, unicast, relay_side = link.a_end, link.b_end, None, None, None
         else:
             path = relayed_path6(lab, server_ns, lab.namespace("lb6rly"), client_ns)
             subnet, server_if, client_if = RELAYED, path.server.a_end, path.client_if
             unicast = path.server_address
             relay = Relay6(path.relay_ns, path.client.a_end, path.server.b_end, path.server_address, tmp_path)
+            relay_side = (path.relay_ns, path.server.b_end, path.relay_lower_address)
         config = kea6_config(tmp_path, server_if, [subnet], dns_servers=DNS, domain_search=SEARCH,
                              renew=100, rebind=200, preferred=300, valid=600, unicast=unicast)
         net = Net(lab, tmp_path, client_ns, client_if, Kea6(server_ns, tmp_path, config), subnet, server_if, unicast,
-                  relay)
+                  relay, relay_side)
         try:
             net.kea.start()
             if relay is not None:
@@ -211,11 +213,40 @@ def test_kea_answers_a_hand_made_solicit(net: Net) -> None:
     assert first.packed in replies[0]  # the pool's first address, in an IAADDR
 
 
-SOLICIT, ADVERTISE = 1, 2
+@needs_kea
+def test_kea_answers_a_hand_made_relay_forward(net: Net) -> None:
+    """exchange6 as a relay agent (from port 547, to the server's address): a Relay-Forward
+    with a SOLICIT inside gets a Relay-Reply with an ADVERTISE inside."""
+    if net.relay_side is None:
+        pytest.skip("a relay's own test")
+    assert net.unicast is not None
+    relay_ns, upper, link_address = net.relay_side
+    duid = bytes.fromhex("0003000102005e000002")
+    solicit = bytes([SOLICIT, 0, 0, 9]) + option(1, duid) + option(8, bytes(2)) + option(3, bytes([0, 0, 0, 1]) + bytes(8))
+    peer = ipaddress.IPv6Address("fe80::200:5eff:fe00:2")
+    forward = (bytes([RELAY_FORW, 0]) + ipaddress.IPv6Address(link_address).packed + peer.packed
+               + option(18, b"port-7") + option(9, solicit))
+    replies = exchange6(relay_ns, upper, [forward], to=net.unicast, port=547, listen=3, until=1)
+    assert len(replies) == 1 and replies[0][0] == RELAY_REPL, (replies, net.servers())
+    assert replies[0][18:34] == peer.packed and option(18, b"port-7") in replies[0]
+    inner = options(replies[0][34:])[9]
+    assert inner[0] == ADVERTISE and inner[1:4] == bytes([0, 0, 9]), replies[0].hex()
+
+
+SOLICIT, ADVERTISE, RELAY_FORW, RELAY_REPL = 1, 2, 12, 13
 
 
 def option(code: int, data: bytes) -> bytes:
     return code.to_bytes(2, "big") + len(data).to_bytes(2, "big") + data
+
+
+def options(data: bytes) -> dict[int, bytes]:
+    found, i = {}, 0
+    while i + 4 <= len(data):
+        code, length = int.from_bytes(data[i : i + 2], "big"), int.from_bytes(data[i + 2 : i + 4], "big")
+        found[code] = data[i + 4 : i + 4 + length]
+        i += 4 + length
+    return found
 
 
 def test_a_hand_made_solicit_reaches_the_link(tmp_path: Path) -> None:
