@@ -24,6 +24,8 @@ from ispd.store.models import (
     DailyUsage,
     Holding,
     Lease,
+    Lease6,
+    Lease6HistoryEntry,
     LeaseHistoryEntry,
     MailAlias,
     Mailbox,
@@ -291,12 +293,41 @@ class Store(ABC):
     async def who(self, address: str, *, since: float, until: float) -> list[Holding]:
         """Who held ``address`` at some time in [since, until] (since == until: at a moment),
         from the lease history and the RADIUS sessions, with the rows that show it. An IPv6
-        address or prefix is held by the sessions whose framed or delegated prefix overlaps it
-        (``Holding.prefix`` and ``prefix_kind`` say which)."""
+        address or prefix is held by the sessions whose framed or delegated prefix overlaps it,
+        and by the DHCPv6 bindings (source "dhcp6", from their history, spans as DHCPv4 leases')
+        whose address or delegated prefix overlaps it (``Holding.prefix`` and ``prefix_kind``
+        say which); a stored prefix shorter than ``ipv6_networks.SHORTEST`` holds nothing."""
 
     @abstractmethod
     async def lease_history(self, address: str, *, limit: int = 50) -> list[LeaseHistoryEntry]:
         """The newest ``limit`` history entries of ``address``, newest first; empty if none."""
+
+    # --- DHCPv6 bindings (IA_NA addresses and IA_PD prefixes)
+    @abstractmethod
+    async def record_leases6(self, changes: Sequence[tuple[Lease6, str]]) -> None:
+        """Make each binding the current state of its prefix and append it, with its event
+        (granted, renewed, released, expired, declined), to the DHCPv6 history, all in one
+        durable write: the DHCPv6 server commits every binding change of one receive batch
+        together, before its Replies. As for DHCPv4, an ended binding's ``expires_at`` is when it
+        ended. A prefix is kept in its canonical text (``validation.dhcp6_prefix_text``); one
+        that is not an IPv6 network (bits set past its length) raises ``InvalidValue`` and
+        nothing is written. A subscriber deleted meanwhile is written as none."""
+
+    @abstractmethod
+    async def list_leases6(
+        self, *, subscriber: SubscriberRef | None = None, include_ended: bool = False
+    ) -> list[Lease6]:
+        """The DHCPv6 bindings (current ones: bound and not expired; ``include_ended``: every
+        row, as the server loads them at start), of one subscriber or of all."""
+
+    @abstractmethod
+    async def get_lease6(self, prefix: str) -> Lease6:
+        """The binding of ``prefix`` (an address is its /128), bound or ended; ``NotFound`` if it
+        was never leased or its row has been purged."""
+
+    @abstractmethod
+    async def lease6_history(self, prefix: str, *, limit: int = 50) -> list[Lease6HistoryEntry]:
+        """The newest ``limit`` history entries of ``prefix``, newest first; empty if none."""
 
     # --- RADIUS sessions and accounting
     @abstractmethod
@@ -368,9 +399,10 @@ class Store(ABC):
 
     @abstractmethod
     async def purge_history(self, before: float) -> dict[str, int]:
-        """Delete history older than ``before`` (lease history, accounting records, closed RADIUS
-        sessions, ended leases, audit entries); returns the rows deleted per kind. Works in small
-        batches so that other writers are never held up for long."""
+        """Delete history older than ``before`` (DHCP and DHCPv6 lease history, accounting
+        records, closed RADIUS sessions, ended leases and DHCPv6 bindings, audit entries);
+        returns the rows deleted per kind. Works in small batches so that other writers are never
+        held up for long."""
 
     # --- audit log: append-only; also how changes made elsewhere reach a running daemon
     @abstractmethod

@@ -6,7 +6,8 @@ Each is therefore also kept (table ``radius_session_ipv6``, migration 0012) as i
 length and the 128 network bits in two 64-bit halves. SQLite's INTEGER is signed, so a half is
 stored offset by 2**63 (``unsigned - 2**63``), which keeps the order of the unsigned value: a
 range of networks is a range of integers. Bits past the length are dropped, so a stored network
-of length L is aligned to L.
+of length L is aligned to L. A DHCPv6 binding's prefix is kept the same way, in the columns of
+its history rows (``dhcp6_lease_history``, migration 0015), and answers by the same ranges.
 
 A stored network of length L overlaps a question of length Q iff both agree on their first
 m = min(L, Q) bits: its bits lie in [the question's bits masked to m, those | the host mask of m].

@@ -260,10 +260,35 @@ class LeaseHistoryEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class Lease6HistoryEntry:
+    """One event in the append-only history of a DHCPv6 binding's prefix (see ``Lease6``), with
+    the subscriber's name when the event was recorded (as ``LeaseHistoryEntry``)."""
+
+    id: int
+    at: float
+    event: str  # granted, renewed, released, expired, declined
+    prefix: str
+    kind: Lease6Kind
+    state: LeaseState
+    duid: str
+    iaid: int
+    starts_at: float
+    preferred_until: float
+    expires_at: float
+    subscriber_id: int | None = None
+    username: str | None = None
+    hostname: str | None = None
+    link: str | None = None
+    pool: str | None = None
+    remote_id: str | None = None
+    interface_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Evidence:
     """A stored row an attribution rests on: its table, id, time and what it records."""
 
-    table: str  # lease_history | radius_sessions | accounting_records
+    table: str  # lease_history | dhcp6_lease_history | radius_sessions | accounting_records
     id: int
     at: float
     event: str  # granted, renewed, released, expired; session; start, interim (a count), stop...
@@ -272,16 +297,19 @@ class Evidence:
 @dataclass(frozen=True, slots=True)
 class Holding:
     """Who held an address over a span of time, and how we know: a DHCP lease, an address a
-    RADIUS session took from ispd's pools (``radius-pool``), or a session whose NAS reported the
-    address (``radius-session``). ``ends_at`` is when the holding ended or ends (a lease's
-    expiry); None for a session still open. For an IPv6 question ``address`` is the address or
-    prefix asked about, and ``prefix`` the session's prefix that held it: the one on the
-    subscriber's link (``prefix_kind`` framed: Framed-IPv6-Prefix), the one delegated to its
-    router (delegated: Delegated-IPv6-Prefix), or the one address its NAS gave it on the link
-    (framed-address: Framed-IPv6-Address)."""
+    RADIUS session took from ispd's pools (``radius-pool``), a session whose NAS reported the
+    address (``radius-session``), or a DHCPv6 binding (``dhcp6``). ``ends_at`` is when the
+    holding ended or ends (a lease's expiry); None for a session still open. For an IPv6
+    question ``address`` is the address or prefix asked about, and ``prefix`` the session's or
+    binding's prefix that held it: the one on the subscriber's link (``prefix_kind`` framed:
+    Framed-IPv6-Prefix), the one delegated to its router (delegated: Delegated-IPv6-Prefix, or
+    a DHCPv6 IA_PD), the one address its NAS gave it on the link (framed-address:
+    Framed-IPv6-Address), or the one address ispd's DHCPv6 server gave it (address: an IA_NA).
+    A DHCPv6 holding's ``client_id`` is the client's DUID, its ``circuit_id`` the relay's
+    Interface-ID (the line) and its ``remote_id`` the relay's Remote-ID."""
 
     address: str
-    source: str  # dhcp | radius-pool | radius-session
+    source: str  # dhcp | radius-pool | radius-session | dhcp6
     starts_at: float
     ends_at: float | None
     subscriber_id: int | None = None
@@ -299,7 +327,8 @@ class Holding:
     terminate_cause: str | None = None
     evidence: tuple[Evidence, ...] = ()
     prefix: str | None = None  # IPv6 only, in the compressed lower-case form
-    prefix_kind: str | None = None  # framed | delegated | framed-address (Framed-IPv6-Address: no length)
+    # framed | delegated | framed-address (Framed-IPv6-Address: no length) | address (IA_NA: no length)
+    prefix_kind: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ispd.logs import get_logger
-from ispd.store import ipv6_networks, sqlite_addresses, sqlite_attribution, sqlite_mail, sqlite_radius
+from ispd.store import ipv6_networks, sqlite_addresses, sqlite_attribution, sqlite_dhcp6, sqlite_mail, sqlite_radius
 from ispd.store.base import Store, SubscriberRef
 from ispd.store.config import StoreConfig
 from ispd.store.errors import Conflict, InvalidValue, NotFound, SchemaTooNew, StoreError, StoreUnavailable
@@ -54,6 +54,8 @@ from ispd.store.models import (
     DailyUsage,
     Holding,
     Lease,
+    Lease6,
+    Lease6HistoryEntry,
     LeaseHistoryEntry,
     LeaseService,
     MailAlias,
@@ -96,6 +98,7 @@ from ispd.store.sqlite_radius import (
 )
 from ispd.store.validation import (
     attributable_text,
+    dhcp6_prefix_text,
     forward_address,
     hostname_text,
     ipv4_text,
@@ -548,6 +551,10 @@ def _check_plan_ranges(values: dict[str, Any]) -> None:
         value = values.get(name)
         if value is not None and not 0 < value <= limit:
             raise InvalidValue(f"{name} must be between 1 and {limit}, not {value}")
+
+
+def _strict_dhcp6_prefix(text: str) -> str:
+    return dhcp6_prefix_text(text, strict=True)
 
 
 def _is_row_id(text: str) -> bool:
@@ -1336,6 +1343,56 @@ class SQLiteStore(Store):
         return await self._read("lease_history", lambda conn: [_lease_history_entry(r) for r in conn.execute(
             "SELECT * FROM lease_history WHERE address = ? ORDER BY id DESC LIMIT ?", (canonical, limit))])
 
+    # --- DHCPv6 bindings
+
+    async def record_leases6(self, changes: Sequence[tuple[Lease6, str]]) -> None:
+        if not changes:
+            return
+        checked = []
+        for lease, event in changes:  # one bad prefix refuses the batch before anything is written
+            prefix = _checked(_strict_dhcp6_prefix, lease.prefix)
+            checked.append((lease if prefix == lease.prefix else dataclasses.replace(lease, prefix=prefix), event))
+        now = self.clock()
+        await self._write("record_leases6", lambda conn: sqlite_dhcp6.record_leases6(conn, checked, now))
+
+    async def list_leases6(
+        self, *, subscriber: SubscriberRef | None = None, include_ended: bool = False
+    ) -> list[Lease6]:
+        now = self.clock()
+
+        def run(conn: sqlite3.Connection) -> list[Lease6]:
+            clauses, params = [], []
+            if subscriber is not None:
+                clauses.append("subscriber_id = ?")
+                params.append(_find_subscriber(conn, subscriber)["id"])
+            if not include_ended:
+                clauses.append("state = 'bound' AND expires_at > ?")
+                params.append(now)
+            where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+            return [sqlite_dhcp6.lease6_from_row(r)
+                    for r in conn.execute(f"SELECT * FROM dhcp6_leases {where} ORDER BY prefix", params)]
+
+        return await self._read("list_leases6", run)
+
+    async def get_lease6(self, prefix: str) -> Lease6:
+        canonical = _checked(dhcp6_prefix_text, prefix)
+
+        def run(conn: sqlite3.Connection) -> Lease6:
+            row = conn.execute("SELECT * FROM dhcp6_leases WHERE prefix = ?", (canonical,)).fetchone()
+            if row is None:
+                raise NotFound(f"no DHCPv6 binding for {canonical}")
+            return sqlite_dhcp6.lease6_from_row(row)
+
+        return await self._read("get_lease6", run)
+
+    async def lease6_history(self, prefix: str, *, limit: int = 50) -> list[Lease6HistoryEntry]:
+        canonical = _checked(dhcp6_prefix_text, prefix)
+        if limit < 1:
+            raise InvalidValue(f"the history limit must be at least 1, not {limit}")
+        return await self._read("lease6_history", lambda conn: [
+            sqlite_dhcp6.history_entry_from_row(r) for r in conn.execute(
+                "SELECT * FROM dhcp6_lease_history WHERE prefix = ? ORDER BY id DESC LIMIT ?", (canonical, limit))])
+
     # --- RADIUS sessions and accounting
 
     async def record_accounting(self, records: Sequence[AccountingRecord]) -> list[AccountingResult]:
@@ -1520,6 +1577,8 @@ _HISTORY = (
     ("accounting_records", "accounting_records", "at < ?"),
     ("radius_sessions", "radius_sessions", "stopped_at IS NOT NULL AND stopped_at < ?"),
     ("leases", "leases", "state != 'bound' AND expires_at < ?"),
+    ("dhcp6_lease_history", "dhcp6_lease_history", "at < ?"),
+    ("dhcp6_leases", "dhcp6_leases", "state != 'bound' AND expires_at < ?"),
     ("audit_log", "audit_log", "at < ?"),
     ("coa_requests", "coa_requests", "at < ?"),
     ("usage_daily", "usage_daily", "day < CAST(? / 86400 AS INTEGER)"),

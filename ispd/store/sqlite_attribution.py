@@ -11,19 +11,21 @@ Both are listed when both exist; agreeing rows from two sources are the stronges
 An IPv6 address or prefix is held by the sessions whose Framed-IPv6-Prefix (the subscriber's
 link) or Delegated-IPv6-Prefix (its router's networks) overlaps it: contains the address, or
 contains or lies inside the prefix asked about (an abuse report's /64 inside a delegated /56; a
-/48 asked about that holds several subscribers' /56s); and by those whose Framed-IPv6-Address
-is the address, or lies inside the prefix. ispd's pools hand out no IPv6, so there
-is no lease history to read. Containment is not a question SQL answers on prefix texts (as the NAS
-or an importer wrote them: compressed or not, either case, bits set past the length), so each is
-also kept as its network in integers (``ipv6_networks``), and the question is a few index ranges
-on those: its cost grows with the sessions that hold the address, not with all that are kept.
+/48 asked about that holds several subscribers' /56s); and by those whose Framed-IPv6-Address is
+the address, or lies inside the prefix. ispd's DHCPv6 server keeps its own history
+(``dhcp6_lease_history``): a binding holds it from its grant to its last row, as a DHCP lease
+does, when its address (IA_NA) or delegated prefix (IA_PD) overlaps it the same way. Containment
+is not a question SQL answers on prefix texts (as the NAS or an importer wrote them: compressed
+or not, either case, bits set past the length), so each is also kept as its network in integers
+(``ipv6_networks``), and the question is a few index ranges on those: its cost grows with the
+sessions (and bindings) that hold the address, not with all that are kept.
 """
 
 from __future__ import annotations
 
 import math
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from ipaddress import IPv6Network
 
 from ispd.store.ipv6_networks import network_text, overlap_ranges
@@ -37,21 +39,22 @@ def who(conn: sqlite3.Connection, address: str, since: float, until: float) -> l
     """The holdings of ``address`` (an IPv4 address, or an IPv6 address or prefix; canonical, as
     ``validation.attributable_text`` gives it) that overlap [since, until], oldest first."""
     if ":" in address:
-        holdings = _ipv6_session_holdings(conn, address, since, until)
+        holdings = _ipv6_session_holdings(conn, address, since, until) + _dhcp6_holdings(conn, address, since, until)
     else:
         holdings = _lease_holdings(conn, address, since, until) + _session_holdings(conn, address, since, until)
     holdings.sort(key=lambda h: (h.starts_at, h.source))
     return holdings
 
 
-def _lease_holdings(conn: sqlite3.Connection, address: str, since: float, until: float) -> list[Holding]:
-    rows = conn.execute(
-        "SELECT * FROM lease_history WHERE address = ? AND starts_at <= ? ORDER BY id", (address, until)).fetchall()
+def _held_spans(rows: Iterable[sqlite3.Row], key: Callable[[sqlite3.Row], tuple[object, ...]],
+                since: float) -> list[tuple[list[sqlite3.Row], float, sqlite3.Row]]:
+    """The rows of each lease (by ``key``; rows in the order written) that held its address at
+    some time from ``since`` on: (its rows, when it ended or ends, the row that names its
+    subscriber). Shared by DHCP's and DHCPv6's history, so both read the same way."""
     groups: dict[tuple[object, ...], list[sqlite3.Row]] = {}
     for row in rows:
-        key = (row["service"], row["starts_at"], row["hw_address"], row["client_id"])
-        groups.setdefault(key, []).append(row)
-    holdings = []
+        groups.setdefault(key(row), []).append(row)
+    spans = []
     for group in groups.values():
         if all(r["event"] in _NOT_HOLDING for r in group):
             continue  # declined when offered: never held
@@ -62,7 +65,17 @@ def _lease_holdings(conn: sqlite3.Connection, address: str, since: float, until:
         ends_at = declined["at"] if declined is not None else last["expires_at"]
         if ends_at < since:
             continue
-        named = next((r for r in reversed(group) if r["username"] is not None), last)
+        spans.append((group, ends_at, next((r for r in reversed(group) if r["username"] is not None), last)))
+    return spans
+
+
+def _lease_holdings(conn: sqlite3.Connection, address: str, since: float, until: float) -> list[Holding]:
+    rows = conn.execute(
+        "SELECT * FROM lease_history WHERE address = ? AND starts_at <= ? ORDER BY id", (address, until)).fetchall()
+    holdings = []
+    for group, ends_at, named in _held_spans(
+            rows, lambda r: (r["service"], r["starts_at"], r["hw_address"], r["client_id"]), since):
+        last = group[-1]
         holdings.append(Holding(
             address=address, source="dhcp" if last["service"] == "dhcp" else "radius-pool",
             starts_at=group[0]["starts_at"], ends_at=ends_at, subscriber_id=named["subscriber_id"],
@@ -90,36 +103,71 @@ def _session_holdings(conn: sqlite3.Connection, address: str, since: float, unti
     return holdings
 
 
-# The sessions whose IPv6 networks overlap the question, by one seek in the index
-# radius_session_ipv6_network per stored length (see ipv6_networks), then those of the span, each
-# read by its id. CROSS JOIN keeps that order: the few ranges outside, the index inside.
+# The rows of a networks table (radius_session_ipv6, dhcp6_lease_history) that overlap the
+# question, by one seek in its (length, net_hi, net_lo) index per stored length (see
+# ipv6_networks); for sessions, then those of the span, each read by its id. CROSS JOIN keeps that
+# order: the few ranges outside, the index inside.
 _BY_HIGH = ("high(length, hi_min, hi_max) AS (VALUES {ranges})",
-            "SELECT n.* FROM high CROSS JOIN radius_session_ipv6 n"
+            "SELECT n.* FROM high CROSS JOIN {table} n"
             " ON n.length = high.length AND n.net_hi BETWEEN high.hi_min AND high.hi_max")
 _BY_LOW = ("low(length, hi, lo_min, lo_max) AS (VALUES {ranges})",
-           "SELECT n.* FROM low CROSS JOIN radius_session_ipv6 n"
+           "SELECT n.* FROM low CROSS JOIN {table} n"
            " ON n.length = low.length AND n.net_hi = low.hi AND n.net_lo BETWEEN low.lo_min AND low.lo_max")
 _IPV6_OVERLAPPING = (
     "WITH {ranges} SELECT s.*, m.kind AS network_kind, m.length AS network_length, m.net_hi, m.net_lo"
     " FROM ({matching}) AS m CROSS JOIN radius_sessions s ON s.id = m.session_id"
     " WHERE s.started_at <= ? AND (s.stopped_at IS NULL OR s.stopped_at >= ?)")
+_DHCP6_OVERLAPPING = "WITH {ranges} SELECT * FROM ({matching}) WHERE starts_at <= ? ORDER BY id"
 _KIND_ORDER = {"framed": 0, "delegated": 1, "framed-address": 2}
+_DHCP6_PREFIX_KINDS = {"na": "address", "pd": "delegated"}
 
 
-def ipv6_overlapping_query(question: IPv6Network, since: float, until: float) -> tuple[str, list[float]]:
-    """The statement and parameters that select the span's sessions holding ``question``."""
+def _overlapping(question: IPv6Network, table: str) -> tuple[str, str, list[int]]:
+    """The WITH clause of the ranges, the SELECT of ``table``'s rows in them, and its parameters."""
     high_ranges, low_ranges = overlap_ranges(question)
     tables, selects, parameters = [], [], []
     by_either: list[tuple[tuple[str, str], Sequence[tuple[int, ...]]]] = [
         (_BY_HIGH, high_ranges), (_BY_LOW, low_ranges)]
-    for (table, select), ranges in by_either:
+    for (ranges_table, select), ranges in by_either:
         if ranges:  # (a question shorter than /64 shares 64 bits with no network: no low ranges)
             row = f"({', '.join('?' * len(ranges[0]))})"
-            tables.append(table.format(ranges=", ".join([row] * len(ranges))))
-            selects.append(select)
+            tables.append(ranges_table.format(ranges=", ".join([row] * len(ranges))))
+            selects.append(select.format(table=table))
             parameters += [value for one in ranges for value in one]
-    sql = _IPV6_OVERLAPPING.format(ranges=", ".join(tables), matching=" UNION ALL ".join(selects))
-    return sql, [*parameters, until, since]
+    return ", ".join(tables), " UNION ALL ".join(selects), parameters
+
+
+def ipv6_overlapping_query(question: IPv6Network, since: float, until: float) -> tuple[str, list[float]]:
+    """The statement and parameters that select the span's sessions holding ``question``."""
+    ranges, matching, parameters = _overlapping(question, "radius_session_ipv6")
+    return _IPV6_OVERLAPPING.format(ranges=ranges, matching=matching), [*parameters, until, since]
+
+
+def dhcp6_overlapping_query(question: IPv6Network, until: float) -> tuple[str, list[float]]:
+    """The statement and parameters that select the DHCPv6 history rows of the bindings whose
+    prefix overlaps ``question`` and that started by ``until``, in the order written."""
+    ranges, matching, parameters = _overlapping(question, "dhcp6_lease_history")
+    return _DHCP6_OVERLAPPING.format(ranges=ranges, matching=matching), [*parameters, until]
+
+
+def _dhcp6_holdings(conn: sqlite3.Connection, question: str, since: float, until: float) -> list[Holding]:
+    # One holding per binding (prefix, kind, start and client's IA): a wide question may overlap
+    # several prefixes, each its own.
+    sql, parameters = dhcp6_overlapping_query(IPv6Network(question), until)
+    rows = conn.execute(sql, parameters).fetchall()
+    holdings = []
+    for group, ends_at, named in _held_spans(
+            rows, lambda r: (r["prefix"], r["kind"], r["starts_at"], r["duid"], r["iaid"]), since):
+        last = group[-1]
+        holdings.append(Holding(
+            address=question, source="dhcp6", starts_at=group[0]["starts_at"], ends_at=ends_at,
+            subscriber_id=named["subscriber_id"], username=named["username"], client_id=last["duid"],
+            hostname=_last(group, "hostname"), circuit_id=_last(group, "interface_id"),
+            remote_id=_last(group, "remote_id"), pool=last["pool"],
+            evidence=tuple(Evidence("dhcp6_lease_history", r["id"], r["at"], r["event"]) for r in group),
+            prefix=network_text(last["length"], last["net_hi"], last["net_lo"]),
+            prefix_kind=_DHCP6_PREFIX_KINDS[last["kind"]]))
+    return holdings
 
 
 def _ipv6_session_holdings(conn: sqlite3.Connection, question: str, since: float,

@@ -67,6 +67,27 @@ def attributable_text(text: str) -> str:
     return str(prefix.network_address) if prefix.prefixlen == 128 else str(prefix)
 
 
+def dhcp6_prefix_text(text: str, *, strict: bool = False) -> str:
+    """A DHCPv6 binding's prefix as the store keys it: the compressed lower-case network text,
+    an address as its /128 (``2001:db8:1::10/128``, ``2001:db8:100:ff00::/56``). Bits past the
+    length are dropped, or with ``strict`` refused (a binding written so is a server's bug)."""
+    stripped = text.strip()
+    wrong = ValueError(f"{text!r} is not an IPv6 address or prefix "
+                       "(write it like 2001:db8:1::10 or 2001:db8:100:ff00::/56)")
+    if ":" not in stripped or "%" in stripped:
+        raise wrong
+    try:
+        return str(IPv6Network(stripped, strict=strict))
+    except (AddressValueError, NetmaskValueError, ValueError):
+        if strict and "/" in stripped:
+            try:
+                IPv6Network(stripped, strict=False)
+            except (AddressValueError, NetmaskValueError, ValueError):
+                raise wrong from None
+            raise ValueError(f"{text!r} has bits set past its length: not a prefix's network") from None
+        raise wrong from None
+
+
 def reservable_address(text: str) -> str:
     """An address a DHCP server could hand to a client: not 0.0.0.0, loopback, link-local,
     multicast or the reserved block 240/4 (which holds 255.255.255.255)."""

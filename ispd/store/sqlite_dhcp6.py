@@ -1,0 +1,65 @@
+"""The SQLite backend's DHCPv6 bindings: one row per prefix ever leased in ``dhcp6_leases``, every
+change appended to ``dhcp6_lease_history`` (migration 0015), as DHCPv4's leases are kept.
+
+The DHCPv6 server decides who gets what from its own view (it loads every row at start), so unlike
+the DHCPv4 ledger (``sqlite_addresses``) nothing here arbitrates: a write makes each binding its
+prefix's row and appends it to the history, with the prefix also as its network in integers
+(``ipv6_networks``) for ``who`` (``sqlite_attribution``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from ispd.store.ipv6_networks import stored_network
+from ispd.store.models import Lease6, Lease6HistoryEntry, Lease6Kind, LeaseState
+from ispd.store.sqlite_addresses import username_of
+
+_UPSERT = (
+    "INSERT OR REPLACE INTO dhcp6_leases (prefix, kind, state, duid, iaid, starts_at, preferred_until, expires_at,"
+    " subscriber_id, hostname, link, pool, remote_id, interface_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_HISTORY_INSERT = (
+    "INSERT INTO dhcp6_lease_history (at, event, prefix, kind, state, duid, iaid, starts_at, preferred_until,"
+    " expires_at, subscriber_id, hostname, link, pool, remote_id, interface_id, username, length, net_hi, net_lo)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def lease6_from_row(row: sqlite3.Row) -> Lease6:
+    return Lease6(
+        prefix=row["prefix"], kind=Lease6Kind(row["kind"]), state=LeaseState(row["state"]), duid=row["duid"],
+        iaid=row["iaid"], starts_at=row["starts_at"], preferred_until=row["preferred_until"],
+        expires_at=row["expires_at"], subscriber_id=row["subscriber_id"], hostname=row["hostname"],
+        link=row["link"], pool=row["pool"], remote_id=row["remote_id"], interface_id=row["interface_id"])
+
+
+def history_entry_from_row(row: sqlite3.Row) -> Lease6HistoryEntry:
+    return Lease6HistoryEntry(
+        id=row["id"], at=row["at"], event=row["event"], prefix=row["prefix"], kind=Lease6Kind(row["kind"]),
+        state=LeaseState(row["state"]), duid=row["duid"], iaid=row["iaid"], starts_at=row["starts_at"],
+        preferred_until=row["preferred_until"], expires_at=row["expires_at"], subscriber_id=row["subscriber_id"],
+        username=row["username"], hostname=row["hostname"], link=row["link"], pool=row["pool"],
+        remote_id=row["remote_id"], interface_id=row["interface_id"])
+
+
+def record_leases6(conn: sqlite3.Connection, changes: Sequence[tuple[Lease6, str]], now: float) -> None:
+    """Make each binding its prefix's row and append it to the history (``event``), with the
+    subscriber's name as it is now; a subscriber since deleted is written as neither id nor name
+    (as DHCPv4's ``record_leases``: the binding stands, the foreign key would refuse the id).
+    Prefixes are canonical already (the store's method checks them before the write)."""
+    usernames: dict[int, str | None] = {}
+    current, history = [], []
+    for lease, event in changes:
+        sid = lease.subscriber_id
+        if sid is not None and sid not in usernames:
+            usernames[sid] = username_of(conn, sid)
+        username = usernames.get(sid) if sid is not None else None
+        values = (lease.prefix, str(lease.kind), str(lease.state), lease.duid, lease.iaid, lease.starts_at,
+                  lease.preferred_until, lease.expires_at, sid if username else None, lease.hostname, lease.link,
+                  lease.pool, lease.remote_id, lease.interface_id)
+        network = stored_network(lease.prefix)
+        assert network is not None  # checked by the caller
+        current.append(values)
+        history.append((now, event, *values, username, *network))
+    conn.executemany(_UPSERT, current)
+    conn.executemany(_HISTORY_INSERT, history)
