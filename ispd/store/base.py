@@ -318,7 +318,8 @@ class Store(ABC):
         self, *, subscriber: SubscriberRef | None = None, include_ended: bool = False
     ) -> list[Lease6]:
         """The DHCPv6 bindings (current ones: bound and not expired; ``include_ended``: every
-        row, as the server loads them at start), of one subscriber or of all."""
+        row, as the server loads them at start), of one subscriber or of all: addresses (IA_NA)
+        first, then delegated prefixes (IA_PD), each in address order."""
 
     @abstractmethod
     async def get_lease6(self, prefix: str) -> Lease6:

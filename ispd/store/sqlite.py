@@ -1369,8 +1369,9 @@ class SQLiteStore(Store):
                 clauses.append("state = 'bound' AND expires_at > ?")
                 params.append(now)
             where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-            return [sqlite_dhcp6.lease6_from_row(r)
-                    for r in conn.execute(f"SELECT * FROM dhcp6_leases {where} ORDER BY prefix", params)]
+            leases = [sqlite_dhcp6.lease6_from_row(r)
+                      for r in conn.execute(f"SELECT * FROM dhcp6_leases {where}", params)]
+            return sorted(leases, key=sqlite_dhcp6.listing_order)
 
         return await self._read("list_leases6", run)
 

@@ -42,6 +42,14 @@ def history_entry_from_row(row: sqlite3.Row) -> Lease6HistoryEntry:
         remote_id=row["remote_id"], interface_id=row["interface_id"])
 
 
+def listing_order(lease: Lease6) -> tuple[str, int, int, int]:
+    """Addresses (IA_NA) before delegated prefixes (IA_PD), each in address order (the text's
+    order puts 2001:db8:100:: before 2001:db8:1::)."""
+    network = stored_network(lease.prefix)
+    length, net_hi, net_lo = network if network is not None else (0, 0, 0)
+    return str(lease.kind), net_hi, net_lo, length
+
+
 def record_leases6(conn: sqlite3.Connection, changes: Sequence[tuple[Lease6, str]], now: float) -> None:
     """Make each binding its prefix's row and append it to the history (``event``), with the
     subscriber's name as it is now; a subscriber since deleted is written as neither id nor name
