@@ -48,6 +48,9 @@ from ispd.store.models import (
     DailyUsage,
     Holding,
     Lease,
+    Lease6,
+    Lease6HistoryEntry,
+    Lease6Kind,
     LeaseHistoryEntry,
     LeaseState,
     OverQuota,
@@ -62,6 +65,7 @@ from ispd.store.models import (
 )
 from ispd.store.validation import (
     attributable_text,
+    dhcp6_prefix_text,
     hostname_text,
     ipv4_text,
     mail_address,
@@ -456,8 +460,11 @@ async def cmd_plan_show(store: Store, args: argparse.Namespace) -> None:
 
 async def cmd_lease_list(store: Store, args: argparse.Namespace) -> None:
     leases = await store.list_leases(subscriber=args.subscriber, include_ended=args.all)
+    bindings = await store.list_leases6(subscriber=args.subscriber, include_ended=args.all)
     if args.json:
-        print_json(leases)
+        # One list, as before: the DHCPv4 leases, then the DHCPv6 bindings, told apart by their
+        # "service" (dhcp or radius for a lease; dhcp6 for a binding, whose key is "prefix").
+        print_json([*_jsonable(leases), *({**_jsonable(b), "service": "dhcp6"} for b in bindings)])
         return
     names = {s.id: s.username for s in await store.list_subscribers()}
     print_table(
@@ -466,6 +473,14 @@ async def cmd_lease_list(store: Store, args: argparse.Namespace) -> None:
         [[le.address, le.state.value, when(le.expires_at), le.hw_address, le.client_id, le.hostname,
           names.get(le.subscriber_id or 0), le.circuit_id, le.remote_id, le.service.value] for le in leases],
     )
+    if bindings:
+        print()
+        print_table(
+            ["DHCPV6", "PREFIX", "STATE", "EXPIRES", "DUID", "IAID", "HOSTNAME", "SUBSCRIBER", "LINK",
+             "INTERFACE_ID", "REMOTE_ID"],
+            [[b.kind.value, b.prefix, b.state.value, when(b.expires_at), b.duid, b.iaid, b.hostname,
+              names.get(b.subscriber_id or 0), b.link, b.interface_id, b.remote_id] for b in bindings],
+        )
 
 
 async def username_of(store: Store, subscriber_id: int) -> str | None:
@@ -507,6 +522,9 @@ async def cmd_reservation_delete(store: Store, args: argparse.Namespace) -> None
 
 
 async def cmd_lease_show(store: Store, args: argparse.Namespace) -> None:
+    if ":" in args.address:
+        await _show_lease6(store, args)
+        return
     lease: Lease | None
     try:
         lease = await store.get_lease(args.address)
@@ -523,6 +541,39 @@ async def cmd_lease_show(store: Store, args: argparse.Namespace) -> None:
         print_json({"address": args.address, "lease": current, "history": history})
         return
     print(render_lease(args.address, lease, username, history, args.limit))
+
+
+async def _show_lease6(store: Store, args: argparse.Namespace) -> None:
+    lease: Lease6 | None
+    try:
+        lease = await store.get_lease6(args.address)
+    except NotFound:
+        lease = None
+    history = await store.lease6_history(args.address, limit=args.limit)
+    if lease is None and not history:
+        hint = f" (ispd who {args.address.removesuffix('/128')} names the delegated prefix that holds an address)" \
+            if args.address.endswith("/128") else ""
+        raise CommandFailed(f"no DHCPv6 binding for {args.address}{hint}")
+    username = None
+    if lease is not None and lease.subscriber_id is not None:
+        username = await username_of(store, lease.subscriber_id)
+    if args.json:
+        current = None if lease is None else {**_jsonable(lease), "username": username}
+        print_json({"prefix": args.address, "lease": current, "history": history})
+        return
+    print(render_lease6(args.address, lease, username, history, args.limit))
+
+
+def lease_key_text(text: str) -> str:
+    """What ``lease show`` is asked about: an IPv4 address (a DHCP lease), or an IPv6 address or
+    prefix (a DHCPv6 binding: an address is its /128)."""
+    if ":" in text:
+        return dhcp6_prefix_text(text)
+    try:
+        return ipv4_text(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IPv4 address, an IPv6 address or an IPv6 prefix (write it like "
+                         "198.18.0.10, 2001:db8:1::10 or 2001:db8:100:ff00::/56)") from None
 
 
 LAST_TIME = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()  # the last that prints as a date
@@ -617,7 +668,8 @@ WHO_COLUMNS = ("address", "source", "starts_at", "ends_at", "username", "subscri
                "hostname", "circuit_id", "remote_id", "pool", "nas_address", "nas_identifier", "nas_port_id",
                "acct_session_id", "terminate_cause", "evidence")
 IPV6_ONLY = ("prefix", "prefix_kind")  # an IPv6 question's answer: the session's prefix that held it
-PREFIX_KINDS = {"framed": "framed prefix", "delegated": "delegated prefix", "framed-address": "framed address"}
+PREFIX_KINDS = {"framed": "framed prefix", "delegated": "delegated prefix", "framed-address": "framed address",
+                "address": "address"}
 
 
 async def cmd_who(store: Store, args: argparse.Namespace) -> None:
@@ -653,12 +705,15 @@ async def cmd_who(store: Store, args: argparse.Namespace) -> None:
 def render_holding(h: Holding) -> str:
     who_ = f"{h.username} (#{h.subscriber_id})" if h.username and h.subscriber_id else (
         h.username or (f"#{h.subscriber_id}" if h.subscriber_id else "no subscriber (an unknown client)"))
-    how = {"dhcp": "DHCP lease", "radius-pool": "RADIUS, from ispd's pool", "radius-session": "RADIUS session"}
+    how = {"dhcp": "DHCP lease", "radius-pool": "RADIUS, from ispd's pool", "radius-session": "RADIUS session",
+           "dhcp6": "DHCPv6 binding"}
     ends = "still open" if h.ends_at is None else f"until {when(h.ends_at)}"
     held_by = "" if h.prefix is None else f", {PREFIX_KINDS.get(h.prefix_kind or '', h.prefix_kind)} {h.prefix}"
     lines = [f"  {who_}: {how.get(h.source, h.source)}{held_by} from {when(h.starts_at)} {ends}"]
+    dhcp6 = h.source == "dhcp6"  # its client id is the DUID, its circuit the relay's Interface-ID
     details = [("MAC" if h.source != "radius-session" else "Calling-Station-Id", h.hw_address),
-               ("client-id", h.client_id), ("hostname", h.hostname), ("circuit-id", h.circuit_id),
+               ("DUID" if dhcp6 else "client-id", h.client_id), ("hostname", h.hostname),
+               ("interface-id" if dhcp6 else "circuit-id", h.circuit_id),
                ("remote-id", h.remote_id), ("pool", h.pool), ("NAS", h.nas_address),
                ("NAS-Identifier", h.nas_identifier), ("NAS-Port-Id", h.nas_port_id),
                ("Acct-Session-Id", h.acct_session_id), ("ended by", h.terminate_cause)]
@@ -697,6 +752,38 @@ def render_lease(address: str, lease: Lease | None, username: str | None, histor
     rows = [[when(h.at), h.event, h.hw_address, h.client_id, h.hostname,
              h.username or (None if h.subscriber_id is None else f"#{h.subscriber_id}"), h.circuit_id,
              h.remote_id, h.pool, when(h.starts_at), when(h.expires_at)] for h in history]
+    return "\n".join(lines + table_lines(headers, rows))
+
+
+def render_lease6(prefix: str, lease: Lease6 | None, username: str | None, history: list[Lease6HistoryEntry],
+                  limit: int) -> str:
+    lines = [f"prefix        {prefix}"]
+    if lease is None:
+        lines.append("state         no current binding (only history is kept)")
+    else:
+        state = lease.state.value
+        if lease.state is LeaseState.BOUND and lease.expires_at <= time.time():
+            state += " (expired, not yet reclaimed)"
+        subscriber = (f"{username} (#{lease.subscriber_id})" if username
+                      else None if lease.subscriber_id is None else f"#{lease.subscriber_id}")
+        kind = "na (an address, IA_NA)" if lease.kind is Lease6Kind.ADDRESS else "pd (a delegated prefix, IA_PD)"
+        for label, value in (
+            ("kind", kind), ("state", state), ("starts", when(lease.starts_at)),
+            ("preferred", when(lease.preferred_until)), ("expires", when(lease.expires_at)), ("duid", lease.duid),
+            ("iaid", lease.iaid), ("hostname", lease.hostname), ("subscriber", subscriber), ("link", lease.link),
+            ("pool", lease.pool), ("interface id", lease.interface_id), ("remote id", lease.remote_id),
+        ):
+            lines.append(f"{label:<14}{'-' if value is None else value}")
+    if not history:
+        lines.append("history       none")
+        return "\n".join(lines)
+    more = f", the newest {limit}" if len(history) == limit else ""
+    lines += ["", f"history (newest first{more})"]
+    headers = ["AT", "EVENT", "DUID", "IAID", "HOSTNAME", "SUBSCRIBER", "LINK", "INTERFACE_ID", "REMOTE_ID",
+               "STARTS", "EXPIRES"]
+    rows = [[when(h.at), h.event, h.duid, h.iaid, h.hostname,
+             h.username or (None if h.subscriber_id is None else f"#{h.subscriber_id}"), h.link, h.interface_id,
+             h.remote_id, when(h.starts_at), when(h.expires_at)] for h in history]
     return "\n".join(lines + table_lines(headers, rows))
 
 
@@ -895,14 +982,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", type=positive_int, help="the reservation's number (see reservation list)")
     p.set_defaults(handler=cmd_reservation_delete)
 
-    lease = top.add_parser("lease", help="DHCP leases").add_subparsers(dest="action", required=True)
-    p = lease.add_parser("list", parents=[config_opts, json_opt], help="list leases (current ones by default)")
+    lease = top.add_parser("lease", help="DHCP leases and DHCPv6 bindings").add_subparsers(dest="action",
+                                                                                          required=True)
+    p = lease.add_parser("list", parents=[config_opts, json_opt],
+                         help="list leases, then DHCPv6 bindings (current ones by default)",
+                         description="The DHCP leases, then the DHCPv6 bindings (kind na: an address, pd: a "
+                                     "delegated prefix). With --json, one list: a binding has \"service\": "
+                                     "\"dhcp6\" and its \"prefix\" instead of an \"address\".")
     p.add_argument("--subscriber", help=f"only this subscriber's: {SUBSCRIBER_HELP}")
     p.add_argument("--all", action="store_true", help="also released, expired and declined ones")
     p.set_defaults(handler=cmd_lease_list)
     p = lease.add_parser("show", parents=[config_opts, json_opt],
-                         help="an address's current lease and its history: who had it, and when")
-    p.add_argument("address", type=checked_arg(ipv4_text))
+                         help="an address's current lease and its history: who had it, and when; for an IPv6 "
+                              "address or prefix, its DHCPv6 binding")
+    p.add_argument("address", type=checked_arg(lease_key_text),
+                   help="an IPv4 address, or an IPv6 address (an IA_NA) or prefix (an IA_PD)")
     p.add_argument("--limit", type=positive_int, default=50, help="history entries to show (default: 50)")
     p.set_defaults(handler=cmd_lease_show)
 
@@ -927,7 +1021,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "An IPv6 address or prefix is held by the RADIUS sessions whose framed prefix "
                     "(Framed-IPv6-Prefix, the subscriber's link) or delegated prefix (Delegated-IPv6-Prefix, "
                     "its router's networks) overlaps it: contains the address, or contains or lies inside the "
-                    "prefix; or whose framed address (Framed-IPv6-Address) is it or lies inside it. "
+                    "prefix; or whose framed address (Framed-IPv6-Address) is it or lies inside it; and by the "
+                    "DHCPv6 bindings whose address (IA_NA) or delegated prefix (IA_PD) does the same. "
                     "Times are ISO 8601 (without a zone: UTC), POSIX timestamps or 'now' (the default). "
                     "Exits 1 when nobody held it.")
     p.add_argument("address", type=checked_arg(attributable_text),
