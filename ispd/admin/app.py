@@ -40,6 +40,8 @@ from ispd.store.models import (
     DailyUsage,
     Holding,
     Lease,
+    Lease6,
+    Lease6HistoryEntry,
     LeaseHistoryEntry,
     Mailbox,
     OverQuota,
@@ -52,7 +54,7 @@ from ispd.store.models import (
     SuspendedMail,
     Usage,
 )
-from ispd.store.validation import attributable_text, mail_address
+from ispd.store.validation import attributable_text, dhcp6_prefix_text, mail_address
 
 # --- request bodies
 
@@ -124,6 +126,12 @@ class LeaseView(BaseModel):
     address: str
     lease: Lease | None
     history: list[LeaseHistoryEntry]
+
+
+class Lease6View(BaseModel):
+    prefix: str = Field(description="the prefix asked about, canonical (an address as its /128)")
+    lease: Lease6 | None
+    history: list[Lease6HistoryEntry]
 
 
 class Attribution(BaseModel):
@@ -450,6 +458,25 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
         except NotFound:
             lease = None
         return LeaseView(address=address, lease=lease, history=await store.lease_history(address, limit=limit))
+
+    @app.get("/v1/leases6", tags=["leases"])
+    async def list_leases6(subscriber: str | None = None, include_ended: bool = False) -> list[Lease6]:
+        """DHCPv6 bindings: addresses (kind na, IA_NA) first, then delegated prefixes (pd, IA_PD)."""
+        return await store.list_leases6(subscriber=subscriber or None, include_ended=include_ended)
+
+    # ":path": a delegated prefix (2001:db8:100:ff00::/56) has a slash in it.
+    @app.get("/v1/leases6/{prefix:path}", tags=["leases"])
+    async def show_lease6(prefix: str, limit: Annotated[int, Query(ge=1, le=10_000)] = 50) -> Lease6View:
+        """A prefix's (or an address's) DHCPv6 binding and its history, newest first."""
+        try:
+            canonical = dhcp6_prefix_text(prefix.removesuffix("/"))
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        try:
+            lease: Lease6 | None = await store.get_lease6(canonical)
+        except NotFound:
+            lease = None
+        return Lease6View(prefix=canonical, lease=lease, history=await store.lease6_history(canonical, limit=limit))
 
     # ":path": an IPv6 prefix asked about (2001:db8:1:2::/64) has a slash in it.
     @app.get("/v1/who/{address:path}", tags=["attribution"])

@@ -182,6 +182,35 @@ def test_who_and_usage_answer_from_the_history(api: Api) -> None:
     assert status == 400 and "is not an IPv4 or IPv6 address" in body["detail"]
 
 
+def test_dhcp6_bindings_are_listed_and_shown_with_their_history(api: Api) -> None:
+    import asyncio
+
+    from ispd.store import StoreConfig, open_store
+    from ispd.store.models import Lease6, Lease6Kind, LeaseState
+
+    binding = Lease6("2001:db8:100:ff00::/56", Lease6Kind.PREFIX, LeaseState.BOUND, "00:03:00:01:02:00:00:00:00:0a",
+                     1, 1_800_000_000.0, 1_800_001_800.0, 4_000_000_000.0, interface_id="olt1/1/1")
+
+    async def write() -> None:  # as the DHCPv6 server would, beside the running daemon
+        store = await open_store(StoreConfig(path=api.ispd.workdir / "ispd.db"))
+        try:
+            await store.record_leases6([(binding, "granted")])
+        finally:
+            await store.close()
+
+    asyncio.run(write())
+    status, body = api.call("GET", "/v1/leases6")
+    assert status == 200 and [(b["prefix"], b["kind"], b["interface_id"]) for b in body] == [
+        ("2001:db8:100:ff00::/56", "pd", "olt1/1/1")]
+    status, body = api.call("GET", "/v1/leases6/2001:DB8:100:FF00::/56?limit=5")
+    assert status == 200 and body["prefix"] == "2001:db8:100:ff00::/56" and body["lease"]["iaid"] == 1
+    assert [h["event"] for h in body["history"]] == ["granted"]
+    status, body = api.call("GET", "/v1/leases6/2001:db8:1::10")
+    assert status == 200 and (body["prefix"], body["lease"], body["history"]) == ("2001:db8:1::10/128", None, [])
+    status, body = api.call("GET", "/v1/leases6/198.18.0.1")
+    assert status == 400 and "not an IPv6 address or prefix" in body["detail"]
+
+
 def test_dns_endpoints_say_when_the_resolver_is_not_running(api: Api) -> None:
     status, body = api.call("GET", "/v1/dns/negative-trust-anchors")
     assert status == 503 and "DNS resolver is not running" in body["detail"]
