@@ -553,10 +553,6 @@ def _check_plan_ranges(values: dict[str, Any]) -> None:
             raise InvalidValue(f"{name} must be between 1 and {limit}, not {value}")
 
 
-def _strict_dhcp6_prefix(text: str) -> str:
-    return dhcp6_prefix_text(text, strict=True)
-
-
 def _is_row_id(text: str) -> bool:
     return text.isascii() and text.isdigit() and len(text) <= 18  # below 2**63: an SQLite INTEGER
 
@@ -1348,12 +1344,8 @@ class SQLiteStore(Store):
     async def record_leases6(self, changes: Sequence[tuple[Lease6, str]]) -> None:
         if not changes:
             return
-        checked = []
-        for lease, event in changes:  # one bad prefix refuses the batch before anything is written
-            prefix = _checked(_strict_dhcp6_prefix, lease.prefix)
-            checked.append((lease if prefix == lease.prefix else dataclasses.replace(lease, prefix=prefix), event))
         now = self.clock()
-        await self._write("record_leases6", lambda conn: sqlite_dhcp6.record_leases6(conn, checked, now))
+        await self._write("record_leases6", lambda conn: sqlite_dhcp6.record_leases6(conn, changes, now))
 
     async def list_leases6(
         self, *, subscriber: SubscriberRef | None = None, include_ended: bool = False

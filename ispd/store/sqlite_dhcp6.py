@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from functools import lru_cache
 
+from ispd.store.errors import InvalidValue
 from ispd.store.ipv6_networks import stored_network
 from ispd.store.models import Lease6, Lease6HistoryEntry, Lease6Kind, LeaseState
 from ispd.store.sqlite_addresses import username_of
+from ispd.store.validation import dhcp6_prefix_text
 
 _UPSERT = (
     "INSERT OR REPLACE INTO dhcp6_leases (prefix, kind, state, duid, iaid, starts_at, preferred_until, expires_at,"
@@ -50,23 +53,36 @@ def listing_order(lease: Lease6) -> tuple[str, int, int, int]:
     return str(lease.kind), net_hi, net_lo, length
 
 
+# A renewal writes the prefix its grant wrote: most checks are a dictionary lookup. (In the
+# writer's thread, not on the event loop: the first check of a text costs ~13 us.)
+@lru_cache(maxsize=65536)
+def _canonical_prefix(text: str) -> tuple[str, tuple[int, int, int]]:
+    try:
+        prefix = dhcp6_prefix_text(text, strict=True)
+    except ValueError as exc:
+        raise InvalidValue(str(exc)) from None
+    network = stored_network(prefix)
+    assert network is not None  # a canonical prefix is one
+    return prefix, network
+
+
 def record_leases6(conn: sqlite3.Connection, changes: Sequence[tuple[Lease6, str]], now: float) -> None:
     """Make each binding its prefix's row and append it to the history (``event``), with the
     subscriber's name as it is now; a subscriber since deleted is written as neither id nor name
     (as DHCPv4's ``record_leases``: the binding stands, the foreign key would refuse the id).
-    Prefixes are canonical already (the store's method checks them before the write)."""
+    Each prefix is kept in its canonical text; one that is no IPv6 network raises
+    ``InvalidValue`` before anything is written."""
     usernames: dict[int, str | None] = {}
     current, history = [], []
     for lease, event in changes:
+        prefix, network = _canonical_prefix(lease.prefix)
         sid = lease.subscriber_id
         if sid is not None and sid not in usernames:
             usernames[sid] = username_of(conn, sid)
         username = usernames.get(sid) if sid is not None else None
-        values = (lease.prefix, str(lease.kind), str(lease.state), lease.duid, lease.iaid, lease.starts_at,
+        values = (prefix, str(lease.kind), str(lease.state), lease.duid, lease.iaid, lease.starts_at,
                   lease.preferred_until, lease.expires_at, sid if username else None, lease.hostname, lease.link,
                   lease.pool, lease.remote_id, lease.interface_id)
-        network = stored_network(lease.prefix)
-        assert network is not None  # checked by the caller
         current.append(values)
         history.append((now, event, *values, username, *network))
     conn.executemany(_UPSERT, current)
