@@ -1,0 +1,210 @@
+"""ispd's DHCPv6 server in one namespace and real DHCPv6 clients (ISC dhclient -6, dhcpcd -6) in
+another, directly on one link or through ISC dhcrelay -6 in a namespace between them:
+
+    direct:   cli [link-local] ── veth ── [2001:db8:1::1/64] srv (ispd)
+    relayed:  cli ── [2001:db8:2::1/64] relay (dhcrelay -6) [2001:db8:1::2/64] ── [2001:db8:1::1/64] srv
+
+Each client asks for an address (IA_NA) and a delegated prefix (IA_PD). What the clients report
+comes from tests/lab/dhcp6clients.py, which is checked against Kea in tests/lab/test_dhcp6_harness.py.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.lab.dhcp6clients import (
+    CLIENTS6,
+    Binding6,
+    DHCPv6Client,
+    Relay6,
+    client_link6,
+    exchange6,
+    global_addresses,
+    relayed_path6,
+)
+from tests.lab.dhcpclients import DHCPIspd
+from tests.lab.netns import Lab
+from tests.lab.process import base_config, eventually
+
+if os.geteuid() != 0:
+    pytest.skip("the DHCPv6 lab needs root (network namespaces)", allow_module_level=True)
+
+DNS = ("2001:db8:1::1", "2001:db8:1::53")
+SEARCH = ("lab.example", "example.net")
+POOLS = {"direct": ("2001:db8:1::100", "2001:db8:1::1ff", "2001:db8:100::/40", 56),
+         "relayed": ("2001:db8:2::100", "2001:db8:2::1ff", "2001:db8:200::/40", 60)}
+
+
+def dhcp6_section(server_if: str, **overrides: Any) -> dict[str, Any]:
+    section: dict[str, Any] = {
+        "enabled": True, "interfaces": [server_if], "preferred_lifetime_seconds": 300, "valid_lifetime_seconds": 600,
+        "renew_seconds": 100, "rebind_seconds": 200, "dns_servers": list(DNS), "domain_search": list(SEARCH),
+        "decline_quarantine_seconds": 600,
+        "subnet": [
+            {"name": "direct", "prefix": "2001:db8:1::/64", "interface": server_if,
+             "pool": [{"name": "direct-hosts", "range": "2001:db8:1::100 - 2001:db8:1::1ff"}],
+             "prefix_pool": [{"name": "direct-homes", "prefix": "2001:db8:100::/40", "delegated_length": 56}]},
+            {"name": "relayed", "prefix": "2001:db8:2::/64",
+             "pool": [{"name": "relayed-hosts", "range": "2001:db8:2::100 - 2001:db8:2::1ff"}],
+             "prefix_pool": [{"name": "relayed-homes", "prefix": "2001:db8:200::/40", "delegated_length": 60}]},
+        ],
+    }
+    section.update(overrides)
+    return section
+
+
+@dataclass
+class Net6:
+    lab: Lab
+    workdir: Path
+    kind: str  # direct | relayed
+    server_ns: str
+    server_if: str
+    client_ns: str
+    client_if: str
+    ispd: DHCPIspd
+    relay: Relay6 | None
+
+    def client(self, name: str, **kwargs: Any) -> DHCPv6Client:
+        client = CLIENTS6[name](self.lab, self.client_ns, self.client_if, self.workdir, **kwargs)
+        client.context = self.servers
+        return client
+
+    def servers(self) -> str:
+        relay = f"--- dhcrelay -6:\n{self.relay.output()[-3000:]}\n" if self.relay else ""
+        counters = "\n".join(line for line in _scrape(self.ispd).splitlines() if line.startswith("ispd_dhcp6_packets"))
+        return f"{relay}--- ispd counters:\n{counters}\n--- ispd log:\n{self.ispd.log_text()[-4000:]}"
+
+    def bound(self, pool: str) -> float:
+        return self.ispd.metric_in_netns("ispd_dhcp6_pool_assigned", {"pool": pool}) or 0.0
+
+
+def _scrape(ispd: DHCPIspd) -> str:
+    try:
+        return ispd._scrape_in_netns()
+    except (AssertionError, OSError) as exc:
+        return f"(not readable: {exc})"
+
+
+@pytest.fixture
+def make_net6(tmp_path: Path) -> Iterator[Callable[..., Net6]]:
+    lab = Lab()
+    started: list[DHCPIspd | Relay6] = []
+
+    def make(kind: str = "direct", **overrides: Any) -> Net6:
+        server_ns, client_ns = lab.namespace("i6srv"), lab.namespace("i6cli")
+        relay = None
+        if kind == "direct":
+            link = client_link6(lab, server_ns, client_ns, "2001:db8:1::1/64")
+            server_if, client_if = link.a_end, link.b_end
+        else:
+            path = relayed_path6(lab, server_ns, lab.namespace("i6rly"), client_ns)
+            server_if, client_if = path.server.a_end, path.client_if
+            relay = Relay6(path.relay_ns, path.client.a_end, path.server.b_end, path.server_address, tmp_path)
+        ispd = DHCPIspd(tmp_path, base_config(tmp_path, dhcp6=dhcp6_section(server_if, **overrides)), netns=server_ns)
+        started.append(ispd)
+        ispd.start()
+        if relay is not None:
+            started.append(relay)
+            relay.start()
+        return Net6(lab, tmp_path, kind, server_ns, server_if, client_ns, client_if, ispd, relay)
+
+    try:
+        yield make
+    finally:
+        for thing in reversed(started):
+            if isinstance(thing, DHCPIspd):
+                thing.terminate()
+            else:
+                thing.close()
+        lab.close()
+
+
+def check(net: Net6, client: DHCPv6Client, binding: Binding6) -> None:
+    why = f"{client.describe()}\n{net.servers()}"
+    first, last, pd_pool, pd_length = POOLS[net.kind]
+    assert len(binding.addresses) == 1 and len(binding.prefixes) == 1, why
+    address = ipaddress.IPv6Address(binding.addresses[0].address)
+    assert ipaddress.IPv6Address(first) <= address <= ipaddress.IPv6Address(last), why
+    prefix = binding.prefixes[0].network
+    assert prefix.prefixlen == pd_length and prefix.subnet_of(ipaddress.IPv6Network(pd_pool)), why
+    for lease in (*binding.addresses, *binding.prefixes):
+        assert (lease.preferred, lease.valid) == (300, 600), why
+    assert (binding.t1, binding.t2) == (100, 200), why
+    assert binding.dns == DNS and binding.search == SEARCH, why
+    assert binding.server_id and binding.server_id.startswith("00:04:"), why  # ispd's DUID-UUID
+
+
+@pytest.mark.parametrize("kind", ["direct", "relayed"])
+@pytest.mark.parametrize("name", ["dhclient", "dhcpcd"])
+def test_a_client_gets_an_address_and_a_prefix(make_net6: Callable[..., Net6], kind: str, name: str) -> None:
+    net = make_net6(kind)
+    with net.client(name, na=True, pd=True) as client:
+        binding = client.obtain(timeout=10)
+        check(net, client, binding)
+        assert f"{binding.addresses[0].address}/128" in global_addresses(net.client_ns, net.client_if)
+        eventually(lambda: net.bound(f"{kind}-hosts") == 1 and net.bound(f"{kind}-homes") == 1)
+
+
+@pytest.mark.parametrize("name", ["dhclient", "dhcpcd"])
+def test_renew_keeps_the_binding_and_release_ends_it(make_net6: Callable[..., Net6], name: str) -> None:
+    net = make_net6()
+    with net.client(name, na=True, pd=True) as client:
+        first = client.obtain(timeout=10)
+        renewed = client.renew(timeout=10)
+        why = f"{client.describe()}\n{net.servers()}"
+        assert renewed.reason == {"dhcpcd": "RENEW6", "dhclient": "REBIND6"}[name], why
+        assert [a.address for a in renewed.addresses] == [a.address for a in first.addresses], why
+        assert [p.prefix for p in renewed.prefixes] == [p.prefix for p in first.prefixes], why
+        assert client.release(timeout=10) is not None, why
+        eventually(lambda: net.bound("direct-hosts") == 0 and net.bound("direct-homes") == 0)
+
+
+def test_a_binding_outlives_a_restart_of_ispd(make_net6: Callable[..., Net6]) -> None:
+    """The bindings are in the store: after a restart the client's Renew keeps its prefix, and
+    another client does not get it."""
+    net = make_net6()
+    with net.client("dhcpcd", na=True, pd=True) as client:
+        first = client.obtain(timeout=10)
+        net.ispd.terminate()
+        net.ispd.start()
+        renewed = client.renew(timeout=10)
+        assert [p.prefix for p in renewed.prefixes] == [p.prefix for p in first.prefixes], client.describe()
+        assert renewed.server_id == first.server_id  # the same DUID after a restart
+        client.stop()  # without a Release: the binding stays, and port 546 is free for another client
+    net.ispd.terminate()
+    net.ispd.start()
+    with make_other_client(net) as other:
+        second = other.obtain(timeout=10)
+        assert second.prefixes[0].prefix != first.prefixes[0].prefix, other.describe()
+
+
+def make_other_client(net: Net6) -> DHCPv6Client:
+    """A second client on the same link: dhclient with a DUID of its own (a DUID-LL of another MAC)."""
+    return net.client("dhclient", na=False, pd=True, duid_type="LL",
+                      extra_conf='send dhcp6.client-id 00:03:00:01:02:00:5e:66:00:01;')
+
+
+def _option(code: int, data: bytes) -> bytes:
+    return struct.pack("!HH", code, len(data)) + data
+
+
+def test_garbage_between_good_messages_is_dropped_and_counted(make_net6: Callable[..., Net6]) -> None:
+    net = make_net6()
+    duid = bytes.fromhex("0003000102005e000077")
+    solicit = bytes([1, 0, 0, 7]) + _option(1, duid) + _option(8, bytes(2)) + _option(25, struct.pack("!III", 1, 0, 0))
+    garbage = [b"", b"\x01", b"\x01\x00\x00\x01\x00\x01\x00\xff", b"\x0c" + bytes(40), os.urandom(200),
+               bytes([3, 0, 0, 1]) + _option(3, b"\x00")]
+    replies = exchange6(net.client_ns, net.client_if, [*garbage, solicit], listen=3, transaction_ids=[7], until=1)
+    assert len(replies) == 1 and replies[0][0] == 2, (replies, net.servers())  # an Advertise
+    dropped = net.ispd.metric_in_netns("ispd_dhcp6_packets_dropped_total") or 0
+    assert dropped >= 4, net.servers()
+    assert net.ispd.proc is not None and net.ispd.proc.poll() is None
