@@ -141,6 +141,32 @@ class LeaseEnded(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class Binding6Granted(Event):
+    """A DHCPv6 binding was made or renewed, durably (the client has or is about to get its
+    Reply): an address of the link (``kind`` "na", ``prefix`` a /128) or a prefix delegated to
+    the client's router (``kind`` "pd")."""
+
+    prefix: str
+    kind: str  # na | pd
+    expires_at: float
+    hostname: str | None = None
+    subscriber_id: int | None = None
+    renewal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Binding6Ended(Event):
+    """A DHCPv6 binding ended: released by the client, expired, declined, or taken back (a
+    suspended subscriber's, a binding the client no longer has on this link)."""
+
+    prefix: str
+    kind: str  # na | pd
+    reason: str  # released | expired | declined
+    hostname: str | None = None
+    subscriber_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SessionEvent(Event):
     """A RADIUS session, as its NAS accounts for it (durably recorded before the event)."""
 
@@ -232,7 +258,8 @@ class EventBus:
 # Events that cross into and out of a worker process (``ispd/workers.py``). The others reach
 # every process by the store's audit log (``AuditRelay``), so they must not be bridged as well.
 BRIDGED_EVENTS: dict[str, type[Event]] = {cls.__name__: cls for cls in (LeaseGranted, LeaseEnded, SessionStarted,
-                                                                          SessionStopped)}
+                                                                          SessionStopped, Binding6Granted,
+                                                                          Binding6Ended)}
 
 
 def event_to_wire(event: Event) -> dict[str, Any]:

@@ -43,6 +43,8 @@ from ispd.dhcp6.config import DHCP6Config
 from ispd.dhcp6.engine import DHCP6Engine, Outcome6, Received6
 from ispd.dhcp6.metrics import DHCP6Metrics
 from ispd.events import (
+    Binding6Ended,
+    Binding6Granted,
     ReservationAdded,
     ReservationDeleted,
     SubscriberAdded,
@@ -297,9 +299,12 @@ class DHCP6Service(Service):
                       exc_info=not isinstance(exc, StoreError))
             return
         self._store_failing = False
+        now = self.context.clock()
         for outcome, relays, sender, started, type_name in batch:
             if outcome.reply is not None:
                 self._send(outcome.reply, relays, sender, started, type_name)
+            for lease, event in outcome.writes:
+                self.context.bus.publish(_announcement(lease, event, now))
 
     # --- sending
 
@@ -367,3 +372,13 @@ def _source_address(sender: Any) -> IPv6Address | None:
         return IPv6Address(str(sender[0]).split("%", 1)[0])
     except (TypeError, IndexError, ValueError):
         return None
+
+
+def _announcement(lease: Lease6, event: str, now: float) -> Binding6Granted | Binding6Ended:
+    """What the bus hears of a durable binding change (DNS: lease names, who holds a prefix)."""
+    if event in ("granted", "renewed"):
+        return Binding6Granted(at=now, prefix=lease.prefix, kind=str(lease.kind), expires_at=lease.expires_at,
+                               hostname=lease.hostname, subscriber_id=lease.subscriber_id,
+                               renewal=event == "renewed")
+    return Binding6Ended(at=now, prefix=lease.prefix, kind=str(lease.kind), reason=event, hostname=lease.hostname,
+                         subscriber_id=lease.subscriber_id)

@@ -71,6 +71,8 @@ from ispd.dns.wire import name_from_text, name_to_text
 from ispd.dns.zone import Zone, ZoneError, load_zone_file, load_zone_text
 from ispd.dns.zonelimit import ZoneRateLimiter
 from ispd.events import (
+    Binding6Ended,
+    Binding6Granted,
     LeaseEnded,
     LeaseGranted,
     PlanAdded,
@@ -618,6 +620,7 @@ class DNSService(Service):
         store = self.context.store
         try:
             leases = await store.list_leases()
+            bindings = await store.list_leases6()
             suspended = await store.list_subscribers(SubscriberStatus.SUSPENDED)
             sessions = await store.list_sessions(open_only=True, limit=1_000_000)
             if self.scopes.by_plan:
@@ -651,6 +654,13 @@ class DNSService(Service):
                     self.walled.lease_granted(session.framed_ip, session.subscriber_id, session.id)
                 for network in session.ipv6_networks():
                     self.walled.network_granted(network, session.subscriber_id, session.id)
+        # DHCPv6 bindings: an address's name, and who holds an address or a delegated prefix
+        # (the home's devices ask from addresses in it), in the order they were last renewed.
+        for binding in sorted(bindings, key=lambda binding: binding.expires_at):
+            if binding.state == LeaseState.BOUND and binding.expires_at > now:
+                self._binding6_name(binding.prefix, str(binding.kind), binding.hostname, binding.expires_at)
+                if binding.subscriber_id is not None:
+                    self.walled.network_granted(binding.prefix, binding.subscriber_id)
         for subscriber in suspended:
             self.walled.set_suspended(subscriber.id, True)
 
@@ -664,6 +674,14 @@ class DNSService(Service):
             self.local.add_lease_name(hostname, address, ttl)
             self._local_changed(before)
         return walled_changed
+
+    def _binding6_name(self, prefix: str, kind: str, hostname: str | None, expires_at: float) -> None:
+        """Publish a DHCPv6 address's name (AAAA and PTR), as a DHCPv4 lease's."""
+        if kind == "na" and hostname and self.local is not None and self.config.lease_names.domain:
+            ttl = min(self.config.lease_names.ttl, max(0, int(expires_at - self.context.clock())))
+            before = self.local.generation
+            self.local.add_lease_name(hostname, prefix.split("/", 1)[0], ttl)
+            self._local_changed(before)
 
     def _local_changed(self, generation: int) -> None:
         """Local data changed since ``generation`` (a renewal does not change it): the answers the
@@ -774,6 +792,20 @@ class DNSService(Service):
             for network in event.networks():
                 self._network_change(network, lambda: self.walled.network_ended(network, event.session_id))  # noqa: B023
 
+        def binding6_granted(event: Binding6Granted) -> None:
+            self._binding6_name(event.prefix, event.kind, event.hostname, event.expires_at)
+            subscriber = event.subscriber_id
+            if subscriber is not None:
+                self._network_change(event.prefix, lambda: self.walled.network_granted(event.prefix, subscriber))
+
+        def binding6_ended(event: Binding6Ended) -> None:
+            if event.kind == "na" and self.local is not None:
+                before = self.local.generation
+                self.local.remove_lease_name(event.prefix.split("/", 1)[0], event.hostname)
+                self._local_changed(before)
+            if event.subscriber_id is not None and self.walled.network_holders.get(event.prefix) == event.subscriber_id:
+                self._network_change(event.prefix, lambda: self.walled.network_ended(event.prefix))
+
         def subscriber_added(event: SubscriberAdded) -> None:
             self._set_plan(event.subscriber_id, lambda: self.plans.set_plan(event.subscriber_id, event.plan))
 
@@ -805,6 +837,8 @@ class DNSService(Service):
             (LeaseEnded, ended),
             (SessionStarted, session_started),
             (SessionStopped, session_stopped),
+            (Binding6Granted, binding6_granted),
+            (Binding6Ended, binding6_ended),
             (SubscriberSuspended, status(True)),
             (SubscriberResumed, status(False)),
             (SubscriberClosed, status(False)),

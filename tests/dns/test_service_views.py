@@ -20,6 +20,8 @@ from ispd.dns.engine import ClientClass
 from ispd.dns.scopes import PolicyScopes
 from ispd.dns.service import DNSService
 from ispd.events import (
+    Binding6Ended,
+    Binding6Granted,
     EventBus,
     LeaseEnded,
     LeaseGranted,
@@ -30,7 +32,17 @@ from ispd.events import (
     SubscriberSuspended,
 )
 from ispd.service import ServiceContext
-from ispd.store.models import Lease, LeaseService, LeaseState, Plan, RadiusSession, Subscriber, SubscriberStatus
+from ispd.store.models import (
+    Lease,
+    Lease6,
+    Lease6Kind,
+    LeaseService,
+    LeaseState,
+    Plan,
+    RadiusSession,
+    Subscriber,
+    SubscriberStatus,
+)
 from tests.dns.test_engine import make_env
 
 FAMILY = VARIANT_SCOPES[0]
@@ -217,6 +229,9 @@ class _Store:
     async def list_leases(self) -> list[Any]:
         return []
 
+    async def list_leases6(self) -> list[Any]:
+        return []
+
     async def list_subscribers(self, status: SubscriberStatus | None = None) -> list[Subscriber]:
         ann = Subscriber(ANN, "ann", SubscriberStatus.SUSPENDED, plan_id=2)
         return [ann] if status in (None, SubscriberStatus.SUSPENDED) else []
@@ -310,3 +325,33 @@ async def test_what_the_bus_brings_while_the_store_is_read_stands_over_what_was_
     assert service.walled.suspended == set() and service.walled.holder(address) is None
     assert service.plans.plan_of(BOB) == "family"
     assert service.engine.client_class(address) == ClientClass.ALLOWED
+
+
+class _BindingsStore(_Store):
+    def __init__(self, bindings: list[Lease6]) -> None:
+        super().__init__([])
+        self.bindings = bindings
+
+    async def list_leases6(self) -> list[Any]:
+        return self.bindings
+
+
+async def test_a_dhcpv6_prefix_names_its_subscriber_for_the_home_s_devices(service: DNSService) -> None:
+    """A prefix delegated by ispd's DHCPv6 to ann's router holds the addresses her devices ask
+    from, as a RADIUS session's Delegated-IPv6-Prefix does: her walled garden and plan apply to
+    them, from the store at start and from the bus after; its end lets them go."""
+    assert service.engine is not None
+    service.engine.set_allow([ip_network("2001:db8::/32")])
+    device, prefix = "2001:db8:100:7::5", "2001:db8:100::/56"
+    binding = Lease6(prefix, Lease6Kind.PREFIX, LeaseState.BOUND, "00:03:00:01:02:00:5e:00:00:01", 2, 1.0, 1800.0,
+                     time.time() + 3600, subscriber_id=ANN)
+    service.context.store = _BindingsStore([binding])  # type: ignore[assignment]
+    await service._load_subscribers()  # ann is suspended in this store
+    assert service.walled.holder(device) == ANN and service.engine.client_class(device) == ClientClass.WALLED
+    bus = service.context.bus
+    bus.publish(Binding6Ended(2.0, prefix, "pd", "released", subscriber_id=ANN))
+    assert service.walled.holder(device) is None and service.engine.client_class(device) == ClientClass.ALLOWED
+    bus.publish(Binding6Granted(3.0, prefix, "pd", time.time() + 3600, subscriber_id=BOB))
+    assert service.walled.holder(device) == BOB
+    bus.publish(Binding6Ended(4.0, prefix, "pd", "expired", subscriber_id=ANN))  # not ann's any more
+    assert service.walled.holder(device) == BOB

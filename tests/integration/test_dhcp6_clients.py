@@ -99,7 +99,7 @@ def make_net6(tmp_path: Path) -> Iterator[Callable[..., Net6]]:
     lab = Lab()
     started: list[DHCPIspd | Relay6] = []
 
-    def make(kind: str = "direct", **overrides: Any) -> Net6:
+    def make(kind: str = "direct", sections: dict[str, Any] | None = None, **overrides: Any) -> Net6:
         server_ns, client_ns = lab.namespace("i6srv"), lab.namespace("i6cli")
         relay = None
         if kind == "direct":
@@ -109,7 +109,8 @@ def make_net6(tmp_path: Path) -> Iterator[Callable[..., Net6]]:
             path = relayed_path6(lab, server_ns, lab.namespace("i6rly"), client_ns)
             server_if, client_if = path.server.a_end, path.client_if
             relay = Relay6(path.relay_ns, path.client.a_end, path.server.b_end, path.server_address, tmp_path)
-        ispd = DHCPIspd(tmp_path, base_config(tmp_path, dhcp6=dhcp6_section(server_if, **overrides)), netns=server_ns)
+        config = base_config(tmp_path, dhcp6=dhcp6_section(server_if, **overrides), **(sections or {}))
+        ispd = DHCPIspd(tmp_path, config, netns=server_ns)
         started.append(ispd)
         ispd.start()
         if relay is not None:
@@ -208,3 +209,24 @@ def test_garbage_between_good_messages_is_dropped_and_counted(make_net6: Callabl
     dropped = net.ispd.metric_in_netns("ispd_dhcp6_packets_dropped_total") or 0
     assert dropped >= 4, net.servers()
     assert net.ispd.proc is not None and net.ispd.proc.poll() is None
+
+
+def test_a_named_address_is_in_dns_at_once_and_its_release_takes_it_out(make_net6: Callable[..., Net6]) -> None:
+    """The client's FQDN option names its address: AAAA and PTR from ispd's DNS in the same
+    process, as for DHCPv4 leases; and `ispd lease list` shows the binding with its name."""
+    dns = {"enabled": True, "listen": ["127.0.0.1:53"], "allow": ["127.0.0.0/8"],
+           "lease_names": {"domain": "lab.example", "reverse_networks": ["2001:db8:1::/64"], "ttl": 300}}
+    net = make_net6(sections={"dns": dns})
+    with net.client("dhclient", na=True, pd=False, extra_conf='send fqdn.fqdn "router7";') as client:
+        binding = client.obtain(timeout=10)
+        address = binding.addresses[0].address
+
+        def dig(*args: str) -> str:
+            return net.lab.run(net.server_ns, "dig", "+short", "@127.0.0.1", *args).stdout.strip()
+
+        assert eventually(lambda: dig("router7.lab.example", "AAAA") == address), net.servers()
+        assert dig("-x", address) == "router7.lab.example."
+        rows = [row for row in net.ispd.leases() if row.get("service") == "dhcp6"]
+        assert [(row["prefix"], row["hostname"], row["kind"]) for row in rows] == [(f"{address}/128", "router7", "na")]
+        assert client.release(timeout=10) is not None
+        eventually(lambda: dig("router7.lab.example", "AAAA") == "")
