@@ -166,7 +166,11 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exported]:
     mail = {"enabled": True, "domains": ["isp.example"], "listen_mx": [f"127.0.0.1:{free_port()}"],
             "maildir_root": str(workdir / "mail"), "queue_directory": str(workdir / "queue"),
             "authentication_checks": False, "resolver": f"127.0.0.1:{free_udp_port()}"}
-    config = base_config(workdir, dns=dns, dhcp=dhcp, radius=radius, mail=mail)
+    dhcp6 = {"enabled": True, "interfaces": ["lo"], "port": free_udp_port(),
+             "subnet": [{"name": "contrib6", "prefix": "2001:db8:1::/64", "interface": "lo",
+                         "prefix_pool": [{"name": "contrib6-homes", "prefix": "2001:db8:100::/40",
+                                          "delegated_length": 56}]}]}
+    config = base_config(workdir, dns=dns, dhcp=dhcp, dhcp6=dhcp6, radius=radius, mail=mail)
     with IspdProcess(workdir, config) as ispd:
         ispd.start()
         status, text = ispd.http_get("/metrics")
@@ -219,6 +223,7 @@ def test_exported_names_are_read_correctly(exported: Exported) -> None:
     assert "ispd_dns_answer_seconds" not in exported.series
     assert "ispd_dns_answer_seconds" in exported.families
     assert "ispd_dhcp_packets_dropped_total" in exported.series  # no sample yet, but declared
+    assert {"ispd_dhcp6_pool_size", "ispd_dhcp6_pool_assigned", "ispd_dhcp6_packets_dropped_total"} <= exported.series
     assert {"ispd_radius_dropped_total", "ispd_radius_processing_seconds_bucket", "ispd_radius_open_sessions"} <= (
         exported.series)
     assert "SERVFAIL" in exported.label_values["ispd_dns_answers_total"]["rcode"]
