@@ -46,7 +46,7 @@ prefixes reserved to a DUID, more than one binding per IA.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from ipaddress import IPv6Address, IPv6Network
@@ -149,13 +149,19 @@ class DHCP6Engine:
         self.offered_to: dict[IAKey, str] = {}  # the latest offer to each IA
         self.reservations: dict[tuple[str, str], Reservation] = {}
         self.subscriber_status: dict[int, SubscriberStatus] = {}
+        self.pools: dict[str, list[_Pool]] = {}
+        self.cursors: dict[str, int] = {}
         self.reconfigure(config)
 
     def reconfigure(self, config: DHCP6Config) -> None:
         self.config = config
         self.by_interface = {s.interface: s for s in config.subnet if s.interface is not None}
+        old = {pool.name: pool for pools in self.pools.values() for pool in pools}
         self.pools = {s.name: _pools(s) for s in config.subnet}
-        self.cursors: dict[str, int] = {}
+        # A pool that is as it was keeps its cursor; one new or changed is placed afresh.
+        kept = {pool.name for pools in self.pools.values() for pool in pools if old.get(pool.name) == pool}
+        self.cursors = {name: index for name, index in self.cursors.items() if name in kept}
+        self._place_cursors(lambda name: name not in kept)
 
     def load(self, leases: Iterable[Lease6], reservations: Iterable[Reservation],
              statuses: dict[int, SubscriberStatus]) -> None:
@@ -164,6 +170,20 @@ class DHCP6Engine:
             self.add_reservation(reservation)
         for lease in sorted(leases, key=lambda le: le.starts_at):
             self._remember(lease)
+        self._place_cursors(lambda name: True)
+
+    def _place_cursors(self, placing: Callable[[str], bool]) -> None:
+        """Each pool's cursor just past the furthest prefix it has ever handed out, so that after a
+        restart or a reload the walk goes on where it was: from the pool's start, a run of
+        SCAN_LIMIT bindings there would read as a full pool."""
+        furthest: dict[str, int] = {}
+        by_name = {pool.name: pool for pools in self.pools.values() for pool in pools if placing(pool.name)}
+        for lease in self.leases.values():
+            pool = by_name.get(lease.pool) if lease.pool is not None else None
+            index = pool.index_of(IPv6Network(lease.prefix)) if pool is not None else None
+            if pool is not None and index is not None and index >= furthest.get(pool.name, -1):
+                furthest[pool.name] = index
+        self.cursors.update({name: (index + 1) % by_name[name].size for name, index in furthest.items()})
 
     def add_reservation(self, reservation: Reservation) -> None:
         if reservation.kind in (ReservationKind.CIRCUIT_ID, ReservationKind.REMOTE_ID):
@@ -279,12 +299,16 @@ class DHCP6Engine:
 
     def allocate(self, pool: _Pool, key: IAKey, now: float) -> str | None:
         start = self.cursors.get(pool.name, 0)
-        for step in range(min(pool.size, SCAN_LIMIT)):
+        scanned = min(pool.size, SCAN_LIMIT)
+        for step in range(scanned):
             index = (start + step) % pool.size
             candidate = pool.candidate(index)
             if self.free_for(candidate, key, now):
                 self.cursors[pool.name] = (index + 1) % pool.size
                 return candidate
+        # The next allocation looks further on: a pool larger than one scan is not full because
+        # one stretch of it is.
+        self.cursors[pool.name] = (start + scanned) % pool.size
         return None
 
 

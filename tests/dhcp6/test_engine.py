@@ -26,8 +26,8 @@ from ispd.dhcp6.codec import (
     option,
 )
 from ispd.dhcp6.config import DHCP6Config
-from ispd.dhcp6.engine import DHCP6Engine, Ignored6, Outcome6, Received6
-from ispd.store.models import Lease6Kind, LeaseState, Reservation, ReservationKind, SubscriberStatus
+from ispd.dhcp6.engine import SCAN_LIMIT, DHCP6Engine, Ignored6, Outcome6, Received6
+from ispd.store.models import Lease6, Lease6Kind, LeaseState, Reservation, ReservationKind, SubscriberStatus
 
 SERVER_DUID = bytes.fromhex("0004") + bytes(range(16))
 DUID_A = bytes.fromhex("0003000102005e100001")
@@ -368,3 +368,38 @@ def test_a_request_without_the_advertised_address_still_gets_it() -> None:
     offered = reply_ias(handle(eng, message(MessageType.SOLICIT, ia_pd(2))))[0].leases
     request = handle(eng, message(MessageType.REQUEST, ia_pd(2), server=SERVER_DUID), T0 + 1)
     assert reply_ias(request)[0].leases == offered
+
+
+def _held_run(count: int) -> list[Lease6]:
+    """``count`` live bindings from the start of a /110 pool (256k addresses), one client each."""
+    first = int(IPv6Address("2001:db8:1::1:0"))
+    return [Lease6(prefix=f"{IPv6Address(first + i)}/128", kind=Lease6Kind.ADDRESS, state=LeaseState.BOUND,
+                   duid=f"00:03:00:01:{i >> 8:02x}:{i & 0xff:02x}", iaid=1, starts_at=T0 - 100,
+                   preferred_until=T0 + 3600, expires_at=T0 + 7200, link="access", pool="big")
+            for i in range(count)]
+
+
+def test_a_pool_with_a_long_run_of_bindings_still_allocates_after_a_restart_and_a_reload() -> None:
+    # More bindings in a row than one allocation scans: a cursor back at the pool's start after a
+    # restart (or a reload) read the pool as full for every new client.
+    big = [{"name": "access", "prefix": "2001:db8:1::/64", "interface": "eth1",
+            "pool": [{"name": "big", "range": "2001:db8:1::1:0 - 2001:db8:1::4:ffff"}]}]
+    eng = engine(subnet=big)
+    eng.load(_held_run(SCAN_LIMIT + 10), [], {})
+    first = reply_ias(handle(eng, message(MessageType.SOLICIT, ia_na(1))))[0]
+    assert first.status is None and first.leases[0].address == IPv6Address("2001:db8:1::1:0") + SCAN_LIMIT + 10
+    eng.reconfigure(config(subnet=[{**big[0], "pool": [{"name": "big", "range": "2001:db8:1::1:0 - 2001:db8:1::5:ffff"}]}]))
+    again = reply_ias(handle(eng, message(MessageType.SOLICIT, ia_na(1), client=DUID_B)))[0]
+    assert again.status is None
+
+
+def test_a_scan_that_finds_a_stretch_full_moves_on_for_the_next_client() -> None:
+    big = [{"name": "access", "prefix": "2001:db8:1::/64", "interface": "eth1",
+            "pool": [{"name": "big", "range": "2001:db8:1::1:0 - 2001:db8:1::4:ffff"}]}]
+    eng = engine(subnet=big)
+    eng.load(_held_run(SCAN_LIMIT + 10), [], {})
+    eng.cursors["big"] = 0  # as a cursor that has come round to a held stretch
+    unlucky = reply_ias(handle(eng, message(MessageType.SOLICIT, ia_na(1))))[0]
+    assert unlucky.status is not None  # one scan's worth held: this one is refused...
+    later = reply_ias(handle(eng, message(MessageType.SOLICIT, ia_na(1), client=DUID_B)))[0]
+    assert later.status is None  # ...but the pool is not called full for ever
