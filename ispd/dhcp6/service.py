@@ -302,7 +302,11 @@ class DHCP6Service(Service):
         now = self.context.clock()
         for outcome, relays, sender, started, type_name in batch:
             if outcome.reply is not None:
-                self._send(outcome.reply, relays, sender, started, type_name)
+                try:
+                    self._send(outcome.reply, relays, sender, started, type_name)
+                except Exception:  # a bug in one reply must not hold back the rest of the batch
+                    self.metrics.dropped.inc("internal_error")
+                    log.error("dhcp6.packet.failed", exc_info=True)
             for lease, event in outcome.writes:
                 self.context.bus.publish(_announcement(lease, event, now))
 
@@ -313,12 +317,22 @@ class DHCP6Service(Service):
         sock = self._socket
         if sock is None:
             return
-        payload = encode(reply)
-        for relay in reversed(relays):  # wrapped from the client's side out (RFC 8415 §19.3)
-            payload = encode_relay_reply(relay, payload)
+        try:
+            payload = encode(reply)
+            for relay in reversed(relays):  # wrapped from the client's side out (RFC 8415 §19.3)
+                payload = encode_relay_reply(relay, payload)
+        except struct.error:  # an option over 65535 bytes: a client that asked for thousands of IAs
+            self.metrics.dropped.inc("reply_too_large")
+            return
+        if len(payload) > MAX_DATAGRAM:
+            self.metrics.dropped.inc("reply_too_large")
+            return
         try:
             sock.sendto(payload, sender)
         except OSError as exc:
+            if exc.errno == errno.EMSGSIZE:
+                self.metrics.dropped.inc("reply_too_large")
+                return
             self.metrics.dropped.inc("send_failed")
             if exc.errno not in (errno.EAGAIN, errno.ENOBUFS):
                 log.warning("dhcp6.send.failed", destination=str(sender[0]), error=describe_os_error(exc))

@@ -124,3 +124,37 @@ def test_the_server_duid_is_the_configured_one_or_the_machines(tmp_path: Path) -
     assert first == again and first[:2] == b"\x00\x04" and len(first) == 18
     machine.write_text("fedcba9876543210fedcba9876543210\n")
     assert server_duid(DHCP6Config(), machine) != first
+
+
+def test_a_reply_too_large_to_send_is_counted_and_the_rest_of_its_batch_still_goes_out() -> None:
+    # A Request with thousands of IAs gets a Reply that no option or datagram can carry; encoding
+    # it raised in the batch's commit, and the other clients' Replies of that batch were lost.
+    config = DHCP6Config.model_validate({
+        "enabled": True, "interfaces": ["lo"], "port": 0,
+        "subnet": [{"name": "bng", "prefix": "2001:db8:2::/64", "relay_addresses": ["::1"],
+                    "prefix_pool": [{"name": "homes", "prefix": "2001:db8:100::/40", "delegated_length": 56}]}]})
+
+    async def run() -> None:
+        store = SlowStore()
+        store.release.set()
+        service = DHCP6Service(Config(dhcp6=config), ServiceContext(store, EventBus(), CollectorRegistry(),  # type: ignore[arg-type]
+                                                                    _healthy))
+        loop = asyncio.get_running_loop()
+        async with AsyncExitStack() as stack:
+            await service.start(stack)
+            relay = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            stack.callback(relay.close)
+            relay.bind(("::1", 0))
+            relay.setblocking(False)
+            target = ("::1", service.server_port)
+            ours = server_duid(config)
+            greedy = message(MessageType.REQUEST, *(ia_pd(i) for i in range(3000)), server=ours,
+                             client=bytes.fromhex("0003000102005e1000ff"))
+            relay.sendto(_relayed(encode(greedy)), target)
+            relay.sendto(_relayed(encode(message(MessageType.REQUEST, ia_pd(2), server=ours))), target)
+            reply = _unwrapped(await asyncio.wait_for(loop.sock_recv(relay, 65536), 2))
+            assert reply.type == MessageType.REPLY and len(reply.ias) == 1 and reply.ias[0].leases
+            assert service.metrics.dropped.values[("reply_too_large",)] == 1  # type: ignore[attr-defined]
+            await service.stop()
+
+    asyncio.run(run())
