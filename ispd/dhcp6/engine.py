@@ -28,9 +28,10 @@ Messages (RFC 8415 §18.3; §16 says which are dropped):
 - Information-request → the configuration options alone.
 
 Solicit, Confirm and Rebind carrying a Server Identifier are dropped, as are Request, Renew,
-Release and Decline naming another server (§16). Options sent: Server and Client Identifier,
-the IAs, Status Code where the RFC asks for one, DNS servers (23) and domain search (24) when
-the client asks for them (Option Request, §21.7), Preference when configured.
+Release and Decline naming another server, and an Information-request with an IA (§16).
+Options sent: Server and Client Identifier, the IAs, Status Code where the RFC asks for one,
+DNS servers (23) and domain search (24) when the client asks for them (Option Request, §21.7),
+Preference when configured.
 
 A subscriber owns a binding when a reservation of its line matches: the Interface-ID of the
 relay closest to the client as a circuit-id, the Remote-ID (RFC 4649, without its enterprise
@@ -88,6 +89,7 @@ class Ignored6(StrEnum):
     NOT_A_REQUEST = "not_a_request"  # a server's message, or one we do not know
     NOTHING_TO_CONFIRM = "nothing_to_confirm"
     UNICAST = "unicast"  # a direct client's message sent to our address, not to ff02::1:2
+    IA_IN_INFORMATION_REQUEST = "ia_in_information_request"  # §16: an Information-request asks for no IA
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +227,8 @@ class DHCP6Engine:
             return Outcome6(ignored=Ignored6.NOT_FOR_US)
         if message.client_id is None and kind != MessageType.INFORMATION_REQUEST:
             return Outcome6(ignored=Ignored6.NO_CLIENT_ID)
+        if kind == MessageType.INFORMATION_REQUEST and (message.ias or message.has(OptionCode.IA_TA)):
+            return Outcome6(ignored=Ignored6.IA_IN_INFORMATION_REQUEST)
         if not received.multicast and not received.relays:
             # RFC 8415 §16, §18.3: no Server Unicast option is ever sent, so a client's unicast is
             # dropped, or told to multicast where the RFC says so.

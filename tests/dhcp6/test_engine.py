@@ -241,6 +241,9 @@ def test_information_request_gets_the_options_alone() -> None:
     (message(MessageType.SOLICIT, ia_na(), client=None), Ignored6.NO_CLIENT_ID),
     (message(MessageType.ADVERTISE, ia_na()), Ignored6.NOT_A_REQUEST),
     (message(MessageType.REPLY, ia_na()), Ignored6.NOT_A_REQUEST),
+    (message(MessageType.INFORMATION_REQUEST, ia_na()), Ignored6.IA_IN_INFORMATION_REQUEST),
+    (message(MessageType.INFORMATION_REQUEST, option(OptionCode.IA_TA, bytes(4)), client=None),
+     Ignored6.IA_IN_INFORMATION_REQUEST),
 ])
 def test_messages_the_rfc_says_to_drop(msg: Message, reason: Ignored6) -> None:
     outcome = handle(engine(), msg)
