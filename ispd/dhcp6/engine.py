@@ -39,6 +39,9 @@ number) as a remote-id. Suspended and closed subscribers get no IPv6: their IAs 
 NoAddrsAvail/NoPrefixAvail and bindings they hold come back with lifetimes 0, so their
 devices fall back to IPv4, where the walled garden is.
 
+An IA of a kind past the first MAX_IAS_PER_KIND of its message gets nothing (NoAddrsAvail or
+NoPrefixAvail).
+
 Not done: temporary addresses (IA_TA: NoAddrsAvail), reconfiguration (Reconfigure, option 19;
 Reconfigure Accept is ignored), Server Unicast (clients always multicast), addresses or
 prefixes reserved to a DUID, more than one binding per IA.
@@ -75,6 +78,11 @@ from ispd.store.models import Lease6, Lease6Kind, LeaseState, Reservation, Reser
 # How many candidates one allocation looks at in a pool before calling it full: a /64 range is
 # never scanned whole; a pool that is full for this many in a row is as good as full.
 SCAN_LIMIT = 4096
+
+# How many IAs of each kind one message gets addresses or prefixes for; those after are answered
+# NoAddrsAvail/NoPrefixAvail. A home router asks for one or two of each: without a bound, one
+# datagram of thousands of IAs could take a whole pool (and thousands of store rows).
+MAX_IAS_PER_KIND = 8
 
 IAKey = tuple[str, int, Lease6Kind]  # (DUID in hex, IAID, kind)
 
@@ -339,6 +347,7 @@ class _Request:
         self.remote_id = opaque_text(remote_id[4:]) if remote_id is not None and len(remote_id) > 4 else None
         self.subscriber_id = self._subscriber()
         self.outcome = Outcome6()
+        self.ias_answered = {Lease6Kind.ADDRESS: 0, Lease6Kind.PREFIX: 0}
 
     def _subscriber(self) -> int | None:
         for kind, key in ((ReservationKind.CIRCUIT_ID, self.interface_id), (ReservationKind.REMOTE_ID, self.remote_id)):
@@ -425,7 +434,8 @@ class _Request:
     def _ia_reply(self, ia: IA, *, commit: bool, drop_others: bool) -> Option:
         kind = _KIND_OF[OptionCode(ia.code)]
         key: IAKey = (self.duid, ia.iaid, kind)
-        prefix = self._choose(ia, key, kind) if self.served else None
+        self.ias_answered[kind] += 1
+        prefix = self._choose(ia, key, kind) if self.served and self.ias_answered[kind] <= MAX_IAS_PER_KIND else None
         given: list[IAAddress | IAPrefix] = []
         if prefix is not None:
             network = IPv6Network(prefix)

@@ -26,7 +26,7 @@ from ispd.dhcp6.codec import (
     option,
 )
 from ispd.dhcp6.config import DHCP6Config
-from ispd.dhcp6.engine import SCAN_LIMIT, DHCP6Engine, Ignored6, Outcome6, Received6
+from ispd.dhcp6.engine import MAX_IAS_PER_KIND, SCAN_LIMIT, DHCP6Engine, Ignored6, Outcome6, Received6
 from ispd.store.models import Lease6, Lease6Kind, LeaseState, Reservation, ReservationKind, SubscriberStatus
 
 SERVER_DUID = bytes.fromhex("0004") + bytes(range(16))
@@ -406,3 +406,14 @@ def test_a_scan_that_finds_a_stretch_full_moves_on_for_the_next_client() -> None
     assert unlucky.status is not None  # one scan's worth held: this one is refused...
     later = reply_ias(handle(eng, message(MessageType.SOLICIT, ia_na(1), client=DUID_B)))[0]
     assert later.status is None  # ...but the pool is not called full for ever
+
+
+def test_one_message_of_many_ias_cannot_take_a_pool() -> None:
+    eng = engine()
+    many = [ia_na(iaid) for iaid in range(MAX_IAS_PER_KIND + 50)]
+    solicit = reply_ias(handle(eng, message(MessageType.SOLICIT, *many), interface="uplink",
+                               relays=(_relay(message(MessageType.SOLICIT, *many), "2001:db8:2::1"),)))
+    given = [ia for ia in solicit if ia.leases]
+    assert len(given) == MAX_IAS_PER_KIND
+    assert all(ia.status is not None and ia.status[0] == StatusCode.NO_ADDRS_AVAIL for ia in solicit[len(given):])
+    assert len(eng.offers) == MAX_IAS_PER_KIND
