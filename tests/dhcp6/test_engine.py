@@ -7,9 +7,12 @@ from ipaddress import IPv6Address, IPv6Network
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ispd.dhcp6.codec import (
     IA,
+    DHCP6DecodeError,
     IAAddress,
     IAPrefix,
     Message,
@@ -417,3 +420,38 @@ def test_one_message_of_many_ias_cannot_take_a_pool() -> None:
     assert len(given) == MAX_IAS_PER_KIND
     assert all(ia.status is not None and ia.status[0] == StatusCode.NO_ADDRS_AVAIL for ia in solicit[len(given):])
     assert len(eng.offers) == MAX_IAS_PER_KIND
+
+
+def _fuzz_option(code: int, data: bytes) -> bytes:
+    return struct.pack("!HH", code, len(data)) + data
+
+
+_FUZZ_OPTIONS = st.one_of(
+    st.tuples(st.sampled_from([1, 2, 4, 6, 7, 8, 13, 14, 18, 37, 39, 200]), st.binary(max_size=24))
+    .map(lambda t: _fuzz_option(*t)),
+    st.tuples(st.sampled_from([3, 25]), st.integers(0, 2**32 - 1),
+              st.lists(st.tuples(st.sampled_from([5, 26, 13]), st.binary(min_size=24, max_size=30)), max_size=3))
+    .map(lambda t: _fuzz_option(t[0], struct.pack("!III", t[1], 0, 0) + b"".join(_fuzz_option(*o) for o in t[2]))),
+    st.sampled_from([_fuzz_option(1, DUID_A), _fuzz_option(1, DUID_B), _fuzz_option(2, SERVER_DUID),
+                     _fuzz_option(14, b"")]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 13), st.lists(_FUZZ_OPTIONS, max_size=6), st.booleans(),
+                          st.booleans(), st.integers(0, 4000)), max_size=8))
+def test_decoded_messages_never_make_the_engine_raise_and_every_reply_encodes(
+        steps: list[tuple[int, list[bytes], bool, bool, int]]) -> None:
+    eng, now = engine(rapid_commit=True), T0
+    for kind, options, relayed, multicast, later in steps:
+        now += later
+        try:
+            msg = decode(bytes([kind, 0, 0, 1]) + b"".join(options))
+        except DHCP6DecodeError:
+            continue
+        assert isinstance(msg, Message)
+        relays = (_relay(msg, "2001:db8:2::1", b"port 1"),) if relayed else ()
+        outcome = handle(eng, msg, now, "uplink" if relayed else "eth1", relays, multicast)
+        if outcome.reply is not None:
+            assert decode(encode(outcome.reply)).transaction_id == 1  # type: ignore[union-attr]
+        eng.reclaim(now)
