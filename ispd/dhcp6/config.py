@@ -156,6 +156,10 @@ class DHCP6Config(Lifetimes):
     decline_quarantine_seconds: int = Field(default=86400, ge=0, le=30 * 86400)
     # How often expired bindings are reclaimed (marked expired in the store).
     reclaim_interval_seconds: float = Field(default=10.0, gt=0, le=3600)
+    # An ended binding (released, expired) is remembered this long: a client back within it
+    # gets its address or prefix again if nobody took it; after it, a new one. (The store keeps
+    # the history for store.history_retention_days whatever this says.)
+    remember_ended_seconds: int = Field(default=7 * 86400, ge=0, le=366 * 86400)
     subnet: list[Subnet6] = []
 
     @field_validator("server_duid")

@@ -50,6 +50,7 @@ prefixes reserved to a DUID, more than one binding per IA.
 from __future__ import annotations
 
 import contextlib
+import heapq
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -156,6 +157,7 @@ class DHCP6Engine:
         self.leases: dict[str, Lease6] = {}
         self.by_ia: dict[IAKey, list[str]] = {}  # every prefix an IA has had, latest last
         self.offers: dict[str, tuple[IAKey, float]] = {}
+        self._timeline: list[tuple[float, str]] = []  # (when to look at a prefix again, prefix): a heap
         self.offered_to: dict[IAKey, str] = {}  # the latest offer to each IA
         self.reservations: dict[tuple[str, str], Reservation] = {}
         self.subscriber_status: dict[int, SubscriberStatus] = {}
@@ -214,7 +216,7 @@ class DHCP6Engine:
         self.subscriber_status[subscriber_id] = status
 
     def _remember(self, lease: Lease6) -> None:
-        self.leases[lease.prefix] = lease
+        self._set(lease)
         history = self.by_ia.setdefault((lease.duid, lease.iaid, lease.kind), [])
         with contextlib.suppress(ValueError):
             history.remove(lease.prefix)
@@ -270,20 +272,49 @@ class DHCP6Engine:
 
     # --- expiry
 
+    def _set(self, lease: Lease6) -> None:
+        """``lease`` is the prefix's state now; look at it again when it expires (bound) or when it
+        is to be forgotten (ended)."""
+        self.leases[lease.prefix] = lease
+        due = lease.expires_at if lease.state is LeaseState.BOUND \
+            else lease.expires_at + self.config.remember_ended_seconds
+        heapq.heappush(self._timeline, (due, lease.prefix))
+
     def reclaim(self, now: float) -> Outcome6:
-        """Bindings whose valid lifetime is over: expired, to be written."""
+        """Bindings whose valid lifetime is over: expired, to be written. Ended bindings older than
+        ``remember_ended_seconds`` are forgotten (a client returning after that gets a new one):
+        on a /64 pool the walk hands out new addresses for years, and memory must not grow with
+        every client that ever came by. Each due binding costs a heap pop, not a walk of all."""
         outcome = Outcome6()
-        for lease in list(self.leases.values()):
-            if lease.state is LeaseState.BOUND and lease.expires_at <= now:
-                ended = replace(lease, state=LeaseState.EXPIRED)
-                self.leases[lease.prefix] = ended
-                outcome.writes.append((ended, "expired"))
+        timeline, remember = self._timeline, self.config.remember_ended_seconds
+        while timeline and timeline[0][0] <= now:
+            _, prefix = heapq.heappop(timeline)
+            lease = self.leases.get(prefix)
+            if lease is None:
+                continue
+            if lease.state is LeaseState.BOUND:
+                if lease.expires_at <= now:  # (else renewed since: a later entry looks again)
+                    ended = replace(lease, state=LeaseState.EXPIRED)
+                    self._set(ended)
+                    outcome.writes.append((ended, "expired"))
+            elif lease.expires_at + remember <= now:
+                self._forget(lease)
         for prefix, (key, until) in list(self.offers.items()):
             if until <= now:
                 del self.offers[prefix]
                 if self.offered_to.get(key) == prefix:
                     del self.offered_to[key]
         return outcome
+
+    def _forget(self, lease: Lease6) -> None:
+        del self.leases[lease.prefix]
+        key = (lease.duid, lease.iaid, lease.kind)
+        history = self.by_ia.get(key)
+        if history is not None:
+            with contextlib.suppress(ValueError):
+                history.remove(lease.prefix)
+            if not history:
+                del self.by_ia[key]
 
     def pool_usage(self, now: float) -> list[tuple[str, str, int, int, int]]:
         """(pool, kind, size, bound now, declined now) for each pool."""
@@ -518,7 +549,7 @@ class _Request:
             return False
         until = self.now + self.engine.config.decline_quarantine_seconds if state is LeaseState.DECLINED else self.now
         ended = replace(lease, state=state, expires_at=until, preferred_until=min(lease.preferred_until, until))
-        self.engine.leases[prefix] = ended
+        self.engine._set(ended)
         self.outcome.writes.append((ended, event))
         return True
 

@@ -206,7 +206,7 @@ class Lease6:
     hostname: str | None = None
     link: str | None = None  # the [[dhcp6.subnet]]'s name
     pool: str | None = None
-    remote_id: str | None = None  # the relay's Remote-ID (RFC 4649): enterprise number and id
+    remote_id: str | None = None  # the relay's Remote-ID (RFC 4649) without its enterprise number
     interface_id: str | None = None  # the relay's Interface-ID (RFC 8415 §21.18): the line
 
     def held(self, now: float) -> bool:

@@ -455,3 +455,25 @@ def test_decoded_messages_never_make_the_engine_raise_and_every_reply_encodes(
         if outcome.reply is not None:
             assert decode(encode(outcome.reply)).transaction_id == 1  # type: ignore[union-attr]
         eng.reclaim(now)
+
+
+def test_a_renewed_binding_is_not_expired_at_its_first_end_and_ended_ones_are_forgotten_in_time() -> None:
+    eng = engine(remember_ended_seconds=3600)
+    bind(eng, ia_na(1))
+    handle(eng, message(MessageType.RENEW, ia_na(1, "2001:db8:1::100"), server=SERVER_DUID), T0 + 3000)
+    assert not eng.reclaim(T0 + 7200).writes  # renewed until T0 + 10200
+    expired = eng.reclaim(T0 + 10200)
+    assert [(lease.prefix, lease.state) for lease, _ in expired.writes] == [("2001:db8:1::100/128", LeaseState.EXPIRED)]
+    eng.reclaim(T0 + 10200 + 3599)
+    assert "2001:db8:1::100/128" in eng.leases  # a client back within the hour gets it again
+    eng.reclaim(T0 + 10200 + 3600)
+    assert eng.leases == {} and eng.by_ia == {}
+
+
+def test_a_returning_client_within_the_memory_gets_its_old_address() -> None:
+    eng = engine(remember_ended_seconds=86400)
+    bind(eng, ia_na(1))
+    bind(eng, ia_na(1), client=DUID_B)
+    eng.reclaim(T0 + 7200)  # both expired
+    later = bind(eng, ia_na(1), client=DUID_B, now=T0 + 8000)
+    assert later.writes[0][0].prefix == "2001:db8:1::101/128"
