@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 from ipaddress import IPv6Address, IPv6Network
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -147,6 +148,11 @@ class DHCP6Config(Lifetimes):
     # The Preference option (7) in Advertise, 0-255; 255 tells clients to take this server's
     # offer at once instead of waiting a second for others. Unset: not sent (0).
     preference: int | None = Field(default=None, ge=0, le=255)
+    # Relay-forward messages arriving on an interface that a subnet serves direct clients on:
+    # "ignore" them (any subscriber device there could write one, and claim another line's
+    # Interface-ID and its reservation), or "use" them where the access switches of that link
+    # run a lightweight relay (LDRA, RFC 6221). Relays on other interfaces are always heard.
+    relays_on_client_links: Literal["ignore", "use"] = "ignore"
     # Rapid commit (RFC 8415 §18.3.1): a Solicit with the Rapid Commit option gets the Reply
     # at once. Only where ispd is the one DHCPv6 server of the link.
     rapid_commit: bool = False

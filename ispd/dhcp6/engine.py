@@ -99,6 +99,7 @@ class Ignored6(StrEnum):
     NOTHING_TO_CONFIRM = "nothing_to_confirm"
     UNICAST = "unicast"  # a direct client's message sent to our address, not to ff02::1:2
     IA_IN_INFORMATION_REQUEST = "ia_in_information_request"  # §16: an Information-request asks for no IA
+    RELAY_ON_CLIENT_LINK = "relay_on_client_link"  # a Relay-forward from a link of direct clients
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +249,11 @@ class DHCP6Engine:
             options = (option(OptionCode.SERVERID, self.server_duid), option(OptionCode.CLIENTID, message.client_id),
                        encode_status(StatusCode.USE_MULTICAST, "send to ff02::1:2"))
             return Outcome6(reply=Message(MessageType.REPLY, message.transaction_id, options), ignored=Ignored6.UNICAST)
+        if received.relays and received.interface in self.by_interface \
+                and self.config.relays_on_client_links == "ignore":
+            # Anyone on a subscribers' link can write a Relay-forward: trusted, it would put its
+            # sender on any link and under any line's reservation (subscriber, static prefix).
+            return Outcome6(ignored=Ignored6.RELAY_ON_CLIENT_LINK)
         subnet = self.subnet_for(received)
         if subnet is None:
             return Outcome6(ignored=Ignored6.NO_SUBNET)

@@ -477,3 +477,13 @@ def test_a_returning_client_within_the_memory_gets_its_old_address() -> None:
     eng.reclaim(T0 + 7200)  # both expired
     later = bind(eng, ia_na(1), client=DUID_B, now=T0 + 8000)
     assert later.writes[0][0].prefix == "2001:db8:1::101/128"
+
+
+def test_a_relay_forward_from_a_link_of_direct_clients_is_ignored_unless_told() -> None:
+    """A subscriber's device on eth1 writes a Relay-forward naming another line's Interface-ID."""
+    relays = (_relay(message(MessageType.SOLICIT), "2001:db8:2::1", b"olt1 1/1/3"),)
+    spoofed = handle(engine(), message(MessageType.SOLICIT, ia_pd()), interface="eth1", relays=relays)
+    assert spoofed.reply is None and spoofed.ignored is Ignored6.RELAY_ON_CLIENT_LINK
+    ldra = handle(engine(relays_on_client_links="use"), message(MessageType.SOLICIT, ia_na()), interface="eth1",
+                  relays=relays)
+    assert ldra.reply is not None and ldra.reply.type == MessageType.ADVERTISE

@@ -110,6 +110,8 @@ def make_net6(tmp_path: Path) -> Iterator[Callable[..., Net6]]:
             server_if, client_if = path.server.a_end, path.client_if
             relay = Relay6(path.relay_ns, path.client.a_end, path.server.b_end, path.server_address, tmp_path)
         config = base_config(tmp_path, dhcp6=dhcp6_section(server_if, **overrides), **(sections or {}))
+        if kind != "direct":  # the server's interface is an uplink: relays only, no direct clients
+            config["dhcp6"]["subnet"][0].pop("interface")
         ispd = DHCPIspd(tmp_path, config, netns=server_ns)
         started.append(ispd)
         ispd.start()
