@@ -148,6 +148,9 @@ class DHCP6Config(Lifetimes):
     # The Preference option (7) in Advertise, 0-255; 255 tells clients to take this server's
     # offer at once instead of waiting a second for others. Unset: not sent (0).
     preference: int | None = Field(default=None, ge=0, le=255)
+    # Clients whose line (or DUID) no reservation names: "serve" them from the pools, or
+    # "ignore" them (an ISP that serves registered lines only).
+    unknown_clients: Literal["serve", "ignore"] = "serve"
     # Relay-forward messages arriving on an interface that a subnet serves direct clients on:
     # "ignore" them (any subscriber device there could write one, and claim another line's
     # Interface-ID and its reservation), or "use" them where the access switches of that link

@@ -100,6 +100,7 @@ class Ignored6(StrEnum):
     UNICAST = "unicast"  # a direct client's message sent to our address, not to ff02::1:2
     IA_IN_INFORMATION_REQUEST = "ia_in_information_request"  # §16: an Information-request asks for no IA
     RELAY_ON_CLIENT_LINK = "relay_on_client_link"  # a Relay-forward from a link of direct clients
+    UNKNOWN_CLIENT = "unknown_client"  # no reservation names its subscriber (unknown_clients = "ignore")
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +259,8 @@ class DHCP6Engine:
         if subnet is None:
             return Outcome6(ignored=Ignored6.NO_SUBNET)
         request = _Request(self, received, subnet, now)
+        if request.subscriber_id is None and self.config.unknown_clients == "ignore":
+            return Outcome6(ignored=Ignored6.UNKNOWN_CLIENT)
         return request.answer()
 
     def subnet_for(self, received: Received6) -> Subnet6 | None:

@@ -487,3 +487,14 @@ def test_a_relay_forward_from_a_link_of_direct_clients_is_ignored_unless_told() 
     ldra = handle(engine(relays_on_client_links="use"), message(MessageType.SOLICIT, ia_na()), interface="eth1",
                   relays=relays)
     assert ldra.reply is not None and ldra.reply.type == MessageType.ADVERTISE
+
+
+def test_unknown_clients_may_be_ignored() -> None:
+    eng = engine(unknown_clients="ignore")
+    eng.load([], [Reservation(id=1, subscriber_id=42, kind=ReservationKind.CIRCUIT_ID, key="olt1 1/1/3")],
+             {42: SubscriberStatus.ACTIVE})
+    known = (_relay(message(MessageType.SOLICIT), "2001:db8:1::1", b"olt1 1/1/3"),)
+    stranger = (_relay(message(MessageType.SOLICIT), "2001:db8:1::1", b"olt1 1/1/4"),)
+    assert handle(eng, message(MessageType.SOLICIT, ia_pd()), interface="uplink", relays=known).reply is not None
+    ignored = handle(eng, message(MessageType.SOLICIT, ia_pd()), interface="uplink", relays=stranger)
+    assert ignored.reply is None and ignored.ignored is Ignored6.UNKNOWN_CLIENT
