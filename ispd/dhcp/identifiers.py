@@ -7,6 +7,9 @@ client-id   lowercase hex of option 61 as sent, type byte first: ``0102005e10000
 circuit-id  option 82 sub-options 1 and 2: the text itself when it is printable ASCII
 remote-id   (``eth0/1/2:100``, the usual for access switches and BNGs), else ``0x`` and hex
 username    a RADIUS User-Name as the NAS sends it (``alice``, ``alice@isp.example``), case kept
+duid        a DHCPv6 client's DUID (option 1, RFC 8415 §11), type first, as the DHCPv6 server writes it
+            (``bytes.hex(":")``): lowercase, colon-separated, ``00:03:00:01:02:00:5e:10:00:01``
+            (input may use '-' or none, or start with 0x)
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ import string
 
 _PRINTABLE = frozenset(string.printable.encode()) - frozenset(b"\t\n\r\x0b\x0c")
 _HEX = re.compile(r"^[0-9a-f]*$")
+_OCTET = re.compile(r"^[0-9a-f]{2}$")
+# RFC 8415 §11.1: a 2-octet type and at most 128 octets after it; no type defines an empty body.
+DUID_SHORTEST, DUID_LONGEST = 3, 130
 
 
 def mac_text(hw_address: bytes) -> str:
@@ -74,4 +80,24 @@ def normalize_key(kind: str, key: str) -> str:
         if len(key.encode("utf-8", "replace")) > 253 or any(ord(ch) < 0x20 or ch == "\x7f" for ch in key):
             raise ValueError(f"{key!r}: a RADIUS username has at most 253 bytes and no control characters")
         return key
-    raise ValueError(f"unknown reservation kind {kind!r} (mac, client-id, circuit-id, remote-id, username)")
+    if kind == "duid":
+        return duid_text(key)
+    raise ValueError(f"unknown reservation kind {kind!r} (mac, client-id, circuit-id, remote-id, username, duid)")
+
+
+def duid_text(text: str) -> str:
+    """A DUID typed as hex bytes, colon- or hyphen-separated or not, in its canonical form."""
+    wrong = (f"{text!r} is not a DUID (hex bytes, type first, {DUID_SHORTEST} to {DUID_LONGEST} of them, "
+             "e.g. 00:03:00:01:02:00:5e:10:00:01)")
+    digits = text.strip().lower().removeprefix("0x")
+    groups = re.split(r"[:\-]", digits)
+    if len(groups) > 1:
+        # Separated, each group is one byte: "0:3:0:1" would otherwise be read as 0x03 0x01.
+        if not all(_OCTET.match(group) for group in groups):
+            raise ValueError(wrong)
+        digits = "".join(groups)
+    if len(digits) % 2 or not _HEX.match(digits):
+        raise ValueError(wrong)
+    if not DUID_SHORTEST <= len(digits) // 2 <= DUID_LONGEST:
+        raise ValueError(f"{wrong}: it has {len(digits) // 2}")
+    return bytes.fromhex(digits).hex(":")

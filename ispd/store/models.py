@@ -129,6 +129,12 @@ class ReservationKind(StrEnum):
     CIRCUIT_ID = "circuit-id"
     REMOTE_ID = "remote-id"
     USERNAME = "username"  # a RADIUS User-Name: its address goes out as Framed-IP-Address
+    DUID = "duid"  # a DHCPv6 client's DUID: IPv6 only (address6, prefix6), no IPv4 address
+
+
+# The kinds a DHCPv6 server can match (the relay's Interface-ID and Remote-ID, the client's DUID):
+# only they may hold a fixed IPv6 address or prefix.
+IPV6_RESERVATION_KINDS = frozenset({ReservationKind.CIRCUIT_ID, ReservationKind.REMOTE_ID, ReservationKind.DUID})
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +146,10 @@ class Reservation:
     address: str | None = None
     hostname: str | None = None
     created_at: float = 0.0
+    # For DHCPv6: a fixed address (IA_NA) and a fixed delegated prefix (IA_PD), canonical text
+    # (2001:db8:1::10, 2001:db8:200::/48).
+    address6: str | None = None
+    prefix6: str | None = None
 
 
 class LeaseState(StrEnum):

@@ -12,6 +12,7 @@ import unicodedata
 from ipaddress import AddressValueError, IPv4Address, IPv6Address, IPv6Network, NetmaskValueError
 
 from ispd.dhcp.identifiers import normalize_key
+from ispd.store.ipv6_networks import SHORTEST
 from ispd.store.models import ReservationKind
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -102,6 +103,68 @@ def reservable_address(text: str) -> str:
         if unusable:
             raise ValueError(f"{address} is {what}: it cannot be given to a DHCP client")
     return str(address)
+
+
+def _unusable6(network: IPv6Network) -> str | None:
+    """What makes an IPv6 address or prefix unfit to give a subscriber, or None."""
+    for unusable, what in (
+        (network.network_address.is_unspecified and network.prefixlen == 128, "the unspecified address"),
+        (network.is_loopback, "the loopback address"),
+        (network.is_link_local, "link-local (fe80::/10, every link has its own)"),
+        (network.is_multicast, "multicast (ff00::/8)"),
+        (network.subnet_of(_IPV4_MAPPED), "an IPv4-mapped address (::ffff:0:0/96)"),
+    ):
+        if unusable:
+            return what
+    return None
+
+
+_IPV4_MAPPED = IPv6Network("::ffff:0:0/96")
+
+
+def reservable_address6(text: str) -> str:
+    """A fixed IPv6 address for a DHCPv6 client (IA_NA), in the compressed lower-case form:
+    not ::, ::1, link-local, multicast or IPv4-mapped."""
+    stripped = text.strip()
+    if "/" in stripped:
+        raise ValueError(f"{text!r}: give one IPv6 address here; a delegated prefix is reserved as prefix6")
+    try:
+        if "%" in stripped:
+            raise ValueError
+        address = IPv6Address(stripped)
+    except (AddressValueError, ValueError):
+        raise ValueError(f"{text!r} is not an IPv6 address (write it like 2001:db8:1::10)") from None
+    unusable = _unusable6(IPv6Network(address))
+    if unusable is not None:
+        raise ValueError(f"{address} is {unusable}: it cannot be given to a DHCPv6 client")
+    return str(address)
+
+
+def reservable_prefix6(text: str) -> str:
+    """A fixed prefix to delegate (IA_PD), as its compressed lower-case network text
+    (``2001:db8:200::/48``): written with its length, no bits set past it, and no shorter than
+    ``ipv6_networks.SHORTEST`` (a /32 is a whole ISP's allocation; ``who`` does not attribute a
+    shorter one)."""
+    stripped = text.strip()
+    wrong = ValueError(f"{text!r} is not an IPv6 prefix (write it like 2001:db8:200::/48)")
+    address, slash, length = stripped.partition("/")
+    if not slash or "%" in stripped:
+        raise wrong
+    if not (length.isascii() and length.isdigit() and 1 <= int(length) <= 128):
+        raise ValueError(f"{text!r}: a prefix length is 1 to 128")
+    if int(length) < SHORTEST:
+        raise ValueError(f"{text!r}: a subscriber's prefix is no shorter than /{SHORTEST} (a whole ISP's "
+                         f"allocation); check the length")
+    try:
+        network = IPv6Network(stripped, strict=False)
+    except (AddressValueError, NetmaskValueError, ValueError):
+        raise wrong from None
+    if network.network_address != IPv6Address(address):
+        raise ValueError(f"{text!r} has bits set past its length: the network is {network}")
+    unusable = _unusable6(network)
+    if unusable is not None:
+        raise ValueError(f"{network} is {unusable}: it cannot be delegated to a DHCPv6 client")
+    return str(network)
 
 
 def hostname_text(text: str) -> str:
