@@ -83,14 +83,17 @@ class SubscriberPlanChanged(SubscriberEvent):
 
 @dataclass(frozen=True, slots=True)
 class ReservationEvent(SubscriberEvent):
-    """A reservation of a subscriber (``kind``: mac, client-id, circuit-id or remote-id; ``key`` in
-    its canonical form), with a fixed address and host name when they are not None."""
+    """A reservation of a subscriber (``kind``: a ``ReservationKind`` value; ``key`` in its
+    canonical form), with a fixed address (IPv4), host name, IPv6 address and delegated prefix
+    when they are not None."""
 
     reservation_id: int
     kind: str
     key: str
     address: str | None
     hostname: str | None
+    address6: str | None = None
+    prefix6: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,11 +395,12 @@ def _reservation_event(entry: AuditEntry, sid: int, name: str) -> Event | None:
     # would stop the relay on it for good.
     if not (isinstance(rid, int) and kind in _RESERVATION_KINDS and isinstance(key, str)):
         return None
-    address, hostname = d.get("address"), d.get("hostname")
-    address = address if isinstance(address, str) else None
-    hostname = hostname if isinstance(hostname, str) else None
+    address, hostname, address6, prefix6 = (
+        value if isinstance(value, str) else None
+        for value in (d.get("address"), d.get("hostname"), d.get("address6"), d.get("prefix6")))
     cls = ReservationAdded if entry.action == "reservation.added" else ReservationDeleted
-    return cls(entry.at, sid, name, reservation_id=rid, kind=kind, key=key, address=address, hostname=hostname)
+    return cls(entry.at, sid, name, reservation_id=rid, kind=kind, key=key, address=address, hostname=hostname,
+               address6=address6, prefix6=prefix6)
 
 
 class AuditRelay:

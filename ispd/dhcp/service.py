@@ -423,7 +423,8 @@ class DHCPService(Service):
         def added(event: ReservationAdded) -> None:
             engine.add_reservation(Reservation(
                 id=event.reservation_id, subscriber_id=event.subscriber_id, kind=ReservationKind(event.kind),
-                key=event.key, address=event.address, hostname=event.hostname, created_at=event.at))
+                key=event.key, address=event.address, hostname=event.hostname, created_at=event.at,
+                address6=event.address6, prefix6=event.prefix6))
 
         def granted_elsewhere(event: LeaseGranted) -> None:
             if event.service != LeaseService.DHCP:  # a RADIUS session's address from a shared pool

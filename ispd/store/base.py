@@ -157,13 +157,21 @@ class Store(ABC):
         actor: str,
         address: str | None = None,
         hostname: str | None = None,
+        address6: str | None = None,
+        prefix6: str | None = None,
     ) -> Reservation:
-        """Tie a client (by MAC, client identifier, or the relay's circuit-id or remote-id) to a
-        subscriber, with a fixed address and host name when given (else the pools decide).
+        """Tie a client (by MAC, client identifier, DHCPv6 DUID, the relay's circuit-id or
+        remote-id, or a RADIUS login) to a subscriber, with fixed addresses and a host name when
+        given (else the pools decide): ``address`` IPv4, ``address6`` an IPv6 address (IA_NA) and
+        ``prefix6`` a delegated prefix (IA_PD). The IPv6 ones only for the kinds a DHCPv6 server
+        matches (duid, circuit-id, remote-id); a duid reservation has no IPv4 address, and needs
+        neither IPv6 one (alone, it names the client's subscriber).
 
-        ``key``, ``address`` and ``hostname`` are checked and kept in their canonical forms
-        (``ispd.store.validation``); a bad one raises ``InvalidValue``. A key or an address
-        reserved already raises ``Conflict`` naming its holder. Audited as "reservation.added".
+        ``key``, the addresses and ``hostname`` are checked and kept in their canonical forms
+        (``ispd.store.validation``); a bad one, or one the kind cannot hold, raises
+        ``InvalidValue``. A key or address reserved already, a prefix overlapping one reserved, or
+        an IPv6 address inside another subscriber's prefix raises ``Conflict`` naming its holder.
+        Audited as "reservation.added".
         """
 
     @abstractmethod

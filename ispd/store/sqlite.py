@@ -37,12 +37,21 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ispd.logs import get_logger
-from ispd.store import ipv6_networks, sqlite_addresses, sqlite_attribution, sqlite_dhcp6, sqlite_mail, sqlite_radius
+from ispd.store import (
+    ipv6_networks,
+    sqlite_addresses,
+    sqlite_attribution,
+    sqlite_dhcp6,
+    sqlite_mail,
+    sqlite_radius,
+    sqlite_reservations6,
+)
 from ispd.store.base import Store, SubscriberRef
 from ispd.store.config import StoreConfig
 from ispd.store.errors import Conflict, InvalidValue, NotFound, SchemaTooNew, StoreError, StoreUnavailable
 from ispd.store.metrics import StoreMetrics
 from ispd.store.models import (
+    IPV6_RESERVATION_KINDS,
     MAX_ALIAS_TARGETS,
     AccountingRecord,
     AccountingResult,
@@ -104,6 +113,8 @@ from ispd.store.validation import (
     ipv4_text,
     mail_address,
     reservable_address,
+    reservable_address6,
+    reservable_prefix6,
     reservation_key,
     usable_text,
 )
@@ -474,14 +485,15 @@ def _lease_history_entry(row: sqlite3.Row) -> LeaseHistoryEntry:
 def _reservation(row: sqlite3.Row) -> Reservation:
     return Reservation(
         id=row["id"], subscriber_id=row["subscriber_id"], kind=ReservationKind(row["kind"]), key=row["key"],
-        address=row["address"], hostname=row["hostname"], created_at=row["created_at"],
+        address=row["address"], hostname=row["hostname"], created_at=row["created_at"], address6=row["address6"],
+        prefix6=row["prefix6"],
     )
 
 
 def _reservation_details(r: Reservation) -> dict[str, Any]:
     """What the audit log keeps of a reservation: enough for a daemon to apply the change."""
     return {"reservation_id": r.id, "kind": r.kind.value, "key": r.key, "address": r.address,
-            "hostname": r.hostname}
+            "hostname": r.hostname, "address6": r.address6, "prefix6": r.prefix6}
 
 
 # The lease column that holds each kind of device key, as DHCP writes it.
@@ -505,6 +517,19 @@ def _refuse_an_address_in_use(conn: sqlite3.Connection, address: str, subscriber
         until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(lease["expires_at"]))
         raise Conflict(f"address {address} is in use: {lease['service'].upper()} gave it to {holder} until {until}; "
                        f"reserve it once that ends, or choose another address")
+
+
+def _refuse_the_wrong_family(kind: ReservationKind, address: str | None, address6: str | None,
+                             prefix6: str | None) -> None:
+    """A reservation's fixed addresses must be ones its kind's server can give: IPv4 from DHCPv4 or
+    RADIUS, IPv6 from DHCPv6, which matches only a DUID or the relay's Interface-ID and Remote-ID."""
+    if (address6 is not None or prefix6 is not None) and kind not in IPV6_RESERVATION_KINDS:
+        what = "a RADIUS login" if kind == ReservationKind.USERNAME else "a DHCPv4 client's"
+        raise InvalidValue(f"a {kind.value} reservation holds no IPv6 address or prefix ({kind.value} is {what} "
+                           "key): reserve them by the DHCPv6 client's DUID, or by its line's circuit-id or remote-id")
+    if address is not None and kind == ReservationKind.DUID:
+        raise InvalidValue("a duid reservation holds no IPv4 address (a DUID is DHCPv6's): reserve the IPv4 "
+                           "address by the client's MAC, client-id or line, or give address6 or prefix6")
 
 
 def _reservation_where(conn: sqlite3.Connection, condition: str, params: tuple[Any, ...]) -> sqlite3.Row | None:
@@ -1027,6 +1052,8 @@ class SQLiteStore(Store):
         actor: str,
         address: str | None = None,
         hostname: str | None = None,
+        address6: str | None = None,
+        prefix6: str | None = None,
     ) -> Reservation:
         # Checked before queueing: a bad value costs no write slot, and the message is the same in
         # every backend.
@@ -1036,6 +1063,9 @@ class SQLiteStore(Store):
             raise InvalidValue(str(exc)) from None
         checked_address = _checked(reservable_address, address) if address is not None else None
         checked_hostname = _checked(hostname_text, hostname) if hostname is not None else None
+        checked_address6 = _checked(reservable_address6, address6) if address6 is not None else None
+        checked_prefix6 = _checked(reservable_prefix6, prefix6) if prefix6 is not None else None
+        _refuse_the_wrong_family(checked_kind, checked_address, checked_address6, checked_prefix6)
         now = self.clock()
 
         def run(conn: sqlite3.Connection) -> Reservation:
@@ -1057,10 +1087,13 @@ class SQLiteStore(Store):
                     raise Conflict(f"address {checked_address} is already reserved for {taken['username']}"
                                    f" ({taken['kind']} {taken['key']}, reservation #{taken['id']})")
                 _refuse_an_address_in_use(conn, checked_address, row["id"], now, checked_kind, checked_key)
+            sqlite_reservations6.refuse_ipv6_conflicts(conn, row["id"], checked_address6, checked_prefix6)
             cursor = conn.execute(
-                "INSERT INTO reservations (subscriber_id, kind, key, address, hostname, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (row["id"], checked_kind.value, checked_key, checked_address, checked_hostname, now),
+                "INSERT INTO reservations (subscriber_id, kind, key, address, hostname, created_at, address6, prefix6,"
+                " address6_net_hi, address6_net_lo, prefix6_length, prefix6_net_hi, prefix6_net_lo)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (row["id"], checked_kind.value, checked_key, checked_address, checked_hostname, now, checked_address6,
+                 checked_prefix6, *sqlite_reservations6.network_columns(checked_address6, checked_prefix6)),
             )
             added = _reservation(conn.execute("SELECT * FROM reservations WHERE id = ?", (cursor.lastrowid,))
                                  .fetchone())

@@ -148,7 +148,7 @@ def reservable_prefix6(text: str) -> str:
     stripped = text.strip()
     wrong = ValueError(f"{text!r} is not an IPv6 prefix (write it like 2001:db8:200::/48)")
     address, slash, length = stripped.partition("/")
-    if not slash or "%" in stripped:
+    if not slash or ":" not in address or "%" in stripped:
         raise wrong
     if not (length.isascii() and length.isdigit() and 1 <= int(length) <= 128):
         raise ValueError(f"{text!r}: a prefix length is 1 to 128")

@@ -145,7 +145,7 @@ async def test_changes_are_audited_and_announced_as_events(store: Store, clock: 
 
     entries = await store.audit_since(start)
     details = {"reservation_id": added.id, "kind": "mac", "key": "02:00:5e:10:00:01", "address": "198.18.0.10",
-               "hostname": "cpe"}
+               "hostname": "cpe", "address6": None, "prefix6": None}
     assert entries == [
         AuditEntry(entries[0].id, clock.now - 60, "cli:root", "reservation.added", "subscriber", alice.id, "alice",
                    details),

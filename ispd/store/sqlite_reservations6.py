@@ -1,0 +1,94 @@
+"""The SQLite backend's checks on a reservation's fixed IPv6 address and prefix (migration 0016).
+
+A DHCPv6 server delegates a reserved prefix to one client and routes it there: two reservations
+whose prefixes overlap (a /48 and a /56 inside it) would each claim part of the other's, and a
+fixed address inside another subscriber's prefix would be routed to that subscriber. Equal texts
+the UNIQUE constraints refuse; overlap the texts cannot answer, so each reservation also keeps its
+address and prefix as networks in integers (``ipv6_networks``), and the checks are index ranges
+on those, one per stored prefix length, as ``who`` asks them.
+
+Refused: an address6 already reserved; a prefix6 overlapping any reservation's prefix6 (the
+subscriber's own too: it would be delegated twice); an address6 inside another subscriber's
+prefix6, and a prefix6 holding another subscriber's address6. A subscriber's own address inside
+its own prefix is its business.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from ipaddress import IPv6Network
+
+from ispd.store.errors import Conflict
+from ispd.store.ipv6_networks import overlap_ranges, stored_network
+
+_HOLDER = "SELECT r.*, s.username FROM reservations r JOIN subscribers s ON s.id = r.subscriber_id WHERE "
+
+
+def network_columns(address6: str | None, prefix6: str | None) -> tuple[int | None, ...]:
+    """address6_net_hi, address6_net_lo, prefix6_length, prefix6_net_hi, prefix6_net_lo of a
+    reservation (NULL where it has no address or prefix)."""
+    address = stored_network(address6) if address6 is not None else None
+    prefix = stored_network(prefix6) if prefix6 is not None else None
+    return (*(address[1:] if address else (None, None)), *(prefix if prefix else (None, None, None)))
+
+
+def _holder(row: sqlite3.Row) -> str:
+    return f"{row['username']} ({row['kind']} {row['key']}, reservation #{row['id']})"
+
+
+def _prefixes_overlapping(conn: sqlite3.Connection, question: IPv6Network) -> sqlite3.Row | None:
+    """A reservation whose prefix6 overlaps ``question`` (contains it, is it or lies inside it)."""
+    high_ranges, low_ranges = overlap_ranges(question)
+    for length, lowest, highest in high_ranges:
+        row: sqlite3.Row | None = conn.execute(
+            _HOLDER + "r.prefix6 IS NOT NULL AND r.prefix6_length = ? AND r.prefix6_net_hi BETWEEN ? AND ?"
+            " ORDER BY r.id LIMIT 1", (length, lowest, highest)).fetchone()
+        if row is not None:
+            return row
+    for length, net_hi, lowest, highest in low_ranges:
+        row = conn.execute(
+            _HOLDER + "r.prefix6 IS NOT NULL AND r.prefix6_length = ? AND r.prefix6_net_hi = ?"
+            " AND r.prefix6_net_lo BETWEEN ? AND ? ORDER BY r.id LIMIT 1", (length, net_hi, lowest, highest)).fetchone()
+        if row is not None:
+            return row
+    return None
+
+
+def _address_inside(conn: sqlite3.Connection, prefix: IPv6Network, subscriber_id: int) -> sqlite3.Row | None:
+    """Another subscriber's reservation whose address6 lies inside ``prefix``."""
+    high_ranges, low_ranges = overlap_ranges(prefix)
+    condition = "r.address6_net_hi BETWEEN ? AND ?"
+    parameters: list[int]
+    if prefix.prefixlen < 64:  # (addresses are /128s: the ranges of that length)
+        [(_, *parameters)] = [r for r in high_ranges if r[0] == 128]
+    else:
+        [(_, *parameters)] = [r for r in low_ranges if r[0] == 128]
+        condition = "r.address6_net_hi = ? AND r.address6_net_lo BETWEEN ? AND ?"
+    row: sqlite3.Row | None = conn.execute(
+        _HOLDER + f"r.address6 IS NOT NULL AND {condition} AND r.subscriber_id != ? ORDER BY r.id LIMIT 1",
+        (*parameters, subscriber_id)).fetchone()
+    return row
+
+
+def refuse_ipv6_conflicts(conn: sqlite3.Connection, subscriber_id: int, address6: str | None,
+                          prefix6: str | None) -> None:
+    """Raise ``Conflict`` naming the holder if ``address6`` or ``prefix6`` (canonical texts)
+    clash with a reservation kept (see the module comment)."""
+    if address6 is not None:
+        taken = conn.execute(_HOLDER + "r.address6 = ?", (address6,)).fetchone()
+        if taken is not None:
+            raise Conflict(f"IPv6 address {address6} is already reserved for {_holder(taken)}")
+        taken = _prefixes_overlapping(conn, IPv6Network(address6))
+        if taken is not None and taken["subscriber_id"] != subscriber_id:
+            raise Conflict(f"IPv6 address {address6} lies inside prefix {taken['prefix6']}, reserved for "
+                           f"{_holder(taken)}")
+    if prefix6 is not None:
+        network = IPv6Network(prefix6)
+        taken = _prefixes_overlapping(conn, network)
+        if taken is not None:
+            relation = ("is already reserved" if taken["prefix6"] == prefix6
+                        else f"overlaps {taken['prefix6']}, reserved")
+            raise Conflict(f"prefix {prefix6} {relation} for {_holder(taken)}")
+        taken = _address_inside(conn, network, subscriber_id)
+        if taken is not None:
+            raise Conflict(f"prefix {prefix6} holds IPv6 address {taken['address6']}, reserved for {_holder(taken)}")
