@@ -70,6 +70,8 @@ from ispd.store.validation import (
     ipv4_text,
     mail_address,
     reservable_address,
+    reservable_address6,
+    reservable_prefix6,
     reservation_key,
     usable_text,
 )
@@ -311,7 +313,9 @@ def render_overview(o: SubscriberOverview) -> str:
 
 
 def describe_reservation(r: Reservation) -> str:
-    target = f"address {r.address}" if r.address else "an address from the pools"
+    fixed = [f"{what} {value}" for what, value in (("address", r.address), ("IPv6 address", r.address6),
+                                                    ("prefix", r.prefix6)) if value]
+    target = ", ".join(fixed) or "an address from the pools"
     return f"{r.kind.value} {r.key} -> {target}{', host name ' + r.hostname if r.hostname else ''}"
 
 
@@ -494,7 +498,7 @@ async def cmd_reservation_add(store: Store, args: argparse.Namespace) -> None:
     kind, key = next((k, getattr(args, k.name.lower())) for k in ReservationKind
                      if getattr(args, k.name.lower()) is not None)
     reservation = await store.add_reservation(args.subscriber, kind, key, actor=actor(), address=args.address,
-                                              hostname=args.hostname)
+                                              hostname=args.hostname, address6=args.address6, prefix6=args.prefix6)
     username = await username_of(store, reservation.subscriber_id)
     if args.json:
         print_json({**_jsonable(reservation), "username": username})
@@ -510,8 +514,9 @@ async def cmd_reservation_list(store: Store, args: argparse.Namespace) -> None:
         print_json([{**_jsonable(r), "username": names.get(r.subscriber_id)} for r in reservations])
         return
     print_table(
-        ["ID", "SUBSCRIBER", "KIND", "KEY", "ADDRESS", "HOSTNAME"],
-        [[r.id, names.get(r.subscriber_id), r.kind.value, r.key, r.address, r.hostname] for r in reservations],
+        ["ID", "SUBSCRIBER", "KIND", "KEY", "ADDRESS", "ADDRESS6", "PREFIX6", "HOSTNAME"],
+        [[r.id, names.get(r.subscriber_id), r.kind.value, r.key, r.address, r.address6, r.prefix6, r.hostname]
+         for r in reservations],
     )
 
 
@@ -956,8 +961,11 @@ def build_parser() -> argparse.ArgumentParser:
         "add", parents=[config_opts, json_opt],
         help="tie a client to a subscriber, with a fixed address or host name if given",
         description="Tie a client to a subscriber, by exactly one of --mac, --client-id (DHCP option 61), "
-                    "--circuit-id or --remote-id (option 82, as the relay sends them), or --username (a RADIUS "
-                    "login). Without --address the client gets an address from the pools (RADIUS: from the NAS).",
+                    "--circuit-id or --remote-id (option 82, as the relay sends them; for DHCPv6 the relay's "
+                    "Interface-ID and Remote-ID), --username (a RADIUS login) or --duid (a DHCPv6 client). Without "
+                    "--address the client gets an address from the pools (RADIUS: from the NAS). --address6 and "
+                    "--prefix6 (a fixed IPv6 address and delegated prefix) go with --duid, --circuit-id or "
+                    "--remote-id; a --duid reservation has no IPv4 --address.",
     )
     p.add_argument("subscriber", help=SUBSCRIBER_HELP)
     keys = p.add_mutually_exclusive_group(required=True)
@@ -972,7 +980,13 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--username", type=checked_arg(lambda v: reservation_key("username", v)[1]),
                       metavar="LOGIN", help="a RADIUS login (User-Name, e.g. a PPPoE login) of the subscriber; "
                                             "its --address goes out as Framed-IP-Address")
+    keys.add_argument("--duid", type=checked_arg(lambda v: reservation_key("duid", v)[1]), metavar="HEX",
+                      help="a DHCPv6 client's DUID in hex, type first, e.g. 00:03:00:01:02:00:5e:10:00:01")
     p.add_argument("--address", type=checked_arg(reservable_address), help="the fixed IPv4 address")
+    p.add_argument("--address6", type=checked_arg(reservable_address6), metavar="ADDRESS",
+                   help="a fixed IPv6 address (DHCPv6 IA_NA), e.g. 2001:db8:1::10")
+    p.add_argument("--prefix6", type=checked_arg(reservable_prefix6), metavar="PREFIX",
+                   help="a fixed prefix to delegate (DHCPv6 IA_PD), e.g. 2001:db8:200::/48")
     p.add_argument("--hostname", type=checked_arg(hostname_text), help="the host name to give the client")
     p.set_defaults(handler=cmd_reservation_add)
     p = reservation.add_parser("list", parents=[config_opts, json_opt], help="list reservations")

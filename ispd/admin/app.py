@@ -95,8 +95,12 @@ class NewReservation(BaseModel):
     subscriber: str
     kind: ReservationKind
     key: str
-    address: str | None = None
+    address: str | None = Field(default=None, description="a fixed IPv4 address (not for kind duid)")
     hostname: str | None = None
+    address6: str | None = Field(default=None, description="a fixed IPv6 address (DHCPv6 IA_NA), for kinds duid, "
+                                                            "circuit-id and remote-id: 2001:db8:1::10")
+    prefix6: str | None = Field(default=None, description="a fixed prefix to delegate (DHCPv6 IA_PD), for kinds "
+                                                           "duid, circuit-id and remote-id: 2001:db8:200::/48")
 
 
 class NewMailbox(BaseModel):
@@ -350,7 +354,8 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
     @app.post("/v1/reservations", status_code=201, tags=["reservations"])
     async def add_reservation(body: NewReservation, actor: Actor) -> Reservation:
         return await store.add_reservation(body.subscriber, body.kind, body.key, actor=actor,
-                                           address=body.address, hostname=body.hostname)
+                                           address=body.address, hostname=body.hostname, address6=body.address6,
+                                           prefix6=body.prefix6)
 
     @app.delete("/v1/reservations/{reservation_id}", tags=["reservations"])
     async def delete_reservation(reservation_id: int, actor: Actor) -> Reservation:

@@ -128,6 +128,29 @@ def test_a_subscriber_s_life_through_the_api_is_audited_and_seen_by_the_cli(api:
     assert api.call("GET", "/v1/reservations?subscriber=yara")[1] == []
 
 
+def test_dhcp6_reservations_take_and_give_a_fixed_ipv6_address_and_prefix(api: Api) -> None:
+    api.call("POST", "/v1/subscribers", {"username": "acme-v6"})
+    status, line = api.call("POST", "/v1/reservations", {
+        "subscriber": "acme-v6", "kind": "circuit-id", "key": "bng1 ge-0/0/1:100", "prefix6": "2001:DB8:200::/48"})
+    assert status == 201 and (line["prefix6"], line["address6"]) == ("2001:db8:200::/48", None)
+    status, client = api.call("POST", "/v1/reservations", {
+        "subscriber": "acme-v6", "kind": "duid", "key": "000300010200005e1001", "address6": "2001:db8:1::10"})
+    assert status == 201 and (client["key"], client["address6"]) == ("00:03:00:01:02:00:00:5e:10:01", "2001:db8:1::10")
+    listed = api.call("GET", "/v1/reservations?subscriber=acme-v6")[1]
+    assert [(r["kind"], r["address6"], r["prefix6"]) for r in listed] == [
+        ("circuit-id", None, "2001:db8:200::/48"), ("duid", "2001:db8:1::10", None)]
+    assert api.call("GET", "/v1/subscribers/acme-v6")[1]["reservations"] == listed
+    status, body = api.call("POST", "/v1/reservations", {
+        "subscriber": "acme-v6", "kind": "remote-id", "key": "r1", "prefix6": "2001:db8:200:100::/56"})
+    assert status == 409 and "overlaps 2001:db8:200::/48, reserved for acme-v6" in body["detail"]
+    status, body = api.call("POST", "/v1/reservations", {
+        "subscriber": "acme-v6", "kind": "mac", "key": "02:00:00:00:77:09", "address6": "2001:db8:1::11"})
+    assert status == 400 and "a mac reservation holds no IPv6 address" in body["detail"]
+    status, body = api.call("POST", "/v1/reservations", {
+        "subscriber": "acme-v6", "kind": "duid", "key": "00:03:00:01:02:00:00:5e:10:02", "prefix6": "2001:db8::/24"})
+    assert status == 400 and "no shorter than /32" in body["detail"]
+
+
 def test_errors_are_json_with_the_right_status(api: Api) -> None:
     assert api.call("GET", "/v1/subscribers/nobody") == (404, {"detail": "no subscriber 'nobody'"})
     api.call("POST", "/v1/subscribers", {"username": "twice"})

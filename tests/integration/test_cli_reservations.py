@@ -61,17 +61,17 @@ def test_add_list_show_delete(config_path: Path) -> None:
     added = json.loads(ok(config_path, "reservation", "add", "bob", "--circuit-id", "olt1/1/1:100", "--json"))
     assert {k: v for k, v in added.items() if k != "created_at"} == {
         "id": 2, "subscriber_id": 2, "username": "bob", "kind": "circuit-id", "key": "olt1/1/1:100", "address": None,
-        "hostname": None}
+        "hostname": None, "address6": None, "prefix6": None}
     ok(config_path, "reservation", "add", "2", "--client-id", "01:02:00:5e:10:00:02")  # a subscriber by id
     ok(config_path, "reservation", "add", "alice", "--remote-id", "0x00ff")
 
     table = ok(config_path, "reservation", "list").splitlines()
     assert [line.split() for line in table] == [
-        ["ID", "SUBSCRIBER", "KIND", "KEY", "ADDRESS", "HOSTNAME"],
-        ["1", "alice", "mac", "02:00:5e:10:00:01", "198.18.0.10", "cpe-alice"],
-        ["2", "bob", "circuit-id", "olt1/1/1:100", "-", "-"],
-        ["3", "bob", "client-id", "0102005e100002", "-", "-"],
-        ["4", "alice", "remote-id", "0x00ff", "-", "-"],
+        ["ID", "SUBSCRIBER", "KIND", "KEY", "ADDRESS", "ADDRESS6", "PREFIX6", "HOSTNAME"],
+        ["1", "alice", "mac", "02:00:5e:10:00:01", "198.18.0.10", "-", "-", "cpe-alice"],
+        ["2", "bob", "circuit-id", "olt1/1/1:100", "-", "-", "-", "-"],
+        ["3", "bob", "client-id", "0102005e100002", "-", "-", "-", "-"],
+        ["4", "alice", "remote-id", "0x00ff", "-", "-", "-", "-"],
     ]
     mine = json.loads(ok(config_path, "reservation", "list", "--subscriber", "bob", "--json"))
     assert [(r["id"], r["username"], r["kind"]) for r in mine] == [(2, "bob", "circuit-id"), (3, "bob", "client-id")]
@@ -94,7 +94,8 @@ def test_add_list_show_delete(config_path: Path) -> None:
 
 
 def test_an_empty_list_is_just_the_header(config_path: Path) -> None:
-    assert ok(config_path, "reservation", "list").split() == ["ID", "SUBSCRIBER", "KIND", "KEY", "ADDRESS", "HOSTNAME"]
+    assert ok(config_path, "reservation", "list").split() == ["ID", "SUBSCRIBER", "KIND", "KEY", "ADDRESS", "ADDRESS6",
+                                                              "PREFIX6", "HOSTNAME"]
     assert json.loads(ok(config_path, "reservation", "list", "--json")) == []
 
 
@@ -137,7 +138,14 @@ def test_failures_are_one_clear_line(config_path: Path, args: tuple[str, ...], c
         (("reservation", "add", "alice", "--mac", "02:00:5e:10:00"), "'02:00:5e:10:00' is not a MAC address"),
         (("reservation", "add", "alice", "--mac", "02:00:00:00:00:01", "--circuit-id", "eth0/1"),
          "argument --circuit-id: not allowed with argument --mac"),
-        (("reservation", "add", "alice"), "one of the arguments --mac --client-id --circuit-id --remote-id --username is required"),
+        (("reservation", "add", "alice"), "one of the arguments --mac --client-id --circuit-id --remote-id --username --duid is required"),
+        (("reservation", "add", "alice", "--duid", "00:03"), "argument --duid: '00:03' is not a DUID (hex bytes, "
+                                                               "type first, 3 to 130 of them"),
+        (("reservation", "add", "alice", "--duid", "00:03:00:01", "--address6", "2001:db8::/64"),
+         "argument --address6: '2001:db8::/64': give one IPv6 address here"),
+        (("reservation", "add", "alice", "--duid", "00:03:00:01", "--prefix6", "2001:db8:200::1/48"),
+         "argument --prefix6: '2001:db8:200::1/48' has bits set past its length: the network is 2001:db8:200::/48"),
+
         (("reservation", "add", "alice", "--client-id", "xyz"), "is not a client identifier"),
         (("reservation", "add", "alice", "--circuit-id", ""), "the circuit-id is empty"),
         (("reservation", "add", "alice", "--remote-id", "tab\there"), "write a remote-id as printable ASCII"),
@@ -166,6 +174,41 @@ def test_bad_command_lines_exit_2_and_say_why(config_path: Path, args: tuple[str
     assert result.returncode == 2 and complaint in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     assert json.loads(ok(config_path, "reservation", "list", "--json")) == []
+
+
+def test_dhcp6_reservations_by_duid_and_line_with_a_fixed_address_and_prefix(config_path: Path) -> None:
+    out = ok(config_path, "reservation", "add", "alice", "--circuit-id", "bng1 ge-0/0/1:100", "--prefix6",
+             "2001:DB8:200::/48", "--address6", "2001:db8:1::10", "--address", "198.18.0.10")
+    assert out == ("added reservation #1 for alice: circuit-id bng1 ge-0/0/1:100 -> address 198.18.0.10, "
+                   "IPv6 address 2001:db8:1::10, prefix 2001:db8:200::/48\n")
+    added = json.loads(ok(config_path, "reservation", "add", "bob", "--duid", "00-03-00-01-02-00-5E-10-00-01",
+                          "--prefix6", "2001:db8:201:ff00::/56", "--hostname", "bob-router", "--json"))
+    assert {k: v for k, v in added.items() if k != "created_at"} == {
+        "id": 2, "subscriber_id": 2, "username": "bob", "kind": "duid", "key": "00:03:00:01:02:00:5e:10:00:01",
+        "address": None, "hostname": "bob-router", "address6": None, "prefix6": "2001:db8:201:ff00::/56"}
+    ok(config_path, "reservation", "add", "bob", "--duid", "000300010200005e1002")  # alone: names bob
+
+    table = ok(config_path, "reservation", "list").splitlines()
+    assert [line.split() for line in table[1:]] == [
+        ["1", "alice", "circuit-id", "bng1", "ge-0/0/1:100", "198.18.0.10", "2001:db8:1::10", "2001:db8:200::/48", "-"],
+        ["2", "bob", "duid", "00:03:00:01:02:00:5e:10:00:01", "-", "-", "2001:db8:201:ff00::/56", "bob-router"],
+        ["3", "bob", "duid", "00:03:00:01:02:00:00:5e:10:02", "-", "-", "-", "-"],
+    ]
+    assert [(r["address6"], r["prefix6"]) for r in json.loads(ok(config_path, "reservation", "list", "--json"))] == [
+        ("2001:db8:1::10", "2001:db8:200::/48"), (None, "2001:db8:201:ff00::/56"), (None, None)]
+    show = ok(config_path, "subscriber", "show", "bob")
+    assert ("reservations  2\n"
+            "  #2 duid 00:03:00:01:02:00:5e:10:00:01 -> prefix 2001:db8:201:ff00::/56, host name bob-router\n"
+            "  #3 duid 00:03:00:01:02:00:00:5e:10:02 -> an address from the pools\n") in show
+    assert "hostname=bob-router key=00:03:00:01:02:00:5e:10:00:01 kind=duid prefix6=2001:db8:201:ff00::/56" in show
+
+    # What the store refuses (each kind of refusal has its store test): one clear line, naming the holder.
+    result = run(config_path, "reservation", "add", "bob", "--remote-id", "r1", "--prefix6", "2001:db8::/32")
+    assert (result.returncode, result.stderr) == (1, "ispd: prefix 2001:db8::/32 overlaps 2001:db8:200::/48, reserved "
+                                                     "for alice (circuit-id bng1 ge-0/0/1:100, reservation #1)\n")
+    result = run(config_path, "reservation", "add", "bob", "--mac", "02:00:00:00:00:09", "--prefix6", "2001:db8:3::/48")
+    assert result.returncode == 1
+    assert result.stderr.startswith("ispd: a mac reservation holds no IPv6 address or prefix"), result.stderr
 
 
 def test_lease_show_gives_the_current_lease_and_who_had_it_before(config_path: Path) -> None:
