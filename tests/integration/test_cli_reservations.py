@@ -5,15 +5,21 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import os
 import socket
 import subprocess
 import time
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
 
 from ispd.config import load_config
-from ispd.radius.codec import Attr, Code, encode_attributes, encode_request
+from ispd.dhcp.codec import BOOTREQUEST, DHCPPacket
+from ispd.dhcp.codec import decode as decode_dhcp
+from ispd.dhcp.codec import encode as encode_dhcp
+from ispd.dhcp.options import DHCPMessageType, Option
+from ispd.radius.codec import Attr, Code, encode_attributes, encode_request, hide_password
 from ispd.store import open_store
 from ispd.store.models import Lease, LeaseState
 from tests.lab import toml
@@ -285,6 +291,56 @@ def test_reservation_changes_reach_the_running_daemon(tmp_path: Path) -> None:
 
         assert eventually(lambda: published("ReservationDeleted")) == 1
         assert published("ReservationAdded") == 1
+
+
+def test_a_duid_reservation_reaches_dhcp_and_radius_and_they_keep_serving(tmp_path: Path) -> None:
+    """A DHCPv6 client's reservation (a DUID with an IPv6 address, a prefix and a host name) is
+    announced to every service; the DHCPv4 server and RADIUS, whose keys a DUID is not, take it in
+    without a failure and go on answering: a relayed DISCOVER is offered an address from the pool,
+    and the subscriber, whose only reservation is no line of its (line_lock), logs in."""
+    server, relay_address, nas = "127.63.0.1", "127.63.0.2", "127.63.0.3"
+    dhcp_port, auth = free_udp_port(server), free_udp_port(server)
+    secret = b"duid-reservation-secret"
+    config = base_config(
+        tmp_path, metrics={"listen": f"{server}:{free_tcp_port(server)}"},
+        dhcp={"enabled": True, "interfaces": ["lo"], "port": dhcp_port, "subnet": [
+            {"network": "127.63.0.0/24", "pool": [{"name": "relayed", "range": "127.63.0.100 - 127.63.0.150"}]}]},
+        radius={"enabled": True, "listen_auth": [f"{server}:{auth}"], "listen_acct": [f"{server}:{free_udp_port(server)}"],
+                "reject_delay_seconds": 0, "plan": [{"plan": "home", "line_lock": True}],
+                "client": [{"name": "bng", "address": f"{nas}/32", "secret": secret.decode()}]})
+    with IspdProcess(tmp_path, config) as daemon:
+        daemon.start()
+        daemon.cli("plan", "add", "home", "--credential-policy", "cleartext")
+        daemon.cli("subscriber", "add", "alice", "--plan", "home", "--password-stdin", input="alice-pw\n")
+        daemon.cli("reservation", "add", "alice", "--duid", "00:03:00:01:02:00:5e:10:00:01", "--address6",
+                   "2001:db8:1::10", "--prefix6", "2001:db8:200::/48", "--hostname", "alice-router")
+        assert eventually(lambda: daemon.metric_value("ispd_events_published_total",
+                                                      {"event": "ReservationAdded"}), timeout=10) == 1
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as relay:
+            # Replies to a relay go to its address on the server's port (RFC 2131 §4.1).
+            relay.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            relay.bind((relay_address, dhcp_port))
+            relay.settimeout(5)
+            discover = DHCPPacket(op=BOOTREQUEST, xid=0x6301, chaddr=bytes.fromhex("02005e100001").ljust(16, b"\0"),
+                                  giaddr=IPv4Address(relay_address),
+                                  options=((Option.MESSAGE_TYPE, bytes([DHCPMessageType.DISCOVER])),))
+            relay.sendto(encode_dhcp(discover), (server, dhcp_port))
+            offer = decode_dhcp(relay.recv(4096))
+        assert offer.message_type is DHCPMessageType.OFFER and str(offer.yiaddr).startswith("127.63.0.1"), offer
+
+        authenticator = os.urandom(16)
+        request = encode_request(Code.ACCESS_REQUEST, 7, encode_attributes([
+            (Attr.USER_NAME, b"alice"), (Attr.USER_PASSWORD, hide_password(b"alice-pw", secret, authenticator)),
+            (Attr.NAS_IP_ADDRESS, socket.inet_aton(nas)), (Attr.CALLING_STATION_ID, b"02:00:00:00:00:77")]),
+            secret, authenticator=authenticator)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((nas, 0))
+            sock.settimeout(5)
+            sock.sendto(request, (server, auth))
+            assert sock.recv(4096)[0] == Code.ACCESS_ACCEPT
+        assert daemon.metric_value("ispd_events_handler_failures_total", {"event": "ReservationAdded"}) is None
+        assert "Traceback" not in daemon.log_text()
 
 
 def iso(ts: float) -> str:
