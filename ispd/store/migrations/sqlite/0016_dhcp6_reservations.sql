@@ -7,7 +7,7 @@
 -- Two reservations never hold overlapping prefixes, nor an address inside another subscriber's
 -- prefix: the store checks that before a write, by index ranges on each one's network in
 -- integers (as radius_session_ipv6, 0012; see ispd/store/ipv6_networks.py), which the texts
--- cannot answer. Both are NULL exactly when their text is.
+-- cannot answer. The integers are NULL exactly when their text is.
 CREATE TABLE reservations_new (
     id            INTEGER PRIMARY KEY,
     subscriber_id INTEGER NOT NULL REFERENCES subscribers(id) ON DELETE CASCADE,
