@@ -33,18 +33,21 @@ Options sent: Server and Client Identifier, the IAs, Status Code where the RFC a
 DNS servers (23) and domain search (24) when the client asks for them (Option Request, §21.7),
 Preference when configured.
 
-A subscriber owns a binding when a reservation of its line matches: the Interface-ID of the
-relay closest to the client as a circuit-id, the Remote-ID (RFC 4649, without its enterprise
-number) as a remote-id. Suspended and closed subscribers get no IPv6: their IAs get
-NoAddrsAvail/NoPrefixAvail and bindings they hold come back with lifetimes 0, so their
-devices fall back to IPv4, where the walled garden is.
+A subscriber owns a binding when a reservation matches: the client's DUID, else its line (the
+Interface-ID of the relay closest to the client as a circuit-id, the Remote-ID, RFC 4649,
+without its enterprise number, as a remote-id). A reservation's fixed address (address6) and
+prefix (prefix6) go to its client whether they lie in a pool or not, and to no one else: a
+pool's walk skips them and any prefix that holds one; a client that had one before it was
+reserved gets another at its next renewal (the old with lifetimes 0). Suspended and closed
+subscribers get no IPv6: their IAs get NoAddrsAvail/NoPrefixAvail and bindings they hold
+come back with lifetimes 0, so their devices fall back to IPv4, where the walled garden is.
 
 An IA of a kind past the first MAX_IAS_PER_KIND of its message gets nothing (NoAddrsAvail or
 NoPrefixAvail).
 
 Not done: temporary addresses (IA_TA: NoAddrsAvail), reconfiguration (Reconfigure, option 19;
-Reconfigure Accept is ignored), Server Unicast (clients always multicast), addresses or
-prefixes reserved to a DUID, more than one binding per IA.
+Reconfigure Accept is ignored), Server Unicast (clients always multicast), more than one
+binding per IA.
 """
 
 from __future__ import annotations
@@ -74,7 +77,15 @@ from ispd.dhcp6.codec import (
     option,
 )
 from ispd.dhcp6.config import DHCP6Config, Subnet6
-from ispd.store.models import Lease6, Lease6Kind, LeaseState, Reservation, ReservationKind, SubscriberStatus
+from ispd.store.models import (
+    IPV6_RESERVATION_KINDS,
+    Lease6,
+    Lease6Kind,
+    LeaseState,
+    Reservation,
+    ReservationKind,
+    SubscriberStatus,
+)
 
 # How many candidates one allocation looks at in a pool before calling it full: a /64 range is
 # never scanned whole; a pool that is full for this many in a row is as good as full.
@@ -145,6 +156,63 @@ class _Pool:
         return index if offset >= 0 and index < self.size and offset & ((1 << self.shift) - 1) == 0 else None
 
 
+class _ReservedSpace:
+    """The fixed addresses and prefixes of reservations, so that no one else gets them nor a
+    prefix that holds one: a pool's walk asks for each candidate whether it holds, or lies in,
+    a network reserved to another client. Kept by length (a length's networks by their bits),
+    and for each pool length, which reservations lie inside each network of that length, so
+    each question is a few dictionary lookups."""
+
+    def __init__(self, pool_lengths: Iterable[int], reservations: Iterable[Reservation]) -> None:
+        self.pool_lengths = sorted(set(pool_lengths))
+        self.by_length: dict[int, dict[int, int]] = {}  # length -> network bits -> reservation id
+        self.inside: dict[int, dict[int, set[int]]] = {}  # pool length -> its network's bits -> ids
+        self.networks: dict[int, list[IPv6Network]] = {}  # reservation id -> what it reserves
+        for reservation in reservations:
+            self.add(reservation)
+
+    def add(self, reservation: Reservation) -> None:
+        networks = [IPv6Network(text) for text in (reservation.prefix6,
+                                                   f"{reservation.address6}/128" if reservation.address6 else None)
+                    if text]
+        if not networks:
+            return
+        self.networks[reservation.id] = networks
+        for network in networks:
+            value, length = int(network.network_address), network.prefixlen
+            self.by_length.setdefault(length, {})[value >> (128 - length)] = reservation.id
+            for pool_length in self.pool_lengths:
+                if pool_length < length:
+                    self.inside.setdefault(pool_length, {}).setdefault(value >> (128 - pool_length), set()).add(
+                        reservation.id)
+
+    def remove(self, reservation_id: int) -> None:
+        for network in self.networks.pop(reservation_id, []):
+            value, length = int(network.network_address), network.prefixlen
+            self.by_length.get(length, {}).pop(value >> (128 - length), None)
+            for pool_length in self.pool_lengths:
+                owners = self.inside.get(pool_length, {}).get(value >> (128 - pool_length))
+                if owners is not None:
+                    owners.discard(reservation_id)
+
+    def taken(self, network: IPv6Network, mine: int | None) -> bool:
+        """Whether ``network`` is, lies in, or holds a network reserved to a reservation other
+        than ``mine``."""
+        if not self.networks:
+            return False
+        value, length = int(network.network_address), network.prefixlen
+        for reserved_length, tops in self.by_length.items():
+            if reserved_length <= length:
+                owner = tops.get(value >> (128 - reserved_length))
+                if owner is not None and owner != mine:
+                    return True
+        if length in self.inside:
+            owners = self.inside[length].get(value >> (128 - length), set())
+            return bool(owners - {mine})
+        return any(owner != mine and any(n.prefixlen > length and n.subnet_of(network) for n in networks)
+                   for owner, networks in self.networks.items())
+
+
 def _pools(subnet: Subnet6) -> list[_Pool]:
     pools = [_Pool(p.name, Lease6Kind.ADDRESS, int(p.first), int(p.last) - int(p.first) + 1, 128)
              for p in subnet.pool]
@@ -172,6 +240,8 @@ class DHCP6Engine:
         self.by_interface = {s.interface: s for s in config.subnet if s.interface is not None}
         old = {pool.name: pool for pools in self.pools.values() for pool in pools}
         self.pools = {s.name: _pools(s) for s in config.subnet}
+        self.reserved = _ReservedSpace((pool.length for pools in self.pools.values() for pool in pools),
+                                       self.reservations.values())
         # A pool that is as it was keeps its cursor; one new or changed is placed afresh.
         kept = {pool.name for pools in self.pools.values() for pool in pools if old.get(pool.name) == pool}
         self.cursors = {name: index for name, index in self.cursors.items() if name in kept}
@@ -200,18 +270,21 @@ class DHCP6Engine:
         self.cursors.update({name: (index + 1) % by_name[name].size for name, index in furthest.items()})
 
     def add_reservation(self, reservation: Reservation) -> None:
-        if reservation.kind in (ReservationKind.CIRCUIT_ID, ReservationKind.REMOTE_ID):
+        if reservation.kind in IPV6_RESERVATION_KINDS:
+            self.remove_reservation(reservation.id)
             self.reservations[(str(reservation.kind), reservation.key)] = reservation
+            self.reserved.add(reservation)
 
     def remove_reservation(self, reservation_id: int) -> None:
         for ident, reservation in list(self.reservations.items()):
             if reservation.id == reservation_id:
                 del self.reservations[ident]
+        self.reserved.remove(reservation_id)
 
     def remove_subscriber(self, subscriber_id: int) -> None:
-        for ident, reservation in list(self.reservations.items()):
+        for reservation in list(self.reservations.values()):
             if reservation.subscriber_id == subscriber_id:
-                del self.reservations[ident]
+                self.remove_reservation(reservation.id)
         self.subscriber_status.pop(subscriber_id, None)
 
     def set_subscriber_status(self, subscriber_id: int, status: SubscriberStatus) -> None:
@@ -341,7 +414,13 @@ class DHCP6Engine:
 
     # --- allocation
 
-    def free_for(self, prefix: str, key: IAKey, now: float) -> bool:
+    def free_for(self, prefix: str, key: IAKey, now: float, reservation: int | None = None) -> bool:
+        """Whether the IA ``key`` (whose client's reservation is ``reservation``) may have ``prefix``."""
+        if self.reserved.networks and self.reserved.taken(IPv6Network(prefix), reservation):
+            return False
+        return self._unheld_for(prefix, key, now)
+
+    def _unheld_for(self, prefix: str, key: IAKey, now: float) -> bool:
         lease = self.leases.get(prefix)
         if lease is not None and lease.held(now) and (
                 lease.state is LeaseState.DECLINED or (lease.duid, lease.iaid, lease.kind) != key):
@@ -349,13 +428,13 @@ class DHCP6Engine:
         offer = self.offers.get(prefix)
         return offer is None or offer[0] == key or offer[1] <= now
 
-    def allocate(self, pool: _Pool, key: IAKey, now: float) -> str | None:
+    def allocate(self, pool: _Pool, key: IAKey, now: float, reservation: int | None = None) -> str | None:
         start = self.cursors.get(pool.name, 0)
         scanned = min(pool.size, SCAN_LIMIT)
         for step in range(scanned):
             index = (start + step) % pool.size
             candidate = pool.candidate(index)
-            if self.free_for(candidate, key, now):
+            if self.free_for(candidate, key, now, reservation):
                 self.cursors[pool.name] = (index + 1) % pool.size
                 return candidate
         # The next allocation looks further on: a pool larger than one scan is not full because
@@ -385,16 +464,20 @@ class _Request:
         remote_id = closest.remote_id if closest is not None else None
         self.interface_id = opaque_text(interface_id) if interface_id else None
         self.remote_id = opaque_text(remote_id[4:]) if remote_id is not None and len(remote_id) > 4 else None
-        self.subscriber_id = self._subscriber()
+        self.reservation = self._reservation()
+        self.subscriber_id = self.reservation.subscriber_id if self.reservation is not None else None
         self.outcome = Outcome6()
         self.ias_answered = {Lease6Kind.ADDRESS: 0, Lease6Kind.PREFIX: 0}
 
-    def _subscriber(self) -> int | None:
-        for kind, key in ((ReservationKind.CIRCUIT_ID, self.interface_id), (ReservationKind.REMOTE_ID, self.remote_id)):
+    def _reservation(self) -> Reservation | None:
+        """The client's reservation: its DUID's (a device), else its line's (Interface-ID, then
+        Remote-ID of the relay closest to it)."""
+        for kind, key in ((ReservationKind.DUID, self.duid or None), (ReservationKind.CIRCUIT_ID, self.interface_id),
+                          (ReservationKind.REMOTE_ID, self.remote_id)):
             if key is not None:
                 reservation = self.engine.reservations.get((str(kind), key))
                 if reservation is not None:
-                    return reservation.subscriber_id
+                    return reservation
         return None
 
     @property
@@ -501,26 +584,34 @@ class _Request:
         return encode_ia(IA(ia.code, ia.iaid, self.t1, self.t2, tuple(given)))
 
     def _choose(self, ia: IA, key: IAKey, kind: Lease6Kind) -> str | None:
-        engine, now = self.engine, self.now
+        engine, now, reservation = self.engine, self.now, self.reservation
+        mine = reservation.id if reservation is not None else None
+        if reservation is not None:  # the reserved address or prefix, in a pool or not (Kea's too)
+            fixed = reservation.prefix6 if kind is Lease6Kind.PREFIX else (
+                f"{reservation.address6}/128" if reservation.address6 else None)
+            if fixed is not None and engine.free_for(fixed, key, now, mine):
+                return fixed
+            # (held by a client that had it before the reservation: until that one's next
+            # renewal, which takes it back, this client gets one from the pools)
         pools = [pool for pool in engine.pools[self.subnet.name] if pool.kind is kind]
         if not pools:
             return None
         for previous in reversed(engine.by_ia.get(key, [])):  # the client's own, latest first
-            if self._in_pools(previous, pools) and engine.free_for(previous, key, now):
+            if self._in_pools(previous, pools) and engine.free_for(previous, key, now, mine):
                 return previous
         offered = engine.offered_to.get(key)  # what the Advertise said (the client may not repeat it)
-        if offered is not None and self._in_pools(offered, pools) and engine.free_for(offered, key, now):
+        if offered is not None and self._in_pools(offered, pools) and engine.free_for(offered, key, now, mine):
             return offered
         for hint in ia.leases:  # RFC 8415 §18.3.1: the client's hint, if it can have it
             network = IPv6Network((hint.address, 128)) if isinstance(hint, IAAddress) else hint.prefix
             if not network.network_address.is_unspecified:
                 text = str(network)
-                if self._in_pools(text, pools) and engine.free_for(text, key, now):
+                if self._in_pools(text, pools) and engine.free_for(text, key, now, mine):
                     return text
         lengths = [hint.prefix.prefixlen for hint in ia.leases if isinstance(hint, IAPrefix)]
         ordered = sorted(pools, key=lambda pool: pool.length not in lengths)  # a pool of the hinted length first
         for pool in ordered:
-            chosen = engine.allocate(pool, key, now)
+            chosen = engine.allocate(pool, key, now, mine)
             if chosen is not None:
                 return chosen
         return None

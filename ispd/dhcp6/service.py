@@ -366,7 +366,8 @@ class DHCP6Service(Service):
         def added(event: ReservationAdded) -> None:
             engine.add_reservation(Reservation(
                 id=event.reservation_id, subscriber_id=event.subscriber_id, kind=ReservationKind(event.kind),
-                key=event.key, address=event.address, hostname=event.hostname, created_at=event.at))
+                key=event.key, address=event.address, hostname=event.hostname, created_at=event.at,
+                address6=event.address6, prefix6=event.prefix6))
 
         unsubscribers = [
             bus.subscribe(SubscriberAdded, status(SubscriberStatus.ACTIVE)),  # type: ignore[arg-type]

@@ -498,3 +498,53 @@ def test_unknown_clients_may_be_ignored() -> None:
     assert handle(eng, message(MessageType.SOLICIT, ia_pd()), interface="uplink", relays=known).reply is not None
     ignored = handle(eng, message(MessageType.SOLICIT, ia_pd()), interface="uplink", relays=stranger)
     assert ignored.reply is None and ignored.ignored is Ignored6.UNKNOWN_CLIENT
+
+
+def _reserve(eng: DHCP6Engine, rid: int, kind: ReservationKind, key: str, *, prefix6: str | None = None,
+             address6: str | None = None, subscriber: int = 42) -> None:
+    eng.subscriber_status.setdefault(subscriber, SubscriberStatus.ACTIVE)
+    eng.add_reservation(Reservation(id=rid, subscriber_id=subscriber, kind=kind, key=key, prefix6=prefix6,
+                                    address6=address6))
+
+
+def test_a_line_s_static_prefix_and_a_device_s_static_address() -> None:
+    """A business line's /48 outside every pool, by its Interface-ID; a device's fixed address
+    inside a pool, by its DUID: each goes to its client, with its subscriber."""
+    eng = engine()
+    _reserve(eng, 1, ReservationKind.CIRCUIT_ID, "bng1 ge-0/0/1:100", prefix6="2001:db8:ffff::/48")
+    _reserve(eng, 2, ReservationKind.DUID, DUID_B.hex(":"), address6="2001:db8:1::100", subscriber=43)
+    line = (_relay(message(MessageType.SOLICIT), "2001:db8:1::1", b"bng1 ge-0/0/1:100"),)
+    business = bind(eng, ia_pd(2), interface="uplink", relays=line)
+    assert reply_ias(business)[0].leases == (IAPrefix(IPv6Network("2001:db8:ffff::/48"), 3600, 7200),)
+    assert business.writes[0][0].subscriber_id == 42 and business.writes[0][0].pool is None
+    first = bind(eng, ia_na(1))  # DUID_A, unreserved: the pool's first address is B's
+    assert first.writes[0][0].prefix == "2001:db8:1::101/128"
+    device = bind(eng, ia_na(1), client=DUID_B)
+    assert device.writes[0][0].prefix == "2001:db8:1::100/128" and device.writes[0][0].subscriber_id == 43
+
+
+def test_a_prefix_holding_a_reserved_one_is_not_handed_out() -> None:
+    eng = engine()
+    _reserve(eng, 1, ReservationKind.DUID, DUID_B.hex(":"), prefix6="2001:db8:100:10::/60")
+    got = reply_ias(bind(eng, ia_pd(2)))[0].leases[0]
+    assert got == IAPrefix(IPv6Network("2001:db8:100:100::/56"), 3600, 7200)  # not the first /56: it holds B's /60
+    hint = reply_ias(bind(eng, ia_pd(2, "2001:db8:100::/56"), client=bytes.fromhex("00030001020000000009")))[0]
+    assert hint.leases[0].prefix == IPv6Network("2001:db8:100:200::/56")  # type: ignore[union-attr]
+    owner = reply_ias(bind(eng, ia_pd(2), client=DUID_B))[0]
+    assert owner.leases[0].prefix == IPv6Network("2001:db8:100:10::/60")  # type: ignore[union-attr]
+
+
+def test_a_binding_reserved_since_goes_to_its_owner_at_the_holder_s_next_renewal() -> None:
+    eng = engine()
+    bind(eng, ia_na(1))  # DUID_A has 2001:db8:1::100
+    _reserve(eng, 2, ReservationKind.DUID, DUID_B.hex(":"), address6="2001:db8:1::100", subscriber=43)
+    meanwhile = bind(eng, ia_na(1), client=DUID_B, now=T0 + 10)
+    assert meanwhile.writes[0][0].prefix == "2001:db8:1::101/128"  # the owner waits
+    renew = handle(eng, message(MessageType.RENEW, ia_na(1, "2001:db8:1::100"), server=SERVER_DUID), T0 + 1800)
+    (ia,) = reply_ias(renew)
+    assert IAAddress(IPv6Address("2001:db8:1::100"), 0, 0) in ia.leases  # taken back
+    owner = handle(eng, message(MessageType.RENEW, ia_na(1, "2001:db8:1::101"), client=DUID_B, server=SERVER_DUID),
+                   T0 + 1900)
+    assert IAAddress(IPv6Address("2001:db8:1::100"), 3600, 7200) in reply_ias(owner)[0].leases
+    eng.remove_reservation(2)
+    assert eng.reserved.networks == {} and not eng.reserved.taken(IPv6Network("2001:db8:1::100/128"), None)

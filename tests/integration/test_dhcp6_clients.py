@@ -232,3 +232,17 @@ def test_a_named_address_is_in_dns_at_once_and_its_release_takes_it_out(make_net
         assert [(row["prefix"], row["hostname"], row["kind"]) for row in rows] == [(f"{address}/128", "router7", "na")]
         assert client.release(timeout=10) is not None
         eventually(lambda: dig("router7.lab.example", "AAAA") == "")
+
+
+def test_a_reserved_prefix_goes_to_its_device(make_net6: Callable[..., Net6]) -> None:
+    """A business's router, known by its DUID, gets its static /48 (outside every pool) once the
+    operator reserves it in a running daemon, under its subscriber."""
+    net = make_net6()
+    duid = "00:03:00:01:02:00:5e:66:00:01"
+    net.ispd.cli("subscriber", "add", "acme")
+    net.ispd.cli("reservation", "add", "acme", "--duid", duid, "--prefix6", "2001:db8:ffff::/48")
+    with net.client("dhclient", na=False, pd=True, duid_type="LL", extra_conf=f"send dhcp6.client-id {duid};") as client:
+        binding = client.obtain(timeout=10)
+        assert [p.prefix for p in binding.prefixes] == ["2001:db8:ffff::/48"], f"{client.describe()}\n{net.servers()}"
+        rows = [row for row in net.ispd.leases() if row.get("service") == "dhcp6"]
+        assert [(row["prefix"], row["subscriber_id"] is not None) for row in rows] == [("2001:db8:ffff::/48", True)], rows
