@@ -42,12 +42,15 @@ def _wait_for_carrier(ns: str, end: str, timeout: float = 5.0) -> None:
 
 
 class Lab:
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "ispd") -> None:
+        # ``prefix`` starts every namespace's name, so that concurrent users (two benchmarks,
+        # say) can tell theirs apart at a glance.
+        self.prefix = prefix
         self.tag = f"{os.getpid() % 100000}x{next(_counter)}"
         self.namespaces: list[str] = []
 
     def namespace(self, role: str) -> str:
-        name = f"ispd-{role}-{self.tag}"
+        name = f"{self.prefix}-{role}-{self.tag}"
         _ip("netns", "add", name)
         self.namespaces.append(name)
         _ip("-n", name, "link", "set", "lo", "up")
