@@ -210,7 +210,8 @@ def main() -> None:
               f"{'single-threaded' if not args.kea_threads else f'{args.kea_threads} threads'}")
         print("ispd: both bindings committed durably to its store (fsync, group commit) before the Reply is sent")
         print(f"perfdhcp: one relay agent, link-address {RELAY_ADDRESS} -> {SERVER_ADDRESS}, an address and a /"
-              f"{DELEGATED_LENGTH} per client, multi-threaded; socket buffers at the kernel's default for perfdhcp")
+              f"{DELEGATED_LENGTH} per client, multi-threaded; receive buffers: the kernel's default for perfdhcp "
+              "and Kea, 2 MB for ispd (it asks for that)")
         print(f"steps: {duration:g} s or {args.clients:,} clients/rate, whichever is shorter; fresh server "
               f"and store per step; lease stores on {filesystem(root)} ({root})")
         print()
