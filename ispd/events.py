@@ -19,13 +19,13 @@ import inspect
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ispd.logs import get_logger
 from ispd.metrics.fast import LabeledCounter
 from ispd.store.base import Store
 from ispd.store.errors import StoreError
-from ispd.store.models import AuditEntry, LeaseService, ReservationKind
+from ispd.store.models import AuditEntry, LeaseService, Reservation, ReservationKind, SubscriberStatus
 
 log = get_logger("ispd.events")
 
@@ -256,6 +256,43 @@ class EventBus:
                 return False
             await asyncio.wait(list(self._tasks), timeout=remaining)
         return True
+
+
+class SubscriberRecords(Protocol):
+    """What a DHCP engine keeps of subscribers: their status and their reservations."""
+
+    def set_subscriber_status(self, subscriber_id: int, status: SubscriberStatus) -> None: ...
+
+    def remove_subscriber(self, subscriber_id: int) -> None: ...
+
+    def add_reservation(self, reservation: Reservation) -> None: ...
+
+    def remove_reservation(self, reservation_id: int) -> None: ...
+
+
+def reservation_of(event: ReservationEvent) -> Reservation:
+    """The reservation an event announces, as the store lists it."""
+    return Reservation(id=event.reservation_id, subscriber_id=event.subscriber_id, kind=ReservationKind(event.kind),
+                       key=event.key, address=event.address, hostname=event.hostname, created_at=event.at,
+                       address6=event.address6, prefix6=event.prefix6)
+
+
+def follow_subscribers(bus: EventBus, records: SubscriberRecords) -> list[Callable[[], None]]:
+    """Keep ``records`` up with the subscribers' statuses and reservations as the bus announces
+    them (from this process or, through the audit relay, from the CLI); the unsubscribe functions."""
+
+    def status(value: SubscriberStatus) -> Callable[[SubscriberEvent], None]:
+        return lambda event: records.set_subscriber_status(event.subscriber_id, value)
+
+    return [
+        bus.subscribe(SubscriberAdded, status(SubscriberStatus.ACTIVE)),
+        bus.subscribe(SubscriberResumed, status(SubscriberStatus.ACTIVE)),
+        bus.subscribe(SubscriberSuspended, status(SubscriberStatus.SUSPENDED)),
+        bus.subscribe(SubscriberClosed, status(SubscriberStatus.CLOSED)),
+        bus.subscribe(SubscriberDeleted, lambda event: records.remove_subscriber(event.subscriber_id)),
+        bus.subscribe(ReservationAdded, lambda event: records.add_reservation(reservation_of(event))),
+        bus.subscribe(ReservationDeleted, lambda event: records.remove_reservation(event.reservation_id)),
+    ]
 
 
 # Events that cross into and out of a worker process (``ispd/workers.py``). The others reach

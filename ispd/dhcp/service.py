@@ -39,21 +39,11 @@ from ispd.dhcp.engine import DHCPEngine, Ignored, Outcome, Received, Reply
 from ispd.dhcp.identifiers import mac_text
 from ispd.dhcp.metrics import DHCPMetrics
 from ispd.dhcp.options import DHCPMessageType
-from ispd.events import (
-    LeaseEnded,
-    LeaseGranted,
-    ReservationAdded,
-    ReservationDeleted,
-    SubscriberAdded,
-    SubscriberClosed,
-    SubscriberDeleted,
-    SubscriberResumed,
-    SubscriberSuspended,
-)
+from ispd.events import LeaseEnded, LeaseGranted, follow_subscribers
 from ispd.logs import LogThrottle, get_logger
 from ispd.service import Health, Service, ServiceContext, ServiceStartError, describe_os_error
 from ispd.store.errors import StoreError
-from ispd.store.models import Lease, LeaseService, Reservation, ReservationKind, SubscriberStatus
+from ispd.store.models import Lease, LeaseService
 
 if TYPE_CHECKING:
     from ispd.config import Config
@@ -417,15 +407,6 @@ class DHCPService(Service):
     def _subscribe(self, stack: AsyncExitStack) -> None:
         bus, engine = self.context.bus, self.engine
 
-        def status(value: SubscriberStatus) -> object:
-            return lambda event: engine.set_subscriber_status(event.subscriber_id, value)
-
-        def added(event: ReservationAdded) -> None:
-            engine.add_reservation(Reservation(
-                id=event.reservation_id, subscriber_id=event.subscriber_id, kind=ReservationKind(event.kind),
-                key=event.key, address=event.address, hostname=event.hostname, created_at=event.at,
-                address6=event.address6, prefix6=event.prefix6))
-
         def granted_elsewhere(event: LeaseGranted) -> None:
             if event.service != LeaseService.DHCP:  # a RADIUS session's address from a shared pool
                 engine.held_elsewhere(event.address, event.expires_at, event.subscriber_id,
@@ -436,13 +417,7 @@ class DHCPService(Service):
                 engine.freed_elsewhere(event.address)
 
         unsubscribers = [
-            bus.subscribe(SubscriberAdded, status(SubscriberStatus.ACTIVE)),  # type: ignore[arg-type]
-            bus.subscribe(SubscriberResumed, status(SubscriberStatus.ACTIVE)),  # type: ignore[arg-type]
-            bus.subscribe(SubscriberSuspended, status(SubscriberStatus.SUSPENDED)),  # type: ignore[arg-type]
-            bus.subscribe(SubscriberClosed, status(SubscriberStatus.CLOSED)),  # type: ignore[arg-type]
-            bus.subscribe(SubscriberDeleted, lambda event: engine.remove_subscriber(event.subscriber_id)),
-            bus.subscribe(ReservationAdded, added),
-            bus.subscribe(ReservationDeleted, lambda event: engine.remove_reservation(event.reservation_id)),
+            *follow_subscribers(bus, engine),
             bus.subscribe(LeaseGranted, granted_elsewhere),
             bus.subscribe(LeaseEnded, ended_elsewhere),
         ]

@@ -42,21 +42,11 @@ from ispd.dhcp6.codec import (
 from ispd.dhcp6.config import DHCP6Config
 from ispd.dhcp6.engine import DHCP6Engine, Outcome6, Received6
 from ispd.dhcp6.metrics import DHCP6Metrics
-from ispd.events import (
-    Binding6Ended,
-    Binding6Granted,
-    ReservationAdded,
-    ReservationDeleted,
-    SubscriberAdded,
-    SubscriberClosed,
-    SubscriberDeleted,
-    SubscriberResumed,
-    SubscriberSuspended,
-)
+from ispd.events import Binding6Ended, Binding6Granted, follow_subscribers
 from ispd.logs import LogThrottle, get_logger
 from ispd.service import Health, Service, ServiceContext, ServiceStartError, describe_os_error
 from ispd.store.errors import StoreError
-from ispd.store.models import Lease6, Reservation, ReservationKind, SubscriberStatus
+from ispd.store.models import Lease6
 
 if TYPE_CHECKING:
     from ispd.config import Config
@@ -358,27 +348,7 @@ class DHCP6Service(Service):
     # --- what other processes and services change
 
     def _subscribe(self, stack: AsyncExitStack) -> None:
-        bus, engine = self.context.bus, self.engine
-
-        def status(value: SubscriberStatus) -> object:
-            return lambda event: engine.set_subscriber_status(event.subscriber_id, value)
-
-        def added(event: ReservationAdded) -> None:
-            engine.add_reservation(Reservation(
-                id=event.reservation_id, subscriber_id=event.subscriber_id, kind=ReservationKind(event.kind),
-                key=event.key, address=event.address, hostname=event.hostname, created_at=event.at,
-                address6=event.address6, prefix6=event.prefix6))
-
-        unsubscribers = [
-            bus.subscribe(SubscriberAdded, status(SubscriberStatus.ACTIVE)),  # type: ignore[arg-type]
-            bus.subscribe(SubscriberResumed, status(SubscriberStatus.ACTIVE)),  # type: ignore[arg-type]
-            bus.subscribe(SubscriberSuspended, status(SubscriberStatus.SUSPENDED)),  # type: ignore[arg-type]
-            bus.subscribe(SubscriberClosed, status(SubscriberStatus.CLOSED)),  # type: ignore[arg-type]
-            bus.subscribe(SubscriberDeleted, lambda event: engine.remove_subscriber(event.subscriber_id)),
-            bus.subscribe(ReservationAdded, added),
-            bus.subscribe(ReservationDeleted, lambda event: engine.remove_reservation(event.reservation_id)),
-        ]
-        for unsubscribe in unsubscribers:
+        for unsubscribe in follow_subscribers(self.context.bus, self.engine):
             stack.callback(unsubscribe)
 
 
