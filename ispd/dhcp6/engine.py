@@ -228,6 +228,7 @@ class DHCP6Engine:
         self.by_ia: dict[IAKey, list[str]] = {}  # every prefix an IA has had, latest last
         self.offers: dict[str, tuple[IAKey, float]] = {}
         self._timeline: list[tuple[float, str]] = []  # (when to look at a prefix again, prefix): a heap
+        self._due: dict[str, float] = {}  # each prefix's entry in the timeline that counts
         self.offered_to: dict[IAKey, str] = {}  # the latest offer to each IA
         self.reservations: dict[tuple[str, str], Reservation] = {}
         self.subscriber_status: dict[int, SubscriberStatus] = {}
@@ -237,6 +238,7 @@ class DHCP6Engine:
 
     def reconfigure(self, config: DHCP6Config) -> None:
         self.config = config
+        self._reschedule()  # (remember_ended_seconds may have changed: every ended binding's due time with it)
         self.by_interface = {s.interface: s for s in config.subnet if s.interface is not None}
         old = {pool.name: pool for pools in self.pools.values() for pool in pools}
         self.pools = {s.name: _pools(s) for s in config.subnet}
@@ -358,9 +360,30 @@ class DHCP6Engine:
         """``lease`` is the prefix's state now; look at it again when it expires (bound) or when it
         is to be forgotten (ended)."""
         self.leases[lease.prefix] = lease
-        due = lease.expires_at if lease.state is LeaseState.BOUND \
+        self._schedule(lease.prefix, self._due_time(lease))
+
+    def _due_time(self, lease: Lease6) -> float:
+        return lease.expires_at if lease.state is LeaseState.BOUND \
             else lease.expires_at + self.config.remember_ended_seconds
-        heapq.heappush(self._timeline, (due, lease.prefix))
+
+    def _schedule(self, prefix: str, due: float) -> None:
+        """Look at ``prefix`` again at ``due``. One entry per prefix counts, the earliest: a
+        renewal (a later due time) pushes nothing, and reclaim, finding the entry early, looks
+        again at the due time then. Pushing at every renewal would grow the heap by one entry per
+        Renew for a whole valid lifetime: a client renewing every second, thousands."""
+        scheduled = self._due.get(prefix)
+        if scheduled is not None and scheduled <= due:
+            return
+        self._due[prefix] = due
+        heapq.heappush(self._timeline, (due, prefix))
+        if len(self._timeline) > 2 * len(self._due) + 1024:  # entries superseded by earlier ones
+            self._timeline = [(when, text) for text, when in self._due.items()]
+            heapq.heapify(self._timeline)
+
+    def _reschedule(self) -> None:
+        self._timeline, self._due = [], {}
+        for lease in self.leases.values():
+            self._schedule(lease.prefix, self._due_time(lease))
 
     def reclaim(self, now: float) -> Outcome6:
         """Bindings whose valid lifetime is over: expired, to be written. Ended bindings older than
@@ -368,19 +391,24 @@ class DHCP6Engine:
         on a /64 pool the walk hands out new addresses for years, and memory must not grow with
         every client that ever came by. Each due binding costs a heap pop, not a walk of all."""
         outcome = Outcome6()
-        timeline, remember = self._timeline, self.config.remember_ended_seconds
+        timeline = self._timeline
         while timeline and timeline[0][0] <= now:
-            _, prefix = heapq.heappop(timeline)
+            due, prefix = heapq.heappop(timeline)
+            if self._due.get(prefix) != due:
+                continue  # an entry superseded by an earlier one, which was looked at then
+            del self._due[prefix]
             lease = self.leases.get(prefix)
             if lease is None:
                 continue
-            if lease.state is LeaseState.BOUND:
-                if lease.expires_at <= now:  # (else renewed since: a later entry looks again)
-                    ended = replace(lease, state=LeaseState.EXPIRED)
-                    self._set(ended)
-                    outcome.writes.append((ended, "expired"))
-            elif lease.expires_at + remember <= now:
+            if lease.state is LeaseState.BOUND and lease.expires_at <= now:
+                ended = replace(lease, state=LeaseState.EXPIRED)
+                self._set(ended)
+                outcome.writes.append((ended, "expired"))
+            elif lease.state is not LeaseState.BOUND and self._due_time(lease) <= now:
                 self._forget(lease)
+            else:  # renewed since it was scheduled
+                self._schedule(prefix, self._due_time(lease))
+            timeline = self._timeline  # (compacted, maybe)
         for prefix, (key, until) in list(self.offers.items()):
             if until <= now:
                 del self.offers[prefix]

@@ -548,3 +548,29 @@ def test_a_binding_reserved_since_goes_to_its_owner_at_the_holder_s_next_renewal
     assert IAAddress(IPv6Address("2001:db8:1::100"), 3600, 7200) in reply_ias(owner)[0].leases
     eng.remove_reservation(2)
     assert eng.reserved.networks == {} and not eng.reserved.taken(IPv6Network("2001:db8:1::100/128"), None)
+
+
+def test_renewals_do_not_grow_the_expiry_heap() -> None:
+    """A client renewing every second: one entry for its binding, not one per Renew."""
+    eng = engine()
+    bind(eng, ia_na(1))
+    for second in range(1, 1001):
+        handle(eng, message(MessageType.RENEW, ia_na(1, "2001:db8:1::100"), server=SERVER_DUID), T0 + second)
+        eng.reclaim(T0 + second)
+    assert len(eng._timeline) <= 2
+    expired = eng.reclaim(T0 + 1000 + 7200)
+    assert [(lease.prefix, lease.state) for lease, _ in expired.writes] == [("2001:db8:1::100/128", LeaseState.EXPIRED)]
+
+
+@pytest.mark.parametrize(("before", "after", "forgotten_at"), [(100, 1000, T0 + 10 + 1000), (100_000, 100, T0 + 110)])
+def test_a_reload_changing_the_memory_of_ended_bindings_forgets_them_on_the_new_time(
+        before: int, after: int, forgotten_at: float) -> None:
+    eng = engine(remember_ended_seconds=before)
+    bind(eng, ia_na(1))
+    handle(eng, message(MessageType.RELEASE, ia_na(1, "2001:db8:1::100"), server=SERVER_DUID), T0 + 10)
+    eng.reconfigure(config(remember_ended_seconds=after))
+    eng.reclaim(min(T0 + 200, forgotten_at - 1))  # (past the old due time when the memory was made longer)
+    eng.reclaim(forgotten_at - 1)
+    assert "2001:db8:1::100/128" in eng.leases
+    eng.reclaim(forgotten_at)
+    assert eng.leases == {} and eng.by_ia == {}
