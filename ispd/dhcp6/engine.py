@@ -293,8 +293,14 @@ class DHCP6Engine:
         self.subscriber_status[subscriber_id] = status
 
     def _remember(self, lease: Lease6) -> None:
+        key = (lease.duid, lease.iaid, lease.kind)
+        previous = self.leases.get(lease.prefix)
+        if previous is not None and (previous.duid, previous.iaid, previous.kind) != key:
+            # The prefix is another IA's now: only the history of its latest holder lists it, so
+            # that forgetting it (which clears that one's) leaves no IA naming it for good.
+            self._drop_from_history((previous.duid, previous.iaid, previous.kind), lease.prefix)
         self._set(lease)
-        history = self.by_ia.setdefault((lease.duid, lease.iaid, lease.kind), [])
+        history = self.by_ia.setdefault(key, [])
         with contextlib.suppress(ValueError):
             history.remove(lease.prefix)
         history.append(lease.prefix)
@@ -418,11 +424,13 @@ class DHCP6Engine:
 
     def _forget(self, lease: Lease6) -> None:
         del self.leases[lease.prefix]
-        key = (lease.duid, lease.iaid, lease.kind)
+        self._drop_from_history((lease.duid, lease.iaid, lease.kind), lease.prefix)
+
+    def _drop_from_history(self, key: IAKey, prefix: str) -> None:
         history = self.by_ia.get(key)
         if history is not None:
             with contextlib.suppress(ValueError):
-                history.remove(lease.prefix)
+                history.remove(prefix)
             if not history:
                 del self.by_ia[key]
 

@@ -574,3 +574,15 @@ def test_a_reload_changing_the_memory_of_ended_bindings_forgets_them_on_the_new_
     assert "2001:db8:1::100/128" in eng.leases
     eng.reclaim(forgotten_at)
     assert eng.leases == {} and eng.by_ia == {}
+
+
+def test_a_prefix_taken_by_another_client_is_forgotten_by_both() -> None:
+    """A releases, B gets the address, B's ended binding is forgotten: A's history must not keep
+    naming it (memory that grew with every reuse of an address)."""
+    eng = engine(remember_ended_seconds=100)
+    bind(eng, ia_na(1))
+    handle(eng, message(MessageType.RELEASE, ia_na(1, "2001:db8:1::100"), server=SERVER_DUID), T0 + 10)
+    assert bind(eng, ia_na(1, "2001:db8:1::100"), client=DUID_B, now=T0 + 20).writes[0][0].duid == DUID_B.hex(":")
+    handle(eng, message(MessageType.RELEASE, ia_na(1, "2001:db8:1::100"), client=DUID_B, server=SERVER_DUID), T0 + 30)
+    eng.reclaim(T0 + 1000)
+    assert eng.leases == {} and eng.by_ia == {}
