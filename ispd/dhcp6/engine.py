@@ -456,6 +456,34 @@ class DHCP6Engine:
             return False
         return self._unheld_for(prefix, key, now)
 
+    def overlaps_another_s(self, prefix: str, key: IAKey, now: float) -> bool:
+        """Whether another IA holds a pool's prefix inside ``prefix`` or around it: a reserved /48
+        whose /56s went to clients before it was reserved, say. Until they renew (and lose them)
+        it is not given: the same addresses would be routed to two homes. A binding already
+        ``key``'s needs no look: nobody gets a part of a reserved prefix after it is reserved."""
+        current = self.leases.get(prefix)
+        if current is not None and current.state is LeaseState.BOUND and current.expires_at > now \
+                and (current.duid, current.iaid, current.kind) == key:
+            return False
+        network = IPv6Network(prefix)
+        value, end = int(network.network_address), int(network.broadcast_address) + 1
+        for pool in (pool for pools in self.pools.values() for pool in pools):
+            pool_end = pool.base + (pool.size << pool.shift)
+            if end <= pool.base or pool_end <= value:
+                continue
+            first = (max(value, pool.base) - pool.base) >> pool.shift
+            last = (min(end, pool_end) - 1 - pool.base) >> pool.shift
+            if last - first >= SCAN_LIMIT:  # (a /48 reserved over a pool of /64s): the bindings, not the pool
+                return any(self._held_by_another(lease.prefix, key, now) and IPv6Network(lease.prefix).overlaps(network)
+                           for lease in list(self.leases.values()) if lease.pool == pool.name)
+            if any(self._held_by_another(pool.candidate(index), key, now) for index in range(first, last + 1)):
+                return True
+        return False
+
+    def _held_by_another(self, prefix: str, key: IAKey, now: float) -> bool:
+        lease = self.leases.get(prefix)
+        return lease is not None and lease.held(now) and (lease.duid, lease.iaid, lease.kind) != key
+
     def _unheld_for(self, prefix: str, key: IAKey, now: float) -> bool:
         lease = self.leases.get(prefix)
         if lease is not None and lease.held(now) and (
@@ -625,10 +653,12 @@ class _Request:
         if reservation is not None:  # the reserved address or prefix, in a pool or not (Kea's too)
             fixed = reservation.prefix6 if kind is Lease6Kind.PREFIX else (
                 f"{reservation.address6}/128" if reservation.address6 else None)
-            if fixed is not None and engine.free_for(fixed, key, now, mine):
+            if fixed is not None and engine.free_for(fixed, key, now, mine) \
+                    and not engine.overlaps_another_s(fixed, key, now):
                 return fixed
-            # (held by a client that had it before the reservation: until that one's next
-            # renewal, which takes it back, this client gets one from the pools)
+            # (held, or a part of it or a prefix around it, by a client that had it before the
+            # reservation: until that one's next renewal, which takes it back, this client gets
+            # one from the pools)
         pools = [pool for pool in engine.pools[self.subnet.name] if pool.kind is kind]
         if not pools:
             return None

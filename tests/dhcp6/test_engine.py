@@ -586,3 +586,37 @@ def test_a_prefix_taken_by_another_client_is_forgotten_by_both() -> None:
     handle(eng, message(MessageType.RELEASE, ia_na(1, "2001:db8:1::100"), client=DUID_B, server=SERVER_DUID), T0 + 30)
     eng.reclaim(T0 + 1000)
     assert eng.leases == {} and eng.by_ia == {}
+
+
+@pytest.mark.parametrize("reserved", ["2001:db8:100::/55", "2001:db8:100::/60", "2001:db8:200::/47"])
+def test_a_reserved_prefix_is_not_given_while_another_holds_a_part_of_it_or_a_prefix_around_it(
+        reserved: str) -> None:
+    """A holds the homes pool's first /56 (and the business pool's first /48); a reservation
+    made since for B covers A's /56 (a /55), lies inside it (a /60), or covers A's /48 and the
+    next (a /47): B waits for A's next renewal, which takes A's away."""
+    eng = engine()
+    held = {lease.prefix for lease, _ in bind(eng, ia_pd(2), ia_pd(3, "::/48")).writes}
+    assert held == {"2001:db8:100::/56", "2001:db8:200::/48"}
+    _reserve(eng, 1, ReservationKind.DUID, DUID_B.hex(":"), prefix6=reserved)
+    waiting = bind(eng, ia_pd(2), client=DUID_B, now=T0 + 10)
+    assert waiting.writes[0][0].prefix != reserved
+    renew = handle(eng, message(MessageType.RENEW, ia_pd(2, "2001:db8:100::/56"), ia_pd(3, "2001:db8:200::/48"),
+                                server=SERVER_DUID), T0 + 1800)
+    kept = {lease.prefix for lease, event in renew.writes if event != "released"}
+    assert not any(IPv6Network(prefix).overlaps(IPv6Network(reserved)) for prefix in kept)
+    owner = handle(eng, message(MessageType.RENEW, ia_pd(2, waiting.writes[0][0].prefix), client=DUID_B,
+                                server=SERVER_DUID), T0 + 1900)
+    assert IAPrefix(IPv6Network(reserved), 3600, 7200) in reply_ias(owner)[0].leases
+
+
+def test_a_reserved_prefix_over_many_of_a_pool_s_prefixes_looks_at_the_bindings() -> None:
+    """A /48 reserved over a pool of /64s (65536 of them, more than one scan): the bindings held
+    in it are found all the same."""
+    eng = DHCP6Engine(DHCP6Config.model_validate({
+        "enabled": True, "interfaces": ["eth1"], "subnet": [
+            {"name": "lan", "prefix": "2001:db8:1::/64", "interface": "eth1",
+             "prefix_pool": [{"name": "small", "prefix": "2001:db8:300::/44", "delegated_length": 64}]}]}),
+        SERVER_DUID)
+    assert bind(eng, ia_pd(2)).writes[0][0].prefix == "2001:db8:300::/64"
+    _reserve(eng, 1, ReservationKind.DUID, DUID_B.hex(":"), prefix6="2001:db8:300::/48")
+    assert bind(eng, ia_pd(2), client=DUID_B, now=T0 + 10).writes[0][0].prefix != "2001:db8:300::/48"
