@@ -160,14 +160,20 @@ class _ReservedSpace:
     """The fixed addresses and prefixes of reservations, so that no one else gets them nor a
     prefix that holds one: a pool's walk asks for each candidate whether it holds, or lies in,
     a network reserved to another client. Kept by length (a length's networks by their bits),
-    and for each pool length, which reservations lie inside each network of that length, so
-    each question is a few dictionary lookups."""
+    and for each length asked about (the pools', the reserved networks' own), which reserved
+    networks lie inside each network of that length, so each question is a few dictionary
+    lookups.
+
+    The store refuses overlapping reservations except one kind: a subscriber's fixed address
+    inside its own prefix (its business, the store says). Those do not keep each other's owner
+    from its own (``subscriber``)."""
 
     def __init__(self, pool_lengths: Iterable[int], reservations: Iterable[Reservation]) -> None:
-        self.pool_lengths = sorted(set(pool_lengths))
-        self.by_length: dict[int, dict[int, int]] = {}  # length -> network bits -> reservation id
-        self.inside: dict[int, dict[int, set[int]]] = {}  # pool length -> its network's bits -> ids
+        self.lengths: set[int] = set(pool_lengths)  # the lengths ``inside`` answers for
+        self.by_length: dict[int, dict[int, set[int]]] = {}  # length -> network bits -> ids
+        self.inside: dict[int, dict[int, set[int]]] = {}  # length -> its network's bits -> ids of longer ones
         self.networks: dict[int, list[IPv6Network]] = {}  # reservation id -> what it reserves
+        self.subscriber_of: dict[int, int] = {}  # reservation id -> its subscriber
         for reservation in reservations:
             self.add(reservation)
 
@@ -178,39 +184,51 @@ class _ReservedSpace:
         if not networks:
             return
         self.networks[reservation.id] = networks
+        self.subscriber_of[reservation.id] = reservation.subscriber_id
+        for network in networks:
+            if network.prefixlen not in self.lengths:  # a reserved network's own length is asked about too
+                self.lengths.add(network.prefixlen)
+                for rid, others in self.networks.items():
+                    for other in others:
+                        if other is not network:
+                            self._index_inside(other, rid, (network.prefixlen,))
         for network in networks:
             value, length = int(network.network_address), network.prefixlen
-            self.by_length.setdefault(length, {})[value >> (128 - length)] = reservation.id
-            for pool_length in self.pool_lengths:
-                if pool_length < length:
-                    self.inside.setdefault(pool_length, {}).setdefault(value >> (128 - pool_length), set()).add(
-                        reservation.id)
+            self.by_length.setdefault(length, {}).setdefault(value >> (128 - length), set()).add(reservation.id)
+            self._index_inside(network, reservation.id, self.lengths)
+
+    def _index_inside(self, network: IPv6Network, reservation_id: int, lengths: Iterable[int]) -> None:
+        value = int(network.network_address)
+        for length in lengths:
+            if length < network.prefixlen:
+                self.inside.setdefault(length, {}).setdefault(value >> (128 - length), set()).add(reservation_id)
 
     def remove(self, reservation_id: int) -> None:
+        self.subscriber_of.pop(reservation_id, None)
         for network in self.networks.pop(reservation_id, []):
             value, length = int(network.network_address), network.prefixlen
-            self.by_length.get(length, {}).pop(value >> (128 - length), None)
-            for pool_length in self.pool_lengths:
-                owners = self.inside.get(pool_length, {}).get(value >> (128 - pool_length))
-                if owners is not None:
-                    owners.discard(reservation_id)
+            self.by_length.get(length, {}).get(value >> (128 - length), set()).discard(reservation_id)
+            for inside_length in self.lengths:
+                self.inside.get(inside_length, {}).get(value >> (128 - inside_length), set()).discard(reservation_id)
 
-    def taken(self, network: IPv6Network, mine: int | None) -> bool:
+    def taken(self, network: IPv6Network, mine: int | None, subscriber: int | None = None) -> bool:
         """Whether ``network`` is, lies in, or holds a network reserved to a reservation other
-        than ``mine``."""
+        than ``mine`` (and, given ``subscriber``, of another subscriber)."""
         if not self.networks:
             return False
         value, length = int(network.network_address), network.prefixlen
+
+        def another_s(owners: set[int]) -> bool:
+            return any(owner != mine and (subscriber is None or self.subscriber_of.get(owner) != subscriber)
+                       for owner in owners)
+
         for reserved_length, tops in self.by_length.items():
-            if reserved_length <= length:
-                owner = tops.get(value >> (128 - reserved_length))
-                if owner is not None and owner != mine:
-                    return True
-        if length in self.inside:
-            owners = self.inside[length].get(value >> (128 - length), set())
-            return bool(owners - {mine})
-        return any(owner != mine and any(n.prefixlen > length and n.subnet_of(network) for n in networks)
-                   for owner, networks in self.networks.items())
+            if reserved_length <= length and another_s(tops.get(value >> (128 - reserved_length), set())):
+                return True
+        if length in self.lengths:
+            return another_s(self.inside.get(length, {}).get(value >> (128 - length), set()))
+        return another_s({owner for owner, networks in self.networks.items()
+                          if any(n.prefixlen > length and n.subnet_of(network) for n in networks)})
 
 
 def _pools(subnet: Subnet6) -> list[_Pool]:
@@ -450,17 +468,21 @@ class DHCP6Engine:
 
     # --- allocation
 
-    def free_for(self, prefix: str, key: IAKey, now: float, reservation: int | None = None) -> bool:
-        """Whether the IA ``key`` (whose client's reservation is ``reservation``) may have ``prefix``."""
-        if self.reserved.networks and self.reserved.taken(IPv6Network(prefix), reservation):
+    def free_for(self, prefix: str, key: IAKey, now: float, reservation: int | None = None,
+                 subscriber: int | None = None) -> bool:
+        """Whether the IA ``key`` may have ``prefix``: its client's reservation is ``reservation``,
+        and ``subscriber``'s other reservations are its own too (a reservation's fixed prefix and
+        another's fixed address in it)."""
+        if self.reserved.networks and self.reserved.taken(IPv6Network(prefix), reservation, subscriber):
             return False
         return self._unheld_for(prefix, key, now)
 
-    def overlaps_another_s(self, prefix: str, key: IAKey, now: float) -> bool:
+    def overlaps_another_s(self, prefix: str, key: IAKey, now: float, subscriber: int | None = None) -> bool:
         """Whether another IA holds a pool's prefix inside ``prefix`` or around it: a reserved /48
         whose /56s went to clients before it was reserved, say. Until they renew (and lose them)
         it is not given: the same addresses would be routed to two homes. A binding already
-        ``key``'s needs no look: nobody gets a part of a reserved prefix after it is reserved."""
+        ``key``'s needs no look: nobody gets a part of a reserved prefix after it is reserved.
+        ``subscriber``'s own bindings do not count (its fixed address in its fixed prefix)."""
         current = self.leases.get(prefix)
         if current is not None and current.state is LeaseState.BOUND and current.expires_at > now \
                 and (current.duid, current.iaid, current.kind) == key:
@@ -474,15 +496,18 @@ class DHCP6Engine:
             first = (max(value, pool.base) - pool.base) >> pool.shift
             last = (min(end, pool_end) - 1 - pool.base) >> pool.shift
             if last - first >= SCAN_LIMIT:  # (a /48 reserved over a pool of /64s): the bindings, not the pool
-                return any(self._held_by_another(lease.prefix, key, now) and IPv6Network(lease.prefix).overlaps(network)
+                return any(self._held_by_another(lease.prefix, key, now, subscriber)
+                           and IPv6Network(lease.prefix).overlaps(network)
                            for lease in list(self.leases.values()) if lease.pool == pool.name)
-            if any(self._held_by_another(pool.candidate(index), key, now) for index in range(first, last + 1)):
+            if any(self._held_by_another(pool.candidate(index), key, now, subscriber)
+                   for index in range(first, last + 1)):
                 return True
         return False
 
-    def _held_by_another(self, prefix: str, key: IAKey, now: float) -> bool:
+    def _held_by_another(self, prefix: str, key: IAKey, now: float, subscriber: int | None) -> bool:
         lease = self.leases.get(prefix)
-        return lease is not None and lease.held(now) and (lease.duid, lease.iaid, lease.kind) != key
+        return lease is not None and lease.held(now) and (lease.duid, lease.iaid, lease.kind) != key \
+            and (subscriber is None or lease.subscriber_id != subscriber)
 
     def _unheld_for(self, prefix: str, key: IAKey, now: float) -> bool:
         lease = self.leases.get(prefix)
@@ -649,12 +674,11 @@ class _Request:
 
     def _choose(self, ia: IA, key: IAKey, kind: Lease6Kind) -> str | None:
         engine, now, reservation = self.engine, self.now, self.reservation
-        mine = reservation.id if reservation is not None else None
         if reservation is not None:  # the reserved address or prefix, in a pool or not (Kea's too)
             fixed = reservation.prefix6 if kind is Lease6Kind.PREFIX else (
                 f"{reservation.address6}/128" if reservation.address6 else None)
-            if fixed is not None and engine.free_for(fixed, key, now, mine) \
-                    and not engine.overlaps_another_s(fixed, key, now):
+            if fixed is not None and engine.free_for(fixed, key, now, reservation.id, reservation.subscriber_id) \
+                    and not engine.overlaps_another_s(fixed, key, now, reservation.subscriber_id):
                 return fixed
             # (held, or a part of it or a prefix around it, by a client that had it before the
             # reservation: until that one's next renewal, which takes it back, this client gets
@@ -662,6 +686,9 @@ class _Request:
         pools = [pool for pool in engine.pools[self.subnet.name] if pool.kind is kind]
         if not pools:
             return None
+        # From here on, no reserved space, the client's own reservation's either: it gets that
+        # whole (above), and a part of it from a pool, kept at renewals, would hold it back.
+        mine = None
         for previous in reversed(engine.by_ia.get(key, [])):  # the client's own, latest first
             if self._in_pools(previous, pools) and engine.free_for(previous, key, now, mine):
                 return previous

@@ -619,4 +619,40 @@ def test_a_reserved_prefix_over_many_of_a_pool_s_prefixes_looks_at_the_bindings(
         SERVER_DUID)
     assert bind(eng, ia_pd(2)).writes[0][0].prefix == "2001:db8:300::/64"
     _reserve(eng, 1, ReservationKind.DUID, DUID_B.hex(":"), prefix6="2001:db8:300::/48")
-    assert bind(eng, ia_pd(2), client=DUID_B, now=T0 + 10).writes[0][0].prefix != "2001:db8:300::/48"
+    waiting = bind(eng, ia_pd(2), client=DUID_B, now=T0 + 10)
+    assert "2001:db8:300::/48" not in {lease.prefix for lease, _ in waiting.writes}
+
+
+def test_a_subscriber_s_fixed_address_inside_its_own_fixed_prefix_keeps_neither_from_its_client() -> None:
+    """The store lets a subscriber reserve an address inside its own prefix (its business)."""
+    eng = engine()
+    _reserve(eng, 1, ReservationKind.DUID, DUID_A.hex(":"), prefix6="2001:db8:200::/48")  # a business pool prefix
+    _reserve(eng, 2, ReservationKind.DUID, DUID_B.hex(":"), address6="2001:db8:200::1")
+    assert bind(eng, ia_pd(2)).writes[0][0].prefix == "2001:db8:200::/48"
+    assert bind(eng, ia_na(1), client=DUID_B).writes[0][0].prefix == "2001:db8:200::1/128"
+    stranger = bind(eng, ia_pd(2, "2001:db8:200::/48"), client=bytes.fromhex("00030001020000000009"))
+    assert stranger.writes[0][0].prefix == "2001:db8:201::/48"
+    eng.remove_reservation(2)
+    eng.add_reservation(Reservation(id=2, subscriber_id=43, kind=ReservationKind.DUID, key=DUID_B.hex(":"),
+                                    address6="2001:db8:200::1"))  # (another subscriber's: the store refuses it)
+    assert eng.reserved.taken(IPv6Network("2001:db8:200::/48"), 1, 42)
+
+
+def test_the_reserved_space_answers_lengths_that_are_no_pool_s_without_a_walk() -> None:
+    eng = engine()
+    _reserve(eng, 1, ReservationKind.DUID, DUID_A.hex(":"), prefix6="2001:db8:ffff:10::/60")
+    _reserve(eng, 2, ReservationKind.DUID, DUID_B.hex(":"), prefix6="2001:db8:fffe::/52")
+    space = eng.reserved
+    assert {52, 60} <= space.lengths and space.inside[52][int(IPv6Address("2001:db8:ffff::")) >> 76] == {1}
+    space.networks[99] = [IPv6Network("2001:db8:ffff:10::/60")]  # (what a walk over all would find)
+    assert not space.taken(IPv6Network("2001:db8:ffff::/52"), 1)
+    del space.networks[99]
+    assert space.taken(IPv6Network("2001:db8:ffff::/52"), 2) and not space.taken(IPv6Network("2001:db8:ffff::/52"), 1)
+    space.remove(1)
+    assert not space.taken(IPv6Network("2001:db8:ffff::/52"), 2)
+    _reserve(eng, 1, ReservationKind.DUID, DUID_A.hex(":"), prefix6="2001:db8:ffff:10::/60")
+    assert space.taken(IPv6Network("2001:db8:ffff::/52"), 2)
+    eng.reconfigure(config(subnet=[{"name": "access", "prefix": "2001:db8:1::/64", "interface": "eth1",
+                                    "prefix_pool": [{"name": "homes", "prefix": "2001:db8:ff00::/40",
+                                                     "delegated_length": 58}]}]))
+    assert eng.reserved.taken(IPv6Network("2001:db8:ffff::/58"), 2)
