@@ -797,6 +797,11 @@ class DNSService(Service):
             subscriber = event.subscriber_id
             if subscriber is not None:
                 self._network_change(event.prefix, lambda: self.walled.network_granted(event.prefix, subscriber))
+            elif event.prefix in self.walled.network_holders and not self.walled.network_held_by_session(event.prefix):
+                # Granted with a subscriber before (its reservation deleted since, say), with none
+                # now: the former holder's walled garden and plan must not follow the prefix,
+                # whose end (naming no subscriber) would never take it from them.
+                self._network_change(event.prefix, lambda: self.walled.network_ended(event.prefix))
 
         def binding6_ended(event: Binding6Ended) -> None:
             if event.kind == "na" and self.local is not None:

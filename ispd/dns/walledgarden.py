@@ -129,6 +129,11 @@ class WalledGarden:
         # Its clients go to the holder of a prefix around it, if any.
         return self.enabled and (holder in self.suspended) != (self._covering_holder(parsed) in self.suspended)
 
+    def network_held_by_session(self, network: str) -> bool:
+        """Whether the latest grant of ``network`` came with a RADIUS session."""
+        parsed = _ipv6_network(network)
+        return parsed is not None and str(parsed) in self._network_sessions
+
     def forget_holds(self) -> None:
         """Forget who holds which address and network, to read them again from the store (a
         reload): a hold whose end was never heard must not outlive a read that no longer has it."""

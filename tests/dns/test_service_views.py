@@ -355,3 +355,23 @@ async def test_a_dhcpv6_prefix_names_its_subscriber_for_the_home_s_devices(servi
     assert service.walled.holder(device) == BOB
     bus.publish(Binding6Ended(4.0, prefix, "pd", "expired", subscriber_id=ANN))  # not ann's any more
     assert service.walled.holder(device) == BOB
+
+
+async def test_a_dhcpv6_prefix_granted_without_a_subscriber_is_no_longer_its_former_holder_s(
+        service: DNSService) -> None:
+    """Ann's reservation was deleted while her router held the prefix: its renewal names no
+    subscriber, and the prefix (later another's, unregistered) must not stay hers, walled with her."""
+    assert service.engine is not None
+    service.engine.set_allow([ip_network("2001:db8::/32")])
+    device, prefix = "2001:db8:100:7::5", "2001:db8:100::/56"
+    binding = Lease6(prefix, Lease6Kind.PREFIX, LeaseState.BOUND, "00:03:00:01:02:00:5e:00:00:01", 2, 1.0, 1800.0,
+                     time.time() + 3600, subscriber_id=ANN)
+    service.context.store = _BindingsStore([binding])  # type: ignore[assignment]
+    await service._load_subscribers()  # ann is suspended in this store
+    assert service.engine.client_class(device) == ClientClass.WALLED
+    service.context.bus.publish(Binding6Granted(2.0, prefix, "pd", time.time() + 3600, renewal=True))
+    assert service.walled.holder(device) is None and service.engine.client_class(device) == ClientClass.ALLOWED
+    # A RADIUS session's hold on it is the session's to end.
+    service.walled.network_granted(prefix, ANN, 77)
+    service.context.bus.publish(Binding6Granted(3.0, prefix, "pd", time.time() + 3600, renewal=True))
+    assert service.walled.holder(device) == ANN
