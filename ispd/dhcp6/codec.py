@@ -281,7 +281,9 @@ def decode_ia(code: int, value: bytes) -> IA:
             if length > 128:
                 raise DHCP6DecodeError(DropReason.BAD_OPTION, f"a prefix length of {length}")
             # strict=False: a hint's bits past its length are the client's business, not an error.
-            leases.append(IAPrefix(IPv6Network((IPv6Address(prefix), length), strict=False), preferred, valid))
+            # (From an int: given an IPv6Address, ipaddress formats it and parses the text again.)
+            network = IPv6Network((int.from_bytes(prefix, "big"), length), strict=False)
+            leases.append(IAPrefix(network, preferred, valid))
         elif option.code == OptionCode.STATUS_CODE and len(option.data) >= 2:
             status = (int.from_bytes(option.data[:2], "big"), option.data[2:].decode("utf-8", "replace"))
     return IA(code, iaid, t1, t2, tuple(leases), status)

@@ -147,7 +147,10 @@ class _Pool:
         return 128 - self.length
 
     def candidate(self, index: int) -> str:
-        return f"{IPv6Address(self.base + (index << self.shift))}/{self.length}"
+        network = IPv6Network((self.base + (index << self.shift), self.length))
+        text = f"{network.network_address}/{self.length}"
+        _remember_network(text, network)  # (read back at once: no parse of the text just made)
+        return text
 
     def index_of(self, network: IPv6Network) -> int | None:
         if network.prefixlen != self.length:
@@ -155,6 +158,33 @@ class _Pool:
         offset = int(network.network_address) - self.base
         index = offset >> self.shift
         return index if offset >= 0 and index < self.size and offset & ((1 << self.shift) - 1) == 0 else None
+
+
+_NETWORKS: dict[str, IPv6Network] = {}
+_NETWORKS_KEPT = 1 << 16
+
+
+def _network(prefix: str) -> IPv6Network:
+    """A binding's prefix text as a network. The same texts are read again and again (a
+    Solicit, its Request, each Renew), and parsing IPv6 text was the costliest step of an
+    exchange: the recent ones are kept, and a pool's new candidates go in as they are made."""
+    network = _NETWORKS.get(prefix)
+    if network is None:
+        network = _remember_network(prefix, IPv6Network(prefix))
+    return network
+
+
+def _remember_network(prefix: str, network: IPv6Network) -> IPv6Network:
+    if len(_NETWORKS) >= _NETWORKS_KEPT:
+        _NETWORKS.clear()  # (cheaper than an LRU's bookkeeping on every read; refilled at once)
+    _NETWORKS[prefix] = network
+    return network
+
+
+def _address_network(address: IPv6Address) -> IPv6Network:
+    """An address as its /128 (from its int: given the address, ipaddress would format it and
+    parse the text again)."""
+    return IPv6Network((int(address), 128))
 
 
 class _ReservedSpace:
@@ -285,7 +315,7 @@ class DHCP6Engine:
         by_name = {pool.name: pool for pools in self.pools.values() for pool in pools if placing(pool.name)}
         for lease in self.leases.values():
             pool = by_name.get(lease.pool) if lease.pool is not None else None
-            index = pool.index_of(IPv6Network(lease.prefix)) if pool is not None else None
+            index = pool.index_of(_network(lease.prefix)) if pool is not None else None
             if pool is not None and index is not None and index >= furthest.get(pool.name, -1):
                 furthest[pool.name] = index
         self.cursors.update({name: (index + 1) % by_name[name].size for name, index in furthest.items()})
@@ -474,7 +504,7 @@ class DHCP6Engine:
         """Whether the IA ``key`` may have ``prefix``: its client's reservation is ``reservation``,
         and ``subscriber``'s other reservations are its own too (a reservation's fixed prefix and
         another's fixed address in it)."""
-        if self.reserved.networks and self.reserved.taken(IPv6Network(prefix), reservation, subscriber):
+        if self.reserved.networks and self.reserved.taken(_network(prefix), reservation, subscriber):
             return False
         return self._unheld_for(prefix, key, now)
 
@@ -488,7 +518,7 @@ class DHCP6Engine:
         if current is not None and current.state is LeaseState.BOUND and current.expires_at > now \
                 and (current.duid, current.iaid, current.kind) == key:
             return False
-        network = IPv6Network(prefix)
+        network = _network(prefix)
         value, end = int(network.network_address), int(network.broadcast_address) + 1
         for pool in (pool for pools in self.pools.values() for pool in pools):
             pool_end = pool.base + (pool.size << pool.shift)
@@ -498,7 +528,7 @@ class DHCP6Engine:
             last = (min(end, pool_end) - 1 - pool.base) >> pool.shift
             if last - first >= SCAN_LIMIT:  # (a /48 reserved over a pool of /64s): the bindings, not the pool
                 return any(self._held_by_another(lease.prefix, key, now, subscriber)
-                           and IPv6Network(lease.prefix).overlaps(network)
+                           and _network(lease.prefix).overlaps(network)
                            for lease in list(self.leases.values()) if lease.pool == pool.name)
             if any(self._held_by_another(pool.candidate(index), key, now, subscriber)
                    for index in range(first, last + 1)):
@@ -651,7 +681,7 @@ class _Request:
         prefix = self._choose(ia, key, kind) if self.served and self.ias_answered[kind] <= MAX_IAS_PER_KIND else None
         given: list[IAAddress | IAPrefix] = []
         if prefix is not None:
-            network = IPv6Network(prefix)
+            network = _network(prefix)
             if commit:
                 self._bind(prefix, key, kind)
                 self.engine.offers.pop(prefix, None)
@@ -661,12 +691,12 @@ class _Request:
                 self.engine.offered_to[key] = prefix
             given.append(_lease_option(kind, network, self.preferred, self.valid))
         if drop_others:  # RFC 8415 §18.3.4, §18.3.5: what the client may no longer use
-            kept = {str(lease.prefix) for lease in given if isinstance(lease, IAPrefix)} | \
-                   {f"{lease.address}/128" for lease in given if isinstance(lease, IAAddress)}
+            kept = {lease.prefix if isinstance(lease, IAPrefix) else _address_network(lease.address)
+                    for lease in given}
             for lease in ia.leases:
-                network = IPv6Network((lease.address, 128)) if isinstance(lease, IAAddress) else lease.prefix
-                if str(network) not in kept and not (network.network_address.is_unspecified
-                                                     and isinstance(lease, IAPrefix)):
+                network = _address_network(lease.address) if isinstance(lease, IAAddress) else lease.prefix
+                if network not in kept and not (network.network_address.is_unspecified
+                                                and isinstance(lease, IAPrefix)):
                     given.append(_lease_option(kind, network, 0, 0))
                     self._end_if_ours(str(network), key)
         if prefix is None:
@@ -697,7 +727,7 @@ class _Request:
         if offered is not None and self._in_pools(offered, pools) and engine.free_for(offered, key, now, mine):
             return offered
         for hint in ia.leases:  # RFC 8415 §18.3.1: the client's hint, if it can have it
-            network = IPv6Network((hint.address, 128)) if isinstance(hint, IAAddress) else hint.prefix
+            network = _address_network(hint.address) if isinstance(hint, IAAddress) else hint.prefix
             if not network.network_address.is_unspecified:
                 text = str(network)
                 if self._in_pools(text, pools) and engine.free_for(text, key, now, mine):
@@ -712,11 +742,11 @@ class _Request:
 
     @staticmethod
     def _in_pools(prefix: str, pools: list[_Pool]) -> bool:
-        network = IPv6Network(prefix)
+        network = _network(prefix)
         return any(pool.index_of(network) is not None for pool in pools)
 
     def _pool_of(self, prefix: str) -> str | None:
-        network = IPv6Network(prefix)
+        network = _network(prefix)
         return next((pool.name for pool in self.engine.pools[self.subnet.name] if pool.index_of(network) is not None),
                     None)
 
@@ -755,7 +785,7 @@ class _Request:
             key: IAKey = (self.duid, ia.iaid, kind)
             ended = 0
             for lease in ia.leases:
-                network = IPv6Network((lease.address, 128)) if isinstance(lease, IAAddress) else lease.prefix
+                network = _address_network(lease.address) if isinstance(lease, IAAddress) else lease.prefix
                 if self._end_if_ours(str(network), key, state, event):
                     ended += 1
                     if state is LeaseState.DECLINED:
