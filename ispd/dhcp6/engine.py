@@ -280,6 +280,7 @@ class DHCP6Engine:
         self._due: dict[str, float] = {}  # each prefix's entry in the timeline that counts
         self.offered_to: dict[IAKey, str] = {}  # the latest offer to each IA
         self.reservations: dict[tuple[str, str], Reservation] = {}
+        self._reservation_keys: dict[int, tuple[str, str]] = {}  # reservation id -> its key above
         self.subscriber_status: dict[int, SubscriberStatus] = {}
         self.pools: dict[str, list[_Pool]] = {}
         self.cursors: dict[str, int] = {}
@@ -323,13 +324,16 @@ class DHCP6Engine:
     def add_reservation(self, reservation: Reservation) -> None:
         if reservation.kind in IPV6_RESERVATION_KINDS:
             self.remove_reservation(reservation.id)
-            self.reservations[(str(reservation.kind), reservation.key)] = reservation
+            ident = (str(reservation.kind), reservation.key)
+            self.reservations[ident] = reservation
+            self._reservation_keys[reservation.id] = ident
             self.reserved.add(reservation)
 
     def remove_reservation(self, reservation_id: int) -> None:
-        for ident, reservation in list(self.reservations.items()):
-            if reservation.id == reservation_id:
-                del self.reservations[ident]
+        # By id, not by a walk of them all: each of an ISP's thousands at start comes through here.
+        ident = self._reservation_keys.pop(reservation_id, None)
+        if ident is not None and (held := self.reservations.get(ident)) is not None and held.id == reservation_id:
+            del self.reservations[ident]
         self.reserved.remove(reservation_id)
 
     def remove_subscriber(self, subscriber_id: int) -> None:

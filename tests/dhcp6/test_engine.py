@@ -656,3 +656,16 @@ def test_the_reserved_space_answers_lengths_that_are_no_pool_s_without_a_walk() 
                                     "prefix_pool": [{"name": "homes", "prefix": "2001:db8:ff00::/40",
                                                      "delegated_length": 58}]}]))
     assert eng.reserved.taken(IPv6Network("2001:db8:ffff::/58"), 2)
+
+
+def test_a_reservation_found_again_by_its_id_when_it_changes_or_goes() -> None:
+    """Removal finds a reservation by its id (at start each of thousands comes through it): one
+    added again under another key leaves its old key, and removing it leaves nothing behind."""
+    eng = engine()
+    _reserve(eng, 7, ReservationKind.CIRCUIT_ID, "old line", prefix6="2001:db8:ffff::/48")
+    _reserve(eng, 7, ReservationKind.CIRCUIT_ID, "new line", prefix6="2001:db8:fffe::/48")
+    assert set(eng.reservations) == {("circuit-id", "new line")}
+    assert not eng.reserved.taken(IPv6Network("2001:db8:ffff::/48"), None)
+    _reserve(eng, 8, ReservationKind.CIRCUIT_ID, "old line")  # another reservation takes the old key
+    eng.remove_reservation(7)
+    assert set(eng.reservations) == {("circuit-id", "old line")} and eng.reserved.networks == {}
