@@ -281,6 +281,10 @@ def render_overview(o: SubscriberOverview) -> str:
     lines.append(f"leases        {len(o.leases) or 'none'}")
     lines += [f"  {le.address} {le.state.value} until {when(le.expires_at)} mac {le.hw_address or '-'}"
               f"{' host ' + le.hostname if le.hostname else ''}" for le in o.leases]
+    if o.bindings6:
+        lines.append(f"dhcpv6        {len(o.bindings6)}")
+        lines += [f"  {b.kind.value} {b.prefix} {b.state.value} until {when(b.expires_at)} duid {b.duid}"
+                  f"{' host ' + b.hostname if b.hostname else ''}" for b in o.bindings6]
     lines.append(f"sessions      {len(o.sessions) or 'none'}")
     lines += [f"  {x.acct_session_id} on {x.nas_address} ip {x.framed_ip or '-'} from {when(x.started_at)}"
               f" {'open' if x.stopped_at is None else 'ended ' + when(x.stopped_at)}"

@@ -587,3 +587,5 @@ class SubscriberOverview:
     # removed the entry that says.
     status_since: float | None = None
     aliases: list[MailAlias] = field(default_factory=list)
+    # Its DHCPv6 bindings: addresses and delegated prefixes, the latest first.
+    bindings6: list[Lease6] = field(default_factory=list)

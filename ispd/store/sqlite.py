@@ -1014,6 +1014,8 @@ class SQLiteStore(Store):
                 "SELECT * FROM reservations WHERE subscriber_id = ? ORDER BY id", (sid,))]
             leases = [lease_from_row(r) for r in conn.execute(
                 "SELECT * FROM leases WHERE subscriber_id = ? ORDER BY expires_at DESC", (sid,))]
+            bindings6 = [sqlite_dhcp6.lease6_from_row(r) for r in conn.execute(
+                "SELECT * FROM dhcp6_leases WHERE subscriber_id = ? ORDER BY expires_at DESC", (sid,))]
             sessions = [session_from_row(r) for r in conn.execute(
                 f"SELECT {SESSION_COLUMNS} FROM radius_sessions WHERE subscriber_id = ? ORDER BY started_at DESC"
                 " LIMIT 20", (sid,))]
@@ -1037,6 +1039,7 @@ class SQLiteStore(Store):
                 subscriber=_subscriber(row), plan=_plan(plan_row) if plan_row else None, credentials=present,
                 reservations=reservations, leases=leases, sessions=sessions, mailboxes=mailboxes, audit=audit,
                 usage_this_month=usage, coa=coa, status_since=since["at"] if since else None, aliases=aliases,
+                bindings6=bindings6,
             )
 
         return await self._read("subscriber_overview", run)

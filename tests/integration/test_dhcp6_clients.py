@@ -246,3 +246,5 @@ def test_a_reserved_prefix_goes_to_its_device(make_net6: Callable[..., Net6]) ->
         assert [p.prefix for p in binding.prefixes] == ["2001:db8:ffff::/48"], f"{client.describe()}\n{net.servers()}"
         rows = [row for row in net.ispd.leases() if row.get("service") == "dhcp6"]
         assert [(row["prefix"], row["subscriber_id"] is not None) for row in rows] == [("2001:db8:ffff::/48", True)], rows
+        shown = net.ispd.cli("subscriber", "show", "acme").stdout
+        assert "dhcpv6        1" in shown and "  pd 2001:db8:ffff::/48 bound until " in shown, shown
