@@ -733,17 +733,23 @@ def render_holding(h: Holding) -> str:
     return "\n".join(lines)
 
 
+def _holding_state(lease: Lease | Lease6, username: str | None) -> tuple[str, str | None]:
+    """A lease's or binding's state as `lease show` prints it, and who holds it."""
+    state = lease.state.value
+    if lease.state is LeaseState.BOUND and lease.expires_at <= time.time():
+        state += " (expired, not yet reclaimed)"
+    subscriber = (f"{username} (#{lease.subscriber_id})" if username
+                  else None if lease.subscriber_id is None else f"#{lease.subscriber_id}")
+    return state, subscriber
+
+
 def render_lease(address: str, lease: Lease | None, username: str | None, history: list[LeaseHistoryEntry],
                  limit: int) -> str:
     lines = [f"address       {address}"]
     if lease is None:
         lines.append("state         no current lease (only history is kept)")
     else:
-        state = lease.state.value
-        if lease.state is LeaseState.BOUND and lease.expires_at <= time.time():
-            state += " (expired, not yet reclaimed)"
-        subscriber = (f"{username} (#{lease.subscriber_id})" if username
-                      else None if lease.subscriber_id is None else f"#{lease.subscriber_id}")
+        state, subscriber = _holding_state(lease, username)
         for label, value in (
             ("state", state), ("starts", when(lease.starts_at)), ("expires", when(lease.expires_at)),
             ("mac", lease.hw_address), ("client id", lease.client_id), ("hostname", lease.hostname),
@@ -770,11 +776,7 @@ def render_lease6(prefix: str, lease: Lease6 | None, username: str | None, histo
     if lease is None:
         lines.append("state         no current binding (only history is kept)")
     else:
-        state = lease.state.value
-        if lease.state is LeaseState.BOUND and lease.expires_at <= time.time():
-            state += " (expired, not yet reclaimed)"
-        subscriber = (f"{username} (#{lease.subscriber_id})" if username
-                      else None if lease.subscriber_id is None else f"#{lease.subscriber_id}")
+        state, subscriber = _holding_state(lease, username)
         kind = "na (an address, IA_NA)" if lease.kind is Lease6Kind.ADDRESS else "pd (a delegated prefix, IA_PD)"
         for label, value in (
             ("kind", kind), ("state", state), ("starts", when(lease.starts_at)),

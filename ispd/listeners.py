@@ -130,6 +130,18 @@ def bound_socket(host: str, port: int, kind: socket.SocketKind, *, reuse_address
     return sock
 
 
+SO_RCVBUFFORCE = 33  # Linux; Python does not name it
+
+
+def set_receive_buffer(sock: socket.socket, size: int) -> None:
+    """A datagram socket's receive buffer of ``size`` bytes, beyond net.core.rmem_max where that
+    is allowed (root, CAP_NET_ADMIN), so that a burst does not overflow it; else the limit's."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
 def check_address_free(host: str, port: int, kind: socket.SocketKind) -> None:
     """OSError (EADDRINUSE) when a socket of ``kind`` holds (host, port) already. SO_REUSEPORT
     lets any process of the same user join a listener unnoticed (a second daemon, an Unbound),

@@ -40,6 +40,7 @@ from ispd.dhcp.identifiers import mac_text
 from ispd.dhcp.metrics import DHCPMetrics
 from ispd.dhcp.options import DHCPMessageType
 from ispd.events import LeaseEnded, LeaseGranted, follow_subscribers
+from ispd.listeners import set_receive_buffer
 from ispd.logs import LogThrottle, get_logger
 from ispd.service import Health, Service, ServiceContext, ServiceStartError, describe_os_error
 from ispd.store.errors import StoreError
@@ -53,7 +54,6 @@ log = get_logger("ispd.dhcp")
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 PKTINFO = struct.Struct("=I4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
 ETH_P_IP = 0x0800
-SO_RCVBUFFORCE = 33  # Linux; Python does not name it
 READ_BATCH = 64
 MAX_DATAGRAM = 4096
 RECEIVE_BUFFER_BYTES = 2 * 1024 * 1024
@@ -194,10 +194,7 @@ class DHCPService(Service):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
             sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-            try:  # beyond net.core.rmem_max, to ride out bursts (as root or with CAP_NET_ADMIN)
-                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER_BYTES)
-            except PermissionError:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+            set_receive_buffer(sock, RECEIVE_BUFFER_BYTES)
             sock.setblocking(False)
             sock.bind(("0.0.0.0", config.port))
         except OSError as exc:

@@ -43,6 +43,7 @@ from ispd.dhcp6.config import DHCP6Config
 from ispd.dhcp6.engine import DHCP6Engine, Outcome6, Received6
 from ispd.dhcp6.metrics import DHCP6Metrics
 from ispd.events import Binding6Ended, Binding6Granted, follow_subscribers
+from ispd.listeners import bound_socket, set_receive_buffer
 from ispd.logs import LogThrottle, get_logger
 from ispd.service import Health, Service, ServiceContext, ServiceStartError, describe_os_error
 from ispd.store.errors import StoreError
@@ -57,7 +58,6 @@ ALL_DHCP_RELAY_AGENTS_AND_SERVERS = socket.inet_pton(socket.AF_INET6, "ff02::1:2
 IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
 IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
 PKTINFO6 = struct.Struct("=16sI")  # struct in6_pktinfo: address, ifindex
-SO_RCVBUFFORCE = 33  # Linux; Python does not name it
 READ_BATCH = 64
 MAX_DATAGRAM = 65535
 RECEIVE_BUFFER_BYTES = 2 * 1024 * 1024
@@ -170,20 +170,17 @@ class DHCP6Service(Service):
                 interfaces[socket.if_nametoindex(name)] = name
             except OSError:
                 raise ServiceStartError(f"dhcp6: there is no network interface named {name!r}") from None
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
         try:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock = bound_socket("::", config.port, socket.SOCK_DGRAM, reuse_address=True)
+        except OSError as exc:
+            raise ServiceStartError(f"dhcp6: cannot listen on [::]:{config.port}: {describe_os_error(exc)}") from None
+        try:
             sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
-            try:  # beyond net.core.rmem_max, to ride out bursts (as root or with CAP_NET_ADMIN)
-                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER_BYTES)
-            except PermissionError:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+            set_receive_buffer(sock, RECEIVE_BUFFER_BYTES)
             sock.setblocking(False)
-            sock.bind(("::", config.port))
         except OSError as exc:
             sock.close()
-            raise ServiceStartError(f"dhcp6: cannot listen on [::]:{config.port}: {describe_os_error(exc)}") from None
+            raise ServiceStartError(f"dhcp6: cannot set up [::]:{config.port}: {describe_os_error(exc)}") from None
         for index, name in interfaces.items():
             try:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP,

@@ -62,7 +62,7 @@ from ispd.events import (
     SubscriberResumed,
     SubscriberSuspended,
 )
-from ispd.listeners import bound_socket, open_datagram_listener
+from ispd.listeners import bound_socket, open_datagram_listener, set_receive_buffer
 from ispd.logs import LogThrottle, get_logger
 from ispd.radius.addresses import AddressPools, holder_of, line_of
 from ispd.radius.attributes import AttributeValueError, ReplyAttribute, reply_attribute
@@ -431,10 +431,7 @@ class RadiusService(Service):
                 except OSError as exc:
                     raise ServiceStartError(f"radius: cannot listen on {address}: {describe_os_error(exc)}") from None
                 with contextlib.suppress(OSError):
-                    try:  # beyond net.core.rmem_max when allowed (root): a burst must not overflow it
-                        sock.setsockopt(socket.SOL_SOCKET, 33, self.config.receive_buffer_bytes)  # SO_RCVBUFFORCE
-                    except PermissionError:
-                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.config.receive_buffer_bytes)
+                    set_receive_buffer(sock, self.config.receive_buffer_bytes)
                 transport, _ = await open_datagram_listener(factory, sock)
                 self._transports.append(transport)
                 self.bound.append((kind, address.host, int(transport.get_extra_info("sockname")[1])))
