@@ -970,8 +970,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "--circuit-id or --remote-id (option 82, as the relay sends them; for DHCPv6 the relay's "
                     "Interface-ID and Remote-ID), --username (a RADIUS login) or --duid (a DHCPv6 client). Without "
                     "--address the client gets an address from the pools (RADIUS: from the NAS). --address6 and "
-                    "--prefix6 (a fixed IPv6 address and delegated prefix) go with --duid, --circuit-id or "
-                    "--remote-id; a --duid reservation has no IPv4 --address.",
+                    "--prefix6 (a fixed IPv6 address and delegated prefix) go with --duid, --circuit-id, "
+                    "--remote-id or --username; a --duid reservation has no IPv4 --address.",
     )
     p.add_argument("subscriber", help=SUBSCRIBER_HELP)
     keys = p.add_mutually_exclusive_group(required=True)
@@ -985,14 +985,16 @@ def build_parser() -> argparse.ArgumentParser:
                       metavar="TEXT", help="relay agent remote-id: printable text, or 0x and hex")
     keys.add_argument("--username", type=checked_arg(lambda v: reservation_key("username", v)[1]),
                       metavar="LOGIN", help="a RADIUS login (User-Name, e.g. a PPPoE login) of the subscriber; "
-                                            "its --address goes out as Framed-IP-Address")
+                                            "its --address goes out as Framed-IP-Address, --address6 as "
+                                            "Framed-IPv6-Address and --prefix6 as Delegated-IPv6-Prefix")
     keys.add_argument("--duid", type=checked_arg(lambda v: reservation_key("duid", v)[1]), metavar="HEX",
                       help="a DHCPv6 client's DUID in hex, type first, e.g. 00:03:00:01:02:00:5e:10:00:01")
     p.add_argument("--address", type=checked_arg(reservable_address), help="the fixed IPv4 address")
     p.add_argument("--address6", type=checked_arg(reservable_address6), metavar="ADDRESS",
-                   help="a fixed IPv6 address (DHCPv6 IA_NA), e.g. 2001:db8:1::10")
+                   help="a fixed IPv6 address (DHCPv6 IA_NA, RADIUS Framed-IPv6-Address), e.g. 2001:db8:1::10")
     p.add_argument("--prefix6", type=checked_arg(reservable_prefix6), metavar="PREFIX",
-                   help="a fixed prefix to delegate (DHCPv6 IA_PD), e.g. 2001:db8:200::/48")
+                   help="a fixed prefix to delegate (DHCPv6 IA_PD, RADIUS Delegated-IPv6-Prefix), e.g. "
+                        "2001:db8:200::/48")
     p.add_argument("--hostname", type=checked_arg(hostname_text), help="the host name to give the client")
     p.set_defaults(handler=cmd_reservation_add)
     p = reservation.add_parser("list", parents=[config_opts, json_opt], help="list reservations")

@@ -97,10 +97,12 @@ class NewReservation(BaseModel):
     key: str
     address: str | None = Field(default=None, description="a fixed IPv4 address (not for kind duid)")
     hostname: str | None = None
-    address6: str | None = Field(default=None, description="a fixed IPv6 address (DHCPv6 IA_NA), for kinds duid, "
-                                                            "circuit-id and remote-id: 2001:db8:1::10")
-    prefix6: str | None = Field(default=None, description="a fixed prefix to delegate (DHCPv6 IA_PD), for kinds "
-                                                           "duid, circuit-id and remote-id: 2001:db8:200::/48")
+    address6: str | None = Field(default=None, description="a fixed IPv6 address (DHCPv6 IA_NA; RADIUS "
+                                                            "Framed-IPv6-Address), for kinds duid, circuit-id, "
+                                                            "remote-id and username: 2001:db8:1::10")
+    prefix6: str | None = Field(default=None, description="a fixed prefix to delegate (DHCPv6 IA_PD; RADIUS "
+                                                           "Delegated-IPv6-Prefix), for kinds duid, circuit-id, "
+                                                           "remote-id and username: 2001:db8:200::/48")
 
 
 class NewMailbox(BaseModel):

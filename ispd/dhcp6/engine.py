@@ -37,7 +37,8 @@ A subscriber owns a binding when a reservation matches: the client's DUID, else 
 Interface-ID of the relay closest to the client as a circuit-id, the Remote-ID, RFC 4649,
 without its enterprise number, as a remote-id). A reservation's fixed address (address6) and
 prefix (prefix6) go to its client whether they lie in a pool or not, and to no one else: a
-pool's walk skips them and any prefix that holds one; a client that had one, or a part of one,
+pool's walk skips them and any prefix that holds one (also a RADIUS login's, which its NAS gives
+by Framed-IPv6-Address and Delegated-IPv6-Prefix); a client that had one, or a part of one,
 before it was reserved gets another at its next renewal (the old with lifetimes 0), and until
 then the reserved client gets one from the pools. Suspended and closed
 subscribers get no IPv6: their IAs get NoAddrsAvail/NoPrefixAvail and bindings they hold

@@ -5,7 +5,7 @@ the service loads every subscriber's status, plan, password forms and RADIUS-rel
 reservations once (``Directory.load``) and then follows the store's events, re-reading one
 subscriber when an event names it (``Directory.replace``/``remove``). A login name is the
 subscriber's username or the key of one of its ``username`` reservations (a PPP login of its
-own, usually with a fixed address). The store keeps the two apart (a reservation cannot take
+own, usually with a fixed address and prefix). The store keeps the two apart (a reservation cannot take
 a subscriber's username, nor a new subscriber a reserved login); should a store from before that
 rule hold both, the username wins, so that nobody logs in as another subscriber.
 
@@ -23,17 +23,34 @@ from ispd.store.models import Plan, Reservation, ReservationKind, StoredCredenti
 _LINE_KINDS = frozenset({ReservationKind.MAC, ReservationKind.CIRCUIT_ID, ReservationKind.REMOTE_ID})
 
 
+@dataclass(frozen=True, slots=True)
+class Fixed:
+    """What one reservation fixes for a login or a line: an IPv4 address (Framed-IP-Address), an
+    IPv6 address (Framed-IPv6-Address) and a prefix to delegate (Delegated-IPv6-Prefix), canonical
+    texts. The store keeps them in one IPAM with DHCP's pools, which never give them to anyone else."""
+
+    address: str | None = None
+    address6: str | None = None
+    prefix6: str | None = None
+
+    @staticmethod
+    def of(reservation: Reservation) -> Fixed | None:
+        if reservation.address is None and reservation.address6 is None and reservation.prefix6 is None:
+            return None
+        return Fixed(reservation.address, reservation.address6, reservation.prefix6)
+
+
 @dataclass(slots=True)
 class AuthSubject:
     subscriber: Subscriber
     plan: Plan | None
     credentials: StoredCredentials
-    # Reservations with a fixed address, by (kind, canonical key).
-    addressed: dict[tuple[str, str], str] = field(default_factory=dict)
+    # Line reservations with a fixed address or prefix, by (kind, canonical key).
+    addressed: dict[tuple[str, str], Fixed] = field(default_factory=dict)
     # Its lines: the (kind, key) of its MAC, circuit-id and remote-id reservations (line_lock).
     lines: set[tuple[str, str]] = field(default_factory=set)
-    # Encoded reply attributes by (NAS kind, walled garden, framed address): built once per subject.
-    reply_cache: dict[tuple[str, bool, str | None], bytes] = field(default_factory=dict)
+    # Encoded reply attributes by (NAS kind, walled garden, what a reservation fixes): built once per subject.
+    reply_cache: dict[tuple[str, bool, Fixed | None], bytes] = field(default_factory=dict)
     # Past its plan's monthly quota this month (the RADIUS service keeps it; it resets with the month).
     over_quota: bool = False
 
@@ -45,10 +62,10 @@ class AuthSubject:
 class Directory:
     def __init__(self) -> None:
         self.subjects: dict[int, AuthSubject] = {}
-        # login → (subject, the address reserved for that login): the subscribers' usernames (and
-        # an address reserved for one's own username), then the other reserved logins.
-        self.usernames: dict[str, tuple[AuthSubject, str | None]] = {}
-        self.reserved_logins: dict[str, tuple[AuthSubject, str | None]] = {}
+        # login → (subject, what a reservation fixes for that login): the subscribers' usernames
+        # (and what is reserved for one's own username), then the other reserved logins.
+        self.usernames: dict[str, tuple[AuthSubject, Fixed | None]] = {}
+        self.reserved_logins: dict[str, tuple[AuthSubject, Fixed | None]] = {}
         self.plans: dict[int, Plan] = {}
         self.reserved: dict[str, int] = {}  # fixed address → its subscriber (never given from a pool)
 
@@ -78,16 +95,16 @@ class Directory:
         subject = self.subjects.pop(subscriber_id, None)
         if subject is None:
             return
-        addresses: list[str | None] = list(subject.addressed.values())
+        fixed: list[Fixed | None] = list(subject.addressed.values())
         own = self.usernames.get(subject.subscriber.username)
         if own is not None and own[0] is subject:
             del self.usernames[subject.subscriber.username]
-            addresses.append(own[1])
-        for login, (holder, address) in list(self.reserved_logins.items()):
+            fixed.append(own[1])
+        for login, (holder, reserved) in list(self.reserved_logins.items()):
             if holder is subject:
                 del self.reserved_logins[login]
-                addresses.append(address)
-        for address in filter(None, addresses):
+                fixed.append(reserved)
+        for address in {f.address for f in fixed if f is not None and f.address is not None}:
             if self.reserved.get(address) == subscriber_id:
                 del self.reserved[address]
 
@@ -99,17 +116,18 @@ class Directory:
         for reservation in reservations:
             if reservation.address is not None:
                 self.reserved[reservation.address] = subscriber.id
+            fixed = Fixed.of(reservation)
             if reservation.kind == ReservationKind.USERNAME:
                 logins = self.usernames if reservation.key == subscriber.username else self.reserved_logins
-                logins[reservation.key] = (subject, reservation.address)
+                logins[reservation.key] = (subject, fixed)
             else:
                 if reservation.kind in _LINE_KINDS:  # (a DHCP client-id is no line a NAS reports)
                     subject.lines.add((str(reservation.kind), reservation.key))
-                if reservation.address is not None:
-                    subject.addressed[(str(reservation.kind), reservation.key)] = reservation.address
+                if fixed is not None:
+                    subject.addressed[(str(reservation.kind), reservation.key)] = fixed
 
-    def find(self, login: str) -> tuple[AuthSubject, str | None] | None:
-        """Who logs in with ``login``, and the address reserved for that login."""
+    def find(self, login: str) -> tuple[AuthSubject, Fixed | None] | None:
+        """Who logs in with ``login``, and what a reservation fixes for that login."""
         return self.usernames.get(login) or self.reserved_logins.get(login)
 
     def by_id(self, subscriber_id: int) -> AuthSubject | None:

@@ -78,7 +78,7 @@ from ispd.radius.codec import (
 )
 from ispd.radius.config import EAPMethod, MessageAuthenticatorPolicy, NasKind, SuspendedAction
 from ispd.radius.dictionary import Dictionary
-from ispd.radius.directory import AuthSubject, Directory
+from ispd.radius.directory import AuthSubject, Directory, Fixed
 from ispd.radius.eap import (
     Conversation,
     EAPCode,
@@ -252,12 +252,15 @@ class ReplySettings:
     plans: dict[str, PlanReply] = field(default_factory=dict)
 
 
+Found = tuple[AuthSubject, Fixed | None] | None  # who logs in with a login, and what it has reserved
+
+
 @dataclass(slots=True)
 class PendingCheck:
     """A PAP password to check against a scrypt verifier, off the event loop."""
 
     subject: AuthSubject
-    address: str | None
+    fixed: Fixed | None  # what a reservation fixes for the login
     password: bytes
     verifier: str
     # PAP inside EAP-TTLS: the method's name, and what its Access-Accept or Access-Reject carries
@@ -286,6 +289,7 @@ class PendingClaim:
     # When the claim cannot be made now and the request is dropped: as PendingCheck's.
     restore: Callable[[], None] | None = None
     acct_session_id: str | None = None  # the session the request names (a re-authentication)
+    fixed_ipv6: Fixed | None = None  # a reservation's IPv6 address and prefix, which go out with the address
 
 
 @dataclass(slots=True)
@@ -384,23 +388,23 @@ class AuthEngine:
 
     # --- methods
 
-    def _pap(self, packet: Packet, nas: Nas, hidden: bytes, found: tuple[AuthSubject, str | None] | None,
+    def _pap(self, packet: Packet, nas: Nas, hidden: bytes, found: Found,
              now: float) -> Decision:
         password = reveal_password(hidden, nas.secret, packet.authenticator)
         if found is None:
             return self._reject(RejectReason.UNKNOWN_USER, "pap")
-        subject, address = found
+        subject, fixed = found
         if password is None:
             return self._reject(RejectReason.WRONG_PASSWORD, "pap", subject)
         verdict = self.passwords.check_fast(subject.id, subject.credentials, password, now)
         if verdict is None:
             verifier = subject.credentials.verifier
             assert verifier is not None  # check_fast answers False when there is no verifier
-            return Decision(method="pap", pending=PendingCheck(subject, address, password, verifier),
+            return Decision(method="pap", pending=PendingCheck(subject, fixed, password, verifier),
                             subscriber_id=subject.id)
         if not verdict:
             return self._reject(RejectReason.WRONG_PASSWORD, "pap", subject)
-        return self._authorize(packet, nas, subject, address, "pap")
+        return self._authorize(packet, nas, subject, fixed, "pap")
 
     def finish_password_check(self, packet: Packet, nas: Nas, pending: PendingCheck, ok: bool,
                               now: float) -> Decision:
@@ -412,15 +416,15 @@ class AuthEngine:
         if not ok or subject.credentials.updated_at != pending.subject.credentials.updated_at:
             return self._reject(RejectReason.WRONG_PASSWORD, method, subject, failure)
         self.passwords.remember(subject.id, subject.credentials, pending.password, now)
-        decision = self._authorize(packet, nas, subject, pending.address, method, pending.method_attributes, failure)
+        decision = self._authorize(packet, nas, subject, pending.fixed, method, pending.method_attributes, failure)
         if decision.claim is not None:
             decision.claim.restore = pending.restore
         return decision
 
-    def _chap(self, packet: Packet, nas: Nas, chap: bytes, found: tuple[AuthSubject, str | None] | None) -> Decision:
+    def _chap(self, packet: Packet, nas: Nas, chap: bytes, found: Found) -> Decision:
         if found is None:
             return self._reject(RejectReason.UNKNOWN_USER, "chap")
-        subject, address = found
+        subject, fixed = found
         cleartext = subject.credentials.cleartext
         if cleartext is None:
             return self._reject(RejectReason.NO_PASSWORD_FORM, "chap", subject)
@@ -428,7 +432,7 @@ class AuthEngine:
         if len(chap) != 17 or not hmac.compare_digest(chap_response(chap[0], cleartext.encode("utf-8"), challenge),
                                                       chap[1:]):
             return self._reject(RejectReason.WRONG_PASSWORD, "chap", subject)
-        return self._authorize(packet, nas, subject, address, "chap")
+        return self._authorize(packet, nas, subject, fixed, "chap")
 
     def _nt_hash(self, subject: AuthSubject) -> bytes | None:
         credentials = subject.credentials
@@ -439,7 +443,7 @@ class AuthEngine:
         return None
 
     def _mschap_v2(self, packet: Packet, nas: Nas, username: str, challenge: bytes, response: bytes,
-                   found: tuple[AuthSubject, str | None] | None) -> Decision:
+                   found: Found) -> Decision:
         ident = response[0] if response else 0
 
         def error() -> bytes:
@@ -447,7 +451,7 @@ class AuthEngine:
 
         if found is None:
             return self._reject(RejectReason.UNKNOWN_USER, "mschapv2", failure=error)
-        subject, address = found
+        subject, fixed = found
         nt = self._nt_hash(subject)
         if nt is None:
             return self._reject(RejectReason.NO_PASSWORD_FORM, "mschapv2", subject, failure=error)
@@ -467,10 +471,10 @@ class AuthEngine:
             vendor_specific(Vendor.MICROSOFT, _MS_MPPE_ENCRYPTION_POLICY, u32(1)),  # encryption allowed
             vendor_specific(Vendor.MICROSOFT, _MS_MPPE_ENCRYPTION_TYPES, u32(6)),  # RC4 40 or 128 bit
         )
-        return self._authorize(packet, nas, subject, address, "mschapv2", method_attributes, error)
+        return self._authorize(packet, nas, subject, fixed, "mschapv2", method_attributes, error)
 
     def _mschap_v1(self, packet: Packet, nas: Nas, challenge: bytes, response: bytes,
-                   found: tuple[AuthSubject, str | None] | None) -> Decision:
+                   found: Found) -> Decision:
         ident = response[0] if response else 0
 
         def error() -> bytes:  # RFC 2433 §8: version 2, an 8-octet challenge, as FreeRADIUS sends it
@@ -479,7 +483,7 @@ class AuthEngine:
 
         if found is None:
             return self._reject(RejectReason.UNKNOWN_USER, "mschapv1", failure=error)
-        subject, address = found
+        subject, fixed = found
         nt = self._nt_hash(subject)
         if nt is None:
             return self._reject(RejectReason.NO_PASSWORD_FORM, "mschapv1", subject, failure=error)
@@ -494,9 +498,9 @@ class AuthEngine:
             vendor_specific(Vendor.MICROSOFT, _MS_MPPE_ENCRYPTION_POLICY, u32(1)),
             vendor_specific(Vendor.MICROSOFT, _MS_MPPE_ENCRYPTION_TYPES, u32(6)),
         )
-        return self._authorize(packet, nas, subject, address, "mschapv1", method_attributes, error)
+        return self._authorize(packet, nas, subject, fixed, "mschapv1", method_attributes, error)
 
-    def _eap(self, packet: Packet, nas: Nas, username: str, found: tuple[AuthSubject, str | None] | None,
+    def _eap(self, packet: Packet, nas: Nas, username: str, found: Found,
              now: float) -> Decision:
         message = b"".join(packet.get_all(Attr.EAP_MESSAGE))
         if not message:  # EAP-Start (RFC 3579 §2.1): the NAS asks the server to begin
@@ -526,7 +530,7 @@ class AuthEngine:
             return self._reject(RejectReason.EAP_FAILED, "eap-md5", failure=failure)
         if found is None:
             return self._reject(RejectReason.UNKNOWN_USER, "eap-md5", failure=failure)
-        subject, address = found
+        subject, fixed = found
         cleartext = subject.credentials.cleartext
         if cleartext is None:
             return self._reject(RejectReason.NO_PASSWORD_FORM, "eap-md5", subject, failure)
@@ -534,7 +538,7 @@ class AuthEngine:
                 or not check_md5_response(eap.identifier, cleartext.encode("utf-8"), conversation.challenge, response)):
             return self._reject(RejectReason.WRONG_PASSWORD, "eap-md5", subject, failure)
         success = _encode((Attr.EAP_MESSAGE, encode_eap(EAPPacket(EAPCode.SUCCESS, eap.identifier))))
-        return _on_drop(self._authorize(packet, nas, subject, address, "eap-md5", success, failure),
+        return _on_drop(self._authorize(packet, nas, subject, fixed, "eap-md5", success, failure),
                         partial(self.conversations.put_back, state, conversation))
 
     def _nak(self, eap: EAPPacket, username: str, state: bytes, conversation: Conversation | None,
@@ -618,9 +622,9 @@ class AuthEngine:
         found = self.directory.find(identity)
         if found is None:
             return self._reject(RejectReason.UNKNOWN_USER, "eap-tls", failure=failure)
-        subject, address = found
+        subject, fixed = found
         success = self._tunnel_keys(packet, nas, eap, tunnel, identity)
-        return self._authorize(packet, nas, subject, address, "eap-tls", success, failure)
+        return self._authorize(packet, nas, subject, fixed, "eap-tls", success, failure)
 
     def _tunnel_keys(self, packet: Packet, nas: Nas, eap: EAPPacket, tunnel: Tunnel, username: str) -> bytes:
         """An Access-Accept's EAP-Success, the inner identity (for the NAS's accounting) and the
@@ -679,9 +683,9 @@ class AuthEngine:
             found = self.directory.find(tunnel.inner_username)  # as it is now
             if found is None:
                 return self._reject(RejectReason.UNKNOWN_USER, "peap", failure=failure)
-            subject, address = found
+            subject, fixed = found
             success = self._tunnel_keys(packet, nas, eap, tunnel, tunnel.inner_username)
-            return self._authorize(packet, nas, subject, address, "peap", success, failure)
+            return self._authorize(packet, nas, subject, fixed, "peap", success, failure)
         return self._reject(RejectReason.EAP_FAILED, "peap", failure=failure,
                             detail=f"inner EAP type {inner.type} out of turn ({tunnel.phase})")
 
@@ -693,17 +697,17 @@ class AuthEngine:
         found = self.directory.find(inner.username)
         if found is None:
             return self._reject(RejectReason.UNKNOWN_USER, "eap-ttls", failure=failure)
-        subject, address = found
+        subject, fixed = found
         success = self._tunnel_keys(packet, nas, eap, tunnel, inner.username)
         verdict = self.passwords.check_fast(subject.id, subject.credentials, inner.password, now)
         if verdict is None:
             verifier = subject.credentials.verifier
             assert verifier is not None  # check_fast answers False when there is no verifier
             return Decision(method="eap-ttls", subscriber_id=subject.id, pending=PendingCheck(
-                subject, address, inner.password, verifier, "eap-ttls", success, failure))
+                subject, fixed, inner.password, verifier, "eap-ttls", success, failure))
         if not verdict:
             return self._reject(RejectReason.WRONG_PASSWORD, "eap-ttls", subject, failure)
-        return self._authorize(packet, nas, subject, address, "eap-ttls", success, failure)
+        return self._authorize(packet, nas, subject, fixed, "eap-ttls", success, failure)
 
     # --- authorization and the reply
 
@@ -737,7 +741,7 @@ class AuthEngine:
             return 1
         return 0
 
-    def _authorize(self, packet: Packet, nas: Nas, subject: AuthSubject, address: str | None, method: str,
+    def _authorize(self, packet: Packet, nas: Nas, subject: AuthSubject, fixed: Fixed | None, method: str,
                    method_attributes: bytes = b"", failure: Callable[[], bytes] | None = None) -> Decision:
         status = subject.subscriber.status
         plan = subject.plan
@@ -763,14 +767,16 @@ class AuthEngine:
             if open_sessions >= plan.max_sessions and \
                     open_sessions - self._same_station(subject.id, packet, nas) >= plan.max_sessions:
                 return self._reject(RejectReason.SIMULTANEOUS_USE, method, subject, failure)
-        if address is None:
-            address = self._reserved_address(packet, subject)
-        if address is None and plan is not None:
+        if fixed is None:
+            fixed = self._reserved_for_line(packet, subject)
+        if (fixed is None or fixed.address is None) and plan is not None:
             plan_reply = self.settings.plans.get(plan.name)
             if plan_reply is not None and plan_reply.address_pool is not None:
-                return Decision(claim=self._pending_claim(packet, subject, plan_reply.address_pool, walled, method,
-                                                          method_attributes, failure), subscriber_id=subject.id)
-        profile = self.profile(subject, nas, address, walled, packet.authenticator)
+                claim = self._pending_claim(packet, subject, plan_reply.address_pool, walled, method,
+                                            method_attributes, failure)
+                claim.fixed_ipv6 = fixed
+                return Decision(claim=claim, subscriber_id=subject.id)
+        profile = self.profile(subject, nas, fixed, walled, packet.authenticator)
         return Decision(_ACCESS_ACCEPT, profile + method_attributes if method_attributes else profile, method=method,
                         subscriber_id=subject.id)
 
@@ -788,36 +794,37 @@ class AuthEngine:
         if address is None:
             return self._reject(RejectReason.POOL_EXHAUSTED, claim.method, claim.subject, claim.failure)
         # The profile without an address is cached; the address (which varies) goes after it.
-        profile = self.profile(claim.subject, nas, None, claim.walled, packet.authenticator)
+        profile = self.profile(claim.subject, nas, claim.fixed_ipv6, claim.walled, packet.authenticator)
         framed_ip = _encode((Attr.FRAMED_IP_ADDRESS, IPv4Address(address).packed))
         return Decision(_ACCESS_ACCEPT, profile + framed_ip + claim.method_attributes, method=claim.method,
                         subscriber_id=claim.subject.id)
 
-    def _reserved_address(self, packet: Packet, subject: AuthSubject) -> str | None:
-        """A fixed address of the subscriber's reservations that this request's line matches."""
+    def _reserved_for_line(self, packet: Packet, subject: AuthSubject) -> Fixed | None:
+        """What the subscriber's reservation of this request's line fixes (address, IPv6)."""
         if not subject.addressed:  # the common case: nothing to match
             return None
         for kind, key in _line_keys(packet):
-            address = subject.addressed.get((str(kind), key))
-            if address is not None:
-                return address
+            fixed = subject.addressed.get((str(kind), key))
+            if fixed is not None:
+                return fixed
         return None
 
-    def profile(self, subject: AuthSubject, nas: Nas, address: str | None, walled: bool,
+    def profile(self, subject: AuthSubject, nas: Nas, fixed: Fixed | None, walled: bool,
                 request_authenticator: bytes, *, cache: bool = True) -> bytes:
-        """The subscriber's reply attributes for this NAS (cached unless something is hidden)."""
-        key = (nas.kind, walled, address)
+        """The subscriber's reply attributes for this NAS (cached unless something is hidden), with
+        what a reservation fixes for this login or line."""
+        key = (nas.kind, walled, fixed)
         cached = subject.reply_cache.get(key) if cache else None
         if cached is not None:
             return cached
-        items, cacheable = self._profile_items(subject, nas, address, walled)
+        items, cacheable = self._profile_items(subject, nas, fixed, walled)
         encoded = b"".join(item if isinstance(item, bytes) else item.encode(nas.secret, request_authenticator)
                            for item in items)
         if cacheable and cache:
             subject.reply_cache[key] = encoded
         return encoded
 
-    def _profile_items(self, subject: AuthSubject, nas: Nas, address: str | None, walled: bool, *,
+    def _profile_items(self, subject: AuthSubject, nas: Nas, fixed: Fixed | None, walled: bool, *,
                        session_attributes: bool = True) -> tuple[list[bytes | ReplyAttribute], bool]:
         """The profile's attributes, and whether they may be cached; ``session_attributes``:
         with Class and Acct-Interim-Interval, which a session gets once, at Access-Accept."""
@@ -828,9 +835,10 @@ class AuthEngine:
             items.append(_encode((Attr.CLASS, marker)))
             if self.settings.interim_interval:
                 items.append(_encode((Attr.ACCT_INTERIM_INTERVAL, u32(self.settings.interim_interval))))
+        address = fixed.address if fixed is not None else None
         if address is not None:
             items.append(_encode((Attr.FRAMED_IP_ADDRESS, IPv4Address(address).packed)))
-        if walled:
+        if walled:  # (IPv4 only, as DHCPv6 gives suspended subscribers nothing: the garden is on IPv4)
             items.extend(self.settings.walled_garden)
             return items, not any(a.hidden for a in self.settings.walled_garden)
         plan = subject.plan
@@ -861,6 +869,11 @@ class AuthEngine:
             items = [item for item in items if _attribute_key(item) not in replaced]
             items.extend(own)
             cacheable = cacheable and not any(a.hidden for a in own)
+        fixed_ipv6 = _fixed_ipv6(fixed) if fixed is not None else []
+        if fixed_ipv6:  # the reservation's, kept with DHCPv6's pools, over the plan's and the subscriber's own
+            replaced = {_attribute_key(item) for item in fixed_ipv6}
+            items = [item for item in items if _attribute_key(item) not in replaced]
+            items.extend(fixed_ipv6)
         return items, cacheable
 
     def _own_reply(self, subject: AuthSubject) -> list[ReplyAttribute]:
@@ -909,6 +922,19 @@ def _attribute_key(item: bytes | ReplyAttribute) -> tuple[int, int]:
     if item[0] == Attr.VENDOR_SPECIFIC and len(item) >= 7:
         return int.from_bytes(item[2:6], "big"), item[6]
     return 0, item[0]
+
+
+def _fixed_ipv6(fixed: Fixed) -> list[bytes]:
+    """Framed-IPv6-Address (RFC 6911 §3.1) and Delegated-IPv6-Prefix (RFC 4818: a reserved
+    octet, the length, and the prefix's significant octets) of a reservation."""
+    items = []
+    if fixed.address6 is not None:
+        items.append(_encode((Attr.FRAMED_IPV6_ADDRESS, IPv6Address(fixed.address6).packed)))
+    if fixed.prefix6 is not None:
+        network = IPv6Network(fixed.prefix6)
+        significant = network.network_address.packed[:(network.prefixlen + 7) // 8]
+        items.append(_encode((Attr.DELEGATED_IPV6_PREFIX, bytes((0, network.prefixlen)) + significant)))
+    return items
 
 
 def _encode(*attributes: tuple[int, bytes]) -> bytes:

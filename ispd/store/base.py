@@ -164,7 +164,8 @@ class Store(ABC):
         remote-id, or a RADIUS login) to a subscriber, with fixed addresses and a host name when
         given (else the pools decide): ``address`` IPv4, ``address6`` an IPv6 address (IA_NA) and
         ``prefix6`` a delegated prefix (IA_PD). The IPv6 ones only for the kinds a DHCPv6 server
-        matches (duid, circuit-id, remote-id); a duid reservation has no IPv4 address, and needs
+        matches (duid, circuit-id, remote-id) and a RADIUS login (username: Framed-IPv6-Address and
+        Delegated-IPv6-Prefix); a duid reservation has no IPv4 address, and needs
         neither IPv6 one (alone, it names the client's subscriber).
 
         ``key``, the addresses and ``hostname`` are checked and kept in their canonical forms

@@ -128,13 +128,17 @@ class ReservationKind(StrEnum):
     CLIENT_ID = "client-id"
     CIRCUIT_ID = "circuit-id"
     REMOTE_ID = "remote-id"
-    USERNAME = "username"  # a RADIUS User-Name: its address goes out as Framed-IP-Address
+    # A RADIUS User-Name: its address goes out as Framed-IP-Address, its IPv6 address and prefix
+    # as Framed-IPv6-Address and Delegated-IPv6-Prefix.
+    USERNAME = "username"
     DUID = "duid"  # a DHCPv6 client's DUID: IPv6 only (address6, prefix6), no IPv4 address
 
 
-# The kinds a DHCPv6 server can match (the relay's Interface-ID and Remote-ID, the client's DUID):
-# only they may hold a fixed IPv6 address or prefix.
-IPV6_RESERVATION_KINDS = frozenset({ReservationKind.CIRCUIT_ID, ReservationKind.REMOTE_ID, ReservationKind.DUID})
+# The kinds that may hold a fixed IPv6 address or prefix: those a DHCPv6 server can match (the
+# relay's Interface-ID and Remote-ID, the client's DUID), and a RADIUS login (a PPPoE session's
+# IPv6, which the NAS gives). DHCPv6's pools skip them all.
+IPV6_RESERVATION_KINDS = frozenset({ReservationKind.CIRCUIT_ID, ReservationKind.REMOTE_ID, ReservationKind.DUID,
+                                    ReservationKind.USERNAME})
 
 
 @dataclass(frozen=True, slots=True)

@@ -522,11 +522,12 @@ def _refuse_an_address_in_use(conn: sqlite3.Connection, address: str, subscriber
 def _refuse_the_wrong_family(kind: ReservationKind, address: str | None, address6: str | None,
                              prefix6: str | None) -> None:
     """A reservation's fixed addresses must be ones its kind's server can give: IPv4 from DHCPv4 or
-    RADIUS, IPv6 from DHCPv6, which matches only a DUID or the relay's Interface-ID and Remote-ID."""
+    RADIUS, IPv6 from RADIUS or DHCPv6, which matches only a DUID or the relay's Interface-ID and
+    Remote-ID."""
     if (address6 is not None or prefix6 is not None) and kind not in IPV6_RESERVATION_KINDS:
-        what = "a RADIUS login" if kind == ReservationKind.USERNAME else "a DHCPv4 client's"
-        raise InvalidValue(f"a {kind.value} reservation holds no IPv6 address or prefix ({kind.value} is {what} "
-                           "key): reserve them by the DHCPv6 client's DUID, or by its line's circuit-id or remote-id")
+        raise InvalidValue(f"a {kind.value} reservation holds no IPv6 address or prefix ({kind.value} is a DHCPv4 "
+                           "client's key): reserve them by the DHCPv6 client's DUID, by its line's circuit-id or "
+                           "remote-id, or by a RADIUS login")
     if address is not None and kind == ReservationKind.DUID:
         raise InvalidValue("a duid reservation holds no IPv4 address (a DUID is DHCPv6's): reserve the IPv4 "
                            "address by the client's MAC, client-id or line, or give address6 or prefix6")

@@ -534,6 +534,15 @@ def test_a_prefix_holding_a_reserved_one_is_not_handed_out() -> None:
     assert owner.leases[0].prefix == IPv6Network("2001:db8:100:10::/60")  # type: ignore[union-attr]
 
 
+def test_a_radius_login_s_reserved_prefix_and_address_are_skipped_by_the_pools() -> None:
+    """A PPPoE login's fixed IPv6 (the NAS gets it by RADIUS) is one IPAM with DHCPv6: no
+    DHCPv6 client gets it, nor a prefix holding it."""
+    eng = engine()
+    _reserve(eng, 1, ReservationKind.USERNAME, "acme@pppoe", prefix6="2001:db8:100::/56", address6="2001:db8:1::100")
+    assert reply_ias(bind(eng, ia_pd(2)))[0].leases[0].prefix == IPv6Network("2001:db8:100:100::/56")  # type: ignore[union-attr]
+    assert bind(eng, ia_na(1)).writes[0][0].prefix == "2001:db8:1::101/128"
+
+
 def test_a_binding_reserved_since_goes_to_its_owner_at_the_holder_s_next_renewal() -> None:
     eng = engine()
     bind(eng, ia_na(1))  # DUID_A has 2001:db8:1::100

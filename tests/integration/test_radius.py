@@ -125,6 +125,25 @@ def test_a_login_reservation_gives_a_fixed_address(radius: Radius) -> None:
     assert reply.code == "Access-Accept" and reply.first("Framed-IP-Address") == "198.18.7.7"
 
 
+def test_a_login_reservation_gives_a_fixed_ipv6_address_and_prefix_to_a_running_daemon(radius: Radius) -> None:
+    """A PPPoE business line's IPv6: reserved with the CLI while ispd runs, and in the next
+    Access-Accept as Framed-IPv6-Address and Delegated-IPv6-Prefix, as radtest reads them."""
+    radius.ispd.cli("reservation", "add", "bob", "--username", "bob@pppoe", "--address6", "2001:DB8:1::10",
+                    "--prefix6", "2001:db8:200::/48")
+
+    def accepted() -> Reply | None:
+        reply = radtest("bob@pppoe", "bob-pw", radius.auth, SECRET)
+        return reply if reply.code == "Access-Accept" else None
+
+    reply = eventually(accepted, timeout=10)  # once the daemon has heard of it
+    assert reply.first("Delegated-IPv6-Prefix") == "2001:db8:200::/48", reply.output
+    assert reply.first("Framed-IPv6-Address") == "2001:db8:1::10", reply.output
+    assert reply.first("Framed-IP-Address") is None  # (none reserved: the NAS's)
+    # bob's own username has none of it.
+    plain = radtest("bob", "bob-pw", radius.auth, SECRET)
+    assert plain.code == "Access-Accept" and plain.first("Delegated-IPv6-Prefix") is None, plain.output
+
+
 def test_a_subscriber_s_own_reply_attributes_reach_the_nas_over_its_plan_s(radius: Radius) -> None:
     """A business line: its routed block (Framed-Route) and its own prefix for its router, and a
     faster rate than its plan's, set with the CLI and in the next Access-Accept."""

@@ -223,6 +223,62 @@ def test_an_address_reserved_for_ones_own_username_goes_out() -> None:
     assert "198.18.7.8" not in world.directory.reserved and world.directory.find("bob") is None
 
 
+def test_a_logins_reserved_ipv6_goes_out_over_the_plans_and_its_own() -> None:
+    """A PPPoE login's fixed IPv6 address and prefix (one IPAM with DHCPv6) go out as
+    Framed-IPv6-Address and Delegated-IPv6-Prefix (RFC 4818: the prefix's significant octets
+    only), over a plan's or the subscriber's own attribute of the same kind."""
+    delegated = "Delegated-IPv6-Prefix = 2001:db8:999::/56"
+    world = World(ReplySettings(plans={"home": PlanReply(attributes=(reply_attribute(DICTIONARY, delegated),))}))
+    bob = replace(subscriber(2, "bob"), radius_reply=("Framed-IPv6-Address = 2001:db8:999::1",))
+    login = Reservation(3, 2, ReservationKind.USERNAME, "bob@pppoe", address6="2001:db8:1::10",
+                        prefix6="2001:db8:200::/48")
+    world.directory.replace(bob, StoredCredentials(cleartext="bob-pw", updated_at=1), [login], PLAN)
+    decision = world.engine.handle(pap("bob@pppoe", "bob-pw"), nas(), NOW)
+    assert decision.code == Code.ACCESS_ACCEPT and decision.subscriber_id == 2
+    replied = reply_attributes(decision.attributes)
+    assert [v for c, v in replied if c == Attr.FRAMED_IPV6_ADDRESS] == [bytes.fromhex("20010db8000100000000000000000010")]
+    assert [v for c, v in replied if c == Attr.DELEGATED_IPV6_PREFIX] == [bytes.fromhex("0030" "20010db80200")]
+    assert first(decision.attributes, Attr.FRAMED_IP_ADDRESS) is None  # (the NAS gives the IPv4 address)
+    # bob's username has nothing reserved: the plan's prefix and his own address, as before.
+    plain = world.engine.handle(pap("bob", "bob-pw"), nas(), NOW)
+    assert first(plain.attributes, Attr.DELEGATED_IPV6_PREFIX) == bytes.fromhex("0038" "20010db80999" "00")
+    assert first(plain.attributes, Attr.FRAMED_IPV6_ADDRESS) == bytes.fromhex("20010db8099900000000000000000001")
+
+
+def test_a_logins_reserved_ipv6_goes_with_a_pool_address_but_not_into_the_walled_garden() -> None:
+    world = World(ReplySettings(plans={"home": PlanReply(address_pool="pppoe")}, suspended=SuspendedAction.WALLED_GARDEN))
+    login = Reservation(3, 2, ReservationKind.USERNAME, "bob", prefix6="2001:db8:200::/48")
+    world.directory.replace(subscriber(2, "bob"), StoredCredentials(cleartext="bob-pw", updated_at=1), [login], PLAN)
+    packet = pap("bob", "bob-pw")
+    decision = world.engine.handle(packet, nas(), NOW)
+    assert decision.claim is not None  # no IPv4 address reserved: the pool's
+    accepted = world.engine.finish_claim(packet, nas(), decision.claim, "198.18.8.9")
+    assert first(accepted.attributes, Attr.FRAMED_IP_ADDRESS) == bytes((198, 18, 8, 9))
+    assert first(accepted.attributes, Attr.DELEGATED_IPV6_PREFIX) == bytes.fromhex("0030" "20010db80200")
+    # Suspended into the walled garden: IPv4 only, as DHCPv6 gives a suspended subscriber nothing.
+    world.directory.replace(subscriber(2, "bob", SubscriberStatus.SUSPENDED),
+                            StoredCredentials(cleartext="bob-pw", updated_at=1), [login], PLAN)
+    walled = world.engine.handle(packet, nas(), NOW)
+    assert walled.claim is not None and walled.claim.walled
+    garden = world.engine.finish_claim(packet, nas(), walled.claim, "198.18.8.9")
+    assert garden.code == Code.ACCESS_ACCEPT and first(garden.attributes, Attr.DELEGATED_IPV6_PREFIX) is None
+
+
+def test_a_lines_reserved_prefix_goes_to_a_login_on_that_line() -> None:
+    """A circuit-id reservation's prefix (a business line's /48, which DHCPv6 relayed by that
+    line also gives) goes to a RADIUS session on the line, NAS-Port-Id naming it."""
+    world = World()
+    line = Reservation(3, 2, ReservationKind.CIRCUIT_ID, "bng1 ge-0/0/1:100", prefix6="2001:db8:200::/48")
+    world.directory.replace(subscriber(2, "bob"), StoredCredentials(cleartext="bob-pw", updated_at=1), [line], PLAN)
+    authenticator = os.urandom(16)
+    on_line = access_request([(Attr.USER_NAME, b"bob"), (Attr.NAS_PORT_ID, b"bng1 ge-0/0/1:100"),
+                              (Attr.USER_PASSWORD, hide_password(b"bob-pw", SECRET, authenticator))],
+                             authenticator=authenticator)
+    decision = world.engine.handle(on_line, nas(), NOW)
+    assert first(decision.attributes, Attr.DELEGATED_IPV6_PREFIX) == bytes.fromhex("0030" "20010db80200")
+    assert first(world.engine.handle(pap("bob", "bob-pw"), nas(), NOW).attributes, Attr.DELEGATED_IPV6_PREFIX) is None
+
+
 def test_a_mac_reservation_gives_the_address_to_the_line_it_matches() -> None:
     world = World()
     authenticator = os.urandom(16)

@@ -54,7 +54,6 @@ async def test_ipv6_reservations_round_trip_in_canonical_form(store: Store, cloc
         ("mac", "02:00:5e:10:00:01", {"address6": "2001:db8::1"},
          "a mac reservation holds no IPv6 address or prefix (mac is a DHCPv4 client's key)"),
         ("client-id", "0102005e100001", {"prefix6": "2001:db8:200::/48"}, "a client-id reservation holds no IPv6"),
-        ("username", "alice", {"prefix6": "2001:db8:200::/48"}, "(username is a RADIUS login key)"),
         ("duid", DUID, {"address6": "2001:db8::/64"}, "give one IPv6 address here; a delegated prefix is"),
         ("duid", DUID, {"address6": "198.18.0.10"}, "'198.18.0.10' is not an IPv6 address"),
         ("duid", DUID, {"address6": "fe80::1"}, "fe80::1 is link-local"),
@@ -81,6 +80,24 @@ async def test_ipv6_values_that_cannot_be_reserved_are_invalid(store: Store, kin
     with pytest.raises(InvalidValue, match=re.escape(message)):
         await store.add_reservation("alice", kind, key, actor="t", **fields)  # type: ignore[arg-type]
     assert await store.list_reservations() == [] and await store.last_audit_id() == before
+
+
+async def test_a_radius_login_holds_ipv6_in_the_same_space_as_dhcpv6(store: Store) -> None:
+    """A PPPoE login's fixed IPv6 (RADIUS Framed-IPv6-Address, Delegated-IPv6-Prefix) is one IPAM
+    with DHCPv6's: a DUID or line cannot take it, nor the login a DUID's."""
+    await store.add_subscriber("acme", actor="t")
+    await store.add_subscriber("bob", actor="t")
+    login = await store.add_reservation("acme", ReservationKind.USERNAME, "acme@pppoe", actor="t",
+                                        address="198.18.0.10", address6="2001:DB8:1::10", prefix6="2001:db8:200::/48")
+    assert (login.address, login.address6, login.prefix6) == ("198.18.0.10", "2001:db8:1::10", "2001:db8:200::/48")
+    with pytest.raises(Conflict, match=re.escape(f"overlaps 2001:db8:200::/48, reserved for acme (username "
+                                                 f"acme@pppoe, reservation #{login.id})")):
+        await store.add_reservation("bob", ReservationKind.DUID, DUID, actor="t", prefix6="2001:db8:200:100::/56")
+    by_duid = await store.add_reservation("bob", ReservationKind.DUID, DUID, actor="t", prefix6="2001:db8:300::/48")
+    with pytest.raises(Conflict, match=re.escape(f"is already reserved for bob (duid {DUID}, reservation "
+                                                 f"#{by_duid.id})")):
+        await store.add_reservation("bob", ReservationKind.USERNAME, "bob@pppoe", actor="t",
+                                    prefix6="2001:db8:300::/48")
 
 
 async def test_a_taken_duid_address6_or_prefix6_is_a_conflict_naming_its_holder(store: Store) -> None:
