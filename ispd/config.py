@@ -319,6 +319,7 @@ def _resolve_relative_paths(config: Config, base: Path) -> Config:
         "dkim": [key.model_copy(update={"private_key": anchored(key.private_key)}) for key in mail.dkim],
         "certificate": anchored(mail.certificate) if mail.certificate is not None else None,
         "private_key": anchored(mail.private_key) if mail.private_key is not None else None,
+        "srs_secret_file": anchored(mail.srs_secret_file) if mail.srs_secret_file is not None else None,
     })})
     return config
 

@@ -150,9 +150,28 @@ class MailConfig(Section):
     # Clients never looked up (the ISP's own relays, its monitoring).
     dnsbl_exempt: list[IPNetwork] = []
 
+    # Mail an alias forwards elsewhere goes out with its envelope sender rewritten (SRS, as
+    # postsrsd does for Postfix: SRS0=HHHH=TT=example.com=bob@<srs_domain>), so that the
+    # target's SPF check passes; a bounce to that address comes back to the MX, is checked, and
+    # goes on to the original sender. Senders at our own domains, and the null sender, stay.
+    srs: bool = True
+    # The domain of the rewritten senders: one of `domains`, whose MX is this server and whose SPF
+    # record allows its outbound addresses. Default: the first of `domains`.
+    srs_domain: MailDomain | None = None
+    # One secret per line: the first signs, every line verifies (to rotate, add a new first line;
+    # drop the old one after srs_max_age_days). Made with a random secret when missing. Nodes that
+    # share the MX need the same file. Default: srs.secret beside queue_directory.
+    srs_secret_file: Path | None = None
+    # Bounces to a rewritten sender older than this are refused (libsrs2's default: 21 days).
+    srs_max_age_days: int = Field(default=21, ge=1, le=365)
+
     @property
     def server_name(self) -> str:
         return self.hostname or socket.getfqdn()
+
+    @property
+    def srs_secrets_path(self) -> Path:
+        return self.srs_secret_file or self.queue_directory.parent / "srs.secret"
 
     @model_validator(mode="after")
     def _consistent(self) -> MailConfig:
@@ -180,4 +199,7 @@ class MailConfig(Section):
             raise ValueError("retry_max_seconds is less than retry_initial_seconds")
         if self.postmaster is not None and self.postmaster.rpartition("@")[2] not in self.domains:
             raise ValueError(f"postmaster: {self.postmaster} is not at one of the domains")
+        if self.srs_domain is not None and self.srs_domain not in self.domains:
+            raise ValueError(f"srs_domain: {self.srs_domain} is not one of the domains (bounces to the rewritten "
+                             "senders must reach this MX)")
         return self

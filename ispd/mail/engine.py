@@ -61,7 +61,7 @@ class SMTPRefusal(Exception):
 # Closed set: the label values of rejected recipients and messages.
 REFUSAL_REASONS = ("relay_denied", "unknown_recipient", "mailbox_disabled", "over_quota", "too_many_recipients",
                    "too_large", "line_too_long", "bad_address", "local_error", "sender_not_owned", "sender_suspended",
-                   "rate_limited", "dmarc_reject", "dnsbl", "mail_loop")
+                   "rate_limited", "dmarc_reject", "dnsbl", "mail_loop", "bad_srs")
 
 
 def with_enhanced_code(line: str) -> str:

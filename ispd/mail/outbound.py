@@ -254,8 +254,11 @@ async def _send_message(client: aiosmtplib.SMTP, message: bytes, seconds: float)
 
 class QueueRunner:
     def __init__(self, config: MailConfig, store: Store, spool: Spool, executor: Executor,
-                 deliver_locally: LocalDelivery, clock: Callable[[], float]) -> None:
+                 deliver_locally: LocalDelivery, clock: Callable[[], float], *,
+                 return_path: Callable[[str], str] = str) -> None:
+        """``return_path``: where a bounce to a message's sender goes (SRS undone for a forwarded one)."""
         self.config = config
+        self.return_path = return_path
         self.store = store
         self.spool = spool
         self.executor = executor
@@ -457,6 +460,7 @@ class QueueRunner:
         """A delivery status notification to ``sender`` for the ``failed`` recipients of the
         message ``queue_id``: into the sender's mailbox when it is local, else queued."""
         self.bounces += 1
+        sender = self.return_path(sender)
         bounce = bounce_message(reporting_host=self.server_name, sender=sender, original=message,
                                 queue_id=queue_id, arrived_at=arrived_at, failed=failed, now=self.clock())
         if await self.deliver_locally(sender, bounce):

@@ -69,6 +69,7 @@ from ispd.mail.outbound import QueueRunner
 from ispd.mail.queue import Outcome, Verdict
 from ispd.mail.smtp import Identity, MailEnvelope, MXHandler, SMTPSession, SubmissionHandler
 from ispd.mail.spool import Spool
+from ispd.mail.srs import SenderRewriter, SRSError, is_srs, load_secrets
 from ispd.service import Health, Service, ServiceContext, ServiceStartError
 from ispd.store import InvalidValue, NotFound, StoreError
 from ispd.store.models import MailAlias, MailRecipient, SubscriberStatus, SuspendedMail
@@ -118,6 +119,22 @@ def check_files(config: MailConfig) -> list[str]:
     return problems
 
 
+def sender_rewriter(config: MailConfig) -> SenderRewriter | None:
+    """SRS for forwarded mail, its secrets read (or made) now; None when it is off."""
+    if not config.srs or not config.domains:
+        return None
+    path = config.srs_secrets_path
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        secrets_found = load_secrets(path)
+    except OSError as exc:
+        raise ServiceStartError(f"mail: srs: cannot read or make the secret file {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ServiceStartError(f"mail: srs: {exc}") from None
+    return SenderRewriter(secrets_found, config.srs_domain or config.domains[0], config.domains,
+                          max_age_days=config.srs_max_age_days)
+
+
 def signing_keys(config: MailConfig) -> dict[str, SigningKey]:
     try:
         return {k.domain: load_signing_key(k.domain, k.selector, k.private_key) for k in config.dkim}
@@ -159,8 +176,9 @@ class MailService(Service):
         self.auth_dns = AuthDNS(self.config.resolver)
         self.blocklists = Blocklists([], [], None, self.metrics.dnsbl_lookups.inc)  # (start sets the lists)
         self.signing: dict[str, SigningKey] = {}
+        self.srs: SenderRewriter | None = None
         self.queue = QueueRunner(self.config, context.store, Spool(self.config.queue_directory), self._executor,
-                                 self.deliver_bounce, context.clock)
+                                 self.deliver_bounce, context.clock, return_path=self._return_path)
         self._queue_task: asyncio.Task[None] | None = None
 
     def _blocklists(self, config: MailConfig) -> Blocklists:
@@ -189,6 +207,7 @@ class MailService(Service):
         self.tls_context = self._tls(self.config)
         self.signing = signing_keys(self.config)
         self.blocklists = self._blocklists(self.config)
+        self.srs = sender_rewriter(self.config)
         self.auth_dns.use_for_spf()
         for directory, what in ((self.config.maildir_root, "Maildir root"),
                                 (self.config.queue_directory, "queue directory")):
@@ -450,8 +469,10 @@ class MailService(Service):
             assert new.mail.certificate is not None and new.mail.private_key is not None
             self.tls_context.load_cert_chain(new.mail.certificate, new.mail.private_key)
             tls_context = self.tls_context
+        srs = sender_rewriter(new.mail)  # (the secret file again: a rotation takes effect here)
         self.signing = signing_keys(new.mail)
         self.blocklists = blocklists
+        self.srs = srs
         if old.mail.resolver != new.mail.resolver:
             self.auth_dns = AuthDNS(new.mail.resolver)
             self.auth_dns.use_for_spf()
@@ -505,6 +526,13 @@ class MailService(Service):
 
     async def accept_recipient(self, address: str, envelope: MailEnvelope) -> None:
         route = self.policy.route(address, len(envelope.rcpt_tos))
+        if self.srs is not None and is_srs(address.rpartition("@")[0]):
+            original = self._undo_srs(address)
+            if original is not None:
+                if original.rpartition("@")[2].lower().removesuffix(".") not in self.policy.domains:
+                    envelope.add_remote(original)  # a bounce of mail we forwarded: to its sender
+                    return
+                address, route = original, self.policy.route(original, len(envelope.rcpt_tos))
         # Candidate by candidate, a mailbox or an alias at each: the address as written comes
         # before its base (without the subaddress) and the configured postmaster, so an alias
         # at postmaster@ (or at info-sales@ with "-" as the delimiter) is not passed over for
@@ -522,6 +550,26 @@ class MailService(Service):
                 await self._accept_alias(address, *found, envelope)
                 return
         raise self.policy.unknown(address)
+
+    def _undo_srs(self, address: str) -> str | None:
+        """Where mail to one of our SRS addresses goes; a forged or expired one is refused, so
+        that nobody relays through the MX by making one up."""
+        assert self.srs is not None
+        try:
+            return self.srs.reverse(address, self.context.clock())
+        except SRSError as exc:
+            log.info("mail.srs.refused", recipient=address[:256], reason=str(exc))
+            raise SMTPRefusal(Reply(550, "5.1.1", f"Invalid SRS address: {exc}"), "bad_srs") from None
+
+    def _return_path(self, sender: str) -> str:
+        """Where our own bounce of a queued message goes: for a forwarded one, its original sender
+        (its signature is ours; its age does not matter, a queued message may be older)."""
+        if self.srs is None or not is_srs(sender.rpartition("@")[0]):
+            return sender
+        try:
+            return self.srs.reverse(sender, self.context.clock(), check_age=False) or sender
+        except SRSError:  # signed with a secret since removed: the address itself, as written
+            return sender
 
     async def _find_alias(self, address: str) -> tuple[MailAlias, SubscriberStatus] | None:
         try:
@@ -742,8 +790,11 @@ class MailService(Service):
     async def _forward(self, session: SMTPSession, smtp_session: Session, envelope: MailEnvelope, queue_id: str,
                        content: bytes) -> Reply | None:
         """Queue the message for an alias's addresses elsewhere, the sender kept (its bounces
-        go back to it); a Reply if it could not be queued (nothing is delivered then)."""
+        go back to it), rewritten by SRS when that is on; a Reply if it could not be queued
+        (nothing is delivered then)."""
         sender = "" if envelope.mail_from in (None, "<>") else envelope.mail_from or ""
+        if self.srs is not None and sender:
+            sender = self.srs.forward(sender, self.context.clock())
         received = trace_headers(
             return_path=None, helo=smtp_session.host_name or "", client_ip=session.client,
             server_name=session.hostname, protocol=self._protocol(session, envelope), queue_id=queue_id,

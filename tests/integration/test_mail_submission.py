@@ -487,7 +487,7 @@ def test_a_client_a_blocklist_lists_is_refused_but_may_write_to_postmaster(lab: 
 def test_an_alias_reaches_its_mailboxes_and_forwards_elsewhere_with_the_sender_kept(lab: Lab) -> None:
     """info@ for two of our mailboxes and someone at another domain, as Postfix's virtual
     aliases: one message, a copy in each mailbox, one queued for the other domain from the
-    original sender (whose bounces it is)."""
+    original sender (whose bounces it is), signed into an SRS address of ours."""
     ispd = lab.ispd
     out = ispd.cli("mailbox", "alias", "add", "alice", f"info@{DOMAIN}", f"alice@{DOMAIN}", f"bob@{DOMAIN}",
                    f"hank@{REMOTE}").stdout
@@ -505,7 +505,8 @@ def test_an_alias_reaches_its_mailboxes_and_forwards_elsewhere_with_the_sender_k
     # (hank@ had mail from earlier tests: wait for this one, not for any.)
     senders = eventually(lambda: [s for s, rcpts, data in lab.remote.received
                                   if f"hank@{REMOTE}" in rcpts and b"Subject: to the alias" in data], timeout=15)
-    assert senders == ["y@example-b.example"]
+    assert len(senders) == 1 and re.fullmatch(r"SRS0=[^=]{4}=[A-Z2-7]{2}=example-b\.example=y@isp\.example",
+                                               senders[0]), senders
     # What an alias cannot be, each said.
     for args, says in ((("alice", f"alice@{DOMAIN}", f"bob@{DOMAIN}"), "is a mailbox"),
                        (("alice", f"info@{DOMAIN}", f"bob@{DOMAIN}"), "is an alias"),
@@ -529,6 +530,40 @@ def test_an_alias_reaches_its_mailboxes_and_forwards_elsewhere_with_the_sender_k
         client.ehlo("mail.example-b.example")
         client.mail("y@example-b.example")
         assert client.rcpt(f"info@{DOMAIN}")[0] == 550
+
+
+def test_forwarded_mail_passes_spf_by_srs_and_its_bounces_find_the_sender(lab: Lab) -> None:
+    """An alias forwarding elsewhere: the message leaves with an SRS sender of ours (what
+    postsrsd gives Postfix), so the target's SPF check is against our own domain. The target's
+    bounce to that address comes back to our MX and goes on to the original sender; so does our
+    own queue's bounce of a target that refuses; a made-up SRS address is refused."""
+    ispd, sender = lab.ispd, f"zed@{REMOTE}"
+    ispd.cli("mailbox", "alias", "add", "alice", f"fwd@{DOMAIN}", f"hank@{REMOTE}", f"refuse@{REMOTE}")
+    try:
+        with smtplib.SMTP("127.0.0.1", lab.mx, timeout=15) as client:
+            client.ehlo("mail.relay.example-a.test")
+            client.sendmail(sender, [f"fwd@{DOMAIN}"], b"From: y@example-b.example\r\nSubject: srs\r\n\r\nx\r\n")
+        [srs] = eventually(lambda: [s for s, rcpts, data in lab.remote.received
+                                    if f"hank@{REMOTE}" in rcpts and b"Subject: srs" in data], timeout=15)
+        assert srs.startswith("SRS0=") and srs.endswith(f"=relay.example-a.test=zed@{DOMAIN}"), srs
+        # refuse@ said 550 at RCPT: our queue's bounce goes to zed@, not to the SRS address.
+        dsn = eventually(lambda: [data for s, rcpts, data in lab.remote.received
+                                  if s == "<>" and rcpts == [sender] and b"refuse@" in data], timeout=15)
+        assert b"delivery-status" in dsn[0]
+        # The target's own bounce, as a remote MX sends it: to the SRS address, from <>.
+        with smtplib.SMTP("127.0.0.1", lab.mx, timeout=15) as client:
+            client.ehlo("mx.relay.example-a.test")
+            client.sendmail("", [srs], b"From: MAILER-DAEMON@example-b.example\r\nSubject: their bounce\r\n\r\nx\r\n")
+            client.mail("")
+            forged = srs[:5] + ("AAAA" if srs[5:9] != "AAAA" else "BBBB") + srs[9:]
+            code, text = client.rcpt(forged)
+            assert (code, text.split()[0]) == (550, b"5.1.1") and b"signature is wrong" in text, text
+        back = eventually(lambda: [s for s, rcpts, data in lab.remote.received
+                                   if rcpts == [sender] and b"Subject: their bounce" in data], timeout=15)
+        assert back == ["<>"]  # the null sender kept: a bounce is never bounced
+        assert lab.ispd.metric_value("ispd_mail_refusals_total", {"reason": "bad_srs"}) == 1
+    finally:
+        ispd.cli("mailbox", "alias", "delete", f"fwd@{DOMAIN}")
 
 
 def test_a_message_that_went_round_too_often_is_refused_as_a_loop(lab: Lab) -> None:

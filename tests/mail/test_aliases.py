@@ -32,6 +32,7 @@ def _service(store: Store, tmp_path: Path, delimiter: str = "+") -> MailService:
     service.policy = MXPolicy([DOMAIN], recipient_delimiter=delimiter, postmaster=f"bob@{DOMAIN}")
     service.context = SimpleNamespace(store=store)  # type: ignore[assignment]
     service.config = SimpleNamespace(maildir_root=tmp_path)  # type: ignore[assignment]
+    service.srs = None
     return service
 
 

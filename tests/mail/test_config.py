@@ -45,9 +45,18 @@ def test_relative_paths_are_taken_from_the_config_files_directory(tmp_path: Path
     ('domains = ["isp.example"]\n[[mail.dkim]]\ndomain = "other.example"\nselector = "s1"\nprivate_key = "k.pem"',
      "dkim: other.example is not one of the domains"),
     ('dmarc_enforcement = "always"', "dmarc_enforcement"),
+    ('domains = ["isp.example"]\nsrs_domain = "other.example"', "srs_domain: other.example is not one of the domains"),
+    ("srs_max_age_days = 0", "srs_max_age_days"),
 ])
 def test_mistakes_are_named(tmp_path: Path, text: str, message: str) -> None:
     assert message in error_of(write(tmp_path, f"[mail]\n{text}\n"))
+
+
+def test_the_srs_secret_lives_beside_the_queue_unless_named(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, '[mail]\nqueue_directory = "spool/queue"\n')).mail
+    assert config.srs and config.srs_domain is None and config.srs_secrets_path == tmp_path / "spool" / "srs.secret"
+    named = load_config(write(tmp_path, '[mail]\nsrs_secret_file = "keys/srs"\n')).mail
+    assert named.srs_secrets_path == tmp_path / "keys" / "srs"
 
 
 def test_check_config_reads_the_certificate(tmp_path: Path) -> None:

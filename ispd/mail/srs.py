@@ -1,0 +1,157 @@
+"""The Sender Rewriting Scheme (SRS): forwarded mail that still passes SPF, and its bounces.
+
+An alias of ours that forwards to an address elsewhere sends the message on from our address. If
+the envelope sender stayed the original one (bob@example.com), the target checks SPF for
+example.com against our address and fails it: Gmail and most large providers then refuse or junk
+it. So, as Postfix does with postsrsd, a forwarded message's sender becomes an address of ours
+that carries the original one and a signature:
+
+    SRS0=HHHH=TT=example.com=bob@isp.example
+
+TT is the day (two base32 characters, days since the epoch modulo 1024), HHHH the first four
+base64 characters of HMAC-SHA1 over the lowercased TT, domain and local part, keyed with the
+first of our secrets. A bounce to that address comes to our MX, which checks the signature with
+each secret (so a secret can be rotated: a new first line signs, the old ones still verify) and
+the age (``max_age_days``), and sends the bounce on to bob@example.com; a forged or expired one
+is refused, so the MX is no open relay for bounces.
+
+A sender that is already an SRS address of another forwarder is not wrapped again (SRS1): its
+bounce goes straight back to that forwarder, which holds the original.
+
+    SRS0=HHHH=TT=example.com=bob@fwd.example  ->  SRS1=HHHH=fwd.example==HHHH=TT=example.com=bob@isp.example
+
+Unchanged: the null sender, and a sender at one of our own domains (SPF passes for those from
+here already). The scheme is libsrs2's (Shevek's SRS), with RFC 4648's base64 alphabet; the
+signature is compared without regard to case, as some MTAs fold a local part's case.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import os
+import re
+import secrets as random_secrets
+from collections.abc import Collection, Sequence
+from pathlib import Path
+
+TIME_PRECISION = 86400  # one TT per day
+_TIME_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+_TIME_SLOTS = 1024  # two base32 characters
+HASH_LENGTH = 4
+# SRS0 and SRS1 local parts; libsrs2 accepts "=", "-" and "+" after the tag, "=" between fields.
+_SRS0 = re.compile(r"^SRS0[=+-]([^=]+)=([^=]+)=([^=]+)=(.+)$", re.IGNORECASE)
+# SRS1's last field keeps the separator that followed the first forwarder's "SRS0".
+_SRS1 = re.compile(r"^SRS1[=+-]([^=]+)=([^=]+)=([=+-].+)$", re.IGNORECASE)
+_TAG = re.compile(r"^SRS[01][=+-]", re.IGNORECASE)
+
+
+class SRSError(ValueError):
+    """An SRS address that cannot be undone: forged, damaged or too old (its text says which)."""
+
+
+def is_srs(local_part: str) -> bool:
+    return _TAG.match(local_part) is not None
+
+
+class SenderRewriter:
+    """Signs forwarded senders into addresses at ``domain`` and undoes them.
+
+    ``secrets``: the first signs, all verify. ``local_domains``: senders at these stay as they are."""
+
+    def __init__(self, secrets: Sequence[bytes], domain: str, local_domains: Collection[str], *,
+                 max_age_days: int = 21) -> None:
+        if not secrets:
+            raise ValueError("SRS needs at least one secret")
+        self.secrets = list(secrets)
+        self.domain = domain.lower()
+        self.local_domains = frozenset(d.lower() for d in local_domains)
+        self.max_age_days = max_age_days
+
+    def forward(self, sender: str, now: float) -> str:
+        """The envelope sender a message forwarded elsewhere goes out with."""
+        local, at, domain = sender.rpartition("@")
+        if not at or not local or not domain or domain.lower() in self.local_domains:
+            return sender
+        if (srs1 := _SRS1.match(local)) is not None:  # someone's SRS1: re-signed, the first forwarder kept
+            _, first_forwarder, rest = srs1.groups()
+            return self._srs1(first_forwarder, rest)
+        if _SRS0.match(local) is not None:  # another forwarder's SRS0: it holds the original
+            return self._srs1(domain, local[4:])
+        stamp = _timestamp(now)
+        return f"SRS0={self._hash(0, stamp, domain, local)}={stamp}={domain}={local}@{self.domain}"
+
+    def _srs1(self, forwarder: str, rest: str) -> str:
+        # ``rest`` keeps its leading separator: SRS1=HHHH=fwd.example==HHHH=TT=domain=local.
+        return f"SRS1={self._hash(0, forwarder, rest)}={forwarder}={rest}@{self.domain}"
+
+    def reverse(self, address: str, now: float, *, check_age: bool = True) -> str | None:
+        """Where a bounce to ``address`` goes: None if it is no SRS address of ours; ``SRSError``
+        if it is one that fails its signature or (``check_age``) is older than max_age_days."""
+        local, at, domain = address.rpartition("@")
+        if not at or domain.lower().removesuffix(".") != self.domain or not is_srs(local):
+            return None
+        if (srs0 := _SRS0.match(local)) is not None:
+            given, stamp, original_domain, original_local = srs0.groups()
+            if len(stamp) != 2 or any(c not in _TIME_ALPHABET for c in stamp.upper()):
+                raise SRSError("its timestamp is damaged")
+            self._verify(given, stamp, original_domain, original_local)
+            if check_age and _age_days(stamp.upper(), now) > self.max_age_days:
+                raise SRSError(f"it is older than {self.max_age_days} days")
+            return f"{original_local}@{original_domain}"
+        if (srs1 := _SRS1.match(local)) is not None:
+            given, forwarder, rest = srs1.groups()
+            self._verify(given, forwarder, rest)
+            return f"SRS0{rest}@{forwarder}"
+        raise SRSError("it is no SRS0 or SRS1 address")
+
+    def _verify(self, given: str, *fields: str) -> None:
+        if len(given) != HASH_LENGTH:
+            raise SRSError("its signature is damaged")
+        for index in range(len(self.secrets)):
+            if hmac.compare_digest(self._hash(index, *fields).lower(), given.lower()):
+                return
+        raise SRSError("its signature is wrong")
+
+    def _hash(self, secret_index: int, *fields: str) -> str:
+        mac = hmac.new(self.secrets[secret_index], digestmod=hashlib.sha1)
+        for text in fields:
+            mac.update(text.lower().encode("utf-8", "surrogateescape"))
+        return base64.b64encode(mac.digest()).decode()[:HASH_LENGTH]
+
+
+def _timestamp(now: float) -> str:
+    day = int(now // TIME_PRECISION) % _TIME_SLOTS
+    return _TIME_ALPHABET[day >> 5] + _TIME_ALPHABET[day & 31]
+
+
+def _age_days(stamp: str, now: float) -> int:
+    then = (_TIME_ALPHABET.index(stamp[0]) << 5) | _TIME_ALPHABET.index(stamp[1])
+    return (int(now // TIME_PRECISION) - then) % _TIME_SLOTS
+
+
+def load_secrets(path: Path) -> list[bytes]:
+    """The secrets in ``path``, one per line (blank lines and ``#`` comments skipped), the
+    signing one first; a missing file is made, mode 0600, with one random secret, as postsrsd's
+    package does. Raises ``OSError`` or ``ValueError`` (a file with no secret in it)."""
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        secret = base64.b64encode(random_secrets.token_bytes(24))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, secret + b"\n")
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
+        os.close(fd)
+        return [secret]
+    found = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(b"#")]
+    if not found:
+        raise ValueError(f"{path} holds no secret (one per line; the first signs)")
+    return found
