@@ -39,6 +39,16 @@ def netlab() -> Iterator[Lab]:
         yield built
 
 
+def dns_base() -> str:
+    """The first two octets of this test process's DNS hierarchy: $ISPD_TEST_DNS_BASE (e.g.
+    "127.56", so that two test runs at once do not collide on port 53) or 127.53, moved up by
+    one for each pytest-xdist worker after the first (gw1: 127.54), each with its own."""
+    first, second = os.environ.get("ISPD_TEST_DNS_BASE", DEFAULT_BASE).split(".")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    offset = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    return f"{first}.{int(second) + offset}"
+
+
 @pytest.fixture(scope="session")
 def dns_hierarchy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DNSHierarchy]:
     """The lab's DNS hierarchy (tests/lab/dnshier.py: NSD servers from the root down, on port 53
@@ -55,7 +65,5 @@ def dns_hierarchy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DNSHiera
     missing = [tool for tool in ("nsd", "dig") if shutil.which(tool) is None]
     if missing:
         pytest.skip(f"{', '.join(missing)} not installed (tools/setup --test installs them)")
-    # ISPD_TEST_DNS_BASE="127.56": another base, so two test runs at once do not collide on port 53
-    base = os.environ.get("ISPD_TEST_DNS_BASE", DEFAULT_BASE)
-    with DNSHierarchy(base, workdir=tmp_path_factory.mktemp("dnshier")) as hierarchy:
+    with DNSHierarchy(dns_base(), workdir=tmp_path_factory.mktemp("dnshier")) as hierarchy:
         yield hierarchy
