@@ -35,7 +35,8 @@ Preference when configured.
 
 A subscriber owns a binding when a reservation matches: the client's DUID, else its line (the
 Interface-ID of the relay closest to the client as a circuit-id, the Remote-ID, RFC 4649,
-without its enterprise number, as a remote-id). A reservation's fixed address (address6) and
+without its enterprise number, as a remote-id); a fixed address or prefix the DUID's reservation
+lacks comes from the line's, the same subscriber's. A reservation's fixed address (address6) and
 prefix (prefix6) go to its client whether they lie in a pool or not, and to no one else: a
 pool's walk skips them and any prefix that holds one (also a RADIUS login's, which its NAS gives
 by Framed-IPv6-Address and Delegated-IPv6-Prefix); a client that had one, or a part of one,
@@ -589,20 +590,34 @@ class _Request:
         remote_id = closest.remote_id if closest is not None else None
         self.interface_id = opaque_text(interface_id) if interface_id else None
         self.remote_id = opaque_text(remote_id[4:]) if remote_id is not None and len(remote_id) > 4 else None
-        self.reservation = self._reservation()
-        self.subscriber_id = self.reservation.subscriber_id if self.reservation is not None else None
+        self.reservations = self._reservations()
+        self.subscriber_id = self.reservations[0].subscriber_id if self.reservations else None
         self.outcome = Outcome6()
         self.ias_answered = {Lease6Kind.ADDRESS: 0, Lease6Kind.PREFIX: 0}
 
-    def _reservation(self) -> Reservation | None:
-        """The client's reservation: its DUID's (a device), else its line's (Interface-ID, then
-        Remote-ID of the relay closest to it)."""
+    def _reservations(self) -> list[Reservation]:
+        """The client's reservations, the first naming its subscriber: its DUID's (a device), then
+        its line's (Interface-ID, then Remote-ID of the relay closest to it)."""
+        found = []
         for kind, key in ((ReservationKind.DUID, self.duid or None), (ReservationKind.CIRCUIT_ID, self.interface_id),
                           (ReservationKind.REMOTE_ID, self.remote_id)):
             if key is not None:
                 reservation = self.engine.reservations.get((str(kind), key))
                 if reservation is not None:
-                    return reservation
+                    found.append(reservation)
+        return found
+
+    def _reserved(self, kind: Lease6Kind) -> tuple[str, Reservation] | None:
+        """The fixed address or prefix of this kind of the first of the client's reservations
+        that has one, the subscriber's own: a device reserved by its DUID for its host name
+        still gets its line's /48."""
+        for reservation in self.reservations:
+            if reservation.subscriber_id != self.subscriber_id:
+                continue
+            fixed = reservation.prefix6 if kind is Lease6Kind.PREFIX else (
+                f"{reservation.address6}/128" if reservation.address6 else None)
+            if fixed is not None:
+                return fixed, reservation
         return None
 
     @property
@@ -709,11 +724,11 @@ class _Request:
         return encode_ia(IA(ia.code, ia.iaid, self.t1, self.t2, tuple(given)))
 
     def _choose(self, ia: IA, key: IAKey, kind: Lease6Kind) -> str | None:
-        engine, now, reservation = self.engine, self.now, self.reservation
-        if reservation is not None:  # the reserved address or prefix, in a pool or not (Kea's too)
-            fixed = reservation.prefix6 if kind is Lease6Kind.PREFIX else (
-                f"{reservation.address6}/128" if reservation.address6 else None)
-            if fixed is not None and engine.free_for(fixed, key, now, reservation.id, reservation.subscriber_id) \
+        engine, now = self.engine, self.now
+        reserved = self._reserved(kind)
+        if reserved is not None:  # the reserved address or prefix, in a pool or not (Kea's too)
+            fixed, reservation = reserved
+            if engine.free_for(fixed, key, now, reservation.id, reservation.subscriber_id) \
                     and not engine.overlaps_another_s(fixed, key, now, reservation.subscriber_id):
                 return fixed
             # (held, or a part of it or a prefix around it, by a client that had it before the

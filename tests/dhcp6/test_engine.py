@@ -523,6 +523,23 @@ def test_a_line_s_static_prefix_and_a_device_s_static_address() -> None:
     assert device.writes[0][0].prefix == "2001:db8:1::100/128" and device.writes[0][0].subscriber_id == 43
 
 
+def test_a_device_reserved_by_its_duid_still_gets_its_line_s_prefix() -> None:
+    """A DUID reservation for the router's host name only, on a business line whose
+    reservation holds the /48: the router gets the /48, the DUID's subscriber being the line's.
+    Another subscriber's device on that line does not."""
+    eng = engine()
+    _reserve(eng, 1, ReservationKind.CIRCUIT_ID, "bng1 ge-0/0/1:100", prefix6="2001:db8:ffff::/48")
+    _reserve(eng, 2, ReservationKind.DUID, DUID_A.hex(":"))
+    line = (_relay(message(MessageType.SOLICIT), "2001:db8:1::1", b"bng1 ge-0/0/1:100"),)
+    router = bind(eng, ia_pd(2), interface="uplink", relays=line)
+    assert reply_ias(router)[0].leases == (IAPrefix(IPv6Network("2001:db8:ffff::/48"), 3600, 7200),)
+    assert router.writes[0][0].subscriber_id == 42
+    _reserve(eng, 3, ReservationKind.DUID, DUID_B.hex(":"), subscriber=43)
+    visitor = bind(eng, ia_pd(2), client=DUID_B, interface="uplink",
+                   relays=(_relay(message(MessageType.SOLICIT, client=DUID_B), "2001:db8:1::1", b"bng1 ge-0/0/1:100"),))
+    assert visitor.writes[0][0].prefix != "2001:db8:ffff::/48" and visitor.writes[0][0].subscriber_id == 43
+
+
 def test_a_prefix_holding_a_reserved_one_is_not_handed_out() -> None:
     eng = engine()
     _reserve(eng, 1, ReservationKind.DUID, DUID_B.hex(":"), prefix6="2001:db8:100:10::/60")
