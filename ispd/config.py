@@ -278,50 +278,29 @@ def _nul_characters(value: Any, where: str = "") -> Iterator[str]:
 
 
 def _resolve_relative_paths(config: Config, base: Path) -> Config:
-    store_path = config.store.path
-    if not store_path.is_absolute():
-        store = config.store.model_copy(update={"path": (base / store_path).resolve()})
-        config = config.model_copy(update={"store": store})
-    dns = config.dns
+    """Every relative file name in the config, at any depth, taken from ``base`` (the config
+    file's directory), as operators expect of a config that names its neighbours: a walk of the
+    models, so that a field added later is not forgotten."""
+    resolved = _anchored(config, base)
+    assert isinstance(resolved, Config)
+    if resolved.admin.socket not in ("auto", "") and resolved.admin.socket.strip():  # (a text: "auto" or a path)
+        admin = resolved.admin.model_copy(update={"socket": str(_anchored(Path(resolved.admin.socket), base))})
+        resolved = resolved.model_copy(update={"admin": admin})
+    return resolved
 
-    def anchored(path: Path) -> Path:
-        return path if path.is_absolute() else (base / path).resolve()
 
-    if config.daemon.control_socket is not None:
-        daemon = config.daemon.model_copy(update={"control_socket": anchored(config.daemon.control_socket)})
-        config = config.model_copy(update={"daemon": daemon})
-    if config.admin.socket not in ("auto", "") and config.admin.socket.strip():
-        admin = config.admin.model_copy(update={"socket": str(anchored(Path(config.admin.socket)))})
-        config = config.model_copy(update={"admin": admin})
-
-    config = config.model_copy(update={"dns": dns.model_copy(update={
-        "root_hints": anchored(dns.root_hints) if dns.root_hints is not None else None,
-        "local_zone": [z.model_copy(update={"file": anchored(z.file)}) for z in dns.local_zone],
-        "policy_zone": [z.model_copy(update={"file": anchored(z.file)}) for z in dns.policy_zone],
-        "dnssec": dns.dnssec.model_copy(update={"trust_anchor_file": anchored(dns.dnssec.trust_anchor_file)
-                                                if dns.dnssec.trust_anchor_file is not None else None}),
-        **{key: section.model_copy(update={
-            "certificate": anchored(section.certificate) if section.certificate is not None else None,
-            "private_key": anchored(section.private_key) if section.private_key is not None else None,
-        }) for key, section in (("dot", dns.dot), ("doh", dns.doh), ("doq", dns.doq))},
-    })})
-    radius = config.radius
-    eap = radius.eap.model_copy(update={
-        "certificate": anchored(radius.eap.certificate) if radius.eap.certificate is not None else None,
-        "private_key": anchored(radius.eap.private_key) if radius.eap.private_key is not None else None,
-        "client_ca": anchored(radius.eap.client_ca) if radius.eap.client_ca is not None else None})
-    config = config.model_copy(update={"radius": radius.model_copy(update={
-        "dictionaries": [anchored(path) for path in radius.dictionaries], "eap": eap})})
-    mail = config.mail
-    config = config.model_copy(update={"mail": mail.model_copy(update={
-        "maildir_root": anchored(mail.maildir_root),
-        "queue_directory": anchored(mail.queue_directory),
-        "dkim": [key.model_copy(update={"private_key": anchored(key.private_key)}) for key in mail.dkim],
-        "certificate": anchored(mail.certificate) if mail.certificate is not None else None,
-        "private_key": anchored(mail.private_key) if mail.private_key is not None else None,
-        "srs_secret_file": anchored(mail.srs_secret_file) if mail.srs_secret_file is not None else None,
-    })})
-    return config
+def _anchored(value: Any, base: Path) -> Any:
+    """``value`` with its relative paths taken from ``base``; the very object when it has none."""
+    if isinstance(value, Path):
+        return value if value.is_absolute() else (base / value).resolve()
+    if isinstance(value, BaseModel):
+        update = {name: new for name in type(value).model_fields
+                  if (new := _anchored(old := getattr(value, name), base)) is not old}
+        return value.model_copy(update=update) if update else value
+    if isinstance(value, list):
+        items = [_anchored(item, base) for item in value]
+        return items if any(new is not old for new, old in zip(items, value, strict=True)) else value
+    return value
 
 
 def describe_errors(exc: ValidationError) -> list[str]:

@@ -49,6 +49,21 @@ def test_dns_files_are_taken_from_the_config_directory(tmp_path: Path) -> None:
     assert config.dns.dnssec.trust_anchor_file == tmp_path.resolve() / "keys" / "root.ds"
 
 
+def test_every_relative_file_name_is_taken_from_the_config_directory(tmp_path: Path) -> None:
+    """Also those a manual list had missed: the dnstap socket and the SRS secret file."""
+    config = load_config(write(tmp_path, '[dns.dnstap]\nsocket_path = "run/dnstap.sock"\n'
+                                         '[radius]\ndictionaries = ["dict/a", "/usr/share/d"]\n'
+                                         '[mail]\ndomains = ["isp.example"]\nsrs_secret_file = "keys/srs"\n'
+                                         '[[mail.dkim]]\ndomain = "isp.example"\nselector = "s"\nprivate_key = "k.pem"\n'
+                                         '[[dns.local_zone]]\nname = "lan.example"\nfile = "zones/lan"\n'))
+    root = tmp_path.resolve()
+    assert config.dns.dnstap.socket_path == root / "run" / "dnstap.sock"
+    assert config.radius.dictionaries == [root / "dict" / "a", Path("/usr/share/d")]
+    assert config.mail.srs_secret_file == root / "keys" / "srs" and config.mail.dkim[0].private_key == root / "k.pem"
+    assert config.dns.local_zone[0].file == root / "zones" / "lan"
+    assert config.mail.maildir_root == Path("/var/lib/ispd/mail")  # (absolute defaults stay)
+
+
 def test_control_socket_default_relative_and_disabled(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, "")).daemon.control_socket == Path("/run/ispd/control.sock")
     config = load_config(write(tmp_path, '[daemon]\ncontrol_socket = "run/ctl.sock"\n'))
