@@ -23,6 +23,11 @@ bounce goes straight back to that forwarder, which holds the original.
 Unchanged: the null sender, and a sender at one of our own domains (SPF passes for those from
 here already). The scheme is libsrs2's (Shevek's SRS), with RFC 4648's base64 alphabet; the
 signature is compared without regard to case, as some MTAs fold a local part's case.
+
+Local parts are signed and undone unquoted, and quoted (RFC 5321 §4.1.2) where they are no
+dot-atom: a sender "john doe"@example.com or bob@[192.0.2.1] puts a space or brackets into ours,
+which must go out as "SRS0=HHHH=TT=example.com=john doe"@isp.example to be an address at all (and
+so come back, as the MX's parser hands it over, quoted).
 """
 
 from __future__ import annotations
@@ -46,6 +51,9 @@ _SRS0 = re.compile(r"^SRS0[=+-]([^=]+)=([^=]+)=([^=]+)=(.+)$", re.IGNORECASE)
 # SRS1's last field keeps the separator that followed the first forwarder's "SRS0".
 _SRS1 = re.compile(r"^SRS1[=+-]([^=]+)=([^=]+)=([=+-].+)$", re.IGNORECASE)
 _TAG = re.compile(r"^SRS[01][=+-]", re.IGNORECASE)
+# RFC 5321 §4.1.2 Dot-string (RFC 6531 §3.3: UTF-8 is atext too): what needs no quotes.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\U0010ffff-]+"
+_DOT_STRING = re.compile(rf"{_ATOM}(?:\.{_ATOM})*")
 
 
 class SRSError(ValueError):
@@ -53,7 +61,21 @@ class SRSError(ValueError):
 
 
 def is_srs(local_part: str) -> bool:
-    return _TAG.match(local_part) is not None
+    return _TAG.match(unquoted(local_part)) is not None
+
+
+def unquoted(local_part: str) -> str:
+    """A local part as its text: a Quoted-string's quotes and backslashes taken off."""
+    if len(local_part) >= 2 and local_part[0] == local_part[-1] == '"':
+        return re.sub(r"\\(.)", r"\1", local_part[1:-1])
+    return local_part
+
+
+def quoted(local_part: str) -> str:
+    """A local part as an address writes it: a Dot-string as it is, else a Quoted-string."""
+    if _DOT_STRING.fullmatch(local_part):
+        return local_part
+    return '"' + local_part.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class SenderRewriter:
@@ -75,17 +97,18 @@ class SenderRewriter:
         local, at, domain = sender.rpartition("@")
         if not at or not local or not domain or domain.lower() in self.local_domains:
             return sender
+        local = unquoted(local)
         if (srs1 := _SRS1.match(local)) is not None:  # someone's SRS1: re-signed, the first forwarder kept
             _, first_forwarder, rest = srs1.groups()
             return self._srs1(first_forwarder, rest)
         if _SRS0.match(local) is not None:  # another forwarder's SRS0: it holds the original
             return self._srs1(domain, local[4:])
         stamp = _timestamp(now)
-        return f"SRS0={self._hash(0, stamp, domain, local)}={stamp}={domain}={local}@{self.domain}"
+        return f"{quoted(f'SRS0={self._hash(0, stamp, domain, local)}={stamp}={domain}={local}')}@{self.domain}"
 
     def _srs1(self, forwarder: str, rest: str) -> str:
         # ``rest`` keeps its leading separator: SRS1=HHHH=fwd.example==HHHH=TT=domain=local.
-        return f"SRS1={self._hash(0, forwarder, rest)}={forwarder}={rest}@{self.domain}"
+        return f"{quoted(f'SRS1={self._hash(0, forwarder, rest)}={forwarder}={rest}')}@{self.domain}"
 
     def reverse(self, address: str, now: float, *, check_age: bool = True) -> str | None:
         """Where a bounce to ``address`` goes: None if it is no SRS address of ours; ``SRSError``
@@ -93,6 +116,7 @@ class SenderRewriter:
         local, at, domain = address.rpartition("@")
         if not at or domain.lower().removesuffix(".") != self.domain or not is_srs(local):
             return None
+        local = unquoted(local)
         if (srs0 := _SRS0.match(local)) is not None:
             given, stamp, original_domain, original_local = srs0.groups()
             if len(stamp) != 2 or any(c not in _TIME_ALPHABET for c in stamp.upper()):
@@ -100,11 +124,11 @@ class SenderRewriter:
             self._verify(given, stamp, original_domain, original_local)
             if check_age and _age_days(stamp.upper(), now) > self.max_age_days:
                 raise SRSError(f"it is older than {self.max_age_days} days")
-            return f"{original_local}@{original_domain}"
+            return f"{quoted(original_local)}@{original_domain}"
         if (srs1 := _SRS1.match(local)) is not None:
             given, forwarder, rest = srs1.groups()
             self._verify(given, forwarder, rest)
-            return f"SRS0{rest}@{forwarder}"
+            return f"{quoted('SRS0' + rest)}@{forwarder}"
         raise SRSError("it is no SRS0 or SRS1 address")
 
     def _verify(self, given: str, *fields: str) -> None:
