@@ -39,6 +39,18 @@ class Fixed:
             return None
         return Fixed(reservation.address, reservation.address6, reservation.prefix6)
 
+    @property
+    def complete(self) -> bool:
+        return self.address is not None and self.address6 is not None and self.prefix6 is not None
+
+    def over(self, other: Fixed | None) -> Fixed:
+        """This one's, and what ``other`` fixes that this one leaves open: a login's reservation
+        with only a prefix still gets its line's IPv4 address, and one with only an address its
+        line's prefix."""
+        if other is None or self.complete:
+            return self
+        return Fixed(self.address or other.address, self.address6 or other.address6, self.prefix6 or other.prefix6)
+
 
 @dataclass(slots=True)
 class AuthSubject:

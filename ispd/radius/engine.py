@@ -769,6 +769,8 @@ class AuthEngine:
                 return self._reject(RejectReason.SIMULTANEOUS_USE, method, subject, failure)
         if fixed is None:
             fixed = self._reserved_for_line(packet, subject)
+        elif not fixed.complete:  # the login's, then the line's for what the login's leaves open
+            fixed = fixed.over(self._reserved_for_line(packet, subject))
         if (fixed is None or fixed.address is None) and plan is not None:
             plan_reply = self.settings.plans.get(plan.name)
             if plan_reply is not None and plan_reply.address_pool is not None:

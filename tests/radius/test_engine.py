@@ -279,6 +279,38 @@ def test_a_lines_reserved_prefix_goes_to_a_login_on_that_line() -> None:
     assert first(world.engine.handle(pap("bob", "bob-pw"), nas(), NOW).attributes, Attr.DELEGATED_IPV6_PREFIX) is None
 
 
+def test_a_logins_prefix_and_its_lines_address_both_go_out() -> None:
+    """What a login's reservation leaves open its line's fills: a login with only a prefix kept
+    the line's IPv4 address before logins could hold one (it went to the pool instead), and a
+    login with only an IPv4 address gets the line's prefix."""
+    world = World()
+    line = Reservation(3, 2, ReservationKind.CIRCUIT_ID, "bng1 ge-0/0/1:100", address="198.18.7.9",
+                       prefix6="2001:db8:300::/48")
+    login = Reservation(4, 2, ReservationKind.USERNAME, "bob", prefix6="2001:db8:200::/48")
+    other = Reservation(5, 2, ReservationKind.USERNAME, "bob@static", address="198.18.7.10")
+    world.directory.replace(subscriber(2, "bob"), StoredCredentials(cleartext="bob-pw", updated_at=1),
+                            [line, login, other], PLAN)
+
+    def on_line(user: bytes) -> bytes:
+        authenticator = os.urandom(16)
+        decision = world.engine.handle(access_request(
+            [(Attr.USER_NAME, user), (Attr.NAS_PORT_ID, b"bng1 ge-0/0/1:100"),
+             (Attr.USER_PASSWORD, hide_password(b"bob-pw", SECRET, authenticator))], authenticator=authenticator),
+            nas(), NOW)
+        assert decision.code == Code.ACCESS_ACCEPT
+        return decision.attributes
+
+    prefix_only = on_line(b"bob")
+    assert first(prefix_only, Attr.FRAMED_IP_ADDRESS) == bytes((198, 18, 7, 9))
+    assert first(prefix_only, Attr.DELEGATED_IPV6_PREFIX) == bytes.fromhex("0030" "20010db80200")  # the login's
+    address_only = on_line(b"bob@static")
+    assert first(address_only, Attr.FRAMED_IP_ADDRESS) == bytes((198, 18, 7, 10))  # the login's
+    assert first(address_only, Attr.DELEGATED_IPV6_PREFIX) == bytes.fromhex("0030" "20010db80300")
+    elsewhere = world.engine.handle(pap("bob", "bob-pw"), nas(), NOW).attributes  # not on that line
+    assert first(elsewhere, Attr.FRAMED_IP_ADDRESS) is None
+    assert first(elsewhere, Attr.DELEGATED_IPV6_PREFIX) == bytes.fromhex("0030" "20010db80200")
+
+
 def test_a_mac_reservation_gives_the_address_to_the_line_it_matches() -> None:
     world = World()
     authenticator = os.urandom(16)
