@@ -39,6 +39,7 @@ import hmac
 import os
 import re
 import secrets as random_secrets
+import tempfile
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
@@ -159,22 +160,31 @@ def _age_days(stamp: str, now: float) -> int:
 def load_secrets(path: Path) -> list[bytes]:
     """The secrets in ``path``, one per line (blank lines and ``#`` comments skipped), the
     signing one first; a missing file is made, mode 0600, with one random secret, as postsrsd's
-    package does. Raises ``OSError`` or ``ValueError`` (a file with no secret in it)."""
+    package does. Raises ``OSError`` or ``ValueError`` (a file with no secret in it).
+
+    Two processes may find it missing at once (nodes sharing the directory, started together):
+    the file is written whole under a temporary name and linked into place, so that neither
+    reads it half-written, and the one whose link comes second reads the other's, so that both
+    sign with the same secret."""
     try:
         text = path.read_bytes()
     except FileNotFoundError:
         secret = base64.b64encode(random_secrets.token_bytes(24))
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # (mode 0600)
         try:
-            os.write(fd, secret + b"\n")
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
+            try:
+                os.write(fd, secret + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.link(temporary, path)
+        except FileExistsError:  # made by another process since: its secret
+            text = path.read_bytes()
+        else:
+            return [secret]
+        finally:
             with contextlib.suppress(OSError):
-                path.unlink()
-            raise
-        os.close(fd)
-        return [secret]
+                os.unlink(temporary)
     found = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(b"#")]
     if not found:
         raise ValueError(f"{path} holds no secret (one per line; the first signs)")

@@ -148,3 +148,21 @@ def test_the_secret_file_is_made_once_private_and_read_line_by_line(tmp_path: Pa
     path.write_bytes(b"# nothing\n\n")
     with pytest.raises(ValueError, match="holds no secret"):
         load_secrets(path)
+
+
+def test_a_secret_file_another_process_makes_meanwhile_is_read_not_overwritten_or_an_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two nodes sharing the directory, started together: both find no file; the second to make
+    it reads the first's (and both sign alike) instead of failing to start on "File exists"."""
+    path = tmp_path / "srs.secret"
+    read_bytes = Path.read_bytes
+
+    def first_missing_then_made_by_another(self: Path) -> bytes:
+        if self == path and not path.exists():
+            path.write_bytes(b"the-other-nodes\n")
+            raise FileNotFoundError(path)
+        return read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", first_missing_then_made_by_another)
+    assert load_secrets(path) == [b"the-other-nodes"]
+    assert path.read_bytes() == b"the-other-nodes\n" and os.listdir(tmp_path) == ["srs.secret"]
