@@ -462,15 +462,18 @@ class MailService(Service):
                 raise ServiceStartError(f"mail: a change of {key} needs a restart")
         if (old.mail.certificate is None) != (new.mail.certificate is None):
             raise ServiceStartError("mail: turning STARTTLS on or off needs a restart")
-        blocklists = self._blocklists(new.mail)  # (before anything changes: it may refuse the reload)
+        # Whatever may refuse the reload, before anything changes (a refused reload keeps all
+        # that was, the certificate in 465's context too).
+        blocklists = self._blocklists(new.mail)
+        srs = sender_rewriter(new.mail)  # (the secret file again: a rotation takes effect here)
+        signing = signing_keys(new.mail)
         tls_context = self._tls(new.mail)
         if tls_context is not None and self.tls_context is not None:
             # 465's listener holds the context it was made with: load the new certificate into it.
             assert new.mail.certificate is not None and new.mail.private_key is not None
             self.tls_context.load_cert_chain(new.mail.certificate, new.mail.private_key)
             tls_context = self.tls_context
-        srs = sender_rewriter(new.mail)  # (the secret file again: a rotation takes effect here)
-        self.signing = signing_keys(new.mail)
+        self.signing = signing
         self.blocklists = blocklists
         self.srs = srs
         if old.mail.resolver != new.mail.resolver:

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
+from ispd.config import Config
+from ispd.mail.config import MailConfig
+from ispd.mail.metrics import MailMetrics
 from ispd.mail.service import MailService
+from ispd.service import ServiceStartError
 
 
 class IdlingSession:
@@ -27,3 +34,25 @@ def test_a_folder_nobody_idles_in_any_more_leaves_the_idle_table() -> None:
     MailService.unwatch_imap(service, sessions[1])  # type: ignore[arg-type]
     MailService.unwatch_imap(service, shared)  # type: ignore[arg-type]
     assert service._idlers == {}
+
+
+def test_a_reload_refused_for_its_srs_secret_file_leaves_the_certificate_as_it_was(tmp_path: Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The new certificate went into 465's live context before the SRS secret file (or a DKIM
+    key) was read: a reload refused for an emptied secret file kept the old settings but served
+    the new certificate."""
+    secret = tmp_path / "srs.secret"
+    secret.write_text("# being rotated\n")
+    old = Config(mail=MailConfig(domains=["isp.example"], certificate=tmp_path / "old.pem",
+                                 private_key=tmp_path / "old.key", srs_secret_file=secret))
+    new = old.model_copy(update={"mail": old.mail.model_copy(update={"certificate": tmp_path / "new.pem",
+                                                                     "private_key": tmp_path / "new.key"})})
+    loaded: list[Path] = []
+    live = SimpleNamespace(load_cert_chain=lambda certificate, key: loaded.append(certificate))
+    service = MailService.__new__(MailService)
+    service.tls_context = live  # type: ignore[assignment]
+    service.metrics = MailMetrics()
+    monkeypatch.setattr(MailService, "_tls", staticmethod(lambda config: SimpleNamespace()))
+    with pytest.raises(ServiceStartError, match="holds no secret"):
+        asyncio.run(service.reload(old, new))
+    assert loaded == [] and service.tls_context is live
