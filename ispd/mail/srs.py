@@ -135,8 +135,11 @@ class SenderRewriter:
     def _verify(self, given: str, *fields: str) -> None:
         if len(given) != HASH_LENGTH:
             raise SRSError("its signature is damaged")
+        # As bytes: compare_digest refuses str with non-ASCII in it (TypeError), and an SMTPUTF8
+        # client may put any UTF-8, or bytes that are none (surrogate escapes), where HHHH goes.
+        given_bytes = given.lower().encode("utf-8", "surrogateescape")
         for index in range(len(self.secrets)):
-            if hmac.compare_digest(self._hash(index, *fields).lower(), given.lower()):
+            if hmac.compare_digest(self._hash(index, *fields).lower().encode(), given_bytes):
                 return
         raise SRSError("its signature is wrong")
 

@@ -47,6 +47,9 @@ def test_a_bounce_address_is_checked_without_regard_to_case() -> None:
 @pytest.mark.parametrize(("damage", "reason"), [
     (lambda a: a.replace("SRS0=", "SRS0=x", 1), "signature is damaged"),
     (lambda a: "SRS0=AAAA" + a[9:], "signature is wrong"),
+    (lambda a: "SRS0=\u00e9\u00e9\u00e9\u00e9" + a[9:], "signature is wrong"),  # (SMTPUTF8: was a TypeError, 451)
+    (lambda a: "SRS0=\udce9\udce9\udce9\udce9" + a[9:], "signature is wrong"),  # (bytes that are no UTF-8)
+    (lambda a: "SRS1=\u00e9\u00e9\u00e9\u00e9=fwd.example==x" + a[a.index("@"):], "signature is wrong"),
     (lambda a: a.replace("=LB=", "=L1=", 1), "timestamp is damaged"),
     (lambda a: a.replace("=LB=", "=LBB=", 1), "timestamp is damaged"),
     (lambda a: a.replace("example.com", "example.net", 1), "signature is wrong"),
