@@ -905,13 +905,19 @@ class AuthEngine:
     def change_of_authorization(self, subject: AuthSubject, nas: Nas, walled: bool) -> bytes:
         """What a CoA-Request carries to move a session to the subscriber's current profile (its
         plan's, or the walled garden's): the authorization attributes, without Class and the
-        address (a session keeps those)."""
+        addresses and prefixes (a session keeps those: a plan's or the subscriber's own
+        Delegated-IPv6-Prefix would contradict the reservation the Access-Accept gave)."""
         items, _ = self._profile_items(subject, nas, None, walled, session_attributes=False)
-        return b"".join(item if isinstance(item, bytes) else item.encode(nas.secret, bytes(16)) for item in items)
+        return b"".join(item if isinstance(item, bytes) else item.encode(nas.secret, bytes(16)) for item in items
+                        if _attribute_key(item) not in _SESSION_ADDRESSING)
 
     def forget_profiles(self) -> None:
         for subject in self.directory.subjects.values():
             subject.reply_cache.clear()
+
+
+# What a session keeps from its Access-Accept, which a CoA does not move.
+_SESSION_ADDRESSING = frozenset({(0, _FRAMED_IPV6_ADDRESS), (0, _FRAMED_IPV6_PREFIX), (0, _DELEGATED_IPV6_PREFIX)})
 
 
 def _attribute_key(item: bytes | ReplyAttribute) -> tuple[int, int]:

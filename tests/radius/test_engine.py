@@ -264,6 +264,23 @@ def test_a_logins_reserved_ipv6_goes_with_a_pool_address_but_not_into_the_walled
     assert garden.code == Code.ACCESS_ACCEPT and first(garden.attributes, Attr.DELEGATED_IPV6_PREFIX) is None
 
 
+def test_a_coa_moves_no_address_or_prefix_of_the_session() -> None:
+    """From a review: a CoA carried the subscriber's own Delegated-IPv6-Prefix while the
+    session's Access-Accept had the reservation's /48."""
+    world = World()
+    bob = replace(subscriber(2, "bob"), radius_reply=("Delegated-IPv6-Prefix = 2001:db8:999::/56",
+                                                      "Framed-IPv6-Prefix = 2001:db8:998::/64", "Filter-Id = biz"))
+    login = Reservation(3, 2, ReservationKind.USERNAME, "bob", prefix6="2001:db8:200::/48")
+    world.directory.replace(bob, StoredCredentials(cleartext="bob-pw", updated_at=1), [login], PLAN)
+    accepted = world.engine.handle(pap("bob", "bob-pw"), nas(), NOW)
+    assert first(accepted.attributes, Attr.DELEGATED_IPV6_PREFIX) == bytes.fromhex("0030" "20010db80200")
+    subject = world.directory.by_id(2)
+    assert subject is not None
+    coa = world.engine.change_of_authorization(subject, nas(), False)
+    assert first(coa, Attr.DELEGATED_IPV6_PREFIX) is None and first(coa, Attr.FRAMED_IPV6_PREFIX) is None
+    assert first(coa, Attr.FILTER_ID) == b"biz"
+
+
 def test_a_lines_reserved_prefix_goes_to_a_login_on_that_line() -> None:
     """A circuit-id reservation's prefix (a business line's /48, which DHCPv6 relayed by that
     line also gives) goes to a RADIUS session on the line, NAS-Port-Id naming it."""
