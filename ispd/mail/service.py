@@ -69,7 +69,7 @@ from ispd.mail.outbound import QueueRunner
 from ispd.mail.queue import Outcome, Verdict
 from ispd.mail.smtp import Identity, MailEnvelope, MXHandler, SMTPSession, SubmissionHandler
 from ispd.mail.spool import Spool
-from ispd.mail.srs import SenderRewriter, SRSError, is_srs, load_secrets
+from ispd.mail.srs import SenderRewriter, SRSError, is_srs, load_secrets, read_secrets
 from ispd.service import Health, Service, ServiceContext, ServiceStartError
 from ispd.store import InvalidValue, NotFound, StoreError
 from ispd.store.models import MailAlias, MailRecipient, SubscriberStatus, SuspendedMail
@@ -116,6 +116,15 @@ def check_files(config: MailConfig) -> list[str]:
             load_signing_key(key.domain, key.selector, key.private_key)
         except ValueError as exc:
             problems.append(f"dkim: {exc}")
+    if config.srs and config.domains:  # (a missing one is made at start)
+        try:
+            read_secrets(config.srs_secrets_path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            problems.append(f"srs: cannot read the secret file {config.srs_secrets_path}: {exc.strerror}")
+        except ValueError as exc:
+            problems.append(f"srs: {exc}")
     return problems
 
 

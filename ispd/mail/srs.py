@@ -113,9 +113,12 @@ class SenderRewriter:
 
     def reverse(self, address: str, now: float, *, check_age: bool = True) -> str | None:
         """Where a bounce to ``address`` goes: None if it is no SRS address of ours; ``SRSError``
-        if it is one that fails its signature or (``check_age``) is older than max_age_days."""
+        if it is one that fails its signature or (``check_age``) is older than max_age_days. Any
+        of our domains is ours (the signature does not cover it): addresses made before the
+        SRS domain changed still come back."""
         local, at, domain = address.rpartition("@")
-        if not at or domain.lower().removesuffix(".") != self.domain or not is_srs(local):
+        domain = domain.lower().removesuffix(".")
+        if not at or (domain != self.domain and domain not in self.local_domains) or not is_srs(local):
             return None
         local = unquoted(local)
         if (srs0 := _SRS0.match(local)) is not None:
@@ -170,7 +173,7 @@ def load_secrets(path: Path) -> list[bytes]:
     reads it half-written, and the one whose link comes second reads the other's, so that both
     sign with the same secret."""
     try:
-        text = path.read_bytes()
+        return read_secrets(path)
     except FileNotFoundError:
         secret = base64.b64encode(random_secrets.token_bytes(24))
         fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # (mode 0600)
@@ -182,12 +185,23 @@ def load_secrets(path: Path) -> list[bytes]:
                 os.close(fd)
             os.link(temporary, path)
         except FileExistsError:  # made by another process since: its secret
-            text = path.read_bytes()
+            pass
         else:
             return [secret]
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
+        return read_secrets(path)
+
+
+def read_secrets(path: Path) -> list[bytes]:
+    """The secrets of an existing file; ``ValueError`` for one with none, or that others than
+    its owner may read (whoever reads it can sign addresses that the MX relays)."""
+    with path.open("rb") as file:
+        mode = os.fstat(file.fileno()).st_mode
+        text = file.read()
+    if mode & 0o077:
+        raise ValueError(f"{path} may be read by others than its owner (mode {mode & 0o777:o}): chmod 600 it")
     found = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(b"#")]
     if not found:
         raise ValueError(f"{path} holds no secret (one per line; the first signs)")

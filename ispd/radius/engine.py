@@ -873,7 +873,8 @@ class AuthEngine:
             cacheable = cacheable and not any(a.hidden for a in own)
         fixed_ipv6 = _fixed_ipv6(fixed) if fixed is not None else []
         if fixed_ipv6:  # the reservation's, kept with DHCPv6's pools, over the plan's and the subscriber's own
-            replaced = {_attribute_key(item) for item in fixed_ipv6}
+            # (and over a pool the NAS would give the same thing from: RFC 6911's)
+            replaced = {key for item in fixed_ipv6 for key in ((0, item[0]), (0, _POOL_FOR[item[0]]))}
             items = [item for item in items if _attribute_key(item) not in replaced]
             items.extend(fixed_ipv6)
         return items, cacheable
@@ -915,6 +916,9 @@ class AuthEngine:
         for subject in self.directory.subjects.values():
             subject.reply_cache.clear()
 
+
+# The NAS's pool of what a reservation fixes (RFC 6911 §3.3, §3.4).
+_POOL_FOR = {_FRAMED_IPV6_ADDRESS: 172, _DELEGATED_IPV6_PREFIX: 171}  # Stateful-IPv6-Address-Pool, Delegated-...-Pool
 
 # What a session keeps from its Access-Accept, which a CoA does not move.
 _SESSION_ADDRESSING = frozenset({(0, _FRAMED_IPV6_ADDRESS), (0, _FRAMED_IPV6_PREFIX), (0, _DELEGATED_IPV6_PREFIX)})

@@ -43,6 +43,7 @@ def test_a_reload_refused_for_its_srs_secret_file_leaves_the_certificate_as_it_w
     the new certificate."""
     secret = tmp_path / "srs.secret"
     secret.write_text("# being rotated\n")
+    secret.chmod(0o600)
     old = Config(mail=MailConfig(domains=["isp.example"], certificate=tmp_path / "old.pem",
                                  private_key=tmp_path / "old.key", srs_secret_file=secret))
     new = old.model_copy(update={"mail": old.mail.model_copy(update={"certificate": tmp_path / "new.pem",

@@ -14,6 +14,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ispd.mail import srs
+from ispd.mail.config import MailConfig
+from ispd.mail.service import check_files
 from ispd.mail.srs import SenderRewriter, SRSError, is_srs, load_secrets, quoted
 
 NOW = 1_800_000_000.0  # day 20833: 20833 % 1024 = 353 = 0b01011_00001 -> "LB"
@@ -103,7 +106,9 @@ def test_another_forwarder_s_srs_address_is_wrapped_once_and_its_bounce_goes_bac
 
 def test_an_address_at_another_domain_or_without_a_tag_is_none_of_ours() -> None:
     forwarded = rewriter().forward("bob@example.com", NOW)
-    assert rewriter().reverse(forwarded.replace("@isp.example", "@other.example"), NOW) is None
+    assert rewriter().reverse(forwarded.replace("@isp.example", "@elsewhere.example"), NOW) is None
+    # Any of our domains is ours: an address made before srs_domain changed still comes back.
+    assert rewriter().reverse(forwarded.replace("@isp.example", "@other.example"), NOW) == "bob@example.com"
     assert rewriter().reverse("alice@isp.example", NOW) is None
     assert not is_srs("srs0") and is_srs("srs0=x") and is_srs("SRS1-x") and not is_srs("SRS2=x")
 
@@ -153,19 +158,34 @@ def test_the_secret_file_is_made_once_private_and_read_line_by_line(tmp_path: Pa
         load_secrets(path)
 
 
+def test_a_secret_file_others_may_read_is_refused_and_check_config_says_so(tmp_path: Path) -> None:
+    """Whoever reads the secrets can sign addresses the MX relays: as sshd with its keys."""
+    path = tmp_path / "srs.secret"
+    path.write_bytes(b"s3cret\n")
+    path.chmod(0o640)
+    with pytest.raises(ValueError, match="may be read by others than its owner \\(mode 640\\): chmod 600 it"):
+        load_secrets(path)
+    config = MailConfig(domains=["isp.example"], srs_secret_file=path)
+    assert check_files(config) == [f"srs: {path} may be read by others than its owner (mode 640): chmod 600 it"]
+    path.chmod(0o600)
+    assert check_files(config) == [] and load_secrets(path) == [b"s3cret"]
+    assert check_files(MailConfig(domains=["isp.example"], srs_secret_file=tmp_path / "missing")) == []  # made at start
+
+
 def test_a_secret_file_another_process_makes_meanwhile_is_read_not_overwritten_or_an_error(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two nodes sharing the directory, started together: both find no file; the second to make
     it reads the first's (and both sign alike) instead of failing to start on "File exists"."""
     path = tmp_path / "srs.secret"
-    read_bytes = Path.read_bytes
+    read = srs.read_secrets
 
-    def first_missing_then_made_by_another(self: Path) -> bytes:
-        if self == path and not path.exists():
+    def first_missing_then_made_by_another(file: Path) -> list[bytes]:
+        if file == path and not path.exists():
             path.write_bytes(b"the-other-nodes\n")
+            path.chmod(0o600)
             raise FileNotFoundError(path)
-        return read_bytes(self)
+        return read(file)
 
-    monkeypatch.setattr(Path, "read_bytes", first_missing_then_made_by_another)
+    monkeypatch.setattr(srs, "read_secrets", first_missing_then_made_by_another)
     assert load_secrets(path) == [b"the-other-nodes"]
     assert path.read_bytes() == b"the-other-nodes\n" and os.listdir(tmp_path) == ["srs.secret"]

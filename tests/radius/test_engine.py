@@ -228,7 +228,9 @@ def test_a_logins_reserved_ipv6_goes_out_over_the_plans_and_its_own() -> None:
     Framed-IPv6-Address and Delegated-IPv6-Prefix (RFC 4818: the prefix's significant octets
     only), over a plan's or the subscriber's own attribute of the same kind."""
     delegated = "Delegated-IPv6-Prefix = 2001:db8:999::/56"
-    world = World(ReplySettings(plans={"home": PlanReply(attributes=(reply_attribute(DICTIONARY, delegated),))}))
+    pool = "Delegated-IPv6-Prefix-Pool = pd-dynamic"  # (the NAS's own: not with a reserved prefix)
+    world = World(ReplySettings(plans={"home": PlanReply(attributes=(reply_attribute(DICTIONARY, delegated),
+                                                                     reply_attribute(DICTIONARY, pool)))}))
     bob = replace(subscriber(2, "bob"), radius_reply=("Framed-IPv6-Address = 2001:db8:999::1",))
     login = Reservation(3, 2, ReservationKind.USERNAME, "bob@pppoe", address6="2001:db8:1::10",
                         prefix6="2001:db8:200::/48")
@@ -239,9 +241,11 @@ def test_a_logins_reserved_ipv6_goes_out_over_the_plans_and_its_own() -> None:
     assert [v for c, v in replied if c == Attr.FRAMED_IPV6_ADDRESS] == [bytes.fromhex("20010db8000100000000000000000010")]
     assert [v for c, v in replied if c == Attr.DELEGATED_IPV6_PREFIX] == [bytes.fromhex("0030" "20010db80200")]
     assert first(decision.attributes, Attr.FRAMED_IP_ADDRESS) is None  # (the NAS gives the IPv4 address)
+    assert first(decision.attributes, 171) is None
     # bob's username has nothing reserved: the plan's prefix and his own address, as before.
     plain = world.engine.handle(pap("bob", "bob-pw"), nas(), NOW)
     assert first(plain.attributes, Attr.DELEGATED_IPV6_PREFIX) == bytes.fromhex("0038" "20010db80999" "00")
+    assert first(plain.attributes, 171) == b"pd-dynamic"
     assert first(plain.attributes, Attr.FRAMED_IPV6_ADDRESS) == bytes.fromhex("20010db8099900000000000000000001")
 
 
