@@ -358,6 +358,7 @@ async def cmd_subscriber_delete(store: Store, args: argparse.Namespace) -> None:
         archive = Maildir.for_address(args.mail.maildir_root, mailbox.address).set_aside()
         kept = f"; its mail is kept in {archive} until you remove it" if archive else " (it had no mail on disk)"
         print(f"deleted its mailbox {mailbox.address}{kept}")
+    await print_aliases_naming(store, {m.address for m in mailboxes})
 
 
 async def cmd_subscriber_set_plan(store: Store, args: argparse.Namespace) -> None:
@@ -1363,8 +1364,22 @@ async def cmd_mailbox_delete(store: Store, args: argparse.Namespace) -> None:
     archive = Maildir.for_address(args.mail.maildir_root, mailbox.address).set_aside()
     if archive is None:
         print(f"deleted mailbox {mailbox.address} (it had no mail on disk)")
-        return
-    print(f"deleted mailbox {mailbox.address}; its mail is kept in {archive} until you remove it")
+    else:
+        print(f"deleted mailbox {mailbox.address}; its mail is kept in {archive} until you remove it")
+    await print_aliases_naming(store, {mailbox.address})
+
+
+async def print_aliases_naming(store: Store, deleted: set[str]) -> None:
+    """The aliases (other subscribers') whose targets include mailboxes just deleted: their mail
+    now skips those (and one left with none is refused), said now rather than found in the log
+    after mail went missing."""
+    for alias in await store.list_mail_aliases():
+        gone = [t for t in alias.targets if t in deleted]
+        if gone:
+            others = [t for t in alias.targets if t not in deleted]
+            print(f"alias {alias.address} still names {', '.join(gone)}: its mail now "
+                  + (f"reaches {', '.join(others)} only" if others else "is refused (no other target)")
+                  + f" (`ispd mailbox alias delete {alias.address}`, then add it again as it should be)")
 
 
 async def cmd_mailbox_quota(store: Store, args: argparse.Namespace) -> None:

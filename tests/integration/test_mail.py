@@ -286,8 +286,16 @@ def test_the_cli_manages_mailboxes(mail: Mail) -> None:
         assert client.mail("someone@sender.example")[0] == 250 and client.rcpt(f"temp@{DOMAIN}")[0] == 250
     with mail.smtp() as client:
         client.sendmail("someone@sender.example", [f"temp@{DOMAIN}"], b"Subject: for temp\r\n\r\nx\r\n")
+    mail.ispd.cli("mailbox", "alias", "add", "alice", f"team@{DOMAIN}", f"temp@{DOMAIN}", f"alice@{DOMAIN}")
+    mail.ispd.cli("mailbox", "alias", "add", "alice", f"only-temp@{DOMAIN}", f"temp@{DOMAIN}")
     deleted = mail.ispd.cli("mailbox", "delete", f"temp@{DOMAIN}")
     assert "its mail is kept in" in deleted.stdout
+    # The aliases that named it are said, with what their mail does now.
+    assert f"alias team@{DOMAIN} still names temp@{DOMAIN}: its mail now reaches alice@{DOMAIN} only" in deleted.stdout
+    assert f"alias only-temp@{DOMAIN} still names temp@{DOMAIN}: its mail now is refused (no other target)" \
+        in deleted.stdout
+    for alias in ("team", "only-temp"):
+        mail.ispd.cli("mailbox", "alias", "delete", f"{alias}@{DOMAIN}")
     assert not (mail.root / DOMAIN / "temp").exists()
     [archive] = (mail.root / DOMAIN).glob("temp~deleted-*")
     assert list((archive / "new").iterdir())
@@ -310,9 +318,13 @@ def test_the_cli_manages_mailboxes(mail: Mail) -> None:
     mail.ispd.cli("mailbox", "add", "leaving", f"leaving@{DOMAIN}")
     with mail.smtp() as client:
         client.sendmail("someone@sender.example", [f"leaving@{DOMAIN}"], b"Subject: last\r\n\r\nx\r\n")
+    mail.ispd.cli("mailbox", "alias", "add", "alice", f"farewell@{DOMAIN}", f"leaving@{DOMAIN}", f"alice@{DOMAIN}")
     said = mail.ispd.cli("subscriber", "delete", "leaving").stdout.splitlines()
     assert said[0].startswith("deleted subscriber leaving") and said[1].startswith(
         f"deleted its mailbox leaving@{DOMAIN}; its mail is kept in "), said
+    assert said[2].startswith(f"alias farewell@{DOMAIN} still names leaving@{DOMAIN}: its mail now reaches "
+                              f"alice@{DOMAIN} only"), said
+    mail.ispd.cli("mailbox", "alias", "delete", f"farewell@{DOMAIN}")
     assert not (mail.root / DOMAIN / "leaving").exists() and list((mail.root / DOMAIN).glob("leaving~deleted-*"))
     mail.ispd.cli("mailbox", "add", "alice", f"leaving@{DOMAIN}")  # the address is free for someone else
 
