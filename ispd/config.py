@@ -116,6 +116,26 @@ class Config(Section):
         yield "tcp", "admin.listen", self.admin.listen
 
     @model_validator(mode="after")
+    def _prefix_pools_apart_from_dhcp6(self) -> Config:
+        """A RADIUS prefix pool shares no prefix with DHCPv6's pools: DHCPv6 hands those out to
+        whoever asks, and could give one at the moment RADIUS reserves it for a login."""
+        if not self.radius.enabled or not self.dhcp6.enabled or not self.radius.prefix_pool:
+            return self
+        for pool in self.radius.prefix_pool:
+            first, last = int(pool.prefix.network_address), int(pool.prefix.broadcast_address)
+            for subnet in self.dhcp6.subnet:
+                spans = [*((f"[[dhcp6.subnet.pool]] {p.name!r} ({p.range})", int(p.first), int(p.last))
+                           for p in subnet.pool),
+                         *((f"[[dhcp6.subnet.prefix_pool]] {p.name!r} ({p.prefix})", int(p.prefix.network_address),
+                            int(p.prefix.broadcast_address)) for p in subnet.prefix_pool)]
+                for what, other_first, other_last in spans:
+                    if first <= other_last and other_first <= last:
+                        raise ValueError(f"radius.prefix_pool {pool.name!r} ({pool.prefix}) overlaps {what} of "
+                                         f"subnet {subnet.name!r}: DHCPv6 could hand out a prefix RADIUS reserves; "
+                                         f"give the two parts of your allocation that do not overlap")
+        return self
+
+    @model_validator(mode="after")
     def _shared_pools(self) -> Config:
         """A RADIUS plan may take addresses from a DHCP pool by its name: that pool joins
         ``radius.address_pool`` with its range (the store keeps the two services from giving one

@@ -404,3 +404,50 @@ def test_forward_first_is_for_forward_zones_only() -> None:
     assert ForwardZoneConfig(name=".", servers=["198.18.0.53"], first=True).first
     with pytest.raises(ValidationError, match="first = true is for forward zones"):
         ForwardZoneConfig(name="corp.internal", servers=["198.18.0.53"], stub=True, first=True)
+
+
+PREFIX_POOL = '[[radius.prefix_pool]]\nname = "homes"\nprefix = "2001:db8:1000::/40"\n'
+
+
+def test_a_radius_prefix_pool_and_a_plan_naming_it(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, f'[radius]\nenabled = true\n{PREFIX_POOL}'
+                                         '[[radius.plan]]\nplan = "home"\nprefix_pool = "homes"\n'))
+    pool = config.radius.prefix_pool[0]
+    assert (str(pool.prefix), pool.delegated_length) == ("2001:db8:1000::/40", 56)
+    assert config.radius.plan[0].prefix_pool == "homes"
+
+
+@pytest.mark.parametrize(("pools", "error"), [
+    ('[[radius.prefix_pool]]\nname = "a"\nprefix = "2001:db8:1000::1/40"\n', "is not an IPv6 network without host bits"),
+    ('[[radius.prefix_pool]]\nname = "a"\nprefix = "198.18.0.0/16"\n', "is not an IPv6 network"),
+    ('[[radius.prefix_pool]]\nname = "a"\nprefix = "fe80::/48"\n', "is link-local"),
+    ('[[radius.prefix_pool]]\nname = "a"\nprefix = "ff00::/16"\n', "is multicast"),
+    ('[[radius.prefix_pool]]\nname = "a"\nprefix = "2000::/12"\n', "is shorter than /16"),
+    ('[[radius.prefix_pool]]\nname = "a"\nprefix = "2001:db8::/56"\ndelegated_length = 48\n',
+     "delegated_length 48 must be longer than the pool's prefix 2001:db8::/56"),
+    ('[[radius.prefix_pool]]\nname = "a"\nprefix = "2001:db8::/48"\ndelegated_length = 80\n', "less than or equal to 64"),
+    ('[[radius.prefix_pool]]\nname = "a b"\nprefix = "2001:db8::/48"\n', "name"),
+    (f'{PREFIX_POOL}{PREFIX_POOL.replace("1000::/40", "2000::/40")}', "two pools are named 'homes'"),
+    (f'{PREFIX_POOL}[[radius.prefix_pool]]\nname = "b"\nprefix = "2001:db8:1010::/48"\n',
+     "pools 'homes' (2001:db8:1000::/40) and 'b' (2001:db8:1010::/48) overlap"),
+    ('[[radius.plan]]\nplan = "home"\nprefix_pool = "nowhere"\n',
+     "plan 'home': prefix_pool 'nowhere' names no [[radius.prefix_pool]]"),
+])
+def test_radius_prefix_pool_mistakes_are_named(tmp_path: Path, pools: str, error: str) -> None:
+    text = error_of(write(tmp_path, f"[radius]\nenabled = true\n{pools}"))
+    assert error in text and "radius" in text, text
+
+
+@pytest.mark.parametrize(("dhcp6_pool", "named"), [
+    ('[[dhcp6.subnet.prefix_pool]]\nname = "dyn"\nprefix = "2001:db8:1000::/44"\ndelegated_length = 60\n',
+     "[[dhcp6.subnet.prefix_pool]] 'dyn' (2001:db8:1000::/44)"),
+    ('[[dhcp6.subnet.pool]]\nname = "hosts"\nrange = "2001:db8:10ff::10 - 2001:db8:10ff::ff"\n',
+     "[[dhcp6.subnet.pool]] 'hosts' (2001:db8:10ff::10 - 2001:db8:10ff::ff)"),
+])
+def test_a_radius_prefix_pool_may_not_overlap_a_dhcp6_pool(tmp_path: Path, dhcp6_pool: str, named: str) -> None:
+    dhcp6 = ('[dhcp6]\nenabled = true\ninterfaces = ["eth1"]\n[[dhcp6.subnet]]\nname = "access"\n'
+             'prefix = "2001:db8:10ff::/64"\ninterface = "eth1"\n')
+    text = error_of(write(tmp_path, f"{dhcp6}{dhcp6_pool}[radius]\nenabled = true\n{PREFIX_POOL}"))
+    assert f"radius.prefix_pool 'homes' (2001:db8:1000::/40) overlaps {named}" in text, text
+    apart = dhcp6_pool.replace("2001:db8:1000::/44", "2001:db8:2000::/44").replace("10ff", "20ff")
+    load_config(write(tmp_path, f"{dhcp6.replace('10ff', '20ff')}{apart}[radius]\nenabled = true\n{PREFIX_POOL}"))

@@ -210,6 +210,11 @@ class PlanReplyConfig(Section):
     # or a [[dhcp.subnet.pool]] by its name, shared with DHCP (the store never lets both hand
     # out one address).
     address_pool: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # A [[radius.prefix_pool]] by its name: a subscriber of this plan whose login has no
+    # reservation yet gets the pool's next free prefix at its first login, reserved for good (a
+    # username reservation that DHCPv6 skips and `ispd reservation list` shows), and sent as
+    # Delegated-IPv6-Prefix from then on (RIPE-690's stable prefixes).
+    prefix_pool: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     # Overrides [radius] suspended for this plan's subscribers.
     suspended: SuspendedAction | None = None
     # Logins only from the subscriber's own lines: a subscriber with reservations of its lines
@@ -237,6 +242,41 @@ class AddressPoolConfig(Section):
     def bounds(self) -> tuple[int, int]:
         first, last = parse_range(self.range)
         return int(first), int(last)
+
+
+def _delegable_network(value: object) -> object:
+    if isinstance(value, str):
+        try:
+            value = IPv6Network(value, strict=True)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not an IPv6 network without host bits (e.g. 2001:db8:1000::/40): "
+                             f"{exc}") from None
+    if isinstance(value, IPv6Network):
+        if value.is_link_local or value.is_multicast:
+            raise ValueError(f"{value} is {'link-local' if value.is_link_local else 'multicast'}: "
+                             f"give a global (or unique local) prefix")
+        if value.prefixlen < 16:
+            raise ValueError(f"{value} is shorter than /16: give the part of your allocation to delegate from")
+    return value
+
+
+class PrefixPoolConfig(Section):
+    # Delegated prefixes (Delegated-IPv6-Prefix) that ispd reserves for good, one per subscriber
+    # of a plan naming the pool, at its first login; the reservation keeps it through restarts.
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # e.g. "2001:db8:1000::/40": no [dhcp6] pool or prefix_pool may overlap it (DHCPv6 would
+    # hand out a prefix RADIUS reserves).
+    prefix: Annotated[IPv6Network, BeforeValidator(_delegable_network)]
+    # The length of each delegated prefix: /56 as RIPE-690 recommends for homes, /48 for
+    # businesses; longer than the pool's, at most /64.
+    delegated_length: int = Field(default=56, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _delegated_fits(self) -> PrefixPoolConfig:
+        if self.delegated_length <= self.prefix.prefixlen:
+            raise ValueError(f"prefix_pool {self.name!r}: delegated_length {self.delegated_length} must be longer "
+                             f"than the pool's prefix {self.prefix} (e.g. {max(self.prefix.prefixlen + 8, 56)})")
+        return self
 
 
 class EAPMethod(StrEnum):
@@ -322,6 +362,7 @@ class RadiusConfig(Section):
     walled_garden_attributes: list[AttributeAssignment] = []
     plan: list[PlanReplyConfig] = []
     address_pool: list[AddressPoolConfig] = []
+    prefix_pool: list[PrefixPoolConfig] = []
     # An address given from a pool is the session's for this long, renewed while its NAS keeps
     # accounting for it, and given back at its Stop. Keep it above the interim interval: a NAS
     # that sends no accounting at all keeps an address only this long after Access-Accept.
@@ -388,6 +429,20 @@ class RadiusConfig(Section):
         for (_, last, name), (first, _, other) in itertools.pairwise(spans):
             if first <= last:
                 raise ValueError(f"address_pool: pools {name!r} and {other!r} overlap")
+        prefix_names = [p.name for p in self.prefix_pool]
+        twice = sorted({n for n in prefix_names if prefix_names.count(n) > 1})
+        if twice:
+            raise ValueError(f"prefix_pool: two pools are named {twice[0]!r}")
+        for i, earlier in enumerate(self.prefix_pool):
+            for later in self.prefix_pool[i + 1:]:
+                if earlier.prefix.overlaps(later.prefix):
+                    raise ValueError(f"prefix_pool: pools {earlier.name!r} ({earlier.prefix}) and {later.name!r} "
+                                     f"({later.prefix}) overlap")
+        for p in self.plan:
+            if p.prefix_pool is not None and p.prefix_pool not in prefix_names:
+                known = ", ".join(repr(n) for n in prefix_names) or "none is configured"
+                raise ValueError(f"plan {p.plan!r}: prefix_pool {p.prefix_pool!r} names no [[radius.prefix_pool]] "
+                                 f"(known: {known})")
         return self
 
 

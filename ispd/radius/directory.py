@@ -5,9 +5,12 @@ the service loads every subscriber's status, plan, password forms and RADIUS-rel
 reservations once (``Directory.load``) and then follows the store's events, re-reading one
 subscriber when an event names it (``Directory.replace``/``remove``). A login name is the
 subscriber's username or the key of one of its ``username`` reservations (a PPP login of its
-own, usually with a fixed address and prefix). The store keeps the two apart (a reservation cannot take
-a subscriber's username, nor a new subscriber a reserved login); should a store from before that
-rule hold both, the username wins, so that nobody logs in as another subscriber.
+own, usually with a fixed address and prefix). A login that a reservation names has a ``Fixed``
+(empty when the reservation fixes nothing); only a username no reservation names has none, which
+is how the engine knows that a plan's prefix pool may reserve a prefix for it. The store keeps
+the two apart (a reservation cannot take a subscriber's username, nor a new subscriber a reserved
+login); should a store from before that rule hold both, the username wins, so that nobody logs in
+as another subscriber.
 
 Passwords: PAP gets the password itself, checked by ``ispd.credentials.PasswordChecker``
 against the cheapest form the store keeps (the mail service's AUTH checks the same way).
@@ -15,8 +18,10 @@ against the cheapest form the store keeps (the mail service's AUTH checks the sa
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from ipaddress import IPv6Network
 
 from ispd.store.models import Plan, Reservation, ReservationKind, StoredCredentials, Subscriber
 
@@ -80,6 +85,10 @@ class Directory:
         self.reserved_logins: dict[str, tuple[AuthSubject, Fixed | None]] = {}
         self.plans: dict[int, Plan] = {}
         self.reserved: dict[str, int] = {}  # fixed address → its subscriber (never given from a pool)
+        # Every reservation's prefix6, as (network, length) integers: a prefix pool skips them
+        # without asking the store; the lengths in use, to look up a candidate's supernets.
+        self.reserved_prefixes: dict[tuple[int, int], int] = {}
+        self._prefix_lengths: Counter[int] = Counter()
 
     def load(self, subscribers: Iterable[Subscriber], plans: Iterable[Plan],
              credentials: dict[int, StoredCredentials], reservations: Iterable[Reservation]) -> None:
@@ -91,6 +100,8 @@ class Directory:
         self.usernames.clear()
         self.reserved_logins.clear()
         self.reserved.clear()
+        self.reserved_prefixes.clear()
+        self._prefix_lengths.clear()
         for subscriber in subscribers:
             self._add(subscriber, credentials.get(subscriber.id, StoredCredentials()),
                       by_subscriber.get(subscriber.id, []))
@@ -119,6 +130,13 @@ class Directory:
         for address in {f.address for f in fixed if f is not None and f.address is not None}:
             if self.reserved.get(address) == subscriber_id:
                 del self.reserved[address]
+        for prefix in {f.prefix6 for f in fixed if f is not None and f.prefix6 is not None}:
+            key = _prefix_key(prefix)
+            if self.reserved_prefixes.get(key) == subscriber_id:
+                del self.reserved_prefixes[key]
+                self._prefix_lengths[key[1]] -= 1
+                if not self._prefix_lengths[key[1]]:
+                    del self._prefix_lengths[key[1]]
 
     def _add(self, subscriber: Subscriber, credentials: StoredCredentials, reservations: list[Reservation]) -> None:
         plan = self.plans.get(subscriber.plan_id) if subscriber.plan_id is not None else None
@@ -128,10 +146,15 @@ class Directory:
         for reservation in reservations:
             if reservation.address is not None:
                 self.reserved[reservation.address] = subscriber.id
+            if reservation.prefix6 is not None:
+                key = _prefix_key(reservation.prefix6)
+                if key not in self.reserved_prefixes:
+                    self._prefix_lengths[key[1]] += 1
+                self.reserved_prefixes[key] = subscriber.id
             fixed = Fixed.of(reservation)
             if reservation.kind == ReservationKind.USERNAME:
                 logins = self.usernames if reservation.key == subscriber.username else self.reserved_logins
-                logins[reservation.key] = (subject, fixed)
+                logins[reservation.key] = (subject, fixed or NOTHING_FIXED)
             else:
                 if reservation.kind in _LINE_KINDS:  # (a DHCP client-id is no line a NAS reports)
                     subject.lines.add((str(reservation.kind), reservation.key))
@@ -144,3 +167,23 @@ class Directory:
 
     def by_id(self, subscriber_id: int) -> AuthSubject | None:
         return self.subjects.get(subscriber_id)
+
+    def prefix_reserved(self, network: int, length: int) -> bool:
+        """Whether a reservation's prefix6 is this prefix (``network``/``length``, as integers)
+        or holds it (a shorter one reserved by hand). One inside it (a longer one) is not seen
+        here: the store refuses that overlap when the prefix is reserved."""
+        for reserved_length in self._prefix_lengths:
+            if reserved_length <= length:
+                host_bits = 128 - reserved_length
+                if ((network >> host_bits) << host_bits, reserved_length) in self.reserved_prefixes:
+                    return True
+        return False
+
+
+# What a reservation that fixes nothing (a login of its own, no address) gives its login.
+NOTHING_FIXED = Fixed()
+
+
+def _prefix_key(prefix: str) -> tuple[int, int]:
+    network = IPv6Network(prefix)
+    return int(network.network_address), network.prefixlen

@@ -241,6 +241,7 @@ class PlanReply:
     framed_pool: str | None = None
     suspended: SuspendedAction | None = None
     address_pool: str | None = None  # ispd gives Framed-IP-Address from this pool
+    prefix_pool: str | None = None  # ispd reserves a Delegated-IPv6-Prefix from this pool, for good
     line_lock: bool = False  # logins only from the subscriber's reserved lines (when it has any)
 
 
@@ -274,11 +275,12 @@ class PendingCheck:
 
 @dataclass(slots=True)
 class PendingClaim:
-    """An Access-Accept that waits for an address of ``pool`` (claimed in the store, durably,
-    before the NAS is told)."""
+    """An Access-Accept that waits for the store: for an address of ``pool`` (claimed durably
+    before the NAS is told), for a prefix of ``prefix_pool`` reserved for the subscriber's
+    username (the first login of a plan with a prefix pool), or for both."""
 
     subject: AuthSubject
-    pool: str
+    pool: str | None
     holder: str
     walled: bool
     method: str
@@ -289,7 +291,9 @@ class PendingClaim:
     # When the claim cannot be made now and the request is dropped: as PendingCheck's.
     restore: Callable[[], None] | None = None
     acct_session_id: str | None = None  # the session the request names (a re-authentication)
-    fixed_ipv6: Fixed | None = None  # a reservation's IPv6 address and prefix, which go out with the address
+    # What the login's and the line's reservations fix, which goes out with what the store gives.
+    fixed: Fixed | None = None
+    prefix_pool: str | None = None
 
 
 @dataclass(slots=True)
@@ -767,22 +771,30 @@ class AuthEngine:
             if open_sessions >= plan.max_sessions and \
                     open_sessions - self._same_station(subject.id, packet, nas) >= plan.max_sessions:
                 return self._reject(RejectReason.SIMULTANEOUS_USE, method, subject, failure)
+        # No reservation names the login: the subscriber's own username, with nothing reserved
+        # (a reserved login has its row, whatever it fixes: such a login gets no pool's prefix).
+        login_unreserved = fixed is None
         if fixed is None:
             fixed = self._reserved_for_line(packet, subject)
         elif not fixed.complete:  # the login's, then the line's for what the login's leaves open
             fixed = fixed.over(self._reserved_for_line(packet, subject))
-        if (fixed is None or fixed.address is None) and plan is not None:
-            plan_reply = self.settings.plans.get(plan.name)
-            if plan_reply is not None and plan_reply.address_pool is not None:
-                claim = self._pending_claim(packet, subject, plan_reply.address_pool, walled, method,
-                                            method_attributes, failure)
-                claim.fixed_ipv6 = fixed
+        plan_reply = self.settings.plans.get(plan.name) if plan is not None else None
+        if plan_reply is not None:
+            address_pool = plan_reply.address_pool if fixed is None or fixed.address is None else None
+            # A prefix of the pool is reserved once and kept; not for the walled garden, which
+            # is IPv4 only (the next login out of it reserves one).
+            prefix_pool = (plan_reply.prefix_pool if login_unreserved and not walled
+                           and (fixed is None or fixed.prefix6 is None) else None)
+            if address_pool is not None or prefix_pool is not None:
+                claim = self._pending_claim(packet, subject, address_pool, walled, method, method_attributes,
+                                            failure)
+                claim.fixed, claim.prefix_pool = fixed, prefix_pool
                 return Decision(claim=claim, subscriber_id=subject.id)
         profile = self.profile(subject, nas, fixed, walled, packet.authenticator)
         return Decision(_ACCESS_ACCEPT, profile + method_attributes if method_attributes else profile, method=method,
                         subscriber_id=subject.id)
 
-    def _pending_claim(self, packet: Packet, subject: AuthSubject, pool: str, walled: bool, method: str,
+    def _pending_claim(self, packet: Packet, subject: AuthSubject, pool: str | None, walled: bool, method: str,
                        method_attributes: bytes, failure: Callable[[], bytes] | None) -> PendingClaim:
         port_id = packet.get(Attr.NAS_PORT_ID)
         port = opaque_text(port_id) if port_id else None
@@ -791,13 +803,18 @@ class AuthEngine:
                             method_attributes, hw_address, port, failure,
                             acct_session_id=_text(packet.first, _ACCT_SESSION_ID))
 
-    def finish_claim(self, packet: Packet, nas: Nas, claim: PendingClaim, address: str | None) -> Decision:
-        """The Access-Accept with the address the store gave (``None``: the pool is full)."""
-        if address is None:
+    def finish_claim(self, packet: Packet, nas: Nas, claim: PendingClaim, address: str | None,
+                     prefix6: str | None = None) -> Decision:
+        """The Access-Accept with the address the store gave for the claim's pool (``None``: the
+        pool is full, a reject) and the prefix reserved from its prefix pool (``None``: none
+        could be, and the login goes without one: its IPv4 still works)."""
+        if claim.pool is not None and address is None:
             return self._reject(RejectReason.POOL_EXHAUSTED, claim.method, claim.subject, claim.failure)
-        # The profile without an address is cached; the address (which varies) goes after it.
-        profile = self.profile(claim.subject, nas, claim.fixed_ipv6, claim.walled, packet.authenticator)
-        framed_ip = _encode((Attr.FRAMED_IP_ADDRESS, IPv4Address(address).packed))
+        fixed = claim.fixed if prefix6 is None else Fixed(prefix6=prefix6).over(claim.fixed)
+        # The profile without a pool's address is cached (a reserved prefix is the login's for
+        # good: it may be); the address (which varies) goes after it.
+        profile = self.profile(claim.subject, nas, fixed, claim.walled, packet.authenticator)
+        framed_ip = _encode((Attr.FRAMED_IP_ADDRESS, IPv4Address(address).packed)) if claim.pool and address else b""
         return Decision(_ACCESS_ACCEPT, profile + framed_ip + claim.method_attributes, method=claim.method,
                         subscriber_id=claim.subject.id)
 

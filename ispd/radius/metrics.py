@@ -51,6 +51,10 @@ class RadiusMetrics:
         self.home_servers = LabeledCounter(
             "ispd_radius_home_server_requests_total", "Requests proxied, by home server (address:port), kind (auth, "
             "acct) and result (answered; silent: no valid answer after every send).", ["server", "kind", "result"])
+        self.prefix_reservations = LabeledCounter(
+            "ispd_radius_prefix_reservations_total", "Delegated prefixes that logins asked a [[radius.prefix_pool]] "
+            "for, by result (reserved for good; exhausted: none free; failed: the store failed), the last two "
+            "answered without Delegated-IPv6-Prefix.", ["result"])
         self.stale_sessions = LabeledCounter(
             "ispd_radius_stale_sessions_closed_total", "Sessions closed because the NAS stopped reporting them.", [])
         self.latency = LabeledHistogram(
@@ -80,6 +84,8 @@ class RadiusMetrics:
             for result in ("ack", "nak", "timeout", "error"):
                 self.coa.inc(kind, result, amount=0)
         self.stale_sessions.inc(amount=0)
+        for result in ("reserved", "exhausted", "failed"):
+            self.prefix_reservations.inc(result, amount=0)
         for kind, results in (("auth", ("accept", "reject", "challenge", "timeout", "error")),
                               ("acct", ("acked", "timeout", "error", "dropped"))):
             for result in results:
@@ -88,6 +94,7 @@ class RadiusMetrics:
     def collectors(self, gauges: Callable[[], dict[str, float]]) -> list[Collector]:
         return [FastCollector([self.requests, self.responses, self.auth, self.rejects, self.dropped, self.duplicates,
                                self.accounting, self.coa, self.proxied, self.home_servers, self.stale_sessions,
+                               self.prefix_reservations,
                                self.latency]),
                 _GaugeCollector(gauges)]
 

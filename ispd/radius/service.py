@@ -86,6 +86,7 @@ from ispd.radius.engine import (
 )
 from ispd.radius.homeclient import HomeServerClient
 from ispd.radius.metrics import RadiusMetrics
+from ispd.radius.prefixes import PrefixPool, prefix_pools
 from ispd.radius.proxy import (
     HomeServer,
     ProxyError,
@@ -98,7 +99,7 @@ from ispd.radius.proxy import (
 )
 from ispd.radius.sessions import OpenSessions, fills_in
 from ispd.service import Health, Service, ServiceContext, ServiceStartError, describe_os_error
-from ispd.store.errors import InvalidValue, NotFound, StoreError
+from ispd.store.errors import Conflict, InvalidValue, NotFound, StoreError
 from ispd.store.models import (
     AccountingOutcome,
     AccountingRecord,
@@ -111,6 +112,7 @@ from ispd.store.models import (
     OverQuota,
     QuotaCrossing,
     RadiusSession,
+    ReservationKind,
     SubscriberStatus,
 )
 from ispd.store.sqlite_radius import ADMIN_CLOSE_CAUSE, STALE_CAUSE, SUPERSEDED_CAUSE, month_start
@@ -126,8 +128,14 @@ MAX_ENFORCING = 64  # Disconnects/CoAs under way past which _enforce_status wait
 MAX_DATAGRAM = 4096
 MAX_QUEUED_ACCOUNTING = 50_000
 DROP_LOG_INTERVAL_SECONDS = 60.0
-MAX_PENDING_CLAIMS = 4096  # Access-Accepts waiting for an address from the store
+MAX_PENDING_CLAIMS = 4096  # Access-Accepts waiting for an address (or a prefix) from the store
 CLAIM_ROUNDS = 3
+# A prefix for a login: candidates the store may refuse (reserved by another process meanwhile,
+# or a longer prefix inside one, which the directory's index does not see), and how many of the
+# pool's prefixes one search looks at (a loop's few milliseconds: a pool dense with reservations
+# behind its cursor, just after a start, is crossed over a few logins, not in one).
+PREFIX_ATTEMPTS = 8
+PREFIX_SEARCH = 4096
 # A stopped session's address that an Access-Accept gave again meanwhile: a re-authentication of
 # that session, or the next session's Accept whose Start is on its way. Looked at again this long
 # after the Stop: no session on it by then, and not given again, it goes back to the pool.
@@ -318,6 +326,7 @@ class RadiusService(Service):
         self._quota_due: set[int] = set()
         self._refreshing: dict[int, list[Any]] = {}  # [lock, users]: one refresh of a subscriber at a time
         self.addresses = AddressPools(())
+        self.prefixes: dict[str, PrefixPool] = prefix_pools(self.config.prefix_pool)
         self._pending_claims = 0
         self._releases: list[tuple[str, str]] = []  # (address, holder) of stopped sessions, to give back
         self._releasing: set[str] = set()  # their addresses, until the store has released them
@@ -378,7 +387,7 @@ class RadiusService(Service):
                 raise ServiceStartError(f"radius: {where}: {exc}") from None
 
         plans = {p.plan: PlanReply(attributes(p.attributes, f"plan {p.plan!r} attributes"), p.framed_pool,
-                                   p.suspended, p.address_pool, p.line_lock) for p in config.plan}
+                                   p.suspended, p.address_pool, p.prefix_pool, p.line_lock) for p in config.plan}
         return ReplySettings(config.interim_interval_seconds, config.suspended,
                              attributes(config.walled_garden_attributes, "walled_garden_attributes"), plans)
 
@@ -478,6 +487,7 @@ class RadiusService(Service):
                 self.addresses = await self._address_pools(new.radius)
             except StoreError as exc:
                 raise ServiceStartError(f"radius: cannot load the address pools' leases: {exc}") from None
+        self.prefixes = prefix_pools(new.radius.prefix_pool, self.prefixes)
         self.accounting.interim_interval = new.radius.interim_interval_seconds
         self.accounting.forget_clients()
         self.passwords.cache_seconds = new.radius.auth_cache_seconds
@@ -835,11 +845,11 @@ class RadiusService(Service):
 
     def _claim(self, claim: PendingClaim, packet: Packet, nas: Nas, transport: asyncio.DatagramTransport,
                addr: Any, key: DuplicateKey, started: float) -> None:
-        """Claim an address in the store, then answer (the NAS retransmits meanwhile: the
-        duplicate cache holds those)."""
+        """Claim an address and reserve a prefix in the store, as the claim needs, then answer
+        (the NAS retransmits meanwhile: the duplicate cache holds those)."""
         now = self.context.clock()
         held = self._still_held(claim, now)
-        if held is not None:
+        if held is not None and claim.prefix_pool is None:
             assert self.auth is not None
             self._conclude(self.auth.finish_claim(packet, nas, claim, held), packet, nas, transport, addr, key,
                            started, now)
@@ -852,13 +862,17 @@ class RadiusService(Service):
             return
         self._pending_claims += 1
         self.duplicates.begin(key)
-        self._spawn(self._claim_then_answer(claim, packet, nas, transport, addr, key, started), "address-claim")
+        self._spawn(self._claim_then_answer(claim, packet, nas, transport, addr, key, started, held),
+                    "address-claim")
 
     async def _claim_then_answer(self, claim: PendingClaim, packet: Packet, nas: Nas,
                                  transport: asyncio.DatagramTransport, addr: Any, key: DuplicateKey,
-                                 started: float) -> None:
+                                 started: float, held: str | None = None) -> None:
         try:
-            address = await self._claim_address(claim)
+            # The prefix first: reserved for good, it stays the login's when the address claim
+            # fails and the NAS asks again (that login's reservation names it then).
+            prefix6 = await self._reserve_prefix(claim) if claim.prefix_pool is not None else None
+            address = held if held is not None or claim.pool is None else await self._claim_address(claim)
         except Exception as exc:  # StoreError or a bug: no answer, the NAS asks again
             self.duplicates.forget(key)
             if claim.restore is not None:
@@ -871,14 +885,57 @@ class RadiusService(Service):
             self._pending_claims -= 1
         assert self.auth is not None
         now = self.context.clock()
-        if address is None:
+        if address is None and claim.pool is not None:
             log.warning("radius.address.pool_exhausted", pool=claim.pool, subscriber_id=claim.subject.id)
-        self._conclude(self.auth.finish_claim(packet, nas, claim, address), packet, nas, transport, addr, key,
-                       started, now)
+        self._conclude(self.auth.finish_claim(packet, nas, claim, address, prefix6), packet, nas, transport, addr,
+                       key, started, now)
+
+    async def _reserve_prefix(self, claim: PendingClaim) -> str | None:
+        """Reserve the next free prefix of the claim's prefix pool for the subscriber's username,
+        for good, and update the directory so that its next login has it; or the prefix a
+        reservation of that username made meanwhile (another login, another process) has. None
+        when the pool has none free or the store fails: the login goes without a prefix."""
+        subject = claim.subject
+        pool = self.prefixes.get(claim.prefix_pool) if claim.prefix_pool is not None else None
+        if pool is None:  # gone in a reload meanwhile
+            return None
+        username = subject.subscriber.username
+        try:
+            for _ in range(PREFIX_ATTEMPTS):
+                candidate = pool.next_free(self.directory.prefix_reserved, PREFIX_SEARCH)
+                if candidate is None:
+                    break
+                try:
+                    reservation = await self.context.store.add_reservation(
+                        subject.id, ReservationKind.USERNAME, username, actor="radius", prefix6=str(candidate))
+                except Conflict:
+                    # The username reserved meanwhile, or the prefix overlapping one: which, the
+                    # store's current view of the subscriber says.
+                    await self._refresh(subject.id)
+                    found = self.directory.find(username)
+                    if found is not None and found[0].id == subject.id and found[1] is not None:
+                        return found[1].prefix6
+                    continue
+                await self._refresh(subject.id)
+                self.metrics.prefix_reservations.inc("reserved")
+                log.info("radius.prefix.reserved", pool=pool.name, prefix=reservation.prefix6,
+                         subscriber=username)
+                return reservation.prefix6
+        except Exception as exc:  # StoreError or a bug: the Access-Accept goes without the prefix
+            self.metrics.prefix_reservations.inc("failed")
+            log.warning("radius.prefix.reserve_failed", pool=pool.name, subscriber=username, error=str(exc),
+                        exc_info=not isinstance(exc, StoreError))
+            return None
+        self.metrics.prefix_reservations.inc("exhausted")
+        log.warning("radius.prefix.pool_exhausted", pool=pool.name, subscriber=username,
+                    detail=f"no free /{pool.delegated_length} found among the next {PREFIX_SEARCH} of the pool")
+        return None
 
     def _still_held(self, claim: PendingClaim, now: float) -> str | None:
         """The address the claim's holder holds already, for long enough to give it again
         without a write (the plan's pool unchanged, the address nobody's fixed one meanwhile)."""
+        if claim.pool is None:  # (a claim for a prefix only)
+            return None
         held = self.addresses.reuse(claim.holder, claim.pool, now, now + self.config.address_hold_seconds / 2,
                                     claim.acct_session_id)
         # Being given back (its old session's Stop): through the store, which releases it first
@@ -887,7 +944,7 @@ class RadiusService(Service):
 
     async def _claim_address(self, claim: PendingClaim) -> str | None:
         pools, store = self.addresses, self.context.store
-        if claim.pool not in pools.pools:  # gone in a reload meanwhile
+        if claim.pool is None or claim.pool not in pools.pools:  # gone in a reload meanwhile
             return None
         for _ in range(CLAIM_ROUNDS):  # a round's candidates may all turn out taken: the view was behind
             now = self.context.clock()

@@ -7,6 +7,7 @@ import os
 import struct
 from collections.abc import Sequence
 from dataclasses import replace
+from ipaddress import IPv6Network
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,7 @@ from ispd.radius.engine import (
     RejectReason,
     ReplySettings,
 )
+from ispd.radius.prefixes import PrefixPool
 from ispd.radius.sessions import OpenSessions
 from ispd.store.models import (
     AccountingStatus,
@@ -481,6 +483,86 @@ def test_a_pool_plan_waits_for_an_address_and_sends_it_not_the_nas_pool() -> Non
                              authenticator=authenticator)
     claim = world.engine.handle(on_line, nas(), NOW).claim
     assert claim is not None and (claim.holder, claim.hw_address) == ("alice 02:00:5e:00:00:01", "02:00:5e:00:00:01")
+
+
+def test_a_prefix_pool_plan_asks_for_a_prefix_and_the_accept_carries_it_with_the_pools_address() -> None:
+    """RIPE-690 stable prefixes: a login whose username nothing reserves waits for the store to
+    reserve a prefix of the plan's pool (and to claim an address of its address pool)."""
+    world = World(ReplySettings(plans={"home": PlanReply(address_pool="pppoe", prefix_pool="homes")}))
+    packet = pap("bob", "bob-pw")
+    decision = world.engine.handle(packet, nas(), NOW)
+    assert decision.code is None and decision.claim is not None
+    assert (decision.claim.pool, decision.claim.prefix_pool) == ("pppoe", "homes")
+    accepted = world.engine.finish_claim(packet, nas(), decision.claim, "198.18.8.9", "2001:db8:1000:100::/56")
+    assert accepted.code == Code.ACCESS_ACCEPT and accepted.subscriber_id == 2
+    assert first(accepted.attributes, Attr.FRAMED_IP_ADDRESS) == bytes((198, 18, 8, 9))
+    assert first(accepted.attributes, Attr.DELEGATED_IPV6_PREFIX) == bytes.fromhex("0038" "20010db8100001")
+    # No prefix to be had (the pool full, the store failing): accepted all the same, without one.
+    without = world.engine.finish_claim(packet, nas(), decision.claim, "198.18.8.9", None)
+    assert without.code == Code.ACCESS_ACCEPT and first(without.attributes, Attr.DELEGATED_IPV6_PREFIX) is None
+    assert first(without.attributes, Attr.FRAMED_IP_ADDRESS) == bytes((198, 18, 8, 9))
+
+
+def test_a_prefix_pool_alone_claims_no_address_and_keeps_a_lines_reserved_one() -> None:
+    world = World(ReplySettings(plans={"home": PlanReply(prefix_pool="homes")}))
+    line = Reservation(3, 2, ReservationKind.MAC, "02:00:5e:00:00:02", address="198.18.7.2")
+    world.directory.replace(subscriber(2, "bob"), StoredCredentials(cleartext="bob-pw", updated_at=1), [line], PLAN)
+    authenticator = os.urandom(16)
+    packet = access_request([(Attr.USER_NAME, b"bob"), (Attr.CALLING_STATION_ID, b"02-00-5E-00-00-02"),
+                             (Attr.USER_PASSWORD, hide_password(b"bob-pw", SECRET, authenticator))],
+                            authenticator=authenticator)
+    decision = world.engine.handle(packet, nas(), NOW)
+    assert decision.claim is not None and (decision.claim.pool, decision.claim.prefix_pool) == (None, "homes")
+    accepted = world.engine.finish_claim(packet, nas(), decision.claim, None, "2001:db8:1000::/56")
+    assert accepted.code == Code.ACCESS_ACCEPT
+    assert first(accepted.attributes, Attr.FRAMED_IP_ADDRESS) == bytes((198, 18, 7, 2))  # the line's, once
+    assert [c for c, _ in reply_attributes(accepted.attributes)].count(Attr.FRAMED_IP_ADDRESS) == 1
+    assert first(accepted.attributes, Attr.DELEGATED_IPV6_PREFIX) == bytes.fromhex("0038" "20010db81000" "00")
+
+
+def test_no_prefix_from_the_pool_for_the_walled_garden_a_reserved_prefix_or_a_reserved_login() -> None:
+    world = World(ReplySettings(plans={"home": PlanReply(prefix_pool="homes")},
+                                suspended=SuspendedAction.WALLED_GARDEN))
+    walled = world.engine.handle(pap("dave", "dave-pw"), nas(), NOW)  # suspended: IPv4 only
+    assert walled.code == Code.ACCESS_ACCEPT and walled.claim is None
+    assert first(walled.attributes, Attr.DELEGATED_IPV6_PREFIX) is None
+    # alice@pppoe is reserved (an address, no prefix): it gets none from the pool.
+    reserved_login = world.engine.handle(pap("alice@pppoe", "alice-pw"), nas(), NOW)
+    assert reserved_login.code == Code.ACCESS_ACCEPT and reserved_login.claim is None
+    assert first(reserved_login.attributes, Attr.DELEGATED_IPV6_PREFIX) is None
+    # bob's username reserved with its prefix: that one, nothing asked of the store.
+    own = Reservation(3, 2, ReservationKind.USERNAME, "bob", prefix6="2001:db8:1000:100::/56")
+    world.directory.replace(subscriber(2, "bob"), StoredCredentials(cleartext="bob-pw", updated_at=1), [own], PLAN)
+    kept = world.engine.handle(pap("bob", "bob-pw"), nas(), NOW)
+    assert kept.code == Code.ACCESS_ACCEPT and kept.claim is None
+    assert first(kept.attributes, Attr.DELEGATED_IPV6_PREFIX) == bytes.fromhex("0038" "20010db8100001")
+    # ...and reserved without one (an address only): none from the pool either.
+    address_only = Reservation(3, 2, ReservationKind.USERNAME, "bob", address="198.18.7.8")
+    world.directory.replace(subscriber(2, "bob"), StoredCredentials(cleartext="bob-pw", updated_at=1),
+                            [address_only], PLAN)
+    plain = world.engine.handle(pap("bob", "bob-pw"), nas(), NOW)
+    assert plain.code == Code.ACCESS_ACCEPT and plain.claim is None
+    assert first(plain.attributes, Attr.DELEGATED_IPV6_PREFIX) is None
+    # A plan without a prefix pool asks for nothing.
+    assert World().engine.handle(pap("bob", "bob-pw"), nas(), NOW).claim is None
+
+
+def test_a_prefix_pool_hands_out_the_next_prefix_the_directory_does_not_know_reserved() -> None:
+    world = World()
+    pool = PrefixPool("homes", IPv6Network("2001:db8:1000::/48"), 56)
+    first_one = Reservation(3, 2, ReservationKind.USERNAME, "bob", prefix6="2001:db8:1000::/56")
+    hand = Reservation(4, 3, ReservationKind.DUID, "00:03:00:01:02:00:5e:00:00:03", prefix6="2001:db8:1000:200::/55")
+    world.directory.replace(subscriber(2, "bob"), StoredCredentials(updated_at=1), [first_one], PLAN)
+    world.directory.replace(subscriber(3, "carol"), StoredCredentials(updated_at=1), [hand], PLAN)
+    taken = world.directory.prefix_reserved
+    # /56 number 0 is bob's, 2 and 3 lie inside carol's /55.
+    assert [str(pool.next_free(taken, 10)) for _ in range(2)] == ["2001:db8:1000:100::/56", "2001:db8:1000:400::/56"]
+    world.directory.remove(3)
+    assert str(pool.next_free(taken, 10)) == "2001:db8:1000:500::/56"  # the cursor goes on
+    small = PrefixPool("one", IPv6Network("2001:db8:1000::/56"), 56)
+    assert small.next_free(taken, 10) is None  # bob's: the pool is full
+    world.directory.remove(2)
+    assert str(small.next_free(taken, 10)) == "2001:db8:1000::/56"
 
 
 def test_the_directory_knows_every_fixed_address_and_forgets_a_subscribers_own() -> None:
