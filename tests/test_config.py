@@ -424,7 +424,7 @@ def test_a_radius_prefix_pool_and_a_plan_naming_it(tmp_path: Path) -> None:
     ('[[radius.prefix_pool]]\nname = "a"\nprefix = "ff00::/16"\n', "is multicast"),
     ('[[radius.prefix_pool]]\nname = "a"\nprefix = "2000::/12"\n', "is shorter than /16"),
     ('[[radius.prefix_pool]]\nname = "a"\nprefix = "2001:db8::/56"\ndelegated_length = 48\n',
-     "delegated_length 48 must be longer than the pool's prefix 2001:db8::/56"),
+     "delegated_length 48 is shorter than the pool's prefix 2001:db8::/56; give /56 or longer"),
     ('[[radius.prefix_pool]]\nname = "a"\nprefix = "2001:db8::/48"\ndelegated_length = 80\n', "less than or equal to 64"),
     ('[[radius.prefix_pool]]\nname = "a b"\nprefix = "2001:db8::/48"\n', "name"),
     (f'{PREFIX_POOL}{PREFIX_POOL.replace("1000::/40", "2000::/40")}', "two pools are named 'homes'"),

@@ -268,14 +268,16 @@ class PrefixPoolConfig(Section):
     # hand out a prefix RADIUS reserves).
     prefix: Annotated[IPv6Network, BeforeValidator(_delegable_network)]
     # The length of each delegated prefix: /56 as RIPE-690 recommends for homes, /48 for
-    # businesses; longer than the pool's, at most /64.
+    # businesses; at least the pool's (the same: a pool of that one prefix), at most /64.
     delegated_length: int = Field(default=56, ge=1, le=64)
 
     @model_validator(mode="after")
     def _delegated_fits(self) -> PrefixPoolConfig:
-        if self.delegated_length <= self.prefix.prefixlen:
-            raise ValueError(f"prefix_pool {self.name!r}: delegated_length {self.delegated_length} must be longer "
-                             f"than the pool's prefix {self.prefix} (e.g. {max(self.prefix.prefixlen + 8, 56)})")
+        # (Equal is a pool of that one prefix.)
+        if self.delegated_length < self.prefix.prefixlen:
+            raise ValueError(f"prefix_pool {self.name!r}: delegated_length {self.delegated_length} is shorter than "
+                             f"the pool's prefix {self.prefix}; give /{self.prefix.prefixlen} or longer "
+                             f"(e.g. {max(self.prefix.prefixlen, 56)})")
         return self
 
 

@@ -144,6 +144,62 @@ def test_a_login_reservation_gives_a_fixed_ipv6_address_and_prefix_to_a_running_
     assert plain.code == "Access-Accept" and plain.first("Delegated-IPv6-Prefix") is None, plain.output
 
 
+async def _add_subscribers(path: Path, plans: dict[str, list[str]]) -> None:
+    """Plans and their subscribers (password: "<name>-pw", kept in cleartext), straight into the store."""
+    from ispd.store import StoreConfig, open_store
+    from ispd.store.models import CredentialPolicy, StoredCredentials
+
+    store = await open_store(StoreConfig(path=path))
+    try:
+        for plan, names in plans.items():
+            await store.add_plan(plan, actor="test", credential_policy=CredentialPolicy.CLEARTEXT)
+            for name in names:
+                await store.add_subscriber(name, actor="test", plan=plan,
+                                           credentials=StoredCredentials(cleartext=f"{name}-pw", updated_at=1))
+    finally:
+        await store.close()
+
+
+def test_a_prefix_pool_gives_each_subscriber_a_prefix_for_good(tmp_path: Path) -> None:
+    """RIPE-690 stable prefixes: a plan's [[radius.prefix_pool]] reserves each subscriber's first
+    login the pool's next /56, which every later login gets, also after a restart; a full pool
+    still accepts, without the prefix (radtest as the NAS)."""
+    require_radclient()
+    config = radius_config(tmp_path, free_udp_port(), prefix_pool=[
+        {"name": "homes", "prefix": "2001:db8:1000::/48", "delegated_length": 56},
+        {"name": "one", "prefix": "2001:db8:2000::/56", "delegated_length": 56}],
+        plan=[{"plan": "v6", "prefix_pool": "homes"}, {"plan": "tiny", "prefix_pool": "one"}])
+    with IspdProcess(tmp_path, config) as ispd:
+        # Into the store before the start, which loads them (no wait for the daemon's store
+        # poll, nor a CLI process's second each).
+        asyncio.run(_add_subscribers(tmp_path / "ispd.db", {"v6": ["anna", "ben", "emil"], "tiny": ["cleo", "dora"]}))
+        ispd.start()
+        service = Radius(ispd)
+
+        def login(name: str) -> Reply:
+            return eventually(lambda: (r := radtest(name, f"{name}-pw", service.auth, SECRET)).code
+                              == "Access-Accept" and r, timeout=10)
+
+        first_login = login("anna")
+        assert first_login.first("Delegated-IPv6-Prefix") == "2001:db8:1000::/56", first_login.output
+        assert login("anna").first("Delegated-IPv6-Prefix") == "2001:db8:1000::/56"
+        assert login("ben").first("Delegated-IPv6-Prefix") == "2001:db8:1000:100::/56"
+        listed = json.loads(ispd.cli("reservation", "list", "--json").stdout)
+        assert [(r["username"], r["kind"], r["key"], r["prefix6"]) for r in listed] == [
+            ("anna", "username", "anna", "2001:db8:1000::/56"), ("ben", "username", "ben", "2001:db8:1000:100::/56")]
+        assert "2001:db8:1000::/56" in ispd.cli("subscriber", "show", "anna").stdout
+        # A pool of one /56: cleo takes it, dora is accepted without one.
+        assert login("cleo").first("Delegated-IPv6-Prefix") == "2001:db8:2000::/56"
+        full = login("dora")
+        assert full.first("Delegated-IPv6-Prefix") is None, full.output
+        assert ispd.metric_value("ispd_radius_prefix_reservations_total", {"result": "exhausted"}) == 1
+        assert ispd.metric_value("ispd_radius_prefix_reservations_total", {"result": "reserved"}) == 3
+        assert ispd.terminate() == 0
+        ispd.start()  # the reservations come back from the store; the pools' cursors start over
+        assert login("anna").first("Delegated-IPv6-Prefix") == "2001:db8:1000::/56"
+        assert login("emil").first("Delegated-IPv6-Prefix") == "2001:db8:1000:200::/56"
+
+
 def test_a_subscriber_s_own_reply_attributes_reach_the_nas_over_its_plan_s(radius: Radius) -> None:
     """A business line: its routed block (Framed-Route) and its own prefix for its router, and a
     faster rate than its plan's, set with the CLI and in the next Access-Accept."""
