@@ -28,6 +28,10 @@ Access-Request (RFC 2865 §4.1), after the transport found the NAS and decoded t
    reservation, or a reservation of the subscriber matching Calling-Station-Id, the circuit-id
    or the remote-id) or else the plan's Framed-Pool, the rate limit in the NAS's dialect, the
    plan's extra attributes and the method's own (MS-CHAP2-Success and MPPE keys, EAP-Success).
+   What the store must give first comes back as a ``PendingClaim`` for the transport, and
+   ``finish_claim`` completes it: an address of the plan's ``address_pool``, and, for a
+   username no reservation names (not in the walled garden), a prefix of its ``prefix_pool``
+   reserved for that login for good (Delegated-IPv6-Prefix; none to be had is no reject).
 
 Rejects carry only what the method needs (MS-CHAP-Error, EAP-Failure): nothing that tells a
 client why. The reason goes to metrics and logs (``RejectReason``).

@@ -19,11 +19,12 @@ from ispd.events import EventBus, SessionStarted, SubscriberSuspended
 from ispd.radius.codec import Attr, Code, decode, encode_attributes, encode_request
 from ispd.radius.config import RadiusConfig
 from ispd.radius.dictionary import builtin_dictionary
-from ispd.radius.engine import AccountingEngine, Nas
+from ispd.radius.engine import AccountingEngine, Nas, PendingClaim
 from ispd.radius.service import RadiusService
 from ispd.service import ServiceContext
 from ispd.store import StoreConfig, open_store
 from ispd.store.base import Store
+from ispd.store.errors import StoreError
 from ispd.store.models import (
     AccountingOutcome,
     AccountingRecord,
@@ -31,6 +32,7 @@ from ispd.store.models import (
     AccountingStatus,
     CoARecord,
     RadiusSession,
+    ReservationKind,
     SubscriberStatus,
 )
 from tests.lab.fakenas import FakeNas
@@ -324,5 +326,50 @@ async def test_accounting_on_reaches_every_server_of_a_load_balanced_realm(tmp_p
         service._proxy_accounting(record, packet, time.perf_counter())
         await asyncio.gather(*service._tasks)
         assert sorted(asked, key=str) == [(server,) for server in servers]
+    finally:
+        await store.close()
+
+
+async def test_a_pool_prefix_is_reserved_past_what_the_store_refuses_or_taken_from_a_reservation_made_elsewhere(
+        tmp_path: Path) -> None:
+    """The directory's index does not see everything the store does (a longer prefix inside a
+    candidate, a reservation another process just made): the store refuses, and the service
+    passes to the next candidate, or uses the username's reservation it now finds."""
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        await store.add_plan("v6", actor="test")
+        anna, ben, carol = [await store.add_subscriber(name, actor="test", plan="v6") for name in ("anna", "ben", "carol")]
+        config = _radius_config(3799, prefix_pool=[{"name": "homes", "prefix": "2001:db8:1000::/48"}],
+                                plan=[{"plan": "v6", "prefix_pool": "homes"}])
+        service = RadiusService(config, ServiceContext(store, EventBus(), CollectorRegistry(), _healthy))
+        await service._load_store()
+        # Made after the service loaded (by the CLI, say) and not heard of yet:
+        await store.add_reservation(carol.id, ReservationKind.DUID, "00:03:00:01:02:00:5e:00:00:03", actor="test",
+                                    prefix6="2001:db8:1000::/60")  # inside the pool's first /56
+        await store.add_reservation(ben.id, ReservationKind.USERNAME, "ben", actor="test",
+                                    prefix6="2001:db8:1000:4200::/56")
+
+        def claim(name: str) -> PendingClaim:
+            found = service.directory.find(name)
+            assert found is not None and found[1] is None  # no reservation known for the login
+            return PendingClaim(found[0], None, name, False, "pap", b"", None, None, prefix_pool="homes")
+
+        assert await service._reserve_prefix(claim("anna")) == "2001:db8:1000:100::/56"
+        anna_now = service.directory.find("anna")  # the next login has it without the store's poll
+        assert anna_now is not None and anna_now[1] is not None and anna_now[1].prefix6 == "2001:db8:1000:100::/56"
+        assert await service._reserve_prefix(claim("ben")) == "2001:db8:1000:4200::/56"
+        assert [(r.subscriber_id, r.key, r.prefix6) for r in await store.list_reservations()
+                if r.kind == ReservationKind.USERNAME] == [
+            (ben.id, "ben", "2001:db8:1000:4200::/56"), (anna.id, "anna", "2001:db8:1000:100::/56")]
+        # The store failing: no prefix (the login is accepted without one), counted.
+        carol_claim = claim("carol")
+
+        async def failing(*args: object, **kwargs: object) -> None:
+            raise StoreError("disk I/O error")
+
+        store.add_reservation = failing  # type: ignore[method-assign, assignment]
+        assert await service._reserve_prefix(carol_claim) is None
+        counted = service.metrics.prefix_reservations
+        assert (counted.get("reserved"), counted.get("failed"), counted.get("exhausted")) == (1, 1, 0)
     finally:
         await store.close()
