@@ -786,9 +786,12 @@ class AuthEngine:
         if plan_reply is not None:
             address_pool = plan_reply.address_pool if fixed is None or fixed.address is None else None
             # A prefix of the pool is reserved once and kept; not for the walled garden, which
-            # is IPv4 only (the next login out of it reserves one).
+            # is IPv4 only (the next login out of it reserves one), nor for a subscriber whose
+            # own reply attributes give its static prefix (a business line: the reserved one
+            # would replace it in the Access-Accept, and the pool lose a prefix for good).
             prefix_pool = (plan_reply.prefix_pool if login_unreserved and not walled
-                           and (fixed is None or fixed.prefix6 is None) else None)
+                           and (fixed is None or fixed.prefix6 is None)
+                           and not self._own_delegated_prefix(subject) else None)
             if address_pool is not None or prefix_pool is not None:
                 claim = self._pending_claim(packet, subject, address_pool, walled, method, method_attributes,
                                             failure)
@@ -797,6 +800,9 @@ class AuthEngine:
         profile = self.profile(subject, nas, fixed, walled, packet.authenticator)
         return Decision(_ACCESS_ACCEPT, profile + method_attributes if method_attributes else profile, method=method,
                         subscriber_id=subject.id)
+
+    def _own_delegated_prefix(self, subject: AuthSubject) -> bool:
+        return any((a.vendor, a.code) == (0, _DELEGATED_IPV6_PREFIX) for a in self._own_reply(subject))
 
     def _pending_claim(self, packet: Packet, subject: AuthSubject, pool: str | None, walled: bool, method: str,
                        method_attributes: bytes, failure: Callable[[], bytes] | None) -> PendingClaim:

@@ -547,6 +547,17 @@ def test_no_prefix_from_the_pool_for_the_walled_garden_a_reserved_prefix_or_a_re
     assert World().engine.handle(pap("bob", "bob-pw"), nas(), NOW).claim is None
 
 
+def test_no_prefix_from_the_pool_for_a_subscriber_whose_own_reply_gives_its_static_prefix() -> None:
+    """From a review: a business line's own Delegated-IPv6-Prefix (`subscriber radius-reply`) was
+    replaced by a prefix reserved from its plan's pool, which the pool lost for good."""
+    world = World(ReplySettings(plans={"home": PlanReply(prefix_pool="homes")}))
+    bob = replace(subscriber(2, "bob"), radius_reply=("Delegated-IPv6-Prefix = 2001:db8:999::/56",))
+    world.directory.replace(bob, StoredCredentials(cleartext="bob-pw", updated_at=1), [], PLAN)
+    accepted = world.engine.handle(pap("bob", "bob-pw"), nas(), NOW)
+    assert accepted.code == Code.ACCESS_ACCEPT and accepted.claim is None
+    assert first(accepted.attributes, Attr.DELEGATED_IPV6_PREFIX) == bytes.fromhex("0038" "20010db8099900")
+
+
 def test_a_prefix_pool_hands_out_the_next_prefix_the_directory_does_not_know_reserved() -> None:
     world = World()
     pool = PrefixPool("homes", IPv6Network("2001:db8:1000::/48"), 56)
