@@ -18,6 +18,7 @@ against the cheapest form the store keeps (the mail service's AUTH checks the sa
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -86,9 +87,12 @@ class Directory:
         self.plans: dict[int, Plan] = {}
         self.reserved: dict[str, int] = {}  # fixed address → its subscriber (never given from a pool)
         # Every reservation's prefix6, as (network, length) integers: a prefix pool skips them
-        # without asking the store; the lengths in use, to look up a candidate's supernets.
+        # without asking the store; the lengths in use, to look up a candidate's supernets; their
+        # networks in order, to find one inside a candidate (a /64 reserved by hand, the /56s
+        # of a pool whose delegated_length a reload shortened).
         self.reserved_prefixes: dict[tuple[int, int], int] = {}
         self._prefix_lengths: Counter[int] = Counter()
+        self._prefix_networks: list[int] = []
 
     def load(self, subscribers: Iterable[Subscriber], plans: Iterable[Plan],
              credentials: dict[int, StoredCredentials], reservations: Iterable[Reservation]) -> None:
@@ -102,9 +106,11 @@ class Directory:
         self.reserved.clear()
         self.reserved_prefixes.clear()
         self._prefix_lengths.clear()
+        self._prefix_networks.clear()
         for subscriber in subscribers:
             self._add(subscriber, credentials.get(subscriber.id, StoredCredentials()),
-                      by_subscriber.get(subscriber.id, []))
+                      by_subscriber.get(subscriber.id, []), sort=False)
+        self._prefix_networks.sort()  # (once, not an insertion per reservation)
 
     def replace(self, subscriber: Subscriber, credentials: StoredCredentials,
                 reservations: Iterable[Reservation], plan: Plan | None) -> None:
@@ -134,11 +140,13 @@ class Directory:
             key = _prefix_key(prefix)
             if self.reserved_prefixes.get(key) == subscriber_id:
                 del self.reserved_prefixes[key]
+                del self._prefix_networks[bisect.bisect_left(self._prefix_networks, key[0])]
                 self._prefix_lengths[key[1]] -= 1
                 if not self._prefix_lengths[key[1]]:
                     del self._prefix_lengths[key[1]]
 
-    def _add(self, subscriber: Subscriber, credentials: StoredCredentials, reservations: list[Reservation]) -> None:
+    def _add(self, subscriber: Subscriber, credentials: StoredCredentials, reservations: list[Reservation],
+             sort: bool = True) -> None:
         plan = self.plans.get(subscriber.plan_id) if subscriber.plan_id is not None else None
         subject = AuthSubject(subscriber, plan, credentials)
         self.subjects[subscriber.id] = subject
@@ -150,6 +158,10 @@ class Directory:
                 key = _prefix_key(reservation.prefix6)
                 if key not in self.reserved_prefixes:
                     self._prefix_lengths[key[1]] += 1
+                    if sort:
+                        bisect.insort(self._prefix_networks, key[0])
+                    else:
+                        self._prefix_networks.append(key[0])
                 self.reserved_prefixes[key] = subscriber.id
             fixed = Fixed.of(reservation)
             if reservation.kind == ReservationKind.USERNAME:
@@ -169,11 +181,15 @@ class Directory:
         return self.subjects.get(subscriber_id)
 
     def prefix_reserved(self, network: int, length: int) -> bool:
-        """Whether a reservation's prefix6 is this prefix (``network``/``length``, as integers)
-        or holds it (a shorter one reserved by hand). One inside it (a longer one) is not seen
-        here: the store refuses that overlap when the prefix is reserved."""
+        """Whether a reservation's prefix6 overlaps this prefix (``network``/``length``, as
+        integers): is it, holds it (a shorter one reserved by hand) or lies inside it. (The store
+        checks again, and also what this index does not hold: a reservation's IPv6 address.)"""
+        networks = self._prefix_networks
+        at = bisect.bisect_left(networks, network)
+        if at < len(networks) and networks[at] <= network | ((1 << (128 - length)) - 1):
+            return True  # (reservations do not overlap: one starting inside it is it, or inside it)
         for reserved_length in self._prefix_lengths:
-            if reserved_length <= length:
+            if reserved_length < length:
                 host_bits = 128 - reserved_length
                 if ((network >> host_bits) << host_bits, reserved_length) in self.reserved_prefixes:
                     return True

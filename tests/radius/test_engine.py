@@ -576,6 +576,26 @@ def test_a_prefix_pool_hands_out_the_next_prefix_the_directory_does_not_know_res
     assert str(small.next_free(taken, 10)) == "2001:db8:1000::/56"
 
 
+def test_a_prefix_pool_passes_over_a_candidate_that_holds_a_longer_reserved_prefix() -> None:
+    """From a review: a /64 reserved by hand inside a /56 (or the /56s of a pool whose
+    delegated_length a reload made /48) was a candidate all the same, each costing a refused
+    store write; eight in a row answered the login without a prefix, counted "exhausted"."""
+    world = World()
+    pool = PrefixPool("biz", IPv6Network("2001:db8:1000::/40"), 48)
+    inside = [Reservation(10 + i, 2, ReservationKind.USERNAME if i == 0 else ReservationKind.DUID,
+                          "bob" if i == 0 else f"00:03:00:01:02:00:5e:00:00:{i:02x}",
+                          prefix6=f"2001:db8:10{i:02x}:4200::/56") for i in range(3)]
+    world.directory.replace(subscriber(2, "bob"), StoredCredentials(updated_at=1), inside, PLAN)
+    taken = world.directory.prefix_reserved
+    assert [taken(int(IPv6Network(p).network_address), 48)
+            for p in ("2001:db8:1000::/48", "2001:db8:1002::/48", "2001:db8:1003::/48")] == [True, True, False]
+    assert str(pool.next_free(taken, 10)) == "2001:db8:1003::/48"
+    world.directory.remove(2)  # given back: found again at the next pass
+    assert not taken(int(IPv6Network("2001:db8:1001::/48").network_address), 48)
+    world.directory.load([subscriber(2, "bob")], [PLAN], {}, inside)  # (as at a start)
+    assert taken(int(IPv6Network("2001:db8:1001::/48").network_address), 48)
+
+
 def test_the_directory_knows_every_fixed_address_and_forgets_a_subscribers_own() -> None:
     world = World()
     assert world.directory.reserved == {"198.18.7.7": 1, "198.18.7.6": 6}
