@@ -476,6 +476,7 @@ class RadiusService(Service):
         self.config, self.nas, self.dictionary = new.radius, table, dictionary
         self.auth.dictionary = self.accounting.dictionary = dictionary
         self.auth.settings = settings
+        self.prefixes = prefix_pools(new.radius.prefix_pool, self.prefixes)  # (with the plans that name them)
         self.auth.forget_profiles()
         if tunnels is None or self.auth.tunnels is None:
             self.auth.tunnels = tunnels
@@ -487,7 +488,6 @@ class RadiusService(Service):
                 self.addresses = await self._address_pools(new.radius)
             except StoreError as exc:
                 raise ServiceStartError(f"radius: cannot load the address pools' leases: {exc}") from None
-        self.prefixes = prefix_pools(new.radius.prefix_pool, self.prefixes)
         self.accounting.interim_interval = new.radius.interim_interval_seconds
         self.accounting.forget_clients()
         self.passwords.cache_seconds = new.radius.auth_cache_seconds
