@@ -180,6 +180,11 @@ class Directory:
     def by_id(self, subscriber_id: int) -> AuthSubject | None:
         return self.subjects.get(subscriber_id)
 
+    def last_reserved_prefix(self, first: int, last: int) -> int | None:
+        """The highest network of a reserved prefix that starts within ``first``..``last``."""
+        at = bisect.bisect_right(self._prefix_networks, last)
+        return self._prefix_networks[at - 1] if at and self._prefix_networks[at - 1] >= first else None
+
     def prefix_reserved(self, network: int, length: int) -> bool:
         """Whether a reservation's prefix6 overlaps this prefix (``network``/``length``, as
         integers): is it, holds it (a shorter one reserved by hand) or lies inside it. (The store

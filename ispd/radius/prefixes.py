@@ -3,8 +3,9 @@
 Theory of operation. A prefix from a pool is not leased but reserved for good (RIPE-690's
 stable prefixes): a ``username`` reservation in the store, which checks it against every other
 reservation atomically and which DHCPv6 skips. So the pool keeps no state worth persisting: a
-cursor over its delegated prefixes in order, which starts at the pool's beginning at every start
-and skips what the directory knows is reserved. Each candidate is handed out once per pass (the
+cursor over its delegated prefixes in order, which starts just past the pool's last reserved
+prefix at every start (the pool fills from its beginning) and skips what the directory knows is
+reserved. Each candidate is handed out once per pass (the
 cursor moves past it), so that two logins reserving at once try different prefixes; the store
 still decides, and a candidate it refuses is simply passed over. A prefix given back (its
 reservation deleted) is found again when the cursor wraps around.
@@ -44,11 +45,29 @@ class PrefixPool:
                 return IPv6Network((network, length))
         return None
 
+    def resume_past(self, last_reserved: Callable[[int, int], int | None]) -> None:
+        """The cursor just past the last reserved network in the pool (``last_reserved(first,
+        last)``, the highest network reserved in that span), as after a start: the pool fills from
+        its beginning, so the free ones are there, and a search from the beginning would first
+        cross every reservation made before (more than one login's worth in a large pool)."""
+        last = last_reserved(self._first, self._first + self.size * self._step - 1)
+        self.cursor = 0 if last is None else ((last - self._first) // self._step + 1) % self.size
+
     def same_as(self, config: PrefixPoolConfig) -> bool:
         return (self.prefix, self.delegated_length) == (config.prefix, config.delegated_length)
 
 
-def prefix_pools(configs: list[PrefixPoolConfig], old: dict[str, PrefixPool] | None = None) -> dict[str, PrefixPool]:
-    """The pools by name; after a reload, an unchanged pool keeps its cursor."""
+def prefix_pools(configs: list[PrefixPoolConfig], last_reserved: Callable[[int, int], int | None],
+                 old: dict[str, PrefixPool] | None = None) -> dict[str, PrefixPool]:
+    """The pools by name, each new one's cursor past its reservations; after a reload, an
+    unchanged pool keeps its cursor."""
     old = old or {}
-    return {c.name: old[c.name] if c.name in old and old[c.name].same_as(c) else PrefixPool.of(c) for c in configs}
+    pools = {}
+    for config in configs:
+        kept = old.get(config.name)
+        if kept is not None and kept.same_as(config):
+            pools[config.name] = kept
+        else:
+            pools[config.name] = PrefixPool.of(config)
+            pools[config.name].resume_past(last_reserved)
+    return pools

@@ -326,7 +326,7 @@ class RadiusService(Service):
         self._quota_due: set[int] = set()
         self._refreshing: dict[int, list[Any]] = {}  # [lock, users]: one refresh of a subscriber at a time
         self.addresses = AddressPools(())
-        self.prefixes: dict[str, PrefixPool] = prefix_pools(self.config.prefix_pool)
+        self.prefixes: dict[str, PrefixPool] = {}  # (made once the directory knows the reservations)
         self._pending_claims = 0
         self._releases: list[tuple[str, str]] = []  # (address, holder) of stopped sessions, to give back
         self._releasing: set[str] = set()  # their addresses, until the store has released them
@@ -403,6 +403,7 @@ class RadiusService(Service):
         except StoreError as exc:
             raise ServiceStartError(f"radius: cannot load subscribers from the store: {exc}") from None
         self.directory.load(subscribers, plans, credentials, reservations)
+        self.prefixes = prefix_pools(self.config.prefix_pool, self.directory.last_reserved_prefix)
         self.sessions.load(sessions)
 
     async def _load_quota_flags(self) -> None:
@@ -476,7 +477,8 @@ class RadiusService(Service):
         self.config, self.nas, self.dictionary = new.radius, table, dictionary
         self.auth.dictionary = self.accounting.dictionary = dictionary
         self.auth.settings = settings
-        self.prefixes = prefix_pools(new.radius.prefix_pool, self.prefixes)  # (with the plans that name them)
+        # (with the plans that name them)
+        self.prefixes = prefix_pools(new.radius.prefix_pool, self.directory.last_reserved_prefix, self.prefixes)
         self.auth.forget_profiles()
         if tunnels is None or self.auth.tunnels is None:
             self.auth.tunnels = tunnels

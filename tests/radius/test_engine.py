@@ -31,7 +31,7 @@ from ispd.radius.codec import (
     split_vendor_specific,
     vendor_specific,
 )
-from ispd.radius.config import EAPConfig, EAPMethod, NasKind, SuspendedAction
+from ispd.radius.config import EAPConfig, EAPMethod, NasKind, PrefixPoolConfig, SuspendedAction
 from ispd.radius.config import MessageAuthenticatorPolicy as Policy
 from ispd.radius.dictionary import builtin_dictionary
 from ispd.radius.directory import Directory
@@ -47,7 +47,7 @@ from ispd.radius.engine import (
     RejectReason,
     ReplySettings,
 )
-from ispd.radius.prefixes import PrefixPool
+from ispd.radius.prefixes import PrefixPool, prefix_pools
 from ispd.radius.sessions import OpenSessions
 from ispd.store.models import (
     AccountingStatus,
@@ -594,6 +594,25 @@ def test_a_prefix_pool_passes_over_a_candidate_that_holds_a_longer_reserved_pref
     assert not taken(int(IPv6Network("2001:db8:1001::/48").network_address), 48)
     world.directory.load([subscriber(2, "bob")], [PLAN], {}, inside)  # (as at a start)
     assert taken(int(IPv6Network("2001:db8:1001::/48").network_address), 48)
+
+
+def test_a_prefix_pool_made_at_start_resumes_past_its_reservations() -> None:
+    """From a review: after a restart the search began at the pool's first prefix and looked
+    at 4,096 per login, so a pool with more reservations than that at its front answered the
+    next logins without a prefix, counted as exhausted."""
+    world = World()
+    reservations = [Reservation(100 + i, 2, ReservationKind.DUID, f"00:03:00:01:02:00:5e:00:{i >> 8:02x}:{i & 255:02x}",
+                                prefix6=f"2001:db8:{0x1000 + (i >> 8):x}:{(i & 255) << 8:x}::/56") for i in range(5000)]
+    world.directory.load([subscriber(2, "bob")], [PLAN], {}, reservations)
+    config = PrefixPoolConfig(name="homes", prefix="2001:db8:1000::/40", delegated_length=56)
+    [pool] = prefix_pools([config], world.directory.last_reserved_prefix).values()
+    assert str(pool.next_free(world.directory.prefix_reserved, 4096)) == "2001:db8:1013:8800::/56"  # the 5,001st
+    empty = prefix_pools([config.model_copy(update={"prefix": IPv6Network("2001:db8:2000::/40")})],
+                         world.directory.last_reserved_prefix)
+    assert empty["homes"].cursor == 0
+    full = prefix_pools([config.model_copy(update={"prefix": IPv6Network("2001:db8:1000::/48")})],
+                        world.directory.last_reserved_prefix)
+    assert full["homes"].cursor == 0  # (its last prefix reserved: round to the front, where gaps are)
 
 
 def test_the_directory_knows_every_fixed_address_and_forgets_a_subscribers_own() -> None:
