@@ -802,7 +802,9 @@ class AuthEngine:
                         subscriber_id=subject.id)
 
     def _own_delegated_prefix(self, subject: AuthSubject) -> bool:
-        return any((a.vendor, a.code) == (0, _DELEGATED_IPV6_PREFIX) for a in self._own_reply(subject))
+        """Whether the subscriber's own reply attributes say where its prefix comes from: a
+        static Delegated-IPv6-Prefix, or a pool of the NAS's (Delegated-IPv6-Prefix-Pool)."""
+        return any((a.vendor, a.code) in _OWN_PREFIX_SOURCES for a in self._own_reply(subject))
 
     def _pending_claim(self, packet: Packet, subject: AuthSubject, pool: str | None, walled: bool, method: str,
                        method_attributes: bytes, failure: Callable[[], bytes] | None) -> PendingClaim:
@@ -946,6 +948,9 @@ class AuthEngine:
 
 # The NAS's pool of what a reservation fixes (RFC 6911 §3.3, §3.4).
 _POOL_FOR = {_FRAMED_IPV6_ADDRESS: 172, _DELEGATED_IPV6_PREFIX: 171}  # Stateful-IPv6-Address-Pool, Delegated-...-Pool
+
+# A subscriber's own reply attribute that settles its delegated prefix: no plan's pool reserves one.
+_OWN_PREFIX_SOURCES = frozenset({(0, _DELEGATED_IPV6_PREFIX), (0, _POOL_FOR[_DELEGATED_IPV6_PREFIX])})
 
 # What a session keeps from its Access-Accept, which a CoA does not move.
 _SESSION_ADDRESSING = frozenset({(0, _FRAMED_IPV6_ADDRESS), (0, _FRAMED_IPV6_PREFIX), (0, _DELEGATED_IPV6_PREFIX)})

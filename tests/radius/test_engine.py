@@ -556,6 +556,11 @@ def test_no_prefix_from_the_pool_for_a_subscriber_whose_own_reply_gives_its_stat
     accepted = world.engine.handle(pap("bob", "bob-pw"), nas(), NOW)
     assert accepted.code == Code.ACCESS_ACCEPT and accepted.claim is None
     assert first(accepted.attributes, Attr.DELEGATED_IPV6_PREFIX) == bytes.fromhex("0038" "20010db8099900")
+    # Nor for one whose own attributes name a pool of the NAS's to take it from.
+    bob = replace(subscriber(2, "bob"), radius_reply=("Delegated-IPv6-Prefix-Pool = biz-pd",))
+    world.directory.replace(bob, StoredCredentials(cleartext="bob-pw", updated_at=1), [], PLAN)
+    accepted = world.engine.handle(pap("bob", "bob-pw"), nas(), NOW)
+    assert accepted.code == Code.ACCESS_ACCEPT and accepted.claim is None and first(accepted.attributes, 171) == b"biz-pd"
 
 
 def test_a_prefix_pool_hands_out_the_next_prefix_the_directory_does_not_know_reserved() -> None:
