@@ -166,7 +166,8 @@ def _age_days(stamp: str, now: float) -> int:
 def load_secrets(path: Path) -> list[bytes]:
     """The secrets in ``path``, one per line (blank lines and ``#`` comments skipped), the
     signing one first; a missing file is made, mode 0600, with one random secret, as postsrsd's
-    package does. Raises ``OSError`` or ``ValueError`` (a file with no secret in it).
+    package does. Raises ``OSError`` or ``ValueError`` (a file with no secret in it, or one that
+    others than its owner may read).
 
     Two processes may find it missing at once (nodes sharing the directory, started together):
     the file is written whole under a temporary name and linked into place, so that neither
