@@ -52,8 +52,7 @@ def encode_value(attribute: Attribute, text: str, tag: int | None = None) -> byt
         elif kind == DataType.COMBO_IP:
             value = ipaddress.ip_address(text).packed
         elif kind == DataType.IPV6PREFIX:
-            network = ipaddress.IPv6Network(text, strict=False)
-            value = bytes((0, network.prefixlen)) + network.network_address.packed[:(network.prefixlen + 7) // 8]
+            value = ipv6_prefix_value(ipaddress.IPv6Network(text, strict=False))
         elif kind == DataType.IPV4PREFIX:
             network4 = ipaddress.IPv4Network(text, strict=False)
             value = bytes((0, network4.prefixlen)) + network4.network_address.packed
@@ -81,6 +80,12 @@ def encode_value(attribute: Attribute, text: str, tag: int | None = None) -> byt
     if len(value) > 247:
         raise AttributeValueError(f"{attribute.name}: the value is longer than an attribute can carry")
     return value
+
+
+def ipv6_prefix_value(network: ipaddress.IPv6Network) -> bytes:
+    """An ipv6prefix value (RFC 3162 §2.3, RFC 4818): a reserved octet, the length, and the
+    prefix's significant octets only."""
+    return bytes((0, network.prefixlen)) + network.network_address.packed[:(network.prefixlen + 7) // 8]
 
 
 _NUMBER_RANGES = {DataType.SIGNED: (-(2**31), 2**31 - 1), DataType.INTEGER64: (0, 2**64 - 1),

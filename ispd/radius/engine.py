@@ -64,7 +64,12 @@ from ispd.dhcp.identifiers import normalize_key, opaque_text
 from ispd.logs import get_logger
 from ispd.radius import mschap
 from ispd.radius.addresses import holder_of, line_of
-from ispd.radius.attributes import AttributeValueError, ReplyAttribute, subscriber_reply_attribute
+from ispd.radius.attributes import (
+    AttributeValueError,
+    ReplyAttribute,
+    ipv6_prefix_value,
+    subscriber_reply_attribute,
+)
 from ispd.radius.codec import (
     MAX_ATTRIBUTE_VALUE,
     Attr,
@@ -969,15 +974,12 @@ def _attribute_key(item: bytes | ReplyAttribute) -> tuple[int, int]:
 
 
 def _fixed_ipv6(fixed: Fixed) -> list[bytes]:
-    """Framed-IPv6-Address (RFC 6911 §3.1) and Delegated-IPv6-Prefix (RFC 4818: a reserved
-    octet, the length, and the prefix's significant octets) of a reservation."""
+    """Framed-IPv6-Address (RFC 6911 §3.1) and Delegated-IPv6-Prefix (RFC 4818) of a reservation."""
     items = []
     if fixed.address6 is not None:
         items.append(_encode((Attr.FRAMED_IPV6_ADDRESS, IPv6Address(fixed.address6).packed)))
     if fixed.prefix6 is not None:
-        network = IPv6Network(fixed.prefix6)
-        significant = network.network_address.packed[:(network.prefixlen + 7) // 8]
-        items.append(_encode((Attr.DELEGATED_IPV6_PREFIX, bytes((0, network.prefixlen)) + significant)))
+        items.append(_encode((Attr.DELEGATED_IPV6_PREFIX, ipv6_prefix_value(IPv6Network(fixed.prefix6)))))
     return items
 
 
