@@ -80,6 +80,7 @@ from ispd.dhcp6.codec import (
     option,
 )
 from ispd.dhcp6.config import DHCP6Config, Subnet6
+from ispd.reservedspace import ReservedSpace
 from ispd.store.models import (
     IPV6_RESERVATION_KINDS,
     Lease6,
@@ -189,81 +190,6 @@ def _address_network(address: IPv6Address) -> IPv6Network:
     return IPv6Network((int(address), 128))
 
 
-class _ReservedSpace:
-    """The fixed addresses and prefixes of reservations, so that no one else gets them nor a
-    prefix that holds one: a pool's walk asks for each candidate whether it holds, or lies in,
-    a network reserved to another client. Kept by length (a length's networks by their bits),
-    and for each length asked about (the pools', the reserved networks' own), which reserved
-    networks lie inside each network of that length, so each question is a few dictionary
-    lookups.
-
-    The store refuses overlapping reservations except one kind: a subscriber's fixed address
-    inside its own prefix (its business, the store says). Those do not keep each other's owner
-    from its own (``subscriber``)."""
-
-    def __init__(self, pool_lengths: Iterable[int], reservations: Iterable[Reservation]) -> None:
-        self.lengths: set[int] = set(pool_lengths)  # the lengths ``inside`` answers for
-        self.by_length: dict[int, dict[int, set[int]]] = {}  # length -> network bits -> ids
-        self.inside: dict[int, dict[int, set[int]]] = {}  # length -> its network's bits -> ids of longer ones
-        self.networks: dict[int, list[IPv6Network]] = {}  # reservation id -> what it reserves
-        self.subscriber_of: dict[int, int] = {}  # reservation id -> its subscriber
-        for reservation in reservations:
-            self.add(reservation)
-
-    def add(self, reservation: Reservation) -> None:
-        networks = [IPv6Network(text) for text in (reservation.prefix6,
-                                                   f"{reservation.address6}/128" if reservation.address6 else None)
-                    if text]
-        if not networks:
-            return
-        self.networks[reservation.id] = networks
-        self.subscriber_of[reservation.id] = reservation.subscriber_id
-        for network in networks:
-            if network.prefixlen not in self.lengths:  # a reserved network's own length is asked about too
-                self.lengths.add(network.prefixlen)
-                for rid, others in self.networks.items():
-                    for other in others:
-                        if other is not network:
-                            self._index_inside(other, rid, (network.prefixlen,))
-        for network in networks:
-            value, length = int(network.network_address), network.prefixlen
-            self.by_length.setdefault(length, {}).setdefault(value >> (128 - length), set()).add(reservation.id)
-            self._index_inside(network, reservation.id, self.lengths)
-
-    def _index_inside(self, network: IPv6Network, reservation_id: int, lengths: Iterable[int]) -> None:
-        value = int(network.network_address)
-        for length in lengths:
-            if length < network.prefixlen:
-                self.inside.setdefault(length, {}).setdefault(value >> (128 - length), set()).add(reservation_id)
-
-    def remove(self, reservation_id: int) -> None:
-        self.subscriber_of.pop(reservation_id, None)
-        for network in self.networks.pop(reservation_id, []):
-            value, length = int(network.network_address), network.prefixlen
-            self.by_length.get(length, {}).get(value >> (128 - length), set()).discard(reservation_id)
-            for inside_length in self.lengths:
-                self.inside.get(inside_length, {}).get(value >> (128 - inside_length), set()).discard(reservation_id)
-
-    def taken(self, network: IPv6Network, mine: int | None, subscriber: int | None = None) -> bool:
-        """Whether ``network`` is, lies in, or holds a network reserved to a reservation other
-        than ``mine`` (and, given ``subscriber``, of another subscriber)."""
-        if not self.networks:
-            return False
-        value, length = int(network.network_address), network.prefixlen
-
-        def another_s(owners: set[int]) -> bool:
-            return any(owner != mine and (subscriber is None or self.subscriber_of.get(owner) != subscriber)
-                       for owner in owners)
-
-        for reserved_length, tops in self.by_length.items():
-            if reserved_length <= length and another_s(tops.get(value >> (128 - reserved_length), set())):
-                return True
-        if length in self.lengths:
-            return another_s(self.inside.get(length, {}).get(value >> (128 - length), set()))
-        return another_s({owner for owner, networks in self.networks.items()
-                          if any(n.prefixlen > length and n.subnet_of(network) for n in networks)})
-
-
 def _pools(subnet: Subnet6) -> list[_Pool]:
     pools = [_Pool(p.name, Lease6Kind.ADDRESS, int(p.first), int(p.last) - int(p.first) + 1, 128)
              for p in subnet.pool]
@@ -294,7 +220,7 @@ class DHCP6Engine:
         self.by_interface = {s.interface: s for s in config.subnet if s.interface is not None}
         old = {pool.name: pool for pools in self.pools.values() for pool in pools}
         self.pools = {s.name: _pools(s) for s in config.subnet}
-        self.reserved = _ReservedSpace((pool.length for pools in self.pools.values() for pool in pools),
+        self.reserved = ReservedSpace((pool.length for pools in self.pools.values() for pool in pools),
                                        self.reservations.values())
         # A pool that is as it was keeps its cursor; one new or changed is placed afresh.
         kept = {pool.name for pools in self.pools.values() for pool in pools if old.get(pool.name) == pool}

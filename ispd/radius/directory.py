@@ -18,12 +18,10 @@ against the cheapest form the store keeps (the mail service's AUTH checks the sa
 
 from __future__ import annotations
 
-import bisect
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from ipaddress import IPv6Network
 
+from ispd.reservedspace import ReservedSpace
 from ispd.store.models import Plan, Reservation, ReservationKind, StoredCredentials, Subscriber
 
 _LINE_KINDS = frozenset({ReservationKind.MAC, ReservationKind.CIRCUIT_ID, ReservationKind.REMOTE_ID})
@@ -71,6 +69,8 @@ class AuthSubject:
     reply_cache: dict[tuple[str, bool, Fixed | None], bytes] = field(default_factory=dict)
     # Past its plan's monthly quota this month (the RADIUS service keeps it; it resets with the month).
     over_quota: bool = False
+    # Its reservations with a fixed IPv6 address or prefix, by id: what it holds in reserved_space.
+    reserved_ipv6: list[int] = field(default_factory=list)
 
     @property
     def id(self) -> int:
@@ -86,13 +86,9 @@ class Directory:
         self.reserved_logins: dict[str, tuple[AuthSubject, Fixed | None]] = {}
         self.plans: dict[int, Plan] = {}
         self.reserved: dict[str, int] = {}  # fixed address → its subscriber (never given from a pool)
-        # Every reservation's prefix6, as (network, length) integers: a prefix pool skips them
-        # without asking the store; the lengths in use, to look up a candidate's supernets; their
-        # networks in order, to find one inside a candidate (a /64 reserved by hand, the /56s
-        # of a pool whose delegated_length a reload shortened).
-        self.reserved_prefixes: dict[tuple[int, int], int] = {}
-        self._prefix_lengths: Counter[int] = Counter()
-        self._prefix_networks: list[int] = []
+        # Every reservation's fixed IPv6 address and prefix, as DHCPv6's pools keep them: a
+        # prefix pool skips a candidate that is, holds or lies in one without asking the store.
+        self.reserved_space = ReservedSpace((), ())
 
     def load(self, subscribers: Iterable[Subscriber], plans: Iterable[Plan],
              credentials: dict[int, StoredCredentials], reservations: Iterable[Reservation]) -> None:
@@ -104,13 +100,10 @@ class Directory:
         self.usernames.clear()
         self.reserved_logins.clear()
         self.reserved.clear()
-        self.reserved_prefixes.clear()
-        self._prefix_lengths.clear()
-        self._prefix_networks.clear()
+        self.reserved_space = ReservedSpace(self.reserved_space.lengths, ())  # (the lengths asked about stay)
         for subscriber in subscribers:
             self._add(subscriber, credentials.get(subscriber.id, StoredCredentials()),
-                      by_subscriber.get(subscriber.id, []), sort=False)
-        self._prefix_networks.sort()  # (once, not an insertion per reservation)
+                      by_subscriber.get(subscriber.id, []))
 
     def replace(self, subscriber: Subscriber, credentials: StoredCredentials,
                 reservations: Iterable[Reservation], plan: Plan | None) -> None:
@@ -136,17 +129,10 @@ class Directory:
         for address in {f.address for f in fixed if f is not None and f.address is not None}:
             if self.reserved.get(address) == subscriber_id:
                 del self.reserved[address]
-        for prefix in {f.prefix6 for f in fixed if f is not None and f.prefix6 is not None}:
-            key = _prefix_key(prefix)
-            if self.reserved_prefixes.get(key) == subscriber_id:
-                del self.reserved_prefixes[key]
-                del self._prefix_networks[bisect.bisect_left(self._prefix_networks, key[0])]
-                self._prefix_lengths[key[1]] -= 1
-                if not self._prefix_lengths[key[1]]:
-                    del self._prefix_lengths[key[1]]
+        for reservation_id in subject.reserved_ipv6:
+            self.reserved_space.remove(reservation_id)
 
-    def _add(self, subscriber: Subscriber, credentials: StoredCredentials, reservations: list[Reservation],
-             sort: bool = True) -> None:
+    def _add(self, subscriber: Subscriber, credentials: StoredCredentials, reservations: list[Reservation]) -> None:
         plan = self.plans.get(subscriber.plan_id) if subscriber.plan_id is not None else None
         subject = AuthSubject(subscriber, plan, credentials)
         self.subjects[subscriber.id] = subject
@@ -154,15 +140,9 @@ class Directory:
         for reservation in reservations:
             if reservation.address is not None:
                 self.reserved[reservation.address] = subscriber.id
-            if reservation.prefix6 is not None:
-                key = _prefix_key(reservation.prefix6)
-                if key not in self.reserved_prefixes:
-                    self._prefix_lengths[key[1]] += 1
-                    if sort:
-                        bisect.insort(self._prefix_networks, key[0])
-                    else:
-                        self._prefix_networks.append(key[0])
-                self.reserved_prefixes[key] = subscriber.id
+            if reservation.prefix6 is not None or reservation.address6 is not None:
+                self.reserved_space.add(reservation)
+                subject.reserved_ipv6.append(reservation.id)
             fixed = Fixed.of(reservation)
             if reservation.kind == ReservationKind.USERNAME:
                 logins = self.usernames if reservation.key == subscriber.username else self.reserved_logins
@@ -181,30 +161,18 @@ class Directory:
         return self.subjects.get(subscriber_id)
 
     def last_reserved_prefix(self, first: int, last: int) -> int | None:
-        """The highest network of a reserved prefix that starts within ``first``..``last``."""
-        at = bisect.bisect_right(self._prefix_networks, last)
-        return self._prefix_networks[at - 1] if at and self._prefix_networks[at - 1] >= first else None
+        """The highest reserved network that starts within ``first``..``last``."""
+        return self.reserved_space.last_within(first, last)
 
     def prefix_reserved(self, network: int, length: int) -> bool:
-        """Whether a reservation's prefix6 overlaps this prefix (``network``/``length``, as
-        integers): is it, holds it (a shorter one reserved by hand) or lies inside it. (The store
-        checks again, and also what this index does not hold: a reservation's IPv6 address.)"""
-        networks = self._prefix_networks
-        at = bisect.bisect_left(networks, network)
-        if at < len(networks) and networks[at] <= network | ((1 << (128 - length)) - 1):
-            return True  # (reservations do not overlap: one starting inside it is it, or inside it)
-        for reserved_length in self._prefix_lengths:
-            if reserved_length < length:
-                host_bits = 128 - reserved_length
-                if ((network >> host_bits) << host_bits, reserved_length) in self.reserved_prefixes:
-                    return True
-        return False
+        """Whether a reservation's fixed prefix or address overlaps this prefix (``network``/
+        ``length``, as integers): is it, holds it (a shorter one reserved by hand) or lies inside
+        it (the store checks again)."""
+        if length not in self.reserved_space.lengths:  # (a pool's length: indexed once, then lookups)
+            self.reserved_space.ask_about(length)
+        return self.reserved_space.taken_bits(network, length, None)
 
 
 # What a reservation that fixes nothing (a login of its own, no address) gives its login.
 NOTHING_FIXED = Fixed()
 
-
-def _prefix_key(prefix: str) -> tuple[int, int]:
-    network = IPv6Network(prefix)
-    return int(network.network_address), network.prefixlen
