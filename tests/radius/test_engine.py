@@ -113,9 +113,10 @@ def access_request(attributes: Sequence[tuple[int, bytes]], *, authenticator: by
                                  message_authenticator=message_authenticator))
 
 
-def pap(user: str, password: str, **kwargs: object) -> Packet:
+def pap(user: str, password: str, *line: tuple[int, bytes], **kwargs: object) -> Packet:
+    """A PAP Access-Request, with ``line``'s attributes (Calling-Station-Id, NAS-Port-Id, ...)."""
     authenticator = os.urandom(16)
-    return access_request([(Attr.USER_NAME, user.encode()),
+    return access_request([(Attr.USER_NAME, user.encode()), *line,
                            (Attr.USER_PASSWORD, hide_password(password.encode(), SECRET, authenticator))],
                           authenticator=authenticator, **kwargs)  # type: ignore[arg-type]
 
@@ -293,11 +294,7 @@ def test_a_lines_reserved_prefix_goes_to_a_login_on_that_line() -> None:
     world = World()
     line = Reservation(3, 2, ReservationKind.CIRCUIT_ID, "bng1 ge-0/0/1:100", prefix6="2001:db8:200::/48")
     world.directory.replace(subscriber(2, "bob"), StoredCredentials(cleartext="bob-pw", updated_at=1), [line], PLAN)
-    authenticator = os.urandom(16)
-    on_line = access_request([(Attr.USER_NAME, b"bob"), (Attr.NAS_PORT_ID, b"bng1 ge-0/0/1:100"),
-                              (Attr.USER_PASSWORD, hide_password(b"bob-pw", SECRET, authenticator))],
-                             authenticator=authenticator)
-    decision = world.engine.handle(on_line, nas(), NOW)
+    decision = world.engine.handle(pap("bob", "bob-pw", (Attr.NAS_PORT_ID, b"bng1 ge-0/0/1:100")), nas(), NOW)
     assert first(decision.attributes, Attr.DELEGATED_IPV6_PREFIX) == bytes.fromhex("0030" "20010db80200")
     assert first(world.engine.handle(pap("bob", "bob-pw"), nas(), NOW).attributes, Attr.DELEGATED_IPV6_PREFIX) is None
 
@@ -315,11 +312,8 @@ def test_a_logins_prefix_and_its_lines_address_both_go_out() -> None:
                             [line, login, other], PLAN)
 
     def on_line(user: bytes) -> bytes:
-        authenticator = os.urandom(16)
-        decision = world.engine.handle(access_request(
-            [(Attr.USER_NAME, user), (Attr.NAS_PORT_ID, b"bng1 ge-0/0/1:100"),
-             (Attr.USER_PASSWORD, hide_password(b"bob-pw", SECRET, authenticator))], authenticator=authenticator),
-            nas(), NOW)
+        decision = world.engine.handle(pap(user.decode(), "bob-pw", (Attr.NAS_PORT_ID, b"bng1 ge-0/0/1:100")),
+                                       nas(), NOW)
         assert decision.code == Code.ACCESS_ACCEPT
         return decision.attributes
 
@@ -336,11 +330,8 @@ def test_a_logins_prefix_and_its_lines_address_both_go_out() -> None:
 
 def test_a_mac_reservation_gives_the_address_to_the_line_it_matches() -> None:
     world = World()
-    authenticator = os.urandom(16)
-    packet = access_request([(Attr.USER_NAME, b"frank"), (Attr.CALLING_STATION_ID, b"02-00-5E-00-00-06"),
-                             (Attr.USER_PASSWORD, hide_password(b"frank-pw", SECRET, authenticator))],
-                            authenticator=authenticator)
-    decision = world.engine.handle(packet, nas(), NOW)
+    decision = world.engine.handle(pap("frank", "frank-pw", (Attr.CALLING_STATION_ID, b"02-00-5E-00-00-06")), nas(),
+                                   NOW)
     assert first(decision.attributes, Attr.FRAMED_IP_ADDRESS) == bytes((198, 18, 7, 6))
     assert first(world.engine.handle(pap("frank", "frank-pw"), nas(), NOW).attributes, Attr.FRAMED_IP_ADDRESS) is None
 
@@ -477,11 +468,8 @@ def test_a_pool_plan_waits_for_an_address_and_sends_it_not_the_nas_pool() -> Non
     full = world.engine.finish_claim(packet, nas(), decision.claim, None)
     assert (full.code, full.reject) == (Code.ACCESS_REJECT, RejectReason.POOL_EXHAUSTED)
     # A line's MAC (else its port) makes the holder: one router, one address.
-    authenticator = os.urandom(16)
-    on_line = access_request([(Attr.USER_NAME, b"alice"), (Attr.CALLING_STATION_ID, b"02-00-5E-00-00-01"),
-                              (Attr.USER_PASSWORD, hide_password(b"alice-pw", SECRET, authenticator))],
-                             authenticator=authenticator)
-    claim = world.engine.handle(on_line, nas(), NOW).claim
+    claim = world.engine.handle(pap("alice", "alice-pw", (Attr.CALLING_STATION_ID, b"02-00-5E-00-00-01")), nas(),
+                                NOW).claim
     assert claim is not None and (claim.holder, claim.hw_address) == ("alice 02:00:5e:00:00:01", "02:00:5e:00:00:01")
 
 
@@ -507,10 +495,7 @@ def test_a_prefix_pool_alone_claims_no_address_and_keeps_a_lines_reserved_one() 
     world = World(ReplySettings(plans={"home": PlanReply(prefix_pool="homes")}))
     line = Reservation(3, 2, ReservationKind.MAC, "02:00:5e:00:00:02", address="198.18.7.2")
     world.directory.replace(subscriber(2, "bob"), StoredCredentials(cleartext="bob-pw", updated_at=1), [line], PLAN)
-    authenticator = os.urandom(16)
-    packet = access_request([(Attr.USER_NAME, b"bob"), (Attr.CALLING_STATION_ID, b"02-00-5E-00-00-02"),
-                             (Attr.USER_PASSWORD, hide_password(b"bob-pw", SECRET, authenticator))],
-                            authenticator=authenticator)
+    packet = pap("bob", "bob-pw", (Attr.CALLING_STATION_ID, b"02-00-5E-00-00-02"))
     decision = world.engine.handle(packet, nas(), NOW)
     assert decision.claim is not None and (decision.claim.pool, decision.claim.prefix_pool) == (None, "homes")
     accepted = world.engine.finish_claim(packet, nas(), decision.claim, None, "2001:db8:1000::/56")
@@ -662,11 +647,7 @@ def test_a_station_that_authenticates_again_is_not_its_own_second_session() -> N
                                          nas_client=client, calling_station_id=calling))
 
     def again(calling: bytes, nas_: Nas) -> Decision:
-        authenticator = os.urandom(16)
-        return world.engine.handle(access_request(
-            [(Attr.USER_NAME, b"alice"), (Attr.CALLING_STATION_ID, calling),
-             (Attr.USER_PASSWORD, hide_password(b"alice-pw", SECRET, authenticator))], authenticator=authenticator),
-            nas_, NOW)
+        return world.engine.handle(pap("alice", "alice-pw", (Attr.CALLING_STATION_ID, calling)), nas_, NOW)
 
     assert again(station, nas()).code == Code.ACCESS_ACCEPT
     assert again(b"02-00-00-00-00-09", nas()).reject == RejectReason.SIMULTANEOUS_USE  # a third station
@@ -689,11 +670,8 @@ def test_a_station_whose_nas_rebooted_silently_is_known_by_its_mac_under_a_new_s
                                      calling_station_id="02-00-00-00-00-02"))
 
     def login(session_id: bytes, calling: bytes, port: bytes) -> Decision:
-        authenticator = os.urandom(16)
-        return world.engine.handle(access_request(
-            [(Attr.USER_NAME, b"alice"), (Attr.ACCT_SESSION_ID, session_id), (Attr.CALLING_STATION_ID, calling),
-             (Attr.NAS_PORT_ID, port), (Attr.USER_PASSWORD, hide_password(b"alice-pw", SECRET, authenticator))],
-            authenticator=authenticator), nas(), NOW)
+        return world.engine.handle(pap("alice", "alice-pw", (Attr.ACCT_SESSION_ID, session_id),
+                                       (Attr.CALLING_STATION_ID, calling), (Attr.NAS_PORT_ID, port)), nas(), NOW)
 
     assert login(b"new-1", b"AA-BB-CC-DD-EE-FF", b"eth0.100").code == Code.ACCESS_ACCEPT
     assert login(b"new-2", b"AA-BB-CC-DD-EE-FF", b"eth0.200").reject == RejectReason.SIMULTANEOUS_USE  # another port
