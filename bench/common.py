@@ -108,6 +108,14 @@ def stop_all() -> None:
         server.stop()
 
 
+def keep_or_remove(root: Path, keep: bool) -> None:
+    """The end of a run: its working directory removed, or (``--keep``) said where it stays."""
+    if keep:
+        print(f"kept: {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def udp_rcvbuf_errors() -> int:
     """The UDP RcvbufErrors counter of this network namespace (loopback traffic included)."""
     return udp_rcvbuf_errors_in(Path("/proc/net/snmp").read_text())

@@ -33,7 +33,6 @@ import argparse
 import atexit
 import ipaddress
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -53,6 +52,7 @@ from bench.common import (  # noqa: E402
     Step,
     add_perfdhcp_arguments,
     filesystem,
+    keep_or_remove,
     machine_summary,
     measure_step,
     perfdhcp_plan,
@@ -207,10 +207,7 @@ def main() -> None:
     finally:
         stop_all()
         lab.close()
-        if args.keep:
-            print(f"kept: {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        keep_or_remove(root, args.keep)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ import atexit
 import csv
 import ipaddress
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -57,6 +56,7 @@ from bench.common import (  # noqa: E402
     Step,
     add_perfdhcp_arguments,
     filesystem,
+    keep_or_remove,
     machine_summary,
     measure_step,
     perfdhcp_plan,
@@ -225,10 +225,7 @@ def main() -> None:
     finally:
         stop_all()
         lab.close()
-        if args.keep:
-            print(f"kept: {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        keep_or_remove(root, args.keep)
 
 
 if __name__ == "__main__":

@@ -93,6 +93,7 @@ from bench.common import (  # noqa: E402
     IspdDaemon,
     ServerFailed,
     cpu_seconds,
+    keep_or_remove,
     machine_summary,
     require,
     split_cpus,
@@ -757,10 +758,7 @@ def main() -> None:
     finally:
         stop_all()
         hierarchy.stop()
-        if args.keep:
-            print(f"kept: {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        keep_or_remove(root, args.keep)
 
 
 if __name__ == "__main__":

@@ -76,6 +76,7 @@ from bench.common import (  # noqa: E402
     cpu_seconds,
     greets,
     ispd_cli,
+    keep_or_remove,
     machine_summary,
     require,
     split_cpus,
@@ -717,10 +718,7 @@ def main() -> None:
             args.json.write_text(json.dumps([asdict(r) for r in results.values()], indent=1))
     finally:
         stop_all()
-        if args.keep:
-            print(f"kept: {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        keep_or_remove(root, args.keep)
 
 
 if __name__ == "__main__":

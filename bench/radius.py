@@ -65,6 +65,7 @@ from bench.common import (  # noqa: E402
     IspdDaemon,
     ServerFailed,
     cpu_seconds,
+    keep_or_remove,
     machine_summary,
     require,
     split_cpus,
@@ -524,10 +525,7 @@ def main() -> None:
                                              for r in results.values()], indent=1))
     finally:
         stop_all()
-        if args.keep:
-            print(f"kept: {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        keep_or_remove(root, args.keep)
 
 
 if __name__ == "__main__":
