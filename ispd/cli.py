@@ -44,6 +44,7 @@ from ispd.mail.maildir import Maildir
 from ispd.mail.spool import Spool
 from ispd.store import NotFound, Store, StoreError, open_store
 from ispd.store.models import (
+    UNCHANGED,
     CredentialPolicy,
     DailyUsage,
     Holding,
@@ -62,6 +63,7 @@ from ispd.store.models import (
     SubscriberOverview,
     SubscriberStatus,
     SuspendedMail,
+    Unchanged,
 )
 from ispd.store.validation import (
     attributable_text,
@@ -310,10 +312,18 @@ def render_overview(o: SubscriberOverview) -> str:
         lines += [f"  {a.address} -> {', '.join(a.targets)}" for a in o.aliases]
     lines.append("recent changes")
     for entry in o.audit:
-        details = " ".join(f"{k}={','.join(v) if isinstance(v, list) else v}"
-                           for k, v in sorted(entry.details.items()) if v not in (None, [], ""))
+        details = " ".join(f"{k}={_detail_text(v)}" for k, v in sorted(entry.details.items())
+                           if v not in (None, [], ""))
         lines.append(f"  {when(entry.at)} {entry.actor} {entry.action} {details}".rstrip())
     return "\n".join(lines)
+
+
+def _detail_text(value: object) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if isinstance(value, dict):  # (a change's previous values: "address:198.18.0.5,hostname:none")
+        return ",".join(f"{k}:{'none' if v is None else v}" for k, v in value.items())
+    return str(value)
 
 
 def describe_reservation(r: Reservation) -> str:
@@ -504,12 +514,42 @@ async def cmd_reservation_add(store: Store, args: argparse.Namespace) -> None:
                      if getattr(args, k.name.lower()) is not None)
     reservation = await store.add_reservation(args.subscriber, kind, key, actor=actor(), address=args.address,
                                               hostname=args.hostname, address6=args.address6, prefix6=args.prefix6)
+    await print_reservation(store, reservation, args, "added reservation #{id} for {holder}")
+
+
+async def print_reservation(store: Store, reservation: Reservation, args: argparse.Namespace, title: str) -> None:
     username = await username_of(store, reservation.subscriber_id)
     if args.json:
         print_json({**_jsonable(reservation), "username": username})
         return
     holder = username or f"#{reservation.subscriber_id}"
-    print(f"added reservation #{reservation.id} for {holder}: {describe_reservation(reservation)}")
+    print(f"{title.format(id=reservation.id, holder=holder)}: {describe_reservation(reservation)}")
+
+
+RESERVATION_FIELDS = ("address", "address6", "prefix6", "hostname")
+
+
+def reservation_set_usage(args: argparse.Namespace) -> str | None:
+    given = [name for name in RESERVATION_FIELDS if getattr(args, name) is not None]
+    both = [name for name in given if name in args.clear]
+    if both:
+        return f"give --{both[0]} or --clear {both[0]}, not both"
+    if not given and not args.clear:
+        return "nothing to change: give --address, --address6, --prefix6, --hostname or --clear FIELD"
+    return None
+
+
+async def cmd_reservation_set(store: Store, args: argparse.Namespace) -> None:
+    given = {name: getattr(args, name) for name in RESERVATION_FIELDS if getattr(args, name) is not None}
+    changes: dict[str, str | Unchanged | None] = {**given, **dict.fromkeys(args.clear)}
+
+    def change(name: str) -> str | Unchanged | None:
+        return changes.get(name, UNCHANGED)
+
+    reservation = await store.update_reservation(args.id, actor=actor(), address=change("address"),
+                                                 hostname=change("hostname"), address6=change("address6"),
+                                                 prefix6=change("prefix6"))
+    await print_reservation(store, reservation, args, "reservation #{id} of {holder}")
 
 
 async def cmd_reservation_list(store: Store, args: argparse.Namespace) -> None:
@@ -998,6 +1038,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "2001:db8:200::/48")
     p.add_argument("--hostname", type=checked_arg(hostname_text), help="the host name to give the client")
     p.set_defaults(handler=cmd_reservation_add)
+    p = reservation.add_parser(
+        "set", parents=[config_opts, json_opt], help="change what a reservation fixes",
+        description="Change a reservation's fixed addresses or host name, in one audited step (kept: its "
+                    "number, subscriber and client key; another client is a new reservation). Options not "
+                    "given stay as they are; --clear empties one. The daemons apply it at once: DHCP at the "
+                    "client's next renewal, RADIUS at the login's next Access-Request (an open session keeps "
+                    "what it was given).",
+    )
+    p.add_argument("id", type=positive_int, help="the reservation's number (see reservation list)")
+    p.add_argument("--address", type=checked_arg(reservable_address), help="the fixed IPv4 address")
+    p.add_argument("--address6", type=checked_arg(reservable_address6), metavar="ADDRESS",
+                   help="the fixed IPv6 address")
+    p.add_argument("--prefix6", type=checked_arg(reservable_prefix6), metavar="PREFIX",
+                   help="the fixed prefix to delegate")
+    p.add_argument("--hostname", type=checked_arg(hostname_text), help="the host name to give the client")
+    p.add_argument("--clear", action="append", default=[], choices=RESERVATION_FIELDS, metavar="FIELD",
+                   help=f"empty a field ({', '.join(RESERVATION_FIELDS)}); may be given more than once")
+    p.set_defaults(handler=cmd_reservation_set, check=reservation_set_usage)
     p = reservation.add_parser("list", parents=[config_opts, json_opt], help="list reservations")
     p.add_argument("--subscriber", help=f"only this subscriber's: {SUBSCRIBER_HELP}")
     p.set_defaults(handler=cmd_reservation_list)

@@ -102,6 +102,11 @@ class ReservationAdded(ReservationEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class ReservationChanged(ReservationEvent):
+    """Its fixed addresses or host name changed; the fields are its new state (same id, kind and key)."""
+
+
+@dataclass(frozen=True, slots=True)
 class ReservationDeleted(ReservationEvent):
     """Deleted on its own, or with its subscriber; the fields are its last state."""
 
@@ -284,6 +289,10 @@ def follow_subscribers(bus: EventBus, records: SubscriberRecords) -> list[Callab
     def status(value: SubscriberStatus) -> Callable[[SubscriberEvent], None]:
         return lambda event: records.set_subscriber_status(event.subscriber_id, value)
 
+    def changed(event: ReservationChanged) -> None:  # (an address given up goes back to its pool)
+        records.remove_reservation(event.reservation_id)
+        records.add_reservation(reservation_of(event))
+
     return [
         bus.subscribe(SubscriberAdded, status(SubscriberStatus.ACTIVE)),
         bus.subscribe(SubscriberResumed, status(SubscriberStatus.ACTIVE)),
@@ -291,6 +300,7 @@ def follow_subscribers(bus: EventBus, records: SubscriberRecords) -> list[Callab
         bus.subscribe(SubscriberClosed, status(SubscriberStatus.CLOSED)),
         bus.subscribe(SubscriberDeleted, lambda event: records.remove_subscriber(event.subscriber_id)),
         bus.subscribe(ReservationAdded, lambda event: records.add_reservation(reservation_of(event))),
+        bus.subscribe(ReservationChanged, changed),
         bus.subscribe(ReservationDeleted, lambda event: records.remove_reservation(event.reservation_id)),
     ]
 
@@ -415,7 +425,7 @@ def event_from_audit(entry: AuditEntry) -> Event | None:
             case "subscriber.plan_changed":
                 plan_id = entry.details.get("plan_id")
                 return SubscriberPlanChanged(at, sid, name, plan_id=plan_id if isinstance(plan_id, int) else None)
-            case "reservation.added" | "reservation.deleted":
+            case "reservation.added" | "reservation.changed" | "reservation.deleted":
                 return _reservation_event(entry, sid, name)
     if entry.subject_kind == "plan" and entry.action == "plan.added" and entry.subject_id is not None:
         return PlanAdded(at=entry.at, plan_id=entry.subject_id, name=entry.subject_name or "")
@@ -423,6 +433,9 @@ def event_from_audit(entry: AuditEntry) -> Event | None:
 
 
 _RESERVATION_KINDS = frozenset(k.value for k in ReservationKind)
+_RESERVATION_EVENTS: dict[str, type[ReservationEvent]] = {
+    "reservation.added": ReservationAdded, "reservation.changed": ReservationChanged,
+    "reservation.deleted": ReservationDeleted}
 
 
 def _reservation_event(entry: AuditEntry, sid: int, name: str) -> Event | None:
@@ -435,7 +448,7 @@ def _reservation_event(entry: AuditEntry, sid: int, name: str) -> Event | None:
     address, hostname, address6, prefix6 = (
         value if isinstance(value, str) else None
         for value in (d.get("address"), d.get("hostname"), d.get("address6"), d.get("prefix6")))
-    cls = ReservationAdded if entry.action == "reservation.added" else ReservationDeleted
+    cls = _RESERVATION_EVENTS[entry.action]
     return cls(entry.at, sid, name, reservation_id=rid, kind=kind, key=key, address=address, hostname=hostname,
                address6=address6, prefix6=prefix6)
 

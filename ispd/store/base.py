@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
 
 from ispd.store.models import (
+    UNCHANGED,
     AccountingRecord,
     AccountingResult,
     AddressClaim,
@@ -44,6 +45,7 @@ from ispd.store.models import (
     SubscriberStatus,
     SuspendedMail,
     TrustAnchorKey,
+    Unchanged,
     Usage,
 )
 
@@ -174,6 +176,28 @@ class Store(ABC):
         an IPv6 address inside another subscriber's prefix raises ``Conflict`` naming its holder.
         Audited as "reservation.added".
         """
+
+    @abstractmethod
+    async def update_reservation(
+        self,
+        reservation_id: int,
+        *,
+        actor: str,
+        address: str | Unchanged | None = UNCHANGED,
+        hostname: str | Unchanged | None = UNCHANGED,
+        address6: str | Unchanged | None = UNCHANGED,
+        prefix6: str | Unchanged | None = UNCHANGED,
+        fill_only: bool = False,
+    ) -> Reservation:
+        """Change what a reservation fixes: each of ``address``, ``hostname``, ``address6`` and
+        ``prefix6`` is given a value, cleared (None) or left as it is. Its kind, key and subscriber
+        stay (another client is another reservation). The new values are checked as
+        ``add_reservation`` checks them, against every other reservation and lease.
+        ``fill_only``: only fields empty now may be set, else ``Conflict``, for a writer that must
+        not overwrite what an operator set meanwhile (RADIUS reserving a pool's prefix).
+        ``NotFound`` if there is no such reservation. Audited as "reservation.changed" (the
+        reservation as it is now, and under ``previous`` the old values of the fields changed);
+        a change that changes nothing is not audited."""
 
     @abstractmethod
     async def list_reservations(self, *, subscriber: SubscriberRef | None = None) -> list[Reservation]:

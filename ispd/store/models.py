@@ -6,8 +6,8 @@ Times are POSIX seconds (float, UTC) in every backend, so no backend's date type
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any
+from enum import Enum, StrEnum
+from typing import Any, Final
 
 
 class SubscriberStatus(StrEnum):
@@ -154,6 +154,15 @@ class Reservation:
     # (2001:db8:1::10, 2001:db8:200::/48).
     address6: str | None = None
     prefix6: str | None = None
+
+
+class Unchanged(Enum):
+    """A field that an update leaves as it is (``None`` clears it)."""
+
+    UNCHANGED = "unchanged"
+
+
+UNCHANGED: Final = Unchanged.UNCHANGED
 
 
 class LeaseState(StrEnum):

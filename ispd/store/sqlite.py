@@ -53,6 +53,7 @@ from ispd.store.metrics import StoreMetrics
 from ispd.store.models import (
     IPV6_RESERVATION_KINDS,
     MAX_ALIAS_TARGETS,
+    UNCHANGED,
     AccountingRecord,
     AccountingResult,
     AddressClaim,
@@ -84,6 +85,7 @@ from ispd.store.models import (
     SubscriberStatus,
     SuspendedMail,
     TrustAnchorKey,
+    Unchanged,
     Usage,
 )
 from ispd.store.sqlite_addresses import lease_from_row, username_of
@@ -517,6 +519,13 @@ def _refuse_an_address_in_use(conn: sqlite3.Connection, address: str, subscriber
         until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(lease["expires_at"]))
         raise Conflict(f"address {address} is in use: {lease['service'].upper()} gave it to {holder} until {until}; "
                        f"reserve it once that ends, or choose another address")
+
+
+def _refuse_a_reserved_address(conn: sqlite3.Connection, address: str) -> None:
+    taken = _reservation_where(conn, "r.address = ?", (address,))
+    if taken is not None:
+        raise Conflict(f"address {address} is already reserved for {taken['username']}"
+                       f" ({taken['kind']} {taken['key']}, reservation #{taken['id']})")
 
 
 def _refuse_the_wrong_family(kind: ReservationKind, address: str | None, address6: str | None,
@@ -1086,10 +1095,7 @@ class SQLiteStore(Store):
                 if holder is not None:
                     raise Conflict(f"username {checked_key} is the login of subscriber {checked_key} (#{holder['id']})")
             if checked_address is not None:
-                taken = _reservation_where(conn, "r.address = ?", (checked_address,))
-                if taken is not None:
-                    raise Conflict(f"address {checked_address} is already reserved for {taken['username']}"
-                                   f" ({taken['kind']} {taken['key']}, reservation #{taken['id']})")
+                _refuse_a_reserved_address(conn, checked_address)
                 _refuse_an_address_in_use(conn, checked_address, row["id"], now, checked_kind, checked_key)
             sqlite_reservations6.refuse_ipv6_conflicts(conn, row["id"], checked_address6, checked_prefix6)
             cursor = conn.execute(
@@ -1106,6 +1112,65 @@ class SQLiteStore(Store):
             return added
 
         return await self._write("add_reservation", run)
+
+    async def update_reservation(
+        self,
+        reservation_id: int,
+        *,
+        actor: str,
+        address: str | Unchanged | None = UNCHANGED,
+        hostname: str | Unchanged | None = UNCHANGED,
+        address6: str | Unchanged | None = UNCHANGED,
+        prefix6: str | Unchanged | None = UNCHANGED,
+        fill_only: bool = False,
+    ) -> Reservation:
+        checks: dict[str, Callable[[str], str]] = {"address": reservable_address, "hostname": hostname_text,
+                                                    "address6": reservable_address6, "prefix6": reservable_prefix6}
+        given = {"address": address, "hostname": hostname, "address6": address6, "prefix6": prefix6}
+        changes = {name: value if value is None else _checked(checks[name], value)
+                   for name, value in given.items() if not isinstance(value, Unchanged)}
+        now = self.clock()
+
+        def run(conn: sqlite3.Connection) -> Reservation:
+            row = _reservation_where(conn, "r.id = ?", (reservation_id,))
+            if row is None:
+                raise NotFound(f"no reservation #{reservation_id}")
+            old = _reservation(row)
+            previous = {name: getattr(old, name) for name, value in changes.items() if getattr(old, name) != value}
+            if not previous:
+                return old
+            def after(name: str) -> str | None:
+                return changes[name] if name in previous else getattr(old, name)
+
+            new = dataclasses.replace(old, address=after("address"), hostname=after("hostname"),
+                                      address6=after("address6"), prefix6=after("prefix6"))
+            if fill_only:
+                for name, value in previous.items():
+                    if value is not None:
+                        raise Conflict(f"reservation #{old.id} has {name} {value} already")
+            _refuse_the_wrong_family(old.kind, new.address, new.address6, new.prefix6)
+            if "address" in previous and new.address is not None:
+                _refuse_a_reserved_address(conn, new.address)
+                _refuse_an_address_in_use(conn, new.address, old.subscriber_id, now, old.kind, old.key)
+            if "address6" in previous or "prefix6" in previous:
+                # Checked as a new reservation's would be: this one's own IPv6 out of the way first
+                # (the savepoint puts it back if they are refused).
+                conn.execute("UPDATE reservations SET address6 = NULL, prefix6 = NULL, address6_net_hi = NULL,"
+                             " address6_net_lo = NULL, prefix6_length = NULL, prefix6_net_hi = NULL,"
+                             " prefix6_net_lo = NULL WHERE id = ?", (old.id,))
+                sqlite_reservations6.refuse_ipv6_conflicts(
+                    conn, old.subscriber_id, new.address6 if "address6" in previous else None,
+                    new.prefix6 if "prefix6" in previous else None)
+            conn.execute(
+                "UPDATE reservations SET address = ?, hostname = ?, address6 = ?, prefix6 = ?, address6_net_hi = ?,"
+                " address6_net_lo = ?, prefix6_length = ?, prefix6_net_hi = ?, prefix6_net_lo = ? WHERE id = ?",
+                (new.address, new.hostname, new.address6, new.prefix6,
+                 *sqlite_reservations6.network_columns(new.address6, new.prefix6), old.id))
+            _append_audit(conn, now, actor, "reservation.changed", "subscriber", old.subscriber_id, row["username"],
+                          {**_reservation_details(new), "previous": previous})
+            return new
+
+        return await self._write("update_reservation", run)
 
     async def list_reservations(self, *, subscriber: SubscriberRef | None = None) -> list[Reservation]:
         def run(conn: sqlite3.Connection) -> list[Reservation]:

@@ -15,7 +15,7 @@ from ispd.dhcp.config import DHCPConfig
 from ispd.dhcp.engine import Destination, DHCPEngine, Ignored, Outcome, Received, clean_hostname
 from ispd.dhcp.options import DHCPMessageType, Option, decode_ips, decode_u32
 from ispd.dhcp.service import ipv4_udp_datagram
-from ispd.events import LeaseEnded, LeaseGranted
+from ispd.events import EventBus, LeaseEnded, LeaseGranted, ReservationAdded, ReservationChanged, follow_subscribers
 from ispd.store.models import Lease, LeaseState, Reservation, ReservationKind, SubscriberStatus
 
 SERVER = IPv4Address("198.18.0.1")
@@ -430,6 +430,23 @@ def test_a_client_with_a_reservation_is_moved_to_its_reserved_address() -> None:
     nak = lab.send(message(DHCPMessageType.REQUEST, ciaddr=str(old)))
     assert nak.reply is not None and nak.reply.packet.message_type is DHCPMessageType.NAK
     assert lab.dora(MAC_A) == IPv4Address("198.18.0.102")
+
+
+def test_a_changed_reservation_moves_its_client_and_frees_the_old_address() -> None:
+    """`reservation set` announced on the bus: the client is moved to the new address at its
+    next request, and the old one is the pool's again."""
+    lab, bus = Lab(), EventBus()
+    follow_subscribers(bus, lab.engine)
+    lab.engine.set_subscriber_status(7, SubscriberStatus.ACTIVE)
+    fields = dict(reservation_id=1, kind="mac", key="02:00:5e:10:00:01", hostname=None)
+    bus.publish(ReservationAdded(T0, 7, "alice", address="198.18.0.102", **fields))  # type: ignore[arg-type]
+    assert lab.dora(MAC_A) == IPv4Address("198.18.0.102")
+    bus.publish(ReservationChanged(T0, 7, "alice", address="198.18.0.103", **fields))  # type: ignore[arg-type]
+    nak = lab.send(message(DHCPMessageType.REQUEST, ciaddr="198.18.0.102"))
+    assert nak.reply is not None and nak.reply.packet.message_type is DHCPMessageType.NAK
+    assert lab.dora(MAC_A) == IPv4Address("198.18.0.103")
+    assert [r.address for r in lab.engine.reservations.values()] == ["198.18.0.103"]
+    assert int(IPv4Address("198.18.0.102")) not in lab.engine.reserved_addresses
 
 
 def test_suspension_moves_the_subscriber_to_the_walled_garden_and_resume_back() -> None:

@@ -105,6 +105,30 @@ def test_an_empty_list_is_just_the_header(config_path: Path) -> None:
     assert json.loads(ok(config_path, "reservation", "list", "--json")) == []
 
 
+def test_set_changes_a_reservation_in_place(config_path: Path) -> None:
+    ok(config_path, "reservation", "add", "alice", "--circuit-id", "olt1/1/1:100", "--address", "198.18.0.10",
+       "--hostname", "gw")
+    ok(config_path, "reservation", "add", "bob", "--mac", "02:00:5e:10:00:02", "--address", "198.18.0.20")
+    assert ok(config_path, "reservation", "set", "1", "--address", "198.18.0.11", "--prefix6", "2001:db8:200::/48",
+              "--clear", "hostname") == (
+        "reservation #1 of alice: circuit-id olt1/1/1:100 -> address 198.18.0.11, prefix 2001:db8:200::/48\n")
+    changed = json.loads(ok(config_path, "reservation", "set", "1", "--address6", "2001:db8:1::10", "--json"))
+    assert {k: v for k, v in changed.items() if k != "created_at"} == {
+        "id": 1, "subscriber_id": 1, "username": "alice", "kind": "circuit-id", "key": "olt1/1/1:100",
+        "address": "198.18.0.11", "hostname": None, "address6": "2001:db8:1::10", "prefix6": "2001:db8:200::/48"}
+    result = run(config_path, "reservation", "set", "1", "--address", "198.18.0.20")
+    assert (result.returncode, result.stderr) == (
+        1, "ispd: address 198.18.0.20 is already reserved for bob (mac 02:00:5e:10:00:02, reservation #2)\n")
+    result = run(config_path, "reservation", "set", "2", "--prefix6", "2001:db8:300::/48")
+    assert result.returncode == 1 and "a mac reservation holds no IPv6" in result.stderr
+    show = ok(config_path, "subscriber", "show", "alice")
+    assert "  #1 circuit-id olt1/1/1:100 -> address 198.18.0.11, IPv6 address 2001:db8:1::10, prefix " in show
+    assert ("reservation.changed address=198.18.0.11 key=olt1/1/1:100 kind=circuit-id "
+            "prefix6=2001:db8:200::/48 previous=address:198.18.0.10,hostname:gw,prefix6:none") in show
+    # The old address is free for someone else.
+    ok(config_path, "reservation", "add", "bob", "--remote-id", "r1", "--address", "198.18.0.10")
+
+
 def test_taken_keys_and_addresses_name_their_holder(config_path: Path) -> None:
     ok(config_path, "reservation", "add", "alice", "--mac", "02:00:5e:10:00:01", "--address", "198.18.0.10")
     result = run(config_path, "reservation", "add", "bob", "--mac", "02005e100001")
@@ -129,6 +153,7 @@ def test_taken_keys_and_addresses_name_their_holder(config_path: Path) -> None:
     [
         (("reservation", "add", "nobody", "--mac", "02:00:5e:10:00:01"), 1, "ispd: no subscriber 'nobody'\n"),
         (("reservation", "delete", "99"), 1, "ispd: no reservation #99\n"),
+        (("reservation", "set", "99", "--address", "198.18.0.10"), 1, "ispd: no reservation #99\n"),
         (("lease", "show", "198.18.0.99"), 1, "ispd: no lease for 198.18.0.99\n"),
         (("reservation", "list", "--subscriber", "nobody"), 1, "ispd: no subscriber 'nobody'\n"),
     ],
@@ -164,6 +189,12 @@ def test_failures_are_one_clear_line(config_path: Path, args: tuple[str, ...], c
         (("reservation", "delete", "one"), "'one' is not a positive whole number"),
         (("reservation", "delete", "0"), "'0' is not a positive whole number"),
         (("reservation", "delete"), "the following arguments are required: id"),
+        (("reservation", "set", "1"), "ispd: nothing to change: give --address, --address6, --prefix6, --hostname"),
+        (("reservation", "set", "1", "--address", "198.18.0.10", "--clear", "address"),
+         "ispd: give --address or --clear address, not both"),
+        (("reservation", "set", "1", "--clear", "key"), "argument --clear: invalid choice: 'key'"),
+        (("reservation", "set", "1", "--prefix6", "2001:db8:200::1/48"), "has bits set past its length"),
+        (("reservation", "set", "0", "--hostname", "x"), "'0' is not a positive whole number"),
         (("reservation",), "argument action"),  # -c FILE lands where the action belongs
         (("lease", "show", "not-an-address"), "'not-an-address' is not an IPv4 address"),
         (("lease", "show", "198.18.0.1/24"), "is not an IPv4 address"),

@@ -299,3 +299,89 @@ async def test_an_address_someone_else_holds_cannot_be_reserved(store: Store, cl
                        **fields)  # type: ignore[arg-type]
         await store.record_leases([(device, "granted")])
         await store.add_reservation("dave", kind, key, actor="t", address=address)
+
+
+# --- changing a reservation
+
+
+async def test_a_change_sets_and_clears_fields_in_place_and_is_audited(store: Store, clock: FakeClock) -> None:
+    from ispd.events import ReservationChanged
+
+    alice = await store.add_subscriber("alice", actor="t")
+    added = await store.add_reservation("alice", ReservationKind.CIRCUIT_ID, "eth0/1", actor="t",
+                                        address="198.18.0.10", hostname="gw")
+    start = await store.last_audit_id()
+    clock.now += 60
+    changed = await store.update_reservation(added.id, actor="cli:ops", address=" 198.18.0.11", hostname=None,
+                                             prefix6="2001:DB8:200::/48")
+    assert changed == Reservation(id=added.id, subscriber_id=alice.id, kind=ReservationKind.CIRCUIT_ID,
+                                  key="eth0/1", address="198.18.0.11", hostname=None, created_at=added.created_at,
+                                  prefix6="2001:db8:200::/48")
+    assert await store.list_reservations() == [changed]
+    # What is not named stays; a change to the values it has already is no change, and not audited.
+    assert await store.update_reservation(added.id, actor="t", address="198.18.0.11") == changed
+    assert await store.update_reservation(added.id, actor="t") == changed
+    entries = await store.audit_since(start)
+    assert [(e.action, e.actor) for e in entries] == [("reservation.changed", "cli:ops")]
+    assert entries[0].details == {
+        "reservation_id": added.id, "kind": "circuit-id", "key": "eth0/1", "address": "198.18.0.11",
+        "hostname": None, "address6": None, "prefix6": "2001:db8:200::/48",
+        "previous": {"address": "198.18.0.10", "hostname": "gw", "prefix6": None}}
+    assert event_from_audit(entries[0]) == ReservationChanged(
+        clock.now, alice.id, "alice", reservation_id=added.id, kind="circuit-id", key="eth0/1",
+        address="198.18.0.11", hostname=None, prefix6="2001:db8:200::/48")
+    with pytest.raises(NotFound, match=r"^no reservation #999$"):
+        await store.update_reservation(999, actor="t", address="198.18.0.12")
+
+
+async def test_a_change_is_checked_as_a_new_reservation_is(store: Store, clock: FakeClock) -> None:
+    from ispd.store.models import AddressClaim
+
+    await store.add_subscriber("alice", actor="t")
+    bob = await store.add_subscriber("bob", actor="t")
+    mac = await store.add_reservation("alice", ReservationKind.MAC, "02:00:00:00:00:01", actor="t",
+                                      address="198.18.0.10")
+    login = await store.add_reservation("alice", ReservationKind.USERNAME, "alice@pppoe", actor="t",
+                                        prefix6="2001:db8:200::/48", address6="2001:db8:1::1")
+    theirs = await store.add_reservation("bob", ReservationKind.USERNAME, "bob@pppoe", actor="t",
+                                         address="198.18.0.20", prefix6="2001:db8:300::/48")
+    await store.claim_address(AddressClaim("shared", ("198.18.60.100",), "bob", clock.now + 600, subscriber_id=bob.id))
+    refused = [
+        (mac.id, {"address": "198.18.0.20"}, Conflict, r"^address 198.18.0.20 is already reserved for bob \(username"),
+        (mac.id, {"address": "198.18.60.100"}, Conflict, r"198.18.60.100 is in use: RADIUS gave it to bob until"),
+        (mac.id, {"prefix6": "2001:db8:400::/48"}, InvalidValue, r"a mac reservation holds no IPv6"),
+        (mac.id, {"address": "198.18.0"}, InvalidValue, r"198.18.0"),
+        (login.id, {"prefix6": "2001:db8:300:100::/56"}, Conflict, r"overlaps 2001:db8:300::/48, reserved for bob"),
+        (login.id, {"address6": "2001:db8:300::1"}, Conflict, r"lies inside prefix 2001:db8:300::/48, reserved for bob"),
+        (theirs.id, {"prefix6": "2001:db8:200::/40"}, Conflict, r"overlaps 2001:db8:200::/48, reserved for alice"),
+    ]
+    for reservation_id, change, error, message in refused:
+        with pytest.raises(error, match=message):
+            await store.update_reservation(reservation_id, actor="t", **change)  # type: ignore[arg-type]
+    # Refused changes leave everything as it was.
+    assert await store.list_reservations() == [mac, login, theirs]
+    # A reservation's own values are no conflict with themselves: its prefix may move inside the
+    # room it had, its address6 stay inside it.
+    moved = await store.update_reservation(login.id, actor="t", prefix6="2001:db8:200::/56")
+    assert (moved.prefix6, moved.address6) == ("2001:db8:200::/56", "2001:db8:1::1")
+    widened = await store.update_reservation(login.id, actor="t", prefix6="2001:db8:200::/47")
+    assert widened.prefix6 == "2001:db8:200::/47"
+    # The overlap index follows the change: the new room is taken, and free again once left.
+    with pytest.raises(Conflict, match=r"overlaps 2001:db8:200::/47"):
+        await store.add_reservation("bob", ReservationKind.DUID, "00:03:00:01:02:00:5e:10:00:09", actor="t",
+                                    prefix6="2001:db8:201::/48")
+    await store.update_reservation(login.id, actor="t", prefix6="2001:db8:200::/56")
+    await store.add_reservation("bob", ReservationKind.DUID, "00:03:00:01:02:00:5e:10:00:09", actor="t",
+                                prefix6="2001:db8:201::/48")
+
+
+async def test_fill_only_sets_only_what_is_empty(store: Store) -> None:
+    await store.add_subscriber("alice", actor="t")
+    login = await store.add_reservation("alice", ReservationKind.USERNAME, "alice@pppoe", actor="t",
+                                        address="198.18.0.10")
+    filled = await store.update_reservation(login.id, actor="radius", prefix6="2001:db8:200::/56", fill_only=True)
+    assert (filled.address, filled.prefix6) == ("198.18.0.10", "2001:db8:200::/56")
+    with pytest.raises(Conflict, match=r"^reservation #\d+ has prefix6 2001:db8:200::/56 already$"):
+        await store.update_reservation(login.id, actor="radius", prefix6="2001:db8:300::/56", fill_only=True)
+    assert await store.update_reservation(login.id, actor="radius", prefix6="2001:db8:200::/56",
+                                          fill_only=True) == filled
