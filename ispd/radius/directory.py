@@ -6,8 +6,9 @@ reservations once (``Directory.load``) and then follows the store's events, re-r
 subscriber when an event names it (``Directory.replace``/``remove``). A login name is the
 subscriber's username or the key of one of its ``username`` reservations (a PPP login of its
 own, usually with a fixed address and prefix). A login that a reservation names has a ``Fixed``
-(empty when the reservation fixes nothing); only a username no reservation names has none, which
-is how the engine knows that a plan's prefix pool may reserve a prefix for it. The store keeps
+(empty when the reservation fixes nothing) that knows that reservation's id; a username no
+reservation names has none. A plan's prefix pool reserves a prefix for a login whose reservation
+fixes none: into that reservation, or a new one of the username. The store keeps
 the two apart (a reservation cannot take a subscriber's username, nor a new subscriber a reserved
 login); should a store from before that rule hold both, the username wins, so that nobody logs in
 as another subscriber.
@@ -36,12 +37,15 @@ class Fixed:
     address: str | None = None
     address6: str | None = None
     prefix6: str | None = None
+    # The login's reservation (or the line's) that fixes these: where a pool's prefix is
+    # reserved for a login that has none. Not part of what goes out, so not of equality either.
+    reservation_id: int | None = field(default=None, compare=False)
 
     @staticmethod
     def of(reservation: Reservation) -> Fixed | None:
         if reservation.address is None and reservation.address6 is None and reservation.prefix6 is None:
             return None
-        return Fixed(reservation.address, reservation.address6, reservation.prefix6)
+        return Fixed(reservation.address, reservation.address6, reservation.prefix6, reservation.id)
 
     @property
     def complete(self) -> bool:
@@ -53,7 +57,8 @@ class Fixed:
         line's prefix."""
         if other is None or self.complete:
             return self
-        return Fixed(self.address or other.address, self.address6 or other.address6, self.prefix6 or other.prefix6)
+        return Fixed(self.address or other.address, self.address6 or other.address6, self.prefix6 or other.prefix6,
+                     self.reservation_id)
 
 
 @dataclass(slots=True)
@@ -146,7 +151,7 @@ class Directory:
             fixed = Fixed.of(reservation)
             if reservation.kind == ReservationKind.USERNAME:
                 logins = self.usernames if reservation.key == subscriber.username else self.reserved_logins
-                logins[reservation.key] = (subject, fixed or NOTHING_FIXED)
+                logins[reservation.key] = (subject, fixed or Fixed(reservation_id=reservation.id))
             else:
                 if reservation.kind in _LINE_KINDS:  # (a DHCP client-id is no line a NAS reports)
                     subject.lines.add((str(reservation.kind), reservation.key))
@@ -172,7 +177,4 @@ class Directory:
             self.reserved_space.ask_about(length)
         return self.reserved_space.taken_bits(network, length, None)
 
-
-# What a reservation that fixes nothing (a login of its own, no address) gives its login.
-NOTHING_FIXED = Fixed()
 

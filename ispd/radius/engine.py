@@ -30,8 +30,9 @@ Access-Request (RFC 2865 §4.1), after the transport found the NAS and decoded t
    plan's extra attributes and the method's own (MS-CHAP2-Success and MPPE keys, EAP-Success).
    What the store must give first comes back as a ``PendingClaim`` for the transport, and
    ``finish_claim`` completes it: an address of the plan's ``address_pool``, and, for a
-   username no reservation names (not in the walled garden), a prefix of its ``prefix_pool``
-   reserved for that login for good (Delegated-IPv6-Prefix; none to be had is no reject).
+   login whose reservations fix no prefix (not in the walled garden), a prefix of its
+   ``prefix_pool`` reserved for that login for good, in its reservation or a new one
+   (Delegated-IPv6-Prefix; none to be had is no reject).
 
 Rejects carry only what the method needs (MS-CHAP-Error, EAP-Failure): nothing that tells a
 client why. The reason goes to metrics and logs (``RejectReason``).
@@ -285,8 +286,8 @@ class PendingCheck:
 @dataclass(slots=True)
 class PendingClaim:
     """An Access-Accept that waits for the store: for an address of ``pool`` (claimed durably
-    before the NAS is told), for a prefix of ``prefix_pool`` reserved for the subscriber's
-    username (the first login of a plan with a prefix pool), or for both."""
+    before the NAS is told), for a prefix of ``prefix_pool`` reserved for the login (its
+    first on a plan with a prefix pool), or for both."""
 
     subject: AuthSubject
     pool: str | None
@@ -303,6 +304,7 @@ class PendingClaim:
     # What the login's and the line's reservations fix, which goes out with what the store gives.
     fixed: Fixed | None = None
     prefix_pool: str | None = None
+    prefix_reservation: int | None = None  # the login's reservation to hold it; None: a new one of the username
 
 
 @dataclass(slots=True)
@@ -780,9 +782,8 @@ class AuthEngine:
             if open_sessions >= plan.max_sessions and \
                     open_sessions - self._same_station(subject.id, packet, nas) >= plan.max_sessions:
                 return self._reject(RejectReason.SIMULTANEOUS_USE, method, subject, failure)
-        # No reservation names the login: the subscriber's own username, with nothing reserved
-        # (a reserved login has its row, whatever it fixes: such a login gets no pool's prefix).
-        login_unreserved = fixed is None
+        # The login's reservation, which gets a pool's prefix if it fixes none (else one is made).
+        login_reservation = fixed.reservation_id if fixed is not None else None
         if fixed is None:
             fixed = self._reserved_for_line(packet, subject)
         elif not fixed.complete:  # the login's, then the line's for what the login's leaves open
@@ -794,13 +795,12 @@ class AuthEngine:
             # is IPv4 only (the next login out of it reserves one), nor for a subscriber whose
             # own reply attributes give its static prefix (a business line: the reserved one
             # would replace it in the Access-Accept, and the pool lose a prefix for good).
-            prefix_pool = (plan_reply.prefix_pool if login_unreserved and not walled
-                           and (fixed is None or fixed.prefix6 is None)
+            prefix_pool = (plan_reply.prefix_pool if not walled and (fixed is None or fixed.prefix6 is None)
                            and not self._own_delegated_prefix(subject) else None)
             if address_pool is not None or prefix_pool is not None:
                 claim = self._pending_claim(packet, subject, address_pool, walled, method, method_attributes,
                                             failure)
-                claim.fixed, claim.prefix_pool = fixed, prefix_pool
+                claim.fixed, claim.prefix_pool, claim.prefix_reservation = fixed, prefix_pool, login_reservation
                 return Decision(claim=claim, subscriber_id=subject.id)
         profile = self.profile(subject, nas, fixed, walled, packet.authenticator)
         return Decision(_ACCESS_ACCEPT, profile + method_attributes if method_attributes else profile, method=method,

@@ -893,35 +893,52 @@ class RadiusService(Service):
                        key, started, now)
 
     async def _reserve_prefix(self, claim: PendingClaim) -> str | None:
-        """Reserve the next free prefix of the claim's prefix pool for the subscriber's username,
-        for good, and update the directory so that its next login has it; or the prefix a
-        reservation of that username made meanwhile (another login, another process) has. None
-        when the pool has none free or the store fails: the login goes without a prefix."""
+        """Reserve the next free prefix of the claim's prefix pool for the login, for good: into
+        its reservation (which fixes no prefix yet), or a new one of the subscriber's username.
+        Then update the directory so that its next login has it. Or the prefix that reservation
+        got meanwhile (another login, another process, the operator). None when the pool has
+        none free, the reservation is gone or the store fails: the login goes without a prefix."""
         subject = claim.subject
         pool = self.prefixes.get(claim.prefix_pool) if claim.prefix_pool is not None else None
         if pool is None:  # gone in a reload meanwhile
             return None
-        username = subject.subscriber.username
+        store, username, into = self.context.store, subject.subscriber.username, claim.prefix_reservation
+        candidate = None
         try:
             for _ in range(PREFIX_ATTEMPTS):
-                candidate = pool.next_free(self.directory.prefix_reserved, PREFIX_SEARCH)
+                candidate = candidate or pool.next_free(self.directory.prefix_reserved, PREFIX_SEARCH)
                 if candidate is None:
                     break
                 try:
-                    reservation = await self.context.store.add_reservation(
-                        subject.id, ReservationKind.USERNAME, username, actor="radius", prefix6=str(candidate))
+                    if into is None:
+                        reservation = await store.add_reservation(
+                            subject.id, ReservationKind.USERNAME, username, actor="radius", prefix6=str(candidate))
+                    else:  # (fill_only: a prefix the operator set meanwhile stays)
+                        reservation = await store.update_reservation(into, actor="radius", prefix6=str(candidate),
+                                                                     fill_only=True)
                 except Conflict:
-                    # The username reserved meanwhile, or the prefix overlapping one: which, the
-                    # store's current view of the subscriber says.
+                    # The login's reservation made or given a prefix meanwhile, or the candidate
+                    # overlapping another: which, the store says.
                     await self._refresh(subject.id)
-                    found = self.directory.find(username)
-                    if found is not None and found[0].id == subject.id and found[1] is not None:
-                        return found[1].prefix6
+                    mine = next((r for r in await store.list_reservations(subscriber=subject.id)
+                                 if r.id == into or (into is None and r.kind is ReservationKind.USERNAME
+                                                     and r.key == username)), None)
+                    if mine is not None and mine.prefix6 is not None:
+                        return mine.prefix6
+                    if mine is None and into is not None:  # deleted meanwhile
+                        return None
+                    if mine is not None and into is None:  # the username reserved: the same candidate into it
+                        into = mine.id
+                    else:
+                        candidate = None
                     continue
+                except NotFound:  # the login's reservation deleted meanwhile: its next login asks again
+                    await self._refresh(subject.id)
+                    return None
                 await self._refresh(subject.id)
                 self.metrics.prefix_reservations.inc("reserved")
                 log.info("radius.prefix.reserved", pool=pool.name, prefix=reservation.prefix6,
-                         subscriber=username)
+                         subscriber=username, reservation_id=reservation.id)
                 return reservation.prefix6
         except Exception as exc:  # StoreError or a bug: the Access-Accept goes without the prefix
             self.metrics.prefix_reservations.inc("failed")

@@ -172,12 +172,13 @@ def test_a_prefix_pool_gives_each_subscriber_a_prefix_for_good(tmp_path: Path) -
     with IspdProcess(tmp_path, config) as ispd:
         # Into the store before the start, which loads them (no wait for the daemon's store
         # poll, nor a CLI process's second each).
-        asyncio.run(_add_subscribers(tmp_path / "ispd.db", {"v6": ["anna", "ben", "emil"], "tiny": ["cleo", "dora"]}))
+        asyncio.run(_add_subscribers(tmp_path / "ispd.db", {"v6": ["anna", "ben", "emil", "fred"],
+                                                             "tiny": ["cleo", "dora"]}))
         ispd.start()
         service = Radius(ispd)
 
-        def login(name: str) -> Reply:
-            return eventually(lambda: (r := radtest(name, f"{name}-pw", service.auth, SECRET)).code
+        def login(name: str, password: str | None = None) -> Reply:
+            return eventually(lambda: (r := radtest(name, password or f"{name}-pw", service.auth, SECRET)).code
                               == "Access-Accept" and r, timeout=10)
 
         first_login = login("anna")
@@ -198,6 +199,23 @@ def test_a_prefix_pool_gives_each_subscriber_a_prefix_for_good(tmp_path: Path) -
         ispd.start()  # the reservations come back from the store; the pools' cursors start over
         assert login("anna").first("Delegated-IPv6-Prefix") == "2001:db8:1000::/56"
         assert login("emil").first("Delegated-IPv6-Prefix") == "2001:db8:1000:200::/56"
+
+        # A login reserved with an address only (fred@pppoe) gets the pool's prefix into that
+        # reservation; `reservation set` changes its address for the next login, prefix kept.
+        ispd.cli("reservation", "add", "fred", "--username", "fred@pppoe", "--address", "198.18.9.9")
+        reserved = login("fred@pppoe", "fred-pw")
+        assert (reserved.first("Framed-IP-Address"), reserved.first("Delegated-IPv6-Prefix")) == (
+            "198.18.9.9", "2001:db8:1000:300::/56"), reserved.output
+        freds = json.loads(ispd.cli("reservation", "list", "--subscriber", "fred", "--json").stdout)
+        assert [(r["key"], r["address"], r["prefix6"]) for r in freds] == [
+            ("fred@pppoe", "198.18.9.9", "2001:db8:1000:300::/56")]
+        out = ispd.cli("reservation", "set", str(freds[0]["id"]), "--address", "198.18.9.10").stdout
+        assert out == (f"reservation #{freds[0]['id']} of fred: username fred@pppoe -> address 198.18.9.10, "
+                       "prefix 2001:db8:1000:300::/56\n")
+        moved = eventually(lambda: (r := login("fred@pppoe", "fred-pw")).first("Framed-IP-Address") == "198.18.9.10" and r,
+                           timeout=10)
+        assert moved.first("Delegated-IPv6-Prefix") == "2001:db8:1000:300::/56"
+        assert "reservation.changed address=198.18.9.10" in ispd.cli("subscriber", "show", "fred").stdout
 
 
 def test_a_subscriber_s_own_reply_attributes_reach_the_nas_over_its_plan_s(radius: Radius) -> None:

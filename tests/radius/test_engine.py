@@ -92,7 +92,7 @@ class World:
             5: StoredCredentials(cleartext="erin-pw", updated_at=1),
             6: StoredCredentials(cleartext="frank-pw", updated_at=1),
         }
-        reservations = [
+        self.reservations = reservations = [
             Reservation(1, 1, ReservationKind.USERNAME, "alice@pppoe", address="198.18.7.7"),
             Reservation(2, 6, ReservationKind.MAC, "02:00:5e:00:00:06", address="198.18.7.6"),
         ]
@@ -505,29 +505,35 @@ def test_a_prefix_pool_alone_claims_no_address_and_keeps_a_lines_reserved_one() 
     assert first(accepted.attributes, Attr.DELEGATED_IPV6_PREFIX) == bytes.fromhex("0038" "20010db81000" "00")
 
 
-def test_no_prefix_from_the_pool_for_the_walled_garden_a_reserved_prefix_or_a_reserved_login() -> None:
+def test_no_prefix_from_the_pool_for_the_walled_garden_or_a_reserved_prefix() -> None:
     world = World(ReplySettings(plans={"home": PlanReply(prefix_pool="homes")},
                                 suspended=SuspendedAction.WALLED_GARDEN))
     walled = world.engine.handle(pap("dave", "dave-pw"), nas(), NOW)  # suspended: IPv4 only
     assert walled.code == Code.ACCESS_ACCEPT and walled.claim is None
     assert first(walled.attributes, Attr.DELEGATED_IPV6_PREFIX) is None
-    # alice@pppoe is reserved (an address, no prefix): it gets none from the pool.
+    # alice@pppoe is reserved (an address, no prefix): the pool's prefix goes into that reservation.
     reserved_login = world.engine.handle(pap("alice@pppoe", "alice-pw"), nas(), NOW)
-    assert reserved_login.code == Code.ACCESS_ACCEPT and reserved_login.claim is None
-    assert first(reserved_login.attributes, Attr.DELEGATED_IPV6_PREFIX) is None
+    assert reserved_login.claim is not None and reserved_login.claim.prefix_pool == "homes"
+    alice_pppoe = next(r for r in world.reservations if r.key == "alice@pppoe")
+    assert reserved_login.claim.prefix_reservation == alice_pppoe.id and reserved_login.claim.pool is None
+    assert reserved_login.claim.fixed is not None and reserved_login.claim.fixed.address == alice_pppoe.address
     # bob's username reserved with its prefix: that one, nothing asked of the store.
     own = Reservation(3, 2, ReservationKind.USERNAME, "bob", prefix6="2001:db8:1000:100::/56")
     world.directory.replace(subscriber(2, "bob"), StoredCredentials(cleartext="bob-pw", updated_at=1), [own], PLAN)
     kept = world.engine.handle(pap("bob", "bob-pw"), nas(), NOW)
     assert kept.code == Code.ACCESS_ACCEPT and kept.claim is None
     assert first(kept.attributes, Attr.DELEGATED_IPV6_PREFIX) == bytes.fromhex("0038" "20010db8100001")
-    # ...and reserved without one (an address only): none from the pool either.
-    address_only = Reservation(3, 2, ReservationKind.USERNAME, "bob", address="198.18.7.8")
-    world.directory.replace(subscriber(2, "bob"), StoredCredentials(cleartext="bob-pw", updated_at=1),
-                            [address_only], PLAN)
-    plain = world.engine.handle(pap("bob", "bob-pw"), nas(), NOW)
-    assert plain.code == Code.ACCESS_ACCEPT and plain.claim is None
-    assert first(plain.attributes, Attr.DELEGATED_IPV6_PREFIX) is None
+    # ...and reserved without one (an address only, or nothing): the prefix goes into it.
+    for fixing in ({"address": "198.18.7.8"}, {}):
+        unfixed = Reservation(4, 2, ReservationKind.USERNAME, "bob", **fixing)  # type: ignore[arg-type]
+        world.directory.replace(subscriber(2, "bob"), StoredCredentials(cleartext="bob-pw", updated_at=1),
+                                [unfixed], PLAN)
+        plain = world.engine.handle(pap("bob", "bob-pw"), nas(), NOW)
+        assert plain.claim is not None and (plain.claim.prefix_pool, plain.claim.prefix_reservation) == ("homes", 4)
+    # An unreserved username: a new reservation.
+    world.directory.replace(subscriber(2, "bob"), StoredCredentials(cleartext="bob-pw", updated_at=1), [], PLAN)
+    fresh = world.engine.handle(pap("bob", "bob-pw"), nas(), NOW)
+    assert fresh.claim is not None and (fresh.claim.prefix_pool, fresh.claim.prefix_reservation) == ("homes", None)
     # A plan without a prefix pool asks for nothing.
     assert World().engine.handle(pap("bob", "bob-pw"), nas(), NOW).claim is None
 

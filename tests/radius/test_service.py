@@ -9,6 +9,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -371,5 +372,50 @@ async def test_a_pool_prefix_is_reserved_past_what_the_store_refuses_or_taken_fr
         assert await service._reserve_prefix(carol_claim) is None
         counted = service.metrics.prefix_reservations
         assert (counted.get("reserved"), counted.get("failed"), counted.get("exhausted")) == (1, 1, 0)
+    finally:
+        await store.close()
+
+
+async def test_a_pool_prefix_goes_into_the_logins_reservation_unless_one_was_set_meanwhile(tmp_path: Path) -> None:
+    """A login reserved with an address only (a business's alice@pppoe) gets its pool prefix in
+    that reservation, not a second one; a prefix the operator gave it meanwhile stays, and a
+    reservation of the username made meanwhile without one is filled."""
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        await store.add_plan("v6", actor="test")
+        alice, bob, carol = [await store.add_subscriber(n, actor="test", plan="v6") for n in ("alice", "bob", "carol")]
+        pppoe = await store.add_reservation(alice.id, ReservationKind.USERNAME, "alice@pppoe", actor="test",
+                                            address="198.18.7.7")
+        bobs = await store.add_reservation(bob.id, ReservationKind.USERNAME, "bob@pppoe", actor="test")
+        config = _radius_config(3799, prefix_pool=[{"name": "homes", "prefix": "2001:db8:1000::/48"}],
+                                plan=[{"plan": "v6", "prefix_pool": "homes"}])
+        service = RadiusService(config, ServiceContext(store, EventBus(), CollectorRegistry(), _healthy))
+        await service._load_store()
+
+        def claim(login: str) -> PendingClaim:
+            found = service.directory.find(login)
+            assert found is not None
+            into = found[1].reservation_id if found[1] is not None else None
+            return PendingClaim(found[0], None, login, False, "pap", b"", None, None, fixed=found[1],
+                                prefix_pool="homes", prefix_reservation=into)
+
+        assert await service._reserve_prefix(claim("alice@pppoe")) == "2001:db8:1000::/56"
+        assert await store.list_reservations(subscriber=alice.id) == [
+            replace(pppoe, prefix6="2001:db8:1000::/56")]
+        now = service.directory.find("alice@pppoe")
+        assert now is not None and now[1] is not None and (now[1].address, now[1].prefix6) == (
+            "198.18.7.7", "2001:db8:1000::/56")
+        # The operator gives bob@pppoe a prefix after the Access-Request, before the store write.
+        bob_claim = claim("bob@pppoe")
+        await store.update_reservation(bobs.id, actor="test", prefix6="2001:db8:2000::/48")
+        assert await service._reserve_prefix(bob_claim) == "2001:db8:2000::/48"
+        # carol's username reserved meanwhile (a host name only): the prefix goes into that one,
+        # the same candidate (bob's, :100, was passed over as any candidate refused is).
+        carol_claim = claim("carol")
+        made = await store.add_reservation(carol.id, ReservationKind.USERNAME, "carol", actor="test", hostname="c")
+        assert await service._reserve_prefix(carol_claim) == "2001:db8:1000:200::/56"
+        assert await store.list_reservations(subscriber=carol.id) == [replace(made, prefix6="2001:db8:1000:200::/56")]
+        counted = service.metrics.prefix_reservations
+        assert (counted.get("reserved"), counted.get("failed"), counted.get("exhausted")) == (2, 0, 0)
     finally:
         await store.close()
