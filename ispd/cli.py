@@ -1428,16 +1428,13 @@ async def cmd_mailbox_delete(store: Store, args: argparse.Namespace) -> None:
 
 
 async def print_aliases_naming(store: Store, deleted: set[str]) -> None:
-    """The aliases (other subscribers') whose targets include mailboxes just deleted: their mail
-    now skips those (and one left with none is refused), said now rather than found in the log
-    after mail went missing."""
-    for alias in await store.list_mail_aliases():
-        gone = [t for t in alias.targets if t in deleted]
-        if gone:
-            others = [t for t in alias.targets if t not in deleted]
-            print(f"alias {alias.address} still names {', '.join(gone)}: its mail now "
-                  + (f"reaches {', '.join(others)} only" if others else "is refused (no other target)")
-                  + f" (`ispd mailbox alias delete {alias.address}`, then add it again as it should be)")
+    """The aliases whose targets include mailboxes just deleted, and what their mail does now
+    (the admin API answers the same from ``Store.aliases_still_naming``)."""
+    for alias in await store.aliases_still_naming(deleted):
+        others = alias.remaining_targets
+        print(f"alias {alias.address} still names {', '.join(alias.gone_targets)}: its mail now "
+              + (f"reaches {', '.join(others)} only" if others else "is refused (no other target)")
+              + f" (`ispd mailbox alias delete {alias.address}`, then add it again as it should be)")
 
 
 async def cmd_mailbox_quota(store: Store, args: argparse.Namespace) -> None:

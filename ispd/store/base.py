@@ -18,6 +18,7 @@ from ispd.store.models import (
     AccountingRecord,
     AccountingResult,
     AddressClaim,
+    AliasStillNaming,
     AuditEntry,
     ClaimResult,
     CoARecord,
@@ -236,6 +237,21 @@ class Store(ABC):
 
     @abstractmethod
     async def delete_mail_alias(self, address: str, *, actor: str) -> MailAlias: ...
+
+    async def aliases_still_naming(self, deleted: Collection[str]) -> list[AliasStillNaming]:
+        """The aliases (any subscriber's) whose targets include the mailboxes ``deleted``, with
+        what their mail does now: said when the mailboxes go (CLI and admin API alike), rather
+        than found in the log after mail went missing. Built on ``list_mail_aliases``, so every
+        backend has it."""
+        gone = set(deleted)
+        naming = []
+        for alias in await self.list_mail_aliases():
+            if any(target in gone for target in alias.targets):
+                naming.append(AliasStillNaming(
+                    address=alias.address, subscriber_id=alias.subscriber_id,
+                    gone_targets=tuple(t for t in alias.targets if t in gone),
+                    remaining_targets=tuple(t for t in alias.targets if t not in gone)))
+        return naming
 
     @abstractmethod
     async def mail_alias(self, address: str) -> tuple[MailAlias, SubscriberStatus] | None:

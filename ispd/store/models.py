@@ -526,6 +526,18 @@ class MailAlias:
 
 
 @dataclass(frozen=True, slots=True)
+class AliasStillNaming:
+    """An alias whose targets include mailboxes just deleted: its mail now reaches
+    ``remaining_targets`` only (delivery skips a target that is no mailbox), and is refused when
+    none remain. The alias itself stays until someone deletes or redoes it."""
+
+    address: str
+    subscriber_id: int  # the alias's owner (any subscriber, not only the mailboxes')
+    gone_targets: tuple[str, ...]
+    remaining_targets: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class MailRecipient:
     """What mail delivery needs to know about one mailbox, read in one query."""
 

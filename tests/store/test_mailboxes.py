@@ -3,7 +3,13 @@ from __future__ import annotations
 import pytest
 
 from ispd.store import Conflict, InvalidValue, NotFound, Store
-from ispd.store.models import QueuedMail, QueuedRecipient, QueuedRecipientState, SubscriberStatus
+from ispd.store.models import (
+    AliasStillNaming,
+    QueuedMail,
+    QueuedRecipient,
+    QueuedRecipientState,
+    SubscriberStatus,
+)
 
 
 async def test_a_mailbox_is_kept_in_lowercase_and_found_by_its_address(store: Store) -> None:
@@ -164,3 +170,25 @@ async def test_an_alias_takes_a_free_address_mailboxes_here_and_addresses_elsewh
     assert await store.list_mail_aliases() == [] and await store.mail_alias("info@isp.example") is None
     assert [(e.action, e.details.get("address")) for e in await store.audit_since(before)][:2] == [
         ("mailbox.deleted", "alice@isp.example"), ("mail_alias.deleted", "info@isp.example")]
+
+
+async def test_the_aliases_that_still_name_deleted_mailboxes_say_what_their_mail_reaches_now(store: Store) -> None:
+    await store.add_subscriber("alice", actor="t")
+    await store.add_subscriber("biz", actor="t")
+    for local in ("temp", "keep"):
+        await store.add_mailbox("alice", f"{local}@isp.example", actor="t")
+    here = ["isp.example"]
+    await store.add_mail_alias("biz", "team@isp.example", ["temp@isp.example", "keep@isp.example", "x@example.net"],
+                               local_domains=here, actor="t")
+    await store.add_mail_alias("biz", "only@isp.example", ["temp@isp.example"], local_domains=here, actor="t")
+    await store.add_mail_alias("biz", "other@isp.example", ["keep@isp.example"], local_domains=here, actor="t")
+    biz = (await store.get_subscriber("biz")).id
+    await store.delete_mailbox("temp@isp.example", actor="t")
+    assert await store.aliases_still_naming({"temp@isp.example"}) == [
+        AliasStillNaming("only@isp.example", biz, ("temp@isp.example",), ()),
+        AliasStillNaming("team@isp.example", biz, ("temp@isp.example",), ("keep@isp.example", "x@example.net"))]
+    both = await store.aliases_still_naming(["temp@isp.example", "keep@isp.example"])
+    assert [(a.address, a.gone_targets, a.remaining_targets) for a in both] == [
+        ("only@isp.example", ("temp@isp.example",), ()), ("other@isp.example", ("keep@isp.example",), ()),
+        ("team@isp.example", ("temp@isp.example", "keep@isp.example"), ("x@example.net",))]
+    assert await store.aliases_still_naming(set()) == []
