@@ -15,8 +15,9 @@ import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Literal, cast
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
@@ -34,6 +35,8 @@ from ispd.mail.maildir import Maildir
 from ispd.store.base import Store
 from ispd.store.errors import Conflict, InvalidValue, NotFound
 from ispd.store.models import (
+    MAX_ALIAS_TARGETS,
+    AliasStillNaming,
     AuditEntry,
     CoARecord,
     CredentialPolicy,
@@ -43,6 +46,7 @@ from ispd.store.models import (
     Lease6,
     Lease6HistoryEntry,
     LeaseHistoryEntry,
+    MailAlias,
     Mailbox,
     OverQuota,
     Plan,
@@ -109,6 +113,17 @@ class NewMailbox(BaseModel):
     subscriber: str
     address: str
     quota_bytes: StrictInt | None = Field(default=None, gt=0)
+
+
+class QuotaChoice(BaseModel):
+    quota_bytes: StrictInt | None = Field(gt=0, description="the mailbox's own limit; null: its plan's applies again")
+
+
+class NewMailAlias(BaseModel):
+    subscriber: str = Field(description="the alias's owner; it goes with its subscriber")
+    address: str = Field(description="at one of [mail] domains, no mailbox's: info@isp.example")
+    targets: list[str] = Field(description=f"1 to {MAX_ALIAS_TARGETS}: mailboxes here (which must exist), or "
+                                           "addresses elsewhere (forwarded, the sender kept)")
 
 
 # --- responses
@@ -180,6 +195,39 @@ class ClosedSessions(BaseModel):
     closed: list[int]  # the sessions closed (none: it was not open)
 
 
+@dataclass(frozen=True, slots=True)
+class SetAsideMailbox(Mailbox):
+    """A deleted mailbox, and where its mail went: its Maildir is renamed, not removed, so that
+    the address's next owner starts empty; it is kept until the operator removes it."""
+
+    mail_kept_in: str | None = None  # the renamed Maildir; None: it had no mail on disk
+
+
+@dataclass(frozen=True, slots=True)
+class DeletedMailbox(SetAsideMailbox):
+    """A deleted mailbox, and the aliases that still name it (see ``AliasStillNaming``)."""
+
+    aliases_still_naming: tuple[AliasStillNaming, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DeletedSubscriber(Subscriber):
+    """The deleted subscriber, its fields where they were (a client that read them goes on
+    working), and what went with it: its mailboxes, and the aliases of others that name them."""
+
+    mailboxes: tuple[SetAsideMailbox, ...] = ()
+    aliases_still_naming: tuple[AliasStillNaming, ...] = ()
+
+
+class MailboxQuota(BaseModel):
+    address: str
+    used_bytes: int
+    messages: int
+    quota_bytes: int | None = Field(description="the limit in force; null: no limit")
+    quota_from: Literal["mailbox", "plan"] | None = Field(description="whose limit it is: the mailbox's own, or "
+                                                                      "its subscriber's plan's")
+
+
 DNSView = Callable[[int], Awaitable[dict[str, Any] | None]]
 MAX_BODY_BYTES = 64 * 1024  # the largest request any route takes is a few hundred bytes
 
@@ -249,9 +297,9 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
     per request (TCP listeners; a reload may rotate it). ``current_config``: the daemon's
     config as it is now (a reload changes it)."""
     app = FastAPI(title="ispd admin API", version=__version__,
-                  description="Subscribers, plans, reservations, mailboxes, sessions, leases, attribution and "
-                              "usage of one ispd store. Changes are audited and reach the running services "
-                              "at once.")
+                  description="Subscribers, plans, reservations, mailboxes and mail aliases, sessions, leases, "
+                              "attribution and usage of one ispd store. Changes are audited and reach the running "
+                              "services at once.")
     # The token and the body's size are checked before anything reads the body: a client
     # without the token, or with a huge body, costs no memory.
     app.add_middleware(_Guard, token=token, max_body=MAX_BODY_BYTES)
@@ -326,15 +374,18 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
         return await store.set_subscriber_plan(subscriber, body.plan or None, actor=actor)
 
     @app.delete("/v1/subscribers/{subscriber}", tags=["subscribers"])
-    async def delete_subscriber(subscriber: str, actor: Actor) -> Subscriber:
+    async def delete_subscriber(subscriber: str, actor: Actor) -> DeletedSubscriber:
+        """Delete a subscriber (its history is kept), as `ispd subscriber delete`: its mailboxes and
+        aliases go with it, each mailbox's mail is set aside (`mail_kept_in`), and the aliases of
+        other subscribers that name its mailboxes are listed with what their mail does now."""
         mailboxes = await store.list_mailboxes(subscriber=subscriber)
         deleted = await store.delete_subscriber(subscriber, actor=actor)
         # Its mailboxes went with it (the store cascades): their mail is set aside as the CLI
         # does, or the next owner of an address would read it.
-        root = current_config().mail.maildir_root
-        for mailbox in mailboxes:
-            await asyncio.to_thread(Maildir.for_address(root, mailbox.address).set_aside)
-        return deleted
+        set_aside = [await set_aside_mail(mailbox) for mailbox in mailboxes]
+        return DeletedSubscriber(**_fields_of(deleted), mailboxes=tuple(set_aside),
+                                 aliases_still_naming=tuple(await store.aliases_still_naming(
+                                     {m.address for m in mailboxes})))
 
     # --- plans
 
@@ -369,18 +420,80 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
     async def list_mailboxes(subscriber: str | None = None) -> list[Mailbox]:
         return await store.list_mailboxes(subscriber=subscriber or None)
 
+    def at_a_mail_domain(text: str) -> str:
+        """The canonical address, when it is at one of [mail] domains (as the CLI checks)."""
+        address = _mail_address_or_400(text)
+        domain, domains = address.rpartition("@")[2], current_config().mail.domains
+        if domain not in domains:
+            raise HTTPException(400, f"{address}: {domain} is not one of the mail domains ([mail] domains: "
+                                     f"{', '.join(domains) or 'none yet'})")
+        return address
+
+    async def set_aside_mail(mailbox: Mailbox) -> SetAsideMailbox:
+        maildir = Maildir.for_address(current_config().mail.maildir_root, mailbox.address)
+        archive = await asyncio.to_thread(maildir.set_aside)
+        return SetAsideMailbox(**_fields_of(mailbox), mail_kept_in=str(archive) if archive is not None else None)
+
     @app.post("/v1/mailboxes", status_code=201, tags=["mailboxes"])
     async def add_mailbox(body: NewMailbox, actor: Actor) -> Mailbox:
-        if body.address.rpartition("@")[2].lower() not in [d.lower() for d in current_config().mail.domains]:
-            raise HTTPException(400, f"{body.address}: not one of the mail domains ([mail] domains)")
-        try:
-            address = mail_address(body.address)
-        except ValueError as exc:
-            raise HTTPException(400, str(exc)) from None
+        address = at_a_mail_domain(body.address)
         left_over = Maildir.for_address(current_config().mail.maildir_root, address).left_over()
         if left_over is not None:
             raise HTTPException(409, left_over)
-        return await store.add_mailbox(body.subscriber, body.address, actor=actor, quota_bytes=body.quota_bytes)
+        return await store.add_mailbox(body.subscriber, address, actor=actor, quota_bytes=body.quota_bytes)
+
+    @app.delete("/v1/mailboxes/{address}", tags=["mailboxes"])
+    async def delete_mailbox(address: str, actor: Actor) -> DeletedMailbox:
+        """Delete a mailbox, as `ispd mailbox delete`: mail to it is refused from now on; its
+        Maildir is renamed aside (`mail_kept_in`, null when it had none) and kept until the
+        operator removes it, so that whoever gets the address next starts empty. The aliases that
+        still name it are listed with the targets their mail reaches now (none: refused); they
+        stay until deleted (DELETE /v1/mail-aliases/{address}) and added again as they should be."""
+        deleted = await store.delete_mailbox(address, actor=actor)
+        set_aside = await set_aside_mail(deleted)
+        return DeletedMailbox(**_fields_of(set_aside), aliases_still_naming=tuple(
+            await store.aliases_still_naming({deleted.address})))
+
+    async def quota_of(address: str) -> MailboxQuota:
+        canonical = _mail_address_or_400(address)
+        recipient = await store.mail_recipient(canonical)
+        if recipient is None:
+            raise HTTPException(404, f"no mailbox {canonical}")
+        maildir = Maildir.for_address(current_config().mail.maildir_root, recipient.mailbox.address)
+        usage = await asyncio.to_thread(maildir.usage)
+        source: Literal["mailbox", "plan"] | None = "mailbox" if recipient.mailbox.quota_bytes is not None else (
+            "plan" if recipient.quota_bytes is not None else None)
+        return MailboxQuota(address=recipient.mailbox.address, used_bytes=usage.bytes, messages=usage.messages,
+                            quota_bytes=recipient.quota_bytes, quota_from=source)
+
+    @app.get("/v1/mailboxes/{address}/quota", tags=["mailboxes"])
+    async def mailbox_quota(address: str) -> MailboxQuota:
+        """A mailbox's usage and the limit in force, as `ispd mailbox quota`."""
+        return await quota_of(address)
+
+    @app.put("/v1/mailboxes/{address}/quota", tags=["mailboxes"])
+    async def set_mailbox_quota(address: str, body: QuotaChoice, actor: Actor) -> MailboxQuota:
+        """Set a mailbox's own limit, or (null) give it its plan's again, as `ispd mailbox quota --set`."""
+        await store.set_mailbox_quota(address, body.quota_bytes, actor=actor)
+        return await quota_of(address)
+
+    # --- mail aliases
+
+    @app.get("/v1/mail-aliases", tags=["mail aliases"])
+    async def list_mail_aliases(subscriber: str | None = None) -> list[MailAlias]:
+        return await store.list_mail_aliases(subscriber=subscriber or None)
+
+    @app.post("/v1/mail-aliases", status_code=201, tags=["mail aliases"])
+    async def add_mail_alias(body: NewMailAlias, actor: Actor) -> MailAlias:
+        """Mail to the alias's address goes to each target, as `ispd mailbox alias add`."""
+        address = at_a_mail_domain(body.address)
+        return await store.add_mail_alias(body.subscriber, address, body.targets,
+                                          local_domains=current_config().mail.domains, actor=actor)
+
+    @app.delete("/v1/mail-aliases/{address}", tags=["mail aliases"])
+    async def delete_mail_alias(address: str, actor: Actor) -> MailAlias:
+        """Delete an alias: mail to it is refused from now on."""
+        return await store.delete_mail_alias(address, actor=actor)
 
     # --- sessions
 
@@ -509,6 +622,19 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
                                         until=_seconds(until))
 
     return app
+
+
+def _mail_address_or_400(text: str) -> str:
+    try:
+        return mail_address(text)
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
+
+
+def _fields_of(instance: Any) -> dict[str, Any]:
+    """A dataclass's fields as they are (not deep-copied as ``asdict`` does), to build the
+    response that adds to it."""
+    return {f.name: getattr(instance, f.name) for f in fields(instance)}
 
 
 def _seconds(moment: datetime) -> float:

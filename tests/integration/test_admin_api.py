@@ -245,8 +245,9 @@ def test_the_committed_openapi_document_is_the_one_served(api: Api) -> None:
     assert status == 200
     committed = json.loads((ROOT / "docs" / "openapi.json").read_text())
     assert served == committed, "regenerate it: .venv/bin/python -m ispd.admin.app > docs/openapi.json"
-    assert {"/v1/subscribers", "/v1/who/{address}", "/v1/usage", "/v1/sessions/{session_id}/disconnect"} <= set(
-        served["paths"])
+    assert {"/v1/subscribers", "/v1/who/{address}", "/v1/usage", "/v1/sessions/{session_id}/disconnect",
+            "/v1/mailboxes/{address}", "/v1/mailboxes/{address}/quota", "/v1/mail-aliases",
+            "/v1/mail-aliases/{address}"} <= set(served["paths"])
 
 
 def test_a_deleted_subscriber_s_mail_is_not_handed_to_the_next_owner_of_its_address(api: Api) -> None:
@@ -257,10 +258,123 @@ def test_a_deleted_subscriber_s_mail_is_not_handed_to_the_next_owner_of_its_addr
     assert api.call("POST", "/v1/mailboxes", {"subscriber": "leaving", "address": "leaving@isp.example"})[0] == 201
     (root / "leaving" / "new").mkdir(parents=True)  # its mail, as delivery made it
     (root / "leaving" / "new" / "1.msg").write_text("Subject: private\n\nfor leaving only\n")
-    assert api.call("DELETE", "/v1/subscribers/leaving")[0] == 200
+    status, deleted = api.call("DELETE", "/v1/subscribers/leaving")
+    assert status == 200 and deleted["username"] == "leaving"  # the subscriber's fields, where they were
     assert not (root / "leaving").exists() and list(root.glob("leaving~deleted-*/new/1.msg"))
+    [mailbox] = deleted["mailboxes"]
+    assert mailbox["address"] == "leaving@isp.example" and mailbox["mail_kept_in"] == str(
+        next(root.glob("leaving~deleted-*"))) and deleted["aliases_still_naming"] == []
     assert api.call("POST", "/v1/subscribers", {"username": "next"})[0] == 201
     assert api.call("POST", "/v1/mailboxes", {"subscriber": "next", "address": "leaving@isp.example"})[0] == 201
     (root / "stale" / "new").mkdir(parents=True)  # left by hand, or by an old version
     status, body = api.call("POST", "/v1/mailboxes", {"subscriber": "next", "address": "stale@isp.example"})
     assert status == 409 and "move it away first" in body["detail"], body
+
+
+def test_a_mailbox_deleted_says_where_its_mail_is_and_which_aliases_still_name_it(api: Api) -> None:
+    """As `ispd mailbox delete`: the Maildir set aside, and each alias (any subscriber's) that
+    names the mailbox, with the targets its mail reaches now; the same for a subscriber's."""
+    root = api.ispd.workdir / "mail" / "isp.example"
+    for username in ("staff", "biz", "temp-worker"):
+        assert api.call("POST", "/v1/subscribers", {"username": username})[0] == 201
+    for owner, local in (("staff", "temp"), ("staff", "keep"), ("temp-worker", "seasonal")):
+        assert api.call("POST", "/v1/mailboxes", {"subscriber": owner, "address": f"{local}@isp.example"})[0] == 201
+    (root / "temp" / "new").mkdir(parents=True)
+    (root / "temp" / "new" / "1.msg").write_text("Subject: x\n\nfor temp\n")
+    status, team = api.call("POST", "/v1/mail-aliases", {
+        "subscriber": "biz", "address": "Team@ISP.example",
+        "targets": ["temp@isp.example", "keep@isp.example", "Owner+ispd@Elsewhere.example"]})
+    assert status == 201 and (team["address"], team["targets"]) == (
+        "team@isp.example", ["temp@isp.example", "keep@isp.example", "Owner+ispd@elsewhere.example"])
+    for address, targets in (("only-temp", ["temp@isp.example"]), ("crew", ["seasonal@isp.example", "keep@isp.example"])):
+        assert api.call("POST", "/v1/mail-aliases", {"subscriber": "biz", "address": f"{address}@isp.example",
+                                                     "targets": targets})[0] == 201
+    listed = api.call("GET", "/v1/mail-aliases?subscriber=biz")[1]
+    assert [a["address"] for a in listed] == ["crew@isp.example", "only-temp@isp.example", "team@isp.example"]
+    assert api.call("GET", "/v1/mail-aliases?subscriber=staff") == (200, [])
+
+    status, deleted = api.call("DELETE", "/v1/mailboxes/TEMP@isp.example")
+    assert status == 200 and deleted["address"] == "temp@isp.example"
+    assert not (root / "temp").exists() and deleted["mail_kept_in"] == str(next(root.glob("temp~deleted-*")))
+    assert deleted["aliases_still_naming"] == [
+        {"address": "only-temp@isp.example", "subscriber_id": team["subscriber_id"],
+         "gone_targets": ["temp@isp.example"], "remaining_targets": []},
+        {"address": "team@isp.example", "subscriber_id": team["subscriber_id"], "gone_targets": ["temp@isp.example"],
+         "remaining_targets": ["keep@isp.example", "Owner+ispd@elsewhere.example"]}]
+    assert api.call("DELETE", "/v1/mailboxes/temp@isp.example") == (404, {"detail": "no mailbox temp@isp.example"})
+    status, deleted = api.call("DELETE", "/v1/mailboxes/keep@isp.example")  # no mail on disk: nothing set aside
+    assert status == 200 and deleted["mail_kept_in"] is None
+    assert [(a["address"], a["gone_targets"], a["remaining_targets"]) for a in deleted["aliases_still_naming"]] == [
+        ("crew@isp.example", ["keep@isp.example"], ["seasonal@isp.example"]),
+        ("team@isp.example", ["keep@isp.example"], ["temp@isp.example", "Owner+ispd@elsewhere.example"])]
+    # A subscriber's deletion says the same for its mailboxes.
+    status, deleted = api.call("DELETE", "/v1/subscribers/temp-worker")
+    assert status == 200 and [m["address"] for m in deleted["mailboxes"]] == ["seasonal@isp.example"]
+    assert deleted["aliases_still_naming"] == [{"address": "crew@isp.example", "subscriber_id": team["subscriber_id"],
+                                                "gone_targets": ["seasonal@isp.example"],
+                                                "remaining_targets": ["keep@isp.example"]}]
+    status, gone = api.call("DELETE", "/v1/mail-aliases/Only-Temp@isp.example")
+    assert status == 200 and gone["address"] == "only-temp@isp.example"
+    assert api.call("DELETE", "/v1/mail-aliases/only-temp@isp.example") == (404, {"detail": "no alias only-temp@isp.example"})
+    assert api.call("DELETE", "/v1/mailboxes/not%20an%20address")[0] == 400
+    audit = api.call("GET", "/v1/subscribers/biz")[1]["audit"]
+    assert [(a["action"], a["actor"]) for a in audit][:1] == [("mail_alias.deleted", "api:local")]
+
+
+def test_mail_aliases_are_checked_as_on_the_cli(api: Api) -> None:
+    assert api.call("POST", "/v1/subscribers", {"username": "shop"})[0] == 201
+    assert api.call("POST", "/v1/mailboxes", {"subscriber": "shop", "address": "sales@isp.example"})[0] == 201
+
+    def refused(address: str, targets: list[str], subscriber: str = "shop") -> tuple[int, str]:
+        status, body = api.call("POST", "/v1/mail-aliases",
+                                {"subscriber": subscriber, "address": address, "targets": targets})
+        return status, body["detail"]
+
+    status, detail = refused("info@elsewhere.example", ["sales@isp.example"])
+    assert status == 400 and detail == ("info@elsewhere.example: elsewhere.example is not one of the mail domains "
+                                        "([mail] domains: isp.example)")
+    status, detail = refused("info@isp.example", ["ghost@isp.example"])
+    assert status == 404 and "no mailbox ghost@isp.example" in detail
+    status, detail = refused("sales@isp.example", ["someone@elsewhere.example"])
+    assert status == 409 and "is a mailbox" in detail
+    assert refused("info@isp.example", ["sales@isp.example"], subscriber="nobody")[0] == 404
+    status, detail = refused("info@isp.example", [])
+    assert status == 400 and "1 to 50 targets" in detail
+    assert refused("info@isp.example", ["info@isp.example"])[0] in (400, 404)  # not its own target
+    assert refused("in fo@isp.example", ["sales@isp.example"])[0] == 400
+    assert refused("info@isp.example", ["not-an-address"])[0] == 400
+    assert api.call("POST", "/v1/mail-aliases", {"subscriber": "shop", "address": "info@isp.example",
+                                                 "targets": "sales@isp.example"})[0] == 422  # a list
+    assert api.call("POST", "/v1/mail-aliases", {"subscriber": "shop", "address": "info@isp.example",
+                                                 "targets": ["sales@isp.example"]})[0] == 201
+    status, detail = refused("info@isp.example", ["sales@isp.example"])
+    assert status == 409 and "is an alias" in detail
+    status, body = api.call("POST", "/v1/mailboxes", {"subscriber": "shop", "address": "info@isp.example"})
+    assert status == 409 and "is an alias" in body["detail"]
+    assert api.call("DELETE", "/v1/mail-aliases/nothing@isp.example")[0] == 404
+
+
+def test_a_mailbox_quota_is_read_and_set_as_on_the_cli(api: Api) -> None:
+    assert api.call("POST", "/v1/plans", {"name": "mail-1k", "mail_quota_bytes": 1000})[0] == 201
+    assert api.call("POST", "/v1/subscribers", {"username": "quota-user", "plan": "mail-1k"})[0] == 201
+    assert api.call("POST", "/v1/mailboxes", {"subscriber": "quota-user", "address": "q@isp.example"})[0] == 201
+    maildir = api.ispd.workdir / "mail" / "isp.example" / "q"
+    for sub in ("tmp", "new", "cur"):  # as the first delivery makes it
+        (maildir / sub).mkdir(parents=True)
+    (maildir / "new" / "1.msg").write_bytes(b"x" * 300)
+    assert api.call("GET", "/v1/mailboxes/Q@isp.example/quota") == (200, {
+        "address": "q@isp.example", "used_bytes": 300, "messages": 1, "quota_bytes": 1000, "quota_from": "plan"})
+    status, body = api.call("PUT", "/v1/mailboxes/q@isp.example/quota", {"quota_bytes": 5000})
+    assert status == 200 and (body["quota_bytes"], body["quota_from"], body["used_bytes"]) == (5000, "mailbox", 300)
+    assert api.call("GET", "/v1/mailboxes?subscriber=quota-user")[1][0]["quota_bytes"] == 5000
+    status, body = api.call("PUT", "/v1/mailboxes/q@isp.example/quota", {"quota_bytes": None})  # the plan's again
+    assert status == 200 and (body["quota_bytes"], body["quota_from"]) == (1000, "plan")
+    assert api.call("PUT", "/v1/mailboxes/q@isp.example/quota", {"quota_bytes": 0})[0] == 422
+    assert api.call("PUT", "/v1/mailboxes/q@isp.example/quota", {})[0] == 422  # null must be said
+    assert api.call("PUT", "/v1/mailboxes/nobody@isp.example/quota", {"quota_bytes": 10}) == (
+        404, {"detail": "no mailbox nobody@isp.example"})
+    assert api.call("GET", "/v1/mailboxes/nobody@isp.example/quota") == (
+        404, {"detail": "no mailbox nobody@isp.example"})
+    assert api.call("GET", "/v1/mailboxes/no-at-sign/quota")[0] == 400
+    audit = api.call("GET", "/v1/subscribers/quota-user")[1]["audit"]
+    assert [(a["action"], a["actor"]) for a in audit][:2] == [("mailbox.quota_changed", "api:local")] * 2
