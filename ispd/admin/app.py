@@ -23,7 +23,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from ispd import __version__
 from ispd.config import Config
@@ -36,6 +36,7 @@ from ispd.store.base import Store
 from ispd.store.errors import Conflict, InvalidValue, NotFound
 from ispd.store.models import (
     MAX_ALIAS_TARGETS,
+    UNCHANGED,
     AliasStillNaming,
     AuditEntry,
     CoARecord,
@@ -56,6 +57,7 @@ from ispd.store.models import (
     Subscriber,
     SubscriberStatus,
     SuspendedMail,
+    Unchanged,
     Usage,
 )
 from ispd.store.validation import attributable_text, dhcp6_prefix_text, mail_address
@@ -107,6 +109,20 @@ class NewReservation(BaseModel):
     prefix6: str | None = Field(default=None, description="a fixed prefix to delegate (DHCPv6 IA_PD; RADIUS "
                                                            "Delegated-IPv6-Prefix), for kinds duid, circuit-id, "
                                                            "remote-id and username: 2001:db8:200::/48")
+
+
+class ReservationChange(BaseModel):
+    """The fields to change: a value sets one, null clears it, and one left out stays as it is."""
+
+    model_config = ConfigDict(extra="forbid")  # (a misspelt field must not be a silent no-op)
+
+    address: str | None = None
+    hostname: str | None = None
+    address6: str | None = None
+    prefix6: str | None = None
+
+    def given(self, name: str) -> str | Unchanged | None:
+        return getattr(self, name) if name in self.model_fields_set else UNCHANGED
 
 
 class NewMailbox(BaseModel):
@@ -409,6 +425,14 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
         return await store.add_reservation(body.subscriber, body.kind, body.key, actor=actor,
                                            address=body.address, hostname=body.hostname, address6=body.address6,
                                            prefix6=body.prefix6)
+
+    @app.patch("/v1/reservations/{reservation_id}", tags=["reservations"])
+    async def change_reservation(reservation_id: int, body: ReservationChange, actor: Actor) -> Reservation:
+        """Change what a reservation fixes, in place and in one audited step, as `ispd
+        reservation set`: checked as a new reservation is; its kind, key and subscriber stay."""
+        return await store.update_reservation(
+            reservation_id, actor=actor, address=body.given("address"), hostname=body.given("hostname"),
+            address6=body.given("address6"), prefix6=body.given("prefix6"))
 
     @app.delete("/v1/reservations/{reservation_id}", tags=["reservations"])
     async def delete_reservation(reservation_id: int, actor: Actor) -> Reservation:

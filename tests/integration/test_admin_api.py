@@ -151,6 +151,29 @@ def test_dhcp6_reservations_take_and_give_a_fixed_ipv6_address_and_prefix(api: A
     assert status == 400 and "no shorter than /32" in body["detail"]
 
 
+def test_patch_changes_a_reservation_in_place(api: Api) -> None:
+    api.call("POST", "/v1/subscribers", {"username": "biz-line"})
+    status, line = api.call("POST", "/v1/reservations", {
+        "subscriber": "biz-line", "kind": "circuit-id", "key": "bng1 ge-0/0/2:7", "address": "198.18.3.7",
+        "hostname": "biz-gw"})
+    assert status == 201, line
+    # Given: set; null: cleared; left out: as it was.
+    status, changed = api.call("PATCH", f"/v1/reservations/{line['id']}",
+                               {"prefix6": "2001:DB8:700::/48", "hostname": None})
+    assert status == 200 and (changed["id"], changed["address"], changed["hostname"], changed["prefix6"]) == (
+        line["id"], "198.18.3.7", None, "2001:db8:700::/48")
+    assert api.call("GET", "/v1/reservations?subscriber=biz-line")[1] == [changed]
+    view = api.call("GET", "/v1/subscribers/biz-line")[1]
+    assert view["audit"][0]["action"] == "reservation.changed"
+    assert view["audit"][0]["details"]["previous"] == {"hostname": "biz-gw", "prefix6": None}
+    status, body = api.call("PATCH", f"/v1/reservations/{line['id']}", {"prefix": "2001:db8:800::/48"})
+    assert status == 422  # a misspelt field is refused, not ignored
+    status, body = api.call("PATCH", f"/v1/reservations/{line['id']}", {"address6": "2001:db8::/64"})
+    assert status == 400 and "give one IPv6 address here" in body["detail"]
+    status, body = api.call("PATCH", "/v1/reservations/99999", {"address": "198.18.3.8"})
+    assert (status, body) == (404, {"detail": "no reservation #99999"})
+
+
 def test_errors_are_json_with_the_right_status(api: Api) -> None:
     assert api.call("GET", "/v1/subscribers/nobody") == (404, {"detail": "no subscriber 'nobody'"})
     api.call("POST", "/v1/subscribers", {"username": "twice"})
