@@ -1205,7 +1205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subscriber", help=f"only this subscriber's: {SUBSCRIBER_HELP}")
     p.set_defaults(handler=cmd_mailbox_list)
     p = mailbox.add_parser("delete", parents=[config_opts],
-                           help="delete a mailbox (mail to it is refused; its Maildir is left on disk)")
+                           help="delete a mailbox (mail to it is refused; its Maildir is renamed aside, kept "
+                                "until you remove it)")
     p.add_argument("address", type=checked_arg(mail_address))
     p.set_defaults(handler=cmd_mailbox_delete, prepare=remember_mail_config)
     p = mailbox.add_parser("quota", parents=[config_opts, json_opt],

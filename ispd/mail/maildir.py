@@ -87,6 +87,13 @@ def with_crlf(data: bytes) -> bytes:
     return data.replace(b"\n", b"\r\n")
 
 
+def _remake_subdirectories(base: Path) -> None:
+    """A folder's tmp/, new/ or cur/ made again where a copy or backup that skips empty
+    directories lost them; a folder that is gone stays gone (no parents are made)."""
+    for sub in ("tmp", "new", "cur"):
+        (base / sub).mkdir(mode=_MODE_DIR, exist_ok=True)
+
+
 def size_of(name: str) -> int | None:
     """The S= size in a Maildir file name, or None if the name has none."""
     return name_field(name, "S=")
@@ -255,7 +262,12 @@ class Maildir:
         while True:
             name = unique_name(len(data), virtual_size, now)
             temporary = base / "tmp" / name
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _MODE_FILE)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+            try:
+                fd = os.open(temporary, flags, _MODE_FILE)
+            except FileNotFoundError:
+                _remake_subdirectories(base)
+                fd = os.open(temporary, flags, _MODE_FILE)
             try:
                 view = memoryview(data)
                 while view:
@@ -364,6 +376,10 @@ class Maildir:
 
     def _replace(self, path: Path, content: bytes) -> None:
         temporary = self.path / "tmp" / f".{path.name}.{os.getpid()}.{threading.get_ident()}"
-        temporary.write_bytes(content)
+        try:
+            temporary.write_bytes(content)
+        except FileNotFoundError:
+            _remake_subdirectories(self.path)
+            temporary.write_bytes(content)
         os.chmod(temporary, _MODE_FILE)
         os.replace(temporary, path)

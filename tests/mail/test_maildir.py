@@ -75,6 +75,27 @@ def test_usage_counts_every_folder_and_survives_a_lost_or_corrupt_maildirsize(tm
     assert (maildir.path / "maildirsize").read_text() == "0S\n180 3\n"
 
 
+def test_a_maildir_whose_empty_tmp_was_lost_still_counts_and_takes_mail(tmp_path: Path) -> None:
+    """A backup or copy that skipped empty directories drops tmp/: the quota recount (`ispd
+    mailbox quota`, the admin API) crashed with FileNotFoundError, and so did a delivery to a
+    folder (IMAP APPEND) that nothing had made whole again."""
+    maildir = Maildir(tmp_path / "m")
+    maildir.create()
+    maildir.deliver(b"a" * 100)
+    (maildir.path / "maildirsize").unlink()
+    (maildir.path / "tmp").rmdir()
+    assert (maildir.usage().bytes, maildir.usage().messages) == (100, 1)
+    assert (maildir.path / "maildirsize").read_text() == "0S\n100 1\n"
+    (maildir.path / ".Archive" / "tmp").rmdir()
+    maildir.deliver(b"b" * 50, folder="Archive")
+    assert (maildir.usage().bytes, maildir.usage().messages) == (150, 2)
+    assert stat.S_IMODE((maildir.path / ".Archive" / "tmp").stat().st_mode) == 0o700
+    # A folder that is gone is not made again by a delivery to it.
+    with pytest.raises(FileNotFoundError):
+        maildir.deliver(b"c", folder="Nowhere")
+    assert not (maildir.path / ".Nowhere").exists()
+
+
 def test_maildirsize_is_recomputed_when_it_grows_past_5120_bytes(tmp_path: Path) -> None:
     maildir = Maildir(tmp_path / "m")
     maildir.create()
