@@ -546,10 +546,13 @@ async def cmd_reservation_set(store: Store, args: argparse.Namespace) -> None:
     def change(name: str) -> str | Unchanged | None:
         return changes.get(name, UNCHANGED)
 
+    before = await store.get_reservation(args.id)
     reservation = await store.update_reservation(args.id, actor=actor(), address=change("address"),
                                                  hostname=change("hostname"), address6=change("address6"),
                                                  prefix6=change("prefix6"))
     await print_reservation(store, reservation, args, "reservation #{id} of {holder}")
+    if not args.json:
+        await print_sessions_keeping(store, before, reservation)
 
 
 async def cmd_reservation_list(store: Store, args: argparse.Namespace) -> None:
@@ -569,6 +572,26 @@ async def cmd_reservation_delete(store: Store, args: argparse.Namespace) -> None
     reservation = await store.delete_reservation(args.id, actor=actor())
     holder = await username_of(store, reservation.subscriber_id) or f"#{reservation.subscriber_id}"
     print(f"deleted reservation #{reservation.id} of {holder}: {describe_reservation(reservation)}")
+    await print_sessions_keeping(store, reservation, None)
+
+
+async def print_sessions_keeping(store: Store, before: Reservation, after: Reservation | None) -> None:
+    """The subscriber's open RADIUS sessions that still use what the reservation fixed before
+    (an address, IPv6 address or prefix it no longer does): a NAS keeps a session's addresses
+    until it logs in again, so say so now rather than leave the operator to wonder. (DHCP
+    needs no word: a lease on a reserved address given up is NAKed at its next renewal.)"""
+    dropped = {getattr(before, name) for name in ("address", "address6", "prefix6")
+               if getattr(before, name) is not None
+               and (after is None or getattr(after, name) != getattr(before, name))}
+    if not dropped:
+        return
+    for session in await store.list_sessions(open_only=True, subscriber=before.subscriber_id):
+        kept = [value for value in (session.framed_ip, session.framed_ipv6_address, session.delegated_ipv6_prefix)
+                if value is not None and value in dropped]
+        if kept:
+            print(f"session #{session.id} ({session.username} on {session.nas_client or session.nas_address}) "
+                  f"still has {', '.join(kept)} until it logs in again (`ispd session disconnect {session.id}` "
+                  "ends it now)")
 
 
 async def cmd_lease_show(store: Store, args: argparse.Namespace) -> None:

@@ -179,6 +179,10 @@ class Store(ABC):
         """
 
     @abstractmethod
+    async def get_reservation(self, reservation_id: int) -> Reservation:
+        """``NotFound`` if there is none."""
+
+    @abstractmethod
     async def update_reservation(
         self,
         reservation_id: int,

@@ -1113,6 +1113,15 @@ class SQLiteStore(Store):
 
         return await self._write("add_reservation", run)
 
+    async def get_reservation(self, reservation_id: int) -> Reservation:
+        def run(conn: sqlite3.Connection) -> Reservation:
+            row = _reservation_where(conn, "r.id = ?", (reservation_id,))
+            if row is None:
+                raise NotFound(f"no reservation #{reservation_id}")
+            return _reservation(row)
+
+        return await self._read("get_reservation", run)
+
     async def update_reservation(
         self,
         reservation_id: int,

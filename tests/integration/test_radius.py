@@ -209,13 +209,28 @@ def test_a_prefix_pool_gives_each_subscriber_a_prefix_for_good(tmp_path: Path) -
         freds = json.loads(ispd.cli("reservation", "list", "--subscriber", "fred", "--json").stdout)
         assert [(r["key"], r["address"], r["prefix6"]) for r in freds] == [
             ("fred@pppoe", "198.18.9.9", "2001:db8:1000:300::/56")]
+        # Its session, open with the old address: `reservation set` says it keeps it until it logs in again.
+        assert radclient(service.acct, "acct", SECRET, "User-Name = fred@pppoe, Acct-Session-Id = fred-1, "
+                         "NAS-IP-Address = 127.0.0.1, Framed-IP-Address = 198.18.9.9, "
+                         "Acct-Status-Type = Start").code == "Accounting-Response"
+        [session] = Radius(ispd).show("fred")["sessions"]
         out = ispd.cli("reservation", "set", str(freds[0]["id"]), "--address", "198.18.9.10").stdout
         assert out == (f"reservation #{freds[0]['id']} of fred: username fred@pppoe -> address 198.18.9.10, "
-                       "prefix 2001:db8:1000:300::/56\n")
+                       "prefix 2001:db8:1000:300::/56\n"
+                       f"session #{session['id']} (fred@pppoe on bng) still has 198.18.9.9 until it logs in again "
+                       f"(`ispd session disconnect {session['id']}` ends it now)\n")
         moved = eventually(lambda: (r := login("fred@pppoe", "fred-pw")).first("Framed-IP-Address") == "198.18.9.10" and r,
                            timeout=10)
         assert moved.first("Delegated-IPv6-Prefix") == "2001:db8:1000:300::/56"
         assert "reservation.changed address=198.18.9.10" in ispd.cli("subscriber", "show", "fred").stdout
+        # Deleted: the session's prefix is the reservation's (its old address is not).
+        assert radclient(service.acct, "acct", SECRET, "User-Name = fred@pppoe, Acct-Session-Id = fred-1, "
+                         "NAS-IP-Address = 127.0.0.1, Framed-IP-Address = 198.18.9.9, Delegated-IPv6-Prefix = "
+                         "2001:db8:1000:300::/56, Acct-Status-Type = Interim-Update").code == "Accounting-Response"
+        out = ispd.cli("reservation", "delete", str(freds[0]["id"])).stdout
+        assert out.splitlines()[1:] == [
+            f"session #{session['id']} (fred@pppoe on bng) still has 2001:db8:1000:300::/56 until it logs in "
+            f"again (`ispd session disconnect {session['id']}` ends it now)"], out
 
 
 def test_a_subscriber_s_own_reply_attributes_reach_the_nas_over_its_plan_s(radius: Radius) -> None:
