@@ -364,6 +364,9 @@ class DHCPConfig(Section):
     # instead of four. Only where ispd is the one DHCP server of the link: each server that
     # answers one commits a lease.
     rapid_commit: bool = False
+    # Relay agents (a BNG, a CMTS) that may ask of leases by DHCPLEASEQUERY (RFC 4388), by the
+    # address they put in giaddr: addresses or networks. Empty (the default): leasequery is off.
+    leasequery_requesters: list[IPv4Network] = []
     # How often expired leases are reclaimed (marked expired in the store, announced).
     reclaim_interval_seconds: float = Field(default=10.0, gt=0, le=3600)
     subnet: list[SubnetConfig] = []

@@ -49,8 +49,11 @@ that keeps its subscribers' state from what it relays) and come to us relayed.
 With rapid commit on (RFC 4039), a DISCOVER that carries option 80 is answered as a REQUEST for
 the address it would have been offered: ACK with option 80, the lease durable first.
 
+LEASEQUERY (RFC 4388), from the relays in ``leasequery_requesters`` only: by address, MAC or
+client-id, answered from the lease table (``_leasequery``).
+
 Not done here: BOOTP clients (no option 53), RFC 4361 DUID client ids beyond their raw bytes,
-leasequery.
+bulk and active leasequery (RFC 6926, 7724: over TCP).
 """
 
 from __future__ import annotations
@@ -110,6 +113,8 @@ class Ignored(StrEnum):
     BAD_REQUEST = "bad_request"
     BAD_RELAY_INFO = "bad_relay_info"
     HELD_ELSEWHERE = "held_by_radius"  # the store refused the lease: a RADIUS session has the address
+    LEASEQUERY_REFUSED = "leasequery_not_allowed"  # giaddr not in leasequery_requesters (or none)
+    BAD_LEASEQUERY = "bad_leasequery"  # not exactly one of ciaddr, chaddr and client-id to ask by
 
 
 class ClientClass(Enum):
@@ -399,6 +404,17 @@ def build_subnets(config: DHCPConfig) -> list[Subnet]:
     return subnets
 
 
+def _relay_agent_info(binding: Binding) -> bytes:
+    """Option 82 as the relay sent it at the lease's grant, from the circuit-id and remote-id kept."""
+    value = b""
+    for code, text in ((1, binding.circuit_id), (2, binding.remote_id)):
+        if text:
+            with contextlib.suppress(ValueError):
+                raw = opaque_bytes(text)[:255]
+                value += bytes((code, len(raw))) + raw
+    return value
+
+
 def _stored_client_key(lease: Lease) -> bytes | None:
     """The lease key of a stored lease's client (Ethernet assumed for a MAC: the store has no htype)."""
     try:
@@ -548,6 +564,8 @@ class DHCPEngine:
         message_type = packet.message_type
         if message_type is None:
             return Outcome(ignored=Ignored.NO_MESSAGE_TYPE)
+        if message_type is DHCPMessageType.LEASEQUERY:
+            return self._leasequery(received, now)
         relay_info = packet.option(Option.RELAY_AGENT_INFO)
         # Option 82 no relay forwarded: the client's own, or a forgery; neither names its line
         # (RFC 3046 §2.1). Not used to identify the client or choose the subnet; still echoed.
@@ -1013,6 +1031,82 @@ class DHCPEngine:
             giaddr=packet.giaddr, options=tuple(options),
         )
         return self._addressed(received, reply, server_id)
+
+    # --- leasequery (RFC 4388)
+
+    def _leasequery(self, received: Received, now: float) -> Outcome:
+        """What we know of one address (ciaddr) or one client (chaddr, or option 61), for a relay
+        agent that lost its table (a BNG after a restart) and asks before it forwards a
+        subscriber's traffic again. Answered to giaddr, which must be one of
+        ``leasequery_requesters`` (Kea's hook checks the same): LEASEACTIVE with the newest active
+        lease, LEASEUNASSIGNED for an address of ours with none, LEASEUNKNOWN otherwise."""
+        packet = received.packet
+        requester = packet.giaddr
+        if requester == UNSPECIFIED or not any(requester in n for n in self.config.leasequery_requesters):
+            return Outcome(ignored=Ignored.LEASEQUERY_REFUSED)
+        client_id = packet.option(Option.CLIENT_ID)
+        hw_address = packet.hw_address if packet.hlen and any(packet.hw_address) else None
+        if (packet.ciaddr != UNSPECIFIED) + (client_id is not None) + (hw_address is not None) != 1:
+            return Outcome(ignored=Ignored.BAD_LEASEQUERY)  # (dropped, as Kea does: which to answer?)
+        active: list[Binding]
+        if packet.ciaddr != UNSPECIFIED:
+            address = int(packet.ciaddr)
+            binding = self.table.get(address)
+            active = [binding] if binding is not None and self._leased(binding, now) else []
+            ours = self._subnet_containing(address) is not None
+        else:
+            if client_id is not None:
+                addresses, wanted = self.table.by_client.get(b"c" + client_id, []), client_id.hex()
+            else:
+                assert hw_address is not None
+                addresses, wanted = self.table.by_hw_address.get(mac_text(hw_address), []), None
+            found = (self.table.by_address[a] for a in addresses)
+            active = sorted((b for b in found if (wanted is None or b.client_id == wanted) and self._leased(b, now)),
+                            key=lambda b: self._last_transaction(b, now), reverse=True)
+            ours = False
+        server_id = received.interface_address
+        subnet = self._subnet_containing(active[0].address if active else int(packet.ciaddr))
+        if subnet is not None and subnet.server_id is not None:
+            server_id = subnet.server_id
+        if server_id is None:
+            return Outcome(ignored=Ignored.NO_SERVER_ADDRESS)
+        kind = (DHCPMessageType.LEASEACTIVE if active else
+                DHCPMessageType.LEASEUNASSIGNED if ours else DHCPMessageType.LEASEUNKNOWN)
+        options: list[tuple[int, bytes]] = [(Option.MESSAGE_TYPE, _u8(kind)), (Option.SERVER_ID, server_id.packed)]
+        if not active:  # the question echoed, and nothing else (RFC 4388 §6.4.3)
+            if client_id is not None:
+                options.append((Option.CLIENT_ID, client_id))
+            reply = DHCPPacket(op=BOOTREPLY, xid=packet.xid, htype=packet.htype, hlen=packet.hlen,
+                               chaddr=packet.chaddr, ciaddr=packet.ciaddr, giaddr=requester, options=tuple(options))
+            return Outcome(reply=Reply(reply, Destination.RELAY, requester, received.interface_address or server_id))
+        newest = active[0]
+        last = self._last_transaction(newest, now)
+        options += [(Option.LEASE_TIME, encode_u32(max(0, int(newest.expires_at - now)))),
+                    (Option.CLIENT_LAST_TRANSACTION_TIME, encode_u32(max(0, int(now - last))))]
+        if newest.client_id:
+            options.append((Option.CLIENT_ID, bytes.fromhex(newest.client_id)))
+        agent = _relay_agent_info(newest)
+        if agent:
+            options.append((Option.RELAY_AGENT_INFO, agent))
+        if len(active) > 1:  # every address the client holds, the one in ciaddr too
+            options.append((Option.ASSOCIATED_IP, encode_ips(IPv4Address(b.address) for b in active)))
+        chaddr = bytes.fromhex(newest.hw_address.replace(":", "")) if newest.hw_address else b""
+        reply = DHCPPacket(op=BOOTREPLY, xid=packet.xid, htype=1 if chaddr else 0, hlen=len(chaddr),
+                           chaddr=chaddr.ljust(16, b"\0"), ciaddr=IPv4Address(newest.address), giaddr=requester,
+                           options=tuple(options))
+        return Outcome(reply=Reply(reply, Destination.RELAY, requester, received.interface_address or server_id))
+
+    @staticmethod
+    def _leased(binding: Binding, now: float) -> bool:
+        """A DHCP lease in force (a RADIUS session's hold is not ours to tell of)."""
+        return binding.state is BindingState.BOUND and binding.expires_at > now and not binding.foreign
+
+    def _last_transaction(self, binding: Binding, now: float) -> float:
+        """When the client last renewed: its lease's end less its pool's lease time (a renewal
+        keeps ``starts_at``), within the lease's start and now."""
+        pool = self._pool_of(binding.address)
+        renewed = binding.expires_at - pool.lease_seconds if pool is not None else binding.starts_at
+        return min(max(renewed, binding.starts_at), now)
 
     @staticmethod
     def _addressed(received: Received, reply: DHCPPacket, server_id: IPv4Address) -> Reply:

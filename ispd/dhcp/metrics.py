@@ -11,7 +11,7 @@ from prometheus_client.registry import Collector
 
 from ispd.metrics.fast import FastCollector, LabeledCounter, LabeledHistogram
 
-REQUEST_TYPES = ("discover", "request", "decline", "release", "inform")
+REQUEST_TYPES = ("discover", "request", "decline", "release", "inform", "leasequery")
 
 
 class DHCPMetrics:

@@ -22,6 +22,11 @@ class DHCPMessageType(IntEnum):
     NAK = 6
     RELEASE = 7
     INFORM = 8
+    # RFC 4388 Leasequery: a relay agent's question, and the three answers.
+    LEASEQUERY = 10
+    LEASEUNASSIGNED = 11
+    LEASEUNKNOWN = 12
+    LEASEACTIVE = 13
 
 
 class Option(IntEnum):
@@ -50,6 +55,8 @@ class Option(IntEnum):
     RAPID_COMMIT = 80
     CLIENT_FQDN = 81
     RELAY_AGENT_INFO = 82
+    CLIENT_LAST_TRANSACTION_TIME = 91  # RFC 4388
+    ASSOCIATED_IP = 92  # RFC 4388
     SUBNET_SELECTION = 118
     CLASSLESS_STATIC_ROUTES = 121
     CAPTIVE_PORTAL = 114

@@ -112,7 +112,7 @@ class AddressPool:
 
 
 class LeaseTable:
-    """Every binding by address, and each client's latest addresses (newest first). An address
+    """Every binding by address and by MAC, and each client's latest addresses (newest first). An address
     is remembered for the client whose binding it holds only: once it goes to another, the
     first client forgets it, and a client with nothing left is forgotten, so the clients
     remembered never outnumber the addresses (phones with random MACs come and go for ever)."""
@@ -122,6 +122,9 @@ class LeaseTable:
     def __init__(self) -> None:
         self.by_address: dict[int, Binding] = {}
         self.by_client: dict[bytes, list[int]] = {}
+        # The addresses whose binding names each MAC, whatever key its client used (a leasequery
+        # by MAC asks of clients that send a client-id too).
+        self.by_hw_address: dict[str, list[int]] = {}
 
     def get(self, address: int) -> Binding | None:
         return self.by_address.get(address)
@@ -131,6 +134,15 @@ class LeaseTable:
         self.by_address[binding.address] = binding
         if before is not None and before.client_key is not None and before.client_key != binding.client_key:
             self._forget_address(before.client_key, binding.address)
+        if before is None or before.hw_address != binding.hw_address:
+            if before is not None and before.hw_address is not None:
+                held = self.by_hw_address.get(before.hw_address)
+                if held is not None and binding.address in held:
+                    held.remove(binding.address)
+                    if not held:
+                        del self.by_hw_address[before.hw_address]
+            if binding.hw_address is not None:
+                self.by_hw_address.setdefault(binding.hw_address, []).append(binding.address)
         if binding.client_key is not None:
             remembered = self.by_client.setdefault(binding.client_key, [])
             if not remembered or remembered[0] != binding.address:

@@ -718,3 +718,95 @@ def test_clients_that_come_and_go_leave_nothing_behind_beyond_the_pool() -> None
     # What the table still remembers keeps working: the last client returns to its address.
     last = bytes.fromhex("02aa00") + (299).to_bytes(3, "big")
     assert lab.engine.table.previous_addresses(b"h\x01" + last)
+
+
+# --- leasequery (RFC 4388)
+
+REQUESTER = "198.18.1.1"  # the relay of 198.18.1.0/24
+
+
+def leasequery(*, ciaddr: str = "0.0.0.0", mac: bytes = b"", client_id: bytes | None = None,
+               giaddr: str = REQUESTER) -> DHCPPacket:
+    options: list[tuple[int, bytes]] = [(Option.MESSAGE_TYPE, bytes((DHCPMessageType.LEASEQUERY,)))]
+    if client_id is not None:
+        options.append((Option.CLIENT_ID, client_id))
+    return DHCPPacket(op=BOOTREQUEST, xid=0x4C51, htype=1 if mac else 0, hlen=len(mac), chaddr=mac.ljust(16, b"\0"),
+                      ciaddr=IPv4Address(ciaddr), giaddr=IPv4Address(giaddr), options=tuple(options))
+
+
+def test_leasequery_by_address_mac_and_client_id_answers_from_the_lease_table() -> None:
+    lab = Lab(config(leasequery_requesters=["198.18.1.0/30"]))
+    circuit = bytes((1, 6)) + b"eth0/7" + bytes((2, 3)) + b"\x00\xff\x01"
+    relayed = dict(giaddr=REQUESTER, extra=((Option.RELAY_AGENT_INFO, circuit),))
+    first = lab.dora(MAC_A, **relayed)
+    lab.now += 600
+    with_id = dict(giaddr=REQUESTER, extra=((Option.CLIENT_ID, b"\x01" + MAC_B),))
+    second = lab.dora(MAC_B, **with_id)  # a client known by its client-id
+    lab.now += 60
+
+    active = lab.send(leasequery(ciaddr=str(first)))
+    assert active.reply is not None and not active.writes and active.reply.destination is Destination.RELAY
+    assert active.reply.address == IPv4Address(REQUESTER)
+    packet = active.reply.packet
+    assert (packet.message_type, packet.xid, packet.ciaddr, packet.hw_address, packet.giaddr) == (
+        DHCPMessageType.LEASEACTIVE, 0x4C51, first, MAC_A, IPv4Address(REQUESTER))
+    assert decode_u32(packet.option(Option.LEASE_TIME) or b"") == 7200 - 660
+    assert decode_u32(packet.option(Option.CLIENT_LAST_TRANSACTION_TIME) or b"") == 660
+    assert packet.option(Option.RELAY_AGENT_INFO) == circuit  # as the relay sent it at the grant
+    assert packet.option(Option.SERVER_ID) is not None and packet.option(Option.ASSOCIATED_IP) is None
+    # A renewal is the last transaction, though the lease's start stays.
+    lab.now += 100
+    renew = lab.send(message(DHCPMessageType.REQUEST, MAC_A, ciaddr=str(first), giaddr=REQUESTER,
+                             extra=((Option.RELAY_AGENT_INFO, circuit),)))
+    assert renew.reply is not None and renew.reply.packet.message_type is DHCPMessageType.ACK
+    lab.now += 5
+    renewed = lab.send(leasequery(ciaddr=str(first))).reply
+    assert renewed is not None and decode_u32(renewed.packet.option(Option.CLIENT_LAST_TRANSACTION_TIME) or b"") == 5
+
+    by_mac = lab.send(leasequery(mac=MAC_B)).reply
+    assert by_mac is not None and (by_mac.packet.message_type, by_mac.packet.ciaddr) == (
+        DHCPMessageType.LEASEACTIVE, second)
+    assert by_mac.packet.option(Option.CLIENT_ID) == b"\x01" + MAC_B
+    by_id = lab.send(leasequery(client_id=b"\x01" + MAC_B)).reply
+    assert by_id is not None and (by_id.packet.ciaddr, by_id.packet.hw_address) == (second, MAC_B)
+
+    # An address of ours with no lease, one that is not ours, a client we do not know.
+    free = lab.send(leasequery(ciaddr="198.18.1.140")).reply
+    assert free is not None and (free.packet.message_type, free.packet.ciaddr) == (
+        DHCPMessageType.LEASEUNASSIGNED, IPv4Address("198.18.1.140"))
+    assert free.packet.option(Option.LEASE_TIME) is None
+    stranger = lab.send(leasequery(ciaddr="203.0.113.9")).reply
+    assert stranger is not None and stranger.packet.message_type is DHCPMessageType.LEASEUNKNOWN
+    nobody = lab.send(leasequery(client_id=b"\x01" + MAC_C)).reply
+    assert nobody is not None and nobody.packet.message_type is DHCPMessageType.LEASEUNKNOWN
+    assert nobody.packet.option(Option.CLIENT_ID) == b"\x01" + MAC_C  # the question echoed
+    # Released: unassigned by address, unknown by MAC.
+    lab.send(message(DHCPMessageType.RELEASE, MAC_A, ciaddr=str(first), server_id=str(SERVER)))
+    assert lab.send(leasequery(ciaddr=str(first))).reply.packet.message_type \
+        is DHCPMessageType.LEASEUNASSIGNED  # type: ignore[union-attr]
+    assert lab.send(leasequery(mac=MAC_A)).reply.packet.message_type \
+        is DHCPMessageType.LEASEUNKNOWN  # type: ignore[union-attr]
+
+
+def test_leasequery_by_mac_lists_every_address_the_client_holds() -> None:
+    lab = Lab(config(leasequery_requesters=[REQUESTER]))
+    on_lan = lab.dora(MAC_A)  # one lease per subnet: the same device on two links
+    lab.now += 30
+    relayed = lab.dora(MAC_A, giaddr=REQUESTER)
+    answer = lab.send(leasequery(mac=MAC_A)).reply
+    assert answer is not None and answer.packet.ciaddr == relayed  # the newest
+    assert decode_ips(answer.packet.option(Option.ASSOCIATED_IP) or b"") == (relayed, on_lan)
+
+
+@pytest.mark.parametrize(("requesters", "query", "reason"), [
+    ([], leasequery(ciaddr="198.18.1.100"), Ignored.LEASEQUERY_REFUSED),  # off by default
+    (["198.18.9.0/24"], leasequery(ciaddr="198.18.1.100"), Ignored.LEASEQUERY_REFUSED),
+    ([REQUESTER], leasequery(ciaddr="198.18.1.100", giaddr="0.0.0.0"), Ignored.LEASEQUERY_REFUSED),
+    ([REQUESTER], leasequery(), Ignored.BAD_LEASEQUERY),  # asks of nothing
+    ([REQUESTER], leasequery(ciaddr="198.18.1.100", mac=MAC_A), Ignored.BAD_LEASEQUERY),  # of two things
+    ([REQUESTER], leasequery(mac=MAC_A, client_id=b"\x01" + MAC_A), Ignored.BAD_LEASEQUERY),
+])
+def test_leasequery_from_others_or_asking_of_not_one_thing_is_dropped(
+        requesters: list[str], query: DHCPPacket, reason: Ignored) -> None:
+    outcome = Lab(config(leasequery_requesters=requesters)).send(query)
+    assert (outcome.reply, outcome.ignored) == (None, reason)

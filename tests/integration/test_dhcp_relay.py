@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ from typing import Any
 import pytest
 
 from ispd.dhcp.codec import BOOTREQUEST, FLAG_BROADCAST, DHCPPacket, decode, encode
-from ispd.dhcp.options import DHCPMessageType, Option
+from ispd.dhcp.identifiers import mac_text
+from ispd.dhcp.options import DHCPMessageType, Option, decode_relay_agent_info, decode_u32
 from tests.lab.dhcpclients import CLIENTS, BNGRelay, DHCPClient, DHCPIspd, Relay, Udhcpc, client_link, exchange
 from tests.lab.netns import Lab
 from tests.lab.process import base_config, eventually
@@ -264,3 +266,55 @@ def test_with_a_server_id_override_renewals_go_through_the_relay(make_relayed: C
         assert relayed == (1 if override else 0), lan.explain(client)
         lease = lan.ispd.lease_of(event.address)
         assert lease is not None and lease["circuit_id"] == lan.circuit_id, lease
+
+
+_ASK = """
+import socket, sys
+from ipaddress import IPv4Address
+from ispd.dhcp.codec import BOOTREQUEST, DHCPPacket, decode, encode
+from ispd.dhcp.options import DHCPMessageType, Option
+giaddr, server, ciaddr, mac = sys.argv[1:5]
+chaddr = bytes.fromhex(mac.replace(":", ""))
+query = DHCPPacket(op=BOOTREQUEST, xid=0x4C51, htype=1 if chaddr else 0, hlen=len(chaddr),
+                   chaddr=chaddr.ljust(16, b"\\0"), ciaddr=IPv4Address(ciaddr), giaddr=IPv4Address(giaddr),
+                   options=((Option.MESSAGE_TYPE, bytes((DHCPMessageType.LEASEQUERY,))),))
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    sock.bind((giaddr, 67))  # a relay hears the server's answers on the server port
+    sock.settimeout(5)
+    sock.sendto(encode(query), (server, 67))
+    print(sock.recv(4096).hex())
+"""
+
+
+def test_a_relay_that_lost_its_table_asks_by_leasequery(make_relayed: Callable[..., RelayedLan]) -> None:
+    """RFC 4388: the relay host (a BNG after a restart) asks what ispd knows of an address and
+    of a client's MAC: the lease, its time left and the option 82 the relay sent at the grant;
+    an address of ispd's with no lease is unassigned. Asked from the relay's namespace, to ispd
+    in its own, through the real sockets."""
+    def allow_the_relay(ispd: DHCPIspd, circuit_id: str) -> None:
+        ispd.config["dhcp"]["leasequery_requesters"] = [RELAY_UP]
+        ispd.write_config()
+
+    lan = make_relayed(before_start=allow_the_relay)
+    with Udhcpc(lan.lab, lan.client_ns, lan.client_if, lan.workdir) as client:
+        event = client.obtain()
+        assert event is not None and event.bound and event.address is not None, lan.explain(client)
+    lan.relay.close()  # restarted: port 67 on its host is free for the question
+
+    def ask(ciaddr: str = "0.0.0.0", mac: str = "") -> DHCPPacket:
+        result = lan.lab.run(lan.relay.ns, sys.executable, "-c", _ASK, RELAY_UP, SERVER, ciaddr, mac)
+        assert result.returncode == 0, f"{result.stderr}\n{lan.ispd.packet_counters()}"
+        return decode(bytes.fromhex(result.stdout.strip()))
+
+    by_address = ask(ciaddr=event.address)
+    assert by_address.message_type is DHCPMessageType.LEASEACTIVE, lan.ispd.packet_counters()
+    assert (str(by_address.ciaddr), mac_text(by_address.hw_address)) == (event.address, CLIENT_MAC)
+    assert 3500 <= decode_u32(by_address.option(Option.LEASE_TIME) or b"") <= 3600
+    agent = decode_relay_agent_info(by_address.option(Option.RELAY_AGENT_INFO) or b"")
+    assert agent.circuit_id == lan.circuit_id.encode()
+    by_mac = ask(mac=CLIENT_MAC)
+    assert (by_mac.message_type, str(by_mac.ciaddr)) == (DHCPMessageType.LEASEACTIVE, event.address)
+    free = ask(ciaddr="198.18.1.149")
+    assert free.message_type is DHCPMessageType.LEASEUNASSIGNED
+    assert lan.ispd.metric_in_netns("ispd_dhcp_packets_received_total", {"type": "leasequery"}) == 3
+    assert lan.ispd.metric_in_netns("ispd_dhcp_packets_sent_total", {"type": "leaseactive"}) == 2
