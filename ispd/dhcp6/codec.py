@@ -45,6 +45,8 @@ class MessageType(IntEnum):
     INFORMATION_REQUEST = 11
     RELAY_FORW = 12
     RELAY_REPL = 13
+    LEASEQUERY = 14  # RFC 5007
+    LEASEQUERY_REPLY = 15
 
 
 class OptionCode(IntEnum):
@@ -74,6 +76,10 @@ class OptionCode(IntEnum):
     INFORMATION_REFRESH_TIME = 32  # RFC 8415 §21.23
     REMOTE_ID = 37  # RFC 4649
     CLIENT_FQDN = 39  # RFC 4704
+    LQ_QUERY = 44  # RFC 5007
+    CLIENT_DATA = 45
+    CLT_TIME = 46
+    LQ_CLIENT_LINK = 48
     NTP_SERVER = 56  # RFC 5908
     SOL_MAX_RT = 82
     INF_MAX_RT = 83
@@ -87,6 +93,10 @@ class StatusCode(IntEnum):
     NOT_ON_LINK = 4
     USE_MULTICAST = 5
     NO_PREFIX_AVAIL = 6
+    UNKNOWN_QUERY_TYPE = 7  # RFC 5007
+    MALFORMED_QUERY = 8
+    NOT_CONFIGURED = 9
+    NOT_ALLOWED = 10
 
 
 class DropReason(StrEnum):
@@ -270,10 +280,7 @@ def decode_ia(code: int, value: bytes) -> IA:
     status = None
     for option in _decode_options(value, _IA.size):
         if code == OptionCode.IA_NA and option.code == OptionCode.IAADDR:
-            if len(option.data) < _IAADDR.size:
-                raise DHCP6DecodeError(DropReason.BAD_OPTION, f"an IA address of {len(option.data)} bytes")
-            address, preferred, valid = _IAADDR.unpack_from(option.data)
-            leases.append(IAAddress(IPv6Address(address), preferred, valid))
+            leases.append(decode_ia_address(option.data))
         elif code == OptionCode.IA_PD and option.code == OptionCode.IAPREFIX:
             if len(option.data) < _IAPREFIX.size:
                 raise DHCP6DecodeError(DropReason.BAD_OPTION, f"an IA prefix of {len(option.data)} bytes")
@@ -287,6 +294,32 @@ def decode_ia(code: int, value: bytes) -> IA:
         elif option.code == OptionCode.STATUS_CODE and len(option.data) >= 2:
             status = (int.from_bytes(option.data[:2], "big"), option.data[2:].decode("utf-8", "replace"))
     return IA(code, iaid, t1, t2, tuple(leases), status)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseQuestion:
+    """A LEASEQUERY's OPTION_LQ_QUERY (RFC 5007 §4.1.2.1): what is asked about, on which link
+    (:: for any), and the options that say it (an IA Address, a Client Identifier)."""
+
+    query_type: int
+    link_address: IPv6Address
+    options: tuple[Option, ...]
+
+    def first(self, code: int) -> bytes | None:
+        return next((o.data for o in self.options if o.code == code), None)
+
+
+def decode_lq_query(value: bytes) -> LeaseQuestion:
+    if len(value) < 17:
+        raise DHCP6DecodeError(DropReason.BAD_OPTION, f"a query option of {len(value)} bytes")
+    return LeaseQuestion(value[0], IPv6Address(value[1:17]), _decode_options(value, 17))
+
+
+def decode_ia_address(value: bytes) -> IAAddress:
+    if len(value) < _IAADDR.size:
+        raise DHCP6DecodeError(DropReason.BAD_OPTION, f"an IA address of {len(value)} bytes")
+    address, preferred, valid = _IAADDR.unpack_from(value)
+    return IAAddress(IPv6Address(address), preferred, valid)
 
 
 def _fqdn_hostname(value: bytes) -> str | None:
@@ -342,17 +375,20 @@ def encode_relay_reply(relay: RelayForward, inner: bytes) -> bytes:
 def encode_ia(ia: IA) -> Option:
     parts = [_IA.pack(ia.iaid, ia.t1, ia.t2)]
     for lease in ia.leases:
-        if isinstance(lease, IAAddress):
-            body = _IAADDR.pack(lease.address.packed, lease.preferred, lease.valid)
-            parts.append(_OPTION.pack(OptionCode.IAADDR, len(body)) + body)
-        else:
-            body = _IAPREFIX.pack(lease.preferred, lease.valid, lease.prefix.prefixlen,
-                                  lease.prefix.network_address.packed)
-            parts.append(_OPTION.pack(OptionCode.IAPREFIX, len(body)) + body)
+        encoded = encode_lease(lease)
+        parts.append(_OPTION.pack(encoded.code, len(encoded.data)) + encoded.data)
     if ia.status is not None:
         status = encode_status(*ia.status)
         parts.append(_OPTION.pack(status.code, len(status.data)) + status.data)
     return Option(ia.code, b"".join(parts))
+
+
+def encode_lease(lease: IAAddress | IAPrefix) -> Option:
+    """An IA Address or IA Prefix option on its own (in a leasequery's client data)."""
+    if isinstance(lease, IAAddress):
+        return Option(OptionCode.IAADDR, _IAADDR.pack(lease.address.packed, lease.preferred, lease.valid))
+    return Option(OptionCode.IAPREFIX, _IAPREFIX.pack(lease.preferred, lease.valid, lease.prefix.prefixlen,
+                                                      lease.prefix.network_address.packed))
 
 
 def encode_status(code: int, text: str = "") -> Option:

@@ -163,6 +163,9 @@ class DHCP6Config(Lifetimes):
     offer_hold_seconds: int = Field(default=30, ge=1, le=600)
     # A declined address (the client found it in use, RFC 8415 §18.2.8) stays out of use this long.
     decline_quarantine_seconds: int = Field(default=86400, ge=0, le=30 * 86400)
+    # Relay agents (BNGs) that may ask about bindings with LEASEQUERY (RFC 5007), by the source
+    # address of their query: addresses or networks. Empty (the default): leasequery is off.
+    leasequery_requesters: list[IPv6Network] = []
     # How often expired bindings are reclaimed (marked expired in the store).
     reclaim_interval_seconds: float = Field(default=10.0, gt=0, le=3600)
     # An ended binding (released, expired) is remembered this long: a client back within it

@@ -48,9 +48,13 @@ come back with lifetimes 0, so their devices fall back to IPv4, where the walled
 An IA of a kind past the first MAX_IAS_PER_KIND of its message gets nothing (NoAddrsAvail or
 NoPrefixAvail).
 
+LEASEQUERY (RFC 5007) from ``leasequery_requesters``, by address (its binding, or the delegated
+prefix holding it) or by client DUID: ``_leasequery``.
+
 Not done: temporary addresses (IA_TA: NoAddrsAvail), reconfiguration (Reconfigure, option 19;
 Reconfigure Accept is ignored), Server Unicast (clients always multicast), more than one
-binding per IA.
+binding per IA, bulk leasequery (RFC 5460, over TCP), the relay data of a binding
+(OPTION_LQ_RELAY_DATA: the relay's message is not kept, only its Interface-ID and Remote-ID).
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ from ipaddress import IPv6Address, IPv6Network
 from ispd.dhcp.identifiers import opaque_text
 from ispd.dhcp6.codec import (
     IA,
+    DHCP6DecodeError,
     IAAddress,
     IAPrefix,
     Message,
@@ -73,11 +78,16 @@ from ispd.dhcp6.codec import (
     OptionCode,
     RelayForward,
     StatusCode,
+    decode_ia_address,
+    decode_lq_query,
     encode_addresses,
     encode_domain_list,
     encode_ia,
+    encode_lease,
+    encode_options,
     encode_status,
     option,
+    uint32,
 )
 from ispd.dhcp6.config import DHCP6Config, Subnet6
 from ispd.reservedspace import ReservedSpace
@@ -116,6 +126,7 @@ class Ignored6(StrEnum):
     IA_IN_INFORMATION_REQUEST = "ia_in_information_request"  # §16: an Information-request asks for no IA
     RELAY_ON_CLIENT_LINK = "relay_on_client_link"  # a Relay-forward from a link of direct clients
     UNKNOWN_CLIENT = "unknown_client"  # no reservation names its subscriber (unknown_clients = "ignore")
+    LEASEQUERY_REFUSED = "leasequery_not_allowed"  # from no address in leasequery_requesters
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +302,8 @@ class DHCP6Engine:
     def handle(self, received: Received6, now: float) -> Outcome6:
         message = received.message
         kind = message.type
+        if kind == MessageType.LEASEQUERY:
+            return self._leasequery(received, now)
         if kind not in _HANDLED:
             return Outcome6(ignored=Ignored6.NOT_A_REQUEST)
         if kind in (MessageType.SOLICIT, MessageType.CONFIRM, MessageType.REBIND) and message.server_id is not None:
@@ -324,6 +337,104 @@ class DHCP6Engine:
         if request.subscriber_id is None and self.config.unknown_clients == "ignore":
             return Outcome6(ignored=Ignored6.UNKNOWN_CLIENT)
         return request.answer()
+
+    # --- leasequery (RFC 5007)
+
+    def _leasequery(self, received: Received6, now: float) -> Outcome6:
+        """Who has an address (or the prefix holding it), or what one client (by DUID) holds:
+        for a relay agent that lost its table (a BNG after a restart: the routes to its
+        subscribers' delegated prefixes). Sent straight to us by one of ``leasequery_requesters``
+        (a relayed one, or one from elsewhere, is dropped, as Kea does); answered to where it
+        came from, with the lease's client data or a status saying why not."""
+        message, source = received.message, received.source
+        if received.relays or source is None or not any(source in n for n in self.config.leasequery_requesters):
+            return Outcome6(ignored=Ignored6.LEASEQUERY_REFUSED)
+        if message.client_id is None:
+            return Outcome6(ignored=Ignored6.NO_CLIENT_ID)
+        if message.server_id is not None and message.server_id != self.server_duid:
+            return Outcome6(ignored=Ignored6.NOT_FOR_US)
+
+        def reply(*options: Option) -> Outcome6:
+            assert message.client_id is not None
+            return Outcome6(reply=Message(MessageType.LEASEQUERY_REPLY, message.transaction_id, (
+                option(OptionCode.SERVERID, self.server_duid), option(OptionCode.CLIENTID, message.client_id),
+                *options)))
+
+        raw = next((o.data for o in message.options if o.code == OptionCode.LQ_QUERY), None)
+        try:
+            question = decode_lq_query(raw) if raw is not None else None
+            asked_address = (decode_ia_address(question.first(OptionCode.IAADDR) or b"").address
+                             if question is not None and question.query_type == _QUERY_BY_ADDRESS else None)
+        except DHCP6DecodeError as exc:
+            return reply(encode_status(StatusCode.MALFORMED_QUERY, str(exc)))
+        if question is None:
+            return reply(encode_status(StatusCode.MALFORMED_QUERY, "no query option (44)"))
+        link: Subnet6 | None = None
+        if not question.link_address.is_unspecified:
+            link = next((s for s in self.config.subnet if question.link_address in s.prefix), None)
+            if link is None:
+                return reply(encode_status(StatusCode.NOT_CONFIGURED, "not a configured link"))
+        if asked_address is not None:
+            held = self._holding(asked_address, now)
+            if held is not None and (link is None or held.link == link.name):
+                return reply(self._client_data([held], now), encode_status(StatusCode.SUCCESS, "active lease found"))
+            if not any(asked_address in s.prefix or self._pool_holding(asked_address, s) for s in self.config.subnet):
+                return reply(encode_status(StatusCode.NOT_CONFIGURED, "address not in a configured link or pool"))
+            return reply(encode_status(StatusCode.SUCCESS, "no active lease"))
+        if question.query_type != _QUERY_BY_CLIENT_ID:
+            return reply(encode_status(StatusCode.UNKNOWN_QUERY_TYPE, "unknown query-type"))
+        duid = question.first(OptionCode.CLIENTID)
+        if not duid:
+            return reply(encode_status(StatusCode.MALFORMED_QUERY, "no client identifier (1) to ask by"))
+        wanted = duid.hex(":")
+        held_by = [lease for (owner, _, _), prefixes in self.by_ia.items() if owner == wanted
+                   for lease in (self.leases.get(p) for p in prefixes)
+                   if lease is not None and lease.duid == wanted and _bound(lease, now)
+                   and (link is None or lease.link == link.name)]
+        if not held_by:
+            return reply(encode_status(StatusCode.SUCCESS, "no active leases"))
+        links = sorted({lease.link for lease in held_by if lease.link is not None})
+        if link is None and len(links) > 1:  # RFC 5007 §4.3.3: which links; ask again on one
+            by_name = {s.name: s for s in self.config.subnet}
+            return reply(encode_addresses(OptionCode.LQ_CLIENT_LINK,
+                                          [by_name[n].prefix.network_address for n in links if n in by_name]),
+                         encode_status(StatusCode.SUCCESS, "active leases on more than one link"))
+        return reply(self._client_data(held_by, now), encode_status(StatusCode.SUCCESS, "active leases found"))
+
+    def _holding(self, address: IPv6Address, now: float) -> Lease6 | None:
+        """The live binding of ``address``, or of the delegated prefix that holds it."""
+        value = int(address)
+        # Every length a binding may have: the pools' and the reserved prefixes' (ReservedSpace
+        # indexes both), and an address's.
+        lengths = {128} | self.reserved.lengths
+        for length in sorted(lengths, reverse=True):
+            shift = 128 - length
+            lease = self.leases.get(f"{IPv6Address(value >> shift << shift)}/{length}")
+            if lease is not None and _bound(lease, now):
+                return lease
+        return None
+
+    def _pool_holding(self, address: IPv6Address, subnet: Subnet6) -> bool:
+        value = int(address)
+        return any(pool.base <= value < pool.base + (pool.size << pool.shift)
+                   for pool in self.pools.get(subnet.name, ()))
+
+    def _client_data(self, leases: list[Lease6], now: float) -> Option:
+        """OPTION_CLIENT_DATA: the client's DUID, each binding with its lifetimes left, and the
+        seconds since the client was last heard of (its latest renewal)."""
+        by_name = {s.name: s for s in self.config.subnet}
+        last = 0.0
+        parts = [option(OptionCode.CLIENTID, bytes.fromhex(leases[0].duid.replace(":", "")))]
+        for lease in leases:
+            preferred, valid = max(0, int(lease.preferred_until - now)), max(0, int(lease.expires_at - now))
+            network = _network(lease.prefix)
+            parts.append(encode_lease(IAAddress(network.network_address, preferred, valid)
+                                      if lease.kind is Lease6Kind.ADDRESS else IAPrefix(network, preferred, valid)))
+            subnet = by_name.get(lease.link) if lease.link is not None else None
+            renewed = lease.expires_at - self.config.lifetimes(subnet)[1] if subnet is not None else lease.starts_at
+            last = max(last, min(max(renewed, lease.starts_at), now))
+        parts.append(uint32(OptionCode.CLT_TIME, max(0, int(now - last))))
+        return option(OptionCode.CLIENT_DATA, encode_options(parts))
 
     def subnet_for(self, received: Received6) -> Subnet6 | None:
         if not received.relays:
@@ -497,6 +608,13 @@ class DHCP6Engine:
 
 _HANDLED = frozenset({MessageType.SOLICIT, MessageType.REQUEST, MessageType.CONFIRM, MessageType.RENEW,
                       MessageType.REBIND, MessageType.RELEASE, MessageType.DECLINE, MessageType.INFORMATION_REQUEST})
+_QUERY_BY_ADDRESS, _QUERY_BY_CLIENT_ID = 1, 2  # RFC 5007 §4.1.2.1
+
+
+def _bound(lease: Lease6, now: float) -> bool:
+    return lease.state is LeaseState.BOUND and lease.expires_at > now
+
+
 _NEED_SERVER_ID = frozenset({MessageType.REQUEST, MessageType.RENEW, MessageType.RELEASE, MessageType.DECLINE})
 _KIND_OF = {OptionCode.IA_NA: Lease6Kind.ADDRESS, OptionCode.IA_PD: Lease6Kind.PREFIX}
 _NONE_AVAILABLE = {Lease6Kind.ADDRESS: (StatusCode.NO_ADDRS_AVAIL, "no addresses available"),

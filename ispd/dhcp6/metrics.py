@@ -11,7 +11,8 @@ from prometheus_client.registry import Collector
 
 from ispd.metrics.fast import FastCollector, LabeledCounter, LabeledHistogram
 
-REQUEST_TYPES = ("solicit", "request", "confirm", "renew", "rebind", "release", "decline", "information_request")
+REQUEST_TYPES = ("solicit", "request", "confirm", "renew", "rebind", "release", "decline", "information_request",
+                 "leasequery")
 
 
 class DHCP6Metrics:

@@ -695,3 +695,113 @@ def test_a_reservation_found_again_by_its_id_when_it_changes_or_goes() -> None:
     _reserve(eng, 8, ReservationKind.CIRCUIT_ID, "old line")  # another reservation takes the old key
     eng.remove_reservation(7)
     assert set(eng.reservations) == {("circuit-id", "old line")} and eng.reserved.networks == {}
+
+
+# --- leasequery (RFC 5007)
+
+REQUESTER = IPv6Address("2001:db8:ff::1")  # the BNG
+REQUESTER_DUID = bytes.fromhex("000300010200005eff01")
+
+
+def leasequery(query_type: int, *query_options: Option, link: str = "::", server: bytes | None = None) -> Message:
+    lq = bytes((query_type,)) + IPv6Address(link).packed + encode_options(list(query_options))
+    return message(MessageType.LEASEQUERY, option(OptionCode.LQ_QUERY, lq), client=REQUESTER_DUID, server=server,
+                   oro=())
+
+
+def ask(eng: DHCP6Engine, msg: Message, now: float, source: IPv6Address = REQUESTER,
+        relays: tuple[RelayForward, ...] = ()) -> Outcome6:
+    return eng.handle(Received6(msg, "uplink", relays, False, source), now)
+
+
+def by_address(address: str) -> Option:
+    return option(OptionCode.IAADDR, IPv6Address(address).packed + bytes(8))
+
+
+def client_data(outcome: Outcome6) -> list[Option]:
+    assert outcome.reply is not None and outcome.reply.type == MessageType.LEASEQUERY_REPLY
+    assert outcome.reply.transaction_id == 0x2A and not outcome.writes
+    raw = next((o.data for o in outcome.reply.options if o.code == OptionCode.CLIENT_DATA), None)
+    if raw is None:
+        return []
+    decoded = decode(bytes([MessageType.REPLY]) + b"\0\0\0" + raw)
+    assert isinstance(decoded, Message)
+    return list(decoded.options)
+
+
+def test_leasequery_by_address_finds_the_binding_or_the_delegated_prefix_holding_it() -> None:
+    eng = engine(leasequery_requesters=["2001:db8:ff::/64"])
+    bind(eng, ia_na(1), ia_pd(2))  # 2001:db8:1::100 and 2001:db8:100::/56
+    now = T0 + 1000
+    found = ask(eng, leasequery(1, by_address("2001:db8:1::100")), now)
+    assert status_of(found) == StatusCode.SUCCESS
+    assert found.reply is not None
+    on_the_wire = decode(encode(found.reply))
+    assert isinstance(on_the_wire, Message)
+    assert (on_the_wire.server_id, on_the_wire.client_id) == (SERVER_DUID, REQUESTER_DUID)
+    data = client_data(found)
+    assert [o.code for o in data] == [OptionCode.CLIENTID, OptionCode.IAADDR, OptionCode.CLT_TIME]
+    assert data[0].data == DUID_A
+    assert data[1].data == IPv6Address("2001:db8:1::100").packed + struct.pack("!II", 2600, 6200)
+    assert struct.unpack("!I", data[2].data) == (1000,)
+    # An address inside the delegated prefix: the prefix's binding (the route a BNG must put back).
+    inside = client_data(ask(eng, leasequery(1, by_address("2001:db8:100:12::1")), now))
+    assert [o.code for o in inside] == [OptionCode.CLIENTID, OptionCode.IAPREFIX, OptionCode.CLT_TIME]
+    assert inside[1].data == struct.pack("!IIB", 2600, 6200, 56) + IPv6Address("2001:db8:100::").packed
+    # Ours but free; not ours at all; on another link than asked.
+    free = ask(eng, leasequery(1, by_address("2001:db8:1::101")), now)
+    assert (status_of(free), client_data(free)) == (StatusCode.SUCCESS, [])
+    assert status_of(ask(eng, leasequery(1, by_address("2001:db8:99::1")), now)) == StatusCode.NOT_CONFIGURED
+    elsewhere = ask(eng, leasequery(1, by_address("2001:db8:1::100"), link="2001:db8:2::1"), now)
+    assert (status_of(elsewhere), client_data(elsewhere)) == (StatusCode.SUCCESS, [])
+    assert status_of(ask(eng, leasequery(1, by_address("2001:db8:1::100"), link="2001:db8:77::1"), now)) \
+        == StatusCode.NOT_CONFIGURED
+    # Expired: no active lease.
+    assert client_data(ask(eng, leasequery(1, by_address("2001:db8:1::100")), T0 + 7201)) == []
+
+
+def test_leasequery_by_client_id_gives_everything_the_client_holds() -> None:
+    eng = engine(leasequery_requesters=[str(REQUESTER)])
+    bind(eng, ia_na(1), ia_pd(2))
+    bind(eng, ia_na(1), client=DUID_B)
+    data = client_data(ask(eng, leasequery(2, option(OptionCode.CLIENTID, DUID_A)), T0 + 10))
+    assert [o.code for o in data] == [OptionCode.CLIENTID, OptionCode.IAADDR, OptionCode.IAPREFIX, OptionCode.CLT_TIME]
+    nobody = ask(eng, leasequery(2, option(OptionCode.CLIENTID, bytes.fromhex("00030001020000000009"))), T0)
+    assert (status_of(nobody), client_data(nobody)) == (StatusCode.SUCCESS, [])
+    # The same client on a second link: which links, and then one link's bindings when asked on it.
+    relay = RelayForward(0, IPv6Address("2001:db8:2::1"), IPv6Address("fe80::1"), (), message(MessageType.SOLICIT))
+    bind(eng, ia_na(3), interface="uplink", relays=(relay,))
+    two = ask(eng, leasequery(2, option(OptionCode.CLIENTID, DUID_A)), T0 + 10)
+    assert client_data(two) == [] and two.reply is not None
+    links = next(o.data for o in two.reply.options if o.code == OptionCode.LQ_CLIENT_LINK)
+    assert links == IPv6Address("2001:db8:1::").packed + IPv6Address("2001:db8:2::").packed
+    on_bng = client_data(ask(eng, leasequery(2, option(OptionCode.CLIENTID, DUID_A), link="2001:db8:2::1"), T0 + 10))
+    assert [o.code for o in on_bng] == [OptionCode.CLIENTID, OptionCode.IAADDR, OptionCode.CLT_TIME]
+    assert on_bng[1].data[:16] == IPv6Address("2001:db8:2::100").packed
+
+
+@pytest.mark.parametrize(("query", "status"), [
+    (leasequery(1), StatusCode.MALFORMED_QUERY),  # no address to ask by
+    (leasequery(1, option(OptionCode.IAADDR, b"\x20\x01")), StatusCode.MALFORMED_QUERY),
+    (leasequery(2), StatusCode.MALFORMED_QUERY),  # no DUID to ask by
+    (leasequery(9, by_address("2001:db8:1::100")), StatusCode.UNKNOWN_QUERY_TYPE),
+    (message(MessageType.LEASEQUERY, option(OptionCode.LQ_QUERY, b"\x01"), client=REQUESTER_DUID, oro=()),
+     StatusCode.MALFORMED_QUERY),
+    (message(MessageType.LEASEQUERY, client=REQUESTER_DUID, oro=()), StatusCode.MALFORMED_QUERY),
+])
+def test_a_leasequery_that_cannot_be_answered_says_why(query: Message, status: StatusCode) -> None:
+    outcome = ask(engine(leasequery_requesters=[str(REQUESTER)]), query, T0)
+    assert status_of(outcome) == status and client_data(outcome) == []
+
+
+def test_leasequery_only_from_the_requesters_sent_to_us() -> None:
+    query = leasequery(1, by_address("2001:db8:1::100"))
+    assert ask(engine(), query, T0).ignored is Ignored6.LEASEQUERY_REFUSED  # off by default
+    eng = engine(leasequery_requesters=[str(REQUESTER)])
+    assert ask(eng, query, T0, source=IPv6Address("2001:db8:ff::2")).ignored is Ignored6.LEASEQUERY_REFUSED
+    relay = RelayForward(0, IPv6Address("2001:db8:2::1"), IPv6Address("fe80::1"), (), query)
+    assert ask(eng, query, T0, relays=(relay,)).ignored is Ignored6.LEASEQUERY_REFUSED
+    other_server = leasequery(1, by_address("2001:db8:1::100"), server=bytes.fromhex("000400") + bytes(16))
+    assert ask(eng, other_server, T0).ignored is Ignored6.NOT_FOR_US
+    anonymous = message(MessageType.LEASEQUERY, option(OptionCode.LQ_QUERY, bytes(17)), client=None, oro=())
+    assert ask(eng, anonymous, T0).ignored is Ignored6.NO_CLIENT_ID

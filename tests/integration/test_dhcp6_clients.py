@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import struct
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from ispd.dhcp6.codec import Message, MessageType, OptionCode, decode
 from tests.lab.dhcp6clients import (
     CLIENTS6,
     Binding6,
@@ -248,3 +250,45 @@ def test_a_reserved_prefix_goes_to_its_device(make_net6: Callable[..., Net6]) ->
         assert [(row["prefix"], row["subscriber_id"] is not None) for row in rows] == [("2001:db8:ffff::/48", True)], rows
         shown = net.ispd.cli("subscriber", "show", "acme").stdout
         assert "dhcpv6        1" in shown and "  pd 2001:db8:ffff::/48 bound until " in shown, shown
+
+
+_LEASEQUERY = """
+import socket, sys
+from ipaddress import IPv6Address
+from ispd.dhcp6.codec import Message, MessageType, OptionCode, decode, encode, encode_options, option
+source, server, asked = sys.argv[1:4]
+question = bytes((1,)) + bytes(16) + encode_options([option(OptionCode.IAADDR, IPv6Address(asked).packed + bytes(8))])
+query = Message(MessageType.LEASEQUERY, 0x4C5136, (
+    option(OptionCode.CLIENTID, bytes.fromhex("000300010200005eff01")), option(OptionCode.LQ_QUERY, question)))
+with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+    sock.bind((source, 0))
+    sock.settimeout(5)
+    sock.sendto(encode(query), (server, 547))
+    print(sock.recv(65535).hex())
+"""
+
+
+def test_a_relay_asks_by_leasequery_which_client_has_a_delegated_prefix(make_net6: Callable[..., Net6]) -> None:
+    """RFC 5007 leasequery, as a BNG that lost its routes asks: the relay's host asks ispd about
+    an address inside a prefix that dhclient got through dhcrelay -6, and gets the prefix's
+    binding (the client's DUID, the prefix and its lifetimes left)."""
+    net = make_net6("relayed", leasequery_requesters=["2001:db8:1::2"])
+    with net.client("dhclient", na=True, pd=True) as client:
+        binding = client.obtain(timeout=10)
+        check(net, client, binding)
+    assert net.relay is not None
+    inside = str(binding.prefixes[0].network.network_address + 0x1234)
+    result = net.lab.run(net.relay.ns, sys.executable, "-c", _LEASEQUERY, "2001:db8:1::2", "2001:db8:1::1", inside)
+    assert result.returncode == 0, f"{result.stderr}\n{net.servers()}"
+    reply = decode(bytes.fromhex(result.stdout.strip()))
+    assert isinstance(reply, Message) and reply.type == MessageType.LEASEQUERY_REPLY, reply
+    status = next(o.data for o in reply.options if o.code == OptionCode.STATUS_CODE)
+    assert status[:2] == bytes(2), status  # Success
+    data = decode(bytes([MessageType.REPLY]) + bytes(3)
+                  + next(o.data for o in reply.options if o.code == OptionCode.CLIENT_DATA))
+    assert isinstance(data, Message) and data.client_id is not None
+    prefix = next(o.data for o in data.options if o.code == OptionCode.IAPREFIX)
+    preferred, valid, length = struct.unpack_from("!IIB", prefix)
+    assert ipaddress.IPv6Network((prefix[9:25], length)) == binding.prefixes[0].network
+    assert 0 < preferred <= 300 and 0 < valid <= 600
+    assert net.ispd.metric_in_netns("ispd_dhcp6_packets_sent_total", {"type": "leasequery_reply"}) == 1
