@@ -434,15 +434,22 @@ _FUZZ_OPTIONS = st.one_of(
     .map(lambda t: _fuzz_option(t[0], struct.pack("!III", t[1], 0, 0) + b"".join(_fuzz_option(*o) for o in t[2]))),
     st.sampled_from([_fuzz_option(1, DUID_A), _fuzz_option(1, DUID_B), _fuzz_option(2, SERVER_DUID),
                      _fuzz_option(14, b"")]),
+    # Leasequery's question: any bytes, or a query type, a link and an address or DUID to ask by.
+    st.binary(max_size=40).map(lambda data: _fuzz_option(44, data)),
+    st.tuples(st.integers(0, 3), st.sampled_from(["::", "2001:db8:1::1", "2001:db8:9::1"]),
+              st.sampled_from([_fuzz_option(5, IPv6Address("2001:db8:1::100").packed + bytes(8)),
+                               _fuzz_option(5, IPv6Address("2001:db8:100::1").packed), _fuzz_option(1, DUID_A),
+                               _fuzz_option(1, b"")]))
+    .map(lambda t: _fuzz_option(44, bytes((t[0],)) + IPv6Address(t[1]).packed + t[2])),
 )
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.integers(1, 13), st.lists(_FUZZ_OPTIONS, max_size=6), st.booleans(),
+@given(st.lists(st.tuples(st.integers(1, 15), st.lists(_FUZZ_OPTIONS, max_size=6), st.booleans(),
                           st.booleans(), st.integers(0, 4000)), max_size=8))
 def test_decoded_messages_never_make_the_engine_raise_and_every_reply_encodes(
         steps: list[tuple[int, list[bytes], bool, bool, int]]) -> None:
-    eng, now = engine(rapid_commit=True), T0
+    eng, now = engine(rapid_commit=True, leasequery_requesters=["::/0"]), T0
     for kind, options, relayed, multicast, later in steps:
         now += later
         try:
@@ -451,7 +458,8 @@ def test_decoded_messages_never_make_the_engine_raise_and_every_reply_encodes(
             continue
         assert isinstance(msg, Message)
         relays = (_relay(msg, "2001:db8:2::1", b"port 1"),) if relayed else ()
-        outcome = handle(eng, msg, now, "uplink" if relayed else "eth1", relays, multicast)
+        outcome = eng.handle(Received6(msg, "uplink" if relayed else "eth1", relays, multicast,
+                                       IPv6Address("2001:db8:ff::1")), now)
         if outcome.reply is not None:
             assert decode(encode(outcome.reply)).transaction_id == 1  # type: ignore[union-attr]
         eng.reclaim(now)
