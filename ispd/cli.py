@@ -79,6 +79,7 @@ from ispd.store.validation import (
 )
 
 if TYPE_CHECKING:
+    from ispd.daemonlock import DaemonLock
     from ispd.radius.dictionary import Dictionary
 
 DEFAULT_CONFIG = "/etc/ispd/ispd.toml"
@@ -1267,6 +1268,22 @@ def build_parser() -> argparse.ArgumentParser:
                                      "starts, too; on a large store they can take minutes, which this runs ahead "
                                      "of the restart, in the foreground. Refused while a daemon runs on the store.")
     p.set_defaults(handler=cmd_store_migrate, without_store=True)
+    p = store.add_parser(
+        "backup", parents=[config_opts], help="a consistent copy of the store, made while the daemon runs",
+        description="Copy the store into a new file while the daemon goes on: one snapshot of every committed "
+                    "change (a plain cp of the database misses what is still in its -wal file), checked, one "
+                    "self-contained file of mode 0600 (it holds password verifiers). Never overwrites a file; "
+                    "never migrates (a backup before an upgrade keeps the old schema).")
+    p.add_argument("destination", type=Path, help="the new file, e.g. /var/backups/ispd-$(date +%%F).db")
+    p.set_defaults(handler=cmd_store_backup, without_store=True)
+    p = store.add_parser(
+        "restore", parents=[config_opts], help="put a backup in place of the store (with the daemon stopped)",
+        description="Replace the store with a copy of a backup made by `ispd store backup`. Refused while a "
+                    "daemon runs on the store. The store it replaces is set aside, with its -wal and -shm, as "
+                    "<store>.replaced-<time> (a stale -wal beside the restored file would corrupt it). A backup "
+                    "of an older schema is migrated by the next start.")
+    p.add_argument("backup", type=Path, help="the backup file")
+    p.set_defaults(handler=cmd_store_restore, without_store=True)
 
     mail = top.add_parser("mail", help="the mail service").add_subparsers(dest="action", required=True)
     queue = mail.add_parser("queue", help="the outbound queue").add_subparsers(dest="queue_action", required=True)
@@ -1283,12 +1300,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def cmd_store_migrate(config: Config, args: argparse.Namespace) -> None:
-    from ispd.daemonlock import DaemonLock, DaemonLockError
-    from ispd.store.sqlite import Migration, MigrationStopped, sqlite_migrations
+async def cmd_store_backup(config: Config, args: argparse.Namespace) -> None:
+    from ispd.store.sqlite_backup import backup
 
-    # The daemon's own lock: no daemon starts (or runs, perhaps an older one that would not know
-    # the new schema) on the store while this migrates it.
+    copied = await asyncio.to_thread(backup, config.store.path, args.destination, config.store.busy_timeout_seconds)
+    print(f"backed up {config.store.path} (schema {copied.schema_version}) to {copied.path}: "
+          f"{_megabytes(copied.bytes)} in {copied.seconds:.1f} s")
+
+
+async def cmd_store_restore(config: Config, args: argparse.Namespace) -> None:
+    from ispd.store.sqlite import sqlite_migrations
+    from ispd.store.sqlite_backup import restore
+
+    lock = daemon_lock(config, "stop it first (systemctl stop ispd), then restore")
+    try:
+        copied, aside = await asyncio.to_thread(restore, args.backup, config.store.path,
+                                                sqlite_migrations()[-1].version, config.store.busy_timeout_seconds)
+    finally:
+        lock.release()
+    print(f"restored {args.backup} (schema {copied.schema_version}, {_megabytes(copied.bytes)}) into {copied.path}"
+          + (f"; the store it replaced is {aside}" if aside is not None else ""))
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+def daemon_lock(config: Config, hint: str) -> DaemonLock:
+    """The daemon's own lock, taken: no daemon starts (or runs) on the store meanwhile."""
+    from ispd.daemonlock import DaemonLock, DaemonLockError
+
     lock = DaemonLock(config.store.path)
     try:
         lock.acquire()
@@ -1296,8 +1337,15 @@ async def cmd_store_migrate(config: Config, args: argparse.Namespace) -> None:
         if not exc.in_use:
             raise CommandFailed(str(exc)) from None
         who = f"pid {exc.held_by}" if exc.held_by else "pid unknown"
-        raise CommandFailed(f"an ispd daemon ({who}) is running on the store {config.store.path}: stop it "
-                            "first (or let it be: a daemon applies the migrations itself as it starts)") from None
+        raise CommandFailed(f"an ispd daemon ({who}) is running on the store {config.store.path}: {hint}") from None
+    return lock
+
+
+async def cmd_store_migrate(config: Config, args: argparse.Namespace) -> None:
+    from ispd.store.sqlite import Migration, MigrationStopped, sqlite_migrations
+
+    # Not beside a daemon (perhaps an older one that would not know the new schema).
+    lock = daemon_lock(config, "stop it first (or let it be: a daemon applies the migrations itself as it starts)")
     applied: list[int] = []
     # Ctrl-C or a TERM: the step under way finishes (cut, it would only be rolled back), no
     # other begins, as in the daemon.

@@ -1,0 +1,165 @@
+"""A consistent copy of the SQLite store while the daemon runs, and putting one back.
+
+Copying ``ispd.db`` with ``cp`` while the daemon writes gives a file without the changes still
+in ``ispd.db-wal`` (every recent lease, accounting record and subscriber), or a torn one. A
+backup here is SQLite's online backup of one read snapshot, in one step: the daemon goes on
+writing meanwhile (WAL readers block no writer), and the copy holds every transaction committed
+when it began. It is made under a temporary name, checked (``PRAGMA quick_check``), turned into a
+single self-contained file (rollback journal mode, no -wal beside it), fsynced with mode 0600 (it
+holds password verifiers) and only then renamed to the name asked for. Nothing is migrated: a
+backup taken before an upgrade has the old schema, as it should.
+
+A restore must not leave the old store's -wal and -shm beside the new file: SQLite would apply
+the old log to the new database. So it runs with the daemon stopped (it takes the daemon's
+lock), folds the old store's log into it and sets the old files aside under one name
+(``ispd.db.replaced-<time>``), then puts a checked copy of the backup in place with the old
+file's owner and mode (0600 where there was none). A backup of an older schema is migrated by
+the next start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ispd.store.errors import StoreError
+
+_HEADER = b"SQLite format 3\x00"
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+@dataclass(frozen=True, slots=True)
+class Copied:
+    path: Path
+    bytes: int
+    schema_version: int
+    seconds: float
+
+
+def backup(store: Path, destination: Path, busy_timeout: float) -> Copied:
+    """A consistent copy of ``store`` at ``destination``, which must not exist yet."""
+    began = time.monotonic()
+    if not store.is_file():
+        raise StoreError(f"no store at {store}")
+    if destination.exists() or destination.is_symlink():
+        raise StoreError(f"{destination} exists already: give a new name (a backup never overwrites one)")
+    if not destination.parent.is_dir():
+        raise StoreError(f"{destination.parent} is not a directory")
+    temporary = destination.with_name(f".{destination.name}.{os.getpid()}.partial")
+    try:
+        version = _copy(store, temporary, busy_timeout, destination)
+        _fsync(temporary)
+        os.rename(temporary, destination)
+        _fsync(destination.parent)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot back up {store}: {exc}") from None
+    except OSError as exc:
+        raise StoreError(f"cannot write {destination}: {exc.strerror or exc}") from None
+    finally:
+        for leftover in (temporary, *(Path(f"{temporary}{s}") for s in _SIDE_FILES)):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+    return Copied(destination, destination.stat().st_size, version, time.monotonic() - began)
+
+
+def restore(backup_file: Path, store: Path, newest_schema: int, busy_timeout: float) -> tuple[Copied, Path | None]:
+    """Put a copy of ``backup_file`` in place of ``store`` (its real file, through symlinks);
+    the old store and its side files are set aside under one name, returned. The caller holds
+    the daemon's lock."""
+    began = time.monotonic()
+    real = Path(os.path.realpath(store))
+    if not backup_file.is_file():
+        raise StoreError(f"no backup at {backup_file}")
+    if os.path.realpath(backup_file) == str(real):
+        raise StoreError(f"{backup_file} is the store itself")
+    with backup_file.open("rb") as file:
+        if file.read(len(_HEADER)) != _HEADER:
+            raise StoreError(f"{backup_file} is not an SQLite database")
+    temporary = real.with_name(f".{real.name}.{os.getpid()}.restoring")
+    aside: Path | None = None
+    try:
+        real.parent.mkdir(parents=True, exist_ok=True)
+        version = _copy(backup_file, temporary, busy_timeout, backup_file)
+        if version > newest_schema:
+            raise StoreError(f"{backup_file} is at schema version {version}, newer than this ispd knows "
+                             f"({newest_schema}): restore it with the ispd that wrote it")
+        if real.exists():  # its owner and mode (0640 as ispd makes it; never more than 0660)
+            old = real.stat()
+            with contextlib.suppress(OSError):
+                os.chown(temporary, old.st_uid, old.st_gid)
+            os.chmod(temporary, old.st_mode & 0o660)
+            aside = _set_aside(real, busy_timeout)
+        _fsync(temporary)
+        os.rename(temporary, real)
+        _fsync(real.parent)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot restore {backup_file}: {exc}") from None
+    except OSError as exc:
+        raise StoreError(f"cannot restore into {real}: {exc.strerror or exc}") from None
+    finally:
+        for leftover in (temporary, *(Path(f"{temporary}{s}") for s in _SIDE_FILES)):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+    return Copied(real, real.stat().st_size, version, time.monotonic() - began), aside
+
+
+def _set_aside(real: Path, busy_timeout: float) -> Path:
+    """The old store, its log folded in where it can be (a damaged store, the reason for many a
+    restore, is set aside as it is), renamed with its side files beside it."""
+    with contextlib.suppress(sqlite3.Error):
+        conn = sqlite3.connect(real, timeout=busy_timeout, isolation_level=None)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+    aside = real.with_name(f"{real.name}.replaced-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
+    os.rename(real, aside)
+    for suffix in _SIDE_FILES:  # (normally gone with the last connection; never left to the new file)
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(f"{real}{suffix}", f"{aside}{suffix}")
+    return aside
+
+
+def _copy(source_path: Path, temporary: Path, busy_timeout: float, name: Path) -> int:
+    """``source_path`` copied into the new private file ``temporary``: all its pages in one step
+    (one snapshot: a daemon may go on writing), as one file (no -wal to carry along), checked;
+    its schema version."""
+    _create_private(temporary)
+    source = sqlite3.connect(source_path, timeout=busy_timeout)  # (read only by use: a WAL reader needs its -shm)
+    try:
+        target = sqlite3.connect(temporary, isolation_level=None)
+        try:
+            source.backup(target)
+            target.execute("PRAGMA journal_mode = DELETE")
+            return _checked(target, name)
+        finally:
+            target.close()
+    finally:
+        source.close()
+
+
+def _checked(conn: sqlite3.Connection, name: Path) -> int:
+    """The copy's schema version, once SQLite finds nothing wrong with it."""
+    verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
+    if verdict != "ok":
+        raise StoreError(f"the copy of {name} fails SQLite's check: {verdict}")
+    has_schema = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'")
+    if has_schema.fetchone() is None:
+        raise StoreError(f"{name} is no ispd store (it has no schema_migrations table)")
+    return int(conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] or 0)
+
+
+def _create_private(path: Path) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
