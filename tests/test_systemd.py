@@ -19,6 +19,7 @@ A missing tool is a failure with a message, never a skip: the test command insta
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import shutil
@@ -31,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from ispd.config import DaemonConfig
-from tests.lab.process import IspdProcess, base_config, eventually
+from tests.lab.process import ISPD, IspdProcess, base_config, eventually
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "ispd.service"
@@ -335,3 +336,56 @@ def test_daemon_runs_under_memory_deny_write_execute(tmp_path: Path) -> None:
                           phase2="auth=MSCHAPV2")
         assert peap.success and peap.mppe_keys_ok, peap.output[-3000:]
         assert ispd.terminate() == 0, ispd.log_text()
+
+
+# --- the backup timer ------------------------------------------------------------------------
+
+BACKUP_UNIT = REPO / "systemd" / "ispd-backup.service"
+BACKUP_TIMER = REPO / "systemd" / "ispd-backup.timer"
+
+
+def _backup_values(key: str) -> list[str]:
+    return [value for k, value in _service_entries(BACKUP_UNIT.read_text()) if k == key]
+
+
+def test_backup_units_verify_without_warnings(unit_root: Path) -> None:
+    for unit in (BACKUP_UNIT, BACKUP_TIMER):
+        shutil.copyfile(unit, unit_root / "etc/systemd/system" / unit.name)
+    for binary in ("bin/sh", "usr/bin/find"):
+        stub = unit_root / binary
+        stub.parent.mkdir(parents=True, exist_ok=True)
+        stub.write_text("#!/bin/sh\nexit 0\n")
+        stub.chmod(0o755)
+    result = _run([_tool("systemd-analyze"), "verify", f"--root={unit_root}", "ispd-backup.service",
+                   "ispd-backup.timer"])
+    assert result.returncode == 0, result.stderr
+    assert [line for line in result.stderr.splitlines() if "ispd-backup" in line] == [], result.stderr
+
+
+def test_the_backup_units_commands_make_a_backup_and_keep_two_weeks(tmp_path: Path) -> None:
+    """The unit's own command lines, with the paths moved into a temp dir and systemd's %%
+    unescaped as systemd does: a backup named by the time appears, and only those older than
+    13 days go."""
+    daemon = IspdProcess(tmp_path, base_config(tmp_path))
+    daemon.write_config()
+    daemon.cli("subscriber", "add", "alice")
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    old = backups / "ispd-20000101T000000Z.db"
+    old.write_bytes(b"")
+    os.utime(old, (946684800, 946684800))
+
+    def local(command: str) -> str:
+        return (command.replace("%%", "%").replace("/usr/bin/ispd", ISPD)
+                .replace("/var/lib/ispd-backups", str(backups)).replace("/etc/ispd/ispd.toml", str(daemon.config_path)))
+
+    (start,) = _backup_values("ExecStart")
+    (post,) = _backup_values("ExecStartPost")
+    made = _run(["/bin/sh", "-c", local(start).removeprefix("/bin/sh -c ").strip("'")])
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.startswith("backed up "), made.stdout
+    kept = [p.name for p in backups.iterdir() if p != old]
+    assert len(kept) == 1 and re.fullmatch(r"ispd-\d{8}T\d{6}Z\.db", kept[0]), kept
+    pruned = _run(local(post).split())
+    assert pruned.returncode == 0, pruned.stderr
+    assert [p.name for p in backups.iterdir()] == kept
