@@ -443,6 +443,7 @@ class DHCPEngine:
         self.class_rules = [ClassRule.of(c) for c in config.client_class]
         self.table = LeaseTable()
         self.reservations: dict[tuple[str, str], Reservation] = {}
+        self._reservation_keys: dict[int, tuple[str, str]] = {}  # reservation id -> its key above
         self.reserved_addresses: dict[int, Reservation] = {}
         # Host names reservations give (their first label, lowercase): no other client may take
         # one for its lease, and with it the name in DNS (as dnsmasq keeps configured names).
@@ -524,7 +525,9 @@ class DHCPEngine:
             pool.allocator.returned(address)
 
     def add_reservation(self, reservation: Reservation) -> None:
-        self.reservations[(str(reservation.kind), reservation.key)] = reservation
+        ident = (str(reservation.kind), reservation.key)
+        self.reservations[ident] = reservation
+        self._reservation_keys[reservation.id] = ident
         if reservation.hostname:
             self.reserved_hostnames[_first_label(reservation.hostname)] = reservation
         if reservation.address:
@@ -532,19 +535,23 @@ class DHCPEngine:
                 self.reserved_addresses[int(IPv4Address(reservation.address))] = reservation
 
     def remove_reservation(self, reservation_id: int) -> None:
-        for ident, reservation in list(self.reservations.items()):
-            if reservation.id == reservation_id:
-                del self.reservations[ident]
-                name = _first_label(reservation.hostname) if reservation.hostname else None
-                if name is not None and self.reserved_hostnames.get(name) is reservation:
-                    del self.reserved_hostnames[name]
-                if reservation.address:
-                    address = int(IPv4Address(reservation.address))
-                    if self.reserved_addresses.get(address) is reservation:
-                        del self.reserved_addresses[address]
-                        pool = self._pool_of(address)
-                        if pool is not None:
-                            pool.allocator.returned(address)
+        # By id, not by a walk of them all: a RADIUS prefix pool filling reserved logins' reservations
+        # sends a change (a removal and an add) per login, on the loop DHCP serves from.
+        ident = self._reservation_keys.pop(reservation_id, None)
+        reservation = self.reservations.get(ident) if ident is not None else None
+        if reservation is None or reservation.id != reservation_id:  # (its key another's since)
+            return
+        del self.reservations[ident]
+        name = _first_label(reservation.hostname) if reservation.hostname else None
+        if name is not None and self.reserved_hostnames.get(name) is reservation:
+            del self.reserved_hostnames[name]
+        if reservation.address:
+            address = int(IPv4Address(reservation.address))
+            if self.reserved_addresses.get(address) is reservation:
+                del self.reserved_addresses[address]
+                pool = self._pool_of(address)
+                if pool is not None:
+                    pool.allocator.returned(address)
 
     def remove_subscriber(self, subscriber_id: int) -> None:
         for reservation in list(self.reservations.values()):

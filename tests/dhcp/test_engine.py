@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import time
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
@@ -15,7 +16,15 @@ from ispd.dhcp.config import DHCPConfig
 from ispd.dhcp.engine import Destination, DHCPEngine, Ignored, Outcome, Received, clean_hostname
 from ispd.dhcp.options import DHCPMessageType, Option, decode_ips, decode_u32
 from ispd.dhcp.service import ipv4_udp_datagram
-from ispd.events import EventBus, LeaseEnded, LeaseGranted, ReservationAdded, ReservationChanged, follow_subscribers
+from ispd.events import (
+    EventBus,
+    LeaseEnded,
+    LeaseGranted,
+    ReservationAdded,
+    ReservationChanged,
+    ReservationDeleted,
+    follow_subscribers,
+)
 from ispd.store.models import Lease, LeaseState, Reservation, ReservationKind, SubscriberStatus
 
 SERVER = IPv4Address("198.18.0.1")
@@ -447,6 +456,35 @@ def test_a_changed_reservation_moves_its_client_and_frees_the_old_address() -> N
     assert lab.dora(MAC_A) == IPv4Address("198.18.0.103")
     assert [r.address for r in lab.engine.reservations.values()] == ["198.18.0.103"]
     assert int(IPv4Address("198.18.0.102")) not in lab.engine.reserved_addresses
+
+
+def test_a_change_to_one_of_many_reservations_is_applied_without_a_walk_of_them_all() -> None:
+    """A plan's RADIUS prefix pool fills the reservation of each reserved login at its first
+    login: one ReservationChanged each, handled on the main loop. Removal walked every
+    reservation: ~90 ms a change at 100,000 reservations, so a BNG's logins coming back held
+    DHCP and DNS for minutes."""
+    lab, bus = Lab(), EventBus()
+    follow_subscribers(bus, lab.engine)
+    first = int(IPv4Address("10.0.0.0"))
+    lines = [Reservation(i, i, ReservationKind.USERNAME, f"line{i}@pppoe", address=str(IPv4Address(first + i)))
+             for i in range(1, 50_001)]
+    lab.engine.load([], lines, {})
+    started = time.perf_counter()
+    for line in lines[:100]:
+        bus.publish(ReservationChanged(T0, line.subscriber_id, "u", reservation_id=line.id, kind="username",
+                                       key=line.key, address=line.address, hostname=f"h{line.id}"))
+    assert time.perf_counter() - started < 1.0
+    assert lab.engine.reserved_hostnames["h100"].key == "line100@pppoe"
+    assert lab.engine.reserved_addresses[first + 100].hostname == "h100"
+    # Gone by its id; another reservation given the old one's key afterwards is not touched by a
+    # late removal of the first.
+    bus.publish(ReservationDeleted(T0, 1, "u", reservation_id=1, kind="username", key="line1@pppoe",
+                                   address=str(IPv4Address(first + 1)), hostname="h1"))
+    assert ("username", "line1@pppoe") not in lab.engine.reservations and "h1" not in lab.engine.reserved_hostnames
+    assert first + 1 not in lab.engine.reserved_addresses
+    lab.engine.add_reservation(Reservation(60_000, 2, ReservationKind.USERNAME, "line2@pppoe"))
+    lab.engine.remove_reservation(2)
+    assert lab.engine.reservations[("username", "line2@pppoe")].id == 60_000
 
 
 def test_suspension_moves_the_subscriber_to_the_walled_garden_and_resume_back() -> None:
