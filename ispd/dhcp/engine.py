@@ -539,7 +539,7 @@ class DHCPEngine:
         # sends a change (a removal and an add) per login, on the loop DHCP serves from.
         ident = self._reservation_keys.pop(reservation_id, None)
         reservation = self.reservations.get(ident) if ident is not None else None
-        if reservation is None or reservation.id != reservation_id:  # (its key another's since)
+        if ident is None or reservation is None or reservation.id != reservation_id:  # (its key another's since)
             return
         del self.reservations[ident]
         name = _first_label(reservation.hostname) if reservation.hostname else None
