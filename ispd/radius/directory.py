@@ -39,13 +39,19 @@ class Fixed:
     prefix6: str | None = None
     # The login's reservation (or the line's) that fixes these: where a pool's prefix is
     # reserved for a login that has none. Not part of what goes out, so not of equality either.
-    reservation_id: int | None = field(default=None, compare=False)
+    # The reservation, not only its number: the store gives a deleted newest one's number to
+    # the next one added, and the prefix must go into this one or none.
+    reservation: Reservation | None = field(default=None, compare=False)
 
     @staticmethod
     def of(reservation: Reservation) -> Fixed | None:
         if reservation.address is None and reservation.address6 is None and reservation.prefix6 is None:
             return None
-        return Fixed(reservation.address, reservation.address6, reservation.prefix6, reservation.id)
+        return Fixed(reservation.address, reservation.address6, reservation.prefix6, reservation)
+
+    @property
+    def reservation_id(self) -> int | None:
+        return self.reservation.id if self.reservation is not None else None
 
     @property
     def complete(self) -> bool:
@@ -58,7 +64,7 @@ class Fixed:
         if other is None or self.complete:
             return self
         return Fixed(self.address or other.address, self.address6 or other.address6, self.prefix6 or other.prefix6,
-                     self.reservation_id)
+                     self.reservation)
 
 
 @dataclass(slots=True)
@@ -151,7 +157,7 @@ class Directory:
             fixed = Fixed.of(reservation)
             if reservation.kind == ReservationKind.USERNAME:
                 logins = self.usernames if reservation.key == subscriber.username else self.reserved_logins
-                logins[reservation.key] = (subject, fixed or Fixed(reservation_id=reservation.id))
+                logins[reservation.key] = (subject, fixed or Fixed(reservation=reservation))
             else:
                 if reservation.kind in _LINE_KINDS:  # (a DHCP client-id is no line a NAS reports)
                     subject.lines.add((str(reservation.kind), reservation.key))

@@ -119,7 +119,14 @@ from ispd.radius.eaptls import (
 )
 from ispd.radius.proxy import Realm, Realms
 from ispd.radius.sessions import OpenSessions, fills_in
-from ispd.store.models import AccountingRecord, AccountingStatus, OverQuota, ReservationKind, SubscriberStatus
+from ispd.store.models import (
+    AccountingRecord,
+    AccountingStatus,
+    OverQuota,
+    Reservation,
+    ReservationKind,
+    SubscriberStatus,
+)
 
 _U32 = struct.Struct("!I")
 CLASS_PREFIX = b"ispd:"
@@ -304,7 +311,7 @@ class PendingClaim:
     # What the login's and the line's reservations fix, which goes out with what the store gives.
     fixed: Fixed | None = None
     prefix_pool: str | None = None
-    prefix_reservation: int | None = None  # the login's reservation to hold it; None: a new one of the username
+    prefix_reservation: Reservation | None = None  # the login's reservation to hold it; None: a new one of the username
 
 
 @dataclass(slots=True)
@@ -783,7 +790,7 @@ class AuthEngine:
                     open_sessions - self._same_station(subject.id, packet, nas) >= plan.max_sessions:
                 return self._reject(RejectReason.SIMULTANEOUS_USE, method, subject, failure)
         # The login's reservation, which gets a pool's prefix if it fixes none (else one is made).
-        login_reservation = fixed.reservation_id if fixed is not None else None
+        login_reservation = fixed.reservation if fixed is not None else None
         if fixed is None:
             fixed = self._reserved_for_line(packet, subject)
         elif not fixed.complete:  # the login's, then the line's for what the login's leaves open

@@ -913,22 +913,23 @@ class RadiusService(Service):
                     if into is None:
                         reservation = await store.add_reservation(
                             subject.id, ReservationKind.USERNAME, username, actor="radius", prefix6=str(candidate))
-                    else:  # (fill_only: a prefix the operator set meanwhile stays)
-                        reservation = await store.update_reservation(into, actor="radius", prefix6=str(candidate),
-                                                                     fill_only=True)
+                    else:  # (fill_only: a prefix the operator set meanwhile stays; expected: and
+                        # into this reservation, not another given its number since)
+                        reservation = await store.update_reservation(into.id, actor="radius", prefix6=str(candidate),
+                                                                     fill_only=True, expected=into)
                 except Conflict:
                     # The login's reservation made or given a prefix meanwhile, or the candidate
                     # overlapping another: which, the store says.
                     await self._refresh(subject.id)
+                    key = (into.kind, into.key) if into is not None else (ReservationKind.USERNAME, username)
                     mine = next((r for r in await store.list_reservations(subscriber=subject.id)
-                                 if r.id == into or (into is None and r.kind is ReservationKind.USERNAME
-                                                     and r.key == username)), None)
+                                 if (r.kind, r.key) == key and (into is None or r.id == into.id)), None)
                     if mine is not None and mine.prefix6 is not None:
                         return mine.prefix6
                     if mine is None and into is not None:  # deleted meanwhile
                         return None
                     if mine is not None and into is None:  # the username reserved: the same candidate into it
-                        into = mine.id
+                        into = mine
                     else:
                         candidate = None
                     continue

@@ -193,6 +193,7 @@ class Store(ABC):
         address6: str | Unchanged | None = UNCHANGED,
         prefix6: str | Unchanged | None = UNCHANGED,
         fill_only: bool = False,
+        expected: Reservation | None = None,
     ) -> Reservation:
         """Change what a reservation fixes: each of ``address``, ``hostname``, ``address6`` and
         ``prefix6`` is given a value, cleared (None) or left as it is. Its kind, key and subscriber
@@ -200,6 +201,9 @@ class Store(ABC):
         ``add_reservation`` checks them, against every other reservation and lease.
         ``fill_only``: only fields empty now may be set, else ``Conflict``, for a writer that must
         not overwrite what an operator set meanwhile (RADIUS reserving a pool's prefix).
+        ``expected``: the reservation as the caller read it; unless the one by that number is still
+        its subscriber's, of its kind and key, ``NotFound`` as if deleted (a deleted newest
+        reservation's number goes to the next one added, maybe another subscriber's).
         ``NotFound`` if there is no such reservation. Audited as "reservation.changed" (the
         reservation as it is now, and under ``previous`` the old values of the fields changed);
         a change that changes nothing is not audited."""

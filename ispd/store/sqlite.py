@@ -1132,6 +1132,7 @@ class SQLiteStore(Store):
         address6: str | Unchanged | None = UNCHANGED,
         prefix6: str | Unchanged | None = UNCHANGED,
         fill_only: bool = False,
+        expected: Reservation | None = None,
     ) -> Reservation:
         checks: dict[str, Callable[[str], str]] = {"address": reservable_address, "hostname": hostname_text,
                                                     "address6": reservable_address6, "prefix6": reservable_prefix6}
@@ -1144,6 +1145,9 @@ class SQLiteStore(Store):
             row = _reservation_where(conn, "r.id = ?", (reservation_id,))
             if row is None:
                 raise NotFound(f"no reservation #{reservation_id}")
+            if expected is not None and (row["subscriber_id"], row["kind"], row["key"]) != (
+                    expected.subscriber_id, expected.kind.value, expected.key):
+                raise NotFound(f"no reservation #{reservation_id} of {expected.kind.value} {expected.key} any more")
             old = _reservation(row)
             previous = {name: getattr(old, name) for name, value in changes.items() if getattr(old, name) != value}
             if not previous:

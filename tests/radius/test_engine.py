@@ -515,7 +515,7 @@ def test_no_prefix_from_the_pool_for_the_walled_garden_or_a_reserved_prefix() ->
     reserved_login = world.engine.handle(pap("alice@pppoe", "alice-pw"), nas(), NOW)
     assert reserved_login.claim is not None and reserved_login.claim.prefix_pool == "homes"
     alice_pppoe = next(r for r in world.reservations if r.key == "alice@pppoe")
-    assert reserved_login.claim.prefix_reservation == alice_pppoe.id and reserved_login.claim.pool is None
+    assert reserved_login.claim.prefix_reservation == alice_pppoe and reserved_login.claim.pool is None
     assert reserved_login.claim.fixed is not None and reserved_login.claim.fixed.address == alice_pppoe.address
     # bob's username reserved with its prefix: that one, nothing asked of the store.
     own = Reservation(3, 2, ReservationKind.USERNAME, "bob", prefix6="2001:db8:1000:100::/56")
@@ -529,7 +529,7 @@ def test_no_prefix_from_the_pool_for_the_walled_garden_or_a_reserved_prefix() ->
         world.directory.replace(subscriber(2, "bob"), StoredCredentials(cleartext="bob-pw", updated_at=1),
                                 [unfixed], PLAN)
         plain = world.engine.handle(pap("bob", "bob-pw"), nas(), NOW)
-        assert plain.claim is not None and (plain.claim.prefix_pool, plain.claim.prefix_reservation) == ("homes", 4)
+        assert plain.claim is not None and (plain.claim.prefix_pool, plain.claim.prefix_reservation) == ("homes", unfixed)
     # An unreserved username: a new reservation.
     world.directory.replace(subscriber(2, "bob"), StoredCredentials(cleartext="bob-pw", updated_at=1), [], PLAN)
     fresh = world.engine.handle(pap("bob", "bob-pw"), nas(), NOW)

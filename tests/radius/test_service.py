@@ -395,7 +395,7 @@ async def test_a_pool_prefix_goes_into_the_logins_reservation_unless_one_was_set
         def claim(login: str) -> PendingClaim:
             found = service.directory.find(login)
             assert found is not None
-            into = found[1].reservation_id if found[1] is not None else None
+            into = found[1].reservation if found[1] is not None else None
             return PendingClaim(found[0], None, login, False, "pap", b"", None, None, fixed=found[1],
                                 prefix_pool="homes", prefix_reservation=into)
 
@@ -417,5 +417,33 @@ async def test_a_pool_prefix_goes_into_the_logins_reservation_unless_one_was_set
         assert await store.list_reservations(subscriber=carol.id) == [replace(made, prefix6="2001:db8:1000:200::/56")]
         counted = service.metrics.prefix_reservations
         assert (counted.get("reserved"), counted.get("failed"), counted.get("exhausted")) == (2, 0, 0)
+    finally:
+        await store.close()
+
+
+async def test_a_pool_prefix_goes_into_no_other_reservation_given_the_logins_number(tmp_path: Path) -> None:
+    """SQLite gives a deleted newest reservation's number to the next one added: the prefix meant
+    for a login whose reservation went meanwhile (the directory a store poll behind, the claim
+    waiting for the store) must not go into another subscriber's reservation that has its number
+    now, nor out in that login's Access-Accept."""
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        await store.add_plan("v6", actor="test")
+        alice, bob = [await store.add_subscriber(n, actor="test", plan="v6") for n in ("alice", "bob")]
+        pppoe = await store.add_reservation(alice.id, ReservationKind.USERNAME, "alice@pppoe", actor="test",
+                                            address="198.18.7.7")
+        config = _radius_config(3799, prefix_pool=[{"name": "homes", "prefix": "2001:db8:1000::/48"}],
+                                plan=[{"plan": "v6", "prefix_pool": "homes"}])
+        service = RadiusService(config, ServiceContext(store, EventBus(), CollectorRegistry(), _healthy))
+        await service._load_store()
+        found = service.directory.find("alice@pppoe")
+        assert found is not None and found[1] is not None
+        stale = PendingClaim(found[0], None, "alice@pppoe", False, "pap", b"", None, None, fixed=found[1],
+                             prefix_pool="homes", prefix_reservation=found[1].reservation)
+        await store.delete_reservation(pppoe.id, actor="test")
+        bobs = await store.add_reservation(bob.id, ReservationKind.USERNAME, "bob@pppoe", actor="test")
+        assert bobs.id == pppoe.id  # (what makes the case)
+        assert await service._reserve_prefix(stale) is None
+        assert await store.list_reservations() == [bobs]
     finally:
         await store.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 
@@ -385,3 +386,21 @@ async def test_fill_only_sets_only_what_is_empty(store: Store) -> None:
         await store.update_reservation(login.id, actor="radius", prefix6="2001:db8:300::/56", fill_only=True)
     assert await store.update_reservation(login.id, actor="radius", prefix6="2001:db8:200::/56",
                                           fill_only=True) == filled
+
+
+async def test_a_change_for_a_reservation_read_before_finds_none_once_its_number_is_another_s(store: Store) -> None:
+    """SQLite numbers a new reservation past the highest there is: a deleted newest one's number
+    goes to the next one added. A writer that read the old one (RADIUS filling a login's
+    reservation with a pool's prefix) names it as read, and changes no other."""
+    await store.add_subscriber("alice", actor="t")
+    await store.add_subscriber("bob", actor="t")
+    read = await store.add_reservation("alice", ReservationKind.USERNAME, "alice@pppoe", actor="t")
+    assert await store.update_reservation(read.id, actor="radius", hostname="a", expected=read) == replace(
+        read, hostname="a")
+    await store.delete_reservation(read.id, actor="t")
+    bobs = await store.add_reservation("bob", ReservationKind.USERNAME, "bob@pppoe", actor="t")
+    assert bobs.id == read.id
+    with pytest.raises(NotFound, match=rf"^no reservation #{read.id} of username alice@pppoe any more$"):
+        await store.update_reservation(read.id, actor="radius", prefix6="2001:db8:200::/56", fill_only=True,
+                                       expected=read)
+    assert await store.list_reservations() == [bobs]
