@@ -862,16 +862,21 @@ class DHCPEngine:
         packet = received.packet
         previous = self.table.get(address)
         renewal = previous is not None and previous.state is BindingState.BOUND and previous.held_by(client.key, now)
-        hostname = self._hostname(packet, client)
-        if hostname is None and renewal and previous is not None:
-            hostname = previous.hostname
         reservation = client.reservation
+        hostname = self._hostname(packet, client)
+        hostname_reserved = hostname is not None and reservation is not None and hostname == reservation.hostname
+        if hostname is None and renewal and previous is not None and previous.hostname is not None \
+                and not previous.hostname_reserved and _first_label(previous.hostname) not in self.reserved_hostnames:
+            # The name the client gave before (it need not repeat it); not one its reservation gave
+            # (cleared since), nor one a reservation gives another device now.
+            hostname = previous.hostname
         binding = Binding(
             address=address, state=BindingState.BOUND, expires_at=now + pool.lease_seconds, client_key=client.key,
             starts_at=previous.starts_at if renewal and previous is not None else now,
             hw_address=client.hw_address, client_id=client.client_id, hostname=hostname,
             subscriber_id=reservation.subscriber_id if reservation is not None else None,
             circuit_id=client.circuit_id, remote_id=client.remote_id, pool=pool.name or None,
+            hostname_reserved=hostname_reserved,
         )
         # A lease that lapsed here and was not reclaimed yet ends before another begins.
         superseded = self._end_lapsed(previous, now) if previous is not None and not renewal else Outcome()

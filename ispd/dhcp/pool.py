@@ -62,6 +62,9 @@ class Binding:
     # Held by another service (a RADIUS session given the address from a pool shared with us):
     # never ours to offer, renew or end; it frees itself at expiry or when the session ends.
     foreign: bool = False
+    # Its host name is the one its reservation gave (not the client's): not kept past a renewal
+    # once the reservation gives it no more.
+    hostname_reserved: bool = False
 
     def held(self, now: float) -> bool:
         """Whether the address is unavailable to anyone but its client (or to all, if declined)."""

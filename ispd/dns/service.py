@@ -668,10 +668,13 @@ class DNSService(Service):
                        expires_at: float, *, radius_pool: bool = False) -> bool:
         """Publish the lease's name; whether the walled set changed."""
         walled_changed = self.walled.lease_granted(address, subscriber_id, radius_pool=radius_pool)
-        if hostname and self.local is not None and self.config.lease_names.domain:
-            ttl = min(self.config.lease_names.ttl, max(0, int(expires_at - self.context.clock())))
+        if self.local is not None and self.config.lease_names.domain:
             before = self.local.generation
-            self.local.add_lease_name(hostname, address, ttl)
+            if hostname:
+                ttl = min(self.config.lease_names.ttl, max(0, int(expires_at - self.context.clock())))
+                self.local.add_lease_name(hostname, address, ttl)
+            else:  # (DHCP keeps a name at a renewal that brings none while it is the client's: it is not)
+                self.local.remove_lease_name(address)
             self._local_changed(before)
         return walled_changed
 

@@ -657,6 +657,31 @@ def test_a_reserved_hostname_cannot_be_taken_by_another_client() -> None:
     assert again.writes[0][0].hostname == "davebox"
 
 
+def test_a_renewal_keeps_a_name_the_client_gave_not_one_a_reservation_gave_or_reserves_for_another() -> None:
+    """A client need not repeat its host name at a renewal: the lease keeps the one it had. Not
+    so a name its reservation gave, once `reservation set --clear hostname` took it away (the
+    device sends none: why it was given one), nor a name a reservation gives another device
+    now (`reservation set --hostname`): kept, the name stayed in the lease, and so in DNS, for
+    as long as the client renewed, or flapped between the two devices."""
+    lab, bus = Lab(), EventBus()
+    follow_subscribers(bus, lab.engine)
+    lab.engine.set_subscriber_status(7, SubscriberStatus.ACTIVE)
+    fields = dict(reservation_id=1, kind="mac", key="02:00:5e:10:00:01", address=None)
+    bus.publish(ReservationAdded(T0, 7, "alice", hostname="gw", **fields))  # type: ignore[arg-type]
+    given = lab.dora(MAC_A)
+    bus.publish(ReservationChanged(T0, 7, "alice", hostname=None, **fields))  # type: ignore[arg-type]
+    renewed = lab.send(message(DHCPMessageType.REQUEST, MAC_A, ciaddr=str(given)))
+    assert renewed.writes[0][0].hostname is None
+    assert isinstance(renewed.events[-1], LeaseGranted) and renewed.events[-1].hostname is None
+    # A name the client gave is kept at a renewal without it...
+    own = lab.dora(MAC_B, extra=((Option.HOSTNAME, b"kitchen"),))
+    assert lab.send(message(DHCPMessageType.REQUEST, MAC_B, ciaddr=str(own))).writes[0][0].hostname == "kitchen"
+    # ...until a reservation gives that name to another device.
+    bus.publish(ReservationChanged(T0, 7, "alice", hostname="kitchen", **fields))  # type: ignore[arg-type]
+    assert lab.send(message(DHCPMessageType.REQUEST, MAC_B, ciaddr=str(own))).writes[0][0].hostname is None
+    assert lab.send(message(DHCPMessageType.REQUEST, MAC_A, ciaddr=str(given))).writes[0][0].hostname == "kitchen"
+
+
 @pytest.mark.parametrize("packet", [
     DHCPPacket(op=2, xid=1, options=((Option.MESSAGE_TYPE, b"\x01"),)),
     DHCPPacket(op=1, xid=1),

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from ispd.config import Config
 from ispd.dns.cache import VARIANT_SCOPES
 from ispd.dns.engine import ClientClass
+from ispd.dns.localdata import LocalData
 from ispd.dns.scopes import PolicyScopes
 from ispd.dns.service import DNSService
 from ispd.events import (
@@ -375,3 +376,23 @@ async def test_a_dhcpv6_prefix_granted_without_a_subscriber_is_no_longer_its_for
     service.walled.network_granted(prefix, ANN, 77)
     service.context.bus.publish(Binding6Granted(3.0, prefix, "pd", time.time() + 3600, renewal=True))
     assert service.walled.holder(device) == ANN
+
+
+async def test_a_renewal_without_the_name_its_lease_had_takes_the_name_out_of_dns() -> None:
+    """DHCP keeps a lease's name at a renewal that brings none only while it is the client's (a
+    name a reservation gave, cleared since, or one reserved for another device now, goes): the
+    renewal without it took nothing out of DNS, so the name answered for the address until the
+    lease ended, which for a device that renews is never."""
+    config = Config.model_validate({"dns": {"enabled": True, "listen": ["127.62.0.1:0"],
+                                            "lease_names": {"domain": "dyn.isp.example"}}})
+    service = DNSService(config, ServiceContext(None, EventBus(), CollectorRegistry(), _healthy))  # type: ignore[arg-type]
+    service.local = LocalData(lease_domain="dyn.isp.example.", reverse_networks=["198.18.0.0/15"])
+    bus, address = service.context.bus, "198.18.0.100"
+    async with AsyncExitStack() as stack:
+        service._subscribe(stack)
+        bus.publish(LeaseGranted(1.0, address, 4000.0, hostname="gw"))
+        assert service.local.lease_names() == {address: "gw.dyn.isp.example."}
+        bus.publish(LeaseGranted(2.0, address, 5000.0, hostname="gw", renewal=True))
+        assert service.local.lease_names() == {address: "gw.dyn.isp.example."}
+        bus.publish(LeaseGranted(3.0, address, 6000.0, renewal=True))
+        assert service.local.lease_names() == {}
