@@ -1099,9 +1099,9 @@ class SQLiteStore(Store):
                 _refuse_an_address_in_use(conn, checked_address, row["id"], now, checked_kind, checked_key)
             sqlite_reservations6.refuse_ipv6_conflicts(conn, row["id"], checked_address6, checked_prefix6)
             cursor = conn.execute(
-                "INSERT INTO reservations (subscriber_id, kind, key, address, hostname, created_at, address6, prefix6,"
-                " address6_net_hi, address6_net_lo, prefix6_length, prefix6_net_hi, prefix6_net_lo)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO reservations (id, subscriber_id, kind, key, address, hostname, created_at, address6,"
+                " prefix6, address6_net_hi, address6_net_lo, prefix6_length, prefix6_net_hi, prefix6_net_lo)"
+                " VALUES ((SELECT highest + 1 FROM reservation_ids), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (row["id"], checked_kind.value, checked_key, checked_address, checked_hostname, now, checked_address6,
                  checked_prefix6, *sqlite_reservations6.network_columns(checked_address6, checked_prefix6)),
             )

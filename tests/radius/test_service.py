@@ -421,11 +421,11 @@ async def test_a_pool_prefix_goes_into_the_logins_reservation_unless_one_was_set
         await store.close()
 
 
-async def test_a_pool_prefix_goes_into_no_other_reservation_given_the_logins_number(tmp_path: Path) -> None:
-    """SQLite gives a deleted newest reservation's number to the next one added: the prefix meant
-    for a login whose reservation went meanwhile (the directory a store poll behind, the claim
-    waiting for the store) must not go into another subscriber's reservation that has its number
-    now, nor out in that login's Access-Accept."""
+async def test_a_pool_prefix_goes_into_no_other_reservation_when_the_logins_is_gone(tmp_path: Path) -> None:
+    """The prefix meant for a login whose reservation went meanwhile (the directory a store poll
+    behind, the claim waiting for the store) goes into no other reservation, not the one added
+    next (before migration 17 it took the deleted one's number), nor out in that login's
+    Access-Accept."""
     store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
     try:
         await store.add_plan("v6", actor="test")
@@ -442,7 +442,7 @@ async def test_a_pool_prefix_goes_into_no_other_reservation_given_the_logins_num
                              prefix_pool="homes", prefix_reservation=found[1].reservation)
         await store.delete_reservation(pppoe.id, actor="test")
         bobs = await store.add_reservation(bob.id, ReservationKind.USERNAME, "bob@pppoe", actor="test")
-        assert bobs.id == pppoe.id  # (what makes the case)
+        assert bobs.id == pppoe.id + 1  # (numbers are not given again)
         assert await service._reserve_prefix(stale) is None
         assert await store.list_reservations() == [bobs]
     finally:

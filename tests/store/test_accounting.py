@@ -514,8 +514,8 @@ async def test_a_login_that_is_both_a_username_and_a_reserved_login_is_the_usern
     username may hold both; the subscriber of that username is the one logging in."""
     bob = await store.add_subscriber("bob", actor="t")
     with sqlite3.connect(tmp_path / "a.db") as conn:
-        conn.execute("INSERT INTO reservations (subscriber_id, kind, key, created_at) VALUES (?, 'username', 'alice', 0)",
-                     (bob.id,))
+        conn.execute("INSERT INTO reservations (id, subscriber_id, kind, key, created_at)"
+                     " VALUES ((SELECT highest + 1 FROM reservation_ids), ?, 'username', 'alice', 0)", (bob.id,))
     [started] = await store.record_accounting([replace(START, subscriber_id=None)])
     assert started.session is not None and started.session.subscriber_id == 1
 

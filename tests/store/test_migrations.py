@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from ispd.store import SchemaTooNew, StoreConfig, open_store
+from ispd.store.models import ReservationKind
 from ispd.store.sqlite import Migration, connect, migrate, schema_version, sqlite_migrations
 
 MIGRATIONS = sqlite_migrations()
@@ -99,6 +100,33 @@ async def test_ids_of_subscribers_deleted_before_the_upgrade_are_not_given_again
     raw = connect(path, 5)
     with pytest.raises(sqlite3.IntegrityError, match="never reused"):  # whoever inserts
         raw.execute("INSERT INTO subscribers (username, created_at, updated_at) VALUES ('raw', 1, 1)")
+
+
+async def test_numbers_of_reservations_deleted_before_the_upgrade_are_not_given_again(tmp_path: Path) -> None:
+    """A store from before migration 17: reservation #3, the newest, was deleted (only the audit
+    log names it), and SQLite would give its number to the next one added, another subscriber's
+    maybe, which a script or RADIUS holding #3 would then change or delete."""
+    path = tmp_path / "old.db"
+    conn = connect(path, 5)
+    migrate(conn, MIGRATIONS, target=16)
+    conn.execute("INSERT INTO subscriber_ids (singleton, highest) VALUES (1, 0) ON CONFLICT DO NOTHING")
+    conn.execute("INSERT INTO subscribers (id, username, created_at, updated_at) VALUES (1, 'alice', 1, 1)")
+    conn.execute("INSERT INTO reservations (id, subscriber_id, kind, key, created_at) VALUES (2, 1, 'mac', 'm', 1)")
+    conn.execute("INSERT INTO audit_log (at, actor, action, subject_kind, subject_id, subject_name, details)"
+                 " VALUES (1, 't', 'reservation.deleted', 'subscriber', 1, 'alice', '{\"reservation_id\": 3}')")
+    conn.commit()
+    conn.close()
+    store = await open_store(StoreConfig(path=path))
+    try:
+        added = await store.add_reservation("alice", ReservationKind.USERNAME, "alice@pppoe", actor="t")
+        assert added.id == 4
+        await store.delete_reservation(added.id, actor="t")
+        assert (await store.add_reservation("alice", ReservationKind.USERNAME, "alice@pppoe", actor="t")).id == 5
+    finally:
+        await store.close()
+    raw = connect(path, 5)
+    with pytest.raises(sqlite3.IntegrityError, match="never reused"):  # whoever inserts
+        raw.execute("INSERT INTO reservations (subscriber_id, kind, key, created_at) VALUES (1, 'mac', 'n', 1)")
 
 
 async def test_sessions_kept_before_the_ipv6_index_are_indexed_by_the_upgrade(tmp_path: Path) -> None:

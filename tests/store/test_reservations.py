@@ -388,10 +388,13 @@ async def test_fill_only_sets_only_what_is_empty(store: Store) -> None:
                                           fill_only=True) == filled
 
 
-async def test_a_change_for_a_reservation_read_before_finds_none_once_its_number_is_another_s(store: Store) -> None:
-    """SQLite numbers a new reservation past the highest there is: a deleted newest one's number
-    goes to the next one added. A writer that read the old one (RADIUS filling a login's
-    reservation with a pool's prefix) names it as read, and changes no other."""
+async def test_a_deleted_reservations_number_is_not_given_again_and_a_change_names_the_one_it_read(
+        store: Store) -> None:
+    """SQLite numbers a new row past the highest there is, so a deleted newest reservation's
+    number went to the next one added: a writer that held it (RADIUS filling a login's
+    reservation with a pool's prefix, a script's `reservation set N`) changed another's. Numbers
+    are never given again now (migration 17), and a writer that read a reservation also names it
+    as read, so that not even a store copied in behind it changes another."""
     await store.add_subscriber("alice", actor="t")
     await store.add_subscriber("bob", actor="t")
     read = await store.add_reservation("alice", ReservationKind.USERNAME, "alice@pppoe", actor="t")
@@ -399,8 +402,11 @@ async def test_a_change_for_a_reservation_read_before_finds_none_once_its_number
         read, hostname="a")
     await store.delete_reservation(read.id, actor="t")
     bobs = await store.add_reservation("bob", ReservationKind.USERNAME, "bob@pppoe", actor="t")
-    assert bobs.id == read.id
-    with pytest.raises(NotFound, match=rf"^no reservation #{read.id} of username alice@pppoe any more$"):
+    assert bobs.id == read.id + 1
+    with pytest.raises(NotFound, match=rf"^no reservation #{read.id}$"):
         await store.update_reservation(read.id, actor="radius", prefix6="2001:db8:200::/56", fill_only=True,
                                        expected=read)
+    with pytest.raises(NotFound, match=rf"^no reservation #{bobs.id} of username alice@pppoe any more$"):
+        await store.update_reservation(bobs.id, actor="radius", prefix6="2001:db8:200::/56", fill_only=True,
+                                       expected=replace(read, id=bobs.id))
     assert await store.list_reservations() == [bobs]
