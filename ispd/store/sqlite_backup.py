@@ -13,8 +13,12 @@ A restore must not leave the old store's -wal and -shm beside the new file: SQLi
 the old log to the new database. So it runs with the daemon stopped (it takes the daemon's
 lock), folds the old store's log into it and sets the old files aside under one name
 (``ispd.db.replaced-<time>``), then puts a checked copy of the backup in place with the old
-file's owner and mode (0600 where there was none). A backup of an older schema is migrated by
-the next start.
+file's owner and mode (0600 where there was none, owned like its directory: root restoring into
+the daemon's /var/lib/ispd must not lock the daemon out). The store's name never goes empty on
+the way: the old file is set aside by a second name (a hard link), and the checked, synced copy
+replaces it in one rename. A crash or an error half way leaves the old store where it was (a
+daemon started on an empty name makes a new, empty store and runs on it). A backup of an older
+schema is migrated by the next start.
 """
 
 from __future__ import annotations
@@ -92,9 +96,22 @@ def restore(backup_file: Path, store: Path, newest_schema: int, busy_timeout: fl
             with contextlib.suppress(OSError):
                 os.chown(temporary, old.st_uid, old.st_gid)
             os.chmod(temporary, old.st_mode & 0o660)
-            aside = _set_aside(real, busy_timeout)
-        _fsync(temporary)
-        os.rename(temporary, real)
+        else:
+            _own_like_its_directory(temporary)
+        _fsync(temporary)  # (all that can fail before the old store is touched)
+        moved: list[tuple[str, str]] = []
+        if real.exists():
+            aside, moved = _set_aside(real, busy_timeout)
+        try:
+            os.rename(temporary, real)  # replaces the old file in one step: the name never goes empty
+        except OSError:
+            for source, target in reversed(moved):  # the old store's side files back beside it
+                with contextlib.suppress(OSError):
+                    os.rename(target, source)
+            if aside is not None:
+                with contextlib.suppress(OSError):
+                    aside.unlink()  # (a second name of the store still in place)
+            raise
         _fsync(real.parent)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot restore {backup_file}: {exc}") from None
@@ -107,21 +124,33 @@ def restore(backup_file: Path, store: Path, newest_schema: int, busy_timeout: fl
     return Copied(real, real.stat().st_size, version, time.monotonic() - began), aside
 
 
-def _set_aside(real: Path, busy_timeout: float) -> Path:
+def _set_aside(real: Path, busy_timeout: float) -> tuple[Path, list[tuple[str, str]]]:
     """The old store, its log folded in where it can be (a damaged store, the reason for many a
-    restore, is set aside as it is), renamed with its side files beside it."""
+    restore, is set aside as it is), given a second name, and its side files moved beside that;
+    the name, and the side files moved (from, to). ``real`` stays in place until the copy
+    replaces it. A name taken already (a restore a second ago) is never overwritten."""
     with contextlib.suppress(sqlite3.Error):
         conn = sqlite3.connect(real, timeout=busy_timeout, isolation_level=None)
         try:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             conn.close()
-    aside = real.with_name(f"{real.name}.replaced-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
-    os.rename(real, aside)
+    stem = f"{real.name}.replaced-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
+    for attempt in range(1000):
+        aside = real.with_name(stem if attempt == 0 else f"{stem}.{attempt}")
+        try:
+            os.link(real, aside)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise StoreError(f"cannot name the old store aside: {real.with_name(stem)} and 999 more exist")
+    moved: list[tuple[str, str]] = []
     for suffix in _SIDE_FILES:  # (normally gone with the last connection; never left to the new file)
         with contextlib.suppress(FileNotFoundError):
             os.rename(f"{real}{suffix}", f"{aside}{suffix}")
-    return aside
+            moved.append((f"{real}{suffix}", f"{aside}{suffix}"))
+    return aside, moved
 
 
 def _copy(source_path: Path, temporary: Path, busy_timeout: float, name: Path) -> int:
@@ -151,6 +180,14 @@ def _checked(conn: sqlite3.Connection, name: Path) -> int:
     if has_schema.fetchone() is None:
         raise StoreError(f"{name} is no ispd store (it has no schema_migrations table)")
     return int(conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] or 0)
+
+
+def _own_like_its_directory(path: Path) -> None:
+    """As the daemon's store is made (ispd/store/sqlite.py): by root, in a directory of another
+    user's (/var/lib/ispd, the daemon's), the file is that user's, or the daemon cannot open it."""
+    directory = path.parent.stat()
+    if os.geteuid() == 0 and directory.st_uid != 0:
+        os.chown(path, directory.st_uid, directory.st_gid)
 
 
 def _create_private(path: Path) -> None:

@@ -1,0 +1,112 @@
+"""ispd.store.sqlite_backup on its own: what a restore leaves when it fails half way, and who owns
+what it makes."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from ispd.store import sqlite_backup
+from ispd.store.errors import StoreError
+from ispd.store.sqlite_backup import backup, restore
+
+
+def make_store(path: Path, names: list[str]) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER, name TEXT, applied_at REAL)")
+        conn.execute("CREATE TABLE IF NOT EXISTS subscribers (username TEXT)")
+        conn.execute("DELETE FROM schema_migrations")
+        conn.execute("INSERT INTO schema_migrations VALUES (1, 'first', 0)")
+        conn.execute("DELETE FROM subscribers")
+        conn.executemany("INSERT INTO subscribers VALUES (?)", [(n,) for n in names])
+    finally:
+        conn.close()
+
+
+def names_in(path: Path) -> list[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return [row[0] for row in conn.execute("SELECT username FROM subscribers ORDER BY rowid")]
+    finally:
+        conn.close()
+
+
+def test_a_restore_that_fails_as_it_puts_the_copy_in_place_leaves_the_old_store(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between setting the old store aside and naming the copy (a crash, an I/O error), the store
+    path must never be empty: a daemon started then makes a new, empty store and runs on it."""
+    store, saved = tmp_path / "ispd.db", tmp_path / "saved.db"
+    make_store(store, ["alice"])
+    backup(store, saved, 5.0)
+    make_store(store, ["alice", "bob"])
+    real_rename = os.rename
+
+    def failing_rename(source: object, target: object) -> None:
+        if str(source).endswith(".restoring"):
+            raise OSError(errno.EIO, "Input/output error")
+        real_rename(source, target)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sqlite_backup.os, "rename", failing_rename)
+    with pytest.raises(StoreError):
+        restore(saved, store, 1, 5.0)
+    assert names_in(store) == ["alice", "bob"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_restore_whose_copy_cannot_be_synced_leaves_the_old_store(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, saved = tmp_path / "ispd.db", tmp_path / "saved.db"
+    make_store(store, ["alice"])
+    backup(store, saved, 5.0)
+    make_store(store, ["alice", "bob"])
+    real_fsync = sqlite_backup._fsync
+
+    def failing_fsync(path: Path) -> None:
+        if str(path).endswith(".restoring"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(path)
+
+    monkeypatch.setattr(sqlite_backup, "_fsync", failing_fsync)
+    with pytest.raises(StoreError):
+        restore(saved, store, 1, 5.0)
+    assert names_in(store) == ["alice", "bob"]
+    assert not [p for p in tmp_path.iterdir() if "replaced" in p.name]
+
+
+def test_a_restore_still_sets_the_old_store_aside_with_its_log(tmp_path: Path) -> None:
+    store, saved = tmp_path / "ispd.db", tmp_path / "saved.db"
+    make_store(store, ["alice"])
+    backup(store, saved, 5.0)
+    make_store(store, ["alice", "bob"])
+    daemon = sqlite3.connect(store)  # a connection left open keeps the -wal (a daemon that died)
+    daemon.execute("PRAGMA journal_mode = WAL")
+    daemon.execute("INSERT INTO subscribers VALUES ('carol')")
+    daemon.commit()
+    copied, aside = restore(saved, store, 1, 5.0)
+    daemon.close()
+    assert aside is not None and names_in(aside) == ["alice", "bob", "carol"]
+    assert names_in(store) == ["alice"]
+    assert not Path(f"{store}-wal").exists() or Path(f"{store}-wal").stat().st_size == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_a_restore_by_root_where_the_store_is_gone_gives_it_to_the_directory_owner(tmp_path: Path) -> None:
+    """As the daemon's own store is made (ispd/store/sqlite.py): root restoring into the daemon's
+    /var/lib/ispd must not leave a root-owned 0600 file the daemon (user ispd) cannot open."""
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, 4321, 4321)
+    saved = tmp_path / "saved.db"
+    make_store(tmp_path / "old.db", ["alice"])
+    backup(tmp_path / "old.db", saved, 5.0)
+    restore(saved, state / "ispd.db", 1, 5.0)
+    made = (state / "ispd.db").stat()
+    assert (made.st_uid, made.st_gid) == (4321, 4321)
+    assert made.st_mode & 0o600 == 0o600
+    assert names_in(state / "ispd.db") == ["alice"]
