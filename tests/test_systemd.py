@@ -389,3 +389,32 @@ def test_the_backup_units_commands_make_a_backup_and_keep_two_weeks(tmp_path: Pa
     pruned = _run(local(post).split())
     assert pruned.returncode == 0, pruned.stderr
     assert [p.name for p in backups.iterdir()] == kept
+
+
+def test_the_backup_unit_sweeps_what_a_killed_backup_left(tmp_path: Path) -> None:
+    """A backup cut short (the host shut down, `systemctl stop`, the OOM killer: SIGTERM and
+    SIGKILL run no cleanup) leaves its store-sized .partial file, under a name no later run
+    reuses (the time and the PID are in it), on the store's own disk: day after day, until that
+    disk is full and the daemon can record no lease. Only one run of the unit is ever under way,
+    so what one finds at its start is stale."""
+    daemon = IspdProcess(tmp_path, base_config(tmp_path))
+    daemon.write_config()
+    daemon.cli("subscriber", "add", "alice")
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    stale = [backups / ".ispd-20000101T000000Z.db.4242.partial", backups / ".ispd-20000101T000000Z.db.4242.partial-journal"]
+    for path in stale:
+        path.write_bytes(b"\0" * 4096)
+    unrelated = backups / ".keep"
+    unrelated.write_bytes(b"")
+
+    def local(command: str) -> str:
+        return (command.replace("%%", "%").replace("/usr/bin/ispd", ISPD)
+                .replace("/var/lib/ispd-backups", str(backups)).replace("/etc/ispd/ispd.toml", str(daemon.config_path)))
+
+    for pre in _backup_values("ExecStartPre"):
+        assert _run(local(pre).split()).returncode == 0
+    (start,) = _backup_values("ExecStart")
+    assert _run(["/bin/sh", "-c", local(start).removeprefix("/bin/sh -c ").strip("'")]).returncode == 0
+    left = sorted(p.name for p in backups.iterdir())
+    assert len(left) == 2 and left[0] == ".keep" and re.fullmatch(r"ispd-\d{8}T\d{6}Z\.db", left[1]), left

@@ -88,7 +88,7 @@ def test_a_restore_still_sets_the_old_store_aside_with_its_log(tmp_path: Path) -
     daemon.execute("PRAGMA journal_mode = WAL")
     daemon.execute("INSERT INTO subscribers VALUES ('carol')")
     daemon.commit()
-    copied, aside = restore(saved, store, 1, 5.0)
+    _, aside = restore(saved, store, 1, 5.0)
     daemon.close()
     assert aside is not None and names_in(aside) == ["alice", "bob", "carol"]
     assert names_in(store) == ["alice"]
