@@ -48,8 +48,8 @@ come back with lifetimes 0, so their devices fall back to IPv4, where the walled
 An IA of a kind past the first MAX_IAS_PER_KIND of its message gets nothing (NoAddrsAvail or
 NoPrefixAvail).
 
-LEASEQUERY (RFC 5007) from ``leasequery_requesters``, by address (its binding, or the delegated
-prefix holding it) or by client DUID: ``_leasequery``.
+LEASEQUERY (RFC 5007) from ``leasequery_requesters``, by address (the client holding it, or the
+delegated prefix holding it, with all it holds on that link) or by client DUID: ``_leasequery``.
 
 Not done: temporary addresses (IA_TA: NoAddrsAvail), reconfiguration (Reconfigure, option 19;
 Reconfigure Accept is ignored), Server Unicast (clients always multicast), more than one
@@ -214,6 +214,9 @@ class DHCP6Engine:
         self.server_duid = server_duid
         self.leases: dict[str, Lease6] = {}
         self.by_ia: dict[IAKey, list[str]] = {}  # every prefix an IA has had, latest last
+        # Each client's IAs (those in by_ia), by DUID: what a leasequery asks of one client, without
+        # a walk of every IA on the loop that answers Solicits.
+        self.ias_of: dict[str, set[IAKey]] = {}
         self.offers: dict[str, tuple[IAKey, float]] = {}
         self._timeline: list[tuple[float, str]] = []  # (when to look at a prefix again, prefix): a heap
         self._due: dict[str, float] = {}  # each prefix's entry in the timeline that counts
@@ -296,6 +299,7 @@ class DHCP6Engine:
         with contextlib.suppress(ValueError):
             history.remove(lease.prefix)
         history.append(lease.prefix)
+        self.ias_of.setdefault(lease.duid, set()).add(key)
 
     # --- the protocol
 
@@ -377,7 +381,12 @@ class DHCP6Engine:
         if asked_address is not None:
             held = self._holding(asked_address, now)
             if held is not None and (link is None or held.link == link.name):
-                return reply(self._client_data([held], now), encode_status(StatusCode.SUCCESS, "active lease found"))
+                # With all else the client holds on that link (RFC 5007 §4.1.2.2): asked of a
+                # subscriber's address, a BNG learns the prefix delegated to it too.
+                on_link = [held, *(lease for lease in self._bound_to(held.duid, now)
+                                   if lease.link == held.link and lease.prefix != held.prefix)]
+                return reply(self._client_data(sorted(on_link, key=_by_kind), now),
+                             encode_status(StatusCode.SUCCESS, "active lease found"))
             if not any(asked_address in s.prefix or self._pool_holding(asked_address, s) for s in self.config.subnet):
                 return reply(encode_status(StatusCode.NOT_CONFIGURED, "address not in a configured link or pool"))
             return reply(encode_status(StatusCode.SUCCESS, "no active lease"))
@@ -387,10 +396,8 @@ class DHCP6Engine:
         if not duid:
             return reply(encode_status(StatusCode.MALFORMED_QUERY, "no client identifier (1) to ask by"))
         wanted = duid.hex(":")
-        held_by = [lease for (owner, _, _), prefixes in self.by_ia.items() if owner == wanted
-                   for lease in (self.leases.get(p) for p in prefixes)
-                   if lease is not None and lease.duid == wanted and _bound(lease, now)
-                   and (link is None or lease.link == link.name)]
+        held_by = sorted((lease for lease in self._bound_to(wanted, now) if link is None or lease.link == link.name),
+                         key=_by_kind)
         if not held_by:
             return reply(encode_status(StatusCode.SUCCESS, "no active leases"))
         links = sorted({lease.link for lease in held_by if lease.link is not None})
@@ -400,6 +407,16 @@ class DHCP6Engine:
                                           [by_name[n].prefix.network_address for n in links if n in by_name]),
                          encode_status(StatusCode.SUCCESS, "active leases on more than one link"))
         return reply(self._client_data(held_by, now), encode_status(StatusCode.SUCCESS, "active leases found"))
+
+    def _bound_to(self, duid: str, now: float) -> list[Lease6]:
+        """The client's live bindings, each once."""
+        found: dict[str, Lease6] = {}
+        for key in self.ias_of.get(duid, ()):
+            for prefix in self.by_ia.get(key, ()):
+                lease = self.leases.get(prefix)
+                if lease is not None and lease.duid == duid and _bound(lease, now):
+                    found[prefix] = lease
+        return list(found.values())
 
     def _holding(self, address: IPv6Address, now: float) -> Lease6 | None:
         """The live binding of ``address``, or of the delegated prefix that holds it."""
@@ -525,6 +542,11 @@ class DHCP6Engine:
                 history.remove(prefix)
             if not history:
                 del self.by_ia[key]
+                ias = self.ias_of.get(key[0])
+                if ias is not None:
+                    ias.discard(key)
+                    if not ias:
+                        del self.ias_of[key[0]]
 
     def pool_usage(self, now: float) -> list[tuple[str, str, int, int, int]]:
         """(pool, kind, size, bound now, declined now) for each pool."""
@@ -613,6 +635,11 @@ _QUERY_BY_ADDRESS, _QUERY_BY_CLIENT_ID = 1, 2  # RFC 5007 §4.1.2.1
 
 def _bound(lease: Lease6, now: float) -> bool:
     return lease.state is LeaseState.BOUND and lease.expires_at > now
+
+
+def _by_kind(lease: Lease6) -> tuple[bool, int, str]:
+    """Addresses first, then prefixes, each in IAID order (the order of a client's own reply)."""
+    return lease.kind is not Lease6Kind.ADDRESS, lease.iaid, lease.prefix
 
 
 _NEED_SERVER_ID = frozenset({MessageType.REQUEST, MessageType.RENEW, MessageType.RELEASE, MessageType.DECLINE})

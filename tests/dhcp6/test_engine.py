@@ -748,14 +748,16 @@ def test_leasequery_by_address_finds_the_binding_or_the_delegated_prefix_holding
     assert isinstance(on_the_wire, Message)
     assert (on_the_wire.server_id, on_the_wire.client_id) == (SERVER_DUID, REQUESTER_DUID)
     data = client_data(found)
-    assert [o.code for o in data] == [OptionCode.CLIENTID, OptionCode.IAADDR, OptionCode.CLT_TIME]
+    # With the prefix delegated to the same client on the link (RFC 5007 §4.1.2.2).
+    assert [o.code for o in data] == [OptionCode.CLIENTID, OptionCode.IAADDR, OptionCode.IAPREFIX, OptionCode.CLT_TIME]
     assert data[0].data == DUID_A
     assert data[1].data == IPv6Address("2001:db8:1::100").packed + struct.pack("!II", 2600, 6200)
-    assert struct.unpack("!I", data[2].data) == (1000,)
+    assert struct.unpack("!I", data[3].data) == (1000,)
     # An address inside the delegated prefix: the prefix's binding (the route a BNG must put back).
     inside = client_data(ask(eng, leasequery(1, by_address("2001:db8:100:12::1")), now))
-    assert [o.code for o in inside] == [OptionCode.CLIENTID, OptionCode.IAPREFIX, OptionCode.CLT_TIME]
-    assert inside[1].data == struct.pack("!IIB", 2600, 6200, 56) + IPv6Address("2001:db8:100::").packed
+    assert [o.code for o in inside] == [OptionCode.CLIENTID, OptionCode.IAADDR, OptionCode.IAPREFIX,
+                                        OptionCode.CLT_TIME]
+    assert inside[2].data == struct.pack("!IIB", 2600, 6200, 56) + IPv6Address("2001:db8:100::").packed
     # Ours but free; not ours at all; on another link than asked.
     free = ask(eng, leasequery(1, by_address("2001:db8:1::101")), now)
     assert (status_of(free), client_data(free)) == (StatusCode.SUCCESS, [])
@@ -813,3 +815,30 @@ def test_leasequery_only_from_the_requesters_sent_to_us() -> None:
     assert ask(eng, other_server, T0).ignored is Ignored6.NOT_FOR_US
     anonymous = message(MessageType.LEASEQUERY, option(OptionCode.LQ_QUERY, bytes(17)), client=None, oro=())
     assert ask(eng, anonymous, T0).ignored is Ignored6.NO_CLIENT_ID
+
+
+def test_leasequery_by_address_gives_all_the_client_holds_on_the_link() -> None:
+    """RFC 5007 §4.1.2.2: the client data holds all of the client's addresses and delegated
+    prefixes with a valid lifetime left, on the link. A BNG asking of a subscriber's WAN address
+    (the one it sees) must learn the prefix delegated to it too, or its home network stays cut off."""
+    eng = engine(leasequery_requesters=[str(REQUESTER)])
+    bind(eng, ia_na(1), ia_pd(2))  # 2001:db8:1::100 and 2001:db8:100::/56
+    bind(eng, ia_na(1), client=DUID_B)  # another client on the link: not in the answer
+    relay = RelayForward(0, IPv6Address("2001:db8:2::1"), IPv6Address("fe80::1"), (), message(MessageType.SOLICIT))
+    bind(eng, ia_na(3), interface="uplink", relays=(relay,))  # the same client on another link: neither
+    for asked in ("2001:db8:1::100", "2001:db8:100:12::1"):
+        data = client_data(ask(eng, leasequery(1, by_address(asked)), T0 + 10))
+        assert [o.code for o in data] == [OptionCode.CLIENTID, OptionCode.IAADDR, OptionCode.IAPREFIX,
+                                          OptionCode.CLT_TIME], asked
+        assert data[0].data == DUID_A
+        assert data[1].data[:16] == IPv6Address("2001:db8:1::100").packed
+        assert data[2].data[8:] == bytes((56,)) + IPv6Address("2001:db8:100::").packed
+
+
+def test_the_leasequery_index_of_clients_forgets_what_the_engine_forgets() -> None:
+    eng = engine(leasequery_requesters=[str(REQUESTER)], remember_ended_seconds=60)
+    bind(eng, ia_na(1), ia_pd(2))
+    assert set(eng.ias_of) == {DUID_A.hex(":")}
+    eng.reclaim(T0 + 7201)  # expired
+    eng.reclaim(T0 + 7201 + 61)  # and forgotten
+    assert eng.by_ia == {} and eng.ias_of == {}
