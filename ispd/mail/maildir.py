@@ -283,7 +283,11 @@ class Maildir:
             try:
                 with self._lock:  # the message and its maildirsize line appear together
                     # link(), not rename(): it never replaces a message that has the same name.
-                    os.link(temporary, base / "new" / name)
+                    try:
+                        os.link(temporary, base / "new" / name)
+                    except FileNotFoundError:  # new/ lost as tmp/ can be (its tmp/ file is there)
+                        _remake_subdirectories(base)
+                        os.link(temporary, base / "new" / name)
                     try:
                         self._count(len(data), 1)
                     except OSError:

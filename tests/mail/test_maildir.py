@@ -146,3 +146,18 @@ def test_a_mailboxs_lock_goes_when_nothing_uses_it_and_stays_while_something_doe
     kept = Maildir(tmp_path / "kept")
     with kept._lock:
         assert Maildir(tmp_path / "kept")._lock is kept._lock
+
+
+def test_a_maildir_whose_empty_new_was_lost_still_takes_mail(tmp_path: Path) -> None:
+    """new/ is as often empty as tmp/ (a client moves what it reads to cur/), and a copy that
+    skips empty directories drops it while keeping a tmp/ with a leftover in it: the delivery
+    wrote its file in tmp/ and then failed to link it into new/, for every message, for good."""
+    maildir = Maildir(tmp_path / "m")
+    maildir.create()
+    (maildir.path / "tmp" / "leftover").write_bytes(b"x")
+    (maildir.path / "new").rmdir()
+    maildir.deliver(b"a" * 100)
+    assert [p.stat().st_size for p in (maildir.path / "new").iterdir()] == [100]
+    assert stat.S_IMODE((maildir.path / "new").stat().st_mode) == 0o700
+    assert (maildir.usage().bytes, maildir.usage().messages) == (100, 1)
+    assert sorted(p.name for p in (maildir.path / "tmp").iterdir()) == ["leftover"]
