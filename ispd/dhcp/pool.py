@@ -137,14 +137,16 @@ class LeaseTable:
         self.by_address[binding.address] = binding
         if before is not None and before.client_key is not None and before.client_key != binding.client_key:
             self._forget_address(before.client_key, binding.address)
+        # ("" is no MAC: a client of hlen 0, known by its client-id; not indexed, or all of them
+        # would share one list that each of their DORAs walks.)
         if before is None or before.hw_address != binding.hw_address:
-            if before is not None and before.hw_address is not None:
+            if before is not None and before.hw_address:
                 held = self.by_hw_address.get(before.hw_address)
                 if held is not None and binding.address in held:
                     held.remove(binding.address)
                     if not held:
                         del self.by_hw_address[before.hw_address]
-            if binding.hw_address is not None:
+            if binding.hw_address:
                 self.by_hw_address.setdefault(binding.hw_address, []).append(binding.address)
         if binding.client_key is not None:
             remembered = self.by_client.setdefault(binding.client_key, [])

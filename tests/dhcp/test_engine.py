@@ -15,6 +15,7 @@ from ispd.dhcp.codec import BOOTREQUEST, FLAG_BROADCAST, DHCPPacket, encode
 from ispd.dhcp.config import DHCPConfig
 from ispd.dhcp.engine import Destination, DHCPEngine, Ignored, Outcome, Received, clean_hostname
 from ispd.dhcp.options import DHCPMessageType, Option, decode_ips, decode_u32
+from ispd.dhcp.pool import Binding, BindingState, LeaseTable
 from ispd.dhcp.service import ipv4_udp_datagram
 from ispd.events import (
     EventBus,
@@ -876,3 +877,20 @@ def test_leasequery_from_others_or_asking_of_not_one_thing_is_dropped(
         requesters: list[str], query: DHCPPacket, reason: Ignored) -> None:
     outcome = Lab(config(leasequery_requesters=requesters)).send(query)
     assert (outcome.reply, outcome.ignored) == (None, reason)
+
+
+def test_the_by_mac_index_keeps_no_list_for_clients_without_a_mac() -> None:
+    """A client with hlen 0 (InfiniBand, RFC 4390: known by its client-id alone) has the MAC text
+    "". Indexed under it, every such client's address went into one list that each of their
+    DISCOVERs and ACKs searched and edited (a walk of thousands on the DORA path), for a key no
+    leasequery by MAC can ask (it needs a chaddr)."""
+    table = LeaseTable()
+    for address in range(1, 4):
+        table.put(Binding(address, BindingState.OFFERED, 100.0, b"c\x01", hw_address=None))
+        table.put(Binding(address, BindingState.BOUND, 100.0, b"c\x01", hw_address=""))
+    assert table.by_hw_address == {}
+    table.put(Binding(1, BindingState.BOUND, 100.0, b"h\x01", hw_address="02:00:00:00:00:01"))
+    table.put(Binding(2, BindingState.BOUND, 100.0, b"c\x01", hw_address=""))
+    assert table.by_hw_address == {"02:00:00:00:00:01": [1]}
+    table.put(Binding(1, BindingState.OFFERED, 100.0, b"c\x02", hw_address=None))
+    assert table.by_hw_address == {}
