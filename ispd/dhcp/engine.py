@@ -114,7 +114,7 @@ class Ignored(StrEnum):
     BAD_RELAY_INFO = "bad_relay_info"
     HELD_ELSEWHERE = "held_by_radius"  # the store refused the lease: a RADIUS session has the address
     LEASEQUERY_REFUSED = "leasequery_not_allowed"  # giaddr not in leasequery_requesters (or none)
-    BAD_LEASEQUERY = "bad_leasequery"  # not exactly one of ciaddr, chaddr and client-id to ask by
+    BAD_LEASEQUERY = "bad_leasequery"  # none of ciaddr, chaddr and client-id to ask by
 
 
 class ClientClass(Enum):
@@ -1051,15 +1051,20 @@ class DHCPEngine:
         agent that lost its table (a BNG after a restart) and asks before it forwards a
         subscriber's traffic again. Answered to giaddr, which must be one of
         ``leasequery_requesters`` (Kea's hook checks the same): LEASEACTIVE with the newest active
-        lease, LEASEUNASSIGNED for an address of ours with none, LEASEUNKNOWN otherwise."""
+        lease, LEASEUNASSIGNED for an address of ours with none, LEASEUNKNOWN otherwise. A query
+        that names more than one thing is asked by the first of ciaddr, client-id and chaddr (as
+        ISC dhcpd does: a requester that fills chaddr in a query by address is answered)."""
         packet = received.packet
         requester = packet.giaddr
-        if requester == UNSPECIFIED or not any(requester in n for n in self.config.leasequery_requesters):
+        # hops: a subscriber's own DHCPLEASEQUERY relayed by a BNG that is a requester carries the
+        # BNG's giaddr too; the answer, sent there, could be forwarded to the subscriber.
+        if requester == UNSPECIFIED or packet.hops or not any(requester in n for n in
+                                                              self.config.leasequery_requesters):
             return Outcome(ignored=Ignored.LEASEQUERY_REFUSED)
         client_id = packet.option(Option.CLIENT_ID)
         hw_address = packet.hw_address if packet.hlen and any(packet.hw_address) else None
-        if (packet.ciaddr != UNSPECIFIED) + (client_id is not None) + (hw_address is not None) != 1:
-            return Outcome(ignored=Ignored.BAD_LEASEQUERY)  # (dropped, as Kea does: which to answer?)
+        if packet.ciaddr == UNSPECIFIED and client_id is None and hw_address is None:
+            return Outcome(ignored=Ignored.BAD_LEASEQUERY)
         active: list[Binding]
         if packet.ciaddr != UNSPECIFIED:
             address = int(packet.ciaddr)
@@ -1100,8 +1105,8 @@ class DHCPEngine:
         agent = _relay_agent_info(newest)
         if agent:
             options.append((Option.RELAY_AGENT_INFO, agent))
-        if len(active) > 1:  # every address the client holds, the one in ciaddr too
-            options.append((Option.ASSOCIATED_IP, encode_ips(IPv4Address(b.address) for b in active)))
+        if len(active) > 1:  # the client's other addresses (as Kea's and ISC's list them)
+            options.append((Option.ASSOCIATED_IP, encode_ips(IPv4Address(b.address) for b in active[1:])))
         chaddr = bytes.fromhex(newest.hw_address.replace(":", "")) if newest.hw_address else b""
         reply = DHCPPacket(op=BOOTREPLY, xid=packet.xid, htype=1 if chaddr else 0, hlen=len(chaddr),
                            chaddr=chaddr.ljust(16, b"\0"), ciaddr=IPv4Address(newest.address), giaddr=requester,
