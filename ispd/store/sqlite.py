@@ -528,6 +528,18 @@ def _refuse_a_reserved_address(conn: sqlite3.Connection, address: str) -> None:
                        f" ({taken['kind']} {taken['key']}, reservation #{taken['id']})")
 
 
+def _refuse_another_subscribers_name(conn: sqlite3.Connection, hostname: str, subscriber_id: int) -> None:
+    """A reserved host name is one subscriber's: its first label is the lease's name in DNS
+    (``cpe-alice.<lease domain>``), which two subscribers' devices would take from each other at
+    every renewal. One subscriber's reservations may share one (a router's MAC and its DUID)."""
+    label = hostname.split(".", 1)[0]
+    taken = _reservation_where(conn, "(r.hostname = ? OR r.hostname LIKE ?) AND r.subscriber_id != ?",
+                               (label, f"{label}.%", subscriber_id))
+    if taken is not None:
+        raise Conflict(f"host name {taken['hostname']} is already reserved for {taken['username']}"
+                       f" ({taken['kind']} {taken['key']}, reservation #{taken['id']})")
+
+
 def _refuse_the_wrong_family(kind: ReservationKind, address: str | None, address6: str | None,
                              prefix6: str | None) -> None:
     """A reservation's fixed addresses must be ones its kind's server can give: IPv4 from DHCPv4 or
@@ -1097,6 +1109,8 @@ class SQLiteStore(Store):
             if checked_address is not None:
                 _refuse_a_reserved_address(conn, checked_address)
                 _refuse_an_address_in_use(conn, checked_address, row["id"], now, checked_kind, checked_key)
+            if checked_hostname is not None:
+                _refuse_another_subscribers_name(conn, checked_hostname, row["id"])
             sqlite_reservations6.refuse_ipv6_conflicts(conn, row["id"], checked_address6, checked_prefix6)
             cursor = conn.execute(
                 "INSERT INTO reservations (id, subscriber_id, kind, key, address, hostname, created_at, address6,"
@@ -1165,6 +1179,8 @@ class SQLiteStore(Store):
             if "address" in previous and new.address is not None:
                 _refuse_a_reserved_address(conn, new.address)
                 _refuse_an_address_in_use(conn, new.address, old.subscriber_id, now, old.kind, old.key)
+            if "hostname" in previous and new.hostname is not None:
+                _refuse_another_subscribers_name(conn, new.hostname, old.subscriber_id)
             if "address6" in previous or "prefix6" in previous:
                 # Checked as a new reservation's would be: this one's own IPv6 out of the way first
                 # (the savepoint puts it back if they are refused).

@@ -410,3 +410,20 @@ async def test_a_deleted_reservations_number_is_not_given_again_and_a_change_nam
         await store.update_reservation(bobs.id, actor="radius", prefix6="2001:db8:200::/56", fill_only=True,
                                        expected=replace(read, id=bobs.id))
     assert await store.list_reservations() == [bobs]
+
+
+async def test_a_host_name_is_one_subscribers(store: Store) -> None:
+    """Its first label is the lease's name in DNS: two subscribers' devices would take it from
+    each other at every renewal. One subscriber's router may have it by MAC and by DUID."""
+    await store.add_subscriber("alice", actor="t")
+    await store.add_subscriber("bob", actor="t")
+    await store.add_reservation("alice", ReservationKind.MAC, "02:00:5e:10:00:01", actor="t", hostname="gw")
+    await store.add_reservation("alice", ReservationKind.DUID, "00:03:00:01:02:00:5e:10:00:01", actor="t",
+                                hostname="GW.")
+    for name in ("gw", "gw.home.arpa"):
+        with pytest.raises(Conflict, match=r"^host name gw is already reserved for alice \(mac 02:00:5e:10:00:01"):
+            await store.add_reservation("bob", ReservationKind.MAC, "02:00:5e:10:00:02", actor="t", hostname=name)
+    bobs = await store.add_reservation("bob", ReservationKind.MAC, "02:00:5e:10:00:02", actor="t", hostname="gw2")
+    with pytest.raises(Conflict, match=r"host name gw is already reserved for alice"):
+        await store.update_reservation(bobs.id, actor="t", hostname="gw")
+    assert (await store.update_reservation(bobs.id, actor="t", hostname="gw2.lan")).hostname == "gw2.lan"
