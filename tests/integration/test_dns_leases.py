@@ -267,7 +267,9 @@ def test_a_suspended_subscribers_queries_go_to_the_walled_garden_until_resumed(s
 def test_an_address_a_nas_gave_from_its_own_pool_is_walled_while_its_session_is_open(site: Site) -> None:
     require_radclient()
     address = "198.18.0.60"  # the BNG's pool, not ispd's: only its accounting tells ispd who has it
-    site.lab.run(site.client_ns, "ip", "addr", "add", f"{address}/24", "dev", site.client_if).check_returncode()
+    neighbour = "198.18.0.61"  # another subscriber's address, on the same client link
+    for own in (neighbour, address):
+        site.lab.run(site.client_ns, "ip", "addr", "add", f"{own}/24", "dev", site.client_if).check_returncode()
     site.ispd.cli("subscriber", "add", "dave", "--password-stdin", input="dave-pw\n")
 
     def login() -> str | None:
@@ -288,7 +290,9 @@ def test_an_address_a_nas_gave_from_its_own_pool_is_walled_while_its_session_is_
     # subscriber show asks the running resolver, which says it walls dave's address now.
     shown = site.ispd.cli("subscriber", "show", "dave").stdout
     assert f"  dns    done     {address}: answered from the walled garden" in shown, shown
-    assert rdatas(site.from_client("www.isp.example")) == {WWW}  # the client's other address is not dave's
+    # Asked from another address, not dave's. (Without -b, the kernel chose the link's first
+    # address: the client's DHCP lease, if it had not ended by then under a loaded machine.)
+    assert rdatas(site.from_client("www.isp.example", "A", "-b", neighbour)) == {WWW}
     assert account("Stop") == "Accounting-Response"  # the address goes back to the BNG's pool
     eventually(lambda: rdatas(from_dave("www.isp.example")) == {WWW}, timeout=5)
     site.ispd.cli("subscriber", "resume", "dave")
