@@ -39,8 +39,8 @@ class Fixed:
     prefix6: str | None = None
     # The login's reservation (or the line's) that fixes these: where a pool's prefix is
     # reserved for a login that has none. Not part of what goes out, so not of equality either.
-    # The reservation, not only its number: the store gives a deleted newest one's number to
-    # the next one added, and the prefix must go into this one or none.
+    # The reservation, not only its number: the prefix must go into this one (its subscriber,
+    # kind and key, as the store checks) or none, whatever the store holds by then.
     reservation: Reservation | None = field(default=None, compare=False)
 
     @staticmethod

@@ -914,7 +914,7 @@ class RadiusService(Service):
                         reservation = await store.add_reservation(
                             subject.id, ReservationKind.USERNAME, username, actor="radius", prefix6=str(candidate))
                     else:  # (fill_only: a prefix the operator set meanwhile stays; expected: and
-                        # into this reservation, not another given its number since)
+                        # into this reservation as read, or none)
                         reservation = await store.update_reservation(into.id, actor="radius", prefix6=str(candidate),
                                                                      fill_only=True, expected=into)
                 except Conflict:

@@ -202,8 +202,8 @@ class Store(ABC):
         ``fill_only``: only fields empty now may be set, else ``Conflict``, for a writer that must
         not overwrite what an operator set meanwhile (RADIUS reserving a pool's prefix).
         ``expected``: the reservation as the caller read it; unless the one by that number is still
-        its subscriber's, of its kind and key, ``NotFound`` as if deleted (a deleted newest
-        reservation's number goes to the next one added, maybe another subscriber's).
+        its subscriber's, of its kind and key, ``NotFound`` as if deleted (numbers are never given
+        again, but a caller's view may be of another store: one restored from a backup since).
         ``NotFound`` if there is no such reservation. Audited as "reservation.changed" (the
         reservation as it is now, and under ``previous`` the old values of the fields changed);
         a change that changes nothing is not audited."""

@@ -1166,6 +1166,7 @@ class SQLiteStore(Store):
             previous = {name: getattr(old, name) for name, value in changes.items() if getattr(old, name) != value}
             if not previous:
                 return old
+
             def after(name: str) -> str | None:
                 return changes[name] if name in previous else getattr(old, name)
 
