@@ -64,9 +64,7 @@ def backup(store: Path, destination: Path, busy_timeout: float) -> Copied:
     except OSError as exc:
         raise StoreError(f"cannot write {destination}: {exc.strerror or exc}") from None
     finally:
-        for leftover in (temporary, *(Path(f"{temporary}{s}") for s in _SIDE_FILES)):
-            with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
+        _remove_partial(temporary)
     return Copied(destination, destination.stat().st_size, version, time.monotonic() - began)
 
 
@@ -118,9 +116,7 @@ def restore(backup_file: Path, store: Path, newest_schema: int, busy_timeout: fl
     except OSError as exc:
         raise StoreError(f"cannot restore into {real}: {exc.strerror or exc}") from None
     finally:
-        for leftover in (temporary, *(Path(f"{temporary}{s}") for s in _SIDE_FILES)):
-            with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
+        _remove_partial(temporary)
     return Copied(real, real.stat().st_size, version, time.monotonic() - began), aside
 
 
@@ -188,6 +184,13 @@ def _own_like_its_directory(path: Path) -> None:
     directory = path.parent.stat()
     if os.geteuid() == 0 and directory.st_uid != 0:
         os.chown(path, directory.st_uid, directory.st_gid)
+
+
+def _remove_partial(temporary: Path) -> None:
+    """A copy under way, and what SQLite made beside it, gone (after its rename, nothing is left)."""
+    for leftover in (temporary, *(Path(f"{temporary}{suffix}") for suffix in _SIDE_FILES)):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
 
 
 def _create_private(path: Path) -> None:
