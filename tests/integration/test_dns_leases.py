@@ -267,7 +267,7 @@ def test_a_suspended_subscribers_queries_go_to_the_walled_garden_until_resumed(s
 def test_an_address_a_nas_gave_from_its_own_pool_is_walled_while_its_session_is_open(site: Site) -> None:
     require_radclient()
     address = "198.18.0.60"  # the BNG's pool, not ispd's: only its accounting tells ispd who has it
-    neighbour = "198.18.0.61"  # another subscriber's address, on the same client link
+    neighbour = "198.18.0.58"  # another subscriber's address, on the same client link (no other test's)
     for own in (neighbour, address):
         site.lab.run(site.client_ns, "ip", "addr", "add", f"{own}/24", "dev", site.client_if).check_returncode()
     site.ispd.cli("subscriber", "add", "dave", "--password-stdin", input="dave-pw\n")
