@@ -527,7 +527,9 @@ class Dhclient6(DHCPv6Client):
         events = self.events()[after:]
         start = next(i for i, e in enumerate(events) if e.reason == first.reason)
         merged = first
-        settle = time.monotonic() + 1.0
+        # (It stops as soon as every kind is in. A second was too short once: under CI's load
+        # the address's call came more than a second after the prefix's.)
+        settle = time.monotonic() + 5.0
         while True:
             group = list(itertools.takewhile(lambda e: e.reason == first.reason, events[start:]))
             merged = _merge(group)
