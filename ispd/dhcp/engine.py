@@ -1095,7 +1095,7 @@ class DHCPEngine:
                 options.append((Option.CLIENT_ID, client_id))
             reply = DHCPPacket(op=BOOTREPLY, xid=packet.xid, htype=packet.htype, hlen=packet.hlen,
                                chaddr=packet.chaddr, ciaddr=packet.ciaddr, giaddr=requester, options=tuple(options))
-            return Outcome(reply=Reply(reply, Destination.RELAY, requester, received.interface_address or server_id))
+            return Outcome(reply=self._addressed(received, reply, server_id))  # (to giaddr, the server port)
         newest = active[0]
         last = self._last_transaction(newest, now)
         options += [(Option.LEASE_TIME, encode_u32(max(0, int(newest.expires_at - now)))),
@@ -1111,7 +1111,7 @@ class DHCPEngine:
         reply = DHCPPacket(op=BOOTREPLY, xid=packet.xid, htype=1 if chaddr else 0, hlen=len(chaddr),
                            chaddr=chaddr.ljust(16, b"\0"), ciaddr=IPv4Address(newest.address), giaddr=requester,
                            options=tuple(options))
-        return Outcome(reply=Reply(reply, Destination.RELAY, requester, received.interface_address or server_id))
+        return Outcome(reply=self._addressed(received, reply, server_id))
 
     @staticmethod
     def _leased(binding: Binding, now: float) -> bool:
