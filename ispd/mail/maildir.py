@@ -88,8 +88,9 @@ def with_crlf(data: bytes) -> bytes:
 
 
 def _remake_subdirectories(base: Path) -> None:
-    """A folder's tmp/, new/ or cur/ made again where a copy or backup that skips empty
-    directories lost them; a folder that is gone stays gone (no parents are made)."""
+    """A folder's tmp/, new/ and cur/, made where missing: as the folder is made, and again where
+    a copy or backup that skips empty directories lost them. A folder that is gone stays gone
+    (no parents are made)."""
     for sub in ("tmp", "new", "cur"):
         (base / sub).mkdir(mode=_MODE_DIR, exist_ok=True)
 
@@ -187,8 +188,7 @@ class Maildir:
         for folder in ("", *SPECIAL_FOLDERS):
             base = self.folder_path(folder)
             base.mkdir(mode=_MODE_DIR, exist_ok=True)
-            for sub in ("tmp", "new", "cur"):
-                (base / sub).mkdir(mode=_MODE_DIR, exist_ok=True)
+            _remake_subdirectories(base)
             if folder:
                 (base / "maildirfolder").touch(mode=_MODE_FILE, exist_ok=True)
         if not (self.path / "subscriptions").exists():
