@@ -265,11 +265,19 @@ def _create_store_file(path: Path) -> None:
     except FileExistsError:
         return
     try:
-        directory = path.parent.stat()
-        if os.geteuid() == 0 and directory.st_uid != 0:
-            os.fchown(fd, directory.st_uid, directory.st_gid)
+        owner = directory_owner_for_root(path)
+        if owner is not None:
+            os.fchown(fd, *owner)
     finally:
         os.close(fd)
+
+
+def directory_owner_for_root(path: Path) -> tuple[int, int] | None:
+    """Who a new store file at ``path`` must belong to: run as root in a directory of another
+    user's (the daemon's /var/lib/ispd), that user and group, or the daemon is locked out; else
+    None (the creator's own)."""
+    directory = path.parent.stat()
+    return (directory.st_uid, directory.st_gid) if os.geteuid() == 0 and directory.st_uid != 0 else None
 
 
 def connect(path: Path, busy_timeout: float) -> sqlite3.Connection:

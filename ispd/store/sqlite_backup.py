@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ispd.store.errors import StoreError
+from ispd.store.sqlite import directory_owner_for_root
 
 _HEADER = b"SQLite format 3\x00"
 _SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -94,8 +95,8 @@ def restore(backup_file: Path, store: Path, newest_schema: int, busy_timeout: fl
             with contextlib.suppress(OSError):
                 os.chown(temporary, old.st_uid, old.st_gid)
             os.chmod(temporary, old.st_mode & 0o660)
-        else:
-            _own_like_its_directory(temporary)
+        elif (owner := directory_owner_for_root(temporary)) is not None:  # as the daemon makes its store
+            os.chown(temporary, *owner)
         _fsync(temporary)  # (all that can fail before the old store is touched)
         moved: list[tuple[str, str]] = []
         if real.exists():
@@ -176,14 +177,6 @@ def _checked(conn: sqlite3.Connection, name: Path) -> int:
     if has_schema.fetchone() is None:
         raise StoreError(f"{name} is no ispd store (it has no schema_migrations table)")
     return int(conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] or 0)
-
-
-def _own_like_its_directory(path: Path) -> None:
-    """As the daemon's store is made (ispd/store/sqlite.py): by root, in a directory of another
-    user's (/var/lib/ispd, the daemon's), the file is that user's, or the daemon cannot open it."""
-    directory = path.parent.stat()
-    if os.geteuid() == 0 and directory.st_uid != 0:
-        os.chown(path, directory.st_uid, directory.st_gid)
 
 
 def _remove_partial(temporary: Path) -> None:
