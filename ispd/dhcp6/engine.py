@@ -232,6 +232,7 @@ class DHCP6Engine:
         self.config = config
         self._reschedule()  # (remember_ended_seconds may have changed: every ended binding's due time with it)
         self.by_interface = {s.interface: s for s in config.subnet if s.interface is not None}
+        self.by_name = {s.name: s for s in config.subnet}
         old = {pool.name: pool for pools in self.pools.values() for pool in pools}
         self.pools = {s.name: _pools(s) for s in config.subnet}
         self.reserved = ReservedSpace((pool.length for pools in self.pools.values() for pool in pools),
@@ -402,9 +403,8 @@ class DHCP6Engine:
             return reply(encode_status(StatusCode.SUCCESS, "no active leases"))
         links = sorted({lease.link for lease in held_by if lease.link is not None})
         if link is None and len(links) > 1:  # RFC 5007 §4.3.3: which links; ask again on one
-            by_name = {s.name: s for s in self.config.subnet}
             return reply(encode_addresses(OptionCode.LQ_CLIENT_LINK,
-                                          [by_name[n].prefix.network_address for n in links if n in by_name]),
+                                          [self.by_name[n].prefix.network_address for n in links if n in self.by_name]),
                          encode_status(StatusCode.SUCCESS, "active leases on more than one link"))
         return reply(self._client_data(held_by, now), encode_status(StatusCode.SUCCESS, "active leases found"))
 
@@ -439,7 +439,6 @@ class DHCP6Engine:
     def _client_data(self, leases: list[Lease6], now: float) -> Option:
         """OPTION_CLIENT_DATA: the client's DUID, each binding with its lifetimes left, and the
         seconds since the client was last heard of (its latest renewal)."""
-        by_name = {s.name: s for s in self.config.subnet}
         last = 0.0
         parts = [option(OptionCode.CLIENTID, bytes.fromhex(leases[0].duid.replace(":", "")))]
         for lease in leases:
@@ -447,7 +446,7 @@ class DHCP6Engine:
             network = _network(lease.prefix)
             parts.append(encode_lease(IAAddress(network.network_address, preferred, valid)
                                       if lease.kind is Lease6Kind.ADDRESS else IAPrefix(network, preferred, valid)))
-            subnet = by_name.get(lease.link) if lease.link is not None else None
+            subnet = self.by_name.get(lease.link) if lease.link is not None else None
             renewed = lease.expires_at - self.config.lifetimes(subnet)[1] if subnet is not None else lease.starts_at
             last = max(last, min(max(renewed, lease.starts_at), now))
         parts.append(uint32(OptionCode.CLT_TIME, max(0, int(now - last))))
