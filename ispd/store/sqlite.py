@@ -106,6 +106,7 @@ from ispd.store.sqlite_radius import (
     record_accounting,
     session_from_row,
     usage_between,
+    utc_day,
 )
 from ispd.store.validation import (
     attributable_text,
@@ -833,13 +834,13 @@ class SQLiteStore(Store):
             if conn.execute("SELECT 1 FROM plans WHERE name = ?", (name,)).fetchone():
                 raise Conflict(f"plan {name!r} already exists")
             columns = ", ".join(values)
-            cursor = conn.execute(
-                f"INSERT INTO plans ({columns}, created_at) VALUES ({', '.join('?' * len(values))}, ?)",
+            added = _plan(conn.execute(
+                f"INSERT INTO plans ({columns}, created_at) VALUES ({', '.join('?' * len(values))}, ?) RETURNING *",
                 (*values.values(), now),
-            )
-            _append_audit(conn, now, actor, "plan.added", "plan", cursor.lastrowid, name,
+            ).fetchone())
+            _append_audit(conn, now, actor, "plan.added", "plan", added.id, name,
                           {k: v for k, v in values.items() if v is not None and k != "name"})
-            return _plan(conn.execute("SELECT * FROM plans WHERE id = ?", (cursor.lastrowid,)).fetchone())
+            return added
 
         return await self._write("add_plan", run)
 
@@ -884,20 +885,20 @@ class SQLiteStore(Store):
             plan_row = _find_plan(conn, plan) if plan is not None else None
             # The id after the highest ever given, never a deleted subscriber's: its sessions,
             # usage and history stay under that id (migration 0010).
-            cursor = conn.execute(
+            subscriber_id = int(conn.execute(
                 "INSERT INTO subscribers (id, username, full_name, account_ref, plan_id, status, credential_policy,"
                 " created_at, updated_at) VALUES ((SELECT highest + 1 FROM subscriber_ids), ?, ?, ?, ?, 'active', ?,"
-                " ?, ?)",
+                " ?, ?) RETURNING id",
                 (username, full_name, account_ref, plan_row["id"] if plan_row else None,
                  str(credential_policy) if credential_policy else None, now, now),
-            )
+            ).fetchone()[0])
             details: dict[str, Any] = {"plan": plan_row["name"] if plan_row else None}
             if credential_policy:
                 details["credential_policy"] = str(credential_policy)
-            _append_audit(conn, now, actor, "subscriber.added", "subscriber", cursor.lastrowid, username, details)
+            _append_audit(conn, now, actor, "subscriber.added", "subscriber", subscriber_id, username, details)
             if credentials is not None:
-                _store_credentials(conn, int(cursor.lastrowid or 0), username, credentials, actor, now)
-            return _subscriber(_find_subscriber(conn, int(cursor.lastrowid or 0)))
+                _store_credentials(conn, subscriber_id, username, credentials, actor, now)
+            return _subscriber(_find_subscriber(conn, subscriber_id))
 
         return await self._write("add_subscriber", run)
 
@@ -1120,15 +1121,14 @@ class SQLiteStore(Store):
             if checked_hostname is not None:
                 _refuse_another_subscribers_name(conn, checked_hostname, row["id"])
             sqlite_reservations6.refuse_ipv6_conflicts(conn, row["id"], checked_address6, checked_prefix6)
-            cursor = conn.execute(
+            added = _reservation(conn.execute(
                 "INSERT INTO reservations (id, subscriber_id, kind, key, address, hostname, created_at, address6,"
                 " prefix6, address6_net_hi, address6_net_lo, prefix6_length, prefix6_net_hi, prefix6_net_lo)"
-                " VALUES ((SELECT highest + 1 FROM reservation_ids), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES ((SELECT highest + 1 FROM reservation_ids), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " RETURNING *",
                 (row["id"], checked_kind.value, checked_key, checked_address, checked_hostname, now, checked_address6,
                  checked_prefix6, *sqlite_reservations6.network_columns(checked_address6, checked_prefix6)),
-            )
-            added = _reservation(conn.execute("SELECT * FROM reservations WHERE id = ?", (cursor.lastrowid,))
-                                 .fetchone())
+            ).fetchone())
             _append_audit(conn, now, actor, "reservation.added", "subscriber", row["id"], row["username"],
                           _reservation_details(added))
             return added
@@ -1581,13 +1581,12 @@ class SQLiteStore(Store):
                          completed_at: float, session_id: int | None = None, subscriber_id: int | None = None,
                          reason: str | None = None, error_cause: int | None = None) -> CoARecord:
         def run(conn: sqlite3.Connection) -> CoARecord:
-            cursor = conn.execute(
+            return coa_from_row(conn.execute(
                 "INSERT INTO coa_requests (at, kind, session_id, subscriber_id, nas_address, reason, result,"
-                " error_cause, attempts, completed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " error_cause, attempts, completed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
                 (at, kind, session_id, subscriber_id, nas_address, reason, result, error_cause, attempts,
                  completed_at),
-            )
-            return coa_from_row(conn.execute("SELECT * FROM coa_requests WHERE id = ?", (cursor.lastrowid,)).fetchone())
+            ).fetchone())
 
         return await self._write("record_coa", run)
 
@@ -1629,9 +1628,10 @@ class SQLiteStore(Store):
     async def record_quota_crossing(self, crossing: QuotaCrossing) -> bool:
         def run(conn: sqlite3.Connection) -> bool:
             cursor = conn.execute(
-                "INSERT OR IGNORE INTO quota_crossings (subscriber_id, month, crossed_at, used_octets, quota_bytes)"
-                " VALUES (?, ?, ?, ?, ?)", (crossing.subscriber_id, crossing.month, crossing.crossed_at,
-                                            crossing.used_octets, crossing.quota_bytes))
+                "INSERT INTO quota_crossings (subscriber_id, month, crossed_at, used_octets, quota_bytes)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (crossing.subscriber_id, crossing.month, crossing.crossed_at, crossing.used_octets,
+                 crossing.quota_bytes))
             if not cursor.rowcount:
                 return False
             _append_audit(conn, crossing.crossed_at, "ispd", "subscriber.over_quota", "subscriber",
@@ -1674,13 +1674,17 @@ class SQLiteStore(Store):
 
     async def purge_history(self, before: float) -> dict[str, int]:
         deleted: dict[str, int] = {}
-        for kind, table, condition in _HISTORY:
+        # usage_daily's rows are days: those wholly before the cut.
+        before_day = utc_day(before)
+        for kind, table, key, condition in _HISTORY:
             total = 0
             while True:
-                def run(conn: sqlite3.Connection, table: str = table, condition: str = condition) -> int:
+                def run(conn: sqlite3.Connection, table: str = table, key: str = key,
+                        condition: str = condition) -> int:
                     cursor = conn.execute(
-                        f"DELETE FROM {table} WHERE rowid IN"
-                        f" (SELECT rowid FROM {table} WHERE {condition} LIMIT {_PURGE_BATCH})", (before,)
+                        f"DELETE FROM {table} WHERE ({key}) IN"
+                        f" (SELECT {key} FROM {table} WHERE {condition} LIMIT {_PURGE_BATCH})",
+                        (before_day if table == "usage_daily" else before,)
                     )
                     return int(cursor.rowcount)
 
@@ -1705,16 +1709,17 @@ class SQLiteStore(Store):
 
 # What retention removes; each kind is deleted in batches of _PURGE_BATCH rows per transaction.
 _PURGE_BATCH = 5000
+# (kind, table, its primary key, which rows)
 _HISTORY = (
-    ("lease_history", "lease_history", "at < ?"),
-    ("accounting_records", "accounting_records", "at < ?"),
-    ("radius_sessions", "radius_sessions", "stopped_at IS NOT NULL AND stopped_at < ?"),
-    ("leases", "leases", "state != 'bound' AND expires_at < ?"),
-    ("dhcp6_lease_history", "dhcp6_lease_history", "at < ?"),
-    ("dhcp6_leases", "dhcp6_leases", "state != 'bound' AND expires_at < ?"),
-    ("audit_log", "audit_log", "at < ?"),
-    ("coa_requests", "coa_requests", "at < ?"),
-    ("usage_daily", "usage_daily", "day < CAST(? / 86400 AS INTEGER)"),
+    ("lease_history", "lease_history", "id", "at < ?"),
+    ("accounting_records", "accounting_records", "id", "at < ?"),
+    ("radius_sessions", "radius_sessions", "id", "stopped_at IS NOT NULL AND stopped_at < ?"),
+    ("leases", "leases", "address", "state != 'bound' AND expires_at < ?"),
+    ("dhcp6_lease_history", "dhcp6_lease_history", "id", "at < ?"),
+    ("dhcp6_leases", "dhcp6_leases", "prefix", "state != 'bound' AND expires_at < ?"),
+    ("audit_log", "audit_log", "id", "at < ?"),
+    ("coa_requests", "coa_requests", "id", "at < ?"),
+    ("usage_daily", "usage_daily", "subscriber_id, day", "day < ?"),
 )
 
 _STATUS_ACTIONS = {

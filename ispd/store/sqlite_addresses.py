@@ -27,8 +27,12 @@ from ispd.store.models import AddressClaim, ClaimResult, Lease, LeaseService, Le
 
 _HELD_ROW = "SELECT state, expires_at, service, client_id, starts_at FROM leases WHERE address = ?"
 _UPSERT = (  # the columns of record_leases' rows, in order
-    "INSERT OR REPLACE INTO leases (address, state, starts_at, expires_at, hw_address, client_id, hostname,"
-    " subscriber_id, circuit_id, remote_id, pool, service) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+    "INSERT INTO leases (address, state, starts_at, expires_at, hw_address, client_id, hostname,"
+    " subscriber_id, circuit_id, remote_id, pool, service) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (address) DO UPDATE SET state = excluded.state, starts_at = excluded.starts_at,"
+    " expires_at = excluded.expires_at, hw_address = excluded.hw_address, client_id = excluded.client_id,"
+    " hostname = excluded.hostname, subscriber_id = excluded.subscriber_id, circuit_id = excluded.circuit_id,"
+    " remote_id = excluded.remote_id, pool = excluded.pool, service = excluded.service")
 _HISTORY_INSERT = (
     "INSERT INTO lease_history (at, event, address, starts_at, expires_at, hw_address, client_id, hostname,"
     " subscriber_id, circuit_id, remote_id, pool, service, username) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")

@@ -20,8 +20,13 @@ from ispd.store.sqlite_addresses import username_of
 from ispd.store.validation import dhcp6_prefix_text
 
 _UPSERT = (
-    "INSERT OR REPLACE INTO dhcp6_leases (prefix, kind, state, duid, iaid, starts_at, preferred_until, expires_at,"
-    " subscriber_id, hostname, link, pool, remote_id, interface_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+    "INSERT INTO dhcp6_leases (prefix, kind, state, duid, iaid, starts_at, preferred_until, expires_at,"
+    " subscriber_id, hostname, link, pool, remote_id, interface_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (prefix) DO UPDATE SET kind = excluded.kind, state = excluded.state, duid = excluded.duid,"
+    " iaid = excluded.iaid, starts_at = excluded.starts_at, preferred_until = excluded.preferred_until,"
+    " expires_at = excluded.expires_at, subscriber_id = excluded.subscriber_id, hostname = excluded.hostname,"
+    " link = excluded.link, pool = excluded.pool, remote_id = excluded.remote_id,"
+    " interface_id = excluded.interface_id")
 _HISTORY_INSERT = (
     "INSERT INTO dhcp6_lease_history (at, event, prefix, kind, state, duid, iaid, starts_at, preferred_until,"
     " expires_at, subscriber_id, hostname, link, pool, remote_id, interface_id, username, length, net_hi, net_lo)"

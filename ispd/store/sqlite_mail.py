@@ -38,9 +38,10 @@ def insert_mailbox(conn: sqlite3.Connection, subscriber_id: int, address: str, q
     if taken is not None:
         raise Conflict(f"the mailbox {address} already exists (it is {taken['username']}'s)")
     _not_an_alias(conn, address)
-    cursor = conn.execute("INSERT INTO mailboxes (subscriber_id, address, quota_bytes, created_at) VALUES (?, ?, ?, ?)",
-                          (subscriber_id, address, quota_bytes, now))
-    return Mailbox(id=cursor.lastrowid or 0, subscriber_id=subscriber_id, address=address, quota_bytes=quota_bytes,
+    mailbox_id = conn.execute("INSERT INTO mailboxes (subscriber_id, address, quota_bytes, created_at)"
+                              " VALUES (?, ?, ?, ?) RETURNING id",
+                              (subscriber_id, address, quota_bytes, now)).fetchone()[0]
+    return Mailbox(id=mailbox_id, subscriber_id=subscriber_id, address=address, quota_bytes=quota_bytes,
                    created_at=now)
 
 
@@ -86,9 +87,10 @@ def insert_alias(conn: sqlite3.Connection, subscriber_id: int, address: str, tar
         if target.rpartition("@")[2] in local_domains and \
                 conn.execute("SELECT 1 FROM mailboxes WHERE address = ?", (target,)).fetchone() is None:
             raise NotFound(f"no mailbox {target}: an alias's targets here are mailboxes")
-    cursor = conn.execute("INSERT INTO mail_aliases (subscriber_id, address, targets, created_at) VALUES (?, ?, ?, ?)",
-                          (subscriber_id, address, json.dumps(targets), now))
-    return MailAlias(cursor.lastrowid or 0, subscriber_id, address, tuple(targets), now)
+    alias_id = conn.execute("INSERT INTO mail_aliases (subscriber_id, address, targets, created_at)"
+                            " VALUES (?, ?, ?, ?) RETURNING id", (subscriber_id, address, json.dumps(targets), now)
+                            ).fetchone()[0]
+    return MailAlias(alias_id, subscriber_id, address, tuple(targets), now)
 
 
 def find_alias(conn: sqlite3.Connection, address: str) -> sqlite3.Row | None:

@@ -96,8 +96,8 @@ _SESSION_ADVANCE = (
     " output_octets = MAX(output_octets, COALESCE(?2, 0)), input_packets = MAX(input_packets, COALESCE(?3, 0)),"
     " output_packets = MAX(output_packets, COALESCE(?4, 0)),"
     " session_time_seconds = MAX(session_time_seconds, COALESCE(?5, 0)), updated_at = MAX(updated_at, ?6),"
-    " stopped_at = CASE WHEN ?7 THEN ?6 ELSE stopped_at END,"
-    " terminate_cause = CASE WHEN ?7 THEN ?8 ELSE terminate_cause END"
+    " stopped_at = CASE WHEN ?7 != 0 THEN ?6 ELSE stopped_at END,"
+    " terminate_cause = CASE WHEN ?7 != 0 THEN ?8 ELSE terminate_cause END"
     " WHERE nas_address = ?9 AND acct_session_id = ?10 AND stopped_at IS NULL"
     # Not another user's (the Stop of the session this one superseded under a reused id).
     " AND (?11 = '' OR username = '' OR username = ?11)")
@@ -123,9 +123,9 @@ _SESSION_IPV6_TEXTS = (
     "SELECT id, framed_ipv6_prefix, delegated_ipv6_prefix, framed_ipv6_address FROM radius_sessions"
     " WHERE id = (SELECT MAX(id) FROM radius_sessions WHERE nas_address = ? AND acct_session_id = ?)")
 # A session's IPv6 texts as networks in integers, for ``who`` (migration 0012, ipv6_networks).
-# OR IGNORE: the network of a text the session already had is there already.
-_NETWORK_INSERT = ("INSERT OR IGNORE INTO radius_session_ipv6 (session_id, kind, length, net_hi, net_lo)"
-                   " VALUES (?, ?, ?, ?, ?)")
+# DO NOTHING: the network of a text the session already had is there already.
+_NETWORK_INSERT = ("INSERT INTO radius_session_ipv6 (session_id, kind, length, net_hi, net_lo)"
+                   " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
 _SESSION_LATEST = ("SELECT id, nas_address, acct_session_id, username, started_at, updated_at, stopped_at,"
                    " terminate_cause FROM radius_sessions"
                    " WHERE nas_address = ? AND acct_session_id = ? ORDER BY id DESC LIMIT 1")
@@ -136,8 +136,8 @@ _SESSION_REOPEN = (
     " output_octets = MAX(output_octets, COALESCE(?2, 0)), input_packets = MAX(input_packets, COALESCE(?3, 0)),"
     " output_packets = MAX(output_packets, COALESCE(?4, 0)),"
     " session_time_seconds = MAX(session_time_seconds, COALESCE(?5, 0)), updated_at = MAX(updated_at, ?6),"
-    " stopped_at = CASE WHEN ?7 THEN ?6 ELSE NULL END,"
-    " terminate_cause = CASE WHEN ?7 THEN COALESCE(?8, terminate_cause) ELSE NULL END"
+    " stopped_at = CASE WHEN ?7 != 0 THEN ?6 ELSE NULL END,"
+    " terminate_cause = CASE WHEN ?7 != 0 THEN COALESCE(?8, terminate_cause) ELSE NULL END"
     f" WHERE id = ?9 RETURNING {SESSION_COLUMNS}")
 
 
