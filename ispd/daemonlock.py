@@ -19,6 +19,11 @@ import contextlib
 import fcntl
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ispd.store.config import StoreConfig
+    from ispd.store.postgresql import PostgresDaemonLock
 
 
 class DaemonLockError(Exception):
@@ -97,3 +102,12 @@ def _own_like_its_directory(fd: int, path: Path) -> None:
     if directory.st_uid != 0 and os.fstat(fd).st_uid == 0:
         with contextlib.suppress(OSError):
             os.fchown(fd, directory.st_uid, directory.st_gid)
+
+
+def daemon_lock_for(store: StoreConfig) -> DaemonLock | PostgresDaemonLock:
+    """The lock of the store ``[store]`` names: its file's, or its PostgreSQL database's."""
+    if store.backend == "postgresql":
+        from ispd.store.postgresql import PostgresDaemonLock
+
+        return PostgresDaemonLock(store)
+    return DaemonLock(store.path)

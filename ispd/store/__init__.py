@@ -20,6 +20,10 @@ async def open_store(config: StoreConfig, metrics: StoreMetrics | None = None, c
                      migration_starting: MigrationStarting | None = None) -> Store:
     """``migration_starting(step, target)`` is called from the store's thread before each schema
     migration it applies (a long one is worth telling systemd about)."""
+    if config.backend == "postgresql":
+        from ispd.store.postgresql import PostgreSQLStore
+
+        return await PostgreSQLStore.open(config, metrics, clock, migration_starting)
     from ispd.store.sqlite import SQLiteStore
 
     return await SQLiteStore.open(config, metrics, clock, migration_starting)

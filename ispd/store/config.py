@@ -3,22 +3,36 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ispd.configtypes import Section
 
 
 class StoreConfig(Section):
-    # sqlite: the embedded default, one file on local disk. (postgresql: several nodes; later.)
-    backend: Literal["sqlite"] = "sqlite"
-    # Relative paths are taken from the directory of the config file.
+    # sqlite: the embedded default, one file on local disk. postgresql: a database on a
+    # PostgreSQL server (tested with 15), named by url.
+    backend: Literal["sqlite", "postgresql"] = "sqlite"
+    # Relative paths are taken from the directory of the config file. With postgresql, the
+    # daemon's local files (its lock, the DNS workers' copies) still go beside this path.
     path: Path = Path("/var/lib/ispd/ispd.db")
+    # postgresql only: a libpq connection URL or string, e.g.
+    # "postgresql://ispd@db.example.net/ispd" or "host=/run/postgresql dbname=ispd user=ispd".
+    # Keep a password out of it: libpq reads ~/.pgpass (or the file passfile= names).
+    url: str | None = None
     # How long a writer waits for another process (the CLI, a second daemon) to finish its write.
     busy_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
     # Most writes grouped into one transaction (one fsync) by group commit.
     group_commit_max_batch: int = Field(default=1024, ge=1, le=100_000)
     # History older than this is purged by the daemon (at start, then hourly).
     history_retention_days: int = Field(default=400, ge=1, le=36_500)
+
+    @model_validator(mode="after")
+    def _url_for_postgresql(self) -> StoreConfig:
+        if self.backend == "postgresql" and not self.url:
+            raise ValueError('backend "postgresql" needs url, e.g. url = "postgresql://ispd@db.example.net/ispd"')
+        if self.backend == "sqlite" and self.url is not None:
+            raise ValueError('url is for backend = "postgresql"; the sqlite store is the file at path')
+        return self
 
     @field_validator("path")
     @classmethod

@@ -343,18 +343,71 @@ def _translate(exc: BaseException, busy_timeout: float) -> BaseException:
     return exc
 
 
+class Connector:
+    """What differs between the backends under one store: connections, the transactions' start,
+    the driver's errors and the schema's migrations. The SQL and the store's logic are shared."""
+
+    errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+
+    def __init__(self, config: StoreConfig) -> None:
+        self.config = config
+
+    def connect(self) -> Any:
+        return connect(self.config.path, self.config.busy_timeout_seconds)
+
+    def usable(self, conn: Any) -> bool:
+        """False for a connection the server closed (PostgreSQL's restart): open another."""
+        return True
+
+    def begin_write(self, conn: Any) -> None:
+        # IMMEDIATE: the write lock up front, waiting busy_timeout for another process's.
+        conn.execute("BEGIN IMMEDIATE")
+
+    def begin_read(self, conn: Any) -> None:
+        # One snapshot for multi-query reads (the overview), then let WAL checkpoints go.
+        conn.execute("BEGIN")
+
+    def translate(self, exc: BaseException) -> BaseException:
+        return _translate(exc, self.config.busy_timeout_seconds)
+
+    def prepare(self, clock: Clock, starting: MigrationStarting | None) -> None:
+        """Create the store if needed and bring its schema to this ispd's."""
+        path = self.config.path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _create_store_file(path)
+            conn = connect(path, self.config.busy_timeout_seconds)
+        except (OSError, ValueError, sqlite3.Error) as exc:
+            raise StoreUnavailable(f"cannot open the store at {path}: {exc}") from None
+        began = time.monotonic()
+        try:
+            applied = migrate(conn, sqlite_migrations(), now=clock, starting=starting)
+        except sqlite3.Error as exc:
+            raise _translate(exc, self.config.busy_timeout_seconds) from None
+        finally:
+            conn.close()
+        if applied:
+            log.info("store.migrated", path=str(path), versions=applied, seconds=round(time.monotonic() - began, 3))
+
+    def describe(self) -> str:
+        """The store as messages name it."""
+        return f"the store at {self.config.path}"
+
+
 class _Writer(threading.Thread):
-    def __init__(self, path: Path, config: StoreConfig, metrics: StoreMetrics | None) -> None:
+    def __init__(self, connector: Connector, config: StoreConfig, metrics: StoreMetrics | None) -> None:
         super().__init__(name="ispd-store-writer", daemon=True)
-        self.path, self.config, self.metrics = path, config, metrics
+        self.connector, self.config, self.metrics = connector, config, metrics
         self.jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.broken: BaseException | None = None
         self.ready = threading.Event()
-        self.conn: sqlite3.Connection | None = None
+        self.conn: Any = None
+        # A batch fails as a whole on the driver's errors, and on a connection that cannot be made again.
+        self._batch_errors: tuple[type[BaseException], ...] = (*connector.errors, StoreUnavailable)
 
     def run(self) -> None:
         try:
-            self.conn = connect(self.path, self.config.busy_timeout_seconds)
+            self.conn = self.connector.connect()
         except BaseException as exc:
             self.broken = exc
             self.ready.set()
@@ -390,12 +443,14 @@ class _Writer(threading.Thread):
             self.conn.close()
 
     def _commit(self, batch: list[_WriteJob]) -> None:
-        conn = self.conn
-        assert conn is not None
-        timeout = self.config.busy_timeout_seconds
+        connector = self.connector
         outcomes: list[tuple[_WriteJob, Any, BaseException | None]] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            if not connector.usable(self.conn):
+                self.conn.close()
+                self.conn = connector.connect()
+            conn = self.conn
+            connector.begin_write(conn)
             for job in batch:
                 conn.execute("SAVEPOINT job")
                 try:
@@ -403,15 +458,15 @@ class _Writer(threading.Thread):
                 except Exception as exc:
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
-                    outcomes.append((job, None, _translate(exc, timeout)))
+                    outcomes.append((job, None, connector.translate(exc)))
                 else:
                     conn.execute("RELEASE job")
                     outcomes.append((job, result, None))
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            batch_error = _translate(exc, timeout)
+        except self._batch_errors as exc:
+            if connector.usable(self.conn) and self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            batch_error = connector.translate(exc)
             log.warning("store.commit.failed", error=str(exc), batch=len(batch))
             outcomes = [(job, None, batch_error) for job in batch]
         if self.metrics is not None:
@@ -677,10 +732,11 @@ class SQLiteStore(Store):
         self.config, self.metrics, self.clock = config, metrics, clock
         self._migration_starting = migration_starting
         self.path = config.path
-        self._writer = _Writer(self.path, config, metrics)
+        self._connector = self._connector_for(config)
+        self._writer = _Writer(self._connector, config, metrics)
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ispd-store-reader")
         self._local = threading.local()
-        self._reader_conns: list[sqlite3.Connection] = []
+        self._reader_conns: list[Any] = []
         self._reader_lock = threading.Lock()
         self._closed = False
 
@@ -691,33 +747,19 @@ class SQLiteStore(Store):
         store = cls(config, metrics, clock, migration_starting)
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(store._readers, store._prepare)
+            await loop.run_in_executor(store._readers, store._connector.prepare, clock, migration_starting)
             store._writer.start()
             await loop.run_in_executor(store._readers, store._writer.ready.wait)
             if store._writer.broken is not None:
-                raise StoreUnavailable(f"cannot open the store at {config.path}: {store._writer.broken}")
+                raise StoreUnavailable(f"cannot open {store._connector.describe()}: {store._writer.broken}")
         except BaseException:
             await store.close()
             raise
         return store
 
-    def _prepare(self) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            _create_store_file(self.path)
-            conn = connect(self.path, self.config.busy_timeout_seconds)
-        except (OSError, ValueError, sqlite3.Error) as exc:
-            raise StoreUnavailable(f"cannot open the store at {self.path}: {exc}") from None
-        began = time.monotonic()
-        try:
-            applied = migrate(conn, sqlite_migrations(), now=self.clock, starting=self._migration_starting)
-        except sqlite3.Error as exc:
-            raise _translate(exc, self.config.busy_timeout_seconds) from None
-        finally:
-            conn.close()
-        if applied:
-            log.info("store.migrated", path=str(self.path), versions=applied,
-                     seconds=round(time.monotonic() - began, 3))
+    @staticmethod
+    def _connector_for(config: StoreConfig) -> Connector:
+        return Connector(config)
 
     async def close(self) -> None:
         if self._closed:
@@ -755,10 +797,15 @@ class SQLiteStore(Store):
             if self.metrics is not None:
                 self.metrics.observe(operation, time.perf_counter() - started)
 
-    def _reader_conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+    def _reader_conn(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and not self._connector.usable(conn):
+            conn.close()
+            with self._reader_lock:
+                self._reader_conns.remove(conn)
+            conn = None
         if conn is None:
-            conn = connect(self.path, self.config.busy_timeout_seconds)
+            conn = self._connector.connect()
             self._local.conn = conn
             with self._reader_lock:
                 self._reader_conns.append(conn)
@@ -768,17 +815,19 @@ class SQLiteStore(Store):
         if self._closed:
             raise StoreUnavailable("the store is closed")
 
+        connector = self._connector
+        caught: tuple[type[BaseException], ...] = (*connector.errors, OverflowError, UnicodeError)
+
         def in_thread() -> T:
             conn = self._reader_conn()
             try:
-                # One snapshot for multi-query reads (the overview), then let WAL checkpoints go.
-                conn.execute("BEGIN")
+                connector.begin_read(conn)
                 try:
                     return run(conn)
                 finally:
                     conn.execute("COMMIT")
-            except (sqlite3.Error, OverflowError, UnicodeError) as exc:
-                raise _translate(exc, self.config.busy_timeout_seconds) from None
+            except caught as exc:
+                raise connector.translate(exc) from None
 
         started = time.perf_counter()
         try:

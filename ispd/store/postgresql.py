@@ -1,0 +1,475 @@
+"""The PostgreSQL backend: the store on a database server, for operators who keep their data there.
+
+Theory of operation
+-------------------
+The store's logic and its SQL are the SQLite backend's (``sqlite.py`` and its ``sqlite_*``
+modules): the same writer thread with group commit, the same reader threads, the same
+statements. What differs lives here:
+
+- ``PgConnection`` gives a psycopg connection the few sqlite3 manners the shared code uses
+  (``execute`` returning a cursor, rows read by name or position, ``lastrowid``,
+  ``in_transaction``) and turns SQLite's spellings into PostgreSQL's: ``?`` and ``?N``
+  placeholders, the two-argument scalar ``MAX``/``MIN`` (``GREATEST``/``LEAST``). Booleans go as
+  0 and 1, as SQLite stores them.
+- Writes: SQLite lets one writer in at a time (``BEGIN IMMEDIATE``), and the store's checks rest
+  on it (a name is free, then it is inserted; the next id is the highest plus one). Here every
+  write transaction first takes one transaction-scoped advisory lock, so writers — this daemon's
+  writer thread, an admin command, a second process — still take turns, and wait for it at most
+  ``busy_timeout_seconds`` (``lock_timeout``). Group commit makes that one lock per batch.
+- Reads run in REPEATABLE READ transactions: one snapshot for a read of several queries.
+- A connection the server closed (a restart, a failover) is opened again at the next batch or
+  read; the writes of a batch whose commit was cut are answered with StoreUnavailable.
+- The schema: ``migrations/postgresql/`` starts with the whole schema of one version at once
+  (a new PostgreSQL store is created at that version); later migrations come in both folders.
+
+Not here (yet): several daemons writing one database. One daemon per store holds as with SQLite:
+the daemon's lock is a session advisory lock (``DaemonLock`` in ``ispd/daemonlock.py`` for a
+file, ``PostgresDaemonLock`` below for a database).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from importlib import resources
+from typing import Any
+
+from ispd.logs import get_logger
+from ispd.store.config import StoreConfig
+from ispd.store.errors import Conflict, InvalidValue, SchemaTooNew, StoreError, StoreUnavailable
+from ispd.store.sqlite import Clock, Connector, Migration, MigrationStarting, SQLiteStore
+
+log = get_logger("ispd.store")
+
+try:
+    import psycopg
+    import psycopg.adapt
+    import psycopg.conninfo
+    import psycopg.errors
+    import psycopg.pq
+except ImportError:  # an install without the postgresql extra
+    psycopg = None  # type: ignore[assignment]
+
+# Advisory lock keys (per database): "ispd" in ASCII, then what the lock guards.
+_WRITE_LOCK = 0x69737064_0001
+_MIGRATION_LOCK = 0x69737064_0002
+_DAEMON_LOCK = 0x69737064_0003
+
+
+def _require_psycopg() -> None:
+    if psycopg is None:
+        raise StoreUnavailable("the postgresql backend needs psycopg: pip install 'ispd[postgresql]'")
+
+
+# --- SQLite's SQL, as PostgreSQL reads it ------------------------------------------------------
+
+_SCALAR_EXTREMES = re.compile(r"\b(MAX|MIN)\(", re.IGNORECASE)
+
+
+def _has_two_arguments(sql: str, opening: int) -> bool:
+    """Whether a comma stands at the top level of the parentheses opened at ``opening``."""
+    depth, comma, i, quote = 0, False, opening, ""
+    while i < len(sql):
+        c = sql[i]
+        if quote:
+            if c == quote:
+                quote = ""
+        elif c in "'\"":
+            quote = c
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                return comma
+        elif c == "," and depth == 1:
+            comma = True
+        i += 1
+    raise ValueError(f"unbalanced parentheses in {sql!r}")
+
+
+@functools.lru_cache(maxsize=2048)
+def postgresql_sql(sql: str) -> tuple[str, bool]:
+    """The statement in PostgreSQL's spelling, and whether its placeholders are numbered (``?N``:
+    the parameters go as a mapping then). The store's SQL is a finite set of strings: cached."""
+    # MAX(a, b) is SQLite's scalar maximum; PostgreSQL's MAX takes one argument.
+    parts, last = [], 0
+    for match in _SCALAR_EXTREMES.finditer(sql):
+        if _has_two_arguments(sql, match.end() - 1):
+            parts.append(sql[last:match.start()])
+            parts.append("GREATEST(" if match.group(1).upper() == "MAX" else "LEAST(")
+            last = match.end()
+    sql = "".join(parts) + sql[last:]
+    out, numbered, i, quote = [], False, 0, ""
+    while i < len(sql):
+        c = sql[i]
+        if quote:
+            out.append("%%" if c == "%" else c)
+            if c == quote:
+                quote = ""
+        elif c in "'\"":
+            quote = c
+            out.append(c)
+        elif c == "%":
+            out.append("%%")
+        elif c == "?":
+            j = i + 1
+            while j < len(sql) and sql[j].isdigit():
+                j += 1
+            if j > i + 1:
+                numbered = True
+                out.append(f"%(p{sql[i + 1:j]})s")
+                i = j
+                continue
+            out.append("%s")
+        else:
+            out.append(c)
+        i += 1
+    return "".join(out), numbered
+
+
+def _bound(params: Sequence[Any], numbered: bool) -> Any:
+    values = [int(v) if v.__class__ is bool else v for v in params]
+    return {f"p{n}": v for n, v in enumerate(values, 1)} if numbered else values
+
+
+class Row(tuple):  # type: ignore[type-arg]
+    """A result row read by position or by column name, as ``sqlite3.Row`` is."""
+
+    _names: dict[str, int]
+
+    def __getitem__(self, key: Any) -> Any:
+        if key.__class__ is str:
+            return tuple.__getitem__(self, self._names[key])
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+
+def _row_factory(cursor: Any) -> Any:
+    names: dict[str, int] = {}
+    for index, column in enumerate(cursor.description or ()):
+        names.setdefault(column.name, index)  # sqlite3.Row: the first of two columns of one name
+
+    def make(values: Sequence[Any]) -> Row:
+        row = Row(values)
+        row._names = names
+        return row
+
+    return make
+
+
+if psycopg is not None:
+    class _NumericLoader(psycopg.adapt.Loader):
+        """SUM() of a bigint is numeric in PostgreSQL, an integer in SQLite: give the store's
+        callers the int (or float) they get from SQLite, never a Decimal."""
+
+        def load(self, data: Any) -> int | float:
+            text = bytes(data).decode()
+            return int(text) if text.lstrip("-").isdigit() else float(text)
+
+
+class PgCursor:
+    __slots__ = ("_conn", "_cursor")
+
+    def __init__(self, conn: PgConnection, cursor: Any) -> None:
+        self._conn, self._cursor = conn, cursor
+
+    def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return list(self._cursor.fetchall())
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._cursor)
+
+    @property
+    def rowcount(self) -> int:
+        return int(self._cursor.rowcount)
+
+    @property
+    def lastrowid(self) -> int:
+        """The id the last INSERT drew (``lastval()``): right for a table whose own triggers draw
+        no other identity; the shared code uses it only for radius_sessions."""
+        row = self._conn.raw.execute("SELECT lastval()").fetchone()
+        return int(row[0])
+
+
+class PgConnection:
+    """A psycopg connection in autocommit mode (the store says BEGIN and COMMIT itself)."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> PgCursor:
+        text, numbered = postgresql_sql(sql)
+        return PgCursor(self, self.raw.execute(text, _bound(params, numbered)))
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> PgCursor:
+        text, numbered = postgresql_sql(sql)
+        cursor = self.raw.cursor()
+        cursor.executemany(text, [_bound(params, numbered) for params in rows])
+        return PgCursor(self, cursor)
+
+    def execute_script(self, script: str) -> None:
+        """A migration: several statements, no parameters, PostgreSQL's own spelling."""
+        self.raw.execute(script.encode(), prepare=False)
+
+    @property
+    def in_transaction(self) -> bool:
+        return bool(self.raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE)
+
+    @property
+    def usable(self) -> bool:
+        return not self.raw.closed and not self.raw.broken
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def connect(config: StoreConfig) -> PgConnection:
+    _require_psycopg()
+    assert config.url is not None
+    try:
+        raw = psycopg.connect(
+            config.url, autocommit=True, row_factory=_row_factory,
+            application_name=f"ispd {socket.gethostname()} pid {os.getpid()}",
+            connect_timeout=max(1, round(config.busy_timeout_seconds)),
+        )
+    except psycopg.Error as exc:
+        raise StoreUnavailable(f"cannot connect to {describe(config)}: {_first_line(exc)}") from None
+    raw.adapters.register_loader("numeric", _NumericLoader)
+    # A writer waiting for another's turn (the advisory lock) or a row lock waits this long at most.
+    raw.execute(f"SET lock_timeout = {int(config.busy_timeout_seconds * 1000)}")
+    return PgConnection(raw)
+
+
+def describe(config: StoreConfig) -> str:
+    """The database as messages and logs name it: never its password."""
+    if psycopg is None or config.url is None:
+        return "the PostgreSQL store"
+    try:
+        parts = psycopg.conninfo.conninfo_to_dict(config.url)
+    except psycopg.Error:
+        return "the PostgreSQL store (its url does not parse)"
+    where = parts.get("host") or "the local socket"
+    port = f":{parts['port']}" if parts.get("port") else ""
+    return f"the PostgreSQL store {parts.get('dbname') or parts.get('user') or ''} on {where}{port}".replace("  ", " ")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+_KEY_IN_DETAIL = re.compile(r"Key \(([^)]*)\)")
+
+
+def translate(exc: BaseException, config: StoreConfig) -> BaseException:
+    """A driver error as the store's: the same classes and wording as the SQLite backend's."""
+    if isinstance(exc, StoreError):
+        return exc
+    if psycopg is None or not isinstance(exc, psycopg.Error):
+        if isinstance(exc, OverflowError):
+            return InvalidValue("a number is too large for the store")
+        if isinstance(exc, UnicodeError):
+            return InvalidValue("a text value is not valid Unicode")
+        return exc
+    errors = psycopg.errors
+    diag = exc.diag
+    if isinstance(exc, errors.UniqueViolation):
+        key = _KEY_IN_DETAIL.search(diag.message_detail or "")
+        return Conflict(f"already exists ({diag.table_name}.{key.group(1) if key else diag.constraint_name})")
+    if isinstance(exc, errors.ForeignKeyViolation):
+        return Conflict("still referenced by other records")
+    if isinstance(exc, errors.CheckViolation):
+        return Conflict("a value is out of range")
+    if isinstance(exc, errors.IntegrityError):  # NOT NULL, and the schema's triggers' refusals
+        return Conflict(diag.message_primary or _first_line(exc))
+    if isinstance(exc, errors.LockNotAvailable):
+        return StoreUnavailable(
+            f"the store stayed locked by another process for more than {config.busy_timeout_seconds:g} s")
+    if isinstance(exc, errors.NumericValueOutOfRange):
+        return InvalidValue("a number is too large for the store")
+    if isinstance(exc, psycopg.DataError):  # a NUL in a text, which PostgreSQL cannot store
+        return InvalidValue(f"a value the store cannot keep: {_first_line(exc)}")
+    return StoreUnavailable(f"store error: {_first_line(exc)}")
+
+
+# --- migrations -------------------------------------------------------------------------------
+
+
+def postgresql_migrations() -> list[Migration]:
+    """The schema's first version at once, then each later migration: numbers without gaps."""
+    folder = resources.files("ispd.store") / "migrations" / "postgresql"
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            number, _, rest = entry.name.partition("_")
+            found.append(Migration(int(number), rest.removesuffix(".sql"), entry.read_text("utf-8")))
+    found.sort(key=lambda m: m.version)
+    first = found[0].version if found else 1
+    if [m.version for m in found] != list(range(first, first + len(found))):
+        raise RuntimeError(f"migration numbers must follow each other without gaps: {[m.version for m in found]}")
+    return found
+
+
+def schema_version(conn: PgConnection) -> int:
+    if conn.execute("SELECT to_regclass('schema_migrations')").fetchone()[0] is None:
+        return 0
+    return int(conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0])
+
+
+def migrate(conn: PgConnection, migrations: list[Migration], now: Clock = time.time,
+            starting: MigrationStarting | None = None) -> list[int]:
+    """Bring the schema to the newest version, each step in its own transaction under the
+    migration lock (two processes starting at once apply each step once); see sqlite.migrate."""
+    newest = migrations[-1].version
+    applied: list[int] = []
+    if schema_version(conn) == newest:
+        return applied
+    while True:
+        conn.execute("BEGIN")
+        try:
+            conn.execute(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)")
+            current = schema_version(conn)
+            if current > newest:
+                raise SchemaTooNew(f"the store is at schema version {current}, newer than this ispd knows "
+                                   f"({newest}); upgrade ispd")
+            if current == newest:
+                conn.execute("COMMIT")
+                return applied
+            # A new store gets the first script, the whole schema of its version at once.
+            step = migrations[0] if current == 0 else next(m for m in migrations if m.version == current + 1)
+            if starting is not None:
+                starting(step, newest)
+            log.info("store.migration.started", version=step.version, name=step.name, target=newest)
+            began = time.monotonic()
+            conn.execute_script(step.sql)
+            conn.execute("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                         (step.version, step.name, now()))
+            conn.execute("COMMIT")
+            applied.append(step.version)
+            log.info("store.migration.finished", version=step.version, name=step.name,
+                     seconds=round(time.monotonic() - began, 3))
+        except BaseException:
+            if conn.usable and conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+
+# --- the store --------------------------------------------------------------------------------
+
+
+class PostgreSQLConnector(Connector):
+    def __init__(self, config: StoreConfig) -> None:
+        super().__init__(config)
+        _require_psycopg()
+        self.errors = (psycopg.Error,)
+
+    def connect(self) -> PgConnection:
+        return connect(self.config)
+
+    def usable(self, conn: PgConnection) -> bool:
+        return conn.usable
+
+    def begin_write(self, conn: PgConnection) -> None:
+        conn.execute("BEGIN")
+        conn.execute(f"SELECT pg_advisory_xact_lock({_WRITE_LOCK})")
+
+    def begin_read(self, conn: PgConnection) -> None:
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+
+    def translate(self, exc: BaseException) -> BaseException:
+        return translate(exc, self.config)
+
+    def prepare(self, clock: Clock, starting: MigrationStarting | None) -> None:
+        conn = connect(self.config)
+        began = time.monotonic()
+        try:
+            applied = migrate(conn, postgresql_migrations(), now=clock, starting=starting)
+        except psycopg.Error as exc:
+            raise translate(exc, self.config) from None
+        finally:
+            conn.close()
+        if applied:
+            log.info("store.migrated", store=describe(self.config), versions=applied,
+                     seconds=round(time.monotonic() - began, 3))
+
+    def describe(self) -> str:
+        return describe(self.config)
+
+
+class PostgreSQLStore(SQLiteStore):
+    """The SQLite backend's logic over a PostgreSQL connection (see the module's docstring)."""
+
+    @staticmethod
+    def _connector_for(config: StoreConfig) -> Connector:
+        return PostgreSQLConnector(config)
+
+
+# --- one daemon per store ---------------------------------------------------------------------
+
+
+class PostgresDaemonLock:
+    """``DaemonLock`` for a store on PostgreSQL: a session advisory lock, held on a connection of
+    its own for the daemon's life. The server drops it when that connection ends, however the
+    daemon ends; ``pg_stat_activity`` names the holder (host and PID) for the refusal's message.
+    The file lock beside ``path`` is taken too: the daemon's local files are there."""
+
+    def __init__(self, config: StoreConfig) -> None:
+        from ispd.daemonlock import DaemonLock
+
+        self.config = config
+        self._file = DaemonLock(config.path)
+        self._conn: PgConnection | None = None
+
+    def acquire(self) -> None:
+        from ispd.daemonlock import DaemonLockError
+
+        self._file.acquire()
+        try:
+            conn = connect(self.config)
+        except StoreUnavailable as exc:
+            self._file.release()
+            raise DaemonLockError(str(exc)) from None
+        try:
+            if not conn.execute(f"SELECT pg_try_advisory_lock({_DAEMON_LOCK})").fetchone()[0]:
+                holder = conn.execute(
+                    "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+                    " WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database"
+                    " WHERE datname = current_database()) AND (l.classid::bigint << 32) + l.objid::bigint = ?",
+                    (_DAEMON_LOCK,)).fetchone()
+                who = holder[0] if holder is not None and holder[0] else "another ispd"
+                pid = _pid_in(who)
+                raise DaemonLockError(
+                    f"another ispd ({who}) is running on {describe(self.config)}; stop it first: two daemons "
+                    "on one store would both answer every client", pid, in_use=True)
+        except BaseException:
+            conn.close()
+            self._file.release()
+            raise
+        self._conn = conn
+
+    def release(self) -> None:
+        if self._conn is not None:
+            self._conn.close()  # the server drops the lock with the session
+            self._conn = None
+        self._file.release()
+
+    @property
+    def held(self) -> bool:
+        return self._conn is not None
+
+
+def _pid_in(application_name: str) -> int | None:
+    match = re.search(r"pid (\d+)$", application_name)
+    return int(match.group(1)) if match else None
