@@ -10,6 +10,7 @@ import pytest
 
 from tests.lab.dnshier import DEFAULT_BASE, DNSHierarchy
 from tests.lab.netns import Lab, lab
+from tests.lab.postgresql import DEFAULT_PORT, PostgresCluster
 from tests.lab.process import IspdProcess, base_config
 
 
@@ -67,3 +68,31 @@ def dns_hierarchy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DNSHiera
         pytest.skip(f"{', '.join(missing)} not installed (tools/setup --test installs them)")
     with DNSHierarchy(dns_base(), workdir=tmp_path_factory.mktemp("dnshier")) as hierarchy:
         yield hierarchy
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A throwaway PostgreSQL cluster (tests/lab/postgresql.py: Debian's server on a data
+    directory of its own, unix socket only, durability off), one for the whole test session of
+    this process: the first test that asks starts it (about a second), the end of the session
+    stops it and removes its directory, also when tests failed or the run was interrupted (and it
+    dies with the test process anyway). Each pytest-xdist worker has its own, in its own
+    directory; its socket is named by port 55432 plus the worker's number. Fails, not skips, where
+    PostgreSQL is not installed: tools/setup --test installs it.
+
+    Tests share it: each takes a database of its own (``postgres_url``) rather than changing
+    the cluster."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    offset = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    with PostgresCluster(port=DEFAULT_PORT + offset) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: PostgresCluster) -> Iterator[str]:
+    """The libpq URL of a fresh empty database (as the superuser ``postgres``, e.g.
+    ``postgresql://postgres@/test_812_3?host=/tmp/ispd-pg-x/socket&port=55432``), dropped after
+    the test together with any connection still open to it."""
+    url = postgres_cluster.create_database()
+    yield url
+    postgres_cluster.drop_database(url)
