@@ -51,6 +51,7 @@ try:
     import psycopg.conninfo
     import psycopg.errors
     import psycopg.pq
+    import psycopg.types.string
 except ImportError:  # an install without the postgresql extra
     psycopg = None  # type: ignore[assignment]
 
@@ -245,6 +246,9 @@ def connect(config: StoreConfig) -> PgConnection:
     except psycopg.Error as exc:
         raise StoreUnavailable(f"cannot connect to {describe(config)}: {_first_line(exc)}") from None
     raw.adapters.register_loader("numeric", _NumericLoader)
+    # A str goes as text, not psycopg's default "unknown": SQLite's SQL tests parameters alone
+    # (``?2 IS NOT NULL``), where PostgreSQL cannot tell the type of an unknown.
+    raw.adapters.register_dumper(str, psycopg.types.string.StrDumper)
     # A writer waiting for another's turn (the advisory lock) or a row lock waits this long at most.
     raw.execute(f"SET lock_timeout = {int(config.busy_timeout_seconds * 1000)}")
     return PgConnection(raw)

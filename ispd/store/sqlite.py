@@ -621,7 +621,8 @@ def _refuse_the_wrong_family(kind: ReservationKind, address: str | None, address
 def _reservation_where(conn: sqlite3.Connection, condition: str, params: tuple[Any, ...]) -> sqlite3.Row | None:
     """The one reservation matching ``condition`` (on columns of ``r``), with its holder's username."""
     row: sqlite3.Row | None = conn.execute(
-        f"SELECT r.*, s.username FROM reservations r JOIN subscribers s ON s.id = r.subscriber_id WHERE {condition}",
+        f"SELECT r.*, s.username FROM reservations r JOIN subscribers s ON s.id = r.subscriber_id WHERE {condition}"
+        " ORDER BY r.id",
         params,
     ).fetchone()
     return row

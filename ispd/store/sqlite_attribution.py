@@ -106,18 +106,19 @@ def _session_holdings(conn: sqlite3.Connection, address: str, since: float, unti
 # The rows of a networks table (radius_session_ipv6, dhcp6_lease_history) that overlap the
 # question, by one seek in its (length, net_hi, net_lo) index per stored length (see
 # ipv6_networks); for sessions, then those of the span, each read by its id. CROSS JOIN keeps that
-# order: the few ranges outside, the index inside.
+# order in SQLite: the few ranges outside, the index inside. (The join's condition is in WHERE:
+# PostgreSQL's CROSS JOIN takes no ON.)
 _BY_HIGH = ("high(length, hi_min, hi_max) AS (VALUES {ranges})",
             "SELECT n.* FROM high CROSS JOIN {table} n"
-            " ON n.length = high.length AND n.net_hi BETWEEN high.hi_min AND high.hi_max")
+            " WHERE n.length = high.length AND n.net_hi BETWEEN high.hi_min AND high.hi_max")
 _BY_LOW = ("low(length, hi, lo_min, lo_max) AS (VALUES {ranges})",
            "SELECT n.* FROM low CROSS JOIN {table} n"
-           " ON n.length = low.length AND n.net_hi = low.hi AND n.net_lo BETWEEN low.lo_min AND low.lo_max")
+           " WHERE n.length = low.length AND n.net_hi = low.hi AND n.net_lo BETWEEN low.lo_min AND low.lo_max")
 _IPV6_OVERLAPPING = (
     "WITH {ranges} SELECT s.*, m.kind AS network_kind, m.length AS network_length, m.net_hi, m.net_lo"
-    " FROM ({matching}) AS m CROSS JOIN radius_sessions s ON s.id = m.session_id"
-    " WHERE s.started_at <= ? AND (s.stopped_at IS NULL OR s.stopped_at >= ?)")
-_DHCP6_OVERLAPPING = "WITH {ranges} SELECT * FROM ({matching}) WHERE starts_at <= ? ORDER BY id"
+    " FROM ({matching}) AS m CROSS JOIN radius_sessions s"
+    " WHERE s.id = m.session_id AND s.started_at <= ? AND (s.stopped_at IS NULL OR s.stopped_at >= ?)")
+_DHCP6_OVERLAPPING = "WITH {ranges} SELECT * FROM ({matching}) AS m WHERE starts_at <= ? ORDER BY id"
 _KIND_ORDER = {"framed": 0, "delegated": 1, "framed-address": 2}
 _DHCP6_PREFIX_KINDS = {"na": "address", "pd": "delegated"}
 

@@ -124,8 +124,9 @@ def enqueue(conn: sqlite3.Connection, mail: QueuedMail, now: float) -> None:
 
 
 def queued_mail(conn: sqlite3.Connection, where: str = "", params: tuple[object, ...] = (),
-                limit: int = -1) -> list[QueuedMail]:
-    rows = conn.execute(f"SELECT * FROM mail_queue {where} ORDER BY next_attempt_at, id LIMIT ?", (*params, limit))
+                limit: int | None = None) -> list[QueuedMail]:
+    bounded = "" if limit is None else f" LIMIT {int(limit)}"
+    rows = conn.execute(f"SELECT * FROM mail_queue {where} ORDER BY next_attempt_at, id{bounded}", params)
     return [_queued(conn, row) for row in rows.fetchall()]
 
 

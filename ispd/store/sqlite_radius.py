@@ -112,9 +112,13 @@ _SESSION_FILL_IN = (
     " WHERE id = (SELECT MAX(id) FROM radius_sessions WHERE nas_address = ?6 AND acct_session_id = ?7)"
     # Not another user's, as in _SESSION_ADVANCE: its growth would count against this one.
     " AND (?9 = '' OR username = '' OR username = ?9)"
-    " AND ((subscriber_id IS NULL AND ?1 IS NOT NULL) OR (framed_ip IS NULL AND ?2 IS NOT NULL)"
-    " OR (framed_ipv6_prefix IS NULL AND ?3 IS NOT NULL) OR (delegated_ipv6_prefix IS NULL AND ?4 IS NOT NULL)"
-    " OR (interim_interval IS NULL AND ?5 IS NOT NULL) OR (framed_ipv6_address IS NULL AND ?8 IS NOT NULL))")
+    # (COALESCE(column, ?N) where ?N alone would do: a NULL parameter alone has no type for PostgreSQL.)
+    " AND ((subscriber_id IS NULL AND COALESCE(subscriber_id, ?1) IS NOT NULL)"
+    " OR (framed_ip IS NULL AND COALESCE(framed_ip, ?2) IS NOT NULL)"
+    " OR (framed_ipv6_prefix IS NULL AND COALESCE(framed_ipv6_prefix, ?3) IS NOT NULL)"
+    " OR (delegated_ipv6_prefix IS NULL AND COALESCE(delegated_ipv6_prefix, ?4) IS NOT NULL)"
+    " OR (interim_interval IS NULL AND COALESCE(interim_interval, ?5) IS NOT NULL)"
+    " OR (framed_ipv6_address IS NULL AND COALESCE(framed_ipv6_address, ?8) IS NOT NULL))")
 # After a fill-in that changed the session, for a record that carries an IPv6 prefix or address:
 # the texts the session now keeps (its own, if it had them: a text once set is never changed), to
 # index those newly set. (Not a RETURNING on the fill-in: that costs every dual-stack interim,
@@ -385,7 +389,8 @@ def _nas_restarted_since(conn: sqlite3.Connection, nas_address: str, since: floa
 
 def _nas_restarted(conn: sqlite3.Connection, record: AccountingRecord) -> AccountingResult:
     conn.execute("INSERT INTO radius_nas_restarts (nas_address, at) VALUES (?, ?)"
-                 " ON CONFLICT (nas_address) DO UPDATE SET at = MAX(at, excluded.at)", (record.nas_address, record.at))
+                 " ON CONFLICT (nas_address) DO UPDATE SET at = MAX(radius_nas_restarts.at, excluded.at)",
+                 (record.nas_address, record.at))
     # The sessions open when the NAS went down or up (the request's time less its
     # Acct-Delay-Time): one begun after that is from after the reboot, whatever came late.
     rows = conn.execute(

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -14,6 +12,7 @@ from ispd.store import InvalidValue, Store, open_store
 from ispd.store.config import StoreConfig
 from ispd.store.errors import Conflict, NotFound
 from ispd.store.models import AccountingOutcome, AccountingRecord, AccountingStatus, ReservationKind, Usage
+from tests.store.conftest import execute, query
 
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 START = AccountingRecord(at=T0, status=AccountingStatus.START, nas_address="198.18.0.1", acct_session_id="s1",
@@ -31,8 +30,8 @@ def stop(at: float, octets_in: int, octets_out: int, seconds: int) -> Accounting
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = await open_store(StoreConfig(path=tmp_path / "a.db"), clock=lambda: T0 + 3600)
+async def store(store_config: StoreConfig) -> AsyncIterator[Store]:
+    opened = await open_store(store_config, clock=lambda: T0 + 3600)
     await opened.add_subscriber("alice", actor="t")
     try:
         yield opened
@@ -468,7 +467,7 @@ async def test_a_session_begun_just_after_the_reboot_is_not_the_one_the_reboot_c
     assert await usage(store) == Usage(1_400_000, 1_400_000, 290)
 
 
-async def test_a_record_naming_no_subscriber_is_attributed_by_its_login(store: Store, tmp_path: Path) -> None:
+async def test_a_record_naming_no_subscriber_is_attributed_by_its_login(store: Store) -> None:
     """The RADIUS service's view of the subscribers is a store poll behind (one the CLI added
     a moment ago): a record that names none but carries a login is theirs all the same, the
     session, its usage and the history, by username or by a reserved login."""
@@ -488,8 +487,7 @@ async def test_a_record_naming_no_subscriber_is_attributed_by_its_login(store: S
     [stranger] = await store.record_accounting([replace(unnamed, acct_session_id="x1", username="mallory")])
     assert stranger.session is not None and stranger.session.subscriber_id is None
     assert stranger.subscriber_id is None
-    with sqlite3.connect(tmp_path / "a.db") as conn:
-        history = conn.execute("SELECT acct_session_id, subscriber_id FROM accounting_records ORDER BY id").fetchall()
+    history = await query(store, "SELECT acct_session_id, subscriber_id FROM accounting_records ORDER BY id")
     assert history == [("s1", 1), ("b1", bob.id), ("b1", bob.id), ("x1", None)]
 
 
@@ -509,13 +507,12 @@ async def test_a_session_opened_before_its_subscriber_existed_is_theirs_from_the
 
 
 async def test_a_login_that_is_both_a_username_and_a_reserved_login_is_the_usernames(
-        store: Store, tmp_path: Path) -> None:
+        store: Store) -> None:
     """As the RADIUS directory finds it: a store from before reservations could not take a
     username may hold both; the subscriber of that username is the one logging in."""
     bob = await store.add_subscriber("bob", actor="t")
-    with sqlite3.connect(tmp_path / "a.db") as conn:
-        conn.execute("INSERT INTO reservations (id, subscriber_id, kind, key, created_at)"
-                     " VALUES ((SELECT highest + 1 FROM reservation_ids), ?, 'username', 'alice', 0)", (bob.id,))
+    await execute(store, "INSERT INTO reservations (id, subscriber_id, kind, key, created_at)"
+                         " VALUES ((SELECT highest + 1 FROM reservation_ids), ?, 'username', 'alice', 0)", (bob.id,))
     [started] = await store.record_accounting([replace(START, subscriber_id=None)])
     assert started.session is not None and started.session.subscriber_id == 1
 

@@ -5,14 +5,14 @@ IPv6 addresses and prefixes, held by the sessions whose framed or delegated pref
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from ispd.store import Store, open_store
 from ispd.store.config import StoreConfig
-from ispd.store.errors import InvalidValue
+from ispd.store.errors import Conflict, InvalidValue
 from ispd.store.models import AccountingRecord, AccountingStatus, Lease, LeaseState
+from tests.store.conftest import execute
 
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 ADDRESS = "198.18.5.10"
@@ -27,12 +27,12 @@ class Clock:
 
 
 @pytest.fixture
-async def history(tmp_path: Path) -> AsyncIterator[Store]:
+async def history(store_config: StoreConfig) -> AsyncIterator[Store]:
     """alice's router leases ADDRESS at T0, renews it, releases it at +3000; bob's gets it at
     +4000 and lets it expire at +7600; a client declines it at +8000; carol's PPPoE session
     has it from +10000 to +12000."""
     clock = Clock()
-    store = await open_store(StoreConfig(path=tmp_path / "a.db"), clock=clock)
+    store = await open_store(store_config, clock=clock)
     for name in ("alice", "bob", "carol"):
         await store.add_subscriber(name, actor="t")
     alice = Lease(ADDRESS, LeaseState.BOUND, T0, T0 + 3600, hw_address="02:00:00:00:00:aa", subscriber_id=1,
@@ -106,7 +106,7 @@ async def test_a_span_names_everyone_in_it_in_order_with_the_evidence(history: S
     assert [e.event for e in carol.evidence] == ["session", "start", "stop", "interim-update x3"]
 
 
-async def test_an_open_session_holds_the_address_until_now(history: Store, tmp_path: Path) -> None:
+async def test_an_open_session_holds_the_address_until_now(history: Store) -> None:
     record = AccountingRecord(at=T0 + 20000, status=AccountingStatus.START, nas_address="198.18.0.1",
                               acct_session_id="s10", username="carol", subscriber_id=3, framed_ip=ADDRESS)
     await history.record_accounting([record])
@@ -121,16 +121,10 @@ async def test_bad_questions_are_refused(history: Store) -> None:
         await history.who(ADDRESS, since=T0 + 1, until=T0)
 
 
-async def test_the_history_cannot_be_rewritten(history: Store, tmp_path: Path) -> None:
-    import sqlite3
-
-    conn = sqlite3.connect(tmp_path / "a.db")
-    try:
-        for table in ("lease_history", "accounting_records", "audit_log"):
-            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-                conn.execute(f"UPDATE {table} SET at = 0")
-    finally:
-        conn.close()
+async def test_the_history_cannot_be_rewritten(history: Store) -> None:
+    for table in ("lease_history", "accounting_records", "audit_log"):
+        with pytest.raises(Conflict, match="append-only"):
+            await execute(history, f"UPDATE {table} SET at = 0")
     assert [h.username for h in await history.who(ADDRESS, since=T0, until=T0)] == ["alice"]
 
 
