@@ -81,6 +81,7 @@ from ispd.store.validation import (
 if TYPE_CHECKING:
     from ispd.daemonlock import DaemonLock
     from ispd.radius.dictionary import Dictionary
+    from ispd.store.postgresql import PostgresDaemonLock
 
 DEFAULT_CONFIG = "/etc/ispd/ispd.toml"
 EXIT_FAILED, EXIT_USAGE = 1, 2
@@ -1300,9 +1301,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sqlite_only(config: Config, command: str) -> None:
+    if config.store.backend == "postgresql":
+        raise CommandFailed(f"ispd store {command} copies a SQLite store; this one is on PostgreSQL: use its own tools "
+                            f"(pg_dump and pg_restore, or the server's base backups and WAL archive)")
+
+
 async def cmd_store_backup(config: Config, args: argparse.Namespace) -> None:
     from ispd.store.sqlite_backup import backup
 
+    _sqlite_only(config, "backup")
     copied = await asyncio.to_thread(backup, config.store.path, args.destination, config.store.busy_timeout_seconds)
     print(f"backed up {config.store.path} (schema {copied.schema_version}) to {copied.path}: "
           f"{_megabytes(copied.bytes)} in {copied.seconds:.1f} s")
@@ -1312,6 +1320,7 @@ async def cmd_store_restore(config: Config, args: argparse.Namespace) -> None:
     from ispd.store.sqlite import sqlite_migrations
     from ispd.store.sqlite_backup import restore
 
+    _sqlite_only(config, "restore")
     lock = daemon_lock(config, "stop it first (systemctl stop ispd), then restore")
     try:
         copied, aside = await asyncio.to_thread(restore, args.backup, config.store.path,
@@ -1326,18 +1335,26 @@ def _megabytes(size: int) -> str:
     return f"{size / 1e6:.1f} MB"
 
 
-def daemon_lock(config: Config, hint: str) -> DaemonLock:
-    """The daemon's own lock, taken: no daemon starts (or runs) on the store meanwhile."""
-    from ispd.daemonlock import DaemonLock, DaemonLockError
+def _store_name(config: Config) -> str:
+    if config.store.backend == "postgresql":
+        from ispd.store.postgresql import describe
 
-    lock = DaemonLock(config.store.path)
+        return describe(config.store)
+    return f"the store {config.store.path}"
+
+
+def daemon_lock(config: Config, hint: str) -> DaemonLock | PostgresDaemonLock:
+    """The daemon's own lock, taken: no daemon starts (or runs) on the store meanwhile."""
+    from ispd.daemonlock import DaemonLockError, daemon_lock_for
+
+    lock = daemon_lock_for(config.store)
     try:
         lock.acquire()
     except DaemonLockError as exc:
         if not exc.in_use:
             raise CommandFailed(str(exc)) from None
         who = f"pid {exc.held_by}" if exc.held_by else "pid unknown"
-        raise CommandFailed(f"an ispd daemon ({who}) is running on the store {config.store.path}: {hint}") from None
+        raise CommandFailed(f"an ispd daemon ({who}) is running on {_store_name(config)}: {hint}") from None
     return lock
 
 
@@ -1346,6 +1363,7 @@ async def cmd_store_migrate(config: Config, args: argparse.Namespace) -> None:
 
     # Not beside a daemon (perhaps an older one that would not know the new schema).
     lock = daemon_lock(config, "stop it first (or let it be: a daemon applies the migrations itself as it starts)")
+    where = config.store.path if config.store.backend == "sqlite" else _store_name(config)
     applied: list[int] = []
     # Ctrl-C or a TERM: the step under way finishes (cut, it would only be rolled back), no
     # other begins, as in the daemon.
@@ -1358,14 +1376,14 @@ async def cmd_store_migrate(config: Config, args: argparse.Namespace) -> None:
         if stop.is_set():
             raise MigrationStopped(step)
         applied.append(step.version)
-        print(f"{config.store.path}: migrating to schema {target}: {step.version} {step.name} ...", flush=True)
+        print(f"{where}: migrating to schema {target}: {step.version} {step.name} ...", flush=True)
 
     began = time.monotonic()
     try:
         store = await open_store(config.store, migration_starting=starting)
         await store.close()
     except MigrationStopped as stopped:
-        raise CommandFailed(f"{config.store.path}: stopped before migration {stopped.step.version} "
+        raise CommandFailed(f"{where}: stopped before migration {stopped.step.version} "
                             f"{stopped.step.name}; run it again to go on") from None
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -1373,10 +1391,10 @@ async def cmd_store_migrate(config: Config, args: argparse.Namespace) -> None:
         lock.release()
     newest = sqlite_migrations()[-1].version
     if applied:
-        print(f"{config.store.path}: at schema {newest} (applied {', '.join(map(str, applied))} "
+        print(f"{where}: at schema {newest} (applied {', '.join(map(str, applied))} "
               f"in {time.monotonic() - began:.1f} s)")
     else:
-        print(f"{config.store.path}: at schema {newest}, nothing to do")
+        print(f"{where}: at schema {newest}, nothing to do")
 
 
 async def cmd_mailbox_show(config: Config, args: argparse.Namespace) -> None:
@@ -1740,7 +1758,7 @@ def _duration_text(seconds: int) -> str:
 
 async def run_admin(config: Config, handler: Callable[[Store, argparse.Namespace], Awaitable[None]],
                     args: argparse.Namespace) -> None:
-    new = not config.store.path.exists()
+    new = config.store.backend == "sqlite" and not config.store.path.exists()
     store = await open_store(config.store)
     if new:  # right for a first install; after a mistyped or moved store.path, the hint to look
         print(f"ispd: note: {config.store.path} did not exist: this is a new, empty store", file=sys.stderr)

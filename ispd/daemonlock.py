@@ -84,6 +84,10 @@ class DaemonLock:
     def held(self) -> bool:
         return self._fd is not None
 
+    def keep(self) -> bool:
+        """A file lock lasts as long as its descriptor: nothing to take again."""
+        return False
+
 
 def _read_pid(fd: int) -> int | None:
     try:

@@ -46,7 +46,7 @@ from ispd import __version__
 from ispd.admin.service import AdminService
 from ispd.config import Config, ConfigError, load_config
 from ispd.control import ControlCommands, ControlServer, ControlSocketError
-from ispd.daemonlock import DaemonLock, DaemonLockError
+from ispd.daemonlock import DaemonLockError, daemon_lock_for
 from ispd.dhcp.service import DHCPService
 from ispd.dhcp6.service import DHCP6Service
 from ispd.dns.service import DNSService
@@ -88,6 +88,8 @@ STORE_PING_TIMEOUT_SECONDS = 2.0
 MIGRATION_EXTEND_SECONDS = 30.0
 MIGRATION_EXTEND_INTERVAL_SECONDS = 10.0
 HISTORY_PURGE_INTERVAL_SECONDS = 3600.0
+# How often a PostgreSQL store's daemon lock is checked (a restarted server has dropped it).
+DAEMON_LOCK_CHECK_SECONDS = 5.0
 
 
 @dataclass(slots=True)
@@ -111,12 +113,13 @@ class Supervisor:
         self.context: ServiceContext | None = None
         self.commands = ControlCommands()
         self.control: ControlServer | None = None
-        self.lock = DaemonLock(config.store.path)
+        self.lock = daemon_lock_for(config.store)
         self.relay: AuditRelay | None = None
         self.ready = False
         self._reload_pending = False
         self._migrating: tuple[Migration, int, float] | None = None  # (step, target, its start)
         self._extended_at = -math.inf  # when EXTEND_TIMEOUT_USEC last went to systemd (monotonic)
+        self._lock_lost = False
 
     # --- lifecycle
 
@@ -145,13 +148,16 @@ class Supervisor:
                 return 1
             self._start_watchdog()
             self._spawn(self._purge_history_periodically())
+            if self.config.store.backend == "postgresql":
+                self._spawn(self._keep_daemon_lock())
             self.ready = True
             self.notifier.ready(self._status_line())
             log.info("daemon.ready", services=sorted(self.running))
             if self._reload_pending:
                 self._spawn(self.reload())
             await stop_requested
-            return await self._shutdown()
+            code = await self._shutdown()
+            return 1 if self._lock_lost else code
         finally:
             await self._close_all()
 
@@ -318,6 +324,25 @@ class Supervisor:
                 await asyncio.sleep(interval)
 
         self._spawn(pet())
+
+    async def _keep_daemon_lock(self) -> None:
+        """A PostgreSQL store's daemon lock lives on a connection, which a server restart or a
+        failover ends: take the lock again. If another daemon took it meanwhile, stop (exit 1)
+        rather than answer clients beside it."""
+        while True:
+            await asyncio.sleep(DAEMON_LOCK_CHECK_SECONDS)
+            try:
+                taken_again = await asyncio.to_thread(self.lock.keep)
+            except DaemonLockError as exc:
+                if exc.in_use:
+                    log.error("daemon.lock.lost", error=str(exc))
+                    self._lock_lost = True
+                    self.request_stop()
+                    return
+                log.warning("daemon.lock.unchecked", error=str(exc))  # the server is away: try again
+            else:
+                if taken_again:
+                    log.warning("daemon.lock.retaken", detail="the store's server closed the lock's connection")
 
     async def _purge_history_periodically(self) -> None:
         assert self.store is not None

@@ -446,17 +446,7 @@ class PostgresDaemonLock:
             self._file.release()
             raise DaemonLockError(str(exc)) from None
         try:
-            if not conn.execute(f"SELECT pg_try_advisory_lock({_DAEMON_LOCK})").fetchone()[0]:
-                holder = conn.execute(
-                    "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-                    " WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database"
-                    " WHERE datname = current_database()) AND (l.classid::bigint << 32) + l.objid::bigint = ?",
-                    (_DAEMON_LOCK,)).fetchone()
-                who = holder[0] if holder is not None and holder[0] else "another ispd"
-                pid = _pid_in(who)
-                raise DaemonLockError(
-                    f"another ispd ({who}) is running on {describe(self.config)}; stop it first: two daemons "
-                    "on one store would both answer every client", pid, in_use=True)
+            self._take(conn)
         except BaseException:
             conn.close()
             self._file.release()
@@ -472,6 +462,48 @@ class PostgresDaemonLock:
     @property
     def held(self) -> bool:
         return self._conn is not None
+
+    def keep(self) -> bool:
+        """Check that the lock's connection lives; after a server restart, take the lock again
+        (True), or raise DaemonLockError (``in_use``: another daemon has it now)."""
+        from ispd.daemonlock import DaemonLockError
+
+        conn = self._conn
+        if conn is not None and conn.usable:
+            try:
+                conn.execute("SELECT 1")
+                return False
+            except psycopg.Error:
+                pass
+        if conn is not None:
+            conn.close()
+        self._conn = None
+        try:
+            conn = connect(self.config)
+        except StoreUnavailable as exc:
+            raise DaemonLockError(str(exc)) from None
+        try:
+            self._take(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return True
+
+    def _take(self, conn: PgConnection) -> None:
+        from ispd.daemonlock import DaemonLockError
+
+        if conn.execute(f"SELECT pg_try_advisory_lock({_DAEMON_LOCK})").fetchone()[0]:
+            return
+        holder = conn.execute(
+            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+            " WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database"
+            " WHERE datname = current_database()) AND (l.classid::bigint << 32) + l.objid::bigint = ?",
+            (_DAEMON_LOCK,)).fetchone()
+        who = holder[0] if holder is not None and holder[0] else "another ispd"
+        raise DaemonLockError(
+            f"another ispd ({who}) is running on {describe(self.config)}; stop it first: two daemons "
+            "on one store would both answer every client", _pid_in(who), in_use=True)
 
 
 def _pid_in(application_name: str) -> int | None:

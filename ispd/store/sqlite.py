@@ -359,6 +359,23 @@ class Connector:
         """False for a connection the server closed (PostgreSQL's restart): open another."""
         return True
 
+    def begun(self, conn: Any, begin: Callable[[Any], None]) -> Any:
+        """``conn`` (or a new one, if the server closed it) inside a transaction ``begin`` began.
+        A connection closed while idle is found out only at its next statement, the BEGIN:
+        nothing of the caller's was sent yet, so it is safe to begin again on a new one."""
+        if not self.usable(conn):
+            conn.close()
+            conn = self.connect()
+        try:
+            begin(conn)
+        except self.errors:
+            if self.usable(conn):
+                raise
+            conn.close()
+            conn = self.connect()
+            begin(conn)
+        return conn
+
     def begin_write(self, conn: Any) -> None:
         # IMMEDIATE: the write lock up front, waiting busy_timeout for another process's.
         conn.execute("BEGIN IMMEDIATE")
@@ -446,11 +463,7 @@ class _Writer(threading.Thread):
         connector = self.connector
         outcomes: list[tuple[_WriteJob, Any, BaseException | None]] = []
         try:
-            if not connector.usable(self.conn):
-                self.conn.close()
-                self.conn = connector.connect()
-            conn = self.conn
-            connector.begin_write(conn)
+            conn = self.conn = connector.begun(self.conn, connector.begin_write)
             for job in batch:
                 conn.execute("SAVEPOINT job")
                 try:
@@ -800,11 +813,6 @@ class SQLiteStore(Store):
 
     def _reader_conn(self) -> Any:
         conn = getattr(self._local, "conn", None)
-        if conn is not None and not self._connector.usable(conn):
-            conn.close()
-            with self._reader_lock:
-                self._reader_conns.remove(conn)
-            conn = None
         if conn is None:
             conn = self._connector.connect()
             self._local.conn = conn
@@ -820,9 +828,8 @@ class SQLiteStore(Store):
         caught: tuple[type[BaseException], ...] = (*connector.errors, OverflowError, UnicodeError)
 
         def in_thread() -> T:
-            conn = self._reader_conn()
             try:
-                connector.begin_read(conn)
+                conn = self._began_reading(self._reader_conn())
                 try:
                     return run(conn)
                 finally:
@@ -836,6 +843,16 @@ class SQLiteStore(Store):
         finally:
             if self.metrics is not None:
                 self.metrics.observe(operation, time.perf_counter() - started)
+
+    def _began_reading(self, conn: Any) -> Any:
+        """This thread's connection in a read transaction; one the server closed is replaced."""
+        began = self._connector.begun(conn, self._connector.begin_read)
+        if began is not conn:
+            self._local.conn = began
+            with self._reader_lock:
+                self._reader_conns.remove(conn)
+                self._reader_conns.append(began)
+        return began
 
     async def ping(self) -> None:
         await self._read("ping", lambda conn: conn.execute("SELECT 1").fetchone())
