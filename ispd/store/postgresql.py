@@ -52,7 +52,7 @@ try:
     import psycopg.errors
     import psycopg.pq
     import psycopg.types.string
-except ImportError:  # an install without the postgresql extra
+except ImportError:  # an install that left the dependency out
     psycopg = None  # type: ignore[assignment]
 
 # Advisory lock keys (per database): "ispd" in ASCII, then what the lock guards.
@@ -63,7 +63,7 @@ _DAEMON_LOCK = 0x69737064_0003
 
 def _require_psycopg() -> None:
     if psycopg is None:
-        raise StoreUnavailable("the postgresql backend needs psycopg: pip install 'ispd[postgresql]'")
+        raise StoreUnavailable("the postgresql backend needs psycopg: pip install 'psycopg[binary]'")
 
 
 # --- SQLite's SQL, as PostgreSQL reads it ------------------------------------------------------

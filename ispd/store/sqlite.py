@@ -464,18 +464,27 @@ class _Writer(threading.Thread):
         outcomes: list[tuple[_WriteJob, Any, BaseException | None]] = []
         try:
             conn = self.conn = connector.begun(self.conn, connector.begin_write)
+            # A job alone needs no savepoint: its transaction is one (two round trips fewer on
+            # PostgreSQL, where each statement is one).
+            alone = len(batch) == 1
             for job in batch:
-                conn.execute("SAVEPOINT job")
+                if not alone:
+                    conn.execute("SAVEPOINT job")
                 try:
                     result = job.run(conn)
                 except Exception as exc:
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
+                    if alone:
+                        conn.execute("ROLLBACK")
+                    else:
+                        conn.execute("ROLLBACK TO job")
+                        conn.execute("RELEASE job")
                     outcomes.append((job, None, connector.translate(exc)))
                 else:
-                    conn.execute("RELEASE job")
+                    if not alone:
+                        conn.execute("RELEASE job")
                     outcomes.append((job, result, None))
-            conn.execute("COMMIT")
+            if conn.in_transaction:
+                conn.execute("COMMIT")
         except self._batch_errors as exc:
             if connector.usable(self.conn) and self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")

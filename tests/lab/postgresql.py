@@ -103,8 +103,11 @@ class PostgresCluster:
     """One throwaway PostgreSQL cluster (see the module's docstring); a context manager that
     starts it and stops it."""
 
-    def __init__(self, port: int = DEFAULT_PORT) -> None:
+    def __init__(self, port: int = DEFAULT_PORT, *, durable: bool = False, parent: Path | None = None) -> None:
+        """``durable``: fsync as a production server does (the store benchmark's, not the
+        tests'); ``parent``: the directory the cluster's goes under (default /tmp)."""
         self.port = port
+        self.durable, self.parent = durable, parent
         self.bindir = postgres_bindir()
         self.directory: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
@@ -147,7 +150,7 @@ class PostgresCluster:
     # --- running
 
     def start(self, timeout: float = 15.0) -> PostgresCluster:
-        self.directory = Path(tempfile.mkdtemp(prefix="ispd-pg-", dir="/tmp"))
+        self.directory = Path(tempfile.mkdtemp(prefix="ispd-pg-", dir=self.parent or "/tmp"))
         try:
             self.directory.chmod(0o755)
             for inner in (self.data_dir, self.socket_dir):
@@ -175,7 +178,8 @@ class PostgresCluster:
             str(self.bindir / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
             "-k", str(self.socket_dir),
             "-c", "listen_addresses=",
-            "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+            *(() if self.durable else
+              ("-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off")),
             "-c", "max_connections=200",
             "-c", "shared_buffers=32MB",  # one cluster per test process: the default 128 MB each adds up
         ]
