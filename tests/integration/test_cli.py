@@ -235,7 +235,7 @@ def test_admin_commands_report_a_bad_config_in_one_line(tmp_path: Path) -> None:
     bad.write_text("[store]\nbogus = 1\n")
     result = ispd(bad, "subscriber", "list")
     assert (result.returncode, result.stderr) == (2, f"ispd: {bad}: store.bogus: unknown key (known keys here: backend, "
-                                                     "busy_timeout_seconds, group_commit_max_batch, history_retention_days, path)\n")
+                                                     "busy_timeout_seconds, group_commit_max_batch, history_retention_days, path, url)\n")
 
 
 def test_output_into_a_closed_pipe_is_quiet(config_path: Path) -> None:
