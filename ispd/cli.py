@@ -1285,6 +1285,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "of an older schema is migrated by the next start.")
     p.add_argument("backup", type=Path, help="the backup file")
     p.set_defaults(handler=cmd_store_restore, without_store=True)
+    p = store.add_parser(
+        "copy-to-postgresql", parents=[config_opts],
+        help="copy the SQLite store into an empty PostgreSQL database (with the daemon stopped)",
+        description="Copy every row of the SQLite store into an empty PostgreSQL database, in one transaction "
+                    "(nothing is kept unless all of it is), then point [store] at it: backend = \"postgresql\" "
+                    "and url. The SQLite store is only read. Refused while a daemon runs on the store.")
+    p.add_argument("url", help="the database, e.g. postgresql://ispd@db.example.net/ispd")
+    p.set_defaults(handler=cmd_store_copy_to_postgresql, without_store=True)
 
     mail = top.add_parser("mail", help="the mail service").add_subparsers(dest="action", required=True)
     queue = mail.add_parser("queue", help="the outbound queue").add_subparsers(dest="queue_action", required=True)
@@ -1329,6 +1337,29 @@ async def cmd_store_restore(config: Config, args: argparse.Namespace) -> None:
         lock.release()
     print(f"restored {args.backup} (schema {copied.schema_version}, {_megabytes(copied.bytes)}) into {copied.path}"
           + (f"; the store it replaced is {aside}" if aside is not None else ""))
+
+
+async def cmd_store_copy_to_postgresql(config: Config, args: argparse.Namespace) -> None:
+    from ispd.store.config import StoreConfig
+    from ispd.store.postgresql import describe
+    from ispd.store.postgresql_copy import copy_to_postgresql
+
+    _sqlite_only(config, "copy-to-postgresql")
+    target = StoreConfig(backend="postgresql", url=args.url, path=config.store.path,
+                         busy_timeout_seconds=config.store.busy_timeout_seconds)
+    lock = daemon_lock(config, "stop it first (systemctl stop ispd), then copy")
+
+    def copied_table(table: str, rows: int) -> None:
+        print(f"  {table}: {rows:,} rows", flush=True)
+
+    try:
+        print(f"copying the store {config.store.path} into {describe(target)}", flush=True)
+        copied = await asyncio.to_thread(copy_to_postgresql, config.store.path, target, copied_table)
+    finally:
+        lock.release()
+    print(f"copied {sum(copied.rows.values()):,} rows of {len(copied.rows)} tables (schema {copied.schema_version}) "
+          f"in {copied.seconds:.1f} s; to use it, set in [store] backend = \"postgresql\" and url to this "
+          f"database's (the SQLite store stays as it was)")
 
 
 def _megabytes(size: int) -> str:

@@ -329,6 +329,23 @@ def schema_version(conn: PgConnection) -> int:
     return int(conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0])
 
 
+_SCHEMA_MIGRATIONS = ("CREATE TABLE IF NOT EXISTS schema_migrations ("
+                      " version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)")
+
+
+def apply_migration(conn: PgConnection, step: Migration, at: float) -> None:
+    """One step, in the caller's transaction, under the migration lock the caller took."""
+    conn.execute_script(step.sql)
+    conn.execute("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                 (step.version, step.name, at))
+
+
+def lock_for_migrating(conn: PgConnection) -> None:
+    """In the caller's transaction: one process migrates at a time; the table of versions exists."""
+    conn.execute(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+    conn.execute(_SCHEMA_MIGRATIONS)
+
+
 def migrate(conn: PgConnection, migrations: list[Migration], now: Clock = time.time,
             starting: MigrationStarting | None = None) -> list[int]:
     """Bring the schema to the newest version, each step in its own transaction under the
@@ -340,10 +357,7 @@ def migrate(conn: PgConnection, migrations: list[Migration], now: Clock = time.t
     while True:
         conn.execute("BEGIN")
         try:
-            conn.execute(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                " version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)")
+            lock_for_migrating(conn)
             current = schema_version(conn)
             if current > newest:
                 raise SchemaTooNew(f"the store is at schema version {current}, newer than this ispd knows "
@@ -357,9 +371,7 @@ def migrate(conn: PgConnection, migrations: list[Migration], now: Clock = time.t
                 starting(step, newest)
             log.info("store.migration.started", version=step.version, name=step.name, target=newest)
             began = time.monotonic()
-            conn.execute_script(step.sql)
-            conn.execute("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                         (step.version, step.name, now()))
+            apply_migration(conn, step, now())
             conn.execute("COMMIT")
             applied.append(step.version)
             log.info("store.migration.finished", version=step.version, name=step.name,
