@@ -134,8 +134,17 @@ def postgresql_sql(sql: str) -> tuple[str, bool]:
 
 
 def _bound(params: Sequence[Any], numbered: bool) -> Any:
-    values = [int(v) if v.__class__ is bool else v for v in params]
+    values = [int(v) if v.__class__ is bool else _storable_text(v) if v.__class__ is str else v for v in params]
     return {f"p{n}": v for n, v in enumerate(values, 1)} if numbered else values
+
+
+def _storable_text(text: str) -> str:
+    """PostgreSQL's text cannot hold a NUL, which SQLite keeps: U+FFFD stands for it, as for bytes
+    that are not UTF-8 where the services decode. Texts the services take from clients may carry
+    one (a NAS's User-Name or Acct-Session-Id ending in a C string's terminator): refused, such a
+    record would never be answered and its NAS would send it forever. A lookup by the same text
+    is replaced alike, and finds it; operators' input is refused earlier (no control characters)."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
 class Row(tuple):  # type: ignore[type-arg]
@@ -300,7 +309,7 @@ def translate(exc: BaseException, config: StoreConfig) -> BaseException:
             f"the store stayed locked by another process for more than {config.busy_timeout_seconds:g} s")
     if isinstance(exc, errors.NumericValueOutOfRange):
         return InvalidValue("a number is too large for the store")
-    if isinstance(exc, psycopg.DataError):  # a NUL in a text, which PostgreSQL cannot store
+    if isinstance(exc, psycopg.DataError):  # a value of the wrong form for its column
         return InvalidValue(f"a value the store cannot keep: {_first_line(exc)}")
     return StoreUnavailable(f"store error: {_first_line(exc)}")
 

@@ -529,3 +529,18 @@ async def test_a_record_of_another_user_under_a_reused_id_fills_nothing_in(store
     await store.record_accounting([interim(T0 + 600, 1000, 1000, 600, username="guest", subscriber_id=None)])
     assert await usage(store) == Usage(0, 0, 0)
     assert (await store.get_session(opened.session.id)).subscriber_id is None
+
+
+async def test_a_nul_in_a_nas_text_is_recorded_and_followed(store: Store) -> None:
+    """A NAS's text attributes are bytes it chose (a C string's terminator included); PostgreSQL
+    text cannot hold a NUL, where SQLite keeps one: the record is kept on either backend, not
+    refused (a refused one is never answered, its NAS sends it forever, and RADIUS is unhealthy)."""
+    odd = replace(START, acct_session_id="s\x001", calling_station_id="02-00-00-00-00-01\x00", subscriber_id=None,
+                  username="bob\x00")
+    [started] = await store.record_accounting([odd])
+    assert started.outcome == AccountingOutcome.STARTED and started.session is not None
+    [updated] = await store.record_accounting([replace(interim(T0 + 300, 10, 20, 300), acct_session_id="s\x001",
+                                                       username="bob\x00", subscriber_id=None)])
+    assert updated.outcome == AccountingOutcome.UPDATED
+    session = await store.get_session(started.session.id)
+    assert session.input_octets == 10 and session.username.startswith("bob")
