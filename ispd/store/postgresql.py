@@ -468,6 +468,11 @@ class PostgresDaemonLock:
             raise DaemonLockError(str(exc)) from None
         try:
             self._take(conn)
+        except psycopg.Error as exc:
+            conn.close()
+            self._file.release()
+            raise DaemonLockError(f"cannot take the daemon lock on {describe(self.config)}: {_first_line(exc)}") \
+                from None
         except BaseException:
             conn.close()
             self._file.release()
@@ -486,7 +491,9 @@ class PostgresDaemonLock:
 
     def keep(self) -> bool:
         """Check that the lock's connection lives; after a server restart, take the lock again
-        (True), or raise DaemonLockError (``in_use``: another daemon has it now)."""
+        (True), or raise DaemonLockError (``in_use``: another daemon has it now; else the server
+        could not be asked, and the caller asks again later). Nothing else: a driver's error
+        would end the supervisor's keeper for good."""
         from ispd.daemonlock import DaemonLockError
 
         conn = self._conn
@@ -505,6 +512,10 @@ class PostgresDaemonLock:
             raise DaemonLockError(str(exc)) from None
         try:
             self._take(conn)
+        except psycopg.Error as exc:  # the server went away again: the keeper tries again later
+            conn.close()
+            raise DaemonLockError(f"cannot take the daemon lock on {describe(self.config)}: {_first_line(exc)}") \
+                from None
         except BaseException:
             conn.close()
             raise

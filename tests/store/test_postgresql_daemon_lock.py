@@ -1,0 +1,73 @@
+"""The daemon lock of a store on PostgreSQL (``PostgresDaemonLock``): one daemon per database,
+and the lock taken again after the server ended its connection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from ispd.daemonlock import DaemonLockError
+from ispd.store.config import StoreConfig
+from ispd.store.postgresql import PostgresDaemonLock
+
+
+def lock_on(url: str, directory: Path) -> PostgresDaemonLock:
+    """A daemon's lock: its own local directory (another host's), the one database."""
+    directory.mkdir()
+    return PostgresDaemonLock(StoreConfig(path=directory / "ispd.db", backend="postgresql", url=url))
+
+
+def end_its_connection(url: str, lock: PostgresDaemonLock) -> None:
+    """What a restart of the server does to the lock's connection."""
+    held: Any = lock._conn
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (held.raw.info.backend_pid,))
+
+
+def test_a_second_daemon_is_refused_and_the_lock_taken_again_after_a_restart(postgres_url: str,
+                                                                               tmp_path: Path) -> None:
+    first, second = lock_on(postgres_url, tmp_path / "a"), lock_on(postgres_url, tmp_path / "b")
+    first.acquire()
+    try:
+        with pytest.raises(DaemonLockError) as refused:
+            second.acquire()
+        assert refused.value.in_use and "another ispd" in str(refused.value)
+        assert first.keep() is False  # alive: nothing to do
+        end_its_connection(postgres_url, first)
+        assert first.keep() is True and first.held
+        end_its_connection(postgres_url, first)
+        second.acquire()  # the other daemon was quicker
+        try:
+            with pytest.raises(DaemonLockError) as lost:
+                first.keep()
+            assert lost.value.in_use
+        finally:
+            second.release()
+    finally:
+        first.release()
+
+
+def test_keep_fails_only_with_daemon_lock_error(postgres_url: str, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The supervisor's keeper catches DaemonLockError and tries again; a driver error from
+    the server going away again while the lock is taken (after the connect) must be one too,
+    not end the keeper for the rest of the daemon's life."""
+    lock = lock_on(postgres_url, tmp_path / "a")
+    lock.acquire()
+    try:
+        end_its_connection(postgres_url, lock)
+
+        def cut(conn: Any) -> None:
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+        monkeypatch.setattr(lock, "_take", cut)
+        with pytest.raises(DaemonLockError) as unchecked:
+            lock.keep()
+        assert not unchecked.value.in_use and not lock.held
+        monkeypatch.undo()
+        assert lock.keep() is True and lock.held
+    finally:
+        lock.release()
