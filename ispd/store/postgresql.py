@@ -259,7 +259,7 @@ def connect(config: StoreConfig) -> PgConnection:
     # (``?2 IS NOT NULL``), where PostgreSQL cannot tell the type of an unknown.
     raw.adapters.register_dumper(str, psycopg.types.string.StrDumper)
     # A writer waiting for another's turn (the advisory lock) or a row lock waits this long at most.
-    raw.execute(f"SET lock_timeout = {int(config.busy_timeout_seconds * 1000)}")
+    raw.execute(f"SET lock_timeout = {max(1, round(config.busy_timeout_seconds * 1000))}")  # 0: no limit
     return PgConnection(raw)
 
 

@@ -71,3 +71,4 @@ def test_keep_fails_only_with_daemon_lock_error(postgres_url: str, tmp_path: Pat
         assert lock.keep() is True and lock.held
     finally:
         lock.release()
+
