@@ -105,7 +105,9 @@ def postgresql_sql(sql: str) -> tuple[str, bool]:
             parts.append("GREATEST(" if match.group(1).upper() == "MAX" else "LEAST(")
             last = match.end()
     sql = "".join(parts) + sql[last:]
-    out, numbered, i, quote = [], False, 0, ""
+    # Placeholders as SQLite numbers them: ?N is N, a bare ? the one after the highest so far.
+    out: list[str | int] = []
+    numbered, highest, i, quote = False, 0, 0, ""
     while i < len(sql):
         c = sql[i]
         if quote:
@@ -115,6 +117,13 @@ def postgresql_sql(sql: str) -> tuple[str, bool]:
         elif c in "'\"":
             quote = c
             out.append(c)
+        elif sql.startswith("--", i) or sql.startswith("/*", i):
+            # A comment is copied as it is (psycopg still reads a % there as its own).
+            end = sql.find("\n" if c == "-" else "*/", i)
+            end = len(sql) if end < 0 else end + (1 if c == "-" else 2)
+            out.append(sql[i:end].replace("%", "%%"))
+            i = end
+            continue
         elif c == "%":
             out.append("%%")
         elif c == "?":
@@ -123,14 +132,17 @@ def postgresql_sql(sql: str) -> tuple[str, bool]:
                 j += 1
             if j > i + 1:
                 numbered = True
-                out.append(f"%(p{sql[i + 1:j]})s")
-                i = j
-                continue
-            out.append("%s")
+                highest = max(highest, int(sql[i + 1:j]))
+            else:
+                highest += 1
+            out.append(highest if j == i + 1 else int(sql[i + 1:j]))
+            i = j
+            continue
         else:
             out.append(c)
         i += 1
-    return "".join(out), numbered
+    text = "".join((f"%(p{part})s" if numbered else "%s") if isinstance(part, int) else part for part in out)
+    return text, numbered
 
 
 def _bound(params: Sequence[Any], numbered: bool) -> Any:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ispd.store import open_store
 from ispd.store.config import StoreConfig
+from ispd.store.postgresql import postgresql_sql
 from tests.store.conftest import query
 
 
@@ -18,3 +19,29 @@ async def test_a_busy_timeout_below_a_millisecond_still_bounds_the_wait(postgres
         assert await query(store, "SHOW lock_timeout") == [("1ms",)]
     finally:
         await store.close()
+
+
+def test_placeholders_are_numbered_as_sqlite_numbers_them() -> None:
+    assert postgresql_sql("SELECT ?, ?") == ("SELECT %s, %s", False)
+    assert postgresql_sql("SELECT ?1, ?2, ?1") == ("SELECT %(p1)s, %(p2)s, %(p1)s", True)
+    # A bare ? after ?N is the one after the highest so far, as in SQLite.
+    assert postgresql_sql("SELECT ?2, ?, ?1") == ("SELECT %(p2)s, %(p3)s, %(p1)s", True)
+    assert postgresql_sql("SELECT ?, ?1") == ("SELECT %(p1)s, %(p1)s", True)
+
+
+def test_quotes_and_comments_hold_no_placeholders() -> None:
+    assert postgresql_sql("SELECT '?', \"a?\" FROM t WHERE x LIKE '5%' AND y = ?") == (
+        "SELECT '?', \"a?\" FROM t WHERE x LIKE '5%%' AND y = %s", False)
+    assert postgresql_sql("SELECT 'it''s ?', ?") == ("SELECT 'it''s ?', %s", False)
+    # A comment's apostrophe opens no string, its ? is no placeholder, its % is psycopg's %%.
+    assert postgresql_sql("SELECT a -- isn't it? 100%\n FROM t WHERE b = ?") == (
+        "SELECT a -- isn't it? 100%%\n FROM t WHERE b = %s", False)
+    assert postgresql_sql("SELECT /* why? */ a FROM t WHERE b = ? -- last?") == (
+        "SELECT /* why? */ a FROM t WHERE b = %s -- last?", False)
+
+
+def test_the_scalar_max_and_min_only() -> None:
+    assert postgresql_sql("SELECT MAX(MAX(a, b), c), MIN(x), max_sessions FROM t") == (
+        "SELECT GREATEST(GREATEST(a, b), c), MIN(x), max_sessions FROM t", False)
+    assert postgresql_sql("UPDATE t SET n = MAX(n, COALESCE(?1, 0))") == (
+        "UPDATE t SET n = GREATEST(n, COALESCE(%(p1)s, 0))", True)
