@@ -33,6 +33,7 @@ import functools
 import os
 import re
 import socket
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from importlib import resources
@@ -255,14 +256,23 @@ class PgConnection:
         self.raw.close()
 
 
+_TCP_DEFAULTS = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+                 "tcp_user_timeout": 30_000}
+
+
 def connect(config: StoreConfig) -> PgConnection:
     _require_psycopg()
     assert config.url is not None
+    # A server gone without closing its connections (a failover that leaves the old address dead)
+    # must not hold a query for TCP's retries, some 15 minutes: keepalives and a user timeout,
+    # unless the url says otherwise. (Unix sockets ignore them.)
+    given = psycopg.conninfo.conninfo_to_dict(config.url)
+    options: dict[str, Any] = {key: value for key, value in _TCP_DEFAULTS.items() if key not in given}
     try:
         raw = psycopg.connect(
             config.url, autocommit=True, row_factory=_row_factory,
             application_name=f"ispd {socket.gethostname()} pid {os.getpid()}",
-            connect_timeout=max(1, round(config.busy_timeout_seconds)),
+            connect_timeout=max(1, round(config.busy_timeout_seconds)), **options,
         )
     except psycopg.Error as exc:
         raise StoreUnavailable(f"cannot connect to {describe(config)}: {_first_line(exc)}") from None
@@ -468,33 +478,25 @@ class PostgresDaemonLock:
         self.config = config
         self._file = DaemonLock(config.path)
         self._conn: PgConnection | None = None
+        # keep() runs in a thread of the supervisor's while release() may run at shutdown: a lock
+        # taken again after the release would outlive it.
+        self._guard = threading.Lock()
+        self._released = False
 
     def acquire(self) -> None:
-        from ispd.daemonlock import DaemonLockError
-
         self._file.acquire()
         try:
-            conn = connect(self.config)
-        except StoreUnavailable as exc:
-            self._file.release()
-            raise DaemonLockError(str(exc)) from None
-        try:
-            self._take(conn)
-        except psycopg.Error as exc:
-            conn.close()
-            self._file.release()
-            raise DaemonLockError(f"cannot take the daemon lock on {describe(self.config)}: {_first_line(exc)}") \
-                from None
+            self._conn = self._connect_and_take()
         except BaseException:
-            conn.close()
             self._file.release()
             raise
-        self._conn = conn
 
     def release(self) -> None:
-        if self._conn is not None:
-            self._conn.close()  # the server drops the lock with the session
-            self._conn = None
+        with self._guard:
+            self._released = True
+            if self._conn is not None:
+                self._conn.close()  # the server drops the lock with the session
+                self._conn = None
         self._file.release()
 
     @property
@@ -506,18 +508,26 @@ class PostgresDaemonLock:
         (True), or raise DaemonLockError (``in_use``: another daemon has it now; else the server
         could not be asked, and the caller asks again later). Nothing else: a driver's error
         would end the supervisor's keeper for good."""
+        with self._guard:
+            if self._released:
+                return False
+            conn = self._conn
+            if conn is not None and conn.usable:
+                try:
+                    conn.execute("SELECT 1")
+                    return False
+                except psycopg.Error:
+                    pass
+            if conn is not None:
+                conn.close()
+            self._conn = None
+            self._conn = self._connect_and_take()
+            return True
+
+    def _connect_and_take(self) -> PgConnection:
+        """A new connection holding the lock, or DaemonLockError (the server's errors included)."""
         from ispd.daemonlock import DaemonLockError
 
-        conn = self._conn
-        if conn is not None and conn.usable:
-            try:
-                conn.execute("SELECT 1")
-                return False
-            except psycopg.Error:
-                pass
-        if conn is not None:
-            conn.close()
-        self._conn = None
         try:
             conn = connect(self.config)
         except StoreUnavailable as exc:
@@ -531,8 +541,7 @@ class PostgresDaemonLock:
         except BaseException:
             conn.close()
             raise
-        self._conn = conn
-        return True
+        return conn
 
     def _take(self, conn: PgConnection) -> None:
         from ispd.daemonlock import DaemonLockError

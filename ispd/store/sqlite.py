@@ -373,7 +373,11 @@ class Connector:
                 raise
             conn.close()
             conn = self.connect()
-            begin(conn)
+            try:
+                begin(conn)
+            except BaseException:
+                conn.close()  # the caller keeps the closed one, and opens another next time
+                raise
         return conn
 
     def begin_write(self, conn: Any) -> None:

@@ -45,3 +45,21 @@ def test_the_scalar_max_and_min_only() -> None:
         "SELECT GREATEST(GREATEST(a, b), c), MIN(x), max_sessions FROM t", False)
     assert postgresql_sql("UPDATE t SET n = MAX(n, COALESCE(?1, 0))") == (
         "UPDATE t SET n = GREATEST(n, COALESCE(%(p1)s, 0))", True)
+
+
+def test_a_dead_server_is_given_up_on_by_tcp_unless_the_url_says_otherwise(postgres_url: str) -> None:
+    """Keepalives and a TCP user timeout: a query to a server gone without closing its
+    connections must not wait for TCP's retries (some 15 minutes). The url's own win."""
+    from ispd.store.postgresql import connect
+
+    conn = connect(StoreConfig(backend="postgresql", url=postgres_url))
+    try:
+        parameters = conn.raw.info.get_parameters()
+        assert (parameters["keepalives_idle"], parameters["tcp_user_timeout"]) == ("10", "30000")
+    finally:
+        conn.close()
+    conn = connect(StoreConfig(backend="postgresql", url=f"{postgres_url}&tcp_user_timeout=5000"))
+    try:
+        assert conn.raw.info.get_parameters()["tcp_user_timeout"] == "5000"
+    finally:
+        conn.close()
