@@ -266,9 +266,9 @@ def connect(config: StoreConfig) -> PgConnection:
     # A server gone without closing its connections (a failover that leaves the old address dead)
     # must not hold a query for TCP's retries, some 15 minutes: keepalives and a user timeout,
     # unless the url says otherwise. (Unix sockets ignore them.)
-    given = psycopg.conninfo.conninfo_to_dict(config.url)
-    options: dict[str, Any] = {key: value for key, value in _TCP_DEFAULTS.items() if key not in given}
     try:
+        given = psycopg.conninfo.conninfo_to_dict(config.url)  # a url that does not parse: the except below
+        options: dict[str, Any] = {key: value for key, value in _TCP_DEFAULTS.items() if key not in given}
         raw = psycopg.connect(
             config.url, autocommit=True, row_factory=_row_factory,
             application_name=f"ispd {socket.gethostname()} pid {os.getpid()}",

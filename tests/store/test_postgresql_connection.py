@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from ispd.store import open_store
 from ispd.store.config import StoreConfig
 from ispd.store.postgresql import postgresql_sql
@@ -63,3 +65,12 @@ def test_a_dead_server_is_given_up_on_by_tcp_unless_the_url_says_otherwise(postg
         assert conn.raw.info.get_parameters()["tcp_user_timeout"] == "5000"
     finally:
         conn.close()
+
+
+def test_a_url_that_does_not_parse_is_the_store_unavailable_not_a_driver_error() -> None:
+    """``ispd run`` and every admin command say why (the url), not "unexpected error: ProgrammingError"."""
+    from ispd.store.errors import StoreUnavailable
+    from ispd.store.postgresql import connect
+
+    with pytest.raises(StoreUnavailable, match=r"its url does not parse.*IPv6 host address"):
+        connect(StoreConfig(backend="postgresql", url="postgresql://[bad"))
