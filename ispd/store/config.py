@@ -32,6 +32,8 @@ class StoreConfig(Section):
             raise ValueError('backend "postgresql" needs url, e.g. url = "postgresql://ispd@db.example.net/ispd"')
         if self.backend == "sqlite" and self.url is not None:
             raise ValueError('url is for backend = "postgresql"; the sqlite store is the file at path')
+        if self.url is not None:
+            _check_url_parses(self.url)
         return self
 
     @field_validator("path")
@@ -42,3 +44,16 @@ class StoreConfig(Section):
         if str(path) in ("", ".") or not path.name:
             raise ValueError("the path must name a file, e.g. /var/lib/ispd/ispd.db")
         return path
+
+
+def _check_url_parses(url: str) -> None:
+    """A url libpq cannot read fails every connection: say so at check-config, not at the first one."""
+    try:
+        from psycopg import Error, conninfo
+    except ImportError:  # without psycopg the store says what to install when it opens
+        return
+    try:
+        conninfo.conninfo_to_dict(url)
+    except Error as exc:
+        reason = (str(exc).strip().splitlines() or ["it does not parse"])[0]
+        raise ValueError(f"url is not a libpq connection URL or string: {reason}") from None

@@ -73,4 +73,16 @@ def test_a_url_that_does_not_parse_is_the_store_unavailable_not_a_driver_error()
     from ispd.store.postgresql import connect
 
     with pytest.raises(StoreUnavailable, match=r"its url does not parse.*IPv6 host address"):
-        connect(StoreConfig(backend="postgresql", url="postgresql://[bad"))
+        # as a config made before this check was (check-config refuses such a url now)
+        connect(StoreConfig.model_construct(backend="postgresql", url="postgresql://[bad", busy_timeout_seconds=10.0))
+
+
+def test_check_config_refuses_a_url_that_does_not_parse(tmp_path: Path) -> None:
+    from ispd.cli import main
+
+    config = tmp_path / "ispd.toml"
+    config.write_text(f'[store]\nbackend = "postgresql"\nurl = "postgresql://[bad"\npath = "{tmp_path / "ispd.db"}"\n')
+    assert main(["check-config", "-c", str(config)]) != 0
+    config.write_text(f'[store]\nbackend = "postgresql"\nurl = "host=/run/postgresql dbname=ispd"\n'
+                      f'path = "{tmp_path / "ispd.db"}"\n')
+    assert main(["check-config", "-c", str(config)]) == 0
