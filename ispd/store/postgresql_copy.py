@@ -15,7 +15,10 @@ at the database and starts again. The copy:
 
 A SQLite INTEGER column may hold a REAL that PostgreSQL's BIGINT cannot: such a value is
 rounded as PostgreSQL rounds it on an INSERT (half to even), which is what the live store
-would have kept had it been on PostgreSQL from the start.
+would have kept had it been on PostgreSQL from the start. Likewise a text with a NUL (a NAS's
+User-Name ending in a C string's terminator, which SQLite keeps and PostgreSQL's text cannot)
+gets U+FFFD for it, as the live PostgreSQL backend writes it; a BLOB in a text column is read as
+UTF-8, U+FFFD for what is not.
 """
 
 from __future__ import annotations
@@ -27,9 +30,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+try:
+    import psycopg
+except ImportError:  # connect() says what to install before any of it is used
+    psycopg = None  # type: ignore[assignment]
+
 from ispd.store.config import StoreConfig
-from ispd.store.errors import Conflict, StoreUnavailable
+from ispd.store.errors import Conflict, InvalidValue, StoreUnavailable
 from ispd.store.postgresql import (
+    _first_line,
+    _storable_text,
     apply_migration,
     connect,
     describe,
@@ -67,14 +77,23 @@ def _tables_in_dependency_order(source: sqlite3.Connection) -> list[str]:
     return [name for name in ordered if name not in _NOT_COPIED]
 
 
-def _integer_columns(target: Any, table: str) -> set[str]:
-    return {row[0] for row in target.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema()"
-        " AND table_name = ? AND data_type IN ('bigint', 'integer', 'smallint')", (table,))}
+def _column_types(target: Any, table: str) -> dict[str, str]:
+    return {row[0]: row[1] for row in target.execute(
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = current_schema()"
+        " AND table_name = ?", (table,))}
 
 
 def _as_integer(value: Any) -> Any:
     return round(value) if value.__class__ is float else value
+
+
+def _as_text(value: Any) -> Any:
+    if value.__class__ is bytes:
+        value = value.decode("utf-8", "replace")
+    return _storable_text(value) if value.__class__ is str else value
+
+
+_CONVERSIONS = {"bigint": _as_integer, "integer": _as_integer, "smallint": _as_integer, "text": _as_text}
 
 
 def copy_to_postgresql(source_path: Path, target: StoreConfig,
@@ -120,20 +139,26 @@ def _copy_tables(source: sqlite3.Connection, conn: Any, tables: list[str], targe
             apply_migration(conn, step, time.time())
         for table in tables:
             columns = [row[1] for row in source.execute(f'PRAGMA table_info("{table}")')]
-            integers = _integer_columns(conn, table)
-            convert = [_as_integer if column in integers else None for column in columns]
+            types = _column_types(conn, table)
+            convert = [_CONVERSIONS.get(types.get(column, "")) for column in columns]
             quoted = ", ".join(f'"{column}"' for column in columns)
             conn.execute(f'ALTER TABLE "{table}" DISABLE TRIGGER USER')
             if table in ("subscriber_ids", "reservation_ids"):  # the one row the schema seeded
                 conn.execute(f'DELETE FROM "{table}"')
             count = 0
             cursor = source.execute(f'SELECT {quoted} FROM "{table}"')
-            with raw.cursor().copy(f'COPY "{table}" ({quoted}) FROM STDIN') as copy:
-                while batch := cursor.fetchmany(_COPY_BATCH):
-                    for row in batch:
-                        copy.write_row([value if fix is None or value is None else fix(value)
-                                        for value, fix in zip(row, convert, strict=True)])
-                    count += len(batch)
+            try:
+                with raw.cursor().copy(f'COPY "{table}" ({quoted}) FROM STDIN') as copy:
+                    while batch := cursor.fetchmany(_COPY_BATCH):
+                        for row in batch:
+                            copy.write_row([value if fix is None or value is None else fix(value)
+                                            for value, fix in zip(row, convert, strict=True)])
+                        count += len(batch)
+            except (psycopg.DataError, psycopg.IntegrityError, OverflowError) as exc:
+                # Which table, row and column: the operator looks at that row in the SQLite store.
+                context = (getattr(getattr(exc, "diag", None), "context", None) or "").strip().splitlines()
+                raise InvalidValue(f"{table}: a row PostgreSQL refuses: {_first_line(exc)}"
+                                   + (f" ({context[0]})" if context else "")) from None
             conn.execute(f'ALTER TABLE "{table}" ENABLE TRIGGER USER')
             copied = conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
             if copied != count:

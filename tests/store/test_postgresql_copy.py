@@ -147,3 +147,34 @@ async def test_a_database_that_holds_a_store_is_refused_and_a_failed_copy_leaves
     assert copy_command(sqlite_config, postgres_url).returncode == 0
     refused = copy_command(sqlite_config, postgres_url)
     assert refused.returncode == 1 and "already holds an ispd store" in refused.stderr
+
+
+def test_a_nul_or_bytes_in_a_text_are_kept_as_the_live_store_keeps_them(sqlite_config: Path, tmp_path: Path,
+                                                                          postgres_url: str) -> None:
+    """SQLite keeps a NUL (a NAS's User-Name with a C string's terminator), PostgreSQL's text
+    cannot: the copy writes U+FFFD as the live PostgreSQL backend does, rather than refusing the
+    whole store. A BLOB in a text column (a hand edit) is read as UTF-8."""
+    source = sqlite3.connect(tmp_path / "ispd.db")
+    source.execute("UPDATE subscribers SET full_name = 'Bob' || char(0) || 'by', account_ref = x'41ff'"
+                   " WHERE username = 'bob'")
+    source.commit()
+    source.close()
+    result = copy_command(sqlite_config, postgres_url)
+    assert result.returncode == 0, result.stderr
+    with psycopg.connect(postgres_url) as target:
+        assert target.execute("SELECT full_name, account_ref FROM subscribers WHERE username = 'bob'").fetchone() \
+            == ("Bob\ufffdby", "A\ufffd")
+
+
+def test_a_row_postgresql_refuses_is_named_and_nothing_is_kept(sqlite_config: Path, tmp_path: Path,
+                                                               postgres_url: str) -> None:
+    source = sqlite3.connect(tmp_path / "ispd.db")
+    source.execute("UPDATE plans SET download_kbps = 'fast'")  # an old hand edit SQLite let in
+    source.commit()
+    source.close()
+    failed = copy_command(sqlite_config, postgres_url)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    assert "plans: a row PostgreSQL refuses" in failed.stderr and "column download_kbps" in failed.stderr
+    with psycopg.connect(postgres_url) as target:
+        assert target.execute("SELECT to_regclass('schema_migrations')").fetchone() == (None,)
+
