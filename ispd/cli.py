@@ -1340,22 +1340,37 @@ async def cmd_store_restore(config: Config, args: argparse.Namespace) -> None:
 
 
 async def cmd_store_copy_to_postgresql(config: Config, args: argparse.Namespace) -> None:
+    from pydantic import ValidationError
+
     from ispd.store.config import StoreConfig
     from ispd.store.postgresql import describe
-    from ispd.store.postgresql_copy import copy_to_postgresql
+    from ispd.store.postgresql_copy import CopyStopped, copy_to_postgresql
 
     _sqlite_only(config, "copy-to-postgresql")
-    target = StoreConfig(backend="postgresql", url=args.url, path=config.store.path,
-                         busy_timeout_seconds=config.store.busy_timeout_seconds)
+    try:
+        target = StoreConfig(backend="postgresql", url=args.url, path=config.store.path,
+                             busy_timeout_seconds=config.store.busy_timeout_seconds)
+    except ValidationError as exc:
+        raise CommandFailed(f"{args.url!r}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
     lock = daemon_lock(config, "stop it first (systemctl stop ispd), then copy")
 
     def copied_table(table: str, rows: int) -> None:
         print(f"  {table}: {rows:,} rows", flush=True)
 
+    # Ctrl-C or a TERM: the copy stops and rolls back. Without this the thread copied on to its
+    # commit behind a KeyboardInterrupt (exit 130, the database full) with the lock already released.
+    stop = threading.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
     try:
         print(f"copying the store {config.store.path} into {describe(target)}", flush=True)
-        copied = await asyncio.to_thread(copy_to_postgresql, config.store.path, target, copied_table)
+        copied = await asyncio.to_thread(copy_to_postgresql, config.store.path, target, copied_table, stop)
+    except CopyStopped:
+        raise CommandFailed(f"stopped: nothing was copied, {describe(target)} is left empty") from None
     finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
         lock.release()
     print(f"copied {sum(copied.rows.values()):,} rows of {len(copied.rows)} tables (schema {copied.schema_version}) "
           f"in {copied.seconds:.1f} s; to use it, set in [store] backend = \"postgresql\" and url to this "

@@ -24,6 +24,7 @@ UTF-8, U+FFFD for what is not.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,6 +54,10 @@ from ispd.store.sqlite import sqlite_migrations
 # Tables the copy leaves alone: the migration runner's own.
 _NOT_COPIED = {"schema_migrations"}
 _COPY_BATCH = 10_000
+
+
+class CopyStopped(Exception):
+    """The copy was asked to stop (Ctrl-C, a TERM): rolled back, the database left empty."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +102,10 @@ _CONVERSIONS = {"bigint": _as_integer, "integer": _as_integer, "smallint": _as_i
 
 
 def copy_to_postgresql(source_path: Path, target: StoreConfig,
-                       progress: Callable[[str, int], None] | None = None) -> Copied:
-    """Copy the SQLite store at ``source_path`` into the empty PostgreSQL database of ``target``."""
+                       progress: Callable[[str, int], None] | None = None,
+                       stop: threading.Event | None = None) -> Copied:
+    """Copy the SQLite store at ``source_path`` into the empty PostgreSQL database of ``target``;
+    ``stop`` set: CopyStopped before the commit, nothing kept."""
     began = time.monotonic()
     newest = sqlite_migrations()[-1].version
     if not source_path.exists():
@@ -113,7 +120,7 @@ def copy_to_postgresql(source_path: Path, target: StoreConfig,
         tables = _tables_in_dependency_order(source)
         conn = connect(target)
         try:
-            rows = _copy_tables(source, conn, tables, target, progress)
+            rows = _copy_tables(source, conn, tables, target, progress, stop or threading.Event())
         except Exception as exc:
             raise translate(exc, target) from None
         finally:
@@ -126,7 +133,7 @@ def copy_to_postgresql(source_path: Path, target: StoreConfig,
 
 
 def _copy_tables(source: sqlite3.Connection, conn: Any, tables: list[str], target: StoreConfig,
-                 progress: Callable[[str, int], None] | None) -> dict[str, int]:
+                 progress: Callable[[str, int], None] | None, stop: threading.Event) -> dict[str, int]:
     """The schema and the rows in one transaction: a copy that fails leaves the database empty."""
     rows: dict[str, int] = {}
     raw = conn.raw
@@ -150,6 +157,8 @@ def _copy_tables(source: sqlite3.Connection, conn: Any, tables: list[str], targe
             try:
                 with raw.cursor().copy(f'COPY "{table}" ({quoted}) FROM STDIN') as copy:
                     while batch := cursor.fetchmany(_COPY_BATCH):
+                        if stop.is_set():
+                            raise CopyStopped
                         for row in batch:
                             copy.write_row([value if fix is None or value is None else fix(value)
                                             for value, fix in zip(row, convert, strict=True)])
@@ -172,6 +181,8 @@ def _copy_tables(source: sqlite3.Connection, conn: Any, tables: list[str], targe
                 " AND is_identity = 'YES'").fetchall():
             conn.execute(f"SELECT setval(pg_get_serial_sequence(?, ?), COALESCE((SELECT MAX(\"{column}\") FROM"
                          f" \"{table}\"), 0) + 1, false)", (table, column))
+        if stop.is_set():
+            raise CopyStopped
         conn.execute("COMMIT")
     except BaseException:
         if conn.usable and conn.in_transaction:

@@ -6,6 +6,7 @@ store must go on where SQLite left off (ids after the highest, usage counted onc
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 import subprocess
 from dataclasses import replace
@@ -178,3 +179,33 @@ def test_a_row_postgresql_refuses_is_named_and_nothing_is_kept(sqlite_config: Pa
     with psycopg.connect(postgres_url) as target:
         assert target.execute("SELECT to_regclass('schema_migrations')").fetchone() == (None,)
 
+
+def test_ctrl_c_stops_the_copy_and_leaves_the_database_empty(sqlite_config: Path, tmp_path: Path,
+                                                             postgres_url: str) -> None:
+    """Before, the copy's thread went on to its commit behind the KeyboardInterrupt: exit 130
+    and a full database the operator believed stopped."""
+    source = sqlite3.connect(tmp_path / "ispd.db")
+    source.executemany("INSERT INTO lease_history (at, event, address, starts_at, expires_at) VALUES (?, 'granted', ?,"
+                       " 0, 1)", ((T0 + i, f"10.0.{i // 256 % 256}.{i % 256}") for i in range(30_000)))
+    source.commit()
+    source.close()
+    copying = subprocess.Popen([ISPD, "store", "copy-to-postgresql", postgres_url, "-c", str(sqlite_config)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert copying.stdout is not None
+        assert copying.stdout.readline().startswith("copying the store")
+        copying.send_signal(signal.SIGINT)
+        _, stderr = copying.communicate(timeout=30)
+    finally:
+        if copying.poll() is None:
+            copying.kill()
+            copying.wait()
+    assert copying.returncode == 1 and "stopped: nothing was copied" in stderr, stderr
+    with psycopg.connect(postgres_url) as target:
+        assert target.execute("SELECT to_regclass('schema_migrations')").fetchone() == (None,)
+
+
+def test_a_url_that_does_not_parse_is_refused_with_its_reason(sqlite_config: Path) -> None:
+    failed = copy_command(sqlite_config, "postgresql://[bad")
+    assert failed.returncode == 1 and "unexpected" not in failed.stderr
+    assert "not a libpq connection URL" in failed.stderr
