@@ -365,19 +365,25 @@ class Connector:
         nothing of the caller's was sent yet, so it is safe to begin again on a new one."""
         if not self.usable(conn):
             conn.close()
-            conn = self.connect()
+            return self._begun_on_a_new_one(begin)
         try:
             begin(conn)
         except self.errors:
             if self.usable(conn):
                 raise
             conn.close()
-            conn = self.connect()
-            try:
-                begin(conn)
-            except BaseException:
-                conn.close()  # the caller keeps the closed one, and opens another next time
-                raise
+            return self._begun_on_a_new_one(begin)
+        return conn
+
+    def _begun_on_a_new_one(self, begin: Callable[[Any], None]) -> Any:
+        conn = self.connect()
+        try:
+            begin(conn)
+        except BaseException:
+            # Whatever the failure (the write lock's wait timed out too), the caller keeps its
+            # closed one and opens another next time: this one is closed, not left to the GC.
+            conn.close()
+            raise
         return conn
 
     def begin_write(self, conn: Any) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -11,6 +12,7 @@ import pytest
 from ispd.credentials import derive_credentials
 from ispd.store import Conflict, InvalidValue, NotFound, Store, StoreConfig, StoreMetrics, StoreUnavailable, open_store
 from ispd.store.models import CredentialPolicy, Lease, LeaseState, SubscriberStatus
+from ispd.store.sqlite import Connector
 from tests.store.conftest import FakeClock
 
 
@@ -344,3 +346,31 @@ async def test_a_deleted_subscribers_id_is_never_given_again(store: Store) -> No
     assert newguy.id == carol.id + 1
     await store.delete_subscriber("newguy", actor="t")
     assert (await store.add_subscriber("later", actor="t")).id == carol.id + 2
+
+
+def test_a_new_connection_whose_begin_failed_is_closed_whatever_the_failure(tmp_path: Path) -> None:
+    """The caller keeps the connection it passed (closed): a new one that could not begin (a
+    server restart, then the write lock's wait timed out) must not be left open to the GC."""
+    class Conn:
+        def __init__(self, usable: bool) -> None:
+            self.alive, self.closed = usable, False
+
+        def close(self) -> None:
+            self.closed = True
+
+    opened: list[Conn] = []
+
+    class Fake(Connector):
+        def connect(self) -> Conn:
+            opened.append(Conn(usable=True))
+            return opened[-1]
+
+        def usable(self, conn: Conn) -> bool:
+            return conn.alive and not conn.closed
+
+    def locked(conn: Conn) -> None:
+        raise sqlite3.OperationalError("the write lock's wait timed out")
+
+    with pytest.raises(sqlite3.OperationalError):
+        Fake(StoreConfig(path=tmp_path / "x.db")).begun(Conn(usable=False), locked)
+    assert [conn.closed for conn in opened] == [True]
