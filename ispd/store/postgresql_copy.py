@@ -175,12 +175,15 @@ def _copy_tables(source: sqlite3.Connection, conn: Any, tables: list[str], targe
             rows[table] = count
             if progress is not None:
                 progress(table, count)
-        # An identity goes on after the highest id copied (setval's false: the next value is this one).
+        # An identity goes on after the highest id copied, or after the highest SQLite ever gave
+        # (AUTOINCREMENT's sqlite_sequence: audit_log's, whose newest rows retention may have
+        # removed). setval's false: the next value is the one given.
+        given = dict(source.execute("SELECT name, seq FROM sqlite_sequence").fetchall())
         for table, column in conn.execute(
                 "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema()"
                 " AND is_identity = 'YES'").fetchall():
-            conn.execute(f"SELECT setval(pg_get_serial_sequence(?, ?), COALESCE((SELECT MAX(\"{column}\") FROM"
-                         f" \"{table}\"), 0) + 1, false)", (table, column))
+            conn.execute(f"SELECT setval(pg_get_serial_sequence(?, ?), GREATEST(COALESCE((SELECT MAX(\"{column}\")"
+                         f" FROM \"{table}\"), 0), ?) + 1, false)", (table, column, int(given.get(table, 0))))
         if stop.is_set():
             raise CopyStopped
         conn.execute("COMMIT")

@@ -101,6 +101,8 @@ async def sqlite_config(tmp_path: Path) -> Path:
 
 async def test_every_row_is_copied_and_the_store_goes_on_where_sqlite_left_off(
         sqlite_config: Path, tmp_path: Path, postgres_url: str) -> None:
+    with sqlite3.connect(tmp_path / "ispd.db") as source:  # the newest entry gone, as retention would take it
+        source.execute("DELETE FROM audit_log WHERE id = (SELECT MAX(id) FROM audit_log)")
     result = copy_command(sqlite_config, postgres_url)
     assert result.returncode == 0, result.stderr
     assert "accounting_records: 3 rows" in result.stdout and "set in [store] backend" in result.stdout
@@ -111,6 +113,10 @@ async def test_every_row_is_copied_and_the_store_goes_on_where_sqlite_left_off(
     before = all_rows(tables, lambda sql: source.execute(sql).fetchall())
     with psycopg.connect(postgres_url) as target:
         after = all_rows(tables, lambda sql: target.execute(sql).fetchall())
+        # audit_log is AUTOINCREMENT in SQLite: its next id is after the highest ever given, even
+        # one retention has removed.
+        [(given,)] = source.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'").fetchall()
+        assert target.execute("SELECT nextval(pg_get_serial_sequence('audit_log', 'id'))").fetchone() == (given + 1,)
     source.close()
     assert {t: len(r) for t, r in after.items()} == {t: len(r) for t, r in before.items()}
     assert after == before  # usage_daily too: the usage triggers did not count the sessions again
@@ -186,7 +192,7 @@ def test_ctrl_c_stops_the_copy_and_leaves_the_database_empty(sqlite_config: Path
     and a full database the operator believed stopped."""
     source = sqlite3.connect(tmp_path / "ispd.db")
     source.executemany("INSERT INTO lease_history (at, event, address, starts_at, expires_at) VALUES (?, 'granted', ?,"
-                       " 0, 1)", ((T0 + i, f"10.0.{i // 256 % 256}.{i % 256}") for i in range(30_000)))
+                       " 0, 1)", ((T0 + i, f"198.18.{i // 256 % 256}.{i % 256}") for i in range(100_000)))
     source.commit()
     source.close()
     copying = subprocess.Popen([ISPD, "store", "copy-to-postgresql", postgres_url, "-c", str(sqlite_config)],
