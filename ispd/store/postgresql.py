@@ -147,11 +147,11 @@ def postgresql_sql(sql: str) -> tuple[str, bool]:
 
 
 def _bound(params: Sequence[Any], numbered: bool) -> Any:
-    values = [int(v) if v.__class__ is bool else _storable_text(v) if v.__class__ is str else v for v in params]
+    values = [int(v) if v.__class__ is bool else storable_text(v) if v.__class__ is str else v for v in params]
     return {f"p{n}": v for n, v in enumerate(values, 1)} if numbered else values
 
 
-def _storable_text(text: str) -> str:
+def storable_text(text: str) -> str:
     """PostgreSQL's text cannot hold a NUL, which SQLite keeps: U+FFFD stands for it, as for bytes
     that are not UTF-8 where the services decode. Texts the services take from clients may carry
     one (a NAS's User-Name or Acct-Session-Id ending in a C string's terminator): refused, such a
@@ -275,7 +275,7 @@ def connect(config: StoreConfig) -> PgConnection:
             connect_timeout=max(1, round(config.busy_timeout_seconds)), **options,
         )
     except psycopg.Error as exc:
-        raise StoreUnavailable(f"cannot connect to {describe(config)}: {_first_line(exc)}") from None
+        raise StoreUnavailable(f"cannot connect to {describe(config)}: {first_line(exc)}") from None
     raw.adapters.register_loader("numeric", _NumericLoader)
     # A str goes as text, not psycopg's default "unknown": SQLite's SQL tests parameters alone
     # (``?2 IS NOT NULL``), where PostgreSQL cannot tell the type of an unknown.
@@ -298,7 +298,7 @@ def describe(config: StoreConfig) -> str:
     return f"the PostgreSQL store {parts.get('dbname') or parts.get('user') or ''} on {where}{port}".replace("  ", " ")
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
@@ -325,15 +325,15 @@ def translate(exc: BaseException, config: StoreConfig) -> BaseException:
     if isinstance(exc, errors.CheckViolation):
         return Conflict("a value is out of range")
     if isinstance(exc, errors.IntegrityError):  # NOT NULL, and the schema's triggers' refusals
-        return Conflict(diag.message_primary or _first_line(exc))
+        return Conflict(diag.message_primary or first_line(exc))
     if isinstance(exc, errors.LockNotAvailable):
         return StoreUnavailable(
             f"the store stayed locked by another process for more than {config.busy_timeout_seconds:g} s")
     if isinstance(exc, errors.NumericValueOutOfRange):
         return InvalidValue("a number is too large for the store")
     if isinstance(exc, psycopg.DataError):  # a value of the wrong form for its column
-        return InvalidValue(f"a value the store cannot keep: {_first_line(exc)}")
-    return StoreUnavailable(f"store error: {_first_line(exc)}")
+        return InvalidValue(f"a value the store cannot keep: {first_line(exc)}")
+    return StoreUnavailable(f"store error: {first_line(exc)}")
 
 
 # --- migrations -------------------------------------------------------------------------------
@@ -536,7 +536,7 @@ class PostgresDaemonLock:
             self._take(conn)
         except psycopg.Error as exc:  # the server went away again: the keeper tries again later
             conn.close()
-            raise DaemonLockError(f"cannot take the daemon lock on {describe(self.config)}: {_first_line(exc)}") \
+            raise DaemonLockError(f"cannot take the daemon lock on {describe(self.config)}: {first_line(exc)}") \
                 from None
         except BaseException:
             conn.close()

@@ -39,14 +39,14 @@ except ImportError:  # connect() says what to install before any of it is used
 from ispd.store.config import StoreConfig
 from ispd.store.errors import Conflict, InvalidValue, StoreUnavailable
 from ispd.store.postgresql import (
-    _first_line,
-    _storable_text,
     apply_migration,
     connect,
     describe,
+    first_line,
     lock_for_migrating,
     postgresql_migrations,
     schema_version,
+    storable_text,
     translate,
 )
 from ispd.store.sqlite import sqlite_migrations
@@ -95,7 +95,7 @@ def _as_integer(value: Any) -> Any:
 def _as_text(value: Any) -> Any:
     if value.__class__ is bytes:
         value = value.decode("utf-8", "replace")
-    return _storable_text(value) if value.__class__ is str else value
+    return storable_text(value) if value.__class__ is str else value
 
 
 _CONVERSIONS = {"bigint": _as_integer, "integer": _as_integer, "smallint": _as_integer, "text": _as_text}
@@ -166,7 +166,7 @@ def _copy_tables(source: sqlite3.Connection, conn: Any, tables: list[str], targe
             except (psycopg.DataError, psycopg.IntegrityError, OverflowError) as exc:
                 # Which table, row and column: the operator looks at that row in the SQLite store.
                 context = (getattr(getattr(exc, "diag", None), "context", None) or "").strip().splitlines()
-                raise InvalidValue(f"{table}: a row PostgreSQL refuses: {_first_line(exc)}"
+                raise InvalidValue(f"{table}: a row PostgreSQL refuses: {first_line(exc)}"
                                    + (f" ({context[0]})" if context else "")) from None
             conn.execute(f'ALTER TABLE "{table}" ENABLE TRIGGER USER')
             copied = conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
