@@ -33,7 +33,7 @@ The targets of the issue are printed beside the figures. Needs root (taskset, an
 buffers beyond net.core.rmem_max for radload), freeradius and taskset. Every process started is
 stopped at exit, also on an error, Ctrl-C or SIGTERM; the working directories go under --dir.
 
-    .venv/bin/python bench/radius.py [--quick] [--duration 15] [--only ispd|freeradius|freeradius-sql]
+    .venv/bin/python bench/radius.py [--quick] [--duration 15] [--only ispd|freeradius|freeradius-sql|ispd-postgresql]
                                      [--window 256] [--repeat 1] [--no-pin] [--dir /var/tmp]
                                      [--json out.json] [--keep]
 """
@@ -77,6 +77,7 @@ from bench.radload import ACCESS_ACCEPT, ACCESS_REJECT, DEFAULT_PASSWORD, Report
 from tests.lab.dnshier import _death_signal  # noqa: E402
 from tests.lab.freeradius import FREERADIUS, FreeRADIUS, sqlite_driver_available, status_server, version  # noqa: E402
 from tests.lab.ports import free_tcp_port, free_udp_port  # noqa: E402
+from tests.lab.postgresql import PostgresCluster  # noqa: E402
 
 RADLOAD = REPO / "bench" / "radload.py"
 SECRET = "bench-secret-0123"
@@ -160,6 +161,36 @@ class IspdServer(Server):
                            f"answer Status-Server on 127.0.0.1:{self.auth_port}")
 
 
+class IspdPostgreSQLServer(IspdServer):
+    """ispd with its store on PostgreSQL: a private cluster of the bench's (fsync on, under --dir,
+    not pinned: it shares the machine), a fresh database for each run with the seed store copied
+    in by ``ispd store copy-to-postgresql``'s code."""
+
+    name, label = "ispd-postgresql", "ispd (PostgreSQL)"
+    cluster: PostgresCluster | None = None
+
+    def _start(self) -> None:
+        from ispd.store import StoreConfig
+        from ispd.store.postgresql_copy import copy_to_postgresql
+
+        assert self.seed is not None and self.cluster is not None
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.url = self.cluster.create_database()
+        copy_to_postgresql(self.seed, StoreConfig(backend="postgresql", url=self.url, path=self.workdir / "ispd.db"))
+        config = ISPD_CONFIG.format(workdir=self.workdir, metrics_port=free_tcp_port(), auth_port=self.auth_port,
+                                    acct_port=self.acct_port, secret=SECRET)
+        config = config.replace("[store]\n", f"[store]\nbackend = \"postgresql\"\nurl = \"{self.url}\"\n", 1)
+        self.process.start(config, lambda: status_server("127.0.0.1", self.auth_port, SECRET, 0.2) == ACCESS_ACCEPT,
+                           f"answer Status-Server on 127.0.0.1:{self.auth_port}")
+
+    def accounting_records(self) -> int | None:
+        import psycopg
+
+        with psycopg.connect(self.url) as conn:
+            row = conn.execute("SELECT count(*) FROM accounting_records").fetchone()
+        return int(row[0]) if row is not None else 0
+
+
 def freeradius_threads(cpus: str | None) -> int:
     """4 worker threads (and SQL connections) per core of the server: on one core, 4 did best of
     1, 2, 4, 16 and 32 (16: 15 % fewer PAP and 20 % fewer accounting requests/s)."""
@@ -168,7 +199,9 @@ def freeradius_threads(cpus: str | None) -> int:
 
 
 SERVERS: dict[str, type[Server]] = {"ispd": IspdServer, "freeradius": FreeRADIUSServer,
-                                    "freeradius-sql": FreeRADIUSSQLServer}
+                                    "freeradius-sql": FreeRADIUSSQLServer, "ispd-postgresql": IspdPostgreSQLServer}
+# Measured only when asked for (--only): not one of the targets' comparisons.
+ON_REQUEST = {"ispd-postgresql"}
 
 
 def copy_store(seed: Path, workdir: Path) -> None:
@@ -437,6 +470,9 @@ def server_notes(names: list[str], args: argparse.Namespace, server_cpus: str | 
     if "ispd" in names:
         notes.append("ispd: [radius] as in bench/radius.py ISPD_CONFIG; store SQLite, WAL, synchronous FULL, "
                      "group commit")
+    if "ispd-postgresql" in names:
+        notes.append("ispd (PostgreSQL): the same, its store on a private PostgreSQL cluster (fsync on, "
+                     "synchronous_commit on, unix socket, not pinned: it shares both cores)")
     notes.append(f"radload: {args.duration:g} s per run, best of {args.repeat}, {args.window} requests in flight "
                  f"over 8 sockets, {USERS:,} users, {TIMEOUT:g} s timeout; fresh server per run")
     return notes
@@ -464,7 +500,7 @@ def main() -> None:
         parser.error("--repeat must be at least 1")
     if not 0 < args.window <= 2048:
         parser.error("--window must be 1 to 2048 (8 sockets of 256 identifiers)")
-    names = [args.only] if args.only else list(SERVERS)
+    names = [args.only] if args.only else [name for name in SERVERS if name not in ON_REQUEST]
     skipped = []
     if "freeradius-sql" in names and not sqlite_driver_available():
         names.remove("freeradius-sql")
@@ -479,10 +515,13 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="ispd-bench-radius-", dir=args.dir))
     results: dict[tuple[str, str], Run] = {}
     try:
-        if "ispd" in names:
+        if "ispd" in names or "ispd-postgresql" in names:
             IspdServer.seed = root / "seed" / "ispd.db"
             IspdServer.seed.parent.mkdir()
             asyncio.run(seed_ispd_store(IspdServer.seed, bench_users(USERS)))
+        if "ispd-postgresql" in names:
+            root.chmod(0o755)  # the cluster runs as the postgres user when we are root
+            IspdPostgreSQLServer.cluster = PostgresCluster(durable=True, parent=root).start()
         print(f"RADIUS: {' vs '.join(names)}, driven by bench/radload.py")
         load_avg = os.getloadavg()[0]
         print(f"machine: {machine_summary()}; {pinning}; load average {load_avg:.2f} at start"
@@ -525,6 +564,8 @@ def main() -> None:
                                              for r in results.values()], indent=1))
     finally:
         stop_all()
+        if IspdPostgreSQLServer.cluster is not None:
+            IspdPostgreSQLServer.cluster.stop()
         keep_or_remove(root, args.keep)
 
 
