@@ -280,8 +280,12 @@ def connect(config: StoreConfig) -> PgConnection:
     # A str goes as text, not psycopg's default "unknown": SQLite's SQL tests parameters alone
     # (``?2 IS NOT NULL``), where PostgreSQL cannot tell the type of an unknown.
     raw.adapters.register_dumper(str, psycopg.types.string.StrDumper)
-    # A writer waiting for another's turn (the advisory lock) or a row lock waits this long at most.
-    raw.execute(f"SET lock_timeout = {max(1, round(config.busy_timeout_seconds * 1000))}")  # 0: no limit
+    try:
+        # A writer waiting for another's turn (the advisory lock) or a row lock waits this long at most.
+        raw.execute(f"SET lock_timeout = {max(1, round(config.busy_timeout_seconds * 1000))}")  # 0: no limit
+    except psycopg.Error as exc:  # the server went away at once
+        raw.close()
+        raise StoreUnavailable(f"cannot connect to {describe(config)}: {first_line(exc)}") from None
     return PgConnection(raw)
 
 

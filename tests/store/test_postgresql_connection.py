@@ -86,3 +86,12 @@ def test_check_config_refuses_a_url_that_does_not_parse(tmp_path: Path) -> None:
     config.write_text(f'[store]\nbackend = "postgresql"\nurl = "host=/run/postgresql dbname=ispd"\n'
                       f'path = "{tmp_path / "ispd.db"}"\n')
     assert main(["check-config", "-c", str(config)]) == 0
+
+
+def test_both_backends_know_the_same_newest_schema() -> None:
+    """A migration added to one folder and not the other would leave one backend behind (and
+    `ispd store migrate` names the newest from SQLite's)."""
+    from ispd.store.postgresql import postgresql_migrations
+    from ispd.store.sqlite import sqlite_migrations
+
+    assert postgresql_migrations()[-1].version == sqlite_migrations()[-1].version
