@@ -7,8 +7,9 @@ a connection) on its queue and await a future. The thread takes every job waitin
 ``group_commit_max_batch``), runs each inside its own SAVEPOINT within one ``BEGIN IMMEDIATE``
 transaction, commits once, and only then resolves the futures: a caller is told "done" only
 after the change is durable (WAL with ``synchronous=FULL``: the commit is fsynced). A failing job
-rolls back its savepoint alone; the others in the batch still commit. While one batch is being
-synced the next one collects, so throughput grows with concurrency instead of fsyncs.
+rolls back its savepoint alone; the others in the batch still commit (a job alone in its batch
+needs no savepoint: its transaction is one). While one batch is being synced the next one
+collects, so throughput grows with concurrency instead of fsyncs.
 
 Reads run on a small thread pool, each thread with its own connection; WAL lets them proceed
 while the writer writes. Nothing touches SQLite on the event loop.
@@ -17,6 +18,11 @@ Other processes (the admin CLI, a second daemon on the same file) are serialised
 own lock: ``BEGIN IMMEDIATE`` takes the write lock up front and waits ``busy_timeout_seconds``
 for it, which avoids the read-to-write upgrade deadlock that makes WAL return "database is
 locked" at once.
+
+The PostgreSQL backend (``postgresql.py``) is this store over another connection: ``Connector``
+holds what differs (connections, how a transaction begins, the driver's errors, migrations), so
+the SQL here is written to run on both (``RETURNING`` rather than ``lastrowid`` where it costs
+nothing, ``ON CONFLICT`` rather than ``OR IGNORE``, no parameter tested alone for NULL).
 """
 
 from __future__ import annotations
