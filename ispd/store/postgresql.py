@@ -36,13 +36,12 @@ import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from importlib import resources
 from typing import Any
 
 from ispd.logs import get_logger
 from ispd.store.config import StoreConfig
 from ispd.store.errors import Conflict, InvalidValue, SchemaTooNew, StoreError, StoreUnavailable
-from ispd.store.sqlite import Clock, Connector, Migration, MigrationStarting, SQLiteStore
+from ispd.store.sqlite import Clock, Connector, Migration, MigrationStarting, SQLiteStore, read_migrations
 
 log = get_logger("ispd.store")
 
@@ -344,18 +343,8 @@ def translate(exc: BaseException, config: StoreConfig) -> BaseException:
 
 
 def postgresql_migrations() -> list[Migration]:
-    """The schema's first version at once, then each later migration: numbers without gaps."""
-    folder = resources.files("ispd.store") / "migrations" / "postgresql"
-    found = []
-    for entry in folder.iterdir():
-        if entry.name.endswith(".sql"):
-            number, _, rest = entry.name.partition("_")
-            found.append(Migration(int(number), rest.removesuffix(".sql"), entry.read_text("utf-8")))
-    found.sort(key=lambda m: m.version)
-    first = found[0].version if found else 1
-    if [m.version for m in found] != list(range(first, first + len(found))):
-        raise RuntimeError(f"migration numbers must follow each other without gaps: {[m.version for m in found]}")
-    return found
+    """The schema's first version at once, then each later migration."""
+    return read_migrations("postgresql")
 
 
 def schema_version(conn: PgConnection) -> int:

@@ -167,16 +167,26 @@ class Migration:
             raise ValueError(f"migration {self.version} ends with an incomplete statement")
 
 
-def sqlite_migrations() -> list[Migration]:
-    folder = resources.files("ispd.store") / "migrations" / "sqlite"
+def read_migrations(backend: str) -> list[Migration]:
+    """``migrations/<backend>/NNNN_name.sql`` in order; the numbers follow each other without gaps
+    (SQLite's from 1; PostgreSQL's from the version its first script creates at once)."""
+    folder = resources.files("ispd.store") / "migrations" / backend
     found = []
     for entry in folder.iterdir():
         if entry.name.endswith(".sql"):
             number, _, rest = entry.name.partition("_")
             found.append(Migration(int(number), rest.removesuffix(".sql"), entry.read_text("utf-8")))
     found.sort(key=lambda m: m.version)
-    if [m.version for m in found] != list(range(1, len(found) + 1)):
-        raise RuntimeError(f"migration numbers must run 1..N without gaps: {[m.version for m in found]}")
+    first = found[0].version if found else 1
+    if [m.version for m in found] != list(range(first, first + len(found))):
+        raise RuntimeError(f"migration numbers must follow each other without gaps: {[m.version for m in found]}")
+    return found
+
+
+def sqlite_migrations() -> list[Migration]:
+    found = read_migrations("sqlite")
+    if found and found[0].version != 1:
+        raise RuntimeError(f"SQLite's migrations start at 1, not {found[0].version}")
     return found
 
 
