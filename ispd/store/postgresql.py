@@ -7,10 +7,10 @@ modules): the same writer thread with group commit, the same reader threads, the
 statements. What differs lives here:
 
 - ``PgConnection`` gives a psycopg connection the few sqlite3 manners the shared code uses
-  (``execute`` returning a cursor, rows read by name or position, ``lastrowid``,
-  ``in_transaction``) and turns SQLite's spellings into PostgreSQL's: ``?`` and ``?N``
-  placeholders, the two-argument scalar ``MAX``/``MIN`` (``GREATEST``/``LEAST``). Booleans go as
-  0 and 1, as SQLite stores them.
+  (``execute`` returning a cursor, rows read by name or position, ``in_transaction``; no
+  ``lastrowid``: the shared SQL asks for new ids with RETURNING) and turns SQLite's spellings
+  into PostgreSQL's: ``?`` and ``?N`` placeholders, the two-argument scalar ``MAX``/``MIN``
+  (``GREATEST``/``LEAST``). Booleans go as 0 and 1, as SQLite stores them.
 - Writes: SQLite lets one writer in at a time (``BEGIN IMMEDIATE``), and the store's checks rest
   on it (a name is free, then it is inserted; the next id is the highest plus one). Here every
   write transaction first takes one transaction-scoped advisory lock, so writers — this daemon's
@@ -35,7 +35,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from ispd.logs import get_logger
@@ -196,48 +196,22 @@ if psycopg is not None:
             return int(text) if text.lstrip("-").isdigit() else float(text)
 
 
-class PgCursor:
-    __slots__ = ("_conn", "_cursor")
-
-    def __init__(self, conn: PgConnection, cursor: Any) -> None:
-        self._conn, self._cursor = conn, cursor
-
-    def fetchone(self) -> Any:
-        return self._cursor.fetchone()
-
-    def fetchall(self) -> list[Any]:
-        return list(self._cursor.fetchall())
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._cursor)
-
-    @property
-    def rowcount(self) -> int:
-        return int(self._cursor.rowcount)
-
-    @property
-    def lastrowid(self) -> int:
-        """The id the last INSERT drew (``lastval()``): right for a table whose own triggers draw
-        no other identity; the shared code uses it only for radius_sessions."""
-        row = self._conn.raw.execute("SELECT lastval()").fetchone()
-        return int(row[0])
-
-
 class PgConnection:
     """A psycopg connection in autocommit mode (the store says BEGIN and COMMIT itself)."""
 
     def __init__(self, raw: Any) -> None:
         self.raw = raw
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> PgCursor:
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """A psycopg cursor: fetchone, fetchall, iteration and rowcount as sqlite3's."""
         text, numbered = postgresql_sql(sql)
-        return PgCursor(self, self.raw.execute(text, _bound(params, numbered)))
+        return self.raw.execute(text, _bound(params, numbered))
 
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> PgCursor:
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> Any:
         text, numbered = postgresql_sql(sql)
         cursor = self.raw.cursor()
         cursor.executemany(text, [_bound(params, numbered) for params in rows])
-        return PgCursor(self, cursor)
+        return cursor
 
     def execute_script(self, script: str) -> None:
         """A migration: several statements, no parameters, PostgreSQL's own spelling."""
@@ -422,8 +396,8 @@ class PostgreSQLConnector(Connector):
         return conn.usable
 
     def begin_write(self, conn: PgConnection) -> None:
-        conn.execute("BEGIN")
-        conn.execute(f"SELECT pg_advisory_xact_lock({_WRITE_LOCK})")
+        # One round trip for both (no parameters: psycopg sends them as one simple query).
+        conn.execute_script(f"BEGIN; SELECT pg_advisory_xact_lock({_WRITE_LOCK})")
 
     def begin_read(self, conn: PgConnection) -> None:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")

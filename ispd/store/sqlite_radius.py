@@ -157,8 +157,10 @@ def _open_session(conn: sqlite3.Connection, record: AccountingRecord, *, stopped
         record.input_octets or 0,
         record.output_octets or 0, record.input_packets or 0, record.output_packets or 0,
         record.session_time_seconds or 0)
-    cursor = conn.execute(_SESSION_INSERT, values)
-    session_id = int(cursor.lastrowid or 0)
+    if isinstance(conn, sqlite3.Connection):  # lastrowid is free; a RETURNING costs each Start 2-3 us
+        session_id = int(conn.execute(_SESSION_INSERT, values).lastrowid or 0)
+    else:  # PostgreSQL: the id comes back with the insert, not in a round trip of its own
+        session_id = int(conn.execute(_SESSION_INSERT + " RETURNING id", values).fetchone()[0])
     if _carries_ipv6(record):
         _index_networks(conn, session_id, record.framed_ipv6_prefix, record.delegated_ipv6_prefix,
                         record.framed_ipv6_address)
