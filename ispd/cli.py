@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import dataclasses
 import getpass
@@ -23,7 +24,7 @@ import sys
 import threading
 import time
 import unicodedata
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
@@ -1359,22 +1360,32 @@ async def cmd_store_copy_to_postgresql(config: Config, args: argparse.Namespace)
 
     # Ctrl-C or a TERM: the copy stops and rolls back. Without this the thread copied on to its
     # commit behind a KeyboardInterrupt (exit 130, the database full) with the lock already released.
+    try:
+        with _stop_asked_by_signals() as stop:
+            print(f"copying the store {config.store.path} into {describe(target)}", flush=True)
+            copied = await asyncio.to_thread(copy_to_postgresql, config.store.path, target, copied_table, stop)
+    except CopyStopped:
+        raise CommandFailed(f"stopped: nothing was copied, {describe(target)} is left empty") from None
+    finally:
+        lock.release()
+    print(f"copied {sum(copied.rows.values()):,} rows of {len(copied.rows)} tables (schema {copied.schema_version}) "
+          f"in {copied.seconds:.1f} s; to use it, set in [store] backend = \"postgresql\" and url to this "
+          f"database's (the SQLite store stays as it was)")
+
+
+@contextlib.contextmanager
+def _stop_asked_by_signals() -> Iterator[threading.Event]:
+    """An event that Ctrl-C or a TERM sets, for work in another thread to stop at a safe point
+    (rather than a KeyboardInterrupt that leaves the thread running on, unheld)."""
     stop = threading.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        print(f"copying the store {config.store.path} into {describe(target)}", flush=True)
-        copied = await asyncio.to_thread(copy_to_postgresql, config.store.path, target, copied_table, stop)
-    except CopyStopped:
-        raise CommandFailed(f"stopped: nothing was copied, {describe(target)} is left empty") from None
+        yield stop
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
-        lock.release()
-    print(f"copied {sum(copied.rows.values()):,} rows of {len(copied.rows)} tables (schema {copied.schema_version}) "
-          f"in {copied.seconds:.1f} s; to use it, set in [store] backend = \"postgresql\" and url to this "
-          f"database's (the SQLite store stays as it was)")
 
 
 def _megabytes(size: int) -> str:
@@ -1411,29 +1422,23 @@ async def cmd_store_migrate(config: Config, args: argparse.Namespace) -> None:
     lock = daemon_lock(config, "stop it first (or let it be: a daemon applies the migrations itself as it starts)")
     where = config.store.path if config.store.backend == "sqlite" else _store_name(config)
     applied: list[int] = []
-    # Ctrl-C or a TERM: the step under way finishes (cut, it would only be rolled back), no
-    # other begins, as in the daemon.
-    stop = threading.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-
-    def starting(step: Migration, target: int) -> None:  # in the store's thread
-        if stop.is_set():
-            raise MigrationStopped(step)
-        applied.append(step.version)
-        print(f"{where}: migrating to schema {target}: {step.version} {step.name} ...", flush=True)
-
     began = time.monotonic()
     try:
-        store = await open_store(config.store, migration_starting=starting)
-        await store.close()
+        # Ctrl-C or a TERM: the step under way finishes (cut, it would only be rolled back), no
+        # other begins, as in the daemon.
+        with _stop_asked_by_signals() as stop:
+            def starting(step: Migration, target: int) -> None:  # in the store's thread
+                if stop.is_set():
+                    raise MigrationStopped(step)
+                applied.append(step.version)
+                print(f"{where}: migrating to schema {target}: {step.version} {step.name} ...", flush=True)
+
+            store = await open_store(config.store, migration_starting=starting)
+            await store.close()
     except MigrationStopped as stopped:
         raise CommandFailed(f"{where}: stopped before migration {stopped.step.version} "
                             f"{stopped.step.name}; run it again to go on") from None
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
         lock.release()
     newest = sqlite_migrations()[-1].version
     if applied:
