@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from tests.lab.dhcpclients import wait_for_pid_file
 from tests.lab.netns import Lab, _check_allowed
 
 REPO = Path(__file__).resolve().parents[2]
@@ -572,6 +573,7 @@ class Dhclient6(DHCPv6Client):
         """``dhclient -6 -r``: ends the running client (by its pid file) and sends a RELEASE;
         reported as RELEASE6 (one call per address or prefix: the first is returned)."""
         before = len(self.events())
+        wait_for_pid_file(self.proc, self.pid_file)
         rc = self._run(self._command("dhclient", "-r", *self._args(), self.interface), timeout)
         if self.proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):

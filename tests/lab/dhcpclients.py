@@ -381,6 +381,23 @@ class Udhcpc(DHCPClient):
         return self.wait_event({"DECONFIG"}, after=before, timeout=timeout, proc=self.proc)
 
 
+def wait_for_pid_file(proc: subprocess.Popen[bytes] | None, pid_file: Path, timeout: float = 5.0) -> None:
+    """Wait until ``pid_file`` names ``proc`` (or it exits, or ``timeout`` passes).
+
+    dhclient -d writes its pid file only once it has bound, after the script's call and the
+    lease file that ``obtain`` waits for. ``dhclient -r`` ends the client named there, so right
+    after a restart it would signal the previous run, long gone, and leave this one running
+    (CI saw it once for dhclient -6: no "Killed old client process")."""
+    if proc is None:
+        return
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            if int(pid_file.read_text().strip()) == proc.pid:
+                return
+        time.sleep(0.02)
+
+
 _DHCLIENT_CONF = """\
 timeout {timeout};
 retry 60;
@@ -439,6 +456,7 @@ class Dhclient(DHCPClient):
     def release(self, timeout: float = 15.0) -> ClientEvent | None:
         """``dhclient -r``: ends the running client (by its pid file) and sends a RELEASE."""
         before = len(self.events())
+        wait_for_pid_file(self.proc, self.pid_file)
         rc = self._run(self._command("dhclient", "-r", *self._args(), self.interface), timeout)
         if self.proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
