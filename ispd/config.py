@@ -49,6 +49,11 @@ class DaemonConfig(Section):
     # The Unix socket the admin CLI reaches the running daemon through (`ispd dns cache ...`);
     # mode 0600. An empty string in the file disables it (None here). Changing it needs a restart.
     control_socket: Annotated[Path | None, BeforeValidator(_socket_path)] = Path("/run/ispd/control.sock")
+    # When another node's daemon holds the store (PostgreSQL shared by two nodes), wait as its hot
+    # standby rather than fail the start: metrics and /healthz answer, no other service runs, and
+    # when the active daemon stops or loses the store this one takes it over and starts serving,
+    # its state loaded from the store as at any start.
+    standby: bool = False
 
 
 _WILDCARD = {False: "0.0.0.0", True: "::"}
@@ -114,6 +119,14 @@ class Config(Section):
         if self.metrics.enabled:
             yield "tcp", "metrics.listen", [self.metrics.listen]
         yield "tcp", "admin.listen", self.admin.listen
+
+    @model_validator(mode="after")
+    def _standby_on_a_shared_store(self) -> Config:
+        if self.daemon.standby and self.store.backend != "postgresql":
+            raise ValueError('daemon.standby needs [store] backend = "postgresql": a standby takes over a store '
+                             "that several nodes reach, and a SQLite file lives on one host (there, systemd's "
+                             "Restart= is the standby)")
+        return self
 
     @model_validator(mode="after")
     def _prefix_pools_apart_from_dhcp6(self) -> Config:

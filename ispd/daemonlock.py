@@ -27,12 +27,13 @@ if TYPE_CHECKING:
 
 
 class DaemonLockError(Exception):
-    """Another daemon holds the store's lock (``held_by``: its PID, if known), or the lock file
-    cannot be opened."""
+    """Another daemon holds the store's lock (``held_by``: its PID, if known; ``holder``: how
+    it names itself, "ispd HOST pid N", if known), or the lock file cannot be opened."""
 
-    def __init__(self, message: str, held_by: int | None = None, *, in_use: bool = False) -> None:
+    def __init__(self, message: str, held_by: int | None = None, *, in_use: bool = False,
+                 holder: str | None = None) -> None:
         super().__init__(message)
-        self.held_by, self.in_use = held_by, in_use
+        self.held_by, self.in_use, self.holder = held_by, in_use, holder
 
 
 def lock_path(store_path: Path) -> Path:

@@ -12,6 +12,11 @@ starting   build logging, metrics registry, control socket, store (migrated) and
            ``ispd/daemonlock.py``, held for the daemon's lifetime) or a control socket another
            live daemon answers on (both checked first, before the store is opened, so a second
            daemon says so at once).
+standby    (``daemon.standby``, a PostgreSQL store) instead of that refusal: only the metrics
+           listener starts, READY=1 goes out with a STATUS= line naming the active daemon, the
+           watchdog pings, and the lock is looked at every STANDBY_POLL_SECONDS; once it is free
+           it is taken and the start goes on as above. A lock that a server restart freed is
+           left to its holder's keeper for RESTART_GRACE_SECONDS first.
 serving    READY=1 and a STATUS= line go to systemd only now, when every listener is bound.
            The audit relay announces changes made by other processes; the watchdog pings while
            the loop turns and the store's writer lives.
@@ -40,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client import CollectorRegistry, Gauge, GCCollector, PlatformCollector, ProcessCollector
 
 from ispd import __version__
 from ispd.admin.service import AdminService
@@ -88,8 +93,13 @@ STORE_PING_TIMEOUT_SECONDS = 2.0
 MIGRATION_EXTEND_SECONDS = 30.0
 MIGRATION_EXTEND_INTERVAL_SECONDS = 10.0
 HISTORY_PURGE_INTERVAL_SECONDS = 3600.0
-# How often a PostgreSQL store's daemon lock is checked (a restarted server has dropped it).
-DAEMON_LOCK_CHECK_SECONDS = 5.0
+# How often a PostgreSQL store's daemon lock is checked (a restarted server has dropped it; a
+# standby may have taken it). Often: until then a daemon that lost it still answers clients.
+DAEMON_LOCK_CHECK_SECONDS = 1.0
+# How often a standby looks at the lock: about the longest a takeover waits once it is free.
+STANDBY_POLL_SECONDS = 1.0
+# How long a standby leaves a lock the server's restart freed to the daemon that held it.
+RESTART_GRACE_SECONDS = 5 * DAEMON_LOCK_CHECK_SECONDS
 
 
 @dataclass(slots=True)
@@ -120,6 +130,11 @@ class Supervisor:
         self._migrating: tuple[Migration, int, float] | None = None  # (step, target, its start)
         self._extended_at = -math.inf  # when EXTEND_TIMEOUT_USEC last went to systemd (monotonic)
         self._lock_lost = False
+        # While waiting as a standby: what /healthz says (None once the store is ours).
+        self._standby: tuple[bool, str] | None = None
+        self._watchdog_started = False
+        self._standby_gauge = Gauge("ispd_daemon_standby", "1 while this daemon waits as a standby for the "
+                                    "store another node's daemon holds, 0 once it serves", registry=self.registry)
 
     # --- lifecycle
 
@@ -164,10 +179,7 @@ class Supervisor:
     async def _start_up(self) -> bool:
         """Open the control socket and the store and start every enabled service; False (logged)
         when something could not."""
-        try:
-            self.lock.acquire()
-        except DaemonLockError as exc:
-            log.error("daemon.start.failed", error=str(exc))
+        if not await self._hold_the_store():
             return False
         if self.config.daemon.control_socket is not None:
             self.control = ControlServer(self.config.daemon.control_socket, self.commands)
@@ -192,17 +204,99 @@ class Supervisor:
         except StoreError as exc:
             log.error("daemon.start.failed", error=str(exc))
             return False
-        self.context = ServiceContext(self.store, self.bus, self.registry, self.health_report,
-                                      control=self.commands, config_path=self.config_path)
+        if self.context is None:
+            self.context = self._service_context(self.store)
+        else:  # a standby's: its metrics listener has served from it meanwhile
+            self.context.store = self.store
         try:
             for spec in SERVICES:
-                if spec.enabled(self.config):
+                if spec.enabled(self.config) and spec.name not in self.running:
                     await self._start_service(spec, self.config)
         except ServiceStartError as exc:
             log.error("daemon.start.failed", error=str(exc))
             return False
         await self.relay.start()
         return True
+
+    def _service_context(self, store: Store | None) -> ServiceContext:
+        # A standby's metrics listener gets its context before the store is open: it never
+        # touches the store, and the store is set in before any other service starts.
+        return ServiceContext(store, self.bus, self.registry, self.health_report,  # type: ignore[arg-type]
+                              control=self.commands, config_path=self.config_path)
+
+    async def _hold_the_store(self) -> bool:
+        """Take the daemon lock, or with ``daemon.standby`` wait until it can be taken; False
+        (logged) when it cannot be had."""
+        try:
+            self.lock.acquire()
+            return True
+        except DaemonLockError as exc:
+            if not (exc.in_use and self.config.daemon.standby):
+                log.error("daemon.start.failed", error=str(exc))
+                return False
+            holder = exc.holder or "another ispd"
+        try:
+            return await self._stand_by(holder)
+        finally:
+            self._standby = None
+            self._standby_gauge.set(0)
+
+    async def _stand_by(self, holder: str) -> bool:
+        """Serve metrics and /healthz, and take the lock once the active daemon has let it go (it
+        stopped, or the server closed its connection: it died, or its host did). False (logged)
+        when the metrics listener cannot start."""
+        from ispd.store.postgresql import PostgresDaemonLock, describe
+
+        lock = self.lock
+        assert isinstance(lock, PostgresDaemonLock)  # daemon.standby is for a PostgreSQL store
+
+        def standing_by(by: str) -> None:
+            if self._standby is not None and not self._standby[0]:
+                log.info("daemon.standby.store_reachable", holder=by)
+            self._standby = (True, f"standby: {by} holds the store")
+
+        standing_by(holder)
+        self._standby_gauge.set(1)
+        log.info("daemon.standby", holder=holder, store=describe(self.config.store))
+        metrics = next(spec for spec in SERVICES if spec.name == "metrics")
+        if metrics.enabled(self.config):
+            self.context = self._service_context(None)
+            try:
+                await self._start_service(metrics, self.config)
+            except ServiceStartError as exc:  # the daemon would fail its start on it anyway
+                log.error("daemon.start.failed", error=str(exc))
+                return False
+        self.notifier.ready(f"standby: {holder} holds the store; taking over when it stops")
+        self._start_watchdog()
+        held_on: str | None = None  # when the server had started, as the lock was last seen held
+        free_since: float | None = None
+        while True:
+            await asyncio.sleep(STANDBY_POLL_SECONDS)
+            try:
+                held, by, server_started = await asyncio.to_thread(lock.probe)
+                if held:
+                    holder, held_on, free_since = by or "another ispd", server_started, None
+                    standing_by(holder)
+                    continue
+                if held_on is not None and server_started != held_on:
+                    # The server restarted: every session ended with it, the holder's too, whose
+                    # keeper takes the lock again within DAEMON_LOCK_CHECK_SECONDS. A server
+                    # restart is no failover: the holder gets its turn first.
+                    free_since = time.monotonic() if free_since is None else free_since
+                    if time.monotonic() - free_since < RESTART_GRACE_SECONDS:
+                        continue
+                await asyncio.to_thread(lock.acquire)
+            except DaemonLockError as exc:
+                if exc.in_use:  # taken between the look and the try
+                    holder = exc.holder or "another ispd"
+                    standing_by(holder)
+                elif self._standby is None or self._standby[0]:
+                    log.warning("daemon.standby.store_unreachable", error=str(exc))
+                    self._standby = (False, f"standby, but the store cannot be reached: {exc}")
+                continue
+            log.warning("daemon.takeover", previous=holder, store=describe(self.config.store))
+            self.notifier.status(f"taking over the store from {holder}")
+            return True
 
     def _migration_starting(self, step: Migration, target: int) -> None:
         """Called in the store's thread as each migration begins. Once a stop is asked for, no
@@ -313,13 +407,15 @@ class Supervisor:
 
     def _start_watchdog(self) -> None:
         interval = watchdog_interval()
-        if interval is None:
+        if interval is None or self._watchdog_started:
             return
+        self._watchdog_started = True
 
         async def pet() -> None:
             while True:
-                # A dead store writer means no promise can be kept: let systemd restart us.
-                if self.store is not None and self.store.writer_alive():
+                # A dead store writer means no promise can be kept: let systemd restart us. A
+                # standby (and one taking over) has no store yet: its loop turning is all there is.
+                if self.store is None or self.store.writer_alive():
                     self.notifier.watchdog()
                 await asyncio.sleep(interval)
 
@@ -329,6 +425,7 @@ class Supervisor:
         """A PostgreSQL store's daemon lock lives on a connection, which a server restart or a
         failover ends: take the lock again. If another daemon took it meanwhile, stop (exit 1)
         rather than answer clients beside it."""
+        unchecked = False
         while True:
             await asyncio.sleep(DAEMON_LOCK_CHECK_SECONDS)
             try:
@@ -339,8 +436,11 @@ class Supervisor:
                     self._lock_lost = True
                     self.request_stop()
                     return
-                log.warning("daemon.lock.unchecked", error=str(exc))  # the server is away: try again
+                if not unchecked:  # the server is away: try again, and say so once
+                    log.warning("daemon.lock.unchecked", error=str(exc))
+                unchecked = True
             else:
+                unchecked = False
                 if taken_again:
                     log.warning("daemon.lock.retaken", detail="the store's server closed the lock's connection")
 
@@ -428,6 +528,9 @@ class Supervisor:
     # --- health
 
     async def health_report(self) -> tuple[bool, dict[str, Any]]:
+        if self._standby is not None:
+            ok, detail = self._standby
+            return ok, {"daemon": {"ok": ok, "detail": detail}}
         report: dict[str, Any] = {}
         store_ok, detail = True, ""
         try:

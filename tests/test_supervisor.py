@@ -13,11 +13,14 @@ from typing import Any
 
 import pytest
 
+from ispd import supervisor as supervisor_module
 from ispd.config import Config, DaemonConfig
 from ispd.configtypes import SocketAddress
+from ispd.daemonlock import DaemonLockError
 from ispd.metrics.config import MetricsConfig
 from ispd.sdnotify import Notifier
 from ispd.store.config import StoreConfig
+from ispd.store.postgresql import PostgresDaemonLock
 from ispd.store.sqlite import Migration, connect, migrate, schema_version, sqlite_migrations
 from ispd.supervisor import Supervisor
 
@@ -256,3 +259,63 @@ async def test_store_migrate_stopped_by_ctrl_c_begins_no_further_step(tmp_path: 
     with pytest.raises(CommandFailed, match=f"stopped before migration {slow[1].version} {slow[1].name}"):
         await cmd_store_migrate(config, argparse.Namespace())
     assert schema_of(config) == slow[0].version
+
+
+class ScriptedLock(PostgresDaemonLock):
+    """The daemon lock as another node's daemon holds it: ``looks`` are what each probe sees
+    (held?, the server's start time); the last repeats. Taking it always succeeds."""
+
+    def __init__(self, config: StoreConfig, looks: list[tuple[bool, str]]) -> None:
+        super().__init__(config)
+        self.looks = looks
+        self.freed_at: float | None = None  # when a probe first found it free
+        self.taken_at: float | None = None
+        self.tries = 0
+
+    def acquire(self) -> None:
+        self.tries += 1
+        if self.tries == 1:
+            raise DaemonLockError("held", in_use=True, holder="ispd other pid 1")
+        self.taken_at = time.monotonic()
+
+    def probe(self) -> tuple[bool, str | None, str]:
+        held, started = self.looks.pop(0) if len(self.looks) > 1 else self.looks[0]
+        if not held and self.freed_at is None:
+            self.freed_at = time.monotonic()
+        return held, "ispd other pid 1" if held else None, started
+
+    def keep(self) -> bool:
+        return False
+
+    def release(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("server_restarted", "grace"), [(False, 0.0), (True, 0.6)])
+async def test_a_standby_leaves_a_lock_a_server_restart_freed_to_its_holder_for_a_while(
+        tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch, server_restarted: bool,
+        grace: float) -> None:
+    monkeypatch.setattr(supervisor_module, "STANDBY_POLL_SECONDS", 0.05)
+    monkeypatch.setattr(supervisor_module, "RESTART_GRACE_SECONDS", 0.6)
+    config = Config(daemon=DaemonConfig(control_socket=tmp_path / "control.sock", standby=True),
+                    store=StoreConfig(path=tmp_path / "s.db", backend="postgresql", url=postgres_url),
+                    metrics=MetricsConfig(listen=SocketAddress("127.0.0.1", 0)))
+    notifier = RecordingNotifier()
+    supervisor = Supervisor(tmp_path / "unused.toml", config, notifier)
+    lock = ScriptedLock(config.store, [(True, "t1"), (True, "t1"), (False, "t2" if server_restarted else "t1")])
+    supervisor.lock = lock
+    task = asyncio.create_task(supervisor.run())
+    try:
+        # READY=1 twice: as a standby, then serving.
+        for _ in range(100):
+            if sum("READY=1" in sent for sent in notifier.sent) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert lock.freed_at is not None and lock.taken_at is not None, notifier.sent
+        waited = lock.taken_at - lock.freed_at
+        assert grace <= waited < grace + 0.5, waited
+        assert notifier.sent[0] == ("READY=1", "STATUS=standby: ispd other pid 1 holds the store; taking over "
+                                    "when it stops")
+    finally:
+        supervisor.request_stop()
+        assert await asyncio.wait_for(task, 10) == 0

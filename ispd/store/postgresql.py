@@ -510,20 +510,57 @@ class PostgresDaemonLock:
             raise
         return conn
 
+    def probe(self) -> tuple[bool, str | None, str]:
+        """Without taking it: whether the lock is held, by whom ("ispd HOST pid N", if it says),
+        and when the server started (a restart ends every session, the holder's too, and its
+        keeper takes the lock again within DAEMON_LOCK_CHECK_SECONDS). DaemonLockError when the
+        server cannot be asked."""
+        from ispd.daemonlock import DaemonLockError
+
+        try:
+            conn = connect(self.config)
+        except StoreUnavailable as exc:
+            raise DaemonLockError(str(exc)) from None
+        try:
+            held, holder = _holder(conn)
+            started = conn.execute("SELECT pg_postmaster_start_time()::text").fetchone()[0]
+        except psycopg.Error as exc:
+            raise DaemonLockError(f"cannot ask {describe(self.config)} about the daemon lock: {first_line(exc)}") \
+                from None
+        finally:
+            conn.close()
+        return held, holder, started
+
     def _take(self, conn: PgConnection) -> None:
         from ispd.daemonlock import DaemonLockError
 
         if conn.execute(f"SELECT pg_try_advisory_lock({_DAEMON_LOCK})").fetchone()[0]:
+            # The server's side of the lock's connection: a holder whose host vanished (no FIN, no
+            # RST) must not keep the lock for the kernel's two idle hours, its standby waiting.
+            conn.execute_script(_HOLDER_KEEPALIVES)
             return
-        holder = conn.execute(
-            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-            " WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database"
-            " WHERE datname = current_database()) AND (l.classid::bigint << 32) + l.objid::bigint = ?",
-            (_DAEMON_LOCK,)).fetchone()
-        who = holder[0] if holder is not None and holder[0] else "another ispd"
+        _, holder = _holder(conn)
+        who = holder or "another ispd"
         raise DaemonLockError(
             f"another ispd ({who}) is running on {describe(self.config)}; stop it first: two daemons "
-            "on one store would both answer every client", _pid_in(who), in_use=True)
+            "on one store would both answer every client", _pid_in(who), in_use=True, holder=holder)
+
+
+def _holder(conn: PgConnection) -> tuple[bool, str | None]:
+    """Whether a session holds the daemon lock, and its application_name (None if it set none)."""
+    row = conn.execute(
+        "SELECT a.application_name FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database"
+        " WHERE datname = current_database()) AND (l.classid::bigint << 32) + l.objid::bigint = ?",
+        (_DAEMON_LOCK,)).fetchone()
+    return row is not None, (row[0] or None) if row is not None else None
+
+
+# About 25 s from the holder's last packet to the server's closing its session, freeing the lock
+# (keepalive after 10 s idle, 3 probes 5 s apart; 25 s for data never acknowledged). Unix
+# sockets ignore them.
+_HOLDER_KEEPALIVES = ("SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; "
+                      "SET tcp_keepalives_count = 3; SET tcp_user_timeout = 25000")
 
 
 def _pid_in(application_name: str) -> int | None:

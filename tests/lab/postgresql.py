@@ -212,6 +212,12 @@ class PostgresCluster:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
 
+    def restart(self, timeout: float = 15.0) -> None:
+        """Stop the server (fast shutdown: every session ends) and start it again on the same data."""
+        assert self.proc is not None, "the cluster is not started"
+        _shut_down(self.proc, timeout)
+        self._start_server(timeout)
+
     @property
     def pid(self) -> int:
         assert self.proc is not None

@@ -1,0 +1,208 @@
+"""Two nodes' daemons on one PostgreSQL store: the second, started with ``daemon.standby``, waits
+as the first's hot standby (metrics and /healthz answer, RADIUS does not) and takes the store over
+when the first dies or stops: radclient, the NAS, is answered by it, and a session the first
+opened is closed through it. Both daemons run as processes on this host, each with a ``path``,
+control socket and listeners of its own, as they would on two hosts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ispd.supervisor import RESTART_GRACE_SECONDS, STANDBY_POLL_SECONDS
+from tests.lab import toml
+from tests.lab.ports import free_tcp_port, free_udp_port
+from tests.lab.postgresql import PostgresCluster
+from tests.lab.process import ISPD, IspdProcess, base_config, eventually
+from tests.lab.radclient import Reply, radclient, require_radclient
+
+pytest.importorskip("psycopg")
+
+SECRET = "testing123"
+LOOPBACK = "127.0.0.1"
+
+
+class Node(IspdProcess):
+    def __init__(self, workdir: Path, url: str, *, standby: bool = True) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        radius = {"enabled": True, "reject_delay_seconds": 0,
+                  "listen_auth": [f"{LOOPBACK}:{free_udp_port(LOOPBACK)}"],
+                  "listen_acct": [f"{LOOPBACK}:{free_udp_port(LOOPBACK)}"],
+                  "client": [{"name": "bng", "address": "127.0.0.0/8", "secret": SECRET}]}
+        config = base_config(workdir, store={"backend": "postgresql", "url": url}, radius=radius,
+                             daemon={"standby": standby})
+        config["metrics"]["listen"] = f"{LOOPBACK}:{free_tcp_port(LOOPBACK)}"
+        super().__init__(workdir, config)
+
+    def login(self, password: str = "alice-pw") -> Reply:
+        return radclient(self.config["radius"]["listen_auth"][0], "auth", SECRET,
+                         f"User-Name = alice, User-Password = {password}, Message-Authenticator = 0x00",
+                         timeout=1.0, retries=1)
+
+    def account(self, session: str, status: str) -> Reply:
+        return radclient(self.config["radius"]["listen_acct"][0], "acct", SECRET,
+                         f"User-Name = alice, Acct-Session-Id = {session}, NAS-IP-Address = 127.0.0.1, "
+                         f"Acct-Status-Type = {status}", timeout=1.0, retries=1)
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        status, body = self.http_get("/healthz")
+        return status, json.loads(body)
+
+    def status_lines(self) -> list[str]:
+        return [line for message in self.notifications for line in message.split("\n") if line.startswith("STATUS=")]
+
+
+def holder_name(node: Node) -> str:
+    assert node.proc is not None
+    return f"ispd {socket.gethostname()} pid {node.proc.pid}"
+
+
+@pytest.fixture
+def url(postgres_cluster: PostgresCluster) -> Any:
+    require_radclient()
+    url = postgres_cluster.create_database()
+    yield url
+    postgres_cluster.drop_database(url)
+
+
+def assert_standing_by(node: Node, active: Node) -> None:
+    assert f"STATUS=standby: {holder_name(active)} holds the store; taking over when it stops" \
+        in node.status_lines(), node.notifications
+    [standby] = node.log_events("daemon.standby")
+    assert standby["holder"] == holder_name(active), standby
+    assert node.health() == (200, {"status": "ok", "services": {
+        "daemon": {"ok": True, "detail": f"standby: {holder_name(active)} holds the store"}}})
+    assert node.metric_value("ispd_daemon_standby") == 1
+    assert node.login().code is None  # RADIUS is not listening: the NAS turns to the active one
+
+
+def assert_serving(node: Node) -> None:
+    status, health = node.health()
+    assert status == 200 and set(health["services"]) >= {"store", "radius", "metrics"}, health
+    assert node.metric_value("ispd_daemon_standby") == 0
+    assert node.login().code == "Access-Accept", node.log_text()[-3000:]
+    assert node.login("wrong").code == "Access-Reject"
+
+
+def start_active_and_standby(a: Node, b: Node) -> None:
+    """A takes the free store and serves alice; B finds it held and stands by."""
+    a.start()
+    assert a.log_events("daemon.standby") == []
+    a.cli("plan", "add", "home", "--credential-policy", "cleartext")
+    a.cli("subscriber", "add", "alice", "--plan", "home", "--password-stdin", input="alice-pw\n")
+    assert_serving(a)
+    b.start()
+    assert_standing_by(b, a)
+    assert b.log_events("daemon.ready") == []
+
+
+def test_a_standby_takes_over_when_the_active_daemon_dies_and_again_when_it_stops(url: str, tmp_path: Path) -> None:
+    with Node(tmp_path / "a", url) as a, Node(tmp_path / "b", url) as b:
+        start_active_and_standby(a, b)
+        assert a.account("s-1", "Start").code == "Accounting-Response"
+
+        # A dies without a word (its host lost power): the server ends its session, and with it
+        # the lock; B takes the store and serves, its state loaded from the store.
+        assert a.proc is not None
+        a.proc.send_signal(signal.SIGKILL)
+        a.proc.wait(10)
+        b.wait_for("READY=1", timeout=20)
+        [takeover] = b.log_events("daemon.takeover")
+        assert takeover["previous"] == holder_name(a), takeover
+        assert b.status_lines()[-1].startswith("STATUS=serving: "), b.status_lines()
+        assert_serving(b)
+        # The session A opened is B's to close.
+        assert b.account("s-1", "Stop").code == "Accounting-Response"
+        shown = json.loads(b.cli("subscriber", "show", "alice", "--json").stdout)
+        [session] = [s for s in shown["sessions"] if s["acct_session_id"] == "s-1"]
+        assert session["stopped_at"] is not None, session
+
+        # A comes back (systemd restarts it) and stands by for B; B stops, and A takes over.
+        a.start()
+        assert_standing_by(a, b)
+        assert b.terminate() == 0
+        a.wait_for("READY=1", timeout=20)
+        assert_serving(a)
+        assert "Traceback" not in a.log_text() + b.log_text()
+
+
+def test_a_server_restart_is_no_failover(tmp_path: Path) -> None:
+    """The restart ends the active daemon's session and frees its lock; its keeper takes it again,
+    and the standby, which saw the server start anew, leaves it that turn."""
+    require_radclient()
+    with PostgresCluster() as cluster:
+        url = cluster.create_database()
+        with Node(tmp_path / "a", url) as a, Node(tmp_path / "b", url) as b:
+            start_active_and_standby(a, b)
+            cluster.restart()
+            eventually(lambda: a.log_events("daemon.lock.retaken"), timeout=10, interval=0.2)
+            # Past the standby's grace, the lock is still the active daemon's.
+            time.sleep(RESTART_GRACE_SECONDS + 2 * STANDBY_POLL_SECONDS)
+            assert b.log_events("daemon.takeover") == [], b.log_text()[-3000:]
+            assert a.log_events("daemon.lock.lost") == []
+            assert a.proc is not None and a.proc.poll() is None
+            assert b.health() == (200, {"status": "ok", "services": {
+                "daemon": {"ok": True, "detail": f"standby: {holder_name(a)} holds the store"}}})
+            assert_serving(a)
+
+
+def test_a_daemon_without_standby_is_still_refused(url: str, tmp_path: Path) -> None:
+    with Node(tmp_path / "a", url) as a, Node(tmp_path / "b", url, standby=False) as b:
+        a.start()
+        b.start(wait_ready=False)
+        assert b.proc is not None and b.proc.wait(15) == 1, b.log_text()
+        [failed] = b.log_events("daemon.start.failed")
+        assert f"another ispd ({holder_name(a)}) is running on" in failed["error"], failed
+        assert b.log_events("daemon.standby") == []
+
+
+def test_standby_needs_a_postgresql_store(tmp_path: Path) -> None:
+    path = tmp_path / "ispd.toml"
+    toml.write(path, base_config(tmp_path, daemon={"standby": True}))
+    result = subprocess.run([ISPD, "check-config", "-c", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0, result
+    assert 'daemon.standby needs [store] backend = "postgresql"' in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_standby_that_cannot_reach_the_store_says_so_and_stands_by_again(url: str, tmp_path: Path) -> None:
+    # B reaches the server through a directory of its own that links to the server's socket
+    # directory: removing the link cuts B off while A keeps the lock.
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qs(parts.query)
+    via = Path(tempfile.mkdtemp(prefix="ispd-pgvia-")) / "socket"
+    query["host"] = [str(via)]
+    b_url = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query, doseq=True)))
+    try:
+        via.symlink_to(Path(query_host(url)))
+        with Node(tmp_path / "a", url) as a, Node(tmp_path / "b", b_url) as b:
+            start_active_and_standby(a, b)
+            via.unlink()
+            eventually(lambda: b.health()[0] == 503, timeout=10, interval=0.2)
+            detail = b.health()[1]["services"]["daemon"]["detail"]
+            assert detail.startswith("standby, but the store cannot be reached: cannot connect to "), detail
+            assert b.log_events("daemon.standby.store_unreachable"), b.log_text()[-3000:]
+            via.symlink_to(Path(query_host(url)))
+            eventually(lambda: b.health()[0] == 200, timeout=10, interval=0.2)
+            assert b.log_events("daemon.standby.store_reachable"), b.log_text()[-3000:]
+            assert b.log_events("daemon.takeover") == [] and b.login().code is None
+            a.kill()
+            b.wait_for("READY=1", timeout=20)
+            assert_serving(b)
+    finally:
+        shutil.rmtree(via.parent, ignore_errors=True)
+
+
+def query_host(url: str) -> str:
+    return urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["host"][0]
