@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from ispd.store.postgresql import _DAEMON_LOCK as DAEMON_LOCK
 from ispd.supervisor import RESTART_GRACE_SECONDS, STANDBY_POLL_SECONDS
 from tests.lab import toml
 from tests.lab.ports import free_tcp_port, free_udp_port
@@ -27,7 +28,7 @@ from tests.lab.postgresql import PostgresCluster
 from tests.lab.process import ISPD, IspdProcess, base_config, eventually
 from tests.lab.radclient import Reply, radclient, require_radclient
 
-pytest.importorskip("psycopg")
+psycopg = pytest.importorskip("psycopg")
 
 SECRET = "testing123"
 LOOPBACK = "127.0.0.1"
@@ -135,6 +136,29 @@ def test_a_standby_takes_over_when_the_active_daemon_dies_and_again_when_it_stop
         a.wait_for("READY=1", timeout=20)
         assert_serving(a)
         assert "Traceback" not in a.log_text() + b.log_text()
+
+
+def test_a_daemon_whose_lock_another_took_stops(url: str, tmp_path: Path) -> None:
+    """Only the lock's session ends (an administrator's pg_terminate_backend, a connection the
+    network cut) and another takes the lock first (here the test, as a standby would): the
+    daemon that had it, alive and serving, stops at its next check rather than answer beside the
+    new holder."""
+    with Node(tmp_path / "a", url) as a, psycopg.connect(url, autocommit=True,
+                                                         application_name="ispd elsewhere pid 1") as conn:
+        a.start()
+        a.signal(signal.SIGSTOP)  # its keeper must not take the lock again before the test does
+        [(terminated,)] = conn.execute(
+            "SELECT pg_terminate_backend(l.pid) FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted"
+            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " AND (l.classid::bigint << 32) + l.objid::bigint = %s", (DAEMON_LOCK,)).fetchall()
+        assert terminated
+        eventually(lambda: conn.execute("SELECT pg_try_advisory_lock(%s)", (DAEMON_LOCK,)).fetchone()[0],
+                   timeout=5, interval=0.01)
+        a.signal(signal.SIGCONT)
+        assert a.proc is not None and a.proc.wait(10) == 1, a.log_text()[-3000:]
+        [lost] = a.log_events("daemon.lock.lost")
+        assert "another ispd (ispd elsewhere pid 1) is running on" in lost["error"], lost
+        assert a.log_events("daemon.stopped"), a.log_text()[-3000:]
 
 
 def test_a_server_restart_is_no_failover(tmp_path: Path) -> None:
