@@ -1327,13 +1327,21 @@ async def cmd_store_backup(config: Config, args: argparse.Namespace) -> None:
 
 async def cmd_store_restore(config: Config, args: argparse.Namespace) -> None:
     from ispd.store.sqlite import sqlite_migrations
-    from ispd.store.sqlite_backup import restore
+    from ispd.store.sqlite_backup import RestoreStopped, restore
 
     _sqlite_only(config, "restore")
     lock = daemon_lock(config, "stop it first (systemctl stop ispd), then restore")
+    # Ctrl-C or a TERM: the restore stops if it has not begun to replace the store, and finishes
+    # if it has. Without this its thread restored on behind a KeyboardInterrupt, the daemon's
+    # lock already released: a daemon started meanwhile would open the store being replaced.
     try:
-        copied, aside = await asyncio.to_thread(restore, args.backup, config.store.path,
-                                                sqlite_migrations()[-1].version, config.store.busy_timeout_seconds)
+        with _stop_asked_by_signals() as stop:
+            print(f"restoring {args.backup} into {config.store.path}", flush=True)
+            copied, aside = await asyncio.to_thread(restore, args.backup, config.store.path,
+                                                    sqlite_migrations()[-1].version,
+                                                    config.store.busy_timeout_seconds, stop)
+    except RestoreStopped:
+        raise CommandFailed(f"stopped: {config.store.path} was left as it was") from None
     finally:
         lock.release()
     print(f"restored {args.backup} (schema {copied.schema_version}, {_megabytes(copied.bytes)}) into {copied.path}"

@@ -18,7 +18,9 @@ the daemon's /var/lib/ispd must not lock the daemon out). The store's name never
 the way: the old file is set aside by a second name (a hard link), and the checked, synced copy
 replaces it in one rename. A crash or an error half way leaves the old store where it was (a
 daemon started on an empty name makes a new, empty store and runs on it). A backup of an older
-schema is migrated by the next start.
+schema is migrated by the next start. Asked to stop (``stop``: Ctrl-C, a TERM), a restore stops
+while it copies, or once the copy is made, and leaves the old store as it was; once the old store
+is being set aside it finishes.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +38,12 @@ from ispd.store.sqlite import directory_owner_for_root
 
 _HEADER = b"SQLite format 3\x00"
 _SIDE_FILES = ("-wal", "-shm", "-journal")
+# A restore copies this many pages at a time (16 MB of SQLite's 4 kB pages), looking for a stop between.
+_RESTORE_STEP_PAGES = 4096
+
+
+class RestoreStopped(Exception):
+    """The restore was asked to stop before it touched the store: the store is as it was."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +78,11 @@ def backup(store: Path, destination: Path, busy_timeout: float) -> Copied:
     return Copied(destination, destination.stat().st_size, version, time.monotonic() - began)
 
 
-def restore(backup_file: Path, store: Path, newest_schema: int, busy_timeout: float) -> tuple[Copied, Path | None]:
+def restore(backup_file: Path, store: Path, newest_schema: int, busy_timeout: float,
+            stop: threading.Event | None = None) -> tuple[Copied, Path | None]:
     """Put a copy of ``backup_file`` in place of ``store`` (its real file, through symlinks);
     the old store and its side files are set aside under one name, returned. The caller holds
-    the daemon's lock."""
+    the daemon's lock. RestoreStopped once ``stop`` is set, until the old store is touched."""
     began = time.monotonic()
     real = Path(os.path.realpath(store))
     if not backup_file.is_file():
@@ -86,7 +96,7 @@ def restore(backup_file: Path, store: Path, newest_schema: int, busy_timeout: fl
     aside: Path | None = None
     try:
         real.parent.mkdir(parents=True, exist_ok=True)
-        version = _copy(backup_file, temporary, busy_timeout, backup_file)
+        version = _copy(backup_file, temporary, busy_timeout, backup_file, stop)
         if version > newest_schema:
             raise StoreError(f"{backup_file} is at schema version {version}, newer than this ispd knows "
                              f"({newest_schema}): restore it with the ispd that wrote it")
@@ -98,6 +108,8 @@ def restore(backup_file: Path, store: Path, newest_schema: int, busy_timeout: fl
         elif (owner := directory_owner_for_root(temporary)) is not None:  # as the daemon makes its store
             os.chown(temporary, *owner)
         _fsync(temporary)  # (all that can fail before the old store is touched)
+        if stop is not None and stop.is_set():
+            raise RestoreStopped()
         moved: list[tuple[str, str]] = []
         if real.exists():
             aside, moved = _set_aside(real, busy_timeout)
@@ -150,16 +162,26 @@ def _set_aside(real: Path, busy_timeout: float) -> tuple[Path, list[tuple[str, s
     return aside, moved
 
 
-def _copy(source_path: Path, temporary: Path, busy_timeout: float, name: Path) -> int:
+def _copy(source_path: Path, temporary: Path, busy_timeout: float, name: Path,
+          stop: threading.Event | None = None) -> int:
     """``source_path`` copied into the new private file ``temporary``: all its pages in one step
     (one snapshot: a daemon may go on writing), as one file (no -wal to carry along), checked;
-    its schema version."""
+    its schema version. With ``stop``, in steps, RestoreStopped once it is set: the source is a
+    backup then, which nobody writes (a write between steps would start the copy over)."""
+
+    def stopping(status: int, remaining: int, total: int) -> None:
+        if stop is not None and stop.is_set():
+            raise RestoreStopped()  # (SQLite's backup ends when its progress call raises)
+
     _create_private(temporary)
     source = sqlite3.connect(source_path, timeout=busy_timeout)  # (read only by use: a WAL reader needs its -shm)
     try:
         target = sqlite3.connect(temporary, isolation_level=None)
         try:
-            source.backup(target)
+            if stop is None:
+                source.backup(target)
+            else:
+                source.backup(target, pages=_RESTORE_STEP_PAGES, progress=stopping)
             target.execute("PRAGMA journal_mode = DELETE")
             return _checked(target, name)
         finally:

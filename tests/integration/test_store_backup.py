@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 from ispd.store import StoreConfig, open_store
-from tests.lab.process import IspdProcess, base_config
+from tests.lab.process import ISPD, IspdProcess, base_config, interrupted_at_first_line
 
 
 def usernames(daemon: IspdProcess) -> list[str]:
@@ -85,7 +85,8 @@ def test_a_backup_beside_a_writing_daemon_is_whole_and_a_restore_puts_it_back(tm
         daemon.cli("subscriber", "add", "carol")  # after the backup: gone once it is restored
         assert daemon.terminate() == 0
 
-        restored = daemon.cli("store", "restore", str(backups / "first.db")).stdout
+        restoring, restored = daemon.cli("store", "restore", str(backups / "first.db")).stdout.splitlines()
+        assert restoring == f"restoring {backups / 'first.db'} into {tmp_path / 'ispd.db'}"
         assert restored.startswith(f"restored {backups / 'first.db'} (schema ")
         aside = Path(restored.rsplit("the store it replaced is ", 1)[1].strip())
         assert "carol" in rows(aside)  # kept, with what its -wal held
@@ -137,3 +138,24 @@ def test_a_restore_into_a_store_that_is_gone_makes_it(tmp_path: Path) -> None:
     out = daemon.cli("store", "restore", str(backup)).stdout
     assert "the store it replaced" not in out
     assert usernames(daemon) == ["alice"]
+
+
+def test_ctrl_c_stops_a_restore_and_leaves_the_store_as_it_was(tmp_path: Path) -> None:
+    """Before, the restore's thread went on behind the KeyboardInterrupt with the daemon's lock
+    released: a daemon started meanwhile would open the store being replaced."""
+    daemon = IspdProcess(tmp_path, base_config(tmp_path))
+    daemon.write_config()
+    daemon.cli("subscriber", "add", "alice")
+    backup = tmp_path / "big.db"
+    daemon.cli("store", "backup", str(backup))
+    conn = sqlite3.connect(backup)  # 200 MB to copy: the Ctrl-C comes while it does
+    conn.execute("CREATE TABLE ballast (b BLOB)")
+    conn.executemany("INSERT INTO ballast VALUES (zeroblob(1000000))", [()] * 200)
+    conn.commit()
+    conn.close()
+    code, stderr = interrupted_at_first_line([ISPD, "store", "restore", str(backup), "-c", str(daemon.config_path)],
+                                             "restoring ")
+    assert code == 1, stderr
+    assert stderr == f"ispd: stopped: {tmp_path / 'ispd.db'} was left as it was\n"
+    assert usernames(daemon) == ["alice"]
+    assert [p.name for p in tmp_path.iterdir() if "replaced" in p.name or p.name.startswith(".")] == []

@@ -229,3 +229,20 @@ def eventually(predicate: Callable[[], Any], timeout: float = 5.0, interval: flo
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s (last value {value!r})")
         time.sleep(interval)
+
+
+def interrupted_at_first_line(command: Sequence[str], first_line: str, timeout: float = 60.0) -> tuple[int, str]:
+    """Run ``command``, send it SIGINT (Ctrl-C) as soon as it prints a line starting with
+    ``first_line``, and wait for it: its exit code and stderr."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith(first_line), line
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, stderr

@@ -6,7 +6,6 @@ store must go on where SQLite left off (ids after the highest, usage counted onc
 
 from __future__ import annotations
 
-import signal
 import sqlite3
 import subprocess
 from dataclasses import replace
@@ -32,7 +31,7 @@ from ispd.store.models import (
     TrustAnchorKey,
 )
 from tests.lab import toml
-from tests.lab.process import ISPD
+from tests.lab.process import ISPD, interrupted_at_first_line
 
 T0 = 1_800_000_000.0
 START = AccountingRecord(at=T0, status=AccountingStatus.START, nas_address="198.18.0.1", acct_session_id="s1",
@@ -195,18 +194,9 @@ def test_ctrl_c_stops_the_copy_and_leaves_the_database_empty(sqlite_config: Path
                        " 0, 1)", ((T0 + i, f"198.18.{i // 256 % 256}.{i % 256}") for i in range(100_000)))
     source.commit()
     source.close()
-    copying = subprocess.Popen([ISPD, "store", "copy-to-postgresql", postgres_url, "-c", str(sqlite_config)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert copying.stdout is not None
-        assert copying.stdout.readline().startswith("copying the store")
-        copying.send_signal(signal.SIGINT)
-        _, stderr = copying.communicate(timeout=30)
-    finally:
-        if copying.poll() is None:
-            copying.kill()
-            copying.wait()
-    assert copying.returncode == 1 and "stopped: nothing was copied" in stderr, stderr
+    code, stderr = interrupted_at_first_line([ISPD, "store", "copy-to-postgresql", postgres_url, "-c",
+                                              str(sqlite_config)], "copying the store")
+    assert code == 1 and "stopped: nothing was copied" in stderr, stderr
     with psycopg.connect(postgres_url) as target:
         assert target.execute("SELECT to_regclass('schema_migrations')").fetchone() == (None,)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,31 @@ def test_a_restore_by_root_where_the_store_is_gone_gives_it_to_the_directory_own
     assert (made.st_uid, made.st_gid) == (4321, 4321)
     assert made.st_mode & 0o600 == 0o600
     assert names_in(state / "ispd.db") == ["alice"]
+
+
+class StopAtLook(threading.Event):
+    """Set from its ``at``-th look on: a Ctrl-C that comes while the restore copies."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at, self.looks = at, 0
+
+    def is_set(self) -> bool:
+        self.looks += 1
+        return self.looks >= self.at
+
+
+@pytest.mark.parametrize("at", [1, 3])
+def test_a_restore_asked_to_stop_leaves_the_store_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             at: int) -> None:
+    store, saved = tmp_path / "ispd.db", tmp_path / "saved.db"
+    make_store(saved, [f"from-the-backup-{i:04}" * 10 for i in range(2000)])
+    make_store(store, ["alice"])
+    monkeypatch.setattr(sqlite_backup, "_RESTORE_STEP_PAGES", 1)
+    assert saved.stat().st_size > 20 * 4096  # more steps than the looks before the stop
+    stop = StopAtLook(at)
+    with pytest.raises(sqlite_backup.RestoreStopped):
+        restore(saved, store, 1, 5.0, stop)
+    assert stop.looks == at  # it stopped at once
+    assert names_in(store) == ["alice"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ispd.db", "saved.db"]
