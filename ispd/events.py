@@ -202,6 +202,13 @@ class SessionStopped(SessionEvent):
     cause: str | None = None  # Acct-Terminate-Cause, or why ispd closed it (NAS-Reboot, Stale-Session)
 
 
+@dataclass(frozen=True, slots=True)
+class PeerEventsMissed(Event):
+    """The channel that brings other nodes' bridged events (leases, sessions) was cut and is back:
+    what they announced meanwhile is lost. Whoever keeps state from those events reads it again
+    from the store."""
+
+
 E = TypeVar("E", bound=Event)
 Handler = Callable[[E], Awaitable[None] | None]
 
