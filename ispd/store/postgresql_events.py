@@ -177,6 +177,15 @@ class PeerEventChannel:
     # --- out --------------------------------------------------------------------------------
 
     async def _send_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self._send_batches()
+            except Exception:  # a bug here must not end the node's sending for good
+                log.exception("peer_events.send.failed")
+                self._missed_to_tell = True
+                await asyncio.sleep(RETRY_SECONDS)
+
+    async def _send_batches(self) -> None:
         pending: list[dict[str, Any]] = []
         while not self._stopping.is_set():
             if not pending:
@@ -239,7 +248,11 @@ class PeerEventChannel:
 
         room = MAX_PAYLOAD_BYTES - 200 - len(json.dumps(self.identity))  # the head and the tail
         for item in items:
-            text = json.dumps(item, separators=(",", ":"), allow_nan=False, default=str)
+            try:
+                text = json.dumps(item, separators=(",", ":"), allow_nan=False, default=str)
+            except ValueError:  # a NaN or an infinity: no peer could read it (nor JSON say it)
+                unsendable += 1
+                continue
             if len(text) > room:
                 unsendable += 1
                 continue
@@ -325,7 +338,9 @@ class PeerEventChannel:
                             return
                         if self._stopping.is_set():
                             break
-                except psycopg.Error as exc:
+                except Exception as exc:  # the server's error, or anything else: listen anew
+                    if not isinstance(exc, psycopg.Error):
+                        log.exception("peer_events.listen.failed")
                     self._listen_conn = None
                     conn.close()
                     conn = None
