@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, BeforeValidator, Field, SecretStr, ValidationError, model_validator
 
@@ -54,6 +54,10 @@ class DaemonConfig(Section):
     # when the active daemon stops or loses the store this one takes it over and starts serving,
     # its state loaded from the store as at any start.
     standby: bool = False
+    # What a standby serves while it waits: "dns", the resolver, whose lease names and walled
+    # garden follow the active node's leases and sessions through the database. Nothing else
+    # can: DHCP, RADIUS and mail keep state that one daemon owns.
+    standby_serves: list[Literal["dns"]] = []
 
 
 _WILDCARD = {False: "0.0.0.0", True: "::"}
@@ -126,6 +130,13 @@ class Config(Section):
             raise ValueError('daemon.standby needs [store] backend = "postgresql": a standby takes over a store '
                              "that several nodes reach, and a SQLite file lives on one host (there, systemd's "
                              "Restart= is the standby)")
+        if self.daemon.standby_serves and not self.daemon.standby:
+            raise ValueError("daemon.standby_serves is what a standby serves while it waits: set daemon.standby "
+                             "= true too, or leave it out")
+        for name in self.daemon.standby_serves:
+            if not getattr(self, name).enabled:
+                raise ValueError(f"daemon.standby_serves names {name!r}, which is not enabled ([{name}] enabled "
+                                 "= true)")
         return self
 
     @model_validator(mode="after")

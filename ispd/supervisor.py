@@ -12,11 +12,15 @@ starting   build logging, metrics registry, control socket, store (migrated) and
            ``ispd/daemonlock.py``, held for the daemon's lifetime) or a control socket another
            live daemon answers on (both checked first, before the store is opened, so a second
            daemon says so at once).
-standby    (``daemon.standby``, a PostgreSQL store) instead of that refusal: only the metrics
-           listener starts, READY=1 goes out with a STATUS= line naming the active daemon, the
-           watchdog pings, and the lock is looked at every STANDBY_POLL_SECONDS; once it is free
-           it is taken and the start goes on as above. A lock that a server restart freed is
-           left to its holder's keeper for RESTART_GRACE_SECONDS first.
+standby    (``daemon.standby``, a PostgreSQL store) instead of that refusal: the metrics
+           listener starts, and what ``daemon.standby_serves`` names (DNS) with the store open
+           but not migrated (the active daemon's code may be older); READY=1 goes out with a
+           STATUS= line naming the active daemon, the watchdog pings, and the lock is looked at
+           every STANDBY_POLL_SECONDS; once it is free it is taken and the start goes on as
+           above, with what runs already left running. A lock that was freed with every session
+           (a server restart, a backend's crash) is left to its holder's keeper for a grace
+           first. The nodes of a pair hear each other's bridged events (leases, sessions)
+           through ``PeerEventChannel``.
 serving    READY=1 and a STATUS= line go to systemd only now, when every listener is bound.
            The audit relay announces changes made by other processes; the watchdog pings while
            the loop turns and the store's writer lives.
@@ -43,7 +47,7 @@ import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Gauge, GCCollector, PlatformCollector, ProcessCollector
 
@@ -68,6 +72,9 @@ from ispd.service import Service, ServiceContext, ServiceSpec, ServiceStartError
 from ispd.store import Store, StoreError, StoreMetrics, open_store
 from ispd.store.sqlite import Migration, MigrationStopped
 from ispd.workers import WorkerService
+
+if TYPE_CHECKING:
+    from ispd.store.postgresql_events import PeerEventChannel
 
 log = get_logger("ispd.supervisor")
 
@@ -133,6 +140,8 @@ class Supervisor:
         # While waiting as a standby: what /healthz says (None once the store is ours).
         self._standby: tuple[bool, str] | None = None
         self._watchdog_started = False
+        self._relaying = False
+        self.peers: PeerEventChannel | None = None
         self._standby_gauge = Gauge("ispd_daemon_standby", "1 while this daemon waits as a standby for the "
                                     "store another node's daemon holds, 0 once it serves", registry=self.registry)
 
@@ -181,33 +190,11 @@ class Supervisor:
         when something could not."""
         if not await self._hold_the_store():
             return False
-        if self.config.daemon.control_socket is not None:
-            self.control = ControlServer(self.config.daemon.control_socket, self.commands)
-            try:
-                await self.control.start()
-            except ControlSocketError as exc:
-                log.error("daemon.start.failed", error=str(exc))
-                return False
-        extending = asyncio.ensure_future(self._extend_start_while_migrating())
-        try:
-            self.store = await open_store(self.config.store, self.store_metrics,
-                                          migration_starting=self._migration_starting)
-        except StoreError as exc:
-            log.error("daemon.start.failed", error=str(exc))
+        if not await self._open_the_store():
             return False
-        finally:
-            extending.cancel()
-            self._migrating = None
-        self.relay = AuditRelay(self.store, self.bus, self.config.daemon.store_poll_interval_seconds)
-        try:
-            await self.relay.mark()
-        except StoreError as exc:
-            log.error("daemon.start.failed", error=str(exc))
-            return False
-        if self.context is None:
-            self.context = self._service_context(self.store)
-        else:  # a standby's: its metrics listener has served from it meanwhile
-            self.context.store = self.store
+        if self._standby is not None:  # taken over: a standby no more
+            self._standby = None
+            self._standby_gauge.set(0)
         try:
             for spec in SERVICES:
                 if spec.enabled(self.config) and spec.name not in self.running:
@@ -215,8 +202,61 @@ class Supervisor:
         except ServiceStartError as exc:
             log.error("daemon.start.failed", error=str(exc))
             return False
-        await self.relay.start()
+        await self._start_relay()
         return True
+
+    async def _open_the_store(self, *, migrate: bool = True) -> bool:
+        """The control socket, the store (migrated), the audit relay's mark, the channel to the
+        other nodes, the services' context: what is not open yet (a standby that serves opened
+        them). False (logged) when something could not; MigrationStopped when the store needs a
+        migration and ``migrate`` is false."""
+        if self.control is None and self.config.daemon.control_socket is not None:
+            control = ControlServer(self.config.daemon.control_socket, self.commands)
+            try:
+                await control.start()
+            except ControlSocketError as exc:
+                log.error("daemon.start.failed", error=str(exc))
+                return False
+            self.control = control
+        if self.store is not None:
+            return True
+        extending = asyncio.ensure_future(self._extend_start_while_migrating())
+        try:
+            store = await open_store(self.config.store, self.store_metrics,
+                                     migration_starting=self._migration_starting if migrate else _not_migrating)
+        except StoreError as exc:
+            log.error("daemon.start.failed", error=str(exc))
+            return False
+        finally:
+            extending.cancel()
+            self._migrating = None
+        self.store = store
+        self.relay = AuditRelay(store, self.bus, self.config.daemon.store_poll_interval_seconds)
+        try:
+            await self.relay.mark()
+        except StoreError as exc:
+            log.error("daemon.start.failed", error=str(exc))
+            return False
+        if self.config.daemon.standby:  # the nodes of a pair hear each other's leases and sessions
+            from ispd.store.postgresql_events import PeerEventChannel
+
+            peers = PeerEventChannel(self.config.store, self.bus)
+            try:
+                await peers.start()
+            except StoreError as exc:
+                log.error("daemon.start.failed", error=str(exc))
+                return False
+            self.peers = peers
+        if self.context is None:
+            self.context = self._service_context(store)
+        else:  # a standby's: its metrics listener has served from it meanwhile
+            self.context.store = store
+        return True
+
+    async def _start_relay(self) -> None:
+        if self.relay is not None and not self._relaying:
+            await self.relay.start()
+            self._relaying = True
 
     def _service_context(self, store: Store | None) -> ServiceContext:
         # A standby's metrics listener gets its context before the store is open: it never
@@ -237,9 +277,9 @@ class Supervisor:
             holder = exc.holder or "another ispd"
         try:
             return await self._stand_by(holder)
-        finally:
+        except BaseException:
             self._standby = None
-            self._standby_gauge.set(0)
+            raise
 
     async def _stand_by(self, holder: str) -> bool:
         """Serve metrics and /healthz, and take the lock once the active daemon has let it go (it
@@ -253,37 +293,37 @@ class Supervisor:
         def standing_by(by: str) -> None:
             if self._standby is not None and not self._standby[0]:
                 log.info("daemon.standby.store_reachable", holder=by)
-            self._standby = (True, f"standby: {by} holds the store")
+            detail = f"standby: {by} holds the store"
+            if self._standby is not None and self._standby[1] != detail:  # another holder, or reachable again
+                self.notifier.status(f"{detail}; taking over when it stops")
+            self._standby = (True, detail)
 
         standing_by(holder)
         self._standby_gauge.set(1)
         log.info("daemon.standby", holder=holder, store=describe(self.config.store))
-        metrics = next(spec for spec in SERVICES if spec.name == "metrics")
-        if metrics.enabled(self.config):
-            self.context = self._service_context(None)
-            try:
-                await self._start_service(metrics, self.config)
-            except ServiceStartError as exc:  # the daemon would fail its start on it anyway
-                log.error("daemon.start.failed", error=str(exc))
-                return False
+        self.context = self._service_context(None)
+        if not await self._serve_while_standing_by():
+            return False
         self.notifier.ready(f"standby: {holder} holds the store; taking over when it stops")
         self._start_watchdog()
-        held_on: str | None = None  # when the server had started, as the lock was last seen held
+        grace = standby_grace_seconds(self.config)
+        held_on: str | None = None  # the run of the server and probe connection the lock was last seen held on
         free_since: float | None = None
         while True:
             await asyncio.sleep(STANDBY_POLL_SECONDS)
             try:
-                held, by, server_started = await asyncio.to_thread(lock.probe)
+                held, by, run = await asyncio.to_thread(lock.probe)
                 if held:
-                    holder, held_on, free_since = by or "another ispd", server_started, None
+                    holder, held_on, free_since = by or "another ispd", run, None
                     standing_by(holder)
                     continue
-                if held_on is not None and server_started != held_on:
-                    # The server restarted: every session ended with it, the holder's too, whose
-                    # keeper takes the lock again within DAEMON_LOCK_CHECK_SECONDS. A server
-                    # restart is no failover: the holder gets its turn first.
+                if run != held_on:
+                    # Every session ended since the lock was seen held (a server restart, a
+                    # backend's crash), the holder's too, whose keeper takes it again within
+                    # DAEMON_LOCK_CHECK_SECONDS: that is no failover, the holder gets its turn
+                    # first. (Or the lock was never seen held by this probe: the same care.)
                     free_since = time.monotonic() if free_since is None else free_since
-                    if time.monotonic() - free_since < RESTART_GRACE_SECONDS:
+                    if time.monotonic() - free_since < grace:
                         continue
                 await asyncio.to_thread(lock.acquire)
             except DaemonLockError as exc:
@@ -293,10 +333,36 @@ class Supervisor:
                 elif self._standby is None or self._standby[0]:
                     log.warning("daemon.standby.store_unreachable", error=str(exc))
                     self._standby = (False, f"standby, but the store cannot be reached: {exc}")
+                    self.notifier.status(self._standby[1])
                 continue
             log.warning("daemon.takeover", previous=holder, store=describe(self.config.store))
-            self.notifier.status(f"taking over the store from {holder}")
+            self._standby = (False, f"taking over the store from {holder}")
+            self.notifier.status(self._standby[1])
             return True
+
+    async def _serve_while_standing_by(self) -> bool:
+        """Metrics, and what ``daemon.standby_serves`` names (with the store open, unmigrated);
+        False (logged) when one cannot start."""
+        serves = {"metrics", *self.config.daemon.standby_serves}
+        wanted = [spec for spec in SERVICES if spec.enabled(self.config) and spec.name in serves]
+        if any(spec.name != "metrics" for spec in wanted):
+            try:
+                if not await self._open_the_store(migrate=False):
+                    return False
+            except MigrationStopped as stopped:  # not under the active daemon, whose code is older
+                log.warning("daemon.standby.serving_nothing", reason=f"the store needs a migration ({stopped}): "
+                            "this ispd is newer than the active one, and migrates it when it takes over")
+                wanted = [spec for spec in wanted if spec.name == "metrics"]
+        try:
+            for spec in wanted:
+                await self._start_service(spec, self.config)
+        except ServiceStartError as exc:  # the daemon would fail its start on it anyway
+            log.error("daemon.start.failed", error=str(exc))
+            return False
+        await self._start_relay()
+        if any(spec.name != "metrics" for spec in wanted):
+            log.info("daemon.standby.serving", services=[spec.name for spec in wanted])
+        return True
 
     def _migration_starting(self, step: Migration, target: int) -> None:
         """Called in the store's thread as each migration begins. Once a stop is asked for, no
@@ -372,6 +438,8 @@ class Supervisor:
             task.cancel()
         for name in reversed(list(self.running)):
             await self.running.pop(name).stack.aclose()
+        if self.peers is not None:
+            await self.peers.stop()
         if self.control is not None:
             await self.control.close()
         await self.bus.drain(0)
@@ -528,13 +596,17 @@ class Supervisor:
     # --- health
 
     async def health_report(self) -> tuple[bool, dict[str, Any]]:
+        report: dict[str, Any] = {}
         if self._standby is not None:
             ok, detail = self._standby
-            return ok, {"daemon": {"ok": ok, "detail": detail}}
-        report: dict[str, Any] = {}
+            report["daemon"] = {"ok": ok, "detail": detail}
+            if self.store is None:
+                return ok, report
+        if self.store is None:  # (a standby taking over opens it)
+            report["store"] = {"ok": False, "detail": "not open yet"}
+            return False, report
         store_ok, detail = True, ""
         try:
-            assert self.store is not None
             await asyncio.wait_for(self.store.ping(), STORE_PING_TIMEOUT_SECONDS)
             if not self.store.writer_alive():
                 store_ok, detail = False, "the store writer has stopped"
@@ -545,6 +617,17 @@ class Supervisor:
             health = entry.service.health()
             report[name] = {"ok": health.ok, "detail": health.detail}
         return all(item["ok"] for item in report.values()), report
+
+
+def standby_grace_seconds(config: Config) -> float:
+    """How long a standby leaves a lock freed with every session to its holder's keeper, which
+    must reach the server again first: a new connection waits up to its connect timeout."""
+    return max(RESTART_GRACE_SECONDS, config.store.busy_timeout_seconds + 2 * DAEMON_LOCK_CHECK_SECONDS)
+
+
+def _not_migrating(step: Migration, target: int) -> None:
+    """A standby's ``migration_starting``: the store is the active daemon's to migrate."""
+    raise MigrationStopped(step)
 
 
 def run_service_worker(name: str, config_path: Path, config: Config, control_path: Path, ready_fd: int,

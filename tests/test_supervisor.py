@@ -291,18 +291,24 @@ class ScriptedLock(PostgresDaemonLock):
         pass
 
 
-@pytest.mark.parametrize(("server_restarted", "grace"), [(False, 0.0), (True, 0.6)])
-async def test_a_standby_leaves_a_lock_a_server_restart_freed_to_its_holder_for_a_while(
-        tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch, server_restarted: bool,
+@pytest.mark.parametrize(("looks", "grace"), [
+    ([(True, "run 1"), (True, "run 1"), (False, "run 1")], 0.0),  # the holder let it go: at once
+    ([(True, "run 1"), (True, "run 1"), (False, "run 2")], 0.6),  # every session ended since: later
+    ([(False, "run 1")], 0.6),  # never seen held by the probe: later
+], ids=["released", "sessions-ended", "never-seen-held"])
+async def test_a_standby_leaves_a_lock_freed_with_every_session_to_its_holder_for_a_while(
+        tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch, looks: list[tuple[bool, str]],
         grace: float) -> None:
     monkeypatch.setattr(supervisor_module, "STANDBY_POLL_SECONDS", 0.05)
+    monkeypatch.setattr(supervisor_module, "DAEMON_LOCK_CHECK_SECONDS", 0.1)
     monkeypatch.setattr(supervisor_module, "RESTART_GRACE_SECONDS", 0.6)
     config = Config(daemon=DaemonConfig(control_socket=tmp_path / "control.sock", standby=True),
-                    store=StoreConfig(path=tmp_path / "s.db", backend="postgresql", url=postgres_url),
+                    store=StoreConfig(path=tmp_path / "s.db", backend="postgresql", url=postgres_url,
+                                      busy_timeout_seconds=0.1),
                     metrics=MetricsConfig(listen=SocketAddress("127.0.0.1", 0)))
     notifier = RecordingNotifier()
     supervisor = Supervisor(tmp_path / "unused.toml", config, notifier)
-    lock = ScriptedLock(config.store, [(True, "t1"), (True, "t1"), (False, "t2" if server_restarted else "t1")])
+    lock = ScriptedLock(config.store, looks)
     supervisor.lock = lock
     task = asyncio.create_task(supervisor.run())
     try:

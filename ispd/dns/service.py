@@ -75,6 +75,7 @@ from ispd.events import (
     Binding6Granted,
     LeaseEnded,
     LeaseGranted,
+    PeerEventsMissed,
     PlanAdded,
     SessionStarted,
     SessionStopped,
@@ -309,6 +310,7 @@ class DNSService(Service):
         self.plans = SubscriberPlans()
         # While the store's subscribers are read: the events heard meanwhile, to apply again.
         self._heard_meanwhile: list[Callable[[], None]] | None = None
+        self._loading_subscribers = asyncio.Lock()  # one load at a time: each has its _heard_meanwhile
         self.transport_stats = {name: TransportStats() for name in ("tcp", "tls", "https", "http3", "quic")}
         # Encrypted listeners by config key ("dot", "doh", "doh3", "doq"), for reloads.
         self.tls_listeners: dict[str, TLSListener] = {}
@@ -601,23 +603,32 @@ class DNSService(Service):
         self.engine.walled_lookup = self.walled.lookup
         self.engine.forget_local_answers()
 
-    async def _load_subscribers(self) -> None:
+    async def _load_subscribers(self, *, drop_unread_names: bool = False) -> None:
         """Current leases (names, and who holds each address), suspended subscribers, and (for
         policy zones limited to some plans) every subscriber's plan. What the bus brings while
         the store is read (the events are heard already) is applied again on top of what was
         read, which may be older: a resume, a session's end, a plan change heard meanwhile
-        stand."""
-        self._heard_meanwhile = []
-        try:
-            await self._read_subscribers()
-        finally:
-            heard, self._heard_meanwhile = self._heard_meanwhile, None
-        for handle in heard:
-            handle()
-        self._walled_changed()
+        stand. ``drop_unread_names``: lease names the store no longer has go too (their ends
+        were among the events missed)."""
+        async with self._loading_subscribers:
+            self._heard_meanwhile = []
+            try:
+                named = await self._read_subscribers()
+                if drop_unread_names and self.local is not None:
+                    before = self.local.generation
+                    for address in set(self.local.lease_names()) - named:
+                        self.local.remove_lease_name(address)
+                    self._local_changed(before)
+            finally:
+                heard, self._heard_meanwhile = self._heard_meanwhile, None
+            for handle in heard:
+                handle()
+            self._walled_changed()
 
-    async def _read_subscribers(self) -> None:
+    async def _read_subscribers(self) -> set[str]:
+        """(See ``_load_subscribers``.) The addresses whose lease names it published."""
         store = self.context.store
+        named: set[str] = set()
         try:
             leases = await store.list_leases()
             bindings = await store.list_leases6()
@@ -644,6 +655,8 @@ class DNSService(Service):
             if lease.state == LeaseState.BOUND and lease.expires_at > now:
                 self._lease_granted(lease.address, lease.hostname, lease.subscriber_id, lease.expires_at,
                                     radius_pool=lease.service == LeaseService.RADIUS)
+                if lease.hostname:
+                    named.add(lease.address)
         # Addresses a NAS gave from its own pools are known only from its accounting. The oldest
         # first (the store lists the newest first): of two open sessions with one address or
         # prefix (a subscriber who reconnected, the old session not yet closed as stale), the
@@ -659,10 +672,13 @@ class DNSService(Service):
         for binding in sorted(bindings, key=lambda binding: binding.expires_at):
             if binding.state == LeaseState.BOUND and binding.expires_at > now:
                 self._binding6_name(binding.prefix, str(binding.kind), binding.hostname, binding.expires_at)
+                if binding.hostname:
+                    named.add(binding.prefix.split("/", 1)[0])
                 if binding.subscriber_id is not None:
                     self.walled.network_granted(binding.prefix, binding.subscriber_id)
         for subscriber in suspended:
             self.walled.set_suspended(subscriber.id, True)
+        return named
 
     def _lease_granted(self, address: str, hostname: str | None, subscriber_id: int | None,
                        expires_at: float, *, radius_pool: bool = False) -> bool:
@@ -856,6 +872,17 @@ class DNSService(Service):
             (SubscriberDeleted, subscriber_deleted),
             (PlanAdded, plan_added),
         )]
+
+        async def peer_events_missed(event: PeerEventsMissed) -> None:
+            # Another node's leases and sessions came and went unheard: as the store has them now.
+            try:
+                await self._load_subscribers(drop_unread_names=True)
+            except ServiceStartError as exc:  # the events from now on still come
+                log.error("dns.peer_events.reload_failed", error=str(exc))
+            else:
+                log.info("dns.peer_events.reloaded")
+
+        unsubscribers.append(bus.subscribe(PeerEventsMissed, peer_events_missed))
         for unsubscribe in unsubscribers:
             stack.callback(unsubscribe)
 

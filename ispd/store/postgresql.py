@@ -449,14 +449,29 @@ class PostgresDaemonLock:
         # taken again after the release would outlive it.
         self._guard = threading.Lock()
         self._released = False
+        # A standby's look at the lock, on a connection it keeps: when that connection too was
+        # ended, every session was (a server restart, a backend's crash), the holder's with it.
+        self._probe_conn: PgConnection | None = None
+        self._probe_connections = 0
 
     def acquire(self) -> None:
+        from ispd.daemonlock import DaemonLockError
+
         self._file.acquire()
         try:
-            self._conn = self._connect_and_take()
+            conn = self._connect_and_take()
         except BaseException:
             self._file.release()
             raise
+        with self._guard:
+            if not self._released:
+                self._conn = conn
+                self._close_probe()
+                return
+        # Released meanwhile: a TERM came while a standby's thread took the lock.
+        conn.close()
+        self._file.release()
+        raise DaemonLockError("the daemon is stopping: the lock was let go as soon as it was taken")
 
     def release(self) -> None:
         with self._guard:
@@ -464,7 +479,13 @@ class PostgresDaemonLock:
             if self._conn is not None:
                 self._conn.close()  # the server drops the lock with the session
                 self._conn = None
+            self._close_probe()
         self._file.release()
+
+    def _close_probe(self) -> None:
+        if self._probe_conn is not None:
+            self._probe_conn.close()
+            self._probe_conn = None
 
     @property
     def held(self) -> bool:
@@ -512,24 +533,35 @@ class PostgresDaemonLock:
 
     def probe(self) -> tuple[bool, str | None, str]:
         """Without taking it: whether the lock is held, by whom ("ispd HOST pid N", if it says),
-        and when the server started (a restart ends every session, the holder's too, and its
-        keeper takes the lock again within DAEMON_LOCK_CHECK_SECONDS). DaemonLockError when the
-        server cannot be asked."""
+        and the run of the server and of this probe's connection it was seen on. When that run
+        changes, every session has ended since (a restart of the server, or a backend's crash,
+        after which PostgreSQL ends them all), the holder's too, and its keeper takes the lock
+        again within DAEMON_LOCK_CHECK_SECONDS. DaemonLockError when the server cannot be asked."""
         from ispd.daemonlock import DaemonLockError
 
-        try:
-            conn = connect(self.config)
-        except StoreUnavailable as exc:
-            raise DaemonLockError(str(exc)) from None
-        try:
-            held, holder = _holder(conn)
-            started = conn.execute("SELECT pg_postmaster_start_time()::text").fetchone()[0]
-        except psycopg.Error as exc:
-            raise DaemonLockError(f"cannot ask {describe(self.config)} about the daemon lock: {first_line(exc)}") \
-                from None
-        finally:
-            conn.close()
-        return held, holder, started
+        with self._guard:
+            for attempt in (1, 2):
+                fresh = self._probe_conn is None or not self._probe_conn.usable
+                if fresh:
+                    self._close_probe()
+                    try:
+                        self._probe_conn = connect(self.config)
+                    except StoreUnavailable as exc:
+                        raise DaemonLockError(str(exc)) from None
+                    self._probe_connections += 1
+                conn = self._probe_conn
+                assert conn is not None
+                try:
+                    held, holder = _holder(conn)
+                    started = conn.execute("SELECT pg_postmaster_start_time()::text").fetchone()[0]
+                except psycopg.Error as exc:
+                    self._close_probe()
+                    if fresh or attempt == 2:
+                        raise DaemonLockError(f"cannot ask {describe(self.config)} about the daemon lock: "
+                                              f"{first_line(exc)}") from None
+                    continue  # its session was ended: once more, on a new one
+                return held, holder, f"{started}, probe connection {self._probe_connections}"
+        raise AssertionError("unreachable")
 
     def _take(self, conn: PgConnection) -> None:
         from ispd.daemonlock import DaemonLockError
@@ -551,7 +583,7 @@ def _holder(conn: PgConnection) -> tuple[bool, str | None]:
     row = conn.execute(
         "SELECT a.application_name FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
         " WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database"
-        " WHERE datname = current_database()) AND (l.classid::bigint << 32) + l.objid::bigint = ?",
+        " WHERE datname = current_database()) AND l.objsubid = 1 AND (l.classid::bigint << 32) + l.objid::bigint = ?",
         (_DAEMON_LOCK,)).fetchone()
     return row is not None, (row[0] or None) if row is not None else None
 

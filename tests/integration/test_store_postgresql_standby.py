@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 
+from ispd.config import load_config
 from ispd.store.postgresql import _DAEMON_LOCK as DAEMON_LOCK
-from ispd.supervisor import RESTART_GRACE_SECONDS, STANDBY_POLL_SECONDS
+from ispd.supervisor import STANDBY_POLL_SECONDS, standby_grace_seconds
 from tests.lab import toml
 from tests.lab.ports import free_tcp_port, free_udp_port
 from tests.lab.postgresql import PostgresCluster
@@ -170,9 +171,12 @@ def test_a_server_restart_is_no_failover(tmp_path: Path) -> None:
         with Node(tmp_path / "a", url) as a, Node(tmp_path / "b", url) as b:
             start_active_and_standby(a, b)
             cluster.restart()
-            eventually(lambda: a.log_events("daemon.lock.retaken"), timeout=10, interval=0.2)
+            try:
+                eventually(lambda: a.log_events("daemon.lock.retaken"), timeout=20, interval=0.2)
+            except AssertionError:
+                raise AssertionError(f"A:\n{a.log_text()[-4000:]}\nB:\n{b.log_text()[-4000:]}") from None
             # Past the standby's grace, the lock is still the active daemon's.
-            time.sleep(RESTART_GRACE_SECONDS + 2 * STANDBY_POLL_SECONDS)
+            time.sleep(standby_grace_seconds(load_config(b.config_path)) + 2 * STANDBY_POLL_SECONDS)
             assert b.log_events("daemon.takeover") == [], b.log_text()[-3000:]
             assert a.log_events("daemon.lock.lost") == []
             assert a.proc is not None and a.proc.poll() is None
@@ -213,6 +217,10 @@ def test_a_standby_that_cannot_reach_the_store_says_so_and_stands_by_again(url: 
         with Node(tmp_path / "a", url) as a, Node(tmp_path / "b", b_url) as b:
             start_active_and_standby(a, b)
             via.unlink()
+            assert b.proc is not None
+            with psycopg.connect(url, autocommit=True) as conn:  # its probe's session, which it keeps
+                conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                             (holder_name(b),))
             eventually(lambda: b.health()[0] == 503, timeout=10, interval=0.2)
             detail = b.health()[1]["services"]["daemon"]["detail"]
             assert detail.startswith("standby, but the store cannot be reached: cannot connect to "), detail
