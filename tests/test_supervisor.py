@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from ispd import supervisor as supervisor_module
@@ -20,7 +22,7 @@ from ispd.daemonlock import DaemonLockError
 from ispd.metrics.config import MetricsConfig
 from ispd.sdnotify import Notifier
 from ispd.store.config import StoreConfig
-from ispd.store.postgresql import PostgresDaemonLock
+from ispd.store.postgresql import _DAEMON_LOCK, PostgresDaemonLock
 from ispd.store.sqlite import Migration, connect, migrate, schema_version, sqlite_migrations
 from ispd.supervisor import Supervisor
 
@@ -325,3 +327,76 @@ async def test_a_standby_leaves_a_lock_freed_with_every_session_to_its_holder_fo
     finally:
         supervisor.request_stop()
         assert await asyncio.wait_for(task, 10) == 0
+
+
+def standby_config(tmp_path: Path, url: str) -> Config:
+    return Config(daemon=DaemonConfig(control_socket=tmp_path / "control.sock", standby=True),
+                  store=StoreConfig(path=tmp_path / "s.db", backend="postgresql", url=url, busy_timeout_seconds=0.1),
+                  metrics=MetricsConfig(listen=SocketAddress("127.0.0.1", 0)))
+
+
+async def test_health_says_a_standby_is_taking_over_while_it_opens_the_store(
+        tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening the store may take minutes (a migration): /healthz answers meanwhile (it raised)."""
+    monkeypatch.setattr(supervisor_module, "STANDBY_POLL_SECONDS", 0.05)
+    real_open = supervisor_module.open_store
+    opening = asyncio.Event()
+
+    async def slow_open(*args: Any, **kwargs: Any) -> Any:
+        opening.set()
+        await asyncio.sleep(1.0)
+        return await real_open(*args, **kwargs)
+
+    monkeypatch.setattr(supervisor_module, "open_store", slow_open)
+    config = standby_config(tmp_path, postgres_url)
+    supervisor = Supervisor(tmp_path / "unused.toml", config, RecordingNotifier())
+    supervisor.lock = ScriptedLock(config.store, [(True, "run 1"), (False, "run 1")])
+    task = asyncio.create_task(supervisor.run())
+    try:
+        await asyncio.wait_for(opening.wait(), 10)
+        assert await supervisor.health_report() == (False, {"daemon": {
+            "ok": False, "detail": "taking over the store from ispd other pid 1"}})
+    finally:
+        supervisor.request_stop()
+        assert await asyncio.wait_for(task, 10) == 0
+
+
+class SlowToTake(PostgresDaemonLock):
+    """Held by another at first; then free, and taking it takes a while, during which a TERM comes."""
+
+    def __init__(self, config: StoreConfig) -> None:
+        super().__init__(config)
+        self.tries = 0
+        self.taking = threading.Event()
+
+    def acquire(self) -> None:
+        self.tries += 1
+        if self.tries == 1:
+            raise DaemonLockError("held", in_use=True, holder="ispd other pid 1")
+        self.taking.set()
+        time.sleep(0.5)
+        super().acquire()
+
+    def probe(self) -> tuple[bool, str | None, str]:
+        return False, None, "run 1"
+
+
+async def test_a_term_while_a_standby_takes_the_lock_lets_it_go(tmp_path: Path, postgres_url: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The thread that takes the lock finishes after the daemon released it at its stop: it must
+    not keep it (before, it did until the process ended)."""
+    monkeypatch.setattr(supervisor_module, "STANDBY_POLL_SECONDS", 0.05)
+    monkeypatch.setattr(supervisor_module, "RESTART_GRACE_SECONDS", 0.0)
+    monkeypatch.setattr(supervisor_module, "DAEMON_LOCK_CHECK_SECONDS", 0.0)
+    config = standby_config(tmp_path, postgres_url)
+    supervisor = Supervisor(tmp_path / "unused.toml", config, RecordingNotifier())
+    lock = SlowToTake(config.store)
+    supervisor.lock = lock
+    task = asyncio.create_task(supervisor.run())
+    assert await asyncio.to_thread(lock.taking.wait, 10)
+    supervisor.request_stop()
+    assert await asyncio.wait_for(task, 10) == 0
+    await asyncio.sleep(1.0)  # the thread's acquire ends meanwhile
+    assert lock._conn is None
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        assert conn.execute("SELECT pg_try_advisory_lock(%s)", (_DAEMON_LOCK,)).fetchone()[0] is True
