@@ -8,6 +8,7 @@ control socket and listeners of its own, as they would on two hosts.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -183,6 +184,36 @@ def test_a_server_restart_is_no_failover(tmp_path: Path) -> None:
             assert b.health() == (200, {"status": "ok", "services": {
                 "daemon": {"ok": True, "detail": f"standby: {holder_name(a)} holds the store"}}})
             assert_serving(a)
+
+
+def test_a_backend_crash_is_no_failover(tmp_path: Path) -> None:
+    """A backend killed (the OOM killer, a crash): PostgreSQL ends every session and starts
+    afresh, but its start time stays. The standby's probe lost its session too, so it leaves the
+    lock to the active daemon's keeper, round after round."""
+    require_radclient()
+    with PostgresCluster() as cluster:
+        url = cluster.create_database()
+        with Node(tmp_path / "a", url) as a, Node(tmp_path / "b", url) as b:
+            start_active_and_standby(a, b)
+            for round_ in range(1, 4):
+                victim = eventually(lambda: _connected(url), timeout=20, interval=0.2)
+                os.kill(victim.info.backend_pid, signal.SIGKILL)
+                victim.close()
+                try:
+                    eventually(lambda n=round_: len(a.log_events("daemon.lock.retaken")) >= n, timeout=20, interval=0.2)
+                except AssertionError:
+                    raise AssertionError(f"A:\n{a.log_text()[-4000:]}\nB:\n{b.log_text()[-4000:]}") from None
+            time.sleep(standby_grace_seconds(load_config(b.config_path)) + 2 * STANDBY_POLL_SECONDS)
+            assert b.log_events("daemon.takeover") == [], b.log_text()[-3000:]
+            assert a.log_events("daemon.lock.lost") == [] and a.proc is not None and a.proc.poll() is None
+            assert_serving(a)
+
+
+def _connected(url: str) -> Any:
+    try:
+        return psycopg.connect(url, autocommit=True)
+    except psycopg.Error:  # the server is starting afresh
+        return None
 
 
 def test_a_daemon_without_standby_is_still_refused(url: str, tmp_path: Path) -> None:
