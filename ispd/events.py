@@ -17,7 +17,7 @@ import contextlib
 import functools
 import inspect
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, fields
 from typing import Any, Protocol, TypeVar
 
@@ -314,9 +314,12 @@ def follow_subscribers(bus: EventBus, records: SubscriberRecords) -> list[Callab
 
 # Events that cross into and out of a worker process (``ispd/workers.py``). The others reach
 # every process by the store's audit log (``AuditRelay``), so they must not be bridged as well.
+# PeerEventsMissed too (a DNS service's extra processes keep lease names as well), but not to
+# other nodes: it says what this node missed.
 BRIDGED_EVENTS: dict[str, type[Event]] = {cls.__name__: cls for cls in (LeaseGranted, LeaseEnded, SessionStarted,
                                                                           SessionStopped, Binding6Granted,
-                                                                          Binding6Ended)}
+                                                                          Binding6Ended, PeerEventsMissed)}
+NODE_EVENTS: dict[str, type[Event]] = {name: cls for name, cls in BRIDGED_EVENTS.items() if cls is not PeerEventsMissed}
 
 
 def event_to_wire(event: Event) -> dict[str, Any]:
@@ -359,9 +362,9 @@ class EventBridge:
         self._incoming = False
         self._ready = asyncio.Event()
 
-    def attach(self) -> Callable[[], None]:
-        """Start collecting this bus's bridged events; returns the detach."""
-        undo = [self.bus.subscribe(cls, self._outgoing) for cls in BRIDGED_EVENTS.values()]
+    def attach(self, kinds: Iterable[type[Event]] = BRIDGED_EVENTS.values()) -> Callable[[], None]:
+        """Start collecting this bus's events of ``kinds``; returns the detach."""
+        undo = [self.bus.subscribe(cls, self._outgoing) for cls in kinds]
 
         def detach() -> None:
             for unsubscribe in undo:

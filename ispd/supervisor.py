@@ -60,7 +60,7 @@ from ispd.dhcp.service import DHCPService
 from ispd.dhcp6.service import DHCP6Service
 from ispd.dns.service import DNSService
 from ispd.entry import HELD_SIGNALS
-from ispd.events import AuditRelay, EventBus
+from ispd.events import AuditRelay, EventBus, PeerEventsMissed
 from ispd.logs import configure_logging, get_logger
 from ispd.mail.service import MailService
 from ispd.metrics.fast import FastCollector
@@ -190,11 +190,23 @@ class Supervisor:
         when something could not."""
         if not await self._hold_the_store():
             return False
+        served_while_standing_by = self.store is not None
         if not await self._open_the_store():
+            return False
+        if served_while_standing_by and not await self._schema_still_known():
+            return False
+        try:
+            await self._start_peers()
+        except StoreError as exc:
+            log.error("daemon.start.failed", error=str(exc))
             return False
         if self._standby is not None:  # taken over: a standby no more
             self._standby = None
             self._standby_gauge.set(0)
+        if served_while_standing_by:
+            # What the previous active daemon had queued for this node when it died or stopped
+            # never came: what was served meanwhile reads leases and sessions from the store.
+            self.bus.publish(PeerEventsMissed(at=time.time()))
         try:
             for spec in SERVICES:
                 if spec.enabled(self.config) and spec.name not in self.running:
@@ -225,6 +237,8 @@ class Supervisor:
             store = await open_store(self.config.store, self.store_metrics,
                                      migration_starting=self._migration_starting if migrate else _not_migrating)
         except StoreError as exc:
+            if not migrate:  # a standby's: it may wait without serving
+                raise
             log.error("daemon.start.failed", error=str(exc))
             return False
         finally:
@@ -237,20 +251,30 @@ class Supervisor:
         except StoreError as exc:
             log.error("daemon.start.failed", error=str(exc))
             return False
-        if self.config.daemon.standby:  # the nodes of a pair hear each other's leases and sessions
-            from ispd.store.postgresql_events import PeerEventChannel
-
-            peers = PeerEventChannel(self.config.store, self.bus)
-            try:
-                await peers.start()
-            except StoreError as exc:
-                log.error("daemon.start.failed", error=str(exc))
-                return False
-            self.peers = peers
         if self.context is None:
             self.context = self._service_context(store)
         else:  # a standby's: its metrics listener has served from it meanwhile
             self.context.store = store
+        return True
+
+    async def _start_peers(self) -> None:
+        """The channel that carries leases' and sessions' events between the nodes of a pair."""
+        if self.config.daemon.standby and self.peers is None:
+            from ispd.store.postgresql_events import PeerEventChannel
+
+            peers = PeerEventChannel(self.config.store, self.bus)
+            await peers.start()
+            self.peers = peers
+
+    async def _schema_still_known(self) -> bool:
+        """The store a standby opened unmigrated may have been migrated since by a newer ispd
+        (``ispd store migrate`` run against the advice): this one refuses to serve it, as at a start."""
+        assert self.store is not None
+        try:
+            await self.store.check_schema()
+        except StoreError as exc:
+            log.error("daemon.start.failed", error=str(exc))
+            return False
         return True
 
     async def _start_relay(self) -> None:
@@ -349,9 +373,13 @@ class Supervisor:
             try:
                 if not await self._open_the_store(migrate=False):
                     return False
+                await self._start_peers()
             except MigrationStopped as stopped:  # not under the active daemon, whose code is older
                 log.warning("daemon.standby.serving_nothing", reason=f"the store needs a migration ({stopped}): "
                             "this ispd is newer than the active one, and migrates it when it takes over")
+                wanted = [spec for spec in wanted if spec.name == "metrics"]
+            except StoreError as exc:  # a newer schema than this ispd knows, the server away: wait all the same
+                log.warning("daemon.standby.serving_nothing", reason=str(exc))
                 wanted = [spec for spec in wanted if spec.name == "metrics"]
         try:
             for spec in wanted:

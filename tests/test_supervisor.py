@@ -400,3 +400,35 @@ async def test_a_term_while_a_standby_takes_the_lock_lets_it_go(tmp_path: Path, 
     assert lock._conn is None
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         assert conn.execute("SELECT pg_try_advisory_lock(%s)", (_DAEMON_LOCK,)).fetchone()[0] is True
+
+
+async def test_a_standby_that_cannot_serve_the_store_s_schema_waits_all_the_same(
+        tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An older ispd on standby, once the active one upgraded the store: it serves no DNS (it
+    cannot read the schema) but stands by, rather than exit into a restart loop."""
+    from ispd.dns.config import DNSConfig
+    from ispd.store.errors import SchemaTooNew
+
+    monkeypatch.setattr(supervisor_module, "STANDBY_POLL_SECONDS", 0.05)
+
+    async def newer(*args: Any, **kwargs: Any) -> Any:
+        raise SchemaTooNew("the store is at schema version 99, newer than this ispd knows (17); upgrade ispd")
+
+    monkeypatch.setattr(supervisor_module, "open_store", newer)
+    config = Config(daemon=DaemonConfig(control_socket=tmp_path / "control.sock", standby=True,
+                                        standby_serves=["dns"]),
+                    store=StoreConfig(path=tmp_path / "s.db", backend="postgresql", url=postgres_url),
+                    dns=DNSConfig(enabled=True, listen=[SocketAddress("127.0.0.1", 0)]),
+                    metrics=MetricsConfig(listen=SocketAddress("127.0.0.1", 0)))
+    notifier = RecordingNotifier()
+    supervisor = Supervisor(tmp_path / "unused.toml", config, notifier)
+    supervisor.lock = ScriptedLock(config.store, [(True, "run 1")])
+    task = asyncio.create_task(supervisor.run())
+    try:
+        await asyncio.wait_for(notifier.ready_event.wait(), 10)
+        assert notifier.sent[-1][1].startswith("STATUS=standby: "), notifier.sent
+        assert sorted(supervisor.running) == ["metrics"]
+        assert (await supervisor.health_report())[0] is True
+    finally:
+        supervisor.request_stop()
+        assert await asyncio.wait_for(task, 10) == 0

@@ -639,8 +639,8 @@ class DNSService(Service):
         except StoreError as exc:
             raise ServiceStartError(f"dns: cannot load leases from the store: {exc}") from None
         if self.first and self.scopes.by_plan:
-            named = {plan for zone in self.config.policy_zone for plan in zone.plans}
-            unknown = sorted(named - set(self.plans.plan_names.values()))
+            plans_named = {plan for zone in self.config.policy_zone for plan in zone.plans}
+            unknown = sorted(plans_named - set(self.plans.plan_names.values()))
             if unknown:  # (not refused: the plan may be added later, and the zone applies from then)
                 log.warning("dns.policy_zone.unknown_plans", plans=unknown,
                             detail="no such plan in the store yet: the zones limited to it apply to nobody")

@@ -63,6 +63,10 @@ class Store(ABC):
         """Raise ``StoreUnavailable`` unless a read round trip works (used by /healthz)."""
 
     @abstractmethod
+    async def check_schema(self) -> None:
+        """Raise ``SchemaTooNew`` when a newer ispd migrated the store since it was opened."""
+
+    @abstractmethod
     def writer_alive(self) -> bool:
         """False once the write path is broken beyond repair (the watchdog stops petting)."""
 

@@ -405,6 +405,9 @@ class PostgreSQLConnector(Connector):
     def translate(self, exc: BaseException) -> BaseException:
         return translate(exc, self.config)
 
+    def newest_schema(self) -> int:
+        return postgresql_migrations()[-1].version
+
     def prepare(self, clock: Clock, starting: MigrationStarting | None) -> None:
         conn = connect(self.config)
         began = time.monotonic()
@@ -468,9 +471,9 @@ class PostgresDaemonLock:
                 self._conn = conn
                 self._close_probe()
                 return
-        # Released meanwhile: a TERM came while a standby's thread took the lock.
-        conn.close()
-        self._file.release()
+            # Released meanwhile: a TERM came while a standby's thread took the lock.
+            conn.close()
+            self._file.release()  # (under the guard: release() closes it too, once)
         raise DaemonLockError("the daemon is stopping: the lock was let go as soon as it was taken")
 
     def release(self) -> None:
@@ -480,7 +483,7 @@ class PostgresDaemonLock:
                 self._conn.close()  # the server drops the lock with the session
                 self._conn = None
             self._close_probe()
-        self._file.release()
+            self._file.release()
 
     def _close_probe(self) -> None:
         if self._probe_conn is not None:
@@ -539,28 +542,35 @@ class PostgresDaemonLock:
         again within DAEMON_LOCK_CHECK_SECONDS. DaemonLockError when the server cannot be asked."""
         from ispd.daemonlock import DaemonLockError
 
-        with self._guard:
-            for attempt in (1, 2):
-                fresh = self._probe_conn is None or not self._probe_conn.usable
-                if fresh:
-                    self._close_probe()
-                    try:
-                        self._probe_conn = connect(self.config)
-                    except StoreUnavailable as exc:
-                        raise DaemonLockError(str(exc)) from None
-                    self._probe_connections += 1
-                conn = self._probe_conn
-                assert conn is not None
+        # Only the probe's thread touches its connection; release() closes it, under the guard,
+        # which is never held across a connect (release() runs on the event loop).
+        for attempt in (1, 2):
+            conn = self._probe_conn
+            fresh = conn is None or not conn.usable
+            if fresh:
                 try:
-                    held, holder = _holder(conn)
-                    started = conn.execute("SELECT pg_postmaster_start_time()::text").fetchone()[0]
-                except psycopg.Error as exc:
+                    conn = connect(self.config)
+                except StoreUnavailable as exc:
+                    raise DaemonLockError(str(exc)) from None
+                with self._guard:
                     self._close_probe()
-                    if fresh or attempt == 2:
-                        raise DaemonLockError(f"cannot ask {describe(self.config)} about the daemon lock: "
-                                              f"{first_line(exc)}") from None
-                    continue  # its session was ended: once more, on a new one
-                return held, holder, f"{started}, probe connection {self._probe_connections}"
+                    if self._released:
+                        conn.close()
+                        raise DaemonLockError("the daemon is stopping")
+                    self._probe_conn = conn
+                    self._probe_connections += 1
+            assert conn is not None
+            try:
+                held, holder = _holder(conn)
+                started = conn.execute("SELECT pg_postmaster_start_time()::text").fetchone()[0]
+            except psycopg.Error as exc:
+                with self._guard:
+                    self._close_probe()
+                if fresh or attempt == 2:
+                    raise DaemonLockError(f"cannot ask {describe(self.config)} about the daemon lock: "
+                                          f"{first_line(exc)}") from None
+                continue  # its session was ended: once more, on a new one
+            return held, holder, f"{started}, probe connection {self._probe_connections}"
         raise AssertionError("unreachable")
 
     def _take(self, conn: PgConnection) -> None:

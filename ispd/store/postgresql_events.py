@@ -2,7 +2,7 @@
 
 Two daemons on two nodes share one PostgreSQL database, one active and one its hot standby. What
 the admin CLI or either daemon writes as an audit entry reaches both through the audit relay;
-the bridged events (``events.BRIDGED_EVENTS``: leases, IPv6 bindings, RADIUS sessions) leave no
+the bridged events (``events.NODE_EVENTS``: leases, IPv6 bindings, RADIUS sessions) leave no
 such entry, and a service kept up by them on the node that did not grant them (the standby's
 DNS: lease names, who holds which address) would learn of them only at its next load from the
 store. ``PeerEventChannel`` carries them between the nodes' buses through the database both
@@ -55,7 +55,7 @@ import threading
 import time
 from typing import Any
 
-from ispd.events import EventBridge, EventBus, PeerEventsMissed
+from ispd.events import NODE_EVENTS, EventBridge, EventBus, PeerEventsMissed
 from ispd.logs import get_logger
 from ispd.store.config import StoreConfig
 from ispd.store.errors import StoreUnavailable
@@ -134,7 +134,7 @@ class PeerEventChannel:
             raise
         self._listen_conn = listen_conn
         self._loop = asyncio.get_running_loop()
-        self._detach = self.bridge.attach()
+        self._detach = self.bridge.attach(NODE_EVENTS.values())
         self._listener = threading.Thread(target=self._listen, name="ispd-peer-events", daemon=True)
         self._listener.start()
         self._sender = asyncio.create_task(self._send_loop(), name="ispd-peer-events-sender")
@@ -299,6 +299,8 @@ class PeerEventChannel:
             conn.close()
 
     def _notify(self, conn: PgConnection, payloads: list[str]) -> None:
+        if self._stopping.is_set():  # (the daemon may have let the store go: the news is no longer its to tell)
+            return
         # In the array's order: a function scan yields its rows in order, one transaction keeps it.
         conn.raw.execute("SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p", (self.channel, payloads))
 

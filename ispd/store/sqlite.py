@@ -413,6 +413,9 @@ class Connector:
     def translate(self, exc: BaseException) -> BaseException:
         return _translate(exc, self.config.busy_timeout_seconds)
 
+    def newest_schema(self) -> int:
+        return sqlite_migrations()[-1].version
+
     def prepare(self, clock: Clock, starting: MigrationStarting | None) -> None:
         """Create the store if needed and bring its schema to this ispd's."""
         path = self.config.path
@@ -891,6 +894,15 @@ class SQLiteStore(Store):
 
     async def ping(self) -> None:
         await self._read("ping", lambda conn: conn.execute("SELECT 1").fetchone())
+
+    async def check_schema(self) -> None:
+        """SchemaTooNew when a newer ispd migrated the store since this one opened it."""
+        newest = self._connector.newest_schema()
+        current = await self._read("schema", lambda conn: conn.execute(
+            "SELECT MAX(version) FROM schema_migrations").fetchone()[0])
+        if int(current or 0) > newest:
+            raise SchemaTooNew(f"the store is at schema version {current}, newer than this ispd knows "
+                               f"({newest}); upgrade ispd")
 
     # --- plans
 

@@ -172,6 +172,8 @@ def test_a_standby_resolves_the_active_node_s_leases_and_goes_on_through_a_takeo
         b.wait_for("READY=1", timeout=20)
         assert b.log_events("daemon.takeover"), pair.explain(client)
         assert len(b.log_events("dns.started")) == 1  # not started again
+        # What A had queued for B when it died never came: B read leases and sessions again.
+        eventually(lambda: len(b.log_events("dns.peer_events.reloaded")) == 2, timeout=10, interval=0.2)
         assert_published(pair, B_DNS, address)
         renewed = client.renew()
         assert renewed is not None and renewed.bound and renewed.address == address, pair.explain(client)

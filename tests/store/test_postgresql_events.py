@@ -219,3 +219,13 @@ async def test_stop_returns_promptly_and_once(postgres_url: str, tmp_path: Path)
     with psycopg.connect(postgres_url, autocommit=True) as admin:
         await eventually(lambda: admin.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()").fetchone() == (1,), 3.0)
+
+
+async def test_what_a_node_missed_is_not_sent_to_the_others(postgres_url: str, tmp_path: Path) -> None:
+    """PeerEventsMissed crosses into a node's worker processes (its DNS's extra processes reload
+    too), but says what this node missed: the others have nothing to read again."""
+    async with nodes(postgres_url, tmp_path) as (a, b):
+        a.bus.publish(PeerEventsMissed(at=time.time()))
+        a.bus.publish(lease(7))
+        await eventually(lambda: bool(b.of(LeaseGranted)) and a.channel.sent >= 1)
+        assert b.of(PeerEventsMissed) == [] and a.channel.sent == 1
