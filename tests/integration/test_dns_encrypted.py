@@ -49,7 +49,7 @@ from aioquic.quic.packet import QuicErrorCode
 from aioquic.tls import SessionTicket
 
 from tests.lab.certs import Certificates, issue
-from tests.lab.ports import free_tcp_port, free_udp_port
+from tests.lab.ports import free_port, free_tcp_port, free_udp_port
 from tests.lab.process import ISPD, IspdProcess, base_config, eventually
 from tests.lab.quicclient import StreamResetByServer, _Client, _Pending, doq_exchange, h3_request
 
@@ -110,7 +110,7 @@ class EncryptedIspd(IspdProcess):
                  **listeners: dict[str, Any]) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.certs = certs
-        self.port = free_tcp_port()
+        self.port = free_port()  # DNS takes it over UDP and TCP (a TCP-only pick failed CI once)
         self.dot_port = free_tcp_port()
         self.doh_port = free_tcp_port()
         self.doh3_port = free_udp_port()
