@@ -304,10 +304,7 @@ async def test_a_standby_leaves_a_lock_freed_with_every_session_to_its_holder_fo
     monkeypatch.setattr(supervisor_module, "STANDBY_POLL_SECONDS", 0.05)
     monkeypatch.setattr(supervisor_module, "DAEMON_LOCK_CHECK_SECONDS", 0.1)
     monkeypatch.setattr(supervisor_module, "RESTART_GRACE_SECONDS", 0.6)
-    config = Config(daemon=DaemonConfig(control_socket=tmp_path / "control.sock", standby=True),
-                    store=StoreConfig(path=tmp_path / "s.db", backend="postgresql", url=postgres_url,
-                                      busy_timeout_seconds=0.1),
-                    metrics=MetricsConfig(listen=SocketAddress("127.0.0.1", 0)))
+    config = standby_config(tmp_path, postgres_url)
     notifier = RecordingNotifier()
     supervisor = Supervisor(tmp_path / "unused.toml", config, notifier)
     lock = ScriptedLock(config.store, looks)

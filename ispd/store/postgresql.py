@@ -542,36 +542,34 @@ class PostgresDaemonLock:
         again within DAEMON_LOCK_CHECK_SECONDS. DaemonLockError when the server cannot be asked."""
         from ispd.daemonlock import DaemonLockError
 
+        looked: list[Any] = []
+
+        def look(conn: PgConnection) -> None:
+            looked[:] = [*_holder(conn), conn.execute("SELECT pg_postmaster_start_time()::text").fetchone()[0]]
+
         # Only the probe's thread touches its connection; release() closes it, under the guard,
         # which is never held across a connect (release() runs on the event loop).
-        for attempt in (1, 2):
-            conn = self._probe_conn
-            fresh = conn is None or not conn.usable
-            if fresh:
-                try:
-                    conn = connect(self.config)
-                except StoreUnavailable as exc:
-                    raise DaemonLockError(str(exc)) from None
-                with self._guard:
-                    self._close_probe()
-                    if self._released:
-                        conn.close()
-                        raise DaemonLockError("the daemon is stopping")
-                    self._probe_conn = conn
-                    self._probe_connections += 1
-            assert conn is not None
-            try:
-                held, holder = _holder(conn)
-                started = conn.execute("SELECT pg_postmaster_start_time()::text").fetchone()[0]
-            except psycopg.Error as exc:
-                with self._guard:
-                    self._close_probe()
-                if fresh or attempt == 2:
-                    raise DaemonLockError(f"cannot ask {describe(self.config)} about the daemon lock: "
-                                          f"{first_line(exc)}") from None
-                continue  # its session was ended: once more, on a new one
-            return held, holder, f"{started}, probe connection {self._probe_connections}"
-        raise AssertionError("unreachable")
+        conn = self._probe_conn
+        try:
+            # A connection whose session was ended (a restart, a crash) is replaced, once.
+            live = PostgreSQLConnector(self.config).begun(conn if conn is not None else connect(self.config), look)
+        except StoreUnavailable as exc:
+            raise DaemonLockError(str(exc)) from None
+        except psycopg.Error as exc:
+            with self._guard:
+                self._close_probe()
+            raise DaemonLockError(f"cannot ask {describe(self.config)} about the daemon lock: {first_line(exc)}") \
+                from None
+        with self._guard:
+            if live is not self._probe_conn:
+                self._close_probe()
+                if self._released:
+                    live.close()
+                    raise DaemonLockError("the daemon is stopping")
+                self._probe_conn = live
+                self._probe_connections += 1
+        held, holder, started = looked
+        return held, holder, f"{started}, probe connection {self._probe_connections}"
 
     def _take(self, conn: PgConnection) -> None:
         from ispd.daemonlock import DaemonLockError

@@ -59,7 +59,7 @@ from ispd.events import NODE_EVENTS, EventBridge, EventBus, PeerEventsMissed
 from ispd.logs import get_logger
 from ispd.store.config import StoreConfig
 from ispd.store.errors import StoreUnavailable
-from ispd.store.postgresql import PgConnection, connect, describe, first_line
+from ispd.store.postgresql import PgConnection, PostgreSQLConnector, connect, describe, first_line
 
 try:
     import psycopg
@@ -271,27 +271,15 @@ class PeerEventChannel:
         with self._guard:
             conn, self._send_conn = self._send_conn, None
         try:
-            fresh = conn is None or not conn.usable
-            if conn is None or fresh:
-                if conn is not None:
-                    conn.close()
+            if conn is None:
                 conn = connect(self.config)
-            try:
-                self._notify(conn, payloads)
-            except psycopg.Error as exc:
-                conn.close()
-                conn = None
-                if fresh:
-                    raise _Failure(first_line(exc)) from None
-                conn = connect(self.config)
-                try:
-                    self._notify(conn, payloads)
-                except psycopg.Error as again:
-                    conn.close()
-                    conn = None
-                    raise _Failure(first_line(again)) from None
+            conn = PostgreSQLConnector(self.config).begun(conn, lambda live: self._notify(live, payloads))
         except StoreUnavailable as exc:
             raise _Failure(str(exc)) from None
+        except psycopg.Error as exc:
+            if conn is not None:
+                conn.close()  # (one begun() replaced is closed already: closing again is harmless)
+            raise _Failure(first_line(exc)) from None
         with self._guard:
             if not self._stopping.is_set():
                 self._send_conn, conn = conn, None

@@ -16,7 +16,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from ispd.events import Event, EventBus, LeaseEnded, LeaseGranted, PeerEventsMissed, SessionStarted
-from ispd.store import postgresql_events
+from ispd.store import postgresql, postgresql_events
 from ispd.store.config import StoreConfig
 from ispd.store.errors import StoreUnavailable
 from ispd.store.models import LeaseService
@@ -175,7 +175,8 @@ async def test_an_outage_keeps_the_newest_and_says_some_were_missed(postgres_url
             raise StoreUnavailable("cannot connect to the PostgreSQL store: the server is away")
 
         with capture_logs() as logs:
-            monkeypatch.setattr(postgresql_events, "connect", refused)
+            for module in (postgresql_events, postgresql):  # the channel's, and its connector's
+                monkeypatch.setattr(module, "connect", refused)
             sender: Any = a.channel._send_conn
             terminate(postgres_url, sender.raw.info.backend_pid)
             leases = [lease(n) for n in range(20)]
@@ -183,7 +184,8 @@ async def test_an_outage_keeps_the_newest_and_says_some_were_missed(postgres_url
                 a.bus.publish(granted)
                 await asyncio.sleep(0.1)  # across two retries and more
             assert not b.seen
-            monkeypatch.setattr(postgresql_events, "connect", real_connect)
+            for module in (postgresql_events, postgresql):
+                monkeypatch.setattr(module, "connect", real_connect)
             # (The sender says it is back once the server answered, which may come after B heard.)
             await eventually(lambda: leases[-1] in b.seen
                              and any(e["event"] == "peer_events.send.restored" for e in logs))
