@@ -21,6 +21,7 @@ from ispd.configtypes import SocketAddress
 from ispd.daemonlock import DaemonLockError
 from ispd.metrics.config import MetricsConfig
 from ispd.sdnotify import Notifier
+from ispd.store import open_store
 from ispd.store.config import StoreConfig
 from ispd.store.postgresql import _DAEMON_LOCK, PostgresDaemonLock
 from ispd.store.sqlite import Migration, connect, migrate, schema_version, sqlite_migrations
@@ -429,3 +430,26 @@ async def test_a_standby_that_cannot_serve_the_store_s_schema_waits_all_the_same
     finally:
         supervisor.request_stop()
         assert await asyncio.wait_for(task, 10) == 0
+
+
+async def test_a_standby_refuses_to_take_over_a_store_a_newer_ispd_migrated_meanwhile(
+        tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its store was opened as it stood by (to resolve); `ispd store migrate` of a newer ispd ran
+    since: at its takeover it refuses that schema, as any start would."""
+    from ispd.dns.config import DNSConfig
+
+    monkeypatch.setattr(supervisor_module, "STANDBY_POLL_SECONDS", 0.05)
+    config = standby_config(tmp_path, postgres_url).model_copy(update={
+        "daemon": DaemonConfig(control_socket=tmp_path / "control.sock", standby=True, standby_serves=["dns"]),
+        "dns": DNSConfig(enabled=True, listen=[SocketAddress("127.0.0.1", 0)])})
+    await (await open_store(config.store)).close()  # the active daemon's, at the schema this ispd knows
+    notifier = RecordingNotifier()
+    supervisor = Supervisor(tmp_path / "unused.toml", config, notifier)
+    supervisor.lock = ScriptedLock(config.store, [(True, "run 1")] * 20 + [(False, "run 1")])
+    task = asyncio.create_task(supervisor.run())
+    await asyncio.wait_for(notifier.ready_event.wait(), 10)
+    assert sorted(supervisor.running) == ["dns", "metrics"]
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO schema_migrations (version, name, applied_at) VALUES (99, 'future', 0)")
+    assert await asyncio.wait_for(task, 10) == 1
+    assert sum("READY=1" in sent for sent in notifier.sent) == 1  # never serving
