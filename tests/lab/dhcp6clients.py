@@ -573,7 +573,7 @@ class Dhclient6(DHCPv6Client):
         """``dhclient -6 -r``: ends the running client (by its pid file) and sends a RELEASE;
         reported as RELEASE6 (one call per address or prefix: the first is returned)."""
         before = len(self.events())
-        wait_for_pid_file(self.proc, self.pid_file)
+        wait_for_pid_file(self.proc, self.pid_file, self.output, "PRC: Expiration scheduled in ")
         rc = self._run(self._command("dhclient", "-r", *self._args(), self.interface), timeout)
         if self.proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):

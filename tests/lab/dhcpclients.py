@@ -25,7 +25,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -381,20 +381,26 @@ class Udhcpc(DHCPClient):
         return self.wait_event({"DECONFIG"}, after=before, timeout=timeout, proc=self.proc)
 
 
-def wait_for_pid_file(proc: subprocess.Popen[bytes] | None, pid_file: Path, timeout: float = 5.0) -> None:
-    """Wait until ``pid_file`` names ``proc`` (or it exits, or ``timeout`` passes).
+def wait_for_pid_file(proc: subprocess.Popen[bytes] | None, pid_file: Path, output: Callable[[], str],
+                      bound_line: str, timeout: float = 5.0) -> None:
+    """Wait until the running dhclient has rewritten ``pid_file`` after its last binding (or it
+    exits, or ``timeout`` passes).
 
-    dhclient -d writes its pid file only once it has bound, after the script's call and the
-    lease file that ``obtain`` waits for. ``dhclient -r`` ends the client named there, so right
-    after a restart it would signal the previous run, long gone, and leave this one running
-    (CI saw it once for dhclient -6: no "Killed old client process")."""
+    dhclient -d writes its pid file as it starts, and again each time it has bound (go_daemon:
+    O_TRUNC, then the pid), right after it printed the binding's times (``bound_line``), which is
+    after the script's call and the lease file that ``obtain`` waits for. ``dhclient -r`` ends the
+    client named there: reading it while it is rewritten, it finds it empty and ends nobody, and
+    the client goes on (CI, twice for dhclient -6: no "Killed old client process")."""
     if proc is None:
         return
     deadline = time.monotonic() + timeout
     while proc.poll() is None and time.monotonic() < deadline:
-        with contextlib.suppress(OSError, ValueError):
-            if int(pid_file.read_text().strip()) == proc.pid:
-                return
+        this_run = output().rsplit("\n$ ", 1)[-1]  # (the harness writes "$ command" before each)
+        if bound_line in this_run:
+            time.sleep(0.1)  # the rewrite follows the line at once
+            with contextlib.suppress(OSError, ValueError):
+                if int(pid_file.read_text().strip()) == proc.pid:
+                    return
         time.sleep(0.02)
 
 
@@ -456,7 +462,7 @@ class Dhclient(DHCPClient):
     def release(self, timeout: float = 15.0) -> ClientEvent | None:
         """``dhclient -r``: ends the running client (by its pid file) and sends a RELEASE."""
         before = len(self.events())
-        wait_for_pid_file(self.proc, self.pid_file)
+        wait_for_pid_file(self.proc, self.pid_file, self.output, " -- renewal in ")
         rc = self._run(self._command("dhclient", "-r", *self._args(), self.interface), timeout)
         if self.proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
