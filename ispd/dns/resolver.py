@@ -248,7 +248,6 @@ class ServerState:
     samples: int = 0
     timeouts: int = 0
     down_until: float = 0.0
-    no_edns: bool = False
 
     def timeout(self, settings: ResolverSettings) -> float:
         # RFC 6298's RTO once there is a sample.
@@ -275,6 +274,12 @@ class InfraCache:
         # or another it does not know, RFC 8906) is not down for the others - nor for the
         # DNSKEY and DS questions validation needs.
         self.failing: dict[tuple[str, int], TypeFailures] = {}
+        # Until when a server is asked without EDNS, by type of question: it answered FORMERR,
+        # NOTIMP or BADVERS to a query with an OPT. A server (or a middlebox before it) that
+        # does so for one type it does not know (HTTPS, RFC 8906) still speaks EDNS for the
+        # others; were it remembered for all, one client's question would strip DO from every
+        # query to it, and its signed zones would go bogus (RRSIGs missing) until a restart.
+        self.no_edns: dict[tuple[str, int], float] = {}
 
     def state(self, address: str) -> ServerState:
         state = self.servers.get(address)
@@ -338,6 +343,15 @@ class InfraCache:
             self.lame.clear()
         self.lame[(zone, address, qtype)] = now + 900
 
+    def mark_no_edns(self, address: str, now: float, qtype: int) -> None:
+        if len(self.no_edns) > 100_000:
+            self.no_edns.clear()
+        self.no_edns[(address, qtype)] = now + NO_EDNS_SECONDS
+
+    def without_edns(self, address: str, now: float, qtype: int) -> bool:
+        until = self.no_edns.get((address, qtype))
+        return until is not None and until > now
+
     def is_lame(self, zone: bytes, address: str, now: float, qtype: int) -> bool:
         until = self.lame.get((zone, address, qtype))
         return until is not None and until > now
@@ -393,6 +407,9 @@ _ALL_REFUSED = Outcome(Step.FAILED, reason="every server address of the zone is 
 # Name servers whose addresses one client query may look up (Unbound's cap on target
 # fetches is 64 queries; a sane delegation needs a handful).
 MAX_SERVER_LOOKUPS = 32
+# How long a server that rejected EDNS for a type of question is asked that type without it
+# (Unbound keeps what it learns of a server's EDNS for its infra-host-ttl, 900 s by default).
+NO_EDNS_SECONDS = 900.0
 PROBE_INTERVAL = 10.0  # seconds between tries of a server that is down, while all of its zone's are
 
 Hints = list[tuple[bytes, list[str]]]  # (root server name, its addresses)
@@ -857,7 +874,7 @@ class Resolver:
                           forwarded: bool, minimised: bool) -> Outcome | None:
         """One server's answer, classified; None when that server is no use for this question."""
         state = self.infra.state(address)
-        use_edns = not state.no_edns
+        use_edns = not self.infra.without_edns(address, self.clock(), qtype)
         dnssec = self.validator is not None
         send_name = _randomise_case(qname) if self.settings.use_0x20 else qname
         tcp = False
@@ -901,7 +918,7 @@ class Resolver:
             if message.rcode in (RCode.FORMERR, RCode.NOTIMP, RCode.BADVERS) and use_edns:
                 if budget.trace is not None:
                     _trace(budget, f"{address}: {RCode(message.rcode).name} with EDNS, asking without")
-                state.no_edns = True
+                self.infra.mark_no_edns(address, self.clock(), qtype)
                 use_edns = False
                 continue
             removed = self.guard.removed

@@ -14,6 +14,7 @@ from ispd.dns.cache import CacheLimits, NegativeKind, RRsetCache, Trust
 from ispd.dns.dnssec import parse_trust_anchors
 from ispd.dns.resolver import (
     LOCALHOST_NETWORKS,
+    NO_EDNS_SECONDS,
     PROBE_INTERVAL,
     AskableAddresses,
     ForwardZone,
@@ -493,11 +494,38 @@ async def test_formerr_with_edns_is_asked_again_without_and_remembered(net: Fake
     assert values(result) == ["192.0.2.80"]
     assert [(q.text, q.edns) for q in net.to(EXAMPLE_TEST_1)] == [("www.example.test.", True),
                                                                  ("www.example.test.", False)]
-    assert resolver.infra.state(EXAMPLE_TEST_1).no_edns
     net.clear_log()
     await ask(resolver, "alias.example.test.")
     assert [(q.text, q.edns) for q in net.to(EXAMPLE_TEST_1)] == [("alias.example.test.", False)]
     assert all(q.edns for q in net.log if q.address != EXAMPLE_TEST_1)
+
+
+async def test_formerr_with_edns_to_one_type_leaves_edns_on_for_the_others_and_for_a_while(
+        net: FakeNet, resolver: Resolver, clock: FakeClock, first_choice: None) -> None:
+    """A server (or a middlebox before it) that rejects EDNS on a type it does not know, as
+    HTTPS, still speaks EDNS for the rest. Before the fix one such client question made the
+    resolver ask the server everything without EDNS, for good: no DO, so its signed zones
+    went bogus (RRSIGs missing) until a restart."""
+    def notimp_to_https_with_edns(query: Message, reply: Reply) -> Reply:
+        assert query.question is not None
+        if query.question.qtype == RRType.HTTPS and query.edns is not None:
+            return Reply(RCode.NOTIMP, False)
+        return reply
+    net.misbehave(EXAMPLE_TEST_1, handler=notimp_to_https_with_edns)
+    await ask(resolver, "www.example.test.", RRType.HTTPS)
+    assert [(q.text, q.qtype, q.edns) for q in net.to(EXAMPLE_TEST_1)] == [
+        ("www.example.test.", RRType.HTTPS, True), ("www.example.test.", RRType.HTTPS, False)]
+    net.clear_log()
+    result = await ask(resolver, "www.example.test.")
+    assert values(result) == ["192.0.2.80"]
+    assert [(q.text, q.qtype, q.edns) for q in net.to(EXAMPLE_TEST_1)] == [("www.example.test.", RRType.A, True)]
+    net.clear_log()
+    await ask(resolver, "alias.example.test.", RRType.HTTPS)  # remembered for HTTPS...
+    assert [(q.qtype, q.edns) for q in net.to(EXAMPLE_TEST_1)] == [(RRType.HTTPS, False)]
+    clock.advance(NO_EDNS_SECONDS + 1)  # ... for a while: the server may have been upgraded
+    net.clear_log()
+    await ask(resolver, "other.example.test.", RRType.HTTPS)
+    assert net.to(EXAMPLE_TEST_1)[0].edns
 
 
 async def test_lame_server_is_skipped_and_remembered(net: FakeNet, resolver: Resolver, clock: FakeClock,
