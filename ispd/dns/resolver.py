@@ -932,8 +932,11 @@ class Resolver:
             if outcome.step == Step.FAILED:
                 # SERVFAIL is often passing (a server reloading, its own upstream down): try the
                 # next server without writing this one off; anything else means it does not
-                # serve the zone.
-                if message.rcode != RCode.SERVFAIL:
+                # serve the zone. Not so for a forwarder: a recursive server's REFUSED is about
+                # that one question (a name its own policy blocks, as dnsdist and DNS filters
+                # do), and as a verdict on the whole forward zone (often ".") it failed every
+                # name of that type for 15 minutes. Unbound does not mark forwarders lame either.
+                if message.rcode != RCode.SERVFAIL and not forwarded:
                     self.infra.mark_lame(zone, address, self.clock(), qtype)
                 return None
             if outcome.step != Step.REFERRAL:

@@ -1197,6 +1197,24 @@ async def test_forward_first_takes_a_forwarders_answer_as_it_is(net: FakeNet, cl
     assert {q.address for q in net.log} == {forwarder}
 
 
+async def test_a_forwarders_refusal_of_one_name_does_not_fail_the_others(net: FakeNet, clock: FakeClock) -> None:
+    """A recursive server refuses names its own policy blocks (dnsdist, DNS filters): that is
+    about the one question. Before the fix the forwarder was marked lame for the forward zone
+    (here ".") and every other name of the type got SERVFAIL, unasked, for 15 minutes."""
+    forwarder = "10.9.0.1"
+    net.serve(forwarder, net.zone("example.test."))
+
+    def refuse_blocked(query: Message, reply: Reply) -> Reply:
+        assert query.question is not None
+        return Reply(RCode.REFUSED, False) if query.question.key_name == N("blocked.example.test.") else reply
+    net.misbehave(forwarder, handler=refuse_blocked)
+    resolver = Resolver(RRsetCache(CacheLimits()), net, HINTS, clock, settings(),
+                        [ForwardZone(ROOT, (forwarder,), recursive=True)])
+    assert (await ask(resolver, "blocked.example.test.")).rcode == RCode.SERVFAIL
+    assert values(await ask(resolver, "www.example.test.")) == ["192.0.2.80"]
+    assert net.to(forwarder)[-1].text == "www.example.test."
+
+
 async def test_stub_zone_iterates_from_its_servers(net: FakeNet, clock: FakeClock) -> None:
     resolver = Resolver(RRsetCache(CacheLimits()), net, HINTS, clock, settings(),
                         [ForwardZone(N("example.test."), (EXAMPLE_TEST_2,), recursive=False)])
