@@ -658,9 +658,10 @@ def encode_query(msg_id: int, qname: bytes, qtype: int, qclass: int = CLASS_IN, 
     return head + qname + QUESTION_FIXED.pack(qtype, qclass) + tail
 
 
-# Question types a resolver does not answer: zone transfers are for secondaries, OPT is no type
-# to ask for (RFC 6891 §6.1.1).
-REFUSED_QTYPES = frozenset({RRType.AXFR, RRType.IXFR, RRType.OPT})
+# Question types a resolver does not answer: zone transfers are for secondaries; OPT, TSIG and
+# TKEY are records of a message, never of a zone (RFC 6891 §6.1.1, RFC 8945 §4.2, RFC 2930 §2),
+# so asking for them upstream only spends a server's time.
+REFUSED_QTYPES = frozenset({RRType.AXFR, RRType.IXFR, RRType.OPT, RRType.TSIG, RRType.TKEY})
 SERVER_UDP_SIZE = 1232  # what ispd offers in its OPT records (the DNS flag day 2020 figure)
 _OPT_AFTER_QUESTION = b"\x00\x00\x29"  # the root name, then type OPT
 

@@ -204,7 +204,8 @@ async def test_badvers_for_edns_version_1(env: Env) -> None:
 
 @pytest.mark.parametrize(
     ("qtype", "qclass"),
-    [(RRType.TXT, CLASS_CH), (RRType.A, 255), (RRType.AXFR, CLASS_IN), (RRType.IXFR, CLASS_IN)],
+    [(RRType.TXT, CLASS_CH), (RRType.A, 255), (RRType.AXFR, CLASS_IN), (RRType.IXFR, CLASS_IN),
+     (RRType.TSIG, CLASS_IN), (RRType.TKEY, CLASS_IN)],
 )
 async def test_refused_for_other_classes_and_zone_transfers(env: Env, qtype: int, qclass: int) -> None:
     reply = await env.ask_message(query("version.bind.", qtype, qclass=qclass))
