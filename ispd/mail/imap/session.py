@@ -686,6 +686,7 @@ class IMAPSession(asyncio.Protocol):
         sources = [(seq, selected.messages[seq - 1]) for seq in numbers]
         source_cur = maildir.folder_path(selected.folder) / "cur"
         source_index = selected.index
+        now: dict[int, IndexedMessage] = {}  # the source folder's messages by UID, as copy_all found them
 
         def copy() -> tuple[int, list[tuple[int, int]]]:
             names: list[tuple[IndexedMessage, str]] = []
@@ -697,13 +698,29 @@ class IMAPSession(asyncio.Protocol):
                 _take_back(maildir, target, [name for _, name in names])
                 raise
 
-        def copy_all(names: list[tuple[IndexedMessage, str]]) -> tuple[int, list[tuple[int, int]]]:
-            for _, message in sources:
+        def read_current(message: IndexedMessage) -> tuple[IndexedMessage, bytes] | None:
+            """The message as it is now, with its file's content; None once it is expunged.
+            Another session may have renamed its file (a flag change) since this one last
+            looked: it is looked up by UID, again if it is renamed between the look and the read."""
+            for _ in range(3):
+                current = now.get(message.uid)
+                if current is None:
+                    return None
                 try:
-                    data = (source_cur / message.name).read_bytes()
+                    return current, (source_cur / current.name).read_bytes()
                 except FileNotFoundError:
+                    now.clear()
+                    now.update({m.uid: m for m in source_index.sync().messages})
+            return None
+
+        def copy_all(names: list[tuple[IndexedMessage, str]]) -> tuple[int, list[tuple[int, int]]]:
+            now.update({m.uid: m for m in source_index.sync().messages})
+            for _, message in sources:
+                found = read_current(message)
+                if found is None:
                     continue  # expunged meanwhile
-                names.append((message, maildir.deliver(data, folder=target, received_at=message.internal_date).name))
+                current, data = found
+                names.append((current, maildir.deliver(data, folder=target, received_at=current.internal_date).name))
             mailindex.forget(maildir.folder_path(target))
             index = FolderIndex(maildir.folder_path(target))
             state = index.sync()
@@ -739,7 +756,10 @@ class IMAPSession(asyncio.Protocol):
             self.send(b"%s OK %s%s completed" % (command.tag.encode(), code, command.name.encode()))
             return
         self.send(b"* OK " + code + b"moved")
-        await self._remove(sources, announce=True)
+        # Only what was copied is removed: a message not found (expunged meanwhile) is left to
+        # the expunge that took it, never removed uncopied.
+        copied = {source_uid for source_uid, _ in pairs}
+        await self._remove([(seq, message) for seq, message in sources if message.uid in copied], announce=True)
         if self.condstore:
             await self._refresh()
             self.send(b"* OK [HIGHESTMODSEQ %d] highest" % selected.highest_modseq)

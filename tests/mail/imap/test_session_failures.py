@@ -157,3 +157,20 @@ def test_an_append_the_index_has_no_room_for_is_answered(maildir: Maildir, monke
     monkeypatch.undo()
     assert b"t1 NO" in answer
     assert messages_in(archive) == []  # taken back: the client appends it again
+
+
+@pytest.mark.parametrize("command", ["COPY", "MOVE"])
+def test_a_copy_finds_a_message_another_session_renamed(maildir: Maildir, command: str) -> None:
+    """From a bug hunt: a message whose flags another session changed (a rename) since this
+    session last looked was skipped by COPY as expunged, and then removed by MOVE all the same:
+    the phone marked it read, the desktop moved it to Trash, and it was in neither folder."""
+    trash = maildir.folder_path("Trash")
+
+    def another_session_flags_it() -> None:
+        FolderIndex(maildir.path).set_flags([1], "+", "F")
+
+    answer = run_commands(maildir, ["LOGIN alice x", "SELECT INBOX", f"{command} 1 Trash"], another_session_flags_it)
+    assert b"t2 OK [COPYUID" in answer or b"* OK [COPYUID" in answer
+    copied = FolderIndex(trash).sync().messages
+    assert [m.flags for m in copied] == ["F"]  # with the flag it has now
+    assert len(FolderIndex(maildir.path).sync().messages) == (2 if command == "MOVE" else 3)
