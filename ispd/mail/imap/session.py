@@ -1029,7 +1029,7 @@ class IMAPSession(asyncio.Protocol):
         for found_uid, updated in change.messages.items():
             seq = by_uid[found_uid]
             if (told and found_uid not in change.modified) or seq in changed:
-                selected.messages[seq - 1] = updated
+                selected.messages[seq - 1] = _with_recent_of(selected.messages[seq - 1], updated)
         if changed:
             self.service.notify_imap(self.maildir.path if self.maildir else None, selected.folder)
             if change.highest_modseq == selected.highest_modseq + 1:
@@ -1068,7 +1068,7 @@ class IMAPSession(asyncio.Protocol):
             message = selected.messages[seq - 1]
             parts = [b"UID %d" % message.uid] if with_uid else []
             if not command.args["silent"]:
-                parts.append(b"FLAGS " + self._flags(message.flags))
+                parts.append(b"FLAGS " + self._flags(message.flags, message.recent))
             if self.condstore and (seq in changed or not command.args["silent"]):
                 parts.append(b"MODSEQ (%d)" % message.modseq)
             if len(parts) > (1 if with_uid else 0):
@@ -1168,10 +1168,10 @@ class IMAPSession(asyncio.Protocol):
             del selected.messages[seq - 1]
         known = {m.uid for m in selected.messages}
         for seq, message in enumerate(selected.messages, 1):
-            fresh = now[message.uid]
+            fresh = _with_recent_of(message, now[message.uid])
             if fresh.flags != message.flags or fresh.modseq != message.modseq:
                 parts = [b"UID %d" % fresh.uid] if self.qresync else []
-                parts.append(b"FLAGS " + self._flags(fresh.flags))
+                parts.append(b"FLAGS " + self._flags(fresh.flags, fresh.recent))
                 if self.condstore:
                     parts.append(b"MODSEQ (%d)" % fresh.modseq)
                 self.send(b"* %d FETCH (%s)" % (seq, b" ".join(parts)))
@@ -1212,6 +1212,13 @@ def _without_stop_iteration(function: Callable[..., Any], *args: Any) -> Any:
         return function(*args)
     except StopIteration as exc:
         raise RuntimeError("StopIteration in a mailbox operation") from exc
+
+
+def _with_recent_of(known: IndexedMessage, fresh: IndexedMessage) -> IndexedMessage:
+    """``fresh``, the index's newer view of a message this session knows as ``known``, keeping
+    its \\Recent: RFC 3501 §2.3.2 gives it to the session first told of the message, for the
+    whole session, while the index sets it only in the sync that moved the message from new/."""
+    return dataclasses.replace(fresh, recent=True) if known.recent and not fresh.recent else fresh
 
 
 def _take_back(maildir: Maildir, folder: str, names: list[str]) -> None:

@@ -174,3 +174,24 @@ def test_a_copy_finds_a_message_another_session_renamed(maildir: Maildir, comman
     copied = FolderIndex(trash).sync().messages
     assert [m.flags for m in copied] == ["F"]  # with the flag it has now
     assert len(FolderIndex(maildir.path).sync().messages) == (2 if command == "MOVE" else 3)
+
+
+@pytest.mark.parametrize(("commands", "expected"), [
+    (["STORE 1 +FLAGS (\\Flagged)"], b"* 1 FETCH (FLAGS (\\Flagged \\Recent))"),
+    (["STORE 1 +FLAGS.SILENT (\\Seen)", "FETCH 1 FLAGS"], b"* 1 FETCH (FLAGS (\\Seen \\Recent))"),
+    (["STORE 1 +FLAGS (\\Flagged)", "NOOP"], b"* 4 EXISTS\r\n* 4 RECENT\r\n"),
+    (["NOOP", "NOOP"], b"* 1 FETCH (FLAGS (\\Seen \\Recent))"),  # another session's change, told
+])
+def test_recent_lasts_for_the_session(maildir: Maildir, commands: list[str], expected: bytes) -> None:
+    """From a bug hunt: RFC 3501 §2.3.2 keeps \\Recent on a message for the session that was
+    first told of it, but any flag change replaced the session's view of the message with the
+    index's, without it: FLAGS then left it out, and the next RECENT count fell (4 RECENT
+    became 1 after a new delivery)."""
+    def then() -> None:
+        if commands == ["NOOP", "NOOP"]:
+            FolderIndex(maildir.path).set_flags([1], "+", "S")  # another session reads it
+        else:
+            maildir.deliver(b"Subject: new\r\n\r\nnew\r\n")
+
+    answer = run_commands(maildir, ["LOGIN alice x", "SELECT INBOX", *commands], then)
+    assert expected in answer
