@@ -567,6 +567,9 @@ class IMAPSession(asyncio.Protocol):
             self.send(f"{command.tag} NO [LIMIT] no room for another keyword in that mailbox".encode())
             return
         message, received_at = command.args["message"], command.args["date"]
+        if await self._over_quota(len(message)):
+            self.send(f"{command.tag} NO [OVERQUOTA] the mailbox is full".encode())
+            return
 
         def append() -> tuple[int, int]:
             delivered = maildir.deliver(message, folder=folder, received_at=received_at)
@@ -605,6 +608,14 @@ class IMAPSession(asyncio.Protocol):
             return
         await self._send_quota()
         self.send(f"{command.tag} OK GETQUOTA completed".encode())
+
+    async def _over_quota(self, adding: int) -> bool:
+        """Whether ``adding`` bytes would take the mailbox past its quota: RFC 9051 §7.1's
+        OVERQUOTA for APPEND and COPY, the limit GETQUOTA reports and the MX keeps (452 4.2.2).
+        Else a client could fill the disk past any quota (a folder copied into itself, again)."""
+        assert self.maildir is not None
+        used, limit = await self.service.quota(self.address, self.maildir)
+        return limit is not None and used + adding > limit
 
     async def _send_quota(self) -> None:
         assert self.maildir is not None
@@ -684,6 +695,10 @@ class IMAPSession(asyncio.Protocol):
             return
         numbers = self._numbers(command.args["set"], command.name.startswith("UID"))
         sources = [(seq, selected.messages[seq - 1]) for seq in numbers]
+        # A MOVE takes as much room as it gives back: only a COPY can fill the mailbox.
+        if not move and await self._over_quota(sum(message.size for _, message in sources)):
+            self.send(f"{command.tag} NO [OVERQUOTA] the mailbox is full".encode())
+            return
         source_cur = maildir.folder_path(selected.folder) / "cur"
         source_index = selected.index
         now: dict[int, IndexedMessage] = {}  # the source folder's messages by UID, as copy_all found them

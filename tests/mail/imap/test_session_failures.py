@@ -23,7 +23,7 @@ from ispd.mail.metrics import MailMetrics
 from tests.mail.imap.test_autologout import FakeTransport
 
 
-def fake_service(maildir: Maildir, executor: ThreadPoolExecutor) -> Any:
+def fake_service(maildir: Maildir, executor: ThreadPoolExecutor, quota_bytes: int | None = None) -> Any:
     config = SimpleNamespace(imap_autologout_seconds=1800, imap_commands_per_second=0, max_message_bytes=1 << 20,
                              max_imap_sessions_per_mailbox=10, max_auth_failures=3)
     gate = SimpleNamespace(admit=lambda client: True, release=lambda client: None)
@@ -31,20 +31,24 @@ def fake_service(maildir: Maildir, executor: ThreadPoolExecutor) -> Any:
     async def imap_login(user: bytes, password: bytes, client: str = "") -> tuple[str, str, Maildir]:
         return "alice", "alice@isp.example", maildir
 
-    return SimpleNamespace(
+    async def quota(address: str, maildir: Maildir) -> tuple[int, int | None]:
+        return maildir.usage(quota_bytes).bytes, quota_bytes
+
+    return SimpleNamespace(quota=quota,
         config=config, gate=gate, imap_sessions=set(), metrics=MailMetrics(), tls_context=None,
         imap_login=imap_login, imap_sessions_of=lambda path: 0, mail_executor=executor,
         throttle=SimpleNamespace(succeeded=lambda login: None), notify_imap=lambda path, folder: None,
         watch_imap=lambda session: None, unwatch_imap=lambda session: None)
 
 
-def run_commands(maildir: Maildir, commands: list[str], before_last: Callable[[], None]) -> bytes:
+def run_commands(maildir: Maildir, commands: list[str], before_last: Callable[[], None],
+                 quota_bytes: int | None = None) -> bytes:
     """Sends each command and waits for its tagged answer; ``before_last`` runs (sets up the
     failure) before the last one. What the server wrote to the last command."""
     async def run() -> bytes:
         transport = FakeTransport()
         with ThreadPoolExecutor(2) as executor:
-            session = IMAPSession(fake_service(maildir, executor), "imaps")
+            session = IMAPSession(fake_service(maildir, executor, quota_bytes), "imaps")
             session.connection_made(transport)  # type: ignore[arg-type]
             start = 0
             for number, command in enumerate(commands):
@@ -195,3 +199,24 @@ def test_recent_lasts_for_the_session(maildir: Maildir, commands: list[str], exp
 
     answer = run_commands(maildir, ["LOGIN alice x", "SELECT INBOX", *commands], then)
     assert expected in answer
+
+
+@pytest.mark.parametrize(("command", "refused"), [
+    ("APPEND Archive {200+}\r\n" + "x" * 198 + "\r\n", True),
+    ("APPEND Archive {20+}\r\n" + "x" * 18 + "\r\n", False),
+    ("COPY 1:3 Archive", True),
+    ("COPY 1 Archive", False),
+    ("MOVE 1:3 Archive", False),  # the mailbox holds no more than before
+])
+def test_append_and_copy_keep_to_the_quota(maildir: Maildir, command: str, refused: bool) -> None:
+    """From a bug hunt: APPEND and COPY wrote whatever they were given, the quota that IMAP
+    reports (and the MX keeps) notwithstanding: a mailbox at 2 KB of 2 KB took a 3 KB APPEND,
+    and any client could fill the disk by copying a folder into itself. RFC 9051 §7.1: NO
+    [OVERQUOTA] when the mailbox would be over its quota after the command."""
+    used = maildir.usage().bytes  # three messages of 24 bytes
+    archive = maildir.folder_path("Archive")
+    answer = run_commands(maildir, ["LOGIN alice x", "SELECT INBOX", command], lambda: None,
+                          quota_bytes=used + 40)
+    assert (b"t2 NO [OVERQUOTA]" in answer) == refused, answer
+    assert (messages_in(archive) == []) == refused
+    assert maildir.usage().bytes <= used + 40
