@@ -29,6 +29,7 @@ import asyncio
 import base64
 import bisect
 import codecs
+import contextlib
 import dataclasses
 import email
 import email.errors
@@ -39,6 +40,7 @@ import email.policy
 import email.utils
 import errno
 import re
+import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -761,20 +763,24 @@ class IMAPSession(asyncio.Protocol):
                 index.set_flags(uids, "=", "".join(c for c in flags if c in mailindex.MAILDIR_FLAGS) + keywords)
             return state.uidvalidity, pairs
 
-        uidvalidity, pairs = await self._blocking(copy)
-        self.service.notify_imap(maildir.path, target)
-        code = b""
-        if pairs:
-            code = b"[COPYUID %d %s %s] " % (uidvalidity, b",".join(b"%d" % p[0] for p in pairs),
-                                             b",".join(b"%d" % p[1] for p in pairs))
-        if not move:
-            self.send(b"%s OK %s%s completed" % (command.tag.encode(), code, command.name.encode()))
-            return
-        self.send(b"* OK " + code + b"moved")
-        # Only what was copied is removed: a message not found (expunged meanwhile) is left to
-        # the expunge that took it, never removed uncopied.
-        copied = {source_uid for source_uid, _ in pairs}
-        await self._remove([(seq, message) for seq, message in sources if message.uid in copied], announce=True)
+        # One MOVE at a time out of a folder: another session's MOVE of the same messages then
+        # finds them gone (copy_all looks again) rather than copying them a second time.
+        async with _moving_out_of(source_cur) if move else contextlib.nullcontext():
+            uidvalidity, pairs = await self._blocking(copy)
+            self.service.notify_imap(maildir.path, target)
+            code = b""
+            if pairs:
+                code = b"[COPYUID %d %s %s] " % (uidvalidity, b",".join(b"%d" % p[0] for p in pairs),
+                                                 b",".join(b"%d" % p[1] for p in pairs))
+            if not move:
+                self.send(b"%s OK %s%s completed" % (command.tag.encode(), code, command.name.encode()))
+                return
+            self.send(b"* OK " + code + b"moved")
+            # Only what was copied is removed: a message not found (expunged meanwhile) is left
+            # to the expunge that took it, never removed uncopied.
+            copied = {source_uid for source_uid, _ in pairs}
+            await self._remove([(seq, message) for seq, message in sources if message.uid in copied],
+                               announce=True)
         if self.condstore:
             await self._refresh()
             self.send(b"* OK [HIGHESTMODSEQ %d] highest" % selected.highest_modseq)
@@ -1227,6 +1233,18 @@ def _without_stop_iteration(function: Callable[..., Any], *args: Any) -> Any:
         return function(*args)
     except StopIteration as exc:
         raise RuntimeError("StopIteration in a mailbox operation") from exc
+
+
+_MOVES: weakref.WeakValueDictionary[Path, asyncio.Lock] = weakref.WeakValueDictionary()
+
+
+def _moving_out_of(folder: Path) -> asyncio.Lock:
+    """The lock a MOVE out of ``folder`` holds from its copy to its removal of the originals
+    (this process's sessions; the event loop's, so a waiting MOVE holds no thread)."""
+    lock = _MOVES.get(folder)
+    if lock is None:
+        lock = _MOVES[folder] = asyncio.Lock()
+    return lock
 
 
 def _with_recent_of(known: IndexedMessage, fresh: IndexedMessage) -> IndexedMessage:

@@ -220,3 +220,33 @@ def test_append_and_copy_keep_to_the_quota(maildir: Maildir, command: str, refus
     assert (b"t2 NO [OVERQUOTA]" in answer) == refused, answer
     assert (messages_in(archive) == []) == refused
     assert maildir.usage().bytes <= used + 40
+
+
+def test_two_sessions_moving_the_same_messages_move_them_once(maildir: Maildir) -> None:
+    """From a bug hunt: two sessions of one mailbox (a phone and a desktop running the same
+    filter) that MOVEd the same messages at the same moment both copied them before either
+    removed them: every message twice in the target."""
+    async def run() -> None:
+        with ThreadPoolExecutor(4) as executor:
+            transports = [FakeTransport() for _ in range(2)]
+            sessions = [IMAPSession(fake_service(maildir, executor), "imaps") for _ in transports]
+            for session, transport in zip(sessions, transports, strict=True):
+                session.connection_made(transport)  # type: ignore[arg-type]
+                session.data_received(b"a LOGIN alice x\r\nb SELECT INBOX\r\n")
+            for _ in range(500):
+                if all(b"b OK" in t.written for t in transports):
+                    break
+                await asyncio.sleep(0.01)
+            for session in sessions:
+                session.data_received(b"c UID MOVE 1:* Archive\r\n")
+            for _ in range(500):
+                if all(b"c OK" in t.written or b"c NO" in t.written for t in transports):
+                    break
+                await asyncio.sleep(0.01)
+            for session, transport in zip(sessions, transports, strict=True):
+                transport.close()
+                session.connection_lost(None)
+
+    asyncio.run(run())
+    assert len(messages_in(maildir.folder_path("Archive"))) == 3
+    assert messages_in(maildir.path) == []
