@@ -18,6 +18,7 @@ delivered at once, others queued).
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import traceback
 import warnings
@@ -106,6 +107,21 @@ class MailEnvelope(Envelope):
         if key not in self._remote_seen:
             self._remote_seen.add(key)
             self.remote.append(address)
+
+
+_AUTH_PARAMETER = re.compile(r"\s+AUTH=\S*(?=\s|$)", re.IGNORECASE)
+
+
+def without_auth_parameter(arg: str) -> str:
+    """MAIL's argument without its AUTH= parameter. RFC 4954 §5 makes that parameter part of
+    the AUTH extension submission announces (an MTA relaying through its ISP sends AUTH=<>),
+    which aiosmtpd refuses as unknown (555). It names who wrote the message, as the client
+    says; ispd trusts no such word (the sender is checked against the login), which §5 allows:
+    the server then acts as if AUTH=<> was given."""
+    path_end = arg.find(">")  # the parameters follow the path
+    if path_end < 0:
+        return arg
+    return arg[:path_end + 1] + _AUTH_PARAMETER.sub("", arg[path_end + 1:])
 
 
 # Refused recipients per connection: after the soft limit each further refusal waits a second,
@@ -236,6 +252,12 @@ class SMTPSession(SMTP):
             await super().smtp_HELO(hostname)
         finally:
             self._helo_reply = False
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if arg is not None and self.listener != "mx":
+            arg = without_auth_parameter(arg)
+        await super().smtp_MAIL(arg)
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:

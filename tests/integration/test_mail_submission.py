@@ -201,6 +201,21 @@ def test_the_sender_must_be_the_subscribers_own(lab: Lab) -> None:
         assert client.rcpt("nobody@isp.example")[0] == 550
 
 
+def test_the_auth_parameter_of_mail_is_taken(lab: Lab) -> None:
+    """From a bug hunt: RFC 4954 §5's AUTH= parameter of MAIL, part of the AUTH extension
+    that submission announces (an MTA that relays through its ISP sends it), got 555 "not
+    recognized" and the MTA could send nothing."""
+    with lab.client() as client:
+        for parameter in ("AUTH=<>", "auth=alice+2Blists@isp.example"):
+            code, _ = client.mail("alice@isp.example", [parameter, "SIZE=100"])
+            assert code == 250, parameter
+            client.rset()
+        refused = client.sendmail("alice@isp.example", ["bob@isp.example"], b"Subject: relayed\r\n\r\nvia an MTA\r\n",
+                                  mail_options=["AUTH=<>"])
+        assert refused == {}
+    assert lab.inbox("bob@isp.example")[-1].endswith(b"via an MTA\n")
+
+
 def test_a_suspended_subscriber_cannot_send(lab: Lab) -> None:
     lab.ispd.cli("subscriber", "suspend", "bob", "--reason", "nonpayment")
     try:

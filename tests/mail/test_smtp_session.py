@@ -15,7 +15,7 @@ from aiosmtpd.smtp import Session
 from ispd.listeners import ConnectionGate
 from ispd.mail.dnsbl import Listing
 from ispd.mail.engine import MXPolicy
-from ispd.mail.smtp import MailEnvelope, MXHandler, SMTPSession
+from ispd.mail.smtp import MailEnvelope, MXHandler, SMTPSession, without_auth_parameter
 from tests.dns.test_streams import reset
 
 
@@ -116,3 +116,14 @@ def test_a_listed_client_s_relay_attempt_is_refused_as_relaying_not_as_listed() 
     assert relayed == "554 5.7.1 <x@elsewhere.example>: Relay access denied", relayed
     assert local.startswith("554 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using bl.example")
     assert refusals == ["relay_denied", "dnsbl"]
+
+
+@pytest.mark.parametrize(("arg", "expected"), [
+    ("FROM:<a@isp.example> AUTH=<>", "FROM:<a@isp.example>"),
+    ("FROM:<a@isp.example> SIZE=10 auth=a+2Bx@isp.example BODY=8BITMIME", "FROM:<a@isp.example> SIZE=10 BODY=8BITMIME"),
+    ("FROM:<a@isp.example> SIZE=10", "FROM:<a@isp.example> SIZE=10"),
+    ("FROM:<\"AUTH=<>\"@isp.example>", "FROM:<\"AUTH=<>\"@isp.example>"),  # in the path: not a parameter
+    ("FROM:<a@isp.example> XAUTH=1", "FROM:<a@isp.example> XAUTH=1"),
+])
+def test_the_auth_parameter_of_mail_is_left_out(arg: str, expected: str) -> None:
+    assert without_auth_parameter(arg) == expected
