@@ -257,7 +257,9 @@ class Maildir:
         (as SMTP carries it); it is kept with LF. ``received_at``: its IMAP internal date (the
         file's mtime, as Dovecot keeps it) when not now - an APPEND's date-time."""
         data = message.replace(b"\r\n", b"\n")
-        virtual_size = len(data) + data.count(b"\n")
+        # Not len + one per LF: a CR before a line's CRLF (a bare CR) is left as CR LF, which
+        # IMAP serves as it is (with_crlf), without a second CR.
+        virtual_size = crlf_size(data)
         base = self.folder_path(folder)
         while True:
             name = unique_name(len(data), virtual_size, now)

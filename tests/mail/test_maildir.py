@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ispd.mail.maildir import SPECIAL_FOLDERS, Maildir, size_of, unique_name
+from ispd.mail.maildir import SPECIAL_FOLDERS, Maildir, crlf_size, size_of, unique_name, with_crlf
 
 
 def test_a_mailbox_has_the_maildir_plus_plus_layout(tmp_path: Path) -> None:
@@ -39,6 +39,17 @@ def test_delivery_lands_in_new_with_lf_line_ends_and_sizes_in_the_name(tmp_path:
     assert delivered.name.startswith("1796411197.M250000P")
     assert delivered.name.endswith(f",S={delivered.size},W={delivered.virtual_size}")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_the_size_in_the_name_is_what_imap_serves_with_a_cr_before_a_line_end(tmp_path: Path) -> None:
+    """From a bug hunt: a CR before a line's CRLF (a bare CR, which some senders still put
+    there) stays as CR LF on disk; its W= counted the LF's CR again, so RFC822.SIZE was one
+    more than the BODY[] served (FETCH reads the file with ``with_crlf``)."""
+    maildir = Maildir(tmp_path / "m")
+    maildir.create()
+    delivered = maildir.deliver(b"Subject: cr\r\n\r\nbare\rcr and \r\r\n end\r\n")
+    served = with_crlf((maildir.path / "new" / delivered.name).read_bytes())
+    assert delivered.virtual_size == len(served) == crlf_size(served)
 
 
 def test_names_are_unique_across_threads(tmp_path: Path) -> None:
