@@ -309,7 +309,14 @@ class IMAPSession(asyncio.Protocol):
             self.send(f"{command.tag} BAD TLS is already on or not available".encode())
             return
         self.send(f"{command.tag} OK begin TLS negotiation now".encode())
+        # What came in the clear behind STARTTLS is dropped, commands already framed too: run
+        # inside TLS, it would let a man in the middle add commands to the protected session
+        # (STARTTLS command injection, CVE-2011-0411's kind).
         self.framer = CommandFramer(max_line=MAX_LINE, max_literal=MAX_LITERAL_BEFORE_LOGIN)
+        while not self._queue.empty():
+            if self._queue.get_nowait() is None:  # the connection's end: that stays
+                self._queue.put_nowait(None)
+                break
         loop = asyncio.get_running_loop()
         try:
             self.transport = await loop.start_tls(self.transport, self, context, server_side=True,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -105,3 +106,40 @@ def test_a_connection_dropped_after_starttls_before_the_handshake_ends_the_sessi
                 server.close()
 
     uvloop.run(run())  # the daemon's loop: its TLS layer is the one that tells nobody
+
+
+def test_commands_sent_in_the_clear_after_starttls_are_not_run_inside_tls(tmp_path: Path) -> None:
+    """From a bug hunt: commands pipelined in the clear behind STARTTLS were run once TLS was
+    on, as if the client had sent them over it: STARTTLS command injection (CVE-2011-0411's
+    kind, which the "NO STARTTLS" study of 2021 found in many IMAP servers), by which a man
+    in the middle adds commands to the protected session. They are dropped, as Postfix and
+    aiosmtpd drop them after SMTP's STARTTLS."""
+    maildir = Maildir.for_address(tmp_path, "alice@isp.example")
+    maildir.create()
+    certificates = issue(tmp_path / "tls", "localhost", name="server")
+
+    async def run() -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(2) as executor:
+            service = fake_service(maildir, executor)
+            service.tls_context = server_tls_context(certificates.certificate, certificates.private_key, [])
+            server = await loop.create_server(lambda: IMAPSession(service, "imap"), "127.0.0.1", 0)
+            try:
+                reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+                await reader.readline()  # the greeting
+                writer.write(b"a STARTTLS\r\nb LOGIN alice secret\r\n")  # b: the injected one
+                assert (await reader.readline()).startswith(b"a OK")
+                await writer.start_tls(ssl.create_default_context(cafile=str(certificates.ca)),
+                                       server_hostname="localhost")
+                writer.write(b"c NOOP\r\n")
+                lines: list[bytes] = []
+                while not lines or not lines[-1].startswith(b"c "):
+                    lines.append(await asyncio.wait_for(reader.readline(), timeout=5))
+                writer.close()
+                return lines
+            finally:
+                server.close()
+
+    lines = uvloop.run(run())
+    assert not any(line.startswith(b"b ") for line in lines), lines
+    assert lines[-1].startswith(b"c OK")
