@@ -253,6 +253,16 @@ class SMTPSession(SMTP):
         finally:
             self._helo_reply = False
 
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        # RFC 3207 §4.2: once TLS is on, STARTTLS is no longer offered. aiosmtpd answered 220
+        # all the same and put a second TLS layer inside the first, whose failure raised inside
+        # asyncio (an error-level traceback whenever a client asked).
+        if self._tls_protocol is not None:
+            await self.push("503 Error: TLS already active")
+            return
+        await super().smtp_STARTTLS(arg)
+
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:
         if arg is not None and self.listener != "mx":

@@ -216,6 +216,17 @@ def test_the_auth_parameter_of_mail_is_taken(lab: Lab) -> None:
     assert lab.inbox("bob@isp.example")[-1].endswith(b"via an MTA\n")
 
 
+def test_a_second_starttls_is_refused(lab: Lab) -> None:
+    """From a bug hunt: STARTTLS inside TLS got 220 and the session was wrapped in a second TLS
+    layer, whose failure raised inside asyncio: an error-level traceback in the log, at any
+    client's will, and the session gone. RFC 3207 §4.2: once TLS is on, STARTTLS is not offered."""
+    with lab.client() as client:
+        code, _ = client.docmd("STARTTLS")
+        assert code == 503
+        assert client.noop()[0] == 250  # the session goes on, over its TLS
+    assert "SSLProtocol" not in lab.ispd.log_text()
+
+
 def test_a_suspended_subscriber_cannot_send(lab: Lab) -> None:
     lab.ispd.cli("subscriber", "suspend", "bob", "--reason", "nonpayment")
     try:
