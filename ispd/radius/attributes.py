@@ -193,7 +193,10 @@ _NEVER_CONFIGURED: dict[int, str] = {
 
 def reply_attribute(dictionary: Dictionary, text: str) -> ReplyAttribute:
     """``Name = value`` (or ``Name:tag = value``) checked against the dictionary."""
-    name, tag, value_text = parse_assignment(text)
+    try:
+        name, tag, value_text = parse_assignment(text)
+    except ValueError as exc:  # (an operator's typo on the command line, as any other mistake here)
+        raise AttributeValueError(str(exc)) from None
     attribute = dictionary.get(name)
     if attribute is None:
         raise AttributeValueError(f"{name}: no such attribute in the dictionaries")

@@ -52,10 +52,8 @@ class SuspendedAction(StrEnum):
 
 def _assignment(text: str) -> str:
     """``Name = value`` or ``Name:tag = value`` (a tag for tunnel attributes), value as written."""
-    match = _ASSIGNMENT.match(text)
-    if match is None or not match.group(3):
-        raise ValueError(f"{text!r} is not an attribute assignment (write it like 'Mikrotik-Address-List = home')")
-    if match.group(2) is not None and not 1 <= int(match.group(2)) <= 31:
+    _name, tag, _value = parse_assignment(text)
+    if tag == 0:
         raise ValueError(f"{text!r}: a tag is a number from 1 to 31")
     return text.strip()
 
@@ -64,10 +62,15 @@ AttributeAssignment = Annotated[str, AfterValidator(_assignment)]
 
 
 def parse_assignment(text: str) -> tuple[str, int | None, str]:
-    """(name, tag, value) of a checked assignment; quotes around the value are removed."""
+    """(name, tag, value) of an assignment; quotes around the value are removed. Checked here, not
+    only in the config's validator, because a subscriber's own attributes come from the command line."""
     match = _ASSIGNMENT.match(text)
-    if match is None:
-        raise ValueError(f"{text!r} is not an attribute assignment")
+    if match is None or not match.group(3):
+        raise ValueError(f"{text!r} is not an attribute assignment (write it like 'Mikrotik-Address-List = home')")
+    # RFC 2868 §3.1: a tag is at most 0x1F; a larger first octet is a tagged string's data, not
+    # its tag. (0, "unused", was taken from the command line before: still read from the store.)
+    if match.group(2) is not None and int(match.group(2)) > 31:
+        raise ValueError(f"{text!r}: a tag is a number from 1 to 31")
     value = match.group(3)
     if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
         # As FreeRADIUS reads them: escapes in double quotes, single quotes as written.

@@ -443,6 +443,11 @@ def test_an_untagged_tunnel_password_carries_tag_zero() -> None:
     ("Session-Timeout = 4294967296", "out of range: 0 to 4294967295"),
     ("Session-Timeout = -1", "out of range"),
     ("Tunnel-Password = " + "p" * 240, "at most 239 octets"),  # from a review: every login of the plan failed
+    # From a bug hunt: `subscriber radius-reply` said "unexpected error: ValueError" to these, and
+    # stored a tag past 31, which a NAS reads as the first octet of the value.
+    ("Session-Timeout", "not an attribute assignment"),
+    ("= 5", "not an attribute assignment"),
+    ("Tunnel-Type:32 = VLAN", "a tag is a number from 1 to 31"),
 ])
 def test_reply_attributes_ispd_writes_itself_or_out_of_range_are_refused(text: str, message: str) -> None:
     with pytest.raises(AttributeValueError, match=message):
