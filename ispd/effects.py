@@ -12,11 +12,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from ipaddress import ip_address
 from typing import Any
 
 from ispd.config import Config
 from ispd.radius.config import SuspendedAction
-from ispd.store.models import LeaseService, LeaseState, SubscriberOverview, SubscriberStatus, SuspendedMail
+from ispd.store.models import (
+    LeaseService,
+    LeaseState,
+    RadiusSession,
+    SubscriberOverview,
+    SubscriberStatus,
+    SuspendedMail,
+)
 
 DONE, PENDING, FAILED, UNKNOWN = "done", "pending", "failed", "unknown"
 
@@ -63,7 +71,7 @@ def _radius(o: SubscriberOverview, config: Config) -> list[Effect]:
             else:
                 done = ("moved to the over-quota profile" if last.reason == "over quota"
                         else "back to the plan's profile")
-                result.append(_outcome(subject, last.kind, last.result, last.at, done))
+                result.append(_outcome(subject, last.kind, last.result, last.at, done, session, config))
             continue
         wanted = "disconnect" if status is SubscriberStatus.CLOSED or action is SuspendedAction.REJECT else "coa"
         if wanted == "disconnect":  # a CoA acknowledged gave the session a profile; it did not end it
@@ -76,15 +84,35 @@ def _radius(o: SubscriberOverview, config: Config) -> list[Effect]:
             result.append(Effect("radius", subject, PENDING,
                                  f"Disconnect acknowledged {_when(last.at)}; waiting for the NAS's Stop"))
         else:
-            result.append(_outcome(subject, last.kind, last.result, last.at, "moved into the walled garden"))
+            result.append(_outcome(subject, last.kind, last.result, last.at, "moved into the walled garden",
+                                   session, config))
     return result
 
 
-def _outcome(subject: str, kind: str, result: str, at: float, done: str) -> Effect:
+def _outcome(subject: str, kind: str, result: str, at: float, done: str, session: RadiusSession,
+             config: Config) -> Effect:
     if result == "ack":
         return Effect("radius", subject, DONE, f"{done}: {_kind(kind)} acknowledged {_when(at)}")
+    if result == "error" and not _nas_is_client(session, config):
+        # Nothing can be sent to a NAS that is no [[radius.client]] (taken out of the config, its
+        # secret gone with it): retrying as for a timeout would fail the same way every time.
+        return Effect("radius", subject, FAILED,
+                      f"{_kind(kind)} {result} {_when(at)}: its NAS {session.nas_address} is no longer a "
+                      f"[[radius.client]]; if it is gone, `ispd session close {session.id}`")
     return Effect("radius", subject, FAILED, f"{_kind(kind)} {result} {_when(at)}: retry with `ispd session "
                                              f"{'disconnect' if kind == 'disconnect' else 'coa'}`")
+
+
+def _nas_is_client(session: RadiusSession, config: Config) -> bool:
+    """As the RADIUS service finds the client to sign a Disconnect or CoA with: the one that
+    accounted the session, by name, else the one whose network holds its NAS's address."""
+    if any(client.name == session.nas_client for client in config.radius.client):
+        return True
+    try:
+        address = ip_address(session.nas_address)
+    except ValueError:
+        return False
+    return any(address in client.address for client in config.radius.client)
 
 
 def _kind(kind: str) -> str:

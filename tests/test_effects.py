@@ -62,6 +62,22 @@ def test_a_suspension_is_done_in_radius_only_once_the_nas_answered() -> None:
     assert "retry with `ispd session disconnect`" in detail["session s3 on 198.18.0.1"]
 
 
+def test_a_session_whose_nas_is_no_client_is_told_to_be_closed_not_retried() -> None:
+    """From a bug hunt: a NAS taken out of [[radius.client]] (a SIGHUP) leaves its sessions open;
+    the suspension's Disconnect ends in "error" and show said "retry with `ispd session
+    disconnect`", which fails the same way each time. `session close` is what frees the session."""
+    config = Config.model_validate({"radius": {"client": [
+        {"name": "bng", "address": "198.18.0.0/24", "secret": "s3cret-s3cret"}]}})
+    gone = replace(session(2), nas_address="198.51.100.7", nas_client="old-bng")
+    o = overview(SubscriberStatus.SUSPENDED, sessions=[session(1), gone],
+                 coa=[coa(1, "timeout"), coa(2, "error")])
+    detail = {e.subject: (e.state, e.detail) for e in effects(o, config, None, T + 10) if e.service == "radius"}
+    assert detail["session s1 on 198.18.0.1"][0] == "failed"
+    assert "retry with `ispd session disconnect`" in detail["session s1 on 198.18.0.1"][1]
+    state, said = detail["session s2 on 198.51.100.7"]
+    assert state == "failed" and "no longer a [[radius.client]]" in said and "`ispd session close 2`" in said, said
+
+
 def test_a_coa_acknowledged_does_not_carry_out_a_suspension_that_disconnects() -> None:
     """With suspended = "reject" only a Disconnect ends the session: a CoA's ACK gave it a
     profile (the plan's, as `session coa` did), and reading it as done stopped the retries."""

@@ -1565,7 +1565,8 @@ class RadiusService(Service):
         nas = self._nas_for_session(session)
         started_at = self.context.clock()
         if nas is None:
-            outcome_result, attempts, error_cause, detail = "error", 0, None, "the session's NAS is not a client"
+            outcome_result, attempts, error_cause, detail = "error", 0, None, (
+                f"the session's NAS is no longer a [[radius.client]]; if it is gone, `ispd session close {session.id}`")
         else:
             outcome = await self.coa.send(session.nas_address, nas.coa_port, nas.secret, code,
                                           session_identification(session, started_at) + extra)
