@@ -527,10 +527,19 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
         return await store.list_sessions(open_only=open_only, subscriber=subscriber or None,
                                          limit=limit)
 
+    async def session_or_404(session_id: int) -> None:
+        """A session that does not exist is a 404, as a subscriber that does not exist is; the
+        command's own refusal (409) is for one it cannot act on (no longer open)."""
+        try:
+            await store.get_session(session_id)
+        except InvalidValue:  # (a number past any row id is no session either)
+            raise NotFound(f"no session #{session_id}") from None
+
     async def dynamic(command: str, session_id: int, reason: str | None) -> DynamicResult:
         handler = control.get(command)
         if handler is None or handler.plain is None:
             raise HTTPException(503, "RADIUS is not running in this daemon")
+        await session_or_404(session_id)
         try:
             result = await handler.plain({"session_id": session_id, "reason": reason or "api"})
         except CommandError as exc:
@@ -551,6 +560,7 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
         handler = control.get("radius.session.close")
         if handler is None or handler.plain is None:
             raise HTTPException(503, "RADIUS is not running in this daemon")
+        await session_or_404(session_id)
         try:
             return ClosedSessions(**await handler.plain({"session_id": session_id, "actor": actor}))
         except CommandError as exc:

@@ -536,6 +536,16 @@ def test_session_close_frees_the_slot_of_a_session_whose_nas_is_gone(radius: Rad
     api = subprocess.run(["curl", "-sS", "-X", "POST", "--unix-socket", str(radius.ispd.workdir / "admin.sock"),
                           f"http://ispd/v1/sessions/{session['id']}/close"], capture_output=True, text=True, timeout=30)
     assert json.loads(api.stdout) == {"closed": [session["id"]]}, api
+    # A session that does not exist is a 404, as the README promises, not the 409 of one not open
+    # (from a bug hunt: both were 409, and a billing system could not tell them apart).
+    for action in ("close", "disconnect", "coa"):
+        for missing in ("999999", "9" * 30):
+            answer = subprocess.run(
+                ["curl", "-sS", "-X", "POST", "-w", "\n%{http_code}", "-H", "content-type: application/json",
+                 "-d", "{}", "--unix-socket", str(radius.ispd.workdir / "admin.sock"),
+                 f"http://ispd/v1/sessions/{missing}/{action}"], capture_output=True, text=True, timeout=30)
+            body, status = answer.stdout.rsplit("\n", 1)
+            assert status == "404" and f"no session #{missing}" in body, (action, answer)
     assert radius.pap("zed", "zed-pw") == "Access-Accept"
     # Every open session of a NAS at once.
     assert radius.accounting("User-Name = zed, Acct-Session-Id = z2, NAS-IP-Address = 127.0.0.3, "
