@@ -60,7 +60,7 @@ from ispd.store.models import (
     Unchanged,
     Usage,
 )
-from ispd.store.validation import attributable_text, dhcp6_prefix_text, mail_address
+from ispd.store.validation import attributable_text, dhcp6_prefix_text, mail_address, usable_text
 
 # --- request bodies
 
@@ -548,7 +548,15 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
 
     @app.post("/v1/sessions/{session_id}/disconnect", tags=["sessions"])
     async def disconnect(session_id: int, body: StatusChange) -> DynamicResult:
-        return await dynamic("radius.session.disconnect", session_id, body.reason)
+        # Checked as the CLI's --reason and a suspension's reason are: `session show` and `subscriber
+        # show` print it to a terminal, where a control character would hide or rewrite the screen.
+        reason = None
+        if body.reason:
+            try:
+                reason = usable_text(body.reason)
+            except ValueError as exc:
+                raise InvalidValue(str(exc)) from None
+        return await dynamic("radius.session.disconnect", session_id, reason)
 
     @app.post("/v1/sessions/{session_id}/coa", tags=["sessions"])
     async def coa(session_id: int) -> DynamicResult:

@@ -546,6 +546,13 @@ def test_session_close_frees_the_slot_of_a_session_whose_nas_is_gone(radius: Rad
                  f"http://ispd/v1/sessions/{missing}/{action}"], capture_output=True, text=True, timeout=30)
             body, status = answer.stdout.rsplit("\n", 1)
             assert status == "404" and f"no session #{missing}" in body, (action, answer)
+    # A reason is checked as the CLI's is: `session show` prints it to the operator's terminal.
+    answer = subprocess.run(
+        ["curl", "-sS", "-X", "POST", "-w", "\n%{http_code}", "-H", "content-type: application/json",
+         "-d", json.dumps({"reason": "unpaid\n\u001b[2J"}), "--unix-socket", str(radius.ispd.workdir / "admin.sock"),
+         f"http://ispd/v1/sessions/{session['id']}/disconnect"], capture_output=True, text=True, timeout=30)
+    body, status = answer.stdout.rsplit("\n", 1)
+    assert status == "400" and "no control or invisible characters" in body, answer
     assert radius.pap("zed", "zed-pw") == "Access-Accept"
     # Every open session of a NAS at once.
     assert radius.accounting("User-Name = zed, Acct-Session-Id = z2, NAS-IP-Address = 127.0.0.3, "
