@@ -76,6 +76,7 @@ from ispd.store.validation import (
     reservable_address6,
     reservable_prefix6,
     reservation_key,
+    showable,
     usable_text,
 )
 
@@ -120,7 +121,7 @@ def when(ts: float | None) -> str:
 
 
 def table_lines(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
+    cells = [[("-" if v is None else showable(str(v))) for v in row] for row in rows]
     widths = [max([len(h), *(display_width(r[i]) for r in cells)]) for i, h in enumerate(headers)]
     return ["  ".join(v + " " * (w - display_width(v)) for v, w in zip(row, widths, strict=True)).rstrip()
             for row in [list(headers), *cells]]
@@ -291,7 +292,7 @@ def render_overview(o: SubscriberOverview) -> str:
         lines += [f"  {b.kind.value} {b.prefix} {b.state.value} until {when(b.expires_at)} duid {b.duid}"
                   f"{' host ' + b.hostname if b.hostname else ''}" for b in o.bindings6]
     lines.append(f"sessions      {len(o.sessions) or 'none'}")
-    lines += [f"  {x.acct_session_id} on {x.nas_address} ip {x.framed_ip or '-'} from {when(x.started_at)}"
+    lines += [f"  {showable(x.acct_session_id)} on {x.nas_address} ip {x.framed_ip or '-'} from {when(x.started_at)}"
               f" {'open' if x.stopped_at is None else 'ended ' + when(x.stopped_at)}"
               f" in {x.input_octets} out {x.output_octets} bytes" for x in o.sessions]
     u = o.usage_this_month
@@ -779,8 +780,9 @@ async def cmd_who(store: Store, args: argparse.Namespace) -> None:
 
 
 def render_holding(h: Holding) -> str:
-    who_ = f"{h.username} (#{h.subscriber_id})" if h.username and h.subscriber_id else (
-        h.username or (f"#{h.subscriber_id}" if h.subscriber_id else "no subscriber (an unknown client)"))
+    username = showable(h.username) if h.username else None  # (a RADIUS session's is the NAS's)
+    who_ = f"{username} (#{h.subscriber_id})" if username and h.subscriber_id else (
+        username or (f"#{h.subscriber_id}" if h.subscriber_id else "no subscriber (an unknown client)"))
     how = {"dhcp": "DHCP lease", "radius-pool": "RADIUS, from ispd's pool", "radius-session": "RADIUS session",
            "dhcp6": "DHCPv6 binding"}
     ends = "still open" if h.ends_at is None else f"until {when(h.ends_at)}"
@@ -793,7 +795,7 @@ def render_holding(h: Holding) -> str:
                ("remote-id", h.remote_id), ("pool", h.pool), ("NAS", h.nas_address),
                ("NAS-Identifier", h.nas_identifier), ("NAS-Port-Id", h.nas_port_id),
                ("Acct-Session-Id", h.acct_session_id), ("ended by", h.terminate_cause)]
-    shown = ", ".join(f"{label} {value}" for label, value in details if value)
+    shown = ", ".join(f"{label} {showable(value)}" for label, value in details if value)
     if shown:
         lines.append(f"    {shown}")
     lines += [f"    {e.table} #{e.id}  {when(e.at)}  {e.event}" for e in h.evidence]
@@ -1646,11 +1648,11 @@ async def cmd_session_show(store: Store, args: argparse.Namespace) -> None:
     for f in dataclasses.fields(session):
         value = getattr(session, f.name)
         shown = when(value) if f.name.endswith("_at") and value is not None else value
-        print(f"{f.name.replace('_', ' '):<24}{'-' if shown is None else shown}")
+        print(f"{f.name.replace('_', ' '):<24}{'-' if shown is None else showable(str(shown))}")
     for record in coa:
         print(f"{record.kind:<24}{when(record.at)} {record.result}"
               f"{' error-cause ' + str(record.error_cause) if record.error_cause else ''}"
-              f" after {record.attempts} attempt(s){' (' + record.reason + ')' if record.reason else ''}")
+              f" after {record.attempts} attempt(s){' (' + showable(record.reason) + ')' if record.reason else ''}")
 
 
 def _describe_coa(result: dict[str, Any]) -> str:

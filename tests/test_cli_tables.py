@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ispd.cli import display_width, table_lines
+from ispd.cli import display_width, render_holding, table_lines
+from ispd.store.models import Holding
 
 
 def test_columns_line_up_with_wide_and_combining_characters() -> None:
@@ -12,3 +13,23 @@ def test_columns_line_up_with_wide_and_combining_characters() -> None:
                      "2   bob          -",
                      "3   e\u0301e           x"]
     assert display_width("Zoë 🎉 山田") == 11 and display_width("e\u0301e") == 2
+
+
+def test_text_from_the_wire_is_shown_escaped_not_sent_to_the_terminal() -> None:
+    """From a bug hunt: a NAS's User-Name or Acct-Session-Id (an EAP outer identity the station
+    chose) is stored as sent, and `ispd session list` printed its ESC[2J raw: the helpdesk's
+    screen was cleared. Now a table shows it escaped, and lines up as it will be seen."""
+    lines = table_lines(["ID", "USERNAME", "SESSION_ID"], [[1, "anon\x1b[2J", "a\nb"], [2, "Zoë", "s1"]])
+    assert lines == ["ID  USERNAME     SESSION_ID",
+                     "1   anon\\x1b[2J  a\\nb",
+                     "2   Zoë          s1"]
+    assert all(c.isprintable() for line in lines for c in line)
+
+
+def test_who_escapes_what_a_nas_sent() -> None:
+    holding = Holding(address="198.18.0.9", source="radius-session", starts_at=0.0, ends_at=None,
+                      username="eve\x1b]0;owned\x07", subscriber_id=None, nas_address="198.18.0.1",
+                      acct_session_id="s\r1")
+    shown = render_holding(holding)
+    assert "eve\\x1b]0;owned\\x07" in shown and "Acct-Session-Id s\\r1" in shown, shown
+    assert "\x1b" not in shown and "\r" not in shown

@@ -32,6 +32,17 @@ def usable_text(text: str) -> str:
     return text
 
 
+def showable(text: str) -> str:
+    """``text`` with what ``usable_text`` refuses written as Python escapes (``\\x1b``), for
+    what comes from the wire rather than an operator (a NAS's User-Name, Acct-Session-Id,
+    NAS-Identifier): stored as sent, so that a Disconnect names the session as its NAS knows it,
+    but never printed raw, where an escape sequence would rewrite the helpdesk's screen."""
+    if text.isprintable():
+        return text
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) in _UNSHOWABLE and c not in _JOINERS else c
+                   for c in text)
+
+
 def ipv4_text(text: str) -> str:
     """An IPv4 address in dotted-quad form (``198.18.0.10``); no leading zeros, no CIDR suffix."""
     try:
