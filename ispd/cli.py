@@ -242,7 +242,7 @@ async def cmd_subscriber_show(store: Store, args: argparse.Namespace) -> None:
     status = overview.subscriber.status.value
     print(f"effects       of being {status}, in each service" if found else "effects       none to show")
     for e in found:
-        print(f"  {e.service:<6} {e.state:<8} {e.subject}: {e.detail}")
+        print(f"  {e.service:<6} {e.state:<8} {showable(e.subject)}: {showable(e.detail)}")  # (a NAS's session id)
 
 
 async def _dns_view(config: Config, subscriber_id: int) -> dict[str, Any] | None:
@@ -308,7 +308,7 @@ def render_overview(o: SubscriberOverview) -> str:
         lines.append("coa/disconnect")
         lines += [f"  {when(c.at)} {c.kind} session #{c.session_id} on {c.nas_address}: {c.result}"
                   f"{' error-cause ' + str(c.error_cause) if c.error_cause else ''}"
-                  f"{' (' + c.reason + ')' if c.reason else ''}" for c in o.coa]
+                  f"{' (' + showable(c.reason) + ')' if c.reason else ''}" for c in o.coa]
     lines.append(f"mailboxes     {len(o.mailboxes) or 'none'}")
     lines += [f"  {m.address}" for m in o.mailboxes]
     if o.aliases:

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from ispd.cli import display_width, render_holding, table_lines
-from ispd.store.models import Holding
+from ispd.cli import display_width, render_holding, render_overview, table_lines
+from ispd.store.models import (
+    CoARecord,
+    Holding,
+    RadiusSession,
+    StoredCredentials,
+    Subscriber,
+    SubscriberOverview,
+    SubscriberStatus,
+)
 
 
 def test_columns_line_up_with_wide_and_combining_characters() -> None:
@@ -33,3 +41,13 @@ def test_who_escapes_what_a_nas_sent() -> None:
     shown = render_holding(holding)
     assert "eve\\x1b]0;owned\\x07" in shown and "Acct-Session-Id s\\r1" in shown, shown
     assert "\x1b" not in shown and "\r" not in shown
+
+
+def test_subscriber_show_escapes_a_nas_s_session_id_and_a_stored_reason() -> None:
+    subscriber = Subscriber(1, "alice", SubscriberStatus.SUSPENDED, updated_at=0.0)
+    session = RadiusSession(7, "198.18.0.1", "s\x1b[2J", "alice", 0.0, 0.0, subscriber_id=1)
+    coa = CoARecord(1, 0.0, "disconnect", "198.18.0.1", "ack", 1, 0.0, session_id=7, subscriber_id=1,
+                    reason="late\x1b[31m")  # (stored before the API checked reasons)
+    shown = render_overview(SubscriberOverview(subscriber, None, StoredCredentials(), [], [], [session], [], [], coa=[coa]))
+    assert "s\\x1b[2J on 198.18.0.1" in shown and "(late\\x1b[31m)" in shown, shown
+    assert "\x1b" not in shown
