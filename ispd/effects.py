@@ -16,7 +16,7 @@ from ipaddress import ip_address
 from typing import Any
 
 from ispd.config import Config
-from ispd.radius.config import SuspendedAction
+from ispd.radius.config import LEAVING_THE_GARDEN, SuspendedAction
 from ispd.store.models import (
     LeaseService,
     LeaseState,
@@ -62,12 +62,19 @@ def _radius(o: SubscriberOverview, config: Config) -> list[Effect]:
         answered = [c for c in o.coa if c.session_id == session.id and c.at >= changed_at]
         last = max(answered, key=lambda c: c.at) if answered else None
         if status is SubscriberStatus.ACTIVE:
-            # Only a CoA that moved it back (or to the over-quota profile) is an effect of being
-            # active; an operator's `session disconnect` is not.
-            coas = [c for c in answered if c.kind == "coa"]
-            last = max(coas, key=lambda c: c.at) if coas else None
+            # Only a CoA that moved it back (or to the over-quota profile), or the Disconnect that
+            # took it out of the walled garden, is an effect of being active; an operator's
+            # `session disconnect` is not.
+            moves = [c for c in answered if c.kind == "coa" or (c.reason or "").endswith(LEAVING_THE_GARDEN)]
+            last = max(moves, key=lambda c: c.at) if moves else None
             if last is None:
                 result.append(Effect("radius", subject, DONE, "open with the plan's profile"))
+            elif last.kind == "disconnect" and last.result == "ack":
+                result.append(Effect("radius", subject, PENDING, f"Disconnect acknowledged {_when(last.at)} "
+                                     f"({LEAVING_THE_GARDEN}); waiting for the NAS's Stop"))
+            elif last.kind == "disconnect":
+                result.append(_outcome(subject, last.kind, last.result, last.at, LEAVING_THE_GARDEN, session,
+                                       config))
             else:
                 done = ("moved to the over-quota profile" if last.reason == "over quota"
                         else "back to the plan's profile")

@@ -105,6 +105,23 @@ def test_being_active_is_judged_from_the_status_change_and_coa_only() -> None:
     assert "back to the plan's profile" in detail["session s3 on 198.18.0.1"][1]  # after the resume, before the edit
 
 
+def test_a_resume_s_disconnect_out_of_the_walled_garden_is_judged_as_its_coa_would_be() -> None:
+    """A session whose plan would leave a garden attribute in force is disconnected on resume
+    (the record's reason says so): acknowledged, its Stop is awaited; timed out, it failed.
+    An operator's own Disconnect still counts for nothing."""
+    leaving = "resumed: leaving the walled garden"
+    o = overview(SubscriberStatus.ACTIVE, sessions=[session(1), session(2), session(3)],
+                 coa=[replace(coa(1, "ack"), reason=leaving), replace(coa(2, "timeout"), reason=leaving),
+                      replace(coa(3, "timeout"), reason="admin")],
+                 status_since=T - 100)
+    detail = {e.subject: (e.state, e.detail) for e in effects(o, CONFIG, None, T + 10) if e.service == "radius"}
+    assert detail["session s1 on 198.18.0.1"][0] == "pending" and "waiting for the NAS's Stop" in detail[
+        "session s1 on 198.18.0.1"][1]
+    assert detail["session s2 on 198.18.0.1"][0] == "failed" and "retry with `ispd session disconnect`" in detail[
+        "session s2 on 198.18.0.1"][1]
+    assert detail["session s3 on 198.18.0.1"] == ("done", "open with the plan's profile")
+
+
 def test_dhcp_is_done_when_the_lease_comes_from_the_right_pool() -> None:
     leases = [Lease("198.18.0.201", LeaseState.BOUND, T, T + 300, hw_address="02:00:00:00:00:01", pool="garden"),
               Lease("198.18.0.101", LeaseState.BOUND, T - 60, T + 3000, hw_address="02:00:00:00:00:02", pool="lan"),

@@ -50,6 +50,11 @@ class SuspendedAction(StrEnum):
     WALLED_GARDEN = "walled-garden"  # Access-Accept with the walled-garden attributes; open sessions get CoA
 
 
+# The reason a session is disconnected with when it leaves the walled garden: its plan's profile
+# lacks an attribute of the garden's, which a CoA could not take away (`subscriber show` reads it).
+LEAVING_THE_GARDEN = "leaving the walled garden"
+
+
 def _assignment(text: str) -> str:
     """``Name = value`` or ``Name:tag = value`` (a tag for tunnel attributes), value as written."""
     _name, tag, _value = parse_assignment(text)

@@ -953,6 +953,14 @@ class AuthEngine:
         return b"".join(item if isinstance(item, bytes) else item.encode(nas.secret, bytes(16)) for item in items
                         if _attribute_key(item) not in _SESSION_ADDRESSING)
 
+    def left_in_the_garden(self, subject: AuthSubject, nas: Nas) -> list[str]:
+        """The walled garden's attributes that the subscriber's own profile does not carry: a
+        CoA back to that profile names none of them, and a NAS that applies a CoA's attributes
+        over the session's (as BNGs do: a CoA cannot say "remove") would keep them in force."""
+        items, _ = self._profile_items(subject, nas, None, False, session_attributes=False)
+        carried = {_attribute_key(item) for item in items}
+        return [a.name for a in self.settings.walled_garden if (a.vendor, a.code) not in carried]
+
     def forget_profiles(self) -> None:
         for subject in self.directory.subjects.values():
             subject.reply_cache.clear()

@@ -68,7 +68,13 @@ from ispd.radius.addresses import AddressPools, holder_of, line_of
 from ispd.radius.attributes import AttributeValueError, ReplyAttribute, reply_attribute
 from ispd.radius.coa import DynamicAuthorizationClient, session_identification
 from ispd.radius.codec import Code, Packet, RadiusDecodeError, decode, encode_response, proxy_states
-from ispd.radius.config import RadiusClientConfig, RadiusConfig, SuspendedAction, client_networks
+from ispd.radius.config import (
+    LEAVING_THE_GARDEN,
+    RadiusClientConfig,
+    RadiusConfig,
+    SuspendedAction,
+    client_networks,
+)
 from ispd.radius.dictionary import Dictionary, DictionaryError, load_dictionary
 from ispd.radius.directory import AuthSubject, Directory
 from ispd.radius.eaptls import TunnelServer, tls_context_error, tunnel_server
@@ -1247,8 +1253,10 @@ class RadiusService(Service):
         # is), each CoA on its own: a NAS that does not answer must not hold up housekeeping.
         if subject.subscriber.status == SubscriberStatus.ACTIVE:
             walled = self._walled_now(subject)
+            leaving = not over and plan.over_quota is OverQuota.WALLED_GARDEN
             for session in self.sessions.of_subscriber(subscriber_id):
-                self._spawn(self._change(session, walled, "over quota" if over else "quota reset"), "quota-coa")
+                self._spawn(self._move(session, walled, "over quota" if over else "quota reset",
+                                       from_the_garden=leaving), "quota-coa")
 
     def _follow(self, record: AccountingRecord, result: AccountingResult) -> int | None:
         """Keep the open-session view and tell the bus. Returns the subscriber whose session the
@@ -1519,7 +1527,8 @@ class RadiusService(Service):
             await asyncio.gather(*(self._disconnect(s, reason) for s in sessions))
         elif (suspended and reason == "suspended") or (not suspended and (walled_garden or reason == "plan changed")):
             walled = self._walled_now(subject)  # a resumed subscriber over a walled quota stays there
-            await asyncio.gather(*(self._change(s, walled, reason) for s in sessions))
+            leaving = reason == "resumed" and walled_garden
+            await asyncio.gather(*(self._move(s, walled, reason, from_the_garden=leaving) for s in sessions))
 
     def _walled_now(self, subject: AuthSubject) -> bool:
         """Whether the subscriber's sessions belong in the walled garden now: suspended under a
@@ -1540,6 +1549,25 @@ class RadiusService(Service):
 
     async def _disconnect(self, session: RadiusSession, reason: str) -> dict[str, Any]:
         return await self._dynamic(session, Code.DISCONNECT_REQUEST, b"", reason)
+
+    async def _move(self, session: RadiusSession, walled: bool, reason: str, *,
+                    from_the_garden: bool = False) -> dict[str, Any]:
+        """A CoA to the profile the session belongs in now; out of the walled garden, a Disconnect
+        instead when the garden gave it an attribute its own profile does not carry (a Filter-Id,
+        an address list): no CoA takes one away, and the NAS would keep the session walled. The
+        subscriber's router logs in again at once and gets its own profile whole."""
+        if from_the_garden and not walled:
+            left = self._left_in_the_garden(session)
+            if left:
+                log.info("radius.walled_garden.left_by_disconnect", session_id=session.id, attributes=left)
+                return await self._disconnect(session, f"{reason}: {LEAVING_THE_GARDEN}")
+        return await self._change(session, walled, reason)
+
+    def _left_in_the_garden(self, session: RadiusSession) -> list[str]:
+        assert self.auth is not None
+        subject = self.directory.by_id(session.subscriber_id) if session.subscriber_id is not None else None
+        nas = self._nas_for_session(session)
+        return self.auth.left_in_the_garden(subject, nas) if subject is not None and nas is not None else []
 
     async def _change(self, session: RadiusSession, walled: bool, reason: str) -> dict[str, Any]:
         assert self.auth is not None

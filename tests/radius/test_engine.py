@@ -640,6 +640,23 @@ def test_suspended_subscribers_may_go_to_the_walled_garden() -> None:
     assert per_plan.engine.handle(pap("dave", "dave-pw"), nas(), NOW).reject == RejectReason.SUSPENDED
 
 
+def test_leaving_the_walled_garden_names_what_the_plan_s_profile_would_not_take_back() -> None:
+    """A CoA back to the plan's profile replaces what it names; a garden attribute it does not
+    name (an address list, a Filter-Id) would stay in force on the NAS."""
+    garden = (reply_attribute(DICTIONARY, "Mikrotik-Address-List = walled-garden"),
+              reply_attribute(DICTIONARY, "Filter-Id = walled"),
+              reply_attribute(DICTIONARY, "Session-Timeout = 600"))
+    world = World(ReplySettings(suspended=SuspendedAction.WALLED_GARDEN, walled_garden=garden))
+    alice = world.directory.by_id(1)
+    assert alice is not None
+    # The plan gives a Session-Timeout (and rates), no address list nor Filter-Id.
+    assert world.engine.left_in_the_garden(alice, nas()) == ["Mikrotik-Address-List", "Filter-Id"]
+    covering = World(ReplySettings(suspended=SuspendedAction.WALLED_GARDEN, walled_garden=garden, plans={
+        "home": PlanReply(attributes=(reply_attribute(DICTIONARY, "Mikrotik-Address-List = customers"),
+                                      reply_attribute(DICTIONARY, "Filter-Id = full")))}))
+    assert covering.engine.left_in_the_garden(covering.directory.by_id(1), nas()) == []  # type: ignore[arg-type]
+
+
 def test_simultaneous_use_counts_open_sessions() -> None:
     world = World()
     for n in range(2):

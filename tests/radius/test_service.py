@@ -13,10 +13,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from ispd.config import Config
-from ispd.events import EventBus, SessionStarted, SubscriberSuspended
+from ispd.events import EventBus, SessionStarted, SubscriberResumed, SubscriberSuspended
 from ispd.radius.codec import Attr, Code, decode, encode_attributes, encode_request
 from ispd.radius.config import RadiusConfig
 from ispd.radius.dictionary import builtin_dictionary
@@ -114,6 +115,42 @@ async def test_housekeeping_sends_no_second_disconnect_beside_the_suspensions_ow
                 assert [(r.kind, r.result, r.attempts) for r in await _records(store)] == [("disconnect", "timeout", 3)]
                 assert {(r.code, r.identifier) for r in nas.requests} == {(40, nas.requests[0].identifier)}
                 assert len(nas.requests) == 3  # its three sends, and no one else's
+            await bus.drain(5)
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(("plan_attributes", "leaving"), [
+    ([], (40, "resumed: leaving the walled garden")),  # the garden's Filter-Id would stay: a Disconnect
+    (["Filter-Id = full"], (43, "resumed")),  # the plan's own Filter-Id replaces it: a CoA does
+], ids=["plan-without-it", "plan-with-it"])
+async def test_a_session_leaves_the_walled_garden_by_disconnect_when_a_coa_would_leave_it_walled(
+        tmp_path: Path, plan_attributes: list[str], leaving: tuple[int, str]) -> None:
+    """From a bug hunt: a resume sent a CoA with the plan's profile only, and a NAS that applies
+    a CoA's attributes over the session's kept the garden's Filter-Id: the subscriber, resumed,
+    stayed walled."""
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        alice = await _subscriber_with_a_session(store)
+        bus = EventBus()
+        with FakeNas(NAS, secret=SECRET.encode()) as nas:
+            config = _radius_config(nas.port, suspended="walled-garden", walled_garden_attributes=["Filter-Id = walled"],
+                                    plan=[{"plan": "home", "attributes": plan_attributes}])
+            async with _running(store, bus, config):
+                await store.set_subscriber_status(alice, SubscriberStatus.SUSPENDED, actor="test")
+                bus.publish(SubscriberSuspended(time.time(), alice, "alice"))
+                [walled] = await asyncio.to_thread(nas.wait_for, 1)
+                assert (walled.code, walled.first(Attr.FILTER_ID)) == (43, b"walled")
+                await store.set_subscriber_status(alice, SubscriberStatus.ACTIVE, actor="test")
+                bus.publish(SubscriberResumed(time.time(), alice, "alice"))
+                back = (await asyncio.to_thread(nas.wait_for, 2))[1]
+                assert back.code == leaving[0] and back.first(Attr.ACCT_SESSION_ID) == b"a1"
+
+                async def recorded() -> bool:
+                    return len(await _records(store)) == 2
+
+                await _until(recorded, within=5)
+                assert (await _records(store))[0].reason == leaving[1]  # (newest first)
             await bus.drain(5)
     finally:
         await store.close()
