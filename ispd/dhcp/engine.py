@@ -189,6 +189,11 @@ class Subnet:
     server_id: IPv4Address | None
     rapid_commit: bool
     pools: list[ServedPool]
+    # Addresses no client may have, whatever a reservation says: the network and broadcast
+    # addresses, the routers and the server identifier. Reservations live in the store, not the
+    # config, so check-config cannot catch one of these; a client given one would be cut off
+    # (the broadcast address) or cut off its link (the router's).
+    unleasable: frozenset[int]
     # For addresses outside every pool (reserved ones): the subnet's own options and times.
     plain: ServedPool
     # The pools open to anyone, (normal ones, walled-garden ones): all that a client in no
@@ -393,11 +398,16 @@ def build_subnets(config: DHCPConfig) -> list[Subnet]:
         ]
         plain = _served_pool(AddressPool("", 1, 0), sc, None, config)
         open_pools = [p for p in pools if not p.classes]
+        unleasable = {int(a) for a in config.routers_of(sc)}
+        if sc.server_id is not None:
+            unleasable.add(int(sc.server_id))
+        if sc.network.prefixlen < 31:  # RFC 3021: a /31 has neither
+            unleasable |= {int(sc.network.network_address), int(sc.network.broadcast_address)}
         subnets.append(Subnet(
             network=sc.network, first=int(sc.network.network_address), last=int(sc.network.broadcast_address),
             interface=sc.interface, relay_addresses=frozenset(int(a) for a in sc.relay_addresses),
             server_id=sc.server_id, rapid_commit=config.rapid_commit if sc.rapid_commit is None else sc.rapid_commit,
-            pools=pools, plain=plain,
+            pools=pools, unleasable=frozenset(unleasable), plain=plain,
             open_pools=([p for p in open_pools if not p.allocator.walled_garden],
                         [p for p in open_pools if p.allocator.walled_garden]),
         ))
@@ -738,7 +748,7 @@ class DHCPEngine:
         if client.client_class is not ClientClass.NORMAL or reservation is None or not reservation.address:
             return None
         address = int(IPv4Address(reservation.address))
-        return address if subnet.contains(address) else None
+        return address if subnet.contains(address) and address not in subnet.unleasable else None
 
     def _usable(self, address: int, client: Client, now: float) -> bool:
         """Free for this client: held by nobody else, reserved for nobody else."""

@@ -416,6 +416,19 @@ def test_a_reservation_by_circuit_id_gives_the_reserved_address_and_subscriber()
         is DHCPMessageType.NAK  # type: ignore[union-attr]
 
 
+def test_a_reserved_router_network_or_broadcast_address_is_not_given() -> None:
+    """`ispd reservation add --address` knows no subnets, so a typo may reserve the subnet's
+    broadcast address or its router's: the client gets a pool address instead (and a NAK for the
+    reserved one), not an address that cuts it, or the link's gateway, off."""
+    for rid, unleasable in enumerate(("198.18.0.255", "198.18.0.1", "198.18.0.0"), start=1):
+        lab = Lab()
+        lab.engine.load([], [reservation(ReservationKind.MAC, "02:00:5e:10:00:01", address=unleasable, rid=rid)],
+                        {7: SubscriberStatus.ACTIVE})
+        assert lab.dora(MAC_A) == IPv4Address("198.18.0.100"), unleasable
+        asked = lab.send(message(DHCPMessageType.REQUEST, requested=unleasable))
+        assert asked.reply is not None and asked.reply.packet.message_type is DHCPMessageType.NAK, unleasable
+
+
 def test_option_82_from_a_client_on_the_link_is_not_trusted_unless_configured() -> None:
     """giaddr 0 and an option 82: written by the client (or a forger), not a relay. Its
     circuit-id must not claim another line's reservation, nor its link selection a subnet;
