@@ -166,6 +166,20 @@ def test_dhcp_timers_out_of_order_are_an_error_not_replaced(tmp_path: Path, opti
     assert message in error_of(path)
 
 
+@pytest.mark.parametrize(("settings", "message"), [
+    ('routers = ["198.18.0.1"]', "pool 'p' (198.18.0.1 - 198.18.0.20) includes 198.18.0.1, a router of the subnet"),
+    ('server_id = "198.18.0.5"', "pool 'p' (198.18.0.1 - 198.18.0.20) includes 198.18.0.5, the server_id of the subnet"),
+])
+def test_a_dhcp_pool_holding_the_router_or_server_address_is_an_error(tmp_path: Path, settings: str,
+                                                                       message: str) -> None:
+    """Else the router's own address is leased to a client: "198.18.0.1 - 198.18.0.254" is an
+    easy range to write."""
+    path = write(tmp_path, f'[dhcp]\nenabled = true\ninterfaces = ["eth1"]\n[[dhcp.subnet]]\n'
+                           f'network = "198.18.0.0/24"\n{settings}\n[[dhcp.subnet.pool]]\nname = "p"\n'
+                           f'range = "198.18.0.1 - 198.18.0.20"\n')
+    assert message in error_of(path)
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ('[dns]\nenabled = true\nlisten = ["127.0.0.1:5300", "127.0.0.1:5300"]\n',
      "dns.listen (127.0.0.1:5300) and dns.listen (127.0.0.1:5300) both take port 5300 (UDP)"),

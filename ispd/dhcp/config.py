@@ -406,6 +406,16 @@ class DHCPConfig(Section):
                 if router not in subnet.network:
                     raise ValueError(f"[[dhcp.option]] 3: router {router} is not inside {subnet.network}, "
                                      "which sends it (give the subnet its own routers)")
+            # A pool would lease the router's (or this server's) own address to a client: the
+            # client and the gateway then fight over it with ARP and the link loses its way out.
+            held = [(router, "a router") for router in self.routers_of(subnet)]
+            if subnet.server_id is not None:
+                held.append((subnet.server_id, "the server_id"))
+            for pool in subnet.pool:
+                for address, what in held:
+                    if pool.first <= address <= pool.last:
+                        raise ValueError(f"subnet {subnet.network}: pool {pool.name!r} ({pool.range}) includes "
+                                         f"{address}, {what} of the subnet; leave it out of the range")
             for pool in subnet.pool:
                 if pool.name in names:
                     raise ValueError(f"pool name {pool.name!r} is used twice")
