@@ -180,6 +180,22 @@ def test_a_dhcp_pool_holding_the_router_or_server_address_is_an_error(tmp_path: 
     assert message in error_of(path)
 
 
+@pytest.mark.parametrize(("relays", "message"), [
+    (("198.18.0.2", "198.18.9.9"), "subnet 198.19.0.0/24: relay address 198.18.0.2 is inside subnet 198.18.0.0/24"),
+    (("198.18.9.9", "198.18.9.9"), "relay address 198.18.9.9 is listed by subnets 198.18.0.0/24 and 198.19.0.0/24"),
+])
+def test_a_relay_address_that_could_never_apply_is_an_error(tmp_path: Path, relays: tuple[str, str],
+                                                             message: str) -> None:
+    """A giaddr inside a subnet picks that subnet (and the first listing wins): such an entry
+    was accepted and silently did nothing, its relay's clients served from another subnet."""
+    subnets = "".join(
+        f'[[dhcp.subnet]]\nnetwork = "198.18.{n}.0/24"\nrelay_addresses = ["{relay}"]\n'
+        f'[[dhcp.subnet.pool]]\nname = "p{n}"\nrange = "198.18.{n}.10 - 198.18.{n}.20"\n'
+        for n, relay in ((0, relays[1]), (1, relays[0]))).replace("198.18.1.", "198.19.0.")
+    path = write(tmp_path, f'[dhcp]\nenabled = true\ninterfaces = ["eth1"]\n{subnets}')
+    assert message in error_of(path)
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ('[dns]\nenabled = true\nlisten = ["127.0.0.1:5300", "127.0.0.1:5300"]\n',
      "dns.listen (127.0.0.1:5300) and dns.listen (127.0.0.1:5300) both take port 5300 (UDP)"),

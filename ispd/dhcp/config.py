@@ -420,6 +420,21 @@ class DHCPConfig(Section):
                 if pool.name in names:
                     raise ValueError(f"pool name {pool.name!r} is used twice")
                 names.add(pool.name)
+        # A relay's clients go to the subnet that holds its giaddr, then to the first listing it:
+        # an entry that can never apply would leave the operator wondering why its clients land
+        # in another subnet's pools.
+        listed_by: dict[IPv4Address, IPv4Network] = {}
+        for subnet in self.subnet:
+            for relay in subnet.relay_addresses:
+                holder = next((s.network for s in self.subnet if relay in s.network), None)
+                if holder is not None:
+                    raise ValueError(f"subnet {subnet.network}: relay address {relay} is inside subnet {holder}, "
+                                     f"which serves that relay's clients; use link selection (RFC 3527) at "
+                                     f"the relay, or remove it from relay_addresses")
+                if relay in listed_by:
+                    raise ValueError(f"relay address {relay} is listed by subnets {listed_by[relay]} and "
+                                     f"{subnet.network}; a relay's clients are served from one subnet")
+                listed_by[relay] = subnet.network
         return self
 
     def routers_of(self, subnet: SubnetConfig) -> list[IPv4Address]:
