@@ -1149,23 +1149,17 @@ class IMAPSession(asyncio.Protocol):
         self.send(f"{command.tag} OK {command.name} completed".encode())
 
     async def cmd_idle(self, command: Command) -> None:
-        """RFC 2177: updates as they happen until the client's DONE (the next line it sends)."""
-        assert self.selected is not None
+        """RFC 2177: updates as they happen until the client's DONE (the next line it sends).
+        Also with no folder selected (RFC 9051 §6.3.13 lists IDLE in the authenticated state,
+        and Dovecot takes it there): nothing to report then, only DONE to wait for."""
         self.send(b"+ idling")
-        self.service.watch_imap(self)
         ending = asyncio.ensure_future(self._queue.get())
         try:
-            while True:
-                self._woken.clear()
-                await self._refresh()
-                # Woken by a delivery or a change another session made; else a look every minute.
-                woken = asyncio.ensure_future(self._woken.wait())
-                finished, _ = await asyncio.wait({ending, woken}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
-                woken.cancel()
-                if ending in finished:
-                    break
+            if self.selected is None:
+                await asyncio.wait({ending})
+            else:
+                await self._idle_in_folder(ending)
         finally:
-            self.service.unwatch_imap(self)
             if not ending.done():
                 ending.cancel()
         event = ending.result() if not ending.cancelled() else None
@@ -1175,6 +1169,21 @@ class IMAPSession(asyncio.Protocol):
             self.send(f"{command.tag} OK IDLE terminated".encode())
         else:
             self.send(f"{command.tag} BAD expected DONE".encode())
+
+    async def _idle_in_folder(self, ending: asyncio.Future[Any]) -> None:
+        self.service.watch_imap(self)
+        try:
+            while True:
+                self._woken.clear()
+                await self._refresh()
+                # Woken by a delivery or a change another session made; else a look every minute.
+                woken = asyncio.ensure_future(self._woken.wait())
+                finished, _ = await asyncio.wait({ending, woken}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+                woken.cancel()
+                if ending in finished:
+                    return
+        finally:
+            self.service.unwatch_imap(self)
 
     def wake(self) -> None:
         self._woken.set()
@@ -1225,7 +1234,7 @@ _STATES: dict[str, tuple[str, ...]] = {
     "GETQUOTA": _AUTHENTICATED,
     "COPY": ("selected",), "MOVE": ("selected",),
     "CHECK": ("selected",), "CLOSE": ("selected",), "UNSELECT": ("selected",), "EXPUNGE": ("selected",),
-    "FETCH": ("selected",), "STORE": ("selected",), "SEARCH": ("selected",), "IDLE": ("selected",),
+    "FETCH": ("selected",), "STORE": ("selected",), "SEARCH": ("selected",), "IDLE": _AUTHENTICATED,
 }
 
 

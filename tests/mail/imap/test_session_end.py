@@ -33,6 +33,7 @@ async def answered(transport: FakeTransport, start: int, wanted: bytes) -> None:
 @pytest.mark.parametrize(("commands", "waiting_for_the_client"), [
     # RFC 2177: the session ends when the connection does, as in Dovecot.
     ([b"a LOGIN alice secret", b"b SELECT INBOX", b"c IDLE"], b"+ idling"),
+    ([b"a LOGIN alice secret", b"c IDLE"], b"+ idling"),  # no folder selected (RFC 9051 §6.3.13)
     ([b"a AUTHENTICATE PLAIN"], b"+ "),
 ])
 def test_a_connection_dropped_while_a_command_waits_for_the_client_ends_the_session(
@@ -63,6 +64,28 @@ def test_a_connection_dropped_while_a_command_waits_for_the_client_ends_the_sess
             session.connection_lost(ConnectionResetError())
             await asyncio.wait_for(worker, timeout=2)
             assert session not in service.imap_sessions
+
+    asyncio.run(run())
+
+
+def test_idle_with_no_folder_selected_waits_for_done(tmp_path: Path) -> None:
+    """RFC 9051 lists IDLE among the authenticated state's commands (Dovecot takes it there);
+    it was refused with BAD."""
+    maildir = Maildir.for_address(tmp_path, "alice@isp.example")
+    maildir.create()
+
+    async def run() -> None:
+        transport = FakeTransport()
+        with ThreadPoolExecutor(2) as executor:
+            session = IMAPSession(fake_service(maildir, executor), "imaps")
+            session.connection_made(transport)  # type: ignore[arg-type]
+            for line, wanted in ((b"a LOGIN alice secret", b"a OK"), (b"b IDLE", b"+ idling"),
+                                 (b"DONE", b"b OK IDLE terminated"), (b"c NOOP", b"c OK")):
+                start = len(transport.written)
+                session.data_received(line + b"\r\n")
+                await answered(transport, start, wanted)
+            transport.close()
+            session.connection_lost(None)
 
     asyncio.run(run())
 
