@@ -730,6 +730,13 @@ class RadiusService(Service):
                 self._home_down.pop(server, None)
                 self.metrics.home_servers.inc(str(server), kind, "answered")
                 return exchange.reply, exchange.request
+            if exchange.attempts == 0:
+                # Nothing was sent (every Identifier of its sockets in use, or no socket to be
+                # had): ispd's own limit, not the server's silence. Taken for silence, it marked
+                # a busy but healthy server down (and, with status checks, dead until one was
+                # answered), and the realm's requests were rejected meanwhile.
+                self.metrics.home_servers.inc(str(server), kind, "unsent")
+                continue
             self.metrics.home_servers.inc(str(server), kind, "silent")
             if server not in self._home_down or self._home_down[server] <= time.monotonic():
                 log.warning("radius.proxy.home_server_silent", realm=realm.name, server=str(server),

@@ -338,6 +338,45 @@ async def test_home_servers_that_failed_lately_go_last_with_one_send_and_copies_
         await store.close()
 
 
+async def test_a_home_server_with_every_identifier_in_use_is_passed_over_not_taken_for_down(tmp_path: Path) -> None:
+    """4,096 requests in flight to one home server (a burst, a slow server, a realm that points
+    back at ispd): the next request cannot be sent to it, which says nothing of the server. It
+    was taken for silence: marked down, and with status checks dead, so the realm's requests
+    were rejected until a Status-Server was answered."""
+    from ispd.radius.coa import Exchange
+    from ispd.radius.homeclient import MAX_SOCKETS
+    from ispd.radius.proxy import HomeServer, Realm
+
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        service = RadiusService(_radius_config(3799), ServiceContext(store, EventBus(), CollectorRegistry(),
+                                                                     _healthy))
+        busy, other = HomeServer("198.18.5.1", 1812), HomeServer("198.18.5.2", 1812)
+        realm = Realm("home.example", (busy, other), (), b"s", False, 1.0, 1, True, status_check=30.0)
+        accept = decode(encode_request(Code.ACCESS_ACCEPT, 1, b"", b"s"))
+
+        class Client:
+            def __init__(self, exchange: Exchange) -> None:
+                self.exchange_result = exchange
+
+            async def exchange(self, *args: Any, **kwargs: Any) -> Exchange:
+                return self.exchange_result
+
+        clients = {busy: Client(Exchange(None, 0, f"{MAX_SOCKETS * 256} requests in flight to this server already")),
+                   other: Client(Exchange(accept, 1))}
+        service._home_client = clients.__getitem__  # type: ignore[method-assign,assignment]
+        answered = await service._ask_home(realm, (busy, other), lambda identifier: b"", (int(Code.ACCESS_ACCEPT),))
+        assert answered is not None and answered[0] is accept
+        assert busy not in service._home_down and busy not in service._home_dead
+        assert service._home_servers((busy, other), 3) == [(busy, 3), (other, 3)]
+        assert service.metrics.home_servers.get(str(busy), "auth", "unsent") == 1
+        assert service.metrics.home_servers.get(str(busy), "auth", "silent") == 0
+    finally:
+        for task in service._tasks:
+            task.cancel()
+        await store.close()
+
+
 async def test_accounting_on_reaches_every_server_of_a_load_balanced_realm(tmp_path: Path) -> None:
     """A load-balanced realm's sessions of one NAS are spread over its accounting servers: an
     Accounting-On (the NAS rebooted, its sessions are over) that went to one of them only left
