@@ -209,6 +209,7 @@ class RejectReason(StrEnum):
     EAP_FAILED = "eap_failed"  # malformed, unknown or expired conversation, another method asked
     POOL_EXHAUSTED = "pool_exhausted"  # the plan's address pool has no address left
     HOME_SERVER_UNREACHABLE = "home_server_unreachable"  # a proxied realm's servers did not answer
+    PROXY_LOOP = "proxy_loop"  # a request this ispd proxied came back to it: the realm routes here
     WRONG_LINE = "wrong_line"  # the plan's line_lock, and the request came from none of its lines
 
 
@@ -364,6 +365,9 @@ class AuthEngine:
         if found is None and self.realms:
             realm = self.realms.route(username)  # a local login wins over a realm of that name
             if realm is not None:
+                if self.realms.looped(packet):
+                    return self._reject(RejectReason.PROXY_LOOP, "proxy",
+                                        detail=f"proxied to realm {realm.name!r} already, and back here again")
                 return Decision(proxy=realm, method="proxy")
         if _EAP_MESSAGE in first:
             return self._eap(packet, nas, username, found, now)

@@ -45,7 +45,8 @@ class RadiusMetrics:
             ["kind", "result"])
         self.proxied = LabeledCounter(
             "ispd_radius_proxied_total", "Requests proxied to a realm's home servers ([[radius.realm]]), by kind "
-            "and result (accept, reject, challenge; acked; timeout: no home server answered; error; dropped: too "
+            "and result (accept, reject, challenge; acked; timeout: no home server answered; error; loop: a copy of "
+            "ispd's own come back, not copied again; dropped: too "
             "many accounting copies waiting).",
             ["kind", "result"])
         self.home_servers = LabeledCounter(

@@ -28,9 +28,16 @@ EAP conversation's rounds among them, go to one server while it is up, and a ser
 down moves only its devices to the others. The service puts the servers that failed lately
 last.
 
-Not here: Tunnel-Password in requests (NASes do not send it), proxying Status-Server, loops
-between proxies (a realm pointing back at ispd): the home servers' configuration is the
-operator's.
+A loop (a realm whose servers send it back to ispd: an eduroam institution that left its own
+realm out of ``local_realms``, so that an unknown login of its realm goes to the federation and
+comes home again) is cut at its second pass: each forwarded request carries a Proxy-State of
+ispd's own (``Realms.mark``, RFC 2865 §5.33 lets a proxy add one; the home server returns it and
+the answer's Proxy-States are the NAS's anyway), and a request that comes back with it is not
+proxied again (``Realms.looped``). Without it each pass was a new request: an Access-Request went
+round until 4,096 waited on the one server, an accounting copy until the duplicate cache took one
+for a retransmission.
+
+Not here: Tunnel-Password in requests (NASes do not send it), proxying Status-Server.
 """
 
 from __future__ import annotations
@@ -113,10 +120,18 @@ class Realm:
 class Realms:
     """Which realm, if any, a User-Name is proxied to."""
 
-    def __init__(self, realms: list[Realm], local_realms: list[str]) -> None:
+    def __init__(self, realms: list[Realm], local_realms: list[str], mark: bytes | None = None) -> None:
         self.by_name = {r.name: r for r in realms if r.name != "*"}
         self.default = next((r for r in realms if r.name == "*"), None)
         self.local = frozenset(local_realms)
+        # The Proxy-State this ispd adds to what it forwards: random, so that two ispd proxies
+        # in one loop each know their own.
+        self.mark = mark if mark is not None else b"ispd-proxy:" + os.urandom(8)
+
+    def looped(self, packet: Packet) -> bool:
+        """Whether ``packet`` is one that this ispd forwarded, come back to it."""
+        return _PROXY_STATE in packet.first and any(
+            code == _PROXY_STATE and value == self.mark for code, value in packet.attributes)
 
     def __bool__(self) -> bool:
         return bool(self.by_name) or self.default is not None
@@ -150,8 +165,9 @@ def stripped(username: bytes) -> bytes:
 
 
 def forward_access_request(packet: Packet, nas_secret: bytes, realm: Realm, identifier: int,
-                           authenticator: bytes | None = None) -> bytes:
-    """The Access-Request for the home server: ``packet`` from the NAS re-secured for the realm."""
+                           authenticator: bytes | None = None, mark: bytes = b"") -> bytes:
+    """The Access-Request for the home server: ``packet`` from the NAS re-secured for the realm,
+    with ``mark`` (``Realms.mark``) as a Proxy-State of its own after the NAS's."""
     authenticator = authenticator if authenticator is not None else os.urandom(16)
     out: list[tuple[int, bytes]] = []
     for code, value in packet.attributes:
@@ -168,6 +184,8 @@ def forward_access_request(packet: Packet, nas_secret: bytes, realm: Realm, iden
             out.append((code, value))
     if Attr.CHAP_PASSWORD in packet.first and Attr.CHAP_CHALLENGE not in packet.first:
         out.append((Attr.CHAP_CHALLENGE, packet.authenticator))  # the challenge the NAS used
+    if mark:
+        out.append((_PROXY_STATE, mark))
     try:
         return encode_request(Code.ACCESS_REQUEST, identifier, encode_attributes(out), realm.secret,
                               authenticator=authenticator)
@@ -175,10 +193,12 @@ def forward_access_request(packet: Packet, nas_secret: bytes, realm: Realm, iden
         raise ProxyError(str(exc)) from None
 
 
-def forward_accounting_request(packet: Packet, realm: Realm, identifier: int, held_seconds: float = 0.0) -> bytes:
+def forward_accounting_request(packet: Packet, realm: Realm, identifier: int, held_seconds: float = 0.0,
+                               mark: bytes = b"") -> bytes:
     """The NAS's Accounting-Request for the realm's server, ``held_seconds`` after it came: its
     Acct-Delay-Time grows by as much (RFC 2866 §5.2), or the home server dates the record that
-    much late (a copy sent after the local write, or to the next server when one was silent)."""
+    much late (a copy sent after the local write, or to the next server when one was silent);
+    ``mark`` as in ``forward_access_request``."""
     held = int(held_seconds)
     out: list[tuple[int, bytes]] = []
     for code, value in packet.attributes:
@@ -193,6 +213,8 @@ def forward_accounting_request(packet: Packet, realm: Realm, identifier: int, he
             out.append((code, value))
     if held > 0 and Attr.ACCT_DELAY_TIME not in packet.first:
         out.append((Attr.ACCT_DELAY_TIME, u32(held)))
+    if mark:
+        out.append((_PROXY_STATE, mark))
     try:
         return encode_request(Code.ACCOUNTING_REQUEST, identifier, encode_attributes(out), realm.secret,
                               message_authenticator=False)

@@ -160,8 +160,8 @@ HOME_SERVER_DOWN_SECONDS = 30.0  # a home server that did not answer is tried af
 MAX_ACCOUNTING_COPIES = 1000  # accounting copies waiting for home servers at once; past it: dropped, counted
 
 
-def realms_of(config: RadiusConfig) -> Realms:
-    return Realms([Realm.from_config(r) for r in config.realm], list(config.local_realms))
+def realms_of(config: RadiusConfig, mark: bytes | None = None) -> Realms:
+    return Realms([Realm.from_config(r) for r in config.realm], list(config.local_realms), mark)
 
 # A datagram's source (address, port) and its header (code, identifier, length, authenticator):
 # a retransmission repeats all of them (RFC 5080 §2.2.2).
@@ -502,7 +502,7 @@ class RadiusService(Service):
         self.duplicates.window = new.radius.duplicate_window_seconds
         self.coa = DynamicAuthorizationClient(new.radius.coa_timeout_seconds, new.radius.coa_attempts,
                                               coa_sources(new.radius))
-        self.realms = self.auth.realms = realms_of(new.radius)
+        self.realms = self.auth.realms = realms_of(new.radius, self.realms.mark)  # (loops under way still known)
         for task in self._home_dead.values():  # (checked under the realms' old settings)
             task.cancel()
         self._home_dead.clear()
@@ -764,7 +764,8 @@ class RadiusService(Service):
         try:
             answered = await self._ask_home(
                 realm, realm.servers_for(realm.auth_servers, packet, addr[0]),
-                lambda identifier: forward_access_request(packet, nas.secret, realm, identifier, authenticator),
+                lambda identifier: forward_access_request(packet, nas.secret, realm, identifier, authenticator,
+                                                           self.realms.mark),
                 _ACCESS_ANSWERS)
             reply = None if answered is None else relay_answer(answered[0], realm, authenticator, packet, nas.secret)
         except ProxyError as exc:
@@ -793,6 +794,9 @@ class RadiusService(Service):
         server of a load-balanced realm: the NAS's sessions are spread over them all)."""
         if not self.realms:
             return
+        if self.realms.looped(packet):  # a copy of ours come back: kept, not copied round again
+            self.metrics.proxied.inc("acct", "loop")
+            return
         if record.status in (AccountingStatus.ACCOUNTING_ON, AccountingStatus.ACCOUNTING_OFF):
             for realm in self.realms.with_accounting():
                 if realm.load_balance:
@@ -815,13 +819,14 @@ class RadiusService(Service):
             self.metrics.proxied.inc("acct", "dropped")
             return
         self._copying += 1
+        mark = self.realms.mark
 
         async def forward() -> None:
             try:
                 answered = await self._ask_home(
                     realm, servers,
                     lambda identifier: forward_accounting_request(packet, realm, identifier,
-                                                                  time.perf_counter() - received),
+                                                                  time.perf_counter() - received, mark),
                     _ACCOUNTING_ANSWER)
             except ProxyError as exc:
                 self.metrics.proxied.inc("acct", "error")

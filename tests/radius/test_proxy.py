@@ -187,3 +187,23 @@ def test_load_balance_orders_the_servers_by_device_and_a_lost_server_moves_only_
     assert all(after == before for before, after in zip(firsts, moved, strict=True) if before != servers[0])
     # Fail-over: as configured.
     assert realm().servers_for(servers, packet(devices[0]), "198.18.9.1") == servers
+
+
+def test_a_forwarded_request_carries_ispds_own_proxy_state_which_tells_it_come_back() -> None:
+    realms = Realms([realm()], [], mark=b"ispd-proxy:me")
+    packet = decode(encode_request(Code.ACCESS_REQUEST, 7, encode_attributes(
+        [(Attr.USER_NAME, b"alice@home.example"), (Attr.PROXY_STATE, b"nas-proxy")]), NAS))
+    assert not realms.looped(packet)
+    sent_auth = os.urandom(16)
+    forwarded = decode(forward_access_request(packet, NAS, realm(), 33, sent_auth, realms.mark))
+    assert forwarded.get_all(Attr.PROXY_STATE) == [b"nas-proxy", b"ispd-proxy:me"]  # the NAS's first
+    assert realms.looped(forwarded) and not Realms([realm()], []).looped(forwarded)  # another ispd's: not ours
+    accounting = decode(encode_request(Code.ACCOUNTING_REQUEST, 3, encode_attributes(
+        [(Attr.USER_NAME, b"dan@home.example"), (Attr.ACCT_STATUS_TYPE, b"\0\0\0\1")]), NAS,
+        message_authenticator=False))
+    copied = decode(forward_accounting_request(accounting, realm(), 4, 0.0, realms.mark))
+    assert check_request_authenticator(copied, HOME) and realms.looped(copied)
+    # The home server returns it: the NAS gets its own Proxy-States only.
+    answer = decode(encode_response(Code.ACCESS_REJECT, 33, sent_auth, encode_attributes(
+        [(Attr.PROXY_STATE, b"nas-proxy"), (Attr.PROXY_STATE, b"ispd-proxy:me")]), HOME))
+    assert decode(relay_answer(answer, realm(), sent_auth, packet, NAS)).get_all(Attr.PROXY_STATE) == [b"nas-proxy"]

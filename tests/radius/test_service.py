@@ -377,6 +377,56 @@ async def test_a_home_server_with_every_identifier_in_use_is_passed_over_not_tak
         await store.close()
 
 
+async def test_a_realm_that_routes_back_here_is_cut_at_its_second_pass(tmp_path: Path) -> None:
+    """A realm whose home server sends the request back to ispd (an institution's own realm left
+    out of local_realms, the federation's proxy sending it home): each pass was a new request,
+    so an Access-Request went round until 4,096 waited on the server, and an accounting copy
+    until the duplicate cache took one for a retransmission, every pass a record. ispd's own
+    Proxy-State now tells it that it proxied the request already."""
+    import socket
+
+    from tests.lab.ports import free_port
+
+    here = "127.62.9.1"
+    auth, acct = free_port(here), free_port(here)
+    config = Config(radius=RadiusConfig.model_validate({
+        "enabled": True, "listen_auth": [f"{here}:{auth}"], "listen_acct": [f"{here}:{acct}"],
+        "client": [{"name": "ap", "address": "127.62.9.0/24", "secret": SECRET}],
+        "realm": [{"name": "loop.example", "auth_servers": [f"{here}:{auth}"], "acct_servers": [f"{here}:{acct}"],
+                   "secret": SECRET, "timeout_seconds": 2, "attempts": 1}]}))
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    nas_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    nas_socket.bind(("127.62.9.2", 0))
+    nas_socket.setblocking(False)
+    try:
+        async with _running(store, EventBus(), config) as service:
+            loop = asyncio.get_running_loop()
+            request = encode_request(Code.ACCESS_REQUEST, 5, encode_attributes(
+                [(Attr.USER_NAME, b"v@loop.example"), (Attr.PROXY_STATE, b"the-nas")]), SECRET.encode())
+            await loop.sock_sendto(nas_socket, request, (here, auth))
+            answer = decode(await asyncio.wait_for(loop.sock_recv(nas_socket, 4096), 5))
+            assert answer.code == Code.ACCESS_REJECT and answer.get_all(Attr.PROXY_STATE) == [b"the-nas"]
+            assert service.metrics.rejects.get("proxy_loop") == 1
+            assert service.metrics.proxied.get("auth", "reject") == 1  # the one pass, answered by the second
+
+            start = encode_request(Code.ACCOUNTING_REQUEST, 6, encode_attributes(
+                [(Attr.USER_NAME, b"v@loop.example"), (Attr.ACCT_STATUS_TYPE, (1).to_bytes(4, "big")),
+                 (Attr.ACCT_SESSION_ID, b"s1")]), SECRET.encode(), message_authenticator=False)
+            await loop.sock_sendto(nas_socket, start, (here, acct))
+            assert decode(await asyncio.wait_for(loop.sock_recv(nas_socket, 4096), 5)).code == \
+                Code.ACCOUNTING_RESPONSE
+
+            async def copied_once() -> bool:
+                return service.metrics.proxied.get("acct", "acked") == 1
+            await _until(copied_once, within=5)
+            await asyncio.sleep(0.3)
+            assert service.metrics.proxied.get("acct", "loop") == 1
+            assert service.metrics.proxied.get("acct", "acked") == 1
+    finally:
+        nas_socket.close()
+        await store.close()
+
+
 async def test_accounting_on_reaches_every_server_of_a_load_balanced_realm(tmp_path: Path) -> None:
     """A load-balanced realm's sessions of one NAS are spread over its accounting servers: an
     Accounting-On (the NAS rebooted, its sessions are over) that went to one of them only left
