@@ -96,6 +96,7 @@ class RequestInProgress:
         return DoHRequest(self.method, self.path, self.content_type, bytes(self.body))
 
 
+_WRITE_BUFFER_HIGH = 256 * 1024  # past it, reading waits until the client has taken some
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # RFC 9113 §3.4
 _HTTP1_REFUSAL = (b"HTTP/1.1 505 HTTP Version Not Supported\r\nContent-Type: text/plain\r\nContent-Length: 42\r\n"
                   b"Connection: close\r\n\r\nDNS over HTTPS here is HTTP/2 (RFC 8484)\r\n")
@@ -119,6 +120,7 @@ async def serve_h2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
     unsent: dict[int, memoryview] = {}  # response bodies waiting for flow-control window
     tasks: set[asyncio.Task[None]] = set()
     max_body = responder.config.max_query_bytes
+    stalled = False
 
     def flush() -> None:
         data = conn.data_to_send()
@@ -247,8 +249,16 @@ async def serve_h2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
             flush()
             if not alive:
                 return
-            if writer.transport.get_write_buffer_size() > 256 * 1024:
-                await writer.drain()
+            if writer.transport.get_write_buffer_size() > _WRITE_BUFFER_HIGH:
+                # Bounded as reading is: a client that goes on sending (requests, PINGs) but
+                # leaves what they make unread would otherwise hold the connection here for good,
+                # past every idle timeout, with its buffers.
+                try:
+                    async with asyncio.timeout(idle_seconds):
+                        await writer.drain()
+                except TimeoutError:
+                    stalled = True
+                    return
     except ConnectionError:
         pass
     except ssl.SSLError:  # a TLS record that does not decrypt, or another TLS alert
@@ -256,7 +266,10 @@ async def serve_h2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
     finally:
         for task in tasks:
             task.cancel()
-        writer.close()
+        if stalled:  # a close would wait for a flush that never comes
+            writer.transport.abort()
+        else:
+            writer.close()
         # h2 dispatches frames through a table of the connection's own bound methods: a cycle
         # that ispd's rare garbage collections would free late, with the header tables and
         # buffers of every connection since.

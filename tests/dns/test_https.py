@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import socket
 import weakref
 from typing import Any
 
@@ -74,3 +76,44 @@ async def test_a_connection_goes_with_its_client(leave: str, without_cycle_colle
         await server.wait_closed()
     assert len(made) == 1
     assert made[0]() is None
+
+
+async def test_a_client_that_pings_but_never_reads_is_cut_off_after_the_idle_time() -> None:
+    """Each PING makes a PING ACK; a client that sends them (or requests) and never reads fills
+    the server's write buffer past its high mark, where reading waits for the client. That wait
+    had no end: the connection, its buffers and its place under the connection limits stayed
+    past every idle timeout, for as long as the client kept its socket (a bug hunt's ping flood
+    held one over 48 s against a 30 s idle timeout)."""
+    responder = DoHResponder(CachedAnswers(), TransportStats(), DoHConfig(), None)  # type: ignore[arg-type]
+    writers: list[asyncio.StreamWriter] = []
+    done = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await serve_h2(reader, writer, "127.0.0.1", responder, idle_seconds=0.5, max_streams=10)
+        forget_connection_error(reader)
+        done.set()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    client = socket.socket()
+    try:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        client.connect(server.sockets[0].getsockname())
+        client.setblocking(False)
+        h2_client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        h2_client.initiate_connection()
+        pending = h2_client.data_to_send()
+        while not writers or writers[0].transport.get_write_buffer_size() <= 256 * 1024:
+            for _ in range(1000):
+                h2_client.ping(b"12345678")
+            pending += h2_client.data_to_send()
+            with contextlib.suppress(BlockingIOError):
+                pending = pending[client.send(pending):]
+            await asyncio.sleep(0.001)
+        transport = writers[0].transport
+        await asyncio.wait_for(done.wait(), 5)  # ended though the client never left
+        assert transport.get_extra_info("socket").fileno() == -1  # closed: no buffer, no descriptor
+    finally:
+        client.close()
+        server.close()
+        await server.wait_closed()
