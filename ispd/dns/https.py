@@ -3,7 +3,8 @@
 ``DoHResponder`` turns a request into a response: HTTP errors and cache hits at once, other
 queries through the engine's slow path. ``serve_h2`` runs one HTTP/2 connection with h2 (the
 sans-IO HTTP/2 state machine): requests are answered as they complete, several at once and in
-any order, within the stream limit announced in SETTINGS_MAX_CONCURRENT_STREAMS; response
+any order, within the stream limit announced in SETTINGS_MAX_CONCURRENT_STREAMS (a stream over
+it is refused with REFUSED_STREAM, the others go on); response
 bodies respect flow control (what does not fit the window waits for a WINDOW_UPDATE). A query
 the engine drops (a policy DROP, a rate-limited client) resets its stream with REFUSED_STREAM,
 the HTTP counterpart of a UDP drop. A protocol error ends the connection with GOAWAY; so does
@@ -15,6 +16,7 @@ gets a 505 it can read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 from collections.abc import Iterable
@@ -113,7 +115,6 @@ async def serve_h2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
                                        validate_inbound_headers=False)
     conn = h2.connection.H2Connection(config=config)
     conn.local_settings = h2.settings.Settings(client=False, initial_values={
-        h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,
         h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 16384,
     })
     streams: dict[int, RequestInProgress] = {}
@@ -184,6 +185,14 @@ async def serve_h2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
     def handle(event: h2.events.Event) -> bool:
         """Act on one event; False when the connection is over."""
         if isinstance(event, h2.events.RequestReceived):
+            if len(streams) + len(tasks) + len(unsent) >= max_streams:
+                # Over the limit before the client knew it (RFC 9113 §5.1.2: a stream error,
+                # REFUSED_STREAM, which it may retry), or past it with streams it reset while
+                # their queries are still resolved (below): this stream only, counted as those.
+                responder.stats.bad_requests += 1
+                with contextlib.suppress(h2.exceptions.StreamClosedError):  # reset by the client already
+                    conn.reset_stream(event.stream_id, ErrorCodes.REFUSED_STREAM)
+                return True
             streams[event.stream_id] = RequestInProgress()
             streams[event.stream_id].take_headers(event.headers or ())
         elif isinstance(event, h2.events.DataReceived):
@@ -227,6 +236,13 @@ async def serve_h2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
                 writer.write(_HTTP1_REFUSAL)
                 return
         conn.initiate_connection()
+        # The stream limit as a SETTINGS of its own, after the first: h2 enforces a limit from
+        # the moment it is set, by ending the connection with every request the client sent with
+        # it, and a client sends its first requests before it has read our SETTINGS (curl,
+        # browsers and Go assume 100 meanwhile, h2 and httpx no limit). Sent this way, h2 holds
+        # the limit back until the client acknowledges it, and the check in ``handle`` refuses
+        # the streams over it one by one until then.
+        conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams})
         conn.receive_data(preface)
         flush()
         while True:

@@ -13,6 +13,7 @@ import h2.config
 import h2.connection
 import h2.events
 import pytest
+from h2.errors import ErrorCodes
 
 from ispd.dns.config import DoHConfig
 from ispd.dns.frontend import TransportStats
@@ -115,5 +116,52 @@ async def test_a_client_that_pings_but_never_reads_is_cut_off_after_the_idle_tim
         assert transport.get_extra_info("socket").fileno() == -1  # closed: no buffer, no descriptor
     finally:
         client.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_requests_sent_before_the_servers_settings_past_its_stream_limit_are_refused_one_by_one() -> None:
+    """A client sends its first requests with its preface, before it has read the server's
+    SETTINGS: curl and browsers assume 100 streams meanwhile, h2 and httpx no limit. h2 enforced
+    the limit from the start by ending the connection (GOAWAY, PROTOCOL_ERROR), and every
+    request of that first flight was lost with it: with ``max_streams_per_connection`` under
+    100, a browser's burst at connection start got nothing. RFC 9113 §5.1.2 makes it a stream
+    error: the streams over the limit are refused (REFUSED_STREAM, which the client retries),
+    the others answered."""
+    from tests.dns.test_streams import SlowAnswers
+
+    responder = DoHResponder(SlowAnswers(), TransportStats(), DoHConfig(), None)  # type: ignore[arg-type]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await serve_h2(reader, writer, "127.0.0.1", responder, idle_seconds=5, max_streams=10)
+        forget_connection_error(reader)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        client.initiate_connection()
+        path = "/dns-query?dns=" + base64.urlsafe_b64encode(QUERY).rstrip(b"=").decode()
+        for _ in range(15):
+            client.send_headers(client.get_next_available_stream_id(),
+                                [(":method", "GET"), (":path", path), (":scheme", "https"),
+                                 (":authority", "dns.test")], end_stream=True)
+        writer.write(client.data_to_send())
+        answered, ended = 0, False
+        refused: list[int] = []
+        while answered + len(refused) < 15 and not ended:
+            data = await asyncio.wait_for(reader.read(65536), 5)
+            for event in client.receive_data(data):
+                if isinstance(event, h2.events.StreamEnded):
+                    answered += 1
+                elif isinstance(event, h2.events.StreamReset):
+                    refused.append(event.error_code)
+                ended = ended or isinstance(event, h2.events.ConnectionTerminated)
+            writer.write(client.data_to_send())
+        assert not ended
+        assert (answered, refused) == (10, [ErrorCodes.REFUSED_STREAM] * 5)
+        assert client.remote_settings.max_concurrent_streams == 10  # announced all the same
+        writer.close()
+    finally:
         server.close()
         await server.wait_closed()
