@@ -6,8 +6,10 @@ sans-IO HTTP/2 state machine): requests are answered as they complete, several a
 any order, within the stream limit announced in SETTINGS_MAX_CONCURRENT_STREAMS (a stream over
 it is refused with REFUSED_STREAM, the others go on); response
 bodies respect flow control (what does not fit the window waits for a WINDOW_UPDATE). A query
-the engine drops (a policy DROP, a rate-limited client) resets its stream with REFUSED_STREAM,
-the HTTP counterpart of a UDP drop. A protocol error ends the connection with GOAWAY; so does
+the engine drops (a policy DROP, a rate-limited client) resets its stream with CANCEL, the
+HTTP counterpart of a UDP drop (not REFUSED_STREAM: RFC 9113 §8.7 keeps that for a stream
+closed before any processing, which a client may retry at once, and curl did, five times on
+new connections for each dropped query). A protocol error ends the connection with GOAWAY; so does
 ``idle_timeout_seconds`` without a frame. HTTP/1.1 is not offered (ALPN h2 only): every DoH
 client speaks HTTP/2, which RFC 8484 §5.2 names as the minimum; one that speaks HTTP/1.1 anyway
 gets a 505 it can read.
@@ -144,7 +146,7 @@ async def serve_h2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
     def respond(stream_id: int, response: Response | None) -> None:
         try:
             if response is None:
-                conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+                conn.reset_stream(stream_id, ErrorCodes.CANCEL)
             else:
                 conn.send_headers(stream_id, response.headers)
                 send_body(stream_id, memoryview(response.body))

@@ -67,7 +67,7 @@ DOQ_NO_ERROR = 0x0
 DOQ_PROTOCOL_ERROR = 0x2
 DOQ_REQUEST_CANCELLED = 0x3
 DOQ_EXCESSIVE_LOAD = 0x4
-H3_REQUEST_REJECTED = 0x10B
+H3_REQUEST_CANCELLED = 0x10C
 H3_EXCESSIVE_LOAD = 0x107
 _LENGTH = struct.Struct("!H")
 _TICKETS_KEPT = 10_000
@@ -355,8 +355,8 @@ class HTTP3Protocol(_DNSQuicProtocol):
             response = await self.responder.resolve(query, client, started)
         finally:
             self.in_flight -= 1
-        if response is None:
-            self._reset(stream_id, H3_REQUEST_REJECTED)
+        if response is None:  # dropped (RFC 9114 §4.1.1: REJECTED is for requests not processed)
+            self._reset(stream_id, H3_REQUEST_CANCELLED)
         else:
             self._respond(stream_id, response)
 

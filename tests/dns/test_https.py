@@ -165,3 +165,44 @@ async def test_requests_sent_before_the_servers_settings_past_its_stream_limit_a
     finally:
         server.close()
         await server.wait_closed()
+
+
+class DroppedAnswers:
+    """The engine drops every query (a policy DROP, a rate-limited client)."""
+
+    def from_cache(self, data: bytes, client: str, started: float) -> None:
+        return None
+
+    async def resolve(self, data: bytes, client: str, started: float) -> None:
+        return None
+
+
+async def test_a_dropped_query_s_stream_is_cancelled_not_refused() -> None:
+    """RFC 9113 §8.7 keeps REFUSED_STREAM for a stream closed before any processing, which the
+    client may retry at once: curl did, on five new connections for each query a policy dropped."""
+    responder = DoHResponder(DroppedAnswers(), TransportStats(), DoHConfig(), None)  # type: ignore[arg-type]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await serve_h2(reader, writer, "127.0.0.1", responder, idle_seconds=5, max_streams=10)
+        forget_connection_error(reader)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        client.initiate_connection()
+        path = "/dns-query?dns=" + base64.urlsafe_b64encode(QUERY).rstrip(b"=").decode()
+        client.send_headers(1, [(":method", "GET"), (":path", path), (":scheme", "https"),
+                                (":authority", "dns.test")], end_stream=True)
+        writer.write(client.data_to_send())
+        resets: list[int] = []
+        while not resets:
+            for event in client.receive_data(await asyncio.wait_for(reader.read(65536), 5)):
+                if isinstance(event, h2.events.StreamReset):
+                    resets.append(event.error_code)
+            writer.write(client.data_to_send())
+        assert resets == [ErrorCodes.CANCEL]
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
