@@ -381,16 +381,31 @@ def _describe_one(error: Any, loc: list[Any]) -> str:
         return f"must be a table ([{'.'.join(map(str, loc))}]), got {_shown(error['input'])}"
     if any(marker in str(part).lower() for part in loc for marker in SECRET_KEY_MARKERS):
         return message  # never echo what may be a secret into a terminal or a log
+    if kind == "list_type" and isinstance(error["input"], dict) and _model_at(Config, loc) is not None:
+        # `[radius.client]` for `[[radius.client]]`: one bracket pair short, an easy slip whose
+        # fix pydantic's "a valid list" does not say.
+        return f"must be a list of tables: write [[{'.'.join(map(str, loc))}]] above each one, " \
+               f"got one table {_shown(error['input'])}"
     return f"{message} (got {_shown(error['input'])})"
 
 
 def _shown(value: Any, limit: int = 200) -> str:
-    """A bad value as the error shows it: cut short, since it may be megabytes long."""
+    """A bad value as the error shows it: cut short, since it may be megabytes long, and with
+    the values of its secret keys hidden (a NAS's table, shown whole, holds its shared secret)."""
     try:
-        text = repr(value)
+        text = repr(_without_secrets(value))
     except RecursionError:
         return "(a value nested too deeply to show)"
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
+
+
+def _without_secrets(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: "(hidden)" if any(marker in str(key).lower() for marker in SECRET_KEY_MARKERS)
+                else _without_secrets(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_secrets(item) for item in value]
+    return value
 
 
 def _model_at(model: type[Section], loc: list[Any]) -> type[Section] | None:

@@ -127,6 +127,15 @@ def test_several_errors_are_all_reported(tmp_path: Path) -> None:
     ]
 
 
+def test_one_table_for_a_list_of_tables_says_how_to_write_it_and_hides_the_secret(tmp_path: Path) -> None:
+    # `[radius.client]` for `[[radius.client]]`: the error, in a terminal and in the log of a
+    # rejected reload, showed the NAS's table whole, shared secret included.
+    path = write(tmp_path, '[radius]\nenabled = true\n[radius.client]\nname = "nas"\naddress = "198.18.0.1"\n'
+                           'secret = "never-shown-secret"\n')
+    assert error_of(path) == (f"{path}: radius.client: must be a list of tables: write [[radius.client]] above "
+                              "each one, got one table {'name': 'nas', 'address': '198.18.0.1', 'secret': '(hidden)'}")
+
+
 def test_toml_syntax_error_has_line_and_column(tmp_path: Path) -> None:
     path = write(tmp_path, "[store\npath = 1\n")
     assert error_of(path).startswith(f"{path}: not valid TOML: ")
