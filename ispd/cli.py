@@ -1362,7 +1362,8 @@ async def cmd_store_copy_to_postgresql(config: Config, args: argparse.Namespace)
         target = StoreConfig(backend="postgresql", url=args.url, path=config.store.path,
                              busy_timeout_seconds=config.store.busy_timeout_seconds)
     except ValidationError as exc:
-        raise CommandFailed(f"{args.url!r}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+        # (not the url itself: it may hold a password)
+        raise CommandFailed(f"the {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
     lock = daemon_lock(config, "stop it first (systemctl stop ispd), then copy")
 
     def copied_table(table: str, rows: int) -> None:

@@ -136,6 +136,13 @@ def test_one_table_for_a_list_of_tables_says_how_to_write_it_and_hides_the_secre
                               "each one, got one table {'name': 'nas', 'address': '198.18.0.1', 'secret': '(hidden)'}")
 
 
+def test_a_postgresql_url_that_does_not_parse_is_refused_without_its_password(tmp_path: Path) -> None:
+    # libpq's reason quotes the whole URI: check-config printed the password, a reload logged it.
+    path = write(tmp_path, '[store]\nbackend = "postgresql"\nurl = "postgresql://ispd:pw-never-shown@[db/ispd"\n')
+    assert error_of(path) == (f"{path}: store: url is not a libpq connection URL or string: end of string reached "
+                              'when looking for matching "]" in IPv6 host address in URI')
+
+
 def test_toml_syntax_error_has_line_and_column(tmp_path: Path) -> None:
     path = write(tmp_path, "[store\npath = 1\n")
     assert error_of(path).startswith(f"{path}: not valid TOML: ")

@@ -56,4 +56,7 @@ def _check_url_parses(url: str) -> None:
         conninfo.conninfo_to_dict(url)
     except Error as exc:
         reason = (str(exc).strip().splitlines() or ["it does not parse"])[0]
+        # libpq quotes the whole URI in some reasons, its password too: this text goes to the
+        # terminal and, from a rejected reload, to the log.
+        reason = reason.replace(f': "{url}"', "").replace(url, "(the url)")
         raise ValueError(f"url is not a libpq connection URL or string: {reason}") from None

@@ -205,3 +205,10 @@ def test_a_url_that_does_not_parse_is_refused_with_its_reason(sqlite_config: Pat
     failed = copy_command(sqlite_config, "postgresql://[bad")
     assert failed.returncode == 1 and "unexpected" not in failed.stderr
     assert "not a libpq connection URL" in failed.stderr
+
+
+@pytest.mark.parametrize("url", ["postgresql://ispd:pw-never-shown@[bad/ispd", "host=db password=pw-never-shown bogus=1"])
+def test_a_url_that_does_not_parse_is_refused_without_its_password(sqlite_config: Path, url: str) -> None:
+    failed = copy_command(sqlite_config, url)
+    assert failed.returncode == 1 and "not a libpq connection URL" in failed.stderr, failed.stderr
+    assert "pw-never-shown" not in failed.stdout + failed.stderr
