@@ -30,6 +30,7 @@ from ispd.config import Config
 from ispd.control import CommandError, ControlCommands
 from ispd.credentials import check_password_acceptable, derive_credentials, effective_policy
 from ispd.dns import dnssec
+from ispd.dns.admin import parse_name_argument
 from ispd.effects import Effect, effects
 from ispd.mail.maildir import Maildir
 from ispd.store.base import Store
@@ -591,6 +592,10 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
 
     @app.post("/v1/dns/negative-trust-anchors", status_code=201, tags=["dns"])
     async def add_nta(body: NewNegativeTrustAnchor) -> NegativeTrustAnchor:
+        try:
+            parse_name_argument(body.name)  # a bad value is a 400, as elsewhere, not the command's 409
+        except CommandError as exc:
+            raise HTTPException(400, str(exc)) from None
         added = await dns_command("dns.nta.add", {"name": body.name, "seconds": body.seconds})
         return NegativeTrustAnchor(name=added["name"], seconds_left=added["seconds"], source="runtime")
 

@@ -171,6 +171,10 @@ def parse_name_argument(value: Any) -> bytes:
     """A command's domain name argument, or ``CommandError`` saying what is wrong with it."""
     if not isinstance(value, str):
         raise CommandError("the name must be text, e.g. www.example.com")
+    if not value.strip():
+        # name_from_text reads "" as the root: a script's unset variable would make a negative
+        # trust anchor of the root, DNSSEC validation off for every name, or flush the caches.
+        raise CommandError('the name is empty: give a domain, e.g. www.example.com ("." is the root)')
     try:
         return name_from_text(value)
     except ValueError as exc:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from ispd.control import CommandError, ControlCommands
-from ispd.dns.admin import DUMP_BATCH, DNSCacheAdmin, rdata_text
+from ispd.dns.admin import DUMP_BATCH, DNSCacheAdmin, parse_name_argument, rdata_text
 from ispd.dns.cache import VARIANT_DO, VARIANT_SCOPES, AnswerCache, CacheLimits, NegativeKind, RRsetCache, Trust
 from ispd.dns.wire import CLASS_IN, FLAG_QR, FLAG_RA, RR, Question, RCode, RRType, a_rdata, key_of, name_from_text
 from ispd.dns.zone import parse_zone_text
@@ -195,6 +195,14 @@ def test_dump_command_checks_its_arguments(admin: DNSCacheAdmin) -> None:
     assert len(list(admin.dump_command({}))) >= 2
 
 
+@pytest.mark.parametrize("text", ["", " "])
+def test_an_empty_name_is_refused_not_read_as_the_root(text: str) -> None:
+    # A negative trust anchor of "" was one of the root: DNSSEC validation off for every name.
+    with pytest.raises(CommandError, match="the name is empty"):
+        parse_name_argument(text)
+    assert parse_name_argument(".") == b"\x00"
+
+
 # --- flush
 
 
@@ -264,6 +272,7 @@ async def test_flush_all(admin: DNSCacheAdmin) -> None:
     ({}, "which name?"),
     ({"all": True, "name": "x.example"}, "either a name or all"),
     ({"name": "bad..name"}, "is not a domain name"),
+    ({"name": "", "zone": True}, "the name is empty"),  # (not the root: every name below it)
     ({"name": "www.example", "type": "BOGUS"}, "is not a record type"),
 ])
 async def test_flush_command_checks_its_arguments(admin: DNSCacheAdmin, args: dict[str, Any], error: str) -> None:

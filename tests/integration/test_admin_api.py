@@ -263,6 +263,13 @@ def test_dns_endpoints_say_when_the_resolver_is_not_running(api: Api) -> None:
     assert api.call("GET", "/v1/dns/trust-anchors") == (200, [])  # nothing tracked in this store
 
 
+@pytest.mark.parametrize(("name", "detail"), [("", "the name is empty"), ("a..b", "is not a domain name")])
+def test_a_negative_trust_anchor_of_a_bad_name_is_a_400(api: Api, name: str, detail: str) -> None:
+    # "" was read as the root: DNSSEC validation off for every name, answered 201.
+    status, body = api.call("POST", "/v1/dns/negative-trust-anchors", {"name": name})
+    assert status == 400 and detail in body["detail"], body
+
+
 def test_the_committed_openapi_document_is_the_one_served(api: Api) -> None:
     status, served = api.call("GET", "/openapi.json")
     assert status == 200
