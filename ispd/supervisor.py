@@ -585,17 +585,23 @@ class Supervisor:
         if self.relay is not None:
             self.relay.poll_interval = new.daemon.store_poll_interval_seconds
         applied = new
+        # Listed in config.reloaded's refused as a service's refusal is: an operator who watches
+        # for that warning learns that the change waits for a restart.
+        refused = []
         if new.store != old.store:
-            log.warning("config.reload.restart_needed", section="store")
+            log.warning("config.reload.restart_needed", section="store",
+                        detail="[store] changes apply at the next restart: the daemon runs on the store it opened")
             applied = applied.model_copy(update={"store": old.store})
+            refused.append("store")
         if new.daemon.control_socket != old.daemon.control_socket:
-            log.warning("config.reload.restart_needed", section="daemon", key="control_socket")
+            log.warning("config.reload.restart_needed", section="daemon", key="control_socket",
+                        detail="a new control_socket applies at the next restart: the old one still answers")
             daemon = new.daemon.model_copy(update={"control_socket": old.daemon.control_socket})
             applied = applied.model_copy(update={"daemon": daemon})
+            refused.append("daemon.control_socket")
         # What the services get: the new config but for what needs a restart (a worker is handed
         # it, and must not open another store when it restarts).
         pinned = applied
-        refused = []
         for spec in SERVICES:
             entry, wanted = self.running.get(spec.name), spec.enabled(new)
             try:

@@ -107,6 +107,18 @@ def test_reload_that_a_service_refuses_keeps_that_service_as_it_was(ispd: IspdPr
         assert ispd.http_get("/healthz")[0] == 200
 
 
+def test_reload_of_a_store_change_says_it_waits_for_a_restart(ispd: IspdProcess, tmp_path: Path) -> None:
+    # config.reloaded was an info line, as if all was applied, while the daemon ran on its old store.
+    config = dict(ispd.config)
+    config["store"] = {**config["store"], "path": str(tmp_path / "elsewhere.db")}
+    ispd.write_config(config)
+    ispd.reload()
+    assert "next restart" in ispd.log_events("config.reload.restart_needed")[-1]["detail"]
+    reloaded = ispd.log_events("config.reloaded")[-1]
+    assert reloaded["refused"] == ["store"] and reloaded["level"] == "warning", reloaded
+    assert not (tmp_path / "elsewhere.db").exists()
+
+
 def test_metrics_pass_promtool(ispd: IspdProcess) -> None:
     status, text = ispd.http_get("/metrics")
     assert status == 200
