@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, cast
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -76,6 +76,11 @@ class NewSubscriber(BaseModel):
 
 class StatusChange(BaseModel):
     reason: str | None = Field(default=None, max_length=200)
+
+
+# The body of a suspension, a closure or a Disconnect may be left out, as the CLI's --reason
+# may: a bare `curl -X POST .../suspend` was a 422 for a body whose every field is optional.
+OptionalStatusChange = Annotated[StatusChange, Body(default_factory=StatusChange)]
 
 
 class PlanChoice(BaseModel):
@@ -375,11 +380,11 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
         return await store.set_subscriber_status(subscriber, status, actor=actor, reason=reason)
 
     @app.post("/v1/subscribers/{subscriber}/suspend", tags=["subscribers"])
-    async def suspend(subscriber: str, body: StatusChange, actor: Actor) -> Subscriber:
+    async def suspend(subscriber: str, body: OptionalStatusChange, actor: Actor) -> Subscriber:
         return await set_status(subscriber, SubscriberStatus.SUSPENDED, body.reason, actor)
 
     @app.post("/v1/subscribers/{subscriber}/close", tags=["subscribers"])
-    async def close(subscriber: str, body: StatusChange, actor: Actor) -> Subscriber:
+    async def close(subscriber: str, body: OptionalStatusChange, actor: Actor) -> Subscriber:
         return await set_status(subscriber, SubscriberStatus.CLOSED, body.reason, actor)
 
     @app.post("/v1/subscribers/{subscriber}/resume", tags=["subscribers"])
@@ -548,7 +553,7 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
         return DynamicResult(**result)
 
     @app.post("/v1/sessions/{session_id}/disconnect", tags=["sessions"])
-    async def disconnect(session_id: int, body: StatusChange) -> DynamicResult:
+    async def disconnect(session_id: int, body: OptionalStatusChange) -> DynamicResult:
         # Checked as the CLI's --reason and a suspension's reason are: `session show` and `subscriber
         # show` print it to a terminal, where a control character would hide or rewrite the screen.
         reason = None

@@ -257,6 +257,17 @@ def test_dhcp6_bindings_are_listed_and_shown_with_their_history(api: Api) -> Non
     assert status == 400 and "not an IPv6 address or prefix" in body["detail"]
 
 
+def test_a_suspension_or_closure_needs_no_body(api: Api) -> None:
+    # Its one field, the reason, is optional, as the CLI's --reason: a bare POST was a 422.
+    assert api.call("POST", "/v1/subscribers", {"username": "zelda"})[0] == 201
+    status, suspended = api.call("POST", "/v1/subscribers/zelda/suspend")
+    assert status == 200 and (suspended["status"], suspended["status_reason"]) == ("suspended", None), suspended
+    status, closed = api.call("POST", "/v1/subscribers/zelda/close")
+    assert status == 200 and closed["status"] == "closed", closed
+    status, body = api.call("POST", "/v1/sessions/999999/disconnect")
+    assert status == 503 and "RADIUS is not running" in body["detail"], body  # (not a 422 for the body)
+
+
 def test_dns_endpoints_say_when_the_resolver_is_not_running(api: Api) -> None:
     status, body = api.call("GET", "/v1/dns/negative-trust-anchors")
     assert status == 503 and "DNS resolver is not running" in body["detail"]
