@@ -340,6 +340,14 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
 
     @app.exception_handler(RequestValidationError)
     async def _unprocessable(request: Request, exc: RequestValidationError) -> Response:
+        media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if not _is_json(media_type) and any(error["loc"] == ("body",) and isinstance(error.get("input"), str | bytes)
+                                            for error in exc.errors()):
+            # `curl -d '{...}'` without its header sends a form: FastAPI reads no JSON then, and
+            # its "Input should be a valid dictionary" over the very JSON sent tells no one why.
+            return JSONResponse({"detail": f"send the body as JSON, with Content-Type: application/json (not "
+                                           f"{media_type}); with curl: -H 'content-type: application/json'"},
+                                status_code=415)
         # FastAPI's own handler echoes the input back as UTF-8, which a lone surrogate in it
         # (valid JSON, "\ud800") cannot be: a 500. The same answer, ASCII-escaped.
         return Response(json.dumps({"detail": jsonable_encoder(exc.errors())}), status_code=422,
@@ -674,6 +682,12 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
                                         until=_seconds(until))
 
     return app
+
+
+def _is_json(media_type: str) -> bool:
+    """Whether FastAPI reads a body of this media type as JSON (as it does one without a type)."""
+    return media_type in ("", "application/json") or (
+        media_type.startswith("application/") and media_type.endswith("+json"))
 
 
 def _mail_address_or_400(text: str) -> str:

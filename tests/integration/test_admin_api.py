@@ -268,6 +268,20 @@ def test_a_suspension_or_closure_needs_no_body(api: Api) -> None:
     assert status == 503 and "RADIUS is not running" in body["detail"], body  # (not a 422 for the body)
 
 
+def test_a_json_body_sent_as_a_form_says_which_header_it_needs(api: Api) -> None:
+    # curl -d without -H content-type sends a form; the answer was a 422 "Input should be a valid
+    # dictionary" over the very JSON sent.
+    result = subprocess.run(["curl", "-sS", "-X", "POST", "--unix-socket", str(api.socket), "-w", "\\n%{http_code}",
+                             "-d", json.dumps({"name": "form-plan"}), "http://ispd/v1/plans"],
+                            capture_output=True, text=True, timeout=30)
+    text, _, status = result.stdout.rpartition("\n")
+    assert status == "415", result.stdout
+    assert json.loads(text)["detail"] == ("send the body as JSON, with Content-Type: application/json (not "
+                                          "application/x-www-form-urlencoded); with curl: -H 'content-type: "
+                                          "application/json'")
+    assert api.call("POST", "/v1/plans", {"name": 5})[0] == 422  # JSON, wrong: as before
+
+
 def test_dns_endpoints_say_when_the_resolver_is_not_running(api: Api) -> None:
     status, body = api.call("GET", "/v1/dns/negative-trust-anchors")
     assert status == 503 and "DNS resolver is not running" in body["detail"]
