@@ -143,6 +143,13 @@ def test_a_postgresql_url_that_does_not_parse_is_refused_without_its_password(tm
                               'when looking for matching "]" in IPv6 host address in URI')
 
 
+def test_an_empty_domain_is_an_error_not_the_root(tmp_path: Path) -> None:
+    # A negative trust anchor of "" was one of the root: DNSSEC validation off for every name.
+    path = write(tmp_path, '[dns]\n[dns.dnssec]\nnegative_trust_anchors = [""]\n')
+    assert error_of(path) == f"{path}: dns.dnssec.negative_trust_anchors.0: '' is not a domain name: it is empty " \
+                             '(the root is ".")'
+
+
 def test_toml_syntax_error_has_line_and_column(tmp_path: Path) -> None:
     path = write(tmp_path, "[store\npath = 1\n")
     assert error_of(path).startswith(f"{path}: not valid TOML: ")

@@ -27,6 +27,10 @@ MAX_POLICY_SCOPES = 3
 
 
 def _domain(value: str) -> str:
+    if not value.strip():
+        # name_from_text reads "" as the root: a negative trust anchor of "" turned validation
+        # off for every name, a private domain of "" took rebinding protection off every name.
+        raise ValueError(f'{value!r} is not a domain name: it is empty (the root is ".")')
     try:
         name_from_text(value)
     except ValueError as exc:
