@@ -67,9 +67,14 @@ def normalize_key(kind: str, key: str) -> str:
             raise ValueError(f"the {kind} is empty")
         if key.startswith("0x"):
             try:
-                return opaque_text(bytes.fromhex(key[2:]))
+                raw = bytes.fromhex(key[2:])
             except ValueError:
                 raise ValueError(f"{key!r}: after 0x, write the bytes in hex") from None
+            # As the text form is checked: a bare "0x" is as empty as "" (refused above), and a
+            # sub-option's length is one byte; such a key would be a reservation nothing matches.
+            if not 1 <= len(raw) <= 255:
+                raise ValueError(f"{key!r}: a {kind} has 1 to 255 bytes, not {len(raw)}")
+            return opaque_text(raw)
         raw = key.encode("ascii", "replace")
         if len(raw) > 255 or not all(b in _PRINTABLE for b in raw):
             raise ValueError(f"{key!r}: write a {kind} as printable ASCII, or as 0x and hex bytes")

@@ -82,6 +82,8 @@ async def test_a_key_or_address_taken_is_a_conflict_naming_its_holder(store: Sto
         ("client-id", "0", None, None, "is not a client identifier"),
         ("circuit-id", "", None, None, "the circuit-id is empty"),
         ("remote-id", "0xzz", None, None, "after 0x, write the bytes in hex"),
+        ("circuit-id", "0x", None, None, "'0x': a circuit-id has 1 to 255 bytes, not 0"),
+        ("remote-id", "0x" + "ab" * 256, None, None, "a remote-id has 1 to 255 bytes, not 256"),
         ("serial", "x", None, None, "unknown reservation kind 'serial'"),
         ("mac", "02:00:5e:10:00:01", "198.18.0.300", None, "'198.18.0.300' is not an IPv4 address"),
         ("mac", "02:00:5e:10:00:01", "198.18.0.0/24", None, "is not an IPv4 address"),
