@@ -304,6 +304,13 @@ def load_config(path: Path | str) -> Config:
     if control_socket is not None and len(bytes(control_socket)) > MAX_SOCKET_PATH_BYTES:
         raise ConfigError(f"{path}: daemon.control_socket: {control_socket} is {len(bytes(control_socket))} bytes "
                           f"long; a Unix socket's path can have at most {MAX_SOCKET_PATH_BYTES}")
+    # The admin socket too ("auto": admin.sock beside the control socket, 2 bytes longer than
+    # control.sock), or check-config says ok to a file whose `ispd run` fails.
+    admin_socket = config.admin.socket_path(control_socket)
+    if admin_socket is not None and len(bytes(admin_socket)) > MAX_SOCKET_PATH_BYTES:
+        where = " (auto: beside daemon.control_socket)" if config.admin.socket == "auto" else ""
+        raise ConfigError(f"{path}: admin.socket{where}: {admin_socket} is {len(bytes(admin_socket))} bytes long; "
+                          f"a Unix socket's path can have at most {MAX_SOCKET_PATH_BYTES}")
     return config
 
 

@@ -159,16 +159,16 @@ def _peer_uid(writer: asyncio.StreamWriter) -> int | None:
     return int(uid)
 
 
-def _check_path_length(path: Path) -> None:
+def _check_path_length(path: Path, what: str = "the control socket") -> None:
     if len(os.fsencode(path)) > MAX_PATH_BYTES:
-        raise ControlSocketError(f"control socket path {path} is {len(os.fsencode(path))} bytes long; a Unix "
+        raise ControlSocketError(f"{what}'s path {path} is {len(os.fsencode(path))} bytes long; a Unix "
                                  f"socket's path can have at most {MAX_PATH_BYTES}")
 
 
 async def open_private_socket(path: Path, what: str, setting: str) -> tuple[socket.socket, tuple[int, int]]:
     """A listening Unix socket at ``path`` with mode 0600, and the (st_dev, st_ino) of its file.
     A leftover file nobody answers on is replaced; one a live process answers on is refused."""
-    _check_path_length(path)
+    _check_path_length(path, what)
     try:
         path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
     except OSError as exc:

@@ -78,6 +78,18 @@ def test_control_socket_that_is_not_text(tmp_path: Path) -> None:
                               '"/run/ispd/control.sock" ("" disables it)')
 
 
+def test_admin_socket_path_too_long_for_a_unix_socket(tmp_path: Path) -> None:
+    # control.sock fits with 107 bytes, admin.sock beside it does not: check-config said ok, and
+    # `ispd run` failed to start.
+    control = f"/run/{'x' * 95}/c.sock"
+    path = write(tmp_path, f'[daemon]\ncontrol_socket = "{control}"\n')
+    assert error_of(path) == (f"{path}: admin.socket (auto: beside daemon.control_socket): /run/{'x' * 95}/admin.sock "
+                              "is 111 bytes long; a Unix socket's path can have at most 107")
+    path = write(tmp_path, f'[admin]\nsocket = "/run/{"x" * 120}.sock"\n')
+    assert error_of(path) == (f"{path}: admin.socket: /run/{'x' * 120}.sock is 130 bytes long; a Unix socket's "
+                              "path can have at most 107")
+
+
 def test_control_socket_path_too_long_for_a_unix_socket(tmp_path: Path) -> None:
     path = write(tmp_path, f'[daemon]\ncontrol_socket = "/run/{"x" * 120}.sock"\n')
     assert error_of(path) == (f"{path}: daemon.control_socket: /run/{'x' * 120}.sock is 130 bytes long; a Unix "
