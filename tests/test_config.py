@@ -231,6 +231,13 @@ def test_a_relay_address_that_could_never_apply_is_an_error(tmp_path: Path, rela
     assert message in error_of(path)
 
 
+def test_a_relay_address_inside_its_own_subnet_is_only_redundant(tmp_path: Path) -> None:
+    path = write(tmp_path, '[dhcp]\nenabled = true\ninterfaces = ["eth1"]\n[[dhcp.subnet]]\nnetwork = "198.18.0.0/24"\n'
+                           'relay_addresses = ["198.18.0.1"]\n[[dhcp.subnet.pool]]\nname = "p"\n'
+                           'range = "198.18.0.10 - 198.18.0.20"\n')
+    load_config(path)
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ('[dns]\nenabled = true\nlisten = ["127.0.0.1:5300", "127.0.0.1:5300"]\n',
      "dns.listen (127.0.0.1:5300) and dns.listen (127.0.0.1:5300) both take port 5300 (UDP)"),

@@ -426,7 +426,8 @@ class DHCPConfig(Section):
         listed_by: dict[IPv4Address, IPv4Network] = {}
         for subnet in self.subnet:
             for relay in subnet.relay_addresses:
-                holder = next((s.network for s in self.subnet if relay in s.network), None)
+                # (inside its own subnet it is only redundant: that subnet serves the relay anyway)
+                holder = next((s.network for s in self.subnet if s is not subnet and relay in s.network), None)
                 if holder is not None:
                     raise ValueError(f"subnet {subnet.network}: relay address {relay} is inside subnet {holder}, "
                                      f"which serves that relay's clients; use link selection (RFC 3527) at "
