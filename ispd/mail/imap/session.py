@@ -67,7 +67,7 @@ from ispd.mail.imap.response import (
     split_message,
 )
 from ispd.mail.maildir import SPECIAL_FOLDERS, Maildir, with_crlf
-from ispd.mail.mailindex import FolderIndex, IndexedMessage
+from ispd.mail.mailindex import FolderIndex, FolderState, IndexedMessage
 
 if TYPE_CHECKING:
     from ispd.mail.service import MailService
@@ -98,6 +98,16 @@ class Selected:
     keywords: list[str] = field(default_factory=list)  # the folder's, as last told (FLAGS)
     highest_modseq: int = 1  # everything up to this modseq has been told
     expunged_modseq: int = 0  # the folder's last expunge, as of the last time it was told
+    # Messages a sync of this session took from new/ (\Recent to this session, RFC 3501 §2.3.2)
+    # that it has not told the client of yet: a sync for COPY or EXPUNGE must not use them up.
+    recent_untold: set[int] = field(default_factory=set)
+
+    def synced(self) -> FolderState:
+        """The folder's index synced (in a worker thread), what it took from new/ kept for the
+        next refresh."""
+        state = self.index.sync()
+        self.recent_untold.update(m.uid for m in state.messages if m.recent)
+        return state
 
 
 class IMAPSession(asyncio.Protocol):
@@ -734,11 +744,11 @@ class IMAPSession(asyncio.Protocol):
                     return current, (source_cur / current.name).read_bytes()
                 except FileNotFoundError:
                     now.clear()
-                    now.update({m.uid: m for m in source_index.sync().messages})
+                    now.update({m.uid: m for m in selected.synced().messages})
             return None
 
         def copy_all(names: list[tuple[IndexedMessage, str]]) -> tuple[int, list[tuple[int, int]]]:
-            now.update({m.uid: m for m in source_index.sync().messages})
+            now.update({m.uid: m for m in selected.synced().messages})
             for _, message in sources:
                 found = read_current(message)
                 if found is None:
@@ -835,7 +845,7 @@ class IMAPSession(asyncio.Protocol):
         def remove() -> set[int]:
             """The UIDs now gone. Each file is looked up under its current name: another session
             may have renamed it (a flag change) since this one last looked."""
-            current = {m.uid: m.name for m in selected.index.sync().messages}
+            current = {m.uid: m.name for m in selected.synced().messages}
             cur = maildir.folder_path(selected.folder) / "cur"
             gone = set()
             for _, message in doomed:
@@ -1028,7 +1038,7 @@ class IMAPSession(asyncio.Protocol):
         told at the next NOOP, CHECK or IDLE, never in the middle of this command."""
         selected = self.selected
         assert selected is not None
-        state = await self._blocking(selected.index.sync)
+        state = await self._blocking(selected.synced)
         now = {m.uid: m for m in state.messages}
         found = False
         for seq in numbers:
@@ -1193,7 +1203,7 @@ class IMAPSession(asyncio.Protocol):
         selected = self.selected
         if selected is None:
             return
-        state = await self._blocking(selected.index.sync)
+        state = await self._blocking(selected.synced)
         self._announce_keywords(list(state.keywords))
         now = {m.uid: m for m in state.messages}
         gone = [seq for seq in range(len(selected.messages), 0, -1) if selected.messages[seq - 1].uid not in now]
@@ -1213,7 +1223,9 @@ class IMAPSession(asyncio.Protocol):
                     parts.append(b"MODSEQ (%d)" % fresh.modseq)
                 self.send(b"* %d FETCH (%s)" % (seq, b" ".join(parts)))
             selected.messages[seq - 1] = fresh
-        added = [m for m in state.messages if m.uid not in known]
+        added = [dataclasses.replace(m, recent=True) if m.uid in selected.recent_untold and not m.recent else m
+                 for m in state.messages if m.uid not in known]
+        selected.recent_untold.clear()  # every message of the folder is told of now
         if added:
             selected.messages += added
             self.send(b"* %d EXISTS" % len(selected.messages))

@@ -42,9 +42,10 @@ def fake_service(maildir: Maildir, executor: ThreadPoolExecutor, quota_bytes: in
 
 
 def run_commands(maildir: Maildir, commands: list[str], before_last: Callable[[], None],
-                 quota_bytes: int | None = None) -> bytes:
+                 quota_bytes: int | None = None, before: int = -1) -> bytes:
     """Sends each command and waits for its tagged answer; ``before_last`` runs (sets up the
-    failure) before the last one. What the server wrote to the last command."""
+    failure) before the last one (or before the one numbered ``before``). What the server wrote
+    to the last command."""
     async def run() -> bytes:
         transport = FakeTransport()
         with ThreadPoolExecutor(2) as executor:
@@ -52,7 +53,7 @@ def run_commands(maildir: Maildir, commands: list[str], before_last: Callable[[]
             session.connection_made(transport)  # type: ignore[arg-type]
             start = 0
             for number, command in enumerate(commands):
-                if number == len(commands) - 1:
+                if number == (before if before >= 0 else len(commands) - 1):
                     before_last()
                 start = len(transport.written)
                 tag = f"t{number}".encode()
@@ -199,6 +200,23 @@ def test_recent_lasts_for_the_session(maildir: Maildir, commands: list[str], exp
 
     answer = run_commands(maildir, ["LOGIN alice x", "SELECT INBOX", *commands], then)
     assert expected in answer
+
+
+@pytest.mark.parametrize(("commands", "expected"), [
+    (["GETQUOTAROOT INBOX"], b"* 4 EXISTS\r\n* 4 RECENT\r\n"),  # looks at no folder: the control
+    (["COPY 1 Trash"], b"* 4 EXISTS\r\n* 4 RECENT\r\n"),
+    (["MOVE 1 Trash"], b"* 3 EXISTS\r\n* 3 RECENT\r\n"),
+    (["STORE 1 +FLAGS.SILENT (\\Deleted)", "EXPUNGE"], b"* 3 EXISTS\r\n* 3 RECENT\r\n"),
+])
+def test_mail_that_came_during_a_copy_or_expunge_is_still_recent_when_told(maildir: Maildir, commands: list[str],
+                                                                          expected: bytes) -> None:
+    """From a review of the COPY fix: COPY, MOVE and EXPUNGE look the folder up again, which
+    takes mail that arrived meanwhile out of new/, \\Recent in that look's answer only; they threw
+    it away, and the next NOOP told of the message without it, so no session ever had it as
+    recent (RFC 3501 §2.3.2)."""
+    answer = run_commands(maildir, ["LOGIN alice x", "SELECT INBOX", *commands, "NOOP"],
+                          lambda: maildir.deliver(b"Subject: new\r\n\r\nnew\r\n"), before=len(commands) + 1)
+    assert expected in answer, answer
 
 
 @pytest.mark.parametrize(("command", "refused"), [
