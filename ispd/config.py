@@ -10,6 +10,7 @@ import contextlib
 import difflib
 import json
 import os
+import re
 import tomllib
 from collections.abc import Iterator
 from enum import Enum
@@ -412,7 +413,19 @@ def _without_secrets(value: Any) -> Any:
                 else _without_secrets(item) for key, item in value.items()}
     if isinstance(value, list):
         return [_without_secrets(item) for item in value]
+    if isinstance(value, str):  # a PostgreSQL url (store.url) carries its password
+        return without_url_password(value)
     return value
+
+
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*):[^@\s]*@")
+_CONNINFO_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def without_url_password(text: str) -> str:
+    """``text`` with the password of a URL (``scheme://user:password@host``) or a libpq
+    ``password=`` setting in it written as ``(hidden)``."""
+    return _CONNINFO_PASSWORD.sub(r"\1(hidden)", _URL_PASSWORD.sub(r"\1:(hidden)@", text))
 
 
 def _model_at(model: type[Section], loc: list[Any]) -> type[Section] | None:

@@ -152,7 +152,16 @@ def test_a_postgresql_url_that_does_not_parse_is_refused_without_its_password(tm
     # libpq's reason quotes the whole URI: check-config printed the password, a reload logged it.
     path = write(tmp_path, '[store]\nbackend = "postgresql"\nurl = "postgresql://ispd:pw-never-shown@[db/ispd"\n')
     assert error_of(path) == (f"{path}: store: url is not a libpq connection URL or string: end of string reached "
-                              'when looking for matching "]" in IPv6 host address in URI')
+                              'when looking for matching "…" in IPv6 host address in URI')
+
+
+def test_a_bad_escape_in_a_postgresql_password_or_a_misshapen_store_table_shows_no_password(tmp_path: Path) -> None:
+    """From a review: libpq quotes the token it could not decode, here the password alone; and
+    `[[store]]` for `[store]` showed the table whole, its url with the password."""
+    path = write(tmp_path, '[store]\nbackend = "postgresql"\nurl = "postgresql://ispd:s3cr%zzet@db/ispd"\n')
+    assert "s3cr" not in error_of(path) and "percent-encoded" in error_of(path)
+    path = write(tmp_path, '[[store]]\nbackend = "postgresql"\nurl = "postgresql://ispd:hunter2@db/ispd"\n')
+    assert "hunter2" not in error_of(path) and "postgresql://ispd:(hidden)@db/ispd" in error_of(path)
 
 
 def test_an_empty_domain_is_an_error_not_the_root(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -59,4 +60,7 @@ def _check_url_parses(url: str) -> None:
         # libpq quotes the whole URI in some reasons, its password too: this text goes to the
         # terminal and, from a rejected reload, to the log.
         reason = reason.replace(f': "{url}"', "").replace(url, "(the url)")
+        # Others quote the part they could not read, which may be the password alone (a bad
+        # percent-escape in it): no quoted part is shown.
+        reason = re.sub(r'"[^"]*"', '"…"', reason)
         raise ValueError(f"url is not a libpq connection URL or string: {reason}") from None
