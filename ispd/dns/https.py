@@ -34,6 +34,7 @@ from h2.errors import ErrorCodes
 from ispd.dns.config import DoHConfig
 from ispd.dns.doh import DoHError, DoHRequest, error_headers, query_of, response_headers
 from ispd.dns.frontend import Answerer, TransportStats
+from ispd.dns.streams import close_within
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -284,11 +285,11 @@ async def serve_h2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
     finally:
         for task in tasks:
             task.cancel()
-        if stalled:  # a close would wait for a flush that never comes
-            writer.transport.abort()
-        else:
-            writer.close()
         # h2 dispatches frames through a table of the connection's own bound methods: a cycle
         # that ispd's rare garbage collections would free late, with the header tables and
         # buffers of every connection since.
         conn._frame_dispatch_table.clear()
+        if stalled:  # a close would wait for a flush that never comes
+            writer.transport.abort()
+        else:  # (replies the resolving tasks wrote while it waited to read may be unread too)
+            await close_within(writer, idle_seconds)

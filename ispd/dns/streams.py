@@ -74,16 +74,21 @@ async def serve_dns_stream(reader: asyncio.StreamReader, writer: asyncio.StreamW
         else:
             if pending:
                 await asyncio.wait(pending, timeout=drain_seconds)
-            # (asked before the close: asyncio's TLS transport, closed twice, forgets its protocol)
-            unsent = writer.transport.get_write_buffer_size()
-            writer.close()
-            if unsent:
-                # Replies still to go: the client has the idle time to take them, then the end
-                # (a closing transport keeps its buffer, and its socket, for as long as it takes).
-                try:
-                    async with asyncio.timeout(idle_seconds):
-                        await writer.wait_closed()
-                except TimeoutError:
-                    writer.transport.abort()
-                except OSError:  # the connection failed meanwhile (reset, unreachable, TLS)
-                    pass
+            await close_within(writer, idle_seconds)
+
+
+async def close_within(writer: asyncio.StreamWriter, seconds: float) -> None:
+    """Closes a client's connection. Replies still to go get ``seconds`` to be taken, then the
+    end: a closing transport keeps its buffer, and its socket, for as long as the flush takes,
+    which is for good with a client that never reads."""
+    # (asked before the close: asyncio's TLS transport, closed twice, forgets its protocol)
+    unsent = writer.transport.get_write_buffer_size()
+    writer.close()
+    if unsent:
+        try:
+            async with asyncio.timeout(seconds):
+                await writer.wait_closed()
+        except TimeoutError:
+            writer.transport.abort()
+        except OSError:  # the connection failed meanwhile (reset, unreachable, TLS)
+            pass

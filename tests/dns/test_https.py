@@ -12,6 +12,7 @@ from typing import Any
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 import pytest
 from h2.errors import ErrorCodes
 
@@ -204,5 +205,55 @@ async def test_a_dropped_query_s_stream_is_cancelled_not_refused() -> None:
         assert resets == [ErrorCodes.CANCEL]
         writer.close()
     finally:
+        server.close()
+        await server.wait_closed()
+
+
+class BigSlowAnswers:
+    def from_cache(self, data: bytes, client: str, started: float) -> None:
+        return None
+
+    async def resolve(self, data: bytes, client: str, started: float) -> bytes:
+        await asyncio.sleep(0.1)
+        return data + bytes(60_000)  # (a large answer: DNSKEY sets, TXT, ANY...)
+
+
+async def test_replies_left_unread_by_a_silent_client_do_not_hold_the_connection() -> None:
+    """From a review: replies the resolving tasks wrote while the connection waited to read
+    were not bounded by the drain check, and after the idle timeout writer.close() waited for a
+    flush that never came: the socket and its buffer stayed for as long as the client did."""
+    responder = DoHResponder(BigSlowAnswers(), TransportStats(), DoHConfig(), None)  # type: ignore[arg-type]
+    writers: list[asyncio.StreamWriter] = []
+    done = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await serve_h2(reader, writer, "127.0.0.1", responder, idle_seconds=0.5, max_streams=100)
+        forget_connection_error(reader)
+        done.set()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    client = socket.socket()
+    try:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        client.connect(server.sockets[0].getsockname())
+        h2_client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        h2_client.local_settings = h2.settings.Settings(client=True, initial_values={
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+        h2_client.initiate_connection()
+        h2_client.increment_flow_control_window(2**31 - 1 - 65535)
+        path = "/dns-query?dns=" + base64.urlsafe_b64encode(QUERY).rstrip(b"=").decode()
+        for _ in range(60):
+            h2_client.send_headers(h2_client.get_next_available_stream_id(),
+                                   [(":method", "GET"), (":path", path), (":scheme", "https"),
+                                    (":authority", "dns.test")], end_stream=True)
+        client.sendall(h2_client.data_to_send())  # then nothing: neither read nor sent
+        await asyncio.wait_for(done.wait(), 5)  # the idle timeout ended serve_h2
+        transport = writers[0].transport
+        await asyncio.sleep(1.5)  # three idle times more
+        assert transport.get_write_buffer_size() == 0 or transport.get_extra_info("socket").fileno() == -1, \
+            f"still open, {transport.get_write_buffer_size()} bytes waiting for a client that never reads"
+    finally:
+        client.close()
         server.close()
         await server.wait_closed()
