@@ -1439,8 +1439,9 @@ class RadiusService(Service):
             await self._apply_status(event.subscriber_id, "suspended")
 
         async def resumed(event: SubscriberResumed) -> None:
+            walled = self._walled_before(event.subscriber_id)
             await self._refresh(event.subscriber_id)
-            await self._apply_status(event.subscriber_id, "resumed")
+            await self._apply_status(event.subscriber_id, "resumed", was_walled=walled)
 
         async def ended(event: SubscriberEvent) -> None:
             await self._refresh(event.subscriber_id)
@@ -1448,8 +1449,9 @@ class RadiusService(Service):
                                        else "deleted")
 
         async def plan_changed(event: SubscriberPlanChanged) -> None:
+            walled = self._walled_before(event.subscriber_id)  # (over the old plan's quota)
             await self._refresh(event.subscriber_id)
-            await self._apply_status(event.subscriber_id, "plan changed")
+            await self._apply_status(event.subscriber_id, "plan changed", was_walled=walled)
 
         async def plan_added(event: PlanAdded) -> None:
             try:
@@ -1525,10 +1527,18 @@ class RadiusService(Service):
                 # next login must not get the old plan's verdict.
                 self._quota_soon(subscriber_id, now=True)
 
-    async def _apply_status(self, subscriber_id: int, reason: str) -> None:
+    def _walled_before(self, subscriber_id: int) -> bool:
+        """Whether the subscriber's sessions are in the walled garden, as the directory knows it
+        before a change is read in."""
+        subject = self.directory.by_id(subscriber_id)
+        return subject is not None and self._walled_now(subject)
+
+    async def _apply_status(self, subscriber_id: int, reason: str, *, was_walled: bool = False) -> None:
         """After a suspension, a resumption or a plan change: tell the NASes of its open sessions
         (suspended and rejected: disconnect; suspended into the walled garden: CoA there; back
-        from the walled garden or onto another plan: CoA to the plan's profile)."""
+        from the walled garden or onto another plan: CoA to the plan's profile). ``was_walled``:
+        its sessions were in the walled garden before the change (suspended, or over a quota
+        that walls), so leaving it may take a Disconnect (``_move``)."""
         subject = self.directory.by_id(subscriber_id)
         sessions = self.sessions.of_subscriber(subscriber_id)
         if subject is None or not sessions or self.auth is None:
@@ -1539,8 +1549,7 @@ class RadiusService(Service):
             await asyncio.gather(*(self._disconnect(s, reason) for s in sessions))
         elif (suspended and reason == "suspended") or (not suspended and (walled_garden or reason == "plan changed")):
             walled = self._walled_now(subject)  # a resumed subscriber over a walled quota stays there
-            leaving = reason == "resumed" and walled_garden
-            await asyncio.gather(*(self._move(s, walled, reason, from_the_garden=leaving) for s in sessions))
+            await asyncio.gather(*(self._move(s, walled, reason, from_the_garden=was_walled) for s in sessions))
 
     def _walled_now(self, subject: AuthSubject) -> bool:
         """Whether the subscriber's sessions belong in the walled garden now: suspended under a

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from ispd.config import Config
-from ispd.events import EventBus, SessionStarted, SubscriberResumed, SubscriberSuspended
+from ispd.events import EventBus, SessionStarted, SubscriberPlanChanged, SubscriberResumed, SubscriberSuspended
 from ispd.radius.codec import Attr, Code, decode, encode_attributes, encode_request
 from ispd.radius.config import RadiusConfig
 from ispd.radius.dictionary import builtin_dictionary
@@ -33,6 +33,7 @@ from ispd.store.models import (
     AccountingResult,
     AccountingStatus,
     CoARecord,
+    OverQuota,
     RadiusSession,
     ReservationKind,
     SubscriberStatus,
@@ -571,5 +572,44 @@ async def test_a_pool_prefix_goes_into_no_other_reservation_when_the_logins_is_g
         assert bobs.id == pppoe.id + 1  # (numbers are not given again)
         assert await service._reserve_prefix(stale) is None
         assert await store.list_reservations() == [bobs]
+    finally:
+        await store.close()
+
+
+async def test_a_plan_change_out_of_a_walled_quota_disconnects_like_a_resume(tmp_path: Path) -> None:
+    """From a review: only a resume was taken for leaving the walled garden; a session walled by
+    its plan's monthly quota, moved to a plan without one, got a CoA that left the garden's
+    Filter-Id in force."""
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        await store.add_plan("capped", actor="test", monthly_quota_bytes=1000, over_quota=OverQuota.WALLED_GARDEN)
+        home = await store.add_plan("home", actor="test")
+        alice = (await store.add_subscriber("alice", actor="test", plan="capped")).id
+        now = time.time()
+        await store.record_accounting([AccountingRecord(
+            at=now - 60, status=AccountingStatus.START, nas_address=NAS, acct_session_id="a1", username="alice",
+            subscriber_id=alice, nas_client="bng")])
+        await store.record_accounting([AccountingRecord(
+            at=now - 1, status=AccountingStatus.INTERIM_UPDATE, nas_address=NAS, acct_session_id="a1",
+            username="alice", subscriber_id=alice, nas_client="bng", input_octets=5000, output_octets=0,
+            session_time_seconds=59)])
+        bus = EventBus()
+        with FakeNas(NAS, secret=SECRET.encode()) as nas:
+            config = _radius_config(nas.port, walled_garden_attributes=["Filter-Id = walled"],
+                                    plan=[{"plan": "home", "attributes": []}])
+            async with _running(store, bus, config) as service:
+                subject = service.directory.by_id(alice)
+                assert subject is not None
+                subject.over_quota = True  # (the quota checker's finding: the session is walled)
+                await service._move(service.sessions.of_subscriber(alice)[0], True, "over quota")
+                [walled] = await asyncio.to_thread(nas.wait_for, 1)
+                assert (walled.code, walled.first(Attr.FILTER_ID)) == (43, b"walled")  # into the garden
+                await store.set_subscriber_plan(alice, "home", actor="test")
+                bus.publish(SubscriberPlanChanged(time.time(), alice, "alice", home.id))
+                moved = (await asyncio.to_thread(nas.wait_for, 2))[1]
+                # Out of the garden, to a plan whose profile has no Filter-Id: a CoA cannot take
+                # the garden's away, so (as on a resume) a Disconnect is due.
+                assert moved.code == 40, (moved.code, moved.first(Attr.FILTER_ID))
+            await bus.drain(5)
     finally:
         await store.close()
