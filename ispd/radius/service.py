@@ -302,6 +302,7 @@ class RadiusService(Service):
         self.realms = realms_of(self.config)
         # Home servers that did not answer lately, until when: tried after the others.
         self._home_down: dict[HomeServer, float] = {}
+        self._home_unsent_told: dict[HomeServer, float] = {}  # when each was last logged as unsent
         # Home servers of realms with Status-Server checks that did not answer: no requests go
         # to them until one of the checks (a task each) is answered.
         self._home_dead: dict[HomeServer, asyncio.Task[None]] = {}
@@ -736,6 +737,10 @@ class RadiusService(Service):
                 # a busy but healthy server down (and, with status checks, dead until one was
                 # answered), and the realm's requests were rejected meanwhile.
                 self.metrics.home_servers.inc(str(server), kind, "unsent")
+                if self._home_unsent_told.get(server, 0.0) <= time.monotonic():  # (once a while per server)
+                    self._home_unsent_told[server] = time.monotonic() + HOME_SERVER_DOWN_SECONDS
+                    log.warning("radius.proxy.home_server_unsent", realm=realm.name, server=str(server),
+                                error=exchange.error or None)
                 continue
             self.metrics.home_servers.inc(str(server), kind, "silent")
             if server not in self._home_down or self._home_down[server] <= time.monotonic():
