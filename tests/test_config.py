@@ -224,6 +224,15 @@ def test_a_dhcp_pool_holding_the_router_or_server_address_is_an_error(tmp_path: 
     assert message in error_of(path)
 
 
+def test_a_dhcp_pool_holding_a_router_another_pool_sends_is_an_error(tmp_path: Path) -> None:
+    """A pool's own routers are routers too (a review: only the subnet's were checked)."""
+    path = write(tmp_path, '[dhcp]\nenabled = true\ninterfaces = ["eth1"]\n[[dhcp.subnet]]\nnetwork = "198.18.0.0/24"\n'
+                           '[[dhcp.subnet.pool]]\nname = "a"\nrange = "198.18.0.10 - 198.18.0.20"\n'
+                           'routers = ["198.18.0.30"]\n[[dhcp.subnet.pool]]\nname = "b"\n'
+                           'range = "198.18.0.30 - 198.18.0.40"\n')
+    assert "pool 'b' (198.18.0.30 - 198.18.0.40) includes 198.18.0.30, a router of the subnet" in error_of(path)
+
+
 @pytest.mark.parametrize(("relays", "message"), [
     (("198.18.0.2", "198.18.9.9"), "subnet 198.19.0.0/24: relay address 198.18.0.2 is inside subnet 198.18.0.0/24"),
     (("198.18.9.9", "198.18.9.9"), "relay address 198.18.9.9 is listed by subnets 198.18.0.0/24 and 198.19.0.0/24"),

@@ -408,7 +408,7 @@ class DHCPConfig(Section):
                                      "which sends it (give the subnet its own routers)")
             # A pool would lease the router's (or this server's) own address to a client: the
             # client and the gateway then fight over it with ARP and the link loses its way out.
-            held = [(router, "a router") for router in self.routers_of(subnet)]
+            held = [(router, "a router") for router in self.leased_to_nobody(subnet)]
             if subnet.server_id is not None:
                 held.append((subnet.server_id, "the server_id"))
             for pool in subnet.pool:
@@ -437,6 +437,13 @@ class DHCPConfig(Section):
                                      f"{subnet.network}; a relay's clients are served from one subnet")
                 listed_by[relay] = subnet.network
         return self
+
+    def leased_to_nobody(self, subnet: SubnetConfig) -> list[IPv4Address]:
+        """The routers the subnet and each of its pools send: addresses no client may have."""
+        routers = list(self.routers_of(subnet))
+        for pool in subnet.pool:
+            routers += [router for router in pool.sent_routers() or [] if router not in routers]
+        return routers
 
     def routers_of(self, subnet: SubnetConfig) -> list[IPv4Address]:
         """The routers ``subnet`` sends: its own, else the global option 3's."""
