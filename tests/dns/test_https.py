@@ -7,6 +7,8 @@ import base64
 import contextlib
 import socket
 import weakref
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import h2.config
@@ -80,45 +82,82 @@ async def test_a_connection_goes_with_its_client(leave: str, without_cycle_colle
     assert made[0]() is None
 
 
+@dataclass
+class Served:
+    """A DoH server over plain TCP: its address, the server side's writers, and whether
+    ``serve_h2`` has ended for the (first) connection."""
+
+    address: tuple[str, int] = ("", 0)
+    writers: list[asyncio.StreamWriter] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@contextlib.asynccontextmanager
+async def serving(answers: Any, *, idle_seconds: float = 5, max_streams: int = 10) -> AsyncIterator[Served]:
+    responder = DoHResponder(answers, TransportStats(), DoHConfig(), None)
+    served = Served()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served.writers.append(writer)
+        await serve_h2(reader, writer, "127.0.0.1", responder, idle_seconds=idle_seconds, max_streams=max_streams)
+        forget_connection_error(reader)
+        served.done.set()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    served.address = server.sockets[0].getsockname()
+    try:
+        yield served
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def h2_client(window: int | None = None) -> h2.connection.H2Connection:
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    if window is not None:
+        client.local_settings = h2.settings.Settings(client=True, initial_values={
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
+    client.initiate_connection()
+    if window is not None:
+        client.increment_flow_control_window(window - 65535)
+    return client
+
+
+def ask(client: h2.connection.H2Connection, queries: int = 1) -> None:
+    """``queries`` GET requests for QUERY."""
+    path = "/dns-query?dns=" + base64.urlsafe_b64encode(QUERY).rstrip(b"=").decode()
+    for _ in range(queries):
+        client.send_headers(client.get_next_available_stream_id(),
+                            [(":method", "GET"), (":path", path), (":scheme", "https"), (":authority", "dns.test")],
+                            end_stream=True)
+
+
 async def test_a_client_that_pings_but_never_reads_is_cut_off_after_the_idle_time() -> None:
     """Each PING makes a PING ACK; a client that sends them (or requests) and never reads fills
     the server's write buffer past its high mark, where reading waits for the client. That wait
     had no end: the connection, its buffers and its place under the connection limits stayed
     past every idle timeout, for as long as the client kept its socket (a bug hunt's ping flood
     held one over 48 s against a 30 s idle timeout)."""
-    responder = DoHResponder(CachedAnswers(), TransportStats(), DoHConfig(), None)  # type: ignore[arg-type]
-    writers: list[asyncio.StreamWriter] = []
-    done = asyncio.Event()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.append(writer)
-        await serve_h2(reader, writer, "127.0.0.1", responder, idle_seconds=0.5, max_streams=10)
-        forget_connection_error(reader)
-        done.set()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
     client = socket.socket()
-    try:
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
-        client.connect(server.sockets[0].getsockname())
-        client.setblocking(False)
-        h2_client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-        h2_client.initiate_connection()
-        pending = h2_client.data_to_send()
-        while not writers or writers[0].transport.get_write_buffer_size() <= 256 * 1024:
-            for _ in range(1000):
-                h2_client.ping(b"12345678")
-            pending += h2_client.data_to_send()
-            with contextlib.suppress(BlockingIOError):
-                pending = pending[client.send(pending):]
-            await asyncio.sleep(0.001)
-        transport = writers[0].transport
-        await asyncio.wait_for(done.wait(), 5)  # ended though the client never left
-        assert transport.get_extra_info("socket").fileno() == -1  # closed: no buffer, no descriptor
-    finally:
-        client.close()
-        server.close()
-        await server.wait_closed()
+    async with serving(CachedAnswers(), idle_seconds=0.5) as served:
+        try:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+            client.connect(served.address)
+            client.setblocking(False)
+            pinging = h2_client()
+            pending = pinging.data_to_send()
+            while not served.writers or served.writers[0].transport.get_write_buffer_size() <= 256 * 1024:
+                for _ in range(1000):
+                    pinging.ping(b"12345678")
+                pending += pinging.data_to_send()
+                with contextlib.suppress(BlockingIOError):
+                    pending = pending[client.send(pending):]
+                await asyncio.sleep(0.001)
+            transport = served.writers[0].transport
+            await asyncio.wait_for(served.done.wait(), 5)  # ended though the client never left
+            assert transport.get_extra_info("socket").fileno() == -1  # closed: no buffer, no descriptor
+        finally:
+            client.close()
 
 
 async def test_requests_sent_before_the_servers_settings_past_its_stream_limit_are_refused_one_by_one() -> None:
@@ -131,22 +170,10 @@ async def test_requests_sent_before_the_servers_settings_past_its_stream_limit_a
     the others answered."""
     from tests.dns.test_streams import SlowAnswers
 
-    responder = DoHResponder(SlowAnswers(), TransportStats(), DoHConfig(), None)  # type: ignore[arg-type]
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await serve_h2(reader, writer, "127.0.0.1", responder, idle_seconds=5, max_streams=10)
-        forget_connection_error(reader)
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
-        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-        client.initiate_connection()
-        path = "/dns-query?dns=" + base64.urlsafe_b64encode(QUERY).rstrip(b"=").decode()
-        for _ in range(15):
-            client.send_headers(client.get_next_available_stream_id(),
-                                [(":method", "GET"), (":path", path), (":scheme", "https"),
-                                 (":authority", "dns.test")], end_stream=True)
+    async with serving(SlowAnswers()) as served:
+        reader, writer = await asyncio.open_connection(*served.address)
+        client = h2_client()
+        ask(client, 15)
         writer.write(client.data_to_send())
         answered, ended = 0, False
         refused: list[int] = []
@@ -163,9 +190,6 @@ async def test_requests_sent_before_the_servers_settings_past_its_stream_limit_a
         assert (answered, refused) == (10, [ErrorCodes.REFUSED_STREAM] * 5)
         assert client.remote_settings.max_concurrent_streams == 10  # announced all the same
         writer.close()
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 class DroppedAnswers:
@@ -181,20 +205,10 @@ class DroppedAnswers:
 async def test_a_dropped_query_s_stream_is_cancelled_not_refused() -> None:
     """RFC 9113 §8.7 keeps REFUSED_STREAM for a stream closed before any processing, which the
     client may retry at once: curl did, on five new connections for each query a policy dropped."""
-    responder = DoHResponder(DroppedAnswers(), TransportStats(), DoHConfig(), None)  # type: ignore[arg-type]
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await serve_h2(reader, writer, "127.0.0.1", responder, idle_seconds=5, max_streams=10)
-        forget_connection_error(reader)
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
-        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-        client.initiate_connection()
-        path = "/dns-query?dns=" + base64.urlsafe_b64encode(QUERY).rstrip(b"=").decode()
-        client.send_headers(1, [(":method", "GET"), (":path", path), (":scheme", "https"),
-                                (":authority", "dns.test")], end_stream=True)
+    async with serving(DroppedAnswers()) as served:
+        reader, writer = await asyncio.open_connection(*served.address)
+        client = h2_client()
+        ask(client)
         writer.write(client.data_to_send())
         resets: list[int] = []
         while not resets:
@@ -204,9 +218,6 @@ async def test_a_dropped_query_s_stream_is_cancelled_not_refused() -> None:
             writer.write(client.data_to_send())
         assert resets == [ErrorCodes.CANCEL]
         writer.close()
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 class BigSlowAnswers:
@@ -222,38 +233,18 @@ async def test_replies_left_unread_by_a_silent_client_do_not_hold_the_connection
     """From a review: replies the resolving tasks wrote while the connection waited to read
     were not bounded by the drain check, and after the idle timeout writer.close() waited for a
     flush that never came: the socket and its buffer stayed for as long as the client did."""
-    responder = DoHResponder(BigSlowAnswers(), TransportStats(), DoHConfig(), None)  # type: ignore[arg-type]
-    writers: list[asyncio.StreamWriter] = []
-    done = asyncio.Event()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.append(writer)
-        await serve_h2(reader, writer, "127.0.0.1", responder, idle_seconds=0.5, max_streams=100)
-        forget_connection_error(reader)
-        done.set()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
     client = socket.socket()
-    try:
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
-        client.connect(server.sockets[0].getsockname())
-        h2_client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-        h2_client.local_settings = h2.settings.Settings(client=True, initial_values={
-            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
-        h2_client.initiate_connection()
-        h2_client.increment_flow_control_window(2**31 - 1 - 65535)
-        path = "/dns-query?dns=" + base64.urlsafe_b64encode(QUERY).rstrip(b"=").decode()
-        for _ in range(60):
-            h2_client.send_headers(h2_client.get_next_available_stream_id(),
-                                   [(":method", "GET"), (":path", path), (":scheme", "https"),
-                                    (":authority", "dns.test")], end_stream=True)
-        client.sendall(h2_client.data_to_send())  # then nothing: neither read nor sent
-        await asyncio.wait_for(done.wait(), 5)  # the idle timeout ended serve_h2
-        transport = writers[0].transport
-        await asyncio.sleep(1.5)  # three idle times more
-        assert transport.get_write_buffer_size() == 0 or transport.get_extra_info("socket").fileno() == -1, \
-            f"still open, {transport.get_write_buffer_size()} bytes waiting for a client that never reads"
-    finally:
-        client.close()
-        server.close()
-        await server.wait_closed()
+    async with serving(BigSlowAnswers(), idle_seconds=0.5, max_streams=100) as served:
+        try:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+            client.connect(served.address)
+            asking = h2_client(window=2**31 - 1)
+            ask(asking, 60)
+            client.sendall(asking.data_to_send())  # then nothing: neither read nor sent
+            await asyncio.wait_for(served.done.wait(), 5)  # the idle timeout ended serve_h2
+            transport = served.writers[0].transport
+            await asyncio.sleep(1.5)  # three idle times more
+            assert transport.get_write_buffer_size() == 0 or transport.get_extra_info("socket").fileno() == -1, \
+                f"still open, {transport.get_write_buffer_size()} bytes waiting for a client that never reads"
+        finally:
+            client.close()
