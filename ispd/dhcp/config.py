@@ -408,7 +408,7 @@ class DHCPConfig(Section):
                                      "which sends it (give the subnet its own routers)")
             # A pool would lease the router's (or this server's) own address to a client: the
             # client and the gateway then fight over it with ARP and the link loses its way out.
-            held = [(router, "a router") for router in self.leased_to_nobody(subnet)]
+            held = [(router, "a router") for router in self.every_router_of(subnet)]
             if subnet.server_id is not None:
                 held.append((subnet.server_id, "the server_id"))
             for pool in subnet.pool:
@@ -438,8 +438,9 @@ class DHCPConfig(Section):
                 listed_by[relay] = subnet.network
         return self
 
-    def leased_to_nobody(self, subnet: SubnetConfig) -> list[IPv4Address]:
-        """The routers the subnet and each of its pools send: addresses no client may have."""
+    def every_router_of(self, subnet: SubnetConfig) -> list[IPv4Address]:
+        """The routers the subnet and each of its pools send (``routers_of`` is the subnet's
+        alone): addresses no client may have."""
         routers = list(self.routers_of(subnet))
         for pool in subnet.pool:
             routers += [router for router in pool.sent_routers() or [] if router not in routers]

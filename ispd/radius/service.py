@@ -1019,7 +1019,7 @@ class RadiusService(Service):
         if pool is None:
             return
         hw_address, line = line_of(session.calling_station_id, session.nas_port_id)
-        subject = self.directory.by_id(session.subscriber_id) if session.subscriber_id is not None else None
+        subject = self._holder_of(session)
         username = subject.subscriber.username if subject is not None else session.username  # as at Access-Accept
         now = self.context.clock()
         claim = AddressClaim(pool.name, (address,), holder_of(username, line),
@@ -1567,6 +1567,10 @@ class RadiusService(Service):
     async def _disconnect_all(self, subscriber_id: int, reason: str) -> None:
         await asyncio.gather(*(self._disconnect(s, reason) for s in self.sessions.of_subscriber(subscriber_id)))
 
+    def _holder_of(self, session: RadiusSession) -> AuthSubject | None:
+        """The subscriber whose session it is, as the directory knows them now."""
+        return self.directory.by_id(session.subscriber_id) if session.subscriber_id is not None else None
+
     def _nas_for_session(self, session: RadiusSession) -> Nas | None:
         """The client whose packets accounted the session (its secret signs the CoA), else the
         client its NAS address falls in."""
@@ -1591,13 +1595,13 @@ class RadiusService(Service):
 
     def _left_in_the_garden(self, session: RadiusSession) -> list[str]:
         assert self.auth is not None
-        subject = self.directory.by_id(session.subscriber_id) if session.subscriber_id is not None else None
+        subject = self._holder_of(session)
         nas = self._nas_for_session(session)
         return self.auth.left_in_the_garden(subject, nas) if subject is not None and nas is not None else []
 
     async def _change(self, session: RadiusSession, walled: bool, reason: str) -> dict[str, Any]:
         assert self.auth is not None
-        subject = self.directory.by_id(session.subscriber_id) if session.subscriber_id is not None else None
+        subject = self._holder_of(session)
         nas = self._nas_for_session(session)
         if subject is None or nas is None:
             return await self._dynamic(session, Code.COA_REQUEST, b"", reason)
@@ -1690,7 +1694,7 @@ class RadiusService(Service):
 
     async def _command_coa(self, args: dict[str, Any]) -> dict[str, Any]:
         session = await self._session_for_command(args)
-        subject = self.directory.by_id(session.subscriber_id) if session.subscriber_id is not None else None
+        subject = self._holder_of(session)
         if subject is not None and self._disconnect_wanted(subject):
             # A CoA carries a profile, and such a subscriber has none: the plan's would give it
             # full service, and its ACK would read as the suspension carried out.
