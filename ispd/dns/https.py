@@ -34,7 +34,7 @@ from h2.errors import ErrorCodes
 from ispd.dns.config import DoHConfig
 from ispd.dns.doh import DoHError, DoHRequest, error_headers, query_of, response_headers
 from ispd.dns.frontend import Answerer, TransportStats
-from ispd.dns.streams import close_within
+from ispd.dns.streams import caught_up, close_within
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -101,7 +101,6 @@ class RequestInProgress:
         return DoHRequest(self.method, self.path, self.content_type, bytes(self.body))
 
 
-_WRITE_BUFFER_HIGH = 256 * 1024  # past it, reading waits until the client has taken some
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # RFC 9113 §3.4
 _HTTP1_REFUSAL = (b"HTTP/1.1 505 HTTP Version Not Supported\r\nContent-Type: text/plain\r\nContent-Length: 42\r\n"
                   b"Connection: close\r\n\r\nDNS over HTTPS here is HTTP/2 (RFC 8484)\r\n")
@@ -268,16 +267,9 @@ async def serve_h2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
             flush()
             if not alive:
                 return
-            if writer.transport.get_write_buffer_size() > _WRITE_BUFFER_HIGH:
-                # Bounded as reading is: a client that goes on sending (requests, PINGs) but
-                # leaves what they make unread would otherwise hold the connection here for good,
-                # past every idle timeout, with its buffers.
-                try:
-                    async with asyncio.timeout(idle_seconds):
-                        await writer.drain()
-                except TimeoutError:
-                    stalled = True
-                    return
+            if not await caught_up(writer, idle_seconds):  # (requests or PINGs sent, replies unread)
+                stalled = True
+                return
     except ConnectionError:
         pass
     except ssl.SSLError:  # a TLS record that does not decrypt, or another TLS alert

@@ -20,7 +20,7 @@ import time
 from ispd.dns.frontend import Answerer, TransportStats
 
 _LENGTH = struct.Struct("!H")
-_WRITE_BUFFER_HIGH = 256 * 1024
+WRITE_BUFFER_HIGH = 256 * 1024  # past it, reading waits until the client has taken some
 
 
 async def serve_dns_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str,
@@ -59,11 +59,9 @@ async def serve_dns_stream(reader: asyncio.StreamReader, writer: asyncio.StreamW
                 task = asyncio.ensure_future(answer(data, started))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
-            if writer.transport.get_write_buffer_size() > _WRITE_BUFFER_HIGH:
+            if not await caught_up(writer, idle_seconds):
                 stalled = True
-                async with asyncio.timeout(idle_seconds):
-                    await writer.drain()
-                stalled = False
+                return
     except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
         pass
     except ssl.SSLError:  # DoT: a TLS record that does not decrypt, or another TLS alert
@@ -75,6 +73,21 @@ async def serve_dns_stream(reader: asyncio.StreamReader, writer: asyncio.StreamW
             if pending:
                 await asyncio.wait(pending, timeout=drain_seconds)
             await close_within(writer, idle_seconds)
+
+
+async def caught_up(writer: asyncio.StreamWriter, seconds: float) -> bool:
+    """Whether the client has taken its replies, once they pile up past WRITE_BUFFER_HIGH,
+    within ``seconds``. False: it goes on sending but leaves them unread, and would hold the
+    connection and its buffers for good; abort it (a close would wait for a flush that never
+    comes)."""
+    if writer.transport.get_write_buffer_size() <= WRITE_BUFFER_HIGH:
+        return True
+    try:
+        async with asyncio.timeout(seconds):
+            await writer.drain()
+    except TimeoutError:
+        return False
+    return True
 
 
 async def close_within(writer: asyncio.StreamWriter, seconds: float) -> None:

@@ -21,6 +21,7 @@ from h2.errors import ErrorCodes
 from ispd.dns.config import DoHConfig
 from ispd.dns.frontend import TransportStats
 from ispd.dns.https import DoHResponder, serve_h2
+from ispd.dns.streams import WRITE_BUFFER_HIGH
 from ispd.listeners import forget_connection_error
 from tests.dns.test_streams import reset
 
@@ -146,7 +147,7 @@ async def test_a_client_that_pings_but_never_reads_is_cut_off_after_the_idle_tim
             client.setblocking(False)
             pinging = h2_client()
             pending = pinging.data_to_send()
-            while not served.writers or served.writers[0].transport.get_write_buffer_size() <= 256 * 1024:
+            while not served.writers or served.writers[0].transport.get_write_buffer_size() <= WRITE_BUFFER_HIGH:
                 for _ in range(1000):
                     pinging.ping(b"12345678")
                 pending += pinging.data_to_send()
