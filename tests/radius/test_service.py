@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
 
 from ispd.config import Config
 from ispd.events import EventBus, SessionStarted, SubscriberPlanChanged, SubscriberResumed, SubscriberSuspended
@@ -366,11 +367,18 @@ async def test_a_home_server_with_every_identifier_in_use_is_passed_over_not_tak
         clients = {busy: Client(Exchange(None, 0, f"{MAX_SOCKETS * 256} requests in flight to this server already")),
                    other: Client(Exchange(accept, 1))}
         service._home_client = clients.__getitem__  # type: ignore[method-assign,assignment]
-        answered = await service._ask_home(realm, (busy, other), lambda identifier: b"", (int(Code.ACCESS_ACCEPT),))
+        with capture_logs() as logs:
+            for _ in range(2):  # (logged once a while per server, not per request)
+                answered = await service._ask_home(realm, (busy, other), lambda identifier: b"",
+                                                   (int(Code.ACCESS_ACCEPT),))
         assert answered is not None and answered[0] is accept
+        assert [(e["event"], e["log_level"], e["server"], e["error"])
+                for e in logs if e["event"].startswith("radius.proxy")] == [
+            ("radius.proxy.home_server_unsent", "warning", str(busy),
+             f"{MAX_SOCKETS * 256} requests in flight to this server already")]
         assert busy not in service._home_down and busy not in service._home_dead
         assert service._home_servers((busy, other), 3) == [(busy, 3), (other, 3)]
-        assert service.metrics.home_servers.get(str(busy), "auth", "unsent") == 1
+        assert service.metrics.home_servers.get(str(busy), "auth", "unsent") == 2
         assert service.metrics.home_servers.get(str(busy), "auth", "silent") == 0
     finally:
         for task in service._tasks:
