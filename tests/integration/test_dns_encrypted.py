@@ -66,6 +66,7 @@ POLICY = f"""$TTL 300
 """
 DOQ_PROTOCOL_ERROR = 0x2
 DOQ_EXCESSIVE_LOAD = 0x4
+H3_REQUEST_CANCELLED = 0x10C  # RFC 9114 §8.1
 PADDING_BLOCK = 468
 
 
@@ -697,6 +698,13 @@ def test_http3_errors_and_policy(server: EncryptedIspd) -> None:
     assert h3(server, "POST", "/dns-query", wire + bytes(5000), [(b"content-type", b"application/dns-message")])[0] == 413
     status, _, body = h3(server, "GET", f"/dns-query?dns={b64url(query(BLOCKED, msg_id=0).to_wire())}")
     assert status == 200 and dns.message.from_wire(body).rcode() == dns.rcode.NXDOMAIN
+    # A query the engine drops (here a response, QR set, which is never answered) is cancelled:
+    # H3_REQUEST_REJECTED says it was not processed, which invites a retry (RFC 9114 §4.1.1).
+    response = bytearray(query(msg_id=0).to_wire())
+    response[2] |= 0x80
+    with pytest.raises(StreamResetByServer) as reset:
+        h3(server, "GET", f"/dns-query?dns={b64url(bytes(response))}")
+    assert reset.value.code == H3_REQUEST_CANCELLED
 
 
 def test_doq_resolves_several_queries_on_one_connection(server: EncryptedIspd) -> None:
