@@ -116,8 +116,8 @@ class NsecIndex:
 
     def answer(self, zone: bytes, name: bytes, qtype: int, now: float) -> Synthesised | None:
         entry = self.zones.get(zone)
-        if entry is None or entry.soa_expires_at <= now:
-            return None
+        if entry is None or entry.soa_expires_at <= now or (qtype == RRType.DS and name == zone):
+            return None  # (the DS at a zone's apex is its parent's to deny)
         if entry.hashed and not entry.spans:
             return self._answer_nsec3(entry, zone, name, qtype, now)
         span = self._at_or_before(entry, name, now)

@@ -358,7 +358,14 @@ class Validator:
         index = self.nsec_index
         if index is None or not index.zones:
             return None
-        zone = index.zone_of(name)
+        # A DS set is the parent's (RFC 4035 §4.2): the child's apex NSEC, which lists no DS,
+        # denies nothing about it, so the spans are the parent zone's.
+        if qtype == RRType.DS:
+            if name == ROOT:
+                return None
+            zone = index.zone_of(name[name[0] + 1:])
+        else:
+            zone = index.zone_of(name)
         if zone is None or self.under_negative_anchor(name) is not None:
             return None
         now = self.clock()

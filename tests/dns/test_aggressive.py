@@ -47,6 +47,8 @@ def test_nodata_from_the_nsec_at_the_name(zone: Signed) -> None:
     assert index.answer(zone.origin, N("child.example.test"), RRType.A, 1.0) is None  # a delegation
     ds = index.answer(zone.origin, N("child.example.test"), RRType.DS, 1.0)
     assert ds is not None and not ds.nxdomain  # but its DS is the parent's to deny
+    # The apex's NSEC lists no DS, yet the zone's DS set is in its parent: not this zone's to deny.
+    assert index.answer(zone.origin, zone.origin, RRType.DS, 1.0) is None
 
 
 def test_empty_non_terminals_and_any_are_not_denied(zone: Signed) -> None:

@@ -142,6 +142,11 @@ async def test_synthesised_nxdomain_after_a_validated_one(zone: Signed) -> None:
     assert synthesised is not None and synthesised.step == Step.NXDOMAIN
     assert synthesised.security == Security.SECURE and validator.stats.synthesised == 1
     assert validator.synthesise(N("www.example.test"), RRType.A) is None
+    # The zone's own DS set is its parent's: the apex NSEC (no DS in its bitmap) denies nothing
+    # of it, and the parent's spans are not known here.
+    assert validator.synthesise(zone.origin, RRType.DS) is None
+    ds = validator.synthesise(N("child.example.test"), RRType.DS)  # the delegation's, in this zone
+    assert ds is not None and ds.step == Step.NODATA
 
 
 async def test_a_secure_answer_lives_no_longer_than_its_signature(zone: Signed) -> None:
