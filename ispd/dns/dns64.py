@@ -13,9 +13,11 @@ The answer is the AAAA question's own when it has AAAA records (``synthesize_all
 from the A records anyway); AAAA records inside ``exclude`` count as none (RFC 6147 §5.1.4:
 IPv4-mapped addresses by default). NXDOMAIN stays NXDOMAIN; any other failure of the AAAA
 question is treated as no AAAA (§5.1.2). Under the well-known prefix only global IPv4 addresses
-are embedded (RFC 6052 §3.1). The made records live no longer than the A records, nor than the
-AAAA question's negative TTL (§5.1.7), are not signed, and so never get AD; a client that sets
-DO and CD validates for itself and gets the records as they are (§5.5).
+are embedded (RFC 6052 §3.1), and ipv4only.arpa's two (RFC 7050 §2.2, RFC 8880): IPv6-only hosts
+(Android's and Apple's 464XLAT, Windows' CLAT) learn the NAT64 prefix from them. The made records
+live no longer than the A records, nor than the AAAA question's negative TTL (§5.1.7), are not
+signed, and so never get AD; a client that sets DO and CD validates for itself and gets the
+records as they are (§5.5).
 
 Pure: the engine resolves, this module decides and makes the records.
 """
@@ -28,6 +30,9 @@ from ipaddress import IPv4Address, IPv6Address, IPv6Network
 from ispd.dns.wire import name_from_labels, name_labels
 
 WELL_KNOWN_PREFIX = IPv6Network("64:ff9b::/96")
+# ipv4only.arpa's addresses (RFC 7050 §2.2): not global, but made into AAAA records all the same,
+# since the AAAA answer for ipv4only.arpa is how IPv6-only hosts find the prefix (RFC 7050 §3).
+WELL_KNOWN_IPV4 = frozenset({IPv4Address("192.0.0.170").packed, IPv4Address("192.0.0.171").packed})
 PREFIX_LENGTHS = (32, 40, 48, 56, 64, 96)  # RFC 6052 §2.2
 _U_OCTET = 8  # byte 8 (bits 64-71) of the address is reserved and stays zero
 
@@ -90,4 +95,4 @@ class DNS64:
         return not any(address in network for network in self.exclude)
 
     def may_embed(self, ipv4: bytes) -> bool:
-        return self.prefix != WELL_KNOWN_PREFIX or IPv4Address(ipv4).is_global
+        return self.prefix != WELL_KNOWN_PREFIX or ipv4 in WELL_KNOWN_IPV4 or IPv4Address(ipv4).is_global

@@ -34,6 +34,10 @@ def test_the_well_known_prefix_embeds_global_addresses_only() -> None:
     for private in ("10.1.2.3", "192.168.0.1", "198.18.0.10", "127.0.0.1", "100.64.0.1"):
         assert not well_known.may_embed(IPv4Address(private).packed), private
     assert DNS64(IPv6Network("2001:db8:64::/96")).may_embed(IPv4Address("10.1.2.3").packed)
+    # ipv4only.arpa's addresses are not global, but IPv6-only hosts find the prefix in their
+    # AAAA records (RFC 7050 §3): they are made under the well-known prefix too.
+    for well_known_ipv4 in ("192.0.0.170", "192.0.0.171"):
+        assert well_known.may_embed(IPv4Address(well_known_ipv4).packed), well_known_ipv4
 
 
 def test_excluded_aaaa_records_do_not_count() -> None:
