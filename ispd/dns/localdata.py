@@ -17,7 +17,8 @@ either "not local" (``None``: recurse) or gives the answer. What is local, like 
   DHCP client that renames or moves is more common than two clients sharing a name, and the
   old holder's records would otherwise point at an address that may be reused); the old
   address loses its PTR. A hostname that names configured data is refused, so a subscriber
-  cannot take over ``portal.<domain>`` by naming a laptop "portal".
+  cannot take over ``portal.<domain>`` by naming a laptop "portal"; nor ``wpad`` and
+  ``isatap``, which other subscribers' Windows hosts would ask for their proxy and tunnel.
 
 Reverse networks that do not end on an octet (IPv4) or nibble (IPv6) boundary are split into the
 zones of the next boundary down — a /15 is the two /16 zones 18.198.in-addr.arpa. and
@@ -54,6 +55,10 @@ from ispd.dns.zone import Zone, ZoneAnswer, ZoneError, parse_zone_text
 IPNetwork = IPv4Network | IPv6Network
 _LDH = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 _MAX_DEPTH = 128  # labels a name can have (255 bytes / 2)
+# Host names no lease publishes: a device named "wpad" would hand its proxy settings to every
+# Windows host that searches the lease domain (WPAD name collision, MS09-008), "isatap" its IPv6
+# tunnel. Windows DNS Server's global query block list, which answers them NXDOMAIN, holds these.
+_BLOCKED_LEASE_LABELS = frozenset({"wpad", "isatap"})
 # RFC 1912 §2.2-style SOA for synthesised local zones, as Unbound writes them.
 _SOA_MNAME = name_from_text("localhost.")
 _SOA_RNAME = name_from_text("nobody.invalid.")
@@ -223,7 +228,8 @@ class LocalData:
         if self.lease_domain is None:
             return None
         label = hostname.strip().rstrip(".").lower().split(".", 1)[0]
-        if not 0 < len(label) <= 63 or not set(label) <= _LDH or label[0] == "-" or label[-1] == "-":
+        if not 0 < len(label) <= 63 or not set(label) <= _LDH or label[0] == "-" or label[-1] == "-" \
+                or label in _BLOCKED_LEASE_LABELS:
             return None
         owner = bytes([len(label)]) + label.encode("ascii") + self.lease_domain
         return owner if len(owner) <= 255 else None

@@ -134,6 +134,15 @@ def test_bad_hostnames_are_refused(hostname: str) -> None:
     assert local.generation == 0
 
 
+@pytest.mark.parametrize("hostname", ["wpad", "WPAD", "wpad.home.example", "isatap"])
+def test_names_other_subscribers_hosts_ask_for_their_proxy_are_never_published(hostname: str) -> None:
+    """WPAD name collision: every Windows host searching the lease domain would take "wpad"'s
+    proxy settings (and "isatap"'s tunnel) from whichever subscriber named a device so."""
+    local = make()
+    assert not local.add_lease_name(hostname, "198.18.5.6", 300)
+    assert local.generation == 0 and local.lease_names() == {}
+
+
 def test_configured_names_cannot_be_taken_by_a_lease() -> None:
     local = make()
     assert not local.add_lease_name("printer", "198.18.5.6", 300)

@@ -228,6 +228,21 @@ def test_a_host_name_that_names_configured_data_is_not_taken_over(site: Site) ->
         assert client.release() is not None, site.explain(client)
 
 
+def test_a_host_name_wpad_or_isatap_is_never_published(site: Site) -> None:
+    """A device named "wpad" would answer every Windows host that searches the lease domain for
+    its proxy settings (WPAD name collision, MS09-008): those names are never published, as
+    Windows DNS Server's global query block list has it."""
+    set_mac(site.client_ns, site.client_if, "02:00:5e:12:53:0a")
+    with Dhclient(site.lab, site.client_ns, site.client_if, site.workdir, extra_conf='send host-name "WPAD";') \
+            as client:
+        event = client.obtain()
+        assert event is not None and event.bound and event.address, site.explain(client)
+        wpad = site.from_client(f"wpad.{DOMAIN}")
+        assert wpad.status == "NXDOMAIN" and not wpad.answer, wpad.text
+        assert site.from_server(reverse(event.address), "PTR").status == "NXDOMAIN"
+        assert client.release() is not None, site.explain(client)
+
+
 def test_a_suspended_subscribers_queries_go_to_the_walled_garden_until_resumed(site: Site) -> None:
     mac = "02:00:5e:12:53:02"
     set_mac(site.client_ns, site.client_if, mac)
