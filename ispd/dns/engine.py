@@ -102,7 +102,7 @@ from ispd.dns.wire import (
     soa_minimum,
     type_text,
 )
-from ispd.dns.zone import ZoneAnswer
+from ispd.dns.zone import AnswerKind, ZoneAnswer
 from ispd.dns.zonelimit import Screen
 from ispd.logs import get_logger
 
@@ -471,7 +471,7 @@ class DNSEngine:
             if walled is not None:
                 self.stats.walled_answers += 1
                 return await self._reply_local(query, walled, tcp, client_class, view)
-        local = self.local_lookup(name, qtype)
+        local = self._local(name, qtype, recursive=bool(query.flags & FLAG_RD))
         if local is not None:
             self.stats.local_answers += 1
             entry = self._local_entry(question, local, None, view) if client_class in _ANSWERING else None
@@ -749,7 +749,7 @@ class DNSEngine:
         while True:
             if hops > limit:
                 return Resolution(RCode.SERVFAIL, [], failure="CNAME chain too long")
-            local = self.local_lookup(name, qtype)
+            local = self._local(name, qtype, recursive)
             if local is None:
                 local = self._policy_answer(name, qtype, key)
             if local is None:
@@ -866,6 +866,15 @@ class DNSEngine:
             return self._truncated(query, entry.rcode_flags)
         return reply
 
+    def _local(self, name: bytes, qtype: int, recursive: bool) -> ZoneAnswer | None:
+        """Local data's answer, or None: not local. A name below a delegation in a local zone is
+        its servers' to answer: resolved (the resolver has the delegation as a stub zone) when
+        the client asks for recursion, the referral itself when it does not."""
+        local = self.local_lookup(name, qtype)
+        if local is not None and recursive and local.kind == AnswerKind.REFERRAL:
+            return None
+        return local
+
     def _local_entry(self, question: Question, local: ZoneAnswer, action: PolicyAction | None,
                      view: int = 0) -> CachedAnswer | None:
         """The local data or policy reply in the form the fast path serves, kept for it (the slow
@@ -873,8 +882,8 @@ class DNSEngine:
         time, and for a CNAME out of local data (that part is resolved, and changes with the
         resolver's cache). Never prefetched; served with the query's DNSSEC bits ignored (local
         data is not signed, never gets AD); kept for the client's ``view``."""
-        if local.next_name is not None:
-            return None
+        if local.next_name is not None or local.kind == AnswerKind.REFERRAL:
+            return None  # (a referral is for RD=0 only; the fast path does not look at RD)
         key, now = key_of(question), self.clock()
         if view:
             key += _VARIANT_SUFFIX[view]

@@ -50,7 +50,7 @@ from ispd.dns.wire import (
     name_to_text,
     reverse_name,
 )
-from ispd.dns.zone import Zone, ZoneAnswer, ZoneError, parse_zone_text
+from ispd.dns.zone import Delegation, Zone, ZoneAnswer, ZoneError, parse_zone_text
 
 IPNetwork = IPv4Network | IPv6Network
 _LDH = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
@@ -314,3 +314,7 @@ class LocalData:
 
     def zones(self) -> list[Zone]:
         return list(self._zones.values())
+
+    def delegations(self) -> list[Delegation]:
+        """The local zones' cuts, but for a name that is a local zone itself (answered here)."""
+        return [cut for zone in self._zones.values() for cut in zone.delegations() if cut.name not in self._zones]

@@ -197,6 +197,9 @@ class ForwardZone:
     addresses: tuple[str, ...]
     recursive: bool  # True: a forward zone (RD, answers taken as they are); False: a stub zone
     first: bool = False  # a forward zone whose names are iterated when its forwarders fail
+    # A stub zone's servers by name, asked when ``addresses`` is empty: a delegation in a local
+    # zone to servers outside it, whose addresses the resolver finds.
+    ns_names: tuple[bytes, ...] = ()
 
 
 @dataclass(slots=True)
@@ -425,9 +428,9 @@ class Resolver:
         self.clock = clock
         self.settings = settings or ResolverSettings()
         self.infra = InfraCache(self.settings)
-        self.forward_zones = {zone.name: zone for zone in forward_zones or ()}
-        self._forward_first = any(zone.first for zone in self.forward_zones.values())
-        self.askable = self._askable_addresses()
+        self._configured_zones = list(forward_zones or ())
+        self._delegated_zones: list[ForwardZone] = []
+        self._set_forward_zones()
         self.guard = RebindingGuard()
         self._configure_guard()
         self.zone_limiter = ZoneRateLimiter(self.settings.zone_rate_limit_qps, self.settings.zone_rate_limit_factor,
@@ -442,9 +445,8 @@ class Resolver:
         """A reload's settings, hints and forward zones."""
         self.settings = self.infra.settings = settings
         self.hints = hints
-        self.forward_zones = {zone.name: zone for zone in forward_zones}
-        self._forward_first = any(zone.first for zone in self.forward_zones.values())
-        self.askable = self._askable_addresses()
+        self._configured_zones = list(forward_zones)
+        self._set_forward_zones()
         before = self._guard_setting()
         self._configure_guard()
         if self.guard.enabled and self._guard_setting() != before:
@@ -453,6 +455,22 @@ class Resolver:
             self.cache.clear()
         self.zone_limiter.configure(settings.zone_rate_limit_qps, settings.zone_rate_limit_factor,
                                     settings.zone_rate_limits)
+
+    def delegate(self, zones: list[ForwardZone]) -> set[bytes]:
+        """The delegations in the operator's local zones, as stub zones (a configured forward
+        or stub zone of the same name comes first); the names whose servers changed."""
+        changed = set(self._delegated_zones) ^ set(zones)
+        self._delegated_zones = list(zones)
+        self._set_forward_zones()
+        self._configure_guard()
+        return {zone.name for zone in changed}
+
+    def _set_forward_zones(self) -> None:
+        zones = {zone.name: zone for zone in self._delegated_zones}
+        zones.update((zone.name, zone) for zone in self._configured_zones)
+        self.forward_zones = zones
+        self._forward_first = any(zone.first for zone in zones.values())
+        self.askable = self._askable_addresses()
 
     def _guard_setting(self) -> tuple[object, ...]:
         guard = self.guard
@@ -712,7 +730,9 @@ class Resolver:
         while True:
             stub = self.forward_zones.get(ancestor)
             if stub is not None and not stub.recursive:
-                return ancestor, (), list(stub.addresses)
+                if stub.addresses or not stub.ns_names:
+                    return ancestor, (), list(stub.addresses)
+                return ancestor, stub.ns_names, None
             ns = self.cache.get(ancestor, RRType.NS, now)
             if ns is not None:
                 names = tuple(rdata_name(r) for r in ns.rdatas)

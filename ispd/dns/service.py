@@ -594,6 +594,11 @@ class DNSService(Service):
             for problem in zone.problems[:10]:
                 log.warning("dns.policy_zone.record_skipped", problem=problem)
         self.local = local
+        assert self.resolver is not None
+        delegated = [ForwardZone(cut.name, cut.addresses, recursive=False, ns_names=cut.ns_names)
+                     for cut in local.delegations()]
+        for name in self.resolver.delegate(delegated):  # what was learnt of them under other servers
+            self.rrsets.flush(name, subtree=True)
         self.scopes = PolicyScopes(config.policy_zone)
         self.policy = Policy(policy_zones, self.scopes.zone_bits)
         self.policy_zones = policy_zones

@@ -99,6 +99,13 @@ class ZoneAnswer:
     next_name: bytes | None = None  # the name a chain left the zone for (kind CNAME)
 
 
+class Delegation(NamedTuple):
+    """A zone cut below a zone's origin, as the zone's referral gives it."""
+    name: bytes
+    ns_names: tuple[bytes, ...]
+    addresses: tuple[str, ...]  # the zone's own A/AAAA records for those names (its glue)
+
+
 class ZoneRecord(NamedTuple):
     line: int
     rr: RR
@@ -167,6 +174,23 @@ class Zone:
     def exists(self, name: bytes) -> bool:
         """``name`` owns records or lies above a name that does (an empty non-terminal)."""
         return name in self._existing
+
+    def delegations(self) -> list[Delegation]:
+        """The zone cuts below the origin (a cut below another is occluded and left out)."""
+        cuts = self._cuts
+        found = []
+        for cut in cuts:
+            parent = cut
+            while parent != self.origin:
+                parent = parent[parent[0] + 1:]
+                if parent in cuts:
+                    break
+            else:
+                ns_names = tuple(rdata_name(r.rdata) for r in self._nodes[cut][RRType.NS])
+                addresses = tuple(_address_text(glue.rdata) for target in ns_names
+                                  for rtype in _ADDRESS_TYPES for glue in self._nodes.get(target, {}).get(rtype, ()))
+                found.append(Delegation(cut, ns_names, addresses))
+        return found
 
     def _check(self, rr: RR, node: dict[int, list[RR]] | None) -> None:
         if not is_subdomain(rr.name, self.origin):
@@ -383,6 +407,10 @@ class Zone:
                 for rtype in _ADDRESS_TYPES:
                     glue.extend(node.get(rtype, ()))
         return ZoneAnswer(RCode.NOERROR, False, [], ns, glue, AnswerKind.REFERRAL)
+
+
+def _address_text(rdata: bytes) -> str:
+    return str(IPv4Address(rdata) if len(rdata) == 4 else IPv6Address(rdata))
 
 
 def _with_ttl(rr: RR, ttl: int) -> RR:

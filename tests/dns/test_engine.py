@@ -839,6 +839,63 @@ async def test_a_truncated_local_answer_is_authoritative_every_time(env: Env) ->
     assert [(bool(r.flags & FLAG_TC), bool(r.flags & FLAG_AA), r.rcode) for r in replies] == [(True, True, 0)] * 4
 
 
+def with_delegating_zone(env: Env) -> None:
+    """The operator's own "test." zone (as the service loads one): its own names, a delegation
+    with glue, and one to a server named outside it."""
+    zone = load_zone_text(f"""$TTL 60
+@ SOA ns hm 1 1 1 1 60
+@ NS ns
+ns A 192.168.0.53
+portal A 198.18.0.7
+example NS ns2.example
+ns2.example A {EXAMPLE_TEST_2}
+oob NS ns-oob.other.example.
+""", "test.")
+    local = LocalData(zones=[zone])
+    env.engine.local_lookup = local.answer
+    env.resolver.delegate([ForwardZone(cut.name, cut.addresses, recursive=False, ns_names=cut.ns_names)
+                           for cut in local.delegations()])
+
+
+async def test_names_below_a_local_zones_delegation_are_resolved_from_its_servers(env: Env) -> None:
+    """From a bug hunt: a delegation in a [[dns.local_zone]] file answered RD=1 clients with a
+    bare referral (no address for a stub resolver). The delegated names are resolved from the
+    servers the zone names, as BIND and Unbound's auth-zone do; RD=0 still gets the referral."""
+    with_delegating_zone(env)
+    for _ in range(3):  # (the third from the caches: the referral is never kept for the fast path)
+        www = await env.ask_message(query("www.example.test."))
+        assert www.rcode == RCode.NOERROR and addresses(www) == ["192.0.2.80"] and not www.flags & FLAG_AA
+        referral = await env.ask_message(query("www.example.test.", rd=False))
+        assert not referral.answer and {rr.rtype for rr in referral.authority} == {RRType.NS}
+    assert {q.address for q in env.net.log} == {EXAMPLE_TEST_2}  # never the public test. servers
+    oob = await env.ask_message(query("www.oob.test."))  # its server's address found by resolution
+    assert addresses(oob) == ["192.0.2.20"]
+    assert addresses(await env.ask_message(query("portal.test."))) == ["198.18.0.7"]
+    assert {q.address for q in env.net.log} & {TEST_1, TEST_2} == set()
+    # A CNAME out of local data into the delegation is followed there too.
+    env.engine.local_lookup = LocalData(zones=[load_zone_text(
+        "$TTL 60\n@ SOA ns hm 1 1 1 1 60\n@ NS ns\nns A 192.168.0.53\nexample NS ns2.example\n"
+        f"ns2.example A {EXAMPLE_TEST_2}\nalias CNAME www.example\n", "test.")]).answer
+    alias = await env.ask_message(query("alias.test."))
+    assert addresses(alias) == ["192.0.2.80"] and alias.answer[0].rtype == RRType.CNAME
+
+
+def test_a_local_zones_delegations_are_its_topmost_cuts() -> None:
+    zone = load_zone_text("""$TTL 60
+@ SOA ns hm 1 1 1 1 60
+@ NS ns
+ns A 192.168.0.53
+a NS ns.a
+ns.a A 198.18.0.1
+ns.a AAAA 2001:db8::1
+b.a NS ns.b.a
+b NS ns.example.
+""", "test.")
+    found = {cut.name: (cut.ns_names, cut.addresses) for cut in LocalData(zones=[zone]).delegations()}
+    assert found == {N("a.test."): ((N("ns.a.test."),), ("198.18.0.1", "2001:db8::1")),
+                     N("b.test."): ((N("ns.example."),), ())}
+
+
 async def test_local_answers_that_leave_local_data_stay_on_the_slow_path(env: Env) -> None:
     with_local(env)
     for _ in range(2):

@@ -345,6 +345,37 @@ def test_the_public_trees_denial_of_a_stub_zones_parent_does_not_hide_the_zone(
         ispd.assert_healthy()
 
 
+def test_a_delegation_in_a_local_zone_is_followed(dns_hierarchy: DNSHierarchy, stub_server: RecordingRelay,
+                                                  tmp_path: Path) -> None:
+    """From a bug hunt: the operator's own internal. zone delegating corp.internal to its
+    server answered subscribers' stub resolvers (RD=1) with a bare referral, which they take
+    for "no address". The delegation is followed as a stub zone is (validating: internal. is
+    denied by the signed root), its referral kept for RD=0, and a reload that drops it makes the
+    names the local zone's own again."""
+    zone_file = tmp_path / "internal.zone"
+    zone_file.write_text("\n".join([
+        "$ORIGIN internal.", "$TTL 300", "@ SOA ns hostmaster 1 3600 900 604800 60", "@ NS ns",
+        "ns A 198.18.0.53", "portal A 198.18.0.7",
+        "corp NS ns1.corp", f"ns1.corp A {stub_server.address}", ""]))
+    with DNSIspd(tmp_path / "ispd", dns_hierarchy, local_zone=[{"name": "internal", "file": str(zone_file)}],
+                 resolver={"request_timeout_seconds": REQUEST_TIMEOUT}) as ispd:
+        ispd.start()
+        for _ in range(2):
+            www = ispd.dig("www.corp.internal", "A", "+dnssec")
+            assert (www.status, rdatas(www)) == ("NOERROR", {CORP_WWW}) and "ad" not in www.flags, www.text
+        assert stub_server.asked("www.corp.internal") and not any(r.rd for r in stub_server.seen)
+        referral = ispd.dig("www.corp.internal", "A", "+norec")
+        assert referral.status == "NOERROR" and not referral.answer, referral.text
+        assert {(r.owner, r.type) for r in referral.authority} == {("corp.internal.", "NS")}, referral.text
+        assert rdatas(ispd.dig("portal.internal")) == {"198.18.0.7"}
+
+        zone_file.write_text(zone_file.read_text().replace("corp NS ns1.corp", ""))
+        ispd.reload()
+        gone = ispd.dig("www.corp.internal")
+        assert gone.status == "NXDOMAIN" and "aa" in gone.flags, gone.text
+        ispd.assert_healthy()
+
+
 # --- reload and the lookup command -----------------------------------------------------------------
 
 
