@@ -161,6 +161,11 @@ async def _transaction(address: str, port: int, sender: str, recipients: list[st
                              validate_certs=False, tls_context=_client_tls_context())
     await client.connect()
     try:
+        if client.is_ehlo_or_helo_needed:
+            # After STARTTLS the client knows none of the server's extensions (RFC 3207 §4.2:
+            # they are asked for again, over TLS). Unasked, every server offering STARTTLS looked
+            # like one without 8BITMIME, SMTPUTF8 or SIZE, and 8-bit mail to it bounced.
+            await client.ehlo()
         options = []
         if not message.isascii():
             if not client.supports_extension("8bitmime"):

@@ -340,3 +340,39 @@ async def test_delivery_attempts_share_one_client_tls_context(monkeypatch: pytes
     context = contexts[0]
     assert isinstance(context, ssl.SSLContext)
     assert context.verify_mode == ssl.CERT_NONE and not context.check_hostname
+
+
+async def test_a_server_that_offers_starttls_gets_8bit_and_utf8_mail_over_tls(tmp_path: Path) -> None:
+    """From a bug hunt: after STARTTLS the client had forgotten the server's extensions (RFC 3207
+    §4.2) and checked them before asking again, so every MX offering STARTTLS looked like one
+    without 8BITMIME, SMTPUTF8 and SIZE: 8-bit mail to it bounced (5.6.3), UTF-8 addresses too
+    (5.6.7), and no SIZE was declared."""
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import SMTP, Envelope, Session
+
+    from tests.lab.certs import issue
+    from tests.lab.ports import free_tcp_port
+
+    certificates = issue(tmp_path, "mx.remote.example")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certificates.certificate, certificates.private_key)
+    taken: list[tuple[list[str], bool, bytes]] = []
+
+    class Handler:
+        async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+            taken.append((list(envelope.mail_options), session.ssl is not None, envelope.original_content or b""))
+            return "250 OK queued"
+
+    port = free_tcp_port()
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port, tls_context=context, ready_timeout=10)
+    controller.start()
+    message = "Subject: café\r\n\r\nun café\r\n".encode()
+    try:
+        outcomes = await outbound._transaction("127.0.0.1", port, "jöran@isp.example", ["bob@remote.example"],
+                                               message, helo="mx.isp.example", command_timeout=5)
+    finally:
+        controller.stop()
+    assert outcomes["bob@remote.example"].verdict is Verdict.DELIVERED, outcomes
+    [(options, over_tls, content)] = taken
+    assert over_tls and content == message
+    assert set(options) == {f"SIZE={len(message)}", "BODY=8BITMIME", "SMTPUTF8"}
