@@ -10,7 +10,8 @@ into the sender's mailbox when it is ours, else into the queue.
 
 TLS is opportunistic, as Postfix's ``smtp_tls_security_level = may``: STARTTLS when the server
 offers it, without checking its certificate (MX certificates are rarely valid for the MX name,
-and refusing to deliver over an unauthenticated channel would only fall back to clear text).
+and refusing to deliver over an unauthenticated channel would only fall back to clear text),
+and clear text when the server then refuses STARTTLS or the handshake fails (``_connect``).
 
 Names are resolved through ``[mail] resolver`` (point it at ispd's own DNS listener to use
 ispd's resolver) or, unset, the system's resolv.conf.
@@ -155,17 +156,56 @@ async def deliver_to_domain(domain: str, sender: str, recipients: list[str], mes
     return dict.fromkeys(recipients, Outcome(Verdict.DEFERRED, last, "4.4.1"))
 
 
+async def _greet(client: aiosmtplib.SMTP) -> None:
+    """EHLO, or HELO for a server that refuses it."""
+    try:
+        await client.ehlo()
+    except aiosmtplib.SMTPHeloError:
+        if not client.is_connected:
+            raise
+        await client.helo()
+
+
+async def _connect(address: str, port: int, *, helo: str, command_timeout: float) -> aiosmtplib.SMTP:
+    """A session greeted and ready for MAIL, in TLS when the server offers STARTTLS and it works.
+
+    Opportunistic, as Postfix's ``may``: a server that refuses the STARTTLS it offered gets the
+    message in clear text in the same session ("try to continue in plain-text mode"), and one
+    whose handshake fails gets it over a new connection without TLS (Postfix's
+    tls_retry_plain), rather than nothing until the message bounces at the end of its lifetime.
+    After TLS the server's extensions are asked for again (RFC 3207 §4.2: what came before is
+    forgotten); unasked, every server offering STARTTLS looked like one without 8BITMIME."""
+    for offer_tls in (True, False):
+        client = aiosmtplib.SMTP(hostname=address, port=port, timeout=command_timeout, local_hostname=helo,
+                                 start_tls=False, validate_certs=False, tls_context=_client_tls_context())
+        await client.connect()
+        try:
+            await _greet(client)
+            if not (offer_tls and client.supports_extension("starttls")):
+                return client
+            try:
+                await client.starttls()
+            except aiosmtplib.SMTPResponseException as exc:
+                if exc.code == 421 or not client.is_connected:  # the server is closing
+                    raise
+                log.info("mail.outbound.starttls_refused", server=address, reply=f"{exc.code} {exc.message}")
+                return client
+            except (OSError, aiosmtplib.SMTPException) as exc:
+                log.info("mail.outbound.tls_failed", server=address, error=str(exc) or type(exc).__name__)
+                client.close()
+                continue
+            await _greet(client)
+            return client
+        except BaseException:
+            client.close()
+            raise
+    raise AssertionError("unreachable: the second connection offers no TLS")
+
+
 async def _transaction(address: str, port: int, sender: str, recipients: list[str], message: bytes, *, helo: str,
                        command_timeout: float, delivered: Delivered | None = None) -> dict[str, Outcome]:
-    client = aiosmtplib.SMTP(hostname=address, port=port, timeout=command_timeout, local_hostname=helo, start_tls=None,
-                             validate_certs=False, tls_context=_client_tls_context())
-    await client.connect()
+    client = await _connect(address, port, helo=helo, command_timeout=command_timeout)
     try:
-        if client.is_ehlo_or_helo_needed:
-            # After STARTTLS the client knows none of the server's extensions (RFC 3207 §4.2:
-            # they are asked for again, over TLS). Unasked, every server offering STARTTLS looked
-            # like one without 8BITMIME, SMTPUTF8 or SIZE, and 8-bit mail to it bounced.
-            await client.ehlo()
         options = []
         if not message.isascii():
             if not client.supports_extension("8bitmime"):

@@ -376,3 +376,64 @@ async def test_a_server_that_offers_starttls_gets_8bit_and_utf8_mail_over_tls(tm
     [(options, over_tls, content)] = taken
     assert over_tls and content == message
     assert set(options) == {f"SIZE={len(message)}", "BODY=8BITMIME", "SMTPUTF8"}
+
+
+@pytest.mark.parametrize("tls", ["refused", "broken"])
+async def test_a_server_whose_starttls_fails_gets_the_message_in_clear_text(tls: str) -> None:
+    """From a bug hunt: opportunistic TLS is Postfix's `may`, but a server that offered STARTTLS
+    and then refused it (454) or broke the handshake got nothing, attempt after attempt, until
+    the message bounced at the end of its lifetime. Postfix goes on in clear text ("try to
+    continue in plain-text mode"; a failed handshake: the same address again without TLS)."""
+    from tests.lab.ports import free_tcp_port
+
+    connections: list[list[bytes]] = []
+    taken: list[bytes] = []
+
+    async def tls_broken_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        commands: list[bytes] = []
+        connections.append(commands)
+        writer.write(b"220 remote.example ESMTP\r\n")
+        try:
+            while line := await reader.readline():
+                verb = line.split(b" ")[0].strip().upper()
+                commands.append(verb)
+                if verb == b"EHLO":
+                    writer.write(b"250-remote.example\r\n250-8BITMIME\r\n250 STARTTLS\r\n")
+                elif verb == b"STARTTLS" and tls == "refused":
+                    writer.write(b"454 4.7.0 TLS not available due to local problem\r\n")
+                elif verb == b"STARTTLS":
+                    writer.write(b"220 2.0.0 go ahead\r\n" + b"this is not TLS\r\n" * 5)
+                    await writer.drain()
+                    return
+                elif verb == b"DATA":
+                    writer.write(b"354 go ahead\r\n")
+                    body = bytearray()
+                    while not body.endswith(b"\r\n.\r\n"):
+                        body += await reader.readline()
+                    taken.append(bytes(body))
+                    writer.write(b"250 2.0.0 queued in clear text\r\n")
+                elif verb == b"QUIT":
+                    writer.write(b"221 bye\r\n")
+                    return
+                else:
+                    writer.write(b"250 ok\r\n")
+                await writer.drain()
+        except ConnectionError:
+            return
+        finally:
+            writer.close()
+
+    port = free_tcp_port()
+    server = await asyncio.start_server(tls_broken_server, "127.0.0.1", port)
+    try:
+        outcomes = await outbound._transaction("127.0.0.1", port, "alice@isp.example", ["bob@remote.example"],
+                                               b"Subject: x\r\n\r\nbody\r\n", helo="mx.isp.example",
+                                               command_timeout=5)
+    finally:
+        server.close()
+    assert outcomes["bob@remote.example"].verdict is Verdict.DELIVERED, outcomes
+    assert len(taken) == 1
+    if tls == "refused":  # the same session goes on
+        assert connections == [[b"EHLO", b"STARTTLS", b"MAIL", b"RCPT", b"DATA", b"QUIT"]]
+    else:  # a new connection, without STARTTLS
+        assert connections == [[b"EHLO", b"STARTTLS"], [b"EHLO", b"MAIL", b"RCPT", b"DATA", b"QUIT"]]
