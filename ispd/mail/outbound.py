@@ -57,6 +57,9 @@ BUSY_DOMAIN_DELAY_SECONDS = 30.0  # a message whose domains are all at their lim
 # message at once, so the time is for the transfer as a whole).
 DATA_REPLY_SECONDS = 600.0
 DATA_MIN_RATE = 8192
+# RFC 5321 §4.5.3.1.8: a server takes at least 100 recipients in one transaction; more to one
+# domain go in several (three aliases of 50 make 150), or the rest would wait for a retry.
+RECIPIENTS_PER_TRANSACTION = 100
 _LINGER_RESET = struct.pack("ii", 1, 0)
 LocalDelivery = Callable[[str, bytes], Awaitable[bool]]
 Delivered = Callable[[dict[str, "Outcome"]], None]
@@ -127,6 +130,13 @@ async def deliver_to_domain(domain: str, sender: str, recipients: list[str], mes
                             delivered: Delivered | None = None) -> dict[str, Outcome]:
     """One attempt for the recipients at one domain: each recipient's outcome. ``delivered`` is
     told of the recipients the other server took the moment it says so, before QUIT."""
+    if len(recipients) > RECIPIENTS_PER_TRANSACTION:
+        results: dict[str, Outcome] = {}
+        for start in range(0, len(recipients), RECIPIENTS_PER_TRANSACTION):
+            results.update(await deliver_to_domain(
+                domain, sender, recipients[start:start + RECIPIENTS_PER_TRANSACTION], message, lookup=lookup,
+                port=port, helo=helo, command_timeout=command_timeout, delivered=delivered))
+        return results
     try:
         hosts = await lookup.exchangers(domain)
     except LookupFailed as failed:

@@ -48,7 +48,8 @@ def outcome_of_reply(code: int, text: str) -> Outcome:
 
 
 def by_domain(addresses: list[str]) -> dict[str, list[str]]:
-    """Recipients grouped by their domain (one SMTP transaction per domain and attempt)."""
+    """Recipients grouped by their domain (one SMTP transaction per domain and attempt, per 100
+    recipients: ``outbound.RECIPIENTS_PER_TRANSACTION``)."""
     groups: dict[str, list[str]] = defaultdict(list)
     for address in addresses:
         groups[address.rpartition("@")[2].lower().rstrip(".")].append(address)

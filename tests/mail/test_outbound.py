@@ -437,3 +437,53 @@ async def test_a_server_whose_starttls_fails_gets_the_message_in_clear_text(tls:
         assert connections == [[b"EHLO", b"STARTTLS", b"MAIL", b"RCPT", b"DATA", b"QUIT"]]
     else:  # a new connection, without STARTTLS
         assert connections == [[b"EHLO", b"STARTTLS"], [b"EHLO", b"MAIL", b"RCPT", b"DATA", b"QUIT"]]
+
+
+async def test_more_recipients_than_a_server_must_take_go_in_several_transactions() -> None:
+    """From a bug hunt: the recipients at one domain went in one transaction however many they
+    were (three aliases of 50 make 150), and a server taking the 100 RFC 5321 §4.5.3.1.8 asks
+    for answered the rest 452 4.5.3: they waited for the next retry (5 minutes, then 10, ...:
+    hours for a thousand) where §4.5.3.1.10 has the client send them in another transaction."""
+    from tests.lab.ports import free_tcp_port
+
+    batches: list[int] = []
+
+    async def limited_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 limited.example ESMTP\r\n")
+        taken = 0
+        while line := await reader.readline():
+            verb = line.split(b" ")[0].strip().upper()
+            if verb == b"RCPT":
+                taken += 1
+                writer.write(b"250 ok\r\n" if taken <= 100 else b"452 4.5.3 Too many recipients\r\n")
+            elif verb == b"DATA":
+                writer.write(b"354 go ahead\r\n")
+                while await reader.readline() != b".\r\n":
+                    pass
+                batches.append(min(taken, 100))
+                writer.write(b"250 queued\r\n")
+            elif verb == b"QUIT":
+                writer.write(b"221 bye\r\n")
+                break
+            else:
+                writer.write(b"250 ok\r\n")
+        writer.close()
+
+    class Lookup:
+        async def exchangers(self, domain: str) -> list[str]:
+            return ["mx.limited.example"]
+
+        async def addresses(self, host: str) -> tuple[list[str], bool]:
+            return ["127.0.0.1"], False
+
+    port = free_tcp_port()
+    server = await asyncio.start_server(limited_server, "127.0.0.1", port)
+    recipients = [f"u{i}@limited.example" for i in range(250)]
+    try:
+        outcomes = await outbound.deliver_to_domain(
+            "limited.example", "alice@isp.example", recipients, b"Subject: x\r\n\r\nx\r\n",
+            lookup=Lookup(), port=port, helo="mx.isp.example", command_timeout=5)  # type: ignore[arg-type]
+    finally:
+        server.close()
+    assert {o.verdict for o in outcomes.values()} == {Verdict.DELIVERED} and len(outcomes) == 250
+    assert batches == [100, 100, 50]
