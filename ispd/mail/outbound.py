@@ -403,6 +403,8 @@ class QueueRunner:
             if name != "tmp":
                 await loop.run_in_executor(self.executor, self.spool.remove, name)
                 log.info("mail.queue.orphan_removed", queue_id=name)
+        for name in await loop.run_in_executor(self.executor, self.spool.remove_stale_temporaries):
+            log.info("mail.queue.orphan_removed", queue_id=name, directory="tmp")
 
     async def _attempt(self, queue_id: str) -> None:
         try:

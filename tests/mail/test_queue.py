@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import os
 import time
 from email import message_from_bytes
@@ -107,3 +108,29 @@ def test_the_spool_keeps_files_durable_and_finds_orphans(tmp_path: Path) -> None
     spool.remove("DEF456")  # twice: no error
     with pytest.raises(ValueError):
         spool.path("../etc")
+
+
+def test_a_message_file_whose_writing_failed_leaves_nothing_in_tmp(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """From a bug hunt: a write that failed (a full disk: the client gets 451 and sends again)
+    left its partial file in tmp/, and nothing ever removed files there (orphans looked at the
+    queue's own level only): each retry took more of the disk that had run out, for good. A
+    crash mid-write leaves one too: those older than the grace period go with the orphans."""
+    spool = Spool(tmp_path / "queue")
+    spool.prepare()
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "fsync", disk_full)
+        with pytest.raises(OSError):
+            spool.write("ABC123", b"x" * 100_000)
+    assert os.listdir(tmp_path / "queue" / "tmp") == []
+    crashed, recent = tmp_path / "queue" / "tmp" / "DEF456", tmp_path / "queue" / "tmp" / "GHI789"
+    crashed.write_bytes(b"half a message")
+    recent.write_bytes(b"being written")
+    old = time.time() - ORPHAN_GRACE_SECONDS - 10
+    os.utime(crashed, (old, old))
+    assert spool.remove_stale_temporaries() == ["DEF456"]
+    assert os.listdir(tmp_path / "queue" / "tmp") == ["GHI789"]
