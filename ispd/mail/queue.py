@@ -39,7 +39,9 @@ class Outcome:
 def outcome_of_reply(code: int, text: str) -> Outcome:
     detail = f"{code} {text}".strip()
     first = text.split(" ", 1)[0]
-    status = first if first.count(".") == 2 and first[:1] in "245" else ""
+    # RFC 3463 §3: the status's class is the reply's; one that disagrees ("550 4.2.2") is a
+    # server's mistake, and the reply code decides (as Postfix does).
+    status = first if first.count(".") == 2 and first[:1] == str(code)[:1] else ""
     if 200 <= code < 300:
         return Outcome(Verdict.DELIVERED, detail, status or "2.0.0")
     if 500 <= code < 600:

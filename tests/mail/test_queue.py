@@ -25,6 +25,8 @@ def queued(*recipients: str, created_at: float = 1000.0, attempts: int = 0) -> Q
     (552, "Mailbox full", Verdict.BOUNCED, "5.0.0"),
     (450, "4.2.1 try later", Verdict.DEFERRED, "4.2.1"),
     (421, "closing", Verdict.DEFERRED, "4.0.0"),
+    (550, "4.2.2 mailbox full", Verdict.BOUNCED, "5.0.0"),  # a status of the wrong class is ignored
+    (451, "5.7.1 greylisted", Verdict.DEFERRED, "4.0.0"),
 ])
 def test_a_reply_decides_the_recipients_fate(code: int, text: str, verdict: Verdict, status: str) -> None:
     outcome = outcome_of_reply(code, text)
