@@ -743,6 +743,20 @@ def _find_subscriber(conn: sqlite3.Connection, ref: SubscriberRef) -> sqlite3.Ro
     return found
 
 
+def _history_subscriber_id(conn: sqlite3.Connection, ref: SubscriberRef) -> int:
+    """The id whose history (usage, sessions, CoA outcomes) is asked for: a subscriber's, or,
+    named ``#ID``, one deleted since. Its history stays under that id, which is never given to
+    another (migration 0010), and ``ispd usage`` lists it as ``#ID (deleted)``."""
+    try:
+        return int(_find_subscriber(conn, ref)["id"])
+    except NotFound:
+        if isinstance(ref, str) and ref.startswith("#") and _is_row_id(ref[1:]):
+            given = conn.execute("SELECT highest FROM subscriber_ids").fetchone()
+            if given is not None and 0 < int(ref[1:]) <= given[0]:
+                return int(ref[1:])
+        raise
+
+
 def _find_plan(conn: sqlite3.Connection, ref: int | str) -> sqlite3.Row:
     row = conn.execute("SELECT * FROM plans WHERE name = ?", (str(ref),)).fetchone()
     if row is None and _is_row_id(str(ref)):
@@ -1648,12 +1662,13 @@ class SQLiteStore(Store):
     async def list_sessions(self, *, open_only: bool = False, subscriber: SubscriberRef | None = None,
                             nas_address: str | None = None, limit: int = 1000) -> list[RadiusSession]:
         def run(conn: sqlite3.Connection) -> list[RadiusSession]:
-            conditions, params = [], []
+            conditions: list[str] = []
+            params: list[Any] = []
             if open_only:
                 conditions.append("stopped_at IS NULL")
             if subscriber is not None:
                 conditions.append("subscriber_id = ?")
-                params.append(_find_subscriber(conn, subscriber)["id"])
+                params.append(_history_subscriber_id(conn, subscriber))
             if nas_address is not None:
                 conditions.append("nas_address = ?")
                 params.append(nas_address)
@@ -1713,7 +1728,7 @@ class SQLiteStore(Store):
                 params.append(session_id)
             if subscriber is not None:
                 conditions.append("subscriber_id = ?")
-                params.append(_find_subscriber(conn, subscriber)["id"])
+                params.append(_history_subscriber_id(conn, subscriber))
             where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
             return [coa_from_row(r) for r in conn.execute(
                 f"SELECT * FROM coa_requests{where} ORDER BY id DESC LIMIT ?", (*params, limit))]
@@ -1722,7 +1737,7 @@ class SQLiteStore(Store):
 
     async def usage(self, subscriber: SubscriberRef, *, since: float, until: float) -> Usage:
         return await self._read("usage", lambda conn: usage_between(
-            conn, int(_find_subscriber(conn, subscriber)["id"]), since, until))
+            conn, _history_subscriber_id(conn, subscriber), since, until))
 
     async def usage_totals(self, *, since: float, until: float) -> dict[int, Usage]:
         return await self._read("usage_totals", lambda conn: sqlite_radius.usage_totals(conn, since, until))
@@ -1732,7 +1747,7 @@ class SQLiteStore(Store):
             raise InvalidValue("the end of the span comes before its start")
 
         def run(conn: sqlite3.Connection) -> list[DailyUsage]:
-            subscriber_id = int(_find_subscriber(conn, subscriber)["id"]) if subscriber is not None else None
+            subscriber_id = _history_subscriber_id(conn, subscriber) if subscriber is not None else None
             return sqlite_radius.usage_by_day(conn, subscriber_id, since, until)
 
         return await self._read("usage_by_day", run)

@@ -368,6 +368,23 @@ async def test_growth_is_counted_for_a_subscriber_learnt_on_the_same_record(stor
     assert await usage(store) == Usage(6000, 8000, 600)
 
 
+async def test_a_deleted_subscriber_s_usage_and_sessions_are_asked_for_by_its_id(store: Store) -> None:
+    # Its history stays under its id (never given to another), and `ispd usage` names it
+    # "#1 (deleted)": a final bill's days, and its sessions, are read by that id.
+    await store.record_accounting([START])
+    await store.record_accounting([interim(T0 + 300, 1000, 5000, 300)])
+    await store.delete_subscriber("alice", actor="t")
+    days = await store.usage_by_day("#1", since=T0, until=T0)
+    assert [(d.subscriber_id, d.username, d.input_octets) for d in days] == [(1, None, 1000)]
+    assert await store.usage("#1", since=T0, until=T0) == Usage(1000, 5000, 300)
+    assert [s.acct_session_id for s in await store.list_sessions(subscriber="#1")] == ["s1"]
+    assert await store.list_coa(subscriber="#1") == []
+    with pytest.raises(NotFound):  # its username is nobody's now; an id never given is nobody's
+        await store.usage_by_day("alice", since=T0, until=T0)
+    with pytest.raises(NotFound):
+        await store.usage_by_day("#2", since=T0, until=T0)
+
+
 async def test_statuses_without_a_session_change_are_kept_in_the_history(store: Store) -> None:
     [other] = await store.record_accounting([replace(START, status=AccountingStatus.OTHER, packet=b"raw")])
     assert other.outcome == AccountingOutcome.IGNORED
