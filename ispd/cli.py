@@ -84,6 +84,7 @@ if TYPE_CHECKING:
     from ispd.daemonlock import DaemonLock
     from ispd.radius.dictionary import Dictionary
     from ispd.store.postgresql import PostgresDaemonLock
+    from ispd.store.sqlite import Migration
 
 DEFAULT_CONFIG = "/etc/ispd/ispd.toml"
 EXIT_FAILED, EXIT_USAGE = 1, 2
@@ -1427,7 +1428,7 @@ def daemon_lock(config: Config, hint: str) -> DaemonLock | PostgresDaemonLock:
 
 
 async def cmd_store_migrate(config: Config, args: argparse.Namespace) -> None:
-    from ispd.store.sqlite import Migration, MigrationStopped, sqlite_migrations
+    from ispd.store.sqlite import MigrationStopped, sqlite_migrations
 
     # Not beside a daemon (perhaps an older one that would not know the new schema).
     lock = daemon_lock(config, "stop it first (or let it be: a daemon applies the migrations itself as it starts)")
@@ -1821,7 +1822,23 @@ def _duration_text(seconds: int) -> str:
 async def run_admin(config: Config, handler: Callable[[Store, argparse.Namespace], Awaitable[None]],
                     args: argparse.Namespace) -> None:
     new = config.store.backend == "sqlite" and not config.store.path.exists()
-    store = await open_store(config.store)
+    locks: list[DaemonLock | PostgresDaemonLock] = []
+
+    def migrating(step: Migration, target: int) -> None:  # (in the store's thread, before each step)
+        # As `ispd store migrate`, never beside a daemon: one on a store of an older schema is an
+        # older ispd (a current one migrates as it starts; a standby never does), which would run
+        # on a schema it does not know, and wait for SQLite's write lock while a step holds it.
+        # (A store file made just now has no daemon.)
+        if not locks and not new:
+            locks.append(daemon_lock(config, f"this ispd would migrate the store to schema {target}: stop the "
+                                             "daemon and run `ispd store migrate`, or restart it with this ispd "
+                                             "(it migrates the store as it starts)"))
+
+    try:
+        store = await open_store(config.store, migration_starting=migrating)
+    finally:
+        for lock in locks:
+            lock.release()
     if new:  # right for a first install; after a mistyped or moved store.path, the hint to look
         print(f"ispd: note: {config.store.path} did not exist: this is a new, empty store", file=sys.stderr)
     args.loaded_config = config  # for the commands that also read the config (subscriber show)

@@ -410,6 +410,45 @@ def test_check_config_says_plainly_that_an_address_is_not_one(tmp_path: Path, dn
     assert "lax-or-strict" not in failed.stderr and "validator" not in failed.stderr, failed.stderr
 
 
+def test_an_admin_command_does_not_migrate_the_store_under_a_daemon(tmp_path: Path, config_path: Path) -> None:
+    # A daemon on a store of an older schema is an older ispd (a current one migrates as it
+    # starts; a standby never does): an upgraded CLI's `subscriber list` must not migrate the
+    # store under it (nor hold SQLite's write lock for a long migration), as `store migrate` won't.
+    from ispd.daemonlock import DaemonLock
+    from ispd.store.sqlite import connect, migrate, schema_version, sqlite_migrations
+
+    migrations = sqlite_migrations()
+    store = tmp_path / "ispd.db"
+    conn = connect(store, 5)
+    migrate(conn, migrations, target=len(migrations) - 2)
+    conn.close()
+
+    daemon = DaemonLock(store)
+    daemon.acquire()
+    try:
+        refused = ispd(config_path, "subscriber", "list")
+    finally:
+        daemon.release()
+    assert refused.returncode == 1
+    assert refused.stderr == (f"ispd: an ispd daemon (pid {os.getpid()}) is running on the store {store}: this ispd "
+                              f"would migrate the store to schema {migrations[-1].version}: stop the daemon and run "
+                              "`ispd store migrate`, or restart it with this ispd (it migrates the store as it "
+                              "starts)\n")
+    conn = connect(store, 5)
+    assert schema_version(conn) == len(migrations) - 2  # untouched
+    conn.close()
+
+    ok(config_path, "subscriber", "list")  # no daemon: the command migrates, as it always did
+    conn = connect(store, 5)
+    assert schema_version(conn) == migrations[-1].version
+    conn.close()
+    daemon.acquire()  # and a current store is read beside a daemon, without its lock
+    try:
+        assert ok(config_path, "subscriber", "list").startswith("ID")
+    finally:
+        daemon.release()
+
+
 def test_store_migrate_applies_what_is_pending_and_is_refused_beside_a_daemon(tmp_path: Path,
                                                                               config_path: Path) -> None:
     from ispd.daemonlock import DaemonLock
