@@ -1803,8 +1803,11 @@ class SQLiteStore(Store):
 
     async def purge_history(self, before: float) -> dict[str, int]:
         deleted: dict[str, int] = {}
-        # usage_daily's rows are days: those wholly before the cut.
-        before_day = utc_day(before)
+        # usage_daily's rows are days: those wholly before the cut, but never this month's or
+        # last month's, whatever the retention: the plan's monthly quota and the month's usage
+        # read this month's, and a bill last month's.
+        last_month = month_start(month_start(self.clock()) - 1)
+        before_day = min(utc_day(before), utc_day(last_month))
         for kind, table, key, condition in _HISTORY:
             total = 0
             while True:

@@ -413,6 +413,20 @@ async def test_usage_by_day_per_subscriber_and_for_everyone(store: Store) -> Non
     assert await store.usage_totals(since=T0 + 2 * day, until=T0 + 3 * day) == {}
 
 
+async def test_a_short_retention_keeps_this_and_last_months_usage(store: Store) -> None:
+    """From a bug hunt: history_retention_days below a month purged the days of this month's
+    usage, which the plan's monthly quota and the month's report read, and last month's, which
+    its bill reads. Those days stay whatever the retention; older ones go with it."""
+    day = 86400.0
+    for session, at in (("nov", T0 - 56 * day), ("dec", T0 - 41 * day), ("jan", T0 - day)):  # the store's now: T0
+        await store.record_accounting([replace(START, at=at, acct_session_id=session),
+                                       replace(stop(at + 60, 100, 200, 60), acct_session_id=session)])
+    deleted = await store.purge_history(T0 - 3600)  # a retention of one hour
+    assert deleted["usage_daily"] == 1 and deleted["radius_sessions"] == 3
+    kept = await store.usage_by_day("alice", since=T0 - 60 * day, until=T0)
+    assert [d.day for d in kept] == ["2026-12-05", "2027-01-14"]
+
+
 async def test_a_plan_keeps_its_quota_and_a_crossing_is_noted_once_a_month(store: Store) -> None:
     from ispd.store.models import OverQuota, QuotaCrossing
 
