@@ -5,7 +5,7 @@ Validation checks what an operator can get wrong without noticing until a home r
 pools outside their link, overlapping pools or links, a delegated length shorter than its
 pool's prefix, timers out of order (T1 ≤ T2 ≤ preferred ≤ valid, RFC 8415 §21.4), two pools
 with one name (the name is a metric label and is stored with each binding), a subnet's
-interface that is not served.
+interface that is not served, two subnets on one interface (only one would ever be used).
 """
 
 from __future__ import annotations
@@ -199,9 +199,18 @@ class DHCP6Config(Lifetimes):
             raise ValueError("subnet: configure at least one [[dhcp6.subnet]] with a pool or a prefix_pool")
         names: set[str] = set()
         spans: list[tuple[IPv6Network, str]] = []
+        on_interface: dict[str, str] = {}
         for subnet in self.subnet:
             if subnet.interface is not None and subnet.interface not in self.interfaces:
                 raise ValueError(f"subnet {subnet.name!r}: interface {subnet.interface!r} is not in interfaces")
+            # A direct client's link is the one subnet of its interface (there are no shared
+            # networks): of two, one would never serve anybody, and its clients would lose their
+            # addresses at their next renewal.
+            if subnet.interface is not None and (taken := on_interface.get(subnet.interface)) is not None:
+                raise ValueError(f"subnet {subnet.name!r}: interface {subnet.interface!r} already serves subnet "
+                                 f"{taken!r} (one subnet per interface: add the pools to that one)")
+            if subnet.interface is not None:
+                on_interface[subnet.interface] = subnet.name
             if subnet.name in names:
                 raise ValueError(f"subnet name {subnet.name!r} is used twice")
             names.add(subnet.name)

@@ -351,6 +351,11 @@ def test_ia_ta_is_refused() -> None:
     ({"preferred_lifetime_seconds": 7200, "valid_lifetime_seconds": 3600}, "longer than the valid"),
     ({"server_duid": "zz"}, "hex bytes"),
     ({"interfaces": []}, "at least one interface"),
+    ({"subnet": [{"name": "a", "prefix": "2001:db8:1::/64", "interface": "eth1",
+                  "pool": [{"name": "p", "range": "2001:db8:1::100 - 2001:db8:1::1ff"}]},
+                 {"name": "b", "prefix": "2001:db8:3::/64", "interface": "eth1",
+                  "pool": [{"name": "q", "range": "2001:db8:3::100 - 2001:db8:3::1ff"}]}]},
+     "interface 'eth1' already serves subnet 'a'"),
 ])
 def test_config_mistakes_are_explained(change: dict[str, Any], error: str) -> None:
     with pytest.raises(ValueError, match=error):
