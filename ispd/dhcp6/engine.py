@@ -684,11 +684,21 @@ class _Request:
         for reservation in self.reservations:
             if reservation.subscriber_id != self.subscriber_id:
                 continue
+            if kind is Lease6Kind.ADDRESS and reservation.address6 and self._on_another_link(reservation.address6):
+                # RFC 8415 §18.3.2: an address of another of our links is not for this one (a
+                # device reserved by its DUID, plugged in elsewhere): routed to that link, it
+                # would not reach the client, and a Confirm here would say NotOnLink of it. (One
+                # of no link, inside the subscriber's own prefix say, is the operator's routing.)
+                continue
             fixed = reservation.prefix6 if kind is Lease6Kind.PREFIX else (
                 f"{reservation.address6}/128" if reservation.address6 else None)
             if fixed is not None:
                 return fixed, reservation
         return None
+
+    def _on_another_link(self, address: str) -> bool:
+        value = IPv6Address(address)
+        return value not in self.subnet.prefix and any(value in s.prefix for s in self.engine.config.subnet)
 
     @property
     def served(self) -> bool:

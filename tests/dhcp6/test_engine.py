@@ -536,6 +536,20 @@ def test_a_line_s_static_prefix_and_a_device_s_static_address() -> None:
     assert device.writes[0][0].prefix == "2001:db8:1::100/128" and device.writes[0][0].subscriber_id == 43
 
 
+def test_a_device_s_reserved_address_is_given_on_its_own_link_only() -> None:
+    """A device reserved by its DUID with an address of the access link, plugged in behind a
+    BNG: an address of the BNG's link (the reserved one is routed to the access link, and the
+    server's own Confirm says NotOnLink of it there), and its reserved address back at home."""
+    eng = engine()
+    _reserve(eng, 1, ReservationKind.DUID, DUID_A.hex(":"), address6="2001:db8:1::100")
+    bng = (_relay(message(MessageType.SOLICIT), "2001:db8:2::1"),)
+    elsewhere = bind(eng, ia_na(1), interface="uplink", relays=bng)
+    (ia,) = reply_ias(elsewhere)
+    assert [lease.address for lease in ia.leases] == [IPv6Address("2001:db8:2::100")]  # type: ignore[union-attr]
+    home = bind(eng, ia_na(1), now=T0 + 10)
+    assert home.writes[0][0].prefix == "2001:db8:1::100/128"
+
+
 def test_a_device_reserved_by_its_duid_still_gets_its_line_s_prefix() -> None:
     """A DUID reservation for the router's host name only, on a business line whose
     reservation holds the /48: the router gets the /48, the DUID's subscriber being the line's.
