@@ -226,6 +226,10 @@ class DHCP6Engine:
         self.subscriber_status: dict[int, SubscriberStatus] = {}
         self.pools: dict[str, list[_Pool]] = {}
         self.cursors: dict[str, int] = {}
+        # Every length a binding has had: a leasequery looks for the binding holding an address
+        # at each (a prefix whose reservation is gone, or whose pool was cut another way, is
+        # held until its client's next renewal all the same).
+        self.binding_lengths: set[int] = set()
         self.reconfigure(config)
 
     def reconfigure(self, config: DHCP6Config) -> None:
@@ -296,6 +300,7 @@ class DHCP6Engine:
             # that forgetting it (which clears that one's) leaves no IA naming it for good.
             self._drop_from_history((previous.duid, previous.iaid, previous.kind), lease.prefix)
         self._set(lease)
+        self.binding_lengths.add(int(lease.prefix.rpartition("/")[2]))
         history = self.by_ia.setdefault(key, [])
         with contextlib.suppress(ValueError):
             history.remove(lease.prefix)
@@ -422,8 +427,9 @@ class DHCP6Engine:
         """The live binding of ``address``, or of the delegated prefix that holds it."""
         value = int(address)
         # Every length a binding may have: the pools' and the reserved prefixes' (ReservedSpace
-        # indexes both), and an address's.
-        lengths = {128} | self.reserved.lengths
+        # indexes both), an address's, and those of the bindings made before the config or the
+        # reservations changed.
+        lengths = {128} | self.reserved.lengths | self.binding_lengths
         for length in sorted(lengths, reverse=True):
             shift = 128 - length
             lease = self.leases.get(f"{IPv6Address(value >> shift << shift)}/{length}")

@@ -789,6 +789,21 @@ def test_leasequery_by_address_finds_the_binding_or_the_delegated_prefix_holding
     assert client_data(ask(eng, leasequery(1, by_address("2001:db8:1::100")), T0 + 7201)) == []
 
 
+def test_leasequery_finds_a_prefix_whose_reservation_is_gone() -> None:
+    """A business line's reserved /52 (a length no pool has), bound; the reservation deleted and ispd restarted (the
+    store's bindings loaded, no reservation of that length any more): the router holds the /52
+    until its next renewal, and a BNG asking by an address inside it must learn so."""
+    eng = engine(leasequery_requesters=[str(REQUESTER)])
+    _reserve(eng, 1, ReservationKind.CIRCUIT_ID, "bng1 ge-0/0/1:100", prefix6="2001:db8:ffff::/52")
+    line = (_relay(message(MessageType.SOLICIT), "2001:db8:1::1", b"bng1 ge-0/0/1:100"),)
+    business = bind(eng, ia_pd(2), interface="uplink", relays=line)
+    restarted = engine(leasequery_requesters=[str(REQUESTER)])
+    restarted.load([lease for lease, _ in business.writes], [], {42: SubscriberStatus.ACTIVE})
+    inside = client_data(ask(restarted, leasequery(1, by_address("2001:db8:ffff:12::1")), T0 + 10))
+    assert [o.code for o in inside] == [OptionCode.CLIENTID, OptionCode.IAPREFIX, OptionCode.CLT_TIME]
+    assert inside[1].data[8:] == bytes([52]) + IPv6Address("2001:db8:ffff::").packed
+
+
 def test_leasequery_by_client_id_gives_everything_the_client_holds() -> None:
     eng = engine(leasequery_requesters=[str(REQUESTER)])
     bind(eng, ia_na(1), ia_pd(2))
