@@ -381,7 +381,10 @@ class DHCP6Engine:
             return reply(encode_status(StatusCode.MALFORMED_QUERY, "no query option (44)"))
         link: Subnet6 | None = None
         if not question.link_address.is_unspecified:
-            link = next((s for s in self.config.subnet if question.link_address in s.prefix), None)
+            # The link as a Relay-forward names it (subnet_for): by its prefix, or as one of the
+            # relay addresses a BNG's link-address may be.
+            link = next((s for s in self.config.subnet if question.link_address in s.prefix
+                         or question.link_address in s.relay_addresses), None)
             if link is None:
                 return reply(encode_status(StatusCode.NOT_CONFIGURED, "not a configured link"))
         if asked_address is not None:

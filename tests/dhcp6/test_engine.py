@@ -789,6 +789,19 @@ def test_leasequery_by_address_finds_the_binding_or_the_delegated_prefix_holding
     assert client_data(ask(eng, leasequery(1, by_address("2001:db8:1::100")), T0 + 7201)) == []
 
 
+def test_leasequery_knows_a_link_by_its_relay_address() -> None:
+    """A BNG whose link-address is one of a subnet's relay_addresses (its clients are placed in
+    that subnet by it) asks about one of them on that link: the link is ours."""
+    eng = engine(leasequery_requesters=[str(REQUESTER)])
+    bng = (_relay(message(MessageType.SOLICIT), "2001:db8:ff::1"),)
+    assert bind(eng, ia_na(1), interface="uplink", relays=bng).writes[0][0].link == "bng"
+    on_link = ask(eng, leasequery(1, by_address("2001:db8:2::100"), link="2001:db8:ff::1"), T0 + 10)
+    assert status_of(on_link) == StatusCode.SUCCESS
+    assert [o.code for o in client_data(on_link)] == [OptionCode.CLIENTID, OptionCode.IAADDR, OptionCode.CLT_TIME]
+    by_client = ask(eng, leasequery(2, option(OptionCode.CLIENTID, DUID_A), link="2001:db8:ff::1"), T0 + 10)
+    assert len(client_data(by_client)) == 3
+
+
 def test_leasequery_finds_a_prefix_whose_reservation_is_gone() -> None:
     """A business line's reserved /52 (a length no pool has), bound; the reservation deleted and ispd restarted (the
     store's bindings loaded, no reservation of that length any more): the router holds the /52
