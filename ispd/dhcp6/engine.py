@@ -890,6 +890,11 @@ class _Request:
         """Release or Decline (RFC 8415 §18.3.7, §18.3.8): the listed bindings of this client end."""
         refused: list[Option] = []
         for ia in self.message.ias:
+            if state is LeaseState.DECLINED and ia.code == OptionCode.IA_PD:
+                # §18.2.8: a client declines addresses it found in use on its link; a delegated
+                # prefix is no address of the link, and quarantining it would let one router
+                # take a prefix a day out of the pool with each Decline. It is left as it is.
+                continue
             kind = _KIND_OF[OptionCode(ia.code)]
             key: IAKey = (self.duid, ia.iaid, kind)
             ended = 0

@@ -220,6 +220,19 @@ def test_decline_quarantines_the_address_from_everyone() -> None:
     assert reply_ias(again)[0].leases[0].address == IPv6Address("2001:db8:1::101")  # type: ignore[union-attr]
 
 
+def test_a_delegated_prefix_is_not_declined() -> None:
+    """Decline is for addresses found in use on the link (RFC 8415 §18.2.8): a prefix in it is
+    left bound, and no prefix of the pool goes into quarantine for it."""
+    eng = engine()
+    bind(eng, ia_na(1), ia_pd(2))
+    outcome = handle(eng, message(MessageType.DECLINE, ia_pd(2, "2001:db8:100::/56"), server=SERVER_DUID), T0 + 5)
+    assert outcome.declined == 0 and outcome.writes == []
+    assert eng.leases["2001:db8:100::/56"].state is LeaseState.BOUND
+    assert not any(declined for *_, declined in eng.pool_usage(T0 + 5))
+    renew = handle(eng, message(MessageType.RENEW, ia_pd(2, "2001:db8:100::/56"), server=SERVER_DUID), T0 + 10)
+    assert reply_ias(renew)[0].leases == (IAPrefix(IPv6Network("2001:db8:100::/56"), 3600, 7200),)
+
+
 def test_confirm_says_whether_the_addresses_are_on_link() -> None:
     eng = engine()
     on = handle(eng, message(MessageType.CONFIRM, ia_na(1, "2001:db8:1::100")))
