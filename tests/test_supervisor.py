@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -23,6 +24,7 @@ from ispd.metrics.config import MetricsConfig
 from ispd.sdnotify import Notifier
 from ispd.store import open_store
 from ispd.store.config import StoreConfig
+from ispd.store.errors import StoreError
 from ispd.store.postgresql import _DAEMON_LOCK, PostgresDaemonLock
 from ispd.store.sqlite import Migration, connect, migrate, schema_version, sqlite_migrations
 from ispd.supervisor import Supervisor
@@ -70,6 +72,27 @@ async def test_health_turns_503_when_the_store_breaks_and_stop_is_clean(tmp_path
         ok, report = await supervisor.health_report()
         assert not ok and report["store"] == {"ok": False, "detail": "the store is closed"}
         assert report["metrics"]["ok"] is True
+
+
+async def test_health_fails_while_commits_fail_and_recovers_with_the_next_one(tmp_path: Path) -> None:
+    """From a bug hunt: on a full disk every commit failed while /healthz said the store was ok
+    (its probe is a read). Here the write lock is held by another connection past the busy
+    timeout, which fails commits the same way."""
+    async with running(config_for(tmp_path, busy_timeout_seconds=0.3), tmp_path / "unused.toml") as (supervisor, _):
+        store = supervisor.store
+        assert store is not None
+        blocker = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")
+            with pytest.raises(StoreError):
+                await store.add_subscriber("alice", actor="t")
+            ok, report = await supervisor.health_report()
+            assert not ok and report["store"] == {"ok": False, "detail": "writes are failing: database is locked"}
+        finally:
+            blocker.close()
+        await store.add_subscriber("alice", actor="t")
+        ok, report = await supervisor.health_report()
+        assert ok and report["store"] == {"ok": True, "detail": ""}
 
 
 async def test_reload_of_a_missing_file_is_rejected_and_ready_again(tmp_path: Path) -> None:

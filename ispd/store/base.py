@@ -70,6 +70,10 @@ class Store(ABC):
     def writer_alive(self) -> bool:
         """False once the write path is broken beyond repair (the watchdog stops petting)."""
 
+    @abstractmethod
+    def commits_failing(self) -> str | None:
+        """Why the last commit failed (a full disk, say), until one succeeds again; else None."""
+
     # --- plans
     @abstractmethod
     async def add_plan(

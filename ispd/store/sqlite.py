@@ -446,6 +446,7 @@ class _Writer(threading.Thread):
         self.connector, self.config, self.metrics = connector, config, metrics
         self.jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.broken: BaseException | None = None
+        self.failing: str | None = None  # why the last commit failed, until one succeeds
         self.ready = threading.Event()
         self.conn: Any = None
         # A batch fails as a whole on the driver's errors, and on a connection that cannot be made again.
@@ -514,11 +515,13 @@ class _Writer(threading.Thread):
                     outcomes.append((job, result, None))
             if conn.in_transaction:
                 conn.execute("COMMIT")
+            self.failing = None
         except self._batch_errors as exc:
             if connector.usable(self.conn) and self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             batch_error = connector.translate(exc)
             log.warning("store.commit.failed", error=str(exc), batch=len(batch))
+            self.failing = str(exc) or type(exc).__name__
             outcomes = [(job, None, batch_error) for job in batch]
         if self.metrics is not None:
             self.metrics.commit_batch_size.observe(len(batch))
@@ -844,6 +847,9 @@ class SQLiteStore(Store):
 
     def writer_alive(self) -> bool:
         return self._writer.is_alive() and self._writer.broken is None
+
+    def commits_failing(self) -> str | None:
+        return self._writer.failing
 
     # --- plumbing
 
