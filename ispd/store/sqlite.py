@@ -1254,7 +1254,8 @@ class SQLiteStore(Store):
                 _refuse_an_address_in_use(conn, checked_address, row["id"], now, checked_kind, checked_key)
             if checked_hostname is not None:
                 _refuse_another_subscribers_name(conn, checked_hostname, row["id"])
-            sqlite_reservations6.refuse_ipv6_conflicts(conn, row["id"], checked_address6, checked_prefix6)
+            sqlite_reservations6.refuse_ipv6_conflicts(conn, row["id"], checked_address6, checked_prefix6, now=now,
+                                                       kind=checked_kind, key=checked_key)
             added = _reservation(conn.execute(
                 "INSERT INTO reservations (id, subscriber_id, kind, key, address, hostname, created_at, address6,"
                 " prefix6, address6_net_hi, address6_net_lo, prefix6_length, prefix6_net_hi, prefix6_net_lo)"
@@ -1332,7 +1333,7 @@ class SQLiteStore(Store):
                              " prefix6_net_lo = NULL WHERE id = ?", (old.id,))
                 sqlite_reservations6.refuse_ipv6_conflicts(
                     conn, old.subscriber_id, new.address6 if "address6" in previous else None,
-                    new.prefix6 if "prefix6" in previous else None)
+                    new.prefix6 if "prefix6" in previous else None, now=now, kind=old.kind, key=old.key)
             conn.execute(
                 "UPDATE reservations SET address = ?, hostname = ?, address6 = ?, prefix6 = ?, address6_net_hi = ?,"
                 " address6_net_lo = ?, prefix6_length = ?, prefix6_net_hi = ?, prefix6_net_lo = ? WHERE id = ?",

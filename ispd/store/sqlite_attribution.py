@@ -151,6 +151,20 @@ def dhcp6_overlapping_query(question: IPv6Network, until: float) -> tuple[str, l
     return _DHCP6_OVERLAPPING.format(ranges=ranges, matching=matching), [*parameters, until]
 
 
+# The bindings live at a moment whose prefix overlaps a question: found through their history's
+# networks (a binding's own row keeps only its text), then read by prefix.
+_DHCP6_LIVE_OVERLAPPING = (
+    "WITH {ranges} SELECT l.* FROM dhcp6_leases l WHERE l.prefix IN (SELECT m.prefix FROM ({matching}) AS m)"
+    " AND l.state = 'bound' AND l.expires_at > ? ORDER BY l.prefix")
+
+
+def dhcp6_live_overlapping_query(question: IPv6Network, now: float) -> tuple[str, list[float]]:
+    """The statement and parameters that select the DHCPv6 bindings live at ``now`` (rows of
+    ``dhcp6_leases``) whose address or prefix overlaps ``question``."""
+    ranges, matching, parameters = _overlapping(question, "dhcp6_lease_history")
+    return _DHCP6_LIVE_OVERLAPPING.format(ranges=ranges, matching=matching), [*parameters, now]
+
+
 def _dhcp6_holdings(conn: sqlite3.Connection, question: str, since: float, until: float) -> list[Holding]:
     # One holding per binding (prefix, kind, start and client's IA): a wide question may overlap
     # several prefixes, each its own.

@@ -10,16 +10,24 @@ on those, one per stored prefix length, as ``who`` asks them.
 Refused: an address6 already reserved; a prefix6 overlapping any reservation's prefix6 (the
 subscriber's own too: it would be delegated twice); an address6 inside another subscriber's
 prefix6, and a prefix6 holding another subscriber's address6. A subscriber's own address inside
-its own prefix is its business.
+its own prefix is its business. Also refused, as for IPv4 (``sqlite._refuse_an_address_in_use``):
+an address6 or prefix6 that overlaps what DHCPv6 has given someone else right now. RADIUS hands a
+reserved address or prefix out as it is (Framed-IPv6-Address, Delegated-IPv6-Prefix) while the
+DHCPv6 client keeps its binding until its next renewal, so both would have it. The subscriber's
+own bindings, and those of the device or line being reserved, are not someone else's.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import time
 from ipaddress import IPv6Network
 
 from ispd.store.errors import Conflict
 from ispd.store.ipv6_networks import overlap_ranges, stored_network
+from ispd.store.models import Lease6Kind, ReservationKind
+from ispd.store.sqlite_addresses import username_of
+from ispd.store.sqlite_attribution import dhcp6_live_overlapping_query
 
 _HOLDER = "SELECT r.*, s.username FROM reservations r JOIN subscribers s ON s.id = r.subscriber_id WHERE "
 
@@ -71,9 +79,10 @@ def _address_inside(conn: sqlite3.Connection, prefix: IPv6Network, subscriber_id
 
 
 def refuse_ipv6_conflicts(conn: sqlite3.Connection, subscriber_id: int, address6: str | None,
-                          prefix6: str | None) -> None:
-    """Raise ``Conflict`` naming the holder if ``address6`` or ``prefix6`` (canonical texts)
-    clash with a reservation kept (see the module comment)."""
+                          prefix6: str | None, *, now: float, kind: ReservationKind, key: str) -> None:
+    """Raise ``Conflict`` naming the holder if ``address6`` or ``prefix6`` (canonical texts) of
+    the reservation of ``kind`` and ``key`` clash with a reservation kept, or with a binding
+    someone else has now (see the module comment)."""
     if address6 is not None:
         taken = conn.execute(_HOLDER + "r.address6 = ?", (address6,)).fetchone()
         if taken is not None:
@@ -92,3 +101,25 @@ def refuse_ipv6_conflicts(conn: sqlite3.Connection, subscriber_id: int, address6
         taken = _address_inside(conn, network, subscriber_id)
         if taken is not None:
             raise Conflict(f"prefix {prefix6} holds IPv6 address {taken['address6']}, reserved for {_holder(taken)}")
+    for what, value in ((f"IPv6 address {address6}", address6), (f"prefix {prefix6}", prefix6)):
+        if value is not None:
+            _refuse_a_binding_in_use(conn, what, IPv6Network(value), subscriber_id, now, kind, key)
+
+
+# The binding column that holds each kind of device or line key, as DHCPv6 writes it.
+_DEVICE_COLUMNS = {ReservationKind.DUID: "duid", ReservationKind.CIRCUIT_ID: "interface_id",
+                   ReservationKind.REMOTE_ID: "remote_id"}
+
+
+def _refuse_a_binding_in_use(conn: sqlite3.Connection, what: str, question: IPv6Network, subscriber_id: int,
+                             now: float, kind: ReservationKind, key: str) -> None:
+    sql, parameters = dhcp6_live_overlapping_query(question, now)
+    column = _DEVICE_COLUMNS.get(kind)
+    for row in conn.execute(sql, parameters):
+        if row["subscriber_id"] == subscriber_id or (column is not None and row[column] == key):
+            continue
+        given = row["prefix"].removesuffix("/128") if row["kind"] == Lease6Kind.ADDRESS else row["prefix"]
+        holder = username_of(conn, row["subscriber_id"]) or f"DUID {row['duid']}"
+        until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(row["expires_at"]))
+        raise Conflict(f"{what} is in use: DHCPv6 gave {given} to {holder} until {until}; reserve it once that "
+                       "ends, or choose another")

@@ -4,13 +4,14 @@ prefix (prefix6), what each kind may hold, conflicts and overlap, the audit and 
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
 
 from ispd.events import ReservationAdded, ReservationDeleted, event_from_audit
 from ispd.store import Conflict, InvalidValue, Store, StoreConfig, open_store
-from ispd.store.models import Reservation, ReservationKind
+from ispd.store.models import Lease6, Lease6Kind, LeaseState, Reservation, ReservationKind
 from ispd.store.sqlite import connect, migrate, sqlite_migrations
 from tests.store.conftest import FakeClock
 
@@ -98,6 +99,48 @@ async def test_a_radius_login_holds_ipv6_in_the_same_space_as_dhcpv6(store: Stor
                                                  f"#{by_duid.id})")):
         await store.add_reservation("bob", ReservationKind.USERNAME, "bob@pppoe", actor="t",
                                     prefix6="2001:db8:300::/48")
+
+
+async def test_what_dhcpv6_has_given_someone_else_now_cannot_be_reserved(store: Store, clock: FakeClock) -> None:
+    """RADIUS hands a reserved IPv6 address or prefix out as it is, while the DHCPv6 client that
+    has it keeps it until its next renewal: reserving what another subscriber's (or a stranger's)
+    binding holds now would give it twice, as for IPv4."""
+    alice = await store.add_subscriber("alice", actor="t")
+    await store.add_subscriber("dave", actor="t")
+    stranger = "00:01:00:01:32:a9:30:72:02:00:5e:66:00:01"
+    live = [Lease6("2001:db8:100:4200::/56", Lease6Kind.PREFIX, LeaseState.BOUND, stranger, 1, clock.now,
+                   clock.now + 1800, clock.now + 3600),
+            Lease6("2001:db8:1::1000/128", Lease6Kind.ADDRESS, LeaseState.BOUND, stranger, 2, clock.now,
+                   clock.now + 1800, clock.now + 3600),
+            Lease6("2001:db8:100:4300::/56", Lease6Kind.PREFIX, LeaseState.BOUND, DUID, 1, clock.now,
+                   clock.now + 1800, clock.now + 3600, subscriber_id=alice.id, interface_id="bng1 ge-0/0/2")]
+    await store.record_leases6([(lease, "granted") for lease in live])
+    until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(clock.now + 3600))
+    for fields, message in [
+            ({"prefix6": "2001:db8:100:4200::/56"},  # the prefix itself
+             f"prefix 2001:db8:100:4200::/56 is in use: DHCPv6 gave 2001:db8:100:4200::/56 to DUID {stranger} "
+             f"until {until}"),
+            ({"prefix6": "2001:db8:100:4200::/64"},  # a part of it
+             "prefix 2001:db8:100:4200::/64 is in use: DHCPv6 gave 2001:db8:100:4200::/56"),
+            ({"prefix6": "2001:db8:100::/48"},  # a prefix around it
+             "prefix 2001:db8:100::/48 is in use: DHCPv6 gave 2001:db8:100:4200::/56"),
+            ({"address6": "2001:db8:1::1000"},
+             f"IPv6 address 2001:db8:1::1000 is in use: DHCPv6 gave 2001:db8:1::1000 to DUID {stranger}"),
+            ({"prefix6": "2001:db8:100:4300::/56"},  # another subscriber's router has it
+             "prefix 2001:db8:100:4300::/56 is in use: DHCPv6 gave 2001:db8:100:4300::/56 to alice until")]:
+        with pytest.raises(Conflict, match=re.escape(message)):
+            await store.add_reservation("dave", ReservationKind.USERNAME, "dave@pppoe", actor="t",
+                                        **fields)  # type: ignore[arg-type]
+    login = await store.add_reservation("dave", ReservationKind.USERNAME, "dave@pppoe", actor="t")
+    with pytest.raises(Conflict, match="is in use: DHCPv6 gave 2001:db8:100:4200::/56"):
+        await store.update_reservation(login.id, actor="t", prefix6="2001:db8:100:4200::/56")
+    # The subscriber's own binding, and the device or line being reserved, may have it made fixed;
+    # a binding that has ended holds nothing.
+    await store.add_reservation("alice", ReservationKind.USERNAME, "alice@pppoe", actor="t",
+                                prefix6="2001:db8:100:4300::/56")
+    await store.add_reservation("dave", ReservationKind.DUID, stranger, actor="t", address6="2001:db8:1::1000")
+    clock.now += 3601
+    await store.update_reservation(login.id, actor="t", prefix6="2001:db8:100:4200::/56")
 
 
 async def test_a_taken_duid_address6_or_prefix6_is_a_conflict_naming_its_holder(store: Store) -> None:
