@@ -623,20 +623,37 @@ _DEVICE_COLUMNS = {ReservationKind.MAC: "hw_address", ReservationKind.CLIENT_ID:
 
 def _refuse_an_address_in_use(conn: sqlite3.Connection, address: str, subscriber_id: int, now: float,
                               kind: ReservationKind, key: str) -> None:
-    """A fixed address must not be someone else's right now (a DHCP lease, a RADIUS session's
-    claim): RADIUS hands a reserved address out as it is, and would give it twice. The
-    subscriber's own, and the device or line being reserved (making the address it has fixed),
-    are not someone else."""
+    """A fixed address must not be another device's, line's or login's right now (a DHCP lease, a
+    RADIUS session's claim), the subscriber's own included: RADIUS hands a reserved address out
+    as it is, and would give it twice (to a second line's session beside the first line's, to a
+    login beside the router DHCP gave it to). The device, line or login being reserved (making
+    the address it has fixed) is not another."""
     lease = conn.execute("SELECT l.*, s.username FROM leases l LEFT JOIN subscribers s ON s.id = l.subscriber_id"
-                         " WHERE l.address = ? AND l.state = 'bound' AND l.expires_at > ?"
-                         " AND (l.subscriber_id IS NULL OR l.subscriber_id != ?)",
-                         (address, now, subscriber_id)).fetchone()
-    column = _DEVICE_COLUMNS.get(kind)
-    if lease is not None and not (column is not None and lease["service"] == "dhcp" and lease[column] == key):
+                         " WHERE l.address = ? AND l.state = 'bound' AND l.expires_at > ?", (address, now)).fetchone()
+    if lease is not None and not _held_by_the_reserved(conn, lease, subscriber_id, kind, key):
         holder = lease["username"] or lease["hw_address"] or "a client"
         until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(lease["expires_at"]))
         raise Conflict(f"address {address} is in use: {lease['service'].upper()} gave it to {holder} until {until}; "
                        f"reserve it once that ends, or choose another address")
+
+
+def _held_by_the_reserved(conn: sqlite3.Connection, lease: sqlite3.Row, subscriber_id: int, kind: ReservationKind,
+                          key: str) -> bool:
+    """Whether ``lease`` is held by what the reservation of ``kind`` and ``key`` names: the DHCP
+    client by that key, or a RADIUS claim of the subscriber on that line (the CPE's MAC, its
+    port) or under that login (its username, or the login an open session on it used)."""
+    if lease["service"] == "dhcp":
+        column = _DEVICE_COLUMNS.get(kind)
+        return column is not None and lease[column] == key
+    if lease["subscriber_id"] != subscriber_id:
+        return False
+    if kind == ReservationKind.USERNAME:
+        return key == lease["username"] or conn.execute(
+            "SELECT 1 FROM radius_sessions WHERE framed_ip = ? AND username = ? AND subscriber_id = ?"
+            " AND stopped_at IS NULL LIMIT 1", (lease["address"], key, subscriber_id)).fetchone() is not None
+    # (A claim's circuit_id is its line: the MAC, else the NAS-Port-Id.)
+    return kind in (ReservationKind.MAC, ReservationKind.CIRCUIT_ID, ReservationKind.REMOTE_ID) and (
+        lease["hw_address"] == key or lease["circuit_id"] == key)
 
 
 def _refuse_a_reserved_address(conn: sqlite3.Connection, address: str) -> None:

@@ -11,10 +11,11 @@ Refused: an address6 already reserved; a prefix6 overlapping any reservation's p
 subscriber's own too: it would be delegated twice); an address6 inside another subscriber's
 prefix6, and a prefix6 holding another subscriber's address6. A subscriber's own address inside
 its own prefix is its business. Also refused, as for IPv4 (``sqlite._refuse_an_address_in_use``):
-an address6 or prefix6 that overlaps what DHCPv6 has given someone else right now. RADIUS hands a
-reserved address or prefix out as it is (Framed-IPv6-Address, Delegated-IPv6-Prefix) while the
-DHCPv6 client keeps its binding until its next renewal, so both would have it. The subscriber's
-own bindings, and those of the device or line being reserved, are not someone else's.
+an address6 or prefix6 that overlaps what DHCPv6 has given another client right now, the
+subscriber's own included. RADIUS hands a reserved address or prefix out as it is
+(Framed-IPv6-Address, Delegated-IPv6-Prefix) while the DHCPv6 client keeps its binding until its
+next renewal, so both would have it. The bindings of the device or line being reserved are not
+another client's.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def refuse_ipv6_conflicts(conn: sqlite3.Connection, subscriber_id: int, address6
             raise Conflict(f"prefix {prefix6} holds IPv6 address {taken['address6']}, reserved for {_holder(taken)}")
     for what, value in ((f"IPv6 address {address6}", address6), (f"prefix {prefix6}", prefix6)):
         if value is not None:
-            _refuse_a_binding_in_use(conn, what, IPv6Network(value), subscriber_id, now, kind, key)
+            _refuse_a_binding_in_use(conn, what, IPv6Network(value), now, kind, key)
 
 
 # The binding column that holds each kind of device or line key, as DHCPv6 writes it.
@@ -111,12 +112,12 @@ _DEVICE_COLUMNS = {ReservationKind.DUID: "duid", ReservationKind.CIRCUIT_ID: "in
                    ReservationKind.REMOTE_ID: "remote_id"}
 
 
-def _refuse_a_binding_in_use(conn: sqlite3.Connection, what: str, question: IPv6Network, subscriber_id: int,
-                             now: float, kind: ReservationKind, key: str) -> None:
+def _refuse_a_binding_in_use(conn: sqlite3.Connection, what: str, question: IPv6Network, now: float,
+                             kind: ReservationKind, key: str) -> None:
     sql, parameters = dhcp6_live_overlapping_query(question, now)
     column = _DEVICE_COLUMNS.get(kind)
     for row in conn.execute(sql, parameters):
-        if row["subscriber_id"] == subscriber_id or (column is not None and row[column] == key):
+        if column is not None and row[column] == key:
             continue
         given = row["prefix"].removesuffix("/128") if row["kind"] == Lease6Kind.ADDRESS else row["prefix"]
         holder = username_of(conn, row["subscriber_id"]) or f"DUID {row['duid']}"

@@ -281,8 +281,11 @@ async def test_an_address_someone_else_holds_cannot_be_reserved(store: Store, cl
     assert claimed.lease is not None and claimed.lease.address == "198.18.60.100"
     with pytest.raises(Conflict, match=r"198.18.60.100 is in use: RADIUS gave it to alice until"):
         await store.add_reservation("dave", ReservationKind.USERNAME, "dave-a", actor="t", address="198.18.60.100")
-    # Its own holder may reserve it (the address it has), and anyone once the hold has lapsed.
-    await store.add_reservation("alice", ReservationKind.USERNAME, "alice-a", actor="t", address="198.18.60.100")
+    # Nor may the subscriber's other login: its session would get the address beside the first
+    # line's. The login that holds it may have it made fixed, and anyone once the hold has lapsed.
+    with pytest.raises(Conflict, match=r"198.18.60.100 is in use: RADIUS gave it to alice until"):
+        await store.add_reservation("alice", ReservationKind.USERNAME, "alice-a", actor="t", address="198.18.60.100")
+    await store.add_reservation("alice", ReservationKind.USERNAME, "alice", actor="t", address="198.18.60.100")
     await store.delete_reservation((await store.list_reservations(subscriber="alice"))[0].id, actor="t")
     clock.now += 601
     await store.add_reservation("dave", ReservationKind.USERNAME, "dave-a", actor="t", address="198.18.60.100")
@@ -302,6 +305,48 @@ async def test_an_address_someone_else_holds_cannot_be_reserved(store: Store, cl
                        **fields)  # type: ignore[arg-type]
         await store.record_leases([(device, "granted")])
         await store.add_reservation("dave", kind, key, actor="t", address=address)
+
+
+async def test_an_address_the_subscriber_s_other_line_or_device_holds_cannot_be_reserved(
+        store: Store, clock: FakeClock) -> None:
+    """RADIUS hands a login's or a line's fixed address out as it is: fixing, for a second line
+    or login of one subscriber, the address its first line's session (or its router's DHCP lease)
+    holds now would put one address on both at once. The line, device or login that holds it
+    may have it made fixed."""
+    from ispd.store.models import AccountingRecord, AccountingStatus, AddressClaim
+
+    bob = await store.add_subscriber("bob", actor="t")
+    line1 = "02:00:00:00:02:02"
+    claim = AddressClaim("shared", ("198.18.60.101",), f"bob {line1}", clock.now + 600, subscriber_id=bob.id,
+                         hw_address=line1, circuit_id=line1)
+    assert (await store.claim_address(claim)).lease is not None
+    await store.record_accounting([AccountingRecord(
+        at=clock.now, status=AccountingStatus.START, nas_address="198.18.0.1", acct_session_id="s1",
+        username="bob", subscriber_id=bob.id, framed_ip="198.18.60.101", calling_station_id=line1)])
+    router = Lease("198.18.60.102", LeaseState.BOUND, clock.now, clock.now + 3600, hw_address="02:00:5e:00:00:07",
+                   subscriber_id=bob.id)
+    await store.record_leases([(router, "granted")])
+    for kind, key, address, holder in [
+            (ReservationKind.USERNAME, "bob@line2", "198.18.60.101", "RADIUS gave it to bob"),
+            (ReservationKind.MAC, "02:00:00:00:02:03", "198.18.60.101", "RADIUS gave it to bob"),
+            (ReservationKind.USERNAME, "bob@line2", "198.18.60.102", "DHCP gave it to bob"),
+            (ReservationKind.CIRCUIT_ID, "eth0/1/9", "198.18.60.102", "DHCP gave it to bob")]:
+        with pytest.raises(Conflict, match=f"{address} is in use: {holder} until"):
+            await store.add_reservation("bob", kind, key, actor="t", address=address)
+    login2 = await store.add_reservation("bob", ReservationKind.USERNAME, "bob@line2", actor="t")
+    with pytest.raises(Conflict, match=r"198.18.60.101 is in use: RADIUS gave it to bob until"):
+        await store.update_reservation(login2.id, actor="t", address="198.18.60.101")
+    # What holds it: the first line (its MAC, the login it used, the subscriber's username), the router.
+    for kind, key, address in [(ReservationKind.MAC, line1, "198.18.60.101"),
+                               (ReservationKind.USERNAME, "bob", "198.18.60.101"),
+                               (ReservationKind.MAC, "02:00:5e:00:00:07", "198.18.60.102")]:
+        added = await store.add_reservation("bob", kind, key, actor="t", address=address)
+        await store.delete_reservation(added.id, actor="t")
+    # A session that logged in under the second login has it: that login may have it fixed.
+    await store.record_accounting([AccountingRecord(
+        at=clock.now, status=AccountingStatus.START, nas_address="198.18.0.1", acct_session_id="s2",
+        username="bob@line2", subscriber_id=bob.id, framed_ip="198.18.60.101", calling_station_id=line1)])
+    await store.update_reservation(login2.id, actor="t", address="198.18.60.101")
 
 
 # --- changing a reservation

@@ -103,8 +103,9 @@ async def test_a_radius_login_holds_ipv6_in_the_same_space_as_dhcpv6(store: Stor
 
 async def test_what_dhcpv6_has_given_someone_else_now_cannot_be_reserved(store: Store, clock: FakeClock) -> None:
     """RADIUS hands a reserved IPv6 address or prefix out as it is, while the DHCPv6 client that
-    has it keeps it until its next renewal: reserving what another subscriber's (or a stranger's)
-    binding holds now would give it twice, as for IPv4."""
+    has it keeps it until its next renewal: reserving what another client's binding holds now
+    (another subscriber's, a stranger's, the subscriber's own router's) would give it twice, as
+    for IPv4."""
     alice = await store.add_subscriber("alice", actor="t")
     await store.add_subscriber("dave", actor="t")
     stranger = "00:01:00:01:32:a9:30:72:02:00:5e:66:00:01"
@@ -134,9 +135,13 @@ async def test_what_dhcpv6_has_given_someone_else_now_cannot_be_reserved(store: 
     login = await store.add_reservation("dave", ReservationKind.USERNAME, "dave@pppoe", actor="t")
     with pytest.raises(Conflict, match="is in use: DHCPv6 gave 2001:db8:100:4200::/56"):
         await store.update_reservation(login.id, actor="t", prefix6="2001:db8:100:4200::/56")
-    # The subscriber's own binding, and the device or line being reserved, may have it made fixed;
-    # a binding that has ended holds nothing.
-    await store.add_reservation("alice", ReservationKind.USERNAME, "alice@pppoe", actor="t",
+    # Nor the subscriber's own router's, for its login: its session would get it beside the router.
+    with pytest.raises(Conflict, match=re.escape("prefix 2001:db8:100:4300::/56 is in use: DHCPv6 gave "
+                                                 "2001:db8:100:4300::/56 to alice until")):
+        await store.add_reservation("alice", ReservationKind.USERNAME, "alice@pppoe", actor="t",
+                                    prefix6="2001:db8:100:4300::/56")
+    # The device or line being reserved may have it made fixed; a binding that has ended holds nothing.
+    await store.add_reservation("alice", ReservationKind.CIRCUIT_ID, "bng1 ge-0/0/2", actor="t",
                                 prefix6="2001:db8:100:4300::/56")
     await store.add_reservation("dave", ReservationKind.DUID, stranger, actor="t", address6="2001:db8:1::1000")
     clock.now += 3601
