@@ -14,7 +14,10 @@ has to try more than one:
 
 What the view knows comes from the store at start (every live lease in the pools), from this
 service's own claims and releases, from DHCP's leases on the bus, and from the candidates a
-claim found taken. It may be behind (another node, the CLI): the store corrects it.
+claim found taken. It may be behind (another node, the CLI): the store corrects it. A claim
+outside every pool is kept too (a reload shrank its pool, or left it named by no plan): its
+session still uses the address, so its hold is renewed and given back at the Stop as any other;
+only no new claim is proposed there.
 
 The view also remembers which subscriber holds each claim, so that a session that stops gives its
 address back, and a session still open renews it (``renewals``). Only the event loop touches it.
@@ -101,8 +104,8 @@ class AddressPools:
             address = int(IPv4Address(lease.address))
         except ValueError:
             return
-        if self.pool_of(address) is None:
-            return
+        if self.pool_of(address) is None and lease.service != LeaseService.RADIUS:
+            return  # (a claim of ours outside the pools now is still its session's: see above)
         if lease.service != LeaseService.RADIUS and self._claimed_at(address, now):
             return  # a DHCP event older than our claim (the store refuses DHCP what we hold)
         if lease.service == LeaseService.RADIUS and lease.client_id is not None:

@@ -433,8 +433,8 @@ class RadiusService(Service):
 
     async def _address_pools(self, config: RadiusConfig) -> AddressPools:
         pools = AddressPools((p.name, *p.bounds) for p in config.address_pool)
-        if pools.pools:
-            pools.load(await self.context.store.list_leases(), self.context.clock())
+        # (With no pool left, open sessions may still hold addresses of the pools they had.)
+        pools.load(await self.context.store.list_leases(), self.context.clock())
         return pools
 
     async def _open(self, stack: AsyncExitStack) -> None:
@@ -1094,7 +1094,7 @@ class RadiusService(Service):
 
     async def _renew_claims(self, now: float) -> None:
         """Keep the addresses of open sessions held: each well before its hold ends."""
-        if not self.addresses.pools:
+        if not self.addresses.pools and not self.addresses.claims:
             return
         hold = self.config.address_hold_seconds
         holds = []

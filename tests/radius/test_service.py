@@ -621,3 +621,44 @@ async def test_a_plan_change_out_of_a_walled_quota_disconnects_like_a_resume(tmp
             await bus.drain(5)
     finally:
         await store.close()
+
+
+async def test_a_session_keeps_its_pool_address_held_after_a_reload_takes_the_pool_away(tmp_path: Path) -> None:
+    """A reload that leaves a pool named by no plan (or shrinks it) built the view of the pools
+    anew from the store's leases in the new pools only: the open sessions' addresses of the old
+    one were renewed no more, their holds lapsed while the sessions used them, and DHCP (which
+    shared the pool) gave them to its clients. The claims stay known: renewed, given back at the
+    Stop."""
+    from ispd.radius.addresses import holder_of
+    from ispd.store.models import AddressClaim
+
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        await store.add_plan("home", actor="test")
+        alice = await store.add_subscriber("alice", actor="test", plan="home")
+        mac, now = "02:00:5e:10:00:01", time.time()
+        claimed = await store.claim_address(AddressClaim("old", ("198.18.58.10",), holder_of("alice", mac), now + 300,
+                                                         alice.id, mac, mac))
+        assert claimed.lease is not None
+        start = AccountingRecord(at=now + 1, status=AccountingStatus.START, nas_address=NAS, acct_session_id="a1",
+                                 username="alice", subscriber_id=alice.id, framed_ip="198.18.58.10",
+                                 calling_station_id=mac, nas_client="bng")
+        await store.record_accounting([start])
+        old = _radius_config(3799, address_hold_seconds=300, plan=[{"plan": "home", "address_pool": "old"}],
+                             address_pool=[{"name": "old", "range": "198.18.58.10 - 198.18.58.19"}])
+        new = _radius_config(3799, address_hold_seconds=300, plan=[{"plan": "home", "address_pool": "new"}],
+                             address_pool=[{"name": "new", "range": "198.18.58.20 - 198.18.58.29"}])
+        async with _running(store, EventBus(), old) as service:
+            await service.reload(old, new)
+            await service._renew_claims(now + 200)  # less than half the hold left: renewed
+            assert (await store.get_lease("198.18.58.10")).expires_at == now + 500
+            stop = replace(start, at=now + 210, status=AccountingStatus.STOP)
+            [result] = await store.record_accounting([stop])
+            service._follow(stop, result)
+            await _until(lambda: _released(store, "198.18.58.10"), within=5)
+    finally:
+        await store.close()
+
+
+async def _released(store: Store, address: str) -> bool:
+    return str((await store.get_lease(address)).state) == "released"
