@@ -447,11 +447,15 @@ class QueueRunner:
         try:
             message = await loop.run_in_executor(self.executor, self.spool.read, mail.id)
         except FileNotFoundError:
-            log.error("mail.queue.file_missing", queue_id=mail.id)
+            log.error("mail.queue.file_missing", queue_id=mail.id, queue_directory=str(self.spool.directory))
             message = None
         results: dict[str, Outcome] = {}
         if message is None:
-            results = dict.fromkeys(mail.pending, Outcome(Verdict.BOUNCED, "the queued message was lost", "5.3.0"))
+            # Deferred, not bounced at once: a queue_directory changed without moving its files
+            # would otherwise bounce the whole queue at the first start. Files put back are sent;
+            # a file truly lost bounces when the message's lifetime ends.
+            results = dict.fromkeys(mail.pending, Outcome(
+                Verdict.DEFERRED, f"the queued message's file is missing from {self.spool.directory}", "4.3.0"))
         else:
             groups = by_domain(mail.pending)
             noted: list[asyncio.Task[None]] = []

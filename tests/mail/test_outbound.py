@@ -78,16 +78,26 @@ async def test_one_domains_surprise_defers_it_and_the_others_still_settle(runner
     assert runner.attempts == {"delivered": 1, "bounced": 0, "deferred": 1}
 
 
-async def test_a_lost_spool_file_bounces_instead_of_retrying_forever(runner: QueueRunner) -> None:
+async def test_a_missing_spool_file_defers_until_the_lifetime_ends_then_bounces(runner: QueueRunner) -> None:
+    """From a bug hunt: a missing file bounced the message at once, so a queue_directory changed
+    without moving its files bounced the whole queue at the next start. It waits (the files may
+    be put back); a file truly lost bounces when the message's lifetime ends."""
     runner.spool.remove("Q1")
     await runner._attempt_now(mail("a@fine.example"))
     store = runner.store
     assert isinstance(store, RecordingStore)
-    assert store.recorded[0][1] == {"a@fine.example": (QueuedRecipientState.BOUNCED, "the queued message was lost")}
+    [(_, outcomes, next_attempt_at, _)] = store.recorded
+    assert outcomes == {"a@fine.example": (
+        QueuedRecipientState.PENDING, f"the queued message's file is missing from {runner.spool.directory}")}
+    assert next_attempt_at == 1060.0 and store.queued == []
+
+    runner.clock = lambda: 900.0 + runner.config.queue_lifetime_seconds
+    await runner._attempt_now(mail("a@fine.example"))
+    assert store.recorded[-1][1]["a@fine.example"][0] == QueuedRecipientState.BOUNCED
     # The sender still hears of it: a bounce, queued (alice is not a local mailbox here).
     [bounce] = store.queued
     assert bounce.sender == "" and bounce.pending == ["alice@isp.example"]
-    assert b"Status: 5.3.0" in runner.spool.read(bounce.id)
+    assert b"Status: 4.4.7" in runner.spool.read(bounce.id)
 
 
 async def test_an_entry_settled_since_the_poll_is_not_tried_again(runner: QueueRunner,
