@@ -383,8 +383,17 @@ def _list(reader: _Reader) -> dict[str, Any]:
         reader.sp()
         reader.expect(b"RETURN ")
         returns = reader.flag_list()
-    return {"reference": reference, "pattern": pattern, "selection": tuple(s.upper() for s in selection),
-            "return": tuple(r.upper() for r in returns)}
+    selection, returns = tuple(s.upper() for s in selection), tuple(r.upper() for r in returns)
+    # RFC 5258 §3: an option the server does not implement is BAD, never ignored (an ignored
+    # SUBSCRIBED or SPECIAL-USE would answer with every folder, as if the client had asked that).
+    unknown = [o for o in selection if o not in _LIST_SELECTION] + [o for o in returns if o not in _LIST_RETURN]
+    if unknown:
+        raise ParseError(f"LIST option {unknown[0].decode(errors='replace')[:40]} is not supported")
+    return {"reference": reference, "pattern": pattern, "selection": selection, "return": returns}
+
+
+_LIST_SELECTION = {b"SPECIAL-USE", b"SUBSCRIBED"}  # RFC 6154 §2, RFC 5258 §3.1
+_LIST_RETURN = {b"SPECIAL-USE", b"SUBSCRIBED", b"CHILDREN"}  # RFC 6154 §2, RFC 5258 §3.2
 
 
 _STATUS_ITEMS = {b"MESSAGES", b"RECENT", b"UIDNEXT", b"UIDVALIDITY", b"UNSEEN", b"HIGHESTMODSEQ", b"SIZE"}

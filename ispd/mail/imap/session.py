@@ -452,14 +452,19 @@ class IMAPSession(asyncio.Protocol):
             return
         folders = ["", *(await self._blocking(self.maildir.folders))]
         subscribed_only = command.name == "LSUB"
+        selection, returns = command.args["selection"], command.args["return"]
         subscribed = set(await self._blocking(self.maildir.subscriptions)) | {""}
-        listed = [f for f in folders if f in subscribed] if subscribed_only else folders
+        listed = [f for f in folders if f in subscribed] if subscribed_only or b"SUBSCRIBED" in selection else folders
+        # RFC 6154 §2: the SPECIAL-USE selection option lists only the special-use folders.
+        if b"SPECIAL-USE" in selection:
+            listed = [f for f in listed if f in SPECIAL_FOLDERS]
         # Levels of the hierarchy without a folder of their own (A below A.B.C, or a parent
         # deleted before its children) are named too, \Noselect, so that a client walking the
-        # tree with "%" reaches what is below them (RFC 3501 §6.3.8, and §6.3.9 for LSUB).
+        # tree with "%" reaches what is below them (RFC 3501 §6.3.8, and §6.3.9 for LSUB); not
+        # when the client selected folders by a property those levels do not have.
         present = set(listed)
         implied = {f.rsplit(".", i)[0] for f in listed if f for i in range(1, f.count(".") + 1)} - present
-        implied = {f for f in implied if f.upper() != "INBOX"}  # INBOX.x lies below the INBOX ("")
+        implied = {f for f in implied if f.upper() != "INBOX" and not selection}  # INBOX.x lies below the INBOX ("")
         for folder in sorted([*listed, *implied], key=lambda f: (f != "", f)):
             name = folder.encode() if folder else b"INBOX"
             if not _pattern_matches(command.args["reference"] + pattern, name):
@@ -472,6 +477,8 @@ class IMAPSession(asyncio.Protocol):
                 attributes = []
             elif folder.split(".")[0] in SPECIAL_FOLDERS and "." not in folder:
                 attributes.append(b"\\" + folder.encode())
+            if not subscribed_only and folder in subscribed and b"SUBSCRIBED" in (*selection, *returns):
+                attributes.append(b"\\Subscribed")  # RFC 5258 §3.1, §3.2
             self.send(b'* %s (%s) "." %s' % (command.name.encode(), b" ".join(attributes), astring(name)))
         self.send(f"{command.tag} OK {command.name} completed".encode())
 

@@ -1,0 +1,54 @@
+"""LIST with RFC 5258 options: the SPECIAL-USE selection (RFC 6154 §2) lists only the special-use
+folders, SUBSCRIBED only the subscribed ones, marked \\Subscribed; an option ispd does not
+implement is BAD rather than ignored (an ignored one answers with every folder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ispd.mail.maildir import Maildir
+from tests.mail.imap.test_session_failures import run_commands
+
+
+@pytest.fixture()
+def maildir(tmp_path: Path) -> Maildir:
+    maildir = Maildir.for_address(tmp_path, "alice@isp.example")
+    maildir.create()
+    return maildir
+
+
+def listed(maildir: Maildir, command: str) -> list[bytes]:
+    answer = run_commands(maildir, ["LOGIN alice@isp.example secret", "CREATE Projects", "CREATE A.B",
+                                    "UNSUBSCRIBE Junk", command], lambda: None)
+    return [line for line in answer.split(b"\r\n") if line]
+
+
+def test_the_special_use_selection_lists_only_the_special_use_folders(maildir: Maildir) -> None:
+    assert listed(maildir, 'LIST (SPECIAL-USE) "" "*"') == [
+        b'* LIST (\\HasNoChildren \\Archive) "." "Archive"', b'* LIST (\\HasNoChildren \\Drafts) "." "Drafts"',
+        b'* LIST (\\HasNoChildren \\Junk) "." "Junk"', b'* LIST (\\HasNoChildren \\Sent) "." "Sent"',
+        b'* LIST (\\HasNoChildren \\Trash) "." "Trash"', b"t4 OK LIST completed"]
+
+
+def test_the_subscribed_selection_lists_only_subscribed_folders_marked_so(maildir: Maildir) -> None:
+    lines = listed(maildir, 'LIST (SUBSCRIBED) "" "*"')
+    assert b'* LIST (\\HasNoChildren \\Subscribed) "." "INBOX"' in lines
+    assert b'* LIST (\\HasNoChildren \\Sent \\Subscribed) "." "Sent"' in lines
+    assert not any(b'"Junk"' in line or b'"Projects"' in line or b'"A.B"' in line for line in lines), lines
+    everything = listed(maildir, 'LIST "" "*" RETURN (SUBSCRIBED)')
+    assert b'* LIST (\\HasNoChildren \\Junk) "." "Junk"' in everything
+    assert b'* LIST (\\HasNoChildren \\Trash \\Subscribed) "." "Trash"' in everything
+
+
+@pytest.mark.parametrize("command", ['LIST (REMOTE) "" "*"', 'LIST (SUBSCRIBED RECURSIVEMATCH) "" "*"',
+                                     'LIST "" "*" RETURN (MYRIGHTS)'])
+def test_an_option_not_implemented_is_bad(maildir: Maildir, command: str) -> None:
+    assert listed(maildir, command)[-1].startswith(b"t4 BAD LIST option ")
+
+
+def test_a_plain_list_is_unchanged(maildir: Maildir) -> None:
+    lines = listed(maildir, 'LIST "" "*"')
+    assert b'* LIST (\\Noselect \\HasChildren) "." "A"' in lines and b'* LIST (\\HasNoChildren) "." "Projects"' in lines
+    assert not any(b"\\Subscribed" in line for line in lines)
