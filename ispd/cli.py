@@ -20,6 +20,7 @@ import os
 import pwd
 import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -1424,7 +1425,29 @@ def daemon_lock(config: Config, hint: str) -> DaemonLock | PostgresDaemonLock:
             raise CommandFailed(str(exc)) from None
         who = f"pid {exc.held_by}" if exc.held_by else "pid unknown"
         raise CommandFailed(f"an ispd daemon ({who}) is running on {_store_name(config)}: {hint}") from None
+    # An ispd from before the lock (b862454) runs without taking it: during an upgrade that is
+    # the daemon still running the old release, the very one a migration must not happen under
+    # (it would go on writing rows the new schema's triggers and indexes never see). It does
+    # answer on its control socket. (Only for SQLite: on PostgreSQL the daemons of other nodes
+    # are out of sight anyway, and a standby here holds no lock by design.)
+    control = config.daemon.control_socket
+    if config.store.backend == "sqlite" and control is not None and _answers(control):
+        lock.release()
+        raise CommandFailed(f"an ispd daemon is running: it answers on the control socket {control} (an ispd "
+                            f"older than the store's lock file, which it does not take): {hint}")
     return lock
+
+
+def _answers(path: Path) -> bool:
+    """Whether something accepts connections on the unix socket ``path`` (a stale one, left by a
+    daemon that died, refuses them)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(2.0)
+        try:
+            probe.connect(str(path))
+        except (OSError, TimeoutError):
+            return False
+    return True
 
 
 async def cmd_store_migrate(config: Config, args: argparse.Namespace) -> None:

@@ -482,3 +482,41 @@ def test_store_migrate_applies_what_is_pending_and_is_refused_beside_a_daemon(tm
     assert schema_version(conn) == newest.version
     conn.close()
     assert ok(config_path, "store", "migrate") == f"{store}: at schema {newest.version}, nothing to do\n"
+
+
+def test_migrations_are_refused_beside_a_daemon_from_before_the_lock(tmp_path: Path, config_path: Path) -> None:
+    # The daemon still running the previous release during an upgrade may be one from before the
+    # store's lock file: it answers on its control socket but holds no lock. Migrated under it,
+    # the store gets rows the new schema's triggers and indexes never see (an old daemon's IPv6
+    # sessions, which `who` then cannot find).
+    import socket
+
+    from ispd.store.sqlite import connect, migrate, schema_version, sqlite_migrations
+
+    migrations = sqlite_migrations()
+    store = tmp_path / "ispd.db"
+    conn = connect(store, 5)
+    migrate(conn, migrations, target=len(migrations) - 2)
+    conn.close()
+    control = tmp_path / "control.sock"
+    old_daemon = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_daemon.bind(str(control))
+    old_daemon.listen()
+    try:
+        for command in (("store", "migrate"), ("subscriber", "list"), ("store", "restore", str(store))):
+            refused = ispd(config_path, *command)
+            assert refused.returncode == 1, (command, refused.stdout)
+            assert refused.stderr.startswith(f"ispd: an ispd daemon is running: it answers on the control socket "
+                                             f"{control} "), (command, refused.stderr)
+        conn = connect(store, 5)
+        assert schema_version(conn) == len(migrations) - 2  # untouched
+        conn.close()
+    finally:
+        old_daemon.close()
+
+    # Its socket left behind by a daemon that is gone refuses connections: no longer in the way.
+    assert control.exists()
+    ok(config_path, "store", "migrate")
+    conn = connect(store, 5)
+    assert schema_version(conn) == migrations[-1].version
+    conn.close()
