@@ -14,7 +14,9 @@ from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
 from typing import Any
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ispd.admin.app import build_app
 from ispd.config import Config
@@ -25,11 +27,55 @@ from ispd.service import Health, Service, ServiceContext, ServiceStartError, des
 
 log = get_logger("ispd.admin")
 
+# A client has this long to send a request's head, from its connection or from the end of the
+# previous response; then the connection is closed (nginx: client_header_timeout).
+REQUEST_HEAD_SECONDS = 10.0
+
 
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:  # the supervisor handles signals
         yield
+
+
+class _H11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 with a deadline for each request's head. uvicorn times only the wait
+    between a response and the next request: a connection that never completes a request (one
+    that sends nothing, or a byte now and then) stayed open for good, and ``limit_concurrency``
+    counts connections, so ``max_connections`` of them had every request answered 503."""
+
+    _head_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._await_head()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.conn.their_state is not h11.IDLE:  # a head has come (or the connection is over)
+            self._cancel_head_deadline()
+
+    def on_response_complete(self) -> None:
+        self._await_head()  # before uvicorn goes on to a pipelined request, whose head ends it
+        super().on_response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_deadline()
+        super().connection_lost(exc)
+
+    def _await_head(self) -> None:
+        self._cancel_head_deadline()
+        self._head_deadline = self.loop.call_later(REQUEST_HEAD_SECONDS, self._head_too_late)
+
+    def _cancel_head_deadline(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _head_too_late(self) -> None:
+        self._head_deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
 
 
 class AdminService(Service):
@@ -75,7 +121,7 @@ class AdminService(Service):
                      token: Callable[[], str | None] | None) -> None:
         app = build_app(self.context.store, lambda: self.config, self.context.control, token=token,
                         dns_view=self._dns_view)
-        server = _Server(uvicorn.Config(app, lifespan="off", log_config=None, access_log=False,
+        server = _Server(uvicorn.Config(app, http=_H11Protocol, lifespan="off", log_config=None, access_log=False,
                                         timeout_keep_alive=5, timeout_graceful_shutdown=5,
                                         limit_concurrency=self.config.admin.max_connections,
                                         h11_max_incomplete_event_size=64 * 1024))

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +85,38 @@ def test_a_new_token_applies_at_a_reload_and_a_new_listener_is_refused(tmp_path:
         refused = ispd.log_events("config.reload.service_refused")
         assert refused and "needs a restart" in refused[-1]["error"], refused
         assert api.call("GET", "/v1/plans", tcp=True, token=rotated)[0] == 200
+
+
+def test_connections_that_never_send_a_request_do_not_hold_the_api_for_good(tmp_path: Path) -> None:
+    """max_connections counts connections: ones that stay silent, or trickle a request head a
+    byte at a time, are closed after the head's deadline and the API answers again."""
+    port = free_tcp_port()
+    config = base_config(tmp_path, admin={"listen": [f"127.0.0.1:{port}"], "token": TOKEN, "max_connections": 3})
+    with IspdProcess(tmp_path, config) as ispd:
+        ispd.start()
+
+        def status() -> str:  # (uvicorn's 503 is plain text)
+            return subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H",
+                                   f"Authorization: Bearer {TOKEN}", f"http://127.0.0.1:{port}/v1/plans"],
+                                  capture_output=True, text=True, timeout=30).stdout
+
+        held = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(3)]
+        try:
+            held[0].sendall(b"GET /v1/plans HTTP/1.1\r\n")  # a head begun, never finished
+            assert status() == "503"
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                held[1].sendall(b"X")  # trickled: still no complete head
+                time.sleep(1)
+                if status() == "200":
+                    break
+            else:
+                raise AssertionError("connections without a request held the admin API for 20 s")
+            for sock in held:
+                assert sock.recv(1024) == b""  # closed by ispd
+        finally:
+            for sock in held:
+                sock.close()
 
 
 def test_a_huge_body_is_refused_before_it_is_read(api: Api, tmp_path: Path) -> None:
