@@ -102,6 +102,40 @@ class RequestInProgress:
 
 
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # RFC 9113 §3.4
+
+
+class FrameLengths:
+    """Follows the frame headers in the bytes a client sends, to refuse a frame longer than
+    SETTINGS_MAX_FRAME_SIZE as soon as its header says so (RFC 9113 §4.2: FRAME_SIZE_ERROR). h2
+    checks the length only once the whole frame is in its buffer: a client that announced 16 MB
+    had the server buffer 16 MB, per connection, for as long as it trickled them."""
+
+    __slots__ = ("header", "left", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.header = b""  # of the next frame, while incomplete
+        self.left = 0  # of the current frame's payload
+
+    def admit(self, data: bytes) -> bool:
+        """False when ``data`` has the header of a frame over the limit."""
+        at, end = 0, len(data)
+        while at < end:
+            if self.left:
+                step = min(self.left, end - at)
+                self.left -= step
+                at += step
+                continue
+            need = 9 - len(self.header)
+            self.header += data[at:at + need]
+            at += need
+            if len(self.header) < 9:
+                return True
+            length = int.from_bytes(self.header[:3], "big")
+            if length > self.limit:
+                return False
+            self.left, self.header = length, b""
+        return True
 _HTTP1_REFUSAL = (b"HTTP/1.1 505 HTTP Version Not Supported\r\nContent-Type: text/plain\r\nContent-Length: 42\r\n"
                   b"Connection: close\r\n\r\nDNS over HTTPS here is HTTP/2 (RFC 8484)\r\n")
 
@@ -123,6 +157,7 @@ async def serve_h2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
     unsent: dict[int, memoryview] = {}  # response bodies waiting for flow-control window
     tasks: set[asyncio.Task[None]] = set()
     max_body = responder.config.max_query_bytes
+    frames = FrameLengths(conn.max_inbound_frame_size)
     stalled = False
 
     def flush() -> None:
@@ -256,6 +291,11 @@ async def serve_h2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
                 flush()
                 return
             if not data:
+                return
+            if not frames.admit(data):
+                responder.stats.bad_requests += 1
+                conn.close_connection(ErrorCodes.FRAME_SIZE_ERROR)
+                flush()
                 return
             try:
                 events = conn.receive_data(data)

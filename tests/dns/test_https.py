@@ -20,7 +20,7 @@ from h2.errors import ErrorCodes
 
 from ispd.dns.config import DoHConfig
 from ispd.dns.frontend import TransportStats
-from ispd.dns.https import DoHResponder, serve_h2
+from ispd.dns.https import DoHResponder, FrameLengths, serve_h2
 from ispd.dns.streams import WRITE_BUFFER_HIGH
 from ispd.listeners import forget_connection_error
 from tests.dns.test_streams import reset
@@ -249,3 +249,38 @@ async def test_replies_left_unread_by_a_silent_client_do_not_hold_the_connection
                 f"still open, {transport.get_write_buffer_size()} bytes waiting for a client that never reads"
         finally:
             client.close()
+
+
+async def test_a_frame_longer_than_the_limit_ends_the_connection_at_its_header() -> None:
+    """RFC 9113 §4.2: a frame over SETTINGS_MAX_FRAME_SIZE is a FRAME_SIZE_ERROR. h2 looks at the
+    length only once the whole frame is buffered: a bug hunt's 20 connections from one address,
+    each announcing a 16 MB DATA frame, had ispd hold 340 MB (until the idle timeout, and longer
+    for a client that trickled the rest)."""
+    async with serving(CachedAnswers(), idle_seconds=30) as served:
+        reader, writer = await asyncio.open_connection(*served.address)
+        try:
+            client = h2_client()
+            header = (0xFFFFFF).to_bytes(3, "big") + bytes([0, 0]) + (1).to_bytes(4, "big")  # DATA, stream 1
+            writer.write(client.data_to_send() + header + b"x" * 100_000)
+            await asyncio.wait_for(served.done.wait(), 5)  # (not after the 30 s idle timeout)
+            received = b""
+            while chunk := await asyncio.wait_for(reader.read(65536), 5):
+                received += chunk
+            events = client.receive_data(received)
+            ended = [event for event in events if isinstance(event, h2.events.ConnectionTerminated)]
+            assert ended and ended[0].error_code == ErrorCodes.FRAME_SIZE_ERROR, events
+        finally:
+            writer.close()
+
+
+@pytest.mark.parametrize("step", [1, 7, 9, 65536])
+def test_frame_lengths_follow_frames_however_the_bytes_are_split(step: int) -> None:
+    client = h2_client()
+    ask(client, 3)
+    client.ping(b"12345678")
+    sent = client.data_to_send()[24:]  # (the preface is read before)
+    sent += (16384).to_bytes(3, "big") + bytes(6) + b"x" * 16384  # exactly the limit: fine
+    frames = FrameLengths(16384)
+    assert all(frames.admit(sent[at:at + step]) for at in range(0, len(sent), step))
+    assert frames.left == 0 and frames.header == b""
+    assert not frames.admit((16385).to_bytes(3, "big") + bytes(6))
