@@ -978,7 +978,13 @@ class DHCPEngine:
                                           ended_at=lease.expires_at)])
 
     def _inform(self, received: Received, subnet: Subnet, server_id: IPv4Address, client: Client) -> Outcome:
-        pool = subnet.pool_of(int(received.packet.ciaddr)) or subnet.plain
+        ciaddr = received.packet.ciaddr
+        if ciaddr != UNSPECIFIED and self._subnet_containing(int(ciaddr)) is None:
+            # The ACK goes to ciaddr (§4.3.5): from an address on none of our subnets it would go
+            # wherever the sender pointed it, anywhere on the Internet, in our name. ISC dhcpd
+            # drops such an INFORM too ("unknown subnet").
+            return Outcome(ignored=Ignored.NO_SUBNET)
+        pool = subnet.pool_of(int(ciaddr)) or subnet.plain
         return Outcome(reply=self._reply(received, DHCPMessageType.ACK, server_id, UNSPECIFIED, pool, client,
                                          with_lease=False))
 

@@ -243,6 +243,14 @@ def test_a_relayed_inform_is_answered_at_its_ciaddr_not_through_the_relay() -> N
     assert decode_ips(reply.packet.option(Option.ROUTERS) or b"") == (IPv4Address("198.18.1.1"),)
 
 
+@pytest.mark.parametrize("giaddr", ["0.0.0.0", "198.18.1.1"])
+def test_an_inform_from_an_address_on_none_of_our_subnets_is_not_answered(giaddr: str) -> None:
+    """Its ACK goes to ciaddr: a fuzzer's INFORMs, on the link or as from a relay, had ispd send
+    ACKs to whatever ciaddr they named (8.8.8.8 among them), a reflection in the server's name."""
+    outcome = Lab().send(message(DHCPMessageType.INFORM, ciaddr="8.8.8.8", giaddr=giaddr))
+    assert outcome.reply is None and outcome.ignored is Ignored.NO_SUBNET
+
+
 def test_a_broadcast_rebinding_request_cannot_claim_an_address_of_another_subnet() -> None:
     """giaddr 0 and a broadcast: the client is on the receiving link (RFC 2131 §4.3.2), whatever
     subnet its ciaddr names. Taking the subnet from ciaddr let any client on a direct link
