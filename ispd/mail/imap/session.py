@@ -917,7 +917,7 @@ class IMAPSession(asyncio.Protocol):
             return
         if uid and not any(i.name == "UID" for i in items):
             items.insert(0, FetchItem("UID"))
-        if any(i.name == "BINARY" for i in items):
+        if any(i.name in ("BINARY", "BINARY.SIZE") for i in items):  # (the parser knows RFC 3516's names)
             self.send(f"{command.tag} NO [CANNOT] BINARY is not implemented yet".encode())
             return
         if changed_since is not None or any(i.name == "MODSEQ" for i in items):

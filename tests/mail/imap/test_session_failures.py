@@ -268,3 +268,12 @@ def test_two_sessions_moving_the_same_messages_move_them_once(maildir: Maildir) 
     asyncio.run(run())
     assert len(messages_in(maildir.folder_path("Archive"))) == 3
     assert messages_in(maildir.path) == []
+
+
+@pytest.mark.parametrize("items", ["BINARY[1]", "BINARY.PEEK[1]", "BINARY.SIZE[1]", "(UID BINARY.SIZE[2])"])
+def test_binary_fetch_items_are_refused_not_a_server_bug(maildir: Maildir, items: str) -> None:
+    """BINARY is not offered: each of RFC 3516's items gets the same plain NO. BINARY.SIZE passed
+    that check and reached the body rendering without the message read, an AssertionError, a
+    NO [SERVERBUG] and an error in the log for every such FETCH (found by a fuzzer)."""
+    answer = run_commands(maildir, ["LOGIN alice x", "SELECT INBOX", f"UID FETCH 1:* {items}"], lambda: None)
+    assert answer.startswith(b"t2 NO [CANNOT]"), answer
