@@ -7,6 +7,9 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
+from ispd.mail.imap import session as imap_session
 from ispd.mail.imap.session import IMAPSession
 from ispd.mail.metrics import MailMetrics
 
@@ -55,3 +58,34 @@ def test_a_silent_session_is_logged_out_and_a_talking_one_is_not() -> None:
     silent, talking = asyncio.run(run())
     assert silent.closed and b"* BYE autologout" in silent.written
     assert talking.written.count(b"OK NOOP completed") == 5
+
+
+def test_a_session_that_does_not_log_in_is_closed_sooner(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """Before login the autologout is PREAUTH_AUTOLOGOUT_SECONDS; a login brings back the full one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ispd.mail.maildir import Maildir
+    from tests.mail.imap.test_session_failures import fake_service as logging_in_service
+
+    monkeypatch.setattr(imap_session, "PREAUTH_AUTOLOGOUT_SECONDS", 0.1, raising=False)
+
+    async def run() -> tuple[FakeTransport, FakeTransport]:
+        with ThreadPoolExecutor(2) as executor:
+            service = logging_in_service(Maildir.for_address(tmp_path, "alice@isp.example"), executor)
+            service.config.imap_autologout_seconds = 0.6
+            silent, logged_in = FakeTransport(), FakeTransport()
+            sessions = [IMAPSession(service, "imaps") for _ in range(2)]
+            sessions[0].connection_made(silent)  # type: ignore[arg-type]
+            sessions[1].connection_made(logged_in)  # type: ignore[arg-type]
+            sessions[1].data_received(b"a LOGIN alice x\r\n")
+            await asyncio.sleep(0.35)
+            assert silent.closed and not logged_in.closed, (silent.written, logged_in.written)
+            await asyncio.sleep(0.5)
+            assert logged_in.closed
+            for session in sessions:
+                session.connection_lost(None)
+            return silent, logged_in
+
+    silent, logged_in = asyncio.run(run())
+    assert b"* BYE autologout" in silent.written
+    assert b"a OK" in logged_in.written and b"* BYE autologout" in logged_in.written
