@@ -959,7 +959,7 @@ class DNSEngine:
         return self._error(query, RCode.REFUSED, ede=EDE_NOT_AUTHORITATIVE)
 
     def _error(self, query: Message, rcode: int, *, ede: int | None = None) -> bytes:
-        self.rcodes[rcode & 0xF] += 1
+        self.rcodes[rcode] += 1  # the whole rcode: BADVERS (16) is not NOERROR (its lower 4 bits)
         flags = FLAG_QR | FLAG_RA | (query.flags & (FLAG_RD | FLAG_CD | 0x7800)) | (rcode & 0xF)
         opt = None
         if query.edns is not None:

@@ -200,6 +200,9 @@ async def test_badvers_for_edns_version_1(env: Env) -> None:
     assert reply.flags & 0xF == 0
     assert reply.edns is not None and reply.edns.version == 0 and reply.edns.do
     assert env.net.log == []
+    # Counted as what it is (ispd_dns_answers_total{rcode="other"}), not as a NOERROR.
+    assert env.engine.rcodes[RCode.BADVERS] == 1
+    assert env.engine.rcodes[RCode.NOERROR] == 0
 
 
 @pytest.mark.parametrize(
