@@ -600,6 +600,7 @@ class DNSEngine:
             self._inflight.pop(key, None)
         if resolution.rcode == RCode.SERVFAIL:
             self.stats.resolution_failures += 1
+            resolution = self._stale_from_rrsets(key, question, resolution)
         resolution = await self._police_chain(resolution, question.qtype, key=key)
         now = self.clock()
         old = self.answers.get_stale(key, now) if resolution.rcode == RCode.SERVFAIL else None
@@ -623,6 +624,25 @@ class DNSEngine:
             entry = self._build(key, question, resolution, now, store=store)
         if not future.done():
             future.set_result(entry)
+
+    def _stale_from_rrsets(self, key: bytes, question: Question, failed: Resolution) -> Resolution:
+        """RFC 8767 when the answer cache has no expired reply under ``key`` to serve instead of
+        the failure: the question was answered only to queries with other DNSSEC bits (dig sets
+        AD, stub resolvers do not), or a reload emptied the answer cache. The RRset cache still
+        has the records: the answer they make, every TTL the stale answer TTL, which is kept in
+        the answer cache for that long (§4's failure recheck timer). ``failed`` when they make
+        none."""
+        now = self.clock()
+        if not self.answers.limits.stale_seconds or self.answers.get_stale(key, now) is not None:
+            return failed
+        stale = self.resolver.stale_resolution(question.key_name, question.qtype, self.stale_answer_ttl)
+        if stale is None:
+            return failed
+        self.stats.stale_answers += 1
+        if self.servfail_log.enabled:
+            self.servfail_log.failed(question.key_name, question.qtype, failed.failure or "resolution failed",
+                                     answered_stale=True)
+        return stale
 
     async def _resolve_uncached(self, question: Question, key: bytes) -> Resolution:
         try:

@@ -62,7 +62,7 @@ import functools
 import random
 import secrets
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_address
 from typing import TYPE_CHECKING, Protocol
@@ -581,11 +581,48 @@ class Resolver:
                                "iterating from the root")
         return await self._iterate(name, qtype, budget, depth)
 
-    def _from_cache(self, name: bytes, qtype: int, now: float) -> Outcome | None:
+    def stale_resolution(self, name: bytes, qtype: int, stale_ttl: int) -> Resolution | None:
+        """RFC 8767 from the RRset cache: the answer that its entries, expired ones within
+        ``stale_seconds`` included, still make for (name, type) - CNAME and DNAME chains followed,
+        NXDOMAIN and NODATA too - every TTL ``stale_ttl``; None when they do not make a whole
+        one. For when resolving failed and the answer cache holds no expired reply to serve in
+        its place: the question was answered before only to queries with other DNSSEC bits, or
+        a reload has emptied the answer cache."""
+        now = self.clock()
+        validating = self.validator is not None
+        security = Security.SECURE if validating else Security.UNCHECKED
+        ede = -1
+        chain: list[RR] = []
+        seen = {name}
+        current = name
+        for _ in range(self.settings.max_cname_chain + 1):
+            outcome = self._from_cache(current, qtype, now, stale=True)
+            if outcome is None or outcome.step not in (Step.ANSWER, Step.NXDOMAIN, Step.NODATA, Step.CNAME):
+                return None
+            if validating and outcome.security < security:
+                security, ede = outcome.security, outcome.ede
+            chain.extend(outcome.records)
+            if outcome.step == Step.CNAME:
+                if outcome.next_name in seen:
+                    return None
+                seen.add(outcome.next_name)
+                current = outcome.next_name
+                continue
+            rcode = RCode.NXDOMAIN if outcome.step == Step.NXDOMAIN else RCode.NOERROR
+            authority = outcome.proof if outcome.step == Step.ANSWER else outcome.soa + outcome.proof
+            return Resolution(rcode, [replace(rr, ttl=stale_ttl) for rr in chain],
+                              [replace(rr, ttl=stale_ttl) for rr in authority], security=security, ede=ede,
+                              zone=outcome.zone)
+        return None
+
+    def _from_cache(self, name: bytes, qtype: int, now: float, *, stale: bool = False) -> Outcome | None:
+        """What the cache answers for (name, type); ``stale``: with its expired entries too,
+        those kept for serve-stale (their TTLs then 0)."""
         cache = self.cache
+        get = cache.get_stale if stale else cache.get
         # RFC 2181 §5.4.1: glue and a referral's NS set steer iteration but are never answers.
         if qtype != RRType.ANY:
-            entry = cache.get(name, qtype, now)
+            entry = get(name, qtype, now)
             if entry is not None and entry.trust >= Trust.AUTHORITY:
                 if not entry.sigs and not entry.proof:
                     return Outcome(Step.ANSWER, entry.records(now), zone=entry.zone, security=entry.security,
@@ -593,17 +630,17 @@ class Resolver:
                 return Outcome(Step.ANSWER, entry.records_with_sigs(now), zone=entry.zone, proof=list(entry.proof),
                                security=entry.security, ede=entry.ede)
         if qtype not in (RRType.CNAME, RRType.ANY):  # ANY takes the CNAME as it is (RFC 1034 §4.3.2 3a)
-            cname = cache.get(name, RRType.CNAME, now)
+            cname = get(name, RRType.CNAME, now)
             if cname is not None and cname.trust >= Trust.AUTHORITY:
                 return Outcome(Step.CNAME, cname.records_with_sigs(now), next_name=rdata_name(cname.rdatas[0]),
                                zone=cname.zone, security=cname.security, ede=cname.ede)
         ancestor = name
         while True:  # RFC 8020: nothing exists below a name that does not exist
             if ancestor != name:
-                dname = cache.get(ancestor, RRType.DNAME, now)
+                dname = get(ancestor, RRType.DNAME, now)
                 if dname is not None and dname.trust >= Trust.AUTHORITY:
                     return self._substituted(name, qtype, ancestor, dname, now)
-            negative = cache.get_negative(ancestor, qtype, now)
+            negative = cache.get_negative(ancestor, qtype, now, stale=stale)
             if negative is not None and (ancestor == name or (negative.kind == NegativeKind.NXDOMAIN
                                                               and negative.security == Security.SECURE)):
                 # Below a name, only a validated NXDOMAIN counts (as Unbound's

@@ -372,6 +372,36 @@ async def test_serve_stale_when_the_upstreams_fail(env: Env) -> None:
     assert fresh.answer[0].ttl == 3600
 
 
+async def test_serve_stale_from_the_rrsets_when_the_answer_cache_has_no_reply(env: Env) -> None:
+    """From a bug hunt: serve-stale worked only from the answer cache's expired reply to the very
+    question, so a reload during an upstream outage (it empties the answer cache), or a client
+    asking without the DNSSEC bits that dig's AD gave the cached reply, got SERVFAIL while the
+    RRset cache still held the records (its stale lookups were never used)."""
+    await env.ask(query("chain.example.test."))  # three CNAMEs, then the A
+    await env.ask(query("nothere.example.test."))
+    env.clock.advance(3700)  # past every expiry
+    for address in env.net.servers:
+        env.net.misbehave(address, timeout=True)
+    env.answers.clear()  # what a reload does
+    reply = await env.ask_message(query("chain.example.test."))
+    assert reply.rcode == RCode.NOERROR
+    assert [rr.rtype for rr in reply.answer] == [RRType.CNAME, RRType.CNAME, RRType.CNAME, RRType.A]
+    assert addresses(reply) == ["192.0.2.80"]
+    assert {rr.ttl for rr in reply.answer} == {30}  # RFC 8767 §4
+    negative = await env.ask_message(query("nothere.example.test."))
+    assert negative.rcode == RCode.NXDOMAIN
+    assert [(rr.rtype, rr.ttl) for rr in negative.authority] == [(RRType.SOA, 30)]
+    assert env.engine.stats.stale_answers == 2
+    # Kept for the stale answer TTL (the recheck timer): not asked again meanwhile.
+    env.net.clear_log()
+    env.clock.advance(20)
+    again = env.fast(query("chain.example.test."))
+    assert again is not None and addresses(decode_message(again)) == ["192.0.2.80"]
+    assert env.net.log == []
+    # A name the cache never had still fails.
+    assert (await env.ask_message(query("never.example.test."))).rcode == RCode.SERVFAIL
+
+
 async def test_a_flood_under_a_zone_over_its_rate_limit_is_answered_before_any_resolving() -> None:
     """New names under example.test, limited to 3 queries a second: the questions past it get
     SERVFAIL from the engine's screen (the resolver is not asked, nothing is cached), while
