@@ -682,7 +682,9 @@ def error_reply(query: bytes, rcode: int, *, ra: bool = True, edns: bool = False
             if offset + 4 <= len(query):
                 question = name + query[offset:offset + 4]
                 if edns and query[10:12] == b"\x00\x01" and query[offset + 4:offset + 7] == _OPT_AFTER_QUESTION:
-                    opt = opt_record(SERVER_UDP_SIZE)
+                    # RFC 3225 §3: the DO bit is copied into the reply (the OPT's flags: its TTL's low half)
+                    do = EDNS_DO if len(query) >= offset + 15 and query[offset + 11] & 0x80 else 0
+                    opt = opt_record(SERVER_UDP_SIZE, do)
         except WireError:
             question = b""
     return HEADER.pack(msg_id, out_flags, 1 if question else 0, 0, 0, 1 if opt else 0) + question + opt

@@ -726,3 +726,14 @@ def test_quick_question_reads_only_what_the_full_decode_reads(options: bytes, de
         return
     if quick is not None:
         assert message.question is not None and quick[0] == key_of(message.question)
+
+
+@pytest.mark.parametrize("do", [True, False])
+def test_error_reply_with_edns_copies_the_do_bit(do: bool) -> None:
+    """RFC 3225 §3: the DO bit of the query is copied into the response - also into the REFUSED
+    a client outside ``allow`` gets, which is made from the raw query (from a bug hunt: never)."""
+    query = encode_query(0x4242, b"\x03www\x07example\x00", RRType.A, rd=True, udp_size=1232, do=do)
+    reply = error_reply(query, RCode.REFUSED, edns=True)
+    assert reply is not None
+    message = decode_message(reply)
+    assert message.edns is not None and message.edns.do == do
