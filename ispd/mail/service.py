@@ -167,6 +167,10 @@ class MailService(Service):
         self.submission_handler = SubmissionHandler(self)
         self.gate = ConnectionGate(self.config.max_connections, self.config.max_connections_per_client,
                                    self.metrics.listener)
+        # IMAP's caps are the same size but its own, as Postfix's and Dovecot's are: mail clients
+        # that hold connections (or someone opening silent ones) must not have the MX answer 421.
+        self.imap_gate = ConnectionGate(self.config.max_connections, self.config.max_connections_per_client,
+                                        self.metrics.listener)
         self.sessions: set[SMTPSession] = set()
         self.imap_sessions: set[IMAPSession] = set()
         self._idlers: dict[tuple[Path, str], set[IMAPSession]] = {}
@@ -495,8 +499,9 @@ class MailService(Service):
         self.throttle.window = new.mail.auth_failure_window_seconds
         self.throttle.base_delay = new.mail.auth_failure_delay_seconds
         self.queue.reconfigure(new.mail)
-        self.gate.max_total = new.mail.max_connections
-        self.gate.max_per_client = new.mail.max_connections_per_client
+        for gate in (self.gate, self.imap_gate):
+            gate.max_total = new.mail.max_connections
+            gate.max_per_client = new.mail.max_connections_per_client
         log.info("mail.reloaded", domains=new.mail.domains, starttls=tls_context is not None)
 
     def health(self) -> Health:

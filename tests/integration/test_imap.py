@@ -292,6 +292,24 @@ def test_one_mailbox_cannot_hold_every_session_and_commands_are_counted(lab: Lab
     assert lab.ispd.metric_value("ispd_mail_imap_sessions") is not None
 
 
+def test_imap_connections_have_caps_of_their_own_and_the_mx_still_answers(lab: Lab) -> None:
+    """From a bug hunt: IMAP shared SMTP's connection caps, so silent IMAP connections from one
+    address (20 here) had the MX answer that address, and everyone at 500, 421."""
+    held = []
+    try:
+        for _ in range(20):  # max_connections_per_client
+            connection = socket.create_connection(("127.0.0.1", lab.imap), timeout=10)
+            held.append(connection)
+            assert connection.recv(4096).startswith(b"* OK")
+        with socket.create_connection(("127.0.0.1", lab.imap), timeout=10) as one_more:
+            assert one_more.recv(4096).startswith(b"* BYE too many connections")
+        with smtplib.SMTP("127.0.0.1", lab.mx, timeout=10) as mx:
+            assert mx.noop()[0] == 250
+    finally:
+        for connection in held:
+            connection.close()
+
+
 def test_folder_names_in_modified_utf7_are_kept_and_broken_ones_refused(lab: Lab) -> None:
     client = lab.login()
     assert client.create("&AMk-t&AOk-")[0] == "OK"  # "Été", as clients write it

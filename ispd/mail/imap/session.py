@@ -148,8 +148,8 @@ class IMAPSession(asyncio.Protocol):
         self.transport = transport  # uvloop's transports are not asyncio.Transport subclasses
         peer = transport.get_extra_info("peername")
         self.client = str(peer[0]) if peer else ""
-        # The same caps as SMTP: connections in total and per client address.
-        self.admitted = self.service.gate.admit(self.client)
+        # Caps of the same size as SMTP's, and its own: connections in total and per client address.
+        self.admitted = self.service.imap_gate.admit(self.client)
         if not self.admitted:
             self.send(b"* BYE too many connections, try again later")
             self.close()
@@ -163,7 +163,7 @@ class IMAPSession(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.admitted:
             self.admitted = False
-            self.service.gate.release(self.client)
+            self.service.imap_gate.release(self.client)
         self.service.imap_sessions.discard(self)
         if self._autologout is not None:
             self._autologout.cancel()

@@ -35,7 +35,7 @@ class FakeTransport:
 def fake_service() -> Any:
     config = SimpleNamespace(imap_autologout_seconds=0.2, imap_commands_per_second=0, max_message_bytes=1 << 20)
     gate = SimpleNamespace(admit=lambda client: True, release=lambda client: None)
-    return SimpleNamespace(config=config, gate=gate, imap_sessions=set(), metrics=MailMetrics(), tls_context=None)
+    return SimpleNamespace(config=config, imap_gate=gate, imap_sessions=set(), metrics=MailMetrics(), tls_context=None)
 
 
 def test_a_silent_session_is_logged_out_and_a_talking_one_is_not() -> None:
