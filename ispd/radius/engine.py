@@ -165,6 +165,7 @@ _ACCT_INPUT_OCTETS, _ACCT_INPUT_GIGAWORDS = int(Attr.ACCT_INPUT_OCTETS), int(Att
 _ACCT_OUTPUT_OCTETS, _ACCT_OUTPUT_GIGAWORDS = int(Attr.ACCT_OUTPUT_OCTETS), int(Attr.ACCT_OUTPUT_GIGAWORDS)
 _ACCT_INPUT_PACKETS, _ACCT_OUTPUT_PACKETS = int(Attr.ACCT_INPUT_PACKETS), int(Attr.ACCT_OUTPUT_PACKETS)
 _ACCT_SESSION_TIME, _NAS_IDENTIFIER = int(Attr.ACCT_SESSION_TIME), int(Attr.NAS_IDENTIFIER)
+_ACCT_INTERIM_INTERVAL = int(Attr.ACCT_INTERIM_INTERVAL)
 _FRAMED_IP_ADDRESS, _FRAMED_IPV6_PREFIX = int(Attr.FRAMED_IP_ADDRESS), int(Attr.FRAMED_IPV6_PREFIX)
 _DELEGATED_IPV6_PREFIX, _CALLING_STATION_ID = int(Attr.DELEGATED_IPV6_PREFIX), int(Attr.CALLING_STATION_ID)
 _FRAMED_IPV6_ADDRESS = int(Attr.FRAMED_IPV6_ADDRESS)
@@ -877,16 +878,19 @@ class AuthEngine:
         with Class and Acct-Interim-Interval, which a session gets once, at Access-Accept."""
         items: list[bytes | ReplyAttribute] = []
         throttle: list[bytes] = []
+        interim = None
         if session_attributes:
             marker = CLASS_PREFIX + str(subject.id).encode() + (WALLED_SUFFIX if walled else b"")
             items.append(_encode((Attr.CLASS, marker)))
             if self.settings.interim_interval:
-                items.append(_encode((Attr.ACCT_INTERIM_INTERVAL, u32(self.settings.interim_interval))))
+                interim = _encode((Attr.ACCT_INTERIM_INTERVAL, u32(self.settings.interim_interval)))
+                items.append(interim)
         address = fixed.address if fixed is not None else None
         if address is not None:
             items.append(_encode((Attr.FRAMED_IP_ADDRESS, IPv4Address(address).packed)))
         if walled:  # (IPv4 only, as DHCPv6 gives suspended subscribers nothing: the garden is on IPv4)
             items.extend(self.settings.walled_garden)
+            _replace_interim(items, interim, self.settings.walled_garden)
             return items, not any(a.hidden for a in self.settings.walled_garden)
         plan = subject.plan
         plan_reply = self.settings.plans.get(plan.name) if plan is not None else None
@@ -904,6 +908,7 @@ class AuthEngine:
             if address is None and plan_reply.framed_pool and plan_reply.address_pool is None:
                 items.append(_encode((Attr.FRAMED_POOL, plan_reply.framed_pool.encode())))
             items.extend(plan_reply.attributes)
+            _replace_interim(items, interim, plan_reply.attributes)
         cacheable = not (plan_reply is not None and any(a.hidden for a in plan_reply.attributes))
         own = self._own_reply(subject)
         if throttle:  # the month's throttle stands over a rate of the subscriber's own
@@ -923,6 +928,19 @@ class AuthEngine:
             items = [item for item in items if _attribute_key(item) not in replaced]
             items.extend(fixed_ipv6)
         return items, cacheable
+
+    def interim_interval(self, subject: AuthSubject, nas: Nas, walled: bool) -> int | None:
+        """The Acct-Interim-Interval this subscriber's Access-Accept gives a NAS (the plan's or
+        its own over ``interim_interval_seconds``): how often its sessions are reported on, and
+        so how long one may stay silent before it is stale."""
+        encoded = self.profile(subject, nas, None, walled, bytes(16))  # (cached, as for its Access-Accepts)
+        interval, offset = None, 0
+        while offset + 2 <= len(encoded) and encoded[offset + 1] >= 2:
+            code, length = encoded[offset], encoded[offset + 1]
+            if code == _ACCT_INTERIM_INTERVAL and length == 6:
+                interval = int.from_bytes(encoded[offset + 2:offset + 6], "big") or None
+            offset += length
+        return interval
 
     def _own_reply(self, subject: AuthSubject) -> list[ReplyAttribute]:
         """The subscriber's own reply attributes, as the dictionaries read them now (checked when
@@ -992,6 +1010,14 @@ def _attribute_key(item: bytes | ReplyAttribute) -> tuple[int, int]:
     return 0, item[0]
 
 
+def _replace_interim(items: list[bytes | ReplyAttribute], interim: bytes | None,
+                     configured: tuple[ReplyAttribute, ...]) -> None:
+    """Leave out ispd's own Acct-Interim-Interval when the configured attributes give one:
+    an Access-Accept carries at most one (RFC 2869 §5.16), and the configured one is meant."""
+    if interim is not None and any((a.vendor, a.code) == (0, _ACCT_INTERIM_INTERVAL) for a in configured):
+        items.remove(interim)
+
+
 def _fixed_ipv6(fixed: Fixed) -> list[bytes]:
     """Framed-IPv6-Address (RFC 6911 §3.1) and Delegated-IPv6-Prefix (RFC 4818) of a reservation."""
     items = []
@@ -1035,6 +1061,11 @@ def subscriber_from_class(packet: Packet) -> int | None:
             if number.isdigit() and len(number) < 19:
                 return int(number)
     return None
+
+
+def _walled_class(packet: Packet) -> bool:
+    """Whether the Class ispd gave names the walled garden's profile (``ispd:<id>:walled``)."""
+    return any(value.startswith(CLASS_PREFIX) and value.endswith(WALLED_SUFFIX) for value in packet.get_all(_CLASS))
 
 
 def _u32(first: dict[int, bytes], attribute: int) -> int | None:
@@ -1103,6 +1134,9 @@ class AccountingEngine:
         self.sessions = sessions
         self.dictionary = dictionary
         self.interim_interval = interim_interval
+        # The interval a subscriber's Access-Accept gives (AuthEngine.interim_interval; the
+        # service sets it): a plan's or a subscriber's own may differ from interim_interval.
+        self.interval_of: Callable[[AuthSubject, Nas, bool], int | None] | None = None
         # (client network, NAS-IP-Address) → inside it; a client may name several networks
         self._believed: dict[tuple[IPv4Network | IPv6Network | None, str], bool] = {}
 
@@ -1175,12 +1209,20 @@ class AccountingEngine:
         delegated = _prefix_text(first.get(_DELEGATED_IPV6_PREFIX))
         v6_address = _ipv6_address_text(first.get(_FRAMED_IPV6_ADDRESS))
         interim_interval = self.interim_interval or None
+        known = self.sessions.by_key.get((address, acct_session_id)) if acct_session_id is not None else None
+        if known is not None:
+            interim_interval = known.interim_interval or interim_interval
+        elif subscriber_id is not None and self.interval_of is not None:
+            # A session new to ispd: reported on as often as its Access-Accept said (a plan's
+            # hourly interims must not make its sessions stale after three of ispd's default).
+            subject = self.directory.subjects.get(subscriber_id)
+            if subject is not None:
+                interim_interval = self.interval_of(subject, nas, _walled_class(packet)) or interim_interval
         # The store fills in what an open session lacks only when this view says it may: the
         # common interim brings nothing new (a dual-stack NAS repeats its prefixes in every
         # one), and the statement it would cost is saved. The view learns what the store fills
         # in (RadiusService._follow), and a value once set is never changed: one it has is the
         # store's.
-        known = self.sessions.by_key.get((address, acct_session_id)) if acct_session_id is not None else None
         fill_in = known is None or fills_in(
             known, subscriber_id=subscriber_id, framed_ip=framed_ip, framed_ipv6_prefix=v6_prefix,
             delegated_ipv6_prefix=delegated, framed_ipv6_address=v6_address, interim_interval=interim_interval)

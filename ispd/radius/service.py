@@ -352,6 +352,7 @@ class RadiusService(Service):
         self.auth.realms = self.realms
         self.accounting = AccountingEngine(self.directory, self.sessions, self.dictionary,
                                            self.config.interim_interval_seconds)
+        self.accounting.interval_of = self.auth.interim_interval
         self._subscribe(stack)
         await self._open(stack)
         stack.callback(self._checker.shutdown, wait=False, cancel_futures=True)

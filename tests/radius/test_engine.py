@@ -1379,3 +1379,27 @@ def test_random_eap_conversations_end_in_a_decision(eap_world: World, steps: lis
         if decision.code == Code.ACCESS_REJECT:
             assert eap_reply(decision).code == EAPCode.FAILURE
         state = first(decision.attributes, Attr.STATE)
+
+
+def test_a_plans_or_subscribers_interim_interval_is_the_one_sent_and_the_sessions() -> None:
+    """A plan's Acct-Interim-Interval replaces ispd's (one in an Access-Accept, RFC 2869 §5.16:
+    from an operator, two went out, 300 and 3600), and so does a subscriber's own; a session
+    new to ispd keeps the interval its subscriber was given, by which it is found stale (with
+    the default's, a NAS reporting hourly had every session closed as stale, its address freed
+    and Simultaneous-Use lifted, after three times five minutes)."""
+    plan = (reply_attribute(DICTIONARY, "Acct-Interim-Interval = 3600"),)
+    world = World(ReplySettings(interim_interval=300, plans={"home": PlanReply(attributes=plan)}))
+    world.directory.replace(replace(subscriber(2, "bob"), radius_reply=("Acct-Interim-Interval = 900",)),
+                            StoredCredentials(nt_hash=nt_hash("bob-pw"), updated_at=1), [], PLAN)
+    for user, interval in (("alice", 3600), ("bob", 900)):
+        decision = world.engine.handle(pap(user, f"{user}-pw"), nas(), NOW)
+        assert decision.code == Code.ACCESS_ACCEPT, user
+        sent = [v for c, v in reply_attributes(decision.attributes) if c == Attr.ACCT_INTERIM_INTERVAL]
+        assert sent == [u32(interval)], user
+    engine = AccountingEngine(world.directory, world.sessions, DICTIONARY, 300)
+    engine.interval_of = world.engine.interim_interval
+    for sid, interval in ((1, 3600), (2, 900), (6, 300)):  # (frank has no plan)
+        packet = accounting([(Attr.ACCT_STATUS_TYPE, u32(1)), (Attr.CLASS, f"ispd:{sid}".encode()),
+                             (Attr.ACCT_SESSION_ID, f"s{sid}".encode())])
+        record = engine.record(packet, nas(), "127.0.0.1", NOW)
+        assert record is not None and record.interim_interval == interval, sid

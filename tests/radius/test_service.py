@@ -662,3 +662,42 @@ async def test_a_session_keeps_its_pool_address_held_after_a_reload_takes_the_po
 
 async def _released(store: Store, address: str) -> bool:
     return str((await store.get_lease(address)).state) == "released"
+
+
+async def test_a_session_is_stale_by_the_interim_interval_its_plan_gave(tmp_path: Path) -> None:
+    """A plan that tells its NASes to report hourly (Acct-Interim-Interval in its attributes):
+    its sessions were closed as stale after stale_session_intervals of interim_interval_seconds
+    (their addresses freed, Simultaneous-Use lifted) while the NAS still had them. A plan without
+    one keeps the default's."""
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        await store.add_plan("hourly", actor="test")
+        await store.add_plan("basic", actor="test")
+        hourly = await store.add_subscriber("alice", actor="test", plan="hourly")
+        basic = await store.add_subscriber("bob", actor="test", plan="basic")
+        config = _radius_config(3799, interim_interval_seconds=1, stale_session_intervals=2,
+                                plan=[{"plan": "hourly", "attributes": ["Acct-Interim-Interval = 3600"]}])
+        async with _running(store, EventBus(), config) as service:
+            port = next(p for kind, _, p in service.bound if kind == "acct")
+            loop = asyncio.get_running_loop()
+            for subscriber, session_id in ((hourly, b"h1"), (basic, b"b1")):
+                attributes = encode_attributes([(Attr.ACCT_STATUS_TYPE, (1).to_bytes(4, "big")),
+                                                (Attr.USER_NAME, subscriber.username.encode()),
+                                                (Attr.CLASS, f"ispd:{subscriber.id}".encode()),
+                                                (Attr.ACCT_SESSION_ID, session_id)])
+                request = encode_request(Code.ACCOUNTING_REQUEST, 1, attributes, SECRET.encode(),
+                                         message_authenticator=False)
+                transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
+                                                                   local_addr=(NAS, 0), remote_addr=(NAS, port))
+                transport.sendto(request)
+                transport.close()
+
+            async def bobs_closed() -> bool:
+                return [s.acct_session_id for s in await store.list_sessions(open_only=True)] == ["h1"]
+
+            await _until(bobs_closed, within=10)  # bob's: stale after 2 s
+            [session] = await store.list_sessions(open_only=True)
+            assert session.interim_interval == 3600
+            assert service.sessions.count(hourly.id) == 1
+    finally:
+        await store.close()
