@@ -121,7 +121,10 @@ class AdminService(Service):
                      token: Callable[[], str | None] | None) -> None:
         app = build_app(self.context.store, lambda: self.config, self.context.control, token=token,
                         dns_view=self._dns_view)
+        # proxy_headers off: uvicorn would take the client's address from X-Forwarded-For when the
+        # peer is 127.0.0.1, and the audit log's actor (api:<peer>) from whoever wrote the header.
         server = _Server(uvicorn.Config(app, http=_H11Protocol, lifespan="off", log_config=None, access_log=False,
+                                        proxy_headers=False,
                                         timeout_keep_alive=5, timeout_graceful_shutdown=5,
                                         limit_concurrency=self.config.admin.max_connections,
                                         h11_max_incomplete_event_size=64 * 1024))

@@ -30,12 +30,14 @@ class Api:
     tcp: int
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None, *, token: str | None = None,
-             tcp: bool = False) -> tuple[int, Any]:
+             tcp: bool = False, headers: dict[str, str] | None = None) -> tuple[int, Any]:
         where = ["--unix-socket", str(self.socket), f"http://ispd{path}"] if not tcp else [
             f"http://127.0.0.1:{self.tcp}{path}"]
         command = ["curl", "-sS", "-X", method, "-w", "\\n%{http_code}", *where]
         if token is not None:
             command += ["-H", f"Authorization: Bearer {token}"]
+        for name, value in (headers or {}).items():
+            command += ["-H", f"{name}: {value}"]
         if body is not None:
             command += ["-H", "content-type: application/json", "-d", json.dumps(body)]
         result = subprocess.run(command, capture_output=True, text=True, timeout=30)
@@ -206,6 +208,17 @@ def test_patch_changes_a_reservation_in_place(api: Api) -> None:
     assert status == 400 and "give one IPv6 address here" in body["detail"]
     status, body = api.call("PATCH", "/v1/reservations/99999", {"address": "198.18.3.8"})
     assert (status, body) == (404, {"detail": "no reservation #99999"})
+
+
+def test_the_audit_names_the_peer_whatever_headers_it_sends(api: Api) -> None:
+    """The actor is the TCP peer: an X-Forwarded-For header, which uvicorn believed from
+    127.0.0.1 by default, let any local client write whom it liked into the audit log."""
+    api.call("POST", "/v1/subscribers", {"username": "forwarded"})
+    forged = {"X-Forwarded-For": "203.0.113.66", "Forwarded": "for=203.0.113.67"}
+    status, _ = api.call("POST", "/v1/subscribers/forwarded/suspend", tcp=True, token=TOKEN, headers=forged)
+    assert status == 200
+    view = api.call("GET", "/v1/subscribers/forwarded")[1]
+    assert [(a["action"], a["actor"]) for a in view["audit"]][:1] == [("subscriber.suspended", "api:127.0.0.1")]
 
 
 def test_errors_are_json_with_the_right_status(api: Api) -> None:
