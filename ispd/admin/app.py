@@ -66,7 +66,14 @@ from ispd.store.validation import attributable_text, dhcp6_prefix_text, mail_add
 # --- request bodies
 
 
-class NewSubscriber(BaseModel):
+class RequestBody(BaseModel):
+    """A field the route does not know is refused (422), not dropped: a billing system's
+    misspelt "acount_ref", or a field only the CLI has, would be a silent no-op."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class NewSubscriber(RequestBody):
     username: str = Field(min_length=1, max_length=253)
     plan: str | None = None
     full_name: str | None = None
@@ -74,7 +81,7 @@ class NewSubscriber(BaseModel):
     password: str | None = Field(default=None, description="set if given; never stored as given")
 
 
-class StatusChange(BaseModel):
+class StatusChange(RequestBody):
     reason: str | None = Field(default=None, max_length=200)
 
 
@@ -83,11 +90,11 @@ class StatusChange(BaseModel):
 OptionalStatusChange = Annotated[StatusChange, Body(default_factory=StatusChange)]
 
 
-class PlanChoice(BaseModel):
+class PlanChoice(RequestBody):
     plan: str | None = Field(description="a plan's name or id; null: no plan")
 
 
-class NewPlan(BaseModel):
+class NewPlan(RequestBody):
     name: str = Field(min_length=1, max_length=64)
     download_kbps: StrictInt | None = Field(default=None, gt=0)
     upload_kbps: StrictInt | None = Field(default=None, gt=0)
@@ -103,7 +110,7 @@ class NewPlan(BaseModel):
     over_quota_upload_kbps: StrictInt | None = Field(default=None, gt=0)
 
 
-class NewReservation(BaseModel):
+class NewReservation(RequestBody):
     subscriber: str
     kind: ReservationKind
     key: str
@@ -117,10 +124,8 @@ class NewReservation(BaseModel):
                                                            "remote-id and username: 2001:db8:200::/48")
 
 
-class ReservationChange(BaseModel):
+class ReservationChange(RequestBody):
     """The fields to change: a value sets one, null clears it, and one left out stays as it is."""
-
-    model_config = ConfigDict(extra="forbid")  # (a misspelt field must not be a silent no-op)
 
     address: str | None = None
     hostname: str | None = None
@@ -131,17 +136,17 @@ class ReservationChange(BaseModel):
         return getattr(self, name) if name in self.model_fields_set else UNCHANGED
 
 
-class NewMailbox(BaseModel):
+class NewMailbox(RequestBody):
     subscriber: str
     address: str
     quota_bytes: StrictInt | None = Field(default=None, gt=0)
 
 
-class QuotaChoice(BaseModel):
+class QuotaChoice(RequestBody):
     quota_bytes: StrictInt | None = Field(gt=0, description="the mailbox's own limit; null: its plan's applies again")
 
 
-class NewMailAlias(BaseModel):
+class NewMailAlias(RequestBody):
     subscriber: str = Field(description="the alias's owner; it goes with its subscriber")
     address: str = Field(description="at one of [mail] domains, no mailbox's: info@isp.example")
     targets: list[str] = Field(description=f"1 to {MAX_ALIAS_TARGETS}: mailboxes here (which must exist), or "
@@ -190,7 +195,7 @@ class NegativeTrustAnchor(BaseModel):
     source: str = Field(description="config, or runtime (added by the API or `ispd dns nta add`)")
 
 
-class NewNegativeTrustAnchor(BaseModel):
+class NewNegativeTrustAnchor(RequestBody):
     name: str = Field(description="a domain whose DNSSEC is broken, e.g. broken.example")
     seconds: StrictInt = Field(default=86400, ge=1, le=7 * 86400, description="how long (RFC 7646: it lapses)")
 

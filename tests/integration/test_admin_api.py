@@ -221,6 +221,21 @@ def test_the_audit_names_the_peer_whatever_headers_it_sends(api: Api) -> None:
     assert [(a["action"], a["actor"]) for a in view["audit"]][:1] == [("subscriber.suspended", "api:127.0.0.1")]
 
 
+def test_a_field_the_api_does_not_know_is_refused_not_dropped(api: Api) -> None:
+    """A misspelt field, or one named as the CLI's option, was dropped and the rest done: the
+    billing system got its 201 and the account without what it had sent."""
+    status, body = api.call("POST", "/v1/subscribers", {"username": "typo", "acount_ref": "A-17"})
+    assert status == 422 and body["detail"][0]["type"] == "extra_forbidden", body
+    assert body["detail"][0]["loc"] == ["body", "acount_ref"]
+    assert api.call("GET", "/v1/subscribers/typo")[0] == 404  # nothing was done
+    status, body = api.call("POST", "/v1/plans", {"name": "typo", "monthly_quota": "500G"})
+    assert status == 422 and body["detail"][0]["loc"] == ["body", "monthly_quota"], body
+    api.call("POST", "/v1/subscribers", {"username": "typo"})
+    status, body = api.call("POST", "/v1/subscribers/typo/suspend", {"reson": "unpaid"})
+    assert status == 422 and body["detail"][0]["loc"] == ["body", "reson"], body
+    assert api.call("GET", "/v1/subscribers/typo")[1]["subscriber"]["status"] == "active"
+
+
 def test_errors_are_json_with_the_right_status(api: Api) -> None:
     assert api.call("GET", "/v1/subscribers/nobody") == (404, {"detail": "no subscriber 'nobody'"})
     api.call("POST", "/v1/subscribers", {"username": "twice"})
