@@ -79,6 +79,9 @@ class NewSubscriber(RequestBody):
     full_name: str | None = None
     account_ref: str | None = None
     password: str | None = Field(default=None, description="set if given; never stored as given")
+    credential_policy: CredentialPolicy | None = Field(
+        default=None, description="which password forms are stored, the subscriber's own over its plan's (as "
+                                  "`ispd subscriber add --credential-policy`); null: the plan's")
 
 
 class StatusChange(RequestBody):
@@ -373,12 +376,12 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
             except ValueError as exc:
                 raise HTTPException(400, str(exc)) from None
             plan = await store.get_plan(body.plan) if body.plan is not None else None
-            policy = effective_policy(None, plan)
+            policy = effective_policy(body.credential_policy, plan)
             credentials = await asyncio.get_running_loop().run_in_executor(
                 None, derive_credentials, body.password, policy, time.time())
         return await store.add_subscriber(body.username, actor=actor, plan=body.plan or None,
                                           full_name=body.full_name, account_ref=body.account_ref,
-                                          credentials=credentials)
+                                          credential_policy=body.credential_policy, credentials=credentials)
 
     @app.get("/v1/subscribers/{subscriber}", tags=["subscribers"])
     async def show_subscriber(subscriber: str) -> SubscriberView:

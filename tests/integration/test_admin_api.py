@@ -236,6 +236,20 @@ def test_a_field_the_api_does_not_know_is_refused_not_dropped(api: Api) -> None:
     assert api.call("GET", "/v1/subscribers/typo")[1]["subscriber"]["status"] == "active"
 
 
+def test_a_subscriber_s_own_credential_policy_is_set_as_on_the_cli(api: Api) -> None:
+    """`ispd subscriber add --credential-policy` had no API counterpart: a CHAP or MS-CHAPv2
+    subscriber added by the billing system got only the verifier, and no call could change it."""
+    status, added = api.call("POST", "/v1/subscribers", {"username": "chap-line", "password": "chap-line-password-1",
+                                                          "credential_policy": "cleartext"})
+    assert status == 201 and added["credential_policy"] == "cleartext", added
+    view = api.call("GET", "/v1/subscribers/chap-line")[1]
+    assert view["credential_forms"] == ["verifier", "nt-hash", "cleartext"], view["credential_forms"]
+    assert "credentials   verifier, nt-hash, cleartext (policy cleartext, own)" in api.ispd.cli(
+        "subscriber", "show", "chap-line").stdout
+    status, body = api.call("POST", "/v1/subscribers", {"username": "bad-policy", "credential_policy": "md5"})
+    assert status == 422 and body["detail"][0]["loc"] == ["body", "credential_policy"], body
+
+
 def test_errors_are_json_with_the_right_status(api: Api) -> None:
     assert api.call("GET", "/v1/subscribers/nobody") == (404, {"detail": "no subscriber 'nobody'"})
     api.call("POST", "/v1/subscribers", {"username": "twice"})
