@@ -21,9 +21,12 @@ from typing import Annotated, Any, Literal, cast
 
 from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 
 from ispd import __version__
 from ispd.config import Config
@@ -345,6 +348,16 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
     @app.exception_handler(InvalidValue)
     async def _invalid(request: Request, exc: InvalidValue) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:
+            # Starlette's Allow names the methods of the first route whose path matched (GET for
+            # /v1/plans, which takes POST too); RFC 9110 wants every method the resource has.
+            allowed = {method for route in app.router.routes if isinstance(route, Route) and route.methods
+                       and route.matches(request.scope)[0] != Match.NONE for method in route.methods}
+            exc = StarletteHTTPException(405, exc.detail, {**(exc.headers or {}), "Allow": ", ".join(sorted(allowed))})
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _unprocessable(request: Request, exc: RequestValidationError) -> Response:

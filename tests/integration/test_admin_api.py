@@ -250,6 +250,24 @@ def test_a_subscriber_s_own_credential_policy_is_set_as_on_the_cli(api: Api) -> 
     assert status == 422 and body["detail"][0]["loc"] == ["body", "credential_policy"], body
 
 
+@pytest.mark.parametrize(("method", "path", "allow"), [
+    ("PUT", "/v1/plans", "GET, POST"),
+    ("PUT", "/v1/subscribers/someone", "DELETE, GET"),
+    ("GET", "/v1/reservations/1", "DELETE, PATCH"),
+    ("POST", "/v1/subscribers/someone/plan", "PUT"),
+])
+def test_a_method_not_allowed_names_every_method_the_path_takes(api: Api, method: str, path: str,
+                                                                allow: str) -> None:
+    """RFC 9110 15.5.6: a 405's Allow lists the resource's methods; it named only those of the
+    first route that matched the path (GET for /v1/plans), and a client took POST for refused."""
+    result = subprocess.run(["curl", "-sS", "-i", "-X", method, "--unix-socket", str(api.socket),
+                             f"http://ispd{path}"], capture_output=True, text=True, timeout=30)
+    head, _, body = result.stdout.partition("\n\n")
+    assert head.startswith("HTTP/1.1 405") and json.loads(body) == {"detail": "Method Not Allowed"}, result.stdout
+    headers = dict(line.split(": ", 1) for line in head.splitlines()[1:])
+    assert {k.lower(): v for k, v in headers.items()}["allow"] == allow, head
+
+
 def test_errors_are_json_with_the_right_status(api: Api) -> None:
     assert api.call("GET", "/v1/subscribers/nobody") == (404, {"detail": "no subscriber 'nobody'"})
     api.call("POST", "/v1/subscribers", {"username": "twice"})
