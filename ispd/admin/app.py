@@ -278,8 +278,11 @@ class _Guard:
             return
         headers = dict(scope["headers"])
         token = self.token() if self.token is not None else None  # read per request: a reload may rotate it
-        if self.token is not None and (token is None or not hmac.compare_digest(
-                headers.get(b"authorization", b""), f"Bearer {token}".encode())):
+        # The scheme is case-insensitive (RFC 9110 11.1): "bearer", as OAuth's token_type is
+        # written, is sent by clients that build the header from it.
+        scheme, _, credentials = headers.get(b"authorization", b"").partition(b" ")
+        if self.token is not None and (token is None or scheme.lower() != b"bearer" or not hmac.compare_digest(
+                credentials.strip(b" "), token.encode())):
             await _answer(send, 401, "a valid bearer token is needed", [(b"www-authenticate", b"Bearer")])
             return
         length = headers.get(b"content-length")

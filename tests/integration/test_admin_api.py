@@ -64,6 +64,11 @@ def test_the_socket_is_private_and_tcp_needs_the_token(api: Api) -> None:
     assert status == 401 and "bearer token" in body["detail"]
     assert api.call("GET", "/v1/subscribers", tcp=True, token="wrong-token-but-long-enough")[0] == 401
     assert api.call("GET", "/v1/subscribers", tcp=True, token=TOKEN)[0] == 200
+    # The scheme is case-insensitive (RFC 9110 11.1); the token is not.
+    for header in (f"bearer {TOKEN}", f"BEARER {TOKEN}"):
+        assert api.call("GET", "/v1/plans", tcp=True, headers={"Authorization": header})[0] == 200, header
+    for header in (f"Bearer {TOKEN.upper()}", f"Basic {TOKEN}", f"Bearer{TOKEN}", f"Bearer {TOKEN}x", "Bearer"):
+        assert api.call("GET", "/v1/plans", tcp=True, headers={"Authorization": header})[0] == 401, header
     assert api.call("GET", "/openapi.json", tcp=True)[0] == 401  # nothing without the token on TCP
 
 
