@@ -395,7 +395,7 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
             policy = effective_policy(body.credential_policy, plan)
             credentials = await asyncio.get_running_loop().run_in_executor(
                 None, derive_credentials, body.password, policy, time.time())
-        return await store.add_subscriber(body.username, actor=actor, plan=body.plan or None,
+        return await store.add_subscriber(body.username, actor=actor, plan=body.plan,
                                           full_name=body.full_name, account_ref=body.account_ref,
                                           credential_policy=body.credential_policy, credentials=credentials)
 
@@ -425,7 +425,7 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
 
     @app.put("/v1/subscribers/{subscriber}/plan", tags=["subscribers"])
     async def set_plan(subscriber: str, body: PlanChoice, actor: Actor) -> Subscriber:
-        return await store.set_subscriber_plan(subscriber, body.plan or None, actor=actor)
+        return await store.set_subscriber_plan(subscriber, body.plan, actor=actor)
 
     @app.delete("/v1/subscribers/{subscriber}", tags=["subscribers"])
     async def delete_subscriber(subscriber: str, actor: Actor) -> DeletedSubscriber:
@@ -456,7 +456,7 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
 
     @app.get("/v1/reservations", tags=["reservations"])
     async def list_reservations(subscriber: str | None = None) -> list[Reservation]:
-        return await store.list_reservations(subscriber=subscriber or None)
+        return await store.list_reservations(subscriber=subscriber)
 
     @app.post("/v1/reservations", status_code=201, tags=["reservations"])
     async def add_reservation(body: NewReservation, actor: Actor) -> Reservation:
@@ -480,7 +480,7 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
 
     @app.get("/v1/mailboxes", tags=["mailboxes"])
     async def list_mailboxes(subscriber: str | None = None) -> list[Mailbox]:
-        return await store.list_mailboxes(subscriber=subscriber or None)
+        return await store.list_mailboxes(subscriber=subscriber)
 
     def at_a_mail_domain(text: str) -> str:
         """The canonical address, when it is at one of [mail] domains (as the CLI checks)."""
@@ -543,7 +543,7 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
 
     @app.get("/v1/mail-aliases", tags=["mail aliases"])
     async def list_mail_aliases(subscriber: str | None = None) -> list[MailAlias]:
-        return await store.list_mail_aliases(subscriber=subscriber or None)
+        return await store.list_mail_aliases(subscriber=subscriber)
 
     @app.post("/v1/mail-aliases", status_code=201, tags=["mail aliases"])
     async def add_mail_alias(body: NewMailAlias, actor: Actor) -> MailAlias:
@@ -562,7 +562,7 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
     @app.get("/v1/sessions", tags=["sessions"])
     async def list_sessions(subscriber: str | None = None, open_only: bool = False,
                             limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> list[RadiusSession]:
-        return await store.list_sessions(open_only=open_only, subscriber=subscriber or None,
+        return await store.list_sessions(open_only=open_only, subscriber=subscriber,
                                          limit=limit)
 
     async def session_or_404(session_id: int) -> None:
@@ -652,7 +652,7 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
 
     @app.get("/v1/leases", tags=["leases"])
     async def list_leases(subscriber: str | None = None, include_ended: bool = False) -> list[Lease]:
-        return await store.list_leases(subscriber=subscriber or None,
+        return await store.list_leases(subscriber=subscriber,
                                        include_ended=include_ended)
 
     @app.get("/v1/leases/{address}", tags=["leases"])
@@ -666,7 +666,7 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
     @app.get("/v1/leases6", tags=["leases"])
     async def list_leases6(subscriber: str | None = None, include_ended: bool = False) -> list[Lease6]:
         """DHCPv6 bindings: addresses (kind na, IA_NA) first, then delegated prefixes (pd, IA_PD)."""
-        return await store.list_leases6(subscriber=subscriber or None, include_ended=include_ended)
+        return await store.list_leases6(subscriber=subscriber, include_ended=include_ended)
 
     # ":path": a delegated prefix (2001:db8:100:ff00::/56) has a slash in it.
     @app.get("/v1/leases6/{prefix:path}", tags=["leases"])
@@ -702,7 +702,7 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
 
     @app.get("/v1/usage", tags=["usage"])
     async def usage(since: datetime, until: datetime, subscriber: str | None = None) -> list[DailyUsage]:
-        return await store.usage_by_day(subscriber or None, since=_seconds(since),
+        return await store.usage_by_day(subscriber, since=_seconds(since),
                                         until=_seconds(until))
 
     return app

@@ -273,6 +273,23 @@ def test_a_method_not_allowed_names_every_method_the_path_takes(api: Api, method
     assert {k.lower(): v for k, v in headers.items()}["allow"] == allow, head
 
 
+def test_an_empty_name_is_no_subscriber_and_no_plan_as_on_the_cli(api: Api) -> None:
+    """"" was read as "none given": `?subscriber=` listed every subscriber's reservations,
+    sessions, leases and usage (a billing run's blank customer got everyone's), and a plan of ""
+    took the subscriber off its plan, where the CLI refuses both (null is "no plan")."""
+    api.call("POST", "/v1/plans", {"name": "kept"})
+    api.call("POST", "/v1/subscribers", {"username": "blank-a", "plan": "kept"})
+    api.call("POST", "/v1/reservations", {"subscriber": "blank-a", "kind": "mac", "key": "02:00:00:00:77:aa"})
+    for path in ("/v1/reservations", "/v1/mailboxes", "/v1/mail-aliases", "/v1/sessions", "/v1/leases",
+                 "/v1/leases6", "/v1/usage?since=2026-01-01T00:00:00Z&until=2026-02-01T00:00:00Z"):
+        where = path + ("&" if "?" in path else "?") + "subscriber="
+        assert api.call("GET", where) == (404, {"detail": "no subscriber ''"}), where
+    assert api.call("PUT", "/v1/subscribers/blank-a/plan", {"plan": ""}) == (404, {"detail": "no plan ''"})
+    assert api.call("GET", "/v1/subscribers/blank-a")[1]["plan"]["name"] == "kept"
+    assert api.call("POST", "/v1/subscribers", {"username": "blank-b", "plan": ""}) == (404, {"detail": "no plan ''"})
+    assert api.call("PUT", "/v1/subscribers/blank-a/plan", {"plan": None})[1]["plan_id"] is None
+
+
 def test_errors_are_json_with_the_right_status(api: Api) -> None:
     assert api.call("GET", "/v1/subscribers/nobody") == (404, {"detail": "no subscriber 'nobody'"})
     api.call("POST", "/v1/subscribers", {"username": "twice"})
