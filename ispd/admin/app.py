@@ -4,8 +4,9 @@ services' control commands), with the same checks and audit trail as the CLI.
 Each change is written to the store, which audits it as ``api:<peer>``; the running services
 hear of it from the audit log, as they do of the CLI's changes. Errors are JSON
 ``{"detail": "..."}`` with 400 (a bad value), 404 (no such thing), 409 (a conflict) or 503
-(a service that is not running). The OpenAPI document is served at /openapi.json and committed
-as docs/openapi.json (a test keeps the two equal).
+(a service that is not running, or the store that cannot be written now). The OpenAPI
+document is served at /openapi.json and committed as docs/openapi.json (a test keeps the two
+equal).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from ispd.dns.admin import parse_name_argument
 from ispd.effects import Effect, effects
 from ispd.mail.maildir import Maildir
 from ispd.store.base import Store
-from ispd.store.errors import Conflict, InvalidValue, NotFound
+from ispd.store.errors import Conflict, InvalidValue, NotFound, StoreUnavailable
 from ispd.store.models import (
     MAX_ALIAS_TARGETS,
     UNCHANGED,
@@ -351,6 +352,12 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
     @app.exception_handler(InvalidValue)
     async def _invalid(request: Request, exc: InvalidValue) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(StoreUnavailable)
+    async def _unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        # Locked by another process past busy_timeout_seconds, or a disk error: the CLI says so in
+        # one line; here it was a 500 in plain text and a traceback. A client may try again.
+        return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:

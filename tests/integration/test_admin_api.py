@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -124,6 +125,24 @@ def test_connections_that_never_send_a_request_do_not_hold_the_api_for_good(tmp_
         finally:
             for sock in held:
                 sock.close()
+
+
+def test_a_store_locked_by_another_process_is_a_503_to_try_again(tmp_path: Path) -> None:
+    """What the CLI says in one line was a 500 in plain text and a traceback in the log."""
+    config = base_config(tmp_path, store={"path": str(tmp_path / "ispd.db"), "busy_timeout_seconds": 0.5})
+    with IspdProcess(tmp_path, config) as ispd:
+        ispd.start()
+        api = Api(ispd, tmp_path / "admin.sock", 0)
+        other = sqlite3.connect(tmp_path / "ispd.db", isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # another process writing, for longer than busy_timeout
+            status, body = api.call("POST", "/v1/subscribers", {"username": "waits"})
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert status == 503 and "locked by another process" in body["detail"], (status, body)
+        assert api.call("POST", "/v1/subscribers", {"username": "waits"})[0] == 201  # the retry
+        assert "Traceback" not in ispd.log_text()
 
 
 def test_a_huge_body_is_refused_before_it_is_read(api: Api, tmp_path: Path) -> None:
