@@ -165,12 +165,15 @@ class NewMailAlias(RequestBody):
 
 class SubscriberView(BaseModel):
     subscriber: Subscriber
+    status_since: float | None = Field(description="when it entered its status; null: no longer in the audit log")
     plan: Plan | None
     credential_forms: list[str]
     reservations: list[Reservation]
     leases: list[Lease]
+    bindings6: list[Lease6] = Field(description="its DHCPv6 bindings: addresses and delegated prefixes, latest first")
     sessions: list[RadiusSession]
     mailboxes: list[Mailbox]
+    aliases: list[MailAlias]
     coa: list[CoARecord]
     usage_this_month: Usage
     audit: list[AuditEntry]
@@ -411,9 +414,10 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
         o = await store.subscriber_overview(subscriber)
         view = await dns_view(o.subscriber.id) if dns_view is not None else None
         return SubscriberView(
-            subscriber=o.subscriber, plan=o.plan, credential_forms=o.credentials.forms, reservations=o.reservations,
-            leases=o.leases, sessions=o.sessions, mailboxes=o.mailboxes, coa=o.coa, usage_this_month=o.usage_this_month,
-            audit=o.audit, effects=effects(o, current_config(), view, time.time()))
+            subscriber=o.subscriber, status_since=o.status_since, plan=o.plan, credential_forms=o.credentials.forms,
+            reservations=o.reservations, leases=o.leases, bindings6=o.bindings6, sessions=o.sessions,
+            mailboxes=o.mailboxes, aliases=o.aliases, coa=o.coa, usage_this_month=o.usage_this_month, audit=o.audit,
+            effects=effects(o, current_config(), view, time.time()))
 
     async def set_status(subscriber: str, status: SubscriberStatus, reason: str | None, actor: str) -> Subscriber:
         return await store.set_subscriber_status(subscriber, status, actor=actor, reason=reason)

@@ -392,6 +392,40 @@ def test_dhcp6_bindings_are_listed_and_shown_with_their_history(api: Api) -> Non
     assert status == 400 and "not an IPv6 address or prefix" in body["detail"]
 
 
+def test_a_subscriber_shown_has_what_the_cli_s_helpdesk_view_has(api: Api) -> None:
+    """Its DHCPv6 bindings, its mail aliases and since when it has its status were in `ispd
+    subscriber show` (and behind the effects the API showed) but not in the API's answer."""
+    import asyncio
+
+    from ispd.store import StoreConfig, open_store
+    from ispd.store.models import Lease6, Lease6Kind, LeaseState
+
+    added = api.call("POST", "/v1/subscribers", {"username": "helpdesk"})[1]
+    api.call("POST", "/v1/mailboxes", {"subscriber": "helpdesk", "address": "helpdesk@isp.example"})
+    api.call("POST", "/v1/mail-aliases", {"subscriber": "helpdesk", "address": "hd-info@isp.example",
+                                          "targets": ["helpdesk@isp.example"]})
+    suspended = api.call("POST", "/v1/subscribers/helpdesk/suspend", {"reason": "unpaid"})[1]
+    binding = Lease6("2001:db8:100:ee00::/56", Lease6Kind.PREFIX, LeaseState.BOUND, "00:03:00:01:02:00:00:00:00:0e",
+                     1, 1_800_000_000.0, 1_800_001_800.0, 4_000_000_000.0, subscriber_id=added["id"])
+
+    async def write() -> None:  # as the DHCPv6 server would, beside the running daemon
+        store = await open_store(StoreConfig(path=api.ispd.workdir / "ispd.db"))
+        try:
+            await store.record_leases6([(binding, "granted")])
+        finally:
+            await store.close()
+
+    asyncio.run(write())
+    view = api.call("GET", "/v1/subscribers/helpdesk")[1]
+    assert [b["prefix"] for b in view["bindings6"]] == ["2001:db8:100:ee00::/56"], view
+    assert [(a["address"], a["targets"]) for a in view["aliases"]] == [("hd-info@isp.example",
+                                                                         ["helpdesk@isp.example"])], view
+    assert view["status_since"] == suspended["updated_at"], view
+    shown = json.loads(api.ispd.cli("subscriber", "show", "helpdesk", "--json").stdout)
+    assert (shown["bindings6"], shown["aliases"], shown["status_since"]) == (
+        view["bindings6"], view["aliases"], view["status_since"])
+
+
 def test_a_suspension_or_closure_needs_no_body(api: Api) -> None:
     # Its one field, the reason, is optional, as the CLI's --reason: a bare POST was a 422.
     assert api.call("POST", "/v1/subscribers", {"username": "zelda"})[0] == 201
