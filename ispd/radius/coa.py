@@ -58,8 +58,8 @@ class CoAOutcome:
 
 def session_identification(session: RadiusSession, now: float) -> bytes:
     attributes: list[tuple[int, bytes]] = []
-    try:
-        nas = ip_address(session.nas_address)
+    try:  # the NAS as it names itself (RFC 5176 §3), which may not be where its packets come from
+        nas = ip_address(session.nas_ip_address or session.nas_address)
     except ValueError:
         nas = None
     if nas is not None and nas.version == 4:

@@ -1227,6 +1227,7 @@ class AccountingEngine:
             known, subscriber_id=subscriber_id, framed_ip=framed_ip, framed_ipv6_prefix=v6_prefix,
             delegated_ipv6_prefix=delegated, framed_ipv6_address=v6_address, interim_interval=interim_interval)
         delay = _u32(first, _ACCT_DELAY_TIME) or 0
+        reported = reported_address(packet) if address == source else None  # (not believed: kept apart)
         return AccountingRecord(
             received_at - min(delay, 86400 * 7), status, address, acct_session_id, login, subscriber_id,
             _text(first, _NAS_IDENTIFIER), nas.name, framed_ip, v6_prefix, delegated,
@@ -1234,4 +1235,4 @@ class AccountingEngine:
             _octets(first, _ACCT_INPUT_OCTETS, _ACCT_INPUT_GIGAWORDS),
             _octets(first, _ACCT_OUTPUT_OCTETS, _ACCT_OUTPUT_GIGAWORDS),
             _u32(first, _ACCT_INPUT_PACKETS), _u32(first, _ACCT_OUTPUT_PACKETS), _u32(first, _ACCT_SESSION_TIME),
-            cause_text, interim_interval, packet.raw, fill_in)
+            cause_text, interim_interval, packet.raw, fill_in, reported if reported != source else None)

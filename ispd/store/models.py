@@ -383,6 +383,11 @@ class RadiusSession:
     input_packets: int = 0
     output_packets: int = 0
     session_time_seconds: int = 0
+    # What the NAS reports itself as (NAS-IP-Address, NAS-IPv6-Address) when that is not
+    # nas_address, the source its packets come from (outside the client's network: not believed
+    # for keeping sessions). A Disconnect or CoA names the NAS so (RFC 5176 §3): accel-ppp NAKs
+    # one whose NAS-IP-Address is not its own.
+    nas_ip_address: str | None = None
 
     def ipv6_networks(self) -> list[str]:
         """Its IPv6 networks, each once: its prefixes, and its address as a /128."""
@@ -437,6 +442,7 @@ class AccountingRecord:
     # Fill in what an open session lacks (subscriber, addresses, interval) from this record; a
     # caller that knows the session already has them clears it and saves the store a statement.
     fill_in: bool = True
+    nas_ip_address: str | None = None  # as RadiusSession's: the NAS's own word, when not nas_address
 
 
 class AccountingOutcome(StrEnum):

@@ -156,7 +156,7 @@ def _open_session(conn: sqlite3.Connection, record: AccountingRecord, *, stopped
         record.at if stopped else None, record.terminate_cause if stopped else None, record.interim_interval,
         record.input_octets or 0,
         record.output_octets or 0, record.input_packets or 0, record.output_packets or 0,
-        record.session_time_seconds or 0)
+        record.session_time_seconds or 0, record.nas_ip_address)
     if isinstance(conn, sqlite3.Connection):  # lastrowid is free; a RETURNING costs each Start 2-3 us
         session_id = int(conn.execute(_SESSION_INSERT, values).lastrowid or 0)
     else:  # PostgreSQL: the id comes back with the insert, not in a round trip of its own

@@ -407,6 +407,23 @@ def test_session_disconnect_reaches_the_nas(radius: Radius, nas: FakeNas) -> Non
     assert "Traceback" not in radius.ispd.log_text()
 
 
+def test_a_disconnect_names_the_nas_as_it_names_itself(radius: Radius, nas: FakeNas) -> None:
+    """From a bug hunt: a NAS whose NAS-IP-Address lies outside its client's network (its
+    sessions kept under its packets' source) got a Disconnect naming it by that source, which
+    accel-ppp refuses (NAK 403, NAS identification failed). It is named as it names itself."""
+    base = "User-Name = bob, Acct-Session-Id = bob-natted, NAS-IP-Address = 198.18.50.1, NAS-Identifier = bng-7"
+    assert radius.accounting(f"{base}, Acct-Status-Type = Start") == "Accounting-Response"
+    sessions = json.loads(radius.ispd.cli("session", "list", "--open", "--json").stdout)
+    [session] = [s for s in sessions if s["acct_session_id"] == "bob-natted"]
+    assert session["nas_address"] == "127.0.0.1" and session["nas_ip_address"] == "198.18.50.1"
+    seen = len(nas.requests)
+    radius.ispd.cli("session", "disconnect", str(session["id"]))
+    request = nas.wait_for(seen + 1)[seen]
+    assert request.code == 40 and request.first(Attr.NAS_IP_ADDRESS) == bytes((198, 18, 50, 1))
+    assert request.first(Attr.NAS_IDENTIFIER) == b"bng-7"
+    assert radius.accounting(f"{base}, Acct-Status-Type = Stop") == "Accounting-Response"
+
+
 def test_suspension_disconnects_and_a_plan_change_sends_coa(radius: Radius, nas: FakeNas) -> None:
     base = "User-Name = bob, Acct-Session-Id = bob-live, NAS-IP-Address = 127.0.0.1, Framed-IP-Address = 198.18.9.2"
     assert radius.accounting(f"{base}, Acct-Status-Type = Start") == "Accounting-Response"

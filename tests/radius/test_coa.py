@@ -9,8 +9,9 @@ from collections import Counter
 
 import pytest
 
-from ispd.radius.coa import DynamicAuthorizationClient
-from ispd.radius.codec import Code
+from ispd.radius.coa import DynamicAuthorizationClient, session_identification
+from ispd.radius.codec import Attr, Code, decode, encode_request
+from ispd.store.models import RadiusSession
 
 
 def test_the_one_listening_address_that_reaches_the_nas_is_the_source() -> None:
@@ -92,3 +93,17 @@ def test_a_nas_that_answers_a_later_attempt_is_heard_under_uvloop() -> None:
         assert (outcome.result, outcome.attempts) == ("ack", 2)
 
     uvloop.run(scenario())
+
+
+def test_the_nas_is_named_as_it_names_itself() -> None:
+    """From a bug hunt: a NAS reporting a NAS-IP-Address outside its client's network has its
+    sessions kept under its packets' source, and the Disconnect said NAS-IP-Address = that
+    source; accel-ppp answers such a request NAK 403 (NAS identification failed)."""
+    session = RadiusSession(7, "127.70.0.2", "s7", "bob", 1.0, 1.0, nas_identifier="bng1", nas_ip_address="198.18.50.1")
+    attributes = decode(encode_request(Code.DISCONNECT_REQUEST, 1, session_identification(session, 2.0), b"s")).first
+    assert attributes[Attr.NAS_IP_ADDRESS] == bytes((198, 18, 50, 1))
+    assert attributes[Attr.NAS_IDENTIFIER] == b"bng1"
+    kept_by_it = RadiusSession(8, "2001:db8::2", "s8", "bob", 1.0, 1.0)  # believed: its address is the session's
+    attributes = decode(encode_request(Code.DISCONNECT_REQUEST, 1, session_identification(kept_by_it, 2.0), b"s")).first
+    assert attributes[Attr.NAS_IPV6_ADDRESS] == bytes.fromhex("20010db8000000000000000000000002")
+    assert Attr.NAS_IP_ADDRESS not in attributes

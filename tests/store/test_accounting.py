@@ -413,6 +413,14 @@ async def test_usage_by_day_per_subscriber_and_for_everyone(store: Store) -> Non
     assert await store.usage_totals(since=T0 + 2 * day, until=T0 + 3 * day) == {}
 
 
+async def test_a_session_keeps_what_its_nas_calls_itself(store: Store) -> None:
+    """The NAS-IP-Address a NAS reports outside its client's network (kept under the source):
+    a Disconnect must name the NAS by it."""
+    [started] = await store.record_accounting([replace(START, nas_ip_address="198.18.50.1")])
+    assert started.session is not None and started.session.nas_ip_address == "198.18.50.1"
+    assert (await store.get_session(started.session.id)).nas_ip_address == "198.18.50.1"
+
+
 async def test_a_short_retention_keeps_this_and_last_months_usage(store: Store) -> None:
     """From a bug hunt: history_retention_days below a month purged the days of this month's
     usage, which the plan's monthly quota and the month's report read, and last month's, which

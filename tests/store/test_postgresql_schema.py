@@ -1,4 +1,5 @@
-"""The PostgreSQL baseline (migrations/postgresql/0017_schema.sql) is the SQLite schema at version 17.
+"""The PostgreSQL baseline (migrations/postgresql/0017_schema.sql) is the SQLite schema at version 17,
+and each later migration keeps the two alike.
 
 The same Python SQL runs on both stores, so the tables, their columns in order, what may be NULL
 and the indexes must be the same, and the triggers that guard history and ids must refuse what
@@ -9,28 +10,22 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from importlib import resources
 from typing import Any
 
 import pytest
 
+from ispd.store.postgresql import postgresql_migrations
 from ispd.store.sqlite import migrate, sqlite_migrations
 
 psycopg = pytest.importorskip("psycopg")
 
-BASELINE_VERSION = 17
 SQLITE_TYPES = {"INTEGER": "bigint", "REAL": "double precision", "TEXT": "text", "BLOB": "bytea"}
-
-
-def baseline_script() -> str:
-    folder = resources.files("ispd.store") / "migrations" / "postgresql"
-    return (folder / f"{BASELINE_VERSION:04d}_schema.sql").read_text("utf-8")
 
 
 @pytest.fixture
 def sqlite_store() -> Iterator[sqlite3.Connection]:
     conn = sqlite3.connect(":memory:", isolation_level=None)
-    migrate(conn, sqlite_migrations()[:BASELINE_VERSION])
+    migrate(conn, sqlite_migrations())
     yield conn
     conn.close()
 
@@ -38,8 +33,9 @@ def sqlite_store() -> Iterator[sqlite3.Connection]:
 @pytest.fixture
 def postgresql_store(postgres_url: str) -> Iterator[Any]:
     with psycopg.connect(postgres_url, autocommit=True) as conn:
-        with conn.transaction():  # as the migration runner applies it: one script, one transaction
-            conn.execute(baseline_script())
+        for step in postgresql_migrations():  # the baseline, then the later ones
+            with conn.transaction():  # as the migration runner applies it: one script, one transaction
+                conn.execute(step.sql)
         yield conn
 
 
