@@ -104,6 +104,9 @@ def start_active_and_standby(a: Node, b: Node) -> None:
     assert a.log_events("daemon.standby") == []
     a.cli("plan", "add", "home", "--credential-policy", "cleartext")
     a.cli("subscriber", "add", "alice", "--plan", "home", "--password-stdin", input="alice-pw\n")
+    # The daemon hears of the CLI's subscriber at its next look at the audit log (every 0.5 s):
+    # a login asked at once was rejected one run in five.
+    eventually(lambda: a.login().code == "Access-Accept", timeout=10)
     assert_serving(a)
     b.start()
     assert_standing_by(b, a)
