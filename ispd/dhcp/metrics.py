@@ -9,9 +9,13 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ispd.dhcp.codec import DropReason
+from ispd.dhcp.engine import Ignored
 from ispd.metrics.fast import FastCollector, LabeledCounter, LabeledHistogram
 
 REQUEST_TYPES = ("discover", "request", "decline", "release", "inform", "leasequery")
+# Every reason a message is dropped for, the transport's own beside the codec's and the engine's.
+DROP_REASONS = (*DropReason, *Ignored, "interface_not_served", "internal_error", "store_error", "send_failed")
 
 
 class DHCPMetrics:
@@ -35,6 +39,10 @@ class DHCPMetrics:
             self.received.inc(kind, amount=0)
         for kind in ("offer", "ack", "nak"):
             self.sent.inc(kind, amount=0)
+        # At 0 from the start: a counter that first appears at 3 has no increase() to alert on
+        # (IspdDhcpLeaseWritesFailing would miss a store failure until the next drop).
+        for reason in DROP_REASONS:
+            self.dropped.inc(str(reason), amount=0)
         self.declines.inc(amount=0)
         self.untrusted_option82.inc(amount=0)
 

@@ -9,10 +9,15 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ispd.dhcp6.codec import DropReason
+from ispd.dhcp6.engine import Ignored6
 from ispd.metrics.fast import FastCollector, LabeledCounter, LabeledHistogram
 
 REQUEST_TYPES = ("solicit", "request", "confirm", "renew", "rebind", "release", "decline", "information_request",
                  "leasequery")
+# Every reason a message is dropped for, the transport's own beside the codec's and the engine's.
+DROP_REASONS = (*DropReason, *Ignored6, "interface_not_served", "internal_error", "store_error", "reply_too_large",
+                "send_failed")
 
 
 class DHCP6Metrics:
@@ -32,6 +37,10 @@ class DHCP6Metrics:
             self.received.inc(kind, amount=0)
         for kind in ("advertise", "reply"):
             self.sent.inc(kind, amount=0)
+        # At 0 from the start: a counter that first appears at 3 has no increase() to alert on
+        # (IspdDhcp6BindingWritesFailing would miss a store failure until the next drop).
+        for reason in DROP_REASONS:
+            self.dropped.inc(str(reason), amount=0)
         self.declines.inc(amount=0)
 
     def collectors(self, pool_usage: Callable[[], list[tuple[str, str, int, int, int]]]) -> list[Collector]:
