@@ -209,6 +209,17 @@ class PeerEventsMissed(Event):
     from the store."""
 
 
+def _concrete_event_names() -> list[str]:
+    """The names of the events that are published: those no other event refines. (By name: a
+    slots dataclass replaces its class, and the class it replaced may still be listed.)"""
+    every, pending = [], [Event]
+    while pending:
+        every += (found := pending.pop().__subclasses__())
+        pending += found
+    refined = {event_type.__name__ for event_type in every if event_type.__subclasses__()}
+    return sorted({event_type.__name__ for event_type in every} - refined)
+
+
 E = TypeVar("E", bound=Event)
 Handler = Callable[[E], Awaitable[None] | None]
 
@@ -223,6 +234,11 @@ class EventBus:
         self.handler_failures = LabeledCounter(
             "ispd_events_handler_failures_total", "Event handlers that raised, by event.", ["event"]
         )
+        # Every event at 0 from the start: a failure counter that first appears at 1 has no
+        # increase() to alert on (IspdEventHandlersFailing would miss a lone failure).
+        for name in _concrete_event_names():
+            self.published.inc(name, amount=0)
+            self.handler_failures.inc(name, amount=0)
 
     def subscribe(self, event_type: type[E], handler: Handler[E]) -> Callable[[], None]:
         """Call ``handler`` for every published event of ``event_type`` or a subclass; returns an

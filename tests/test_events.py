@@ -35,6 +35,17 @@ async def test_handlers_get_their_type_and_subclasses() -> None:
     assert bus.published.get("SubscriberSuspended") == 1
 
 
+def test_every_event_is_counted_at_zero_from_the_start() -> None:
+    """A counter series that first appears at 1 has no increase() for Prometheus, so
+    IspdEventHandlersFailing would miss a lone failure: every event is exported from the start."""
+    bus = EventBus()
+    for counter in (bus.published, bus.handler_failures):
+        samples = {sample.labels["event"]: sample.value for sample in counter.collect().samples}
+        assert {"SubscriberSuspended", "LeaseGranted", "SessionStopped", "PeerEventsMissed"} <= samples.keys()
+        assert not samples.keys() & {"Event", "SubscriberEvent", "SessionEvent", "ReservationEvent"}  # never published
+        assert set(samples.values()) == {0}
+
+
 async def test_async_handlers_run_and_failures_stay_contained() -> None:
     bus = EventBus()
     seen: list[int] = []
