@@ -89,7 +89,7 @@ class RadiusMetrics:
         for result in ("reserved", "exhausted", "failed"):
             self.prefix_reservations.inc(result, amount=0)
         for kind, results in (("auth", ("accept", "reject", "challenge", "timeout", "error")),
-                              ("acct", ("acked", "timeout", "error", "dropped"))):
+                              ("acct", ("acked", "timeout", "error", "dropped", "loop"))):
             for result in results:
                 self.proxied.inc(kind, result, amount=0)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -19,10 +20,12 @@ from structlog.testing import capture_logs
 
 from ispd.config import Config
 from ispd.events import EventBus, SessionStarted, SubscriberPlanChanged, SubscriberResumed, SubscriberSuspended
+from ispd.radius import service as radius_service
 from ispd.radius.codec import Attr, Code, decode, encode_attributes, encode_request
 from ispd.radius.config import RadiusConfig
 from ispd.radius.dictionary import builtin_dictionary
 from ispd.radius.engine import AccountingEngine, Nas, PendingClaim
+from ispd.radius.metrics import RadiusMetrics
 from ispd.radius.service import RadiusService
 from ispd.service import ServiceContext
 from ispd.store import StoreConfig, open_store
@@ -701,3 +704,12 @@ async def test_a_session_is_stale_by_the_interim_interval_its_plan_gave(tmp_path
             assert service.sessions.count(hourly.id) == 1
     finally:
         await store.close()
+
+
+def test_every_proxied_result_counted_is_exported_from_the_start() -> None:
+    """The closed label sets are at 0 from the start (so increase() sees the first event): every
+    (kind, result) the service counts for proxying, "loop" of accounting copies included."""
+    source = Path(radius_service.__file__).read_text()
+    counted = set(re.findall(r'proxied\.inc\("(auth|acct)", "([a-z]+)"\)', source))
+    assert ("acct", "loop") in counted
+    assert counted <= set(RadiusMetrics().proxied.values)
