@@ -160,6 +160,7 @@ class Outcome:
     ignored: Ignored | None = None
     declined: bool = False
     untrusted_option82: bool = False  # the request's option 82 came from no relay, and was not used
+    exhausted_pools: tuple[str, ...] = ()  # NO_ADDRESS: the pools that had no address for the client
 
 
 @dataclass(slots=True)
@@ -812,7 +813,8 @@ class DHCPEngine:
         requested = _requested_address(packet)
         chosen = self._choose(subnet, client, requested, now)
         if chosen is None:
-            return Outcome(ignored=Ignored.NO_ADDRESS)
+            return Outcome(ignored=Ignored.NO_ADDRESS,
+                           exhausted_pools=tuple(pool.name for pool in subnet.pools_for(client)))
         address, pool = chosen
         if subnet.rapid_commit and packet.option(Option.RAPID_COMMIT) is not None:
             return self._ack(received, subnet, server_id, address, pool, client, now)  # RFC 4039 §4

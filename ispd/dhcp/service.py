@@ -108,6 +108,7 @@ class DHCPService(Service):
         self._interfaces: dict[int, str] = {}
         self._unserved_logged = LogThrottle(UNSERVED_LOG_SECONDS)  # by ifindex
         self._untrusted_logged = LogThrottle(UNSERVED_LOG_SECONDS)  # by interface
+        self._exhausted_logged = LogThrottle(UNSERVED_LOG_SECONDS)  # by the pools tried
         self._pending: list[tuple[Outcome, float, str, int]] = []
         self._flush_scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -289,6 +290,14 @@ class DHCPService(Service):
                                  'switches insert it (DHCP snooping), set dhcp.option82_without_relay = "use"')
         if outcome.ignored is not None:
             self.metrics.dropped.inc(str(outcome.ignored))
+            if outcome.ignored is Ignored.NO_ADDRESS and self._exhausted_logged.due(outcome.exhausted_pools, now):
+                # The client gets no OFFER and keeps asking: said once a minute per set of pools,
+                # as Kea's ALLOC_ENGINE_V4_ALLOC_FAIL, so that the log says why it has no address.
+                log.warning("dhcp.pool.exhausted", pools=list(outcome.exhausted_pools), interface=interface,
+                            relay=str(packet.giaddr) if int(packet.giaddr) else None,
+                            hw_address=mac_text(packet.hw_address),
+                            hint="no free address for this client: see ispd_dhcp_pool_assigned_addresses and "
+                                 "ispd_dhcp_pool_declined_addresses; add a range or shorten the lease time")
         if outcome.declined:
             self.metrics.declines.inc()
             log.warning("dhcp.lease.declined", address=str(outcome.writes[0][0].address),

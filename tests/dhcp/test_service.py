@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
 
 from ispd.config import Config
 from ispd.dhcp.codec import FLAG_BROADCAST, HEADER_SIZE, MAGIC_COOKIE, DHCPPacket, decode, encode
@@ -77,6 +78,29 @@ def test_the_destination_address_reaches_the_engine_so_a_broadcast_ciaddr_is_not
     [(outcome, *_)] = service._pending
     assert outcome.reply is not None and outcome.reply.packet.message_type is DHCPMessageType.ACK
     assert outcome.writes[0][0].pool == "relayed"
+
+
+def test_an_exhausted_pool_is_said_in_the_log_once_a_minute() -> None:
+    """A client the pool has no address for gets no OFFER and keeps asking; the log says why (the
+    pools tried), as Kea's ALLOC_ENGINE_V4_ALLOC_FAIL, once a minute rather than per DISCOVER."""
+    now = [T0]
+    service = DHCPService(Config(dhcp=config()), ServiceContext(None, EventBus(), CollectorRegistry(),  # type: ignore[arg-type]
+                                                                _healthy, clock=lambda: now[0]))
+    service._interfaces = {IFINDEX: "eth1"}
+    service._send = lambda reply, *_: None  # type: ignore[method-assign]
+    discovers = [encode(message(DHCPMessageType.DISCOVER, bytes([2, 0, 0x5E, 0x10, 1, n]), xid=n))
+                 for n in range(10)]  # "lan" has three addresses, each held by its OFFER
+    with capture_logs() as logs:
+        service._socket = DatagramsSocket([(d, IPv4Address("255.255.255.255")) for d in discovers[:6]])  # type: ignore[assignment]
+        service._readable()
+        assert service.metrics.dropped.get("pool_exhausted") == 3
+        now[0] += 61  # the OFFERs' holds may have lapsed too: four new clients, one at least without
+        service._socket = DatagramsSocket([(d, IPv4Address("255.255.255.255")) for d in discovers[6:]])  # type: ignore[assignment]
+        service._readable()
+    exhausted = [entry for entry in logs if entry["event"] == "dhcp.pool.exhausted"]
+    assert len(exhausted) == 2
+    assert exhausted[0]["pools"] == ["lan"] and exhausted[0]["log_level"] == "warning"
+    assert exhausted[0]["interface"] == "eth1" and exhausted[0]["relay"] is None
 
 
 async def test_exchanges_and_malformed_packets_leave_no_cycle_behind(tmp_path: Path,
