@@ -367,6 +367,9 @@ class CachedAnswer:
     hits: int = 0
     refreshing: bool = False  # a prefetch or a stale refresh is under way
     stale_until: float = 0.0  # after a failed refresh: serve stale without asking before this
+    # Made of stale RRsets (Resolver.stale_resolution): kept only for the stale answer TTL, never
+    # served stale itself (the records' own stale window bounds it, RFC 8767 §4).
+    from_stale: bool = False
     ede: int = -1  # an Extended DNS Error (RFC 8914) for the OPT record; never stored in the cache
 
     def render(self, now: float) -> bytes:
@@ -452,7 +455,7 @@ class AnswerCache(_BoundedCache):
         answers are never in this cache, so they are never served stale."""
         entry = self.table(key).get(key)
         if (entry is None or entry.expires_at + self.limits.stale_seconds <= now
-                or entry.rcode_flags & 0xF == RCode.SERVFAIL):
+                or entry.rcode_flags & 0xF == RCode.SERVFAIL or (entry.from_stale and entry.expires_at <= now)):
             return None
         return entry
 

@@ -598,9 +598,11 @@ class DNSEngine:
             log.exception("dns.resolve.failed", name=name_to_text(question.key_name), qtype=question.qtype)
         finally:
             self._inflight.pop(key, None)
+        from_stale = False
         if resolution.rcode == RCode.SERVFAIL:
             self.stats.resolution_failures += 1
             resolution = self._stale_from_rrsets(key, question, resolution)
+            from_stale = resolution.rcode != RCode.SERVFAIL
         resolution = await self._police_chain(resolution, question.qtype, key=key)
         now = self.clock()
         old = self.answers.get_stale(key, now) if resolution.rcode == RCode.SERVFAIL else None
@@ -622,6 +624,7 @@ class DNSEngine:
             store = ((dns64_changes == self._dns64_changes or question.qtype not in _DNS64_TYPES)
                      and policy_changes == self._policy_changes)
             entry = self._build(key, question, resolution, now, store=store)
+            entry.from_stale = from_stale
         if not future.done():
             future.set_result(entry)
 

@@ -402,6 +402,22 @@ async def test_serve_stale_from_the_rrsets_when_the_answer_cache_has_no_reply(en
     assert (await env.ask_message(query("never.example.test."))).rcode == RCode.SERVFAIL
 
 
+async def test_a_stale_answer_from_the_rrsets_is_not_served_past_the_stale_window() -> None:
+    """RFC 8767 §4: the maximum stale timer bounds how long past its expiry a record is served.
+    The answer made from stale RRsets is kept for the stale answer TTL (the recheck timer), and
+    was then itself served stale for another whole ``stale_seconds``: records that expired at
+    T were still answered at T + 2 x stale_seconds."""
+    env = make_env(stale_seconds=600)
+    await env.ask(query("www.example.test."))
+    env.clock.advance(3600 + 590)  # expired, 10 s left of the stale window
+    for address in env.net.servers:
+        env.net.misbehave(address, timeout=True)
+    env.answers.clear()  # what a reload does
+    assert addresses(await env.ask_message(query("www.example.test."))) == ["192.0.2.80"]
+    env.clock.advance(600)  # the records' stale window is long over
+    assert (await env.ask_message(query("www.example.test."))).rcode == RCode.SERVFAIL
+
+
 async def test_a_flood_under_a_zone_over_its_rate_limit_is_answered_before_any_resolving() -> None:
     """New names under example.test, limited to 3 queries a second: the questions past it get
     SERVFAIL from the engine's screen (the resolver is not asked, nothing is cached), while
