@@ -648,9 +648,12 @@ def _held_by_the_reserved(conn: sqlite3.Connection, lease: sqlite3.Row, subscrib
     if lease["subscriber_id"] != subscriber_id:
         return False
     if kind == ReservationKind.USERNAME:
-        return key == lease["username"] or conn.execute(
-            "SELECT 1 FROM radius_sessions WHERE framed_ip = ? AND username = ? AND subscriber_id = ?"
-            " AND stopped_at IS NULL LIMIT 1", (lease["address"], key, subscriber_id)).fetchone() is not None
+        # The login an open session on it used; the subscriber's username (``lease["username"]``,
+        # not the claim's login) only while no session says which login holds it.
+        logins = {row[0] for row in conn.execute(
+            "SELECT username FROM radius_sessions WHERE framed_ip = ? AND subscriber_id = ? AND stopped_at IS NULL",
+            (lease["address"], subscriber_id))}
+        return key in logins if logins else key == lease["username"]
     # (A claim's circuit_id is its line: the MAC, else the NAS-Port-Id.)
     return kind in (ReservationKind.MAC, ReservationKind.CIRCUIT_ID, ReservationKind.REMOTE_ID) and (
         lease["hw_address"] == key or lease["circuit_id"] == key)

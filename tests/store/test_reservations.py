@@ -349,6 +349,26 @@ async def test_an_address_the_subscriber_s_other_line_or_device_holds_cannot_be_
     await store.update_reservation(login2.id, actor="t", address="198.18.60.101")
 
 
+async def test_the_subscriber_s_username_may_not_fix_an_address_another_of_its_logins_holds(
+        store: Store, clock: FakeClock) -> None:
+    """The subscriber's own username is a login like the others: with bob's session under
+    bob@line1 holding the address, fixing it for the login "bob" would have bob's session on a
+    second line get it beside the first (the claim's subscriber username is not the login)."""
+    from ispd.store.models import AccountingRecord, AccountingStatus, AddressClaim
+
+    bob = await store.add_subscriber("bob", actor="t")
+    line1 = "02:00:00:00:02:02"
+    claim = AddressClaim("shared", ("198.18.60.101",), f"bob {line1}", clock.now + 600, subscriber_id=bob.id,
+                         hw_address=line1, circuit_id=line1)
+    assert (await store.claim_address(claim)).lease is not None
+    await store.record_accounting([AccountingRecord(
+        at=clock.now, status=AccountingStatus.START, nas_address="198.18.0.1", acct_session_id="s1",
+        username="bob@line1", subscriber_id=bob.id, framed_ip="198.18.60.101", calling_station_id=line1)])
+    with pytest.raises(Conflict, match=r"198.18.60.101 is in use: RADIUS gave it to bob until"):
+        await store.add_reservation("bob", ReservationKind.USERNAME, "bob", actor="t", address="198.18.60.101")
+    await store.add_reservation("bob", ReservationKind.USERNAME, "bob@line1", actor="t", address="198.18.60.101")
+
+
 # --- changing a reservation
 
 
