@@ -453,9 +453,10 @@ class QueueRunner:
         if message is None:
             # Deferred, not bounced at once: a queue_directory changed without moving its files
             # would otherwise bounce the whole queue at the first start. Files put back are sent;
-            # a file truly lost bounces when the message's lifetime ends.
+            # a file truly lost bounces when the message's lifetime ends. (The directory is in
+            # the log only: the detail goes into the sender's bounce.)
             results = dict.fromkeys(mail.pending, Outcome(
-                Verdict.DEFERRED, f"the queued message's file is missing from {self.spool.directory}", "4.3.0"))
+                Verdict.DEFERRED, "the queued message's file is missing", "4.3.0"))
         else:
             groups = by_domain(mail.pending)
             noted: list[asyncio.Task[None]] = []
