@@ -603,6 +603,10 @@ class DNSEngine:
             self.stats.resolution_failures += 1
             resolution = self._stale_from_rrsets(key, question, resolution)
             from_stale = resolution.rcode != RCode.SERVFAIL
+            dns64 = self._dns64_for(key) if from_stale and question.qtype == RRType.AAAA else None
+            if dns64 is not None:  # made from the stale A records too, not the stale "no AAAA"
+                resolution = await self._synthesised(resolution, question.key_name, key, dns64,
+                                                     stale_ttl=self.stale_answer_ttl)
         resolution = await self._police_chain(resolution, question.qtype, key=key)
         now = self.clock()
         old = self.answers.get_stale(key, now) if resolution.rcode == RCode.SERVFAIL else None
@@ -675,11 +679,14 @@ class DNSEngine:
                           security=security, ede=mapped.ede, zone=mapped.zone)
 
     async def _synthesised(self, resolution: Resolution, name: bytes, key: bytes, dns64: DNS64,
-                           past_limit: bool = False, refresh: bool = False) -> Resolution:
+                           past_limit: bool = False, refresh: bool = False,
+                           stale_ttl: int | None = None) -> Resolution:
         """The AAAA resolution of ``name`` with DNS64's records made from the A records of the
         chain's end when it has no AAAA of its own (``ispd.dns.dns64``). ``past_limit``: the
         zone rate limit let the client's question through (its A question is part of it);
-        ``refresh``: a prefetch, which renews the A records too (the made ones live no longer)."""
+        ``refresh``: a prefetch, which renews the A records too (the made ones live no longer);
+        ``stale_ttl``: ``resolution`` is served stale (RFC 8767), and so are the A records, from
+        the RRset cache."""
         if resolution.rcode == RCode.NXDOMAIN or resolution.security == Security.BOGUS:
             return resolution
         if self.validating and key and answer_variant(key) & VARIANT_DO and answer_variant(key) & VARIANT_CD:
@@ -702,11 +709,15 @@ class DNSEngine:
                 return resolution
             return replace(resolution, answer=[rr for rr in resolution.answer
                                                if rr.rtype != RRType.AAAA or dns64.counts(rr.rdata)])
-        try:
-            async with asyncio.timeout(self.request_timeout):
-                ipv4 = await self.resolver.resolve(end, RRType.A, past_limit=past_limit, refresh=refresh)
-        except TimeoutError:
-            ipv4 = Resolution(RCode.SERVFAIL, [], failure="timed out")
+        if stale_ttl is not None:
+            ipv4 = (self.resolver.stale_resolution(end, RRType.A, stale_ttl)
+                    or Resolution(RCode.SERVFAIL, [], failure="no stale A records"))
+        else:
+            try:
+                async with asyncio.timeout(self.request_timeout):
+                    ipv4 = await self.resolver.resolve(end, RRType.A, past_limit=past_limit, refresh=refresh)
+            except TimeoutError:
+                ipv4 = Resolution(RCode.SERVFAIL, [], failure="timed out")
         if ipv4.rcode == RCode.SERVFAIL or ipv4.security == Security.BOGUS:
             # The A records could not be had this time (a timeout, the zone rate limit): the
             # AAAA question's "no AAAA" is not the answer to keep for its negative TTL, during

@@ -484,6 +484,22 @@ async def test_dns64_makes_aaaa_records_for_names_with_only_a_records(env: Env) 
     assert again is not None and aaaa_values(decode_message(again)) == aaaa_values(reply)
 
 
+async def test_dns64_serves_stale_made_records_not_a_stale_no_aaaa(env: Env) -> None:
+    """RFC 6147 §5.1.2 with RFC 8767: during an outage, an IPv6-only client's AAAA question for
+    an IPv4-only name is answered stale from the RRsets (a reload emptied the answer cache):
+    the records made from the stale A records, not the AAAA question's stale "no AAAA", which
+    left it with no address for the name."""
+    with_dns64(env)
+    made = await env.ask_message(query("v4only.example.test.", RRType.AAAA))
+    assert aaaa_values(made) == ["2001:db8:64::c000:207", "2001:db8:64::c000:208"]
+    env.clock.advance(3700)
+    for address in env.net.servers:
+        env.net.misbehave(address, timeout=True)
+    env.answers.clear()  # what a reload does
+    stale = await env.ask_message(query("v4only.example.test.", RRType.AAAA))
+    assert stale.rcode == RCode.NOERROR and aaaa_values(stale) == aaaa_values(made)
+
+
 async def test_dns64_for_some_client_networks_only(env: Env) -> None:
     """[dns.dns64] clients: the IPv6-only subscribers behind the NAT64 get the made AAAA records,
     the dual-stack ones the real "no AAAA", both from the cache's fast path afterwards; reverse
