@@ -38,7 +38,8 @@ subnet's, the pool's and the client's classes', each replacing what the one befo
 garden's DNS servers and routers are what keeps a suspended subscriber in it).
 
 Replies go where RFC 2131 §4.1 says: the ACK to an INFORM to its ciaddr (§4.3.5, relayed or
-not); to the relay (giaddr) when relayed; NAK broadcast; to ciaddr when the client has an
+not); to the relay (giaddr) when relayed; NAK broadcast, except to a renewal unicast from
+ciaddr: back to ciaddr (the client may be behind a relay); to ciaddr when the client has an
 address; broadcast when it asks; otherwise unicast to yiaddr at the link layer (the transport
 writes the frame itself).
 
@@ -1060,6 +1061,13 @@ class DHCPEngine:
             flags=packet.flags | FLAG_BROADCAST if relayed else packet.flags,
             giaddr=packet.giaddr, options=tuple(options),
         )
+        if not relayed and packet.ciaddr != UNSPECIFIED and received.source == packet.ciaddr \
+                and received.destination is not None and not self._broadcast(received):
+            # A renewal unicast from the client's own address: back to it, as the ACK would go (and
+            # as Kea sends it). The client may be behind a relay it unicast past; broadcast on our
+            # link, the NAK never reached it, and a suspended subscriber's line kept its address
+            # until it rebound at T2, through the relay.
+            return Reply(reply, Destination.UNICAST, packet.ciaddr, received.interface_address or server_id)
         return self._addressed(received, reply, server_id)
 
     # --- leasequery (RFC 4388)

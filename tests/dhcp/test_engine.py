@@ -84,8 +84,8 @@ class Lab:
         self.now = T0
 
     def send(self, packet: DHCPPacket, interface: str = "eth1", local: IPv4Address | None = SERVER,
-             destination: IPv4Address | None = None) -> Outcome:
-        return self.engine.handle(Received(packet, interface, local, destination), self.now)
+             destination: IPv4Address | None = None, source: IPv4Address | None = None) -> Outcome:
+        return self.engine.handle(Received(packet, interface, local, destination, source), self.now)
 
     def dora(self, mac: bytes = MAC_A, **kw: Any) -> IPv4Address:
         offer = self.send(message(DHCPMessageType.DISCOVER, mac, **kw))
@@ -422,6 +422,28 @@ def test_a_reservation_by_circuit_id_gives_the_reserved_address_and_subscriber()
     # Nobody else gets the reserved address.
     assert lab.send(message(DHCPMessageType.REQUEST, MAC_B, requested="198.18.1.42")).reply.packet.message_type \
         is DHCPMessageType.NAK  # type: ignore[union-attr]
+
+
+def test_a_nak_to_a_renewal_unicast_past_the_relay_goes_back_to_the_client() -> None:
+    """A relayed client renews by unicast past its relay (giaddr 0, sent from its address). Its
+    NAK (the line suspended) went to the broadcast address on ispd's own link, where the client
+    is not: it kept its address until it rebound at T2. Sent to ciaddr, as the ACK is and as Kea
+    sends it. From another address than ciaddr, or broadcast, the NAK is broadcast as before."""
+    lab = Lab()
+    lab.engine.load([], [reservation(ReservationKind.CIRCUIT_ID, "eth0/1/7")], {7: SubscriberStatus.ACTIVE})
+    address = lab.dora(giaddr="198.18.1.1", extra=((Option.RELAY_AGENT_INFO, bytes((1, 8)) + b"eth0/1/7"),))
+    renew = message(DHCPMessageType.REQUEST, ciaddr=str(address))
+    ack = lab.send(renew, destination=SERVER, source=address)
+    assert ack.reply is not None and (ack.reply.destination, ack.reply.address) == (Destination.UNICAST, address)
+    lab.engine.set_subscriber_status(7, SubscriberStatus.SUSPENDED)
+    nak = lab.send(renew, destination=SERVER, source=address)
+    assert nak.reply is not None and nak.reply.packet.message_type is DHCPMessageType.NAK
+    assert (nak.reply.destination, nak.reply.address) == (Destination.UNICAST, address)
+    for destination, source in ((SERVER, IPv4Address("198.18.0.77")), (IPv4Address("255.255.255.255"), address),
+                                (None, None)):
+        other = lab.send(renew, destination=destination, source=source)
+        assert other.reply is not None and other.reply.packet.message_type is DHCPMessageType.NAK
+        assert other.reply.destination is Destination.BROADCAST, (destination, source)
 
 
 def test_a_reserved_router_network_or_broadcast_address_is_not_given() -> None:
