@@ -109,6 +109,7 @@ class Ignored(StrEnum):
     NO_SERVER_ADDRESS = "no_server_address"
     CLIENT_IGNORED = "client_ignored"
     NO_ADDRESS = "pool_exhausted"
+    NO_POOL = "no_pool"  # the subnet has no pool for the client's class (a suspended one: no walled garden)
     OTHER_SERVER = "other_server"
     UNKNOWN_LEASE = "unknown_lease"
     BAD_REQUEST = "bad_request"
@@ -162,6 +163,7 @@ class Outcome:
     declined: bool = False
     untrusted_option82: bool = False  # the request's option 82 came from no relay, and was not used
     exhausted_pools: tuple[str, ...] = ()  # NO_ADDRESS: the pools that had no address for the client
+    unserved: tuple[str, str] | None = None  # NO_POOL: (the subnet, the client's class)
 
 
 @dataclass(slots=True)
@@ -814,8 +816,13 @@ class DHCPEngine:
         requested = _requested_address(packet)
         chosen = self._choose(subnet, client, requested, now)
         if chosen is None:
-            return Outcome(ignored=Ignored.NO_ADDRESS,
-                           exhausted_pools=tuple(pool.name for pool in subnet.pools_for(client)))
+            pools = subnet.pools_for(client)
+            if not pools:
+                # Not a full pool: none to take from (a suspended subscriber's device, or an unknown
+                # client under unknown_clients = "walled-garden", where the subnet has no garden).
+                return Outcome(ignored=Ignored.NO_POOL,
+                               unserved=(str(subnet.network), client.client_class.value))
+            return Outcome(ignored=Ignored.NO_ADDRESS, exhausted_pools=tuple(pool.name for pool in pools))
         address, pool = chosen
         if subnet.rapid_commit and packet.option(Option.RAPID_COMMIT) is not None:
             return self._ack(received, subnet, server_id, address, pool, client, now)  # RFC 4039 §4

@@ -298,6 +298,15 @@ class DHCPService(Service):
                             hw_address=mac_text(packet.hw_address),
                             hint="no free address for this client: see ispd_dhcp_pool_assigned_addresses and "
                                  "ispd_dhcp_pool_declined_addresses; add a range or shorten the lease time")
+            if outcome.ignored is Ignored.NO_POOL and outcome.unserved is not None \
+                    and self._exhausted_logged.due(outcome.unserved, now):
+                subnet, client_class = outcome.unserved
+                # Said apart from an exhausted pool: no range added helps here, a pool of the class does.
+                log.warning("dhcp.pool.none", subnet=subnet, client_class=client_class, interface=interface,
+                            relay=str(packet.giaddr) if int(packet.giaddr) else None,
+                            hw_address=mac_text(packet.hw_address),
+                            hint=f"the subnet has no pool for {client_class} clients (a suspended subscriber's "
+                                 "devices need one with walled_garden = true): add one, or leave them unserved")
         if outcome.declined:
             self.metrics.declines.inc()
             log.warning("dhcp.lease.declined", address=str(outcome.writes[0][0].address),

@@ -103,6 +103,29 @@ def test_an_exhausted_pool_is_said_in_the_log_once_a_minute() -> None:
     assert exhausted[0]["interface"] == "eth1" and exhausted[0]["relay"] is None
 
 
+def test_a_client_the_subnet_has_no_pool_for_is_not_said_to_have_exhausted_one() -> None:
+    """A suspended subscriber's device where its subnet has no walled-garden pool (the relayed
+    one here, as the BNG's in configs/ispd.toml) gets no address. That was counted and logged
+    as an exhausted pool, with no pool named and the hint to add a range, which does not help:
+    it is no_pool, and dhcp.pool.none says what would."""
+    service = DHCPService(Config(dhcp=config(unknown_clients="walled-garden")),
+                          ServiceContext(None, EventBus(), CollectorRegistry(), _healthy,  # type: ignore[arg-type]
+                                         clock=lambda: T0))
+    service._interfaces = {IFINDEX: "eth1"}
+    service._send = lambda reply, *_: None  # type: ignore[method-assign]
+    relayed = [encode(message(DHCPMessageType.DISCOVER, bytes([2, 0, 0x5E, 0x10, 2, n]), xid=n, giaddr="198.18.1.1"))
+               for n in range(3)]
+    with capture_logs() as logs:
+        service._socket = DatagramsSocket([(d, SERVER) for d in relayed])  # type: ignore[assignment]
+        service._readable()
+    assert service.metrics.dropped.get("no_pool") == 3
+    assert service.metrics.dropped.get("pool_exhausted") == 0
+    assert not [entry for entry in logs if entry["event"] == "dhcp.pool.exhausted"]
+    [none] = [entry for entry in logs if entry["event"] == "dhcp.pool.none"]
+    assert (none["subnet"], none["client_class"], none["relay"]) == ("198.18.1.0/24", "walled-garden", "198.18.1.1")
+    assert "walled_garden = true" in none["hint"]
+
+
 async def test_exchanges_and_malformed_packets_leave_no_cycle_behind(tmp_path: Path,
                                                                    without_cycle_collection: None) -> None:
     """ispd collects reference cycles rarely (``supervisor._collect_garbage_rarely``): what a
