@@ -1153,8 +1153,10 @@ class DHCPEngine:
 
     def _last_transaction(self, binding: Binding, now: float) -> float:
         """When the client last renewed: its lease's end less its pool's lease time (a renewal
-        keeps ``starts_at``), within the lease's start and now."""
-        pool = self._pool_of(binding.address)
+        keeps ``starts_at``), within the lease's start and now. A reserved address outside every
+        pool has its subnet's lease time (as ``_allowed_pool`` serves it)."""
+        subnet = self._subnet_containing(binding.address)
+        pool = (subnet.pool_of(binding.address) or subnet.plain) if subnet is not None else None
         renewed = binding.expires_at - pool.lease_seconds if pool is not None else binding.starts_at
         return min(max(renewed, binding.starts_at), now)
 

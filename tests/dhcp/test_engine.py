@@ -899,6 +899,26 @@ def test_leasequery_by_address_mac_and_client_id_answers_from_the_lease_table() 
         is DHCPMessageType.LEASEUNKNOWN  # type: ignore[union-attr]
 
 
+def test_leasequery_tells_the_last_renewal_of_a_reserved_address_outside_the_pools() -> None:
+    """Option 91 (seconds since the client's last transaction) was counted from the lease's first
+    grant for an address a reservation gives outside every pool (no pool's lease time to count
+    back from): a line renewed a minute ago was said to be silent since its router booted."""
+    lab = Lab(config(leasequery_requesters=[REQUESTER]))
+    lab.engine.load([], [reservation(ReservationKind.CIRCUIT_ID, "eth0/1/7", address="198.18.1.42")],
+                    {7: SubscriberStatus.ACTIVE})
+    relayed = dict(giaddr=REQUESTER, extra=((Option.RELAY_AGENT_INFO, bytes((1, 8)) + b"eth0/1/7"),))
+    address = lab.dora(**relayed)
+    assert address == IPv4Address("198.18.1.42")
+    lab.now += 3000
+    renew = lab.send(message(DHCPMessageType.REQUEST, ciaddr=str(address), **relayed))  # type: ignore[arg-type]
+    assert renew.reply is not None and renew.reply.packet.message_type is DHCPMessageType.ACK
+    lab.now += 60
+    answer = lab.send(leasequery(ciaddr=str(address))).reply
+    assert answer is not None and answer.packet.message_type is DHCPMessageType.LEASEACTIVE
+    assert decode_u32(answer.packet.option(Option.LEASE_TIME) or b"") == 7200 - 60
+    assert decode_u32(answer.packet.option(Option.CLIENT_LAST_TRANSACTION_TIME) or b"") == 60
+
+
 def test_a_leasequery_naming_more_than_one_thing_is_asked_by_the_first_of_ciaddr_client_id_chaddr() -> None:
     """As ISC dhcpd answers: a requester that fills chaddr (or sends a client-id) in a query by
     address gets the address's answer, not silence."""
