@@ -109,6 +109,7 @@ class DHCPService(Service):
         self._unserved_logged = LogThrottle(UNSERVED_LOG_SECONDS)  # by ifindex
         self._untrusted_logged = LogThrottle(UNSERVED_LOG_SECONDS)  # by interface
         self._exhausted_logged = LogThrottle(UNSERVED_LOG_SECONDS)  # by the pools tried
+        self._no_subnet_logged = LogThrottle(UNSERVED_LOG_SECONDS)  # by interface (not by giaddr: forgeable)
         self._pending: list[tuple[Outcome, float, str, int]] = []
         self._flush_scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -298,6 +299,16 @@ class DHCPService(Service):
                             hw_address=mac_text(packet.hw_address),
                             hint="no free address for this client: see ispd_dhcp_pool_assigned_addresses and "
                                  "ispd_dhcp_pool_declined_addresses; add a range or shorten the lease time")
+            if outcome.ignored is Ignored.NO_SUBNET and self._no_subnet_logged.due(interface, now):
+                # ISC dhcpd's "unknown network segment": a relay no subnet names (a BNG given a new
+                # address, a subnet left out of the config) has its clients go without a word.
+                log.warning("dhcp.subnet.none", interface=interface,
+                            relay=str(packet.giaddr) if int(packet.giaddr) else None,
+                            ciaddr=str(packet.ciaddr) if int(packet.ciaddr) else None,
+                            hw_address=mac_text(packet.hw_address),
+                            hint="no [[dhcp.subnet]] holds the relay's address (giaddr, or its link-selection) "
+                                 "or, for an INFORM, the client's: add the subnet, or the relay to its "
+                                 "relay_addresses")
             if outcome.ignored is Ignored.NO_POOL and outcome.unserved is not None \
                     and self._exhausted_logged.due(outcome.unserved, now):
                 subnet, client_class = outcome.unserved

@@ -188,3 +188,21 @@ async def test_exchanges_and_malformed_packets_leave_no_cycle_behind(tmp_path: P
             gc.set_debug(0)
             gc.garbage.clear()
     assert sum(service.metrics.dropped.values.values()) == 4 * 7  # (the malformed ones did reach it)
+
+
+def test_a_relay_no_subnet_serves_is_said_in_the_log_once_a_minute_per_interface() -> None:
+    """A BNG relaying from an address no subnet names had its clients go without an address and
+    without a word, but for a counter (ISC dhcpd logs "unknown network segment"). Once a minute
+    per interface, not per giaddr: a forger could vary that at will."""
+    service = DHCPService(Config(dhcp=config()), ServiceContext(None, EventBus(), CollectorRegistry(),  # type: ignore[arg-type]
+                                                                _healthy, clock=lambda: T0))
+    service._interfaces = {IFINDEX: "eth1"}
+    service._send = lambda reply, *_: None  # type: ignore[method-assign]
+    strays = [encode(message(DHCPMessageType.DISCOVER, bytes([2, 0, 0x5E, 0x10, 3, n]), xid=n, giaddr=f"198.18.200.{n}"))
+              for n in range(1, 4)]
+    with capture_logs() as logs:
+        service._socket = DatagramsSocket([(d, SERVER) for d in strays])  # type: ignore[assignment]
+        service._readable()
+    assert service.metrics.dropped.get("no_subnet") == 3
+    [none] = [entry for entry in logs if entry["event"] == "dhcp.subnet.none"]
+    assert (none["interface"], none["relay"], none["log_level"]) == ("eth1", "198.18.200.1", "warning")
