@@ -130,7 +130,12 @@ class _DNSQuicProtocol(QuicConnectionProtocol):
                  stats: TransportStats, settings: QuicSettings) -> None:
         super().__init__(quic, stream_handler)
         # aioquic announces 128 concurrent bidirectional streams; ours is the configured limit.
-        quic._local_max_streams_bidi.value = settings.max_streams
+        # Both figures: aioquic announces ``value`` and, raising it by one for each stream that
+        # ends, sends MAX_STREAMS only once the client has fewer streams left than ``sent`` says
+        # it was given - left at 128, no MAX_STREAMS went out before stream ~128, and a client
+        # held to fewer (under about 86) could open no stream past its first ``max_streams``.
+        limit = quic._local_max_streams_bidi
+        limit.value = limit.sent = settings.max_streams
         self.gate = gate
         self.stats = stats
         self.settings = settings

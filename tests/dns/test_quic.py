@@ -114,3 +114,31 @@ async def test_a_connection_is_forgotten_when_its_client_goes_and_ispd_adds_no_c
             setattr(protocol, handler, None)
         del protocol
         assert made_one() is None
+
+
+async def test_a_connection_goes_on_past_its_stream_limit_as_streams_end(tmp_path: Path) -> None:
+    """max_streams_per_connection limits the streams open at once, not over the connection's
+    life: as each query's stream ends the client may open another (RFC 9000 §4.6, MAX_STREAMS).
+    aioquic held MAX_STREAMS back while it took the client to have 128 streams left to open, so
+    with a limit of 5 the sixth query of a connection waited for ever."""
+    stats = TransportStats()
+    settings = QuicSettings(idle_timeout=5.0, handshake_timeout=5.0, max_streams=5, max_query_bytes=4096)
+    listener = QuicListener("doq", DOQ_ALPN, DoQProtocol, settings, False, answerer=CachedAnswers(),
+                            gate=ConnectionGate(10, 10, stats), stats=stats)
+    certificates = issue(tmp_path, "dns.test")
+    listener.load_certificate(certificates.certificate, certificates.private_key)
+    loop = asyncio.get_running_loop()
+    async with AsyncExitStack() as stack:
+        await listener.start([SocketAddress("127.59.0.1", 0)], stack)
+        configuration = QuicConfiguration(is_client=True, alpn_protocols=DOQ_ALPN, verify_mode=ssl.CERT_NONE)
+        transport, client = await loop.create_datagram_endpoint(
+            lambda: _Client(QuicConnection(configuration=configuration)), local_addr=("127.59.0.2", 0))
+        stack.callback(transport.abort)
+        client.connect(listener.bound[0])
+        await asyncio.wait_for(client.wait_connected(), 5)
+        for _ in range(3):  # one at a time, then the limit's worth at once, twice over
+            assert await asyncio.wait_for(client.doq(QUERY), 5) == QUERY
+        for _ in range(4):
+            assert await asyncio.wait_for(asyncio.gather(*(client.doq(QUERY) for _ in range(5))), 5) == [QUERY] * 5
+        client.close()
+        await asyncio.wait_for(client.wait_closed(), 5)
