@@ -140,6 +140,11 @@ def configure_logging(config: LogConfig, stream: TextIO | None = None) -> None:
     # aiosmtpd warns of every command a client gets wrong ("unrecognised: XYZZY"): the client's
     # mistake, answered and counted in ispd_mail_smtp_refusals_total, not the operator's business.
     logging.getLogger("mail.log").setLevel(logging.ERROR)
+    # aioquic warns of every connection its peer breaks the rules on ("Error: 376, reason: No
+    # common ALPN protocols", a bad TLS message, a stream over the limit): one line per failed DoQ
+    # or HTTP/3 handshake, as many as a client cares to start, where DoT's are counted and not
+    # logged. The failed handshakes are counted (ispd_dns_transport_handshake_failures_total).
+    logging.getLogger("quic").setLevel(logging.ERROR)
     # asyncio's and uvloop's transports log a line for every write after the peer has gone (past
     # the fifth): a DoT client that pipelines queries and leaves without reading got one per
     # reply still being answered, 170,000 lines in a soak review. The write is dropped either

@@ -19,8 +19,8 @@ from ispd.logs import LogConfig, LogThrottle, configure_logging, get_logger
 
 def test_library_warnings_are_json_lines_and_client_mistakes_stay_out() -> None:
     out = io.StringIO()
-    root, smtp = logging.getLogger(), logging.getLogger("mail.log")
-    saved = root.handlers[:], root.level, smtp.level
+    root, smtp, quic = logging.getLogger(), logging.getLogger("mail.log"), logging.getLogger("quic")
+    saved = root.handlers[:], root.level, smtp.level, quic.level
     configure_logging(LogConfig(level="info", format="json"), stream=out)
     try:
         get_logger("test").info("ours", password="hunter2")
@@ -29,6 +29,7 @@ def test_library_warnings_are_json_lines_and_client_mistakes_stay_out() -> None:
         logging.getLogger("asyncio").warning("socket.send() raised exception.")
         logging.getLogger("asyncio").warning("SSL connection is closed")
         logging.getLogger("mail.log").warning("%r unrecognised: %s", ("127.0.0.1", 41014), "XYZZY")
+        logging.getLogger("quic").warning("Error: 376, reason: No common ALPN protocols, frame_type: 6")
         try:
             raise ZeroDivisionError("boom")
         except ZeroDivisionError:
@@ -43,9 +44,10 @@ def test_library_warnings_are_json_lines_and_client_mistakes_stay_out() -> None:
         assert len(logging.getLogger().handlers) == 1
         assert len(logging.getLogger("asyncio").filters) == 1
     finally:
-        root.handlers, level, smtp_level = saved
+        root.handlers, level, smtp_level, quic_level = saved
         root.setLevel(level)
         smtp.setLevel(smtp_level)
+        quic.setLevel(quic_level)
         logging.captureWarnings(False)
 
 
