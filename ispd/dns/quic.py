@@ -108,6 +108,21 @@ def _connection_refused(version: int, client_destination_cid: bytes, client_sour
     return datagrams[0]
 
 
+class _QuicServer(QuicServer):
+    """aioquic's server, less its answer to a small datagram of a version it does not speak:
+    it sends Version Negotiation for any size, and a 40-byte datagram from a forged address
+    drew 43 bytes at the victim. RFC 9000 §5.2.2: "Servers MUST drop smaller packets that
+    specify unsupported versions" (smaller than a connection's first datagram, §14.1)."""
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        if len(data) < SMALLEST_MAX_DATAGRAM_SIZE and isinstance(data, bytes) and len(data) >= 5 \
+                and data[0] & 0x80:  # a long header: the version follows the first byte
+            version = int.from_bytes(data[1:5], "big")
+            if version != 0 and version not in self._configuration.supported_versions:
+                return
+        super().datagram_received(data, addr)
+
+
 class _TicketStore:
     """Session tickets for resumption (and so 0-RTT), in memory, oldest dropped first."""
 
@@ -422,11 +437,11 @@ class QuicListener:
             try:
                 # aioquic's serve() without its bind: the socket is made as every listener's is.
                 _, protocol = await open_datagram_listener(
-                    partial(QuicServer, configuration=self.configuration, create_protocol=factory,
+                    partial(_QuicServer, configuration=self.configuration, create_protocol=factory,
                             session_ticket_fetcher=self.tickets.pop if self.tickets else None,
                             session_ticket_handler=self.tickets.add if self.tickets else None),
                     bound_socket(address.host, address.port, socket.SOCK_DGRAM))
-                server = cast(QuicServer, protocol)
+                server = cast(_QuicServer, protocol)
             except OSError as exc:
                 raise ServiceStartError(f"dns: {self.name}: cannot listen on {address}: "
                                         f"{describe_os_error(exc)}") from None

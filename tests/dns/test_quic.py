@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import ssl
 import weakref
 from contextlib import AsyncExitStack
@@ -142,3 +144,31 @@ async def test_a_connection_goes_on_past_its_stream_limit_as_streams_end(tmp_pat
             assert await asyncio.wait_for(asyncio.gather(*(client.doq(QUERY) for _ in range(5))), 5) == [QUERY] * 5
         client.close()
         await asyncio.wait_for(client.wait_closed(), 5)
+
+
+async def test_version_negotiation_only_for_a_datagram_that_could_start_a_connection(tmp_path: Path) -> None:
+    """RFC 9000 §5.2.2: a server answers an unknown version with Version Negotiation only when
+    the datagram is as large as a first one (1200 bytes); smaller ones are dropped, so a forged
+    source address draws nothing larger than what was sent."""
+    stats = TransportStats()
+    settings = QuicSettings(idle_timeout=5.0, handshake_timeout=5.0, max_streams=5, max_query_bytes=4096)
+    listener = QuicListener("doq", DOQ_ALPN, DoQProtocol, settings, False, answerer=CachedAnswers(),
+                            gate=ConnectionGate(10, 10, stats), stats=stats)
+    certificates = issue(tmp_path, "dns.test")
+    listener.load_certificate(certificates.certificate, certificates.private_key)
+    header = b"\xc0" + bytes.fromhex("1a2a3a4a") + b"\x08" + os.urandom(8) + b"\x14" + os.urandom(20)
+    loop = asyncio.get_running_loop()
+    async with AsyncExitStack() as stack:
+        await listener.start([SocketAddress("127.59.0.1", 0)], stack)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.bind(("127.59.0.2", 0))
+            client.setblocking(False)
+            client.connect(listener.bound[0])
+            for size in (len(header), 100, 1199):
+                client.send(header.ljust(size, b"\0"))
+            client.send(header.ljust(1200, b"\0"))
+            reply = await asyncio.wait_for(loop.sock_recv(client, 2048), 5)
+            assert reply[1:5] == b"\0\0\0\0"  # Version Negotiation, and the only reply
+            await asyncio.sleep(0.2)
+            with pytest.raises(BlockingIOError):
+                client.recv(2048)
