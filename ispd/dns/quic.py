@@ -331,8 +331,24 @@ class HTTP3Protocol(_DNSQuicProtocol):
             self.stats.bad_requests += 1
             self.transmit()
             return
+        if isinstance(event, StreamDataReceived) and self._held(event.stream_id) > self._frame_limit():
+            self.stats.bad_requests += 1
+            self.close_with(H3_EXCESSIVE_LOAD, "frame too large")
+            return
         for h3_event in events:
             self._h3_event(h3_event)
+
+    def _held(self, stream_id: int) -> int:
+        """What aioquic keeps of the stream's frame still coming: it hands on DATA as it arrives
+        and skips unknown frames, but keeps a HEADERS frame, or a control stream's frame, until
+        all of it has come, however long it says it is, while QUIC's flow control lets the client
+        send on (the window doubles as it fills)."""
+        stream = self.http._stream.get(stream_id)
+        return len(stream.buffer) if stream is not None else 0
+
+    def _frame_limit(self) -> int:
+        # A request's headers: a GET's path holds the query in base64url (4/3 of its bytes).
+        return 16384 + 2 * self.settings.max_query_bytes
 
     def _h3_event(self, event: H3Event) -> None:
         if isinstance(event, HeadersReceived):

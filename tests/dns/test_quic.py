@@ -12,12 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aioquic.buffer import encode_uint_var
+from aioquic.h3.connection import H3_ALPN
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import ConnectionTerminated
 
 from ispd.configtypes import SocketAddress
+from ispd.dns.config import DoHConfig
 from ispd.dns.frontend import TransportStats
-from ispd.dns.quic import DOQ_ALPN, DoQProtocol, QuicListener, QuicSettings
+from ispd.dns.https import DoHResponder
+from ispd.dns.quic import DOQ_ALPN, H3_EXCESSIVE_LOAD, DoQProtocol, HTTP3Protocol, QuicListener, QuicSettings
 from ispd.listeners import ConnectionGate
 from tests.lab.certs import issue
 from tests.lab.quicclient import _Client
@@ -172,3 +177,45 @@ async def test_version_negotiation_only_for_a_datagram_that_could_start_a_connec
             await asyncio.sleep(0.2)
             with pytest.raises(BlockingIOError):
                 client.recv(2048)
+
+
+@pytest.mark.parametrize("stream", ["request", "control"])
+async def test_an_http3_frame_too_large_to_hold_ends_its_connection(stream: str, tmp_path: Path) -> None:
+    """aioquic's HTTP/3 keeps a HEADERS frame (or a control stream's frame) until all of it has
+    come, whatever length it announces, and QUIC's flow control lets the client send on: a client
+    that announced 512 MB had the server hold as much as it sent (and copy it all again for
+    every packet). Past what a request can need the connection ends, H3_EXCESSIVE_LOAD, as an
+    HTTP/2 frame over 16 KB ends its connection."""
+    stats = TransportStats()
+    settings = QuicSettings(idle_timeout=5.0, handshake_timeout=5.0, max_streams=5, max_query_bytes=4096)
+    responder = DoHResponder(CachedAnswers(), stats, DoHConfig(), None)  # type: ignore[arg-type]
+    listener = QuicListener("doh (HTTP/3)", H3_ALPN, HTTP3Protocol, settings, False, responder=responder,
+                            gate=ConnectionGate(10, 10, stats), stats=stats)
+    certificates = issue(tmp_path, "dns.test")
+    listener.load_certificate(certificates.certificate, certificates.private_key)
+    loop = asyncio.get_running_loop()
+    closed: asyncio.Future[int] = loop.create_future()
+
+    class Client(_Client):
+        def quic_event_received(self, event: Any) -> None:
+            if isinstance(event, ConnectionTerminated) and not closed.done():
+                closed.set_result(event.error_code)
+
+    async with AsyncExitStack() as stack:
+        await listener.start([SocketAddress("127.59.0.1", 0)], stack)
+        configuration = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, verify_mode=ssl.CERT_NONE)
+        transport, client = await loop.create_datagram_endpoint(
+            lambda: Client(QuicConnection(configuration=configuration)), local_addr=("127.59.0.2", 0))
+        stack.callback(transport.abort)
+        client.connect(listener.bound[0])
+        await asyncio.wait_for(client.wait_connected(), 5)
+        quic = client._quic
+        if stream == "request":  # a HEADERS frame (type 1)
+            stream_id, start = quic.get_next_available_stream_id(), encode_uint_var(1)
+        else:  # the control stream (type 0), and a SETTINGS frame (type 4)
+            stream_id, start = quic.get_next_available_stream_id(is_unidirectional=True), b"\0" + encode_uint_var(4)
+        quic.send_stream_data(stream_id, start + encode_uint_var(1 << 29))
+        for _ in range(64):  # 1 MB, as flow control lets it go
+            quic.send_stream_data(stream_id, bytes(16384))
+        client.transmit()
+        assert await asyncio.wait_for(closed, 10) == H3_EXCESSIVE_LOAD
