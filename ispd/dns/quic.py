@@ -201,6 +201,14 @@ class _DNSQuicProtocol(QuicConnectionProtocol):
             return
         self.transmit()
 
+    def _cancelled(self, stream_id: int, code: int) -> None:
+        """The client reset its side of a request stream: no reply is coming on it, so the server
+        ends its own side too. aioquic counts a stream against the limit until both sides have
+        ended; a query abandoned before its end, left half open, held its place for the
+        connection's life, and after max_streams of them no stream could open."""
+        if stream_id & 0x3 == 0:  # (client bidirectional: the others have no side of ours)
+            self._reset(stream_id, code)
+
     def _handshake_expired(self) -> None:
         if not self.handshake_done:
             self.close_with(DOQ_NO_ERROR, "handshake timeout")
@@ -251,6 +259,7 @@ class DoQProtocol(_DNSQuicProtocol):
         elif isinstance(event, StreamReset):  # the client gave up on a query it was sending
             self.buffers.pop(event.stream_id, None)
             self.discarded.discard(event.stream_id)
+            self._cancelled(event.stream_id, DOQ_REQUEST_CANCELLED)
 
     def _stream_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
         if stream_id & 0x3 != 0:  # only client-initiated bidirectional streams carry queries
@@ -325,6 +334,7 @@ class HTTP3Protocol(_DNSQuicProtocol):
             return
         if isinstance(event, StreamReset):  # a request abandoned halfway: forget what it sent
             self.requests.pop(event.stream_id, None)
+            self._cancelled(event.stream_id, H3_REQUEST_CANCELLED)
         try:
             events = self.http.handle_event(event)
         except Exception:  # aioquic raises its protocol errors after closing the connection itself

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import socket
 import ssl
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 from aioquic.buffer import encode_uint_var
-from aioquic.h3.connection import H3_ALPN
+from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated
@@ -22,7 +23,16 @@ from ispd.configtypes import SocketAddress
 from ispd.dns.config import DoHConfig
 from ispd.dns.frontend import TransportStats
 from ispd.dns.https import DoHResponder
-from ispd.dns.quic import DOQ_ALPN, H3_EXCESSIVE_LOAD, DoQProtocol, HTTP3Protocol, QuicListener, QuicSettings
+from ispd.dns.quic import (
+    DOQ_ALPN,
+    DOQ_REQUEST_CANCELLED,
+    H3_EXCESSIVE_LOAD,
+    H3_REQUEST_CANCELLED,
+    DoQProtocol,
+    HTTP3Protocol,
+    QuicListener,
+    QuicSettings,
+)
 from ispd.listeners import ConnectionGate
 from tests.lab.certs import issue
 from tests.lab.quicclient import _Client
@@ -219,3 +229,57 @@ async def test_an_http3_frame_too_large_to_hold_ends_its_connection(stream: str,
             quic.send_stream_data(stream_id, bytes(16384))
         client.transmit()
         assert await asyncio.wait_for(closed, 10) == H3_EXCESSIVE_LOAD
+
+
+@pytest.mark.parametrize("alpn", ["doq", "h3"])
+async def test_requests_the_client_abandons_give_their_streams_back(alpn: str, tmp_path: Path) -> None:
+    """A client that resets a stream before its query or request is complete (RFC 9250 §4.3:
+    DOQ_REQUEST_CANCELLED) gets no reply on it, so the server resets its own side: aioquic
+    counts a stream against max_streams until both sides have ended, and a half-open one held
+    its place for the connection's life: after max_streams abandoned queries, none could be asked."""
+    stats = TransportStats()
+    settings = QuicSettings(idle_timeout=5.0, handshake_timeout=5.0, max_streams=3, max_query_bytes=4096)
+    gate = ConnectionGate(10, 10, stats)
+    if alpn == "doq":
+        listener = QuicListener("doq", DOQ_ALPN, DoQProtocol, settings, False, answerer=CachedAnswers(), gate=gate,
+                                stats=stats)
+    else:
+        responder = DoHResponder(CachedAnswers(), stats, DoHConfig(), None)  # type: ignore[arg-type]
+        listener = QuicListener("doh (HTTP/3)", H3_ALPN, HTTP3Protocol, settings, False, responder=responder,
+                                gate=gate, stats=stats)
+    certificates = issue(tmp_path, "dns.test")
+    listener.load_certificate(certificates.certificate, certificates.private_key)
+    loop = asyncio.get_running_loop()
+
+    class Client(_Client):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.http = H3Connection(self._quic) if alpn == "h3" else None
+
+    async with AsyncExitStack() as stack:
+        await listener.start([SocketAddress("127.59.0.1", 0)], stack)
+        configuration = QuicConfiguration(is_client=True, alpn_protocols=listener.alpn, verify_mode=ssl.CERT_NONE)
+        transport, client = await loop.create_datagram_endpoint(
+            lambda: Client(QuicConnection(configuration=configuration)), local_addr=("127.59.0.2", 0))
+        stack.callback(transport.abort)
+        client.connect(listener.bound[0])
+        await asyncio.wait_for(client.wait_connected(), 5)
+        quic = client._quic
+        for _ in range(6):
+            stream_id = quic.get_next_available_stream_id()
+            if client.http is None:  # the length and half the query
+                quic.send_stream_data(stream_id, len(QUERY).to_bytes(2, "big") + QUERY[:10])
+            else:  # a POST's headers, its body still to come
+                client.http.send_headers(stream_id, [(b":method", b"POST"), (b":scheme", b"https"),
+                                                     (b":authority", b"dns.test"), (b":path", b"/dns-query"),
+                                                     (b"content-type", b"application/dns-message")])
+            client.transmit()
+            await asyncio.sleep(0.05)
+            quic.reset_stream(stream_id, DOQ_REQUEST_CANCELLED if client.http is None else H3_REQUEST_CANCELLED)
+            client.transmit()
+        if client.http is None:
+            assert await asyncio.wait_for(client.doq(QUERY), 5) == QUERY
+        else:
+            path = "/dns-query?dns=" + base64.urlsafe_b64encode(QUERY).rstrip(b"=").decode()
+            status, _, body = await asyncio.wait_for(client.h3("GET", "dns.test", path), 5)
+            assert (status, body) == (200, QUERY)
