@@ -315,7 +315,9 @@ class DoQProtocol(_DNSQuicProtocol):
     def _reply(self, stream_id: int, reply: bytes) -> None:
         try:
             self._quic.send_stream_data(stream_id, _LENGTH.pack(len(reply)) + reply, end_stream=True)
-        except (ValueError, AssertionError):  # the stream was reset or the connection closed
+        # The stream finished or the connection closed (ValueError, AssertionError), or the
+        # client stopped it while the query resolved (STOP_SENDING, RFC 9250 §4.3: RuntimeError).
+        except (ValueError, AssertionError, RuntimeError):
             return
         self.transmit()
 

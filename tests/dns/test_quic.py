@@ -17,7 +17,7 @@ from aioquic.buffer import encode_uint_var
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.events import ConnectionTerminated
+from aioquic.quic.events import ConnectionTerminated, QuicEvent, StopSendingReceived
 
 from ispd.configtypes import SocketAddress
 from ispd.dns.config import DoHConfig
@@ -283,3 +283,55 @@ async def test_requests_the_client_abandons_give_their_streams_back(alpn: str, t
             path = "/dns-query?dns=" + base64.urlsafe_b64encode(QUERY).rstrip(b"=").decode()
             status, _, body = await asyncio.wait_for(client.h3("GET", "dns.test", path), 5)
             assert (status, body) == (200, QUERY)
+
+
+async def test_a_query_the_client_stops_while_it_resolves_ends_quietly(tmp_path: Path) -> None:
+    """A client that cancels a query in flight with STOP_SENDING (and RESET_STREAM, as mosdns
+    does, RFC 9250 §4.3) has aioquic reset the reply's side: the reply that comes later is
+    dropped. It raised instead, and each such query left a traceback in the log ("Task
+    exception was never retrieved")."""
+    release = asyncio.Event()
+    spawned: list[asyncio.Task[None]] = []
+
+    class SlowAnswers:
+        def from_cache(self, data: bytes, client: str, started: float) -> None:
+            return None
+
+        async def resolve(self, data: bytes, client: str, started: float) -> bytes:
+            await release.wait()
+            return data
+
+    class KeptTasks(DoQProtocol):
+        def spawn(self, coroutine: Any) -> None:
+            super().spawn(coroutine)
+            spawned.extend(self.tasks)
+
+        def quic_event_received(self, event: QuicEvent) -> None:
+            super().quic_event_received(event)
+            if isinstance(event, StopSendingReceived):  # the answer comes before the client has
+                release.set()  # acknowledged the reset (aioquic forgets the stream then)
+
+    stats = TransportStats()
+    settings = QuicSettings(idle_timeout=5.0, handshake_timeout=5.0, max_streams=5, max_query_bytes=4096)
+    listener = QuicListener("doq", DOQ_ALPN, KeptTasks, settings, False, answerer=SlowAnswers(),
+                            gate=ConnectionGate(10, 10, stats), stats=stats)
+    certificates = issue(tmp_path, "dns.test")
+    listener.load_certificate(certificates.certificate, certificates.private_key)
+    loop = asyncio.get_running_loop()
+    async with AsyncExitStack() as stack:
+        await listener.start([SocketAddress("127.59.0.1", 0)], stack)
+        configuration = QuicConfiguration(is_client=True, alpn_protocols=DOQ_ALPN, verify_mode=ssl.CERT_NONE)
+        transport, client = await loop.create_datagram_endpoint(
+            lambda: _Client(QuicConnection(configuration=configuration)), local_addr=("127.59.0.2", 0))
+        stack.callback(transport.abort)
+        client.connect(listener.bound[0])
+        await asyncio.wait_for(client.wait_connected(), 5)
+        stream_id = client._quic.get_next_available_stream_id()
+        client._quic.send_stream_data(stream_id, len(QUERY).to_bytes(2, "big") + QUERY, end_stream=True)
+        client.transmit()
+        await asyncio.sleep(0.2)  # (resolving)
+        client._quic.stop_stream(stream_id, DOQ_REQUEST_CANCELLED)
+        client.transmit()
+        [task] = spawned
+        await asyncio.wait_for(task, 5)  # (raises what the task raised)
+        assert await asyncio.wait_for(client.doq(QUERY), 5) == QUERY  # and the connection goes on
