@@ -66,6 +66,36 @@ class NoAnswers:
         raise AssertionError("never")
 
 
+def listener_for(tmp_path: Path, alpn: str, *, protocol: type[Any] | None = None, answerer: Any = None,
+                 max_streams: int = 5) -> QuicListener:
+    """A DoQ ("doq") or DoH over HTTP/3 ("h3") listener with a certificate, not started yet."""
+    stats = TransportStats()
+    settings = QuicSettings(idle_timeout=5.0, handshake_timeout=5.0, max_streams=max_streams, max_query_bytes=4096)
+    gate = ConnectionGate(10, 10, stats)
+    if alpn == "doq":
+        listener = QuicListener("doq", DOQ_ALPN, protocol or DoQProtocol, settings, False,
+                                answerer=answerer or CachedAnswers(), gate=gate, stats=stats)
+    else:
+        responder = DoHResponder(answerer or CachedAnswers(), stats, DoHConfig(), None)  # type: ignore[arg-type]
+        listener = QuicListener("doh (HTTP/3)", H3_ALPN, protocol or HTTP3Protocol, settings, False,
+                                responder=responder, gate=gate, stats=stats)
+    certificates = issue(tmp_path, "dns.test")
+    listener.load_certificate(certificates.certificate, certificates.private_key)
+    return listener
+
+
+async def connected(stack: AsyncExitStack, listener: QuicListener, client_type: type[_Client] = _Client) -> Any:
+    """A client connected to ``listener``, started in ``stack``."""
+    await listener.start([SocketAddress("127.59.0.1", 0)], stack)
+    configuration = QuicConfiguration(is_client=True, alpn_protocols=listener.alpn, verify_mode=ssl.CERT_NONE)
+    transport, client = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: client_type(QuicConnection(configuration=configuration)), local_addr=("127.59.0.2", 0))
+    stack.callback(transport.abort)
+    client.connect(listener.bound[0])
+    await asyncio.wait_for(client.wait_connected(), 5)
+    return client
+
+
 @pytest.mark.parametrize("leave", ["close", "drop"])
 @pytest.mark.parametrize("answers", [CachedAnswers, NoAnswers])
 async def test_a_connection_is_forgotten_when_its_client_goes_and_ispd_adds_no_cycle(
@@ -138,21 +168,8 @@ async def test_a_connection_goes_on_past_its_stream_limit_as_streams_end(tmp_pat
     life: as each query's stream ends the client may open another (RFC 9000 §4.6, MAX_STREAMS).
     aioquic held MAX_STREAMS back while it took the client to have 128 streams left to open, so
     with a limit of 5 the sixth query of a connection waited for ever."""
-    stats = TransportStats()
-    settings = QuicSettings(idle_timeout=5.0, handshake_timeout=5.0, max_streams=5, max_query_bytes=4096)
-    listener = QuicListener("doq", DOQ_ALPN, DoQProtocol, settings, False, answerer=CachedAnswers(),
-                            gate=ConnectionGate(10, 10, stats), stats=stats)
-    certificates = issue(tmp_path, "dns.test")
-    listener.load_certificate(certificates.certificate, certificates.private_key)
-    loop = asyncio.get_running_loop()
     async with AsyncExitStack() as stack:
-        await listener.start([SocketAddress("127.59.0.1", 0)], stack)
-        configuration = QuicConfiguration(is_client=True, alpn_protocols=DOQ_ALPN, verify_mode=ssl.CERT_NONE)
-        transport, client = await loop.create_datagram_endpoint(
-            lambda: _Client(QuicConnection(configuration=configuration)), local_addr=("127.59.0.2", 0))
-        stack.callback(transport.abort)
-        client.connect(listener.bound[0])
-        await asyncio.wait_for(client.wait_connected(), 5)
+        client = await connected(stack, listener_for(tmp_path, "doq"))
         for _ in range(3):  # one at a time, then the limit's worth at once, twice over
             assert await asyncio.wait_for(client.doq(QUERY), 5) == QUERY
         for _ in range(4):
@@ -165,12 +182,7 @@ async def test_version_negotiation_only_for_a_datagram_that_could_start_a_connec
     """RFC 9000 §5.2.2: a server answers an unknown version with Version Negotiation only when
     the datagram is as large as a first one (1200 bytes); smaller ones are dropped, so a forged
     source address draws nothing larger than what was sent."""
-    stats = TransportStats()
-    settings = QuicSettings(idle_timeout=5.0, handshake_timeout=5.0, max_streams=5, max_query_bytes=4096)
-    listener = QuicListener("doq", DOQ_ALPN, DoQProtocol, settings, False, answerer=CachedAnswers(),
-                            gate=ConnectionGate(10, 10, stats), stats=stats)
-    certificates = issue(tmp_path, "dns.test")
-    listener.load_certificate(certificates.certificate, certificates.private_key)
+    listener = listener_for(tmp_path, "doq")
     header = b"\xc0" + bytes.fromhex("1a2a3a4a") + b"\x08" + os.urandom(8) + b"\x14" + os.urandom(20)
     loop = asyncio.get_running_loop()
     async with AsyncExitStack() as stack:
@@ -196,15 +208,7 @@ async def test_an_http3_frame_too_large_to_hold_ends_its_connection(stream: str,
     that announced 512 MB had the server hold as much as it sent (and copy it all again for
     every packet). Past what a request can need the connection ends, H3_EXCESSIVE_LOAD, as an
     HTTP/2 frame over 16 KB ends its connection."""
-    stats = TransportStats()
-    settings = QuicSettings(idle_timeout=5.0, handshake_timeout=5.0, max_streams=5, max_query_bytes=4096)
-    responder = DoHResponder(CachedAnswers(), stats, DoHConfig(), None)  # type: ignore[arg-type]
-    listener = QuicListener("doh (HTTP/3)", H3_ALPN, HTTP3Protocol, settings, False, responder=responder,
-                            gate=ConnectionGate(10, 10, stats), stats=stats)
-    certificates = issue(tmp_path, "dns.test")
-    listener.load_certificate(certificates.certificate, certificates.private_key)
-    loop = asyncio.get_running_loop()
-    closed: asyncio.Future[int] = loop.create_future()
+    closed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
     class Client(_Client):
         def quic_event_received(self, event: Any) -> None:
@@ -212,13 +216,7 @@ async def test_an_http3_frame_too_large_to_hold_ends_its_connection(stream: str,
                 closed.set_result(event.error_code)
 
     async with AsyncExitStack() as stack:
-        await listener.start([SocketAddress("127.59.0.1", 0)], stack)
-        configuration = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, verify_mode=ssl.CERT_NONE)
-        transport, client = await loop.create_datagram_endpoint(
-            lambda: Client(QuicConnection(configuration=configuration)), local_addr=("127.59.0.2", 0))
-        stack.callback(transport.abort)
-        client.connect(listener.bound[0])
-        await asyncio.wait_for(client.wait_connected(), 5)
+        client = await connected(stack, listener_for(tmp_path, "h3"), Client)
         quic = client._quic
         if stream == "request":  # a HEADERS frame (type 1)
             stream_id, start = quic.get_next_available_stream_id(), encode_uint_var(1)
@@ -237,19 +235,6 @@ async def test_requests_the_client_abandons_give_their_streams_back(alpn: str, t
     DOQ_REQUEST_CANCELLED) gets no reply on it, so the server resets its own side: aioquic
     counts a stream against max_streams until both sides have ended, and a half-open one held
     its place for the connection's life: after max_streams abandoned queries, none could be asked."""
-    stats = TransportStats()
-    settings = QuicSettings(idle_timeout=5.0, handshake_timeout=5.0, max_streams=3, max_query_bytes=4096)
-    gate = ConnectionGate(10, 10, stats)
-    if alpn == "doq":
-        listener = QuicListener("doq", DOQ_ALPN, DoQProtocol, settings, False, answerer=CachedAnswers(), gate=gate,
-                                stats=stats)
-    else:
-        responder = DoHResponder(CachedAnswers(), stats, DoHConfig(), None)  # type: ignore[arg-type]
-        listener = QuicListener("doh (HTTP/3)", H3_ALPN, HTTP3Protocol, settings, False, responder=responder,
-                                gate=gate, stats=stats)
-    certificates = issue(tmp_path, "dns.test")
-    listener.load_certificate(certificates.certificate, certificates.private_key)
-    loop = asyncio.get_running_loop()
 
     class Client(_Client):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -257,13 +242,7 @@ async def test_requests_the_client_abandons_give_their_streams_back(alpn: str, t
             self.http = H3Connection(self._quic) if alpn == "h3" else None
 
     async with AsyncExitStack() as stack:
-        await listener.start([SocketAddress("127.59.0.1", 0)], stack)
-        configuration = QuicConfiguration(is_client=True, alpn_protocols=listener.alpn, verify_mode=ssl.CERT_NONE)
-        transport, client = await loop.create_datagram_endpoint(
-            lambda: Client(QuicConnection(configuration=configuration)), local_addr=("127.59.0.2", 0))
-        stack.callback(transport.abort)
-        client.connect(listener.bound[0])
-        await asyncio.wait_for(client.wait_connected(), 5)
+        client = await connected(stack, listener_for(tmp_path, alpn, max_streams=3), Client)
         quic = client._quic
         for _ in range(6):
             stream_id = quic.get_next_available_stream_id()
@@ -311,21 +290,8 @@ async def test_a_query_the_client_stops_while_it_resolves_ends_quietly(tmp_path:
             if isinstance(event, StopSendingReceived):  # the answer comes before the client has
                 release.set()  # acknowledged the reset (aioquic forgets the stream then)
 
-    stats = TransportStats()
-    settings = QuicSettings(idle_timeout=5.0, handshake_timeout=5.0, max_streams=5, max_query_bytes=4096)
-    listener = QuicListener("doq", DOQ_ALPN, KeptTasks, settings, False, answerer=SlowAnswers(),
-                            gate=ConnectionGate(10, 10, stats), stats=stats)
-    certificates = issue(tmp_path, "dns.test")
-    listener.load_certificate(certificates.certificate, certificates.private_key)
-    loop = asyncio.get_running_loop()
     async with AsyncExitStack() as stack:
-        await listener.start([SocketAddress("127.59.0.1", 0)], stack)
-        configuration = QuicConfiguration(is_client=True, alpn_protocols=DOQ_ALPN, verify_mode=ssl.CERT_NONE)
-        transport, client = await loop.create_datagram_endpoint(
-            lambda: _Client(QuicConnection(configuration=configuration)), local_addr=("127.59.0.2", 0))
-        stack.callback(transport.abort)
-        client.connect(listener.bound[0])
-        await asyncio.wait_for(client.wait_connected(), 5)
+        client = await connected(stack, listener_for(tmp_path, "doq", protocol=KeptTasks, answerer=SlowAnswers()))
         stream_id = client._quic.get_next_available_stream_id()
         client._quic.send_stream_data(stream_id, len(QUERY).to_bytes(2, "big") + QUERY, end_stream=True)
         client.transmit()
