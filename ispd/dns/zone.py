@@ -60,6 +60,7 @@ from ispd.dns.wire import (
     is_subdomain,
     name_from_text,
     name_to_text,
+    parent_name,
     rdata_name,
     soa_minimum,
     type_text,
@@ -182,14 +183,13 @@ class Zone:
         for cut in cuts:
             parent = cut
             while parent != self.origin:
-                parent = parent[parent[0] + 1:]
+                parent = parent_name(parent)
                 if parent in cuts:
                     break
             else:
-                ns_names = tuple(rdata_name(r.rdata) for r in self._nodes[cut][RRType.NS])
-                addresses = tuple(_address_text(glue.rdata) for target in ns_names
-                                  for rtype in _ADDRESS_TYPES for glue in self._nodes.get(target, {}).get(rtype, ()))
-                found.append(Delegation(cut, ns_names, addresses))
+                ns = self._nodes[cut][RRType.NS]
+                found.append(Delegation(cut, tuple(rdata_name(r.rdata) for r in ns),
+                                        tuple(_address_text(glue.rdata) for glue in self._glue(ns))))
         return found
 
     def _check(self, rr: RR, node: dict[int, list[RR]] | None) -> None:
@@ -399,6 +399,10 @@ class Zone:
         if answer:  # a chain went below a cut: the caller resolves the rest
             return ZoneAnswer(RCode.NOERROR, True, answer, [], [], AnswerKind.CNAME, name)
         ns = list(self._nodes[cut][RRType.NS])
+        return ZoneAnswer(RCode.NOERROR, False, [], ns, self._glue(ns), AnswerKind.REFERRAL)
+
+    def _glue(self, ns: list[RR]) -> list[RR]:
+        """The zone's A and AAAA records of the servers ``ns`` names, those inside it."""
         glue: list[RR] = []
         for record in ns:
             target = rdata_name(record.rdata)
@@ -406,7 +410,7 @@ class Zone:
             if node is not None and is_subdomain(target, self.origin):
                 for rtype in _ADDRESS_TYPES:
                     glue.extend(node.get(rtype, ()))
-        return ZoneAnswer(RCode.NOERROR, False, [], ns, glue, AnswerKind.REFERRAL)
+        return glue
 
 
 def _address_text(rdata: bytes) -> str:
