@@ -1140,10 +1140,10 @@ class AccountingEngine:
         # (client network, NAS-IP-Address) → inside it; a client may name several networks
         self._believed: dict[tuple[IPv4Network | IPv6Network | None, str], bool] = {}
 
-    def nas_address(self, packet: Packet, nas: Nas, source: str) -> str:
-        """The address sessions are kept under: the NAS-IP-Address the NAS reports when it lies
-        inside the client's configured network, else the packet's source."""
-        reported = reported_address(packet)
+    def nas_address(self, reported: str | None, nas: Nas, source: str) -> str:
+        """The address sessions are kept under: the NAS-IP-Address the NAS reports
+        (``reported_address``) when it lies inside the client's configured network, else the
+        packet's source."""
         if reported is None or reported == source:
             return source
         key = (nas.network, reported)
@@ -1202,7 +1202,8 @@ class AccountingEngine:
         if cause is not None:
             definition = self.dictionary.by_code(_ACCT_TERMINATE_CAUSE)
             cause_text = (definition.value_name(cause) if definition is not None else None) or str(cause)
-        address = self.nas_address(packet, nas, source)
+        reported = reported_address(packet)
+        address = self.nas_address(reported, nas, source)
         acct_session_id = _text(first, _ACCT_SESSION_ID)
         framed_ip = _address_text(first.get(_FRAMED_IP_ADDRESS))
         v6_prefix = _prefix_text(first.get(_FRAMED_IPV6_PREFIX))
@@ -1227,7 +1228,6 @@ class AccountingEngine:
             known, subscriber_id=subscriber_id, framed_ip=framed_ip, framed_ipv6_prefix=v6_prefix,
             delegated_ipv6_prefix=delegated, framed_ipv6_address=v6_address, interim_interval=interim_interval)
         delay = _u32(first, _ACCT_DELAY_TIME) or 0
-        reported = reported_address(packet) if address == source else None  # (not believed: kept apart)
         return AccountingRecord(
             received_at - min(delay, 86400 * 7), status, address, acct_session_id, login, subscriber_id,
             _text(first, _NAS_IDENTIFIER), nas.name, framed_ip, v6_prefix, delegated,
@@ -1235,4 +1235,5 @@ class AccountingEngine:
             _octets(first, _ACCT_INPUT_OCTETS, _ACCT_INPUT_GIGAWORDS),
             _octets(first, _ACCT_OUTPUT_OCTETS, _ACCT_OUTPUT_GIGAWORDS),
             _u32(first, _ACCT_INPUT_PACKETS), _u32(first, _ACCT_OUTPUT_PACKETS), _u32(first, _ACCT_SESSION_TIME),
-            cause_text, interim_interval, packet.raw, fill_in, reported if reported != source else None)
+            cause_text, interim_interval, packet.raw, fill_in,
+            reported if reported != address else None)  # (not believed: kept apart, for Disconnect and CoA)
