@@ -408,11 +408,8 @@ class DHCPConfig(Section):
                                      "which sends it (give the subnet its own routers)")
             # A pool would lease the router's (or this server's) own address to a client: the
             # client and the gateway then fight over it with ARP and the link loses its way out.
-            held = [(router, "a router") for router in self.every_router_of(subnet)]
-            if subnet.server_id is not None:
-                held.append((subnet.server_id, "the server_id"))
             for pool in subnet.pool:
-                for address, what in held:
+                for address, what in self.held_by_the_link(subnet):
                     if pool.first <= address <= pool.last:
                         raise ValueError(f"subnet {subnet.network}: pool {pool.name!r} ({pool.range}) includes "
                                          f"{address}, {what} of the subnet; leave it out of the range")
@@ -437,6 +434,14 @@ class DHCPConfig(Section):
                                      f"{subnet.network}; a relay's clients are served from one subnet")
                 listed_by[relay] = subnet.network
         return self
+
+    def held_by_the_link(self, subnet: SubnetConfig) -> list[tuple[IPv4Address, str]]:
+        """The addresses of the subnet that belong to its routers and this server, with what
+        each is: no client may have one, from a pool or from a reservation."""
+        held = [(router, "a router") for router in self.every_router_of(subnet)]
+        if subnet.server_id is not None:
+            held.append((subnet.server_id, "the server_id"))
+        return held
 
     def every_router_of(self, subnet: SubnetConfig) -> list[IPv4Address]:
         """The routers the subnet and each of its pools send (``routers_of`` is the subnet's

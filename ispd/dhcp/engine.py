@@ -402,9 +402,7 @@ def build_subnets(config: DHCPConfig) -> list[Subnet]:
         ]
         plain = _served_pool(AddressPool("", 1, 0), sc, None, config)
         open_pools = [p for p in pools if not p.classes]
-        unleasable = {int(a) for a in config.every_router_of(sc)}
-        if sc.server_id is not None:
-            unleasable.add(int(sc.server_id))
+        unleasable = {int(address) for address, _ in config.held_by_the_link(sc)}
         if sc.network.prefixlen < 31:  # RFC 3021: a /31 has neither
             unleasable |= {int(sc.network.network_address), int(sc.network.broadcast_address)}
         subnets.append(Subnet(
