@@ -381,10 +381,7 @@ class DHCP6Engine:
             return reply(encode_status(StatusCode.MALFORMED_QUERY, "no query option (44)"))
         link: Subnet6 | None = None
         if not question.link_address.is_unspecified:
-            # The link as a Relay-forward names it (subnet_for): by its prefix, or as one of the
-            # relay addresses a BNG's link-address may be.
-            link = next((s for s in self.config.subnet if question.link_address in s.prefix
-                         or question.link_address in s.relay_addresses), None)
+            link = self.subnet_of_link(question.link_address)  # (as a Relay-forward's link-address)
             if link is None:
                 return reply(encode_status(StatusCode.NOT_CONFIGURED, "not a configured link"))
         if asked_address is not None:
@@ -468,14 +465,18 @@ class DHCP6Engine:
         # it :: (a PPPoE BNG, whose clients have no link of addresses) defers to the next one out.
         link = next((relay.link_address for relay in reversed(received.relays)
                      if not (relay.link_address.is_unspecified or relay.link_address.is_link_local)), None)
-        for subnet in self.config.subnet:
-            if link is not None and (link in subnet.prefix or link in subnet.relay_addresses):
-                return subnet
-        if link is None and received.source is not None:  # none said: the relay that sent it
+        if link is not None:
+            return self.subnet_of_link(link)
+        if received.source is not None:  # none said: the relay that sent it
             for subnet in self.config.subnet:
                 if received.source in subnet.relay_addresses:
                     return subnet
         return None
+
+    def subnet_of_link(self, link: IPv6Address) -> Subnet6 | None:
+        """The subnet a link-address names: by its prefix, or as one of the relay addresses a
+        BNG's link-address may be."""
+        return next((s for s in self.config.subnet if link in s.prefix or link in s.relay_addresses), None)
 
     # --- expiry
 
