@@ -9,7 +9,7 @@ import pytest
 
 from ispd.events import ReservationAdded, ReservationDeleted, SubscriberDeleted, event_from_audit
 from ispd.store import Conflict, InvalidValue, NotFound, Store
-from ispd.store.models import AuditEntry, Lease, LeaseState, Reservation, ReservationKind
+from ispd.store.models import AuditEntry, Lease, LeaseState, Reservation, ReservationKind, Subscriber
 from tests.store.conftest import FakeClock
 
 
@@ -307,22 +307,32 @@ async def test_an_address_someone_else_holds_cannot_be_reserved(store: Store, cl
         await store.add_reservation("dave", kind, key, actor="t", address=address)
 
 
+LINE1 = "02:00:00:00:02:02"
+
+
+async def _bob_online_on_line1(store: Store, clock: FakeClock, *, login: str) -> Subscriber:
+    """bob, whose session on LINE1 under ``login`` holds 198.18.60.101 from a shared pool."""
+    from ispd.store.models import AccountingRecord, AccountingStatus, AddressClaim
+
+    bob = await store.add_subscriber("bob", actor="t")
+    claim = AddressClaim("shared", ("198.18.60.101",), f"bob {LINE1}", clock.now + 600, subscriber_id=bob.id,
+                         hw_address=LINE1, circuit_id=LINE1)
+    assert (await store.claim_address(claim)).lease is not None
+    await store.record_accounting([AccountingRecord(
+        at=clock.now, status=AccountingStatus.START, nas_address="198.18.0.1", acct_session_id="s1",
+        username=login, subscriber_id=bob.id, framed_ip="198.18.60.101", calling_station_id=LINE1)])
+    return bob
+
+
 async def test_an_address_the_subscriber_s_other_line_or_device_holds_cannot_be_reserved(
         store: Store, clock: FakeClock) -> None:
     """RADIUS hands a login's or a line's fixed address out as it is: fixing, for a second line
     or login of one subscriber, the address its first line's session (or its router's DHCP lease)
     holds now would put one address on both at once. The line, device or login that holds it
     may have it made fixed."""
-    from ispd.store.models import AccountingRecord, AccountingStatus, AddressClaim
+    from ispd.store.models import AccountingRecord, AccountingStatus
 
-    bob = await store.add_subscriber("bob", actor="t")
-    line1 = "02:00:00:00:02:02"
-    claim = AddressClaim("shared", ("198.18.60.101",), f"bob {line1}", clock.now + 600, subscriber_id=bob.id,
-                         hw_address=line1, circuit_id=line1)
-    assert (await store.claim_address(claim)).lease is not None
-    await store.record_accounting([AccountingRecord(
-        at=clock.now, status=AccountingStatus.START, nas_address="198.18.0.1", acct_session_id="s1",
-        username="bob", subscriber_id=bob.id, framed_ip="198.18.60.101", calling_station_id=line1)])
+    bob = await _bob_online_on_line1(store, clock, login="bob")
     router = Lease("198.18.60.102", LeaseState.BOUND, clock.now, clock.now + 3600, hw_address="02:00:5e:00:00:07",
                    subscriber_id=bob.id)
     await store.record_leases([(router, "granted")])
@@ -337,7 +347,7 @@ async def test_an_address_the_subscriber_s_other_line_or_device_holds_cannot_be_
     with pytest.raises(Conflict, match=r"198.18.60.101 is in use: RADIUS gave it to bob until"):
         await store.update_reservation(login2.id, actor="t", address="198.18.60.101")
     # What holds it: the first line (its MAC, the login it used, the subscriber's username), the router.
-    for kind, key, address in [(ReservationKind.MAC, line1, "198.18.60.101"),
+    for kind, key, address in [(ReservationKind.MAC, LINE1, "198.18.60.101"),
                                (ReservationKind.USERNAME, "bob", "198.18.60.101"),
                                (ReservationKind.MAC, "02:00:5e:00:00:07", "198.18.60.102")]:
         added = await store.add_reservation("bob", kind, key, actor="t", address=address)
@@ -345,7 +355,7 @@ async def test_an_address_the_subscriber_s_other_line_or_device_holds_cannot_be_
     # A session that logged in under the second login has it: that login may have it fixed.
     await store.record_accounting([AccountingRecord(
         at=clock.now, status=AccountingStatus.START, nas_address="198.18.0.1", acct_session_id="s2",
-        username="bob@line2", subscriber_id=bob.id, framed_ip="198.18.60.101", calling_station_id=line1)])
+        username="bob@line2", subscriber_id=bob.id, framed_ip="198.18.60.101", calling_station_id=LINE1)])
     await store.update_reservation(login2.id, actor="t", address="198.18.60.101")
 
 
@@ -354,16 +364,7 @@ async def test_the_subscriber_s_username_may_not_fix_an_address_another_of_its_l
     """The subscriber's own username is a login like the others: with bob's session under
     bob@line1 holding the address, fixing it for the login "bob" would have bob's session on a
     second line get it beside the first (the claim's subscriber username is not the login)."""
-    from ispd.store.models import AccountingRecord, AccountingStatus, AddressClaim
-
-    bob = await store.add_subscriber("bob", actor="t")
-    line1 = "02:00:00:00:02:02"
-    claim = AddressClaim("shared", ("198.18.60.101",), f"bob {line1}", clock.now + 600, subscriber_id=bob.id,
-                         hw_address=line1, circuit_id=line1)
-    assert (await store.claim_address(claim)).lease is not None
-    await store.record_accounting([AccountingRecord(
-        at=clock.now, status=AccountingStatus.START, nas_address="198.18.0.1", acct_session_id="s1",
-        username="bob@line1", subscriber_id=bob.id, framed_ip="198.18.60.101", calling_station_id=line1)])
+    await _bob_online_on_line1(store, clock, login="bob@line1")
     with pytest.raises(Conflict, match=r"198.18.60.101 is in use: RADIUS gave it to bob until"):
         await store.add_reservation("bob", ReservationKind.USERNAME, "bob", actor="t", address="198.18.60.101")
     await store.add_reservation("bob", ReservationKind.USERNAME, "bob@line1", actor="t", address="198.18.60.101")
