@@ -363,16 +363,13 @@ def test_who_and_usage_answer_from_the_history(api: Api) -> None:
     assert status == 400 and "is not an IPv4 or IPv6 address" in body["detail"]
 
 
-def test_dhcp6_bindings_are_listed_and_shown_with_their_history(api: Api) -> None:
+def record_binding6(api: Api, binding: Any) -> None:
+    """``binding`` written to the store, as the DHCPv6 server would, beside the running daemon."""
     import asyncio
 
     from ispd.store import StoreConfig, open_store
-    from ispd.store.models import Lease6, Lease6Kind, LeaseState
 
-    binding = Lease6("2001:db8:100:ff00::/56", Lease6Kind.PREFIX, LeaseState.BOUND, "00:03:00:01:02:00:00:00:00:0a",
-                     1, 1_800_000_000.0, 1_800_001_800.0, 4_000_000_000.0, interface_id="olt1/1/1")
-
-    async def write() -> None:  # as the DHCPv6 server would, beside the running daemon
+    async def write() -> None:
         store = await open_store(StoreConfig(path=api.ispd.workdir / "ispd.db"))
         try:
             await store.record_leases6([(binding, "granted")])
@@ -380,6 +377,14 @@ def test_dhcp6_bindings_are_listed_and_shown_with_their_history(api: Api) -> Non
             await store.close()
 
     asyncio.run(write())
+
+
+def test_dhcp6_bindings_are_listed_and_shown_with_their_history(api: Api) -> None:
+    from ispd.store.models import Lease6, Lease6Kind, LeaseState
+
+    binding = Lease6("2001:db8:100:ff00::/56", Lease6Kind.PREFIX, LeaseState.BOUND, "00:03:00:01:02:00:00:00:00:0a",
+                     1, 1_800_000_000.0, 1_800_001_800.0, 4_000_000_000.0, interface_id="olt1/1/1")
+    record_binding6(api, binding)
     status, body = api.call("GET", "/v1/leases6")
     assert status == 200 and [(b["prefix"], b["kind"], b["interface_id"]) for b in body] == [
         ("2001:db8:100:ff00::/56", "pd", "olt1/1/1")]
@@ -395,9 +400,6 @@ def test_dhcp6_bindings_are_listed_and_shown_with_their_history(api: Api) -> Non
 def test_a_subscriber_shown_has_what_the_cli_s_helpdesk_view_has(api: Api) -> None:
     """Its DHCPv6 bindings, its mail aliases and since when it has its status were in `ispd
     subscriber show` (and behind the effects the API showed) but not in the API's answer."""
-    import asyncio
-
-    from ispd.store import StoreConfig, open_store
     from ispd.store.models import Lease6, Lease6Kind, LeaseState
 
     added = api.call("POST", "/v1/subscribers", {"username": "helpdesk"})[1]
@@ -407,15 +409,7 @@ def test_a_subscriber_shown_has_what_the_cli_s_helpdesk_view_has(api: Api) -> No
     suspended = api.call("POST", "/v1/subscribers/helpdesk/suspend", {"reason": "unpaid"})[1]
     binding = Lease6("2001:db8:100:ee00::/56", Lease6Kind.PREFIX, LeaseState.BOUND, "00:03:00:01:02:00:00:00:00:0e",
                      1, 1_800_000_000.0, 1_800_001_800.0, 4_000_000_000.0, subscriber_id=added["id"])
-
-    async def write() -> None:  # as the DHCPv6 server would, beside the running daemon
-        store = await open_store(StoreConfig(path=api.ispd.workdir / "ispd.db"))
-        try:
-            await store.record_leases6([(binding, "granted")])
-        finally:
-            await store.close()
-
-    asyncio.run(write())
+    record_binding6(api, binding)
     view = api.call("GET", "/v1/subscribers/helpdesk")[1]
     assert [b["prefix"] for b in view["bindings6"]] == ["2001:db8:100:ee00::/56"], view
     assert [(a["address"], a["targets"]) for a in view["aliases"]] == [("hd-info@isp.example",
