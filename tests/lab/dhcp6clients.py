@@ -532,8 +532,7 @@ class Dhclient6(DHCPv6Client):
         # the address's call came more than a second after the prefix's.)
         settle = time.monotonic() + 5.0
         while True:
-            group = list(itertools.takewhile(lambda e: e.reason == first.reason, events[start:]))
-            merged = _merge(group)
+            merged = _merge(_one_exchange(events[start:]))
             complete = (not self.na or merged.addresses) and (not self.pd or merged.prefixes)
             if complete or time.monotonic() > settle:
                 break
@@ -580,6 +579,19 @@ class Dhclient6(DHCPv6Client):
                 self.proc.wait(5)
         assert rc == 0, f"dhclient -6 -r exited {rc}\n{self.describe()}"
         return self.wait_event({"RELEASE6"}, after=before, timeout=2)
+
+
+def _one_exchange(events: Sequence[Event6]) -> list[Event6]:
+    """The leading events of one exchange: the same reason, each kind (address, prefix) once.
+    With a T1 of a second, the next RENEW's calls follow right behind; under load they can be
+    read together with this one's, and a second address call belongs to the next exchange."""
+    group: list[Event6] = []
+    for event in events:
+        if event.reason != events[0].reason or any(
+                (event.addresses and seen.addresses) or (event.prefixes and seen.prefixes) for seen in group):
+            break
+        group.append(event)
+    return group
 
 
 def _merge(events: Sequence[Event6]) -> Event6:
