@@ -600,13 +600,8 @@ class DNSEngine:
             self._inflight.pop(key, None)
         from_stale = False
         if resolution.rcode == RCode.SERVFAIL:
-            self.stats.resolution_failures += 1
-            resolution = self._stale_from_rrsets(key, question, resolution)
+            resolution = await self._instead_of_failure(key, question, resolution)
             from_stale = resolution.rcode != RCode.SERVFAIL
-            dns64 = self._dns64_for(key) if from_stale and question.qtype == RRType.AAAA else None
-            if dns64 is not None:  # made from the stale A records too, not the stale "no AAAA"
-                resolution = await self._synthesised(resolution, question.key_name, key, dns64,
-                                                     stale_ttl=self.stale_answer_ttl)
         resolution = await self._police_chain(resolution, question.qtype, key=key)
         now = self.clock()
         old = self.answers.get_stale(key, now) if resolution.rcode == RCode.SERVFAIL else None
@@ -631,6 +626,18 @@ class DNSEngine:
             entry.from_stale = from_stale
         if not future.done():
             future.set_result(entry)
+
+    async def _instead_of_failure(self, key: bytes, question: Question, failed: Resolution) -> Resolution:
+        """A failed resolution counted, and what is served in its place: the stale answer the
+        RRset cache still makes (with DNS64's records made from the stale A records too, not
+        the stale "no AAAA"), or ``failed``."""
+        self.stats.resolution_failures += 1
+        resolution = self._stale_from_rrsets(key, question, failed)
+        dns64 = self._dns64_for(key) if resolution is not failed and question.qtype == RRType.AAAA else None
+        if dns64 is not None:
+            resolution = await self._synthesised(resolution, question.key_name, key, dns64,
+                                                 stale_ttl=self.stale_answer_ttl)
+        return resolution
 
     def _stale_from_rrsets(self, key: bytes, question: Question, failed: Resolution) -> Resolution:
         """RFC 8767 when the answer cache has no expired reply under ``key`` to serve instead of
@@ -660,6 +667,8 @@ class DNSEngine:
         dns64 = self._dns64_for(key)
         if dns64 is not None and question.qtype == RRType.AAAA:
             resolution = await self._synthesised(resolution, question.key_name, key, dns64)
+        if resolution.rcode == RCode.SERVFAIL:
+            resolution = await self._instead_of_failure(key, question, resolution)
         return await self._police_chain(resolution, question.qtype, key=key)
 
     async def _resolve(self, question: Question, key: bytes, *, refresh: bool = False,

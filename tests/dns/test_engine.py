@@ -1131,6 +1131,24 @@ async def test_policy_tcp_only(policed: Env) -> None:
     assert policed.fast(query("tcp.example.test.")) is None  # never kept: UDP must keep getting TC
 
 
+async def test_policy_tcp_only_is_served_stale_when_the_upstreams_fail(env: Env) -> None:
+    """RFC 8767 for a name the policy answers only over TCP: those answers are never kept in the
+    answer cache, so the stale answer is the one the RRset cache still makes."""
+    tcp_only = "$TTL 300\n@ SOA localhost. root.localhost. 1 3600 600 86400 60\n@ NS localhost.\n" \
+               "www.example.test CNAME rpz-tcp-only.\n"
+    env.engine.policy_lookup = Policy([compile_policy_zone(tcp_only, "rpz.local.")]).match
+    assert addresses(await env.ask_message(query("www.example.test."), tcp=True)) == ["192.0.2.80"]
+    env.clock.advance(3700)  # past every expiry
+    for address in env.net.servers:
+        env.net.misbehave(address, timeout=True)
+    reply = await env.ask_message(query("www.example.test."), tcp=True)
+    assert reply.rcode == RCode.NOERROR and addresses(reply) == ["192.0.2.80"]
+    assert [rr.ttl for rr in reply.answer] == [30]
+    assert env.engine.stats.stale_answers == 1
+    udp = await env.ask_message(query("www.example.test."))
+    assert udp.flags & FLAG_TC and udp.answer == []  # still TCP only
+
+
 async def test_walled_client_gets_the_walled_answer(env: Env) -> None:
     garden = WalledGarden(WalledGardenConfig(portal_ipv4=IPv4Address("192.0.2.250"), allow=["other.example."], ttl=30))
     env.engine.walled_lookup = garden.lookup
