@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
@@ -36,6 +37,7 @@ from ispd.credentials import check_password_acceptable, derive_credentials, effe
 from ispd.dns import dnssec
 from ispd.dns.admin import parse_name_argument
 from ispd.effects import Effect, effects
+from ispd.logs import get_logger
 from ispd.mail.maildir import Maildir
 from ispd.store.base import Store
 from ispd.store.errors import Conflict, InvalidValue, NotFound, StoreUnavailable
@@ -267,6 +269,48 @@ class MailboxQuota(BaseModel):
 
 DNSView = Callable[[int], Awaitable[dict[str, Any] | None]]
 MAX_BODY_BYTES = 64 * 1024  # the largest request any route takes is a few hundred bytes
+# A peer address that sends this many wrong tokens within the window is refused unchecked (429)
+# until the window passes, as mail's auth_failures_per_address does for logins: guessing a token
+# over TCP is slowed to a crawl, and each failure is logged (admin.auth.failed) for fail2ban.
+AUTH_FAILURES_PER_ADDRESS = 20
+AUTH_FAILURE_WINDOW_SECONDS = 900.0
+MAX_TRACKED_ADDRESSES = 10_000  # a flood from many addresses keeps the newest ones
+
+log = get_logger("ispd.admin")
+
+
+class _AuthFailures:
+    """Failed token checks per peer address, within a sliding window."""
+
+    def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit, self.window, self.clock = limit, window, clock
+        self._failures: dict[str, list[float]] = {}
+
+    def _recent(self, peer: str) -> list[float]:
+        now = self.clock()
+        times = [t for t in self._failures.get(peer, ()) if now - t < self.window]
+        if times:
+            self._failures[peer] = times
+        else:
+            self._failures.pop(peer, None)
+        return times
+
+    def retry_after(self, peer: str) -> float | None:
+        """Seconds until ``peer`` may try again, or None when it is not shut out."""
+        times = self._recent(peer)
+        if len(times) < self.limit:
+            return None
+        return max(1.0, self.window - (self.clock() - times[-self.limit]))
+
+    def record(self, peer: str) -> int:
+        """One more failure of ``peer``; how many it has within the window."""
+        times = self._recent(peer)
+        times.append(self.clock())
+        self._failures.pop(peer, None)
+        self._failures[peer] = times[-self.limit:]  # (the newest last, in insertion order)
+        while len(self._failures) > MAX_TRACKED_ADDRESSES:
+            del self._failures[next(iter(self._failures))]
+        return len(times)
 
 
 class _Guard:
@@ -275,6 +319,7 @@ class _Guard:
 
     def __init__(self, app: Any, token: Callable[[], str | None] | None, max_body: int) -> None:
         self.app, self.token, self.max_body = app, token, max_body
+        self.failures = _AuthFailures(AUTH_FAILURES_PER_ADDRESS, AUTH_FAILURE_WINDOW_SECONDS)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -285,10 +330,22 @@ class _Guard:
         # The scheme is case-insensitive (RFC 9110 11.1): "bearer", as OAuth's token_type is
         # written, is sent by clients that build the header from it.
         scheme, _, credentials = headers.get(b"authorization", b"").partition(b" ")
-        if self.token is not None and (token is None or scheme.lower() != b"bearer" or not hmac.compare_digest(
-                credentials.strip(b" "), token.encode())):
-            await _answer(send, 401, "a valid bearer token is needed", [(b"www-authenticate", b"Bearer")])
-            return
+        if self.token is not None:
+            client = scope.get("client")
+            peer = str(client[0]) if client else "unknown"
+            wait = self.failures.retry_after(peer)
+            if wait is not None:
+                await _answer(send, 429, "too many requests with a wrong token from this address; try again later",
+                              [(b"retry-after", str(math.ceil(wait)).encode())])
+                return
+            if token is None or scheme.lower() != b"bearer" or not hmac.compare_digest(
+                    credentials.strip(b" "), token.encode()):
+                failures = self.failures.record(peer)
+                log.warning("admin.auth.failed", client=peer, path=scope.get("path", ""),
+                            reason="no bearer token" if scheme.lower() != b"bearer" else "wrong token",
+                            failures=failures, shut_out=failures >= AUTH_FAILURES_PER_ADDRESS)
+                await _answer(send, 401, "a valid bearer token is needed", [(b"www-authenticate", b"Bearer")])
+                return
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             await _answer(send, 413, f"a request body may have at most {self.max_body} bytes")

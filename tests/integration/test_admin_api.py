@@ -95,6 +95,29 @@ def test_a_new_token_applies_at_a_reload_and_a_new_listener_is_refused(tmp_path:
         assert api.call("GET", "/v1/plans", tcp=True, token=rotated)[0] == 200
 
 
+def test_wrong_tokens_are_logged_and_a_guessing_address_is_shut_out(tmp_path: Path) -> None:
+    """Each wrong token is logged with its peer (fail2ban can act on it), never with what it
+    sent; past AUTH_FAILURES_PER_ADDRESS within the window the address is refused unchecked (429,
+    even with the right token), while the Unix socket goes on serving."""
+    from ispd.admin.app import AUTH_FAILURES_PER_ADDRESS
+
+    port = free_tcp_port()
+    config = base_config(tmp_path, admin={"listen": [f"127.0.0.1:{port}"], "token": TOKEN})
+    with IspdProcess(tmp_path, config) as ispd:
+        ispd.start()
+        api = Api(ispd, tmp_path / "admin.sock", port)
+        guess = "a-guessed-token-0123456789"
+        for _ in range(AUTH_FAILURES_PER_ADDRESS):
+            assert api.call("GET", "/v1/plans", tcp=True, token=guess)[0] == 401
+        failed = ispd.log_events("admin.auth.failed")
+        assert len(failed) == AUTH_FAILURES_PER_ADDRESS, failed
+        assert failed[0]["client"] == "127.0.0.1" and failed[-1]["shut_out"] is True
+        assert guess not in ispd.log_text() and TOKEN not in ispd.log_text()
+        status, body = api.call("GET", "/v1/plans", tcp=True, token=TOKEN)
+        assert status == 429 and "try again later" in body["detail"]
+        assert api.call("GET", "/v1/plans")[0] == 200  # the socket's file mode is its guard
+
+
 def test_connections_that_never_send_a_request_do_not_hold_the_api_for_good(tmp_path: Path) -> None:
     """max_connections counts connections: ones that stay silent, or trickle a request head a
     byte at a time, are closed after the head's deadline and the API answers again."""
