@@ -1875,6 +1875,11 @@ def check_config_files(path: Path, config: Config) -> int:
     """``ispd check-config`` past the file itself: every problem in the files the enabled
     services name (zones, hints, certificates, keys), all of them, then the exit status."""
     found: list[tuple[str, str]] = []  # (section, problem)
+    if config.admin.listen:
+        from ispd.admin.config import CLEARTEXT_WARNING
+
+        for address in config.admin.cleartext_listeners():
+            print(f"ispd: {path}: admin: warning: listen {address}: {CLEARTEXT_WARNING}", file=sys.stderr)
     if config.dns.enabled:
         from ispd.dns.service import check_files
 

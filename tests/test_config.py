@@ -541,3 +541,17 @@ def test_a_radius_prefix_pool_may_not_overlap_a_dhcp6_pool(tmp_path: Path, dhcp6
     assert f"radius.prefix_pool 'homes' (2001:db8:1000::/40) overlaps {named}" in text, text
     apart = dhcp6_pool.replace("2001:db8:1000::/44", "2001:db8:2000::/44").replace("10ff", "20ff")
     load_config(write(tmp_path, f"{dhcp6.replace('10ff', '20ff')}{apart}[radius]\nenabled = true\n{PREFIX_POOL}"))
+
+
+def test_check_config_warns_of_an_admin_listener_beyond_loopback(tmp_path: Path) -> None:
+    # The bearer token goes in clear over TCP: on a wildcard or public address check-config said
+    # "ok" and the daemon started without a word. Loopback stays silent.
+    token = 'token = "a-token-of-the-lab-0123456789"\n'
+    path = write(tmp_path, f'[admin]\nlisten = ["0.0.0.0:8740", "127.0.0.1:8741", "[::1]:8742"]\n{token}')
+    result = subprocess.run([ISPD, "check-config", "-c", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (f"ispd: {path}: admin: warning: listen 0.0.0.0:8740: the bearer token and every "
+                             "answer cross the network unencrypted: listen on loopback and put a TLS proxy in "
+                             "front\n")
+    quiet = write(tmp_path, f'[admin]\nlisten = ["127.0.0.1:8741"]\n{token}')
+    assert subprocess.run([ISPD, "check-config", "-c", str(quiet)], capture_output=True, text=True).stderr == ""

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from ipaddress import ip_address
 from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
 
-from ispd.configtypes import ListenAddress, Section
+from ispd.configtypes import ListenAddress, Section, SocketAddress
+
+CLEARTEXT_WARNING = ("the bearer token and every answer cross the network unencrypted: listen on loopback "
+                     "and put a TLS proxy in front")
 
 
 class AdminConfig(Section):
@@ -28,6 +32,11 @@ class AdminConfig(Section):
         if self.token is not None and len(self.token.get_secret_value()) < 16:
             raise ValueError("admin.token must be at least 16 characters long")
         return self
+
+    def cleartext_listeners(self) -> list[SocketAddress]:
+        """The TCP listeners beyond loopback: there the bearer token, and every answer (passwords
+        of new subscribers, who had which address), cross the network unencrypted."""
+        return [address for address in self.listen if not ip_address(address.host).is_loopback]
 
     def socket_path(self, control_socket: Path | None) -> Path | None:
         if self.socket == "auto":

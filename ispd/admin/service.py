@@ -19,6 +19,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ispd.admin.app import build_app
+from ispd.admin.config import CLEARTEXT_WARNING
 from ispd.config import Config
 from ispd.control import ControlSocketError, open_private_socket, remove_own_socket
 from ispd.listeners import listening_tcp_socket
@@ -110,6 +111,8 @@ class AdminService(Service):
                 sockets.append(sock)
                 self.listening.append(f"http://{address}")
             await self._serve(stack, sockets, token=self._token)
+            for address in admin.cleartext_listeners():
+                log.warning("admin.listen.cleartext", listen=str(address), detail=CLEARTEXT_WARNING)
         log.info("admin.started", listen=self.listening)
 
     def _token(self) -> str | None:
