@@ -9,6 +9,7 @@ Recipients (RFC 5321 §3.3, §4.5.1):
 - a domain that is not one of ``[mail] domains`` is refused: 554 5.7.1 relay access denied;
 - a local address is looked up as written, then without its subaddress (``alice+lists`` is
   alice), then, for ``postmaster``, as the configured postmaster mailbox; none: 550 5.1.1;
+  ``<postmaster>`` without a domain is postmaster@ the first of the domains;
 - a closed subscriber's mailbox is disabled: 550 5.2.1; a suspended one still receives mail (the
   billing notices must reach it);
 - quota (RFC 9208): a mailbox already at its limit, or that the declared SIZE would take past
@@ -91,6 +92,7 @@ class MXPolicy:
     def __init__(self, domains: list[str], *, recipient_delimiter: str = "+", postmaster: str | None = None,
                  max_recipients: int = 100) -> None:
         self.domains = frozenset(domains)
+        self.first_domain = domains[0].lower() if domains else None  # Postfix's $myorigin
         self.recipient_delimiter = recipient_delimiter
         self.postmaster = postmaster
         self.max_recipients = max_recipients
@@ -103,9 +105,11 @@ class MXPolicy:
         local, at, domain = address.rpartition("@")
         domain = domain.lower().removesuffix(".")
         if not at or not local:
-            # RFC 5321 §4.5.1: <postmaster> without a domain must be accepted too.
-            if address.lower() == "postmaster" and self.postmaster is not None:
-                return Route((self.postmaster,))
+            # RFC 5321 §4.5.1: <postmaster> without a domain must be accepted too; it is
+            # postmaster@ the first domain (as Postfix appends $myorigin), then the configured one.
+            if address.lower() == "postmaster" and (self.postmaster or self.first_domain):
+                mailbox = (f"postmaster@{self.first_domain}",) if self.first_domain else ()
+                return Route(mailbox + ((self.postmaster,) if self.postmaster else ()))
             raise SMTPRefusal(Reply(553, "5.1.3", f"<{_printable(address)}>: Recipient address is not valid"),
                               "bad_address")
         if domain not in self.domains:

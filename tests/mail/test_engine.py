@@ -35,11 +35,19 @@ def refusal(call: object, *args: object) -> SMTPRefusal:
     ("alice+lists@isp.example", ("alice+lists@isp.example", "alice@isp.example")),
     ("+x@isp.example", ("+x@isp.example",)),
     ("postmaster@mail.isp.example", ("postmaster@mail.isp.example", "noc@isp.example")),
-    ("Postmaster", ("noc@isp.example",)),  # RFC 5321 §4.5.1: without a domain, too
+    ("Postmaster", ("postmaster@isp.example", "noc@isp.example")),  # RFC 5321 §4.5.1: without a domain, too
 ])
 def test_local_recipients_are_looked_up_as_written_then_as_their_mailbox(address: str,
                                                                          candidates: tuple[str, ...]) -> None:
     assert POLICY.route(address, 0).candidates == candidates
+
+
+def test_bare_postmaster_is_the_first_domains_without_a_configured_postmaster() -> None:
+    """RFC 5321 §4.5.1 requires <postmaster> to be accepted; without ``postmaster`` in the config
+    it was refused as an invalid address (553) even with a postmaster@ mailbox there to take it."""
+    policy = MXPolicy(["isp.example", "mail.isp.example"])
+    assert policy.route("postmaster", 0).candidates == ("postmaster@isp.example",)
+    assert refusal(MXPolicy([]).route, "postmaster", 0).reason == "bad_address"
 
 
 @pytest.mark.parametrize(("address", "code", "reason"), [
