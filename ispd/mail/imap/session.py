@@ -247,6 +247,13 @@ class IMAPSession(asyncio.Protocol):
             try:
                 await self._dispatch(command)
             except Exception as exc:  # a bug must cost one command, not the session or the service
+                if self.selected is not None and not await self._blocking(self.selected.index.path.is_dir):
+                    # The selected folder is gone: another session DELETEd it, or the mailbox was
+                    # deleted (its Maildir set aside). Every command would fail from now on, so
+                    # end the session as Dovecot does; the client logs in again and sees what is.
+                    self.send(b"* BYE Selected mailbox was deleted, have to disconnect.")
+                    self.close()
+                    return
                 log.error("mail.imap.command_failed", command=command.name, error=repr(exc))
                 self.send(f"{command.tag} NO [SERVERBUG] internal error".encode())
             if self.state == "logout":

@@ -277,3 +277,22 @@ def test_binary_fetch_items_are_refused_not_a_server_bug(maildir: Maildir, items
     NO [SERVERBUG] and an error in the log for every such FETCH (found by a fuzzer)."""
     answer = run_commands(maildir, ["LOGIN alice x", "SELECT INBOX", f"UID FETCH 1:* {items}"], lambda: None)
     assert answer.startswith(b"t2 NO [CANNOT]"), answer
+
+
+@pytest.mark.parametrize("folder", ["INBOX", "Old"])
+def test_a_session_whose_selected_folder_is_deleted_is_told_bye(maildir: Maildir, folder: str) -> None:
+    """From a bug hunt: when another session DELETEd the folder this one had selected, or the
+    subscriber's mailbox was deleted (its Maildir set aside) under an open session, every later
+    command (NOOP, FETCH, STORE) got NO [SERVERBUG] and logged mail.imap.command_failed, for as
+    long as the client stayed. Dovecot ends such a session with a BYE; so does ispd now."""
+    maildir.create_folder("Old")
+
+    def delete() -> None:
+        if folder == "INBOX":
+            maildir.set_aside()
+        else:
+            maildir.delete_folder("Old")
+
+    answer = run_commands(maildir, ["LOGIN alice x", f"SELECT {folder}", "NOOP"], delete)
+    assert answer.startswith(b"* BYE Selected mailbox was deleted"), answer
+    assert b"SERVERBUG" not in answer
