@@ -26,6 +26,7 @@ from aiosmtpd.smtp import Session
 
 from ispd.control import CommandError
 from ispd.credentials import PasswordChecker
+from ispd.events import SubscriberClosed, SubscriberDeleted, SubscriberEvent, SubscriberSuspended
 from ispd.listeners import (
     CertificateError,
     ConnectionGate,
@@ -258,6 +259,8 @@ class MailService(Service):
                 raise ServiceStartError(f"mail: cannot listen on {address}: {exc.strerror}") from None
             self.bound.append(f"{listener} {f'[{host}]' if ':' in host else host}:{port}")
         stack.push_async_callback(self._close_sessions)
+        for ending in (SubscriberSuspended, SubscriberClosed, SubscriberDeleted):
+            stack.callback(self.context.bus.subscribe(ending, self._end_refused_imap_sessions))
         self._queue_task = asyncio.create_task(self.queue.run(), name="mail-queue")
         stack.push_async_callback(self._cancel_queue)
         for collector in self.metrics.collectors(self._gauges, self.queue.figures):
@@ -445,6 +448,27 @@ class MailService(Service):
             log.error("mail.accept_loop_failed", exc_info=True)
         finally:
             sock.close()
+
+    async def _end_refused_imap_sessions(self, event: SubscriberEvent) -> None:
+        """A subscriber closed, deleted, or suspended on a plan with ``--suspended-mail none``
+        may not log in to IMAP: its sessions logged in before are ended too (as ``doveadm kick``
+        would), or they would go on reading, and writing, the mailbox for as long as the client
+        stays connected, while ``subscriber show`` says IMAP is refused."""
+        if isinstance(event, SubscriberSuspended):
+            try:
+                subscriber = await self.context.store.get_subscriber(event.subscriber_id)
+                plan = await self.context.store.get_plan(subscriber.plan_id) if subscriber.plan_id else None
+            except StoreError:
+                return  # resumed or deleted since: that event decides
+            if plan is None or plan.suspended_mail is not SuspendedMail.NONE:
+                return
+            why = b"suspended"
+        else:
+            why = b"closed" if isinstance(event, SubscriberClosed) else b"deleted"
+        for imap in list(self.imap_sessions):
+            if imap.username == event.username and imap.state in ("authenticated", "selected"):
+                imap.send(b"* BYE [CONTACTADMIN] this account is " + why)
+                imap.close()
 
     async def _close_sessions(self) -> None:
         for session in list(self.sessions):

@@ -421,6 +421,35 @@ def test_a_suspended_subscriber_reads_mail_unless_the_plan_says_no_and_a_closed_
         lab.ispd.cli("subscriber", "resume", "erin")
 
 
+@pytest.mark.parametrize("change", ["close", "suspend on a plan without mail"])
+def test_a_session_logged_in_before_the_account_is_closed_is_ended(lab: Lab, change: str) -> None:
+    """From a bug hunt: closing a subscriber (or suspending one whose plan has
+    ``--suspended-mail none``) refused new IMAP logins, but a session logged in before went on
+    reading and changing the mailbox for as long as its client stayed, while ``subscriber show``
+    said IMAP was refused. It is now ended with a BYE, as the RADIUS sessions are disconnected."""
+    client = lab.login()
+    client.select("INBOX")
+    if change == "close":
+        lab.ispd.cli("subscriber", "close", "erin", "--reason", "moved away")
+    else:
+        lab.ispd.cli("plan", "add", "no-mail", "--suspended-mail", "none", check=False)
+        lab.ispd.cli("subscriber", "set-plan", "erin", "no-mail")
+        lab.ispd.cli("subscriber", "suspend", "erin", "--reason", "nonpayment")
+    try:
+        def ended() -> bool:
+            try:
+                client.noop()
+            except (imaplib.IMAP4.abort, OSError):
+                return True
+            return False
+
+        wait_until(ended, "the session to be ended")
+    finally:
+        lab.ispd.cli("subscriber", "resume", "erin")
+        lab.ispd.cli("subscriber", "set-plan", "erin", "--none", check=False)  # (the close kept none)
+    lab.login().logout()  # resumed: back in
+
+
 def test_a_message_another_session_just_flagged_is_still_fetched_searched_and_stored(lab: Lab) -> None:
     first, second = lab.login(), lab.login()
     first.select("INBOX")
