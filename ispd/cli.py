@@ -1672,6 +1672,8 @@ async def cmd_session_show(store: Store, args: argparse.Namespace) -> None:
         return
     for f in dataclasses.fields(session):
         value = getattr(session, f.name)
+        if f.name == "nas_ip_address" and value is None:
+            value = session.nas_address  # (kept only when the NAS says it is another; "-" read as none)
         shown = when(value) if f.name.endswith("_at") and value is not None else value
         print(f"{f.name.replace('_', ' '):<24}{'-' if shown is None else showable(str(shown))}")
     for record in coa:

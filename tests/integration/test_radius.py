@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import socket
 import subprocess
 import time
@@ -398,6 +399,7 @@ def test_session_disconnect_reaches_the_nas(radius: Radius, nas: FakeNas) -> Non
     assert refused.returncode == 1 and "nak (Error-Cause 503)" in refused.stdout
     shown = radius.ispd.cli("session", "show", str(session["id"])).stdout
     assert "ack after 1 attempt(s) (test)" in shown and "nak error-cause 503" in shown
+    assert re.search(r"^nas ip address +127\.0\.0\.1$", shown, re.M)  # the NAS's own, not "-"
     assert radius.accounting(f"{base}, Acct-Status-Type = Stop, Acct-Terminate-Cause = Admin-Reset") == \
         "Accounting-Response"
     # Over the control socket itself (the CLI checks first): a number past any row id is no session.
