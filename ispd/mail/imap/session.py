@@ -254,13 +254,27 @@ class IMAPSession(asyncio.Protocol):
                     self.send(b"* BYE Selected mailbox was deleted, have to disconnect.")
                     self.close()
                     return
-                log.error("mail.imap.command_failed", command=command.name, error=repr(exc))
-                self.send(f"{command.tag} NO [SERVERBUG] internal error".encode())
+                if isinstance(exc, OSError) and not isinstance(exc, (ConnectionError, TimeoutError)):
+                    self._storage_failed(command, exc)  # the Maildir's disk: full, read-only, unreadable
+                else:
+                    log.error("mail.imap.command_failed", command=command.name, error=repr(exc))
+                    self.send(f"{command.tag} NO [SERVERBUG] internal error".encode())
             if self.state == "logout":
                 self.close()
                 return
 
     # --- dispatch
+
+    def _storage_failed(self, command: Command, exc: OSError) -> None:
+        """A command the Maildir's disk refused: a NO that says why (Dovecot's answers), not
+        SERVERBUG, and the mailbox and the cause in the log for the operator."""
+        log.error("mail.imap.storage_failed", command=command.name,
+                  mailbox=str(self.maildir.path) if self.maildir is not None else None, error=str(exc))
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            self.send(f"{command.tag} NO [OVERQUOTA] Not enough disk space".encode())
+        else:
+            self.send(f"{command.tag} NO [UNAVAILABLE] the mailbox is unavailable "
+                      f"({exc.strerror or 'input/output error'}), try again later".encode())
 
     def capabilities(self) -> bytes:
         caps = [b"IMAP4rev1", b"LITERAL+", b"IDLE", b"NAMESPACE", b"ID", b"ENABLE", b"UNSELECT", b"SPECIAL-USE",

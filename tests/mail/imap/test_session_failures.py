@@ -15,6 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from ispd.mail.imap.session import IMAPSession
 from ispd.mail.maildir import Maildir
@@ -296,3 +297,36 @@ def test_a_session_whose_selected_folder_is_deleted_is_told_bye(maildir: Maildir
     answer = run_commands(maildir, ["LOGIN alice x", f"SELECT {folder}", "NOOP"], delete)
     assert answer.startswith(b"* BYE Selected mailbox was deleted"), answer
     assert b"SERVERBUG" not in answer
+
+
+def fail_writes(monkeypatch: pytest.MonkeyPatch, where: Path, error: int) -> None:
+    """Every file opened for writing under ``where`` fails with ``error`` (path-less, as a
+    write() that finds the disk full fails)."""
+    real_open = os.open
+
+    def open_(path: str | os.PathLike[str], flags: int, *args: int, **kwargs: int) -> int:
+        if str(path).startswith(str(where)) and flags & (os.O_WRONLY | os.O_RDWR):
+            raise OSError(error, os.strerror(error))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+
+
+@pytest.mark.parametrize(("error", "expected"), [(errno.ENOSPC, b"NO [OVERQUOTA] Not enough disk space"),
+                                                 (errno.EROFS, b"NO [UNAVAILABLE] the mailbox is unavailable "
+                                                               b"(Read-only file system), try again later")])
+@pytest.mark.parametrize("command", ["APPEND Archive {4+}\r\nhi\r\n", "COPY 1 Archive", "STORE 1 +FLAGS (\\Seen)"])
+def test_a_command_the_disk_refuses_says_why(maildir: Maildir, monkeypatch: pytest.MonkeyPatch, command: str,
+                                             error: int, expected: bytes) -> None:
+    """From the disk-full hunt: APPEND, COPY and STORE on a full disk (or a read-only mount)
+    answered `NO [SERVERBUG] internal error` and logged mail.imap.command_failed with no
+    mailbox: the client told of a bug, the operator not told which disk. Dovecot answers
+    `NO [OVERQUOTA] Not enough disk space`."""
+    with capture_logs() as logs:
+        answer = run_commands(maildir, ["LOGIN alice x", "SELECT INBOX", command],
+                              lambda: fail_writes(monkeypatch, maildir.path, error))
+    monkeypatch.undo()
+    assert b"t2 " + expected in answer, answer
+    assert b"SERVERBUG" not in answer
+    failed = [e for e in logs if e["event"] == "mail.imap.storage_failed"]
+    assert failed and failed[0]["mailbox"] == str(maildir.path) and os.strerror(error) in failed[0]["error"]
