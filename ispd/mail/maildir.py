@@ -108,6 +108,14 @@ def name_field(name: str, prefix: str) -> int | None:
     return None
 
 
+def name_in(error: OSError, path: Path) -> None:
+    """Puts ``path`` into ``error`` when it names none: a write() or fsync() that finds the disk
+    full fails with a bare "[Errno 28] No space left on device", which tells the operator
+    nothing of where."""
+    if error.filename is None:
+        error.filename = str(path)
+
+
 def fsync_directory(path: Path) -> None:
     """Make a directory's entries durable (a created, linked or renamed file in it)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -277,9 +285,11 @@ class Maildir:
                 if received_at is not None:
                     os.utime(fd, (received_at, received_at))
                 os.fsync(fd)
-            except BaseException:
+            except BaseException as exc:
                 os.close(fd)
                 temporary.unlink(missing_ok=True)
+                if isinstance(exc, OSError):
+                    name_in(exc, temporary)
                 raise
             os.close(fd)
             try:

@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from ispd.mail.maildir import fsync_directory
+from ispd.mail.maildir import fsync_directory, name_in
 
 ORPHAN_GRACE_SECONDS = 3600.0
 
@@ -42,10 +42,12 @@ class Spool:
             finally:
                 os.close(fd)
             os.replace(temporary, self.path(queue_id))
-        except BaseException:
+        except BaseException as exc:
             # A full disk, most often: the client is told to try again, and the part written
             # must not stay to keep the disk full.
             temporary.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                name_in(exc, temporary)
             raise
         fsync_directory(self.directory)
 

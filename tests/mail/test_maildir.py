@@ -172,3 +172,19 @@ def test_a_maildir_whose_empty_new_was_lost_still_takes_mail(tmp_path: Path) -> 
     assert stat.S_IMODE((maildir.path / "new").stat().st_mode) == 0o700
     assert (maildir.usage().bytes, maildir.usage().messages) == (100, 1)
     assert sorted(p.name for p in (maildir.path / "tmp").iterdir()) == ["leftover"]
+
+
+def test_a_full_disk_names_the_file_it_could_not_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From the disk-full hunt: a delivery to a full disk was logged as "[Errno 28] No space
+    left on device" (a write() error carries no file name), which does not say which disk."""
+    maildir = Maildir.for_address(tmp_path, "alice@isp.example")
+    maildir.create()
+
+    def full(fd: int, data: object) -> int:
+        raise OSError(28, os.strerror(28))
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError) as raised:
+        maildir.deliver(b"Subject: x\r\n\r\nbody\r\n")
+    assert raised.value.errno == 28
+    assert str(raised.value).startswith(f"[Errno 28] No space left on device: '{maildir.path}/tmp/")

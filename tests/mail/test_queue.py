@@ -136,3 +136,20 @@ def test_a_message_file_whose_writing_failed_leaves_nothing_in_tmp(tmp_path: Pat
     os.utime(crashed, (old, old))
     assert spool.remove_stale_temporaries() == ["DEF456"]
     assert os.listdir(tmp_path / "queue" / "tmp") == ["GHI789"]
+
+
+def test_a_full_queue_disk_names_the_file_it_could_not_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From the disk-full hunt: mail.queue.enqueue_failed said only "[Errno 28] No space left
+    on device" (a write() error carries no file name); the part written is removed."""
+    spool = Spool(tmp_path / "queue")
+    spool.prepare()
+
+    def full(fd: int, data: object) -> int:
+        raise OSError(28, os.strerror(28))
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError) as raised:
+        spool.write("ABC123", b"Subject: x\r\n\r\nbody\r\n")
+    assert raised.value.errno == 28
+    assert str(raised.value) == f"[Errno 28] No space left on device: '{tmp_path / 'queue' / 'tmp' / 'ABC123'}'"
+    assert os.listdir(tmp_path / "queue" / "tmp") == []
