@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import secrets
 import socket
@@ -323,6 +324,9 @@ class QueueRunner:
         self.wake = asyncio.Event()
         self._active: dict[str, asyncio.Task[None]] = {}
         self._noting: set[asyncio.Task[None]] = set()  # deliveries being written down (see _note_delivered)
+        # Attempts whose outcome the store could not take (its disk full, say), by queue id: written
+        # before anything else is done with the message (see _record).
+        self._unrecorded: dict[str, tuple[QueuedMail, bytes | None, AttemptResult, float]] = {}
         self._per_domain: dict[str, int] = {}  # deliveries under way to each domain
         self._slots = asyncio.Semaphore(config.max_outbound_deliveries)
         self.attempts: dict[str, int] = {v.value: 0 for v in Verdict}  # per recipient, for metrics
@@ -410,6 +414,11 @@ class QueueRunner:
         try:
             async with self._slots:
                 if self._stopping:
+                    return
+                if queue_id in self._unrecorded:
+                    # Its last attempt is not written down yet: the row still shows the recipients
+                    # another server has taken as pending, and trying it would send them it again.
+                    await asyncio.shield(self._record(*self._unrecorded[queue_id]))
                     return
                 # Read again now that it is its turn: the row the poll saw may have been settled by
                 # an attempt that ended meanwhile (trying it again would send it twice).
@@ -507,13 +516,20 @@ class QueueRunner:
         return task
 
     async def _record(self, mail: QueuedMail, message: bytes | None, settled: AttemptResult, now: float) -> None:
+        # Should the store fail to take it, the attempt is kept here and written at each poll until
+        # it does: the row would otherwise leave the message due, and every poll would send it
+        # again to the servers that took it (with the store's disk full, every 10 s).
+        self._unrecorded[mail.id] = (mail, message if settled.bounced else None, settled, now)
         # The bounce first (a crash before the record retries the attempt, rather than lose it),
         # unless an operator deleted the message during the attempt: 'no bounce was sent'.
         if settled.bounced and mail.sender and await self.store.get_queued_mail(mail.id) is not None:
             await self.bounce(mail.sender, message or b"", settled.bounced, queue_id=mail.id,
                               arrived_at=mail.created_at)
+            # Sent: writing the record again must not send the bounce again.
+            self._unrecorded[mail.id] = (mail, None, dataclasses.replace(settled, bounced={}), now)
         updated = await self.store.record_mail_attempt(mail.id, settled.outcomes,
                                                        next_attempt_at=settled.next_attempt_at, error=settled.error)
+        self._unrecorded.pop(mail.id, None)
         if updated is None or not updated.pending:
             await asyncio.get_running_loop().run_in_executor(self.executor, self.spool.remove, mail.id)
 

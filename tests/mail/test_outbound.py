@@ -14,6 +14,7 @@ from ispd.mail.config import MailConfig
 from ispd.mail.outbound import QueueRunner
 from ispd.mail.queue import Outcome, Verdict
 from ispd.mail.spool import Spool
+from ispd.store.errors import StoreUnavailable
 from ispd.store.models import QueuedMail, QueuedRecipient, QueuedRecipientState
 
 
@@ -498,3 +499,47 @@ async def test_more_recipients_than_a_server_must_take_go_in_several_transaction
         server.close()
     assert {o.verdict for o in outcomes.values()} == {Verdict.DELIVERED} and len(outcomes) == 250
     assert batches == [100, 100, 50]
+
+
+async def test_a_delivery_the_store_cannot_write_down_is_not_sent_again(runner: QueueRunner,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """From the disk-full hunt: with the store's disk full, the remote's 250 could not be
+    written down, the row stayed due, and every poll (10 s) sent the message again: four
+    copies in 40 s at the remote MX. The attempt is kept and written once the store takes it."""
+    tried: list[str] = []
+
+    async def deliver(domain: str, sender: str, recipients: list[str], message: bytes, **_: Any) -> dict[str, Outcome]:
+        tried.extend(recipients)
+        return dict.fromkeys(recipients, Outcome(Verdict.DELIVERED, "250 ok"))
+
+    monkeypatch.setattr(outbound, "deliver_to_domain", deliver)
+    store = runner.store
+    assert isinstance(store, RecordingStore)
+    pending = mail("a@fine.example")
+
+    async def get_queued_mail(queue_id: str) -> QueuedMail | None:
+        return pending  # the row as the store still has it: due, its recipient pending
+
+    real_record = store.record_mail_attempt
+    full = [True]
+
+    async def record_mail_attempt(queue_id: str, outcomes: dict[str, Any], **kwargs: Any) -> QueuedMail | None:
+        if full[0]:
+            raise StoreUnavailable("database or disk is full")
+        return await real_record(queue_id, outcomes, **kwargs)
+
+    async def record_mail_delivered(queue_id: str, delivered: dict[str, str]) -> None:
+        raise StoreUnavailable("database or disk is full")
+
+    store.get_queued_mail = get_queued_mail  # type: ignore[method-assign]
+    store.record_mail_attempt = record_mail_attempt  # type: ignore[method-assign]
+    store.record_mail_delivered = record_mail_delivered  # type: ignore[method-assign]
+    for _ in range(3):  # three polls while the disk is full
+        await runner._attempt("Q1")
+    assert tried == ["a@fine.example"] and store.recorded == []
+    full[0] = False  # room again: the next poll writes the attempt down, and sends nothing
+    await runner._attempt("Q1")
+    assert tried == ["a@fine.example"]
+    assert [(q, o) for q, o, _, _ in store.recorded] == [("Q1", {"a@fine.example": (QueuedRecipientState.DELIVERED,
+                                                                                     "250 ok")})]
+    assert not (runner.spool.directory / "Q1").exists()
