@@ -70,6 +70,8 @@ def backup(store: Path, destination: Path, busy_timeout: float) -> Copied:
         os.rename(temporary, destination)
         _fsync(destination.parent)
     except sqlite3.Error as exc:
+        if _full(exc):  # the copy's disk, not the store's
+            raise StoreError(f"cannot write {destination}: {exc}") from None
         raise StoreError(f"cannot back up {store}: {exc}") from None
     except OSError as exc:
         raise StoreError(f"cannot write {destination}: {exc.strerror or exc}") from None
@@ -125,6 +127,8 @@ def restore(backup_file: Path, store: Path, newest_schema: int, busy_timeout: fl
             raise
         _fsync(real.parent)
     except sqlite3.Error as exc:
+        if _full(exc):  # the store's disk, not the backup's
+            raise StoreError(f"cannot restore into {real}: {exc}") from None
         raise StoreError(f"cannot restore {backup_file}: {exc}") from None
     except OSError as exc:
         raise StoreError(f"cannot restore into {real}: {exc.strerror or exc}") from None
@@ -199,6 +203,12 @@ def _checked(conn: sqlite3.Connection, name: Path) -> int:
     if has_schema.fetchone() is None:
         raise StoreError(f"{name} is no ispd store (it has no schema_migrations table)")
     return int(conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] or 0)
+
+
+def _full(exc: sqlite3.Error) -> bool:
+    """SQLite's "database or disk is full": only the copy being written can be (the source is
+    only read), so the error must name it, not the file copied."""
+    return getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL
 
 
 def _remove_partial(temporary: Path) -> None:

@@ -139,3 +139,48 @@ def test_a_restore_asked_to_stop_leaves_the_store_as_it_was(tmp_path: Path, monk
     assert stop.looks == at  # it stopped at once
     assert names_in(store) == ["alice"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ispd.db", "saved.db"]
+
+
+def fill_up_copies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The new file a backup or restore writes holds two pages at most: SQLite's own "database
+    or disk is full", as from a full disk under it."""
+    real_connect = sqlite3.connect
+
+    def connect(path: str | os.PathLike[str], *args: object, **kwargs: object) -> sqlite3.Connection:
+        conn = real_connect(path, *args, **kwargs)  # type: ignore[arg-type]
+        if str(path).endswith((".partial", ".restoring")):
+            conn.execute("PRAGMA max_page_count = 2")
+        return conn
+
+    monkeypatch.setattr(sqlite_backup.sqlite3, "connect", connect)
+
+
+def test_a_backup_to_a_full_disk_names_the_backup_not_the_store(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """From the disk-full hunt: a backup onto a full disk said "cannot back up
+    /…/store/ispd.db: database or disk is full", sending the operator to the store's disk."""
+    store = tmp_path / "store" / "ispd.db"
+    store.parent.mkdir()
+    make_store(store, [f"user{n:05}" for n in range(5000)])
+    (tmp_path / "backups").mkdir()
+    destination = tmp_path / "backups" / "ispd.db"
+    fill_up_copies(monkeypatch)
+    with pytest.raises(StoreError) as raised:
+        backup(store, destination, 5.0)
+    assert str(raised.value) == f"cannot write {destination}: database or disk is full"
+    assert os.listdir(tmp_path / "backups") == []
+
+
+def test_a_restore_onto_a_full_disk_names_the_store_not_the_backup(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    store = tmp_path / "store" / "ispd.db"
+    store.parent.mkdir()
+    make_store(store, ["old"])
+    saved = tmp_path / "backup.db"
+    make_store(saved, [f"user{n:05}" for n in range(5000)])
+    fill_up_copies(monkeypatch)
+    with pytest.raises(StoreError) as raised:
+        restore(saved, store, 1, 5.0)
+    assert str(raised.value) == f"cannot restore into {store}: database or disk is full"
+    monkeypatch.undo()
+    assert names_in(store) == ["old"]
