@@ -504,12 +504,12 @@ class MailService(Service):
         blocklists = self._blocklists(new.mail)
         srs = sender_rewriter(new.mail)  # (the secret file again: a rotation takes effect here)
         signing = signing_keys(new.mail)
+        # A new context, not the new certificate loaded into the old one: OpenSSL keeps a
+        # certificate per key type, so an ECDSA one replaced by an RSA one (or the other way
+        # round) stayed, and clients that prefer it got the old certificate for ever. Each
+        # connection (465, STARTTLS, IMAPS) takes self.tls_context when it starts; those under
+        # way keep the one they have.
         tls_context = self._tls(new.mail)
-        if tls_context is not None and self.tls_context is not None:
-            # 465's listener holds the context it was made with: load the new certificate into it.
-            assert new.mail.certificate is not None and new.mail.private_key is not None
-            self.tls_context.load_cert_chain(new.mail.certificate, new.mail.private_key)
-            tls_context = self.tls_context
         self.signing = signing
         self.blocklists = blocklists
         self.srs = srs

@@ -848,3 +848,39 @@ def test_a_sequence_number_past_the_last_message_is_bad_and_a_uid_past_it_is_not
         client.fetch("1:*", "(FLAGS)")
     assert client.uid("FETCH", "1:*", "(FLAGS)") == ("OK", [None])
     client.logout()
+
+
+def test_a_certificate_of_another_key_type_is_served_after_a_reload(tmp_path: Path) -> None:
+    """An ECDSA certificate replaced on disk by an RSA one (a renewal with another key type) and
+    SIGHUP: the new one went into the live context beside the old, and OpenSSL, which keeps one
+    per key type, went on serving the old one on 465, 993 and STARTTLS to every client that
+    takes ECDSA (as Postfix and Dovecot do not after their reload)."""
+    import trustme
+
+    old_ca, new_ca = trustme.CA(), trustme.CA(key_type=trustme.KeyType.RSA)
+    certificate, key = tmp_path / "mail.pem", tmp_path / "mail.key"
+    issued = old_ca.issue_cert("mail.isp.example", "127.0.0.1")
+    for path in (certificate, key):  # (each file holds both)
+        issued.private_key_and_cert_chain_pem.write_to_path(str(path))
+    ports = {"submissions": free_tcp_port(), "imaps": free_tcp_port(), "mx": free_tcp_port()}
+    config = base_config(tmp_path, mail={
+        "enabled": True, "domains": [DOMAIN], "hostname": "mail.isp.example", "maildir_root": str(tmp_path / "mail"),
+        "queue_directory": str(tmp_path / "queue"), "listen_mx": [f"127.0.0.1:{ports['mx']}"],
+        "listen_submissions": [f"127.0.0.1:{ports['submissions']}"], "listen_imaps": [f"127.0.0.1:{ports['imaps']}"],
+        "certificate": str(certificate), "private_key": str(key), "resolver": f"127.0.0.1:{free_tcp_port()}"})
+    with IspdProcess(tmp_path, config) as ispd:
+        ispd.start()
+        renewed = new_ca.issue_cert("mail.isp.example", "127.0.0.1", key_type=trustme.KeyType.RSA)
+        for path in (certificate, key):
+            renewed.private_key_and_cert_chain_pem.write_to_path(str(path))
+        ispd.reload()
+        assert not ispd.log_events("config.reload.service_refused")
+        trusting_the_new = ssl.create_default_context()
+        new_ca.configure_trust(trusting_the_new)
+        for port in (ports["submissions"], ports["imaps"]):  # (a verification error when the old one is served)
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                    trusting_the_new.wrap_socket(raw, server_hostname="mail.isp.example") as tls:
+                assert tls.version()
+        with smtplib.SMTP("127.0.0.1", ports["mx"], timeout=10) as client:
+            client.starttls(context=trusting_the_new)
+            assert client.ehlo()[0] == 250
