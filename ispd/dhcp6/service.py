@@ -131,7 +131,7 @@ class DHCP6Service(Service):
         if old.dhcp6 == new.dhcp6:
             return
         if server_duid(old.dhcp6) != server_duid(new.dhcp6):
-            raise ValueError("dhcp6.server_duid: a change needs a restart (clients would drop every binding)")
+            raise ServiceStartError("dhcp6.server_duid: a change needs a restart (clients would drop every binding)")
         listen_changed = (old.dhcp6.interfaces, old.dhcp6.port) != (new.dhcp6.interfaces, new.dhcp6.port)
         if listen_changed:
             self._close()

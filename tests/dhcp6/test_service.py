@@ -11,6 +11,7 @@ from contextlib import AsyncExitStack
 from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from ispd.config import Config
@@ -18,7 +19,7 @@ from ispd.dhcp6.codec import IAPrefix, Message, MessageType, OptionCode, decode,
 from ispd.dhcp6.config import DHCP6Config
 from ispd.dhcp6.service import DHCP6Service, server_duid
 from ispd.events import EventBus
-from ispd.service import ServiceContext
+from ispd.service import ServiceContext, ServiceStartError
 from ispd.store.models import Lease6
 from tests.dhcp6.test_engine import ia_na, ia_pd, message
 
@@ -125,6 +126,16 @@ def test_the_server_duid_is_the_configured_one_or_the_machines(tmp_path: Path) -
     machine.write_text("fedcba9876543210fedcba9876543210\n")
     assert server_duid(DHCP6Config(), machine) != first
 
+
+
+def test_a_reload_that_changes_the_server_duid_is_a_refusal_not_a_failure() -> None:
+    """It raised ValueError: the supervisor, which takes only a ServiceStartError for a refusal it
+    was told of, logged config.reload.service_refused with a traceback, as for a bug."""
+    old = Config(dhcp6=DHCP6Config(server_duid="00:02:00:00:d8:8c:01"))
+    new = Config(dhcp6=DHCP6Config(server_duid="00:02:00:00:d8:8c:02"))
+    service = DHCP6Service.__new__(DHCP6Service)
+    with pytest.raises(ServiceStartError, match="server_duid: a change needs a restart"):
+        asyncio.run(service.reload(old, new))
 
 def test_a_reply_too_large_to_send_is_counted_and_the_rest_of_its_batch_still_goes_out() -> None:
     # A Request with thousands of IAs gets a Reply that no option or datagram can carry; encoding
