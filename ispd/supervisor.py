@@ -122,6 +122,7 @@ class Supervisor:
         self.running: dict[str, _Running] = {}
         self._stop_requested = asyncio.Event()
         self._reload_lock = asyncio.Lock()
+        self._reload_outcome = ""  # what of the last reload did not apply, for its STATUS=
         self._background: set[asyncio.Task[Any]] = set()
         self.store: Store | None = None
         self.bus = EventBus()
@@ -565,20 +566,24 @@ class Supervisor:
             if self._stop_requested.is_set():
                 return False
             self.notifier.reloading(time.monotonic_ns() // 1000)
+            # What systemctl status shows after the reload: a STATUS= of its own was replaced by
+            # READY=1's at once, so a rejected or partly refused reload left no trace there.
+            self._reload_outcome = "reload failed (config.reload.failed in the log)"
             try:
                 return await self._apply_reload()
             except Exception:  # a case nobody foresaw: logged, not lost in a task nobody awaits
                 log.exception("config.reload.failed")
                 return False
             finally:
-                self.notifier.ready(self._status_line())
+                outcome = self._reload_outcome
+                self.notifier.ready(f"{outcome}; {self._status_line()}" if outcome else self._status_line())
 
     async def _apply_reload(self) -> bool:
         try:
             new = load_config(self.config_path)
         except ConfigError as exc:
             log.error("config.reload.rejected", error=str(exc))
-            self.notifier.status("reload rejected: config invalid, running on the previous one")
+            self._reload_outcome = "reload rejected: config invalid, running on the previous one"
             return False
         old = self.config
         configure_logging(new.log)
@@ -621,6 +626,8 @@ class Supervisor:
                 applied = applied.model_copy(update={spec.name: getattr(old, spec.name)})
                 refused.append(spec.name)
         self.config = applied
+        self._reload_outcome = f"reload not applied to {', '.join(refused)} (config.reloaded in the log)" \
+            if refused else ""
         if refused:  # applied to the rest: those run as they were
             log.warning("config.reloaded", config=str(self.config_path), refused=refused)
         else:

@@ -60,7 +60,9 @@ def test_sigint_stops_too(ispd: IspdProcess) -> None:
 
 def test_sighup_with_a_broken_file_keeps_serving_on_the_old_config(ispd: IspdProcess) -> None:
     ispd.config_path.write_text("[metrics]\nlisten = 'nonsense'\n")
-    ispd.reload()
+    # systemctl status shows the last STATUS=: the rejection's was replaced at once by READY=1's.
+    assert "STATUS=reload rejected: config invalid, running on the previous one; serving: metrics on" \
+        in ispd.reload()[-1]
     rejected = ispd.log_events("config.reload.rejected")
     assert rejected and "metrics.listen: 'nonsense' is not an address" in rejected[0]["error"]
     assert ispd.proc is not None and ispd.proc.poll() is None
@@ -98,7 +100,7 @@ def test_reload_that_a_service_refuses_keeps_that_service_as_it_was(ispd: IspdPr
         config["metrics"] = {"listen": f"127.0.0.1:{squatter.getsockname()[1]}"}
         old = ispd.metrics_url
         ispd.write_config(config)
-        ispd.reload()
+        assert "STATUS=reload not applied to metrics (config.reloaded in the log); serving:" in ispd.reload()[-1]
         refused = ispd.log_events("config.reload.service_refused")
         assert refused and refused[0]["service"] == "metrics"
         reloaded = ispd.log_events("config.reloaded")[-1]
