@@ -483,6 +483,12 @@ class RadiusService(Service):
         table.carry_over(self.nas)
         assert self.auth is not None and self.accounting is not None
         self.config, self.nas, self.dictionary = new.radius, table, dictionary
+        if new.radius.receive_buffer_bytes != old.radius.receive_buffer_bytes:
+            # (A new size on the sockets there are: it was read at start only, and a reload
+            # that said it applied all left the old one, the one a burst had overflowed.)
+            for transport in self._transports:
+                with contextlib.suppress(OSError):
+                    set_receive_buffer(transport.get_extra_info("socket"), new.radius.receive_buffer_bytes)
         self.auth.dictionary = self.accounting.dictionary = dictionary
         self.auth.settings = settings
         # (with the plans that name them)

@@ -713,3 +713,23 @@ def test_every_proxied_result_counted_is_exported_from_the_start() -> None:
     counted = set(re.findall(r'proxied\.inc\("(auth|acct)", "([a-z]+)"\)', source))
     assert ("acct", "loop") in counted
     assert counted <= set(RadiusMetrics().proxied.values)
+
+
+async def test_a_reload_gives_the_sockets_the_new_receive_buffer_size(tmp_path: Path) -> None:
+    """receive_buffer_bytes was set when the sockets were opened only: a reload that raised it
+    (after a burst overflowed the buffer) said it applied all and left the old size."""
+    import socket
+
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        old = _radius_config(3799, receive_buffer_bytes=256 * 1024)
+        new = _radius_config(3799, receive_buffer_bytes=4 * 1024 * 1024)
+        async with _running(store, EventBus(), old) as service:
+            def sizes() -> list[int]:
+                return [t.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+                        for t in service._transports]
+            before = sizes()
+            await service.reload(old, new)
+            assert len(before) == 2 and all(after > size for after, size in zip(sizes(), before, strict=True))
+    finally:
+        await store.close()
