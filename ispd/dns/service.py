@@ -287,9 +287,8 @@ class DNSService(Service):
         self.file_store: FileStore | None = None
         self.metrics = DNSMetrics()
         self.tap = DnstapSink()
-        self.upstream = UpstreamTransport(tap=self.tap,
-            source_v4=str(self.config.resolver.outgoing_ipv4) if self.config.resolver.outgoing_ipv4 else None,
-            source_v6=str(self.config.resolver.outgoing_ipv6) if self.config.resolver.outgoing_ipv6 else None)
+        source_v4, source_v6 = _outgoing(self.config)
+        self.upstream = UpstreamTransport(tap=self.tap, source_v4=source_v4, source_v6=source_v6)
         self.rrsets = RRsetCache(cache_limits(self.config, 0.5))
         self.answers = AnswerCache(cache_limits(self.config, 0.5), prefetch=self.config.cache.prefetch)
         self.resolver: Resolver | None = None
@@ -1174,6 +1173,8 @@ class DNSService(Service):
         self.engine.set_allow(list(new.dns.allow))
         before, after = set(forward_zones(old.dns)), forward_zones(new.dns)
         self.resolver.configure(resolver_settings(new.dns), hints, after)
+        # (Each query binds its socket to these: set at start only, a new one waited for a restart.)
+        self.upstream.source_v4, self.upstream.source_v6 = _outgoing(new.dns)
         for zone in before ^ set(after):  # what the root said of names now (or no longer) configured
             self.rrsets.flush(zone.name, subtree=True)
         if dnssec_changed:
@@ -1272,6 +1273,12 @@ _TAPPED_AS: dict[str, tuple[SocketProtocol, HttpProtocol | None]] = {
     "tcp": (SocketProtocol.TCP, None), "tls": (SocketProtocol.DOT, None),
     "https": (SocketProtocol.DOH, HttpProtocol.HTTP2), "http3": (SocketProtocol.DOH, HttpProtocol.HTTP3),
     "quic": (SocketProtocol.DOQ, None)}
+
+
+def _outgoing(config: DNSConfig) -> tuple[str | None, str | None]:
+    """The source addresses of upstream queries (None: the kernel's choice)."""
+    v4, v6 = config.resolver.outgoing_ipv4, config.resolver.outgoing_ipv6
+    return (str(v4) if v4 else None), (str(v6) if v6 else None)
 
 
 def _quic_settings(section: EncryptedListenerConfig) -> QuicSettings:

@@ -440,3 +440,54 @@ def test_forward_first_resolves_from_the_root_when_the_forwarders_fail(dns_hiera
     with forwarding_ispd(tmp_path / "only", dns_hierarchy, [{"name": ".", "servers": [silent]}]) as ispd:
         ispd.start()
         assert ispd.dig("www.example-b.example").status == "SERVFAIL"
+
+
+def test_sighup_applies_a_new_outgoing_address(tmp_path: Path) -> None:
+    """resolver.outgoing_ipv4 was read at start only: a reload that changed it (an upstream's ACL
+    or a firewall knows the new one) said config.reloaded and went on asking from the old one."""
+    import socket
+    import threading
+
+    import dns.message
+    import dns.query
+
+    from tests.lab.process import IspdProcess, base_config
+
+    sources: list[str] = []
+    upstream = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    upstream.bind(("127.0.0.1", 0))
+    upstream.settimeout(0.2)
+    stop = threading.Event()
+
+    def answer() -> None:
+        while not stop.is_set():
+            try:
+                data, peer = upstream.recvfrom(4096)
+            except TimeoutError:
+                continue
+            sources.append(peer[0])
+            upstream.sendto(dns.message.make_response(dns.message.from_wire(data)).to_wire(), peer)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    port = free_port()
+    dns_section = {"enabled": True, "listen": [f"127.0.0.1:{port}"], "dnssec": {"validation": False},
+                   "forward_zone": [{"name": "fwd.internal",
+                                     "servers": [f"127.0.0.1:{upstream.getsockname()[1]}"]}],
+                   "resolver": {"outgoing_ipv4": "127.0.0.1"}}
+    try:
+        with IspdProcess(tmp_path, base_config(tmp_path, dns=dns_section)) as ispd:
+            ispd.start()
+            dns.query.udp(dns.message.make_query("one.fwd.internal", "A"), "127.0.0.1", port=port, timeout=5)
+            assert sources and set(sources) == {"127.0.0.1"}
+            config = dict(ispd.config)
+            config["dns"] = {**dns_section, "resolver": {"outgoing_ipv4": "127.0.0.2"}}
+            ispd.write_config(config)
+            ispd.reload()
+            sources.clear()
+            dns.query.udp(dns.message.make_query("two.fwd.internal", "A"), "127.0.0.1", port=port, timeout=5)
+            assert sources and set(sources) == {"127.0.0.2"}, sources
+    finally:
+        stop.set()
+        thread.join()
+        upstream.close()
