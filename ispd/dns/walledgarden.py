@@ -4,7 +4,9 @@ The DNS service learns addresses from DHCP leases (``LeaseGranted``/``LeaseEnded
 and the store's current leases at start), networks from RADIUS sessions' IPv6 prefixes (a
 dual-stack home's devices take their addresses in its Delegated-IPv6-Prefix, which no event
 names one by one), and subscriber status from the subscriber events; a client address is walled
-while it is leased to a suspended subscriber, or lies in a network of one. A walled client asking
+while it is leased to a suspended subscriber, or lies in a network of one. A network shorter than
+a /32 (``ipv6_networks.SHORTEST``, as for ``who``) holds no one: it is a NAS's error (::/0), and
+would wall, or give a plan's policy to, every IPv6 client outside a longer prefix. A walled client asking
 for any name outside ``allow`` gets the portal's address (A/AAAA) or NODATA (other types), with
 a short TTL so the real answers return quickly after ``resume``; names in ``allow`` (the portal
 itself, the payment provider) resolve normally.
@@ -17,6 +19,7 @@ from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_address, ip_netw
 from ispd.dns.config import WalledGardenConfig
 from ispd.dns.wire import CLASS_IN, RR, RCode, RRType, is_subdomain, name_from_text
 from ispd.dns.zone import ZoneAnswer
+from ispd.store.ipv6_networks import SHORTEST
 
 
 class WalledGarden:
@@ -96,7 +99,7 @@ class WalledGarden:
     def network_granted(self, network: str, subscriber_id: int, session_id: int | None = None) -> bool:
         """A session's IPv6 network; whether the walled set changed."""
         parsed = _ipv6_network(network)
-        if parsed is None:
+        if parsed is None or parsed.prefixlen < SHORTEST:
             return False
         network = str(parsed)
         before = self.enabled and self._covering_holder(parsed) in self.suspended  # (another's prefix around it)

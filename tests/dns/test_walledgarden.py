@@ -45,6 +45,21 @@ def test_a_sessions_ipv6_networks_hold_every_address_in_them_the_longest_prefix_
     assert garden.holder("2001:db8:100:5::1") == 7 and garden.walled_networks() == ()
 
 
+def test_a_network_shorter_than_a_32_walls_no_one() -> None:
+    """A NAS that reports Delegated-IPv6-Prefix ::/0 (or 2000::/3) for a suspended subscriber
+    must not send every other IPv6 client to the portal: such a prefix holds nobody, as for
+    ``ispd who``."""
+    garden = WalledGarden(PORTAL)
+    garden.set_suspended(7, True)
+    for network in ("::/0", "2000::/3", "2001:d00::/24"):
+        assert garden.network_granted(network, 7, session_id=1) is False
+    assert garden.network_granted("2001:db8::/32", 8) is False  # a /32 still holds (8 is active)
+    assert [garden.holder(a) for a in ("::1", "2001:db9::5", "2001:db8:1::5")] == [None, None, 8]
+    assert not garden.is_walled("::1") and not garden.is_walled("2001:db9::5")
+    assert garden.walled_networks() == ()
+    assert garden.network_ended("::/0", 1) is False
+
+
 def test_without_a_portal_nobody_is_walled() -> None:
     garden = WalledGarden(WalledGardenConfig())
     garden.set_suspended(7, True)
