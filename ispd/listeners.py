@@ -1,6 +1,11 @@
 """What the services' listeners share: TLS server contexts from PEM files, with errors an
 operator can act on, and a cap on connections in total and per client address.
 
+Every per-client limit (connections, connection rate, queries per second, failed logins) counts
+an IPv6 client by its /64 (``client_key``), as Dovecot's auth penalty counts one by its /48: a
+/64 is what one home's LAN or one host is given, and holds 2^64 addresses, each of which would
+otherwise start with an allowance of its own.
+
 ``ConnectionGate`` counts into any object with ``connections`` and ``refused_connections``
 integer attributes (DNS's ``TransportStats``, the mail service's stats), which the services'
 collectors read at scrape time.
@@ -14,6 +19,7 @@ import socket
 import ssl
 import struct
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,6 +27,30 @@ from typing import Any, Protocol
 class ConnectionStats(Protocol):
     connections: int
     refused_connections: int
+
+
+CLIENT_PREFIX_LENGTH = 64  # an IPv6 client's addresses counted as one
+
+
+def client_key(address: str) -> str:
+    """What per-client limits count ``address`` (a peer's host text) as: an IPv4 address
+    itself, an IPv6 one its /64 ("2001:db8:1:2::/64"; an IPv4-mapped one its IPv4 address, a
+    link-local one itself: every host on a link shares fe80::/64)."""
+    return _ipv6_client_key(address) if ":" in address else address
+
+
+@lru_cache(maxsize=4096)
+def _ipv6_client_key(address: str) -> str:
+    try:
+        ip = ipaddress.IPv6Address(address.partition("%")[0])
+    except ValueError:
+        return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    if ip.is_link_local:
+        return address
+    return str(ipaddress.IPv6Network((int(ip) >> (128 - CLIENT_PREFIX_LENGTH) << (128 - CLIENT_PREFIX_LENGTH),
+                                      CLIENT_PREFIX_LENGTH)))
 
 
 class ConnectionGate:
@@ -32,6 +62,7 @@ class ConnectionGate:
         self.per_client: dict[str, int] = {}
 
     def admit(self, client: str) -> bool:
+        client = client_key(client)
         held = self.per_client.get(client, 0)
         if self.total >= self.max_total or held >= self.max_per_client:
             self.stats.refused_connections += 1
@@ -42,6 +73,7 @@ class ConnectionGate:
         return True
 
     def release(self, client: str) -> None:
+        client = client_key(client)
         self.total -= 1
         held = self.per_client.get(client, 0) - 1
         if held > 0:

@@ -15,8 +15,10 @@ import pytest
 
 from ispd.listeners import (
     AddressedDatagramTransport,
+    ConnectionGate,
     bound_socket,
     check_address_free,
+    client_key,
     listening_tcp_socket,
     open_datagram_listener,
 )
@@ -169,3 +171,25 @@ def test_a_datagram_to_a_broadcast_address_is_answered_from_the_interfaces_own()
 
         asyncio.run(main())
     """, setup=setup) == ["re:ping", "198.18.77.1"]
+
+
+class _Stats:
+    connections = 0
+    refused_connections = 0
+
+
+def test_per_client_limits_count_an_ipv6_client_by_its_64() -> None:
+    """A home or a host holds a whole /64: counted by single addresses, it would get 2^64
+    allowances (Dovecot counts its auth penalty per /48)."""
+    assert client_key("198.18.0.5") == "198.18.0.5"
+    assert client_key("2001:db8:7::2") == client_key("2001:DB8:7:0:ffff::1") == "2001:db8:7::/64"
+    assert client_key("2001:db8:8::2") == "2001:db8:8::/64"
+    assert client_key("::ffff:198.18.0.5") == "198.18.0.5"
+    # Every host on a link has an address in fe80::/64: those stay apart.
+    assert client_key("fe80::2%eth0") != client_key("fe80::3%eth0")
+    gate = ConnectionGate(max_total=100, max_per_client=2, stats=_Stats())
+    assert [gate.admit(f"2001:db8:7::{i}") for i in (2, 3, 4)] == [True, True, False]
+    assert gate.admit("2001:db8:8::2")  # another /64
+    gate.release("2001:db8:7::3")
+    assert gate.admit("2001:db8:7::99")
+    assert gate.per_client == {"2001:db8:7::/64": 2, "2001:db8:8::/64": 1}

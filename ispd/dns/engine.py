@@ -104,6 +104,7 @@ from ispd.dns.wire import (
 )
 from ispd.dns.zone import AnswerKind, ZoneAnswer
 from ispd.dns.zonelimit import Screen
+from ispd.listeners import client_key
 from ispd.logs import get_logger
 
 log = get_logger("ispd.dns")
@@ -197,7 +198,8 @@ def _briefly(records: list[RR]) -> list[RR]:
 
 
 class RateLimiter:
-    """A token bucket per client address: ``rate`` per second with a burst of twice that."""
+    """A token bucket per client address (an IPv6 one by its /64, ``client_key``): ``rate`` per
+    second with a burst of twice that."""
 
     MAX_CLIENTS = 100_000
 
@@ -207,6 +209,7 @@ class RateLimiter:
         self.buckets: dict[str, list[float]] = {}
 
     def allow(self, client: str, now: float) -> bool:
+        client = client_key(client)
         bucket = self.buckets.get(client)
         if bucket is None:
             if len(self.buckets) >= self.MAX_CLIENTS:

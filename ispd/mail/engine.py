@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
+from ispd.listeners import client_key
 from ispd.store.models import MailRecipient, SubscriberStatus
 
 # Trace text written into headers is kept to these characters: a HELO name or address is
@@ -207,10 +208,10 @@ class SendingLimit:
 
 class AuthThrottle:
     """Password guessing, across sessions (SMTP AUTH and IMAP LOGIN alike): a client address
-    with ``per_address`` failures in the window is refused without a password check until the
-    window passes; a login that keeps failing gets a delay that doubles with each failure (up
-    to ``max_delay``), whoever tries it, which slows a distributed guess without locking its
-    owner out for good."""
+    (an IPv6 one by its /64, ``client_key``) with ``per_address`` failures in the window is
+    refused without a password check until the window passes; a login that keeps failing gets
+    a delay that doubles with each failure (up to ``max_delay``), whoever tries it, which slows
+    a distributed guess without locking its owner out for good."""
 
     def __init__(self, per_address: int, window: float, base_delay: float, max_delay: float = 15.0,
                  max_entries: int = 100_000) -> None:
@@ -234,7 +235,7 @@ class AuthThrottle:
         return seen
 
     def blocked(self, address: str, now: float) -> bool:
-        seen = self._recent(self._addresses, address, now)
+        seen = self._recent(self._addresses, client_key(address), now)
         return seen is not None and len(seen) >= self.per_address
 
     def delay(self, login: str, now: float) -> float:
@@ -244,7 +245,7 @@ class AuthThrottle:
         return min(self.max_delay, self.base_delay * float(2 ** max(0, min(failures - 3, 30))))
 
     def failed(self, address: str, login: str, now: float) -> None:
-        for table, key in ((self._addresses, address), (self._logins, login.lower()[:256])):
+        for table, key in ((self._addresses, client_key(address)), (self._logins, login.lower()[:256])):
             if key not in table and len(table) >= self.max_entries:
                 table.clear()  # a flood from very many sources: start over rather than grow
             table.setdefault(key, deque()).append(now)
@@ -309,6 +310,7 @@ class ConnectionRate:
     def admit(self, client: str, now: float) -> bool:
         if self.per_minute <= 0:
             return True
+        client = client_key(client)
         seen = self._seen.get(client)
         if seen is None:
             if len(self._seen) >= self.max_clients:

@@ -31,6 +31,7 @@ from ispd.listeners import (
     CertificateError,
     ConnectionGate,
     bound_socket,
+    client_key,
     listening_tcp_socket,
     server_tls_context,
 )
@@ -180,7 +181,7 @@ class MailService(Service):
         self.bound: list[str] = []
         self._password_checks = asyncio.Semaphore(PASSWORD_CHECKS)
         self._servers: list[asyncio.Server] = []
-        self._handshaking: dict[str, int] = {}  # TLS handshakes under way on 465/993, by client address
+        self._handshaking: dict[str, int] = {}  # TLS handshakes under way on 465/993, by client_key
         self._accept_failures = LogThrottle(60.0)
         self._deliveries: set[asyncio.Future[Any]] = set()
         self._created: set[Path] = set()  # Maildirs known to exist
@@ -408,7 +409,7 @@ class MailService(Service):
                         log.error("mail.accept_failed", listener=listener, error=str(exc))
                     await asyncio.sleep(ACCEPT_RETRY_SECONDS)
                     continue
-                client = str(peer[0])
+                client = client_key(str(peer[0]))
                 pending = self._handshaking.get(client, 0)
                 if pending >= self.config.max_connections_per_client or \
                         sum(self._handshaking.values()) >= self.config.max_connections:

@@ -1198,6 +1198,12 @@ def test_a_flood_from_many_sources_does_not_give_a_limited_client_a_new_burst() 
     assert limiter.allow(CLIENT, 1.0)  # its tokens come back at its rate, no faster
 
 
+def test_an_ipv6_client_is_rate_limited_by_its_64() -> None:
+    limiter = RateLimiter(2)  # burst of 4
+    assert [limiter.allow(f"2001:db8:7::{i}", 0.0) for i in range(2, 7)] == [True] * 4 + [False]
+    assert limiter.allow("2001:db8:8::2", 0.0)
+
+
 async def test_rate_limited_queries_over_a_connection_are_refused_not_dropped() -> None:
     """A connection's source is no forgery, and its client waits for each reply."""
     env = make_env(rate_limit_qps=1)  # burst of 2

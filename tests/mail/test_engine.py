@@ -194,6 +194,17 @@ def test_password_guessing_is_throttled_by_address_and_by_login() -> None:
     assert throttle.delay("alice@isp.example", 5.0) == 1.0
 
 
+def test_an_ipv6_client_is_throttled_and_rate_limited_by_its_64() -> None:
+    """One host may take any address of its /64 for each new connection or guess."""
+    throttle = AuthThrottle(per_address=3, window=60, base_delay=1.0)
+    for i in range(3):
+        throttle.failed(f"2001:db8:7::{i + 2}", f"user{i}@isp.example", float(i))
+    assert throttle.blocked("2001:db8:7::99", 3.0) and not throttle.blocked("2001:db8:8::2", 3.0)
+    rate = ConnectionRate(per_minute=3)
+    assert [rate.admit(f"2001:db8:7::{i}", float(i)) for i in (2, 3, 4, 5)] == [True, True, True, False]
+    assert rate.admit("2001:db8:8::2", 5.0)
+
+
 def test_a_session_over_its_command_pace_waits_and_is_never_refused() -> None:
     pace = CommandPace(per_second=10, now=0.0)
     assert [pace.delay(0.0) for _ in range(50)] == [0.0] * 50  # a burst of five seconds' worth
