@@ -106,8 +106,9 @@ class FakeNas:
         self.answer = answer  # ack | nak | silent
         self.error_cause = error_cause  # for NAKs; 503 Session Context Not Found
         self.requests: list[DASRequest] = []
-        self._sock = (socket_in_netns(netns, socket.AF_INET, socket.SOCK_DGRAM) if netns is not None
-                      else socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._sock = (socket_in_netns(netns, family, socket.SOCK_DGRAM) if netns is not None
+                      else socket.socket(family, socket.SOCK_DGRAM))
         self._sock.bind((host, port))
         self._sock.settimeout(0.2)
         self.host, self.port = self._sock.getsockname()[:2]

@@ -107,3 +107,15 @@ def test_the_nas_is_named_as_it_names_itself() -> None:
     attributes = decode(encode_request(Code.DISCONNECT_REQUEST, 1, session_identification(kept_by_it, 2.0), b"s")).first
     assert attributes[Attr.NAS_IPV6_ADDRESS] == bytes.fromhex("20010db8000000000000000000000002")
     assert Attr.NAS_IP_ADDRESS not in attributes
+
+
+async def test_a_disconnect_reaches_a_nas_on_ipv6() -> None:
+    """A NAS heard over IPv6 gets its Disconnect over IPv6 (the lab's fake NAS listens there too)."""
+    from tests.lab.fakenas import FakeNas
+
+    with FakeNas("::1", secret=b"secret") as nas:
+        outcome = await DynamicAuthorizationClient(1.0, 2).send(nas.host, nas.port, b"secret",
+                                                                Code.DISCONNECT_REQUEST, b"")
+        assert outcome.result == "ack"
+        [request] = nas.wait_for(1)
+        assert request.authentic and request.source is not None and request.source[0] == "::1"
