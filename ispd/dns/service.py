@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry
 
 from ispd import __version__
 from ispd.config import Config
+from ispd.configtypes import SocketAddress
 from ispd.control import CommandError
 from ispd.dns.admin import parse_name_argument
 from ispd.dns.cache import AnswerCache, CacheLimits, RRsetCache
@@ -397,8 +398,9 @@ class DNSService(Service):
                                      done_already=lambda error: NOT_AN_NTA in str(error))),
                                  ("dns.nta.list", self._command_nta_list)):
             stack.callback(self.context.control.register(command, handler))
-        log.info("dns.started", listen=[f"{h}:{p}" for h, p in self.bound], root_servers=len(hints),
-                 encrypted=[f"{key} {h}:{p}" for key, listener in self._encrypted() for h, p in listener.bound])
+        log.info("dns.started", listen=[str(SocketAddress(h, p)) for h, p in self.bound], root_servers=len(hints),
+                 encrypted=[f"{key} {SocketAddress(h, p)}"
+                            for key, listener in self._encrypted() for h, p in listener.bound])
 
     def _file_store_directory(self) -> Path:
         """Beside the store's real file: one daemon per store (its lock), so one directory per
@@ -1216,11 +1218,11 @@ class DNSService(Service):
         return Health(True)
 
     def describe(self) -> str:
-        text = "dns on " + ", ".join(f"{h}:{p}" for h, p in self.bound)
+        text = "dns on " + ", ".join(str(SocketAddress(h, p)) for h, p in self.bound)
         if self.config.processes > 1:
             text += f" ({self.config.processes} processes)"
         for key, listener in self._encrypted():
-            text += f", {key} on " + ", ".join(f"{h}:{p}" for h, p in listener.bound)
+            text += f", {key} on " + ", ".join(str(SocketAddress(h, p)) for h, p in listener.bound)
         return text
 
     # --- queries ---

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from OpenSSL import SSL
 
+from ispd.configtypes import SocketAddress
 from ispd.control import CommandError
 from ispd.credentials import PasswordChecker
 from ispd.events import (
@@ -365,7 +366,7 @@ class RadiusService(Service):
         stack.callback(self.context.control.register("radius.session.coa", self._command_coa))
         stack.callback(self.context.control.register("radius.session.close", self._command_close))
         self._spawn(self._sweep_periodically(), "housekeeping")
-        log.info("radius.started", listen=[f"{kind} {h}:{p}" for kind, h, p in self.bound],
+        log.info("radius.started", listen=[f"{kind} {SocketAddress(h, p)}" for kind, h, p in self.bound],
                  clients=len(self.nas.clients), subscribers=len(self.directory.subjects),
                  open_sessions=len(self.sessions))
 
@@ -543,7 +544,7 @@ class RadiusService(Service):
         return Health(True)
 
     def describe(self) -> str:
-        return "radius on " + ", ".join(f"{kind} {h}:{p}" for kind, h, p in self.bound)
+        return "radius on " + ", ".join(f"{kind} {SocketAddress(h, p)}" for kind, h, p in self.bound)
 
     def _gauges(self) -> dict[str, float]:
         return {"open_sessions": len(self.sessions), "pending_password_checks": self._pending_checks,

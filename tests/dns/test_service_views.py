@@ -396,3 +396,9 @@ async def test_a_renewal_without_the_name_its_lease_had_takes_the_name_out_of_dn
         assert service.local.lease_names() == {address: "gw.dyn.isp.example."}
         bus.publish(LeaseGranted(3.0, address, 6000.0, renewal=True))
         assert service.local.lease_names() == {}
+
+
+async def test_listening_addresses_are_named_with_ipv6_in_brackets(service: DNSService) -> None:
+    """The status line (systemd's STATUS=, dns.started) said "dns on :::53" for [::]:53."""
+    service.bound = [("::", 53), ("2001:db8:53::4", 5353), ("127.0.0.1", 53)]
+    assert service.describe().startswith("dns on [::]:53, [2001:db8:53::4]:5353, 127.0.0.1:53")

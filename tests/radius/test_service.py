@@ -733,3 +733,11 @@ async def test_a_reload_gives_the_sockets_the_new_receive_buffer_size(tmp_path: 
             assert len(before) == 2 and all(after > size for after, size in zip(sizes(), before, strict=True))
     finally:
         await store.close()
+
+
+def test_listening_addresses_are_named_with_ipv6_in_brackets() -> None:
+    """The status line (systemd's STATUS=, radius.started) said "auth :::1812" for [::]:1812."""
+    service = RadiusService(_radius_config(3799), ServiceContext(None, EventBus(), CollectorRegistry(),  # type: ignore[arg-type]
+                                                                 _healthy))
+    service.bound = [("auth", "::", 1812), ("acct", "fe80::1%eth0", 1813), ("acct", "127.0.0.1", 1813)]
+    assert service.describe() == "radius on auth [::]:1812, acct [fe80::1%eth0]:1813, acct 127.0.0.1:1813"
