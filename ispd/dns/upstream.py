@@ -17,6 +17,7 @@ import asyncio
 import socket
 import struct
 import time
+from typing import Any
 
 from ispd.dns.resolver import UpstreamError
 from ispd.dns.tap import DnstapSink
@@ -29,6 +30,15 @@ PORT = 53
 
 def _question_end(query: bytes) -> int:
     return read_name(query, 12)[1] + 4
+
+
+def _socket_address(host: str, port: int) -> tuple[Any, ...]:
+    """(host, port) for a socket call; a link-local address with its zone ("fe80::53%eth1", a
+    forward zone's server on the link) through getaddrinfo, as a bare tuple gives no scope id
+    and the kernel refuses it (EINVAL)."""
+    if "%" not in host:
+        return (host, port)
+    return socket.getaddrinfo(host, port, socket.AF_INET6, socket.SOCK_DGRAM, 0, socket.AI_NUMERICHOST)[0][4]
 
 
 class UpstreamTransport:
@@ -97,8 +107,8 @@ class UpstreamTransport:
         try:
             source = self.source_v6 if v6 else self.source_v4
             if source:
-                sock.bind((source, 0))
-            sock.connect((address, port))
+                sock.bind(_socket_address(source, 0))
+            sock.connect(_socket_address(address, port))
             sock.send(query)
         except OSError as exc:
             sock.close()

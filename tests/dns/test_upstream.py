@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import struct
 import weakref
 from typing import Any
@@ -13,6 +14,7 @@ from ispd.dns.resolver import UpstreamError
 from ispd.dns.upstream import UpstreamTransport
 from ispd.dns.wire import encode_query
 from tests.dns.test_streams import reset
+from tests.test_listeners import _run_in_namespace
 
 
 def _reply_to(query: bytes) -> bytes:
@@ -98,3 +100,47 @@ async def test_a_failed_query_leaves_no_cycle_behind(tcp: bool, without_cycle_co
         await server.wait_closed()
     assert len(gone) == (2 if tcp else 1)
     assert [thing() for thing in gone] == [None] * len(gone)
+
+
+@pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2")
+def test_a_link_local_server_with_its_zone_is_asked_over_udp_and_tcp() -> None:
+    # From a bug hunt: check-config took a forward zone's server "[fe80::2%eth1]:5300", but every
+    # query to it failed at once with "unreachable Invalid argument": the UDP socket was
+    # connected to a bare (address, port), which gives a link-local address no scope id.
+    assert _run_in_namespace(["fe80::53/64"], """
+        import asyncio, struct
+        from ispd.dns.upstream import UpstreamTransport
+        from ispd.dns.wire import encode_query
+
+        def reply_to(query):
+            return query[:2] + bytes([query[2] | 0x80, 0]) + query[4:]
+
+        class UDPServer(asyncio.DatagramProtocol):
+            def connection_made(self, transport):
+                self.transport = transport
+
+            def datagram_received(self, data, addr):
+                self.transport.sendto(reply_to(data), addr)
+
+        async def serve_tcp(reader, writer):
+            (length,) = struct.unpack("!H", await reader.readexactly(2))
+            reply = reply_to(await reader.readexactly(length))
+            writer.write(struct.pack("!H", len(reply)) + reply)
+            await writer.drain()
+            writer.close()
+
+        async def main():
+            loop = asyncio.get_running_loop()
+            udp, _ = await loop.create_datagram_endpoint(UDPServer, local_addr=("fe80::53%lo", 0))
+            port = udp.get_extra_info("sockname")[1]
+            server = await asyncio.start_server(serve_tcp, "fe80::53%lo", port)
+            query = encode_query(0x1234, b"\\x07example\\x04test\\x00", 1, 1, rd=True)
+            for tcp in (False, True):
+                reply = await UpstreamTransport().exchange(f"fe80::53%lo@{port}", query, tcp=tcp, wait=2.0,
+                                                           exact_case=False)
+                print(reply[:2] == query[:2])
+            udp.close()
+            server.close()
+
+        asyncio.run(main())
+    """) == ["True", "True"]
