@@ -404,6 +404,10 @@ class Outcome:
 
 
 _NO_SERVER_ANSWERED = Outcome(Step.FAILED, reason="no server of the zone answered")
+# None was asked: no address found for any of them, or only addresses of a family turned off (an
+# IPv6-only zone with do_ipv6 = false). "No server answered" sent the operator looking for a
+# network fault.
+_NO_ADDRESS = Outcome(Step.FAILED, reason="no server of the zone has an address to ask (do_ipv4, do_ipv6)")
 _ALL_DOWN = Outcome(Step.FAILED, reason="every server of the zone is down (timed out lately)")
 _RATE_LIMITED = Outcome(Step.FAILED, reason="the zone's servers are asked more than its rate limit allows")
 _ALL_REFUSED = Outcome(Step.FAILED, reason="every server address of the zone is one not to query (do_not_query)")
@@ -822,7 +826,7 @@ class Resolver:
         not have kept."""
         tried: set[str] = set()
         unresolved = list(ns_names)
-        last = _NO_SERVER_ANSWERED
+        last = _NO_ADDRESS  # until a server is asked
         while True:
             now = self.clock()
             addresses: list[str] = []
@@ -895,6 +899,8 @@ class Resolver:
                 _trace(budget, f"not asking {address}: it is in do_not_query")
             if refused and not candidates:
                 return _ALL_REFUSED
+            if not candidates:
+                return _NO_ADDRESS
         while True:
             now = self.clock()
             usable = [a for a in candidates

@@ -326,6 +326,23 @@ async def test_a_referral_whose_glue_has_ttl_0_is_followed(net: FakeNet, resolve
     assert values(await ask(resolver, "www.zero.test.")) == ["192.0.2.45"]
 
 
+async def test_a_zone_whose_servers_have_only_addresses_of_a_family_turned_off_says_so(
+        net: FakeNet, clock: FakeClock) -> None:
+    """From a bug hunt: with do_ipv6 = false, a zone served over IPv6 only (AAAA glue, AAAA-only
+    NS names) failed as "no server of the zone answered", with no query sent at all."""
+    add(net, "test.", "v6only NS ns.v6only\nns.v6only AAAA 2001:db8:99::1\n"
+                      "v6names NS ns.v6only.example.test.\n")
+    add(net, "example.test.", "ns.v6only AAAA 2001:db8:99::1\n")
+    resolver = make_resolver(net, clock, do_ipv6=False)
+    for name in ("www.v6only.test.", "www.v6names.test."):
+        result = await ask(resolver, name)
+        assert result.rcode == RCode.SERVFAIL
+        assert result.failure == "no server of the zone has an address to ask (do_ipv4, do_ipv6)", result.failure
+    # The root itself, its hints having IPv4 addresses only.
+    result = await ask(make_resolver(net, clock, do_ipv4=False), "www.example.test.")
+    assert result.failure == "no server of the zone has an address to ask (do_ipv4, do_ipv6)", result.failure
+
+
 async def test_cname_loop_is_servfail(resolver: Resolver) -> None:
     result = await ask(resolver, "loop1.example.test.")
     assert result.rcode == RCode.SERVFAIL
