@@ -37,6 +37,7 @@ from ispd.credentials import check_password_acceptable, derive_credentials, effe
 from ispd.dns import dnssec
 from ispd.dns.admin import parse_name_argument
 from ispd.effects import Effect, effects
+from ispd.listeners import client_key
 from ispd.logs import get_logger
 from ispd.mail.maildir import Maildir
 from ispd.store.base import Store
@@ -280,7 +281,8 @@ log = get_logger("ispd.admin")
 
 
 class _AuthFailures:
-    """Failed token checks per peer address, within a sliding window."""
+    """Failed token checks per peer address (an IPv6 one by its /64, as every per-client limit),
+    within a sliding window."""
 
     def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit, self.window, self.clock = limit, window, clock
@@ -333,14 +335,14 @@ class _Guard:
         if self.token is not None:
             client = scope.get("client")
             peer = str(client[0]) if client else "unknown"
-            wait = self.failures.retry_after(peer)
+            wait = self.failures.retry_after(client_key(peer))
             if wait is not None:
                 await _answer(send, 429, "too many requests with a wrong token from this address; try again later",
                               [(b"retry-after", str(math.ceil(wait)).encode())])
                 return
             if token is None or scheme.lower() != b"bearer" or not hmac.compare_digest(
                     credentials.strip(b" "), token.encode()):
-                failures = self.failures.record(peer)
+                failures = self.failures.record(client_key(peer))
                 log.warning("admin.auth.failed", client=peer, path=scope.get("path", ""),
                             reason="no bearer token" if scheme.lower() != b"bearer" else "wrong token",
                             failures=failures, shut_out=failures >= AUTH_FAILURES_PER_ADDRESS)

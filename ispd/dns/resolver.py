@@ -407,7 +407,8 @@ _NO_SERVER_ANSWERED = Outcome(Step.FAILED, reason="no server of the zone answere
 # None was asked: no address found for any of them, or only addresses of a family turned off (an
 # IPv6-only zone with do_ipv6 = false). "No server answered" sent the operator looking for a
 # network fault.
-_NO_ADDRESS = Outcome(Step.FAILED, reason="no server of the zone has an address to ask (do_ipv4, do_ipv6)")
+_NO_ADDRESS = Outcome(Step.FAILED, reason="no server of the zone has an address to ask "
+                                          "(none found, or only of a family turned off: do_ipv4, do_ipv6)")
 _ALL_DOWN = Outcome(Step.FAILED, reason="every server of the zone is down (timed out lately)")
 _RATE_LIMITED = Outcome(Step.FAILED, reason="the zone's servers are asked more than its rate limit allows")
 _ALL_REFUSED = Outcome(Step.FAILED, reason="every server address of the zone is one not to query (do_not_query)")

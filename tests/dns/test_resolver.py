@@ -337,10 +337,10 @@ async def test_a_zone_whose_servers_have_only_addresses_of_a_family_turned_off_s
     for name in ("www.v6only.test.", "www.v6names.test."):
         result = await ask(resolver, name)
         assert result.rcode == RCode.SERVFAIL
-        assert result.failure == "no server of the zone has an address to ask (do_ipv4, do_ipv6)", result.failure
+        assert result.failure == "no server of the zone has an address to ask (none found, or only of a family turned off: do_ipv4, do_ipv6)", result.failure
     # The root itself, its hints having IPv4 addresses only.
     result = await ask(make_resolver(net, clock, do_ipv4=False), "www.example.test.")
-    assert result.failure == "no server of the zone has an address to ask (do_ipv4, do_ipv6)", result.failure
+    assert result.failure == "no server of the zone has an address to ask (none found, or only of a family turned off: do_ipv4, do_ipv6)", result.failure
 
 
 async def test_cname_loop_is_servfail(resolver: Resolver) -> None:
