@@ -1325,8 +1325,14 @@ async def cmd_store_backup(config: Config, args: argparse.Namespace) -> None:
 
     _sqlite_only(config, "backup")
     copied = await asyncio.to_thread(backup, config.store.path, args.destination, config.store.busy_timeout_seconds)
+    _say_removed(copied.removed, "backup")
     print(f"backed up {config.store.path} (schema {copied.schema_version}) to {copied.path}: "
           f"{_megabytes(copied.bytes)} in {copied.seconds:.1f} s")
+
+
+def _say_removed(removed: tuple[Path, ...], what: str) -> None:
+    for path in removed:
+        print(f"removed {path}, left by an interrupted {what}")
 
 
 async def cmd_store_restore(config: Config, args: argparse.Namespace) -> None:
@@ -1348,6 +1354,7 @@ async def cmd_store_restore(config: Config, args: argparse.Namespace) -> None:
         raise CommandFailed(f"stopped: {config.store.path} was left as it was") from None
     finally:
         lock.release()
+    _say_removed(copied.removed, "restore")
     print(f"restored {args.backup} (schema {copied.schema_version}, {_megabytes(copied.bytes)}) into {copied.path}"
           + (f"; the store it replaced is {aside}" if aside is not None else ""))
 

@@ -18,7 +18,10 @@ the daemon's /var/lib/ispd must not lock the daemon out). The store's name never
 the way: the old file is set aside by a second name (a hard link), and the checked, synced copy
 replaces it in one rename. A crash or an error half way leaves the old store where it was (a
 daemon started on an empty name makes a new, empty store and runs on it). A backup of an older
-schema is migrated by the next start. Asked to stop (``stop``: Ctrl-C, a TERM), a restore stops
+schema is migrated by the next start. A copy that a kill -9, the OOM killer or a power cut
+stopped half way stays under its temporary name (as large as the store, hidden, holding its
+password verifiers): the next backup into that directory, or restore of that store, removes it
+once the process that made it is gone, and says so. Asked to stop (``stop``: Ctrl-C, a TERM), a restore stops
 while it copies, or once the copy is made, and leaves the old store as it was; once the old store
 is being set aside it finishes.
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -40,6 +44,9 @@ _HEADER = b"SQLite format 3\x00"
 _SIDE_FILES = ("-wal", "-shm", "-journal")
 # A restore copies this many pages at a time (16 MB of SQLite's 4 kB pages), looking for a stop between.
 _RESTORE_STEP_PAGES = 4096
+# The temporary names of a copy under way, ``.<name>.<pid>.partial`` (backup) and
+# ``.<name>.<pid>.restoring`` (restore), and what SQLite makes beside them.
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]+)\.(?P<kind>partial|restoring)(?:-wal|-shm|-journal)?")
 
 
 class RestoreStopped(Exception):
@@ -52,6 +59,8 @@ class Copied:
     bytes: int
     schema_version: int
     seconds: float
+    # What copies interrupted before (killed half way) left behind and this one removed.
+    removed: tuple[Path, ...] = ()
 
 
 def backup(store: Path, destination: Path, busy_timeout: float) -> Copied:
@@ -64,6 +73,7 @@ def backup(store: Path, destination: Path, busy_timeout: float) -> Copied:
     if not destination.parent.is_dir():
         raise StoreError(f"{destination.parent} is not a directory")
     temporary = destination.with_name(f".{destination.name}.{os.getpid()}.partial")
+    removed = remove_interrupted(destination.parent, "partial")
     try:
         version = _copy(store, temporary, busy_timeout, destination)
         _fsync(temporary)
@@ -77,7 +87,7 @@ def backup(store: Path, destination: Path, busy_timeout: float) -> Copied:
         raise StoreError(f"cannot write {destination}: {exc.strerror or exc}") from None
     finally:
         _remove_partial(temporary)
-    return Copied(destination, destination.stat().st_size, version, time.monotonic() - began)
+    return Copied(destination, destination.stat().st_size, version, time.monotonic() - began, removed)
 
 
 def restore(backup_file: Path, store: Path, newest_schema: int, busy_timeout: float,
@@ -98,6 +108,7 @@ def restore(backup_file: Path, store: Path, newest_schema: int, busy_timeout: fl
     aside: Path | None = None
     try:
         real.parent.mkdir(parents=True, exist_ok=True)
+        removed = remove_interrupted(real.parent, "restoring", real.name)
         version = _copy(backup_file, temporary, busy_timeout, backup_file, stop)
         if version > newest_schema:
             raise StoreError(f"{backup_file} is at schema version {version}, newer than this ispd knows "
@@ -134,7 +145,41 @@ def restore(backup_file: Path, store: Path, newest_schema: int, busy_timeout: fl
         raise StoreError(f"cannot restore into {real}: {exc.strerror or exc}") from None
     finally:
         _remove_partial(temporary)
-    return Copied(real, real.stat().st_size, version, time.monotonic() - began), aside
+    return Copied(real, real.stat().st_size, version, time.monotonic() - began, removed), aside
+
+
+def remove_interrupted(directory: Path, kind: str, name: str | None = None) -> tuple[Path, ...]:
+    """Removes from ``directory`` the temporary files of copies (``kind``: "partial" for a
+    backup's, "restoring" for a restore's; of the file ``name`` only, if given) whose process is
+    gone: killed half way, they would stay forever. One whose process still runs (a backup made
+    at the same moment) is left alone. Returns what was removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return ()
+    for entry in entries:
+        found = _TEMPORARY.fullmatch(entry.name)
+        if found is None or found["kind"] != kind or (name is not None and found["name"] != name):
+            continue
+        if _running(int(found["pid"])):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+    return tuple(sorted(removed))
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process (or no PID at all: keep it)
+        return True
+    return True
 
 
 def _set_aside(real: Path, busy_timeout: float) -> tuple[Path, list[tuple[str, str]]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
+import subprocess
 import threading
 from pathlib import Path
 
@@ -184,3 +185,38 @@ def test_a_restore_onto_a_full_disk_names_the_store_not_the_backup(tmp_path: Pat
     assert str(raised.value) == f"cannot restore into {store}: database or disk is full"
     monkeypatch.undo()
     assert names_in(store) == ["old"]
+
+
+def a_dead_pid() -> int:
+    """The PID of a process that has ended (and been reaped)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_copies_a_kill_left_half_made_are_removed_by_the_next_backup_and_restore(tmp_path: Path) -> None:
+    """kill -9 (the OOM killer, a cron job's timeout) of a backup or a restore left its copy under
+    the temporary name, as large as the store and holding its password verifiers, hidden, for
+    good: every interrupted run added one. The next backup into that directory and the next
+    restore of that store remove those whose process is gone, and say which; a copy another
+    process is making at that moment stays."""
+    store, backups = tmp_path / "ispd.db", tmp_path / "backups"
+    backups.mkdir()
+    make_store(store, ["alice"])
+    dead, alive = a_dead_pid(), os.getppid()
+    killed = [backups / f".monday.db.{dead}.partial", backups / f".monday.db.{dead}.partial-journal"]
+    restoring = [tmp_path / f".ispd.db.{dead}.restoring", tmp_path / f".ispd.db.{dead}.restoring-journal"]
+    running = [backups / f".tuesday.db.{alive}.partial", tmp_path / f".ispd.db.{alive}.restoring"]
+    others = [backups / ".notes.partial", tmp_path / f".other.db.{dead}.restoring"]
+    for path in [*killed, *restoring, *running, *others]:
+        path.write_bytes(b"half a copy")
+
+    copied = backup(store, backups / "wednesday.db", busy_timeout=5)
+
+    assert copied.removed == tuple(sorted(killed))
+    assert not any(path.exists() for path in killed)
+    copied, _ = restore(backups / "wednesday.db", store, newest_schema=1, busy_timeout=5)
+    assert copied.removed == tuple(sorted(restoring))
+    assert not any(path.exists() for path in restoring)
+    assert all(path.exists() for path in [*running, *others])
+    assert names_in(store) == ["alice"]
