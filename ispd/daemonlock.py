@@ -8,7 +8,10 @@ taken without waiting: a second daemon fails its start at once, naming the first
 
 The kernel drops the lock when the holder's descriptor closes, however the process ends
 (SIGKILL included), so a stale file never blocks a start and is never removed (removing it
-would let two daemons lock two different files of the same name). The descriptor is
+would let two daemons lock two different files of the same name). A holder that stops empties
+the file; one that was killed (or crashed, or its host lost power) leaves its PID there, and the
+next holder reads it (``previous_holder``) before writing its own, so a start can say that the
+last one ended without stopping. The descriptor is
 close-on-exec: the worker processes ``ispd run`` starts (fork and exec) neither hold nor need
 it. Admin commands do not take it; they work beside the running daemon.
 """
@@ -48,6 +51,8 @@ class DaemonLock:
         self.store_path = store_path
         self.path = lock_path(store_path)
         self._fd: int | None = None
+        # The PID the file named when this lock was taken: a holder that ended without releasing it.
+        self.previous_holder: int | None = None
 
     def acquire(self) -> None:
         """Take the lock and write this process's PID into the file, or raise DaemonLockError."""
@@ -67,6 +72,8 @@ class DaemonLock:
                     f"stop it first: two daemons on one store would both answer every client",
                     holder, in_use=True) from None
             _own_like_its_directory(fd, self.path)
+            previous = _read_pid(fd)
+            self.previous_holder = previous if previous != os.getpid() else None
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         except BaseException:

@@ -356,3 +356,23 @@ def test_a_second_daemon_on_the_same_store_exits_at_once_and_the_first_serves_on
         second.start(timeout=60)
         assert Path(lock).read_text() == f"{second.proc.pid}\n"
         assert second.terminate() == 0
+
+
+def test_a_start_after_a_kill_says_the_last_daemon_did_not_stop(tmp_path: Path) -> None:
+    """kill -9 (a crash, a power cut) leaves the daemon's PID in the store's lock file, which a
+    clean stop empties. The next start went on without a word of it (the control socket's
+    leftover was the only trace, at info); it now says that the last daemon ended without
+    stopping, naming it. A start after a clean stop says nothing of the kind."""
+    with IspdProcess(tmp_path, base_config(tmp_path)) as ispd:
+        ispd.start()
+        assert ispd.proc is not None
+        killed = ispd.proc.pid
+        ispd.kill()
+        ispd.start()
+        found = ispd.log_events("daemon.unclean_stop_found")
+        assert [event["previous_pid"] for event in found] == [killed]
+        assert found[0]["lock"] == f"{tmp_path / 'ispd.db'}.lock"
+        assert ispd.terminate() == 0
+        ispd.start()
+        assert len(ispd.log_events("daemon.unclean_stop_found")) == 1
+        assert ispd.terminate() == 0
