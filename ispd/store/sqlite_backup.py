@@ -46,7 +46,7 @@ _SIDE_FILES = ("-wal", "-shm", "-journal")
 _RESTORE_STEP_PAGES = 4096
 # The temporary names of a copy under way, ``.<name>.<pid>.partial`` (backup) and
 # ``.<name>.<pid>.restoring`` (restore), and what SQLite makes beside them.
-_TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]+)\.(?P<kind>partial|restoring)(?:-wal|-shm|-journal)?")
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]+)\.(?P<kind>partial|restoring)(?P<side>-wal|-shm|-journal)?")
 
 
 class RestoreStopped(Exception):
@@ -162,12 +162,26 @@ def remove_interrupted(directory: Path, kind: str, name: str | None = None) -> t
         found = _TEMPORARY.fullmatch(entry.name)
         if found is None or found["kind"] != kind or (name is not None and found["name"] != name):
             continue
-        if _running(int(found["pid"])):
+        if _running(int(found["pid"])) or not _made_by_sqlite(entry.path, side=found["side"] is not None):
             continue
         with contextlib.suppress(FileNotFoundError):
             os.unlink(entry.path)
             removed.append(Path(entry.path))
     return tuple(sorted(removed))
+
+
+def _made_by_sqlite(path: str, *, side: bool) -> bool:
+    """Whether a file of a temporary's name is one of ours: a database (or one not yet written
+    to), or a side file beside one of those names. The directory a backup goes to may be any
+    (/var/backups), and another program's files are not ours to remove."""
+    if side:
+        return True
+    try:
+        with open(path, "rb") as file:
+            header = file.read(len(_HEADER))
+    except OSError:
+        return False
+    return header in (b"", _HEADER)
 
 
 def _running(pid: int) -> bool:

@@ -209,7 +209,10 @@ def test_copies_a_kill_left_half_made_are_removed_by_the_next_backup_and_restore
     running = [backups / f".tuesday.db.{alive}.partial", tmp_path / f".ispd.db.{alive}.restoring"]
     others = [backups / ".notes.partial", tmp_path / f".other.db.{dead}.restoring"]
     for path in [*killed, *restoring, *running, *others]:
-        path.write_bytes(b"half a copy")
+        path.write_bytes(b"SQLite format 3\x00 half a copy")
+    not_ours = backups / f".thursday.db.{dead}.partial"  # another program's name alike: not SQLite's
+    not_ours.write_bytes(b"someone else's download")
+    others.append(not_ours)
 
     copied = backup(store, backups / "wednesday.db", busy_timeout=5)
 
