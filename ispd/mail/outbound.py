@@ -64,6 +64,7 @@ RECIPIENTS_PER_TRANSACTION = 100
 _LINGER_RESET = struct.pack("ii", 1, 0)
 LocalDelivery = Callable[[str, bytes], Awaitable[bool]]
 Delivered = Callable[[dict[str, "Outcome"]], None]
+Sending = Callable[[], None]  # told before a message's DATA: from there on a stop waits for its reply
 
 
 class LookupFailed(Exception):
@@ -128,15 +129,17 @@ def _client_tls_context() -> ssl.SSLContext:
 
 async def deliver_to_domain(domain: str, sender: str, recipients: list[str], message: bytes, *, lookup: MXLookup,
                             port: int, helo: str, command_timeout: float,
-                            delivered: Delivered | None = None) -> dict[str, Outcome]:
+                            delivered: Delivered | None = None, sending: Sending | None = None) -> dict[str, Outcome]:
     """One attempt for the recipients at one domain: each recipient's outcome. ``delivered`` is
-    told of the recipients the other server took the moment it says so, before QUIT."""
+    told of the recipients the other server took the moment it says so, before QUIT;
+    ``sending``, before the message itself goes (until then, cancelling the attempt loses
+    nothing: the other server has taken nothing)."""
     if len(recipients) > RECIPIENTS_PER_TRANSACTION:
         results: dict[str, Outcome] = {}
         for start in range(0, len(recipients), RECIPIENTS_PER_TRANSACTION):
             results.update(await deliver_to_domain(
                 domain, sender, recipients[start:start + RECIPIENTS_PER_TRANSACTION], message, lookup=lookup,
-                port=port, helo=helo, command_timeout=command_timeout, delivered=delivered))
+                port=port, helo=helo, command_timeout=command_timeout, delivered=delivered, sending=sending))
         return results
     try:
         hosts = await lookup.exchangers(domain)
@@ -152,7 +155,7 @@ async def deliver_to_domain(domain: str, sender: str, recipients: list[str], mes
         for address in addresses:
             try:
                 return await _transaction(address, port, sender, recipients, message, helo=helo,
-                                          command_timeout=command_timeout, delivered=delivered)
+                                          command_timeout=command_timeout, delivered=delivered, sending=sending)
             except (OSError, aiosmtplib.SMTPConnectError, aiosmtplib.SMTPTimeoutError,
                     aiosmtplib.SMTPServerDisconnected) as exc:
                 last = f"{host}[{address}]: {exc or type(exc).__name__}"  # the next address, the next MX
@@ -214,7 +217,8 @@ async def _connect(address: str, port: int, *, helo: str, command_timeout: float
 
 
 async def _transaction(address: str, port: int, sender: str, recipients: list[str], message: bytes, *, helo: str,
-                       command_timeout: float, delivered: Delivered | None = None) -> dict[str, Outcome]:
+                       command_timeout: float, delivered: Delivered | None = None,
+                       sending: Sending | None = None) -> dict[str, Outcome]:
     client = await _connect(address, port, helo=helo, command_timeout=command_timeout)
     try:
         options = []
@@ -233,18 +237,23 @@ async def _transaction(address: str, port: int, sender: str, recipients: list[st
                     Verdict.BOUNCED, f"{address}: the receiving server does not support SMTPUTF8", "5.6.7"))
             options.append("SMTPUTF8")
         try:
-            return await _envelope_and_data(client, sender, recipients, message, options, delivered)
+            return await _envelope_and_data(client, sender, recipients, message, options, delivered, sending)
         except ValueError as exc:  # an address the client library cannot write on the wire
             return dict.fromkeys(recipients, Outcome(Verdict.BOUNCED, f"address not deliverable: {exc}", "5.1.3"))
     finally:
-        try:
-            await client.quit()
-        except (aiosmtplib.SMTPException, OSError):
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():  # stopping: no QUIT to wait for
             client.close()
+        else:
+            try:
+                await client.quit()
+            except (aiosmtplib.SMTPException, OSError):
+                client.close()
 
 
 async def _envelope_and_data(client: aiosmtplib.SMTP, sender: str, recipients: list[str], message: bytes,
-                             options: list[str], delivered: Delivered | None = None) -> dict[str, Outcome]:
+                             options: list[str], delivered: Delivered | None = None,
+                             sending: Sending | None = None) -> dict[str, Outcome]:
     """MAIL, RCPT for each recipient, DATA: each recipient keeps its own RCPT answer, and the DATA
     answer goes to those the server accepted only (one refused at RCPT for good bounces, whatever
     DATA then says; one deferred at RCPT is not bounced by a DATA refusal)."""
@@ -270,6 +279,8 @@ async def _envelope_and_data(client: aiosmtplib.SMTP, sender: str, recipients: l
             await client.rset()
         return results
     seconds = max(client.timeout or 0.0, DATA_REPLY_SECONDS) + len(message) / DATA_MIN_RATE
+    if sending is not None:
+        sending()
     try:
         reply = await _send_message(client, message, seconds)
     except aiosmtplib.SMTPResponseException as exc:
@@ -324,6 +335,10 @@ class QueueRunner:
         self.wake = asyncio.Event()
         self._active: dict[str, asyncio.Task[None]] = {}
         self._noting: set[asyncio.Task[None]] = set()  # deliveries being written down (see _note_delivered)
+        # Attempts a stop waits for (by queue id): a message on its way, an outcome being written.
+        # The others (looking up MX records, connecting, in the envelope) are cancelled at once:
+        # nothing is lost, and a dead MX would otherwise hold the stop past its grace.
+        self._finishing: set[str] = set()
         # Attempts whose outcome the store could not take (its disk full, say), by queue id: written
         # before anything else is done with the message (see _record).
         self._unrecorded: dict[str, tuple[QueuedMail, bytes | None, AttemptResult, float]] = {}
@@ -393,8 +408,12 @@ class QueueRunner:
 
     async def drain(self) -> None:
         """Lets attempts in flight finish (and none start): cancelling one after the other
-        server's 250 but before it is recorded would send that message again after a restart."""
+        server's 250 but before it is recorded would send that message again after a restart.
+        Those that have sent no message yet are cancelled (tried again after the restart)."""
         self._stopping = True
+        for queue_id, task in self._active.items():
+            if queue_id not in self._finishing:
+                task.cancel()
         if self._active:
             await asyncio.gather(*self._active.values(), return_exceptions=True)
         if self._noting:
@@ -418,6 +437,7 @@ class QueueRunner:
                 if queue_id in self._unrecorded:
                     # Its last attempt is not written down yet: the row still shows the recipients
                     # another server has taken as pending, and trying it would send them it again.
+                    self._finishing.add(queue_id)
                     await asyncio.shield(self._record(*self._unrecorded[queue_id]))
                     return
                 # Read again now that it is its turn: the row the poll saw may have been settled by
@@ -450,6 +470,7 @@ class QueueRunner:
             log.error("mail.queue.attempt_failed", queue_id=queue_id, error=repr(exc))
         finally:
             self._active.pop(queue_id, None)
+            self._finishing.discard(queue_id)
 
     async def _attempt_now(self, mail: QueuedMail) -> None:
         loop = asyncio.get_running_loop()
@@ -475,7 +496,8 @@ class QueueRunner:
 
             attempts = [deliver_to_domain(domain, mail.sender, recipients, message, lookup=self.lookup,
                                           port=self.config.outbound_port, helo=self.server_name,
-                                          command_timeout=self.config.outbound_timeout_seconds, delivered=delivered)
+                                          command_timeout=self.config.outbound_timeout_seconds, delivered=delivered,
+                        sending=functools.partial(self._finishing.add, mail.id))
                         for domain, recipients in groups.items()]
             for (domain, recipients), attempted in zip(groups.items(), await asyncio.gather(
                     *attempts, return_exceptions=True), strict=True):
@@ -498,6 +520,7 @@ class QueueRunner:
         # Shielded: once the other side has said 250, this must be recorded even if ispd is
         # stopping, or the message would go again after the restart. The bounce comes first:
         # a crash in between then repeats a bounce rather than losing it.
+        self._finishing.add(mail.id)
         await asyncio.shield(self._record(mail, message, settled, now))
 
     def _note_delivered(self, queue_id: str, taken: dict[str, Outcome]) -> asyncio.Task[None]:

@@ -280,6 +280,29 @@ def test_a_dead_first_mx_is_skipped_for_the_next(lab: Lab) -> None:
     eventually(lambda: lab.remote.messages_to("f@twomx.example-a.test"), timeout=20)
 
 
+def test_a_stop_does_not_wait_for_an_attempt_that_has_sent_nothing(lab: Lab) -> None:
+    """From the kill -9 bug hunt: a stop waited for every outbound attempt in flight, and one
+    waiting on a dead MX (its lookup, its greeting) held the stop past the grace (exit 1). Such
+    an attempt is cancelled: nothing was sent, the message stays queued and goes after the restart."""
+    silent = socket.socket()  # the first MX of twomx.: accepts the connection, never greets
+    silent.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    silent.bind((lab.remote.host.rpartition(".")[0] + ".2", 25))
+    silent.listen(8)
+    recipient = "stop@twomx.example-a.test"
+    try:
+        with lab.client() as client:
+            client.sendmail("alice@isp.example", [recipient], b"Subject: stuck\r\n\r\nhi\r\n")
+        [queued] = eventually(lambda: [m for m in lab.queue() if m["pending"] == [recipient]], timeout=10)
+        time.sleep(1)  # its attempt waits for the greeting (5 s), then would try the second MX
+        assert lab.ispd.terminate() == 0  # (1: the grace ran out)
+    finally:
+        silent.close()
+    lab.ispd.start()
+    assert queued["id"] in [m["id"] for m in lab.queue()] or lab.remote.messages_to(recipient)
+    eventually(lambda: lab.remote.messages_to(recipient), timeout=20)
+    assert len(lab.remote.messages_to(recipient)) == 1
+
+
 def test_a_message_waits_out_an_outage_and_a_restart_and_arrives_once(lab: Lab) -> None:
     lab.remote.stop()
     try:

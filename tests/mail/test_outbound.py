@@ -200,6 +200,47 @@ async def test_a_domain_that_took_the_message_is_written_down_before_the_slowest
     assert store.delivered == [("Q1", {"a@fast.example": "250 ok"})] and store.recorded == []
 
 
+@pytest.mark.parametrize("on_its_way", [False, True])
+async def test_a_stop_cancels_attempts_that_sent_nothing_and_waits_for_the_others(
+        runner: QueueRunner, monkeypatch: pytest.MonkeyPatch, on_its_way: bool) -> None:
+    """From the kill -9 bug hunt: a stop waited for every attempt in flight, so one waiting on a
+    dead MX (its lookup, its connection) held ispd past its shutdown grace (exit 1). One that
+    has sent no message yet is cancelled: it loses nothing and goes again after the restart.
+    One whose message is on its way still gets its reply and its record."""
+    started = asyncio.Event()
+
+    async def deliver(domain: str, sender: str, recipients: list[str], message: bytes, *,
+                      delivered: outbound.Delivered | None = None, sending: outbound.Sending | None = None,
+                      **_: Any) -> dict[str, Outcome]:
+        if on_its_way:
+            assert sending is not None
+            sending()
+        started.set()
+        await asyncio.sleep(0.3 if on_its_way else 3600)  # the DATA reply, or a dead MX's connect
+        taken = dict.fromkeys(recipients, Outcome(Verdict.DELIVERED, "250 ok"))
+        assert delivered is not None
+        delivered(taken)
+        return taken
+
+    monkeypatch.setattr(outbound, "deliver_to_domain", deliver)
+    store = runner.store
+    assert isinstance(store, RecordingStore)
+
+    async def due(queue_id: str) -> QueuedMail:
+        return mail("bob@remote.example")
+
+    monkeypatch.setattr(store, "get_queued_mail", due)
+    runner._active["Q1"] = asyncio.create_task(runner._attempt("Q1"))
+    await started.wait()
+    async with asyncio.timeout(2):
+        await runner.drain()
+    if on_its_way:
+        assert store.delivered == [("Q1", {"bob@remote.example": "250 ok"})] and len(store.recorded) == 1
+    else:
+        assert store.delivered == [] and store.recorded == []  # as it was: tried again after the restart
+    assert runner._active == {}
+
+
 async def test_a_message_given_up_on_mid_transfer_never_reaches_its_end(monkeypatch: pytest.MonkeyPatch) -> None:
     """From a review: a receiver reading slowly got the whole message and its final dot after
     the client had timed out (the library's close sends what is buffered), so every retry left
