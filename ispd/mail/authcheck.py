@@ -162,25 +162,39 @@ def _value(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.@_+=-]", "_", text)[:255] or "unknown"
 
 
+_AUTHRES_NAME = re.compile(rb"(?i)^authentication-results[ \t]*:")
+_COMMENT = re.compile(rb"\((?:[^()\\]|\\.)*\)")
+
+
+def _authserv_id(field: bytes) -> bytes:
+    """The authserv-id of an unfolded Authentication-Results field (RFC 8601 §2.2: comments and
+    folding may come before it, a version after it), lowercase and unquoted."""
+    value = field.split(b":", 1)[1]
+    previous = None
+    while previous != value:  # nested comments, innermost first
+        previous, value = value, _COMMENT.sub(b" ", value)
+    words = value.replace(b";", b" ; ").split()
+    return words[0].strip(b'"').lower() if words else b""
+
+
 def strip_our_results(message: bytes, authserv_id: str) -> bytes:
-    """The message without Authentication-Results headers in our name (RFC 8601 §5)."""
+    """The message without Authentication-Results headers in our name (RFC 8601 §5), however
+    the sender wrote them (folded, with comments or a version, as a mail client still reads them)."""
     match = _HEADER_END.search(message)
     if match is None:
         return message
     head, rest = message[:match.start()], message[match.start():]
     newline = b"\r\n" if b"\r\n" in message[:match.end()] else b"\n"
-    lines = [line.rstrip(b"\r") for line in head.split(b"\n")]
-    kept: list[bytes] = []
-    dropping = False
-    ours = re.compile(rb"(?i)^authentication-results:\s*" + re.escape(authserv_id.encode()) + rb"\s*(;|$)")
-    for line in lines:
-        if line[:1] in (b" ", b"\t"):
-            if not dropping:
-                kept.append(line)
-            continue
-        dropping = ours.match(line) is not None
-        if not dropping:
-            kept.append(line)
+    fields: list[list[bytes]] = []
+    for line in (line.rstrip(b"\r") for line in head.split(b"\n")):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1].append(line)
+        else:
+            fields.append([line])
+    ours = authserv_id.lower().encode()
+    kept = [line for field in fields
+            if not (_AUTHRES_NAME.match(field[0]) and _authserv_id(b" ".join(field)) == ours)
+            for line in field]
     return newline.join(kept) + rest
 
 

@@ -101,6 +101,20 @@ def test_our_own_results_from_outside_are_removed_and_others_kept() -> None:
                              "mx.isp.example") == b"Subject: x\r\n\r\nbody"
 
 
+@pytest.mark.parametrize("forged", [
+    b"Authentication-Results:\r\n mx.isp.example; dkim=pass header.d=bank.example",  # folded
+    b"Authentication-Results: mx.isp.example 1; dkim=pass header.d=bank.example",  # a version
+    b"Authentication-Results: (checked) mx.isp.example; dkim=pass header.d=bank.example",  # a comment
+    b"Authentication-Results : MX.ISP.EXAMPLE; dkim=pass header.d=bank.example",  # obsolete space
+    b'Authentication-Results: "mx.isp.example"; dkim=pass header.d=bank.example',  # quoted
+])
+def test_our_results_are_removed_in_every_form_rfc_8601_allows(forged: bytes) -> None:
+    # Mail clients and filters read these as ours: none may reach a mailbox.
+    message = forged + b"\r\nAuthentication-Results: mx.isp.example.other; spf=pass\r\nSubject: x\r\n\r\nbody\r\n"
+    assert strip_our_results(message, "mx.isp.example") == (
+        b"Authentication-Results: mx.isp.example.other; spf=pass\r\nSubject: x\r\n\r\nbody\r\n")
+
+
 @pytest.mark.parametrize(("message", "domain"), [
     (b"From: Alice <Alice@ISP.Example>\r\n\r\nx", "isp.example"),
     (b"Subject: s\r\nfrom:\r\n a@b.example\r\n\r\n", "b.example"),
