@@ -10,11 +10,15 @@ Policy discovery (§6.6.3): ``_dmarc.<From domain>``, else ``_dmarc.<organisatio
 (then its ``sp=`` applies, if given); more than one DMARC record at a name ends discovery; a
 record without a valid ``p=`` but otherwise valid is ``p=none``. Alignment (§3.1): relaxed
 (same organisational domain) unless ``aspf=s`` / ``adkim=s`` ask for the exact domain. ``pct=``
-is read as 100 (DMARCbis drops it). Several From domains: each must pass (§6.6.1).
+(§6.6.4): the policy applies to that share of failures, the rest get the next milder one
+(reject, quarantine, none), so ``pct=0`` is how a domain tries ``p=reject`` out without losing
+mail; DMARCbis's ``t=y`` (which replaces it) asks the same as ``pct=0``. Several From domains:
+each must pass (§6.6.1).
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -80,8 +84,24 @@ def discover(from_domain: str, lookup: Callable[[str], list[str]]) -> tuple[str,
         policy = _policy(record.get("p")) or "none"
         if at_org:
             policy = _policy(record.get("sp")) or policy
+        if not _sampled(record):
+            policy = _MILDER[policy]
         return policy, record
     return None
+
+
+_MILDER = {"reject": "quarantine", "quarantine": "none", "none": "none"}
+
+
+def _sampled(record: dict[str, str]) -> bool:
+    """Whether this failure gets the policy itself (pct=, t=y), not the next milder one."""
+    if record.get("t", "").lower() == "y":
+        return False
+    try:
+        pct = int(record.get("pct", "100"))
+    except ValueError:
+        return True  # an invalid pct= is ignored (§6.3: as if absent)
+    return pct >= 100 or random.randrange(100) < max(pct, 0)
 
 
 def _aligned(domain: str, from_domain: str, mode: str) -> bool:

@@ -12,6 +12,11 @@ RECORDS = {
     "_dmarc.sub.strict.example": ["v=DMARC1; p=none", "v=DMARC1; p=none"],
     "_dmarc.nop.example": ["v=DMARC1; rua=mailto:x@nop.example"],
     "_dmarc.other.example": ["some other TXT", "v=DMARC1; p=reject"],
+    "_dmarc.trying.example": ["v=DMARC1; p=reject; pct=0"],
+    "_dmarc.trying-q.example": ["v=DMARC1; p=quarantine; pct=0"],
+    "_dmarc.testing.example": ["v=DMARC1; p=reject; t=y"],
+    "_dmarc.all.example": ["v=DMARC1; p=reject; pct=100"],
+    "_dmarc.badpct.example": ["v=DMARC1; p=reject; pct=x"],
 }
 
 
@@ -42,6 +47,16 @@ def test_strict_alignment_wants_the_exact_domain() -> None:
 def test_a_subdomain_falls_back_to_the_organisational_domain_and_its_sp() -> None:
     assert result(["news.org.example"]) == ("fail", "quarantine")
     assert result(["org.example"]) == ("fail", "reject")
+
+
+def test_a_policy_being_tried_out_applies_the_next_milder_one() -> None:
+    # RFC 7489 §6.6.4: pct=0 asks for no failure to get the policy, so reject becomes
+    # quarantine and quarantine none (DMARCbis's t=y the same); pct=100 is the policy itself.
+    assert result(["trying.example"]) == ("fail", "quarantine")
+    assert result(["trying-q.example"]) == ("fail", "none")
+    assert result(["testing.example"]) == ("fail", "quarantine")
+    assert result(["all.example"]) == ("fail", "reject")
+    assert result(["badpct.example"]) == ("fail", "reject")
 
 
 def test_spf_must_pass_to_count() -> None:
