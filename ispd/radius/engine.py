@@ -535,7 +535,7 @@ class AuthEngine:
             return Decision(Code.ACCESS_CHALLENGE, _encode((Attr.EAP_MESSAGE, request)), method=self._first_method())
         eap = decode_eap(message)
         if eap is None or eap.code != EAPCode.RESPONSE:
-            return self._reject(RejectReason.EAP_FAILED, "eap-md5", failure=partial(_eap_failure, 0))
+            return self._reject(RejectReason.EAP_FAILED, self._first_method(), failure=partial(_eap_failure, 0))
         if eap.type == EAPType.IDENTITY:
             # A challenge for every identity, known or not: the reply must not tell which exist.
             return self._eap_offer(self.eap_methods[0], username, eap.identifier, now)
@@ -554,7 +554,8 @@ class AuthEngine:
             return self._nak(eap, username, state, conversation, now)
         response = md5_response_value(eap)
         if conversation is None or response is None or conversation.username != username:
-            return self._reject(RejectReason.EAP_FAILED, "eap-md5", failure=failure)
+            return self._reject(RejectReason.EAP_FAILED, _method_name(eap.type) or self._first_method(),
+                                failure=failure)
         if found is None:
             return self._reject(RejectReason.UNKNOWN_USER, "eap-md5", failure=failure)
         subject, fixed = found
@@ -583,18 +584,19 @@ class AuthEngine:
                     and tunnel.phase == "start"):
                 current = tunnel.method
         if current is None:
-            return self._reject(RejectReason.EAP_FAILED, "eap-md5", failure=failure,
+            return self._reject(RejectReason.EAP_FAILED, self._first_method(), failure=failure,
                                 detail="a Nak that answers no method proposal")
         wanted = next((m for m in self.eap_methods if _EAP_TYPES[m] in eap.data and _EAP_TYPES[m] != current), None)
-        if wanted is None:
-            return self._reject(RejectReason.EAP_FAILED, "eap-md5", failure=failure,
+        if wanted is None:  # counted as a reject of the method proposed, the one the peer refused
+            return self._reject(RejectReason.EAP_FAILED, _method_name(current) or "eap-md5", failure=failure,
                                 detail=f"a Nak for types {list(eap.data[:8])}: none offered here")
         return self._eap_offer(wanted, username, eap.identifier, now)
 
     def _first_method(self) -> str:
-        """The metric label of the method offered first."""
-        kind = _EAP_TYPES[self.eap_methods[0]]
-        return _TUNNEL_METHODS.get(kind, "eap-md5")
+        """The metric label of the method offered first: a failure that names no method of ours
+        (a malformed packet, a Nak that answers nothing) is counted under it, not under EAP-MD5,
+        which may not even be offered."""
+        return _method_name(_EAP_TYPES[self.eap_methods[0]]) or "eap-md5"
 
     def _eap_offer(self, method: EAPMethod, username: str, answered: int, now: float) -> Decision:
         """An Access-Challenge that starts ``method``: the EAP-Request after the response ``answered``."""
@@ -1041,6 +1043,11 @@ def _on_drop(decision: Decision, restore: Callable[[], None]) -> Decision:
     if decision.claim is not None:
         decision.claim.restore = restore
     return decision
+
+
+def _method_name(kind: int | None) -> str | None:
+    """The metric label of the EAP method of type ``kind``; None for one ispd does not serve."""
+    return "eap-md5" if kind == EAPType.MD5_CHALLENGE else _TUNNEL_METHODS.get(kind) if kind is not None else None
 
 
 def _eap_failure(identifier: int) -> bytes:

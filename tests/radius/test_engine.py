@@ -849,6 +849,21 @@ def test_a_nak_for_a_method_not_offered_fails(tmp_path: Path) -> None:
     assert decision.reject == RejectReason.EAP_FAILED and eap_reply(decision).code == EAPCode.FAILURE
 
 
+def test_eap_failures_are_counted_under_a_method_offered_not_under_md5(tmp_path: Path) -> None:
+    # EAP-MD5 not offered: a station that refuses PEAP for a method not served here, or sends
+    # garbage, is a reject of PEAP (the method proposed, the first offered), not of EAP-MD5.
+    world = tunnel_world(tmp_path, [EAPMethod.PEAP, EAPMethod.TTLS])
+    offer = world.engine.handle(eap_request("alice", EAPPacket(EAPCode.RESPONSE, 1, EAPType.IDENTITY)), nas(), NOW)
+    assert offer.method == "peap"
+    nak = EAPPacket(EAPCode.RESPONSE, eap_reply(offer).identifier, EAPType.NAK, bytes((13,)))  # EAP-TLS
+    refused = world.engine.handle(eap_request("alice", nak, first(offer.attributes, Attr.STATE)), nas(), NOW)
+    assert refused.reject == RejectReason.EAP_FAILED and refused.method == "peap"
+    stray = EAPPacket(EAPCode.RESPONSE, 9, EAPType.NAK, bytes((21,)))  # answers no proposal
+    assert world.engine.handle(eap_request("alice", stray, b"x" * 16), nas(), NOW).method == "peap"
+    other = EAPPacket(EAPCode.RESPONSE, 9, 26, b"\x02")  # an outer EAP-MSCHAPv2, not served here
+    assert world.engine.handle(eap_request("alice", other, b"x" * 16), nas(), NOW).method == "peap"
+
+
 def test_the_first_method_listed_is_offered_first(tmp_path: Path) -> None:
     world = tunnel_world(tmp_path, [EAPMethod.TTLS, EAPMethod.MD5])
     offer = world.engine.handle(eap_request("alice", EAPPacket(EAPCode.RESPONSE, 1, EAPType.IDENTITY)), nas(), NOW)
