@@ -33,6 +33,7 @@ from ispd.radius.eaptls import (
     decode_tls_payload,
     encode_avp,
     fragment_size_for,
+    inner_pap,
     server_context,
     tls_context_error,
     tunnel_request,
@@ -124,6 +125,21 @@ def test_avps_skip_what_is_unknown_unless_mandatory() -> None:
     for bad in (b"\x00" * 7, encode_avp(1, b"alice")[:-4], b"\x00\x00\x00\x01\x00\x00\x00\x04"):
         with pytest.raises(TunnelError):
             decode_avps(bad, known)
+
+
+def test_another_inner_method_than_pap_is_named_in_the_error() -> None:
+    # A station set up for TTLS with MS-CHAPv2, CHAP or EAP inside (wpa_supplicant's order: its
+    # User-Name, then the method's mandatory AVPs): the log says so, not "code 11", which read as
+    # RADIUS's Filter-Id when it is Microsoft's MS-CHAP-Challenge.
+    user = encode_avp(AVPCode.USER_NAME, b"alice")
+    ms_chap_challenge = (11).to_bytes(4, "big") + bytes((0xC0,)) + (28).to_bytes(3, "big") + (311).to_bytes(4, "big")
+    for avps, method in ((ms_chap_challenge + bytes(16), "MS-CHAP-V2"), (encode_avp(60, bytes(16)), "CHAP"),
+                         (encode_avp(79, b"\x02\x00\x00\x0a\x01alice"), "EAP")):
+        with pytest.raises(TunnelError, match=f"{method}.* inside EAP-TTLS \\(only PAP"):
+            inner_pap(user + avps)
+    vendor_unknown = (7).to_bytes(4, "big") + bytes((0xC0,)) + (12).to_bytes(3, "big") + (9).to_bytes(4, "big")
+    with pytest.raises(TunnelError, match=r"code 7, vendor 9"):
+        decode_avps(vendor_unknown, frozenset((1, 2)))
 
 
 def test_peap_packs_inner_packets_without_their_header_but_tlv() -> None:
