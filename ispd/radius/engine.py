@@ -541,14 +541,18 @@ class AuthEngine:
             return self._eap_offer(self.eap_methods[0], username, eap.identifier, now)
         state = packet.get(Attr.STATE) or b""
         failure = partial(_eap_failure, eap.identifier)
+        # Whom the outer identity names, if anyone (EAP-TLS's always, TTLS's and PEAP's unless
+        # anonymous): a failure of the tunnel is logged as that subscriber's, not as nobody's,
+        # which every other station's failure on the same access point would hide for a minute.
+        claimed = found[0] if found is not None else None
         if eap.type in _TUNNEL_METHODS:
             method = _TUNNEL_METHODS[eap.type]
             tunnel = self.tunnels.take(state, now) if self.tunnels is not None else None
             if tunnel is None or tunnel.outer_username != username:
-                return self._reject(RejectReason.EAP_FAILED, method, failure=failure,
+                return self._reject(RejectReason.EAP_FAILED, method, claimed, failure,
                                     detail="no tunnel under this State and User-Name (expired, or never begun)")
             tunnel.fragment_size = fragment_size_for(_u32(packet.first, _FRAMED_MTU))
-            return self._tunnel(packet, nas, eap, message, tunnel, state, now)
+            return self._tunnel(packet, nas, eap, message, tunnel, state, now, claimed)
         conversation = self.conversations.take(state, now)
         if eap.type == EAPType.NAK:
             return self._nak(eap, username, state, conversation, now)
@@ -620,7 +624,7 @@ class AuthEngine:
         return Decision(Code.ACCESS_CHALLENGE, attributes, method=method)
 
     def _tunnel(self, packet: Packet, nas: Nas, eap: EAPPacket, message: bytes, tunnel: Tunnel, state: bytes,
-                now: float) -> Decision:
+                now: float, claimed: AuthSubject | None = None) -> Decision:
         assert self.tunnels is not None
         method = _TUNNEL_METHODS[tunnel.method]
         failure = partial(_eap_failure, eap.identifier)
@@ -628,7 +632,7 @@ class AuthEngine:
         try:
             step = parked[1] if parked is not None and parked[0] == message else self.tunnels.step(tunnel, eap, now)
             if step.verified:
-                decision = self._certificate_login(packet, nas, eap, tunnel)
+                decision = self._certificate_login(packet, nas, eap, tunnel, claimed)
             elif step.pap is not None:
                 decision = self._inner_pap(packet, nas, eap, tunnel, step.pap, now)
             elif step.inner is not None:
@@ -636,17 +640,18 @@ class AuthEngine:
             else:
                 return self._challenge(step, method)
         except TunnelError as exc:
-            return self._reject(RejectReason.EAP_FAILED, method, failure=failure, detail=str(exc))
+            return self._reject(RejectReason.EAP_FAILED, method, claimed, failure, detail=str(exc))
         return _on_drop(decision, partial(self.tunnels.park, state, tunnel, message, step, now))
 
-    def _certificate_login(self, packet: Packet, nas: Nas, eap: EAPPacket, tunnel: Tunnel) -> Decision:
+    def _certificate_login(self, packet: Packet, nas: Nas, eap: EAPPacket, tunnel: Tunnel,
+                           claimed: AuthSubject | None = None) -> Decision:
         """EAP-TLS: the client certificate chains to the client CA (OpenSSL checked it in the
         handshake); it logs in the subscriber its EAP identity names if it carries that name, so
         that one subscriber's certificate cannot be presented under another's identity."""
         failure = partial(_eap_failure, eap.identifier)
         identity = tunnel.outer_username
         if identity.casefold() not in {name.casefold() for name in certificate_names(tunnel)}:
-            return self._reject(RejectReason.EAP_FAILED, "eap-tls", failure=failure,
+            return self._reject(RejectReason.EAP_FAILED, "eap-tls", claimed, failure,
                                 detail=f"the client certificate does not name {identity!r}")
         found = self.directory.find(identity)
         if found is None:

@@ -864,6 +864,20 @@ def test_eap_failures_are_counted_under_a_method_offered_not_under_md5(tmp_path:
     assert world.engine.handle(eap_request("alice", other, b"x" * 16), nas(), NOW).method == "peap"
 
 
+def test_a_tunnel_that_fails_is_logged_as_the_subscriber_its_outer_identity_names(tmp_path: Path) -> None:
+    # The reject log keeps one line a minute per NAS, subscriber, reason and method: a failure
+    # with no subscriber would hide every other station's on the same access point.
+    world = tunnel_world(tmp_path, [EAPMethod.TTLS])
+    for outer, subscriber_id in (("alice", 1), ("anonymous@isp.test", None)):
+        offer = world.engine.handle(eap_request(outer, EAPPacket(EAPCode.RESPONSE, 1, EAPType.IDENTITY)), nas(), NOW)
+        garbage = EAPPacket(EAPCode.RESPONSE, eap_reply(offer).identifier, 21, b"\x00\x16\x03\x01\x00\x02\x01\x00")
+        failed = world.engine.handle(eap_request(outer, garbage, first(offer.attributes, Attr.STATE)), nas(), NOW)
+        assert failed.reject == RejectReason.EAP_FAILED and failed.detail
+        assert failed.subscriber_id == subscriber_id, outer
+        expired = world.engine.handle(eap_request(outer, garbage, b"x" * 16), nas(), NOW)  # no such tunnel
+        assert expired.reject == RejectReason.EAP_FAILED and expired.subscriber_id == subscriber_id
+
+
 def test_the_first_method_listed_is_offered_first(tmp_path: Path) -> None:
     world = tunnel_world(tmp_path, [EAPMethod.TTLS, EAPMethod.MD5])
     offer = world.engine.handle(eap_request("alice", EAPPacket(EAPCode.RESPONSE, 1, EAPType.IDENTITY)), nas(), NOW)
