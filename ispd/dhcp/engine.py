@@ -1043,7 +1043,11 @@ class DHCPEngine:
             options.append((Option.RAPID_COMMIT, b""))
         fqdn = packet.option(Option.CLIENT_FQDN)
         if fqdn is not None and with_lease and _usable_fqdn(fqdn):
-            options.append((Option.CLIENT_FQDN, _fqdn_reply(fqdn)))
+            # The name the lease takes (so DNS publishes), which is not always the client's: its
+            # reservation's, or none when another device's reservation holds the one it asked for.
+            name = self._hostname(packet, client)
+            if name is not None:
+                options.append((Option.CLIENT_FQDN, _fqdn_reply(fqdn, name)))
         options += _echoed(packet, client)
         options = _fitted(options, _max_options_size(packet))
         reply = DHCPPacket(
@@ -1286,13 +1290,20 @@ def _usable_fqdn(value: bytes) -> bool:
         return False
 
 
-def _fqdn_reply(request: bytes) -> bytes:
+def _fqdn_reply(request: bytes, name: str) -> bytes:
     """RFC 4702 §4: we publish the name in our own DNS (S=1), unless the client asked us not to
-    (N); O tells a client that wanted to do it itself that we overrode it. RCODEs are 255."""
+    (N); O tells a client that wanted to do it itself that we overrode it. RCODEs are 255. The
+    name is the one we take (§4: the server's notion of the client's name), in the client's
+    encoding: its own bytes when that is the name it sent."""
     flags = request[0]
     encoding = flags & 0x04
     reply_flags = 0x08 | encoding if flags & 0x08 else 0x01 | encoding | (0x02 if not flags & 0x01 else 0)
-    return bytes((reply_flags, 255, 255)) + request[3:]
+    if clean_hostname(decode_client_fqdn(request).name) == name:
+        return bytes((reply_flags, 255, 255)) + request[3:]
+    # Another name (a reservation's): a partial name, as stored (no root label in wire form).
+    written = b"".join(bytes((len(label),)) + label.encode("ascii") for label in name.split(".")) if encoding \
+        else name.encode("ascii")
+    return bytes((reply_flags, 255, 255)) + written
 
 
 def _lease_of(binding: Binding) -> Lease:

@@ -970,3 +970,29 @@ def test_the_by_mac_index_keeps_no_list_for_clients_without_a_mac() -> None:
     assert table.by_hw_address == {"02:00:00:00:00:01": [1]}
     table.put(Binding(1, BindingState.OFFERED, 100.0, b"c\x02", hw_address=None))
     assert table.by_hw_address == {}
+
+
+def test_the_client_fqdn_echo_names_the_host_name_the_lease_takes() -> None:
+    """RFC 4702 §4: the reply's client FQDN is the server's notion of the client's name, with S
+    saying the server publishes it. A device whose reservation gives it a name was told its own
+    ("laptop", S=1) while DNS published the reservation's; a device asking for a name another
+    device's reservation holds was told S=1 for a name nobody published for it."""
+    lab = Lab()
+    lab.engine.load([], [reservation(ReservationKind.MAC, "02:00:5e:10:00:01", hostname="davebox")],
+                    {7: SubscriberStatus.ACTIVE})
+    ascii_fqdn = (Option.CLIENT_FQDN, b"\x01\x00\x00laptop.lab.example")
+    ack = lab.send(message(DHCPMessageType.REQUEST, MAC_A, requested="198.18.0.100", extra=(ascii_fqdn,)))
+    assert ack.writes[0][0].hostname == "davebox"
+    assert ack.reply is not None and ack.reply.packet.option(Option.CLIENT_FQDN) == b"\x01\xff\xffdavebox"
+    wire_fqdn = (Option.CLIENT_FQDN, b"\x05\x00\x00\x06laptop\x03lab\x07example\x00")
+    offer = lab.send(message(DHCPMessageType.DISCOVER, MAC_A, extra=(wire_fqdn,)))
+    assert offer.reply is not None and offer.reply.packet.option(Option.CLIENT_FQDN) == b"\x05\xff\xff\x07davebox"
+    stranger = lab.send(message(DHCPMessageType.REQUEST, MAC_B, requested="198.18.0.101",
+                                extra=((Option.CLIENT_FQDN, b"\x01\x00\x00DaveBox"),)))
+    assert stranger.writes[0][0].hostname is None
+    assert stranger.reply is not None and stranger.reply.packet.message_type is DHCPMessageType.ACK
+    assert stranger.reply.packet.option(Option.CLIENT_FQDN) is None
+    # Its own name, the client's bytes as it sent them.
+    own = lab.send(message(DHCPMessageType.REQUEST, MAC_C, requested="198.18.0.102",
+                           extra=((Option.CLIENT_FQDN, b"\x00\x00\x00Kitchen.lab.example."),)))
+    assert own.reply is not None and own.reply.packet.option(Option.CLIENT_FQDN) == b"\x03\xff\xffKitchen.lab.example."
