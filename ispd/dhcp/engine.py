@@ -1291,13 +1291,14 @@ def _usable_fqdn(value: bytes) -> bool:
 
 
 def _fqdn_reply(request: bytes, name: str) -> bytes:
-    """RFC 4702 §4: we publish the name in our own DNS (S=1), unless the client asked us not to
-    (N); O tells a client that wanted to do it itself that we overrode it. RCODEs are 255. The
-    name is the one we take (§4: the server's notion of the client's name), in the client's
-    encoding: its own bytes when that is the name it sent."""
+    """RFC 4702 §4: we publish the name in our own DNS (S=1); O tells a client that did not ask
+    us to (S=0, or N: no updates at all) that we overrode it, since the lease's name is
+    published all the same (N=1 in the reply said none was). RCODEs are 255. The name is the one
+    we take (§4: the server's notion of the client's name), in the client's encoding: its own
+    bytes when that is the name it sent."""
     flags = request[0]
     encoding = flags & 0x04
-    reply_flags = 0x08 | encoding if flags & 0x08 else 0x01 | encoding | (0x02 if not flags & 0x01 else 0)
+    reply_flags = 0x01 | encoding | (0x02 if not flags & 0x01 or flags & 0x08 else 0)
     if clean_hostname(decode_client_fqdn(request).name) == name:
         return bytes((reply_flags, 255, 255)) + request[3:]
     # Another name (a reservation's): a partial name, as stored (no root label in wire form).

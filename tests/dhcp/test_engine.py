@@ -996,3 +996,14 @@ def test_the_client_fqdn_echo_names_the_host_name_the_lease_takes() -> None:
     own = lab.send(message(DHCPMessageType.REQUEST, MAC_C, requested="198.18.0.102",
                            extra=((Option.CLIENT_FQDN, b"\x00\x00\x00Kitchen.lab.example."),)))
     assert own.reply is not None and own.reply.packet.option(Option.CLIENT_FQDN) == b"\x03\xff\xffKitchen.lab.example."
+
+
+def test_a_client_fqdn_with_n_is_told_its_name_is_published() -> None:
+    """The lease takes the name of a client FQDN with N ("do no DNS updates") as any other, and
+    DNS publishes it; the reply said N=1, S=0: nothing published. RFC 4702 §4: a server that
+    updates all the same says so with S=1 and O=1 (it overrode the client)."""
+    lab = Lab()
+    ack = lab.send(message(DHCPMessageType.REQUEST, MAC_A, requested="198.18.0.100",
+                           extra=((Option.CLIENT_FQDN, b"\x08\x00\x00laptop"),)))
+    assert ack.writes[0][0].hostname == "laptop" and ack.events[-1].hostname == "laptop"  # type: ignore[attr-defined]
+    assert ack.reply is not None and ack.reply.packet.option(Option.CLIENT_FQDN) == b"\x03\xff\xfflaptop"
