@@ -302,6 +302,11 @@ class ClientClassConfig(Section):
     # (A DSLAM's or an OLT's lines; a renewal past the relay keeps its lease's line.)
     circuit_id: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
     remote_id: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
+    # Members send a user class (option 77) that begins with one of these, e.g. "iPXE": iPXE
+    # sends the same vendor class as the PXE ROM that loaded it, so only this tells it apart
+    # (to give it the boot script, not the loader again). Compared with the whole option as
+    # sent (iPXE's bare text) and with each class of an RFC 3004 list.
+    user_class: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
     option: list[DHCPOption] = []
 
     @field_validator("mac_prefix")
@@ -323,9 +328,9 @@ class ClientClassConfig(Section):
     @model_validator(mode="after")
     def _consistent(self) -> ClientClassConfig:
         if self.vendor_class is None and self.mac_prefix is None and self.circuit_id is None \
-                and self.remote_id is None:
-            raise ValueError(f"client class {self.name!r}: say who is in it: vendor_class, mac_prefix, "
-                             "circuit_id or remote_id")
+                and self.remote_id is None and self.user_class is None:
+            raise ValueError(f"client class {self.name!r}: say who is in it: vendor_class, user_class, "
+                             "mac_prefix, circuit_id or remote_id")
         check_options(self.option, f"client class {self.name!r}: ")
         return self
 

@@ -238,6 +238,7 @@ class ClassRule:
     # "olt1 biz/1/3" followed by a NUL, and a hex prefix of printable bytes would miss all.
     circuit_prefixes: tuple[bytes, ...] | None = None
     remote_prefixes: tuple[bytes, ...] | None = None
+    user_prefixes: tuple[bytes, ...] | None = None
 
     @classmethod
     def of(cls, config: ClientClassConfig) -> ClassRule:
@@ -246,15 +247,33 @@ class ClassRule:
         macs = None if config.mac_prefix is None else tuple(mac_prefix_bytes(m) for m in config.mac_prefix)
         circuits = None if config.circuit_id is None else tuple(opaque_bytes(c) for c in config.circuit_id)
         remotes = None if config.remote_id is None else tuple(opaque_bytes(r) for r in config.remote_id)
-        return cls(config.name, vendors, macs, options, frozenset(always), circuits, remotes)
+        users = None if config.user_class is None else tuple(u.encode() for u in config.user_class)
+        return cls(config.name, vendors, macs, options, frozenset(always), circuits, remotes, users)
 
     def matches(self, vendor_class: bytes | None, hw_address: bytes, circuit_id: str | None,
-                remote_id: str | None) -> bool:
+                remote_id: str | None, user_class: bytes | None = None) -> bool:
         """Whether a client matches every criterion the class gives (each a list of prefixes);
         ``circuit_id`` and ``remote_id`` in their canonical text (``opaque_text``)."""
         return (_begins(vendor_class, self.vendor_prefixes) and _begins(hw_address, self.mac_prefixes)
                 and _begins_opaque(circuit_id, self.circuit_prefixes)
-                and _begins_opaque(remote_id, self.remote_prefixes))
+                and _begins_opaque(remote_id, self.remote_prefixes)
+                and (self.user_prefixes is None
+                     or any(_begins(c, self.user_prefixes) for c in _user_classes(user_class))))
+
+
+def _user_classes(value: bytes | None) -> list[bytes]:
+    """Option 77 as sent (iPXE's bare "iPXE") and, when it parses as one, each class of an RFC
+    3004 list (a length before each)."""
+    if value is None:
+        return []
+    classes, i = [value], 0
+    while i < len(value):
+        end = i + 1 + value[i]
+        if value[i] == 0 or end > len(value):
+            return classes[:1]
+        classes.append(value[i + 1 : end])
+        i = end
+    return classes
 
 
 def _begins(value: Any, prefixes: tuple[Any, ...] | None) -> bool:
@@ -727,8 +746,9 @@ class DHCPEngine:
         classes: tuple[ClassRule, ...] = ()
         if self.class_rules:
             vendor_class, chaddr = packet.option(Option.VENDOR_CLASS_ID), packet.hw_address
+            user_class = packet.option(Option.USER_CLASS)
             classes = tuple(rule for rule in self.class_rules
-                            if rule.matches(vendor_class, chaddr, circuit_id, remote_id))
+                            if rule.matches(vendor_class, chaddr, circuit_id, remote_id, user_class))
         return Client(
             key=client_key, hw_address=hw_address, client_id=client_id, circuit_id=circuit_id, remote_id=remote_id,
             relay_info=relay_info, client_class=client_class, reservation=reservation, classes=classes,

@@ -52,6 +52,7 @@ class Option(IntEnum):
     REBINDING_TIME = 59
     VENDOR_CLASS_ID = 60
     CLIENT_ID = 61
+    USER_CLASS = 77
     RAPID_COMMIT = 80
     CLIENT_FQDN = 81
     RELAY_AGENT_INFO = 82

@@ -345,3 +345,34 @@ def test_a_line_prefix_is_matched_on_the_id_s_bytes_whichever_way_either_is_writ
     for bad in ("0x0", "0xzz", "0x", "olt\u00e9"):
         with pytest.raises(ValidationError, match="circuit_id"):
             DHCPConfig.model_validate({"enabled": True, "client_class": [{"name": "x", "circuit_id": [bad]}]})
+
+
+def test_ipxe_is_told_apart_from_the_pxe_rom_that_loaded_it_by_its_user_class() -> None:
+    """Chainloading: the NIC's PXE ROM gets the iPXE loader, and iPXE, which asks again with the
+    same vendor class ("PXEClient:Arch:...") and user class "iPXE" (option 77), must get its
+    script, not the loader again: with no way to tell the two apart it booted the loader in a
+    loop (Kea tests option 77, dnsmasq's dhcp-userclass). An RFC 3004 list matches by each of
+    its classes."""
+    cfg = DHCPConfig.model_validate({
+        "enabled": True, "interfaces": ["eth1"],
+        "subnet": [{"network": "198.18.0.0/24", "interface": "eth1", "routers": ["198.18.0.1"],
+                    "pool": [{"name": "p", "range": "198.18.0.100 - 198.18.0.149"}]}],
+        "client_class": [{"name": "ipxe", "user_class": ["iPXE"],
+                          "option": [{"code": 67, "text": "http://boot.lab.example/boot.ipxe"}]},
+                         {"name": "pxe", "vendor_class": ["PXEClient"],
+                          "option": [{"code": 67, "text": "undionly.kpxe"}]}],
+    })
+    lab = Lab(cfg)
+    vendor = (Option.VENDOR_CLASS_ID, b"PXEClient:Arch:00000:UNDI:002001")
+    asks = (Option.PARAMETER_REQUEST_LIST, bytes((1, 3, 67)))
+
+    def bootfile(*extra: tuple[int, bytes]) -> bytes | None:
+        reply = lab.send(message(DHCPMessageType.DISCOVER, MAC_A, extra=(vendor, asks, *extra))).reply
+        assert reply is not None
+        return reply.packet.option(67)
+
+    assert bootfile() == b"undionly.kpxe"
+    assert bootfile((Option.USER_CLASS, b"iPXE")) == b"http://boot.lab.example/boot.ipxe"
+    assert bootfile((Option.USER_CLASS, b"\x03abc\x04iPXE")) == b"http://boot.lab.example/boot.ipxe"
+    assert bootfile((Option.USER_CLASS, b"gPXE")) == b"undionly.kpxe"
+    assert bootfile((Option.USER_CLASS, b"\x00")) == b"undionly.kpxe"
