@@ -1045,6 +1045,13 @@ class DHCPEngine:
         if client.classes:
             served, unasked = _with_classes(served, unasked, client.classes,
                                             under_pool=pool.allocator.walled_garden)
+        reservation = client.reservation
+        if reservation is not None and reservation.hostname:
+            # The name its reservation gives it, for the device to take (RFC 2132 §3.14), as Kea
+            # sends a reservation's hostname: to a client that asks for option 12 or sends its own.
+            served = {**served, Option.HOSTNAME: reservation.hostname.encode("ascii")}
+            if packet.option(Option.HOSTNAME) is not None:
+                unasked = (*unasked, Option.HOSTNAME)
         # The mask and routers always (RFC 2132 §3.3 asks the mask first); the rest as asked,
         # in the client's order, then those sent unasked, or everything we have when it asked
         # for nothing in particular.

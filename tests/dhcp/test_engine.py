@@ -1007,3 +1007,22 @@ def test_a_client_fqdn_with_n_is_told_its_name_is_published() -> None:
                            extra=((Option.CLIENT_FQDN, b"\x08\x00\x00laptop"),)))
     assert ack.writes[0][0].hostname == "laptop" and ack.events[-1].hostname == "laptop"  # type: ignore[attr-defined]
     assert ack.reply is not None and ack.reply.packet.option(Option.CLIENT_FQDN) == b"\x03\xff\xfflaptop"
+
+
+def test_a_device_is_told_the_host_name_its_reservation_gives_it() -> None:
+    """A reservation's --hostname named the device in DNS only: a device that asks for option 12
+    (dhclient does by default, udhcpc -O hostname) never heard of it. Kea sends it to a client
+    that asks for option 12 or sends its own; others, and devices without one, get none."""
+    lab = Lab()
+    lab.engine.load([], [reservation(ReservationKind.MAC, "02:00:5e:10:00:01", hostname="davebox")],
+                    {7: SubscriberStatus.ACTIVE})
+    asks = (Option.PARAMETER_REQUEST_LIST, bytes((1, 3, 12)))
+    offer = lab.send(message(DHCPMessageType.DISCOVER, MAC_A, extra=(asks,))).reply
+    assert offer is not None and offer.packet.option(Option.HOSTNAME) == b"davebox"
+    ack = lab.send(message(DHCPMessageType.REQUEST, MAC_A, requested="198.18.0.100",
+                           extra=((Option.PARAMETER_REQUEST_LIST, bytes((1, 3))), (Option.HOSTNAME, b"laptop"))))
+    assert ack.reply is not None and ack.reply.packet.option(Option.HOSTNAME) == b"davebox"
+    quiet = lab.send(message(DHCPMessageType.DISCOVER, MAC_A, extra=((Option.PARAMETER_REQUEST_LIST, bytes((1, 3))),)))
+    assert quiet.reply is not None and quiet.reply.packet.option(Option.HOSTNAME) is None
+    other = lab.send(message(DHCPMessageType.DISCOVER, MAC_B, extra=(asks,))).reply
+    assert other is not None and other.packet.option(Option.HOSTNAME) is None
