@@ -1889,6 +1889,10 @@ def check_config_files(path: Path, config: Config) -> int:
 
         for address in config.admin.cleartext_listeners():
             print(f"ispd: {path}: admin: warning: listen {address}: {CLEARTEXT_WARNING}", file=sys.stderr)
+    from ispd.certificates import certificate_problems
+
+    for key, _, problem in certificate_problems(config.certificates(), time.time()):
+        print(f"ispd: {path}: {key}: warning: {problem}", file=sys.stderr)
     if config.dns.enabled:
         from ispd.dns.service import check_files
 

@@ -53,6 +53,7 @@ from prometheus_client import CollectorRegistry, Gauge, GCCollector, PlatformCol
 
 from ispd import __version__
 from ispd.admin.service import AdminService
+from ispd.certificates import CertificateExpiryCollector, certificate_problems
 from ispd.config import Config, ConfigError, load_config
 from ispd.control import ControlCommands, ControlServer, ControlSocketError
 from ispd.daemonlock import DaemonLockError, daemon_lock_for
@@ -100,6 +101,7 @@ STORE_PING_TIMEOUT_SECONDS = 2.0
 MIGRATION_EXTEND_SECONDS = 30.0
 MIGRATION_EXTEND_INTERVAL_SECONDS = 10.0
 HISTORY_PURGE_INTERVAL_SECONDS = 3600.0
+CERTIFICATE_CHECK_INTERVAL_SECONDS = 86400.0  # (and at start and each reload)
 # How often a PostgreSQL store's daemon lock is checked (a restarted server has dropped it; a
 # standby may have taken it). Often: until then a daemon that lost it still answers clients.
 DAEMON_LOCK_CHECK_SECONDS = 1.0
@@ -158,6 +160,8 @@ class Supervisor:
             collector(registry=self.registry)
         self.registry.register(self.store_metrics.collector())
         self.registry.register(FastCollector([self.bus.published, self.bus.handler_failures]))
+        # (self.config as it is at each scrape: a reload replaces it)
+        self.registry.register(CertificateExpiryCollector(lambda: self.config.certificates()))  # noqa: PLW0108
         try:
             starting = asyncio.ensure_future(self._start_up())
             stop_requested = asyncio.ensure_future(self._stop_requested.wait())
@@ -173,6 +177,8 @@ class Supervisor:
                 return 1
             self._start_watchdog()
             self._spawn(self._purge_history_periodically())
+            self._warn_of_certificates()
+            self._spawn(self._check_certificates_periodically())
             if self.config.store.backend == "postgresql":
                 self._spawn(self._keep_daemon_lock())
             self.ready = True
@@ -561,6 +567,17 @@ class Supervisor:
                     log.info("store.history.purged", retention_days=days, **deleted)
             await asyncio.sleep(HISTORY_PURGE_INTERVAL_SECONDS)
 
+    async def _check_certificates_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(CERTIFICATE_CHECK_INTERVAL_SECONDS)
+            self._warn_of_certificates()
+
+    def _warn_of_certificates(self) -> None:
+        """A certificate a service serves with that has expired, is not valid yet or expires
+        soon: every client that checks it would fail, and nothing else says so."""
+        for key, path, problem in certificate_problems(self.config.certificates(), time.time()):
+            log.warning("tls.certificate.expiring", service=key, certificate=str(path), problem=problem)
+
     def _status_line(self) -> str:
         return "serving: " + ", ".join(e.service.describe() for e in self.running.values()) if self.running \
             else "serving: no services enabled"
@@ -639,6 +656,7 @@ class Supervisor:
             log.warning("config.reloaded", config=str(self.config_path), refused=refused)
         else:
             log.info("config.reloaded", config=str(self.config_path))
+        self._warn_of_certificates()  # (a renewal is what a reload usually brings)
         return True
 
     # --- health

@@ -35,9 +35,10 @@ DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 METRIC = re.compile(r"(?<![A-Za-z0-9_:])ispd_[a-z0-9_]+")
 SELECTOR = re.compile(r"(?<![A-Za-z0-9_:])(ispd_[a-z0-9_]+)\{([^}]*)\}")
 MATCHER = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"([^"]*)"')
-# Labels whose values are not ispd's to choose, or come from the config (pool names) or the code's
-# many store operations rather than from a closed set exported from the start.
-FOREIGN_LABELS = {"job", "instance", "le", "pool", "operation"}
+# Labels whose values are not ispd's to choose, or come from the config (pool names, certificate
+# files and the services that serve them) or the code's many store operations rather than from
+# a closed set exported from the start.
+FOREIGN_LABELS = {"job", "instance", "le", "pool", "operation", "file", "service"}
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:

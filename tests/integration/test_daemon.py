@@ -9,8 +9,10 @@ import signal
 import socket
 import subprocess
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from tests.lab.certs import issue
 from tests.lab.ports import free_port, free_tcp_port
 from tests.lab.process import IspdProcess, base_config, eventually
 
@@ -376,3 +378,31 @@ def test_a_start_after_a_kill_says_the_last_daemon_did_not_stop(tmp_path: Path) 
         ispd.start()
         assert len(ispd.log_events("daemon.unclean_stop_found")) == 1
         assert ispd.terminate() == 0
+
+
+def test_a_certificate_near_its_end_is_warned_of_and_its_expiry_exported(tmp_path: Path) -> None:
+    """A certificate that expires while ispd runs for months breaks every client that checks it,
+    and nothing said so: the daemon warns at start and at each reload (a renewal is what a
+    reload usually brings), and exports the expiry for an alert."""
+    soon = datetime.now(UTC) + timedelta(days=5)
+    certificates = issue(tmp_path / "tls", "mx.isp.example", not_after=soon)
+    config = base_config(tmp_path, mail={
+        "enabled": True, "domains": ["isp.example"], "maildir_root": str(tmp_path / "mail"),
+        "queue_directory": str(tmp_path / "queue"), "listen_mx": [f"127.0.0.1:{free_tcp_port()}"],
+        "certificate": str(certificates.certificate), "private_key": str(certificates.private_key)})
+    with IspdProcess(tmp_path, config) as ispd:
+        ispd.start()
+        [warning] = ispd.log_events("tls.certificate.expiring")
+        assert warning["service"] == "mail" and warning["level"] == "warning"
+        assert warning["problem"].startswith(f"the certificate {certificates.certificate} expires on ")
+        metric = (f'ispd_tls_certificate_expiry_timestamp_seconds{{file="{certificates.certificate}",'
+                  f'service="mail"}} ')
+        [line] = [line for line in ispd.http_get("/metrics")[1].splitlines() if line.startswith(metric)]
+        assert abs(float(line.removeprefix(metric)) - soon.timestamp()) < 1
+        renewed = issue(tmp_path / "renewed", "mx.isp.example")  # (years)
+        os.replace(renewed.certificate, certificates.certificate)
+        os.replace(renewed.private_key, certificates.private_key)
+        ispd.reload()
+        assert len(ispd.log_events("tls.certificate.expiring")) == 1  # renewed: nothing more to say
+        [line] = [line for line in ispd.http_get("/metrics")[1].splitlines() if line.startswith(metric)]
+        assert float(line.removeprefix(metric)) > soon.timestamp() + 300 * 86400

@@ -1,0 +1,82 @@
+"""Warnings of server certificates whose dates are wrong, and their expiry metric."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from ispd.certificates import (
+    CertificateExpiryCollector,
+    CertificateValidity,
+    certificate_problems,
+    certificate_validity,
+)
+from ispd.config import Config
+from tests.lab.certs import issue
+
+ISPD = str(Path(sys.executable).with_name("ispd"))
+DAY = 86400.0
+
+
+def test_a_certificate_is_warned_of_when_expired_not_yet_valid_or_expiring_soon() -> None:
+    validity = CertificateValidity("/etc/ispd/tls.pem", 1000 * DAY, 2000 * DAY)
+    assert validity.problem(1500 * DAY) is None
+    assert validity.problem(2000 * DAY) == "the certificate /etc/ispd/tls.pem expired on 1975-06-24 00:00 UTC"
+    assert validity.problem(999 * DAY) == ("the certificate /etc/ispd/tls.pem is not valid before 1972-09-27 "
+                                           "00:00 UTC (is the clock right?)")
+    assert validity.problem(1990 * DAY) == ("the certificate /etc/ispd/tls.pem expires on 1975-06-24 00:00 UTC, "
+                                            "in 10.0 days")
+
+
+def test_the_dates_are_read_from_the_files_the_config_names(tmp_path: Path) -> None:
+    soon = datetime.now(UTC) + timedelta(days=3)
+    mail = issue(tmp_path / "mail", "mx.isp.example", not_after=soon)
+    dot = issue(tmp_path / "dot", "dns.isp.example")
+    config = Config.model_validate({
+        "mail": {"enabled": True, "domains": ["isp.example"], "certificate": str(mail.certificate),
+                 "private_key": str(mail.private_key)},
+        "dns": {"enabled": True, "dot": {"listen": ["127.0.0.1:8853"], "certificate": str(dot.certificate),
+                                         "private_key": str(dot.private_key)},
+                "doh": {"listen": ["127.0.0.1:8443"], "certificate": str(dot.certificate),
+                        "private_key": str(dot.private_key)}},
+    })
+    assert config.certificates() == [("dns.dot", dot.certificate), ("mail", mail.certificate)]  # each file once
+    validity = certificate_validity(mail.certificate)
+    assert validity is not None and abs(validity.not_after - soon.replace(microsecond=0).timestamp()) < 1
+    [(key, path, problem)] = certificate_problems(config.certificates(), time.time())
+    assert (key, path) == ("mail", mail.certificate) and "expires on" in problem
+    assert certificate_validity(tmp_path / "missing.pem") is None  # (loading it says why)
+
+    registry = CollectorRegistry()
+    registry.register(CertificateExpiryCollector(config.certificates))
+
+    def expiry(service: str, path: Path) -> float | None:
+        return registry.get_sample_value("ispd_tls_certificate_expiry_timestamp_seconds",
+                                         {"service": service, "file": str(path)})
+
+    assert expiry("mail", mail.certificate) == validity.not_after
+    assert expiry("dns.dot", dot.certificate) is not None
+    # A renewal replaces the file: the next scrape reads the new dates.
+    renewed = issue(tmp_path / "renewed", "mx.isp.example", not_after=soon + timedelta(days=90))
+    os.replace(renewed.certificate, mail.certificate)
+    later = certificate_validity(mail.certificate)
+    assert later is not None and later.not_after > validity.not_after
+    assert expiry("mail", mail.certificate) == later.not_after
+
+
+def test_check_config_warns_of_a_certificate_that_expired(tmp_path: Path) -> None:
+    expired = issue(tmp_path, "mx.isp.example", not_before=datetime(2020, 1, 1, tzinfo=UTC),
+                    not_after=datetime(2021, 1, 1, tzinfo=UTC))
+    path = tmp_path / "ispd.toml"
+    path.write_text(f'[mail]\nenabled = true\ndomains = ["isp.example"]\ncertificate = "{expired.certificate}"\n'
+                    f'private_key = "{expired.private_key}"\n')
+    result = subprocess.run([ISPD, "check-config", "-c", str(path)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr  # a warning: refusing to start would take mail down too
+    assert result.stderr == (f"ispd: {path}: mail: warning: the certificate {expired.certificate} expired on "
+                             "2021-01-01 00:00 UTC\n")
