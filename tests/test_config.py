@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
+from typing import Any, get_args
 
 import pytest
+from pydantic import BaseModel
 
 from ispd.config import Config, ConfigError, load_config
 from ispd.configtypes import SocketAddress, parse_socket_address
@@ -28,6 +31,43 @@ def error_of(path: Path) -> str:
 def test_shipped_configs_are_valid(name: str) -> None:
     config = load_config(ROOT / "configs" / name)
     assert isinstance(config, Config)
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for arg in get_args(annotation) for model in _models_in(arg)]
+
+
+def _table_model(path: str) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for key in path.split(".") if path else []:
+        fields = {field.alias or name: field for name, field in model.model_fields.items()}
+        if key not in fields or not _models_in(fields[key].annotation):
+            return None
+        model = _models_in(fields[key].annotation)[0]
+    return model
+
+
+def test_every_key_of_the_annotated_config_belongs_to_the_table_it_sits_in() -> None:
+    """configs/ispd.toml is read and edited by uncommenting: a commented example (`# key = ...`,
+    `# [[table]]`) must be valid where it stands once uncommented, and must not capture the keys
+    after it. Each key line, commented or not, is checked against the table it would fall in were
+    every commented table header above it uncommented."""
+    table, misplaced = "", []
+    for number, line in enumerate((ROOT / "configs" / "ispd.toml").read_text().splitlines(), 1):
+        header = re.fullmatch(r"(?:#\s*)?\[\[?([a-z0-9_.]+)\]\]?\s*(?:#.*)?", line)
+        if header:
+            table = header.group(1)
+            assert _table_model(table) is not None, f"line {number}: [{table}] is no table of the config"
+            continue
+        key = re.match(r"(?:#\s?)?([a-z][a-z0-9_]*) = ", line)
+        if key:
+            model = _table_model(table)
+            known = {field.alias or name for name, field in model.model_fields.items()} if model else set()
+            if key.group(1) not in known:
+                misplaced.append(f"line {number}: {key.group(1)} would fall in [{table}]")
+    assert misplaced == []
 
 
 def test_empty_file_gives_safe_defaults(tmp_path: Path) -> None:
