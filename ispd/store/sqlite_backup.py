@@ -71,6 +71,9 @@ def backup(store: Path, destination: Path, busy_timeout: float) -> Copied:
     if destination.exists() or destination.is_symlink():
         raise StoreError(f"{destination} exists already: give a new name (a backup never overwrites one)")
     if not destination.parent.is_dir():
+        if not destination.parent.exists():  # (or not ours to look into: the same for the operator)
+            raise StoreError(f"no directory {destination.parent}: make it first, writable by whoever runs "
+                             f"the backup (install -d -o ispd -m 0700 {destination.parent})")
         raise StoreError(f"{destination.parent} is not a directory")
     temporary = destination.with_name(f".{destination.name}.{os.getpid()}.partial")
     removed = remove_interrupted(destination.parent, "partial")
