@@ -916,7 +916,7 @@ SUBSCRIBER_HELP = "username or id (#ID: the id, always)"
 def build_parser() -> argparse.ArgumentParser:
     config_opts = argparse.ArgumentParser(add_help=False)
     config_opts.add_argument(
-        "-c", "--config", type=Path, default=Path(os.environ.get("ISPD_CONFIG", DEFAULT_CONFIG)),
+        "-c", "--config", type=Path, default=None,
         help=f"config file (default: $ISPD_CONFIG or {DEFAULT_CONFIG})",
     )
     json_opt = argparse.ArgumentParser(add_help=False)
@@ -933,6 +933,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="ispd", description="ispd: the core network services of an ISP")
     parser.add_argument("--version", action="version", version=f"ispd {__version__}")
+    # Also before the command (`ispd -c FILE subscriber list`, as unbound-control -c and postconf -c
+    # take it), which argparse otherwise reads as a command named FILE; the command's own -c wins.
+    parser.add_argument("-c", "--config", type=Path, dest="global_config", metavar="CONFIG",
+                        help=f"config file, before the command (default: $ISPD_CONFIG or {DEFAULT_CONFIG})")
     top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     top.add_parser("run", parents=[config_opts], help="run the daemon")
@@ -1918,6 +1922,8 @@ def check_config_files(path: Path, config: Config) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.config is None:
+        args.config = args.global_config or Path(os.environ.get("ISPD_CONFIG", DEFAULT_CONFIG))
     # Arguments that argparse alone cannot check together: a usage error too, before anything is opened.
     wrong = args.check(args) if hasattr(args, "check") else None
     if wrong is not None:

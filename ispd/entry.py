@@ -16,8 +16,17 @@ import sys
 HELD_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
 
+def command_of(argv: list[str]) -> str | None:
+    """The command ``ispd`` was given: its first argument, or the one after a ``-c FILE`` before it."""
+    if argv[:1] in (["-c"], ["--config"]):
+        argv = argv[2:]
+    elif argv[:1] and argv[0].startswith(("--config=", "-c")) and argv[0] != "-c":
+        argv = argv[1:]
+    return argv[0] if argv else None
+
+
 def main() -> int:
-    if sys.argv[1:2] in (["run"], ["worker"]):
+    if command_of(sys.argv[1:]) in ("run", "worker"):
         signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
     from ispd.cli import main as cli_main
 

@@ -611,6 +611,24 @@ def test_a_radius_prefix_pool_may_not_overlap_a_dhcp6_pool(tmp_path: Path, dhcp6
     load_config(write(tmp_path, f"{dhcp6.replace('10ff', '20ff')}{apart}[radius]\nenabled = true\n{PREFIX_POOL}"))
 
 
+def test_the_config_may_come_before_the_command(tmp_path: Path) -> None:
+    """`ispd -c FILE subscriber list`, as unbound-control -c and postconf -c take it, was refused
+    as "argument COMMAND: invalid choice: 'FILE'"; the command's own -c wins over it."""
+    from ispd.entry import command_of
+
+    good = write(tmp_path, "")
+    result = subprocess.run([ISPD, "-c", str(good), "check-config"], capture_output=True, text=True)
+    assert (result.returncode, result.stdout) == (0, f"{good}: ok\n"), result.stderr
+    result = subprocess.run([ISPD, "--config", str(tmp_path / "missing.toml"), "check-config", "-c", str(good)],
+                            capture_output=True, text=True)
+    assert (result.returncode, result.stdout) == (0, f"{good}: ok\n"), result.stderr
+    result = subprocess.run([ISPD, "-c", str(tmp_path / "missing.toml"), "check-config"], capture_output=True, text=True)
+    assert (result.returncode, result.stderr) == (2, f"ispd: {tmp_path / 'missing.toml'}: no such file\n")
+    # `ispd -c FILE run` holds back SIGTERM and SIGHUP from its first instant too
+    assert [command_of(argv) for argv in (["run"], ["-c", "f", "run"], ["--config=f", "worker"], ["plan"], [])] == [
+        "run", "run", "worker", "plan", None]
+
+
 def test_check_config_warns_of_an_admin_listener_beyond_loopback(tmp_path: Path) -> None:
     # The bearer token goes in clear over TCP: on a wildcard or public address check-config said
     # "ok" and the daemon started without a word. Loopback stays silent.
