@@ -1,0 +1,35 @@
+"""The README's command table names every command `ispd --help` offers."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from ispd.cli import build_parser
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def commands(parser: argparse.ArgumentParser, prefix: str) -> list[str]:
+    chosen = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not chosen:
+        return [prefix]
+    return [name for action in chosen for word, sub in action.choices.items()
+            for name in commands(sub, f"{prefix} {word}")]
+
+
+def test_the_readme_command_table_has_every_command() -> None:
+    """A newcomer reads the table under "The admin CLI" as the list of commands; `ispd mailbox`,
+    `ispd mail queue`, `ispd dns anchors` and `ispd dns nta` were only in other sections."""
+    text = README.read_text()
+    table = text[text.index("## The admin CLI"):text.index("## How passwords are stored")]
+    cells = [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| `ispd")]
+    missing = []
+    for command in commands(build_parser(), "ispd"):
+        parent, word = command.rsplit(" ", 1)
+        # in its own words (`ispd session list`), or listed after its parent's (`…suspend`, `close`)
+        if not any(command in cell or (f"`{parent} " in cell and re.search(rf"`{re.escape(word)}\b", cell))
+                   for cell in cells):
+            missing.append(command)
+    assert missing == []
