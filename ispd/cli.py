@@ -168,8 +168,12 @@ def read_new_password(args: argparse.Namespace) -> None:
     elif args.password_stdin:
         args.new_password = sys.stdin.readline().rstrip("\r\n")
     elif sys.stdin.isatty():
-        args.new_password = getpass.getpass("New password: ")
-        if args.new_password != getpass.getpass("Again: "):
+        try:
+            args.new_password = getpass.getpass("New password: ")
+            again = getpass.getpass("Again: ")
+        except EOFError:  # Ctrl-D at the prompt: no password, as an answer, not a bug report
+            raise CommandFailed("no password given (end of input at the prompt)") from None
+        if args.new_password != again:
             raise CommandFailed("the passwords differ")
     else:
         raise CommandFailed("no password given: use --password-stdin or --generate-password")
