@@ -1941,7 +1941,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         snapshot = getattr(args, "config_snapshot", None)
         config = load_config_snapshot(snapshot) if snapshot is not None else load_config(args.config)
     except ConfigError as exc:
-        print(f"ispd: {exc}", file=sys.stderr)
+        # one line per problem, each as check_config_files writes its own: "ispd: FILE: where: what"
+        for line in str(exc).splitlines():
+            print(f"ispd: {line}", file=sys.stderr)
         return EXIT_USAGE
     try:
         if args.command == "check-config":

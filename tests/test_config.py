@@ -611,6 +611,18 @@ def test_a_radius_prefix_pool_may_not_overlap_a_dhcp6_pool(tmp_path: Path, dhcp6
     load_config(write(tmp_path, f"{dhcp6.replace('10ff', '20ff')}{apart}[radius]\nenabled = true\n{PREFIX_POOL}"))
 
 
+def test_check_config_gives_each_problem_its_own_ispd_line(tmp_path: Path) -> None:
+    """Two problems in the file came out as "ispd: FILE: first" then "FILE: second", while the
+    problems of the files it names get "ispd: FILE: ..." each: a `grep ^ispd:` saw only one."""
+    path = write(tmp_path, "[daemon]\nshutdown_grace_second = 5\n[store]\npth = 'x'\n")
+    result = subprocess.run([ISPD, "check-config", "-c", str(path)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"ispd: {path}: daemon.shutdown_grace_second: unknown key (did you mean 'shutdown_grace_seconds'?)",
+        f"ispd: {path}: store.pth: unknown key (did you mean 'path'?)",
+    ]
+
+
 def test_the_config_may_come_before_the_command(tmp_path: Path) -> None:
     """`ispd -c FILE subscriber list`, as unbound-control -c and postconf -c take it, was refused
     as "argument COMMAND: invalid choice: 'FILE'"; the command's own -c wins over it."""

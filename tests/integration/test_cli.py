@@ -373,12 +373,11 @@ def test_check_config_names_what_is_wrong_with_a_forward_zone(tmp_path: Path) ->
         {"servers": ["10.0.0.1"]},
     ]})
     assert failed.returncode == 2, failed.stderr
-    lines = failed.stderr.removeprefix("ispd: ").splitlines()
-    assert lines == [
-        f"{path}: dns.forward_zone.0.servers: List should have at least 1 item after validation, not 0 (got [])",
-        f"{path}: dns.forward_zone.1.name: 'x..internal' is not a domain name: empty label in 'x..internal'",
-        f"{path}: dns.forward_zone.1.stub: Input should be a valid boolean, unable to interpret input (got 'maybe')",
-        f"{path}: dns.forward_zone.2.name: required key is missing",
+    assert failed.stderr.splitlines() == [
+        f"ispd: {path}: dns.forward_zone.0.servers: List should have at least 1 item after validation, not 0 (got [])",
+        f"ispd: {path}: dns.forward_zone.1.name: 'x..internal' is not a domain name: empty label in 'x..internal'",
+        f"ispd: {path}: dns.forward_zone.1.stub: Input should be a valid boolean, unable to interpret input (got 'maybe')",
+        f"ispd: {path}: dns.forward_zone.2.name: required key is missing",
     ], failed.stderr
 
     path, twice = check_config(tmp_path, {"forward_zone": [
