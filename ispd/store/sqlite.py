@@ -420,7 +420,9 @@ class Connector:
         """Create the store if needed and bring its schema to this ispd's."""
         path = self.config.path
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            # (0750 as the unit's StateDirectoryMode gives /var/lib/ispd: an admin command that
+            # makes it first must not leave the store's directory open to every user)
+            path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
             _create_store_file(path)
             conn = connect(path, self.config.busy_timeout_seconds)
         except (OSError, ValueError, sqlite3.Error) as exc:

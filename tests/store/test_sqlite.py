@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import stat
 import subprocess
 import sys
 import textwrap
@@ -178,6 +179,15 @@ async def test_audit_log_lists_every_change_in_order(store: Store) -> None:
     ]
     assert entries[2].details == {"from": "active", "to": "suspended", "reason": "unpaid"}
     assert await store.audit_since(entries[-1].id) == []
+
+
+async def test_a_store_directory_made_for_it_is_its_owners_and_groups_only(tmp_path: Path) -> None:
+    # As the README says (and systemd's StateDirectoryMode gives): an admin command run before the
+    # daemon made it 0755, and anyone could list it, its backups and -wal files.
+    store = await open_store(StoreConfig(path=tmp_path / "lib" / "ispd" / "ispd.db"))
+    await store.close()
+    assert stat.S_IMODE((tmp_path / "lib" / "ispd").stat().st_mode) == 0o750
+    assert stat.S_IMODE((tmp_path / "lib" / "ispd" / "ispd.db").stat().st_mode) == 0o640
 
 
 async def test_closed_store_refuses_work(tmp_path: Path) -> None:
