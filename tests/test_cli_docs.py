@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import re
+import tomllib
 from pathlib import Path
 
+from ispd import __version__
 from ispd.cli import build_parser
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -33,3 +35,10 @@ def test_the_readme_command_table_has_every_command() -> None:
                    for cell in cells):
             missing.append(command)
     assert missing == []
+
+
+def test_the_version_is_the_packages() -> None:
+    """The version is written twice (pyproject.toml, ispd/__init__.py): `ispd --version` must not
+    say another than the package a bump in one alone would install."""
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    assert pyproject["project"]["version"] == __version__
