@@ -174,7 +174,9 @@ def drop_messages(logger_name: str, messages: Iterable[str]) -> None:
 class LogThrottle:
     """Whether a repeated warning is due: once per ``interval`` seconds for each key (a source,
     an interface), so that a flood of bad packets cannot flood the log too. Bounded: past
-    ``max_keys`` keys (very many sources) it forgets them all and starts over."""
+    ``max_keys`` keys (very many sources) it forgets them all and starts over. A ``now`` before
+    the key's last line (the wall clock stepped back) is due: it must not keep the key quiet
+    for the length of the step."""
 
     def __init__(self, interval: float, max_keys: int = 10_000) -> None:
         self.interval = interval
@@ -183,7 +185,7 @@ class LogThrottle:
 
     def due(self, key: Hashable, now: float) -> bool:
         last = self._last.get(key)
-        if last is not None and now - last < self.interval:
+        if last is not None and 0 <= now - last < self.interval:
             return False
         if len(self._last) > self.max_keys:
             self._last.clear()

@@ -145,3 +145,13 @@ def test_a_repeated_warning_is_due_once_an_interval_per_key_and_the_keys_stay_bo
     assert throttle.due("b", 1000.0) and throttle.due("c", 1000.0)
     assert throttle.due("d", 1000.0)  # past max_keys: all forgotten, then this one kept
     assert throttle.due("a", 1061.0) and not throttle.due("d", 1001.0)
+
+
+def test_a_wall_clock_stepped_back_does_not_keep_a_repeated_warning_quiet_for_the_step() -> None:
+    """DHCP and RADIUS throttle with the wall clock: stepped back three hours (NTP, an operator),
+    the pool-exhausted or dropped-request warning stayed out of the log for three hours."""
+    throttle = LogThrottle(60.0)
+    assert throttle.due("pool", 1_000_000.0)
+    assert throttle.due("pool", 1_000_000.0 - 3 * 3600)  # stepped back: said again, once
+    assert not throttle.due("pool", 1_000_000.0 - 3 * 3600 + 59)
+    assert throttle.due("pool", 1_000_000.0 - 3 * 3600 + 60)

@@ -565,10 +565,11 @@ class RadiusService(Service):
     def _log_reject(self, decision: Decision, nas: Nas, now: float) -> None:
         """An Access-Reject in the log (the operator's trail of failed logins), at most one line
         a minute per NAS, subscriber, reason and method, with how many there were: a
-        password-guessing flood must not flood the log too."""
+        password-guessing flood must not flood the log too. ``now`` is the wall clock's: one
+        stepped back (NTP, an operator) must not keep them out of the log for the step's length."""
         key = (nas.name, decision.subscriber_id, str(decision.reject), decision.method)
         entry = self._rejects_logged.get(key)
-        if entry is not None and now - entry[0] < DROP_LOG_INTERVAL_SECONDS:
+        if entry is not None and 0 <= now - entry[0] < DROP_LOG_INTERVAL_SECONDS:
             entry[1] += 1
             return
         if len(self._rejects_logged) > 10_000:

@@ -24,7 +24,7 @@ from ispd.radius import service as radius_service
 from ispd.radius.codec import Attr, Code, decode, encode_attributes, encode_request
 from ispd.radius.config import RadiusConfig
 from ispd.radius.dictionary import builtin_dictionary
-from ispd.radius.engine import AccountingEngine, Nas, PendingClaim
+from ispd.radius.engine import AccountingEngine, Decision, Nas, PendingClaim, RejectReason
 from ispd.radius.metrics import RadiusMetrics
 from ispd.radius.service import RadiusService
 from ispd.service import ServiceContext
@@ -741,3 +741,20 @@ def test_listening_addresses_are_named_with_ipv6_in_brackets() -> None:
                                                                  _healthy))
     service.bound = [("auth", "::", 1812), ("acct", "fe80::1%eth0", 1813), ("acct", "127.0.0.1", 1813)]
     assert service.describe() == "radius on auth [::]:1812, acct [fe80::1%eth0]:1813, acct 127.0.0.1:1813"
+
+
+def test_rejects_are_logged_again_after_the_wall_clock_is_stepped_back() -> None:
+    """Access-Rejects are logged once a minute per NAS, subscriber and reason, timed by the wall
+    clock: stepped back three hours, a subscriber's failed logins stayed out of the log (the
+    operator's trail of them) for three hours."""
+    service = RadiusService(_radius_config(3799), ServiceContext(None, EventBus(), CollectorRegistry(),  # type: ignore[arg-type]
+                                                                 _healthy))
+    nas = Nas("bng", SECRET.encode())
+    decision = Decision(code=Code.ACCESS_REJECT, method="pap", reject=RejectReason.WRONG_PASSWORD, subscriber_id=1)
+    now = 1_800_000_000.0
+    with capture_logs() as logged:
+        service._log_reject(decision, nas, now)
+        service._log_reject(decision, nas, now + 30)  # within the minute: counted, not logged
+        service._log_reject(decision, nas, now - 3 * 3600)
+    rejected = [e for e in logged if e["event"] == "radius.access.rejected"]
+    assert [e["not_logged_since"] for e in rejected] == [0, 1]
