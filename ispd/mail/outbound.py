@@ -27,6 +27,7 @@ import secrets
 import socket
 import ssl
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, cast
 
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
 
 log = get_logger("ispd.mail.outbound")
 POLL_SECONDS = 10.0
+COUNT_SECONDS = 30.0  # the queue's size and oldest message, for the metrics
+ORPHANS_SECONDS = 3600.0  # spool files without a row: looked for
 BUSY_DOMAIN_DELAY_SECONDS = 30.0  # a message whose domains are all at their limit: looked at again then
 # RFC 5321 §4.5.3.2.6: a client waits 10 minutes for the reply to the end of the message (the
 # other side may be filtering it); the transfer before gets a second per DATA_MIN_RATE octets, a
@@ -385,17 +388,19 @@ class QueueRunner:
 
     async def run(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self.executor, self.spool.prepare)
-        last_cleanup = last_count = 0.0
+        # Timed by the monotonic clock: the wall clock stepped back three hours (NTP, an operator)
+        # froze the queue's metrics, and left orphans, for three hours.
+        last_cleanup = last_count = float("-inf")
         while True:
             now = self.clock()
             due: list[QueuedMail] = []
             try:
                 due = await self.store.due_mail(now, limit=4 * self.config.max_outbound_deliveries)
-                if now - last_count >= 30:
-                    last_count = now
+                if time.monotonic() - last_count >= COUNT_SECONDS:
+                    last_count = time.monotonic()
                     self._counted = await self.store.mail_queue_summary()
-                if now - last_cleanup > 3600:
-                    last_cleanup = now
+                if time.monotonic() - last_cleanup > ORPHANS_SECONDS:
+                    last_cleanup = time.monotonic()
                     await self._remove_orphans()
             except Exception as exc:  # the store or the disk, for now: the queue must keep running
                 log.error("mail.queue.error", error=repr(exc))

@@ -584,3 +584,38 @@ async def test_a_delivery_the_store_cannot_write_down_is_not_sent_again(runner: 
     assert [(q, o) for q, o, _, _ in store.recorded] == [("Q1", {"a@fine.example": (QueuedRecipientState.DELIVERED,
                                                                                      "250 ok")})]
     assert not (runner.spool.directory / "Q1").exists()
+
+
+async def test_the_queue_is_counted_every_30_s_whatever_the_wall_clock_does(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The count behind ispd_mail_queue_messages was timed by the wall clock: stepped back three
+    hours under libfaketime, the metric said 3 messages for three hours while 5 were queued."""
+    monkeypatch.setattr(outbound, "POLL_SECONDS", 0.01)
+    monkeypatch.setattr(outbound, "COUNT_SECONDS", 0.05, raising=False)
+    config = MailConfig(domains=["isp.example"], queue_directory=tmp_path / "queue")
+    store = RecordingStore()
+    counted: list[float] = []
+    wall = [1_800_000_000.0]
+
+    async def due_mail(now: float, *, limit: int) -> list[QueuedMail]:
+        return []
+
+    async def mail_queue_summary() -> tuple[int, float | None]:
+        counted.append(wall[0])
+        return len(counted), None
+
+    store.due_mail = due_mail  # type: ignore[attr-defined]
+    store.mail_queue_summary = mail_queue_summary  # type: ignore[attr-defined]
+    runner = QueueRunner(config, store, Spool(config.queue_directory), ThreadPoolExecutor(1),  # type: ignore[arg-type]
+                         no_local_delivery, lambda: wall[0])
+    monkeypatch.setattr(runner, "_remove_orphans", lambda: asyncio.sleep(0))
+    task = asyncio.ensure_future(runner.run())
+    try:
+        await asyncio.sleep(0.1)
+        wall[0] -= 3 * 3600
+        await asyncio.sleep(0.3)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert any(at < 1_800_000_000.0 for at in counted), counted
+    assert runner.figures().messages == len(counted)
