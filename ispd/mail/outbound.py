@@ -395,7 +395,8 @@ class QueueRunner:
             now = self.clock()
             due: list[QueuedMail] = []
             try:
-                due = await self.store.due_mail(now, limit=4 * self.config.max_outbound_deliveries)
+                due = await self.store.due_mail(now, limit=4 * self.config.max_outbound_deliveries,
+                                                after=self._latest(now))
                 if time.monotonic() - last_count >= COUNT_SECONDS:
                     last_count = time.monotonic()
                     self._counted = await self.store.mail_queue_summary()
@@ -410,6 +411,12 @@ class QueueRunner:
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), POLL_SECONDS)
+
+    def _latest(self, now: float) -> float:
+        """The latest a next attempt is ever set for at ``now``; one set later was set before the
+        wall clock was stepped back (NTP, an operator), and is due: it would otherwise wait for
+        the length of the step (hours, years) on top of its retry delay."""
+        return now + max(self.config.retry_max_seconds, BUSY_DOMAIN_DELAY_SECONDS) + 60
 
     async def drain(self) -> None:
         """Lets attempts in flight finish (and none start): cancelling one after the other
@@ -448,7 +455,8 @@ class QueueRunner:
                 # Read again now that it is its turn: the row the poll saw may have been settled by
                 # an attempt that ended meanwhile (trying it again would send it twice).
                 mail = await self.store.get_queued_mail(queue_id)
-                if mail is None or not mail.pending or mail.next_attempt_at > self.clock():
+                now = self.clock()
+                if mail is None or not mail.pending or now < mail.next_attempt_at <= self._latest(now):
                     return
                 domains = list(by_domain(mail.pending))
                 limit = self.config.max_outbound_per_domain

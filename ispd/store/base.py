@@ -284,8 +284,9 @@ class Store(ABC):
         """Durable on return: the 250 for the message may then be sent."""
 
     @abstractmethod
-    async def due_mail(self, now: float, *, limit: int = 100) -> list[QueuedMail]:
-        """Entries whose next attempt is due, soonest first."""
+    async def due_mail(self, now: float, *, limit: int = 100, after: float | None = None) -> list[QueuedMail]:
+        """Entries whose next attempt is due, soonest first; with ``after``, then those set for
+        later than it (further ahead than any retry is set: the wall clock was stepped back)."""
 
     @abstractmethod
     async def list_mail_queue(self) -> list[QueuedMail]: ...

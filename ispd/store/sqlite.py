@@ -1506,9 +1506,12 @@ class SQLiteStore(Store):
         now = self.clock()
         await self._write("enqueue_mail", lambda conn: sqlite_mail.enqueue(conn, mail, now))
 
-    async def due_mail(self, now: float, *, limit: int = 100) -> list[QueuedMail]:
+    async def due_mail(self, now: float, *, limit: int = 100, after: float | None = None) -> list[QueuedMail]:
+        if after is None:
+            return await self._read("due_mail", lambda conn: sqlite_mail.queued_mail(
+                conn, "WHERE next_attempt_at <= ?", (now,), limit))
         return await self._read("due_mail", lambda conn: sqlite_mail.queued_mail(
-            conn, "WHERE next_attempt_at <= ?", (now,), limit))
+            conn, "WHERE next_attempt_at <= ? OR next_attempt_at > ?", (now, after), limit))
 
     async def list_mail_queue(self) -> list[QueuedMail]:
         return await self._read("list_mail_queue", sqlite_mail.queued_mail)

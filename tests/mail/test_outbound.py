@@ -119,7 +119,7 @@ async def test_an_entry_settled_since_the_poll_is_not_tried_again(runner: QueueR
     runner.store.get_queued_mail = get_queued_mail  # type: ignore[attr-defined]
     await runner._attempt("Q1")  # gone since the poll
     later = mail("a@fine.example")
-    now_rows["Q1"] = QueuedMail(**{**{f: getattr(later, f) for f in later.__slots__}, "next_attempt_at": 5000.0})
+    now_rows["Q1"] = QueuedMail(**{**{f: getattr(later, f) for f in later.__slots__}, "next_attempt_at": 1500.0})
     await runner._attempt("Q1")  # rescheduled since the poll
     assert tried == []
     now_rows["Q1"] = later
@@ -597,7 +597,7 @@ async def test_the_queue_is_counted_every_30_s_whatever_the_wall_clock_does(tmp_
     counted: list[float] = []
     wall = [1_800_000_000.0]
 
-    async def due_mail(now: float, *, limit: int) -> list[QueuedMail]:
+    async def due_mail(now: float, *, limit: int, after: float) -> list[QueuedMail]:
         return []
 
     async def mail_queue_summary() -> tuple[int, float | None]:
@@ -619,3 +619,31 @@ async def test_the_queue_is_counted_every_30_s_whatever_the_wall_clock_does(tmp_
         await asyncio.gather(task, return_exceptions=True)
     assert any(at < 1_800_000_000.0 for at in counted), counted
     assert runner.figures().messages == len(counted)
+
+
+async def test_a_retry_set_before_the_wall_clock_was_stepped_back_is_not_put_off_by_the_step(
+        runner: QueueRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under libfaketime, the clock stepped back three hours: the messages deferred before the
+    step, set for a retry within retry_max_seconds (2 minutes), were still not retried 3 minutes
+    later; they would have waited three hours. Set later than any retry is set, it is due."""
+    delivered: list[str] = []
+
+    async def deliver(domain: str, sender: str, recipients: list[str], message: bytes, **_: Any) -> dict[str, Outcome]:
+        delivered.extend(recipients)
+        return dict.fromkeys(recipients, Outcome(Verdict.DELIVERED, "250 ok"))
+
+    async def get_queued_mail(queue_id: str) -> QueuedMail:  # set for 1000 + 600 s, then the step
+        return QueuedMail(queue_id, 900.0, "alice@isp.example", 10, 1000.0 + 3 * 3600 + 600,
+                          (QueuedRecipient("a@fine.example"),))
+
+    monkeypatch.setattr(outbound, "deliver_to_domain", deliver)
+    monkeypatch.setattr(runner.store, "get_queued_mail", get_queued_mail)
+    await runner._attempt("Q1")
+    assert delivered == ["a@fine.example"]
+
+    async def not_yet(queue_id: str) -> QueuedMail:  # a retry set within retry_max_seconds still waits
+        return QueuedMail(queue_id, 900.0, "alice@isp.example", 10, 1000.0 + 600, (QueuedRecipient("b@fine.example"),))
+
+    monkeypatch.setattr(runner.store, "get_queued_mail", not_yet)
+    await runner._attempt("Q1")
+    assert delivered == ["a@fine.example"]

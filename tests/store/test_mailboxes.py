@@ -82,6 +82,17 @@ def _queued(queue_id: str, *recipients: str, at: float = 100.0) -> QueuedMail:
                       recipients=tuple(QueuedRecipient(r) for r in recipients), subscriber_id=None)
 
 
+async def test_mail_set_for_later_than_any_retry_is_due_after_the_rest(store: Store) -> None:
+    """With the wall clock stepped back three hours, what was set for a retry in five minutes
+    waited three hours and five minutes: set further ahead than ``after``, it is due."""
+    await store.enqueue_mail(_queued("Q1", "a@x.example", at=100.0))
+    await store.enqueue_mail(_queued("Q2", "b@x.example", at=500.0))
+    await store.enqueue_mail(_queued("Q3", "c@x.example", at=100.0 + 3 * 3600))
+    assert [m.id for m in await store.due_mail(200.0, after=200.0 + 3600)] == ["Q1", "Q3"]
+    assert [m.id for m in await store.due_mail(200.0, after=200.0 + 3600, limit=1)] == ["Q1"]
+    assert [m.id for m in await store.due_mail(200.0)] == ["Q1"]
+
+
 async def test_the_queue_keeps_each_recipients_state_until_none_is_pending(store: Store) -> None:
     await store.enqueue_mail(_queued("Q1", "a@x.example", "b@y.example", "c@y.example"))
     await store.enqueue_mail(_queued("Q2", "d@z.example", at=500.0))
