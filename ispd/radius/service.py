@@ -131,6 +131,9 @@ log = get_logger("ispd.radius")
 
 QUOTA_CHECK_SECONDS = 10.0
 SWEEP_SECONDS = 1.0
+# The wall clock moved this much more (or less) than the monotonic one over a sweep: a step (NTP
+# setting a clock that booted wrong, an operator), not a slew.
+CLOCK_STEP_SECONDS = 10.0
 MAX_ENFORCING = 64  # Disconnects/CoAs under way past which _enforce_status waits for its next round
 MAX_DATAGRAM = 4096
 MAX_QUEUED_ACCOUNTING = 50_000
@@ -1355,10 +1358,18 @@ class RadiusService(Service):
             await self._check_quotas(self.context.clock())
         except StoreError as exc:
             log.warning("radius.enforce.store_error", error=str(exc))
+        offset = self.context.clock() - time.monotonic()
         while True:
             await asyncio.sleep(SWEEP_SECONDS)
             now = self.context.clock()
+            stepped, offset = now - time.monotonic() - offset, now - time.monotonic()
             try:
+                if abs(stepped) > CLOCK_STEP_SECONDS:
+                    # The addresses' holds end on the wall clock: stepped forward past them, the
+                    # open sessions' addresses were free to the next login (or DHCP client) until
+                    # the housekeeping round (a minute) renewed them. Renewed at once.
+                    log.warning("radius.clock.stepped", seconds=round(stepped))
+                    await self._renew_claims(now)
                 self.duplicates.sweep()
                 if self.auth is not None:
                     self.auth.conversations.expire(now)

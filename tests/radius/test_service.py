@@ -758,3 +758,42 @@ def test_rejects_are_logged_again_after_the_wall_clock_is_stepped_back() -> None
         service._log_reject(decision, nas, now - 3 * 3600)
     rejected = [e for e in logged if e["event"] == "radius.access.rejected"]
     assert [e["not_logged_since"] for e in rejected] == [0, 1]
+
+
+async def test_a_wall_clock_stepped_forward_past_the_holds_renews_them_at_once(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under libfaketime, the clock stepped a day forward: alice's session went on (its interim
+    taken), but its address's hold had ended by the wall clock, and bob's login got the address
+    (a pool of one) before the next housekeeping round renewed it. A step is seen at the next
+    sweep (a second), and the holds renewed then."""
+    from ispd.radius.addresses import holder_of
+    from ispd.store.models import AddressClaim
+
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    wall = [time.time()]
+    try:
+        await store.add_plan("home", actor="test")
+        alice = await store.add_subscriber("alice", actor="test", plan="home")
+        mac, now = "02:00:5e:10:00:01", wall[0]
+        claimed = await store.claim_address(AddressClaim("one", ("198.18.58.10",), holder_of("alice", mac), now + 300,
+                                                         alice.id, mac, mac))
+        assert claimed.lease is not None
+        await store.record_accounting([AccountingRecord(
+            at=now + 1, status=AccountingStatus.START, nas_address=NAS, acct_session_id="a1", username="alice",
+            subscriber_id=alice.id, framed_ip="198.18.58.10", calling_station_id=mac, nas_client="bng")])
+        config = _radius_config(3799, address_hold_seconds=300, housekeeping_interval_seconds=60,
+                                plan=[{"plan": "home", "address_pool": "one"}],
+                                address_pool=[{"name": "one", "range": "198.18.58.10 - 198.18.58.10"}])
+        service = RadiusService(config, ServiceContext(store, EventBus(), CollectorRegistry(), _healthy,
+                                                       clock=lambda: wall[0]))
+        async with AsyncExitStack() as stack:
+            await service.start(stack)
+            await asyncio.sleep(1.5)  # the first sweep, without a step
+            wall[0] += 86400
+
+            async def renewed() -> bool:
+                return (await store.get_lease("198.18.58.10")).expires_at > wall[0]
+
+            await _until(renewed, within=3)
+    finally:
+        await store.close()
