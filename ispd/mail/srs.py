@@ -160,7 +160,10 @@ def _timestamp(now: float) -> str:
 
 def _age_days(stamp: str, now: float) -> int:
     then = (_TIME_ALPHABET.index(stamp[0]) << 5) | _TIME_ALPHABET.index(stamp[1])
-    return (int(now // TIME_PRECISION) - then) % _TIME_SLOTS
+    age = (int(now // TIME_PRECISION) - then) % _TIME_SLOTS
+    # A day ahead: made before the wall clock was stepped back across midnight UTC (NTP, an
+    # operator; a step of two hours at 00:30 does it), not 1023 days ago.
+    return 0 if age == _TIME_SLOTS - 1 else age
 
 
 def load_secrets(path: Path) -> list[bytes]:

@@ -189,3 +189,15 @@ def test_a_secret_file_another_process_makes_meanwhile_is_read_not_overwritten_o
     monkeypatch.setattr(srs, "read_secrets", first_missing_then_made_by_another)
     assert load_secrets(path) == [b"the-other-nodes"]
     assert path.read_bytes() == b"the-other-nodes\n" and os.listdir(tmp_path) == ["srs.secret"]
+
+
+def test_a_bounce_after_the_wall_clock_was_stepped_back_across_midnight_still_comes_back() -> None:
+    """Forwarded at 00:30 UTC, then the clock stepped back two hours: the address's day was
+    "tomorrow", 1023 days old by the modular count, and the bounce was refused as "older than
+    21 days"."""
+    srs = SenderRewriter([b"secret"], "isp.example", ["isp.example"])
+    forwarded_at = 1_796_603_400.0  # 2026-12-07 00:30 UTC
+    address = srs.forward("bob@example.com", forwarded_at)
+    assert srs.reverse(address, forwarded_at - 7200) == "bob@example.com"
+    with pytest.raises(SRSError, match="older than 21 days"):
+        srs.reverse(address, forwarded_at + 22 * 86400)
