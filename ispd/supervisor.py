@@ -557,6 +557,10 @@ class Supervisor:
     async def _purge_history_periodically(self) -> None:
         assert self.store is not None
         while True:
+            # The first an hour after the start, not at once: a host that boots with its clock
+            # ahead (a battery-less RTC set wrong, a local-time RTC) would delete every row
+            # younger than the step before NTP has set the clock right, billing data included.
+            await asyncio.sleep(HISTORY_PURGE_INTERVAL_SECONDS)
             days = self.config.store.history_retention_days
             try:
                 deleted = await self.store.purge_history(time.time() - days * 86400)
@@ -565,7 +569,6 @@ class Supervisor:
             else:
                 if any(deleted.values()):
                     log.info("store.history.purged", retention_days=days, **deleted)
-            await asyncio.sleep(HISTORY_PURGE_INTERVAL_SECONDS)
 
     async def _check_certificates_periodically(self) -> None:
         while True:

@@ -104,9 +104,13 @@ async def test_reload_of_a_missing_file_is_rejected_and_ready_again(tmp_path: Pa
         assert any(f[0] == "RELOADING=1" for f in notifier.sent)
 
 
-async def test_the_daemon_purges_history_past_its_retention(tmp_path: Path) -> None:
+async def test_the_daemon_purges_history_past_its_retention(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hourly, the first time an hour after the start (here a second): a host that boots
+    with its clock years ahead deleted at once every row younger than the step (the wall-clock
+    bug hunt: the audit log and the accounting history gone before NTP set the clock right)."""
     import time
 
+    import ispd.supervisor
     from ispd.store import open_store
     from ispd.store.models import Lease, LeaseState
 
@@ -117,8 +121,11 @@ async def test_the_daemon_purges_history_past_its_retention(tmp_path: Path) -> N
     await old.add_subscriber("kept", actor="t")
     await old.close()
 
+    monkeypatch.setattr(ispd.supervisor, "HISTORY_PURGE_INTERVAL_SECONDS", 1.0)
     async with running(config, tmp_path / "unused.toml") as (supervisor, _):
         assert supervisor.store is not None
+        await asyncio.sleep(0.4)
+        assert await supervisor.store.audit_since(0) != []  # not at the start
         # Each kind of history goes in its own transactions, the audit log after the leases:
         # wait for the last one.
         for _ in range(250):
