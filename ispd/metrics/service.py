@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ispd.configtypes import SocketAddress
-from ispd.listeners import bound_socket
+from ispd.listeners import bound_socket, client_key
 from ispd.logs import get_logger
 from ispd.service import Health, Service, ServiceContext, ServiceStartError, describe_os_error
 
@@ -113,7 +113,8 @@ class MetricsService(Service):
         assert task is not None
         self._handlers.add(task)
         peername = writer.get_extra_info("peername")
-        peer = str(peername[0]) if peername else "?"
+        # (an IPv6 peer by its /64, as every per-client limit: ispd.listeners.client_key)
+        peer = client_key(str(peername[0])) if peername else "?"
         self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
         try:
             if len(self._handlers) > MAX_CONNECTIONS or self._per_peer[peer] > MAX_CONNECTIONS_PER_PEER:
