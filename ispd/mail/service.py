@@ -26,7 +26,13 @@ from aiosmtpd.smtp import Session
 
 from ispd.control import CommandError
 from ispd.credentials import PasswordChecker
-from ispd.events import SubscriberClosed, SubscriberDeleted, SubscriberEvent, SubscriberSuspended
+from ispd.events import (
+    SubscriberClosed,
+    SubscriberDeleted,
+    SubscriberEvent,
+    SubscriberPlanChanged,
+    SubscriberSuspended,
+)
 from ispd.listeners import (
     CertificateError,
     ConnectionGate,
@@ -260,7 +266,7 @@ class MailService(Service):
                 raise ServiceStartError(f"mail: cannot listen on {address}: {exc.strerror}") from None
             self.bound.append(f"{listener} {f'[{host}]' if ':' in host else host}:{port}")
         stack.push_async_callback(self._close_sessions)
-        for ending in (SubscriberSuspended, SubscriberClosed, SubscriberDeleted):
+        for ending in (SubscriberSuspended, SubscriberPlanChanged, SubscriberClosed, SubscriberDeleted):
             stack.callback(self.context.bus.subscribe(ending, self._end_refused_imap_sessions))
         self._queue_task = asyncio.create_task(self.queue.run(), name="mail-queue")
         stack.push_async_callback(self._cancel_queue)
@@ -455,13 +461,16 @@ class MailService(Service):
         may not log in to IMAP: its sessions logged in before are ended too (as ``doveadm kick``
         would), or they would go on reading, and writing, the mailbox for as long as the client
         stays connected, while ``subscriber show`` says IMAP is refused."""
-        if isinstance(event, SubscriberSuspended):
+        if isinstance(event, (SubscriberSuspended, SubscriberPlanChanged)):
+            # (A plan change too: a suspended subscriber moved to a plan with --suspended-mail
+            # none is refused IMAP from then on, as a suspension on that plan.)
             try:
                 subscriber = await self.context.store.get_subscriber(event.subscriber_id)
                 plan = await self.context.store.get_plan(subscriber.plan_id) if subscriber.plan_id else None
             except StoreError:
                 return  # resumed or deleted since: that event decides
-            if plan is None or plan.suspended_mail is not SuspendedMail.NONE:
+            if subscriber.status is not SubscriberStatus.SUSPENDED or plan is None \
+                    or plan.suspended_mail is not SuspendedMail.NONE:
                 return
             why = b"suspended"
         else:

@@ -421,7 +421,7 @@ def test_a_suspended_subscriber_reads_mail_unless_the_plan_says_no_and_a_closed_
         lab.ispd.cli("subscriber", "resume", "erin")
 
 
-@pytest.mark.parametrize("change", ["close", "suspend on a plan without mail"])
+@pytest.mark.parametrize("change", ["close", "suspend on a plan without mail", "move a suspended one to a plan without mail"])
 def test_a_session_logged_in_before_the_account_is_closed_is_ended(lab: Lab, change: str) -> None:
     """From a bug hunt: closing a subscriber (or suspending one whose plan has
     ``--suspended-mail none``) refused new IMAP logins, but a session logged in before went on
@@ -431,10 +431,15 @@ def test_a_session_logged_in_before_the_account_is_closed_is_ended(lab: Lab, cha
     client.select("INBOX")
     if change == "close":
         lab.ispd.cli("subscriber", "close", "erin", "--reason", "moved away")
-    else:
+    elif change == "suspend on a plan without mail":
         lab.ispd.cli("plan", "add", "no-mail", "--suspended-mail", "none", check=False)
         lab.ispd.cli("subscriber", "set-plan", "erin", "no-mail")
         lab.ispd.cli("subscriber", "suspend", "erin", "--reason", "nonpayment")
+    else:  # suspended on no plan (mail readable), then moved to one that refuses it
+        lab.ispd.cli("subscriber", "suspend", "erin", "--reason", "nonpayment")
+        client.noop()  # (still served)
+        lab.ispd.cli("plan", "add", "no-mail", "--suspended-mail", "none", check=False)
+        lab.ispd.cli("subscriber", "set-plan", "erin", "no-mail")
     try:
         def ended() -> bool:
             try:
