@@ -935,7 +935,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--generate-password", action="store_true", help="generate one and print it once")
     policies = [p.value for p in CredentialPolicy]
 
-    parser = argparse.ArgumentParser(prog="ispd", description="ispd: the core network services of an ISP")
+    # (No abbreviations before the command: ispd.entry must find `run` after `-c FILE` or
+    # `--config FILE` alone, to hold signals back from the first instant.)
+    parser = argparse.ArgumentParser(prog="ispd", description="ispd: the core network services of an ISP",
+                                     allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"ispd {__version__}")
     # Also before the command (`ispd -c FILE subscriber list`, as unbound-control -c and postconf -c
     # take it), which argparse otherwise reads as a command named FILE; the command's own -c wins.

@@ -639,6 +639,9 @@ def test_the_config_may_come_before_the_command(tmp_path: Path) -> None:
     # `ispd -c FILE run` holds back SIGTERM and SIGHUP from its first instant too
     assert [command_of(argv) for argv in (["run"], ["-c", "f", "run"], ["--config=f", "worker"], ["plan"], [])] == [
         "run", "run", "worker", "plan", None]
+    # An abbreviation there would start the daemon without that: refused as a usage error.
+    result = subprocess.run([ISPD, "--conf", str(good), "check-config"], capture_output=True, text=True)
+    assert result.returncode == 2 and "invalid choice" in result.stderr
 
 
 def test_check_config_warns_of_an_admin_listener_beyond_loopback(tmp_path: Path) -> None:
