@@ -18,6 +18,7 @@ import ipaddress
 import socket
 import ssl
 import struct
+from collections import deque
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -51,6 +52,64 @@ def _ipv6_client_key(address: str) -> str:
         return address
     return str(ipaddress.IPv6Network((int(ip) >> (128 - CLIENT_PREFIX_LENGTH) << (128 - CLIENT_PREFIX_LENGTH),
                                       CLIENT_PREFIX_LENGTH)))
+
+
+class AuthThrottle:
+    """Password guessing, across sessions (SMTP AUTH and IMAP LOGIN alike, the admin API's
+    tokens): a client address
+    (an IPv6 one by its /64, ``client_key``) with ``per_address`` failures in the window is
+    refused without a password check until the window passes; a login that keeps failing gets
+    a delay that doubles with each failure (up to ``max_delay``), whoever tries it, which slows
+    a distributed guess without locking its owner out for good."""
+
+    def __init__(self, per_address: int, window: float, base_delay: float, max_delay: float = 15.0,
+                 max_entries: int = 100_000) -> None:
+        self.per_address = per_address
+        self.window = window
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.max_entries = max_entries
+        self._addresses: dict[str, deque[float]] = {}
+        self._logins: dict[str, deque[float]] = {}
+
+    def _recent(self, table: dict[str, deque[float]], key: str, now: float) -> deque[float] | None:
+        seen = table.get(key)
+        if seen is None:
+            return None
+        while seen and seen[0] <= now - self.window:
+            seen.popleft()
+        if not seen:
+            del table[key]
+            return None
+        return seen
+
+    def blocked(self, address: str, now: float) -> bool:
+        return self.retry_after(address, now) is not None
+
+    def retry_after(self, address: str, now: float) -> float | None:
+        """Seconds until ``address`` is no longer refused; None when it is not."""
+        seen = self._recent(self._addresses, client_key(address), now)
+        if seen is None or len(seen) < self.per_address:
+            return None
+        return seen[-self.per_address] + self.window - now
+
+    def delay(self, login: str, now: float) -> float:
+        """How long to wait before answering a failed attempt at ``login``."""
+        seen = self._recent(self._logins, login.lower(), now)
+        failures = len(seen) if seen is not None else 0
+        return min(self.max_delay, self.base_delay * float(2 ** max(0, min(failures - 3, 30))))
+
+    def failed(self, address: str, login: str, now: float) -> int:
+        """One more failure of ``login`` from ``address``; how many the address has in the window."""
+        for table, key in ((self._addresses, client_key(address)), (self._logins, login.lower()[:256])):
+            if key not in table and len(table) >= self.max_entries:
+                table.clear()  # a flood from very many sources: start over rather than grow
+            table.setdefault(key, deque()).append(now)
+        seen = self._recent(self._addresses, client_key(address), now)
+        return len(seen) if seen is not None else 0
+
+    def succeeded(self, login: str) -> None:
+        self._logins.pop(login.lower(), None)
 
 
 class ConnectionGate:

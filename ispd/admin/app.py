@@ -37,7 +37,7 @@ from ispd.credentials import check_password_acceptable, derive_credentials, effe
 from ispd.dns import dnssec
 from ispd.dns.admin import parse_name_argument
 from ispd.effects import Effect, effects
-from ispd.listeners import client_key
+from ispd.listeners import AuthThrottle
 from ispd.logs import get_logger
 from ispd.mail.maildir import Maildir
 from ispd.store.base import Store
@@ -275,44 +275,9 @@ MAX_BODY_BYTES = 64 * 1024  # the largest request any route takes is a few hundr
 # over TCP is slowed to a crawl, and each failure is logged (admin.auth.failed) for fail2ban.
 AUTH_FAILURES_PER_ADDRESS = 20
 AUTH_FAILURE_WINDOW_SECONDS = 900.0
-MAX_TRACKED_ADDRESSES = 10_000  # a flood from many addresses keeps the newest ones
+MAX_TRACKED_ADDRESSES = 10_000  # past it (a flood from very many addresses) the count starts over
 
 log = get_logger("ispd.admin")
-
-
-class _AuthFailures:
-    """Failed token checks per peer address (an IPv6 one by its /64, as every per-client limit),
-    within a sliding window."""
-
-    def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.limit, self.window, self.clock = limit, window, clock
-        self._failures: dict[str, list[float]] = {}
-
-    def _recent(self, peer: str) -> list[float]:
-        now = self.clock()
-        times = [t for t in self._failures.get(peer, ()) if now - t < self.window]
-        if times:
-            self._failures[peer] = times
-        else:
-            self._failures.pop(peer, None)
-        return times
-
-    def retry_after(self, peer: str) -> float | None:
-        """Seconds until ``peer`` may try again, or None when it is not shut out."""
-        times = self._recent(peer)
-        if len(times) < self.limit:
-            return None
-        return max(1.0, self.window - (self.clock() - times[-self.limit]))
-
-    def record(self, peer: str) -> int:
-        """One more failure of ``peer``; how many it has within the window."""
-        times = self._recent(peer)
-        times.append(self.clock())
-        self._failures.pop(peer, None)
-        self._failures[peer] = times[-self.limit:]  # (the newest last, in insertion order)
-        while len(self._failures) > MAX_TRACKED_ADDRESSES:
-            del self._failures[next(iter(self._failures))]
-        return len(times)
 
 
 class _Guard:
@@ -321,7 +286,8 @@ class _Guard:
 
     def __init__(self, app: Any, token: Callable[[], str | None] | None, max_body: int) -> None:
         self.app, self.token, self.max_body = app, token, max_body
-        self.failures = _AuthFailures(AUTH_FAILURES_PER_ADDRESS, AUTH_FAILURE_WINDOW_SECONDS)
+        self.failures = AuthThrottle(AUTH_FAILURES_PER_ADDRESS, AUTH_FAILURE_WINDOW_SECONDS, base_delay=0.0,
+                                     max_entries=MAX_TRACKED_ADDRESSES)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -335,14 +301,14 @@ class _Guard:
         if self.token is not None:
             client = scope.get("client")
             peer = str(client[0]) if client else "unknown"
-            wait = self.failures.retry_after(client_key(peer))
+            wait = self.failures.retry_after(peer, time.monotonic())
             if wait is not None:
                 await _answer(send, 429, "too many requests with a wrong token from this address; try again later",
-                              [(b"retry-after", str(math.ceil(wait)).encode())])
+                              [(b"retry-after", str(max(1, math.ceil(wait))).encode())])
                 return
             if token is None or scheme.lower() != b"bearer" or not hmac.compare_digest(
                     credentials.strip(b" "), token.encode()):
-                failures = self.failures.record(client_key(peer))
+                failures = self.failures.failed(peer, "", time.monotonic())
                 log.warning("admin.auth.failed", client=peer, path=scope.get("path", ""),
                             reason="no bearer token" if scheme.lower() != b"bearer" else "wrong token",
                             failures=failures, shut_out=failures >= AUTH_FAILURES_PER_ADDRESS)

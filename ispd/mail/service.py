@@ -34,6 +34,7 @@ from ispd.events import (
     SubscriberSuspended,
 )
 from ispd.listeners import (
+    AuthThrottle,
     CertificateError,
     ConnectionGate,
     bound_socket,
@@ -59,7 +60,6 @@ from ispd.mail.authcheck import (
 from ispd.mail.config import MailConfig
 from ispd.mail.dnsbl import Blocklists
 from ispd.mail.engine import (
-    AuthThrottle,
     ConnectionRate,
     LoginRefused,
     MXPolicy,

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from ispd.listeners import AuthThrottle
 from ispd.mail.engine import (
-    AuthThrottle,
     CommandPace,
     ConnectionRate,
     MXPolicy,
