@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ispd.store.sqlite import Migration, connect, migrate, schema_version, sqlite_migrations
 from tests.lab import toml
 from tests.lab.process import ISPD, base_config
 
@@ -409,18 +410,32 @@ def test_check_config_says_plainly_that_an_address_is_not_one(tmp_path: Path, dn
     assert "lax-or-strict" not in failed.stderr and "validator" not in failed.stderr, failed.stderr
 
 
+def _store_a_schema_behind(store: Path) -> list[Migration]:
+    """A store at ``store`` two migrations short of this ispd's (what an older ispd left);
+    this ispd's migrations."""
+    migrations = sqlite_migrations()
+    conn = connect(store, 5)
+    migrate(conn, migrations, target=len(migrations) - 2)
+    conn.close()
+    return migrations
+
+
+def _schema_of(store: Path) -> int:
+    conn = connect(store, 5)
+    try:
+        return schema_version(conn)
+    finally:
+        conn.close()
+
+
 def test_an_admin_command_does_not_migrate_the_store_under_a_daemon(tmp_path: Path, config_path: Path) -> None:
     # A daemon on a store of an older schema is an older ispd (a current one migrates as it
     # starts; a standby never does): an upgraded CLI's `subscriber list` must not migrate the
     # store under it (nor hold SQLite's write lock for a long migration), as `store migrate` won't.
     from ispd.daemonlock import DaemonLock
-    from ispd.store.sqlite import connect, migrate, schema_version, sqlite_migrations
 
-    migrations = sqlite_migrations()
     store = tmp_path / "ispd.db"
-    conn = connect(store, 5)
-    migrate(conn, migrations, target=len(migrations) - 2)
-    conn.close()
+    migrations = _store_a_schema_behind(store)
 
     daemon = DaemonLock(store)
     daemon.acquire()
@@ -433,14 +448,10 @@ def test_an_admin_command_does_not_migrate_the_store_under_a_daemon(tmp_path: Pa
                               f"would migrate the store to schema {migrations[-1].version}: stop the daemon and run "
                               "`ispd store migrate`, or restart it with this ispd (it migrates the store as it "
                               "starts)\n")
-    conn = connect(store, 5)
-    assert schema_version(conn) == len(migrations) - 2  # untouched
-    conn.close()
+    assert _schema_of(store) == len(migrations) - 2  # untouched
 
     ok(config_path, "subscriber", "list")  # no daemon: the command migrates, as it always did
-    conn = connect(store, 5)
-    assert schema_version(conn) == migrations[-1].version
-    conn.close()
+    assert _schema_of(store) == migrations[-1].version
     daemon.acquire()  # and a current store is read beside a daemon, without its lock
     try:
         assert ok(config_path, "subscriber", "list").startswith("ID")
@@ -451,13 +462,9 @@ def test_an_admin_command_does_not_migrate_the_store_under_a_daemon(tmp_path: Pa
 def test_store_migrate_applies_what_is_pending_and_is_refused_beside_a_daemon(tmp_path: Path,
                                                                               config_path: Path) -> None:
     from ispd.daemonlock import DaemonLock
-    from ispd.store.sqlite import connect, migrate, schema_version, sqlite_migrations
 
-    migrations = sqlite_migrations()
     store = tmp_path / "ispd.db"
-    conn = connect(store, 5)
-    migrate(conn, migrations, target=len(migrations) - 2)
-    conn.close()
+    migrations = _store_a_schema_behind(store)
 
     daemon = DaemonLock(store)  # as a running `ispd run` holds it
     daemon.acquire()
@@ -468,18 +475,14 @@ def test_store_migrate_applies_what_is_pending_and_is_refused_beside_a_daemon(tm
     assert refused.returncode == 1
     assert refused.stderr == (f"ispd: an ispd daemon (pid {os.getpid()}) is running on the store {store}: stop it "
                               "first (or let it be: a daemon applies the migrations itself as it starts)\n")
-    conn = connect(store, 5)
-    assert schema_version(conn) == len(migrations) - 2  # untouched
-    conn.close()
+    assert _schema_of(store) == len(migrations) - 2  # untouched
 
     lines = ok(config_path, "store", "migrate").splitlines()
     newest, before = migrations[-1], migrations[-2]
     assert lines[:2] == [f"{store}: migrating to schema {newest.version}: {before.version} {before.name} ...",
                          f"{store}: migrating to schema {newest.version}: {newest.version} {newest.name} ..."]
     assert lines[2].startswith(f"{store}: at schema {newest.version} (applied {before.version}, {newest.version} in ")
-    conn = connect(store, 5)
-    assert schema_version(conn) == newest.version
-    conn.close()
+    assert _schema_of(store) == newest.version
     assert ok(config_path, "store", "migrate") == f"{store}: at schema {newest.version}, nothing to do\n"
 
 
@@ -490,13 +493,8 @@ def test_migrations_are_refused_beside_a_daemon_from_before_the_lock(tmp_path: P
     # sessions, which `who` then cannot find).
     import socket
 
-    from ispd.store.sqlite import connect, migrate, schema_version, sqlite_migrations
-
-    migrations = sqlite_migrations()
     store = tmp_path / "ispd.db"
-    conn = connect(store, 5)
-    migrate(conn, migrations, target=len(migrations) - 2)
-    conn.close()
+    migrations = _store_a_schema_behind(store)
     control = tmp_path / "control.sock"
     old_daemon = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_daemon.bind(str(control))
@@ -507,15 +505,11 @@ def test_migrations_are_refused_beside_a_daemon_from_before_the_lock(tmp_path: P
             assert refused.returncode == 1, (command, refused.stdout)
             assert refused.stderr.startswith(f"ispd: an ispd daemon is running: it answers on the control socket "
                                              f"{control} "), (command, refused.stderr)
-        conn = connect(store, 5)
-        assert schema_version(conn) == len(migrations) - 2  # untouched
-        conn.close()
+        assert _schema_of(store) == len(migrations) - 2  # untouched
     finally:
         old_daemon.close()
 
     # Its socket left behind by a daemon that is gone refuses connections: no longer in the way.
     assert control.exists()
     ok(config_path, "store", "migrate")
-    conn = connect(store, 5)
-    assert schema_version(conn) == migrations[-1].version
-    conn.close()
+    assert _schema_of(store) == migrations[-1].version
