@@ -300,11 +300,10 @@ class Supervisor:
         (logged) when it cannot be had."""
         try:
             self.lock.acquire()
-            previous = getattr(self.lock, "previous_holder", None)
+            previous = self.lock.previous_holder
             if previous is not None:
                 # Its lock file still names it: it did not stop (a kill -9, a crash, a power cut).
-                log.warning("daemon.unclean_stop_found", previous_pid=previous,
-                            lock=str(getattr(self.lock, "path", "")),
+                log.warning("daemon.unclean_stop_found", previous_pid=previous, lock=str(self.lock.path),
                             hint="the last ispd on this store (or an admin command holding its lock) ended without "
                                  "stopping; what it had acknowledged is in the store, check its log for why it ended")
             return True

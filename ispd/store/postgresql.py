@@ -36,6 +36,7 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ispd.logs import get_logger
@@ -493,6 +494,16 @@ class PostgresDaemonLock:
     @property
     def held(self) -> bool:
         return self._conn is not None
+
+    @property
+    def path(self) -> Path:
+        return self._file.path
+
+    @property
+    def previous_holder(self) -> int | None:
+        """The file lock's (``DaemonLock.previous_holder``): a daemon on this host that was
+        killed is found there as on SQLite."""
+        return self._file.previous_holder
 
     def keep(self) -> bool:
         """Check that the lock's connection lives; after a server restart, take the lock again

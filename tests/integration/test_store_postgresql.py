@@ -190,6 +190,24 @@ def test_connections_the_server_closed_are_replaced_and_the_lock_taken_again(sit
     assert_refused_as_a_second_daemon(site, second_daemon(site, tmp_path))
 
 
+def test_a_start_after_a_kill_says_the_last_daemon_did_not_stop(postgres_cluster: PostgresCluster,
+                                                                 tmp_path: Path) -> None:
+    """As on SQLite: the file lock beside the store's path (which a daemon on PostgreSQL takes
+    too) still names a daemon that was killed, and the next start says so."""
+    url = postgres_cluster.create_database()
+    try:
+        with IspdProcess(tmp_path, postgresql_config(tmp_path, url)) as ispd:
+            ispd.start()
+            assert ispd.proc is not None and ispd.log_events("daemon.unclean_stop_found") == []
+            killed = ispd.proc.pid
+            ispd.kill()
+            ispd.start()
+            assert [e["previous_pid"] for e in ispd.log_events("daemon.unclean_stop_found")] == [killed]
+            assert ispd.terminate() == 0
+    finally:
+        postgres_cluster.drop_database(url)
+
+
 # --- what refuses a PostgreSQL store -------------------------------------------------------------
 
 
