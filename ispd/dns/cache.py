@@ -371,6 +371,7 @@ class CachedAnswer:
     # served stale itself (the records' own stale window bounds it, RFC 8767 §4).
     from_stale: bool = False
     ede: int = -1  # an Extended DNS Error (RFC 8914) for the OPT record; never stored in the cache
+    passthru: bool = False  # its question matched a policy PASSTHRU trigger: each hit counts as one
 
     def render(self, now: float) -> bytes:
         age = int(now - self.stored_at)

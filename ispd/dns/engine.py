@@ -419,6 +419,8 @@ class DNSEngine:
                 self.policy_hits[action] += 1
         else:
             self.stats.cache_hits += 1
+            if entry.passthru:
+                self.policy_hits[PolicyAction.PASSTHRU] += 1
         self.qtypes[qtype] = self.qtypes.get(qtype, 0) + 1
         self.rcodes[entry.rcode_flags & 0xF] += 1
         if now >= entry.prefetch_at and not entry.refreshing:
@@ -482,8 +484,9 @@ class DNSEngine:
                 return self._reply_cached(query, entry, tcp)
             return await self._reply_local(query, local, tcp, client_class, view)
         hit = self.policy_lookup(name, view)
-        if hit is not None and hit.action != PolicyAction.PASSTHRU:
+        if hit is not None:
             self.policy_hits[hit.action] += 1
+        if hit is not None and hit.action != PolicyAction.PASSTHRU:
             if hit.action == PolicyAction.DROP:
                 self.stats.dropped_by_policy += 1
                 return None
@@ -627,6 +630,9 @@ class DNSEngine:
                      and policy_changes == self._policy_changes)
             entry = self._build(key, question, resolution, now, store=store)
             entry.from_stale = from_stale
+            # The fast path counts its hits as the slow path does, without asking the policy.
+            hit = self.policy_lookup(question.key_name, answer_variant(key) & VARIANT_VIEW)
+            entry.passthru = hit is not None and hit.action == PolicyAction.PASSTHRU
         if not future.done():
             future.set_result(entry)
 

@@ -15,7 +15,7 @@ from ispd.dns.config import WalledGardenConfig
 from ispd.dns.dns64 import DNS64
 from ispd.dns.engine import FAILURE_CACHE_SECONDS, STALE_RECHECK_SECONDS, DNSEngine, RateLimiter
 from ispd.dns.localdata import LocalData
-from ispd.dns.policy import Policy, compile_policy_zone
+from ispd.dns.policy import Policy, PolicyAction, compile_policy_zone
 from ispd.dns.resolver import ForwardZone, Resolution, Resolver, ResolverSettings
 from ispd.dns.walledgarden import WalledGarden
 from ispd.dns.wire import (
@@ -1118,6 +1118,17 @@ async def test_policy_passthru(policed: Env) -> None:
     reply = await policed.ask_message(query("www.example.test."))
     assert addresses(reply) == ["192.0.2.80"]  # resolved for real: not the wildcard's 10.10.10.10
     assert ("www.example.test.", "A") in policed.net.names_sent()
+    # Each query the trigger let through counts, the cache's answers too (as Unbound's
+    # num.rpz.action.rpz-passthru): an operator's exception is seen to work.
+    assert policed.engine.policy_hits[PolicyAction.PASSTHRU] == 1
+    await policed.ask_message(query("www.example.test."))
+    assert policed.engine.policy_hits[PolicyAction.PASSTHRU] == 2
+    assert policed.fast(query("www.example.test.")) is not None
+    assert policed.engine.policy_hits[PolicyAction.PASSTHRU] == 3
+    for _ in range(2):  # a name no trigger matched, from the cache too, is no policy hit
+        await policed.ask_message(query("www.other.example."))
+    assert policed.fast(query("www.other.example.")) is not None
+    assert policed.engine.policy_hits[PolicyAction.PASSTHRU] == 3
 
 
 async def test_policy_tcp_only(policed: Env) -> None:

@@ -129,6 +129,13 @@ def test_wildcard_trigger_and_passthru_over_it(resolver: DNSIspd) -> None:
     assert passed.status == "NOERROR" and rdatas(passed) == {"198.18.1.42"}, passed.text
 
 
+def test_passthru_is_counted_for_every_query_it_lets_through(resolver: DNSIspd) -> None:
+    before = resolver.metric("ispd_dns_policy_hits_total", {"action": "passthru"})
+    for _ in range(3):  # resolved, then answered from the cache (the fast path from the second)
+        assert rdatas(resolver.dig("ok.wild.example-a.test")) == {"198.18.1.42"}
+    assert resolver.metric("ispd_dns_policy_hits_total", {"action": "passthru"}) == before + 3
+
+
 def test_a_cname_chain_into_a_blocked_name_is_cut_there(resolver: DNSIspd) -> None:
     result = resolver.dig("chain1.example-a.test")
     assert result.status == "NXDOMAIN", result.text
