@@ -251,12 +251,17 @@ class DoTConfig(EncryptedListenerConfig):
     """DNS over TLS (RFC 7858), usually on TCP port 853."""
 
 
+QuicRetry = Literal["auto", "always", "never"]
+
+
 class DoHConfig(EncryptedListenerConfig):
     """DNS over HTTPS (RFC 8484): HTTP/2 over TLS on ``listen`` (usually TCP 443) and HTTP/3 over
     QUIC on ``listen_http3`` (usually UDP 443), at ``path``."""
 
     listen_http3: list[ListenAddress] = []
     path: str = Field(default="/dns-query", pattern=r"^/[A-Za-z0-9._~!$&'()*+,;=:@/-]*$")
+    # When a new HTTP/3 client must first prove its address with a QUIC Retry (as [dns.doq]).
+    retry: QuicRetry = "auto"
 
     @property
     def enabled(self) -> bool:
@@ -268,6 +273,10 @@ class DoQConfig(EncryptedListenerConfig):
 
     # RFC 9250 §4.5: 0-RTT data can be replayed; only safe for queries, still off unless asked.
     allow_0rtt: bool = False
+    # When a new client must first prove its address with a Retry (RFC 9000 §8.1), before any
+    # TLS work: "auto" while the listener has many handshakes under way (a flood of Initials
+    # from forged sources), "always", or "never".
+    retry: QuicRetry = "auto"
 
 
 def _ipv6_network(value: IPv4Network | IPv6Network) -> IPv4Network | IPv6Network:

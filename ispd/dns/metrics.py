@@ -165,6 +165,8 @@ class _DNSCollector(Collector):
                  "refused_connections"),
                 ("handshake_failures", "TLS or QUIC handshakes that failed or timed out, by transport.",
                  "handshake_failures"),
+                ("retries", "QUIC Retry packets sent for a new client to prove its address, by transport.",
+                 "retries"),
                 ("bad_requests", "Malformed or oversized requests (framing, HTTP), by transport.", "bad_requests")):
             family = CounterMetricFamily(f"ispd_dns_transport_{name}", documentation, labels=["transport"])
             for transport, counts in transports.items():

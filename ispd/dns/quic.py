@@ -20,6 +20,14 @@ is known only then) and turn a connection over a limit away at once, with a stat
 CONNECTION_CLOSE (CONNECTION_REFUSED) and no TLS work; a handshake that fails or
 takes longer than ``handshake_timeout_seconds`` is counted and the connection closed. A SIGHUP
 with a new certificate changes the shared configuration's certificate for new connections.
+
+Address validation (RFC 9000 §8.1): each Initial the server takes costs a TLS handshake, about
+a millisecond of the one event loop, and its source address may be forged; 2,000 forged
+Initials a second kept port 53's answers waiting for seconds. So a new client is first sent a
+Retry, which costs an AEAD seal and no state, and its connection is made only when it comes
+back with the token (a round trip more): always (``retry = "always"``), never, or, by default,
+only while more than ``RETRY_ABOVE_HANDSHAKES`` handshakes are under way on the listener, and
+for ``RETRY_HOLD_SECONDS`` after (a client answering a Retry still finds tokens taken).
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from aioquic.quic.crypto import CryptoPair
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent, StreamDataReceived, StreamReset
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType, QuicPacketType, pull_quic_header
 from aioquic.quic.packet_builder import QuicPacketBuilder
+from aioquic.quic.retry import QuicRetryTokenHandler
 from aioquic.tls import SessionTicket
 
 from ispd.configtypes import SocketAddress
@@ -71,6 +80,10 @@ H3_REQUEST_CANCELLED = 0x10C
 H3_EXCESSIVE_LOAD = 0x107
 _LENGTH = struct.Struct("!H")
 _TICKETS_KEPT = 10_000
+# A handshake takes a round trip or two, so even a busy listener has few under way at once;
+# many more are Initials that never go on (forged sources) or clients doing no more than start.
+RETRY_ABOVE_HANDSHAKES = 64
+RETRY_HOLD_SECONDS = 10.0
 
 
 @dataclass(slots=True)
@@ -79,6 +92,28 @@ class QuicSettings:
     handshake_timeout: float
     max_streams: int
     max_query_bytes: int
+    retry: str = "auto"  # "auto", "always" or "never": when a new client must prove its address
+
+
+class _Handshakes:
+    """The handshakes under way on one listener's connections."""
+
+    __slots__ = ("pending",)
+
+    def __init__(self) -> None:
+        self.pending = 0
+
+
+class _RetryTokens(QuicRetryTokenHandler):
+    """aioquic's Retry tokens, each counted as a Retry sent."""
+
+    def __init__(self, stats: TransportStats) -> None:
+        super().__init__()
+        self.stats = stats
+
+    def create_token(self, **kwargs: Any) -> bytes:
+        self.stats.retries += 1
+        return super().create_token(**kwargs)
 
 
 def quic_configuration(alpn: list[str], certificate: Path, private_key: Path, idle_timeout: float,
@@ -112,7 +147,17 @@ class _QuicServer(QuicServer):
     """aioquic's server, less its answer to a small datagram of a version it does not speak:
     it sends Version Negotiation for any size, and a 40-byte datagram from a forged address
     drew 43 bytes at the victim. RFC 9000 §5.2.2: "Servers MUST drop smaller packets that
-    specify unsupported versions" (smaller than a connection's first datagram, §14.1)."""
+    specify unsupported versions" (smaller than a connection's first datagram, §14.1). And
+    with its Retry (aioquic's, on or off for good) turned on and off as ``settings.retry``
+    and the handshakes under way say."""
+
+    def __init__(self, *, settings: QuicSettings, handshakes: _Handshakes, tokens: _RetryTokens,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._settings = settings
+        self._handshakes = handshakes
+        self._tokens = tokens
+        self._retry_until = 0.0
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         if len(data) < SMALLEST_MAX_DATAGRAM_SIZE and isinstance(data, bytes) and len(data) >= 5 \
@@ -120,7 +165,18 @@ class _QuicServer(QuicServer):
             version = int.from_bytes(data[1:5], "big")
             if version != 0 and version not in self._configuration.supported_versions:
                 return
+        # (aioquic types it as never None, though it makes it None when retry is off)
+        self._retry = self._tokens if self._validating() else None  # type: ignore[assignment]
         super().datagram_received(data, addr)
+
+    def _validating(self) -> bool:
+        mode = self._settings.retry
+        if mode != "auto":
+            return mode == "always"
+        now = self._loop.time()
+        if self._handshakes.pending > RETRY_ABOVE_HANDSHAKES:
+            self._retry_until = now + RETRY_HOLD_SECONDS
+        return now < self._retry_until
 
 
 class _TicketStore:
@@ -142,7 +198,7 @@ class _DNSQuicProtocol(QuicConnectionProtocol):
     """What DoQ and HTTP/3 connections share: limits, handshake accounting, tasks."""
 
     def __init__(self, quic: QuicConnection, stream_handler: Any = None, *, gate: ConnectionGate,
-                 stats: TransportStats, settings: QuicSettings) -> None:
+                 stats: TransportStats, settings: QuicSettings, handshakes: _Handshakes) -> None:
         super().__init__(quic, stream_handler)
         # aioquic announces 128 concurrent bidirectional streams; ours is the configured limit.
         # Both figures: aioquic announces ``value`` and, raising it by one for each stream that
@@ -154,6 +210,7 @@ class _DNSQuicProtocol(QuicConnectionProtocol):
         self.gate = gate
         self.stats = stats
         self.settings = settings
+        self.handshakes = handshakes
         self.client: str | None = None
         self.admitted = False
         self.handshake_done = False
@@ -168,6 +225,7 @@ class _DNSQuicProtocol(QuicConnectionProtocol):
                 self._refuse(data if isinstance(data, bytes) else data.encode(), addr)
                 return
             self.admitted = True
+            self.handshakes.pending += 1
             self._handshake_timer = asyncio.get_running_loop().call_later(
                 self.settings.handshake_timeout, self._handshake_expired)
         if self.admitted:
@@ -214,8 +272,10 @@ class _DNSQuicProtocol(QuicConnectionProtocol):
             self.close_with(DOQ_NO_ERROR, "handshake timeout")
 
     def quic_event_received(self, event: QuicEvent) -> None:
-        if isinstance(event, HandshakeCompleted):
+        if isinstance(event, HandshakeCompleted) and not self.handshake_done:
             self.handshake_done = True
+            if self.admitted:
+                self.handshakes.pending -= 1
             if self._handshake_timer is not None:
                 self._handshake_timer.cancel()
         elif isinstance(event, ConnectionTerminated):
@@ -230,6 +290,7 @@ class _DNSQuicProtocol(QuicConnectionProtocol):
             self.admitted = False
             if not self.handshake_done:
                 self.stats.handshake_failures += 1
+                self.handshakes.pending -= 1
             self.gate.release(self.client or "")
             if self._handshake_timer is not None:
                 self._handshake_timer.cancel()
@@ -428,6 +489,8 @@ class QuicListener:
         self.settings = settings
         self.protocol_args = protocol_args
         self.tickets = _TicketStore() if allow_0rtt else None
+        self.handshakes = _Handshakes()
+        self.retry_tokens = _RetryTokens(protocol_args["stats"])
         self.configuration: QuicConfiguration | None = None
         self.bound: list[tuple[str, int]] = []
 
@@ -460,12 +523,13 @@ class QuicListener:
 
     async def start(self, addresses: list[SocketAddress], stack: AsyncExitStack) -> None:
         assert self.configuration is not None
-        factory = partial(self.protocol, settings=self.settings, **self.protocol_args)
+        factory = partial(self.protocol, settings=self.settings, handshakes=self.handshakes, **self.protocol_args)
         for address in addresses:
             try:
                 # aioquic's serve() without its bind: the socket is made as every listener's is.
                 _, protocol = await open_datagram_listener(
-                    partial(_QuicServer, configuration=self.configuration, create_protocol=factory,
+                    partial(_QuicServer, settings=self.settings, handshakes=self.handshakes,
+                            tokens=self.retry_tokens, configuration=self.configuration, create_protocol=factory,
                             session_ticket_fetcher=self.tickets.pop if self.tickets else None,
                             session_ticket_handler=self.tickets.add if self.tickets else None),
                     bound_socket(address.host, address.port, socket.SOCK_DGRAM))

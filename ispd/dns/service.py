@@ -37,7 +37,7 @@ from ispd.configtypes import SocketAddress
 from ispd.control import CommandError
 from ispd.dns.admin import parse_name_argument
 from ispd.dns.cache import AnswerCache, CacheLimits, RRsetCache
-from ispd.dns.config import DNSConfig, DnstapConfig, EncryptedListenerConfig
+from ispd.dns.config import DNSConfig, DnstapConfig, DoHConfig, DoQConfig, EncryptedListenerConfig
 from ispd.dns.datafiles import DataFiles, DiskFiles, FileStore, HandedFiles
 from ispd.dns.dns64 import DNS64
 from ispd.dns.dnssec import TrustAnchor
@@ -1015,8 +1015,9 @@ class DNSService(Service):
             gate.max_per_client = sections[key].max_connections_per_client
         for key, tls in self.tls_listeners.items():
             tls.handshake_timeout = sections[key].handshake_timeout_seconds
+        quic_sections: dict[str, DoHConfig | DoQConfig] = {"doh3": new.doh, "doq": new.doq}
         for key, quic in self.quic_listeners.items():
-            quic.apply_settings(_quic_settings(sections[key]))
+            quic.apply_settings(_quic_settings(quic_sections[key]))
 
     def _encrypted(self) -> list[tuple[str, TLSListener | QuicListener]]:
         return [*self.tls_listeners.items(), *self.quic_listeners.items()]
@@ -1283,9 +1284,10 @@ def _outgoing(config: DNSConfig) -> tuple[str | None, str | None]:
     return (str(v4) if v4 else None), (str(v6) if v6 else None)
 
 
-def _quic_settings(section: EncryptedListenerConfig) -> QuicSettings:
+def _quic_settings(section: DoHConfig | DoQConfig) -> QuicSettings:
     return QuicSettings(idle_timeout=section.idle_timeout_seconds, handshake_timeout=section.handshake_timeout_seconds,
-                        max_streams=section.max_streams_per_connection, max_query_bytes=section.max_query_bytes)
+                        max_streams=section.max_streams_per_connection, max_query_bytes=section.max_query_bytes,
+                        retry=section.retry)
 
 
 class _UDPProtocol(asyncio.DatagramProtocol):

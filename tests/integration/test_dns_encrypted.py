@@ -44,6 +44,7 @@ import h2.exceptions
 import pytest
 from aioquic.asyncio.client import connect
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, QuicEvent
 from aioquic.quic.packet import QuicErrorCode
 from aioquic.tls import SessionTicket
@@ -796,6 +797,63 @@ def test_every_transport_is_counted(server: EncryptedIspd, tmp_path: Path) -> No
             and server.metric("ispd_dns_transport_connections_total", t) == c + 1))
     _, text = server.http_get("/metrics")
     assert 'ispd_dns_transport_answer_seconds_count{transport="quic"}' in text
+
+
+# === address validation: QUIC Retry ===================================================================
+
+
+@pytest.fixture(scope="module")
+def validating(tmp_path_factory: pytest.TempPathFactory, certs: Certs, black_hole: str) -> Iterator[EncryptedIspd]:
+    """DoQ with the default Retry (under a flood of handshakes), HTTP/3 with one for everybody."""
+    ispd = EncryptedIspd(tmp_path_factory.mktemp("ispd-retry"), certs, black_hole,
+                         doq={"handshake_timeout_seconds": 3.0}, doh={"retry": "always"})
+    with running(ispd):
+        yield ispd
+
+
+def test_http3_with_retry_always_makes_each_client_prove_its_address(validating: EncryptedIspd) -> None:
+    before = validating.metric("ispd_dns_transport_retries_total", "http3")
+    for _ in range(2):
+        status, _, body = h3(validating, "GET", f"/dns-query?dns={b64url(query(msg_id=0).to_wire())}")
+        assert status == 200 and addresses(dns.message.from_wire(body)) == {PORTAL_ADDRESS}
+    assert validating.metric("ispd_dns_transport_retries_total", "http3") == before + 2
+
+
+FORGED = 80  # Initials from forged sources: more than RETRY_ABOVE_HANDSHAKES (64) under way
+
+
+def test_doq_asks_for_a_retry_only_under_a_flood_of_handshakes(validating: EncryptedIspd) -> None:
+    def retries() -> float:
+        return validating.metric("ispd_dns_transport_retries_total", "quic")
+
+    before = retries()
+    [reply] = doq(validating, query())
+    assert addresses(reply) == {PORTAL_ADDRESS} and retries() == before  # a quiet listener: no Retry
+
+    # Initials that never go on, each from its own address (kept open: no port unreachable).
+    with contextlib.ExitStack() as sockets:
+        prefix = f"127.{random.randrange(200, 250)}.{random.randrange(1, 255)}"
+        for i in range(FORGED):
+            client = QuicConnection(configuration=QuicConfiguration(is_client=True, alpn_protocols=["doq"],
+                                                                    server_name=SERVER_NAME))
+            client.connect(("127.0.0.1", validating.doq_port), now=time.time())
+            sock = sockets.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            sock.bind((f"{prefix}.{i + 1}", 0))
+            for datagram, _ in client.datagrams_to_send(now=time.time()):
+                sock.sendto(datagram, ("127.0.0.1", validating.doq_port))
+        # The first 65 cost a handshake each; past that, every new one gets a Retry, no TLS.
+        eventually(lambda: retries() == before + FORGED - 65)
+        [reply] = doq(validating, query())  # a real client follows the Retry and is answered
+        assert addresses(reply) == {PORTAL_ADDRESS} and retries() == before + FORGED - 65 + 1
+        udp = dns.query.udp(query(), "127.0.0.1", port=validating.port, timeout=3)
+        assert addresses(udp) == {PORTAL_ADDRESS}  # port 53 goes on meanwhile
+    # Once the forged handshakes have timed out (3 s) and the hold is over (10 s), no more Retry.
+    eventually(lambda: validating.metric("ispd_dns_transport_handshake_failures_total", "quic") >= 65, timeout=10)
+    time.sleep(11)
+    after = retries()
+    [reply] = doq(validating, query())
+    assert addresses(reply) == {PORTAL_ADDRESS} and retries() == after
+    validating.assert_clean()
 
 
 # === limits (the strict instance) ==================================================================================
