@@ -122,7 +122,13 @@ from ispd.store.models import (
     ReservationKind,
     SubscriberStatus,
 )
-from ispd.store.sqlite_radius import ADMIN_CLOSE_CAUSE, STALE_CAUSE, SUPERSEDED_CAUSE, month_start
+from ispd.store.sqlite_radius import (
+    ADMIN_CLOSE_CAUSE,
+    NOT_ON_NAS_CAUSE,
+    STALE_CAUSE,
+    SUPERSEDED_CAUSE,
+    month_start,
+)
 
 if TYPE_CHECKING:
     from ispd.config import Config
@@ -134,6 +140,7 @@ SWEEP_SECONDS = 1.0
 # The wall clock moved this much more (or less) than the monotonic one over a sweep: a step (NTP
 # setting a clock that booted wrong, an operator), not a slew.
 CLOCK_STEP_SECONDS = 10.0
+SESSION_CONTEXT_NOT_FOUND = 503  # Error-Cause (RFC 5176 §3.5): the NAS has no such session
 MAX_ENFORCING = 64  # Disconnects/CoAs under way past which _enforce_status waits for its next round
 MAX_DATAGRAM = 4096
 MAX_QUEUED_ACCOUNTING = 50_000
@@ -1660,8 +1667,27 @@ class RadiusService(Service):
                 subscriber_id=session.subscriber_id, reason=reason, error_cause=error_cause)
         except StoreError as exc:
             log.warning("radius.coa.record_failed", error=str(exc))
+        if outcome_result == "nak" and error_cause == SESSION_CONTEXT_NOT_FOUND:
+            await self._close_not_on_nas(session)
         return {"session_id": session.id, "kind": kind, "result": outcome_result, "attempts": attempts,
                 "error_cause": error_cause, "detail": detail}
+
+    async def _close_not_on_nas(self, session: RadiusSession) -> None:
+        """A session its NAS says it does not have (a NAK with Error-Cause 503): closed as a stale
+        one is, its Simultaneous-Use slot and pool address freed now rather than after
+        stale_session_intervals (the subscriber would be rejected meanwhile); reopened by its
+        NAS's next interim if the NAS had it after all."""
+        now = self.context.clock()
+        try:
+            closed = await self.context.store.close_sessions([session.id], at=now, cause=NOT_ON_NAS_CAUSE)
+        except StoreError as exc:
+            log.warning("radius.session.close_failed", session_id=session.id, error=str(exc))
+            return
+        self.sessions.closed(closed)
+        for gone in closed:
+            self.context.bus.publish(_session_event(SessionStopped, gone, now, NOT_ON_NAS_CAUSE))
+            self._give_back(gone)
+            log.info("radius.session.not_on_nas", session_id=gone.id, nas=gone.nas_address)
 
     # --- control commands
 

@@ -52,7 +52,11 @@ SUPERSEDED_CAUSE = "Superseded"
 NAS_RESTART_CAUSE = "NAS-Reboot"
 STALE_CAUSE = "Stale-Session"  # closed by ispd, the NAS silent: reopened if it reports again
 ADMIN_CLOSE_CAUSE = "Closed-By-Admin"  # ispd session close: as a stale one, reopened if its NAS reports again
-CLOSED_WITHOUT_NAS = (STALE_CAUSE, ADMIN_CLOSE_CAUSE)  # closed by ispd alone: the NAS may still have it
+# A Disconnect or CoA the NAS answered with a NAK, Error-Cause 503 (RFC 5176 §3.5: the session
+# it names does not exist there): as a stale one, reopened if its NAS reports again.
+NOT_ON_NAS_CAUSE = "Session-Context-Not-Found"
+# Closed by ispd alone: the NAS may still have it.
+CLOSED_WITHOUT_NAS = (STALE_CAUSE, ADMIN_CLOSE_CAUSE, NOT_ON_NAS_CAUSE)
 
 
 # The session columns in the order of RadiusSession's fields: a row selected with them becomes a

@@ -585,6 +585,40 @@ def test_session_close_frees_the_slot_of_a_session_whose_nas_is_gone(radius: Rad
     assert bad.returncode == 2 and "not an IP address" in bad.stderr
 
 
+def test_a_disconnect_nak_session_context_not_found_closes_the_session(radius: Radius, nas: FakeNas) -> None:
+    """A NAS that answers a Disconnect with NAK, Error-Cause 503 (RFC 5176 §3.5: it has no such
+    session) has said the session is gone: ispd closes it, freeing its Simultaneous-Use slot at
+    once (from a bug hunt: it stayed open, and its subscriber was rejected until the session went
+    stale). Another NAK leaves it open; the NAS's next interim reopens a closed one."""
+    radius.ispd.cli("plan", "add", "solo", "--max-sessions", "1", "--credential-policy", "cleartext")
+    radius.ispd.cli("subscriber", "add", "nan", "--plan", "solo", "--password-stdin", input="nan-pw\n")
+    eventually(lambda: radius.pap("nan", "nan-pw") == "Access-Accept", timeout=10)
+    base = "User-Name = nan, Acct-Session-Id = n1, NAS-IP-Address = 127.0.0.1"
+    assert radius.accounting(f"{base}, Acct-Status-Type = Start") == "Accounting-Response"
+    assert radius.pap("nan", "nan-pw") == "Access-Reject"  # the one slot is taken
+    [session] = json.loads(radius.ispd.cli("session", "list", "--open", "--subscriber", "nan", "--json").stdout)
+    nas.answer = "nak"
+    try:
+        nas.error_cause = 504  # Session-Context-Not-Removable: the NAS has it still
+        kept = radius.ispd.cli("session", "disconnect", str(session["id"]), check=False)
+        assert kept.returncode == 1 and "Error-Cause 504" in kept.stdout, kept
+        assert radius.pap("nan", "nan-pw") == "Access-Reject"
+        nas.error_cause = 503
+        gone = radius.ispd.cli("session", "disconnect", str(session["id"]), check=False)
+        assert gone.returncode == 1 and "Error-Cause 503" in gone.stdout, gone
+    finally:
+        nas.answer, nas.error_cause = "ack", 503
+    shown = json.loads(radius.ispd.cli("session", "show", str(session["id"]), "--json").stdout)
+    assert shown["stopped_at"] is not None and shown["terminate_cause"] == "Session-Context-Not-Found", shown
+    assert radius.pap("nan", "nan-pw") == "Access-Accept"  # at once, not after stale_session_intervals
+    # The NAS had it after all: its interim reopens it.
+    assert radius.accounting(f"{base}, Acct-Status-Type = Interim-Update, Acct-Input-Octets = 500, "
+                             "Acct-Session-Time = 60") == "Accounting-Response"
+    shown = json.loads(radius.ispd.cli("session", "show", str(session["id"]), "--json").stdout)
+    assert shown["stopped_at"] is None and shown["input_octets"] == 500, shown
+    assert radius.pap("nan", "nan-pw") == "Access-Reject"
+
+
 def test_accounting_on_closes_the_nas_sessions(radius: Radius) -> None:
     for name in ("on-1", "on-2"):
         assert radius.accounting(f"User-Name = alice, Acct-Session-Id = {name}, NAS-IP-Address = 127.0.0.2, "
