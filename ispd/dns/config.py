@@ -358,6 +358,10 @@ class DNSSECConfig(Section):
     bogus_ttl_seconds: int = Field(default=60, ge=1, le=3600)
     # RFC 8198: answer NXDOMAIN and NODATA from cached, validated NSEC/NSEC3 records without asking.
     aggressive_nsec: bool = True
+    # Signature checks (public-key operations) per RRset before it is bogus: a zone with many keys
+    # sharing a tag and many failing RRSIGs (KeyTrap, CVE-2023-50387) must not hold the event loop
+    # for seconds. 8, as Unbound; a real zone needs one or two.
+    max_signature_checks: int = Field(default=8, ge=1, le=64)
     # RFC 5011: follow the anchored zones' key rollovers (new keys trusted after a 30-day
     # hold-down, revoked ones dropped), with the state in the store. Editing the anchor file
     # starts the tracking afresh from it.

@@ -11,7 +11,10 @@ these functions with the records and ``now``.
   ``*.`` plus the RRSIG's Labels rightmost labels —, the original TTL, rdata with names
   lowercased, sorted, duplicates removed). Keys whose tag collides are each tried (RFC 4035
   §5.3.1). The validity window is compared in serial arithmetic (RFC 4034 §3.1.5) with
-  ``CLOCK_SKEW`` either side. The result says which RRSIG verified (its expiration and original
+  ``CLOCK_SKEW`` either side. At most ``max_checks`` signature checks are made per RRset
+  (KeyTrap, CVE-2023-50387: many keys sharing a tag times many RRSIGs, each failing, would
+  otherwise cost their product in public-key operations on the event loop); past it the RRset
+  is bogus, as Unbound's limit makes it. The result says which RRSIG verified (its expiration and original
   TTL cap the RRset's TTL, RFC 4035 §5.3.3) or the most telling failure, as an Extended DNS Error
   code (RFC 8914).
 - Algorithms through ``cryptography``: 8 RSASHA256, 10 RSASHA512, 13 ECDSAP256SHA256, 14
@@ -58,6 +61,7 @@ from ispd.dns.wire import (
 
 CLOCK_SKEW = 300  # seconds either side of an RRSIG's validity window
 MAX_RSA_BITS = 4096  # RFC 3110 §2 and RFC 5702 §2.1: DNSSEC RSA keys are 512 to 4096 bits
+MAX_SIGNATURE_CHECKS = 8  # per RRset, as Unbound (KeyTrap, CVE-2023-50387)
 MAX_NSEC3_ITERATIONS = 150  # RFC 9276 §3.2: above this, answers are treated as insecure
 DNSKEY_ZONE = 0x0100
 DNSKEY_REVOKE = 0x0080
@@ -362,6 +366,7 @@ class Verified:
     ok: bool
     failure: EDE = EDE.OTHER
     sig: RRSIG | None = None
+    exhausted: bool = False  # given up after ``max_checks`` signature checks
 
     def ttl_cap(self, now: int) -> int:
         """RFC 4035 §5.3.3: no longer than the original TTL or the signature's life (none left
@@ -382,9 +387,11 @@ _FAILURE_RANK = {EDE.OTHER: 0, EDE.RRSIGS_MISSING: 1, EDE.DNSKEY_MISSING: 2, EDE
 
 
 def verify_rrset(owner: bytes, rtype: int, rdatas: Sequence[bytes], sigs: Iterable[RRSIG],
-                 keys: Sequence[DNSKEY], signer: bytes, now: int) -> Verified:
-    """RFC 4035 §5.3: one RRSIG of ``signer`` over the RRset that verifies with one of ``keys``."""
+                 keys: Sequence[DNSKEY], signer: bytes, now: int, max_checks: int = MAX_SIGNATURE_CHECKS) -> Verified:
+    """RFC 4035 §5.3: one RRSIG of ``signer`` over the RRset that verifies with one of ``keys``,
+    within ``max_checks`` signature checks."""
     failure = EDE.RRSIGS_MISSING
+    checks = 0
     owner_labels = signed_labels(owner)
     for sig in sigs:
         if sig.type_covered != rtype or sig.signer != signer or sig.labels > owner_labels:
@@ -403,6 +410,9 @@ def verify_rrset(owner: bytes, rtype: int, rdatas: Sequence[bytes], sigs: Iterab
             continue
         data = signed_data(sig, owner, rtype, rdatas)
         for key in candidates:  # RFC 4035 §5.3.1: key tags collide; try each
+            if checks >= max_checks:
+                return Verified(False, EDE.DNSSEC_BOGUS, exhausted=True)
+            checks += 1
             if verify_signature(key, sig.signature, data):
                 return Verified(True, sig=sig)
         failure = max(failure, EDE.DNSSEC_BOGUS, key=_FAILURE_RANK.__getitem__)

@@ -98,6 +98,7 @@ class Validator:
     def __init__(self, anchors: Iterable[TrustAnchor], fetch: Fetch, cache: RRsetCache,
                  clock: Callable[[], float], *, negative_anchors: Iterable[bytes] = (),
                  bogus_ttl: int = 60, max_key_ttl: int = 86400, aggressive_nsec: bool = True,
+                 max_signature_checks: int = dnssec.MAX_SIGNATURE_CHECKS,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self.anchors = {anchor.zone: anchor for anchor in anchors}
         # RFC 7646: name -> when it lapses (on the ``clock``); the config's never do.
@@ -108,6 +109,7 @@ class Validator:
         self.wall_clock = wall_clock
         self.bogus_ttl = bogus_ttl
         self.max_key_ttl = max_key_ttl
+        self.max_checks = max_signature_checks  # per RRset (KeyTrap, CVE-2023-50387)
         self.zones: dict[bytes, ZoneKeys] = {}
         self.nsec_index = NsecIndex() if aggressive_nsec else None
         self.stats = ValidationStats()
@@ -269,10 +271,10 @@ class Validator:
             return signing
         signer, keys = signing
         now = int(self.wall_clock())
-        result = dnssec.verify_rrset(name, rtype, rdatas, sigs, keys.keys, signer, now)
+        result = dnssec.verify_rrset(name, rtype, rdatas, sigs, keys.keys, signer, now, self.max_checks)
         if not result.ok:
             return Verdict(Security.BOGUS, result.failure,
-                           f"{name_to_text(name)} type {rtype}: {_failure_text(result.failure)}")
+                           f"{name_to_text(name)} type {rtype}: {_failure_text(result.failure, result.exhausted)}")
         assert result.sig is not None
         if dnssec.is_expansion(name, result.sig):  # RFC 4035 §5.3.4: the name must be proved absent
             checked = await self._verified_denial_records(proof, signer, keys)
@@ -304,7 +306,7 @@ class Validator:
         if soa:
             soa_sigs = dnssec.sigs_over(records, soa[0].name, RRType.SOA)
             result = dnssec.verify_rrset(soa[0].name, RRType.SOA, [rr.rdata for rr in soa], soa_sigs, keys.keys,
-                                         signer, int(self.wall_clock()))
+                                         signer, int(self.wall_clock()), self.max_checks)
             if not result.ok:
                 return Verdict(Security.BOGUS, result.failure, f"the SOA of a denial: {_failure_text(result.failure)}")
         checked = await self._verified_denial_records(records, signer, keys)
@@ -346,7 +348,7 @@ class Validator:
             if rr.rtype not in (RRType.NSEC, RRType.NSEC3):
                 continue
             result = dnssec.verify_rrset(rr.name, rr.rtype, [rr.rdata], dnssec.sigs_over(records, rr.name, rr.rtype),
-                                         keys.keys, signer, now)
+                                         keys.keys, signer, now, self.max_checks)
             if not result.ok:
                 return None
             found.append(rr)
@@ -466,7 +468,8 @@ class Validator:
             return ZoneKeys(Security.INSECURE, (), self._until(ttl), why=f"{name_to_text(zone)} is not signed")
         now = int(self.wall_clock())
         result = dnssec.verify_rrset(zone, RRType.DS, [rr.rdata for rr in records],
-                                     dnssec.sigs_over(ds.answer, zone, RRType.DS), parent_keys.keys, parent, now)
+                                     dnssec.sigs_over(ds.answer, zone, RRType.DS), parent_keys.keys, parent, now,
+                                     self.max_checks)
         if not result.ok:
             return self._bogus(result.failure, f"the DS of {name_to_text(zone)}: {_failure_text(result.failure)}")
         try:
@@ -495,7 +498,7 @@ class Validator:
             return self._bogus(EDE.DNSKEY_MISSING, f"no DNSKEY of {name_to_text(zone)} matches {source}")
         now = int(self.wall_clock())
         result = dnssec.verify_rrset(zone, RRType.DNSKEY, rdatas, dnssec.sigs_over(answer.answer, zone, RRType.DNSKEY),
-                                     entry_points, zone, now)
+                                     entry_points, zone, now, self.max_checks)
         if not result.ok:
             return self._bogus(result.failure,
                                f"the DNSKEY set of {name_to_text(zone)}: {_failure_text(result.failure)}")
@@ -563,5 +566,7 @@ def _synthesised(name: bytes, rdatas: list[bytes], dnames: list[RR]) -> bool:
     return False
 
 
-def _failure_text(failure: EDE) -> str:
+def _failure_text(failure: EDE, exhausted: bool = False) -> str:
+    if exhausted:
+        return "too many signature checks (max_signature_checks)"
     return failure.name.lower().replace("_", " ")

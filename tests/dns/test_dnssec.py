@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import struct
 import subprocess
 import time
 from dataclasses import dataclass
@@ -278,6 +279,65 @@ def test_key_tag_matches_rfc4034_appendix_c() -> None:
     assert dnssec.key_tag(rdata) == 60485
     ds = dnssec.DS(60485, 5, 1, bytes.fromhex("2BB183AF5F22588179A53B0A98631FAD1A292118"))
     assert dnssec.ds_matches(name_from_text("dskey.example.com"), ds, dnssec.parse_dnskey(rdata))
+
+
+def _colliding_rsa_keys(count: int) -> tuple[object, list[dnssec.DNSKEY]]:
+    """A real RSA zone key and ``count`` others with the same key tag: the modulus with one byte
+    raised and another, at an even offset too, lowered (what a KeyTrap zone publishes)."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    modulus = private.public_key().public_numbers().n.to_bytes(128, "big")
+    rdata = bytes.fromhex("0100") + bytes([3, 8, 3]) + (65537).to_bytes(3, "big") + modulus
+    keys, offset = [], 8  # an even offset into the rdata, inside the modulus
+    while len(keys) < count:
+        forged = bytearray(rdata)
+        up, down = offset, offset + 60
+        offset += 2
+        if forged[up] == 255 or forged[down] == 0:
+            continue
+        forged[up] += 1
+        forged[down] -= 1
+        keys.append(dnssec.parse_dnskey(bytes(forged)))
+    real = dnssec.parse_dnskey(rdata)
+    assert {k.key_tag for k in keys} == {real.key_tag}
+    return private, [*keys, real]
+
+
+def test_colliding_keys_and_failing_signatures_cost_a_bounded_number_of_checks(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """KeyTrap (CVE-2023-50387): 30 keys sharing a tag times 30 RRSIGs that all fail was 900
+    public-key operations for one RRset (a second of the event loop per 20 000 in the lab); at
+    most ``max_checks`` are made, then the RRset is bogus. A good signature within the budget,
+    after colliding keys, still verifies."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    private, keys = _colliding_rsa_keys(30)
+    zone, owner = name_from_text("keytrap.test"), name_from_text("www.keytrap.test")
+    rdatas = [b"\xc6\x12\x00\x01"]
+
+    def rrsig(signature: bytes) -> dnssec.RRSIG:
+        head = struct.pack("!HBBIIIH", RRType.A, 8, 2, 3600, NOW + 86400, NOW - 3600, keys[0].key_tag) + zone
+        return dnssec.parse_rrsig(head + signature)
+
+    forged = [rrsig(bytes([i]) * 128) for i in range(30)]
+    checks = []
+    real_verify = dnssec.verify_signature
+    monkeypatch.setattr(dnssec, "verify_signature", lambda *a: checks.append(1) or real_verify(*a))
+    result = dnssec.verify_rrset(owner, RRType.A, rdatas, forged, keys, zone, NOW)
+    assert not result.ok and result.exhausted and result.failure == EDE.DNSSEC_BOGUS
+    assert len(checks) == dnssec.MAX_SIGNATURE_CHECKS
+    checks.clear()
+    assert not dnssec.verify_rrset(owner, RRType.A, rdatas, forged, keys, zone, NOW, max_checks=3).ok
+    assert len(checks) == 3
+
+    good = rrsig(b"")
+    good = rrsig(private.sign(dnssec.signed_data(good, owner, RRType.A, rdatas), padding.PKCS1v15(),
+                              hashes.SHA256()))
+    few = keys[:4] + keys[-1:]  # the real key after four impostors: five checks
+    assert dnssec.verify_rrset(owner, RRType.A, rdatas, [good], few, zone, NOW).ok
+    assert not dnssec.verify_rrset(owner, RRType.A, rdatas, [good], keys, zone, NOW).ok
 
 
 def test_malformed_records_raise_dnssec_error() -> None:
