@@ -227,11 +227,12 @@ class Budget:
     answered from the cache costs no query, and delegations to hundreds of names whose own
     servers are more such names kept the event loop busy for seconds (from a review)."""
 
-    __slots__ = ("past_limit", "queries", "server_lookups", "trace")
+    __slots__ = ("nonexistent_servers", "past_limit", "queries", "server_lookups", "trace")
 
     def __init__(self, queries: int, trace: Callable[[str], None] | None, past_limit: bool = False) -> None:
         self.queries = queries
         self.server_lookups = MAX_SERVER_LOOKUPS
+        self.nonexistent_servers = 0  # NS names looked up that do not exist (NXDOMAIN)
         self.trace = trace
         self.past_limit = past_limit  # let through a zone's rate limit already (ZoneRateLimiter.screen)
 
@@ -415,6 +416,10 @@ _ALL_REFUSED = Outcome(Step.FAILED, reason="every server address of the zone is 
 # Name servers whose addresses one client query may look up (Unbound's cap on target
 # fetches is 64 queries; a sane delegation needs a handful).
 MAX_SERVER_LOOKUPS = 32
+# NS names that turn out not to exist, per client query, before the rest of the NS set is given
+# up: NXNSAttack's delegation to many names that do not exist in a victim's zone makes a resolver
+# ask the victim's servers for each (Unbound's MAX_TARGET_NX, BIND's fix: 5).
+MAX_NONEXISTENT_SERVERS = 5
 # How long a server that rejected EDNS for a type of question is asked that type without it
 # (Unbound keeps what it learns of a server's EDNS for its infra-host-ttl, 900 s by default).
 NO_EDNS_SECONDS = 900.0
@@ -861,8 +866,15 @@ class Resolver:
             if budget.trace is not None:
                 _trace(budget, f"resolving the address of {name_to_text(ns)}")
             for rtype in self._address_types():
-                await self.resolve(ns, rtype, budget=budget, depth=depth + 1, validate=False)
+                found = await self.resolve(ns, rtype, budget=budget, depth=depth + 1, validate=False)
+                if found.rcode == RCode.NXDOMAIN:  # RFC 8020: no other type of it exists either
+                    budget.nonexistent_servers += 1
+                    break
             if not self._addresses_of(ns, self.clock()):
+                if budget.nonexistent_servers >= MAX_NONEXISTENT_SERVERS:
+                    _trace(budget, f"{budget.nonexistent_servers} server names do not exist: "
+                                   f"giving up the servers of {name_to_text(zone)}")
+                    return last
                 continue
             unresolved.insert(0, ns)
 

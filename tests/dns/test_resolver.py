@@ -799,6 +799,17 @@ async def test_server_lookups_answered_from_the_cache_are_capped_too(net: FakeNe
         assert 0 < lookups <= resolver_module.MAX_SERVER_LOOKUPS, (name, lookups)
 
 
+async def test_server_names_that_do_not_exist_end_the_lookups_early(net: FakeNet, resolver: Resolver) -> None:
+    """NXNSAttack (Unbound's MAX_TARGET_NX): a delegation to many names that do not exist in a
+    victim's zone. Seen from the hostile-server lab: one client query made ispd ask the victim's
+    server 62 times (the budget's 64), Unbound 11. After a few such names the rest is given up."""
+    add(net, "test.", "".join(f"nxns NS n{i}.victim.other.example.\n" for i in range(100)))
+    result = await ask(resolver, "www.nxns.test.")
+    assert result.rcode == RCode.SERVFAIL
+    asked = len(net.to(OTHER))
+    assert 0 < asked <= 2 * resolver_module.MAX_NONEXISTENT_SERVERS, net.sent()
+
+
 async def test_query_budget_setting_is_honoured(net: FakeNet, clock: FakeClock) -> None:
     add(net, "test.", "".join(f"nxns NS ns.sink{i}.example.\n" for i in range(40)))
     add(net, "example.", "".join(f"sink{i} NS ns.sink{i}\nns.sink{i} A 10.66.0.{i + 1}\n" for i in range(40)))
