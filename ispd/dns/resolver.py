@@ -963,7 +963,10 @@ class Resolver:
             started = self.clock()
             self.upstream_queries += 1
             try:
-                data = await self.upstream.exchange(address, query, tcp=tcp, wait=state.timeout(self.settings),
+                # Over TCP (a large answer, after TC) the wait is not the UDP round trip's: the
+                # handshake and a reply of up to 64 kB take longer (Unbound gives TCP 3 s).
+                wait = self.settings.max_timeout if tcp else state.timeout(self.settings)
+                data = await self.upstream.exchange(address, query, tcp=tcp, wait=wait,
                                                     exact_case=self.settings.use_0x20, zone=zone)
             except UpstreamError as exc:
                 self.upstream_failures[exc.kind] = self.upstream_failures.get(exc.kind, 0) + 1

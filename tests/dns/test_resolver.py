@@ -495,6 +495,26 @@ async def test_truncated_reply_is_asked_again_over_tcp(net: FakeNet, resolver: R
     assert last_two[0].address == last_two[1].address
 
 
+async def test_tcp_retry_waits_longer_than_the_udp_round_trip(net: FakeNet, resolver: Resolver) -> None:
+    """From the hostile-server lab: a server a few ms away whose TCP answer took 300 ms was
+    SERVFAIL (the TCP wait was twice the UDP RTO, 100 ms) where Unbound answered."""
+    waits: list[tuple[bool, float]] = []
+    exchange = net.exchange
+
+    async def recording(address: str, query: bytes, *, tcp: bool, wait: float, **kwargs: object) -> bytes:
+        waits.append((tcp, wait))
+        return await exchange(address, query, tcp=tcp, wait=wait, **kwargs)  # type: ignore[arg-type]
+
+    net.exchange = recording  # type: ignore[method-assign]
+    await ask(resolver, "www.example.test.")  # the servers' RTTs are known, and tiny
+    for address in EXAMPLE_TEST:
+        net.misbehave(address, always_tc=True)
+    waits.clear()
+    await ask(resolver, "alias.example.test.")
+    tcp_waits = [wait for tcp, wait in waits if tcp]
+    assert tcp_waits and min(tcp_waits) >= 1.0, waits
+
+
 async def test_server_that_always_truncates_over_udp(net: FakeNet, resolver: Resolver) -> None:
     for address in EXAMPLE_TEST:
         net.misbehave(address, always_tc=True)
