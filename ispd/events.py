@@ -512,13 +512,22 @@ class AuditRelay:
         return len(entries)
 
     async def _run(self) -> None:
+        # The store away (a PostgreSQL server stopped or restarted) fails every poll: one warning
+        # for the outage and one line when it answers again, not one each poll_interval.
+        failing = False
         while True:
             try:
-                # A full page means more is waiting: read on without sleeping.
-                if await self.poll_once() >= 1000:
-                    continue
+                read = await self.poll_once()
             except StoreError as exc:
-                log.warning("events.relay.store_error", error=str(exc))
+                if not failing:
+                    log.warning("events.relay.store_error", error=str(exc))
+                failing = True
             except Exception:  # a bug must not end the relay: later changes would never arrive
                 log.error("events.relay.failed", exc_info=True)
+            else:
+                if failing:
+                    log.info("events.relay.store_restored")
+                    failing = False
+                if read >= 1000:  # a full page means more is waiting: read on without sleeping
+                    continue
             await asyncio.sleep(self.poll_interval)

@@ -4,6 +4,9 @@ import asyncio
 import json
 from pathlib import Path
 
+import structlog
+import structlog.testing
+
 from ispd.events import (
     AuditRelay,
     Event,
@@ -18,6 +21,7 @@ from ispd.events import (
     event_from_audit,
 )
 from ispd.store import StoreConfig, open_store
+from ispd.store.errors import StoreUnavailable
 from ispd.store.models import AuditEntry, LeaseService, SubscriberStatus
 
 
@@ -127,6 +131,42 @@ async def test_relay_survives_a_failing_poll(tmp_path: Path) -> None:
         await relay.stop()
         await relay.stop()  # twice is harmless
         assert [e.username for e in got if isinstance(e, SubscriberEvent)] == ["after-the-bug"]
+    finally:
+        await store.close()
+
+
+async def test_relay_warns_once_per_outage_of_the_store(tmp_path: Path) -> None:
+    """A PostgreSQL server stopped for 30 s fails every poll: one warning for the outage and one
+    line when the store answers again, not one warning every poll_interval."""
+    store = await open_store(StoreConfig(path=tmp_path / "f.db"))
+    try:
+        bus = EventBus()
+        got: list[Event] = []
+        bus.subscribe(Event, got.append)
+        relay = AuditRelay(store, bus, poll_interval=0.01)
+        await relay.mark()
+        real_audit_since, calls = store.audit_since, []
+
+        async def away(after_id: int, *, limit: int = 1000) -> list[AuditEntry]:
+            calls.append(after_id)
+            if len(calls) <= 20:
+                raise StoreUnavailable("cannot connect to the PostgreSQL store: the server is shutting down")
+            return await real_audit_since(after_id, limit=limit)
+
+        store.audit_since = away  # type: ignore[method-assign]
+        with structlog.testing.capture_logs() as logs:
+            await relay.start()
+            await store.add_subscriber("after-the-outage", actor="t")
+            for _ in range(300):
+                if got:
+                    break
+                await asyncio.sleep(0.01)
+            await relay.stop()
+        assert len(calls) > 20
+        assert [e.username for e in got if isinstance(e, SubscriberEvent)] == ["after-the-outage"]
+        relay_lines = [line for line in logs if line["event"].startswith("events.relay.")]
+        assert [(line["event"], line["log_level"]) for line in relay_lines] == [
+            ("events.relay.store_error", "warning"), ("events.relay.store_restored", "info")], relay_lines
     finally:
         await store.close()
 
