@@ -27,7 +27,9 @@ request   ``{"command": "dns.cache.flush", "args": {...}}`` and a newline; at mo
 reply     plain: ``{"ok": true, "result": ...}``;
           streaming: ``{"line": "..."}`` per line, then ``{"ok": true}``;
           either: ``{"ok": false, "error": "what went wrong", "code": "..."}`` (codes:
-          ``bad_request``, ``unknown_command``, ``refused``, ``internal``, ``busy``) — also after
+          ``bad_request``, ``unknown_command``, ``standby``, ``refused``, ``internal``, ``busy``;
+          ``standby``: a command no service here offers, sent to a hot standby, whose services
+          run on the active node) — also after
           some lines, when a stream fails part way.
           Then the server closes the connection.
 
@@ -113,6 +115,9 @@ class ControlCommands:
 
     def __init__(self) -> None:
         self._commands: dict[str, Command] = {}
+        # Set while the daemon stands by (who holds the store): an unknown command is then
+        # refused as the active node's, not as a service this config does not enable.
+        self.standby_for: str | None = None
 
     def register(self, name: str, handler: PlainHandler) -> Callable[[], None]:
         """Offer ``name``; the returned callable takes it back (push it onto the exit stack)."""
@@ -269,6 +274,9 @@ class ControlServer:
             name, args = request
             command = self.commands.get(name)
             if command is None:
+                if self.commands.standby_for is not None:
+                    raise _Refused(f"this ispd is a standby: {self.commands.standby_for} holds the store and runs "
+                                   f"its services; run {name!r} on that node", "standby")
                 raise _Refused(f"unknown command {name!r}", "unknown_command")
             # Each argument its own field, so the log's redaction masks any whose name marks a secret.
             # The main process's own traffic with its workers (health, metrics, events) is not

@@ -224,11 +224,9 @@ class Supervisor:
         await self._start_relay()
         return True
 
-    async def _open_the_store(self, *, migrate: bool = True) -> bool:
-        """The control socket, the store (migrated), the audit relay's mark, the channel to the
-        other nodes, the services' context: what is not open yet (a standby that serves opened
-        them). False (logged) when something could not; MigrationStopped when the store needs a
-        migration and ``migrate`` is false."""
+    async def _open_control(self) -> bool:
+        """The control socket, unless open already (a standby opens it as it stands by, so that a
+        command sent to it is told who serves); False (logged) when it cannot be."""
         if self.control is None and self.config.daemon.control_socket is not None:
             control = ControlServer(self.config.daemon.control_socket, self.commands)
             try:
@@ -237,6 +235,15 @@ class Supervisor:
                 log.error("daemon.start.failed", error=str(exc))
                 return False
             self.control = control
+        return True
+
+    async def _open_the_store(self, *, migrate: bool = True) -> bool:
+        """The control socket, the store (migrated), the audit relay's mark, the channel to the
+        other nodes, the services' context: what is not open yet (a standby that serves opened
+        them). False (logged) when something could not; MigrationStopped when the store needs a
+        migration and ``migrate`` is false."""
+        if not await self._open_control():
+            return False
         if self.store is not None:
             return True
         extending = asyncio.ensure_future(self._extend_start_while_migrating())
@@ -316,6 +323,7 @@ class Supervisor:
             return await self._stand_by(holder)
         except BaseException:
             self._standby = None
+            self.commands.standby_for = None
             raise
 
     async def _stand_by(self, holder: str) -> bool:
@@ -334,12 +342,13 @@ class Supervisor:
             if self._standby is not None and self._standby[1] != detail:  # another holder, or reachable again
                 self.notifier.status(f"{detail}; taking over when it stops")
             self._standby = (True, detail)
+            self.commands.standby_for = by
 
         standing_by(holder)
         self._standby_gauge.set(1)
         log.info("daemon.standby", holder=holder, store=describe(self.config.store))
         self.context = self._service_context(None)
-        if not await self._serve_while_standing_by():
+        if not await self._open_control() or not await self._serve_while_standing_by():
             return False
         self.notifier.ready(f"standby: {holder} holds the store; taking over when it stops")
         self._start_watchdog()
@@ -373,6 +382,7 @@ class Supervisor:
                     self.notifier.status(self._standby[1])
                 continue
             log.warning("daemon.takeover", previous=holder, store=describe(self.config.store))
+            self.commands.standby_for = None
             self._standby = (False, f"taking over the store from {holder}")
             self.notifier.status(self._standby[1])
             return True

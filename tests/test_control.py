@@ -177,6 +177,20 @@ async def test_unknown_command(sock: Path) -> None:
         assert (str(caught.value), caught.value.code) == ("unknown command 'dns.cache.frobnicate'", "unknown_command")
 
 
+async def test_a_standby_refuses_the_active_node_s_commands_as_such(sock: Path) -> None:
+    """RADIUS and mail run on the active node only: a standby asked for their commands says who
+    holds the store, rather than "unknown command" (the CLI's "is [radius] enabled?")."""
+    registry = commands()
+    registry.standby_for = "ispd db1 pid 42"
+    async with serving(sock, registry):
+        assert await control_request(sock, "test.echo", {"x": 1}) == {"echo": {"x": 1}}  # what runs here still answers
+        with pytest.raises(ControlError) as caught:
+            await control_request(sock, "radius.session.disconnect", {"session_id": 1})
+        assert caught.value.code == "standby"
+        assert str(caught.value) == ("this ispd is a standby: ispd db1 pid 42 holds the store and runs its services; "
+                                     "run 'radius.session.disconnect' on that node")
+
+
 async def test_a_refusal_reaches_the_client_as_it_is(sock: Path) -> None:
     async with serving(sock):
         with pytest.raises(ControlError) as caught:

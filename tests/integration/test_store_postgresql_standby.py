@@ -88,6 +88,11 @@ def assert_standing_by(node: Node, active: Node) -> None:
         "daemon": {"ok": True, "detail": f"standby: {holder_name(active)} holds the store"}}})
     assert node.metric_value("ispd_daemon_standby") == 1
     assert node.login().code is None  # RADIUS is not listening: the NAS turns to the active one
+    # A command for a service the active node runs is sent there, not told "is [radius] enabled?".
+    refused = node.cli("session", "disconnect", "1", check=False)
+    assert refused.returncode == 1, refused
+    assert f"this ispd is a standby: {holder_name(active)} holds the store and runs its services; run " \
+           "'radius.session.disconnect' on that node" in refused.stderr, refused.stderr
 
 
 def assert_serving(node: Node) -> None:
@@ -128,6 +133,7 @@ def test_a_standby_takes_over_when_the_active_daemon_dies_and_again_when_it_stop
         assert takeover["previous"] == holder_name(a), takeover
         assert b.status_lines()[-1].startswith("STATUS=serving: "), b.status_lines()
         assert_serving(b)
+        assert "standby" not in b.cli("session", "disconnect", "999999", check=False).stderr  # B runs RADIUS now
         # The session A opened is B's to close.
         assert b.account("s-1", "Stop").code == "Accounting-Response"
         shown = json.loads(b.cli("subscriber", "show", "alice", "--json").stdout)
