@@ -1397,12 +1397,8 @@ class RadiusService(Service):
         stale = self.sessions.stale(self.config.interim_interval_seconds, self.config.stale_session_intervals)
         if not stale:
             return
-        closed = await self.context.store.close_sessions([s.id for s in stale], at=now, cause=STALE_CAUSE)
-        self.sessions.closed(stale)
+        closed = await self._close_in_store(stale, now, STALE_CAUSE)
         self.metrics.stale_sessions.inc(amount=len(closed))
-        for session in closed:
-            self.context.bus.publish(_session_event(SessionStopped, session, now, STALE_CAUSE))
-            self._give_back(session)
         log.info("radius.sessions.stale_closed", count=len(closed))
 
     async def _enforce_status(self, now: float) -> None:
@@ -1677,17 +1673,25 @@ class RadiusService(Service):
         one is, its Simultaneous-Use slot and pool address freed now rather than after
         stale_session_intervals (the subscriber would be rejected meanwhile); reopened by its
         NAS's next interim if the NAS had it after all."""
-        now = self.context.clock()
         try:
-            closed = await self.context.store.close_sessions([session.id], at=now, cause=NOT_ON_NAS_CAUSE)
+            closed = await self._close_in_store([session], self.context.clock(), NOT_ON_NAS_CAUSE)
         except StoreError as exc:
             log.warning("radius.session.close_failed", session_id=session.id, error=str(exc))
             return
-        self.sessions.closed(closed)
         for gone in closed:
-            self.context.bus.publish(_session_event(SessionStopped, gone, now, NOT_ON_NAS_CAUSE))
-            self._give_back(gone)
             log.info("radius.session.not_on_nas", session_id=gone.id, nas=gone.nas_address)
+
+    async def _close_in_store(self, sessions: list[RadiusSession], now: float, cause: str,
+                              actor: str | None = None) -> list[RadiusSession]:
+        """Close ``sessions`` without their NAS (``cause`` says why; its next report on one
+        reopens it): what the store closed, its Simultaneous-Use slots and pool addresses
+        freed, SessionStopped published for each."""
+        closed = await self.context.store.close_sessions([s.id for s in sessions], at=now, cause=cause, actor=actor)
+        self.sessions.closed(sessions)  # (those the store had closed already too)
+        for session in closed:
+            self.context.bus.publish(_session_event(SessionStopped, session, now, cause))
+            self._give_back(session)
+        return closed
 
     # --- control commands
 
@@ -1727,13 +1731,7 @@ class RadiusService(Service):
             sessions = await self.context.store.list_sessions(open_only=True, nas_address=nas, limit=1_000_000)
         else:
             sessions = [await self._session_for_command(args)]
-        now = self.context.clock()
-        closed = await self.context.store.close_sessions([s.id for s in sessions], at=now, cause=ADMIN_CLOSE_CAUSE,
-                                                         actor=actor)
-        self.sessions.closed(closed)
-        for session in closed:
-            self.context.bus.publish(_session_event(SessionStopped, session, now, ADMIN_CLOSE_CAUSE))
-            self._give_back(session)
+        closed = await self._close_in_store(sessions, self.context.clock(), ADMIN_CLOSE_CAUSE, actor)
         if closed:
             log.info("radius.sessions.closed_by_admin", sessions=[s.id for s in closed], nas=nas, actor=actor)
         return {"closed": [s.id for s in closed]}

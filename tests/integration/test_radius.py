@@ -396,9 +396,9 @@ def test_session_disconnect_reaches_the_nas(radius: Radius, nas: FakeNas) -> Non
         refused = radius.ispd.cli("session", "disconnect", str(session["id"]), check=False)
     finally:
         nas.answer = "ack"
-    assert refused.returncode == 1 and "nak (Error-Cause 503)" in refused.stdout
+    assert refused.returncode == 1 and "nak (Error-Cause 504)" in refused.stdout
     shown = radius.ispd.cli("session", "show", str(session["id"])).stdout
-    assert "ack after 1 attempt(s) (test)" in shown and "nak error-cause 503" in shown
+    assert "ack after 1 attempt(s) (test)" in shown and "nak error-cause 504" in shown
     assert re.search(r"^nas ip address +127\.0\.0\.1$", shown, re.M)  # the NAS's own, not "-"
     assert radius.accounting(f"{base}, Acct-Status-Type = Stop, Acct-Terminate-Cause = Admin-Reset") == \
         "Accounting-Response"
@@ -599,7 +599,7 @@ def test_a_disconnect_nak_session_context_not_found_closes_the_session(radius: R
     [session] = json.loads(radius.ispd.cli("session", "list", "--open", "--subscriber", "nan", "--json").stdout)
     nas.answer = "nak"
     try:
-        nas.error_cause = 504  # Session-Context-Not-Removable: the NAS has it still
+        # (the fake NAS's NAK says Session-Context-Not-Removable by default: it has it still)
         kept = radius.ispd.cli("session", "disconnect", str(session["id"]), check=False)
         assert kept.returncode == 1 and "Error-Cause 504" in kept.stdout, kept
         assert radius.pap("nan", "nan-pw") == "Access-Reject"
@@ -607,7 +607,7 @@ def test_a_disconnect_nak_session_context_not_found_closes_the_session(radius: R
         gone = radius.ispd.cli("session", "disconnect", str(session["id"]), check=False)
         assert gone.returncode == 1 and "Error-Cause 503" in gone.stdout, gone
     finally:
-        nas.answer, nas.error_cause = "ack", 503
+        nas.answer, nas.error_cause = "ack", 504
     shown = json.loads(radius.ispd.cli("session", "show", str(session["id"]), "--json").stdout)
     assert shown["stopped_at"] is not None and shown["terminate_cause"] == "Session-Context-Not-Found", shown
     assert radius.pap("nan", "nan-pw") == "Access-Accept"  # at once, not after stale_session_intervals

@@ -101,10 +101,10 @@ CLONE_NEWNET = 0x40000000
 
 class FakeNas:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, secret: bytes = b"testing123",
-                 answer: str = "ack", error_cause: int = 503, netns: str | None = None) -> None:
+                 answer: str = "ack", error_cause: int = 504, netns: str | None = None) -> None:
         self.secret = secret
         self.answer = answer  # ack | nak | silent
-        self.error_cause = error_cause  # for NAKs; 503 Session Context Not Found
+        self.error_cause = error_cause  # for NAKs; 504 Session-Context-Not-Removable (it has it still)
         self.requests: list[DASRequest] = []
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = (socket_in_netns(netns, family, socket.SOCK_DGRAM) if netns is not None
