@@ -13,7 +13,7 @@ import pytest
 from ispd.credentials import derive_credentials
 from ispd.store import Conflict, InvalidValue, NotFound, Store, StoreConfig, StoreMetrics, StoreUnavailable, open_store
 from ispd.store.models import CredentialPolicy, Lease, LeaseState, SubscriberStatus
-from ispd.store.sqlite import Connector
+from ispd.store.sqlite import _HISTORY, Connector
 from tests.store.conftest import FakeClock
 
 
@@ -270,6 +270,20 @@ async def test_purge_removes_only_history_older_than_the_cutoff(tmp_path: Path) 
         assert len(await store.list_subscribers()) == 2  # subscribers are not history
     finally:
         await store.close()
+
+
+async def test_purge_finds_old_usage_days_without_scanning_every_subscriber(tmp_path: Path) -> None:
+    # usage_daily has a row per subscriber and day (millions after a year at an ISP) and retention
+    # deletes its old days in batches: each batch must find them by day, not scan the table from
+    # its first subscriber again (seconds per batch, holding the store's writer).
+    store = await open_store(StoreConfig(path=tmp_path / "u.db"))
+    await store.close()
+    table, key, condition = next((t, k, c) for _, t, k, c in _HISTORY if t == "usage_daily")
+    with sqlite3.connect(tmp_path / "u.db") as conn:
+        plan = conn.execute(f"EXPLAIN QUERY PLAN DELETE FROM {table} WHERE ({key}) IN"
+                            f" (SELECT {key} FROM {table} WHERE {condition} LIMIT 5000)", (20_000,)).fetchall()
+    details = [row[-1] for row in plan]
+    assert not any(d.startswith("SCAN usage_daily") for d in details), details
 
 
 async def test_reading_needs_no_write_lock(tmp_path: Path) -> None:
