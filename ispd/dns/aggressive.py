@@ -114,12 +114,13 @@ class NsecIndex:
                 return None
             name = name[name[0] + 1:]
 
-    def answer(self, zone: bytes, name: bytes, qtype: int, now: float) -> Synthesised | None:
+    def answer(self, zone: bytes, name: bytes, qtype: int, now: float,
+               budget: dnssec.Nsec3Budget | None = None) -> Synthesised | None:
         entry = self.zones.get(zone)
         if entry is None or entry.soa_expires_at <= now or (qtype == RRType.DS and name == zone):
             return None  # (the DS at a zone's apex is its parent's to deny)
         if entry.hashed and not entry.spans:
-            return self._answer_nsec3(entry, zone, name, qtype, now)
+            return self._answer_nsec3(entry, zone, name, qtype, now, budget)
         span = self._at_or_before(entry, name, now)
         if span is None:
             return None
@@ -148,16 +149,22 @@ class NsecIndex:
             return None  # the wildcard may exist: only the zone can say
         return self._reply(entry, True, [span] if wild_span is span else [span, wild_span], now)
 
-    def _answer_nsec3(self, entry: _Zone, zone: bytes, name: bytes, qtype: int, now: float) -> Synthesised | None:
+    def _answer_nsec3(self, entry: _Zone, zone: bytes, name: bytes, qtype: int, now: float,
+                      budget: dnssec.Nsec3Budget | None) -> Synthesised | None:
         assert entry.params is not None
         salt, iterations = entry.params
 
+        def nsec3_hash(owner: bytes) -> bytes:
+            if budget is not None and iterations:
+                budget.spend()  # Nsec3Exhausted past it (CVE-2023-50868)
+            return dnssec.nsec3_hash(owner, salt, iterations)
+
         def matching(owner: bytes) -> tuple[dnssec.NSEC3, float, tuple[RR, ...]] | None:
-            found = entry.hashed.get(dnssec.nsec3_hash(owner, salt, iterations))
+            found = entry.hashed.get(nsec3_hash(owner))
             return found if found is not None and found[1] > now else None
 
         def covering(owner: bytes) -> tuple[dnssec.NSEC3, float, tuple[RR, ...]] | None:
-            digest = dnssec.nsec3_hash(owner, salt, iterations)
+            digest = nsec3_hash(owner)
             index = bisect.bisect_right(entry.hashes, digest) - 1  # wraps to the last when before the first
             found = entry.hashed[entry.hashes[index]]
             nsec3 = found[0]

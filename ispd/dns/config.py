@@ -362,6 +362,11 @@ class DNSSECConfig(Section):
     # sharing a tag and many failing RRSIGs (KeyTrap, CVE-2023-50387) must not hold the event loop
     # for seconds. 8, as Unbound; a real zone needs one or two.
     max_signature_checks: int = Field(default=8, ge=1, le=64)
+    # NSEC3 hash calculations per proof, over a chain with extra iterations, before it is bogus: a
+    # long question under a chain of many iterations and a long salt (CVE-2023-50868) would cost a
+    # hash of up to 151 rounds per label, 10 ms of the event loop per query. 8, as Unbound; a real
+    # proof needs a few, and a chain of 0 extra iterations (RFC 9276) is not counted.
+    max_nsec3_calculations: int = Field(default=8, ge=1, le=256)
     # RFC 5011: follow the anchored zones' key rollovers (new keys trusted after a 30-day
     # hold-down, revoked ones dropped), with the state in the store. Editing the anchor file
     # starts the tracking afresh from it.

@@ -26,7 +26,12 @@ these functions with the records and ``now``.
 - Denial of existence from records already verified: NSEC (RFC 4035 §5.4, RFC 4592 for
   wildcards, empty non-terminals) and NSEC3 (RFC 5155 §8: closest encloser proof, opt-out). An
   NSEC3 chain with more than ``MAX_NSEC3_ITERATIONS`` iterations is treated as insecure
-  (RFC 9276 §3.2).
+  (RFC 9276 §3.2). A proof over a chain with extra iterations may hash at most as many names as
+  its ``Nsec3Budget`` allows (CVE-2023-50868: a question of 120 labels under a chain of 150
+  iterations and a 255-byte salt would otherwise cost 120 hashes of 151 rounds, 10 ms of the
+  event loop, per query); past it ``Nsec3Exhausted`` is raised and the proof is bogus, as Unbound's
+  ``MAX_NSEC3_CALCULATIONS`` makes it. A chain of 0 extra iterations (RFC 9276 §3.1) costs one
+  SHA-1 per name, at most 127 of them, and is not counted.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ CLOCK_SKEW = 300  # seconds either side of an RRSIG's validity window
 MAX_RSA_BITS = 4096  # RFC 3110 §2 and RFC 5702 §2.1: DNSSEC RSA keys are 512 to 4096 bits
 MAX_SIGNATURE_CHECKS = 8  # per RRset, as Unbound (KeyTrap, CVE-2023-50387)
 MAX_NSEC3_ITERATIONS = 150  # RFC 9276 §3.2: above this, answers are treated as insecure
+MAX_NSEC3_CALCULATIONS = 8  # per proof, of a chain with extra iterations, as Unbound (CVE-2023-50868)
 DNSKEY_ZONE = 0x0100
 DNSKEY_REVOKE = 0x0080
 DNSKEY_SEP = 0x0001
@@ -101,6 +107,24 @@ class EDE(IntEnum):
 
 class DNSSECError(ValueError):
     """A DNSSEC record that does not parse."""
+
+
+class Nsec3Exhausted(Exception):
+    """A proof needed more NSEC3 hash calculations than its ``Nsec3Budget`` allows."""
+
+
+class Nsec3Budget:
+    """The NSEC3 hash calculations one proof may still make (CVE-2023-50868)."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+
+    def spend(self) -> None:
+        if self.left <= 0:
+            raise Nsec3Exhausted
+        self.left -= 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -536,7 +560,7 @@ def nsec3_hash(name: bytes, salt: bytes, iterations: int) -> bytes:
 
 
 class _Nsec3Set:
-    def __init__(self, records: Iterable[RR]) -> None:
+    def __init__(self, records: Iterable[RR], budget: Nsec3Budget | None = None) -> None:
         self.items = []
         for rr in records:
             if rr.rtype == RRType.NSEC3:
@@ -550,10 +574,13 @@ class _Nsec3Set:
         self.zone = first.zone if first else b"\x00"
         self.items = [n for n in self.items if (n.salt, n.iterations) == self.params and n.zone == self.zone]
         self._hashes: dict[bytes, bytes] = {}
+        self.budget = budget
 
     def hash(self, name: bytes) -> bytes:
         found = self._hashes.get(name)
         if found is None:
+            if self.budget is not None and self.params[1]:
+                self.budget.spend()
             found = self._hashes[name] = nsec3_hash(name, *self.params)
         return found
 
@@ -584,9 +611,10 @@ class _Nsec3Set:
         return None
 
 
-def nsec3_denial(qname: bytes, qtype: int, nxdomain: bool, records: Iterable[RR]) -> Denial:
+def nsec3_denial(qname: bytes, qtype: int, nxdomain: bool, records: Iterable[RR],
+                 budget: Nsec3Budget | None = None) -> Denial:
     """NSEC3 proof (RFC 5155 §8.4 to §8.7) that ``qname`` does not exist or has no ``qtype``."""
-    chain = _Nsec3Set(records)
+    chain = _Nsec3Set(records, budget)
     if not chain.items:
         return Denial.BOGUS
     if chain.params[1] > MAX_NSEC3_ITERATIONS:
@@ -619,7 +647,8 @@ def nsec3_denial(qname: bytes, qtype: int, nxdomain: bool, records: Iterable[RR]
     return Denial.SECURE
 
 
-def shows_delegation(name: bytes, records: Iterable[RR]) -> bool:
+def shows_delegation(name: bytes, records: Iterable[RR],
+                     budget: Nsec3Budget | None = None) -> bool:
     """Whether verified denial records put a zone cut at ``name``: an NSEC or NSEC3 there with NS
     and without SOA (a delegation, RFC 4035 §5.2), or an opt-out NSEC3 span that may hide one
     (RFC 5155 §8.6). Otherwise a name whose DS is denied is no zone of its own, only a name in
@@ -628,7 +657,7 @@ def shows_delegation(name: bytes, records: Iterable[RR]) -> bool:
     for nsec in _nsecs(records):
         if nsec.owner == name:
             return parent_side(nsec.bitmap)
-    chain = _Nsec3Set(records)
+    chain = _Nsec3Set(records, budget)
     if not chain.items:
         return False
     match = chain.matching(name)
@@ -641,9 +670,10 @@ def shows_delegation(name: bytes, records: Iterable[RR]) -> bool:
     return covering is not None and covering.opt_out
 
 
-def nsec3_wildcard_expansion(qname: bytes, sig_labels: int, records: Iterable[RR]) -> Denial:
+def nsec3_wildcard_expansion(qname: bytes, sig_labels: int, records: Iterable[RR],
+                             budget: Nsec3Budget | None = None) -> Denial:
     """RFC 5155 §8.8: the next closer name of a wildcard answer is covered."""
-    chain = _Nsec3Set(records)
+    chain = _Nsec3Set(records, budget)
     if not chain.items:
         return Denial.BOGUS
     if chain.params[1] > MAX_NSEC3_ITERATIONS:
@@ -657,16 +687,18 @@ def nsec3_wildcard_expansion(qname: bytes, sig_labels: int, records: Iterable[RR
     return Denial.INSECURE if covering.opt_out else Denial.SECURE
 
 
-def denial(qname: bytes, qtype: int, nxdomain: bool, records: Sequence[RR]) -> Denial:
+def denial(qname: bytes, qtype: int, nxdomain: bool, records: Sequence[RR],
+           budget: Nsec3Budget | None = None) -> Denial:
     """The proof from whichever kind the zone uses."""
     if any(rr.rtype == RRType.NSEC3 for rr in records):
-        return nsec3_denial(qname, qtype, nxdomain, records)
+        return nsec3_denial(qname, qtype, nxdomain, records, budget)
     return nsec_denial(qname, qtype, nxdomain, records)
 
 
-def wildcard_expansion(qname: bytes, sig_labels: int, records: Sequence[RR]) -> Denial:
+def wildcard_expansion(qname: bytes, sig_labels: int, records: Sequence[RR],
+                       budget: Nsec3Budget | None = None) -> Denial:
     if any(rr.rtype == RRType.NSEC3 for rr in records):
-        return nsec3_wildcard_expansion(qname, sig_labels, records)
+        return nsec3_wildcard_expansion(qname, sig_labels, records, budget)
     return Denial.SECURE if nsec_wildcard_expansion(qname, sig_labels, records) else Denial.BOGUS
 
 

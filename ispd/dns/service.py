@@ -134,7 +134,8 @@ def make_validator(config: DNSConfig, resolver: Resolver, clock: Callable[[], fl
 
     return Validator(anchors, fetch, resolver.cache, clock, negative_anchors=configured_negative_anchors(config),
                      bogus_ttl=config.dnssec.bogus_ttl_seconds, aggressive_nsec=config.dnssec.aggressive_nsec,
-                     max_signature_checks=config.dnssec.max_signature_checks)
+                     max_signature_checks=config.dnssec.max_signature_checks,
+                     max_nsec3_calculations=config.dnssec.max_nsec3_calculations)
 
 
 def resolver_settings(config: DNSConfig) -> ResolverSettings:

@@ -99,6 +99,7 @@ class Validator:
                  clock: Callable[[], float], *, negative_anchors: Iterable[bytes] = (),
                  bogus_ttl: int = 60, max_key_ttl: int = 86400, aggressive_nsec: bool = True,
                  max_signature_checks: int = dnssec.MAX_SIGNATURE_CHECKS,
+                 max_nsec3_calculations: int = dnssec.MAX_NSEC3_CALCULATIONS,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self.anchors = {anchor.zone: anchor for anchor in anchors}
         # RFC 7646: name -> when it lapses (on the ``clock``); the config's never do.
@@ -110,6 +111,7 @@ class Validator:
         self.bogus_ttl = bogus_ttl
         self.max_key_ttl = max_key_ttl
         self.max_checks = max_signature_checks  # per RRset (KeyTrap, CVE-2023-50387)
+        self.max_nsec3 = max_nsec3_calculations  # per proof (CVE-2023-50868)
         self.zones: dict[bytes, ZoneKeys] = {}
         self.nsec_index = NsecIndex() if aggressive_nsec else None
         self.stats = ValidationStats()
@@ -278,7 +280,11 @@ class Validator:
         assert result.sig is not None
         if dnssec.is_expansion(name, result.sig):  # RFC 4035 §5.3.4: the name must be proved absent
             checked = await self._verified_denial_records(proof, signer, keys)
-            proved = Denial.BOGUS if checked is None else dnssec.wildcard_expansion(name, result.sig.labels, checked)
+            try:
+                proved = Denial.BOGUS if checked is None else dnssec.wildcard_expansion(
+                    name, result.sig.labels, checked, dnssec.Nsec3Budget(self.max_nsec3))
+            except dnssec.Nsec3Exhausted:
+                return Verdict(Security.BOGUS, EDE.DNSSEC_BOGUS, f"{name_to_text(name)}: {_NSEC3_EXHAUSTED}")
             if proved == Denial.BOGUS:
                 return Verdict(Security.BOGUS, EDE.NSEC_MISSING,
                                f"{name_to_text(name)}: a wildcard answer without proof that the name does not exist")
@@ -312,7 +318,10 @@ class Validator:
         checked = await self._verified_denial_records(records, signer, keys)
         if checked is None:
             return Verdict(Security.BOGUS, EDE.DNSSEC_BOGUS, f"a denial record of {name_to_text(name)} does not verify")
-        proved = dnssec.denial(name, qtype, nxdomain, checked)
+        try:
+            proved = dnssec.denial(name, qtype, nxdomain, checked, dnssec.Nsec3Budget(self.max_nsec3))
+        except dnssec.Nsec3Exhausted:
+            return Verdict(Security.BOGUS, EDE.DNSSEC_BOGUS, f"the denial of {name_to_text(name)}: {_NSEC3_EXHAUSTED}")
         if proved == Denial.SECURE:
             return Verdict(Security.SECURE, signer=signer, proof=tuple(checked))
         if proved == Denial.INSECURE:
@@ -374,7 +383,10 @@ class Validator:
         keys = self.zones.get(zone)
         if keys is None or keys.expires_at <= now or keys.security != Security.SECURE:
             return None
-        found = index.answer(zone, name, qtype, now)
+        try:
+            found = index.answer(zone, name, qtype, now, dnssec.Nsec3Budget(self.max_nsec3))
+        except dnssec.Nsec3Exhausted:
+            return None  # the servers are asked, and their proof is held to the same budget
         if found is None:
             return None
         self.stats.synthesised += 1
@@ -459,8 +471,13 @@ class Validator:
             if checked.security == Security.BOGUS:
                 return self._bogus(EDE(checked.ede) if checked.ede in EDE._value2member_map_ else EDE.DNSSEC_BOGUS,
                                    f"the absence of a DS for {name_to_text(zone)}: {checked.why}")
-            if checked.security == Security.SECURE and not nxdomain \
-                    and not dnssec.shows_delegation(zone, checked.proof):
+            try:
+                cut = checked.security != Security.SECURE or nxdomain \
+                    or dnssec.shows_delegation(zone, checked.proof, dnssec.Nsec3Budget(self.max_nsec3))
+            except dnssec.Nsec3Exhausted:
+                return self._bogus(EDE.DNSSEC_BOGUS,
+                                   f"the absence of a DS for {name_to_text(zone)}: {_NSEC3_EXHAUSTED}")
+            if not cut:
                 # No zone cut here: the name lies in its parent's zone, whose keys sign it.
                 return ZoneKeys(Security.SECURE, parent_keys.keys, min(parent_keys.expires_at, self._until(ttl)))
             # A proved delegation without DS, or opt-out; or a name the signed parent says does
@@ -564,6 +581,9 @@ def _synthesised(name: bytes, rdatas: list[bytes], dnames: list[RR]) -> bool:
             if rdatas[0].lower() == target.lower():
                 return True
     return False
+
+
+_NSEC3_EXHAUSTED = "too many NSEC3 hash calculations (max_nsec3_calculations)"
 
 
 def _failure_text(failure: EDE, exhausted: bool = False) -> str:

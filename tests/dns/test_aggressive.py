@@ -88,3 +88,22 @@ def test_nsec3_closest_encloser_and_nodata(opt_out: bool, tmp_path_factory: pyte
     assert index.answer(zone.origin, N("www.example.test"), RRType.A, 1.0) is None
     assert index.answer(zone.origin, N("www.example.test"), RRType.ANY, 1.0) is None
     assert index.answer(zone.origin, N("x.wild.example.test"), RRType.A, 1.0) is None  # the wildcard matches
+
+
+def test_nsec3_synthesis_makes_a_bounded_number_of_hash_calculations() -> None:
+    """CVE-2023-50868 through RFC 8198: every made-up name of 100 labels under a chain of 150
+    iterations and a long salt was hashed at each ancestor before the cached NSEC3 records
+    answered it. Past the budget nothing is synthesised (the servers' proof is held to it too)."""
+    from ispd.dns import dnssec
+    from ispd.dns.wire import RR
+    from tests.dns.test_dnssec import _nsec3_chain
+
+    zone = name_from_text("n3.test")
+    soa = [RR(zone, RRType.SOA, 1, 300, b"\x00\x00" + bytes(20))]
+    index = NsecIndex()
+    index.learn(zone, soa, _nsec3_chain("n3.test.", ["n3.test", "www.n3.test"], 150, b"\xab" * 255), 300, now=0.0)
+    deep = name_from_text("a." * 100 + "x.n3.test")
+    with pytest.raises(dnssec.Nsec3Exhausted):
+        index.answer(zone, deep, RRType.A, 1.0, dnssec.Nsec3Budget(8))
+    found = index.answer(zone, name_from_text("b.x.n3.test"), RRType.A, 1.0, dnssec.Nsec3Budget(8))
+    assert found is not None and found.nxdomain

@@ -444,3 +444,39 @@ async def test_a_changed_byte_in_signed_data_is_never_secure(tmp_path_factory: p
         assert outcome.security != Security.SECURE, (victim, position)
         checked += 1
     assert checked > 250
+
+
+def _nsec3_chain(zone: str, names: list[str], iterations: int, salt: bytes) -> list[RR]:
+    """The NSEC3 records of a zone holding ``names``, each linked to the next hash."""
+    import base64
+
+    hashes = sorted(dnssec.nsec3_hash(name_from_text(n), salt, iterations) for n in names)
+    head = struct.pack("!BBHB", 1, 0, iterations, len(salt)) + salt
+    return [RR(name_from_text(base64.b32hexencode(h).decode().lower() + "." + zone), RRType.NSEC3, 1, 300,
+               head + bytes([20]) + hashes[(i + 1) % len(hashes)] + b"\x00\x01\x40")
+            for i, h in enumerate(hashes)]
+
+
+def test_an_nsec3_proof_makes_a_bounded_number_of_hash_calculations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CVE-2023-50868: the closest encloser proof for a name of 100 labels under a chain of 150
+    iterations and a 255-byte salt hashed every one of its ancestors, 151 rounds each: 10 ms of
+    the event loop per query, for names the attacker makes up. At most the budget's calculations
+    are made, then the proof is given up; proofs of real names fit, and a chain of 0 extra
+    iterations (RFC 9276), one SHA-1 per name, is not counted."""
+    deep = name_from_text("a." * 100 + "x.n3.test")
+    costly = _nsec3_chain("n3.test.", ["n3.test", "www.n3.test"], 150, b"\xab" * 255)
+    hashes = []
+    real_hash = dnssec.nsec3_hash
+    monkeypatch.setattr(dnssec, "nsec3_hash", lambda *a: hashes.append(1) or real_hash(*a))
+    with pytest.raises(dnssec.Nsec3Exhausted):
+        dnssec.denial(deep, RRType.A, True, costly, dnssec.Nsec3Budget(dnssec.MAX_NSEC3_CALCULATIONS))
+    assert len(hashes) == dnssec.MAX_NSEC3_CALCULATIONS
+    with pytest.raises(dnssec.Nsec3Exhausted):
+        dnssec.wildcard_expansion(deep, 2, costly, dnssec.Nsec3Budget(0))
+    with pytest.raises(dnssec.Nsec3Exhausted):
+        dnssec.shows_delegation(deep, costly, dnssec.Nsec3Budget(8))
+    shallow = name_from_text("b.x.n3.test")
+    assert dnssec.denial(shallow, RRType.A, True, costly, dnssec.Nsec3Budget(8)) == Denial.SECURE
+    assert dnssec.denial(deep, RRType.A, True, costly) == Denial.SECURE  # no budget given: no limit
+    free = _nsec3_chain("n3.test.", ["n3.test", "www.n3.test"], 0, b"\xab" * 255)
+    assert dnssec.denial(deep, RRType.A, True, free, dnssec.Nsec3Budget(8)) == Denial.SECURE
