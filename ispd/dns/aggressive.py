@@ -155,8 +155,8 @@ class NsecIndex:
         salt, iterations = entry.params
 
         def nsec3_hash(owner: bytes) -> bytes:
-            if budget is not None and iterations:
-                budget.spend()  # Nsec3Exhausted past it (CVE-2023-50868)
+            if budget is not None:
+                budget.spend(iterations)  # Nsec3Exhausted past it (CVE-2023-50868)
             return dnssec.nsec3_hash(owner, salt, iterations)
 
         def matching(owner: bytes) -> tuple[dnssec.NSEC3, float, tuple[RR, ...]] | None:

@@ -362,10 +362,11 @@ class DNSSECConfig(Section):
     # sharing a tag and many failing RRSIGs (KeyTrap, CVE-2023-50387) must not hold the event loop
     # for seconds. 8, as Unbound; a real zone needs one or two.
     max_signature_checks: int = Field(default=8, ge=1, le=64)
-    # NSEC3 hash calculations per proof, over a chain with extra iterations, before it is bogus: a
-    # long question under a chain of many iterations and a long salt (CVE-2023-50868) would cost a
-    # hash of up to 151 rounds per label, 10 ms of the event loop per query. 8, as Unbound; a real
-    # proof needs a few, and a chain of 0 extra iterations (RFC 9276) is not counted.
+    # NSEC3 hashing per proof before it is bogus, in hashes of the most iterations a chain may
+    # have (150; a hash of fewer counts for less): a long question under a chain of many iterations
+    # and a long salt (CVE-2023-50868) would cost a hash of up to 151 rounds per label, 10 ms of
+    # the event loop per query. 8, as Unbound: 8 names under 150 iterations, 110 under 10, any
+    # name under the 0 extra iterations of RFC 9276.
     max_nsec3_calculations: int = Field(default=8, ge=1, le=256)
     # RFC 5011: follow the anchored zones' key rollovers (new keys trusted after a 30-day
     # hold-down, revoked ones dropped), with the state in the store. Editing the anchor file
