@@ -866,8 +866,8 @@ class Resolver:
             if budget.trace is not None:
                 _trace(budget, f"resolving the address of {name_to_text(ns)}")
             for rtype in self._address_types():
-                found = await self.resolve(ns, rtype, budget=budget, depth=depth + 1, validate=False)
-                if found.rcode == RCode.NXDOMAIN:  # RFC 8020: no other type of it exists either
+                looked_up = await self.resolve(ns, rtype, budget=budget, depth=depth + 1, validate=False)
+                if looked_up.rcode == RCode.NXDOMAIN:  # RFC 8020: no other type of it exists either
                     budget.nonexistent_servers += 1
                     break
             if not self._addresses_of(ns, self.clock()):
