@@ -58,6 +58,7 @@ log = get_logger("ispd.dns.validator")
 
 Fetch = Callable[[bytes, int], Awaitable[Resolution]]
 MAX_CHAIN_DEPTH = 16  # zone cuts from a name up to its trust anchor that one question may establish
+MAX_UNSIGNED_WALK = 8  # names below a signed zone whose DS is asked for an unsigned answer's zone
 Trace = Callable[[str], None] | None
 
 
@@ -68,6 +69,11 @@ class ZoneKeys:
     expires_at: float
     ede: int = -1
     why: str = ""
+    # Secure: whether the name is a zone of its own (False: a name in its parent's zone, under
+    # its keys). Insecure: whether for a reason signed data or the operator gives - a delegation
+    # its parent proves has no DS, NSEC3 opt-out, a negative trust anchor - rather than a name
+    # its parent says does not exist (which a forward or stub zone may serve, and a forger too).
+    cut: bool = True
 
 
 @dataclass(slots=True)
@@ -268,7 +274,7 @@ class Validator:
                            zone: bytes, proof: list[RR]) -> Verdict:
         signing = await self._signing_keys([sig.signer for sig in sigs], name, zone or name, EDE.RRSIGS_MISSING,
                                            lambda: f"{name_to_text(name)} {rtype} has no signature from "
-                                                   f"{name_to_text(zone or name)}")
+                                                   f"{name_to_text(zone or name)}", parents=rtype == RRType.DS)
         if isinstance(signing, Verdict):
             return signing
         signer, keys = signing
@@ -304,7 +310,8 @@ class Validator:
                     continue
         soa_owner = next((rr.name for rr in records if rr.rtype == RRType.SOA and is_subdomain(name, rr.name)), b"")
         signing = await self._signing_keys(signers, name, zone or soa_owner or name, EDE.NSEC_MISSING,
-                                           lambda: f"an unsigned denial of {name_to_text(name)} from a signed zone")
+                                           lambda: f"an unsigned denial of {name_to_text(name)} from a signed zone",
+                                           parents=qtype == RRType.DS)
         if isinstance(signing, Verdict):
             return signing
         signer, keys = signing
@@ -330,15 +337,22 @@ class Validator:
                        f"no proof that {name_to_text(name)} {'does not exist' if nxdomain else 'has no such type'}")
 
     async def _signing_keys(self, signers: list[bytes], name: bytes, unsigned_zone: bytes, missing: EDE,
-                            missing_why: Callable[[], str]) -> tuple[bytes, ZoneKeys] | Verdict:
+                            missing_why: Callable[[], str], *,
+                            parents: bool = False) -> tuple[bytes, ZoneKeys] | Verdict:
         """The deepest of ``signers`` that may sign ``name`` and its secure keys, to verify with;
         or the verdict when there is nothing to verify: the signer's zone insecure or bogus, or
         no signature, which is bogus (``missing``) if ``unsigned_zone`` (where the unsigned data
-        came from) is signed and its verdict otherwise."""
+        came from) is signed, and no unsigned zone it serves too is proved between them, and its
+        verdict otherwise. ``parents``: the data is a DS set or its denial, the parent zone's
+        own, which no child can make unsigned (and whose check is part of establishing a zone's
+        keys, which the search for a child would ask for again)."""
         usable = [signer for signer in signers if is_subdomain(name, signer)]
         if not usable:
             keys = await self.zone_keys(unsigned_zone)
             if keys.security == Security.SECURE:
+                below = None if parents else await self._unsigned_zone_below(unsigned_zone, name)
+                if below is not None:
+                    return Verdict(below.security, below.ede, below.why)
                 return Verdict(Security.BOGUS, missing, missing_why())  # (text made only when needed)
             return Verdict(keys.security, keys.ede, keys.why)
         signer = max(usable, key=label_count)
@@ -346,6 +360,26 @@ class Validator:
         if keys.security != Security.SECURE:
             return Verdict(keys.security, keys.ede, keys.why)
         return signer, keys
+
+    async def _unsigned_zone_below(self, zone: bytes, name: bytes) -> ZoneKeys | None:
+        """The unsigned zone between the signed ``zone`` and ``name`` (inclusive) whose data an
+        unsigned answer from ``zone``'s servers may be: servers that hold a signed zone and an
+        unsigned child of it answer for the child without a referral, so the cut is looked for
+        as Unbound does, by the DS of each name from the top down. Only a cut the parent's
+        signed data proves (or a negative trust anchor) counts, never a name it denies: a forged
+        answer for a name that does not exist must stay bogus. None: no such zone."""
+        steps = label_count(name) - label_count(zone)
+        for depth in range(1, min(steps, MAX_UNSIGNED_WALK) + 1):
+            below = name
+            for _ in range(steps - depth):
+                below = below[below[0] + 1:]
+            keys = await self.zone_keys(below)
+            if keys.security == Security.SECURE and not keys.cut:
+                continue  # a name in the signed zone: the cut, if any, is further down
+            if keys.security == Security.INSECURE and keys.cut:
+                return keys
+            return None  # a signed zone of its own, a bogus chain, or a name denied
+        return None
 
     async def _verified_denial_records(self, records: Iterable[RR], signer: bytes, keys: ZoneKeys) -> list[RR] | None:
         """The NSEC/NSEC3 records of ``records``, each RRset verified with ``keys``; None when one
@@ -479,10 +513,12 @@ class Validator:
                                    f"the absence of a DS for {name_to_text(zone)}: {_NSEC3_EXHAUSTED}")
             if not cut:
                 # No zone cut here: the name lies in its parent's zone, whose keys sign it.
-                return ZoneKeys(Security.SECURE, parent_keys.keys, min(parent_keys.expires_at, self._until(ttl)))
+                return ZoneKeys(Security.SECURE, parent_keys.keys, min(parent_keys.expires_at, self._until(ttl)),
+                                cut=False)
             # A proved delegation without DS, or opt-out; or a name the signed parent says does
             # not exist, which only a forward or stub zone of the operator's can serve.
-            return ZoneKeys(Security.INSECURE, (), self._until(ttl), why=f"{name_to_text(zone)} is not signed")
+            return ZoneKeys(Security.INSECURE, (), self._until(ttl), why=f"{name_to_text(zone)} is not signed",
+                            cut=not nxdomain)
         now = int(self.wall_clock())
         result = dnssec.verify_rrset(zone, RRType.DS, [rr.rdata for rr in records],
                                      dnssec.sigs_over(ds.answer, zone, RRType.DS), parent_keys.keys, parent, now,

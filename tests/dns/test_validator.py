@@ -48,6 +48,10 @@ def make_validator(zone: Signed, **kwargs: object) -> Validator:
         if name == N("child.example.test") and rtype == RRType.DS:
             soa, proof = denial(zone)
             return Resolution(RCode.NOERROR, [], soa + proof, zone=zone.origin)
+        if name in (N("nope.example.test"), N("www.example.test")) and rtype == RRType.DS:
+            soa, proof = denial(zone)  # no such name; a name in the zone, no zone cut
+            return Resolution(RCode.NXDOMAIN if name == N("nope.example.test") else RCode.NOERROR, [], soa + proof,
+                              zone=zone.origin)
         return Resolution(RCode.SERVFAIL, [], failure="not in this test")
 
     anchors = dnssec.parse_trust_anchors(zone.ds_text)
@@ -117,9 +121,17 @@ async def test_an_unsigned_child_is_insecure_by_the_parents_nsec(zone: Signed) -
     answer = [RR(N("host.child.example.test"), RRType.A, 1, 300, b"\xc6\x12\x00\x07")]
     outcome = await verdict(validator, Outcome(Step.ANSWER, answer, zone=child), "host.child.example.test")
     assert outcome.security == Security.INSECURE
-    # An unsigned answer claimed to come from the signed parent is still bogus.
+    # The same from the signed parent's servers, which serve the child too and answer for it
+    # without a referral: the parent's signed NSEC proves the cut without DS, so it is insecure
+    # (as from Unbound; it was bogus, SERVFAIL for every name of such a child).
     outcome = await verdict(validator, Outcome(Step.ANSWER, answer, zone=zone.origin), "host2.child.example.test")
-    assert outcome.security == Security.BOGUS
+    assert outcome.security == Security.INSECURE
+    # But unsigned data of a name in the signed zone, or of one the zone says does not exist
+    # (a forger's), is bogus: no cut is proved between them.
+    for owner in ("www.example.test", "nope.example.test", "a.nope.example.test"):
+        forged = [RR(N(owner), RRType.A, 1, 300, b"\xc6\x12\x00\x08")]
+        outcome = await verdict(validator, Outcome(Step.ANSWER, forged, zone=zone.origin), owner)
+        assert (outcome.security, outcome.ede) == (Security.BOGUS, EDE.RRSIGS_MISSING), owner
 
 
 async def test_negative_trust_anchor_and_expired_time(zone: Signed) -> None:
