@@ -186,24 +186,35 @@ def answer_to(data: bytes, request: bytes, secret: bytes, answers: tuple[int, ..
     request's authenticator; FreeRADIUS-based NASes sign ACKs and NAKs, and FreeRADIUS its
     Accounting-Responses, over zeros: taken too, but for Access-Accept, -Reject and -Challenge
     (the Response Authenticator proves those others anyway)."""
+    return checked_answer(data, request, secret, answers,
+                          require_message_authenticator=require_message_authenticator)[0]
+
+
+def checked_answer(data: bytes, request: bytes, secret: bytes, answers: tuple[int, ...], *,
+                   require_message_authenticator: bool = False) -> tuple[Packet | None, str]:
+    """``answer_to``'s answer, and when there is none, why ``data`` was refused (for the log:
+    an answer that is refused is not the same as none, a wrong secret is not a network fault)."""
     try:
         reply = decode(data)
-    except RadiusDecodeError:
-        return None
+    except RadiusDecodeError as exc:
+        return None, f"an answer that does not decode ({exc})"
     authenticator = request[4:20]
-    if reply.identifier != request[1] or reply.code not in answers \
-            or not check_response_authenticator(reply, authenticator, secret):
-        return None
+    if reply.identifier != request[1]:
+        return None, "an answer to another Identifier"
+    if reply.code not in answers:
+        return None, f"an answer of code {reply.code}, not one expected"
+    if not check_response_authenticator(reply, authenticator, secret):
+        return None, "an answer whose Response Authenticator does not verify (another shared secret?)"
     if reply.has(Attr.MESSAGE_AUTHENTICATOR):
         try:
             if not (check_message_authenticator(reply, secret, authenticator)
                     or (reply.code not in _ACCESS_ANSWERS and check_message_authenticator(reply, secret, bytes(16)))):
-                return None
+                return None, "an answer whose Message-Authenticator does not verify"
         except RadiusDecodeError:  # (two of them)
-            return None
+            return None, "an answer with two Message-Authenticators"
     elif require_message_authenticator:
-        return None
-    return reply
+        return None, "an answer without Message-Authenticator (require_message_authenticator)"
+    return reply, ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,11 +9,13 @@ not come back) and carries up to 256 requests at once, one per Identifier; a req
 free Identifier of the first socket that has one, another socket is opened when none has (up to
 MAX_SOCKETS, then the request fails at once). A reply is matched by socket and Identifier and
 taken only as ``coa.answer_to`` says (authenticators, code), as the CoA client's replies are;
-anything else is ignored and the wait goes on. Unanswered, the same packet is sent again after
-``wait`` seconds, ``attempts`` times in all (RFC 5080 §2.2.1: a retransmission is identical),
-then the request gives up and
-its Identifier is free again. A late reply to an Identifier given to a newer request fails that
-request's authenticator check (its Request Authenticator differs) and is ignored.
+anything else is ignored and the wait goes on (why an answer was refused is the
+``Exchange``'s error: a home server that answers with another secret, or without the
+Message-Authenticator asked for, is not silent, and its operator must hear which it is).
+Unanswered, the same packet is sent again after ``wait`` seconds, ``attempts`` times in all
+(RFC 5080 §2.2.1: a retransmission is identical), then the request gives up and its Identifier
+is free again. A late reply to an Identifier given to a newer request fails that request's
+authenticator check (its Request Authenticator differs) and is ignored.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ispd.radius.coa import Exchange, answer_to
+from ispd.radius.coa import Exchange, checked_answer
 from ispd.radius.codec import Packet
 
 MAX_SOCKETS = 16  # 4,096 requests in flight to one home server
@@ -37,6 +39,7 @@ class _Waiting:
     answers: tuple[int, ...]
     require_message_authenticator: bool
     future: asyncio.Future[Packet]
+    refused: str = ""  # why the last answer that was refused was
 
 
 @dataclass(slots=True)
@@ -74,7 +77,7 @@ class HomeServerClient:
             return Exchange(None, 0, f"{MAX_SOCKETS * 256} requests in flight to this server already")
         request = build(identifier)  # (a ProxyError goes to the caller; nothing is taken yet)
         future: asyncio.Future[Packet] = asyncio.get_running_loop().create_future()
-        slot.waiting[identifier] = _Waiting(request, secret, answers, require_message_authenticator, future)
+        waiting = slot.waiting[identifier] = _Waiting(request, secret, answers, require_message_authenticator, future)
         try:
             for attempt in range(1, attempts + 1):
                 with contextlib.suppress(OSError):  # unreachable now: the next attempt may do better
@@ -82,7 +85,8 @@ class HomeServerClient:
                 done, _ = await asyncio.wait((future,), timeout=wait)
                 if done:
                     return Exchange(future.result(), attempt, request=request)
-            return Exchange(None, attempts, request=request)
+            refused = f"answered, but refused: {waiting.refused}" if waiting.refused else ""
+            return Exchange(None, attempts, refused, request=request)
         finally:
             slot.waiting.pop(identifier, None)
             if not future.done():
@@ -126,10 +130,12 @@ class HomeServerClient:
             waiting = slot.waiting.get(data[1]) if len(data) >= 20 else None
             if waiting is None or waiting.future.done():
                 continue
-            reply = answer_to(data, waiting.request, waiting.secret, waiting.answers,
-                              require_message_authenticator=waiting.require_message_authenticator)
+            reply, refused = checked_answer(data, waiting.request, waiting.secret, waiting.answers,
+                                            require_message_authenticator=waiting.require_message_authenticator)
             if reply is not None:
                 waiting.future.set_result(reply)
+            else:
+                waiting.refused = refused
 
     def close(self) -> None:
         self.closed = True

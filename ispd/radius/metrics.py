@@ -51,8 +51,9 @@ class RadiusMetrics:
             ["kind", "result"])
         self.home_servers = LabeledCounter(
             "ispd_radius_home_server_requests_total", "Requests proxied, by home server (address:port), kind (auth, "
-            "acct) and result (answered; silent: no valid answer after every send; unsent: ispd had no Identifier free "
-            "for it, 4,096 requests in flight to that server).", ["server", "kind", "result"])
+            "acct) and result (answered; silent: no answer after every send; refused: answers, but none valid, such "
+            "as another secret's or one without Message-Authenticator; unsent: ispd had no Identifier free for it, "
+            "4,096 requests in flight to that server).", ["server", "kind", "result"])
         self.prefix_reservations = LabeledCounter(
             "ispd_radius_prefix_reservations_total", "Delegated prefixes that logins asked a [[radius.prefix_pool]] "
             "for, by result (reserved for good; exhausted: none free; failed: the store failed), the last two "

@@ -761,10 +761,14 @@ class RadiusService(Service):
                     log.warning("radius.proxy.home_server_unsent", realm=realm.name, server=str(server),
                                 error=exchange.error or None)
                 continue
-            self.metrics.home_servers.inc(str(server), kind, "silent")
+            # It answered but every answer was refused (error says why: another secret, no
+            # Message-Authenticator): no use either, but not the network's fault, as "silent" said.
+            refused = bool(exchange.error)
+            self.metrics.home_servers.inc(str(server), kind, "refused" if refused else "silent")
             if server not in self._home_down or self._home_down[server] <= time.monotonic():
-                log.warning("radius.proxy.home_server_silent", realm=realm.name, server=str(server),
-                            attempts=exchange.attempts, error=exchange.error or None)
+                log.warning("radius.proxy.home_server_refused" if refused else "radius.proxy.home_server_silent",
+                            realm=realm.name, server=str(server), attempts=exchange.attempts,
+                            error=exchange.error or None)
             self._home_down[server] = time.monotonic() + HOME_SERVER_DOWN_SECONDS
             if realm.status_check and server not in self._home_dead:
                 self._home_dead[server] = self._spawn(self._check_home_server(realm, server, answers),

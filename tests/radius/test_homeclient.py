@@ -17,8 +17,10 @@ ACCESS = (Code.ACCESS_ACCEPT, Code.ACCESS_REJECT, Code.ACCESS_CHALLENGE)
 class Home(asyncio.DatagramProtocol):
     """Answers each request after ``delay``, with ``secret``; counts what it got."""
 
-    def __init__(self, secret: bytes = SECRET, delay: float = 0.0, silent: bool = False) -> None:
+    def __init__(self, secret: bytes = SECRET, delay: float = 0.0, silent: bool = False,
+                 message_authenticator: bool = True) -> None:
         self.secret, self.delay, self.silent = secret, delay, silent
+        self.message_authenticator = message_authenticator
         self.received: list[bytes] = []
         self.transport: asyncio.DatagramTransport | None = None
 
@@ -30,7 +32,8 @@ class Home(asyncio.DatagramProtocol):
         if self.silent:
             return
         request = decode(data)
-        reply = encode_response(Code.ACCESS_ACCEPT, request.identifier, request.authenticator, b"", self.secret)
+        reply = encode_response(Code.ACCESS_ACCEPT, request.identifier, request.authenticator, b"", self.secret,
+                                message_authenticator=self.message_authenticator)
         asyncio.get_running_loop().call_later(self.delay, self.transport.sendto, reply, addr)  # type: ignore[union-attr]
 
 
@@ -72,6 +75,40 @@ async def test_a_wrong_secret_is_no_answer_and_silence_is_sent_again_then_given_
         assert exchange.reply is None and exchange.attempts == 3
         assert len(forger.received) == 3 and len(set(forger.received)) == 1  # the same packet again
         assert client._sockets[0].waiting == {}  # its Identifier is free again
+        # Answered, not silent: the operator is told why each answer was refused.
+        assert exchange.error == ("answered, but refused: an answer whose Response Authenticator does not verify "
+                                  "(another shared secret?)")
+    finally:
+        client.close()
+        transport.close()
+
+
+async def test_an_answer_without_the_message_authenticator_required_is_refused_and_said_so() -> None:
+    """A home server before FreeRADIUS 3.2.5 signs a PAP Access-Accept without
+    Message-Authenticator: with require_message_authenticator it is refused, as before, but the
+    exchange says so; it read as a silent server, a network fault to look for."""
+    server = Home(message_authenticator=False)
+    transport, port = await home(server)
+    client = HomeServerClient("127.0.0.1", port)
+    try:
+        exchange = await client.exchange(access_request, SECRET, ACCESS, wait=0.1, attempts=1,
+                                         require_message_authenticator=True)
+        assert exchange.reply is None and exchange.attempts == 1
+        assert exchange.error == "answered, but refused: an answer without Message-Authenticator " \
+                                 "(require_message_authenticator)"
+        taken = await client.exchange(access_request, SECRET, ACCESS, wait=0.1, attempts=1,
+                                      require_message_authenticator=False)
+        assert taken.reply is not None and taken.error == ""
+        silent = Home(silent=True)
+        quiet_transport, quiet_port = await home(silent)
+        quiet = HomeServerClient("127.0.0.1", quiet_port)
+        try:
+            none = await quiet.exchange(access_request, SECRET, ACCESS, wait=0.05, attempts=1,
+                                        require_message_authenticator=True)
+            assert none.reply is None and none.error == ""  # silence is silence
+        finally:
+            quiet.close()
+            quiet_transport.close()
     finally:
         client.close()
         transport.close()

@@ -389,6 +389,47 @@ async def test_a_home_server_with_every_identifier_in_use_is_passed_over_not_tak
         await store.close()
 
 
+async def test_a_home_server_whose_answers_are_refused_is_told_apart_from_a_silent_one(tmp_path: Path) -> None:
+    """A home server with another secret, or one that signs no Message-Authenticator
+    (FreeRADIUS before 3.2.5 on PAP), answers every request: each answer was refused and the
+    server was logged and counted as silent, with no error, so its operator looked for a network
+    fault. It is down all the same (no answer of it can be used), but logged and counted as
+    refused, with why."""
+    from ispd.radius.coa import Exchange
+    from ispd.radius.proxy import HomeServer, Realm
+
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        service = RadiusService(_radius_config(3799), ServiceContext(store, EventBus(), CollectorRegistry(),
+                                                                     _healthy))
+        wrong, quiet = HomeServer("198.18.5.1", 1812), HomeServer("198.18.5.2", 1812)
+        realm = Realm("home.example", (wrong, quiet), (), b"s", False, 1.0, 2, True)
+        error = "answered, but refused: an answer whose Response Authenticator does not verify (another shared secret?)"
+
+        class Client:
+            def __init__(self, exchange: Exchange) -> None:
+                self.exchange_result = exchange
+
+            async def exchange(self, *args: Any, **kwargs: Any) -> Exchange:
+                return self.exchange_result
+
+        clients = {wrong: Client(Exchange(None, 2, error)), quiet: Client(Exchange(None, 2))}
+        service._home_client = clients.__getitem__  # type: ignore[method-assign,assignment]
+        with capture_logs() as logs:
+            answered = await service._ask_home(realm, (wrong, quiet), lambda identifier: b"",
+                                               (int(Code.ACCESS_ACCEPT),))
+        assert answered is None
+        assert [(e["event"], e["server"], e["error"]) for e in logs if e["event"].startswith("radius.proxy")] == [
+            ("radius.proxy.home_server_refused", str(wrong), error),
+            ("radius.proxy.home_server_silent", str(quiet), None)]
+        assert service.metrics.home_servers.get(str(wrong), "auth", "refused") == 1
+        assert service.metrics.home_servers.get(str(wrong), "auth", "silent") == 0
+        assert service.metrics.home_servers.get(str(quiet), "auth", "silent") == 1
+        assert wrong in service._home_down and quiet in service._home_down  # both of no use now
+    finally:
+        await store.close()
+
+
 async def test_a_realm_that_routes_back_here_is_cut_at_its_second_pass(tmp_path: Path) -> None:
     """A realm whose home server sends the request back to ispd (an institution's own realm left
     out of local_realms, the federation's proxy sending it home): each pass was a new request,
