@@ -722,15 +722,26 @@ class RadiusService(Service):
         """Status-Server to a dead home server every ``realm.status_check`` seconds until it
         answers: then it takes requests again."""
         # RFC 5997 §3: Accounting-Response on an accounting port (some answer Access-Accept there too).
-        expected = (int(Code.ACCOUNTING_RESPONSE), int(Code.ACCESS_ACCEPT)) if answers == _ACCOUNTING_ANSWER \
+        accounting = answers == _ACCOUNTING_ANSWER
+        expected = (int(Code.ACCOUNTING_RESPONSE), int(Code.ACCESS_ACCEPT)) if accounting \
             else (int(Code.ACCESS_ACCEPT),)
+        # An accounting server's answers need no Message-Authenticator (its Response Authenticator
+        # proves them, and _ask_home takes its Accounting-Responses without): its answer to a
+        # check needs none either. Required there, a server that signs none (FreeRADIUS before
+        # 3.2.5) was taken while up, and once down never taken again, its copies all lost.
+        required = realm.require_message_authenticator and not accounting
+        told = False
         while True:
             await asyncio.sleep(realm.status_check)
             exchange = await self._home_client(server).exchange(
                 lambda identifier: status_server_request(identifier, realm.secret), realm.secret, expected,
-                wait=realm.timeout, attempts=1, require_message_authenticator=realm.require_message_authenticator)
+                wait=realm.timeout, attempts=1, require_message_authenticator=required)
             if exchange.reply is not None:
                 break
+            if exchange.error and exchange.attempts and not told:  # answered, refused: say why, once
+                told = True
+                log.warning("radius.proxy.home_server_check_refused", realm=realm.name, server=str(server),
+                            error=exchange.error)
         self._home_dead.pop(server, None)
         self._home_down.pop(server, None)
         log.info("radius.proxy.home_server_alive", realm=realm.name, server=str(server))

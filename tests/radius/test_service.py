@@ -430,6 +430,53 @@ async def test_a_home_server_whose_answers_are_refused_is_told_apart_from_a_sile
         await store.close()
 
 
+async def test_an_accounting_server_that_signs_no_message_authenticator_comes_back(tmp_path: Path) -> None:
+    """An accounting server's Accounting-Responses are taken without Message-Authenticator (the
+    Response Authenticator proves them), but its answer to a Status-Server check was refused
+    without one, require_message_authenticator being on for the realm's Access answers: a server
+    that signs none (FreeRADIUS before 3.2.5) was used while up and, once down, never again,
+    every accounting copy lost while it answered every check."""
+    import socket
+
+    from ispd.radius.codec import encode_response
+    from ispd.radius.proxy import HomeServer, Realm
+
+    class Accounting(asyncio.DatagramProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport: asyncio.DatagramTransport = transport  # type: ignore[assignment]
+
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            request = decode(data)
+            self.transport.sendto(encode_response(Code.ACCOUNTING_RESPONSE, request.identifier, request.authenticator,
+                                                  b"", b"s", message_authenticator=False), addr)
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(Accounting, sock=sock)
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        service = RadiusService(_radius_config(3799), ServiceContext(store, EventBus(), CollectorRegistry(),
+                                                                     _healthy))
+        server = HomeServer("127.0.0.1", sock.getsockname()[1])
+        realm = Realm("home.example", (HomeServer("127.0.0.1", 9),), (server,), b"s", False, 0.2, 1, True,
+                      status_check=0.05)
+        service._home_dead[server] = asyncio.current_task()  # type: ignore[assignment]
+        with capture_logs() as logs:
+            await asyncio.wait_for(service._check_home_server(realm, server, radius_service._ACCOUNTING_ANSWER), 2)
+        assert server not in service._home_dead
+        assert [e["event"] for e in logs if e["event"].startswith("radius.proxy")] == ["radius.proxy.home_server_alive"]
+        # A check whose answers are refused (here: an Accounting-Response on what is taken for
+        # an auth port) goes on, but says why, once.
+        with capture_logs() as logs, contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(service._check_home_server(realm, server, (int(Code.ACCESS_ACCEPT),)), 0.6)
+        assert [(e["event"], e["error"]) for e in logs if e["event"].startswith("radius.proxy")] == [
+            ("radius.proxy.home_server_check_refused", "answered, but refused: an answer of code 5, not one expected")]
+    finally:
+        service._close_home_clients()
+        transport.close()
+        await store.close()
+
+
 async def test_a_realm_that_routes_back_here_is_cut_at_its_second_pass(tmp_path: Path) -> None:
     """A realm whose home server sends the request back to ispd (an institution's own realm left
     out of local_realms, the federation's proxy sending it home): each pass was a new request,
