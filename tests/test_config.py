@@ -526,6 +526,12 @@ def test_dnstap_mistakes_are_named(tmp_path: Path, dnstap: str, error: str) -> N
     ('[[radius.realm]]\nname = "a.example"\nauth_servers = []\nsecret = "s"\n', "auth_servers"),
     ('[[radius.realm]]\nname = "a.example"\nauth_servers = ["198.18.5.1:1812"]\nsecret = ""\n',
      "the shared secret is empty"),
+    # Port 0 (a listener's "any port") was taken: every send failed, the server read as silent.
+    ('[[radius.realm]]\nname = "a.example"\nauth_servers = ["198.18.5.1:0"]\nsecret = "s"\n',
+     "radius.realm.0.auth_servers: 198.18.5.1:0: give the home server's port"),
+    ('[[radius.realm]]\nname = "a.example"\nauth_servers = ["198.18.5.1:1812"]\nsecret = "s"\n'
+     'acct_servers = ["198.18.5.1:1813", "198.18.5.1:1813"]\n',
+     "radius.realm.0.acct_servers: 198.18.5.1:1813 is listed twice"),
 ])
 def test_realm_mistakes_are_named(tmp_path: Path, realms: str, error: str) -> None:
     text = error_of(write(tmp_path, f"[radius]\nenabled = true\n{realms}"))

@@ -206,6 +206,18 @@ class RealmConfig(Section):
     def _usable_secret(cls, secret: SecretStr) -> SecretStr:
         return usable_secret(secret)
 
+    @field_validator("auth_servers", "acct_servers")
+    @classmethod
+    def _home_servers(cls, servers: list[SocketAddress]) -> list[SocketAddress]:
+        # Port 0 is a listener's "any free port"; sent to, it fails at every send and the server
+        # read as silent. A server listed twice is asked twice in a row (fail-over to itself).
+        for i, server in enumerate(servers):
+            if server.port == 0:
+                raise ValueError(f"{server}: give the home server's port (1812 auth, 1813 accounting)")
+            if server in servers[:i]:
+                raise ValueError(f"{server} is listed twice")
+        return servers
+
 
 class PlanReplyConfig(Section):
     # What the Access-Accept of a plan's subscribers carries besides what the plan itself says
