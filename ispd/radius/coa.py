@@ -223,3 +223,4 @@ class Exchange:
     attempts: int
     error: str = ""
     request: bytes = b""  # what was sent (the proxy's: its authenticators are the answer's key)
+    refused: bool = False  # answers came, none valid (``error`` says why)

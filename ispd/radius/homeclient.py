@@ -78,15 +78,20 @@ class HomeServerClient:
         request = build(identifier)  # (a ProxyError goes to the caller; nothing is taken yet)
         future: asyncio.Future[Packet] = asyncio.get_running_loop().create_future()
         waiting = slot.waiting[identifier] = _Waiting(request, secret, answers, require_message_authenticator, future)
+        unsent = ""
         try:
             for attempt in range(1, attempts + 1):
-                with contextlib.suppress(OSError):  # unreachable now: the next attempt may do better
+                try:
                     slot.sock.sendto(request, self._peer)
+                except OSError as exc:  # unreachable now: the next attempt may do better
+                    unsent = f"could not send: {exc.strerror or exc}"  # (no route, a firewall: not silence)
                 done, _ = await asyncio.wait((future,), timeout=wait)
                 if done:
                     return Exchange(future.result(), attempt, request=request)
-            refused = f"answered, but refused: {waiting.refused}" if waiting.refused else ""
-            return Exchange(None, attempts, refused, request=request)
+            if waiting.refused:
+                return Exchange(None, attempts, f"answered, but refused: {waiting.refused}", request=request,
+                                refused=True)
+            return Exchange(None, attempts, unsent, request=request)
         finally:
             slot.waiting.pop(identifier, None)
             if not future.done():

@@ -738,7 +738,7 @@ class RadiusService(Service):
                 wait=realm.timeout, attempts=1, require_message_authenticator=required)
             if exchange.reply is not None:
                 break
-            if exchange.error and exchange.attempts and not told:  # answered, refused: say why, once
+            if exchange.refused and not told:  # answered, but refused: say why, once
                 told = True
                 log.warning("radius.proxy.home_server_check_refused", realm=realm.name, server=str(server),
                             error=exchange.error)
@@ -774,7 +774,7 @@ class RadiusService(Service):
                 continue
             # It answered but every answer was refused (error says why: another secret, no
             # Message-Authenticator): no use either, but not the network's fault, as "silent" said.
-            refused = bool(exchange.error)
+            refused = exchange.refused
             self.metrics.home_servers.inc(str(server), kind, "refused" if refused else "silent")
             if server not in self._home_down or self._home_down[server] <= time.monotonic():
                 log.warning("radius.proxy.home_server_refused" if refused else "radius.proxy.home_server_silent",

@@ -76,8 +76,8 @@ async def test_a_wrong_secret_is_no_answer_and_silence_is_sent_again_then_given_
         assert len(forger.received) == 3 and len(set(forger.received)) == 1  # the same packet again
         assert client._sockets[0].waiting == {}  # its Identifier is free again
         # Answered, not silent: the operator is told why each answer was refused.
-        assert exchange.error == ("answered, but refused: an answer whose Response Authenticator does not verify "
-                                  "(another shared secret?)")
+        assert exchange.refused and exchange.error == ("answered, but refused: an answer whose Response "
+                                                       "Authenticator does not verify (another shared secret?)")
     finally:
         client.close()
         transport.close()
@@ -170,3 +170,17 @@ def test_a_datagram_from_anyone_but_the_home_server_is_ignored() -> None:
             transport.close()
 
     asyncio.run(scenario())
+
+
+async def test_a_request_that_cannot_be_sent_says_why() -> None:
+    """A send that fails (no route to the home server, a firewall's reject; here port 0) was
+    suppressed, and the server read as silent with no error: the kernel's reason is the
+    exchange's error now, and it is not an answer refused."""
+    client = HomeServerClient("127.0.0.1", 0)
+    try:
+        exchange = await client.exchange(access_request, SECRET, ACCESS, wait=0.05, attempts=2,
+                                         require_message_authenticator=True)
+        assert exchange.reply is None and exchange.attempts == 2
+        assert exchange.error == "could not send: Invalid argument" and not exchange.refused
+    finally:
+        client.close()

@@ -413,7 +413,7 @@ async def test_a_home_server_whose_answers_are_refused_is_told_apart_from_a_sile
             async def exchange(self, *args: Any, **kwargs: Any) -> Exchange:
                 return self.exchange_result
 
-        clients = {wrong: Client(Exchange(None, 2, error)), quiet: Client(Exchange(None, 2))}
+        clients = {wrong: Client(Exchange(None, 2, error, refused=True)), quiet: Client(Exchange(None, 2))}
         service._home_client = clients.__getitem__  # type: ignore[method-assign,assignment]
         with capture_logs() as logs:
             answered = await service._ask_home(realm, (wrong, quiet), lambda identifier: b"",
