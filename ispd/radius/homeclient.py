@@ -47,6 +47,9 @@ class _Socket:
     sock: socket.socket
     waiting: dict[int, _Waiting] = field(default_factory=dict)
     next_identifier: int = 0
+    # The last request each Identifier carried, once done: a late answer to it (a slow home
+    # server) fails the next request's check, and is not to be told as that one's refusal.
+    done: dict[int, _Waiting] = field(default_factory=dict)
 
     def free_identifier(self) -> int | None:
         if len(self.waiting) >= 256:
@@ -94,6 +97,7 @@ class HomeServerClient:
             return Exchange(None, attempts, unsent, request=request)
         finally:
             slot.waiting.pop(identifier, None)
+            slot.done[identifier] = waiting
             if not future.done():
                 future.cancel()
 
@@ -139,8 +143,14 @@ class HomeServerClient:
                                             require_message_authenticator=waiting.require_message_authenticator)
             if reply is not None:
                 waiting.future.set_result(reply)
-            else:
+            elif not self._late(slot, data):
                 waiting.refused = refused
+
+    @staticmethod
+    def _late(slot: _Socket, data: bytes) -> bool:
+        """Whether ``data`` answers the request that its Identifier carried before."""
+        before = slot.done.get(data[1])
+        return before is not None and checked_answer(data, before.request, before.secret, before.answers)[0] is not None
 
     def close(self) -> None:
         self.closed = True
