@@ -433,7 +433,9 @@ class _RecordError(Exception):
     """What is wrong with one record; the reader adds where."""
 
 
-_TTL_RE = re.compile(r"(?:[0-9]+[wdhmsWDHMS]?)+")
+# Every run of digits but the last takes a unit: one way to match, so a long run of digits that
+# does not end well fails at once (``(?:[0-9]+[wdhms]?)+`` tried each split of it: exponential).
+_TTL_RE = re.compile(r"(?:[0-9]+[wdhmsWDHMS])*[0-9]+[wdhmsWDHMS]?")
 _TTL_PART = re.compile(r"([0-9]+)([wdhmsWDHMS]?)")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _CLASSES_NOT_SERVED = frozenset({"CH", "CS", "HS", "NONE"})

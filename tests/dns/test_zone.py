@@ -377,3 +377,17 @@ def test_fuzz_loader_raises_only_zone_error(body: str, indent: str) -> None:
         return
     for name in list(zone.names())[:5]:
         zone.lookup(name, RRType.A)
+
+
+def test_a_long_bad_ttl_fails_at_once() -> None:
+    # A TTL of 26 digits and a letter that is no unit: the pattern once tried every split of the
+    # digits (2^26 of them, each digit more doubling it), holding the GIL for minutes to days
+    # while a zone file or an RPZ feed loaded.
+    for token in ("9" * 26 + "x", "1h" + "9" * 26 + "hx", "9" * 26 + "TL"):
+        start = time.perf_counter()
+        with pytest.raises(ZoneError, match="bad TTL"):
+            load_zone_text(f"@ SOA ns h 1 2 3 4 5\nwww {token} A 192.0.2.1\n", "example.")
+        assert time.perf_counter() - start < 1
+    zone = load_zone_text("$TTL 1w2d3h4m5\n@ SOA ns h 1 2 3 4 5\nwww 1h30 A 192.0.2.1\n", "example.")
+    assert zone.lookup(N("www.example."), RRType.A).answer[0].ttl == 3630  # a last number without a unit is seconds
+    assert zone.soa is not None and zone.soa.ttl == 604800 + 2 * 86400 + 3 * 3600 + 4 * 60 + 5
