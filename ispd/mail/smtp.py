@@ -124,6 +124,19 @@ def without_auth_parameter(arg: str) -> str:
     return arg[:path_end + 1] + _AUTH_PARAMETER.sub("", arg[path_end + 1:])
 
 
+_SIZE_PARAMETER = re.compile(r"\sSIZE=(\S*)", re.IGNORECASE)
+
+
+def size_parameter_readable(arg: str) -> bool:
+    """Whether MAIL's SIZE parameter, if it has one, is RFC 1870's size-value: 1 to 20 ASCII
+    digits (Unicode digits pass str.isdigit() and int() takes some of them)."""
+    path_end = arg.find(">")  # the parameters follow the path
+    if path_end < 0:
+        return True
+    return all(value.isascii() and value.isdigit() and len(value) <= 20
+               for value in _SIZE_PARAMETER.findall(arg[path_end + 1:]))
+
+
 # Refused recipients per connection: after the soft limit each further refusal waits a second,
 # at the hard limit the connection is closed (Postfix: smtpd_soft_error_limit 10, hard 20).
 SOFT_RECIPIENT_ERRORS = 10
@@ -265,6 +278,11 @@ class SMTPSession(SMTP):
 
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:
+        if arg is not None and not size_parameter_readable(arg):
+            # aiosmtpd takes str.isdigit() for a number: "SIZE=²" passed it and int() raised
+            # (451 and an error in the log), "SIZE=٣" was taken as 3 octets.
+            await self.push("501 5.5.4 Syntax: SIZE=<octets, in ASCII digits> (RFC 1870)")
+            return
         if arg is not None and self.listener != "mx":
             arg = without_auth_parameter(arg)
         await super().smtp_MAIL(arg)
@@ -371,7 +389,7 @@ class MXHandler:
             self.service.metrics.refusals.inc("bad_address")
             return "553 5.1.7 The sender address is not UTF-8 text"
         for option in mail_options:
-            if option.startswith("SIZE=") and option[5:].isdigit():
+            if option.startswith("SIZE=") and option[5:].isascii() and option[5:].isdigit():
                 envelope.declared_size = int(option[5:])
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)

@@ -127,3 +127,33 @@ def test_a_listed_client_s_relay_attempt_is_refused_as_relaying_not_as_listed() 
 ])
 def test_the_auth_parameter_of_mail_is_left_out(arg: str, expected: str) -> None:
     assert without_auth_parameter(arg) == expected
+
+
+def test_a_size_parameter_in_other_digits_than_ascii_is_a_syntax_error(without_cycle_collection: None) -> None:
+    """RFC 1870: size-value is 1*20DIGIT (ASCII). aiosmtpd took str.isdigit() for a number:
+    "SIZE=²" passed it and int() raised (451, and an error in the log for each such MAIL), and
+    "SIZE=٣" (an Arabic-Indic three) was taken for 3 octets. Postfix answers 501 5.5.4."""
+    service = serving_service()
+
+    async def run() -> list[bytes]:
+        server = await asyncio.get_running_loop().create_server(lambda: SMTPSession(service, "mx"), "127.0.0.1", 0)
+        try:
+            reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+            await reader.readline()  # 220
+            writer.write(b"EHLO client.example\r\n")
+            while not (await reader.readline()).startswith(b"250 "):
+                pass
+            replies = []
+            for size in ("\u00b2", "\u0663", "1" * 21, "10"):
+                writer.write(f"MAIL FROM:<a@elsewhere.example> size={size}\r\nRSET\r\n".encode())
+                replies.append(await reader.readline())
+                await reader.readline()  # RSET's 250
+            writer.write(b"QUIT\r\n")
+            await reader.read()
+            writer.close()
+            return replies
+        finally:
+            server.close()
+
+    replies = uvloop.run(run())
+    assert [r[:9] for r in replies] == [b"501 5.5.4"] * 3 + [b"250 2.0.0"], replies
