@@ -4,6 +4,7 @@ implement is BAD rather than ignored (an ignored one answers with every folder).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,22 @@ def test_a_plain_list_is_unchanged(maildir: Maildir) -> None:
     lines = listed(maildir, 'LIST "" "*"')
     assert b'* LIST (\\Noselect \\HasChildren) "." "A"' in lines and b'* LIST (\\HasNoChildren) "." "Projects"' in lines
     assert not any(b"\\Subscribed" in line for line in lines)
+
+
+def test_a_pattern_of_many_wildcards_is_answered_at_once(maildir: Maildir) -> None:
+    """The pattern was a regular expression that backtracked: with a folder named with 80 a's,
+    LIST "" "*a*a*a*a*a*a*b" took 29 s in the daemon's event loop (every client of every
+    service waited), and each '*' more multiplied that."""
+    folder = b"a" * 70
+
+    def lines(pattern: str) -> list[bytes]:
+        answer = run_commands(maildir, ["LOGIN alice@isp.example secret", "CREATE " + folder.decode(),
+                                        f'LIST "" "{pattern}"'], lambda: None)
+        return [line for line in answer.split(b"\r\n") if line]
+
+    started = time.perf_counter()
+    assert lines("*a" * 6 + "*b") == [b"t2 OK LIST completed"]
+    assert time.perf_counter() - started < 2
+    assert lines("%a" * 6 + "%") == [b'* LIST (\\HasNoChildren) "." "' + folder + b'"', b"t2 OK LIST completed"]
+    assert lines("inbox") == [b'* LIST (\\HasNoChildren) "." "INBOX"', b"t2 OK LIST completed"]
+    assert lines("A%.%") == [b"t2 OK LIST completed"]
