@@ -673,8 +673,10 @@ class _Reader:
         for index in _DNSLIB_NAME_FIELDS.get(rtype, ()):
             if index < len(words) and words[index] != ".":  # dnslib has no @ and drops a relative name's last label
                 words[index] = name_to_text(self.name(words[index]))
-        origin = dnslib.DNSLabel(name_to_text(self.origin) if self.origin else ".")
         try:
+            # (Inside: dnslib's own name parser takes an escaped dot, \046, for a separator,
+            # and raised UnicodeError past the reader for an origin like a\..example.)
+            origin = dnslib.DNSLabel(name_to_text(self.origin) if self.origin else ".")
             parsed = parser.fromZone(words, origin)
             record = dnslib.RR(".", rtype, rdata=parsed)
             packed = dnslib.DNSRecord(dnslib.DNSHeader(id=0), rr=[record]).pack()

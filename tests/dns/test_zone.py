@@ -391,3 +391,14 @@ def test_a_long_bad_ttl_fails_at_once() -> None:
     zone = load_zone_text("$TTL 1w2d3h4m5\n@ SOA ns h 1 2 3 4 5\nwww 1h30 A 192.0.2.1\n", "example.")
     assert zone.lookup(N("www.example."), RRType.A).answer[0].ttl == 3630  # a last number without a unit is seconds
     assert zone.soa is not None and zone.soa.ttl == 604800 + 2 * 86400 + 3 * 3600 + 4 * 60 + 5
+
+
+def test_an_origin_dnslib_cannot_read_makes_a_bad_record_not_a_crash() -> None:
+    # A label holding a dot (a\.) is a valid name; dnslib, which reads the rarer types, raised
+    # UnicodeError on it, past the reader: the daemon would not start ("dns: encoding with
+    # 'idna' codec failed"), and one such line in an RPZ feed took the whole feed down.
+    text = "@ SOA ns h 1 2 3 4 5\n@ NS ns\n$ORIGIN a\\..example.\nx DS 1 8 2 " + "ab" * 32 + "\ny A 192.0.2.1\n"
+    with pytest.raises(ZoneError, match=r"<text>:4: bad DS data"):
+        load_zone_text(text, "example.")
+    zone, problems = load_zone_text_lenient(text, "example.")
+    assert len(problems) == 1 and zone.lookup(N("y.a\\..example."), RRType.A).kind == AnswerKind.ANSWER
