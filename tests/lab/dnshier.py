@@ -26,6 +26,8 @@ The tree (offsets from the base; "BH" is a ``Blackhole``, "--" an address where 
       secure.test         ns1.secure.test .18.1 [alg 13 NSEC] (signed wildcard, CNAMEs out to an
                           unsigned and a bogus zone)
         unsigned.secure.test  ns.unsigned.secure.test .18.2 (insecure delegation: NSEC, no DS)
+        cohosted.secure.test  ns1.secure.test .18.1 (insecure delegation to the parent's own
+                          server, which answers for it without a referral)
       nsec3.test          ns1.nsec3.test .18.3 [alg 15 NSEC3, salt, opt-out]
         optout.nsec3.test  ns.optout.nsec3.test .18.4 (insecure delegation, no NSEC3 of its own)
       expired.test        ns1.expired.test .18.5 [alg 13 NSEC, signatures of January 2020: bogus]
@@ -153,7 +155,8 @@ SERVERS: tuple[ServerSpec, ...] = (
     ServerSpec("sbench", ("ns1.sbench.test.",), "16.2", "nsd", ("sbench.test.",)),  # bench.test signed
     ServerSpec("stale", ("ns1.stale.test.",), "17.1", "nsd", ("stale.test.",)),
     # DNSSEC (see SIGNED): signed children of test., and unsigned zones delegated from signed ones
-    ServerSpec("secure", ("ns1.secure.test.",), "18.1", "nsd", ("secure.test.",)),
+    # (also its unsigned child cohosted.secure.test, as hosting providers do: answered without a referral)
+    ServerSpec("secure", ("ns1.secure.test.",), "18.1", "nsd", ("secure.test.", "cohosted.secure.test.")),
     ServerSpec("unsigned-secure", ("ns.unsigned.secure.test.",), "18.2", "nsd", ("unsigned.secure.test.",)),
     ServerSpec("nsec3", ("ns1.nsec3.test.",), "18.3", "nsd", ("nsec3.test.",)),
     ServerSpec("optout-nsec3", ("ns.optout.nsec3.test.",), "18.4", "nsd", ("optout.nsec3.test.",)),
@@ -357,6 +360,12 @@ def zone_texts(base: str = DEFAULT_BASE) -> dict[str, str]:
         "to-bogus IN CNAME www.expired.test.",
         # an insecure delegation: the NSEC at unsigned.secure.test shows NS but no DS
         "unsigned IN NS ns.unsigned.secure.test.", f"ns.unsigned IN A {a['ns.unsigned.secure.test.']}",
+        # another, on this zone's own server
+        "cohosted IN NS ns1.secure.test.",
+    ])
+    zones["cohosted.secure.test."] = "\n".join([
+        "$ORIGIN cohosted.secure.test.", "$TTL 3600", _soa("ns1.secure.test.", "cohosted.secure.test."),
+        "@ IN NS ns1.secure.test.", "www IN A 198.18.5.13",
     ])
     zones["unsigned.secure.test."] = "\n".join([
         "$ORIGIN unsigned.secure.test.", "$TTL 3600", _soa("ns.unsigned.secure.test.", "unsigned.secure.test."),
@@ -564,6 +573,8 @@ def dnssec_expectations(base: str = DEFAULT_BASE) -> tuple[Expectation, ...]:
         _e("secure: empty non-terminal NODATA", "wild.secure.test.", "A", security=secure),
         _e("secure: no DS at an insecure delegation", "unsigned.secure.test.", "DS", security=secure),
         _e("secure: insecure delegation", "www.unsigned.secure.test.", "A", ["198.18.5.3"], security=insecure),
+        _e("secure: insecure delegation to its own server", "www.cohosted.secure.test.", "A", ["198.18.5.13"],
+           security=insecure),
         _e("secure: CNAME into an unsigned zone", "to-unsigned.secure.test.", "A", ["198.18.1.1"],
            chain=["www.example-a.test."], security=insecure),
         _e("secure: CNAME into a bogus zone", "to-bogus.secure.test.", "A", ["198.18.5.7"], rcode="SERVFAIL",
