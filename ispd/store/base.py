@@ -120,7 +120,9 @@ class Store(ABC):
     async def get_subscriber(self, ref: SubscriberRef) -> Subscriber: ...
 
     @abstractmethod
-    async def list_subscribers(self, status: SubscriberStatus | None = None) -> list[Subscriber]: ...
+    async def list_subscribers(self, status: SubscriberStatus | None = None, *, after: str | None = None,
+                               limit: int | None = None) -> list[Subscriber]:
+        """Subscribers by username; a page of them: the first ``limit`` after the username ``after``."""
 
     @abstractmethod
     async def set_subscriber_status(
@@ -347,8 +349,11 @@ class Store(ABC):
 
     @abstractmethod
     async def list_leases(
-        self, *, subscriber: SubscriberRef | None = None, include_ended: bool = False
-    ) -> list[Lease]: ...
+        self, *, subscriber: SubscriberRef | None = None, include_ended: bool = False, after: str | None = None,
+        limit: int | None = None
+    ) -> list[Lease]:
+        """Leases in the order of their address text; a page of them: the first ``limit`` after
+        the address ``after``."""
 
     @abstractmethod
     async def get_lease(self, address: str) -> Lease:
@@ -442,9 +447,11 @@ class Store(ABC):
 
     # --- retention
     @abstractmethod
-    async def usage_by_day(self, subscriber: SubscriberRef | None, *, since: float, until: float) -> list[DailyUsage]:
+    async def usage_by_day(self, subscriber: SubscriberRef | None, *, since: float, until: float,
+                           after: tuple[int, str] | None = None, limit: int | None = None) -> list[DailyUsage]:
         """Usage per UTC day from the day of ``since`` to that of ``until``, of one subscriber
-        (None: of every subscriber), days without any left out."""
+        (None: of every subscriber), days without any left out, by subscriber id then day; a page
+        of them: the first ``limit`` after (subscriber id, YYYY-MM-DD) ``after``."""
 
     @abstractmethod
     async def record_quota_crossing(self, crossing: QuotaCrossing) -> bool:

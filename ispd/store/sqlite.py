@@ -817,6 +817,21 @@ def _store_credentials(conn: sqlite3.Connection, subscriber_id: int, username: s
 # --- the store ------------------------------------------------------------------------------
 
 
+def _page(clauses: list[str], params: list[object], column: str, after: str | None) -> None:
+    """A page's condition (keyset pagination: the rows after ``after`` in ``column`` order)."""
+    if after is not None:
+        clauses.append(f"{column} > ?")
+        params.append(after)
+
+
+def _where(clauses: list[str]) -> str:
+    return f" WHERE {' AND '.join(clauses)}" if clauses else ""
+
+
+def _limit(limit: int | None) -> str:
+    return f" LIMIT {int(limit)}" if limit is not None else ""
+
+
 class SQLiteStore(Store):
     def __init__(self, config: StoreConfig, metrics: StoreMetrics | None = None, clock: Clock = time.time,
                  migration_starting: MigrationStarting | None = None) -> None:
@@ -1061,12 +1076,16 @@ class SQLiteStore(Store):
     async def get_subscriber(self, ref: SubscriberRef) -> Subscriber:
         return await self._read("get_subscriber", lambda conn: _subscriber(_find_subscriber(conn, ref)))
 
-    async def list_subscribers(self, status: SubscriberStatus | None = None) -> list[Subscriber]:
+    async def list_subscribers(self, status: SubscriberStatus | None = None, *, after: str | None = None,
+                               limit: int | None = None) -> list[Subscriber]:
         def run(conn: sqlite3.Connection) -> list[Subscriber]:
-            if status is None:
-                rows = conn.execute("SELECT * FROM subscribers ORDER BY username")
-            else:
-                rows = conn.execute("SELECT * FROM subscribers WHERE status = ? ORDER BY username", (str(status),))
+            clauses: list[str] = []
+            params: list[object] = []
+            if status is not None:
+                clauses.append("status = ?")
+                params.append(str(status))
+            _page(clauses, params, "username", after)
+            rows = conn.execute(f"SELECT * FROM subscribers{_where(clauses)} ORDER BY username{_limit(limit)}", params)
             return [_subscriber(r) for r in rows]
 
         return await self._read("list_subscribers", run)
@@ -1596,20 +1615,23 @@ class SQLiteStore(Store):
         return await self._write("release_claims", lambda conn: sqlite_addresses.release_claims(conn, holds, now))
 
     async def list_leases(
-        self, *, subscriber: SubscriberRef | None = None, include_ended: bool = False
+        self, *, subscriber: SubscriberRef | None = None, include_ended: bool = False, after: str | None = None,
+        limit: int | None = None
     ) -> list[Lease]:
         now = self.clock()
 
         def run(conn: sqlite3.Connection) -> list[Lease]:
-            clauses, params = [], []
+            clauses: list[str] = []
+            params: list[object] = []
             if subscriber is not None:
                 clauses.append("subscriber_id = ?")
                 params.append(_find_subscriber(conn, subscriber)["id"])
             if not include_ended:
                 clauses.append("state = 'bound' AND expires_at > ?")
                 params.append(now)
-            where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-            return [lease_from_row(r) for r in conn.execute(f"SELECT * FROM leases {where} ORDER BY address", params)]
+            _page(clauses, params, "address", after)
+            return [lease_from_row(r) for r in conn.execute(
+                f"SELECT * FROM leases{_where(clauses)} ORDER BY address{_limit(limit)}", params)]
 
         return await self._read("list_leases", run)
 
@@ -1774,13 +1796,14 @@ class SQLiteStore(Store):
     async def usage_totals(self, *, since: float, until: float) -> dict[int, Usage]:
         return await self._read("usage_totals", lambda conn: sqlite_radius.usage_totals(conn, since, until))
 
-    async def usage_by_day(self, subscriber: SubscriberRef | None, *, since: float, until: float) -> list[DailyUsage]:
+    async def usage_by_day(self, subscriber: SubscriberRef | None, *, since: float, until: float,
+                           after: tuple[int, str] | None = None, limit: int | None = None) -> list[DailyUsage]:
         if until < since:  # (as `who` says; an empty answer would read as "no usage")
             raise InvalidValue("the end of the span comes before its start")
 
         def run(conn: sqlite3.Connection) -> list[DailyUsage]:
             subscriber_id = _history_subscriber_id(conn, subscriber) if subscriber is not None else None
-            return sqlite_radius.usage_by_day(conn, subscriber_id, since, until)
+            return sqlite_radius.usage_by_day(conn, subscriber_id, since, until, after=after, limit=limit)
 
         return await self._read("usage_by_day", run)
 

@@ -436,14 +436,21 @@ def usage_totals(conn: sqlite3.Connection, since: float, until: float) -> dict[i
     return {r[0]: Usage(int(r[1]), int(r[2]), int(r[3])) for r in rows}
 
 
-def usage_by_day(conn: sqlite3.Connection, subscriber_id: int | None, since: float, until: float) -> list[DailyUsage]:
+def usage_by_day(conn: sqlite3.Connection, subscriber_id: int | None, since: float, until: float, *,
+                 after: tuple[int, str] | None = None, limit: int | None = None) -> list[DailyUsage]:
     """Each day's usage from the day of ``since`` to the day of ``until`` (days with none left
-    out), of one subscriber or of all, by subscriber then day."""
+    out), of one subscriber or of all, by subscriber then day; the first ``limit`` after
+    (subscriber id, YYYY-MM-DD) ``after``."""
     condition, params = ("AND u.subscriber_id = ?", [subscriber_id]) if subscriber_id is not None else ("", [])
+    if after is not None:
+        after_day = utc_day(calendar.timegm(time.strptime(after[1], "%Y-%m-%d")))
+        condition += " AND (u.subscriber_id > ? OR (u.subscriber_id = ? AND u.day > ?))"
+        params += [after[0], after[0], after_day]
+    page = f" LIMIT {int(limit)}" if limit is not None else ""
     rows = conn.execute(
         "SELECT u.subscriber_id, s.username, u.day, u.input_octets, u.output_octets, u.session_seconds"
         " FROM usage_daily u LEFT JOIN subscribers s ON s.id = u.subscriber_id"
-        f" WHERE u.day >= ? AND u.day <= ? {condition} ORDER BY u.subscriber_id, u.day",
+        f" WHERE u.day >= ? AND u.day <= ? {condition} ORDER BY u.subscriber_id, u.day{page}",
         (utc_day(since), utc_day(until), *params)).fetchall()
     return [DailyUsage(r[0], r[1], time.strftime("%Y-%m-%d", time.gmtime(r[2] * 86400)), r[3], r[4], r[5])
             for r in rows]

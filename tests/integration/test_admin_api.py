@@ -386,6 +386,30 @@ def test_who_and_usage_answer_from_the_history(api: Api) -> None:
     assert status == 400 and "is not an IPv4 or IPv6 address" in body["detail"]
 
 
+def test_long_lists_come_in_pages_with_a_link_to_the_next(api: Api) -> None:
+    """A billing system reading 50,000 subscribers, leases or days of usage asks for pages (whole,
+    they are built on the daemon's one event loop); the Link header (RFC 8288) names the next."""
+    for name in ("page-a", "page-b", "page-c"):
+        assert api.call("POST", "/v1/subscribers", {"username": name})[0] == 201
+    whole = [s["username"] for s in api.call("GET", "/v1/subscribers")[1]]
+    assert len(whole) >= 3
+    paged: list[str] = []
+    path: str | None = "/v1/subscribers?limit=2"
+    while path is not None:
+        result = subprocess.run(["curl", "-sS", "-D", "-", "--unix-socket", str(api.socket), f"http://ispd{path}"],
+                                capture_output=True, text=True, timeout=30, check=True)
+        head, _, text = result.stdout.partition("\n\n")  # (text mode: CRLF read as LF)
+        page = json.loads(text)
+        paged += [s["username"] for s in page]
+        links = [line.split(":", 1)[1].strip() for line in head.splitlines() if line.lower().startswith("link:")]
+        path = links[0].split(">")[0].lstrip("<") if links else None
+        assert (path is not None) == (len(page) == 2), (head, page)
+    assert paged == whole
+    status, body = api.call("GET", "/v1/usage?since=2026-11-01&until=2026-11-30&after=1/2026-11-31&limit=5")
+    assert status == 400 and "no date" in body["detail"]
+    assert api.call("GET", "/v1/leases?limit=0")[0] == 422
+
+
 def record_binding6(api: Api, binding: Any) -> None:
     """``binding`` written to the store, as the DHCPv6 server would, beside the running daemon."""
     import asyncio

@@ -411,6 +411,13 @@ async def test_usage_by_day_per_subscriber_and_for_everyone(store: Store) -> Non
     assert await store.usage_totals(since=T0, until=T0 + day) == {1: Usage(4000, 9000, 600), 2: Usage(7, 8, 60)}
     assert await store.usage_totals(since=T0 + day, until=T0 + 2 * day) == {1: Usage(3000, 4000, 300)}
     assert await store.usage_totals(since=T0 + 2 * day, until=T0 + 3 * day) == {}
+    # In pages (a billing run of 50,000 subscribers): by subscriber, then day, after a cursor.
+    both = await store.usage_by_day(None, since=T0, until=T0 + day)
+    assert [(d.subscriber_id, d.day) for d in both] == [(1, "2027-01-15"), (1, "2027-01-16"), (2, "2027-01-15")]
+    first = await store.usage_by_day(None, since=T0, until=T0 + day, limit=2)
+    rest = await store.usage_by_day(None, since=T0, until=T0 + day, after=(1, "2027-01-16"), limit=2)
+    assert first + rest == both
+    assert await store.usage_by_day(None, since=T0, until=T0 + day, after=(1, "2027-01-15")) == both[1:]
 
 
 async def test_a_session_keeps_what_its_nas_calls_itself(store: Store) -> None:

@@ -35,6 +35,9 @@ async def test_plans_and_subscribers_round_trip(store: Store, clock: FakeClock) 
     assert suspended.status is SubscriberStatus.SUSPENDED and suspended.status_reason == "unpaid"
     assert suspended.updated_at == clock.now
     assert [s.username for s in await store.list_subscribers(SubscriberStatus.SUSPENDED)] == ["alice"]
+    assert [s.username for s in await store.list_subscribers(limit=1)] == ["alice"]
+    assert [s.username for s in await store.list_subscribers(after="alice", limit=1)] == ["bob"]
+    assert await store.list_subscribers(SubscriberStatus.SUSPENDED, after="alice") == []
     with pytest.raises(Conflict, match="already suspended"):
         await store.set_subscriber_status("alice", SubscriberStatus.SUSPENDED, actor="t")
 
@@ -157,6 +160,10 @@ async def test_leases_current_and_history(store: Store, clock: FakeClock) -> Non
     assert [le.address for le in await store.list_leases()] == ["198.18.0.10"]
     assert [le.address for le in await store.list_leases(include_ended=True)] == ["198.18.0.10", "198.18.0.11"]
     assert await store.list_leases(subscriber="alice") == [lease]
+    # A page: the first `limit` after a cursor, in the same order.
+    assert [le.address for le in await store.list_leases(include_ended=True, limit=1)] == ["198.18.0.10"]
+    assert [le.address for le in await store.list_leases(include_ended=True, after="198.18.0.10")] == ["198.18.0.11"]
+    assert await store.list_leases(include_ended=True, after="198.18.0.11", limit=5) == []
     released = Lease("198.18.0.10", LeaseState.RELEASED, now, now + 60, hw_address="02:00:00:00:00:01",
                      subscriber_id=alice.id)
     await store.record_lease(released, event="released")
