@@ -817,6 +817,10 @@ class RadiusService(Service):
         now = self.context.clock()
         if answered is None or reply is None:
             self.metrics.rejects.inc(RejectReason.HOME_SERVER_UNREACHABLE)
+            # In the trail of failed logins as every other reject (the home server lines say why,
+            # once a while per server; this one which NAS and realm it cost, throttled alike).
+            self._log_reject(Decision(reject=RejectReason.HOME_SERVER_UNREACHABLE, method="proxy",
+                                      detail=f"realm {realm.name}"), nas, now)
             reply = encode_response(Code.ACCESS_REJECT, packet.identifier, packet.authenticator, proxy_states(packet),
                                     nas.secret)
             self._send(transport, reply, addr, key, Code.ACCESS_REJECT, "access", started, now)

@@ -251,3 +251,6 @@ def test_status_server_checks_keep_a_dead_server_out_until_it_answers(pair: Pair
     silent = sent("127.0.0.1:9", "silent")
     assert pair.login("nobody@alldead.example", "x") == "Access-Reject"
     assert sent("127.0.0.1:9", "silent") == silent  # dead: rejected at once, not asked
+    # In the trail of failed logins, as every reject, with the realm it cost.
+    assert any(e.get("reason") == "home_server_unreachable" and e.get("detail") == "realm alldead.example"
+               for e in pair.visited.log_events("radius.access.rejected")), pair.visited.log_text()[-3000:]
