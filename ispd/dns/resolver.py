@@ -1126,6 +1126,12 @@ class Resolver:
         ns = [rr for rr in authority if rr.rtype == RRType.NS]
         if not records and ns and not soa and ns[0].name != zone:
             return self._referral(message, zone, qname, ns, now, authoritative, authority, sigs)
+        # RFC 2308 §2.2: NS records and no SOA make a referral, not NODATA, AA or not. One to a
+        # zone above (dropped from ``authority`` as out of bailiwick) is a lame server's, as
+        # Unbound takes it: the next server is asked, no NODATA is cached from it.
+        if not records and not soa and not forwarded and any(
+                rr.rtype == RRType.NS and rr.name != zone and is_subdomain(zone, rr.name) for rr in message.authority):
+            return Outcome(Step.FAILED, reason="upward referral (lame)")
         # A chain whose end has neither data nor an SOA saying it has none is unfinished, also
         # with AA: its end may be below a zone cut (the server adds the child's referral) or
         # left out. Go on from its end (RFC 1034 §4.3.2), do not take it for NODATA.

@@ -695,6 +695,23 @@ async def test_upward_referral_is_lame(net: FakeNet, resolver: Resolver, clock: 
     assert resolver.infra.is_lame(N("example.test."), EXAMPLE_TEST_1, clock(), RRType.A)
 
 
+async def test_upward_referral_with_aa_is_lame_not_nodata(net: FakeNet, resolver: Resolver, clock: FakeClock,
+                                                          first_choice: None) -> None:
+    """RFC 2308 §2.2: NS records without an SOA make a referral, AA or not; one to a zone above
+    is a lame server's (Unbound: SERVFAIL from it, the next server asked). Before the fix the
+    parent's NS set was dropped as out of bailiwick and what remained, AA and nothing else, was
+    cached as NODATA: with one such server of two, half the names of a zone had no address."""
+    parent_ns = [RR(N("test."), RRType.NS, CLASS_IN, 3600, N("ns1.test."))]
+
+    def upward(query: Message, reply: Reply) -> Reply:
+        return Reply(RCode.NOERROR, True, authority=parent_ns)
+
+    net.misbehave(EXAMPLE_TEST_1, handler=upward)
+    assert values(await ask(resolver, "www.example.test.")) == ["192.0.2.80"]
+    assert [q.text for q in net.to(EXAMPLE_TEST_2)] == ["www.example.test."]
+    assert resolver.infra.is_lame(N("example.test."), EXAMPLE_TEST_1, clock(), RRType.A)
+
+
 async def test_sideways_referral_is_lame(net: FakeNet, resolver: Resolver, clock: FakeClock,
                                          first_choice: None) -> None:
     sideways = [RR(N("lame.test."), RRType.NS, CLASS_IN, 3600, N("ns1.lame.test."))]
