@@ -420,6 +420,14 @@ MAX_SERVER_LOOKUPS = 32
 # up: NXNSAttack's delegation to many names that do not exist in a victim's zone makes a resolver
 # ask the victim's servers for each (Unbound's MAX_TARGET_NX, BIND's fix: 5).
 MAX_NONEXISTENT_SERVERS = 5
+# Records one upstream reply may hold (answer, authority and additional sections together),
+# counted from its header before it is decoded. A zone anyone can register may answer thousands
+# (48 kB of A records over UDP, whatever the EDNS size asked, or over TCP): decoding, caching
+# and rendering 3000 records took some 45 ms of the event loop, so a few dozen new names a
+# second stalled every client's answers, cached ones too. BIND caps an RRset at 100 records
+# (max-records-per-type, CVE-2024-1737); a sane reply, a signed referral with its glue
+# included, holds a few dozen.
+MAX_REPLY_RECORDS = 256
 # How long a server that rejected EDNS for a type of question is asked that type without it
 # (Unbound keeps what it learns of a server's EDNS for its infra-host-ttl, 900 s by default).
 NO_EDNS_SECONDS = 900.0
@@ -975,6 +983,12 @@ class Resolver:
                     _trace(budget, f"{address}: {exc}")
                 return None
             self.infra.record_rtt(address, max(0.0, self.clock() - started), qtype)
+            records = _record_count(data)
+            if records > MAX_REPLY_RECORDS:
+                # Not decoded (the cost is the attack), nor asked of the zone's other servers.
+                if budget.trace is not None:
+                    _trace(budget, f"{address}: a reply of {records} records")
+                return Outcome(Step.FAILED, reason=f"a reply of {records} records (at most {MAX_REPLY_RECORDS})")
             try:
                 message = decode_message(data)
             except WireError as exc:
@@ -1218,6 +1232,13 @@ def _on_chain(answer: list[RR], chain: list[RR], synthesised_at: set[bytes]) -> 
     goes out with them (RFC 6672 §3.1: a validating client needs it)."""
     keys = {(rr.name, rr.rtype) for rr in chain if not (rr.rtype == RRType.CNAME and rr.name in synthesised_at)}
     return [rr for rr in answer if (rr.name, rr.rtype) in keys]
+
+
+def _record_count(data: bytes) -> int:
+    """The records a reply says it holds (ANCOUNT + NSCOUNT + ARCOUNT); 0 when it has no header."""
+    if len(data) < 12:
+        return 0
+    return ((data[6] << 8) | data[7]) + ((data[8] << 8) | data[9]) + ((data[10] << 8) | data[11])
 
 
 def _first(records: list[RR]) -> RR | None:

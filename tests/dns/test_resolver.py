@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, TypeVar
 
@@ -710,6 +710,36 @@ async def test_upward_referral_with_aa_is_lame_not_nodata(net: FakeNet, resolver
     assert values(await ask(resolver, "www.example.test.")) == ["192.0.2.80"]
     assert [q.text for q in net.to(EXAMPLE_TEST_2)] == ["www.example.test."]
     assert resolver.infra.is_lame(N("example.test."), EXAMPLE_TEST_1, clock(), RRType.A)
+
+
+async def test_a_reply_of_thousands_of_records_is_not_decoded(net: FakeNet, resolver: Resolver,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               first_choice: None) -> None:
+    """A zone anyone can register may answer 3000 A records (48 kB over UDP, whatever the EDNS
+    size asked). Decoding, caching and rendering them took some 45 ms of the event loop each:
+    a few dozen new names a second under such a zone stalled every client's answers, cached ones
+    too. Such a reply is given up from its header, undecoded, and the zone's other servers are
+    not asked for it."""
+    def many(count: int) -> Callable[[Message, Reply], Reply]:
+        def handler(query: Message, reply: Reply) -> Reply:
+            assert query.question is not None
+            return Reply(RCode.NOERROR, True, answer=[
+                RR(query.question.name, RRType.A, CLASS_IN, 300, bytes([198, 18, i // 250, i % 250 + 1]))
+                for i in range(count)])
+        return handler
+
+    net.misbehave(EXAMPLE_TEST_1, handler=many(100))
+    assert len(values(await ask(resolver, "www.example.test."))) == 100  # a big RRset still is
+    net.misbehave(EXAMPLE_TEST_1, handler=many(3000))
+    decoded: list[int] = []
+    decode = resolver_module.decode_message
+    monkeypatch.setattr(resolver_module, "decode_message", lambda data: decoded.append(len(data)) or decode(data))
+    net.clear_log()
+    result = await ask(resolver, "other.example.test.")
+    assert result.rcode == RCode.SERVFAIL
+    assert result.failure == f"a reply of 3001 records (at most {resolver_module.MAX_REPLY_RECORDS})"  # and an OPT
+    assert max(decoded) < 1232  # the UDP reply truncated to fit, not the 48 kB over TCP
+    assert net.to(EXAMPLE_TEST_2) == []
 
 
 async def test_sideways_referral_is_lame(net: FakeNet, resolver: Resolver, clock: FakeClock,
