@@ -978,7 +978,10 @@ class Resolver:
                                                     exact_case=self.settings.use_0x20, zone=zone)
             except UpstreamError as exc:
                 self.upstream_failures[exc.kind] = self.upstream_failures.get(exc.kind, 0) + 1
-                self.infra.record_failure(address, self.clock(), qtype)
+                if exc.kind != "socket":
+                    # Out of sockets (EMFILE: a flood of slow new names holds one per query) is
+                    # this host's failure: the server was not asked, so it is not marked down.
+                    self.infra.record_failure(address, self.clock(), qtype)
                 if budget.trace is not None:
                     _trace(budget, f"{address}: {exc}")
                 return None

@@ -14,6 +14,7 @@ TCP (RFC 7766): one connection per query, the 2-byte length prefix, the same che
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import struct
 import time
@@ -25,6 +26,9 @@ from ispd.dns.wire import FLAG_QR, read_name
 from ispd.listeners import forget_connection_error
 
 _LENGTH = struct.Struct("!H")
+# A TCP connection that could not be opened for want of a descriptor or of memory on this host
+# (the UDP path fails at socket()): "socket", not the server's fault.
+_OUT_OF_SOCKETS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 PORT = 53
 
 
@@ -160,7 +164,8 @@ class UpstreamTransport:
         except asyncio.IncompleteReadError:
             raise UpstreamError("tcp_closed", "the server closed the connection") from None
         except OSError as exc:
-            raise UpstreamError("unreachable", exc.strerror or str(exc)) from None
+            kind = "socket" if exc.errno in _OUT_OF_SOCKETS else "unreachable"
+            raise UpstreamError(kind, exc.strerror or str(exc)) from None
         finally:
             if writer is not None:
                 writer.close()

@@ -21,6 +21,7 @@ from ispd.dns.resolver import (
     Resolution,
     Resolver,
     ResolverSettings,
+    UpstreamError,
 )
 from ispd.dns.validator import Validator
 from ispd.dns.wire import (
@@ -589,6 +590,32 @@ async def test_dead_server_is_skipped_after_a_timeout(net: FakeNet, resolver: Re
     assert resolver.infra.state(DEAD_1).timeouts == 1
     assert clock() - before == pytest.approx(ResolverSettings().initial_timeout)  # one wait spent
     assert resolver.upstream_failures == {"timeout": 1}
+
+
+async def test_running_out_of_sockets_does_not_mark_the_servers_down(net: FakeNet, resolver: Resolver,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     clock: FakeClock) -> None:
+    """A flood of new names under a slow zone holds a socket per upstream query; past the
+    descriptor limit every query fails at socket() (EMFILE), to every server. Before the fix
+    each such failure counted as the server's timeout: the busiest zones' servers were marked
+    down, their names answered SERVFAIL "every server of the zone is down (timed out lately)"
+    without a query tried when sockets came free, and the log sent the operator looking for a
+    network fault."""
+    exchange = net.exchange
+
+    async def out_of_sockets(address: str, query: bytes, **kwargs: Any) -> bytes:
+        raise UpstreamError("socket", "[Errno 24] Too many open files")
+
+    assert values(await ask(resolver, "www.example.test.")) == ["192.0.2.80"]  # delegations cached
+    monkeypatch.setattr(net, "exchange", out_of_sockets)
+    for i in range(4):
+        result = await ask(resolver, f"n{i}.example.test.")
+        assert result.rcode == RCode.SERVFAIL
+        assert result.failure != "every server of the zone is down (timed out lately)"
+    assert resolver.upstream_failures["socket"] > 4
+    assert all(resolver.infra.is_up(address, RRType.A, clock()) for address in EXAMPLE_TEST)
+    monkeypatch.setattr(net, "exchange", exchange)
+    assert (await ask(resolver, "later.example.test.")).rcode == RCode.NXDOMAIN  # asked, answered
 
 
 async def test_unreachable_server_is_skipped(net: FakeNet, resolver: Resolver, first_choice: None) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import shutil
+import socket
 import struct
 import weakref
 from typing import Any
@@ -144,3 +146,22 @@ def test_a_link_local_server_with_its_zone_is_asked_over_udp_and_tcp() -> None:
 
         asyncio.run(main())
     """) == ["True", "True"]
+
+
+@pytest.mark.parametrize("tcp", [False, True])
+async def test_out_of_descriptors_is_a_socket_failure_over_udp_and_tcp(tcp: bool,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """EMFILE is this host's failure, which the resolver does not hold against the server
+    ("socket"); over TCP it came out as "unreachable", a server's."""
+    def no_descriptor(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    async def no_connection(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(socket, "socket", no_descriptor)
+    monkeypatch.setattr(asyncio, "open_connection", no_connection)
+    query = encode_query(0x1234, b"\x07example\x04test\x00", 1, 1, rd=False)
+    with pytest.raises(UpstreamError) as failure:
+        await UpstreamTransport(port=53).exchange("127.0.0.1", query, tcp=tcp, wait=0.2, exact_case=False)
+    assert failure.value.kind == "socket"
