@@ -410,6 +410,8 @@ _NO_SERVER_ANSWERED = Outcome(Step.FAILED, reason="no server of the zone answere
 # network fault.
 _NO_ADDRESS = Outcome(Step.FAILED, reason="no server of the zone has an address to ask "
                                           "(none found, or only of a family turned off: do_ipv4, do_ipv6)")
+_MINIMISED_UNANSWERED = Outcome(Step.FAILED, reason="no server of the zone answered the minimised name",
+                                minimised_error=True)
 _ALL_DOWN = Outcome(Step.FAILED, reason="every server of the zone is down (timed out lately)")
 _RATE_LIMITED = Outcome(Step.FAILED, reason="the zone's servers are asked more than its rate limit allows")
 _ALL_REFUSED = Outcome(Step.FAILED, reason="every server address of the zone is one not to query (do_not_query)")
@@ -927,7 +929,9 @@ class Resolver:
             usable = [a for a in candidates
                       if attempts.get(a, 0) < tries and not self.infra.is_lame(zone, a, now, qtype)]
             if not usable:
-                return last
+                # RFC 9156 §2.3: servers and middleboxes that drop the query for an empty
+                # non-terminal; the relaxed mode asks for the full name, as Unbound does.
+                return _MINIMISED_UNANSWERED if minimised and attempts else last
             fresh = [a for a in usable if a not in attempts]
             if (forwarded and not skip_down) or any(self.infra.is_up(a, qtype, now) for a in usable):
                 probe = None
@@ -938,7 +942,7 @@ class Resolver:
                 # some names as a matter of course.)
                 probe = self.infra.probe(usable, qtype, now)
                 if probe is None:
-                    return last if attempts else _ALL_DOWN
+                    return (_MINIMISED_UNANSWERED if minimised else last) if attempts else _ALL_DOWN
             if limiter.enabled and not forwarded and not limiter.allow(zone, now, budget.past_limit):
                 # A flood of new names under one zone: this client query ends here, rather than
                 # looking for other ways round the limit (NS-name lookups, other zones).

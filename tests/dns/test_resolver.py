@@ -856,6 +856,27 @@ async def test_relaxed_minimisation_falls_back_on_an_error_for_a_minimised_name(
     assert values(await ask(resolver, "a.b.ent.example.test.")) == ["192.0.2.7"]
 
 
+async def test_relaxed_minimisation_falls_back_when_a_minimised_name_gets_no_reply(net: FakeNet,
+                                                                                    resolver: Resolver) -> None:
+    """Servers (and middleboxes before them) that drop queries for empty non-terminals: Unbound's
+    relaxed mode then sends the full name. Before the fix the timeouts were the answer: SERVFAIL
+    for the name, and a client that asked again took every server of the zone down for that
+    type — every name of the zone SERVFAIL until a probe."""
+    zone = net.zone("example.test.")
+
+    def drops(query: Message, reply: Reply) -> Reply | None:
+        assert query.question is not None
+        name = query.question.key_name
+        return None if zone.exists(name) and not zone.rrsets(name) else reply
+
+    for address in EXAMPLE_TEST:
+        net.misbehave(address, handler=drops)
+    for _ in range(2):
+        resolver.cache.flush(name_from_text("ent.example.test."), subtree=True)
+        assert values(await ask(resolver, "a.b.ent.example.test.")) == ["192.0.2.7"]
+    assert values(await ask(resolver, "www.example.test.")) == ["192.0.2.80"]
+
+
 async def test_minimisation_stops_after_max_steps(net: FakeNet, clock: FakeClock) -> None:
     add(net, "example.test.", "a.b.c.d.e.deep A 192.0.2.66\n")
     resolver = make_resolver(net, clock, max_minimise_steps=2)
