@@ -739,6 +739,14 @@ class Resolver:
         steps = 0
         for _ in range(self.settings.max_referrals):
             if minimise and known_labels < total_labels and steps < self.settings.max_minimise_steps:
+                # Names an earlier query found to exist (an answer or NODATA to the minimised
+                # query, in the cache) hide no zone cut that the cache does not know of: asking
+                # for them again for each new name below (an empty non-terminal, the nibbles of
+                # ip6.arpa) only multiplied the upstream queries (Unbound skips them too).
+                now = self.clock()
+                while known_labels + 1 < total_labels and self._known_to_exist(
+                        ancestor_with_labels(qname, known_labels + 1), now):
+                    known_labels += 1
                 steps += 1
                 send_name = ancestor_with_labels(qname, known_labels + 1)
                 send_type = qtype if send_name == qname else RRType.A
@@ -777,6 +785,12 @@ class Resolver:
                 continue
             known_labels += 1
         return Outcome(Step.FAILED, reason="too many referrals")
+
+    def _known_to_exist(self, name: bytes, now: float) -> bool:
+        if self.cache.get(name, RRType.A, now) is not None:
+            return True
+        negative = self.cache.get_negative(name, RRType.A, now)
+        return negative is not None and negative.kind == NegativeKind.NODATA
 
     async def _closest_delegation(self, qname: bytes,
                                   budget: Budget) -> tuple[bytes, tuple[bytes, ...], list[str] | None]:

@@ -877,6 +877,15 @@ async def test_relaxed_minimisation_falls_back_when_a_minimised_name_gets_no_rep
     assert values(await ask(resolver, "www.example.test.")) == ["192.0.2.80"]
 
 
+async def test_minimisation_does_not_ask_again_for_names_known_to_exist(net: FakeNet, resolver: Resolver) -> None:
+    """Before the fix each new name under an empty non-terminal asked the zone's servers for
+    every minimised name again, though the cache held their NODATA (Unbound asks once)."""
+    assert values(await ask(resolver, "a.b.ent.example.test.")) == ["192.0.2.7"]
+    net.clear_log()
+    assert (await ask(resolver, "z.b.ent.example.test.")).rcode == RCode.NXDOMAIN
+    assert net.names_sent() == [("z.b.ent.example.test.", "A")]
+
+
 async def test_minimisation_stops_after_max_steps(net: FakeNet, clock: FakeClock) -> None:
     add(net, "example.test.", "a.b.c.d.e.deep A 192.0.2.66\n")
     resolver = make_resolver(net, clock, max_minimise_steps=2)
