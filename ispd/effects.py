@@ -78,7 +78,8 @@ def _radius(o: SubscriberOverview, config: Config) -> list[Effect]:
             else:
                 done = ("moved to the over-quota profile" if last.reason == "over quota"
                         else "back to the plan's profile")
-                result.append(_outcome(subject, last.kind, last.result, last.at, done, session, config))
+                result.append(_outcome(subject, last.kind, last.result, last.at, done, session, config,
+                                       attempts=last.attempts))
             continue
         wanted = "disconnect" if status is SubscriberStatus.CLOSED or action is SuspendedAction.REJECT else "coa"
         if wanted == "disconnect":  # a CoA acknowledged gave the session a profile; it did not end it
@@ -97,9 +98,14 @@ def _radius(o: SubscriberOverview, config: Config) -> list[Effect]:
 
 
 def _outcome(subject: str, kind: str, result: str, at: float, done: str, session: RadiusSession,
-             config: Config) -> Effect:
+             config: Config, *, attempts: int | None = None) -> Effect:
     if result == "ack":
         return Effect("radius", subject, DONE, f"{done}: {_kind(kind)} acknowledged {_when(at)}")
+    if result == "error" and kind == "coa" and attempts == 0 and _nas_is_client(session, config):
+        # Not sent: it would have changed nothing on that NAS (radius.coa.nothing_to_send), and
+        # sending it again would not either.
+        return Effect("radius", subject, FAILED, f"{_kind(kind)} not sent {_when(at)}: no attribute carries the "
+                                                 f"profile to this NAS (see radius.coa.nothing_to_send in the log)")
     if result == "error" and not _nas_is_client(session, config):
         # Nothing can be sent to a NAS that is no [[radius.client]] (taken out of the config, its
         # secret gone with it): retrying as for a timeout would fail the same way every time.

@@ -122,6 +122,20 @@ def test_a_resume_s_disconnect_out_of_the_walled_garden_is_judged_as_its_coa_wou
     assert detail["session s3 on 198.18.0.1"] == ("done", "open with the plan's profile")
 
 
+def test_a_coa_not_sent_for_want_of_attributes_is_no_retry_hint() -> None:
+    """From a bug hunt: a CoA that would carry nothing to its NAS (a Cisco one, which gets no
+    rate limit) is not sent (attempts 0); "retry with `ispd session coa`" would fail the same way."""
+    config = Config.model_validate({"radius": {"client": [
+        {"name": "asr", "address": "198.18.0.1", "secret": "s", "kind": "cisco"}]}})
+    o = overview(SubscriberStatus.ACTIVE, sessions=[session(1), session(2)],
+                 coa=[replace(coa(1, "error", kind="coa"), attempts=0, reason="over quota"),
+                      coa(2, "timeout", kind="coa")], status_since=T - 100)
+    detail = {e.subject: (e.state, e.detail) for e in effects(o, config, None, T + 10) if e.service == "radius"}
+    assert detail["session s1 on 198.18.0.1"][0] == "failed"
+    assert "no attribute carries the profile" in detail["session s1 on 198.18.0.1"][1]
+    assert "retry with `ispd session coa`" in detail["session s2 on 198.18.0.1"][1]
+
+
 def test_dhcp_is_done_when_the_lease_comes_from_the_right_pool() -> None:
     leases = [Lease("198.18.0.201", LeaseState.BOUND, T, T + 300, hw_address="02:00:00:00:00:01", pool="garden"),
               Lease("198.18.0.101", LeaseState.BOUND, T - 60, T + 3000, hw_address="02:00:00:00:00:02", pool="lan"),

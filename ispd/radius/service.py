@@ -1648,25 +1648,40 @@ class RadiusService(Service):
         if subject is None or nas is None:
             return await self._dynamic(session, Code.COA_REQUEST, b"", reason)
         profile = self.auth.change_of_authorization(subject, nas, walled)
-        return await self._dynamic(session, Code.COA_REQUEST, profile, reason)
+        return await self._dynamic(session, Code.COA_REQUEST, profile, reason,
+                                   rates_unsent=not profile and not walled and _has_rates(subject))
 
-    async def _dynamic(self, session: RadiusSession, code: Code, extra: bytes, reason: str) -> dict[str, Any]:
+    async def _dynamic(self, session: RadiusSession, code: Code, extra: bytes, reason: str, *,
+                       rates_unsent: bool = False) -> dict[str, Any]:
         self._requesting[session.id] = self._requesting.get(session.id, 0) + 1
         try:
-            return await self._send_dynamic(session, code, extra, reason)
+            return await self._send_dynamic(session, code, extra, reason, rates_unsent=rates_unsent)
         finally:
             if self._requesting[session.id] > 1:
                 self._requesting[session.id] -= 1
             else:
                 del self._requesting[session.id]
 
-    async def _send_dynamic(self, session: RadiusSession, code: Code, extra: bytes, reason: str) -> dict[str, Any]:
+    async def _send_dynamic(self, session: RadiusSession, code: Code, extra: bytes, reason: str, *,
+                            rates_unsent: bool = False) -> dict[str, Any]:
+        """``rates_unsent``: a CoA whose profile has the plan's rates (or the over-quota
+        throttle's) and no attribute at all to carry them to this NAS."""
         kind = "disconnect" if code == Code.DISCONNECT_REQUEST else "coa"
         nas = self._nas_for_session(session)
         started_at = self.context.clock()
         if nas is None:
             outcome_result, attempts, error_cause, detail = "error", 0, None, (
                 f"the session's NAS is no longer a [[radius.client]]; if it is gone, `ispd session close {session.id}`")
+        elif rates_unsent:
+            # A CoA-Request that names the session and changes nothing (a "cisco", "juniper" or
+            # "generic" NAS gets no rate-limit attribute, and the profile has no other one): the
+            # NAS acknowledges it and keeps the session's rate, so its ACK must not read as the
+            # new plan or the over-quota throttle applied.
+            outcome_result, attempts, error_cause, detail = "error", 0, None, (
+                f"nothing to send: the profile has no attribute for a {nas.kind.value!r} NAS (a plan's rates are "
+                f"written for mikrotik and accel-ppp only; give the plan [[radius.plan]] attributes)")
+            log.warning("radius.coa.nothing_to_send", session_id=session.id, nas=session.nas_address,
+                        nas_kind=nas.kind.value, reason=reason)
         else:
             outcome = await self.coa.send(session.nas_address, nas.coa_port, nas.secret, code,
                                           session_identification(session, started_at) + extra)
@@ -1768,6 +1783,16 @@ class RadiusService(Service):
                                f"service; end it with `ispd session disconnect {session.id}`")
         walled = subject is not None and self._walled_now(subject)
         return await self._change(session, walled, str(args.get("reason") or "admin"))
+
+
+def _has_rates(subject: AuthSubject) -> bool:
+    """Whether the subscriber's profile has rates now: its plan's, or the over-quota throttle's."""
+    plan = subject.plan
+    if plan is None:
+        return False
+    if subject.over_quota:
+        return bool(plan.over_quota_download_kbps or plan.over_quota_upload_kbps)
+    return bool(plan.download_kbps or plan.upload_kbps)
 
 
 def _filled_in(session: RadiusSession, record: AccountingRecord, result: AccountingResult) -> RadiusSession | None:

@@ -714,6 +714,51 @@ async def test_a_plan_change_out_of_a_walled_quota_disconnects_like_a_resume(tmp
         await store.close()
 
 
+@pytest.mark.parametrize(("kind", "rates", "sent"), [
+    ("cisco", True, None),  # no rate-limit attribute and no plan attributes: the rates go nowhere
+    ("mikrotik", True, b"100000k/500000k"),
+    ("cisco", False, b""),  # a plan without rates: nothing the NAS lacks (as before)
+])
+async def test_a_plan_change_sends_no_coa_that_changes_nothing(tmp_path: Path, kind: str, rates: bool,
+                                                               sent: bytes | None) -> None:
+    """From a bug hunt: a plan change (or the over-quota throttle) for a session on a Cisco ASR,
+    whose kind gets no rate-limit attribute, sent a CoA-Request with the session's identification
+    alone; the NAS acknowledged it, kept the old rate, and `subscriber show` said "back to the
+    plan's profile: CoA-Request acknowledged". Nothing is sent, and the outcome says so."""
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        alice = await _subscriber_with_a_session(store)
+        fast = await store.add_plan("fast", actor="test", download_kbps=500000 if rates else None,
+                                    upload_kbps=100000 if rates else None)
+        bus = EventBus()
+        with FakeNas(NAS, secret=SECRET.encode()) as nas:
+            config = _radius_config(nas.port, client=[{"name": "bng", "address": f"{NAS}/32", "secret": SECRET,
+                                                       "coa_port": nas.port, "kind": kind}])
+            async with _running(store, bus, config):
+                await store.set_subscriber_plan(alice, "fast", actor="test")
+                with capture_logs() as logs:
+                    bus.publish(SubscriberPlanChanged(time.time(), alice, "alice", fast.id))
+
+                    async def recorded() -> bool:
+                        return bool(await _records(store))
+
+                    await _until(recorded, within=5)
+                [record] = await _records(store)
+                if sent is None:
+                    assert (record.kind, record.result, record.attempts) == ("coa", "error", 0)
+                    assert nas.requests == []
+                    assert [e["nas_kind"] for e in logs if e["event"] == "radius.coa.nothing_to_send"] == ["cisco"]
+                else:
+                    assert (record.kind, record.result) == ("coa", "ack")
+                    [request] = nas.requests
+                    assert request.code == 43
+                    assert (request.attributes[26][0].endswith(sent) if sent  # Mikrotik-Rate-Limit
+                            else 26 not in request.attributes)
+            await bus.drain(5)
+    finally:
+        await store.close()
+
+
 async def test_a_session_keeps_its_pool_address_held_after_a_reload_takes_the_pool_away(tmp_path: Path) -> None:
     """A reload that leaves a pool named by no plan (or shrinks it) built the view of the pools
     anew from the store's leases in the new pools only: the open sessions' addresses of the old
