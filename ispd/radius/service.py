@@ -1350,11 +1350,12 @@ class RadiusService(Service):
                 self._adopt(result.session)
         elif outcome in (AccountingOutcome.STARTED, AccountingOutcome.STOPPED) and result.session is not None:
             session = result.session  # new: started now, or a Stop with no Start before it
-            if session.is_open:
-                replaced = sessions.put(session)
-                if replaced is not None:
-                    bus.publish(_session_event(SessionStopped, replaced, at, SUPERSEDED_CAUSE))
-                    self._give_back(replaced)
+            # Open, it takes the key's place; a Stop made up (its Start lost) under an id the NAS
+            # reused ends another user's session there all the same, as the store did.
+            replaced = sessions.put(session) if session.is_open else sessions.pop(key)
+            if replaced is not None:
+                bus.publish(_session_event(SessionStopped, replaced, at, SUPERSEDED_CAUSE))
+                self._give_back(replaced)
             bus.publish(_session_event(SessionStarted, session, at))
             if not session.is_open:
                 bus.publish(_session_event(SessionStopped, session, at, session.terminate_cause))

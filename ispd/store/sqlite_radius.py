@@ -269,9 +269,26 @@ def _apply(conn: sqlite3.Connection, record: AccountingRecord) -> AccountingResu
         closed = _closed_by_ispd(conn, record)
         if closed is not None:
             return _reopen(conn, record, closed)
+    if latest is not None and _another_user(record, latest) and not _has_session_of_user(conn, record):
+        # The id reused for another user (a NAS restarted without Accounting-On: Cisco's ids count
+        # from 1 again), this session's Start lost: a session of its own, as its Start would have
+        # made it, superseding the one still open under the id - not a late copy of that one.
+        if latest["stopped_at"] is None:
+            began = record.at - (record.session_time_seconds or 0)
+            conn.execute("UPDATE radius_sessions SET stopped_at = ?, terminate_cause = ? WHERE id = ?",
+                         (min(record.at, max(began, float(latest["updated_at"]))), SUPERSEDED_CAUSE, latest["id"]))
+        return _made_up(conn, record)
     if latest is not None:  # stopped already: a late copy
         return AccountingResult(AccountingOutcome.DUPLICATE)
     return _made_up(conn, record)
+
+
+def _has_session_of_user(conn: sqlite3.Connection, record: AccountingRecord) -> bool:
+    """Whether the record's user has had a session under its NAS and Acct-Session-Id (a record
+    of it, come late, is a copy: its session is known)."""
+    return conn.execute("SELECT 1 FROM radius_sessions WHERE nas_address = ? AND acct_session_id = ? AND username = ?"
+                        " LIMIT 1", (record.nas_address, record.acct_session_id, record.username or "")).fetchone() \
+        is not None
 
 
 def _made_up(conn: sqlite3.Connection, record: AccountingRecord) -> AccountingResult:

@@ -19,7 +19,14 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from ispd.config import Config
-from ispd.events import EventBus, SessionStarted, SubscriberPlanChanged, SubscriberResumed, SubscriberSuspended
+from ispd.events import (
+    EventBus,
+    SessionStarted,
+    SessionStopped,
+    SubscriberPlanChanged,
+    SubscriberResumed,
+    SubscriberSuspended,
+)
 from ispd.radius import service as radius_service
 from ispd.radius.codec import Attr, Code, decode, encode_attributes, encode_request
 from ispd.radius.config import RadiusConfig
@@ -231,6 +238,48 @@ async def test_the_open_session_view_learns_what_the_store_filled_in(tmp_path: P
         await bus.drain(5)
         assert [(e.subscriber_id, e.networks()) for e in started] == [
             (None, []), (carol.id, ["2001:db8:ffff:1::/64", "2001:db8:1:ab00::/56"])]
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("status", [3, 2], ids=["interim", "stop"])
+async def test_the_view_drops_the_session_another_users_made_up_one_superseded(tmp_path: Path, status: int) -> None:
+    """From a bug hunt: a NAS restarted without Accounting-On and gave carol's open id to dave,
+    whose Start was lost. The store makes dave's session up from his interim or Stop and ends
+    carol's (Superseded); the open-session view must not keep carol's session open (her
+    Simultaneous-Use slot and pool address taken until it went stale)."""
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        bus = EventBus()
+        stopped: list[SessionStopped] = []
+        bus.subscribe(SessionStopped, stopped.append)
+        service = RadiusService(_radius_config(3799), ServiceContext(store, bus, CollectorRegistry(), _healthy))
+        engine = AccountingEngine(service.directory, service.sessions, builtin_dictionary(), 300)
+        nas = Nas("bng", SECRET.encode())
+
+        async def account(status: int, user: bytes) -> AccountingResult:
+            attributes = encode_attributes([(Attr.ACCT_STATUS_TYPE, status.to_bytes(4, "big")),
+                                            (Attr.USER_NAME, user), (Attr.ACCT_SESSION_ID, b"00000001"),
+                                            (Attr.ACCT_SESSION_TIME, (60).to_bytes(4, "big"))])
+            packet = decode(encode_request(Code.ACCOUNTING_REQUEST, 1, attributes, SECRET.encode(),
+                                           message_authenticator=False))
+            record = engine.record(packet, nas, NAS, time.time())
+            assert record is not None
+            [result] = await store.record_accounting([record])
+            service._follow(record, result)
+            return result
+
+        carol = await store.add_subscriber("carol", actor="test")
+        await service._load_store()
+        await account(1, b"carol")
+        assert len(service.sessions.of_subscriber(carol.id)) == 1
+        dave = await account(status, b"dave")
+        assert dave.session is not None and dave.session.username == "dave"
+        assert service.sessions.of_subscriber(carol.id) == []
+        held = service.sessions.get((NAS, "00000001"))
+        assert (held.username if held is not None else None) == ("dave" if status == 3 else None)
+        await bus.drain(5)
+        assert [(e.subscriber_id, e.cause) for e in stopped][:1] == [(carol.id, "Superseded")]
     finally:
         await store.close()
 

@@ -573,8 +573,48 @@ async def test_a_record_of_another_user_under_a_reused_id_fills_nothing_in(store
     assert opened.session is not None
     await store.record_accounting([interim(T0 + 300, 10, 10, 300)])  # alice's, as the service sends it
     await store.record_accounting([interim(T0 + 600, 1000, 1000, 600, username="guest", subscriber_id=None)])
-    assert await usage(store) == Usage(0, 0, 0)
+    assert await usage(store) == Usage(10, 10, 300)  # alice's own interim, made up into her session; none of guest's
     assert (await store.get_session(opened.session.id)).subscriber_id is None
+
+
+@pytest.mark.parametrize("kind", ["interim", "stop"])
+async def test_another_users_session_under_a_reused_id_is_made_up_when_its_start_was_lost(
+        store: Store, kind: str) -> None:
+    """From a bug hunt: a NAS that restarted without Accounting-On (a Cisco ASR's ids count from 1
+    again) gave alice's still-open id to bob; bob's Start lost, his interims and Stop were taken
+    for late copies of alice's session (outcome duplicate): bob's session, its address for `ispd
+    who` and its usage were never recorded. As a Start for another user would, they make up his
+    session and supersede hers (FreeRADIUS's radacct keys a session by User-Name too)."""
+    await store.add_subscriber("bob", actor="t")
+    await store.record_accounting([START, interim(T0 + 300, 100, 100, 300)])
+    bobs = dict(username="bob", subscriber_id=2, framed_ip="198.18.7.9")
+    record = (interim(T0 + 4000, 500, 700, 60, **bobs) if kind == "interim"
+              else replace(stop(T0 + 4000, 500, 700, 60), **bobs))  # type: ignore[arg-type]
+    [made_up] = await store.record_accounting([record])
+    assert made_up.outcome == (AccountingOutcome.STARTED if kind == "interim" else AccountingOutcome.STOPPED)
+    assert made_up.session is not None and made_up.session.username == "bob"
+    assert made_up.session.started_at == T0 + 3940 and made_up.session.framed_ip == "198.18.7.9"
+    sessions = await store.list_sessions()
+    assert [(s.username, s.terminate_cause) for s in sessions] == [
+        ("bob", None if kind == "interim" else "User-Request"), ("alice", "Superseded")]
+    assert sessions[1].stopped_at == T0 + 3940  # when bob's began, by his Acct-Session-Time
+    assert await store.usage(2, since=T0 - 86400, until=T0 + 86400) == Usage(500, 700, 60)
+    [again] = await store.record_accounting([record])  # a copy of bob's: his session is known now
+    assert again.outcome in (AccountingOutcome.DUPLICATE, AccountingOutcome.UPDATED)
+    assert len(await store.list_sessions()) == 2
+
+
+async def test_another_users_interim_under_an_id_whose_session_ended_is_made_up_too(store: Store) -> None:
+    """The same after alice's session ended with its Stop: bob's interim under the reused id, his
+    Start lost, is his session (it was taken for a late copy of alice's), alice's left as it was."""
+    await store.add_subscriber("bob", actor="t")
+    await store.record_accounting([START, stop(T0 + 300, 100, 100, 300)])
+    [made_up] = await store.record_accounting([interim(T0 + 4000, 500, 700, 60, username="bob", subscriber_id=2)])
+    assert made_up.outcome == AccountingOutcome.STARTED and made_up.session is not None
+    assert [(s.username, s.terminate_cause) for s in await store.list_sessions()] == [
+        ("bob", None), ("alice", "User-Request")]
+    [late] = await store.record_accounting([interim(T0 + 200, 50, 50, 200)])  # alice's own, come late
+    assert late.outcome == AccountingOutcome.DUPLICATE
 
 
 async def test_a_nul_in_a_nas_text_is_recorded_and_followed(store: Store) -> None:
