@@ -28,7 +28,7 @@ from ispd.dns.config import DNSConfig
 from ispd.logs import LogConfig
 from ispd.mail.config import MailConfig
 from ispd.metrics.config import MetricsConfig
-from ispd.radius.config import AccountingFeedConfig, AddressPoolConfig, RadiusConfig
+from ispd.radius.config import AccountingFeedConfig, AddressPoolConfig, RadiusConfig, SuspendedAction
 from ispd.store.config import StoreConfig
 
 
@@ -173,6 +173,28 @@ class Config(Section):
                         raise ValueError(f"radius.prefix_pool {pool.name!r} ({pool.prefix}) overlaps {what} of "
                                          f"subnet {subnet.name!r}: DHCPv6 could hand out a prefix RADIUS reserves; "
                                          f"give the two parts of your allocation that do not overlap")
+        return self
+
+    @model_validator(mode="after")
+    def _a_walled_garden_that_walls(self) -> Config:
+        """Suspended subscribers accepted into the walled garden get ``walled_garden_attributes``
+        instead of the plan's profile (its rate limit and timeouts too): with none, and no DNS
+        walled garden to find them by their sessions' addresses, nothing walls them in and their
+        NAS gives them its own default, often no rate limit at all."""
+        radius = self.radius
+        if not radius.enabled or radius.walled_garden_attributes:
+            return self
+        garden = self.dns.walled_garden
+        if self.dns.enabled and (garden.portal_ipv4 is not None or garden.portal_ipv6 is not None):
+            return self
+        walled = ["radius.suspended"] if radius.suspended is SuspendedAction.WALLED_GARDEN else []
+        walled += [f"[[radius.plan]] {plan.plan!r} suspended" for plan in radius.plan
+                   if plan.suspended is SuspendedAction.WALLED_GARDEN]
+        if walled:
+            raise ValueError(f'{walled[0]} = "walled-garden", but radius.walled_garden_attributes is empty and '
+                             f"there is no DNS walled garden ([dns.walled_garden] portal_ipv4): a suspended "
+                             f"subscriber would be accepted with no profile at all (no rate limit); give the "
+                             f'garden\'s attributes (e.g. "Mikrotik-Address-List = walled-garden"), or "reject"')
         return self
 
     @model_validator(mode="after")

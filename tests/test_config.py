@@ -662,3 +662,21 @@ def test_check_config_warns_of_an_admin_listener_beyond_loopback(tmp_path: Path)
                              "front\n")
     quiet = write(tmp_path, f'[admin]\nlisten = ["127.0.0.1:8741"]\n{token}')
     assert subprocess.run([ISPD, "check-config", "-c", str(quiet)], capture_output=True, text=True).stderr == ""
+
+
+def test_a_walled_garden_with_nothing_to_wall_with_is_refused(tmp_path: Path) -> None:
+    """From a bug hunt: `suspended = "walled-garden"` with no walled_garden_attributes and no DNS
+    walled garden was accepted; a suspended subscriber then got an Access-Accept with Class and
+    Acct-Interim-Interval only - no rate limit, no timeouts: more service than its plan."""
+    radius = ('[radius]\nenabled = true\nlisten_auth = ["127.0.0.1:18120"]\nlisten_acct = ["127.0.0.1:18130"]\n'
+              '[[radius.client]]\nname = "nas"\naddress = "198.18.0.1"\nsecret = "s"\n')
+    path = write(tmp_path, radius.replace("enabled = true\n", 'enabled = true\nsuspended = "walled-garden"\n'))
+    assert 'radius.suspended = "walled-garden", but radius.walled_garden_attributes is empty' in error_of(path)
+    path = write(tmp_path, radius + '[[radius.plan]]\nplan = "home"\nsuspended = "walled-garden"\n')
+    assert "[[radius.plan]] 'home' suspended = \"walled-garden\"" in error_of(path)
+    walled = radius.replace("enabled = true\n", 'enabled = true\nsuspended = "walled-garden"\n'
+                            'walled_garden_attributes = ["Filter-Id = walled"]\n')
+    assert load_config(write(tmp_path, walled)).radius.walled_garden_attributes
+    by_dns = radius.replace("enabled = true\n", 'enabled = true\nsuspended = "walled-garden"\n') + (
+        '[dns]\nenabled = true\n[dns.walled_garden]\nportal_ipv4 = "198.18.0.10"\n')
+    assert load_config(write(tmp_path, by_dns)).dns.walled_garden.portal_ipv4 is not None
