@@ -18,7 +18,7 @@ AUTH_RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "per
 
 @dataclass(slots=True)
 class ListenerStats:
-    """What ``ispd.listeners.ConnectionGate`` counts for the MX."""
+    """What ``ispd.listeners.ConnectionGate`` counts: SMTP's (MX and submission), or IMAP's."""
 
     connections: int = 0
     refused_connections: int = 0
@@ -26,7 +26,8 @@ class ListenerStats:
 
 class MailMetrics:
     def __init__(self) -> None:
-        self.listener = ListenerStats()
+        self.listener = ListenerStats()  # SMTP
+        self.imap_listener = ListenerStats()
         self.messages = LabeledCounter(
             "ispd_mail_messages_total", "Messages at the end of DATA, by result (delivered, refused).", ["result"])
         self.refusals = LabeledCounter(
@@ -83,7 +84,7 @@ class MailMetrics:
         return [FastCollector([self.messages, self.refusals, self.bytes, self.deliveries, self.delivery_latency,
                                self.auth, self.authentication, self.imap_commands, self.imap_bytes_sent,
                                self.imap_throttled, self.dnsbl_lookups]),
-                _ListenerCollector(self.listener, gauges), _QueueCollector(queue)]
+                _ListenerCollector(self.listener, self.imap_listener, gauges), _QueueCollector(queue)]
 
 
 @dataclass(slots=True)
@@ -115,8 +116,10 @@ class _QueueCollector(Collector):
 
 
 class _ListenerCollector(Collector):
-    def __init__(self, stats: ListenerStats, gauges: Callable[[], dict[str, float]]) -> None:
+    def __init__(self, stats: ListenerStats, imap_stats: ListenerStats,
+                 gauges: Callable[[], dict[str, float]]) -> None:
         self.stats = stats
+        self.imap_stats = imap_stats
         self.gauges = gauges
 
     def collect(self) -> Iterator[Metric]:
@@ -125,6 +128,11 @@ class _ListenerCollector(Collector):
         yield CounterMetricFamily("ispd_mail_refused_connections",
                                   "SMTP connections refused over a connection limit or the per-client rate.",
                                   value=self.stats.refused_connections)
+        yield CounterMetricFamily("ispd_mail_imap_connections", "IMAP connections accepted.",
+                                  value=self.imap_stats.connections)
+        yield CounterMetricFamily("ispd_mail_imap_refused_connections",
+                                  "IMAP connections refused over a connection limit.",
+                                  value=self.imap_stats.refused_connections)
         for name, value in self.gauges().items():
             yield GaugeMetricFamily(f"ispd_mail_{name}", _GAUGE_HELP.get(name, name), value=value)
 

@@ -178,7 +178,7 @@ class MailService(Service):
         # IMAP's caps are the same size but its own, as Postfix's and Dovecot's are: mail clients
         # that hold connections (or someone opening silent ones) must not have the MX answer 421.
         self.imap_gate = ConnectionGate(self.config.max_connections, self.config.max_connections_per_client,
-                                        self.metrics.listener)
+                                        self.metrics.imap_listener)
         self.sessions: set[SMTPSession] = set()
         self.imap_sessions: set[IMAPSession] = set()
         self._idlers: dict[tuple[Path, str], set[IMAPSession]] = {}
@@ -419,7 +419,8 @@ class MailService(Service):
                 pending = self._handshaking.get(client, 0)
                 if pending >= self.config.max_connections_per_client or \
                         sum(self._handshaking.values()) >= self.config.max_connections:
-                    self.metrics.listener.refused_connections += 1
+                    stats = self.metrics.imap_listener if listener.startswith("imap") else self.metrics.listener
+                    stats.refused_connections += 1
                     conn.close()
                     continue
                 self._handshaking[client] = pending + 1

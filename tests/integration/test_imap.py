@@ -294,7 +294,12 @@ def test_one_mailbox_cannot_hold_every_session_and_commands_are_counted(lab: Lab
 
 def test_imap_connections_have_caps_of_their_own_and_the_mx_still_answers(lab: Lab) -> None:
     """From a bug hunt: IMAP shared SMTP's connection caps, so silent IMAP connections from one
-    address (20 here) had the MX answer that address, and everyone at 500, 421."""
+    address (20 here) had the MX answer that address, and everyone at 500, 421. They are
+    counted as IMAP's too: ispd_mail_connections_total and its refusals are SMTP's alone."""
+    def count(name: str) -> float:
+        return lab.ispd.metric_value(name) or 0.0
+    smtp, smtp_refused = count("ispd_mail_connections_total"), count("ispd_mail_refused_connections_total")
+    imap, imap_refused = count("ispd_mail_imap_connections_total"), count("ispd_mail_imap_refused_connections_total")
     held = []
     try:
         for _ in range(20):  # max_connections_per_client
@@ -308,6 +313,10 @@ def test_imap_connections_have_caps_of_their_own_and_the_mx_still_answers(lab: L
     finally:
         for connection in held:
             connection.close()
+    assert count("ispd_mail_imap_connections_total") == imap + 20
+    assert count("ispd_mail_imap_refused_connections_total") == imap_refused + 1
+    assert count("ispd_mail_connections_total") == smtp + 1  # the NOOP's
+    assert count("ispd_mail_refused_connections_total") == smtp_refused
 
 
 def test_folder_names_in_modified_utf7_are_kept_and_broken_ones_refused(lab: Lab) -> None:
