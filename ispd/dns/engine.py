@@ -497,7 +497,7 @@ class DNSEngine:
                     return self._reply_cached(query, entry, tcp)
                 return await self._reply_local(query, answer, tcp, client_class, view)
             if not tcp:
-                return self._truncated(query)
+                return self._count(self._truncated(query))
             if not query.flags & FLAG_RD:
                 return self._not_recursive(query)
             # Answered over TCP, but never through the answer cache: its fast path would hand

@@ -1134,6 +1134,9 @@ async def test_policy_passthru(policed: Env) -> None:
 async def test_policy_tcp_only(policed: Env) -> None:
     udp = await policed.ask_message(query("tcp.example.test."))
     assert udp.flags & FLAG_TC and udp.answer == []
+    # Counted as a reply like any other (a bug hunt found the TC reply missing from
+    # ispd_dns_answers_total, so the replies by rcode added up to fewer than the queries).
+    assert policed.engine.rcodes[RCode.NOERROR] == 1
     tcp = await policed.ask_message(query("tcp.example.test."), tcp=True)
     assert tcp.rcode == RCode.NXDOMAIN  # resolved for real over TCP
     for _ in range(2):
