@@ -360,7 +360,7 @@ class AuthEngine:
         first = packet.first
         login = first.get(_USER_NAME)
         if login is None:
-            return self._reject(RejectReason.NO_USER_NAME, "")
+            return self._reject(RejectReason.NO_USER_NAME, "none")
         username = login.decode("utf-8", "replace")
         found = self.directory.find(username)
         if found is None and self.realms:
@@ -386,7 +386,7 @@ class AuthEngine:
             v1 = packet.vendor_attribute(Vendor.MICROSOFT, _MS_CHAP_RESPONSE)
             if v1 is not None:
                 return self._mschap_v1(packet, nas, challenge, v1, found)
-        return self._reject(RejectReason.NO_CREDENTIALS, "")
+        return self._reject(RejectReason.NO_CREDENTIALS, "none")
 
     def _check_message_authenticator(self, packet: Packet, nas: Nas) -> str | None:
         if packet.signature_at:

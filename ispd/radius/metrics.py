@@ -17,6 +17,9 @@ from ispd.store.models import AccountingOutcome, AccountingStatus
 
 REQUEST_KINDS = ("access", "accounting", "status")
 METHODS = ("pap", "chap", "mschapv1", "mschapv2", "eap-md5", "eap-ttls", "peap", "eap-tls")
+# Methods of rejects alone: "none" (no User-Name, or no credentials ispd knows), "proxy" (a
+# request of a proxied realm that came back, or that no home server answered).
+REJECT_ONLY_METHODS = ("none", "proxy")
 DROP_REASONS = tuple(str(r) for r in (*DropReason, *Drop))
 
 
@@ -74,6 +77,8 @@ class RadiusMetrics:
             challenges = method.startswith("eap-") or method == "peap"
             for result in ("accept", "reject", *(("challenge",) if challenges else ())):
                 self.auth.inc(method, result, amount=0)
+        for method in REJECT_ONLY_METHODS:
+            self.auth.inc(method, "reject", amount=0)
         for reject in RejectReason:
             self.rejects.inc(str(reject), amount=0)
         for port in ("auth", "acct"):

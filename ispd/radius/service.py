@@ -816,6 +816,7 @@ class RadiusService(Service):
                 self.metrics.proxied.inc("auth", "timeout")
         now = self.context.clock()
         if answered is None or reply is None:
+            self.metrics.auth.inc("proxy", "reject")  # decided here, as a proxy loop is
             self.metrics.rejects.inc(RejectReason.HOME_SERVER_UNREACHABLE)
             # In the trail of failed logins as every other reject (the home server lines say why,
             # once a while per server; this one which NAS and realm it cost, throttled alike).

@@ -979,3 +979,53 @@ async def test_a_wall_clock_stepped_forward_past_the_holds_renews_them_at_once(t
             await _until(renewed, within=3)
     finally:
         await store.close()
+
+
+async def test_an_access_reject_for_silent_home_servers_is_counted_as_a_decision(tmp_path: Path) -> None:
+    """From a bug hunt: the Access-Reject sent when no home server answered was counted in
+    ispd_radius_rejects_total (home_server_unreachable) but not in ispd_radius_auth_total, so
+    the dashboard's reject ratio missed it and IspdRadiusRejectRatioHigh's (rejects by reason over
+    decisions) went past 100 %."""
+    import socket
+
+    nas = "127.62.7.3"
+    home = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, never answers
+    home.bind(("127.62.7.4", 0))
+    config = Config(radius=RadiusConfig.model_validate({
+        "enabled": True, "listen_auth": [f"{nas}:0"], "listen_acct": [f"{nas}:0"],
+        "client": [{"name": "ap", "address": f"{nas}/32", "secret": SECRET}],
+        "realm": [{"name": "home.example", "auth_servers": [f"127.62.7.4:{home.getsockname()[1]}"],
+                   "secret": "home-secret", "timeout_seconds": 0.2, "attempts": 1}]}))
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    nas_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        async with _running(store, EventBus(), config) as service:
+            assert ("proxy", "reject") in service.metrics.auth.values  # exported from the start
+            [port] = [p for kind, _, p in service.bound if kind == "auth"]
+            nas_socket.bind((nas, 0))
+            nas_socket.setblocking(False)
+            request = encode_request(Code.ACCESS_REQUEST, 6, encode_attributes([(Attr.USER_NAME, b"v@home.example")]),
+                                     SECRET.encode())
+            nas_socket.sendto(request, (nas, port))
+            loop = asyncio.get_running_loop()
+            answer = decode(await asyncio.wait_for(loop.sock_recv(nas_socket, 4096), 5))
+            assert answer.code == Code.ACCESS_REJECT
+            assert service.metrics.rejects.get(RejectReason.HOME_SERVER_UNREACHABLE) == 1
+            assert service.metrics.auth.get("proxy", "reject") == 1
+    finally:
+        home.close()
+        nas_socket.close()
+        await store.close()
+
+
+def test_every_method_a_reject_is_counted_under_is_exported_from_the_start() -> None:
+    """Rejects that name no method of a password (no User-Name, no credentials) were counted
+    under method="" (to Prometheus, no method label at all) and, as a proxy loop's "proxy", only
+    from the first: increase() missed it."""
+    from ispd.radius import engine as radius_engine
+
+    source = Path(radius_engine.__file__).read_text()
+    methods = set(re.findall(r'_reject\(RejectReason\.[A-Z_]+, "([^"]*)"', source))
+    assert {"none", "proxy", "pap"} <= methods
+    exported = {method for method, result in RadiusMetrics().auth.values if result == "reject"}
+    assert methods <= exported
