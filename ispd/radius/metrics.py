@@ -15,7 +15,9 @@ from ispd.radius.codec import DropReason
 from ispd.radius.engine import Drop, RejectReason
 from ispd.store.models import AccountingOutcome, AccountingStatus
 
-REQUEST_KINDS = ("access", "accounting", "status")
+# "proxy": Access-Requests of a proxied realm, whose time is mostly the home servers' (apart
+# from "access", ispd's own time, which IspdRadiusSlow watches).
+REQUEST_KINDS = ("access", "accounting", "status", "proxy")
 METHODS = ("pap", "chap", "mschapv1", "mschapv2", "eap-md5", "eap-ttls", "peap", "eap-tls")
 # Methods of rejects alone: "none" (no User-Name, or no credentials ispd knows), "proxy" (a
 # request of a proxied realm that came back, or that no home server answered).
@@ -65,7 +67,8 @@ class RadiusMetrics:
             "ispd_radius_stale_sessions_closed_total", "Sessions closed because the NAS stopped reporting them.", [])
         self.latency = LabeledHistogram(
             "ispd_radius_processing_seconds",
-            "From receiving a request to sending the reply (accounting: after the record is durable).",
+            "From receiving a request to sending the reply (accounting: after the record is durable; proxy: "
+            "Access-Requests of a proxied realm, the home servers' answer included).",
             "kind", REQUEST_KINDS)
         # Every value of the closed label sets from the start, so that rates and ratios exist
         # before the first event of each kind (and dashboards can list them).

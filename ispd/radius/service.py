@@ -824,11 +824,11 @@ class RadiusService(Service):
                                       detail=f"realm {realm.name}"), nas, now)
             reply = encode_response(Code.ACCESS_REJECT, packet.identifier, packet.authenticator, proxy_states(packet),
                                     nas.secret)
-            self._send(transport, reply, addr, key, Code.ACCESS_REJECT, "access", started, now)
+            self._send(transport, reply, addr, key, Code.ACCESS_REJECT, "proxy", started, now)
             return
         code = answered[0].code
         self.metrics.proxied.inc("auth", _AUTH_RESULTS[code])
-        self._send(transport, reply, addr, key, code, "access", started, now)
+        self._send(transport, reply, addr, key, code, "proxy", started, now)
 
     def _proxy_accounting(self, record: AccountingRecord, packet: Packet, received: float) -> None:
         """Accounting of a proxied realm, kept here already: a copy to its accounting servers,

@@ -1029,3 +1029,38 @@ def test_every_method_a_reject_is_counted_under_is_exported_from_the_start() -> 
     assert {"none", "proxy", "pap"} <= methods
     exported = {method for method, result in RadiusMetrics().auth.values if result == "reject"}
     assert methods <= exported
+
+
+async def test_a_proxied_request_is_timed_apart_from_ispds_own_access_requests(tmp_path: Path) -> None:
+    """From a bug hunt: a proxied Access-Request's time (the home servers' round trip, or their
+    timeouts) went into kind="access", which IspdRadiusSlow and the dashboard read as ispd's own
+    work: a realm's slow home server fired an alert about scrypt and CPU."""
+    import socket
+
+    nas = "127.62.7.5"
+    home = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, never answers
+    home.bind(("127.62.7.6", 0))
+    config = Config(radius=RadiusConfig.model_validate({
+        "enabled": True, "listen_auth": [f"{nas}:0"], "listen_acct": [f"{nas}:0"],
+        "client": [{"name": "ap", "address": f"{nas}/32", "secret": SECRET}],
+        "realm": [{"name": "home.example", "auth_servers": [f"127.62.7.6:{home.getsockname()[1]}"],
+                   "secret": "home-secret", "timeout_seconds": 0.2, "attempts": 1}]}))
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    nas_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        async with _running(store, EventBus(), config) as service:
+            [port] = [p for kind, _, p in service.bound if kind == "auth"]
+            nas_socket.bind((nas, 0))
+            nas_socket.setblocking(False)
+            request = encode_request(Code.ACCESS_REQUEST, 7, encode_attributes([(Attr.USER_NAME, b"v@home.example")]),
+                                     SECRET.encode())
+            nas_socket.sendto(request, (nas, port))
+            loop = asyncio.get_running_loop()
+            assert decode(await asyncio.wait_for(loop.sock_recv(nas_socket, 4096), 5)).code == Code.ACCESS_REJECT
+            assert sum(service.metrics.latency["access"].counts) == 0
+            assert sum(service.metrics.latency["proxy"].counts) == 1
+            assert service.metrics.latency["proxy"].total >= 0.2  # the home server's timeout
+    finally:
+        home.close()
+        nas_socket.close()
+        await store.close()
