@@ -254,3 +254,21 @@ def test_contrib_readme_names_only_exported_metrics(exported: Exported) -> None:
     text = (CONTRIB / "README.md").read_text()
     assert unknown_names(text, exported.families) == set()
     assert METRIC.search(text)
+
+
+def test_the_unbound_table_maps_every_statistic_ispd_has_an_equivalent_of() -> None:
+    """From a bug hunt: num.query.tcp, .tls, .https, .tcpout and num.query.ratelimited had ispd
+    equivalents (ispd_dns_transport_queries_total, ispd_dns_upstream_tcp_queries_total,
+    ispd_dns_zone_rate_limited_total) but no row, and the notes said TCP queries were not
+    counted, so an Unbound dashboard's panels for them were dropped when ported."""
+    text = (CONTRIB / "README.md").read_text()
+    section = text.split("## Porting an Unbound dashboard", 1)[1].split("\n## ", 1)[0]
+    mapped: dict[str, str] = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")] if line.startswith("| `") else []
+        if len(cells) >= 3:
+            for key in re.findall(r"`([a-z][a-z0-9_.*-]+)`", cells[0]):
+                mapped[key] = cells[2]
+    for key in ("num.queries", "num.cachehits", "num.query.tcp", "num.query.tls", "num.query.https",
+                "num.query.tcpout", "num.query.ratelimited", "num.queries_ip_ratelimited"):
+        assert METRIC.search(mapped.get(key, "")), f"{key}: no row naming an ispd metric"
