@@ -54,11 +54,12 @@ import hmac
 import os
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import partial
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
+from typing import TypeVar
 
 from ispd.credentials import PasswordChecker, nt_hash
 from ispd.dhcp.identifiers import normalize_key, opaque_text
@@ -896,9 +897,10 @@ class AuthEngine:
         if address is not None:
             items.append(_encode((Attr.FRAMED_IP_ADDRESS, IPv4Address(address).packed)))
         if walled:  # (IPv4 only, as DHCPv6 gives suspended subscribers nothing: the garden is on IPv4)
-            items.extend(self.settings.walled_garden)
-            _replace_interim(items, interim, self.settings.walled_garden)
-            return items, not any(a.hidden for a in self.settings.walled_garden)
+            garden = _for_nas(self.settings.walled_garden, nas.kind)
+            items.extend(garden)
+            _replace_interim(items, interim, garden)
+            return items, not any(a.hidden for a in garden)
         plan = subject.plan
         plan_reply = self.settings.plans.get(plan.name) if plan is not None else None
         if plan is not None:
@@ -934,7 +936,7 @@ class AuthEngine:
             replaced = {key for item in fixed_ipv6 for key in ((0, item[0]), (0, _POOL_FOR[item[0]]))}
             items = [item for item in items if _attribute_key(item) not in replaced]
             items.extend(fixed_ipv6)
-        return items, cacheable
+        return _for_nas(items, nas.kind), cacheable
 
     def interim_interval(self, subject: AuthSubject, nas: Nas, walled: bool) -> int | None:
         """The Acct-Interim-Interval this subscriber's Access-Accept gives a NAS (the plan's or
@@ -988,7 +990,7 @@ class AuthEngine:
         over the session's (as BNGs do: a CoA cannot say "remove") would keep them in force."""
         items, _ = self._profile_items(subject, nas, None, False, session_attributes=False)
         carried = {_attribute_key(item) for item in items}
-        return [a.name for a in self.settings.walled_garden if (a.vendor, a.code) not in carried]
+        return [a.name for a in _for_nas(self.settings.walled_garden, nas.kind) if (a.vendor, a.code) not in carried]
 
     def forget_profiles(self) -> None:
         for subject in self.directory.subjects.values():
@@ -1005,6 +1007,29 @@ _OWN_PREFIX_SOURCES = frozenset({(0, _DELEGATED_IPV6_PREFIX), (0, _POOL_FOR[_DEL
 _SESSION_ADDRESSING = frozenset({(0, _FRAMED_IPV6_ADDRESS), (0, _FRAMED_IPV6_PREFIX), (0, _DELEGATED_IPV6_PREFIX)})
 
 
+# The vendors of the NAS kinds that are one vendor's gear. A plan (a walled garden, a subscriber's
+# own reply) for a network of several vendors lists each one's attributes; each NAS gets its own
+# and no other of these vendors': a MikroTik address list means nothing to a Cisco ASR, and
+# in a CoA-Request it is refused with a NAK (Error-Cause 401, Unsupported Attribute). Other
+# vendors' (Microsoft's, the standard ones) go to every NAS, and to a generic or accel-ppp NAS
+# everything does, as before.
+_NAS_VENDORS: dict[NasKind, frozenset[int]] = {
+    NasKind.MIKROTIK: frozenset({Vendor.MIKROTIK}),
+    NasKind.CISCO: frozenset({Vendor.CISCO}),
+    NasKind.JUNIPER: frozenset({Vendor.JUNIPER, Vendor.ERX}),
+}
+_GEAR_VENDORS = frozenset().union(*_NAS_VENDORS.values())
+_Item = TypeVar("_Item", bytes, ReplyAttribute, bytes | ReplyAttribute)
+
+
+def _for_nas(items: Sequence[_Item], kind: NasKind) -> list[_Item]:
+    """``items`` less the attributes of another vendor's gear than this NAS's."""
+    own = _NAS_VENDORS.get(kind)
+    if own is None:
+        return list(items)
+    return [item for item in items if (vendor := _attribute_key(item)[0]) not in _GEAR_VENDORS or vendor in own]
+
+
 def _attribute_key(item: bytes | ReplyAttribute) -> tuple[int, int]:
     """(vendor, type) of a reply item; ispd's Class and Framed-IP-Address as none a subscriber
     may give."""
@@ -1018,7 +1043,7 @@ def _attribute_key(item: bytes | ReplyAttribute) -> tuple[int, int]:
 
 
 def _replace_interim(items: list[bytes | ReplyAttribute], interim: bytes | None,
-                     configured: tuple[ReplyAttribute, ...]) -> None:
+                     configured: Sequence[ReplyAttribute]) -> None:
     """Leave out ispd's own Acct-Interim-Interval when the configured attributes give one:
     an Access-Accept carries at most one (RFC 2869 §5.16), and the configured one is meant."""
     if interim is not None and any((a.vendor, a.code) == (0, _ACCT_INTERIM_INTERVAL) for a in configured):

@@ -380,6 +380,33 @@ def test_plan_attributes_framed_pool_and_hidden_values() -> None:
     assert reveal_salted(tunnel[1:], SECRET, packet.authenticator) == b"s3cret"
 
 
+def test_each_nas_gets_its_own_vendor_s_attributes_and_no_other_gear_s() -> None:
+    """A plan for a network of MikroTik, Cisco and Juniper BNGs lists each vendor's attributes: a
+    Cisco ASR NAKs a CoA with a MikroTik attribute in it (Error-Cause 401), so each NAS gets its
+    own vendor's and none of the others' (a bug hunt saw every NAS get all three). Standard and
+    other vendors' attributes go to all, and a generic NAS still gets everything."""
+    extra = tuple(reply_attribute(DICTIONARY, text) for text in (
+        "Mikrotik-Address-List = home", 'Cisco-AVPair = "subscriber:sub-qos-policy-out=home"',
+        "ERX-Qos-Profile-Name = home", "Filter-Id = home"))
+    world = World(ReplySettings(interim_interval=0, plans={"home": PlanReply(extra)}))
+    subject = world.directory.by_id(1)
+    assert subject is not None
+
+    def vendors(attributes: bytes) -> set[int]:
+        return {int.from_bytes(value[:4], "big") for code, value in reply_attributes(attributes)
+                if code == Attr.VENDOR_SPECIFIC}
+
+    seen = {}
+    for kind in (NasKind.MIKROTIK, NasKind.CISCO, NasKind.JUNIPER, NasKind.GENERIC):
+        attributes = world.engine.handle(pap("alice", "alice-pw"), nas(kind), NOW).attributes
+        assert first(attributes, Attr.FILTER_ID) == b"home", kind
+        seen[kind] = vendors(attributes)
+        coa = world.engine.change_of_authorization(subject, nas(kind), False)
+        assert vendors(coa) == seen[kind], kind  # a CoA too
+    assert seen == {NasKind.MIKROTIK: {Vendor.MIKROTIK}, NasKind.CISCO: {Vendor.CISCO},
+                    NasKind.JUNIPER: {Vendor.ERX}, NasKind.GENERIC: {Vendor.MIKROTIK, Vendor.CISCO, Vendor.ERX}}
+
+
 def test_a_subscriber_s_own_attributes_come_after_and_over_its_plan_s_but_not_in_the_walled_garden() -> None:
     extra = (reply_attribute(DICTIONARY, "Filter-Id = plan-filter"), reply_attribute(DICTIONARY, "Framed-MTU = 1492"))
     world = World(ReplySettings(plans={"home": PlanReply(extra)}, suspended=SuspendedAction.WALLED_GARDEN,
