@@ -8,8 +8,10 @@ and the write are one step, also across processes sharing the file):
   ``radius`` row) is refused; the DHCP server withholds its ACK and the client is NAKed or offered
   another address.
 - ``claim_address``: a RADIUS session takes the first candidate nobody else holds (or that the
-  same holder has already); candidates found held are reported with their expiry, so the
-  service's view of the pool catches up.
+  same holder has already) and that is no other subscriber's reserved address; candidates found
+  held are reported with their expiry, so the service's view of the pool catches up. (The
+  service leaves reserved addresses out of its candidates, but learns of a reservation only at
+  its next poll of the store: one made just before a login must not go to that login.)
 - ``renew_claims`` moves the expiry of addresses still in use (their sessions are open);
   ``release_claims`` ends them (their sessions stopped). Both touch only the holder's own rows.
 
@@ -26,6 +28,7 @@ from dataclasses import replace
 from ispd.store.models import AddressClaim, ClaimResult, Lease, LeaseService, LeaseState
 
 _HELD_ROW = "SELECT state, expires_at, service, client_id, starts_at FROM leases WHERE address = ?"
+_RESERVED_FOR = "SELECT subscriber_id FROM reservations WHERE address = ?"
 _UPSERT = (  # the columns of record_leases' rows, in order
     "INSERT INTO leases (address, state, starts_at, expires_at, hw_address, client_id, hostname,"
     " subscriber_id, circuit_id, remote_id, pool, service) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -93,6 +96,9 @@ def record_leases(conn: sqlite3.Connection, changes: Sequence[tuple[Lease, str]]
 def claim_address(conn: sqlite3.Connection, claim: AddressClaim, now: float) -> ClaimResult:
     taken: list[tuple[str, float]] = []
     for address in claim.candidates:
+        reserved = conn.execute(_RESERVED_FOR, (address,)).fetchone()
+        if reserved is not None and reserved[0] != claim.subscriber_id:
+            continue  # another subscriber's fixed address (a NAS reporting it: a conflict, logged)
         row = conn.execute(_HELD_ROW, (address,)).fetchone()
         held = row is not None and _is_held(row[0], row[1], now)
         renewal = held and row[2] == LeaseService.RADIUS and row[3] == claim.holder and row[0] == LeaseState.BOUND

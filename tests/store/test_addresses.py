@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ispd.store import Conflict, Store
-from ispd.store.models import AddressClaim, Lease, LeaseService, LeaseState
+from ispd.store.models import AddressClaim, Lease, LeaseService, LeaseState, ReservationKind
 from tests.store.conftest import FakeClock
 
 POOL = ("198.18.0.100", "198.18.0.101", "198.18.0.102")
@@ -85,3 +85,19 @@ async def test_declined_addresses_are_not_claimed(store: Store, clock: FakeClock
     await store.record_leases([(declined, "declined")])
     result = await store.claim_address(claim("alice", clock))
     assert result.lease is not None and result.lease.address == "198.18.0.101"
+
+
+async def test_a_claim_passes_over_another_subscriber_s_reserved_address(store: Store, clock: FakeClock) -> None:
+    """RADIUS learns of a reservation at its next poll of the store: a login just after
+    `reservation add` proposes the newly fixed address still, and the store must not give it."""
+    alice = await store.add_subscriber("alice", actor="t")
+    bob = await store.add_subscriber("bob", actor="t")
+    await store.add_reservation("bob", ReservationKind.MAC, "02:00:00:00:0b:0b", actor="t", address="198.18.0.100")
+    result = await store.claim_address(claim("alice", clock, subscriber_id=alice.id))
+    assert result.lease is not None and result.lease.address == "198.18.0.101"
+    # Only that candidate: nothing (a NAS that reports it gets a conflict logged, not the claim).
+    alone = await store.claim_address(claim("alice 2", clock, candidates=("198.18.0.100",), subscriber_id=alice.id))
+    assert alone.lease is None
+    # Bob's own session on it (his PPPoE line reporting his router's fixed address) is his.
+    own = await store.claim_address(claim("bob", clock, candidates=("198.18.0.100",), subscriber_id=bob.id))
+    assert own.lease is not None and own.lease.address == "198.18.0.100"
