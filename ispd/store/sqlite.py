@@ -28,6 +28,7 @@ nothing, ``ON CONFLICT`` rather than ``OR IGNORE``, no parameter tested alone fo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -42,6 +43,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ispd.dhcp.identifiers import normalize_key
 from ispd.logs import get_logger
 from ispd.store import (
     ipv6_networks,
@@ -637,6 +639,35 @@ def _refuse_an_address_in_use(conn: sqlite3.Connection, address: str, subscriber
         until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(lease["expires_at"]))
         raise Conflict(f"address {address} is in use: {lease['service'].upper()} gave it to {holder} until {until}; "
                        f"reserve it once that ends, or choose another address")
+    if lease is not None:
+        return
+    # A session's address outside every pool has no lease row (a fixed address its reservation
+    # no longer fixes: the session keeps it until it logs in again; a NAS's own choice): DHCP
+    # would give it to the device reserved now while that session still has it.
+    sessions = conn.execute(
+        "SELECT s.id, s.username AS login, s.subscriber_id, s.calling_station_id, s.nas_port_id,"
+        " s.nas_address, u.username FROM radius_sessions s LEFT JOIN subscribers u ON u.id = s.subscriber_id"
+        " WHERE s.framed_ip = ? AND s.stopped_at IS NULL ORDER BY s.id", (address,)).fetchall()
+    # (Sessions of the login or line being reserved may have it: one whose Stop was lost and its
+    # redial, both open on the address.)
+    if sessions and (any(row["subscriber_id"] != subscriber_id for row in sessions)
+                     or not any(_session_of_the_reserved(row, kind, key) for row in sessions)):
+        session = next((row for row in sessions if row["subscriber_id"] != subscriber_id), sessions[0])
+        raise Conflict(f"address {address} is in use: RADIUS session #{session['id']} of "
+                       f"{session['username'] or session['login']} on {session['nas_address']} has it; "
+                       f"reserve it once that ends (`ispd session disconnect {session['id']}` ends it now), "
+                       "or choose another address")
+
+
+def _session_of_the_reserved(session: sqlite3.Row, kind: ReservationKind, key: str) -> bool:
+    """Whether an open session of the reservation's subscriber is under the login, or on the
+    line, that the reservation of ``kind`` and ``key`` names (making the address it has fixed)."""
+    if kind == ReservationKind.USERNAME:
+        return bool(session["login"] == key)
+    lines = {session["nas_port_id"], session["calling_station_id"]}
+    with contextlib.suppress(ValueError, TypeError):
+        lines.add(normalize_key("mac", session["calling_station_id"]))
+    return kind in (ReservationKind.MAC, ReservationKind.CIRCUIT_ID, ReservationKind.REMOTE_ID) and key in lines
 
 
 def _held_by_the_reserved(conn: sqlite3.Connection, lease: sqlite3.Row, subscriber_id: int, kind: ReservationKind,

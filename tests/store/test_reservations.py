@@ -495,3 +495,40 @@ async def test_a_host_name_is_one_subscribers(store: Store) -> None:
     with pytest.raises(Conflict, match=r"host name gw is already reserved for alice"):
         await store.update_reservation(bobs.id, actor="t", hostname="gw")
     assert (await store.update_reservation(bobs.id, actor="t", hostname="gw2.lan")).hostname == "gw2.lan"
+
+
+async def test_an_address_an_open_session_has_outside_the_pools_cannot_be_reserved_for_another(
+        store: Store, clock: FakeClock) -> None:
+    """A session's address outside every pool has no lease row (its login's fixed address,
+    since moved or deleted: the session keeps it until it logs in again; or the NAS's own
+    choice). Fixing it for another device would have DHCP give it out beside that session."""
+    from ispd.store.models import AccountingRecord, AccountingStatus
+
+    bob = await store.add_subscriber("bob", actor="t")
+    await store.add_subscriber("dave", actor="t")
+    await store.record_accounting([AccountingRecord(
+        at=clock.now, status=AccountingStatus.START, nas_address="198.18.0.1", acct_session_id="s1",
+        username="bob@pppoe", subscriber_id=bob.id, framed_ip="198.18.0.200", calling_station_id="02-00-00-00-02-02",
+        nas_port_id="eth0/1/2")])
+    [session] = await store.list_sessions(open_only=True)
+    for subscriber, kind, key in [("dave", ReservationKind.MAC, "02:00:5e:00:00:35"),
+                                  ("dave", ReservationKind.USERNAME, "dave"),
+                                  ("bob", ReservationKind.USERNAME, "bob@line2"),  # bob's other login
+                                  ("bob", ReservationKind.MAC, "02:00:5e:00:00:36")]:  # bob's router
+        with pytest.raises(Conflict, match=rf"198.18.0.200 is in use: RADIUS session #{session.id} of bob on "
+                                           r"198.18.0.1 has it"):
+            await store.add_reservation(subscriber, kind, key, actor="t", address="198.18.0.200")
+    other = await store.add_reservation("dave", ReservationKind.MAC, "02:00:5e:00:00:35", actor="t")
+    with pytest.raises(Conflict, match=r"198.18.0.200 is in use: RADIUS session"):
+        await store.update_reservation(other.id, actor="t", address="198.18.0.200")
+    # The login or line that has it may have it made fixed.
+    for kind, key in [(ReservationKind.USERNAME, "bob@pppoe"), (ReservationKind.MAC, "02:00:00:00:02:02"),
+                      (ReservationKind.CIRCUIT_ID, "eth0/1/2")]:
+        added = await store.add_reservation("bob", kind, key, actor="t", address="198.18.0.200")
+        await store.delete_reservation(added.id, actor="t")
+    # Once the session has stopped, anyone's.
+    await store.record_accounting([AccountingRecord(
+        at=clock.now + 60, status=AccountingStatus.STOP, nas_address="198.18.0.1", acct_session_id="s1",
+        username="bob@pppoe", subscriber_id=bob.id, framed_ip="198.18.0.200", calling_station_id="02-00-00-00-02-02",
+        nas_port_id="eth0/1/2")])
+    await store.update_reservation(other.id, actor="t", address="198.18.0.200")
