@@ -146,6 +146,8 @@ class LeaseEnded(Event):
     starts_at: float | None = None
     hw_address: str | None = None
     ended_at: float | None = None  # when it ended: an expiry found later is dated at the expiry
+    # declined: the address stays out of use (quarantined) until then, for a pool shared with RADIUS
+    held_until: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -976,7 +976,8 @@ class DHCPEngine:
         return Outcome(writes=[(lease, "declined")], declined=True,
                        events=[LeaseEnded(at=now, address=lease.address, reason="declined",
                                           hostname=binding.hostname, subscriber_id=binding.subscriber_id,
-                                          starts_at=lease.starts_at, hw_address=lease.hw_address)])
+                                          starts_at=lease.starts_at, hw_address=lease.hw_address,
+                                          held_until=binding.expires_at)])
 
     def _release(self, packet: DHCPPacket, client: Client, now: float) -> Outcome:
         binding = self.table.get(int(packet.ciaddr))

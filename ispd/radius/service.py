@@ -1526,7 +1526,12 @@ class RadiusService(Service):
                                      self.context.clock())
 
         def lease_ended(event: LeaseEnded) -> None:
-            if event.service == LeaseService.DHCP:
+            if event.service != LeaseService.DHCP:
+                return
+            if event.held_until is not None:  # declined: quarantined, as the store has it (not free)
+                self.addresses.learn(Lease(event.address, LeaseState.DECLINED, event.at, event.held_until),
+                                     self.context.clock())
+            else:
                 self.addresses.ended(event.address, elsewhere_at=self.context.clock())
 
         handlers += [bus.subscribe(LeaseGranted, leased), bus.subscribe(LeaseEnded, lease_ended)]

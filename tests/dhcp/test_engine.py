@@ -209,6 +209,9 @@ def test_decline_quarantines_the_address_and_the_client_gets_another() -> None:
     assert declined.declined and declined.reply is None
     [(lease, event)] = declined.writes
     assert event == "declined" and lease.state is LeaseState.DECLINED and lease.expires_at == T0 + 600
+    # Its end says until when it is kept out of use (RADIUS, sharing the pool, must not take it).
+    [ended] = declined.events
+    assert (ended.reason, ended.held_until) == ("declined", T0 + 600)
     again = lab.dora(MAC_A)
     assert again != address
     assert lab.engine.pool_usage(lab.now)[0] == ("lan", 3, 1, 1)

@@ -1064,3 +1064,32 @@ async def test_a_proxied_request_is_timed_apart_from_ispds_own_access_requests(t
         home.close()
         nas_socket.close()
         await store.close()
+
+
+async def test_an_address_dhcp_declined_stays_out_of_the_claims_candidates(tmp_path: Path) -> None:
+    """A DHCP client that declines its address (RFC 2131 §4.4.1: something else answers ARP for
+    it) puts it in quarantine, which the store keeps; the view of a shared pool took the
+    decline's LeaseEnded for a free address, proposed it to every login, and a run of them (a
+    rogue device squatting a range, each client there declining) used up a claim's rounds of
+    candidates: the login was rejected as pool_exhausted with half the pool free."""
+    from ispd.events import LeaseEnded, LeaseGranted
+    from ispd.store.models import LeaseService
+
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        bus, now = EventBus(), time.time()
+        config = _radius_config(3799, plan=[{"plan": "home", "address_pool": "p"}],
+                                address_pool=[{"name": "p", "range": "198.18.58.10 - 198.18.58.14"}])
+        async with _running(store, bus, config) as service:
+            for address in ("198.18.58.10", "198.18.58.11", "198.18.58.12"):
+                bus.publish(LeaseGranted(at=now, address=address, expires_at=now + 3600, service=LeaseService.DHCP))
+                bus.publish(LeaseEnded(at=now, address=address, reason="declined", held_until=now + 600))
+            assert service.addresses.candidates("p", "bob 02:00:5e:10:00:02", now) == ("198.18.58.13", "198.18.58.14")
+            # Its quarantine over, it is free again.
+            assert "198.18.58.10" in service.addresses.candidates("p", "bob 02:00:5e:10:00:02", now + 601)
+            # A release or an expiry frees it at once, as before.
+            bus.publish(LeaseGranted(at=now, address="198.18.58.13", expires_at=now + 3600, service=LeaseService.DHCP))
+            bus.publish(LeaseEnded(at=now, address="198.18.58.13", reason="released"))
+            assert "198.18.58.13" in service.addresses.candidates("p", "carol 02:00:5e:10:00:03", now)
+    finally:
+        await store.close()
