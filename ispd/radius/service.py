@@ -1111,8 +1111,11 @@ class RadiusService(Service):
     def _release(self, address: str, holder: str) -> None:
         """Give ``address`` back (soon, in one write with others)."""
         if not self._releases:
-            assert self._loop is not None
-            self._loop.call_soon(lambda: self._spawn(self._release_claims(), "address-release"))
+            # The task now, not from a callback: its write must reach the store before the claim
+            # of a login handled later in this same turn of the loop (a redial right after its
+            # Stop, which must get the address anew, not renew it just before this release).
+            # Its first step comes in the next turn, with every release made in this one.
+            self._spawn(self._release_claims(), "address-release")
         self._releases.append((address, holder))
         self._releasing.add(address)
 

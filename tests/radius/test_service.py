@@ -1093,3 +1093,75 @@ async def test_an_address_dhcp_declined_stays_out_of_the_claims_candidates(tmp_p
             assert "198.18.58.13" in service.addresses.candidates("p", "carol 02:00:5e:10:00:03", now)
     finally:
         await store.close()
+
+
+class _Replies(asyncio.DatagramTransport):
+    """A transport that keeps what the service sends, for a request handed in by hand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[bytes] = []
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        self.sent.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+
+async def test_a_redial_handled_right_after_the_stop_keeps_the_address_it_was_given(tmp_path: Path) -> None:
+    """A BNG that replaces a CPE's dead session sends its Stop and the redial's Access-Request
+    together: handled in the same turn of the loop, the Stop's release of the line's address went
+    to the store after the redial's claim of it (a renewal, the claim still bound), so the
+    Access-Accept named an address the ledger then called free, for DHCP's next client."""
+    import os
+    from ipaddress import IPv4Address
+
+    from ispd.radius.codec import hide_password
+    from ispd.store.models import CredentialPolicy, StoredCredentials
+
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        await store.add_plan("home", actor="test", credential_policy=CredentialPolicy.CLEARTEXT)
+        alice = await store.add_subscriber("alice", actor="test", plan="home",
+                                           credentials=StoredCredentials(cleartext="pw", updated_at=1))
+        mac = "02:00:5e:10:00:01"
+        config = _radius_config(3799, plan=[{"plan": "home", "address_pool": "p"}],
+                                address_pool=[{"name": "p", "range": "198.18.58.10 - 198.18.58.11"}])
+
+        def login(identifier: int) -> bytes:
+            authenticator = os.urandom(16)
+            return encode_request(Code.ACCESS_REQUEST, identifier, encode_attributes([
+                (Attr.USER_NAME, b"alice"), (Attr.USER_PASSWORD, hide_password(b"pw", SECRET.encode(), authenticator)),
+                (Attr.CALLING_STATION_ID, mac.encode())]), SECRET.encode(), authenticator=authenticator)
+
+        async def framed_ip(transport: _Replies) -> str:
+            await _until(lambda: _true(bool(transport.sent)), within=5)
+            answer = decode(transport.sent[-1])
+            assert answer.code == Code.ACCESS_ACCEPT
+            return str(IPv4Address(answer.get(Attr.FRAMED_IP_ADDRESS)))
+
+        async with _running(store, EventBus(), config) as service:
+            first = _Replies()
+            service.handle_auth(login(1), (NAS, 50000), first)
+            address = await framed_ip(first)
+            start = AccountingRecord(at=time.time(), status=AccountingStatus.START, nas_address=NAS,
+                                     acct_session_id="a1", username="alice", subscriber_id=alice.id,
+                                     framed_ip=address, calling_station_id=mac, nas_client="bng")
+            [result] = await store.record_accounting([start])
+            service._follow(start, result)
+            stop = replace(start, at=time.time(), status=AccountingStatus.STOP)
+            [result] = await store.record_accounting([stop])
+            redial = _Replies()
+            service._follow(stop, result)  # the Stop, then at once the redial's Access-Request
+            service.handle_auth(login(2), (NAS, 50001), redial)
+            assert await framed_ip(redial) == address
+            await asyncio.sleep(0.3)  # the writes done
+            lease = await store.get_lease(address)
+            assert (str(lease.state), lease.client_id) == ("bound", f"alice {mac}")
+    finally:
+        await store.close()
+
+
+async def _true(value: bool) -> bool:
+    return value
