@@ -1658,8 +1658,10 @@ class RadiusService(Service):
         if subject is None or nas is None:
             return await self._dynamic(session, Code.COA_REQUEST, b"", reason)
         profile = self.auth.change_of_authorization(subject, nas, walled)
-        return await self._dynamic(session, Code.COA_REQUEST, profile, reason,
-                                   rates_unsent=not profile and not walled and _has_rates(subject))
+        # Into a walled garden of other vendors' attributes alone (each NAS gets its own), the
+        # CoA would carry nothing either: the NAS would acknowledge it and wall nothing.
+        unsent = (bool(self.auth.settings.walled_garden) if walled else _has_rates(subject)) and not profile
+        return await self._dynamic(session, Code.COA_REQUEST, profile, reason, rates_unsent=unsent)
 
     async def _dynamic(self, session: RadiusSession, code: Code, extra: bytes, reason: str, *,
                        rates_unsent: bool = False) -> dict[str, Any]:
@@ -1684,12 +1686,14 @@ class RadiusService(Service):
                 f"the session's NAS is no longer a [[radius.client]]; if it is gone, `ispd session close {session.id}`")
         elif rates_unsent:
             # A CoA-Request that names the session and changes nothing (a "cisco", "juniper" or
-            # "generic" NAS gets no rate-limit attribute, and the profile has no other one): the
-            # NAS acknowledges it and keeps the session's rate, so its ACK must not read as the
-            # new plan or the over-quota throttle applied.
+            # "generic" NAS gets no rate-limit attribute, and the profile has no other one; a
+            # walled garden of other vendors' attributes only): the NAS acknowledges it and keeps
+            # the session as it is, so its ACK must not read as the new plan, the over-quota
+            # throttle or the walled garden applied.
             outcome_result, attempts, error_cause, detail = "error", 0, None, (
                 f"nothing to send: the profile has no attribute for a {nas.kind.value!r} NAS (a plan's rates are "
-                f"written for mikrotik and accel-ppp only; give the plan [[radius.plan]] attributes)")
+                f"written for mikrotik and accel-ppp only, and each NAS gets only its own vendor's attributes; "
+                f"give the plan [[radius.plan]] attributes, or radius.walled_garden_attributes, for it)")
             log.warning("radius.coa.nothing_to_send", session_id=session.id, nas=session.nas_address,
                         nas_kind=nas.kind.value, reason=reason)
         else:

@@ -1165,3 +1165,36 @@ async def test_a_redial_handled_right_after_the_stop_keeps_the_address_it_was_gi
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_suspension_sends_no_empty_coa_to_a_nas_the_garden_has_nothing_for(tmp_path: Path) -> None:
+    """From a review: since each NAS gets only its own vendor's attributes, a walled garden of
+    MikroTik address lists is nothing to a Cisco NAS; the suspension's CoA-Request carried the
+    session's identification alone, the NAS acknowledged it and kept the session as it was, and
+    the outcome read "moved to the walled garden: acknowledged" (before, the NAS refused the
+    MikroTik attribute with a NAK, and the operator saw it). Nothing is sent, and it says so."""
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        alice = await _subscriber_with_a_session(store)
+        bus = EventBus()
+        with FakeNas(NAS, secret=SECRET.encode()) as nas:
+            config = _radius_config(nas.port, suspended="walled-garden",
+                                    walled_garden_attributes=["Mikrotik-Address-List = walled-garden"],
+                                    client=[{"name": "bng", "address": f"{NAS}/32", "secret": SECRET,
+                                             "coa_port": nas.port, "kind": "cisco"}])
+            async with _running(store, bus, config):
+                await store.set_subscriber_status(alice, SubscriberStatus.SUSPENDED, actor="test")
+                with capture_logs() as logs:
+                    bus.publish(SubscriberSuspended(time.time(), alice, "alice"))
+
+                    async def recorded() -> bool:
+                        return bool(await _records(store))
+
+                    await _until(recorded, within=5)
+                record = (await _records(store))[-1]
+                assert (record.kind, record.result, record.attempts) == ("coa", "error", 0), (record, nas.requests)
+                assert nas.requests == []
+                assert [e["nas_kind"] for e in logs if e["event"] == "radius.coa.nothing_to_send"] == ["cisco"]
+            await bus.drain(5)
+    finally:
+        await store.close()
