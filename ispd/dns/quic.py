@@ -149,7 +149,7 @@ class _QuicServer(QuicServer):
     drew 43 bytes at the victim. RFC 9000 §5.2.2: "Servers MUST drop smaller packets that
     specify unsupported versions" (smaller than a connection's first datagram, §14.1). And
     with its Retry (aioquic's, on or off for good) turned on and off as ``settings.retry``
-    and the handshakes under way say."""
+    and the handshakes under way say, on for a client that comes back with a token of ours."""
 
     def __init__(self, *, settings: QuicSettings, handshakes: _Handshakes, tokens: _RetryTokens,
                  **kwargs: Any) -> None:
@@ -166,8 +166,29 @@ class _QuicServer(QuicServer):
             if version != 0 and version not in self._configuration.supported_versions:
                 return
         # (aioquic types it as never None, though it makes it None when retry is off)
-        self._retry = self._tokens if self._validating() else None  # type: ignore[assignment]
+        validating = self._validating() or self._back_from_retry(data, addr)
+        self._retry = self._tokens if validating else None  # type: ignore[assignment]
         super().datagram_received(data, addr)
+
+    def _back_from_retry(self, data: bytes | str, addr: Any) -> bool:
+        """Whether ``data`` is the Initial of a client that a Retry of ours sent back with its
+        token, Retry having stopped since (the hold over, a reload): aioquic, its Retry off,
+        would make the connection as for a first Initial, without the retry_source_connection_id
+        that such a client must find (RFC 9000 §7.3), and the client's handshake would fail."""
+        if not isinstance(data, bytes) or len(data) < SMALLEST_MAX_DATAGRAM_SIZE or not data[0] & 0x80:
+            return False
+        try:
+            header = pull_quic_header(Buffer(data=data), host_cid_length=self._configuration.connection_id_length)
+        except ValueError:
+            return False
+        if header.packet_type != QuicPacketType.INITIAL or not header.token:
+            return False
+        try:
+            self._tokens.validate_token(address=addr, destination_cid=header.destination_cid, token=header.token,
+                                        now=self._loop.time())
+        except ValueError:
+            return False  # (not one of ours: as any first Initial, as before)
+        return True
 
     def _validating(self) -> bool:
         mode = self._settings.retry

@@ -301,3 +301,32 @@ async def test_a_query_the_client_stops_while_it_resolves_ends_quietly(tmp_path:
         [task] = spawned
         await asyncio.wait_for(task, 5)  # (raises what the task raised)
         assert await asyncio.wait_for(client.doq(QUERY), 5) == QUERY  # and the connection goes on
+
+
+@pytest.mark.parametrize("ended", ["auto", "never", "always"])
+async def test_a_client_back_with_its_retry_token_is_taken_after_retry_has_stopped(tmp_path: Path,
+                                                                                 ended: str) -> None:
+    """From a review: a Retry is asked for only while handshakes flood in (and
+    RETRY_HOLD_SECONDS after), or as a reload says. A client sent a Retry just before it stopped
+    came back with its token to a server that no longer looked at tokens: aioquic made the
+    connection as for a first Initial, without the retry_source_connection_id that a client that
+    followed a Retry must find (RFC 9000 §7.3), and the client's handshake failed."""
+    listener = listener_for(tmp_path, "doq")
+    listener.settings.retry = "always"
+    create_token = listener.retry_tokens.create_token
+
+    def create_and_stop(**kwargs: Any) -> bytes:  # the hold over, or a reload, as the Retry goes
+        listener.settings.retry = ended
+        return create_token(**kwargs)
+
+    listener.retry_tokens.create_token = create_and_stop  # type: ignore[method-assign]
+    async with AsyncExitStack() as stack:
+        await listener.start([SocketAddress("127.67.0.1", 0)], stack)
+        configuration = QuicConfiguration(is_client=True, alpn_protocols=listener.alpn, verify_mode=ssl.CERT_NONE)
+        transport, client = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: _Client(QuicConnection(configuration=configuration)), local_addr=("127.67.0.2", 0))
+        stack.callback(transport.abort)
+        client.connect(listener.bound[0])
+        await asyncio.wait_for(client.wait_connected(), 5)
+        assert listener.settings.retry == ended and listener.retry_tokens.stats.retries == 1
+        assert await asyncio.wait_for(client.doq(QUERY), 5) == QUERY
