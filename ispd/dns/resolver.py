@@ -996,9 +996,12 @@ class Resolver:
                                                     exact_case=self.settings.use_0x20, zone=zone)
             except UpstreamError as exc:
                 self.upstream_failures[exc.kind] = self.upstream_failures.get(exc.kind, 0) + 1
-                if exc.kind != "socket":
+                if exc.kind != "socket" and not (minimised and self.settings.qname_minimisation == "relaxed"):
                     # Out of sockets (EMFILE: a flood of slow new names holds one per query) is
                     # this host's failure: the server was not asked, so it is not marked down.
+                    # Nor is it for a minimised name in the relaxed mode: servers that drop the
+                    # queries for empty non-terminals (RFC 9156 §2.3) answer the full name, asked
+                    # next, which says whether the server is down.
                     self.infra.record_failure(address, self.clock(), qtype)
                 if budget.trace is not None:
                     _trace(budget, f"{address}: {exc}")

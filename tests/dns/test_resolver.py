@@ -1456,3 +1456,27 @@ async def test_forward_first_the_validators_questions_do_not_wait_for_failed_for
     await ask(resolver, "www.example.test.")  # (bogus here: the test hierarchy is not signed)
     assert len(net.to(forwarder)) == 1
     assert any(q.qtype == RRType.DNSKEY for q in net.log)  # the validator did ask, from the root down
+
+
+async def test_relaxed_minimisation_falls_back_when_its_timeouts_took_the_servers_down(net: FakeNet,
+                                                                                      resolver: Resolver) -> None:
+    """From a review: the minimised queries' timeouts counted against the servers for type A (the
+    type a minimised name is asked with). Questions of another type, whose own answers clear
+    nothing of A's, took every server of the zone down for A after two: the next minimised
+    query found none up and no probe due, and that (no minimised error) was the answer,
+    SERVFAIL where the full name is answered; and every A question of the zone SERVFAILed too
+    until a probe came through, as the relaxed fallback was meant to end."""
+    zone = net.zone("example.test.")
+
+    def drops(query: Message, reply: Reply) -> Reply | None:
+        assert query.question is not None
+        name = query.question.key_name
+        return None if zone.exists(name) and not zone.rrsets(name) else reply
+
+    for address in EXAMPLE_TEST:
+        net.misbehave(address, handler=drops)
+    for _ in range(4):
+        resolver.cache.flush(name_from_text("ent.example.test."), subtree=True)
+        result = await ask(resolver, "a.b.ent.example.test.", RRType.AAAA)
+        assert result.rcode == RCode.NOERROR and result.answer == []  # a.b.ent has only an A
+    assert values(await ask(resolver, "www.example.test.")) == ["192.0.2.80"]
