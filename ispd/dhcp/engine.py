@@ -468,8 +468,12 @@ _LEASE_STATE_OF = {v: k for k, v in _STATE_OF.items()}
 
 
 class DHCPEngine:
-    def __init__(self, config: DHCPConfig) -> None:
+    def __init__(self, config: DHCPConfig, *, publishes_names: bool = True) -> None:
         self.config = config
+        # Whether a lease's host name is published in DNS ([dns.lease_names] has a domain): the
+        # client FQDN echo's S bit says so (RFC 4702 §2.1), and a client told S=1 leaves its
+        # own updates to us.
+        self.publishes_names = publishes_names
         self.subnets = build_subnets(config)
         self.class_rules = [ClassRule.of(c) for c in config.client_class]
         self.table = LeaseTable()
@@ -1075,7 +1079,7 @@ class DHCPEngine:
             # reservation's, or none when another device's reservation holds the one it asked for.
             name = self._hostname(packet, client)
             if name is not None:
-                options.append((Option.CLIENT_FQDN, _fqdn_reply(fqdn, name)))
+                options.append((Option.CLIENT_FQDN, _fqdn_reply(fqdn, name, published=self.publishes_names)))
         options += _echoed(packet, client)
         options = _fitted(options, _max_options_size(packet))
         reply = DHCPPacket(
@@ -1318,15 +1322,20 @@ def _usable_fqdn(value: bytes) -> bool:
         return False
 
 
-def _fqdn_reply(request: bytes, name: str) -> bytes:
+def _fqdn_reply(request: bytes, name: str, *, published: bool = True) -> bytes:
     """RFC 4702 §4: we publish the name in our own DNS (S=1); O tells a client that did not ask
     us to (S=0, or N: no updates at all) that we overrode it, since the lease's name is
-    published all the same (N=1 in the reply said none was). RCODEs are 255. The name is the one
-    we take (§4: the server's notion of the client's name), in the client's encoding: its own
-    bytes when that is the name it sent."""
+    published all the same (N=1 in the reply said none was). Without lease names (``published``
+    false) nobody publishes it: S=0, and O=1 to a client that asked us to (§2.1), which may then
+    update DNS itself (S=1 told it we had, and the name went nowhere). RCODEs are 255. The name
+    is the one we take (§4: the server's notion of the client's name), in the client's encoding:
+    its own bytes when that is the name it sent."""
     flags = request[0]
     encoding = flags & 0x04
-    reply_flags = 0x01 | encoding | (0x02 if not flags & 0x01 or flags & 0x08 else 0)
+    if published:
+        reply_flags = 0x01 | encoding | (0x02 if not flags & 0x01 or flags & 0x08 else 0)
+    else:
+        reply_flags = encoding | (0x02 if flags & 0x01 and not flags & 0x08 else 0)
     if clean_hostname(decode_client_fqdn(request).name) == name:
         return bytes((reply_flags, 255, 255)) + request[3:]
     # Another name (a reservation's): a partial name, as stored (no root label in wire form).

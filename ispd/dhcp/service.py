@@ -62,6 +62,12 @@ _LITTLE_ENDIAN = sys.byteorder == "little"
 _TYPE_NAMES = {t: t.name.lower() for t in DHCPMessageType}
 
 
+def _publishes_names(config: Config) -> bool:
+    """Whether leases' host names reach DNS: a lease domain is configured (its DNS service may
+    be a standby's, so not whether this node's is enabled)."""
+    return config.dns.lease_names.domain is not None
+
+
 def _interface_name(ifindex: int) -> str | None:
     try:
         return socket.if_indextoname(ifindex)
@@ -101,7 +107,7 @@ class DHCPService(Service):
     def __init__(self, config: Config, context: ServiceContext) -> None:
         self.config: DHCPConfig = config.dhcp
         self.context = context
-        self.engine = DHCPEngine(self.config)
+        self.engine = DHCPEngine(self.config, publishes_names=_publishes_names(config))
         self.metrics = DHCPMetrics()
         self._socket: socket.socket | None = None
         self._link_sockets: dict[int, socket.socket] = {}
@@ -151,6 +157,7 @@ class DHCPService(Service):
             await asyncio.wait(list(self._in_flight))
 
     async def reload(self, old: Config, new: Config) -> None:
+        self.engine.publishes_names = _publishes_names(new)
         if old.dhcp == new.dhcp:
             return
         listen_changed = (old.dhcp.interfaces, old.dhcp.port) != (new.dhcp.interfaces, new.dhcp.port)

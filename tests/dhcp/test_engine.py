@@ -12,12 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ispd.config import Config
 from ispd.dhcp.codec import BOOTREQUEST, FLAG_BROADCAST, DHCPPacket, encode
 from ispd.dhcp.config import DHCPConfig
 from ispd.dhcp.engine import Destination, DHCPEngine, Ignored, Outcome, Received, clean_hostname
 from ispd.dhcp.options import DHCPMessageType, Option, decode_ips, decode_u32
 from ispd.dhcp.pool import Binding, BindingState, LeaseTable
-from ispd.dhcp.service import ipv4_udp_datagram
+from ispd.dhcp.service import _publishes_names, ipv4_udp_datagram
 from ispd.events import (
     EventBus,
     LeaseEnded,
@@ -1010,6 +1011,27 @@ def test_a_client_fqdn_with_n_is_told_its_name_is_published() -> None:
                            extra=((Option.CLIENT_FQDN, b"\x08\x00\x00laptop"),)))
     assert ack.writes[0][0].hostname == "laptop" and ack.events[-1].hostname == "laptop"  # type: ignore[attr-defined]
     assert ack.reply is not None and ack.reply.packet.option(Option.CLIENT_FQDN) == b"\x03\xff\xfflaptop"
+
+
+def test_without_lease_names_a_client_fqdn_is_told_the_server_publishes_nothing() -> None:
+    """With no [dns.lease_names] domain nobody publishes a lease's name, yet the echo said S=1
+    ("the server has taken responsibility for A RR updates", RFC 4702 §2.1): dhclient with
+    `fqdn.server-update on` recorded server-update true and did no update of its own, and the
+    name was nowhere. Now S=0, with O=1 to a client that asked for S; N stays the client's
+    business (it may update DNS itself)."""
+    cfg = config()
+    assert not _publishes_names(Config.model_validate({"dhcp": cfg.model_dump(mode="json")}))
+    assert _publishes_names(Config.model_validate({"dhcp": cfg.model_dump(mode="json"),
+                                                   "dns": {"lease_names": {"domain": "lab.example"}}}))
+    lab = Lab()
+    lab.engine.publishes_names = False
+    asked = lab.send(message(DHCPMessageType.REQUEST, MAC_A, requested="198.18.0.100",
+                             extra=((Option.CLIENT_FQDN, b"\x05\x00\x00\x06laptop\x00"),)))
+    assert asked.writes[0][0].hostname == "laptop"  # (stored all the same: `ispd lease list`)
+    assert asked.reply is not None and asked.reply.packet.option(Option.CLIENT_FQDN) == b"\x06\xff\xff\x06laptop\x00"
+    unasked = lab.send(message(DHCPMessageType.REQUEST, MAC_B, requested="198.18.0.101",
+                               extra=((Option.CLIENT_FQDN, b"\x00\x00\x00kitchen"),)))
+    assert unasked.reply is not None and unasked.reply.packet.option(Option.CLIENT_FQDN) == b"\x00\xff\xffkitchen"
 
 
 def test_a_device_is_told_the_host_name_its_reservation_gives_it() -> None:
