@@ -100,7 +100,7 @@ from ispd.listeners import (
 from ispd.logs import get_logger
 from ispd.service import Health, Service, ServiceContext, ServiceSpec, ServiceStartError, describe_os_error
 from ispd.store.errors import StoreError
-from ispd.store.models import LeaseService, LeaseState, SubscriberStatus
+from ispd.store.models import Lease, LeaseService, LeaseState, SubscriberStatus
 from ispd.workers import WorkerService
 
 log = get_logger("ispd.dns")
@@ -639,6 +639,7 @@ class DNSService(Service):
         named: set[str] = set()
         try:
             leases = await store.list_leases()
+            claimed_at = await self._last_claims(leases)
             bindings = await store.list_leases6()
             suspended = await store.list_subscribers(SubscriberStatus.SUSPENDED)
             sessions = await store.list_sessions(open_only=True, limit=1_000_000)
@@ -658,8 +659,8 @@ class DNSService(Service):
         self.walled.forget_holds()
         now = self.context.clock()
         # A name two leases claim is the one written last's (the newest claim wins, as while
-        # running): in the order they were last granted or renewed, which their expiry follows.
-        for lease in sorted(leases, key=lambda lease: lease.expires_at):
+        # running): in the order they were last granted or renewed (see ``_last_claims``).
+        for lease in sorted(leases, key=lambda lease: claimed_at.get(lease.address, (lease.expires_at, 0))):
             if lease.state == LeaseState.BOUND and lease.expires_at > now:
                 self._lease_granted(lease.address, lease.hostname, lease.subscriber_id, lease.expires_at,
                                     radius_pool=lease.service == LeaseService.RADIUS)
@@ -687,6 +688,26 @@ class DNSService(Service):
         for subscriber in suspended:
             self.walled.set_suspended(subscriber.id, True)
         return named
+
+    async def _last_claims(self, leases: list[Lease]) -> dict[str, tuple[float, int]]:
+        """When each live lease whose host name another live lease claims too was last granted
+        or renewed: its newest lease history entry's time and id (the order of one batch's
+        writes), or its start when the history was purged. Their expiry does not tell: leases
+        of different lengths (a walled-garden pool's 300 s, another pool's hour) end in another
+        order than they were claimed. Other leases are not asked for: the order of names nobody
+        else claims does not matter."""
+        now = self.context.clock()
+        by_name: dict[str, list[Lease]] = {}
+        for lease in leases:
+            if lease.state == LeaseState.BOUND and lease.expires_at > now and lease.hostname:
+                by_name.setdefault(lease.hostname.split(".", 1)[0].lower(), []).append(lease)
+        claimed_at: dict[str, tuple[float, int]] = {}
+        for claims in by_name.values():
+            if len(claims) > 1:
+                for lease in claims:
+                    newest = await self.context.store.lease_history(lease.address, limit=1)
+                    claimed_at[lease.address] = (newest[0].at, newest[0].id) if newest else (lease.starts_at, 0)
+        return claimed_at
 
     def _lease_granted(self, address: str, hostname: str | None, subscriber_id: int | None,
                        expires_at: float, *, radius_pool: bool = False) -> bool:

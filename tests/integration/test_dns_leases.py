@@ -352,6 +352,50 @@ def test_a_name_two_leases_claim_goes_to_the_newer_claim_after_a_restart(tmp_pat
         assert rdatas(answer) == {"198.18.0.100"}, answer.text
 
 
+def test_a_name_two_leases_of_different_lengths_claim_stays_the_newer_claims_after_a_restart(tmp_path: Path) -> None:
+    """The start replayed the leases in the order of their expiry, taken for the order they
+    were claimed in: a laptop's hour-long lease claimed "laptop", then a suspended
+    subscriber's device claimed it with a 300 s walled-garden lease and held it, and after a
+    restart the name went back to the laptop (the earlier claim, which ends later)."""
+    import asyncio
+    import time
+
+    from ispd.config import load_config
+    from ispd.store import open_store
+    from ispd.store.models import Lease, LeaseState
+    from tests.lab.dnshier import dig
+    from tests.lab.ports import free_udp_port
+    from tests.lab.process import IspdProcess
+    from tests.lab.toml import write as write_toml
+
+    port = free_udp_port()
+    config = base_config(tmp_path, dns={"enabled": True, "listen": [f"127.0.0.1:{port}"], "allow": ["127.0.0.0/8"],
+                                        "lease_names": {"domain": DOMAIN, "reverse_networks": ["198.18.0.0/24"]}})
+    path = tmp_path / "ispd.toml"
+    write_toml(path, config)
+
+    async def leases() -> None:
+        store = await open_store(load_config(path).store)
+        try:
+            now = time.time()
+            hour = Lease("198.18.0.100", LeaseState.BOUND, now - 60, now + 3540, hw_address="02:00:00:00:01:01",
+                         hostname="laptop", pool="lan")
+            await store.record_leases([(hour, "granted")])
+            walled = Lease("198.18.0.200", LeaseState.BOUND, now - 30, now + 270, hw_address="02:00:00:00:01:02",
+                           hostname="laptop", pool="walled")
+            await store.record_leases([(walled, "granted")])
+        finally:
+            await store.close()
+
+    asyncio.run(leases())
+    with IspdProcess(tmp_path, config) as ispd:
+        ispd.start()
+        answer = dig("127.0.0.1", f"laptop.{DOMAIN}", "A", port=port)
+        assert rdatas(answer) == {"198.18.0.200"}, answer.text
+        answer = dig("127.0.0.1", reverse("198.18.0.100"), "PTR", port=port)
+        assert answer.status == "NXDOMAIN", answer.text
+
+
 def test_a_policy_zone_for_one_plan_applies_to_its_subscribers_addresses_only(site: Site) -> None:
     """A family filter sold as a plan option: the zone limited to plan "family" answers for the
     address a BNG gave erin's session while erin is on that plan; other clients, and erin on
