@@ -308,6 +308,18 @@ class LocalData:
         self._changed(self._drop_address(key))
         return True
 
+    def take_lease_names(self, old: LocalData) -> None:
+        """Publish the lease names ``old`` publishes (with their TTLs), as far as this data
+        allows them (its lease domain, its configured names): a reload's new data answers for
+        the leases at once, not only once the store has been read again."""
+        for address, (owner, _) in old._lease_addresses.items():
+            rtype = RRType.A if ip_address(address).version == 4 else RRType.AAAA
+            zone = old.zone_for(owner)
+            rrset = zone.get_rrset(owner, rtype) if zone is not None else []
+            if rrset:
+                label = owner[1 : 1 + owner[0]].decode("ascii")
+                self.add_lease_name(label, address, rrset[0].ttl)
+
     def lease_names(self) -> dict[str, str]:
         """Published lease names: address → owner name in text."""
         return {address: name_to_text(owner) for address, (owner, _) in self._lease_addresses.items()}

@@ -596,6 +596,10 @@ class DNSService(Service):
                      skipped_bad=zone.skipped_bad, skipped_unsupported=zone.skipped_unsupported)
             for problem in zone.problems[:10]:
                 log.warning("dns.policy_zone.record_skipped", problem=problem)
+        if self.local is not None:
+            # A reload: the lease names answer at once from the new data too, not only once the
+            # store has been read again (NXDOMAIN meanwhile, and cached as such for a minute).
+            local.take_lease_names(self.local)
         self.local = local
         assert self.resolver is not None
         delegated = [ForwardZone(cut.name, cut.addresses, recursive=False, ns_names=cut.ns_names)

@@ -20,6 +20,7 @@ from ispd.dns.engine import ClientClass
 from ispd.dns.localdata import LocalData
 from ispd.dns.scopes import PolicyScopes
 from ispd.dns.service import DNSService
+from ispd.dns.wire import RRType, name_from_text
 from ispd.events import (
     Binding6Ended,
     Binding6Granted,
@@ -402,3 +403,36 @@ async def test_listening_addresses_are_named_with_ipv6_in_brackets(service: DNSS
     """The status line (systemd's STATUS=, dns.started) said "dns on :::53" for [::]:53."""
     service.bound = [("::", 53), ("2001:db8:53::4", 5353), ("127.0.0.1", 53)]
     assert service.describe().startswith("dns on [::]:53, [2001:db8:53::4]:5353, 127.0.0.1:53")
+
+
+class _NoDelegations:
+    def delegate(self, zones: list[Any]) -> list[bytes]:
+        return []
+
+
+async def test_a_reload_answers_the_lease_names_before_the_store_is_read_again() -> None:
+    """A reload put local data without lease names in place and read the store's leases into
+    it afterwards, with awaits between: meanwhile every lease name was NXDOMAIN (1.7 s of them
+    with 60 000 leases in SQLite here), which resolvers and stubs cache for the negative TTL."""
+    config = Config.model_validate({"dns": {"enabled": True, "listen": ["127.61.0.1:0"], "lease_names": {
+        "domain": "customers.isp.example", "reverse_networks": ["198.18.0.0/24"]}}})
+    service = DNSService(config, ServiceContext(None, EventBus(), CollectorRegistry(), _healthy))  # type: ignore[arg-type]
+    service.engine = make_env().engine
+    service.resolver = _NoDelegations()  # type: ignore[assignment]
+
+    def data() -> LocalData:
+        return LocalData(lease_domain="customers.isp.example", reverse_networks=["198.18.0.0/24"])
+
+    service._apply_data(data(), [], config.dns)
+    async with AsyncExitStack() as stack:
+        service._subscribe(stack)
+        service.context.bus.publish(LeaseGranted(1.0, "198.18.0.100", time.time() + 3600, hostname="Laptop"))
+        assert service.local is not None
+        before = service.local.lease_names()
+        assert before == {"198.18.0.100": "laptop.customers.isp.example."}
+        service._apply_data(data(), [], config.dns)  # (the store is read after this)
+        assert service.local.lease_names() == before
+        assert service.engine.local_lookup == service.local.answer
+        answer = service.local.answer(name_from_text("laptop.customers.isp.example"), RRType.A)
+        assert answer is not None and [rr.rdata for rr in answer.answer] == [bytes([198, 18, 0, 100])]
+        assert [rr.ttl for rr in answer.answer] == [config.dns.lease_names.ttl]
