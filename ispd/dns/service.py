@@ -23,7 +23,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_network
 from pathlib import Path
@@ -100,7 +100,7 @@ from ispd.listeners import (
 from ispd.logs import get_logger
 from ispd.service import Health, Service, ServiceContext, ServiceSpec, ServiceStartError, describe_os_error
 from ispd.store.errors import StoreError
-from ispd.store.models import Lease, LeaseService, LeaseState, SubscriberStatus
+from ispd.store.models import LeaseService, LeaseState, SubscriberStatus
 from ispd.workers import WorkerService
 
 log = get_logger("ispd.dns")
@@ -642,9 +642,18 @@ class DNSService(Service):
         store = self.context.store
         named: set[str] = set()
         try:
+            now = self.context.clock()
             leases = await store.list_leases()
-            claimed_at = await self._last_claims(leases)
+            claimed_at = await self._last_claims(
+                [(lease.address, lease.hostname, lease.starts_at) for lease in leases
+                 if lease.state == LeaseState.BOUND and lease.expires_at > now and lease.hostname],
+                lambda address: store.lease_history(address, limit=1))
             bindings = await store.list_leases6()
+            claimed_at6 = await self._last_claims(
+                [(binding.prefix, binding.hostname, binding.starts_at) for binding in bindings
+                 if binding.state == LeaseState.BOUND and binding.expires_at > now and binding.hostname
+                 and binding.kind == "na"],
+                lambda prefix: store.lease6_history(prefix, limit=1))
             suspended = await store.list_subscribers(SubscriberStatus.SUSPENDED)
             sessions = await store.list_sessions(open_only=True, limit=1_000_000)
             if self.scopes.by_plan:
@@ -681,8 +690,9 @@ class DNSService(Service):
                 for network in session.ipv6_networks():
                     self.walled.network_granted(network, session.subscriber_id, session.id)
         # DHCPv6 bindings: an address's name, and who holds an address or a delegated prefix
-        # (the home's devices ask from addresses in it), in the order they were last renewed.
-        for binding in sorted(bindings, key=lambda binding: binding.expires_at):
+        # (the home's devices ask from addresses in it), in the order they were last renewed
+        # (a name two claim, as for DHCPv4 leases).
+        for binding in sorted(bindings, key=lambda binding: claimed_at6.get(binding.prefix, (binding.expires_at, 0))):
             if binding.state == LeaseState.BOUND and binding.expires_at > now:
                 self._binding6_name(binding.prefix, str(binding.kind), binding.hostname, binding.expires_at)
                 if binding.hostname:
@@ -693,24 +703,24 @@ class DNSService(Service):
             self.walled.set_suspended(subscriber.id, True)
         return named
 
-    async def _last_claims(self, leases: list[Lease]) -> dict[str, tuple[float, int]]:
-        """When each live lease whose host name another live lease claims too was last granted
-        or renewed: its newest lease history entry's time and id (the order of one batch's
-        writes), or its start when the history was purged. Their expiry does not tell: leases
-        of different lengths (a walled-garden pool's 300 s, another pool's hour) end in another
+    async def _last_claims(self, claims: list[tuple[str, str, float]],
+                           newest_entries: Callable[[str], Awaitable[list[Any]]]) -> dict[str, tuple[float, int]]:
+        """When each live lease or address binding (``claims``: its address or prefix, host
+        name and start) whose host name another claims too was last granted or renewed: its
+        newest history entry's (``newest_entries``) time and id (the order of one batch's writes), or its start when
+        the history was purged. Their expiry does not tell: leases of different lengths (a
+        walled-garden pool's 300 s, another pool's hour; two links' lifetimes) end in another
         order than they were claimed. Other leases are not asked for: the order of names nobody
         else claims does not matter."""
-        now = self.context.clock()
-        by_name: dict[str, list[Lease]] = {}
-        for lease in leases:
-            if lease.state == LeaseState.BOUND and lease.expires_at > now and lease.hostname:
-                by_name.setdefault(lease.hostname.split(".", 1)[0].lower(), []).append(lease)
+        by_name: dict[str, list[tuple[str, float]]] = {}
+        for key, hostname, starts_at in claims:
+            by_name.setdefault(hostname.split(".", 1)[0].lower(), []).append((key, starts_at))
         claimed_at: dict[str, tuple[float, int]] = {}
-        for claims in by_name.values():
-            if len(claims) > 1:
-                for lease in claims:
-                    newest = await self.context.store.lease_history(lease.address, limit=1)
-                    claimed_at[lease.address] = (newest[0].at, newest[0].id) if newest else (lease.starts_at, 0)
+        for holders in by_name.values():
+            if len(holders) > 1:
+                for key, starts_at in holders:
+                    newest = await newest_entries(key)
+                    claimed_at[key] = (newest[0].at, newest[0].id) if newest else (starts_at, 0)
         return claimed_at
 
     def _lease_granted(self, address: str, hostname: str | None, subscriber_id: int | None,

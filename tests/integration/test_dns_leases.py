@@ -396,6 +396,48 @@ def test_a_name_two_leases_of_different_lengths_claim_stays_the_newer_claims_aft
         assert answer.status == "NXDOMAIN", answer.text
 
 
+def test_a_name_two_dhcpv6_addresses_of_different_lifetimes_claim_stays_the_newer_claims_after_a_restart(
+        tmp_path: Path) -> None:
+    """As for DHCPv4 leases: the start replayed the bindings in the order of their expiry, so a
+    name claimed last by a binding of a link with shorter lifetimes went back, at a restart,
+    to the earlier claim of a link with longer ones."""
+    import asyncio
+    import time
+
+    from ispd.config import load_config
+    from ispd.store import open_store
+    from ispd.store.models import Lease6, Lease6Kind, LeaseState
+    from tests.lab.dnshier import dig
+    from tests.lab.ports import free_udp_port
+    from tests.lab.process import IspdProcess
+    from tests.lab.toml import write as write_toml
+
+    port = free_udp_port()
+    config = base_config(tmp_path, dns={"enabled": True, "listen": [f"127.0.0.1:{port}"], "allow": ["127.0.0.0/8"],
+                                        "lease_names": {"domain": DOMAIN}})
+    path = tmp_path / "ispd.toml"
+    write_toml(path, config)
+
+    async def bindings() -> None:
+        store = await open_store(load_config(path).store)
+        try:
+            now = time.time()
+            day = Lease6("2001:db8:1::1000/128", Lease6Kind.ADDRESS, LeaseState.BOUND, "00:03:00:01:02:00:5e:00:00:01",
+                         1, now - 60, now + 43200, now + 86340, hostname="laptop", link="office")
+            await store.record_leases6([(day, "granted")])
+            hour = Lease6("2001:db8:2::1000/128", Lease6Kind.ADDRESS, LeaseState.BOUND, "00:03:00:01:02:00:5e:00:00:02",
+                          1, now - 30, now + 1770, now + 3570, hostname="laptop", link="cafe")
+            await store.record_leases6([(hour, "granted")])
+        finally:
+            await store.close()
+
+    asyncio.run(bindings())
+    with IspdProcess(tmp_path, config) as ispd:
+        ispd.start()
+        answer = dig("127.0.0.1", f"laptop.{DOMAIN}", "AAAA", port=port)
+        assert rdatas(answer, "AAAA") == {"2001:db8:2::1000"}, answer.text
+
+
 def test_a_policy_zone_for_one_plan_applies_to_its_subscribers_addresses_only(site: Site) -> None:
     """A family filter sold as a plan option: the zone limited to plan "family" answers for the
     address a BNG gave erin's session while erin is on that plan; other clients, and erin on
