@@ -71,6 +71,7 @@ from ispd.radius.coa import DynamicAuthorizationClient, session_identification
 from ispd.radius.codec import Code, Packet, RadiusDecodeError, decode, encode_response, proxy_states
 from ispd.radius.config import (
     LEAVING_THE_GARDEN,
+    NasKind,
     RadiusClientConfig,
     RadiusConfig,
     SuspendedAction,
@@ -1659,8 +1660,10 @@ class RadiusService(Service):
             return await self._dynamic(session, Code.COA_REQUEST, b"", reason)
         profile = self.auth.change_of_authorization(subject, nas, walled)
         # Into a walled garden of other vendors' attributes alone (each NAS gets its own), the
-        # CoA would carry nothing either: the NAS would acknowledge it and wall nothing.
-        unsent = (bool(self.auth.settings.walled_garden) if walled else _has_rates(subject)) and not profile
+        # CoA would carry nothing either: the NAS would acknowledge it and wall nothing. So for a
+        # plan's [[radius.plan]] attributes (or the subscriber's own) all another vendor's.
+        unsent = not profile and ((not walled and _has_rates(subject)) or bool(
+            self.auth.change_of_authorization(subject, replace(nas, kind=NasKind.GENERIC), walled)))
         return await self._dynamic(session, Code.COA_REQUEST, profile, reason, rates_unsent=unsent)
 
     async def _dynamic(self, session: RadiusSession, code: Code, extra: bytes, reason: str, *,

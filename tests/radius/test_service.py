@@ -1198,3 +1198,44 @@ async def test_a_suspension_sends_no_empty_coa_to_a_nas_the_garden_has_nothing_f
             await bus.drain(5)
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("kind", ["cisco", "mikrotik"])
+async def test_a_plan_change_to_another_vendors_attributes_alone_sends_no_empty_coa(tmp_path: Path,
+                                                                                  kind: str) -> None:
+    """From a second review: a plan whose profile is [[radius.plan]] attributes (its rates
+    written as Mikrotik-Rate-Limit, with no download_kbps) has nothing for a Cisco NAS since
+    each NAS gets only its own vendor's. The plan change's CoA-Request carried the session's
+    identification alone; the NAS acknowledged it, kept the old rate, and the outcome read
+    "ack" (before the vendor filter, the NAS refused the MikroTik attribute with a NAK, and
+    the operator saw it). Nothing is sent, and it says so, as for the walled garden."""
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        alice = await _subscriber_with_a_session(store)
+        fast = await store.add_plan("fast", actor="test")
+        bus = EventBus()
+        with FakeNas(NAS, secret=SECRET.encode()) as nas:
+            config = _radius_config(nas.port, plan=[{"plan": "fast", "attributes": ["Mikrotik-Rate-Limit = 10M/10M"]}],
+                                    client=[{"name": "bng", "address": f"{NAS}/32", "secret": SECRET,
+                                             "coa_port": nas.port, "kind": kind}])
+            async with _running(store, bus, config):
+                await store.set_subscriber_plan(alice, "fast", actor="test")
+                with capture_logs() as logs:
+                    bus.publish(SubscriberPlanChanged(time.time(), alice, "alice", fast.id))
+
+                    async def recorded() -> bool:
+                        return bool(await _records(store))
+
+                    await _until(recorded, within=5)
+                [record] = await _records(store)
+                if kind == "cisco":
+                    assert (record.kind, record.result, record.attempts) == ("coa", "error", 0), (record, nas.requests)
+                    assert nas.requests == []
+                    assert [e["nas_kind"] for e in logs if e["event"] == "radius.coa.nothing_to_send"] == ["cisco"]
+                else:
+                    assert (record.kind, record.result) == ("coa", "ack")
+                    [request] = nas.requests
+                    assert request.attributes[26][0].endswith(b"10M/10M")
+            await bus.drain(5)
+    finally:
+        await store.close()
