@@ -1327,7 +1327,9 @@ def _fqdn_reply(request: bytes, name: str, *, published: bool = True) -> bytes:
     us to (S=0, or N: no updates at all) that we overrode it, since the lease's name is
     published all the same (N=1 in the reply said none was). Without lease names (``published``
     false) nobody publishes it: S=0, and O=1 to a client that asked us to (§2.1), which may then
-    update DNS itself (S=1 told it we had, and the name went nowhere). RCODEs are 255. The name
+    update DNS itself (S=1 told it we had, and the name went nowhere); N=1, as a server "SHALL
+    NOT perform DNS updates" says it (§2.1: N=0 would promise at least the PTR; Kea's
+    ``ddns-send-updates = false`` answers so). RCODEs are 255. The name
     is the one we take (§4: the server's notion of the client's name), in the client's encoding:
     its own bytes when that is the name it sent."""
     flags = request[0]
@@ -1335,7 +1337,7 @@ def _fqdn_reply(request: bytes, name: str, *, published: bool = True) -> bytes:
     if published:
         reply_flags = 0x01 | encoding | (0x02 if not flags & 0x01 or flags & 0x08 else 0)
     else:
-        reply_flags = encoding | (0x02 if flags & 0x01 and not flags & 0x08 else 0)
+        reply_flags = 0x08 | encoding | (0x02 if flags & 0x01 and not flags & 0x08 else 0)
     if clean_hostname(decode_client_fqdn(request).name) == name:
         return bytes((reply_flags, 255, 255)) + request[3:]
     # Another name (a reservation's): a partial name, as stored (no root label in wire form).

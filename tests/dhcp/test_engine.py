@@ -1017,8 +1017,9 @@ def test_without_lease_names_a_client_fqdn_is_told_the_server_publishes_nothing(
     """With no [dns.lease_names] domain nobody publishes a lease's name, yet the echo said S=1
     ("the server has taken responsibility for A RR updates", RFC 4702 §2.1): dhclient with
     `fqdn.server-update on` recorded server-update true and did no update of its own, and the
-    name was nowhere. Now S=0, with O=1 to a client that asked for S; N stays the client's
-    business (it may update DNS itself)."""
+    name was nowhere. Now S=0, with O=1 to a client that asked for S, and N=1: "A server sets
+    the N bit to indicate whether the server SHALL (0) or SHALL NOT (1) perform DNS updates"
+    (§2.1; a second review: the first fix left N=0, which promised the PTR update)."""
     cfg = config()
     assert not _publishes_names(Config.model_validate({"dhcp": cfg.model_dump(mode="json")}))
     assert _publishes_names(Config.model_validate({"dhcp": cfg.model_dump(mode="json"),
@@ -1028,10 +1029,10 @@ def test_without_lease_names_a_client_fqdn_is_told_the_server_publishes_nothing(
     asked = lab.send(message(DHCPMessageType.REQUEST, MAC_A, requested="198.18.0.100",
                              extra=((Option.CLIENT_FQDN, b"\x05\x00\x00\x06laptop\x00"),)))
     assert asked.writes[0][0].hostname == "laptop"  # (stored all the same: `ispd lease list`)
-    assert asked.reply is not None and asked.reply.packet.option(Option.CLIENT_FQDN) == b"\x06\xff\xff\x06laptop\x00"
+    assert asked.reply is not None and asked.reply.packet.option(Option.CLIENT_FQDN) == b"\x0e\xff\xff\x06laptop\x00"
     unasked = lab.send(message(DHCPMessageType.REQUEST, MAC_B, requested="198.18.0.101",
                                extra=((Option.CLIENT_FQDN, b"\x00\x00\x00kitchen"),)))
-    assert unasked.reply is not None and unasked.reply.packet.option(Option.CLIENT_FQDN) == b"\x00\xff\xffkitchen"
+    assert unasked.reply is not None and unasked.reply.packet.option(Option.CLIENT_FQDN) == b"\x08\xff\xffkitchen"
 
 
 def test_a_device_is_told_the_host_name_its_reservation_gives_it() -> None:
