@@ -305,11 +305,16 @@ class InfraCache:
         state.timeouts = 0
         state.down_until = 0.0
 
-    def record_failure(self, address: str, now: float, qtype: int) -> None:
+    def record_failure(self, address: str, now: float, qtype: int | None) -> None:
+        """A timeout (or an unreachable server); ``qtype`` None: counted for the server (its
+        wait backs off, ``choose`` passes it over while others are up) and not against that type
+        of question (``is_up``, which ends in "every server is down")."""
         state = self.state(address)
         state.timeouts = min(state.timeouts + 1, 8)
         if state.timeouts >= 3:
             state.down_until = now + self.settings.server_down_seconds
+        if qtype is None:
+            return
         if len(self.failing) > 100_000:
             self.failing.clear()
         failing = self.failing.get((address, qtype))
@@ -996,13 +1001,16 @@ class Resolver:
                                                     exact_case=self.settings.use_0x20, zone=zone)
             except UpstreamError as exc:
                 self.upstream_failures[exc.kind] = self.upstream_failures.get(exc.kind, 0) + 1
-                if exc.kind != "socket" and not (minimised and self.settings.qname_minimisation == "relaxed"):
+                if exc.kind != "socket":
                     # Out of sockets (EMFILE: a flood of slow new names holds one per query) is
                     # this host's failure: the server was not asked, so it is not marked down.
-                    # Nor is it for a minimised name in the relaxed mode: servers that drop the
-                    # queries for empty non-terminals (RFC 9156 §2.3) answer the full name, asked
-                    # next, which says whether the server is down.
-                    self.infra.record_failure(address, self.clock(), qtype)
+                    # A minimised name's, in the relaxed mode, counts for the server and not
+                    # against the type: servers that drop the queries for empty non-terminals
+                    # (RFC 9156 §2.3) answer the full name, asked next, which no type found down
+                    # must stop; but a parent zone's server (a TLD's) is asked minimised names
+                    # only, and a dead one must be passed over as any other.
+                    relaxed = minimised and self.settings.qname_minimisation == "relaxed"
+                    self.infra.record_failure(address, self.clock(), None if relaxed else qtype)
                 if budget.trace is not None:
                     _trace(budget, f"{address}: {exc}")
                 return None

@@ -1480,3 +1480,48 @@ async def test_relaxed_minimisation_falls_back_when_its_timeouts_took_the_server
         result = await ask(resolver, "a.b.ent.example.test.", RRType.AAAA)
         assert result.rcode == RCode.NOERROR and result.answer == []  # a.b.ent has only an A
     assert values(await ask(resolver, "www.example.test.")) == ["192.0.2.80"]
+
+
+async def test_relaxed_minimisation_still_sets_a_dead_parent_server_aside(clock: FakeClock, first_choice: None) -> None:
+    """From a second review: since a minimised name's timeout counted for nothing in the relaxed
+    mode, a dead server of a parent zone (a TLD's, the root's), which is asked minimised names
+    only (the full name goes to the child's servers), was never set aside: each new child zone
+    cost a wait for it, name after name (before, three timeouts set it aside for
+    server_down_seconds). The timeouts count for the server again, only not against the type of
+    question, whose being down stopped the full name's fallback."""
+    from tests.dns.fakenet import ROOT_ZONE
+
+    net = FakeNet(clock)
+    root = load_zone_text(ROOT_ZONE, ".")
+    net.serve(ROOT_A, root)
+    net.serve(ROOT_B, root)
+    children = [f"c{i}" for i in range(8)]
+    delegations = "\n".join(f"{c} NS ns.{c}.test.\nns.{c} A 10.8.0.{i + 1}" for i, c in enumerate(children))
+    tld = load_zone_text(f"""
+$ORIGIN test.
+$TTL 3600
+@        SOA ns1.nic.test. hostmaster.nic.test. 1 7200 900 1209600 900
+@        NS  ns1.nic.test.
+@        NS  ns2.nic.test.
+ns1.nic  A   {TEST_1}
+ns2.nic  A   {TEST_2}
+{delegations}
+""", "test.")
+    net.serve(TEST_1, tld)
+    net.serve(TEST_2, tld)
+    net.misbehave(TEST_1, timeout=True)
+    for i, child in enumerate(children):
+        net.serve(f"10.8.0.{i + 1}", load_zone_text(f"""
+$ORIGIN {child}.test.
+$TTL 3600
+@    SOA ns hostmaster 1 7200 900 1209600 300
+@    NS  ns
+ns   A   10.8.0.{i + 1}
+www  A   192.0.2.{i + 1}
+""", f"{child}.test."))
+    resolver = make_resolver(net, clock)
+    assert resolver.settings.qname_minimisation == "relaxed"
+    for i, child in enumerate(children):
+        assert values(await ask(resolver, f"www.{child}.test.")) == [f"192.0.2.{i + 1}"]
+    assert {q.text for q in net.to(TEST_1)} <= {f"{c}.test." for c in children}  # (minimised names only)
+    assert len(net.to(TEST_1)) == 3
