@@ -1232,7 +1232,9 @@ class DNSService(Service):
         self._apply_data(*data, new.dns)
         self.walled.configure(new.dns.walled_garden)
         try:
-            await self._load_subscribers()  # lease names again, into the new local data
+            # Lease names again, into the new local data; those carried over from the old whose
+            # leases the store no longer has go (ended where this daemon did not hear of it).
+            await self._load_subscribers(drop_unread_names=True)
         except ServiceStartError as exc:  # too late to refuse: what the events bring from now on
             log.error("dns.reload.leases_unreadable", error=str(exc))
             self._walled_changed()  # (the walled garden's settings may have changed)

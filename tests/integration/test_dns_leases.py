@@ -396,6 +396,56 @@ def test_a_name_two_leases_of_different_lengths_claim_stays_the_newer_claims_aft
         assert answer.status == "NXDOMAIN", answer.text
 
 
+def test_a_reload_drops_the_names_of_leases_the_store_no_longer_has(tmp_path: Path) -> None:
+    """A reload carries the lease names over (so that they never answer NXDOMAIN while the
+    store is read again), and then drops those the store no longer has: a lease ended where
+    this daemon did not hear of it (another node's, an event missed) must not keep its name
+    for good, as before the carrying over a SIGHUP cleared it (from a review)."""
+    import asyncio
+    import signal
+    import time
+
+    from ispd.config import load_config
+    from ispd.store import open_store
+    from ispd.store.models import Lease, LeaseState
+    from tests.lab.dnshier import dig
+    from tests.lab.ports import free_udp_port
+    from tests.lab.process import IspdProcess
+    from tests.lab.toml import write as write_toml
+
+    port = free_udp_port()
+    config = base_config(tmp_path, dns={"enabled": True, "listen": [f"127.0.0.1:{port}"], "allow": ["127.0.0.0/8"],
+                                        "lease_names": {"domain": DOMAIN, "reverse_networks": ["198.18.0.0/24"]}})
+    path = tmp_path / "ispd.toml"
+    write_toml(path, config)
+    now = time.time()
+    bound = Lease("198.18.0.100", LeaseState.BOUND, now - 60, now + 3540, hw_address="02:00:00:00:01:01",
+                  hostname="laptop", pool="lan")
+
+    async def record(lease: Lease, event: str) -> None:
+        store = await open_store(load_config(path).store)
+        try:
+            await store.record_leases([(lease, event)])
+        finally:
+            await store.close()
+
+    asyncio.run(record(bound, "granted"))
+    with IspdProcess(tmp_path, config) as ispd:
+        ispd.start()
+        assert rdatas(dig("127.0.0.1", f"laptop.{DOMAIN}", "A", port=port)) == {"198.18.0.100"}
+        # Released behind this daemon's back (no event reaches it from another process).
+        asyncio.run(record(Lease("198.18.0.100", LeaseState.RELEASED, now - 60, time.time(),
+                                 hw_address="02:00:00:00:01:01", pool="lan"), "released"))
+        assert rdatas(dig("127.0.0.1", f"laptop.{DOMAIN}", "A", port=port)) == {"198.18.0.100"}
+        ispd.signal(signal.SIGHUP)
+        ispd.wait_for("RELOADING=1")
+        ispd.wait_for("READY=1")
+        answer = dig("127.0.0.1", f"laptop.{DOMAIN}", "A", port=port)
+        assert answer.status == "NXDOMAIN", answer.text
+        answer = dig("127.0.0.1", reverse("198.18.0.100"), "PTR", port=port)
+        assert answer.status == "NXDOMAIN", answer.text
+
+
 def test_a_name_two_dhcpv6_addresses_of_different_lifetimes_claim_stays_the_newer_claims_after_a_restart(
         tmp_path: Path) -> None:
     """As for DHCPv4 leases: the start replayed the bindings in the order of their expiry, so a
