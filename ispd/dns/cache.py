@@ -217,7 +217,7 @@ class _BoundedCache:
 
     def set_limits(self, limits: CacheLimits) -> None:
         """New limits (a reload): a smaller budget is reached at the next insertions; TTLs
-        already cached keep the clamp they were given."""
+        already cached keep the clamp they were given (but in the RRset cache, given ``now``)."""
         self.limits = self._clock.limits = limits
 
     @property
@@ -236,6 +236,21 @@ class RRsetCache(_BoundedCache):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def set_limits(self, limits: CacheLimits, now: float | None = None) -> None:
+        """New limits (a reload). With ``now``, an entry that outlives the new ``max_ttl`` (its
+        negative ones ``max_negative_ttl``) expires then instead: an operator who lowers them
+        wants a changed record seen within the new bound, not after the TTL it was cached with
+        (the answer cache, emptied by a reload, is rebuilt from these entries)."""
+        super().set_limits(limits)
+        if now is None:
+            return
+        for entry in self._entries.values():
+            longest = limits.max_negative_ttl if isinstance(entry, NegativeEntry) else limits.max_ttl
+            if entry.expires_at > now + longest:
+                entry.expires_at = now + longest
+                if isinstance(entry, RRsetEntry):
+                    entry.ttl = min(entry.ttl, longest)
 
     # --- lookups ---
 

@@ -1039,7 +1039,7 @@ class DNSService(Service):
         self.engine.set_limits(rate_limit_qps=new.rate_limit_qps, request_timeout=new.resolver.request_timeout_seconds,
                                stale_answer_ttl=new.cache.stale_answer_ttl,
                                stale_client_timeout=new.cache.stale_client_timeout_seconds)
-        self.rrsets.set_limits(cache_limits(new, 0.5))
+        self.rrsets.set_limits(cache_limits(new, 0.5), now=self.resolver.clock() if self.resolver else None)
         self.answers.set_limits(cache_limits(new, 0.5))
         self.answers.prefetch = new.cache.prefetch
         if self._tcp_gate is not None:

@@ -186,6 +186,24 @@ def test_forget_nxdomain() -> None:
     assert c.size_bytes < size
 
 
+def test_lower_ttl_limits_shorten_what_is_cached_already() -> None:
+    """A reload that lowers max_ttl and max_negative_ttl: entries cached under the old limits
+    expire within the new ones (the answer cache, which the reload empties, is rebuilt from
+    these; keeping an hour-long RRset would repeat it for an hour under a max_ttl of 60)."""
+    c = cache()
+    c.put(N("www.example."), RRType.A, 3600, (A1,), Trust.ANSWER, NOW)
+    c.put(N("short.example."), RRType.A, 30, (A1,), Trust.ANSWER, NOW)
+    c.put_negative(N("nx.example."), RRType.A, NegativeKind.NXDOMAIN, SOA, NOW)
+    c.set_limits(CacheLimits(max_ttl=60, max_negative_ttl=20), now=NOW + 10)
+    www = c.get(N("www.example."), RRType.A, NOW + 10)
+    assert www is not None and www.ttl_left(NOW + 10) == 60 and www.ttl == 60
+    assert c.get(N("www.example."), RRType.A, NOW + 70) is None
+    short = c.get(N("short.example."), RRType.A, NOW + 10)
+    assert short is not None and short.ttl_left(NOW + 10) == 20  # within the new limit: as it was
+    assert c.get_negative(N("nx.example."), RRType.A, NOW + 29) is not None
+    assert c.get_negative(N("nx.example."), RRType.A, NOW + 30) is None
+
+
 # --- stale ------------------------------------------------------------------------------------------
 
 def test_stale_window() -> None:

@@ -97,6 +97,22 @@ def test_dump_shows_a_resolved_name_and_flush_sends_the_next_query_upstream(reso
     assert resolver.metric(UPSTREAM) == upstream + 1  # one query: the zone's servers were still known
 
 
+def test_a_reload_that_lowers_the_ttl_limits_shortens_what_is_cached(resolver: DNSIspd) -> None:
+    """max_ttl and max_negative_ttl lowered by a reload bound the RRsets and negative entries
+    cached before it too: the answers rebuilt after the reload (which empties only the answer
+    cache) must not repeat an hour-long RRset for an hour under a max_ttl of 60."""
+    assert rdatas(resolver.dig("www.example-a.test")) == {"198.18.1.1"}
+    assert resolver.dig("nope.example-a.test").status == "NXDOMAIN"
+    resolver.config["dns"]["cache"] = {"max_ttl": 60, "max_negative_ttl": 20}
+    resolver.write_config()
+    resolver.reload()
+    eventually(lambda: len(resolver.log_events("dns.reloaded")) == 1)
+    kept = {(r[0], r[2]): r[1] for r in records(dump(resolver, "example-a.test"))}
+    assert 0 < kept[("www.example-a.test.", "A")] <= 60, kept
+    negative = [line for line in dump(resolver, "example-a.test") if line.startswith("; NXDOMAIN")]
+    assert len(negative) == 1 and 0 < int(negative[0].split()[-1]) <= 20, negative
+
+
 def test_flush_a_zone_a_type_and_everything(resolver: DNSIspd) -> None:
     for qname, qtype in (("www.example-a.test", "A"), ("www.example-a.test", "AAAA"), ("txt.example-a.test", "TXT"),
                          ("nope.example-a.test", "A"), ("v4only.example-a.test", "AAAA"),
