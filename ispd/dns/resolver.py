@@ -67,7 +67,7 @@ from enum import Enum
 from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_address
 from typing import TYPE_CHECKING, Protocol
 
-from ispd.dns.cache import NegativeKind, RRsetCache, RRsetEntry, Security, Trust
+from ispd.dns.cache import NXDOMAIN_KEY, NegativeKind, RRsetCache, RRsetEntry, Security, Trust
 from ispd.dns.dns64 import DNS64
 from ispd.dns.rebinding import RebindingGuard
 from ispd.dns.wire import (
@@ -635,10 +635,23 @@ class Resolver:
                 continue
             rcode = RCode.NXDOMAIN if outcome.step == Step.NXDOMAIN else RCode.NOERROR
             authority = outcome.proof if outcome.step == Step.ANSWER else outcome.soa + outcome.proof
-            return Resolution(rcode, [replace(rr, ttl=stale_ttl) for rr in chain],
-                              [replace(rr, ttl=stale_ttl) for rr in authority], security=security, ede=ede,
+            # The answer is kept for its TTL: no longer than the records' stale window lasts.
+            ttl = min(stale_ttl, self._stale_window_left(seen, qtype, now))
+            return Resolution(rcode, [replace(rr, ttl=ttl) for rr in chain],
+                              [replace(rr, ttl=ttl) for rr in authority], security=security, ede=ede,
                               zone=outcome.zone)
         return None
+
+    def _stale_window_left(self, names: set[bytes], qtype: int, now: float) -> int:
+        """Whole seconds until the first of the expired entries a stale answer for ``names``
+        was made of leaves the stale window (RFC 8767 §4's maximum stale timer)."""
+        left = float("inf")
+        for name in names:
+            for rtype in (qtype, RRType.CNAME, NXDOMAIN_KEY):
+                entry = self.cache.entry((name, rtype))
+                if entry is not None and entry.expires_at <= now:
+                    left = min(left, entry.expires_at + self.cache.limits.stale_seconds - now)
+        return max(0, int(left)) if left != float("inf") else 2**31 - 1
 
     def _from_cache(self, name: bytes, qtype: int, now: float, *, stale: bool = False) -> Outcome | None:
         """What the cache answers for (name, type); ``stale``: with its expired entries too,

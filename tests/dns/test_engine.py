@@ -418,6 +418,24 @@ async def test_a_stale_answer_from_the_rrsets_is_not_served_past_the_stale_windo
     assert (await env.ask_message(query("www.example.test."))).rcode == RCode.SERVFAIL
 
 
+async def test_a_stale_answer_from_the_rrsets_is_kept_no_longer_than_the_stale_window() -> None:
+    """From a bug hunt: the answer made from stale RRsets was kept (and served from the answer
+    cache) for the whole stale answer TTL even when the records' stale window ended sooner:
+    with 10 s of the window left, the name was still answered 25 s later, where Unbound's
+    serve-expired-ttl gives SERVFAIL. Its TTL is now the window's rest when that is shorter."""
+    env = make_env(stale_seconds=600)
+    await env.ask(query("www.example.test."))
+    env.clock.advance(3600 + 590)  # expired, 10 s left of the stale window
+    for address in env.net.servers:
+        env.net.misbehave(address, timeout=True)
+    env.answers.clear()  # what a reload does
+    reply = await env.ask_message(query("www.example.test."))
+    assert addresses(reply) == ["192.0.2.80"]
+    assert 0 < reply.answer[0].ttl <= 10  # (less the time the failed tries took)
+    env.clock.advance(25)  # the stale answer TTL (30 s) is not over, the window is
+    assert (await env.ask_message(query("www.example.test."))).rcode == RCode.SERVFAIL
+
+
 async def test_a_flood_under_a_zone_over_its_rate_limit_is_answered_before_any_resolving() -> None:
     """New names under example.test, limited to 3 queries a second: the questions past it get
     SERVFAIL from the engine's screen (the resolver is not asked, nothing is cached), while
