@@ -179,33 +179,36 @@ class _Clock:
         self.bytes = 0
         self.evictions = 0
 
-    def evict(self, entries: dict, expired_before: float) -> None:  # type: ignore[type-arg]
+    def evict(self, tables: tuple[dict, ...], expired_before: float) -> None:  # type: ignore[type-arg]
         """Free down to 90 % of the budget in one batch, oldest insertions first. An entry hit
         since it was last looked at is spared: its hit count is reset and it moves to the back,
         where the sweeps reach it again only after the rest of the cache (the CLOCK hand going
         round); a second pass takes whatever is still needed. One batch frees a tenth of the
-        cache, so the scans cost little per insertion."""
+        cache, so the scans cost little per insertion. ``tables``: every dict the budget counts
+        (the answer cache's plain and variant tables share one), each pass going through all of
+        them: entries never hit in one go before the hot entries of another."""
         target = self.limits.max_bytes * 9 // 10
         for spare_hits in (True, False):
-            victims = []
-            spared = []
-            excess = self.bytes - target
-            for key, entry in entries.items():
-                if excess <= 0:
-                    break
-                if spare_hits and entry.hits and entry.expires_at > expired_before:
-                    entry.hits = 0
-                    spared.append(key)
-                    continue
-                victims.append(key)
-                excess -= entry.size
-            for key in victims:
-                self.bytes -= entries.pop(key).size
-                self.evictions += 1
-            for key in spared:
-                entries[key] = entries.pop(key)
-            if self.bytes <= target:
-                return
+            for entries in tables:
+                victims = []
+                spared = []
+                excess = self.bytes - target
+                for key, entry in entries.items():
+                    if excess <= 0:
+                        break
+                    if spare_hits and entry.hits and entry.expires_at > expired_before:
+                        entry.hits = 0
+                        spared.append(key)
+                        continue
+                    victims.append(key)
+                    excess -= entry.size
+                for key in victims:
+                    self.bytes -= entries.pop(key).size
+                    self.evictions += 1
+                for key in spared:
+                    entries[key] = entries.pop(key)
+                if self.bytes <= target:
+                    return
 
 
 class _BoundedCache:
@@ -323,7 +326,7 @@ class RRsetCache(_BoundedCache):
         self._entries[key] = entry
         self._clock.bytes += entry.size
         if self._clock.bytes > self.limits.max_bytes:
-            self._clock.evict(self._entries, now)
+            self._clock.evict((self._entries,), now)
 
     def _remove(self, key: tuple[bytes, int]) -> None:
         entry = self._entries.pop(key, None)
@@ -462,7 +465,7 @@ class AnswerCache(_BoundedCache):
         table[key] = entry
         self._clock.bytes += entry.size
         if self._clock.bytes > self.limits.max_bytes:
-            self._clock.evict(table, now)
+            self._clock.evict((self.entries, self.variants), now)
         return entry
 
     def get_stale(self, key: bytes, now: float) -> CachedAnswer | None:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from ispd.dns.cache import (
+    VARIANT_AD,
     VARIANT_DO,
     VARIANT_SCOPES,
     AnswerCache,
@@ -495,6 +496,30 @@ def test_answer_cache_flush_looks_up_what_it_drops_not_every_variant_of_it() -> 
     assert answers.flush(N("example."), subtree=True) == 100
     assert CountingPops.pops <= 50  # (one for each variant flushed)
     assert len(answers) == 1 and answers.size_bytes == answers.variants[next(iter(answers.variants))].size
+
+
+def test_answer_cache_evicts_from_both_tables_sparing_hot_entries_in_either() -> None:
+    """From a bug hunt: the plain and the variant tables share one byte budget, but an
+    insertion evicted only from the table it went into. With the cache full of plain answers
+    never asked again, queries with DNSSEC bits (dig's AD, a validating router's DO) emptied
+    their own table at each eviction, their hot entries with it, while the cold plain answers
+    all stayed (and the other way round)."""
+    limits = CacheLimits(max_bytes=100_000)
+    answers = AnswerCache(limits)
+    cold = [key_of(Question(N(f"cold{i}.example."), RRType.A)) for i in range(150)]
+    for key in cold:
+        store(answers, (300,), key=key)
+    hot = key_of(Question(N("hot.example."), RRType.A)) + bytes((VARIANT_AD,))
+    store(answers, (300,), key=hot)
+    for i in range(40):
+        answers.variants[hot].hits += 1  # asked between each insertion
+        store(answers, (300,), key=key_of(Question(N(f"new{i}.example."), RRType.A)) + bytes((VARIANT_AD,)))
+        assert answers.size_bytes <= limits.max_bytes
+    assert answers.evictions > 0
+    assert hot in answers.variants
+    assert len(answers.variants) == 41  # every new variant kept: the cold plain answers went
+    assert sum(key in answers.entries for key in cold) < len(cold)
+    assert answers.size_bytes == sum(e.size for t in (answers.entries, answers.variants) for e in t.values())
 
 
 def test_answer_cache_memory_bound() -> None:
