@@ -397,7 +397,13 @@ class AuthEngine:
                 return str(exc.reason)
             if not valid:
                 return Drop.BAD_MESSAGE_AUTHENTICATOR
-            nas.message_authenticator_seen = True
+            if not nas.message_authenticator_seen and _EAP_MESSAGE not in packet.first:
+                # Not learnt from EAP, which always carries one (RFC 3579 §3.2): a NAS that does
+                # 802.1X and also MAC authentication or PAP, without one there, is not upgraded
+                # by it (FreeRADIUS 3.2.5 leaves "auto" alone for EAP too).
+                nas.message_authenticator_seen = True
+                if MessageAuthenticatorPolicy.AUTO in (nas.require_message_authenticator, nas.limit_proxy_state):
+                    log.warning("radius.client.message_authenticator_required", nas=nas.name)
             return None
         if _EAP_MESSAGE in packet.first or nas.requires(nas.require_message_authenticator):
             return Drop.MISSING_MESSAGE_AUTHENTICATOR

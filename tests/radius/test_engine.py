@@ -1153,6 +1153,21 @@ def test_auto_requires_it_once_the_nas_has_sent_one() -> None:
         Drop.MISSING_MESSAGE_AUTHENTICATOR
 
 
+def test_auto_is_not_learnt_from_eap() -> None:
+    """EAP always carries a Message-Authenticator (RFC 3579 §3.2): a Wi-Fi controller doing 802.1X
+    and MAC authentication (PAP without one) must keep its MAC logins after the first EAP login,
+    as with FreeRADIUS 3.2.5; a PAP request with one still makes it required."""
+    world, client = World(), nas(require=Policy.AUTO, proxy=Policy.AUTO)
+    identity = access_request([(Attr.USER_NAME, b"alice"),
+                               (Attr.EAP_MESSAGE, encode_eap(EAPPacket(EAPCode.RESPONSE, 1, EAPType.IDENTITY, b"a")))])
+    assert world.engine.handle(identity, client, NOW).code == Code.ACCESS_CHALLENGE
+    assert world.engine.handle(pap("alice", "alice-pw", message_authenticator=False), client, NOW).code == \
+        Code.ACCESS_ACCEPT
+    assert world.engine.handle(pap("alice", "alice-pw"), client, NOW).code == Code.ACCESS_ACCEPT
+    assert world.engine.handle(pap("alice", "alice-pw", message_authenticator=False), client, NOW).drop == \
+        Drop.MISSING_MESSAGE_AUTHENTICATOR
+
+
 def test_proxy_state_without_message_authenticator_is_dropped() -> None:
     authenticator = os.urandom(16)
     packet = access_request([(Attr.USER_NAME, b"alice"),
