@@ -237,7 +237,7 @@ class Drop(StrEnum):
 @dataclass(slots=True)
 class Nas:
     """A configured client as the engine uses it; ``message_authenticator_seen`` is what
-    ``auto`` learns (kept for the life of the process, as FreeRADIUS does)."""
+    ``auto`` learns (kept for the life of the process, as FreeRADIUS does; never for a network)."""
 
     name: str
     secret: bytes
@@ -249,6 +249,11 @@ class Nas:
     # (another NAS's sessions are not a client's to open, close or have disconnected).
     network: IPv4Network | IPv6Network | None = None
     message_authenticator_seen: bool = False
+
+    @property
+    def one_address(self) -> bool:
+        """Configured as one address, not a network (of NASes that need not run the same firmware)."""
+        return self.network is None or self.network.prefixlen == self.network.max_prefixlen
 
     def requires(self, policy: MessageAuthenticatorPolicy) -> bool:
         return policy == MessageAuthenticatorPolicy.YES or (
@@ -397,10 +402,11 @@ class AuthEngine:
                 return str(exc.reason)
             if not valid:
                 return Drop.BAD_MESSAGE_AUTHENTICATOR
-            if not nas.message_authenticator_seen and _EAP_MESSAGE not in packet.first:
+            if not nas.message_authenticator_seen and _EAP_MESSAGE not in packet.first and nas.one_address:
                 # Not learnt from EAP, which always carries one (RFC 3579 §3.2): a NAS that does
                 # 802.1X and also MAC authentication or PAP, without one there, is not upgraded
-                # by it (FreeRADIUS 3.2.5 leaves "auto" alone for EAP too).
+                # by it. Nor for a network of NASes: one upgraded is no sign of the others'
+                # firmware (FreeRADIUS 3.2.5 leaves "auto" alone in both cases).
                 nas.message_authenticator_seen = True
                 if MessageAuthenticatorPolicy.AUTO in (nas.require_message_authenticator, nas.limit_proxy_state):
                     log.warning("radius.client.message_authenticator_required", nas=nas.name)

@@ -7,7 +7,7 @@ import os
 import struct
 from collections.abc import Sequence
 from dataclasses import replace
-from ipaddress import IPv6Network
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 import pytest
@@ -1165,6 +1165,20 @@ def test_auto_is_not_learnt_from_eap() -> None:
         Code.ACCESS_ACCEPT
     assert world.engine.handle(pap("alice", "alice-pw"), client, NOW).code == Code.ACCESS_ACCEPT
     assert world.engine.handle(pap("alice", "alice-pw", message_authenticator=False), client, NOW).drop == \
+        Drop.MISSING_MESSAGE_AUTHENTICATOR
+
+
+def test_auto_is_not_learnt_for_a_network_of_nases() -> None:
+    """One NAS of a client's network upgraded (sending a Message-Authenticator) says nothing of
+    the others: their requests without one are still answered, as with FreeRADIUS 3.2.5."""
+    world = World()
+    network = Nas("bngs", SECRET, NasKind.MIKROTIK, Policy.AUTO, Policy.AUTO, network=IPv4Network("198.18.4.0/24"))
+    assert world.engine.handle(pap("alice", "alice-pw"), network, NOW).code == Code.ACCESS_ACCEPT
+    assert world.engine.handle(pap("alice", "alice-pw", message_authenticator=False), network, NOW).code == \
+        Code.ACCESS_ACCEPT
+    one = Nas("bng", SECRET, NasKind.MIKROTIK, Policy.AUTO, Policy.AUTO, network=IPv4Network("198.18.4.1/32"))
+    assert world.engine.handle(pap("alice", "alice-pw"), one, NOW).code == Code.ACCESS_ACCEPT
+    assert world.engine.handle(pap("alice", "alice-pw", message_authenticator=False), one, NOW).drop == \
         Drop.MISSING_MESSAGE_AUTHENTICATOR
 
 
