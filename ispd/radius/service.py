@@ -215,10 +215,12 @@ class NasTable:
         return found
 
     def carry_over(self, old: NasTable) -> None:
-        """What ``auto`` learnt about each NAS survives a reload."""
+        """What ``auto`` learnt about each NAS survives a reload, while the client is that NAS:
+        not once its name is given to another address, or to a network (whose NASes need not
+        all have been upgraded as the one was)."""
         for name, nas in self.clients.items():
             before = old.clients.get(name)
-            if before is not None:
+            if before is not None and before.network == nas.network:
                 nas.message_authenticator_seen = before.message_authenticator_seen
 
 

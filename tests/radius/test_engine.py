@@ -1182,6 +1182,24 @@ def test_auto_is_not_learnt_for_a_network_of_nases() -> None:
         Drop.MISSING_MESSAGE_AUTHENTICATOR
 
 
+def test_what_auto_learnt_survives_a_reload_only_for_the_same_address() -> None:
+    """A reload keeps what auto learnt of a NAS; a client whose name now stands for a network
+    (or another NAS) starts afresh, or every NAS of the network would have to send one."""
+    from ispd.radius.config import RadiusClientConfig
+    from ispd.radius.service import NasTable
+
+    def table(address: str) -> NasTable:
+        return NasTable([RadiusClientConfig.model_validate(
+            {"name": "bng", "address": address, "secret": "s", "require_message_authenticator": "auto"})])
+
+    learnt = table("198.18.4.1")
+    learnt.clients["bng"].message_authenticator_seen = True
+    for address, kept in (("198.18.4.1", True), ("198.18.4.0/24", False), ("198.18.4.2", False)):
+        reloaded = table(address)
+        reloaded.carry_over(learnt)
+        assert reloaded.clients["bng"].message_authenticator_seen is kept, address
+
+
 def test_proxy_state_without_message_authenticator_is_dropped() -> None:
     authenticator = os.urandom(16)
     packet = access_request([(Attr.USER_NAME, b"alice"),
