@@ -175,9 +175,11 @@ MAX_ACCOUNTING_COPIES = 1000  # accounting copies waiting for home servers at on
 def realms_of(config: RadiusConfig, mark: bytes | None = None) -> Realms:
     return Realms([Realm.from_config(r) for r in config.realm], list(config.local_realms), mark)
 
-# A datagram's source (address, port) and its header (code, identifier, length, authenticator):
-# a retransmission repeats all of them (RFC 5080 §2.2.2).
-DuplicateKey = tuple[Any, bytes]
+# The port it came to ("auth", "acct"), a datagram's source (address, port) and its header (code,
+# identifier, length, authenticator): a retransmission repeats all of them (RFC 5080 §2.2.2). The
+# port, because a Status-Server sent to both from one socket has the same header, and is
+# answered with an Access-Accept on one and an Accounting-Response on the other (RFC 5997 §3).
+DuplicateKey = tuple[str, Any, bytes]
 
 
 # --- who may talk to us ------------------------------------------------------------------------
@@ -609,7 +611,7 @@ class RadiusService(Service):
         if nas is None:
             self._dropped(port, Drop.UNKNOWN_CLIENT, addr[0], None, now)
             return None
-        key = (addr, data[:20])
+        key = (port, addr, data[:20])
         seen, reply = self.duplicates.get(key)
         if seen:
             if reply is None:

@@ -1387,10 +1387,10 @@ def test_the_duplicate_cache_is_bounded() -> None:
     clock = [100.0]
     cache = DuplicateCache(30.0, max_entries=100, clock=lambda: clock[0])
     for n in range(250):
-        cache.done((("127.0.0.1", n), b"h"), b"reply")
+        cache.done(("auth", ("127.0.0.1", n), b"h"), b"reply")
     assert len(cache) <= 100
-    assert cache.get((("127.0.0.1", 249), b"h")) == (True, b"reply")  # the newest stay
-    assert cache.get((("127.0.0.1", 0), b"h")) == (False, None)
+    assert cache.get(("auth", ("127.0.0.1", 249), b"h")) == (True, b"reply")  # the newest stay
+    assert cache.get(("auth", ("127.0.0.1", 0), b"h")) == (False, None)
     clock[0] += 31
     cache.sweep()
     assert len(cache) == 0

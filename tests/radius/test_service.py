@@ -1109,6 +1109,26 @@ class _Replies(asyncio.DatagramTransport):
         return False
 
 
+async def test_a_status_server_sent_to_both_ports_gets_each_ports_answer(tmp_path: Path) -> None:
+    """One Status-Server, from one socket to the auth and then the accounting port (a monitor
+    that builds it once): the accounting port answered from the duplicate cache with the auth
+    port's Access-Accept, where RFC 5997 §3 wants an Accounting-Response."""
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        probe = encode_request(Code.STATUS_SERVER, 7, b"", SECRET.encode())
+        async with _running(store, EventBus(), _radius_config(3799)) as service:
+            auth, acct = _Replies(), _Replies()
+            service.handle_auth(probe, (NAS, 50000), auth)
+            service.handle_accounting(probe, (NAS, 50000), acct)
+            await _until(lambda: _true(bool(auth.sent) and bool(acct.sent)), within=5)
+            assert [decode(reply).code for reply in auth.sent + acct.sent] == [Code.ACCESS_ACCEPT,
+                                                                              Code.ACCOUNTING_RESPONSE]
+            service.handle_accounting(probe, (NAS, 50000), acct)  # a retransmission: the same answer again
+            assert acct.sent == [acct.sent[0]] * 2
+    finally:
+        await store.close()
+
+
 async def test_a_redial_handled_right_after_the_stop_keeps_the_address_it_was_given(tmp_path: Path) -> None:
     """A BNG that replaces a CPE's dead session sends its Stop and the redial's Access-Request
     together: handled in the same turn of the loop, the Stop's release of the line's address went
