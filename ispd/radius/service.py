@@ -680,7 +680,9 @@ class RadiusService(Service):
             if self.config.reject_delay_seconds > 0:
                 # The processing time is ispd's, measured now: the delay is policy, not work.
                 self.metrics.latency[kind].observe(time.perf_counter() - started)
-                self.duplicates.begin(key)
+                # Held for the delay even past the window: a copy then is not judged (and
+                # counted, and answered) a second time.
+                self.duplicates.begin(key, self.config.reject_delay_seconds)
                 assert self._loop is not None
                 self._loop.call_later(self.config.reject_delay_seconds, self._send, transport, reply, addr, key,
                                       code, None, started, None)
