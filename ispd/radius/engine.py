@@ -367,7 +367,9 @@ class AuthEngine:
         login = first.get(_USER_NAME)
         if login is None:
             return self._reject(RejectReason.NO_USER_NAME, "none")
-        username = login.decode("utf-8", "replace")
+        # NUL-terminated by some NASes (RFC 2865 §5 says it should not be): read without, as
+        # FreeRADIUS does, so that "alice\0" is alice.
+        username = login.rstrip(b"\x00").decode("utf-8", "replace")
         found = self.directory.find(username)
         if found is None and self.realms:
             realm = self.realms.route(username)  # a local login wins over a realm of that name
@@ -1238,6 +1240,8 @@ class AccountingEngine:
             return None
         status = _STATUS_TYPES.get(status_type, AccountingStatus.OTHER)
         login = _text(first, _USER_NAME)
+        if login is not None:
+            login = login.rstrip("\x00")  # as the Access-Request's (AuthEngine.handle)
         subscriber_id = subscriber_from_class(packet)
         if subscriber_id is not None and subscriber_id not in self.directory.subjects:
             # A Class naming no subscriber (deleted, or another server's): not attributed to

@@ -1339,6 +1339,18 @@ def test_accounting_checks_and_statuses() -> None:
     assert on is not None and on.status == AccountingStatus.ACCOUNTING_ON
 
 
+def test_a_nul_terminated_user_name_is_the_login_without_it() -> None:
+    """Some NASes NUL-terminate User-Name (RFC 2865 §5: they should not); FreeRADIUS reads it
+    without the NULs and accepts, ispd rejected every login as unknown_user."""
+    world = World()
+    assert world.engine.handle(pap("alice\x00", "alice-pw"), nas(), NOW).code == Code.ACCESS_ACCEPT
+    assert world.engine.handle(pap("al\x00ice", "alice-pw"), nas(), NOW).reject == RejectReason.UNKNOWN_USER
+    engine = AccountingEngine(world.directory, world.sessions, DICTIONARY, 300)
+    start = engine.record(accounting([(Attr.ACCT_STATUS_TYPE, u32(1)), (Attr.USER_NAME, b"alice\x00"),
+                                      (Attr.ACCT_SESSION_ID, b"s1")]), nas(), "198.18.0.9", NOW)
+    assert start is not None and (start.username, start.subscriber_id) == ("alice", 1)
+
+
 def test_the_store_is_asked_to_fill_in_only_what_the_open_session_lacks() -> None:
     world = World()
     engine = AccountingEngine(world.directory, world.sessions, DICTIONARY, 300)
