@@ -644,14 +644,23 @@ class Resolver:
 
     def _stale_window_left(self, names: set[bytes], qtype: int, now: float) -> int:
         """Whole seconds until the first of the expired entries a stale answer for ``names``
-        was made of leaves the stale window (RFC 8767 §4's maximum stale timer)."""
+        was made of leaves the stale window (RFC 8767 §4's maximum stale timer). Those entries
+        are the names' own and their ancestors' DNAME and NXDOMAIN (``_from_cache``'s steps);
+        an entry already past its window lies in the cache until evicted but was not used."""
         left = float("inf")
+        stale_seconds = self.cache.limits.stale_seconds
+        keys: set[tuple[bytes, int]] = set()
         for name in names:
-            for rtype in (qtype, RRType.CNAME, NXDOMAIN_KEY):
-                entry = self.cache.entry((name, rtype))
-                if entry is not None and entry.expires_at <= now:
-                    left = min(left, entry.expires_at + self.cache.limits.stale_seconds - now)
-        return max(0, int(left)) if left != float("inf") else 2**31 - 1
+            keys.update(((name, qtype), (name, RRType.CNAME), (name, NXDOMAIN_KEY)))
+            ancestor = name
+            while ancestor != ROOT:
+                ancestor = parent_name(ancestor)
+                keys.update(((ancestor, RRType.DNAME), (ancestor, NXDOMAIN_KEY)))
+        for key in keys:
+            entry = self.cache.entry(key)
+            if entry is not None and entry.expires_at <= now < entry.expires_at + stale_seconds:
+                left = min(left, entry.expires_at + stale_seconds - now)
+        return int(left) if left != float("inf") else 2**31 - 1
 
     def _from_cache(self, name: bytes, qtype: int, now: float, *, stale: bool = False) -> Outcome | None:
         """What the cache answers for (name, type); ``stale``: with its expired entries too,

@@ -1525,3 +1525,34 @@ www  A   192.0.2.{i + 1}
         assert values(await ask(resolver, f"www.{child}.test.")) == [f"192.0.2.{i + 1}"]
     assert {q.text for q in net.to(TEST_1)} <= {f"{c}.test." for c in children}  # (minimised names only)
     assert len(net.to(TEST_1)) == 3
+
+
+def test_a_stale_answer_is_not_cut_to_ttl_0_by_an_entry_past_its_window_it_was_not_made_of() -> None:
+    """From a review: the stale window's rest was taken over every expired entry under the
+    chain's names, those past their window too, which lie in the cache until evicted and were
+    not used: an NXDOMAIN held for www before it became a CNAME made the stale answer TTL 0."""
+    clock = FakeClock()
+    cache = RRsetCache(CacheLimits(stale_seconds=600))
+    resolver = Resolver(cache, standard_net(clock), HINTS, clock, settings())
+    www, target = N("www.example.test."), N("target.example.test.")
+    cache.put_negative(www, RRType.A, NegativeKind.NXDOMAIN, None, clock())  # 5 s
+    clock.advance(700)  # past its window: never served again
+    cache.put(www, RRType.CNAME, 60, (target,), Trust.ANSWER, clock())
+    cache.put(target, RRType.A, 60, (bytes([192, 0, 2, 80]),), Trust.ANSWER, clock())
+    clock.advance(100)  # both expired, 560 s left of their window
+    stale = resolver.stale_resolution(www, RRType.A, 30)
+    assert stale is not None and [rr.ttl for rr in stale.answer] == [30, 30]
+
+
+def test_a_stale_answer_through_a_dname_is_kept_no_longer_than_the_dnames_window() -> None:
+    """From a review: the DNAME above the name, whose stale window ends first, was not counted."""
+    clock = FakeClock()
+    cache = RRsetCache(CacheLimits(stale_seconds=600))
+    resolver = Resolver(cache, standard_net(clock), HINTS, clock, settings())
+    old, new = N("old.example.test."), N("new.example.test.")
+    cache.put(old, RRType.DNAME, 10, (new,), Trust.ANSWER, clock())
+    clock.advance(500)
+    cache.put(N("www.new.example.test."), RRType.A, 60, (bytes([192, 0, 2, 80]),), Trust.ANSWER, clock())
+    clock.advance(100)  # the DNAME has 10 s left of its window, the A record 560 s
+    stale = resolver.stale_resolution(N("www.old.example.test."), RRType.A, 30)
+    assert stale is not None and stale.answer and all(rr.ttl <= 10 for rr in stale.answer)
