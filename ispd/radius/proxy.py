@@ -164,6 +164,14 @@ def stripped(username: bytes) -> bytes:
     return username.rpartition(b"@")[0] or username
 
 
+def user_name_for(value: bytes, realm: Realm) -> bytes:
+    """The User-Name for the home server: without the NULs a NAS may end it with (the login
+    ispd routed by, as FreeRADIUS reads and forwards it), and without "@realm" if the realm
+    says ``strip_realm``."""
+    value = value.rstrip(b"\x00")
+    return stripped(value) if realm.strip_realm else value
+
+
 def forward_access_request(packet: Packet, nas_secret: bytes, realm: Realm, identifier: int,
                            authenticator: bytes | None = None, mark: bytes = b"") -> bytes:
     """The Access-Request for the home server: ``packet`` from the NAS re-secured for the realm,
@@ -173,8 +181,8 @@ def forward_access_request(packet: Packet, nas_secret: bytes, realm: Realm, iden
     for code, value in packet.attributes:
         if code == _MA:
             continue  # made anew, first
-        if code == Attr.USER_NAME and realm.strip_realm:
-            out.append((code, stripped(value)))
+        if code == Attr.USER_NAME:
+            out.append((code, user_name_for(value, realm)))
         elif code == Attr.USER_PASSWORD:
             password = reveal_password(value, nas_secret, packet.authenticator)
             if password is None:
@@ -204,8 +212,8 @@ def forward_accounting_request(packet: Packet, realm: Realm, identifier: int, he
     for code, value in packet.attributes:
         if code == _MA:
             continue
-        if code == Attr.USER_NAME and realm.strip_realm:
-            out.append((code, stripped(value)))
+        if code == Attr.USER_NAME:
+            out.append((code, user_name_for(value, realm)))
         elif code == Attr.ACCT_DELAY_TIME and held > 0 and len(value) == 4:
             out.append((code, u32(min(int.from_bytes(value, "big") + held, 0xFFFFFFFF))))
             held = 0

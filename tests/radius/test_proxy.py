@@ -207,3 +207,18 @@ def test_a_forwarded_request_carries_ispds_own_proxy_state_which_tells_it_come_b
     answer = decode(encode_response(Code.ACCESS_REJECT, 33, sent_auth, encode_attributes(
         [(Attr.PROXY_STATE, b"nas-proxy"), (Attr.PROXY_STATE, b"ispd-proxy:me")]), HOME))
     assert decode(relay_answer(answer, realm(), sent_auth, packet, NAS)).get_all(Attr.PROXY_STATE) == [b"nas-proxy"]
+
+
+def test_a_nul_terminated_user_name_goes_to_the_home_server_without_its_nuls() -> None:
+    """From a review: since 06fb3e3 "bob@home.example\\0" is routed to home.example (the login
+    read without its NULs), but the home server was sent the NULs, which only FreeRADIUS and
+    ispd read past; without strip_realm the name stayed "bob@home.example\\0"."""
+    sent_auth = os.urandom(16)
+    packet = decode(encode_request(Code.ACCESS_REQUEST, 7, encode_attributes([
+        (Attr.USER_NAME, b"bob@home.example\x00"), (Attr.USER_PASSWORD, hide_password(b"pw", NAS, sent_auth))]),
+        NAS, authenticator=sent_auth))
+    assert decode(forward_access_request(packet, NAS, realm(), 33)).get(Attr.USER_NAME) == b"bob@home.example"
+    assert decode(forward_access_request(packet, NAS, realm(strip=True), 33)).get(Attr.USER_NAME) == b"bob"
+    accounting = decode(encode_request(Code.ACCOUNTING_REQUEST, 8, encode_attributes([
+        (Attr.ACCT_STATUS_TYPE, b"\x00\x00\x00\x01"), (Attr.USER_NAME, b"bob@home.example\x00\x00")]), NAS))
+    assert decode(forward_accounting_request(accounting, realm(), 4)).get(Attr.USER_NAME) == b"bob@home.example"
