@@ -681,8 +681,9 @@ class RadiusService(Service):
                 # The processing time is ispd's, measured now: the delay is policy, not work.
                 self.metrics.latency[kind].observe(time.perf_counter() - started)
                 # Held for the delay even past the window: a copy then is not judged (and
-                # counted, and answered) a second time.
-                self.duplicates.begin(key, self.config.reject_delay_seconds)
+                # counted, and answered) a second time. With a second to spare, as a proxied
+                # request: the timer may run after a copy read as the delay ends.
+                self.duplicates.begin(key, self.config.reject_delay_seconds + 1.0)
                 assert self._loop is not None
                 self._loop.call_later(self.config.reject_delay_seconds, self._send, transport, reply, addr, key,
                                       code, None, started, None)
