@@ -24,11 +24,13 @@ the resolver uses when its upstreams fail.
 
 from __future__ import annotations
 
+import heapq
 import socket
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 from ispd.dns.wire import RR, RCode, RRType, is_subdomain
 
@@ -178,6 +180,7 @@ class _Clock:
         self.limits = limits
         self.bytes = 0
         self.evictions = 0
+        self.inserted = 0  # the last ``stamp``
 
     def evict(self, tables: tuple[dict, ...], expired_before: float) -> None:  # type: ignore[type-arg]
         """Free down to 90 % of the budget in one batch, oldest insertions first. An entry hit
@@ -185,30 +188,50 @@ class _Clock:
         where the sweeps reach it again only after the rest of the cache (the CLOCK hand going
         round); a second pass takes whatever is still needed. One batch frees a tenth of the
         cache, so the scans cost little per insertion. ``tables``: every dict the budget counts
-        (the answer cache's plain and variant tables share one), each pass going through all of
-        them: entries never hit in one go before the hot entries of another."""
+        (the answer cache's plain and variant tables share one), walked as one, oldest first
+        whichever table holds it: their entries carry ``order``, the insertion they were
+        stored (or spared) at, which ``stamp`` gives (a table walked after the other would
+        lose its unasked entries while older ones of the other stayed)."""
         target = self.limits.max_bytes * 9 // 10
         for spare_hits in (True, False):
-            for entries in tables:
-                victims = []
-                spared = []
-                excess = self.bytes - target
-                for key, entry in entries.items():
-                    if excess <= 0:
-                        break
-                    if spare_hits and entry.hits and entry.expires_at > expired_before:
-                        entry.hits = 0
-                        spared.append(key)
-                        continue
-                    victims.append(key)
-                    excess -= entry.size
-                for key in victims:
-                    self.bytes -= entries.pop(key).size
-                    self.evictions += 1
-                for key in spared:
-                    entries[key] = entries.pop(key)
-                if self.bytes <= target:
-                    return
+            victims = []
+            spared = []
+            excess = self.bytes - target
+            for entries, key, entry in _oldest_first(tables):
+                if excess <= 0:
+                    break
+                if spare_hits and entry.hits and entry.expires_at > expired_before:
+                    entry.hits = 0
+                    spared.append((entries, key))
+                    continue
+                victims.append((entries, key))
+                excess -= entry.size
+            for entries, key in victims:
+                self.bytes -= entries.pop(key).size
+                self.evictions += 1
+            for entries, key in spared:
+                entry = entries[key] = entries.pop(key)
+                if len(tables) > 1:
+                    entry.order = self.stamp()
+            if self.bytes <= target:
+                return
+
+    def stamp(self) -> int:
+        """The next insertion's place in the CLOCK order of several tables."""
+        self.inserted += 1
+        return self.inserted
+
+
+def _oldest_first(tables: tuple[dict, ...]) -> Iterator[tuple[dict, object, Any]]:  # type: ignore[type-arg]
+    """(table, key, entry) in insertion order; across several tables by the entries' ``order``
+    (each table is in that order: an entry stored or spared goes to its back with a new one)."""
+    def walk(table: dict) -> Iterator[tuple[dict, object, Any]]:  # type: ignore[type-arg]
+        for key, entry in table.items():
+            yield table, key, entry
+
+    if len(tables) == 1:
+        return walk(tables[0])
+    return heapq.merge(*map(walk, tables), key=lambda item: item[2].order)
 
 
 class _BoundedCache:
@@ -390,6 +413,7 @@ class CachedAnswer:
     from_stale: bool = False
     ede: int = -1  # an Extended DNS Error (RFC 8914) for the OPT record; never stored in the cache
     passthru: bool = False  # its question matched a policy PASSTHRU trigger: each hit counts as one
+    order: int = 0  # its place in the eviction's order over both tables (``_Clock.stamp``)
 
     def render(self, now: float) -> bytes:
         age = int(now - self.stored_at)
@@ -463,6 +487,7 @@ class AnswerCache(_BoundedCache):
         if old is not None:
             self._clock.bytes -= old.size
         table[key] = entry
+        entry.order = self._clock.stamp()
         self._clock.bytes += entry.size
         if self._clock.bytes > self.limits.max_bytes:
             self._clock.evict((self.entries, self.variants), now)

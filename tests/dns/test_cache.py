@@ -530,3 +530,28 @@ def test_answer_cache_memory_bound() -> None:
         assert answers.size_bytes <= limits.max_bytes
     assert answers.evictions > 0
     assert answers.size_bytes == sum(e.size for e in answers.entries.values())
+
+
+def test_answer_cache_eviction_does_not_favour_the_variant_table() -> None:
+    """From a review: 3f0e34e ran each pass over the plain table first, the variants only once
+    the plain table had no unasked entry left: with the cache full of variant answers never
+    asked again (a validating router's DO queries of yesterday), each eviction took the plain
+    answers stored since the last one, not yet asked twice, while the cold variants all stayed -
+    the bug that commit fixed, the other way round. The oldest unasked entries go first,
+    whichever table holds them."""
+    limits = CacheLimits(max_bytes=100_000)
+    answers = AnswerCache(limits)
+    cold = [key_of(Question(N(f"cold{i}.example."), RRType.A)) + bytes((VARIANT_DO,)) for i in range(150)]
+    for key in cold:
+        store(answers, (300,), key=key)
+    hot = key_of(Question(N("hot.example."), RRType.A))
+    store(answers, (300,), key=hot)
+    for i in range(40):
+        answers.entries[hot].hits += 1
+        store(answers, (300,), key=key_of(Question(N(f"new{i}.example."), RRType.A)))
+        assert answers.size_bytes <= limits.max_bytes
+    assert answers.evictions > 0
+    assert hot in answers.entries
+    assert len(answers.entries) == 41  # every new plain answer kept: the cold variants went
+    assert sum(key in answers.variants for key in cold) < len(cold)
+    assert answers.size_bytes == sum(e.size for t in (answers.entries, answers.variants) for e in t.values())
