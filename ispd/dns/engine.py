@@ -652,9 +652,9 @@ class DNSEngine:
         """RFC 8767 when the answer cache has no expired reply under ``key`` to serve instead of
         the failure: the question was answered only to queries with other DNSSEC bits (dig sets
         AD, stub resolvers do not), or a reload emptied the answer cache. The RRset cache still
-        has the records: the answer they make, every TTL the stale answer TTL, which is kept in
-        the answer cache for that long (§4's failure recheck timer). ``failed`` when they make
-        none."""
+        has the records: the answer they make, every TTL the stale answer TTL (or what is left
+        of the records' stale window, when less), which is kept in the answer cache for that long
+        (§4's failure recheck timer). ``failed`` when they make none."""
         now = self.clock()
         if not self.answers.limits.stale_seconds or self.answers.get_stale(key, now) is not None:
             return failed
