@@ -32,6 +32,7 @@ from ispd.dns.wire import (
     RCode,
     RRType,
     a_rdata,
+    decode_message,
     name_from_text,
     name_to_text,
     rdata_name,
@@ -57,6 +58,7 @@ from tests.dns.fakenet import (
     FakeClock,
     FakeNet,
     Reply,
+    SentQuery,
     settings,
     standard_net,
 )
@@ -1337,6 +1339,37 @@ async def test_forward_first_iterates_when_the_forwarders_fail_and_then_skips_th
     plain = Resolver(RRsetCache(CacheLimits()), net, HINTS, clock, settings(),
                      [ForwardZone(ROOT, (forwarder,), recursive=True)])
     assert (await ask(plain, "www.example.test.")).rcode == RCode.SERVFAIL
+
+
+async def test_a_forwarder_slow_on_a_name_it_must_resolve_is_waited_for(net: FakeNet, clock: FakeClock) -> None:
+    """A recursive server answers the names it has cached in a millisecond and takes 300 ms on
+    one it must resolve itself. Before the fix ispd waited 50 ms twice (the RTO of a 1 ms
+    server, its doubling lost under the 50 ms floor) and gave SERVFAIL, the name failing for
+    every client while Unbound answered it in 300 ms."""
+    forwarder = "10.9.0.1"
+    net.serve(forwarder, net.zone("example.test."))
+    net.misbehave(forwarder, latency=0.001)
+
+    class SlowOnNewNames:
+        async def exchange(self, address: str, query: bytes, *, tcp: bool, wait: float, exact_case: bool,
+                           zone: bytes = b"") -> bytes:
+            question = decode_message(query).question
+            if address == forwarder and question is not None and question.key_name.startswith(b"\x04slow"):
+                if wait < 0.3:
+                    net.log.append(SentQuery(address, question.name, question.qtype, tcp, True, exact_case, True))
+                    clock.advance(wait)
+                    raise UpstreamError("timeout", f"{address}: no reply in {wait:.2f} s")
+                clock.advance(0.3)
+            return await net.exchange(address, query, tcp=tcp, wait=wait, exact_case=exact_case, zone=zone)
+
+    resolver = Resolver(RRsetCache(CacheLimits()), SlowOnNewNames(), HINTS, clock, settings(),
+                        [ForwardZone(N("example.test."), (forwarder,), recursive=True)])
+    assert values(await ask(resolver, "www.example.test.")) == ["192.0.2.80"]  # measured at 1 ms
+    started = clock()
+    result = await ask(resolver, "slow.example.test.")
+    assert result.rcode == RCode.NXDOMAIN, result
+    assert clock() - started < 1.0
+    assert [q.text for q in net.to(forwarder)].count("slow.example.test.") == 4  # 50, 100, 200 ms, then 400
 
 
 async def test_forward_first_takes_a_forwarders_answer_as_it_is(net: FakeNet, clock: FakeClock) -> None:
