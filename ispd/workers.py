@@ -15,7 +15,8 @@ main side  ``WorkerService`` stands in the supervisor's list for the service. ``
            daemon's (``/run/ispd/control.sock.radius``, mode 0600; a private directory when the
            daemon's is disabled); through it the main process forwards the worker's
            commands from its own control socket (``ispd session disconnect`` reaches RADIUS), asks
-           for the worker's metrics at every scrape (appended to its own /metrics), its health
+           for the worker's metrics at every scrape (appended to its own /metrics, its counters
+           going on across its restarts: ``ContinuousCounters``), its health
            every few seconds, and a reload on SIGHUP (the worker re-reads the file; a refusal is
            the reload's). A worker that exits unasked is logged and started again, after 1 s,
            then up to 30 s between tries; health is failing meanwhile. One that stops answering
@@ -77,6 +78,7 @@ from ispd.control import (
 )
 from ispd.events import AuditRelay, EventBridge, EventBus
 from ispd.logs import configure_logging, get_logger
+from ispd.metrics.merge import ContinuousCounters
 from ispd.service import Health, Service, ServiceContext, ServiceSpec, ServiceStartError
 
 if TYPE_CHECKING:
@@ -144,6 +146,7 @@ class WorkerService(Service):
         self._description = f"{self.name} (own process)"
         self._tasks: set[asyncio.Task[Any]] = set()
         self.bridge = EventBridge(context.bus)
+        self.counters = ContinuousCounters()  # an attached worker's series, across its restarts
 
     # --- lifecycle
 
@@ -161,8 +164,8 @@ class WorkerService(Service):
             for name in names:
                 if name not in BUILTIN_COMMANDS:
                     stack.callback(self.context.control.register(name, self._forwarder(name)))
-            self.context.metrics_sources.append(self.metrics_text)
-            stack.callback(self.context.metrics_sources.remove, self.metrics_text)
+            self.context.metrics_sources.append(self.continued_metrics_text)
+            stack.callback(self.context.metrics_sources.remove, self.continued_metrics_text)
         self._spawn_task(self._watch())
         self._spawn_task(self._pull_events())
         self._spawn_task(self._push_events())
@@ -327,6 +330,17 @@ class WorkerService(Service):
         except CommandError:
             return b""
         return str(text).encode()
+
+    async def continued_metrics_text(self) -> bytes:
+        """``metrics_text`` as the daemon's /metrics shows it: its counters and histograms go on
+        from where the worker's last life left them (a restart must not read as a reset of every
+        ``ispd_radius_*`` counter to Prometheus), and stay, as last seen, while it is down."""
+        proc = self.proc
+        text = await self.metrics_text()
+        if proc is not self.proc:  # restarted meanwhile: which life answered is not known
+            text = b""
+        life = proc.pid if proc is not None else None
+        return self.counters.adjust(text.decode() if text else None, life).encode()
 
     # --- the bus across
 

@@ -92,6 +92,25 @@ def test_a_worker_that_dies_is_started_again(tmp_path: Path) -> None:
         serves_again(ispd)
 
 
+def test_the_workers_counters_do_not_fall_when_it_restarts(tmp_path: Path) -> None:
+    """Prometheus reads a counter that falls as a reset: a restarted worker's counts go on from
+    where its last life left them, and stay, as last seen, while it is down."""
+    require_radclient()
+    with IspdProcess(tmp_path, config(tmp_path)) as ispd:
+        ispd.start()
+        auth = ispd.config["radius"]["listen_auth"][0]  # type: ignore[index]
+        assert radclient(auth, "status", SECRET, STATUS).code == "Access-Accept"
+        status_servers = {"type": "status-server"}
+        assert ispd.metric_value("ispd_radius_requests_total", status_servers) == 1
+        [first] = ispd.worker_pids()
+        os.kill(first, signal.SIGKILL)
+        eventually(lambda: ispd.log_events("worker.exited"), timeout=10)
+        assert ispd.metric_value("ispd_radius_requests_total", status_servers) == 1  # down: as last seen
+        eventually(lambda: ispd.log_events("worker.restarted"), timeout=15)
+        serves_again(ispd)
+        assert ispd.metric_value("ispd_radius_requests_total", status_servers) >= 2
+
+
 def test_a_restarted_worker_runs_the_config_the_daemon_runs_not_the_files(tmp_path: Path) -> None:
     """A reload the worker refused leaves it on the old config, also when it starts again."""
     require_radclient()
