@@ -318,8 +318,21 @@ class WorkerService(Service):
             raise CommandError(str(exc)) from None
 
     def _forwarder(self, name: str) -> Callable[[dict[str, Any]], Awaitable[Any]]:
+        """An operator's command, to the worker. Its refusals go back as they are; a worker that is
+        down or does not answer is said to be so (the control socket's own message would name
+        the worker's socket as the daemon's and ask whether the daemon is running)."""
         async def forward(args: dict[str, Any]) -> Any:
-            return await self.request(name, args)
+            if not self.up:
+                raise CommandError(f"{self.name} is not running at the moment ({self._health.detail}); "
+                                   "try again in a few seconds")
+            try:
+                return await control_request(self.control_path, name, args, wait_seconds=120.0)
+            except ControlError as exc:
+                if exc.code:  # the worker's own answer
+                    raise CommandError(str(exc)) from None
+                log.warning("worker.command.failed", worker=self.name, command=name, error=str(exc))
+                raise CommandError(f"{self.name}'s worker process did not answer (it is being restarted, see "
+                                   "the log); try again in a few seconds") from None
         return forward
 
     async def metrics_text(self) -> bytes:

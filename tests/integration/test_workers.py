@@ -111,6 +111,22 @@ def test_the_workers_counters_do_not_fall_when_it_restarts(tmp_path: Path) -> No
         assert ispd.metric_value("ispd_radius_requests_total", status_servers) >= 2
 
 
+def test_a_command_while_the_worker_is_down_says_so(tmp_path: Path) -> None:
+    """Not "cannot reach the ispd daemon ... is it running?": the daemon is running, its worker is not."""
+    with IspdProcess(tmp_path, config(tmp_path)) as ispd:
+        ispd.start()
+        [first] = ispd.worker_pids()
+        os.kill(first, signal.SIGKILL)
+        eventually(lambda: ispd.log_events("worker.exited"), timeout=10)
+        result = ispd.cli("session", "disconnect", "999", check=False)
+        assert result.returncode == 1, result
+        assert "radius is not running at the moment" in result.stderr, result.stderr
+        assert "is it running?" not in result.stderr
+        eventually(lambda: ispd.log_events("worker.restarted"), timeout=15)
+        result = ispd.cli("session", "disconnect", "999", check=False)
+        assert result.returncode == 1 and "no session #999" in result.stderr, result.stderr
+
+
 def test_a_restarted_worker_runs_the_config_the_daemon_runs_not_the_files(tmp_path: Path) -> None:
     """A reload the worker refused leaves it on the old config, also when it starts again."""
     require_radclient()
