@@ -958,6 +958,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run on this config (JSON, written by the main process) rather than the file's")
     p.add_argument("--handed-files", type=Path,
                    help="use the files the main process loaded (a manifest it wrote) rather than the disk's")
+    p.add_argument("--audit-from", type=int,
+                   help="announce the store's audit log from after this entry (where the last worker was)")
 
     sub = top.add_parser("subscriber", help="manage subscribers").add_subparsers(dest="action", required=True)
     p = sub.add_parser("add", parents=[config_opts, json_opt, password_opts], help="add a subscriber")
@@ -1959,7 +1961,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ispd.supervisor import run_service_worker
 
             return run_service_worker(args.service, args.config, config, args.control, args.ready_fd, args.parent_pid,
-                                      args.instance, args.config_snapshot, args.handed_files)
+                                      args.instance, args.config_snapshot, args.handed_files, args.audit_from)
         configure_logging(LogConfig(level="warning", format="console"), stream=sys.stderr)
         if hasattr(args, "prepare"):
             args.prepare(config, args)

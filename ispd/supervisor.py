@@ -714,7 +714,7 @@ def _not_migrating(step: Migration, target: int) -> None:
 
 def run_service_worker(name: str, config_path: Path, config: Config, control_path: Path, ready_fd: int,
                        parent_pid: int, instance: int = 1, snapshot: Path | None = None,
-                       handed_files: Path | None = None) -> int:
+                       handed_files: Path | None = None, audit_from: int | None = None) -> int:
     """``ispd worker NAME``: the service the supervisor runs in a process of its own."""
     from ispd.workers import run_worker
 
@@ -725,7 +725,7 @@ def run_service_worker(name: str, config_path: Path, config: Config, control_pat
         raise SystemExit(f"ispd worker: --instance must be 1 or more, not {instance}")
     _collect_garbage_rarely()
     return run_worker(spec, config_path, config, control_path, ready_fd, parent_pid, instance, snapshot,
-                      handed_files)
+                      handed_files, audit_from)
 
 
 def _collect_garbage_rarely() -> None:

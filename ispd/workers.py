@@ -36,7 +36,10 @@ long-polls the worker for what its bus published (``worker.events.take``: RADIUS
 reach DHCP and DNS at once) and sends it what the main bus published
 (``worker.events.deliver``: DHCP's leases reach RADIUS's view of a shared pool); an event that
 came across is not sent back. While a worker is down its events wait in a bounded outbox and the
-main process's are dropped (a worker loads its state from the store when it starts).
+main process's are dropped (a worker loads its state from the store when it starts). The store's
+audit log a worker started again reads from where the last one was (as of its last health
+report, so a few seconds may be announced twice), not from its end: a change made while no worker
+ran (a plan changed, whose CoA the open sessions need) is not skipped.
 
 A service may also run several processes of itself (``[dns] processes``): its own service in the
 main process starts ``WorkerService(..., instance=K, attached=False)`` for K = 2.., whose
@@ -146,6 +149,10 @@ class WorkerService(Service):
         self._description = f"{self.name} (own process)"
         self._tasks: set[asyncio.Task[Any]] = set()
         self.bridge = EventBridge(context.bus)
+        # How far the worker's audit relay had announced, as of its last health report: a worker
+        # started again goes on from there, so a change made while it was down (a plan changed:
+        # a CoA to the open sessions) is not skipped. None: from the log's end (the first start).
+        self.audit_cursor: int | None = None
         self.counters = ContinuousCounters()  # an attached worker's series, across its restarts
 
     # --- lifecycle
@@ -197,6 +204,8 @@ class WorkerService(Service):
         self._write_snapshot(self.config)
         read_end, write_end = os.pipe()
         handed = ["--handed-files", str(self.handed_path)] if self.handed is not None else []
+        if self.audit_cursor is not None:
+            handed += ["--audit-from", str(self.audit_cursor)]
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "ispd", "worker", self.service_name, "--instance", str(self.instance),
@@ -431,6 +440,9 @@ class WorkerService(Service):
             self._health = Health(False, f"worker does not answer: {exc}")
             return False
         self._health = Health(bool(report.get("ok")), str(report.get("detail", "")))
+        cursor = report.get("audit_cursor")
+        if isinstance(cursor, int) and not isinstance(cursor, bool):
+            self.audit_cursor = cursor
         self._description = str(report.get("describe") or self._description)
         return True
 
@@ -451,10 +463,13 @@ def worker_control_path(control_socket: Path | None, name: str) -> Path:
 
 class _WorkerHost:
     def __init__(self, spec: ServiceSpec, config_path: Path, config: Config, control_path: Path,
-                 ready_fd: int, instance: int, snapshot: Path | None, handed_files: Path | None = None) -> None:
+                 ready_fd: int, instance: int, snapshot: Path | None, handed_files: Path | None = None,
+                 audit_from: int | None = None) -> None:
         self.spec, self.config_path, self.config, self.instance = spec, config_path, config, instance
         self.snapshot = snapshot  # the main process's config, which a reload reads again
         self.handed_files = handed_files  # what else it hands over (WorkerService.handed), read again too
+        self.audit_from = audit_from  # where the last worker's audit relay was (WorkerService.audit_cursor)
+        self.relay: AuditRelay | None = None
         self.name = spec.name if instance == 1 else f"{spec.name}.{instance}"
         self.control_path, self.ready_fd = control_path, ready_fd
         self.commands = ControlCommands()
@@ -496,6 +511,9 @@ class _WorkerHost:
             stack.callback(self.bridge.attach())
             relay = AuditRelay(store, bus, self.config.daemon.store_poll_interval_seconds)
             await relay.mark()
+            if self.audit_from is not None:  # started again: what was logged while no worker ran too
+                relay.cursor = min(relay.cursor, max(self.audit_from, 0))
+            self.relay = relay
 
             async def healthy() -> tuple[bool, dict[str, Any]]:
                 health = self.service.health() if self.service else Health(False, "starting")
@@ -552,7 +570,8 @@ class _WorkerHost:
     async def _command_health(self, args: dict[str, Any]) -> dict[str, Any]:
         assert self.service is not None
         health = self.service.health()
-        return {"ok": health.ok, "detail": health.detail, "describe": self.service.describe()}
+        return {"ok": health.ok, "detail": health.detail, "describe": self.service.describe(),
+                "audit_cursor": self.relay.cursor if self.relay is not None else None}
 
     async def _command_metrics(self, args: dict[str, Any]) -> str:
         return generate_latest(self.registry).decode()
@@ -576,12 +595,13 @@ class _WorkerHost:
 
 def run_worker(spec: ServiceSpec, config_path: Path, config: Config, control_path: Path, ready_fd: int,
                parent_pid: int, instance: int = 1, snapshot: Path | None = None,
-               handed_files: Path | None = None) -> int:
+               handed_files: Path | None = None, audit_from: int | None = None) -> int:
     """``ispd worker NAME``: one service in this process, until SIGTERM."""
     import uvloop
 
     die_with_parent(parent_pid)
-    host = _WorkerHost(spec, config_path, config, control_path, ready_fd, instance, snapshot, handed_files)
+    host = _WorkerHost(spec, config_path, config, control_path, ready_fd, instance, snapshot, handed_files,
+                       audit_from)
     try:
         return uvloop.run(host.run())
     finally:

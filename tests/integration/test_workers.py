@@ -14,12 +14,14 @@ from typing import Any
 
 import pytest
 
+from tests.lab.fakenas import COA_REQUEST, FakeNas
 from tests.lab.ports import free_udp_port
 from tests.lab.process import IspdProcess, base_config, eventually
 from tests.lab.radclient import radclient, require_radclient
 
 SECRET = "testing123"
 STATUS = "Message-Authenticator = 0x00"
+HEALTH_POLL_SECONDS = 6  # (ispd.workers.HEALTH_INTERVAL_SECONDS, and a second)
 
 
 def config(tmp_path: Path, **radius: object) -> dict[str, object]:
@@ -125,6 +127,31 @@ def test_a_command_while_the_worker_is_down_says_so(tmp_path: Path) -> None:
         eventually(lambda: ispd.log_events("worker.restarted"), timeout=15)
         result = ispd.cli("session", "disconnect", "999", check=False)
         assert result.returncode == 1 and "no session #999" in result.stderr, result.stderr
+
+
+def test_a_plan_changed_while_the_worker_is_down_reaches_the_open_sessions(tmp_path: Path) -> None:
+    """The worker started again goes on in the audit log from where the last one was: a plan
+    changed in between still sends its CoA (the daemon ran all along; nothing said otherwise)."""
+    require_radclient()
+    with FakeNas(secret=SECRET.encode()) as nas:
+        client = {"name": "bng", "address": "127.0.0.0/8", "secret": SECRET, "kind": "mikrotik", "coa_port": nas.port}
+        with IspdProcess(tmp_path, config(tmp_path, client=[client])) as ispd:
+            ispd.start()
+            ispd.cli("plan", "add", "slow", "--download-kbps", "1000", "--upload-kbps", "500")
+            ispd.cli("plan", "add", "fast", "--download-kbps", "50000", "--upload-kbps", "9000")
+            ispd.cli("subscriber", "add", "erin", "--plan", "slow", "--password-stdin", input="erin-pw\n")
+            acct = ispd.config["radius"]["listen_acct"][0]  # type: ignore[index]
+            assert radclient(acct, "acct", SECRET, "User-Name = erin, Acct-Session-Id = E1, NAS-IP-Address = "
+                             "127.0.0.1, Acct-Status-Type = Start").code == "Accounting-Response"
+            time.sleep(HEALTH_POLL_SECONDS)  # the main process has heard where the worker's relay is
+            [first] = ispd.worker_pids()
+            os.kill(first, signal.SIGKILL)
+            eventually(lambda: ispd.log_events("worker.exited"), timeout=10)
+            ispd.cli("subscriber", "set-plan", "erin", "fast")
+            assert not ispd.log_events("worker.restarted"), "the change was not made while the worker was down"
+            eventually(lambda: ispd.log_events("worker.restarted"), timeout=15)
+            [coa] = nas.wait_for(1)
+            assert coa.code == COA_REQUEST and coa.first(44) == b"E1"
 
 
 def test_a_restarted_worker_runs_the_config_the_daemon_runs_not_the_files(tmp_path: Path) -> None:
