@@ -281,6 +281,9 @@ class WorkerService(Service):
     async def reload(self, old: Config, new: Config) -> None:
         """The worker reloads on ``new``. Refused, or not answering (restarting), it is left on
         ``old`` — which it then also starts on — and the refusal is the reload's."""
+        if not self.up:  # not the control socket's "cannot reach the ispd daemon": we are it
+            raise ServiceStartError(f"{self.name}: its worker process is not running at the moment "
+                                    f"({self._health.detail}); send SIGHUP again once it is back")
         self._write_snapshot(new)
         try:
             await self.request("worker.reload", wait=RELOAD_SECONDS)

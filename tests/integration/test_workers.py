@@ -114,7 +114,8 @@ def test_the_workers_counters_do_not_fall_when_it_restarts(tmp_path: Path) -> No
 
 
 def test_a_command_while_the_worker_is_down_says_so(tmp_path: Path) -> None:
-    """Not "cannot reach the ispd daemon ... is it running?": the daemon is running, its worker is not."""
+    """Not "cannot reach the ispd daemon ... is it running?": the daemon is running, its worker is
+    not; the same for a reload that cannot reach it."""
     with IspdProcess(tmp_path, config(tmp_path)) as ispd:
         ispd.start()
         [first] = ispd.worker_pids()
@@ -124,6 +125,9 @@ def test_a_command_while_the_worker_is_down_says_so(tmp_path: Path) -> None:
         assert result.returncode == 1, result
         assert "radius is not running at the moment" in result.stderr, result.stderr
         assert "is it running?" not in result.stderr
+        ispd.reload()
+        [refused] = ispd.log_events("config.reload.service_refused")
+        assert "its worker process is not running" in refused["error"], refused
         eventually(lambda: ispd.log_events("worker.restarted"), timeout=15)
         result = ispd.cli("session", "disconnect", "999", check=False)
         assert result.returncode == 1 and "no session #999" in result.stderr, result.stderr
