@@ -219,6 +219,15 @@ def check_files(config: DNSConfig) -> tuple[list[str], list[str]]:
             problems.append(str(exc))
             continue
         warnings.extend(f"{p} (the record is skipped)" for p in compiled.problems)
+        # Only the first messages are kept: a feed with thousands of bad records must not be
+        # taken for one with a hundred, nor its unsupported triggers pass unmentioned.
+        if compiled.skipped_bad > len(compiled.problems):
+            warnings.append(f"{compiled.source}: {compiled.skipped_bad} bad records skipped in all "
+                            f"(only the first {len(compiled.problems)} are listed)")
+        if compiled.skipped_unsupported:
+            warnings.append(f"{compiled.source}: {compiled.skipped_unsupported} records skipped: "
+                            f"triggers other than QNAME (rpz-ip, rpz-nsdname, rpz-nsip, rpz-client-ip) "
+                            f"are not supported")
     try:
         LocalData(lease_domain=config.lease_names.domain, reverse_networks=config.lease_names.reverse_networks,
                   static_records=config.local_records, zones=zones)  # as the start builds it: zones twice, say

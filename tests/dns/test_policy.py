@@ -224,3 +224,20 @@ def test_hundred_thousand_triggers_compile_in_seconds() -> None:
     policy = Policy([zone])
     found = hit(policy, "a.b.tracker999.example999.com.")
     assert found is not None and found.action == PolicyAction.NXDOMAIN
+
+
+def test_check_config_counts_every_skipped_record_not_only_those_listed(tmp_path: Path) -> None:
+    """From a bug hunt: a feed with 50 000 bad records listed 100 of them and said nothing of the
+    rest, nor of its rpz-ip triggers, which are not applied."""
+    from ispd.dns.config import DNSConfig
+    from ispd.dns.service import check_files
+
+    path = tmp_path / "feed.rpz"
+    path.write_text(HEAD + "".join(f"bad{i}.example A 999.1.1.1\n" for i in range(150))
+                    + "32.1.2.0.192.rpz-ip CNAME .\nok.example CNAME .\n")
+    config = DNSConfig.model_validate({"enabled": True, "policy_zone": [{"name": "rpz.local", "file": str(path)}]})
+    problems, warnings = check_files(config)
+    assert problems == []
+    assert sum("(the record is skipped)" in w for w in warnings) == 100
+    assert f"{path}: 150 bad records skipped in all (only the first 100 are listed)" in warnings
+    assert any(w.startswith(f"{path}: 1 records skipped: triggers other than QNAME") for w in warnings), warnings
