@@ -313,6 +313,23 @@ def test_an_address_a_nas_gave_from_its_own_pool_is_walled_while_its_session_is_
     site.ispd.cli("subscriber", "resume", "dave")
 
 
+def _lease_names_only(tmp_path: Path, reverse_networks: list[str] | None = None) -> tuple[int, dict[str, Any], Path]:
+    """A config of DNS with lease names alone, written to ``tmp_path``: (its port, it, its path).
+    The tests that use it write the leases to the store themselves, as another node would."""
+    from tests.lab.ports import free_udp_port
+    from tests.lab.toml import write as write_toml
+
+    port = free_udp_port()
+    names: dict[str, Any] = {"domain": DOMAIN}
+    if reverse_networks is None or reverse_networks:
+        names["reverse_networks"] = reverse_networks or ["198.18.0.0/24"]
+    config = base_config(tmp_path, dns={"enabled": True, "listen": [f"127.0.0.1:{port}"], "allow": ["127.0.0.0/8"],
+                                        "lease_names": names})
+    path = tmp_path / "ispd.toml"
+    write_toml(path, config)
+    return port, config, path
+
+
 def test_a_name_two_leases_claim_goes_to_the_newer_claim_after_a_restart(tmp_path: Path) -> None:
     """While running the newest claim of a name wins; the start replayed the leases by address,
     so the higher address won after a restart. Both leases in the store, the one at the lower
@@ -323,15 +340,9 @@ def test_a_name_two_leases_claim_goes_to_the_newer_claim_after_a_restart(tmp_pat
     from ispd.store import open_store
     from ispd.store.models import Lease, LeaseState
     from tests.lab.dnshier import dig
-    from tests.lab.ports import free_udp_port
     from tests.lab.process import IspdProcess
-    from tests.lab.toml import write as write_toml
 
-    port = free_udp_port()
-    config = base_config(tmp_path, dns={"enabled": True, "listen": [f"127.0.0.1:{port}"], "allow": ["127.0.0.0/8"],
-                                        "lease_names": {"domain": DOMAIN, "reverse_networks": ["198.18.0.0/24"]}})
-    path = tmp_path / "ispd.toml"
-    write_toml(path, config)
+    port, config, path = _lease_names_only(tmp_path)
 
     async def leases() -> None:
         store = await open_store(load_config(path).store)
@@ -364,15 +375,9 @@ def test_a_name_two_leases_of_different_lengths_claim_stays_the_newer_claims_aft
     from ispd.store import open_store
     from ispd.store.models import Lease, LeaseState
     from tests.lab.dnshier import dig
-    from tests.lab.ports import free_udp_port
     from tests.lab.process import IspdProcess
-    from tests.lab.toml import write as write_toml
 
-    port = free_udp_port()
-    config = base_config(tmp_path, dns={"enabled": True, "listen": [f"127.0.0.1:{port}"], "allow": ["127.0.0.0/8"],
-                                        "lease_names": {"domain": DOMAIN, "reverse_networks": ["198.18.0.0/24"]}})
-    path = tmp_path / "ispd.toml"
-    write_toml(path, config)
+    port, config, path = _lease_names_only(tmp_path)
 
     async def leases() -> None:
         store = await open_store(load_config(path).store)
@@ -409,15 +414,9 @@ def test_a_reload_drops_the_names_of_leases_the_store_no_longer_has(tmp_path: Pa
     from ispd.store import open_store
     from ispd.store.models import Lease, LeaseState
     from tests.lab.dnshier import dig
-    from tests.lab.ports import free_udp_port
     from tests.lab.process import IspdProcess
-    from tests.lab.toml import write as write_toml
 
-    port = free_udp_port()
-    config = base_config(tmp_path, dns={"enabled": True, "listen": [f"127.0.0.1:{port}"], "allow": ["127.0.0.0/8"],
-                                        "lease_names": {"domain": DOMAIN, "reverse_networks": ["198.18.0.0/24"]}})
-    path = tmp_path / "ispd.toml"
-    write_toml(path, config)
+    port, config, path = _lease_names_only(tmp_path)
     now = time.time()
     bound = Lease("198.18.0.100", LeaseState.BOUND, now - 60, now + 3540, hw_address="02:00:00:00:01:01",
                   hostname="laptop", pool="lan")
@@ -458,15 +457,9 @@ def test_a_name_two_dhcpv6_addresses_of_different_lifetimes_claim_stays_the_newe
     from ispd.store import open_store
     from ispd.store.models import Lease6, Lease6Kind, LeaseState
     from tests.lab.dnshier import dig
-    from tests.lab.ports import free_udp_port
     from tests.lab.process import IspdProcess
-    from tests.lab.toml import write as write_toml
 
-    port = free_udp_port()
-    config = base_config(tmp_path, dns={"enabled": True, "listen": [f"127.0.0.1:{port}"], "allow": ["127.0.0.0/8"],
-                                        "lease_names": {"domain": DOMAIN}})
-    path = tmp_path / "ispd.toml"
-    write_toml(path, config)
+    port, config, path = _lease_names_only(tmp_path, reverse_networks=[])
 
     async def bindings() -> None:
         store = await open_store(load_config(path).store)
