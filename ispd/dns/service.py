@@ -1054,14 +1054,13 @@ class DNSService(Service):
         if self._tcp_gate is not None:
             self._tcp_gate.max_total = new.tcp_max_connections
             self._tcp_gate.max_per_client = new.tcp_max_connections_per_client
-        sections: dict[str, EncryptedListenerConfig] = {"dot": new.dot, "doh": new.doh, "doh3": new.doh,
-                                                        "doq": new.doq}
+        quic_sections: dict[str, DoHConfig | DoQConfig] = {"doh3": new.doh, "doq": new.doq}
+        sections: dict[str, EncryptedListenerConfig] = {"dot": new.dot, "doh": new.doh, **quic_sections}
         for key, gate in self._gates.items():
             gate.max_total = sections[key].max_connections
             gate.max_per_client = sections[key].max_connections_per_client
         for key, tls in self.tls_listeners.items():
             tls.handshake_timeout = sections[key].handshake_timeout_seconds
-        quic_sections: dict[str, DoHConfig | DoQConfig] = {"doh3": new.doh, "doq": new.doq}
         for key, quic in self.quic_listeners.items():
             quic.apply_settings(_quic_settings(quic_sections[key]))
 

@@ -1671,13 +1671,13 @@ class RadiusService(Service):
         # plan's [[radius.plan]] attributes (or the subscriber's own) all another vendor's.
         unsent = not profile and ((not walled and _has_rates(subject)) or bool(
             self.auth.change_of_authorization(subject, replace(nas, kind=NasKind.GENERIC), walled)))
-        return await self._dynamic(session, Code.COA_REQUEST, profile, reason, rates_unsent=unsent)
+        return await self._dynamic(session, Code.COA_REQUEST, profile, reason, nothing_for_nas=unsent)
 
     async def _dynamic(self, session: RadiusSession, code: Code, extra: bytes, reason: str, *,
-                       rates_unsent: bool = False) -> dict[str, Any]:
+                       nothing_for_nas: bool = False) -> dict[str, Any]:
         self._requesting[session.id] = self._requesting.get(session.id, 0) + 1
         try:
-            return await self._send_dynamic(session, code, extra, reason, rates_unsent=rates_unsent)
+            return await self._send_dynamic(session, code, extra, reason, nothing_for_nas=nothing_for_nas)
         finally:
             if self._requesting[session.id] > 1:
                 self._requesting[session.id] -= 1
@@ -1685,16 +1685,17 @@ class RadiusService(Service):
                 del self._requesting[session.id]
 
     async def _send_dynamic(self, session: RadiusSession, code: Code, extra: bytes, reason: str, *,
-                            rates_unsent: bool = False) -> dict[str, Any]:
-        """``rates_unsent``: a CoA whose profile has the plan's rates (or the over-quota
-        throttle's) and no attribute at all to carry them to this NAS."""
+                            nothing_for_nas: bool = False) -> dict[str, Any]:
+        """``nothing_for_nas``: a CoA whose profile has something to change (the plan's rates or
+        the over-quota throttle's, the walled garden's or the plan's attributes) but carries none
+        of it to this NAS (no rate-limit attribute for its kind, only other vendors' attributes)."""
         kind = "disconnect" if code == Code.DISCONNECT_REQUEST else "coa"
         nas = self._nas_for_session(session)
         started_at = self.context.clock()
         if nas is None:
             outcome_result, attempts, error_cause, detail = "error", 0, None, (
                 f"the session's NAS is no longer a [[radius.client]]; if it is gone, `ispd session close {session.id}`")
-        elif rates_unsent:
+        elif nothing_for_nas:
             # A CoA-Request that names the session and changes nothing (a "cisco", "juniper" or
             # "generic" NAS gets no rate-limit attribute, and the profile has no other one; a
             # walled garden of other vendors' attributes only): the NAS acknowledges it and keeps
