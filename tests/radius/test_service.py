@@ -1129,38 +1129,13 @@ async def test_a_status_server_sent_to_both_ports_gets_each_ports_answer(tmp_pat
         await store.close()
 
 
-async def test_a_copy_during_a_reject_delay_longer_than_the_window_is_not_judged_again(tmp_path: Path) -> None:
+@pytest.mark.parametrize("copy_at", [1.2, 1.55], ids=["past-the-window", "as-the-delay-ends"])
+async def test_a_copy_during_a_reject_delay_is_not_judged_again(tmp_path: Path, copy_at: float) -> None:
     """reject_delay_seconds longer than duplicate_window_seconds: the NAS's copy after the window
-    but before the reject went out was judged again, counted again and answered twice."""
-    import os
-
-    from ispd.radius.codec import hide_password
-
-    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
-    try:
-        await store.add_plan("home", actor="test")
-        authenticator = os.urandom(16)
-        wrong = encode_request(Code.ACCESS_REQUEST, 3, encode_attributes([
-            (Attr.USER_NAME, b"nobody"), (Attr.USER_PASSWORD, hide_password(b"pw", SECRET.encode(), authenticator))]),
-            SECRET.encode(), authenticator=authenticator)
-        config = _radius_config(3799, reject_delay_seconds=1.5, duplicate_window_seconds=1)
-        async with _running(store, EventBus(), config) as service:
-            clock = [0.0]
-            service.duplicates.clock = lambda: clock[0]
-            replies = _Replies()
-            service.handle_auth(wrong, (NAS, 50000), replies)
-            clock[0] = 1.2  # past the window, the reject not sent yet
-            service.handle_auth(wrong, (NAS, 50000), replies)
-            await asyncio.sleep(2.0)
-            assert [decode(reply).code for reply in replies.sent] == [Code.ACCESS_REJECT]
-    finally:
-        await store.close()
-
-
-async def test_a_copy_as_the_reject_delay_ends_is_not_judged_again(tmp_path: Path) -> None:
-    """From a review: the request was held for exactly the delay, so a copy handled once the
-    delay was over but before the delayed reject went out (a busy loop; asyncio runs the
-    datagrams it read before the timers due in the same turn, and a NAS retransmitting every
+    but before the reject went out (1.2 s) was judged again, counted again and answered twice.
+    And from a review: the request was then held for exactly the delay, so a copy handled once
+    the delay was over but before the delayed reject went out (1.55 s: a busy loop; asyncio runs
+    the datagrams it read before the timers due in the same turn, and a NAS retransmitting every
     reject_delay_seconds sends its copy just then) was judged, counted and answered again."""
     import os
 
@@ -1179,7 +1154,7 @@ async def test_a_copy_as_the_reject_delay_ends_is_not_judged_again(tmp_path: Pat
             service.duplicates.clock = lambda: clock[0]
             replies = _Replies()
             service.handle_auth(wrong, (NAS, 50000), replies)
-            clock[0] = 1.55  # the delay is over, the timer has not run yet
+            clock[0] = copy_at  # past the window, the reject not sent yet
             service.handle_auth(wrong, (NAS, 50000), replies)
             await asyncio.sleep(2.0)
             assert [decode(reply).code for reply in replies.sent] == [Code.ACCESS_REJECT]
