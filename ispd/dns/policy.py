@@ -84,13 +84,34 @@ _OVERRIDES = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class _Trigger:
-    owner: bytes  # the trigger's name in the policy zone
-    action: PolicyAction
-    ttl: int
-    data: tuple[tuple[int, int, bytes], ...]  # LOCAL_DATA: (type, TTL, rdata), owned by the query name
-    substitute: bool  # the CNAME target starts with "*.": replace it by the query name
+# A trigger is kept as bytes, not as an object of its own: a feed of a million triggers then
+# holds nothing the cycle collector walks (each full collection walked them all, 0.3 s of the event
+# loop for a million; see ``ispd.collector``), and identical triggers (most of a block list: one
+# action, one TTL) share one value. The layout: the action (1 byte), whether a CNAME target's "*"
+# stands for the query name (1), the TTL (4), then the LOCAL_DATA records, each its type (2), TTL
+# (4), rdata length (2) and rdata. It is read back only for a hit.
+_TRIGGER_HEAD = 6
+
+
+def _encode_trigger(action: PolicyAction, ttl: int, data: Sequence[tuple[int, int, bytes]] = (),
+                    substitute: bool = False) -> bytes:
+    out = bytearray((action, substitute))
+    out += ttl.to_bytes(4, "big")
+    for rtype, rttl, rdata in data:
+        out += rtype.to_bytes(2, "big") + rttl.to_bytes(4, "big") + len(rdata).to_bytes(2, "big") + rdata
+    return bytes(out)
+
+
+def _trigger_data(trigger: bytes) -> list[tuple[int, int, bytes]]:
+    """A trigger's LOCAL_DATA records: (type, TTL, rdata)."""
+    records = []
+    i = _TRIGGER_HEAD
+    while i < len(trigger):
+        length = int.from_bytes(trigger[i + 6:i + 8], "big")
+        records.append((int.from_bytes(trigger[i:i + 2], "big"), int.from_bytes(trigger[i + 2:i + 6], "big"),
+                        trigger[i + 8:i + 8 + length]))
+        i += 8 + length
+    return records
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +137,8 @@ class PolicyHit:
 class CompiledPolicyZone:
     origin: bytes
     source: str
-    exact: dict[bytes, _Trigger]
-    wildcard: dict[bytes, _Trigger]  # base name -> trigger for its subdomains
+    exact: dict[bytes, bytes]  # query name -> trigger (see _encode_trigger)
+    wildcard: dict[bytes, bytes]  # base name -> trigger for its subdomains
     wildcard_depths: tuple[bool, ...]  # label counts of the wildcard base names
     soa: RR | None
     override: PolicyAction | None
@@ -134,7 +155,9 @@ class CompiledPolicyZone:
     def match(self, qname: bytes, labels: int) -> PolicyHit | None:
         """This zone's hit for ``qname`` (lowercased wire form with ``labels`` labels)."""
         trigger = self.exact.get(qname)
-        if trigger is None and self.wildcard:
+        if trigger is not None:
+            return self._hit(qname, qname[:-1] + self.origin, trigger)
+        if self.wildcard:
             depths = self.wildcard_depths
             wildcard = self.wildcard
             i = 0
@@ -144,27 +167,29 @@ class CompiledPolicyZone:
                 if depths[labels]:
                     trigger = wildcard.get(qname[i:])
                     if trigger is not None:
-                        break
-        if trigger is None:
-            return None
-        return self._hit(qname, trigger)
+                        return self._hit(qname, _WILDCARD + qname[i:-1] + self.origin, trigger)
+        return None
 
-    def _hit(self, qname: bytes, trigger: _Trigger) -> PolicyHit:
-        action = trigger.action
+    def _hit(self, qname: bytes, owner: bytes, trigger: bytes) -> PolicyHit:
+        """``owner``: the trigger's name in the policy zone."""
+        action = PolicyAction(trigger[0])
         records: tuple[RR, ...] = ()
         if self.override is not None:
             action = self.override
             if self.override_target is not None:
-                records = (RR(qname, RRType.CNAME, CLASS_IN, trigger.ttl, self.override_target),)
+                ttl = int.from_bytes(trigger[2:_TRIGGER_HEAD], "big")
+                records = (RR(qname, RRType.CNAME, CLASS_IN, ttl, self.override_target),)
         elif action == PolicyAction.LOCAL_DATA:
-            if trigger.substitute:
-                target = qname[:-1] + trigger.data[0][2][2:]
+            data = _trigger_data(trigger)
+            if trigger[1]:  # substitute the query name for the CNAME target's "*"
+                target = qname[:-1] + data[0][2][2:]
                 if len(target) > MAX_NAME_LENGTH:  # cannot be written: refuse the name instead
-                    return PolicyHit(self.origin, trigger.owner, PolicyAction.NXDOMAIN, (), self.soa)
-                records = (RR(qname, RRType.CNAME, CLASS_IN, trigger.ttl, target),)
+                    return PolicyHit(self.origin, owner, PolicyAction.NXDOMAIN, (), self.soa)
+                ttl = int.from_bytes(trigger[2:_TRIGGER_HEAD], "big")
+                records = (RR(qname, RRType.CNAME, CLASS_IN, ttl, target),)
             else:
-                records = tuple(RR(qname, rtype, CLASS_IN, ttl, rdata) for rtype, ttl, rdata in trigger.data)
-        return PolicyHit(self.origin, trigger.owner, action, records, self.soa)
+                records = tuple(RR(qname, rtype, CLASS_IN, ttl, rdata) for rtype, ttl, rdata in data)
+        return PolicyHit(self.origin, owner, action, records, self.soa)
 
 
 class Policy:
@@ -261,17 +286,24 @@ def compile_policy_zone(source: str | Path, origin: str | bytes, *, action: str 
     if soa is None:  # a policy zone starts with its SOA: without, an empty, truncated or foreign file
         why = f"; the first problem: {problems[0]}" if problems else " (an empty or truncated file?)"
         raise ZoneError(f"{name}: no SOA record at {name_to_text(zone_origin)}: not a policy zone{why}")
-    exact: dict[bytes, _Trigger] = {}
-    wildcard: dict[bytes, _Trigger] = {}
+    del records
+    exact: dict[bytes, bytes] = {}
+    wildcard: dict[bytes, bytes] = {}
+    shared: dict[bytes, bytes] = {}  # one copy of each distinct trigger
     depths = [False] * (_MAX_DEPTH + 1)
     loaded = 0
-    for owner, group in groups.items():
+    # The records are let go group by group: freed all at once when the compile returned, those
+    # of a million-trigger feed held the event loop 0.2 s (it runs in an executor; a free does
+    # not let go of the GIL).
+    for owner in list(groups):
+        group = groups.pop(owner)
         trigger, used, messages = _trigger(owner, group, cut, name)
         bad += len(messages)
         problems += messages
         if trigger is None:
             continue
         loaded += used
+        trigger = shared.setdefault(trigger, trigger)
         relative = owner[:len(owner) - cut]
         if relative.startswith(_WILDCARD):
             base = relative[2:] + ROOT
@@ -286,7 +318,7 @@ def compile_policy_zone(source: str | Path, origin: str | bytes, *, action: str 
 
 
 def _trigger(owner: bytes, group: list[tuple[int, RR]], cut: int,
-             source: str) -> tuple[_Trigger | None, int, list[str]]:
+             source: str) -> tuple[bytes | None, int, list[str]]:
     """One trigger from the records at ``owner``: the trigger (or None), how many records it
     uses, and a message for each record skipped as bad (a duplicate is dropped silently, as
     RFC 2181 §5 has it)."""
@@ -314,16 +346,16 @@ def _trigger(owner: bytes, group: list[tuple[int, RR]], cut: int,
         target = first.rdata.lower()
         special = _SPECIAL_TARGETS.get(target)
         if special is not None:
-            return _Trigger(owner, PolicyAction[special], ttl, (), False), 1, messages
+            return _encode_trigger(PolicyAction[special], ttl), 1, messages
         if target == relative + ROOT:  # the draft's older PASSTHRU: a CNAME to the name itself
-            return _Trigger(owner, PolicyAction.PASSTHRU, ttl, (), False), 1, messages
+            return _encode_trigger(PolicyAction.PASSTHRU, ttl), 1, messages
         substitute = target.startswith(_WILDCARD)
         cname = ((int(RRType.CNAME), ttl, target),)
-        return _Trigger(owner, PolicyAction.LOCAL_DATA, ttl, cname, substitute), 1, messages
+        return _encode_trigger(PolicyAction.LOCAL_DATA, ttl, cname, substitute), 1, messages
     # An RRset whose TTLs differ takes the lowest (RFC 2181 §5.2), as local zones do.
     lowest: dict[int, int] = {}
     for rr in kept:
         lowest[rr.rtype] = min(rr.ttl, lowest.get(rr.rtype, rr.ttl))
     data = tuple((rr.rtype, lowest[rr.rtype], rr.rdata) for rr in kept)
-    return _Trigger(owner, PolicyAction.LOCAL_DATA, ttl, data, False), len(kept), messages
+    return _encode_trigger(PolicyAction.LOCAL_DATA, ttl, data), len(kept), messages
 

@@ -257,3 +257,29 @@ def test_good_records_do_not_pay_for_messages(monkeypatch: pytest.MonkeyPatch) -
                               source_name="feed.rpz")
     assert bad.problems == ("feed.rpz:5: mixed.example.rpz.local.: a CNAME and other data at one trigger "
                             "(RFC 1034 §3.6.2); the record on this line is skipped",)
+
+
+def test_a_compiled_zone_gives_the_cycle_collector_nothing_to_walk() -> None:
+    """Each full collection walked every trigger of a feed (0.3 s of the event loop for a
+    million); kept as bytes, they are not tracked, and identical ones are one value."""
+    import gc
+
+    feed = HEAD + "".join(f"blocked{i}.example CNAME .\n*.ads{i}.example CNAME .\n" for i in range(1000))
+    zone = compile_policy_zone(feed + "redirect.example A 192.0.2.1\n", "rpz.local.")
+    triggers = [*zone.exact.values(), *zone.wildcard.values()]
+    assert len(triggers) == 2001
+    assert not any(gc.is_tracked(value) for value in (zone.exact, zone.wildcard, *triggers))
+    assert len({id(trigger) for trigger in triggers}) == 2  # NXDOMAIN with TTL 300, and the redirect
+    result = Policy([zone]).match(N("x.ads999.example."))
+    assert result is not None and name_to_text(result.trigger) == "*.ads999.example.rpz.local."
+
+
+def test_local_data_of_several_records_and_lengths_reads_back_whole() -> None:
+    rdata = "x" * 255
+    zone = compile_policy_zone(HEAD + f'big.example TXT "{rdata}" "y"\nbig.example A 192.0.2.7\n'
+                               "big.example MX 10 mail.isp.example.\n", "rpz.local.")
+    result = Policy([zone]).match(N("big.example."))
+    assert result is not None
+    assert [(rr.rtype, rr.ttl) for rr in result.records] == [(RRType.TXT, 300), (RRType.A, 300), (RRType.MX, 300)]
+    assert result.answer_for(RRType.TXT)[0].rdata == bytes([255]) + rdata.encode() + b"\x01y"
+    assert result.answer_for(RRType.MX)[0].rdata == b"\x00\x0a" + N("mail.isp.example.")
