@@ -145,7 +145,7 @@ def forget_connection_error(reader: asyncio.StreamReader) -> None:
     """Call when a stream connection is over. Its reader keeps the error the connection ended
     with, and once that error has been raised through the coroutines that were reading, its
     traceback holds their frames, which hold the reader: a reference cycle. Only the garbage
-    collector frees those, and ispd runs it rarely (``supervisor._collect_garbage_rarely``), so
+    collector frees those, and ispd runs it rarely (``ispd.collector.collect_rarely``), so
     each connection a client reset kept its buffers, and a TLS one its OpenSSL state, until then:
     DoT clients that pipelined queries and reset grew the daemon by about 100 MB per 10,000
     connections. Without the traceback, the reader goes with its connection."""

@@ -54,6 +54,7 @@ from prometheus_client import CollectorRegistry, Gauge, GCCollector, PlatformCol
 from ispd import __version__
 from ispd.admin.service import AdminService
 from ispd.certificates import CertificateExpiryCollector, certificate_problems
+from ispd.collector import collect_rarely
 from ispd.config import Config, ConfigError, load_config
 from ispd.control import ControlCommands, ControlServer, ControlSocketError
 from ispd.daemonlock import DaemonLockError, daemon_lock_for
@@ -723,27 +724,14 @@ def run_service_worker(name: str, config_path: Path, config: Config, control_pat
         raise SystemExit(f"ispd worker: no service named {name!r}")
     if instance < 1:
         raise SystemExit(f"ispd worker: --instance must be 1 or more, not {instance}")
-    _collect_garbage_rarely()
+    collect_rarely()
     return run_worker(spec, config_path, config, control_path, ready_fd, parent_pid, instance, snapshot,
                       handed_files, audit_from)
-
-
-def _collect_garbage_rarely() -> None:
-    import gc
-
-    # The caches and lease tables hold millions of long-lived objects; with CPython's default
-    # thresholds (700, 10, 10) the collector ran so often that it cost a quarter of a DNS cache
-    # miss (dnsperf on the lab hierarchy: 4 200 → 5 400 misses/s). Cycles are still collected,
-    # but late: a connection or a request must not end in one, or what it holds (buffers, TLS
-    # state) stays with it - 20-40 kB per connection, measured - until a full collection. Hence
-    # listeners.forget_connection_error and SMTPSession._session_over; tests check with the
-    # `without_cycle_collection` fixture.
-    gc.set_threshold(100_000, 50, 100)
 
 
 def run_daemon(config_path: Path, config: Config) -> int:
     """``ispd run``: serve until told to stop; the exit code for the process."""
     import uvloop
 
-    _collect_garbage_rarely()
+    collect_rarely()
     return uvloop.run(Supervisor(config_path, config).run())

@@ -32,6 +32,7 @@ from typing import Any, cast
 from prometheus_client import CollectorRegistry
 
 from ispd import __version__
+from ispd.collector import collection_paused
 from ispd.config import Config
 from ispd.configtypes import SocketAddress
 from ispd.control import CommandError
@@ -264,12 +265,15 @@ def _text(files: DataFiles, path: Path) -> str:
         raise ZoneError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
+# (Both run in an executor, beside the data in use: see ispd.collector.collection_paused.)
 def _load_local_zone(files: DataFiles, path: Path, origin: str) -> Zone:
-    return load_zone_text(_text(files, path), origin, source=str(path))
+    with collection_paused():
+        return load_zone_text(_text(files, path), origin, source=str(path))
 
 
 def _compile_policy_zone(files: DataFiles, path: Path, origin: str, action: str) -> CompiledPolicyZone:
-    return compile_policy_zone(_text(files, path), origin, action=action, source_name=str(path))
+    with collection_paused():
+        return compile_policy_zone(_text(files, path), origin, action=action, source_name=str(path))
 
 
 def encrypted_listeners(config: DNSConfig) -> list[tuple[str, EncryptedListenerConfig]]:

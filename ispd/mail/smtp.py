@@ -194,7 +194,7 @@ class SMTPSession(SMTP):
 
     def _session_over(self, task: asyncio.Task[None]) -> None:
         """The session's task has ended; what it leaves must go with the connection. The daemon
-        collects reference cycles rarely (``supervisor._collect_garbage_rarely``), so whatever a
+        collects reference cycles rarely (``ispd.collector.collect_rarely``), so whatever a
         cycle holds stays until then: on 465, churning clients grew the daemon by 38 kB a
         connection (TLS state and buffers). Hence:
         - a task that ended with an exception (the client gone mid-DATA, a cancel at EOF) keeps

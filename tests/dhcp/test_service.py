@@ -128,7 +128,7 @@ def test_a_client_the_subnet_has_no_pool_for_is_not_said_to_have_exhausted_one()
 
 async def test_exchanges_and_malformed_packets_leave_no_cycle_behind(tmp_path: Path,
                                                                    without_cycle_collection: None) -> None:
-    """ispd collects reference cycles rarely (``supervisor._collect_garbage_rarely``): what a
+    """ispd collects reference cycles rarely (``ispd.collector.collect_rarely``): what a
     packet left in one would stay long. Measured clean (no object in a cycle after 100 relayed
     DISCOVER/REQUEST/RELEASE exchanges, 50 direct ones answered by broadcast and link layer, or 300
     malformed datagrams); this keeps it so, through the real transport: a relay on loopback, the
