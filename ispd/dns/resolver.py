@@ -472,6 +472,11 @@ class Resolver:
         self.upstream_failures: dict[str, int] = {}
         self._priming: asyncio.Future[None] | None = None
         self._prime_again_at = 0.0
+        # The exchanges in flight, by server and query less its ID: a resolution that would send
+        # the very same query to the same server waits for that one's reply instead (RFC 5452
+        # §5, the birthday attack: each identical query outstanding is one more port and ID a
+        # forged reply may hit). Unbound's serviced queries and BIND do the same.
+        self._exchanges: dict[tuple[str, bool, bytes, bytes], asyncio.Future[bytes]] = {}
 
     def configure(self, settings: ResolverSettings, hints: Hints, forward_zones: list[ForwardZone]) -> None:
         """A reload's settings, hints and forward zones."""
@@ -1021,14 +1026,30 @@ class Resolver:
                                  cd=forwarded and dnssec, do=dnssec and use_edns,
                                  udp_size=self.settings.edns_buffer_size if use_edns else None)
             started = self.clock()
-            self.upstream_queries += 1
-            try:
+            # The query but its ID and the case of its name (0x20), which a shared reply matched.
+            key = (address, tcp, qname, query[2:12] + query[12 + len(send_name):])
+            exchange = self._exchanges.get(key)
+            joined = exchange is not None
+            if exchange is None:
                 # Over TCP (a large answer, after TC) the wait is not the UDP round trip's: the
                 # handshake and a reply of up to 64 kB take longer (Unbound gives TCP 3 s).
                 wait = self.settings.max_timeout if tcp else state.timeout(self.settings)
-                data = await self.upstream.exchange(address, query, tcp=tcp, wait=wait,
-                                                    exact_case=self.settings.use_0x20, zone=zone)
+                # A task of its own: a client query given up (its deadline) must not cancel the
+                # exchange the others wait for.
+                exchange = asyncio.ensure_future(self.upstream.exchange(
+                    address, query, tcp=tcp, wait=wait, exact_case=self.settings.use_0x20, zone=zone))
+                self._exchanges[key] = exchange
+                exchange.add_done_callback(functools.partial(self._exchanged, key))
+                self.upstream_queries += 1
+            elif budget.trace is not None:
+                _trace(budget, f"{address}: the same query is in flight, waiting for its reply")
+            try:
+                data = await asyncio.shield(exchange)
             except UpstreamError as exc:
+                if joined:  # the query that was sent counted and recorded its failure
+                    if budget.trace is not None:
+                        _trace(budget, f"{address}: {exc}")
+                    return None
                 self.upstream_failures[exc.kind] = self.upstream_failures.get(exc.kind, 0) + 1
                 if exc.kind != "socket":
                     # Out of sockets (EMFILE: a flood of slow new names holds one per query) is
@@ -1043,7 +1064,8 @@ class Resolver:
                 if budget.trace is not None:
                     _trace(budget, f"{address}: {exc}")
                 return None
-            self.infra.record_rtt(address, max(0.0, self.clock() - started), qtype)
+            if not joined:  # a joined reply's wait was only part of the round trip
+                self.infra.record_rtt(address, max(0.0, self.clock() - started), qtype)
             records = _record_count(data)
             if records > MAX_REPLY_RECORDS:
                 # Not decoded (the cost is the attack), nor asked of the zone's other servers.
@@ -1097,6 +1119,12 @@ class Resolver:
                 outcome.zone = b"" if forwarded else zone  # a forwarder's answers come from zones unnamed
             return outcome
         return None
+
+    def _exchanged(self, key: tuple[str, bool, bytes, bytes], exchange: asyncio.Future[bytes]) -> None:
+        if self._exchanges.get(key) is exchange:
+            del self._exchanges[key]
+        if not exchange.cancelled():
+            exchange.exception()  # retrieved: every resolution that waited for it has given up
 
     # --- classifying one reply ----------------------------------------------------------
 

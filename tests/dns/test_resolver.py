@@ -1051,6 +1051,46 @@ async def test_without_zero_x20_names_are_sent_lowercased(net: FakeNet, resolver
     assert all(not q.exact_case and q.name == q.name.lower() for q in net.log)
 
 
+class _Slow:
+    """The fake network with a round trip that lets other resolutions run meanwhile."""
+
+    def __init__(self, net: FakeNet) -> None:
+        self.net = net
+
+    async def exchange(self, address: str, query: bytes, **kwargs: Any) -> bytes:
+        await asyncio.sleep(0.01)
+        return await self.net.exchange(address, query, **kwargs)
+
+
+async def test_identical_queries_in_flight_to_a_server_are_sent_once(net: FakeNet, clock: FakeClock) -> None:
+    """RFC 5452 §5 (the birthday attack): each identical query outstanding is one more port and
+    ID a forged reply may hit. Before the fix, 20 clients asking 20 names below www.example.test
+    at once sent 20 identical minimised queries for it (and for test. and example.test), each
+    with its own port and ID; a lab run had 40 outstanding at once, where Unbound had one."""
+    resolver = make_resolver(net, clock, use_0x20=True)
+    resolver.upstream = _Slow(net)
+    results = await asyncio.gather(*(ask(resolver, f"n{i}.www.example.test.") for i in range(20)))
+    assert {r.rcode for r in results} == {RCode.NXDOMAIN}
+    sent = net.sent()
+    for name in ("test.", "example.test.", "www.example.test."):  # once to any one server
+        asked = [address for address, sent_name, _ in sent if sent_name == name]
+        assert 1 <= len(asked) == len(set(asked)), sent
+    assert resolver.upstream_queries == len(net.log)  # a query shared is not counted as sent
+
+
+async def test_a_shared_timeout_counts_once_against_the_server(net: FakeNet, clock: FakeClock) -> None:
+    resolver = make_resolver(net, clock)
+    resolver.upstream = _Slow(net)
+    await ask(resolver, "www.example.test.")
+    for address in (EXAMPLE_TEST_1, EXAMPLE_TEST_2):
+        net.misbehave(address, timeout=True)
+    net.clear_log()
+    results = await asyncio.gather(*(ask(resolver, "alias.example.test.", qtype) for qtype in
+                                     (RRType.A, RRType.A, RRType.A)))
+    assert {r.rcode for r in results} == {RCode.SERVFAIL}
+    assert resolver.upstream_failures == {"timeout": len(net.log)}  # each query sent, once
+
+
 async def test_glue_does_not_overwrite_a_fresh_authoritative_answer(net: FakeNet, resolver: Resolver,
                                                                     clock: FakeClock) -> None:
     add(net, "example.test.", "ns1 A 10.2.0.11\n")  # the child says two addresses, the parent's glue one
