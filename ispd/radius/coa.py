@@ -14,6 +14,10 @@ a lost attempt (the NAS may be rebooting).
 The request identifies the session as RFC 5176 §3 asks: NAS-IP-Address, User-Name,
 Acct-Session-Id, Framed-IP-Address when known, Event-Timestamp (replay protection), and a
 Message-Authenticator.
+
+A NAS is sent at most ``NasSlots.limit`` requests at a time: the rest wait their turn (a plan
+change or a suspension of thousands of subscribers would otherwise be thousands of exchanges at
+once, a socket each, past the process's file descriptors; radclient -p keeps 32 at a time too).
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ import contextlib
 import secrets
 import socket
 import struct
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, ip_address
+from typing import Any
 
 from ispd.radius.codec import (
     Attr,
@@ -77,6 +83,29 @@ def session_identification(session: RadiusSession, now: float) -> bytes:
         attributes.append((Attr.CALLING_STATION_ID, session.calling_station_id.encode("utf-8")[:253]))
     attributes.append((Attr.EVENT_TIMESTAMP, u32(int(now))))
     return encode_attributes(attributes)
+
+
+class NasSlots:
+    """At most ``limit`` exchanges under way to one NAS (by address) at a time; the others wait
+    in turn. Kept by the service across reloads (a new client is made at each)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._slots: dict[str, list[Any]] = {}  # address -> [semaphore, users (holding or waiting)]
+
+    @contextlib.asynccontextmanager
+    async def slot(self, address: str) -> AsyncIterator[None]:
+        entry = self._slots.get(address)
+        if entry is None:
+            entry = self._slots[address] = [asyncio.Semaphore(self.limit), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if not entry[1]:
+                del self._slots[address]
 
 
 class DynamicAuthorizationClient:

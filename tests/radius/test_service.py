@@ -1292,3 +1292,39 @@ async def test_a_plan_change_to_another_vendors_attributes_alone_sends_no_empty_
             await bus.drain(5)
     finally:
         await store.close()
+
+
+async def test_a_nas_is_sent_a_bounded_number_of_requests_at_a_time_and_each_session_gets_its_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From a run of 2,000 plan changes with open sessions: every CoA went out at once, a socket
+    each (2,028 descriptors for a NAS that did not answer); under a limit of 1,024 descriptors CoAs
+    were kept as `error after 0 attempt(s)` and the admin API dropped connections. One NAS gets
+    MAX_DYNAMIC_PER_NAS at a time; the others wait their turn, and each is still sent."""
+    monkeypatch.setattr(radius_service, "MAX_DYNAMIC_PER_NAS", 4)
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        await store.add_plan("home", actor="test")
+        ids = []
+        for n in range(12):
+            subscriber = await store.add_subscriber(f"s{n}", actor="test", plan="home")
+            ids.append(subscriber.id)
+            await store.record_accounting([AccountingRecord(
+                at=time.time(), status=AccountingStatus.START, nas_address=NAS, acct_session_id=f"x{n}",
+                username=f"s{n}", subscriber_id=subscriber.id, nas_client="bng")])
+        bus = EventBus()
+        with FakeNas(NAS, secret=SECRET.encode(), answer="silent") as nas:
+            async with _running(store, bus, _radius_config(nas.port, coa_timeout_seconds=0.5, coa_attempts=1)):
+                for n, subscriber_id in enumerate(ids):
+                    await store.set_subscriber_status(subscriber_id, SubscriberStatus.SUSPENDED, actor="test")
+                    bus.publish(SubscriberSuspended(time.time(), subscriber_id, f"s{n}"))
+                await asyncio.sleep(0.3)  # within the first requests' timeout
+                assert len(nas.requests) == 4
+
+                async def all_recorded() -> bool:
+                    return len(await store.list_coa(limit=100)) == 12
+
+                await _until(all_recorded, within=8)
+                assert {r.first(Attr.ACCT_SESSION_ID) for r in nas.requests} == {f"x{n}".encode() for n in range(12)}
+            await bus.drain(5)
+    finally:
+        await store.close()
