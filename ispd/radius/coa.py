@@ -176,20 +176,23 @@ class DynamicAuthorizationClient:
         except OSError as exc:
             sock.close()
             return Exchange(None, 0, exc.strerror or str(exc))
+        refused: list[str] = []  # why each answer that came was not taken
         try:
             for attempt in range(1, self.attempts + 1):
                 with contextlib.suppress(OSError):  # unreachable now; the next attempt may do better
                     sock.sendto(request, (address, port))
-                reply = await self._wait(replies, request, answers, secret)
+                reply = await self._wait(replies, request, answers, secret, refused)
                 if reply is not None:
                     return Exchange(reply, attempt)
+            if refused:  # the NAS answered: not a timeout (a wrong shared secret is not a network fault)
+                return Exchange(None, self.attempts, f"answered, but refused: {refused[-1]}", refused=True)
             return Exchange(None, self.attempts)
         finally:
             loop.remove_reader(sock.fileno())
             sock.close()
 
     async def _wait(self, replies: asyncio.Queue[bytes], request: bytes, answers: tuple[int, ...],
-                    secret: bytes) -> Packet | None:
+                    secret: bytes, refused: list[str]) -> Packet | None:
         deadline = asyncio.get_running_loop().time() + self.timeout
         while True:
             remaining = deadline - asyncio.get_running_loop().time()
@@ -199,9 +202,10 @@ class DynamicAuthorizationClient:
                 data = await asyncio.wait_for(replies.get(), remaining)
             except TimeoutError:
                 return None
-            reply = answer_to(data, request, secret, answers)
+            reply, why = checked_answer(data, request, secret, answers)
             if reply is not None:
                 return reply
+            refused.append(why)
 
 
 _ACCESS_ANSWERS = frozenset((Code.ACCESS_ACCEPT, Code.ACCESS_REJECT, Code.ACCESS_CHALLENGE))

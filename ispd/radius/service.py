@@ -1720,7 +1720,8 @@ class RadiusService(Service):
                                                              outcome.detail)
         self.metrics.coa.inc(kind, outcome_result)
         log.info(f"radius.{kind}.sent", session_id=session.id, nas=session.nas_address, result=outcome_result,
-                 error_cause=error_cause, attempts=attempts, reason=reason)
+                 error_cause=error_cause, attempts=attempts, reason=reason,
+                 **({"detail": detail} if outcome_result == "error" else {}))  # (why: the store keeps none)
         try:
             await self.context.store.record_coa(
                 kind=kind, nas_address=session.nas_address, result=outcome_result, attempts=attempts,

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import socket
 from collections import Counter
+from typing import cast
 
 import pytest
 
 from ispd.radius.coa import DynamicAuthorizationClient, session_identification
-from ispd.radius.codec import Attr, Code, decode, encode_request
+from ispd.radius.codec import Attr, Code, decode, encode_request, encode_response
 from ispd.store.models import RadiusSession
 
 
@@ -119,3 +121,26 @@ async def test_a_disconnect_reaches_a_nas_on_ipv6() -> None:
         assert outcome.result == "ack"
         [request] = nas.wait_for(1)
         assert request.authentic and request.source is not None and request.source[0] == "::1"
+
+
+async def test_a_nas_whose_answers_do_not_verify_is_not_reported_as_silent() -> None:
+    """From a run with a NAS that answered every Disconnect under another shared secret: ispd said
+    "timeout (no answer in 3 attempts)", sending the operator after the network rather than the
+    secret. radclient says the answer came and why it was refused; so does ispd now."""
+    loop = asyncio.get_running_loop()
+
+    class WrongSecret(asyncio.DatagramProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = cast(asyncio.DatagramTransport, transport)
+
+        def datagram_received(self, data: bytes, peer: tuple[str, int]) -> None:
+            self.transport.sendto(encode_response(data[0] + 1, data[1], data[4:20], b"", b"another"), peer)
+
+    transport, _ = await loop.create_datagram_endpoint(WrongSecret, local_addr=("127.59.0.4", 0))
+    try:
+        address, port = transport.get_extra_info("sockname")
+        outcome = await DynamicAuthorizationClient(0.2, 2).send(address, port, b"secret", Code.DISCONNECT_REQUEST, b"")
+    finally:
+        transport.close()
+    assert (outcome.result, outcome.attempts) == ("error", 2)
+    assert "answered, but refused" in outcome.detail and "Response Authenticator" in outcome.detail
