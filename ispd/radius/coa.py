@@ -30,7 +30,6 @@ import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, ip_address
-from typing import Any
 
 from ispd.radius.codec import (
     Attr,
@@ -85,27 +84,33 @@ def session_identification(session: RadiusSession, now: float) -> bytes:
     return encode_attributes(attributes)
 
 
+@dataclass
+class _NasQueue:
+    turns: asyncio.Semaphore
+    users: int = 0  # exchanges holding a turn or waiting for one
+
+
 class NasSlots:
     """At most ``limit`` exchanges under way to one NAS (by address) at a time; the others wait
     in turn. Kept by the service across reloads (a new client is made at each)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._slots: dict[str, list[Any]] = {}  # address -> [semaphore, users (holding or waiting)]
+        self._queues: dict[str, _NasQueue] = {}
 
     @contextlib.asynccontextmanager
     async def slot(self, address: str) -> AsyncIterator[None]:
-        entry = self._slots.get(address)
-        if entry is None:
-            entry = self._slots[address] = [asyncio.Semaphore(self.limit), 0]
-        entry[1] += 1
+        queue = self._queues.get(address)
+        if queue is None:
+            queue = self._queues[address] = _NasQueue(asyncio.Semaphore(self.limit))
+        queue.users += 1
         try:
-            async with entry[0]:
+            async with queue.turns:
                 yield
         finally:
-            entry[1] -= 1
-            if not entry[1]:
-                del self._slots[address]
+            queue.users -= 1
+            if not queue.users:
+                del self._queues[address]
 
 
 class DynamicAuthorizationClient:
