@@ -284,3 +284,30 @@ def test_frame_lengths_follow_frames_however_the_bytes_are_split(step: int) -> N
     assert all(frames.admit(sent[at:at + step]) for at in range(0, len(sent), step))
     assert frames.left == 0 and frames.header == b""
     assert not frames.admit((16385).to_bytes(3, "big") + bytes(6))
+
+
+@pytest.mark.parametrize("trickled", ["preface", "frame"])
+async def test_a_client_that_trickles_bytes_but_no_whole_frame_is_cut_off_after_the_idle_time(trickled: str) -> None:
+    """The idle timer restarted at every byte read: a bug hunt's client, sending one byte every
+    2 s against a 3 s idle timeout, held its connection 48 s with the preface alone and 34 s with
+    a 17-byte PING frame (at 30 s, a byte every 29 s: a 16 KB frame held it for days). Idle is a
+    time without a whole frame, as a DoT query has to come whole within it."""
+    async with serving(CachedAnswers(), idle_seconds=0.5) as served:
+        _reader, writer = await asyncio.open_connection(*served.address)
+        try:
+            preface = h2_client().data_to_send()
+            if trickled == "preface":
+                slowly = preface[:24]
+            else:
+                writer.write(preface)
+                slowly = (8).to_bytes(3, "big") + bytes([6, 0]) + bytes(4) + b"12345678"  # a PING
+            started = asyncio.get_running_loop().time()
+            for byte in slowly:
+                if served.done.is_set():
+                    break
+                writer.write(bytes([byte]))
+                await asyncio.sleep(0.2)
+            await asyncio.wait_for(served.done.wait(), 5)
+            assert asyncio.get_running_loop().time() - started < 1.5  # not 24 or 17 bytes at 0.2 s each
+        finally:
+            writer.close()
