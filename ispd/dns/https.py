@@ -299,6 +299,12 @@ async def serve_h2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
                 async with asyncio.timeout_at(deadline):
                     data = await reader.read(65536)
             except TimeoutError:
+                if tasks:
+                    # A request still being resolved: not idle. Closing here cancelled it, its
+                    # answer lost with a GOAWAY that counted it as processed, where DoT waits for
+                    # its pending answers; a resolution ends within the request timeout anyway.
+                    deadline = loop.time() + idle_seconds
+                    continue
                 conn.close_connection()
                 flush()
                 return

@@ -311,3 +311,44 @@ async def test_a_client_that_trickles_bytes_but_no_whole_frame_is_cut_off_after_
             assert asyncio.get_running_loop().time() - started < 1.5  # not 24 or 17 bytes at 0.2 s each
         finally:
             writer.close()
+
+
+class SlowAnswers:
+    def from_cache(self, data: bytes, client: str, started: float) -> None:
+        return None
+
+    async def resolve(self, data: bytes, client: str, started: float) -> bytes:
+        await asyncio.sleep(0.8)
+        return data
+
+
+async def test_a_request_still_being_resolved_is_answered_past_the_idle_time() -> None:
+    """A bug hunt's DoH client, its one query resolved in 0.8 s against a 0.5 s idle timeout,
+    got a GOAWAY at 0.5 s naming the stream as processed and never its answer (the resolution
+    was cancelled); a DoT client, the same query on the same daemon, got its answer at 0.8 s."""
+    async with serving(SlowAnswers(), idle_seconds=0.5) as served:
+        reader, writer = await asyncio.open_connection(*served.address)
+        try:
+            client = h2_client()
+            ask(client)
+            writer.write(client.data_to_send())
+            statuses: list[bytes] = []
+            body = b""
+            ended = False
+            while not ended:
+                data = await asyncio.wait_for(reader.read(65536), 5)
+                assert data, f"closed without an answer (statuses {statuses})"
+                for event in client.receive_data(data):
+                    if isinstance(event, h2.events.ResponseReceived):
+                        statuses.append(dict(event.headers)[b":status"])
+                    elif isinstance(event, h2.events.DataReceived):
+                        body += event.data
+                    elif isinstance(event, h2.events.StreamEnded):
+                        ended = True
+                    elif isinstance(event, h2.events.ConnectionTerminated):
+                        assert ended, "GOAWAY before the answer"
+                writer.write(client.data_to_send())
+            assert statuses == [b"200"] and body == QUERY
+            await asyncio.wait_for(served.done.wait(), 5)  # and idle after it: closed
+        finally:
+            writer.close()
