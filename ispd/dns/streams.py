@@ -91,17 +91,19 @@ async def caught_up(writer: asyncio.StreamWriter, seconds: float) -> bool:
 
 
 async def close_within(writer: asyncio.StreamWriter, seconds: float) -> None:
-    """Closes a client's connection. Replies still to go get ``seconds`` to be taken, then the
-    end: a closing transport keeps its buffer, and its socket, for as long as the flush takes,
-    which is for good with a client that never reads."""
-    # (asked before the close: asyncio's TLS transport, closed twice, forgets its protocol)
-    unsent = writer.transport.get_write_buffer_size()
+    """Closes a client's connection and returns once it is gone. Replies still to go get
+    ``seconds`` to be taken, and over TLS the client as long to answer our close_notify; then the
+    end. A closing transport keeps its buffer, and its socket, for as long as the flush takes,
+    which is for good with a client that never reads; a TLS one, flushed, still waits 30 s
+    (asyncio's and uvloop's ``ssl_shutdown_timeout``) for a close_notify that a client which
+    neither reads nor closes never sends. The callers release the connection limits when this
+    returns: returning at once had them count a socket as gone that was still there, and a
+    client could hold its limit's worth of them again every idle time."""
     writer.close()
-    if unsent:
-        try:
-            async with asyncio.timeout(seconds):
-                await writer.wait_closed()
-        except TimeoutError:
-            writer.transport.abort()
-        except OSError:  # the connection failed meanwhile (reset, unreachable, TLS)
-            pass
+    try:
+        async with asyncio.timeout(seconds):
+            await writer.wait_closed()
+    except TimeoutError:
+        writer.transport.abort()
+    except OSError:  # the connection failed meanwhile (reset, unreachable, TLS)
+        pass

@@ -6,6 +6,7 @@ import asyncio
 import errno
 import socket
 import ssl
+import time
 import weakref
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -96,3 +97,49 @@ def test_a_dot_connection_its_client_resets_goes_with_it(tmp_path: Path, without
     uvloop.run(run())  # the daemon's loop and its TLS layer
     assert stats.connections == 1
     assert readers[0]() is None
+
+
+def test_a_connection_counts_under_the_limits_until_its_socket_is_gone(tmp_path: Path) -> None:
+    """A DoT or DoH connection closed for idleness is released from the connection limits, and the
+    socket must go with it. The TLS transport waits 30 s for the client's close_notify after
+    sending its own: a bug hunt's client that neither read nor closed had its 20 DoH connections
+    released at the 3 s idle timeout and their sockets established 33 s, so it could hold its
+    limit's worth again every 3 s. Now the close waits the idle time at most, then aborts."""
+    certificates = issue(tmp_path, "dns.test")
+    stats = TransportStats()
+    gate = ConnectionGate(10, 10, stats)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str) -> None:
+        await serve_dns_stream(reader, writer, client, SlowAnswers(), stats, idle_seconds=0.5, max_in_flight=10,
+                               max_query_bytes=512, drain_seconds=1)
+
+    def silent_client(address: tuple[str, int]) -> float:
+        """Handshakes, then neither sends nor closes: the seconds until the server's socket is
+        gone. TLS by hand, so that nothing answers the server's close_notify."""
+        context = ssl.create_default_context(cafile=str(certificates.ca))
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = context.wrap_bio(incoming, outgoing, server_hostname="dns.test")
+        with socket.create_connection(address, timeout=40) as raw:
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    raw.sendall(outgoing.read())
+                    incoming.write(raw.recv(65536))
+            raw.sendall(outgoing.read())
+            started = time.monotonic()
+            while raw.recv(65536):  # (session tickets, then the close_notify, then the end)
+                pass
+            return time.monotonic() - started
+
+    async def run() -> float:
+        listener = TLSListener("dot", ["dot"], gate, stats, 5.0, serve)
+        listener.load_certificate(certificates.certificate, certificates.private_key)
+        async with AsyncExitStack() as stack:
+            await listener.start([SocketAddress("127.0.0.1", 0)], stack)
+            return await asyncio.wait_for(asyncio.to_thread(silent_client, listener.bound[0]), 40)
+
+    closed = uvloop.run(run())
+    assert closed < 5, f"the socket stayed {closed:.1f} s"  # idle 0.5 s, the close_notify's wait 0.5 s
+    assert gate.total == 0
