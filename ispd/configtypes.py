@@ -86,6 +86,25 @@ def _network(value: object) -> object:
 IPNetwork = Annotated[IPv4Network | IPv6Network, BeforeValidator(_network)]
 IPAddress = Annotated[IPv4Address | IPv6Address, BeforeValidator(_address)]
 
+_IPV4_MAPPED = IPv6Network("::ffff:0:0/96")
+
+
+def _client_network(value: object) -> object:
+    # A client asking over IPv4 is matched by its IPv4 address (every IPv6 socket is IPV6_V6ONLY,
+    # and an IPv4-mapped peer is taken as its IPv4 address), so a network of IPv4-mapped
+    # addresses would match no client at all: say what to write instead.
+    network = _network(value)
+    if isinstance(network, IPv6Network) and network.subnet_of(_IPV4_MAPPED):
+        ipv4 = IPv4Network((int(network.network_address) & 0xFFFF_FFFF, network.prefixlen - 96))
+        written = value if isinstance(value, str) else str(network)
+        raise ValueError(f"{written!r} is IPv4-mapped IPv6, which no client is matched as: IPv4 clients "
+                         f"are matched by their IPv4 address (write {str(ipv4)!r})")
+    return network
+
+
+# Networks of clients (who may ask, who gets what): as ``IPNetwork``, but not IPv4-mapped.
+ClientNetwork = Annotated[IPv4Network | IPv6Network, BeforeValidator(_client_network)]
+
 
 def parse_range(text: str) -> tuple[IPv4Address, IPv4Address]:
     parts = [p.strip() for p in text.split("-")]

@@ -680,3 +680,23 @@ def test_a_walled_garden_with_nothing_to_wall_with_is_refused(tmp_path: Path) ->
     by_dns = radius.replace("enabled = true\n", 'enabled = true\nsuspended = "walled-garden"\n') + (
         '[dns]\nenabled = true\n[dns.walled_garden]\nportal_ipv4 = "198.18.0.10"\n')
     assert load_config(write(tmp_path, by_dns)).dns.walled_garden.portal_ipv4 is not None
+
+
+@pytest.mark.parametrize(("key", "text"), [
+    ("dns.allow.0", '[dns]\nallow = ["::ffff:198.51.100.0/120"]\n'),
+    ("dns.dns64.clients.0", '[dns.dns64]\nprefix = "64:ff9b::/96"\nclients = ["::ffff:198.51.100.0/120"]\n'),
+    ("dns.policy_zone.0.clients.0",
+     '[[dns.policy_zone]]\nname = "rpz.example"\nfile = "rpz.zone"\nclients = ["::ffff:198.51.100.0/120"]\n'),
+])
+def test_a_client_network_of_ipv4_mapped_addresses_is_refused_with_the_ipv4_one_to_write(
+        tmp_path: Path, key: str, text: str) -> None:
+    # IPv4 clients are matched by their IPv4 address (IPv6 sockets take IPv6 only, a mapped peer
+    # counts as its IPv4 address): such an entry would let no one in, silently.
+    path = write(tmp_path, text)
+    assert error_of(path) == (f"{path}: {key}: '::ffff:198.51.100.0/120' is IPv4-mapped IPv6, which no client is "
+                              "matched as: IPv4 clients are matched by their IPv4 address (write '198.51.100.0/24')")
+
+
+def test_a_client_network_that_only_holds_ipv4_mapped_addresses_among_others_is_taken(tmp_path: Path) -> None:
+    path = write(tmp_path, '[dns]\nallow = ["::/0", "198.51.100.0/24", "2001:db8::/32"]\n')
+    assert [str(n) for n in load_config(path).dns.allow] == ["::/0", "198.51.100.0/24", "2001:db8::/32"]

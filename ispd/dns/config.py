@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
-from ispd.configtypes import IPNetwork, ListenAddress, Section, SocketAddress, parse_socket_address
+from ispd.configtypes import ClientNetwork, IPNetwork, ListenAddress, Section, SocketAddress, parse_socket_address
 from ispd.dns.dns64 import check_prefix
 from ispd.dns.wire import name_from_text
 
@@ -188,7 +188,7 @@ class PolicyZoneConfig(Section):
     # those in `clients`. Both empty: every client. Zones limited alike form one scope; at most
     # MAX_POLICY_SCOPES scopes.
     plans: list[Annotated[str, Field(min_length=1)]] = []
-    clients: list[IPNetwork] = []
+    clients: list[ClientNetwork] = []
 
     def scope(self) -> tuple[frozenset[str], frozenset[IPv4Network | IPv6Network]] | None:
         """Whom the zone is for: None for every client."""
@@ -307,7 +307,7 @@ class DNS64Config(Section):
     synthesize_all: bool = False
     # Only for clients in these networks (the IPv6-only ones behind the NAT64), as Unbound with
     # views: the others (dual-stack subscribers) keep the real "no AAAA". Empty: every client.
-    clients: list[IPNetwork] = []
+    clients: list[ClientNetwork] = []
 
 
 class DnstapConfig(Section):
@@ -384,7 +384,7 @@ class DNSConfig(Section):
     # Each has a cache of its own.
     processes: int = Field(default=1, ge=1, le=64)
     # Clients allowed to query (the subscriber networks); everyone else gets REFUSED.
-    allow: list[IPNetwork] = Field(default_factory=lambda: [ip_network("127.0.0.0/8"), ip_network("::1/128")])
+    allow: list[ClientNetwork] = Field(default_factory=lambda: [ip_network("127.0.0.0/8"), ip_network("::1/128")])
     # Root hints in named.root format; unset: the IANA root servers (a copy ships with ispd).
     root_hints: Path | None = None
     # Queries per second per client address, with a burst of twice that; 0: no limit. Over UDP
