@@ -25,7 +25,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, collapse_addresses, ip_network
 from pathlib import Path
 from typing import Any, cast
 
@@ -184,12 +184,32 @@ def hints_in_do_not_query(config: DNSConfig, hints: Hints) -> str | None:
             "(for a private root on this host, set resolver.do_not_query_localhost = false)")
 
 
+_GLOBAL_UNICAST = IPv6Network("2000::/3")  # the whole IPv6 Internet
+
+
+def open_resolver_warning(config: DNSConfig) -> str | None:
+    """``allow`` letting the whole IPv4 or IPv6 Internet ask (0.0.0.0/0, ::/0, or networks that
+    add up to it): an open resolver, what reflection floods are made with (RFC 5358)."""
+    open_to = []
+    if any(n.prefixlen == 0 for n in collapse_addresses(n for n in config.allow if isinstance(n, IPv4Network))):
+        open_to.append("every IPv4 address")
+    if any(_GLOBAL_UNICAST.subnet_of(n)
+           for n in collapse_addresses(n for n in config.allow if isinstance(n, IPv6Network))):
+        open_to.append("every IPv6 address")
+    if not open_to:
+        return None
+    return (f"allow lets {' and '.join(open_to)} ask: ispd is an open resolver, which anyone can use to "
+            "reflect and amplify floods at others (RFC 5358); allow only the subscriber networks")
+
+
 def check_files(config: DNSConfig) -> tuple[list[str], list[str]]:
     """For ``ispd check-config``: the errors in the files the [dns] section names (root hints,
     local and policy zones, local records) that would stop the service from starting, and the
     warnings (policy records that would be skipped)."""
     problems: list[str] = []
     warnings: list[str] = []
+    if (warning := open_resolver_warning(config)) is not None:
+        warnings.append(warning)
     try:
         hints = load_root_hints(config.root_hints)
     except HintsError as exc:
@@ -341,6 +361,8 @@ class DNSService(Service):
             raise ServiceStartError(f"dns: {exc}") from None
         if self.first and (warning := hints_in_do_not_query(self.config, hints)) is not None:
             log.warning("dns.root_hints.do_not_query", detail=warning)
+        if self.first and (warning := open_resolver_warning(self.config)) is not None:
+            log.warning("dns.open_resolver", detail=warning)
         clock = time.monotonic
         self.resolver = Resolver(self.rrsets, self.upstream, hints, clock, resolver_settings(self.config),
                                  forward_zones(self.config))
@@ -1197,6 +1219,8 @@ class DNSService(Service):
             raise ServiceStartError(f"dns: {exc}") from None
         if self.first and (warning := hints_in_do_not_query(new.dns, hints)) is not None:
             log.warning("dns.root_hints.do_not_query", detail=warning)
+        if self.first and (warning := open_resolver_warning(new.dns)) is not None:
+            log.warning("dns.open_resolver", detail=warning)
         dnssec_changed = old.dns.dnssec != new.dns.dnssec
         validator = self._validator(new.dns, time.monotonic) if dnssec_changed else None
         data = await self._read_data(new.dns)

@@ -367,6 +367,22 @@ def test_check_config_warns_of_a_root_on_loopback_below_which_nothing_is_asked(t
     assert bad.returncode == 2 and "do_not_query_addresses" in bad.stderr, bad.stderr
 
 
+@pytest.mark.parametrize(("allow", "said"), [
+    (["0.0.0.0/0"], "every IPv4 address"),
+    (["0.0.0.0/1", "128.0.0.0/1", "::1/128"], "every IPv4 address"),
+    (["::/0"], "every IPv6 address"),
+    (["2000::/4", "3000::/4", "0.0.0.0/0"], "every IPv4 address and every IPv6 address"),
+])
+def test_check_config_warns_of_an_open_resolver(tmp_path: Path, allow: list[str], said: str) -> None:
+    """An `allow` that lets the whole Internet ask makes ispd the open resolver it is never to be
+    (README): check-config says so, as the daemon does when it starts."""
+    _, warned = check_config(tmp_path, {"allow": allow})
+    assert warned.returncode == 0, warned.stderr
+    assert f"dns: warning: allow lets {said} ask: ispd is an open resolver" in warned.stderr, warned.stderr
+    _, quiet = check_config(tmp_path, {"allow": ["198.51.100.0/24", "10.0.0.0/8", "2001:db8::/32", "::1/128"]})
+    assert quiet.returncode == 0 and "open resolver" not in quiet.stderr, quiet.stderr
+
+
 def test_check_config_names_what_is_wrong_with_a_forward_zone(tmp_path: Path) -> None:
     path, failed = check_config(tmp_path, {"forward_zone": [
         {"name": "corp.internal", "servers": [], "stub": True},
