@@ -131,6 +131,32 @@ class ConnectionGate:
         self.stats.connections += 1
         return True
 
+    def admit_unproven(self, client: str) -> bool:
+        """A connection whose client address may be forged (a QUIC Initial before any Retry):
+        refused when that client holds its limit of proven connections already, else counted
+        in the total only, so that forged ones cannot take a real client's places; its
+        handshake then proves the address (``prove``), or it ends (``release_unproven``)."""
+        if self.total >= self.max_total or self.per_client.get(client_key(client), 0) >= self.max_per_client:
+            self.stats.refused_connections += 1
+            return False
+        self.total += 1
+        self.stats.connections += 1
+        return True
+
+    def prove(self, client: str) -> bool:
+        """An unproven connection's address is its client's: counted as the client's, or False
+        when that is over the per-client limit (the connection is to go: ``release_unproven``)."""
+        client = client_key(client)
+        held = self.per_client.get(client, 0)
+        if held >= self.max_per_client:
+            self.stats.refused_connections += 1
+            return False
+        self.per_client[client] = held + 1
+        return True
+
+    def release_unproven(self) -> None:
+        self.total -= 1
+
     def release(self, client: str) -> None:
         client = client_key(client)
         self.total -= 1

@@ -193,3 +193,20 @@ def test_per_client_limits_count_an_ipv6_client_by_its_64() -> None:
     gate.release("2001:db8:7::3")
     assert gate.admit("2001:db8:7::99")
     assert gate.per_client == {"2001:db8:7::/64": 2, "2001:db8:8::/64": 1}
+
+
+def test_an_unproven_connection_counts_in_the_total_only_until_its_address_is_proven() -> None:
+    """QUIC Initials may come from forged sources: counted in the total as they come, as their
+    client's only once the handshake proves the address (``ispd.dns.quic``)."""
+    stats = _Stats()
+    gate = ConnectionGate(max_total=2, max_per_client=1, stats=stats)
+    assert gate.admit_unproven("198.51.100.7") and gate.admit_unproven("198.51.100.7")
+    assert gate.total == 2 and not gate.per_client
+    assert gate.prove("198.51.100.7")  # the first handshake done: the client's one place
+    assert not gate.prove("198.51.100.7")  # a second, raced to the end: over its limit
+    gate.release_unproven()  # (which goes)
+    assert not gate.admit_unproven("198.51.100.7")  # at its limit: refused before any work
+    assert gate.admit_unproven("198.51.100.8") and not gate.admit_unproven("198.51.100.9")  # the total's
+    assert stats.refused_connections == 3
+    gate.release("198.51.100.7")
+    assert gate.per_client == {} and gate.total == 1

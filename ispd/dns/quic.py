@@ -96,12 +96,15 @@ class QuicSettings:
 
 
 class _Handshakes:
-    """The handshakes under way on one listener's connections."""
+    """The handshakes under way on one listener's connections, and whether the datagram the
+    server is handing to aioquic comes from a proven address (with Retry on, aioquic makes a
+    connection only for an Initial that brings back a token of ours)."""
 
-    __slots__ = ("pending",)
+    __slots__ = ("pending", "proven")
 
     def __init__(self) -> None:
         self.pending = 0
+        self.proven = False
 
 
 class _RetryTokens(QuicRetryTokenHandler):
@@ -168,6 +171,7 @@ class _QuicServer(QuicServer):
         # (aioquic types it as never None, though it makes it None when retry is off)
         validating = self._validating() or self._back_from_retry(data, addr)
         self._retry = self._tokens if validating else None  # type: ignore[assignment]
+        self._handshakes.proven = validating
         super().datagram_received(data, addr)
 
     def _back_from_retry(self, data: bytes | str, addr: Any) -> bool:
@@ -234,6 +238,10 @@ class _DNSQuicProtocol(QuicConnectionProtocol):
         self.handshakes = handshakes
         self.client: str | None = None
         self.admitted = False
+        # Counted as its client's (``ConnectionGate.admit``), or, begun from an address that may
+        # be forged, in the total only until its handshake proves the address.
+        self.charged = False
+        self.turned_away = False  # over its client's limit once proven: closing
         self.handshake_done = False
         self.in_flight = 0
         self.tasks: set[asyncio.Task[None]] = set()
@@ -242,7 +250,12 @@ class _DNSQuicProtocol(QuicConnectionProtocol):
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         if self.client is None:
             self.client = addr[0]
-            if not self.gate.admit(addr[0]):
+            # An Initial's source may be forged: counted as that client's before its handshake,
+            # twenty of them from a subscriber's address would keep it out for the handshake
+            # timeout. Only proven connections count as a client's (the handshakes under way
+            # are bounded by Retry, which starts past RETRY_ABOVE_HANDSHAKES).
+            self.charged = self.handshakes.proven
+            if not (self.gate.admit(addr[0]) if self.charged else self.gate.admit_unproven(addr[0])):
                 self._refuse(data if isinstance(data, bytes) else data.encode(), addr)
                 return
             self.admitted = True
@@ -299,6 +312,12 @@ class _DNSQuicProtocol(QuicConnectionProtocol):
                 self.handshakes.pending -= 1
             if self._handshake_timer is not None:
                 self._handshake_timer.cancel()
+            if self.admitted and not self.charged:  # the address is the client's: its limit now
+                if not self.gate.prove(self.client or ""):
+                    self.turned_away = True  # (what else came with the handshake is not looked at)
+                    self.close_with(QuicErrorCode.CONNECTION_REFUSED, "too many connections from this client")
+                    return
+                self.charged = True
         elif isinstance(event, ConnectionTerminated):
             self._ended()
 
@@ -312,7 +331,10 @@ class _DNSQuicProtocol(QuicConnectionProtocol):
             if not self.handshake_done:
                 self.stats.handshake_failures += 1
                 self.handshakes.pending -= 1
-            self.gate.release(self.client or "")
+            if self.charged:
+                self.gate.release(self.client or "")
+            else:
+                self.gate.release_unproven()
             if self._handshake_timer is not None:
                 self._handshake_timer.cancel()
             for task in self.tasks:
@@ -336,6 +358,8 @@ class DoQProtocol(_DNSQuicProtocol):
 
     def quic_event_received(self, event: QuicEvent) -> None:
         super().quic_event_received(event)
+        if self.turned_away:
+            return
         if isinstance(event, StreamDataReceived):
             self._stream_data(event.stream_id, event.data, event.end_stream)
         elif isinstance(event, StreamReset):  # the client gave up on a query it was sending
@@ -414,7 +438,7 @@ class HTTP3Protocol(_DNSQuicProtocol):
 
     def quic_event_received(self, event: QuicEvent) -> None:
         super().quic_event_received(event)
-        if isinstance(event, ConnectionTerminated):
+        if isinstance(event, ConnectionTerminated) or self.turned_away:
             return
         if isinstance(event, StreamReset):  # a request abandoned halfway: forget what it sent
             self.requests.pop(event.stream_id, None)

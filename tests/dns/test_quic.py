@@ -330,3 +330,54 @@ async def test_a_client_back_with_its_retry_token_is_taken_after_retry_has_stopp
         await asyncio.wait_for(client.wait_connected(), 5)
         assert listener.settings.retry == ended and listener.retry_tokens.stats.retries == 1
         assert await asyncio.wait_for(client.doq(QUERY), 5) == QUERY
+
+
+def forged_initials(source: str, server: tuple[str, int], count: int, alpn: list[str]) -> None:
+    """``count`` Initials sent from ``source`` and never followed up: what a forger of that
+    address sends (it never sees the server's answers, so no handshake goes on)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((source, 0))
+        for _ in range(count):
+            quic = QuicConnection(configuration=QuicConfiguration(is_client=True, alpn_protocols=alpn,
+                                                                  verify_mode=ssl.CERT_NONE))
+            quic.connect(server, now=0.0)
+            for datagram, _ in quic.datagrams_to_send(now=0.0):
+                sock.sendto(datagram, server)
+
+
+@pytest.mark.parametrize("alpn", ["doq", "h3"])
+async def test_initials_forged_from_a_clients_address_do_not_take_its_connections(tmp_path: Path,
+                                                                                 alpn: str) -> None:
+    """From a bug hunt: each Initial was counted against the per-client limit of its source
+    address as it came, before any handshake proved that address. Twenty Initials forged from a
+    subscriber's address (24 KB) kept the subscriber off DoQ and HTTP/3 for the handshake
+    timeout, CONNECTION_REFUSED at every try: 2.4 KB/s kept it off for good. An unproven
+    connection now counts in the total only, and as its client's once its handshake is done."""
+    listener = listener_for(tmp_path, alpn)
+    listener.settings.retry = "never"  # (and so "auto" below its threshold of handshakes under way)
+    gate: ConnectionGate = listener.protocol_args["gate"]
+    gate.max_per_client = 2
+    async with AsyncExitStack() as stack:
+        await listener.start([SocketAddress("127.66.9.1", 0)], stack)
+        server = listener.bound[0]
+        forged_initials("127.66.9.2", server, 5, listener.alpn)
+        await asyncio.sleep(0.3)  # (each made a connection, its handshake never to end)
+
+        async def connect() -> _Client:  # the real client, from that address
+            configuration = QuicConfiguration(is_client=True, alpn_protocols=listener.alpn,
+                                              verify_mode=ssl.CERT_NONE)
+            transport, client = await asyncio.get_running_loop().create_datagram_endpoint(
+                lambda: _Client(QuicConnection(configuration=configuration)), local_addr=("127.66.9.2", 0))
+            stack.callback(transport.abort)
+            client.connect(server)
+            await asyncio.wait_for(client.wait_connected(), 5)
+            return client
+
+        first = await connect()  # it gets its places
+        second = await connect()
+        if alpn == "doq":
+            assert await asyncio.wait_for(first.doq(QUERY), 5) == QUERY
+        assert gate.per_client == {"127.66.9.2": 2}
+        with pytest.raises(ConnectionError):  # and its limit holds: a third is refused
+            await connect()
+        assert second._quic._close_event is None
