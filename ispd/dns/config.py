@@ -389,6 +389,7 @@ class DNSConfig(Section):
     root_hints: Path | None = None
     # Queries per second per client address, with a burst of twice that; 0: no limit. Over UDP
     # the queries past it are dropped; over TCP and the encrypted transports they get REFUSED.
+    # UDP and the connections are counted apart (a UDP source may be forged).
     rate_limit_qps: int = Field(default=0, ge=0, le=1_000_000)
     # A log line (dns.servfail) for each resolution that ends in SERVFAIL, saying why, as
     # Unbound's log-servfail: at most 10 a second per process, the rest counted in the next line.

@@ -256,7 +256,10 @@ class DNSEngine:
         self.answers = answers
         self.clock = clock
         self.allow = list(allow)
+        # Per-client rate limits, UDP's and the connections' (TCP, DoT, DoH, DoQ) apart: UDP
+        # queries forged from a client's address must not get its connections' queries refused.
         self.rate_limiter: RateLimiter | None = None
+        self.stream_rate_limiter: RateLimiter | None = None
         self.set_limits(rate_limit_qps=rate_limit_qps, request_timeout=request_timeout,
                         stale_answer_ttl=stale_answer_ttl, stale_client_timeout=stale_client_timeout)
         self.stats = EngineStats()
@@ -360,6 +363,7 @@ class DNSEngine:
         self.stale_client_timeout = stale_client_timeout
         if self.rate_limiter is None or self.rate_limiter.rate != rate_limit_qps:
             self.rate_limiter = RateLimiter(rate_limit_qps) if rate_limit_qps else None
+            self.stream_rate_limiter = RateLimiter(rate_limit_qps) if rate_limit_qps else None
 
     def set_allow(self, allow: list[IPv4Network | IPv6Network]) -> None:
         self.allow = list(allow)
@@ -409,7 +413,8 @@ class DNSEngine:
         now = self.clock()
         if entry.expires_at <= now:
             return None
-        if self.rate_limiter is not None and not self.rate_limiter.allow(client, now):
+        limiter = self.stream_rate_limiter if tcp else self.rate_limiter
+        if limiter is not None and not limiter.allow(client, now):
             return None  # the slow path counts and drops it
         entry.hits += 1
         if entry.prefetch_at == _NEVER:
@@ -444,7 +449,8 @@ class DNSEngine:
         if client_class == ClientClass.REFUSED:  # before any parsing: strangers get nothing else
             self.stats.refused_clients += 1
             return self._count(error_reply(data, RCode.REFUSED, edns=True))
-        if self.rate_limiter is not None and not self.rate_limiter.allow(client, self.clock()):
+        limiter = self.stream_rate_limiter if tcp else self.rate_limiter
+        if limiter is not None and not limiter.allow(client, self.clock()):
             self.stats.rate_limited += 1
             # Over UDP a forged source may be the victim: silence. A connection's source is real,
             # and its client waits for each reply: it is told.

@@ -1244,7 +1244,26 @@ async def test_rate_limited_queries_over_a_connection_are_refused_not_dropped() 
         assert (await env.ask_message(query("www.example.test."), tcp=True)).rcode == RCode.NOERROR
     refused = await env.ask_message(query("www.example.test.", edns=1232), tcp=True)
     assert refused.rcode == RCode.REFUSED and refused.edns is not None
+    for _ in range(2):  # (UDP's queries are counted apart)
+        assert await env.ask(query("www.example.test.")) is not None
     assert await env.ask(query("www.example.test.")) is None  # over UDP: silence
+
+
+async def test_udp_queries_forged_from_a_clients_address_do_not_get_its_connections_refused() -> None:
+    """From a bug hunt: UDP and the connections shared one bucket per client, so UDP queries
+    forged from a subscriber's address (200 a second against a limit of 20) got 8 of its 10 DoT
+    queries refused. A connection's source is proven by its handshake: its queries have a bucket
+    of their own, which a forger cannot reach."""
+    env = make_env(rate_limit_qps=1)  # burst of 2
+    await env.ask(query("www.example.test."))  # (in the cache: the fast path too)
+    for _ in range(50):  # the forger's flood
+        env.fast(query("www.example.test."))
+        await env.ask(query("www.example.test."))
+    assert await env.ask(query("www.example.test.")) is None  # UDP from that address is limited
+    assert env.fast(query("www.example.test."), tcp=True) is not None
+    assert (await env.ask_message(query("www.example.test."), tcp=True)).rcode == RCode.NOERROR
+    refused = await env.ask_message(query("www.example.test."), tcp=True)  # and its own limit holds
+    assert refused.rcode == RCode.REFUSED
 
 
 async def test_limits_change_with_set_limits() -> None:
