@@ -158,6 +158,7 @@ class ReplyAttribute:
     vendor_length_size: int = 1
     encrypt: Encryption = Encryption.NONE
     tag: int | None = None
+    vendor_continuation: bool = False  # format=1,1,c (WiMAX): a flags octet after the length
 
     @property
     def hidden(self) -> bool:
@@ -173,10 +174,13 @@ class ReplyAttribute:
             value = hide_password(value, secret, request_authenticator)
         if self.vendor == 0:
             return bytes((self.code, len(value) + 2)) + value
+        # The continuation octet (its "more follows" bit clear: the value is whole here) counts in
+        # the length, as the value does.
+        flags = b"\x00" if self.vendor_continuation else b""
         sub = (self.code.to_bytes(self.vendor_type_size, "big")
-               + ((len(value) + self.vendor_type_size + self.vendor_length_size)
+               + ((len(value) + self.vendor_type_size + self.vendor_length_size + len(flags))
                   .to_bytes(self.vendor_length_size, "big") if self.vendor_length_size else b"")
-               + value)
+               + flags + value)
         return bytes((Attr.VENDOR_SPECIFIC, len(sub) + 6)) + _U32.pack(self.vendor) + sub
 
 
@@ -238,13 +242,13 @@ def make_reply_attribute(dictionary: Dictionary, attribute: Attribute, value: by
         # RFC 2868 §3.5: Tunnel-Password's Tag octet is always there (0 when unused); a NAS
         # takes the first octet for it and would decrypt from the wrong place.
         tag = 0
-    type_size, length_size = 1, 1
+    type_size, length_size, continuation = 1, 1, False
     if attribute.vendor:
         vendor = dictionary.vendor(attribute.vendor)
         if vendor is not None:
-            type_size, length_size = vendor.type_size, vendor.length_size
+            type_size, length_size, continuation = vendor.type_size, vendor.length_size, vendor.continuation
     return ReplyAttribute(attribute.name, attribute.code, value, attribute.vendor, type_size, length_size,
-                          attribute.encrypt, tag)
+                          attribute.encrypt, tag, continuation)
 
 
 def named_reply_attribute(dictionary: Dictionary, name: str, value: bytes) -> ReplyAttribute:

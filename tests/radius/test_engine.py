@@ -33,7 +33,7 @@ from ispd.radius.codec import (
 )
 from ispd.radius.config import EAPConfig, EAPMethod, NasKind, PrefixPoolConfig, SuspendedAction
 from ispd.radius.config import MessageAuthenticatorPolicy as Policy
-from ispd.radius.dictionary import builtin_dictionary
+from ispd.radius.dictionary import Dictionary, builtin_dictionary, load_dictionary
 from ispd.radius.directory import Directory
 from ispd.radius.eap import EAPCode, EAPPacket, EAPType, decode_eap, eap_attributes, encode_eap
 from ispd.radius.eaptls import FRAGMENT_SIZE, AVPCode, TLSFlag, TunnelServer, encode_avp, server_context
@@ -460,6 +460,24 @@ def test_an_untagged_tunnel_password_carries_tag_zero() -> None:
     encoded = attribute.encode(SECRET, authenticator)
     assert encoded[0] == Attr.TUNNEL_PASSWORD and encoded[2] == 0
     assert reveal_salted(encoded[3:], SECRET, authenticator) == b"notagsecret"
+
+
+
+def operator_dictionary(tmp_path: Path, text: str) -> Dictionary:
+    """The shipped dictionaries with an operator's file on top, as ``radius.dictionaries`` loads it."""
+    path = tmp_path / "dictionary.operator"
+    path.write_text(text)
+    return load_dictionary([path])
+
+
+def test_a_vendor_with_continuations_gets_its_flags_octet(tmp_path: Path) -> None:
+    """format=1,1,c (WiMAX, Debian's dictionary.wimax): each sub-attribute is type, length, a
+    continuation octet, then the value. From a bug hunt: the octet was left out, so radclient read
+    WiMAX-AAA-Session-Id = 0x0102 as 0x02 (the 0x01 taken for the flags)."""
+    dictionary = operator_dictionary(tmp_path, "VENDOR WiMAX 24757 format=1,1,c\nBEGIN-VENDOR WiMAX\n"
+                                               "ATTRIBUTE WiMAX-AAA-Session-Id 4 octets\nEND-VENDOR WiMAX\n")
+    encoded = reply_attribute(dictionary, "WiMAX-AAA-Session-Id = 0x0102").encode(SECRET, bytes(16))
+    assert encoded == bytes((26, 11)) + (24757).to_bytes(4, "big") + bytes((4, 5, 0, 1, 2))
 
 
 @pytest.mark.parametrize(("text", "message"), [
