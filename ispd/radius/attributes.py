@@ -40,8 +40,15 @@ def encode_value(attribute: Attribute, text: str, tag: int | None = None) -> byt
     try:
         if kind == DataType.STRING:
             value = text.encode("utf-8")
-        elif kind in (DataType.OCTETS, DataType.ABINARY):
+        elif kind == DataType.OCTETS:
             value = bytes.fromhex(text[2:]) if text[:2].lower() == "0x" else text.encode("utf-8")
+        elif kind == DataType.ABINARY:
+            # An Ascend filter is a binary structure FreeRADIUS compiles from its filter language
+            # ("ip in drop dstip 10.0.0.1/32"); sent as text, the NAS reads garbage rules.
+            if text[:2].lower() != "0x":
+                raise AttributeValueError(f"{attribute.name}: ispd does not compile Ascend filter text; "
+                                          "give the compiled filter in 0x hex")
+            value = bytes.fromhex(text[2:])
         elif kind in (DataType.INTEGER, DataType.DATE, DataType.BYTE, DataType.SHORT, DataType.INTEGER64,
                       DataType.SIGNED):
             value = _encode_number(attribute, text)

@@ -480,6 +480,18 @@ def test_a_vendor_with_continuations_gets_its_flags_octet(tmp_path: Path) -> Non
     assert encoded == bytes((26, 11)) + (24757).to_bytes(4, "big") + bytes((4, 5, 0, 1, 2))
 
 
+
+def test_an_ascend_filter_is_taken_compiled_not_as_text(tmp_path: Path) -> None:
+    """abinary (Ascend-Data-Filter, Lucent-Data-Filter): from a bug hunt, the filter's text
+    went out as its UTF-8 octets, which a NAS reads as binary rules (radclient -x: raw hex)."""
+    dictionary = operator_dictionary(tmp_path, "VENDOR Ascend 529\nBEGIN-VENDOR Ascend\n"
+                                               "ATTRIBUTE Ascend-Data-Filter 242 abinary\nEND-VENDOR Ascend\n")
+    with pytest.raises(AttributeValueError, match="does not compile Ascend filter text"):
+        reply_attribute(dictionary, "Ascend-Data-Filter = 'ip in drop dstip 10.0.0.1/32'")
+    compiled = "01000100" + "00" * 20
+    assert reply_attribute(dictionary, f"Ascend-Data-Filter = 0x{compiled}").value == bytes.fromhex(compiled)
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("Message-Authenticator = 0x00112233445566778899aabbccddeeff", "written by ispd into every reply"),
     ("EAP-Message = 0x0101", "EAP methods"),
