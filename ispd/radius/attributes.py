@@ -104,6 +104,8 @@ def _encode_number(attribute: Attribute, text: str) -> bytes:
     number = named if named is not None else int(text, 0)
     kind = attribute.type
     low, high = _NUMBER_RANGES.get(kind, (0, 2**32 - 1))
+    if attribute.has_tag and kind == DataType.INTEGER:
+        high = 2**24 - 1  # RFC 2868 §3.1: the tag takes the first octet, the value has three
     if not low <= number <= high:
         raise ValueError(f"out of range: {low} to {high}")
     if kind == DataType.SIGNED:

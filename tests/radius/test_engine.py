@@ -505,6 +505,10 @@ def test_an_ascend_filter_is_taken_compiled_not_as_text(tmp_path: Path) -> None:
     ("Session-Timeout", "not an attribute assignment"),
     ("= 5", "not an attribute assignment"),
     ("Tunnel-Type:32 = VLAN", "a tag is a number from 1 to 31"),
+    # From a bug hunt: the value's first octet is the tag's (RFC 2868 §3.1), so 16777229 went out
+    # as tag 1, VLAN (13) with the tag given, and as tag 1 without one.
+    ("Tunnel-Type:2 = 16777229", "out of range: 0 to 16777215"),
+    ("Tunnel-Medium-Type = 16777217", "out of range: 0 to 16777215"),
 ])
 def test_reply_attributes_ispd_writes_itself_or_out_of_range_are_refused(text: str, message: str) -> None:
     with pytest.raises(AttributeValueError, match=message):
