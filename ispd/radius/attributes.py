@@ -215,6 +215,9 @@ def reply_attribute(dictionary: Dictionary, text: str) -> ReplyAttribute:
         raise AttributeValueError(f"{name}: no such attribute in the dictionaries")
     if len(attribute.oid) != 1:
         raise AttributeValueError(f"{name}: extended and TLV attributes cannot be sent yet")
+    if not attribute.vendor and attribute.code > 255:
+        raise AttributeValueError(f"{name}: attribute {attribute.code} is one of FreeRADIUS's server-internal "
+                                  "attributes, which never travel in a packet")
     if attribute.encrypt == Encryption.ASCEND_SECRET:
         raise AttributeValueError(f"{name}: Ascend-style hidden attributes are not supported")
     if not attribute.vendor and attribute.oid[0] in _NEVER_CONFIGURED:

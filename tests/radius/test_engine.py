@@ -492,6 +492,15 @@ def test_an_ascend_filter_is_taken_compiled_not_as_text(tmp_path: Path) -> None:
     assert reply_attribute(dictionary, f"Ascend-Data-Filter = 0x{compiled}").value == bytes.fromhex(compiled)
 
 
+
+def test_a_server_internal_attribute_is_refused_for_what_it_is(tmp_path: Path) -> None:
+    """Standard numbers above 255 (dictionary.freeradius.internal's) load but never travel. From a
+    bug hunt: check-config refused 'Acct-Input-Octets64 = 1' with "bytes must be in range(0, 256)"."""
+    dictionary = operator_dictionary(tmp_path, "ATTRIBUTE Acct-Input-Octets64 1148 integer64\n")
+    with pytest.raises(AttributeValueError, match="server-internal attributes, which never travel"):
+        reply_attribute(dictionary, "Acct-Input-Octets64 = 1")
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("Message-Authenticator = 0x00112233445566778899aabbccddeeff", "written by ispd into every reply"),
     ("EAP-Message = 0x0101", "EAP methods"),
