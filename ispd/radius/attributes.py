@@ -42,6 +42,9 @@ def encode_value(attribute: Attribute, text: str, tag: int | None = None) -> byt
             value = text.encode("utf-8")
         elif kind == DataType.OCTETS:
             value = bytes.fromhex(text[2:]) if text[:2].lower() == "0x" else text.encode("utf-8")
+            if attribute.length and len(value) != attribute.length:  # octets[N]
+                raise AttributeValueError(f"{attribute.name}: the value has {len(value)} octets; this attribute "
+                                          f"has exactly {attribute.length}")
         elif kind == DataType.ABINARY:
             # An Ascend filter is a binary structure FreeRADIUS compiles from its filter language
             # ("ip in drop dstip 10.0.0.1/32"); sent as text, the NAS reads garbage rules.

@@ -501,6 +501,17 @@ def test_a_server_internal_attribute_is_refused_for_what_it_is(tmp_path: Path) -
         reply_attribute(dictionary, "Acct-Input-Octets64 = 1")
 
 
+
+def test_a_fixed_length_octets_attribute_takes_exactly_its_length(tmp_path: Path) -> None:
+    """octets[N] (3GPP-MS-Time-Zone is octets[2], TS 29.061): from a bug hunt, 0x80 passed
+    check-config and went out one octet long, which a GGSN/PGW refuses."""
+    dictionary = operator_dictionary(tmp_path, "VENDOR 3GPP 10415\nBEGIN-VENDOR 3GPP\n"
+                                               "ATTRIBUTE 3GPP-MS-Time-Zone 23 octets[2]\nEND-VENDOR 3GPP\n")
+    with pytest.raises(AttributeValueError, match="has 1 octets; this attribute has exactly 2"):
+        reply_attribute(dictionary, "3GPP-MS-Time-Zone = 0x80")
+    assert reply_attribute(dictionary, "3GPP-MS-Time-Zone = 0x8000").value == b"\x80\x00"
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("Message-Authenticator = 0x00112233445566778899aabbccddeeff", "written by ispd into every reply"),
     ("EAP-Message = 0x0101", "EAP methods"),
