@@ -408,15 +408,14 @@ def check_radius_reply(config: Config, args: argparse.Namespace) -> None:
 
 
 def _hidden_names(dictionary: Dictionary, lines: Sequence[str]) -> set[str]:
-    """The attributes among ``lines`` whose values are secrets (a Tunnel-Password): the audit,
-    which keeps what it is given for good, does not get their values."""
-    from ispd.radius.dictionary import Encryption
-
+    """The attributes among ``lines`` whose values are secrets (a Tunnel-Password, or one the
+    dictionary flags ``secret``): the audit, which keeps what it is given for good, does not get
+    their values."""
     names = set()
     for line in lines:
         name = line.split("=", 1)[0].split(":", 1)[0].strip()
         attribute = dictionary.get(name)
-        if attribute is not None and attribute.encrypt != Encryption.NONE:
+        if attribute is not None and attribute.secret:  # (set for every encrypted one too)
             names.add(name)
     return names
 

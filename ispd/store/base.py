@@ -149,7 +149,7 @@ class Store(ABC):
                                hidden: Collection[str] = ()) -> Subscriber:
         """Replace a subscriber's own RADIUS reply attributes (each "Attribute = value", checked
         by the caller against the dictionaries); audited as "subscriber.radius_reply_set", the
-        values of the attributes named in ``hidden`` (the dictionaries' encrypted ones: a
+        values of the attributes named in ``hidden`` (the dictionaries' secret ones: a
         Tunnel-Password) left out of the audit, which keeps them for good."""
 
     @abstractmethod

@@ -529,3 +529,17 @@ def test_migrations_are_refused_beside_a_daemon_from_before_the_lock(tmp_path: P
     assert control.exists()
     ok(config_path, "store", "migrate")
     assert _schema_of(store) == migrations[-1].version
+
+
+def test_the_audit_keeps_no_value_of_an_attribute_the_dictionary_calls_secret(tmp_path: Path) -> None:
+    """FreeRADIUS's ``secret`` flag (never print the value) in an operator's dictionary: from a bug
+    hunt, only encrypted attributes were left out of the audit, which kept this one's value."""
+    (tmp_path / "dictionary.local").write_text(
+        "VENDOR Example 65000\nBEGIN-VENDOR Example\nATTRIBUTE Example-PSK 1 string secret\nEND-VENDOR Example\n")
+    config = base_config(tmp_path, radius={"dictionaries": [str(tmp_path / "dictionary.local")]})
+    config_path = toml.write(tmp_path / "ispd.toml", config)
+    ok(config_path, "subscriber", "add", "alice", "--password-stdin", input="alice-pw\n")
+    ok(config_path, "subscriber", "radius-reply", "alice", "Example-PSK = wifi-passphrase-1")
+    shown = ok(config_path, "subscriber", "show", "alice", "--json")
+    audited = [e["details"] for e in json.loads(shown)["audit"] if e["action"] == "subscriber.radius_reply_set"]
+    assert audited == [{"from": [], "to": ["Example-PSK = (hidden)"]}], shown
