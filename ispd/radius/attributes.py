@@ -16,7 +16,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ispd.radius.codec import Attr, hide_password, hide_salted, split_vendor_specific
+from ispd.radius.codec import MAX_ATTRIBUTE_VALUE, Attr, hide_password, hide_salted, split_vendor_specific
 from ispd.radius.config import parse_assignment
 from ispd.radius.dictionary import Attribute, DataType, Dictionary, Encryption
 
@@ -87,7 +87,7 @@ def encode_value(attribute: Attribute, text: str, tag: int | None = None) -> byt
             value = bytes((tag,)) + value[1:]  # RFC 2868 §3.1: the tag takes the first octet
         elif attribute.encrypt == Encryption.NONE:
             value = bytes((tag,)) + value
-    if len(value) > 247:
+    if len(value) > MAX_ATTRIBUTE_VALUE:  # (a vendor's header takes more: see ReplyAttribute.encode)
         raise AttributeValueError(f"{attribute.name}: the value is longer than an attribute can carry")
     return value
 
@@ -185,6 +185,8 @@ class ReplyAttribute:
         elif self.encrypt == Encryption.USER_PASSWORD:
             value = hide_password(value, secret, request_authenticator)
         if self.vendor == 0:
+            if len(value) > MAX_ATTRIBUTE_VALUE:
+                raise ValueError(f"{len(value)} octets is more than the {MAX_ATTRIBUTE_VALUE} an attribute carries")
             return bytes((self.code, len(value) + 2)) + value
         # The continuation octet (its "more follows" bit clear: the value is whole here) counts in
         # the length, as the value does.
@@ -193,6 +195,10 @@ class ReplyAttribute:
                + ((len(value) + self.vendor_type_size + self.vendor_length_size + len(flags))
                   .to_bytes(self.vendor_length_size, "big") if self.vendor_length_size else b"")
                + flags + value)
+        if len(sub) > MAX_ATTRIBUTE_VALUE - 4:
+            room = MAX_ATTRIBUTE_VALUE - 4 - (len(sub) - len(value))
+            raise ValueError(f"{len(value)} octets is more than the {room} a Vendor-Specific of vendor {self.vendor} "
+                             "carries")
         return bytes((Attr.VENDOR_SPECIFIC, len(sub) + 6)) + _U32.pack(self.vendor) + sub
 
 

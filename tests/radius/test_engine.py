@@ -512,6 +512,22 @@ def test_a_fixed_length_octets_attribute_takes_exactly_its_length(tmp_path: Path
     assert reply_attribute(dictionary, "3GPP-MS-Time-Zone = 0x8000").value == b"\x80\x00"
 
 
+
+def test_a_value_s_length_is_limited_by_where_it_travels(tmp_path: Path) -> None:
+    """From a bug hunt: every value was held to 247 octets, refusing a 250-octet Reply-Message
+    (RFC 2865 allows 253), while a format=2,2 vendor's 246 was refused with the encoder's
+    "bytes must be in range(0, 256)"."""
+    assert len(reply_attribute(DICTIONARY, f"Reply-Message = '{'x' * 253}'").value) == 253
+    with pytest.raises(AttributeValueError, match="longer than an attribute can carry"):
+        reply_attribute(DICTIONARY, f"Reply-Message = '{'x' * 254}'")
+    dictionary = operator_dictionary(tmp_path, "VENDOR Starent 8164 format=2,2\nBEGIN-VENDOR Starent\n"
+                                               "ATTRIBUTE SN-VPN-Name 2 string\nEND-VENDOR Starent\n")
+    encoded = reply_attribute(dictionary, f"SN-VPN-Name = '{'x' * 245}'").encode()
+    assert encoded[:2] == bytes((26, 255)) and encoded[10:] == b"x" * 245
+    with pytest.raises(AttributeValueError, match="246 octets is more than the 245 a Vendor-Specific of vendor 8164"):
+        reply_attribute(dictionary, f"SN-VPN-Name = '{'x' * 246}'")
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("Message-Authenticator = 0x00112233445566778899aabbccddeeff", "written by ispd into every reply"),
     ("EAP-Message = 0x0101", "EAP methods"),
