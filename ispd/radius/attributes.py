@@ -241,19 +241,20 @@ def reply_attribute(dictionary: Dictionary, text: str) -> ReplyAttribute:
     return reply
 
 
-# What a subscriber's own attributes may not give, besides what no reply attribute may.
-_NOT_A_SUBSCRIBERS = {
-    "Framed-IP-Address": "reserve the address instead (ispd reservation add NAME --username LOGIN --address A): "
-                         "one record of who has which address",
-    "Class": "ispd's own: it names the subscriber in the accounting",
+# What a subscriber's own attributes may not give, besides what no reply attribute may; by number,
+# since the dictionaries may give one several names (FreeRADIUS's tree: Framed-Address for 8).
+_NOT_A_SUBSCRIBERS: dict[int, str] = {
+    Attr.FRAMED_IP_ADDRESS: "reserve the address instead (ispd reservation add NAME --username LOGIN --address A): "
+                            "one record of who has which address",
+    Attr.CLASS: "ispd's own: it names the subscriber in the accounting",
 }
 
 
 def subscriber_reply_attribute(dictionary: Dictionary, text: str) -> ReplyAttribute:
     """One of a subscriber's own reply attributes (``ispd subscriber radius-reply``)."""
     reply = reply_attribute(dictionary, text)
-    if not reply.vendor and reply.name in _NOT_A_SUBSCRIBERS:
-        raise AttributeValueError(f"{reply.name}: {_NOT_A_SUBSCRIBERS[reply.name]}")
+    if not reply.vendor and reply.code in _NOT_A_SUBSCRIBERS:
+        raise AttributeValueError(f"{reply.name}: {_NOT_A_SUBSCRIBERS[reply.code]}")
     return reply
 
 

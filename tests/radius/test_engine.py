@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from ispd.credentials import PasswordChecker, make_verifier, nt_hash
 from ispd.radius import mschap
-from ispd.radius.attributes import AttributeValueError, reply_attribute
+from ispd.radius.attributes import AttributeValueError, reply_attribute, subscriber_reply_attribute
 from ispd.radius.codec import (
     Attr,
     Code,
@@ -526,6 +526,18 @@ def test_a_value_s_length_is_limited_by_where_it_travels(tmp_path: Path) -> None
     assert encoded[:2] == bytes((26, 255)) and encoded[10:] == b"x" * 245
     with pytest.raises(AttributeValueError, match="246 octets is more than the 245 a Vendor-Specific of vendor 8164"):
         reply_attribute(dictionary, f"SN-VPN-Name = '{'x' * 246}'")
+
+
+
+def test_a_subscriber_s_own_address_is_refused_under_any_of_its_names(tmp_path: Path) -> None:
+    """FreeRADIUS's tree names attribute 8 Framed-Address too (dictionary.compat). From a bug hunt:
+    'Framed-Address = 198.18.5.5' passed radius-reply, and the Access-Accept of a subscriber
+    with a reservation carried two Framed-IP-Address (RFC 2865 §5.44: at most one)."""
+    dictionary = operator_dictionary(tmp_path, "ATTRIBUTE Framed-Address 8 ipaddr\nATTRIBUTE Old-Class 25 octets\n")
+    with pytest.raises(AttributeValueError, match="reserve the address instead"):
+        subscriber_reply_attribute(dictionary, "Framed-Address = 198.18.5.5")
+    with pytest.raises(AttributeValueError, match="ispd's own"):
+        subscriber_reply_attribute(dictionary, "Old-Class = 0x01")
 
 
 @pytest.mark.parametrize(("text", "message"), [
