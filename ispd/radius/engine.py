@@ -910,13 +910,16 @@ class AuthEngine:
         address = fixed.address if fixed is not None else None
         if address is not None:
             items.append(_encode((Attr.FRAMED_IP_ADDRESS, IPv4Address(address).packed)))
-        if walled:  # (IPv4 only, as DHCPv6 gives suspended subscribers nothing: the garden is on IPv4)
-            garden = _for_nas(self.settings.walled_garden, nas.kind)
-            items.extend(garden)
-            _replace_interim(items, interim, garden)
-            return items, not any(a.hidden for a in garden)
         plan = subject.plan
         plan_reply = self.settings.plans.get(plan.name) if plan is not None else None
+        # ispd gives this login its address (a reservation's, or the pool's after the profile): a
+        # configured Framed-IP-Address (255.255.255.254, "the NAS picks") would be a second one.
+        gives_address = address is not None or (plan_reply is not None and plan_reply.address_pool is not None)
+        if walled:  # (IPv4 only, as DHCPv6 gives suspended subscribers nothing: the garden is on IPv4)
+            garden = _for_nas(self.settings.walled_garden, nas.kind)
+            items.extend(_without_address(garden) if gives_address else garden)
+            _replace_interim(items, interim, garden)
+            return items, not any(a.hidden for a in garden)
         if plan is not None:
             if plan.session_timeout_seconds:
                 items.append(_encode((Attr.SESSION_TIMEOUT, u32(plan.session_timeout_seconds))))
@@ -944,6 +947,8 @@ class AuthEngine:
             items = [item for item in items if _attribute_key(item) not in replaced]
             items.extend(own)
             cacheable = cacheable and not any(a.hidden for a in own)
+        if gives_address:
+            items = _without_address(items)
         fixed_ipv6 = _fixed_ipv6(fixed) if fixed is not None else []
         if fixed_ipv6:  # the reservation's, kept with DHCPv6's pools, over the plan's and the subscriber's own
             # (and over a pool the NAS would give the same thing from: RFC 6911's)
@@ -1018,6 +1023,7 @@ _POOL_FOR = {_FRAMED_IPV6_ADDRESS: 172, _DELEGATED_IPV6_PREFIX: 171}  # Stateful
 _OWN_PREFIX_SOURCES = frozenset({(0, _DELEGATED_IPV6_PREFIX), (0, _POOL_FOR[_DELEGATED_IPV6_PREFIX])})
 
 # What a session keeps from its Access-Accept, which a CoA does not move.
+_PLAN_ADDRESS = (0, int(Attr.FRAMED_IP_ADDRESS))
 _SESSION_ADDRESSING = frozenset({(0, _FRAMED_IPV6_ADDRESS), (0, _FRAMED_IPV6_PREFIX), (0, _DELEGATED_IPV6_PREFIX)})
 
 
@@ -1042,6 +1048,12 @@ def _for_nas(items: Sequence[_Item], kind: NasKind) -> list[_Item]:
     if own is None:
         return list(items)
     return [item for item in items if (vendor := _attribute_key(item)[0]) not in _GEAR_VENDORS or vendor in own]
+
+
+def _without_address(items: Sequence[bytes | ReplyAttribute]) -> list[bytes | ReplyAttribute]:
+    """``items`` without a configured Framed-IP-Address (ispd's own, encoded, stays)."""
+    return [item for item in items
+            if not (isinstance(item, ReplyAttribute) and (item.vendor, item.code) == _PLAN_ADDRESS)]
 
 
 def _attribute_key(item: bytes | ReplyAttribute) -> tuple[int, int]:

@@ -605,6 +605,36 @@ def test_a_prefix_pool_plan_asks_for_a_prefix_and_the_accept_carries_it_with_the
     assert first(without.attributes, Attr.FRAMED_IP_ADDRESS) == bytes((198, 18, 8, 9))
 
 
+def test_a_plan_s_framed_ip_address_gives_way_to_the_address_ispd_gives() -> None:
+    """A plan's "Framed-IP-Address = 255.255.255.254" (RFC 2865 §5.8: the NAS picks one) for its
+    dynamic logins; from a bug hunt, a login with a reserved address got both (radclient -x: two
+    Framed-IP-Address, at most one allowed by RFC 2865 §5.44), and so did a pool's."""
+    nas_picks = (reply_attribute(DICTIONARY, "Framed-IP-Address = 255.255.255.254"),)
+    world = World(ReplySettings(plans={"home": PlanReply(attributes=nas_picks)}))
+    dynamic = world.engine.handle(pap("bob", "bob-pw"), nas(), NOW)
+    assert [v for c, v in reply_attributes(dynamic.attributes) if c == Attr.FRAMED_IP_ADDRESS] == [b"\xff" * 3 + b"\xfe"]
+    reserved = world.engine.handle(pap("alice@pppoe", "alice-pw"), nas(), NOW)
+    assert reserved.code == Code.ACCESS_ACCEPT
+    assert [v for c, v in reply_attributes(reserved.attributes) if c == Attr.FRAMED_IP_ADDRESS] == [
+        bytes((198, 18, 7, 7))]
+    pooled = World(ReplySettings(plans={"home": PlanReply(attributes=nas_picks, address_pool="pppoe")}))
+    packet = pap("bob", "bob-pw")
+    claim = pooled.engine.handle(packet, nas(), NOW).claim
+    assert claim is not None
+    accepted = pooled.engine.finish_claim(packet, nas(), claim, "198.18.8.9")
+    assert [v for c, v in reply_attributes(accepted.attributes) if c == Attr.FRAMED_IP_ADDRESS] == [
+        bytes((198, 18, 8, 9))]
+    # The walled garden's attributes, likewise.
+    garden = World(ReplySettings(suspended=SuspendedAction.WALLED_GARDEN, walled_garden=nas_picks))
+    garden.directory.replace(subscriber(1, "alice", SubscriberStatus.SUSPENDED),
+                             StoredCredentials(cleartext="alice-pw", updated_at=1),
+                             [Reservation(1, 1, ReservationKind.USERNAME, "alice@pppoe", address="198.18.7.7")], PLAN)
+    walled = garden.engine.handle(pap("alice@pppoe", "alice-pw"), nas(), NOW)
+    assert walled.code == Code.ACCESS_ACCEPT
+    assert [v for c, v in reply_attributes(walled.attributes) if c == Attr.FRAMED_IP_ADDRESS] == [
+        bytes((198, 18, 7, 7))]
+
+
 def test_a_prefix_pool_alone_claims_no_address_and_keeps_a_lines_reserved_one() -> None:
     world = World(ReplySettings(plans={"home": PlanReply(prefix_pool="homes")}))
     line = Reservation(3, 2, ReservationKind.MAC, "02:00:5e:00:00:02", address="198.18.7.2")
