@@ -40,6 +40,10 @@ class TLSListener:
         self.handshake_timeout = handshake_timeout
         self.serve = serve
         self.context: ssl.SSLContext | None = None
+        # The certificate's and key's bytes that ``context`` was made from, and the last context
+        # prepared with its own: a reload that leaves the files as they were keeps the context.
+        self._context_files: tuple[bytes, bytes] | None = None
+        self._prepared: tuple[ssl.SSLContext, tuple[bytes, bytes] | None] | None = None
         self.bound: list[tuple[str, int]] = []
         self._connections: set[asyncio.Task[None]] = set()
         self._paused: set[asyncio.TimerHandle] = set()  # listening sockets resting after a failed accept
@@ -51,10 +55,24 @@ class TLSListener:
         self.use_certificate(self.prepare_certificate(certificate, private_key))
 
     def prepare_certificate(self, certificate: Path, private_key: Path) -> ssl.SSLContext:
-        """What ``use_certificate`` takes; ``CertificateError`` when the files are unusable."""
-        return server_tls_context(certificate, private_key, self.alpn)
+        """What ``use_certificate`` takes; ``CertificateError`` when the files are unusable. The
+        context in use when the files have not changed: its session ticket keys are its own, and
+        a new one at every SIGHUP (a policy feed's hourly update, say) had every client's next
+        connection make a full handshake instead of resuming."""
+        try:
+            files: tuple[bytes, bytes] | None = (certificate.read_bytes(), private_key.read_bytes())
+        except OSError:
+            files = None  # (server_tls_context says why)
+        if files is not None and files == self._context_files and self.context is not None:
+            return self.context
+        context = server_tls_context(certificate, private_key, self.alpn)
+        self._prepared = (context, files)
+        return context
 
     def use_certificate(self, prepared: ssl.SSLContext) -> None:
+        if self._prepared is not None and self._prepared[0] is prepared:
+            self._context_files = self._prepared[1]
+            self._prepared = None
         self.context = prepared
 
     async def start(self, addresses: list[SocketAddress], stack: AsyncExitStack, *, reuse_port: bool = False,

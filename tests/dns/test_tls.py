@@ -143,3 +143,44 @@ def test_a_connection_counts_under_the_limits_until_its_socket_is_gone(tmp_path:
     closed = uvloop.run(run())
     assert closed < 5, f"the socket stayed {closed:.1f} s"  # idle 0.5 s, the close_notify's wait 0.5 s
     assert gate.total == 0
+
+
+def test_a_reload_that_leaves_the_files_as_they_were_keeps_sessions_resumable(tmp_path: Path) -> None:
+    """A new context at every SIGHUP (a policy feed's hourly update, say) made the ticket keys
+    new too: every DoT and DoH client's next connection was a full handshake."""
+    certificates = issue(tmp_path, "dns.test")
+    stats = TransportStats()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str) -> None:
+        writer.write(b"hello")
+        await writer.drain()
+        await reader.read()
+
+    context = ssl.create_default_context(cafile=str(certificates.ca))
+
+    def connect(address: tuple[str, int], session: ssl.SSLSession | None = None) -> tuple[ssl.SSLSession, bool]:
+        with socket.create_connection(address, timeout=5) as raw, \
+                context.wrap_socket(raw, server_hostname="dns.test", session=session) as client:
+            assert client.recv(5) == b"hello"  # (TLS 1.3's tickets come before it)
+            assert client.session is not None
+            return client.session, client.session_reused
+
+    async def run() -> list[bool]:
+        loop = asyncio.get_running_loop()
+        listener = TLSListener("dot", ["dot"], ConnectionGate(10, 10, stats), stats, 5.0, serve)
+        listener.load_certificate(certificates.certificate, certificates.private_key)
+        async with AsyncExitStack() as stack:
+            await listener.start([SocketAddress("127.0.0.1", 0)], stack)
+            address = listener.bound[0]
+            session, _ = await loop.run_in_executor(None, connect, address)
+            listener.load_certificate(certificates.certificate, certificates.private_key)  # a SIGHUP
+            session, same_files = await loop.run_in_executor(None, connect, address, session)
+            renewed = issue(tmp_path / "renewed", "dns.test")
+            context.load_verify_locations(cafile=str(renewed.ca))
+            certificates.certificate.write_bytes(renewed.certificate.read_bytes())
+            certificates.private_key.write_bytes(renewed.private_key.read_bytes())
+            listener.load_certificate(certificates.certificate, certificates.private_key)  # a renewal
+            _, new_files = await loop.run_in_executor(None, connect, address, session)
+            return [same_files, new_files]
+
+    assert uvloop.run(run()) == [True, False]
