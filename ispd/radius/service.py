@@ -455,7 +455,10 @@ class RadiusService(Service):
     async def _address_pools(self, config: RadiusConfig) -> AddressPools:
         pools = AddressPools((p.name, *p.bounds) for p in config.address_pool)
         # (With no pool left, open sessions may still hold addresses of the pools they had.)
-        pools.load(await self.context.store.list_leases(), self.context.clock())
+        # Ended leases too, oldest first: each line's last address, free now, is its first
+        # candidate after a restart or reload as before it (a BNG's redial storm keeps them).
+        leases = await self.context.store.list_leases(include_ended=True)
+        pools.load(sorted(leases, key=lambda lease: lease.starts_at), self.context.clock())
         return pools
 
     async def _open(self, stack: AsyncExitStack) -> None:

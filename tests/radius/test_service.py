@@ -1216,6 +1216,60 @@ async def test_a_redial_handled_right_after_the_stop_keeps_the_address_it_was_gi
         await store.close()
 
 
+async def test_a_line_gets_its_last_address_back_after_a_restart_too(tmp_path: Path) -> None:
+    """From a storm review (a BNG reboot): a line whose session had stopped got its last address
+    back from a running ispd but not from a restarted one, which loaded only the leases still
+    bound: after a restart (or a reload of the pools) 9,870 of 9,999 redialling lines got another
+    address, each the next one's. Kea gives a returning client its expired lease while it is free."""
+    import os
+    from ipaddress import IPv4Address
+
+    from ispd.radius.codec import hide_password
+    from ispd.store.models import CredentialPolicy, StoredCredentials
+
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        await store.add_plan("home", actor="test", credential_policy=CredentialPolicy.CLEARTEXT)
+        ids = {name: (await store.add_subscriber(name, actor="test", plan="home",
+                                                 credentials=StoredCredentials(cleartext="pw", updated_at=1))).id
+               for name in ("bob", "alice")}
+        macs = {"bob": "02:00:5e:10:00:02", "alice": "02:00:5e:10:00:01"}
+        config = _radius_config(3799, plan=[{"plan": "home", "address_pool": "p"}],
+                                address_pool=[{"name": "p", "range": "198.18.58.10 - 198.18.58.11"}])
+
+        async def login(service: RadiusService, name: str) -> str:
+            authenticator = os.urandom(16)
+            request = encode_request(Code.ACCESS_REQUEST, 1, encode_attributes([
+                (Attr.USER_NAME, name.encode()),
+                (Attr.USER_PASSWORD, hide_password(b"pw", SECRET.encode(), authenticator)),
+                (Attr.CALLING_STATION_ID, macs[name].encode())]), SECRET.encode(), authenticator=authenticator)
+            replies = _Replies()
+            service.handle_auth(request, (NAS, 50000), replies)
+            await _until(lambda: _true(bool(replies.sent)), within=5)
+            answer = decode(replies.sent[-1])
+            assert answer.code == Code.ACCESS_ACCEPT
+            return str(IPv4Address(answer.get(Attr.FRAMED_IP_ADDRESS)))
+
+        async with _running(store, EventBus(), config) as service:
+            given = {name: await login(service, name) for name in ("bob", "alice")}  # bob .10, alice .11
+            for name, address in given.items():
+                start = AccountingRecord(at=time.time(), status=AccountingStatus.START, nas_address=NAS,
+                                         acct_session_id=name, username=name, subscriber_id=ids[name],
+                                         framed_ip=address, calling_station_id=macs[name], nas_client="bng")
+                [result] = await store.record_accounting([start])
+                service._follow(start, result)
+                stop = replace(start, at=time.time(), status=AccountingStatus.STOP)
+                [result] = await store.record_accounting([stop])
+                service._follow(stop, result)
+            await asyncio.sleep(0.3)  # the releases written
+        assert {str((await store.get_lease(a)).state) for a in given.values()} == {"released"}
+        async with _running(store, EventBus(), config) as service:
+            assert await login(service, "alice") == given["alice"]  # not the pool's first free one
+            assert await login(service, "bob") == given["bob"]
+    finally:
+        await store.close()
+
+
 async def _true(value: bool) -> bool:
     return value
 
