@@ -347,6 +347,9 @@ class AuthEngine:
         self.dictionary = dictionary
         self.settings = settings
         self.conversations = EAPConversations()
+        # The NAS the request being handled comes from, as its sessions are kept (a client that
+        # is a network is several NASes): set by ``handle`` and ``finish_password_check``.
+        self._nas_address: str | None = None
         self.eap_methods: list[EAPMethod] = [EAPMethod.MD5]  # offered, in order (the service sets them)
         self.tunnels: TunnelServer | None = None  # EAP-TTLS and PEAP, when a certificate is configured
         self.realms = Realms([], [])  # proxied realms ([[radius.realm]]; the service sets them)
@@ -354,7 +357,9 @@ class AuthEngine:
 
     # --- the entry point
 
-    def handle(self, packet: Packet, nas: Nas, now: float) -> Decision:
+    def handle(self, packet: Packet, nas: Nas, now: float, source: str | None = None) -> Decision:
+        """``source``: the address the request came from."""
+        self._nas_address = _nas_address(packet, nas, source)
         code = packet.code
         if code == _STATUS_SERVER:
             return self._status_server(packet, nas)
@@ -449,7 +454,8 @@ class AuthEngine:
         return self._authorize(packet, nas, subject, fixed, "pap")
 
     def finish_password_check(self, packet: Packet, nas: Nas, pending: PendingCheck, ok: bool,
-                              now: float) -> Decision:
+                              now: float, source: str | None = None) -> Decision:
+        self._nas_address = _nas_address(packet, nas, source)
         # The subscriber as it is now: a suspension or a new password during the check counts.
         subject = self.directory.subjects.get(pending.subject.id)
         method, failure = pending.method, pending.failure
@@ -772,8 +778,10 @@ class AuthEngine:
         802.1X re-authenticates a station periodically, and a CPE redials after its Stop was
         lost; counting its own session against it rejected every re-authentication at
         max_sessions = 1. The session is the one the request names (Acct-Session-Id), else one on
-        the same NAS from the same station (Calling-Station-Id, and NAS-Port-Id when both have
-        one: a port alone is often a whole PPPoE interface). The station is looked for also when
+        the same NAS (by its address when the client is a network of NASes: a station's login on
+        another BNG is another session, whose address would be given twice) from the same
+        station (Calling-Station-Id, and NAS-Port-Id when both have one: a port alone is often a
+        whole PPPoE interface). The station is looked for also when
         the request names a session that is not open: a NAS that rebooted without Accounting-On
         gives the station's new login a new Acct-Session-Id. One at most: a copied MAC buys at
         most one session more."""
@@ -781,7 +789,9 @@ class AuthEngine:
         station, port = _text(packet.first, _CALLING_STATION_ID), _text(packet.first, _NAS_PORT_ID)
         if session_id is None and station is None:
             return 0
-        on_this_nas = [s for s in self.sessions.of_subscriber(subscriber_id) if s.nas_client == nas.name]
+        where = None if nas.one_address else self._nas_address
+        on_this_nas = [s for s in self.sessions.of_subscriber(subscriber_id)
+                       if s.nas_client == nas.name and (where is None or s.nas_address == where)]
         if session_id is not None and any(s.acct_session_id == session_id for s in on_this_nas):
             return 1
         if station is not None and any(
@@ -1177,6 +1187,15 @@ def _ipv6_address_text(value: bytes | None) -> str | None:
     if value is None or len(value) != 16 or not any(value):
         return None
     return str(IPv6Address(value))
+
+
+def _nas_address(packet: Packet, nas: Nas, source: str | None) -> str | None:
+    """The address a NAS's sessions are kept under (``AccountingEngine.nas_address``): its
+    NAS-IP-Address when inside the client's network, else the request's source."""
+    reported = reported_address(packet)
+    if reported is not None and nas.network is not None and ip_address(reported) in nas.network:
+        return reported
+    return source
 
 
 def reported_address(packet: Packet) -> str | None:

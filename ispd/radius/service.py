@@ -644,7 +644,7 @@ class RadiusService(Service):
         nas, packet, key = admitted
         assert self.auth is not None
         try:
-            decision = self.auth.handle(packet, nas, now)
+            decision = self.auth.handle(packet, nas, now, addr[0])
         except Exception:  # a bug on one packet must not stop the next
             self.metrics.dropped.inc("auth", Drop.INTERNAL_ERROR)
             log.error("radius.request.failed", nas=nas.name, exc_info=True)
@@ -917,7 +917,7 @@ class RadiusService(Service):
             ok = done.exception() is None and bool(done.result())
             assert self.auth is not None
             now = self.context.clock()
-            decision = self.auth.finish_password_check(packet, nas, pending, ok, now)
+            decision = self.auth.finish_password_check(packet, nas, pending, ok, now, addr[0])
             self._conclude(decision, packet, nas, transport, addr, key, started, now)
 
         future.add_done_callback(checked)

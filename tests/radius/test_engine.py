@@ -846,6 +846,31 @@ def test_a_station_whose_nas_rebooted_silently_is_known_by_its_mac_under_a_new_s
     assert login(b"old-2", b"02-00-00-00-00-09", b"eth0.9").code == Code.ACCESS_ACCEPT  # the id names its session
 
 
+def test_a_station_on_another_nas_of_a_client_network_is_another_login() -> None:
+    """From a storm review: a client configured as a network of BNGs is one name, and a
+    station's login on another BNG of it stood in for its session on the first: 100 subscribers
+    of max_sessions = 1 had two open sessions each, one per BNG, both with the same pool address
+    (its line's). The same NAS is the same address there, as the sessions are kept."""
+    world = World()  # alice: max_sessions = 2, both open on 127.0.0.2
+    for n, calling in enumerate(("AA-BB-CC-DD-EE-FF", "02-00-00-00-00-02")):
+        world.sessions.put(RadiusSession(n + 1, "127.0.0.2", f"s{n}", "alice", NOW, NOW, subscriber_id=1,
+                                         nas_client="lab", calling_station_id=calling))
+    network = Nas("lab", SECRET, NasKind.MIKROTIK, Policy.YES, Policy.YES, network=IPv4Network("127.0.0.0/29"))
+
+    def login(source: str, *reported: tuple[int, bytes]) -> Decision:
+        return world.engine.handle(pap("alice", "alice-pw", (Attr.CALLING_STATION_ID, b"AA-BB-CC-DD-EE-FF"),
+                                       *reported), network, NOW, source)
+
+    assert login("127.0.0.2").code == Code.ACCESS_ACCEPT  # its own BNG: it stands in for its session
+    assert login("127.0.0.3").reject == RejectReason.SIMULTANEOUS_USE  # another BNG of the client
+    # A NAS that names itself (NAS-IP-Address inside the client's network) is that NAS, as its sessions are kept.
+    assert login("127.0.0.3", (Attr.NAS_IP_ADDRESS, bytes((127, 0, 0, 2)))).code == Code.ACCESS_ACCEPT
+    assert login("127.0.0.2", (Attr.NAS_IP_ADDRESS, bytes((127, 0, 0, 4)))).reject == RejectReason.SIMULTANEOUS_USE
+    # A client of one address is one NAS, whatever the request says.
+    assert world.engine.handle(pap("alice", "alice-pw", (Attr.CALLING_STATION_ID, b"AA-BB-CC-DD-EE-FF")), nas(),
+                               NOW, "127.0.0.9").code == Code.ACCESS_ACCEPT
+
+
 # --- CHAP, MS-CHAP, EAP-MD5 --------------------------------------------------------------------
 
 
