@@ -1389,6 +1389,10 @@ class RadiusService(Service):
                 holder = stopped.subscriber_id or holder
                 bus.publish(_session_event(SessionStopped, stopped, at, record.terminate_cause))
                 self._give_back(stopped)
+        if outcome == AccountingOutcome.NAS_RESTARTED:
+            # A BNG's reboot ends every session it had: the operator reads when, and how many.
+            log.info("radius.nas.restarted", nas=record.nas_address, client=record.nas_client,
+                     status=str(record.status), closed=len(result.closed))
         for closed in result.closed:
             sessions.closed((closed,))
             bus.publish(_session_event(SessionStopped, closed, at, closed.terminate_cause))

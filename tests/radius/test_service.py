@@ -1270,6 +1270,26 @@ async def test_a_line_gets_its_last_address_back_after_a_restart_too(tmp_path: P
         await store.close()
 
 
+async def test_a_nas_restart_is_logged_with_the_sessions_it_closed(tmp_path: Path) -> None:
+    """From a storm review: an Accounting-On that closed a rebooted BNG's 9,999 sessions left no
+    line in the log (a stale close and ``session close`` each log theirs): the operator could not
+    tell when the NAS restarted, nor why every session had ended."""
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        await _subscriber_with_a_session(store)
+        async with _running(store, EventBus(), _radius_config(3799)) as service:
+            for status, closed in ((AccountingStatus.ACCOUNTING_ON, 1), (AccountingStatus.ACCOUNTING_OFF, 0)):
+                record = AccountingRecord(at=time.time(), status=status, nas_address=NAS, nas_client="bng")
+                [result] = await store.record_accounting([record])
+                with capture_logs() as logs:
+                    service._follow(record, result)
+                assert [(e["event"], e["nas"], e["status"], e["closed"]) for e in logs
+                        if e["event"] == "radius.nas.restarted"] == [("radius.nas.restarted", NAS, str(status), closed)]
+            assert len(service.sessions) == 0
+    finally:
+        await store.close()
+
+
 async def _true(value: bool) -> bool:
     return value
 
