@@ -347,9 +347,9 @@ class AuthEngine:
         self.dictionary = dictionary
         self.settings = settings
         self.conversations = EAPConversations()
-        # The NAS the request being handled comes from, as its sessions are kept (a client that
-        # is a network is several NASes): set by ``handle`` and ``finish_password_check``.
-        self._nas_address: str | None = None
+        # The address the request being handled came from (``handle``, ``finish_password_check``):
+        # a client that is a network is several NASes, told apart by it (``_nas_address``).
+        self._source: str | None = None
         self.eap_methods: list[EAPMethod] = [EAPMethod.MD5]  # offered, in order (the service sets them)
         self.tunnels: TunnelServer | None = None  # EAP-TTLS and PEAP, when a certificate is configured
         self.realms = Realms([], [])  # proxied realms ([[radius.realm]]; the service sets them)
@@ -359,7 +359,7 @@ class AuthEngine:
 
     def handle(self, packet: Packet, nas: Nas, now: float, source: str | None = None) -> Decision:
         """``source``: the address the request came from."""
-        self._nas_address = _nas_address(packet, nas, source)
+        self._source = source
         code = packet.code
         if code == _STATUS_SERVER:
             return self._status_server(packet, nas)
@@ -455,7 +455,7 @@ class AuthEngine:
 
     def finish_password_check(self, packet: Packet, nas: Nas, pending: PendingCheck, ok: bool,
                               now: float, source: str | None = None) -> Decision:
-        self._nas_address = _nas_address(packet, nas, source)
+        self._source = source
         # The subscriber as it is now: a suspension or a new password during the check counts.
         subject = self.directory.subjects.get(pending.subject.id)
         method, failure = pending.method, pending.failure
@@ -789,7 +789,7 @@ class AuthEngine:
         station, port = _text(packet.first, _CALLING_STATION_ID), _text(packet.first, _NAS_PORT_ID)
         if session_id is None and station is None:
             return 0
-        where = None if nas.one_address else self._nas_address
+        where = None if nas.one_address else _nas_address(packet, nas, self._source)
         on_this_nas = [s for s in self.sessions.of_subscriber(subscriber_id)
                        if s.nas_client == nas.name and (where is None or s.nas_address == where)]
         if session_id is not None and any(s.acct_session_id == session_id for s in on_this_nas):
