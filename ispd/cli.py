@@ -1718,12 +1718,18 @@ async def cmd_session_disconnect(config: Config, args: argparse.Namespace) -> No
         raise CommandFailed("the NAS did not confirm the disconnect")
 
 
+CLOSED_SHOWN = 20  # sessions ``session close --nas`` names; the rest it counts
+
+
 async def cmd_session_close(config: Config, args: argparse.Namespace) -> None:
     request = {"nas": args.nas, "actor": actor()} if args.nas is not None else {"session_id": args.id, "actor": actor()}
     result = await daemon_request(config, args, "radius.session.close", request)
     closed = result["closed"]
     if closed:
-        print(f"closed {len(closed)} session(s): " + ", ".join(f"#{n}" for n in closed))
+        # (A BNG's 10,000 sessions made one line of 70 kB: the first few name what was closed.)
+        shown = ", ".join(f"#{n}" for n in closed[:CLOSED_SHOWN])
+        more = f" and {len(closed) - CLOSED_SHOWN} more" if len(closed) > CLOSED_SHOWN else ""
+        print(f"closed {len(closed)} session(s): {shown}{more}")
     else:
         print(f"no open session of NAS {args.nas}")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ispd.cli import display_width, render_holding, render_overview, table_lines
 from ispd.store.models import (
     CoARecord,
@@ -51,3 +53,20 @@ def test_subscriber_show_escapes_a_nas_s_session_id_and_a_stored_reason() -> Non
     shown = render_overview(SubscriberOverview(subscriber, None, StoredCredentials(), [], [], [session], [], [], coa=[coa]))
     assert "s\\x1b[2J on 198.18.0.1" in shown and "(late\\x1b[31m)" in shown, shown
     assert "\x1b" not in shown
+
+
+def test_closing_a_nas_s_ten_thousand_sessions_names_a_few_and_counts_the_rest(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """From a bug hunt: a BNG's 10,000 sessions were one line of 70 kB."""
+    import argparse
+    import asyncio
+
+    from ispd import cli
+
+    async def closed(*_: object) -> dict[str, list[int]]:
+        return {"closed": list(range(1, 10_001))}
+
+    monkeypatch.setattr(cli, "daemon_request", closed)
+    asyncio.run(cli.cmd_session_close(None, argparse.Namespace(nas="198.18.0.1", id=None)))  # type: ignore[arg-type]
+    assert capsys.readouterr().out == ("closed 10000 session(s): " + ", ".join(f"#{n}" for n in range(1, 21))
+                                       + " and 9980 more\n")
