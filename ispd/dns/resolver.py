@@ -107,6 +107,13 @@ class UpstreamError(Exception):
         self.kind = kind
 
 
+class _Abandoned(Exception):
+    """A shared exchange's sender gave up (cancelled) before the reply came."""
+
+
+_JOINED = "joined"  # an UpstreamError kind: another resolution's exchange failed (it counted it)
+
+
 class Upstream(Protocol):
     async def exchange(self, address: str, query: bytes, *, tcp: bool, wait: float,
                        exact_case: bool, zone: bytes = b"") -> bytes:
@@ -1028,25 +1035,10 @@ class Resolver:
             started = self.clock()
             # The query but its ID and the case of its name (0x20), which a shared reply matched.
             key = (address, tcp, qname, query[2:12] + query[12 + len(send_name):])
-            exchange = self._exchanges.get(key)
-            joined = exchange is not None
-            if exchange is None:
-                # Over TCP (a large answer, after TC) the wait is not the UDP round trip's: the
-                # handshake and a reply of up to 64 kB take longer (Unbound gives TCP 3 s).
-                wait = self.settings.max_timeout if tcp else state.timeout(self.settings)
-                # A task of its own: a client query given up (its deadline) must not cancel the
-                # exchange the others wait for.
-                exchange = asyncio.ensure_future(self.upstream.exchange(
-                    address, query, tcp=tcp, wait=wait, exact_case=self.settings.use_0x20, zone=zone))
-                self._exchanges[key] = exchange
-                exchange.add_done_callback(functools.partial(self._exchanged, key))
-                self.upstream_queries += 1
-            elif budget.trace is not None:
-                _trace(budget, f"{address}: the same query is in flight, waiting for its reply")
             try:
-                data = await asyncio.shield(exchange)
+                data, joined = await self._exchange(key, address, query, tcp, state, zone, budget)
             except UpstreamError as exc:
-                if joined:  # the query that was sent counted and recorded its failure
+                if exc.kind == _JOINED:  # the query that was sent counted and recorded its failure
                     if budget.trace is not None:
                         _trace(budget, f"{address}: {exc}")
                     return None
@@ -1120,11 +1112,44 @@ class Resolver:
             return outcome
         return None
 
-    def _exchanged(self, key: tuple[str, bool, bytes, bytes], exchange: asyncio.Future[bytes]) -> None:
-        if self._exchanges.get(key) is exchange:
+    async def _exchange(self, key: tuple[str, bool, bytes, bytes], address: str, query: bytes, tcp: bool,
+                        state: ServerState, zone: bytes, budget: Budget) -> tuple[bytes, bool]:
+        """The reply to ``query`` and whether it was another resolution's (joined): the same
+        query in flight to the same server is waited for rather than sent again. The sender
+        runs the exchange in its own task (no task or shield of its own on a cache miss: the
+        common case has nobody to share with); a resolution that joins it waits behind a
+        shield, and sends the query itself if the sender gave up (its request timeout) before
+        the reply came. A joiner's failure is an ``UpstreamError`` of kind ``_JOINED``."""
+        while (shared := self._exchanges.get(key)) is not None:
+            if budget.trace is not None:
+                _trace(budget, f"{address}: the same query is in flight, waiting for its reply")
+            try:
+                return await asyncio.shield(shared), True
+            except _Abandoned:
+                continue  # the sender gave up: this one sends it (or joins whoever did first)
+            except UpstreamError as exc:
+                raise UpstreamError(_JOINED, str(exc)) from None
+        # Over TCP (a large answer, after TC) the wait is not the UDP round trip's: the
+        # handshake and a reply of up to 64 kB take longer (Unbound gives TCP 3 s).
+        wait = self.settings.max_timeout if tcp else state.timeout(self.settings)
+        shared = self._exchanges[key] = asyncio.get_running_loop().create_future()
+        self.upstream_queries += 1
+        try:
+            data = await self.upstream.exchange(address, query, tcp=tcp, wait=wait,
+                                                exact_case=self.settings.use_0x20, zone=zone)
+        except asyncio.CancelledError:
+            shared.set_exception(_Abandoned())
+            raise
+        except BaseException as exc:
+            shared.set_exception(exc)
+            raise
+        else:
+            shared.set_result(data)
+        finally:
             del self._exchanges[key]
-        if not exchange.cancelled():
-            exchange.exception()  # retrieved: every resolution that waited for it has given up
+            if shared.done() and not shared.cancelled():
+                shared.exception()  # retrieved: nobody may have joined
+        return data, False
 
     # --- classifying one reply ----------------------------------------------------------
 

@@ -1626,3 +1626,51 @@ def test_a_stale_answer_through_a_dname_is_kept_no_longer_than_the_dnames_window
     clock.advance(100)  # the DNAME has 10 s left of its window, the A record 560 s
     stale = resolver.stale_resolution(N("www.old.example.test."), RRType.A, 30)
     assert stale is not None and stale.answer and all(rr.ttl <= 10 for rr in stale.answer)
+
+
+async def test_an_exchange_no_other_resolution_shares_runs_in_the_resolution_s_task(
+        net: FakeNet, clock: FakeClock) -> None:
+    """From a review: sharing identical queries made every upstream exchange a task of its own
+    behind a shield, on every cache miss, for the rare case that another resolution joins it
+    (the engine runs the common miss in the client's task for that very cost)."""
+    resolver = make_resolver(net, clock)
+    await ask(resolver, "www.example.test.")  # primed (the priming query has a task of its own)
+    tasks: set[asyncio.Task[Any] | None] = set()
+
+    class Recording:
+        async def exchange(self, address: str, query: bytes, **kwargs: Any) -> bytes:
+            tasks.add(asyncio.current_task())
+            return await net.exchange(address, query, **kwargs)
+
+    resolver.upstream = Recording()
+    task = asyncio.ensure_future(ask(resolver, "alias.example.test."))
+    assert (await task).rcode == RCode.NOERROR
+    assert tasks == {task}
+
+
+async def test_a_shared_exchange_given_up_by_its_sender_is_sent_again_by_who_waits(
+        net: FakeNet, clock: FakeClock) -> None:
+    """The sender's resolution is cancelled (its request timeout): its exchange goes with it
+    (no socket kept for nobody), and a resolution that joined it sends the query itself."""
+    resolver = make_resolver(net, clock)
+    await ask(resolver, "www.example.test.")  # the delegations cached
+    cancelled = []
+
+    class Slow:
+        async def exchange(self, address: str, query: bytes, **kwargs: Any) -> bytes:
+            try:
+                await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                cancelled.append(address)
+                raise
+            return await net.exchange(address, query, **kwargs)
+
+    resolver.upstream = Slow()
+    first = asyncio.ensure_future(ask(resolver, "alias.example.test."))
+    await asyncio.sleep(0.01)
+    second = asyncio.ensure_future(ask(resolver, "alias.example.test."))
+    await asyncio.sleep(0.01)
+    first.cancel()
+    await asyncio.sleep(0)
+    assert len(cancelled) == 1  # the sender's exchange went with it
+    assert (await second).rcode == RCode.NOERROR
