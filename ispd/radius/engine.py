@@ -1010,8 +1010,11 @@ class AuthEngine:
         addresses and prefixes (a session keeps those: a plan's or the subscriber's own
         Delegated-IPv6-Prefix would contradict the reservation the Access-Accept gave)."""
         items, _ = self._profile_items(subject, nas, None, walled, session_attributes=False)
+        # (Nor a configured Framed-IP-Address: the session has its address, which names it in the
+        # request's identification; fixed=None above cannot tell a reserved address from none.)
         return b"".join(item if isinstance(item, bytes) else item.encode(nas.secret, bytes(16)) for item in items
-                        if _attribute_key(item) not in _SESSION_ADDRESSING)
+                        if _attribute_key(item) not in _SESSION_ADDRESSING
+                        and not (isinstance(item, ReplyAttribute) and (item.vendor, item.code) == _PLAN_ADDRESS))
 
     def left_in_the_garden(self, subject: AuthSubject, nas: Nas) -> list[str]:
         """The walled garden's attributes that the subscriber's own profile does not carry: a

@@ -1660,3 +1660,21 @@ def test_a_plans_or_subscribers_interim_interval_is_the_one_sent_and_the_session
                              (Attr.ACCT_SESSION_ID, f"s{sid}".encode())])
         record = engine.record(packet, nas(), "127.0.0.1", NOW)
         assert record is not None and record.interim_interval == interval, sid
+
+
+def test_a_coa_carries_no_configured_framed_ip_address() -> None:
+    """From a review: a plan's "Framed-IP-Address = 255.255.255.254" gave way to the reserved
+    address in the Access-Accept, but the plan-change CoA still carried it beside the session's
+    own Framed-IP-Address (RFC 5176 §3: a session identification attribute), so the NAS was
+    told of two addresses for the session (and NAKs it 503, which closes the session)."""
+    attributes = (reply_attribute(DICTIONARY, "Framed-IP-Address = 255.255.255.254"),
+                  reply_attribute(DICTIONARY, "Filter-Id = home"))
+    world = World(ReplySettings(plans={"home": PlanReply(attributes=attributes)}))
+    reserved = world.engine.handle(pap("alice@pppoe", "alice-pw"), nas(), NOW)
+    assert [v for c, v in reply_attributes(reserved.attributes) if c == Attr.FRAMED_IP_ADDRESS] == [
+        bytes((198, 18, 7, 7))]
+    subject = world.directory.by_id(1)
+    assert subject is not None
+    coa = world.engine.change_of_authorization(subject, nas(), False)
+    assert first(coa, Attr.FILTER_ID) == b"home"
+    assert first(coa, Attr.FRAMED_IP_ADDRESS) is None
