@@ -1648,8 +1648,8 @@ class RadiusService(Service):
         nas = self.nas.clients.get(session.nas_client) if session.nas_client else None
         return nas or self.nas.find(session.nas_address)
 
-    async def _disconnect(self, session: RadiusSession, reason: str) -> dict[str, Any]:
-        return await self._dynamic(session, Code.DISCONNECT_REQUEST, b"", reason)
+    async def _disconnect(self, session: RadiusSession, reason: str, *, asked: bool = False) -> dict[str, Any]:
+        return await self._dynamic(session, Code.DISCONNECT_REQUEST, b"", reason, asked=asked)
 
     async def _move(self, session: RadiusSession, walled: bool, reason: str, *,
                     from_the_garden: bool = False) -> dict[str, Any]:
@@ -1670,25 +1670,27 @@ class RadiusService(Service):
         nas = self._nas_for_session(session)
         return self.auth.left_in_the_garden(subject, nas) if subject is not None and nas is not None else []
 
-    async def _change(self, session: RadiusSession, walled: bool, reason: str) -> dict[str, Any]:
+    async def _change(self, session: RadiusSession, walled: bool, reason: str, *,
+                      asked: bool = False) -> dict[str, Any]:
         assert self.auth is not None
         subject = self._holder_of(session)
         nas = self._nas_for_session(session)
         if subject is None or nas is None:
-            return await self._dynamic(session, Code.COA_REQUEST, b"", reason)
+            return await self._dynamic(session, Code.COA_REQUEST, b"", reason, asked=asked)
         profile = self.auth.change_of_authorization(subject, nas, walled)
         # Into a walled garden of other vendors' attributes alone (each NAS gets its own), the
         # CoA would carry nothing either: the NAS would acknowledge it and wall nothing. So for a
         # plan's [[radius.plan]] attributes (or the subscriber's own) all another vendor's.
         unsent = not profile and ((not walled and _has_rates(subject)) or bool(
             self.auth.change_of_authorization(subject, replace(nas, kind=NasKind.GENERIC), walled)))
-        return await self._dynamic(session, Code.COA_REQUEST, profile, reason, nothing_for_nas=unsent)
+        return await self._dynamic(session, Code.COA_REQUEST, profile, reason, nothing_for_nas=unsent, asked=asked)
 
     async def _dynamic(self, session: RadiusSession, code: Code, extra: bytes, reason: str, *,
-                       nothing_for_nas: bool = False) -> dict[str, Any]:
+                       nothing_for_nas: bool = False, asked: bool = False) -> dict[str, Any]:
         self._requesting[session.id] = self._requesting.get(session.id, 0) + 1
         try:
-            return await self._send_dynamic(session, code, extra, reason, nothing_for_nas=nothing_for_nas)
+            return await self._send_dynamic(session, code, extra, reason, nothing_for_nas=nothing_for_nas,
+                                            asked=asked)
         finally:
             if self._requesting[session.id] > 1:
                 self._requesting[session.id] -= 1
@@ -1696,10 +1698,12 @@ class RadiusService(Service):
                 del self._requesting[session.id]
 
     async def _send_dynamic(self, session: RadiusSession, code: Code, extra: bytes, reason: str, *,
-                            nothing_for_nas: bool = False) -> dict[str, Any]:
+                            nothing_for_nas: bool = False, asked: bool = False) -> dict[str, Any]:
         """``nothing_for_nas``: a CoA whose profile has something to change (the plan's rates or
         the over-quota throttle's, the walled garden's or the plan's attributes) but carries none
-        of it to this NAS (no rate-limit attribute for its kind, only other vendors' attributes)."""
+        of it to this NAS (no rate-limit attribute for its kind, only other vendors' attributes).
+        ``asked``: an operator's command for this one session, which does not wait its turn
+        behind a plan change's thousands (the CLI would give up on the answer first)."""
         kind = "disconnect" if code == Code.DISCONNECT_REQUEST else "coa"
         nas = self._nas_for_session(session)
         started_at = self.context.clock()
@@ -1719,7 +1723,7 @@ class RadiusService(Service):
             log.warning("radius.coa.nothing_to_send", session_id=session.id, nas=session.nas_address,
                         nas_kind=nas.kind.value, reason=reason)
         else:
-            async with self._nas_slots.slot(session.nas_address):
+            async with contextlib.nullcontext() if asked else self._nas_slots.slot(session.nas_address):
                 # (Event-Timestamp when it is sent, not when it began to wait: a NAS refuses an old one.)
                 outcome = await self.coa.send(session.nas_address, nas.coa_port, nas.secret, code,
                                               session_identification(session, self.context.clock()) + extra)
@@ -1784,7 +1788,7 @@ class RadiusService(Service):
     async def _command_disconnect(self, args: dict[str, Any]) -> dict[str, Any]:
         session = await self._session_for_command(args)
         reason = args.get("reason")
-        return await self._disconnect(session, str(reason) if reason else "admin")
+        return await self._disconnect(session, str(reason) if reason else "admin", asked=True)
 
     async def _command_close(self, args: dict[str, Any]) -> dict[str, Any]:
         """``ispd session close``: sessions their NAS can no longer end (it died without an
@@ -1821,7 +1825,7 @@ class RadiusService(Service):
             raise CommandError(f"subscriber {subject.subscriber.username!r} is {why}: a CoA would give the session "
                                f"service; end it with `ispd session disconnect {session.id}`")
         walled = subject is not None and self._walled_now(subject)
-        return await self._change(session, walled, str(args.get("reason") or "admin"))
+        return await self._change(session, walled, str(args.get("reason") or "admin"), asked=True)
 
 
 def _has_rates(subject: AuthSubject) -> bool:

@@ -1402,3 +1402,36 @@ async def test_a_nas_is_sent_a_bounded_number_of_requests_at_a_time_and_each_ses
             await bus.drain(5)
     finally:
         await store.close()
+
+
+async def test_an_operator_s_disconnect_does_not_wait_its_turn_behind_queued_coas(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From a review: `ispd session disconnect` waited behind a plan change's thousands queued for
+    a silent NAS, for minutes, and the CLI gave up on the answer long before it was sent."""
+    monkeypatch.setattr(radius_service, "MAX_DYNAMIC_PER_NAS", 2)
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        await store.add_plan("home", actor="test")
+        ids = []
+        for n in range(7):
+            subscriber = await store.add_subscriber(f"s{n}", actor="test", plan="home")
+            ids.append(subscriber.id)
+            await store.record_accounting([AccountingRecord(
+                at=time.time(), status=AccountingStatus.START, nas_address=NAS, acct_session_id=f"x{n}",
+                username=f"s{n}", subscriber_id=subscriber.id, nas_client="bng")])
+        bus = EventBus()
+        with FakeNas(NAS, secret=SECRET.encode(), answer="silent") as nas:
+            async with _running(store, bus, _radius_config(nas.port, coa_timeout_seconds=1, coa_attempts=1)) as service:
+                for n, subscriber_id in enumerate(ids[:6]):
+                    await store.set_subscriber_status(subscriber_id, SubscriberStatus.SUSPENDED, actor="test")
+                    bus.publish(SubscriberSuspended(time.time(), subscriber_id, f"s{n}"))
+                await asyncio.sleep(0.2)
+                assert len(nas.requests) == 2  # the NAS's turns are taken; four wait
+                session = (await store.list_sessions(open_only=True, subscriber=ids[6]))[0]
+                asked = asyncio.ensure_future(service._command_disconnect({"session_id": session.id}))
+                await asyncio.sleep(0.2)
+                assert [r.first(Attr.ACCT_SESSION_ID) for r in nas.requests][-1] == b"x6"
+                assert (await asked)["result"] == "timeout"
+            await bus.drain(5)
+    finally:
+        await store.close()
