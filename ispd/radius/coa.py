@@ -181,7 +181,7 @@ class DynamicAuthorizationClient:
         except OSError as exc:
             sock.close()
             return Exchange(None, 0, exc.strerror or str(exc))
-        refused: list[str] = []  # why each answer that came was not taken
+        refused: list[str] = []  # why the last answer that came was not taken (a flood of them: one)
         try:
             for attempt in range(1, self.attempts + 1):
                 with contextlib.suppress(OSError):  # unreachable now; the next attempt may do better
@@ -210,7 +210,7 @@ class DynamicAuthorizationClient:
             reply, why = checked_answer(data, request, secret, answers)
             if reply is not None:
                 return reply
-            refused.append(why)
+            refused[:] = [why]
 
 
 _ACCESS_ANSWERS = frozenset((Code.ACCESS_ACCEPT, Code.ACCESS_REJECT, Code.ACCESS_CHALLENGE))
