@@ -236,7 +236,11 @@ class _DNSQuicProtocol(QuicConnectionProtocol):
         self.stats = stats
         self.settings = settings
         self.handshakes = handshakes
-        self.client: str | None = None
+        self.client: str | None = None  # the address the connection began from, and is counted as
+        # The address of the datagram being read: a client may move (RFC 9000 §9, a NAT rebinding
+        # or a new network), and its queries are those of the address they come from, for `allow`,
+        # the rate limit and the policy, as over UDP.
+        self.peer = ""
         self.admitted = False
         # Counted as its client's (``ConnectionGate.admit``), or, begun from an address that may
         # be forged, in the total only until its handshake proves the address.
@@ -263,6 +267,7 @@ class _DNSQuicProtocol(QuicConnectionProtocol):
             self._handshake_timer = asyncio.get_running_loop().call_later(
                 self.settings.handshake_timeout, self._handshake_expired)
         if self.admitted:
+            self.peer = addr[0]
             super().datagram_received(data, addr)
 
     def _refuse(self, data: bytes, addr: Any) -> None:
@@ -400,7 +405,7 @@ class DoQProtocol(_DNSQuicProtocol):
             return
         query = bytes(buffer[2:])
         started = time.perf_counter()
-        client = self.client or ""
+        client = self.peer
         reply = self.answerer.from_cache(query, client, started)
         if reply is not None:
             self._reply(stream_id, reply)
@@ -496,7 +501,7 @@ class HTTP3Protocol(_DNSQuicProtocol):
             self._reset(stream_id, H3_EXCESSIVE_LOAD)
             return
         started = time.perf_counter()
-        client = self.client or ""
+        client = self.peer
         prepared = self.responder.prepare(request.request(), client, started)
         if isinstance(prepared, Response):
             self._respond(stream_id, prepared)

@@ -381,3 +381,49 @@ async def test_initials_forged_from_a_clients_address_do_not_take_its_connection
         with pytest.raises(ConnectionError):  # and its limit holds: a third is refused
             await connect()
         assert second._quic._close_event is None
+
+
+class ClientsSeen(CachedAnswers):
+    """Cache hits, each query's client address noted."""
+
+    def __init__(self) -> None:
+        self.clients: list[str] = []
+
+    def from_cache(self, data: bytes, client: str, started: float) -> bytes:
+        self.clients.append(client)
+        return data
+
+
+@pytest.mark.parametrize("alpn", ["doq", "h3"])
+async def test_a_client_that_moves_is_judged_by_the_address_its_queries_come_from(alpn: str, tmp_path: Path) -> None:
+    """A QUIC connection outlives its address (RFC 9000 §9: a NAT rebinding, or a client that
+    moves on purpose). Its queries were judged by the address it began from, so one begun inside
+    `allow` went on being answered from an address outside it (where a UDP query gets REFUSED),
+    and the rate limit and the policy took it for the client it had been."""
+    class Client(_Client):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.http = H3Connection(self._quic) if alpn == "h3" else None
+
+    answers = ClientsSeen()
+    async with AsyncExitStack() as stack:
+        client = await connected(stack, listener_for(tmp_path, alpn, answerer=answers), Client)
+
+        async def ask() -> None:
+            if alpn == "doq":
+                assert await asyncio.wait_for(client.doq(QUERY), 5) == QUERY
+            else:
+                path = "/dns-query?dns=" + base64.urlsafe_b64encode(QUERY).decode().rstrip("=")
+                status, _, body = await asyncio.wait_for(client.h3("GET", "dns.test", path), 5)
+                assert (status, body) == (200, QUERY)
+
+        await ask()
+        old = client._transport
+        moved, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: client, local_addr=("127.59.0.3", 0))
+        stack.callback(moved.abort)
+        old._protocol = asyncio.DatagramProtocol()  # (its end is not the connection's)
+        old.abort()
+        client._transport = moved
+        await ask()
+        assert answers.clients == ["127.59.0.2", "127.59.0.3"]
