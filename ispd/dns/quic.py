@@ -250,6 +250,7 @@ class _DNSQuicProtocol(QuicConnectionProtocol):
         self.in_flight = 0
         self.tasks: set[asyncio.Task[None]] = set()
         self._handshake_timer: asyncio.TimerHandle | None = None
+        self._keepalive: asyncio.TimerHandle | None = None
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         if self.client is None:
@@ -342,8 +343,29 @@ class _DNSQuicProtocol(QuicConnectionProtocol):
                 self.gate.release_unproven()
             if self._handshake_timer is not None:
                 self._handshake_timer.cancel()
+            if self._keepalive is not None:
+                self._keepalive.cancel()
             for task in self.tasks:
                 task.cancel()
+
+    def resolving(self) -> None:
+        """A query goes to the resolver. Idle as the client waits, the connection would reach the
+        idle timeout (both ends take the lower of theirs, RFC 9000 §10.1) before a slower answer,
+        and that answer had nowhere to go: while queries are in flight the server sends a PING
+        every third of the timeout, which both ends count as activity (§10.1.2)."""
+        self.in_flight += 1
+        if self._keepalive is None:
+            self._keep_alive_later()
+
+    def _keep_alive_later(self) -> None:
+        self._keepalive = asyncio.get_running_loop().call_later(self._quic._idle_timeout() / 3, self._keep_alive)
+
+    def _keep_alive(self) -> None:
+        self._keepalive = None
+        if self.in_flight and self.admitted:
+            self._quic.send_ping(0)
+            self.transmit()
+            self._keep_alive_later()
 
     def spawn(self, coroutine: Any) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -410,7 +432,7 @@ class DoQProtocol(_DNSQuicProtocol):
         if reply is not None:
             self._reply(stream_id, reply)
             return
-        self.in_flight += 1
+        self.resolving()
         self.spawn(self._resolve(stream_id, query, client, started))
 
     async def _resolve(self, stream_id: int, query: bytes, client: str, started: float) -> None:
@@ -506,7 +528,7 @@ class HTTP3Protocol(_DNSQuicProtocol):
         if isinstance(prepared, Response):
             self._respond(stream_id, prepared)
             return
-        self.in_flight += 1
+        self.resolving()
         self.spawn(self._resolve(stream_id, prepared, client, started))
 
     async def _resolve(self, stream_id: int, query: bytes, client: str, started: float) -> None:

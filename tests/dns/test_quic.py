@@ -427,3 +427,45 @@ async def test_a_client_that_moves_is_judged_by_the_address_its_queries_come_fro
         client._transport = moved
         await ask()
         assert answers.clients == ["127.59.0.2", "127.59.0.3"]
+
+
+class SlowAnswers:
+    """Nothing in the cache, and each answer takes the resolver ``seconds``."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def from_cache(self, data: bytes, client: str, started: float) -> None:
+        return None
+
+    async def resolve(self, data: bytes, client: str, started: float) -> bytes:
+        await asyncio.sleep(self.seconds)
+        return data
+
+
+@pytest.mark.parametrize("alpn", ["doq", "h3"])
+async def test_a_query_slower_than_the_idle_timeout_is_answered(alpn: str, tmp_path: Path) -> None:
+    """Nothing crosses a connection while its only query resolves, and both ends close it at
+    the lower of their idle timeouts (RFC 9000 §10.1): a query that took longer than ispd's
+    idle_timeout_seconds lost its answer, the connection gone at both ends. Over DoT ispd
+    sends answers still being resolved before an idle close; over QUIC it keeps the
+    connection alive while queries are in flight (PING, RFC 9000 §10.1.2)."""
+
+    class Client(_Client):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.http = H3Connection(self._quic) if alpn == "h3" else None
+
+    listener = listener_for(tmp_path, alpn, answerer=SlowAnswers(2.5))
+    listener.apply_settings(QuicSettings(idle_timeout=1.0, handshake_timeout=5.0, max_streams=5,
+                                         max_query_bytes=4096))
+    async with AsyncExitStack() as stack:
+        client = await connected(stack, listener, Client)
+        if alpn == "doq":
+            assert await asyncio.wait_for(client.doq(QUERY), 5) == QUERY
+        else:
+            path = "/dns-query?dns=" + base64.urlsafe_b64encode(QUERY).decode().rstrip("=")
+            status, _, body = await asyncio.wait_for(client.h3("GET", "dns.test", path), 5)
+            assert (status, body) == (200, QUERY)
+        await asyncio.sleep(1.8)  # and with nothing in flight, the idle timeout still closes it
+        assert client._quic._close_event is not None
