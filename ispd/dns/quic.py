@@ -290,6 +290,16 @@ class _DNSQuicProtocol(QuicConnectionProtocol):
 
     def close_with(self, code: int, reason: str) -> None:
         self._quic.close(error_code=code, reason_phrase=reason)
+        path = self._quic._network_paths[0] if self._quic._network_paths else None
+        if path is not None and not path.is_validated and self._transport is not None:
+            # RFC 9000 §8: before the client's address is proven, no more than three times what
+            # came from it, CONNECTION_CLOSE too - which aioquic sends past the limit (a handshake
+            # that timed out drew one more datagram at an address that may be forged).
+            budget = 3 * path.bytes_received - path.bytes_sent
+            for data, addr in self._quic.datagrams_to_send(now=self._loop.time()):
+                if len(data) <= budget:
+                    budget -= len(data)
+                    self._transport.sendto(data, addr)
         self.transmit()
 
     def _reset(self, stream_id: int, code: int) -> None:

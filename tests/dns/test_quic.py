@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import socket
 import ssl
@@ -469,3 +470,37 @@ async def test_a_query_slower_than_the_idle_timeout_is_answered(alpn: str, tmp_p
             assert (status, body) == (200, QUERY)
         await asyncio.sleep(1.8)  # and with nothing in flight, the idle timeout still closes it
         assert client._quic._close_event is not None
+
+
+@pytest.mark.parametrize("alpn", ["doq", "h3"])
+async def test_a_handshake_that_times_out_sends_no_more_than_three_times_what_came(alpn: str,
+                                                                                   tmp_path: Path) -> None:
+    """RFC 9000 §8: until the client's address is proven, a server sends at most three times
+    the bytes it received from it. aioquic keeps to it for the handshake and its
+    retransmissions, but the CONNECTION_CLOSE ispd sent when handshake_timeout_seconds ran
+    out went past it: 3,742 bytes for a 1,200-byte Initial from an address that may be forged."""
+    listener = listener_for(tmp_path, alpn)
+    listener.apply_settings(QuicSettings(idle_timeout=30.0, handshake_timeout=1.0, max_streams=5,
+                                         max_query_bytes=4096))
+    async with AsyncExitStack() as stack:
+        await listener.start([SocketAddress("127.59.0.1", 0)], stack)
+        loop = asyncio.get_running_loop()
+        client = QuicConnection(configuration=QuicConfiguration(
+            is_client=True, alpn_protocols=listener.alpn, verify_mode=ssl.CERT_NONE))
+        client.connect(listener.bound[0], now=loop.time())
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        stack.callback(sock.close)
+        sock.bind(("127.59.0.2", 0))
+        sock.setblocking(False)
+        sent = 0
+        for data, _ in client.datagrams_to_send(now=loop.time()):  # its Initial, and no more
+            sock.sendto(data, listener.bound[0])
+            sent += len(data)
+        received = 0
+        end = loop.time() + 2.5
+        while (left := end - loop.time()) > 0:
+            with contextlib.suppress(TimeoutError):
+                received += len(await asyncio.wait_for(loop.sock_recv(sock, 65536), left))
+        assert sent >= 1200
+        assert 0 < received <= 3 * sent
+        assert listener.handshakes.pending == 0  # and the connection is gone
