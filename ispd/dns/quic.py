@@ -290,8 +290,9 @@ class _DNSQuicProtocol(QuicConnectionProtocol):
 
     def close_with(self, code: int, reason: str) -> None:
         self._quic.close(error_code=code, reason_phrase=reason)
-        path = self._quic._network_paths[0] if self._quic._network_paths else None
-        if path is not None and not path.is_validated and self._transport is not None:
+        # (aioquic's own state, read defensively: it is not its public interface.)
+        path = next(iter(getattr(self._quic, "_network_paths", ())), None)
+        if path is not None and not getattr(path, "is_validated", True) and self._transport is not None:
             # RFC 9000 §8: before the client's address is proven, no more than three times what
             # came from it, CONNECTION_CLOSE too - which aioquic sends past the limit (a handshake
             # that timed out drew one more datagram at an address that may be forged).
@@ -368,7 +369,10 @@ class _DNSQuicProtocol(QuicConnectionProtocol):
             self._keep_alive_later()
 
     def _keep_alive_later(self) -> None:
-        self._keepalive = asyncio.get_running_loop().call_later(self._quic._idle_timeout() / 3, self._keep_alive)
+        # The lower of both ends' idle timeouts, as aioquic works it out (else ours).
+        idle = getattr(self._quic, "_idle_timeout", None)
+        seconds = idle() if callable(idle) else self.settings.idle_timeout
+        self._keepalive = asyncio.get_running_loop().call_later(seconds / 3, self._keep_alive)
 
     def _keep_alive(self) -> None:
         self._keepalive = None
