@@ -25,7 +25,7 @@ Pure: the engine resolves, this module decides and makes the records.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from ipaddress import IPv4Address, IPv6Address, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from ispd.dns.wire import name_from_labels, name_labels
 
@@ -33,6 +33,18 @@ WELL_KNOWN_PREFIX = IPv6Network("64:ff9b::/96")
 # ipv4only.arpa's addresses (RFC 7050 §2.2): not global, but made into AAAA records all the same,
 # since the AAAA answer for ipv4only.arpa is how IPv6-only hosts find the prefix (RFC 7050 §3).
 WELL_KNOWN_IPV4 = frozenset({IPv4Address("192.0.0.170").packed, IPv4Address("192.0.0.171").packed})
+# What the well-known prefix never embeds (RFC 6052 §3.1: "non-global IPv4 addresses, such as
+# those defined in RFC 1918 or listed in Section 3 of RFC 5735"): IANA's special-purpose
+# registry's not globally reachable entries (RFC 6890, 240.0.0.0/4 holding the limited
+# broadcast address), and multicast, which no NAT64 translates (RFC 6146 is for unicast). Written out rather than taken
+# from IPv4Address.is_global, whose table changes with the Python release: 3.11.7's lets
+# 192.0.0.8 and every multicast address through.
+_NOT_GLOBAL = tuple(IPv4Network(n) for n in (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+    "192.0.0.0/24", "192.0.2.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24",
+    "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4"))
+# In 192.0.0.0/24 but globally reachable (RFC 7723's PCP anycast, RFC 8155's TURN anycast).
+_GLOBAL_IN_IETF_BLOCK = frozenset({IPv4Address("192.0.0.9").packed, IPv4Address("192.0.0.10").packed})
 PREFIX_LENGTHS = (32, 40, 48, 56, 64, 96)  # RFC 6052 §2.2
 _U_OCTET = 8  # byte 8 (bits 64-71) of the address is reserved and stays zero
 
@@ -95,4 +107,12 @@ class DNS64:
         return not any(address in network for network in self.exclude)
 
     def may_embed(self, ipv4: bytes) -> bool:
-        return self.prefix != WELL_KNOWN_PREFIX or ipv4 in WELL_KNOWN_IPV4 or IPv4Address(ipv4).is_global
+        return self.prefix != WELL_KNOWN_PREFIX or ipv4 in WELL_KNOWN_IPV4 or is_global(ipv4)
+
+
+def is_global(ipv4: bytes) -> bool:
+    """Whether the IPv4 address ``ipv4`` (4 bytes) may be embedded in the well-known prefix."""
+    if ipv4 in _GLOBAL_IN_IETF_BLOCK:
+        return True
+    address = IPv4Address(ipv4)
+    return not any(address in network for network in _NOT_GLOBAL)

@@ -40,6 +40,22 @@ def test_the_well_known_prefix_embeds_global_addresses_only() -> None:
         assert well_known.may_embed(IPv4Address(well_known_ipv4).packed), well_known_ipv4
 
 
+def test_the_well_known_prefix_does_not_lean_on_the_pythons_idea_of_global() -> None:
+    """From a bug hunt: a name with A records 192.0.0.8 and 224.0.0.1 got AAAA records
+    64:ff9b::c000:8 and 64:ff9b::e000:1 (dig, ispd run under Python 3.11.7, whose
+    IPv4Address.is_global calls both global). RFC 6052 §3.1 forbids non-global addresses under
+    the well-known prefix: IANA's whole 192.0.0.0/24 but for two anycast addresses, and
+    multicast, which no NAT64 translates."""
+    well_known = DNS64(IPv6Network("64:ff9b::/96"))
+    for not_global in ("192.0.0.8", "192.0.0.100", "224.0.0.1", "239.255.255.250", "233.252.0.1",
+                       "255.255.255.255", "0.0.0.1"):
+        assert not well_known.may_embed(IPv4Address(not_global).packed), not_global
+    for global_ in ("192.0.0.9", "192.0.0.10", "192.0.1.1", "1.1.1.1", "223.255.255.255"):
+        assert well_known.may_embed(IPv4Address(global_).packed), global_
+    # A network-specific prefix is the operator's: every address goes.
+    assert DNS64(IPv6Network("2001:db8:64::/96")).may_embed(IPv4Address("224.0.0.1").packed)
+
+
 def test_excluded_aaaa_records_do_not_count() -> None:
     dns64 = DNS64(IPv6Network("64:ff9b::/96"))
     assert dns64.counts(IPv6Address("2001:db8::1").packed)
