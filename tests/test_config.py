@@ -682,6 +682,21 @@ def test_a_walled_garden_with_nothing_to_wall_with_is_refused(tmp_path: Path) ->
     assert load_config(write(tmp_path, by_dns)).dns.walled_garden.portal_ipv4 is not None
 
 
+@pytest.mark.parametrize(("setting", "given"), [
+    ('clients = ["2001:db8:64::/48"]', "clients"),
+    ("synthesize_all = true", "synthesize_all"),
+    ('exclude = ["::ffff:0:0/96", "2001:db8:bad::/48"]', "exclude"),
+])
+def test_dns64_settings_without_a_prefix_are_refused(tmp_path: Path, setting: str, given: str) -> None:
+    """From a bug hunt: [dns.dns64] with clients (or synthesize_all) and the prefix forgotten
+    passed check-config, and ispd ran with DNS64 off: the IPv6-only clients listed got NODATA
+    for every IPv4-only name. The defaults, which the annotated config writes out, still pass."""
+    path = write(tmp_path, f"[dns.dns64]\n{setting}\n")
+    assert f"dns.dns64: {given} given without prefix" in error_of(path)
+    defaults = write(tmp_path, '[dns.dns64]\nexclude = ["::ffff:0:0/96"]\nsynthesize_all = false\nclients = []\n')
+    assert load_config(defaults).dns.dns64.prefix is None
+
+
 @pytest.mark.parametrize(("key", "text"), [
     ("dns.allow.0", '[dns]\nallow = ["::ffff:198.51.100.0/120"]\n'),
     ("dns.dns64.clients.0", '[dns.dns64]\nprefix = "64:ff9b::/96"\nclients = ["::ffff:198.51.100.0/120"]\n'),

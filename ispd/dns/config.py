@@ -309,6 +309,18 @@ class DNS64Config(Section):
     # views: the others (dual-stack subscribers) keep the real "no AAAA". Empty: every client.
     clients: list[ClientNetwork] = []
 
+    @model_validator(mode="after")
+    def _prefix_given(self) -> DNS64Config:
+        # Without a prefix DNS64 is off: the IPv6-only clients an operator listed would get the
+        # real "no AAAA" for every IPv4-only name, and `check-config` said ok. (The defaults, as
+        # the annotated config writes them out, say nothing.)
+        given = [key for key, value in (("clients", self.clients), ("synthesize_all", self.synthesize_all),
+                                        ("exclude", self.exclude != [ip_network("::ffff:0:0/96")])) if value]
+        if self.prefix is None and given:
+            raise ValueError(f"{', '.join(given)} given without prefix, and DNS64 is off without one: "
+                             "set prefix (64:ff9b::/96, or the NAT64's own)")
+        return self
+
 
 class DnstapConfig(Section):
     # dnstap (dnstap.info): a copy of the DNS traffic, as protobuf messages over Frame Streams, to
