@@ -503,6 +503,17 @@ def test_radius_housekeeping_interval_has_a_default_and_bounds(tmp_path: Path) -
                               "Input should be less than or equal to 120 (got 300)")
 
 
+def test_a_radius_interim_interval_under_a_minute_is_refused(tmp_path: Path) -> None:
+    """RFC 2869 §5.16: an Acct-Interim-Interval MUST NOT be smaller than 60, and pppd's radius
+    plugin raises a smaller one to 60: told 20, its sessions reported every 60 s and were closed as
+    stale in between, their pool addresses given to others while still in use."""
+    path = write(tmp_path, "[radius]\ninterim_interval_seconds = 20\n")
+    assert "at least 60 s (RFC 2869), or 0 for none" in error_of(path)
+    for fine in (0, 60):
+        loaded = load_config(write(tmp_path, f"[radius]\ninterim_interval_seconds = {fine}\n"))
+        assert loaded.radius.interim_interval_seconds == fine
+
+
 @pytest.mark.parametrize(("dnstap", "error"), [
     ('socket_path = "/run/d.sock"\naddress = "127.0.0.1:6000"', "socket_path or address (one collector), not both"),
     ('address = "127.0.0.1:0"', "give the collector's port"),

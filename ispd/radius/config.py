@@ -419,6 +419,15 @@ class RadiusConfig(Section):
     realm: list[RealmConfig] = []
     local_realms: list[RealmName] = []
 
+    @field_validator("interim_interval_seconds")
+    @classmethod
+    def _interim_at_least_a_minute(cls, value: int) -> int:
+        # RFC 2869 §5.16: it MUST NOT be smaller than 60, and NASes raise a smaller one (pppd's
+        # radius plugin to 60): the sessions would not report as often as the Accept said.
+        if 0 < value < 60:
+            raise ValueError(f"{value} s: an Acct-Interim-Interval is at least 60 s (RFC 2869), or 0 for none")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> RadiusConfig:
         if not self.enabled:

@@ -33,6 +33,10 @@ def fills_in(session: RadiusSession, *, subscriber_id: int | None, framed_ip: st
             or (interim_interval is not None and session.interim_interval is None))
 
 
+# RFC 2869 §5.16: an Acct-Interim-Interval "MUST NOT be smaller than 60".
+MIN_INTERIM_SECONDS = 60
+
+
 class OpenSessions:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
@@ -101,7 +105,10 @@ class OpenSessions:
         found = []
         for key, session in self.by_key.items():
             interval = session.interim_interval or default_interval
-            if interval and now - self.last_seen[key] > interval * intervals:
+            # A NAS reports no more often than the RFC allows, whatever it was told (pppd's radius
+            # plugin raises a smaller Acct-Interim-Interval to 60): judged by the shorter one, its
+            # live sessions were closed and their addresses given to others.
+            if interval and now - self.last_seen[key] > max(interval, MIN_INTERIM_SECONDS) * intervals:
                 found.append(session)
         return found
 

@@ -1562,6 +1562,23 @@ def test_open_sessions_go_stale_by_the_time_their_nas_has_been_silent_not_by_the
     assert [s.id for s in sessions.stale(300, 3)] == [1]
 
 
+def test_a_session_told_to_report_more_often_than_a_nas_may_is_not_stale_between_its_interims() -> None:
+    """Seen with pppd's radius plugin behind a plan whose attributes said Acct-Interim-Interval =
+    20: pppd reports every 60 s (RFC 2869 §5.16's minimum, to which it raises a smaller value), and
+    the session was closed as stale after 2 x 20 s, its pool address given to the next login while
+    the subscriber still used it. Judged by 60 s, no sooner."""
+    clock = [5000.0]
+    sessions = OpenSessions(clock=lambda: clock[0])
+    sessions.put(RadiusSession(1, "127.0.0.1", "s1", "alice", NOW, NOW, subscriber_id=1, interim_interval=20))
+    clock[0] += 59
+    assert sessions.stale(300, 2) == []
+    sessions.seen(("127.0.0.1", "s1"))  # pppd's interim, a minute on
+    clock[0] += 119
+    assert sessions.stale(300, 2) == []
+    clock[0] += 2
+    assert [s.id for s in sessions.stale(300, 2)] == [1]
+
+
 def test_a_nas_ip_address_outside_the_client_is_not_believed() -> None:
     from ipaddress import ip_network
 

@@ -860,7 +860,7 @@ async def test_a_session_is_stale_by_the_interim_interval_its_plan_gave(tmp_path
         await store.add_plan("basic", actor="test")
         hourly = await store.add_subscriber("alice", actor="test", plan="hourly")
         basic = await store.add_subscriber("bob", actor="test", plan="basic")
-        config = _radius_config(3799, interim_interval_seconds=1, stale_session_intervals=2,
+        config = _radius_config(3799, interim_interval_seconds=60, stale_session_intervals=2,
                                 plan=[{"plan": "hourly", "attributes": ["Acct-Interim-Interval = 3600"]}])
         async with _running(store, EventBus(), config) as service:
             port = next(p for kind, _, p in service.bound if kind == "acct")
@@ -880,7 +880,13 @@ async def test_a_session_is_stale_by_the_interim_interval_its_plan_gave(tmp_path
             async def bobs_closed() -> bool:
                 return [s.acct_session_id for s in await store.list_sessions(open_only=True)] == ["h1"]
 
-            await _until(bobs_closed, within=10)  # bob's: stale after 2 s
+            async def both_open() -> bool:
+                return len(service.sessions) == 2
+
+            # Silent for 1,000 s: bob's (2 x 60 s) is stale, alice's (2 x 3600 s) is not.
+            await _until(both_open, within=10)
+            service.sessions.clock = lambda: time.monotonic() + 1000
+            await _until(bobs_closed, within=10)
             [session] = await store.list_sessions(open_only=True)
             assert session.interim_interval == 3600
             assert service.sessions.count(hourly.id) == 1
