@@ -44,7 +44,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ispd.dns import dnssec
 from ispd.dns.aggressive import NsecIndex
@@ -216,17 +216,22 @@ class Validator:
                 denied = _chain_end(qname, outcome.records)
                 negative = await self._check_denial(denied, qtype, outcome.step == Step.NXDOMAIN,
                                                     outcome.soa + outcome.proof, outcome.zone)
+                caps = [ttl for ttl in (verdict.ttl, negative.ttl) if ttl is not None]
                 if negative.security <= verdict.security:  # equal: the denial's, which names its zone
                     verdict = negative
+                if caps:  # the chain's signatures and the denial's: the first to expire
+                    verdict = replace(verdict, ttl=min(caps))
         else:
             return
         outcome.security, outcome.ede = verdict.security, verdict.ede
         if verdict.ttl is not None and verdict.security != Security.BOGUS:
             # RFC 4035 §5.3.3: no longer than the signatures last (or the negative trust anchor),
-            # for the client and for the answer cache as for the RRset cache.
+            # for the client and for the answer cache as for the RRset cache; a negative answer's
+            # SOA and NSEC/NSEC3 records too, and with them the negative cache entry.
             cap = verdict.ttl
-            outcome.records = [rr if rr.ttl <= cap else RR(rr.name, rr.rtype, rr.rclass, cap, rr.rdata)
-                               for rr in outcome.records]
+            outcome.records = _capped(outcome.records, cap)
+            if outcome.step in (Step.NXDOMAIN, Step.NODATA):
+                outcome.soa, outcome.proof = _capped(outcome.soa, cap), _capped(outcome.proof, cap)
         self.stats.verdicts[verdict.security] += 1
         if verdict.signer and self.nsec_index is not None and outcome.soa:
             ttl = min(rr.ttl for rr in outcome.soa + outcome.proof)
@@ -285,10 +290,10 @@ class Validator:
                            f"{name_to_text(name)} type {rtype}: {_failure_text(result.failure, result.exhausted)}")
         assert result.sig is not None
         if dnssec.is_expansion(name, result.sig):  # RFC 4035 §5.3.4: the name must be proved absent
-            checked = await self._verified_denial_records(proof, signer, keys)
+            verified = await self._verified_denial_records(proof, signer, keys)
             try:
-                proved = Denial.BOGUS if checked is None else dnssec.wildcard_expansion(
-                    name, result.sig.labels, checked, dnssec.Nsec3Budget(self.max_nsec3))
+                proved = Denial.BOGUS if verified is None else dnssec.wildcard_expansion(
+                    name, result.sig.labels, verified[0], dnssec.Nsec3Budget(self.max_nsec3))
             except dnssec.Nsec3Exhausted:
                 return Verdict(Security.BOGUS, EDE.DNSSEC_BOGUS, f"{name_to_text(name)}: {_NSEC3_EXHAUSTED}")
             if proved == Denial.BOGUS:
@@ -316,23 +321,29 @@ class Validator:
             return signing
         signer, keys = signing
         soa = [rr for rr in records if rr.rtype == RRType.SOA]
+        now = int(self.wall_clock())
+        cap: int | None = None  # RFC 4035 §5.3.3: until the first of the denial's signatures expires
         if soa:
             soa_sigs = dnssec.sigs_over(records, soa[0].name, RRType.SOA)
             result = dnssec.verify_rrset(soa[0].name, RRType.SOA, [rr.rdata for rr in soa], soa_sigs, keys.keys,
-                                         signer, int(self.wall_clock()), self.max_checks)
+                                         signer, now, self.max_checks)
             if not result.ok:
                 return Verdict(Security.BOGUS, result.failure, f"the SOA of a denial: {_failure_text(result.failure)}")
-        checked = await self._verified_denial_records(records, signer, keys)
-        if checked is None:
+            cap = result.ttl_cap(now)
+        verified = await self._verified_denial_records(records, signer, keys)
+        if verified is None:
             return Verdict(Security.BOGUS, EDE.DNSSEC_BOGUS, f"a denial record of {name_to_text(name)} does not verify")
+        checked, proof_cap = verified
+        if proof_cap is not None:
+            cap = proof_cap if cap is None else min(cap, proof_cap)
         try:
             proved = dnssec.denial(name, qtype, nxdomain, checked, dnssec.Nsec3Budget(self.max_nsec3))
         except dnssec.Nsec3Exhausted:
             return Verdict(Security.BOGUS, EDE.DNSSEC_BOGUS, f"the denial of {name_to_text(name)}: {_NSEC3_EXHAUSTED}")
         if proved == Denial.SECURE:
-            return Verdict(Security.SECURE, signer=signer, proof=tuple(checked))
+            return Verdict(Security.SECURE, ttl=cap, signer=signer, proof=tuple(checked))
         if proved == Denial.INSECURE:
-            return Verdict(Security.INSECURE, why="NSEC3 opt-out or too many iterations")
+            return Verdict(Security.INSECURE, why="NSEC3 opt-out or too many iterations", ttl=cap)
         return Verdict(Security.BOGUS, EDE.NSEC_MISSING,
                        f"no proof that {name_to_text(name)} {'does not exist' if nxdomain else 'has no such type'}")
 
@@ -381,12 +392,15 @@ class Validator:
             return None  # a signed zone of its own, a bogus chain, or a name denied
         return None
 
-    async def _verified_denial_records(self, records: Iterable[RR], signer: bytes, keys: ZoneKeys) -> list[RR] | None:
-        """The NSEC/NSEC3 records of ``records``, each RRset verified with ``keys``; None when one
-        does not verify (a forged proof is no proof)."""
+    async def _verified_denial_records(self, records: Iterable[RR], signer: bytes,
+                                       keys: ZoneKeys) -> tuple[list[RR], int | None] | None:
+        """The NSEC/NSEC3 records of ``records``, each RRset verified with ``keys``, and the least
+        TTL their signatures allow (RFC 4035 §5.3.3; None without any); None when one does not
+        verify (a forged proof is no proof)."""
         records = list(records)
         now = int(self.wall_clock())
         found: list[RR] = []
+        cap: int | None = None
         for rr in records:
             if rr.rtype not in (RRType.NSEC, RRType.NSEC3):
                 continue
@@ -395,7 +409,8 @@ class Validator:
             if not result.ok:
                 return None
             found.append(rr)
-        return found
+            cap = result.ttl_cap(now) if cap is None else min(cap, result.ttl_cap(now))
+        return found, cap
 
     def synthesise(self, name: bytes, qtype: int) -> Outcome | None:
         """A secure NXDOMAIN or NODATA for (name, type) from cached NSEC records (RFC 8198), or
@@ -596,6 +611,10 @@ def _signer_of(records: Iterable[RR], name: bytes) -> bytes | None:
         if signer != name and is_subdomain(name, signer) and (best is None or label_count(signer) > label_count(best)):
             best = signer
     return best
+
+
+def _capped(records: list[RR], ttl: int) -> list[RR]:
+    return [rr if rr.ttl <= ttl else RR(rr.name, rr.rtype, rr.rclass, ttl, rr.rdata) for rr in records]
 
 
 def _chain_end(qname: bytes, records: list[RR]) -> bytes:

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from ispd.dns import dnssec
-from ispd.dns.cache import CacheLimits, RRsetCache, Security
+from ispd.dns.cache import CacheLimits, NegativeKind, RRsetCache, Security
 from ispd.dns.dnssec import EDE
 from ispd.dns.resolver import Outcome, Resolution, Step
 from ispd.dns.validator import Validator
@@ -169,6 +169,22 @@ async def test_a_secure_answer_lives_no_longer_than_its_signature(zone: Signed) 
     outcome = await verdict(validator, Outcome(Step.ANSWER, answer, zone=zone.origin), "www.example.test")
     assert outcome.security == Security.SECURE
     assert {rr.ttl for rr in outcome.records} == {100}  # RFC 4035 §5.3.3, not the published 3600
+
+
+async def test_a_secure_denial_lives_no_longer_than_its_signatures(zone: Signed) -> None:
+    soa, proof = denial(zone)
+    expiration = min(dnssec.parse_rrsig(rr.rdata).expiration for rr in proof if rr.rtype == RRType.RRSIG)
+    validator = make_validator(zone)
+    validator.wall_clock = lambda: float(expiration - 100)
+    cache = validator.cache
+    cache.put_negative(N("nope.example.test"), RRType.A, NegativeKind.NXDOMAIN, soa[0], validator.clock())
+    outcome = await verdict(validator, Outcome(Step.NXDOMAIN, soa=soa, proof=proof, zone=zone.origin),
+                            "nope.example.test")
+    assert outcome.security == Security.SECURE
+    # RFC 4035 §5.3.3: the SOA and NSEC records of a negative answer as well, not their 3600 and 300
+    assert {rr.ttl for rr in outcome.soa + outcome.proof} == {100}
+    entry = cache.get_negative(N("nope.example.test"), RRType.A, validator.clock())
+    assert entry is not None and entry.expires_at <= validator.clock() + 100
 
 
 async def test_the_chain_of_trust_is_bounded(zone: Signed) -> None:
