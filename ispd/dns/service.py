@@ -23,7 +23,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, collapse_addresses, ip_network
 from pathlib import Path
@@ -202,6 +202,17 @@ def open_resolver_warning(config: DNSConfig) -> str | None:
             "reflect and amplify floods at others (RFC 5358); allow only the subscriber networks")
 
 
+def unusable_anchors(anchors: Iterable[TrustAnchor]) -> str | None:
+    """A warning for trust anchors of only algorithms or digests ispd does not implement: what
+    is under them is insecure (RFC 4035 §5.2), never validated, which nothing else would show
+    (Unbound warns alike: "the anchor is ignored")."""
+    names = sorted(name_to_text(anchor.zone) for anchor in anchors if (anchor.ds or anchor.keys) and not anchor.usable)
+    if not names:
+        return None
+    return (f"the trust anchor for {', '.join(names)} has no supported algorithm or digest (DNSKEY algorithms "
+            f"8, 10, 13 to 16; DS digests 1, 2, 4): nothing under it is validated, every answer is insecure")
+
+
 def check_files(config: DNSConfig) -> tuple[list[str], list[str]]:
     """For ``ispd check-config``: the errors in the files the [dns] section names (root hints,
     local and policy zones, local records) that would stop the service from starting, and the
@@ -220,9 +231,12 @@ def check_files(config: DNSConfig) -> tuple[list[str], list[str]]:
             warnings.append(warning)
     if config.dnssec.validation:
         try:
-            load_trust_anchors(config.dnssec.trust_anchor_file)
+            anchors = load_trust_anchors(config.dnssec.trust_anchor_file)
         except HintsError as exc:
             problems.append(f"dnssec.trust_anchor_file: {exc}")
+        else:
+            if (warning := unusable_anchors(anchors)) is not None:
+                warnings.append(f"dnssec.trust_anchor_file: {warning}")
         if config.root_hints is not None and config.dnssec.trust_anchor_file is None:
             warnings.append("root_hints name a root of your own but dnssec.trust_anchor_file is unset: answers "
                             "are validated against the IANA root anchors, which a private root does not match "
@@ -507,6 +521,8 @@ class DNSService(Service):
             raise ServiceStartError(f"dns: dnssec.trust_anchor_file: {exc}") from None
         if validator is not None and config.root_hints is not None and config.dnssec.trust_anchor_file is None:
             log.warning("dns.dnssec.iana_anchors_with_private_root", root_hints=str(config.root_hints))
+        if validator is not None and (warning := unusable_anchors(validator.anchors.values())) is not None:
+            log.warning("dns.dnssec.unusable_anchor", detail=warning)
         return validator
 
     def _carry_over(self, validator: Validator) -> None:

@@ -362,6 +362,23 @@ def test_trust_anchor_file_errors_name_the_line() -> None:
     assert anchors[0].ds[0].key_tag == 20326 and anchors[0].ds[0].digest == bytes.fromhex("E06D44B80B8F1D39")
 
 
+def test_check_config_warns_of_an_anchor_nothing_can_use(tmp_path: Path) -> None:
+    """From a bug hunt: a trust anchor file of only SHA-1 algorithms (or an unknown digest) made
+    every answer insecure - validation off - while check-config said ok and the log nothing."""
+    from ispd.dns.config import DNSConfig
+    from ispd.dns.service import check_files
+
+    path = tmp_path / "anchors.ds"
+    usable = ". IN DS 20326 8 2 E06D44B80B8F1D39A95C0B0D7C65D08458E880409BBC683457104237C7F8EC8D\n"
+    for text, warned in ((". IN DS 20326 5 2 E06D44B8\n", True), (". IN DS 20326 8 9 E06D44B8\n", True),
+                         (usable, False), (usable + ". IN DS 20326 5 2 E06D44B8\n", False)):
+        path.write_text(text)
+        config = DNSConfig.model_validate({"enabled": True, "dnssec": {"trust_anchor_file": str(path)}})
+        problems, warnings = check_files(config)
+        assert problems == []
+        assert any("no supported algorithm or digest" in w for w in warnings) == warned, (text, warnings)
+
+
 def _text(name: bytes) -> str:
     from ispd.dns.wire import name_to_text
     return name_to_text(name)
