@@ -651,6 +651,13 @@ def nsec3_denial(qname: bytes, qtype: int, nxdomain: bool, records: Iterable[RR]
     return Denial.SECURE
 
 
+def nsec3_iterations_unsupported(records: Iterable[RR]) -> bool:
+    """Whether the NSEC3 chain among ``records`` has more iterations than ``MAX_NSEC3_ITERATIONS``,
+    which makes what it proves insecure (RFC 9276 §3.2)."""
+    chain = _Nsec3Set(records)
+    return bool(chain.items) and chain.params[1] > MAX_NSEC3_ITERATIONS
+
+
 def shows_delegation(name: bytes, records: Iterable[RR],
                      budget: Nsec3Budget | None = None) -> bool:
     """Whether verified denial records put a zone cut at ``name``: an NSEC or NSEC3 there with NS

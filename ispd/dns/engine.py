@@ -68,6 +68,7 @@ from ispd.dns.cache import (
     answer_variant,
 )
 from ispd.dns.dns64 import DNS64
+from ispd.dns.dnssec import EDE
 from ispd.dns.policy import PolicyAction, PolicyHit
 from ispd.dns.resolver import Resolution, Resolver
 from ispd.dns.wire import (
@@ -835,6 +836,10 @@ class DNSEngine:
             # RFC 4035 §5.5: bogus data is not handed out; the verdict is kept by the RRset cache.
             ede, store = resolution_ede(resolution.ede), False
             resolution = Resolution(RCode.SERVFAIL, [], [], resolution.failure)
+        elif resolution.security == Security.INSECURE and resolution.ede == EDE.UNSUPPORTED_NSEC3_ITERATIONS:
+            # RFC 9276 §3.2: why an answer from a signed zone is not validated. Not in the answer
+            # cache, whose fast path sends no EDE: the RRset cache keeps the answer and its code.
+            ede, store = resolution.ede, False
         if resolution.rcode == RCode.SERVFAIL:  # no partial chain: it would set the entry's lifetime
             resolution = Resolution(RCode.SERVFAIL, [], [], resolution.failure)
         else:

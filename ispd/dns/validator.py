@@ -300,7 +300,8 @@ class Validator:
                 return Verdict(Security.BOGUS, EDE.NSEC_MISSING,
                                f"{name_to_text(name)}: a wildcard answer without proof that the name does not exist")
             if proved == Denial.INSECURE:
-                return Verdict(Security.INSECURE, why="a wildcard answer under NSEC3 opt-out")
+                return Verdict(Security.INSECURE, _insecure_ede(verified[0] if verified else ()),
+                               why="a wildcard answer under NSEC3 opt-out or too many iterations")
         return Verdict(Security.SECURE, ttl=result.ttl_cap(now))
 
     async def _check_denial(self, name: bytes, qtype: int, nxdomain: bool, records: list[RR],
@@ -343,7 +344,8 @@ class Validator:
         if proved == Denial.SECURE:
             return Verdict(Security.SECURE, ttl=cap, signer=signer, proof=tuple(checked))
         if proved == Denial.INSECURE:
-            return Verdict(Security.INSECURE, why="NSEC3 opt-out or too many iterations", ttl=cap)
+            return Verdict(Security.INSECURE, _insecure_ede(checked), why="NSEC3 opt-out or too many iterations",
+                           ttl=cap)
         return Verdict(Security.BOGUS, EDE.NSEC_MISSING,
                        f"no proof that {name_to_text(name)} {'does not exist' if nxdomain else 'has no such type'}")
 
@@ -532,7 +534,8 @@ class Validator:
                                 cut=False)
             # A proved delegation without DS, or opt-out; or a name the signed parent says does
             # not exist, which only a forward or stub zone of the operator's can serve.
-            return ZoneKeys(Security.INSECURE, (), self._until(ttl), why=f"{name_to_text(zone)} is not signed",
+            ede = checked.ede if checked.security == Security.INSECURE else -1
+            return ZoneKeys(Security.INSECURE, (), self._until(ttl), ede, why=f"{name_to_text(zone)} is not signed",
                             cut=not nxdomain)
         now = int(self.wall_clock())
         result = dnssec.verify_rrset(zone, RRType.DS, [rr.rdata for rr in records],
@@ -611,6 +614,11 @@ def _signer_of(records: Iterable[RR], name: bytes) -> bytes | None:
         if signer != name and is_subdomain(name, signer) and (best is None or label_count(signer) > label_count(best)):
             best = signer
     return best
+
+
+def _insecure_ede(proof: Iterable[RR]) -> int:
+    """RFC 9276 §3.2: an answer insecure for its NSEC3 chain's iterations says so (EDE 27)."""
+    return EDE.UNSUPPORTED_NSEC3_ITERATIONS if dnssec.nsec3_iterations_unsupported(proof) else -1
 
 
 def _capped(records: list[RR], ttl: int) -> list[RR]:

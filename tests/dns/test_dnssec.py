@@ -55,7 +55,8 @@ class Signed:
         return [rr for rr in self.records if rr.rtype == rtype]
 
 
-def _sign(tmp: Path, algorithm: str, *, nsec3: bool = False, opt_out: bool = False, window: tuple[str, str] | None = None) -> Signed:
+def _sign(tmp: Path, algorithm: str, *, nsec3: bool = False, opt_out: bool = False, window: tuple[str, str] | None = None,
+          iterations: int = 0) -> Signed:
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "zone").write_text(ZONE)
     key = subprocess.run(["dnssec-keygen", "-q", "-K", str(tmp), "-a", algorithm, "-f", "KSK", "example.test"],
@@ -67,7 +68,7 @@ def _sign(tmp: Path, algorithm: str, *, nsec3: bool = False, opt_out: bool = Fal
             zone.write((tmp / f"{name}.key").read_text())
     args = ["dnssec-signzone", "-q", "-K", str(tmp), "-o", "example.test", "-d", str(tmp), "-f", str(tmp / "signed")]
     if nsec3:
-        args += ["-3", "aabbccdd", "-H", "0"] + (["-A"] if opt_out else [])
+        args += ["-3", "aabbccdd", "-H", str(iterations)] + (["-A"] if opt_out else [])
     if window:
         args += ["-s", window[0], "-e", window[1]]
     subprocess.run([*args, str(tmp / "zone")], check=True, capture_output=True)

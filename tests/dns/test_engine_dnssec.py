@@ -117,6 +117,23 @@ async def test_bogus_is_servfail_with_ede_and_not_cached_but_cd_gets_the_data() 
     assert reply.rcode == RCode.SERVFAIL and reply.edns is None
 
 
+async def test_insecure_for_nsec3_iterations_says_so_every_time() -> None:
+    """From a bug hunt: an answer insecure because its zone's NSEC3 chain has more iterations than
+    validators work with carried no EDE 27 (RFC 9276 §3.2), and once it did, the answer cache's
+    fast path dropped it from the second reply on."""
+    engine, resolver = make(Security.INSECURE, ede=27)
+    for _ in range(2):
+        reply = await ask(engine, query(do=True))
+        assert reply.rcode == RCode.NOERROR and reply.answer and not reply.flags & FLAG_AD
+        assert reply.edns is not None
+        assert struct.unpack_from("!HHH", reply.edns.options) == (OPTION_EDE, 2, 27)
+    assert resolver.asked == 2  # the RRset cache keeps the code; the answer cache could not send it
+    # Other reasons to be insecure (an unsupported algorithm's EDE 1) stay as they were: no EDE.
+    engine, _ = make(Security.INSECURE, ede=1)
+    reply = await ask(engine, query(do=True))
+    assert reply.edns is not None and not reply.edns.options
+
+
 async def test_variants_are_cached_apart_and_flushed_together() -> None:
     engine, resolver = make(Security.SECURE)
     for bits in ({}, {"do": True}, {"ad": True}, {}, {"do": True}, {"ad": True}):

@@ -4,6 +4,7 @@ off-path attacker or a broken server could hand the resolver, and the verdict ea
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -185,6 +186,29 @@ async def test_a_secure_denial_lives_no_longer_than_its_signatures(zone: Signed)
     assert {rr.ttl for rr in outcome.soa + outcome.proof} == {100}
     entry = cache.get_negative(N("nope.example.test"), RRType.A, validator.clock())
     assert entry is not None and entry.expires_at <= validator.clock() + 100
+
+
+async def test_an_answer_insecure_for_its_nsec3_iterations_says_so(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 9276 §3.2: EDE 27 with an answer left insecure for its NSEC3 chain's iterations (the
+    limit lowered here: dnssec-signzone refuses more than 150), not with one under opt-out."""
+    signed = _sign(tmp_path / "iterations", "ECDSAP256SHA256", nsec3=True, iterations=10)
+    monkeypatch.setattr(dnssec, "MAX_NSEC3_ITERATIONS", 5)
+    soa = [rr for rr in signed.records if rr.rtype == RRType.SOA]
+    proof = [rr for rr in signed.records if rr.rtype == RRType.NSEC3 or (
+        rr.rtype == RRType.RRSIG and dnssec.parse_rrsig(rr.rdata).type_covered in (RRType.NSEC3, RRType.SOA))]
+    validator = make_validator(signed)
+    outcome = await verdict(validator, Outcome(Step.NXDOMAIN, soa=soa, proof=proof, zone=signed.origin),
+                            "nope.example.test")
+    assert (outcome.security, outcome.ede) == (Security.INSECURE, EDE.UNSUPPORTED_NSEC3_ITERATIONS)
+    monkeypatch.setattr(dnssec, "MAX_NSEC3_ITERATIONS", 150)
+    opt_out = _sign(tmp_path / "opt-out", "ECDSAP256SHA256", nsec3=True, opt_out=True)
+    soa = [rr for rr in opt_out.records if rr.rtype == RRType.SOA]
+    proof = [rr for rr in opt_out.records if rr.rtype == RRType.NSEC3 or (
+        rr.rtype == RRType.RRSIG and dnssec.parse_rrsig(rr.rdata).type_covered in (RRType.NSEC3, RRType.SOA))]
+    outcome = await verdict(make_validator(opt_out), Outcome(Step.NXDOMAIN, soa=soa, proof=proof,
+                                                             zone=opt_out.origin), "nope.example.test")
+    assert (outcome.security, outcome.ede) == (Security.INSECURE, -1)
 
 
 async def test_the_chain_of_trust_is_bounded(zone: Signed) -> None:
