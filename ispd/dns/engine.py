@@ -482,6 +482,7 @@ class DNSEngine:
             walled = self.walled_lookup(name, qtype)
             if walled is not None:
                 self.stats.walled_answers += 1
+                walled = self._walled_dns64(walled, name, qtype, client_class)
                 return await self._reply_local(query, walled, tcp, client_class, view)
         local = self._local(name, qtype, recursive=bool(query.flags & FLAG_RD))
         if local is not None:
@@ -928,6 +929,24 @@ class DNSEngine:
         if len(reply) > limit:
             return self._truncated(query, entry.rcode_flags)
         return reply
+
+    def _walled_dns64(self, walled: ZoneAnswer, name: bytes, qtype: int, client_class: ClientClass) -> ZoneAnswer:
+        """The walled garden's AAAA answer for a client that gets DNS64, when the garden has no
+        IPv6 portal: the IPv4 portal's address under the NAT64 prefix, as DNS64 gives any name
+        with A records and no AAAA. Its "no AAAA" would leave an IPv6-only device nothing to
+        reach the portal by: no captive-portal page, only "no internet"."""
+        dns64 = self.dns64
+        if (qtype != RRType.AAAA or walled.answer or walled.rcode != RCode.NOERROR or dns64 is None
+                or (self.dns64_clients is not None and client_class != ClientClass.WALLED_DNS64)):
+            return walled
+        portal = self.walled_lookup(name, RRType.A)
+        made = [RR(rr.name, RRType.AAAA, rr.rclass, rr.ttl, dns64.embed(rr.rdata))
+                for rr in (portal.answer if portal is not None else [])
+                if rr.rtype == RRType.A and dns64.may_embed(rr.rdata)]
+        if not made:
+            return walled
+        self.stats.dns64_answers += 1
+        return replace(walled, answer=made)
 
     def _local(self, name: bytes, qtype: int, recursive: bool) -> ZoneAnswer | None:
         """Local data's answer, or None: not local. A name below a delegation in a local zone is

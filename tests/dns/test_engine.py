@@ -564,6 +564,27 @@ async def test_dns64_for_walled_clients_of_the_dns64_networks(env: Env) -> None:
     assert env.fast(query("v4only.example.test.", RRType.AAAA), nat64) is None  # still never the fast path
 
 
+async def test_an_ipv6_only_walled_client_reaches_the_ipv4_portal_through_dns64(env: Env) -> None:
+    """A suspended IPv6-only subscriber, with a garden that has only an IPv4 portal: its AAAA
+    questions got "no AAAA" for every name outside the garden (captive.apple.com too), so the
+    device had no address to open the portal at and showed "no internet". It gets the portal's
+    address under the NAT64 prefix, as DNS64 gives any IPv4-only host; a dual-stack walled
+    client outside [dns.dns64] clients keeps "no AAAA" and asks for A."""
+    with_dns64(env)
+    env.engine.set_dns64(env.engine.dns64, [IPv4Network("192.168.64.0/24")])
+    garden = WalledGarden(WalledGardenConfig(portal_ipv4=IPv4Address("192.0.2.250"), allow=["example.test."], ttl=30))
+    env.engine.walled_lookup = garden.lookup
+    nat64, dual = "192.168.64.9", CLIENT
+    env.engine.set_walled(frozenset({nat64, dual}))
+    portal = await env.ask_message(query("captive.apple.com.", RRType.AAAA), nat64)
+    assert portal.rcode == RCode.NOERROR and aaaa_values(portal) == ["2001:db8:64::c000:2fa"]
+    assert portal.answer[0].ttl == 30
+    assert aaaa_values(await env.ask_message(query("captive.apple.com.", RRType.AAAA), dual)) == []
+    assert addresses(await env.ask_message(query("captive.apple.com."), nat64)) == ["192.0.2.250"]
+    garden.configure(WalledGardenConfig(portal_ipv4=IPv4Address("192.0.2.250"), portal_ipv6=IPv6Address("2001:db8::250")))
+    assert aaaa_values(await env.ask_message(query("captive.apple.com.", RRType.AAAA), nat64)) == ["2001:db8::250"]
+
+
 async def test_a_reload_of_dns64_clients_during_a_made_answer_keeps_no_answer_of_the_old_kind(env: Env) -> None:
     """From a review: an AAAA answer made for every client while a reload limited DNS64 to the
     IPv6-only network (its A question still out) was stored after the reload had emptied the
