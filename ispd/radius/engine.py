@@ -819,7 +819,10 @@ class AuthEngine:
             if plan_reply is not None and plan_reply.line_lock and not any(
                     (str(kind), key) in subject.lines for kind, key in _line_keys(packet)):
                 return self._reject(RejectReason.WRONG_LINE, method, subject, failure)
-        if subject.over_quota and plan is not None and plan.over_quota is OverQuota.WALLED_GARDEN:
+        if subject.over_quota and plan is not None and plan.over_quota is OverQuota.WALLED_GARDEN \
+                and self.settings.walled_garden:
+            # (Without garden attributes the garden would be an empty profile, no rate limit:
+            # more than the plan gives. DNS's walled garden walls suspended subscribers only.)
             walled = True
         if plan is not None and plan.max_sessions is not None:
             open_sessions = self.sessions.count(subject.id)
@@ -935,7 +938,7 @@ class AuthEngine:
                 items.append(_encode((Attr.SESSION_TIMEOUT, u32(plan.session_timeout_seconds))))
             if plan.idle_timeout_seconds:
                 items.append(_encode((Attr.IDLE_TIMEOUT, u32(plan.idle_timeout_seconds))))
-            if subject.over_quota:  # throttled: the plan's slower rates for the rest of the month
+            if subject.over_quota and plan.over_quota is OverQuota.THROTTLE:  # the plan's slower rates, for the month
                 throttle = self._rate_limit(nas.kind, plan.over_quota_download_kbps, plan.over_quota_upload_kbps)
                 items.extend(throttle)
             else:

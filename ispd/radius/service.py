@@ -1323,6 +1323,10 @@ class RadiusService(Service):
         subject.reply_cache.clear()
         log.info("radius.quota." + ("crossed" if over else "reset"), subscriber=subject.subscriber.username,
                  plan=plan.name, action=str(plan.over_quota))
+        if over and plan.over_quota is OverQuota.WALLED_GARDEN and not self.config.walled_garden_attributes:
+            log.warning("radius.quota.no_walled_garden", subscriber=subject.subscriber.username, plan=plan.name,
+                        detail="radius.walled_garden_attributes is empty (DNS's walled garden walls suspended "
+                               "subscribers only): the plan's profile stays")
         # Open sessions move to the profile they would get now (a suspended one stays where it
         # is), each CoA on its own: a NAS that does not answer must not hold up housekeeping.
         if subject.subscriber.status == SubscriberStatus.ACTIVE:
@@ -1633,7 +1637,8 @@ class RadiusService(Service):
         if subject.subscriber.status == SubscriberStatus.SUSPENDED:
             return self._walled_garden(subject)
         plan = subject.plan
-        return subject.over_quota and plan is not None and plan.over_quota is OverQuota.WALLED_GARDEN
+        return (subject.over_quota and plan is not None and plan.over_quota is OverQuota.WALLED_GARDEN
+                and bool(self.config.walled_garden_attributes))  # (none: the plan's profile, see _authorize)
 
     async def _disconnect_all(self, subscriber_id: int, reason: str) -> None:
         await asyncio.gather(*(self._disconnect(s, reason) for s in self.sessions.of_subscriber(subscriber_id)))
@@ -1833,7 +1838,7 @@ def _has_rates(subject: AuthSubject) -> bool:
     plan = subject.plan
     if plan is None:
         return False
-    if subject.over_quota:
+    if subject.over_quota and plan.over_quota is OverQuota.THROTTLE:
         return bool(plan.over_quota_download_kbps or plan.over_quota_upload_kbps)
     return bool(plan.download_kbps or plan.upload_kbps)
 

@@ -51,6 +51,7 @@ from ispd.radius.prefixes import PrefixPool, prefix_pools
 from ispd.radius.sessions import OpenSessions
 from ispd.store.models import (
     AccountingStatus,
+    OverQuota,
     Plan,
     RadiusSession,
     Reservation,
@@ -450,6 +451,28 @@ def test_a_subscriber_s_own_rate_gives_way_to_its_plan_s_throttle_over_quota() -
     assert vsa(attributes, Vendor.MIKROTIK, 8) == b"500k/1000k" and first(attributes, Attr.FILTER_ID) == b"business"
     coa = world.engine.change_of_authorization(subject, nas(), False)
     assert vsa(coa, Vendor.MIKROTIK, 8) == b"500k/1000k"
+
+
+def test_over_a_walled_quota_without_garden_attributes_the_plan_s_profile_stays() -> None:
+    """With radius.walled_garden_attributes empty (accepted when DNS has a walled garden, which
+    walls suspended subscribers only), a subscriber past a walled-garden quota got an Access-Accept
+    with an empty profile: no rate limit at all, more than its plan gives, and DNS answered it
+    as before. The garden needs attributes to be one; without them the plan's profile stays."""
+    plan = replace(PLAN, monthly_quota_bytes=10**9, over_quota=OverQuota.WALLED_GARDEN)
+    garden = (reply_attribute(DICTIONARY, "Filter-Id = walled"),)
+    plans = {"home": PlanReply()}
+    for reply_settings, walled in ((ReplySettings(plans=plans), False),
+                                   (ReplySettings(plans=plans, walled_garden=garden), True)):
+        world = World(reply_settings)
+        world.directory.replace(Subscriber(1, "alice", SubscriberStatus.ACTIVE, plan_id=1),
+                                StoredCredentials(cleartext="alice-pw", updated_at=1), [], plan)
+        subject = world.directory.by_id(1)
+        assert subject is not None
+        subject.over_quota = True
+        attributes = world.engine.handle(pap("alice", "alice-pw"), nas(), NOW).attributes
+        assert (first(attributes, Attr.CLASS) == b"ispd:1:walled") is walled
+        assert (vsa(attributes, Vendor.MIKROTIK, 8) is None) is walled, attributes  # the plan's rate
+        assert (first(attributes, Attr.FILTER_ID) == b"walled") is walled
 
 
 def test_an_untagged_tunnel_password_carries_tag_zero() -> None:
