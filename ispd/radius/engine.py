@@ -777,7 +777,8 @@ class AuthEngine:
         """1 when this request re-authenticates one of the subscriber's open sessions, else 0:
         802.1X re-authenticates a station periodically, and a CPE redials after its Stop was
         lost; counting its own session against it rejected every re-authentication at
-        max_sessions = 1. The session is the one the request names (Acct-Session-Id), else one on
+        max_sessions = 1. The session is the one the request names (Acct-Session-Id, on any NAS of
+        the client: a session moved between BNGs keeps it), else one on
         the same NAS (by its address when the client is a network of NASes: a station's login on
         another BNG is another session, whose address would be given twice) from the same
         station (Calling-Station-Id, and NAS-Port-Id when both have one: a port alone is often a
@@ -789,11 +790,14 @@ class AuthEngine:
         station, port = _text(packet.first, _CALLING_STATION_ID), _text(packet.first, _NAS_PORT_ID)
         if session_id is None and station is None:
             return 0
-        where = None if nas.one_address else _nas_address(packet, nas, self._source)
-        on_this_nas = [s for s in self.sessions.of_subscriber(subscriber_id)
-                       if s.nas_client == nas.name and (where is None or s.nas_address == where)]
-        if session_id is not None and any(s.acct_session_id == session_id for s in on_this_nas):
+        on_this_client = [s for s in self.sessions.of_subscriber(subscriber_id) if s.nas_client == nas.name]
+        # The session the request names is itself on whichever NAS of the client it now is: BNGs
+        # of one network may move a session between them (a redundant pair's failover keeps its
+        # Acct-Session-Id). A station alone is matched on its own NAS only.
+        if session_id is not None and any(s.acct_session_id == session_id for s in on_this_client):
             return 1
+        where = None if nas.one_address else _nas_address(packet, nas, self._source)
+        on_this_nas = on_this_client if where is None else [s for s in on_this_client if s.nas_address == where]
         if station is not None and any(
                 s.calling_station_id == station and (port is None or s.nas_port_id is None or s.nas_port_id == port)
                 for s in on_this_nas):

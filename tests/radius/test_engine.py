@@ -894,6 +894,26 @@ def test_a_station_on_another_nas_of_a_client_network_is_another_login() -> None
                                NOW, "127.0.0.9").code == Code.ACCESS_ACCEPT
 
 
+def test_a_session_a_nas_of_a_client_network_took_over_is_named_by_its_id() -> None:
+    """From a review: BNGs of one client network that move a session between them (a redundant
+    pair's failover, the session's state synced) re-authenticate it from the other BNG under the
+    same Acct-Session-Id. The request names its own open session, which stood in for itself
+    before the station was looked for by address only; it was rejected as Simultaneous-Use."""
+    world = World()  # alice: max_sessions = 2, both open on 127.0.0.2
+    for n, calling in enumerate(("AA-BB-CC-DD-EE-FF", "02-00-00-00-00-02")):
+        world.sessions.put(RadiusSession(n + 1, "127.0.0.2", f"s{n}", "alice", NOW, NOW, subscriber_id=1,
+                                         nas_client="lab", calling_station_id=calling))
+    network = Nas("lab", SECRET, NasKind.MIKROTIK, Policy.YES, Policy.YES, network=IPv4Network("127.0.0.0/29"))
+
+    def login(session_id: bytes) -> Decision:
+        return world.engine.handle(pap("alice", "alice-pw", (Attr.CALLING_STATION_ID, b"AA-BB-CC-DD-EE-FF"),
+                                       (Attr.ACCT_SESSION_ID, session_id), (Attr.NAS_IP_ADDRESS, bytes((127, 0, 0, 3)))),
+                                   network, NOW, "127.0.0.3")
+
+    assert login(b"s0").code == Code.ACCESS_ACCEPT  # its own session, now on the other BNG
+    assert login(b"new-1").reject == RejectReason.SIMULTANEOUS_USE  # a new login there is another session
+
+
 # --- CHAP, MS-CHAP, EAP-MD5 --------------------------------------------------------------------
 
 
