@@ -824,9 +824,10 @@ class AuthEngine:
                     (str(kind), key) in subject.lines for kind, key in _line_keys(packet)):
                 return self._reject(RejectReason.WRONG_LINE, method, subject, failure)
         if subject.over_quota and plan is not None and plan.over_quota is OverQuota.WALLED_GARDEN \
-                and self.settings.walled_garden:
-            # (Without garden attributes the garden would be an empty profile, no rate limit:
-            # more than the plan gives. DNS's walled garden walls suspended subscribers only.)
+                and _for_nas(self.settings.walled_garden, nas.kind):
+            # (Without garden attributes - none, or only other vendors' for this NAS - the garden
+            # would be an empty profile, no rate limit: more than the plan gives. DNS's walled
+            # garden walls suspended subscribers only.)
             walled = True
         if plan is not None and plan.max_sessions is not None:
             open_sessions = self.sessions.count(subject.id)

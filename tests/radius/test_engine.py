@@ -475,6 +475,28 @@ def test_over_a_walled_quota_without_garden_attributes_the_plan_s_profile_stays(
         assert (first(attributes, Attr.FILTER_ID) == b"walled") is walled
 
 
+def test_over_a_walled_quota_a_nas_the_garden_has_nothing_for_keeps_the_plan_s_profile() -> None:
+    """From a review: a walled garden of one vendor's attributes (a MikroTik address list) in a
+    network of several is empty for another vendor's NAS; a subscriber past a walled-garden quota
+    logging in on a Cisco BNG got Class ispd:1:walled and nothing else, not its plan's QoS policy
+    (no rate limit), as with no garden attributes at all. A NAS gets the garden only when it has
+    some of it."""
+    plan = replace(PLAN, monthly_quota_bytes=10**9, over_quota=OverQuota.WALLED_GARDEN)
+    garden = (reply_attribute(DICTIONARY, "Mikrotik-Address-List = walled"),)
+    qos = reply_attribute(DICTIONARY, 'Cisco-AVPair = "subscriber:sub-qos-policy-out=home"')
+    world = World(ReplySettings(plans={"home": PlanReply(attributes=(qos,))}, walled_garden=garden))
+    world.directory.replace(Subscriber(1, "alice", SubscriberStatus.ACTIVE, plan_id=1),
+                            StoredCredentials(cleartext="alice-pw", updated_at=1), [], plan)
+    subject = world.directory.by_id(1)
+    assert subject is not None
+    subject.over_quota = True
+    cisco = world.engine.handle(pap("alice", "alice-pw"), nas(NasKind.CISCO), NOW).attributes
+    assert first(cisco, Attr.CLASS) == b"ispd:1", cisco
+    assert vsa(cisco, Vendor.CISCO, 1) == b"subscriber:sub-qos-policy-out=home"
+    mikrotik = world.engine.handle(pap("alice", "alice-pw"), nas(), NOW).attributes
+    assert first(mikrotik, Attr.CLASS) == b"ispd:1:walled" and vsa(mikrotik, Vendor.MIKROTIK, 19) == b"walled"
+
+
 def test_an_untagged_tunnel_password_carries_tag_zero() -> None:
     """RFC 2868 §3.5: the Tag octet is always there; from a review, a Tunnel-Password written
     without a tag went out without it, and every NAS decrypted garbage."""
