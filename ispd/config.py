@@ -349,6 +349,11 @@ def load_config(path: Path | str) -> Config:
         where = " (auto: beside daemon.control_socket)" if config.admin.socket == "auto" else ""
         raise ConfigError(f"{path}: admin.socket{where}: {admin_socket} is {len(bytes(admin_socket))} bytes long; "
                           f"a Unix socket's path can have at most {MAX_SOCKET_PATH_BYTES}")
+    # The dnstap collector's socket too: ispd would try it for ever ("No such file or directory").
+    dnstap = config.dns.dnstap.socket_path
+    if dnstap is not None and len(bytes(dnstap)) > MAX_SOCKET_PATH_BYTES:
+        raise ConfigError(f"{path}: dns.dnstap.socket_path: {dnstap} is {len(bytes(dnstap))} bytes long; "
+                          f"a Unix socket's path can have at most {MAX_SOCKET_PATH_BYTES}")
     return config
 
 

@@ -726,3 +726,13 @@ def test_a_client_network_of_ipv4_mapped_addresses_is_refused_with_the_ipv4_one_
 def test_a_client_network_that_only_holds_ipv4_mapped_addresses_among_others_is_taken(tmp_path: Path) -> None:
     path = write(tmp_path, '[dns]\nallow = ["::/0", "198.51.100.0/24", "2001:db8::/32"]\n')
     assert [str(n) for n in load_config(path).dns.allow] == ["::/0", "198.51.100.0/24", "2001:db8::/32"]
+
+
+def test_dnstap_socket_path_empty_is_off_and_too_long_is_refused(tmp_path: Path) -> None:
+    # "" was the config file's directory (dnstap on, "Connection refused" for ever), and a path
+    # too long for a Unix socket passed check-config ("No such file or directory" for ever).
+    config = load_config(write(tmp_path, '[dns]\nenabled = true\n[dns.dnstap]\nsocket_path = ""\n'))
+    assert config.dns.dnstap.socket_path is None and not config.dns.dnstap.enabled
+    path = write(tmp_path, f'[dns]\nenabled = true\n[dns.dnstap]\nsocket_path = "/run/{"x" * 120}.sock"\n')
+    assert error_of(path) == (f"{path}: dns.dnstap.socket_path: /run/{'x' * 120}.sock is 130 bytes long; a Unix "
+                              "socket's path can have at most 107")

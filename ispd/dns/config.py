@@ -322,13 +322,19 @@ class DNS64Config(Section):
         return self
 
 
+def _no_path_when_empty(value: object) -> object:
+    """socket_path = "" is dnstap off, as an empty socket path is elsewhere in the config (not
+    the config file's directory, which a relative "" would be)."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
 class DnstapConfig(Section):
     # dnstap (dnstap.info): a copy of the DNS traffic, as protobuf messages over Frame Streams, to
     # a collector (fstrm_capture, golang-dnstap, go-dnscollector, Vector). Give the collector's
     # Unix socket or its TCP address; neither: off. DNS never waits for the collector: messages
     # wait in a buffer of buffer_bytes while it is away or slow, past that they are dropped and
     # counted. With several processes each connects on its own.
-    socket_path: Path | None = None
+    socket_path: Annotated[Path | None, BeforeValidator(_no_path_when_empty)] = None
     address: ListenAddress | None = None
     # Sent in every message; identity unset: the host name; version: "ispd <version>".
     identity: str | None = Field(default=None, max_length=255)
