@@ -12,7 +12,9 @@ from 1 s up to 30 s (and starts over after a connection that lasted 30 s). DNS n
 the collector: frames wait in a buffer of ``buffer_bytes`` while the collector is away or slow,
 and past it they are dropped and counted (``ispd_dns_dnstap_dropped_total``), as Unbound drops
 when its dnstap queue is full. A collector that comes back gets the frames the buffer kept;
-those already handed to a connection that then broke are lost with it.
+those of the write a connection broke in (at most ``WRITE_BYTES``) are lost with it and counted
+as dropped, and ``sent`` counts the writes that went through (the sockets' own buffers, lost
+with a collector that dies, cannot be told apart).
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ HANDSHAKE_SECONDS = 5.0
 RECONNECT_MIN_SECONDS = 1.0
 RECONNECT_MAX_SECONDS = 30.0
 FINISH_SECONDS = 2.0  # at stop: how long the collector has to take the rest and say FINISH
+# Frames go to the connection in writes of at most this much: what a connection that breaks
+# takes with it is one write (and the sockets' buffers), not everything the buffer held.
+WRITE_BYTES = 64 * 1024  # (asyncio's high-water mark: drain waits past it anyway)
 
 
 async def read_control(reader: asyncio.StreamReader) -> tuple[ControlType, list[bytes]]:
@@ -174,11 +179,15 @@ class FrameStreamClient:
                         return "the collector closed the connection" if not heard.result() else \
                             "the collector sent data before STOP"
                 if self._frames:
-                    frames, self._frames, self._held = self._frames, [], 0
-                    writer.write(b"".join(frames))
+                    frames = self._take()
+                    try:
+                        writer.write(b"".join(frames))
+                        # While the collector is slow, the frames gather in the buffer (bounded).
+                        await writer.drain()
+                    except BaseException:  # the connection broke (or ispd stops) with them
+                        self.dropped += len(frames)
+                        raise
                     self.sent += len(frames)
-                    # While the collector is slow, the frames gather in the buffer (bounded).
-                    await writer.drain()
                 if self._closing and not self._frames:
                     writer.write(control_frame(ControlType.STOP, None))
                     await writer.drain()
@@ -192,6 +201,23 @@ class FrameStreamClient:
                     return "stopped"
         finally:
             heard.cancel()
+
+    def _take(self) -> list[bytes]:
+        """The next write's frames, in order: all those held, or WRITE_BYTES of them."""
+        frames = self._frames
+        if self._held <= WRITE_BYTES:
+            self._frames, self._held = [], 0
+            return frames
+        count = size = 0
+        for frame in frames:
+            if count and size + len(frame) > WRITE_BYTES:
+                break
+            size += len(frame)
+            count += 1
+        taken = frames[:count]
+        del frames[:count]
+        self._held -= size
+        return taken
 
 
 def _describe(exc: BaseException) -> str:

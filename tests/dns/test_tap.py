@@ -188,7 +188,27 @@ async def test_a_collector_that_stops_reading_cannot_hold_up_the_stop(tmp_path: 
         await asyncio.sleep(0.2)
         async with asyncio.timeout(5):
             await writer.close()
-        assert writer.sent + writer.dropped <= 400
+        assert writer.sent + writer.dropped == 400  # what was left in the write it was stopped in too
+
+
+async def test_a_collector_that_dies_without_reading_takes_one_write_not_the_whole_buffer(tmp_path: Path) -> None:
+    # The buffer held while the collector was away went out as one write of 24 MB: a collector
+    # that took the handshake and died took all of it, counted as sent, none as dropped.
+    path = tmp_path / "c.sock"
+    big = Encoder().frame(MessageType.CLIENT_RESPONSE, SocketProtocol.TCP, v6=False, response_message=b"x" * 60000)
+    async with client(path, buffer_bytes=64 * 1024 * 1024) as writer:
+        for _ in range(400):  # held: no collector yet
+            writer.push(big)
+        async with Collector(path, read=False):
+            await until(lambda: writer.connected)
+            await asyncio.sleep(0.2)
+        await until(lambda: not writer.connected)
+        assert writer.dropped > 0  # the write the connection broke in
+        path.unlink(missing_ok=True)
+        async with Collector(path) as second:
+            await until(lambda: writer.sent + writer.dropped == 400)
+            assert len(second.frames) >= 300  # less only what the first one's socket buffers took
+            assert writer.dropped <= tapmodule.WRITE_BYTES // len(big) + 1
 
 
 async def test_the_sink_writes_only_what_is_asked(tmp_path: Path) -> None:
