@@ -734,12 +734,12 @@ class DNSService(Service):
         # first (the store lists the newest first): of two open sessions with one address or
         # prefix (a subscriber who reconnected, the old session not yet closed as stale), the
         # newer holds it, and the old one's close leaves it.
+        # A session of no subscriber holds its addresses too (as while running).
         for session in sorted(sessions, key=lambda stored: stored.id):
-            if session.subscriber_id is not None:
-                if session.framed_ip:
-                    self.walled.lease_granted(session.framed_ip, session.subscriber_id, session.id)
-                for network in session.ipv6_networks():
-                    self.walled.network_granted(network, session.subscriber_id, session.id)
+            if session.framed_ip:
+                self.walled.lease_granted(session.framed_ip, session.subscriber_id, session.id)
+            for network in session.ipv6_networks():
+                self.walled.network_granted(network, session.subscriber_id, session.id)
         # DHCPv6 bindings: an address's name, and who holds an address or a delegated prefix
         # (the home's devices ask from addresses in it), in the order they were last renewed
         # (a name two claim, as for DHCPv4 leases).
@@ -887,9 +887,9 @@ class DNSService(Service):
                 event.address, radius_pool=event.service == LeaseService.RADIUS))
 
         def session_started(event: SessionStarted) -> None:
+            # A login that is no subscriber (a roaming partner's user, proxied) holds its
+            # addresses too: the previous holder's plan and walled garden do not follow them.
             subscriber = event.subscriber_id
-            if subscriber is None:
-                return
             if event.framed_ip:
                 view = self._plan_view_at(event.framed_ip)
                 walled = self.walled.lease_granted(event.framed_ip, subscriber, event.session_id)

@@ -33,8 +33,8 @@ class WalledGarden:
         # others, and the latest of those says who holds it.
         self._holds: dict[str, dict[str | int, int | None]] = {}
         # A session's IPv6 networks -> subscriber, by prefix length and the network's first address.
-        self._networks: dict[int, dict[int, int]] = {}
-        self.network_holders: dict[str, int] = {}  # (the same, by the network as written)
+        self._networks: dict[int, dict[int, int | None]] = {}
+        self.network_holders: dict[str, int | None] = {}  # (the same, by the network as written)
         # The session each network was last granted with: another session's end (a stale one
         # closed after its subscriber reconnected with the same prefix, or one whose prefix went
         # to someone else) does not take it from the session that holds it now.
@@ -96,12 +96,15 @@ class WalledGarden:
     def _covering_holder(self, network: IPv6Network) -> int | None:
         return self._holder_within(int(network.network_address), network.prefixlen)
 
-    def network_granted(self, network: str, subscriber_id: int, session_id: int | None = None) -> bool:
-        """A session's IPv6 network; whether the walled set changed."""
+    def network_granted(self, network: str, subscriber_id: int | None, session_id: int | None = None) -> bool:
+        """A session's IPv6 network (of no subscriber: a login that is none holds it all the same);
+        whether the walled set changed."""
         parsed = _ipv6_network(network)
         if parsed is None or parsed.prefixlen < SHORTEST:
             return False
         network = str(parsed)
+        if subscriber_id is None and network in self.network_holders and network not in self._network_sessions:
+            return False  # a DHCPv6 binding's: its subscriber keeps it (as a DHCP lease's address)
         before = self.enabled and self._covering_holder(parsed) in self.suspended  # (another's prefix around it)
         self.network_holders[network] = subscriber_id
         if session_id is None:
@@ -121,14 +124,16 @@ class WalledGarden:
         network = str(parsed)
         if session_id is not None and self._network_sessions.get(network, session_id) != session_id:
             return False  # granted with another session since: that one holds it
-        holder = self.network_holders.pop(network, None)
-        self._network_sessions.pop(network, None)
-        if holder is None:
+        if network not in self.network_holders:
             return False
+        holder = self.network_holders.pop(network)
+        self._network_sessions.pop(network, None)
         by_length = self._networks.get(parsed.prefixlen, {})
         by_length.pop(int(parsed.network_address) >> (128 - parsed.prefixlen), None)
         if not by_length:
             self._networks.pop(parsed.prefixlen, None)
+        if holder is None:
+            return False
         # Its clients go to the holder of a prefix around it, if any.
         return self.enabled and (holder in self.suspended) != (self._covering_holder(parsed) in self.suspended)
 
@@ -167,6 +172,13 @@ class WalledGarden:
             hold = next((h for h, s in holds.items() if isinstance(h, int) and s == subscriber_id), hold)
         holds.pop(hold, None)
         holds[hold] = subscriber_id
+        if session_id is not None and subscriber_id is None:
+            # A login that is no subscriber (a roaming partner's user) takes the address from an
+            # older session (one whose end is late), not from a lease ispd gave: that is the
+            # same device accounted under a login of its own (IPoE), the lease's subscriber's.
+            for lease_hold in ("dhcp", "radius-pool"):
+                if lease_hold in holds:
+                    holds[lease_hold] = holds.pop(lease_hold)
         self._holder_is_latest(address, holds)
         return self.is_walled(address) != before
 

@@ -222,6 +222,64 @@ async def test_a_dhcp_lease_s_end_leaves_the_address_to_the_session_that_has_it_
     assert service.engine.client_class(address) == ClientClass.ALLOWED
 
 
+async def test_a_session_of_a_login_that_is_no_subscriber_takes_the_address_from_the_previous_holder(
+        service: DNSService) -> None:
+    """The NAS gave ann's address and prefix to a roaming partner's user (proxied: no subscriber
+    here) before ann's session was closed as stale: the guest got ann's family filter, and her
+    walled garden while she was suspended, until then."""
+    assert service.engine is not None
+    service.engine.set_allow([ip_network("2001:db8::/32"), ip_network("192.168.1.0/24")])
+    bus, address, device, prefix = service.context.bus, "192.168.1.45", "2001:db8:100:7::5", "2001:db8:100::/56"
+    bus.publish(SessionStarted(1.0, 1, "198.18.0.2", "s1", "ann", subscriber_id=ANN, framed_ip=address,
+                               ipv6_networks=prefix))
+    assert view(service, address) == view(service, device) == FAMILY
+    bus.publish(SubscriberSuspended(2.0, ANN, "ann"))
+    assert service.engine.client_class(address) == service.engine.client_class(device) == ClientClass.WALLED
+    bus.publish(SessionStarted(3.0, 2, "198.18.0.2", "g1", "guest@partner.example", framed_ip=address,
+                               ipv6_networks=prefix))
+    assert service.engine.client_class(address) == service.engine.client_class(device) == ClientClass.ALLOWED
+    assert view(service, address) == view(service, device) == 0
+    # ann's stale session closed late: the guest's session keeps them.
+    bus.publish(SessionStopped(4.0, 1, "198.18.0.2", "s1", "ann", subscriber_id=ANN, framed_ip=address,
+                               ipv6_networks=prefix, cause="Stale-Session"))
+    assert service.engine.client_class(address) == service.engine.client_class(device) == ClientClass.ALLOWED
+    bus.publish(SessionStopped(5.0, 2, "198.18.0.2", "g1", "guest@partner.example", framed_ip=address,
+                               ipv6_networks=prefix))
+    assert service.walled.holder(address) is None and not service.walled.network_holders
+    assert not service.walled._networks and view(service, device) == 0
+
+
+async def test_a_session_of_no_subscriber_leaves_a_lease_s_address_to_the_lease_s_subscriber(
+        service: DNSService) -> None:
+    """IPoE: the BNG accounts the device ispd leased an address (and a prefix) to under a login
+    that is no subscriber here (its MAC, say): the lease names the subscriber, who keeps them."""
+    assert service.engine is not None
+    service.engine.set_allow([ip_network("2001:db8::/32"), ip_network("192.168.1.0/24")])
+    bus, address, device, prefix = service.context.bus, "192.168.1.47", "2001:db8:100:7::5", "2001:db8:100::/56"
+    bus.publish(LeaseGranted(1.0, address, 4000.0, subscriber_id=ANN))
+    bus.publish(Binding6Granted(1.0, prefix, "pd", 4000.0, subscriber_id=ANN))
+    bus.publish(SessionStarted(2.0, 1, "198.18.0.2", "s1", "02:00:5e:00:00:01", framed_ip=address,
+                               ipv6_networks=prefix))
+    assert view(service, address) == view(service, device) == FAMILY
+    bus.publish(LeaseGranted(3.0, address, 5000.0, subscriber_id=ANN, renewal=True))
+    assert view(service, address) == FAMILY
+
+
+async def test_at_start_a_session_of_no_subscriber_holds_its_address_as_while_running(service: DNSService) -> None:
+    """(The same read from the store at a start or reload.)"""
+    assert service.engine is not None
+    service.engine.set_allow([ip_network("2001:db8::/32"), ip_network("192.168.1.0/24")])
+    address, device = "192.168.1.46", "2001:db8:100:7::5"
+    sessions = [RadiusSession(1, "198.18.0.2", "s1", "ann", 1.0, 1.0, subscriber_id=ANN, framed_ip=address,
+                              delegated_ipv6_prefix="2001:db8:100::/56"),
+                RadiusSession(2, "198.18.0.2", "g1", "guest@partner.example", 2.0, 2.0, framed_ip=address,
+                              delegated_ipv6_prefix="2001:db8:100::/56")]
+    service.context.store = _Store(sessions)  # type: ignore[assignment]
+    await service._load_subscribers()  # (ann is suspended in that store)
+    assert service.engine.client_class(address) == service.engine.client_class(device) == ClientClass.ALLOWED
+    assert view(service, address) == view(service, device) == 0
+
+
 class _Store:
     """What ``DNSService._load_subscribers`` reads, as the SQLite store gives it (sessions newest first)."""
 
