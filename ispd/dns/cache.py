@@ -30,9 +30,12 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ispd.dns.wire import RR, RCode, RRType, is_subdomain
+
+if TYPE_CHECKING:
+    from ispd.dns.policy import PolicyAction
 
 NXDOMAIN_KEY = -1  # the "type" of a name's NXDOMAIN entry
 # What an entry costs in Python objects beyond its data bytes, as tracemalloc counts it on
@@ -413,6 +416,9 @@ class CachedAnswer:
     from_stale: bool = False
     ede: int = -1  # an Extended DNS Error (RFC 8914) for the OPT record; never stored in the cache
     passthru: bool = False  # its question matched a policy PASSTHRU trigger: each hit counts as one
+    # The policy action that cut its CNAME chain at a target (``Engine._police_chain``): each hit
+    # counts as one of it, as the query that resolved it did.
+    chain_policy: PolicyAction | None = None
     order: int = 0  # its place in the eviction's order over both tables (``_Clock.stamp``)
 
     def render(self, now: float) -> bytes:

@@ -427,6 +427,8 @@ class DNSEngine:
             self.stats.cache_hits += 1
             if entry.passthru:
                 self.policy_hits[PolicyAction.PASSTHRU] += 1
+            elif entry.chain_policy is not None:
+                self.policy_hits[entry.chain_policy] += 1
         self.qtypes[qtype] = self.qtypes.get(qtype, 0) + 1
         self.rcodes[entry.rcode_flags & 0xF] += 1
         if now >= entry.prefetch_at and not entry.refreshing:
@@ -521,6 +523,8 @@ class DNSEngine:
         entry = self.answers.table(key).get(key)
         if entry is not None and entry.expires_at > now:
             self.stats.cache_hits += 1
+            if entry.chain_policy is not None:
+                self.policy_hits[entry.chain_policy] += 1
         else:
             self.stats.cache_misses += 1
             past_limit = False
@@ -641,6 +645,7 @@ class DNSEngine:
             # The fast path counts its hits as the slow path does, without asking the policy.
             hit = self.policy_lookup(question.key_name, answer_variant(key) & VARIANT_VIEW)
             entry.passthru = hit is not None and hit.action == PolicyAction.PASSTHRU
+            entry.chain_policy = self._chain_policy(resolution, key)
         if not future.done():
             future.set_result(entry)
 
@@ -785,6 +790,17 @@ class DNSEngine:
             # The operator's answer, not the zone's: never AD (a bogus rest stays bogus).
             return rest if rest.security == Security.BOGUS else replace(rest, security=Security.UNCHECKED)
         return replace(resolution, answer=[*before, *resolution.answer]) if before else resolution
+
+    def _chain_policy(self, resolution: Resolution, key: bytes) -> PolicyAction | None:
+        """The action of the policy that cut the chain of ``resolution`` (policed under ``key``)
+        at a target, as ``_policy_answer`` counted it; None: none did."""
+        view = answer_variant(key) & VARIANT_VIEW if key else 0
+        for rr in resolution.answer:
+            if rr.rtype == RRType.CNAME:
+                hit = self.policy_lookup(rdata_name(rr.rdata), view)
+                if hit is not None and hit.action not in (PolicyAction.PASSTHRU, PolicyAction.TCP_ONLY):
+                    return hit.action
+        return None
 
     def _policy_answer(self, name: bytes, qtype: int, key: bytes) -> ZoneAnswer | None:
         """What the policy answers for ``name`` inside a chain of the answer under ``key`` (the

@@ -1148,6 +1148,25 @@ async def test_policy_applies_to_the_targets_of_a_chain(policed: Env) -> None:
     # (as BIND does with its default qname-wait-recurse).
 
 
+async def test_a_chain_cut_by_the_policy_counts_as_a_hit_for_each_query_from_the_cache_too(policed: Env) -> None:
+    """From a bug hunt: a CNAME chain into a blocked name counted one policy hit when it was
+    resolved, none for the queries the answer cache answered after it (a name asked directly
+    counts every time): a family filter that mostly blocks CNAME-cloaked trackers looked idle."""
+    policed.net.zone("other.example.").add(
+        _record("to-nx.other.example.", RRType.CNAME, N("nx.example.test.")))
+    policed.net.zone("other.example.").add(
+        _record("to-www.other.example.", RRType.CNAME, N("www.other.example.")))
+    for asked in range(1, 4):  # resolved, then from the cache over TCP (the slow path)
+        reply = await policed.ask_message(query("to-nx.other.example."), tcp=asked > 1)
+        assert reply.rcode == RCode.NXDOMAIN and [rr.rtype for rr in reply.answer] == [RRType.CNAME]
+        assert policed.engine.policy_hits[PolicyAction.NXDOMAIN] == asked
+    assert policed.fast(query("to-nx.other.example.")) is not None
+    assert policed.engine.policy_hits[PolicyAction.NXDOMAIN] == 4
+    for _ in range(2):  # a chain no trigger cuts is no policy hit, from the cache neither
+        assert addresses(await policed.ask_message(query("to-www.other.example."))) == ["192.0.2.10"]
+    assert sum(policed.engine.policy_hits.values()) == 4
+
+
 async def test_policy_cname_to_elsewhere_is_followed(policed: Env) -> None:
     reply = await policed.ask_message(query("redirect.example.test."))
     assert [rr.rtype for rr in reply.answer] == [RRType.CNAME, RRType.A]
