@@ -415,10 +415,10 @@ class CachedAnswer:
     # served stale itself (the records' own stale window bounds it, RFC 8767 §4).
     from_stale: bool = False
     ede: int = -1  # an Extended DNS Error (RFC 8914) for the OPT record; never stored in the cache
-    passthru: bool = False  # its question matched a policy PASSTHRU trigger: each hit counts as one
-    # The policy action that cut its CNAME chain at a target (``Engine._police_chain``): each hit
-    # counts as one of it, as the query that resolved it did.
-    chain_policy: PolicyAction | None = None
+    # The policy action each hit counts as one of, as the query that resolved it did: PASSTHRU
+    # when its question matched a PASSTHRU trigger (the fast path does not ask the policy), else
+    # the action that cut its CNAME chain at a target (``DNSEngine._police_chain``).
+    counted_policy: PolicyAction | None = None
     order: int = 0  # its place in the eviction's order over both tables (``_Clock.stamp``)
 
     def render(self, now: float) -> bytes:

@@ -425,10 +425,8 @@ class DNSEngine:
                 self.policy_hits[action] += 1
         else:
             self.stats.cache_hits += 1
-            if entry.passthru:
-                self.policy_hits[PolicyAction.PASSTHRU] += 1
-            elif entry.chain_policy is not None:
-                self.policy_hits[entry.chain_policy] += 1
+            if entry.counted_policy is not None:
+                self.policy_hits[entry.counted_policy] += 1
         self.qtypes[qtype] = self.qtypes.get(qtype, 0) + 1
         self.rcodes[entry.rcode_flags & 0xF] += 1
         if now >= entry.prefetch_at and not entry.refreshing:
@@ -523,8 +521,8 @@ class DNSEngine:
         entry = self.answers.table(key).get(key)
         if entry is not None and entry.expires_at > now:
             self.stats.cache_hits += 1
-            if entry.chain_policy is not None:
-                self.policy_hits[entry.chain_policy] += 1
+            if entry.counted_policy is not None and entry.counted_policy != PolicyAction.PASSTHRU:
+                self.policy_hits[entry.counted_policy] += 1  # (a PASSTHRU: counted by the lookup above)
         else:
             self.stats.cache_misses += 1
             past_limit = False
@@ -644,8 +642,8 @@ class DNSEngine:
             entry.from_stale = from_stale
             # The fast path counts its hits as the slow path does, without asking the policy.
             hit = self.policy_lookup(question.key_name, answer_variant(key) & VARIANT_VIEW)
-            entry.passthru = hit is not None and hit.action == PolicyAction.PASSTHRU
-            entry.chain_policy = self._chain_policy(resolution, key)
+            entry.counted_policy = PolicyAction.PASSTHRU if hit is not None and hit.action == PolicyAction.PASSTHRU \
+                else self._chain_policy(resolution, key)
         if not future.done():
             future.set_result(entry)
 
