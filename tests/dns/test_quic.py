@@ -97,6 +97,27 @@ async def connected(stack: AsyncExitStack, listener: QuicListener, client_type: 
     return client
 
 
+def _client_for(alpn: str) -> type[_Client]:
+    """A client speaking HTTP/3 on its connection (``client.http``) for "h3", DoQ else."""
+
+    class Client(_Client):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.http = H3Connection(self._quic) if alpn == "h3" else None
+
+    return Client
+
+
+async def _ask(client: Any) -> None:
+    """QUERY over DoQ, or in an HTTP/3 GET, answered (the test answerers echo it)."""
+    if client.http is None:
+        assert await asyncio.wait_for(client.doq(QUERY), 5) == QUERY
+    else:
+        path = "/dns-query?dns=" + base64.urlsafe_b64encode(QUERY).rstrip(b"=").decode()
+        status, _, body = await asyncio.wait_for(client.h3("GET", "dns.test", path), 5)
+        assert (status, body) == (200, QUERY)
+
+
 @pytest.mark.parametrize("leave", ["close", "drop"])
 @pytest.mark.parametrize("answers", [CachedAnswers, NoAnswers])
 async def test_a_connection_is_forgotten_when_its_client_goes_and_ispd_adds_no_cycle(
@@ -237,13 +258,8 @@ async def test_requests_the_client_abandons_give_their_streams_back(alpn: str, t
     counts a stream against max_streams until both sides have ended, and a half-open one held
     its place for the connection's life: after max_streams abandoned queries, none could be asked."""
 
-    class Client(_Client):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.http = H3Connection(self._quic) if alpn == "h3" else None
-
     async with AsyncExitStack() as stack:
-        client = await connected(stack, listener_for(tmp_path, alpn, max_streams=3), Client)
+        client = await connected(stack, listener_for(tmp_path, alpn, max_streams=3), _client_for(alpn))
         quic = client._quic
         for _ in range(6):
             stream_id = quic.get_next_available_stream_id()
@@ -257,12 +273,7 @@ async def test_requests_the_client_abandons_give_their_streams_back(alpn: str, t
             await asyncio.sleep(0.05)
             quic.reset_stream(stream_id, DOQ_REQUEST_CANCELLED if client.http is None else H3_REQUEST_CANCELLED)
             client.transmit()
-        if client.http is None:
-            assert await asyncio.wait_for(client.doq(QUERY), 5) == QUERY
-        else:
-            path = "/dns-query?dns=" + base64.urlsafe_b64encode(QUERY).rstrip(b"=").decode()
-            status, _, body = await asyncio.wait_for(client.h3("GET", "dns.test", path), 5)
-            assert (status, body) == (200, QUERY)
+        await _ask(client)
 
 
 async def test_a_query_the_client_stops_while_it_resolves_ends_quietly(tmp_path: Path) -> None:
@@ -401,24 +412,11 @@ async def test_a_client_that_moves_is_judged_by_the_address_its_queries_come_fro
     moves on purpose). Its queries were judged by the address it began from, so one begun inside
     `allow` went on being answered from an address outside it (where a UDP query gets REFUSED),
     and the rate limit and the policy took it for the client it had been."""
-    class Client(_Client):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.http = H3Connection(self._quic) if alpn == "h3" else None
-
     answers = ClientsSeen()
     async with AsyncExitStack() as stack:
-        client = await connected(stack, listener_for(tmp_path, alpn, answerer=answers), Client)
+        client = await connected(stack, listener_for(tmp_path, alpn, answerer=answers), _client_for(alpn))
 
-        async def ask() -> None:
-            if alpn == "doq":
-                assert await asyncio.wait_for(client.doq(QUERY), 5) == QUERY
-            else:
-                path = "/dns-query?dns=" + base64.urlsafe_b64encode(QUERY).decode().rstrip("=")
-                status, _, body = await asyncio.wait_for(client.h3("GET", "dns.test", path), 5)
-                assert (status, body) == (200, QUERY)
-
-        await ask()
+        await _ask(client)
         old = client._transport
         moved, _ = await asyncio.get_running_loop().create_datagram_endpoint(
             lambda: client, local_addr=("127.59.0.3", 0))
@@ -426,7 +424,7 @@ async def test_a_client_that_moves_is_judged_by_the_address_its_queries_come_fro
         old._protocol = asyncio.DatagramProtocol()  # (its end is not the connection's)
         old.abort()
         client._transport = moved
-        await ask()
+        await _ask(client)
         assert answers.clients == ["127.59.0.2", "127.59.0.3"]
 
 
@@ -451,23 +449,12 @@ async def test_a_query_slower_than_the_idle_timeout_is_answered(alpn: str, tmp_p
     idle_timeout_seconds lost its answer, the connection gone at both ends. Over DoT ispd
     sends answers still being resolved before an idle close; over QUIC it keeps the
     connection alive while queries are in flight (PING, RFC 9000 §10.1.2)."""
-
-    class Client(_Client):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.http = H3Connection(self._quic) if alpn == "h3" else None
-
     listener = listener_for(tmp_path, alpn, answerer=SlowAnswers(2.5))
     listener.apply_settings(QuicSettings(idle_timeout=1.0, handshake_timeout=5.0, max_streams=5,
                                          max_query_bytes=4096))
     async with AsyncExitStack() as stack:
-        client = await connected(stack, listener, Client)
-        if alpn == "doq":
-            assert await asyncio.wait_for(client.doq(QUERY), 5) == QUERY
-        else:
-            path = "/dns-query?dns=" + base64.urlsafe_b64encode(QUERY).decode().rstrip("=")
-            status, _, body = await asyncio.wait_for(client.h3("GET", "dns.test", path), 5)
-            assert (status, body) == (200, QUERY)
+        client = await connected(stack, listener, _client_for(alpn))
+        await _ask(client)
         await asyncio.sleep(1.8)  # and with nothing in flight, the idle timeout still closes it
         assert client._quic._close_event is not None
 

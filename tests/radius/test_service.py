@@ -1374,6 +1374,25 @@ async def test_a_plan_change_to_another_vendors_attributes_alone_sends_no_empty_
         await store.close()
 
 
+async def _subscribers_with_a_session_each(store: Store, count: int) -> list[int]:
+    """Subscribers s0, s1... on plan "home", each with a session x0, x1... open on NAS; their ids."""
+    await store.add_plan("home", actor="test")
+    ids = []
+    for n in range(count):
+        subscriber = await store.add_subscriber(f"s{n}", actor="test", plan="home")
+        ids.append(subscriber.id)
+        await store.record_accounting([AccountingRecord(
+            at=time.time(), status=AccountingStatus.START, nas_address=NAS, acct_session_id=f"x{n}",
+            username=f"s{n}", subscriber_id=subscriber.id, nas_client="bng")])
+    return ids
+
+
+async def _suspend(store: Store, bus: EventBus, ids: list[int]) -> None:
+    for subscriber_id in ids:
+        subscriber = await store.set_subscriber_status(subscriber_id, SubscriberStatus.SUSPENDED, actor="test")
+        bus.publish(SubscriberSuspended(time.time(), subscriber_id, subscriber.username))
+
+
 async def test_a_nas_is_sent_a_bounded_number_of_requests_at_a_time_and_each_session_gets_its_own(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """From a run of 2,000 plan changes with open sessions: every CoA went out at once, a socket
@@ -1383,20 +1402,11 @@ async def test_a_nas_is_sent_a_bounded_number_of_requests_at_a_time_and_each_ses
     monkeypatch.setattr(radius_service, "MAX_DYNAMIC_PER_NAS", 4)
     store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
     try:
-        await store.add_plan("home", actor="test")
-        ids = []
-        for n in range(12):
-            subscriber = await store.add_subscriber(f"s{n}", actor="test", plan="home")
-            ids.append(subscriber.id)
-            await store.record_accounting([AccountingRecord(
-                at=time.time(), status=AccountingStatus.START, nas_address=NAS, acct_session_id=f"x{n}",
-                username=f"s{n}", subscriber_id=subscriber.id, nas_client="bng")])
+        ids = await _subscribers_with_a_session_each(store, 12)
         bus = EventBus()
         with FakeNas(NAS, secret=SECRET.encode(), answer="silent") as nas:
             async with _running(store, bus, _radius_config(nas.port, coa_timeout_seconds=0.5, coa_attempts=1)):
-                for n, subscriber_id in enumerate(ids):
-                    await store.set_subscriber_status(subscriber_id, SubscriberStatus.SUSPENDED, actor="test")
-                    bus.publish(SubscriberSuspended(time.time(), subscriber_id, f"s{n}"))
+                await _suspend(store, bus, ids)
                 await asyncio.sleep(0.3)  # within the first requests' timeout
                 assert len(nas.requests) == 4
 
@@ -1417,20 +1427,11 @@ async def test_an_operator_s_disconnect_does_not_wait_its_turn_behind_queued_coa
     monkeypatch.setattr(radius_service, "MAX_DYNAMIC_PER_NAS", 2)
     store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
     try:
-        await store.add_plan("home", actor="test")
-        ids = []
-        for n in range(7):
-            subscriber = await store.add_subscriber(f"s{n}", actor="test", plan="home")
-            ids.append(subscriber.id)
-            await store.record_accounting([AccountingRecord(
-                at=time.time(), status=AccountingStatus.START, nas_address=NAS, acct_session_id=f"x{n}",
-                username=f"s{n}", subscriber_id=subscriber.id, nas_client="bng")])
+        ids = await _subscribers_with_a_session_each(store, 7)
         bus = EventBus()
         with FakeNas(NAS, secret=SECRET.encode(), answer="silent") as nas:
             async with _running(store, bus, _radius_config(nas.port, coa_timeout_seconds=1, coa_attempts=1)) as service:
-                for n, subscriber_id in enumerate(ids[:6]):
-                    await store.set_subscriber_status(subscriber_id, SubscriberStatus.SUSPENDED, actor="test")
-                    bus.publish(SubscriberSuspended(time.time(), subscriber_id, f"s{n}"))
+                await _suspend(store, bus, ids[:6])
                 await asyncio.sleep(0.2)
                 assert len(nas.requests) == 2  # the NAS's turns are taken; four wait
                 session = (await store.list_sessions(open_only=True, subscriber=ids[6]))[0]
