@@ -7,7 +7,9 @@
   everything at and below the name; with ``type`` only that type's RRset, NODATA entry and
   answers (an NXDOMAIN for the name stays, as with Unbound's ``flush_type``); with ``all``
   everything. Answers to *other* names whose CNAME chain passed through the name stay until
-  they expire (flush their names, or the zone). The result counts what was dropped.
+  they expire (flush their names, or the zone). The validator's NSEC records kept for RFC 8198
+  go too, those of the name's zone and below (all of them with ``all``): else they would go on
+  denying the flushed names without asking. The result counts what was dropped.
 - ``dns.cache.dump`` streams the live entries (not those expired and kept only for serve-stale)
   in insertion order, optionally only a name and what is below it: RRsets as zone-file lines
   with their remaining TTL (``name TTL IN TYPE rdata``), negative entries as comments
@@ -34,6 +36,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from ispd.control import CommandError, ControlCommands
+from ispd.dns.aggressive import NsecIndex
 from ispd.dns.cache import (
     NXDOMAIN_KEY,
     VARIANT_AD,
@@ -187,9 +190,11 @@ class DNSCacheAdmin:
     """``dns.cache.flush`` and ``dns.cache.dump`` over one service's two caches."""
 
     def __init__(self, rrsets: RRsetCache, answers: AnswerCache, clock: Callable[[], float], *,
-                 processes: int = 1) -> None:
+                 processes: int = 1, nsec_index: Callable[[], NsecIndex | None] = lambda: None) -> None:
         self.rrsets = rrsets
         self.answers = answers
+        # The validator's RFC 8198 index of the moment (a reload makes a new validator), or None.
+        self.nsec_index = nsec_index
         self.clock = clock  # the caches' clock (monotonic)
         self.processes = processes  # [dns] processes: the dump is of the first's caches only
 
@@ -224,11 +229,13 @@ class DNSCacheAdmin:
         dropped = {"rrsets": len(self.rrsets), "answers": len(self.answers)}
         self.rrsets.clear()
         self.answers.clear()
+        self._forget_proofs(None)
         return dropped
 
     def flush(self, name: bytes, *, subtree: bool = False, rtype: int | None = None) -> dict[str, int]:
         """Drop what the caches hold for ``name`` (and below it with ``subtree``), only of type
         ``rtype`` if given; how many entries each cache dropped."""
+        self._forget_proofs(name)
         if rtype is None:
             return {"rrsets": self.rrsets.flush(name, subtree=subtree),
                     "answers": self.answers.flush(name, subtree=subtree)}
@@ -245,6 +252,14 @@ class DNSCacheAdmin:
         rrsets = sum(self.rrsets.discard(key) for key in rrset_keys)
         self.answers.drop(answer_keys)  # (the variants of each name are among them)
         return {"rrsets": rrsets, "answers": len(answer_keys)}
+
+    def _forget_proofs(self, name: bytes | None) -> None:
+        """The NSEC records kept for aggressive negative answers (RFC 8198) of the zone ``name``
+        is in and below it go too: kept, they would deny the flushed names without asking, and
+        the flush is for the next query to go upstream."""
+        index = self.nsec_index()
+        if index is not None:
+            index.forget(name)
 
     # --- dump
 

@@ -105,6 +105,24 @@ class NsecIndex:
             self.records += 1
         entry.hashed[nsec3.owner_hash] = (nsec3, expires_at, (record, *sigs))
 
+    def forget(self, name: bytes | None = None) -> int:
+        """Drop the records of the zone ``name`` is in and of every zone below ``name`` (all
+        without one), for a cache flush: what they prove would otherwise still answer the flushed
+        names; how many records went."""
+        if name is None:
+            zones = list(self.zones)
+        else:
+            zones = [zone for zone in self.zones if is_subdomain(zone, name)]
+            enclosing = self.zone_of(name)
+            if enclosing is not None and enclosing not in zones:
+                zones.append(enclosing)
+        dropped = 0
+        for zone in zones:
+            entry = self.zones.pop(zone)
+            dropped += len(entry.spans) + len(entry.hashed)
+        self.records -= dropped
+        return dropped
+
     def zone_of(self, name: bytes) -> bytes | None:
         """The deepest zone with spans at or above ``name``."""
         while True:

@@ -37,6 +37,7 @@ from ispd.config import Config
 from ispd.configtypes import SocketAddress
 from ispd.control import CommandError
 from ispd.dns.admin import parse_name_argument
+from ispd.dns.aggressive import NsecIndex
 from ispd.dns.cache import AnswerCache, CacheLimits, RRsetCache
 from ispd.dns.config import DNSConfig, DnstapConfig, DoHConfig, DoQConfig, EncryptedListenerConfig
 from ispd.dns.datafiles import DataFiles, DiskFiles, FileStore, HandedFiles
@@ -436,7 +437,8 @@ class DNSService(Service):
         # `ispd dns cache dump|flush` over the control socket, for as long as the service runs.
         from ispd.dns.admin import DNSCacheAdmin
 
-        cache_admin = DNSCacheAdmin(self.rrsets, self.answers, clock, processes=self.config.processes)
+        cache_admin = DNSCacheAdmin(self.rrsets, self.answers, clock, processes=self.config.processes,
+                                    nsec_index=self._nsec_index)
         stack.callback(cache_admin.register(self.context.control,
                                             flush=self._everywhere("dns.cache.flush", cache_admin.flush_command,
                                                                    add_counts)))
@@ -580,6 +582,11 @@ class DNSService(Service):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._anchor_trackers = []
+
+    def _nsec_index(self) -> NsecIndex | None:
+        """The live validator's RFC 8198 index, for `ispd dns cache flush` (None without one)."""
+        validator = self.resolver.validator if self.resolver is not None else None
+        return validator.nsec_index if validator is not None else None
 
     # --- negative trust anchors at run time (`ispd dns nta`)
 

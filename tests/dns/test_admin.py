@@ -14,6 +14,8 @@ from ispd.dns.admin import DUMP_BATCH, DNSCacheAdmin, parse_name_argument, rdata
 from ispd.dns.cache import VARIANT_DO, VARIANT_SCOPES, AnswerCache, CacheLimits, NegativeKind, RRsetCache, Trust
 from ispd.dns.wire import CLASS_IN, FLAG_QR, FLAG_RA, RR, Question, RCode, RRType, a_rdata, key_of, name_from_text
 from ispd.dns.zone import parse_zone_text
+from tests.dns.test_aggressive import index_of
+from tests.dns.test_dnssec import Signed, _sign
 
 N = name_from_text
 SOA_RDATA = N("ns.example.") + N("hostmaster.example.") + struct.pack("!IIIII", 2024010101, 7200, 900, 1209600, 300)
@@ -286,3 +288,34 @@ def test_register_and_take_back() -> None:
     assert registry.names() == ["dns.cache.dump", "dns.cache.flush"]
     unregister()
     assert registry.names() == []
+
+
+# --- a flush reaches the NSEC records kept for aggressive negative answers (RFC 8198)
+
+
+@pytest.fixture(scope="module")
+def signed_zone(tmp_path_factory: pytest.TempPathFactory) -> Signed:
+    return _sign(tmp_path_factory.mktemp("flush-nsec"), "ECDSAP256SHA256")
+
+
+@pytest.mark.parametrize("flush", ["name", "zone", "type", "all"])
+def test_a_flush_drops_the_nsec_records_that_would_deny_the_name(flush: str, signed_zone: Signed,
+                                                                 clock: Clock) -> None:
+    """The validator answers NXDOMAIN for any name its cached NSEC records deny, without asking:
+    a flush that left them would still deny the flushed name (a record just added upstream)
+    until they expire, though the dump shows nothing of them."""
+    index = index_of(signed_zone)
+    other = index_of(signed_zone)  # the same records learnt as another zone's, which stays
+    index.zones[N("elsewhere.example.")] = other.zones[signed_zone.origin]
+    index.records *= 2
+    admin = DNSCacheAdmin(RRsetCache(CacheLimits()), AnswerCache(CacheLimits()), clock, nsec_index=lambda: index)
+    name = N("nope.example.test")
+    assert index.answer(signed_zone.origin, name, RRType.A, 1.0) is not None
+    if flush == "all":
+        admin.flush_all()
+    else:
+        admin.flush(name if flush != "zone" else signed_zone.origin, subtree=flush == "zone",
+                    rtype=RRType.A if flush == "type" else None)
+    assert index.answer(signed_zone.origin, name, RRType.A, 1.0) is None
+    assert (N("elsewhere.example.") in index.zones) == (flush != "all")
+    assert index.records == (len(other.zones[signed_zone.origin].spans) if flush != "all" else 0)
