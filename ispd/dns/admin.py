@@ -20,8 +20,9 @@
 The dump works from a snapshot of the cache's keys (a list of references: about 10 ms per
 million entries) and looks each entry up again when its turn comes, in batches of
 ``DUMP_BATCH`` keys, so the event loop serves queries between batches and entries stored or
-evicted meanwhile cannot break the iteration. Flushes run in one go (the caches' own ``flush``
-scans every key: about 0.1 s per million entries).
+evicted meanwhile cannot break the iteration. A flush that must look at every key (a name's
+RRsets of every type, a zone) works the same way, ``FLUSH_BATCH`` keys a step: in one go it held
+every query for 0.8 s with 240,000 entries on the lab machine.
 
 A NODATA entry's type is only in its key, so the RRset cache is walked by key (``snapshot_keys``,
 ``entry``, ``discard``).
@@ -29,6 +30,7 @@ A NODATA entry's type is only in its key, so the RRset cache is walked by key (`
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import struct
@@ -51,6 +53,7 @@ from ispd.dns.cache import (
 from ispd.dns.wire import RCode, RRType, is_subdomain, name_from_text, name_to_text, type_text
 
 DUMP_BATCH = 1000  # cache keys looked at between two turns of the event loop
+FLUSH_BATCH = 5000  # the same in a flush, which does less with each key
 # What an answer's key variant says of the queries it is for: their DNSSEC bits, a [dns.dns64]
 # client's, and the policy scopes of its client's view (scopeN: the Nth different set of plans
 # and clients that [[dns.policy_zone]] entries are limited to, in their order).
@@ -223,7 +226,10 @@ class DNSCacheAdmin:
             raise CommandError("which name? (or all, to empty the caches)")
         name = parse_name_argument(args["name"])
         rtype = _parse_type(str(args["type"])) if args.get("type") is not None else None
-        return self.flush(name, subtree=bool(args.get("zone")), rtype=rtype)
+        subtree = bool(args.get("zone"))
+        if rtype is not None and not subtree:
+            return self.flush(name, rtype=rtype)  # its keys are known: no scan of the caches
+        return await self.flush_stepwise(name, subtree=subtree, rtype=rtype)
 
     def flush_all(self) -> dict[str, int]:
         dropped = {"rrsets": len(self.rrsets), "answers": len(self.answers)}
@@ -260,6 +266,31 @@ class DNSCacheAdmin:
         index = self.nsec_index()
         if index is not None:
             index.forget(name)
+
+    async def flush_stepwise(self, name: bytes, *, subtree: bool = False, rtype: int | None = None) -> dict[str, int]:
+        """``flush``, its scan of the caches' keys ``FLUSH_BATCH`` at a time with the event loop
+        let run between (on snapshots of the keys: what is stored meanwhile stays)."""
+        self._forget_proofs(name)
+        qtype = _U16.pack(rtype) if rtype is not None else None
+
+        def wanted(owner: bytes) -> bool:
+            return owner == name or (subtree and is_subdomain(owner, name))
+
+        rrsets = 0
+        keys: list[Any] = self.rrsets.snapshot_keys()
+        for start in range(0, len(keys), FLUSH_BATCH):
+            rrsets += sum(self.rrsets.discard(key) for key in keys[start:start + FLUSH_BATCH]
+                          if (rtype is None or key[1] == rtype) and wanted(key[0]))
+            await asyncio.sleep(0)
+        answers = 0
+        # An answer's key: the question (name, type, class), and a variant's one byte of bits more.
+        for table, cut in ((self.answers.entries, 4), (self.answers.variants, 5)):
+            keys = list(table)
+            for start in range(0, len(keys), FLUSH_BATCH):
+                answers += self.answers.drop([key for key in keys[start:start + FLUSH_BATCH]
+                                              if (qtype is None or key[-cut:2 - cut] == qtype) and wanted(key[:-cut])])
+                await asyncio.sleep(0)
+        return {"rrsets": rrsets, "answers": answers}
 
     # --- dump
 

@@ -530,13 +530,17 @@ class AnswerCache(_BoundedCache):
         self.drop(plain + variants)
         return len(plain) + len(variants)
 
-    def drop(self, keys: list[bytes]) -> None:
+    def drop(self, keys: list[bytes]) -> int:
         """Drop the answers under ``keys``, each key alone: for a list that has the variants
-        already, where ``discard`` would try every variant suffix (127) of each plain key."""
+        already, where ``discard`` would try every variant suffix (127) of each plain key; how
+        many there were."""
+        dropped = 0
         for key in keys:
             entry = self.table(key).pop(key, None)
             if entry is not None:
                 self._clock.bytes -= entry.size
+                dropped += 1
+        return dropped
 
     def clear(self) -> None:
         self.entries.clear()

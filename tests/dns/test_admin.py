@@ -3,6 +3,7 @@ presentation format."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 from ispd.control import CommandError, ControlCommands
-from ispd.dns.admin import DUMP_BATCH, DNSCacheAdmin, parse_name_argument, rdata_text
+from ispd.dns.admin import DUMP_BATCH, FLUSH_BATCH, DNSCacheAdmin, parse_name_argument, rdata_text
 from ispd.dns.cache import VARIANT_DO, VARIANT_SCOPES, AnswerCache, CacheLimits, NegativeKind, RRsetCache, Trust
 from ispd.dns.wire import CLASS_IN, FLAG_QR, FLAG_RA, RR, Question, RCode, RRType, a_rdata, key_of, name_from_text
 from ispd.dns.zone import parse_zone_text
@@ -37,6 +38,10 @@ def clock() -> Clock:
 
 @pytest.fixture
 def admin(clock: Clock) -> DNSCacheAdmin:
+    return admin_fixture(clock)
+
+
+def admin_fixture(clock: Clock) -> DNSCacheAdmin:
     rrsets = RRsetCache(CacheLimits())
     answers = AnswerCache(CacheLimits())
     now = clock.now
@@ -319,3 +324,57 @@ def test_a_flush_drops_the_nsec_records_that_would_deny_the_name(flush: str, sig
     assert index.answer(signed_zone.origin, name, RRType.A, 1.0) is None
     assert (N("elsewhere.example.") in index.zones) == (flush != "all")
     assert index.records == (len(other.zones[signed_zone.origin].spans) if flush != "all" else 0)
+
+
+# --- a flush that scans the caches lets queries be served meanwhile
+
+
+def big_admin(clock: Clock, count: int) -> DNSCacheAdmin:
+    rrsets, answers = RRsetCache(CacheLimits()), AnswerCache(CacheLimits())
+    for i in range(count):
+        name = N(f"h{i}.bench.example.")
+        rrsets.put(name, RRType.A, 300, (a_rdata("192.0.2.1"),), Trust.ANSWER, clock.now)
+        for bits in (b"", bytes([VARIANT_DO])):
+            answers.store(key_of(Question(name, RRType.A)) + bits, FLAG_QR | FLAG_RA, (1, 0, 0), b"\x00" * 20, (),
+                          (250,), clock.now)
+    rrsets.put(N("other.test."), RRType.A, 300, (a_rdata("198.51.100.1"),), Trust.ANSWER, clock.now)
+    return DNSCacheAdmin(rrsets, answers, clock)
+
+
+@pytest.mark.parametrize("args", [{"name": "bench.example", "zone": True},
+                                  {"name": "bench.example", "zone": True, "type": "A"},
+                                  {"name": "h7.bench.example"}])
+async def test_a_flush_of_a_large_cache_takes_turns_with_the_queries(args: dict[str, Any], clock: Clock) -> None:
+    """A flush that must look at every key does it a batch at a time: done in one go, a zone's
+    flush held every query for 0.8 s with 240,000 entries."""
+    count = 3 * FLUSH_BATCH
+    admin = big_admin(clock, count)
+    turns = 0
+
+    async def query_loop() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(query_loop())
+    try:
+        result = await admin.flush_command(args)
+    finally:
+        other.cancel()
+    assert turns >= 3
+    expected = count if args.get("zone") else 1
+    assert result == {"rrsets": expected, "answers": 2 * expected}
+    assert len(admin.rrsets) == count + 1 - expected and len(admin.answers) == 2 * (count - expected)
+
+
+@pytest.mark.parametrize(("name", "subtree", "rtype"), [
+    ("example.", True, None), ("www.example.", False, None), ("www.example.", True, RRType.A),
+    ("example.", True, RRType.MX), ("nx.example.", False, None), ("absent.example.", True, None),
+])
+async def test_the_stepwise_flush_drops_what_the_flush_in_one_go_drops(name: str, subtree: bool, rtype: int | None,
+                                                                       clock: Clock) -> None:
+    at_once, stepwise = admin_fixture(clock), admin_fixture(clock)
+    assert (await stepwise.flush_stepwise(N(name), subtree=subtree, rtype=rtype)
+            == at_once.flush(N(name), subtree=subtree, rtype=rtype))
+    assert dump(stepwise) == dump(at_once)
