@@ -67,6 +67,7 @@ from ispd.store.models import (
     SuspendedMail,
     Unchanged,
 )
+from ispd.store.sqlite_radius import usage_days
 from ispd.store.validation import (
     attributable_text,
     dhcp6_prefix_text,
@@ -721,8 +722,9 @@ async def cmd_usage(store: Store, args: argparse.Namespace) -> None:
         writer.writerow(USAGE_COLUMNS)
         writer.writerows([[getattr(r, c) for c in USAGE_COLUMNS] for r in rows])
     else:
-        # (kept per UTC day: the span is read in whole days)
-        print(f"usage from {when(since)[:10]} to {when(until)[:10]}, whole UTC days "
+        # (kept per UTC day: the span is read in whole days, the last one it has any of)
+        first_day, last_day = usage_days(since, until)
+        print(f"usage from {when(first_day * 86400)[:10]} to {when(last_day * 86400)[:10]}, whole UTC days "
               "(input: from the subscriber, output: to them)")
         print_table(["SUBSCRIBER", "DAY" if args.subscriber is not None else "DAYS", "INPUT", "OUTPUT", "TIME"],
                     [[r.username or f"#{r.subscriber_id} (deleted)", r.day, size_text(r.input_octets),
@@ -1132,7 +1134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("subscriber", nargs="?", help="username or id (default: every subscriber)")
     p.add_argument("--month", type=month, help="e.g. 2026-11")
     p.add_argument("--from", dest="since", type=moment, metavar="TIME", help="start of a span")
-    p.add_argument("--to", dest="until", type=moment, metavar="TIME", help="end of a span (default: now)")
+    p.add_argument("--to", dest="until", type=moment, metavar="TIME",
+                   help="end of a span (default: now); a midnight ends it with the day before")
     p.set_defaults(handler=cmd_usage, check=lambda a: "give --month, or --from and --to, not both"
                    if a.month is not None and (a.since is not None or a.until is not None) else None)
 

@@ -439,7 +439,9 @@ class Store(ABC):
 
     @abstractmethod
     async def usage(self, subscriber: SubscriberRef, *, since: float, until: float) -> Usage:
-        """What the subscriber used on the UTC days from ``since`` to ``until``, both included."""
+        """What the subscriber used on the UTC days from ``since`` to ``until``, both included,
+        unless ``until`` is a later midnight: then the days before it (a period from 2026-11-01
+        to 2026-12-01 is November's, as the next one, from 2026-12-01, starts with that day)."""
 
     @abstractmethod
     async def usage_totals(self, *, since: float, until: float) -> dict[int, Usage]:
@@ -449,7 +451,8 @@ class Store(ABC):
     @abstractmethod
     async def usage_by_day(self, subscriber: SubscriberRef | None, *, since: float, until: float,
                            after: tuple[int, str] | None = None, limit: int | None = None) -> list[DailyUsage]:
-        """Usage per UTC day from the day of ``since`` to that of ``until``, of one subscriber
+        """Usage per UTC day from the day of ``since`` to that of ``until`` (as ``usage``: a
+        ``until`` at a later midnight ends with the day before), of one subscriber
         (None: of every subscriber), days without any left out, by subscriber id then day; a page
         of them: the first ``limit`` after (subscriber id, YYYY-MM-DD) ``after``."""
 

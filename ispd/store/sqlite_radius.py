@@ -82,6 +82,17 @@ def utc_day(at: float) -> int:
     return int(at // 86400)
 
 
+def usage_days(since: float, until: float) -> tuple[int, int]:
+    """The first and last UTC day (``utc_day``) whose usage a span counts: the days it touches,
+    but not the one it ends at the first instant of (after its start). A billing period written
+    as from 2026-11-01 to 2026-12-01 is November's: counted with the day of December 1 too, that
+    day would be billed again in December's period, which starts with it."""
+    last = utc_day(until)
+    if until > since and until == last * 86400:
+        last -= 1
+    return utc_day(since), last
+
+
 _HISTORY_INSERT = (
     "INSERT INTO accounting_records (at, nas_address, status_type, acct_session_id, username,"
     " subscriber_id, framed_ip, input_octets, output_octets, session_time_seconds, outcome, packet)"
@@ -436,11 +447,12 @@ def close_sessions(conn: sqlite3.Connection, session_ids: Sequence[int], at: flo
 
 
 def usage_between(conn: sqlite3.Connection, subscriber_id: int, since: float, until: float) -> Usage:
-    """Usage on the UTC days from the one of ``since`` to the one of ``until``, both included."""
+    """Usage on the UTC days ``usage_days`` gives: from the one of ``since`` to the one of
+    ``until``, both included, unless ``until`` is a later midnight."""
     row = conn.execute(
         "SELECT COALESCE(SUM(input_octets), 0), COALESCE(SUM(output_octets), 0), COALESCE(SUM(session_seconds), 0)"
         " FROM usage_daily WHERE subscriber_id = ? AND day >= ? AND day <= ?",
-        (subscriber_id, utc_day(since), utc_day(until)),
+        (subscriber_id, *usage_days(since, until)),
     ).fetchone()
     return Usage(int(row[0]), int(row[1]), int(row[2]))
 
@@ -449,14 +461,14 @@ def usage_totals(conn: sqlite3.Connection, since: float, until: float) -> dict[i
     """``usage_between`` for every subscriber with any, in one query."""
     rows = conn.execute(
         "SELECT subscriber_id, SUM(input_octets), SUM(output_octets), SUM(session_seconds) FROM usage_daily"
-        " WHERE day >= ? AND day <= ? GROUP BY subscriber_id", (utc_day(since), utc_day(until))).fetchall()
+        " WHERE day >= ? AND day <= ? GROUP BY subscriber_id", usage_days(since, until)).fetchall()
     return {r[0]: Usage(int(r[1]), int(r[2]), int(r[3])) for r in rows}
 
 
 def usage_by_day(conn: sqlite3.Connection, subscriber_id: int | None, since: float, until: float, *,
                  after: tuple[int, str] | None = None, limit: int | None = None) -> list[DailyUsage]:
-    """Each day's usage from the day of ``since`` to the day of ``until`` (days with none left
-    out), of one subscriber or of all, by subscriber then day; the first ``limit`` after
+    """Each day's usage on the days ``usage_days`` gives (days with none left out), of one
+    subscriber or of all, by subscriber then day; the first ``limit`` after
     (subscriber id, YYYY-MM-DD) ``after``."""
     condition, params = ("AND u.subscriber_id = ?", [subscriber_id]) if subscriber_id is not None else ("", [])
     if after is not None:
@@ -468,7 +480,7 @@ def usage_by_day(conn: sqlite3.Connection, subscriber_id: int | None, since: flo
         "SELECT u.subscriber_id, s.username, u.day, u.input_octets, u.output_octets, u.session_seconds"
         " FROM usage_daily u LEFT JOIN subscribers s ON s.id = u.subscriber_id"
         f" WHERE u.day >= ? AND u.day <= ? {condition} ORDER BY u.subscriber_id, u.day{page}",
-        (utc_day(since), utc_day(until), *params)).fetchall()
+        (*usage_days(since, until), *params)).fetchall()
     return [DailyUsage(r[0], r[1], time.strftime("%Y-%m-%d", time.gmtime(r[2] * 86400)), r[3], r[4], r[5])
             for r in rows]
 

@@ -420,6 +420,26 @@ async def test_usage_by_day_per_subscriber_and_for_everyone(store: Store) -> Non
     assert await store.usage_by_day(None, since=T0, until=T0 + day, after=(1, "2027-01-15")) == both[1:]
 
 
+async def test_billing_periods_that_meet_at_midnight_count_the_day_between_them_once(store: Store) -> None:
+    """Periods written as from 2026-11-01 to 2026-12-01 and from 2026-12-01 to 2027-01-01 (as a
+    billing system writes them, and as ``usage --from/--to`` and the API take them): December 1
+    is the second one's, not counted in both (from a bug hunt: a session across the month
+    boundary was billed its December part twice)."""
+    midnight = 1_796_083_200.0  # 2026-12-01T00:00:00Z
+    day = 86400.0
+    await store.record_accounting([replace(START, at=midnight - 3600)])
+    await store.record_accounting([interim(midnight - 600, 1000, 3000, 3000)])
+    await store.record_accounting([stop(midnight + 3600, 2000, 6000, 7200)])
+    november, december = (midnight - 30 * day, midnight), (midnight, midnight + 31 * day)
+    assert await store.usage_totals(since=november[0], until=november[1]) == {1: Usage(1000, 3000, 3000)}
+    assert await store.usage_totals(since=december[0], until=december[1]) == {1: Usage(1000, 3000, 4200)}
+    assert await store.usage("alice", since=november[0], until=november[1]) == Usage(1000, 3000, 3000)
+    assert [d.day for d in await store.usage_by_day(None, since=november[0], until=november[1])] == ["2026-11-30"]
+    # A span within one day, or ending later than the first instant of a day, counts that day.
+    assert await store.usage_totals(since=midnight, until=midnight) == {1: Usage(1000, 3000, 4200)}
+    assert await store.usage_totals(since=midnight - day, until=midnight + 1) == {1: Usage(2000, 6000, 7200)}
+
+
 async def test_a_session_keeps_what_its_nas_calls_itself(store: Store) -> None:
     """The NAS-IP-Address a NAS reports outside its client's network (kept under the source):
     a Disconnect must name the NAS by it."""
