@@ -12,6 +12,10 @@ commit and one fsync). A session is found by (NAS address, Acct-Session-Id), new
   was lost), and it changes nothing once the session is stopped (a late copy).
 - Stop closes an open session with its final counters, or records a closed one when the Start
   and every interim were lost; a second Stop changes nothing.
+- An Interim-Update or Stop whose Acct-Session-Time puts its beginning ``SAME_START_SECONDS`` or
+  more after the end of the last session under its id is not a late copy of that one: it makes
+  up a session of its own (the id reused after a NAS restarted without Accounting-On, that
+  session's Start lost), as a Start begun then would open one.
 - Accounting-On/Off closes every open session of that NAS (it restarted: they are gone); one
   whose interims then show it alive after that time is reopened, as a stale one is.
 
@@ -288,6 +292,12 @@ def _apply(conn: sqlite3.Connection, record: AccountingRecord) -> AccountingResu
             began = record.at - (record.session_time_seconds or 0)
             conn.execute("UPDATE radius_sessions SET stopped_at = ?, terminate_cause = ? WHERE id = ?",
                          (min(record.at, max(began, float(latest["updated_at"]))), SUPERSEDED_CAUSE, latest["id"]))
+        return _made_up(conn, record)
+    if latest is not None and latest["stopped_at"] is not None and record.session_time_seconds is not None \
+            and record.at - record.session_time_seconds - latest["stopped_at"] >= SAME_START_SECONDS:
+        # Begun well after the last session under its id ended (as a Start is judged in
+        # _a_copy_of): the same user's next session under a reused id (a NAS restarted without
+        # Accounting-On), its Start lost - not a late copy of that one, whose usage it would lose.
         return _made_up(conn, record)
     if latest is not None:  # stopped already: a late copy
         return AccountingResult(AccountingOutcome.DUPLICATE)

@@ -420,6 +420,28 @@ async def test_usage_by_day_per_subscriber_and_for_everyone(store: Store) -> Non
     assert await store.usage_by_day(None, since=T0, until=T0 + day, after=(1, "2027-01-15")) == both[1:]
 
 
+async def test_a_reused_id_s_next_session_whose_start_was_lost_is_counted(store: Store) -> None:
+    """The same user's next session under an Acct-Session-Id whose last session ended (a NAS
+    restarted without Accounting-On counts its ids from 1 again), its Start lost: its interim
+    and Stop, begun by their Acct-Session-Time hours after that end, are a session of their own,
+    not late copies of the ended one (from a bug hunt: the whole session was lost)."""
+    hour = 3600.0
+    await store.record_accounting([START, stop(T0 + hour, 1000, 2000, 3600)])
+    [made_up] = await store.record_accounting([interim(T0 + 4 * hour + 600, 5000, 7000, 600)])
+    assert made_up.outcome is AccountingOutcome.STARTED and made_up.session is not None
+    assert made_up.session.started_at == T0 + 4 * hour
+    [stopped] = await store.record_accounting([stop(T0 + 5 * hour, 9000, 9000, 3600)])
+    assert stopped.outcome is AccountingOutcome.STOPPED
+    assert await store.usage("alice", since=T0, until=T0) == Usage(10_000, 11_000, 7200)
+    # Late copies of either session's records, and an interim of the first come late, count nothing.
+    again = await store.record_accounting([stop(T0 + hour, 1000, 2000, 3600), interim(T0 + 1800, 500, 600, 1800),
+                                           stop(T0 + 5 * hour, 9000, 9000, 3600),
+                                           interim(T0 + 4 * hour + 600, 5000, 7000, 600)])
+    assert [r.outcome for r in again] == [AccountingOutcome.DUPLICATE] * 4
+    assert await store.usage("alice", since=T0, until=T0) == Usage(10_000, 11_000, 7200)
+    assert len(await store.list_sessions(subscriber="alice")) == 2
+
+
 async def test_billing_periods_that_meet_at_midnight_count_the_day_between_them_once(store: Store) -> None:
     """Periods written as from 2026-11-01 to 2026-12-01 and from 2026-12-01 to 2027-01-01 (as a
     billing system writes them, and as ``usage --from/--to`` and the API take them): December 1
