@@ -308,17 +308,28 @@ class LocalData:
         self._changed(self._drop_address(key))
         return True
 
-    def take_lease_names(self, old: LocalData) -> None:
+    def take_lease_names(self, old: LocalData, addresses: Iterable[str] | None = None) -> None:
         """Publish the lease names ``old`` publishes (with their TTLs), as far as this data
         allows them (its lease domain, its configured names): a reload's new data answers for
-        the leases at once, not only once the store has been read again."""
-        for address, (owner, _) in old._lease_addresses.items():
+        the leases at once, not only once the store has been read again. ``addresses``: only
+        those (as ``lease_addresses`` gives them; one no longer published is skipped), so that
+        the service can take tens of thousands a part at a time."""
+        entries = old._lease_addresses
+        for address in entries if addresses is None else addresses:
+            entry = entries.get(address)
+            if entry is None:
+                continue
+            owner = entry[0]
             rtype = RRType.A if ip_address(address).version == 4 else RRType.AAAA
             zone = old.zone_for(owner)
             rrset = zone.get_rrset(owner, rtype) if zone is not None else []
             if rrset:
                 label = owner[1 : 1 + owner[0]].decode("ascii")
                 self.add_lease_name(label, address, rrset[0].ttl)
+
+    def lease_addresses(self) -> list[str]:
+        """The addresses that publish a lease name."""
+        return list(self._lease_addresses)
 
     def lease_names(self) -> dict[str, str]:
         """Published lease names: address → owner name in text."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from ipaddress import ip_network
 from typing import Any
@@ -494,3 +494,105 @@ async def test_a_reload_answers_the_lease_names_before_the_store_is_read_again()
         answer = service.local.answer(name_from_text("laptop.customers.isp.example"), RRType.A)
         assert answer is not None and [rr.rdata for rr in answer.answer] == [bytes([198, 18, 0, 100])]
         assert [rr.ttl for rr in answer.answer] == [config.dns.lease_names.ttl]
+
+
+class _Ticker:
+    """Counts the event loop's turns: a run of calls that see the same count held the loop."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self.seen: list[int] = []
+        self.meanwhile: tuple[int, Callable[[], None]] | None = None  # at so many calls, do that
+
+    async def run(self) -> None:
+        while True:
+            self.ticks += 1
+            if self.meanwhile is not None and len(self.seen) >= self.meanwhile[0]:
+                self.meanwhile[1]()
+                self.meanwhile = None
+            await asyncio.sleep(0)
+
+    def longest_hold(self) -> int:
+        longest = run = 0
+        for index, tick in enumerate(self.seen):
+            run = run + 1 if index and tick == self.seen[index - 1] else 1
+            longest = max(longest, run)
+        return longest
+
+
+def _lease_names_service(monkeypatch: pytest.MonkeyPatch, ticker: _Ticker) -> tuple[DNSService, Config]:
+    config = Config.model_validate({"dns": {"enabled": True, "listen": ["127.61.0.1:0"], "lease_names": {
+        "domain": "customers.isp.example", "reverse_networks": ["10.0.0.0/16"]}}})
+    service = DNSService(config, ServiceContext(None, EventBus(), CollectorRegistry(), _healthy))  # type: ignore[arg-type]
+    service.engine = make_env().engine
+    service.resolver = _NoDelegations()  # type: ignore[assignment]
+    add = LocalData.add_lease_name
+
+    def counted(local: LocalData, hostname: str, address: str, ttl: int) -> bool:
+        ticker.seen.append(ticker.ticks)
+        return add(local, hostname, address, ttl)
+
+    monkeypatch.setattr(LocalData, "add_lease_name", counted)
+    return service, config
+
+
+def _data() -> LocalData:
+    return LocalData(lease_domain="customers.isp.example", reverse_networks=["10.0.0.0/16"])
+
+
+LEASES = 3000  # (60 000 held every query 2-4 s at a reload, 33 µs each)
+
+
+async def test_reading_the_stores_lease_names_lets_queries_be_answered_meanwhile(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A start or reload published every lease's name (tens of thousands at an ISP) without
+    returning to the event loop: with 60 000 leases the reload's re-read held every query 1.8 s."""
+    ticker = _Ticker()
+    service, config = _lease_names_service(monkeypatch, ticker)
+    service._apply_data(_data(), [], config.dns)
+    now = time.time()
+    service.context.store = _LeasesStore([], [  # type: ignore[assignment]
+        Lease(f"10.0.{i >> 8}.{i & 255}", LeaseState.BOUND, now, now + 3600, hostname=f"host{i}")
+        for i in range(LEASES)])
+    task = asyncio.ensure_future(ticker.run())
+    try:
+        await service._load_subscribers()
+    finally:
+        task.cancel()
+    assert service.local is not None and len(service.local.lease_names()) == LEASES
+    assert ticker.longest_hold() < LEASES / 2, ticker.longest_hold()
+
+
+async def test_a_reload_takes_the_lease_names_a_part_at_a_time_and_keeps_what_it_hears_meanwhile(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reload copied every lease name into the new data in one go on the event loop (3 s for
+    60 000 names). A part at a time, a lease granted or ended meanwhile reaches the new data."""
+    ticker = _Ticker()
+    service, config = _lease_names_service(monkeypatch, ticker)
+    service._apply_data(_data(), [], config.dns)
+    assert service.local is not None
+    for i in range(LEASES):
+        service.local.add_lease_name(f"host{i}", f"10.0.{i >> 8}.{i & 255}", 300)
+    ticker.seen.clear()
+    bus = service.context.bus
+    async with AsyncExitStack() as stack:
+        service._subscribe(stack)
+
+        def meanwhile() -> None:  # (the copy is under way)
+            bus.publish(LeaseEnded(2.0, "10.0.0.1", "released"))  # copied already
+            bus.publish(LeaseGranted(2.0, "10.0.250.1", time.time() + 3600, hostname="late"))
+
+        ticker.meanwhile = (LEASES // 2, meanwhile)
+        task = asyncio.ensure_future(ticker.run())
+        try:
+            new = _data()
+            heard = await service._take_lease_names(new)
+            service._apply_data(new, [], config.dns, names_taken=True)
+            for handle in heard:
+                handle()
+        finally:
+            task.cancel()
+        names = service.local.lease_names()
+        assert service.local is new and len(names) == LEASES
+        assert "10.0.0.1" not in names and names["10.0.250.1"] == "late.customers.isp.example."
+        assert ticker.longest_hold() < LEASES / 2, ticker.longest_hold()
