@@ -4,7 +4,8 @@ Theory of operation. ``LocalData`` is consulted before recursion; ``answer(qname
 either "not local" (``None``: recurse) or gives the answer. What is local, like Unbound's
 ``local-zone``/``local-data``:
 - local zones, each a ``zone.Zone``: the zone files configured, the lease domain and the
-  reverse zones of the lease networks. Inside one, every name is answered from it —
+  reverse zones of the lease networks (unless a zone file holds them: it takes the lease
+  names, its own records still answered; but not below a delegation of it). Inside one, every name is answered from it —
   an unknown name is NXDOMAIN, a known name without the type NODATA, both with the zone's SOA
   (a synthesised one for the lease and reverse zones) — and never recursed ("static"). The
   most specific zone holding the name wins.
@@ -135,10 +136,26 @@ class LocalData:
     def _own_zone(self, origin: bytes) -> None:
         if origin in self._zones:  # a configured zone file of that name takes the records
             return
+        enclosing = self.zone_for(origin)
+        if enclosing is not None and enclosing.origin not in self._synthesised \
+                and not self._below_cut(enclosing, origin):
+            # A zone file above it takes them too: a zone of ours, more specific, would hide
+            # the file's records below it (a router's PTR in 10.in-addr.arpa. under the lease
+            # network 10.0.0.0/16, NXDOMAIN).
+            return
         zone = Zone(origin)
         zone.add(synthesised_soa(origin, self.negative_ttl))
         self._synthesised.add(origin)
         self._add_zone(zone)
+
+    @staticmethod
+    def _below_cut(zone: Zone, name: bytes) -> bool:
+        """Whether ``name`` (in ``zone``) is at or below one of its delegations."""
+        while len(name) > len(zone.origin):
+            if zone.get_rrset(name, RRType.NS):
+                return True
+            name = name[name[0] + 1 :]
+        return False
 
     def _add_static(self, text: str, source: str, default_ttl: int) -> None:
         records, _ = parse_zone_text(text, ROOT, default_ttl, source)

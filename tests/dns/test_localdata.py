@@ -261,3 +261,43 @@ def test_empty_non_terminal_in_reverse_zone_is_reported() -> None:
     assert changed is not None and N("5.18.198.in-addr.arpa.") in changed  # NXDOMAIN -> NODATA there
     result = ask(local, "5.18.198.in-addr.arpa.", RRType.PTR)
     assert result is not None and result.kind == AnswerKind.NODATA
+
+
+INFRA_REVERSE = """$TTL 300
+@ SOA ns.isp.example. hostmaster.isp.example. 1 3600 600 86400 60
+@ NS ns.isp.example.
+1.0.0 PTR gw.isp.example.
+1.0.1 PTR other.isp.example.
+office NS ns.office.isp.example.
+"""
+ISP_ZONE = """$TTL 300
+@ SOA ns.isp.example. hostmaster.isp.example. 1 3600 600 86400 60
+@ NS ns.isp.example.
+printer.customers A 198.18.0.5
+"""
+
+
+def test_a_zone_file_above_the_lease_domain_or_a_reverse_zone_keeps_its_records_there() -> None:
+    """A zone of ours for the lease domain and each reverse zone of the lease networks was made
+    even under a zone file holding them, and, more specific, hid the file's records below it: the
+    router's PTR of 10.in-addr.arpa. under the lease network 10.0.0.0/16, a printer of
+    isp.example. under customers.isp.example., NXDOMAIN. The file takes the lease names."""
+    local = LocalData(lease_domain="customers.isp.example", reverse_networks=["10.0.0.0/16"],
+                      zones=[load_zone_text(INFRA_REVERSE, "10.in-addr.arpa"), load_zone_text(ISP_ZONE, "isp.example")])
+    assert answered(local, "1.0.0.10.in-addr.arpa", RRType.PTR) == [N("gw.isp.example")]
+    assert answered(local, "printer.customers.isp.example", RRType.A) == [bytes([198, 18, 0, 5])]
+    assert local.add_lease_name("laptop", "10.0.0.77", 300)
+    assert answered(local, "laptop.customers.isp.example", RRType.A) == [bytes([10, 0, 0, 77])]
+    assert answered(local, "77.0.0.10.in-addr.arpa", RRType.PTR) == [N("laptop.customers.isp.example")]
+    assert not local.add_lease_name("printer", "10.0.0.78", 300)  # (the file's name)
+    answer = ask(local, "2.0.0.10.in-addr.arpa", RRType.PTR)
+    assert answer is not None and answer.rcode == RCode.NXDOMAIN
+    assert [rr.name for rr in answer.authority] == [N("10.in-addr.arpa")]
+
+
+def test_a_lease_domain_below_a_delegation_of_a_zone_file_is_still_a_zone_of_ours() -> None:
+    """(Names below a cut are the delegated servers': the lease names are not put there.)"""
+    local = LocalData(lease_domain="office.10.in-addr.arpa",
+                      zones=[load_zone_text(INFRA_REVERSE, "10.in-addr.arpa")])
+    assert local.add_lease_name("laptop", "198.18.0.7", 300)
+    assert answered(local, "laptop.office.10.in-addr.arpa", RRType.A) == [bytes([198, 18, 0, 7])]
