@@ -150,7 +150,7 @@ _SESSION_IPV6_TEXTS = (
 _NETWORK_INSERT = ("INSERT INTO radius_session_ipv6 (session_id, kind, length, net_hi, net_lo)"
                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
 _SESSION_LATEST = ("SELECT id, nas_address, acct_session_id, username, started_at, updated_at, stopped_at,"
-                   " terminate_cause FROM radius_sessions"
+                   " terminate_cause, input_octets, output_octets, session_time_seconds FROM radius_sessions"
                    " WHERE nas_address = ? AND acct_session_id = ? ORDER BY id DESC LIMIT 1")
 # A session closed as stale that its NAS reports on again: open again (an interim) or stopped by
 # the NAS (a stop), its counters rising as usual.
@@ -294,7 +294,8 @@ def _apply(conn: sqlite3.Connection, record: AccountingRecord) -> AccountingResu
                          (min(record.at, max(began, float(latest["updated_at"]))), SUPERSEDED_CAUSE, latest["id"]))
         return _made_up(conn, record)
     if latest is not None and latest["stopped_at"] is not None and record.session_time_seconds is not None \
-            and record.at - record.session_time_seconds - latest["stopped_at"] >= SAME_START_SECONDS:
+            and record.at - record.session_time_seconds - latest["stopped_at"] >= SAME_START_SECONDS \
+            and not _repeats_its_end(record, latest):
         # Begun well after the last session under its id ended (as a Start is judged in
         # _a_copy_of): the same user's next session under a reused id (a NAS restarted without
         # Accounting-On), its Start lost - not a late copy of that one, whose usage it would lose.
@@ -302,6 +303,15 @@ def _apply(conn: sqlite3.Connection, record: AccountingRecord) -> AccountingResu
     if latest is not None:  # stopped already: a late copy
         return AccountingResult(AccountingOutcome.DUPLICATE)
     return _made_up(conn, record)
+
+
+def _repeats_its_end(record: AccountingRecord, session: sqlite3.Row) -> bool:
+    """Whether ``record`` reports the ended ``session``'s final counters to the byte: a copy of
+    its Stop (or of its last interim) sent again minutes later with no Acct-Delay-Time to say
+    so - dated by its arrival, a short session's copy looks begun after that session ended."""
+    return (record.session_time_seconds == session["session_time_seconds"]
+            and (record.input_octets or 0) == session["input_octets"]
+            and (record.output_octets or 0) == session["output_octets"])
 
 
 def _has_session_of_user(conn: sqlite3.Connection, record: AccountingRecord) -> bool:

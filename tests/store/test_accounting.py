@@ -672,3 +672,16 @@ async def test_a_nul_in_a_nas_text_is_recorded_and_followed(store: Store) -> Non
     assert updated.outcome == AccountingOutcome.UPDATED
     session = await store.get_session(started.session.id)
     assert session.input_octets == 10 and session.username.startswith("bob")
+
+
+async def test_a_short_sessions_stop_sent_again_minutes_later_is_a_late_copy(store: Store) -> None:
+    """A Stop sent again after ispd took it but could not answer (a restart: the duplicate cache
+    is gone), minutes later and with no Acct-Delay-Time to say so (as _a_copy_of allows for a
+    Start), of a session that lasted seconds: dated by its arrival, it looks begun well after
+    the session ended, but it repeats that session's final counters to the byte - a late copy,
+    not the next session under a reused id, whose usage would be billed twice."""
+    await store.record_accounting([START, stop(T0 + 20, 1000, 2000, 20)])
+    [again] = await store.record_accounting([stop(T0 + 20 + 400, 1000, 2000, 20)])
+    assert again.outcome is AccountingOutcome.DUPLICATE
+    assert await usage(store) == Usage(1000, 2000, 20)
+    assert len(await store.list_sessions(subscriber="alice")) == 1
