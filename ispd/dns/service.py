@@ -750,9 +750,11 @@ class DNSService(Service):
                 log.warning("dns.policy_zone.unknown_plans", plans=unknown,
                             detail="no such plan in the store yet: the zones limited to it apply to nobody")
         # The holds as the store has them now (a reload: not on top of what was held before,
-        # which keeps holds whose end this process never heard); what the bus brought during
-        # the reads is applied again after this.
-        self.walled.forget_holds()
+        # which keeps holds whose end this process never heard), built aside and taken at once
+        # at the end: the queries answered between parts of the leases meet the holds of before
+        # (forgotten, a suspended subscriber's addresses were nobody's until read again); what
+        # the bus brought during the reads is applied again after this.
+        holds = WalledGarden(self.walled.config)
         now = self.context.clock()
         # A name two leases claim is the one written last's (the newest claim wins, as while
         # running): in the order they were last granted or renewed (see ``_last_claims``).
@@ -761,8 +763,8 @@ class DNSService(Service):
             if index and not index % LEASES_PER_STEP:
                 await asyncio.sleep(0)  # (what the bus brings meanwhile is applied again after this)
             if lease.state == LeaseState.BOUND and lease.expires_at > now:
-                self._lease_granted(lease.address, lease.hostname, lease.subscriber_id, lease.expires_at,
-                                    radius_pool=lease.service == LeaseService.RADIUS)
+                holds.lease_granted(lease.address, lease.subscriber_id, radius_pool=lease.service == LeaseService.RADIUS)
+                self._lease_name(lease.address, lease.hostname, lease.expires_at)
                 if lease.hostname:
                     named.add(lease.address)
         # Addresses a NAS gave from its own pools are known only from its accounting. The oldest
@@ -772,9 +774,9 @@ class DNSService(Service):
         # A session of no subscriber holds its addresses too (as while running).
         for session in sorted(sessions, key=lambda stored: stored.id):
             if session.framed_ip:
-                self.walled.lease_granted(session.framed_ip, session.subscriber_id, session.id)
+                holds.lease_granted(session.framed_ip, session.subscriber_id, session.id)
             for network in session.ipv6_networks():
-                self.walled.network_granted(network, session.subscriber_id, session.id)
+                holds.network_granted(network, session.subscriber_id, session.id)
         # DHCPv6 bindings: an address's name, and who holds an address or a delegated prefix
         # (the home's devices ask from addresses in it), in the order they were last renewed
         # (a name two claim, as for DHCPv4 leases).
@@ -784,7 +786,8 @@ class DNSService(Service):
                 if binding.hostname:
                     named.add(binding.prefix.split("/", 1)[0])
                 if binding.subscriber_id is not None:
-                    self.walled.network_granted(binding.prefix, binding.subscriber_id)
+                    holds.network_granted(binding.prefix, binding.subscriber_id)
+        self.walled.take_holds(holds)
         for subscriber in suspended:
             self.walled.set_suspended(subscriber.id, True)
         return named
@@ -813,6 +816,11 @@ class DNSService(Service):
                        expires_at: float, *, radius_pool: bool = False) -> bool:
         """Publish the lease's name; whether the walled set changed."""
         walled_changed = self.walled.lease_granted(address, subscriber_id, radius_pool=radius_pool)
+        self._lease_name(address, hostname, expires_at)
+        return walled_changed
+
+    def _lease_name(self, address: str, hostname: str | None, expires_at: float) -> None:
+        """Publish (or, without a host name, withdraw) the lease's name."""
         if self.local is not None and self.config.lease_names.domain:
             before = self.local.generation
             if hostname:
@@ -821,7 +829,6 @@ class DNSService(Service):
             else:  # (DHCP keeps a name at a renewal that brings none while it is the client's: it is not)
                 self.local.remove_lease_name(address)
             self._local_changed(before)
-        return walled_changed
 
     def _binding6_name(self, prefix: str, kind: str, hostname: str | None, expires_at: float) -> None:
         """Publish a DHCPv6 address's name (AAAA and PTR), as a DHCPv4 lease's."""

@@ -142,14 +142,12 @@ class WalledGarden:
         parsed = _ipv6_network(network)
         return parsed is not None and str(parsed) in self._network_sessions
 
-    def forget_holds(self) -> None:
-        """Forget who holds which address and network, to read them again from the store (a
-        reload): a hold whose end was never heard must not outlive a read that no longer has it."""
-        self.subscriber_of.clear()
-        self._holds.clear()
-        self._networks.clear()
-        self.network_holders.clear()
-        self._network_sessions.clear()
+    def take_holds(self, other: WalledGarden) -> None:
+        """Hold what ``other`` holds, and only that (a reload's read of the store, built aside
+        while the event loop answered on these holds)."""
+        self.subscriber_of, self._holds = other.subscriber_of, other._holds
+        self._networks, self.network_holders = other._networks, other.network_holders
+        self._network_sessions = other._network_sessions
 
     def lease_granted(self, address: str, subscriber_id: int | None, session_id: int | None = None, *,
                       radius_pool: bool = False) -> bool:

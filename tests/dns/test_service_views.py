@@ -596,3 +596,37 @@ async def test_a_reload_takes_the_lease_names_a_part_at_a_time_and_keeps_what_it
         assert service.local is new and len(names) == LEASES
         assert "10.0.0.1" not in names and names["10.0.250.1"] == "late.customers.isp.example."
         assert ticker.longest_hold() < LEASES / 2, ticker.longest_hold()
+
+
+async def test_a_suspended_subscribers_devices_stay_walled_while_a_reload_reads_the_store(
+        service: DNSService) -> None:
+    """The store's leases are published a part at a time (the event loop answering between
+    parts), but the garden's holds were forgotten before the first part: until the last lease
+    and then the sessions were read again, a suspended subscriber's addresses and prefixes were
+    nobody's, and the devices asking meanwhile went round the walled garden (and their plan)."""
+    assert service.engine is not None
+    service.engine.set_allow([ip_network("2001:db8::/32"), ip_network("10.0.0.0/8"), ip_network("192.168.1.0/24")])
+    address = "192.168.1.47"
+    sessions = [RadiusSession(1, "198.18.0.2", "s1", "ann", 1.0, 1.0, subscriber_id=ANN, framed_ip=address,
+                              delegated_ipv6_prefix="2001:db8:100::/56")]
+    now = time.time()
+    service.context.store = _LeasesStore(sessions, [  # type: ignore[assignment]
+        Lease(f"10.0.{i >> 8}.{i & 255}", LeaseState.BOUND, now, now + 3600, subscriber_id=BOB) for i in range(3000)])
+    await service._load_subscribers()
+    assert service.engine.client_class("2001:db8:100:7::1") == ClientClass.WALLED
+    assert service.engine.client_class(address) == ClientClass.WALLED
+    seen: list[tuple[ClientClass, ClientClass]] = []
+
+    async def probe() -> None:  # a new device of ann's asks at each turn of the loop
+        while True:
+            service.engine.forget_clients()  # (as any walled change does)
+            seen.append((service.engine.client_class(f"2001:db8:100:7::{len(seen) + 2:x}"),
+                         service.engine.client_class(address)))
+            await asyncio.sleep(0)
+
+    task = asyncio.ensure_future(probe())
+    try:
+        await service._load_subscribers()  # (a reload's)
+    finally:
+        task.cancel()
+    assert len(seen) > 1 and set(seen) == {(ClientClass.WALLED, ClientClass.WALLED)}, set(seen)
