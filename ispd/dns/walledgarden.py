@@ -77,9 +77,9 @@ class WalledGarden:
         address ``value``."""
         for length in sorted(self._networks, reverse=True):
             if length <= longest:
-                holder = self._networks[length].get(value >> (128 - length))
-                if holder is not None:
-                    return holder
+                holder = self._networks[length].get(value >> (128 - length), _NO_HOLD)
+                if holder is not _NO_HOLD:  # (None: a login that is no subscriber holds it)
+                    return holder  # type: ignore[return-value]
         return None
 
     def in_walled_network(self, address: IPv4Address | IPv6Address) -> bool:

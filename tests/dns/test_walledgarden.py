@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv6Network
+from ipaddress import IPv4Address, IPv6Address, IPv6Network
 
 from ispd.dns.config import WalledGardenConfig
 from ispd.dns.walledgarden import WalledGarden
@@ -157,3 +157,20 @@ def test_a_dhcp_lease_ends_a_pool_s_hold_that_lapsed_unannounced() -> None:
     garden.lease_granted("192.168.1.51", 8, radius_pool=True)
     assert garden.lease_ended("192.168.1.51", radius_pool=True) is False
     assert garden.holder("192.168.1.51") is None
+
+
+def test_a_no_subscriber_sessions_prefix_inside_a_suspended_subscribers_is_not_walled() -> None:
+    """A login that is no subscriber (a roaming partner's user) holds its networks too (c6fb2b0),
+    as a subscriber's longer prefix inside another's does; but a network held by nobody counted
+    as no network at all, so its devices went to the suspended holder of a prefix around it."""
+    garden = WalledGarden(PORTAL)
+    garden.set_suspended(7, True)
+    garden.network_granted("2001:db8:100::/48", 7, 1)  # (its session not closed yet: stale)
+    garden.network_granted("2001:db8:100:5::/64", 8, 2)
+    garden.network_granted("2001:db8:100:6::/64", None, 3)
+    assert garden.in_walled_network(IPv6Address("2001:db8:100:7::1"))
+    assert not garden.in_walled_network(IPv6Address("2001:db8:100:5::1"))  # (an active subscriber's)
+    assert not garden.in_walled_network(IPv6Address("2001:db8:100:6::1"))
+    assert garden.holder("2001:db8:100:6::1") is None and garden.network_holder("2001:db8:100:6::/64") is None
+    garden.network_ended("2001:db8:100:6::/64", 3)
+    assert garden.in_walled_network(IPv6Address("2001:db8:100:6::1"))
