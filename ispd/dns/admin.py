@@ -46,6 +46,7 @@ from ispd.dns.cache import (
     VARIANT_DNS64,
     VARIANT_DO,
     VARIANT_SCOPES,
+    VARIANT_SUFFIXES,
     AnswerCache,
     NegativeEntry,
     RRsetCache,
@@ -254,7 +255,10 @@ class DNSCacheAdmin:
             rrset_keys = [(name, rtype)]
             questions = [name + qtype + _U16.pack(c) for c in _CLASSES]
             answer_keys = [k for k in questions if k in self.answers.entries]
-            answer_keys += [k for k in self.answers.variants if k[:-1] in questions]
+            # (Each variant looked up: a scan of the variants would walk most of the cache.)
+            variants = self.answers.variants
+            answer_keys += [k for q in questions for k in (q + suffix for suffix in VARIANT_SUFFIXES)
+                            if k in variants] if variants else []
         rrsets = sum(self.rrsets.discard(key) for key in rrset_keys)
         self.answers.drop(answer_keys)  # (the variants of each name are among them)
         return {"rrsets": rrsets, "answers": len(answer_keys)}

@@ -448,6 +448,7 @@ VARIANT_SCOPES = (0x04, 0x08, 0x40)
 VARIANT_VIEW = 0x04 | 0x08 | 0x40
 _VARIANT_BITS = VARIANT_DO | VARIANT_DNS64 | VARIANT_CD | VARIANT_AD | VARIANT_VIEW
 _VARIANT_SUFFIXES = tuple(bytes((v,)) for v in range(1, _VARIANT_BITS + 1) if v & ~_VARIANT_BITS == 0)
+VARIANT_SUFFIXES = _VARIANT_SUFFIXES  # (every variant key's last byte: a key's variants are looked up by it)
 
 
 def answer_variant(key: bytes) -> int:
