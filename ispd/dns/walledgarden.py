@@ -122,8 +122,10 @@ class WalledGarden:
         if parsed is None:
             return False
         network = str(parsed)
-        if session_id is not None and self._network_sessions.get(network, session_id) != session_id:
-            return False  # granted with another session since: that one holds it
+        if session_id is not None and self._network_sessions.get(network) != session_id:
+            # Granted with another session since (that one holds it), or held by no session: a
+            # DHCPv6 binding's, which a login of no subscriber was refused, or took back.
+            return False
         if network not in self.network_holders:
             return False
         holder = self.network_holders.pop(network)

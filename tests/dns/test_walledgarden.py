@@ -174,3 +174,17 @@ def test_a_no_subscriber_sessions_prefix_inside_a_suspended_subscribers_is_not_w
     assert garden.holder("2001:db8:100:6::1") is None and garden.network_holder("2001:db8:100:6::/64") is None
     garden.network_ended("2001:db8:100:6::/64", 3)
     assert garden.in_walled_network(IPv6Address("2001:db8:100:6::1"))
+
+
+def test_the_end_of_a_no_subscriber_session_leaves_the_dhcpv6_bindings_prefix_it_did_not_take() -> None:
+    """A session of no subscriber is refused a prefix a DHCPv6 binding holds (c6fb2b0: the
+    binding's subscriber keeps it, as a DHCP lease's address); but its end took the prefix from
+    the binding all the same: a suspended subscriber's home left the walled garden."""
+    garden = WalledGarden(PORTAL)
+    garden.set_suspended(7, True)
+    garden.network_granted("2001:db8:100::/56", 7)  # its DHCPv6 binding (IA_PD)
+    assert not garden.network_granted("2001:db8:100::/56", None, 3)
+    assert garden.in_walled_network(IPv6Address("2001:db8:100:7::1"))
+    assert not garden.network_ended("2001:db8:100::/56", 3)
+    assert garden.network_holder("2001:db8:100::/56") == 7
+    assert garden.in_walled_network(IPv6Address("2001:db8:100:7::1"))
