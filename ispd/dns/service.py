@@ -763,7 +763,8 @@ class DNSService(Service):
             if index and not index % LEASES_PER_STEP:
                 await asyncio.sleep(0)  # (what the bus brings meanwhile is applied again after this)
             if lease.state == LeaseState.BOUND and lease.expires_at > now:
-                holds.lease_granted(lease.address, lease.subscriber_id, radius_pool=lease.service == LeaseService.RADIUS)
+                holds.lease_granted(lease.address, lease.subscriber_id,
+                                    radius_pool=lease.service == LeaseService.RADIUS)
                 self._lease_name(lease.address, lease.hostname, lease.expires_at)
                 if lease.hostname:
                     named.add(lease.address)

@@ -309,9 +309,9 @@ def _repeats_its_end(record: AccountingRecord, session: sqlite3.Row) -> bool:
     """Whether ``record`` reports the ended ``session``'s final counters to the byte: a copy of
     its Stop (or of its last interim) sent again minutes later with no Acct-Delay-Time to say
     so - dated by its arrival, a short session's copy looks begun after that session ended."""
-    return (record.session_time_seconds == session["session_time_seconds"]
-            and (record.input_octets or 0) == session["input_octets"]
-            and (record.output_octets or 0) == session["output_octets"])
+    return bool(record.session_time_seconds == session["session_time_seconds"]
+                and (record.input_octets or 0) == session["input_octets"]
+                and (record.output_octets or 0) == session["output_octets"])
 
 
 def _has_session_of_user(conn: sqlite3.Connection, record: AccountingRecord) -> bool:
