@@ -870,6 +870,11 @@ class DNSEngine:
                                     without_dnssec(resolution.authority, question.qtype), resolution.failure)
         q = Question(question.key_name, question.qtype, question.qclass)
         encoded = encode_message(0, flags, q, resolution.answer, resolution.authority, [], max_size=TCP_MAX_SIZE)
+        if encoded.truncated:
+            # Over 64 KB, a CNAME chain across zones: TC even over TCP, as for local data and from
+            # Unbound; an empty NOERROR would be a NODATA no zone gave, kept for serve-stale too.
+            flags |= FLAG_TC
+            store = False
         start = 12 + len(q.name) + 4
         template = encoded.data[start:]
         offsets = tuple(o - start for o in encoded.ttl_offsets)

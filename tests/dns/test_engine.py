@@ -933,6 +933,26 @@ async def test_local_answers_too_large_for_a_message_are_not_kept(env: Env) -> N
     assert env.fast(query("big.big.test.", RRType.TXT)) is None  # no empty answer kept in its place
 
 
+async def test_a_resolved_answer_too_large_for_a_message_is_tc_not_an_empty_noerror(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From a bug hunt: a CNAME chain across two zones whose answer passed 65,535 bytes (each
+    zone's reply fitting in its own) was cached and sent as NOERROR with no records and no TC -
+    a NODATA no server gave - over UDP and TCP alike, where local data gets TC."""
+    name = N("big.example.test.")
+    chain = [RR(N("alias.example.test."), RRType.CNAME, CLASS_IN, 300, name)]
+    chain += [RR(name, RRType.TXT, CLASS_IN, 300, bytes([250]) + b"%03d" % i + b"x" * 247) for i in range(256)]
+
+    async def big(*args: object, **kwargs: object) -> Resolution:
+        return Resolution(RCode.NOERROR, chain)
+
+    monkeypatch.setattr(env.resolver, "resolve", big)
+    for tcp in (True, False, True):
+        reply = await env.ask_message(query("alias.example.test.", RRType.TXT, edns=1232), tcp=tcp)
+        assert reply.flags & FLAG_TC and reply.answer == [] and reply.edns is not None
+    assert env.fast(query("alias.example.test.", RRType.TXT, edns=1232)) is None  # nothing empty kept
+    assert env.answers.get_stale(key_of(Question(N("alias.example.test."), RRType.TXT)), env.clock()) is None
+
+
 async def test_a_truncated_local_answer_is_authoritative_every_time(env: Env) -> None:
     """TC replies carry the answer's flags (AA here) the first time (built whole), the second
     (from the kept entry, slow path: a query without EDNS) and on the fast path alike."""
