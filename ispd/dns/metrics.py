@@ -136,8 +136,9 @@ class _DNSCollector(Collector):
         yield _counter("ispd_dns_zone_rate_limited",
                        "Questions answered SERVFAIL (or stale) without a query because their zone's servers "
                        "were asked more than resolver.zone_rate_limit_qps allows.", resolver.zone_limiter.limited)
-        yield _counter("ispd_dns_dns64_answers", "AAAA answers made from A records (DNS64, [dns.dns64]).",
-                       stats.dns64_answers)
+        yield _counter("ispd_dns_dns64_answers",
+                       "AAAA answers made from A records (DNS64, [dns.dns64]), once each when resolved; cache hits "
+                       "that serve them again are not counted.", stats.dns64_answers)
         yield _counter("ispd_dns_private_addresses_removed",
                        "A and AAAA records dropped from upstream answers by resolver.private_addresses "
                        "(DNS rebinding protection).", resolver.guard.removed)
