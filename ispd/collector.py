@@ -26,12 +26,17 @@ def collect_rarely() -> None:
     """For the daemon and its workers, at their start."""
     # The caches and lease tables hold millions of long-lived objects; with CPython's default
     # thresholds (700, 10, 10) the collector ran so often that it cost a quarter of a DNS cache
-    # miss (dnsperf on the lab hierarchy: 4 200 → 5 400 misses/s). Cycles are still collected,
-    # but late: a connection or a request must not end in one, or what it holds (buffers, TLS
-    # state) stays with it - 20-40 kB per connection, measured - until a full collection. Hence
+    # miss (dnsperf on the lab hierarchy: 4 200 → 5 400 misses/s). But each young collection
+    # walks every object made since the last that is still alive - under a load of misses, the
+    # new cache entries: at 100 000 a collection held the event loop up to 56 ms every few
+    # seconds; at 25 000 up to 9 ms, for as many misses a second (bench/dns.py, 30 s runs). The
+    # oldest generation is looked at as rarely as before (50 x 400 young collections: each full
+    # collection walks the whole cache). Cycles are still collected, but late: a connection or
+    # a request must not end in one, or what it holds (buffers, TLS state) stays with it - 20-40
+    # kB per connection, measured - until a full collection. Hence
     # listeners.forget_connection_error and SMTPSession._session_over; tests check with the
     # `without_cycle_collection` fixture.
-    gc.set_threshold(100_000, 50, 100)
+    gc.set_threshold(25_000, 50, 400)
 
 
 @contextmanager
