@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -28,7 +29,7 @@ from ispd.events import (
     SubscriberSuspended,
 )
 from ispd.radius import service as radius_service
-from ispd.radius.codec import Attr, Code, decode, encode_attributes, encode_request
+from ispd.radius.codec import Attr, Code, Packet, decode, encode_attributes, encode_request
 from ispd.radius.config import RadiusConfig
 from ispd.radius.dictionary import builtin_dictionary
 from ispd.radius.engine import AccountingEngine, Decision, Nas, PendingClaim, RejectReason
@@ -987,34 +988,43 @@ async def test_a_wall_clock_stepped_forward_past_the_holds_renews_them_at_once(t
         await store.close()
 
 
+def _realm_of_one_home_server(nas: str, home: socket.socket) -> Config:
+    """RADIUS for the NAS at ``nas`` (client "ap"), proxying realm home.example to the one home
+    server bound at ``home`` (0.2 s, one attempt)."""
+    host, port = home.getsockname()
+    return Config(radius=RadiusConfig.model_validate({
+        "enabled": True, "listen_auth": [f"{nas}:0"], "listen_acct": [f"{nas}:0"],
+        "client": [{"name": "ap", "address": f"{nas}/32", "secret": SECRET}],
+        "realm": [{"name": "home.example", "auth_servers": [f"{host}:{port}"],
+                   "secret": "home-secret", "timeout_seconds": 0.2, "attempts": 1}]}))
+
+
+async def _realm_login(service: RadiusService, nas_socket: socket.socket, nas: str) -> Packet:
+    """The answer to an Access-Request for v@home.example sent from ``nas_socket`` (bound here, at
+    ``nas``) to the service's auth port."""
+    [port] = [p for kind, _, p in service.bound if kind == "auth"]
+    nas_socket.bind((nas, 0))
+    nas_socket.setblocking(False)
+    request = encode_request(Code.ACCESS_REQUEST, 6, encode_attributes([(Attr.USER_NAME, b"v@home.example")]),
+                             SECRET.encode())
+    nas_socket.sendto(request, (nas, port))
+    return decode(await asyncio.wait_for(asyncio.get_running_loop().sock_recv(nas_socket, 4096), 5))
+
+
 async def test_an_access_reject_for_silent_home_servers_is_counted_as_a_decision(tmp_path: Path) -> None:
     """From a bug hunt: the Access-Reject sent when no home server answered was counted in
     ispd_radius_rejects_total (home_server_unreachable) but not in ispd_radius_auth_total, so
     the dashboard's reject ratio missed it and IspdRadiusRejectRatioHigh's (rejects by reason over
     decisions) went past 100 %."""
-    import socket
-
     nas = "127.62.7.3"
     home = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, never answers
     home.bind(("127.62.7.4", 0))
-    config = Config(radius=RadiusConfig.model_validate({
-        "enabled": True, "listen_auth": [f"{nas}:0"], "listen_acct": [f"{nas}:0"],
-        "client": [{"name": "ap", "address": f"{nas}/32", "secret": SECRET}],
-        "realm": [{"name": "home.example", "auth_servers": [f"127.62.7.4:{home.getsockname()[1]}"],
-                   "secret": "home-secret", "timeout_seconds": 0.2, "attempts": 1}]}))
     store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
     nas_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        async with _running(store, EventBus(), config) as service:
+        async with _running(store, EventBus(), _realm_of_one_home_server(nas, home)) as service:
             assert ("proxy", "reject") in service.metrics.auth.values  # exported from the start
-            [port] = [p for kind, _, p in service.bound if kind == "auth"]
-            nas_socket.bind((nas, 0))
-            nas_socket.setblocking(False)
-            request = encode_request(Code.ACCESS_REQUEST, 6, encode_attributes([(Attr.USER_NAME, b"v@home.example")]),
-                                     SECRET.encode())
-            nas_socket.sendto(request, (nas, port))
-            loop = asyncio.get_running_loop()
-            answer = decode(await asyncio.wait_for(loop.sock_recv(nas_socket, 4096), 5))
+            answer = await _realm_login(service, nas_socket, nas)
             assert answer.code == Code.ACCESS_REJECT
             assert service.metrics.rejects.get(RejectReason.HOME_SERVER_UNREACHABLE) == 1
             assert service.metrics.auth.get("proxy", "reject") == 1
@@ -1041,28 +1051,14 @@ async def test_a_proxied_request_is_timed_apart_from_ispds_own_access_requests(t
     """From a bug hunt: a proxied Access-Request's time (the home servers' round trip, or their
     timeouts) went into kind="access", which IspdRadiusSlow and the dashboard read as ispd's own
     work: a realm's slow home server fired an alert about scrypt and CPU."""
-    import socket
-
     nas = "127.62.7.5"
     home = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # bound, never answers
     home.bind(("127.62.7.6", 0))
-    config = Config(radius=RadiusConfig.model_validate({
-        "enabled": True, "listen_auth": [f"{nas}:0"], "listen_acct": [f"{nas}:0"],
-        "client": [{"name": "ap", "address": f"{nas}/32", "secret": SECRET}],
-        "realm": [{"name": "home.example", "auth_servers": [f"127.62.7.6:{home.getsockname()[1]}"],
-                   "secret": "home-secret", "timeout_seconds": 0.2, "attempts": 1}]}))
     store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
     nas_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        async with _running(store, EventBus(), config) as service:
-            [port] = [p for kind, _, p in service.bound if kind == "auth"]
-            nas_socket.bind((nas, 0))
-            nas_socket.setblocking(False)
-            request = encode_request(Code.ACCESS_REQUEST, 7, encode_attributes([(Attr.USER_NAME, b"v@home.example")]),
-                                     SECRET.encode())
-            nas_socket.sendto(request, (nas, port))
-            loop = asyncio.get_running_loop()
-            assert decode(await asyncio.wait_for(loop.sock_recv(nas_socket, 4096), 5)).code == Code.ACCESS_REJECT
+        async with _running(store, EventBus(), _realm_of_one_home_server(nas, home)) as service:
+            assert (await _realm_login(service, nas_socket, nas)).code == Code.ACCESS_REJECT
             assert sum(service.metrics.latency["access"].counts) == 0
             assert sum(service.metrics.latency["proxy"].counts) == 1
             assert service.metrics.latency["proxy"].total >= 0.2  # the home server's timeout
