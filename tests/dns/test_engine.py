@@ -403,17 +403,24 @@ async def test_serve_stale_from_the_rrsets_when_the_answer_cache_has_no_reply(en
     assert (await env.ask_message(query("never.example.test."))).rcode == RCode.SERVFAIL
 
 
+async def _stale_with_ten_seconds_of_its_window_left() -> Env:
+    """www.example.test. resolved, then expired with 10 s left of its stale window (600 s), every
+    server down and the answer cache emptied (what a reload does): only the RRsets are left."""
+    env = make_env(stale_seconds=600)
+    await env.ask(query("www.example.test."))
+    env.clock.advance(3600 + 590)
+    for address in env.net.servers:
+        env.net.misbehave(address, timeout=True)
+    env.answers.clear()
+    return env
+
+
 async def test_a_stale_answer_from_the_rrsets_is_not_served_past_the_stale_window() -> None:
     """RFC 8767 §4: the maximum stale timer bounds how long past its expiry a record is served.
     The answer made from stale RRsets is kept for the stale answer TTL (the recheck timer), and
     was then itself served stale for another whole ``stale_seconds``: records that expired at
     T were still answered at T + 2 x stale_seconds."""
-    env = make_env(stale_seconds=600)
-    await env.ask(query("www.example.test."))
-    env.clock.advance(3600 + 590)  # expired, 10 s left of the stale window
-    for address in env.net.servers:
-        env.net.misbehave(address, timeout=True)
-    env.answers.clear()  # what a reload does
+    env = await _stale_with_ten_seconds_of_its_window_left()
     assert addresses(await env.ask_message(query("www.example.test."))) == ["192.0.2.80"]
     env.clock.advance(600)  # the records' stale window is long over
     assert (await env.ask_message(query("www.example.test."))).rcode == RCode.SERVFAIL
@@ -424,12 +431,7 @@ async def test_a_stale_answer_from_the_rrsets_is_kept_no_longer_than_the_stale_w
     cache) for the whole stale answer TTL even when the records' stale window ended sooner:
     with 10 s of the window left, the name was still answered 25 s later, where Unbound's
     serve-expired-ttl gives SERVFAIL. Its TTL is now the window's rest when that is shorter."""
-    env = make_env(stale_seconds=600)
-    await env.ask(query("www.example.test."))
-    env.clock.advance(3600 + 590)  # expired, 10 s left of the stale window
-    for address in env.net.servers:
-        env.net.misbehave(address, timeout=True)
-    env.answers.clear()  # what a reload does
+    env = await _stale_with_ten_seconds_of_its_window_left()
     reply = await env.ask_message(query("www.example.test."))
     assert addresses(reply) == ["192.0.2.80"]
     assert 0 < reply.answer[0].ttl <= 10  # (less the time the failed tries took)

@@ -333,13 +333,7 @@ async def test_a_client_back_with_its_retry_token_is_taken_after_retry_has_stopp
 
     listener.retry_tokens.create_token = create_and_stop  # type: ignore[method-assign]
     async with AsyncExitStack() as stack:
-        await listener.start([SocketAddress("127.67.0.1", 0)], stack)
-        configuration = QuicConfiguration(is_client=True, alpn_protocols=listener.alpn, verify_mode=ssl.CERT_NONE)
-        transport, client = await asyncio.get_running_loop().create_datagram_endpoint(
-            lambda: _Client(QuicConnection(configuration=configuration)), local_addr=("127.67.0.2", 0))
-        stack.callback(transport.abort)
-        client.connect(listener.bound[0])
-        await asyncio.wait_for(client.wait_connected(), 5)
+        client = await connected(stack, listener)
         assert listener.settings.retry == ended and listener.retry_tokens.stats.retries == 1
         assert await asyncio.wait_for(client.doq(QUERY), 5) == QUERY
 
