@@ -1201,12 +1201,16 @@ def _ipv6_address_text(value: bytes | None) -> str | None:
 
 
 def _nas_address(packet: Packet, nas: Nas, source: str | None) -> str | None:
-    """The address a NAS's sessions are kept under (``AccountingEngine.nas_address``): its
-    NAS-IP-Address when inside the client's network, else the request's source."""
+    """The address a NAS's sessions are kept under (as ``AccountingEngine.nas_address`` finds
+    it, without its memo: an Access-Request needs it only where a station is looked for)."""
     reported = reported_address(packet)
-    if reported is not None and nas.network is not None and ip_address(reported) in nas.network:
-        return reported
-    return source
+    return reported if reported is not None and reported != source and _believed(reported, nas) else source
+
+
+def _believed(reported: str, nas: Nas) -> bool:
+    """Whether the address a NAS reports itself as (``reported_address``) is believed: inside
+    the client's configured network."""
+    return nas.network is None or ip_address(reported) in nas.network
 
 
 def reported_address(packet: Packet) -> str | None:
@@ -1242,7 +1246,7 @@ class AccountingEngine:
         key = (nas.network, reported)
         believed = self._believed.get(key)
         if believed is None:
-            believed = nas.network is None or ip_address(reported) in nas.network
+            believed = _believed(reported, nas)
             if len(self._believed) > 100_000:
                 self._believed.clear()
             self._believed[key] = believed
