@@ -46,7 +46,6 @@ from ispd.dns.cache import (
     VARIANT_DNS64,
     VARIANT_DO,
     VARIANT_SCOPES,
-    VARIANT_SUFFIXES,
     AnswerCache,
     NegativeEntry,
     RRsetCache,
@@ -229,7 +228,7 @@ class DNSCacheAdmin:
         rtype = _parse_type(str(args["type"])) if args.get("type") is not None else None
         subtree = bool(args.get("zone"))
         if rtype is not None and not subtree:
-            return self.flush(name, rtype=rtype)  # its keys are known: no scan of the caches
+            return self.flush(name, rtype=rtype)
         return await self.flush_stepwise(name, subtree=subtree, rtype=rtype)
 
     def flush_all(self) -> dict[str, int]:
@@ -239,29 +238,14 @@ class DNSCacheAdmin:
         self._forget_proofs(None)
         return dropped
 
-    def flush(self, name: bytes, *, subtree: bool = False, rtype: int | None = None) -> dict[str, int]:
-        """Drop what the caches hold for ``name`` (and below it with ``subtree``), only of type
-        ``rtype`` if given; how many entries each cache dropped."""
+    def flush(self, name: bytes, *, rtype: int) -> dict[str, int]:
+        """Drop the ``rtype`` RRset, NODATA entry and answers of ``name``: their keys are known, so
+        no scan of the caches (``flush_stepwise`` does the others); how many entries each
+        cache dropped."""
         self._forget_proofs(name)
-        if rtype is None:
-            return {"rrsets": self.rrsets.flush(name, subtree=subtree),
-                    "answers": self.answers.flush(name, subtree=subtree)}
         qtype = _U16.pack(rtype)
-        if subtree:
-            rrset_keys = [k for k in self.rrsets.snapshot_keys() if k[1] == rtype and is_subdomain(k[0], name)]
-            answer_keys = [k for k in self.answers.entries if k[-4:-2] == qtype and is_subdomain(k[:-4], name)]
-            answer_keys += [k for k in self.answers.variants if k[-5:-3] == qtype and is_subdomain(k[:-5], name)]
-        else:
-            rrset_keys = [(name, rtype)]
-            questions = [name + qtype + _U16.pack(c) for c in _CLASSES]
-            answer_keys = [k for k in questions if k in self.answers.entries]
-            # (Each variant looked up: a scan of the variants would walk most of the cache.)
-            variants = self.answers.variants
-            answer_keys += [k for q in questions for k in (q + suffix for suffix in VARIANT_SUFFIXES)
-                            if k in variants] if variants else []
-        rrsets = sum(self.rrsets.discard(key) for key in rrset_keys)
-        self.answers.drop(answer_keys)  # (the variants of each name are among them)
-        return {"rrsets": rrsets, "answers": len(answer_keys)}
+        answers = sum(self.answers.discard(name + qtype + _U16.pack(c)) for c in _CLASSES)  # (variants too)
+        return {"rrsets": int(self.rrsets.discard((name, rtype))), "answers": answers}
 
     def _forget_proofs(self, name: bytes | None) -> None:
         """The NSEC records kept for aggressive negative answers (RFC 8198) of the zone ``name``

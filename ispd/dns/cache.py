@@ -448,7 +448,6 @@ VARIANT_SCOPES = (0x04, 0x08, 0x40)
 VARIANT_VIEW = 0x04 | 0x08 | 0x40
 _VARIANT_BITS = VARIANT_DO | VARIANT_DNS64 | VARIANT_CD | VARIANT_AD | VARIANT_VIEW
 _VARIANT_SUFFIXES = tuple(bytes((v,)) for v in range(1, _VARIANT_BITS + 1) if v & ~_VARIANT_BITS == 0)
-VARIANT_SUFFIXES = _VARIANT_SUFFIXES  # (every variant key's last byte: a key's variants are looked up by it)
 
 
 def answer_variant(key: bytes) -> int:
@@ -510,17 +509,22 @@ class AnswerCache(_BoundedCache):
             return None
         return entry
 
-    def discard(self, key: bytes) -> None:
-        """Drop the answer under ``key``; a plain key takes its DNSSEC variants with it."""
+    def discard(self, key: bytes) -> int:
+        """Drop the answer under ``key``; a plain key takes its variants with it (each looked up:
+        a walk of the variants would be most of the cache); how many went."""
         table = self.table(key)
         entry = table.pop(key, None)
+        dropped = 0
         if entry is not None:
             self._clock.bytes -= entry.size
+            dropped += 1
         if table is self.entries and self.variants:
             for suffix in _VARIANT_SUFFIXES:
                 variant = self.variants.pop(key + suffix, None)
                 if variant is not None:
                     self._clock.bytes -= variant.size
+                    dropped += 1
+        return dropped
 
     def flush(self, name: bytes, *, subtree: bool = False) -> int:
         """Drop the answers for ``name`` (the key's name part), or for it and all below."""
