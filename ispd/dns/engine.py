@@ -70,7 +70,7 @@ from ispd.dns.cache import (
 from ispd.dns.dns64 import DNS64
 from ispd.dns.dnssec import EDE
 from ispd.dns.policy import PolicyAction, PolicyHit
-from ispd.dns.resolver import Resolution, Resolver
+from ispd.dns.resolver import OUT_OF_SOCKETS, Resolution, Resolver
 from ispd.dns.wire import (
     CLASS_IN,
     EDNS,
@@ -857,6 +857,8 @@ class DNSEngine:
             ede, store = resolution.ede, False
         if resolution.rcode == RCode.SERVFAIL:  # no partial chain: it would set the entry's lifetime
             resolution = Resolution(RCode.SERVFAIL, [], [], resolution.failure)
+            if resolution.failure == OUT_OF_SOCKETS:
+                store = False  # this host's shortage, gone as soon as sockets come free: not cached
         else:
             resolution = self._clamped(resolution)
         flags = FLAG_QR | FLAG_RA | (resolution.rcode & 0xF)

@@ -426,6 +426,12 @@ _NO_ADDRESS = Outcome(Step.FAILED, reason="no server of the zone has an address 
 _MINIMISED_UNANSWERED = Outcome(Step.FAILED, reason="no server of the zone answered the minimised name",
                                 minimised_error=True)
 _ALL_DOWN = Outcome(Step.FAILED, reason="every server of the zone is down (timed out lately)")
+# This host ran out of descriptors (EMFILE: a flood of slow new names holds a socket per upstream
+# query): no server was asked, and none of the others would be (each fails at socket() alike).
+# Neither the servers' failure nor the name's: the engine does not keep this SERVFAIL for RFC
+# 9520's 5 s, which would fail a popular name for every client long after sockets came free.
+OUT_OF_SOCKETS = "no socket free on this host for an upstream query (open files at the limit: LimitNOFILE, ulimit -n)"
+_OUT_OF_SOCKETS = Outcome(Step.FAILED, reason=OUT_OF_SOCKETS)
 _RATE_LIMITED = Outcome(Step.FAILED, reason="the zone's servers are asked more than its rate limit allows")
 _ALL_REFUSED = Outcome(Step.FAILED, reason="every server address of the zone is one not to query (do_not_query)")
 # Name servers whose addresses one client query may look up (Unbound's cap on target
@@ -1055,6 +1061,9 @@ class Resolver:
                     self.infra.record_failure(address, self.clock(), None if relaxed else qtype)
                 if budget.trace is not None:
                     _trace(budget, f"{address}: {exc}")
+                if exc.kind == "socket":
+                    budget.queries = 0  # every other query of this client query would fail alike
+                    return _OUT_OF_SOCKETS
                 return None
             if not joined:  # a joined reply's wait was only part of the round trip
                 self.infra.record_rtt(address, max(0.0, self.clock() - started), qtype)

@@ -16,7 +16,7 @@ from ispd.dns.dns64 import DNS64
 from ispd.dns.engine import FAILURE_CACHE_SECONDS, STALE_RECHECK_SECONDS, DNSEngine, RateLimiter
 from ispd.dns.localdata import LocalData
 from ispd.dns.policy import Policy, PolicyAction, compile_policy_zone
-from ispd.dns.resolver import ForwardZone, Resolution, Resolver, ResolverSettings
+from ispd.dns.resolver import OUT_OF_SOCKETS, ForwardZone, Resolution, Resolver, ResolverSettings, UpstreamError
 from ispd.dns.walledgarden import WalledGarden
 from ispd.dns.wire import (
     CLASS_CH,
@@ -779,6 +779,30 @@ async def test_servfail_is_cached_for_five_seconds(env: Env) -> None:
     env.clock.advance(2)
     assert (await env.ask_message(query("www.alldead.test."))).rcode == RCode.SERVFAIL
     assert env.net.log != []  # asked again
+
+
+async def test_servfail_for_want_of_sockets_is_not_cached_and_says_so(env: Env,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of descriptors (EMFILE under a flood of slow new names, `ulimit -n 1024`), a
+    resolution fails at socket() with no server asked. Before the fix the SERVFAIL was kept
+    5 s like a failure of the servers (a popular name failed for every client after sockets
+    came free), every server was tried in turn, each failing alike, and `log_servfail` said
+    "no server of the zone answered", sending the operator looking for a network fault."""
+    await env.ask(query("www.example.test."))  # delegations cached
+    exchange = env.net.exchange
+
+    async def out_of_sockets(address: str, query: bytes, **kwargs: object) -> bytes:
+        raise UpstreamError("socket", "[Errno 24] Too many open files")
+
+    monkeypatch.setattr(env.net, "exchange", out_of_sockets)
+    env.engine.servfail_log.enabled = True
+    with capture_logs() as logs:
+        assert (await env.ask_message(query("popular.example.test."))).rcode == RCode.SERVFAIL
+    assert env.resolver.upstream_failures == {"socket": 1}  # the other servers not tried in vain
+    assert [entry["reason"] for entry in logs if entry["event"] == "dns.servfail"] == [OUT_OF_SOCKETS]
+    monkeypatch.setattr(env.net, "exchange", exchange)  # sockets free again
+    assert env.fast(query("popular.example.test.")) is None
+    assert (await env.ask_message(query("popular.example.test."))).rcode == RCode.NXDOMAIN
 
 
 async def test_log_servfail_says_which_name_failed_and_why_ten_a_second(env: Env) -> None:

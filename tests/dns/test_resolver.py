@@ -614,7 +614,7 @@ async def test_running_out_of_sockets_does_not_mark_the_servers_down(net: FakeNe
         result = await ask(resolver, f"n{i}.example.test.")
         assert result.rcode == RCode.SERVFAIL
         assert result.failure != "every server of the zone is down (timed out lately)"
-    assert resolver.upstream_failures["socket"] > 4
+    assert resolver.upstream_failures["socket"] == 4  # one each: no other server tried in vain
     assert all(resolver.infra.is_up(address, RRType.A, clock()) for address in EXAMPLE_TEST)
     monkeypatch.setattr(net, "exchange", exchange)
     assert (await ask(resolver, "later.example.test.")).rcode == RCode.NXDOMAIN  # asked, answered
