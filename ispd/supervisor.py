@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import resource
 import signal
 import time
 from contextlib import AsyncExitStack
@@ -110,6 +111,28 @@ DAEMON_LOCK_CHECK_SECONDS = 1.0
 STANDBY_POLL_SECONDS = 1.0
 # How long a standby leaves a lock the server's restart freed to the daemon that held it.
 RESTART_GRACE_SECONDS = 5 * DAEMON_LOCK_CHECK_SECONDS
+# Below this many descriptors a busy resolver runs out (each upstream query in flight holds a
+# socket; client TCP, DoT, SMTP and IMAP connections one each): ispd warns at start.
+OPEN_FILES_WANTED = 16384
+# The soft limit cannot go past the kernel's fs.nr_open (1,048,576 by default), even when the
+# hard limit is unlimited.
+OPEN_FILES_CEILING = 1 << 20
+
+
+def raise_open_files_limit() -> int:
+    """The soft limit of open files raised to the hard one, as Unbound and nginx do: shells and
+    systemd (outside a unit's LimitNOFILE=) start daemons at 1,024, which a resolver's upstream
+    sockets exhaust under a flood of slow names. ispd waits with epoll, never select(), so a
+    high limit costs nothing. Returns the limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = OPEN_FILES_CEILING if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILES_CEILING)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ValueError, OSError):  # above fs.nr_open: keep what we were given
+        return soft
+    return wanted
 
 
 @dataclass(slots=True)
@@ -154,6 +177,10 @@ class Supervisor:
     async def run(self) -> int:
         configure_logging(self.config.log)
         log.info("daemon.starting", version=__version__, config=str(self.config_path))
+        open_files = raise_open_files_limit()
+        if open_files < OPEN_FILES_WANTED:
+            log.warning("daemon.open_files.low", limit=open_files, wanted=OPEN_FILES_WANTED,
+                        hint="raise the hard limit: LimitNOFILE= in the unit, or ulimit -Hn before ispd run")
         # Before anything slow (the store may wait for a lock): a TERM during start-up must stop
         # us cleanly, and a HUP must not kill us (its default action) but wait until we serve.
         self._install_signal_handlers()

@@ -406,3 +406,17 @@ def test_a_certificate_near_its_end_is_warned_of_and_its_expiry_exported(tmp_pat
         assert len(ispd.log_events("tls.certificate.expiring")) == 1  # renewed: nothing more to say
         [line] = [line for line in ispd.http_get("/metrics")[1].splitlines() if line.startswith(metric)]
         assert float(line.removeprefix(metric)) > soon.timestamp() + 300 * 86400
+
+
+def test_the_open_files_limit_is_raised_to_the_hard_one_and_a_low_one_warned_of(tmp_path: Path) -> None:
+    """Started from a shell (soft limit 1,024), a resolver's upstream sockets ran out under a
+    flood of slow names while the hard limit allowed far more: ispd takes what the hard limit
+    allows, and says when even that is low."""
+    with IspdProcess(tmp_path, wrapper=["prlimit", "--nofile=1024:8192"]) as ispd:
+        ispd.start()
+        assert ispd.proc is not None
+        limits = Path(f"/proc/{ispd.proc.pid}/limits").read_text()
+        [line] = [line for line in limits.splitlines() if line.startswith("Max open files")]
+        assert line.split()[3:5] == ["8192", "8192"]
+        [warning] = ispd.log_events("daemon.open_files.low")
+        assert warning["limit"] == 8192 and warning["level"] == "warning"
