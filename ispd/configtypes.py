@@ -93,7 +93,11 @@ def _client_network(value: object) -> object:
     # A client asking over IPv4 is matched by its IPv4 address (every IPv6 socket is IPV6_V6ONLY,
     # and an IPv4-mapped peer is taken as its IPv4 address), so a network of IPv4-mapped
     # addresses would match no client at all: say what to write instead.
-    network = _network(value)
+    return not_ipv4_mapped(_network(value), value)
+
+
+def not_ipv4_mapped(network: object, value: object) -> object:
+    """``network`` (as written: ``value``), refused when it is IPv4-mapped IPv6."""
     if isinstance(network, IPv6Network) and network.subnet_of(_IPV4_MAPPED):
         ipv4 = IPv4Network((int(network.network_address) & 0xFFFF_FFFF, network.prefixlen - 96))
         written = value if isinstance(value, str) else str(network)

@@ -723,6 +723,21 @@ def test_a_client_network_of_ipv4_mapped_addresses_is_refused_with_the_ipv4_one_
                               "matched as: IPv4 clients are matched by their IPv4 address (write '198.51.100.0/24')")
 
 
+def test_a_radius_client_written_as_ipv4_mapped_is_refused_with_the_ipv4_address_to_write(tmp_path: Path) -> None:
+    """From a bug hunt: [[radius.client]] address = "::ffff:127.86.0.9" passed check-config, and
+    its NAS, sending from 127.86.0.9, was matched as a wider client (with that one's secret: bad
+    Message-Authenticator) or dropped as unknown. IPv6 sockets take IPv6 only, so no NAS is ever
+    seen under an IPv4-mapped address."""
+    path = write(tmp_path, '[radius]\nenabled = true\n[[radius.client]]\nname = "bng"\n'
+                           'address = "::ffff:198.51.100.2"\nsecret = "s3cret"\n')
+    assert error_of(path) == (f"{path}: radius.client.0.address: '::ffff:198.51.100.2' is IPv4-mapped IPv6, which "
+                              "no client is matched as: IPv4 clients are matched by their IPv4 address "
+                              "(write '198.51.100.2/32')")
+    native = write(tmp_path, '[radius]\nenabled = true\n[[radius.client]]\nname = "bng"\n'
+                             'address = "2001:db8::2"\nsecret = "s3cret"\n')
+    assert str(load_config(native).radius.client[0].address) == "2001:db8::2/128"
+
+
 def test_a_client_network_that_only_holds_ipv4_mapped_addresses_among_others_is_taken(tmp_path: Path) -> None:
     path = write(tmp_path, '[dns]\nallow = ["::/0", "198.51.100.0/24", "2001:db8::/32"]\n')
     assert [str(n) for n in load_config(path).dns.allow] == ["::/0", "198.51.100.0/24", "2001:db8::/32"]

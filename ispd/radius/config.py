@@ -21,7 +21,15 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, field_validator, model_validator
 
-from ispd.configtypes import IPNetwork, IPv4RangeText, ListenAddress, Section, SocketAddress, parse_range
+from ispd.configtypes import (
+    IPNetwork,
+    IPv4RangeText,
+    ListenAddress,
+    Section,
+    SocketAddress,
+    not_ipv4_mapped,
+    parse_range,
+)
 
 OWN_PROCESS_MIN_CPUS = 4
 _ASSIGNMENT = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?::(\d{1,2}))?\s*=\s*(.*?)\s*$")
@@ -94,10 +102,14 @@ def _unescaped(match: re.Match[str]) -> str:
 def _client_network(value: object) -> object:
     if isinstance(value, str):
         try:
-            return ip_network(value, strict=True)
+            network = ip_network(value, strict=True)
         except ValueError as exc:
             raise ValueError(f"{value!r} is not an address or network (e.g. 198.18.0.1 or 198.18.0.0/24): "
                              f"{exc}") from None
+        # A NAS is matched by the address it sends from, an IPv4 one as IPv4 (IPv6 sockets take
+        # IPv6 only): a client written as ::ffff:198.51.100.2 would match nothing, and its NAS
+        # would fall to a wider client's secret, or be dropped as unknown.
+        return not_ipv4_mapped(network, value)
     return value
 
 
