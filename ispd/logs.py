@@ -193,6 +193,33 @@ class LogThrottle:
         return True
 
 
+class LogBudget:
+    """At most ``lines`` lines per ``interval`` seconds for each key (a reason): a per-source
+    ``LogThrottle`` lets a flood whose every datagram has another (forged) source write a line
+    per datagram. ``take`` says how many were held back since the last line let through, for
+    that line to tell. Keys should come from a closed set (they are never forgotten). As
+    ``LogThrottle``, a ``now`` before the window began (the wall clock stepped back) starts a
+    new window."""
+
+    def __init__(self, lines: int, interval: float) -> None:
+        self.lines = lines
+        self.interval = interval
+        self._windows: dict[Hashable, list[float]] = {}  # key → [start, lines written, held back]
+
+    def take(self, key: Hashable, now: float, amount: int = 1) -> int | None:
+        """None: no line now (``amount`` is held back); else the number held back before it."""
+        window = self._windows.get(key)
+        if window is None or not 0 <= now - window[0] < self.interval:
+            self._windows[key] = [now, 1, 0]
+            return int(window[2]) if window is not None else 0
+        if window[1] < self.lines:
+            window[1] += 1
+            held, window[2] = int(window[2]), 0
+            return held
+        window[2] += amount
+        return None
+
+
 def get_logger(name: str) -> Any:
     # A lazy proxy (not .bind()) so that a reload's new level or format reaches loggers made earlier.
     return structlog.get_logger(component=name)

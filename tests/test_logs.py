@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from ispd.logs import LogConfig, LogThrottle, configure_logging, get_logger
+from ispd.logs import LogBudget, LogConfig, LogThrottle, configure_logging, get_logger
 
 
 def test_library_warnings_are_json_lines_and_client_mistakes_stay_out() -> None:
@@ -155,3 +155,12 @@ def test_a_wall_clock_stepped_back_does_not_keep_a_repeated_warning_quiet_for_th
     assert throttle.due("pool", 1_000_000.0 - 3 * 3600)  # stepped back: said again, once
     assert not throttle.due("pool", 1_000_000.0 - 3 * 3600 + 59)
     assert throttle.due("pool", 1_000_000.0 - 3 * 3600 + 60)
+
+
+def test_a_log_budget_lets_a_few_lines_an_interval_through_and_tells_how_many_it_held_back() -> None:
+    budget = LogBudget(2, 60.0)
+    assert budget.take("r", 1000.0) == 0 and budget.take("r", 1001.0) == 0
+    assert budget.take("r", 1002.0) is None and budget.take("r", 1003.0) is None
+    assert budget.take("other", 1003.0) == 0  # a budget per key
+    assert budget.take("r", 1060.0) == 2  # a new interval: the two held back are told
+    assert budget.take("r", 1060.0 - 3 * 3600) == 0  # the clock stepped back: a new interval, not silence

@@ -64,7 +64,7 @@ from ispd.events import (
     SubscriberSuspended,
 )
 from ispd.listeners import bound_socket, open_datagram_listener, set_receive_buffer
-from ispd.logs import LogThrottle, get_logger
+from ispd.logs import LogBudget, LogThrottle, get_logger
 from ispd.radius.addresses import AddressPools, holder_of, line_of
 from ispd.radius.attributes import AttributeValueError, ReplyAttribute, reply_attribute
 from ispd.radius.coa import DynamicAuthorizationClient, NasSlots, session_identification
@@ -147,6 +147,7 @@ MAX_DYNAMIC_PER_NAS = 32  # Disconnects/CoAs under way to one NAS at a time; the
 MAX_DATAGRAM = 4096
 MAX_QUEUED_ACCOUNTING = 50_000
 DROP_LOG_INTERVAL_SECONDS = 60.0
+DROP_LOG_SOURCES = 20  # lines per port and reason in an interval, each of another source
 MAX_PENDING_CLAIMS = 4096  # Access-Accepts waiting for an address (or a prefix) from the store
 CLAIM_ROUNDS = 3
 # A prefix for a login: candidates the store may refuse (reserved by another process meanwhile,
@@ -343,6 +344,7 @@ class RadiusService(Service):
         self._store_failing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drop_logged = LogThrottle(DROP_LOG_INTERVAL_SECONDS)
+        self._drop_budget = LogBudget(DROP_LOG_SOURCES, DROP_LOG_INTERVAL_SECONDS)
         self._writing = 0  # accounting records handed to the store and not written yet
         self._rejects_logged: dict[tuple[str, int | None, str, str], list[Any]] = {}
         self._quota_checked: dict[int, float] = {}  # subscriber -> monotonic time of its last check
@@ -607,8 +609,14 @@ class RadiusService(Service):
         self.metrics.dropped.inc(port, reason, amount=count)
         if not self._drop_logged.due((source, reason), now):
             return
+        # And a few sources a minute per reason: the source of a datagram from no client is
+        # anyone's to forge, and a flood from a new one each would write a line per datagram.
+        held = self._drop_budget.take((port, reason), now)
+        if held is None:
+            return
         log.warning("radius.request.dropped", port=port, reason=reason, source=source,
-                    nas=nas.name if nas is not None else None, count=count)
+                    nas=nas.name if nas is not None else None, count=count,
+                    **({"sources_not_logged": held} if held else {}))
 
     def admit(self, port: str, data: bytes, addr: Any, transport: asyncio.DatagramTransport,
               now: float) -> tuple[Nas, Packet, DuplicateKey] | None:

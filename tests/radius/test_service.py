@@ -949,6 +949,27 @@ def test_rejects_are_logged_again_after_the_wall_clock_is_stepped_back() -> None
     assert [e["not_logged_since"] for e in rejected] == [0, 1]
 
 
+def test_drops_from_a_new_source_each_do_not_write_a_line_each() -> None:
+    """From a bug hunt: 10,000 datagrams from 10,000 addresses that are no client (a forged
+    source each costs nothing) wrote 10,000 radius.request.dropped warnings: the once-a-minute
+    throttle was per source. Now a few sources a minute per reason, every datagram counted in
+    the metric, and the next line tells how many sources went unlogged."""
+    service = RadiusService(_radius_config(3799), ServiceContext(None, EventBus(), CollectorRegistry(),  # type: ignore[arg-type]
+                                                                 _healthy))
+    now = 1_800_000_000.0
+    with capture_logs() as logged:
+        for i in range(1000):
+            service._dropped("auth", "unknown_client", f"198.18.{i // 250}.{i % 250}", None, now + i / 100)
+        service._dropped("acct", "unknown_client", "198.18.9.9", None, now + 10)  # another port: its own lines
+        service._dropped("auth", "unknown_client", "198.18.9.10", None, now + 61)
+    dropped = [e for e in logged if e["event"] == "radius.request.dropped"]
+    assert len(dropped) == radius_service.DROP_LOG_SOURCES + 2
+    assert dropped[-2]["port"] == "acct" and "sources_not_logged" not in dropped[-2]
+    assert dropped[-1]["source"] == "198.18.9.10"
+    assert dropped[-1]["sources_not_logged"] == 1000 - radius_service.DROP_LOG_SOURCES
+    assert service.metrics.dropped.get("auth", "unknown_client") == 1001
+
+
 async def test_a_wall_clock_stepped_forward_past_the_holds_renews_them_at_once(tmp_path: Path,
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """Under libfaketime, the clock stepped a day forward: alice's session went on (its interim
