@@ -188,18 +188,25 @@ DuplicateKey = tuple[str, Any, bytes]
 
 
 class NasTable:
-    """Configured clients by source address: exact addresses in a dict, networks most specific
-    first; what a source address matched is remembered."""
+    """Configured clients by source address: a dict per prefix length, the longest first (a host
+    entry wins over its subnet's), so that finding a source costs a lookup per length in use,
+    not a test per client (a source that is no client, forged in a flood, is looked for anew
+    each time); what a source address matched is remembered."""
 
     def __init__(self, clients: list[RadiusClientConfig]) -> None:
         self.clients: dict[str, Nas] = {}
-        self._networks: list[tuple[IPv4Network | IPv6Network, Nas]] = []
+        # IP version → [(prefix length, {network address >> host bits: client})], longest first
+        self._lengths: dict[int, list[tuple[int, dict[int, Nas]]]] = {4: [], 6: []}
         self._by_address: dict[str, Nas | None] = {}
         for network, client in client_networks_of(clients):
             nas = Nas(client.name, client.secret.get_secret_value().encode(), client.kind,
                       client.require_message_authenticator, client.limit_proxy_state, client.coa_port, network)
             self.clients[client.name] = nas
-            self._networks.append((network, nas))
+            lengths = self._lengths[network.version]
+            if not lengths or lengths[-1][0] != network.prefixlen:
+                lengths.append((network.prefixlen, {}))
+            host_bits = network.max_prefixlen - network.prefixlen
+            lengths[-1][1].setdefault(int(network.network_address) >> host_bits, nas)
 
     def find(self, address: str) -> Nas | None:
         try:
@@ -212,7 +219,12 @@ class NasTable:
             return None
         if ip.version == 6 and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
-        found = next((nas for network, nas in self._networks if ip in network), None)
+        value, width = int(ip), ip.max_prefixlen
+        found = None
+        for length, networks in self._lengths[ip.version]:
+            found = networks.get(value >> (width - length))
+            if found is not None:
+                break
         if len(self._by_address) > 100_000:
             self._by_address.clear()
         self._by_address[address] = found

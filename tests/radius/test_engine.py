@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import given, settings
@@ -70,6 +72,9 @@ NOW = 1_800_000_000.0
 
 PLAN = Plan(1, "home", download_kbps=100_000, upload_kbps=20_000, session_timeout_seconds=86_400,
             idle_timeout_seconds=600, max_sessions=2)
+
+if TYPE_CHECKING:
+    from ispd.radius.service import NasTable
 
 
 def subscriber(sid: int, name: str, status: SubscriberStatus = SubscriberStatus.ACTIVE,
@@ -1400,6 +1405,43 @@ def test_what_auto_learnt_survives_a_reload_only_for_the_same_address() -> None:
         reloaded = table(address)
         reloaded.carry_over(learnt)
         assert reloaded.clients["bng"].message_authenticator_seen is kept, address
+
+
+def _nas_table(clients: list[tuple[str, str]]) -> NasTable:
+    from ispd.radius.config import RadiusClientConfig
+    from ispd.radius.service import NasTable
+
+    return NasTable([RadiusClientConfig.model_validate({"name": name, "address": address, "secret": "s"})
+                     for name, address in clients])
+
+
+def test_a_source_is_its_most_specific_clients() -> None:
+    table = _nas_table([("everyone", "0.0.0.0/0"), ("lab", "198.18.0.0/15"), ("pop", "198.18.4.0/24"),
+                        ("bng", "198.18.4.1"), ("six", "2001:db8::/32"), ("bng6", "2001:db8::1")])
+    found = {source: getattr(table.find(source), "name", None) for source in (
+        "198.18.4.1", "198.18.4.2", "198.19.0.1", "203.0.113.9", "::ffff:198.18.4.1", "2001:db8::1",
+        "2001:db8::2", "fe80::1%eth0", "2001:db9::1", "not an address")}
+    assert found == {"198.18.4.1": "bng", "198.18.4.2": "pop", "198.19.0.1": "lab", "203.0.113.9": "everyone",
+                     "::ffff:198.18.4.1": "bng", "2001:db8::1": "bng6", "2001:db8::2": "six", "fe80::1%eth0": None,
+                     "2001:db9::1": None, "not an address": None}
+    assert getattr(_nas_table([("all6", "::/0")]).find("fe80::1%eth0"), "name", None) == "all6"
+
+
+def test_finding_a_source_that_is_no_client_does_not_cost_a_test_per_client() -> None:
+    """From a bug hunt: with 1,000 NASes configured, each datagram from an address that is no
+    client (a forged one each, in a flood: the memo never hits) cost ~200 µs of the event loop
+    against ~5 µs with 10, for it tested every client's network in turn."""
+    def cost(clients: int) -> float:
+        table = _nas_table([(f"nas{i}", f"10.{i // 250}.{i % 250}.1") for i in range(clients)]
+                           + [("pop", "198.18.4.0/24")])
+        sources = [f"203.0.{i // 250}.{i % 250}" for i in range(2000)]
+        started = time.perf_counter()
+        assert not any(table.find(source) for source in sources)
+        return time.perf_counter() - started
+
+    few = min(cost(2) for _ in range(3))
+    many = min(cost(2000) for _ in range(3))
+    assert many < 10 * few, (few, many)
 
 
 def test_proxy_state_without_message_authenticator_is_dropped() -> None:
