@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
@@ -740,7 +739,7 @@ def test_a_radius_client_written_as_ipv4_mapped_is_refused_with_the_ipv4_address
     assert str(load_config(native).radius.client[0].address) == "2001:db8::2/128"
 
 
-def test_radius_clients_twice_are_refused_and_thousands_are_checked_in_linear_time() -> None:
+def test_radius_clients_twice_are_refused_without_a_test_per_pair() -> None:
     """From a bug hunt: the checks for a client name or address given twice compared every pair
     (and counted each name through the whole list): 5,000 [[radius.client]] entries took 0.7 s of
     the config's 0.75 s, run at start, at each SIGHUP (on the event loop) and by check-config,
@@ -752,15 +751,7 @@ def test_radius_clients_twice_are_refused_and_thousands_are_checked_in_linear_ti
         RadiusConfig(enabled=True, client=[*clients(3), {"name": "nas1", "address": "10.9.9.9", "secret": "s"}])
     with pytest.raises(ValueError, match=re.escape("client: 10.0.1.1/32 is configured twice")):
         RadiusConfig(enabled=True, client=[*clients(3), {"name": "again", "address": "10.0.1.1/32", "secret": "s"}])
-
-    def cost(count: int) -> float:
-        given = clients(count)
-        started = time.perf_counter()
-        RadiusConfig(enabled=True, client=given)
-        return time.perf_counter() - started
-
-    few, many = min(cost(500) for _ in range(3)), min(cost(5000) for _ in range(2))
-    assert many < 30 * few, (few, many)  # ten times the clients: about ten times the time
+    RadiusConfig(enabled=True, client=clients(5000))  # (once a test per pair: 0.7 s; 20,000 took 12 s)
 
 
 def test_a_client_network_that_only_holds_ipv4_mapped_addresses_among_others_is_taken(tmp_path: Path) -> None:
