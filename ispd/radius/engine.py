@@ -773,6 +773,15 @@ class AuthEngine:
         return Decision(_ACCESS_REJECT, failure() if failure is not None else b"", method=method, reject=reason,
                         subscriber_id=subject.id if subject is not None else None, detail=detail)
 
+    def _distinct_sessions(self, subscriber_id: int) -> int:
+        """The subscriber's open sessions, one per Acct-Session-Id on each client: BNGs of one
+        client network that move a session between them (a redundant pair's failover keeps its
+        Acct-Session-Id) report it from the new BNG's address, where accounting keeps it as a
+        session of its own, and the one on the old BNG stays open until it goes stale. Counted
+        twice, the moved session used up a max_sessions = 1 subscriber's slot, and its own
+        re-authentication (or a redial from the station) was rejected for stale_session_intervals."""
+        return len({(s.nas_client, s.acct_session_id) for s in self.sessions.of_subscriber(subscriber_id)})
+
     def _same_station(self, subscriber_id: int, packet: Packet, nas: Nas) -> int:
         """1 when this request re-authenticates one of the subscriber's open sessions, else 0:
         802.1X re-authenticates a station periodically, and a CPE redials after its Stop was
@@ -831,6 +840,8 @@ class AuthEngine:
             walled = True
         if plan is not None and plan.max_sessions is not None:
             open_sessions = self.sessions.count(subject.id)
+            if open_sessions >= plan.max_sessions:
+                open_sessions = self._distinct_sessions(subject.id)
             if open_sessions >= plan.max_sessions and \
                     open_sessions - self._same_station(subject.id, packet, nas) >= plan.max_sessions:
                 return self._reject(RejectReason.SIMULTANEOUS_USE, method, subject, failure)

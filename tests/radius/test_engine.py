@@ -940,6 +940,32 @@ def test_a_session_a_nas_of_a_client_network_took_over_is_named_by_its_id() -> N
     assert login(b"new-1").reject == RejectReason.SIMULTANEOUS_USE  # a new login there is another session
 
 
+def test_a_session_moved_between_bngs_of_a_client_network_counts_once() -> None:
+    """A redundant pair's failover keeps the session's Acct-Session-Id, and the new BNG's
+    interims keep it under its own address, a session of its own beside the old BNG's one
+    (open until it goes stale). Counted as two, it used up a slot: the session's own
+    re-authentication from the new BNG was rejected as Simultaneous-Use for
+    stale_session_intervals (found with ispd run and two NAS addresses of one client)."""
+    world = World()  # alice: max_sessions = 2; s0 moved from 127.0.0.2 to .3, s1 on .2
+    for n, (address, session_id, calling) in enumerate((("127.0.0.2", "s0", "AA-BB-CC-DD-EE-FF"),
+                                                        ("127.0.0.3", "s0", "AA-BB-CC-DD-EE-FF"),
+                                                        ("127.0.0.2", "s1", "02-00-00-00-00-02"))):
+        world.sessions.put(RadiusSession(n + 1, address, session_id, "alice", NOW, NOW, subscriber_id=1,
+                                         nas_client="lab", calling_station_id=calling))
+    network = Nas("lab", SECRET, NasKind.MIKROTIK, Policy.YES, Policy.YES, network=IPv4Network("127.0.0.0/29"))
+
+    def login(session_id: bytes, calling: bytes) -> Decision:
+        return world.engine.handle(pap("alice", "alice-pw", (Attr.CALLING_STATION_ID, calling),
+                                       (Attr.ACCT_SESSION_ID, session_id)), network, NOW, "127.0.0.3")
+
+    assert login(b"s0", b"AA-BB-CC-DD-EE-FF").code == Code.ACCESS_ACCEPT  # its re-authentication
+    assert login(b"new-1", b"AA-BB-CC-DD-EE-FF").code == Code.ACCESS_ACCEPT  # its redial on the new BNG
+    assert login(b"new-2", b"02-00-00-00-00-09").reject == RejectReason.SIMULTANEOUS_USE  # a third login
+    # The same id on another client is another session.
+    world.sessions.put(RadiusSession(4, "127.0.0.9", "s0", "alice", NOW, NOW, subscriber_id=1, nas_client="other"))
+    assert login(b"s0", b"AA-BB-CC-DD-EE-FF").reject == RejectReason.SIMULTANEOUS_USE
+
+
 # --- CHAP, MS-CHAP, EAP-MD5 --------------------------------------------------------------------
 
 
