@@ -125,6 +125,7 @@ from ispd.store.models import (
 )
 from ispd.store.sqlite_radius import (
     ADMIN_CLOSE_CAUSE,
+    MOVED_CAUSE,
     NOT_ON_NAS_CAUSE,
     STALE_CAUSE,
     SUPERSEDED_CAUSE,
@@ -1405,6 +1406,9 @@ class RadiusService(Service):
                 self._give_back(session)
             else:
                 self._adopt(session)
+            moved = self._moved_from(session)
+            if moved:
+                self._spawn(self._close_moved(moved, session, at), "session-moved")
         elif outcome == AccountingOutcome.STOPPED:
             stopped = sessions.pop(key)
             if stopped is not None and stopped.subscriber_id is None and result.subscriber_id is not None:
@@ -1422,6 +1426,31 @@ class RadiusService(Service):
             bus.publish(_session_event(SessionStopped, closed, at, closed.terminate_cause))
             self._give_back(closed)
         return holder
+
+    def _moved_from(self, session: RadiusSession) -> list[RadiusSession]:
+        """The open copies of a session new here on another NAS of its client: BNGs of one client
+        network move a session between them (a redundant pair's failover keeps its
+        Acct-Session-Id), and the new BNG's reports are kept under its own address. The same
+        subscriber, client and id; left open, the old BNG's copy (which reports no more) held a
+        Simultaneous-Use slot and showed the subscriber online until it went stale, also after
+        the session's Stop from the new BNG."""
+        if session.subscriber_id is None or session.nas_client is None:
+            return []
+        return [s for s in self.sessions.of_subscriber(session.subscriber_id)
+                if s.nas_client == session.nas_client and s.acct_session_id == session.acct_session_id
+                and s.nas_address != session.nas_address]
+
+    async def _close_moved(self, moved: list[RadiusSession], session: RadiusSession, at: float) -> None:
+        """Close the old BNG's copies of a moved session (``Session-Moved``; reopened, as a
+        stale one, if that BNG reports one again)."""
+        try:
+            closed = await self._close_in_store(moved, at, MOVED_CAUSE)
+        except StoreError as exc:  # it goes stale in time all the same
+            log.warning("radius.session.close_failed", sessions=[s.id for s in moved], error=str(exc))
+            return
+        if closed:
+            log.info("radius.session.moved", sessions=[s.id for s in closed], session_id=session.id,
+                     nas=session.nas_address, client=session.nas_client)
 
     # --- housekeeping
 

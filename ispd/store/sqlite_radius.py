@@ -59,8 +59,12 @@ ADMIN_CLOSE_CAUSE = "Closed-By-Admin"  # ispd session close: as a stale one, reo
 # A Disconnect or CoA the NAS answered with a NAK, Error-Cause 503 (RFC 5176 §3.5: the session
 # it names does not exist there): as a stale one, reopened if its NAS reports again.
 NOT_ON_NAS_CAUSE = "Session-Context-Not-Found"
+# Its NAS's client reported it from another of its addresses (BNGs of one client network moved
+# it: a redundant pair's failover keeps its Acct-Session-Id): as a stale one, reopened if the
+# old NAS reports it again.
+MOVED_CAUSE = "Session-Moved"
 # Closed by ispd alone: the NAS may still have it.
-CLOSED_WITHOUT_NAS = (STALE_CAUSE, ADMIN_CLOSE_CAUSE, NOT_ON_NAS_CAUSE)
+CLOSED_WITHOUT_NAS = (STALE_CAUSE, ADMIN_CLOSE_CAUSE, NOT_ON_NAS_CAUSE, MOVED_CAUSE)
 
 
 # The session columns in the order of RadiusSession's fields: a row selected with them becomes a

@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
@@ -281,6 +282,56 @@ async def test_the_view_drops_the_session_another_users_made_up_one_superseded(t
         assert (held.username if held is not None else None) == ("dave" if status == 3 else None)
         await bus.drain(5)
         assert [(e.subscriber_id, e.cause) for e in stopped][:1] == [(carol.id, "Superseded")]
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_a_session_moved_to_another_bng_of_the_client_closes_its_copy_on_the_old_one(
+        tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    """From a bug hunt (ispd run, a client network of two BNG addresses): a redundant pair's
+    failover keeps the session's Acct-Session-Id, and the new BNG's interim made a session of its
+    own up beside the old BNG's, which stayed open until it went stale - also after the
+    session's Stop from the new BNG, so that a max_sessions = 1 subscriber's redial there was
+    rejected as Simultaneous-Use and ``session list --open`` showed them online. The old copy is
+    closed (Session-Moved) and, as a stale one, reopened if the old BNG reports it again."""
+    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db", backend=backend, url=url))
+    try:
+        bus = EventBus()
+        service = RadiusService(_radius_config(3799), ServiceContext(store, bus, CollectorRegistry(), _healthy))
+        engine = AccountingEngine(service.directory, service.sessions, builtin_dictionary(), 300)
+        nas = Nas("bng", SECRET.encode(), network=IPv4Network("127.58.0.0/29"))
+
+        async def account(source: str, status: int, seconds: int) -> AccountingResult:
+            attributes = encode_attributes([(Attr.ACCT_STATUS_TYPE, status.to_bytes(4, "big")),
+                                            (Attr.USER_NAME, b"bob"), (Attr.ACCT_SESSION_ID, b"m1"),
+                                            (Attr.ACCT_SESSION_TIME, seconds.to_bytes(4, "big"))])
+            packet = decode(encode_request(Code.ACCOUNTING_REQUEST, 1, attributes, SECRET.encode(),
+                                           message_authenticator=False))
+            record = engine.record(packet, nas, source, time.time())
+            assert record is not None
+            [result] = await store.record_accounting([record])
+            service._follow(record, result)
+            await asyncio.gather(*service._tasks)
+            return result
+
+        async def open_copies() -> list[tuple[str, str | None]]:
+            return sorted((s.nas_address, s.terminate_cause) for s in await store.list_sessions(open_only=True))
+
+        bob = await store.add_subscriber("bob", actor="test")
+        await service._load_store()
+        await account("127.58.0.2", 1, 0)
+        await account("127.58.0.3", 3, 60)  # the failover: the same session, from the other BNG
+        assert [s.nas_address for s in service.sessions.of_subscriber(bob.id)] == ["127.58.0.3"]
+        assert await open_copies() == [("127.58.0.3", None)]
+        [old] = await store.list_sessions(nas_address="127.58.0.2")
+        assert old.terminate_cause == "Session-Moved"
+        await account("127.58.0.3", 2, 90)
+        assert service.sessions.of_subscriber(bob.id) == [] and await open_copies() == []
+        # The old BNG had it after all: reopened, as a stale one would be.
+        assert (await account("127.58.0.2", 3, 120)).outcome == AccountingOutcome.REOPENED
+        assert [s.nas_address for s in service.sessions.of_subscriber(bob.id)] == ["127.58.0.2"]
     finally:
         await store.close()
 
