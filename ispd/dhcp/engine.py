@@ -23,7 +23,9 @@ Per message (RFC 2131 §4.3):
   RELEASE   the lease ends now; the address goes to the back of its pool's queue.
   INFORM    ACK with the configuration options only (RFC 2131 §3.4).
 
-The client is identified by option 61 when present, else by htype + chaddr (RFC 2131 §4.2).
+The client is identified by option 61 when present, else by htype + chaddr (RFC 2131 §4.2); a
+lease taken with no option 61 is also the client's that sends one from that chaddr (as Kea's
+belongsToClient: dhclient then dhcpcd on one host keeps its address).
 Its class decides the pools it may use: a reservation (by client-id, MAC, circuit-id, remote-id
 — in that order) names a subscriber; an active subscriber gets the normal pools (and its
 reserved address), a suspended one the walled-garden pools; a client with no reservation, or a
@@ -306,9 +308,22 @@ class Client:
     reservation: Reservation | None
     # The operator's classes it is in, in their config order.
     classes: tuple[ClassRule, ...] = ()
+    # For a client that sends a client-id: the key its hardware address gives, by which a lease
+    # it took before it sent one is held (dhclient then dhcpcd on one host, a firmware update).
+    # That lease has no client-id to tell its owner by, so its MAC does (Kea's belongsToClient
+    # too): the client keeps its address, where it got a second one and its first stayed bound,
+    # out of the pool, to the end of its lease.
+    mac_key: bytes | None = None
 
     def may_use(self, pool: ServedPool) -> bool:
         return not pool.classes or any(rule.name in pool.classes for rule in self.classes)
+
+    def holds(self, binding: Binding, now: float) -> bool:
+        """Whether ``binding`` (an offer or a lease in force) is this client's."""
+        return binding.held_by(self.key, now) or (self.mac_key is not None and binding.held_by(self.mac_key, now))
+
+    def is_keyed(self, binding: Binding) -> bool:
+        return binding.client_key is not None and binding.client_key in (self.key, self.mac_key)
 
 
 def _echoed(packet: DHCPPacket, client: Client) -> list[tuple[int, bytes]]:
@@ -715,7 +730,8 @@ class DHCPEngine:
 
     def _identify(self, packet: DHCPPacket, relay: RelayAgentInfo, relay_info: bytes | None) -> Client:
         raw_client_id = packet.option(Option.CLIENT_ID)
-        client_key = b"c" + raw_client_id if raw_client_id else b"h" + _u8(packet.htype) + packet.hw_address
+        mac_key = b"h" + _u8(packet.htype) + packet.hw_address
+        client_key = b"c" + raw_client_id if raw_client_id else mac_key
         hw_address = mac_text(packet.hw_address)
         client_id = raw_client_id.hex() if raw_client_id else None
         circuit = relay.circuit_id
@@ -728,7 +744,8 @@ class DHCPEngine:
             # this a suspended line's renewal went through as an unknown client's, and a fixed
             # address reserved for the line was NAKed as someone else's.
             binding = self.table.get(int(packet.ciaddr))
-            if binding is not None and binding.client_key == client_key and binding.state is BindingState.BOUND:
+            if binding is not None and binding.client_key in (client_key, mac_key) \
+                    and binding.state is BindingState.BOUND:
                 circuit_id, remote_id = binding.circuit_id, binding.remote_id
         reservation = None
         if self.reservations:
@@ -756,6 +773,7 @@ class DHCPEngine:
         return Client(
             key=client_key, hw_address=hw_address, client_id=client_id, circuit_id=circuit_id, remote_id=remote_id,
             relay_info=relay_info, client_class=client_class, reservation=reservation, classes=classes,
+            mac_key=mac_key if raw_client_id and packet.hlen else None,
         )
 
     def _unknown_class(self) -> ClientClass:
@@ -782,7 +800,7 @@ class DHCPEngine:
         if reserved is not None and reserved is not client.reservation:
             return False
         binding = self.table.get(address)
-        return binding is None or not binding.held(now) or binding.client_key == client.key
+        return binding is None or not binding.held(now) or client.is_keyed(binding)
 
     def _allowed_pool(self, address: int, subnet: Subnet, client: Client) -> ServedPool | None:
         """The pool (or, for the client's reserved address, the subnet) ``address`` is served from,
@@ -801,6 +819,8 @@ class DHCPEngine:
         if reserved is not None and self._usable(reserved, client, now):
             return reserved, subnet.pool_of(reserved) or subnet.plain
         candidates: list[int | None] = list(self.table.previous_addresses(client.key))
+        if client.mac_key is not None:
+            candidates += self.table.previous_addresses(client.mac_key)
         if requested is not None:
             candidates.append(int(requested))
         for address in candidates:
@@ -850,7 +870,7 @@ class DHCPEngine:
             return self._ack(received, subnet, server_id, address, pool, client, now)  # RFC 4039 §4
         binding = self.table.get(address)
         ended = Outcome()
-        if not (binding is not None and binding.state is BindingState.BOUND and binding.held_by(client.key, now)):
+        if not (binding is not None and binding.state is BindingState.BOUND and client.holds(binding, now)):
             if binding is not None:
                 ended = self._end_lapsed(binding, now)
             self.table.put(Binding(address, BindingState.OFFERED, now + self.config.offer_hold_seconds, client.key,
@@ -903,7 +923,7 @@ class DHCPEngine:
              client: Client, now: float) -> Outcome:
         packet = received.packet
         previous = self.table.get(address)
-        renewal = previous is not None and previous.state is BindingState.BOUND and previous.held_by(client.key, now)
+        renewal = previous is not None and previous.state is BindingState.BOUND and client.holds(previous, now)
         reservation = client.reservation
         hostname = self._hostname(packet, client)
         hostname_reserved = hostname is not None and reservation is not None and hostname == reservation.hostname
@@ -924,6 +944,9 @@ class DHCPEngine:
         superseded = self._end_lapsed(previous, now) if previous is not None and not renewal else Outcome()
         # One lease per client and subnet: one it held elsewhere in the subnet (before it moved to
         # or from the walled garden, or to its reserved address) ends now.
+        # (By its own key only: a lease its MAC holds with no client-id is taken over when it is
+        # the one granted, never ended for another; the device without one may be another, a
+        # BMC sharing the host's NIC, which would lose an address it still uses.)
         for other in self.table.previous_addresses(client.key):
             held = self.table.by_address[other]
             if other != address and held.state is BindingState.BOUND and held.held_by(client.key, now) \
@@ -967,7 +990,7 @@ class DHCPEngine:
     def _decline(self, packet: DHCPPacket, client: Client, now: float) -> Outcome:
         requested = _requested_address(packet)
         binding = self.table.get(int(requested)) if requested is not None else None
-        if binding is None or not binding.held_by(client.key, now):
+        if binding is None or not client.holds(binding, now):
             return Outcome(ignored=Ignored.UNKNOWN_LEASE)
         # RFC 2131 §4.3.3: the address is in use by something else; keep it out of use.
         binding.state = BindingState.DECLINED
@@ -985,7 +1008,7 @@ class DHCPEngine:
 
     def _release(self, packet: DHCPPacket, client: Client, now: float) -> Outcome:
         binding = self.table.get(int(packet.ciaddr))
-        if binding is None or binding.state is not BindingState.BOUND or not binding.held_by(client.key, now):
+        if binding is None or binding.state is not BindingState.BOUND or not client.holds(binding, now):
             return Outcome(ignored=Ignored.UNKNOWN_LEASE)
         return self._end(binding, BindingState.RELEASED, now)
 

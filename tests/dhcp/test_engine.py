@@ -1052,3 +1052,32 @@ def test_a_device_is_told_the_host_name_its_reservation_gives_it() -> None:
     assert quiet.reply is not None and quiet.reply.packet.option(Option.HOSTNAME) is None
     other = lab.send(message(DHCPMessageType.DISCOVER, MAC_B, extra=(asks,))).reply
     assert other is not None and other.packet.option(Option.HOSTNAME) is None
+
+
+def test_a_client_that_starts_sending_a_client_id_keeps_the_address_it_took_by_its_mac() -> None:
+    """dhclient (no option 61) then dhcpcd (a client-id) on one host: the lease taken by MAC has no
+    client-id to tell its owner by, so the MAC does (as Kea's belongsToClient); the client keeps
+    its address, where it got a second one and the first stayed bound to the end of its lease."""
+    lab = Lab()
+    first = lab.dora(MAC_A)
+    cid = ((Option.CLIENT_ID, b"\x01" + MAC_A),)
+    lab.now += 10
+    # INIT-REBOOT with the address it had (dhcpcd's stored lease): confirmed, as a renewal.
+    reboot = lab.send(message(DHCPMessageType.REQUEST, MAC_A, requested=str(first), extra=cid))
+    assert reboot.reply is not None and reboot.reply.packet.message_type is DHCPMessageType.ACK
+    [(lease, event)] = reboot.writes
+    assert (lease.address, event, lease.client_id, lease.starts_at) == (str(first), "renewed", "01" + MAC_A.hex(), T0)
+    # A DISCOVER from scratch by MAC, then with a client-id: one address, one lease.
+    second = Lab()
+    taken = second.dora(MAC_B)
+    assert second.dora(MAC_B, extra=((Option.CLIENT_ID, b"\x01" + MAC_B),)) == taken
+    assert [b.state for b in second.engine.table.by_address.values()] == [BindingState.BOUND]
+    # Another client-id on that MAC (RFC 6842: another client) does not take a lease that has one.
+    assert second.dora(MAC_B, extra=((Option.CLIENT_ID, b"\xffother"),)) != taken
+    # Nor does a client-id's grant end a lease its MAC holds without one (a BMC sharing the NIC).
+    third, host_id = Lab(), ((Option.CLIENT_ID, b"\x01" + MAC_C),)
+    host = third.dora(MAC_C, extra=host_id)
+    bmc = third.dora(MAC_C)
+    renewed = third.send(message(DHCPMessageType.REQUEST, MAC_C, ciaddr=str(host), extra=host_id))
+    assert [event for _, event in renewed.writes] == ["renewed"]
+    assert third.engine.table.by_address[int(bmc)].state is BindingState.BOUND
