@@ -318,6 +318,16 @@ def test_a_relay_address_that_could_never_apply_is_an_error(tmp_path: Path, rela
     assert message in error_of(path)
 
 
+def test_two_subnets_naming_one_interface_is_an_error(tmp_path: Path) -> None:
+    """Direct clients are served from the first subnet that names their interface: the second
+    was accepted and never served anyone (its pool empty while the first ran out)."""
+    subnets = "".join(f'[[dhcp.subnet]]\nnetwork = "198.18.{n}.0/24"\ninterface = "eth1"\n'
+                      f'[[dhcp.subnet.pool]]\nname = "p{n}"\nrange = "198.18.{n}.10 - 198.18.{n}.20"\n'
+                      for n in (0, 2))
+    path = write(tmp_path, f'[dhcp]\nenabled = true\ninterfaces = ["eth1"]\n{subnets}')
+    assert "interface 'eth1' is named by subnets 198.18.0.0/24 and 198.18.2.0/24" in error_of(path)
+
+
 def test_a_relay_address_inside_its_own_subnet_is_only_redundant(tmp_path: Path) -> None:
     path = write(tmp_path, '[dhcp]\nenabled = true\ninterfaces = ["eth1"]\n[[dhcp.subnet]]\nnetwork = "198.18.0.0/24"\n'
                            'relay_addresses = ["198.18.0.1"]\n[[dhcp.subnet.pool]]\nname = "p"\n'

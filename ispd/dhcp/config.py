@@ -400,6 +400,7 @@ class DHCPConfig(Section):
             raise ValueError("subnet: configure at least one [[dhcp.subnet]] with a [[dhcp.subnet.pool]]")
         names: set[str] = set()
         networks: list[IPv4Network] = []
+        direct: dict[str, IPv4Network] = {}  # interface -> the subnet that serves its direct clients
         for subnet in self.subnet:
             for net in networks:
                 if subnet.network.overlaps(net):
@@ -407,6 +408,15 @@ class DHCPConfig(Section):
             networks.append(subnet.network)
             if subnet.interface is not None and subnet.interface not in self.interfaces:
                 raise ValueError(f"subnet {subnet.network}: interface {subnet.interface!r} is not in interfaces")
+            if subnet.interface is not None:
+                # A direct client is served from the first subnet naming its interface (there are
+                # no shared networks): a second one was accepted and never served anyone, its pool
+                # left empty while the first's ran out.
+                if subnet.interface in direct:
+                    raise ValueError(f"interface {subnet.interface!r} is named by subnets {direct[subnet.interface]} "
+                                     f"and {subnet.network}; its direct clients are served from one subnet only "
+                                     "(the first): remove interface from the other (a relayed subnet needs none)")
+                direct[subnet.interface] = subnet.network
             for router in self.routers_of(subnet):
                 if router not in subnet.network:
                     raise ValueError(f"[[dhcp.option]] 3: router {router} is not inside {subnet.network}, "
