@@ -294,6 +294,14 @@ async def _envelope_and_data(client: aiosmtplib.SMTP, sender: str, recipients: l
         results.update(dict.fromkeys(accepted, Outcome(
             Verdict.DEFERRED, f"no reply to the message in {seconds:.0f} s", "4.4.2")))
         return results
+    except OSError as exc:  # the connection lost (SMTPServerDisconnected is one) with the message sent or on its way
+        # Likewise (RFC 1047): a server that drops the connection after the final dot may well
+        # have taken the message; the next MX would deliver a second copy at once. The next
+        # attempt, as Postfix's "message may be sent more than once".
+        results.update(dict.fromkeys(accepted, Outcome(
+            Verdict.DEFERRED, f"lost connection while sending the message ({exc or type(exc).__name__}): "
+            "it may arrive more than once", "4.4.2")))
+        return results
     taken = dict.fromkeys(accepted, Outcome(Verdict.DELIVERED, f"250 {reply.message}".strip(), "2.0.0"))
     if delivered is not None:
         delivered(taken)

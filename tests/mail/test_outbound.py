@@ -647,3 +647,56 @@ async def test_a_retry_set_before_the_wall_clock_was_stepped_back_is_not_put_off
     monkeypatch.setattr(runner.store, "get_queued_mail", not_yet)
     await runner._attempt("Q1")
     assert delivered == ["a@fine.example"]
+
+
+async def test_a_server_that_drops_the_connection_after_the_dot_is_not_followed_by_the_next_mx() -> None:
+    """From a bug hunt: the first MX read the whole message and its final dot, then dropped the
+    connection without a reply (RFC 1047: it may well have taken the message), and the attempt
+    went straight on to the second MX, which delivered a second copy at once. The recipient now
+    waits for the next attempt, as after a time out."""
+    from tests.lab.ports import free_tcp_port
+
+    received: dict[str, int] = {"127.0.0.1": 0, "127.0.0.2": 0}
+
+    def server(address: str, drop: bool) -> Any:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"220 mx.two.example ESMTP\r\n")
+            while line := await reader.readline():
+                verb = line.split(b" ")[0].strip().upper()
+                if verb == b"DATA":
+                    writer.write(b"354 go ahead\r\n")
+                    while await reader.readline() != b".\r\n":
+                        pass
+                    received[address] += 1
+                    if drop:
+                        writer.transport.abort()
+                        return
+                    writer.write(b"250 queued\r\n")
+                elif verb == b"QUIT":
+                    writer.write(b"221 bye\r\n")
+                    break
+                else:
+                    writer.write(b"250 ok\r\n")
+            writer.close()
+        return serve
+
+    class Lookup:
+        async def exchangers(self, domain: str) -> list[str]:
+            return ["mx1.two.example", "mx2.two.example"]
+
+        async def addresses(self, host: str) -> tuple[list[str], bool]:
+            return (["127.0.0.1"] if host.startswith("mx1") else ["127.0.0.2"]), False
+
+    port = free_tcp_port()
+    first = await asyncio.start_server(server("127.0.0.1", True), "127.0.0.1", port)
+    second = await asyncio.start_server(server("127.0.0.2", False), "127.0.0.2", port)
+    try:
+        outcomes = await outbound.deliver_to_domain(
+            "two.example", "alice@isp.example", ["bob@two.example"], b"Subject: x\r\n\r\nx\r\n",
+            lookup=Lookup(), port=port, helo="mx.isp.example", command_timeout=5)  # type: ignore[arg-type]
+    finally:
+        first.close()
+        second.close()
+    assert received == {"127.0.0.1": 1, "127.0.0.2": 0}
+    assert outcomes["bob@two.example"].verdict is Verdict.DEFERRED
+    assert "more than once" in outcomes["bob@two.example"].detail
