@@ -190,6 +190,8 @@ class MailService(Service):
         self._handshaking: dict[str, int] = {}  # TLS handshakes under way on 465/993, by client_key
         self._accept_failures = LogThrottle(60.0)
         self._deliveries: set[asyncio.Future[Any]] = set()
+        # Messages past their final dot whose reply is not written yet (``SMTPSession.smtp_DATA``).
+        self.replying: set[asyncio.Future[None]] = set()
         self._created: set[Path] = set()  # Maildirs known to exist
         self._executor = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="ispd-mail")
         self._auth_executor = ThreadPoolExecutor(AUTH_CHECK_THREADS, thread_name_prefix="ispd-mail-auth")
@@ -501,6 +503,11 @@ class MailService(Service):
             self._queue_task.cancel()
         if self._deliveries:
             await asyncio.gather(*self._deliveries, return_exceptions=True)
+        # A message past its dot gets its reply before the sessions are told 421: queued or
+        # written by then (a store write goes on after its caller is cancelled), it would come
+        # again from a client told to try again later.
+        if self.replying:
+            await asyncio.gather(*self.replying, return_exceptions=True)
         await self.queue.drain()
 
     async def reload(self, old: Config, new: Config) -> None:

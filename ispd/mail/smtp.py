@@ -309,9 +309,17 @@ class SMTPSession(SMTP):
             await self.push(refusal)
             return
         self.envelope.content = self.envelope.original_content = content
-        status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()  # type: ignore[no-untyped-call]
-        await self.push("250 OK" if status is MISSING else status)
+        # From the final dot to the reply, a stop waits (``MailService.stop``): its 421 in place
+        # of the reply would have the client send again a message that may be taken already.
+        replied = asyncio.get_running_loop().create_future()
+        self.service.replying.add(replied)
+        try:
+            status = await self._call_handler_hook("DATA")
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            await self.push("250 OK" if status is MISSING else status)
+        finally:
+            self.service.replying.discard(replied)
+            replied.set_result(None)
 
     async def _read_data(self) -> tuple[bytes, str | None]:
         """The message up to the terminating line, unstuffed, or the refusal once it is over.

@@ -12,10 +12,13 @@ import json
 import os
 import re
 import shutil
+import signal
 import smtplib
 import socket
+import sqlite3
 import ssl
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -650,3 +653,41 @@ def test_a_submitted_message_that_went_round_too_often_is_refused_as_a_loop_too(
                         hops + b"From: alice@isp.example\r\nSubject: submitted loop\r\n\r\nx\r\n")
     assert refused.value.smtp_code == 554 and b"5.4.6" in refused.value.smtp_error
     assert not [m for m in lab.inbox(f"bob@{DOMAIN}") if b"Subject: submitted loop" in m]
+
+
+def test_a_stop_while_a_submitted_message_is_being_queued_replies_to_it_before_the_421(lab: Lab) -> None:
+    """From a bug hunt: SIGTERM came while a submitted message was being queued (the store slow
+    to take its row: here another process holds the write lock). The stop waited only for Maildir
+    writes, so the client was told "421 Service shutting down, try again later" in reply to its
+    dot, while the row went on being written: the message was sent, and the client's retry would
+    send it again. The reply now comes first."""
+    recipient = f"term@{REMOTE}"
+    replies: list[object] = []
+    client = lab.client()
+
+    def submit() -> None:
+        try:
+            replies.append(client.sendmail("alice@isp.example", [recipient], b"Subject: stopping\r\n\r\nhi\r\n"))
+        except smtplib.SMTPException as exc:
+            replies.append(exc)
+
+    locker = sqlite3.connect(lab.ispd.workdir / "ispd.db", timeout=10, isolation_level=None)
+    try:
+        locker.execute("BEGIN IMMEDIATE")  # the queue's row waits for this lock
+        sender = threading.Thread(target=submit)
+        sender.start()
+        time.sleep(1)
+        assert lab.ispd.proc is not None
+        lab.ispd.proc.send_signal(signal.SIGTERM)
+        time.sleep(1.5)
+    finally:
+        locker.execute("COMMIT")
+        locker.close()
+    sender.join(15)
+    assert lab.ispd.proc.wait(15) == 0
+    client.close()
+    lab.ispd.start()
+    assert replies == [{}]  # taken (250), not 421
+    eventually(lambda: lab.remote.messages_to(recipient), timeout=15)
+    eventually(lambda: lab.queue() == [], timeout=10)
+    assert len(lab.remote.messages_to(recipient)) == 1
