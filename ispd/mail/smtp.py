@@ -319,7 +319,8 @@ class SMTPSession(SMTP):
             await self.push("250 OK" if status is MISSING else status)
         finally:
             self.service.replying.discard(replied)
-            replied.set_result(None)
+            if not replied.done():  # (a stop whose grace ran out cancelled its wait)
+                replied.set_result(None)
 
     async def _read_data(self) -> tuple[bytes, str | None]:
         """The message up to the terminating line, unstuffed, or the refusal once it is over.
