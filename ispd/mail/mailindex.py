@@ -3,9 +3,13 @@ consistent with the files and rebuildable from them.
 
 Files per folder (beside cur/ new/ tmp/):
 
-    ispd-uidlist      "ispd-uidlist 2 V<uidvalidity> N<next uid> M<highest modseq> X<expunge modseq>",
+    ispd-uidlist      "ispd-uidlist 3 V<uidvalidity> N<next uid> M<highest modseq> X<expunge modseq>",
                       then "<uid> <modseq> <flags or -> <base name>" per message, by UID; rewritten
-                      whole (tmp, rename) when it changes. Version 1 (no modseqs) is read too.
+                      whole (tmp, rename) when it changes. Versions 1 (no modseqs) and 2 are read
+                      too: they were written by an ispd whose deliveries could name a wrong
+                      ``,W=`` (one too many for each CR before a line's end, before 7eb5946), so
+                      the first sync that reads one measures each file's ``,W=`` once and
+                      renames the file where it is wrong (3: the sizes were checked).
     ispd-modseq       "<uid> <modseq> <flags or ->" per flag change since the uidlist was written:
                       a STORE appends a line instead of rewriting the whole list
     ispd-uidvalidity  "V<uidvalidity> N<next uid> M<highest modseq>": what must survive the
@@ -255,6 +259,26 @@ def flags_in_name(name: str) -> str:
     return "".join(sorted(set(info) & _FLAG_LETTERS)) if sep else ""
 
 
+def _measured_name(path: Path) -> str:
+    """``path``'s name with the ``,W=`` it carries made what IMAP serves of the file: an ispd
+    before 7eb5946 counted a CR before a line's end twice. A name without ``,W=``, or one that
+    cannot be read, is left as it is."""
+    name = path.name
+    named = name_field(base_name(name), "W=")
+    if named is None:
+        return name
+    try:
+        measured = crlf_size(path.read_bytes())
+    except OSError:
+        return name
+    if measured == named:
+        return name
+    base, sep, info = name.partition(":")
+    head, *fields = base.split(",")
+    fields = [f"W={measured}" if f.startswith("W=") and f[2:].isdigit() else f for f in fields]
+    return ",".join([head, *fields]) + sep + info
+
+
 # Sizes with CRLF of files without ,W= that keep their names (a UID given by an older ispd or
 # another tool), by file: read once per process.
 _MEASURED: dict[tuple[Path, str], int] = {}
@@ -351,10 +375,10 @@ class FolderIndex:
         # Only when the index is rebuilt are the UIDs in the names believed below next_uid: a file
         # another tool brings in (from another folder, from a backup) may carry a UID that was
         # given and expunged here, and UIDs must never be reused (RFC 3501 §2.3.1.1).
-        uidvalidity, next_uid, highest, expunged, by_base, logged, rebuilding = self._load()
+        uidvalidity, next_uid, highest, expunged, by_base, logged, rebuilding, measure = self._load()
         # Every change this look finds is one change: it gets the next modseq, once.
         change_modseq = highest + 1
-        changed = logged > 0  # fold the flag changes logged since the last write into the uidlist
+        changed = logged > 0 or measure  # fold the flag changes logged since the last write into the uidlist
         modseq_used = expunged == change_modseq  # the uidlist was lost: that counts as a change
         recent: set[int] = set()
         arrived = sorted((e for e in os.scandir(self.path / "new") if not e.name.startswith(".") and e.is_file()),
@@ -379,7 +403,8 @@ class FolderIndex:
         for entry in arrived:
             uid = next_uid
             next_uid += 1
-            target = _named_with_uid(entry.name, uid, Path(entry.path))
+            target = _named_with_uid(_measured_name(Path(entry.path)) if measure else entry.name, uid,
+                                     Path(entry.path))
             try:
                 os.rename(entry.path, self.path / "cur" / target)
             except FileNotFoundError:
@@ -395,6 +420,19 @@ class FolderIndex:
             if name.startswith(".") or not dir_entry.is_file():
                 continue
             base = base_name(name)
+            if measure:
+                measured = _measured_name(Path(dir_entry.path))
+                if measured != name:
+                    try:
+                        os.rename(dir_entry.path, self.path / "cur" / measured)
+                    except FileNotFoundError:
+                        continue
+                    except OSError:  # a read-only folder is still read, with the size it names
+                        measured = name
+                if measured != name:
+                    if base in by_base:
+                        by_base[base_name(measured)] = by_base.pop(base)
+                    name, base = measured, base_name(measured)
             known = by_base.get(base)
             flags = flags_in_name(name)
             if known is None:  # put here by another tool, or the index was rebuilt
@@ -588,17 +626,17 @@ class FolderIndex:
 
     # --- the files
 
-    def _load(self) -> tuple[int, int, int, int, dict[str, _Entry], int, bool]:
+    def _load(self) -> tuple[int, int, int, int, dict[str, _Entry], int, bool, bool]:
         """(uidvalidity, next uid, highest modseq, expunge modseq, base name -> entry, bytes of
-        logged flag changes, whether the uidlist was lost and is being rebuilt), from what
-        survives."""
+        logged flag changes, whether the uidlist was lost and is being rebuilt, whether the
+        files' ``,W=`` sizes are still to be checked), from what survives."""
         validity, next_uid, saved_highest = self._read_validity()
         logged_changes, logged = self._read_log()
         logged_highest = max((modseq for _, modseq, _ in logged_changes), default=0)
         try:
             lines = (self.path / "ispd-uidlist").read_text(encoding="utf-8").splitlines()
             header = lines[0].split()
-            if header[0] != "ispd-uidlist" or header[1] not in ("1", "2"):
+            if header[0] != "ispd-uidlist" or header[1] not in ("1", "2", "3"):
                 raise ValueError("not our format")
             fields = {f[0]: int(f[1:]) for f in header[2:]}
             listed_validity, listed_next = fields["V"], fields["N"]
@@ -620,15 +658,16 @@ class FolderIndex:
                     if logged_entry is not None and modseq > logged_entry.modseq:
                         logged_entry.modseq, logged_entry.flags = modseq, flags
                 highest = max(highest, logged_highest, saved_highest or 0)
-                return validity, max(listed_next, next_uid or 0), highest, expunged, by_base, logged, False
+                return (validity, max(listed_next, next_uid or 0), highest, expunged, by_base, logged, False,
+                        header[1] != "3")
         except (FileNotFoundError, IndexError, ValueError, KeyError):
             pass
         if validity is None:  # nothing survived: a new UIDVALIDITY (clients resynchronise)
-            return _new_uidvalidity(self.path), next_uid or 1, max(1, logged_highest), 0, {}, logged, True
+            return _new_uidvalidity(self.path), next_uid or 1, max(1, logged_highest), 0, {}, logged, True, True
         # The per-message modseqs are gone: every message comes back with one new modseq above
         # any given before, as if all had changed and some had been expunged.
         highest = max(saved_highest or 1, logged_highest)
-        return validity, next_uid or 1, highest, highest + 1, {}, logged, True
+        return validity, next_uid or 1, highest, highest + 1, {}, logged, True, True
 
     def _read_validity(self) -> tuple[int | None, int | None, int | None]:
         try:
@@ -651,7 +690,7 @@ class FolderIndex:
         return changes, len(text)
 
     def _save(self, uidvalidity: int, next_uid: int, highest: int, expunged: int, by_base: dict[str, _Entry]) -> None:
-        lines = [f"ispd-uidlist 2 V{uidvalidity} N{next_uid} M{highest} X{expunged}"]
+        lines = [f"ispd-uidlist 3 V{uidvalidity} N{next_uid} M{highest} X{expunged}"]
         lines += [f"{e.uid} {e.modseq} {e.flags or '-'} {base}"
                   for base, e in sorted(by_base.items(), key=lambda item: item[1].uid)]
         self._replace("ispd-uidvalidity", f"V{uidvalidity} N{next_uid} M{highest}\n")

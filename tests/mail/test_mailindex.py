@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from ispd.mail import mailindex
-from ispd.mail.maildir import Maildir
+from ispd.mail.maildir import Maildir, with_crlf
 from ispd.mail.mailindex import FolderIndex, TooManyKeywords, flags_in_name, forget, uid_in_name
 
 
@@ -246,7 +246,38 @@ def test_a_version_1_uidlist_is_read_and_upgraded(maildir: Maildir) -> None:
     forget(maildir.path)
     state = index.sync()
     assert state.uidvalidity == 77 and [m.uid for m in state.messages] == [1]
-    assert (maildir.path / "ispd-uidlist").read_text().startswith("ispd-uidlist 2 V77 N2 ")
+    assert (maildir.path / "ispd-uidlist").read_text().startswith("ispd-uidlist 3 V77 N2 ")
+
+
+def test_a_wrong_size_an_older_ispd_named_is_measured_once_and_the_uid_kept(maildir: Maildir) -> None:
+    """From an upgrade hunt: an ispd before 7eb5946 named a message with a bare CR before a
+    line's end ,W= one too many; after the upgrade its RFC822.SIZE (246) was still one more than
+    the BODY[] FETCH sent (245). The first sync of a uidlist an older ispd wrote measures it."""
+    maildir.deliver(b"Subject: cr\r\n\r\nline one\r\r\nline two\r\n", now=1.0)
+    maildir.deliver(b"Subject: cr\r\n\r\nline one\r\r\nline two\r\n", now=2.0)
+    index = FolderIndex(maildir.path)
+    index.sync()
+    index.set_flags([1], "+", "S")
+    forget(maildir.path)
+    state = index.sync()
+    uidlist = (maildir.path / "ispd-uidlist").read_text()
+    cur = maildir.path / "cur"
+    served = len(with_crlf((cur / state.messages[0].name).read_bytes()))
+    for message in state.messages:  # as the older ispd named them, in cur/ and in its uidlist
+        wrong = message.name.replace(f",W={served},", f",W={served + 1},")
+        os.rename(cur / message.name, cur / wrong)
+        uidlist = uidlist.replace(message.name.partition(":")[0], wrong.partition(":")[0])
+    (maildir.path / "ispd-uidlist").write_text(uidlist.replace("ispd-uidlist 3 ", "ispd-uidlist 2 ", 1))
+    maildir.deliver(b"Subject: new\r\n\r\nbare\r\r\n", now=3.0)
+    forget(maildir.path)
+    state = index.sync()
+    assert [(m.uid, m.flags) for m in state.messages] == [(1, "S"), (2, ""), (3, "")]
+    assert all(m.virtual_size == len(with_crlf((cur / m.name).read_bytes())) for m in state.messages)
+    assert state.messages[0].virtual_size == served
+    assert (maildir.path / "ispd-uidlist").read_text().startswith("ispd-uidlist 3 ")
+    renamed = sorted(os.listdir(cur))
+    forget(maildir.path)
+    assert [m.uid for m in index.sync().messages] == [1, 2, 3] and sorted(os.listdir(cur)) == renamed
 
 
 def test_keywords_get_letters_in_a_dovecot_keywords_table(maildir: Maildir) -> None:
@@ -404,6 +435,30 @@ def test_a_read_only_folder_is_read(maildir: Maildir, monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(os, "open", read_only)
     assert [m.uid for m in index.sync().messages] == [1]
+
+
+def test_a_read_only_folder_an_older_ispd_indexed_is_read_with_the_sizes_it_names(
+        maildir: Maildir, monkeypatch: pytest.MonkeyPatch) -> None:
+    maildir.deliver(b"Subject: cr\r\n\r\nline one\r\r\n", now=1.0)
+    index = FolderIndex(maildir.path)
+    name = index.sync().messages[0].name
+    uidlist = (maildir.path / "ispd-uidlist").read_text()
+    (maildir.path / "ispd-uidlist").write_text(uidlist.replace("ispd-uidlist 3 ", "ispd-uidlist 2 ", 1))
+    forget(maildir.path)
+    real_open = os.open
+
+    def read_only(path: str | os.PathLike[str], flags: int, *args: int, **kwargs: int) -> int:
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(30, "Read-only file system")
+        return real_open(path, flags, *args, **kwargs)
+
+    def no_rename(*args: object) -> None:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(os, "open", read_only)
+    monkeypatch.setattr(os, "rename", no_rename)
+    monkeypatch.setattr(mailindex, "_measured_name", lambda path: path.name.replace(",W=", ",W=1"))
+    assert [(m.uid, m.name) for m in index.sync().messages] == [(1, name)]
 
 
 def test_the_folder_snapshots_kept_stay_within_their_bound(maildir: Maildir, monkeypatch: pytest.MonkeyPatch) -> None:
