@@ -223,8 +223,10 @@ async def _remove_stale(path: Path, what: str, setting: str) -> None:
         raise ControlSocketError(f"{what} {path} exists and cannot be checked ({reason}); is another ispd "
                                  f"running? Stop it, or set another {setting}") from None
     writer.close()
-    raise ControlSocketError(f"another ispd is running: it answers on {what} {path}. Stop it first, or give "
-                             f"this one its own {setting}")
+    # Only "if it serves another store": an ispd from before the store lock (2026-12-05) on this
+    # same store is found here alone, and another socket would let both write one store.
+    raise ControlSocketError(f"another ispd is running: it answers on {what} {path}. Stop it first; if it "
+                             f"serves another store, give this one its own {setting}")
 
 
 class ControlServer:

@@ -428,7 +428,7 @@ async def test_a_live_daemons_socket_is_not_taken(sock: Path) -> None:
         with pytest.raises(ControlSocketError) as caught:
             await second.start()
         assert str(caught.value) == (f"another ispd is running: it answers on the control socket {sock}. Stop it "
-                                     "first, or give this one its own [daemon] control_socket")
+                                     "first; if it serves another store, give this one its own [daemon] control_socket")
         await second.close()  # must not remove the live one's file
         assert await control_request(sock, "test.echo") == {"echo": {}}
 

@@ -196,7 +196,8 @@ def test_socket_lifecycle_and_a_daemon_without_dns(tmp_path: Path) -> None:
             assert second.proc is not None and second.proc.wait(15) == 1
             [failed] = second.log_events("daemon.start.failed")
             assert failed["error"] == (f"another ispd is running: it answers on the control socket {sock}. Stop "
-                                       "it first, or give this one its own [daemon] control_socket")
+                                       "it first; if it serves another store, give this one its own "
+                                       "[daemon] control_socket")
         assert sock.exists()
         assert first.cli("dns", "cache", "dump", check=False).returncode == 1  # still answering: "no DNS"
 
