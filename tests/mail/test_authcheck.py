@@ -96,6 +96,9 @@ def test_our_own_results_from_outside_are_removed_and_others_kept() -> None:
         b"Authentication-Results: other.example; spf=fail\r\nSubject: x\r\n\r\n"
         b"Authentication-Results: mx.isp.example; in the body stays\r\n")
     assert strip_our_results(b"no header end", "mx.isp.example") == b"no header end"
+    # A message without a body is all header section: a forged result there goes too.
+    assert strip_our_results(b"Authentication-Results: mx.isp.example; dmarc=pass\r\nFrom: a@bank.example\r\n"
+                             b"Subject: x\r\n", "mx.isp.example") == b"From: a@bank.example\r\nSubject: x\r\n"
     # The last header line dropped: no stray CR before the blank line.
     assert strip_our_results(b"Subject: x\r\nAuthentication-Results: mx.isp.example; x\r\n\r\nbody",
                              "mx.isp.example") == b"Subject: x\r\n\r\nbody"
