@@ -281,6 +281,16 @@ def received_headers(message: bytes) -> int:
     return len(_RECEIVED_FIELD.findall(b"\n" + head.lower()))
 
 
+def header_section_read(message: bytes) -> bool:
+    """Whether the header section ends within what is read for From (``_MAX_HEADER_SECTION``):
+    a From past it would be seen by the recipient's mail client and by nothing here (neither
+    DMARC nor submission's check of the author)."""
+    if len(message) <= _MAX_HEADER_SECTION:
+        return True
+    head = message[:_MAX_HEADER_SECTION]
+    return head[:1] in (b"\r", b"\n") or any(empty in head for empty in _EMPTY_LINE)
+
+
 def header_names(message: bytes) -> set[str]:
     """The names of the header fields present, lowercase."""
     return {name.decode("ascii", errors="replace") for name, _ in _headers(message)}

@@ -51,6 +51,7 @@ from ispd.mail.authcheck import (
     from_addresses,
     from_domain,
     header_names,
+    header_section_read,
     load_signing_key,
     received_headers,
     sign,
@@ -809,7 +810,7 @@ class MailService(Service):
         # RFC 8601 §5: results claiming to be ours come from the sender, checks on or off.
         content = strip_our_results(envelope.original_content or b"", session.hostname)
         folder = ""
-        looping = self._looping(session, envelope, content)
+        looping = self._looping(session, envelope, content) or self._header_too_large(session, envelope, content)
         if looping is not None:
             return looping
         if self.config.authentication_checks:
@@ -845,6 +846,19 @@ class MailService(Service):
         self.metrics.messages.inc("refused")
         log.warning("mail.loop", client=session.client, sender=envelope.mail_from, recipients=envelope.rcpt_tos)
         return Reply(554, "5.4.6", "Too many hops: a mail loop?")
+
+    def _header_too_large(self, session: SMTPSession, envelope: MailEnvelope, content: bytes) -> Reply | None:
+        """The refusal of a message whose header section goes on past what is read for From, on
+        the MX and on submission alike: a From written after a megabyte of padding fields
+        escaped DMARC on the MX and, on submission, the check that it is the subscriber's own
+        (the mail client still shows it). Exchange refuses a header section over 256 KB so."""
+        if header_section_read(content):
+            return None
+        self.metrics.refusals.inc("too_large")
+        self.metrics.messages.inc("refused")
+        log.warning("mail.header_too_large", client=session.client, listener=session.listener,
+                    sender=envelope.mail_from)
+        return Reply(552, "5.3.4", "Message header section too large (over 1 MiB)")
 
     async def _forward(self, session: SMTPSession, smtp_session: Session, envelope: MailEnvelope, queue_id: str,
                        content: bytes) -> Reply | None:
@@ -1009,7 +1023,7 @@ class MailService(Service):
         started = time.perf_counter()
         queue_id = secrets.token_hex(6).upper()
         content = strip_our_results(envelope.original_content or b"", session.hostname)
-        looping = self._looping(session, envelope, content)
+        looping = self._looping(session, envelope, content) or self._header_too_large(session, envelope, content)
         if looping is not None:
             return looping
         now = self.context.clock()

@@ -401,6 +401,29 @@ def test_inbound_mail_gets_spf_dkim_and_dmarc_results_and_the_policy_is_enforced
     assert lab.ispd.metric_value("ispd_mail_authentication_total", {"method": "dkim", "result": "pass"}) >= 1
 
 
+def test_a_from_behind_a_megabyte_of_header_fields_is_refused_not_left_unchecked(lab: Lab) -> None:
+    """Only the first MiB is read for From: one written after that much padding was delivered
+    as it was, a DMARC p=reject domain's on the MX (dmarc=permerror, no From found) and
+    another subscriber's on submission, both shown by the recipient's mail client."""
+    padding = b"".join(b"X-Pad-%05d: %s\r\n" % (i, b"p" * 90) for i in range(11_000))
+    refused_before = lab.ispd.metric_value("ispd_mail_refusals_total", {"reason": "too_large"}) or 0
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        _to_mx(lab, "news@example-a.test",
+               b"Subject: forged\r\n" + padding + b"From: news@example-a.test\r\n\r\nx\r\n")
+    assert (refused.value.smtp_code, refused.value.smtp_error.split()[0]) == (552, b"5.3.4")
+    with lab.client() as client, pytest.raises(smtplib.SMTPDataError) as refused:
+        client.sendmail("alice@isp.example", [f"bob@{DOMAIN}"],
+                        b"Subject: from bob\r\n" + padding + b"From: Bob <bob@isp.example>\r\n\r\nx\r\n")
+    assert (refused.value.smtp_code, refused.value.smtp_error.split()[0]) == (552, b"5.3.4")
+    assert not [m for m in lab.inbox(f"bob@{DOMAIN}") + lab.inbox(f"alice@{DOMAIN}") if b"X-Pad-00000" in m]
+    assert lab.ispd.metric_value("ispd_mail_refusals_total", {"reason": "too_large"}) == refused_before + 2
+    # A long header section short of the limit is read, and its From checked as ever.
+    with lab.client() as client, pytest.raises(smtplib.SMTPDataError) as refused:
+        client.sendmail("alice@isp.example", [f"bob@{DOMAIN}"],
+                        b"Subject: s\r\n" + padding[:105 * 5000] + b"From: bob@isp.example\r\n\r\nx\r\n")
+    assert refused.value.smtp_code == 550 and b"From address not owned" in refused.value.smtp_error
+
+
 def test_a_subscriber_cannot_send_or_sign_as_someone_else_at_the_domain(lab: Lab) -> None:
     forged = (b"From: Billing <billing@isp.example>\r\nAuthentication-Results: mx.isp.example; dmarc=pass\r\n"
               b"Subject: pay now\r\n\r\nsend money\r\n")

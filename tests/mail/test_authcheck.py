@@ -14,6 +14,7 @@ from ispd.mail.authcheck import (
     check_inbound,
     from_addresses,
     from_domain,
+    header_section_read,
     load_signing_key,
     received_headers,
     sign,
@@ -206,3 +207,14 @@ def _timed(work: Any) -> float:
     started = time.perf_counter()
     work()
     return time.perf_counter() - started
+
+
+def test_a_header_section_is_read_when_it_ends_within_the_first_mebibyte() -> None:
+    padding = b"X-Pad: " + b"p" * 90 + b"\r\n"
+    assert header_section_read(b"Subject: s\r\n\r\n" + b"body\r\n" * 400_000)
+    assert header_section_read(padding * 1000 + b"From: a@b.example\r\n")  # short: all of it read
+    assert header_section_read(b"\r\n" + b"x" * 2_000_000)  # no header section at all
+    beyond = padding * 11_000 + b"From: bob@isp.example\r\n\r\nbody\r\n"
+    assert len(beyond) > 1024 * 1024 and from_addresses(beyond) == []
+    assert not header_section_read(beyond)
+    assert not header_section_read(beyond.replace(b"\r\n", b"\n"))
