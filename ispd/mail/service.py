@@ -160,6 +160,19 @@ def signing_keys(config: MailConfig) -> dict[str, SigningKey]:
         raise ServiceStartError(f"mail: dkim: {exc}") from None
 
 
+def login_key(login: bytes) -> str:
+    """A login as ``authenticate`` reads it, for the count of its failures: every spelling that
+    reaches the same account (" alice@isp.example", "ALICE@isp.example.") is one name, else
+    each would start its own count and the delay that grows with them would never come."""
+    text = login.decode("utf-8", "replace").strip().lower()
+    if "@" in text:
+        try:
+            return mail_address(text)
+        except ValueError:
+            pass
+    return text
+
+
 class MailService(Service):
     name = "mail"
 
@@ -295,11 +308,14 @@ class MailService(Service):
     async def auth_failed(self, client: str, login: bytes) -> None:
         """One failed login: counted, and answered only after the (growing) delay."""
         now = time.monotonic()
-        name = login.decode("utf-8", "replace")
+        name = login_key(login)
         delay = self.throttle.delay(name, now)
         self.throttle.failed(client, name, now)
         self.metrics.auth.inc("failure")
         await asyncio.sleep(delay)
+
+    def auth_succeeded(self, login: bytes) -> None:
+        self.throttle.succeeded(login_key(login))
 
     async def imap_login(self, login: bytes, password: bytes, client: str = "") -> tuple[str, str, Maildir] | None:
         """(username, mailbox address, its Maildir) for a login that is a mailbox address (or

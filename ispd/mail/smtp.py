@@ -531,7 +531,7 @@ class SubmissionHandler(MXHandler):
     async def _check(self, server: SMTPSession, login: bytes, password: bytes) -> AuthResult:
         identity = await self.service.authenticate(login, password, server.client)
         if identity is not None:
-            self.service.throttle.succeeded(login.decode("utf-8", "replace"))
+            self.service.auth_succeeded(login)
             self.service.metrics.auth.inc("success")
             log.info("mail.auth.succeeded", client=server.client, username=identity.username,
                      listener=server.listener)

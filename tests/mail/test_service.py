@@ -57,3 +57,21 @@ def test_a_reload_refused_for_its_srs_secret_file_leaves_the_certificate_as_it_w
     with pytest.raises(ServiceStartError, match="holds no secret"):
         asyncio.run(service.reload(old, new))
     assert loaded == [] and service.tls_context is live
+
+
+def test_every_spelling_of_a_login_counts_toward_its_growing_delay() -> None:
+    """Spaces around it, a domain's case or final dot reach the same account (authenticate
+    strips and reads the address so): each spelling had a count of its own, so a guesser
+    spread over addresses answered at the base delay for ever by changing the spelling."""
+    from ispd.listeners import AuthThrottle
+
+    service = MailService.__new__(MailService)
+    service.throttle = AuthThrottle(per_address=1000, window=900, base_delay=0.01, max_delay=15)
+    service.metrics = MailMetrics()
+    spellings = [b"alice@isp.example", b" alice@isp.example", b"alice@isp.example  ", b"\talice@isp.example",
+                 b"ALICE@ISP.EXAMPLE", b"alice@isp.example.", b"Alice@Isp.Example. "]
+    for number, login in enumerate(spellings):
+        asyncio.run(service.auth_failed(f"198.51.100.{number}", login))
+    assert service.throttle.delay("alice@isp.example", 0.0) >= 0.01 * 2 ** (len(spellings) - 3)
+    service.auth_succeeded(b" ALICE@isp.example.")  # the owner logs in: the count starts afresh
+    assert service.throttle.delay("alice@isp.example", 0.0) == 0.01

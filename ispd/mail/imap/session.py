@@ -424,7 +424,7 @@ class IMAPSession(asyncio.Protocol):
             self.send(f"{tag} NO [LIMIT] too many sessions for this mailbox".encode())
             return
         self.service.metrics.auth.inc("success")
-        self.service.throttle.succeeded(user.decode("utf-8", "replace"))
+        self.service.auth_succeeded(user)
         self.username, self.address, self.maildir = username, address, maildir
         self.state = "authenticated"
         self._touch()  # (now the 30 minutes)

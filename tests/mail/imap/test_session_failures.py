@@ -38,7 +38,7 @@ def fake_service(maildir: Maildir, executor: ThreadPoolExecutor, quota_bytes: in
     return SimpleNamespace(quota=quota,
         config=config, imap_gate=gate, imap_sessions=set(), metrics=MailMetrics(), tls_context=None,
         imap_login=imap_login, imap_sessions_of=lambda path: 0, mail_executor=executor,
-        throttle=SimpleNamespace(succeeded=lambda login: None), notify_imap=lambda path, folder: None,
+        auth_succeeded=lambda login: None, notify_imap=lambda path, folder: None,
         watch_imap=lambda session: None, unwatch_imap=lambda session: None)
 
 
