@@ -98,13 +98,35 @@ class Verdict:
     from_domain: str
 
 
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
 _MAX_SIGNATURES = 5  # verified per message: more is a denial-of-service attempt, not mail
 
 
+def header_end(message: bytes) -> tuple[int, int] | None:
+    """Where the empty line that ends the header section begins and ends (the first
+    ``\r?\n\r?\n``), or None. Found with bytes.find in a window that grows fourfold, so that
+    the cost is about where the header section ends: that regex's search took 1.2 s of the event
+    loop over a 25 MB message without an empty line, and a plain find of the form a message does
+    not use (LF LF in CRLF mail) would read every message to its end."""
+    window = 65536
+    while True:
+        limit = min(len(message), window)
+        first = message.find(b"\n\n", 0, limit)
+        crlf = message.find(b"\n\r\n", 0, limit if first < 0 else first + 2)
+        if first >= 0 or crlf >= 0:
+            break
+        if limit == len(message):
+            return None
+        window *= 4
+    if crlf >= 0 and (first < 0 or crlf < first):
+        first, end = crlf, crlf + 3
+    else:
+        end = first + 2
+    return (first - 1 if first and message[first - 1] == 0x0D else first), end
+
+
 def header_section(message: bytes) -> bytes:
-    match = _HEADER_END.search(message)
-    return message[:match.start()] if match else message
+    span = header_end(message)
+    return message[:span[0]] if span is not None else message
 
 
 def verify_dkim(message: bytes, dns_lookup: AuthDNS) -> tuple[str, list[str]]:
@@ -181,8 +203,8 @@ def strip_our_results(message: bytes, authserv_id: str) -> bytes:
     """The message without Authentication-Results headers in our name (RFC 8601 §5), however
     the sender wrote them (folded, with comments or a version, as a mail client still reads them).
     A message without an empty line is all header section (RFC 5322 §3.5: the body is optional)."""
-    match = _HEADER_END.search(message)
-    end, separator_end = (len(message), len(message)) if match is None else match.span()
+    span = header_end(message)
+    end, separator_end = (len(message), len(message)) if span is None else span
     head, rest = message[:end], message[end:]
     if b"authentication-results" not in head.lower():
         return message  # (C speed: a header section of megabytes is rebuilt line by line below)

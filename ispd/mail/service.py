@@ -824,9 +824,15 @@ class MailService(Service):
         started = time.perf_counter()
         queue_id = secrets.token_hex(6).upper()
         # RFC 8601 §5: results claiming to be ours come from the sender, checks on or off.
-        content = strip_our_results(envelope.original_content or b"", session.hostname)
+        original = envelope.original_content or b""
+        # First: a header section that does not end in the first MiB is refused without a look
+        # for its end through the whole message (for our Authentication-Results).
+        looping = self._header_too_large(session, envelope, original)
+        if looping is not None:
+            return looping
+        content = strip_our_results(original, session.hostname)
         folder = ""
-        looping = self._looping(session, envelope, content) or self._header_too_large(session, envelope, content)
+        looping = self._looping(session, envelope, content)
         if looping is not None:
             return looping
         if self.config.authentication_checks:
@@ -1038,8 +1044,12 @@ class MailService(Service):
         """The end of DATA on submission: the rest queued, local copies written, then 250."""
         started = time.perf_counter()
         queue_id = secrets.token_hex(6).upper()
-        content = strip_our_results(envelope.original_content or b"", session.hostname)
-        looping = self._looping(session, envelope, content) or self._header_too_large(session, envelope, content)
+        original = envelope.original_content or b""
+        looping = self._header_too_large(session, envelope, original)  # (first, as on the MX)
+        if looping is not None:
+            return looping
+        content = strip_our_results(original, session.hostname)
+        looping = self._looping(session, envelope, content)
         if looping is not None:
             return looping
         now = self.context.clock()

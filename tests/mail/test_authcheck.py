@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 import itertools
+import re
 import time
 from typing import Any
 
 import dkim
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ispd.configtypes import SocketAddress
 from ispd.mail.authcheck import (
@@ -14,6 +17,7 @@ from ispd.mail.authcheck import (
     check_inbound,
     from_addresses,
     from_domain,
+    header_end,
     header_section_read,
     load_signing_key,
     received_headers,
@@ -218,3 +222,17 @@ def test_a_header_section_is_read_when_it_ends_within_the_first_mebibyte() -> No
     assert len(beyond) > 1024 * 1024 and from_addresses(beyond) == []
     assert not header_section_read(beyond)
     assert not header_section_read(beyond.replace(b"\r\n", b"\n"))
+
+
+@given(st.lists(st.sampled_from([b"a", b":", b" ", b"\r", b"\n"]), max_size=30).map(b"".join))
+def test_the_header_section_ends_where_the_first_empty_line_is(message: bytes) -> None:
+    """As the regex it replaced finds it (which took 1.2 s over a 25 MB message without one)."""
+    match = re.search(rb"\r?\n\r?\n", message)
+    assert header_end(message) == (match.span() if match else None)
+
+
+@pytest.mark.parametrize(("head", "separator"), [(70_000, b"\r\n\r\n"), (300_000, b"\n\n"), (300_000, b"\n\r\n")])
+def test_a_header_section_of_many_windows_ends_at_its_empty_line(head: int, separator: bytes) -> None:
+    message = b"X-Pad: " + b"p" * (head - 9) + b"\r\n" + separator[:-2] + b"\n\r\n" + b"body\n\nmore\r\n"
+    match = re.search(rb"\r?\n\r?\n", message)
+    assert match is not None and header_end(message) == match.span()
