@@ -28,6 +28,12 @@ def command_of(argv: list[str]) -> str | None:
 def main() -> int:
     if command_of(sys.argv[1:]) in ("run", "worker"):
         signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
-    from ispd.cli import main as cli_main
+    try:
+        from ispd.cli import main as cli_main
 
-    return cli_main()
+        return cli_main()
+    except KeyboardInterrupt:
+        # Ctrl-C while the modules load or the command line and config are read (the better part
+        # of a second, before the command's own handling): the exit status the command gives it
+        # later, not a traceback.
+        return 130

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
@@ -670,6 +671,29 @@ def test_the_config_may_come_before_the_command(tmp_path: Path) -> None:
     # An abbreviation there would start the daemon without that: refused as a usage error.
     result = subprocess.run([ISPD, "--conf", str(good), "check-config"], capture_output=True, text=True)
     assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_ctrl_c_while_the_command_loads_exits_130_without_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From a bug hunt: Ctrl-C in the half second an admin command spends loading its modules
+    (`ispd subscriber list`, then a second thought) printed a KeyboardInterrupt traceback from
+    deep in an import: the command's own handling (exit 130) starts only once they are loaded."""
+    import importlib.abc
+
+    from ispd import entry
+
+    class InterruptedImport(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, path: object, target: object = None) -> None:
+            if name == "ispd.cli":
+                raise KeyboardInterrupt
+
+    monkeypatch.delitem(sys.modules, "ispd.cli", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [InterruptedImport(), *sys.meta_path])
+    monkeypatch.setattr(sys, "argv", ["ispd", "subscriber", "list"])
+    try:
+        status = entry.main()
+    except KeyboardInterrupt:
+        pytest.fail("the KeyboardInterrupt reached the user as a traceback")
+    assert status == 130
 
 
 def test_check_config_warns_of_an_admin_listener_beyond_loopback(tmp_path: Path) -> None:
