@@ -40,6 +40,7 @@ from ispd.credentials import (
     effective_policy,
     generate_password,
 )
+from ispd.dns.config import domain_name
 from ispd.effects import effects as status_effects
 from ispd.logs import LogConfig, configure_logging
 from ispd.mail.maildir import Maildir
@@ -1189,7 +1190,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="The keys the resolver tracks for each trust anchor (RFC 5011): valid and missing keys are "
                     "trusted, a new key waits in addpend until its 30-day hold-down passes, revoked keys are "
                     "forgotten 30 days after. Empty until the daemon's first refresh.")
-    p.add_argument("--zone", default=".", type=checked_arg(name_text), help="the anchored zone (default: the root)")
+    p.add_argument("--zone", default=".", type=checked_arg(lambda text: domain_name(usable_text(text))),
+                   help="the anchored zone (default: the root)")
     p.set_defaults(handler=cmd_dns_anchors)
     nta = dns.add_parser("nta", help="negative trust anchors: domains the running daemon resolves without "
                                      "DNSSEC validation").add_subparsers(dest="nta_action", required=True)
@@ -1811,15 +1813,25 @@ async def cmd_dns_cache_flush(config: Config, args: argparse.Namespace) -> None:
 
 async def cmd_dns_anchors(store: Store, args: argparse.Namespace) -> None:
     from ispd.dns.dnssec import key_tag, parse_dnskey
+    from ispd.dns.hints import HintsError, load_trust_anchors
+    from ispd.dns.wire import name_to_text
 
-    zone = args.zone.rstrip(".").lower() + "."
+    zone = args.zone
     keys = await store.trust_anchor_keys(zone)
+    dnssec = args.loaded_config.dns.dnssec
+    if not keys:
+        try:
+            anchored = sorted(name_to_text(a.zone).lower() for a in load_trust_anchors(dnssec.trust_anchor_file))
+        except HintsError:
+            anchored = None  # (check-config names the problem; the question stays answered)
+        if anchored is not None and zone not in anchored:
+            # A zone with no anchor was "waiting for the daemon's refresh" that never comes.
+            raise CommandFailed(f"{zone} has no trust anchor (anchored: {', '.join(anchored)})")
     if args.json:
         print_json([{"zone": k.zone, "key_tag": key_tag(k.key), "algorithm": parse_dnskey(k.key).algorithm,
                      "state": k.state, "since": k.since, "hold_down_until": k.hold_down_until or None} for k in keys])
         return
     if not keys:
-        dnssec = args.loaded_config.dns.dnssec
         why = ("the daemon tracks them once it has refreshed the anchor" if dnssec.validation
                and dnssec.auto_update_anchors else "dns.dnssec.auto_update_anchors is off" if dnssec.validation
                else "dns.dnssec.validation is off")

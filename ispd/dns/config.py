@@ -26,7 +26,7 @@ from ispd.dns.wire import name_from_text
 MAX_POLICY_SCOPES = 3
 
 
-def _domain(value: str) -> str:
+def domain_name(value: str) -> str:
     if not value.strip():
         # name_from_text reads "" as the root: a negative trust anchor of "" turned validation
         # off for every name, a private domain of "" took rebinding protection off every name.
@@ -38,7 +38,7 @@ def _domain(value: str) -> str:
     return value.rstrip(".").lower() + "."
 
 
-DomainName = Annotated[str, AfterValidator(_domain)]
+DomainName = Annotated[str, AfterValidator(domain_name)]
 
 
 class CacheConfig(Section):

@@ -104,3 +104,21 @@ async def test_a_tracker_carries_on_from_what_another_process_learnt(store: Stor
     await first.refresh()
     assert applied["first"][-1] == {key_tag_of(old), key_tag_of(new)}
     assert {k.key_tag for k in first.current().keys} == {k.key_tag for k in second.current().keys}
+
+
+def test_dns_anchors_refuses_a_zone_with_no_anchor_and_a_malformed_one(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """From a bug hunt: `ispd dns anchors --zone example.com` (no anchor there: only the root has
+    one) said "no keys tracked for example.com. (the daemon tracks them once it has refreshed the
+    anchor)", exit 0, and `--zone a..b` the same: waiting for a refresh that never comes."""
+    from ispd.cli import main
+
+    config = tmp_path / "ispd.toml"
+    config.write_text(f'[store]\npath = "{tmp_path / "ispd.db"}"\n[dns]\nenabled = true\n')
+    assert main(["-c", str(config), "dns", "anchors", "--zone", "Example.COM"]) == 1
+    assert capsys.readouterr().err.endswith("ispd: example.com. has no trust anchor (anchored: .)\n")
+    with pytest.raises(SystemExit) as usage:
+        main(["-c", str(config), "dns", "anchors", "--zone", "a..b"])
+    assert usage.value.code == 2 and "'a..b' is not a domain name: empty label" in capsys.readouterr().err
+    assert main(["-c", str(config), "dns", "anchors", "--zone", "."]) == 0  # the anchored root: not yet refreshed
+    assert capsys.readouterr().out == "no keys tracked for . (the daemon tracks them once it has refreshed the anchor)\n"
