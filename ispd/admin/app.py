@@ -36,6 +36,9 @@ from ispd.control import CommandError, ControlCommands
 from ispd.credentials import check_password_acceptable, derive_credentials, effective_policy
 from ispd.dns import dnssec
 from ispd.dns.admin import parse_name_argument
+from ispd.dns.config import domain_name
+from ispd.dns.hints import HintsError, load_trust_anchors
+from ispd.dns.wire import name_to_text
 from ispd.effects import Effect, effects
 from ispd.listeners import AuthThrottle
 from ispd.logs import get_logger
@@ -684,7 +687,18 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
 
     @app.get("/v1/dns/trust-anchors", tags=["dns"])
     async def trust_anchor_keys(zone: str = ".") -> list[TrustAnchorKeyView]:
-        keys = await store.trust_anchor_keys(zone.rstrip(".").lower() + ".")
+        try:  # as `ispd dns anchors --zone`: a malformed name is a 400, a zone with no anchor a 404
+            zone = domain_name(usable_text(zone))
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        keys = await store.trust_anchor_keys(zone)
+        if not keys:
+            try:
+                anchors = load_trust_anchors(current_config().dns.dnssec.trust_anchor_file)
+            except HintsError:
+                anchors = None
+            if anchors is not None and zone not in {name_to_text(a.zone).lower() for a in anchors}:
+                raise HTTPException(404, f"{zone} has no trust anchor")
         return [TrustAnchorKeyView(zone=k.zone, key_tag=dnssec.key_tag(k.key),
                                    algorithm=dnssec.parse_dnskey(k.key).algorithm, state=k.state, since=k.since,
                                    hold_down_until=k.hold_down_until or None) for k in keys]

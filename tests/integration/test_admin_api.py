@@ -496,6 +496,12 @@ def test_dns_endpoints_say_when_the_resolver_is_not_running(api: Api) -> None:
     status, body = api.call("GET", "/v1/dns/negative-trust-anchors")
     assert status == 503 and "DNS resolver is not running" in body["detail"]
     assert api.call("GET", "/v1/dns/trust-anchors") == (200, [])  # nothing tracked in this store
+    # From a bug hunt: a zone with no anchor, or no domain name at all, was 200 [] as the root is
+    # before its first refresh: as `ispd dns anchors --zone`, a 404 and a 400.
+    assert api.call("GET", "/v1/dns/trust-anchors?zone=example.com") == (
+        404, {"detail": "example.com. has no trust anchor"})
+    status, body = api.call("GET", "/v1/dns/trust-anchors?zone=a..b")
+    assert status == 400 and "'a..b' is not a domain name" in body["detail"], body
 
 
 @pytest.mark.parametrize(("name", "detail"), [("", "the name is empty"), ("a..b", "is not a domain name")])
