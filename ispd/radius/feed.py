@@ -38,7 +38,14 @@ log = get_logger("ispd.radius.feed")
 START, STOP, INTERIM_UPDATE = 1, 2, 3  # Acct-Status-Type
 # Acct-Terminate-Cause (RFC 2866 §5.10) for each way a lease ends.
 _CAUSES = {"released": 1, "expired": 2, "declined": 3}
-MAX_IN_FLIGHT = 1000  # requests on their way at once; beyond it a burst's extra events are dropped
+# Requests on their way to one collector at once; the rest wait their turn, so that a burst (the
+# leases that expired while ispd was stopped, all reclaimed at its start) is sent at the pace the
+# collector answers, not dropped.
+MAX_IN_FLIGHT = 64
+MAX_LOOKUPS = 16  # subscribers' usernames looked up in the store at once
+# Events waiting or on their way (a burst, or a collector down for its `attempts`); beyond it the
+# extra ones are dropped, counted and logged.
+MAX_PENDING = 20_000
 
 
 class AccountingFeed(Service):
@@ -53,6 +60,9 @@ class AccountingFeed(Service):
                                    ["collector", "type", "result"])
         self._usernames: dict[int, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._lookups = asyncio.Semaphore(MAX_LOOKUPS)
+        self._dropping = False
 
     async def start(self, stack: AsyncExitStack) -> None:
         collector = FastCollector([self.sent])
@@ -101,10 +111,14 @@ class AccountingFeed(Service):
                                event.hw_address, _CAUSES.get(event.reason)))
 
     def _spawn(self, coroutine: Any) -> None:
-        if len(self._tasks) >= MAX_IN_FLIGHT:
+        if len(self._tasks) >= MAX_PENDING:
             coroutine.close()
             self.sent.inc("*", "any", "dropped")
+            if not self._dropping:  # (once per overflow, not once per event)
+                log.warning("accounting_feed.dropped", pending=len(self._tasks))
+            self._dropping = True
             return
+        self._dropping = False
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -135,8 +149,11 @@ class AccountingFeed(Service):
         await asyncio.gather(*(self._to(collector, kind, body) for collector in self.config.collectors))
 
     async def _to(self, collector: Any, kind: str, body: bytes) -> None:
-        outcome = await self.client.send(collector.address.host, collector.address.port,
-                                         collector.secret.get_secret_value().encode(), Code.ACCOUNTING_REQUEST, body)
+        slots = self._slots.setdefault(collector.name, asyncio.Semaphore(MAX_IN_FLIGHT))
+        async with slots:
+            outcome = await self.client.send(collector.address.host, collector.address.port,
+                                             collector.secret.get_secret_value().encode(), Code.ACCOUNTING_REQUEST,
+                                             body)
         result = "answered" if outcome.result == "ack" else outcome.result
         self.sent.inc(collector.name, kind, result)
         if result != "answered":
@@ -149,7 +166,8 @@ class AccountingFeed(Service):
         known = self._usernames.get(subscriber_id)
         if known is None:
             try:
-                known = (await self.context.store.get_subscriber(subscriber_id)).username
+                async with self._lookups:
+                    known = (await self.context.store.get_subscriber(subscriber_id)).username
             except StoreError:
                 return None
             if len(self._usernames) > 100_000:
