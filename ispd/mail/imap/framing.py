@@ -82,7 +82,8 @@ class CommandFramer:
             if self._skipping_line:
                 self._skip_rest(match)
                 continue
-            if len(line) > self.max_line or sum(len(p) for p in self._pieces) + len(line) > self.max_command:
+            # Text only: pieces[1::2] are the literals, bounded by max_literal (an APPEND's message).
+            if len(line) > self.max_line or sum(len(p) for p in self._pieces[0::2]) + len(line) > self.max_command:
                 events.append(TooLong("line", self._tag(line)))
                 self._skip_rest(match)
                 continue

@@ -54,6 +54,15 @@ def test_a_literal_plus_too_big_is_read_and_dropped_with_the_rest_of_its_command
     assert events == [TooLong("literal", b"a1"), Command((b"a2 NOOP",))]
 
 
+def test_a_literal_larger_than_the_command_text_bound_is_taken_whole() -> None:
+    # An APPEND of a 300 KB message: its literal is bounded by max_literal, not by the bound on
+    # a command's text (4 lines), which it once counted towards (BAD for any message over 256 KiB).
+    framer = CommandFramer(max_line=100, max_literal=1000)
+    message = b"x" * 900
+    events = feed_all(framer, b"a1 APPEND INBOX {900+}\r\n", message, b"\r\na2 NOOP\r\n")
+    assert events == [Command((b"a1 APPEND INBOX {900+}", message, b"")), Command((b"a2 NOOP",))]
+
+
 @given(st.lists(st.integers(min_value=1, max_value=40), max_size=30))
 def test_how_the_bytes_arrive_does_not_matter(cuts: list[int]) -> None:
     stream = (b"a1 LOGIN {5+}\r\nal\r\nc {3}\r\npw!\r\na2 SELECT \"INBOX\"\r\n"
