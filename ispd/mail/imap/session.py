@@ -1501,7 +1501,8 @@ def _needle(wanted: bytes) -> str:
 def _header_has(value: bytes, wanted: bytes) -> bool:
     if wanted.lower() in value.lower():
         return True
-    return b"=?" in value and _needle(wanted) in _decoded_header(value).casefold()
+    # bytes.lower() lowers ASCII letters only: raw UTF-8 (Ä, Ж) is matched as text too.
+    return (b"=?" in value or not value.isascii()) and _needle(wanted) in _decoded_header(value).casefold()
 
 
 _DECODED_HEADER_BYTES = 4096  # the email package decodes encoded words in quadratic time
@@ -1527,6 +1528,8 @@ def _text_has(data: bytes, wanted: bytes, *, header: bool) -> bool:
     if header and b"=?" in header_section and any(
             needle in _decoded_header(line).casefold() for line in _encoded_fields(header_section)):
         return True
+    if not raw.isascii() and needle in raw.decode("utf-8", "replace").casefold():
+        return True  # 8-bit UTF-8 as stored, which bytes.lower() left as it was (Ä, Ж)
     if not _ENCODED_BODY.search(lowered):
         return False  # nothing encoded: the bytes were the text
     return any(needle in text.casefold() for text in _decoded_texts(data))

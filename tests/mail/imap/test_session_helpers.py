@@ -94,6 +94,27 @@ def test_searches_see_decoded_headers_and_bodies(key: str, args: tuple[bytes, ..
     assert _matches(SearchKey(key, args), 1, message, ENCODED, [message]) is found
 
 
+RAW_UTF8 = ("From: Иван <ivan@example.org>\r\nSubject: Москва и Ärger\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+            "Привет, Москва! Über die Straße.\r\n").encode()
+
+
+@pytest.mark.parametrize(("key", "word"), [
+    ("SUBJECT", "москва"), ("SUBJECT", "ärger"), ("FROM", "иван"), ("BODY", "москва"), ("BODY", "über"),
+    ("BODY", "STRASSE"), ("TEXT", "ПРИВЕТ"),
+])
+def test_searches_in_raw_utf8_are_case_insensitive_beyond_ascii(key: str, word: str) -> None:
+    """Mail as clients send it today: UTF-8 in 8 bits, in headers (RFC 6532) and body. A
+    lower-case search finds the capitalised word (RFC 3501 §6.4.4), non-ASCII letters too."""
+    from ispd.mail.imap.parser import SearchKey
+    from ispd.mail.imap.session import _matches
+    from ispd.mail.mailindex import IndexedMessage
+
+    message = IndexedMessage(1, "m:2,", "", len(RAW_UTF8), len(RAW_UTF8), 0.0, False, 1)
+    assert _matches(SearchKey(key, (word.encode(),)), 1, message, RAW_UTF8, [message])
+    assert not _matches(SearchKey(key, ("жжж".encode(),)), 1, message, RAW_UTF8, [message])
+
+
 def test_hostile_messages_cost_little_and_break_no_search(monkeypatch: pytest.MonkeyPatch) -> None:
     """A header of 200 KB of unfinished encoded words (the email package decodes them in
     quadratic time: a minute for that much) reaches the decoder 4 KiB at a time, 16 KiB in all;
