@@ -115,6 +115,17 @@ def test_searches_in_raw_utf8_are_case_insensitive_beyond_ascii(key: str, word: 
     assert not _matches(SearchKey(key, ("жжж".encode(),)), 1, message, RAW_UTF8, [message])
 
 
+def test_an_envelope_keeps_raw_utf8_headers_as_they_are() -> None:
+    """ENVELOPE's subject and names in 8-bit UTF-8 reach the client as written (Dovecot does
+    the same), not as one U+FFFD per byte: phones list messages from ENVELOPE."""
+    from ispd.mail.imap.session import _envelope
+
+    header, _, _ = RAW_UTF8.partition(b"\r\n\r\n")
+    envelope = _envelope(header + b"\r\n\r\n")
+    assert "Москва и Ärger".encode() in envelope and "Иван".encode() in envelope, envelope
+    assert "\ufffd".encode() not in envelope
+
+
 def test_hostile_messages_cost_little_and_break_no_search(monkeypatch: pytest.MonkeyPatch) -> None:
     """A header of 200 KB of unfinished encoded words (the email package decodes them in
     quadratic time: a minute for that much) reaches the decoder 4 KiB at a time, 16 KiB in all;
