@@ -40,7 +40,9 @@ class Part:
 
 
 def _fields(header: bytes) -> Message:
-    return email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(header)
+    # Read as UTF-8: parsed as bytes, each 8-bit byte of a raw UTF-8 (RFC 6532) file name or
+    # description came out as a U+FFFD of its own.
+    return email.parser.HeaderParser(policy=email.policy.compat32).parsestr(header.decode("utf-8", "surrogateescape"))
 
 
 def parse(data: bytes, depth: int = 0, budget: list[int] | None = None, *, digest: bool = False) -> Part:

@@ -101,3 +101,14 @@ def test_envelope_keeps_repeated_fields_and_colons_in_display_names() -> None:
     assert from_.startswith(b'((') and not from_.startswith(b"((NIL NIL"), envelope  # no group start
     assert b'((NIL NIL "a" "x.example")(NIL NIL "b" "y.example"))' in envelope, envelope
     assert b'((NIL NIL "Doe, John" NIL)(NIL NIL "j" "d.example")(NIL NIL NIL NIL))' in envelope, envelope
+
+
+def test_raw_utf8_file_names_and_descriptions_are_sent_as_written() -> None:
+    """An attachment named in 8-bit UTF-8 (RFC 6532) keeps its name in BODYSTRUCTURE, as
+    Dovecot sends it: clients show and save attachments under that name."""
+    message = ("Subject: a\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=X\r\n\r\n"
+               "--X\r\nContent-Type: application/pdf; name=\"Übersicht.pdf\"\r\nContent-Description: Отчёт\r\n"
+               "Content-Disposition: attachment; filename=\"Übersicht.pdf\"\r\n\r\nJVBERi0=\r\n--X--\r\n").encode()
+    described = mime.structure(mime.parse(message), _envelope, extensible=True)
+    assert described.count("Übersicht.pdf".encode()) == 2 and "Отчёт".encode() in described, described
+    assert "\ufffd".encode() not in described
