@@ -21,6 +21,8 @@ def astring(value: bytes) -> bytes:
     """A string as a quoted string when it can be one, else a literal."""
     if len(value) < 1024 and _QUOTABLE.fullmatch(value) is not None:
         return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    if b"\x00" in value:  # a literal holds no NUL (RFC 3501 §9, CHAR8): 0x80 instead, as Dovecot
+        value = value.replace(b"\x00", b"\x80")
     return b"{%d}\r\n" % len(value) + value
 
 

@@ -164,3 +164,12 @@ def test_a_search_in_another_charset_is_matched_as_utf8() -> None:
                            SearchKey("HEADER", (b"X-City", "Köln".encode("latin-1")))))
     assert _transcoded(key, "ISO-8859-1") == SearchKey("OR", (SearchKey("SUBJECT", ("Köln".encode(),)),
                                                               SearchKey("HEADER", (b"X-City", "Köln".encode()))))
+
+
+def test_a_literal_carries_no_nul() -> None:
+    """RFC 3501 §9: a literal is CHAR8, NUL excepted. A message with a NUL in it (from a broken
+    sender) goes out with 0x80 there, as Dovecot sends it, its size unchanged."""
+    from ispd.mail.imap.response import astring
+
+    assert astring(b"ab\x00cd\r\n") == b"{7}\r\nab\x80cd\r\n"
+    assert astring(b"plain\r\n") == b"{7}\r\nplain\r\n"
