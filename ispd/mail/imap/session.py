@@ -79,6 +79,10 @@ MAX_LINE = 64 * 1024
 MAX_LITERAL_BEFORE_LOGIN = 8 * 1024
 MAX_PIPELINED = 100  # commands read ahead of the one being answered
 SEARCH_BATCH = 64  # messages SEARCH reads per trip to the file threads
+# FETCH reads the messages it sends about this many bytes at a time, and reads more only once the
+# client has taken what was sent (the transport's buffer below its high-water mark): a FETCH 1:*
+# BODY[] of a 2 GB mailbox, by a client that reads slowly or not at all, held it all in memory.
+FETCH_BATCH_BYTES = 4 * 1024 * 1024
 FOLDER_DELIMITER = b"."
 # A session not logged in yet is closed after this long without a word (RFC 9051 §5.4 allows a
 # shorter timer before authentication; Dovecot's is 3 minutes). With the 30 minutes of the
@@ -141,6 +145,8 @@ class IMAPSession(asyncio.Protocol):
         self._modified: list[int] = []  # the last conditional STORE's refusals, by sequence number
         self.qresync = False  # VANISHED instead of EXPUNGE (RFC 7162 §3.2.10)
         self._command_of_current = "other"
+        self._writable = asyncio.Event()  # cleared while the transport's buffer is full
+        self._writable.set()
 
     # --- transport
 
@@ -169,6 +175,13 @@ class IMAPSession(asyncio.Protocol):
             self._autologout.cancel()
         self._queue.put_nowait(None)
         self.transport = None
+        self._writable.set()  # a FETCH waiting for the client to read ends
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
 
     def _touch(self) -> None:
         """Some sign of life from the client: the autologout starts over (shorter before login)."""
@@ -962,12 +975,24 @@ class IMAPSession(asyncio.Protocol):
             numbers = [seq for seq in numbers if selected.messages[seq - 1].modseq > changed_since]
         needs_data = any(i.name in ("BODY", "BODYSTRUCTURE", "RFC822", "RFC822.HEADER", "RFC822.TEXT", "ENVELOPE")
                          for i in items)
-        # Read in one trip to the file threads, and only the header when that is all asked for.
-        contents = await self._read_selected(numbers, _header_only(items)) if needs_data else {}
-        # Reading a body sets \Seen: one flag change for all the messages it reads.
         marks_seen = not selected.readonly and any(
             not i.peek and (i.name in ("RFC822", "RFC822.TEXT") or (i.name == "BODY" and i.section is not None))
             for i in items)
+        batches = _fetch_batches(numbers, selected.messages) if needs_data else [numbers]
+        for batch in batches:
+            await self._writable.wait()  # what was sent is read before more is read from disk
+            if self.transport is None:
+                return
+            await self._fetch_batch(batch, items, needs_data, marks_seen)
+        self.send(f"{command.tag} OK {command.name} completed".encode())
+
+    async def _fetch_batch(self, numbers: list[int], items: list[FetchItem], needs_data: bool,
+                           marks_seen: bool) -> None:
+        selected = self.selected
+        assert selected is not None
+        # Read in one trip to the file threads, and only the header when that is all asked for.
+        contents = await self._read_selected(numbers, _header_only(items)) if needs_data else {}
+        # Reading a body sets \Seen: one flag change for all the messages of the batch.
         newly_seen: set[int] = set()
         if marks_seen:
             unseen = [seq for seq in numbers if "S" not in selected.messages[seq - 1].flags
@@ -989,7 +1014,6 @@ class IMAPSession(asyncio.Protocol):
                 if self.condstore and not any(i.name == "MODSEQ" for i in items):
                     parts.append(b"MODSEQ (%d)" % message.modseq)
             self.send(b"* %d FETCH (%s)" % (seq, b" ".join(parts)))
-        self.send(f"{command.tag} OK {command.name} completed".encode())
 
     def _fetch_item(self, item: FetchItem, message: IndexedMessage, data: bytes | None) -> bytes:
         if item.name == "UID":
@@ -1376,6 +1400,20 @@ def _pattern_matches(pattern: bytes, name: bytes) -> bool:
 
 
 _HEADER_READ = 64 * 1024  # enough for nearly every header section; more is read when it is not
+
+
+def _fetch_batches(numbers: list[int], messages: list[IndexedMessage]) -> Iterator[list[int]]:
+    """``numbers`` cut into runs of about FETCH_BATCH_BYTES of message files (one at least)."""
+    batch: list[int] = []
+    size = 0
+    for seq in numbers:
+        if batch and size + messages[seq - 1].size > FETCH_BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+        batch.append(seq)
+        size += messages[seq - 1].size
+    if batch:
+        yield batch
 
 
 def _header_only(items: list[FetchItem]) -> bool:
