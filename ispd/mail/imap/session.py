@@ -89,6 +89,10 @@ FOLDER_DELIMITER = b"."
 # autologout, silent connections held their places under the connection limits, which SMTP
 # shares, that long: 500 of them, from 25 addresses, had the MX answer everyone 421.
 PREAUTH_AUTOLOGOUT_SECONDS = 180.0
+# An idling client hears "* OK Still here" this often, as from Dovecot (imap_idle_notify_interval):
+# a silent connection loses its mapping in NATs and firewalls (5 minutes in some carrier-grade
+# NATs), and the client stops hearing of new mail until it next re-IDLEs, 29 minutes on.
+IDLE_KEEPALIVE_SECONDS = 120.0
 
 
 class InvalidSequence(Exception):
@@ -1226,7 +1230,10 @@ class IMAPSession(asyncio.Protocol):
         ending = asyncio.ensure_future(self._queue.get())
         try:
             if self.selected is None:
-                await asyncio.wait({ending})
+                while not ending.done():
+                    finished, _ = await asyncio.wait({ending}, timeout=IDLE_KEEPALIVE_SECONDS)
+                    if not finished:
+                        self.send(b"* OK Still here")
             else:
                 await self._idle_in_folder(ending)
         finally:
@@ -1242,16 +1249,22 @@ class IMAPSession(asyncio.Protocol):
 
     async def _idle_in_folder(self, ending: asyncio.Future[Any]) -> None:
         self.service.watch_imap(self)
+        loop = asyncio.get_running_loop()
+        kept_alive = loop.time()
         try:
             while True:
                 self._woken.clear()
                 await self._refresh()
                 # Woken by a delivery or a change another session made; else a look every minute.
                 woken = asyncio.ensure_future(self._woken.wait())
-                finished, _ = await asyncio.wait({ending, woken}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+                finished, _ = await asyncio.wait({ending, woken}, timeout=min(60.0, IDLE_KEEPALIVE_SECONDS),
+                                                 return_when=asyncio.FIRST_COMPLETED)
                 woken.cancel()
                 if ending in finished:
                     return
+                if loop.time() - kept_alive >= IDLE_KEEPALIVE_SECONDS:
+                    self.send(b"* OK Still here")
+                    kept_alive = loop.time()
         finally:
             self.service.unwatch_imap(self)
 
