@@ -42,7 +42,7 @@ class Part:
 def _fields(header: bytes) -> Message:
     # Read as UTF-8: parsed as bytes, each 8-bit byte of a raw UTF-8 (RFC 6532) file name or
     # description came out as a U+FFFD of its own.
-    return email.parser.HeaderParser(policy=email.policy.compat32).parsestr(header.decode("utf-8", "surrogateescape"))
+    return email.parser.HeaderParser(policy=email.policy.compat32).parsestr(header.decode("utf-8", "replace"))
 
 
 def parse(data: bytes, depth: int = 0, budget: list[int] | None = None, *, digest: bool = False) -> Part:

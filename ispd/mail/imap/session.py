@@ -1748,7 +1748,7 @@ def _unquoted(phrase: str) -> str:
 def _envelope(header: bytes) -> bytes:
     """RFC 3501 §7.4.2 ENVELOPE from a header section. Raw UTF-8 (RFC 6532) goes out as it came,
     as Dovecot sends it: parsed as bytes, every 8-bit byte became a U+FFFD of its own."""
-    parsed = email.parser.HeaderParser(policy=email.policy.compat32).parsestr(header.decode("utf-8", "surrogateescape"))
+    parsed = email.parser.HeaderParser(policy=email.policy.compat32).parsestr(header.decode("utf-8", "replace"))
 
     def text(name: str) -> bytes:
         value = parsed.get(name)

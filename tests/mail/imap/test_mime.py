@@ -112,3 +112,17 @@ def test_raw_utf8_file_names_and_descriptions_are_sent_as_written() -> None:
     described = mime.structure(mime.parse(message), _envelope, extensible=True)
     assert described.count("Übersicht.pdf".encode()) == 2 and "Отчёт".encode() in described, described
     assert "\ufffd".encode() not in described
+
+
+def test_headers_mixing_utf8_and_bytes_that_are_not_are_described_not_failed() -> None:
+    """Read as UTF-8 with the invalid bytes kept as surrogates, a field holding both (Ж and
+    0xFF) failed inside the email package (UnicodeEncodeError): the invalid bytes are replaced."""
+    from ispd.mail.imap.session import _envelope
+
+    message = (b"Subject: \xd0\x96 \xff\r\nFrom: \xd0\x96\xff <a@b.example>\r\nMIME-Version: 1.0\r\n"
+               b"Content-Type: multipart/mixed; boundary=\"\xc3\xa9\"\r\n\r\n--\xc3\xa9\r\n"
+               b"Content-Type: text/\xd0\x96; charset=\xff\r\nContent-Description: \xd0\x96\xff\r\n\r\nx\r\n--\xc3\xa9--\r\n")
+    described = mime.structure(mime.parse(message), _envelope, extensible=True)
+    assert "Ж\ufffd".encode() in described
+    header, _, _ = message.partition(b"\r\n\r\n")
+    assert "Ж \ufffd".encode() in _envelope(header + b"\r\n\r\n")
