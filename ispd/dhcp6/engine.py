@@ -471,7 +471,10 @@ class DHCP6Engine:
             for subnet in self.config.subnet:
                 if received.source in subnet.relay_addresses:
                     return subnet
-        return None
+        # A lightweight relay (RFC 6221 §5.3.1) always leaves the link-address ::, and sends from
+        # the client's own link to ff02::1:2: the client is on the link it arrived on (heard at
+        # all only with relays_on_client_links = "use"), as Kea takes it.
+        return self.by_interface.get(received.interface)
 
     def subnet_of_link(self, link: IPv6Address) -> Subnet6 | None:
         """The subnet a link-address names: by its prefix, or as one of the relay addresses a

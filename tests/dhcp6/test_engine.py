@@ -515,6 +515,25 @@ def test_a_relay_forward_from_a_link_of_direct_clients_is_ignored_unless_told() 
     assert ldra.reply is not None and ldra.reply.type == MessageType.ADVERTISE
 
 
+def test_a_lightweight_relay_s_client_is_on_the_link_it_came_in_on() -> None:
+    """An LDRA (RFC 6221 §5.3.1) always sends the link-address ::, from the client's own link:
+    with relays_on_client_links = "use", its client is served from that link's subnet (Kea
+    does the same), by its line's Interface-ID."""
+    eng = engine(relays_on_client_links="use")
+    eng.load([], [Reservation(id=1, subscriber_id=42, kind=ReservationKind.CIRCUIT_ID, key="switch1 port3")],
+             {42: SubscriberStatus.ACTIVE})
+    relays = (_relay(message(MessageType.SOLICIT), "::", b"switch1 port3"),)
+    outcome = handle(eng, message(MessageType.SOLICIT, ia_na(), ia_pd(), oro=(), server=None), interface="eth1",
+                     relays=relays)
+    assert outcome.ignored is None and outcome.reply is not None and outcome.reply.type == MessageType.ADVERTISE
+    [na, pd] = reply_ias(outcome)
+    assert [str(lease.address) for lease in na.leases if isinstance(lease, IAAddress)] == ["2001:db8:1::100"]
+    assert pd.leases and pd.status is None
+    # Elsewhere (a relay's uplink, where no subnet serves direct clients) :: still names no link.
+    uplink = handle(eng, message(MessageType.SOLICIT, ia_na()), interface="uplink", relays=relays)
+    assert uplink.reply is None and uplink.ignored is Ignored6.NO_SUBNET
+
+
 def test_unknown_clients_may_be_ignored() -> None:
     eng = engine(unknown_clients="ignore")
     eng.load([], [Reservation(id=1, subscriber_id=42, kind=ReservationKind.CIRCUIT_ID, key="olt1 1/1/3")],
