@@ -242,8 +242,10 @@ class DHCP6Config(Lifetimes):
             raise ValueError(f"{where}rebind_seconds ({rebind}) is after the preferred lifetime ({preferred} s)")
         return preferred, valid, renew, rebind
 
-    def dns_servers_of(self, subnet: Subnet6) -> list[IPv6Address]:
-        return subnet.dns_servers if subnet.dns_servers is not None else self.dns_servers or []
+    def dns_servers_of(self, subnet: Subnet6 | None) -> list[IPv6Address]:
+        """``subnet``'s DNS servers, else the section's (None: the section's)."""
+        return subnet.dns_servers if subnet is not None and subnet.dns_servers is not None else self.dns_servers or []
 
-    def domain_search_of(self, subnet: Subnet6) -> list[str]:
-        return subnet.domain_search if subnet.domain_search is not None else self.domain_search or []
+    def domain_search_of(self, subnet: Subnet6 | None) -> list[str]:
+        return subnet.domain_search if subnet is not None and subnet.domain_search is not None \
+            else self.domain_search or []

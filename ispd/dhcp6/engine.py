@@ -25,7 +25,8 @@ Messages (RFC 8415 §18.3; §16 says which are dropped):
   into quarantine for ``decline_quarantine_seconds``.
 - Confirm → Success when every address is on the link's prefix, NotOnLink otherwise; no reply
   when there are no addresses or no link (§18.3.3).
-- Information-request → the configuration options alone.
+- Information-request → the configuration options alone (the section's, from a link no
+  subnet names: stateless service needs no link, §18.3.6).
 
 Solicit, Confirm and Rebind carrying a Server Identifier are dropped, as are Request, Renew,
 Release and Decline naming another server, and an Information-request with an IA (§16).
@@ -341,12 +342,24 @@ class DHCP6Engine:
             # sender on any link and under any line's reservation (subscriber, static prefix).
             return Outcome6(ignored=Ignored6.RELAY_ON_CLIENT_LINK)
         subnet = self.subnet_for(received)
+        if subnet is None and kind == MessageType.INFORMATION_REQUEST and self.config.unknown_clients == "serve":
+            # §18.3.6: stateless configuration needs no link, and [dhcp6]'s own DNS servers and
+            # search list are everyone's (a SLAAC link no subnet names: Kea answers it too).
+            return self._stateless_reply(message)
         if subnet is None:
             return Outcome6(ignored=Ignored6.NO_SUBNET)
         request = _Request(self, received, subnet, now)
         if request.subscriber_id is None and self.config.unknown_clients == "ignore":
             return Outcome6(ignored=Ignored6.UNKNOWN_CLIENT)
         return request.answer()
+
+    def _stateless_reply(self, message: Message) -> Outcome6:
+        """An Information-request from a link no subnet names: the section's options alone."""
+        options = [option(OptionCode.SERVERID, self.server_duid)]
+        if message.client_id is not None:
+            options.append(option(OptionCode.CLIENTID, message.client_id))
+        options += _config_options(self.config, None, message)
+        return Outcome6(reply=Message(MessageType.REPLY, message.transaction_id, tuple(options)))
 
     # --- leasequery (RFC 5007)
 
@@ -775,15 +788,7 @@ class _Request:
         return refusals
 
     def _config_options(self) -> list[Option]:
-        wanted = set(self.message.requested_options)
-        options = []
-        dns = self.engine.config.dns_servers_of(self.subnet)
-        if dns and OptionCode.DNS_SERVERS in wanted:
-            options.append(encode_addresses(OptionCode.DNS_SERVERS, dns))
-        search = self.engine.config.domain_search_of(self.subnet)
-        if search and OptionCode.DOMAIN_LIST in wanted:
-            options.append(encode_domain_list(search))
-        return options
+        return _config_options(self.engine.config, self.subnet, self.message)
 
     # --- IAs
 
@@ -913,6 +918,19 @@ class _Request:
                 refused.append(encode_ia(IA(ia.code, ia.iaid, 0, 0, (), no_binding)))
         done = "released" if state is LeaseState.RELEASED else "declined"
         return [encode_status(StatusCode.SUCCESS, f"addresses {done}"), *refused]
+
+
+def _config_options(config: DHCP6Config, subnet: Subnet6 | None, message: Message) -> list[Option]:
+    """DNS servers (23) and the search list (24) of ``subnet`` (None: the section's), those asked for."""
+    wanted = set(message.requested_options)
+    options = []
+    dns = config.dns_servers_of(subnet)
+    if dns and OptionCode.DNS_SERVERS in wanted:
+        options.append(encode_addresses(OptionCode.DNS_SERVERS, dns))
+    search = config.domain_search_of(subnet)
+    if search and OptionCode.DOMAIN_LIST in wanted:
+        options.append(encode_domain_list(search))
+    return options
 
 
 def _lease_option(kind: Lease6Kind, network: IPv6Network, preferred: int, valid: int) -> IAAddress | IAPrefix:

@@ -249,6 +249,29 @@ def test_information_request_gets_the_options_alone() -> None:
                                                        OptionCode.DOMAIN_LIST}
 
 
+def test_information_request_from_a_link_no_subnet_names_gets_the_section_s_options() -> None:
+    """Stateless DHCPv6 (RFC 8415 §18.3.6) needs no link: a client doing SLAAC on a link that no
+    subnet names (relayed from it, or on a served interface without a subnet) still gets
+    [dhcp6]'s DNS servers and search list, as from Kea; a subnet's own are for its link only.
+    Stateful messages from there are still dropped."""
+    eng = engine(subnet=[{"name": "access", "prefix": "2001:db8:1::/64", "interface": "eth1",
+                          "dns_servers": ["2001:db8:1::53"],
+                          "pool": [{"name": "hosts", "range": "2001:db8:1::100 - 2001:db8:1::101"}]}])
+    relays = (_relay(message(MessageType.INFORMATION_REQUEST), "2001:db8:77::1"),)
+    for interface, via in (("uplink", relays), ("uplink", ())):
+        outcome = handle(eng, message(MessageType.INFORMATION_REQUEST), interface=interface, relays=via)
+        assert outcome.ignored is None and outcome.reply is not None and outcome.reply.type == MessageType.REPLY
+        got = {o.code: o.data for o in outcome.reply.options}
+        assert got[OptionCode.DNS_SERVERS] == IPv6Address("2001:db8::53").packed
+        assert got[OptionCode.DOMAIN_LIST] == b"\x03isp\x07example\x00"
+        assert got[OptionCode.CLIENTID] == DUID_A and not outcome.writes
+    assert handle(eng, message(MessageType.SOLICIT, ia_na()), relays=relays,
+                  interface="uplink").ignored is Ignored6.NO_SUBNET
+    strict = engine(unknown_clients="ignore")
+    assert handle(strict, message(MessageType.INFORMATION_REQUEST), relays=relays,
+                  interface="uplink").ignored is Ignored6.NO_SUBNET
+
+
 @pytest.mark.parametrize(("msg", "reason"), [
     (message(MessageType.SOLICIT, ia_na(), server=SERVER_DUID), Ignored6.SERVER_ID_PRESENT),
     (message(MessageType.REBIND, ia_na(), server=SERVER_DUID), Ignored6.SERVER_ID_PRESENT),
