@@ -722,6 +722,13 @@ class _Request:
                 return fixed, reservation
         return None
 
+    def _given_here(self, address: IPv6Address) -> bool:
+        """Whether ``address``, outside the link's prefix, is one this client has here all the
+        same: its reservation's fixed address of no link (inside its own prefix, say). Told
+        NotOnLink of it, the client would drop it at every link-up, and get it back at once."""
+        reserved = self._reserved(Lease6Kind.ADDRESS)
+        return reserved is not None and _network(reserved[0]) == _address_network(address)
+
     def _on_another_link(self, address: str) -> bool:
         value = IPv6Address(address)
         return value not in self.subnet.prefix and any(value in s.prefix for s in self.engine.config.subnet)
@@ -758,7 +765,7 @@ class _Request:
             if not addresses:
                 self.outcome.ignored = Ignored6.NOTHING_TO_CONFIRM
                 return self.outcome
-            on_link = all(address in self.subnet.prefix for address in addresses)
+            on_link = all(address in self.subnet.prefix or self._given_here(address) for address in addresses)
             status = encode_status(StatusCode.SUCCESS, "all addresses still on-link") if on_link \
                 else encode_status(StatusCode.NOT_ON_LINK, "some addresses are not on this link")
             self._reply(MessageType.REPLY, [status], with_config=False)

@@ -242,6 +242,23 @@ def test_confirm_says_whether_the_addresses_are_on_link() -> None:
     assert handle(eng, message(MessageType.CONFIRM, ia_na(1))).ignored is Ignored6.NOTHING_TO_CONFIRM
 
 
+def test_confirm_of_a_reserved_address_of_no_link_is_success() -> None:
+    """A device's fixed address outside every link (inside its own reserved prefix) is given on
+    the link it asks from: a Confirm of it there is Success, not NotOnLink (dhclient would drop
+    the address at each start, solicit, and get the same one back). Another client's Confirm of
+    it, or this client's from another link, is still NotOnLink."""
+    eng = engine()
+    _reserve(eng, 1, ReservationKind.DUID, DUID_A.hex(":"), address6="2001:db8:ffff::1", prefix6="2001:db8:ffff::/48")
+    given = bind(eng, ia_na(1))
+    assert given.writes[0][0].prefix == "2001:db8:ffff::1/128"
+    confirm = message(MessageType.CONFIRM, ia_na(1, "2001:db8:ffff::1"))
+    assert status_of(handle(eng, confirm)) == StatusCode.SUCCESS
+    assert status_of(handle(eng, message(MessageType.CONFIRM, ia_na(1, "2001:db8:ffff::1", "2001:db8:7::1")))) \
+        == StatusCode.NOT_ON_LINK
+    other = message(MessageType.CONFIRM, ia_na(1, "2001:db8:ffff::1"), client=DUID_B)
+    assert status_of(handle(eng, other)) == StatusCode.NOT_ON_LINK
+
+
 def test_information_request_gets_the_options_alone() -> None:
     outcome = handle(engine(), message(MessageType.INFORMATION_REQUEST, client=None))
     assert outcome.reply is not None and not outcome.writes
