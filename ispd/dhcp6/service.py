@@ -331,6 +331,7 @@ class DHCP6Service(Service):
 
     async def _reclaim_periodically(self) -> None:
         while True:
+            self._follow_interfaces()
             try:
                 outcome = self.engine.reclaim(self.context.clock())
             except Exception:  # a bug here must not end expiry for the life of the daemon
@@ -341,6 +342,25 @@ class DHCP6Service(Service):
                     self._pending.append((outcome, (), None, time.perf_counter(), "expiry"))
                     self._flush()
             await asyncio.sleep(self.config.reclaim_interval_seconds)
+
+    def _follow_interfaces(self) -> None:
+        """An interface deleted and made again (a VLAN or a veth re-created, a bond rebuilt) has a
+        new index, and the socket's ff02::1:2 membership went with the old one: its clients'
+        Solicits would vanish unseen, uncounted, until a restart. Looked at on each reclaim tick;
+        the socket is opened again on the new indexes. (An interface missing for now: when back.)"""
+        try:
+            current = {socket.if_nametoindex(name): name for name in self.config.interfaces}
+        except OSError:
+            return
+        if current == self._interfaces and self._socket is not None:
+            return
+        log.warning("dhcp6.interfaces.changed", interfaces=self.config.interfaces,
+                    hint="an interface was made again: listening on it anew")
+        self._close()
+        try:
+            self._open(self.config)
+        except ServiceStartError as exc:  # (health says not listening; the next tick tries again)
+            log.error("dhcp6.interfaces.reopen_failed", error=str(exc))
 
     # --- what other processes and services change
 

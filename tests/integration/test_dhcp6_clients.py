@@ -31,6 +31,7 @@ from tests.lab.dhcp6clients import (
     exchange6,
     global_addresses,
     relayed_path6,
+    wait_link_local,
 )
 from tests.lab.dhcpclients import DHCPIspd
 from tests.lab.netns import Lab
@@ -292,3 +293,30 @@ def test_a_relay_asks_by_leasequery_which_client_has_a_delegated_prefix(make_net
     assert ipaddress.IPv6Network((prefix[9:25], length)) == binding.prefixes[0].network
     assert 0 < preferred <= 300 and 0 < valid <= 600
     assert net.ispd.metric_in_netns("ispd_dhcp6_packets_sent_total", {"type": "leasequery_reply"}) == 1
+
+
+def test_an_interface_made_again_is_served_again(make_net6: Callable[..., Net6]) -> None:
+    """The access interface deleted and made again under its name (a VLAN re-created, say) has a
+    new index, and ispd's socket lost its ff02::1:2 membership with the old one: Solicits there
+    vanished, uncounted and unlogged, until a restart. ispd listens on it anew by itself."""
+    net = make_net6(reclaim_interval_seconds=0.5)
+    duid = bytes.fromhex("0003000102005e000078")
+
+    def solicit(xid: int) -> list[bytes]:
+        datagram = bytes([1]) + xid.to_bytes(3, "big") + _option(1, duid) + _option(8, bytes(2)) \
+            + _option(25, struct.pack("!III", 1, 0, 0))
+        return exchange6(net.client_ns, net.client_if, [datagram], listen=3, transaction_ids=[xid], until=1)
+
+    def ip(ns: str, *args: str) -> None:
+        result = net.lab.run(ns, "ip", *args)
+        assert result.returncode == 0, result.stderr
+
+    assert len(solicit(0x601)) == 1, net.servers()
+    ip(net.server_ns, "link", "del", net.server_if)
+    ip(net.server_ns, "link", "add", net.server_if, "type", "veth", "peer", "name", net.client_if, "netns", net.client_ns)
+    ip(net.server_ns, "addr", "add", "2001:db8:1::1/64", "dev", net.server_if, "nodad")
+    ip(net.server_ns, "link", "set", net.server_if, "up")
+    ip(net.client_ns, "link", "set", net.client_if, "up")
+    wait_link_local(net.client_ns, net.client_if)
+    assert eventually(lambda: len(solicit(0x602)) == 1, timeout=10), net.servers()
+    assert "dhcp6.interfaces.changed" in net.ispd.log_text()
