@@ -1357,6 +1357,28 @@ class RadiusService(Service):
                 self._spawn(self._move(session, walled, "over quota" if over else "quota reset",
                                        from_the_garden=leaving), "quota-coa")
 
+    async def _quota_profiles_left_behind(self) -> None:
+        """At start: the open sessions that a CoA put on the over-quota profile while their
+        subscriber is under the quota now (the month ended while ispd was down, or the plan
+        changed meanwhile) go back. The over-quota flag lives in memory: the check finds them
+        under and, the flag down already, would send nothing, leaving them throttled or walled
+        for the month."""
+        for subscriber_id in list(self.sessions.by_subscriber):
+            subject = self.directory.by_id(subscriber_id)
+            if (subject is None or subject.over_quota or subject.plan is None
+                    or subject.plan.monthly_quota_bytes is None
+                    or subject.subscriber.status != SubscriberStatus.ACTIVE):
+                continue
+            sessions = self.sessions.of_subscriber(subscriber_id)
+            moves = [c for c in await self.context.store.list_coa(subscriber=subscriber_id, limit=10 * len(sessions))
+                     if c.kind == "coa" or (c.reason or "").endswith(LEAVING_THE_GARDEN)]
+            leaving = subject.plan.over_quota is OverQuota.WALLED_GARDEN
+            for session in sessions:
+                last = next((c for c in moves if c.session_id == session.id), None)  # (newest first)
+                if last is not None and last.reason == "over quota":
+                    self._spawn(self._move(session, self._walled_now(subject), "quota reset",
+                                           from_the_garden=leaving), "quota-coa")
+
     def _follow(self, record: AccountingRecord, result: AccountingResult) -> int | None:
         """Keep the open-session view and tell the bus. Returns the subscriber whose session the
         record counted for: the session's holder where the view knows it, not the login's owner
@@ -1459,6 +1481,7 @@ class RadiusService(Service):
         try:  # at once: a suspension made while ispd was down reaches the NAS now, not in a minute
             await self._enforce_status(self.context.clock())
             await self._check_quotas(self.context.clock())
+            await self._quota_profiles_left_behind()
         except StoreError as exc:
             log.warning("radius.enforce.store_error", error=str(exc))
         offset = self.context.clock() - time.monotonic()

@@ -713,6 +713,38 @@ def test_the_over_quota_profile_holds_after_a_stop_and_after_a_restart(tmp_path:
         assert rate() == "1000k/2000k"  # the first login after the restart
 
 
+def test_a_session_throttled_before_a_restart_goes_back_when_its_subscriber_is_under_the_quota(
+        tmp_path: Path) -> None:
+    """From a bug hunt: the over-quota flag lives in memory, so a daemon started after the month
+    ended (or after the plan changed while it was down) found the subscriber under the quota,
+    the flag already down, and sent nothing: the session stayed throttled on the NAS for the
+    whole next month. A session whose last move was the over-quota one goes back at start."""
+    require_radclient()
+    with FakeNas(secret=SECRET.encode()) as nas, IspdProcess(tmp_path, radius_config(tmp_path, nas.port)) as ispd:
+        ispd.start()
+        for name, quota in (("capped", "2M"), ("roomy", "10M")):
+            ispd.cli("plan", "add", name, "--download-kbps", "100000", "--upload-kbps", "20000",
+                     "--monthly-quota", quota, "--over-quota-download-kbps", "2000",
+                     "--over-quota-upload-kbps", "1000", "--credential-policy", "cleartext")
+        ispd.cli("subscriber", "add", "quinn", "--plan", "capped", "--password-stdin", input="quinn-pw\n")
+        service = Radius(ispd)
+        eventually(lambda: service.pap("quinn", "quinn-pw") == "Access-Accept", timeout=10)
+        base = "User-Name = quinn, Acct-Session-Id = q-kept, NAS-IP-Address = 127.0.0.1"
+        assert service.accounting(f"{base}, Acct-Status-Type = Start") == "Accounting-Response"
+        assert service.accounting(f"{base}, Acct-Status-Type = Interim-Update, Acct-Output-Octets = 3000000") == \
+            "Accounting-Response"
+        throttled = nas.wait_for(1)[0]
+        assert throttled.code == 43 and throttled.attributes[Attr.VENDOR_SPECIFIC][0][6:] == b"1000k/2000k"
+        assert ispd.terminate() == 0
+        ispd.cli("subscriber", "set-plan", "quinn", "roomy")  # with room for what was used, ispd down
+        ispd.start()
+        back = nas.wait_for(2)[1]
+        assert back.code == 43 and back.first(Attr.ACCT_SESSION_ID) == b"q-kept"
+        assert back.attributes[Attr.VENDOR_SPECIFIC][0][6:] == b"20000k/100000k"
+        assert [e["reason"] for e in ispd.log_events("radius.coa.sent")][-1] == "quota reset"
+        assert service.accounting(f"{base}, Acct-Status-Type = Stop") == "Accounting-Response"
+
+
 def test_a_disconnect_comes_from_the_address_radius_listens_on(tmp_path: Path) -> None:
     """NASes take Disconnect and CoA from their RADIUS server's address only (Cisco's
     dynamic-author client, MikroTik's /radius incoming): not whatever source the kernel picks."""
