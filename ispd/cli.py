@@ -28,6 +28,7 @@ import unicodedata
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from enum import Enum
+from ipaddress import IPv6Network
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -393,6 +394,7 @@ def check_radius_reply(config: Config, args: argparse.Namespace) -> None:
     """The attributes against the dictionaries the daemon loads (``radius.dictionaries``), as
     plan attributes are checked at start: a mistake is refused here, not met at a login."""
     from ispd.radius.attributes import AttributeValueError, subscriber_reply_attribute
+    from ispd.radius.codec import Attr
     from ispd.radius.dictionary import DictionaryError, load_dictionary
 
     if not (args.attributes or args.clear):
@@ -402,11 +404,52 @@ def check_radius_reply(config: Config, args: argparse.Namespace) -> None:
     except DictionaryError as exc:
         raise CommandFailed(f"cannot read the RADIUS dictionaries: {exc}") from None
     args.radius_dictionary = dictionary  # (which attributes the audit keeps no value of)
+    args.radius_reply_ipv6 = []
     for text in args.attributes:
         try:
-            subscriber_reply_attribute(dictionary, text)
+            reply = subscriber_reply_attribute(dictionary, text)
         except AttributeValueError as exc:
             raise CommandFailed(f"{text!r}: {exc}") from None
+        if not reply.vendor and reply.code in (Attr.FRAMED_IPV6_PREFIX, Attr.DELEGATED_IPV6_PREFIX,
+                                               Attr.FRAMED_IPV6_ADDRESS):
+            network = IPv6Network(text.split("=", 1)[1].strip().strip("\"'"), strict=False)
+            _refuse_a_pool_s_ipv6(config, text, network)
+            args.radius_reply_ipv6.append((text, network))
+
+
+# A subscriber's own IPv6 address or prefixes are one IPAM with the reservations and the pools,
+# as its Framed-IP-Address is (which a reply attribute may not give at all).
+_RESERVE_INSTEAD = "reserve it instead (ispd reservation add NAME --username LOGIN --prefix6 P or --address6 A)"
+
+
+def _refuse_a_pool_s_ipv6(config: Config, text: str, network: IPv6Network) -> None:
+    """A reply attribute's IPv6 address or prefix that overlaps a pool: the pool would hand it to
+    someone else (a RADIUS prefix pool skips reservations, not reply attributes)."""
+    first, last = int(network.network_address), int(network.broadcast_address)
+    spans = [(f"[[radius.prefix_pool]] {p.name!r} ({p.prefix})", int(p.prefix.network_address),
+              int(p.prefix.broadcast_address)) for p in config.radius.prefix_pool]
+    for subnet in config.dhcp6.subnet if config.dhcp6.enabled else ():
+        spans += [(f"[[dhcp6.subnet.prefix_pool]] {p.name!r} ({p.prefix})", int(p.prefix.network_address),
+                   int(p.prefix.broadcast_address)) for p in subnet.prefix_pool]
+        spans += [(f"[[dhcp6.subnet.pool]] {p.name!r} ({p.range})", int(p.first), int(p.last)) for p in subnet.pool]
+    for what, pool_first, pool_last in spans:
+        if first <= pool_last and pool_first <= last:
+            raise CommandFailed(f"{text!r}: overlaps {what}, which hands its prefixes to others; {_RESERVE_INSTEAD}")
+
+
+async def _refuse_another_s_ipv6(store: Store, subscriber_id: int, given: Sequence[tuple[str, IPv6Network]]) -> None:
+    """A reply attribute's IPv6 address or prefix that overlaps another subscriber's reserved one:
+    RADIUS would hand it to both."""
+    for reservation in await store.list_reservations():
+        if reservation.subscriber_id == subscriber_id:
+            continue
+        for held in (reservation.prefix6, reservation.address6):
+            if held is None:
+                continue
+            for text, network in given:
+                if network.overlaps(IPv6Network(held)):
+                    raise CommandFailed(f"{text!r}: overlaps {held}, reserved for another subscriber (reservation "
+                                        f"#{reservation.id})")
 
 
 def _hidden_names(dictionary: Dictionary, lines: Sequence[str]) -> set[str]:
@@ -426,6 +469,7 @@ async def cmd_subscriber_radius_reply(store: Store, args: argparse.Namespace) ->
     if args.clear or args.attributes:
         lines = [] if args.clear else args.attributes
         before = await store.get_subscriber(args.subscriber)
+        await _refuse_another_s_ipv6(store, before.id, getattr(args, "radius_reply_ipv6", []))
         subscriber = await store.set_radius_reply(args.subscriber, lines, actor=actor(), hidden=_hidden_names(
             args.radius_dictionary, [*before.radius_reply, *lines]))
     else:

@@ -543,3 +543,31 @@ def test_the_audit_keeps_no_value_of_an_attribute_the_dictionary_calls_secret(tm
     shown = ok(config_path, "subscriber", "show", "alice", "--json")
     audited = [e["details"] for e in json.loads(shown)["audit"] if e["action"] == "subscriber.radius_reply_set"]
     assert audited == [{"from": [], "to": ["Example-PSK = (hidden)"]}], shown
+
+
+def test_a_subscriber_s_own_ipv6_prefix_is_nobody_else_s(tmp_path: Path) -> None:
+    """One IPAM for IPv6: from a bug hunt, `subscriber radius-reply` took a Delegated-IPv6-Prefix
+    that another subscriber had reserved (RADIUS then sent the same /56 to both), or one inside a
+    [[radius.prefix_pool]], whose next login got it too. Both are refused, naming the holder; the
+    subscriber's own reserved prefix, or one outside every pool and reservation, is not."""
+    config = base_config(tmp_path, radius={"prefix_pool": [
+        {"name": "homes", "prefix": "2001:db8:1000::/40", "delegated_length": 56}]})
+    config_path = toml.write(tmp_path / "ispd.toml", config)
+    for name in ("anna", "ben"):
+        ok(config_path, "subscriber", "add", name, "--password-stdin", input=f"{name}-pw\n")
+    ok(config_path, "reservation", "add", "anna", "--username", "anna@pppoe", "--prefix6", "2001:db8:200::/48")
+
+    for attribute, says in (
+            ("Delegated-IPv6-Prefix = 2001:db8:200:100::/56", "overlaps 2001:db8:200::/48, reserved for another "
+                                                               "subscriber (reservation #1)"),
+            ("Framed-IPv6-Address = 2001:db8:200::1", "overlaps 2001:db8:200::/48, reserved for another"),
+            ("Delegated-IPv6-Prefix = 2001:db8:1000:300::/56", "overlaps [[radius.prefix_pool]] 'homes' "
+                                                                "(2001:db8:1000::/40)"),
+            ("Framed-IPv6-Prefix = 2001:db8::/32", "overlaps [[radius.prefix_pool]] 'homes'")):
+        refused = ispd(config_path, "subscriber", "radius-reply", "ben", attribute)
+        assert refused.returncode == 1, (attribute, refused.stdout)
+        assert says in refused.stderr, refused.stderr
+    assert ok(config_path, "subscriber", "radius-reply", "ben") == "ben has no reply attributes of its own (its " \
+                                                                   "plan's apply)\n"
+    ok(config_path, "subscriber", "radius-reply", "anna", "Delegated-IPv6-Prefix = 2001:db8:200::/48")
+    ok(config_path, "subscriber", "radius-reply", "ben", "Delegated-IPv6-Prefix = 2001:db8:77::/48")
