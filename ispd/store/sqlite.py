@@ -28,7 +28,6 @@ nothing, ``ON CONFLICT`` rather than ``OR IGNORE``, no parameter tested alone fo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import os
@@ -43,7 +42,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ispd.dhcp.identifiers import normalize_key
 from ispd.logs import get_logger
 from ispd.store import (
     ipv6_networks,
@@ -96,7 +94,7 @@ from ispd.store.models import (
     Unchanged,
     Usage,
 )
-from ispd.store.sqlite_addresses import lease_from_row, username_of
+from ispd.store.sqlite_addresses import lease_from_row, session_of_the_reserved, username_of
 from ispd.store.sqlite_mail import (
     alias_from_row,
     find_alias,
@@ -651,23 +649,12 @@ def _refuse_an_address_in_use(conn: sqlite3.Connection, address: str, subscriber
     # (Sessions of the login or line being reserved may have it: one whose Stop was lost and its
     # redial, both open on the address.)
     if sessions and (any(row["subscriber_id"] != subscriber_id for row in sessions)
-                     or not any(_session_of_the_reserved(row, kind, key) for row in sessions)):
+                     or not any(session_of_the_reserved(row, kind, key) for row in sessions)):
         session = next((row for row in sessions if row["subscriber_id"] != subscriber_id), sessions[0])
         raise Conflict(f"address {address} is in use: RADIUS session #{session['id']} of "
                        f"{session['username'] or session['login']} on {session['nas_address']} has it; "
                        f"reserve it once that ends (`ispd session disconnect {session['id']}` ends it now), "
                        "or choose another address")
-
-
-def _session_of_the_reserved(session: sqlite3.Row, kind: ReservationKind, key: str) -> bool:
-    """Whether an open session of the reservation's subscriber is under the login, or on the
-    line, that the reservation of ``kind`` and ``key`` names (making the address it has fixed)."""
-    if kind == ReservationKind.USERNAME:
-        return bool(session["login"] == key)
-    lines = {session["nas_port_id"], session["calling_station_id"]}
-    with contextlib.suppress(ValueError, TypeError):
-        lines.add(normalize_key("mac", session["calling_station_id"]))
-    return kind in (ReservationKind.MAC, ReservationKind.CIRCUIT_ID, ReservationKind.REMOTE_ID) and key in lines
 
 
 def _held_by_the_reserved(conn: sqlite3.Connection, lease: sqlite3.Row, subscriber_id: int, kind: ReservationKind,

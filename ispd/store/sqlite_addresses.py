@@ -21,11 +21,13 @@ this address at that time" has one answer for both.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import replace
 
-from ispd.store.models import AddressClaim, ClaimResult, Lease, LeaseService, LeaseState
+from ispd.dhcp.identifiers import normalize_key
+from ispd.store.models import AddressClaim, ClaimResult, Lease, LeaseService, LeaseState, ReservationKind
 
 _HELD_ROW = "SELECT state, expires_at, service, client_id, starts_at FROM leases WHERE address = ?"
 _RESERVED_FOR = "SELECT subscriber_id FROM reservations WHERE address = ?"
@@ -137,3 +139,14 @@ def release_claims(conn: sqlite3.Connection, holds: Sequence[tuple[str, str]], n
             released.append(replace(lease, state=LeaseState.RELEASED, expires_at=min(lease.expires_at, now)))
     record_leases(conn, [(lease, "released") for lease in released], now)
     return released
+
+
+def session_of_the_reserved(session: sqlite3.Row, kind: ReservationKind, key: str) -> bool:
+    """Whether an open session of the reservation's subscriber is under the login, or on the
+    line, that the reservation of ``kind`` and ``key`` names (making the address it has fixed)."""
+    if kind == ReservationKind.USERNAME:
+        return bool(session["login"] == key)
+    lines = {session["nas_port_id"], session["calling_station_id"]}
+    with contextlib.suppress(ValueError, TypeError):
+        lines.add(normalize_key("mac", session["calling_station_id"]))
+    return kind in (ReservationKind.MAC, ReservationKind.CIRCUIT_ID, ReservationKind.REMOTE_ID) and key in lines

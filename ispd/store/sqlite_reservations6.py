@@ -15,7 +15,8 @@ an address6 or prefix6 that overlaps what DHCPv6 has given another client right 
 subscriber's own included. RADIUS hands a reserved address or prefix out as it is
 (Framed-IPv6-Address, Delegated-IPv6-Prefix) while the DHCPv6 client keeps its binding until its
 next renewal, so both would have it. The bindings of the device or line being reserved are not
-another client's.
+another client's. So is one an open RADIUS session has (its reservation deleted, it keeps its
+prefix until it logs in again), but for the login's or line's own sessions.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from ipaddress import IPv6Network
 from ispd.store.errors import Conflict
 from ispd.store.ipv6_networks import overlap_ranges, stored_network
 from ispd.store.models import Lease6Kind, ReservationKind
-from ispd.store.sqlite_addresses import username_of
-from ispd.store.sqlite_attribution import dhcp6_live_overlapping_query
+from ispd.store.sqlite_addresses import session_of_the_reserved, username_of
+from ispd.store.sqlite_attribution import dhcp6_live_overlapping_query, ipv6_overlapping_query
 
 _HOLDER = "SELECT r.*, s.username FROM reservations r JOIN subscribers s ON s.id = r.subscriber_id WHERE "
 
@@ -105,6 +106,7 @@ def refuse_ipv6_conflicts(conn: sqlite3.Connection, subscriber_id: int, address6
     for what, value in ((f"IPv6 address {address6}", address6), (f"prefix {prefix6}", prefix6)):
         if value is not None:
             _refuse_a_binding_in_use(conn, what, IPv6Network(value), now, kind, key)
+            _refuse_a_session_s(conn, what, IPv6Network(value), now, subscriber_id, kind, key)
 
 
 # The binding column that holds each kind of device or line key, as DHCPv6 writes it.
@@ -124,3 +126,28 @@ def _refuse_a_binding_in_use(conn: sqlite3.Connection, what: str, question: IPv6
         until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(row["expires_at"]))
         raise Conflict(f"{what} is in use: DHCPv6 gave {given} to {holder} until {until}; reserve it once that "
                        "ends, or choose another")
+
+
+def _refuse_a_session_s(conn: sqlite3.Connection, what: str, question: IPv6Network, now: float, subscriber_id: int,
+                        kind: ReservationKind, key: str) -> None:
+    """As for an IPv4 address (``sqlite._refuse_an_address_in_use``): an open RADIUS session's
+    prefix or address (one its reservation no longer fixes, kept until it logs in again; a NAS's
+    own) is in use, the subscriber's own other lines' included. Reserved now, RADIUS would hand it
+    out beside that session (a prefix pool's next login, or this reservation's), and DHCPv6 skip
+    it no more than RADIUS does."""
+    sql, parameters = ipv6_overlapping_query(question, now, now)
+    ids = sorted({row["id"] for row in conn.execute(sql, parameters) if row["stopped_at"] is None})
+    if not ids:
+        return
+    sessions = conn.execute(
+        "SELECT s.id, s.username AS login, s.subscriber_id, s.calling_station_id, s.nas_port_id, s.nas_address,"
+        " u.username FROM radius_sessions s LEFT JOIN subscribers u ON u.id = s.subscriber_id"
+        f" WHERE s.id IN ({', '.join('?' * len(ids))}) ORDER BY s.id", ids).fetchall()
+    # (Sessions of the login or line being reserved may have it: it makes its own prefix fixed.)
+    if any(row["subscriber_id"] != subscriber_id for row in sessions) or not any(
+            session_of_the_reserved(row, kind, key) for row in sessions):
+        session = next((row for row in sessions if row["subscriber_id"] != subscriber_id), sessions[0])
+        raise Conflict(f"{what} is in use: RADIUS session #{session['id']} of "
+                       f"{session['username'] or session['login']} on {session['nas_address']} has it; "
+                       f"reserve it once that ends (`ispd session disconnect {session['id']}` ends it now), "
+                       "or choose another")

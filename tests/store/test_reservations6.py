@@ -301,3 +301,40 @@ async def test_an_upgrade_from_version_15_keeps_every_reservation(tmp_path: Path
                                          " AND tbl_name = 'reservations' AND sql IS NOT NULL")}
     assert indexes == {"reservations_subscriber", "reservations_address6_network", "reservations_prefix6_network"}
     assert raw.execute("PRAGMA foreign_key_check").fetchall() == []
+
+
+async def test_a_prefix_an_open_session_has_cannot_be_reserved_for_another(store: Store, clock: FakeClock) -> None:
+    """From a bug hunt: a session keeps its delegated prefix after its reservation is deleted (until
+    it logs in again, as `reservation delete` says), yet a [[radius.prefix_pool]] reserved that
+    /56 at once for the next login, and `reservation add --prefix6` took it for anyone: two
+    subscribers delegated the same prefix. Refused, as an IPv4 address an open session has is."""
+    from ispd.store.models import AccountingRecord, AccountingStatus
+
+    bob = await store.add_subscriber("bob", actor="t")
+    await store.add_subscriber("dave", actor="t")
+    await store.record_accounting([AccountingRecord(
+        at=clock.now, status=AccountingStatus.START, nas_address="198.18.0.1", acct_session_id="s1",
+        username="bob@pppoe", subscriber_id=bob.id, delegated_ipv6_prefix="2001:db8:1000:300::/56",
+        framed_ipv6_address="2001:db8:ffff::7", calling_station_id="02-00-00-00-02-02", nas_port_id="eth0/1/2")])
+    [session] = await store.list_sessions(open_only=True)
+    in_use = rf"is in use: RADIUS session #{session.id} of bob on 198.18.0.1 has it"
+    for subscriber, kind, key, where in [
+            ("dave", ReservationKind.USERNAME, "dave", {"prefix6": "2001:db8:1000:300::/56"}),  # a pool's next login
+            ("dave", ReservationKind.DUID, DUID, {"prefix6": "2001:db8:1000::/48"}),  # holding it
+            ("dave", ReservationKind.USERNAME, "dave", {"prefix6": "2001:db8:1000:300::/64"}),  # inside it
+            ("dave", ReservationKind.USERNAME, "dave", {"address6": "2001:db8:ffff::7"}),
+            ("bob", ReservationKind.USERNAME, "bob@line2", {"prefix6": "2001:db8:1000:300::/56"})]:  # bob's other login
+        with pytest.raises(Conflict, match=re.escape(f"{where.get('prefix6', where.get('address6'))} ") + in_use):
+            await store.add_reservation(subscriber, kind, key, actor="t", **where)
+    other = await store.add_reservation("dave", ReservationKind.USERNAME, "dave", actor="t")
+    with pytest.raises(Conflict, match=in_use):
+        await store.update_reservation(other.id, actor="t", prefix6="2001:db8:1000:300::/56")
+    # The login that has it may have it made fixed; once the session has stopped, anyone may.
+    mine = await store.add_reservation("bob", ReservationKind.USERNAME, "bob@pppoe", actor="t",
+                                       prefix6="2001:db8:1000:300::/56")
+    await store.delete_reservation(mine.id, actor="t")
+    await store.record_accounting([AccountingRecord(
+        at=clock.now + 60, status=AccountingStatus.STOP, nas_address="198.18.0.1", acct_session_id="s1",
+        username="bob@pppoe", subscriber_id=bob.id, session_time_seconds=60)])
+    assert (await store.update_reservation(other.id, actor="t", prefix6="2001:db8:1000:300::/56")).prefix6 == \
+        "2001:db8:1000:300::/56"
