@@ -45,6 +45,9 @@ before it was reserved gets another at its next renewal (the old with lifetimes 
 then the reserved client gets one from the pools. Suspended and closed
 subscribers get no IPv6: their IAs get NoAddrsAvail/NoPrefixAvail and bindings they hold
 come back with lifetimes 0, so their devices fall back to IPv4, where the walled garden is.
+The pools also skip what an open RADIUS session has in them (``session_opened``: the prefix its
+deleted reservation gave, which it keeps until it logs in again; a NAS's own), until its Stop,
+but for a binding's own prefix (a BNG relaying DHCPv6 reports its client's in its accounting).
 
 An IA of a kind past the first MAX_IAS_PER_KIND of its message gets nothing (NoAddrsAvail or
 NoPrefixAvail).
@@ -223,6 +226,11 @@ class DHCP6Engine:
         self._due: dict[str, float] = {}  # each prefix's entry in the timeline that counts
         self.offered_to: dict[IAKey, str] = {}  # the latest offer to each IA
         self.reservations: dict[tuple[str, str], Reservation] = {}
+        # Open RADIUS sessions' IPv6 networks, by session id, and of those, the ones inside a
+        # pool: one IPAM with RADIUS (a session keeps the prefix its deleted reservation gave it
+        # until it logs in again; a NAS's own), as DHCP skips an address a session has.
+        self.sessions: dict[int, tuple[IPv6Network, ...]] = {}
+        self.in_sessions: dict[int, tuple[IPv6Network, ...]] = {}
         self._reservation_keys: dict[int, tuple[str, str]] = {}  # reservation id -> its key above
         self.subscriber_status: dict[int, SubscriberStatus] = {}
         self.pools: dict[str, list[_Pool]] = {}
@@ -246,6 +254,9 @@ class DHCP6Engine:
         kept = {pool.name for pools in self.pools.values() for pool in pools if old.get(pool.name) == pool}
         self.cursors = {name: index for name, index in self.cursors.items() if name in kept}
         self._place_cursors(lambda name: name not in kept)
+        self.in_sessions = {}
+        for session_id, networks in self.sessions.items():
+            self._index_session(session_id, networks)
 
     def load(self, leases: Iterable[Lease6], reservations: Iterable[Reservation],
              statuses: dict[int, SubscriberStatus]) -> None:
@@ -292,6 +303,34 @@ class DHCP6Engine:
 
     def set_subscriber_status(self, subscriber_id: int, status: SubscriberStatus) -> None:
         self.subscriber_status[subscriber_id] = status
+
+    def session_opened(self, session_id: int, networks: Iterable[str]) -> None:
+        """An open RADIUS session's IPv6 networks (its prefixes, its address as a /128)."""
+        self.session_closed(session_id)
+        held = tuple(IPv6Network(network) for network in networks)
+        if held:
+            self.sessions[session_id] = held
+            self._index_session(session_id, held)
+
+    def session_closed(self, session_id: int) -> None:
+        self.sessions.pop(session_id, None)
+        self.in_sessions.pop(session_id, None)
+
+    def _index_session(self, session_id: int, networks: tuple[IPv6Network, ...]) -> None:
+        # Only those in a pool: with RADIUS's prefixes apart from DHCPv6's (as check-config has
+        # them), none, and allocation looks at nothing more.
+        inside = tuple(network for network in networks if any(
+            pool.base < int(network.broadcast_address) + 1 and int(network.network_address) < pool.base
+            + (pool.size << pool.shift) for pools in self.pools.values() for pool in pools))
+        if inside:
+            self.in_sessions[session_id] = inside
+
+    def _in_a_session(self, prefix: str) -> bool:
+        """Whether an open session's network overlaps ``prefix``, not being a binding of DHCPv6's own
+        (a BNG that relays DHCPv6 reports the prefix its client got in its accounting)."""
+        network = _network(prefix)
+        return any(held.overlaps(network) and str(held) not in self.leases
+                   for networks in self.in_sessions.values() for held in networks)
 
     def _remember(self, lease: Lease6) -> None:
         key = (lease.duid, lease.iaid, lease.kind)
@@ -595,6 +634,8 @@ class DHCP6Engine:
         and ``subscriber``'s other reservations are its own too (a reservation's fixed prefix and
         another's fixed address in it)."""
         if self.reserved.networks and self.reserved.taken(_network(prefix), reservation, subscriber):
+            return False
+        if self.in_sessions and self._in_a_session(prefix):
             return False
         return self._unheld_for(prefix, key, now)
 

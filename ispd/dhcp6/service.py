@@ -42,7 +42,7 @@ from ispd.dhcp6.codec import (
 from ispd.dhcp6.config import DHCP6Config
 from ispd.dhcp6.engine import DHCP6Engine, Outcome6, Received6
 from ispd.dhcp6.metrics import DHCP6Metrics
-from ispd.events import Binding6Ended, Binding6Granted, follow_subscribers
+from ispd.events import Binding6Ended, Binding6Granted, SessionStarted, SessionStopped, follow_subscribers
 from ispd.listeners import bound_socket, set_receive_buffer
 from ispd.logs import LogThrottle, get_logger
 from ispd.service import Health, Service, ServiceContext, ServiceStartError, describe_os_error
@@ -106,9 +106,12 @@ class DHCP6Service(Service):
             leases = await store.list_leases6(include_ended=True)
             reservations = await store.list_reservations()
             subscribers = await store.list_subscribers()
+            sessions = await store.list_sessions(open_only=True, limit=1 << 62)
         except StoreError as exc:
             raise ServiceStartError(f"dhcp6: cannot load bindings from the store: {exc}") from None
         self.engine.load(leases, reservations, {s.id: s.status for s in subscribers})
+        for session in sessions:
+            self.engine.session_opened(session.id, session.ipv6_networks())
         self._subscribe(stack)
         self._open(self.config)
         stack.callback(self._close)
@@ -367,6 +370,9 @@ class DHCP6Service(Service):
     def _subscribe(self, stack: AsyncExitStack) -> None:
         for unsubscribe in follow_subscribers(self.context.bus, self.engine):
             stack.callback(unsubscribe)
+        bus, engine = self.context.bus, self.engine
+        stack.callback(bus.subscribe(SessionStarted, lambda e: engine.session_opened(e.session_id, e.networks())))
+        stack.callback(bus.subscribe(SessionStopped, lambda e: engine.session_closed(e.session_id)))
 
 
 def _source_address(sender: Any) -> IPv6Address | None:

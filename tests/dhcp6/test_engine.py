@@ -659,6 +659,29 @@ def test_a_radius_login_s_reserved_prefix_and_address_are_skipped_by_the_pools()
     assert bind(eng, ia_na(1)).writes[0][0].prefix == "2001:db8:1::101/128"
 
 
+def test_a_prefix_an_open_radius_session_has_is_skipped_by_the_pools() -> None:
+    """From a bug hunt: a session keeps the prefix its deleted reservation gave it until it logs in
+    again, but DHCPv6 delegated that /56 to the next router that asked (`ispd who` named both). A
+    session's networks in a pool are skipped until its Stop; one a DHCPv6 binding has (a BNG
+    that relays DHCPv6 reports its client's prefix in its accounting) stays its client's."""
+    eng = engine()
+    eng.session_opened(7, ["2001:db8:100::/56", "2001:db8:1::100/128", "2001:db8:ffff:1::/64"])
+    assert list(eng.in_sessions) == [7] and eng.in_sessions[7][-1] == IPv6Network("2001:db8:1::100/128")
+    first = bind(eng, ia_pd(2), ia_na(1))
+    assert sorted(write[0].prefix for write in first.writes) == ["2001:db8:100:100::/56", "2001:db8:1::101/128"]
+    eng.session_opened(8, ["2001:db8:100:100::/56"])  # the binding's own prefix, reported by its relay
+    renewed = handle(eng, message(MessageType.RENEW, *[o for o in first.reply.options  # type: ignore[union-attr]
+                                                       if o.code in (OptionCode.IA_NA, OptionCode.IA_PD)],
+                                  server=SERVER_DUID), T0 + 100)
+    assert "2001:db8:100:100::/56" in [w[0].prefix for w in renewed.writes]
+    hinted = handle(eng, message(MessageType.SOLICIT, ia_pd(2, "2001:db8:100::/56"), client=DUID_B))
+    assert reply_ias(hinted)[0].leases[0].prefix == IPv6Network("2001:db8:100:200::/56")  # type: ignore[union-attr]
+    eng.session_closed(7)  # its Stop: anyone's
+    third = bytes.fromhex("0003000102005e100003")
+    hinted = handle(eng, message(MessageType.SOLICIT, ia_pd(2, "2001:db8:100::/56"), client=third))
+    assert reply_ias(hinted)[0].leases[0].prefix == IPv6Network("2001:db8:100::/56")  # type: ignore[union-attr]
+
+
 def test_a_binding_reserved_since_goes_to_its_owner_at_the_holder_s_next_renewal() -> None:
     eng = engine()
     bind(eng, ia_na(1))  # DUID_A has 2001:db8:1::100

@@ -18,9 +18,9 @@ from ispd.config import Config
 from ispd.dhcp6.codec import IAPrefix, Message, MessageType, OptionCode, decode, encode, option
 from ispd.dhcp6.config import DHCP6Config
 from ispd.dhcp6.service import DHCP6Service, server_duid
-from ispd.events import EventBus
+from ispd.events import EventBus, SessionStarted, SessionStopped
 from ispd.service import ServiceContext, ServiceStartError
-from ispd.store.models import Lease6
+from ispd.store.models import Lease6, RadiusSession
 from tests.dhcp6.test_engine import ia_na, ia_pd, message
 
 
@@ -30,6 +30,7 @@ class SlowStore:
     def __init__(self) -> None:
         self.written: list[tuple[Lease6, str]] = []
         self.release = asyncio.Event()
+        self.sessions: list[RadiusSession] = []
 
     async def list_leases6(self, include_ended: bool = False) -> list[Lease6]:
         return []
@@ -39,6 +40,9 @@ class SlowStore:
 
     async def list_subscribers(self) -> list[object]:
         return []
+
+    async def list_sessions(self, *, open_only: bool = False, limit: int = 1000) -> list[RadiusSession]:
+        return list(self.sessions)
 
     async def record_leases6(self, changes: Sequence[tuple[Lease6, str]]) -> None:
         await self.release.wait()
@@ -166,6 +170,48 @@ def test_a_reply_too_large_to_send_is_counted_and_the_rest_of_its_batch_still_go
             reply = _unwrapped(await asyncio.wait_for(loop.sock_recv(relay, 65536), 2))
             assert reply.type == MessageType.REPLY and len(reply.ias) == 1 and reply.ias[0].leases
             assert service.metrics.dropped.values[("reply_too_large",)] == 1  # type: ignore[attr-defined]
+            await service.stop()
+
+    asyncio.run(run())
+
+
+def test_open_radius_sessions_prefixes_are_skipped_from_the_start_and_as_the_bus_tells() -> None:
+    """One IPAM with RADIUS: the prefixes of the sessions open at start (from the store) and of
+    those that start later (SessionStarted) are given to no DHCPv6 client until their Stop."""
+    config = DHCP6Config.model_validate({
+        "enabled": True, "interfaces": ["lo"], "port": 0, "rapid_commit": True,
+        "subnet": [{"name": "bng", "prefix": "2001:db8:2::/64", "relay_addresses": ["::1"],
+                    "prefix_pool": [{"name": "homes", "prefix": "2001:db8:100::/40", "delegated_length": 56}]}]})
+
+    async def run() -> None:
+        store, bus = SlowStore(), EventBus()
+        store.release.set()
+        store.sessions = [RadiusSession(id=1, nas_address="198.18.0.1", acct_session_id="s1", username="anna",
+                                        started_at=0.0, updated_at=0.0, delegated_ipv6_prefix="2001:db8:100::/56")]
+        service = DHCP6Service(Config(dhcp6=config), ServiceContext(store, bus, CollectorRegistry(),  # type: ignore[arg-type]
+                                                                    _healthy))
+        loop = asyncio.get_running_loop()
+        async with AsyncExitStack() as stack:
+            await service.start(stack)
+            relay = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            stack.callback(relay.close)
+            relay.bind(("::1", 0))
+            relay.setblocking(False)
+
+            async def delegated(client: bytes) -> IPv6Network:
+                rapid = message(MessageType.SOLICIT, ia_pd(2), option(OptionCode.RAPID_COMMIT), client=client)
+                relay.sendto(_relayed(encode(rapid)), ("::1", service.server_port))
+                reply = _unwrapped(await asyncio.wait_for(loop.sock_recv(relay, 4096), 2))
+                [given] = reply.ias[0].leases
+                assert isinstance(given, IAPrefix)
+                return given.prefix
+
+            bus.publish(SessionStarted(at=0.0, session_id=2, nas_address="198.18.0.1", acct_session_id="s2",
+                                       username="ben", ipv6_networks="2001:db8:ffff::/64,2001:db8:100:100::/56"))
+            assert await delegated(bytes.fromhex("0003000102005e100001")) == IPv6Network("2001:db8:100:200::/56")
+            bus.publish(SessionStopped(at=1.0, session_id=1, nas_address="198.18.0.1", acct_session_id="s1",
+                                       username="anna", ipv6_networks="2001:db8:100::/56"))
+            assert not service.engine.sessions.get(1) and service.engine.in_sessions.keys() == {2}
             await service.stop()
 
     asyncio.run(run())
