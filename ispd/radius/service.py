@@ -1102,6 +1102,21 @@ class RadiusService(Service):
                              session.nas_port_id)
         self._spawn(self._adopt_claim(claim, session), "address-adopt")
 
+    def _check_ipv6(self, session: RadiusSession) -> None:
+        """An open session reports an IPv6 prefix or address (Framed-IPv6-Prefix,
+        Delegated-IPv6-Prefix, Framed-IPv6-Address) that overlaps another subscriber's reserved
+        one: the NAS routes it to this session while ispd gives it to that subscriber. Said, as
+        for an IPv4 address someone else holds (the session keeps what its NAS reports)."""
+        for text in session.ipv6_networks():
+            try:
+                network = IPv6Network(text)
+            except ValueError:
+                continue
+            if self.directory.reserved_space.taken(network, None, session.subscriber_id):
+                log.warning("radius.prefix.conflict", prefix=text, nas=session.nas_address,
+                            acct_session_id=session.acct_session_id, subscriber_id=session.subscriber_id,
+                            hint="the NAS reports an IPv6 prefix or address reserved for another subscriber")
+
     async def _adopt_claim(self, claim: AddressClaim, session: RadiusSession) -> None:
         try:
             result = await self.context.store.claim_address(claim)
@@ -1403,6 +1418,8 @@ class RadiusService(Service):
                 holder = learnt.subscriber_id or holder
                 if current is not None and current.framed_ip is None and learnt.framed_ip is not None:
                     self._adopt(learnt)
+                if current is not None and learnt.ipv6_networks() != current.ipv6_networks():
+                    self._check_ipv6(learnt)
                 if current is not None and learnt.subscriber_id is not None and (
                         (learnt.framed_ip, learnt.ipv6_networks()) != (current.framed_ip, current.ipv6_networks())
                         or current.subscriber_id is None):
@@ -1414,6 +1431,7 @@ class RadiusService(Service):
                 sessions.put(result.session)
                 bus.publish(_session_event(SessionStarted, result.session, at))
                 self._adopt(result.session)
+                self._check_ipv6(result.session)
         elif outcome in (AccountingOutcome.STARTED, AccountingOutcome.STOPPED) and result.session is not None:
             session = result.session  # new: started now, or a Stop with no Start before it
             # Open, it takes the key's place; a Stop made up (its Start lost) under an id the NAS
@@ -1428,6 +1446,7 @@ class RadiusService(Service):
                 self._give_back(session)
             else:
                 self._adopt(session)
+                self._check_ipv6(session)
             moved = self._moved_from(session)
             if moved:
                 self._spawn(self._close_moved(moved, session, at), "session-moved")

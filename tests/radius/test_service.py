@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +240,46 @@ async def test_the_open_session_view_learns_what_the_store_filled_in(tmp_path: P
         await bus.drain(5)
         assert [(e.subscriber_id, e.networks()) for e in started] == [
             (None, []), (carol.id, ["2001:db8:ffff:1::/64", "2001:db8:1:ab00::/56"])]
+    finally:
+        await store.close()
+
+
+async def test_a_session_reporting_another_subscriber_s_reserved_prefix_is_a_conflict_in_the_log(
+        tmp_path: Path) -> None:
+    """From a bug hunt: a NAS that reported, for anna's session, the /56 reserved for ben (in a
+    Start, or learnt in an interim) was recorded without a word, while ispd kept giving that /56
+    to ben. Warned of, as an IPv4 address someone else holds is; anna's own prefix is not."""
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        anna = await store.add_subscriber("anna", actor="test")
+        await store.add_subscriber("ben", actor="test")
+        await store.add_reservation("ben", ReservationKind.USERNAME, "ben", actor="test", prefix6="2001:db8:1000::/56")
+        await store.add_reservation("anna", ReservationKind.USERNAME, "anna", actor="test",
+                                    prefix6="2001:db8:1000:100::/56")
+        async with _running(store, EventBus(), _radius_config(3799)) as service:
+            engine = AccountingEngine(service.directory, service.sessions, builtin_dictionary(), 300)
+            nas = Nas("bng", SECRET.encode())
+
+            async def account(status: int, session_id: bytes, prefix: str) -> None:
+                network = IPv6Network(prefix)
+                attributes = encode_attributes([
+                    (Attr.ACCT_STATUS_TYPE, status.to_bytes(4, "big")), (Attr.USER_NAME, b"anna"),
+                    (Attr.ACCT_SESSION_ID, session_id),
+                    (Attr.DELEGATED_IPV6_PREFIX, bytes((0, network.prefixlen)) + network.network_address.packed[:(network.prefixlen + 7) // 8])])
+                packet = decode(encode_request(Code.ACCOUNTING_REQUEST, 1, attributes, SECRET.encode(),
+                                               message_authenticator=False))
+                record = engine.record(packet, nas, NAS, time.time())
+                assert record is not None
+                [result] = await store.record_accounting([record])
+                service._follow(record, result)
+
+            with capture_logs() as logs:
+                await account(1, b"a1", "2001:db8:1000:100::/56")  # anna's own
+                await account(1, b"a2", "2001:db8:1000::/56")  # ben's
+                await account(3, b"a3", "2001:db8:1000::/60")  # inside ben's, its Start lost
+            conflicts = [(e["prefix"], e["acct_session_id"], e["subscriber_id"]) for e in logs
+                         if e["event"] == "radius.prefix.conflict"]
+            assert conflicts == [("2001:db8:1000::/56", "a2", anna.id), ("2001:db8:1000::/60", "a3", anna.id)]
     finally:
         await store.close()
 
