@@ -164,15 +164,19 @@ class Config(Section):
         for pool in self.radius.prefix_pool:
             first, last = int(pool.prefix.network_address), int(pool.prefix.broadcast_address)
             for subnet in self.dhcp6.subnet:
-                spans = [*((f"[[dhcp6.subnet.pool]] {p.name!r} ({p.range})", int(p.first), int(p.last))
+                handed = "DHCPv6 could hand out a prefix RADIUS reserves"
+                spans = [*((f"[[dhcp6.subnet.pool]] {p.name!r} ({p.range})", int(p.first), int(p.last), handed)
                            for p in subnet.pool),
                          *((f"[[dhcp6.subnet.prefix_pool]] {p.name!r} ({p.prefix})", int(p.prefix.network_address),
-                            int(p.prefix.broadcast_address)) for p in subnet.prefix_pool)]
-                for what, other_first, other_last in spans:
+                            int(p.prefix.broadcast_address), handed) for p in subnet.prefix_pool),
+                         (f"the link prefix ({subnet.prefix})", int(subnet.prefix.network_address),
+                          int(subnet.prefix.broadcast_address),
+                          "a login's prefix would hold the link where DHCPv6 gives the routers their addresses")]
+                for what, other_first, other_last, why in spans:
                     if first <= other_last and other_first <= last:
                         raise ValueError(f"radius.prefix_pool {pool.name!r} ({pool.prefix}) overlaps {what} of "
-                                         f"subnet {subnet.name!r}: DHCPv6 could hand out a prefix RADIUS reserves; "
-                                         f"give the two parts of your allocation that do not overlap")
+                                         f"subnet {subnet.name!r}: {why}; give the two parts of your allocation "
+                                         "that do not overlap")
         return self
 
     @model_validator(mode="after")

@@ -630,6 +630,9 @@ def test_radius_prefix_pool_mistakes_are_named(tmp_path: Path, pools: str, error
      "[[dhcp6.subnet.prefix_pool]] 'dyn' (2001:db8:1000::/44)"),
     ('[[dhcp6.subnet.pool]]\nname = "hosts"\nrange = "2001:db8:10ff::10 - 2001:db8:10ff::ff"\n',
      "[[dhcp6.subnet.pool]] 'hosts' (2001:db8:10ff::10 - 2001:db8:10ff::ff)"),
+    # From a bug hunt: the access link itself inside the pool (a login's /56 holding it) passed.
+    ('[[dhcp6.subnet.prefix_pool]]\nname = "dyn"\nprefix = "2001:db8:3000::/44"\ndelegated_length = 60\n',
+     "the link prefix (2001:db8:10ff::/64) of subnet 'access': a login's prefix would hold the link"),
 ])
 def test_a_radius_prefix_pool_may_not_overlap_a_dhcp6_pool(tmp_path: Path, dhcp6_pool: str, named: str) -> None:
     dhcp6 = ('[dhcp6]\nenabled = true\ninterfaces = ["eth1"]\n[[dhcp6.subnet]]\nname = "access"\n'
