@@ -268,6 +268,13 @@ async def _dns_view(config: Config, subscriber_id: int) -> dict[str, Any] | None
     return answer
 
 
+def _session_ipv6(session: RadiusSession) -> str:
+    """A session's IPv6 as its NAS reported it (the helpdesk's answer to "which /56 is mine")."""
+    return "".join(f" {name} {showable(value)}" for name, value in (
+        ("prefix", session.framed_ipv6_prefix), ("delegated", session.delegated_ipv6_prefix),
+        ("address6", session.framed_ipv6_address)) if value)
+
+
 def render_overview(o: SubscriberOverview) -> str:
     s, plan = o.subscriber, o.plan
     lines = [f"subscriber    {s.username} (#{s.id})"]
@@ -301,8 +308,8 @@ def render_overview(o: SubscriberOverview) -> str:
         lines += [f"  {b.kind.value} {b.prefix} {b.state.value} until {when(b.expires_at)} duid {b.duid}"
                   f"{' host ' + b.hostname if b.hostname else ''}" for b in o.bindings6]
     lines.append(f"sessions      {len(o.sessions) or 'none'}")
-    lines += [f"  {showable(x.acct_session_id)} on {x.nas_address} ip {x.framed_ip or '-'} from {when(x.started_at)}"
-              f" {'open' if x.stopped_at is None else 'ended ' + when(x.stopped_at)}"
+    lines += [f"  {showable(x.acct_session_id)} on {x.nas_address} ip {x.framed_ip or '-'}{_session_ipv6(x)}"
+              f" from {when(x.started_at)} {'open' if x.stopped_at is None else 'ended ' + when(x.stopped_at)}"
               f" in {x.input_octets} out {x.output_octets} bytes" for x in o.sessions]
     u = o.usage_this_month
     lines.append(f"usage         this month (UTC): in {u.input_octets} out {u.output_octets} bytes, "

@@ -70,3 +70,15 @@ def test_closing_a_nas_s_ten_thousand_sessions_names_a_few_and_counts_the_rest(
     asyncio.run(cli.cmd_session_close(None, argparse.Namespace(nas="198.18.0.1", id=None)))  # type: ignore[arg-type]
     assert capsys.readouterr().out == ("closed 10000 session(s): " + ", ".join(f"#{n}" for n in range(1, 21))
                                        + " and 9980 more\n")
+
+
+def test_subscriber_show_gives_each_session_s_ipv6_prefixes() -> None:
+    """From a bug hunt: an IPv6 PPPoE session showed as `ip -` in `subscriber show`, its delegated
+    /56 (the subscriber's own question: which prefix is my home's?) only in `session show`."""
+    subscriber = Subscriber(1, "anna", SubscriberStatus.ACTIVE, updated_at=0.0)
+    session = RadiusSession(7, "198.18.0.1", "a1", "anna", 0.0, 0.0, subscriber_id=1,
+                            framed_ipv6_prefix="2001:db8:ffff:1::/64", delegated_ipv6_prefix="2001:db8:1000::/56",
+                            framed_ipv6_address="2001:db8:ffff:1::7")
+    shown = render_overview(SubscriberOverview(subscriber, None, StoredCredentials(), [], [], [session], [], []))
+    assert "  a1 on 198.18.0.1 ip - prefix 2001:db8:ffff:1::/64 delegated 2001:db8:1000::/56 address6 " \
+           "2001:db8:ffff:1::7 from 1970-01-01T00:00:00Z open" in shown, shown
