@@ -259,6 +259,7 @@ class ServerState:
     samples: int = 0
     timeouts: int = 0
     down_until: float = 0.0
+    failed_at: float = 0.0  # the last timeout (or unreachable)
 
     def timeout(self, settings: ResolverSettings) -> float:
         # RFC 6298's RTO once there is a sample, floored before it backs off (§2.4, §5.5): a
@@ -319,6 +320,7 @@ class InfraCache:
         of question (``is_up``, which ends in "every server is down")."""
         state = self.state(address)
         state.timeouts = min(state.timeouts + 1, 8)
+        state.failed_at = now
         if state.timeouts >= 3:
             state.down_until = now + self.settings.server_down_seconds
         if qtype is None:
@@ -375,11 +377,17 @@ class InfraCache:
 
     def choose(self, addresses: list[str], now: float) -> str:
         """RTT banding like Unbound: a random one among the servers within 400 ms of the best,
-        preferring servers that are up."""
+        preferring servers that are up. A server that timed out lately is expected to take its
+        backed-off timeout, as Unbound's selection uses the RTO: a dead address beside live
+        ones (a name server's unreachable AAAA beside its A) was otherwise as likely a pick as
+        they were, each new name waiting for it (0.4, 0.8, 1.6 s) until it was down, and 2 s
+        again each time its down time ended."""
         up = [a for a in addresses if self.state(a).down_until <= now] or addresses
 
         def expected(address: str) -> float:
             state = self.state(address)
+            if state.timeouts and now - state.failed_at < FAILURE_MEMORY_SECONDS:
+                return state.timeout(self.settings)
             return state.srtt if state.samples else self.settings.initial_timeout
 
         best = min(expected(a) for a in up)
@@ -452,6 +460,9 @@ MAX_REPLY_RECORDS = 256
 # How long a server that rejected EDNS for a type of question is asked that type without it
 # (Unbound keeps what it learns of a server's EDNS for its infra-host-ttl, 900 s by default).
 NO_EDNS_SECONDS = 900.0
+# How long a server's timeouts keep it out of the best servers' band when others answer
+# (Unbound's infra-host-ttl, 900 s by default).
+FAILURE_MEMORY_SECONDS = 900.0
 PROBE_INTERVAL = 10.0  # seconds between tries of a server that is down, while all of its zone's are
 # Tries of each forwarder of a forward zone without ``first`` (nowhere else to go): its wait
 # doubles from the measured RTT, and a recursive server that answers its cached names in a
