@@ -19,7 +19,7 @@ from ispd.dns.cache import CacheLimits, RRsetCache, Security
 from ispd.dns.config import DNSConfig
 from ispd.dns.hints import load_root_hints
 from ispd.dns.resolver import Resolution, Resolver
-from ispd.dns.service import forward_zones, make_validator, resolver_settings
+from ispd.dns.service import forward_zones, make_validator, outgoing_addresses, resolver_settings
 from ispd.dns.upstream import UpstreamTransport
 from ispd.dns.wire import (
     FLAG_AD,
@@ -48,7 +48,11 @@ def parse_type(text: str) -> int:
 
 async def lookup(config: DNSConfig, name: str, qtype: int, say: Callable[[str], None]) -> Resolution:
     qname = name_from_text(name)
-    resolver = Resolver(RRsetCache(CacheLimits()), UpstreamTransport(), load_root_hints(config.root_hints),
+    # From the daemon's source addresses (outgoing_ipv4/ipv6): an upstream's ACL or a firewall
+    # that knows only those answered the command and not the daemon, or the other way round.
+    source_v4, source_v6 = outgoing_addresses(config)
+    upstream = UpstreamTransport(source_v4=source_v4, source_v6=source_v6)
+    resolver = Resolver(RRsetCache(CacheLimits()), upstream, load_root_hints(config.root_hints),
                         time.monotonic, resolver_settings(config), forward_zones(config))
     resolver.validator = make_validator(config, resolver, time.monotonic)
     started = time.monotonic()

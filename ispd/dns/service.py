@@ -341,7 +341,7 @@ class DNSService(Service):
         self.file_store: FileStore | None = None
         self.metrics = DNSMetrics()
         self.tap = DnstapSink()
-        source_v4, source_v6 = _outgoing(self.config)
+        source_v4, source_v6 = outgoing_addresses(self.config)
         self.upstream = UpstreamTransport(tap=self.tap, source_v4=source_v4, source_v6=source_v6)
         self.rrsets = RRsetCache(cache_limits(self.config, 0.5))
         self.answers = AnswerCache(cache_limits(self.config, 0.5), prefetch=self.config.cache.prefetch)
@@ -1309,7 +1309,7 @@ class DNSService(Service):
         before, after = set(forward_zones(old.dns)), forward_zones(new.dns)
         self.resolver.configure(resolver_settings(new.dns), hints, after)
         # (Each query binds its socket to these: set at start only, a new one waited for a restart.)
-        self.upstream.source_v4, self.upstream.source_v6 = _outgoing(new.dns)
+        self.upstream.source_v4, self.upstream.source_v6 = outgoing_addresses(new.dns)
         for zone in before ^ set(after):  # what the root said of names now (or no longer) configured
             self.rrsets.flush(zone.name, subtree=True)
         if dnssec_changed:
@@ -1416,7 +1416,7 @@ _TAPPED_AS: dict[str, tuple[SocketProtocol, HttpProtocol | None]] = {
     "quic": (SocketProtocol.DOQ, None)}
 
 
-def _outgoing(config: DNSConfig) -> tuple[str | None, str | None]:
+def outgoing_addresses(config: DNSConfig) -> tuple[str | None, str | None]:
     """The source addresses of upstream queries (None: the kernel's choice)."""
     v4, v6 = config.resolver.outgoing_ipv4, config.resolver.outgoing_ipv6
     return (str(v4) if v4 else None), (str(v6) if v6 else None)
