@@ -206,6 +206,27 @@ def open_resolver_warning(config: DNSConfig) -> str | None:
             "reflect and amplify floods at others (RFC 5358); allow only the subscriber networks")
 
 
+def outgoing_address_warning(config: DNSConfig) -> str | None:
+    """A warning for resolver.outgoing_ipv4/ipv6 that this host cannot send from (not one of its
+    addresses): every upstream query of that family fails at bind() and its servers are counted
+    unreachable and set aside, while the log said nothing (Unbound does not start)."""
+    unusable = []
+    for key, address in (("outgoing_ipv4", outgoing_addresses(config)[0]),
+                         ("outgoing_ipv6", outgoing_addresses(config)[1])):
+        if address is None:
+            continue
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as sock:
+                sock.bind((address, 0))
+        except OSError as exc:
+            unusable.append(f"resolver.{key} = {address}: {exc.strerror or exc}")
+    if not unusable:
+        return None
+    return (f"{'; '.join(unusable)}: upstream queries of that family cannot leave from it, and every server "
+            "of it will be counted unreachable (give an address of this host, or leave it unset)")
+
+
 def unusable_anchors(anchors: Iterable[TrustAnchor]) -> str | None:
     """A warning for trust anchors of only algorithms or digests ispd does not implement: what
     is under them is insecure (RFC 4035 §5.2), never validated, which nothing else would show
@@ -224,6 +245,8 @@ def check_files(config: DNSConfig) -> tuple[list[str], list[str]]:
     problems: list[str] = []
     warnings: list[str] = []
     if (warning := open_resolver_warning(config)) is not None:
+        warnings.append(warning)
+    if (warning := outgoing_address_warning(config)) is not None:
         warnings.append(warning)
     try:
         hints = load_root_hints(config.root_hints)
@@ -381,6 +404,8 @@ class DNSService(Service):
             log.warning("dns.root_hints.do_not_query", detail=warning)
         if self.first and (warning := open_resolver_warning(self.config)) is not None:
             log.warning("dns.open_resolver", detail=warning)
+        if self.first and (warning := outgoing_address_warning(self.config)) is not None:
+            log.warning("dns.outgoing_address_unusable", detail=warning)
         clock = time.monotonic
         self.resolver = Resolver(self.rrsets, self.upstream, hints, clock, resolver_settings(self.config),
                                  forward_zones(self.config))
@@ -1280,6 +1305,8 @@ class DNSService(Service):
             log.warning("dns.root_hints.do_not_query", detail=warning)
         if self.first and (warning := open_resolver_warning(new.dns)) is not None:
             log.warning("dns.open_resolver", detail=warning)
+        if self.first and (warning := outgoing_address_warning(new.dns)) is not None:
+            log.warning("dns.outgoing_address_unusable", detail=warning)
         dnssec_changed = old.dns.dnssec != new.dns.dnssec
         validator = self._validator(new.dns, time.monotonic) if dnssec_changed else None
         data = await self._read_data(new.dns)
