@@ -919,6 +919,12 @@ class Resolver:
         not have kept."""
         tried: set[str] = set()
         unresolved = list(ns_names)
+        # Names with addresses of one family in use and the other never looked up (an A cached
+        # from a client's question, or glue of one family): once the addresses known have all
+        # failed, the other family is looked up, as Unbound does. Before, a name server whose
+        # IPv4 path was broken failed its zones although its AAAA answered.
+        incomplete: list[bytes] = []
+        completed: set[bytes] = set()
         last = _NO_ADDRESS  # until a server is asked
         while True:
             now = self.clock()
@@ -928,6 +934,8 @@ class Resolver:
                 found = self._addresses_of(ns, now) or (glue.get(ns) if glue else None)
                 if found:
                     addresses.extend(a for a in found if a not in tried)
+                    if ns not in completed and ns not in incomplete and self._missing_types(ns, now):
+                        incomplete.append(ns)
                 else:
                     pending.append(ns)
             if zone == ROOT and not addresses and not tried:  # the root's addresses expired: the hints
@@ -944,15 +952,24 @@ class Resolver:
             # without glue that needs the very servers being looked for).
             unresolved = pending
             candidates = [ns for ns in pending if not is_subdomain(ns, zone)]
-            if not candidates or depth >= self.settings.max_ns_depth or budget.queries <= 0:
+            others = [ns for ns in incomplete if not is_subdomain(ns, zone)]
+            if not (candidates or others) or depth >= self.settings.max_ns_depth or budget.queries <= 0:
                 return last
             if not budget.spend_lookup():
                 return last
-            ns = candidates[0]
-            unresolved.remove(ns)
+            if candidates:
+                ns = candidates[0]
+                unresolved.remove(ns)
+                types = self._address_types()
+            else:
+                ns = others[0]
+                incomplete.remove(ns)
+                types = self._missing_types(ns, self.clock())
+            completed.add(ns)
             if budget.trace is not None:
-                _trace(budget, f"resolving the address of {name_to_text(ns)}")
-            for rtype in self._address_types():
+                _trace(budget, f"resolving the address of {name_to_text(ns)}"
+                               + ("" if candidates else f" ({', '.join(type_text(t) for t in types)})"))
+            for rtype in types:
                 looked_up = await self.resolve(ns, rtype, budget=budget, depth=depth + 1, validate=False)
                 if looked_up.rcode == RCode.NXDOMAIN:  # RFC 8020: no other type of it exists either
                     budget.nonexistent_servers += 1
@@ -972,6 +989,11 @@ class Resolver:
         if self.settings.do_ipv6:
             types.append(RRType.AAAA)
         return types
+
+    def _missing_types(self, ns: bytes, now: float) -> list[int]:
+        """The address types in use of which nothing (records, or their absence) is cached for ``ns``."""
+        return [rtype for rtype in self._address_types()
+                if self.cache.get(ns, rtype, now) is None and self.cache.get_negative(ns, rtype, now) is None]
 
     def _addresses_of(self, ns: bytes, now: float) -> list[str]:
         found: list[str] = []

@@ -50,6 +50,7 @@ from tests.dns.fakenet import (
     LAME_1,
     LAME_2,
     OOB,
+    OOB_ZONE,
     OTHER,
     ROOT_A,
     ROOT_B,
@@ -613,6 +614,23 @@ async def test_a_server_that_timed_out_is_not_picked_again_while_another_answers
     # Forgotten after a while, as Unbound's infra cache entries are: asked again if picked.
     clock.advance(resolver_module.FAILURE_MEMORY_SECONDS)
     assert resolver.infra.choose([DEAD_1, DEAD_2], clock()) == DEAD_1
+
+
+async def test_the_other_family_of_a_server_name_is_looked_up_when_the_known_one_fails(net: FakeNet,
+                                                                                       clock: FakeClock) -> None:
+    """From an IPv6 lab: a name server's A was cached (a client asked for it) and its AAAA never
+    looked up; with its IPv4 address dead, every zone it serves failed (SERVFAIL) although its
+    IPv6 address answered. Unbound looks up the missing family of a server name it has one of."""
+    v6 = "2001:db8::53"
+    add(net, "other.example.", f"ns-oob AAAA {v6}")
+    net.serve(v6, load_zone_text(OOB_ZONE, "oob.test."))
+    net.misbehave(OOB, timeout=True)
+    resolver = make_resolver(net, clock, do_ipv6=True)
+    assert values(await ask(resolver, "ns-oob.other.example.")) == [OOB]  # its A cached, not its AAAA
+    net.clear_log()
+    assert values(await ask(resolver, "www.oob.test.")) == ["192.0.2.20"]
+    assert ("ns-oob.other.example.", "AAAA") in net.names_sent()
+    assert [q.text for q in net.to(v6)] == ["www.oob.test."]
 
 
 async def test_running_out_of_sockets_does_not_mark_the_servers_down(net: FakeNet, resolver: Resolver,
