@@ -112,6 +112,14 @@ def test_relative_store_path_is_taken_from_the_config_directory(tmp_path: Path) 
     assert config.store.path == tmp_path.resolve() / "state" / "x.db"
 
 
+def test_dns_resolver_with_both_address_families_off_is_refused(tmp_path: Path) -> None:
+    """From an IPv6 lab: do_ipv4 and do_ipv6 both false passed check-config, and every name then
+    failed, forward zones' too: no server address was of a family in use."""
+    error = error_of(write(tmp_path, "[dns.resolver]\ndo_ipv4 = false\ndo_ipv6 = false\n"))
+    assert "do_ipv4 and do_ipv6 are both false" in error
+    assert load_config(write(tmp_path, "[dns.resolver]\ndo_ipv4 = false\n")).dns.resolver.do_ipv6
+
+
 def test_dns_files_are_taken_from_the_config_directory(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, '[dns]\nroot_hints = "lab.hints"\n[dns.dnssec]\n'
                                          'trust_anchor_file = "keys/root.ds"\n'))

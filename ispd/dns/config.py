@@ -119,6 +119,14 @@ class ResolverConfig(Section):
     # A client query is answered SERVFAIL (or stale) after this long at most.
     request_timeout_seconds: float = Field(default=8.0, gt=0, le=60)
 
+    @model_validator(mode="after")
+    def _a_family(self) -> ResolverConfig:
+        # Both off left no server askable, forwarders included: every name SERVFAIL, with
+        # check-config "ok" (unbound-checkconf: "ip4 and ip6 are both disabled, pointless").
+        if not self.do_ipv4 and not self.do_ipv6:
+            raise ValueError("do_ipv4 and do_ipv6 are both false: no upstream server could be asked")
+        return self
+
 
 def _server_address(value: object) -> object:
     """A server to forward to: an IP address, with a port other than 53 as Unbound writes it
