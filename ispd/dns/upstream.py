@@ -82,7 +82,10 @@ class UpstreamTransport:
         try:
             sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
         except OSError as exc:
-            raise UpstreamError("socket", str(exc)) from None
+            # Only a shortage of descriptors or memory is this host's "socket" failure (the
+            # resolver then gives up the client query); an address family the host lacks
+            # (EAFNOSUPPORT: IPv6 disabled) fails this server only, and its others are asked.
+            raise UpstreamError("socket" if exc.errno in _OUT_OF_SOCKETS else "unreachable", str(exc)) from None
         qend = _question_end(query)
         future: asyncio.Future[bytes] = loop.create_future()
         fd = sock.fileno()

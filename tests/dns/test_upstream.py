@@ -182,3 +182,25 @@ def test_an_outgoing_address_this_host_does_not_have_is_warned_of() -> None:
     assert warning in check_files(config)[1]
     usable = DNSConfig.model_validate({"enabled": True, "resolver": {"outgoing_ipv4": "127.94.0.54"}})
     assert outgoing_address_warning(usable) is None
+
+
+@pytest.mark.parametrize("tcp", [False, True])
+async def test_an_address_family_this_host_lacks_is_no_socket_shortage(tcp: bool,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """socket(AF_INET6) on a host booted with ipv6.disable=1, or under a unit's
+    RestrictAddressFamilies= without AF_INET6, fails with EAFNOSUPPORT. Since the resolver ends
+    the whole client query at the first "socket" failure (EMFILE: every server fails alike), the
+    UDP path's "socket" for any socket() error answered SERVFAIL as soon as an IPv6 server was
+    chosen, where the zone's IPv4 servers would have answered."""
+    def no_family(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+
+    async def no_connection(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+
+    monkeypatch.setattr(socket, "socket", no_family)
+    monkeypatch.setattr(asyncio, "open_connection", no_connection)
+    query = encode_query(0x1234, b"\x07example\x04test\x00", 1, 1, rd=False)
+    with pytest.raises(UpstreamError) as failure:
+        await UpstreamTransport(port=53).exchange("2001:db8::53", query, tcp=tcp, wait=0.2, exact_case=False)
+    assert failure.value.kind == "unreachable"
