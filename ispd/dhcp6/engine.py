@@ -325,12 +325,17 @@ class DHCP6Engine:
         if inside:
             self.in_sessions[session_id] = inside
 
-    def _in_a_session(self, prefix: str) -> bool:
+    def _in_a_session(self, prefix: str, now: float) -> bool:
         """Whether an open session's network overlaps ``prefix``, not being a binding of DHCPv6's own
-        (a BNG that relays DHCPv6 reports the prefix its client got in its accounting)."""
+        (a BNG that relays DHCPv6 reports the prefix its client got in its accounting): one in force,
+        not one ended that DHCPv6 only remembers (the session has that prefix now, not its client)."""
         network = _network(prefix)
-        return any(held.overlaps(network) and str(held) not in self.leases
+        return any(held.overlaps(network) and not self._bound_now(str(held), now)
                    for networks in self.in_sessions.values() for held in networks)
+
+    def _bound_now(self, prefix: str, now: float) -> bool:
+        lease = self.leases.get(prefix)
+        return lease is not None and lease.held(now)
 
     def _remember(self, lease: Lease6) -> None:
         key = (lease.duid, lease.iaid, lease.kind)
@@ -635,7 +640,7 @@ class DHCP6Engine:
         another's fixed address in it)."""
         if self.reserved.networks and self.reserved.taken(_network(prefix), reservation, subscriber):
             return False
-        if self.in_sessions and self._in_a_session(prefix):
+        if self.in_sessions and self._in_a_session(prefix, now):
             return False
         return self._unheld_for(prefix, key, now)
 

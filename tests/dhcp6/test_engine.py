@@ -984,3 +984,18 @@ def test_the_leasequery_index_of_clients_forgets_what_the_engine_forgets() -> No
     eng.reclaim(T0 + 7201)  # expired
     eng.reclaim(T0 + 7201 + 61)  # and forgotten
     assert eng.by_ia == {} and eng.ias_of == {}
+
+
+def test_a_session_s_prefix_that_dhcpv6_once_gave_is_still_skipped_by_the_pools() -> None:
+    """A binding's own prefix is exempt from the open sessions' (a BNG relaying DHCPv6 reports
+    its client's in its accounting), but the exemption went by any binding DHCPv6 remembers,
+    an ended one too: a session that kept that /56 (its deleted reservation gave it; the router
+    had it from DHCPv6 before) saw it delegated to the next router that asked for it."""
+    eng = engine()
+    first = bind(eng, ia_pd(2))
+    [given] = [write[0].prefix for write in first.writes]
+    released = handle(eng, message(MessageType.RELEASE, ia_pd(2, given), server=SERVER_DUID), T0 + 10)
+    assert {lease.state for lease, _ in released.writes} == {LeaseState.RELEASED}
+    eng.session_opened(7, [given])  # a RADIUS session has it now
+    hinted = handle(eng, message(MessageType.SOLICIT, ia_pd(2, given), client=DUID_B), T0 + 20)
+    assert reply_ias(hinted)[0].leases[0].prefix != IPv6Network(given)  # type: ignore[union-attr]
