@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from ipaddress import IPv6Network
 
 from ispd.reservedspace import ReservedSpace
 from ispd.store.models import Plan, Reservation, ReservationKind, StoredCredentials, Subscriber
@@ -182,5 +183,14 @@ class Directory:
         if length not in self.reserved_space.lengths:  # (a pool's length: indexed once, then lookups)
             self.reserved_space.ask_about(length)
         return self.reserved_space.taken_bits(network, length, None)
+
+    def reserved_for_another(self, network: IPv6Network, subscriber_id: int | None) -> bool:
+        """Whether a network a NAS reports for ``subscriber_id``'s session overlaps another
+        subscriber's fixed prefix or address. Its length indexed once, as a pool's: a NAS's /64
+        Framed-IPv6-Prefix, of no length a pool or a reservation has, walked every reservation
+        (12 ms a Start with 20,000 reserved prefixes, on the event loop)."""
+        if network.prefixlen not in self.reserved_space.lengths:
+            self.reserved_space.ask_about(network.prefixlen)
+        return self.reserved_space.taken(network, None, subscriber_id)
 
 

@@ -1112,7 +1112,7 @@ class RadiusService(Service):
                 network = IPv6Network(text)
             except ValueError:
                 continue
-            if self.directory.reserved_space.taken(network, None, session.subscriber_id):
+            if self.directory.reserved_for_another(network, session.subscriber_id):
                 log.warning("radius.prefix.conflict", prefix=text, nas=session.nas_address,
                             acct_session_id=session.acct_session_id, subscriber_id=session.subscriber_id,
                             hint="the NAS reports an IPv6 prefix or address reserved for another subscriber")

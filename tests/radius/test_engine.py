@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import given, settings
@@ -1830,3 +1830,46 @@ def test_a_coa_carries_no_configured_framed_ip_address() -> None:
     coa = world.engine.change_of_authorization(subject, nas(), False)
     assert first(coa, Attr.FILTER_ID) == b"home"
     assert first(coa, Attr.FRAMED_IP_ADDRESS) is None
+
+
+def test_a_session_s_ipv6_prefix_is_checked_against_the_reservations_without_a_walk(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """From a review: radius.prefix.conflict's check of a session's networks asked the reserved
+    space about a length no pool and no reservation has (a NAS's /64 Framed-IPv6-Prefix, a
+    Framed-IPv6-Address when none is reserved), which it answers by a walk of every
+    reservation: 12 ms of the event loop per Start with 20,000 reserved /56s, each Start of a
+    BNG's reboot storm. Each length is indexed once, as a prefix pool's is."""
+    from types import SimpleNamespace
+
+    from structlog.testing import capture_logs
+
+    from ispd.radius.service import RadiusService
+
+    world = World()
+    reservations = [Reservation(100 + i, 3, ReservationKind.DUID, f"00:03:00:01:02:00:5e:00:{i >> 8:02x}:{i & 255:02x}",
+                                prefix6=f"2001:db8:{0x1000 + (i >> 8):x}:{(i & 255) << 8:x}::/56") for i in range(500)]
+    world.directory.load([subscriber(2, "bob"), subscriber(3, "carol")], [PLAN], {}, reservations)
+    service = SimpleNamespace(directory=world.directory)
+    walked = 0
+
+    class Walked(dict):  # type: ignore[type-arg]
+        def items(self) -> Any:
+            nonlocal walked
+            walked += 1
+            return super().items()
+
+    def session(prefix: str, address: str) -> RadiusSession:
+        return RadiusSession(id=1, nas_address="198.18.0.1", acct_session_id="s1", username="bob",
+                             started_at=NOW, updated_at=NOW, subscriber_id=2, framed_ipv6_prefix=prefix,
+                             framed_ipv6_address=address)
+
+    RadiusService._check_ipv6(service, session("2001:db9:1:2::/64", "2001:db9::1"))  # type: ignore[arg-type]
+    space = world.directory.reserved_space
+    monkeypatch.setattr(space, "networks", Walked(space.networks))
+    with capture_logs() as logs:
+        for i in range(10):
+            RadiusService._check_ipv6(service, session(f"2001:db9:1:{i}::/64", f"2001:db9::{i}"))  # type: ignore[arg-type]
+        RadiusService._check_ipv6(service, session("2001:db8:1000:100::/64", "2001:db8:1000:200::1"))  # type: ignore[arg-type]
+    assert walked == 0
+    assert [e["prefix"] for e in logs if e["event"] == "radius.prefix.conflict"] == [
+        "2001:db8:1000:100::/64", "2001:db8:1000:200::1/128"]  # carol's still found
