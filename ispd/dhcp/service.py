@@ -424,6 +424,7 @@ class DHCPService(Service):
 
     async def _reclaim_periodically(self) -> None:
         while True:
+            self._follow_interfaces()
             try:
                 outcome = self.engine.reclaim(self.context.clock())
             except Exception:  # a bug here must not end expiry for the life of the daemon
@@ -434,6 +435,27 @@ class DHCPService(Service):
                     self._pending.append((outcome, time.perf_counter(), "expiry", 0))
                     self._flush()
             await asyncio.sleep(self.config.reclaim_interval_seconds)
+
+    def _follow_interfaces(self) -> None:
+        """An interface deleted and made again (a VLAN or a veth re-created, a bond rebuilt) has a
+        new index, and the packets arriving on it were dropped as interface_not_served, with a
+        hint to add the very interface that is listed, until a restart. Looked at on each reclaim
+        tick; the socket (bound to all interfaces) stays, the indexes follow the names. (An
+        interface missing for now: when back.)"""
+        try:
+            current = {socket.if_nametoindex(name): name for name in self.config.interfaces}
+        except OSError:
+            return
+        if current == self._interfaces or self._socket is None:
+            return
+        log.warning("dhcp.interfaces.changed", interfaces=self.config.interfaces,
+                    hint="an interface was made again: serving it under its new index")
+        links = {name: self._link_sockets.pop(index) for index, name in self._interfaces.items()
+                 if index in self._link_sockets}
+        for link in self._link_sockets.values():
+            link.close()
+        self._link_sockets = {index: links[name] for index, name in current.items() if name in links}
+        self._interfaces = current
 
     # --- what other processes and services change
 

@@ -573,3 +573,32 @@ def test_rapid_commit_gives_dhcpcd_its_lease_in_two_messages(make_lan: Callable[
         assert not sent["offer"] and sent["ack"] == 1, f"{sent}\n{lan.explain(client)}"
         output = client.output()
         assert "sending DISCOVER" in output and "sending REQUEST" not in output, output
+
+
+# --- the interface made again ------------------------------------------------------------------
+
+def test_an_interface_made_again_is_served_again(make_lan: Callable[..., Lan]) -> None:
+    """The access interface deleted and made again under its name (a VLAN or veth re-created)
+    has a new index, and ispd knew its interfaces by the old one: every DISCOVER there was
+    dropped as interface_not_served until a restart. ispd follows the new index by itself."""
+    lan = make_lan(reclaim_interval_seconds=0.5)
+
+    def ip(ns: str, *args: str) -> None:
+        result = lan.lab.run(ns, "ip", *args)
+        assert result.returncode == 0, result.stderr
+
+    def offered(xid: int) -> bool:
+        got = replies(lan, message(DHCPMessageType.DISCOVER, xid), xid=xid, listen=1.0)
+        return [p.message_type for p in got] == [DHCPMessageType.OFFER]
+
+    assert offered(0x5001), lan.explain()
+    ip(lan.server_ns, "link", "del", lan.server_if)
+    ip(lan.server_ns, "link", "add", lan.server_if, "type", "veth", "peer", "name", lan.client_if,
+       "netns", lan.client_ns)
+    ip(lan.server_ns, "addr", "add", f"{SERVER}/24", "dev", lan.server_if)
+    ip(lan.server_ns, "link", "set", lan.server_if, "up")
+    ip(lan.client_ns, "link", "set", lan.client_if, "up")
+    deadline = time.monotonic() + 10
+    while not offered(0x5002):
+        assert time.monotonic() < deadline, lan.explain()
+    assert lan.ispd.log_events("dhcp.interfaces.changed"), lan.explain()
