@@ -144,6 +144,8 @@ class Received:
     destination: IPv4Address | None = None
     # The IP source it came from; None when not known.
     source: IPv4Address | None = None
+    # Its UDP source port; None when not known.
+    source_port: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +154,8 @@ class Reply:
     destination: Destination
     address: IPv4Address
     server_address: IPv4Address
+    # The destination port when not the usual one (RFC 8357: a relay listening on its own port).
+    port: int | None = None
 
 
 @dataclass(slots=True)
@@ -448,6 +452,18 @@ def build_subnets(config: DHCPConfig) -> list[Subnet]:
                         [p for p in open_pools if p.allocator.walled_garden]),
         ))
     return subnets
+
+
+def _relay_port(received: Received) -> int | None:
+    """RFC 8357 §5.1: a relay that sends from a port other than 67 (several relay instances on
+    one BNG, an unprivileged relay) says so by sub-option 19, and listens there for the reply."""
+    info = received.packet.option(Option.RELAY_AGENT_INFO)
+    if info is None or not received.source_port:
+        return None
+    try:
+        return received.source_port if decode_relay_agent_info(info).relay_source_port else None
+    except OptionValueError:
+        return None
 
 
 def _relay_agent_info(binding: Binding) -> bytes:
@@ -1228,7 +1244,7 @@ class DHCPEngine:
             # answers ciaddr). The client has its address, so the kernel can route and ARP for it.
             return Reply(reply, Destination.UNICAST, request.ciaddr, source)
         if request.giaddr != UNSPECIFIED:
-            return Reply(reply, Destination.RELAY, request.giaddr, source)
+            return Reply(reply, Destination.RELAY, request.giaddr, source, _relay_port(received))
         if reply.message_type is DHCPMessageType.NAK:
             return Reply(reply, Destination.BROADCAST, BROADCAST_ADDRESS, source)
         if request.ciaddr != UNSPECIFIED:

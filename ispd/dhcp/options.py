@@ -71,6 +71,7 @@ class RelaySubOption(IntEnum):
     REMOTE_ID = 2
     LINK_SELECTION = 5
     SERVER_ID_OVERRIDE = 11
+    RELAY_SOURCE_PORT = 19  # RFC 8357: the relay listens on the port it sent from, not 67
 
 
 class OptionValueError(ValueError):
@@ -197,6 +198,11 @@ class RelayAgentInfo:
         renewals come to the relay (which relays them) rather than straight to us."""
         value = self.get(RelaySubOption.SERVER_ID_OVERRIDE)
         return IPv4Address(value) if value is not None and len(value) == 4 else None
+
+    @property
+    def relay_source_port(self) -> bool:
+        """RFC 8357 §5.1: replies go to the UDP port the request came from (the sub-option is empty)."""
+        return self.get(RelaySubOption.RELAY_SOURCE_PORT) is not None
 
     def encode(self) -> bytes:
         return encode_suboptions(self.suboptions)

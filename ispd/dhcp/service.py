@@ -272,13 +272,13 @@ class DHCPService(Service):
                                 hint="add the interface to dhcp.interfaces to serve clients (or relays) there")
                 continue
             try:
-                self._handle(data, ifindex, interface, local, destination, _source_address(sender), now, started)
+                self._handle(data, ifindex, interface, local, destination, sender, now, started)
             except Exception:  # a bug on one packet must not stop the server answering the next
                 self.metrics.dropped.inc("internal_error")
                 log.error("dhcp.packet.failed", exc_info=True)
 
     def _handle(self, data: bytes, ifindex: int, interface: str, local: IPv4Address | None,
-                destination: IPv4Address | None, source: IPv4Address | None, now: float, started: float) -> None:
+                destination: IPv4Address | None, sender: Any, now: float, started: float) -> None:
         try:
             packet = decode(data)
         except DHCPDecodeError as exc:
@@ -287,7 +287,8 @@ class DHCPService(Service):
         message_type = packet.message_type
         type_name = _TYPE_NAMES[message_type] if message_type is not None else "unknown"
         self.metrics.received.inc(type_name)
-        outcome = self.engine.handle(Received(packet, interface, local, destination, source), now)
+        received = Received(packet, interface, local, destination, _source_address(sender), _source_port(sender))
+        outcome = self.engine.handle(received, now)
         if outcome.untrusted_option82:
             self.metrics.untrusted_option82.inc()
             if self._untrusted_logged.due(interface, now):
@@ -393,7 +394,7 @@ class DHCPService(Service):
         payload = encode(reply.packet)
         try:
             if reply.destination is To.RELAY:
-                sock.sendto(payload, (str(reply.address), self.server_port))
+                sock.sendto(payload, (str(reply.address), reply.port or self.server_port))
             elif reply.destination is To.UNICAST:
                 sock.sendto(payload, (str(reply.address), self.client_port))
             elif reply.destination is To.BROADCAST:
@@ -478,6 +479,13 @@ class DHCPService(Service):
         ]
         for unsubscribe in unsubscribers:
             stack.callback(unsubscribe)
+
+
+def _source_port(sender: Any) -> int | None:
+    try:
+        return int(sender[1])
+    except (TypeError, IndexError, ValueError):
+        return None
 
 
 def _source_address(sender: Any) -> IPv4Address | None:

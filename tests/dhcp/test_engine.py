@@ -391,6 +391,22 @@ def test_relay_addresses_and_link_selection_name_the_subnet() -> None:
     assert lab.send(message(DHCPMessageType.DISCOVER, giaddr="203.0.113.9")).ignored is Ignored.NO_SUBNET
 
 
+def test_a_relay_asking_for_its_source_port_is_answered_there() -> None:
+    """RFC 8357 §5.1: sub-option 19 in option 82: the reply goes to the port the request came
+    from; without it, to port 67 (Reply.port None) whatever the source port."""
+    engine = DHCPEngine(config())
+
+    def reply_port(suboptions: bytes, mac: bytes) -> int | None:
+        packet = message(DHCPMessageType.DISCOVER, mac, giaddr="198.18.9.9",
+                         extra=((Option.RELAY_AGENT_INFO, suboptions),))
+        reply = engine.handle(Received(packet, "eth1", SERVER, SERVER, IPv4Address("198.18.9.9"), 20467), T0).reply
+        assert reply is not None and reply.destination is Destination.RELAY
+        return reply.port
+
+    assert reply_port(bytes((1, 3)) + b"bng" + bytes((19, 0)), MAC_A) == 20467
+    assert reply_port(bytes((1, 3)) + b"bng", MAC_B) is None
+
+
 def test_direct_clients_on_an_interface_without_a_subnet_are_not_served() -> None:
     assert Lab().send(message(DHCPMessageType.DISCOVER), interface="eth2").ignored is Ignored.NO_SUBNET
     assert Lab().send(message(DHCPMessageType.DISCOVER), local=None).ignored is Ignored.NO_SERVER_ADDRESS

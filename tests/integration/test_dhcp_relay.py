@@ -318,3 +318,39 @@ def test_a_relay_that_lost_its_table_asks_by_leasequery(make_relayed: Callable[.
     assert free.message_type is DHCPMessageType.LEASEUNASSIGNED
     assert lan.ispd.metric_in_netns("ispd_dhcp_packets_received_total", {"type": "leasequery"}) == 3
     assert lan.ispd.metric_in_netns("ispd_dhcp_packets_sent_total", {"type": "leaseactive"}) == 2
+
+
+_RELAY_ON_ITS_OWN_PORT = """
+import socket, sys
+from ispd.dhcp.codec import BOOTREQUEST, FLAG_BROADCAST, DHCPPacket, encode
+from ispd.dhcp.options import DHCPMessageType, Option
+from ipaddress import IPv4Address
+giaddr, server, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+agent = bytes((1, 4)) + b"bng1" + bytes((19, 0))  # circuit-id, relay source port (RFC 8357)
+discover = DHCPPacket(op=BOOTREQUEST, xid=0x8357, hops=1, chaddr=bytes.fromhex("02005e128357"),
+                      flags=FLAG_BROADCAST, giaddr=IPv4Address(giaddr),
+                      options=((Option.MESSAGE_TYPE, bytes((DHCPMessageType.DISCOVER,))),
+                               (Option.RELAY_AGENT_INFO, agent)))
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    sock.bind((giaddr, port))
+    sock.settimeout(3)
+    sock.sendto(encode(discover), (server, 67))
+    try:
+        print(sock.recv(4096).hex())
+    except TimeoutError:
+        print("")
+"""
+
+
+def test_a_relay_on_another_port_gets_its_replies_there(make_relayed: Callable[..., RelayedLan]) -> None:
+    """RFC 8357: a relay that sends from a port of its own (not 67: a BNG running several relay
+    instances, an unprivileged relay) says so by sub-option 19 of option 82, and the server
+    answers to the port the request came from, as Kea does. ispd answered to giaddr's port 67
+    always: the relay never heard of its clients' offers."""
+    lan = make_relayed()
+    result = lan.lab.run(lan.relay.ns, sys.executable, "-c", _RELAY_ON_ITS_OWN_PORT, RELAY_DOWN, SERVER, "20467")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip(), f"no reply on the relay's port\n{lan.explain()}"
+    offer = decode(bytes.fromhex(result.stdout.strip()))
+    assert offer.message_type is DHCPMessageType.OFFER and in_relayed_pool(str(offer.yiaddr)), offer
+    assert offer.option(Option.RELAY_AGENT_INFO) == bytes((1, 4)) + b"bng1" + bytes((19, 0))
