@@ -1977,6 +1977,9 @@ def check_config_files(path: Path, config: Config) -> int:
 
     for key, _, problem in certificate_problems(config.certificates(), time.time()):
         print(f"ispd: {path}: {key}: warning: {problem}", file=sys.stderr)
+    if config.dhcp.enabled:
+        for warning in config.dhcp.shared_interface_warnings():
+            print(f"ispd: {path}: dhcp: warning: {warning}", file=sys.stderr)
     if config.dns.enabled:
         from ispd.dns.service import check_files
 

@@ -327,14 +327,18 @@ def test_a_relay_address_that_could_never_apply_is_an_error(tmp_path: Path, rela
     assert message in error_of(path)
 
 
-def test_two_subnets_naming_one_interface_is_an_error(tmp_path: Path) -> None:
+def test_two_subnets_naming_one_interface_are_warned_of(tmp_path: Path) -> None:
     """Direct clients are served from the first subnet that names their interface: the second
-    was accepted and never served anyone (its pool empty while the first ran out)."""
+    was accepted and never served one there (its pool empty while the first ran out). A warning:
+    the second still serves its relays' clients, and a config that ran must still start."""
     subnets = "".join(f'[[dhcp.subnet]]\nnetwork = "198.18.{n}.0/24"\ninterface = "eth1"\n'
                       f'[[dhcp.subnet.pool]]\nname = "p{n}"\nrange = "198.18.{n}.10 - 198.18.{n}.20"\n'
                       for n in (0, 2))
     path = write(tmp_path, f'[dhcp]\nenabled = true\ninterfaces = ["eth1"]\n{subnets}')
-    assert "interface 'eth1' is named by subnets 198.18.0.0/24 and 198.18.2.0/24" in error_of(path)
+    [warning] = load_config(path).dhcp.shared_interface_warnings()
+    assert warning.startswith("interface 'eth1' is named by subnets 198.18.0.0/24 and 198.18.2.0/24; its direct")
+    checked = subprocess.run([ISPD, "check-config", "-c", str(path)], capture_output=True, text=True)
+    assert checked.returncode == 0 and f"dhcp: warning: {warning}" in checked.stderr
 
 
 def test_a_relay_address_inside_its_own_subnet_is_only_redundant(tmp_path: Path) -> None:

@@ -400,7 +400,6 @@ class DHCPConfig(Section):
             raise ValueError("subnet: configure at least one [[dhcp.subnet]] with a [[dhcp.subnet.pool]]")
         names: set[str] = set()
         networks: list[IPv4Network] = []
-        direct: dict[str, IPv4Network] = {}  # interface -> the subnet that serves its direct clients
         for subnet in self.subnet:
             for net in networks:
                 if subnet.network.overlaps(net):
@@ -408,15 +407,6 @@ class DHCPConfig(Section):
             networks.append(subnet.network)
             if subnet.interface is not None and subnet.interface not in self.interfaces:
                 raise ValueError(f"subnet {subnet.network}: interface {subnet.interface!r} is not in interfaces")
-            if subnet.interface is not None:
-                # A direct client is served from the first subnet naming its interface (there are
-                # no shared networks): a second one was accepted and never served anyone, its pool
-                # left empty while the first's ran out.
-                if subnet.interface in direct:
-                    raise ValueError(f"interface {subnet.interface!r} is named by subnets {direct[subnet.interface]} "
-                                     f"and {subnet.network}; its direct clients are served from one subnet only "
-                                     "(the first): remove interface from the other (a relayed subnet needs none)")
-                direct[subnet.interface] = subnet.network
             for router in self.routers_of(subnet):
                 if router not in subnet.network:
                     raise ValueError(f"[[dhcp.option]] 3: router {router} is not inside {subnet.network}, "
@@ -465,6 +455,24 @@ class DHCPConfig(Section):
         for pool in subnet.pool:
             routers += [router for router in pool.sent_routers() or [] if router not in routers]
         return routers
+
+    def shared_interface_warnings(self) -> list[str]:
+        """Subnets naming an interface another named first: its direct clients are all served from
+        the first (there are no shared networks), so the others' pools never serve one there, while
+        the first's may run out. A warning, not an error: such a subnet still serves its relays'
+        clients, and a config that ran before an upgrade must still start."""
+        direct: dict[str, IPv4Network] = {}
+        warnings = []
+        for subnet in self.subnet:
+            if subnet.interface is None:
+                continue
+            if subnet.interface in direct:
+                warnings.append(f"interface {subnet.interface!r} is named by subnets {direct[subnet.interface]} and "
+                                f"{subnet.network}; its direct clients are served from the first only: remove "
+                                "interface from the other (a relayed subnet needs none)")
+            else:
+                direct[subnet.interface] = subnet.network
+        return warnings
 
     def routers_of(self, subnet: SubnetConfig) -> list[IPv4Address]:
         """The routers ``subnet`` sends: its own, else the global option 3's."""
