@@ -279,6 +279,11 @@ def _measured_name(path: Path) -> str:
     return ",".join([head, *fields]) + sep + info
 
 
+# Folders whose files' ,W= this process has checked (``_measured_name``) but whose older uidlist
+# could not be rewritten (a full disk): each look would read every file again.
+_SIZES_CHECKED: set[Path] = set()
+
+
 # Sizes with CRLF of files without ,W= that keep their names (a UID given by an older ispd or
 # another tool), by file: read once per process.
 _MEASURED: dict[tuple[Path, str], int] = {}
@@ -378,7 +383,8 @@ class FolderIndex:
         uidvalidity, next_uid, highest, expunged, by_base, logged, rebuilding, measure = self._load()
         # Every change this look finds is one change: it gets the next modseq, once.
         change_modseq = highest + 1
-        changed = logged > 0 or measure  # fold the flag changes logged since the last write into the uidlist
+        # Fold the flag changes logged since the last write into the uidlist; write a version 3.
+        changed = logged > 0 or measure or self.path in _SIZES_CHECKED
         modseq_used = expunged == change_modseq  # the uidlist was lost: that counts as a change
         recent: set[int] = set()
         arrived = sorted((e for e in os.scandir(self.path / "new") if not e.name.startswith(".") and e.is_file()),
@@ -480,6 +486,7 @@ class FolderIndex:
         if changed or not (self.path / "ispd-uidlist").exists():
             try:
                 self._save(uidvalidity, next_uid, highest, expunged, by_base)
+                _SIZES_CHECKED.discard(self.path)  # a version 3 uidlist now says so
             except OSError as exc:
                 if exc.errno not in _NO_ROOM:
                     raise
@@ -487,6 +494,10 @@ class FolderIndex:
                 # the next sync with room writes the list. Until then, look again every time.
                 self._unwritable(exc)
                 deferred = True
+        if measure and deferred:  # the older uidlist stays: its files are not read again by this process
+            if len(_SIZES_CHECKED) >= 100_000:
+                _SIZES_CHECKED.clear()
+            _SIZES_CHECKED.add(self.path)
         if not deferred:
             _UNWRITABLE_LOGGED.discard(self.path)
         messages.sort(key=lambda m: m.uid)
@@ -659,7 +670,7 @@ class FolderIndex:
                         logged_entry.modseq, logged_entry.flags = modseq, flags
                 highest = max(highest, logged_highest, saved_highest or 0)
                 return (validity, max(listed_next, next_uid or 0), highest, expunged, by_base, logged, False,
-                        header[1] != "3")
+                        header[1] != "3" and self.path not in _SIZES_CHECKED)
         except (FileNotFoundError, IndexError, ValueError, KeyError):
             pass
         if validity is None:  # nothing survived: a new UIDVALIDITY (clients resynchronise)

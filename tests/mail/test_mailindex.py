@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import builtins
+import errno
 import os
 import time
 from pathlib import Path
@@ -495,3 +496,32 @@ def test_a_folders_lock_goes_when_nothing_uses_it_and_stays_while_something_does
     kept = FolderIndex(maildir.path)
     with kept._lock:
         assert FolderIndex(maildir.path)._lock is kept._lock
+
+
+def test_an_older_uidlist_that_cannot_be_written_is_not_measured_at_every_look(
+        maildir: Maildir, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From a review: a version 2 uidlist on a full disk (or over its quota) stays version 2, and
+    every look at the folder (each NOOP, each minute of IDLE) read every message file again to
+    check its ,W=: a 2 GB mailbox read whole once a minute per idling client."""
+    for number in range(3):
+        maildir.deliver(b"Subject: %d\r\n\r\nbody\r\n" % number, now=1.0 + number)
+    index = FolderIndex(maildir.path)
+    index.sync()
+    uidlist = (maildir.path / "ispd-uidlist").read_text()
+    (maildir.path / "ispd-uidlist").write_text(uidlist.replace("ispd-uidlist 3 ", "ispd-uidlist 2 ", 1))
+    forget(maildir.path)
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(FolderIndex, "_replace", full)
+    measured: list[Path] = []
+    real = mailindex._measured_name
+    monkeypatch.setattr(mailindex, "_measured_name", lambda path: measured.append(path) or real(path))
+    for _ in range(3):
+        assert [m.uid for m in index.sync().messages] == [1, 2, 3]
+    assert len(measured) == 3, measured
+    monkeypatch.undo()
+    forget(maildir.path)
+    assert [m.uid for m in index.sync().messages] == [1, 2, 3]  # room again: the list is written
+    assert (maildir.path / "ispd-uidlist").read_text().startswith("ispd-uidlist 3 ")
