@@ -309,7 +309,8 @@ def header_section_read(message: bytes) -> bool:
     DMARC nor submission's check of the author)."""
     if len(message) <= _MAX_HEADER_SECTION:
         return True
-    head = message[:_MAX_HEADER_SECTION]
+    # The empty line may begin at the first byte past it: the fields, From among them, were read.
+    head = message[:_MAX_HEADER_SECTION + 1]
     return head[:1] in (b"\r", b"\n") or any(empty in head for empty in _EMPTY_LINE)
 
 

@@ -236,3 +236,19 @@ def test_a_header_section_of_many_windows_ends_at_its_empty_line(head: int, sepa
     message = b"X-Pad: " + b"p" * (head - 9) + b"\r\n" + separator[:-2] + b"\n\r\n" + b"body\n\nmore\r\n"
     match = re.search(rb"\r?\n\r?\n", message)
     assert match is not None and header_end(message) == match.span()
+
+
+def test_a_header_section_of_exactly_one_mebibyte_is_read() -> None:
+    """From a review: header fields (their line ends too) of exactly 1 MiB, the empty line right
+    after, were refused as 'header section too large (over 1 MiB)', though the From in them was
+    read: the empty line's CRLF begins at the first byte past the MiB, out of what was looked at."""
+    for newline in (b"\r\n", b"\n"):
+        last = b"From: alice@isp.example" + newline
+        field = b"X-Pad: " + b"p" * 90 + newline
+        count, left = divmod(1024 * 1024 - len(last), len(field))
+        fields = field * (count - 1) + b"X-Pad: " + b"p" * (len(field) - len(newline) - 7 + left) + newline + last
+        assert len(fields) == 1024 * 1024
+        message = fields + newline + b"body" + newline * 100
+        assert from_addresses(message) == ["alice@isp.example"]
+        assert header_section_read(message), newline
+        assert not header_section_read(fields + b"X-Pad: q" + newline + newline + b"body" + newline * 100)
