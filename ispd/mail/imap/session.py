@@ -985,7 +985,7 @@ class IMAPSession(asyncio.Protocol):
         batches = _fetch_batches(numbers, selected.messages) if needs_data else [numbers]
         for batch in batches:
             await self._writable.wait()  # what was sent is read before more is read from disk
-            if self.transport is None:
+            if self.transport is None or self.transport.is_closing():  # (closed by us: a BYE)
                 return
             await self._fetch_batch(batch, items, needs_data, marks_seen)
         self.send(f"{command.tag} OK {command.name} completed".encode())
@@ -996,9 +996,10 @@ class IMAPSession(asyncio.Protocol):
         assert selected is not None
         # Read in one trip to the file threads, and only the header when that is all asked for.
         contents = await self._read_selected(numbers, _header_only(items)) if needs_data else {}
-        # Reading a body sets \Seen: one flag change for all the messages of the batch.
+        # Reading a body sets \Seen: one flag change for all the messages of the batch, which
+        # are sent - not when the connection went meanwhile (send drops what follows).
         newly_seen: set[int] = set()
-        if marks_seen:
+        if marks_seen and self.transport is not None and not self.transport.is_closing():
             unseen = [seq for seq in numbers if "S" not in selected.messages[seq - 1].flags
                       and (not needs_data or seq in contents)]
             if unseen:
