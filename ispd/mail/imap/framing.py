@@ -93,7 +93,9 @@ class CommandFramer:
                 self._pieces = []
                 continue
             size = int(match.group(1))
-            if size > self.max_literal:
+            # All of a command's literals together: one large one is an APPEND's message; many
+            # each under the bound would have a command hold as many as its text announces.
+            if size + sum(len(p) for p in self._pieces[1::2]) > self.max_literal:
                 events.append(TooLong("literal", self._tag(line)))
                 self._skip_rest(match)
                 continue

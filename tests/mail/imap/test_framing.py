@@ -63,6 +63,19 @@ def test_a_literal_larger_than_the_command_text_bound_is_taken_whole() -> None:
     assert events == [Command((b"a1 APPEND INBOX {900+}", message, b"")), Command((b"a2 NOOP",))]
 
 
+def test_the_literals_of_one_command_are_bounded_together() -> None:
+    """From a review: with literals out of the text bound, nothing bounded their sum: one command
+    of LITERAL+ literals, each under max_literal (a message's size after login), held as many of
+    them as its 256 KiB of text could announce - gigabytes in one session. Only an APPEND's one
+    message needs a large literal: all of a command's literals together are bounded by it."""
+    framer = CommandFramer(max_line=100, max_literal=1000)
+    events = feed_all(framer, b"a1 SEARCH TEXT {600+}\r\n", b"x" * 600, b" TEXT {600+}\r\n", b"y" * 600,
+                      b"\r\na2 NOOP\r\n")
+    assert events == [TooLong("literal", b"a1"), Command((b"a2 NOOP",))]
+    events = feed_all(framer, b"a3 LOGIN {400+}\r\n", b"u" * 400, b" {500+}\r\n", b"p" * 500, b"\r\n")
+    assert events == [Command((b"a3 LOGIN {400+}", b"u" * 400, b" {500+}", b"p" * 500, b""))]
+
+
 @given(st.lists(st.integers(min_value=1, max_value=40), max_size=30))
 def test_how_the_bytes_arrive_does_not_matter(cuts: list[int]) -> None:
     stream = (b"a1 LOGIN {5+}\r\nal\r\nc {3}\r\npw!\r\na2 SELECT \"INBOX\"\r\n"
