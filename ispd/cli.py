@@ -401,7 +401,6 @@ def check_radius_reply(config: Config, args: argparse.Namespace) -> None:
     """The attributes against the dictionaries the daemon loads (``radius.dictionaries``), as
     plan attributes are checked at start: a mistake is refused here, not met at a login."""
     from ispd.radius.attributes import AttributeValueError, subscriber_reply_attribute
-    from ispd.radius.codec import Attr
     from ispd.radius.dictionary import DictionaryError, load_dictionary
 
     if not (args.attributes or args.clear):
@@ -414,14 +413,28 @@ def check_radius_reply(config: Config, args: argparse.Namespace) -> None:
     args.radius_reply_ipv6 = []
     for text in args.attributes:
         try:
-            reply = subscriber_reply_attribute(dictionary, text)
+            subscriber_reply_attribute(dictionary, text)
         except AttributeValueError as exc:
             raise CommandFailed(f"{text!r}: {exc}") from None
-        if not reply.vendor and reply.code in (Attr.FRAMED_IPV6_PREFIX, Attr.DELEGATED_IPV6_PREFIX,
-                                               Attr.FRAMED_IPV6_ADDRESS):
-            network = IPv6Network(text.split("=", 1)[1].strip().strip("\"'"), strict=False)
+        network = _reply_ipv6(dictionary, text)
+        if network is not None:
             _refuse_a_pool_s_ipv6(config, text, network)
             args.radius_reply_ipv6.append((text, network))
+
+
+def _reply_ipv6(dictionary: Dictionary, text: str) -> IPv6Network | None:
+    """The IPv6 address or prefix a reply attribute gives a subscriber, if it gives one."""
+    from ispd.radius.attributes import AttributeValueError, subscriber_reply_attribute
+    from ispd.radius.codec import Attr
+
+    try:
+        reply = subscriber_reply_attribute(dictionary, text)
+    except AttributeValueError:
+        return None
+    if reply.vendor or reply.code not in (Attr.FRAMED_IPV6_PREFIX, Attr.DELEGATED_IPV6_PREFIX,
+                                          Attr.FRAMED_IPV6_ADDRESS):
+        return None
+    return IPv6Network(text.split("=", 1)[1].strip().strip("\"'"), strict=False)
 
 
 # A subscriber's own IPv6 address or prefixes are one IPAM with the reservations and the pools,
@@ -444,9 +457,21 @@ def _refuse_a_pool_s_ipv6(config: Config, text: str, network: IPv6Network) -> No
             raise CommandFailed(f"{text!r}: overlaps {what}, which hands its prefixes to others; {_RESERVE_INSTEAD}")
 
 
-async def _refuse_another_s_ipv6(store: Store, subscriber_id: int, given: Sequence[tuple[str, IPv6Network]]) -> None:
-    """A reply attribute's IPv6 address or prefix that overlaps another subscriber's reserved one:
-    RADIUS would hand it to both."""
+async def _refuse_another_s_ipv6(store: Store, subscriber_id: int, given: Sequence[tuple[str, IPv6Network]],
+                                 dictionary: Dictionary) -> None:
+    """A reply attribute's IPv6 address or prefix that overlaps another subscriber's reserved one,
+    or one another subscriber's own reply attributes give: RADIUS would hand it to both."""
+    if not given:
+        return
+    for other in await store.list_subscribers():
+        if other.id == subscriber_id:
+            continue
+        for line in other.radius_reply:
+            held_network = _reply_ipv6(dictionary, line)
+            for text, network in given if held_network is not None else ():
+                if network.overlaps(held_network):
+                    raise CommandFailed(f"{text!r}: overlaps {held_network}, {other.username}'s own reply "
+                                        f"attribute ({line}); {_RESERVE_INSTEAD}")
     for reservation in await store.list_reservations():
         if reservation.subscriber_id == subscriber_id:
             continue
@@ -476,7 +501,8 @@ async def cmd_subscriber_radius_reply(store: Store, args: argparse.Namespace) ->
     if args.clear or args.attributes:
         lines = [] if args.clear else args.attributes
         before = await store.get_subscriber(args.subscriber)
-        await _refuse_another_s_ipv6(store, before.id, getattr(args, "radius_reply_ipv6", []))
+        await _refuse_another_s_ipv6(store, before.id, getattr(args, "radius_reply_ipv6", []),
+                                     args.radius_dictionary)
         subscriber = await store.set_radius_reply(args.subscriber, lines, actor=actor(), hidden=_hidden_names(
             args.radius_dictionary, [*before.radius_reply, *lines]))
     else:

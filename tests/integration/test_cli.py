@@ -571,3 +571,17 @@ def test_a_subscriber_s_own_ipv6_prefix_is_nobody_else_s(tmp_path: Path) -> None
                                                                    "plan's apply)\n"
     ok(config_path, "subscriber", "radius-reply", "anna", "Delegated-IPv6-Prefix = 2001:db8:200::/48")
     ok(config_path, "subscriber", "radius-reply", "ben", "Delegated-IPv6-Prefix = 2001:db8:77::/48")
+
+
+def test_a_prefix_another_subscriber_s_reply_attributes_give_is_refused(tmp_path: Path) -> None:
+    """From a review: c933848 checks a reply attribute's IPv6 prefix against the reservations and
+    the pools, not against another subscriber's own reply attributes - the way a static prefix is
+    most often given. Two subscribers took the same Delegated-IPv6-Prefix; RADIUS sent it to both."""
+    config_path = toml.write(tmp_path / "ispd.toml", base_config(tmp_path))
+    for name in ("anna", "ben"):
+        ok(config_path, "subscriber", "add", name, "--password-stdin", input=f"{name}-pw\n")
+    ok(config_path, "subscriber", "radius-reply", "anna", "Delegated-IPv6-Prefix = 2001:db8:77::/48")
+    refused = ispd(config_path, "subscriber", "radius-reply", "ben", "Delegated-IPv6-Prefix = 2001:db8:77:100::/56")
+    assert refused.returncode == 1, refused.stdout
+    assert "overlaps 2001:db8:77::/48, anna's" in refused.stderr, refused.stderr
+    ok(config_path, "subscriber", "radius-reply", "anna", "Delegated-IPv6-Prefix = 2001:db8:77:100::/56")  # its own
