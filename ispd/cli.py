@@ -468,7 +468,9 @@ async def _refuse_another_s_ipv6(store: Store, subscriber_id: int, given: Sequen
             continue
         for line in other.radius_reply:
             held_network = _reply_ipv6(dictionary, line)
-            for text, network in given if held_network is not None else ():
+            if held_network is None:
+                continue
+            for text, network in given:
                 if network.overlaps(held_network):
                     raise CommandFailed(f"{text!r}: overlaps {held_network}, {other.username}'s own reply "
                                         f"attribute ({line}); {_RESERVE_INSTEAD}")
