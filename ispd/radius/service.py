@@ -1339,7 +1339,9 @@ class RadiusService(Service):
         finally:
             self._quota_checking.discard(subscriber_id)
 
-    async def _judge_quota(self, subscriber_id: int, now: float) -> None:
+    async def _judge_quota(self, subscriber_id: int, now: float, *, move: bool = True) -> None:
+        """``move``: a new verdict sends the open sessions a CoA to the profile it gives (without
+        it, the caller does: a plan change)."""
         subject = self.directory.by_id(subscriber_id)
         if subject is None or subject.plan is None:
             return
@@ -1352,6 +1354,8 @@ class RadiusService(Service):
         subject = self.directory.by_id(subscriber_id)  # it may have been replaced meanwhile
         if subject is None or subject.over_quota == over:
             return
+        if subject.plan is None or subject.plan.monthly_quota_bytes != quota:
+            return  # another plan meanwhile: its change judged the new quota itself
         if over and quota is not None:  # noted once per month (the store ignores a second one)
             await self.context.store.record_quota_crossing(QuotaCrossing(
                 subscriber_id, time.strftime("%Y-%m", time.gmtime(now)), now, used_octets, quota))
@@ -1365,7 +1369,7 @@ class RadiusService(Service):
                                "subscribers only): the plan's profile stays")
         # Open sessions move to the profile they would get now (a suspended one stays where it
         # is), each CoA on its own: a NAS that does not answer must not hold up housekeeping.
-        if subject.subscriber.status == SubscriberStatus.ACTIVE:
+        if move and subject.subscriber.status == SubscriberStatus.ACTIVE:
             walled = self._walled_now(subject)
             leaving = not over and plan.over_quota is OverQuota.WALLED_GARDEN
             for session in self.sessions.of_subscriber(subscriber_id):
@@ -1616,7 +1620,9 @@ class RadiusService(Service):
 
         async def plan_changed(event: SubscriberPlanChanged) -> None:
             walled = self._walled_before(event.subscriber_id)  # (over the old plan's quota)
-            await self._refresh(event.subscriber_id)
+            # The new quota's verdict is made before the plan's CoA goes, and moves nothing itself:
+            # the one CoA carries the profile the session belongs in now.
+            await self._refresh(event.subscriber_id, quota_moves=False)
             await self._apply_status(event.subscriber_id, "plan changed", was_walled=walled)
 
         async def plan_added(event: PlanAdded) -> None:
@@ -1655,20 +1661,22 @@ class RadiusService(Service):
         for unsubscribe in handlers:
             stack.callback(unsubscribe)
 
-    async def _refresh(self, subscriber_id: int) -> None:
+    async def _refresh(self, subscriber_id: int, *, quota_moves: bool = True) -> None:
         """Re-read one subscriber (status, plan, password forms, reservations) from the store;
-        one refresh of a subscriber at a time, so that an older read never lands last."""
+        one refresh of a subscriber at a time, so that an older read never lands last.
+        ``quota_moves``: another quota's verdict moves the open sessions itself; without it the
+        verdict is made before this returns and the caller sends the one CoA (a plan change)."""
         entry = self._refreshing.setdefault(subscriber_id, [asyncio.Lock(), 0])
         entry[1] += 1  # refreshes holding or waiting for the lock: the last one removes it
         try:
             async with entry[0]:
-                await self._reread(subscriber_id)
+                await self._reread(subscriber_id, quota_moves=quota_moves)
         finally:
             entry[1] -= 1
             if not entry[1]:
                 del self._refreshing[subscriber_id]
 
-    async def _reread(self, subscriber_id: int) -> None:
+    async def _reread(self, subscriber_id: int, *, quota_moves: bool = True) -> None:
         store = self.context.store
         try:
             subscriber = await store.get_subscriber(subscriber_id)
@@ -1696,7 +1704,18 @@ class RadiusService(Service):
             if before.plan is None or before.plan.monthly_quota_bytes != plan.monthly_quota_bytes:
                 # Another quota (a plan change): judged again now, not at the next sweep - the
                 # next login must not get the old plan's verdict.
-                self._quota_soon(subscriber_id, now=True)
+                if quota_moves:
+                    self._quota_soon(subscriber_id, now=True)
+                else:
+                    # Before the plan change's CoA: judged after it, the NAS got the old verdict's
+                    # profile of the new plan (its throttle, or its full rate) and then a second
+                    # CoA (from a bug hunt). A check under way read the old quota and drops its
+                    # verdict (_judge_quota).
+                    try:
+                        await self._judge_quota(subscriber_id, self.context.clock(), move=False)
+                    except StoreError as exc:
+                        log.warning("radius.quota.store_error", subscriber_id=subscriber_id, error=str(exc))
+                        self._quota_due.add(subscriber_id)  # the next sweep judges (and moves) it
 
     def _walled_before(self, subscriber_id: int) -> bool:
         """Whether the subscriber's sessions are in the walled garden, as the directory knows it

@@ -745,6 +745,57 @@ def test_a_session_throttled_before_a_restart_goes_back_when_its_subscriber_is_u
         assert service.accounting(f"{base}, Acct-Status-Type = Stop") == "Accounting-Response"
 
 
+def test_a_plan_change_across_the_quota_sends_one_coa_with_the_new_verdict(tmp_path: Path) -> None:
+    """From a bug hunt: the new quota was judged after the plan change's CoA had gone with the
+    old verdict, so the NAS got the new plan's throttle and then its full rate (or the full rate
+    and then the throttle): two CoAs, the first one wrong. Into a walled garden, the session was
+    walled again and then disconnected."""
+    require_radclient()
+    config = radius_config(tmp_path, 0, walled_garden_attributes=["Mikrotik-Address-List = walled"])
+    with FakeNas(secret=SECRET.encode()) as nas:
+        config["radius"]["client"][0]["coa_port"] = nas.port
+        with IspdProcess(tmp_path, config) as ispd:
+            ispd.start()
+            for name, quota, mode in (("capped", "2M", "throttle"), ("roomy", "10M", "throttle"),
+                                      ("tiny", "1M", "throttle"), ("walled", "2M", "walled-garden"),
+                                      ("walled-roomy", "10M", "walled-garden")):
+                ispd.cli("plan", "add", name, "--download-kbps", "100000", "--upload-kbps", "20000",
+                         "--monthly-quota", quota, "--over-quota", mode, "--over-quota-download-kbps", "2000",
+                         "--over-quota-upload-kbps", "1000", "--credential-policy", "cleartext")
+            ispd.cli("subscriber", "add", "quinn", "--plan", "capped", "--password-stdin", input="quinn-pw\n")
+            service = Radius(ispd)
+            eventually(lambda: service.pap("quinn", "quinn-pw") == "Access-Accept", timeout=10)
+            base = "User-Name = quinn, Acct-Session-Id = q-plan, NAS-IP-Address = 127.0.0.1"
+            assert service.accounting(f"{base}, Acct-Status-Type = Start") == "Accounting-Response"
+            assert service.accounting(f"{base}, Acct-Status-Type = Interim-Update, Acct-Output-Octets = 3000000") == \
+                "Accounting-Response"
+            assert nas.wait_for(1)[0].attributes[Attr.VENDOR_SPECIFIC][0][6:] == b"1000k/2000k"
+
+            def after(plan: str) -> list[Any]:
+                seen = len(nas.requests)
+                ispd.cli("subscriber", "set-plan", "quinn", plan)
+                nas.wait_for(seen + 1)
+                time.sleep(1.5)  # (a second CoA came within milliseconds)
+                return nas.requests[seen:]
+
+            def rates(requests: list[Any]) -> list[bytes]:
+                return [v[6:] for r in requests for v in r.attributes.get(Attr.VENDOR_SPECIFIC, [])
+                        if v[:4] == (14988).to_bytes(4, "big") and v[4] == 8]  # Mikrotik-Rate-Limit
+
+            assert rates(after("roomy")) == [b"20000k/100000k"]  # under now: the full rate, once
+            assert rates(after("tiny")) == [b"1000k/2000k"]  # over now: the throttle, once
+            # The verdicts are still noted, each once.
+            assert [e["plan"] for e in ispd.log_events("radius.quota.reset")] == ["roomy"]
+            assert [e["plan"] for e in ispd.log_events("radius.quota.crossed")] == ["capped", "tiny"]
+            walled = after("walled")  # over the walled plan's quota too: into the garden, once
+            assert [r.code for r in walled] == [43]
+            [out] = after("walled-roomy")  # out of the garden (its address list): one Disconnect
+            assert out.code == 40
+            reasons = [e["reason"] for e in ispd.log_events("radius.coa.sent")]
+            assert reasons.count("quota reset") == 0 and reasons.count("over quota") == 1, reasons
+            assert service.accounting(f"{base}, Acct-Status-Type = Stop") == "Accounting-Response"
+
+
 def test_a_disconnect_comes_from_the_address_radius_listens_on(tmp_path: Path) -> None:
     """NASes take Disconnect and CoA from their RADIUS server's address only (Cisco's
     dynamic-author client, MikroTik's /radius incoming): not whatever source the kernel picks."""
