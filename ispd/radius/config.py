@@ -418,6 +418,7 @@ class RadiusConfig(Section):
     # A suspended or closed subscriber's session that no Disconnect or CoA has reached (the NAS
     # did not answer, or the change was made while ispd was down) gets one again this often, up
     # to coa_retry_limit exchanges; a NAK is the NAS's answer and is not retried.
+    # The same for a session that a monthly quota's CoA (or Disconnect) did not reach.
     coa_retry_interval_seconds: float = Field(default=300.0, ge=10, le=86400)
     coa_retry_limit: int = Field(default=6, ge=0, le=100)
     # Housekeeping runs this often: it closes stale sessions, renews the pool addresses of open

@@ -366,6 +366,9 @@ class RadiusService(Service):
         # rate limit, or a check already under way): the next sweep checks them, open sessions or
         # not, so that a crossing just before a Stop still flags the next login.
         self._quota_due: set[int] = set()
+        # Subscribers whose sessions a quota verdict moved -> when (the wall clock): those its CoA
+        # did not reach get it again in housekeeping, as a suspension's (_retry_quota_moves).
+        self._quota_moved: dict[int, float] = {}
         self._refreshing: dict[int, list[Any]] = {}  # [lock, users]: one refresh of a subscriber at a time
         self.addresses = AddressPools(())
         self.prefixes: dict[str, PrefixPool] = {}  # (made once the directory knows the reservations)
@@ -1372,9 +1375,53 @@ class RadiusService(Service):
         if move and subject.subscriber.status == SubscriberStatus.ACTIVE:
             walled = self._walled_now(subject)
             leaving = not over and plan.over_quota is OverQuota.WALLED_GARDEN
+            if self.sessions.of_subscriber(subscriber_id):
+                self._quota_moved[subscriber_id] = now
             for session in self.sessions.of_subscriber(subscriber_id):
                 self._spawn(self._move(session, walled, "over quota" if over else "quota reset",
                                        from_the_garden=leaving), "quota-coa")
+
+    async def _retry_quota_moves(self, now: float) -> None:
+        """The open sessions that a quota verdict's CoA (or Disconnect, out of a garden) did not
+        reach, the NAS silent: sent again, as a suspension's are, every coa_retry_interval_seconds
+        up to coa_retry_limit exchanges (else the session kept its profile until it reconnected:
+        later checks find the flag up and send nothing). A NAK is the NAS's answer (503 closed
+        the session already); an answer to any later request (a plan change's) settles it too."""
+        if self.auth is None or not self._quota_moved:
+            return
+        spawned = 0
+        for subscriber_id, since in list(self._quota_moved.items()):
+            subject = self.directory.by_id(subscriber_id)
+            if (subject is None or subject.plan is None or subject.plan.monthly_quota_bytes is None
+                    or subject.subscriber.status != SubscriberStatus.ACTIVE or self.config.coa_retry_limit == 0):
+                del self._quota_moved[subscriber_id]  # (a suspension's own retries take over)
+                continue
+            waiting = False
+            for session in self.sessions.of_subscriber(subscriber_id):
+                if session.started_at >= since:
+                    continue  # logged in since: its Access-Accept carried the verdict's profile
+                if session.id in self._requesting:
+                    waiting = True  # its outcome is not recorded yet
+                    continue
+                if len(self._requesting) + spawned >= MAX_ENFORCING:
+                    return
+                tried = [r for r in await self.context.store.list_coa(session_id=session.id, limit=100)
+                         if r.at >= since]
+                if (any(r.result in ("ack", "nak") or (r.result == "error" and not r.attempts) for r in tried)
+                        or len(tried) >= self.config.coa_retry_limit):
+                    continue  # reached, refused, not sendable (nothing for its kind of NAS), or given up on
+                waiting = True
+                # (The verdict's own request counts from its start: it may not be recorded yet.)
+                if now - max((r.at for r in tried), default=since) < self.config.coa_retry_interval_seconds:
+                    continue
+                over = subject.over_quota
+                leaving = not over and subject.plan.over_quota is OverQuota.WALLED_GARDEN
+                reason = "over quota, retry" if over else "quota reset, retry"
+                self._spawn(self._move(session, self._walled_now(subject), reason, from_the_garden=leaving),
+                            "quota-coa")
+                spawned += 1
+            if not waiting:
+                del self._quota_moved[subscriber_id]
 
     async def _quota_profiles_left_behind(self) -> None:
         """At start: the open sessions that a CoA put on the over-quota profile while their
@@ -1394,7 +1441,7 @@ class RadiusService(Service):
             leaving = subject.plan.over_quota is OverQuota.WALLED_GARDEN
             for session in sessions:
                 last = next((c for c in moves if c.session_id == session.id), None)  # (newest first)
-                if last is not None and last.reason == "over quota":
+                if last is not None and last.reason in ("over quota", "over quota, retry"):
                     self._spawn(self._move(session, self._walled_now(subject), "quota reset",
                                            from_the_garden=leaving), "quota-coa")
 
@@ -1530,6 +1577,7 @@ class RadiusService(Service):
                     await self._renew_claims(now)
                     await self._enforce_status(now)
                     await self._check_quotas(now)
+                    await self._retry_quota_moves(now)
             except StoreError as exc:
                 log.warning("radius.stale_sessions.store_error", error=str(exc))
             except Exception:  # a bug here must not end housekeeping for the life of the daemon

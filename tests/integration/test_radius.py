@@ -796,6 +796,41 @@ def test_a_plan_change_across_the_quota_sends_one_coa_with_the_new_verdict(tmp_p
             assert service.accounting(f"{base}, Acct-Status-Type = Stop") == "Accounting-Response"
 
 
+def test_an_over_quota_coa_that_the_nas_did_not_answer_is_sent_again(tmp_path: Path) -> None:
+    """From a bug hunt: the over-quota CoA was sent once; a NAS that did not answer left the
+    session at its full rate until it reconnected (later checks found the flag up and sent
+    nothing). It is retried as a suspension's are, and no more once the NAS answers."""
+    require_radclient()
+    config = radius_config(tmp_path, 0, housekeeping_interval_seconds=1, coa_retry_interval_seconds=10,
+                           coa_retry_limit=3)
+    with FakeNas(secret=SECRET.encode(), answer="silent") as nas:
+        config["radius"]["client"][0]["coa_port"] = nas.port
+        with IspdProcess(tmp_path, config) as ispd:
+            ispd.start()
+            ispd.cli("plan", "add", "capped", "--download-kbps", "100000", "--upload-kbps", "20000",
+                     "--monthly-quota", "2M", "--over-quota-download-kbps", "2000", "--over-quota-upload-kbps", "1000",
+                     "--credential-policy", "cleartext")
+            ispd.cli("subscriber", "add", "quinn", "--plan", "capped", "--password-stdin", input="quinn-pw\n")
+            service = Radius(ispd)
+            eventually(lambda: service.pap("quinn", "quinn-pw") == "Access-Accept", timeout=10)
+            base = "User-Name = quinn, Acct-Session-Id = q-deaf, NAS-IP-Address = 127.0.0.1"
+            assert service.accounting(f"{base}, Acct-Status-Type = Start") == "Accounting-Response"
+            assert service.accounting(f"{base}, Acct-Status-Type = Interim-Update, Acct-Output-Octets = 3000000") == \
+                "Accounting-Response"
+            nas.wait_for(2)  # coa_attempts, unanswered
+            eventually(lambda: [e["result"] for e in ispd.log_events("radius.coa.sent")] == ["timeout"], timeout=5)
+            nas.answer = "ack"
+            again = nas.wait_for(3, timeout=20)[2]
+            assert again.code == 43 and again.first(Attr.ACCT_SESSION_ID) == b"q-deaf"
+            assert again.attributes[Attr.VENDOR_SPECIFIC][0][6:] == b"1000k/2000k"
+            eventually(lambda: [e["result"] for e in ispd.log_events("radius.coa.sent")] == ["timeout", "ack"],
+                       timeout=5)
+            assert ispd.log_events("radius.coa.sent")[1]["reason"] == "over quota, retry"
+            time.sleep(12)  # a retry interval on: the acknowledged one is not sent again
+            assert len(nas.requests) == 3
+            assert service.accounting(f"{base}, Acct-Status-Type = Stop") == "Accounting-Response"
+
+
 def test_a_disconnect_comes_from_the_address_radius_listens_on(tmp_path: Path) -> None:
     """NASes take Disconnect and CoA from their RADIUS server's address only (Cisco's
     dynamic-author client, MikroTik's /radius incoming): not whatever source the kernel picks."""
