@@ -1423,6 +1423,22 @@ class RadiusService(Service):
             if not waiting:
                 del self._quota_moved[subscriber_id]
 
+    async def _quota_moves_left_behind(self) -> None:
+        """At start: the sessions of those over the quota (the flag comes from the usage, not
+        from a verdict of this run) that were open at this month's crossing are retried as that
+        verdict's were, from the crossing on: a CoA that had timed out before the restart was
+        otherwise never sent again (from a bug hunt)."""
+        month = time.strftime("%Y-%m", time.gmtime(self.context.clock()))
+        for subscriber_id in list(self.sessions.by_subscriber):
+            subject = self.directory.by_id(subscriber_id)
+            if (subject is None or not subject.over_quota or subscriber_id in self._quota_moved
+                    or subject.subscriber.status != SubscriberStatus.ACTIVE):
+                continue
+            crossed = [c.crossed_at for c in await self.context.store.quota_crossings(subscriber_id)
+                       if c.month == month]
+            if crossed:
+                self._quota_moved[subscriber_id] = crossed[0]
+
     async def _quota_profiles_left_behind(self) -> None:
         """At start: the open sessions that a CoA put on the over-quota profile while their
         subscriber is under the quota now (the month ended while ispd was down, or the plan
@@ -1552,6 +1568,8 @@ class RadiusService(Service):
             await self._enforce_status(self.context.clock())
             await self._check_quotas(self.context.clock())
             await self._quota_profiles_left_behind()
+            await self._quota_moves_left_behind()
+            await self._retry_quota_moves(self.context.clock())
         except StoreError as exc:
             log.warning("radius.enforce.store_error", error=str(exc))
         offset = self.context.clock() - time.monotonic()

@@ -831,6 +831,39 @@ def test_an_over_quota_coa_that_the_nas_did_not_answer_is_sent_again(tmp_path: P
             assert service.accounting(f"{base}, Acct-Status-Type = Stop") == "Accounting-Response"
 
 
+def test_an_over_quota_coa_that_timed_out_before_a_restart_is_sent_after_it(tmp_path: Path) -> None:
+    """From a bug hunt: the over-quota flag comes back from the usage at start, and nothing
+    was sent: a session whose throttle the NAS never acknowledged kept its full rate."""
+    require_radclient()
+    config = radius_config(tmp_path, 0)
+    with FakeNas(secret=SECRET.encode(), answer="silent") as nas:
+        config["radius"]["client"][0]["coa_port"] = nas.port
+        with IspdProcess(tmp_path, config) as ispd:
+            ispd.start()
+            ispd.cli("plan", "add", "capped", "--download-kbps", "100000", "--upload-kbps", "20000",
+                     "--monthly-quota", "2M", "--over-quota-download-kbps", "2000", "--over-quota-upload-kbps", "1000",
+                     "--credential-policy", "cleartext")
+            ispd.cli("subscriber", "add", "quinn", "--plan", "capped", "--password-stdin", input="quinn-pw\n")
+            service = Radius(ispd)
+            eventually(lambda: service.pap("quinn", "quinn-pw") == "Access-Accept", timeout=10)
+            base = "User-Name = quinn, Acct-Session-Id = q-lost, NAS-IP-Address = 127.0.0.1"
+            assert service.accounting(f"{base}, Acct-Status-Type = Start") == "Accounting-Response"
+            assert service.accounting(f"{base}, Acct-Status-Type = Interim-Update, Acct-Output-Octets = 3000000") == \
+                "Accounting-Response"
+            eventually(lambda: [e["result"] for e in ispd.log_events("radius.coa.sent")] == ["timeout"], timeout=5)
+            assert ispd.terminate() == 0
+            config["radius"]["coa_retry_interval_seconds"] = 10  # (the timeout was more than 10 s ago by then)
+            nas.answer = "ack"
+            time.sleep(10)
+            ispd.start()
+            again = nas.wait_for(3, timeout=10)[2]  # (the first exchange: 2 attempts)
+            assert again.code == 43 and again.first(Attr.ACCT_SESSION_ID) == b"q-lost"
+            assert again.attributes[Attr.VENDOR_SPECIFIC][0][6:] == b"1000k/2000k"
+            eventually(lambda: [e["reason"] for e in ispd.log_events("radius.coa.sent")][-1:] == ["over quota, retry"],
+                       timeout=5)
+            assert service.accounting(f"{base}, Acct-Status-Type = Stop") == "Accounting-Response"
+
+
 def test_a_disconnect_comes_from_the_address_radius_listens_on(tmp_path: Path) -> None:
     """NASes take Disconnect and CoA from their RADIUS server's address only (Cisco's
     dynamic-author client, MikroTik's /radius incoming): not whatever source the kernel picks."""
