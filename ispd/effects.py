@@ -76,7 +76,7 @@ def _radius(o: SubscriberOverview, config: Config) -> list[Effect]:
                 result.append(_outcome(subject, last.kind, last.result, last.at, LEAVING_THE_GARDEN, session,
                                        config))
             else:
-                done = ("moved to the over-quota profile" if last.reason == "over quota"
+                done = ("moved to the over-quota profile" if _to_the_over_quota_profile(last.reason, o)
                         else "back to the plan's profile")
                 result.append(_outcome(subject, last.kind, last.result, last.at, done, session, config,
                                        attempts=last.attempts))
@@ -95,6 +95,17 @@ def _radius(o: SubscriberOverview, config: Config) -> list[Effect]:
             result.append(_outcome(subject, last.kind, last.result, last.at, "moved into the walled garden",
                                    session, config))
     return result
+
+
+def _to_the_over_quota_profile(reason: str | None, o: SubscriberOverview) -> bool:
+    """Whether an active subscriber's CoA carried the over-quota profile: the quota's own (or
+    its retry), or a plan change's while over the new plan's quota (its verdict is made before
+    the CoA goes, and no second one follows)."""
+    if (reason or "").startswith("over quota"):
+        return True
+    plan, used = o.plan, o.usage_this_month
+    return (reason == "plan changed" and plan is not None and plan.monthly_quota_bytes is not None
+            and used.input_octets + used.output_octets >= plan.monthly_quota_bytes)
 
 
 def _outcome(subject: str, kind: str, result: str, at: float, done: str, session: RadiusSession,

@@ -18,6 +18,7 @@ from ispd.store.models import (
     SubscriberOverview,
     SubscriberStatus,
     SuspendedMail,
+    Usage,
 )
 
 T = 1_800_000_000.0
@@ -134,6 +135,24 @@ def test_a_coa_not_sent_for_want_of_attributes_is_no_retry_hint() -> None:
     assert detail["session s1 on 198.18.0.1"][0] == "failed"
     assert "no attribute carries the profile" in detail["session s1 on 198.18.0.1"][1]
     assert "retry with `ispd session coa`" in detail["session s2 on 198.18.0.1"][1]
+
+
+def test_a_coa_that_carried_the_over_quota_profile_says_so() -> None:
+    """From a bug hunt: an over-quota CoA sent again (reason "over quota, retry"), or a plan
+    change's CoA to a plan whose quota is used up (one CoA, with the throttle), was shown as
+    "back to the plan's profile"."""
+    capped = Plan(1, "capped", monthly_quota_bytes=1000)
+    o = overview(SubscriberStatus.ACTIVE, plan=capped, usage_this_month=Usage(600, 600),
+                 sessions=[session(1), session(2), session(3)],
+                 coa=[replace(coa(1, "ack", kind="coa"), reason="over quota, retry"),
+                      replace(coa(2, "ack", kind="coa"), reason="plan changed"),
+                      replace(coa(3, "ack", kind="coa"), reason="quota reset, retry")], status_since=T - 100)
+    detail = {e.subject: e.detail for e in effects(o, CONFIG, None, T + 10) if e.service == "radius"}
+    assert detail["session s1 on 198.18.0.1"].startswith("moved to the over-quota profile")
+    assert detail["session s2 on 198.18.0.1"].startswith("moved to the over-quota profile")
+    assert detail["session s3 on 198.18.0.1"].startswith("back to the plan's profile")
+    under = effects(replace(o, usage_this_month=Usage(100, 100)), CONFIG, None, T + 10)
+    assert next(e.detail for e in under if e.subject == "session s2 on 198.18.0.1").startswith("back to the plan's")
 
 
 def test_dhcp_is_done_when_the_lease_comes_from_the_right_pool() -> None:
