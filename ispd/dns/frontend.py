@@ -7,12 +7,15 @@ Encrypted transports pad their replies (RFC 7830, blocks of 468 bytes as RFC 846
 when the query had EDNS; clear-text TCP never does.
 
 Connections are capped by ``ispd.listeners.ConnectionGate``: one over a cap is closed before
-any TLS or QUIC work is spent on it.
+any TLS or QUIC work is spent on it. Resolutions (whatever is not a cache hit) are capped by
+``ResolutionBudget``, one per process for UDP and every connection transport together.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from ispd.dns.dnstap import HttpProtocol, SocketProtocol
@@ -35,6 +38,66 @@ class TransportStats:
     latency: Histogram = field(default_factory=Histogram)
 
 
+class ResolutionBudget:
+    """Resolutions in flight at once in this process, whatever transport their queries came by
+    (Unbound's num-queries-per-thread): past ``limit`` a UDP miss is dropped (``try_take``), as
+    a client retries; a query over a connection waits for room (``take``), holding one of its
+    connection's in-flight places, so a connection that fills them has its reading paused (RFC
+    7766 §6.2.1.1 lets replies come late and in any order; its client's TCP window pushes back).
+    Without it each connection had its own cap only, and a few hundred connections pipelining
+    misses had tens of thousands resolved at once: sockets and memory without bound, and an
+    event loop too busy to answer cache hits and UDP clients for seconds. ``overloaded`` counts
+    the queries that found no room (``ispd_dns_dropped_total{reason="overload"}``)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.overloaded = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def try_take(self) -> bool:
+        if self.used >= self.limit:
+            self.overloaded += 1
+            return False
+        self.used += 1
+        return True
+
+    async def take(self) -> None:
+        if self.used < self.limit:
+            self.used += 1
+            return
+        self.overloaded += 1
+        loop = asyncio.get_running_loop()
+        woken = False
+        while self.used >= self.limit:  # (woken, a UDP miss may have taken the place first)
+            waiter: asyncio.Future[None] = loop.create_future()
+            if woken:
+                self._waiters.appendleft(waiter)  # its turn stays first
+            else:
+                self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # woken, then cancelled: the next one's turn
+                else:
+                    self._waiters.remove(waiter)
+                raise
+            woken = True
+        self.used += 1
+
+    def give(self) -> None:
+        self.used -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+
 class Answerer:
     """Answers for one transport. Latency goes to the transport's histogram and to the daemon's
     by path (cache hit or not), which UDP feeds too. Every query comes to ``from_cache`` first,
@@ -42,8 +105,10 @@ class Answerer:
 
     def __init__(self, engine: DNSEngine, stats: TransportStats, *, pad: bool, hit_latency: Histogram,
                  slow_latency: Histogram, tap: DnstapSink | None = None,
-                 protocol: SocketProtocol = SocketProtocol.TCP, http: HttpProtocol | None = None) -> None:
+                 protocol: SocketProtocol = SocketProtocol.TCP, http: HttpProtocol | None = None,
+                 budget: ResolutionBudget | None = None) -> None:
         self.engine = engine
+        self.budget = budget if budget is not None else ResolutionBudget(10_000)
         self.stats = stats
         self.pad = pad
         self.hit_latency = hit_latency
@@ -66,7 +131,12 @@ class Answerer:
         return reply
 
     async def resolve(self, query: bytes, client: str, started: float) -> bytes | None:
-        reply = await self.engine.answer(query, client, tcp=True)
+        budget = self.budget
+        await budget.take()
+        try:
+            reply = await self.engine.answer(query, client, tcp=True)
+        finally:
+            budget.give()
         if reply is None:
             self.stats.queries += 1
             return None

@@ -37,7 +37,6 @@ class DNSMetrics:
     def __init__(self) -> None:
         self.hit_latency = Histogram()
         self.slow_latency = Histogram()
-        self.overload_drops = 0
 
     def collectors(self, service: DNSService) -> list[Collector]:
         return [_DNSCollector(self, service)]
@@ -100,7 +99,7 @@ class _DNSCollector(Collector):
         dropped.add_metric(["rate_limited"], stats.rate_limited)
         dropped.add_metric(["policy_drop"], stats.dropped_by_policy)
         dropped.add_metric(["not_recursive"], stats.not_recursive)
-        dropped.add_metric(["overload"], metrics.overload_drops)
+        dropped.add_metric(["overload"], self.service.budget.overloaded)
         yield dropped
 
         policy = CounterMetricFamily("ispd_dns_policy_hits", "Queries a policy zone (RPZ) matched, by action.",

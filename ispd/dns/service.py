@@ -45,7 +45,7 @@ from ispd.dns.dns64 import DNS64
 from ispd.dns.dnssec import TrustAnchor
 from ispd.dns.dnstap import Encoder, HttpProtocol, SocketProtocol
 from ispd.dns.engine import DNSEngine
-from ispd.dns.frontend import Answerer, TransportStats
+from ispd.dns.frontend import Answerer, ResolutionBudget, TransportStats
 from ispd.dns.hints import HintsError, load_root_hints, load_trust_anchors
 from ispd.dns.https import DoHResponder, serve_h2
 from ispd.dns.localdata import LocalData
@@ -107,7 +107,9 @@ from ispd.workers import WorkerService
 
 log = get_logger("ispd.dns")
 ZONE_LIMIT_REPORT_SECONDS = 10.0  # how often zones newly over their rate limit are logged
-MAX_SLOW_TASKS = 10_000  # misses being resolved at once; beyond it new misses are dropped
+# Misses being resolved at once, every transport together (ispd.dns.frontend.ResolutionBudget):
+# beyond it new UDP misses are dropped, and queries over connections wait.
+MAX_SLOW_TASKS = 10_000
 # Lease names handled between two returns to the event loop when a start or reload publishes
 # them all: one costs 15-35 µs, and 60 000 in one go held every query 2-4 s.
 LEASES_PER_STEP = 1000
@@ -373,6 +375,7 @@ class DNSService(Service):
         self._udp: list[asyncio.DatagramTransport] = []
         self._tcp: list[asyncio.base_events.Server] = []
         self._slow: set[asyncio.Task[None]] = set()
+        self.budget = ResolutionBudget(MAX_SLOW_TASKS)
         self._tcp_gate: ConnectionGate | None = None
         self._gates: dict[str, ConnectionGate] = {}  # the encrypted listeners', by config key
         # Open DNS-over-TCP connections, by writer (with the reader and handler, to end them at stop).
@@ -1081,7 +1084,7 @@ class DNSService(Service):
         protocol, http = _TAPPED_AS[transport]
         return Answerer(self.engine, self.transport_stats[transport], pad=pad,
                         hit_latency=self.metrics.hit_latency, slow_latency=self.metrics.slow_latency,
-                        tap=self.tap, protocol=protocol, http=http)
+                        tap=self.tap, protocol=protocol, http=http, budget=self.budget)
 
     async def _open_encrypted(self, stack: AsyncExitStack) -> None:
         """DoT, DoH (HTTP/2 and HTTP/3) and DoQ, each when it has listen addresses."""
@@ -1395,12 +1398,15 @@ class DNSService(Service):
 
     def spawn_slow(self, data: bytes, client: str, transport: asyncio.DatagramTransport, addr: Any,
                    received: float = 0.0) -> None:
-        if len(self._slow) >= MAX_SLOW_TASKS:
-            self.metrics.overload_drops += 1
+        if not self.budget.try_take():
             return
         task = asyncio.ensure_future(self._answer_udp(data, client, transport, addr, received))
         self._slow.add(task)
-        task.add_done_callback(self._slow.discard)
+        task.add_done_callback(self._slow_done)
+
+    def _slow_done(self, task: asyncio.Task[None]) -> None:
+        self._slow.discard(task)
+        self.budget.give()
 
     async def _answer_udp(self, data: bytes, client: str, transport: asyncio.DatagramTransport, addr: Any,
                           received: float = 0.0) -> None:

@@ -2,8 +2,10 @@
 
 Queries are pipelined: a cache hit is answered in line; every other query becomes a task and its
 reply is written whenever it is ready, so replies may leave out of order (RFC 7766 §6.2.1.1).
-At most ``max_in_flight`` queries of one connection are resolved at once; reading waits while the
-cap is reached, and while the client does not read its replies (write buffer over 256 KiB).
+At most ``max_in_flight`` queries of one connection are resolved at once (and the process's
+``ResolutionBudget`` bounds them with every other transport's: one past it waits, holding its
+place); reading waits while the cap is reached, and while the client does not read its replies
+(write buffer over 256 KiB).
 A connection idle for ``idle_seconds`` is closed, and so is one whose client has not read its
 replies for as long (cut off: the replies it left would never drain); a length over
 ``max_query_bytes`` closes it too (the stream cannot be resynchronised). DoT adds TLS in front

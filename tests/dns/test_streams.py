@@ -8,10 +8,11 @@ import struct
 import weakref
 from types import SimpleNamespace
 
-from ispd.dns.frontend import TransportStats
+from ispd.dns.frontend import Answerer, ResolutionBudget, TransportStats
 from ispd.dns.service import DNSService
 from ispd.dns.streams import serve_dns_stream
 from ispd.listeners import ConnectionGate
+from ispd.metrics.fast import Histogram
 
 QUERY = struct.pack("!H", 12) + bytes(12)
 LINGER_NOT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 seconds: close() sends a reset
@@ -109,3 +110,80 @@ async def test_a_client_that_stops_reading_below_the_high_mark_is_cut_off_after_
         client.close()
         server.close()
         await server.wait_closed()
+
+
+class HeldEngine:
+    """Misses only; each resolution waits for ``release``; counts how many run at once."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.running = 0
+        self.peak = 0
+
+    def answer_from_cache(self, data: bytes, client: str, tcp: bool) -> None:
+        return None
+
+    async def answer(self, data: bytes, client: str, *, tcp: bool) -> bytes:
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            await self.release.wait()
+        finally:
+            self.running -= 1
+        return data
+
+
+async def test_connections_of_every_transport_share_one_budget_of_resolutions_with_udp() -> None:
+    """Each connection had a cap of its own (tcp_max_pipelined) and nothing bounded them
+    together: 300 TCP and DoT connections pipelining 100 misses each had 30,000 resolutions at
+    once (15,000 sockets, UDP clients of cached names answered after 5 to 14 s). Now what is
+    past the process's budget waits for room, reading paused, and UDP misses are dropped."""
+    engine = HeldEngine()
+    budget = ResolutionBudget(5)
+    answerers = [Answerer(engine, TransportStats(), pad=False, hit_latency=Histogram(),  # type: ignore[arg-type]
+                          slow_latency=Histogram(), budget=budget) for _ in ("tcp", "tls")]
+    servers = []
+    for answerer in answerers:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         answerer: Answerer = answerer) -> None:
+            await serve_dns_stream(reader, writer, "127.0.0.1", answerer, answerer.stats, idle_seconds=5,
+                                   max_in_flight=20, max_query_bytes=512, drain_seconds=5)
+        servers.append(await asyncio.start_server(handle, "127.0.0.1", 0))
+    clients = []
+    try:
+        for server in servers:
+            reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+            writer.write(QUERY * 20)
+            clients.append((reader, writer))
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+        assert engine.peak == 5
+        assert budget.used == 5 and budget.overloaded > 0
+        udp = SimpleNamespace(budget=budget)  # a UDP miss meanwhile: dropped, counted
+        overloaded = budget.overloaded
+        DNSService.spawn_slow(udp, QUERY[2:], "127.0.0.1", None, ("127.0.0.1", 1))  # type: ignore[arg-type]
+        assert budget.overloaded == overloaded + 1
+        engine.release.set()
+        for reader, _ in clients:  # every query answered once there is room
+            for _ in range(20):
+                (length,) = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), 5))
+                await reader.readexactly(length)
+        assert engine.peak == 5 and budget.used == 0
+    finally:
+        for _, writer in clients:
+            writer.close()
+        for server in servers:
+            server.close()
+            await server.wait_closed()
+
+
+async def test_a_query_waiting_for_room_that_is_cancelled_leaves_none_behind() -> None:
+    budget = ResolutionBudget(1)
+    await budget.take()
+    first = asyncio.ensure_future(budget.take())
+    second = asyncio.ensure_future(budget.take())
+    await asyncio.sleep(0)
+    budget.give()  # wakes the first, which is cancelled before it runs: the second's turn
+    first.cancel()
+    await asyncio.wait_for(second, 1)
+    assert budget.used == 1 and not budget._waiters
