@@ -5,13 +5,13 @@ reload and once a day) warn of one that has expired, is not valid yet (a clock f
 expires within ``EXPIRY_WARNING_DAYS``; ``ispd_tls_certificate_expiry_timestamp_seconds`` lets
 an alert say so earlier (contrib/alerts.yml).
 
-The files are read again each time (each scrape reads only those that changed): a certificate a
-renewal replaced on disk is what the next reload serves.
+The daemon reads each file when its service loads it (at start, at each reload the service
+takes) and speaks of that: a renewal written to disk but not yet loaded (no reload, or one the
+service refused) leaves the old certificate served, and the old dates are the ones to warn of.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -73,27 +73,16 @@ def certificate_problems(certificates: list[tuple[str, Path]], now: float) -> li
 
 class CertificateExpiryCollector:
     """``ispd_tls_certificate_expiry_timestamp_seconds{service, file}``: when each certificate
-    the config names expires (Unix time), for an alert such as "less than 21 days left"."""
+    the services serve with expires (Unix time), for an alert such as "less than 21 days left".
+    ``certificates`` gives (key, validity) of each as its service loaded it."""
 
-    def __init__(self, certificates: Callable[[], list[tuple[str, Path]]]) -> None:
+    def __init__(self, certificates: Callable[[], list[tuple[str, CertificateValidity]]]) -> None:
         self.certificates = certificates
-        self._read: dict[Path, tuple[tuple[int, int], CertificateValidity | None]] = {}
 
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily("ispd_tls_certificate_expiry_timestamp_seconds",
                                    "When the server certificate the service serves with expires (Unix time).",
                                    labels=["service", "file"])
-        read: dict[Path, tuple[tuple[int, int], CertificateValidity | None]] = {}
-        for key, path in self.certificates():
-            try:
-                stat = os.stat(path)
-            except OSError:
-                continue
-            version = (stat.st_mtime_ns, stat.st_size)
-            known = self._read.get(path)
-            validity = known[1] if known is not None and known[0] == version else certificate_validity(path)
-            read[path] = (version, validity)
-            if validity is not None:
-                family.add_metric([key, str(path)], validity.not_after)
-        self._read = read
+        for key, validity in self.certificates():
+            family.add_metric([key, validity.path], validity.not_after)
         yield family

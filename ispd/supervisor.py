@@ -54,7 +54,7 @@ from prometheus_client import CollectorRegistry, Gauge, GCCollector, PlatformCol
 
 from ispd import __version__
 from ispd.admin.service import AdminService
-from ispd.certificates import CertificateExpiryCollector, certificate_problems
+from ispd.certificates import CertificateExpiryCollector, CertificateValidity, certificate_validity
 from ispd.collector import collect_rarely
 from ispd.config import Config, ConfigError, load_config
 from ispd.control import ControlCommands, ControlServer, ControlSocketError
@@ -149,6 +149,10 @@ class Supervisor:
         self._stop_requested = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._reload_outcome = ""  # what of the last reload did not apply, for its STATUS=
+        # Each server certificate as it was when its service last loaded it (at start, at each
+        # reload the service took): what the expiry warnings and metric speak of, not the file as
+        # it is now (a renewal written but not yet loaded, or one whose reload was refused).
+        self._served_certificates: dict[Path, tuple[str, CertificateValidity | None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self.store: Store | None = None
         self.bus = EventBus()
@@ -188,8 +192,7 @@ class Supervisor:
             collector(registry=self.registry)
         self.registry.register(self.store_metrics.collector())
         self.registry.register(FastCollector([self.bus.published, self.bus.handler_failures]))
-        # (self.config as it is at each scrape: a reload replaces it)
-        self.registry.register(CertificateExpiryCollector(lambda: self.config.certificates()))  # noqa: PLW0108
+        self.registry.register(CertificateExpiryCollector(self._certificates_served))
         try:
             starting = asyncio.ensure_future(self._start_up())
             stop_requested = asyncio.ensure_future(self._stop_requested.wait())
@@ -205,6 +208,7 @@ class Supervisor:
                 return 1
             self._start_watchdog()
             self._spawn(self._purge_history_periodically())
+            self._note_certificates_served()
             self._warn_of_certificates()
             self._spawn(self._check_certificates_periodically())
             if self.config.store.backend == "postgresql":
@@ -612,11 +616,29 @@ class Supervisor:
             await asyncio.sleep(CERTIFICATE_CHECK_INTERVAL_SECONDS)
             self._warn_of_certificates()
 
+    def _note_certificates_served(self, refused: list[str] | None = None) -> None:
+        """Read each service's certificate file as the service has just loaded it; the
+        ``refused`` services kept what they had, and so does their entry here."""
+        served = {}
+        for key, path in self.config.certificates():
+            known = self._served_certificates.get(path)
+            if refused and key.split(".")[0] in refused and known is not None:
+                served[path] = (key, known[1])
+            else:
+                served[path] = (key, certificate_validity(path))
+        self._served_certificates = served
+
+    def _certificates_served(self) -> list[tuple[str, CertificateValidity]]:
+        return [(key, validity) for key, validity in self._served_certificates.values() if validity is not None]
+
     def _warn_of_certificates(self) -> None:
         """A certificate a service serves with that has expired, is not valid yet or expires
         soon: every client that checks it would fail, and nothing else says so."""
-        for key, path, problem in certificate_problems(self.config.certificates(), time.time()):
-            log.warning("tls.certificate.expiring", service=key, certificate=str(path), problem=problem)
+        now = time.time()
+        for key, validity in self._certificates_served():
+            problem = validity.problem(now)
+            if problem is not None:
+                log.warning("tls.certificate.expiring", service=key, certificate=validity.path, problem=problem)
 
     def _status_line(self) -> str:
         return "serving: " + ", ".join(e.service.describe() for e in self.running.values()) if self.running \
@@ -696,6 +718,7 @@ class Supervisor:
             log.warning("config.reloaded", config=str(self.config_path), refused=refused)
         else:
             log.info("config.reloaded", config=str(self.config_path))
+        self._note_certificates_served(refused)
         self._warn_of_certificates()  # (a renewal is what a reload usually brings)
         return True
 

@@ -4,13 +4,17 @@ through /metrics and /healthz."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
+import smtplib
 import socket
+import ssl
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 from tests.lab.certs import issue
 from tests.lab.ports import free_port, free_tcp_port
@@ -406,6 +410,53 @@ def test_a_certificate_near_its_end_is_warned_of_and_its_expiry_exported(tmp_pat
         assert len(ispd.log_events("tls.certificate.expiring")) == 1  # renewed: nothing more to say
         [line] = [line for line in ispd.http_get("/metrics")[1].splitlines() if line.startswith(metric)]
         assert float(line.removeprefix(metric)) > soon.timestamp() + 300 * 86400
+
+
+def test_the_certificate_expiry_speaks_of_the_certificate_served_not_the_file_on_disk(tmp_path: Path) -> None:
+    """A renewal written to disk whose reload the mail service refuses (here the new key is not
+    there yet) leaves the old certificate served. The metric and the warnings read the file
+    again at every scrape and check, and reported the renewal's dates: the "certificate
+    expired" alert stayed silent while every client got the expired one."""
+    soon = datetime.now(UTC) + timedelta(days=5)
+    certificates = issue(tmp_path / "tls", "mx.isp.example", not_after=soon)
+    port = free_tcp_port()
+    config = base_config(tmp_path, mail={
+        "enabled": True, "domains": ["isp.example"], "maildir_root": str(tmp_path / "mail"),
+        "queue_directory": str(tmp_path / "queue"), "listen_mx": [f"127.0.0.1:{port}"],
+        "certificate": str(certificates.certificate), "private_key": str(certificates.private_key)})
+    metric = f'ispd_tls_certificate_expiry_timestamp_seconds{{file="{certificates.certificate}",service="mail"}} '
+
+    def exported(ispd: IspdProcess) -> float:
+        [line] = [line for line in ispd.http_get("/metrics")[1].splitlines() if line.startswith(metric)]
+        return float(line.removeprefix(metric))
+
+    def served() -> str:
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.starttls(context=context)
+            der = cast(ssl.SSLSocket, client.sock).getpeercert(binary_form=True)
+        assert der is not None
+        return hashlib.sha256(der).hexdigest()
+
+    with IspdProcess(tmp_path, config) as ispd:
+        ispd.start()
+        assert len(ispd.log_events("tls.certificate.expiring")) == 1
+        before = served()
+        renewed = issue(tmp_path / "renewed", "mx.isp.example")  # (years)
+        os.replace(renewed.certificate, certificates.certificate)  # the key not yet
+        assert abs(exported(ispd) - soon.timestamp()) < 1  # not loaded: still the old one's
+        ispd.reload()
+        [refused] = ispd.log_events("config.reload.service_refused")
+        assert refused["service"] == "mail" and "does not belong to the certificate" in refused["error"]
+        assert served() == before
+        assert abs(exported(ispd) - soon.timestamp()) < 1
+        assert len(ispd.log_events("tls.certificate.expiring")) == 2  # still served: said again
+        os.replace(renewed.private_key, certificates.private_key)
+        ispd.reload()
+        assert served() != before
+        assert exported(ispd) > soon.timestamp() + 300 * 86400
+        assert len(ispd.log_events("tls.certificate.expiring")) == 2
 
 
 def test_the_open_files_limit_is_raised_to_the_hard_one_and_a_low_one_warned_of(tmp_path: Path) -> None:
