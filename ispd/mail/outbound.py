@@ -149,6 +149,7 @@ async def deliver_to_domain(domain: str, sender: str, recipients: list[str], mes
     except LookupFailed as failed:
         return dict.fromkeys(recipients, failed.outcome)
     last = f"{domain}: no mail host could be reached"
+    refused: Outcome | None = None  # the last host's 4xx at EHLO or STARTTLS, should no other take it
     reachable = False  # a host with an address, or one whose lookup may yet give one
     for host in hosts:
         addresses, unsure = await lookup.addresses(host)
@@ -163,13 +164,21 @@ async def deliver_to_domain(domain: str, sender: str, recipients: list[str], mes
                     aiosmtplib.SMTPServerDisconnected) as exc:
                 last = f"{host}[{address}]: {exc or type(exc).__name__}"  # the next address, the next MX
             except aiosmtplib.SMTPResponseException as exc:  # refused at EHLO or STARTTLS
-                return dict.fromkeys(recipients, outcome_of_reply(exc.code, f"{host}[{address}]: {exc.message}"))
+                outcome = outcome_of_reply(exc.code, f"{host}[{address}]: {exc.message}")
+                if outcome.verdict is not Verdict.DEFERRED:
+                    return dict.fromkeys(recipients, outcome)
+                # A 4xx there (421: busy, shutting down) is that server's state, not the
+                # message's: the next address, the next MX, as Postfix does (a primary that
+                # kept answering 421 held the mail until its lifetime ended, the backup untried).
+                refused, last = outcome, outcome.detail
             except aiosmtplib.SMTPException as exc:  # e.g. STARTTLS offered but unusable
                 last = f"{host}[{address}]: {exc}"
     if not reachable:
         # RFC 5321 §5.1: mail hosts none of which has an address are an error to report, not
         # something that waits out the queue lifetime (Postfix: "Host or domain name not found").
         return dict.fromkeys(recipients, Outcome(Verdict.BOUNCED, f"{domain}: {last}", "5.4.4"))
+    if refused is not None and refused.detail == last:  # the last one tried said why
+        return dict.fromkeys(recipients, refused)
     return dict.fromkeys(recipients, Outcome(Verdict.DEFERRED, last, "4.4.1"))
 
 

@@ -649,6 +649,70 @@ async def test_a_retry_set_before_the_wall_clock_was_stepped_back_is_not_put_off
     assert delivered == ["a@fine.example"]
 
 
+@pytest.mark.parametrize("refusing", [b"EHLO", b"STARTTLS"])
+async def test_a_server_that_answers_421_before_the_envelope_is_followed_by_the_next_mx(refusing: bytes) -> None:
+    """From a bug hunt: the primary MX answered 421 (busy) to EHLO or to STARTTLS, and the
+    attempt ended there, deferred, the backup MX never tried: a primary that kept saying so
+    held the mail until its lifetime ended and it bounced. Postfix tries the next MX."""
+    from tests.lab.ports import free_tcp_port
+
+    received: dict[str, int] = {"127.0.0.1": 0, "127.0.0.2": 0}
+
+    def server(address: str, busy: bool) -> Any:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"220 mx.two.example ESMTP\r\n")
+            while line := await reader.readline():
+                verb = line.split(b" ")[0].strip().upper()
+                if busy and verb in (refusing, b"HELO"):
+                    writer.write(b"421 4.3.2 Too busy, try later\r\n")
+                    await writer.drain()
+                    break
+                if verb == b"EHLO":
+                    writer.write(b"250-mx.two.example\r\n250 STARTTLS\r\n" if busy else b"250 mx.two.example\r\n")
+                elif verb == b"DATA":
+                    writer.write(b"354 go ahead\r\n")
+                    while await reader.readline() != b".\r\n":
+                        pass
+                    received[address] += 1
+                    writer.write(b"250 queued\r\n")
+                elif verb == b"QUIT":
+                    writer.write(b"221 bye\r\n")
+                    break
+                else:
+                    writer.write(b"250 ok\r\n")
+            writer.close()
+        return serve
+
+    class Lookup:
+        async def exchangers(self, domain: str) -> list[str]:
+            return ["mx1.two.example", "mx2.two.example"]
+
+        async def addresses(self, host: str) -> tuple[list[str], bool]:
+            return (["127.0.0.1"] if host.startswith("mx1") else ["127.0.0.2"]), False
+
+    async def deliver() -> dict[str, Any]:
+        return await outbound.deliver_to_domain(
+            "two.example", "alice@isp.example", ["bob@two.example"], b"Subject: x\r\n\r\nx\r\n",
+            lookup=Lookup(), port=port, helo="mx.isp.example", command_timeout=5)  # type: ignore[arg-type]
+
+    port = free_tcp_port()
+    first = await asyncio.start_server(server("127.0.0.1", True), "127.0.0.1", port)
+    second = await asyncio.start_server(server("127.0.0.2", False), "127.0.0.2", port)
+    try:
+        outcomes = await deliver()
+        assert outcomes["bob@two.example"].verdict is Verdict.DELIVERED, outcomes
+        assert received == {"127.0.0.1": 0, "127.0.0.2": 1}
+        second.close()
+        await second.wait_closed()
+        second = await asyncio.start_server(server("127.0.0.2", True), "127.0.0.2", port)
+        outcomes = await deliver()  # none takes it: deferred, with the last one's words
+    finally:
+        first.close()
+        second.close()
+    assert outcomes["bob@two.example"].verdict is Verdict.DEFERRED, outcomes
+    assert outcomes["bob@two.example"].detail.startswith("421 "), outcomes
+
+
 async def test_a_server_that_drops_the_connection_after_the_dot_is_not_followed_by_the_next_mx() -> None:
     """From a bug hunt: the first MX read the whole message and its final dot, then dropped the
     connection without a reply (RFC 1047: it may well have taken the message), and the attempt
