@@ -20,7 +20,7 @@ import ssl
 import struct
 from collections import deque
 from collections.abc import Callable
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -191,8 +191,19 @@ def server_tls_context(certificate: Path, private_key: Path, alpn: list[str]) ->
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     context.set_alpn_protocols(alpn)
-    load_certificate(context.load_cert_chain, certificate, private_key)
+    # An encrypted key: without a password callback OpenSSL asks for the passphrase on the
+    # terminal, and a daemon started from one froze whole (every service, the metrics, SIGTERM)
+    # at the reload that brought the key; without a terminal it said "Invalid argument".
+    load_certificate(partial(context.load_cert_chain, password=_no_passphrase), certificate, private_key)
     return context
+
+
+class _EncryptedKey(Exception):
+    pass
+
+
+def _no_passphrase() -> str:
+    raise _EncryptedKey
 
 
 def load_certificate(load: object, certificate: Path, private_key: Path) -> None:
@@ -206,6 +217,9 @@ def load_certificate(load: object, certificate: Path, private_key: Path) -> None
             raise CertificateError(f"cannot read the {what} {path}: {exc.strerror}") from None
     try:
         load(str(certificate), str(private_key))  # type: ignore[operator]
+    except _EncryptedKey:
+        raise CertificateError(f"the private key {private_key} is encrypted: ispd cannot ask for its passphrase "
+                               "(give it the key without one, readable by ispd alone)") from None
     except ssl.SSLError as exc:
         if "KEY_VALUES_MISMATCH" in str(exc) or "key values mismatch" in str(exc):
             raise CertificateError(f"the private key {private_key} does not belong to the certificate "

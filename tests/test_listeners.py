@@ -15,12 +15,14 @@ import pytest
 
 from ispd.listeners import (
     AddressedDatagramTransport,
+    CertificateError,
     ConnectionGate,
     bound_socket,
     check_address_free,
     client_key,
     listening_tcp_socket,
     open_datagram_listener,
+    server_tls_context,
 )
 from tests.lab.netns import lab
 
@@ -210,3 +212,49 @@ def test_an_unproven_connection_counts_in_the_total_only_until_its_address_is_pr
     assert stats.refused_connections == 3
     gate.release("198.51.100.7")
     assert gate.per_client == {} and gate.total == 1
+
+
+def test_an_encrypted_private_key_is_refused_without_asking_the_terminal(tmp_path: Path) -> None:
+    """From a bug hunt: OpenSSL, given no password callback, asks for an encrypted key's
+    passphrase on the controlling terminal. A daemon started from a shell froze whole at the
+    reload that brought such a key (every service, the metrics, even SIGTERM) waiting for someone
+    to type; without a terminal the reload was refused with "[Errno 22] Invalid argument"."""
+    import os
+    import pty
+    import select
+    import signal
+    import time
+
+    from cryptography.hazmat.primitives import serialization
+
+    from tests.lab.certs import issue
+
+    certificates = issue(tmp_path, "mx.isp.example")
+    key = serialization.load_pem_private_key(certificates.private_key.read_bytes(), password=None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.BestAvailableEncryption(b"passphrase")))
+    child, terminal = pty.fork()  # the child has the pseudo-terminal as its controlling terminal
+    if child == 0:
+        try:
+            server_tls_context(certificates.certificate, encrypted, [])
+        except CertificateError as exc:
+            os.write(1, f"refused: {exc}\n".encode())
+        os._exit(0)
+    said = b""
+    deadline = time.monotonic() + 20
+    try:
+        while time.monotonic() < deadline and b"\n" not in said:
+            if select.select([terminal], [], [], 0.5)[0]:
+                try:
+                    said += os.read(terminal, 4096)
+                except OSError:  # the child has gone
+                    break
+            if b"pass phrase" in said.lower():
+                break
+    finally:
+        os.kill(child, signal.SIGKILL)  # (a child that has exited is a zombie until the wait)
+        os.waitpid(child, 0)
+        os.close(terminal)
+    assert b"pass phrase" not in said.lower(), said
+    assert said.startswith(f"refused: the private key {encrypted} is encrypted".encode()), said
