@@ -500,10 +500,15 @@ class IMAPSession(asyncio.Protocol):
         subscribed_only = command.name == "LSUB"
         selection, returns = command.args["selection"], command.args["return"]
         subscribed = set(await self._blocking(self.maildir.subscriptions)) | {""}
-        listed = [f for f in folders if f in subscribed] if subscribed_only or b"SUBSCRIBED" in selection else folders
+        # A subscription outlives its folder (RFC 3501 §6.3.9: the server does not drop it):
+        # LSUB names it still, LIST (SUBSCRIBED) marks it \NonExistent (RFC 5258 §3.1), as Dovecot.
+        gone = subscribed - set(folders)
+        listed = folders
+        if subscribed_only or b"SUBSCRIBED" in selection:
+            listed = [f for f in folders if f in subscribed] + sorted(gone)
         # RFC 6154 §2: the SPECIAL-USE selection option lists only the special-use folders.
         if b"SPECIAL-USE" in selection:
-            listed = [f for f in listed if f in SPECIAL_FOLDERS]
+            listed = [f for f in listed if f in SPECIAL_FOLDERS and f not in gone]
         # Levels of the hierarchy without a folder of their own (A below A.B.C, or a parent
         # deleted before its children) are named too, \Noselect, so that a client walking the
         # tree with "%" reaches what is below them (RFC 3501 §6.3.8, and §6.3.9 for LSUB); not
@@ -519,6 +524,8 @@ class IMAPSession(asyncio.Protocol):
             attributes = [b"\\HasChildren" if has_children else b"\\HasNoChildren"]
             if folder in implied:
                 attributes = [b"\\Noselect"] + (attributes if not subscribed_only else [])
+            elif folder in gone:
+                attributes = [] if subscribed_only else [b"\\NonExistent"]
             elif subscribed_only:
                 attributes = []
             elif folder.split(".")[0] in SPECIAL_FOLDERS and "." not in folder:
