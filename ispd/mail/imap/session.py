@@ -710,6 +710,11 @@ class IMAPSession(asyncio.Protocol):
             self.send(f"{command.tag} NO [CANNOT] that mailbox name is not allowed".encode())
             return
         assert self.maildir is not None
+        # RFC 3501 §6.3.6 lets the server check that the mailbox exists; Dovecot does, and a
+        # subscription to a mistyped name would otherwise stay, in LSUB, as \NonExistent.
+        if command.name == "SUBSCRIBE" and self._folder(command.args["mailbox"]) is None:
+            self.send(f"{command.tag} NO [NONEXISTENT] no such mailbox".encode())
+            return
         if folder:  # the INBOX is always subscribed
             await self._blocking(self.maildir.set_subscribed, folder, command.name == "SUBSCRIBE")
         self.send(f"{command.tag} OK {command.name} completed".encode())

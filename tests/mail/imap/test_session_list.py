@@ -87,3 +87,12 @@ def test_a_subscription_outlives_its_folder(maildir: Maildir) -> None:
     assert b'* LIST (\\NonExistent \\Subscribed) "." "Gone"' in lines('LIST (SUBSCRIBED) "" "*"')
     assert not any(b'"Gone"' in line for line in lines('LIST "" "*"'))
     assert not any(b'"Gone"' in line for line in lines('LIST (SPECIAL-USE) "" "*"'))
+
+
+def test_subscribing_to_a_folder_that_does_not_exist_is_refused(maildir: Maildir) -> None:
+    """It was answered OK and then never listed anywhere (Dovecot: NO Mailbox doesn't exist);
+    UNSUBSCRIBE of a name whose folder is gone still works, to clean it up."""
+    assert listed(maildir, "SUBSCRIBE Nothere") == [b"t4 NO [NONEXISTENT] no such mailbox"]
+    answer = run_commands(maildir, ["LOGIN alice@isp.example secret", "CREATE Gone", "SUBSCRIBE Gone", "DELETE Gone",
+                                    "UNSUBSCRIBE Gone", 'LSUB "" "*"'], lambda: None)
+    assert b'"Gone"' not in answer and answer.endswith(b"t5 OK LSUB completed\r\n")
