@@ -464,6 +464,8 @@ class IMAPSession(asyncio.Protocol):
         are refused."""
         if name.upper() == b"INBOX":
             return ""
+        if name[:6].upper() == b"INBOX.":  # "inbox.x" is below the INBOX too (RFC 3501 §5.1), as Dovecot
+            name = b"INBOX" + name[5:]
         try:
             text = name.decode("ascii")
         except UnicodeDecodeError:
@@ -483,7 +485,11 @@ class IMAPSession(asyncio.Protocol):
         if text is None:
             return None
         assert self.maildir is not None
-        return text if (self.maildir.folder_path(text) / "cur").is_dir() else None
+        if (self.maildir.folder_path(text) / "cur").is_dir():
+            return text
+        # A folder made as "inbox.x" before that name meant INBOX.x is still reached by it.
+        spelt = name.decode("ascii", "replace")
+        return spelt if spelt != text and (self.maildir.folder_path(spelt) / "cur").is_dir() else None
 
     async def cmd_namespace(self, command: Command) -> None:
         self.send(b'* NAMESPACE (("" ".")) NIL NIL')
@@ -520,7 +526,10 @@ class IMAPSession(asyncio.Protocol):
             name = folder.encode() if folder else b"INBOX"
             if not _pattern_matches(command.args["reference"] + pattern, name):
                 continue
-            has_children = bool(folder) and any(f.startswith(folder + ".") for f in folders)
+            if folder:
+                has_children = any(f.startswith(folder + ".") for f in folders)
+            else:  # the INBOX, with INBOX.x below it
+                has_children = any(f[:6].upper() == "INBOX." for f in folders)
             attributes = [b"\\HasChildren" if has_children else b"\\HasNoChildren"]
             if folder in implied:
                 attributes = [b"\\Noselect"] + (attributes if not subscribed_only else [])
@@ -1399,6 +1408,8 @@ def _pattern_matches(pattern: bytes, name: bytes) -> bool:
     text, target = pattern.decode("ascii", "replace"), name.decode("ascii", "replace")
     if name == b"INBOX":
         text, target = text.upper(), target.upper()
+    elif name.startswith(b"INBOX.") and text[:5].upper() == "INBOX":  # "inbox.%" reaches INBOX.x
+        text = "INBOX" + text[5:]
     # A run of wildcards matches what its widest one does; literals cannot outnumber the name.
     text = _RUNS_OF_WILDCARDS.sub(lambda run: "*" if "*" in run.group(0) else "%", text)
     if len(text) - text.count("*") - text.count("%") > len(target):

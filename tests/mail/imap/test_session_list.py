@@ -96,3 +96,17 @@ def test_subscribing_to_a_folder_that_does_not_exist_is_refused(maildir: Maildir
     answer = run_commands(maildir, ["LOGIN alice@isp.example secret", "CREATE Gone", "SUBSCRIBE Gone", "DELETE Gone",
                                     "UNSUBSCRIBE Gone", 'LSUB "" "*"'], lambda: None)
     assert b'"Gone"' not in answer and answer.endswith(b"t5 OK LSUB completed\r\n")
+
+
+def test_a_folder_below_the_inbox_is_its_child_however_inbox_is_spelt(maildir: Maildir) -> None:
+    """RFC 3501 §5.1: INBOX is case-insensitive, so "inbox.Sub" is INBOX.Sub, and the INBOX has
+    children (Dovecot: INBOX \\HasChildren, INBOX.Sub). It was a folder named "inbox.Sub" beside
+    an INBOX listed \\HasNoChildren, so clients showed no subfolder under the INBOX."""
+    answer = run_commands(maildir, ["LOGIN alice@isp.example secret", "CREATE inbox.Sub", "SELECT Inbox.Sub"],
+                          lambda: None)
+    assert (maildir.folder_path("INBOX.Sub") / "cur").is_dir()
+    assert answer.endswith(b"t2 OK [READ-WRITE] SELECT completed\r\n")
+    full = run_commands(maildir, ["LOGIN alice@isp.example secret", 'LIST "" "*"'], lambda: None).split(b"\r\n")
+    assert b'* LIST (\\HasChildren) "." "INBOX"' in full and b'* LIST (\\HasNoChildren) "." "INBOX.Sub"' in full
+    below = run_commands(maildir, ["LOGIN alice@isp.example secret", 'LIST "" "inbox.%"'], lambda: None)
+    assert below == b'* LIST (\\HasNoChildren) "." "INBOX.Sub"\r\nt1 OK LIST completed\r\n'
