@@ -768,6 +768,9 @@ class IMAPSession(asyncio.Protocol):
         if self._folder(command.args["new"]) is not None:
             self.send(f"{command.tag} NO [ALREADYEXISTS] mailbox exists".encode())
             return
+        if new.startswith(old + "."):  # A.B to A.B.C: the folders below would move into themselves
+            self.send(f"{command.tag} NO [CANNOT] cannot rename a mailbox under itself".encode())
+            return
         await self._blocking(self.maildir.rename_folder, old, new)
         self.send(f"{command.tag} OK RENAME completed".encode())
 

@@ -110,3 +110,12 @@ def test_a_folder_below_the_inbox_is_its_child_however_inbox_is_spelt(maildir: M
     assert b'* LIST (\\HasChildren) "." "INBOX"' in full and b'* LIST (\\HasNoChildren) "." "INBOX.Sub"' in full
     below = run_commands(maildir, ["LOGIN alice@isp.example secret", 'LIST "" "inbox.%"'], lambda: None)
     assert below == b'* LIST (\\HasNoChildren) "." "INBOX.Sub"\r\nt1 OK LIST completed\r\n'
+
+
+def test_a_folder_cannot_be_renamed_under_itself(maildir: Maildir) -> None:
+    """RENAME r.q r.q.s was accepted and left r.q an empty \\Noselect level above the folder
+    (with r.q.x it made r.q.s.x); Dovecot: NO Can't rename mailbox under its own child."""
+    answer = run_commands(maildir, ["LOGIN alice@isp.example secret", "CREATE r.q", "CREATE r.q.x", "RENAME r.q r.q.s"],
+                          lambda: None)
+    assert answer == b"t3 NO [CANNOT] cannot rename a mailbox under itself\r\n"
+    assert sorted(maildir.folders())[-2:] == ["r.q", "r.q.x"]
