@@ -81,7 +81,9 @@ def split_message(message: bytes) -> tuple[bytes, bytes]:
 
 def header_fields(header: bytes, names: tuple[bytes, ...], *, exclude: bool) -> bytes:
     """The header lines (with their continuations) whose field name is, or with ``exclude``
-    is not, one of ``names`` (uppercase), and the blank line that ends a header section."""
+    is not, one of ``names`` (uppercase), and the blank line that ends a header section - when
+    it has one: RFC 3501 §6.4.5 leaves it out of every header fetch of a message that has no
+    body and no blank line (Dovecot's HEADER.FIELDS.NOT too)."""
     wanted = {n.upper() for n in names}
     kept: list[bytes] = []
     keep = False
@@ -96,7 +98,8 @@ def header_fields(header: bytes, names: tuple[bytes, ...], *, exclude: bool) -> 
         keep = (name in wanted) != exclude
         if keep:
             kept.append(line)
-    return b"".join(k + b"\r\n" for k in kept) + b"\r\n"
+    ended = header == b"\r\n" or header.endswith(b"\r\n\r\n")
+    return b"".join(k + b"\r\n" for k in kept) + (b"\r\n" if ended else b"")
 
 
 _SHIFTED = re.compile(r"&([^-]*)-")
