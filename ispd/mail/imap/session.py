@@ -43,7 +43,7 @@ import re
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -1706,8 +1706,8 @@ def _matches(key: SearchKey, seq: int, message: IndexedMessage, data: bytes,
         text = _header_value(data, b"DATE").partition(b":")[2].strip()
         try:
             sent = email.utils.parsedate_to_datetime(text.decode("ascii", "replace")).date()
-        except (TypeError, ValueError):
-            return False
+        except (TypeError, ValueError):  # no Date (or none readable): sent at the epoch, as Dovecot
+            sent = date(1970, 1, 1)
         wanted = args[0].date()
         return bool(sent < wanted if name == "SENTBEFORE" else sent == wanted if name == "SENTON" else sent >= wanted)
     if name in ("FROM", "TO", "CC", "BCC", "SUBJECT"):

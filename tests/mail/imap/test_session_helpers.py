@@ -173,3 +173,23 @@ def test_a_literal_carries_no_nul() -> None:
 
     assert astring(b"ab\x00cd\r\n") == b"{7}\r\nab\x80cd\r\n"
     assert astring(b"plain\r\n") == b"{7}\r\nplain\r\n"
+
+
+@pytest.mark.parametrize("date_field", [b"", b"Date: not a date\r\n"])
+@pytest.mark.parametrize(("key", "day", "found"), [
+    ("SENTBEFORE", "2-Jan-1970", True), ("SENTBEFORE", "1-Jan-1970", False), ("SENTON", "1-Jan-1970", True),
+    ("SENTSINCE", "1-Jan-1970", True), ("SENTSINCE", "2-Jan-1970", False),
+])
+def test_a_message_without_a_date_was_sent_at_the_epoch(date_field: bytes, key: str, day: str, found: bool) -> None:
+    """Dovecot takes a missing (or unreadable) Date: as 1 January 1970, so SENTBEFORE matches it;
+    SENTBEFORE and SENTON never matched such a message, and NOT SENTBEFORE always did."""
+    from datetime import datetime
+
+    from ispd.mail.imap.parser import SearchKey
+    from ispd.mail.imap.session import _matches
+    from ispd.mail.mailindex import IndexedMessage
+
+    data = b"From: a@example.org\r\n" + date_field + b"Subject: s\r\n\r\nbody\r\n"
+    message = IndexedMessage(1, "m:2,", "", len(data), len(data), 0.0, False, 1)
+    wanted = datetime.strptime(day, "%d-%b-%Y")
+    assert _matches(SearchKey(key, (wanted,)), 1, message, data, [message]) is found
