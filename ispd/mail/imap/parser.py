@@ -151,8 +151,13 @@ class _Reader:
             else:
                 out += char
 
+    def _at_string(self) -> bool:
+        """A quoted string or a literal (a literal8 "~{" too) starts here; "~" alone is an
+        ASTRING-CHAR like any other (RFC 3501 §9), as in a folder named ~work."""
+        return self.peek() in (b'"', b"{") or self.text[self.pos:self.pos + 2] == b"~{"
+
     def astring(self) -> bytes:
-        if self.peek() in (b'"', b"{", b"~"):
+        if self._at_string():
             return self.string()
         return self.match(_ASTRING_ATOM, "an atom or string")
 
@@ -167,7 +172,7 @@ class _Reader:
         return b"INBOX" if name.upper() == b"INBOX" else name
 
     def list_mailbox(self) -> bytes:
-        if self.peek() in (b'"', b"{", b"~"):
+        if self._at_string():
             return self.string()
         return self.match(_LIST_CHARS, "a mailbox pattern")
 

@@ -185,3 +185,11 @@ def test_any_bytes_parse_or_are_bad(data: bytes) -> None:
         if isinstance(event, Framed):
             with contextlib.suppress(ParseError):
                 parse(event)
+
+
+def test_a_tilde_starts_an_atom_unless_a_literal8_follows() -> None:
+    """"~" is an ASTRING-CHAR (RFC 3501 §9): SELECT ~work (offlineimap sends folder names as
+    atoms) was BAD "expected a string", so a folder ispd let a client create could not be read."""
+    assert command(b"a SELECT ~work").args["mailbox"] == b"~work"  # type: ignore[attr-defined]
+    assert command(b"a LIST ~ ~w%").args["pattern"] == b"~w%"  # type: ignore[attr-defined]
+    assert command(b'a LOGIN ~alice "pw"').args["user"] == b"~alice"  # type: ignore[attr-defined]
