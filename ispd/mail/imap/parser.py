@@ -27,6 +27,9 @@ MAX_DEPTH = 16  # nested lists in SEARCH: deeper is an attack, not a query
 _TAG = re.compile(rb"[^\x00-\x20\x7f-\xff(){%*\"\\+]+")
 _ATOM = re.compile(rb"[^\x00-\x20\x7f-\xff(){%*\"\\\]]+")
 _ASTRING_ATOM = re.compile(rb"[^\x00-\x20\x7f-\xff(){%*\"\\]+")  # ASTRING-CHAR: "]" allowed
+# A mailbox name as an atom may hold "%", "*" and "\" too, as Dovecot takes it: imaplib2
+# (offlineimap) sends SELECT star*s so, and such a folder could not be read otherwise.
+_MAILBOX_ATOM = re.compile(rb"[^\x00-\x20\x7f-\xff(){\"]+")
 _LIST_CHARS = re.compile(rb"[^\x00-\x20\x7f-\xff(){\"\\]+")  # list-mailbox: "%" and "*" allowed
 _NUMBER = re.compile(rb"\d{1,20}")
 _SEQUENCE = re.compile(rb"[0-9*:,$]+")
@@ -168,7 +171,7 @@ class _Reader:
         return self.string()
 
     def mailbox(self) -> bytes:
-        name = self.astring()
+        name = self.string() if self._at_string() else self.match(_MAILBOX_ATOM, "a mailbox name")
         return b"INBOX" if name.upper() == b"INBOX" else name
 
     def list_mailbox(self) -> bytes:

@@ -193,3 +193,12 @@ def test_a_tilde_starts_an_atom_unless_a_literal8_follows() -> None:
     assert command(b"a SELECT ~work").args["mailbox"] == b"~work"  # type: ignore[attr-defined]
     assert command(b"a LIST ~ ~w%").args["pattern"] == b"~w%"  # type: ignore[attr-defined]
     assert command(b'a LOGIN ~alice "pw"').args["user"] == b"~alice"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("name", [b"star*s", b"per%cent", b"Back\\\\slash", b"a]b"])
+def test_a_mailbox_name_sent_as_an_atom_may_hold_wildcards_and_backslashes(name: bytes) -> None:
+    """imaplib2 (offlineimap) sends SELECT star*s unquoted; Dovecot takes it, ispd answered BAD
+    and offlineimap failed on such a folder every run."""
+    assert command(b"a SELECT " + name + b" (CONDSTORE)").args["mailbox"] == name  # type: ignore[attr-defined]
+    assert command(b"a STATUS " + name + b" (MESSAGES)").args["mailbox"] == name  # type: ignore[attr-defined]
+    bad(b'a SELECT Quote"d')
