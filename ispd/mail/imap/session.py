@@ -761,6 +761,9 @@ class IMAPSession(asyncio.Protocol):
     async def cmd_rename(self, command: Command) -> None:
         old = self._folder(command.args["old"])
         new = self._folder_name(command.args["new"])
+        if old is None and self._folder_name(command.args["old"]):  # a good name, of no folder
+            self.send(f"{command.tag} NO [NONEXISTENT] no such mailbox".encode())
+            return
         if old is None or old == "" or not new:
             self.send(f"{command.tag} NO [CANNOT] cannot rename that (the INBOX, or a bad name)".encode())
             return

@@ -119,3 +119,11 @@ def test_a_folder_cannot_be_renamed_under_itself(maildir: Maildir) -> None:
                           lambda: None)
     assert answer == b"t3 NO [CANNOT] cannot rename a mailbox under itself\r\n"
     assert sorted(maildir.folders())[-2:] == ["r.q", "r.q.x"]
+
+
+def test_renaming_a_folder_that_does_not_exist_says_so(maildir: Maildir) -> None:
+    """It was NO [CANNOT] "the INBOX, or a bad name", for a good name of no folder (Dovecot:
+    NO [NONEXISTENT]); the INBOX and bad names still get [CANNOT]."""
+    assert listed(maildir, "RENAME Nothere Elsewhere") == [b"t4 NO [NONEXISTENT] no such mailbox"]
+    assert listed(maildir, "RENAME INBOX Elsewhere")[0].startswith(b"t4 NO [CANNOT]")
+    assert listed(maildir, "RENAME Projects a..b")[0].startswith(b"t4 NO [CANNOT]")
