@@ -721,9 +721,11 @@ class IMAPSession(asyncio.Protocol):
         assert self.maildir is not None
         # RFC 3501 §6.3.6 lets the server check that the mailbox exists; Dovecot does, and a
         # subscription to a mistyped name would otherwise stay, in LSUB, as \NonExistent.
-        if command.name == "SUBSCRIBE" and self._folder(command.args["mailbox"]) is None:
+        existing = self._folder(command.args["mailbox"])
+        if command.name == "SUBSCRIBE" and existing is None:
             self.send(f"{command.tag} NO [NONEXISTENT] no such mailbox".encode())
             return
+        folder = folder if existing is None else existing  # a folder made as inbox.x keeps that name
         if folder:  # the INBOX is always subscribed
             await self._blocking(self.maildir.set_subscribed, folder, command.name == "SUBSCRIBE")
         self.send(f"{command.tag} OK {command.name} completed".encode())

@@ -127,3 +127,13 @@ def test_renaming_a_folder_that_does_not_exist_says_so(maildir: Maildir) -> None
     assert listed(maildir, "RENAME Nothere Elsewhere") == [b"t4 NO [NONEXISTENT] no such mailbox"]
     assert listed(maildir, "RENAME INBOX Elsewhere")[0].startswith(b"t4 NO [CANNOT]")
     assert listed(maildir, "RENAME Projects a..b")[0].startswith(b"t4 NO [CANNOT]")
+
+
+def test_a_folder_made_as_inbox_x_before_is_still_reached_and_subscribed_by_that_name(maildir: Maildir) -> None:
+    maildir.create_folder("inbox.old")
+    answer = run_commands(maildir, ["LOGIN alice@isp.example secret", "SUBSCRIBE inbox.old", 'LSUB "" "*"',
+                                    "SELECT inbox.old"], lambda: None, before=0)
+    assert answer.endswith(b"t3 OK [READ-WRITE] SELECT completed\r\n")
+    assert "inbox.old" in maildir.subscriptions()
+    lines = run_commands(maildir, ["LOGIN alice@isp.example secret", 'LSUB "" "*"'], lambda: None).split(b"\r\n")
+    assert b'* LSUB () "." "inbox.old"' in lines
