@@ -505,7 +505,8 @@ class IMAPSession(asyncio.Protocol):
         folders = ["", *(await self._blocking(self.maildir.folders))]
         subscribed_only = command.name == "LSUB"
         selection, returns = command.args["selection"], command.args["return"]
-        subscribed = set(await self._blocking(self.maildir.subscriptions)) | {""}
+        names = await self._blocking(self.maildir.subscriptions)
+        subscribed = {"" if n.upper() == "INBOX" else n for n in names} | {""}  # Dovecot writes INBOX there
         # A subscription outlives its folder (RFC 3501 §6.3.9: the server does not drop it):
         # LSUB names it still, LIST (SUBSCRIBED) marks it \NonExistent (RFC 5258 §3.1), as Dovecot.
         gone = subscribed - set(folders)

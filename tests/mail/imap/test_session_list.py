@@ -137,3 +137,13 @@ def test_a_folder_made_as_inbox_x_before_is_still_reached_and_subscribed_by_that
     assert "inbox.old" in maildir.subscriptions()
     lines = run_commands(maildir, ["LOGIN alice@isp.example secret", 'LSUB "" "*"'], lambda: None).split(b"\r\n")
     assert b'* LSUB () "." "inbox.old"' in lines
+
+
+def test_the_inbox_in_a_subscriptions_file_is_the_inbox(maildir: Maildir) -> None:
+    """Dovecot writes INBOX into the subscriptions file: a mailbox moved from it must not list
+    the INBOX twice, once \\NonExistent."""
+    (maildir.path / "subscriptions").write_text("INBOX\nSent\n")
+    lines = listed(maildir, 'LIST (SUBSCRIBED) "" "*"')
+    assert [line for line in lines if line.endswith(b'"INBOX"')] == [b'* LIST (\\HasNoChildren \\Subscribed) "." "INBOX"']
+    assert not any(b"NonExistent" in line for line in lines), lines
+    assert [line for line in listed(maildir, 'LSUB "" "*"') if b"INBOX" in line] == [b'* LSUB () "." "INBOX"']
