@@ -220,10 +220,16 @@ class Maildir:
                       and os.path.isdir(os.path.join(e.path, "cur")))
 
     def subscriptions(self) -> list[str]:
+        """The subscribed folder names. Dovecot 2.3 writes its file as version 2: a "V<TAB>2"
+        line, an empty line, then each name with TABs between its levels (A<TAB>B for A.B);
+        ispd reads that too, and writes version 1 (one name a line), which Dovecot reads."""
         try:
-            return [line for line in (self.path / "subscriptions").read_text(encoding="utf-8").splitlines() if line]
+            lines = (self.path / "subscriptions").read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
             return []
+        if lines and lines[0].startswith("V\t"):
+            return [line.replace("\t", ".") for line in lines[1:] if line]
+        return [line for line in lines if line]
 
     def set_subscribed(self, folder: str, subscribed: bool) -> None:
         with self._lock:

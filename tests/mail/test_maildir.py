@@ -188,3 +188,16 @@ def test_a_full_disk_names_the_file_it_could_not_write(tmp_path: Path, monkeypat
         maildir.deliver(b"Subject: x\r\n\r\nbody\r\n")
     assert raised.value.errno == 28
     assert str(raised.value).startswith(f"[Errno 28] No space left on device: '{maildir.path}/tmp/")
+
+
+def test_dovecots_version_2_subscriptions_file_is_read(tmp_path: Path) -> None:
+    """Dovecot 2.3 wrote this file (V<TAB>2, an empty line, levels split by TABs): ispd took
+    "V\\t2" and "Tree\\tLeaf" for folder names, so Tree.Leaf was not subscribed after a move
+    from Dovecot (and LSUB named two folders that are none)."""
+    maildir = Maildir.for_address(tmp_path, "alice@isp.example")
+    maildir.create()
+    (maildir.path / "subscriptions").write_text("V\t2\n\nTree\tLeaf\nINBOX\nWith Space\n")
+    assert maildir.subscriptions() == ["Tree.Leaf", "INBOX", "With Space"]
+    maildir.set_subscribed("Sent", True)
+    assert maildir.subscriptions() == ["Tree.Leaf", "INBOX", "With Space", "Sent"]
+    assert (maildir.path / "subscriptions").read_text() == "Tree.Leaf\nINBOX\nWith Space\nSent\n"
