@@ -220,6 +220,43 @@ class LogBudget:
         return None
 
 
+class RepeatedFailure:
+    """One line per outage, not per request: while a failure repeats (every write while the
+    store's server is down), a line is due at its first occurrence, when its error changes, and
+    once per ``interval`` seconds after that; ``failed`` says how many were held back since the
+    last line let through, for that line to tell. ``ended`` closes the outage (the next success):
+    how many failed in all and for how long, for one line saying it is over; None when nothing
+    was failing. ``now`` is monotonic."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._error: str | None = None
+        self._since = self._logged = 0.0
+        self._count = self._held = 0
+
+    @property
+    def failing(self) -> bool:
+        return self._error is not None
+
+    def failed(self, error: str, now: float) -> int | None:
+        """None: no line now; else the number held back before this one."""
+        if self._error is None:
+            self._since, self._count, self._held = now, 0, 0
+        self._count += 1
+        if error != self._error or not 0 <= now - self._logged < self.interval:
+            self._error, self._logged = error, now
+            held, self._held = self._held, 0
+            return held
+        self._held += 1
+        return None
+
+    def ended(self, now: float) -> tuple[int, float] | None:
+        if self._error is None:
+            return None
+        self._error = None
+        return self._count, max(0.0, now - self._since)
+
+
 def get_logger(name: str) -> Any:
     # A lazy proxy (not .bind()) so that a reload's new level or format reaches loggers made earlier.
     return structlog.get_logger(component=name)

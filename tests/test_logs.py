@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from ispd.logs import LogBudget, LogConfig, LogThrottle, configure_logging, get_logger
+from ispd.logs import LogBudget, LogConfig, LogThrottle, RepeatedFailure, configure_logging, get_logger
 
 
 def test_library_warnings_are_json_lines_and_client_mistakes_stay_out() -> None:
@@ -164,3 +164,17 @@ def test_a_log_budget_lets_a_few_lines_an_interval_through_and_tells_how_many_it
     assert budget.take("other", 1003.0) == 0  # a budget per key
     assert budget.take("r", 1060.0) == 2  # a new interval: the two held back are told
     assert budget.take("r", 1060.0 - 3 * 3600) == 0  # the clock stepped back: a new interval, not silence
+
+
+def test_a_repeated_failure_is_logged_at_its_start_its_changes_and_once_an_interval() -> None:
+    failure = RepeatedFailure(30.0)
+    assert failure.ended(0.0) is None and not failure.failing
+    assert failure.failed("refused", 100.0) == 0  # the first: a line
+    assert [failure.failed("refused", 100.0 + i) for i in range(1, 4)] == [None, None, None]
+    assert failure.failed("starting up", 104.0) == 3  # another error: a line, telling the 3 held back
+    assert failure.failed("starting up", 120.0) is None
+    assert failure.failed("starting up", 134.0) == 1  # 30 s after the last line
+    assert failure.failing
+    assert failure.ended(140.0) == (7, 40.0)
+    assert failure.ended(141.0) is None
+    assert failure.failed("refused", 200.0) == 0  # a new outage starts afresh

@@ -64,7 +64,7 @@ from ispd.events import (
     SubscriberSuspended,
 )
 from ispd.listeners import bound_socket, open_datagram_listener, set_receive_buffer
-from ispd.logs import LogBudget, LogThrottle, get_logger
+from ispd.logs import LogBudget, LogThrottle, RepeatedFailure, get_logger
 from ispd.radius.addresses import AddressPools, holder_of, line_of
 from ispd.radius.attributes import AttributeValueError, ReplyAttribute, reply_attribute
 from ispd.radius.coa import DynamicAuthorizationClient, NasSlots, session_identification
@@ -147,6 +147,9 @@ MAX_ENFORCING = 64  # Disconnects/CoAs under way past which _enforce_status wait
 MAX_DYNAMIC_PER_NAS = 32  # Disconnects/CoAs under way to one NAS at a time; the rest wait their turn
 MAX_DATAGRAM = 4096
 MAX_QUEUED_ACCOUNTING = 50_000
+# While the store is down every Accounting-Request fails alike (and again at each retransmission):
+# radius.accounting.write_failed when it starts, when its error changes and every so often.
+WRITE_FAILED_LOG_SECONDS = 30.0
 DROP_LOG_INTERVAL_SECONDS = 60.0
 DROP_LOG_SOURCES = 20  # lines per port and reason in an interval, each of another source
 MAX_PENDING_CLAIMS = 4096  # Access-Accepts waiting for an address (or a prefix) from the store
@@ -355,6 +358,7 @@ class RadiusService(Service):
         self._pending_checks = 0
         self._checker = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ispd-radius-password")
         self._store_failing = False
+        self._write_failures = RepeatedFailure(WRITE_FAILED_LOG_SECONDS)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drop_logged = LogThrottle(DROP_LOG_INTERVAL_SECONDS)
         self._drop_budget = LogBudget(DROP_LOG_SOURCES, DROP_LOG_INTERVAL_SECONDS)
@@ -1288,9 +1292,15 @@ class RadiusService(Service):
             self._store_failing = True
             self.metrics.dropped.inc("acct", Drop.STORE_ERROR)
             self.duplicates.forget(batch[0].key)
-            log.error("radius.accounting.write_failed", error=str(exc), nas=batch[0].nas.name,
-                      acct_session_id=batch[0].record.acct_session_id, exc_info=not isinstance(exc, StoreError))
+            # A bug is logged each time; the store's failure once per outage (and its changes).
+            held = self._write_failures.failed(str(exc), time.monotonic()) if isinstance(exc, StoreError) else 0
+            if held is not None:
+                log.error("radius.accounting.write_failed", error=str(exc), nas=batch[0].nas.name,
+                          acct_session_id=batch[0].record.acct_session_id, held_back=held,
+                          exc_info=not isinstance(exc, StoreError))
             return
+        if (ended := self._write_failures.ended(time.monotonic())) is not None:
+            log.info("radius.accounting.write_restored", unanswered=ended[0], seconds=round(ended[1], 1))
         self._store_failing = False
         for item, result in zip(batch, results, strict=True):
             self.metrics.accounting.inc(str(item.record.status), str(result.outcome))

@@ -42,7 +42,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ispd.logs import get_logger
+from ispd.logs import RepeatedFailure, get_logger
 from ispd.store import (
     ipv6_networks,
     sqlite_addresses,
@@ -442,6 +442,9 @@ class Connector:
         return f"the store at {self.config.path}"
 
 
+FAILED_COMMIT_LOG_SECONDS = 30.0
+
+
 class _Writer(threading.Thread):
     def __init__(self, connector: Connector, config: StoreConfig, metrics: StoreMetrics | None) -> None:
         super().__init__(name="ispd-store-writer", daemon=True)
@@ -449,6 +452,9 @@ class _Writer(threading.Thread):
         self.jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.broken: BaseException | None = None
         self.failing: str | None = None  # why the last commit failed, until one succeeds
+        # While the server is down every batch fails alike: a line when it starts, when its
+        # error changes and every FAILED_COMMIT_LOG_SECONDS, and one when it is over.
+        self._failures = RepeatedFailure(FAILED_COMMIT_LOG_SECONDS)
         self.ready = threading.Event()
         self.conn: Any = None
         # A batch fails as a whole on the driver's errors, and on a connection that cannot be made again.
@@ -518,12 +524,15 @@ class _Writer(threading.Thread):
             if conn.in_transaction:
                 conn.execute("COMMIT")
             self.failing = None
+            if (ended := self._failures.ended(time.monotonic())) is not None:
+                log.info("store.commit.restored", failed_batches=ended[0], seconds=round(ended[1], 1))
         except self._batch_errors as exc:
             if connector.usable(self.conn) and self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             batch_error = connector.translate(exc)
-            log.warning("store.commit.failed", error=str(exc), batch=len(batch))
             self.failing = str(exc) or type(exc).__name__
+            if (held := self._failures.failed(self.failing, time.monotonic())) is not None:
+                log.warning("store.commit.failed", error=str(exc), batch=len(batch), held_back=held)
             outcomes = [(job, None, batch_error) for job in batch]
         if self.metrics is not None:
             self.metrics.commit_batch_size.observe(len(batch))

@@ -39,7 +39,7 @@ from ispd.radius.service import RadiusService
 from ispd.service import ServiceContext
 from ispd.store import StoreConfig, open_store
 from ispd.store.base import Store
-from ispd.store.errors import StoreError
+from ispd.store.errors import StoreError, StoreUnavailable
 from ispd.store.models import (
     AccountingOutcome,
     AccountingRecord,
@@ -1548,5 +1548,57 @@ async def test_an_operator_s_disconnect_does_not_wait_its_turn_behind_queued_coa
                 assert [r.first(Attr.ACCT_SESSION_ID) for r in nas.requests][-1] == b"x6"
                 assert (await asked)["result"] == "timeout"
             await bus.drain(5)
+    finally:
+        await store.close()
+
+
+async def test_a_store_outage_is_one_line_in_the_log_not_one_per_accounting_request(tmp_path: Path) -> None:
+    """From a bug hunt (ispd on PostgreSQL, its server stopped for 30 s under a steady load of
+    20 sessions): every Accounting-Request and each of its retransmissions wrote an error line,
+    2,115 radius.accounting.write_failed in 30 s, which buried the one that said what was wrong.
+    Now: a line when the outage starts (and when its error changes, or every so often), one when
+    it ends with how many went unanswered; the metric still counts each."""
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    recorded = store.record_accounting
+    down = True
+
+    async def record_accounting(records: Any) -> Any:
+        if down:
+            raise StoreUnavailable("cannot connect to the PostgreSQL store: Connection refused")
+        return await recorded(records)
+
+    store.record_accounting = record_accounting  # type: ignore[method-assign]
+    try:
+        async with _running(store, EventBus(), _radius_config(3799)) as service:
+            port = next(p for kind, _, p in service.bound if kind == "acct")
+            loop = asyncio.get_running_loop()
+            transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
+                                                               local_addr=(NAS, 0), remote_addr=(NAS, port))
+
+            def send(identifier: int) -> None:
+                attributes = encode_attributes([(Attr.ACCT_STATUS_TYPE, (1).to_bytes(4, "big")),
+                                                (Attr.USER_NAME, b"alice"),
+                                                (Attr.ACCT_SESSION_ID, f"s{identifier}".encode())])
+                transport.sendto(encode_request(Code.ACCOUNTING_REQUEST, identifier, attributes, SECRET.encode(),
+                                                message_authenticator=False))
+
+            async def dropped(count: int) -> bool:
+                return service.metrics.dropped.get("acct", "store_error") == count
+
+            with capture_logs() as logs:
+                for identifier in range(40):
+                    send(identifier)
+                    await asyncio.sleep(0.005)  # (not one batch: as a NAS's requests come)
+                await _until(lambda: dropped(40), within=10)
+                down = False
+                send(40)
+
+                async def written() -> bool:
+                    return len(await store.list_sessions()) == 1
+
+                await _until(written, within=10)
+            transport.close()
+        lines = [(e["event"], e.get("unanswered")) for e in logs if e["event"].startswith("radius.accounting.write")]
+        assert lines == [("radius.accounting.write_failed", None), ("radius.accounting.write_restored", 40)]
     finally:
         await store.close()

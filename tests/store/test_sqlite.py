@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from ispd.credentials import derive_credentials
 from ispd.store import Conflict, InvalidValue, NotFound, Store, StoreConfig, StoreMetrics, StoreUnavailable, open_store
@@ -119,6 +120,36 @@ async def test_group_commit_batches_concurrent_writes_and_isolates_failures(tmp_
         assert len(await store.list_subscribers()) == 600
         commits = sum(metrics.commit_batch_size.counts)
         assert commits < 100, f"600 concurrent writes took {commits} commits: group commit is not grouping"
+    finally:
+        await store.close()
+
+
+async def test_commits_failing_alike_are_one_line_in_the_log_and_their_end_another(tmp_path: Path) -> None:
+    """From a bug hunt (PostgreSQL stopped for 30 s under a RADIUS load): each failed batch wrote
+    store.commit.failed, 1,563 lines in 30 s. Now one when commits start failing (and when the
+    error changes), and store.commit.restored when one succeeds again."""
+    store = await open_store(StoreConfig(path=tmp_path / "f.db"))
+    connector = store._writer.connector
+    begin_write = connector.begin_write
+    down = True
+
+    def failing_begin(conn: sqlite3.Connection) -> None:
+        if down:
+            raise sqlite3.OperationalError("disk I/O error")
+        begin_write(conn)
+
+    connector.begin_write = failing_begin  # type: ignore[method-assign]
+    try:
+        with capture_logs() as logs:
+            for i in range(30):
+                with pytest.raises(StoreUnavailable):
+                    await store.add_subscriber(f"user{i}", actor="t")
+            assert store.commits_failing() == "disk I/O error"
+            down = False
+            await store.add_subscriber("kept", actor="t")
+        assert store.commits_failing() is None
+        assert [(e["event"], e.get("failed_batches")) for e in logs if e["event"].startswith("store.commit")] == [
+            ("store.commit.failed", None), ("store.commit.restored", 30)]
     finally:
         await store.close()
 
