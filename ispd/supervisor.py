@@ -739,10 +739,15 @@ class Supervisor:
             await asyncio.wait_for(self.store.ping(), STORE_PING_TIMEOUT_SECONDS)
             if not self.store.writer_alive():
                 store_ok, detail = False, "the store writer has stopped"
-            elif (failing := self.store.commits_failing()) is not None:
-                # Reads still work on a full disk: without this, /healthz said ok while no lease,
-                # no accounting and no mail could be recorded.
-                store_ok, detail = False, f"writes are failing: {failing}"
+            elif self.store.commits_failing() is not None:
+                # The last write failed, maybe long ago (the database server is back, and no
+                # client wrote since: /healthz said failing until one did): write once now.
+                with contextlib.suppress(StoreError, TimeoutError):
+                    await asyncio.wait_for(self.store.check_writes(), STORE_PING_TIMEOUT_SECONDS)
+                if (failing := self.store.commits_failing()) is not None:
+                    # Reads still work on a full disk: without this, /healthz said ok while no
+                    # lease, no accounting and no mail could be recorded.
+                    store_ok, detail = False, f"writes are failing: {failing}"
         except (StoreError, TimeoutError) as exc:
             store_ok, detail = False, str(exc) or "the store did not answer in time"
         report["store"] = {"ok": store_ok, "detail": detail}

@@ -99,6 +99,25 @@ async def test_health_fails_while_commits_fail_and_recovers_with_the_next_one(tm
         assert ok and report["store"] == {"ok": True, "detail": ""}
 
 
+async def test_health_recovers_when_commits_work_again_with_no_write_since(tmp_path: Path) -> None:
+    """From a bug hunt (ispd on PostgreSQL, the server stopped then started again): one
+    Accounting-Request failed while it was down, none came after, and /healthz said "writes are
+    failing: ... No such file or directory" (503) 28 s after the server was back, until some
+    client's write succeeded: a quiet node stayed unhealthy. It now tries a write itself."""
+    async with running(config_for(tmp_path, busy_timeout_seconds=0.3), tmp_path / "unused.toml") as (supervisor, _):
+        store = supervisor.store
+        assert store is not None
+        blocker = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")
+            with pytest.raises(StoreError):
+                await store.add_subscriber("alice", actor="t")
+        finally:
+            blocker.close()
+        ok, report = await supervisor.health_report()  # no write since
+        assert ok and report["store"] == {"ok": True, "detail": ""}
+
+
 async def test_reload_of_a_missing_file_is_rejected_and_ready_again(tmp_path: Path) -> None:
     config = config_for(tmp_path)
     async with running(config, tmp_path / "missing.toml") as (supervisor, notifier):

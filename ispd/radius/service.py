@@ -583,7 +583,8 @@ class RadiusService(Service):
     def health(self) -> Health:
         if not self._transports:
             return Health(False, "not listening")
-        if self._store_failing:
+        # (The store's commits, when they work again with no accounting since, say it is over.)
+        if self._store_failing and self.context.store.commits_failing() is not None:
             return Health(False, "accounting writes to the store are failing")
         return Health(True)
 

@@ -74,6 +74,11 @@ class Store(ABC):
     def commits_failing(self) -> str | None:
         """Why the last commit failed (a full disk, say), until one succeeds again; else None."""
 
+    @abstractmethod
+    async def check_writes(self) -> None:
+        """An empty write transaction, as the writer commits the others': after it,
+        ``commits_failing`` says what holds now, not at the last client's write (used by /healthz)."""
+
     # --- plans
     @abstractmethod
     async def add_plan(

@@ -979,6 +979,9 @@ class SQLiteStore(Store):
     async def ping(self) -> None:
         await self._read("ping", lambda conn: conn.execute("SELECT 1").fetchone())
 
+    async def check_writes(self) -> None:
+        await self._write("check_writes", lambda conn: None)
+
     async def check_schema(self) -> None:
         """SchemaTooNew when a newer ispd migrated the store since this one opened it."""
         newest = self._connector.newest_schema()

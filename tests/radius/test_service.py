@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import re
 import socket
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -39,7 +40,7 @@ from ispd.radius.service import RadiusService
 from ispd.service import ServiceContext
 from ispd.store import StoreConfig, open_store
 from ispd.store.base import Store
-from ispd.store.errors import StoreError, StoreUnavailable
+from ispd.store.errors import StoreError
 from ispd.store.models import (
     AccountingOutcome,
     AccountingRecord,
@@ -1557,17 +1558,19 @@ async def test_a_store_outage_is_one_line_in_the_log_not_one_per_accounting_requ
     20 sessions): every Accounting-Request and each of its retransmissions wrote an error line,
     2,115 radius.accounting.write_failed in 30 s, which buried the one that said what was wrong.
     Now: a line when the outage starts (and when its error changes, or every so often), one when
-    it ends with how many went unanswered; the metric still counts each."""
+    it ends with how many went unanswered; the metric still counts each. And its health said
+    failing after the server was back, until an Accounting-Request came."""
     store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
-    recorded = store.record_accounting
+    connector = store._writer.connector  # type: ignore[attr-defined]
+    begin_write = connector.begin_write
     down = True
 
-    async def record_accounting(records: Any) -> Any:
+    def failing_begin(conn: Any) -> None:
         if down:
-            raise StoreUnavailable("cannot connect to the PostgreSQL store: Connection refused")
-        return await recorded(records)
+            raise sqlite3.OperationalError("disk I/O error")  # as a server that went away
+        begin_write(conn)
 
-    store.record_accounting = record_accounting  # type: ignore[method-assign]
+    connector.begin_write = failing_begin
     try:
         async with _running(store, EventBus(), _radius_config(3799)) as service:
             port = next(p for kind, _, p in service.bound if kind == "acct")
@@ -1590,7 +1593,11 @@ async def test_a_store_outage_is_one_line_in_the_log_not_one_per_accounting_requ
                     send(identifier)
                     await asyncio.sleep(0.005)  # (not one batch: as a NAS's requests come)
                 await _until(lambda: dropped(40), within=10)
+                assert not service.health().ok
                 down = False
+                # No request since: the writes /healthz makes say it is over, for RADIUS too.
+                await store.check_writes()
+                assert service.health().ok
                 send(40)
 
                 async def written() -> bool:
