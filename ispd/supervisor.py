@@ -157,7 +157,7 @@ class Supervisor:
         self.store: Store | None = None
         self.bus = EventBus()
         self.registry = CollectorRegistry(auto_describe=True)
-        self.store_metrics = StoreMetrics()
+        self.store_metrics = StoreMetrics(config.store.backend)
         self.context: ServiceContext | None = None
         self.commands = ControlCommands()
         self.control: ControlServer | None = None

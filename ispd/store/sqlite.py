@@ -534,8 +534,11 @@ class _Writer(threading.Thread):
             if (held := self._failures.failed(self.failing, time.monotonic())) is not None:
                 log.warning("store.commit.failed", error=str(exc), batch=len(batch), held_back=held)
             outcomes = [(job, None, batch_error) for job in batch]
-        if self.metrics is not None:
-            self.metrics.commit_batch_size.observe(len(batch))
+            if self.metrics is not None:
+                self.metrics.commit_failures.inc(self.metrics.backend)
+        else:
+            if self.metrics is not None:  # (a batch that failed was committed by no transaction)
+                self.metrics.commit_batch_size.observe(len(batch))
         for job, result, job_error in outcomes:
             job.loop.call_soon_threadsafe(_settle, job.future, result, job_error)
 

@@ -154,6 +154,37 @@ async def test_commits_failing_alike_are_one_line_in_the_log_and_their_end_anoth
         await store.close()
 
 
+async def test_failed_batches_are_counted_as_failures_not_commits_under_the_stores_backend(tmp_path: Path) -> None:
+    """From a bug hunt (ispd on PostgreSQL, its server down for a minute under a RADIUS load):
+    /metrics showed ispd_store_commit_batch_size{backend="sqlite"} with 4,825 "committed
+    transactions", 4,099 of them batches that had failed; nothing counted the failures."""
+    metrics = StoreMetrics("postgresql")
+    store = await open_store(StoreConfig(path=tmp_path / "m.db"), metrics)
+    connector = store._writer.connector
+    begin_write = connector.begin_write
+    down = True
+
+    def failing_begin(conn: sqlite3.Connection) -> None:
+        if down:
+            raise sqlite3.OperationalError("disk I/O error")
+        begin_write(conn)
+
+    connector.begin_write = failing_begin  # type: ignore[method-assign]
+    try:
+        for i in range(3):
+            with pytest.raises(StoreUnavailable):
+                await store.add_subscriber(f"user{i}", actor="t")
+        down = False
+        await store.add_subscriber("kept", actor="t")
+    finally:
+        await store.close()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in metrics.collector().collect() for s in family.samples}
+    assert samples[("ispd_store_commit_batch_size_count", (("backend", "postgresql"),))] == 1
+    assert samples[("ispd_store_commit_failures_total", (("backend", "postgresql"),))] == 3
+    assert not any(labels == (("backend", "sqlite"),) for _, labels in samples)
+
+
 async def test_writes_are_durable_across_reopen(tmp_path: Path) -> None:
     config = StoreConfig(path=tmp_path / "d.db")
     store = await open_store(config)
