@@ -44,7 +44,7 @@ from ispd.dhcp6.engine import DHCP6Engine, Outcome6, Received6
 from ispd.dhcp6.metrics import DHCP6Metrics
 from ispd.events import Binding6Ended, Binding6Granted, SessionStarted, SessionStopped, follow_subscribers
 from ispd.listeners import bound_socket, set_receive_buffer
-from ispd.logs import LogThrottle, get_logger
+from ispd.logs import LogThrottle, RepeatedFailure, get_logger
 from ispd.service import Health, Service, ServiceContext, ServiceStartError, describe_os_error
 from ispd.store.errors import StoreError
 from ispd.store.models import Lease6
@@ -62,6 +62,9 @@ READ_BATCH = 64
 MAX_DATAGRAM = 65535
 RECEIVE_BUFFER_BYTES = 2 * 1024 * 1024
 UNSERVED_LOG_SECONDS = 60.0
+# While the store is down every binding write fails alike: dhcp6.binding.write_failed when it
+# starts, when its error changes and every so often (as DHCPv4's).
+WRITE_FAILED_LOG_SECONDS = 30.0
 _TYPE_NAMES: dict[int, str] = {int(t): t.name.lower() for t in MessageType}
 # So that two machines never make one DUID from their machine ids (RFC 6355 DUID-UUID).
 _DUID_NAMESPACE = uuid.UUID("5f1b7e0a-3c0d-4a8e-9a57-0d7d1f2a6c31")
@@ -95,6 +98,7 @@ class DHCP6Service(Service):
         self._reclaimer: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._store_failing = False
+        self._write_failures = RepeatedFailure(WRITE_FAILED_LOG_SECONDS)
         self.server_port = 0
 
     # --- lifecycle
@@ -150,7 +154,8 @@ class DHCP6Service(Service):
     def health(self) -> Health:
         if self._socket is None:
             return Health(False, "not listening")
-        if self._store_failing:
+        # (The store's commits, when they work again with no binding written since, say it is over.)
+        if self._store_failing and self.context.store.commits_failing() is not None:
             return Health(False, "binding writes to the store are failing")
         return Health(True)
 
@@ -285,9 +290,14 @@ class DHCP6Service(Service):
         except Exception as exc:  # StoreError, or a bug: either way these replies must not go out
             self._store_failing = True
             self.metrics.dropped.inc("store_error", amount=len(batch))
-            log.error("dhcp6.binding.write_failed", error=str(exc), bindings=len(writes),
-                      exc_info=not isinstance(exc, StoreError))
+            # A bug is logged each time; the store's failure once per outage (and its changes).
+            held = self._write_failures.failed(str(exc), time.monotonic()) if isinstance(exc, StoreError) else 0
+            if held is not None:
+                log.error("dhcp6.binding.write_failed", error=str(exc), bindings=len(writes), held_back=held,
+                          exc_info=not isinstance(exc, StoreError))
             return
+        if (ended := self._write_failures.ended(time.monotonic())) is not None:
+            log.info("dhcp6.binding.write_restored", failed_batches=ended[0], seconds=round(ended[1], 1))
         self._store_failing = False
         now = self.context.clock()
         for outcome, relays, sender, started, type_name in batch:

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sqlite3
 import struct
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
 
 from ispd.config import Config
 from ispd.dhcp6.codec import IAPrefix, Message, MessageType, OptionCode, decode, encode, option
@@ -20,6 +24,7 @@ from ispd.dhcp6.config import DHCP6Config
 from ispd.dhcp6.service import DHCP6Service, server_duid
 from ispd.events import EventBus, SessionStarted, SessionStopped
 from ispd.service import ServiceContext, ServiceStartError
+from ispd.store import StoreConfig, open_store
 from ispd.store.models import Lease6, RadiusSession
 from tests.dhcp6.test_engine import ia_na, ia_pd, message
 
@@ -215,3 +220,44 @@ def test_open_radius_sessions_prefixes_are_skipped_from_the_start_and_as_the_bus
             await service.stop()
 
     asyncio.run(run())
+
+
+async def test_a_store_outage_is_one_line_in_the_log_and_health_follows_the_stores_commits(tmp_path: Path) -> None:
+    """As DHCPv4's (from a bug hunt on PostgreSQL, its server stopped under load): a line per
+    withheld reply, and health failing after the server was back until a binding was written.
+    Now one line when it starts, one when it ends; health follows the store's commits."""
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    connector = store._writer.connector  # type: ignore[attr-defined]
+    begin_write = connector.begin_write
+    down = True
+
+    def failing_begin(conn: Any) -> None:
+        if down:
+            raise sqlite3.OperationalError("disk I/O error")  # as a server that went away
+        begin_write(conn)
+
+    connector.begin_write = failing_begin
+    config = DHCP6Config.model_validate({"enabled": True, "interfaces": ["lo"], "port": 0,
+                                         "subnet": [{"name": "bng", "prefix": "2001:db8:2::/64",
+                                                     "relay_addresses": ["::1"],
+                                                     "prefix_pool": [{"name": "homes", "prefix": "2001:db8:100::/40",
+                                                                      "delegated_length": 56}]}]})
+    service = DHCP6Service(Config(dhcp6=config), ServiceContext(store, EventBus(), CollectorRegistry(), _healthy))
+    service._socket = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)  # (listening, for health())
+    unwritten = SimpleNamespace(writes=[(None, "granted")], reply=None, events=[])  # never read: BEGIN fails
+    try:
+        with capture_logs() as logs:
+            for _ in range(20):
+                await service._commit([(unwritten, (), None, 0.0, "request")])  # type: ignore[list-item]
+            assert service.metrics.dropped.values[("store_error",)] == 20  # type: ignore[attr-defined]
+            assert not service.health().ok
+            down = False
+            await store.check_writes()  # as /healthz does
+            assert service.health().ok
+            await service._commit([(SimpleNamespace(writes=[], reply=None, events=[]), (), None, 0.0,  # type: ignore[list-item]
+                                    "information-request")])
+        assert [(e["event"], e.get("failed_batches")) for e in logs if e["event"].startswith("dhcp6.binding.write")] \
+            == [("dhcp6.binding.write_failed", None), ("dhcp6.binding.write_restored", 20)]
+    finally:
+        service._socket.close()
+        await store.close()
