@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import socket
-import sqlite3
 from collections import Counter
 from contextlib import AsyncExitStack
 from ipaddress import IPv4Address
@@ -26,6 +25,7 @@ from ispd.events import EventBus
 from ispd.service import ServiceContext
 from ispd.store import StoreConfig, StoreMetrics, open_store
 from tests.dhcp.test_engine import SERVER, T0, config, message
+from tests.store.outage import WritesDown
 
 IFINDEX = 7
 
@@ -217,16 +217,7 @@ async def test_a_store_outage_is_one_line_in_the_log_and_health_follows_the_stor
     client's lease was written. Now one line when it starts (and when its error changes, or
     every so often), one when it ends; health follows the store's commits."""
     store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
-    connector = store._writer.connector  # type: ignore[attr-defined]
-    begin_write = connector.begin_write
-    down = True
-
-    def failing_begin(conn: Any) -> None:
-        if down:
-            raise sqlite3.OperationalError("disk I/O error")  # as a server that went away
-        begin_write(conn)
-
-    connector.begin_write = failing_begin
+    writes = WritesDown(store)
     service = DHCPService(Config(dhcp=config()), ServiceContext(store, EventBus(), CollectorRegistry(), _healthy))
     service._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # (listening, for health())
     unwritten = SimpleNamespace(writes=[(None, "ack")], reply=None, events=[])  # never read: the BEGIN fails
@@ -236,7 +227,7 @@ async def test_a_store_outage_is_one_line_in_the_log_and_health_follows_the_stor
                 await service._commit([(unwritten, 0.0, "request", IFINDEX)])  # type: ignore[list-item]
             assert service.metrics.dropped.get("store_error") == 20
             assert not service.health().ok
-            down = False
+            writes.up()
             await store.check_writes()  # as /healthz does
             assert service.health().ok
             await service._commit([(SimpleNamespace(writes=[], reply=None, events=[]), 0.0, "inform", IFINDEX)])  # type: ignore[list-item]

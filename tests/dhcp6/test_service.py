@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import sqlite3
 import struct
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -27,6 +25,7 @@ from ispd.service import ServiceContext, ServiceStartError
 from ispd.store import StoreConfig, open_store
 from ispd.store.models import Lease6, RadiusSession
 from tests.dhcp6.test_engine import ia_na, ia_pd, message
+from tests.store.outage import WritesDown
 
 
 class SlowStore:
@@ -227,16 +226,7 @@ async def test_a_store_outage_is_one_line_in_the_log_and_health_follows_the_stor
     withheld reply, and health failing after the server was back until a binding was written.
     Now one line when it starts, one when it ends; health follows the store's commits."""
     store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
-    connector = store._writer.connector  # type: ignore[attr-defined]
-    begin_write = connector.begin_write
-    down = True
-
-    def failing_begin(conn: Any) -> None:
-        if down:
-            raise sqlite3.OperationalError("disk I/O error")  # as a server that went away
-        begin_write(conn)
-
-    connector.begin_write = failing_begin
+    writes = WritesDown(store)
     config = DHCP6Config.model_validate({"enabled": True, "interfaces": ["lo"], "port": 0,
                                          "subnet": [{"name": "bng", "prefix": "2001:db8:2::/64",
                                                      "relay_addresses": ["::1"],
@@ -251,7 +241,7 @@ async def test_a_store_outage_is_one_line_in_the_log_and_health_follows_the_stor
                 await service._commit([(unwritten, (), None, 0.0, "request")])  # type: ignore[list-item]
             assert service.metrics.dropped.values[("store_error",)] == 20  # type: ignore[attr-defined]
             assert not service.health().ok
-            down = False
+            writes.up()
             await store.check_writes()  # as /healthz does
             assert service.health().ok
             await service._commit([(SimpleNamespace(writes=[], reply=None, events=[]), (), None, 0.0,  # type: ignore[list-item]

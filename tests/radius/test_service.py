@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import re
 import socket
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -53,6 +52,7 @@ from ispd.store.models import (
     SubscriberStatus,
 )
 from tests.lab.fakenas import FakeNas
+from tests.store.outage import WritesDown
 
 NAS = "127.58.0.1"  # the NAS, and the address RADIUS listens on (Disconnects come from it)
 SECRET = "testing123"
@@ -1561,16 +1561,7 @@ async def test_a_store_outage_is_one_line_in_the_log_not_one_per_accounting_requ
     it ends with how many went unanswered; the metric still counts each. And its health said
     failing after the server was back, until an Accounting-Request came."""
     store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
-    connector = store._writer.connector  # type: ignore[attr-defined]
-    begin_write = connector.begin_write
-    down = True
-
-    def failing_begin(conn: Any) -> None:
-        if down:
-            raise sqlite3.OperationalError("disk I/O error")  # as a server that went away
-        begin_write(conn)
-
-    connector.begin_write = failing_begin
+    writes = WritesDown(store)
     try:
         async with _running(store, EventBus(), _radius_config(3799)) as service:
             port = next(p for kind, _, p in service.bound if kind == "acct")
@@ -1594,7 +1585,7 @@ async def test_a_store_outage_is_one_line_in_the_log_not_one_per_accounting_requ
                     await asyncio.sleep(0.005)  # (not one batch: as a NAS's requests come)
                 await _until(lambda: dropped(40), within=10)
                 assert not service.health().ok
-                down = False
+                writes.up()
                 # No request since: the writes /healthz makes say it is over, for RADIUS too.
                 await store.check_writes()
                 assert service.health().ok

@@ -16,6 +16,7 @@ from ispd.store import Conflict, InvalidValue, NotFound, Store, StoreConfig, Sto
 from ispd.store.models import CredentialPolicy, Lease, LeaseState, SubscriberStatus
 from ispd.store.sqlite import _HISTORY, Connector
 from tests.store.conftest import FakeClock
+from tests.store.outage import WritesDown
 
 
 async def test_plans_and_subscribers_round_trip(store: Store, clock: FakeClock) -> None:
@@ -129,23 +130,14 @@ async def test_commits_failing_alike_are_one_line_in_the_log_and_their_end_anoth
     store.commit.failed, 1,563 lines in 30 s. Now one when commits start failing (and when the
     error changes), and store.commit.restored when one succeeds again."""
     store = await open_store(StoreConfig(path=tmp_path / "f.db"))
-    connector = store._writer.connector
-    begin_write = connector.begin_write
-    down = True
-
-    def failing_begin(conn: sqlite3.Connection) -> None:
-        if down:
-            raise sqlite3.OperationalError("disk I/O error")
-        begin_write(conn)
-
-    connector.begin_write = failing_begin  # type: ignore[method-assign]
+    writes = WritesDown(store)
     try:
         with capture_logs() as logs:
             for i in range(30):
                 with pytest.raises(StoreUnavailable):
                     await store.add_subscriber(f"user{i}", actor="t")
             assert store.commits_failing() == "disk I/O error"
-            down = False
+            writes.up()
             await store.add_subscriber("kept", actor="t")
         assert store.commits_failing() is None
         assert [(e["event"], e.get("failed_batches")) for e in logs if e["event"].startswith("store.commit")] == [
@@ -160,21 +152,12 @@ async def test_failed_batches_are_counted_as_failures_not_commits_under_the_stor
     transactions", 4,099 of them batches that had failed; nothing counted the failures."""
     metrics = StoreMetrics("postgresql")
     store = await open_store(StoreConfig(path=tmp_path / "m.db"), metrics)
-    connector = store._writer.connector
-    begin_write = connector.begin_write
-    down = True
-
-    def failing_begin(conn: sqlite3.Connection) -> None:
-        if down:
-            raise sqlite3.OperationalError("disk I/O error")
-        begin_write(conn)
-
-    connector.begin_write = failing_begin  # type: ignore[method-assign]
+    writes = WritesDown(store)
     try:
         for i in range(3):
             with pytest.raises(StoreUnavailable):
                 await store.add_subscriber(f"user{i}", actor="t")
-        down = False
+        writes.up()
         await store.add_subscriber("kept", actor="t")
     finally:
         await store.close()
