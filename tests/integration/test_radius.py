@@ -682,18 +682,35 @@ def test_disconnects_a_nas_never_answers_do_not_hold_up_housekeeping(tmp_path: P
         silent.close()
 
 
+def _quinn_on_a_capped_plan(ispd: IspdProcess, *other_plans: tuple[str, str]) -> Radius:
+    """Plan "capped" (2 MiB a month, 2000/1000 kbps past it; ``other_plans``, (name, quota), alike
+    but for their quota) and quinn on it, whose logins RADIUS takes."""
+    for name, quota in (("capped", "2M"), *other_plans):
+        ispd.cli("plan", "add", name, "--download-kbps", "100000", "--upload-kbps", "20000",
+                 "--monthly-quota", quota, "--over-quota-download-kbps", "2000", "--over-quota-upload-kbps", "1000",
+                 "--credential-policy", "cleartext")
+    ispd.cli("subscriber", "add", "quinn", "--plan", "capped", "--password-stdin", input="quinn-pw\n")
+    service = Radius(ispd)
+    eventually(lambda: service.pap("quinn", "quinn-pw") == "Access-Accept", timeout=10)
+    return service
+
+
+def _over_the_quota(service: Radius, session_id: str) -> str:
+    """quinn's session ``session_id`` started and, by an interim, over the quota: its accounting's base."""
+    base = f"User-Name = quinn, Acct-Session-Id = {session_id}, NAS-IP-Address = 127.0.0.1"
+    assert service.accounting(f"{base}, Acct-Status-Type = Start") == "Accounting-Response"
+    assert service.accounting(f"{base}, Acct-Status-Type = Interim-Update, Acct-Output-Octets = 3000000") == \
+        "Accounting-Response"
+    return base
+
+
 def test_the_over_quota_profile_holds_after_a_stop_and_after_a_restart(tmp_path: Path) -> None:
     """The over-quota flag lives in memory: a crossing that the check's rate limit skipped just
     before the Stop, and a restart, must not give the next login the plan's full rate."""
     require_radclient()
     with FakeNas(secret=SECRET.encode()) as nas, IspdProcess(tmp_path, radius_config(tmp_path, nas.port)) as ispd:
         ispd.start()
-        ispd.cli("plan", "add", "capped", "--download-kbps", "100000", "--upload-kbps", "20000",
-                 "--monthly-quota", "2M", "--over-quota-download-kbps", "2000", "--over-quota-upload-kbps", "1000",
-                 "--credential-policy", "cleartext")
-        ispd.cli("subscriber", "add", "quinn", "--plan", "capped", "--password-stdin", input="quinn-pw\n")
-        service = Radius(ispd)
-        eventually(lambda: service.pap("quinn", "quinn-pw") == "Access-Accept", timeout=10)
+        service = _quinn_on_a_capped_plan(ispd)
 
         def rate() -> str | None:
             return radclient(service.auth, "auth", SECRET,
@@ -722,17 +739,8 @@ def test_a_session_throttled_before_a_restart_goes_back_when_its_subscriber_is_u
     require_radclient()
     with FakeNas(secret=SECRET.encode()) as nas, IspdProcess(tmp_path, radius_config(tmp_path, nas.port)) as ispd:
         ispd.start()
-        for name, quota in (("capped", "2M"), ("roomy", "10M")):
-            ispd.cli("plan", "add", name, "--download-kbps", "100000", "--upload-kbps", "20000",
-                     "--monthly-quota", quota, "--over-quota-download-kbps", "2000",
-                     "--over-quota-upload-kbps", "1000", "--credential-policy", "cleartext")
-        ispd.cli("subscriber", "add", "quinn", "--plan", "capped", "--password-stdin", input="quinn-pw\n")
-        service = Radius(ispd)
-        eventually(lambda: service.pap("quinn", "quinn-pw") == "Access-Accept", timeout=10)
-        base = "User-Name = quinn, Acct-Session-Id = q-kept, NAS-IP-Address = 127.0.0.1"
-        assert service.accounting(f"{base}, Acct-Status-Type = Start") == "Accounting-Response"
-        assert service.accounting(f"{base}, Acct-Status-Type = Interim-Update, Acct-Output-Octets = 3000000") == \
-            "Accounting-Response"
+        service = _quinn_on_a_capped_plan(ispd, ("roomy", "10M"))
+        base = _over_the_quota(service, "q-kept")
         throttled = nas.wait_for(1)[0]
         assert throttled.code == 43 and throttled.attributes[Attr.VENDOR_SPECIFIC][0][6:] == b"1000k/2000k"
         assert ispd.terminate() == 0
@@ -765,10 +773,7 @@ def test_a_plan_change_across_the_quota_sends_one_coa_with_the_new_verdict(tmp_p
             ispd.cli("subscriber", "add", "quinn", "--plan", "capped", "--password-stdin", input="quinn-pw\n")
             service = Radius(ispd)
             eventually(lambda: service.pap("quinn", "quinn-pw") == "Access-Accept", timeout=10)
-            base = "User-Name = quinn, Acct-Session-Id = q-plan, NAS-IP-Address = 127.0.0.1"
-            assert service.accounting(f"{base}, Acct-Status-Type = Start") == "Accounting-Response"
-            assert service.accounting(f"{base}, Acct-Status-Type = Interim-Update, Acct-Output-Octets = 3000000") == \
-                "Accounting-Response"
+            base = _over_the_quota(service, "q-plan")
             assert nas.wait_for(1)[0].attributes[Attr.VENDOR_SPECIFIC][0][6:] == b"1000k/2000k"
 
             def after(plan: str) -> list[Any]:
@@ -807,16 +812,8 @@ def test_an_over_quota_coa_that_the_nas_did_not_answer_is_sent_again(tmp_path: P
         config["radius"]["client"][0]["coa_port"] = nas.port
         with IspdProcess(tmp_path, config) as ispd:
             ispd.start()
-            ispd.cli("plan", "add", "capped", "--download-kbps", "100000", "--upload-kbps", "20000",
-                     "--monthly-quota", "2M", "--over-quota-download-kbps", "2000", "--over-quota-upload-kbps", "1000",
-                     "--credential-policy", "cleartext")
-            ispd.cli("subscriber", "add", "quinn", "--plan", "capped", "--password-stdin", input="quinn-pw\n")
-            service = Radius(ispd)
-            eventually(lambda: service.pap("quinn", "quinn-pw") == "Access-Accept", timeout=10)
-            base = "User-Name = quinn, Acct-Session-Id = q-deaf, NAS-IP-Address = 127.0.0.1"
-            assert service.accounting(f"{base}, Acct-Status-Type = Start") == "Accounting-Response"
-            assert service.accounting(f"{base}, Acct-Status-Type = Interim-Update, Acct-Output-Octets = 3000000") == \
-                "Accounting-Response"
+            service = _quinn_on_a_capped_plan(ispd)
+            base = _over_the_quota(service, "q-deaf")
             nas.wait_for(2)  # coa_attempts, unanswered
             eventually(lambda: [e["result"] for e in ispd.log_events("radius.coa.sent")] == ["timeout"], timeout=5)
             nas.answer = "ack"
@@ -840,16 +837,8 @@ def test_an_over_quota_coa_that_timed_out_before_a_restart_is_sent_after_it(tmp_
         config["radius"]["client"][0]["coa_port"] = nas.port
         with IspdProcess(tmp_path, config) as ispd:
             ispd.start()
-            ispd.cli("plan", "add", "capped", "--download-kbps", "100000", "--upload-kbps", "20000",
-                     "--monthly-quota", "2M", "--over-quota-download-kbps", "2000", "--over-quota-upload-kbps", "1000",
-                     "--credential-policy", "cleartext")
-            ispd.cli("subscriber", "add", "quinn", "--plan", "capped", "--password-stdin", input="quinn-pw\n")
-            service = Radius(ispd)
-            eventually(lambda: service.pap("quinn", "quinn-pw") == "Access-Accept", timeout=10)
-            base = "User-Name = quinn, Acct-Session-Id = q-lost, NAS-IP-Address = 127.0.0.1"
-            assert service.accounting(f"{base}, Acct-Status-Type = Start") == "Accounting-Response"
-            assert service.accounting(f"{base}, Acct-Status-Type = Interim-Update, Acct-Output-Octets = 3000000") == \
-                "Accounting-Response"
+            service = _quinn_on_a_capped_plan(ispd)
+            base = _over_the_quota(service, "q-lost")
             eventually(lambda: [e["result"] for e in ispd.log_events("radius.coa.sent")] == ["timeout"], timeout=5)
             assert ispd.terminate() == 0
             config["radius"]["coa_retry_interval_seconds"] = 10  # (the timeout was more than 10 s ago by then)
