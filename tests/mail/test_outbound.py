@@ -649,6 +649,54 @@ async def test_a_retry_set_before_the_wall_clock_was_stepped_back_is_not_put_off
     assert delivered == ["a@fine.example"]
 
 
+class _TwoExchangers:
+    """two.example's exchangers: mx1 on 127.0.0.1, then mx2 on 127.0.0.2 (on the test's port)."""
+
+    async def exchangers(self, domain: str) -> list[str]:
+        return ["mx1.two.example", "mx2.two.example"]
+
+    async def addresses(self, host: str) -> tuple[list[str], bool]:
+        return (["127.0.0.1"] if host.startswith("mx1") else ["127.0.0.2"]), False
+
+
+def _two_example_mx(received: dict[str, int], address: str, *, refusing: bytes | None = None,
+                    drop_after_the_dot: bool = False) -> Any:
+    """A server of two.example that counts the messages it read in ``received[address]``; it
+    answers ``refusing`` (and HELO) with 421, or drops the connection after the final dot."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 mx.two.example ESMTP\r\n")
+        while line := await reader.readline():
+            verb = line.split(b" ")[0].strip().upper()
+            if refusing is not None and verb in (refusing, b"HELO"):
+                writer.write(b"421 4.3.2 Too busy, try later\r\n")
+                await writer.drain()
+                break
+            if verb == b"EHLO":
+                writer.write(b"250-mx.two.example\r\n250 STARTTLS\r\n" if refusing else b"250 mx.two.example\r\n")
+            elif verb == b"DATA":
+                writer.write(b"354 go ahead\r\n")
+                while await reader.readline() != b".\r\n":
+                    pass
+                received[address] += 1
+                if drop_after_the_dot:
+                    writer.transport.abort()
+                    return
+                writer.write(b"250 queued\r\n")
+            elif verb == b"QUIT":
+                writer.write(b"221 bye\r\n")
+                break
+            else:
+                writer.write(b"250 ok\r\n")
+        writer.close()
+    return serve
+
+
+async def _deliver_to_two_example(port: int) -> dict[str, Outcome]:
+    return await outbound.deliver_to_domain(
+        "two.example", "alice@isp.example", ["bob@two.example"], b"Subject: x\r\n\r\nx\r\n",
+        lookup=_TwoExchangers(), port=port, helo="mx.isp.example", command_timeout=5)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("refusing", [b"EHLO", b"STARTTLS"])
 async def test_a_server_that_answers_421_before_the_envelope_is_followed_by_the_next_mx(refusing: bytes) -> None:
     """From a bug hunt: the primary MX answered 421 (busy) to EHLO or to STARTTLS, and the
@@ -657,55 +705,18 @@ async def test_a_server_that_answers_421_before_the_envelope_is_followed_by_the_
     from tests.lab.ports import free_tcp_port
 
     received: dict[str, int] = {"127.0.0.1": 0, "127.0.0.2": 0}
-
-    def server(address: str, busy: bool) -> Any:
-        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            writer.write(b"220 mx.two.example ESMTP\r\n")
-            while line := await reader.readline():
-                verb = line.split(b" ")[0].strip().upper()
-                if busy and verb in (refusing, b"HELO"):
-                    writer.write(b"421 4.3.2 Too busy, try later\r\n")
-                    await writer.drain()
-                    break
-                if verb == b"EHLO":
-                    writer.write(b"250-mx.two.example\r\n250 STARTTLS\r\n" if busy else b"250 mx.two.example\r\n")
-                elif verb == b"DATA":
-                    writer.write(b"354 go ahead\r\n")
-                    while await reader.readline() != b".\r\n":
-                        pass
-                    received[address] += 1
-                    writer.write(b"250 queued\r\n")
-                elif verb == b"QUIT":
-                    writer.write(b"221 bye\r\n")
-                    break
-                else:
-                    writer.write(b"250 ok\r\n")
-            writer.close()
-        return serve
-
-    class Lookup:
-        async def exchangers(self, domain: str) -> list[str]:
-            return ["mx1.two.example", "mx2.two.example"]
-
-        async def addresses(self, host: str) -> tuple[list[str], bool]:
-            return (["127.0.0.1"] if host.startswith("mx1") else ["127.0.0.2"]), False
-
-    async def deliver() -> dict[str, Any]:
-        return await outbound.deliver_to_domain(
-            "two.example", "alice@isp.example", ["bob@two.example"], b"Subject: x\r\n\r\nx\r\n",
-            lookup=Lookup(), port=port, helo="mx.isp.example", command_timeout=5)  # type: ignore[arg-type]
-
     port = free_tcp_port()
-    first = await asyncio.start_server(server("127.0.0.1", True), "127.0.0.1", port)
-    second = await asyncio.start_server(server("127.0.0.2", False), "127.0.0.2", port)
+    first = await asyncio.start_server(_two_example_mx(received, "127.0.0.1", refusing=refusing), "127.0.0.1", port)
+    second = await asyncio.start_server(_two_example_mx(received, "127.0.0.2"), "127.0.0.2", port)
     try:
-        outcomes = await deliver()
+        outcomes = await _deliver_to_two_example(port)
         assert outcomes["bob@two.example"].verdict is Verdict.DELIVERED, outcomes
         assert received == {"127.0.0.1": 0, "127.0.0.2": 1}
         second.close()
         await second.wait_closed()
-        second = await asyncio.start_server(server("127.0.0.2", True), "127.0.0.2", port)
-        outcomes = await deliver()  # none takes it: deferred, with the last one's words
+        second = await asyncio.start_server(_two_example_mx(received, "127.0.0.2", refusing=refusing),
+                                            "127.0.0.2", port)
+        outcomes = await _deliver_to_two_example(port)  # none takes it: deferred, with the last one's words
     finally:
         first.close()
         second.close()
@@ -721,43 +732,12 @@ async def test_a_server_that_drops_the_connection_after_the_dot_is_not_followed_
     from tests.lab.ports import free_tcp_port
 
     received: dict[str, int] = {"127.0.0.1": 0, "127.0.0.2": 0}
-
-    def server(address: str, drop: bool) -> Any:
-        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            writer.write(b"220 mx.two.example ESMTP\r\n")
-            while line := await reader.readline():
-                verb = line.split(b" ")[0].strip().upper()
-                if verb == b"DATA":
-                    writer.write(b"354 go ahead\r\n")
-                    while await reader.readline() != b".\r\n":
-                        pass
-                    received[address] += 1
-                    if drop:
-                        writer.transport.abort()
-                        return
-                    writer.write(b"250 queued\r\n")
-                elif verb == b"QUIT":
-                    writer.write(b"221 bye\r\n")
-                    break
-                else:
-                    writer.write(b"250 ok\r\n")
-            writer.close()
-        return serve
-
-    class Lookup:
-        async def exchangers(self, domain: str) -> list[str]:
-            return ["mx1.two.example", "mx2.two.example"]
-
-        async def addresses(self, host: str) -> tuple[list[str], bool]:
-            return (["127.0.0.1"] if host.startswith("mx1") else ["127.0.0.2"]), False
-
     port = free_tcp_port()
-    first = await asyncio.start_server(server("127.0.0.1", True), "127.0.0.1", port)
-    second = await asyncio.start_server(server("127.0.0.2", False), "127.0.0.2", port)
+    first = await asyncio.start_server(_two_example_mx(received, "127.0.0.1", drop_after_the_dot=True),
+                                       "127.0.0.1", port)
+    second = await asyncio.start_server(_two_example_mx(received, "127.0.0.2"), "127.0.0.2", port)
     try:
-        outcomes = await outbound.deliver_to_domain(
-            "two.example", "alice@isp.example", ["bob@two.example"], b"Subject: x\r\n\r\nx\r\n",
-            lookup=Lookup(), port=port, helo="mx.isp.example", command_timeout=5)  # type: ignore[arg-type]
+        outcomes = await _deliver_to_two_example(port)
     finally:
         first.close()
         second.close()
