@@ -40,6 +40,34 @@ def redact_secrets(_logger: Any, _method: str, event: MutableMapping[str, Any]) 
     return event
 
 
+class _Escaped:
+    """A text the console renders escaped (``repr``), quoted as it quotes one with a space."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return repr(self.text)
+
+    __str__ = __repr__  # (the event's column takes str)
+
+
+def escape_control_characters(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """For the console: a value a client chose (a hostname, a login, a path) is written with its
+    control characters escaped, as the JSON renderer does. The console renderer writes a string
+    as it is unless it holds a space or a line end, so an ESC sequence in a login reached the
+    terminal of whoever read the log (cleared it, retitled it, hid text with backspaces), and a
+    right-to-left override turned the rest of the line around."""
+    for key, value in event.items():
+        if key == "exception" and isinstance(value, str):  # a traceback keeps its lines
+            event[key] = "".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in value)
+        elif isinstance(value, str) and not value.isprintable():
+            event[key] = _Escaped(value)
+    return event
+
+
 class LossyOutput:
     """The log's output, which never raises: a full disk or a closed pipe under the log must not
     fail the store's commit, an SMTP reply or an IMAP session that happened to log something
@@ -112,6 +140,7 @@ def configure_logging(config: LogConfig, stream: TextIO | None = None) -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )
+    escaping: list[Any] = [] if as_json else [escape_control_characters]  # (JSON escapes them itself)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -119,6 +148,7 @@ def configure_logging(config: LogConfig, stream: TextIO | None = None) -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             redact_secrets,
             structlog.processors.format_exc_info,
+            *escaping,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, config.level.upper())),
@@ -132,7 +162,7 @@ def configure_logging(config: LogConfig, stream: TextIO | None = None) -> None:
         foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name,
                            structlog.processors.TimeStamper(fmt="iso", utc=True), redact_secrets,
                            structlog.processors.format_exc_info],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer]))
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *escaping, renderer]))
     root = logging.getLogger()
     root.handlers = [handler]
     logging.captureWarnings(True)  # (a library's DeprecationWarning and the like: a log line too)

@@ -10,7 +10,7 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -52,11 +52,11 @@ def test_library_warnings_are_json_lines_and_client_mistakes_stay_out() -> None:
 
 
 @contextlib.contextmanager
-def logging_to(stream: Any) -> Iterator[None]:
-    """ispd's logging (JSON) into ``stream``, the root logger as it was afterwards."""
+def logging_to(stream: Any, log_format: Literal["json", "console"] = "json") -> Iterator[None]:
+    """ispd's logging (JSON unless told) into ``stream``, the root logger as it was afterwards."""
     root = logging.getLogger()
     saved = root.handlers[:], root.level
-    configure_logging(LogConfig(level="info", format="json"), stream=stream)
+    configure_logging(LogConfig(level="info", format=log_format), stream=stream)
     try:
         yield
     finally:
@@ -92,6 +92,38 @@ def test_a_log_that_cannot_be_written_fails_no_caller_and_says_later_what_was_lo
         out.full = False
         get_logger("test").info("third")
     assert events(out.getvalue()) == [("log.lines_lost", 3), ("third", None)]
+
+
+@pytest.mark.parametrize("log_format", ["console", "json"])
+def test_control_characters_a_client_chose_reach_no_terminal_and_forge_no_line(log_format: Literal["json", "console"]) -> None:
+    """From a review: an IMAP login of "bob\\x1b[2J\\x1b]0;PWNED\\x07" was written as it is in the
+    console log, and cleared and retitled the terminal of whoever ran tail -f on it; a
+    right-to-left override turned the rest of the line around. JSON always escaped them."""
+    out = io.StringIO()
+    chosen = "bob\x1b[2J\x1b]0;PWNED\x07\x08\x00\u202etxt.exe"
+    with logging_to(out, log_format):
+        get_logger("test").warning("mail.imap.auth_failed", login=chosen, path="/v1/x\n2026 [error    ] forged")
+        logging.getLogger("asyncio").error("a library quoting a client: %s", chosen)
+        try:
+            raise ValueError(chosen)
+        except ValueError:
+            get_logger("test").error("failed", exc_info=True)
+    text = out.getvalue()
+    assert not set(text) & {"\x1b", "\x07", "\x08", "\x00", "\u202e"}, repr(text)
+    if log_format == "console":  # still there to read, escaped
+        assert "login='bob\\x1b[2J\\x1b]0;PWNED\\x07\\x08\\x00\\u202etxt.exe'" in text
+    else:
+        assert json.loads(text.splitlines()[0])["login"] == chosen
+    assert not [line for line in text.splitlines() if "forged" in line and "mail.imap.auth_failed" not in line]
+    assert "ok=plain" in _console_line(ok="plain") and "ok=a\u00e9b" in _console_line(ok="a\u00e9b")
+
+
+def _console_line(**fields: Any) -> str:
+    """A printable value (non-ASCII letters too) is written as it was, unquoted."""
+    out = io.StringIO()
+    with logging_to(out, "console"):
+        get_logger("test").info("event", **fields)
+    return out.getvalue()
 
 
 class RoomForNewlines(FullDisk):
