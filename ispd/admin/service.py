@@ -23,10 +23,20 @@ from ispd.admin.config import CLEARTEXT_WARNING
 from ispd.config import Config
 from ispd.control import ControlSocketError, open_private_socket, remove_own_socket
 from ispd.listeners import listening_tcp_socket
-from ispd.logs import get_logger
+from ispd.logs import drop_messages, get_logger
 from ispd.service import Health, Service, ServiceContext, ServiceStartError, describe_os_error
 
 log = get_logger("ispd.admin")
+
+# uvicorn warns of every request a client gets wrong, before any token is checked: a request
+# that is not HTTP ("Invalid HTTP request received."), answered 400, and an Upgrade header
+# (curl --http2 sends "Upgrade: h2c"), with advice to install a WebSocket library that ispd has
+# no use for. One line each for whoever reaches the listener, 1,000 malformed requests made
+# 1,000 warnings; the client is answered, and its mistake is not the operator's business.
+drop_messages("uvicorn.error", (
+    "Invalid HTTP request received.", "Unsupported upgrade request.",
+    "No supported WebSocket library detected. Please use \"pip install 'uvicorn[standard]'\", "
+    "or install 'websockets' or 'wsproto' manually."))
 
 # A client has this long to send a request's head, from its connection or from the end of the
 # previous response; then the connection is closed (nginx: client_header_timeout).

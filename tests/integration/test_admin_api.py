@@ -118,6 +118,23 @@ def test_wrong_tokens_are_logged_and_a_guessing_address_is_shut_out(tmp_path: Pa
         assert api.call("GET", "/v1/plans")[0] == 200  # the socket's file mode is its guard
 
 
+def test_malformed_requests_and_upgrades_are_answered_without_a_log_line_each(api: Api) -> None:
+    """From a review: uvicorn warned of every request that was not HTTP and of every Upgrade
+    header (two lines, one telling the operator to install a WebSocket library), before the
+    token was checked: 200 malformed requests made 200 warnings, anyone's to send."""
+    before = len(api.ispd.log_text().splitlines())
+    for _ in range(100):
+        with socket.create_connection(("127.0.0.1", api.tcp), timeout=10) as sock:
+            sock.sendall(b"\x1b[2J NOT HTTP\r\n\r\n")
+            assert sock.recv(1024).startswith(b"HTTP/1.1 400")
+    for _ in range(100):
+        status, _ = api.call("GET", "/v1/plans", headers={"Connection": "Upgrade", "Upgrade": "websocket"})
+        assert status == 200  # served as a plain request
+    time.sleep(0.5)
+    added = api.ispd.log_text().splitlines()[before:]
+    assert not [line for line in added if "uvicorn" in line], added[:5]
+
+
 def test_connections_that_never_send_a_request_do_not_hold_the_api_for_good(tmp_path: Path) -> None:
     """max_connections counts connections: ones that stay silent, or trickle a request head a
     byte at a time, are closed after the head's deadline and the API answers again."""
