@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Hashable, Iterable, MutableMapping
 from typing import Any, Literal, TextIO
 
@@ -199,6 +200,27 @@ def drop_messages(logger_name: str, messages: Iterable[str]) -> None:
     logger, wanted = logging.getLogger(logger_name), frozenset(messages)
     if not any(isinstance(f, DroppedMessages) and f.messages == wanted for f in logger.filters):
         logger.addFilter(DroppedMessages(wanted))
+
+
+class ThrottledMessages(logging.Filter):
+    """Lets each of a library's messages in ``messages`` through once per ``interval`` seconds
+    (its other messages always)."""
+
+    def __init__(self, messages: frozenset[str], interval: float) -> None:
+        super().__init__()
+        self.messages = messages
+        self.throttle = LogThrottle(interval)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in self.messages or self.throttle.due(record.msg, time.monotonic())
+
+
+def throttle_messages(logger_name: str, messages: Iterable[str], interval: float) -> None:
+    """These messages of a library's logger at most once per ``interval`` seconds each; once per
+    logger and set of messages, however often it is asked."""
+    logger, wanted = logging.getLogger(logger_name), frozenset(messages)
+    if not any(isinstance(f, ThrottledMessages) and f.messages == wanted for f in logger.filters):
+        logger.addFilter(ThrottledMessages(wanted, interval))
 
 
 class LogThrottle:

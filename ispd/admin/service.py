@@ -23,7 +23,7 @@ from ispd.admin.config import CLEARTEXT_WARNING
 from ispd.config import Config
 from ispd.control import ControlSocketError, open_private_socket, remove_own_socket
 from ispd.listeners import listening_tcp_socket
-from ispd.logs import drop_messages, get_logger
+from ispd.logs import drop_messages, get_logger, throttle_messages
 from ispd.service import Health, Service, ServiceContext, ServiceStartError, describe_os_error
 
 log = get_logger("ispd.admin")
@@ -37,6 +37,9 @@ drop_messages("uvicorn.error", (
     "Invalid HTTP request received.", "Unsupported upgrade request.",
     "No supported WebSocket library detected. Please use \"pip install 'uvicorn[standard]'\", "
     "or install 'websockets' or 'wsproto' manually."))
+# And of every request past max_connections (answered 503): the operator's business, once a
+# minute; with max_connections held by idle connections, 500 requests wrote 500 warnings.
+throttle_messages("uvicorn.error", ("Exceeded concurrency limit.",), 60.0)
 
 # A client has this long to send a request's head, from its connection or from the end of the
 # previous response; then the connection is closed (nginx: client_header_timeout).

@@ -167,6 +167,26 @@ def test_connections_that_never_send_a_request_do_not_hold_the_api_for_good(tmp_
                 sock.close()
 
 
+def test_requests_past_max_connections_are_logged_once_a_minute_not_each(tmp_path: Path) -> None:
+    """From a review: uvicorn warned of every request it answered 503 past max_connections; with
+    the connections held by idle clients, 500 requests wrote 500 lines."""
+    port = free_tcp_port()
+    config = base_config(tmp_path, admin={"listen": [f"127.0.0.1:{port}"], "token": TOKEN, "max_connections": 2})
+    with IspdProcess(tmp_path, config) as ispd:
+        ispd.start()
+        held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+        try:
+            for _ in range(50):
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                    sock.sendall(b"GET /v1/plans HTTP/1.1\r\nHost: ispd\r\n\r\n")
+                    assert sock.recv(1024).startswith(b"HTTP/1.1 503")
+        finally:
+            for sock in held:
+                sock.close()
+        time.sleep(0.5)
+        assert ispd.log_text().count("Exceeded concurrency limit.") == 1
+
+
 def test_a_store_locked_by_another_process_is_a_503_to_try_again(tmp_path: Path) -> None:
     """What the CLI says in one line was a 500 in plain text and a traceback in the log."""
     config = base_config(tmp_path, store={"path": str(tmp_path / "ispd.db"), "busy_timeout_seconds": 0.5})
