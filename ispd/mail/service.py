@@ -42,7 +42,7 @@ from ispd.listeners import (
     listening_tcp_socket,
     server_tls_context,
 )
-from ispd.logs import LogThrottle, get_logger
+from ispd.logs import LogBudget, LogThrottle, get_logger
 from ispd.mail import mailindex
 from ispd.mail.authcheck import (
     AuthDNS,
@@ -99,6 +99,9 @@ MAX_EXPANDED_RECIPIENTS = 1000
 SIGNING_THREADS = 4  # DKIM signing of submitted mail: apart, so that slow inbound checks never stall it
 AUTH_CACHE_SECONDS = 3600
 TLS_HANDSHAKE_SECONDS = 15.0
+# STARTTLS handshakes that failed, in the log: at most this many lines a minute for each of SMTP
+# and IMAP (each is a connection anyone may open; 993's and 465's are not logged at all).
+TLS_FAILURE_LOG_LINES = 20
 ACCEPT_RETRY_SECONDS = 1.0  # after a failed accept (asyncio's servers wait as long)
 
 
@@ -203,6 +206,7 @@ class MailService(Service):
         self._servers: list[asyncio.Server] = []
         self._handshaking: dict[str, int] = {}  # TLS handshakes under way on 465/993, by client_key
         self._accept_failures = LogThrottle(60.0)
+        self._tls_failures_logged = LogBudget(TLS_FAILURE_LOG_LINES, 60.0)
         self._deliveries: set[asyncio.Future[Any]] = set()
         # Messages past their final dot whose reply is not written yet (``SMTPSession.smtp_DATA``).
         self.replying: set[asyncio.Future[None]] = set()
@@ -449,6 +453,15 @@ class MailService(Service):
         finally:
             for task in handshakes:
                 task.cancel()
+
+    def starttls_failed(self, event: str, error: BaseException, client: str | None = None) -> None:
+        """A client's handshake after STARTTLS failed (or it sent no TLS): said in the log, at
+        most TLS_FAILURE_LOG_LINES a minute per event, with how many were left out before. A
+        line per connection let anyone write 500 lines in 2 s (IMAP has no connection rate)."""
+        held = self._tls_failures_logged.take(event, time.monotonic())
+        if held is not None:
+            log.info(event, error=repr(error), **({"client": client} if client is not None else {}),
+                     **({"not_logged_before": held} if held else {}))
 
     async def _handshake(self, conn: socket.socket, client: str, listener: str) -> None:
         try:

@@ -453,7 +453,7 @@ class MXHandler:
 
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, TLSSetupException):  # the client's handshake failed (or it sent no TLS): its end
-            log.info("mail.session.tls_failed", error=repr(error.__cause__ or error))
+            self.service.starttls_failed("mail.session.tls_failed", error.__cause__ or error)
         else:
             log.error("mail.session.error", error=repr(error))
         return "451 4.3.0 Local error, try again later"

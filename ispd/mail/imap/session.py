@@ -377,7 +377,7 @@ class IMAPSession(asyncio.Protocol):
             self.transport = await loop.start_tls(self.transport, self, context, server_side=True,
                                                   ssl_handshake_timeout=15)
         except (OSError, TimeoutError, ConnectionError) as exc:
-            log.info("mail.imap.tls_failed", client=self.client, error=repr(exc))
+            self.service.starttls_failed("mail.imap.tls_failed", exc, self.client)
             self.close()
             # The TLS layer owns the connection now and tells this session nothing of its end
             # (a reset before the handshake): the session ends here, its slot given back (from a

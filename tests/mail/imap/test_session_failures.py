@@ -39,7 +39,8 @@ def fake_service(maildir: Maildir, executor: ThreadPoolExecutor, quota_bytes: in
         config=config, imap_gate=gate, imap_sessions=set(), metrics=MailMetrics(), tls_context=None,
         imap_login=imap_login, imap_sessions_of=lambda path: 0, mail_executor=executor,
         auth_succeeded=lambda login: None, notify_imap=lambda path, folder: None,
-        watch_imap=lambda session: None, unwatch_imap=lambda session: None)
+        watch_imap=lambda session: None, unwatch_imap=lambda session: None,
+        starttls_failed=lambda event, error, client=None: None)
 
 
 def run_commands(maildir: Maildir, commands: list[str], before_last: Callable[[], None],
