@@ -954,7 +954,7 @@ class DHCPEngine:
             hw_address=client.hw_address, client_id=client.client_id, hostname=hostname,
             subscriber_id=reservation.subscriber_id if reservation is not None else None,
             circuit_id=client.circuit_id, remote_id=client.remote_id, pool=pool.name or None,
-            hostname_reserved=hostname_reserved,
+            hostname_reserved=hostname_reserved, renewed_at=now,
         )
         # A lease that lapsed here and was not reclaimed yet ends before another begins.
         superseded = self._end_lapsed(previous, now) if previous is not None and not renewal else Outcome()
@@ -1225,9 +1225,14 @@ class DHCPEngine:
         return binding.state is BindingState.BOUND and binding.expires_at > now and not binding.foreign
 
     def _last_transaction(self, binding: Binding, now: float) -> float:
-        """When the client last renewed: its lease's end less its pool's lease time (a renewal
-        keeps ``starts_at``), within the lease's start and now. A reserved address outside every
-        pool has its subnet's lease time (as ``_allowed_pool`` serves it)."""
+        """When the client last renewed: the time of the ACK, or, for a lease loaded from the
+        store (which keeps no such time), its end less its pool's lease time (a renewal keeps
+        ``starts_at``), within the lease's start and now. A reserved address outside every pool
+        has its subnet's lease time (as ``_allowed_pool`` serves it). Not the pool's lease time
+        alone: a reload that changes it left every lease granted before saying that its client
+        renewed a moment ago (a lease time lowered) or when it first got its address (raised)."""
+        if binding.renewed_at is not None:
+            return min(binding.renewed_at, now)
         subnet = self._subnet_containing(binding.address)
         pool = (subnet.pool_of(binding.address) or subnet.plain) if subnet is not None else None
         renewed = binding.expires_at - pool.lease_seconds if pool is not None else binding.starts_at

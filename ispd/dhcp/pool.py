@@ -65,6 +65,9 @@ class Binding:
     # Its host name is the one its reservation gave (not the client's): not kept past a renewal
     # once the reservation gives it no more.
     hostname_reserved: bool = False
+    # When its client last renewed it (the ACK): the client-last-transaction-time a leasequery
+    # tells. None for one loaded from the store, which keeps no such time.
+    renewed_at: float | None = None
 
     def held(self, now: float) -> bool:
         """Whether the address is unavailable to anyone but its client (or to all, if declined)."""

@@ -939,6 +939,27 @@ def test_leasequery_tells_the_last_renewal_of_a_reserved_address_outside_the_poo
     assert decode_u32(answer.packet.option(Option.CLIENT_LAST_TRANSACTION_TIME) or b"") == 60
 
 
+@pytest.mark.parametrize("lease_seconds", [600, 86400])
+def test_leasequery_tells_the_last_renewal_after_the_lease_time_changed(lease_seconds: int) -> None:
+    """Option 91 was counted back from the lease's end by the pool's lease time as configured
+    now: after a reload lowered it, a client last heard of 40 minutes ago was said to have
+    renewed a moment ago (0); raised, to have been silent since its first grant."""
+    lab = Lab(config(leasequery_requesters=[REQUESTER]))
+    address = lab.dora(giaddr=REQUESTER)
+    lab.now += 1000
+    renew = lab.send(message(DHCPMessageType.REQUEST, ciaddr=str(address), giaddr=REQUESTER))
+    assert renew.reply is not None and renew.reply.packet.message_type is DHCPMessageType.ACK
+    lab.now += 2400
+    changed = config(leasequery_requesters=[REQUESTER])
+    subnets = [*changed.subnet]
+    subnets[1] = subnets[1].model_copy(update={"lease_seconds": lease_seconds})
+    lab.engine.reconfigure(changed.model_copy(update={"subnet": subnets}))
+    answer = lab.send(leasequery(ciaddr=str(address))).reply
+    assert answer is not None and answer.packet.message_type is DHCPMessageType.LEASEACTIVE
+    assert decode_u32(answer.packet.option(Option.LEASE_TIME) or b"") == 7200 - 2400  # the lease it was given
+    assert decode_u32(answer.packet.option(Option.CLIENT_LAST_TRANSACTION_TIME) or b"") == 2400
+
+
 def test_a_leasequery_naming_more_than_one_thing_is_asked_by_the_first_of_ciaddr_client_id_chaddr() -> None:
     """As ISC dhcpd answers: a requester that fills chaddr (or sends a client-id) in a query by
     address gets the address's answer, not silence."""
