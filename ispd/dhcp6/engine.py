@@ -217,6 +217,9 @@ class DHCP6Engine:
     def __init__(self, config: DHCP6Config, server_duid: bytes) -> None:
         self.server_duid = server_duid
         self.leases: dict[str, Lease6] = {}
+        # When each binding's client last renewed it (the Reply): its leasequery OPTION_CLT_TIME.
+        # None for one loaded from the store, which keeps no such time.
+        self.renewed_at: dict[str, float] = {}
         self.by_ia: dict[IAKey, list[str]] = {}  # every prefix an IA has had, latest last
         # Each client's IAs (those in by_ia), by DUID: what a leasequery asks of one client, without
         # a walk of every IA on the loop that answers Solicits.
@@ -509,8 +512,10 @@ class DHCP6Engine:
             network = _network(lease.prefix)
             parts.append(encode_lease(IAAddress(network.network_address, preferred, valid)
                                       if lease.kind is Lease6Kind.ADDRESS else IAPrefix(network, preferred, valid)))
-            subnet = self.by_name.get(lease.link) if lease.link is not None else None
-            renewed = lease.expires_at - self.config.lifetimes(subnet)[1] if subnet is not None else lease.starts_at
+            renewed = self.renewed_at.get(lease.prefix)
+            if renewed is None:  # (loaded from the store: counted back from its end)
+                subnet = self.by_name.get(lease.link) if lease.link is not None else None
+                renewed = lease.expires_at - self.config.lifetimes(subnet)[1] if subnet is not None else lease.starts_at
             last = max(last, min(max(renewed, lease.starts_at), now))
         parts.append(uint32(OptionCode.CLT_TIME, max(0, int(now - last))))
         return option(OptionCode.CLIENT_DATA, encode_options(parts))
@@ -602,6 +607,7 @@ class DHCP6Engine:
 
     def _forget(self, lease: Lease6) -> None:
         del self.leases[lease.prefix]
+        self.renewed_at.pop(lease.prefix, None)
         self._drop_from_history((lease.duid, lease.iaid, lease.kind), lease.prefix)
 
     def _drop_from_history(self, key: IAKey, prefix: str) -> None:
@@ -934,6 +940,7 @@ class _Request:
             link=self.subnet.name, pool=self._pool_of(prefix), remote_id=self.remote_id,
             interface_id=self.interface_id)
         self.engine._remember(lease)
+        self.engine.renewed_at[prefix] = self.now
         self.outcome.writes.append((lease, "renewed" if ours else "granted"))
 
     def _end_if_ours(self, prefix: str, key: IAKey, state: LeaseState = LeaseState.RELEASED,

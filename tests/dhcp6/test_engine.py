@@ -884,6 +884,24 @@ def test_leasequery_by_address_finds_the_binding_or_the_delegated_prefix_holding
     assert client_data(ask(eng, leasequery(1, by_address("2001:db8:1::100")), T0 + 7201)) == []
 
 
+@pytest.mark.parametrize("valid", [1200, 86400])
+def test_leasequery_tells_the_last_renewal_after_the_lifetimes_changed(valid: int) -> None:
+    """OPTION_CLT_TIME was counted back from the binding's end by the link's valid lifetime as
+    configured now: after a reload lowered it, a client last heard of 40 minutes ago was said to
+    have renewed a moment ago (0); raised, to have been silent since its first Request."""
+    eng = engine(leasequery_requesters=[str(REQUESTER)])
+    bind(eng, ia_na(1), ia_pd(2))
+    renew = handle(eng, message(MessageType.RENEW, ia_na(1, "2001:db8:1::100"), ia_pd(2, "2001:db8:100::/56"),
+                                server=SERVER_DUID), T0 + 1000)
+    assert renew.reply is not None and [w[1] for w in renew.writes] == ["renewed", "renewed"]
+    eng.reconfigure(config(leasequery_requesters=[str(REQUESTER)], preferred_lifetime_seconds=600,
+                           valid_lifetime_seconds=valid))
+    data = client_data(ask(eng, leasequery(1, by_address("2001:db8:1::100")), T0 + 3400))
+    assert [o.code for o in data] == [OptionCode.CLIENTID, OptionCode.IAADDR, OptionCode.IAPREFIX, OptionCode.CLT_TIME]
+    assert data[1].data == IPv6Address("2001:db8:1::100").packed + struct.pack("!II", 1200, 4800)  # as given
+    assert struct.unpack("!I", data[3].data) == (2400,)
+
+
 def test_leasequery_knows_a_link_by_its_relay_address() -> None:
     """A BNG whose link-address is one of a subnet's relay_addresses (its clients are placed in
     that subnet by it) asks about one of them on that link: the link is ours."""
