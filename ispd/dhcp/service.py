@@ -119,6 +119,7 @@ class DHCPService(Service):
         self._untrusted_logged = LogThrottle(UNSERVED_LOG_SECONDS)  # by interface
         self._exhausted_logged = LogThrottle(UNSERVED_LOG_SECONDS)  # by the pools tried
         self._no_subnet_logged = LogThrottle(UNSERVED_LOG_SECONDS)  # by interface (not by giaddr: forgeable)
+        self._leasequery_logged = LogThrottle(UNSERVED_LOG_SECONDS)  # by interface (not by giaddr: forgeable)
         self._pending: list[tuple[Outcome, float, str, int]] = []
         self._flush_scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -326,6 +327,14 @@ class DHCPService(Service):
                             hint="no [[dhcp.subnet]] holds the relay's address (giaddr, or its link-selection) "
                                  "or, for an INFORM, the client's: add the subnet, or the relay to its "
                                  "relay_addresses")
+            if outcome.ignored is Ignored.LEASEQUERY_REFUSED and self._leasequery_logged.due(interface, now):
+                # A requester listed by another address than the giaddr it sends (a BNG's loopback
+                # for its uplink's) had every query vanish without a word (ISC dhcpd logs "LEASEQUERY
+                # not allowed, query ignored"): the BNG waits out its timeout for each subscriber.
+                log.warning("dhcp.leasequery.refused", interface=interface,
+                            requester=str(packet.giaddr) if int(packet.giaddr) else None, hops=packet.hops,
+                            hint="a DHCPLEASEQUERY is answered only when its giaddr is in "
+                                 "dhcp.leasequery_requesters and it came straight from there (hops 0)")
             if outcome.ignored is Ignored.NO_POOL and outcome.unserved is not None \
                     and self._exhausted_logged.due(outcome.unserved, now):
                 subnet, client_class = outcome.unserved

@@ -40,7 +40,7 @@ from ispd.dhcp6.codec import (
     encode_relay_reply,
 )
 from ispd.dhcp6.config import DHCP6Config
-from ispd.dhcp6.engine import DHCP6Engine, Outcome6, Received6
+from ispd.dhcp6.engine import DHCP6Engine, Ignored6, Outcome6, Received6
 from ispd.dhcp6.metrics import DHCP6Metrics
 from ispd.events import Binding6Ended, Binding6Granted, SessionStarted, SessionStopped, follow_subscribers
 from ispd.listeners import bound_socket, set_receive_buffer
@@ -92,6 +92,7 @@ class DHCP6Service(Service):
         self._socket: socket.socket | None = None
         self._interfaces: dict[int, str] = {}
         self._unserved_logged = LogThrottle(UNSERVED_LOG_SECONDS)
+        self._leasequery_logged = LogThrottle(UNSERVED_LOG_SECONDS)  # by interface (not by source: forgeable)
         self._pending: list[tuple[Outcome6, tuple[RelayForward, ...], Any, float, str]] = []
         self._flush_scheduled = False
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -259,6 +260,14 @@ class DHCP6Service(Service):
         outcome = self.engine.handle(Received6(message, interface, relays, multicast, _source_address(sender)), now)
         if outcome.ignored is not None:
             self.metrics.dropped.inc(str(outcome.ignored))
+            if outcome.ignored is Ignored6.LEASEQUERY_REFUSED and self._leasequery_logged.due(interface, now):
+                # A requester listed by another address than it sends from had every query vanish
+                # without a word but for a counter: said once a minute per interface.
+                source = _source_address(sender)
+                log.warning("dhcp6.leasequery.refused", interface=interface,
+                            requester=str(source) if source is not None else None, relayed=bool(relays),
+                            hint="a LEASEQUERY is answered only from an address in "
+                                 "dhcp6.leasequery_requesters, sent straight to ispd (not relayed)")
         if outcome.declined:
             self.metrics.declines.inc(amount=outcome.declined)
             log.warning("dhcp6.address.declined", prefixes=[lease.prefix for lease, _ in outcome.writes],

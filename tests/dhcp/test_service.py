@@ -192,6 +192,24 @@ async def test_exchanges_and_malformed_packets_leave_no_cycle_behind(tmp_path: P
     assert sum(service.metrics.dropped.values.values()) == 4 * 7  # (the malformed ones did reach it)
 
 
+def test_a_refused_leasequery_is_said_in_the_log_once_a_minute_per_interface() -> None:
+    """A requester listed by another address than the giaddr it sends (a BNG's loopback for its
+    uplink's) had every DHCPLEASEQUERY vanish without a word but for a counter (ISC dhcpd logs
+    "LEASEQUERY not allowed"). Once a minute per interface, not per giaddr: forgeable."""
+    service = DHCPService(Config(dhcp=config(leasequery_requesters=["198.18.1.1"])),
+                          ServiceContext(None, EventBus(), CollectorRegistry(), _healthy, clock=lambda: T0))  # type: ignore[arg-type]
+    service._interfaces = {IFINDEX: "eth1"}
+    service._send = lambda reply, *_: None  # type: ignore[method-assign]
+    query = DHCPPacket(op=1, xid=0x4C51, ciaddr=IPv4Address("198.18.1.100"), giaddr=IPv4Address("198.18.1.2"),
+                       options=((Option.MESSAGE_TYPE, bytes((DHCPMessageType.LEASEQUERY,))),))
+    with capture_logs() as logs:
+        service._socket = DatagramsSocket([(encode(query), SERVER)] * 3)  # type: ignore[assignment]
+        service._readable()
+    assert service.metrics.dropped.get("leasequery_not_allowed") == 3
+    [refused] = [entry for entry in logs if entry["event"] == "dhcp.leasequery.refused"]
+    assert (refused["interface"], refused["requester"], refused["log_level"]) == ("eth1", "198.18.1.2", "warning")
+
+
 def test_a_relay_no_subnet_serves_is_said_in_the_log_once_a_minute_per_interface() -> None:
     """A BNG relaying from an address no subnet names had its clients go without an address and
     without a word, but for a counter (ISC dhcpd logs "unknown network segment"). Once a minute

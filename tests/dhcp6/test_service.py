@@ -24,7 +24,7 @@ from ispd.events import EventBus, SessionStarted, SessionStopped
 from ispd.service import ServiceContext, ServiceStartError
 from ispd.store import StoreConfig, open_store
 from ispd.store.models import Lease6, RadiusSession
-from tests.dhcp6.test_engine import ia_na, ia_pd, message
+from tests.dhcp6.test_engine import by_address, ia_na, ia_pd, leasequery, message
 from tests.store.outage import WritesDown
 
 
@@ -251,3 +251,22 @@ async def test_a_store_outage_is_one_line_in_the_log_and_health_follows_the_stor
     finally:
         service._socket.close()
         await store.close()
+
+
+def test_a_refused_leasequery_is_said_in_the_log_once_a_minute_per_interface() -> None:
+    """A requester listed by another address than it sends from (a BNG's loopback for its
+    uplink's) had every query vanish without a word but for a counter, and waited out its
+    timeout for each subscriber. Once a minute per interface, not per source: forgeable."""
+    config = DHCP6Config.model_validate({
+        "enabled": True, "interfaces": ["uplink"], "leasequery_requesters": ["2001:db8:ff::1"],
+        "subnet": [{"name": "bng", "prefix": "2001:db8:2::/64", "relay_addresses": ["2001:db8:ff::1"],
+                    "pool": [{"name": "hosts", "range": "2001:db8:2::100 - 2001:db8:2::1ff"}]}]})
+    service = DHCP6Service(Config(dhcp6=config), ServiceContext(None, EventBus(), CollectorRegistry(),  # type: ignore[arg-type]
+                                                                _healthy))
+    query = encode(leasequery(1, by_address("2001:db8:2::100")))
+    with capture_logs() as logs:
+        for n in range(1, 4):
+            service._handle(query, "uplink", False, (f"2001:db8:ff::{n + 1}", 547, 0, 0), 1000.0 + n, 1000.0)
+    assert service.metrics.dropped.values[("leasequery_not_allowed",)] == 3  # type: ignore[attr-defined]
+    [refused] = [entry for entry in logs if entry["event"] == "dhcp6.leasequery.refused"]
+    assert (refused["interface"], refused["requester"], refused["log_level"]) == ("uplink", "2001:db8:ff::2", "warning")
