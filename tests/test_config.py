@@ -35,6 +35,21 @@ def test_shipped_configs_are_valid(name: str) -> None:
     assert isinstance(config, Config)
 
 
+def test_the_dns_lab_config_runs_beside_the_dev_config() -> None:
+    """README's "Trying DNS" starts ispd on configs/dns-lab.toml (its own ports, control socket
+    and store) beside tools/dev-run's configs/dev.toml: both put their admin socket at
+    var/admin.sock ("auto": beside the control socket), and the second refused to start."""
+    dev, lab = (load_config(ROOT / "configs" / name) for name in ("dev.toml", "dns-lab.toml"))
+
+    def local(config: Config) -> set[object]:
+        return {config.daemon.control_socket, config.admin.socket_path(config.daemon.control_socket),
+                config.store.path, str(config.metrics.listen),
+                *(str(a) for a in [*config.dns.listen, *config.dns.dot.listen, *config.dns.doh.listen,
+                                   *config.dns.doq.listen])}
+
+    assert local(dev) & local(lab) == set()
+
+
 def _models_in(annotation: Any) -> list[type[BaseModel]]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
