@@ -42,3 +42,13 @@ def test_the_version_is_the_packages() -> None:
     say another than the package a bump in one alone would install."""
     pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
     assert pyproject["project"]["version"] == __version__
+
+
+def test_the_readme_runs_dhclient_with_its_own_files_and_in_the_background() -> None:
+    """"Trying it" offered `dhclient -d -1 wan0` in the namespace: -d keeps it in the foreground
+    once bound (the next command, `ispd lease list`, never came), and without -pf and -lf it
+    wrote this machine's /run/dhclient.pid and /var/lib/dhcp/dhclient.leases."""
+    runs = [line for line in README.read_text().splitlines() if re.search(r"\bdhclient( -\w+)* -1\b", line)]
+    assert runs
+    for line in runs:
+        assert " -pf " in line and " -lf " in line and not re.search(r" -d\b", line), line
