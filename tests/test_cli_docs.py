@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import re
 import tomllib
 from pathlib import Path
@@ -52,3 +53,29 @@ def test_the_readme_runs_dhclient_with_its_own_files_and_in_the_background() -> 
     assert runs
     for line in runs:
         assert " -pf " in line and " -lf " in line and not re.search(r" -d\b", line), line
+
+
+def test_the_readme_names_every_command_that_needs_the_daemon() -> None:
+    """The paragraph on the control socket is where a newcomer learns which commands fail with
+    "cannot reach the ispd daemon" when none runs; it said "later the mail queue" and left out
+    `ispd dns nta` while both already went through the socket."""
+    text = README.read_text()
+    paragraph = text[text.index("Most commands work on the store"):text.index("Reservation keys are stored")]
+    named: set[str] = set()
+    for span in re.findall(r"`(ispd [^`]+)`", paragraph):
+        *parents, last = span.split()
+        named.update(" ".join([*parents, word]) for word in last.split("|"))
+
+    def leaves(parser: argparse.ArgumentParser, prefix: str) -> list[tuple[str, argparse.ArgumentParser]]:
+        chosen = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not chosen:
+            return [(prefix, parser)]
+        return [leaf for action in chosen for word, sub in action.choices.items()
+                for leaf in leaves(sub, f"{prefix} {word}")]
+
+    through_the_socket = [name for name, parser in leaves(build_parser(), "ispd")
+                          if "handler" in parser._defaults  # (not `ispd run`, `ispd worker`)
+                          and "daemon_request(" in inspect.getsource(parser._defaults["handler"])]
+    assert "ispd mail queue flush" in through_the_socket
+    assert [name for name in through_the_socket
+            if name not in named and not any(name.startswith(n.removesuffix(" …")) for n in named if n.endswith("…"))] == []
