@@ -2033,6 +2033,7 @@ def check_config_files(path: Path, config: Config) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    defaulted = args.config is None and args.global_config is None and "ISPD_CONFIG" not in os.environ
     if args.config is None:
         args.config = args.global_config or Path(os.environ.get("ISPD_CONFIG", DEFAULT_CONFIG))
     # Arguments that argparse alone cannot check together: a usage error too, before anything is opened.
@@ -2050,7 +2051,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         # one line per problem, each as check_config_files writes its own: "ispd: FILE: where: what"
         for line in str(exc).splitlines():
-            print(f"ispd: {line}", file=sys.stderr)
+            # -c left out: say why that file, and what to do
+            hint = (" (the default without -c FILE or $ISPD_CONFIG; in a clone of ispd, -c configs/dev.toml)"
+                    if defaulted and line == f"{args.config}: no such file" else "")
+            print(f"ispd: {line}{hint}", file=sys.stderr)
         return EXIT_USAGE
     try:
         if args.command == "check-config":

@@ -682,6 +682,22 @@ def test_check_config_gives_each_problem_its_own_ispd_line(tmp_path: Path) -> No
     ]
 
 
+def test_a_missing_default_config_says_how_to_name_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """`ispd subscriber list` without -c said only "ispd: /etc/ispd/ispd.toml: no such file": a
+    newcomer who tried the README's commands had given no such path and was not told of -c."""
+    import ispd.cli
+
+    monkeypatch.delenv("ISPD_CONFIG", raising=False)
+    monkeypatch.setattr(ispd.cli, "DEFAULT_CONFIG", str(tmp_path / "ispd.toml"))
+    assert ispd.cli.main(["subscriber", "list"]) == 2
+    assert capsys.readouterr().err == (f"ispd: {tmp_path / 'ispd.toml'}: no such file (the default without -c FILE "
+                                       "or $ISPD_CONFIG; in a clone of ispd, -c configs/dev.toml)\n")
+    # named, it is the file asked for: no more to say
+    assert ispd.cli.main(["subscriber", "list", "-c", str(tmp_path / "other.toml")]) == 2
+    assert capsys.readouterr().err == f"ispd: {tmp_path / 'other.toml'}: no such file\n"
+
+
 def test_the_config_may_come_before_the_command(tmp_path: Path) -> None:
     """`ispd -c FILE subscriber list`, as unbound-control -c and postconf -c take it, was refused
     as "argument COMMAND: invalid choice: 'FILE'"; the command's own -c wins over it."""
