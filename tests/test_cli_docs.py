@@ -79,3 +79,15 @@ def test_the_readme_names_every_command_that_needs_the_daemon() -> None:
     assert "ispd mail queue flush" in through_the_socket
     assert [name for name in through_the_socket
             if name not in named and not any(name.startswith(n.removesuffix(" …")) for n in named if n.endswith("…"))] == []
+
+
+def test_the_readme_finds_the_dev_daemons_pid_where_it_is() -> None:
+    """The first steps said `kill -HUP <pid>` and nothing of where to find it: the daemon runs in
+    another terminal (tools/dev-run execs it) and its log does not name its PID. Its store's lock
+    file has it (ispd/daemonlock.py)."""
+    from ispd.config import load_config
+
+    root = README.parent
+    store = load_config(root / "configs" / "dev.toml").store.path
+    lock = store.with_name(store.name + ".lock").relative_to(root)
+    assert f"kill -HUP $(cat {lock})" in README.read_text()
