@@ -487,9 +487,15 @@ class IMAPSession(asyncio.Protocol):
         assert self.maildir is not None
         if (self.maildir.folder_path(text) / "cur").is_dir():
             return text
-        # A folder made as "inbox.x" before that name meant INBOX.x is still reached by it.
+        if not text.startswith("INBOX."):
+            return None
+        # A folder made as "inbox.x" before that name meant INBOX.x is still reached by it - by
+        # INBOX.x too, however it is spelt, or CREATE would make INBOX.x beside it, which then
+        # hides it from every name.
         spelt = name.decode("ascii", "replace")
-        return spelt if spelt != text and (self.maildir.folder_path(spelt) / "cur").is_dir() else None
+        if spelt != text and (self.maildir.folder_path(spelt) / "cur").is_dir():
+            return spelt
+        return next((f for f in self.maildir.folders() if f[:6].upper() == "INBOX." and f[6:] == text[6:]), None)
 
     async def cmd_namespace(self, command: Command) -> None:
         self.send(b'* NAMESPACE (("" ".")) NIL NIL')
@@ -739,6 +745,9 @@ class IMAPSession(asyncio.Protocol):
             self.send(f"{command.tag} NO [CANNOT] that mailbox name is not allowed".encode())
             return
         assert self.maildir is not None
+        if self._folder(command.args["mailbox"].rstrip(b".")) is not None:  # one made as inbox.x too
+            self.send(f"{command.tag} NO [ALREADYEXISTS] mailbox exists".encode())
+            return
         try:
             await self._blocking(self.maildir.create_folder, folder)
         except FileExistsError:

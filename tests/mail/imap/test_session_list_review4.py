@@ -1,0 +1,37 @@
+"""Folders made as inbox.x by an older ispd, and subscriptions of folders that are gone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ispd.mail.maildir import Maildir
+from tests.mail.imap.test_session_failures import run_commands
+
+
+@pytest.fixture()
+def maildir(tmp_path: Path) -> Maildir:
+    maildir = Maildir.for_address(tmp_path, "alice@isp.example")
+    maildir.create()
+    return maildir
+
+
+@pytest.mark.parametrize("name", ["inbox.old", "INBOX.old", "Inbox.old"])
+def test_a_folder_made_as_inbox_x_before_is_not_made_again_beside_it(maildir: Maildir, name: str) -> None:
+    """CREATE made .INBOX.old beside .inbox.old, which no name reached any more: its mail was lost."""
+    maildir.create_folder("inbox.old")
+    maildir.deliver(b"Subject: kept\r\n\r\nbody\r\n", folder="inbox.old")
+    answer = run_commands(maildir, ["LOGIN alice@isp.example secret", f"CREATE {name}"], lambda: None)
+    assert answer == b"t1 NO [ALREADYEXISTS] mailbox exists\r\n"
+    assert "INBOX.old" not in maildir.folders()
+    selected = run_commands(maildir, ["LOGIN alice@isp.example secret", f"SELECT {name}"], lambda: None)
+    assert b"* 1 EXISTS" in selected, selected
+
+
+def test_a_folder_renamed_to_the_name_of_one_made_as_inbox_x_is_refused(maildir: Maildir) -> None:
+    maildir.create_folder("inbox.old")
+    answer = run_commands(maildir, ["LOGIN alice@isp.example secret", "CREATE Other", "RENAME Other INBOX.old"],
+                          lambda: None)
+    assert answer == b"t2 NO [ALREADYEXISTS] mailbox exists\r\n"
+    assert "INBOX.old" not in maildir.folders()
