@@ -1426,8 +1426,9 @@ def _pattern_matches(pattern: bytes, name: bytes) -> bool:
     text, target = pattern.decode("ascii", "replace"), name.decode("ascii", "replace")
     if name == b"INBOX":
         text, target = text.upper(), target.upper()
-    elif name.startswith(b"INBOX.") and text[:5].upper() == "INBOX":  # "inbox.%" reaches INBOX.x
-        text = "INBOX" + text[5:]
+    elif name[:6].upper() == b"INBOX." and text[:5].upper() == "INBOX":  # "inbox.%" reaches INBOX.x
+        # (and "INBOX.%" a folder made as inbox.x by an older ispd, which the INBOX has as a child)
+        text, target = "INBOX" + text[5:], "INBOX" + target[5:]
     # A run of wildcards matches what its widest one does; literals cannot outnumber the name.
     text = _RUNS_OF_WILDCARDS.sub(lambda run: "*" if "*" in run.group(0) else "%", text)
     if len(text) - text.count("*") - text.count("%") > len(target):

@@ -35,3 +35,10 @@ def test_a_folder_renamed_to_the_name_of_one_made_as_inbox_x_is_refused(maildir:
                           lambda: None)
     assert answer == b"t2 NO [ALREADYEXISTS] mailbox exists\r\n"
     assert "INBOX.old" not in maildir.folders()
+
+
+def test_a_folder_made_as_inbox_x_before_is_listed_below_the_inbox(maildir: Maildir) -> None:
+    """The INBOX is listed \\HasChildren for it: a client walking the tree asks for INBOX.%."""
+    maildir.create_folder("inbox.old")
+    answer = run_commands(maildir, ["LOGIN alice@isp.example secret", 'LIST "" "INBOX.%"'], lambda: None)
+    assert answer == b'* LIST (\\HasNoChildren) "." "inbox.old"\r\nt1 OK LIST completed\r\n'
