@@ -735,6 +735,11 @@ class IMAPSession(asyncio.Protocol):
         folder = folder if existing is None else existing  # a folder made as inbox.x keeps that name
         if folder:  # the INBOX is always subscribed
             await self._blocking(self.maildir.set_subscribed, folder, command.name == "SUBSCRIBE")
+        spelt = command.args["mailbox"].decode("ascii", "replace")
+        if command.name == "UNSUBSCRIBE" and existing is None and spelt not in (folder, "INBOX"):
+            # A subscription kept as it was written ("inbox.x", by an older ispd), whose folder
+            # is gone: LSUB names it so, and UNSUBSCRIBE by that name removes it.
+            await self._blocking(self.maildir.set_subscribed, spelt, False)
         self.send(f"{command.tag} OK {command.name} completed".encode())
 
     cmd_unsubscribe = cmd_subscribe

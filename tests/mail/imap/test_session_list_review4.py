@@ -42,3 +42,13 @@ def test_a_folder_made_as_inbox_x_before_is_listed_below_the_inbox(maildir: Mail
     maildir.create_folder("inbox.old")
     answer = run_commands(maildir, ["LOGIN alice@isp.example secret", 'LIST "" "INBOX.%"'], lambda: None)
     assert answer == b'* LIST (\\HasNoChildren) "." "inbox.old"\r\nt1 OK LIST completed\r\n'
+
+
+def test_a_subscription_to_a_gone_inbox_x_folder_can_be_removed(maildir: Maildir) -> None:
+    """An older ispd kept "inbox.old" as it was written; LSUB names it, and UNSUBSCRIBE by that
+    name must remove it (it removed "INBOX.old" instead, so it stayed for ever)."""
+    (maildir.path / "subscriptions").write_text("inbox.old\n")
+    answer = run_commands(maildir, ["LOGIN alice@isp.example secret", "UNSUBSCRIBE inbox.old", 'LSUB "" "*"'],
+                          lambda: None)
+    assert b"inbox.old" not in answer, answer
+    assert maildir.subscriptions() == []
