@@ -514,7 +514,7 @@ class IMAPSession(asyncio.Protocol):
         names = await self._blocking(self.maildir.subscriptions)
         subscribed = {"" if n.upper() == "INBOX" else n for n in names} | {""}  # Dovecot writes INBOX there
         # A subscription outlives its folder (RFC 3501 §6.3.9: the server does not drop it):
-        # LSUB names it still, LIST (SUBSCRIBED) marks it \NonExistent (RFC 5258 §3.1), as Dovecot.
+        # LSUB names it still, \Noselect, LIST (SUBSCRIBED) marks it \NonExistent (RFC 5258 §3.1), as Dovecot.
         gone = subscribed - set(folders)
         listed = folders
         if subscribed_only or b"SUBSCRIBED" in selection:
@@ -541,7 +541,8 @@ class IMAPSession(asyncio.Protocol):
             if folder in implied:
                 attributes = [b"\\Noselect"] + (attributes if not subscribed_only else [])
             elif folder in gone:
-                attributes = [] if subscribed_only else [b"\\NonExistent"]
+                # LSUB has no \NonExistent: Dovecot says \Noselect there (RFC 3501 §6.3.9), not ()
+                attributes = [b"\\Noselect"] if subscribed_only else [b"\\NonExistent"]
             elif subscribed_only:
                 attributes = []
             elif folder.split(".")[0] in SPECIAL_FOLDERS and "." not in folder:

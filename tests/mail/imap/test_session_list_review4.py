@@ -52,3 +52,11 @@ def test_a_subscription_to_a_gone_inbox_x_folder_can_be_removed(maildir: Maildir
                           lambda: None)
     assert b"inbox.old" not in answer, answer
     assert maildir.subscriptions() == []
+
+
+def test_lsub_marks_a_subscription_whose_folder_is_gone_noselect(maildir: Maildir) -> None:
+    """Dovecot 2.3's LSUB turns \\NonExistent into \\Noselect (it has no \\NonExistent): LSUB ()
+    says the name can be selected, and a client that SELECTs it gets NO."""
+    answer = run_commands(maildir, ["LOGIN alice@isp.example secret", "CREATE Gone", "SUBSCRIBE Gone",
+                                    "DELETE Gone", 'LSUB "" "*"'], lambda: None)
+    assert b'* LSUB (\\Noselect) "." "Gone"' in answer.split(b"\r\n"), answer
