@@ -463,6 +463,39 @@ async def _refuse_another_s_ipv6(store: Store, subscriber_id: int, given: Sequen
     or one another subscriber's own reply attributes give: RADIUS would hand it to both."""
     if not given:
         return
+    await _refuse_another_s_reply_ipv6(store, subscriber_id, given, dictionary)
+    for reservation in await store.list_reservations():
+        if reservation.subscriber_id == subscriber_id:
+            continue
+        for held in (reservation.prefix6, reservation.address6):
+            if held is None:
+                continue
+            for text, network in given:
+                if network.overlaps(IPv6Network(held)):
+                    raise CommandFailed(f"{text!r}: overlaps {held}, reserved for another subscriber (reservation "
+                                        f"#{reservation.id})")
+
+
+def load_reply_dictionary(config: Config, args: argparse.Namespace) -> None:
+    """The dictionaries a reservation's IPv6 address or prefix is checked with against other
+    subscribers' own reply attributes (``_refuse_another_s_reply_ipv6``)."""
+    from ispd.radius.dictionary import DictionaryError, load_dictionary
+
+    args.radius_dictionary = None
+    if getattr(args, "address6", None) is None and getattr(args, "prefix6", None) is None:
+        return
+    try:
+        args.radius_dictionary = load_dictionary(config.radius.dictionaries)
+    except DictionaryError as exc:
+        raise CommandFailed(f"cannot read the RADIUS dictionaries: {exc}") from None
+
+
+async def _refuse_another_s_reply_ipv6(store: Store, subscriber_id: int, given: Sequence[tuple[str, IPv6Network]],
+                                       dictionary: Dictionary | None) -> None:
+    """An IPv6 address or prefix (a reply attribute's, or a reservation's) that overlaps one
+    another subscriber's own reply attributes give: RADIUS would hand it to both."""
+    if not given or dictionary is None:
+        return
     for other in await store.list_subscribers():
         if other.id == subscriber_id:
             continue
@@ -474,16 +507,10 @@ async def _refuse_another_s_ipv6(store: Store, subscriber_id: int, given: Sequen
                 if network.overlaps(held_network):
                     raise CommandFailed(f"{text!r}: overlaps {held_network}, {other.username}'s own reply "
                                         f"attribute ({line}); {_RESERVE_INSTEAD}")
-    for reservation in await store.list_reservations():
-        if reservation.subscriber_id == subscriber_id:
-            continue
-        for held in (reservation.prefix6, reservation.address6):
-            if held is None:
-                continue
-            for text, network in given:
-                if network.overlaps(IPv6Network(held)):
-                    raise CommandFailed(f"{text!r}: overlaps {held}, reserved for another subscriber (reservation "
-                                        f"#{reservation.id})")
+
+
+def _reserved_ipv6(address6: str | None, prefix6: str | None) -> list[tuple[str, IPv6Network]]:
+    return [(text, IPv6Network(text, strict=False)) for text in (address6, prefix6) if text]
 
 
 def _hidden_names(dictionary: Dictionary, lines: Sequence[str]) -> set[str]:
@@ -602,6 +629,10 @@ async def username_of(store: Store, subscriber_id: int) -> str | None:
 async def cmd_reservation_add(store: Store, args: argparse.Namespace) -> None:
     kind, key = next((k, getattr(args, k.name.lower())) for k in ReservationKind
                      if getattr(args, k.name.lower()) is not None)
+    reserved = _reserved_ipv6(args.address6, args.prefix6)
+    if reserved:
+        holder = await store.get_subscriber(args.subscriber)
+        await _refuse_another_s_reply_ipv6(store, holder.id, reserved, getattr(args, "radius_dictionary", None))
     reservation = await store.add_reservation(args.subscriber, kind, key, actor=actor(), address=args.address,
                                               hostname=args.hostname, address6=args.address6, prefix6=args.prefix6)
     await print_reservation(store, reservation, args, "added reservation #{id} for {holder}")
@@ -637,6 +668,8 @@ async def cmd_reservation_set(store: Store, args: argparse.Namespace) -> None:
         return changes.get(name, UNCHANGED)
 
     before = await store.get_reservation(args.id)
+    await _refuse_another_s_reply_ipv6(store, before.subscriber_id, _reserved_ipv6(args.address6, args.prefix6),
+                                       getattr(args, "radius_dictionary", None))
     reservation = await store.update_reservation(args.id, actor=actor(), address=change("address"),
                                                  hostname=change("hostname"), address6=change("address6"),
                                                  prefix6=change("prefix6"))
@@ -1161,7 +1194,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a fixed prefix to delegate (DHCPv6 IA_PD, RADIUS Delegated-IPv6-Prefix), e.g. "
                         "2001:db8:200::/48")
     p.add_argument("--hostname", type=checked_arg(hostname_text), help="the host name to give the client")
-    p.set_defaults(handler=cmd_reservation_add)
+    p.set_defaults(handler=cmd_reservation_add, prepare=load_reply_dictionary)
     p = reservation.add_parser(
         "set", parents=[config_opts, json_opt], help="change what a reservation fixes",
         description="Change a reservation's fixed addresses or host name, in one audited step (kept: its "
@@ -1179,7 +1212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hostname", type=checked_arg(hostname_text), help="the host name to give the client")
     p.add_argument("--clear", action="append", default=[], choices=RESERVATION_FIELDS, metavar="FIELD",
                    help=f"empty a field ({', '.join(RESERVATION_FIELDS)}); may be given more than once")
-    p.set_defaults(handler=cmd_reservation_set, check=reservation_set_usage)
+    p.set_defaults(handler=cmd_reservation_set, check=reservation_set_usage, prepare=load_reply_dictionary)
     p = reservation.add_parser("list", parents=[config_opts, json_opt], help="list reservations")
     p.add_argument("--subscriber", help=f"only this subscriber's: {SUBSCRIBER_HELP}")
     p.set_defaults(handler=cmd_reservation_list)
