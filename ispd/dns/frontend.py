@@ -80,7 +80,7 @@ class ResolutionBudget:
             except asyncio.CancelledError:
                 if waiter.done() and not waiter.cancelled():
                     self._wake()  # woken, then cancelled: the next one's turn
-                else:
+                elif waiter in self._waiters:  # (not when a give passed it over, cancelled)
                     self._waiters.remove(waiter)
                 raise
             woken = True

@@ -187,3 +187,19 @@ async def test_a_query_waiting_for_room_that_is_cancelled_leaves_none_behind() -
     first.cancel()
     await asyncio.wait_for(second, 1)
     assert budget.used == 1 and not budget._waiters
+
+
+async def test_a_query_cancelled_while_waiting_whose_place_a_give_passed_over_ends_cancelled() -> None:
+    """A QUIC connection closed or a DoH stream reset cancels its waiting queries; a resolution
+    that ends before they run passes their cancelled places over. They end cancelled still."""
+    budget = ResolutionBudget(1)
+    await budget.take()
+    first = asyncio.ensure_future(budget.take())
+    second = asyncio.ensure_future(budget.take())
+    await asyncio.sleep(0)
+    first.cancel()
+    budget.give()  # passes the first's cancelled place over: the second's turn
+    await asyncio.wait_for(second, 1)
+    await asyncio.wait([first], timeout=1)
+    assert first.cancelled()
+    assert budget.used == 1 and not budget._waiters
