@@ -95,3 +95,15 @@ def test_both_backends_know_the_same_newest_schema() -> None:
     from ispd.store.sqlite import sqlite_migrations
 
     assert postgresql_migrations()[-1].version == sqlite_migrations()[-1].version
+
+
+async def test_the_health_checks_write_is_a_write_on_postgresql_too(postgres_url: str, tmp_path: Path) -> None:
+    """check_writes rewrites a row (an empty transaction writes no WAL, so commits on a server
+    that can write nothing); on PostgreSQL that statement runs too, and a working store says so."""
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db", backend="postgresql", url=postgres_url))
+    try:
+        store._writer.failing = "connection refused"  # as an outage left it
+        await store.check_writes()
+        assert store.commits_failing() is None
+    finally:
+        await store.close()

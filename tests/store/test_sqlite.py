@@ -146,6 +146,46 @@ async def test_commits_failing_alike_are_one_line_in_the_log_and_their_end_anoth
         await store.close()
 
 
+class _FullDisk:
+    """SQLite's full disk: a commit that writes pages fails; an empty one (no page to write to
+    the WAL) succeeds, as it does on a real full disk."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn, self.full, self._before = conn, True, 0
+
+    def execute(self, sql: str, *args: object) -> object:
+        if sql == "BEGIN IMMEDIATE":
+            self._before = self.conn.total_changes
+        elif sql == "COMMIT" and self.full and self.conn.total_changes != self._before:
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.conn, name)
+
+
+async def test_the_health_checks_write_on_a_full_disk_does_not_say_writes_work(tmp_path: Path) -> None:
+    """/healthz, while commits fail, commits a write itself (check_writes) to see whether they
+    work again: an empty transaction commits on a full disk, and /healthz said ok while every
+    lease and Accounting-Request failed to be written."""
+    store = await open_store(StoreConfig(path=tmp_path / "full.db"))
+    disk = _FullDisk(store._writer.conn)
+    store._writer.conn = disk
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.add_subscriber("alice", actor="t")
+        assert store.commits_failing() == "database or disk is full"
+        with pytest.raises(StoreUnavailable):
+            await store.check_writes()
+        assert store.commits_failing() == "database or disk is full"
+        disk.full = False  # room made
+        await store.check_writes()
+        assert store.commits_failing() is None
+    finally:
+        store._writer.conn = disk.conn
+        await store.close()
+
+
 async def test_failed_batches_are_counted_as_failures_not_commits_under_the_stores_backend(tmp_path: Path) -> None:
     """From a bug hunt (ispd on PostgreSQL, its server down for a minute under a RADIUS load):
     /metrics showed ispd_store_commit_batch_size{backend="sqlite"} with 4,825 "committed
