@@ -86,12 +86,15 @@ from ispd.service import Health, Service, ServiceContext, ServiceSpec, ServiceSt
 
 if TYPE_CHECKING:
     from ispd.config import Config
+    from ispd.store import Store
 
 log = get_logger("ispd.workers")
 
 READY_TIMEOUT_SECONDS = 60.0  # a worker loads its store view (all subscribers) before it is ready
 HEALTH_INTERVAL_SECONDS = 5.0
 QUICK_REQUEST_SECONDS = 3.0  # health and metrics: a worker that takes longer is not answering
+# The write a health poll tries while this process's store commits are failing (within QUICK_REQUEST_SECONDS).
+STORE_CHECK_SECONDS = 2.0
 HEALTH_FAILURES_BEFORE_RESTART = 3  # health polls unanswered in a row: the worker is stuck
 RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 BUILTIN_COMMANDS = ("worker.commands", "worker.health", "worker.metrics", "worker.reload", "worker.events.take",
@@ -473,6 +476,7 @@ class _WorkerHost:
         self.handed_files = handed_files  # what else it hands over (WorkerService.handed), read again too
         self.audit_from = audit_from  # where the last worker's audit relay was (WorkerService.audit_cursor)
         self.relay: AuditRelay | None = None
+        self.store: Store | None = None
         self.name = spec.name if instance == 1 else f"{spec.name}.{instance}"
         self.control_path, self.ready_fd = control_path, ready_fd
         self.commands = ControlCommands()
@@ -509,6 +513,7 @@ class _WorkerHost:
                 self._say(f"error: {self.spec.name}: {exc}")
                 return 1
             stack.push_async_callback(store.close)
+            self.store = store
             bus = EventBus()
             self.bridge = EventBridge(bus)
             stack.callback(self.bridge.attach())
@@ -572,6 +577,14 @@ class _WorkerHost:
 
     async def _command_health(self, args: dict[str, Any]) -> dict[str, Any]:
         assert self.service is not None
+        store = self.store
+        if store is not None and store.commits_failing() is not None:
+            # As /healthz does in the main process: this process's store has a writer of its own,
+            # and its last failed write (RADIUS's health defers to it) held until a client wrote.
+            from ispd.store import StoreError
+
+            with contextlib.suppress(StoreError, TimeoutError):
+                await asyncio.wait_for(store.check_writes(), STORE_CHECK_SECONDS)
         health = self.service.health()
         return {"ok": health.ok, "detail": health.detail, "describe": self.service.describe(),
                 "audit_cursor": self.relay.cursor if self.relay is not None else None}
