@@ -1383,11 +1383,12 @@ class RadiusService(Service):
                                "subscribers only): the plan's profile stays")
         # Open sessions move to the profile they would get now (a suspended one stays where it
         # is), each CoA on its own: a NAS that does not answer must not hold up housekeeping.
+        if subject.subscriber.status == SubscriberStatus.ACTIVE and self.sessions.of_subscriber(subscriber_id):
+            # (A plan change's own CoA, which carries this verdict, is retried the same way.)
+            self._quota_moved[subscriber_id] = now
         if move and subject.subscriber.status == SubscriberStatus.ACTIVE:
             walled = self._walled_now(subject)
             leaving = not over and plan.over_quota is OverQuota.WALLED_GARDEN
-            if self.sessions.of_subscriber(subscriber_id):
-                self._quota_moved[subscriber_id] = now
             for session in self.sessions.of_subscriber(subscriber_id):
                 self._spawn(self._move(session, walled, "over quota" if over else "quota reset",
                                        from_the_garden=leaving), "quota-coa")

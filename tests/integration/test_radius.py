@@ -828,6 +828,40 @@ def test_an_over_quota_coa_that_the_nas_did_not_answer_is_sent_again(tmp_path: P
             assert service.accounting(f"{base}, Acct-Status-Type = Stop") == "Accounting-Response"
 
 
+def test_a_plan_changes_coa_carrying_the_over_quota_profile_is_sent_again_when_unanswered(tmp_path: Path) -> None:
+    """A plan change to a quota already used up: its one CoA carries the throttle (the verdict
+    is made before it goes). A NAS that did not answer it left the session at its full rate
+    until it reconnected: the quota's retries knew of their own verdicts' CoAs only."""
+    require_radclient()
+    config = radius_config(tmp_path, 0, housekeeping_interval_seconds=1, coa_retry_interval_seconds=10,
+                           coa_retry_limit=3)
+    with FakeNas(secret=SECRET.encode(), answer="silent") as nas:
+        config["radius"]["client"][0]["coa_port"] = nas.port
+        with IspdProcess(tmp_path, config) as ispd:
+            ispd.start()
+            for name, quota in (("roomy", "10M"), ("capped", "2M")):
+                ispd.cli("plan", "add", name, "--download-kbps", "100000", "--upload-kbps", "20000",
+                         "--monthly-quota", quota, "--over-quota-download-kbps", "2000",
+                         "--over-quota-upload-kbps", "1000", "--credential-policy", "cleartext")
+            ispd.cli("subscriber", "add", "quinn", "--plan", "roomy", "--password-stdin", input="quinn-pw\n")
+            service = Radius(ispd)
+            eventually(lambda: service.pap("quinn", "quinn-pw") == "Access-Accept", timeout=10)
+            base = "User-Name = quinn, Acct-Session-Id = q-moved, NAS-IP-Address = 127.0.0.1"
+            assert service.accounting(f"{base}, Acct-Status-Type = Start") == "Accounting-Response"
+            assert service.accounting(f"{base}, Acct-Status-Type = Interim-Update, Acct-Output-Octets = 3000000") == \
+                "Accounting-Response"
+            ispd.cli("subscriber", "set-plan", "quinn", "capped")
+            eventually(lambda: [e["result"] for e in ispd.log_events("radius.coa.sent")] == ["timeout"], timeout=10)
+            sent = len(nas.requests)
+            nas.answer = "ack"
+            again = nas.wait_for(sent + 1, timeout=20)[sent]
+            assert again.code == 43 and again.first(Attr.ACCT_SESSION_ID) == b"q-moved"
+            assert again.attributes[Attr.VENDOR_SPECIFIC][0][6:] == b"1000k/2000k"
+            eventually(lambda: [e["reason"] for e in ispd.log_events("radius.coa.sent")][-1:] == ["over quota, retry"],
+                       timeout=5)
+            assert service.accounting(f"{base}, Acct-Status-Type = Stop") == "Accounting-Response"
+
+
 def test_an_over_quota_coa_that_timed_out_before_a_restart_is_sent_after_it(tmp_path: Path) -> None:
     """From a bug hunt: the over-quota flag comes back from the usage at start, and nothing
     was sent: a session whose throttle the NAS never acknowledged kept its full rate."""
