@@ -465,20 +465,32 @@ class DHCPService(Service):
         new index, and the packets arriving on it were dropped as interface_not_served, with a
         hint to add the very interface that is listed, until a restart. Looked at on each reclaim
         tick; the socket (bound to all interfaces) stays, the indexes follow the names. (An
-        interface missing for now: when back.)"""
-        try:
-            current = {socket.if_nametoindex(name): name for name in self.config.interfaces}
-        except OSError:
-            return
+        interface missing for now: when back, the others followed meanwhile.)"""
+        current: dict[int, str] = {}
+        for name in self.config.interfaces:
+            with contextlib.suppress(OSError):  # (gone for now: nothing arrives on it)
+                current[socket.if_nametoindex(name)] = name
         if current == self._interfaces or self._socket is None:
             return
-        log.warning("dhcp.interfaces.changed", interfaces=self.config.interfaces,
-                    hint="an interface was made again: serving it under its new index")
+        log.warning("dhcp.interfaces.changed", interfaces=self.config.interfaces, present=sorted(current.values()),
+                    hint="an interface was made again (or is gone for now): serving each under its index")
         links = {name: self._link_sockets.pop(index) for index, name in self._interfaces.items()
                  if index in self._link_sockets}
         for link in self._link_sockets.values():
             link.close()
-        self._link_sockets = {index: links[name] for index, name in current.items() if name in links}
+        self._link_sockets = {}
+        for index, name in list(current.items()):
+            link = links.pop(name, None)
+            if link is None:  # (one back after it was gone: its socket was closed)
+                try:
+                    link = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)
+                except OSError:
+                    del current[index]  # not served yet: the next tick tries again
+                    continue
+                link.setblocking(False)
+            self._link_sockets[index] = link
+        for link in links.values():
+            link.close()
         self._interfaces = current
 
     # --- what other processes and services change

@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
@@ -254,3 +255,37 @@ async def test_a_store_outage_is_one_line_in_the_log_and_health_follows_the_stor
     finally:
         service._socket.close()
         await store.close()
+
+
+def test_an_interface_made_again_is_followed_while_another_listed_one_is_missing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interface re-created is served again within reclaim_interval_seconds (README): it was
+    not while another of dhcp.interfaces was missing (a VLAN taken down for good or for a while),
+    the lookup of every name failing as a whole; its clients' packets went on being dropped as
+    interface_not_served until the other came back or a restart."""
+    service = DHCPService(Config(dhcp=config(interfaces=["eth1", "eth2"])),
+                          ServiceContext(None, EventBus(), CollectorRegistry(), _healthy,  # type: ignore[arg-type]
+                                         clock=lambda: T0))
+    service._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    links = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]  # (stand-ins)
+    service._interfaces, service._link_sockets = {7: "eth1", 8: "eth2"}, {7: links[0], 8: links[1]}
+    indexes = {"eth1": 17}  # eth1 made again; eth2 gone for now
+
+    def if_nametoindex(name: str) -> int:
+        if name not in indexes:
+            raise OSError(19, "No such device")
+        return indexes[name]
+
+    monkeypatch.setattr(socket, "if_nametoindex", if_nametoindex)
+    try:
+        service._follow_interfaces()
+        assert service._interfaces == {17: "eth1"}
+        assert service._link_sockets == {17: links[0]}
+        indexes["eth2"] = 18  # back
+        service._follow_interfaces()
+        assert service._interfaces == {17: "eth1", 18: "eth2"}
+        assert service._link_sockets[17] is links[0] and 18 in service._link_sockets
+    finally:
+        service._socket.close()
+        for link in [*links, *service._link_sockets.values()]:
+            link.close()
