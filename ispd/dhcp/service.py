@@ -480,15 +480,16 @@ class DHCPService(Service):
             link.close()
         self._link_sockets = {}
         for index, name in list(current.items()):
-            link = links.pop(name, None)
-            if link is None:  # (one back after it was gone: its socket was closed)
-                try:
-                    link = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)
-                except OSError:
-                    del current[index]  # not served yet: the next tick tries again
-                    continue
-                link.setblocking(False)
-            self._link_sockets[index] = link
+            if name in links:
+                self._link_sockets[index] = links.pop(name)
+                continue
+            try:  # (one back after it was gone: its socket was closed)
+                made = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)
+            except OSError:
+                del current[index]  # not served yet: the next tick tries again
+                continue
+            made.setblocking(False)
+            self._link_sockets[index] = made
         for link in links.values():
             link.close()
         self._interfaces = current
