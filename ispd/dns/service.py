@@ -108,8 +108,16 @@ from ispd.workers import WorkerService
 log = get_logger("ispd.dns")
 ZONE_LIMIT_REPORT_SECONDS = 10.0  # how often zones newly over their rate limit are logged
 # Misses being resolved at once, every transport together (ispd.dns.frontend.ResolutionBudget):
-# beyond it new UDP misses are dropped, and queries over connections wait.
-MAX_SLOW_TASKS = 10_000
+# beyond it new UDP misses are dropped, and queries over connections wait. Measured with misses
+# under a zone that answers after 2.5 s, UDP probes of cached names meanwhile (p50/p99, 2 cores):
+# 300 TCP/DoT connections pipelining 100 each: 1,024: 0.4/58-69 ms, 1.4k fds, 172 MB; 2,048:
+# 0.6-0.9/91-132 ms, 2.4k fds, 184-191 MB; 4,096: 7-28/412-471 ms, 4.4k fds, 215 MB; 10,000:
+# 13-1,019/1,859-4,224 ms, 10k fds, 285 MB. A UDP flood of 5,000 new names/s: 2,048: 0.7-0.8/
+# 931-1,517 ms and 9-10k answered; 10,000: 5-1,171/3,618-5,982 ms and 7-17k answered (CPU-bound,
+# the rest lost in the socket buffer, uncounted). Normal misses (bench/dns.py, tens of ms each)
+# need a few hundred; at 2,048 they went no slower than at 10,000. Unbound's num-queries-per-thread
+# is 1024; 2,048 keeps twice its throughput to a slow zone (budget / its latency).
+MAX_SLOW_TASKS = 2048
 # Lease names handled between two returns to the event loop when a start or reload publishes
 # them all: one costs 15-35 µs, and 60 000 in one go held every query 2-4 s.
 LEASES_PER_STEP = 1000
