@@ -6,10 +6,10 @@ At most ``max_in_flight`` queries of one connection are resolved at once (and th
 ``ResolutionBudget`` bounds them with every other transport's: one past it waits, holding its
 place); reading waits while the cap is reached, and while the client does not read its replies
 (write buffer over 256 KiB).
-A connection idle for ``idle_seconds`` is closed, and so is one whose client has not read its
-replies for as long (cut off: the replies it left would never drain); a length over
-``max_query_bytes`` closes it too (the stream cannot be resynchronised). DoT adds TLS in front
-(``ispd/dns/tls.py``).
+A connection idle (no query in flight) for ``idle_seconds`` is closed, and so is one whose
+client has not read its replies for as long (cut off: the replies it left would never drain); a
+length over ``max_query_bytes`` closes it too (the stream cannot be resynchronised). DoT adds
+TLS in front (``ispd/dns/tls.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +31,12 @@ async def serve_dns_stream(reader: asyncio.StreamReader, writer: asyncio.StreamW
     pending: set[asyncio.Task[None]] = set()
     slots = asyncio.Semaphore(max_in_flight)
     stalled = False
+    idle: asyncio.Timeout | None = None  # while reading; idle only once no query is in flight
+
+    def settled(task: asyncio.Task[None]) -> None:
+        pending.discard(task)
+        if not pending and idle is not None:  # the last reply out: the idle time starts
+            idle.reschedule(asyncio.get_running_loop().time() + idle_seconds)
 
     def send(reply: bytes) -> None:
         if not writer.is_closing():
@@ -46,12 +52,15 @@ async def serve_dns_stream(reader: asyncio.StreamReader, writer: asyncio.StreamW
 
     try:
         while True:
-            async with asyncio.timeout(idle_seconds):
-                (length,) = _LENGTH.unpack(await reader.readexactly(2))
-                if length > max_query_bytes:
-                    stats.bad_requests += 1
-                    return
-                data = await reader.readexactly(length)
+            try:
+                async with asyncio.timeout(None if pending else idle_seconds) as idle:
+                    (length,) = _LENGTH.unpack(await reader.readexactly(2))
+                    if length > max_query_bytes:
+                        stats.bad_requests += 1
+                        return
+                    data = await reader.readexactly(length)
+            finally:
+                idle = None
             started = time.perf_counter()
             reply = answerer.from_cache(data, client, started)
             if reply is not None:
@@ -60,7 +69,7 @@ async def serve_dns_stream(reader: asyncio.StreamReader, writer: asyncio.StreamW
                 await slots.acquire()
                 task = asyncio.ensure_future(answer(data, started))
                 pending.add(task)
-                task.add_done_callback(pending.discard)
+                task.add_done_callback(settled)
             if not await caught_up(writer, idle_seconds):
                 stalled = True
                 return

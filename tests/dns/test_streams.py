@@ -203,3 +203,34 @@ async def test_a_query_cancelled_while_waiting_whose_place_a_give_passed_over_en
     await asyncio.wait([first], timeout=1)
     assert first.cancelled()
     assert budget.used == 1 and not budget._waiters
+
+
+async def test_a_connection_with_queries_still_waiting_is_not_closed_as_idle() -> None:
+    """The idle timer ran from the last query read, replies outstanding or not: a client that
+    had sent its queries and waited for their answers (a slow zone, or the process's budget of
+    resolutions full) had its connection closed after idle_seconds plus the drain time, and
+    the answers still to come were lost (300 connections pipelining 100 misses each under a
+    zone answering after 2.5 s, budget 1,024: 79 connections closed, 22,832 queries
+    unanswered). Idle is without queries in flight (as RFC 8490 §6.4 counts inactivity); the timer starts
+    once the last reply is out."""
+    engine = HeldEngine()
+    answerer = Answerer(engine, TransportStats(), pad=False, hit_latency=Histogram(),  # type: ignore[arg-type]
+                        slow_latency=Histogram(), budget=ResolutionBudget(10))
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await serve_dns_stream(reader, writer, "127.0.0.1", answerer, answerer.stats, idle_seconds=0.2,
+                               max_in_flight=20, max_query_bytes=512, drain_seconds=0.2)
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+        writer.write(QUERY * 3)
+        await asyncio.sleep(1)  # well past idle_seconds + drain_seconds, the three still held
+        engine.release.set()
+        for _ in range(3):
+            (length,) = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), 2))
+            await reader.readexactly(length)
+        assert await asyncio.wait_for(reader.read(), 2) == b""  # then closed, idle, after 0.2 s
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
