@@ -449,9 +449,7 @@ def _refuse_a_pool_s_ipv6(config: Config, text: str, network: IPv6Network) -> No
     spans = [(f"[[radius.prefix_pool]] {p.name!r} ({p.prefix})", int(p.prefix.network_address),
               int(p.prefix.broadcast_address)) for p in config.radius.prefix_pool]
     for subnet in config.dhcp6.subnet if config.dhcp6.enabled else ():
-        spans += [(f"[[dhcp6.subnet.prefix_pool]] {p.name!r} ({p.prefix})", int(p.prefix.network_address),
-                   int(p.prefix.broadcast_address)) for p in subnet.prefix_pool]
-        spans += [(f"[[dhcp6.subnet.pool]] {p.name!r} ({p.range})", int(p.first), int(p.last)) for p in subnet.pool]
+        spans += subnet.handed_out()
     for what, pool_first, pool_last in spans:
         if first <= pool_last and pool_first <= last:
             raise CommandFailed(f"{text!r}: overlaps {what}, which hands its prefixes to others; {_RESERVE_INSTEAD}")

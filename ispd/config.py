@@ -164,11 +164,8 @@ class Config(Section):
         for pool in self.radius.prefix_pool:
             first, last = int(pool.prefix.network_address), int(pool.prefix.broadcast_address)
             for subnet in self.dhcp6.subnet:
-                handed = "DHCPv6 could hand out a prefix RADIUS reserves"
-                spans = [*((f"[[dhcp6.subnet.pool]] {p.name!r} ({p.range})", int(p.first), int(p.last), handed)
-                           for p in subnet.pool),
-                         *((f"[[dhcp6.subnet.prefix_pool]] {p.name!r} ({p.prefix})", int(p.prefix.network_address),
-                            int(p.prefix.broadcast_address), handed) for p in subnet.prefix_pool),
+                spans = [*((what, pool_first, pool_last, "DHCPv6 could hand out a prefix RADIUS reserves")
+                           for what, pool_first, pool_last in subnet.handed_out()),
                          (f"the link prefix ({subnet.prefix})", int(subnet.prefix.network_address),
                           int(subnet.prefix.broadcast_address),
                           "a login's prefix would hold the link where DHCPv6 gives the routers their addresses")]

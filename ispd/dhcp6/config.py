@@ -133,6 +133,14 @@ class Subnet6(Lifetimes):
                              "[[dhcp6.subnet.prefix_pool]] of prefixes to delegate, or both")
         return self
 
+    def handed_out(self) -> list[tuple[str, int, int]]:
+        """What DHCPv6 hands to whoever asks on this link, as (what, first, last) addresses: its
+        pools of addresses and of prefixes (a RADIUS prefix, pooled or a subscriber's own, must
+        not lie in them)."""
+        return [*((f"[[dhcp6.subnet.pool]] {p.name!r} ({p.range})", int(p.first), int(p.last)) for p in self.pool),
+                *((f"[[dhcp6.subnet.prefix_pool]] {p.name!r} ({p.prefix})", int(p.prefix.network_address),
+                   int(p.prefix.broadcast_address)) for p in self.prefix_pool)]
+
 
 class DHCP6Config(Lifetimes):
     enabled: bool = False
