@@ -28,7 +28,9 @@ from prometheus_client import CollectorRegistry
 
 from ispd.control import ControlCommands
 from ispd.events import EventBus
+from ispd.logs import RepeatedFailure
 from ispd.store.base import Store
+from ispd.store.errors import StoreError
 
 if TYPE_CHECKING:
     from ispd.config import Config
@@ -38,6 +40,43 @@ if TYPE_CHECKING:
 class Health:
     ok: bool
     detail: str = ""
+
+
+# While the store is down every write of a service fails alike: its line when it starts, when its
+# error changes and this often.
+WRITE_FAILED_LOG_SECONDS = 30.0
+
+
+class StoreWrites:
+    """A service's writes to the store (leases, accounting), as its health and its log tell them.
+    A failed one leaves the service unhealthy until the store's commits work again (its health
+    check tries one itself: a quiet service is not left failing after the database came back).
+    A store outage is ``failed_event`` once when it starts (and when its error changes, and every
+    WRITE_FAILED_LOG_SECONDS), with how many were ``held_back``, and ``restored_event`` once when
+    it is over, with how many failed (as ``count``) and for how long: not a line per request,
+    which buried the one that said what was wrong. A bug (no StoreError) is logged every time,
+    with its traceback."""
+
+    def __init__(self, log: Any, failed_event: str, restored_event: str, count: str = "failed_batches") -> None:
+        self.log, self.failed_event, self.restored_event, self.count = log, failed_event, restored_event, count
+        self.failing = False
+        self._outage = RepeatedFailure(WRITE_FAILED_LOG_SECONDS)
+
+    def failed(self, exc: BaseException, **fields: Any) -> None:
+        self.failing = True
+        expected = isinstance(exc, StoreError)
+        held = self._outage.failed(str(exc), time.monotonic()) if expected else 0
+        if held is not None:
+            self.log.error(self.failed_event, error=str(exc), **fields, held_back=held, exc_info=not expected)
+
+    def worked(self) -> None:
+        if (ended := self._outage.ended(time.monotonic())) is not None:
+            self.log.info(self.restored_event, **{self.count: ended[0]}, seconds=round(ended[1], 1))
+        self.failing = False
+
+    def still_failing(self, store: Store) -> bool:
+        """Whether the last write failed and the store's commits still do."""
+        return self.failing and store.commits_failing() is not None
 
 
 @dataclass(slots=True)

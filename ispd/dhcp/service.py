@@ -41,8 +41,8 @@ from ispd.dhcp.metrics import DHCPMetrics
 from ispd.dhcp.options import DHCPMessageType
 from ispd.events import LeaseEnded, LeaseGranted, follow_subscribers
 from ispd.listeners import set_receive_buffer
-from ispd.logs import LogThrottle, RepeatedFailure, get_logger
-from ispd.service import Health, Service, ServiceContext, ServiceStartError, describe_os_error
+from ispd.logs import LogThrottle, get_logger
+from ispd.service import Health, Service, ServiceContext, ServiceStartError, StoreWrites, describe_os_error
 from ispd.store.errors import StoreError
 from ispd.store.models import Lease, LeaseService
 
@@ -58,9 +58,6 @@ READ_BATCH = 64
 MAX_DATAGRAM = 4096
 RECEIVE_BUFFER_BYTES = 2 * 1024 * 1024
 UNSERVED_LOG_SECONDS = 60.0
-# While the store is down every lease write fails alike: dhcp.lease.write_failed when it starts,
-# when its error changes and every so often.
-WRITE_FAILED_LOG_SECONDS = 30.0
 _LITTLE_ENDIAN = sys.byteorder == "little"
 _TYPE_NAMES = {t: t.name.lower() for t in DHCPMessageType}
 
@@ -125,8 +122,7 @@ class DHCPService(Service):
         self._in_flight: set[asyncio.Task[None]] = set()
         self._reclaimer: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._store_failing = False
-        self._write_failures = RepeatedFailure(WRITE_FAILED_LOG_SECONDS)
+        self._writes = StoreWrites(log, "dhcp.lease.write_failed", "dhcp.lease.write_restored")
         self.server_port = 0
         # Clients listen on 68; a server on another port (tests, benchmarks) talks to port + 1.
         self.client_port = 68
@@ -184,8 +180,7 @@ class DHCPService(Service):
     def health(self) -> Health:
         if self._socket is None:
             return Health(False, "not listening")
-        # (The store's commits, when they work again with no lease written since, say it is over.)
-        if self._store_failing and self.context.store.commits_failing() is not None:
+        if self._writes.still_failing(self.context.store):
             return Health(False, "lease writes to the store are failing")
         return Health(True)
 
@@ -373,17 +368,10 @@ class DHCPService(Service):
         try:
             refused = await self.context.store.record_leases(writes)
         except Exception as exc:  # StoreError, or a bug: either way these replies must not go out
-            self._store_failing = True
             self.metrics.dropped.inc("store_error", amount=len(batch))
-            # A bug is logged each time; the store's failure once per outage (and its changes).
-            held = self._write_failures.failed(str(exc), time.monotonic()) if isinstance(exc, StoreError) else 0
-            if held is not None:
-                log.error("dhcp.lease.write_failed", error=str(exc), leases=len(writes), held_back=held,
-                          exc_info=not isinstance(exc, StoreError))
+            self._writes.failed(exc, leases=len(writes))
             return
-        if (ended := self._write_failures.ended(time.monotonic())) is not None:
-            log.info("dhcp.lease.write_restored", failed_batches=ended[0], seconds=round(ended[1], 1))
-        self._store_failing = False
+        self._writes.worked()
         for outcome, started, type_name, ifindex in batch:
             if refused and self._withheld(outcome, refused):
                 continue

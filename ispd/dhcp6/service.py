@@ -44,8 +44,8 @@ from ispd.dhcp6.engine import DHCP6Engine, Ignored6, Outcome6, Received6
 from ispd.dhcp6.metrics import DHCP6Metrics
 from ispd.events import Binding6Ended, Binding6Granted, SessionStarted, SessionStopped, follow_subscribers
 from ispd.listeners import bound_socket, set_receive_buffer
-from ispd.logs import LogThrottle, RepeatedFailure, get_logger
-from ispd.service import Health, Service, ServiceContext, ServiceStartError, describe_os_error
+from ispd.logs import LogThrottle, get_logger
+from ispd.service import Health, Service, ServiceContext, ServiceStartError, StoreWrites, describe_os_error
 from ispd.store.errors import StoreError
 from ispd.store.models import Lease6
 
@@ -62,9 +62,6 @@ READ_BATCH = 64
 MAX_DATAGRAM = 65535
 RECEIVE_BUFFER_BYTES = 2 * 1024 * 1024
 UNSERVED_LOG_SECONDS = 60.0
-# While the store is down every binding write fails alike: dhcp6.binding.write_failed when it
-# starts, when its error changes and every so often (as DHCPv4's).
-WRITE_FAILED_LOG_SECONDS = 30.0
 _TYPE_NAMES: dict[int, str] = {int(t): t.name.lower() for t in MessageType}
 # So that two machines never make one DUID from their machine ids (RFC 6355 DUID-UUID).
 _DUID_NAMESPACE = uuid.UUID("5f1b7e0a-3c0d-4a8e-9a57-0d7d1f2a6c31")
@@ -98,8 +95,7 @@ class DHCP6Service(Service):
         self._in_flight: set[asyncio.Task[None]] = set()
         self._reclaimer: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._store_failing = False
-        self._write_failures = RepeatedFailure(WRITE_FAILED_LOG_SECONDS)
+        self._writes = StoreWrites(log, "dhcp6.binding.write_failed", "dhcp6.binding.write_restored")
         self.server_port = 0
 
     # --- lifecycle
@@ -155,8 +151,7 @@ class DHCP6Service(Service):
     def health(self) -> Health:
         if self._socket is None:
             return Health(False, "not listening")
-        # (The store's commits, when they work again with no binding written since, say it is over.)
-        if self._store_failing and self.context.store.commits_failing() is not None:
+        if self._writes.still_failing(self.context.store):
             return Health(False, "binding writes to the store are failing")
         return Health(True)
 
@@ -297,17 +292,10 @@ class DHCP6Service(Service):
         try:
             await self.context.store.record_leases6(writes)
         except Exception as exc:  # StoreError, or a bug: either way these replies must not go out
-            self._store_failing = True
             self.metrics.dropped.inc("store_error", amount=len(batch))
-            # A bug is logged each time; the store's failure once per outage (and its changes).
-            held = self._write_failures.failed(str(exc), time.monotonic()) if isinstance(exc, StoreError) else 0
-            if held is not None:
-                log.error("dhcp6.binding.write_failed", error=str(exc), bindings=len(writes), held_back=held,
-                          exc_info=not isinstance(exc, StoreError))
+            self._writes.failed(exc, bindings=len(writes))
             return
-        if (ended := self._write_failures.ended(time.monotonic())) is not None:
-            log.info("dhcp6.binding.write_restored", failed_batches=ended[0], seconds=round(ended[1], 1))
-        self._store_failing = False
+        self._writes.worked()
         now = self.context.clock()
         for outcome, relays, sender, started, type_name in batch:
             if outcome.reply is not None:

@@ -64,7 +64,7 @@ from ispd.events import (
     SubscriberSuspended,
 )
 from ispd.listeners import bound_socket, open_datagram_listener, set_receive_buffer
-from ispd.logs import LogBudget, LogThrottle, RepeatedFailure, get_logger
+from ispd.logs import LogBudget, LogThrottle, get_logger
 from ispd.radius.addresses import AddressPools, holder_of, line_of
 from ispd.radius.attributes import AttributeValueError, ReplyAttribute, reply_attribute
 from ispd.radius.coa import DynamicAuthorizationClient, NasSlots, session_identification
@@ -106,7 +106,7 @@ from ispd.radius.proxy import (
     status_server_request,
 )
 from ispd.radius.sessions import OpenSessions, fills_in
-from ispd.service import Health, Service, ServiceContext, ServiceStartError, describe_os_error
+from ispd.service import Health, Service, ServiceContext, ServiceStartError, StoreWrites, describe_os_error
 from ispd.store.errors import Conflict, InvalidValue, NotFound, StoreError
 from ispd.store.models import (
     AccountingOutcome,
@@ -147,9 +147,6 @@ MAX_ENFORCING = 64  # Disconnects/CoAs under way past which _enforce_status wait
 MAX_DYNAMIC_PER_NAS = 32  # Disconnects/CoAs under way to one NAS at a time; the rest wait their turn
 MAX_DATAGRAM = 4096
 MAX_QUEUED_ACCOUNTING = 50_000
-# While the store is down every Accounting-Request fails alike (and again at each retransmission):
-# radius.accounting.write_failed when it starts, when its error changes and every so often.
-WRITE_FAILED_LOG_SECONDS = 30.0
 DROP_LOG_INTERVAL_SECONDS = 60.0
 DROP_LOG_SOURCES = 20  # lines per port and reason in an interval, each of another source
 MAX_PENDING_CLAIMS = 4096  # Access-Accepts waiting for an address (or a prefix) from the store
@@ -357,8 +354,10 @@ class RadiusService(Service):
         self._nas_slots = NasSlots(MAX_DYNAMIC_PER_NAS)
         self._pending_checks = 0
         self._checker = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ispd-radius-password")
-        self._store_failing = False
-        self._write_failures = RepeatedFailure(WRITE_FAILED_LOG_SECONDS)
+        # (Every Accounting-Request fails alike while the store is down, and again at each
+        # retransmission: one line when it starts, one with how many went unanswered when it ends.)
+        self._writes = StoreWrites(log, "radius.accounting.write_failed", "radius.accounting.write_restored",
+                                   count="unanswered")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drop_logged = LogThrottle(DROP_LOG_INTERVAL_SECONDS)
         self._drop_budget = LogBudget(DROP_LOG_SOURCES, DROP_LOG_INTERVAL_SECONDS)
@@ -583,8 +582,7 @@ class RadiusService(Service):
     def health(self) -> Health:
         if not self._transports:
             return Health(False, "not listening")
-        # (The store's commits, when they work again with no accounting since, say it is over.)
-        if self._store_failing and self.context.store.commits_failing() is not None:
+        if self._writes.still_failing(self.context.store):
             return Health(False, "accounting writes to the store are failing")
         return Health(True)
 
@@ -1290,19 +1288,11 @@ class RadiusService(Service):
                 # (each its own savepoint in the same group commit).
                 await asyncio.gather(*(self._write([item]) for item in batch))
                 return
-            self._store_failing = True
             self.metrics.dropped.inc("acct", Drop.STORE_ERROR)
             self.duplicates.forget(batch[0].key)
-            # A bug is logged each time; the store's failure once per outage (and its changes).
-            held = self._write_failures.failed(str(exc), time.monotonic()) if isinstance(exc, StoreError) else 0
-            if held is not None:
-                log.error("radius.accounting.write_failed", error=str(exc), nas=batch[0].nas.name,
-                          acct_session_id=batch[0].record.acct_session_id, held_back=held,
-                          exc_info=not isinstance(exc, StoreError))
+            self._writes.failed(exc, nas=batch[0].nas.name, acct_session_id=batch[0].record.acct_session_id)
             return
-        if (ended := self._write_failures.ended(time.monotonic())) is not None:
-            log.info("radius.accounting.write_restored", unanswered=ended[0], seconds=round(ended[1], 1))
-        self._store_failing = False
+        self._writes.worked()
         for item, result in zip(batch, results, strict=True):
             self.metrics.accounting.inc(str(item.record.status), str(result.outcome))
             self._answer_accounting(item.packet, item.nas, item.transport, item.addr, item.key, item.started)
