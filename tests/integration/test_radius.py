@@ -682,14 +682,14 @@ def test_disconnects_a_nas_never_answers_do_not_hold_up_housekeeping(tmp_path: P
         silent.close()
 
 
-def _quinn_on_a_capped_plan(ispd: IspdProcess, *other_plans: tuple[str, str]) -> Radius:
+def _quinn_on_a_capped_plan(ispd: IspdProcess, *other_plans: tuple[str, str], on: str = "capped") -> Radius:
     """Plan "capped" (2 MiB a month, 2000/1000 kbps past it; ``other_plans``, (name, quota), alike
-    but for their quota) and quinn on it, whose logins RADIUS takes."""
+    but for their quota) and quinn on it (or on the plan ``on``), whose logins RADIUS takes."""
     for name, quota in (("capped", "2M"), *other_plans):
         ispd.cli("plan", "add", name, "--download-kbps", "100000", "--upload-kbps", "20000",
                  "--monthly-quota", quota, "--over-quota-download-kbps", "2000", "--over-quota-upload-kbps", "1000",
                  "--credential-policy", "cleartext")
-    ispd.cli("subscriber", "add", "quinn", "--plan", "capped", "--password-stdin", input="quinn-pw\n")
+    ispd.cli("subscriber", "add", "quinn", "--plan", on, "--password-stdin", input="quinn-pw\n")
     service = Radius(ispd)
     eventually(lambda: service.pap("quinn", "quinn-pw") == "Access-Accept", timeout=10)
     return service
@@ -839,17 +839,8 @@ def test_a_plan_changes_coa_carrying_the_over_quota_profile_is_sent_again_when_u
         config["radius"]["client"][0]["coa_port"] = nas.port
         with IspdProcess(tmp_path, config) as ispd:
             ispd.start()
-            for name, quota in (("roomy", "10M"), ("capped", "2M")):
-                ispd.cli("plan", "add", name, "--download-kbps", "100000", "--upload-kbps", "20000",
-                         "--monthly-quota", quota, "--over-quota-download-kbps", "2000",
-                         "--over-quota-upload-kbps", "1000", "--credential-policy", "cleartext")
-            ispd.cli("subscriber", "add", "quinn", "--plan", "roomy", "--password-stdin", input="quinn-pw\n")
-            service = Radius(ispd)
-            eventually(lambda: service.pap("quinn", "quinn-pw") == "Access-Accept", timeout=10)
-            base = "User-Name = quinn, Acct-Session-Id = q-moved, NAS-IP-Address = 127.0.0.1"
-            assert service.accounting(f"{base}, Acct-Status-Type = Start") == "Accounting-Response"
-            assert service.accounting(f"{base}, Acct-Status-Type = Interim-Update, Acct-Output-Octets = 3000000") == \
-                "Accounting-Response"
+            service = _quinn_on_a_capped_plan(ispd, ("roomy", "10M"), on="roomy")
+            base = _over_the_quota(service, "q-moved")  # (of capped's quota, not roomy's)
             ispd.cli("subscriber", "set-plan", "quinn", "capped")
             eventually(lambda: [e["result"] for e in ispd.log_events("radius.coa.sent")] == ["timeout"], timeout=10)
             sent = len(nas.requests)
