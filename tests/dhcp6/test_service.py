@@ -57,6 +57,14 @@ async def _healthy() -> tuple[bool, dict[str, object]]:
     return True, {}
 
 
+def _relay_socket(stack: AsyncExitStack) -> socket.socket:
+    """A relay agent's socket on ::1, closed with ``stack``."""
+    relay = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    stack.callback(relay.close)
+    relay.bind(("::1", 0))
+    relay.setblocking(False)
+    return relay
+
 def _relayed(inner: bytes, interface_id: bytes = b"port 1") -> bytes:
     body = struct.pack("!HH", 18, len(interface_id)) + interface_id + struct.pack("!HH", 9, len(inner)) + inner
     return bytes([12, 0]) + bytes(16) + IPv6Address("fe80::5").packed + body
@@ -88,10 +96,7 @@ def test_a_relayed_exchange_over_loopback_and_the_reply_after_the_write() -> Non
         loop = asyncio.get_running_loop()
         async with AsyncExitStack() as stack:
             await service.start(stack)
-            relay = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-            stack.callback(relay.close)
-            relay.bind(("::1", 0))
-            relay.setblocking(False)
+            relay = _relay_socket(stack)
             target = ("::1", service.server_port)
 
             relay.sendto(_relayed(encode(message(MessageType.SOLICIT, ia_pd(2)))), target)
@@ -161,10 +166,7 @@ def test_a_reply_too_large_to_send_is_counted_and_the_rest_of_its_batch_still_go
         loop = asyncio.get_running_loop()
         async with AsyncExitStack() as stack:
             await service.start(stack)
-            relay = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-            stack.callback(relay.close)
-            relay.bind(("::1", 0))
-            relay.setblocking(False)
+            relay = _relay_socket(stack)
             target = ("::1", service.server_port)
             ours = server_duid(config)
             greedy = message(MessageType.REQUEST, *(ia_pd(i) for i in range(3000)), server=ours,
@@ -197,10 +199,7 @@ def test_open_radius_sessions_prefixes_are_skipped_from_the_start_and_as_the_bus
         loop = asyncio.get_running_loop()
         async with AsyncExitStack() as stack:
             await service.start(stack)
-            relay = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-            stack.callback(relay.close)
-            relay.bind(("::1", 0))
-            relay.setblocking(False)
+            relay = _relay_socket(stack)
 
             async def delegated(client: bytes) -> IPv6Network:
                 rapid = message(MessageType.SOLICIT, ia_pd(2), option(OptionCode.RAPID_COMMIT), client=client)
