@@ -221,8 +221,7 @@ def outgoing_address_warning(config: DNSConfig) -> str | None:
     addresses): every upstream query of that family fails at bind() and its servers are counted
     unreachable and set aside, while the log said nothing (Unbound does not start)."""
     unusable = []
-    for key, address in (("outgoing_ipv4", outgoing_addresses(config)[0]),
-                         ("outgoing_ipv6", outgoing_addresses(config)[1])):
+    for key, address in zip(("outgoing_ipv4", "outgoing_ipv6"), outgoing_addresses(config), strict=True):
         if address is None:
             continue
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
