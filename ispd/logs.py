@@ -7,15 +7,18 @@ holds one, whatever the caller passed.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
 import os
+import select
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Hashable, Iterable, MutableMapping
-from typing import Any, Literal, TextIO
+from typing import Any, ClassVar, Literal, TextIO
 
 import structlog
 
@@ -69,6 +72,12 @@ def escape_control_characters(_logger: Any, _method: str, event: MutableMapping[
     return event
 
 
+def _lost_line(count: int, as_json: bool) -> str:
+    if as_json:
+        return json.dumps({"event": "log.lines_lost", "count": count, "level": "warning"}) + "\n"
+    return f"[warning  ] log.lines_lost                 count={count}\n"
+
+
 class LossyOutput:
     """The log's output, which never raises: a full disk or a closed pipe under the log must not
     fail the store's commit, an SMTP reply or an IMAP session that happened to log something
@@ -78,9 +87,15 @@ class LossyOutput:
     Each whole line goes to the stream's descriptor in one write, not through its buffer: a
     buffered stream takes a line and fails at the flush, where the lines it drops can no longer
     be told apart (and print writes a line and its end apart, which must not leave a lone end
-    behind). A stream without a descriptor (a test's) is written as it is."""
+    behind). A stream without a descriptor (a test's) is written as it is.
 
-    def __init__(self, out: TextIO, as_json: bool) -> None:
+    ``background``: the lines go to a ``LogWriter`` thread instead, so that an output that does
+    not take them (a stalled journald, ``ispd run | less`` paused) never stops the caller: the
+    daemon's event loop blocked in the write once the pipe's 64 KiB were full, and with it every
+    service. The command-line tools write in the caller, where a line must come out before the
+    error message printed after it."""
+
+    def __init__(self, out: TextIO, as_json: bool, background: bool = False) -> None:
         self.out = out
         self.as_json = as_json
         self.lost = 0  # lines lost since the last line written
@@ -93,51 +108,151 @@ class LossyOutput:
         except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
             self._fd = None
         self._encoding = getattr(out, "encoding", None) or "utf-8"
+        self.writer = LogWriter.for_descriptor(self._fd, as_json) if background and self._fd is not None else None
 
     def write(self, text: str) -> int:
         with self._lock:
             *lines, self._line = (self._line + text).split("\n")
             for line in lines:
-                self._emit(line + "\n")
+                if self.writer is not None:
+                    self.writer.put(self._encode(line + "\n"))
+                else:
+                    self._emit(line + "\n")
         return len(text)
 
     def _emit(self, line: str) -> None:
         try:
             if self.lost:
-                self._put(self._lost_line())
+                self._put(_lost_line(self.lost, self.as_json))
                 self.lost = 0
             self._put(line)
         except (OSError, ValueError):  # ValueError: the stream is closed
             self.lost += 1
+
+    def _encode(self, text: str) -> bytes:
+        return text.encode(self._encoding, "backslashreplace")
 
     def _put(self, text: str) -> None:
         if self._fd is None:
             self.out.write(text)
             self.out.flush()
             return
-        data = memoryview(text.encode(self._encoding, "backslashreplace"))
-        while data:
-            data = data[os.write(self._fd, data):]
+        _write_all(self._fd, self._encode(text))
 
     def flush(self) -> None:
-        pass  # (every line is written whole as it ends)
+        pass  # (every line is written whole as it ends, or handed to the writer)
 
     def isatty(self) -> bool:
         return self.out.isatty()
 
-    def _lost_line(self) -> str:
-        if self.as_json:
-            return json.dumps({"event": "log.lines_lost", "count": self.lost, "level": "warning"}) + "\n"
-        return f"[warning  ] log.lines_lost                 count={self.lost}\n"
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
-def configure_logging(config: LogConfig, stream: TextIO | None = None) -> None:
-    """(Re)configure structlog; safe to call again on reload to change the level or format."""
+class LogWriter:
+    """Writes a descriptor's log lines without ever blocking the caller, one per descriptor (a
+    reload's new ``LossyOutput`` hands its lines to the same one, so they stay in order). A line
+    the output can take now (``poll``: room for it) is written at once by the caller, as before;
+    once the output is full, lines wait in a queue of at most ``MAX_PENDING_BYTES`` for a thread
+    that writes them as the output takes them, and every line after waits its turn behind them
+    until the queue is empty again. Past the bound, lines are dropped and counted, as lines the
+    output refuses are, and the first line written after says how many were lost. Queued lines
+    go out together in writes of at most ``PIPE_BUF`` bytes, which a pipe shared with the worker
+    processes takes whole (a longer line alone). At exit, what is still queued is given
+    ``EXIT_DRAIN_SECONDS`` to go out: the last lines say why the daemon stopped."""
+
+    MAX_PENDING_BYTES = 4 << 20
+    EXIT_DRAIN_SECONDS = 3.0
+    _by_file: ClassVar[dict[tuple[int, int, int], LogWriter]] = {}
+    _registry_lock = threading.Lock()
+
+    def __init__(self, fd: int, as_json: bool) -> None:
+        self.fd = fd
+        self.as_json = as_json
+        self._room = select.poll()
+        self._room.register(fd, select.POLLOUT)
+        self._lines: deque[bytes] = deque()
+        self._pending_bytes = 0
+        self._lost = 0  # dropped from a full queue or refused by the output, not told yet
+        self._writing = False  # the thread is writing lines it took from the queue
+        self._changed = threading.Condition(threading.Lock())
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def for_descriptor(cls, fd: int, as_json: bool) -> LogWriter:
+        try:
+            status = os.fstat(fd)
+            key = (fd, status.st_dev, status.st_ino)  # (a descriptor number reused for another file)
+        except OSError:
+            key = (fd, -1, -1)
+        with cls._registry_lock:
+            writer = cls._by_file.get(key)
+            if writer is None:
+                writer = cls._by_file[key] = cls(fd, as_json)
+                atexit.register(writer.drain, cls.EXIT_DRAIN_SECONDS)
+            writer.as_json = as_json
+            return writer
+
+    def put(self, line: bytes) -> None:
+        with self._changed:
+            if not self._lines and not self._writing and len(line) <= select.PIPE_BUF and self._room.poll(0):
+                self._lost = self._write([line], self._lost)  # (an error or a hang-up too: it fails at once)
+                return
+            if self._pending_bytes + len(line) > self.MAX_PENDING_BYTES:
+                self._lost += 1
+                return
+            self._lines.append(line)
+            self._pending_bytes += len(line)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="ispd-log-writer", daemon=True)
+                self._thread.start()
+            self._changed.notify_all()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until every queued line is written (or lost); False if ``timeout`` ran out first."""
+        with self._changed:
+            return self._changed.wait_for(lambda: not self._lines and not self._writing, timeout)
+
+    def _write(self, batch: list[bytes], lost: int) -> int:
+        """Write ``batch``, after a line telling of ``lost``; returns how many are lost now."""
+        told = [_lost_line(lost, self.as_json).encode()] if lost else []
+        try:
+            _write_all(self.fd, b"".join(told + batch))
+        except OSError:  # a closed pipe, a full disk: counted, never raised
+            return lost + len(batch)
+        return 0
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                self._writing = False
+                self._changed.notify_all()
+                self._changed.wait_for(lambda: bool(self._lines))
+                self._writing = True
+                first = self._lines.popleft()
+                batch, size = [first], len(first)
+                while self._lines and size + len(self._lines[0]) <= select.PIPE_BUF:
+                    batch.append(self._lines.popleft())
+                    size += len(batch[-1])
+                self._pending_bytes -= size
+                lost, self._lost = self._lost, 0
+            lost = self._write(batch, lost)  # (the only write while the queue is not empty)
+            if lost:
+                with self._changed:
+                    self._lost += lost
+
+
+def configure_logging(config: LogConfig, stream: TextIO | None = None, *, background: bool = False) -> None:
+    """(Re)configure structlog; safe to call again on reload to change the level or format.
+    ``background``: written by a thread, never blocking the caller (the daemon's processes)."""
     given = stream if stream is not None else sys.stdout
     if isinstance(given, LossyOutput):
         given = given.out
     as_json = config.format == "json" or (config.format == "auto" and not given.isatty())
-    out: Any = LossyOutput(given, as_json)
+    out: Any = LossyOutput(given, as_json, background)
     renderer: Any = (
         structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )

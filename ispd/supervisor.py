@@ -179,7 +179,7 @@ class Supervisor:
     # --- lifecycle
 
     async def run(self) -> int:
-        configure_logging(self.config.log)
+        configure_logging(self.config.log, background=True)
         log.info("daemon.starting", version=__version__, config=str(self.config_path))
         open_files = raise_open_files_limit()
         if open_files < OPEN_FILES_WANTED:
@@ -672,7 +672,7 @@ class Supervisor:
             self._reload_outcome = "reload rejected: config invalid, running on the previous one"
             return False
         old = self.config
-        configure_logging(new.log)
+        configure_logging(new.log, background=True)
         if self.relay is not None:
             self.relay.poll_interval = new.daemon.store_poll_interval_seconds
         applied = new

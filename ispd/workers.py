@@ -500,7 +500,7 @@ class _WorkerHost:
         from ispd.store import StoreError, open_store
 
         structlog.contextvars.bind_contextvars(worker=self.name)
-        configure_logging(self.config.log)
+        configure_logging(self.config.log, background=True)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
@@ -600,7 +600,7 @@ class _WorkerHost:
             new = load_config_snapshot(self.snapshot) if self.snapshot is not None else load_config(self.config_path)
         except ConfigError as exc:
             raise CommandError(str(exc)) from None
-        configure_logging(new.log)
+        configure_logging(new.log, background=True)
         try:
             await self.service.reload(self.config, new)
         except ServiceStartError as exc:

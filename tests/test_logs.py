@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
+import fcntl
 import io
 import json
 import logging
@@ -14,7 +16,8 @@ from typing import Any, Literal
 
 import pytest
 
-from ispd.logs import LogBudget, LogConfig, LogThrottle, RepeatedFailure, configure_logging, get_logger
+from ispd.logs import LogBudget, LogConfig, LogThrottle, LogWriter, RepeatedFailure, configure_logging, get_logger
+from tests.lab.process import read_to_end
 
 
 def test_library_warnings_are_json_lines_and_client_mistakes_stay_out() -> None:
@@ -52,11 +55,11 @@ def test_library_warnings_are_json_lines_and_client_mistakes_stay_out() -> None:
 
 
 @contextlib.contextmanager
-def logging_to(stream: Any, log_format: Literal["json", "console"] = "json") -> Iterator[None]:
+def logging_to(stream: Any, log_format: Literal["json", "console"] = "json", background: bool = False) -> Iterator[None]:
     """ispd's logging (JSON unless told) into ``stream``, the root logger as it was afterwards."""
     root = logging.getLogger()
     saved = root.handlers[:], root.level
-    configure_logging(LogConfig(level="info", format=log_format), stream=stream)
+    configure_logging(LogConfig(level="info", format=log_format), stream=stream, background=background)
     try:
         yield
     finally:
@@ -210,3 +213,37 @@ def test_a_repeated_failure_is_logged_at_its_start_its_changes_and_once_an_inter
     assert failure.ended(140.0) == (7, 40.0)
     assert failure.ended(141.0) is None
     assert failure.failed("refused", 200.0) == 0  # a new outage starts afresh
+
+
+def test_an_output_nobody_reads_never_stops_the_caller_and_what_it_dropped_is_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From a bug hunt's note: the daemon wrote each line in the caller, and with its stdout a
+    pipe nobody read (a stalled journald, ``ispd run | less`` paused) the write blocked once the
+    pipe was full: the event loop stopped, and every service with it. The lines now wait in a
+    bounded queue for a writer thread; past the bound they are dropped and counted."""
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)  # (a pipe of one page: full after a few lines)
+    monkeypatch.setattr(LogWriter, "MAX_PENDING_BYTES", 8192)
+    stream = os.fdopen(write_end, "w")
+    try:
+        with logging_to(stream, background=True):
+            logged = 0
+            for number in range(2000):  # ~300 KB: blocked for good after the first 12 KB before
+                get_logger("test").info("dhcp.lease.granted", number=number, padding="x" * 100)
+                logged += 1
+            assert logged == 2000  # (and not stuck above)
+            writer = LogWriter.for_descriptor(write_end, True)
+            assert not writer.drain(0.2)  # the pipe is still full
+            reader = concurrent.futures.ThreadPoolExecutor(1).submit(read_to_end, read_end)
+            assert writer.drain(10.0)
+            get_logger("test").info("dhcp.lease.released")
+            assert writer.drain(10.0)
+        stream.close()
+        lines = [json.loads(line) for line in reader.result(10.0).splitlines()]
+    finally:
+        with contextlib.suppress(OSError):
+            stream.close()
+        os.close(read_end)
+    granted = [line["number"] for line in lines if line["event"] == "dhcp.lease.granted"]
+    told = [line["count"] for line in lines if line["event"] == "log.lines_lost"]
+    assert granted == sorted(granted) and granted[0] == 0 and told and len(granted) + sum(told) == 2000
+    assert lines[-1]["event"] == "dhcp.lease.released"

@@ -3,8 +3,11 @@ through /metrics and /healthz."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import fcntl
 import hashlib
+import json
 import os
 import signal
 import smtplib
@@ -18,7 +21,7 @@ from typing import cast
 
 from tests.lab.certs import issue
 from tests.lab.ports import free_port, free_tcp_port
-from tests.lab.process import IspdProcess, base_config, eventually
+from tests.lab.process import IspdProcess, base_config, eventually, read_to_end
 
 
 def test_ready_comes_only_after_the_listeners_are_bound(tmp_path: Path) -> None:
@@ -137,8 +140,6 @@ def test_metrics_pass_promtool(ispd: IspdProcess) -> None:
 
 
 def test_healthz_reports_each_service(ispd: IspdProcess) -> None:
-    import json
-
     status, body = ispd.http_get("/healthz")
     report = json.loads(body)
     assert status == 200 and report["status"] == "ok"
@@ -151,6 +152,32 @@ def test_changes_made_with_the_cli_reach_the_running_daemon(ispd: IspdProcess) -
     ispd.cli("subscriber", "suspend", "alice", "--reason", "unpaid")
     assert eventually(lambda: ispd.metric_value("ispd_events_published_total", {"event": "SubscriberSuspended"}))
     assert ispd.metric_value("ispd_events_published_total", {"event": "SubscriberAdded"}) == 1
+
+
+def test_an_output_nobody_reads_stops_no_service_and_loses_no_line(tmp_path: Path) -> None:
+    """From a bug hunt's note: each log line was written in the caller, and with the daemon's
+    stdout a pipe nobody read (a stalled journald, ``ispd run | less`` paused), the write blocked
+    once the pipe was full: the event loop stopped and every service with it. Here the pipe
+    holds one page, less than the start-up's own lines: before, READY never came."""
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
+    with IspdProcess(tmp_path, output=write_end) as ispd:
+        try:
+            ispd.start()
+            os.close(write_end)
+            assert ispd.http_get("/healthz")[0] == 200
+            ispd.cli("subscriber", "add", "alice")
+            assert eventually(lambda: ispd.metric_value("ispd_events_published_total", {"event": "SubscriberAdded"}))
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                reader = pool.submit(read_to_end, read_end)
+                assert ispd.terminate() == 0
+                text = reader.result(30)
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(write_end)
+            os.close(read_end)
+    events = [json.loads(line)["event"] for line in text.splitlines()]
+    assert events[0] == "daemon.starting" and events[-1] == "daemon.stopped" and "log.lines_lost" not in events
 
 
 def test_watchdog_pings_when_systemd_asks(tmp_path: Path) -> None:
@@ -214,8 +241,6 @@ def test_idle_connections_from_one_host_cannot_lock_others_out(ispd: IspdProcess
 
 
 def test_stopping_with_clients_connected_logs_no_traceback(ispd: IspdProcess) -> None:
-    import json
-
     host, port = ispd.config["metrics"]["listen"].rsplit(":", 1)
     idle = [socket.create_connection((host, int(port)), timeout=5) for _ in range(5)]
     for conn in idle:
@@ -242,7 +267,6 @@ def test_daemon_and_cli_write_at_once_without_lock_errors(ispd: IspdProcess) -> 
     for proc in procs:
         assert proc.wait() == 0, proc.stderr.read() if proc.stderr else ""
     listed = ispd.cli("subscriber", "list", "--json").stdout
-    import json
 
     assert len(json.loads(listed)) == 45
     assert eventually(lambda: ispd.metric_value("ispd_events_published_total", {"event": "SubscriberAdded"}) == 45)

@@ -42,15 +42,17 @@ def base_config(workdir: Path, **sections: dict[str, Any]) -> dict[str, Any]:
 class IspdProcess:
     def __init__(self, workdir: Path, config: dict[str, Any] | None = None, *,
                  netns: str | None = None, env: dict[str, str] | None = None,
-                 wrapper: Sequence[str] = ()) -> None:
+                 wrapper: Sequence[str] = (), output: int | None = None) -> None:
         """``netns``: run inside that network namespace; ``wrapper``: a command that execs the rest
-        of its arguments (e.g. one that installs a seccomp filter first)."""
+        of its arguments (e.g. one that installs a seccomp filter first); ``output``: a descriptor
+        for its stdout and stderr instead of the log file (a pipe the test reads, or does not)."""
         self.workdir = workdir
         self.config = config if config is not None else base_config(workdir)
         self.config_path = workdir / "ispd.toml"
         self.netns = netns
         self.wrapper = list(wrapper)
         self.extra_env = env or {}
+        self.output = output
         self.log_path = workdir / "ispd.log"
         self.notifications: list[str] = []
         self.proc: subprocess.Popen[bytes] | None = None
@@ -76,7 +78,8 @@ class IspdProcess:
         if self.netns:
             command = ["ip", "netns", "exec", self.netns, *command]
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+            output = log if self.output is None else self.output
+            self.proc = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env,
                                          stdin=subprocess.DEVNULL)
         if wait_ready:
             self.wait_for("READY=1", timeout)
@@ -246,3 +249,11 @@ def interrupted_at_first_line(command: Sequence[str], first_line: str, timeout: 
             proc.kill()
             proc.wait()
     return proc.returncode, stderr
+
+
+def read_to_end(fd: int) -> str:
+    """All a pipe gives until its last writer closes it."""
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks).decode()
