@@ -121,8 +121,10 @@ def restore(backup_file: Path, store: Path, newest_schema: int, busy_timeout: fl
             with contextlib.suppress(OSError):
                 os.chown(temporary, old.st_uid, old.st_gid)
             os.chmod(temporary, old.st_mode & 0o660)
-        elif (owner := directory_owner_for_root(temporary)) is not None:  # as the daemon makes its store
-            os.chown(temporary, *owner)
+        else:  # as the daemon makes its store (the copy was made private until now)
+            if (owner := directory_owner_for_root(temporary)) is not None:
+                os.chown(temporary, *owner)
+            os.chmod(temporary, 0o640)
         _fsync(temporary)  # (all that can fail before the old store is touched)
         if stop is not None and stop.is_set():
             raise RestoreStopped()
