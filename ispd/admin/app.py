@@ -748,9 +748,9 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
         if at is not None and (since is not None or until is not None):
             raise HTTPException(400, "give at, or since and until, not both")
         now = time.time()
-        start = _seconds(at) if at is not None else (_seconds(since) if since is not None else (
+        start = _seconds(at, "at") if at is not None else (_seconds(since, "since") if since is not None else (
             0.0 if until is not None else now))
-        end = _seconds(at) if at is not None else (_seconds(until) if until is not None else now)
+        end = _seconds(at, "at") if at is not None else (_seconds(until, "until") if until is not None else now)
         # A trailing slash, which the path converter now keeps, was redirected away before.
         try:
             canonical = attributable_text(address.removesuffix("/"))
@@ -775,7 +775,8 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
             except ValueError:
                 raise HTTPException(400, f"after: {day} is no date") from None
             cursor = (int(subscriber_id), day)
-        page = await store.usage_by_day(subscriber, since=_seconds(since), until=_seconds(until), after=cursor,
+        page = await store.usage_by_day(subscriber, since=_seconds(since, "since"), until=_seconds(until, "until"),
+                                        after=cursor,
                                         limit=limit)
         _link_next(request, response, page, limit, lambda last: f"{last.subscriber_id}/{last.day}")
         return page
@@ -818,8 +819,13 @@ def _fields_of(instance: Any) -> dict[str, Any]:
     return {f.name: getattr(instance, f.name) for f in fields(instance)}
 
 
-def _seconds(moment: datetime) -> float:
-    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).timestamp()
+def _seconds(moment: datetime, name: str) -> float:
+    """A time asked about, in seconds; one before 1970 is refused as the CLI refuses it (the
+    store's times start there: it was taken, and answered as if for all time)."""
+    seconds = (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).timestamp()
+    if seconds < 0:
+        raise HTTPException(400, f"{name}: {moment.isoformat()} is out of range: give a time from 1970 on")
+    return seconds
 
 
 def openapi_document(config: Config | None = None) -> dict[str, Any]:

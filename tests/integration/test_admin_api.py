@@ -421,6 +421,10 @@ def test_who_and_usage_answer_from_the_history(api: Api) -> None:
     assert status == 200 and body["address"] == "198.18.0.7"
     status, body = api.call("GET", "/v1/who/2001:db8::/129")
     assert status == 400 and "is not an IPv4 or IPv6 address" in body["detail"]
+    # Before 1970, as the CLI says: out of range (it was answered as if for all time).
+    status, body = api.call("GET", "/v1/who/198.18.0.7?since=1969-12-31T00:00:00Z&until=2026-11-03T14:00:00Z")
+    assert status == 400 and "since: 1969-12-31T00:00:00+00:00 is out of range" in body["detail"], body
+    assert api.call("GET", "/v1/usage?since=1960-01-01&until=2026-11-30")[0] == 400
 
 
 def test_long_lists_come_in_pages_with_a_link_to_the_next(api: Api) -> None:
