@@ -826,15 +826,16 @@ async def cmd_usage(store: Store, args: argparse.Namespace) -> None:
                 d.subscriber_id, d.username, f"{t.day.split('..')[0]}..{d.day}", t.input_octets + d.input_octets,
                 t.output_octets + d.output_octets, t.session_seconds + d.session_seconds)
         rows = list(totals.values())
-    if args.json:
-        print_json({"since": since, "until": until, "usage": rows})
+    # (kept per UTC day: the span is read in whole days, the last one it has any of)
+    first_day, last_day = usage_days(since, until)
+    if args.json:  # the days too: since and until are the times asked (a month's last second, a midnight)
+        print_json({"since": since, "until": until, "first_day": when(first_day * 86400)[:10],
+                    "last_day": when(last_day * 86400)[:10], "usage": rows})
     elif args.csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(USAGE_COLUMNS)
         writer.writerows([[getattr(r, c) for c in USAGE_COLUMNS] for r in rows])
     else:
-        # (kept per UTC day: the span is read in whole days, the last one it has any of)
-        first_day, last_day = usage_days(since, until)
         print(f"usage from {when(first_day * 86400)[:10]} to {when(last_day * 86400)[:10]}, whole UTC days "
               "(input: from the subscriber, output: to them)")
         print_table(["SUBSCRIBER", "DAY" if args.subscriber is not None else "DAYS", "INPUT", "OUTPUT", "TIME"],

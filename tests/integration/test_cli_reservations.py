@@ -443,6 +443,11 @@ def test_usage_per_day_for_one_subscriber_and_totals_for_billing(config_path: Pa
     text = ok(config_path, "usage", "alice", "--month", "2026-11")
     assert "2026-11-02" in text and "total: input 3.00 MB, output 30.00 MB, 24h00m online" in text
     assert text.startswith("usage from 2026-11-01 to 2026-11-30, whole UTC days")  # what the rows are
+    # JSON names the days its rows cover too, the same for a month and for the span that is one.
+    for span in (("--month", "2026-11"), ("--from", "2026-11-01", "--to", "2026-12-01")):
+        document = json.loads(ok(config_path, "usage", "alice", *span, "--json"))
+        assert (document["first_day"], document["last_day"]) == ("2026-11-01", "2026-11-30"), span
+        assert [day["day"] for day in document["usage"]] == ["2026-11-01", "2026-11-02"]
     assert ok(config_path, "usage", "alice", "--month", "2026-10", "--csv").splitlines()[1:] == []
     assert run(config_path, "usage", "alice", "--month", "November").returncode == 2
 
