@@ -252,6 +252,23 @@ async def test_usage_counts_growth_on_the_day_it_was_reported(store: Store) -> N
     assert await store.usage(1, since=next_day, until=next_day) == Usage(50, 300, 86100)
 
 
+async def test_a_day_s_usage_stays_at_the_most_the_store_holds(store: Store) -> None:
+    # A NAS's bogus Gigawords (2^31 and more) reach the store held at 2^63 - 1 (radius.engine);
+    # the subscriber's other session the same day grows on. Its growth is recorded on either
+    # backend (PostgreSQL refused it, bigint out of range: no Accounting-Response, ever) and the
+    # day's usage stays at that most, an integer.
+    most = (1 << 63) - 1
+    await store.record_accounting([START, interim(T0 + 300, most, 10, 300)])
+    [result] = await store.record_accounting([replace(interim(T0 + 600, 1000, 20, 300), acct_session_id="s2",
+                                                      framed_ip="198.18.7.8")])
+    assert result.outcome == AccountingOutcome.STARTED
+    [result] = await store.record_accounting([replace(interim(T0 + 900, 2000, 30, 600), acct_session_id="s2",
+                                                      framed_ip="198.18.7.8")])
+    assert result.outcome == AccountingOutcome.UPDATED
+    assert await store.usage(1, since=T0, until=T0) == Usage(most, 30 + 10, 900)
+    assert await query(store, "SELECT input_octets FROM usage_daily") == [(most,)]
+
+
 async def test_requests_without_a_session_id_are_kept_but_tied_to_nothing(store: Store) -> None:
     [result] = await store.record_accounting([replace(START, acct_session_id=None)])
     assert result.outcome == AccountingOutcome.IGNORED and result.session is None

@@ -169,3 +169,17 @@ async def test_sessions_kept_before_the_ipv6_index_are_indexed_by_the_upgrade(tm
             (5, "framed", 0), (5, "framed-address", 128)]
     finally:
         raw.close()
+
+
+def test_a_day_s_usage_left_past_the_most_is_held_at_it_by_the_upgrade(tmp_path: Path) -> None:
+    """Before migration 20 a day's usage that overflowed became a REAL (2^63): it is the most an
+    INTEGER holds again, so its sums and a copy to PostgreSQL (BIGINT) take it."""
+    conn = connect(tmp_path / "old.db", 5)
+    migrate(conn, MIGRATIONS, target=19)
+    conn.execute("INSERT INTO usage_daily (subscriber_id, day, input_octets, output_octets, session_seconds)"
+                 " VALUES (1, 20000, 9223372036854775807, 5, 60)")
+    conn.execute("UPDATE usage_daily SET input_octets = input_octets + 1")
+    assert conn.execute("SELECT typeof(input_octets) FROM usage_daily").fetchone()[0] == "real"
+    migrate(conn, MIGRATIONS)
+    assert tuple(conn.execute("SELECT input_octets, typeof(input_octets), output_octets FROM usage_daily")
+                 .fetchone()) == ((1 << 63) - 1, "integer", 5)
