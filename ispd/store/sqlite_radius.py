@@ -470,23 +470,32 @@ def close_sessions(conn: sqlite3.Connection, session_ids: Sequence[int], at: flo
     return closed
 
 
+# A day's octets are at most 2^63 - 1 (migration 0020), and days of them add up past what SQLite's
+# SUM() holds (it fails: "integer overflow"; PostgreSQL's is a numeric): each is summed in two
+# halves that cannot overflow, the 2^32s and the rest, and put together here, as exact on both.
+_OCTET_SUMS = ("SUM(input_octets / 4294967296), SUM(input_octets % 4294967296),"
+               " SUM(output_octets / 4294967296), SUM(output_octets % 4294967296), SUM(session_seconds)")
+
+
+def _usage(sums: Sequence[Any]) -> Usage:
+    if sums[0] is None:  # no day of usage
+        return Usage(0, 0, 0)
+    return Usage((int(sums[0]) << 32) + int(sums[1]), (int(sums[2]) << 32) + int(sums[3]), int(sums[4]))
+
+
 def usage_between(conn: sqlite3.Connection, subscriber_id: int, since: float, until: float) -> Usage:
     """Usage on the UTC days ``usage_days`` gives: from the one of ``since`` to the one of
     ``until``, both included, unless ``until`` is a later midnight."""
-    row = conn.execute(
-        "SELECT COALESCE(SUM(input_octets), 0), COALESCE(SUM(output_octets), 0), COALESCE(SUM(session_seconds), 0)"
-        " FROM usage_daily WHERE subscriber_id = ? AND day >= ? AND day <= ?",
-        (subscriber_id, *usage_days(since, until)),
-    ).fetchone()
-    return Usage(int(row[0]), int(row[1]), int(row[2]))
+    return _usage(conn.execute(f"SELECT {_OCTET_SUMS} FROM usage_daily WHERE subscriber_id = ? AND day >= ?"
+                               " AND day <= ?", (subscriber_id, *usage_days(since, until))).fetchone())
 
 
 def usage_totals(conn: sqlite3.Connection, since: float, until: float) -> dict[int, Usage]:
     """``usage_between`` for every subscriber with any, in one query."""
     rows = conn.execute(
-        "SELECT subscriber_id, SUM(input_octets), SUM(output_octets), SUM(session_seconds) FROM usage_daily"
+        f"SELECT subscriber_id, {_OCTET_SUMS} FROM usage_daily"
         " WHERE day >= ? AND day <= ? GROUP BY subscriber_id", usage_days(since, until)).fetchall()
-    return {r[0]: Usage(int(r[1]), int(r[2]), int(r[3])) for r in rows}
+    return {r[0]: _usage(r[1:]) for r in rows}
 
 
 def usage_by_day(conn: sqlite3.Connection, subscriber_id: int | None, since: float, until: float, *,

@@ -702,3 +702,17 @@ async def test_a_short_sessions_stop_sent_again_minutes_later_is_a_late_copy(sto
     assert again.outcome is AccountingOutcome.DUPLICATE
     assert await usage(store) == Usage(1000, 2000, 20)
     assert len(await store.list_sessions(subscriber="alice")) == 1
+
+
+async def test_usage_over_days_adds_up_past_what_one_day_holds(store: Store) -> None:
+    # A day held at 2^63 - 1 (bogus Gigawords) and the next day's growth: the span's usage is
+    # their sum, on either backend (SQLite's SUM() failed, "integer overflow", so `ispd usage`,
+    # the quota checks and the usage of every subscriber at once failed with it).
+    most = (1 << 63) - 1
+    await store.record_accounting([START, interim(T0 + 300, most, 10, 300)])
+    await store.record_accounting([replace(START, at=T0 + 86400, acct_session_id="s2", framed_ip="198.18.7.8"),
+                                   replace(interim(T0 + 86700, 100, 20, 300), acct_session_id="s2",
+                                           framed_ip="198.18.7.8")])
+    both = Usage(most + 100, 30, 600)
+    assert await store.usage(1, since=T0, until=T0 + 86400) == both
+    assert await store.usage_totals(since=T0, until=T0 + 86400) == {1: both}
