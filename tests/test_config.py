@@ -789,6 +789,17 @@ def test_dns64_settings_without_a_prefix_are_refused(tmp_path: Path, setting: st
     assert load_config(defaults).dns.dns64.prefix is None
 
 
+def test_lease_reverse_networks_without_a_domain_are_refused(tmp_path: Path) -> None:
+    """From a bug hunt: [dns.lease_names] reverse_networks with no domain passed check-config;
+    lease names were off, yet ispd answered every PTR question in those networks itself,
+    NXDOMAIN, the names the real reverse zone holds never asked for."""
+    path = write(tmp_path, '[dns.lease_names]\nreverse_networks = ["198.18.3.0/24"]\n')
+    assert "dns.lease_names: reverse_networks given without domain" in error_of(path)
+    named = write(tmp_path, '[dns.lease_names]\ndomain = "dyn.isp.example"\nreverse_networks = ["198.18.3.0/24"]\n')
+    assert load_config(named).dns.lease_names.reverse_networks
+    assert load_config(write(tmp_path, "[dns.lease_names]\nttl = 60\n")).dns.lease_names.domain is None
+
+
 @pytest.mark.parametrize(("key", "text"), [
     ("dns.allow.0", '[dns]\nallow = ["::ffff:198.51.100.0/120"]\n'),
     ("dns.dns64.clients.0", '[dns.dns64]\nprefix = "64:ff9b::/96"\nclients = ["::ffff:198.51.100.0/120"]\n'),

@@ -212,6 +212,16 @@ class LeaseNamesConfig(Section):
     reverse_networks: list[IPNetwork] = []
     ttl: int = Field(default=300, ge=0, le=86400)
 
+    @model_validator(mode="after")
+    def _domain_given(self) -> LeaseNamesConfig:
+        # Without a domain no lease gets a name, but the reverse zones were still made: every
+        # address in them NXDOMAIN, the PTRs the real reverse zone holds never asked for.
+        if self.domain is None and self.reverse_networks:
+            raise ValueError("reverse_networks given without domain, and lease names are off without one: "
+                             "ispd would answer NXDOMAIN for every address in them (set domain, or drop "
+                             "reverse_networks)")
+        return self
+
 
 class WalledGardenConfig(Section):
     # Queries from suspended subscribers (their addresses come from DHCP leases) are answered
