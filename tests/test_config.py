@@ -789,6 +789,21 @@ def test_dns64_settings_without_a_prefix_are_refused(tmp_path: Path, setting: st
     assert load_config(defaults).dns.dns64.prefix is None
 
 
+@pytest.mark.parametrize("setting", [
+    "upstream_timeout_initial_seconds = 5",  # max is 2.0
+    "upstream_timeout_initial_seconds = 0.01",  # min is 0.05
+    "upstream_timeout_initial_seconds = 3\nupstream_timeout_max_seconds = 1",
+])
+def test_an_initial_upstream_timeout_outside_min_and_max_is_refused(tmp_path: Path, setting: str) -> None:
+    """From a bug hunt: upstream_timeout_initial_seconds = 5 with the default max of 2 passed
+    check-config, and a server not yet measured was waited 2 s, not 5 (every timeout is clamped
+    to [min, max]): the setting did nothing, silently."""
+    path = write(tmp_path, f"[dns]\nenabled = true\n[dns.resolver]\n{setting}\n")
+    assert "upstream_timeout_initial_seconds" in error_of(path) and "outside" in error_of(path)
+    fine = write(tmp_path, "[dns]\nenabled = true\n[dns.resolver]\nupstream_timeout_initial_seconds = 2\n")
+    assert load_config(fine).dns.resolver.upstream_timeout_initial_seconds == 2
+
+
 def test_lease_reverse_networks_without_a_domain_are_refused(tmp_path: Path) -> None:
     """From a bug hunt: [dns.lease_names] reverse_networks with no domain passed check-config;
     lease names were off, yet ispd answered every PTR question in those networks itself,

@@ -481,6 +481,14 @@ class DNSConfig(Section):
         limited = [limit.name for limit in self.resolver.zone_rate_limit_for]
         if len(limited) != len(set(limited)):
             raise ValueError("resolver.zone_rate_limit_for: a domain is given twice")
-        if self.resolver.upstream_timeout_min_seconds > self.resolver.upstream_timeout_max_seconds:
+        r = self.resolver
+        if r.upstream_timeout_min_seconds > r.upstream_timeout_max_seconds:
             raise ValueError("resolver: upstream_timeout_min_seconds is larger than upstream_timeout_max_seconds")
+        # A server's timeout is clamped to [min, max] (ServerState.timeout): an initial one outside
+        # was never waited, whatever the config said.
+        if not r.upstream_timeout_min_seconds <= r.upstream_timeout_initial_seconds <= r.upstream_timeout_max_seconds:
+            raise ValueError(f"resolver: upstream_timeout_initial_seconds ({r.upstream_timeout_initial_seconds}) is "
+                             f"outside upstream_timeout_min_seconds ({r.upstream_timeout_min_seconds}) and "
+                             f"upstream_timeout_max_seconds ({r.upstream_timeout_max_seconds}), which every "
+                             "timeout is clamped to")
         return self
