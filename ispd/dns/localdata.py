@@ -204,6 +204,12 @@ class LocalData:
                     return zone
         return None
 
+    def answers_below(self, name: bytes) -> bool:
+        """Whether every name at and below ``name`` is local data's to answer: it is in a local
+        zone (the lease domain or a reverse network's included), not at or below a delegation."""
+        zone = self.zone_for(name)
+        return zone is not None and not self._below_cut(zone, name)
+
     def answer(self, qname: bytes, qtype: int) -> ZoneAnswer | None:
         """The local answer for ``qname`` (lowercased wire form), or ``None``: not local."""
         exact = self._exact.get(qname)

@@ -247,6 +247,19 @@ def unusable_anchors(anchors: Iterable[TrustAnchor]) -> str | None:
             f"8, 10, 13 to 16; DS digests 1, 2, 4): nothing under it is validated, every answer is insecure")
 
 
+def shadowed_forward_zones(config: DNSConfig, local: LocalData) -> str | None:
+    """A warning for forward and stub zones inside local data: local data is answered before
+    anything is resolved, so a forward zone at or below a local zone (or the lease domain) was
+    never asked, its names NXDOMAIN from the local zone, and nothing said so. (Below a
+    delegation in a local zone a forward zone of the same name does come first.)"""
+    names = [zone.name for zone in config.forward_zone if local.answers_below(name_from_text(zone.name))]
+    if not names:
+        return None
+    return (f"forward_zone {', '.join(names)}: inside local data (a local_zone or lease_names.domain), which "
+            "answers every name there itself: never asked (to send part of a local zone to other servers, "
+            "give it NS records in the zone file)")
+
+
 def check_files(config: DNSConfig) -> tuple[list[str], list[str]]:
     """For ``ispd check-config``: the errors in the files the [dns] section names (root hints,
     local and policy zones, local records) that would stop the service from starting, and the
@@ -300,10 +313,13 @@ def check_files(config: DNSConfig) -> tuple[list[str], list[str]]:
                             f"triggers other than QNAME (rpz-ip, rpz-nsdname, rpz-nsip, rpz-client-ip) "
                             f"are not supported")
     try:
-        LocalData(lease_domain=config.lease_names.domain, reverse_networks=config.lease_names.reverse_networks,
-                  static_records=config.local_records, zones=zones)  # as the start builds it: zones twice, say
+        local = LocalData(lease_domain=config.lease_names.domain, reverse_networks=config.lease_names.reverse_networks,
+                          static_records=config.local_records, zones=zones)  # as the start builds it
     except (ZoneError, ValueError) as exc:
         problems.append(f"local data: {exc}")
+    else:
+        if (warning := shadowed_forward_zones(config, local)) is not None:
+            warnings.append(warning)
     for name, listener in encrypted_listeners(config):
         assert listener.certificate is not None and listener.private_key is not None
         try:
@@ -700,6 +716,8 @@ class DNSService(Service):
             # store has been read again (NXDOMAIN meanwhile, and cached as such for a minute).
             local.take_lease_names(self.local)
         self.local = local
+        if self.first and (warning := shadowed_forward_zones(config, local)) is not None:
+            log.warning("dns.forward_zone_shadowed", detail=warning)
         assert self.resolver is not None
         delegated = [ForwardZone(cut.name, cut.addresses, recursive=False, ns_names=cut.ns_names)
                      for cut in local.delegations()]

@@ -301,3 +301,33 @@ def test_a_lease_domain_below_a_delegation_of_a_zone_file_is_still_a_zone_of_our
                       zones=[load_zone_text(INFRA_REVERSE, "10.in-addr.arpa")])
     assert local.add_lease_name("laptop", "198.18.0.7", 300)
     assert answered(local, "laptop.office.10.in-addr.arpa", RRType.A) == [bytes([198, 18, 0, 7])]
+
+
+def test_a_forward_zone_inside_local_data_is_warned_of(tmp_path: object) -> None:
+    """From a bug hunt: a [[dns.forward_zone]] at or below a [[dns.local_zone]] (or the lease
+    domain) passed check-config and was never asked: local data answers first, and the local
+    zone said NXDOMAIN for every name of the forward zone. Below a delegation in the local zone
+    the forward zone is asked (it comes before the delegation), and nothing is said."""
+    from pathlib import Path
+
+    from ispd.dns.config import DNSConfig
+    from ispd.dns.service import check_files
+
+    assert isinstance(tmp_path, Path)
+    zone = "$ORIGIN isp.example.\n@ 300 IN SOA ns hm 1 2 3 4 5\n@ 300 IN NS ns\nns 300 IN A 198.18.0.53\n"
+    (tmp_path / "isp.zone").write_text(zone)
+    (tmp_path / "cut.zone").write_text(zone + "corp 300 IN NS ns.corp\nns.corp 300 IN A 198.18.0.54\n")
+
+    def warnings(file: str, forwarded: list[str]) -> list[str]:
+        config = DNSConfig.model_validate({
+            "enabled": True, "local_zone": [{"name": "isp.example", "file": str(tmp_path / file)}],
+            "lease_names": {"domain": "dyn.example"},
+            "forward_zone": [{"name": name, "servers": ["198.18.0.1"]} for name in forwarded]})
+        problems, found = check_files(config)
+        assert problems == []
+        return [w for w in found if w.startswith("forward_zone")]
+
+    shadowed = warnings("isp.zone", ["isp.example", "corp.isp.example", "dyn.example", "other.example"])
+    assert len(shadowed) == 1
+    assert shadowed[0].startswith("forward_zone isp.example., corp.isp.example., dyn.example.: inside local data")
+    assert warnings("cut.zone", ["corp.isp.example", "x.corp.isp.example", "xisp.example"]) == []
