@@ -224,7 +224,7 @@ class LeaseNamesConfig(Section):
 
 
 class WalledGardenConfig(Section):
-    # Queries from suspended subscribers (their addresses come from DHCP leases) are answered
+    # Queries from suspended subscribers (by their DHCP leases and RADIUS sessions) are answered
     # with the portal's address for every name except those in `allow` (and below them).
     portal_ipv4: IPv4Address | None = None
     portal_ipv6: IPv6Address | None = None
