@@ -212,15 +212,12 @@ class LeaseNamesConfig(Section):
     reverse_networks: list[IPNetwork] = []
     ttl: int = Field(default=300, ge=0, le=86400)
 
-    @model_validator(mode="after")
-    def _domain_given(self) -> LeaseNamesConfig:
-        # Without a domain no lease gets a name, but the reverse zones were still made: every
-        # address in them NXDOMAIN, the PTRs the real reverse zone holds never asked for.
-        if self.domain is None and self.reverse_networks:
-            raise ValueError("reverse_networks given without domain, and lease names are off without one: "
-                             "ispd would answer NXDOMAIN for every address in them (set domain, or drop "
-                             "reverse_networks)")
-        return self
+    @property
+    def served_reverse_networks(self) -> list[IPNetwork]:
+        """The reverse networks local data answers: none without a domain. No lease has a name
+        then, and each was answered NXDOMAIN for every address in it, the PTRs the real reverse
+        zone holds never asked for (``DNSConfig.ignored_settings`` warns of it)."""
+        return self.reverse_networks if self.domain is not None else []
 
 
 class WalledGardenConfig(Section):
@@ -481,14 +478,22 @@ class DNSConfig(Section):
         limited = [limit.name for limit in self.resolver.zone_rate_limit_for]
         if len(limited) != len(set(limited)):
             raise ValueError("resolver.zone_rate_limit_for: a domain is given twice")
-        r = self.resolver
-        if r.upstream_timeout_min_seconds > r.upstream_timeout_max_seconds:
+        if self.resolver.upstream_timeout_min_seconds > self.resolver.upstream_timeout_max_seconds:
             raise ValueError("resolver: upstream_timeout_min_seconds is larger than upstream_timeout_max_seconds")
-        # A server's timeout is clamped to [min, max] (ServerState.timeout): an initial one outside
-        # was never waited, whatever the config said.
-        if not r.upstream_timeout_min_seconds <= r.upstream_timeout_initial_seconds <= r.upstream_timeout_max_seconds:
-            raise ValueError(f"resolver: upstream_timeout_initial_seconds ({r.upstream_timeout_initial_seconds}) is "
-                             f"outside upstream_timeout_min_seconds ({r.upstream_timeout_min_seconds}) and "
-                             f"upstream_timeout_max_seconds ({r.upstream_timeout_max_seconds}), which every "
-                             "timeout is clamped to")
         return self
+
+    def ignored_settings(self) -> list[str]:
+        """Settings that do nothing as written, for check-config and the log to warn of. Warned of,
+        not refused: a config that ran before an upgrade must still start."""
+        ignored = []
+        if self.lease_names.domain is None and self.lease_names.reverse_networks:
+            ignored.append("lease_names.reverse_networks is ignored without lease_names.domain (lease names are "
+                           "off, no address has one): set domain, or remove reverse_networks")
+        r = self.resolver
+        if not r.upstream_timeout_min_seconds <= r.upstream_timeout_initial_seconds <= r.upstream_timeout_max_seconds:
+            # (ServerState.timeout clamps every server's timeout to [min, max])
+            ignored.append(f"resolver.upstream_timeout_initial_seconds ({r.upstream_timeout_initial_seconds}) lies "
+                           f"outside upstream_timeout_min_seconds ({r.upstream_timeout_min_seconds}) and "
+                           f"upstream_timeout_max_seconds ({r.upstream_timeout_max_seconds}), which every timeout "
+                           "is held between: a server not measured yet is waited the nearer of the two")
+        return ignored

@@ -266,6 +266,7 @@ def check_files(config: DNSConfig) -> tuple[list[str], list[str]]:
     warnings (policy records that would be skipped)."""
     problems: list[str] = []
     warnings: list[str] = []
+    warnings.extend(config.ignored_settings())
     if (warning := open_resolver_warning(config)) is not None:
         warnings.append(warning)
     if (warning := outgoing_address_warning(config)) is not None:
@@ -313,7 +314,8 @@ def check_files(config: DNSConfig) -> tuple[list[str], list[str]]:
                             f"triggers other than QNAME (rpz-ip, rpz-nsdname, rpz-nsip, rpz-client-ip) "
                             f"are not supported")
     try:
-        local = LocalData(lease_domain=config.lease_names.domain, reverse_networks=config.lease_names.reverse_networks,
+        local = LocalData(lease_domain=config.lease_names.domain,
+                          reverse_networks=config.lease_names.served_reverse_networks,
                           static_records=config.local_records, zones=zones)  # as the start builds it
     except (ZoneError, ValueError) as exc:
         problems.append(f"local data: {exc}")
@@ -428,6 +430,9 @@ class DNSService(Service):
             raise ServiceStartError(f"dns: {exc}") from None
         if self.first and (warning := hints_in_do_not_query(self.config, hints)) is not None:
             log.warning("dns.root_hints.do_not_query", detail=warning)
+        if self.first:
+            for warning in self.config.ignored_settings():
+                log.warning("dns.config.ignored", detail=warning)
         if self.first and (warning := open_resolver_warning(self.config)) is not None:
             log.warning("dns.open_resolver", detail=warning)
         if self.first and (warning := outgoing_address_warning(self.config)) is not None:
@@ -694,7 +699,7 @@ class DNSService(Service):
             zones = [await loop.run_in_executor(None, _load_local_zone, files, z.file, z.name)
                      for z in config.local_zone]
             local = LocalData(lease_domain=config.lease_names.domain,
-                              reverse_networks=config.lease_names.reverse_networks,
+                              reverse_networks=config.lease_names.served_reverse_networks,
                               static_records=config.local_records, zones=zones)
             policy_zones = [await loop.run_in_executor(None, _compile_policy_zone, files, z.file, z.name, z.action)
                             for z in config.policy_zone]
@@ -1331,6 +1336,9 @@ class DNSService(Service):
             raise ServiceStartError(f"dns: {exc}") from None
         if self.first and (warning := hints_in_do_not_query(new.dns, hints)) is not None:
             log.warning("dns.root_hints.do_not_query", detail=warning)
+        if self.first:
+            for warning in new.dns.ignored_settings():
+                log.warning("dns.config.ignored", detail=warning)
         if self.first and (warning := open_resolver_warning(new.dns)) is not None:
             log.warning("dns.open_resolver", detail=warning)
         if self.first and (warning := outgoing_address_warning(new.dns)) is not None:
