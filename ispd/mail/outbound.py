@@ -159,7 +159,8 @@ async def deliver_to_domain(domain: str, sender: str, recipients: list[str], mes
         for address in addresses:
             try:
                 return await _transaction(address, port, sender, recipients, message, helo=helo,
-                                          command_timeout=command_timeout, delivered=delivered, sending=sending)
+                                          command_timeout=command_timeout, delivered=delivered, sending=sending,
+                                          server=f"{host}[{address}]")
             except (OSError, aiosmtplib.SMTPConnectError, aiosmtplib.SMTPTimeoutError,
                     aiosmtplib.SMTPServerDisconnected) as exc:
                 last = f"{host}[{address}]: {exc or type(exc).__name__}"  # the next address, the next MX
@@ -230,28 +231,16 @@ async def _connect(address: str, port: int, *, helo: str, command_timeout: float
 
 async def _transaction(address: str, port: int, sender: str, recipients: list[str], message: bytes, *, helo: str,
                        command_timeout: float, delivered: Delivered | None = None,
-                       sending: Sending | None = None) -> dict[str, Outcome]:
+                       sending: Sending | None = None, server: str = "") -> dict[str, Outcome]:
+    """The outcomes of one session with ``address``, each saying which server it was
+    (``server``, as Postfix's relay=) and the TLS version used, if any."""
     client = await _connect(address, port, helo=helo, command_timeout=command_timeout)
     try:
-        options = []
-        if not message.isascii():
-            if not client.supports_extension("8bitmime"):
-                # RFC 6152 §3: convert to 7 bits or return it; never send 8-bit octets to a server
-                # that did not offer 8BITMIME. Returned: converting would break the message's DKIM
-                # signature (ispd's own among them), and servers without 8BITMIME are rare.
-                return dict.fromkeys(recipients, Outcome(
-                    Verdict.BOUNCED, f"{address}: the receiving server does not take 8-bit mail (no 8BITMIME)",
-                    "5.6.3"))
-            options.append("BODY=8BITMIME")
-        if not (sender + "".join(recipients)).isascii():
-            if not client.supports_extension("smtputf8"):  # RFC 6531 §3.2: it cannot take these addresses
-                return dict.fromkeys(recipients, Outcome(
-                    Verdict.BOUNCED, f"{address}: the receiving server does not support SMTPUTF8", "5.6.7"))
-            options.append("SMTPUTF8")
-        try:
-            return await _envelope_and_data(client, sender, recipients, message, options, delivered, sending)
-        except ValueError as exc:  # an address the client library cannot write on the wire
-            return dict.fromkeys(recipients, Outcome(Verdict.BOUNCED, f"address not deliverable: {exc}", "5.1.3"))
+        ssl_object = client.get_transport_info("ssl_object")
+        tls = str(ssl_object.version()) if ssl_object is not None else ""
+        outcomes = await _session(client, address, sender, recipients, message, delivered, sending)
+        return {recipient: dataclasses.replace(outcome, server=server or address, tls=tls)
+                for recipient, outcome in outcomes.items()}
     finally:
         task = asyncio.current_task()
         if task is not None and task.cancelling():  # stopping: no QUIT to wait for
@@ -261,6 +250,29 @@ async def _transaction(address: str, port: int, sender: str, recipients: list[st
                 await client.quit()
             except (aiosmtplib.SMTPException, OSError):
                 client.close()
+
+
+async def _session(client: aiosmtplib.SMTP, address: str, sender: str, recipients: list[str], message: bytes,
+                   delivered: Delivered | None, sending: Sending | None) -> dict[str, Outcome]:
+    options = []
+    if not message.isascii():
+        if not client.supports_extension("8bitmime"):
+            # RFC 6152 §3: convert to 7 bits or return it; never send 8-bit octets to a server
+            # that did not offer 8BITMIME. Returned: converting would break the message's DKIM
+            # signature (ispd's own among them), and servers without 8BITMIME are rare.
+            return dict.fromkeys(recipients, Outcome(
+                Verdict.BOUNCED, f"{address}: the receiving server does not take 8-bit mail (no 8BITMIME)",
+                "5.6.3"))
+        options.append("BODY=8BITMIME")
+    if not (sender + "".join(recipients)).isascii():
+        if not client.supports_extension("smtputf8"):  # RFC 6531 §3.2: it cannot take these addresses
+            return dict.fromkeys(recipients, Outcome(
+                Verdict.BOUNCED, f"{address}: the receiving server does not support SMTPUTF8", "5.6.7"))
+        options.append("SMTPUTF8")
+    try:
+        return await _envelope_and_data(client, sender, recipients, message, options, delivered, sending)
+    except ValueError as exc:  # an address the client library cannot write on the wire
+        return dict.fromkeys(recipients, Outcome(Verdict.BOUNCED, f"address not deliverable: {exc}", "5.1.3"))
 
 
 async def _envelope_and_data(client: aiosmtplib.SMTP, sender: str, recipients: list[str], message: bytes,
@@ -545,8 +557,9 @@ class QueueRunner:
         settled = settle(mail, results, now, lifetime=self.config.queue_lifetime_seconds,
                          retry_initial=self.config.retry_initial_seconds, retry_max=self.config.retry_max_seconds)
         for address, outcome in results.items():
+            session = {"server": outcome.server, "tls": outcome.tls or "none"} if outcome.server else {}
             log.info("mail.outbound.attempt", queue_id=mail.id, recipient=address, result=outcome.verdict.value,
-                     detail=outcome.detail)
+                     detail=outcome.detail, **session)
         # Shielded: once the other side has said 250, this must be recorded even if ispd is
         # stopping, or the message would go again after the restart. The bounce comes first:
         # a crash in between then repeats a bounce rather than losing it.

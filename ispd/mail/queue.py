@@ -34,6 +34,10 @@ class Outcome:
     # listing and the bounce: "550 5.1.1 <bob@x>: no such user" or "connection refused".
     detail: str = ""
     status: str = ""  # the enhanced status code (RFC 3463) for the bounce, e.g. "5.1.1"
+    # The server whose answer this is, "mx.example[198.51.100.7]" ("" when none answered), and the
+    # TLS version of the session with it ("" in clear text): for the log line of the attempt.
+    server: str = ""
+    tls: str = ""
 
 
 def outcome_of_reply(code: int, text: str) -> Outcome:

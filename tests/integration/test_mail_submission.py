@@ -170,6 +170,12 @@ def test_swaks_submits_to_another_domain_through_the_queue(lab: Lab) -> None:
     assert not text.startswith(b"Return-Path")  # only the final delivery adds it
     eventually(lambda: lab.queue() == [], timeout=10)
     assert lab.ispd.metric_value("ispd_mail_outbound_attempts_total", {"result": "delivered"}) >= 1
+    # Which server took it and whether over TLS, as Postfix's relay= and its TLS line say (the
+    # remote MX offers no STARTTLS).
+    attempt = eventually(lambda: [e for e in lab.ispd.log_events("mail.outbound.attempt")
+                                  if e["recipient"] == f"carol@{REMOTE}"])[-1]
+    assert attempt["result"] == "delivered" and attempt["tls"] == "none", attempt
+    assert attempt["server"].endswith("[127.0.0.1]") or "[127." in attempt["server"], attempt
 
 
 def test_implicit_tls_on_465_and_local_recipients_delivered_at_once(lab: Lab) -> None:

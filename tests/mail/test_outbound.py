@@ -426,6 +426,7 @@ async def test_a_server_that_offers_starttls_gets_8bit_and_utf8_mail_over_tls(tm
     finally:
         controller.stop()
     assert outcomes["bob@remote.example"].verdict is Verdict.DELIVERED, outcomes
+    assert outcomes["bob@remote.example"].tls.startswith("TLSv1.") and outcomes["bob@remote.example"].server == "127.0.0.1"
     [(options, over_tls, content)] = taken
     assert over_tls and content == message
     assert set(options) == {f"SIZE={len(message)}", "BODY=8BITMIME", "SMTPUTF8"}
@@ -485,6 +486,7 @@ async def test_a_server_whose_starttls_fails_gets_the_message_in_clear_text(tls:
     finally:
         server.close()
     assert outcomes["bob@remote.example"].verdict is Verdict.DELIVERED, outcomes
+    assert outcomes["bob@remote.example"].tls == ""  # (said in the log: tls=none)
     assert len(taken) == 1
     if tls == "refused":  # the same session goes on
         assert connections == [[b"EHLO", b"STARTTLS", b"MAIL", b"RCPT", b"DATA", b"QUIT"]]
