@@ -1900,6 +1900,9 @@ class SQLiteStore(Store):
         # read this month's, and a bill last month's.
         last_month = month_start(month_start(self.clock()) - 1)
         before_day = min(utc_day(before), utc_day(last_month))
+        # A quota crossing is its month's: kept while any day of that month is.
+        before_month = time.strftime("%Y-%m", time.gmtime(min(before, last_month)))
+        cuts: dict[str, object] = {"usage_daily": before_day, "quota_crossings": before_month}
         for kind, table, key, condition in _HISTORY:
             total = 0
             while True:
@@ -1908,7 +1911,7 @@ class SQLiteStore(Store):
                     cursor = conn.execute(
                         f"DELETE FROM {table} WHERE ({key}) IN"
                         f" (SELECT {key} FROM {table} WHERE {condition} LIMIT {_PURGE_BATCH})",
-                        (before_day if table == "usage_daily" else before,)
+                        (cuts.get(table, before),)
                     )
                     return int(cursor.rowcount)
 
@@ -1944,6 +1947,7 @@ _HISTORY = (
     ("audit_log", "audit_log", "id", "at < ?"),
     ("coa_requests", "coa_requests", "id", "at < ?"),
     ("usage_daily", "usage_daily", "subscriber_id, day", "day < ?"),
+    ("quota_crossings", "quota_crossings", "subscriber_id, month", "month < ?"),
 )
 
 _STATUS_ACTIONS = {

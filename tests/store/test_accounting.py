@@ -501,6 +501,27 @@ async def test_a_short_retention_keeps_this_and_last_months_usage(store: Store) 
     assert [d.day for d in kept] == ["2026-12-05", "2027-01-14"]
 
 
+async def test_retention_purges_quota_crossings_as_it_does_usage(store: Store) -> None:
+    """From a bug hunt: the months a subscriber went over its quota (and by how much) were kept
+    forever, a deleted subscriber's too, while its usage and audit entries went with retention.
+    They go as its usage days do: this month's and last month's stay whatever the retention."""
+    from ispd.store.models import QuotaCrossing
+
+    day = 86400.0
+    for month, at in (("2025-06", T0 - 580 * day), ("2026-11", T0 - 56 * day), ("2026-12", T0 - 41 * day),
+                      ("2027-01", T0)):
+        assert await store.record_quota_crossing(QuotaCrossing(1, month, at, 2 * 10**9, 10**9))
+    await store.delete_subscriber("alice", actor="t")
+    deleted = await store.purge_history(T0 - 400 * day)
+    assert deleted["quota_crossings"] == 1
+    assert [m for (m,) in await query(store, "SELECT month FROM quota_crossings ORDER BY month")] == [
+        "2026-11", "2026-12", "2027-01"]
+    deleted = await store.purge_history(T0 - 3600)  # a retention of one hour
+    assert deleted["quota_crossings"] == 1
+    assert [m for (m,) in await query(store, "SELECT month FROM quota_crossings ORDER BY month")] == [
+        "2026-12", "2027-01"]
+
+
 async def test_a_plan_keeps_its_quota_and_a_crossing_is_noted_once_a_month(store: Store) -> None:
     from ispd.store.models import OverQuota, QuotaCrossing
 

@@ -355,7 +355,7 @@ async def test_purge_removes_only_history_older_than_the_cutoff(tmp_path: Path) 
         deleted = await store.purge_history(1_500_000.0)
         assert deleted == {"lease_history": 11_000, "accounting_records": 0, "radius_sessions": 0, "leases": 250,
                            "dhcp6_lease_history": 0, "dhcp6_leases": 0, "audit_log": 1, "coa_requests": 0,
-                           "usage_daily": 0}
+                           "usage_daily": 0, "quota_crossings": 0}
         assert [le.address for le in await store.list_leases(include_ended=True)] == ["198.18.2.1"]
         assert [e.subject_name for e in await store.audit_since(0)] == ["new-change"]
         assert await store.purge_history(1_500_000.0) == dict.fromkeys(deleted, 0)
@@ -387,7 +387,7 @@ async def test_purge_finds_old_sessions_audit_and_coa_rows_without_scanning_them
     await store.close()
     with sqlite3.connect(tmp_path / "h.db") as conn:
         for _, table, key, condition in _HISTORY:
-            if table in ("leases", "dhcp6_leases"):  # a row per address or prefix, not per event
+            if table in ("leases", "dhcp6_leases", "quota_crossings"):  # per address, prefix, subscriber-month
                 continue
             plan = conn.execute(f"EXPLAIN QUERY PLAN DELETE FROM {table} WHERE ({key}) IN"
                                 f" (SELECT {key} FROM {table} WHERE {condition} LIMIT 5000)", (20_000,)).fetchall()
