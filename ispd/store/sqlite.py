@@ -1911,7 +1911,7 @@ class SQLiteStore(Store):
                     cursor = conn.execute(
                         f"DELETE FROM {table} WHERE ({key}) IN"
                         f" (SELECT {key} FROM {table} WHERE {condition} LIMIT {_PURGE_BATCH})",
-                        (cuts.get(table, before),)
+                        (cuts.get(table, before),) * condition.count("?")
                     )
                     return int(cursor.rowcount)
 
@@ -1936,13 +1936,23 @@ class SQLiteStore(Store):
 
 # What retention removes; each kind is deleted in batches of _PURGE_BATCH rows per transaction.
 _PURGE_BATCH = 5000
-# (kind, table, its primary key, which rows)
+# (kind, table, its primary key, which rows: each ? is the cut)
 _HISTORY = (
-    ("lease_history", "lease_history", "id", "at < ?"),
+    # A lease row written before the cut goes once it was valid no more at the cut, or once a later
+    # row of its lease (its address's of one starts_at) says what it said: not as soon as it was
+    # written, for a lease granted or renewed before the cut and held after it is shown (`ispd
+    # who`) by its last row alone, which the purge kept until it ends.
+    ("lease_history", "lease_history", "id",
+     "at < ? AND (expires_at < ? OR EXISTS (SELECT 1 FROM lease_history lease"
+     " WHERE lease.address = lease_history.address AND lease.starts_at = lease_history.starts_at"
+     " AND lease.id > lease_history.id))"),
     ("accounting_records", "accounting_records", "id", "at < ?"),
     ("radius_sessions", "radius_sessions", "id", "stopped_at IS NOT NULL AND stopped_at < ?"),
     ("leases", "leases", "address", "state != 'bound' AND expires_at < ?"),
-    ("dhcp6_lease_history", "dhcp6_lease_history", "id", "at < ?"),
+    ("dhcp6_lease_history", "dhcp6_lease_history", "id",  # as lease_history's
+     "at < ? AND (expires_at < ? OR EXISTS (SELECT 1 FROM dhcp6_lease_history lease"
+     " WHERE lease.prefix = dhcp6_lease_history.prefix AND lease.starts_at = dhcp6_lease_history.starts_at"
+     " AND lease.id > dhcp6_lease_history.id))"),
     ("dhcp6_leases", "dhcp6_leases", "prefix", "state != 'bound' AND expires_at < ?"),
     ("audit_log", "audit_log", "id", "at < ?"),
     ("coa_requests", "coa_requests", "id", "at < ?"),

@@ -283,3 +283,42 @@ async def test_a_prefix_shorter_than_an_isps_allocation_names_nobody(dual_stack:
         framed_ipv6_prefix="::/0", delegated_ipv6_prefix="2a00::/31", framed_ipv6_address="2a00:1::1")])
     assert await held_by(dual_stack, "2a00:1::1", at) == [("zed", "2a00:1::1", "framed-address")]
     assert await held_by(dual_stack, "2a00:1::2", at) == []
+
+
+async def test_retention_keeps_the_rows_of_a_lease_held_past_its_cut(store_config: StoreConfig) -> None:
+    """From a bug hunt: retention deleted each lease row written before its cut, held or not: a
+    30-day lease granted 10 days ago, with a retention of 7 days, lost its grant, and `ispd who`
+    said nobody held the address (now, and 3 days ago) while `lease show` had it bound. A row
+    goes once it was valid no more at the cut or a later row of its lease says what it said."""
+    day = 86400.0
+    clock = Clock()
+    store = await open_store(store_config, clock=clock)
+    try:
+        await store.add_subscriber("alice", actor="t")
+        held = Lease("198.18.6.1", LeaseState.BOUND, T0 - 40 * day, T0 - 10 * day, hw_address="02:00:00:00:06:01",
+                     subscriber_id=1)
+        released = Lease("198.18.6.2", LeaseState.BOUND, T0 - 20 * day, T0 + 10 * day, hw_address="02:00:00:00:06:02")
+        ended = Lease("198.18.6.3", LeaseState.BOUND, T0 - 30 * day, T0 - 29 * day, hw_address="02:00:00:00:06:03")
+        for at, lease, event in (
+                (T0 - 40 * day, held, "granted"),
+                (T0 - 30 * day, ended, "granted"),
+                (T0 - 29 * day, _with(ended, T0 - 29 * day, LeaseState.EXPIRED), "expired"),
+                (T0 - 25 * day, _with(held, T0 + 5 * day), "renewed"),
+                (T0 - 20 * day, released, "granted"),
+                (T0 - 19 * day, _with(released, T0 - 19 * day, LeaseState.RELEASED), "released"),
+                (T0 - 10 * day, _with(held, T0 + 20 * day), "renewed")):
+            clock.now = at
+            await store.record_leases([(lease, event)])
+        clock.now = T0
+        deleted = await store.purge_history(T0 - 7 * day)
+        assert deleted["lease_history"] == 6  # all but held's last renewal
+        for at in (T0 - 3 * day, T0):
+            [holding] = await store.who("198.18.6.1", since=at, until=at)
+            assert holding.username == "alice" and [e.event for e in holding.evidence] == ["renewed"]
+            assert (holding.starts_at, holding.ends_at) == (T0 - 40 * day, T0 + 20 * day)
+            assert await store.who("198.18.6.2", since=at, until=at) == []
+        assert await store.who("198.18.6.3", since=T0 - 30 * day, until=T0) == []
+        clock.now = T0 + 30 * day
+        assert (await store.purge_history(T0 + 23 * day))["lease_history"] == 1  # held ended at +20 days
+    finally:
+        await store.close()

@@ -133,6 +133,17 @@ async def test_retention_purges_old_history_and_ended_bindings(alice: Store, clo
     assert (held.starts_at, [e.event for e in held.evidence]) == (T0, ["renewed"])
 
 
+
+async def test_retention_keeps_the_last_row_of_a_binding_held_past_its_cut(alice: Store, clock: FakeClock) -> None:
+    """From a bug hunt: a binding granted before the cut and not renewed since (a long valid
+    lifetime) lost its only row, and `ispd who` named nobody while the binding was held."""
+    clock.now = T0
+    await alice.record_leases6([(binding(expires_at=T0 + 30 * 86400), "granted")])
+    clock.now = T0 + 10 * 86400
+    assert (await alice.purge_history(T0 + 3 * 86400))["dhcp6_lease_history"] == 0
+    [held] = await alice.who(PD, since=clock.now, until=clock.now)
+    assert [e.event for e in held.evidence] == ["granted"]
+
 # --- who: the bindings whose address or delegated prefix overlaps the question ----------------
 
 

@@ -390,7 +390,8 @@ async def test_purge_finds_old_sessions_audit_and_coa_rows_without_scanning_them
             if table in ("leases", "dhcp6_leases", "quota_crossings"):  # per address, prefix, subscriber-month
                 continue
             plan = conn.execute(f"EXPLAIN QUERY PLAN DELETE FROM {table} WHERE ({key}) IN"
-                                f" (SELECT {key} FROM {table} WHERE {condition} LIMIT 5000)", (20_000,)).fetchall()
+                                f" (SELECT {key} FROM {table} WHERE {condition} LIMIT 5000)",
+                                (20_000,) * condition.count("?")).fetchall()
             details = [row[-1] for row in plan]
             assert not any(d.startswith(f"SCAN {table}") for d in details), (table, details)
 
