@@ -158,6 +158,15 @@ class CollectorConfig(Section):
     def _usable_secret(cls, secret: SecretStr) -> SecretStr:
         return usable_secret(secret)
 
+    @field_validator("address")
+    @classmethod
+    def _collector_port(cls, address: SocketAddress) -> SocketAddress:
+        # Port 0 is a listener's "any free port"; sent to, every request fails and the collector
+        # reads as one that does not answer (result "timeout"), as for a realm's home servers.
+        if address.port == 0:
+            raise ValueError(f"{address}: give the collector's accounting port (1813)")
+        return address
+
 
 class AccountingFeedConfig(Section):
     """The identity feed: DHCP leases sent as RADIUS accounting to collectors, so that the
@@ -171,6 +180,20 @@ class AccountingFeedConfig(Section):
     interim_on_renew: bool = True
     timeout_seconds: float = Field(default=3.0, gt=0, le=60)
     attempts: int = Field(default=3, ge=1, le=10)
+
+    @field_validator("collectors")
+    @classmethod
+    def _distinct_collectors(cls, collectors: list[CollectorConfig]) -> list[CollectorConfig]:
+        # A name is the collector's metric label and its share of the requests in flight: two of
+        # one name would be counted as one. One address listed twice would get every Start,
+        # Interim-Update and Stop twice, as two sessions' worth of accounting.
+        for i, collector in enumerate(collectors):
+            for earlier in collectors[:i]:
+                if collector.name == earlier.name:
+                    raise ValueError(f"two collectors are named {collector.name!r}")
+                if collector.address == earlier.address:
+                    raise ValueError(f"collectors {earlier.name!r} and {collector.name!r} are both {collector.address}")
+        return collectors
 
 
 def _realm_name(value: str) -> str:
