@@ -180,8 +180,11 @@ def server_context(certificate: Path, private_key: Path, client_ca: Path | None 
     context.check_privatekey()
     if client_ca is not None:
         client_ca.stat()
-        context.load_verify_locations(str(client_ca))
-        context.load_client_ca(str(client_ca).encode())
+        try:
+            context.load_verify_locations(str(client_ca))
+            context.load_client_ca(str(client_ca).encode())
+        except SSL.Error as exc:  # named as such: the certificate and key were loaded above
+            raise ClientCAError(f"client_ca {client_ca}: {_ssl_reason(exc)}") from None
         # OpenSSL's own chain check, no Python callback (which would need W+X memory for cffi)
         context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT)
     return context
@@ -470,10 +473,16 @@ def unwrap_peap(plaintext: bytes, identifier: int) -> EAPPacket:
     return EAPPacket(EAPCode.RESPONSE, identifier, plaintext[0], plaintext[1:])
 
 
+class ClientCAError(SSL.Error):
+    """``client_ca`` (EAP-TLS) could not be loaded; the message names it."""
+
+
 def tls_context_error(exc: OSError | SSL.Error) -> str:
-    """What went wrong loading the certificate or key, for the operator."""
+    """What went wrong loading the certificate, key or client CA, for the operator."""
     if isinstance(exc, OSError):
         return f"{exc.filename or 'a file'}: {exc.strerror or exc}"
+    if isinstance(exc, ClientCAError):
+        return str(exc)
     return f"the certificate or private key: {_ssl_reason(exc)}"
 
 

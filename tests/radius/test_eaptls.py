@@ -302,3 +302,14 @@ def test_an_encrypted_private_key_is_refused_not_prompted_for(tmp_path: Path, ce
     with pytest.raises(SSL.Error) as raised:
         server_context(certificates.certificate, encrypted)
     assert "without a passphrase" in tls_context_error(raised.value)
+
+
+def test_an_unusable_client_ca_is_named_as_such(tmp_path: Path, certificates: Certificates) -> None:
+    """From a bug hunt: a client_ca that is no PEM certificate (the key given by mistake) was
+    reported as "the certificate or private key: no certificate or crl found", at check-config and
+    at a reload, sending the operator to the server's certificate and key, which were fine."""
+    with pytest.raises(SSL.Error) as raised:
+        server_context(certificates.certificate, certificates.private_key, certificates.private_key)
+    message = tls_context_error(raised.value)
+    assert message.startswith(f"client_ca {certificates.private_key}: "), message
+    assert "certificate or private key" not in message
