@@ -292,7 +292,10 @@ class WorkerService(Service):
             await self.request("worker.reload", wait=RELOAD_SECONDS)
         except CommandError as exc:
             self._write_snapshot(old)
-            raise ServiceStartError(f"{self.name}: {exc}") from None
+            # (the service's own refusals name it already: "radius: a change of listen addresses ...")
+            reason = str(exc)
+            raise ServiceStartError(reason if reason.startswith(f"{self.name}: ") else f"{self.name}: {reason}") \
+                from None
         self.config = new
 
     async def follow(self, new: Config, handed: dict[str, Any] | None = None) -> None:

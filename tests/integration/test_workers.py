@@ -79,6 +79,14 @@ def test_sighup_reaches_the_worker_and_a_refusal_is_reported(tmp_path: Path) -> 
         [refused] = ispd.log_events("config.reload.service_refused")
         assert refused["service"] == "radius" and "needs a restart" in refused["error"]
         assert len(ispd.worker_pids()) == 1
+        # A refusal of the worker's own reads as the service's, once: from a bug hunt, the log said
+        # "radius: radius: eap: ..." in a worker, where the main process says "radius: eap: ...".
+        changed["radius"]["process"] = "own"  # type: ignore[index]
+        changed["radius"]["listen_auth"] = ["127.0.0.1:0"]  # type: ignore[index]
+        ispd.write_config(changed)
+        ispd.reload()
+        refused = ispd.log_events("config.reload.service_refused")[-1]
+        assert refused["error"].startswith("radius: a change of listen addresses"), refused
 
 
 def test_a_worker_that_dies_is_started_again(tmp_path: Path) -> None:
