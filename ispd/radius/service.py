@@ -1826,10 +1826,13 @@ class RadiusService(Service):
         return self.directory.by_id(session.subscriber_id) if session.subscriber_id is not None else None
 
     def _nas_for_session(self, session: RadiusSession) -> Nas | None:
-        """The client whose packets accounted the session (its secret signs the CoA), else the
-        client its NAS address falls in."""
-        nas = self.nas.clients.get(session.nas_client) if session.nas_client else None
-        return nas or self.nas.find(session.nas_address)
+        """The client the session's NAS address falls in now (its secret signs the CoA), else the
+        client whose packets accounted the session. The address is one of that client's (a
+        NAS-IP-Address outside it is not kept), so the two differ only when a client of its own
+        was configured for the NAS since, such as to give it a secret of its own: the NAS, which
+        accounts with that secret now, checks a Disconnect with it too."""
+        nas = self.nas.find(session.nas_address)
+        return nas or (self.nas.clients.get(session.nas_client) if session.nas_client else None)
 
     async def _disconnect(self, session: RadiusSession, reason: str, *, asked: bool = False) -> dict[str, Any]:
         return await self._dynamic(session, Code.DISCONNECT_REQUEST, b"", reason, asked=asked)

@@ -135,6 +135,38 @@ async def test_housekeeping_sends_no_second_disconnect_beside_the_suspensions_ow
         await store.close()
 
 
+async def test_a_nas_given_a_client_and_secret_of_its_own_gets_its_disconnects_signed_with_it(
+        tmp_path: Path) -> None:
+    """From a bug hunt: a session accounted under a client network ("bng") kept that client's
+    secret for its Disconnects after the operator gave its NAS a [[radius.client]] of its own with
+    a new secret (and a reload): the NAS, accounting with the new secret already, dropped the
+    Disconnect of a suspension as forged and the subscriber stayed online."""
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        alice = await _subscriber_with_a_session(store)  # accounted by "bng"
+        bus = EventBus()
+        with FakeNas(NAS, secret=b"its-own-secret") as nas:
+            config = Config(radius=RadiusConfig.model_validate({
+                "enabled": True, "listen_auth": [f"{NAS}:0"], "listen_acct": [f"{NAS}:0"],
+                "client": [{"name": "bng", "address": "127.58.0.0/24", "secret": SECRET, "coa_port": nas.port},
+                           {"name": "bng-1", "address": f"{NAS}/32", "secret": "its-own-secret",
+                            "coa_port": nas.port}]}))
+            async with _running(store, bus, config):
+                await store.set_subscriber_status(alice, SubscriberStatus.SUSPENDED, actor="test")
+                bus.publish(SubscriberSuspended(time.time(), alice, "alice"))
+                [disconnect] = await asyncio.to_thread(nas.wait_for, 1)
+                assert disconnect.code == 40 and disconnect.authentic
+
+                async def recorded() -> bool:
+                    return bool(await _records(store))
+
+                await _until(recorded, within=5)
+                assert [(r.kind, r.result) for r in await _records(store)] == [("disconnect", "ack")]
+            await bus.drain(5)
+    finally:
+        await store.close()
+
+
 @pytest.mark.parametrize(("plan_attributes", "leaving"), [
     ([], (40, "resumed: leaving the walled garden")),  # the garden's Filter-Id would stay: a Disconnect
     (["Filter-Id = full"], (43, "resumed")),  # the plan's own Filter-Id replaces it: a CoA does
