@@ -1051,8 +1051,10 @@ class RadiusService(Service):
                         exc_info=not isinstance(exc, StoreError))
             return None
         self.metrics.prefix_reservations.inc("exhausted")
-        log.warning("radius.prefix.pool_exhausted", pool=pool.name, subscriber=username,
-                    detail=f"no free /{pool.delegated_length} found among the next {PREFIX_SEARCH} of the pool")
+        looked = (f"all {pool.size} of the pool's /{pool.delegated_length}s are reserved" if pool.size <= PREFIX_SEARCH
+                  else f"no free /{pool.delegated_length} found among the next {PREFIX_SEARCH} of the pool's "
+                       f"{pool.size}")
+        log.warning("radius.prefix.pool_exhausted", pool=pool.name, subscriber=username, detail=looked)
         return None
 
     def _still_held(self, claim: PendingClaim, now: float) -> str | None:

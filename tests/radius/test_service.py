@@ -731,6 +731,33 @@ async def test_accounting_on_reaches_every_server_of_a_load_balanced_realm(tmp_p
         await store.close()
 
 
+async def test_a_full_prefix_pool_is_logged_with_its_own_size(tmp_path: Path) -> None:
+    """From a bug hunt: a /54 pool of four /56s, all reserved, was logged as "no free /56 found
+    among the next 4096 of the pool", a search larger than the pool."""
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        await store.add_plan("v6", actor="test")
+        subscribers = [await store.add_subscriber(f"s{n}", actor="test", plan="v6") for n in range(5)]
+        config = _radius_config(3799, prefix_pool=[{"name": "homes", "prefix": "2001:db8:1000::/54"}],
+                                plan=[{"plan": "v6", "prefix_pool": "homes"}])
+        service = RadiusService(config, ServiceContext(store, EventBus(), CollectorRegistry(), _healthy))
+        await service._load_store()
+
+        def claim(name: str) -> PendingClaim:
+            found = service.directory.find(name)
+            assert found is not None
+            return PendingClaim(found[0], None, name, False, "pap", b"", None, None, prefix_pool="homes")
+
+        for subscriber in subscribers[:4]:
+            assert await service._reserve_prefix(claim(subscriber.username)) is not None
+        with capture_logs() as logs:
+            assert await service._reserve_prefix(claim("s4")) is None
+        [full] = [e for e in logs if e["event"] == "radius.prefix.pool_exhausted"]
+        assert full["detail"] == "all 4 of the pool's /56s are reserved", full
+    finally:
+        await store.close()
+
+
 async def test_a_pool_prefix_is_reserved_past_what_the_store_refuses_or_taken_from_a_reservation_made_elsewhere(
         tmp_path: Path) -> None:
     """The directory's index does not see everything the store does (a longer prefix inside a
