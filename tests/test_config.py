@@ -452,21 +452,23 @@ def test_an_accounting_feed_collector_needs_an_address_and_a_secret(tmp_path: Pa
     assert "the shared secret is empty" in error
 
 
-def test_accounting_feed_collectors_that_cannot_work_as_written_are_refused(tmp_path: Path) -> None:
+def test_accounting_feed_collectors_that_cannot_work_as_written_are_warned_of(tmp_path: Path) -> None:
     """From a bug hunt: check-config said ok to a collector at port 0 (every request "timeout",
     as if the collector were down), to two collectors of one name (one metric label, one share
-    of the requests in flight) and to one address listed twice (every Start and Stop sent twice)."""
-    def collectors(*entries: tuple[str, str]) -> Path:
-        return write(tmp_path, "".join(f'[[accounting_feed.collectors]]\nname = "{name}"\naddress = "{address}"\n'
+    of the requests in flight) and to one address listed twice (every Start and Stop sent twice).
+    Warned of, not refused: a config that ran must still start after an upgrade."""
+    def warnings(*entries: tuple[str, str]) -> list[str]:
+        path = write(tmp_path, "".join(f'[[accounting_feed.collectors]]\nname = "{name}"\naddress = "{address}"\n'
                                        f'secret = "s"\n' for name, address in entries))
+        return load_config(path).accounting_feed.collector_warnings()
 
-    error = error_of(collectors(("shaper", "198.51.100.9:0")))
-    assert "accounting_feed.collectors.0.address" in error and "give the collector's accounting port" in error, error
-    error = error_of(collectors(("shaper", "198.51.100.9:1813"), ("shaper", "198.51.100.10:1813")))
-    assert "two collectors are named 'shaper'" in error, error
-    error = error_of(collectors(("shaper", "198.51.100.9:1813"), ("billing", "198.51.100.9:1813")))
-    assert "collectors 'shaper' and 'billing' are both 198.51.100.9:1813" in error, error
-    load_config(collectors(("shaper", "198.51.100.9:1813"), ("billing", "198.51.100.9:1814")))
+    [warning] = warnings(("shaper", "198.51.100.9:0"))
+    assert "collector 'shaper' at 198.51.100.9:0: port 0 reaches nothing" in warning, warning
+    [warning] = warnings(("shaper", "198.51.100.9:1813"), ("shaper", "198.51.100.10:1813"))
+    assert "two collectors are named 'shaper'" in warning, warning
+    [warning] = warnings(("shaper", "198.51.100.9:1813"), ("billing", "198.51.100.9:1813"))
+    assert "collectors 'shaper' and 'billing' are both 198.51.100.9:1813" in warning, warning
+    assert warnings(("shaper", "198.51.100.9:1813"), ("billing", "198.51.100.9:1814")) == []
 
 
 def test_an_admin_tcp_listener_needs_a_long_enough_token(tmp_path: Path) -> None:

@@ -158,15 +158,6 @@ class CollectorConfig(Section):
     def _usable_secret(cls, secret: SecretStr) -> SecretStr:
         return usable_secret(secret)
 
-    @field_validator("address")
-    @classmethod
-    def _collector_port(cls, address: SocketAddress) -> SocketAddress:
-        # Port 0 is a listener's "any free port"; sent to, every request fails and the collector
-        # reads as one that does not answer (result "timeout"), as for a realm's home servers.
-        if address.port == 0:
-            raise ValueError(f"{address}: give the collector's accounting port (1813)")
-        return address
-
 
 class AccountingFeedConfig(Section):
     """The identity feed: DHCP leases sent as RADIUS accounting to collectors, so that the
@@ -181,19 +172,25 @@ class AccountingFeedConfig(Section):
     timeout_seconds: float = Field(default=3.0, gt=0, le=60)
     attempts: int = Field(default=3, ge=1, le=10)
 
-    @field_validator("collectors")
-    @classmethod
-    def _distinct_collectors(cls, collectors: list[CollectorConfig]) -> list[CollectorConfig]:
-        # A name is the collector's metric label and its share of the requests in flight: two of
-        # one name would be counted as one. One address listed twice would get every Start,
-        # Interim-Update and Stop twice, as two sessions' worth of accounting.
-        for i, collector in enumerate(collectors):
-            for earlier in collectors[:i]:
+    def collector_warnings(self) -> list[str]:
+        """Collectors that cannot work as written, for check-config and the log to warn of (not
+        refused: a config that ran must still start after an upgrade). Port 0 is a listener's
+        "any free port": sent to, every request fails and the collector reads as one that does
+        not answer ("timeout"). A name is a collector's metric label and its share of the requests
+        in flight: two of one name are counted as one. One address listed twice gets every Start,
+        Interim-Update and Stop twice, as two sessions' worth of accounting."""
+        warnings = []
+        for i, collector in enumerate(self.collectors):
+            if collector.address.port == 0:
+                warnings.append(f"collector {collector.name!r} at {collector.address}: port 0 reaches nothing; "
+                                "give the collector's accounting port (1813)")
+            for earlier in self.collectors[:i]:
                 if collector.name == earlier.name:
-                    raise ValueError(f"two collectors are named {collector.name!r}")
+                    warnings.append(f"two collectors are named {collector.name!r}: their requests are counted as one's")
                 if collector.address == earlier.address:
-                    raise ValueError(f"collectors {earlier.name!r} and {collector.name!r} are both {collector.address}")
-        return collectors
+                    warnings.append(f"collectors {earlier.name!r} and {collector.name!r} are both {collector.address}: "
+                                    "it is sent every record twice")
+        return warnings
 
 
 def _realm_name(value: str) -> str:
