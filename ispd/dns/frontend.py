@@ -33,6 +33,7 @@ class TransportStats:
     connections: int = 0
     refused_connections: int = 0  # over a connection limit (ispd.listeners.ConnectionGate)
     handshake_failures: int = 0
+    accept_failures: int = 0  # accept() failed (out of descriptors): the listener rested
     retries: int = 0  # QUIC Retry packets sent (address validation)
     bad_requests: int = 0  # malformed framing, HTTP errors, oversized queries
     latency: Histogram = field(default_factory=Histogram)

@@ -165,6 +165,8 @@ class _DNSCollector(Collector):
                  "refused_connections"),
                 ("handshake_failures", "TLS or QUIC handshakes that failed or timed out, by transport.",
                  "handshake_failures"),
+                ("accept_failures", "Failed accepts (out of file descriptors): the listener rests a second, by "
+                 "transport.", "accept_failures"),
                 ("retries", "QUIC Retry packets sent for a new client to prove its address, by transport.",
                  "retries"),
                 ("bad_requests", "Malformed or oversized requests (framing, HTTP), by transport.", "bad_requests")):

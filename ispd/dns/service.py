@@ -99,13 +99,15 @@ from ispd.listeners import (
     open_datagram_listener,
     server_tls_context,
 )
-from ispd.logs import get_logger
+from ispd.logs import LogThrottle, get_logger
 from ispd.service import Health, Service, ServiceContext, ServiceSpec, ServiceStartError, describe_os_error
 from ispd.store.errors import StoreError
 from ispd.store.models import LeaseService, LeaseState, SubscriberStatus
 from ispd.workers import WorkerService
 
 log = get_logger("ispd.dns")
+
+TCP_ACCEPT_RETRY_SECONDS = 1.0  # after a failed accept (as DoT's, and asyncio's own servers)
 ZONE_LIMIT_REPORT_SECONDS = 10.0  # how often zones newly over their rate limit are logged
 # Misses being resolved at once, every transport together (ispd.dns.frontend.ResolutionBudget):
 # beyond it new UDP misses are dropped, and queries over connections wait. Measured with misses
@@ -398,7 +400,10 @@ class DNSService(Service):
         self.resolver: Resolver | None = None
         self.engine: DNSEngine | None = None
         self._udp: list[asyncio.DatagramTransport] = []
-        self._tcp: list[asyncio.base_events.Server] = []
+        self._tcp: list[socket.socket] = []  # the listening sockets, accepted from by _accept_tcp
+        self._tcp_paused: set[asyncio.TimerHandle] = set()  # their rests after a failed accept
+        self._tcp_accepting: set[asyncio.Task[None]] = set()  # connections being set up
+        self._tcp_accept_failures = LogThrottle(60)
         self._slow: set[asyncio.Task[None]] = set()
         self.budget = ResolutionBudget(MAX_SLOW_TASKS)
         self._tcp_gate: ConnectionGate | None = None
@@ -1091,9 +1096,10 @@ class DNSService(Service):
                 udp_socket = bound_socket(address.host, address.port, socket.SOCK_DGRAM, reuse_port=self.reuse_port)
                 udp, _ = await open_datagram_listener(lambda: _UDPProtocol(self), udp_socket)
                 port = udp.get_extra_info("sockname")[1]
-                tcp_socket = bound_socket(address.host, port, socket.SOCK_STREAM, reuse_address=True,
-                                          reuse_port=self.reuse_port)
-                tcp = await asyncio.start_server(self._serve_tcp, sock=tcp_socket, backlog=1024)
+                tcp = bound_socket(address.host, port, socket.SOCK_STREAM, reuse_address=True,
+                                   reuse_port=self.reuse_port)
+                tcp.listen(1024)
+                tcp.setblocking(False)
             except OSError as exc:
                 raise ServiceStartError(f"dns: cannot listen on {address}: {describe_os_error(exc)}") from None
             sock = udp.get_extra_info("socket")
@@ -1103,7 +1109,8 @@ class DNSService(Service):
             self._tcp.append(tcp)
             self.bound.append((address.host, port))
             stack.callback(udp.close)
-            stack.callback(tcp.close)
+            stack.callback(self._close_tcp_listener, tcp)
+            asyncio.get_running_loop().add_reader(tcp.fileno(), self._accept_tcp, tcp)
         self._tcp_answerer = self._answerer("tcp", pad=False)
         self._tcp_gate = ConnectionGate(self.config.tcp_max_connections, self.config.tcp_max_connections_per_client,
                                         self.transport_stats["tcp"])
@@ -1256,7 +1263,7 @@ class DNSService(Service):
     async def stop(self) -> None:
         extras = asyncio.ensure_future(self.extras.stop()) if self.extras is not None else None
         for tcp in self._tcp:
-            tcp.close()
+            self._close_tcp_listener(tcp)
         # No more queries on open connections: each handler answers what it has in hand, then
         # closes (left to the loop's final cancel, Python 3.11's start_server callback logs the
         # CancelledError as an error).
@@ -1452,6 +1459,57 @@ class DNSService(Service):
             if self.tap.clients:  # (no ``received`` when it came before a reload turned dnstap on)
                 self.tap.client_response(SocketProtocol.UDP, client, addr[1],
                                          received or time.time() - (time.perf_counter() - started), reply)
+
+    def _accept_tcp(self, listening: socket.socket) -> None:
+        """Accepts here rather than through start_server: out of descriptors, the loop's server
+        (libuv) accepted each waiting connection and closed it at once, unsaid and uncounted, so
+        clients saw resets and operators nothing. Now the listener rests a second, as DoT's does
+        (``TLSListener._pause``), with a line (at most one a minute) and a count
+        (``ispd_dns_transport_accept_failures_total``), and the connections wait in the backlog."""
+        for _ in range(64):
+            try:
+                connection, _ = listening.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:  # gone before it was accepted: the next one
+                continue
+            except OSError as exc:  # EMFILE and friends
+                self._pause_tcp(listening, exc)
+                return
+            task = asyncio.ensure_future(self._open_tcp(connection))
+            self._tcp_accepting.add(task)
+            task.add_done_callback(self._tcp_accepting.discard)
+
+    def _pause_tcp(self, listening: socket.socket, exc: OSError) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(listening.fileno())
+        self.transport_stats["tcp"].accept_failures += 1
+        if self._tcp_accept_failures.due(exc.errno, time.monotonic()):
+            log.error("dns.accept_failed", listener="tcp", error=str(exc))
+
+        def resume() -> None:
+            self._tcp_paused.discard(handle)
+            if listening.fileno() != -1:
+                loop.add_reader(listening.fileno(), self._accept_tcp, listening)
+
+        handle = loop.call_later(TCP_ACCEPT_RETRY_SECONDS, resume)
+        self._tcp_paused.add(handle)
+
+    def _close_tcp_listener(self, listening: socket.socket) -> None:
+        for handle in self._tcp_paused:
+            handle.cancel()
+        self._tcp_paused.clear()
+        if listening.fileno() != -1:
+            asyncio.get_running_loop().remove_reader(listening.fileno())
+            listening.close()
+
+    async def _open_tcp(self, connection: socket.socket) -> None:
+        try:
+            reader, writer = await asyncio.open_connection(sock=connection)
+        except OSError:
+            connection.close()
+            return
+        await self._serve_tcp(reader, writer)
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")

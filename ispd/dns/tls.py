@@ -120,6 +120,7 @@ class TLSListener:
         asyncio's own servers do, stop watching it for a while, say so, and look again."""
         loop = asyncio.get_running_loop()
         loop.remove_reader(listening.fileno())
+        self.stats.accept_failures += 1
         if self._accept_failures.due(exc.errno, time.monotonic()):
             log.error("dns.accept_failed", listener=self.name, error=str(exc))
 

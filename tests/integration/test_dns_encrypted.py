@@ -1009,6 +1009,53 @@ def test_clients_outside_allow_are_refused_over_dot_as_over_udp(tmp_path: Path, 
             assert probe.connect_ex(("127.0.0.1", ispd.doh_port)) != 0
 
 
+def test_out_of_descriptors_tcp_and_dot_rest_say_so_and_serve_again(tmp_path: Path, certs: Certs,
+                                                                    black_hole: str) -> None:
+    """From a bug hunt under `prlimit --nofile=256`: past the limit, the loop's own TCP server
+    (libuv) accepted each waiting DNS-over-TCP connection and closed it at once, with no line and
+    no count (`dig +tcp` saw "connection reset"; DoT at least logged). Now both rest, log once
+    and count, and the waiting connections are served once descriptors are free."""
+    ispd = EncryptedIspd(tmp_path, certs, black_hole, doh={"listen": [], "listen_http3": []}, doq={"listen": []})
+    with running(ispd):
+        assert ispd.proc is not None
+        pid = ispd.proc.pid
+        limit = Path(f"/proc/{pid}/limits").read_text().split("Max open files")[1].split()[1]
+        # A new descriptor takes the lowest free number: at the first gap nothing more opens.
+        held = {int(name) for name in os.listdir(f"/proc/{pid}/fd")}
+        first_gap = next(number for number in range(100_000) if number not in held)
+        subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={first_gap}:{limit}"], check=True)
+        waiting = []
+        try:
+            for index in range(20):
+                for port in (ispd.port, ispd.dot_port):
+                    sock = socket.socket()
+                    sock.bind((f"127.0.{index + 1}.9", 0))  # each from its own address: no per-client cap
+                    sock.settimeout(2)
+                    with contextlib.suppress(OSError):
+                        sock.connect(("127.0.0.1", port))
+                    waiting.append(sock)
+            time.sleep(1.5)  # (no scrape meanwhile: the metrics listener has no descriptor either)
+        finally:
+            subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={limit}:{limit}"], check=True)
+        for transport in ("tcp", "tls"):
+            assert ispd.metric("ispd_dns_transport_accept_failures_total", transport) >= 1
+        try:
+            # Not reset: the connections waited, and are served now.
+            sock = waiting[0]
+            sock.settimeout(5)
+            wire = query().to_wire()
+            sock.sendall(struct.pack("!H", len(wire)) + wire)
+            reply = dns.message.from_wire(recv_exactly(sock, struct.unpack("!H", recv_exactly(sock, 2))[0]))
+            assert addresses(reply) == {PORTAL_ADDRESS}
+        finally:
+            for sock in waiting:
+                sock.close()
+        assert {line["listener"] for line in ispd.log_events("dns.accept_failed")} == {"tcp", "dot"}
+        assert len(ispd.log_events("dns.accept_failed")) == 2  # once a minute each, not per connection
+        with dot_connect(ispd) as sock:
+            assert addresses(dot_ask(sock, query())) == {PORTAL_ADDRESS}
+
+
 # === certificates ===================================================================================================
 
 
