@@ -22,6 +22,7 @@ class ListenerStats:
 
     connections: int = 0
     refused_connections: int = 0
+    handshake_failures: int = 0  # on the TLS-from-the-first-byte listeners (465, 993)
 
 
 class MailMetrics:
@@ -128,6 +129,12 @@ class _ListenerCollector(Collector):
         yield CounterMetricFamily("ispd_mail_refused_connections",
                                   "SMTP connections refused over a connection limit or the per-client rate.",
                                   value=self.stats.refused_connections)
+        yield CounterMetricFamily("ispd_mail_tls_handshake_failures",
+                                  "TLS handshakes on 465 that failed or timed out.",
+                                  value=self.stats.handshake_failures)
+        yield CounterMetricFamily("ispd_mail_imap_tls_handshake_failures",
+                                  "TLS handshakes on 993 that failed or timed out.",
+                                  value=self.imap_stats.handshake_failures)
         yield CounterMetricFamily("ispd_mail_imap_connections", "IMAP connections accepted.",
                                   value=self.imap_stats.connections)
         yield CounterMetricFamily("ispd_mail_imap_refused_connections",

@@ -447,7 +447,7 @@ class MailService(Service):
                     conn.close()
                     continue
                 self._handshaking[client] = pending + 1
-                task = asyncio.create_task(self._handshake(conn, client, listener))
+                task = asyncio.create_task(self._handshake(conn, client, str(peer[0]), listener))
                 handshakes.add(task)
                 task.add_done_callback(handshakes.discard)
         finally:
@@ -463,13 +463,18 @@ class MailService(Service):
             log.info(event, error=repr(error), **({"client": client} if client is not None else {}),
                      **({"not_logged_before": held} if held else {}))
 
-    async def _handshake(self, conn: socket.socket, client: str, listener: str) -> None:
+    async def _handshake(self, conn: socket.socket, client: str, address: str, listener: str) -> None:
         try:
             await asyncio.get_running_loop().connect_accepted_socket(
                 partial(self._session, listener), conn, ssl=self.tls_context,
                 ssl_handshake_timeout=TLS_HANDSHAKE_SECONDS)
-        except (TimeoutError, OSError, ssl.SSLError):  # (ConnectionError is an OSError)
-            conn.close()  # a failed or abandoned handshake: nothing to log per connection
+        except (TimeoutError, OSError, ssl.SSLError) as exc:  # (ConnectionError is an OSError)
+            conn.close()
+            # Counted, and said as a failed STARTTLS is (within the same log budget): a client
+            # with a bad CA, an old TLS version or no TLS at all on 465/993 left no trace before.
+            imap = listener.startswith("imap")
+            (self.metrics.imap_listener if imap else self.metrics.listener).handshake_failures += 1
+            self.starttls_failed("mail.imap.tls_failed" if imap else "mail.session.tls_failed", exc, address)
         finally:
             left = self._handshaking.get(client, 1) - 1
             if left > 0:

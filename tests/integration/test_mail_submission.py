@@ -482,6 +482,29 @@ def test_a_local_copy_that_cannot_be_written_never_repeats_the_queued_part(lab: 
         new.mkdir(mode=0o700)
 
 
+def test_failed_handshakes_on_465_are_counted_and_logged(lab: Lab) -> None:
+    """From a bug hunt: a failed STARTTLS on 587 was logged, but a handshake on 465 that failed
+    (no TLS at all, a client that does not trust the certificate) left no line and no count."""
+    def failures() -> float:
+        return lab.ispd.metric_value("ispd_mail_tls_handshake_failures_total") or 0.0
+
+    before, lines = failures(), len(lab.ispd.log_events("mail.session.tls_failed"))
+    with socket.create_connection(("127.0.0.1", lab.submissions), timeout=5,
+                                  source_address=("127.0.0.7", 0)) as plain:
+        plain.sendall(b"EHLO client.example\r\n")  # SMTP where TLS was due
+        assert plain.recv(100) == b""
+    with pytest.raises(ssl.SSLCertVerificationError):  # trusts another CA
+        ssl.create_default_context().wrap_socket(socket.create_connection(("127.0.0.1", lab.submissions), timeout=5),
+                                                 server_hostname="127.0.0.1")
+    assert eventually(lambda: failures() == before + 2)
+    # (Before the test that resets 50 handshakes: those spend the minute's log budget.)
+    logged = eventually(lambda: lab.ispd.log_events("mail.session.tls_failed")[lines:] or None)
+    assert "127.0.0.7" in {line.get("client") for line in logged}
+    with smtplib.SMTP_SSL("127.0.0.1", lab.submissions, timeout=15, context=lab.context()) as client:
+        assert client.noop()[0] == 250
+    assert failures() == before + 2  # a good handshake is not one
+
+
 def test_the_per_client_cap_holds_on_465_before_any_tls(lab: Lab) -> None:
     """TLS from the first byte: asyncio made the session, and so applied the caps, only after
     the handshake; a client opening connections and never starting TLS held as many as it
