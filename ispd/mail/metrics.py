@@ -23,6 +23,7 @@ class ListenerStats:
     connections: int = 0
     refused_connections: int = 0
     handshake_failures: int = 0  # on the TLS-from-the-first-byte listeners (465, 993)
+    accept_failures: int = 0  # accept() failed (out of descriptors): the listener rested
 
 
 class MailMetrics:
@@ -135,6 +136,10 @@ class _ListenerCollector(Collector):
         yield CounterMetricFamily("ispd_mail_imap_tls_handshake_failures",
                                   "TLS handshakes on 993 that failed or timed out.",
                                   value=self.imap_stats.handshake_failures)
+        yield CounterMetricFamily("ispd_mail_accept_failures", "Failed accepts (out of file descriptors) on the "
+                                  "SMTP listeners; each rests a second.", value=self.stats.accept_failures)
+        yield CounterMetricFamily("ispd_mail_imap_accept_failures", "Failed accepts (out of file descriptors) on "
+                                  "the IMAP listeners; each rests a second.", value=self.imap_stats.accept_failures)
         yield CounterMetricFamily("ispd_mail_imap_connections", "IMAP connections accepted.",
                                   value=self.imap_stats.connections)
         yield CounterMetricFamily("ispd_mail_imap_refused_connections",

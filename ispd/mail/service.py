@@ -37,7 +37,6 @@ from ispd.listeners import (
     AuthThrottle,
     CertificateError,
     ConnectionGate,
-    bound_socket,
     client_key,
     listening_tcp_socket,
     server_tls_context,
@@ -203,7 +202,7 @@ class MailService(Service):
         self.passwords = PasswordChecker(AUTH_CACHE_SECONDS)
         self.bound: list[str] = []
         self._password_checks = asyncio.Semaphore(PASSWORD_CHECKS)
-        self._servers: list[asyncio.Server] = []
+        self._acceptors: list[asyncio.Task[None]] = []  # one per listening socket (``_accept``)
         self._handshaking: dict[str, int] = {}  # TLS handshakes under way on 465/993, by client_key
         self._accept_failures = LogThrottle(60.0)
         self._tls_failures_logged = LogBudget(TLS_FAILURE_LOG_LINES, 60.0)
@@ -264,24 +263,17 @@ class MailService(Service):
         listeners += [("submissions", a) for a in self.config.listen_submissions]
         listeners += [("imap", a) for a in self.config.listen_imap]
         listeners += [("imaps", a) for a in self.config.listen_imaps]
-        loop = asyncio.get_running_loop()
         for listener, address in listeners:
             try:
-                if listener in ("submissions", "imaps"):
-                    # TLS from the first byte: asyncio's server would make the session (and so
-                    # apply the connection caps) only after the handshake; accepted here instead.
-                    sock = listening_tcp_socket(address.host, address.port, 1024)
-                    task = asyncio.create_task(self._accept_implicit_tls(sock, listener), name=f"mail-{listener}")
-                    stack.push_async_callback(self._stop_accepting, task, sock)
-                    host, port = sock.getsockname()[:2]
-                else:
-                    server = await loop.create_server(
-                        partial(self._session, listener),
-                        sock=bound_socket(address.host, address.port, socket.SOCK_STREAM, reuse_address=True),
-                        backlog=1024)
-                    self._servers.append(server)
-                    stack.push_async_callback(self._close_server, server)
-                    host, port = server.sockets[0].getsockname()[:2]
+                # Accepted here, not by the loop's server: with TLS from the first byte that
+                # would make the session (and so apply the connection caps) only after the
+                # handshake; and out of descriptors it accepted each waiting connection and
+                # closed it at once, unsaid (no 421, no line, no count).
+                sock = listening_tcp_socket(address.host, address.port, 1024)
+                task = asyncio.create_task(self._accept(sock, listener), name=f"mail-{listener}")
+                self._acceptors.append(task)
+                stack.push_async_callback(self._stop_accepting, task, sock)
+                host, port = sock.getsockname()[:2]
             except OSError as exc:
                 raise ServiceStartError(f"mail: cannot listen on {address}: {exc.strerror}") from None
             self.bound.append(f"{listener} {f'[{host}]' if ':' in host else host}:{port}")
@@ -415,17 +407,15 @@ class MailService(Service):
                             "uidnext": state.next_uid})
         return folders
 
-    @staticmethod
-    async def _close_server(server: asyncio.Server) -> None:
-        server.close()
-        await server.wait_closed()
-
-    async def _accept_implicit_tls(self, sock: socket.socket, listener: str) -> None:
-        """Accept connections for a TLS-from-the-first-byte listener: a client with as many
+    async def _accept(self, sock: socket.socket, listener: str) -> None:
+        """Accept connections for a listener. A failed accept (out of descriptors) is said (once
+        a minute), counted, and accepting goes on a second later; the connections waiting meanwhile
+        stay in the backlog. On a TLS-from-the-first-byte listener a client with as many
         handshakes under way as it may have connections (or the server with as many as it may
         have in all) has the new one closed at once, before any TLS work; the session's own
         caps apply once the handshake is done, within TLS_HANDSHAKE_SECONDS."""
         loop = asyncio.get_running_loop()
+        stats = self.metrics.imap_listener if listener.startswith("imap") else self.metrics.listener
         handshakes: set[asyncio.Task[None]] = set()
         try:
             while True:
@@ -434,15 +424,24 @@ class MailService(Service):
                 except OSError as exc:  # out of file descriptors, a connection reset before accept, ...
                     # As asyncio's own servers: say so, wait a little (the descriptors may come
                     # back), and go on accepting; one error must not close the port for good.
+                    stats.accept_failures += 1
                     if self._accept_failures.due((listener, exc.errno), time.monotonic()):
                         log.error("mail.accept_failed", listener=listener, error=str(exc))
                     await asyncio.sleep(ACCEPT_RETRY_SECONDS)
+                    continue
+                if listener not in ("submissions", "imaps"):
+                    try:  # (the session applies the connection caps, and answers 421 or BYE)
+                        await loop.connect_accepted_socket(partial(self._session, listener), conn)
+                    except OSError:
+                        conn.close()
+                    except Exception:  # a bug in a session's start: said, and the port goes on
+                        log.error("mail.session.error", listener=listener, exc_info=True)
+                        conn.close()
                     continue
                 client = client_key(str(peer[0]))
                 pending = self._handshaking.get(client, 0)
                 if pending >= self.config.max_connections_per_client or \
                         sum(self._handshaking.values()) >= self.config.max_connections:
-                    stats = self.metrics.imap_listener if listener.startswith("imap") else self.metrics.listener
                     stats.refused_connections += 1
                     conn.close()
                     continue
@@ -530,8 +529,8 @@ class MailService(Service):
             await asyncio.gather(self._queue_task, return_exceptions=True)
 
     async def stop(self) -> None:
-        for server in self._servers:
-            server.close()
+        for acceptor in self._acceptors:  # (the sockets close with the stack: _stop_accepting)
+            acceptor.cancel()
         # A message whose DATA is being written gets its reply, an outbound attempt its record;
         # nothing new starts.
         if self._queue_task is not None:
@@ -582,7 +581,7 @@ class MailService(Service):
         log.info("mail.reloaded", domains=new.mail.domains, starttls=tls_context is not None)
 
     def health(self) -> Health:
-        if not self._servers:
+        if not self._acceptors or any(acceptor.done() for acceptor in self._acceptors):
             return Health(False, "not listening")
         if self._queue_task is not None and self._queue_task.done():
             return Health(False, "the outbound queue stopped")

@@ -559,6 +559,40 @@ def test_465_accepts_again_after_running_out_of_file_descriptors(lab: Lab) -> No
     assert lab.ispd.log_events("mail.accept_failed")
 
 
+def test_out_of_descriptors_port_25_rests_says_so_and_greets_the_waiting_clients(lab: Lab) -> None:
+    """From a bug hunt under `prlimit --nofile=256`: 270 connections to port 25 from 15
+    addresses, 47 of them (and a client from another address) closed at once with no 421, no
+    log line and no count: the loop's server (libuv) accepted and closed them out of sight. Now
+    port 25 rests as 465 does, says so once, counts it, and the waiting clients are greeted."""
+    assert lab.ispd.proc is not None
+    pid = lab.ispd.proc.pid
+    limit = Path(f"/proc/{pid}/limits").read_text().split("Max open files")[1].split()[1]
+    failures = lab.ispd.metric_value("ispd_mail_accept_failures_total") or 0.0
+    held = {int(name) for name in os.listdir(f"/proc/{pid}/fd")}
+    first_gap = next(number for number in itertools.count() if number not in held)
+    subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={first_gap}:{limit}"], check=True)
+    waiting = []
+    try:
+        for index in range(20):
+            sock = socket.socket()
+            sock.bind((f"127.0.{index + 1}.25", 0))  # each from its own address: no per-client cap
+            sock.settimeout(2)
+            with contextlib.suppress(OSError):
+                sock.connect(("127.0.0.1", lab.mx))
+            waiting.append(sock)
+        time.sleep(1.5)  # (no scrape meanwhile: the metrics listener has no descriptor either)
+    finally:
+        subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={limit}:{limit}"], check=True)
+    try:
+        waiting[-1].settimeout(10)
+        assert waiting[-1].recv(100).startswith(b"220 ")  # waited, not reset
+    finally:
+        for sock in waiting:
+            sock.close()
+    assert (lab.ispd.metric_value("ispd_mail_accept_failures_total") or 0.0) > failures
+    assert "mx" in {line["listener"] for line in lab.ispd.log_events("mail.accept_failed")}
+
+
 def test_a_client_a_blocklist_lists_is_refused_but_may_write_to_postmaster(lab: Lab) -> None:
     message = b"From: x@example-b.example\r\nSubject: listed?\r\n\r\nhi\r\n"
     with smtplib.SMTP("127.0.0.1", lab.mx, timeout=15, source_address=("127.0.0.2", 0)) as client:
