@@ -84,10 +84,12 @@ SEARCH_BATCH = 64  # messages SEARCH reads per trip to the file threads
 # BODY[] of a 2 GB mailbox, by a client that reads slowly or not at all, held it all in memory.
 FETCH_BATCH_BYTES = 4 * 1024 * 1024
 FOLDER_DELIMITER = b"."
-# A session not logged in yet is closed after this long without a word (RFC 9051 §5.4 allows a
-# shorter timer before authentication; Dovecot's is 3 minutes). With the 30 minutes of the
-# autologout, silent connections held their places under the connection limits, which SMTP
-# shares, that long: 500 of them, from 25 addresses, had the MX answer everyone 421.
+# A session not logged in yet is closed this long after it connected (RFC 9051 §5.4 allows a
+# shorter timer before authentication; Dovecot's is 3 minutes from the connection, whatever the
+# client sends). With the 30 minutes of the autologout, silent connections held their places
+# under the connection limits, which SMTP shares, that long: 500 of them, from 25 addresses, had
+# the MX answer everyone 421; and while each byte started the 3 minutes over, a client that
+# trickled a literal (a byte every 2 s) held its places for good without ever logging in.
 PREAUTH_AUTOLOGOUT_SECONDS = 180.0
 # An idling client hears "* OK Still here" this often, as from Dovecot (imap_idle_notify_interval):
 # a silent connection loses its mapping in NATs and firewalls (5 minutes in some carrier-grade
@@ -142,6 +144,7 @@ class IMAPSession(asyncio.Protocol):
         self._failures = 0
         self.admitted = False
         self._autologout: asyncio.TimerHandle | None = None
+        self._connected_at = 0.0  # (the loop's clock) when the time to log in started
         self._paused = False
         self._tag_of_current = b""  # the command being answered, for the metrics
         self.condstore = False  # MODSEQ in every FETCH (RFC 7162 §3.1)
@@ -167,6 +170,7 @@ class IMAPSession(asyncio.Protocol):
         self.service.imap_sessions.add(self)
         greeting = b"* OK [CAPABILITY " + self.capabilities() + b"] ispd IMAP ready"
         self.send(greeting)
+        self._connected_at = asyncio.get_running_loop().time()
         self._touch()
         self._worker = asyncio.get_running_loop().create_task(self._run())
 
@@ -188,13 +192,15 @@ class IMAPSession(asyncio.Protocol):
         self._writable.set()
 
     def _touch(self) -> None:
-        """Some sign of life from the client: the autologout starts over (shorter before login)."""
+        """Some sign of life from the client: the autologout starts over; before login, never
+        past PREAUTH_AUTOLOGOUT_SECONDS from the connection."""
         if self._autologout is not None:
             self._autologout.cancel()
+        loop = asyncio.get_running_loop()
         seconds = self.service.config.imap_autologout_seconds
         if self.state == "not-authenticated":
-            seconds = min(seconds, PREAUTH_AUTOLOGOUT_SECONDS)
-        self._autologout = asyncio.get_running_loop().call_later(seconds, self._logout_idle)
+            seconds = min(seconds, self._connected_at + PREAUTH_AUTOLOGOUT_SECONDS - loop.time())
+        self._autologout = loop.call_later(max(seconds, 0.0), self._logout_idle)
 
     def _logout_idle(self) -> None:
         self.send(b"* BYE autologout; idle for too long")

@@ -90,3 +90,27 @@ def test_a_session_that_does_not_log_in_is_closed_sooner(monkeypatch: pytest.Mon
     silent, logged_in = asyncio.run(run())
     assert b"* BYE autologout" in silent.written
     assert b"a OK" in logged_in.written and b"* BYE autologout" in logged_in.written
+
+
+def test_before_login_bytes_that_trickle_in_do_not_put_off_the_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From a bug hunt: each byte started the pre-login 3 minutes over, so a client trickling a
+    LOGIN literal (a byte every 2 s) was still connected after 230 s, holding its places under
+    the connection limits for good. As Dovecot's, the time to log in runs from the connection."""
+    monkeypatch.setattr(imap_session, "PREAUTH_AUTOLOGOUT_SECONDS", 0.5, raising=False)
+
+    async def run() -> FakeTransport:
+        transport = FakeTransport()
+        session = IMAPSession(fake_service(), "imap")
+        session.service.config.imap_autologout_seconds = 1800.0
+        session.connection_made(transport)  # type: ignore[arg-type]
+        session.data_received(b"a LOGIN {8000}\r\n")
+        for _ in range(12):  # a byte every 0.1 s, for 1.2 s
+            if transport.closed:
+                break
+            await asyncio.sleep(0.1)
+            session.data_received(b"x")
+        session.connection_lost(None)
+        return transport
+
+    transport = asyncio.run(run())
+    assert transport.closed and b"* BYE autologout" in transport.written
