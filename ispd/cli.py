@@ -1107,7 +1107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_subscriber_delete, prepare=remember_mail_config)
     p = sub.add_parser("set-plan", parents=[config_opts], help="move a subscriber to another plan",
                        description="Move a subscriber to another plan. A running daemon sends the subscriber's open "
-                                   "RADIUS sessions a CoA-Request with the new plan's attributes.")
+                                   "RADIUS sessions a CoA-Request with the new plan's attributes (a Disconnect-Request "
+                                   "when the new profile lacks one the old gave, such as its rate limit: a CoA "
+                                   "cannot remove it).")
     p.add_argument("subscriber", help=SUBSCRIBER_HELP)
     p.add_argument("plan", nargs="?", help="the plan's name or id")
     p.add_argument("--none", action="store_true", help="no plan")

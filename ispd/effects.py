@@ -16,7 +16,7 @@ from ipaddress import ip_address
 from typing import Any
 
 from ispd.config import Config
-from ispd.radius.config import LEAVING_THE_GARDEN, SuspendedAction
+from ispd.radius.config import LEAVING_THE_GARDEN, LEAVING_THE_PLAN, SuspendedAction
 from ispd.store.models import (
     LeaseService,
     LeaseState,
@@ -65,16 +65,18 @@ def _radius(o: SubscriberOverview, config: Config) -> list[Effect]:
             # Only a CoA that moved it back (or to the over-quota profile), or the Disconnect that
             # took it out of the walled garden, is an effect of being active; an operator's
             # `session disconnect` is not.
-            moves = [c for c in answered if c.kind == "coa" or (c.reason or "").endswith(LEAVING_THE_GARDEN)]
+            moves = [c for c in answered
+                     if c.kind == "coa" or (c.reason or "").endswith((LEAVING_THE_GARDEN, LEAVING_THE_PLAN))]
             last = max(moves, key=lambda c: c.at) if moves else None
+            leaving = LEAVING_THE_PLAN if last is not None and (last.reason or "").endswith(LEAVING_THE_PLAN) \
+                else LEAVING_THE_GARDEN
             if last is None:
                 result.append(Effect("radius", subject, DONE, "open with the plan's profile"))
             elif last.kind == "disconnect" and last.result == "ack":
                 result.append(Effect("radius", subject, PENDING, f"Disconnect acknowledged {_when(last.at)} "
-                                     f"({LEAVING_THE_GARDEN}); waiting for the NAS's Stop"))
+                                     f"({leaving}); waiting for the NAS's Stop"))
             elif last.kind == "disconnect":
-                result.append(_outcome(subject, last.kind, last.result, last.at, LEAVING_THE_GARDEN, session,
-                                       config))
+                result.append(_outcome(subject, last.kind, last.result, last.at, leaving, session, config))
             else:
                 done = ("moved to the over-quota profile" if _to_the_over_quota_profile(last.reason, o)
                         else "back to the plan's profile")

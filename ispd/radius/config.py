@@ -62,6 +62,9 @@ class SuspendedAction(StrEnum):
 # The reason a session is disconnected with when it leaves the walled garden: its plan's profile
 # lacks an attribute of the garden's, which a CoA could not take away (`subscriber show` reads it).
 LEAVING_THE_GARDEN = "leaving the walled garden"
+# The same onto another plan (or none) whose profile lacks an attribute of the old plan's (its
+# rate limit, its over-quota throttle): the next login gets the new plan's profile whole.
+LEAVING_THE_PLAN = "leaving the old plan's attributes"
 
 
 def _assignment(text: str) -> str:

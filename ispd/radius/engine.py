@@ -1043,6 +1043,27 @@ class AuthEngine:
         carried = {_attribute_key(item) for item in items}
         return [a.name for a in _for_nas(self.settings.walled_garden, nas.kind) if (a.vendor, a.code) not in carried]
 
+    def left_by_the_change(self, before: AuthSubject, subject: AuthSubject, nas: Nas) -> list[str]:
+        """The attributes the subscriber's profile before a change (``before``: another plan, or
+        none) gave a session that its profile now does not carry: the old plan's rate limit or
+        over-quota throttle, a [[radius.plan]] attribute. As out of the walled garden, a CoA
+        cannot take them away (the NAS would keep the old plan's rates); the session timers and
+        Framed-Pool, which a session outlives or used once, are not counted."""
+        old, _ = self._profile_items(before, nas, None, False, session_attributes=False)
+        new, _ = self._profile_items(subject, nas, None, False, session_attributes=False)
+        carried = {_attribute_key(item) for item in new}
+        left: list[str] = []
+        for item in old:
+            key = _attribute_key(item)
+            if key in carried or key in _SESSION_ADDRESSING or key in _NOT_LEFT_BEHIND or key == (-1, -1):
+                continue
+            definition = self.dictionary.by_code(key[1], key[0]) if not isinstance(item, ReplyAttribute) else None
+            name = item.name if isinstance(item, ReplyAttribute) else (
+                definition.name if definition is not None else f"{key[0]}:{key[1]}")
+            if name not in left:
+                left.append(name)
+        return left
+
     def forget_profiles(self) -> None:
         for subject in self.directory.subjects.values():
             subject.reply_cache.clear()
@@ -1057,6 +1078,11 @@ _OWN_PREFIX_SOURCES = frozenset({(0, _DELEGATED_IPV6_PREFIX), (0, _POOL_FOR[_DEL
 # What a session keeps from its Access-Accept, which a CoA does not move.
 _PLAN_ADDRESS = (0, int(Attr.FRAMED_IP_ADDRESS))
 _SESSION_ADDRESSING = frozenset({(0, _FRAMED_IPV6_ADDRESS), (0, _FRAMED_IPV6_PREFIX), (0, _DELEGATED_IPV6_PREFIX)})
+
+# What a plan's profile gives that a session outlives, or used at its start only: not a reason to
+# end a session whose new plan has none of it (left_by_the_change).
+_NOT_LEFT_BEHIND = frozenset({(0, int(Attr.SESSION_TIMEOUT)), (0, int(Attr.IDLE_TIMEOUT)),
+                              (0, _ACCT_INTERIM_INTERVAL), (0, int(Attr.FRAMED_POOL))})
 
 
 # The vendors of the NAS kinds that are one vendor's gear. A plan (a walled garden, a subscriber's

@@ -71,6 +71,7 @@ from ispd.radius.coa import DynamicAuthorizationClient, NasSlots, session_identi
 from ispd.radius.codec import Code, Packet, RadiusDecodeError, decode, encode_response, proxy_states
 from ispd.radius.config import (
     LEAVING_THE_GARDEN,
+    LEAVING_THE_PLAN,
     NasKind,
     RadiusClientConfig,
     RadiusConfig,
@@ -1457,7 +1458,7 @@ class RadiusService(Service):
                 continue
             sessions = self.sessions.of_subscriber(subscriber_id)
             moves = [c for c in await self.context.store.list_coa(subscriber=subscriber_id, limit=10 * len(sessions))
-                     if c.kind == "coa" or (c.reason or "").endswith(LEAVING_THE_GARDEN)]
+                     if c.kind == "coa" or (c.reason or "").endswith((LEAVING_THE_GARDEN, LEAVING_THE_PLAN))]
             leaving = subject.plan.over_quota is OverQuota.WALLED_GARDEN
             for session in sessions:
                 last = next((c for c in moves if c.session_id == session.id), None)  # (newest first)
@@ -1690,10 +1691,11 @@ class RadiusService(Service):
 
         async def plan_changed(event: SubscriberPlanChanged) -> None:
             walled = self._walled_before(event.subscriber_id)  # (over the old plan's quota)
+            before = self.directory.by_id(event.subscriber_id)  # (the old plan's profile: what the NAS has)
             # The new quota's verdict is made before the plan's CoA goes, and moves nothing itself:
             # the one CoA carries the profile the session belongs in now.
             await self._refresh(event.subscriber_id, quota_moves=False)
-            await self._apply_status(event.subscriber_id, "plan changed", was_walled=walled)
+            await self._apply_status(event.subscriber_id, "plan changed", was_walled=walled, before=before)
 
         async def plan_added(event: PlanAdded) -> None:
             try:
@@ -1793,12 +1795,14 @@ class RadiusService(Service):
         subject = self.directory.by_id(subscriber_id)
         return subject is not None and self._walled_now(subject)
 
-    async def _apply_status(self, subscriber_id: int, reason: str, *, was_walled: bool = False) -> None:
+    async def _apply_status(self, subscriber_id: int, reason: str, *, was_walled: bool = False,
+                            before: AuthSubject | None = None) -> None:
         """After a suspension, a resumption or a plan change: tell the NASes of its open sessions
         (suspended and rejected: disconnect; suspended into the walled garden: CoA there; back
         from the walled garden or onto another plan: CoA to the plan's profile). ``was_walled``:
         its sessions were in the walled garden before the change (suspended, or over a quota
-        that walls), so leaving it may take a Disconnect (``_move``)."""
+        that walls), so leaving it may take a Disconnect (``_move``); ``before``: the subscriber as
+        it was before a plan change, whose profile's attributes the new one may lack (``_move``)."""
         subject = self.directory.by_id(subscriber_id)
         sessions = self.sessions.of_subscriber(subscriber_id)
         if subject is None or not sessions or self.auth is None:
@@ -1809,7 +1813,8 @@ class RadiusService(Service):
             await asyncio.gather(*(self._disconnect(s, reason) for s in sessions))
         elif (suspended and reason == "suspended") or (not suspended and (walled_garden or reason == "plan changed")):
             walled = self._walled_now(subject)  # a resumed subscriber over a walled quota stays there
-            await asyncio.gather(*(self._move(s, walled, reason, from_the_garden=was_walled) for s in sessions))
+            await asyncio.gather(*(self._move(s, walled, reason, from_the_garden=was_walled, before=before)
+                                   for s in sessions))
 
     def _walled_now(self, subject: AuthSubject) -> bool:
         """Whether the subscriber's sessions belong in the walled garden now: suspended under a
@@ -1840,16 +1845,27 @@ class RadiusService(Service):
         return await self._dynamic(session, Code.DISCONNECT_REQUEST, b"", reason, asked=asked)
 
     async def _move(self, session: RadiusSession, walled: bool, reason: str, *,
-                    from_the_garden: bool = False) -> dict[str, Any]:
+                    from_the_garden: bool = False, before: AuthSubject | None = None) -> dict[str, Any]:
         """A CoA to the profile the session belongs in now; out of the walled garden, a Disconnect
         instead when the garden gave it an attribute its own profile does not carry (a Filter-Id,
         an address list): no CoA takes one away, and the NAS would keep the session walled. The
-        subscriber's router logs in again at once and gets its own profile whole."""
+        subscriber's router logs in again at once and gets its own profile whole. The same onto
+        another plan (``before``: the subscriber on the old one) whose profile lacks an attribute
+        of the old one's: moved to no plan, or to one without rates, the session would keep the
+        old plan's rate limit (or its over-quota throttle) for as long as it lasts."""
         if from_the_garden and not walled:
             left = self._left_in_the_garden(session)
             if left:
                 log.info("radius.walled_garden.left_by_disconnect", session_id=session.id, attributes=left)
                 return await self._disconnect(session, f"{reason}: {LEAVING_THE_GARDEN}")
+        elif before is not None and not walled:
+            subject, nas = self._holder_of(session), self._nas_for_session(session)
+            assert self.auth is not None
+            left = self.auth.left_by_the_change(before, subject, nas) if subject is not None and nas is not None \
+                else []
+            if left:
+                log.info("radius.plan.left_by_disconnect", session_id=session.id, attributes=left)
+                return await self._disconnect(session, f"{reason}: {LEAVING_THE_PLAN}")
         return await self._change(session, walled, reason)
 
     def _left_in_the_garden(self, session: RadiusSession) -> list[str]:

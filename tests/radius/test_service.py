@@ -31,7 +31,7 @@ from ispd.events import (
 )
 from ispd.radius import service as radius_service
 from ispd.radius.codec import Attr, Code, Packet, decode, encode_attributes, encode_request
-from ispd.radius.config import RadiusConfig
+from ispd.radius.config import LEAVING_THE_PLAN, RadiusConfig
 from ispd.radius.dictionary import builtin_dictionary
 from ispd.radius.engine import AccountingEngine, Decision, Nas, PendingClaim, RejectReason
 from ispd.radius.metrics import RadiusMetrics
@@ -910,6 +910,55 @@ async def test_a_plan_change_out_of_a_walled_quota_disconnects_like_a_resume(tmp
                 # Out of the garden, to a plan whose profile has no Filter-Id: a CoA cannot take
                 # the garden's away, so (as on a resume) a Disconnect is due.
                 assert moved.code == 40, (moved.code, moved.first(Attr.FILTER_ID))
+            await bus.drain(5)
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(("to", "over_quota", "code"), [
+    (None, True, 40),  # `set-plan --none` while throttled: the throttle would stay
+    (None, False, 40),  # the plan's own rate would stay
+    ("plain", False, 40),  # a plan without rates: the same
+    ("fast", True, 43),  # a plan with rates: its CoA replaces the throttle
+])
+async def test_a_plan_change_to_a_profile_without_the_old_rates_disconnects(
+        tmp_path: Path, to: str | None, over_quota: bool, code: int) -> None:
+    """From a fix task: `subscriber set-plan quinn --none` of a subscriber throttled over its
+    quota sent a CoA-Request without any rate attribute; the NAS acknowledged it and kept the
+    throttle (a CoA cannot say "remove"), while quinn's next login got no rate limit at all. As
+    out of the walled garden, the session is disconnected, and logs in again to its new profile."""
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        await store.add_plan("capped", actor="test", download_kbps=100000, upload_kbps=20000,
+                             monthly_quota_bytes=1000, over_quota=OverQuota.THROTTLE,
+                             over_quota_download_kbps=2000, over_quota_upload_kbps=1000)
+        plans = {"fast": (await store.add_plan("fast", actor="test", download_kbps=500000, upload_kbps=100000)).id,
+                 "plain": (await store.add_plan("plain", actor="test")).id, None: None}
+        alice = (await store.add_subscriber("alice", actor="test", plan="capped")).id
+        now = time.time()
+        for status, at, octets in ((AccountingStatus.START, now - 60, 0),
+                                   (AccountingStatus.INTERIM_UPDATE, now - 1, 5000 * over_quota)):
+            await store.record_accounting([AccountingRecord(
+                at=at, status=status, nas_address=NAS, acct_session_id="a1", username="alice",
+                subscriber_id=alice, nas_client="bng", input_octets=octets, output_octets=0,
+                session_time_seconds=round(at - now + 60))])
+        bus = EventBus()
+        with FakeNas(NAS, secret=SECRET.encode()) as nas:
+            config = _radius_config(nas.port, client=[{"name": "bng", "address": f"{NAS}/32", "secret": SECRET,
+                                                       "coa_port": nas.port, "kind": "mikrotik"}])
+            async with _running(store, bus, config) as service:
+                subject = service.directory.by_id(alice)
+                assert subject is not None and subject.over_quota == over_quota  # (read at start: throttled)
+                await store.set_subscriber_plan(alice, to, actor="test")
+                bus.publish(SubscriberPlanChanged(time.time(), alice, "alice", plans[to]))
+                [request] = await asyncio.to_thread(nas.wait_for, 1)
+                assert request.code == code, (request.code, request.attributes.get(26))
+                if code == 40:
+                    async def recorded() -> bool:
+                        return bool(await _records(store))
+
+                    await _until(recorded, within=5)
+                    assert (await _records(store))[0].reason == f"plan changed: {LEAVING_THE_PLAN}"  # (newest first)
             await bus.drain(5)
     finally:
         await store.close()
