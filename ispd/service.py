@@ -55,16 +55,19 @@ class StoreWrites:
     WRITE_FAILED_LOG_SECONDS), with how many were ``held_back``, and ``restored_event`` once when
     it is over, with how many failed (as ``count``) and for how long: not a line per request,
     which buried the one that said what was wrong. A bug (no StoreError) is logged every time,
-    with its traceback."""
+    with its traceback, and leaves the service unhealthy until a write works again (the store's
+    commits working says nothing of it)."""
 
     def __init__(self, log: Any, failed_event: str, restored_event: str, count: str = "failed_batches") -> None:
         self.log, self.failed_event, self.restored_event, self.count = log, failed_event, restored_event, count
         self.failing = False
+        self.by_a_bug = False  # the last write failed by an exception that is no StoreError
         self._outage = RepeatedFailure(WRITE_FAILED_LOG_SECONDS)
 
     def failed(self, exc: BaseException, **fields: Any) -> None:
         self.failing = True
         expected = isinstance(exc, StoreError)
+        self.by_a_bug = not expected
         held = self._outage.failed(str(exc), time.monotonic()) if expected else 0
         if held is not None:
             self.log.error(self.failed_event, error=str(exc), **fields, held_back=held, exc_info=not expected)
@@ -72,11 +75,11 @@ class StoreWrites:
     def worked(self) -> None:
         if (ended := self._outage.ended(time.monotonic())) is not None:
             self.log.info(self.restored_event, **{self.count: ended[0]}, seconds=round(ended[1], 1))
-        self.failing = False
+        self.failing = self.by_a_bug = False
 
     def still_failing(self, store: Store) -> bool:
-        """Whether the last write failed and the store's commits still do."""
-        return self.failing and store.commits_failing() is not None
+        """Whether the last write failed and the store's commits still do, or it failed by a bug."""
+        return self.failing and (self.by_a_bug or store.commits_failing() is not None)
 
 
 @dataclass(slots=True)

@@ -1708,3 +1708,53 @@ async def test_a_store_outage_is_one_line_in_the_log_not_one_per_accounting_requ
         assert lines == [("radius.accounting.write_failed", None), ("radius.accounting.write_restored", 40)]
     finally:
         await store.close()
+
+
+async def test_accounting_writes_failing_by_a_bug_show_in_the_services_health(tmp_path: Path) -> None:
+    """From a fix task: health followed the store's commits alone, so writes failing by a bug
+    (an exception that is no StoreError: each Accounting-Request unanswered, dropped and logged
+    with its traceback) left RADIUS healthy in /healthz, the store's commits working. It stays
+    unhealthy until a write works again."""
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    record_accounting = store.record_accounting
+    broken = True
+
+    async def buggy(records: Any) -> Any:
+        if broken:
+            raise RuntimeError("a bug")
+        return await record_accounting(records)
+
+    store.record_accounting = buggy  # type: ignore[method-assign]
+    try:
+        async with _running(store, EventBus(), _radius_config(3799)) as service:
+            port = next(p for kind, _, p in service.bound if kind == "acct")
+            loop = asyncio.get_running_loop()
+            transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
+                                                               local_addr=(NAS, 0), remote_addr=(NAS, port))
+
+            def send(identifier: int) -> None:
+                attributes = encode_attributes([(Attr.ACCT_STATUS_TYPE, (1).to_bytes(4, "big")),
+                                                (Attr.USER_NAME, b"alice"),
+                                                (Attr.ACCT_SESSION_ID, f"s{identifier}".encode())])
+                transport.sendto(encode_request(Code.ACCOUNTING_REQUEST, identifier, attributes, SECRET.encode(),
+                                                message_authenticator=False))
+
+            async def dropped() -> bool:
+                return service.metrics.dropped.get("acct", "store_error") == 1
+
+            with capture_logs():
+                send(1)
+                await _until(dropped, within=10)
+                await store.check_writes()  # (the store's commits work: /healthz's own write)
+                assert not service.health().ok
+                broken = False
+                send(2)
+
+                async def written() -> bool:
+                    return len(await store.list_sessions()) == 1
+
+                await _until(written, within=10)
+                assert service.health().ok
+            transport.close()
+    finally:
+        await store.close()
