@@ -366,6 +366,9 @@ class RadiusService(Service):
         self._rejects_logged: dict[tuple[str, int | None, str, str], list[Any]] = {}
         self._quota_checked: dict[int, float] = {}  # subscriber -> monotonic time of its last check
         self._quota_checking: set[int] = set()
+        # Subscribers whose plan change is being read in (how many at once): it judges the new
+        # quota itself, and its one CoA carries the verdict (_judge_quota moves nothing meanwhile).
+        self._plan_changing: dict[int, int] = {}
         # Subscribers whose usage grew since their last check and who were not checked then (the
         # rate limit, or a check already under way): the next sweep checks them, open sessions or
         # not, so that a crossing just before a Stop still flags the next login.
@@ -1361,6 +1364,12 @@ class RadiusService(Service):
         subject = self.directory.by_id(subscriber_id)  # it may have been replaced meanwhile
         if subject is None or subject.over_quota == over:
             return
+        if move and subscriber_id in self._plan_changing:
+            # A plan change under way judges the quota itself and sends the one CoA: moved here
+            # as well, the session got the same CoA twice (from a fix task). Looked at again by
+            # the next sweep, in case the change judged nothing (the same quota).
+            self._quota_due.add(subscriber_id)
+            return
         if subject.plan is None or subject.plan.monthly_quota_bytes != quota:
             return  # another plan meanwhile: its change judged the new quota itself
         if over and quota is not None:  # noted once per month (the store ignores a second one)
@@ -1694,7 +1703,14 @@ class RadiusService(Service):
             before = self.directory.by_id(event.subscriber_id)  # (the old plan's profile: what the NAS has)
             # The new quota's verdict is made before the plan's CoA goes, and moves nothing itself:
             # the one CoA carries the profile the session belongs in now.
-            await self._refresh(event.subscriber_id, quota_moves=False)
+            self._plan_changing[event.subscriber_id] = self._plan_changing.get(event.subscriber_id, 0) + 1
+            try:
+                await self._refresh(event.subscriber_id, quota_moves=False)
+            finally:
+                if self._plan_changing[event.subscriber_id] > 1:
+                    self._plan_changing[event.subscriber_id] -= 1
+                else:
+                    del self._plan_changing[event.subscriber_id]
             await self._apply_status(event.subscriber_id, "plan changed", was_walled=walled, before=before)
 
         async def plan_added(event: PlanAdded) -> None:

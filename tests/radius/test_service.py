@@ -1758,3 +1758,58 @@ async def test_accounting_writes_failing_by_a_bug_show_in_the_services_health(tm
             transport.close()
     finally:
         await store.close()
+
+
+async def test_a_quota_check_during_a_plan_change_sends_no_second_identical_coa(tmp_path: Path) -> None:
+    """From a fix task: a plan change judges the new plan's quota before its CoA goes; a quota
+    check (the sweep's, or an interim's) that began once the new plan was read in judged it too
+    and, landing first, sent the over-quota CoA itself: the plan change's then carried the same
+    profile again, two identical CoA-Requests to the session."""
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        for name, quota in (("roomy", 2000), ("tight", 1000)):
+            await store.add_plan(name, actor="test", download_kbps=100000, upload_kbps=20000,
+                                 monthly_quota_bytes=quota, over_quota=OverQuota.THROTTLE,
+                                 over_quota_download_kbps=2000, over_quota_upload_kbps=1000)
+        tight = (await store.get_plan("tight")).id
+        alice = (await store.add_subscriber("alice", actor="test", plan="roomy")).id
+        now = time.time()
+        for status, at, octets in ((AccountingStatus.START, now - 60, 0), (AccountingStatus.INTERIM_UPDATE, now - 1, 1500)):
+            await store.record_accounting([AccountingRecord(
+                at=at, status=status, nas_address=NAS, acct_session_id="a1", username="alice",
+                subscriber_id=alice, nas_client="bng", input_octets=octets, output_octets=0,
+                session_time_seconds=round(at - now + 60))])
+        usage = store.usage
+        reads = 0
+
+        async def slow_first_read(*args: Any, **kwargs: Any) -> Any:
+            nonlocal reads
+            reads += 1
+            if reads == 1:  # the plan change's own read lands last
+                await asyncio.sleep(0.5)
+            return await usage(*args, **kwargs)
+
+        bus = EventBus()
+        with FakeNas(NAS, secret=SECRET.encode()) as nas:
+            config = _radius_config(nas.port, housekeeping_interval_seconds=120,
+                                    client=[{"name": "bng", "address": f"{NAS}/32", "secret": SECRET,
+                                             "coa_port": nas.port, "kind": "mikrotik"}])
+            async with _running(store, bus, config) as service:
+                await asyncio.sleep(0.3)  # (the checks at start: alice is under roomy's quota)
+                store.usage = slow_first_read  # type: ignore[method-assign]
+                await store.set_subscriber_plan(alice, "tight", actor="test")
+                bus.publish(SubscriberPlanChanged(time.time(), alice, "alice", tight))
+
+                async def on_the_new_plan() -> bool:
+                    subject = service.directory.by_id(alice)
+                    return subject is not None and subject.plan is not None and subject.plan.name == "tight"
+
+                await _until(on_the_new_plan, within=5)
+                await service._check_quota(alice, time.time())  # (as the sweep does)
+                await asyncio.to_thread(nas.wait_for, 1)
+                await asyncio.sleep(1.5)
+                assert [(r.code, r.first(26)) for r in nas.requests] == [
+                    (43, bytes.fromhex("00003a8c080d") + b"1000k/2000k")]  # the throttle, once
+            await bus.drain(5)
+    finally:
+        await store.close()
