@@ -6,6 +6,9 @@ At most ``max_in_flight`` queries of one connection are resolved at once (and th
 ``ResolutionBudget`` bounds them with every other transport's: one past it waits, holding its
 place); reading waits while the cap is reached, and while the client does not read its replies
 (write buffer over 256 KiB).
+At the connection's end (the client's EOF, a bad length) its queries in flight get
+``drain_seconds`` to be answered; those still waiting for the budget or resolving then are
+cancelled, and the connection closes without their replies.
 A connection idle (no query in flight) for ``idle_seconds`` is closed, and so is one whose
 client has not read its replies for as long (cut off: the replies it left would never drain); a
 length over ``max_query_bytes`` closes it too (the stream cannot be resynchronised). DoT adds
@@ -81,8 +84,16 @@ async def serve_dns_stream(reader: asyncio.StreamReader, writer: asyncio.StreamW
         if stalled:  # a close would wait for a flush that never comes
             writer.transport.abort()
         else:
-            if pending:
-                await asyncio.wait(pending, timeout=drain_seconds)
+            try:
+                if pending:
+                    await asyncio.wait(pending, timeout=drain_seconds)
+            finally:
+                # Past the drain time their replies could reach no one: left running, they went
+                # on waiting for the budget and resolving for a closed connection, ahead of the
+                # queries of live ones, and counted as answered. Closing unanswered is what RFC
+                # 7766 §6.2.4 has clients retry on (and what Unbound does with a query it drops).
+                for task in pending:
+                    task.cancel()
             await close_within(writer, idle_seconds)
 
 
