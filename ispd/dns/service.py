@@ -1265,8 +1265,10 @@ class DNSService(Service):
         for tcp in self._tcp:
             self._close_tcp_listener(tcp)
         # No more queries on open connections: each handler answers what it has in hand, then
-        # closes (left to the loop's final cancel, Python 3.11's start_server callback logs the
-        # CancelledError as an error).
+        # closes. One still at it 2 s later (queries waiting for the resolution budget behind a
+        # slow zone, replies its client does not read) is ended here: left to the loop's final
+        # cancel, Python 3.11's start_server callback logged each one's CancelledError as an
+        # error, with its traceback, at an ordinary stop.
         streams = list(self._tcp_streams.items())
         for writer, (reader, _) in streams:
             cast(asyncio.ReadTransport, writer.transport).pause_reading()
@@ -1277,11 +1279,16 @@ class DNSService(Service):
             await asyncio.wait(list(self._slow), timeout=2)
         if streams:
             await asyncio.wait([handler for _, (_, handler) in streams], timeout=2)
+        left = []
         for writer, (_, handler) in streams:
             if handler.done():
                 writer.close()
-            else:  # replies its client does not read: a close would wait for them to drain
+            else:  # (replies its client does not read: a close would wait for them to drain)
                 writer.transport.abort()
+                handler.cancel()  # its queries too (ispd.dns.streams)
+                left.append(handler)
+        if left:
+            await asyncio.wait(left, timeout=2)
         if extras is not None:
             await extras
 
@@ -1527,6 +1534,11 @@ class DNSService(Service):
                                    idle_seconds=self.config.tcp_idle_seconds,
                                    max_in_flight=self.config.tcp_max_pipelined, max_query_bytes=65535,
                                    drain_seconds=self.config.resolver.request_timeout_seconds)
+        except asyncio.CancelledError:
+            # Ended by stop() (or the loop's end): nothing waits for this task, whose end is the
+            # connection's. Python 3.11's start_server callback logs a cancelled one as an
+            # error (3.12 lets it be).
+            pass
         finally:
             gate.release(client)
             self._tcp_streams.pop(writer, None)

@@ -85,7 +85,8 @@ async def serve_dns_stream(reader: asyncio.StreamReader, writer: asyncio.StreamW
             writer.transport.abort()
         else:
             try:
-                if pending:
+                current = asyncio.current_task()
+                if pending and not (current is not None and current.cancelling()):  # (cancelled: at once)
                     await asyncio.wait(pending, timeout=drain_seconds)
             finally:
                 # Past the drain time their replies could reach no one: left running, they went
