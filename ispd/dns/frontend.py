@@ -42,7 +42,7 @@ class TransportStats:
 class ResolutionBudget:
     """Resolutions in flight at once in this process, whatever transport their queries came by
     (Unbound's num-queries-per-thread): past ``limit`` a UDP miss is dropped (``try_take``), as
-    a client retries; a query over a connection waits for room (``take``), holding one of its
+    a client retries; a query over a connection waits for room (``take``), in turn, holding one of its
     connection's in-flight places, so a connection that fills them has its reading paused (RFC
     7766 §6.2.1.1 lets replies come late and in any order; its client's TCP window pushes back).
     Without it each connection had its own cap only, and a few hundred connections pipelining
@@ -64,39 +64,32 @@ class ResolutionBudget:
         return True
 
     async def take(self) -> None:
-        if self.used < self.limit:
+        if self.used < self.limit:  # (never with waiters: a give hands its place to the first)
             self.used += 1
             return
         self.overloaded += 1
-        loop = asyncio.get_running_loop()
-        woken = False
-        while self.used >= self.limit:  # (woken, a UDP miss may have taken the place first)
-            waiter: asyncio.Future[None] = loop.create_future()
-            if woken:
-                self._waiters.appendleft(waiter)  # its turn stays first
-            else:
-                self._waiters.append(waiter)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
-                    self._wake()  # woken, then cancelled: the next one's turn
-                elif waiter in self._waiters:  # (not when a give passed it over, cancelled)
-                    self._waiters.remove(waiter)
-                raise
-            woken = True
-        self.used += 1
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter  # woken with the place a give handed over: ``used`` counts it already
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.give()  # handed a place, then cancelled: the next one's, or free
+            elif waiter in self._waiters:  # (not when a give passed it over, cancelled)
+                self._waiters.remove(waiter)
+            raise
 
     def give(self) -> None:
-        self.used -= 1
-        self._wake()
-
-    def _wake(self) -> None:
+        """A place freed goes to the first query waiting, if any, ``used`` unchanged: a place
+        freed only woke it, and a UDP miss or a new query taking it before the woken one ran
+        (the same turn of the loop) left it waiting again, so that under sustained misses a
+        query over a connection could wait for good."""
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 return
+        self.used -= 1
 
 
 class Answerer:

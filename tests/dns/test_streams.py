@@ -303,3 +303,25 @@ async def test_a_stop_ends_connections_whose_queries_still_wait_without_leaving_
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_a_place_freed_goes_to_the_query_waiting_not_to_a_miss_that_comes_first() -> None:
+    """A give only woke the first query waiting; a UDP miss (try_take) or a new connection query
+    (take) that came in the same turn of the loop took the place before it ran, and it waited
+    again: under sustained UDP misses a query over a connection waited for good (1,000 places
+    freed in a row, each taken by a UDP miss). Now the place is handed to it."""
+    budget = ResolutionBudget(2)
+    assert budget.try_take() and budget.try_take()
+    waiting = asyncio.ensure_future(budget.take())
+    await asyncio.sleep(0)
+    budget.give()
+    assert not budget.try_take()  # the UDP miss that came first is dropped
+    newcomer = asyncio.ensure_future(budget.take())
+    await asyncio.sleep(0)
+    assert waiting.done() and not newcomer.done() and budget.used == 2
+    budget.give()  # then the newcomer's turn
+    await asyncio.wait_for(newcomer, 1)
+    assert budget.used == 2 and not budget._waiters
+    budget.give()
+    budget.give()
+    assert budget.used == 0
