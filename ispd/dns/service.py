@@ -1266,9 +1266,9 @@ class DNSService(Service):
             self._close_tcp_listener(tcp)
         # No more queries on open connections: each handler answers what it has in hand, then
         # closes. One still at it 2 s later (queries waiting for the resolution budget behind a
-        # slow zone, replies its client does not read) is ended here: left to the loop's final
-        # cancel, Python 3.11's start_server callback logged each one's CancelledError as an
-        # error, with its traceback, at an ordinary stop.
+        # slow zone, replies its client does not read) is ended here, with its queries: left to
+        # the loop's final cancel, each one's CancelledError was logged as an error, with its
+        # traceback, at an ordinary stop (when start_server ran the handlers).
         streams = list(self._tcp_streams.items())
         for writer, (reader, _) in streams:
             cast(asyncio.ReadTransport, writer.transport).pause_reading()
@@ -1536,8 +1536,7 @@ class DNSService(Service):
                                    drain_seconds=self.config.resolver.request_timeout_seconds)
         except asyncio.CancelledError:
             # Ended by stop() (or the loop's end): nothing waits for this task, whose end is the
-            # connection's. Python 3.11's start_server callback logs a cancelled one as an
-            # error (3.12 lets it be).
+            # connection's.
             pass
         finally:
             gate.release(client)
