@@ -356,6 +356,28 @@ def test_two_subnets_naming_one_interface_are_warned_of(tmp_path: Path) -> None:
     assert checked.returncode == 0 and f"dhcp: warning: {warning}" in checked.stderr
 
 
+def test_timers_that_do_not_fit_a_lease_set_elsewhere_are_warned_of(tmp_path: Path) -> None:
+    """A subnet's T1 and T2 over the section's lease time were accepted without a word, and its
+    clients got 1/2 and 7/8 of the lease instead. A warning, naming what clients get: a config
+    that ran must still start. Times that fit, and a garden pool (its own times), say nothing."""
+    path = write(tmp_path, '[dhcp]\nenabled = true\ninterfaces = ["eth1"]\n[[dhcp.subnet]]\n'
+                           'network = "198.18.0.0/24"\ninterface = "eth1"\nrenew_seconds = 5000\n'
+                           'rebind_seconds = 6000\n[[dhcp.subnet.pool]]\nname = "p"\nrange = "198.18.0.10 - 198.18.0.20"\n'
+                           '[[dhcp.subnet.pool]]\nname = "g"\nrange = "198.18.0.30 - 198.18.0.40"\n'
+                           'walled_garden = true\n[[dhcp.subnet.pool]]\nname = "long"\n'
+                           'range = "198.18.0.50 - 198.18.0.60"\nlease_seconds = 7200\n')
+    dhcp = load_config(path).dhcp
+    [warning] = dhcp.timer_warnings()
+    assert warning == ("subnet 198.18.0.0/24: pool 'p': renew_seconds = 5000 and rebind_seconds = 6000 do not fit "
+                       "its lease time of 3600 s (T1 < T2 < lease): its clients get T1 1800 s and T2 3150 s "
+                       "instead; set lease_seconds beside them, or times that fit")
+    subnet = dhcp.subnet[0]
+    assert [dhcp.lease_times(subnet, pool) for pool in subnet.pool] == [
+        (3600, 1800, 3150, False), (300, 150, 262, True), (7200, 5000, 6000, True)]
+    checked = subprocess.run([ISPD, "check-config", "-c", str(path)], capture_output=True, text=True)
+    assert checked.returncode == 0 and f"dhcp: warning: {warning}" in checked.stderr
+
+
 def test_a_relay_address_inside_its_own_subnet_is_only_redundant(tmp_path: Path) -> None:
     path = write(tmp_path, '[dhcp]\nenabled = true\ninterfaces = ["eth1"]\n[[dhcp.subnet]]\nnetwork = "198.18.0.0/24"\n'
                            'relay_addresses = ["198.18.0.1"]\n[[dhcp.subnet.pool]]\nname = "p"\n'

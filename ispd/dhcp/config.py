@@ -335,6 +335,12 @@ class ClientClassConfig(Section):
         return self
 
 
+def _pick(pool: ClientOptions | None, subnet: ClientOptions, name: str) -> int | None:
+    """The pool's setting if it has one, else its subnet's."""
+    value = getattr(pool, name) if pool is not None else None
+    return value if value is not None else getattr(subnet, name)
+
+
 def mac_prefix_bytes(prefix: str) -> bytes:
     """ "00:1a:2b", "00-1a-2b" or "001a2b" as bytes; empty if it is not hex pairs."""
     try:
@@ -472,6 +478,44 @@ class DHCPConfig(Section):
                                 "interface from the other (a relayed subnet needs none)")
             else:
                 direct[subnet.interface] = subnet.network
+        return warnings
+
+    def lease_times(self, subnet: SubnetConfig, pool: PoolConfig | None) -> tuple[int, int, int, bool]:
+        """(lease, T1, T2) that ``pool``'s clients get (None: the subnet's own, for addresses in
+        no pool), and whether the T1 and T2 configured are those: given at one level and a lease
+        time at another, they may not fit it (T1 < T2 < lease, RFC 2131 §4.4.5), and then
+        clients get the defaults, 1/2 and 7/8 of the lease."""
+        if pool is not None and pool.walled_garden:
+            # A garden pool's times are its own or the short garden default, never the subnet's: a
+            # subnet's day-long lease kept a resumed subscriber in the garden for a day, where the
+            # short lease is what brings it back within minutes.
+            lease = pool.lease_seconds or self.walled_garden_lease_seconds
+            renew_given, rebind_given = pool.renew_seconds, pool.rebind_seconds
+        else:
+            lease = _pick(pool, subnet, "lease_seconds") or self.lease_seconds
+            renew_given, rebind_given = _pick(pool, subnet, "renew_seconds"), _pick(pool, subnet, "rebind_seconds")
+        renew, rebind = renew_given or lease // 2, rebind_given or lease * 7 // 8
+        if renew < rebind < lease:
+            return lease, renew, rebind, True
+        return lease, lease // 2, lease * 7 // 8, False
+
+    def timer_warnings(self) -> list[str]:
+        """Pools whose renew_seconds or rebind_seconds do not fit the lease time they get from
+        elsewhere (a subnet's T1 over the section's lease_seconds, a pool's lease_seconds under
+        its subnet's T2): their clients get 1/2 and 7/8 of the lease instead. A warning, not an
+        error: such a config ran before, and must still start."""
+        warnings = []
+        for subnet in self.subnet:
+            for pool in subnet.pool:
+                lease, renew, rebind, as_given = self.lease_times(subnet, pool)
+                if as_given:
+                    continue
+                given = [f"{name} = {value}" for name in ("renew_seconds", "rebind_seconds")
+                         if (value := getattr(pool, name) if pool.walled_garden else _pick(pool, subnet, name))
+                         is not None]
+                warnings.append(f"subnet {subnet.network}: pool {pool.name!r}: {' and '.join(given)} do not fit its "
+                                f"lease time of {lease} s (T1 < T2 < lease): its clients get T1 {renew} s and "
+                                f"T2 {rebind} s instead; set lease_seconds beside them, or times that fit")
         return warnings
 
     def routers_of(self, subnet: SubnetConfig) -> list[IPv4Address]:

@@ -365,11 +365,6 @@ def _u8(value: int) -> bytes:
     return bytes((value,))
 
 
-def _pick(pool: ClientOptions | None, subnet: ClientOptions, name: str) -> Any:
-    value = getattr(pool, name) if pool is not None else None
-    return value if value is not None else getattr(subnet, name)
-
-
 def _options_of(options: Iterable[DHCPOption]) -> tuple[dict[int, bytes], set[int]]:
     """Values by code, and the codes to send unasked."""
     return {o.code: o.encoded() for o in options}, {o.code for o in options if o.always_send}
@@ -414,19 +409,8 @@ def _served_pool(allocator: AddressPool, subnet: SubnetConfig, pool: PoolConfig 
         level_options, level_always = _options_of(level.option)
         options.update(level_options)
         always = (always - level_options.keys()) | level_always
-    if pool is not None and pool.walled_garden:
-        # A garden pool's times are its own or the short garden default, never the subnet's: a
-        # subnet's day-long lease kept a resumed subscriber in the garden for a day, where the
-        # short lease is what brings it back within minutes.
-        lease = int(pool.lease_seconds or dhcp.walled_garden_lease_seconds)
-        renew = int(pool.renew_seconds or lease // 2)
-        rebind = int(pool.rebind_seconds or lease * 7 // 8)
-    else:
-        lease = int(_pick(pool, subnet, "lease_seconds") or dhcp.lease_seconds)
-        renew = int(_pick(pool, subnet, "renew_seconds") or lease // 2)
-        rebind = int(_pick(pool, subnet, "rebind_seconds") or lease * 7 // 8)
-    if not renew < rebind < lease:  # RFC 2131 §4.4.5 needs T1 < T2 < lease: fall back to its defaults
-        renew, rebind = lease // 2, lease * 7 // 8
+    # (T1 and T2 that do not fit the lease fall back to 1/2 and 7/8: check-config warns of them)
+    lease, renew, rebind, _ = dhcp.lease_times(subnet, pool)
     return ServedPool(allocator, options, lease, renew, rebind, tuple(sorted(always)),
                       frozenset(pool.client_classes) if pool is not None else frozenset())
 

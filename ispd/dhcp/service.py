@@ -151,6 +151,8 @@ class DHCPService(Service):
                  leases=len(leases), reservations=len(reservations))
         for warning in self.config.shared_interface_warnings():
             log.warning("dhcp.subnet.interface_shared", detail=warning)
+        for warning in self.config.timer_warnings():
+            log.warning("dhcp.pool.timers_ignored", detail=warning)
 
     async def stop(self) -> None:
         if self._socket is not None and self._loop is not None:
@@ -176,6 +178,8 @@ class DHCPService(Service):
         log.info("dhcp.reloaded", interfaces=new.dhcp.interfaces, listen_changed=listen_changed)
         for warning in new.dhcp.shared_interface_warnings():
             log.warning("dhcp.subnet.interface_shared", detail=warning)
+        for warning in new.dhcp.timer_warnings():
+            log.warning("dhcp.pool.timers_ignored", detail=warning)
 
     def health(self) -> Health:
         if self._socket is None:
