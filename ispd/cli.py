@@ -28,7 +28,7 @@ import unicodedata
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from enum import Enum
-from ipaddress import IPv6Network
+from ipaddress import IPv4Address, IPv6Network
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -634,6 +634,26 @@ async def cmd_reservation_add(store: Store, args: argparse.Namespace) -> None:
     reservation = await store.add_reservation(args.subscriber, kind, key, actor=actor(), address=args.address,
                                               hostname=args.hostname, address6=args.address6, prefix6=args.prefix6)
     await print_reservation(store, reservation, args, "added reservation #{id} for {holder}")
+    warn_unleasable_address(args.loaded_config, reservation.address)
+
+
+def warn_unleasable_address(config: Config, address: str | None) -> None:
+    """A fixed address that is a DHCP subnet's network, broadcast, router or server address is
+    kept (the reservation still names its subscriber), but DHCP never gives it: its client gets
+    a pool address instead. Say so now rather than leave the operator to find it in a lease list."""
+    if address is None:
+        return
+    fixed = IPv4Address(address) if "." in address else None
+    for subnet in config.dhcp.subnet:
+        if fixed is None or fixed not in subnet.network:
+            continue
+        held = dict(config.dhcp.held_by_the_link(subnet))
+        if subnet.network.prefixlen < 31:  # RFC 3021: a /31 has neither
+            held |= {subnet.network.network_address: "the network address",
+                     subnet.network.broadcast_address: "the broadcast address"}
+        if fixed in held:
+            print(f"ispd: warning: {fixed} is {held[fixed]} of subnet {subnet.network}: DHCP never gives it to a "
+                  "client, so this client gets a pool address instead", file=sys.stderr)
 
 
 async def print_reservation(store: Store, reservation: Reservation, args: argparse.Namespace, title: str) -> None:
@@ -672,6 +692,8 @@ async def cmd_reservation_set(store: Store, args: argparse.Namespace) -> None:
                                                  hostname=change("hostname"), address6=change("address6"),
                                                  prefix6=change("prefix6"))
     await print_reservation(store, reservation, args, "reservation #{id} of {holder}")
+    if args.address is not None:
+        warn_unleasable_address(args.loaded_config, reservation.address)
     if not args.json:
         await print_sessions_keeping(store, before, reservation)
 

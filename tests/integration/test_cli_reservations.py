@@ -516,3 +516,29 @@ def test_who_names_the_session_whose_ipv6_prefix_held_an_address(tmp_path: Path)
         after = run(path, "who", "2001:db8:1:2::5", "--at", "now")
         assert after.returncode == 1 and "nobody held 2001:db8:1:2::5 at " in after.stdout
     assert "Traceback" not in ispd.log_text()
+
+
+def test_a_fixed_address_dhcp_never_gives_is_warned_of(tmp_path: Path) -> None:
+    """A reservation's fixed address that is a subnet's router, network, broadcast or server
+    address was taken without a word, and its client got a pool address: the operator learned
+    of it from the lease list. The reservation is still made (it names the subscriber), with a
+    warning that says what the address is and what the client gets; a good one says nothing."""
+    config = base_config(tmp_path, dhcp={"enabled": True, "interfaces": ["eth1"], "subnet": [
+        {"network": "198.18.0.0/24", "interface": "eth1", "routers": ["198.18.0.1"], "server_id": "198.18.0.2",
+         "pool": [{"name": "p", "range": "198.18.0.10 - 198.18.0.20"}]}]})
+    path = toml.write(tmp_path / "ispd.toml", config)
+    ok(path, "subscriber", "add", "alice")
+    for n, (address, what) in enumerate((("198.18.0.1", "a router"), ("198.18.0.2", "the server_id"),
+                                         ("198.18.0.0", "the network address"),
+                                         ("198.18.0.255", "the broadcast address"))):
+        result = run(path, "reservation", "add", "alice", "--mac", f"02:00:5e:00:00:0{n}", "--address", address)
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == (f"ispd: warning: {address} is {what} of subnet 198.18.0.0/24: DHCP never gives "
+                                 "it to a client, so this client gets a pool address instead\n")
+    result = run(path, "reservation", "add", "alice", "--mac", "02:00:5e:00:00:09", "--address", "198.18.0.50")
+    assert result.returncode == 0 and result.stderr == ""
+    ok(path, "reservation", "delete", "1")
+    result = run(path, "reservation", "set", "5", "--address", "198.18.0.1")
+    assert result.returncode == 0 and "198.18.0.1 is a router of subnet 198.18.0.0/24" in result.stderr
+    result = run(path, "reservation", "set", "5", "--hostname", "home")
+    assert result.returncode == 0 and result.stderr == ""
