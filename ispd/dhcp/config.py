@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from ipaddress import IPv4Address, IPv4Network
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, cast
 
 from pydantic import Field, field_validator, model_validator
 
@@ -338,7 +338,7 @@ class ClientClassConfig(Section):
 def _pick(pool: ClientOptions | None, subnet: ClientOptions, name: str) -> int | None:
     """The pool's setting if it has one, else its subnet's."""
     value = getattr(pool, name) if pool is not None else None
-    return value if value is not None else getattr(subnet, name)
+    return cast(int | None, value if value is not None else getattr(subnet, name))
 
 
 def mac_prefix_bytes(prefix: str) -> bytes:
