@@ -24,7 +24,7 @@ class StoreConfig(Section):
     busy_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
     # Most writes grouped into one transaction (one fsync) by group commit.
     group_commit_max_batch: int = Field(default=1024, ge=1, le=100_000)
-    # History older than this is purged by the daemon (at start, then hourly).
+    # History older than this is purged by the daemon hourly, the first time an hour after its start.
     history_retention_days: int = Field(default=400, ge=1, le=36_500)
 
     @model_validator(mode="after")
