@@ -69,7 +69,7 @@ from ispd.store.models import (
     SuspendedMail,
     Unchanged,
 )
-from ispd.store.sqlite_radius import usage_days
+from ispd.store.sqlite_radius import month_start, usage_days
 from ispd.store.validation import (
     attributable_text,
     dhcp6_prefix_text,
@@ -840,6 +840,7 @@ async def cmd_usage(store: Store, args: argparse.Namespace) -> None:
         args.since if args.since is not None else 0.0, args.until if args.until is not None else time.time())
     days = await store.usage_by_day(args.subscriber, since=since, until=until)
     rows = days
+    warn_before_retention(args.loaded_config, since, usage=True)
     if args.subscriber is None:  # one row per subscriber: the span's totals
         totals: dict[int, DailyUsage] = {}
         for d in days:
@@ -916,8 +917,23 @@ async def cmd_who(store: Store, args: argparse.Namespace) -> None:
         print(f"{args.address} {span}:")
         for h in holdings:
             print(render_holding(h))
+    warn_before_retention(args.loaded_config, since)
     if not holdings:
         raise SystemExit(1)
+
+
+def warn_before_retention(config: Config, since: float, *, usage: bool = False) -> None:
+    """A question about a time whose history retention has deleted: an empty answer there says
+    nothing of who held what, and the operator reading it must know (on stderr, not to break a
+    script reading the answer). Usage keeps this month's and last month's whatever the retention."""
+    days = config.store.history_retention_days
+    now = time.time()
+    cut = now - days * 86400
+    if usage:
+        cut = min(cut, month_start(month_start(now) - 1))
+    if since < cut:
+        print(f"ispd: note: history before {when(cut)[:10]} is deleted (store.history_retention_days = {days}): "
+              "nothing before then can be answered", file=sys.stderr)
 
 
 def render_holding(h: Holding) -> str:

@@ -396,7 +396,13 @@ def test_who_names_the_subscriber_of_each_moment_as_text_json_and_csv(config_pat
     assert "lease_history #" in text and "granted" in text and "released" in text
     nobody = run(config_path, "who", address, "--at", iso(now - 4000))
     assert nobody.returncode == 1 and "nobody held 198.18.0.40" in nobody.stdout
-    assert "at 1970-01-01T00:00:00Z" in run(config_path, "who", address, "--at", "0").stdout  # a time, not "-"
+    before_history = run(config_path, "who", address, "--at", "0")
+    assert "at 1970-01-01T00:00:00Z" in before_history.stdout  # a time, not "-"
+    # Before what retention keeps, the empty answer is said to be no answer (on stderr).
+    assert "is deleted (store.history_retention_days = 400)" in before_history.stderr
+    assert "retention" not in run(config_path, "who", address, "--at", iso(now - 4000)).stderr
+    assert "history before" in run(config_path, "usage", "--month", "2020-01").stderr
+    assert "history before" not in run(config_path, "usage").stderr  # this month's: kept whatever the retention
     assert "bob (#2): DHCP lease" in ok(config_path, "who", address)  # now, by default
     lines = ok(config_path, "who", address, "--from", iso(now - 7200), "--to", iso(now), "--csv").splitlines()
     assert lines[0].startswith("address,source,starts_at,ends_at,username")
