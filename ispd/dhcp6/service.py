@@ -357,20 +357,39 @@ class DHCP6Service(Service):
         """An interface deleted and made again (a VLAN or a veth re-created, a bond rebuilt) has a
         new index, and the socket's ff02::1:2 membership went with the old one: its clients'
         Solicits would vanish unseen, uncounted, until a restart. Looked at on each reclaim tick;
-        the socket is opened again on the new indexes. (An interface missing for now: when back.)"""
-        try:
-            current = {socket.if_nametoindex(name): name for name in self.config.interfaces}
-        except OSError:
+        the socket stays and joins the group on the new indexes. (An interface missing for now:
+        the others are followed meanwhile, and it is joined when back, as DHCPv4's follower
+        does.)"""
+        current: dict[int, str] = {}
+        for name in self.config.interfaces:
+            with contextlib.suppress(OSError):  # (gone for now: nothing arrives on it)
+                current[socket.if_nametoindex(name)] = name
+        sock = self._socket
+        if sock is None:  # a reload's reopen failed (health says not listening): again, whole
+            try:
+                self._open(self.config)
+            except ServiceStartError as exc:
+                log.error("dhcp6.interfaces.reopen_failed", error=str(exc))
             return
-        if current == self._interfaces and self._socket is not None:
+        if current == self._interfaces:
             return
-        log.warning("dhcp6.interfaces.changed", interfaces=self.config.interfaces,
-                    hint="an interface was made again: listening on it anew")
-        self._close()
-        try:
-            self._open(self.config)
-        except ServiceStartError as exc:  # (health says not listening; the next tick tries again)
-            log.error("dhcp6.interfaces.reopen_failed", error=str(exc))
+        log.warning("dhcp6.interfaces.changed", interfaces=self.config.interfaces, present=sorted(current.values()),
+                    hint="an interface was made again (or is gone for now): listening on each under its index")
+        for index in self._interfaces.keys() - current.keys():
+            with contextlib.suppress(OSError):  # (most often gone with its interface)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_LEAVE_GROUP,
+                                ALL_DHCP_RELAY_AGENTS_AND_SERVERS + struct.pack("@I", index))
+        for index, name in list(current.items()):
+            if index in self._interfaces:
+                continue
+            try:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP,
+                                ALL_DHCP_RELAY_AGENTS_AND_SERVERS + struct.pack("@I", index))
+            except OSError as exc:
+                del current[index]  # not listened on yet: the next tick tries again
+                log.error("dhcp6.interfaces.join_failed", interface=name, error=describe_os_error(exc),
+                          hint="is IPv6 enabled on it?")
+        self._interfaces = current
 
     # --- what other processes and services change
 

@@ -102,8 +102,15 @@ def make_net6(tmp_path: Path) -> Iterator[Callable[..., Net6]]:
     lab = Lab()
     started: list[DHCPIspd | Relay6] = []
 
-    def make(kind: str = "direct", sections: dict[str, Any] | None = None, **overrides: Any) -> Net6:
+    def make(kind: str = "direct", sections: dict[str, Any] | None = None, spare: tuple[str, ...] = (),
+             **overrides: Any) -> Net6:
+        """``spare``: interfaces made in the server's namespace (veth pairs, the other end NAMEp)
+        and listed in ``interfaces`` after the served one."""
         server_ns, client_ns = lab.namespace("i6srv"), lab.namespace("i6cli")
+        for name in spare:
+            for args in (("link", "add", name, "type", "veth", "peer", "name", f"{name}p"), ("link", "set", name, "up")):
+                result = lab.run(server_ns, "ip", *args)
+                assert result.returncode == 0, result.stderr
         relay = None
         if kind == "direct":
             link = client_link6(lab, server_ns, client_ns, "2001:db8:1::1/64")
@@ -115,6 +122,7 @@ def make_net6(tmp_path: Path) -> Iterator[Callable[..., Net6]]:
         config = base_config(tmp_path, dhcp6=dhcp6_section(server_if, **overrides), **(sections or {}))
         if kind != "direct":  # the server's interface is an uplink: relays only, no direct clients
             config["dhcp6"]["subnet"][0].pop("interface")
+        config["dhcp6"]["interfaces"] = [*config["dhcp6"]["interfaces"], *spare]
         ispd = DHCPIspd(tmp_path, config, netns=server_ns)
         started.append(ispd)
         ispd.start()
@@ -320,3 +328,41 @@ def test_an_interface_made_again_is_served_again(make_net6: Callable[..., Net6])
     wait_link_local(net.client_ns, net.client_if)
     assert eventually(lambda: len(solicit(0x602)) == 1, timeout=10), net.servers()
     assert "dhcp6.interfaces.changed" in net.ispd.log_text()
+
+
+def test_an_interface_made_again_is_served_again_while_another_listed_one_is_missing(
+        make_net6: Callable[..., Net6]) -> None:
+    """README: an interface deleted and made again is listened on anew within
+    reclaim_interval_seconds. It was not while another of dhcp6.interfaces was missing (a VLAN
+    taken down for good or for a while): the lookup of every name failed as a whole and the
+    follower gave up its tick, so the re-created one's Solicits vanished unseen until the other
+    came back or a restart. (DHCPv4's follower already followed the present ones.)"""
+    net = make_net6(spare=("spare6",), reclaim_interval_seconds=0.5)
+    duid = bytes.fromhex("0003000102005e000079")
+
+    def solicit(xid: int) -> list[bytes]:
+        datagram = bytes([1]) + xid.to_bytes(3, "big") + _option(1, duid) + _option(8, bytes(2)) \
+            + _option(25, struct.pack("!III", 1, 0, 0))
+        return exchange6(net.client_ns, net.client_if, [datagram], listen=3, transaction_ids=[xid], until=1)
+
+    def ip(ns: str, *args: str) -> None:
+        result = net.lab.run(ns, "ip", *args)
+        assert result.returncode == 0, result.stderr
+
+    assert len(solicit(0x611)) == 1, net.servers()
+    ip(net.server_ns, "link", "del", "spare6")  # gone for a while
+    ip(net.server_ns, "link", "del", net.server_if)
+    ip(net.server_ns, "link", "add", net.server_if, "type", "veth", "peer", "name", net.client_if, "netns", net.client_ns)
+    ip(net.server_ns, "addr", "add", "2001:db8:1::1/64", "dev", net.server_if, "nodad")
+    ip(net.server_ns, "link", "set", net.server_if, "up")
+    ip(net.client_ns, "link", "set", net.client_if, "up")
+    wait_link_local(net.client_ns, net.client_if)
+    assert eventually(lambda: len(solicit(0x612)) == 1, timeout=10), net.servers()
+    changed = net.ispd.log_events("dhcp6.interfaces.changed")
+    assert changed and changed[-1]["present"] == [net.server_if], net.servers()
+    ip(net.server_ns, "link", "add", "spare6", "type", "veth", "peer", "name", "spare6p")  # back: joined again
+    ip(net.server_ns, "link", "set", "spare6", "up")
+    assert eventually(lambda: net.ispd.log_events("dhcp6.interfaces.changed")[-1]["present"]
+                      == sorted([net.server_if, "spare6"]), timeout=5), net.servers()
+    assert len(solicit(0x613)) == 1, net.servers()
+    assert "dhcp6.interfaces.join_failed" not in net.ispd.log_text()
