@@ -1262,12 +1262,14 @@ def build_parser() -> argparse.ArgumentParser:
     lease = top.add_parser("lease", help="DHCP leases and DHCPv6 bindings").add_subparsers(dest="action",
                                                                                           required=True)
     p = lease.add_parser("list", parents=[config_opts, json_opt],
-                         help="list leases, then DHCPv6 bindings (current ones by default)",
+                         help="list leases, then DHCPv6 bindings (current ones by default: bound, and declined "
+                              "addresses in quarantine)",
                          description="The DHCP leases, then the DHCPv6 bindings (kind na: an address, pd: a "
                                      "delegated prefix). With --json, one list: a binding has \"service\": "
                                      "\"dhcp6\" and its \"prefix\" instead of an \"address\".")
     p.add_argument("--subscriber", help=f"only this subscriber's: {SUBSCRIBER_HELP}")
-    p.add_argument("--all", action="store_true", help="also released, expired and declined ones")
+    p.add_argument("--all", action="store_true",
+                   help="also ended ones: released, expired, and declined ones out of quarantine")
     p.set_defaults(handler=cmd_lease_list)
     p = lease.add_parser("show", parents=[config_opts, json_opt],
                          help="an address's current lease and its history: who had it, and when; for an IPv6 "

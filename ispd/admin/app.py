@@ -709,7 +709,8 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
     async def list_leases(request: Request, response: Response, subscriber: str | None = None,
                           include_ended: bool = False, after: Annotated[str | None, Query(description=_AFTER)] = None,
                           limit: Page = None) -> list[Lease]:
-        """DHCPv4 leases in the order of their address text; every one, or (``limit``) a page."""
+        """DHCPv4 leases in the order of their address text (current ones: bound, or declined and
+        in quarantine; ``include_ended``: every one); all of them, or (``limit``) a page."""
         page = await store.list_leases(subscriber=subscriber, include_ended=include_ended, after=after, limit=limit)
         _link_next(request, response, page, limit, lambda last: last.address)
         return page

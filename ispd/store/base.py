@@ -357,8 +357,9 @@ class Store(ABC):
         self, *, subscriber: SubscriberRef | None = None, include_ended: bool = False, after: str | None = None,
         limit: int | None = None
     ) -> list[Lease]:
-        """Leases in the order of their address text; a page of them: the first ``limit`` after
-        the address ``after``."""
+        """Leases in the order of their address text (current ones: bound, or declined and in
+        quarantine, and not expired; ``include_ended``: every row); a page of them: the first
+        ``limit`` after the address ``after``."""
 
     @abstractmethod
     async def get_lease(self, address: str) -> Lease:
@@ -393,7 +394,8 @@ class Store(ABC):
     async def list_leases6(
         self, *, subscriber: SubscriberRef | None = None, include_ended: bool = False
     ) -> list[Lease6]:
-        """The DHCPv6 bindings (current ones: bound and not expired; ``include_ended``: every
+        """The DHCPv6 bindings (current ones: bound, or declined and in quarantine, and not
+        expired; ``include_ended``: every
         row, as the server loads them at start), of one subscriber or of all: addresses (IA_NA)
         first, then delegated prefixes (IA_PD), each in address order."""
 

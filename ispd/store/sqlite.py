@@ -443,6 +443,10 @@ class Connector:
 
 
 FAILED_COMMIT_LOG_SECONDS = 30.0
+# A current lease or binding (list_leases, list_leases6 without include_ended): one that holds its
+# address now, bound or declined and in quarantine (kept from its pool until expires_at: an
+# operator asking why a pool runs out must see those, as Kea's lease4-get-all shows them).
+CURRENT_LEASE = "state IN ('bound', 'declined') AND expires_at > ?"
 
 
 class _Writer(threading.Thread):
@@ -1664,7 +1668,7 @@ class SQLiteStore(Store):
                 clauses.append("subscriber_id = ?")
                 params.append(_find_subscriber(conn, subscriber)["id"])
             if not include_ended:
-                clauses.append("state = 'bound' AND expires_at > ?")
+                clauses.append(CURRENT_LEASE)
                 params.append(now)
             _page(clauses, params, "address", after)
             return [lease_from_row(r) for r in conn.execute(
@@ -1717,7 +1721,7 @@ class SQLiteStore(Store):
                 clauses.append("subscriber_id = ?")
                 params.append(_find_subscriber(conn, subscriber)["id"])
             if not include_ended:
-                clauses.append("state = 'bound' AND expires_at > ?")
+                clauses.append(CURRENT_LEASE)
                 params.append(now)
             where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
             leases = [sqlite_dhcp6.lease6_from_row(r)

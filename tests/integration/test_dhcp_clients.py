@@ -296,6 +296,13 @@ def test_a_declined_address_is_quarantined_and_not_offered_again(lan: Lan) -> No
                       xid=0x2003, expect=0, listen=1.0)
     assert silence == []
     eventually(lambda: lease_state(lan, declined) == "declined", timeout=5)
+    # Held back from the pool: `lease list` shows it among the current leases, as Kea's
+    # lease4-get-all does (an operator looking for why a pool runs out saw nothing).
+    current = lan.ispd.lease_of(declined, include_ended=False)
+    assert current is not None and current["state"] == "declined", lan.ispd.leases()
+    assert current["expires_at"] > time.time() + 500  # (decline_quarantine_seconds = 600)
+    table = lan.ispd.cli("lease", "list").stdout
+    assert any(line.split()[:2] == [declined, "declined"] for line in table.splitlines()), table
     assert lan.ispd.metric_in_netns("ispd_dhcp_declines_total") == 1
     assert lan.ispd.metric_in_netns("ispd_dhcp_pool_declined_addresses", {"pool": "lan"}) == 1
     # Neither the client that declined it nor another one is offered it again.

@@ -70,6 +70,18 @@ async def test_ended_bindings_are_listed_only_when_asked(alice: Store, clock: Fa
         await alice.list_leases6(subscriber="nobody")
 
 
+async def test_a_declined_address_in_quarantine_is_current(alice: Store, clock: FakeClock) -> None:
+    """Kept from its pool until its quarantine ends (its expires_at): the current listing shows
+    it (`ispd lease list`), as it shows what DHCPv4 clients declined; then it is ended."""
+    clock.now = T0 + 100
+    declined = binding(NA, Lease6Kind.ADDRESS, state=LeaseState.DECLINED, expires_at=T0 + 700)
+    await alice.record_leases6([(binding(), "granted"), (declined, "declined")])
+    assert [(b.prefix, b.state) for b in await alice.list_leases6()] == [
+        (NA, LeaseState.DECLINED), (PD, LeaseState.BOUND)]
+    clock.now = T0 + 701
+    assert [b.prefix for b in await alice.list_leases6()] == [PD]
+
+
 async def test_prefixes_are_kept_canonical_and_a_wrong_one_writes_nothing(alice: Store) -> None:
     await alice.record_leases6([(binding("2001:0DB8:0100:FF00::/56"), "granted")])
     assert [b.prefix for b in await alice.list_leases6()] == [PD]
