@@ -1188,8 +1188,16 @@ class DHCPEngine:
             return Outcome(reply=self._addressed(received, reply, server_id))  # (to giaddr, the server port)
         newest = active[0]
         last = self._last_transaction(newest, now)
-        options += [(Option.LEASE_TIME, encode_u32(max(0, int(newest.expires_at - now)))),
-                    (Option.CLIENT_LAST_TRANSACTION_TIME, encode_u32(max(0, int(now - last))))]
+        remaining = max(0, int(newest.expires_at - now))
+        options.append((Option.LEASE_TIME, encode_u32(remaining)))
+        pool = (subnet.pool_of(newest.address) or subnet.plain) if subnet is not None else None
+        if pool is not None:
+            # RFC 4388 §6.4: T1 and T2 with the lease time, as the time left until each (0: the
+            # client is past it), counted from its last renewal as the lease time is.
+            for code, seconds in ((Option.RENEWAL_TIME, pool.renew_seconds),
+                                  (Option.REBINDING_TIME, pool.rebind_seconds)):
+                options.append((code, encode_u32(min(remaining, max(0, int(last + seconds - now))))))
+        options.append((Option.CLIENT_LAST_TRANSACTION_TIME, encode_u32(max(0, int(now - last)))))
         if newest.client_id:
             options.append((Option.CLIENT_ID, bytes.fromhex(newest.client_id)))
         agent = _relay_agent_info(newest)
@@ -1197,6 +1205,17 @@ class DHCPEngine:
             options.append((Option.RELAY_AGENT_INFO, agent))
         if len(active) > 1:  # the client's other addresses (as Kea's and ISC's list them)
             options.append((Option.ASSOCIATED_IP, encode_ips(IPv4Address(b.address) for b in active[1:])))
+        requested = packet.option(Option.PARAMETER_REQUEST_LIST)
+        if requested and pool is not None:
+            # RFC 4388 §6.4: the options the requester lists, with the values the client was given
+            # (its pool's: a walled garden's DNS servers, say), in its order. (Not its classes':
+            # a leasequery does not tell them.)
+            sent = {code for code, _ in options}
+            for code in requested:
+                if code in pool.options and code not in sent:
+                    sent.add(code)
+                    options.append((code, pool.options[code]))
+            options = _fitted(options, _max_options_size(packet))
         chaddr = bytes.fromhex(newest.hw_address.replace(":", "")) if newest.hw_address else b""
         reply = DHCPPacket(op=BOOTREPLY, xid=packet.xid, htype=1 if chaddr else 0, hlen=len(chaddr),
                            chaddr=chaddr.ljust(16, b"\0"), ciaddr=IPv4Address(newest.address), giaddr=requester,

@@ -1118,3 +1118,31 @@ def test_a_client_that_starts_sending_a_client_id_keeps_the_address_it_took_by_i
     renewed = third.send(message(DHCPMessageType.REQUEST, MAC_C, ciaddr=str(host), extra=host_id))
     assert [event for _, event in renewed.writes] == ["renewed"]
     assert third.engine.table.by_address[int(bmc)].state is BindingState.BOUND
+
+
+def test_leasequery_tells_t1_t2_left_and_the_options_the_requester_lists() -> None:
+    """RFC 4388 §6.4: a DHCPLEASEACTIVE carries the renewal (T1) and rebinding (T2) times with the
+    lease time, each as the time left, and the options of the requester's parameter request list,
+    with the values the client was given. ispd answered with the lease time alone and ignored the
+    list: a BNG rebuilding its table could not tell when the client would renew, nor its router."""
+    lab = Lab(config(leasequery_requesters=[REQUESTER]))
+    address = lab.dora(giaddr=REQUESTER)
+    lab.now += 1000
+    asked = leasequery(ciaddr=str(address))
+    asked = replace(asked, options=(*asked.options, (Option.PARAMETER_REQUEST_LIST, bytes((3, 1, 51, 200)))))
+    answer = lab.send(asked).reply
+    assert answer is not None and answer.packet.message_type is DHCPMessageType.LEASEACTIVE
+    packet = answer.packet
+    assert decode_u32(packet.option(Option.LEASE_TIME) or b"") == 7200 - 1000
+    assert decode_u32(packet.option(Option.RENEWAL_TIME) or b"") == 3600 - 1000
+    assert decode_u32(packet.option(Option.REBINDING_TIME) or b"") == 6300 - 1000
+    assert packet.option(Option.ROUTERS) == IPv4Address("198.18.1.1").packed
+    assert packet.option(Option.SUBNET_MASK) == IPv4Address("255.255.255.0").packed
+    assert [code for code, _ in packet.options].count(Option.LEASE_TIME) == 1  # (asked for, and sent once)
+    # Past T1 (renewing): 0 left until it; without a list, no options beyond the lease's.
+    lab.now += 3000
+    later = lab.send(leasequery(ciaddr=str(address))).reply
+    assert later is not None
+    assert decode_u32(later.packet.option(Option.RENEWAL_TIME) or b"") == 0
+    assert decode_u32(later.packet.option(Option.REBINDING_TIME) or b"") == 6300 - 4000
+    assert later.packet.option(Option.ROUTERS) is None

@@ -273,11 +273,12 @@ import socket, sys
 from ipaddress import IPv4Address
 from ispd.dhcp.codec import BOOTREQUEST, DHCPPacket, decode, encode
 from ispd.dhcp.options import DHCPMessageType, Option
-giaddr, server, ciaddr, mac = sys.argv[1:5]
+giaddr, server, ciaddr, mac, wanted = sys.argv[1:6]
 chaddr = bytes.fromhex(mac.replace(":", ""))
+asked = ((Option.PARAMETER_REQUEST_LIST, bytes(int(c) for c in wanted.split(","))),) if wanted else ()
 query = DHCPPacket(op=BOOTREQUEST, xid=0x4C51, htype=1 if chaddr else 0, hlen=len(chaddr),
                    chaddr=chaddr.ljust(16, b"\\0"), ciaddr=IPv4Address(ciaddr), giaddr=IPv4Address(giaddr),
-                   options=((Option.MESSAGE_TYPE, bytes((DHCPMessageType.LEASEQUERY,))),))
+                   options=((Option.MESSAGE_TYPE, bytes((DHCPMessageType.LEASEQUERY,))), *asked))
 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
     sock.bind((giaddr, 67))  # a relay hears the server's answers on the server port
     sock.settimeout(5)
@@ -301,8 +302,8 @@ def test_a_relay_that_lost_its_table_asks_by_leasequery(make_relayed: Callable[.
         assert event is not None and event.bound and event.address is not None, lan.explain(client)
     lan.relay.close()  # restarted: port 67 on its host is free for the question
 
-    def ask(ciaddr: str = "0.0.0.0", mac: str = "") -> DHCPPacket:
-        result = lan.lab.run(lan.relay.ns, sys.executable, "-c", _ASK, RELAY_UP, SERVER, ciaddr, mac)
+    def ask(ciaddr: str = "0.0.0.0", mac: str = "", wanted: str = "") -> DHCPPacket:
+        result = lan.lab.run(lan.relay.ns, sys.executable, "-c", _ASK, RELAY_UP, SERVER, ciaddr, mac, wanted)
         assert result.returncode == 0, f"{result.stderr}\n{lan.ispd.packet_counters()}"
         return decode(bytes.fromhex(result.stdout.strip()))
 
@@ -312,8 +313,16 @@ def test_a_relay_that_lost_its_table_asks_by_leasequery(make_relayed: Callable[.
     assert 3500 <= decode_u32(by_address.option(Option.LEASE_TIME) or b"") <= 3600
     agent = decode_relay_agent_info(by_address.option(Option.RELAY_AGENT_INFO) or b"")
     assert agent.circuit_id == lan.circuit_id.encode()
-    by_mac = ask(mac=CLIENT_MAC)
+    # RFC 4388 §6.4.2: T1 and T2 (the time left until each) with the lease time, and the options
+    # the requester lists (its Parameter Request List), as the client was given them.
+    assert 1700 <= decode_u32(by_address.option(Option.RENEWAL_TIME) or b"") <= 1800
+    assert 3050 <= decode_u32(by_address.option(Option.REBINDING_TIME) or b"") <= 3150
+    assert by_address.option(Option.ROUTERS) is None  # not asked for
+    by_mac = ask(mac=CLIENT_MAC, wanted="1,3,6")
     assert (by_mac.message_type, str(by_mac.ciaddr)) == (DHCPMessageType.LEASEACTIVE, event.address)
+    assert by_mac.option(Option.SUBNET_MASK) == IPv4Address("255.255.255.0").packed
+    assert by_mac.option(Option.ROUTERS) == IPv4Address(RELAY_DOWN).packed
+    assert by_mac.option(Option.DNS_SERVERS) == IPv4Address(SERVER).packed + IPv4Address(RELAY_UP).packed
     free = ask(ciaddr="198.18.1.149")
     assert free.message_type is DHCPMessageType.LEASEUNASSIGNED
     assert lan.ispd.metric_in_netns("ispd_dhcp_packets_received_total", {"type": "leasequery"}) == 3
