@@ -214,8 +214,11 @@ def _pools(subnet: Subnet6) -> list[_Pool]:
 
 
 class DHCP6Engine:
-    def __init__(self, config: DHCP6Config, server_duid: bytes) -> None:
+    def __init__(self, config: DHCP6Config, server_duid: bytes, *, publishes_names: bool = True) -> None:
         self.server_duid = server_duid
+        # Whether an address's host name is published in DNS ([dns.lease_names] has a domain):
+        # the Client FQDN option's S and N bits in our replies say so (RFC 4704 §4).
+        self.publishes_names = publishes_names
         self.leases: dict[str, Lease6] = {}
         # When each binding's client last renewed it (the Reply): its leasequery OPTION_CLT_TIME.
         # None for one loaded from the store, which keeps no such time.
@@ -725,6 +728,9 @@ _NONE_AVAILABLE = {Lease6Kind.ADDRESS: (StatusCode.NO_ADDRS_AVAIL, "no addresses
                    Lease6Kind.PREFIX: (StatusCode.NO_PREFIX_AVAIL, "no prefixes available")}
 
 
+_FQDN_S, _FQDN_O, _FQDN_N = 0x01, 0x02, 0x04  # RFC 4704 §4.1: the Client FQDN option's flags
+
+
 class _Request:
     """One message's handling: what it asks of which link, for whom."""
 
@@ -742,6 +748,7 @@ class _Request:
         self.subscriber_id = self.reservations[0].subscriber_id if self.reservations else None
         self.outcome = Outcome6()
         self.ias_answered = {Lease6Kind.ADDRESS: 0, Lease6Kind.PREFIX: 0}
+        self.addresses_given = 0  # IA_NA addresses in the reply (advertised or bound): a name goes with them
 
     def _reservations(self) -> list[Reservation]:
         """The client's reservations, the first naming its subscriber: its DUID's (a device), then
@@ -798,6 +805,7 @@ class _Request:
             commit = self.message.rapid_commit and (
                 self.subnet.rapid_commit if self.subnet.rapid_commit is not None else self.engine.config.rapid_commit)
             options = [self._ia_reply(ia, commit=commit, drop_others=False) for ia in self.message.ias]
+            options += self._client_fqdn()
             if commit:
                 self._reply(MessageType.REPLY, [option(OptionCode.RAPID_COMMIT), *options])
             else:
@@ -805,8 +813,8 @@ class _Request:
                 extra = [option(OptionCode.PREFERENCE, bytes([preference]))] if preference is not None else []
                 self._reply(MessageType.ADVERTISE, [*options, *extra])
         elif kind in (MessageType.REQUEST, MessageType.RENEW, MessageType.REBIND):
-            self._reply(MessageType.REPLY,
-                        [self._ia_reply(ia, commit=True, drop_others=True) for ia in self.message.ias])
+            options = [self._ia_reply(ia, commit=True, drop_others=True) for ia in self.message.ias]
+            self._reply(MessageType.REPLY, [*options, *self._client_fqdn()])
         elif kind == MessageType.RELEASE:
             self._reply(MessageType.REPLY, self._end_bindings(LeaseState.RELEASED, "released"))
         elif kind == MessageType.DECLINE:
@@ -867,6 +875,8 @@ class _Request:
                 self.engine.offers[prefix] = (key, self.now + self.engine.config.offer_hold_seconds)
                 self.engine.offered_to[key] = prefix
             given.append(_lease_option(kind, network, self.preferred, self.valid))
+            if kind is Lease6Kind.ADDRESS:
+                self.addresses_given += 1
         if drop_others:  # RFC 8415 §18.3.4, §18.3.5: what the client may no longer use
             kept = {lease.prefix if isinstance(lease, IAPrefix) else _address_network(lease.address)
                     for lease in given}
@@ -879,6 +889,26 @@ class _Request:
         if prefix is None:
             return encode_ia(IA(ia.code, ia.iaid, 0, 0, tuple(given), _NONE_AVAILABLE[kind]))
         return encode_ia(IA(ia.code, ia.iaid, self.t1, self.t2, tuple(given)))
+
+    def _client_fqdn(self) -> list[Option]:
+        """RFC 4704 §6: the Client FQDN option back to a client that sent one, in an Advertise or
+        Reply to its Solicit, Request, Renew or Rebind, its flags saying what we do with the name.
+        Its address's name is published in our own DNS (AAAA and PTR, ``[dns.lease_names]``):
+        S=1, and O=1 to a client that did not ask us to (S=0, or N=1: no updates at all). With no
+        lease names, or no address in this reply (a delegated prefix has no name), nobody
+        publishes it: N=1 (no updates by us; §4.1: S=0 with it), and O=1 to a client that asked
+        us to (S=1), which may then update DNS itself. The name is the client's, as it sent it:
+        the one its address takes. A name we do not take (not a host name's labels) is left out,
+        as DHCPv4 leaves out option 81 then."""
+        sent = next((o.data for o in self.message.options if o.code == OptionCode.CLIENT_FQDN), None)
+        if not sent or self.message.hostname is None:
+            return []
+        flags = sent[0]
+        if self.engine.publishes_names and self.addresses_given:
+            reply_flags = _FQDN_S | (_FQDN_O if not flags & _FQDN_S or flags & _FQDN_N else 0)
+        else:
+            reply_flags = _FQDN_N | (_FQDN_O if flags & _FQDN_S and not flags & _FQDN_N else 0)
+        return [option(OptionCode.CLIENT_FQDN, bytes((reply_flags,)) + sent[1:])]
 
     def _choose(self, ia: IA, key: IAKey, kind: Lease6Kind) -> str | None:
         engine, now = self.engine, self.now

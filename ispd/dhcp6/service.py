@@ -78,13 +78,19 @@ def server_duid(config: DHCP6Config, machine_id: Path = Path("/etc/machine-id"))
     return b"\x00\x04" + uuid.uuid5(_DUID_NAMESPACE, seed).bytes
 
 
+def _publishes_names(config: Config) -> bool:
+    """Whether addresses' host names reach DNS: a lease domain is configured (its DNS service may
+    be a standby's, so not whether this node's is enabled), as for DHCPv4."""
+    return config.dns.lease_names.domain is not None
+
+
 class DHCP6Service(Service):
     name = "dhcp6"
 
     def __init__(self, config: Config, context: ServiceContext) -> None:
         self.config: DHCP6Config = config.dhcp6
         self.context = context
-        self.engine = DHCP6Engine(self.config, server_duid(self.config))
+        self.engine = DHCP6Engine(self.config, server_duid(self.config), publishes_names=_publishes_names(config))
         self.metrics = DHCP6Metrics()
         self._socket: socket.socket | None = None
         self._interfaces: dict[int, str] = {}
@@ -132,10 +138,11 @@ class DHCP6Service(Service):
             await asyncio.wait(list(self._in_flight))
 
     async def reload(self, old: Config, new: Config) -> None:
+        if old.dhcp6 != new.dhcp6 and server_duid(old.dhcp6) != server_duid(new.dhcp6):
+            raise ServiceStartError("dhcp6.server_duid: a change needs a restart (clients would drop every binding)")
+        self.engine.publishes_names = _publishes_names(new)  # ([dns.lease_names] is not this section's)
         if old.dhcp6 == new.dhcp6:
             return
-        if server_duid(old.dhcp6) != server_duid(new.dhcp6):
-            raise ServiceStartError("dhcp6.server_duid: a change needs a restart (clients would drop every binding)")
         listen_changed = (old.dhcp6.interfaces, old.dhcp6.port) != (new.dhcp6.interfaces, new.dhcp6.port)
         if listen_changed:
             self._close()

@@ -1017,3 +1017,49 @@ def test_a_session_s_prefix_that_dhcpv6_once_gave_is_still_skipped_by_the_pools(
     eng.session_opened(7, [given])  # a RADIUS session has it now
     hinted = handle(eng, message(MessageType.SOLICIT, ia_pd(2, given), client=DUID_B), T0 + 20)
     assert reply_ias(hinted)[0].leases[0].prefix != IPv6Network(given)  # type: ignore[union-attr]
+
+
+def _fqdn_of(outcome: Outcome6) -> bytes | None:
+    assert outcome.reply is not None
+    return next((o.data for o in outcome.reply.options if o.code == OptionCode.CLIENT_FQDN), None)
+
+
+def _bind_named(eng: DHCP6Engine, ia: Option, fqdn: Option | None, client: bytes = DUID_A) -> Outcome6:
+    """Solicit, then Request what was advertised, both with the client's FQDN option."""
+    extra = [fqdn] if fqdn is not None else []
+    advertise = handle(eng, message(MessageType.SOLICIT, ia, *extra, client=client))
+    assert advertise.reply is not None
+    offered = [o for o in advertise.reply.options if o.code in (OptionCode.IA_NA, OptionCode.IA_PD)]
+    return handle(eng, message(MessageType.REQUEST, *offered, *extra, client=client, server=SERVER_DUID))
+
+
+def test_a_client_fqdn_is_answered_with_what_is_done_with_the_name() -> None:
+    """RFC 4704 §6: a server that takes a client's Client FQDN option (39) includes one in its
+    Advertise and Reply, its S/O/N flags saying who updates DNS, as DHCPv4 answers option 81
+    and Kea answers both. ispd published the address's name (AAAA and PTR) and said nothing: a
+    client that asked to update DNS itself (S=0) could not tell it was overridden, and one that
+    asked us to (S=1) could not tell, without lease names, that nobody did."""
+    name = b"\x07router7\x04home\x00"
+    asks = {"us": option(OptionCode.CLIENT_FQDN, b"\x01" + name), "itself": option(OptionCode.CLIENT_FQDN, b"\x00" + name),
+            "nobody": option(OptionCode.CLIENT_FQDN, b"\x04" + name)}
+    eng = engine()
+    advertise = handle(eng, message(MessageType.SOLICIT, ia_na(1), asks["us"]))
+    assert _fqdn_of(advertise) == b"\x01" + name  # S: we publish it, as it asked
+    assert _fqdn_of(_bind_named(eng, ia_na(1), asks["us"])) == b"\x01" + name
+    # S=0 or N=1: we publish it all the same, and say so (S, O).
+    assert _fqdn_of(_bind_named(eng, ia_na(3), asks["itself"], client=DUID_B)) == b"\x03" + name
+    assert _fqdn_of(_bind_named(engine(), ia_na(1), asks["nobody"])) == b"\x03" + name
+    renew = handle(eng, message(MessageType.RENEW, ia_na(1, "2001:db8:1::100"), asks["us"], server=SERVER_DUID))
+    assert _fqdn_of(renew) == b"\x01" + name
+    # No lease names: N (no updates by us), O to a client that asked us to.
+    quiet = DHCP6Engine(config(), SERVER_DUID, publishes_names=False)
+    assert _fqdn_of(_bind_named(quiet, ia_na(1), asks["us"])) == b"\x06" + name
+    assert _fqdn_of(_bind_named(quiet, ia_na(3), asks["itself"], client=DUID_B)) == b"\x04" + name
+    # A delegated prefix alone has no name in DNS.
+    assert _fqdn_of(_bind_named(engine(), ia_pd(2), asks["us"])) == b"\x06" + name
+    # None back to a client that sent none, or a name we do not take; nor in a Release's Reply.
+    assert _fqdn_of(_bind_named(engine(), ia_na(1), None)) is None
+    bad = option(OptionCode.CLIENT_FQDN, b"\x01\x05bad_x\x00")
+    assert _fqdn_of(_bind_named(engine(), ia_na(1), bad)) is None
+    release = handle(eng, message(MessageType.RELEASE, ia_na(1, "2001:db8:1::100"), asks["us"], server=SERVER_DUID))
+    assert _fqdn_of(release) is None

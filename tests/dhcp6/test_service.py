@@ -269,3 +269,16 @@ def test_a_refused_leasequery_is_said_in_the_log_once_a_minute_per_interface() -
     assert service.metrics.dropped.values[("leasequery_not_allowed",)] == 3  # type: ignore[attr-defined]
     [refused] = [entry for entry in logs if entry["event"] == "dhcp6.leasequery.refused"]
     assert (refused["interface"], refused["requester"], refused["log_level"]) == ("uplink", "2001:db8:ff::2", "warning")
+
+
+def test_whether_names_are_published_follows_the_lease_domain_at_start_and_reload() -> None:
+    """The Client FQDN option's flags say whether ispd publishes the name: that follows
+    [dns.lease_names] domain, at start and at a reload that changes only the DNS section."""
+    plain = Config(dhcp6=DHCP6Config(server_duid="00:02:00:00:d8:8c:01"))
+    named = Config.model_validate({**plain.model_dump(mode="json"), "dns": {"lease_names": {"domain": "lab.example"}}})
+    service = DHCP6Service(plain, ServiceContext(None, EventBus(), CollectorRegistry(), _healthy))  # type: ignore[arg-type]
+    assert not service.engine.publishes_names
+    asyncio.run(service.reload(plain, named))
+    assert service.engine.publishes_names
+    asyncio.run(service.reload(named, plain))
+    assert not service.engine.publishes_names

@@ -226,13 +226,19 @@ def test_garbage_between_good_messages_is_dropped_and_counted(make_net6: Callabl
 
 def test_a_named_address_is_in_dns_at_once_and_its_release_takes_it_out(make_net6: Callable[..., Net6]) -> None:
     """The client's FQDN option names its address: AAAA and PTR from ispd's DNS in the same
-    process, as for DHCPv4 leases; and `ispd lease list` shows the binding with its name."""
+    process, as for DHCPv4 leases, and the Reply says so in its own FQDN option; and `ispd lease
+    list` shows the binding with its name."""
     dns = {"enabled": True, "listen": ["127.0.0.1:53"], "allow": ["127.0.0.0/8"],
            "lease_names": {"domain": "lab.example", "reverse_networks": ["2001:db8:1::/64"], "ttl": 300}}
     net = make_net6(sections={"dns": dns})
     with net.client("dhclient", na=True, pd=False, extra_conf='send fqdn.fqdn "router7";') as client:
         binding = client.obtain(timeout=10)
         address = binding.addresses[0].address
+        # RFC 4704 §6: the Reply tells it with its own option 39 that ispd updates DNS (S), the
+        # client having left that to itself (S=0: O, overridden); dhclient keeps what it got.
+        lease_text = client._lease_text()
+        assert "option dhcp6.fqdn 3:7:72:6f:75:74:65:72:37:0;" in lease_text, lease_text
+        assert "option fqdn.server-update true;" in lease_text, lease_text
 
         def dig(*args: str) -> str:
             return net.lab.run(net.server_ns, "dig", "+short", "@127.0.0.1", *args).stdout.strip()
