@@ -1211,10 +1211,10 @@ class DHCPEngine:
             # (its pool's: a walled garden's DNS servers, say), in its order. (Not its classes':
             # a leasequery does not tell them.)
             sent = {code for code, _ in options}
-            for code in requested:
-                if code in pool.options and code not in sent:
-                    sent.add(code)
-                    options.append((code, pool.options[code]))
+            for asked in requested:
+                if asked in pool.options and asked not in sent:
+                    sent.add(asked)
+                    options.append((asked, pool.options[asked]))
             options = _fitted(options, _max_options_size(packet))
         chaddr = bytes.fromhex(newest.hw_address.replace(":", "")) if newest.hw_address else b""
         reply = DHCPPacket(op=BOOTREPLY, xid=packet.xid, htype=1 if chaddr else 0, hlen=len(chaddr),
