@@ -18,11 +18,14 @@ import ipaddress
 import socket
 import ssl
 import struct
+import time
 from collections import deque
 from collections.abc import Callable
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Protocol
+
+from ispd.logs import LogThrottle
 
 
 class ConnectionStats(Protocol):
@@ -165,6 +168,75 @@ class ConnectionGate:
             self.per_client[client] = held
         else:
             self.per_client.pop(client, None)
+
+
+class AcceptStats(Protocol):
+    accept_failures: int
+
+
+class Acceptor:
+    """Accepts connections from listening sockets on the loop's reader callbacks and hands each to
+    ``accepted(connection, peer)``, rather than through the loop's own server: out of descriptors
+    that (libuv's) accepted each waiting connection and closed it at once, unsaid and uncounted,
+    so clients saw resets and operators nothing. Here a failed accept leaves the connections in
+    the backlog, and the listener rests ``retry_seconds`` (left watched, the socket stays readable
+    and the loop would call back at once, forever: a core at 100 %), with a line (``event``, at
+    most once a minute per error) and a count (``stats.accept_failures``)."""
+
+    def __init__(self, accepted: Callable[[socket.socket, Any], None], stats: AcceptStats, log: Any, event: str,
+                 name: str, retry_seconds: float = 1.0) -> None:
+        self.accepted = accepted
+        self.stats = stats
+        self.log, self.event, self.name = log, event, name
+        self.retry_seconds = retry_seconds
+        self._failures_logged = LogThrottle(60)
+        self._resting: set[asyncio.TimerHandle] = set()
+        self._listening: list[socket.socket] = []
+
+    def listen(self, listening: socket.socket) -> None:
+        listening.setblocking(False)
+        self._listening.append(listening)
+        asyncio.get_running_loop().add_reader(listening.fileno(), self._accept, listening)
+
+    def close(self) -> None:
+        """Stops accepting and closes the listening sockets (again: nothing)."""
+        for handle in self._resting:
+            handle.cancel()
+        self._resting.clear()
+        loop = asyncio.get_running_loop()
+        for listening in self._listening:
+            if listening.fileno() != -1:
+                loop.remove_reader(listening.fileno())
+                listening.close()
+        self._listening.clear()
+
+    def _accept(self, listening: socket.socket) -> None:
+        for _ in range(64):  # (then the loop's other work gets its turn)
+            try:
+                connection, peer = listening.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:  # gone before it was accepted: the next one
+                continue
+            except OSError as exc:  # EMFILE and friends
+                self._rest(listening, exc)
+                return
+            self.accepted(connection, peer)
+
+    def _rest(self, listening: socket.socket, exc: OSError) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(listening.fileno())
+        self.stats.accept_failures += 1
+        if self._failures_logged.due(exc.errno, time.monotonic()):
+            self.log.error(self.event, listener=self.name, error=str(exc))
+
+        def resume() -> None:
+            self._resting.discard(handle)
+            if listening.fileno() != -1:
+                loop.add_reader(listening.fileno(), self._accept, listening)
+
+        handle = loop.call_later(self.retry_seconds, resume)
+        self._resting.add(handle)
 
 
 def forget_connection_error(reader: asyncio.StreamReader) -> None:

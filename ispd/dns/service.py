@@ -91,6 +91,7 @@ from ispd.events import (
     SubscriberSuspended,
 )
 from ispd.listeners import (
+    Acceptor,
     CertificateError,
     ConnectionGate,
     bound_socket,
@@ -99,7 +100,7 @@ from ispd.listeners import (
     open_datagram_listener,
     server_tls_context,
 )
-from ispd.logs import LogThrottle, get_logger
+from ispd.logs import get_logger
 from ispd.service import Health, Service, ServiceContext, ServiceSpec, ServiceStartError, describe_os_error
 from ispd.store.errors import StoreError
 from ispd.store.models import LeaseService, LeaseState, SubscriberStatus
@@ -400,10 +401,8 @@ class DNSService(Service):
         self.resolver: Resolver | None = None
         self.engine: DNSEngine | None = None
         self._udp: list[asyncio.DatagramTransport] = []
-        self._tcp: list[socket.socket] = []  # the listening sockets, accepted from by _accept_tcp
-        self._tcp_paused: set[asyncio.TimerHandle] = set()  # their rests after a failed accept
+        self._tcp: Acceptor | None = None  # accepts from the TCP listening sockets
         self._tcp_accepting: set[asyncio.Task[None]] = set()  # connections being set up
-        self._tcp_accept_failures = LogThrottle(60)
         self._slow: set[asyncio.Task[None]] = set()
         self.budget = ResolutionBudget(MAX_SLOW_TASKS)
         self._tcp_gate: ConnectionGate | None = None
@@ -1088,6 +1087,9 @@ class DNSService(Service):
 
     async def _open(self, stack: AsyncExitStack) -> None:
         assert self.engine is not None
+        self._tcp = Acceptor(self._accepted_tcp, self.transport_stats["tcp"], log, "dns.accept_failed", "tcp",
+                             TCP_ACCEPT_RETRY_SECONDS)
+        stack.callback(self._tcp.close)
         for address in self.config.listen:
             try:
                 if self.reuse_port and self.first:
@@ -1099,18 +1101,15 @@ class DNSService(Service):
                 tcp = bound_socket(address.host, port, socket.SOCK_STREAM, reuse_address=True,
                                    reuse_port=self.reuse_port)
                 tcp.listen(1024)
-                tcp.setblocking(False)
             except OSError as exc:
                 raise ServiceStartError(f"dns: cannot listen on {address}: {describe_os_error(exc)}") from None
             sock = udp.get_extra_info("socket")
             with contextlib.suppress(OSError):  # a burst of misses must not overflow the default buffer
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
             self._udp.append(udp)
-            self._tcp.append(tcp)
+            self._tcp.listen(tcp)
             self.bound.append((address.host, port))
             stack.callback(udp.close)
-            stack.callback(self._close_tcp_listener, tcp)
-            asyncio.get_running_loop().add_reader(tcp.fileno(), self._accept_tcp, tcp)
         self._tcp_answerer = self._answerer("tcp", pad=False)
         self._tcp_gate = ConnectionGate(self.config.tcp_max_connections, self.config.tcp_max_connections_per_client,
                                         self.transport_stats["tcp"])
@@ -1262,8 +1261,8 @@ class DNSService(Service):
 
     async def stop(self) -> None:
         extras = asyncio.ensure_future(self.extras.stop()) if self.extras is not None else None
-        for tcp in self._tcp:
-            self._close_tcp_listener(tcp)
+        if self._tcp is not None:
+            self._tcp.close()
         # No more queries on open connections: each handler answers what it has in hand, then
         # closes. One still at it 2 s later (queries waiting for the resolution budget behind a
         # slow zone, replies its client does not read) is ended here, with its queries: left to
@@ -1467,48 +1466,12 @@ class DNSService(Service):
                 self.tap.client_response(SocketProtocol.UDP, client, addr[1],
                                          received or time.time() - (time.perf_counter() - started), reply)
 
-    def _accept_tcp(self, listening: socket.socket) -> None:
-        """Accepts here rather than through start_server: out of descriptors, the loop's server
-        (libuv) accepted each waiting connection and closed it at once, unsaid and uncounted, so
-        clients saw resets and operators nothing. Now the listener rests a second, as DoT's does
-        (``TLSListener._pause``), with a line (at most one a minute) and a count
-        (``ispd_dns_transport_accept_failures_total``), and the connections wait in the backlog."""
-        for _ in range(64):
-            try:
-                connection, _ = listening.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except ConnectionAbortedError:  # gone before it was accepted: the next one
-                continue
-            except OSError as exc:  # EMFILE and friends
-                self._pause_tcp(listening, exc)
-                return
-            task = asyncio.ensure_future(self._open_tcp(connection))
-            self._tcp_accepting.add(task)
-            task.add_done_callback(self._tcp_accepting.discard)
-
-    def _pause_tcp(self, listening: socket.socket, exc: OSError) -> None:
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(listening.fileno())
-        self.transport_stats["tcp"].accept_failures += 1
-        if self._tcp_accept_failures.due(exc.errno, time.monotonic()):
-            log.error("dns.accept_failed", listener="tcp", error=str(exc))
-
-        def resume() -> None:
-            self._tcp_paused.discard(handle)
-            if listening.fileno() != -1:
-                loop.add_reader(listening.fileno(), self._accept_tcp, listening)
-
-        handle = loop.call_later(TCP_ACCEPT_RETRY_SECONDS, resume)
-        self._tcp_paused.add(handle)
-
-    def _close_tcp_listener(self, listening: socket.socket) -> None:
-        for handle in self._tcp_paused:
-            handle.cancel()
-        self._tcp_paused.clear()
-        if listening.fileno() != -1:
-            asyncio.get_running_loop().remove_reader(listening.fileno())
-            listening.close()
+    def _accepted_tcp(self, connection: socket.socket, _peer: Any) -> None:
+        # (Accepted by hand, ``Acceptor``: out of descriptors the loop's own server reset the
+        # waiting connections unsaid; now they wait in the backlog while the listener rests.)
+        task = asyncio.ensure_future(self._open_tcp(connection))
+        self._tcp_accepting.add(task)
+        task.add_done_callback(self._tcp_accepting.discard)
 
     async def _open_tcp(self, connection: socket.socket) -> None:
         try:

@@ -13,15 +13,21 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 from ispd.configtypes import SocketAddress
 from ispd.dns.frontend import TransportStats
-from ispd.listeners import ConnectionGate, forget_connection_error, listening_tcp_socket, server_tls_context
-from ispd.logs import LogThrottle, get_logger
+from ispd.listeners import (
+    Acceptor,
+    ConnectionGate,
+    forget_connection_error,
+    listening_tcp_socket,
+    server_tls_context,
+)
+from ispd.logs import get_logger
 from ispd.service import ServiceStartError, describe_os_error
 
 log = get_logger("ispd.dns")
@@ -46,8 +52,7 @@ class TLSListener:
         self._prepared: tuple[ssl.SSLContext, tuple[bytes, bytes] | None] | None = None
         self.bound: list[tuple[str, int]] = []
         self._connections: set[asyncio.Task[None]] = set()
-        self._paused: set[asyncio.TimerHandle] = set()  # listening sockets resting after a failed accept
-        self._accept_failures = LogThrottle(60)
+        self._acceptor = Acceptor(self._accepted, stats, log, "dns.accept_failed", name, ACCEPT_RETRY_SECONDS)
 
     def load_certificate(self, certificate: Path, private_key: Path) -> None:
         """Build the context for new connections; raises ``CertificateError`` and keeps the old
@@ -77,7 +82,7 @@ class TLSListener:
 
     async def start(self, addresses: list[SocketAddress], stack: AsyncExitStack, *, reuse_port: bool = False,
                     first: bool = True) -> None:
-        loop = asyncio.get_running_loop()
+        stack.callback(self._acceptor.close)
         for address in addresses:
             try:
                 listening = listening_tcp_socket(address.host, address.port, 1024, reuse_port=reuse_port,
@@ -85,57 +90,21 @@ class TLSListener:
             except OSError as exc:
                 raise ServiceStartError(f"dns: {self.name}: cannot listen on {address}: "
                                         f"{describe_os_error(exc)}") from None
-            loop.add_reader(listening.fileno(), self._accept, listening)
-            stack.callback(listening.close)
-            stack.callback(loop.remove_reader, listening.fileno())
-            stack.callback(self._cancel_pauses)
+            self._acceptor.listen(listening)
             self.bound.append((address.host, listening.getsockname()[1]))
         stack.push_async_callback(self._close_connections)
 
-    def _accept(self, listening: socket.socket) -> None:
-        # Accepting here rather than through create_server(ssl=...) lets the limits apply before
-        # any TLS work and makes a failed handshake visible (and countable) to us.
-        for _ in range(64):
-            try:
-                connection, peer = listening.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except ConnectionAbortedError:  # gone before it was accepted: the next one
-                continue
-            except OSError as exc:  # EMFILE and friends
-                self._pause(listening, exc)
-                return
-            client = peer[0]
-            if not self.gate.admit(client):
-                connection.close()
-                continue
-            connection.setblocking(False)
-            task = asyncio.ensure_future(self._connection(connection, client))
-            self._connections.add(task)
-            task.add_done_callback(self._connections.discard)
-
-    def _pause(self, listening: socket.socket, exc: OSError) -> None:
-        """Out of descriptors the pending connection stays, and the socket stays readable: left
-        as it is, the loop would call ``_accept`` again at once, forever (a core at 100 %). As
-        asyncio's own servers do, stop watching it for a while, say so, and look again."""
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(listening.fileno())
-        self.stats.accept_failures += 1
-        if self._accept_failures.due(exc.errno, time.monotonic()):
-            log.error("dns.accept_failed", listener=self.name, error=str(exc))
-
-        def resume() -> None:
-            self._paused.discard(handle)
-            if listening.fileno() != -1:
-                loop.add_reader(listening.fileno(), self._accept, listening)
-
-        handle = loop.call_later(ACCEPT_RETRY_SECONDS, resume)
-        self._paused.add(handle)
-
-    def _cancel_pauses(self) -> None:
-        for handle in self._paused:
-            handle.cancel()
-        self._paused.clear()
+    def _accepted(self, connection: socket.socket, peer: Any) -> None:
+        # Accepted by hand rather than through create_server(ssl=...): the limits apply before any
+        # TLS work, and a failed handshake is visible (and countable) to us.
+        client = peer[0]
+        if not self.gate.admit(client):
+            connection.close()
+            return
+        connection.setblocking(False)
+        task = asyncio.ensure_future(self._connection(connection, client))
+        self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
 
     async def _connection(self, connection: socket.socket, client: str) -> None:
         loop = asyncio.get_running_loop()

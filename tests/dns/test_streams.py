@@ -285,10 +285,10 @@ async def test_a_stop_ends_connections_whose_queries_still_wait_without_leaving_
                              resolver=SimpleNamespace(request_timeout_seconds=30))
     service = SimpleNamespace(transport_stats={"tcp": stats}, _tcp_gate=ConnectionGate(10, 10, stats),
                               _tcp_streams={}, _tcp_answerer=answerer, config=config, extras=None,
-                              _udp=[], _slow=set(), _close_tcp_listener=lambda listener: listener.close())
+                              _udp=[], _slow=set())
     server = await asyncio.start_server(lambda r, w: DNSService._serve_tcp(service, r, w),  # type: ignore[arg-type]
                                         "127.0.0.1", 0)
-    service._tcp = [server]
+    service._tcp = SimpleNamespace(close=server.close)  # (the acceptor: stops accepting)
     try:
         _, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
         writer.write(QUERY * 3)

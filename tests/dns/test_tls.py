@@ -46,19 +46,20 @@ async def test_out_of_descriptors_the_listener_rests_instead_of_spinning(monkeyp
     monkeypatch.setattr(tls, "ACCEPT_RETRY_SECONDS", 0.5)
     stats = TransportStats()
     listener = TLSListener("dot", ["dot"], ConnectionGate(10, 10, stats), stats, 1.0, serve=None)  # type: ignore[arg-type]
+    acceptor = listener._acceptor
     real = socket.create_server(("127.0.0.1", 0))
     real.setblocking(False)
     client = socket.create_connection(real.getsockname())
     exhausted = OutOfDescriptors(real)
     loop = asyncio.get_running_loop()
     try:
-        loop.add_reader(real.fileno(), listener._accept, exhausted)
+        loop.add_reader(real.fileno(), acceptor._accept, exhausted)
         await asyncio.sleep(0.3)
         assert exhausted.accepts == 1
         await asyncio.sleep(0.5)  # rested: it looks again
-        assert exhausted.accepts == 2
+        assert exhausted.accepts == 2 and stats.accept_failures == 2
     finally:
-        listener._cancel_pauses()
+        acceptor.close()
         loop.remove_reader(real.fileno())
         client.close()
         real.close()
