@@ -309,30 +309,38 @@ def test_a_relay_asks_by_leasequery_which_client_has_a_delegated_prefix(make_net
     assert net.ispd.metric_in_netns("ispd_dhcp6_packets_sent_total", {"type": "leasequery_reply"}) == 1
 
 
+def _solicit(net: Net6, duid: bytes, xid: int) -> list[bytes]:
+    """A raw Solicit for an address from the client's side; the replies."""
+    datagram = bytes([1]) + xid.to_bytes(3, "big") + _option(1, duid) + _option(8, bytes(2)) \
+        + _option(25, struct.pack("!III", 1, 0, 0))
+    return exchange6(net.client_ns, net.client_if, [datagram], listen=3, transaction_ids=[xid], until=1)
+
+
+def _ip(net: Net6, ns: str, *args: str) -> None:
+    result = net.lab.run(ns, "ip", *args)
+    assert result.returncode == 0, result.stderr
+
+
+def _remake_access_link(net: Net6) -> None:
+    """The server's access interface deleted and made again under its name (a new index)."""
+    _ip(net, net.server_ns, "link", "del", net.server_if)
+    _ip(net, net.server_ns, "link", "add", net.server_if, "type", "veth", "peer", "name", net.client_if, "netns",
+        net.client_ns)
+    _ip(net, net.server_ns, "addr", "add", "2001:db8:1::1/64", "dev", net.server_if, "nodad")
+    _ip(net, net.server_ns, "link", "set", net.server_if, "up")
+    _ip(net, net.client_ns, "link", "set", net.client_if, "up")
+    wait_link_local(net.client_ns, net.client_if)
+
+
 def test_an_interface_made_again_is_served_again(make_net6: Callable[..., Net6]) -> None:
     """The access interface deleted and made again under its name (a VLAN re-created, say) has a
     new index, and ispd's socket lost its ff02::1:2 membership with the old one: Solicits there
     vanished, uncounted and unlogged, until a restart. ispd listens on it anew by itself."""
     net = make_net6(reclaim_interval_seconds=0.5)
     duid = bytes.fromhex("0003000102005e000078")
-
-    def solicit(xid: int) -> list[bytes]:
-        datagram = bytes([1]) + xid.to_bytes(3, "big") + _option(1, duid) + _option(8, bytes(2)) \
-            + _option(25, struct.pack("!III", 1, 0, 0))
-        return exchange6(net.client_ns, net.client_if, [datagram], listen=3, transaction_ids=[xid], until=1)
-
-    def ip(ns: str, *args: str) -> None:
-        result = net.lab.run(ns, "ip", *args)
-        assert result.returncode == 0, result.stderr
-
-    assert len(solicit(0x601)) == 1, net.servers()
-    ip(net.server_ns, "link", "del", net.server_if)
-    ip(net.server_ns, "link", "add", net.server_if, "type", "veth", "peer", "name", net.client_if, "netns", net.client_ns)
-    ip(net.server_ns, "addr", "add", "2001:db8:1::1/64", "dev", net.server_if, "nodad")
-    ip(net.server_ns, "link", "set", net.server_if, "up")
-    ip(net.client_ns, "link", "set", net.client_if, "up")
-    wait_link_local(net.client_ns, net.client_if)
-    assert eventually(lambda: len(solicit(0x602)) == 1, timeout=10), net.servers()
+    assert len(_solicit(net, duid, 0x601)) == 1, net.servers()
+    _remake_access_link(net)
+    assert eventually(lambda: len(_solicit(net, duid, 0x602)) == 1, timeout=10), net.servers()
     assert "dhcp6.interfaces.changed" in net.ispd.log_text()
 
 
@@ -345,30 +353,15 @@ def test_an_interface_made_again_is_served_again_while_another_listed_one_is_mis
     came back or a restart. (DHCPv4's follower already followed the present ones.)"""
     net = make_net6(spare=("spare6",), reclaim_interval_seconds=0.5)
     duid = bytes.fromhex("0003000102005e000079")
-
-    def solicit(xid: int) -> list[bytes]:
-        datagram = bytes([1]) + xid.to_bytes(3, "big") + _option(1, duid) + _option(8, bytes(2)) \
-            + _option(25, struct.pack("!III", 1, 0, 0))
-        return exchange6(net.client_ns, net.client_if, [datagram], listen=3, transaction_ids=[xid], until=1)
-
-    def ip(ns: str, *args: str) -> None:
-        result = net.lab.run(ns, "ip", *args)
-        assert result.returncode == 0, result.stderr
-
-    assert len(solicit(0x611)) == 1, net.servers()
-    ip(net.server_ns, "link", "del", "spare6")  # gone for a while
-    ip(net.server_ns, "link", "del", net.server_if)
-    ip(net.server_ns, "link", "add", net.server_if, "type", "veth", "peer", "name", net.client_if, "netns", net.client_ns)
-    ip(net.server_ns, "addr", "add", "2001:db8:1::1/64", "dev", net.server_if, "nodad")
-    ip(net.server_ns, "link", "set", net.server_if, "up")
-    ip(net.client_ns, "link", "set", net.client_if, "up")
-    wait_link_local(net.client_ns, net.client_if)
-    assert eventually(lambda: len(solicit(0x612)) == 1, timeout=10), net.servers()
+    assert len(_solicit(net, duid, 0x611)) == 1, net.servers()
+    _ip(net, net.server_ns, "link", "del", "spare6")  # gone for a while
+    _remake_access_link(net)
+    assert eventually(lambda: len(_solicit(net, duid, 0x612)) == 1, timeout=10), net.servers()
     changed = net.ispd.log_events("dhcp6.interfaces.changed")
     assert changed and changed[-1]["present"] == [net.server_if], net.servers()
-    ip(net.server_ns, "link", "add", "spare6", "type", "veth", "peer", "name", "spare6p")  # back: joined again
-    ip(net.server_ns, "link", "set", "spare6", "up")
+    _ip(net, net.server_ns, "link", "add", "spare6", "type", "veth", "peer", "name", "spare6p")  # back: joined again
+    _ip(net, net.server_ns, "link", "set", "spare6", "up")
     assert eventually(lambda: net.ispd.log_events("dhcp6.interfaces.changed")[-1]["present"]
                       == sorted([net.server_if, "spare6"]), timeout=5), net.servers()
-    assert len(solicit(0x613)) == 1, net.servers()
+    assert len(_solicit(net, duid, 0x613)) == 1, net.servers()
     assert "dhcp6.interfaces.join_failed" not in net.ispd.log_text()

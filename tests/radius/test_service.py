@@ -1672,17 +1672,7 @@ async def test_a_store_outage_is_one_line_in_the_log_not_one_per_accounting_requ
     writes = WritesDown(store)
     try:
         async with _running(store, EventBus(), _radius_config(3799)) as service:
-            port = next(p for kind, _, p in service.bound if kind == "acct")
-            loop = asyncio.get_running_loop()
-            transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
-                                                               local_addr=(NAS, 0), remote_addr=(NAS, port))
-
-            def send(identifier: int) -> None:
-                attributes = encode_attributes([(Attr.ACCT_STATUS_TYPE, (1).to_bytes(4, "big")),
-                                                (Attr.USER_NAME, b"alice"),
-                                                (Attr.ACCT_SESSION_ID, f"s{identifier}".encode())])
-                transport.sendto(encode_request(Code.ACCOUNTING_REQUEST, identifier, attributes, SECRET.encode(),
-                                                message_authenticator=False))
+            transport, send = await _accounting_starts(service)
 
             async def dropped(count: int) -> bool:
                 return service.metrics.dropped.get("acct", "store_error") == count
@@ -1710,6 +1700,22 @@ async def test_a_store_outage_is_one_line_in_the_log_not_one_per_accounting_requ
         await store.close()
 
 
+async def _accounting_starts(service: RadiusService) -> tuple[asyncio.DatagramTransport, Callable[[int], None]]:
+    """A NAS's socket to the service's accounting port, and what sends an Accounting-Request Start
+    of alice's session ``s<identifier>`` on it."""
+    port = next(p for kind, _, p in service.bound if kind == "acct")
+    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+        asyncio.DatagramProtocol, local_addr=(NAS, 0), remote_addr=(NAS, port))
+
+    def send(identifier: int) -> None:
+        attributes = encode_attributes([(Attr.ACCT_STATUS_TYPE, (1).to_bytes(4, "big")), (Attr.USER_NAME, b"alice"),
+                                        (Attr.ACCT_SESSION_ID, f"s{identifier}".encode())])
+        transport.sendto(encode_request(Code.ACCOUNTING_REQUEST, identifier, attributes, SECRET.encode(),
+                                        message_authenticator=False))
+
+    return transport, send
+
+
 async def test_accounting_writes_failing_by_a_bug_show_in_the_services_health(tmp_path: Path) -> None:
     """From a fix task: health followed the store's commits alone, so writes failing by a bug
     (an exception that is no StoreError: each Accounting-Request unanswered, dropped and logged
@@ -1727,17 +1733,7 @@ async def test_accounting_writes_failing_by_a_bug_show_in_the_services_health(tm
     store.record_accounting = buggy  # type: ignore[method-assign]
     try:
         async with _running(store, EventBus(), _radius_config(3799)) as service:
-            port = next(p for kind, _, p in service.bound if kind == "acct")
-            loop = asyncio.get_running_loop()
-            transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
-                                                               local_addr=(NAS, 0), remote_addr=(NAS, port))
-
-            def send(identifier: int) -> None:
-                attributes = encode_attributes([(Attr.ACCT_STATUS_TYPE, (1).to_bytes(4, "big")),
-                                                (Attr.USER_NAME, b"alice"),
-                                                (Attr.ACCT_SESSION_ID, f"s{identifier}".encode())])
-                transport.sendto(encode_request(Code.ACCOUNTING_REQUEST, identifier, attributes, SECRET.encode(),
-                                                message_authenticator=False))
+            transport, send = await _accounting_starts(service)
 
             async def dropped() -> bool:
                 return service.metrics.dropped.get("acct", "store_error") == 1
