@@ -403,6 +403,7 @@ class DNSService(Service):
         self._udp: list[asyncio.DatagramTransport] = []
         self._tcp: Acceptor | None = None  # accepts from the TCP listening sockets
         self._tcp_accepting: set[asyncio.Task[None]] = set()  # connections being set up
+        self._tcp_stopping = False  # stop() has begun: a connection accepted before is not served
         self._slow: set[asyncio.Task[None]] = set()
         self.budget = ResolutionBudget(MAX_SLOW_TASKS)
         self._tcp_gate: ConnectionGate | None = None
@@ -1087,6 +1088,7 @@ class DNSService(Service):
 
     async def _open(self, stack: AsyncExitStack) -> None:
         assert self.engine is not None
+        self._tcp_stopping = False
         self._tcp = Acceptor(self._accepted_tcp, self.transport_stats["tcp"], log, "dns.accept_failed", "tcp",
                              TCP_ACCEPT_RETRY_SECONDS)
         stack.callback(self._tcp.close)
@@ -1261,6 +1263,7 @@ class DNSService(Service):
 
     async def stop(self) -> None:
         extras = asyncio.ensure_future(self.extras.stop()) if self.extras is not None else None
+        self._tcp_stopping = True
         if self._tcp is not None:
             self._tcp.close()
         # No more queries on open connections: each handler answers what it has in hand, then
@@ -1269,6 +1272,8 @@ class DNSService(Service):
         # the loop's final cancel, each one's CancelledError was logged as an error, with its
         # traceback, at an ordinary stop (when start_server ran the handlers).
         streams = list(self._tcp_streams.items())
+        # Accepted in this turn of the loop, still opening their streams: they close unserved.
+        opening = self._tcp_accepting - {handler for _, (_, handler) in streams}
         for writer, (reader, _) in streams:
             cast(asyncio.ReadTransport, writer.transport).pause_reading()
             reader.feed_eof()
@@ -1276,8 +1281,8 @@ class DNSService(Service):
             udp.close()
         if self._slow:
             await asyncio.wait(list(self._slow), timeout=2)
-        if streams:
-            await asyncio.wait([handler for _, (_, handler) in streams], timeout=2)
+        if streams or opening:
+            await asyncio.wait([*opening, *(handler for _, (_, handler) in streams)], timeout=2)
         left = []
         for writer, (_, handler) in streams:
             if handler.done():
@@ -1478,6 +1483,9 @@ class DNSService(Service):
             reader, writer = await asyncio.open_connection(sock=connection)
         except OSError:
             connection.close()
+            return
+        if self._tcp_stopping:  # (accepted before the stop, which no longer waits for it)
+            writer.close()
             return
         await self._serve_tcp(reader, writer)
 

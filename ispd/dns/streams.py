@@ -8,7 +8,8 @@ place); reading waits while the cap is reached, and while the client does not re
 (write buffer over 256 KiB).
 At the connection's end (the client's EOF, a bad length) its queries in flight get
 ``drain_seconds`` to be answered; those still waiting for the budget or resolving then are
-cancelled, and the connection closes without their replies.
+cancelled, and the connection closes without their replies (at once, with the connection, when
+it is cut off for replies its client does not read).
 A connection idle (no query in flight) for ``idle_seconds`` is closed, and so is one whose
 client has not read its replies for as long (cut off: the replies it left would never drain); a
 length over ``max_query_bytes`` closes it too (the stream cannot be resynchronised). DoT adds
@@ -83,6 +84,8 @@ async def serve_dns_stream(reader: asyncio.StreamReader, writer: asyncio.StreamW
     finally:
         if stalled:  # a close would wait for a flush that never comes
             writer.transport.abort()
+            for task in pending:  # (their replies could reach no one either: as below)
+                task.cancel()
         else:
             try:
                 current = asyncio.current_task()

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
+import types
 import weakref
 from types import SimpleNamespace
+from typing import Any
 
 from ispd.dns.frontend import Answerer, ResolutionBudget, TransportStats
 from ispd.dns.service import DNSService
 from ispd.dns.streams import serve_dns_stream
-from ispd.listeners import ConnectionGate
+from ispd.listeners import Acceptor, ConnectionGate
+from ispd.logs import get_logger
 from ispd.metrics.fast import Histogram
 
 QUERY = struct.pack("!H", 12) + bytes(12)
@@ -283,14 +287,10 @@ async def test_a_stop_ends_connections_whose_queries_still_wait_without_leaving_
                         slow_latency=Histogram(), budget=budget)
     config = SimpleNamespace(tcp_idle_seconds=30, tcp_max_pipelined=10,
                              resolver=SimpleNamespace(request_timeout_seconds=30))
-    service = SimpleNamespace(transport_stats={"tcp": stats}, _tcp_gate=ConnectionGate(10, 10, stats),
-                              _tcp_streams={}, _tcp_answerer=answerer, config=config, extras=None,
-                              _udp=[], _slow=set())
-    server = await asyncio.start_server(lambda r, w: DNSService._serve_tcp(service, r, w),  # type: ignore[arg-type]
-                                        "127.0.0.1", 0)
-    service._tcp = SimpleNamespace(close=server.close)  # (the acceptor: stops accepting)
+    service = tcp_service(answerer, stats, config)
+    listening = tcp_listener(service)
     try:
-        _, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+        _, writer = await asyncio.open_connection(*listening.getsockname())
         writer.write(QUERY * 3)
         for _ in range(100):
             await asyncio.sleep(0.01)  # one resolving, two waiting for the budget
@@ -299,10 +299,28 @@ async def test_a_stop_ends_connections_whose_queries_still_wait_without_leaving_
         await DNSService.stop(service)  # type: ignore[arg-type]
         assert handlers and all(handler.done() and not handler.cancelled() for handler in handlers)
         assert budget.used == 0 and not budget._waiters and engine.running == 0
+        assert listening.fileno() == -1
         writer.close()
     finally:
-        server.close()
-        await server.wait_closed()
+        listening.close()
+
+
+def tcp_service(answerer: Answerer, stats: TransportStats, config: SimpleNamespace) -> SimpleNamespace:
+    """The parts of a DNSService its TCP listener, its handlers and its stop use, with its own
+    methods (the listener accepts by hand: an ``Acceptor`` calling DNSService._accepted_tcp)."""
+    service = SimpleNamespace(transport_stats={"tcp": stats}, _tcp_gate=ConnectionGate(10, 10, stats),
+                              _tcp_streams={}, _tcp_answerer=answerer, config=config, extras=None,
+                              _udp=[], _slow=set(), _tcp_accepting=set(), _tcp_stopping=False)
+    for name in ("_accepted_tcp", "_open_tcp", "_serve_tcp"):
+        setattr(service, name, types.MethodType(getattr(DNSService, name), service))
+    service._tcp = Acceptor(service._accepted_tcp, stats, get_logger("test"), "dns.accept_failed", "tcp")
+    return service
+
+
+def tcp_listener(service: SimpleNamespace) -> socket.socket:
+    listening = socket.create_server(("127.0.0.1", 0))
+    service._tcp.listen(listening)
+    return listening
 
 
 async def test_a_place_freed_goes_to_the_query_waiting_not_to_a_miss_that_comes_first() -> None:
@@ -325,3 +343,90 @@ async def test_a_place_freed_goes_to_the_query_waiting_not_to_a_miss_that_comes_
     budget.give()
     budget.give()
     assert budget.used == 0
+
+
+async def test_a_connection_accepted_just_before_a_stop_is_not_served_after_it() -> None:
+    """From a review: the listener accepts by hand; a connection accepted in the stop's turn of
+    the loop was still opening its streams when stop() listed the open ones, and was then served,
+    after the stop, for as long as its client kept it (its queries resolved by a stopped service)."""
+    engine = HeldEngine()
+    stats = TransportStats()
+    answerer = Answerer(engine, stats, pad=False, hit_latency=Histogram(),  # type: ignore[arg-type]
+                        slow_latency=Histogram(), budget=ResolutionBudget(10))
+    config = SimpleNamespace(tcp_idle_seconds=30, tcp_max_pipelined=10,
+                             resolver=SimpleNamespace(request_timeout_seconds=30))
+    service = tcp_service(answerer, stats, config)
+    listening = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listening.getsockname())
+    try:
+        client.sendall(QUERY)
+        listening.setblocking(False)
+        service._tcp._accept(listening)  # (the loop's reader callback, in the stop's turn)
+        assert len(service._tcp_accepting) == 1
+        await asyncio.wait_for(DNSService.stop(service), 10)  # type: ignore[arg-type]
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        assert not service._tcp_accepting and not service._tcp_streams and engine.running == 0
+        client.settimeout(2)
+        with contextlib.suppress(ConnectionResetError):  # closed, unanswered (a reset: its query unread)
+            assert client.recv(100) == b""
+    finally:
+        client.close()
+        listening.close()
+        for task in service._tcp_accepting:
+            task.cancel()
+
+
+class BigThenHeld:
+    """No query is in the cache; the first waits for good (a zone that does not answer), every
+    other gets a 16 KB reply at once."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+        self.held: asyncio.Task[Any] | None = None
+
+    def from_cache(self, data: bytes, client: str, started: float) -> None:
+        return None
+
+    async def resolve(self, data: bytes, client: str, started: float) -> bytes:
+        self.asked += 1
+        if self.asked == 1:
+            self.held = asyncio.current_task()
+            await asyncio.Event().wait()
+        return bytes(16_000)
+
+
+async def test_the_queries_of_a_connection_cut_off_for_unread_replies_are_cancelled() -> None:
+    """From a review: a client that leaves its replies unread past the write buffer's high mark
+    is cut off (aborted); its queries still resolving were left running, holding their places in
+    the resolution budget for a connection already gone, as those past a drain time were."""
+    answerer = BigThenHeld()
+    done = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        try:
+            await serve_dns_stream(reader, writer, "c", answerer, TransportStats(),  # type: ignore[arg-type]
+                                   idle_seconds=0.3, max_in_flight=100, max_query_bytes=512, drain_seconds=5)
+        finally:
+            done.set()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    client = socket.socket()
+    try:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        client.connect(server.sockets[0].getsockname())
+        client.setblocking(False)
+        for _ in range(400):  # never reads its replies, of 16 KB each
+            if done.is_set():
+                break
+            with contextlib.suppress(OSError):
+                client.send(QUERY)
+            await asyncio.sleep(0.005)
+        await asyncio.wait_for(done.wait(), 5)
+        await asyncio.sleep(0.01)
+        assert answerer.held is not None and answerer.held.done()
+    finally:
+        client.close()
+        server.close()
+        await server.wait_closed()
