@@ -146,10 +146,18 @@ class LossyOutput:
         return self.out.isatty()
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes, room: select.poll | None = None) -> None:
+    """``room``: on a descriptor that is non-blocking (O_NONBLOCK is the open file's, which
+    another process sharing it may set), wait with it for the room a blocking write waits for,
+    rather than fail with EAGAIN."""
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            if room is None:
+                raise
+            room.poll()
 
 
 class LogWriter:
@@ -174,6 +182,8 @@ class LogWriter:
         self.as_json = as_json
         self._room = select.poll()
         self._room.register(fd, select.POLLOUT)
+        self._thread_room = select.poll()  # (the thread's own: one poll object polls in one thread at a time)
+        self._thread_room.register(fd, select.POLLOUT)
         self._lines: deque[bytes] = deque()
         self._pending_bytes = 0
         self._lost = 0  # dropped from a full queue or refused by the output, not told yet
@@ -216,11 +226,11 @@ class LogWriter:
         with self._changed:
             return self._changed.wait_for(lambda: not self._lines and not self._writing, timeout)
 
-    def _write(self, batch: list[bytes], lost: int) -> int:
+    def _write(self, batch: list[bytes], lost: int, room: select.poll | None = None) -> int:
         """Write ``batch``, after a line telling of ``lost``; returns how many are lost now."""
         told = [_lost_line(lost, self.as_json).encode()] if lost else []
         try:
-            _write_all(self.fd, b"".join(told + batch))
+            _write_all(self.fd, b"".join(told + batch), room)
         except OSError:  # a closed pipe, a full disk: counted, never raised
             return lost + len(batch)
         return 0
@@ -239,7 +249,7 @@ class LogWriter:
                     size += len(batch[-1])
                 self._pending_bytes -= size
                 lost, self._lost = self._lost, 0
-            lost = self._write(batch, lost)  # (the only write while the queue is not empty)
+            lost = self._write(batch, lost, self._thread_room)  # (the only write while the queue is not empty)
             if lost:
                 with self._changed:
                     self._lost += lost

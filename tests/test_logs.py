@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -247,3 +248,30 @@ def test_an_output_nobody_reads_never_stops_the_caller_and_what_it_dropped_is_to
     told = [line["count"] for line in lines if line["event"] == "log.lines_lost"]
     assert granted == sorted(granted) and granted[0] == 0 and told and len(granted) + sum(told) == 2000
     assert lines[-1]["event"] == "dhcp.lease.released"
+
+
+def test_lines_for_a_non_blocking_output_wait_for_room_rather_than_being_dropped() -> None:
+    """A stdout the daemon inherits may be non-blocking (O_NONBLOCK is the open file's, which a
+    parent or the terminal's other users may set): the writer thread's write to it, full, failed
+    at once with EAGAIN, and the lines queued for it, well within the queue's bound, were dropped
+    and counted as lost instead of waiting for the room they wait for on a blocking one."""
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
+    os.set_blocking(write_end, False)
+    stream = os.fdopen(write_end, "w")
+    try:
+        with logging_to(stream, background=True):
+            for number in range(60):  # ~9 KB: twice what the pipe holds, far below the queue's bound
+                get_logger("test").info("dhcp.lease.granted", number=number, padding="x" * 100)
+            writer = LogWriter.for_descriptor(write_end, True)
+            time.sleep(0.2)  # (the writer thread meets the full pipe)
+            reader = concurrent.futures.ThreadPoolExecutor(1).submit(read_to_end, read_end)
+            assert writer.drain(10.0)
+        stream.close()
+        lines = [json.loads(line) for line in reader.result(10.0).splitlines()]
+    finally:
+        with contextlib.suppress(OSError):
+            stream.close()
+        os.close(read_end)
+    assert [line["event"] for line in lines] == ["dhcp.lease.granted"] * 60
+    assert [line["number"] for line in lines] == list(range(60))
