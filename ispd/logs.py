@@ -208,8 +208,11 @@ class LogWriter:
 
     def put(self, line: bytes) -> None:
         with self._changed:
-            if not self._lines and not self._writing and len(line) <= select.PIPE_BUF and self._room.poll(0):
-                self._lost = self._write([line], self._lost)  # (an error or a hang-up too: it fails at once)
+            # (Not with lines lost to tell of: told with it, the write could be longer than the room
+            # poll promises, a page. An error or a hang-up polls ready too: that write fails at once.)
+            if not self._lines and not self._writing and not self._lost and len(line) <= select.PIPE_BUF \
+                    and self._room.poll(0):
+                self._lost = self._write([line], 0)
                 return
             if self._pending_bytes + len(line) > self.MAX_PENDING_BYTES:
                 self._lost += 1
