@@ -115,13 +115,15 @@ class MXPolicy:
                               "bad_address")
         if domain not in self.domains:
             raise SMTPRefusal(Reply(554, "5.7.1", f"<{_printable(address)}>: Relay access denied"), "relay_denied")
-        local = local.lower()
+        local = base = local.lower()
         candidates = [f"{local}@{domain}"]
         if self.recipient_delimiter and self.recipient_delimiter in local:
-            base = local.partition(self.recipient_delimiter)[0]
-            if base:
+            base = local.partition(self.recipient_delimiter)[0] or local
+            if base != local:
                 candidates.append(f"{base}@{domain}")
-        if local == "postmaster" and self.postmaster is not None:
+        # postmaster+tag@ too, as alice+tag@ reaches alice (Postfix strips the extension before
+        # its virtual alias lookup of postmaster@ as well).
+        if base == "postmaster" and self.postmaster is not None:
             candidates.append(self.postmaster)
         return Route(tuple(candidates))
 

@@ -36,6 +36,9 @@ def refusal(call: object, *args: object) -> SMTPRefusal:
     ("+x@isp.example", ("+x@isp.example",)),
     ("postmaster@mail.isp.example", ("postmaster@mail.isp.example", "noc@isp.example")),
     ("Postmaster", ("postmaster@isp.example", "noc@isp.example")),  # RFC 5321 §4.5.1: without a domain, too
+    # A subaddress of postmaster@ reaches the postmaster mailbox as alice+tag@ reaches alice's;
+    # it was refused (550 5.1.1) while postmaster@ itself was taken.
+    ("postmaster+test@isp.example", ("postmaster+test@isp.example", "postmaster@isp.example", "noc@isp.example")),
 ])
 def test_local_recipients_are_looked_up_as_written_then_as_their_mailbox(address: str,
                                                                          candidates: tuple[str, ...]) -> None:
