@@ -289,6 +289,7 @@ class MailService(Service):
         stack.callback(self.context.control.register("mail.mailbox.show", self._command_mailbox_show))
         log.info("mail.started", listen=self.bound, domains=self.config.domains,
                  starttls=self.tls_context is not None, maildir_root=str(self.config.maildir_root))
+        await self._warn_unreachable_postmaster()
 
     def _session(self, listener: str) -> asyncio.Protocol:
         if listener.startswith("imap"):
@@ -579,6 +580,29 @@ class MailService(Service):
             gate.max_total = new.mail.max_connections
             gate.max_per_client = new.mail.max_connections_per_client
         log.info("mail.reloaded", domains=new.mail.domains, starttls=tls_context is not None)
+        await self._warn_unreachable_postmaster()
+
+    async def _warn_unreachable_postmaster(self) -> None:
+        """RFC 5321 §4.5.1: postmaster@ every domain must take mail. Without a mailbox or alias
+        at postmaster@ nor a `postmaster` setting that names one (unset, or a mistyped address),
+        the MX refused it 550 5.1.1 and nothing said so. A warning, not a refusal: the mailbox
+        may be added once the daemon runs."""
+        unreachable = []
+        try:
+            for domain in self.config.domains:
+                for candidate in self.policy.route(f"postmaster@{domain}", 0).candidates:
+                    if (await self.context.store.mail_recipient(candidate) is not None
+                            or await self.context.store.mail_alias(candidate) is not None):
+                        break
+                else:
+                    unreachable.append(domain)
+        except (StoreError, InvalidValue) as exc:
+            log.debug("mail.postmaster.unchecked", error=str(exc))
+            return
+        if unreachable:
+            log.warning("mail.postmaster.unreachable", domains=unreachable, postmaster=self.config.postmaster,
+                        detail="mail to postmaster@ these domains is refused (550 5.1.1): set [mail] postmaster "
+                               "to an existing mailbox, or add a mailbox or an alias at postmaster@")
 
     def health(self) -> Health:
         if not self._acceptors or any(acceptor.done() for acceptor in self._acceptors):

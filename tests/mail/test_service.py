@@ -75,3 +75,37 @@ def test_every_spelling_of_a_login_counts_toward_its_growing_delay() -> None:
     assert service.throttle.delay("alice@isp.example", 0.0) >= 0.01 * 2 ** (len(spellings) - 3)
     service.auth_succeeded(b" ALICE@isp.example.")  # the owner logs in: the count starts afresh
     assert service.throttle.delay("alice@isp.example", 0.0) == 0.01
+
+
+@pytest.mark.parametrize(("postmaster", "mailboxes", "aliases", "unreachable"), [
+    (None, set(), set(), ["isp.example", "other.example"]),  # the annotated config's default
+    ("noc@isp.example", set(), set(), ["isp.example", "other.example"]),  # a mailbox never made
+    ("noc@isp.example", {"noc@isp.example"}, set(), None),
+    (None, {"postmaster@isp.example"}, {"postmaster@other.example"}, None),
+    (None, {"postmaster@isp.example"}, set(), ["other.example"]),
+])
+def test_a_postmaster_address_that_reaches_nobody_is_warned_about(postmaster: str | None, mailboxes: set[str],
+                                                                  aliases: set[str],
+                                                                  unreachable: list[str] | None) -> None:
+    """RFC 5321 §4.5.1: postmaster@ must take mail. With `postmaster` unset (the default) or
+    naming a mailbox that does not exist, and no mailbox or alias at postmaster@, the MX refused
+    it 550 5.1.1 and neither check-config nor the log said a word."""
+    from structlog.testing import capture_logs
+
+    from ispd.mail.engine import MXPolicy
+
+    async def mail_recipient(address: str) -> object:
+        return object() if address in mailboxes else None
+
+    async def mail_alias(address: str) -> object:
+        return object() if address in aliases else None
+
+    service = MailService.__new__(MailService)
+    service.config = MailConfig(domains=["isp.example", "other.example"], postmaster=postmaster)
+    service.policy = MXPolicy(service.config.domains, postmaster=postmaster)
+    service.context = SimpleNamespace(store=SimpleNamespace(mail_recipient=mail_recipient,  # type: ignore[assignment]
+                                                            mail_alias=mail_alias))
+    with capture_logs() as logs:
+        asyncio.run(service._warn_unreachable_postmaster())
+    warnings = [e for e in logs if e["event"] == "mail.postmaster.unreachable"]
+    assert [e["domains"] for e in warnings] == ([unreachable] if unreachable else [])
