@@ -1730,6 +1730,13 @@ async def cmd_mailbox_add(store: Store, args: argparse.Namespace) -> None:
         return
     quota = f", quota {mailbox.quota_bytes} bytes" if mailbox.quota_bytes is not None else ""
     print(f"added mailbox {mailbox.address} for {username or '#' + str(mailbox.subscriber_id)}{quota}")
+    # An alias that named the address when an earlier mailbox of it was deleted reaches this one
+    # now, whoever owns it: said here, as `mailbox delete` said it had lost it.
+    for alias in await store.list_mail_aliases():
+        if mailbox.address in alias.targets:
+            owner = await username_of(store, alias.subscriber_id) or f"#{alias.subscriber_id}"
+            print(f"alias {alias.address} (of {owner}) names {mailbox.address}: its mail reaches this mailbox "
+                  f"from now (`ispd mailbox alias delete {alias.address}`, then add it again, if it should not)")
 
 
 async def cmd_mailbox_list(store: Store, args: argparse.Namespace) -> None:

@@ -294,6 +294,11 @@ def test_the_cli_manages_mailboxes(mail: Mail) -> None:
     assert f"alias team@{DOMAIN} still names temp@{DOMAIN}: its mail now reaches alice@{DOMAIN} only" in deleted.stdout
     assert f"alias only-temp@{DOMAIN} still names temp@{DOMAIN}: its mail now is refused (no other target)" \
         in deleted.stdout
+    # The address given again (to anyone) is reached by those aliases again: said at once.
+    added = mail.ispd.cli("mailbox", "add", "alice", f"temp@{DOMAIN}").stdout
+    assert (f"alias only-temp@{DOMAIN} (of alice) names temp@{DOMAIN}: its mail reaches this mailbox from now"
+            in added) and f"alias team@{DOMAIN} (of alice)" in added
+    mail.ispd.cli("mailbox", "delete", f"temp@{DOMAIN}")
     for alias in ("team", "only-temp"):
         mail.ispd.cli("mailbox", "alias", "delete", f"{alias}@{DOMAIN}")
     assert not (mail.root / DOMAIN / "temp").exists()
