@@ -242,6 +242,15 @@ class SMTPSession(SMTP):
             cast(asyncio.WriteTransport, self.transport).write(goodbye.encode())
         self.close()
 
+    def _timeout_cb(self) -> None:
+        """A silent client (command_timeout_seconds) is told why before the close, as Postfix
+        does ("421 4.4.2 ... Error: timeout exceeded"): aiosmtpd closed it without a word, which
+        the client's log shows as a lost connection."""
+        if self.transport is not None and not self.transport.is_closing():
+            goodbye = f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n"
+            cast(asyncio.WriteTransport, self.transport).write(goodbye.encode())
+        super()._timeout_cb()
+
     async def push(self, status: Any) -> None:
         if isinstance(status, str) and not self._helo_reply:
             status = with_enhanced_code(status)

@@ -157,3 +157,27 @@ def test_a_size_parameter_in_other_digits_than_ascii_is_a_syntax_error(without_c
 
     replies = uvloop.run(run())
     assert [r[:9] for r in replies] == [b"501 5.5.4"] * 3 + [b"250 2.0.0"], replies
+
+
+@pytest.mark.parametrize("stage", ["greeting", "after_ehlo"])
+def test_a_silent_client_is_told_421_before_the_close(stage: str, without_cycle_collection: None) -> None:
+    """command_timeout_seconds closed the connection without a reply (aiosmtpd's own timeout),
+    after a command as in the middle of DATA: the client saw a lost connection where Postfix
+    says 421 4.4.2 timeout exceeded (RFC 5321 §3.8: a server that must close says 421)."""
+    service = serving_service()
+    service.config.command_timeout_seconds = 0.2
+
+    async def run() -> bytes:
+        server = await asyncio.get_running_loop().create_server(lambda: SMTPSession(service, "mx"), "127.0.0.1", 0)
+        try:
+            reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+            await reader.readline()  # 220
+            if stage == "after_ehlo":
+                writer.write(b"EHLO client.example\r\n")
+                while not (await reader.readline()).startswith(b"250 "):
+                    pass
+            return await asyncio.wait_for(reader.read(), 5)
+        finally:
+            server.close()
+
+    assert uvloop.run(run()) == b"421 4.4.2 mx.isp.example Error: timeout exceeded\r\n"
