@@ -249,7 +249,7 @@ class SMTPSession(SMTP):
         if self.transport is not None and not self.transport.is_closing():
             goodbye = f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n"
             cast(asyncio.WriteTransport, self.transport).write(goodbye.encode())
-        super()._timeout_cb()
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     async def push(self, status: Any) -> None:
         if isinstance(status, str) and not self._helo_reply:
