@@ -1873,3 +1873,29 @@ def test_a_session_s_ipv6_prefix_is_checked_against_the_reservations_without_a_w
     assert walked == 0
     assert [e["prefix"] for e in logs if e["event"] == "radius.prefix.conflict"] == [
         "2001:db8:1000:100::/64", "2001:db8:1000:200::1/128"]  # carol's still found
+
+
+@pytest.mark.parametrize("start_only", [
+    "Framed-IP-Address = 255.255.255.254",  # "the NAS picks": a CoA moves no address
+    'Delegated-IPv6-Prefix-Pool = "home-v6"',  # a pool, used at the session's start, as Framed-Pool
+    'Stateful-IPv6-Address-Pool = "home-v6"',
+])
+def test_a_plan_change_leaves_behind_no_address_or_pool_the_session_keeps_anyway(start_only: str) -> None:
+    """From a review: a plan change whose new profile lacks an attribute of the old one's
+    disconnects (a CoA cannot remove it), but what a CoA never moves (a session's address, which
+    change_of_authorization leaves out) or the pools a session was given from at its start (as
+    Framed-Pool, which does not count) are no reason to end it: the same rates, under a plan with
+    "Framed-IP-Address = 255.255.255.254" and one without, cut the subscriber off for nothing."""
+    world = World(ReplySettings(interim_interval=300, plans={
+        "home": PlanReply(attributes=(reply_attribute(DICTIONARY, start_only),))}))
+    before = world.directory.by_id(1)
+    assert before is not None
+    after = replace(before, plan=replace(PLAN, id=2, name="home-2"), reply_cache={})
+    assert world.engine.left_by_the_change(before, after, nas()) == []
+    # (what a CoA does take away still counts)
+    listed = World(ReplySettings(interim_interval=300, plans={
+        "home": PlanReply(attributes=(reply_attribute(DICTIONARY, "Mikrotik-Address-List = home"),))}))
+    old = listed.directory.by_id(1)
+    assert old is not None
+    assert listed.engine.left_by_the_change(old, replace(old, plan=replace(PLAN, id=2, name="home-2"), reply_cache={}),
+                                            nas()) == ["Mikrotik-Address-List"]
