@@ -919,3 +919,20 @@ def test_dnstap_socket_path_empty_is_off_and_too_long_is_refused(tmp_path: Path)
     path = write(tmp_path, f'[dns]\nenabled = true\n[dns.dnstap]\nsocket_path = "/run/{"x" * 120}.sock"\n')
     assert error_of(path) == (f"{path}: dns.dnstap.socket_path: /run/{'x' * 120}.sock is 130 bytes long; a Unix "
                               "socket's path can have at most 107")
+
+
+def test_timers_of_addresses_in_no_pool_that_do_not_fit_are_warned_of_too(tmp_path: Path) -> None:
+    """From a review: the warning looked at pools only, while a reservation's fixed address
+    outside the pools gets the subnet's own times (lease_times with no pool): a subnet of
+    business lines whose pool sets a lease that fits its T1 and T2, these over the section's lease
+    time, gave the reserved clients 1/2 and 7/8 of it without a word."""
+    path = write(tmp_path, '[dhcp]\nenabled = true\ninterfaces = ["eth1"]\n[[dhcp.subnet]]\n'
+                           'network = "198.18.0.0/24"\ninterface = "eth1"\nrenew_seconds = 5000\n'
+                           'rebind_seconds = 6000\n[[dhcp.subnet.pool]]\nname = "long"\n'
+                           'range = "198.18.0.50 - 198.18.0.60"\nlease_seconds = 7200\n')
+    dhcp = load_config(path).dhcp
+    assert dhcp.lease_times(dhcp.subnet[0], None) == (3600, 1800, 3150, False)
+    assert dhcp.timer_warnings() == [
+        "subnet 198.18.0.0/24: its addresses in no pool (reservations): renew_seconds = 5000 and "
+        "rebind_seconds = 6000 do not fit its lease time of 3600 s (T1 < T2 < lease): its clients get T1 "
+        "1800 s and T2 3150 s instead; set lease_seconds beside them, or times that fit"]

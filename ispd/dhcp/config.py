@@ -500,20 +500,26 @@ class DHCPConfig(Section):
         return lease, lease // 2, lease * 7 // 8, False
 
     def timer_warnings(self) -> list[str]:
-        """Pools whose renew_seconds or rebind_seconds do not fit the lease time they get from
-        elsewhere (a subnet's T1 over the section's lease_seconds, a pool's lease_seconds under
-        its subnet's T2): their clients get 1/2 and 7/8 of the lease instead. A warning, not an
-        error: such a config ran before, and must still start."""
+        """Pools (and a subnet's addresses in no pool) whose renew_seconds or rebind_seconds do
+        not fit the lease time they get from elsewhere (a subnet's T1 over the section's
+        lease_seconds, a pool's lease_seconds under its subnet's T2): their clients get 1/2 and
+        7/8 of the lease instead. A warning, not an error: such a config ran before, and must
+        still start."""
         warnings = []
         for subnet in self.subnet:
-            for pool in subnet.pool:
-                lease, renew, rebind, as_given = self.lease_times(subnet, pool)
-                if as_given:
+            warned = set()
+            # The pools, then the subnet's own times: those of its addresses in no pool (the fixed
+            # addresses of reservations outside the pools), unless a pool said the same already.
+            for pool in [*subnet.pool, None]:
+                lease, renew, rebind, as_given = times = self.lease_times(subnet, pool)
+                if as_given or (pool is None and times in warned):
                     continue
+                warned.add(times)
                 given = [f"{name} = {value}" for name in ("renew_seconds", "rebind_seconds")
-                         if (value := getattr(pool, name) if pool.walled_garden else _pick(pool, subnet, name))
-                         is not None]
-                warnings.append(f"subnet {subnet.network}: pool {pool.name!r}: {' and '.join(given)} do not fit its "
+                         if (value := getattr(pool, name) if pool is not None and pool.walled_garden
+                             else _pick(pool, subnet, name)) is not None]
+                which = f"pool {pool.name!r}" if pool is not None else "its addresses in no pool (reservations)"
+                warnings.append(f"subnet {subnet.network}: {which}: {' and '.join(given)} do not fit its "
                                 f"lease time of {lease} s (T1 < T2 < lease): its clients get T1 {renew} s and "
                                 f"T2 {rebind} s instead; set lease_seconds beside them, or times that fit")
         return warnings
