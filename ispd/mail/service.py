@@ -296,6 +296,27 @@ class MailService(Service):
             return IMAPSession(self, listener)
         return SMTPSession(self, listener)
 
+    def _accepted_session(self, listener: str) -> asyncio.Protocol:
+        """A session for a connection ``_accept`` accepted, whose start (connection_made) cannot
+        raise into the loop: a bug there is said and the connection aborted. Raised, uvloop's
+        transport closed the connection's descriptor under the socket object it was handed,
+        which, let go at the next accept, closed that number again (by then the next
+        connection's) and libuv aborted the daemon."""
+        session = self._session(listener)
+
+        def connection_made(transport: asyncio.BaseTransport) -> None:
+            # Once: the session's own from then on (a STARTTLS's), and no reference cycle left
+            # to keep the session until the daemon's rare collection (``SMTPSession._session_over``).
+            del session.connection_made
+            try:
+                session.connection_made(transport)
+            except Exception:
+                log.error("mail.session.error", listener=listener, exc_info=True)
+                transport.abort()  # type: ignore[attr-defined]
+
+        session.connection_made = connection_made  # type: ignore[method-assign]
+        return session
+
     # --- IMAP's needs
 
     @property
@@ -432,10 +453,10 @@ class MailService(Service):
                     continue
                 if listener not in ("submissions", "imaps"):
                     try:  # (the session applies the connection caps, and answers 421 or BYE)
-                        await loop.connect_accepted_socket(partial(self._session, listener), conn)
+                        await loop.connect_accepted_socket(partial(self._accepted_session, listener), conn)
                     except OSError:
                         conn.close()
-                    except Exception:  # a bug in a session's start: said, and the port goes on
+                    except Exception:  # a bug in making the session: said, and the port goes on
                         log.error("mail.session.error", listener=listener, exc_info=True)
                         conn.close()
                     continue
@@ -466,7 +487,7 @@ class MailService(Service):
     async def _handshake(self, conn: socket.socket, client: str, address: str, listener: str) -> None:
         try:
             await asyncio.get_running_loop().connect_accepted_socket(
-                partial(self._session, listener), conn, ssl=self.tls_context,
+                partial(self._accepted_session, listener), conn, ssl=self.tls_context,
                 ssl_handshake_timeout=TLS_HANDSHAKE_SECONDS)
         except (TimeoutError, OSError, ssl.SSLError) as exc:  # (ConnectionError is an OSError)
             conn.close()
