@@ -1082,9 +1082,13 @@ _SESSION_ADDRESSING = frozenset({(0, _FRAMED_IPV6_ADDRESS), (0, _FRAMED_IPV6_PRE
 # What a plan's profile gives that a session outlives, or used at its start only: not a reason to
 # end a session whose new plan has none of it (left_by_the_change). Its addresses too (a
 # configured Framed-IP-Address, as the IPv6 ones): a CoA moves none (change_of_authorization).
+# And what sets up the link (the users file's Service-Type = Framed-User, Framed-Protocol = PPP,
+# the MTU and netmask): negotiated at the start, nothing a NAS would keep applying.
 _NOT_LEFT_BEHIND = frozenset({(0, int(Attr.SESSION_TIMEOUT)), (0, int(Attr.IDLE_TIMEOUT)),
                               (0, _ACCT_INTERIM_INTERVAL), (0, int(Attr.FRAMED_POOL)), _PLAN_ADDRESS,
-                              *((0, pool) for pool in _POOL_FOR.values())})
+                              *((0, pool) for pool in _POOL_FOR.values()),
+                              *((0, int(code)) for code in (Attr.SERVICE_TYPE, Attr.FRAMED_PROTOCOL,
+                                                            Attr.FRAMED_MTU, Attr.FRAMED_IP_NETMASK))})
 
 
 # The vendors of the NAS kinds that are one vendor's gear. A plan (a walled garden, a subscriber's
