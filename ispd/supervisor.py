@@ -170,6 +170,8 @@ class Supervisor:
         self._lock_lost = False
         # While waiting as a standby: what /healthz says (None once the store is ours).
         self._standby: tuple[bool, str] | None = None
+        # Why a standby could not serve the store if it took it over now (None: it could).
+        self._cannot_take_over: str | None = None
         self._watchdog_started = False
         self._relaying = False
         self.peers: PeerEventChannel | None = None
@@ -391,6 +393,7 @@ class Supervisor:
             await asyncio.sleep(STANDBY_POLL_SECONDS)
             try:
                 held, by, run = await asyncio.to_thread(lock.probe)
+                self._note_takeover_possible(lock.cannot_take_over())
                 if held:
                     holder, held_on, free_since = by or "another ispd", run, None
                     standing_by(holder)
@@ -418,6 +421,18 @@ class Supervisor:
             self._standby = (False, f"taking over the store from {holder}")
             self.notifier.status(self._standby[1])
             return True
+
+    def _note_takeover_possible(self, reason: str | None) -> None:
+        """A standby that would fail its takeover (the store's schema is newer than this ispd
+        knows) is no standby: /healthz says so, and the log once, rather than "ok" until the day
+        the active node dies and nothing serves."""
+        if reason == self._cannot_take_over:
+            return
+        if reason is not None:
+            log.error("daemon.standby.cannot_take_over", reason=reason)
+        else:
+            log.info("daemon.standby.can_take_over")
+        self._cannot_take_over = reason
 
     async def _serve_while_standing_by(self) -> bool:
         """Metrics, and what ``daemon.standby_serves`` names (with the store open, unmigrated);
@@ -728,6 +743,8 @@ class Supervisor:
         report: dict[str, Any] = {}
         if self._standby is not None:
             ok, detail = self._standby
+            if ok and self._cannot_take_over is not None:
+                ok, detail = False, f"{detail}, but this ispd cannot take it over: {self._cannot_take_over}"
             report["daemon"] = {"ok": ok, "detail": detail}
             if self.store is None:
                 return ok, report

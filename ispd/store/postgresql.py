@@ -457,6 +457,10 @@ class PostgresDaemonLock:
         # ended, every session was (a server restart, a backend's crash), the holder's with it.
         self._probe_conn: PgConnection | None = None
         self._probe_connections = 0
+        # The store's schema version as the probe last saw it: one newer than this ispd knows
+        # (the active daemon is newer, or migrated it since) is a store this one cannot take over.
+        self._schema_seen: int | None = None
+        self._newest_schema = postgresql_migrations()[-1].version
 
     def acquire(self) -> None:
         from ispd.daemonlock import DaemonLockError
@@ -556,7 +560,8 @@ class PostgresDaemonLock:
         looked: list[Any] = []
 
         def look(conn: PgConnection) -> None:
-            looked[:] = [*_holder(conn), conn.execute("SELECT pg_postmaster_start_time()::text").fetchone()[0]]
+            looked[:] = [*_holder(conn), conn.execute("SELECT pg_postmaster_start_time()::text").fetchone()[0],
+                         schema_version(conn)]
 
         # Only the probe's thread touches its connection; release() closes it, under the guard,
         # which is never held across a connect (release() runs on the event loop).
@@ -579,8 +584,17 @@ class PostgresDaemonLock:
                     raise DaemonLockError("the daemon is stopping")
                 self._probe_conn = live
                 self._probe_connections += 1
-        held, holder, started = looked
+        held, holder, started, self._schema_seen = looked
         return held, holder, f"{started}, probe connection {self._probe_connections}"
+
+    def cannot_take_over(self) -> str | None:
+        """Why this ispd could not serve the store if it took the lock now (its schema is newer
+        than this ispd knows: the takeover would fail its start), as the last probe saw it."""
+        newest = self._newest_schema
+        if self._schema_seen is None or self._schema_seen <= newest:
+            return None
+        return (f"the store is at schema version {self._schema_seen}, newer than this ispd knows ({newest}); "
+                "upgrade ispd")
 
     def _take(self, conn: PgConnection) -> None:
         from ispd.daemonlock import DaemonLockError

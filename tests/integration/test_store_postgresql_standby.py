@@ -278,3 +278,31 @@ def test_a_standby_that_cannot_reach_the_store_says_so_and_stands_by_again(url: 
 
 def query_host(url: str) -> str:
     return urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["host"][0]
+
+
+def test_a_standby_older_than_the_schema_says_it_cannot_take_over(url: str, tmp_path: Path) -> None:
+    # The active node was upgraded first and migrated the store (a newer ispd's migration, as
+    # its row in schema_migrations): B would take the lock and fail its start, so it is no
+    # standby; its /healthz must not say "ok" until the day A dies and nothing serves.
+    with Node(tmp_path / "a", url) as a, Node(tmp_path / "b", url) as b:
+        start_active_and_standby(a, b)
+        with psycopg.connect(url, autocommit=True) as conn:
+            newest = conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0]
+            conn.execute("INSERT INTO schema_migrations (version, name, applied_at) VALUES (%s, 'newer', 0)",
+                         (newest + 1,))
+        eventually(lambda: b.health()[0] == 503, timeout=10, interval=0.2)
+        detail = b.health()[1]["services"]["daemon"]["detail"]
+        assert detail == (f"standby: {holder_name(a)} holds the store, but this ispd cannot take it over: the store "
+                          f"is at schema version {newest + 1}, newer than this ispd knows ({newest}); upgrade ispd"), \
+            detail
+        [refused] = b.log_events("daemon.standby.cannot_take_over")
+        assert refused["level"] == "error" and "upgrade ispd" in refused["reason"], refused
+        assert b.metric_value("ispd_daemon_standby") == 1
+        # The newer ispd's migration is undone (this test's): B can take over again, and says so.
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DELETE FROM schema_migrations WHERE version = %s", (newest + 1,))
+        eventually(lambda: b.health()[0] == 200, timeout=10, interval=0.2)
+        assert b.log_events("daemon.standby.can_take_over"), b.log_text()[-3000:]
+        a.kill()
+        b.wait_for("READY=1", timeout=20)
+        assert_serving(b)
