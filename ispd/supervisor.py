@@ -341,14 +341,12 @@ class Supervisor:
         (logged) when it cannot be had."""
         try:
             self.lock.acquire()
-            previous = self.lock.previous_holder
-            if previous is not None:
-                # Its lock file still names it: it did not stop (a kill -9, a crash, a power cut).
-                log.warning("daemon.unclean_stop_found", previous_pid=previous, lock=str(self.lock.path),
-                            hint="the last ispd on this store (or an admin command holding its lock) ended without "
-                                 "stopping; what it had acknowledged is in the store, check its log for why it ended")
+            self._note_unclean_stop()
             return True
         except DaemonLockError as exc:
+            # A standby's start took the file lock before the database refused its lock, and
+            # emptied the file as it let go: what it found there is said now or never.
+            self._note_unclean_stop()
             if not (exc.in_use and self.config.daemon.standby):
                 log.error("daemon.start.failed", error=str(exc))
                 return False
@@ -359,6 +357,14 @@ class Supervisor:
             self._standby = None
             self.commands.standby_for = None
             raise
+
+    def _note_unclean_stop(self) -> None:
+        previous = self.lock.previous_holder
+        if previous is not None:
+            # Its lock file still names it: it did not stop (a kill -9, a crash, a power cut).
+            log.warning("daemon.unclean_stop_found", previous_pid=previous, lock=str(self.lock.path),
+                        hint="the last ispd on this store (or an admin command holding its lock) ended without "
+                             "stopping; what it had acknowledged is in the store, check its log for why it ended")
 
     async def _stand_by(self, holder: str) -> bool:
         """Serve metrics and /healthz, and take the lock once the active daemon has let it go (it

@@ -141,11 +141,16 @@ def test_a_standby_takes_over_when_the_active_daemon_dies_and_again_when_it_stop
         assert session["stopped_at"] is not None, session
 
         # A comes back (systemd restarts it) and stands by for B; B stops, and A takes over.
+        killed = a.proc.pid
         a.start()
         assert_standing_by(a, b)
+        # Its lock file named the killed daemon: said once, as a lone daemon's start says it.
+        [unclean] = a.log_events("daemon.unclean_stop_found")
+        assert unclean["previous_pid"] == killed, unclean
         assert b.terminate() == 0
         a.wait_for("READY=1", timeout=20)
         assert_serving(a)
+        assert len(a.log_events("daemon.unclean_stop_found")) == 1
         assert "Traceback" not in a.log_text() + b.log_text()
 
 
