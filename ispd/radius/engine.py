@@ -32,7 +32,9 @@ Access-Request (RFC 2865 §4.1), after the transport found the NAS and decoded t
    ``finish_claim`` completes it: an address of the plan's ``address_pool``, and, for a
    login whose reservations fix no prefix (not in the walled garden), a prefix of its
    ``prefix_pool`` reserved for that login for good, in its reservation or a new one
-   (Delegated-IPv6-Prefix; none to be had is no reject).
+   (Delegated-IPv6-Prefix; none to be had is no reject). The login's reserved IPv6 address
+   and prefix stay with the station whose open session has them: a concurrent session of the
+   same login from another station is accepted without them (``withheld``).
 
 Rejects carry only what the method needs (MS-CHAP-Error, EAP-Failure): nothing that tells a
 client why. The reason goes to metrics and logs (``RejectReason``).
@@ -124,6 +126,7 @@ from ispd.store.models import (
     AccountingRecord,
     AccountingStatus,
     OverQuota,
+    RadiusSession,
     Reservation,
     ReservationKind,
     SubscriberStatus,
@@ -298,6 +301,16 @@ class PendingCheck:
     restore: Callable[[], None] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Withheld:
+    """The login's reserved IPv6 left out of an Access-Accept (``kinds``: "prefix",
+    "address"), and the open session from another station that has them."""
+
+    kinds: tuple[str, ...]
+    login: str
+    session: RadiusSession
+
+
 @dataclass(slots=True)
 class PendingClaim:
     """An Access-Accept that waits for the store: for an address of ``pool`` (claimed durably
@@ -320,6 +333,7 @@ class PendingClaim:
     fixed: Fixed | None = None
     prefix_pool: str | None = None
     prefix_reservation: Reservation | None = None  # the login's reservation to hold it; None: a new one of the username
+    withheld: Withheld | None = None  # the login's reserved IPv6 another station's session has
 
 
 @dataclass(slots=True)
@@ -336,6 +350,9 @@ class Decision:
     subscriber_id: int | None = None
     detail: str | None = None  # why a reject, beyond its reason (a TLS error), for the log
     proxy: Realm | None = None  # not ours: the service sends it to this realm's home servers
+    # An Access-Accept without the login's reserved IPv6 ("prefix", "address"): another
+    # station's open session of the login has them (the service counts and logs it).
+    withheld: Withheld | None = None
 
 
 class AuthEngine:
@@ -795,23 +812,80 @@ class AuthEngine:
         the request names a session that is not open: a NAS that rebooted without Accounting-On
         gives the station's new login a new Acct-Session-Id. One at most: a copied MAC buys at
         most one session more."""
+        return 1 if self._station_sessions(subscriber_id, packet, nas) else 0
+
+    def _station_sessions(self, subscriber_id: int, packet: Packet, nas: Nas) -> list[RadiusSession]:
+        """The subscriber's open sessions that this request's station has (``_same_station``):
+        the one the request names, else those from the same station on the same NAS."""
         session_id = _text(packet.first, _ACCT_SESSION_ID)
         station, port = _text(packet.first, _CALLING_STATION_ID), _text(packet.first, _NAS_PORT_ID)
         if session_id is None and station is None:
-            return 0
+            return []
         on_this_client = [s for s in self.sessions.of_subscriber(subscriber_id) if s.nas_client == nas.name]
         # The session the request names is itself on whichever NAS of the client it now is: BNGs
         # of one network may move a session between them (a redundant pair's failover keeps its
         # Acct-Session-Id). A station alone is matched on its own NAS only.
-        if session_id is not None and any(s.acct_session_id == session_id for s in on_this_client):
-            return 1
+        if session_id is not None:
+            named = [s for s in on_this_client if s.acct_session_id == session_id]
+            if named:
+                return named
+        if station is None:
+            return []
         where = None if nas.one_address else _nas_address(packet, nas, self._source)
         on_this_nas = on_this_client if where is None else [s for s in on_this_client if s.nas_address == where]
-        if station is not None and any(
-                s.calling_station_id == station and (port is None or s.nas_port_id is None or s.nas_port_id == port)
-                for s in on_this_nas):
-            return 1
-        return 0
+        return [s for s in on_this_nas if s.calling_station_id == station
+                and (port is None or s.nas_port_id is None or s.nas_port_id == port)]
+
+    def _held_elsewhere(self, subject: AuthSubject, fixed: Fixed, packet: Packet,
+                        nas: Nas) -> tuple[Fixed, Withheld | None]:
+        """The login's reservation without the IPv6 prefix and address that an open session of
+        the login from another station has, and what was left out. One prefix routed to two
+        home routers (or one address on two links) breaks IPv6 for one of them, so the station
+        that has them keeps them (redialling, it gets them back: its session stands in for the
+        new one) and a concurrent session from another station goes without (FreeRADIUS's
+        sqlippool gives each session its own). The session that has them is the one that
+        reports them (Delegated-IPv6-Prefix, Framed-IPv6-Address), else, as not every NAS
+        reports them, the login's oldest open session that reports no other. A request that
+        names no station (no Calling-Station-Id, no Acct-Session-Id) is told from none: it gets them."""
+        reservation = fixed.reservation
+        if reservation is None or (fixed.prefix6 is None and fixed.address6 is None) or (
+                packet.get(Attr.CALLING_STATION_ID) is None and packet.get(Attr.ACCT_SESSION_ID) is None):
+            return fixed, None
+        login = reservation.key
+        sessions = [s for s in self.sessions.of_subscriber(subject.id) if s.username == login]
+        if not sessions:
+            return fixed, None
+        mine = {id(s) for s in self._station_sessions(subject.id, packet, nas)}
+
+        def held_by(has: Callable[[RadiusSession], bool | None]) -> RadiusSession | None:
+            """The other station's session that has it (``has``: True, False for another one, None
+            for none reported), or None when this station has it or nobody does."""
+            reporting = [s for s in sessions if has(s)]
+            if not reporting:
+                reporting = sorted((s for s in sessions if has(s) is None), key=lambda s: (s.started_at, s.id))[:1]
+            if not reporting or any(id(s) in mine for s in reporting):
+                return None
+            return reporting[0]
+
+        kinds, holder = [], None
+        if fixed.prefix6 is not None:
+            prefix = IPv6Network(fixed.prefix6)
+            held = held_by(lambda s: None if s.delegated_ipv6_prefix is None
+                           else IPv6Network(s.delegated_ipv6_prefix).overlaps(prefix))
+            if held is not None:
+                kinds.append("prefix")
+                holder = held
+        if fixed.address6 is not None:
+            address6 = fixed.address6
+            held = held_by(lambda s: None if s.framed_ipv6_address is None else s.framed_ipv6_address == address6)
+            if held is not None:
+                kinds.append("address")
+                holder = holder or held
+        if holder is None:
+            return fixed, None
+        kept = Fixed(fixed.address, None if "address" in kinds else fixed.address6,
+                     None if "prefix" in kinds else fixed.prefix6, reservation)
+        return kept, Withheld(tuple(kinds), login, holder)
 
     def _authorize(self, packet: Packet, nas: Nas, subject: AuthSubject, fixed: Fixed | None, method: str,
                    method_attributes: bytes = b"", failure: Callable[[], bytes] | None = None) -> Decision:
@@ -847,6 +921,9 @@ class AuthEngine:
                 return self._reject(RejectReason.SIMULTANEOUS_USE, method, subject, failure)
         # The login's reservation, which gets a pool's prefix if it fixes none (else one is made).
         login_reservation = fixed.reservation if fixed is not None else None
+        withheld = None
+        if fixed is not None and not walled:  # (its IPv6 stays with the station whose open session has it)
+            fixed, withheld = self._held_elsewhere(subject, fixed, packet, nas)
         if fixed is None:
             fixed = self._reserved_for_line(packet, subject)
         elif not fixed.complete:  # the login's, then the line's for what the login's leaves open
@@ -858,16 +935,20 @@ class AuthEngine:
             # is IPv4 only (the next login out of it reserves one), nor for a subscriber whose
             # own reply attributes give its static prefix (a business line: the reserved one
             # would replace it in the Access-Accept, and the pool lose a prefix for good).
+            # (Nor for a second station's session while the first has the login's: the pool
+            # would hand back the login's reserved one.)
             prefix_pool = (plan_reply.prefix_pool if not walled and (fixed is None or fixed.prefix6 is None)
+                           and (withheld is None or "prefix" not in withheld.kinds)
                            and not self._own_delegated_prefix(subject) else None)
             if address_pool is not None or prefix_pool is not None:
                 claim = self._pending_claim(packet, subject, address_pool, walled, method, method_attributes,
                                             failure)
                 claim.fixed, claim.prefix_pool, claim.prefix_reservation = fixed, prefix_pool, login_reservation
+                claim.withheld = withheld
                 return Decision(claim=claim, subscriber_id=subject.id)
         profile = self.profile(subject, nas, fixed, walled, packet.authenticator)
         return Decision(_ACCESS_ACCEPT, profile + method_attributes if method_attributes else profile, method=method,
-                        subscriber_id=subject.id)
+                        subscriber_id=subject.id, withheld=withheld)
 
     def _own_delegated_prefix(self, subject: AuthSubject) -> bool:
         """Whether the subscriber's own reply attributes say where its prefix comes from: a
@@ -896,7 +977,7 @@ class AuthEngine:
         profile = self.profile(claim.subject, nas, fixed, claim.walled, packet.authenticator)
         framed_ip = _encode((Attr.FRAMED_IP_ADDRESS, IPv4Address(address).packed)) if claim.pool and address else b""
         return Decision(_ACCESS_ACCEPT, profile + framed_ip + claim.method_attributes, method=claim.method,
-                        subscriber_id=claim.subject.id)
+                        subscriber_id=claim.subject.id, withheld=claim.withheld)
 
     def _reserved_for_line(self, packet: Packet, subject: AuthSubject) -> Fixed | None:
         """What the subscriber's reservation of this request's line fixes (address, IPv6)."""

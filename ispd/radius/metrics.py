@@ -63,6 +63,10 @@ class RadiusMetrics:
             "ispd_radius_prefix_reservations_total", "Delegated prefixes that logins asked a [[radius.prefix_pool]] "
             "for, by result (reserved for good; exhausted: none free; failed: the store failed), the last two "
             "answered without Delegated-IPv6-Prefix.", ["result"])
+        self.ipv6_withheld = LabeledCounter(
+            "ispd_radius_reserved_ipv6_withheld_total", "Access-Accepts sent without the login's reserved IPv6 "
+            "prefix or address (its reservation's, or the one its prefix_pool reserved), by kind (prefix, "
+            "address): an open session of the login from another station has them.", ["kind"])
         self.stale_sessions = LabeledCounter(
             "ispd_radius_stale_sessions_closed_total", "Sessions closed because the NAS stopped reporting them.", [])
         self.latency = LabeledHistogram(
@@ -95,6 +99,8 @@ class RadiusMetrics:
             for result in ("ack", "nak", "timeout", "error"):
                 self.coa.inc(kind, result, amount=0)
         self.stale_sessions.inc(amount=0)
+        for kind in ("prefix", "address"):
+            self.ipv6_withheld.inc(kind, amount=0)
         for result in ("reserved", "exhausted", "failed"):
             self.prefix_reservations.inc(result, amount=0)
         for kind, results in (("auth", ("accept", "reject", "challenge", "timeout", "error")),
@@ -105,7 +111,7 @@ class RadiusMetrics:
     def collectors(self, gauges: Callable[[], dict[str, float]]) -> list[Collector]:
         return [FastCollector([self.requests, self.responses, self.auth, self.rejects, self.dropped, self.duplicates,
                                self.accounting, self.coa, self.proxied, self.home_servers, self.stale_sessions,
-                               self.prefix_reservations,
+                               self.prefix_reservations, self.ipv6_withheld,
                                self.latency]),
                 _GaugeCollector(gauges)]
 

@@ -626,6 +626,24 @@ class RadiusService(Service):
                  subscriber_id=decision.subscriber_id, not_logged_since=entry[1] if entry is not None else 0,
                  **({"detail": decision.detail} if decision.detail else {}))
 
+    def _log_withheld(self, decision: Decision, nas: Nas, now: float) -> None:
+        """An Access-Accept without the login's reserved IPv6, which another station's open
+        session has: counted, and said at most once a minute per login (a CPE that redials
+        every few seconds must not flood the log)."""
+        withheld = decision.withheld
+        assert withheld is not None
+        for kind in withheld.kinds:
+            self.metrics.ipv6_withheld.inc(kind)
+        if not self._drop_logged.due(("withheld", withheld.login), now):
+            return
+        session = withheld.session
+        log.warning("radius.ipv6.withheld", login=withheld.login, subscriber_id=decision.subscriber_id, nas=nas.name,
+                    withheld=",".join(withheld.kinds), held_by_session=session.acct_session_id,
+                    held_by_station=session.calling_station_id, held_by_port=session.nas_port_id,
+                    held_by_nas=session.nas_address,
+                    hint="the login's reserved IPv6 stays with its first station; a second concurrent session "
+                         "gets none (reserve a prefix for each line, by circuit-id or remote-id)")
+
     def _dropped(self, port: str, reason: str, source: str, nas: Nas | None, now: float, count: int = 1) -> None:
         """Count a datagram left unanswered, and say so in the log — once a minute per source
         and reason, so that a flood cannot flood the log too."""
@@ -712,6 +730,8 @@ class RadiusService(Service):
         else:
             kind = "access"
             self.metrics.auth.inc(decision.method, _AUTH_RESULTS[code])
+        if decision.withheld is not None and code == Code.ACCESS_ACCEPT:
+            self._log_withheld(decision, nas, now)
         if decision.reject is not None:
             self.metrics.rejects.inc(decision.reject)
             self._log_reject(decision, nas, now)

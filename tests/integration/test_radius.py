@@ -234,6 +234,52 @@ def test_a_prefix_pool_gives_each_subscriber_a_prefix_for_good(tmp_path: Path) -
             f"again (`ispd session disconnect {session['id']}` ends it now)"], out
 
 
+def test_a_second_station_of_one_login_does_not_get_the_login_s_delegated_prefix(tmp_path: Path) -> None:
+    """A plan of max_sessions 2 with a prefix pool: bob's second home router (another NAS-Port-Id
+    and MAC) logging in while the first is online got the same /56 as the first, and `ispd who`
+    named both sessions for it. The first station keeps it, redialling too; the second is
+    accepted without one (counted, and said in the log), and the pool reserves it no other."""
+    require_radclient()
+    config = radius_config(tmp_path, free_udp_port(), prefix_pool=[
+        {"name": "pd", "prefix": "2001:db8:1000::/40", "delegated_length": 56}],
+        plan=[{"plan": "home", "prefix_pool": "pd"}])
+    with IspdProcess(tmp_path, config) as ispd:
+        ispd.write_config()
+        ispd.cli("plan", "add", "home", "--max-sessions", "2", "--credential-policy", "cleartext")
+        ispd.cli("subscriber", "add", "bob", "--plan", "home", "--password-stdin", input="bob-pw\n")
+        ispd.start()
+        service = Radius(ispd)
+        stations = {1: 'NAS-Port-Id = "ge-0/0/1:100", Calling-Station-Id = "aa:bb:cc:00:00:01"',
+                    2: 'NAS-Port-Id = "ge-0/0/2:200", Calling-Station-Id = "aa:bb:cc:00:00:02"'}
+
+        def login(station: int) -> Reply:
+            reply = radclient(service.auth, "auth", SECRET, "User-Name = bob, User-Password = bob-pw, "
+                              f"NAS-IP-Address = 127.0.0.1, Message-Authenticator = 0x00, {stations[station]}")
+            assert reply.code == "Access-Accept", reply.output
+            return reply
+
+        def account(station: int, status: str, more: str = "") -> None:
+            assert radclient(service.acct, "acct", SECRET, f"User-Name = bob, Acct-Session-Id = s{station}, "
+                             f"NAS-IP-Address = 127.0.0.1, Acct-Status-Type = {status}, {stations[station]}{more}"
+                             ).code == "Accounting-Response"
+
+        assert login(1).first("Delegated-IPv6-Prefix") == "2001:db8:1000::/56"
+        account(1, "Start", ", Delegated-IPv6-Prefix = 2001:db8:1000::/56")
+        second = login(2)
+        assert second.first("Delegated-IPv6-Prefix") is None, second.output
+        account(2, "Start")
+        assert login(1).first("Delegated-IPv6-Prefix") == "2001:db8:1000::/56"  # the first redials
+        assert login(2).first("Delegated-IPv6-Prefix") is None
+        assert ispd.metric_value("ispd_radius_reserved_ipv6_withheld_total", {"kind": "prefix"}) == 2
+        [warning] = ispd.log_events("radius.ipv6.withheld")  # (once a minute per login)
+        assert (warning["login"], warning["held_by_session"], warning["held_by_port"]) == ("bob", "s1", "ge-0/0/1:100")
+        listed = json.loads(ispd.cli("reservation", "list", "--json").stdout)
+        assert [(r["key"], r["prefix6"]) for r in listed] == [("bob", "2001:db8:1000::/56")]
+        # The first one gone, the second gets it at its next login.
+        account(1, "Stop")
+        assert eventually(lambda: login(2).first("Delegated-IPv6-Prefix") == "2001:db8:1000::/56", timeout=5)
+
+
 def test_a_subscriber_s_own_reply_attributes_reach_the_nas_over_its_plan_s(radius: Radius) -> None:
     """A business line: its routed block (Framed-Route) and its own prefix for its router, and a
     faster rate than its plan's, set with the CLI and in the next Access-Accept."""

@@ -7,7 +7,7 @@ import os
 import struct
 from collections.abc import Sequence
 from dataclasses import replace
-from ipaddress import IPv4Network, IPv6Network
+from ipaddress import IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -729,6 +729,54 @@ def test_no_prefix_from_the_pool_for_the_walled_garden_or_a_reserved_prefix() ->
     assert fresh.claim is not None and (fresh.claim.prefix_pool, fresh.claim.prefix_reservation) == ("homes", None)
     # A plan without a prefix pool asks for nothing.
     assert World().engine.handle(pap("bob", "bob-pw"), nas(), NOW).claim is None
+
+
+def test_a_logins_reserved_ipv6_stays_with_the_station_whose_open_session_has_it() -> None:
+    """A plan of max_sessions 2: bob's login logged in from a second home router (another
+    NAS-Port-Id and MAC) while the first was online, and both got the login's reserved /56 (and
+    IPv6 address): one prefix routed to two routers breaks IPv6 for one of them. The first
+    station keeps them, redialling too; the second goes without, and gets no pool prefix
+    either (the pool would hand back the login's); once the first is gone, the other gets them."""
+    world = World()
+    login = Reservation(3, 2, ReservationKind.USERNAME, "bob", address6="2001:db8:1::77",
+                        prefix6="2001:db8:1000::/56")
+    world.directory.replace(subscriber(2, "bob"), StoredCredentials(cleartext="bob-pw", updated_at=1), [login], PLAN)
+    station1 = ((Attr.NAS_PORT_ID, b"ge-0/0/1:100"), (Attr.CALLING_STATION_ID, b"aa:bb:cc:00:00:01"))
+    station2 = ((Attr.NAS_PORT_ID, b"ge-0/0/2:200"), (Attr.CALLING_STATION_ID, b"aa:bb:cc:00:00:02"))
+    prefix, address = bytes.fromhex("0038" "20010db81000" "00"), IPv6Address("2001:db8:1::77").packed
+
+    def ipv6(*line: tuple[int, bytes]) -> tuple[bytes | None, bytes | None, Decision]:
+        decision = world.engine.handle(pap("bob", "bob-pw", *line), nas(), NOW)
+        assert decision.code == Code.ACCESS_ACCEPT
+        return (first(decision.attributes, Attr.DELEGATED_IPV6_PREFIX),
+                first(decision.attributes, Attr.FRAMED_IPV6_ADDRESS), decision)
+
+    assert ipv6(*station1)[:2] == (prefix, address)
+    # The first station's session; its NAS reports neither (not every NAS does).
+    first_session = RadiusSession(1, "127.0.0.1", "s1", "bob", NOW, NOW, subscriber_id=2, nas_client="lab",
+                                  nas_port_id="ge-0/0/1:100", calling_station_id="aa:bb:cc:00:00:01")
+    world.sessions.put(first_session)
+    *given, withheld = ipv6(*station2)
+    assert given == [None, None]
+    assert withheld.withheld is not None and withheld.withheld.kinds == ("prefix", "address")
+    assert withheld.withheld.session is first_session
+    assert ipv6()[0] == prefix  # a request that names no station is told from none (as before)
+    world.sessions.put(RadiusSession(2, "127.0.0.1", "s2", "bob", NOW + 1, NOW + 1, subscriber_id=2,
+                                     nas_client="lab", nas_port_id="ge-0/0/2:200",
+                                     calling_station_id="aa:bb:cc:00:00:02"))
+    assert ipv6(*station2)[:2] == (None, None)  # its own session is no claim to them
+    redial = ipv6(*station1)
+    assert redial[:2] == (prefix, address) and redial[2].withheld is None
+    # A NAS that reports the prefix: the session reporting it has it, whatever its age.
+    world.sessions.put(replace(first_session, delegated_ipv6_prefix="2001:db8:1000::/56"))
+    assert ipv6(*station2)[0] is None and ipv6(*station1)[0] == prefix
+    # A plan with a prefix pool: the second station is no login to reserve one for.
+    world.engine.settings = ReplySettings(plans={"home": PlanReply(prefix_pool="homes")})
+    pooled = world.engine.handle(pap("bob", "bob-pw", *station2), nas(), NOW)
+    assert pooled.code == Code.ACCESS_ACCEPT and pooled.claim is None and first(
+        pooled.attributes, Attr.DELEGATED_IPV6_PREFIX) is None
+    world.sessions.pop(("127.0.0.1", "s1"))
+    assert ipv6(*station2)[:2] == (prefix, address)
 
 
 def test_no_prefix_from_the_pool_for_a_subscriber_whose_own_reply_gives_its_static_prefix() -> None:
