@@ -493,6 +493,16 @@ def test_accounting_feed_collectors_that_cannot_work_as_written_are_warned_of(tm
     assert warnings(("shaper", "198.51.100.9:1813"), ("billing", "198.51.100.9:1814")) == []
 
 
+def test_the_admin_per_client_limit_is_at_most_the_total(tmp_path: Path) -> None:
+    """A per-client limit above max_connections would let one client take every place: said
+    when set so; left at its default beside a small max_connections, it is that."""
+    path = write(tmp_path, "[admin]\nmax_connections = 8\nmax_connections_per_client = 9\n")
+    assert "admin.max_connections_per_client (9) is more than admin.max_connections (8)" in error_of(path)
+    assert "greater than or equal to 1" in error_of(write(tmp_path, "[admin]\nmax_connections_per_client = 0\n"))
+    assert load_config(write(tmp_path, "[admin]\nmax_connections = 8\n")).admin.per_client() == 8
+    assert load_config(write(tmp_path, "")).admin.per_client() == 16
+
+
 def test_an_admin_tcp_listener_needs_a_long_enough_token(tmp_path: Path) -> None:
     assert "admin.listen needs admin.token" in error_of(write(tmp_path, '[admin]\nlisten = ["127.0.0.1:8740"]\n'))
     short = write(tmp_path, '[admin]\nlisten = ["127.0.0.1:8740"]\ntoken = "short"\n')

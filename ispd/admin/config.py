@@ -11,6 +11,7 @@ from ispd.configtypes import ListenAddress, Section, SocketAddress
 
 CLEARTEXT_WARNING = ("the bearer token and every answer cross the network unencrypted: listen on loopback "
                      "and put a TLS proxy in front")
+DEFAULT_PER_CLIENT = 16  # [admin] max_connections_per_client when unset
 
 
 class AdminConfig(Section):
@@ -24,6 +25,12 @@ class AdminConfig(Section):
     # Connections served at once per listener; beyond it requests get 503 (a flood of idle
     # connections cannot take the daemon's file descriptors).
     max_connections: int = Field(default=64, ge=1, le=10_000)
+    # Of them, connections one client address (an IPv6 one by its /64) may hold on the TCP
+    # listeners; beyond it a new one is answered 503 at once, so that one host cannot take all
+    # max_connections places (idle connections last 10 s each and can be opened again and again).
+    # Not applied on the Unix socket: its peers are root and the daemon's user, all one "client".
+    # Unset: DEFAULT_PER_CLIENT, or max_connections when that is smaller (``per_client``).
+    max_connections_per_client: int | None = Field(default=None, ge=1, le=10_000)
 
     @model_validator(mode="after")
     def _token_for_tcp(self) -> AdminConfig:
@@ -31,7 +38,17 @@ class AdminConfig(Section):
             raise ValueError("admin.listen needs admin.token: a TCP listener is open to anyone who can reach it")
         if self.token is not None and len(self.token.get_secret_value()) < 16:
             raise ValueError("admin.token must be at least 16 characters long")
+        if self.max_connections_per_client is not None and self.max_connections_per_client > self.max_connections:
+            raise ValueError(f"admin.max_connections_per_client ({self.max_connections_per_client}) is more than "
+                             f"admin.max_connections ({self.max_connections}): one client could take every place")
         return self
+
+    def per_client(self) -> int:
+        """The per-client limit in force: ``max_connections_per_client``; unset, DEFAULT_PER_CLIENT
+        or ``max_connections`` when that is smaller (a small max_connections set alone)."""
+        if self.max_connections_per_client is not None:
+            return self.max_connections_per_client
+        return min(DEFAULT_PER_CLIENT, self.max_connections)
 
     def cleartext_listeners(self) -> list[SocketAddress]:
         """The TCP listeners beyond loopback: there the bearer token, and every answer (passwords

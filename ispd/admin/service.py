@@ -9,21 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import h11
 import uvicorn
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ispd.admin.app import build_app
 from ispd.admin.config import CLEARTEXT_WARNING
 from ispd.config import Config
 from ispd.control import ControlSocketError, open_private_socket, remove_own_socket
-from ispd.listeners import listening_tcp_socket
-from ispd.logs import drop_messages, get_logger, throttle_messages
+from ispd.listeners import ConnectionGate, listening_tcp_socket
+from ispd.logs import LogThrottle, drop_messages, get_logger, throttle_messages
 from ispd.service import Health, Service, ServiceContext, ServiceStartError, describe_os_error
 
 log = get_logger("ispd.admin")
@@ -44,6 +49,58 @@ throttle_messages("uvicorn.error", ("Exceeded concurrency limit.",), 60.0)
 # A client has this long to send a request's head, from its connection or from the end of the
 # previous response; then the connection is closed (nginx: client_header_timeout).
 REQUEST_HEAD_SECONDS = 10.0
+# The total on the TCP listeners is uvicorn's (limit_concurrency, max_connections); the gate
+# counts each client's connections only.
+_UNBOUNDED = 2**62
+# What a connection over its client's limit is told before it is closed, unread: a request sent
+# at once (curl, a billing system's HTTP library) is answered by it, as uvicorn answers one past
+# max_connections, and the place it would hold goes to no one.
+_TOO_MANY = json.dumps({"detail": "too many connections from your address: try again later"}).encode() + b"\n"
+_TOO_MANY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+                      b"retry-after: 1\r\nconnection: close\r\ncontent-length: " + str(len(_TOO_MANY)).encode()
+                      + b"\r\n\r\n" + _TOO_MANY)
+
+
+@dataclass
+class AdminConnectionStats:
+    """What the TCP listeners' ``ConnectionGate`` counts (ispd_admin_*connections_total)."""
+
+    connections: int = 0
+    refused_connections: int = 0
+
+
+class _ClientLimit:
+    """Each client's connections on the TCP listeners (an IPv6 one by its /64), at most
+    ``[admin] max_connections_per_client``: 64 idle connections from one address held every
+    place of max_connections, and each other client was answered 503, without a token, for as
+    long as that address opened them again."""
+
+    def __init__(self, per_client: int, stats: AdminConnectionStats) -> None:
+        self.gate = ConnectionGate(_UNBOUNDED, per_client, stats)
+        self.stats = stats
+        self._logged = LogThrottle(60.0)
+
+    def admit(self, client: str) -> bool:
+        if self.gate.admit(client):
+            return True
+        if self._logged.due("per_client", time.monotonic()):
+            log.warning("admin.connection.refused", client=client,
+                        max_connections_per_client=self.gate.max_per_client,
+                        refused_so_far=self.stats.refused_connections)
+        return False
+
+
+class _AdminCollector(Collector):
+    def __init__(self, stats: AdminConnectionStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("ispd_admin_connections", "Connections accepted on the admin API's TCP listeners.",
+                                  value=self.stats.connections)
+        yield CounterMetricFamily("ispd_admin_refused_connections",
+                                  "Connections to the admin API's TCP listeners answered 503 at once: their client "
+                                  "held [admin] max_connections_per_client already.",
+                                  value=self.stats.refused_connections)
 
 
 class _Server(uvicorn.Server):
@@ -59,10 +116,30 @@ class _H11Protocol(H11Protocol):
     counts connections, so ``max_connections`` of them had every request answered 503."""
 
     _head_deadline: asyncio.TimerHandle | None = None
+    # On the TCP listeners (a subclass of this per server: AdminService._serve), each client's
+    # connections are counted, and one over its limit is answered 503 and closed before uvicorn
+    # sees it, so that it holds none of max_connections' places.
+    client_limit: ClassVar[_ClientLimit | None] = None
+    _client: str | None = None  # the client it is counted for, until it ends
+    _refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        limit = self.client_limit
+        if limit is not None:
+            peer = transport.get_extra_info("peername")
+            client = str(peer[0]) if peer else "?"
+            if not limit.admit(client):
+                self._refused = True
+                transport.write(_TOO_MANY_RESPONSE)
+                transport.close()
+                return
+            self._client = client
         super().connection_made(transport)
         self._await_head()
+
+    def data_received(self, data: bytes) -> None:
+        if not self._refused:
+            super().data_received(data)
 
     def handle_events(self) -> None:
         super().handle_events()
@@ -74,6 +151,11 @@ class _H11Protocol(H11Protocol):
         super().on_response_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._refused:
+            return
+        if self._client is not None and self.client_limit is not None:
+            self.client_limit.gate.release(self._client)
+            self._client = None
         self._cancel_head_deadline()
         super().connection_lost(exc)
 
@@ -100,6 +182,8 @@ class AdminService(Service):
         self.context = context
         self._servers: list[tuple[_Server, asyncio.Task[None]]] = []
         self.listening: list[str] = []
+        self.connection_stats = AdminConnectionStats()
+        self._client_limit: _ClientLimit | None = None
 
     async def start(self, stack: AsyncExitStack) -> None:
         admin = self.config.admin
@@ -110,7 +194,7 @@ class AdminService(Service):
             except ControlSocketError as exc:
                 raise ServiceStartError(f"admin: {exc}") from None
             stack.callback(remove_own_socket, path, identity)
-            await self._serve(stack, [sock], token=None)
+            await self._serve(stack, [sock], token=None, client_limit=None)
             self.listening.append(str(path))
         if admin.listen:
             sockets: list[socket.socket] = []
@@ -123,7 +207,11 @@ class AdminService(Service):
                     raise ServiceStartError(f"admin: cannot listen on {address}: {describe_os_error(exc)}") from None
                 sockets.append(sock)
                 self.listening.append(f"http://{address}")
-            await self._serve(stack, sockets, token=self._token)
+            self._client_limit = _ClientLimit(admin.per_client(), self.connection_stats)
+            await self._serve(stack, sockets, token=self._token, client_limit=self._client_limit)
+            collector = _AdminCollector(self.connection_stats)
+            self.context.registry.register(collector)
+            stack.callback(self.context.registry.unregister, collector)
             for address in admin.cleartext_listeners():
                 log.warning("admin.listen.cleartext", listen=str(address), detail=CLEARTEXT_WARNING)
         log.info("admin.started", listen=self.listening)
@@ -134,12 +222,16 @@ class AdminService(Service):
         return token.get_secret_value() if token is not None else None
 
     async def _serve(self, stack: AsyncExitStack, sockets: list[socket.socket],
-                     token: Callable[[], str | None] | None) -> None:
+                     token: Callable[[], str | None] | None, client_limit: _ClientLimit | None) -> None:
+        """Serve the API on ``sockets``: TCP ones with ``token`` and ``client_limit``, the Unix
+        socket with neither (its file mode lets in root and the daemon's user only, who could
+        stop the daemon anyway, and all its peers would be one client)."""
+        protocol = type("_ClientLimitedH11Protocol", (_H11Protocol,), {"client_limit": client_limit})
         app = build_app(self.context.store, lambda: self.config, self.context.control, token=token,
                         dns_view=self._dns_view)
         # proxy_headers off: uvicorn would take the client's address from X-Forwarded-For when the
         # peer is 127.0.0.1, and the audit log's actor (api:<peer>) from whoever wrote the header.
-        server = _Server(uvicorn.Config(app, http=_H11Protocol, lifespan="off", log_config=None, access_log=False,
+        server = _Server(uvicorn.Config(app, http=protocol, lifespan="off", log_config=None, access_log=False,
                                         proxy_headers=False,
                                         timeout_keep_alive=5, timeout_graceful_shutdown=5,
                                         limit_concurrency=self.config.admin.max_connections,
@@ -174,13 +266,16 @@ class AdminService(Service):
             server.should_exit = True
 
     async def reload(self, old: Config, new: Config) -> None:
-        """A new token applies at once (rotating a leaked one must not wait for a restart);
-        listeners change at a restart. The routes read the store."""
+        """A new token applies at once (rotating a leaked one must not wait for a restart), and
+        so does max_connections_per_client (to new connections); listeners change at a restart.
+        The routes read the store."""
         before, after = old.admin, new.admin
         if (before.listen, before.max_connections) != (after.listen, after.max_connections) or \
                 before.socket_path(old.daemon.control_socket) != after.socket_path(new.daemon.control_socket):
             raise ServiceStartError("admin: a change of listen, socket or max_connections needs a restart")
         self.config = new
+        if self._client_limit is not None:
+            self._client_limit.gate.max_per_client = after.per_client()
 
     def health(self) -> Health:
         return Health(ok=all(not task.done() for _, task in self._servers), detail=", ".join(self.listening))

@@ -176,8 +176,8 @@ def test_requests_past_max_connections_are_logged_once_a_minute_not_each(tmp_pat
         ispd.start()
         held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
         try:
-            for _ in range(50):
-                with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            for _ in range(50):  # (from another address: past max_connections, not its own limit)
+                with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.0.2", 0)) as sock:
                     sock.sendall(b"GET /v1/plans HTTP/1.1\r\nHost: ispd\r\n\r\n")
                     assert sock.recv(1024).startswith(b"HTTP/1.1 503")
         finally:
@@ -185,6 +185,60 @@ def test_requests_past_max_connections_are_logged_once_a_minute_not_each(tmp_pat
                 sock.close()
         time.sleep(0.5)
         assert ispd.log_text().count("Exceeded concurrency limit.") == 1
+
+
+def test_one_client_s_connections_cannot_keep_every_other_client_out(tmp_path: Path) -> None:
+    """From a bug hunt: 64 idle connections from one address (max_connections) had every other
+    address answered 503 until they timed out, and a client that opened them again every 10 s
+    kept the API from everyone, without a token. A client past max_connections_per_client is
+    answered 503 (Retry-After) as its connection opens, and that connection takes no place; the
+    Unix socket has no per-client limit."""
+    port = free_tcp_port()
+    config = base_config(tmp_path, admin={"listen": [f"127.0.0.1:{port}"], "token": TOKEN,
+                                          "max_connections": 8, "max_connections_per_client": 3})
+    with IspdProcess(tmp_path, config) as ispd:
+        ispd.start()
+        api = Api(ispd, tmp_path / "admin.sock", port)
+
+        def connect(source: str) -> socket.socket:
+            sock = socket.socket()
+            sock.settimeout(10)
+            sock.bind((source, 0))
+            sock.connect(("127.0.0.1", port))
+            return sock
+
+        def status(source: str) -> str:
+            return subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--interface", source,
+                                   "-H", f"Authorization: Bearer {TOKEN}", f"http://127.0.0.1:{port}/v1/plans"],
+                                  capture_output=True, text=True, timeout=30).stdout
+
+        held = [connect("127.0.0.2") for _ in range(10)]
+        try:
+            for sock in held[3:]:  # past the 3rd: answered at once, unread, and closed
+                answer = sock.recv(4096)
+                assert answer.startswith(b"HTTP/1.1 503 "), answer
+                assert b"retry-after: 1\r\n" in answer.lower() and b"too many connections" in answer
+            assert status("127.0.0.3") == "200"  # another address is served
+            assert status("127.0.0.2") == "503"  # the flooding one is not
+            unix = [socket.socket(socket.AF_UNIX) for _ in range(5)]  # the socket's peers: no limit
+            try:
+                for sock in unix:
+                    sock.connect(str(api.socket))
+                assert api.call("GET", "/v1/plans")[0] == 200
+            finally:
+                for sock in unix:
+                    sock.close()
+            held.pop(0).close()
+            time.sleep(0.3)
+            assert status("127.0.0.2") == "200"  # a place of its own freed
+        finally:
+            for sock in held:
+                sock.close()
+        _, metrics = ispd.http_get("/metrics")
+        assert "ispd_admin_refused_connections_total 8.0" in metrics, metrics  # 7 held, 1 by curl
+        assert "ispd_admin_connections_total 5.0" in metrics  # 3 held, 127.0.0.3's, 127.0.0.2's last
+        refused = ispd.log_events("admin.connection.refused")
+        assert len(refused) == 1 and refused[0]["client"] == "127.0.0.2", refused  # once a minute
 
 
 def test_a_store_locked_by_another_process_is_a_503_to_try_again(tmp_path: Path) -> None:
