@@ -495,3 +495,40 @@ def test_the_open_files_limit_is_raised_to_the_hard_one_and_a_low_one_warned_of(
         assert line.split()[3:5] == ["8192", "8192"]
         [warning] = ispd.log_events("daemon.open_files.low")
         assert warning["limit"] == 8192 and warning["level"] == "warning"
+
+
+def test_out_of_descriptors_the_metrics_listener_rests_says_so_and_answers_the_waiting(tmp_path: Path) -> None:
+    """From a bug hunt under `prlimit --nofile=256`: 300 idle connections to the metrics
+    listener from 50 addresses, 69 of them (and a scrape from another address) were closed at
+    once with no answer, no log line and no count: the loop's server (libuv) accepted and closed
+    them out of sight. Now the listener rests, says so, counts it, and the waiting are answered."""
+    with IspdProcess(tmp_path, base_config(tmp_path)) as ispd:
+        ispd.start()
+        assert ispd.proc is not None
+        pid = ispd.proc.pid
+        host, port = ispd.config["metrics"]["listen"].rsplit(":", 1)
+        limit = Path(f"/proc/{pid}/limits").read_text().split("Max open files")[1].split()[1]
+        held = {int(name) for name in os.listdir(f"/proc/{pid}/fd")}
+        first_gap = next(number for number in range(100_000) if number not in held)
+        subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={first_gap}:{limit}"], check=True)
+        waiting = []
+        try:
+            for index in range(12):
+                sock = socket.socket()
+                sock.bind((f"127.0.{index + 1}.9", 0))  # each from its own address: no per-client cap
+                sock.settimeout(2)
+                with contextlib.suppress(OSError):
+                    sock.connect((host, int(port)))
+                    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: ispd\r\n\r\n")
+                waiting.append(sock)
+            time.sleep(1.5)
+        finally:
+            subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={limit}:{limit}"], check=True)
+        try:
+            waiting[-1].settimeout(10)
+            assert waiting[-1].recv(100).startswith(b"HTTP/1.1 200 "), "waited, not closed"
+        finally:
+            for sock in waiting:
+                sock.close()
+        assert (ispd.metric_value("ispd_metrics_accept_failures_total") or 0.0) > 0
+        assert ispd.log_events("metrics.accept_failed")
