@@ -234,7 +234,9 @@ class AdminService(Service):
         server = _Server(uvicorn.Config(app, http=protocol, lifespan="off", log_config=None, access_log=False,
                                         proxy_headers=False,
                                         timeout_keep_alive=5, timeout_graceful_shutdown=5,
-                                        limit_concurrency=self.config.admin.max_connections,
+                                        # (+1: uvicorn counts the connection asking among those
+                                        # that must be fewer than its limit)
+                                        limit_concurrency=self.config.admin.max_connections + 1,
                                         h11_max_incomplete_event_size=64 * 1024))
         task = asyncio.get_running_loop().create_task(server.serve(sockets=sockets), name="admin-http")
         self._servers.append((server, task))

@@ -167,6 +167,24 @@ def test_connections_that_never_send_a_request_do_not_hold_the_api_for_good(tmp_
                 sock.close()
 
 
+def test_max_connections_are_served_at_once_not_one_fewer(tmp_path: Path) -> None:
+    """From a fix task: uvicorn's limit_concurrency refuses a request when the connections, its
+    own among them, are as many as the limit, so max_connections = 1 answered every request 503
+    (on the Unix socket too), and 64 served 63."""
+    port = free_tcp_port()
+    config = base_config(tmp_path, admin={"listen": [f"127.0.0.1:{port}"], "token": TOKEN, "max_connections": 1})
+    with IspdProcess(tmp_path, config) as ispd:
+        ispd.start()
+        api = Api(ispd, tmp_path / "admin.sock", port)
+        assert api.call("GET", "/v1/plans", tcp=True, token=TOKEN)[0] == 200
+        assert api.call("GET", "/v1/plans")[0] == 200
+        with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.0.2", 0)):
+            time.sleep(0.2)  # (accepted)
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:  # one more is too many
+                sock.sendall(f"GET /v1/plans HTTP/1.1\r\nHost: ispd\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
+                assert sock.recv(1024).startswith(b"HTTP/1.1 503 ")  # (uvicorn's, plain text)
+
+
 def test_requests_past_max_connections_are_logged_once_a_minute_not_each(tmp_path: Path) -> None:
     """From a review: uvicorn warned of every request it answered 503 past max_connections; with
     the connections held by idle clients, 500 requests wrote 500 lines."""
