@@ -846,7 +846,8 @@ class AuthEngine:
         sqlippool gives each session its own). The session that has them is the one that
         reports them (Delegated-IPv6-Prefix, Framed-IPv6-Address), else, as not every NAS
         reports them, the login's oldest open session that reports no other. A request that
-        names no station (no Calling-Station-Id, no Acct-Session-Id) is told from none: it gets them."""
+        names no station (no Calling-Station-Id) is told from none: it gets them, as does one whose
+        holder's NAS reported none; the same Calling-Station-Id on another port is this station."""
         reservation = fixed.reservation
         if reservation is None or (fixed.prefix6 is None and fixed.address6 is None) or (
                 packet.get(Attr.CALLING_STATION_ID) is None and packet.get(Attr.ACCT_SESSION_ID) is None):
@@ -856,6 +857,16 @@ class AuthEngine:
         if not sessions:
             return fixed, None
         mine = {id(s) for s in self._station_sessions(subject.id, packet, nas)}
+        station = _text(packet.first, _CALLING_STATION_ID)
+
+        def another_station(s: RadiusSession) -> bool:
+            """Whether ``s`` is known to be another station's: not the session the request names
+            nor this station's, and of another Calling-Station-Id (the same one on another port or
+            NAS is this home router redialling before its old session's Stop; a session or a
+            request without one, as from a NAS that sends it only on some requests, is told from
+            none)."""
+            return (id(s) not in mine and station is not None and s.calling_station_id is not None
+                    and s.calling_station_id != station)
 
         def held_by(has: Callable[[RadiusSession], bool | None]) -> RadiusSession | None:
             """The other station's session that has it (``has``: True, False for another one, None
@@ -863,7 +874,7 @@ class AuthEngine:
             reporting = [s for s in sessions if has(s)]
             if not reporting:
                 reporting = sorted((s for s in sessions if has(s) is None), key=lambda s: (s.started_at, s.id))[:1]
-            if not reporting or any(id(s) in mine for s in reporting):
+            if not reporting or not all(another_station(s) for s in reporting):
                 return None
             return reporting[0]
 

@@ -1952,3 +1952,28 @@ def test_a_plan_change_leaves_behind_no_address_or_pool_the_session_keeps_anyway
     assert old is not None
     assert listed.engine.left_by_the_change(old, replace(old, plan=replace(PLAN, id=2, name="home-2"), reply_cache={}),
                                             nas()) == ["Mikrotik-Address-List"]
+
+
+def test_a_logins_only_station_redialling_on_a_new_port_keeps_its_reserved_ipv6() -> None:
+    """From a review: the login's only home router redialling on another NAS-Port-Id (its PPPoE
+    session moved, or the NAS put it on another port) while its old session is still open (its
+    Stop lost, not yet closed as stale) was accepted without its reserved prefix and address, as
+    if the same Calling-Station-Id were a second home router; and a NAS that sends
+    Calling-Station-Id in Access-Requests but not in accounting had its login's only station
+    denied them at every redial."""
+    world = World()
+    login = Reservation(3, 2, ReservationKind.USERNAME, "bob", address6="2001:db8:1::77",
+                        prefix6="2001:db8:1000::/56")
+    world.directory.replace(subscriber(2, "bob"), StoredCredentials(cleartext="bob-pw", updated_at=1), [login], PLAN)
+    prefix = bytes.fromhex("0038" "20010db81000" "00")
+    old = RadiusSession(1, "127.0.0.1", "s1", "bob", NOW, NOW, subscriber_id=2, nas_client="lab",
+                        nas_port_id="ge-0/0/1:100", calling_station_id="aa:bb:cc:00:00:01",
+                        delegated_ipv6_prefix="2001:db8:1000::/56")
+    world.sessions.put(old)
+    moved = pap("bob", "bob-pw", (Attr.NAS_PORT_ID, b"ge-0/0/1:101"), (Attr.CALLING_STATION_ID, b"aa:bb:cc:00:00:01"))
+    decision = world.engine.handle(moved, nas(), NOW)
+    assert decision.withheld is None and first(decision.attributes, Attr.DELEGATED_IPV6_PREFIX) == prefix
+    # accounting without Calling-Station-Id: the session names no station, so none other
+    world.sessions.put(replace(old, calling_station_id=None))
+    decision = world.engine.handle(pap("bob", "bob-pw", (Attr.CALLING_STATION_ID, b"aa:bb:cc:00:00:01")), nas(), NOW)
+    assert decision.withheld is None and first(decision.attributes, Attr.DELEGATED_IPV6_PREFIX) == prefix
