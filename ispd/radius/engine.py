@@ -880,9 +880,10 @@ class AuthEngine:
 
         kinds, holder = [], None
         if fixed.prefix6 is not None:
+            # (A session's as its NAS reported it: some send bits past the length, which are kept.)
             prefix = IPv6Network(fixed.prefix6)
             held = held_by(lambda s: None if s.delegated_ipv6_prefix is None
-                           else IPv6Network(s.delegated_ipv6_prefix).overlaps(prefix))
+                           else IPv6Network(s.delegated_ipv6_prefix, strict=False).overlaps(prefix))
             if held is not None:
                 kinds.append("prefix")
                 holder = held

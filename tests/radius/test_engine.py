@@ -1977,3 +1977,19 @@ def test_a_logins_only_station_redialling_on_a_new_port_keeps_its_reserved_ipv6(
     world.sessions.put(replace(old, calling_station_id=None))
     decision = world.engine.handle(pap("bob", "bob-pw", (Attr.CALLING_STATION_ID, b"aa:bb:cc:00:00:01")), nas(), NOW)
     assert decision.withheld is None and first(decision.attributes, Attr.DELEGATED_IPV6_PREFIX) == prefix
+
+
+def test_a_session_prefix_with_bits_past_its_length_does_not_fail_the_login() -> None:
+    """From a review: a NAS whose accounting sends Delegated-IPv6-Prefix with all 16 octets and
+    bits past its length (RFC 8044 §3.10 says they must be zero; some send the CPE's address)
+    had the session stored with "2001:db8:1000::1/56", and every later Access-Request of the
+    login from another station raised ValueError (a strict IPv6Network) instead of an answer."""
+    world = World()
+    login = Reservation(3, 2, ReservationKind.USERNAME, "bob", prefix6="2001:db8:1000::/56")
+    world.directory.replace(subscriber(2, "bob"), StoredCredentials(cleartext="bob-pw", updated_at=1), [login], PLAN)
+    world.sessions.put(RadiusSession(1, "127.0.0.1", "s1", "bob", NOW, NOW, subscriber_id=2, nas_client="lab",
+                                     nas_port_id="ge-0/0/1:100", calling_station_id="aa:bb:cc:00:00:01",
+                                     delegated_ipv6_prefix="2001:db8:1000::1/56"))
+    decision = world.engine.handle(pap("bob", "bob-pw", (Attr.CALLING_STATION_ID, b"aa:bb:cc:00:00:02")), nas(), NOW)
+    assert decision.code == Code.ACCESS_ACCEPT
+    assert decision.withheld is not None and decision.withheld.kinds == ("prefix",)
