@@ -1176,12 +1176,16 @@ _SESSION_ADDRESSING = frozenset({(0, _FRAMED_IPV6_ADDRESS), (0, _FRAMED_IPV6_PRE
 # end a session whose new plan has none of it (left_by_the_change). Its addresses too (a
 # configured Framed-IP-Address, as the IPv6 ones): a CoA moves none (change_of_authorization).
 # And what sets up the link (the users file's Service-Type = Framed-User, Framed-Protocol = PPP,
-# the MTU and netmask): negotiated at the start, nothing a NAS would keep applying.
+# Framed-Compression = Van-Jacobson-TCP-IP, the MTU and netmask, IPv6CP's Framed-Interface-Id):
+# negotiated at the start, nothing a NAS would keep applying. (Framed-IPv6-Pool, RFC 3162 §2.6, is
+# Framed-Pool's IPv6 twin.)
+_FRAMED_COMPRESSION, _FRAMED_INTERFACE_ID, _FRAMED_IPV6_POOL = 13, int(Attr.FRAMED_INTERFACE_ID), 100
 _NOT_LEFT_BEHIND = frozenset({(0, int(Attr.SESSION_TIMEOUT)), (0, int(Attr.IDLE_TIMEOUT)),
-                              (0, _ACCT_INTERIM_INTERVAL), (0, int(Attr.FRAMED_POOL)), _PLAN_ADDRESS,
-                              *((0, pool) for pool in _POOL_FOR.values()),
+                              (0, _ACCT_INTERIM_INTERVAL), (0, int(Attr.FRAMED_POOL)), (0, _FRAMED_IPV6_POOL),
+                              _PLAN_ADDRESS, *((0, pool) for pool in _POOL_FOR.values()),
                               *((0, int(code)) for code in (Attr.SERVICE_TYPE, Attr.FRAMED_PROTOCOL,
-                                                            Attr.FRAMED_MTU, Attr.FRAMED_IP_NETMASK))})
+                                                            Attr.FRAMED_MTU, Attr.FRAMED_IP_NETMASK)),
+                              (0, _FRAMED_COMPRESSION), (0, _FRAMED_INTERFACE_ID)})
 
 
 # The vendors of the NAS kinds that are one vendor's gear. A plan (a walled garden, a subscriber's

@@ -1927,11 +1927,14 @@ def test_a_session_s_ipv6_prefix_is_checked_against_the_reservations_without_a_w
     "Framed-IP-Address = 255.255.255.254",  # "the NAS picks": a CoA moves no address
     'Delegated-IPv6-Prefix-Pool = "home-v6"',  # a pool, used at the session's start, as Framed-Pool
     'Stateful-IPv6-Address-Pool = "home-v6"',
+    'Framed-IPv6-Pool = "home-v6"',  # (RFC 3162 §2.6: Framed-Pool's IPv6 twin, as used at the start)
     # what sets up the link at the start (a FreeRADIUS users file's usual first lines)
     "Service-Type = Framed-User",
     "Framed-Protocol = PPP",
     "Framed-MTU = 1492",
     "Framed-IP-Netmask = 255.255.255.255",
+    "Framed-Compression = Van-Jacobson-TCP-IP",  # (the users file's PPP default, with Framed-Protocol)
+    "Framed-Interface-Id = 0:0:0:1",  # (IPv6CP's, negotiated at the start)
 ])
 def test_a_plan_change_leaves_behind_no_address_or_pool_the_session_keeps_anyway(start_only: str) -> None:
     """From a review: a plan change whose new profile lacks an attribute of the old one's
