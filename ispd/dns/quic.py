@@ -27,7 +27,8 @@ Initials a second kept port 53's answers waiting for seconds. So a new client is
 Retry, which costs an AEAD seal and no state, and its connection is made only when it comes
 back with the token (a round trip more): always (``retry = "always"``), never, or, by default,
 only while more than ``RETRY_ABOVE_HANDSHAKES`` handshakes are under way on the listener, and
-for ``RETRY_HOLD_SECONDS`` after (a client answering a Retry still finds tokens taken).
+for ``RETRY_HOLD_SECONDS`` after (a client answering a Retry still finds tokens taken); with
+``max_connections`` under twice that, past half of them.
 """
 
 from __future__ import annotations
@@ -155,11 +156,12 @@ class _QuicServer(QuicServer):
     and the handshakes under way say, on for a client that comes back with a token of ours."""
 
     def __init__(self, *, settings: QuicSettings, handshakes: _Handshakes, tokens: _RetryTokens,
-                 **kwargs: Any) -> None:
+                 gate: ConnectionGate, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._settings = settings
         self._handshakes = handshakes
         self._tokens = tokens
+        self._gate = gate
         self._retry_until = 0.0
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
@@ -199,7 +201,11 @@ class _QuicServer(QuicServer):
         if mode != "auto":
             return mode == "always"
         now = self._loop.time()
-        if self._handshakes.pending > RETRY_ABOVE_HANDSHAKES:
+        # Half the listener's connections at most: handshakes that never go on are each counted
+        # in max_connections until they time out, and with a limit under RETRY_ABOVE_HANDSHAKES
+        # they filled it before Retry started - a few Initials a second, from any source, kept
+        # every client out.
+        if self._handshakes.pending > min(RETRY_ABOVE_HANDSHAKES, self._gate.max_total // 2):
             self._retry_until = now + RETRY_HOLD_SECONDS
         return now < self._retry_until
 
@@ -615,7 +621,8 @@ class QuicListener:
                 # aioquic's serve() without its bind: the socket is made as every listener's is.
                 _, protocol = await open_datagram_listener(
                     partial(_QuicServer, settings=self.settings, handshakes=self.handshakes,
-                            tokens=self.retry_tokens, configuration=self.configuration, create_protocol=factory,
+                            tokens=self.retry_tokens, gate=self.protocol_args["gate"],
+                            configuration=self.configuration, create_protocol=factory,
                             session_ticket_fetcher=self.tickets.pop if self.tickets else None,
                             session_ticket_handler=self.tickets.add if self.tickets else None),
                     bound_socket(address.host, address.port, socket.SOCK_DGRAM))

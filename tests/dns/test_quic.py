@@ -389,6 +389,29 @@ async def test_initials_forged_from_a_clients_address_do_not_take_its_connection
         assert second._quic._close_event is None
 
 
+@pytest.mark.parametrize("alpn", ["doq", "h3"])
+async def test_initials_that_never_go_on_do_not_fill_a_small_listener(tmp_path: Path, alpn: str) -> None:
+    """From a bug hunt: Retry started only past 64 handshakes under way, and each of them counts in
+    max_connections until it times out. With max_connections = 20, thirty Initials that never went
+    on (from any source, 36 KB) kept every client off DoQ for the handshake timeout with
+    CONNECTION_REFUSED, and no Retry was sent: a few Initials a second kept them off for good.
+    Retry now starts past half the listener's connections when that is fewer."""
+    listener = listener_for(tmp_path, alpn)  # (max_connections 10, retry "auto")
+    async with AsyncExitStack() as stack:
+        await listener.start([SocketAddress("127.66.10.1", 0)], stack)
+        server = listener.bound[0]
+        forged_initials("127.66.10.2", server, 15, listener.alpn)
+        await asyncio.sleep(0.3)
+        configuration = QuicConfiguration(is_client=True, alpn_protocols=listener.alpn, verify_mode=ssl.CERT_NONE)
+        transport, client = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: _client_for(alpn)(QuicConnection(configuration=configuration)), local_addr=("127.66.10.3", 0))
+        stack.callback(transport.abort)
+        client.connect(server)
+        await asyncio.wait_for(client.wait_connected(), 5)  # refused (ConnectionError) before
+        await _ask(client)
+        assert listener.retry_tokens.stats.retries >= 1
+
+
 class ClientsSeen(CachedAnswers):
     """Cache hits, each query's client address noted."""
 
