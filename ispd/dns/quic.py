@@ -18,7 +18,9 @@ through the same ``DoHResponder`` as HTTP/2.
 Both count connections against a ``ConnectionGate`` on their first datagram (the peer address
 is known only then) and turn a connection over a limit away at once, with a stateless
 CONNECTION_CLOSE (CONNECTION_REFUSED) and no TLS work; a handshake that fails or
-takes longer than ``handshake_timeout_seconds`` is counted and the connection closed. A SIGHUP
+takes longer than ``handshake_timeout_seconds`` is counted and the connection closed; so is one
+with no whole query, none in flight and nothing of its replies taken for the idle timeout
+(``_watch``: QUIC's own idle timeout is restarted by any packet, a PING too). A SIGHUP
 with a new certificate changes the shared configuration's certificate for new connections.
 
 Address validation (RFC 9000 §8.1): each Initial the server takes costs a TLS handshake, about
@@ -77,6 +79,7 @@ DOQ_NO_ERROR = 0x0
 DOQ_PROTOCOL_ERROR = 0x2
 DOQ_REQUEST_CANCELLED = 0x3
 DOQ_EXCESSIVE_LOAD = 0x4
+H3_NO_ERROR = 0x100
 H3_REQUEST_CANCELLED = 0x10C
 H3_EXCESSIVE_LOAD = 0x107
 _LENGTH = struct.Struct("!H")
@@ -228,6 +231,8 @@ class _TicketStore:
 class _DNSQuicProtocol(QuicConnectionProtocol):
     """What DoQ and HTTP/3 connections share: limits, handshake accounting, tasks."""
 
+    NO_ERROR = DOQ_NO_ERROR  # the application's code for a close that is no error
+
     def __init__(self, quic: QuicConnection, stream_handler: Any = None, *, gate: ConnectionGate,
                  stats: TransportStats, settings: QuicSettings, handshakes: _Handshakes) -> None:
         super().__init__(quic, stream_handler)
@@ -257,6 +262,12 @@ class _DNSQuicProtocol(QuicConnectionProtocol):
         self.tasks: set[asyncio.Task[None]] = set()
         self._handshake_timer: asyncio.TimerHandle | None = None
         self._keepalive: asyncio.TimerHandle | None = None
+        # The idle timeout as DoT and HTTP/2 have it (``_watch``): the last time a whole query
+        # came, a query was in flight or the client took some of a reply, and the offset each
+        # stream's reply still unacknowledged stood at then.
+        self._watchdog: asyncio.TimerHandle | None = None
+        self.progressed = 0.0
+        self._unread: dict[int, int] = {}
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         if self.client is None:
@@ -335,6 +346,9 @@ class _DNSQuicProtocol(QuicConnectionProtocol):
                 self.handshakes.pending -= 1
             if self._handshake_timer is not None:
                 self._handshake_timer.cancel()
+            if self.admitted:
+                self.progressed = self._loop.time()
+                self._watch_later()
             if self.admitted and not self.charged:  # the address is the client's: its limit now
                 if not self.gate.prove(self.client or ""):
                     self.turned_away = True  # (what else came with the handshake is not looked at)
@@ -362,6 +376,8 @@ class _DNSQuicProtocol(QuicConnectionProtocol):
                 self._handshake_timer.cancel()
             if self._keepalive is not None:
                 self._keepalive.cancel()
+            if self._watchdog is not None:
+                self._watchdog.cancel()
             for task in self.tasks:
                 task.cancel()
 
@@ -374,11 +390,47 @@ class _DNSQuicProtocol(QuicConnectionProtocol):
         if self._keepalive is None:
             self._keep_alive_later()
 
-    def _keep_alive_later(self) -> None:
+    def _idle_seconds(self) -> float:
         # The lower of both ends' idle timeouts, as aioquic works it out (else ours).
         idle = getattr(self._quic, "_idle_timeout", None)
-        seconds = idle() if callable(idle) else self.settings.idle_timeout
-        self._keepalive = asyncio.get_running_loop().call_later(seconds / 3, self._keep_alive)
+        return float(idle()) if callable(idle) else self.settings.idle_timeout
+
+    def _keep_alive_later(self) -> None:
+        self._keepalive = asyncio.get_running_loop().call_later(self._idle_seconds() / 3, self._keep_alive)
+
+    def query_came(self) -> None:
+        self.progressed = self._loop.time()
+
+    def _watch_later(self) -> None:
+        self._watchdog = self._loop.call_later(self._idle_seconds() / 2, self._watch)
+
+    def _watch(self) -> None:
+        """QUIC's own idle timeout (RFC 9000 §10.1) counts any packet, a PING or an ACK, as
+        activity: a client that sent a byte of a query now and then, or PINGs, held a connection
+        for good with no query, and one that left its replies unread (its flow control closed)
+        held them too, with the connection - 400 replies of 4 KB on HTTP/3, for as long as it
+        went on PINGing, where DoT and HTTP/2 cut such a client off after the idle timeout. So a
+        connection is closed too when for the idle timeout no whole query has come, none has
+        been in flight, and the client has taken nothing of the replies it has not yet
+        acknowledged."""
+        self._watchdog = None
+        if not self.admitted:
+            return
+        now = self._loop.time()
+        unread: dict[int, int] = {}
+        # (aioquic's stream state, read defensively: it is not its public interface)
+        for stream_id, stream in getattr(self._quic, "_streams", {}).items():
+            sender = stream.sender
+            taken = getattr(sender, "_buffer_start", 0)
+            if getattr(sender, "_buffer_stop", 0) > taken:
+                unread[stream_id] = taken
+        if self.in_flight or any(unread.get(stream_id) != taken for stream_id, taken in self._unread.items()):
+            self.progressed = now
+        self._unread = unread
+        if now - self.progressed >= self._idle_seconds():
+            self.close_with(self.NO_ERROR, "idle")
+            return
+        self._watch_later()
 
     def _keep_alive(self) -> None:
         self._keepalive = None
@@ -437,6 +489,7 @@ class DoQProtocol(_DNSQuicProtocol):
         if not end_stream:
             return
         del self.buffers[stream_id]
+        self.query_came()
         if len(buffer) < 2 + 12 or _LENGTH.unpack_from(buffer)[0] != len(buffer) - 2 or buffer[2:4] != b"\0\0":
             # RFC 9250 §4.2: a length that does not match, or a message ID other than 0.
             self.stats.bad_requests += 1
@@ -476,6 +529,8 @@ class DoQProtocol(_DNSQuicProtocol):
 
 
 class HTTP3Protocol(_DNSQuicProtocol):
+    NO_ERROR = H3_NO_ERROR
+
     def __init__(self, quic: QuicConnection, stream_handler: Any = None, *, responder: DoHResponder,
                  **kwargs: Any) -> None:
         super().__init__(quic, stream_handler, **kwargs)
@@ -536,6 +591,7 @@ class HTTP3Protocol(_DNSQuicProtocol):
             self._request_done(event.stream_id)
 
     def _request_done(self, stream_id: int) -> None:
+        self.query_came()
         request = self.requests.pop(stream_id, None)
         if request is None or request.rejected:
             return

@@ -412,6 +412,54 @@ async def test_initials_that_never_go_on_do_not_fill_a_small_listener(tmp_path: 
         assert listener.retry_tokens.stats.retries >= 1
 
 
+@pytest.mark.parametrize("alpn", ["doq", "h3"])
+@pytest.mark.parametrize("client_does", ["pings", "trickles", "leaves replies unread", "asks"])
+async def test_a_connection_without_queries_or_replies_taken_is_closed_at_the_idle_timeout(
+        alpn: str, client_does: str, tmp_path: Path) -> None:
+    """From a bug hunt: the idle timeout was QUIC's own (RFC 9000 §10.1), which any packet
+    restarts. A client that PINGed, or sent a byte of a query now and then, held a connection
+    with no query for good; one that left its replies unread (its flow control closed) and
+    PINGed held them too - 400 replies of 4 KB on HTTP/3, where DoT and HTTP/2 cut such a client
+    off after the idle timeout. A client that asks goes on."""
+    listener = listener_for(tmp_path, alpn)
+    listener.apply_settings(QuicSettings(idle_timeout=1.0, handshake_timeout=5.0, max_streams=5,
+                                         max_query_bytes=4096))
+    async with AsyncExitStack() as stack:
+        await listener.start([SocketAddress("127.66.11.1", 0)], stack)
+        configuration = QuicConfiguration(is_client=True, alpn_protocols=listener.alpn, verify_mode=ssl.CERT_NONE,
+                                          max_stream_data=16 if client_does == "leaves replies unread" else 1 << 20)
+        transport, client = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: _client_for(alpn)(QuicConnection(configuration=configuration)), local_addr=("127.66.11.2", 0))
+        stack.callback(transport.abort)
+        client.connect(listener.bound[0])
+        await asyncio.wait_for(client.wait_connected(), 5)
+        if client_does == "leaves replies unread":  # (each reply more than the 16 bytes it lets come)
+            for _ in range(3):
+                stream_id = client._quic.get_next_available_stream_id()
+                if client.http is None:
+                    client._quic.send_stream_data(stream_id, len(QUERY).to_bytes(2, "big") + QUERY, end_stream=True)
+                else:
+                    path = "/dns-query?dns=" + base64.urlsafe_b64encode(QUERY).rstrip(b"=").decode()
+                    client.http.send_headers(stream_id, [(b":method", b"GET"), (b":scheme", b"https"),
+                                                         (b":authority", b"dns.test"), (b":path", path.encode())],
+                                             end_stream=True)
+        else:
+            await _ask(client)
+        trickled = client._quic.get_next_available_stream_id()
+        for i in range(12):  # 3.6 s, the idle timeout three times over, the client never quiet
+            if client_does == "asks":
+                await _ask(client)
+            elif client_does == "trickles":
+                # (a DoQ length of 64, an HTTP/3 HEADERS frame of 63 bytes, then a byte at a time)
+                start = b"\0\x40" if client.http is None else b"\x01\x3f"
+                client._quic.send_stream_data(trickled, b"\0" if i else start, end_stream=False)
+            else:
+                client._quic.send_ping(i)
+            client.transmit()
+            await asyncio.sleep(0.3)
+        assert (client._quic._close_event is None) == (client_does == "asks")
+
+
 class ClientsSeen(CachedAnswers):
     """Cache hits, each query's client address noted."""
 
