@@ -536,6 +536,7 @@ class HTTP3Protocol(_DNSQuicProtocol):
         super().__init__(quic, stream_handler, **kwargs)
         self.responder = responder
         self.http = H3Connection(quic)
+        self.http_failed = False  # closed by aioquic for an HTTP/3 protocol error
         self.requests: dict[int, RequestInProgress] = {}
 
     def quic_event_received(self, event: QuicEvent) -> None:
@@ -547,9 +548,18 @@ class HTTP3Protocol(_DNSQuicProtocol):
             self._cancelled(event.stream_id, H3_REQUEST_CANCELLED)
         try:
             events = self.http.handle_event(event)
-        except Exception:  # aioquic raises its protocol errors after closing the connection itself
+        except Exception:  # (what aioquic does not expect of a client)
             self.stats.bad_requests += 1
             self.transmit()
+            return
+        # An HTTP/3 protocol error (a frame where it may not be, a second control stream, QPACK
+        # that does not decode): aioquic closes the connection with its code and returns no
+        # events, raising nothing - the one sign is its _is_done (read defensively: it is not
+        # its public interface). Uncounted, a client's malformed HTTP/3 left bad_requests at 0
+        # where HTTP/2's protocol errors are counted.
+        if getattr(self.http, "_is_done", False) and not self.http_failed:
+            self.http_failed = True
+            self.stats.bad_requests += 1
             return
         if isinstance(event, StreamDataReceived) and self._held(event.stream_id) > self._frame_limit():
             self.stats.bad_requests += 1

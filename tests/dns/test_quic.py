@@ -460,6 +460,23 @@ async def test_a_connection_without_queries_or_replies_taken_is_closed_at_the_id
         assert (client._quic._close_event is None) == (client_does == "asks")
 
 
+async def test_an_http3_protocol_error_is_counted_as_a_bad_request(tmp_path: Path) -> None:
+    """From a bug hunt: aioquic closes an HTTP/3 connection for a protocol error itself and
+    raises nothing, so ispd counted none of them (bad_requests stayed 0 for http3, where HTTP/2
+    counts its own). Here a second QPACK encoder stream (RFC 9204 §4.2: H3_STREAM_CREATION_ERROR)."""
+    listener = listener_for(tmp_path, "h3")
+    async with AsyncExitStack() as stack:
+        client = await connected(stack, listener, _client_for("h3"))
+        await _ask(client)
+        for _ in range(2):
+            stream_id = client._quic.get_next_available_stream_id(is_unidirectional=True)
+            client._quic.send_stream_data(stream_id, encode_uint_var(0x02), end_stream=False)
+        client.transmit()
+        await asyncio.wait_for(client.wait_closed(), 5)
+        assert client._quic._close_event.error_code == 0x103  # H3_STREAM_CREATION_ERROR
+        assert listener.retry_tokens.stats.bad_requests == 1
+
+
 class ClientsSeen(CachedAnswers):
     """Cache hits, each query's client address noted."""
 
