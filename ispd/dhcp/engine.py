@@ -496,8 +496,10 @@ class DHCPEngine:
         self._reservation_keys: dict[int, tuple[str, str]] = {}  # reservation id -> its key above
         self.reserved_addresses: dict[int, Reservation] = {}
         # Host names reservations give (their first label, lowercase): no other client may take
-        # one for its lease, and with it the name in DNS (as dnsmasq keeps configured names).
-        self.reserved_hostnames: dict[str, Reservation] = {}
+        # one for its lease, and with it the name in DNS (as dnsmasq keeps configured names). Each
+        # with every reservation that gives it: one subscriber's may share one (a router's MAC and
+        # its DUID), and the name stays reserved until the last of them is gone.
+        self.reserved_hostnames: dict[str, list[Reservation]] = {}
         self.subscriber_status: dict[int, SubscriberStatus] = {}
         self._by_relay: dict[int, Subnet | None] = {}
 
@@ -576,10 +578,13 @@ class DHCPEngine:
 
     def add_reservation(self, reservation: Reservation) -> None:
         ident = (str(reservation.kind), reservation.key)
+        replaced = self.reservations.get(ident)
+        if replaced is not None:  # (announced twice, or its key given anew: one claim on a name)
+            self._unreserve_hostname(replaced)
         self.reservations[ident] = reservation
         self._reservation_keys[reservation.id] = ident
         if reservation.hostname:
-            self.reserved_hostnames[_first_label(reservation.hostname)] = reservation
+            self.reserved_hostnames.setdefault(_first_label(reservation.hostname), []).append(reservation)
         if reservation.address:
             with contextlib.suppress(ValueError):
                 self.reserved_addresses[int(IPv4Address(reservation.address))] = reservation
@@ -592,9 +597,7 @@ class DHCPEngine:
         if ident is None or reservation is None or reservation.id != reservation_id:  # (its key another's since)
             return
         del self.reservations[ident]
-        name = _first_label(reservation.hostname) if reservation.hostname else None
-        if name is not None and self.reserved_hostnames.get(name) is reservation:
-            del self.reserved_hostnames[name]
+        self._unreserve_hostname(reservation)
         if reservation.address:
             address = int(IPv4Address(reservation.address))
             if self.reserved_addresses.get(address) is reservation:
@@ -602,6 +605,18 @@ class DHCPEngine:
                 pool = self._pool_of(address)
                 if pool is not None:
                     pool.allocator.returned(address)
+
+    def _unreserve_hostname(self, reservation: Reservation) -> None:
+        """The host name ``reservation`` gives is no longer reserved by it (by another one that
+        gives it too, it still is)."""
+        if not reservation.hostname:
+            return
+        name = _first_label(reservation.hostname)
+        holders = [r for r in self.reserved_hostnames.get(name, ()) if r.id != reservation.id]
+        if holders:
+            self.reserved_hostnames[name] = holders
+        else:
+            self.reserved_hostnames.pop(name, None)
 
     def remove_subscriber(self, subscriber_id: int) -> None:
         for reservation in list(self.reservations.values()):

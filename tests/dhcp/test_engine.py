@@ -539,7 +539,7 @@ def test_a_change_to_one_of_many_reservations_is_applied_without_a_walk_of_them_
         bus.publish(ReservationChanged(T0, line.subscriber_id, "u", reservation_id=line.id, kind="username",
                                        key=line.key, address=line.address, hostname=f"h{line.id}"))
     assert time.perf_counter() - started < 1.0
-    assert lab.engine.reserved_hostnames["h100"].key == "line100@pppoe"
+    assert [r.key for r in lab.engine.reserved_hostnames["h100"]] == ["line100@pppoe"]
     assert lab.engine.reserved_addresses[first + 100].hostname == "h100"
     # Gone by its id; another reservation given the old one's key afterwards is not touched by a
     # late removal of the first.
@@ -720,6 +720,25 @@ def test_a_reserved_hostname_cannot_be_taken_by_another_client() -> None:
     again = lab.send(message(DHCPMessageType.REQUEST, MAC_B, requested="198.18.0.101",
                              extra=((Option.HOSTNAME, b"davebox"),)))
     assert again.writes[0][0].hostname == "davebox"
+
+
+def test_a_host_name_two_reservations_give_stays_reserved_until_both_are_gone() -> None:
+    """One subscriber's reservations may give one name (its router's MAC and its DUID): deleting
+    one of them (the DUID of a replaced router) left the name free for any client, whose lease
+    then took it in DNS from the device the other reservation still names."""
+    lab = Lab()
+    lab.engine.load([], [reservation(ReservationKind.MAC, "02:00:5e:10:00:01", hostname="cpe-alice"),
+                         reservation(ReservationKind.DUID, "000300010200005e1001", rid=2, hostname="cpe-alice")],
+                    {7: SubscriberStatus.ACTIVE})
+    lab.engine.remove_reservation(2)
+    stranger = lab.send(message(DHCPMessageType.REQUEST, MAC_B, requested="198.18.0.101",
+                                extra=((Option.HOSTNAME, b"cpe-alice"),)))
+    assert stranger.writes and stranger.writes[0][0].hostname is None
+    lab.engine.add_reservation(reservation(ReservationKind.MAC, "02:00:5e:10:00:01", hostname="cpe-alice"))
+    lab.engine.remove_reservation(1)  # (announced twice: one claim, gone with it)
+    again = lab.send(message(DHCPMessageType.REQUEST, MAC_B, requested="198.18.0.101",
+                             extra=((Option.HOSTNAME, b"cpe-alice"),)))
+    assert again.writes[0][0].hostname == "cpe-alice"
 
 
 def test_a_renewal_keeps_a_name_the_client_gave_not_one_a_reservation_gave_or_reserves_for_another() -> None:
