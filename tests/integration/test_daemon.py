@@ -21,7 +21,7 @@ from typing import cast
 
 from tests.lab.certs import issue
 from tests.lab.ports import free_port, free_tcp_port
-from tests.lab.process import IspdProcess, base_config, eventually, read_to_end
+from tests.lab.process import IspdProcess, base_config, connections_out_of_descriptors, eventually, read_to_end
 
 
 def test_ready_comes_only_after_the_listeners_are_bound(tmp_path: Path) -> None:
@@ -505,25 +505,9 @@ def test_out_of_descriptors_the_metrics_listener_rests_says_so_and_answers_the_w
     with IspdProcess(tmp_path, base_config(tmp_path)) as ispd:
         ispd.start()
         assert ispd.proc is not None
-        pid = ispd.proc.pid
         host, port = ispd.config["metrics"]["listen"].rsplit(":", 1)
-        limit = Path(f"/proc/{pid}/limits").read_text().split("Max open files")[1].split()[1]
-        held = {int(name) for name in os.listdir(f"/proc/{pid}/fd")}
-        first_gap = next(number for number in range(100_000) if number not in held)
-        subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={first_gap}:{limit}"], check=True)
-        waiting = []
-        try:
-            for index in range(12):
-                sock = socket.socket()
-                sock.bind((f"127.0.{index + 1}.9", 0))  # each from its own address: no per-client cap
-                sock.settimeout(2)
-                with contextlib.suppress(OSError):
-                    sock.connect((host, int(port)))
-                    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: ispd\r\n\r\n")
-                waiting.append(sock)
-            time.sleep(1.5)
-        finally:
-            subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={limit}:{limit}"], check=True)
+        waiting = connections_out_of_descriptors(ispd.proc.pid, [(host, int(port))], 12, lambda i: f"127.0.{i + 1}.9",
+                                                 b"GET /healthz HTTP/1.1\r\nHost: ispd\r\n\r\n")
         try:
             waiting[-1].settimeout(10)
             assert waiting[-1].recv(100).startswith(b"HTTP/1.1 200 "), "waited, not closed"

@@ -51,7 +51,7 @@ from aioquic.tls import SessionTicket
 
 from tests.lab.certs import Certificates, issue
 from tests.lab.ports import free_port, free_tcp_port, free_udp_port
-from tests.lab.process import ISPD, IspdProcess, base_config, eventually
+from tests.lab.process import ISPD, IspdProcess, base_config, connections_out_of_descriptors, eventually
 from tests.lab.quicclient import StreamResetByServer, _Client, _Pending, doq_exchange, h3_request
 
 SERVER_NAME = "dns.isp.test"
@@ -1018,25 +1018,8 @@ def test_out_of_descriptors_tcp_and_dot_rest_say_so_and_serve_again(tmp_path: Pa
     ispd = EncryptedIspd(tmp_path, certs, black_hole, doh={"listen": [], "listen_http3": []}, doq={"listen": []})
     with running(ispd):
         assert ispd.proc is not None
-        pid = ispd.proc.pid
-        limit = Path(f"/proc/{pid}/limits").read_text().split("Max open files")[1].split()[1]
-        # A new descriptor takes the lowest free number: at the first gap nothing more opens.
-        held = {int(name) for name in os.listdir(f"/proc/{pid}/fd")}
-        first_gap = next(number for number in range(100_000) if number not in held)
-        subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={first_gap}:{limit}"], check=True)
-        waiting = []
-        try:
-            for index in range(20):
-                for port in (ispd.port, ispd.dot_port):
-                    sock = socket.socket()
-                    sock.bind((f"127.0.{index + 1}.9", 0))  # each from its own address: no per-client cap
-                    sock.settimeout(2)
-                    with contextlib.suppress(OSError):
-                        sock.connect(("127.0.0.1", port))
-                    waiting.append(sock)
-            time.sleep(1.5)  # (no scrape meanwhile: the metrics listener has no descriptor either)
-        finally:
-            subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={limit}:{limit}"], check=True)
+        waiting = connections_out_of_descriptors(ispd.proc.pid, [("127.0.0.1", ispd.port), ("127.0.0.1", ispd.dot_port)],
+                                                 20, lambda i: f"127.0.{i + 1}.9")
         for transport in ("tcp", "tls"):
             assert ispd.metric("ispd_dns_transport_accept_failures_total", transport) >= 1
         try:

@@ -6,10 +6,7 @@ lab's DNS hierarchy (the [mail] resolver is ispd's own DNS listener), subscriber
 from __future__ import annotations
 
 import base64
-import contextlib
-import itertools
 import json
-import os
 import re
 import shutil
 import signal
@@ -36,7 +33,7 @@ from tests.lab.dnshier import DKIM_LAB_KEY, DNSHierarchy, free_port
 from tests.lab.dnsispd import dns_section
 from tests.lab.maildir import inbox
 from tests.lab.ports import free_tcp_port
-from tests.lab.process import IspdProcess, base_config, eventually
+from tests.lab.process import IspdProcess, base_config, connections_out_of_descriptors, eventually
 from tests.lab.remotemx import RemoteMX
 
 DOMAIN = "isp.example"
@@ -528,28 +525,11 @@ def test_465_accepts_again_after_running_out_of_file_descriptors(lab: Lab) -> No
     """One failed accept (EMFILE) ended the loop that accepts on 465 for good, silently. Now it
     is logged, and accepting goes on once descriptors are free."""
     assert lab.ispd.proc is not None
-    pid = lab.ispd.proc.pid
-    limit = Path(f"/proc/{pid}/limits").read_text().split("Max open files")[1].split()[1]
-    # The limit is on a descriptor's number, not on how many are open, and a new one takes the
-    # lowest free number: at the first gap in the numbers nothing more can be opened (a limit at
-    # the count left the gaps above it usable, and accepts went on in a loaded CI run).
-    held = {int(name) for name in os.listdir(f"/proc/{pid}/fd")}
-    first_gap = next(number for number in itertools.count() if number not in held)
-    subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={first_gap}:{limit}"], check=True)
-    stalled = []
-    try:
-        for index in range(20):  # more than descriptors that earlier tests' closing sockets may free
-            sock = socket.socket()
-            sock.bind((f"127.0.{index + 1}.9", 0))  # each from its own address: no per-client cap
-            sock.settimeout(2)
-            with contextlib.suppress(OSError):
-                sock.connect(("127.0.0.1", lab.submissions))
-            stalled.append(sock)
-        time.sleep(1.5)
-    finally:
-        subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={limit}:{limit}"], check=True)
-        for sock in stalled:
-            sock.close()
+    # (20: more than descriptors that earlier tests' closing sockets may free)
+    stalled = connections_out_of_descriptors(lab.ispd.proc.pid, [("127.0.0.1", lab.submissions)], 20,
+                                             lambda i: f"127.0.{i + 1}.9")
+    for sock in stalled:
+        sock.close()
 
     def served() -> bool:
         with smtplib.SMTP_SSL("127.0.0.1", lab.submissions, timeout=5, context=lab.context()) as client:
@@ -565,24 +545,9 @@ def test_out_of_descriptors_port_25_rests_says_so_and_greets_the_waiting_clients
     log line and no count: the loop's server (libuv) accepted and closed them out of sight. Now
     port 25 rests as 465 does, says so once, counts it, and the waiting clients are greeted."""
     assert lab.ispd.proc is not None
-    pid = lab.ispd.proc.pid
-    limit = Path(f"/proc/{pid}/limits").read_text().split("Max open files")[1].split()[1]
     failures = lab.ispd.metric_value("ispd_mail_accept_failures_total") or 0.0
-    held = {int(name) for name in os.listdir(f"/proc/{pid}/fd")}
-    first_gap = next(number for number in itertools.count() if number not in held)
-    subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={first_gap}:{limit}"], check=True)
-    waiting = []
-    try:
-        for index in range(20):
-            sock = socket.socket()
-            sock.bind((f"127.0.{index + 1}.25", 0))  # each from its own address: no per-client cap
-            sock.settimeout(2)
-            with contextlib.suppress(OSError):
-                sock.connect(("127.0.0.1", lab.mx))
-            waiting.append(sock)
-        time.sleep(1.5)  # (no scrape meanwhile: the metrics listener has no descriptor either)
-    finally:
-        subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={limit}:{limit}"], check=True)
+    waiting = connections_out_of_descriptors(lab.ispd.proc.pid, [("127.0.0.1", lab.mx)], 20,
+                                             lambda i: f"127.0.{i + 1}.25")
     try:
         waiting[-1].settimeout(10)
         assert waiting[-1].recv(100).startswith(b"220 ")  # waited, not reset

@@ -257,3 +257,34 @@ def read_to_end(fd: int) -> str:
     while chunk := os.read(fd, 65536):
         chunks.append(chunk)
     return b"".join(chunks).decode()
+
+
+def connections_out_of_descriptors(pid: int, targets: Sequence[tuple[str, int]], count: int,
+                                   source: Callable[[int], str], first_bytes: bytes = b"") -> list[socket.socket]:
+    """``count`` connections to each of ``targets``, each from its own address (``source(i)``: no
+    per-client cap applies), made while process ``pid`` can open no descriptor (its open-files
+    limit lowered to its first free number: every accept fails EMFILE), then the limit given
+    back after a second and a half of that. The caller closes them."""
+    limit = Path(f"/proc/{pid}/limits").read_text().split("Max open files")[1].split()[1]
+    held = {int(name) for name in os.listdir(f"/proc/{pid}/fd")}
+    # The limit is on a descriptor's number, not on how many are open, and a new one takes the
+    # lowest free number: at the first gap nothing more can be opened (a limit at the count left
+    # the gaps above it usable, and accepts went on in a loaded CI run).
+    first_gap = next(number for number in range(100_000) if number not in held)
+    subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={first_gap}:{limit}"], check=True)
+    waiting = []
+    try:
+        for index in range(count):
+            for target in targets:
+                sock = socket.socket()
+                sock.bind((source(index), 0))
+                sock.settimeout(2)
+                with contextlib.suppress(OSError):
+                    sock.connect(target)
+                    if first_bytes:
+                        sock.sendall(first_bytes)
+                waiting.append(sock)
+        time.sleep(1.5)  # (no scrape meanwhile: the metrics listener has no descriptor either)
+    finally:
+        subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={limit}:{limit}"], check=True)
+    return waiting
