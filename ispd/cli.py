@@ -1633,6 +1633,9 @@ async def cmd_store_migrate(config: Config, args: argparse.Namespace) -> None:
     # Not beside a daemon (perhaps an older one that would not know the new schema).
     lock = daemon_lock(config, "stop it first (or let it be: a daemon applies the migrations itself as it starts)")
     where = config.store.path if config.store.backend == "sqlite" else _store_name(config)
+    # As the other admin commands: run with the wrong config or store.path (the upgrade's step),
+    # it would otherwise make an empty store and report every migration applied, as if upgraded.
+    new = config.store.backend == "sqlite" and not config.store.path.exists()
     applied: list[int] = []
     began = time.monotonic()
     try:
@@ -1652,6 +1655,8 @@ async def cmd_store_migrate(config: Config, args: argparse.Namespace) -> None:
                             f"{stopped.step.name}; run it again to go on") from None
     finally:
         lock.release()
+    if new:
+        print(f"ispd: note: {config.store.path} did not exist: this is a new, empty store", file=sys.stderr)
     newest = sqlite_migrations()[-1].version
     if applied:
         print(f"{where}: at schema {newest} (applied {', '.join(map(str, applied))} "

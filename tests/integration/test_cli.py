@@ -502,6 +502,16 @@ def test_store_migrate_applies_what_is_pending_and_is_refused_beside_a_daemon(tm
     assert ok(config_path, "store", "migrate") == f"{store}: at schema {newest.version}, nothing to do\n"
 
 
+def test_store_migrate_says_when_it_made_a_new_store(tmp_path: Path, config_path: Path) -> None:
+    """The upgrade's `ispd store migrate` with the wrong config or store.path makes an empty store:
+    it says so, as every other admin command does, not only that it applied every migration."""
+    store = tmp_path / "ispd.db"
+    result = ispd(config_path, "store", "migrate")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == f"ispd: note: {store} did not exist: this is a new, empty store\n"
+    assert ispd(config_path, "store", "migrate").stderr == ""  # (an existing store: no note)
+
+
 def test_migrations_are_refused_beside_a_daemon_from_before_the_lock(tmp_path: Path, config_path: Path) -> None:
     # The daemon still running the previous release during an upgrade may be one from before the
     # store's lock file: it answers on its control socket but holds no lock. Migrated under it,
