@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import socket
-import time
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
@@ -21,8 +20,8 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ispd.configtypes import SocketAddress
-from ispd.listeners import client_key, listening_tcp_socket
-from ispd.logs import LogThrottle, get_logger
+from ispd.listeners import Acceptor, client_key, listening_tcp_socket
+from ispd.logs import get_logger
 from ispd.service import Health, Service, ServiceContext, ServiceStartError, describe_os_error
 
 if TYPE_CHECKING:
@@ -53,17 +52,6 @@ async def _read_head(reader: asyncio.StreamReader) -> bytes:
             raise ValueError("request head too large")
 
 
-class _Listener:
-    """A listening socket and the task that accepts from it (``MetricsService._accept``)."""
-
-    def __init__(self, sock: socket.socket, task: asyncio.Task[None]) -> None:
-        self.sock, self.task = sock, task
-
-    def close(self) -> None:
-        self.task.cancel()
-        self.sock.close()
-
-
 class _MetricsCollector(Collector):
     def __init__(self, service: MetricsService) -> None:
         self.service = service
@@ -81,48 +69,40 @@ class MetricsService(Service):
     def __init__(self, config: Config, context: ServiceContext) -> None:
         self.context = context
         self.listen = config.metrics.listen
-        self._listener: _Listener | None = None
+        self._listener: socket.socket | None = None
+        self._acceptor: Acceptor | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self._per_peer: dict[str, int] = {}
         self.accept_failures = 0
-        self._accept_failures_logged = LogThrottle(60.0)
 
     @property
     def bound(self) -> SocketAddress:
         """The address actually bound (differs from the config when it asked for port 0)."""
         assert self._listener is not None
-        host, port = self._listener.sock.getsockname()[:2]
+        host, port = self._listener.getsockname()[:2]
         return SocketAddress(host, port)
 
     def describe(self) -> str:
         return f"metrics on {self.bound}" if self._listener else "metrics"
 
-    async def _bind(self, address: SocketAddress) -> _Listener:
+    def _bind(self, address: SocketAddress) -> tuple[socket.socket, Acceptor]:
+        """Accepted by hand (``Acceptor``) rather than through start_server: out of descriptors,
+        the loop's server (libuv) accepted each waiting connection and closed it at once, unsaid
+        and uncounted, so Prometheus and load balancers saw empty replies and the operator nothing.
+        Now the listener rests a second, says metrics.accept_failed (once a minute), counts it
+        (ispd_metrics_accept_failures_total), and the connections wait in the backlog."""
         try:
             sock = listening_tcp_socket(address.host, address.port, 128)
         except OSError as exc:
             raise ServiceStartError(f"metrics: cannot listen on {address}: {describe_os_error(exc)}") from None
-        return _Listener(sock, asyncio.create_task(self._accept(sock), name="metrics-accept"))
+        acceptor = Acceptor(self._accepted, self, log, "metrics.accept_failed", "metrics", ACCEPT_RETRY_SECONDS)
+        acceptor.listen(sock)
+        return sock, acceptor
 
-    async def _accept(self, sock: socket.socket) -> None:
-        """Accepts by hand rather than through start_server: out of descriptors, the loop's server
-        (libuv) accepted each waiting connection and closed it at once, unsaid and uncounted, so
-        Prometheus and load balancers saw empty replies and the operator nothing. Now the listener
-        rests a second (as DNS's and mail's), says metrics.accept_failed (once a minute), counts
-        it (ispd_metrics_accept_failures_total), and the connections wait in the backlog."""
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                conn, _ = await loop.sock_accept(sock)
-            except OSError as exc:
-                self.accept_failures += 1
-                if self._accept_failures_logged.due(exc.errno, time.monotonic()):
-                    log.error("metrics.accept_failed", error=str(exc))
-                await asyncio.sleep(ACCEPT_RETRY_SECONDS)
-                continue
-            task = asyncio.create_task(self._open(conn))
-            self._handlers.add(task)
-            task.add_done_callback(self._handlers.discard)
+    def _accepted(self, conn: socket.socket, _peer: object) -> None:
+        task = asyncio.create_task(self._open(conn))
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
 
     async def _open(self, conn: socket.socket) -> None:
         try:
@@ -133,7 +113,7 @@ class MetricsService(Service):
         await self._handle(reader, writer)
 
     async def start(self, stack: AsyncExitStack) -> None:
-        self._listener = await self._bind(self.listen)
+        self._listener, self._acceptor = self._bind(self.listen)
         stack.push_async_callback(self._close)
         collector = _MetricsCollector(self)
         self.context.registry.register(collector)
@@ -141,31 +121,30 @@ class MetricsService(Service):
         log.info("metrics.listening", address=str(self.bound))
 
     async def _close(self) -> None:
-        if self._listener is not None:
-            self._listener.close()
+        if self._acceptor is not None:
+            self._acceptor.close()
         for task in list(self._handlers):
             task.cancel()
         await asyncio.gather(*self._handlers, return_exceptions=True)
-        if self._listener is not None:
-            await asyncio.gather(self._listener.task, return_exceptions=True)
 
     async def stop(self) -> None:
         # Scrapes are short and idempotent: nothing to drain, stop accepting is enough.
-        if self._listener is not None:
-            self._listener.close()
+        if self._acceptor is not None:
+            self._acceptor.close()
 
     async def reload(self, old: Config, new: Config) -> None:
         if new.metrics.listen == old.metrics.listen:
             return
         # Bind the new address first: if that fails we keep serving on the old one.
-        listener = await self._bind(new.metrics.listen)
-        previous, self._listener, self.listen = self._listener, listener, new.metrics.listen
+        listener, acceptor = self._bind(new.metrics.listen)
+        previous, self._acceptor = self._acceptor, acceptor
+        self._listener, self.listen = listener, new.metrics.listen
         if previous is not None:
             previous.close()
         log.info("metrics.listening", address=str(self.bound))
 
     def health(self) -> Health:
-        return Health(self._listener is not None and not self._listener.task.done())
+        return Health(self._listener is not None and self._listener.fileno() != -1)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
