@@ -1374,8 +1374,12 @@ class AccountingEngine:
         # The interval a subscriber's Access-Accept gives (AuthEngine.interim_interval; the
         # service sets it): a plan's or a subscriber's own may differ from interim_interval.
         self.interval_of: Callable[[AuthSubject, Nas, bool], int | None] | None = None
-        # (client network, NAS-IP-Address) → inside it; a client may name several networks
-        self._believed: dict[tuple[IPv4Network | IPv6Network | None, str], bool] = {}
+        # The client an address falls in (NasTable.find; the service sets it): a NAS-IP-Address
+        # that is another client's (a host entry inside this one's network, with a secret of its
+        # own) is not this client's to speak for.
+        self.client_of: Callable[[str], Nas | None] | None = None
+        # (client, NAS-IP-Address) → believed; a client may name several networks
+        self._believed: dict[tuple[str, IPv4Network | IPv6Network | None, str], bool] = {}
 
     def nas_address(self, reported: str | None, nas: Nas, source: str) -> str:
         """The address sessions are kept under: the NAS-IP-Address the NAS reports
@@ -1383,10 +1387,13 @@ class AccountingEngine:
         packet's source."""
         if reported is None or reported == source:
             return source
-        key = (nas.network, reported)
+        key = (nas.name, nas.network, reported)
         believed = self._believed.get(key)
         if believed is None:
             believed = _believed(reported, nas)
+            if believed and self.client_of is not None:
+                found = self.client_of(reported)
+                believed = found is None or found.name == nas.name
             if len(self._believed) > 100_000:
                 self._believed.clear()
             self._believed[key] = believed

@@ -398,6 +398,7 @@ class RadiusService(Service):
         self.accounting = AccountingEngine(self.directory, self.sessions, self.dictionary,
                                            self.config.interim_interval_seconds)
         self.accounting.interval_of = self.auth.interim_interval
+        self.accounting.client_of = self._client_of
         self._subscribe(stack)
         await self._open(stack)
         stack.callback(self._checker.shutdown, wait=False, cancel_futures=True)
@@ -413,6 +414,9 @@ class RadiusService(Service):
         log.info("radius.started", listen=[f"{kind} {SocketAddress(h, p)}" for kind, h, p in self.bound],
                  clients=len(self.nas.clients), subscribers=len(self.directory.subjects),
                  open_sessions=len(self.sessions))
+
+    def _client_of(self, address: str) -> Nas | None:
+        return self.nas.find(address)  # (the table of the last reload)
 
     @staticmethod
     async def _tunnel_server(config: RadiusConfig) -> TunnelServer | None:

@@ -1809,3 +1809,39 @@ async def test_a_quota_check_during_a_plan_change_sends_no_second_identical_coa(
             await bus.drain(5)
     finally:
         await store.close()
+
+
+async def test_an_accounting_on_naming_a_nas_with_a_client_of_its_own_closes_none_of_its_sessions(
+        tmp_path: Path) -> None:
+    """From a code read: a NAS-IP-Address inside the sending client's network was believed even
+    when it is the address of another [[radius.client]] (a host entry, with a secret of its own,
+    inside that network): any NAS of the network, with the network's secret, could speak for
+    it, and its Accounting-On closed every session of that NAS (and its interims fed them)."""
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        await store.add_plan("home", actor="test")
+        alice = await store.add_subscriber("alice", actor="test", plan="home")
+        await store.record_accounting([AccountingRecord(
+            at=time.time(), status=AccountingStatus.START, nas_address=NAS, acct_session_id="a1", username="alice",
+            subscriber_id=alice.id, nas_client="bng-1")])
+        config = Config(radius=RadiusConfig.model_validate({
+            "enabled": True, "listen_auth": [f"{NAS}:0"], "listen_acct": [f"{NAS}:0"],
+            "client": [{"name": "bng", "address": "127.58.0.0/24", "secret": SECRET},
+                       {"name": "bng-1", "address": f"{NAS}/32", "secret": "its-own-secret"}]}))
+        async with _running(store, EventBus(), config) as service:
+            # Another BNG of the network, which calls itself by bng-1's address.
+            accounting_on = encode_request(Code.ACCOUNTING_REQUEST, 9, encode_attributes([
+                (Attr.ACCT_STATUS_TYPE, (7).to_bytes(4, "big")), (Attr.NAS_IP_ADDRESS, bytes((127, 58, 0, 1)))]),
+                SECRET.encode(), message_authenticator=False)
+            replies = _Replies()
+            service.handle_accounting(accounting_on, ("127.58.0.2", 50000), replies)
+            await _until(lambda: _true(bool(replies.sent)), within=5)
+            assert [s.acct_session_id for s in await store.list_sessions(open_only=True)] == ["a1"]
+            assert len(service.sessions) == 1
+            # Its own address stays its own to speak for (and a host entry its own).
+            assert service.accounting is not None and service.nas.find("127.58.0.2") is not None
+            inside = service.accounting.record(decode(accounting_on), service.nas.find("127.58.0.2"),  # type: ignore[arg-type]
+                                               "127.58.0.2", time.time())
+            assert inside is not None and (inside.nas_address, inside.nas_ip_address) == ("127.58.0.2", NAS)
+    finally:
+        await store.close()
