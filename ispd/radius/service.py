@@ -1648,8 +1648,8 @@ class RadiusService(Service):
         log.info("radius.sessions.stale_closed", count=len(closed))
 
     async def _enforce_status(self, now: float) -> None:
-        """Open sessions of suspended or closed subscribers that no Disconnect or CoA has reached
-        since the change: send it again, every coa_retry_interval_seconds, coa_retry_limit times.
+        """Open sessions of suspended, closed or deleted subscribers that no Disconnect or CoA has
+        reached since the change: send it again, every coa_retry_interval_seconds, coa_retry_limit times.
         This also carries out a change made while ispd was down (the bus only announces what
         happens while it runs)."""
         if self.auth is None or self.config.coa_retry_limit == 0:
@@ -1657,12 +1657,21 @@ class RadiusService(Service):
         spawned = 0
         for subscriber_id in list(self.sessions.by_subscriber):
             subject = self.directory.by_id(subscriber_id)
-            if subject is None or subject.subscriber.status == SubscriberStatus.ACTIVE:
+            if subject is None:
+                # Deleted (while ispd was down, or its Disconnect unanswered): ended as a closed
+                # subscriber's are, by the deletion's Disconnects (its time is not kept: theirs
+                # are known by their reason). Not merely unknown yet: one the CLI added a moment
+                # ago, which the directory has not polled, is the store's.
+                if not await self._deleted(subscriber_id):
+                    continue
+                changed_at, disconnect, status = 0.0, True, "deleted"
+            elif subject.subscriber.status == SubscriberStatus.ACTIVE:
                 continue
-            changed_at = subject.subscriber.updated_at
-            # A session that must end is reached by a Disconnect only: an acknowledged CoA gave it
-            # a profile, it did not end it.
-            disconnect = self._disconnect_wanted(subject)
+            else:
+                changed_at, status = subject.subscriber.updated_at, subject.subscriber.status.value
+                # A session that must end is reached by a Disconnect only: an acknowledged CoA gave
+                # it a profile, it did not end it.
+                disconnect = self._disconnect_wanted(subject)
             for session in self.sessions.of_subscriber(subscriber_id):
                 if session.id in self._requesting:
                     # A request is still being retried (this round's, or the suspension's own):
@@ -1671,18 +1680,27 @@ class RadiusService(Service):
                 if len(self._requesting) + spawned >= MAX_ENFORCING:
                     return
                 tried = [r for r in await self.context.store.list_coa(session_id=session.id, limit=100)
-                         if r.at >= changed_at and (r.kind == "disconnect" or not disconnect)]
+                         if r.at >= changed_at and (r.kind == "disconnect" or not disconnect)
+                         and (subject is not None or r.reason in (status, f"{status}, retry"))]
                 if any(r.result in ("ack", "nak") for r in tried) or len(tried) >= self.config.coa_retry_limit:
                     continue  # reached (a Disconnect's Stop is on its way), refused, or given up on
                 if tried and now - max(r.at for r in tried) < self.config.coa_retry_interval_seconds:
                     continue
-                reason = f"{subject.subscriber.status.value}, retry" if tried else subject.subscriber.status.value
+                reason = f"{status}, retry" if tried else status
                 # Each on its own, as the quota's CoAs: a NAS that does not answer (3 attempts
                 # of 3 s a session) must not hold up housekeeping (from a soak review: the
                 # duplicate cache, EAP conversations and stale sessions waited 10 minutes).
                 request = self._change(session, True, reason) if not disconnect else self._disconnect(session, reason)
                 self._spawn(request, "enforce-status")  # (counted in _requesting once it begins)
                 spawned += 1
+
+    async def _deleted(self, subscriber_id: int) -> bool:
+        """Whether the store has no such subscriber (ids are never given again)."""
+        try:
+            await self.context.store.get_subscriber(subscriber_id)
+        except NotFound:
+            return True
+        return False
 
     def _disconnect_wanted(self, subject: AuthSubject) -> bool:
         """Whether the subscriber's sessions must end rather than change: closed, or suspended

@@ -1845,3 +1845,52 @@ async def test_an_accounting_on_naming_a_nas_with_a_client_of_its_own_closes_non
             assert inside is not None and (inside.nas_address, inside.nas_ip_address) == ("127.58.0.2", NAS)
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("change", ["close", "delete"])
+async def test_the_sessions_of_a_subscriber_deleted_while_ispd_was_down_are_disconnected(
+        tmp_path: Path, change: str) -> None:
+    """From a code read: housekeeping carries out a closure made while ispd was down (or one
+    whose Disconnect the NAS did not answer), but passed over the sessions of a deleted
+    subscriber (no longer in the directory): deleted with the CLI while the daemon was down, or
+    its Disconnect lost, the subscriber kept its service for as long as the NAS kept the session
+    (its interims keep it from going stale)."""
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        alice = await _subscriber_with_a_session(store)
+        # An operator's Disconnect an hour before, acknowledged (the session went on): not the change's.
+        await store.record_coa(kind="disconnect", nas_address=NAS, result="ack", attempts=1, at=time.time() - 3600,
+                               completed_at=time.time() - 3600, session_id=1, subscriber_id=alice, reason="admin",
+                               error_cause=None)
+        if change == "close":
+            await store.set_subscriber_status(alice, SubscriberStatus.CLOSED, actor="test")
+        else:
+            await store.delete_subscriber(alice, actor="test")
+        bus = EventBus()
+        with FakeNas(NAS, secret=SECRET.encode(), answer="silent") as nas:
+            async with _running(store, bus, _radius_config(nas.port, coa_timeout_seconds=0.2, coa_attempts=1)) \
+                    as service:
+                [disconnect] = await asyncio.to_thread(nas.wait_for, 1)
+                assert disconnect.code == 40 and disconnect.first(Attr.ACCT_SESSION_ID) == b"a1"
+
+                async def recorded() -> bool:
+                    return [r.result for r in await store.list_coa(session_id=1)] == ["timeout", "ack"]
+
+                await _until(recorded, within=5)
+                # The NAS silent: tried again in a later round, as a closed subscriber's is.
+                await service._enforce_status(time.time() + 3600)
+                await asyncio.to_thread(nas.wait_for, 2)
+                await _until(lambda: _true(not service._requesting), within=5)
+                # A subscriber the directory does not know yet (added a moment ago) is no deleted one.
+                bob = await store.add_subscriber("bob", actor="test", plan="home")
+                [result] = await store.record_accounting([AccountingRecord(
+                    at=time.time(), status=AccountingStatus.START, nas_address=NAS, acct_session_id="b1",
+                    username="bob", subscriber_id=bob.id, nas_client="bng")])
+                assert result.session is not None and service.directory.by_id(bob.id) is None
+                service.sessions.put(result.session)
+                await service._enforce_status(time.time() + 7200)
+                await asyncio.sleep(0.5)
+                assert len(nas.requests) == 3 and nas.requests[2].first(Attr.ACCT_SESSION_ID) == b"a1"
+            await bus.drain(5)
+    finally:
+        await store.close()
