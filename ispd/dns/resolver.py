@@ -925,13 +925,17 @@ class Resolver:
         # IPv4 path was broken failed its zones although its AAAA answered.
         incomplete: list[bytes] = []
         completed: set[bytes] = set()
+        # The addresses looked up here, by NS name: for this resolution also when their TTL keeps
+        # them out of the cache (TTL 0, RFC 1035 §3.2.1), as the referral's glue.
+        looked_up_addresses: dict[bytes, list[str]] = {}
         last = _NO_ADDRESS  # until a server is asked
         while True:
             now = self.clock()
             addresses: list[str] = []
             pending: list[bytes] = []
             for ns in unresolved:
-                found = self._addresses_of(ns, now) or (glue.get(ns) if glue else None)
+                found = [*(self._addresses_of(ns, now) or (glue.get(ns) if glue else None) or ()),
+                         *looked_up_addresses.get(ns, ())]
                 if found:
                     addresses.extend(a for a in found if a not in tried)
                     if ns not in completed and ns not in incomplete and self._missing_types(ns, now):
@@ -974,7 +978,10 @@ class Resolver:
                 if looked_up.rcode == RCode.NXDOMAIN:  # RFC 8020: no other type of it exists either
                     budget.nonexistent_servers += 1
                     break
-            if not self._addresses_of(ns, self.clock()):
+                if looked_up.rcode == RCode.NOERROR:
+                    looked_up_addresses.setdefault(ns, []).extend(
+                        str(ip_address(rr.rdata)) for rr in looked_up.answer if rr.rtype == rtype)
+            if not (self._addresses_of(ns, self.clock()) or looked_up_addresses.get(ns)):
                 if budget.nonexistent_servers >= MAX_NONEXISTENT_SERVERS:
                     _trace(budget, f"{budget.nonexistent_servers} server names do not exist: "
                                    f"giving up the servers of {name_to_text(zone)}")

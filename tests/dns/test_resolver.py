@@ -330,6 +330,19 @@ async def test_a_referral_whose_glue_has_ttl_0_is_followed(net: FakeNet, resolve
     assert values(await ask(resolver, "www.zero.test.")) == ["192.0.2.45"]
 
 
+async def test_a_server_name_whose_address_has_ttl_0_is_asked(net: FakeNet, resolver: Resolver) -> None:
+    """An NS name outside the zone whose A record has TTL 0: not cached, but used for the
+    resolution in progress (RFC 1035 §3.2.1), as glue with TTL 0 is. From a code read: the
+    address was looked up, found, and dropped ("no server of the zone has an address to ask")."""
+    add(net, "test.", "zeroaddr NS ns-zero.other.example.\n")
+    add(net, "other.example.", f"ns-zero 0 A {OOB}\n")
+    net.serve(OOB, load_zone_text("@ SOA ns hm 1 1 1 1 1\n@ NS ns-zero.other.example.\nwww A 192.0.2.23\n",
+                                  "zeroaddr.test."))
+    for _ in range(2):  # and again, the address looked up anew
+        assert values(await ask(resolver, "www.zeroaddr.test.")) == ["192.0.2.23"]
+        resolver.cache.flush(N("www.zeroaddr.test."))
+
+
 async def test_a_zone_whose_servers_have_only_addresses_of_a_family_turned_off_says_so(
         net: FakeNet, clock: FakeClock) -> None:
     """From a bug hunt: with do_ipv6 = false, a zone served over IPv6 only (AAAA glue, AAAA-only
@@ -616,13 +629,16 @@ async def test_a_server_that_timed_out_is_not_picked_again_while_another_answers
     assert resolver.infra.choose([DEAD_1, DEAD_2], clock()) == DEAD_1
 
 
+@pytest.mark.parametrize("ttl", ["", "0 "])
 async def test_the_other_family_of_a_server_name_is_looked_up_when_the_known_one_fails(net: FakeNet,
-                                                                                       clock: FakeClock) -> None:
+                                                                                       clock: FakeClock,
+                                                                                       ttl: str) -> None:
     """From an IPv6 lab: a name server's A was cached (a client asked for it) and its AAAA never
     looked up; with its IPv4 address dead, every zone it serves failed (SERVFAIL) although its
-    IPv6 address answered. Unbound looks up the missing family of a server name it has one of."""
+    IPv6 address answered. Unbound looks up the missing family of a server name it has one of.
+    An AAAA with TTL 0 serves the resolution in progress too."""
     v6 = "2001:db8::53"
-    add(net, "other.example.", f"ns-oob AAAA {v6}")
+    add(net, "other.example.", f"ns-oob {ttl}AAAA {v6}")
     net.serve(v6, load_zone_text(OOB_ZONE, "oob.test."))
     net.misbehave(OOB, timeout=True)
     resolver = make_resolver(net, clock, do_ipv6=True)
