@@ -800,7 +800,10 @@ class Resolver:
         known_labels = label_count(zone)
         total_labels = label_count(qname)
         steps = 0
-        for _ in range(self.settings.max_referrals):
+        referrals = 0
+        # Bounded: each turn is a referral (counted), a minimised step (at most
+        # ``max_minimise_steps``), the relaxed mode's one fall-back to the full name, or the end.
+        while True:
             if minimise and known_labels < total_labels and steps < self.settings.max_minimise_steps:
                 # Names an earlier query found to exist (an answer or NODATA to the minimised
                 # query, in the cache) hide no zone cut that the cache does not know of: asking
@@ -824,6 +827,9 @@ class Resolver:
             if outcome.step == Step.REFERRAL:
                 if qtype == RRType.DS and outcome.zone == qname:
                     return Outcome(Step.FAILED, reason="referred to the child zone for its own DS")
+                referrals += 1
+                if referrals >= self.settings.max_referrals:
+                    return Outcome(Step.FAILED, reason="too many referrals")
                 zone, ns_names, addresses, glue = outcome.zone, outcome.ns_names, None, outcome.glue
                 known_labels = label_count(zone)
                 if budget.trace is not None:
@@ -847,7 +853,6 @@ class Resolver:
                 minimise = False
                 continue
             known_labels += 1
-        return Outcome(Step.FAILED, reason="too many referrals")
 
     def _known_to_exist(self, name: bytes, now: float) -> bool:
         if self.cache.get(name, RRType.A, now) is not None:

@@ -1028,6 +1028,16 @@ async def test_max_referrals(net: FakeNet, clock: FakeClock) -> None:
     assert result.failure == "too many referrals"
 
 
+async def test_max_referrals_counts_referrals_not_minimised_queries(net: FakeNet, clock: FakeClock) -> None:
+    """From a code read: every turn of the iteration counted as a referral, a minimised query
+    too, so a name with more labels than max_referrals under a zone two referrals down was
+    SERVFAIL "too many referrals" (an ip6.arpa name with max_referrals = 10)."""
+    add(net, "example.test.", "a.b.c.d.e A 192.0.2.66\n")
+    resolver = make_resolver(net, clock, max_referrals=3)  # root → test. → example.test.: 2
+    assert values(await ask(resolver, "a.b.c.d.e.example.test.")) == ["192.0.2.66"]
+    assert ("d.e.example.test.", "A") in net.names_sent()  # minimised all the way
+
+
 async def test_ns_depth_limit(net: FakeNet, clock: FakeClock) -> None:
     """oob.test's server name lives in other.example: with no NS-name nesting allowed it
     cannot be found."""
