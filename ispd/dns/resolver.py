@@ -845,7 +845,9 @@ class Resolver:
             # A minimised name was answered: the name exists and no zone cut is there, or not.
             if outcome.step == Step.NXDOMAIN:
                 if mode == "strict":
-                    return Outcome(Step.NXDOMAIN, soa=outcome.soa)
+                    # Nothing exists below it (RFC 8020): its denial, with the zone that gave it,
+                    # proves the name asked too (the same closest encloser and next closer name).
+                    return Outcome(Step.NXDOMAIN, soa=outcome.soa, proof=outcome.proof, zone=outcome.zone)
                 if budget.trace is not None:
                     _trace(budget, f"NXDOMAIN for the minimised {name_to_text(send_name)}: asking for the full name")
                 # Not believed, so not kept: RFC 8020 would extend it to the very name asked next.

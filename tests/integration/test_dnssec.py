@@ -162,6 +162,18 @@ def test_the_validators_questions_are_not_held_to_the_zone_rate_limit(dns_hierar
         assert rdatas(answer) == {"198.18.5.1"}
 
 
+def test_strict_minimisation_proves_a_name_below_one_that_does_not_exist(dns_hierarchy: DNSHierarchy,
+                                                                         tmp_path: Path) -> None:
+    """Strict QNAME minimisation takes the NXDOMAIN for nothere.secure.test as the answer for
+    a.nothere.secure.test (RFC 8020); from a code read, it dropped the NSEC proof and the zone
+    of that reply, and the validator found "an unsigned denial from a signed zone": SERVFAIL,
+    where Unbound answers NXDOMAIN."""
+    with DNSIspd(tmp_path / "strict", dns_hierarchy, resolver={"qname_minimisation": "strict"}) as ispd:
+        ispd.start()
+        answer = ispd.dig("a.nothere.secure.test", "A", "+dnssec")
+        assert answer.status == "NXDOMAIN" and "ad" in answer.flags, answer.text
+
+
 def test_verdicts_and_failures_are_counted(validating: DNSIspd) -> None:
     validating.dig("www.badds.test", "A", "+dnssec")
     validating.dig("www.secure.test", "A", "+dnssec")
