@@ -1133,18 +1133,28 @@ class Resolver:
                     _trace(budget, f"{address}: truncated, asking again over TCP")
                 tcp = True
                 continue
+            # Before a minimised name's error: the server may reject EDNS, whatever the name (in
+            # the strict mode, that error was the answer, and its zones failed). For a minimised
+            # name it is remembered only once the query without EDNS is answered: a server that
+            # mishandles empty non-terminals errs without EDNS too, and a mark on type A would
+            # strip DO from every A query to it (its signed zones bogus for 15 minutes).
+            edns_error = message.rcode in (RCode.FORMERR, RCode.NOTIMP, RCode.BADVERS)
+            if edns_error and use_edns:
+                if budget.trace is not None:
+                    _trace(budget, f"{address}: {RCode(message.rcode).name} with EDNS, asking without")
+                if not minimised:
+                    self.infra.mark_no_edns(address, self.clock(), qtype)
+                use_edns = False
+                continue
+            if minimised and not use_edns and not edns_error and not self.infra.without_edns(
+                    address, self.clock(), qtype):
+                self.infra.mark_no_edns(address, self.clock(), qtype)
             if minimised and message.rcode not in (RCode.NOERROR, RCode.NXDOMAIN):
                 # RFC 9156 §2.3: some servers mishandle minimised names (empty non-terminals
                 # above all). Nothing is concluded about the server; the caller decides (relaxed
                 # mode asks for the full name instead).
                 return Outcome(Step.FAILED, reason=f"rcode {_rcode_text(message.rcode)} to a minimised name",
                                minimised_error=True)
-            if message.rcode in (RCode.FORMERR, RCode.NOTIMP, RCode.BADVERS) and use_edns:
-                if budget.trace is not None:
-                    _trace(budget, f"{address}: {RCode(message.rcode).name} with EDNS, asking without")
-                self.infra.mark_no_edns(address, self.clock(), qtype)
-                use_edns = False
-                continue
             removed = self.guard.removed
             outcome = self._classify(message, zone, qname, qtype, forwarded, self.clock())
             if budget.trace is not None:

@@ -582,6 +582,42 @@ async def test_formerr_with_edns_to_one_type_leaves_edns_on_for_the_others_and_f
     assert net.to(EXAMPLE_TEST_1)[0].edns
 
 
+@pytest.mark.parametrize("mode", ["strict", "relaxed"])
+async def test_formerr_with_edns_to_a_minimised_name_is_asked_again_without(net: FakeNet, clock: FakeClock,
+                                                                            mode: str, first_choice: None) -> None:
+    """From a code read: the error to a minimised name was taken before the retry without
+    EDNS, so a zone whose servers reject EDNS was SERVFAIL in the strict mode ("rcode FORMERR
+    to a minimised name") and sent full names in the relaxed one."""
+    for address in EXAMPLE_TEST:
+        net.misbehave(address, formerr_edns=True)
+    resolver = make_resolver(net, clock, qname_minimisation=mode)
+    assert values(await ask(resolver, "a.b.ent.example.test.")) == ["192.0.2.7"]
+    to_zone = [(q.text, q.edns) for q in net.log if q.address in EXAMPLE_TEST]
+    assert to_zone == [("ent.example.test.", True), ("ent.example.test.", False), ("b.ent.example.test.", False),
+                       ("a.b.ent.example.test.", False)]
+
+
+async def test_an_error_to_a_minimised_name_with_and_without_edns_leaves_edns_on(net: FakeNet,
+                                                                                resolver: Resolver) -> None:
+    """A server that errs on empty non-terminals whatever the EDNS: not one that rejects EDNS
+    (a mark on type A would strip DO from all its A queries)."""
+    zone = net.zone("example.test.")
+
+    def broken(query: Message, reply: Reply) -> Reply:
+        assert query.question is not None
+        name = query.question.key_name
+        if zone.exists(name) and not zone.rrsets(name):
+            return Reply(RCode.FORMERR, False)
+        return reply
+
+    for address in EXAMPLE_TEST:
+        net.misbehave(address, handler=broken)
+    assert values(await ask(resolver, "a.b.ent.example.test.")) == ["192.0.2.7"]
+    net.clear_log()
+    assert values(await ask(resolver, "www.example.test.")) == ["192.0.2.80"]
+    assert all(q.edns for q in net.log)
+
+
 async def test_lame_server_is_skipped_and_remembered(net: FakeNet, resolver: Resolver, clock: FakeClock,
                                                      first_choice: None) -> None:
     result = await ask(resolver, "www.lame.test.")
