@@ -1027,6 +1027,7 @@ class Resolver:
         attempts: dict[str, int] = {}
         tries = 1 if skip_down else FORWARDER_TRIES if forwarded else 2
         last = _NO_SERVER_ANSWERED
+        minimised_error: Outcome | None = None  # the first error rcode to the minimised name
         askable, limiter = self.askable, self.zone_limiter
         candidates = [a for a in dict.fromkeys(addresses) if askable(a)]
         if budget.trace is not None or not candidates:
@@ -1044,7 +1045,9 @@ class Resolver:
             if not usable:
                 # RFC 9156 §2.3: servers and middleboxes that drop the query for an empty
                 # non-terminal; the relaxed mode asks for the full name, as Unbound does.
-                return _MINIMISED_UNANSWERED if minimised and attempts else last
+                if minimised and attempts:
+                    return minimised_error or _MINIMISED_UNANSWERED
+                return last
             fresh = [a for a in usable if a not in attempts]
             if (forwarded and not skip_down) or any(self.infra.is_up(a, qtype, now) for a in usable):
                 probe = None
@@ -1068,6 +1071,14 @@ class Resolver:
             address = probe or self.infra.choose(fresh or usable, now)
             attempts[address] = attempts.get(address, 0) + 1
             outcome = await self._ask_server(zone, address, qname, qtype, budget, forwarded, minimised)
+            if outcome is not None and outcome.minimised_error and any(a not in attempts for a in usable):
+                # An error rcode to a minimised name may be this server's alone (a lame one's
+                # REFUSED, a SERVFAIL): the others are asked before minimisation is given up, as
+                # Unbound throws such a reply away. Taken at once, one lame server of a zone made
+                # the strict mode SERVFAIL whatever the others would have answered.
+                attempts[address] = tries
+                minimised_error = minimised_error or outcome
+                continue
             if outcome is not None:
                 return outcome
 

@@ -950,6 +950,19 @@ async def test_relaxed_minimisation_falls_back_on_an_error_for_a_minimised_name(
 
 
 
+@pytest.mark.parametrize("mode", ["strict", "relaxed"])
+async def test_a_lame_server_refusing_a_minimised_name_leaves_the_others_to_answer_it(
+        net: FakeNet, clock: FakeClock, mode: str, first_choice: None) -> None:
+    """From a code read: the REFUSED of one lame server of example.test to a minimised name was
+    taken for the zone's at once - the strict mode SERVFAIL ("rcode REFUSED to a minimised
+    name") and the relaxed one sent the full name - though its other server answered."""
+    net.misbehave(EXAMPLE_TEST_1, handler=lambda query, reply: Reply(RCode.REFUSED, False))
+    resolver = make_resolver(net, clock, qname_minimisation=mode)
+    assert values(await ask(resolver, "a.b.ent.example.test.")) == ["192.0.2.7"]
+    assert [q.text for q in net.to(EXAMPLE_TEST_2)] == ["ent.example.test.", "b.ent.example.test.",
+                                                         "a.b.ent.example.test."]
+
+
 def _drop_empty_non_terminals(net: FakeNet) -> None:
     """example.test's servers drop the queries for its empty non-terminals (RFC 9156 §2.3)."""
     zone = net.zone("example.test.")
