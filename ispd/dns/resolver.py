@@ -941,8 +941,8 @@ class Resolver:
             addresses: list[str] = []
             pending: list[bytes] = []
             for ns in unresolved:
-                found = [*(self._addresses_of(ns, now) or (glue.get(ns) if glue else None) or ()),
-                         *looked_up_addresses.get(ns, ())]
+                found = list(dict.fromkeys([*(self._addresses_of(ns, now) or (glue.get(ns) if glue else None) or ()),
+                                            *looked_up_addresses.get(ns, ())]))  # (each once: cached too)
                 if found:
                     addresses.extend(a for a in found if a not in tried)
                     if ns not in completed and ns not in incomplete and self._missing_types(ns, now):
