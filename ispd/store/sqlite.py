@@ -515,6 +515,12 @@ class _Writer(threading.Thread):
                 try:
                     result = job.run(conn)
                 except Exception as exc:
+                    if isinstance(exc, self._batch_errors) and not (connector.usable(conn) and conn.in_transaction):
+                        # SQLite rolled the whole transaction back itself (a full disk or an I/O
+                        # error mid-statement), or the server went away: the batch fails with it,
+                        # told why, not that a ROLLBACK found no transaction, its savepoint gone or
+                        # the connection closed.
+                        raise
                     if alone:
                         conn.execute("ROLLBACK")
                     else:

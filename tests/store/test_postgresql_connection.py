@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -104,6 +106,28 @@ async def test_the_health_checks_write_is_a_write_on_postgresql_too(postgres_url
     try:
         store._writer.failing = "connection refused"  # as an outage left it
         await store.check_writes()
+        assert store.commits_failing() is None
+    finally:
+        await store.close()
+
+
+async def test_a_server_that_goes_away_mid_batch_fails_it_saying_so(postgres_url: str, tmp_path: Path) -> None:
+    """The server's connection ended under a job (a restart, an administrator): the writer's
+    ROLLBACK (or ROLLBACK TO its savepoint) then failed on the closed connection, and callers,
+    the log and /healthz said "the connection is closed" rather than why it closed."""
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db", backend="postgresql", url=postgres_url))
+    try:
+        for size in (1, 2):  # a job alone, and one of a batch
+            busy = asyncio.ensure_future(store._write("busy", lambda c: time.sleep(0.3)))  # the next ones wait
+            await asyncio.sleep(0.1)
+            jobs = [store._write("kill", lambda c: c.execute("SELECT pg_terminate_backend(pg_backend_pid())"))]
+            jobs += [store._write("small", lambda c: c.execute("UPDATE subscriber_ids SET highest = highest"))
+                     for _ in range(size - 1)]
+            results = await asyncio.gather(*jobs, return_exceptions=True)
+            await busy
+            assert all("terminating connection due to administrator command" in str(r) for r in results), results
+            assert "terminating connection" in (store.commits_failing() or "")
+        await store.add_subscriber("alice", actor="t")  # a new connection
         assert store.commits_failing() is None
     finally:
         await store.close()

@@ -186,6 +186,39 @@ async def test_the_health_checks_write_on_a_full_disk_does_not_say_writes_work(t
         await store.close()
 
 
+async def test_a_statement_that_fills_the_disk_fails_its_batch_saying_so(tmp_path: Path) -> None:
+    """A statement that finds the disk full mid-transaction (SQLITE_FULL) makes SQLite roll the
+    whole transaction back itself: the writer's ROLLBACK then failed, and the caller, the log and
+    /healthz (commits_failing) said "cannot rollback - no transaction is active", or, in a batch,
+    "no such savepoint: job", instead of the full disk. Every job of the batch fails, the one
+    done before it too (rolled back with it), and writes work again once there is room."""
+    store = await open_store(StoreConfig(path=tmp_path / "full.db"))
+    conn = store._writer.conn
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages}")  # no page more: SQLITE_FULL on the first one
+
+    def big(c: sqlite3.Connection) -> None:
+        c.execute("INSERT INTO audit_log (at, actor, action, subject_kind, details) VALUES (0, 't', 'a', 'k', ?)",
+                  ("x" * 200_000,))
+
+    try:
+        with pytest.raises(StoreUnavailable, match="database or disk is full"):
+            await store._write("big", big)
+        assert store.commits_failing() == "database or disk is full"
+        small = store._write("small", lambda c: c.execute(
+            "UPDATE subscriber_ids SET highest = highest + 1"))
+        results = await asyncio.gather(small, store._write("big", big),
+                                       return_exceptions=True)
+        assert [str(r) for r in results] == ["store error: database or disk is full"] * 2
+        assert store.commits_failing() == "database or disk is full"
+        conn.execute(f"PRAGMA max_page_count = {pages * 1000}")  # room made
+        await store.add_subscriber("alice", actor="t")
+        assert store.commits_failing() is None
+        assert (await store.get_subscriber("alice")).id == 1  # (the small job's increment was rolled back)
+    finally:
+        await store.close()
+
+
 async def test_failed_batches_are_counted_as_failures_not_commits_under_the_stores_backend(tmp_path: Path) -> None:
     """From a bug hunt (ispd on PostgreSQL, its server down for a minute under a RADIUS load):
     /metrics showed ispd_store_commit_batch_size{backend="sqlite"} with 4,825 "committed
