@@ -393,6 +393,9 @@ class PostgreSQLConnector(Connector):
     def connect(self) -> PgConnection:
         return connect(self.config)
 
+    def still_there(self) -> None:
+        """(A server's database has no file of ours to lose.)"""
+
     def usable(self, conn: PgConnection) -> bool:
         return conn.usable
 

@@ -367,9 +367,29 @@ class Connector:
 
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file prepare() opened
 
     def connect(self) -> Any:
+        # (A reader's first connection, opened late, would otherwise create an empty store where
+        # the file was deleted, and answer reads from it.)
+        self.still_there()
         return connect(self.config.path, self.config.busy_timeout_seconds)
+
+    def still_there(self) -> None:
+        """Raise ``StoreUnavailable`` once the store's path no longer names the file opened (deleted,
+        or replaced by another while the daemon runs): SQLite goes on writing to the file it has
+        open, and a write said durable there is lost when the daemon stops."""
+        if self._identity is None:
+            return
+        try:
+            info = os.stat(self.config.path)
+        except OSError:
+            info = None
+        if info is None or (info.st_dev, info.st_ino) != self._identity:
+            raise StoreUnavailable(
+                f"the store file {self.config.path} was deleted or replaced since ispd opened it: writes are "
+                "refused (they would go to the old file, gone once ispd stops); stop ispd, put the store back "
+                "(`ispd store restore` a backup) and start it again")
 
     def usable(self, conn: Any) -> bool:
         """False for a connection the server closed (PostgreSQL's restart): open another."""
@@ -425,6 +445,8 @@ class Connector:
             path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
             _create_store_file(path)
             conn = connect(path, self.config.busy_timeout_seconds)
+            info = os.stat(path)
+            self._identity = (info.st_dev, info.st_ino)
         except (OSError, ValueError, sqlite3.Error) as exc:
             raise StoreUnavailable(f"cannot open the store at {path}: {exc}") from None
         began = time.monotonic()
@@ -505,6 +527,7 @@ class _Writer(threading.Thread):
         connector = self.connector
         outcomes: list[tuple[_WriteJob, Any, BaseException | None]] = []
         try:
+            connector.still_there()
             conn = self.conn = connector.begun(self.conn, connector.begin_write)
             # A job alone needs no savepoint: its transaction is one (two round trips fewer on
             # PostgreSQL, where each statement is one).

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sqlite3
 import stat
 import subprocess
@@ -239,6 +241,39 @@ async def test_failed_batches_are_counted_as_failures_not_commits_under_the_stor
     assert samples[("ispd_store_commit_batch_size_count", (("backend", "postgresql"),))] == 1
     assert samples[("ispd_store_commit_failures_total", (("backend", "postgresql"),))] == 3
     assert not any(labels == (("backend", "sqlite"),) for _, labels in samples)
+
+
+async def test_a_store_file_deleted_or_replaced_under_the_daemon_is_no_longer_written(tmp_path: Path) -> None:
+    """The store file deleted (or another put in its place) while the daemon runs: SQLite went on
+    writing to the file it had open, each write said durable and lost once the daemon stopped,
+    /healthz said ok, and a reader thread that connected late made an empty store at the path
+    (world-readable) and answered "no such table" from it. Now writes fail saying why, as a
+    failing commit does (/healthz 503), and no reader makes a file."""
+    path = tmp_path / "gone.db"
+    for replace in (False, True):
+        store = await open_store(StoreConfig(path=path))
+        try:
+            await store.add_subscriber("before", actor="t")
+            for suffix in ("", "-wal", "-shm"):
+                os.unlink(f"{path}{suffix}")
+            if replace:  # another store put in its place
+                other = await open_store(StoreConfig(path=path))
+                await other.close()
+            for _ in range(2):
+                with pytest.raises(StoreUnavailable, match="was deleted or replaced since ispd opened it"):
+                    await store.add_subscriber("after", actor="t")
+                with pytest.raises(StoreUnavailable, match="was deleted or replaced"):
+                    await store.check_writes()
+                with contextlib.suppress(StoreUnavailable):
+                    await store.ping()
+            assert "deleted or replaced" in (store.commits_failing() or "")
+            assert path.exists() is replace  # (no empty store made by a reader)
+        finally:
+            await store.close()
+        if replace:
+            check = await open_store(StoreConfig(path=path))
+            assert await check.list_subscribers() == []
+            await check.close()
 
 
 async def test_writes_are_durable_across_reopen(tmp_path: Path) -> None:
