@@ -846,7 +846,10 @@ def _history_subscriber_id(conn: sqlite3.Connection, ref: SubscriberRef) -> int:
 
 
 def _find_plan(conn: sqlite3.Connection, ref: int | str) -> sqlite3.Row:
-    row = conn.execute("SELECT * FROM plans WHERE name = ?", (str(ref),)).fetchone()
+    """A plan by its name, or by its id: an int is the id (a subscriber's plan_id), never the
+    name of a plan that is called by another one's number; a text of digits names a plan by
+    that name first (what an operator typed)."""
+    row = None if isinstance(ref, int) else conn.execute("SELECT * FROM plans WHERE name = ?", (ref,)).fetchone()
     if row is None and _is_row_id(str(ref)):
         row = conn.execute("SELECT * FROM plans WHERE id = ?", (int(ref),)).fetchone()
     if row is None:

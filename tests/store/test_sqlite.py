@@ -94,6 +94,23 @@ async def test_the_overview_says_since_when_the_status_holds(store: Store, clock
         await store.set_subscriber_status("alice", SubscriberStatus.SUSPENDED, actor="t")
 
 
+async def test_a_plan_id_is_never_read_as_another_plans_name(store: Store) -> None:
+    """A plan named by digits ("2", say a price) and another whose id is 2: get_plan(2), as RADIUS,
+    mail and `ispd subscriber show` call it with a subscriber's plan_id, gave the plan named "2",
+    and its rates, session limits and mail quota went to every subscriber of the other plan."""
+    named_2 = await store.add_plan("2", actor="t", download_kbps=1_000, upload_kbps=1_000)
+    gold = await store.add_plan("gold", actor="t", download_kbps=900_000, upload_kbps=900_000)
+    assert gold.id == 2
+    alice = await store.add_subscriber("alice", actor="t", plan="gold")
+    assert alice.plan_id == gold.id
+    assert await store.get_plan(alice.plan_id) == gold
+    assert await store.get_plan("2") == named_2  # what an operator types: the name first
+    assert await store.get_plan(named_2.id) == named_2
+    await store.set_subscriber_plan("alice", None, actor="t")
+    moved = await store.set_subscriber_plan("alice", gold.id, actor="t")
+    assert moved.plan_id == gold.id
+
+
 async def test_conflicts_and_missing_references(store: Store) -> None:
     await store.add_plan("p", actor="t")
     with pytest.raises(Conflict, match="plan 'p' already exists"):
