@@ -437,7 +437,8 @@ class DNSEngine:
             reply = b"".join((data[:2], _U16.pack(flags), entry.counts_with_opt, data[12:qend], entry.render(now), opt))
         else:
             reply = b"".join((data[:2], _U16.pack(flags), entry.counts, data[12:qend], entry.render(now)))
-        if not tcp and len(reply) > (min(size, SERVER_UDP_SIZE) if size else 512):
+        # Over TCP too: an entry is kept when it fits 64 KB without the OPT this reply may add.
+        if len(reply) > (TCP_MAX_SIZE if tcp else min(size, SERVER_UDP_SIZE) if size else 512):
             return b"".join((data[:2], _U16.pack(flags | FLAG_TC), _TC_COUNTS_OPT if size else _TC_COUNTS,
                              data[12:qend], (self._opt_do if edns_flags & EDNS_DO else self._opt) if size else b""))
         return reply

@@ -959,6 +959,25 @@ async def test_local_answers_too_large_for_a_message_are_not_kept(env: Env) -> N
     assert env.fast(query("big.big.test.", RRType.TXT)) is None  # no empty answer kept in its place
 
 
+async def test_a_kept_answer_that_fits_64k_only_without_an_opt_is_tc_over_tcp(env: Env) -> None:
+    """From a code read: answers are kept encoded to fit 65,535 bytes without the OPT record a
+    query with EDNS adds (11 bytes). The slow path checked the whole reply, the fast path only
+    over UDP: over TCP it handed out 65,542 bytes, which no two-byte length prefix can carry
+    (the stream's connection died, the client got nothing, and the query counted as answered)."""
+    # 244 records of 268 bytes and one of 108 after a 31-byte header and question: 65,531 bytes.
+    big = "".join(f'huge TXT "{i:04d}{"h" * 251}"\n' for i in range(244)) + f'huge TXT "9999{"k" * 91}"\n'
+    zone = load_zone_text("$TTL 60\n@ SOA ns hm 1 1 1 1 60\n@ NS ns\nns A 192.168.0.53\n" + big, "big.test.")
+    env.engine.local_lookup = LocalData(zones=[zone]).answer
+    whole = await env.ask(query("huge.big.test.", RRType.TXT), tcp=True)  # without EDNS it fits
+    assert whole is not None and len(whole) == 65531 and not decode_message(whole).flags & FLAG_TC
+    await env.ask(query("huge.big.test.", RRType.TXT), tcp=True)  # kept from the second time
+    raw = env.fast(query("huge.big.test.", RRType.TXT, edns=1232), tcp=True)
+    assert raw is not None and len(raw) <= 65535
+    reply = decode_message(raw)
+    assert reply.flags & FLAG_TC and reply.flags & FLAG_AA and reply.answer == [] and reply.edns is not None
+    assert len(env.fast(query("huge.big.test.", RRType.TXT), tcp=True) or b"") == 65531  # without EDNS: whole
+
+
 async def test_a_resolved_answer_too_large_for_a_message_is_tc_not_an_empty_noerror(
         env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     """From a bug hunt: a CNAME chain across two zones whose answer passed 65,535 bytes (each
