@@ -112,6 +112,17 @@ class ZoneRecord(NamedTuple):
     rr: RR
 
 
+def _under_wildcard(name: bytes) -> bool:
+    """Whether a label of ``name`` is ``*``: a wildcard's owner, or a name below one that makes
+    the wildcard exist as an empty non-terminal (RFC 4592 §4.9)."""
+    i = 0
+    while name[i]:
+        if name[i] == 1 and name[i + 1] == 0x2A:
+            return True
+        i += name[i] + 1
+    return False
+
+
 def _existence_delta(existing: dict[bytes, int], name: bytes, origin: bytes, delta: int) -> list[bytes]:
     """Add ``delta`` to the count of owner names at or below each of ``name``'s ancestors inside
     the zone; return the names whose existence flipped (they appeared or vanished)."""
@@ -145,7 +156,7 @@ class Zone:
         self._existing: dict[bytes, int] = {}
         self._cuts: set[bytes] = set()
         self._dnames: set[bytes] = set()
-        self._wildcards = 0
+        self._wildcards = 0  # owner names at or below a wildcard name (none: no synthesis to look for)
         self._count = 0
 
     # --- building ---
@@ -234,7 +245,7 @@ class Zone:
         if node is None:
             node = self._nodes[rr.name] = {}
             flipped = _existence_delta(self._existing, rr.name, self.origin, 1)
-            if rr.name.startswith(_WILDCARD_LABEL):
+            if _under_wildcard(rr.name):
                 self._wildcards += 1
         rrset = node.get(rr.rtype)
         if rrset is None:
@@ -273,7 +284,7 @@ class Zone:
         if node:
             return []
         del self._nodes[name]
-        if name.startswith(_WILDCARD_LABEL):
+        if _under_wildcard(name):
             self._wildcards -= 1
         return _existence_delta(self._existing, name, self.origin, -1)
 

@@ -69,6 +69,23 @@ def test_rfc4592_wildcards(qname: str, qtype: int, rcode: int, kind: AnswerKind,
         assert [rr.rtype for rr in result.authority] == [RRType.SOA]
 
 
+
+def test_an_empty_non_terminal_wildcard_is_nodata_whatever_else_the_zone_holds() -> None:
+    """RFC 4592 §4.9: a source of synthesis that is an empty non-terminal (``*.w`` above
+    ``sub.*.w``) exists, so a name it covers is NOERROR without data. From a code read: the
+    lookup looked for a source of synthesis only in zones with a wildcard owning records, so
+    this zone said NXDOMAIN, and the same zone plus an unrelated wildcard said NODATA."""
+    text = "$ORIGIN ent.test.\n$TTL 60\n@ SOA ns hm 1 1 1 1 60\n@ NS ns\nns A 192.0.2.53\n" \
+           'sub.*.w TXT "not a wildcard"\n'
+    for extra in ("", "*.other A 192.0.2.9\n"):
+        zone = load_zone_text(text + extra, "ent.test.")
+        result = zone.lookup(N("host.w.ent.test."), RRType.A)
+        assert (result.rcode, result.kind, result.answer) == (RCode.NOERROR, AnswerKind.NODATA, [])
+        assert [rr.rtype for rr in result.authority] == [RRType.SOA]
+        assert zone.lookup(N("nothere.ent.test."), RRType.A).rcode == RCode.NXDOMAIN
+    zone.remove_rrset(N("sub.*.w.ent.test."), RRType.TXT)  # the wildcard goes with its last name
+    assert zone.lookup(N("host.w.ent.test."), RRType.A).rcode == RCode.NXDOMAIN
+
 ZONE = """
 $ORIGIN example.com.
 $TTL 1h
