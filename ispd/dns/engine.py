@@ -1030,8 +1030,10 @@ class DNSEngine:
         (``next_name``) is followed (``_follow``) and the rest of the chain appended."""
         assert query.question is not None
         rcode, answer, authority = local.rcode, local.answer, local.authority
+        additional = local.additional  # a referral's glue (RFC 1034 §4.3.2 step 3b)
         authoritative = local.authoritative
         if local.next_name is not None:
+            additional = []
             rest = await self._follow(local.next_name, query.question.qtype, answer,
                                       recursive=bool(query.flags & FLAG_RD),
                                       key=self._key(query, query.question, client_class, view))
@@ -1046,8 +1048,11 @@ class DNSEngine:
         edns = query.edns
         limit = TCP_MAX_SIZE if tcp else udp_limit(edns)
         opt = (self._opt_do if edns.do else self._opt) if edns is not None else None
-        return encode_message(query.id, flags, query.question, answer, authority, [],
-                              opt=opt, max_size=limit).data
+        encoded = encode_message(query.id, flags, query.question, answer, authority, additional,
+                                 opt=opt, max_size=limit)
+        if encoded.counts[2] < len(additional) and not encoded.truncated:
+            return self._truncated(query, flags)  # RFC 9471 §3: a referral's glue all fits, or TC
+        return encoded.data
 
     def _truncated(self, query: Message, answer_flags: int = FLAG_QR | FLAG_RA) -> bytes:
         """TC, with the flags and rcode the whole answer has (AA, AD): the fast path's too."""

@@ -1050,6 +1050,26 @@ async def test_names_below_a_local_zones_delegation_are_resolved_from_its_server
     assert addresses(alias) == ["192.0.2.80"] and alias.answer[0].rtype == RRType.CNAME
 
 
+async def test_a_local_zones_referral_carries_its_glue(env: Env) -> None:
+    """From a code read: the referral RD=0 gets (RFC 1034 §4.3.2 step 3b) left out the glue the
+    zone has for its servers, and a server named below the cut (ns2.example.test.) cannot be
+    asked about otherwise: its own name is below the cut, answered with the same referral. The
+    glue all fits, or the reply is TC (RFC 9471 §3), as from NSD."""
+    with_delegating_zone(env)
+    for name in ("www.example.test.", "ns2.example.test."):
+        referral = await env.ask_message(query(name, rd=False))
+        assert {rr.rtype for rr in referral.authority} == {RRType.NS} and not referral.flags & FLAG_TC
+        assert [(rr.name, rr.rdata) for rr in referral.additional] == [
+            (N("ns2.example.test."), IPv4Address(EXAMPLE_TEST_2).packed)]
+    servers = "".join(f"sub NS ns{i}-{'x' * 40}.sub\nns{i}-{'x' * 40}.sub A 192.0.2.{i}\n" for i in range(8))
+    env.engine.local_lookup = LocalData(zones=[load_zone_text(
+        "$TTL 60\n@ SOA ns hm 1 1 1 1 60\n@ NS ns\nns A 192.168.0.53\n" + servers, "test.")]).answer
+    over_udp = await env.ask_message(query("www.sub.test.", rd=False))  # 512 bytes: not all the glue
+    assert over_udp.flags & FLAG_TC and not over_udp.authority and not over_udp.additional
+    whole = await env.ask_message(query("www.sub.test.", rd=False, edns=1232))
+    assert not whole.flags & FLAG_TC and len(whole.authority) == len(whole.additional) == 8
+
+
 def test_a_local_zones_delegations_are_its_topmost_cuts() -> None:
     zone = load_zone_text("""$TTL 60
 @ SOA ns hm 1 1 1 1 60
