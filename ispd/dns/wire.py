@@ -14,12 +14,12 @@ Representation:
   expanded on decode, so a record can be cached and written into any other message.
 - ``Message`` is a decoded message; the OPT pseudo-record (RFC 6891) is lifted out into ``EDNS``.
 
-Decoding validates lengths, pointers (only backwards, so no loops: RFC 1035 §4.1.4), label and
-name lengths (63 and 255) and rdata that must have a fixed size, and raises ``WireError`` with a
-reason from a closed set. Encoding compresses owner names and the names in the rdata of the types
-RFC 3597 §4 allows, and never grows past ``max_size``: a reply whose answer or authority does not
-fit is sent empty with TC (RFC 2181 §9: the client retries over TCP); additional records that do
-not fit are left out without TC.
+Decoding validates lengths, pointers (only backwards, so no loops: RFC 1035 §4.1.4; never into the
+header, which holds no name), label and name lengths (63 and 255) and rdata that must have a fixed
+size, and raises ``WireError`` with a reason from a closed set. Encoding compresses owner names
+and the names in the rdata of the types RFC 3597 §4 allows, and never grows past ``max_size``: a
+reply whose answer or authority does not fit is sent empty with TC (RFC 2181 §9: the client
+retries over TCP); additional records that do not fit are left out without TC.
 """
 
 from __future__ import annotations
@@ -378,6 +378,8 @@ def read_name(data: bytes, offset: int) -> tuple[bytes, int]:
             target = ((length & 0x3F) << 8) | data[offset + 1]
             if target >= lowest:
                 raise WireError(DropReason.BAD_POINTER, "pointer does not point backwards")
+            if target < HEADER.size:  # the header holds no name (a question's pointer can only go there)
+                raise WireError(DropReason.BAD_POINTER, "pointer into the header")
             if end < 0:
                 end = offset + 2
             lowest = target

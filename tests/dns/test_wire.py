@@ -737,3 +737,20 @@ def test_error_reply_with_edns_copies_the_do_bit(do: bool) -> None:
     assert reply is not None
     message = decode_message(reply)
     assert message.edns is not None and message.edns.do == do
+
+
+def test_a_pointer_into_the_header_is_no_name() -> None:
+    """From a code read: a pointer had only to go backwards, and the question's can only go into
+    the header, so a query whose question was a pointer got the name its ID and flags spell
+    (0x0161 0x0100: ``a.\\000.``) resolved, NXDOMAIN from the root, where Unbound says FORMERR
+    (no compression in a query's question)."""
+    query = bytes([0x01, 0x61, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]) + b"\xc0\x00" + b"\x00\x10\x00\x01"
+    with pytest.raises(WireError) as caught:
+        decode_message(query)
+    assert caught.value.reason == DropReason.BAD_POINTER
+    reply = error_reply(query, RCode.FORMERR)  # the FORMERR without a question it cannot read
+    assert reply is not None and reply[4:6] == b"\x00\x00" and reply[3] & 0xF == RCode.FORMERR
+    # Records of a response point back to its question, as ever.
+    response = encode_message(7, FLAG_QR, Question(name_from_text("www.example.test."), RRType.A),
+                              [RR(name_from_text("www.example.test."), RRType.A, 1, 60, bytes(4))], [], []).data
+    assert decode_message(response).answer[0].name == name_from_text("www.example.test.")
