@@ -228,6 +228,42 @@ class _TicketStore:
         return self.tickets.pop(label, None)
 
 
+def _ignore(*args: Any) -> None:
+    """What a callback of a connection that is over becomes."""
+
+
+# What aioquic's server gives each connection's protocol: functools.partial objects bound to the
+# protocol, which the protocol keeps.
+_SERVER_HANDLERS = ("_connection_id_issued_handler", "_connection_id_retired_handler",
+                    "_connection_terminated_handler")
+
+
+def _release(quic: QuicConnection) -> None:
+    """Break the reference cycles an aioquic connection that is over is in: its own bound
+    methods, which it keeps (its frame handlers, its loss recovery's probe, its TLS context's
+    callbacks, its keys' logging callbacks). Only the garbage collector frees such a cycle, and
+    ispd runs it rarely (``ispd.collector.collect_rarely``): each closed DoQ or HTTP/3
+    connection kept 60-100 KB until then. Call it only once aioquic has done with the
+    connection (terminated, or never started). aioquic's internals, read defensively: a field
+    an upgrade renames keeps its cycle, nothing more."""
+    handlers = getattr(quic, "_QuicConnection__frame_handlers", None)
+    if isinstance(handlers, dict):
+        handlers.clear()
+    loss = getattr(quic, "_loss", None)
+    if hasattr(loss, "_send_probe"):
+        loss._send_probe = _ignore  # type: ignore[union-attr]
+    tls = getattr(quic, "tls", None)
+    for name in ("alpn_cb", "get_session_ticket_cb", "new_session_ticket_cb", "update_traffic_key_cb"):
+        if getattr(tls, name, None) is not None:
+            setattr(tls, name, _ignore)
+    cryptos = getattr(quic, "_cryptos", None)
+    for pair in cryptos.values() if isinstance(cryptos, dict) else ():
+        for context in (getattr(pair, "recv", None), getattr(pair, "send", None)):
+            for name in ("_setup_cb", "_teardown_cb"):
+                if hasattr(context, name):
+                    setattr(context, name, _ignore)
+
+
 class _DNSQuicProtocol(QuicConnectionProtocol):
     """What DoQ and HTTP/3 connections share: limits, handshake accounting, tasks."""
 
@@ -304,6 +340,7 @@ class _DNSQuicProtocol(QuicConnectionProtocol):
             self._transport.sendto(_connection_refused(header.version, header.destination_cid, header.source_cid),
                                    addr)
         self._connection_terminated_handler()  # the server drops every route to this protocol
+        self._forget()
 
     def close_with(self, code: int, reason: str) -> None:
         self._quic.close(error_code=code, reason_phrase=reason)
@@ -356,7 +393,10 @@ class _DNSQuicProtocol(QuicConnectionProtocol):
                     return
                 self.charged = True
         elif isinstance(event, ConnectionTerminated):
+            # (aioquic's server has dropped its routes to the connection; the rest of this
+            # round, its events and transmit(), still reads it)
             self._ended()
+            self._loop.call_soon(self._forget)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._ended()
@@ -380,6 +420,14 @@ class _DNSQuicProtocol(QuicConnectionProtocol):
                 self._watchdog.cancel()
             for task in self.tasks:
                 task.cancel()
+
+    def _forget(self) -> None:
+        """The connection is over and aioquic done with it: break the cycles that would keep it,
+        and this protocol, until a full garbage collection (``_release``)."""
+        for name in _SERVER_HANDLERS:
+            setattr(self, name, _ignore)
+        self._handshake_timer = self._keepalive = self._watchdog = None
+        _release(self._quic)
 
     def resolving(self) -> None:
         """A query goes to the resolver. Idle as the client waits, the connection would reach the
