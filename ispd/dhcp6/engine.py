@@ -601,12 +601,19 @@ class DHCP6Engine:
             else:  # renewed since it was scheduled
                 self._schedule(prefix, self._due_time(lease))
             timeline = self._timeline  # (compacted, maybe)
-        for prefix, (key, until) in list(self.offers.items()):
+        for prefix, (_key, until) in list(self.offers.items()):
             if until <= now:
-                del self.offers[prefix]
-                if self.offered_to.get(key) == prefix:
-                    del self.offered_to[key]
+                self.withdraw_offer(prefix)
         return outcome
+
+    def withdraw_offer(self, prefix: str) -> None:
+        """``prefix`` is offered to nobody now, nor the offer its IA remembers. An offer that lapsed
+        and went to another IA before reclaim looked at it (a small pool, Solicits from clients
+        that never Request) would otherwise leave the first IA's ``offered_to`` entry for good:
+        one more with each such client, for the life of the daemon."""
+        offer = self.offers.pop(prefix, None)
+        if offer is not None and self.offered_to.get(offer[0]) == prefix:
+            del self.offered_to[offer[0]]
 
     def _forget(self, lease: Lease6) -> None:
         del self.leases[lease.prefix]
@@ -867,9 +874,9 @@ class _Request:
         given: list[IAAddress | IAPrefix] = []
         if prefix is not None:
             network = _network(prefix)
+            self.engine.withdraw_offer(prefix)
             if commit:
                 self._bind(prefix, key, kind)
-                self.engine.offers.pop(prefix, None)
                 self.engine.offered_to.pop(key, None)
             else:
                 self.engine.offers[prefix] = (key, self.now + self.engine.config.offer_hold_seconds)

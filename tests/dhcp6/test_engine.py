@@ -1063,3 +1063,16 @@ def test_a_client_fqdn_is_answered_with_what_is_done_with_the_name() -> None:
     assert _fqdn_of(_bind_named(engine(), ia_na(1), bad)) is None
     release = handle(eng, message(MessageType.RELEASE, ia_na(1, "2001:db8:1::100"), asks["us"], server=SERVER_DUID))
     assert _fqdn_of(release) is None
+
+
+def test_an_offer_that_lapsed_and_went_to_another_client_is_forgotten_for_both() -> None:
+    """Solicits from clients that never Request, on a small pool: an offer that lapsed is
+    offered again (or bound) before reclaim looks at it. Each client's remembered offer goes
+    with it, or the engine's memory would grow by one entry per such client for good."""
+    eng = engine(offer_hold_seconds=1)
+    for i in range(20):
+        client = bytes.fromhex("00030001") + i.to_bytes(6, "big")
+        handle(eng, message(MessageType.SOLICIT, ia_na(1), client=client), T0 + 2 * i)
+    bind(eng, ia_na(1), client=DUID_B, now=T0 + 41)  # (the last offer, lapsed, bound by another)
+    eng.reclaim(T0 + 100)
+    assert eng.offers == {} and eng.offered_to == {}
