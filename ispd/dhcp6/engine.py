@@ -602,7 +602,7 @@ class DHCP6Engine:
                 self._schedule(prefix, self._due_time(lease))
             timeline = self._timeline  # (compacted, maybe)
         for prefix, (_key, until) in list(self.offers.items()):
-            if until <= now:
+            if self._lapsed(until, now):
                 self.withdraw_offer(prefix)
         return outcome
 
@@ -698,7 +698,13 @@ class DHCP6Engine:
                 lease.state is LeaseState.DECLINED or (lease.duid, lease.iaid, lease.kind) != key):
             return False
         offer = self.offers.get(prefix)
-        return offer is None or offer[0] == key or offer[1] <= now
+        return offer is None or offer[0] == key or self._lapsed(offer[1], now)
+
+    def _lapsed(self, until: float, now: float) -> bool:
+        """Whether an offer held ``until`` is over ``now``: also one ending further off than an
+        offer is ever held, made before the clock stepped back (NTP's first sync on a box that
+        booted with a clock ahead): it would hold the address from everyone for the whole step."""
+        return until <= now or until - now > self.config.offer_hold_seconds
 
     def allocate(self, pool: _Pool, key: IAKey, now: float, reservation: int | None = None) -> str | None:
         start = self.cursors.get(pool.name, 0)

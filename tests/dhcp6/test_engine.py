@@ -1076,3 +1076,18 @@ def test_an_offer_that_lapsed_and_went_to_another_client_is_forgotten_for_both()
     bind(eng, ia_na(1), client=DUID_B, now=T0 + 41)  # (the last offer, lapsed, bound by another)
     eng.reclaim(T0 + 100)
     assert eng.offers == {} and eng.offered_to == {}
+
+
+def test_an_offer_made_before_the_clock_stepped_back_does_not_hold_the_pool() -> None:
+    """An offer is held offer_hold_seconds: made at a time the clock has since stepped back
+    from (an hour, NTP correcting a clock that ran ahead), it is over all the same, for the
+    next client and for reclaim, not held for the hour too."""
+    eng = engine()
+    for client in (DUID_A, DUID_B):  # the two addresses of the pool, advertised
+        handle(eng, message(MessageType.SOLICIT, ia_na(1), client=client), T0)
+    stepped = T0 - 3600 + 60
+    third = handle(eng, message(MessageType.SOLICIT, ia_na(1), client=bytes.fromhex("0003000102005e100003")), stepped)
+    assert reply_ias(third)[0].status is None and reply_ias(third)[0].leases
+    eng.reclaim(stepped)
+    assert list(eng.offers.values()) == [((bytes.fromhex("0003000102005e100003").hex(":"), 1, Lease6Kind.ADDRESS),
+                                          stepped + 30)]
