@@ -1182,8 +1182,15 @@ class IMAPSession(asyncio.Protocol):
         changed = {by_uid[u] for u in change.changed}
         for found_uid, updated in change.messages.items():
             seq = by_uid[found_uid]
-            if (told and found_uid not in change.modified) or seq in changed:
-                selected.messages[seq - 1] = _with_recent_of(selected.messages[seq - 1], updated)
+            known = selected.messages[seq - 1]
+            if told and found_uid not in change.modified:
+                selected.messages[seq - 1] = _with_recent_of(known, updated)
+            elif seq in changed:
+                # The client learns of this change alone (or of none, with .SILENT): the view
+                # keeps the flags it was told, this change applied, so that the next update
+                # tells it what another session changed meanwhile (else that was never told).
+                told_flags = _flags_applied(known.flags, mode, letters)
+                selected.messages[seq - 1] = _with_recent_of(known, dataclasses.replace(updated, flags=told_flags))
         if changed:
             self.service.notify_imap(self.maildir.path if self.maildir else None, selected.folder)
             if change.highest_modseq == selected.highest_modseq + 1:
@@ -1398,6 +1405,14 @@ def _moving_out_of(folder: Path) -> asyncio.Lock:
     if lock is None:
         lock = _MOVES[folder] = asyncio.Lock()
     return lock
+
+
+def _flags_applied(flags: str, mode: str, letters: str) -> str:
+    """Maildir letters ``flags`` after a STORE of ``letters`` in ``mode`` ("=", "+" or "-"),
+    as ``FolderIndex.set_flags`` changes them."""
+    wanted = set(letters) & set(mailindex.MAILDIR_FLAGS + mailindex.KEYWORD_LETTERS)
+    current = set(flags)
+    return "".join(sorted(wanted if mode == "=" else current | wanted if mode == "+" else current - wanted))
 
 
 def _with_recent_of(known: IndexedMessage, fresh: IndexedMessage) -> IndexedMessage:

@@ -1,0 +1,100 @@
+"""Two sessions of one mailbox: what one changes, the other's client is told (RFC 3501 §7.4.1,
+RFC 7162 §3.1.3), whatever the other did to the same messages meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from ispd.mail.imap.session import IMAPSession
+from ispd.mail.maildir import Maildir
+from tests.mail.imap.test_autologout import FakeTransport
+from tests.mail.imap.test_session_failures import fake_service
+
+
+class Client:
+    """A session over a fake transport; ``command`` waits for its tagged answer and returns
+    what the server wrote meanwhile."""
+
+    def __init__(self, maildir: Maildir, executor: ThreadPoolExecutor, name: str) -> None:
+        self.transport = FakeTransport()
+        self.session = IMAPSession(fake_service(maildir, executor), "imaps")
+        self.session.connection_made(self.transport)  # type: ignore[arg-type]
+        self.name, self.count = name, 0
+
+    async def command(self, text: str) -> bytes:
+        self.count += 1
+        tag = f"{self.name}{self.count}".encode()
+        start = len(self.transport.written)
+        self.session.data_received(tag + b" " + text.encode() + b"\r\n")
+        for _ in range(500):
+            written = self.transport.written[start:]
+            if any(line.startswith(tag + b" ") for line in written.split(b"\r\n")):
+                return written
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"no answer to {text}")
+
+    def close(self) -> None:
+        self.transport.close()
+        self.session.connection_lost(None)
+
+
+@pytest.fixture()
+def maildir(tmp_path: Path) -> Maildir:
+    maildir = Maildir.for_address(tmp_path, "alice@isp.example")
+    maildir.create()
+    for number in range(2):
+        maildir.deliver(f"Subject: {number}\r\n\r\nbody {number}\r\n".encode(), now=1000.0 + number)
+    return maildir
+
+
+def two_sessions(maildir: Maildir, script: list[tuple[str, str]], condstore: bool = False) -> list[bytes]:
+    """Runs ``script`` ((which session, command)) on sessions "a" and "b", both with the INBOX
+    selected; the answers, in order."""
+    async def run() -> list[bytes]:
+        with ThreadPoolExecutor(2) as executor:
+            clients = {name: Client(maildir, executor, name) for name in "ab"}
+            for client in clients.values():
+                await client.command("LOGIN alice@isp.example secret")
+                await client.command("SELECT INBOX (CONDSTORE)" if condstore else "SELECT INBOX")
+            answers = [await clients[name].command(text) for name, text in script]
+            for client in clients.values():
+                client.close()
+            return answers
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("condstore", [False, True])
+def test_a_silent_store_does_not_swallow_another_sessions_change(maildir: Maildir, condstore: bool) -> None:
+    """b's \\Seen, made before a's own silent change to the same message, was taken into a's view
+    with it: a's client was never told of it (NOOP said nothing), and showed the message unread."""
+    unchanged = " (UNCHANGEDSINCE 100)" if condstore else ""
+    answers = two_sessions(maildir, [("b", "STORE 1 +FLAGS (\\Seen)"),
+                                     ("a", f"STORE 1{unchanged} +FLAGS.SILENT (\\Answered)"),
+                                     ("a", "NOOP"), ("a", "NOOP")], condstore=condstore)
+    assert b"\\Seen" not in answers[1]
+    told = [line for line in answers[2].split(b"\r\n") if line.startswith(b"* 1 FETCH")]
+    assert len(told) == 1 and b"\\Seen" in told[0] and b"\\Answered" in told[0]
+    assert b"FETCH" not in answers[3]  # told once
+
+
+def test_a_silent_store_alone_is_not_told_again(maildir: Maildir) -> None:
+    answers = two_sessions(maildir, [("a", "STORE 1:2 +FLAGS.SILENT (\\Flagged)"), ("a", "NOOP"),
+                                     ("a", "STORE 2 -FLAGS.SILENT (\\Flagged)"), ("a", "NOOP")])
+    assert b"FETCH" not in answers[1] and b"FETCH" not in answers[3]
+    assert b"FETCH" not in answers[0] and b"FETCH" not in answers[2]
+
+
+def test_a_body_fetch_that_sets_seen_says_what_it_says_once(maildir: Maildir) -> None:
+    """FETCH BODY[] sets \\Seen: its FLAGS say the flags the client knew and \\Seen; b's \\Flagged
+    of the same message comes at the next update if that FETCH did not tell it."""
+    answers = two_sessions(maildir, [("b", "STORE 2 +FLAGS (\\Flagged)"), ("a", "FETCH 2 (BODY[TEXT])"),
+                                     ("a", "NOOP")])
+    fetched = answers[1].split(b"FLAGS (", 1)[1].split(b")", 1)[0]
+    told_at_noop = b"\\Flagged" in answers[2]
+    assert b"\\Seen" in fetched
+    assert (b"\\Flagged" in fetched) != told_at_noop
