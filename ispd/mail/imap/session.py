@@ -1066,7 +1066,7 @@ class IMAPSession(asyncio.Protocol):
             parts = [self._fetch_item(item, message, data) for item in items]
             if seq in newly_seen:
                 if not any(i.name == "FLAGS" for i in items):
-                    parts.append(b"FLAGS " + self._flags(message.flags))
+                    parts.append(b"FLAGS " + self._flags(message.flags, message.recent))
                 if self.condstore and not any(i.name == "MODSEQ" for i in items):
                     parts.append(b"MODSEQ (%d)" % message.modseq)
             self.send(b"* %d FETCH (%s)" % (seq, b" ".join(parts)))

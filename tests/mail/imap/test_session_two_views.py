@@ -98,3 +98,12 @@ def test_a_body_fetch_that_sets_seen_says_what_it_says_once(maildir: Maildir) ->
     told_at_noop = b"\\Flagged" in answers[2]
     assert b"\\Seen" in fetched
     assert (b"\\Flagged" in fetched) != told_at_noop
+
+
+def test_the_flags_a_body_fetch_sends_keep_recent(maildir: Maildir) -> None:
+    """FLAGS is the message's whole set (RFC 3501 §7.4.2): the FLAGS a FETCH BODY[] added with
+    \\Seen left \\Recent out, where FETCH FLAGS has it; a client that replaces its set with what
+    it is told lost the flag."""
+    answers = two_sessions(maildir, [("a", "FETCH 1 (BODY[TEXT])"), ("a", "FETCH 1 FLAGS")])
+    assert b"FLAGS (\\Seen \\Recent)" in answers[1]
+    assert b"FLAGS (\\Seen \\Recent)" in answers[0]
