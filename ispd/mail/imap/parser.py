@@ -424,7 +424,7 @@ def _append(reader: _Reader) -> dict[str, Any]:
     flags: tuple[bytes, ...] = ()
     date = None
     if reader.peek() == b"(":
-        flags = reader.flag_list()
+        flags = _settable(reader.flag_list())
         reader.sp()
     if reader.peek() == b'"':
         date = reader.date_time()
@@ -500,7 +500,21 @@ def _store(reader: _Reader) -> dict[str, Any]:
             reader.sp()
             flags += (reader.flag(),)
     return {"set": sequence, "mode": found.group(1).decode() or "=", "silent": bool(found.group(2)),
-            "flags": flags, "unchanged_since": unchanged_since}
+            "flags": _settable(flags), "unchanged_since": unchanged_since}
+
+
+_SYSTEM_FLAGS = {b"\\ANSWERED", b"\\FLAGGED", b"\\DELETED", b"\\SEEN", b"\\DRAFT"}
+
+
+def _settable(flags: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    """The flags of a STORE or APPEND; BAD for a system flag a client cannot set (RFC 3501 §9:
+    \\Recent and \\* are not a ``flag``), or one this server does not know, as from Dovecot
+    ("Invalid system flag"): dropped, STORE FLAGS (\\*) cleared every flag of the message with
+    an OK, and a mistyped \\Sean was an OK that set nothing."""
+    for flag in flags:
+        if flag.startswith(b"\\") and flag.upper() not in _SYSTEM_FLAGS:
+            raise ParseError(f"invalid system flag {flag.decode('ascii', 'replace')[:40]}")
+    return flags
 
 
 # FETCH

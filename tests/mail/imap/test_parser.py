@@ -118,6 +118,20 @@ def test_store_modes_and_silence() -> None:
     assert (args["mode"], args["unchanged_since"]) == ("-", 7)
 
 
+@pytest.mark.parametrize("text", [b"a STORE 1 FLAGS (\\*)", b"a STORE 1 -FLAGS (\\Recent)",
+                                  b"a UID STORE 1 +FLAGS.SILENT (\\Seen \\Sean)", b"a STORE 1 FLAGS \\Seen \\*",
+                                  b"a APPEND INBOX (\\Recent) {1+}\r\nx"])
+def test_flags_a_client_cannot_set_are_bad(text: bytes) -> None:
+    """\\* and \\Recent are not a ``flag`` (RFC 3501 §9), and an unknown system flag is BAD, as
+    from Dovecot: dropped, STORE FLAGS (\\*) cleared every flag with an OK."""
+    assert "invalid system flag" in bad(text)
+
+
+def test_system_flags_and_keywords_are_set_in_any_case() -> None:
+    assert command(b"a STORE 1 FLAGS (\\seen \\DRAFT $Junk)").args["flags"] == (  # type: ignore[attr-defined]
+        b"\\seen", b"\\DRAFT", b"$Junk")
+
+
 def test_search_keys_nest_and_combine() -> None:
     args = command(b'a UID SEARCH CHARSET UTF-8 OR FROM "bob" (SINCE 1-Feb-2026 NOT SEEN) UID 1:5 '  # type: ignore[attr-defined]
                    b"HEADER X-Spam yes LARGER 1000").args
