@@ -1034,15 +1034,24 @@ class IMAPSession(asyncio.Protocol):
             not i.peek and (i.name in ("RFC822", "RFC822.TEXT") or (i.name == "BODY" and i.section is not None))
             for i in items)
         batches = _fetch_batches(numbers, selected.messages) if needs_data else [numbers]
+        expunged = 0
         for batch in batches:
             await self._writable.wait()  # what was sent is read before more is read from disk
             if self.transport is None or self.transport.is_closing():  # (closed by us: a BYE)
                 return
-            await self._fetch_batch(batch, items, needs_data, marks_seen)
+            expunged += await self._fetch_batch(batch, items, needs_data, marks_seen)
+        if expunged:
+            # Messages another session expunged since this one was told: their contents are
+            # gone. Not an OK that answered nothing for them (the client is left with no data
+            # and no reason); Dovecot's answer, RFC 5530's code: the client's NOOP tells all.
+            self.send(f"{command.tag} NO [EXPUNGEISSUED] some of the requested messages no longer exist".encode())
+            return
         self.send(f"{command.tag} OK {command.name} completed".encode())
 
     async def _fetch_batch(self, numbers: list[int], items: list[FetchItem], needs_data: bool,
-                           marks_seen: bool) -> None:
+                           marks_seen: bool) -> int:
+        """Sends the FETCH responses of these messages; returns how many were expunged (by
+        another session) before their files could be read."""
         selected = self.selected
         assert selected is not None
         # Read in one trip to the file threads, and only the header when that is all asked for.
@@ -1055,12 +1064,14 @@ class IMAPSession(asyncio.Protocol):
                       and (not needs_data or seq in contents)]
             if unseen:
                 newly_seen = await self._store_flags(unseen, "+", "S")
+        gone = 0
         for seq in numbers:
             message = selected.messages[seq - 1]
             data: bytes | None = None
             if needs_data:
                 raw = contents.get(seq)
                 if raw is None:  # expunged by another session: nothing to say yet
+                    gone += 1
                     continue
                 data = with_crlf(raw)
             parts = [self._fetch_item(item, message, data) for item in items]
@@ -1070,6 +1081,7 @@ class IMAPSession(asyncio.Protocol):
                 if self.condstore and not any(i.name == "MODSEQ" for i in items):
                     parts.append(b"MODSEQ (%d)" % message.modseq)
             self.send(b"* %d FETCH (%s)" % (seq, b" ".join(parts)))
+        return gone
 
     def _fetch_item(self, item: FetchItem, message: IndexedMessage, data: bytes | None) -> bytes:
         if item.name == "UID":

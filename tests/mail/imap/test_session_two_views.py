@@ -107,3 +107,18 @@ def test_the_flags_a_body_fetch_sends_keep_recent(maildir: Maildir) -> None:
     answers = two_sessions(maildir, [("a", "FETCH 1 (BODY[TEXT])"), ("a", "FETCH 1 FLAGS")])
     assert b"FLAGS (\\Seen \\Recent)" in answers[1]
     assert b"FLAGS (\\Seen \\Recent)" in answers[0]
+
+
+def test_a_fetch_of_a_message_another_session_expunged_is_not_an_ok(maildir: Maildir) -> None:
+    """b expunged message 2, a has not been told yet: a's FETCH of its body answered OK with
+    nothing for it, the client left with no data and no reason. The others are
+    sent, then NO [EXPUNGEISSUED] (RFC 5530), as from Dovecot; the NOOP then tells the EXPUNGE."""
+    maildir.deliver(b"Subject: 2\r\n\r\nbody 2\r\n", now=1002.0)
+    answers = two_sessions(maildir, [("b", "STORE 2 +FLAGS.SILENT (\\Deleted)"), ("b", "EXPUNGE"),
+                                     ("a", "FETCH 1:3 (UID BODY.PEEK[TEXT])"), ("a", "FETCH 1 (BODY.PEEK[TEXT])"),
+                                     ("a", "NOOP")])
+    assert b"* 1 FETCH (UID 1 " in answers[2] and b"* 3 FETCH (UID 3 " in answers[2]
+    assert b"* 2 FETCH" not in answers[2]
+    assert answers[2].endswith(b" NO [EXPUNGEISSUED] some of the requested messages no longer exist\r\n")
+    assert answers[3].endswith(b" OK FETCH completed\r\n")
+    assert b"* 2 EXPUNGE" in answers[4]
