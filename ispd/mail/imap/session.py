@@ -101,6 +101,10 @@ class InvalidSequence(Exception):
     """A message sequence number the selected mailbox does not have."""
 
 
+class ExpungeIssued(Exception):
+    """A message a COPY or MOVE was to copy is gone: another session expunged it."""
+
+
 @dataclass(slots=True)
 class Selected:
     name: bytes  # as the client named it
@@ -855,8 +859,8 @@ class IMAPSession(asyncio.Protocol):
             now.update({m.uid: m for m in selected.synced().messages})
             for _, message in sources:
                 found = read_current(message)
-                if found is None:
-                    continue  # expunged meanwhile
+                if found is None:  # expunged meanwhile: nothing is copied (RFC 3501 §6.4.7)
+                    raise ExpungeIssued(message.uid)
                 current, data = found
                 names.append((current, maildir.deliver(data, folder=target, received_at=current.internal_date).name))
             mailindex.forget(maildir.folder_path(target))
@@ -887,7 +891,14 @@ class IMAPSession(asyncio.Protocol):
         # One MOVE at a time out of a folder: another session's MOVE of the same messages then
         # finds them gone (copy_all looks again) rather than copying them a second time.
         async with _moving_out_of(source_cur) if move else contextlib.nullcontext():
-            uidvalidity, pairs = await self._blocking(copy)
+            try:
+                uidvalidity, pairs = await self._blocking(copy)
+            except ExpungeIssued:
+                # An OK had the client believe copied (or moved) what was not; and the rest is
+                # not copied either, so that its retry after a NOOP brings no second copy. As
+                # from Dovecot, with RFC 5530's code.
+                self.send(f"{command.tag} NO [EXPUNGEISSUED] some of the requested messages no longer exist".encode())
+                return
             self.service.notify_imap(maildir.path, target)
             code = b""
             if pairs:

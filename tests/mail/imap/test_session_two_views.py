@@ -4,6 +4,7 @@ RFC 7162 §3.1.3), whatever the other did to the same messages meanwhile."""
 from __future__ import annotations
 
 import asyncio
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -122,3 +123,21 @@ def test_a_fetch_of_a_message_another_session_expunged_is_not_an_ok(maildir: Mai
     assert answers[2].endswith(b" NO [EXPUNGEISSUED] some of the requested messages no longer exist\r\n")
     assert answers[3].endswith(b" OK FETCH completed\r\n")
     assert b"* 2 EXPUNGE" in answers[4]
+
+
+@pytest.mark.parametrize("command", ["COPY", "MOVE"])
+def test_a_copy_of_a_message_another_session_expunged_copies_nothing(maildir: Maildir, command: str) -> None:
+    """b expunged message 2, a has not been told yet: a's COPY 1:3 copied 1 and 3 and answered OK,
+    a COPY 2 copied nothing and answered OK, the client believing it there. Now NO [EXPUNGEISSUED]
+    and the target as it was (RFC 3501 §6.4.7), as from Dovecot; after a NOOP the retry works."""
+    maildir.deliver(b"Subject: 2\r\n\r\nbody 2\r\n", now=1002.0)
+    archive = maildir.folder_path("Archive")
+    answers = two_sessions(maildir, [("b", "STORE 2 +FLAGS.SILENT (\\Deleted)"), ("b", "EXPUNGE"),
+                                     ("a", f"{command} 1:3 Archive"), ("a", f"{command} 2 Archive"),
+                                     ("a", "NOOP"), ("a", f"{command} 1:2 Archive")])
+    for answer in answers[2:4]:
+        assert answer.endswith(b" NO [EXPUNGEISSUED] some of the requested messages no longer exist\r\n")
+        assert b"* 2 EXPUNGE" not in answer and b"moved" not in answer
+    assert b"* 2 EXPUNGE" in answers[4]
+    assert b"[COPYUID " in answers[5] and answers[5].endswith(f"{command} completed\r\n".encode())
+    assert len(os.listdir(archive / "new") + os.listdir(archive / "cur")) == 2
