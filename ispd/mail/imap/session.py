@@ -949,25 +949,31 @@ class IMAPSession(asyncio.Protocol):
         selected = self.selected
         assert selected is not None
         await self._remove([(seq, m) for seq, m in enumerate(selected.messages, 1)
-                            if "T" in m.flags and (only is None or seq in only)], announce=announce)
+                            if "T" in m.flags and (only is None or seq in only)], announce=announce, deleted_only=True)
 
-    async def _remove(self, doomed: list[tuple[int, IndexedMessage]], *, announce: bool) -> None:
+    async def _remove(self, doomed: list[tuple[int, IndexedMessage]], *, announce: bool,
+                      deleted_only: bool = False) -> None:
         """Deletes messages of the selected folder and says so (highest first, so that each
-        EXPUNGE's number is right when the client reads it)."""
+        EXPUNGE's number is right when the client reads it). With ``deleted_only`` (EXPUNGE,
+        CLOSE), only those \\Deleted still: another session may have taken the flag off since
+        this one last looked (an undo on the phone), and the message then stays."""
         selected, maildir = self.selected, self.maildir
         assert selected is not None and maildir is not None
 
         def remove() -> set[int]:
             """The UIDs now gone. Each file is looked up under its current name: another session
             may have renamed it (a flag change) since this one last looked."""
-            current = {m.uid: m.name for m in selected.synced().messages}
+            current = {m.uid: m for m in selected.synced().messages}
             cur = maildir.folder_path(selected.folder) / "cur"
             gone = set()
             for _, message in doomed:
-                name = current.get(message.uid)
-                if name is None:  # expunged by another session already
+                now = current.get(message.uid)
+                if now is None:  # expunged by another session already
                     gone.add(message.uid)
                     continue
+                if deleted_only and "T" not in now.flags:
+                    continue  # (its file, named without T, is not the one unlinked below)
+                name = now.name
                 try:
                     (cur / name).unlink()
                 except FileNotFoundError:

@@ -141,3 +141,19 @@ def test_a_copy_of_a_message_another_session_expunged_copies_nothing(maildir: Ma
     assert b"* 2 EXPUNGE" in answers[4]
     assert b"[COPYUID " in answers[5] and answers[5].endswith(f"{command} completed\r\n".encode())
     assert len(os.listdir(archive / "new") + os.listdir(archive / "cur")) == 2
+
+
+@pytest.mark.parametrize("command", ["EXPUNGE", "UID EXPUNGE 1:*", "CLOSE"])
+def test_an_expunge_spares_a_message_another_session_undeleted(maildir: Maildir, command: str) -> None:
+    """a marked message 2 \\Deleted; b took the flag off again (an undo on the phone); a's
+    EXPUNGE (or CLOSE), going by what a had last seen, removed the message for good. EXPUNGE
+    removes what is \\Deleted (RFC 3501 §6.4.3), now as it is, not as a session last saw it."""
+    answers = two_sessions(maildir, [("a", "STORE 2 +FLAGS (\\Deleted)"), ("b", "NOOP"),
+                                     ("b", "STORE 2 -FLAGS (\\Deleted)"), ("a", command),
+                                     ("b", "NOOP"), ("b", "UID SEARCH ALL")])
+    assert b"* 2 EXPUNGE" not in answers[3]
+    assert b"* 2 EXPUNGE" not in answers[4]
+    assert b"* SEARCH 1 2\r\n" in answers[5]
+    if command != "CLOSE":
+        later = two_sessions(maildir, [("a", "FETCH 2 FLAGS")])
+        assert b"\\Deleted" not in later[0]
