@@ -50,7 +50,6 @@ class SequenceSet:
     """Ranges (low, high), each end a number or None for "*"; as written (the engine orders)."""
 
     ranges: tuple[tuple[int | None, int | None], ...]
-    saved: bool = False  # "$": the result of the last SEARCH (RFC 5182)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,8 +180,8 @@ class _Reader:
 
     def sequence_set(self) -> SequenceSet:
         text = self.match(_SEQUENCE, "a sequence set")
-        if text == b"$":
-            return SequenceSet((), saved=True)
+        if text == b"$":  # (not offered: it named no message, and the command answered OK)
+            raise ParseError("$ needs SEARCHRES (RFC 5182), which is not supported")
         ranges = []
         for part in text.split(b","):
             low, colon, high = part.partition(b":")
@@ -639,11 +638,10 @@ _KEYWORD_KEYS = {"KEYWORD", "UNKEYWORD"}
 def _search(reader: _Reader) -> dict[str, Any]:
     reader.sp()
     charset = None
-    returns: tuple[bytes, ...] | None = None
-    if reader.text[reader.pos:reader.pos + 7].upper() == b"RETURN ":  # ESEARCH (RFC 4731)
-        reader.pos += 7
-        returns = tuple(r.upper() for r in reader.flag_list())
-        reader.sp()
+    if reader.text[reader.pos:reader.pos + 7].upper() == b"RETURN ":
+        # ESEARCH (RFC 4731) is not offered: its options were read and ignored, and the answer
+        # came as a plain SEARCH, which a client that asked for (COUNT) or (MIN) cannot read.
+        raise ParseError("SEARCH RETURN needs ESEARCH (RFC 4731), which is not supported")
     if reader.text[reader.pos:reader.pos + 8].upper() == b"CHARSET ":
         reader.pos += 8
         charset = reader.astring().upper().decode("ascii", errors="replace")
@@ -653,7 +651,7 @@ def _search(reader: _Reader) -> dict[str, Any]:
         reader.sp()
         keys.append(_search_key(reader, 0))
     key = keys[0] if len(keys) == 1 else SearchKey("AND", tuple(keys))
-    return {"charset": charset, "key": key, "return": returns}
+    return {"charset": charset, "key": key}
 
 
 def _search_key(reader: _Reader, depth: int) -> SearchKey:

@@ -132,6 +132,15 @@ def test_system_flags_and_keywords_are_set_in_any_case() -> None:
         b"\\seen", b"\\DRAFT", b"$Junk")
 
 
+@pytest.mark.parametrize(("text", "reason"), [(b"a SEARCH RETURN (COUNT) ALL", "ESEARCH"),
+                                               (b"a UID SEARCH RETURN () UNSEEN", "ESEARCH"),
+                                               (b"a FETCH $ FLAGS", "SEARCHRES"), (b"a SEARCH $", "SEARCHRES")])
+def test_extensions_not_offered_are_bad_not_half_done(text: bytes, reason: str) -> None:
+    """SEARCH RETURN was read and ignored, a plain SEARCH answering a client that asked for
+    ESEARCH's (COUNT); "$" named no message and the command answered OK."""
+    assert reason in bad(text)
+
+
 def test_search_keys_nest_and_combine() -> None:
     args = command(b'a UID SEARCH CHARSET UTF-8 OR FROM "bob" (SINCE 1-Feb-2026 NOT SEEN) UID 1:5 '  # type: ignore[attr-defined]
                    b"HEADER X-Spam yes LARGER 1000").args
