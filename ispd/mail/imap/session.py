@@ -1856,9 +1856,9 @@ def _envelope(header: bytes) -> bytes:
         return astring(" ".join(str(value).split()).encode("utf-8", "replace"))
 
     def addresses(name: str, fallback: str | None = None) -> bytes:
-        values = parsed.get_all(name) or (parsed.get_all(fallback) if fallback else None)
+        values = parsed.get_all(name)
         if not values:
-            return b"NIL"
+            return addresses(fallback) if fallback else b"NIL"
         entries = []
         for group, members in _address_groups(", ".join(str(v) for v in values)):
             if group is not None:  # RFC 3501 §7.4.2: a group's start, NIL host and its name
@@ -1873,6 +1873,8 @@ def _envelope(header: bytes) -> bytes:
                                                     astring((domain or "MISSING_DOMAIN").encode("utf-8", "replace"))))
             if group is not None:
                 entries.append(b"(NIL NIL NIL NIL)")  # the group's end
+        if not entries and fallback:  # "present but empty" is absent too (RFC 3501 §7.4.2)
+            return addresses(fallback)
         return b"(" + b"".join(entries) + b")" if entries else b"NIL"
 
     return b"(" + b" ".join([

@@ -193,3 +193,13 @@ def test_a_message_without_a_date_was_sent_at_the_epoch(date_field: bytes, key: 
     message = IndexedMessage(1, "m:2,", "", len(data), len(data), 0.0, False, 1)
     wanted = datetime.strptime(day, "%d-%b-%Y")
     assert _matches(SearchKey(key, (wanted,)), 1, message, data, [message]) is found
+
+
+@pytest.mark.parametrize("fields", [b"Reply-To:\r\nSender: \r\n", b"Reply-To: \r\n  \r\nSender:\r\n", b""])
+def test_an_empty_sender_or_reply_to_is_the_from_in_the_envelope(fields: bytes) -> None:
+    """RFC 3501 §7.4.2: Sender and Reply-To absent "or present but empty" are the From; an empty
+    field gave NIL, and a client replying from ENVELOPE had no address to reply to."""
+    from ispd.mail.imap.session import _envelope
+
+    envelope = _envelope(b"From: Ann <ann@b.example>\r\n" + fields + b"Subject: s\r\n\r\n")
+    assert envelope.count(b'(("Ann" NIL "ann" "b.example"))') == 3, envelope
