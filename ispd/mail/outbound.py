@@ -520,7 +520,14 @@ class QueueRunner:
             message = await loop.run_in_executor(self.executor, self.spool.read, mail.id)
         except FileNotFoundError:
             log.error("mail.queue.file_missing", queue_id=mail.id, queue_directory=str(self.spool.directory))
-            message = None
+            message, trouble = None, "is missing"
+        except OSError as exc:
+            # Unreadable (its permissions after a restore, an I/O error, not a file): as a
+            # missing one. Left to _attempt's catch-all, the attempt was never recorded, so the
+            # message was tried at every poll, never backed off, never bounced at the end of
+            # its lifetime, and kept a place of the poll's from the rest of the queue.
+            log.error("mail.queue.file_unreadable", queue_id=mail.id, error=str(exc))
+            message, trouble = None, "cannot be read"
         results: dict[str, Outcome] = {}
         if message is None:
             # Deferred, not bounced at once: a queue_directory changed without moving its files
@@ -528,7 +535,7 @@ class QueueRunner:
             # a file truly lost bounces when the message's lifetime ends. (The directory is in
             # the log only: the detail goes into the sender's bounce.)
             results = dict.fromkeys(mail.pending, Outcome(
-                Verdict.DEFERRED, "the queued message's file is missing", "4.3.0"))
+                Verdict.DEFERRED, f"the queued message's file {trouble}", "4.3.0"))
         else:
             groups = by_domain(mail.pending)
             noted: list[asyncio.Task[None]] = []

@@ -102,6 +102,33 @@ async def test_a_missing_spool_file_defers_until_the_lifetime_ends_then_bounces(
     assert str(runner.spool.directory).encode() not in runner.spool.read(bounce.id)
 
 
+async def test_an_unreadable_spool_file_is_retried_later_and_bounces_when_the_lifetime_ends(
+        runner: QueueRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From a code read: a queue file that is there but cannot be read (its permissions after
+    a restore, an I/O error; here a directory in its place) raised out of the attempt, which was
+    then never recorded: the message was tried again at every poll, never backed off, and never
+    bounced, whatever its age. It is deferred as a missing one is."""
+    runner.spool.remove("Q1")
+    (runner.spool.directory / "Q1").mkdir()
+    monkeypatch.setattr(runner.store, "get_queued_mail", lambda queue_id: _row(mail("a@fine.example")))
+    await runner._attempt("Q1")
+    store = runner.store
+    assert isinstance(store, RecordingStore)
+    [(_, outcomes, next_attempt_at, _)] = store.recorded
+    assert outcomes == {"a@fine.example": (QueuedRecipientState.PENDING, "the queued message's file cannot be read")}
+    assert next_attempt_at == 1060.0
+
+    runner.clock = lambda: 900.0 + runner.config.queue_lifetime_seconds
+    await runner._attempt("Q1")
+    assert store.recorded[-1][1]["a@fine.example"][0] == QueuedRecipientState.BOUNCED
+    [bounce] = store.queued
+    assert bounce.sender == "" and bounce.pending == ["alice@isp.example"]
+
+
+async def _row(queued: QueuedMail) -> QueuedMail:
+    return queued
+
+
 async def test_an_entry_settled_since_the_poll_is_not_tried_again(runner: QueueRunner,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     tried: list[str] = []
