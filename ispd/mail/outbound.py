@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import re
 import secrets
 import socket
 import ssl
@@ -68,6 +69,17 @@ _LINGER_RESET = struct.pack("ii", 1, 0)
 LocalDelivery = Callable[[str, bytes], Awaitable[bool]]
 Delivered = Callable[[dict[str, "Outcome"]], None]
 Sending = Callable[[], None]  # told before a message's DATA: from there on a stop waits for its reply
+
+
+# What ``client.data`` makes of a message's line ends (aiosmtplib's own pattern): a CRLF, a bare
+# LF and a bare CR all go on the wire as CRLF.
+_LINE_ENDS = re.compile(rb"\r\n|\n|\r(?!\n)")
+
+
+def as_sent(message: bytes) -> bytes:
+    """``message`` as it goes to another server, every line end CRLF: what a DKIM signature must
+    cover (one over a bare CR no longer matches once that CR has become a line end)."""
+    return _LINE_ENDS.sub(b"\r\n", message)
 
 
 class LookupFailed(Exception):

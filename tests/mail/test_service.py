@@ -109,3 +109,27 @@ def test_a_postmaster_address_that_reaches_nobody_is_warned_about(postmaster: st
         asyncio.run(service._warn_unreachable_postmaster())
     warnings = [e for e in logs if e["event"] == "mail.postmaster.unreachable"]
     assert [e["domains"] for e in warnings] == ([unreachable] if unreachable else [])
+
+
+@pytest.mark.parametrize("body", [b"plain\r\n", b"a bare CR\rin a line\r\n", b"a bare LF\nin a line\r\n"])
+def test_a_submitted_message_is_signed_as_it_goes_on_the_wire(body: bytes) -> None:
+    """From a code read: a message with a bare CR was signed as submitted, and the queue's
+    client (aiosmtplib) then sent that CR as a line end: ispd's own DKIM signature failed at
+    the receiver (the mail refused under DMARC p=reject)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import dkim
+    from aiosmtplib.protocol import LINE_ENDINGS_REGEX
+
+    from ispd.mail.authcheck import load_signing_key
+    from ispd.mail.smtp import MailEnvelope
+    from tests.lab.dnshier import DKIM_LAB_KEY, DKIM_LAB_RECORD
+
+    service = MailService.__new__(MailService)
+    service.signing = {"relay.example-a.test": load_signing_key("relay.example-a.test", "lab", DKIM_LAB_KEY)}
+    service._signing_executor = ThreadPoolExecutor(1)
+    message = b"From: carol@relay.example-a.test\r\nTo: bob@remote.example\r\nSubject: t\r\n\r\n" + body
+    signed = asyncio.run(service._dkim_sign(message, MailEnvelope()))
+    on_the_wire = LINE_ENDINGS_REGEX.sub(b"\r\n", signed)  # as client.data() writes it
+    assert dkim.verify(on_the_wire, dnsfunc=lambda name, timeout=5: DKIM_LAB_RECORD.encode())
+    assert dkim.verify(signed, dnsfunc=lambda name, timeout=5: DKIM_LAB_RECORD.encode())  # the local copies
