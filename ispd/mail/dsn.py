@@ -77,8 +77,13 @@ def bounce_message(*, reporting_host: str, sender: str, original: bytes, queue_i
         *status,
         "",
         f"--{boundary}",
-        "Content-Type: text/rfc822-headers",
-        "",
     ]
+    headers = original_headers(original)
+    if headers.isascii():
+        lines += ["Content-Type: text/rfc822-headers", ""]
+    else:
+        # 8-bit header fields (RFC 6532: UTF-8) labelled as such, as Postfix labels them: left
+        # unlabelled (7bit, us-ascii), the sender's mail reader showed "Gr����e" for "Grüße".
+        lines += ["Content-Type: text/rfc822-headers; charset=utf-8", "Content-Transfer-Encoding: 8bit", ""]
     head = "\r\n".join(lines).encode("utf-8", errors="surrogateescape") + b"\r\n"
-    return head + original_headers(original) + f"\r\n\r\n--{boundary}--\r\n".encode()
+    return head + headers + f"\r\n\r\n--{boundary}--\r\n".encode()

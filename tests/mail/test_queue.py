@@ -90,6 +90,20 @@ def test_a_bounce_is_a_delivery_status_notification() -> None:
     assert b"Message-ID: <m1@isp.example>" in data and b"secret body" not in data
 
 
+def test_a_bounce_labels_8bit_original_headers_so_the_sender_can_read_them() -> None:
+    """From a code read: UTF-8 header fields (RFC 6532) went into a part labelled as 7-bit
+    US-ASCII by default, and the sender's mail reader showed "Gr????e" for "Grüße"."""
+    from email import policy
+
+    original = "From: Jörg <alice@isp.example>\r\nSubject: Grüße\r\n\r\nbody\r\n".encode()
+    data = bounce_message(reporting_host="mx.isp.example", sender="alice@isp.example", original=original,
+                          queue_id="Q1", arrived_at=0.0, now=60.0,
+                          failed={"b@x.example": Outcome(Verdict.BOUNCED, "550 5.1.1 no such user", "5.1.1")})
+    _, _, headers = message_from_bytes(data, policy=policy.default).get_payload()
+    assert headers.get_content_type() == "text/rfc822-headers" and headers["Content-Transfer-Encoding"] == "8bit"
+    assert headers.get_content() == "From: Jörg <alice@isp.example>\r\nSubject: Grüße\r\n"
+
+
 def test_original_headers_stop_at_the_body_and_at_64_kib() -> None:
     assert original_headers(b"A: 1\nB: 2\n\nbody") == b"A: 1\r\nB: 2"
     assert len(original_headers(b"X: " + b"y" * 100_000)) == 64 * 1024
