@@ -433,6 +433,9 @@ class QueueRunner:
         # froze the queue's metrics, and left orphans, for three hours.
         last_cleanup = last_count = float("-inf")
         while True:
+            # Cleared before the read, not after: a message queued while the read is under way
+            # (too late for it) wakes the next one at once instead of waiting for the poll.
+            self.wake.clear()
             now = self.clock()
             due: list[QueuedMail] = []
             try:
@@ -449,7 +452,6 @@ class QueueRunner:
             for mail in due:
                 if mail.id not in self._active and not self._stopping:
                     self._active[mail.id] = asyncio.create_task(self._attempt(mail.id), name=f"mail-out-{mail.id}")
-            self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), POLL_SECONDS)
 

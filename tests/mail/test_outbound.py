@@ -650,6 +650,40 @@ async def test_the_queue_is_counted_every_30_s_whatever_the_wall_clock_does(tmp_
     assert runner.figures().messages == len(counted)
 
 
+async def test_a_message_queued_while_the_queue_is_being_read_is_not_left_for_the_next_poll(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From a code read: the runner cleared its wake-up after reading the due messages, so a
+    message queued (and the runner woken) while that read was under way, too late for it, was
+    forgotten until the next poll: up to 10 s for a submitted message that the runner had been
+    told of at once."""
+    config = MailConfig(domains=["isp.example"], queue_directory=tmp_path / "queue")
+    store = RecordingStore()
+    polls: list[float] = []
+    runner: QueueRunner
+
+    async def due_mail(now: float, *, limit: int, after: float) -> list[QueuedMail]:
+        polls.append(asyncio.get_running_loop().time())
+        if len(polls) == 1:
+            runner.wake.set()  # enqueue() of a message this read came too late to see
+        return []
+
+    async def mail_queue_summary() -> tuple[int, float | None]:
+        return 0, None
+
+    store.due_mail = due_mail  # type: ignore[attr-defined]
+    store.mail_queue_summary = mail_queue_summary  # type: ignore[attr-defined]
+    runner = QueueRunner(config, store, Spool(config.queue_directory), ThreadPoolExecutor(1),  # type: ignore[arg-type]
+                         no_local_delivery, lambda: 1000.0)
+    monkeypatch.setattr(runner, "_remove_orphans", lambda: asyncio.sleep(0))
+    task = asyncio.ensure_future(runner.run())
+    try:
+        await asyncio.sleep(0.5)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert len(polls) >= 2, "the wake-up was lost: the next read waits for the 10 s poll"
+
+
 async def test_a_retry_set_before_the_wall_clock_was_stepped_back_is_not_put_off_by_the_step(
         runner: QueueRunner, monkeypatch: pytest.MonkeyPatch) -> None:
     """Under libfaketime, the clock stepped back three hours: the messages deferred before the
