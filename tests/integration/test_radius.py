@@ -864,11 +864,8 @@ def test_an_over_quota_coa_that_the_nas_did_not_answer_is_sent_again(tmp_path: P
             eventually(lambda: [e["result"] for e in ispd.log_events("radius.coa.sent")] == ["timeout"], timeout=5)
             nas.answer = "ack"
             again = nas.wait_for(3, timeout=20)[2]
-            assert again.code == 43 and again.first(Attr.ACCT_SESSION_ID) == b"q-deaf"
-            assert again.attributes[Attr.VENDOR_SPECIFIC][0][6:] == b"1000k/2000k"
-            eventually(lambda: [e["result"] for e in ispd.log_events("radius.coa.sent")] == ["timeout", "ack"],
-                       timeout=5)
-            assert ispd.log_events("radius.coa.sent")[1]["reason"] == "over quota, retry"
+            _is_the_throttle_sent_again(ispd, again, b"q-deaf")
+            assert [e["result"] for e in ispd.log_events("radius.coa.sent")] == ["timeout", "ack"]
             time.sleep(12)  # a retry interval on: the acknowledged one is not sent again
             assert len(nas.requests) == 3
             assert service.accounting(f"{base}, Acct-Status-Type = Stop") == "Accounting-Response"
@@ -892,11 +889,17 @@ def test_a_plan_changes_coa_carrying_the_over_quota_profile_is_sent_again_when_u
             sent = len(nas.requests)
             nas.answer = "ack"
             again = nas.wait_for(sent + 1, timeout=20)[sent]
-            assert again.code == 43 and again.first(Attr.ACCT_SESSION_ID) == b"q-moved"
-            assert again.attributes[Attr.VENDOR_SPECIFIC][0][6:] == b"1000k/2000k"
-            eventually(lambda: [e["reason"] for e in ispd.log_events("radius.coa.sent")][-1:] == ["over quota, retry"],
-                       timeout=5)
+            _is_the_throttle_sent_again(ispd, again, b"q-moved")
             assert service.accounting(f"{base}, Acct-Status-Type = Stop") == "Accounting-Response"
+
+
+def _is_the_throttle_sent_again(ispd: IspdProcess, again: Any, session_id: bytes) -> None:
+    """``again``, a CoA the fake NAS got, is the over-quota throttle for ``session_id``, and ispd
+    logs it as the retry it is, answered."""
+    assert again.code == 43 and again.first(Attr.ACCT_SESSION_ID) == session_id
+    assert again.attributes[Attr.VENDOR_SPECIFIC][0][6:] == b"1000k/2000k"
+    eventually(lambda: [(e["reason"], e["result"]) for e in ispd.log_events("radius.coa.sent")][-1:]
+               == [("over quota, retry", "ack")], timeout=5)
 
 
 def test_an_over_quota_coa_that_timed_out_before_a_restart_is_sent_after_it(tmp_path: Path) -> None:
@@ -917,10 +920,7 @@ def test_an_over_quota_coa_that_timed_out_before_a_restart_is_sent_after_it(tmp_
             time.sleep(10)
             ispd.start()
             again = nas.wait_for(3, timeout=10)[2]  # (the first exchange: 2 attempts)
-            assert again.code == 43 and again.first(Attr.ACCT_SESSION_ID) == b"q-lost"
-            assert again.attributes[Attr.VENDOR_SPECIFIC][0][6:] == b"1000k/2000k"
-            eventually(lambda: [e["reason"] for e in ispd.log_events("radius.coa.sent")][-1:] == ["over quota, retry"],
-                       timeout=5)
+            _is_the_throttle_sent_again(ispd, again, b"q-lost")
             assert service.accounting(f"{base}, Acct-Status-Type = Stop") == "Accounting-Response"
 
 
