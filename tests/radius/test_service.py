@@ -731,6 +731,24 @@ async def test_accounting_on_reaches_every_server_of_a_load_balanced_realm(tmp_p
         await store.close()
 
 
+async def _homes_service(store: Store, prefix: str) -> RadiusService:
+    """RADIUS over ``store``, loaded, with a prefix pool "homes" of ``prefix`` for plan "v6"."""
+    config = _radius_config(3799, prefix_pool=[{"name": "homes", "prefix": prefix}],
+                            plan=[{"plan": "v6", "prefix_pool": "homes"}])
+    service = RadiusService(config, ServiceContext(store, EventBus(), CollectorRegistry(), _healthy))
+    await service._load_store()
+    return service
+
+
+def _homes_claim(service: RadiusService, login: str) -> PendingClaim:
+    """An Access-Accept of ``login`` waiting for a prefix of "homes", for its reservation if the
+    directory knows one."""
+    found = service.directory.find(login)
+    assert found is not None
+    return PendingClaim(found[0], None, login, False, "pap", b"", None, None, fixed=found[1], prefix_pool="homes",
+                        prefix_reservation=found[1].reservation if found[1] is not None else None)
+
+
 async def test_a_full_prefix_pool_is_logged_with_its_own_size(tmp_path: Path) -> None:
     """From a bug hunt: a /54 pool of four /56s, all reserved, was logged as "no free /56 found
     among the next 4096 of the pool", a search larger than the pool."""
@@ -738,20 +756,12 @@ async def test_a_full_prefix_pool_is_logged_with_its_own_size(tmp_path: Path) ->
     try:
         await store.add_plan("v6", actor="test")
         subscribers = [await store.add_subscriber(f"s{n}", actor="test", plan="v6") for n in range(5)]
-        config = _radius_config(3799, prefix_pool=[{"name": "homes", "prefix": "2001:db8:1000::/54"}],
-                                plan=[{"plan": "v6", "prefix_pool": "homes"}])
-        service = RadiusService(config, ServiceContext(store, EventBus(), CollectorRegistry(), _healthy))
-        await service._load_store()
-
-        def claim(name: str) -> PendingClaim:
-            found = service.directory.find(name)
-            assert found is not None
-            return PendingClaim(found[0], None, name, False, "pap", b"", None, None, prefix_pool="homes")
+        service = await _homes_service(store, "2001:db8:1000::/54")
 
         for subscriber in subscribers[:4]:
-            assert await service._reserve_prefix(claim(subscriber.username)) is not None
+            assert await service._reserve_prefix(_homes_claim(service, subscriber.username)) is not None
         with capture_logs() as logs:
-            assert await service._reserve_prefix(claim("s4")) is None
+            assert await service._reserve_prefix(_homes_claim(service, "s4")) is None
         [full] = [e for e in logs if e["event"] == "radius.prefix.pool_exhausted"]
         assert full["detail"] == "all 4 of the pool's /56s are reserved", full
     finally:
@@ -767,10 +777,7 @@ async def test_a_pool_prefix_is_reserved_past_what_the_store_refuses_or_taken_fr
     try:
         await store.add_plan("v6", actor="test")
         anna, ben, carol = [await store.add_subscriber(name, actor="test", plan="v6") for name in ("anna", "ben", "carol")]
-        config = _radius_config(3799, prefix_pool=[{"name": "homes", "prefix": "2001:db8:1000::/48"}],
-                                plan=[{"plan": "v6", "prefix_pool": "homes"}])
-        service = RadiusService(config, ServiceContext(store, EventBus(), CollectorRegistry(), _healthy))
-        await service._load_store()
+        service = await _homes_service(store, "2001:db8:1000::/48")
         # Made after the service loaded (by the CLI, say) and not heard of yet:
         await store.add_reservation(carol.id, ReservationKind.DUID, "00:03:00:01:02:00:5e:00:00:03", actor="test",
                                     prefix6="2001:db8:1000::/60")  # inside the pool's first /56
@@ -778,9 +785,9 @@ async def test_a_pool_prefix_is_reserved_past_what_the_store_refuses_or_taken_fr
                                     prefix6="2001:db8:1000:4200::/56")
 
         def claim(name: str) -> PendingClaim:
-            found = service.directory.find(name)
-            assert found is not None and found[1] is None  # no reservation known for the login
-            return PendingClaim(found[0], None, name, False, "pap", b"", None, None, prefix_pool="homes")
+            made = _homes_claim(service, name)
+            assert made.fixed is None  # no reservation known for the login
+            return made
 
         assert await service._reserve_prefix(claim("anna")) == "2001:db8:1000:100::/56"
         anna_now = service.directory.find("anna")  # the next login has it without the store's poll
@@ -814,31 +821,20 @@ async def test_a_pool_prefix_goes_into_the_logins_reservation_unless_one_was_set
         pppoe = await store.add_reservation(alice.id, ReservationKind.USERNAME, "alice@pppoe", actor="test",
                                             address="198.18.7.7")
         bobs = await store.add_reservation(bob.id, ReservationKind.USERNAME, "bob@pppoe", actor="test")
-        config = _radius_config(3799, prefix_pool=[{"name": "homes", "prefix": "2001:db8:1000::/48"}],
-                                plan=[{"plan": "v6", "prefix_pool": "homes"}])
-        service = RadiusService(config, ServiceContext(store, EventBus(), CollectorRegistry(), _healthy))
-        await service._load_store()
-
-        def claim(login: str) -> PendingClaim:
-            found = service.directory.find(login)
-            assert found is not None
-            into = found[1].reservation if found[1] is not None else None
-            return PendingClaim(found[0], None, login, False, "pap", b"", None, None, fixed=found[1],
-                                prefix_pool="homes", prefix_reservation=into)
-
-        assert await service._reserve_prefix(claim("alice@pppoe")) == "2001:db8:1000::/56"
+        service = await _homes_service(store, "2001:db8:1000::/48")
+        assert await service._reserve_prefix(_homes_claim(service, "alice@pppoe")) == "2001:db8:1000::/56"
         assert await store.list_reservations(subscriber=alice.id) == [
             replace(pppoe, prefix6="2001:db8:1000::/56")]
         now = service.directory.find("alice@pppoe")
         assert now is not None and now[1] is not None and (now[1].address, now[1].prefix6) == (
             "198.18.7.7", "2001:db8:1000::/56")
         # The operator gives bob@pppoe a prefix after the Access-Request, before the store write.
-        bob_claim = claim("bob@pppoe")
+        bob_claim = _homes_claim(service, "bob@pppoe")
         await store.update_reservation(bobs.id, actor="test", prefix6="2001:db8:2000::/48")
         assert await service._reserve_prefix(bob_claim) == "2001:db8:2000::/48"
         # carol's username reserved meanwhile (a host name only): the prefix goes into that one,
         # the same candidate (bob's, :100, was passed over as any candidate refused is).
-        carol_claim = claim("carol")
+        carol_claim = _homes_claim(service, "carol")
         made = await store.add_reservation(carol.id, ReservationKind.USERNAME, "carol", actor="test", hostname="c")
         assert await service._reserve_prefix(carol_claim) == "2001:db8:1000:200::/56"
         assert await store.list_reservations(subscriber=carol.id) == [replace(made, prefix6="2001:db8:1000:200::/56")]
@@ -859,14 +855,9 @@ async def test_a_pool_prefix_goes_into_no_other_reservation_when_the_logins_is_g
         alice, bob = [await store.add_subscriber(n, actor="test", plan="v6") for n in ("alice", "bob")]
         pppoe = await store.add_reservation(alice.id, ReservationKind.USERNAME, "alice@pppoe", actor="test",
                                             address="198.18.7.7")
-        config = _radius_config(3799, prefix_pool=[{"name": "homes", "prefix": "2001:db8:1000::/48"}],
-                                plan=[{"plan": "v6", "prefix_pool": "homes"}])
-        service = RadiusService(config, ServiceContext(store, EventBus(), CollectorRegistry(), _healthy))
-        await service._load_store()
-        found = service.directory.find("alice@pppoe")
-        assert found is not None and found[1] is not None
-        stale = PendingClaim(found[0], None, "alice@pppoe", False, "pap", b"", None, None, fixed=found[1],
-                             prefix_pool="homes", prefix_reservation=found[1].reservation)
+        service = await _homes_service(store, "2001:db8:1000::/48")
+        stale = _homes_claim(service, "alice@pppoe")
+        assert stale.prefix_reservation is not None
         await store.delete_reservation(pppoe.id, actor="test")
         bobs = await store.add_reservation(bob.id, ReservationKind.USERNAME, "bob@pppoe", actor="test")
         assert bobs.id == pppoe.id + 1  # (numbers are not given again)
