@@ -78,6 +78,17 @@ async def test_health_turns_503_when_the_store_breaks_and_stop_is_clean(tmp_path
         assert report["metrics"]["ok"] is True
 
 
+@contextlib.contextmanager
+def write_lock_held(path: Path) -> Iterator[None]:
+    """Another connection holds the store's write lock: commits fail once the busy timeout runs out."""
+    blocker = sqlite3.connect(path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        yield
+    finally:
+        blocker.close()
+
+
 async def test_health_fails_while_commits_fail_and_recovers_with_the_next_one(tmp_path: Path) -> None:
     """From a bug hunt: on a full disk every commit failed while /healthz said the store was ok
     (its probe is a read). Here the write lock is held by another connection past the busy
@@ -85,15 +96,11 @@ async def test_health_fails_while_commits_fail_and_recovers_with_the_next_one(tm
     async with running(config_for(tmp_path, busy_timeout_seconds=0.3), tmp_path / "unused.toml") as (supervisor, _):
         store = supervisor.store
         assert store is not None
-        blocker = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
-        try:
-            blocker.execute("BEGIN IMMEDIATE")
+        with write_lock_held(tmp_path / "s.db"):
             with pytest.raises(StoreError):
                 await store.add_subscriber("alice", actor="t")
             ok, report = await supervisor.health_report()
             assert not ok and report["store"] == {"ok": False, "detail": "writes are failing: database is locked"}
-        finally:
-            blocker.close()
         await store.add_subscriber("alice", actor="t")
         ok, report = await supervisor.health_report()
         assert ok and report["store"] == {"ok": True, "detail": ""}
@@ -107,13 +114,8 @@ async def test_health_recovers_when_commits_work_again_with_no_write_since(tmp_p
     async with running(config_for(tmp_path, busy_timeout_seconds=0.3), tmp_path / "unused.toml") as (supervisor, _):
         store = supervisor.store
         assert store is not None
-        blocker = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
-        try:
-            blocker.execute("BEGIN IMMEDIATE")
-            with pytest.raises(StoreError):
-                await store.add_subscriber("alice", actor="t")
-        finally:
-            blocker.close()
+        with write_lock_held(tmp_path / "s.db"), pytest.raises(StoreError):
+            await store.add_subscriber("alice", actor="t")
         ok, report = await supervisor.health_report()  # no write since
         assert ok and report["store"] == {"ok": True, "detail": ""}
 
