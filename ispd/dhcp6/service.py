@@ -78,6 +78,11 @@ def server_duid(config: DHCP6Config, machine_id: Path = Path("/etc/machine-id"))
     return b"\x00\x04" + uuid.uuid5(_DUID_NAMESPACE, seed).bytes
 
 
+def _membership(index: int) -> bytes:
+    """ff02::1:2 on the interface of ``index``, as IPV6_JOIN_GROUP and IPV6_LEAVE_GROUP take it."""
+    return ALL_DHCP_RELAY_AGENTS_AND_SERVERS + struct.pack("@I", index)
+
+
 def _publishes_names(config: Config) -> bool:
     """Whether addresses' host names reach DNS: a lease domain is configured (its DNS service may
     be a standby's, so not whether this node's is enabled), as for DHCPv4."""
@@ -194,8 +199,7 @@ class DHCP6Service(Service):
             raise ServiceStartError(f"dhcp6: cannot set up [::]:{config.port}: {describe_os_error(exc)}") from None
         for index, name in interfaces.items():
             try:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP,
-                                ALL_DHCP_RELAY_AGENTS_AND_SERVERS + struct.pack("@I", index))
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, _membership(index))
             except OSError as exc:
                 sock.close()
                 raise ServiceStartError(f"dhcp6: cannot join ff02::1:2 on {name}: {describe_os_error(exc)} "
@@ -384,14 +388,12 @@ class DHCP6Service(Service):
                     hint="an interface was made again (or is gone for now): listening on each under its index")
         for index in self._interfaces.keys() - current.keys():
             with contextlib.suppress(OSError):  # (most often gone with its interface)
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_LEAVE_GROUP,
-                                ALL_DHCP_RELAY_AGENTS_AND_SERVERS + struct.pack("@I", index))
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_LEAVE_GROUP, _membership(index))
         for index, name in list(current.items()):
             if index in self._interfaces:
                 continue
             try:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP,
-                                ALL_DHCP_RELAY_AGENTS_AND_SERVERS + struct.pack("@I", index))
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, _membership(index))
             except OSError as exc:
                 del current[index]  # not listened on yet: the next tick tries again
                 log.error("dhcp6.interfaces.join_failed", interface=name, error=describe_os_error(exc),
