@@ -647,10 +647,7 @@ def warn_unleasable_address(config: Config, address: str | None) -> None:
     for subnet in config.dhcp.subnet:
         if fixed is None or fixed not in subnet.network:
             continue
-        held = dict(config.dhcp.held_by_the_link(subnet))
-        if subnet.network.prefixlen < 31:  # RFC 3021: a /31 has neither
-            held |= {subnet.network.network_address: "the network address",
-                     subnet.network.broadcast_address: "the broadcast address"}
+        held = config.dhcp.never_leased(subnet)
         if fixed in held:
             print(f"ispd: warning: {fixed} is {held[fixed]} of subnet {subnet.network}: DHCP never gives it to a "
                   "client, so this client gets a pool address instead", file=sys.stderr)

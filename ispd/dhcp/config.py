@@ -454,6 +454,16 @@ class DHCPConfig(Section):
             held.append((subnet.server_id, "the server_id"))
         return held
 
+    def never_leased(self, subnet: SubnetConfig) -> dict[IPv4Address, str]:
+        """The addresses of the subnet no client is given, with what each is: its routers and
+        this server (``held_by_the_link``), and its network and broadcast addresses (RFC 3021: a
+        /31 has neither)."""
+        never = dict(self.held_by_the_link(subnet))
+        if subnet.network.prefixlen < 31:
+            never |= {subnet.network.network_address: "the network address",
+                      subnet.network.broadcast_address: "the broadcast address"}
+        return never
+
     def every_router_of(self, subnet: SubnetConfig) -> list[IPv4Address]:
         """The routers the subnet and each of its pools send (``routers_of`` is the subnet's
         alone): addresses no client may have."""

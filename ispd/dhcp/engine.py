@@ -424,9 +424,7 @@ def build_subnets(config: DHCPConfig) -> list[Subnet]:
         ]
         plain = _served_pool(AddressPool("", 1, 0), sc, None, config)
         open_pools = [p for p in pools if not p.classes]
-        unleasable = {int(address) for address, _ in config.held_by_the_link(sc)}
-        if sc.network.prefixlen < 31:  # RFC 3021: a /31 has neither
-            unleasable |= {int(sc.network.network_address), int(sc.network.broadcast_address)}
+        unleasable = {int(address) for address in config.never_leased(sc)}
         subnets.append(Subnet(
             network=sc.network, first=int(sc.network.network_address), last=int(sc.network.broadcast_address),
             interface=sc.interface, relay_addresses=frozenset(int(a) for a in sc.relay_addresses),
