@@ -91,7 +91,11 @@ def site(tmp_path_factory: pytest.TempPathFactory, postgres_cluster: PostgresClu
             ispd.cli("plan", "add", "home", "--download-kbps", "100000", "--upload-kbps", "20000",
                      "--credential-policy", "cleartext")
             ispd.cli("subscriber", "add", "alice", "--plan", "home", "--password-stdin", input="alice-pw\n")
-            yield Site(ispd, url, workdir, lab, server_ns, client_ns, client_if)
+            site = Site(ispd, url, workdir, lab, server_ns, client_ns, client_if)
+            # The RADIUS service hears of a new subscriber at its next look at the store's events
+            # (from CI: radtest right after the CLI was rejected under load).
+            eventually(lambda: site.radtest("alice", "alice-pw").code == "Access-Accept", timeout=10)
+            yield site
     finally:
         lab.close()
         postgres_cluster.drop_database(url)
