@@ -422,7 +422,9 @@ def test_a_pool_shared_with_radius_never_gives_one_address_twice(make_lan: Calla
                          f'Calling-Station-Id = "02:00:00:00:01:01", Acct-Status-Type = {status}',
                          netns=lan.server_ns).code
 
-    eventually(lambda: login("u1", "02:00:00:00:01:01")[0] == "Access-Accept", timeout=10)
+    # Until the service has heard of both (one look at the store's events may come between two adds).
+    eventually(lambda: all(login(name, mac)[0] == "Access-Accept"
+                           for name, mac in (("u1", "02:00:00:00:01:01"), ("u2", "02:00:00:00:01:02"))), timeout=10)
     code, first = login("u1", "02:00:00:00:01:01")
     assert code == "Access-Accept" and in_pool(first, last="198.18.0.102"), (code, first)
     assert login("u1", "02:00:00:00:01:01") == ("Access-Accept", first)  # the same line: the same address
