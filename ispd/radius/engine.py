@@ -1057,6 +1057,16 @@ class AuthEngine:
                 items.append(_encode((Attr.FRAMED_POOL, plan_reply.framed_pool.encode())))
             items.extend(plan_reply.attributes)
             _replace_interim(items, interim, plan_reply.attributes)
+            # What ispd writes from the plan (Session-Timeout, Idle-Timeout, the rate limit,
+            # Framed-Pool) gives way to the table's own of the same attribute, as the interval
+            # does: an Access-Accept carries one of each (RFC 2865 §5.44), and two leave the NAS
+            # to pick. Not the month's throttle, which stands over the table's rate as over the
+            # subscriber's own.
+            configured = {(a.vendor, a.code) for a in plan_reply.attributes}
+            throttled = {_attribute_key(item) for item in throttle}
+            items = [item for item in items if (_attribute_key(item) not in throttled
+                                                if isinstance(item, ReplyAttribute)
+                                                else item in throttle or _attribute_key(item) not in configured)]
         cacheable = not (plan_reply is not None and any(a.hidden for a in plan_reply.attributes))
         own = self._own_reply(subject)
         if throttle:  # the month's throttle stands over a rate of the subscriber's own

@@ -457,6 +457,35 @@ def test_a_subscriber_s_own_rate_gives_way_to_its_plan_s_throttle_over_quota() -
     assert vsa(coa, Vendor.MIKROTIK, 8) == b"500k/1000k"
 
 
+def test_a_plan_table_s_timer_or_rate_replaces_the_plan_s_own_rather_than_doubling_it() -> None:
+    """A [[radius.plan]] attribute that ispd also writes from the plan (Session-Timeout,
+    Idle-Timeout, the rate limit, Framed-Pool) went out beside it: an Access-Accept with two
+    Session-Timeouts (86400 and 3600) and two Mikrotik-Rate-Limits, for the NAS to pick one
+    (RFC 2865 §5.44: at most one). The table's is meant, as its Acct-Interim-Interval is; the
+    month's throttle still stands over its rate."""
+    table = tuple(reply_attribute(DICTIONARY, text) for text in (
+        "Session-Timeout = 3600", "Idle-Timeout = 60", "Mikrotik-Rate-Limit = 1M/1M", "Framed-Pool = other",
+        "Mikrotik-Address-List = home", "Mikrotik-Address-List = all"))
+    world = World(ReplySettings(plans={"home": PlanReply(attributes=table, framed_pool="home")}))
+    attributes = reply_attributes(world.engine.handle(pap("alice", "alice-pw"), nas(),
+                                                      NOW).attributes)
+    assert [v for c, v in attributes if c == Attr.SESSION_TIMEOUT] == [u32(3600)]
+    assert [v for c, v in attributes if c == Attr.IDLE_TIMEOUT] == [u32(60)]
+    assert [v for c, v in attributes if c == Attr.FRAMED_POOL] == [b"other"]
+    mikrotik = [sub for c, v in attributes if c == Attr.VENDOR_SPECIFIC for sub in split_vendor_specific(v) or ()]
+    assert [v for t, v in mikrotik if t == 8] == [b"1M/1M"]
+    assert [v for t, v in mikrotik if t == 19] == [b"home", b"all"]  # (a list stays a list)
+    plan = replace(PLAN, monthly_quota_bytes=10**9, over_quota_download_kbps=1000, over_quota_upload_kbps=500)
+    world.directory.replace(subscriber(1, "alice"), StoredCredentials(cleartext="alice-pw", updated_at=1), [], plan)
+    subject = world.directory.by_id(1)
+    assert subject is not None
+    subject.over_quota = True
+    throttled = world.engine.handle(pap("alice", "alice-pw"), nas(), NOW).attributes
+    rates = [sub for c, v in reply_attributes(throttled) if c == Attr.VENDOR_SPECIFIC
+             for t, sub in split_vendor_specific(v) or () if t == 8]
+    assert rates == [b"500k/1000k"]
+
+
 def test_over_a_walled_quota_without_garden_attributes_the_plan_s_profile_stays() -> None:
     """With radius.walled_garden_attributes empty (accepted when DNS has a walled garden, which
     walls suspended subscribers only), a subscriber past a walled-garden quota got an Access-Accept
