@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import itertools
 import os
 import struct
 from collections.abc import Iterable
@@ -457,11 +458,17 @@ def _unsalted_xor(cipher: bytes, secret: bytes, authenticator: bytes, salt: byte
     return bytes(out)
 
 
+_salt_counter = itertools.count()
+
+
 def new_salt() -> bytes:
-    """Two octets with the high bit set (RFC 2868 §3.5, RFC 2548 §2.4.2)."""
-    salt = bytearray(os.urandom(2))
-    salt[0] |= 0x80
-    return bytes(salt)
+    """Two octets with the high bit set (RFC 2868 §3.5, RFC 2548 §2.4.2), whose next four bits
+    count (the other eleven are random): the salts of one reply MUST differ, and two random ones
+    were alike once in 32 768 replies with two hidden attributes (two tagged Tunnel-Passwords, a
+    plan's and MS-CHAPv2's MPPE keys), which then share their keystream. (FreeRADIUS's scheme;
+    ``mschap`` salts from here too.)"""
+    counter = next(_salt_counter) & 0x0F
+    return (0x8000 | counter << 11 | int.from_bytes(os.urandom(2), "big") & 0x07FF).to_bytes(2, "big")
 
 
 def hide_salted(secret_value: bytes, secret: bytes, authenticator: bytes, salt: bytes | None = None) -> bytes:

@@ -73,12 +73,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import itertools
 import os
 from enum import IntEnum
 
 from Crypto.Cipher import DES
 from Crypto.Hash import MD4
+
+from ispd.radius.codec import new_salt
 
 AUTHENTICATOR_CHALLENGE_LENGTH = 16  # MS-CHAPv2, RFC 2759 §4
 PEER_CHALLENGE_LENGTH = 16
@@ -311,14 +312,9 @@ def mppe_keys_v1(nt_hash: bytes) -> bytes:
 
 # RFC 2548 §2.4.2: every salt in one Access-Accept MUST differ. The engine encrypts the Send and
 # Recv keys one right after the other, so, as FreeRADIUS does, four bits of the salt come from a
-# counter (two consecutive salts always differ) and the other eleven are random.
-_salt_counter = itertools.count()
-
-
-def _fresh_salt() -> bytes:
-    counter = next(_salt_counter) & 0x0F
-    random_bits = int.from_bytes(os.urandom(2), "big") & 0x07FF
-    return (0x8000 | counter << 11 | random_bits).to_bytes(2, "big")
+# counter (two consecutive salts always differ) and the other eleven are random: the codec's, whose
+# counter also salts the Tunnel-Passwords and MPPE keys of a plan's attributes in the same reply.
+_fresh_salt = new_salt
 
 
 def _salted_keystream_xor(

@@ -541,6 +541,24 @@ def test_an_untagged_tunnel_password_carries_tag_zero() -> None:
 
 
 
+def test_the_salts_of_one_reply_differ_whatever_the_random_octets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 2868 §3.5 and RFC 2548 §2.4.2: each salt in one Access-Accept MUST be unique. The
+    codec drew them at random: two tagged Tunnel-Passwords of a plan (or a plan's and
+    MS-CHAPv2's MPPE keys) had the same salt once in 32 768 replies, and so the same keystream
+    (the XOR of the two passwords for anyone on the path). Shown here with random octets that
+    repeat."""
+    monkeypatch.setattr(os, "urandom", bytes)
+    table = tuple(reply_attribute(DICTIONARY, f"Tunnel-Password:{tag} = secret-{tag}") for tag in (1, 2))
+    world = World(ReplySettings(plans={"home": PlanReply(attributes=table)}))
+    packet = pap("alice", "alice-pw")
+    decision = world.engine.handle(packet, nas(), NOW)
+    hidden = [v for c, v in reply_attributes(decision.attributes) if c == Attr.TUNNEL_PASSWORD]
+    assert [reveal_salted(v[1:], SECRET, packet.authenticator) for v in hidden] == [b"secret-1", b"secret-2"]
+    mppe = mschap.encrypt_mppe_key(bytes(16), SECRET, packet.authenticator)
+    salts = [v[1:3] for v in hidden] + [mppe[:2]]
+    assert len(set(salts)) == 3 and all(salt[0] & 0x80 for salt in salts)
+
+
 def operator_dictionary(tmp_path: Path, text: str) -> Dictionary:
     """The shipped dictionaries with an operator's file on top, as ``radius.dictionaries`` loads it."""
     path = tmp_path / "dictionary.operator"
