@@ -1022,6 +1022,7 @@ class AuthEngine:
         with Class and Acct-Interim-Interval, which a session gets once, at Access-Accept."""
         items: list[bytes | ReplyAttribute] = []
         throttle: list[bytes] = []
+        throttled: set[tuple[int, int]] = set()  # the (vendor, type) of the throttle's attributes
         interim = None
         if session_attributes:
             marker = CLASS_PREFIX + str(subject.id).encode() + (WALLED_SUFFIX if walled else b"")
@@ -1049,6 +1050,7 @@ class AuthEngine:
                 items.append(_encode((Attr.IDLE_TIMEOUT, u32(plan.idle_timeout_seconds))))
             if subject.over_quota and plan.over_quota is OverQuota.THROTTLE:  # the plan's slower rates, for the month
                 throttle = self._rate_limit(nas.kind, plan.over_quota_download_kbps, plan.over_quota_upload_kbps)
+                throttled = {_attribute_key(item) for item in throttle}
                 items.extend(throttle)
             else:
                 items.extend(self._rate_limit(nas.kind, plan.download_kbps, plan.upload_kbps))
@@ -1063,14 +1065,16 @@ class AuthEngine:
             # to pick. Not the month's throttle, which stands over the table's rate as over the
             # subscriber's own.
             configured = {(a.vendor, a.code) for a in plan_reply.attributes}
-            throttled = {_attribute_key(item) for item in throttle}
-            items = [item for item in items if (_attribute_key(item) not in throttled
-                                                if isinstance(item, ReplyAttribute)
-                                                else item in throttle or _attribute_key(item) not in configured)]
+
+            def kept(item: bytes | ReplyAttribute) -> bool:
+                if isinstance(item, ReplyAttribute):  # the table's
+                    return _attribute_key(item) not in throttled
+                return item in throttle or _attribute_key(item) not in configured  # ispd's
+
+            items = [item for item in items if kept(item)]
         cacheable = not (plan_reply is not None and any(a.hidden for a in plan_reply.attributes))
         own = self._own_reply(subject)
         if throttle:  # the month's throttle stands over a rate of the subscriber's own
-            throttled = {_attribute_key(item) for item in throttle}
             own = [a for a in own if (a.vendor, a.code) not in throttled]
         if own:
             # The subscriber's own replace the plan's of the same attribute (FreeRADIUS's ":="
