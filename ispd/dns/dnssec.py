@@ -528,12 +528,13 @@ def nsec_denial(qname: bytes, qtype: int, nxdomain: bool, records: Iterable[RR])
     """NSEC proof (RFC 4035 §5.4) that ``qname`` does not exist (``nxdomain``) or has no
     ``qtype`` — also through an empty non-terminal or a wildcard (RFC 4592 §4)."""
     nsecs = _nsecs(records)
-    if not nxdomain:
-        for nsec in nsecs:
-            if nsec.owner == qname:
-                return _nodata_at(nsec.bitmap, qname, qtype)
-            if nsec.denies(qname) and is_subdomain(nsec.next_name, qname):
-                return Denial.SECURE  # an empty non-terminal (RFC 4035 §3.1.3.2)
+    for nsec in nsecs:
+        if nsec.owner == qname:
+            return Denial.BOGUS if nxdomain else _nodata_at(nsec.bitmap, qname, qtype)
+        if nsec.denies(qname) and is_subdomain(nsec.next_name, qname):
+            # An empty non-terminal (RFC 4035 §3.1.3.2): the name exists, so no NXDOMAIN (which
+            # RFC 8020 would make deny every name below it), only a NODATA.
+            return Denial.BOGUS if nxdomain else Denial.SECURE
     covering = next((n for n in nsecs if n.denies(qname)), None)
     if covering is None:
         return Denial.BOGUS

@@ -193,6 +193,10 @@ def test_denials(denying: tuple[str, Signed]) -> None:
     assert dnssec.denial(n("alias.example.test"), RRType.A, False, proof) == Denial.BOGUS  # a CNAME
     assert dnssec.denial(n("www.example.test"), RRType.A, True, proof) == Denial.BOGUS  # www exists
     assert dnssec.denial(n("ent.sub.example.test"), RRType.A, False, proof) == Denial.SECURE  # empty non-terminal
+    # It exists, though: an NXDOMAIN for it (or for its parent, another one) is a lie a replayed
+    # NSEC must not prove, else RFC 8020 would deny deep.ent.sub below it too.
+    for ent in ("ent.sub.example.test", "sub.example.test"):
+        assert dnssec.denial(n(ent), RRType.A, True, proof) == Denial.BOGUS, ent
     assert dnssec.denial(n("x.wild.example.test"), RRType.TXT, False, proof) == Denial.SECURE  # wildcard NODATA
     # Under the wildcard a name exists (it matches), so an NXDOMAIN proof must fail.
     assert dnssec.denial(n("x.wild.example.test"), RRType.A, True, proof) == Denial.BOGUS
