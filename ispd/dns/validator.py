@@ -359,7 +359,10 @@ class Validator:
         verdict otherwise. ``parents``: the data is a DS set or its denial, the parent zone's
         own, which no child can make unsigned (and whose check is part of establishing a zone's
         keys, which the search for a child would ask for again)."""
-        usable = [signer for signer in signers if is_subdomain(name, signer)]
+        # A DS set and its denial are signed by the zone above (RFC 4035 §5.2): a signature of
+        # the name's own zone proves nothing of them, and establishing that zone's keys is what
+        # waits for this check (asking for them here would wait for itself).
+        usable = [signer for signer in signers if is_subdomain(name, signer) and not (parents and signer == name)]
         if not usable:
             keys = await self.zone_keys(unsigned_zone)
             if keys.security == Security.SECURE:

@@ -3,10 +3,14 @@ off-path attacker or a broken server could hand the resolver, and the verdict ea
 
 from __future__ import annotations
 
+import asyncio
+import struct
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ispd.dns import dnssec
 from ispd.dns.cache import CacheLimits, NegativeKind, RRsetCache, Security
@@ -231,3 +235,52 @@ async def test_an_anchor_update_forgets_only_what_a_distrusted_key_decided(zone:
     assert validator.set_anchor(dnssec.TrustAnchor(zone.origin, keys=()))
     assert zone.origin not in validator.zones
     assert (await validator.zone_keys(zone.origin)).security == Security.BOGUS
+
+
+class Ed25519Key:
+    """A zone's key made here, for RRsets no real zone would hold (as a forger may send them)."""
+
+    def __init__(self, zone: str) -> None:
+        self.zone = N(zone)
+        self.private = ed25519.Ed25519PrivateKey.generate()
+        public = self.private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        self.rdata = struct.pack("!HBB", 257, 3, dnssec.Algorithm.ED25519) + public
+
+    def sign(self, owner: bytes, rtype: int, rdatas: list[bytes], ttl: int = 3600) -> list[RR]:
+        """The RRset and its RRSIG by this key."""
+        head = struct.pack("!HBBIIIH", rtype, dnssec.Algorithm.ED25519, dnssec.signed_labels(owner), ttl,
+                           NOW + 86400, NOW - 3600, dnssec.key_tag(self.rdata)) + self.zone
+        data = dnssec.signed_data(dnssec.parse_rrsig(head + b"\0"), owner, rtype, rdatas)
+        return [RR(owner, rtype, 1, ttl, rdata) for rdata in rdatas] + [
+            RR(owner, RRType.RRSIG, 1, ttl, head + self.private.sign(data))]
+
+
+async def test_a_ds_denial_signed_by_the_child_itself_is_bogus_not_a_hang() -> None:
+    # The DS of sub.example.test is the parent's to deny (RFC 4035 §5.2); a denial signed by the
+    # child's own key (its apex SOA and NSEC, which a forger or a server answering from the
+    # child's side sends) made establishing the child's keys wait for those very keys: the
+    # question hung until the request timeout, and every later one for the zone with it.
+    parent, child = Ed25519Key("example.test"), Ed25519Key("sub.example.test")
+    sub = child.zone
+    soa = N("ns.sub.example.test") + N("hostmaster.sub.example.test") + struct.pack("!IIIII", 1, 3600, 900, 86400, 300)
+    apex_types = bytes([0, 7, 0x22, 0, 0, 0, 0, 3, 0x80])  # NS SOA RRSIG NSEC DNSKEY
+    child_denial = child.sign(sub, RRType.SOA, [soa]) + child.sign(sub, RRType.NSEC, [N("www.sub.example.test")
+                                                                                     + apex_types])
+
+    async def fetch(name: bytes, rtype: int) -> Resolution:
+        if rtype == RRType.DNSKEY and name in (parent.zone, sub):
+            key = parent if name == parent.zone else child
+            return Resolution(RCode.NOERROR, key.sign(name, RRType.DNSKEY, [key.rdata]), zone=name)
+        if name == sub and rtype == RRType.DS:
+            return Resolution(RCode.NOERROR, [], child_denial, zone=parent.zone)
+        return Resolution(RCode.SERVFAIL, [], failure="not in this test")
+
+    anchor = dnssec.TrustAnchor(parent.zone, keys=(dnssec.parse_dnskey(parent.rdata),))
+    validator = Validator([anchor], fetch, RRsetCache(CacheLimits()), FakeClock(), wall_clock=lambda: float(NOW))
+    keys = await asyncio.wait_for(validator.zone_keys(sub), 5)
+    assert (keys.security, keys.ede) == (Security.BOGUS, EDE.NSEC_MISSING)
+    # Nor is a DS set the child signed itself secure, asked for by a client.
+    ds = struct.pack("!HBB", dnssec.key_tag(child.rdata), dnssec.Algorithm.ED25519, 2) + bytes(32)
+    outcome = await verdict(validator, Outcome(Step.ANSWER, child.sign(sub, RRType.DS, [ds]), zone=parent.zone),
+                            "sub.example.test", RRType.DS)
+    assert outcome.security == Security.BOGUS
