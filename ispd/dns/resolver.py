@@ -578,6 +578,7 @@ class Resolver:
         security = Security.SECURE if validator is not None else Security.UNCHECKED
         ede = -1
         chain: list[RR] = []
+        proofs: list[RR] = []  # of wildcard CNAMEs along the chain (RFC 4035 §3.1.3.3)
         seen = {name}
         current = name
         for _ in range(self.settings.max_cname_chain + 1):
@@ -591,15 +592,17 @@ class Resolver:
             if sum(1 for rr in chain if rr.rtype == RRType.CNAME) > self.settings.max_cname_chain:
                 return Resolution(RCode.SERVFAIL, chain, failure="CNAME chain too long")
             if outcome.step == Step.ANSWER:
-                return Resolution(RCode.NOERROR, chain, outcome.proof, security=security, ede=ede, zone=outcome.zone)
+                return Resolution(RCode.NOERROR, chain, proofs + outcome.proof, security=security, ede=ede,
+                                  zone=outcome.zone)
             if outcome.step == Step.NXDOMAIN:
-                return Resolution(RCode.NXDOMAIN, chain, outcome.soa + outcome.proof, security=security, ede=ede,
-                                  zone=outcome.zone)
+                return Resolution(RCode.NXDOMAIN, chain, outcome.soa + proofs + outcome.proof, security=security,
+                                  ede=ede, zone=outcome.zone)
             if outcome.step == Step.NODATA:
-                return Resolution(RCode.NOERROR, chain, outcome.soa + outcome.proof, security=security, ede=ede,
-                                  zone=outcome.zone)
+                return Resolution(RCode.NOERROR, chain, outcome.soa + proofs + outcome.proof, security=security,
+                                  ede=ede, zone=outcome.zone)
             if outcome.step != Step.CNAME:
                 return Resolution(RCode.SERVFAIL, chain, failure=outcome.reason or "resolution failed")
+            proofs.extend(outcome.proof)
             if outcome.next_name in seen:
                 return Resolution(RCode.SERVFAIL, chain, failure="CNAME loop")
             seen.add(outcome.next_name)
@@ -716,7 +719,7 @@ class Resolver:
             cname = get(name, RRType.CNAME, now)
             if cname is not None and cname.trust >= Trust.AUTHORITY:
                 return Outcome(Step.CNAME, cname.records_with_sigs(now), next_name=rdata_name(cname.rdatas[0]),
-                               zone=cname.zone, security=cname.security, ede=cname.ede)
+                               zone=cname.zone, proof=list(cname.proof), security=cname.security, ede=cname.ede)
         ancestor = name
         while True:  # RFC 8020: nothing exists below a name that does not exist
             if ancestor != name:
@@ -1309,8 +1312,11 @@ class Resolver:
 
         # Only the RRsets that answer the question (the chain and its end) are kept: anything
         # else in the answer section is unasked-for, if in bailiwick (Unbound's scrubber).
-        # A wildcard expansion's NSEC proof stays with the answer it proves.
-        cache_rrsets(_on_chain(answer, records + final, synthesised_at), proof=tuple(proof) if final and sigs else ())
+        # A wildcard expansion's NSEC proof stays with the answer it proves, or with the CNAME
+        # (a wildcard's) that leaves the zone.
+        leaves = bool(records) and not final and not is_subdomain(current, bailiwick)
+        cache_rrsets(_on_chain(answer, records + final, synthesised_at),
+                     proof=tuple(proof) if (final or leaves) and sigs else ())
         soa = [rr for rr in authority if rr.rtype == RRType.SOA and is_subdomain(current, rr.name)]
         if final:
             if qtype == RRType.NS and not forwarded:
@@ -1318,8 +1324,8 @@ class Resolver:
                 # learns the root servers' current addresses this way.
                 self._cache_glue(message, zone, {rdata_name(rr.rdata) for rr in final if rr.rtype == RRType.NS}, now)
             return Outcome(Step.ANSWER, _with_sigs(records + final, sigs), proof=proof if sigs else [])
-        if records and not is_subdomain(current, bailiwick):
-            return Outcome(Step.CNAME, _with_sigs(records, sigs), next_name=current)
+        if leaves:
+            return Outcome(Step.CNAME, _with_sigs(records, sigs), next_name=current, proof=proof if sigs else [])
         if rcode == RCode.NXDOMAIN:
             negative_soa = self._negative_soa(soa)
             # The parent's NXDOMAIN for a forward or stub zone's DS (the public tree has no such

@@ -211,7 +211,8 @@ class Validator:
         elif outcome.step in (Step.ANSWER, Step.CNAME):
             verdict = await self._check_records(outcome.records, outcome.zone, outcome.proof, qname)
         elif outcome.step in (Step.NXDOMAIN, Step.NODATA):
-            verdict = await self._check_records(outcome.records, outcome.zone, (), qname)
+            # (the proof: a wildcard CNAME's before the denial needs its own, RFC 4035 §5.3.4)
+            verdict = await self._check_records(outcome.records, outcome.zone, outcome.proof, qname)
             if verdict.security != Security.BOGUS:
                 denied = _chain_end(qname, outcome.records)
                 negative = await self._check_denial(denied, qtype, outcome.step == Step.NXDOMAIN,

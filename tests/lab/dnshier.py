@@ -358,6 +358,9 @@ def zone_texts(base: str = DEFAULT_BASE) -> dict[str, str]:
         'txt IN TXT "signed"',
         "to-unsigned IN CNAME www.example-a.test.",
         "to-bogus IN CNAME www.expired.test.",
+        # a wildcard CNAME out of the zone: the expansion's NSEC proof comes with the CNAME alone
+        "*.out IN CNAME www.p384.test.",
+        "*.gone IN CNAME nothing.secure.test.",  # and one to a name that does not exist
         # an insecure delegation: the NSEC at unsigned.secure.test shows NS but no DS
         "unsigned IN NS ns.unsigned.secure.test.", f"ns.unsigned IN A {a['ns.unsigned.secure.test.']}",
         # another, on this zone's own server
@@ -579,6 +582,10 @@ def dnssec_expectations(base: str = DEFAULT_BASE) -> tuple[Expectation, ...]:
            chain=["www.example-a.test."], security=insecure),
         _e("secure: CNAME into a bogus zone", "to-bogus.secure.test.", "A", ["198.18.5.7"], rcode="SERVFAIL",
            chain=["www.expired.test."], security=bogus, ede=7),
+        _e("secure: wildcard CNAME out of the zone", "x.out.secure.test.", "A", ["198.18.5.11"],
+           chain=["www.p384.test."], security=secure),
+        _e("secure: wildcard CNAME to a name that does not exist", "x.gone.secure.test.", "A", rcode="NXDOMAIN",
+           chain=["nothing.secure.test."], security=secure),
         # nsec3.test: algorithm 15, NSEC3 with opt-out (dnssec-signzone -A flags every NSEC3). Where
         # the proof rests on an opt-out NSEC3 covering the next closer name (an NXDOMAIN, a wildcard
         # expansion), an unsigned delegation could hide there: insecure (RFC 5155 §12.2; Unbound
