@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 from pydantic import BaseModel, BeforeValidator, Field, SecretStr, ValidationError, model_validator
 
 from ispd.admin.config import AdminConfig
-from ispd.configtypes import Section, parse_range
+from ispd.configtypes import Section, SocketAddress, parse_range
 from ispd.control import MAX_PATH_BYTES as MAX_SOCKET_PATH_BYTES
 from ispd.dhcp.config import DHCPConfig
 from ispd.dhcp6.config import DHCP6Config
@@ -136,6 +136,11 @@ class Config(Section):
         if radius.enabled:
             yield from (("udp", "radius.listen_auth", radius.listen_auth),
                         ("udp", "radius.listen_acct", radius.listen_acct))
+        # DHCP and DHCPv6 take their port on every address of their family (0.0.0.0:67, [::]:547).
+        if self.dhcp.enabled:
+            yield "udp", "dhcp.port", [SocketAddress("0.0.0.0", self.dhcp.port)]
+        if self.dhcp6.enabled:
+            yield "udp", "dhcp6.port", [SocketAddress("::", self.dhcp6.port)]
         if self.metrics.enabled:
             yield "tcp", "metrics.listen", [self.metrics.listen]
         yield "tcp", "admin.listen", self.admin.listen

@@ -401,6 +401,16 @@ def test_a_relay_address_inside_its_own_subnet_is_only_redundant(tmp_path: Path)
      "admin.listen (127.0.0.7:9611) and metrics.listen (0.0.0.0:9611) both take port 9611 (TCP)"),
     ('[daemon]\ncontrol_socket = "/run/x.sock"\n[admin]\nsocket = "/run/x.sock"\n',
      "admin.socket is daemon.control_socket (/run/x.sock)"),
+    # DHCP binds its port on 0.0.0.0 and DHCPv6 on [::]: the others' bind failed at `ispd run`
+    # ("Address already in use") after check-config said ok.
+    ('[radius]\nenabled = true\nlisten_auth = ["127.0.0.1:20067"]\nlisten_acct = ["127.0.0.1:20068"]\n'
+     '[dhcp]\nenabled = true\ninterfaces = ["eth1"]\nport = 20067\n[[dhcp.subnet]]\nnetwork = "198.18.0.0/24"\n'
+     '[[dhcp.subnet.pool]]\nname = "p"\nrange = "198.18.0.10 - 198.18.0.20"\n',
+     "dhcp.port (0.0.0.0:20067) and radius.listen_auth (127.0.0.1:20067) both take port 20067 (UDP)"),
+    ('[dns]\nenabled = true\nlisten = ["[::1]:20547"]\n[dhcp6]\nenabled = true\ninterfaces = ["eth1"]\n'
+     'port = 20547\n[[dhcp6.subnet]]\nname = "s"\nprefix = "2001:db8:1::/64"\n[[dhcp6.subnet.pool]]\n'
+     'name = "p"\nrange = "2001:db8:1::100 - 2001:db8:1::1ff"\n',
+     "dhcp6.port ([::]:20547) and dns.listen ([::1]:20547) both take port 20547 (UDP)"),
 ])
 def test_two_listeners_on_one_address_are_an_error_before_the_start(tmp_path: Path, text: str, message: str) -> None:
     path = write(tmp_path, text)
@@ -411,6 +421,18 @@ def test_one_port_for_a_tcp_and_a_udp_service_is_fine(tmp_path: Path) -> None:
     path = write(tmp_path, '[dns]\nenabled = true\nlisten = ["127.0.0.1:5300"]\n[radius]\nenabled = true\n'
                            'listen_auth = ["127.0.0.1:8740"]\nlisten_acct = ["127.0.0.2:5300"]\n'
                            '[metrics]\nlisten = "127.0.0.1:8740"\n')
+    load_config(path)
+
+
+def test_dhcp_and_dhcp6_on_one_port_number_are_fine(tmp_path: Path) -> None:
+    """0.0.0.0 and [::] are two families: DHCP's port and DHCPv6's may be the same number, and
+    a TCP listener (DNS over TCP) beside DHCP's UDP port is no clash either."""
+    path = write(tmp_path, '[dhcp]\nenabled = true\ninterfaces = ["eth1"]\nport = 20067\n[[dhcp.subnet]]\n'
+                           'network = "198.18.0.0/24"\n[[dhcp.subnet.pool]]\nname = "p"\n'
+                           'range = "198.18.0.10 - 198.18.0.20"\n[dhcp6]\nenabled = true\ninterfaces = ["eth1"]\n'
+                           'port = 20067\n[[dhcp6.subnet]]\nname = "s"\nprefix = "2001:db8:1::/64"\n'
+                           '[[dhcp6.subnet.pool]]\nname = "p6"\nrange = "2001:db8:1::100 - 2001:db8:1::1ff"\n'
+                           '[metrics]\nlisten = "127.0.0.1:20067"\n')
     load_config(path)
 
 
