@@ -2091,7 +2091,8 @@ def check_config_files(path: Path, config: Config) -> int:
     for warning in config.accounting_feed.collector_warnings():
         print(f"ispd: {path}: accounting_feed: warning: {warning}", file=sys.stderr)
     if config.dhcp.enabled:
-        for warning in [*config.dhcp.shared_interface_warnings(), *config.dhcp.timer_warnings()]:
+        for warning in [*config.dhcp.shared_interface_warnings(), *config.dhcp.timer_warnings(),
+                        *config.dhcp.pool_router_warnings()]:
             print(f"ispd: {path}: dhcp: warning: {warning}", file=sys.stderr)
     if config.dns.enabled:
         from ispd.dns.service import check_files

@@ -326,6 +326,26 @@ def test_a_dhcp_pool_holding_a_router_another_pool_sends_is_an_error(tmp_path: P
     assert "pool 'b' (198.18.0.30 - 198.18.0.40) includes 198.18.0.30, a router of the subnet" in error_of(path)
 
 
+def test_a_pools_router_outside_its_subnet_is_warned_of(tmp_path: Path) -> None:
+    """The subnet's routers outside the subnet are refused; a pool's (its `routers`, or option 3)
+    were accepted without a word, and its clients got a gateway they cannot reach. A warning: a
+    config that ran must still start."""
+    path = write(tmp_path, '[dhcp]\nenabled = true\ninterfaces = ["eth1"]\n[[dhcp.subnet]]\nnetwork = "198.18.0.0/24"\n'
+                           'routers = ["198.18.0.1"]\n[[dhcp.subnet.pool]]\nname = "a"\n'
+                           'range = "198.18.0.10 - 198.18.0.20"\nrouters = ["198.19.9.9"]\n[[dhcp.subnet.pool]]\n'
+                           'name = "b"\nrange = "198.18.0.30 - 198.18.0.40"\n[[dhcp.subnet.pool.option]]\ncode = 3\n'
+                           'addresses = ["198.18.0.1", "203.0.113.1"]\n[[dhcp.subnet.pool]]\nname = "c"\n'
+                           'range = "198.18.0.50 - 198.18.0.60"\nrouters = ["198.18.0.2"]\n')
+    warnings = load_config(path).dhcp.pool_router_warnings()
+    assert warnings == [
+        "subnet 198.18.0.0/24: pool 'a': router 198.19.9.9 is not inside 198.18.0.0/24: its clients cannot reach "
+        "it; give a router of the subnet",
+        "subnet 198.18.0.0/24: pool 'b': router 203.0.113.1 is not inside 198.18.0.0/24: its clients cannot reach "
+        "it; give a router of the subnet"]
+    checked = subprocess.run([ISPD, "check-config", "-c", str(path)], capture_output=True, text=True)
+    assert checked.returncode == 0 and all(f"dhcp: warning: {warning}" in checked.stderr for warning in warnings)
+
+
 @pytest.mark.parametrize(("relays", "message"), [
     (("198.18.0.2", "198.18.9.9"), "subnet 198.19.0.0/24: relay address 198.18.0.2 is inside subnet 198.18.0.0/24"),
     (("198.18.9.9", "198.18.9.9"), "relay address 198.18.9.9 is listed by subnets 198.18.0.0/24 and 198.19.0.0/24"),

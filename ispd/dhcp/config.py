@@ -509,6 +509,20 @@ class DHCPConfig(Section):
             return lease, renew, rebind, True
         return lease, lease // 2, lease * 7 // 8, False
 
+    def pool_router_warnings(self) -> list[str]:
+        """Routers a pool sends that are not inside its subnet: a client cannot reach a gateway off
+        its link (dhclient's and udhcpc's default route through it fails), so the pool's clients
+        have no way out. The subnet's own and the global routers are refused so; a pool's were not
+        checked, and a config that ran must still start: a warning."""
+        warnings = []
+        for subnet in self.subnet:
+            for pool in subnet.pool:
+                for router in pool.sent_routers() or []:
+                    if router not in subnet.network:
+                        warnings.append(f"subnet {subnet.network}: pool {pool.name!r}: router {router} is not inside "
+                                        f"{subnet.network}: its clients cannot reach it; give a router of the subnet")
+        return warnings
+
     def timer_warnings(self) -> list[str]:
         """Pools (and a subnet's addresses in no pool) whose renew_seconds or rebind_seconds do
         not fit the lease time they get from elsewhere (a subnet's T1 over the section's

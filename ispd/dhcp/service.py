@@ -153,6 +153,8 @@ class DHCPService(Service):
             log.warning("dhcp.subnet.interface_shared", detail=warning)
         for warning in self.config.timer_warnings():
             log.warning("dhcp.pool.timers_ignored", detail=warning)
+        for warning in self.config.pool_router_warnings():
+            log.warning("dhcp.pool.router_off_link", detail=warning)
 
     async def stop(self) -> None:
         if self._socket is not None and self._loop is not None:
@@ -180,6 +182,8 @@ class DHCPService(Service):
             log.warning("dhcp.subnet.interface_shared", detail=warning)
         for warning in new.dhcp.timer_warnings():
             log.warning("dhcp.pool.timers_ignored", detail=warning)
+        for warning in new.dhcp.pool_router_warnings():
+            log.warning("dhcp.pool.router_off_link", detail=warning)
 
     def health(self) -> Health:
         if self._socket is None:
