@@ -2088,6 +2088,8 @@ def check_config_files(path: Path, config: Config) -> int:
 
     for key, _, problem in certificate_problems(config.certificates(), time.time()):
         print(f"ispd: {path}: {key}: warning: {problem}", file=sys.stderr)
+    for warning in config.radius_pool_routers().values():
+        print(f"ispd: {path}: radius: warning: {warning}", file=sys.stderr)
     for warning in config.accounting_feed.collector_warnings():
         print(f"ispd: {path}: accounting_feed: warning: {warning}", file=sys.stderr)
     if config.dhcp.enabled:

@@ -250,6 +250,31 @@ class Config(Section):
             "address_pool": [*radius.address_pool, *added]})})
 
 
+    def radius_pool_routers(self) -> dict[int, str]:
+        """Addresses of RADIUS's own pools that a DHCP pool sends as its router, each with its
+        warning. The subnet's routers there are refused (``_shared_pools``); a pool's were not
+        checked, and a config that ran must still start: RADIUS never gives them instead (a
+        session on the gateway's address cuts that pool's DHCP clients off)."""
+        radius = self.radius
+        if not radius.enabled or not self.dhcp.enabled:
+            return {}
+        dhcp_pools = {p.name for subnet in self.dhcp.subnet for p in subnet.pool}
+        found: dict[int, str] = {}
+        for pool in radius.address_pool:
+            if pool.name in dhcp_pools:
+                continue  # a shared DHCP pool: its own checks keep routers out of it
+            first, last = pool.bounds
+            for subnet in self.dhcp.subnet:
+                for dhcp_pool in subnet.pool:
+                    for router in dhcp_pool.sent_routers() or []:
+                        if first <= int(router) <= last and int(router) not in found:
+                            found[int(router)] = (
+                                f"radius.address_pool {pool.name!r} includes {router}, a router of the DHCP pool "
+                                f"{dhcp_pool.name!r} (subnet {subnet.network}): RADIUS does not give it; leave it "
+                                "out of the range")
+        return found
+
+
 def config_data(value: Any) -> Any:
     """``value`` (a Config, or any part of one) as plain JSON-able data that ``Config.model_validate``
     reads back into an equal config, secrets included (model_dump's JSON mode masks them): what

@@ -7,9 +7,11 @@ when the config is loaded, not discovered as a double-assigned address later.
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 from ispd.config import load_config
+from tests.lab.process import ISPD
 from tests.test_config import error_of, write
 
 DHCP = """
@@ -140,3 +142,21 @@ def test_a_radius_pool_must_not_include_a_router_given_as_option_3(tmp_path: Pat
         path = write(tmp_path, dhcp + RADIUS + radius_pool("bng", "198.18.0.1 - 198.18.0.50") + plan("bng"))
         assert error_of(path) == (f"{path}: radius.address_pool 'bng' includes 198.18.0.1, a router, server or "
                                   "network address of the DHCP subnet 198.18.0.0/24"), where
+
+
+def test_a_radius_pool_holding_a_dhcp_pools_own_router_is_warned_of_and_never_given(tmp_path: Path) -> None:
+    """A subnet's router in a RADIUS pool is refused; a pool's own (its `routers`) was accepted
+    without a word, and RADIUS could give a session the gateway's address. A config that ran
+    must still start: a warning, and RADIUS leaves that address out."""
+    dhcp = DHCP.replace('range = "198.18.0.100 - 198.18.0.199"\n',
+                        'range = "198.18.0.100 - 198.18.0.199"\nrouters = ["198.18.0.1"]\n')
+    path = write(tmp_path, dhcp + RADIUS + radius_pool("bng", "198.18.0.1 - 198.18.0.50") + plan("bng"))
+    config = load_config(path)
+    assert config.radius_pool_routers() == {0xC6120001: (
+        "radius.address_pool 'bng' includes 198.18.0.1, a router of the DHCP pool 'lan' (subnet 198.18.0.0/24): "
+        "RADIUS does not give it; leave it out of the range")}
+    checked = subprocess.run([ISPD, "check-config", "-c", str(path)], capture_output=True, text=True)
+    assert checked.returncode == 0
+    assert "radius: warning: radius.address_pool 'bng' includes 198.18.0.1, a router of the DHCP pool" in checked.stderr
+    # A shared DHCP pool is not RADIUS's own: the DHCP pool's checks keep routers out of it.
+    assert load_config(write(tmp_path, dhcp + RADIUS + plan("lan"))).radius_pool_routers() == {}

@@ -81,8 +81,11 @@ def line_of(calling_station_id: str | None, nas_port_id: str | None) -> tuple[st
 
 
 class AddressPools:
-    def __init__(self, pools: Iterable[tuple[str, int, int]]) -> None:
+    def __init__(self, pools: Iterable[tuple[str, int, int]], unclaimable: Iterable[int] = ()) -> None:
         self.pools = {name: _Pool(name, first, last, first) for name, first, last in pools}
+        # Addresses of the pools never proposed (``Config.radius_pool_routers``: a DHCP pool's
+        # router): a session holding one keeps it, but is not given it again.
+        self.unclaimable = frozenset(unclaimable)
         self.held: dict[int, float] = {}  # address → held until (by anyone: a session, a DHCP client)
         self.claims: dict[int, Claim] = {}  # the addresses this service holds
         self.by_holder: dict[str, int] = {}  # each holder's latest address
@@ -147,10 +150,10 @@ class AddressPools:
         """Addresses of the pool to try, best first, none of them ``reserved`` (for a
         subscriber's fixed address); empty if every one is held."""
         pool = self.pools[pool_name]
-        held = self.held
+        held, unclaimable = self.held, self.unclaimable
         chosen: list[int] = []
         previous = self.by_holder.get(holder)
-        if previous is not None and previous in pool:
+        if previous is not None and previous in pool and previous not in unclaimable:
             claim = self.claims.get(previous)
             if held.get(previous, 0.0) <= now or (claim is not None and claim.holder == holder):
                 chosen.append(previous)
@@ -159,7 +162,7 @@ class AddressPools:
         for _ in range(min(size, MAX_SCAN)):
             if len(chosen) >= CANDIDATES:
                 break
-            if held.get(address, 0.0) <= now and address != previous:
+            if held.get(address, 0.0) <= now and address != previous and address not in unclaimable:
                 chosen.append(address)
             address = address + 1 if address < pool.last else pool.first
         pool.cursor = address
@@ -179,7 +182,8 @@ class AddressPools:
         None: ask the store."""
         address = self.by_holder.get(holder)
         claim = self.claims.get(address) if address is not None else None
-        if address is None or claim is None or claim.holder != holder or claim.expires_at < until:
+        if address is None or claim is None or claim.holder != holder or claim.expires_at < until \
+                or address in self.unclaimable:
             return None
         pool = self.pools.get(pool_name)
         if pool is None or address not in pool:

@@ -322,6 +322,7 @@ class RadiusService(Service):
 
     def __init__(self, config: Config, context: ServiceContext) -> None:
         self.config: RadiusConfig = config.radius
+        self._pool_routers = config.radius_pool_routers()
         self.context = context
         self.metrics = RadiusMetrics()
         self.directory = Directory()
@@ -414,6 +415,8 @@ class RadiusService(Service):
         log.info("radius.started", listen=[f"{kind} {SocketAddress(h, p)}" for kind, h, p in self.bound],
                  clients=len(self.nas.clients), subscribers=len(self.directory.subjects),
                  open_sessions=len(self.sessions))
+        for warning in self._pool_routers.values():
+            log.warning("radius.address_pool.router_excluded", detail=warning)
 
     def _client_of(self, address: str) -> Nas | None:
         return self.nas.find(address)  # (the table of the last reload)
@@ -482,7 +485,7 @@ class RadiusService(Service):
                 self.directory.subjects[subscriber_id].over_quota = True
 
     async def _address_pools(self, config: RadiusConfig) -> AddressPools:
-        pools = AddressPools((p.name, *p.bounds) for p in config.address_pool)
+        pools = AddressPools(((p.name, *p.bounds) for p in config.address_pool), self._pool_routers)
         # (With no pool left, open sessions may still hold addresses of the pools they had.)
         # Ended leases too, oldest first: each line's last address, free now, is its first
         # candidate after a restart or reload as before it (a BNG's redial storm keeps them).
@@ -551,11 +554,16 @@ class RadiusService(Service):
         else:  # tunnels under way finish with the certificate they started with
             self.auth.tunnels.context, self.auth.tunnels.client_context = tunnels.context, tunnels.client_context
         self.auth.eap_methods = new.radius.eap.offered
+        pool_routers = new.radius_pool_routers()
         if old.radius.address_pool != new.radius.address_pool:
+            self._pool_routers = pool_routers
             try:
                 self.addresses = await self._address_pools(new.radius)
             except StoreError as exc:
                 raise ServiceStartError(f"radius: cannot load the address pools' leases: {exc}") from None
+        elif pool_routers != self._pool_routers:
+            self._pool_routers = pool_routers
+            self.addresses.unclaimable = frozenset(pool_routers)
         self.accounting.interim_interval = new.radius.interim_interval_seconds
         self.accounting.forget_clients()
         self.passwords.cache_seconds = new.radius.auth_cache_seconds
@@ -575,6 +583,8 @@ class RadiusService(Service):
             known = None
         self._warn_of_unknown_plans(new.radius, known)
         log.info("radius.reloaded", clients=len(table.clients))
+        for warning in self._pool_routers.values():
+            log.warning("radius.address_pool.router_excluded", detail=warning)
 
     def _warn_of_unknown_plans(self, config: RadiusConfig, known: set[str] | None = None) -> None:
         """A [[radius.plan]] whose name is no plan in the store reaches nobody: a typo, most

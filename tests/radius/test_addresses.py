@@ -215,3 +215,14 @@ def test_a_claim_remembers_whether_every_re_give_named_one_session() -> None:
     pools.reuse(ALICE, "p", T0 + 40, until=T0 + 1800, session_id="s1")
     claim = pools.claim_for("10.0.0.2", 7)
     assert claim is not None and claim.regiven_for == SEVERAL  # once several, until claimed anew
+
+
+def test_unclaimable_addresses_are_never_proposed_nor_given_again() -> None:
+    # A DHCP pool's router inside a RADIUS pool (Config.radius_pool_routers): a session that
+    # held it before keeps it, but a reconnect goes through the store to another address.
+    pools = AddressPools([("p", 0x0A000001, 0x0A000003)], unclaimable=[0x0A000001])
+    assert pools.candidates("p", BOB, T0) == ("10.0.0.2", "10.0.0.3")
+    pools.claimed(session("10.0.0.1", ALICE, T0 + 3600), T0)
+    assert pools.reuse(ALICE, "p", T0 + 10, until=T0 + 1800) is None
+    pools.ended("10.0.0.1")
+    assert "10.0.0.1" not in pools.candidates("p", ALICE, T0 + 20)

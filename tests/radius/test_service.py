@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from ispd.config import Config
+from ispd.dhcp.config import DHCPConfig
 from ispd.events import (
     EventBus,
     SessionStarted,
@@ -1883,5 +1884,27 @@ async def test_the_sessions_of_a_subscriber_deleted_while_ispd_was_down_are_disc
                 await asyncio.sleep(0.5)
                 assert len(nas.requests) == 3 and nas.requests[2].first(Attr.ACCT_SESSION_ID) == b"a1"
             await bus.drain(5)
+    finally:
+        await store.close()
+
+
+async def test_a_dhcp_pools_router_in_a_radius_pool_is_left_out_at_start_and_reload(tmp_path: Path) -> None:
+    """Config.radius_pool_routers (a DHCP pool's own router inside a RADIUS pool, accepted with a
+    warning): the service never proposes it, from the start and after a reload that adds it."""
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    try:
+        radius = _radius_config(3799, plan=[{"plan": "home", "address_pool": "bng"}],
+                                address_pool=[{"name": "bng", "range": "198.18.58.1 - 198.18.58.3"}]).radius
+
+        def with_router(router: str) -> Config:
+            return Config(radius=radius, dhcp=DHCPConfig.model_validate({
+                "enabled": True, "interfaces": ["eth1"], "subnet": [{"network": "198.18.58.0/24", "pool": [
+                    {"name": "lan", "range": "198.18.58.100 - 198.18.58.199", "routers": [router]}]}]}))
+
+        before, after = with_router("198.18.58.1"), with_router("198.18.58.2")
+        async with _running(store, EventBus(), before) as service:
+            assert service.addresses.candidates("bng", "bob", time.time()) == ("198.18.58.2", "198.18.58.3")
+            await service.reload(before, after)
+            assert set(service.addresses.candidates("bng", "bob", time.time())) == {"198.18.58.1", "198.18.58.3"}
     finally:
         await store.close()
