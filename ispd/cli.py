@@ -2094,7 +2094,7 @@ def check_config_files(path: Path, config: Config) -> int:
         print(f"ispd: {path}: accounting_feed: warning: {warning}", file=sys.stderr)
     if config.dhcp.enabled:
         for warning in [*config.dhcp.shared_interface_warnings(), *config.dhcp.timer_warnings(),
-                        *config.dhcp.pool_router_warnings()]:
+                        *config.dhcp.pool_router_warnings(), *config.dhcp.garden_warnings()]:
             print(f"ispd: {path}: dhcp: warning: {warning}", file=sys.stderr)
     if config.dns.enabled:
         from ispd.dns.service import check_files

@@ -346,6 +346,22 @@ def test_a_pools_router_outside_its_subnet_is_warned_of(tmp_path: Path) -> None:
     assert checked.returncode == 0 and all(f"dhcp: warning: {warning}" in checked.stderr for warning in warnings)
 
 
+def test_unknown_clients_sent_to_a_garden_a_subnet_lacks_is_warned_of(tmp_path: Path) -> None:
+    """unknown_clients = "walled-garden" where a subnet has no garden pool: its unknown clients
+    got no address at all, and check-config said ok. A warning (a config that ran must start)."""
+    subnets = "".join(f'[[dhcp.subnet]]\nnetwork = "198.18.{n}.0/24"\n[[dhcp.subnet.pool]]\nname = "p{n}"\n'
+                      f'range = "198.18.{n}.10 - 198.18.{n}.20"\nwalled_garden = {garden}\n'
+                      for n, garden in ((0, "true"), (1, "false")))
+    path = write(tmp_path, f'[dhcp]\nenabled = true\ninterfaces = ["eth1"]\nunknown_clients = "walled-garden"\n{subnets}')
+    [warning] = load_config(path).dhcp.garden_warnings()
+    assert warning == ('subnet 198.18.1.0/24: unknown_clients = "walled-garden", but it has no pool with '
+                       "walled_garden = true: its clients with no reservation get no address at all; add one")
+    checked = subprocess.run([ISPD, "check-config", "-c", str(path)], capture_output=True, text=True)
+    assert checked.returncode == 0 and f"dhcp: warning: {warning}" in checked.stderr
+    served = write(tmp_path, path.read_text().replace('"walled-garden"', '"serve"'))
+    assert load_config(served).dhcp.garden_warnings() == []
+
+
 @pytest.mark.parametrize(("relays", "message"), [
     (("198.18.0.2", "198.18.9.9"), "subnet 198.19.0.0/24: relay address 198.18.0.2 is inside subnet 198.18.0.0/24"),
     (("198.18.9.9", "198.18.9.9"), "relay address 198.18.9.9 is listed by subnets 198.18.0.0/24 and 198.19.0.0/24"),

@@ -523,6 +523,17 @@ class DHCPConfig(Section):
                                         f"{subnet.network}: its clients cannot reach it; give a router of the subnet")
         return warnings
 
+    def garden_warnings(self) -> list[str]:
+        """Subnets with no walled-garden pool while unknown_clients = "walled-garden": their
+        unknown clients get no address at all (dropped as no_pool), which the setting did not ask
+        for. A warning: such a config ran before, and the subnet may serve relays' clients that
+        all have reservations."""
+        if self.unknown_clients != "walled-garden":
+            return []
+        return [f"subnet {subnet.network}: unknown_clients = \"walled-garden\", but it has no pool with "
+                f"walled_garden = true: its clients with no reservation get no address at all; add one"
+                for subnet in self.subnet if not any(pool.walled_garden for pool in subnet.pool)]
+
     def timer_warnings(self) -> list[str]:
         """Pools (and a subnet's addresses in no pool) whose renew_seconds or rebind_seconds do
         not fit the lease time they get from elsewhere (a subnet's T1 over the section's

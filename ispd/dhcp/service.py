@@ -155,6 +155,8 @@ class DHCPService(Service):
             log.warning("dhcp.pool.timers_ignored", detail=warning)
         for warning in self.config.pool_router_warnings():
             log.warning("dhcp.pool.router_off_link", detail=warning)
+        for warning in self.config.garden_warnings():
+            log.warning("dhcp.subnet.no_garden", detail=warning)
 
     async def stop(self) -> None:
         if self._socket is not None and self._loop is not None:
@@ -184,6 +186,8 @@ class DHCPService(Service):
             log.warning("dhcp.pool.timers_ignored", detail=warning)
         for warning in new.dhcp.pool_router_warnings():
             log.warning("dhcp.pool.router_off_link", detail=warning)
+        for warning in new.dhcp.garden_warnings():
+            log.warning("dhcp.subnet.no_garden", detail=warning)
 
     def health(self) -> Health:
         if self._socket is None:
