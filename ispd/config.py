@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import ipaddress
 import json
 import os
 import re
@@ -95,6 +96,13 @@ class Config(Section):
         seen: list[tuple[str, str, Any]] = []
         for transport, key, addresses in self._listeners():
             for address in addresses:
+                mapped = ipaddress.ip_address(address.host.partition("%")[0])
+                if isinstance(mapped, ipaddress.IPv6Address) and mapped.ipv4_mapped is not None:
+                    # Every IPv6 listener is IPv6-only (IPV6_V6ONLY): its bind failed at start,
+                    # "Invalid argument", after check-config said the file was fine.
+                    raise ValueError(f"{key}: [{address.host}]:{address.port} is IPv4-mapped IPv6, which an IPv6 "
+                                     f"listener cannot take (each is IPv6-only): write "
+                                     f"{mapped.ipv4_mapped}:{address.port}")
                 if address.port == 0:  # any free port: never the same
                     continue
                 for other_transport, other_key, other in seen:

@@ -453,6 +453,18 @@ def test_two_listeners_on_one_address_are_an_error_before_the_start(tmp_path: Pa
     assert message in error_of(path)
 
 
+@pytest.mark.parametrize(("text", "message"), [
+    ('[metrics]\nlisten = "[::ffff:127.0.0.1]:20999"\n',
+     "metrics.listen: [::ffff:7f00:1]:20999 is IPv4-mapped IPv6, which an IPv6 listener cannot take (each is "
+     "IPv6-only): write 127.0.0.1:20999"),
+    ('[dns]\nenabled = true\nlisten = ["[::ffff:198.18.0.53]:0"]\n', "write 198.18.0.53:0"),
+])
+def test_an_ipv4_mapped_listen_address_is_an_error_before_the_start(tmp_path: Path, text: str, message: str) -> None:
+    """An IPv6 listener is IPv6-only: `ispd run` failed with "cannot listen on [::ffff:7f00:1]:20999:
+    Invalid argument" after check-config said ok."""
+    assert message in error_of(write(tmp_path, text))
+
+
 def test_one_port_for_a_tcp_and_a_udp_service_is_fine(tmp_path: Path) -> None:
     path = write(tmp_path, '[dns]\nenabled = true\nlisten = ["127.0.0.1:5300"]\n[radius]\nenabled = true\n'
                            'listen_auth = ["127.0.0.1:8740"]\nlisten_acct = ["127.0.0.2:5300"]\n'
