@@ -77,10 +77,14 @@ async def serve_dns_stream(reader: asyncio.StreamReader, writer: asyncio.StreamW
             if not await caught_up(writer, idle_seconds):
                 stalled = True
                 return
-    except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
-        pass
     except ssl.SSLError:  # DoT: a TLS record that does not decrypt, or another TLS alert
         stats.bad_requests += 1
+    except (asyncio.IncompleteReadError, OSError):
+        # The client went (EOF, a reset, the idle time), or its connection failed another way:
+        # EHOSTUNREACH when its host went off line with replies unacknowledged and a router
+        # said so. Not only ConnectionError: a plain TCP connection's handler let that one out,
+        # and asyncio logged it as an error ("Task exception was never retrieved").
+        pass
     finally:
         if stalled:  # a close would wait for a flush that never comes
             writer.transport.abort()

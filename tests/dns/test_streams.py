@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import os
 import socket
 import struct
 import types
@@ -430,3 +432,43 @@ async def test_the_queries_of_a_connection_cut_off_for_unread_replies_are_cancel
         client.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_tcp_connection_that_fails_with_no_route_to_its_client_ends_quietly() -> None:
+    """A subscriber's host goes off line with a reply unacknowledged, and a router answers the
+    retransmissions with "host unreachable": the read fails with EHOSTUNREACH, an OSError that
+    is no ConnectionError. The handler let it out, and asyncio logged "Task exception was never
+    retrieved" at error level for an everyday event (DoT's listener caught it)."""
+    stats = TransportStats()
+    config = SimpleNamespace(tcp_idle_seconds=5, tcp_max_pipelined=10,
+                             resolver=SimpleNamespace(request_timeout_seconds=1))
+    service = SimpleNamespace(transport_stats={"tcp": stats}, _tcp_gate=ConnectionGate(10, 10, stats),
+                              _tcp_streams={}, _tcp_answerer=SlowAnswers(), config=config)
+    outcome: list[BaseException | None] = []
+    started = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        started.set()
+        asyncio.get_running_loop().call_later(0.05, reader.set_exception,
+                                              OSError(errno.EHOSTUNREACH, os.strerror(errno.EHOSTUNREACH)))
+        try:
+            await DNSService._serve_tcp(service, reader, writer)  # type: ignore[arg-type]
+        except BaseException as exc:  # (what the task would have been left with)
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        _, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+        await asyncio.wait_for(started.wait(), 5)
+        for _ in range(100):
+            if outcome:
+                break
+            await asyncio.sleep(0.05)
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert outcome == [None]
+    assert service._tcp_gate.total == 0 and not service._tcp_streams
