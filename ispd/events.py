@@ -405,6 +405,22 @@ class EventBridge:
             self._ready.clear()
         return batch
 
+    def put_back(self, batch: list[dict[str, Any]]) -> None:
+        """A batch taken that could not be delivered, to go first next time (the newest
+        ``MAX_QUEUED`` kept)."""
+        self.outbox[:0] = batch
+        if len(self.outbox) > self.MAX_QUEUED:
+            excess = len(self.outbox) - self.MAX_QUEUED
+            del self.outbox[:excess]
+            self.dropped += excess
+        if self.outbox:
+            self._ready.set()
+
+    def forget(self) -> None:
+        """What waits goes: the other process starts afresh, from the store."""
+        self.outbox.clear()
+        self._ready.clear()
+
     async def wait_and_take(self, wait_seconds: float, limit: int = 1000) -> list[dict[str, Any]]:
         """What there is to send, waiting up to ``wait_seconds`` for something (a long poll)."""
         if not self.outbox:

@@ -35,8 +35,10 @@ audit log (``events.BRIDGED_EVENTS``: leases and RADIUS sessions) are bridged. T
 long-polls the worker for what its bus published (``worker.events.take``: RADIUS's addresses
 reach DHCP and DNS at once) and sends it what the main bus published
 (``worker.events.deliver``: DHCP's leases reach RADIUS's view of a shared pool); an event that
-came across is not sent back. While a worker is down its events wait in a bounded outbox and the
-main process's are dropped (a worker loads its state from the store when it starts). The store's
+came across is not sent back. While a worker is down its events wait in a bounded outbox, and so
+do the main process's from the moment a new worker is started (what came before is in the store,
+which it reads as it starts; what comes after, until its control socket opens, would be heard
+nowhere). The store's
 audit log a worker started again reads from where the last one was (as of its last health
 report, so a few seconds may be announced twice), not from its end: a change made while no worker
 ran (a plan changed, whose CoA the open sessions need) is not skipped.
@@ -204,6 +206,9 @@ class WorkerService(Service):
 
     async def _spawn(self) -> None:
         self._ready = False
+        # What our bus published until now is in the store, which the new worker reads as it
+        # starts; what it publishes from now on waits for the worker to be ready (_push_events).
+        self.bridge.forget()
         self._write_snapshot(self.config)
         read_end, write_end = os.pipe()
         handed = ["--handed-files", str(self.handed_path)] if self.handed is not None else []
@@ -394,7 +399,16 @@ class WorkerService(Service):
                 continue
             try:
                 await self.request("worker.events.deliver", {"events": batch}, wait=QUICK_REQUEST_SECONDS)
-            except CommandError as exc:  # the worker reloads from the store when it is back
+            except CommandError as exc:
+                if not self.up and not self._stopping:
+                    # Down or starting: it reads the store first and opens its control socket
+                    # last, so what came between was neither read nor deliverable. Dropped, a
+                    # lease granted then was never heard there (its name NXDOMAIN from that
+                    # process until a renewal). Kept for it (_spawn forgets what it will read).
+                    self.bridge.put_back(batch)
+                    await asyncio.sleep(EVENT_RETRY_SECONDS)
+                    continue
+                # Up, yet it did not take them (it died just now: it reads the store when it is back).
                 log.debug("worker.events.undelivered", worker=self.name, events=len(batch), error=str(exc))
 
     # --- watching it

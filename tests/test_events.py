@@ -1,9 +1,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import pytest
 import structlog
 import structlog.testing
 
@@ -250,3 +254,45 @@ async def test_an_outbox_nobody_empties_keeps_the_newest() -> None:
     detach()
     bus.publish(LeaseEnded(at=9.0, address="198.18.0.9", reason="expired"))
     assert bridge.take() == []
+
+
+async def test_events_a_starting_worker_cannot_take_yet_wait_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker started again reads the store, then opens its control socket: a lease granted in
+    between was in neither, and its delivery, refused, was dropped. The worker's DNS process
+    never had the name (NXDOMAIN for the clients the kernel sent to it, until a renewal)."""
+    import ispd.workers
+    from ispd.control import CommandError
+    from ispd.workers import WorkerService
+
+    monkeypatch.setattr(ispd.workers, "EVENT_RETRY_SECONDS", 0.01)
+    monkeypatch.setattr(ispd.workers, "EVENT_POLL_SECONDS", 0.05)
+    bus = EventBus()
+    worker = WorkerService.__new__(WorkerService)
+    worker.name, worker._stopping, worker._ready = "dns.2", False, False
+    worker.proc = SimpleNamespace(returncode=None)  # type: ignore[assignment]
+    worker.bridge = EventBridge(bus)
+    worker.bridge.attach()
+    delivered: list[Any] = []
+
+    async def request(command: str, args: dict[str, Any] | None = None, *, wait: float = 120.0) -> Any:
+        if not worker._ready:  # its control socket is not open yet
+            raise CommandError("cannot reach the ispd daemon: Connection refused")
+        delivered.extend(item["address"] for item in (args or {})["events"])
+        return len((args or {})["events"])
+
+    worker.request = request  # type: ignore[method-assign]
+    pushing = asyncio.ensure_future(worker._push_events())
+    try:
+        bus.publish(LeaseGranted(at=1.0, address="198.18.0.100", hostname="laptop", expires_at=3600.0))
+        await asyncio.sleep(0.1)  # refused meanwhile
+        worker._ready = True  # its control socket is open
+        for _ in range(100):
+            if delivered:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        worker._stopping = True
+        pushing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pushing
+    assert delivered == ["198.18.0.100"]
