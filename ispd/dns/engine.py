@@ -739,6 +739,13 @@ class DNSEngine:
                 return resolution
             return replace(resolution, answer=[rr for rr in resolution.answer
                                                if rr.rtype != RRType.AAAA or dns64.counts(rr.rdata)])
+        if own and not counted:
+            # RFC 6147 §5.1.4: AAAA records only in the excluded ranges are "treated as though the
+            # AAAA containing them were an empty answer", also when no record can be made (no A
+            # records, or none the prefix may embed): an IPv6-only client cannot reach
+            # ::ffff:a.b.c.d. Not signed as it stands any more: no AD.
+            resolution = replace(resolution, answer=chain, security=Security.INSECURE
+                                 if resolution.security == Security.SECURE else resolution.security)
         if stale_ttl is not None:
             ipv4 = (self.resolver.stale_resolution(end, RRType.A, stale_ttl)
                     or Resolution(RCode.SERVFAIL, [], failure="no stale A records"))

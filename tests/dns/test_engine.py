@@ -625,6 +625,29 @@ async def test_a_prefetch_of_a_made_answer_renews_its_a_records_too(env: Env) ->
     assert ("v4only.example.test.", "A") in env.net.names_sent()
 
 
+async def test_dns64_never_hands_out_excluded_aaaa_records_even_when_it_can_make_none(env: Env) -> None:
+    """RFC 6147 §5.1.4: AAAA records only in the excluded ranges are treated as an empty answer.
+    From a review: when no record could be made instead (no A records, or none the prefix may
+    embed: the well-known prefix and a non-global address), the IPv4-mapped records went to the
+    IPv6-only client as they were, directly and at a CNAME's end."""
+    with_dns64(env)
+    zone = env.net.zone("example.test.")
+    for line in ("mappedonly 3600 AAAA ::ffff:192.0.2.10", "toexcluded 3600 CNAME mappedonly",
+                 "private 3600 AAAA ::ffff:10.0.0.1", "private 3600 A 10.0.0.1"):
+        for rrset in load_zone_text(f"$ORIGIN example.test.\n@ SOA ns hm 1 1 1 1 1\n{line}\n",
+                                    "example.test.").rrsets(N(line.split()[0] + ".example.test.")).values():
+            for record in rrset:
+                zone.add(record)
+    alone = await env.ask_message(query("mappedonly.example.test.", RRType.AAAA))
+    assert alone.rcode == RCode.NOERROR and aaaa_values(alone) == []
+    chained = await env.ask_message(query("toexcluded.example.test.", RRType.AAAA))
+    assert chained.rcode == RCode.NOERROR and aaaa_values(chained) == []
+    assert [RRType(rr.rtype).name for rr in chained.answer] == ["CNAME"]
+    env.engine.dns64 = DNS64(IPv6Network("64:ff9b::/96"))  # embeds no 10.0.0.1
+    private = await env.ask_message(query("private.example.test.", RRType.AAAA))
+    assert private.rcode == RCode.NOERROR and aaaa_values(private) == []
+
+
 async def test_dns64_synthesize_all_replaces_real_aaaa_records(env: Env) -> None:
     with_dns64(env, synthesize_all=True)
     assert aaaa_values(await env.ask_message(query("www.example.test.", RRType.AAAA))) == ["2001:db8:64::c000:250"]
