@@ -670,7 +670,8 @@ class DNSEngine:
         now = self.clock()
         if not self.answers.limits.stale_seconds or self.answers.get_stale(key, now) is not None:
             return failed
-        stale = self.resolver.stale_resolution(question.key_name, question.qtype, self.stale_answer_ttl)
+        stale = self.resolver.stale_resolution(question.key_name, question.qtype, self.stale_answer_ttl,
+                                               self._rewritten(key))
         if stale is None:
             return failed
         self.stats.stale_answers += 1
@@ -700,9 +701,10 @@ class DNSEngine:
             target = dns64.reverse_target(question.key_name)
         if target is None:
             return await self.resolver.resolve(question.key_name, question.qtype, refresh=refresh,
-                                               past_limit=past_limit)
+                                               past_limit=past_limit, stop_at=self._rewritten(key))
         # DNS64's reverse mapping (RFC 6147 §5.3.1): the IPv4 address's PTR, through a CNAME.
-        mapped = await self.resolver.resolve(target, RRType.PTR, refresh=refresh, past_limit=past_limit)
+        mapped = await self.resolver.resolve(target, RRType.PTR, refresh=refresh, past_limit=past_limit,
+                                             stop_at=self._rewritten(key))
         cname = RR(question.key_name, RRType.CNAME, CLASS_IN, DNS64_NEGATIVE_TTL, target)
         security = Security.BOGUS if mapped.security == Security.BOGUS else Security.INSECURE
         return Resolution(mapped.rcode, [cname, *mapped.answer], mapped.authority, mapped.failure,
@@ -746,13 +748,17 @@ class DNSEngine:
             # ::ffff:a.b.c.d. Not signed as it stands any more: no AD.
             resolution = replace(resolution, answer=chain, security=Security.INSECURE
                                  if resolution.security == Security.SECURE else resolution.security)
+        rewritten = self._rewritten(key)
+        if end != name and rewritten(end):
+            return resolution  # the chain stops there: the policy answers for that name
         if stale_ttl is not None:
-            ipv4 = (self.resolver.stale_resolution(end, RRType.A, stale_ttl)
+            ipv4 = (self.resolver.stale_resolution(end, RRType.A, stale_ttl, rewritten)
                     or Resolution(RCode.SERVFAIL, [], failure="no stale A records"))
         else:
             try:
                 async with asyncio.timeout(self.request_timeout):
-                    ipv4 = await self.resolver.resolve(end, RRType.A, past_limit=past_limit, refresh=refresh)
+                    ipv4 = await self.resolver.resolve(end, RRType.A, past_limit=past_limit, refresh=refresh,
+                                                       stop_at=rewritten)
             except TimeoutError:
                 ipv4 = Resolution(RCode.SERVFAIL, [], failure="timed out")
         if ipv4.rcode == RCode.SERVFAIL or ipv4.security == Security.BOGUS:
@@ -797,6 +803,20 @@ class DNSEngine:
             return rest if rest.security == Security.BOGUS else replace(rest, security=Security.UNCHECKED)
         return replace(resolution, answer=[*before, *resolution.answer]) if before else resolution
 
+    def _rewritten(self, key: bytes) -> Callable[[bytes], bool]:
+        """Whether the policy answers for a CNAME target met by a resolution under ``key`` (the
+        client's view is in it): the resolver then stops there (``_police_chain`` cuts the chain
+        at that name), as Unbound does, rather than ask the blocked name's servers - which
+        would learn who looks it up, and whose timeouts the client would wait for (past the
+        request timeout: SERVFAIL, the policy's answer lost with the chain)."""
+        view = answer_variant(key) & VARIANT_VIEW if key else 0
+        lookup = self.policy_lookup
+
+        def rewritten(name: bytes) -> bool:
+            hit = lookup(name, view)
+            return hit is not None and hit.action not in (PolicyAction.PASSTHRU, PolicyAction.TCP_ONLY)
+        return rewritten
+
     def _chain_policy(self, resolution: Resolution, key: bytes) -> PolicyAction | None:
         """The action of the policy that cut the chain of ``resolution`` (policed under ``key``)
         at a target, as ``_policy_answer`` counted it; None: none did."""
@@ -839,7 +859,7 @@ class DNSEngine:
                     return Resolution(RCode.NOERROR, chain)
                 try:
                     async with asyncio.timeout(self.request_timeout):
-                        rest = await self.resolver.resolve(name, qtype)
+                        rest = await self.resolver.resolve(name, qtype, stop_at=self._rewritten(key))
                 except TimeoutError:
                     rest = Resolution(RCode.SERVFAIL, [], failure="timed out")
                 dns64 = self._dns64_for(key)

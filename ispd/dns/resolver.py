@@ -557,23 +557,26 @@ class Resolver:
 
     async def resolve(self, name: bytes, qtype: int, *, trace: Callable[[str], None] | None = None,
                       budget: Budget | None = None, depth: int = 0, refresh: bool = False,
-                      validate: bool = True, past_limit: bool = False) -> Resolution:
+                      validate: bool = True, past_limit: bool = False,
+                      stop_at: Callable[[bytes], bool] | None = None) -> Resolution:
         """Answer (name, type) in class IN, following CNAMEs and DNAMEs (RFC 1034 §4.3.2).
         ``refresh`` (a prefetch) asks upstream for the names of the answer even while the cache
         still holds them; delegations still come from the cache. ``validate=False`` leaves the
         DNSSEC verdict to the caller (the validator's own questions). ``past_limit``: the zone
-        rate limit let this question through already."""
+        rate limit let this question through already. ``stop_at``: the chain is not followed to
+        a target it is true for (one the policy rewrites): the resolution ends, NOERROR, with
+        the CNAME to it, and that name is never asked of its servers."""
         budget = budget or Budget(self.settings.max_queries_per_request, trace, past_limit)
         if self._forward_first and _FAILED_FORWARDING.get() is None:
             token = _FAILED_FORWARDING.set(set())
             try:
-                return await self._resolve_chain(name, qtype, budget, depth, refresh, validate)
+                return await self._resolve_chain(name, qtype, budget, depth, refresh, validate, stop_at)
             finally:
                 _FAILED_FORWARDING.reset(token)
-        return await self._resolve_chain(name, qtype, budget, depth, refresh, validate)
+        return await self._resolve_chain(name, qtype, budget, depth, refresh, validate, stop_at)
 
     async def _resolve_chain(self, name: bytes, qtype: int, budget: Budget, depth: int, refresh: bool,
-                             validate: bool) -> Resolution:
+                             validate: bool, stop_at: Callable[[bytes], bool] | None = None) -> Resolution:
         validator = self.validator if validate else None
         security = Security.SECURE if validator is not None else Security.UNCHECKED
         ede = -1
@@ -605,6 +608,10 @@ class Resolver:
             proofs.extend(outcome.proof)
             if outcome.next_name in seen:
                 return Resolution(RCode.SERVFAIL, chain, failure="CNAME loop")
+            if stop_at is not None and stop_at(outcome.next_name):
+                if budget.trace is not None:
+                    _trace(budget, f"not following the chain to {name_to_text(outcome.next_name)}: policy")
+                return Resolution(RCode.NOERROR, chain, security=security, ede=ede, zone=outcome.zone)
             seen.add(outcome.next_name)
             current = outcome.next_name
             if budget.trace is not None:
@@ -645,13 +652,14 @@ class Resolver:
                                "iterating from the root")
         return await self._iterate(name, qtype, budget, depth)
 
-    def stale_resolution(self, name: bytes, qtype: int, stale_ttl: int) -> Resolution | None:
+    def stale_resolution(self, name: bytes, qtype: int, stale_ttl: int,
+                         stop_at: Callable[[bytes], bool] | None = None) -> Resolution | None:
         """RFC 8767 from the RRset cache: the answer that its entries, expired ones within
         ``stale_seconds`` included, still make for (name, type) - CNAME and DNAME chains followed,
         NXDOMAIN and NODATA too - every TTL ``stale_ttl``; None when they do not make a whole
         one. For when resolving failed and the answer cache holds no expired reply to serve in
         its place: the question was answered before only to queries with other DNSSEC bits, or
-        a reload has emptied the answer cache."""
+        a reload has emptied the answer cache. ``stop_at``: as for ``resolve``."""
         now = self.clock()
         validating = self.validator is not None
         security = Security.SECURE if validating else Security.UNCHECKED
@@ -666,7 +674,8 @@ class Resolver:
             if validating and outcome.security < security:
                 security, ede = outcome.security, outcome.ede
             chain.extend(outcome.records)
-            if outcome.step == Step.CNAME:
+            stopped = outcome.step == Step.CNAME and stop_at is not None and stop_at(outcome.next_name)
+            if outcome.step == Step.CNAME and not stopped:
                 if outcome.next_name in seen:
                     return None
                 seen.add(outcome.next_name)

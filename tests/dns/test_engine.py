@@ -1252,8 +1252,35 @@ async def test_policy_applies_to_the_targets_of_a_chain(policed: Env) -> None:
     assert [(rr.name, rr.rtype) for rr in reply.answer] == [(N("to-test.other.example."), RRType.CNAME),
                                                           (N("alias.example.test."), RRType.A)]
     assert addresses(reply) == ["10.10.10.10"]
-    # The chain is resolved first and cut afterwards: the policed name was still asked upstream
-    # (as BIND does with its default qname-wait-recurse).
+
+
+async def test_a_policed_target_of_a_chain_is_never_asked_of_its_servers(policed: Env) -> None:
+    """From a bug hunt: the chain was resolved to its end and cut afterwards, so the servers of
+    a blocked name (a malware domain's, a tracker's behind CNAME cloaking) still heard each
+    subscriber who reached it through a CNAME - the query name itself never is asked - and
+    when they did not answer, the client waited for their timeouts: past the request timeout,
+    SERVFAIL, the policy's answer lost with the chain. Unbound stops at such a target."""
+    policed.net.zone("other.example.").add(
+        _record("to-test.other.example.", RRType.CNAME, N("alias.example.test.")))
+    policed.net.zone("other.example.").add(
+        _record("to-nx.other.example.", RRType.CNAME, N("nx.example.test.")))
+    reply = await policed.ask_message(query("to-test.other.example."))
+    assert addresses(reply) == ["10.10.10.10"]
+    nx = await policed.ask_message(query("to-nx.other.example."))
+    assert nx.rcode == RCode.NXDOMAIN and [rr.rtype for rr in nx.answer] == [RRType.CNAME]
+    with_dns64(policed)  # nor the A question DNS64 asks for the chain's end
+    aaaa = await policed.ask_message(query("to-nx.other.example.", RRType.AAAA))
+    assert aaaa.rcode == RCode.NXDOMAIN
+    sent = [name for name, _ in policed.net.names_sent()]
+    assert "alias.example.test." not in sent and "nx.example.test." not in sent
+    assert not any(name.endswith("example.test.") for name in sent)
+    # The servers of the blocked names' zone do not answer: the policy's answer all the same.
+    for address in (EXAMPLE_TEST_1, EXAMPLE_TEST_2):
+        policed.net.misbehave(address, handler=lambda message, reply: None)
+    policed.net.zone("other.example.").add(
+        _record("to-drop.other.example.", RRType.CNAME, N("gone.example.test.")))
+    dropped = await policed.ask_message(query("to-drop.other.example."))
+    assert dropped.rcode == RCode.NOERROR and addresses(dropped) == ["10.10.10.10"]
 
 
 async def test_a_chain_cut_by_the_policy_counts_as_a_hit_for_each_query_from_the_cache_too(policed: Env) -> None:
