@@ -264,8 +264,12 @@ class ServerState:
     def timeout(self, settings: ResolverSettings) -> float:
         # RFC 6298's RTO once there is a sample, floored before it backs off (§2.4, §5.5): a
         # server measured at 2 ms waited 50 ms five times over, the doubling lost under the floor.
+        return min(settings.max_timeout, self.rto(settings) * (1 << self.timeouts))
+
+    def rto(self, settings: ResolverSettings) -> float:
+        """The wait before any backing off."""
         base = self.srtt + 4 * self.rttvar if self.samples else settings.initial_timeout
-        return min(settings.max_timeout, max(settings.min_timeout, base) * (1 << self.timeouts))
+        return max(settings.min_timeout, base)
 
 
 @dataclass(slots=True)
@@ -1111,8 +1115,20 @@ class Resolver:
             started = self.clock()
             # The query but its ID and the case of its name (0x20), which a shared reply matched.
             key = (address, tcp, qname, query[2:12] + query[12 + len(send_name):])
+            sending = key not in self._exchanges
             try:
                 data, joined = await self._exchange(key, address, query, tcp, state, zone, budget)
+            except asyncio.CancelledError:
+                # The client's request timeout ended the wait: past the server's RTO, that is a
+                # timeout all the same. Left uncounted, a dead server whose backed-off wait
+                # outlasts the request timeout (request_timeout_seconds under
+                # upstream_timeout_max_seconds) was never marked down: every new name of its
+                # zone waited the whole request timeout for it, and got SERVFAIL.
+                if sending and not tcp and self.clock() - started >= min(state.rto(self.settings),
+                                                                         self.settings.max_timeout):
+                    relaxed = minimised and self.settings.qname_minimisation == "relaxed"
+                    self.infra.record_failure(address, self.clock(), None if relaxed else qtype)
+                raise
             except UpstreamError as exc:
                 if exc.kind == _JOINED:  # the query that was sent counted and recorded its failure
                     if budget.trace is not None:

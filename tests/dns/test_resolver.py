@@ -750,6 +750,37 @@ async def test_a_zone_whose_servers_are_all_down_fails_at_once_but_for_a_probe(n
     assert values(await ask(resolver, "www.alldead.test.")) == ["192.0.2.50"]
 
 
+async def test_a_wait_the_request_timeout_ends_counts_as_a_timeout(net: FakeNet, resolver: Resolver,
+                                                                   clock: FakeClock) -> None:
+    """From a bug hunt: with request_timeout_seconds under the backed-off upstream wait, the
+    client's timeout cancelled each wait for a dead server before it was counted, so the server
+    was never marked down: every new name of its zone waited the whole request timeout (live:
+    n1..n9.alldead.test, 1.04 s each with request_timeout_seconds = 1) and got SERVFAIL. A wait
+    past the server's RTO is a timeout, whoever ends it."""
+    exchange, never = net.exchange, asyncio.Event()
+
+    async def hanging(address: str, query: bytes, **kwargs: Any) -> bytes:
+        if address in (ALLDEAD_1, ALLDEAD_2):
+            clock.advance(0.45)  # past the RTO (0.4 s), short of the backed-off wait (0.8 s)
+            await never.wait()
+        return await exchange(address, query, **kwargs)
+
+    net.exchange = hanging  # type: ignore[method-assign]
+    cut_short = 0
+    for i in range(12):
+        try:
+            async with asyncio.timeout(0.05):  # the client's request timeout
+                result = await ask(resolver, f"n{i}.alldead.test.")
+        except TimeoutError:
+            cut_short += 1
+            continue
+        assert result.rcode == RCode.SERVFAIL and "down" in (result.failure or "")
+        break
+    else:
+        raise AssertionError("every name waited for the dead servers until the request timeout")
+    assert cut_short <= 8  # three each, then down (and a probe of each, due at once)
+
+
 async def test_servers_that_drop_one_kind_of_question_stay_up_for_the_others(net: FakeNet, resolver: Resolver,
                                                                              clock: FakeClock) -> None:
     """A server that drops TXT (RFC 8906's unknown-type troubles, a rate limit) is down for TXT
