@@ -30,8 +30,9 @@ reloading  (SIGHUP) RELOADING=1; the file is read and validated again. An invali
            service that refuses its change keeps its old config. [store] and
            ``daemon.control_socket`` changes need a restart.
            READY=1 again at the end, whatever happened.
-stopping   (SIGTERM, SIGINT) STOPPING=1; each service's ``stop()`` (stop accepting, drain) in
-           reverse order, all bounded together by ``shutdown_grace_seconds``; then every exit
+stopping   (SIGTERM, SIGINT) a reload under way is cut short (no READY=1 after it); STOPPING=1;
+           each service's ``stop()`` (stop accepting, drain) in reverse order, all bounded
+           together by ``shutdown_grace_seconds``; then every exit
            stack unwinds (services take their control commands back), the control socket
            closes (its file removed), the bus drains and the store closes. Exit 0 when the
            drain finished in time, 1 when the grace ran out and work was cut off.
@@ -154,6 +155,7 @@ class Supervisor:
         # it is now (a renewal written but not yet loaded, or one whose reload was refused).
         self._served_certificates: dict[Path, tuple[str, CertificateValidity | None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self._reloads: set[asyncio.Task[Any]] = set()  # under way or waiting for the one under way
         self.store: Store | None = None
         self.bus = EventBus()
         self.registry = CollectorRegistry(auto_describe=True)
@@ -219,8 +221,9 @@ class Supervisor:
             self.notifier.ready(self._status_line())
             log.info("daemon.ready", services=sorted(self.running))
             if self._reload_pending:
-                self._spawn(self.reload())
+                self._spawn_reload()
             await stop_requested
+            await self._end_reloads()
             code = await self._shutdown()
             return 1 if self._lock_lost else code
         finally:
@@ -570,12 +573,30 @@ class Supervisor:
         if not self.ready:
             self._reload_pending = True  # applied once serving
             return
-        self._spawn(self.reload())
+        self._spawn_reload()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def _spawn_reload(self) -> None:
+        task = asyncio.ensure_future(self.reload())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def _end_reloads(self) -> None:
+        """A stop cuts short the reloads under way (a service slow to take its change, a worker
+        starting) and waits for them to unwind before the services stop: left running, one went on
+        beside the shutdown and, cancelled as the services closed, sent READY=1 after STOPPING=1
+        or died on a listener closed under it."""
+        reloads = list(self._reloads)
+        for task in reloads:
+            task.cancel()
+        if reloads:  # (bounded: one that ignored its cancellation must not hold the stop up)
+            await asyncio.wait(reloads, timeout=self.config.daemon.shutdown_grace_seconds)
 
     def _start_watchdog(self) -> None:
         interval = watchdog_interval()
@@ -682,8 +703,10 @@ class Supervisor:
                 log.exception("config.reload.failed")
                 return False
             finally:
-                outcome = self._reload_outcome
-                self.notifier.ready(f"{outcome}; {self._status_line()}" if outcome else self._status_line())
+                # Never a READY=1 after STOPPING=1: a stop cuts a reload short (_end_reloads).
+                if not self._stop_requested.is_set():
+                    outcome = self._reload_outcome
+                    self.notifier.ready(f"{outcome}; {self._status_line()}" if outcome else self._status_line())
 
     async def _apply_reload(self) -> bool:
         try:

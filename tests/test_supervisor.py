@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
 import sqlite3
 import threading
@@ -510,3 +511,42 @@ async def test_a_standby_refuses_to_take_over_a_store_a_newer_ispd_migrated_mean
         conn.execute("INSERT INTO schema_migrations (version, name, applied_at) VALUES (99, 'future', 0)")
     assert await asyncio.wait_for(task, 10) == 1
     assert sum("READY=1" in sent for sent in notifier.sent) == 1  # never serving
+
+
+async def test_a_term_during_a_reload_ends_it_and_sends_no_ready_after_stopping(tmp_path: Path) -> None:
+    """SIGTERM while a reload is under way (a service slow to take its change, or a worker
+    starting): the stop cancels the reload and waits for it, and systemd never hears READY=1
+    after STOPPING=1. The reload ran on in the background and, cancelled as the services closed,
+    sent READY=1 after STOPPING=1, or died with "Task exception was never retrieved" on a
+    listener closed under it."""
+    config_path = tmp_path / "ispd.toml"
+    config_path.write_text(f'[daemon]\ncontrol_socket = "{tmp_path / "control.sock"}"\n'
+                           f'[store]\npath = "{tmp_path / "s.db"}"\n'
+                           '[metrics]\nlisten = "127.0.0.1:0"\n')
+    notifier = RecordingNotifier()
+    supervisor = Supervisor(config_path, config_for(tmp_path), notifier)
+    task = asyncio.create_task(supervisor.run())
+    await asyncio.wait_for(notifier.ready_event.wait(), READY_WITHIN)
+    reloading, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def slow_reload(old: Config, new: Config) -> None:
+        reloading.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    supervisor.running["metrics"].service.reload = slow_reload  # type: ignore[method-assign]
+    unhandled: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, context: unhandled.append(context))
+    supervisor._hangup()
+    await asyncio.wait_for(reloading.wait(), 10)
+    supervisor.request_stop()
+    assert await asyncio.wait_for(task, 10) == 0
+    assert cancelled.is_set()
+    stopping = notifier.sent.index(("STOPPING=1",))
+    assert not [fields for fields in notifier.sent[stopping:] if "READY=1" in fields]
+    await asyncio.sleep(0)
+    gc.collect()  # a task that died with an exception nobody took says so as it goes
+    assert unhandled == []
