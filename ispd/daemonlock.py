@@ -39,6 +39,12 @@ class DaemonLockError(Exception):
         self.held_by, self.in_use, self.holder = held_by, in_use, holder
 
 
+# The lock files this process has written its PID into. Its own PID found in one of those is its
+# own; in any other it is a previous life's that had the same PID: in a container the daemon is
+# PID 1 (or another fixed low PID) at every start, so "not my PID" hid every kill -9 there.
+_WRITTEN_BY_THIS_PROCESS: set[Path] = set()
+
+
 def lock_path(store_path: Path) -> Path:
     """Beside the store's real file: two configs that name it by different paths (a symlink, a
     symlinked directory, relative and absolute) must meet at one lock."""
@@ -73,9 +79,11 @@ class DaemonLock:
                     holder, in_use=True) from None
             _own_like_its_directory(fd, self.path)
             previous = _read_pid(fd)
-            self.previous_holder = previous if previous != os.getpid() else None
+            ours = previous == os.getpid() and self.path in _WRITTEN_BY_THIS_PROCESS
+            self.previous_holder = None if ours else previous
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            _WRITTEN_BY_THIS_PROCESS.add(self.path)
         except BaseException:
             os.close(fd)
             raise

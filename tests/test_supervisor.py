@@ -306,6 +306,29 @@ def test_the_lock_is_the_store_files_whatever_path_names_it(tmp_path: Path) -> N
         first.release()
 
 
+def test_a_lock_left_by_a_killed_daemon_that_had_this_pid_is_found(tmp_path: Path) -> None:
+    """In a container the daemon is PID 1 at every start: the lock file a kill -9 left names the
+    PID the next start has, and "not my own PID" took it for this process's and said nothing
+    (proved by running ispd twice under unshare --pid, the first killed with SIGKILL)."""
+    import os
+
+    from ispd.daemonlock import DaemonLock
+
+    lock = DaemonLock(tmp_path / "ispd.db")
+    lock.path.write_text(f"{os.getpid()}\n")  # by an earlier life that had this PID
+    lock.acquire()
+    try:
+        assert lock.previous_holder == os.getpid()
+    finally:
+        lock.release()
+    again = DaemonLock(tmp_path / "ispd.db")
+    again.acquire()  # after a clean stop: nothing found
+    try:
+        assert again.previous_holder is None
+    finally:
+        again.release()
+
+
 async def test_store_migrate_stopped_by_ctrl_c_begins_no_further_step(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """From the second verification: Ctrl-C on `ispd store migrate` let the next step begin."""
