@@ -20,8 +20,8 @@ main side  ``WorkerService`` stands in the supervisor's list for the service. ``
            every few seconds, and a reload on SIGHUP (the worker re-reads the file; a refusal is
            the reload's). A worker that exits unasked is logged and started again, after 1 s,
            then up to 30 s between tries; health is failing meanwhile. One that stops answering
-           (three health polls in a row) is killed and started again; a scrape does not wait for
-           it (its metrics are left out). ``stop`` sends SIGTERM and
+           (three health polls in a row; refused "busy" is an answer) is killed and started
+           again; a scrape does not wait for it (its metrics are left out). ``stop`` sends SIGTERM and
            waits; a worker outliving the grace is killed. A worker also dies with its parent
            (PR_SET_PDEATHSIG), and systemd's stop reaches it anyway (one control group).
 worker     ``run_worker`` builds what the service needs on its own — logging (each line carries
@@ -458,8 +458,13 @@ class WorkerService(Service):
     async def _poll_health(self) -> bool:
         """Ask the worker how it is; False when it did not answer."""
         try:
-            report = await self.request("worker.health", wait=QUICK_REQUEST_SECONDS)
-        except CommandError as exc:
+            report = await control_request(self.control_path, "worker.health", wait_seconds=QUICK_REQUEST_SECONDS)
+        except ControlError as exc:
+            if exc.code == "busy":
+                # An answer all the same: its loop turns, its control socket is full (a bulk of
+                # operators' commands in hand beside our long poll). Counted as unanswered, it
+                # was killed as stuck after three polls, with every command it was serving.
+                return True
             self._health = Health(False, f"worker does not answer: {exc}")
             return False
         self._health = Health(bool(report.get("ok")), str(report.get("detail", "")))

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 
 from tests.lab.fakenas import COA_REQUEST, FakeNas
 from tests.lab.ports import free_udp_port
-from tests.lab.process import IspdProcess, base_config, eventually
+from tests.lab.process import ISPD, IspdProcess, base_config, eventually
 from tests.lab.radclient import radclient, require_radclient
 
 SECRET = "testing123"
@@ -277,3 +278,34 @@ def serves_again(ispd: IspdProcess) -> None:
     auth = ispd.config["radius"]["listen_auth"][0]  # type: ignore[index]
     eventually(lambda: radclient(auth, "status", SECRET, STATUS).code == "Access-Accept", timeout=10)
     eventually(lambda: json.loads(ispd.http_get("/healthz")[1])["services"]["radius"]["ok"], timeout=10)
+
+
+def test_a_worker_busy_with_operators_commands_is_not_taken_for_stuck(tmp_path: Path) -> None:
+    """A bulk disconnect (15 `ispd session disconnect` at once, their NAS not answering: each
+    holds its connection for coa_timeout_seconds x coa_attempts) fills the worker's control
+    socket beside the main process's long poll for events. The health polls were refused "busy",
+    counted as unanswered, and after three the worker was killed as stuck and started again, with
+    every CoA it had in hand: a worker that answers, even "busy", is not stuck."""
+    require_radclient()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent_nas:  # takes CoA, never answers
+        silent_nas.bind(("127.0.0.1", 0))
+        client = {"name": "bng", "address": "127.0.0.0/8", "secret": SECRET, "kind": "mikrotik",
+                  "coa_port": silent_nas.getsockname()[1]}
+        with IspdProcess(tmp_path, config(tmp_path, client=[client], coa_timeout_seconds=8.0, coa_attempts=3)) as ispd:
+            ispd.start()
+            [worker] = ispd.worker_pids()
+            acct = ispd.config["radius"]["listen_acct"][0]  # type: ignore[index]
+            for n in range(1, 16):
+                assert radclient(acct, "acct", SECRET, f"User-Name = u{n}, Acct-Session-Id = S{n}, NAS-IP-Address = "
+                                 "127.0.0.1, Acct-Status-Type = Start").code == "Accounting-Response"
+            commands = [subprocess.Popen([ISPD, "session", "disconnect", str(n), "-c", str(ispd.config_path)],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for n in range(1, 16)]
+            try:
+                for command in commands:
+                    command.wait(timeout=60)
+            finally:
+                for command in commands:
+                    with contextlib.suppress(ProcessLookupError):
+                        command.kill()
+            assert not ispd.log_events("worker.stuck")
+            assert ispd.worker_pids() == [worker]
