@@ -398,13 +398,15 @@ class WorkerService(Service):
             if not batch:
                 continue
             try:
-                await self.request("worker.events.deliver", {"events": batch}, wait=QUICK_REQUEST_SECONDS)
-            except CommandError as exc:
-                if not self.up and not self._stopping:
+                await control_request(self.control_path, "worker.events.deliver", {"events": batch},
+                                      wait_seconds=QUICK_REQUEST_SECONDS)
+            except ControlError as exc:
+                if (not self.up or exc.code == "busy") and not self._stopping:
                     # Down or starting: it reads the store first and opens its control socket
                     # last, so what came between was neither read nor deliverable. Dropped, a
                     # lease granted then was never heard there (its name NXDOMAIN from that
                     # process until a renewal). Kept for it (_spawn forgets what it will read).
+                    # Busy (its control socket full of operators' commands): the same, later.
                     self.bridge.put_back(batch)
                     await asyncio.sleep(EVENT_RETRY_SECONDS)
                     continue

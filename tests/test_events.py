@@ -256,36 +256,44 @@ async def test_an_outbox_nobody_empties_keeps_the_newest() -> None:
     assert bridge.take() == []
 
 
-async def test_events_a_starting_worker_cannot_take_yet_wait_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("refusal", ["starting", "busy"])
+async def test_events_a_worker_cannot_take_yet_wait_for_it(monkeypatch: pytest.MonkeyPatch, refusal: str) -> None:
     """A worker started again reads the store, then opens its control socket: a lease granted in
     between was in neither, and its delivery, refused, was dropped. The worker's DNS process
-    never had the name (NXDOMAIN for the clients the kernel sent to it, until a renewal)."""
+    never had the name (NXDOMAIN for the clients the kernel sent to it, until a renewal). A
+    worker whose control socket is full of operators' commands refuses "busy": the same, later."""
     import ispd.workers
-    from ispd.control import CommandError
+    from ispd.control import ControlError
     from ispd.workers import WorkerService
 
     monkeypatch.setattr(ispd.workers, "EVENT_RETRY_SECONDS", 0.01)
     monkeypatch.setattr(ispd.workers, "EVENT_POLL_SECONDS", 0.05)
     bus = EventBus()
     worker = WorkerService.__new__(WorkerService)
-    worker.name, worker._stopping, worker._ready = "dns.2", False, False
+    worker.name, worker._stopping, worker._ready = "dns.2", False, refusal == "busy"
+    worker.control_path = Path("/nonexistent/worker.sock")
     worker.proc = SimpleNamespace(returncode=None)  # type: ignore[assignment]
     worker.bridge = EventBridge(bus)
     worker.bridge.attach()
     delivered: list[Any] = []
+    taking = asyncio.Event()
 
-    async def request(command: str, args: dict[str, Any] | None = None, *, wait: float = 120.0) -> Any:
-        if not worker._ready:  # its control socket is not open yet
-            raise CommandError("cannot reach the ispd daemon: Connection refused")
+    async def control_request(path: Path, command: str, args: dict[str, Any] | None = None, *,
+                              wait_seconds: float = 120.0) -> Any:
+        if not taking.is_set():
+            if refusal == "busy":
+                raise ControlError("too many control connections (at most 16); try again", "busy")
+            raise ControlError("cannot reach the ispd daemon: Connection refused")  # not open yet
         delivered.extend(item["address"] for item in (args or {})["events"])
         return len((args or {})["events"])
 
-    worker.request = request  # type: ignore[method-assign]
+    monkeypatch.setattr(ispd.workers, "control_request", control_request)
     pushing = asyncio.ensure_future(worker._push_events())
     try:
         bus.publish(LeaseGranted(at=1.0, address="198.18.0.100", hostname="laptop", expires_at=3600.0))
         await asyncio.sleep(0.1)  # refused meanwhile
-        worker._ready = True  # its control socket is open
+        worker._ready = True
+        taking.set()
         for _ in range(100):
             if delivered:
                 break
