@@ -285,6 +285,16 @@ class SMTPSession(SMTP):
             return
         await super().smtp_STARTTLS(arg)
 
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        # The MX announces no AUTH, but aiosmtpd ran its own: a subscriber's mail client set to
+        # port 25 was told 538 (encryption required) before STARTTLS and, after it, 535
+        # "credentials invalid" for the right password. Postfix's smtpd without SASL says this.
+        if self.listener == "mx":
+            await self.push("503 5.5.1 Error: authentication not enabled")
+            return
+        await super().smtp_AUTH(arg)
+
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:
         if arg is not None and not size_parameter_readable(arg):

@@ -181,3 +181,33 @@ def test_a_silent_client_is_told_421_before_the_close(stage: str, without_cycle_
             server.close()
 
     assert uvloop.run(run()) == b"421 4.4.2 mx.isp.example Error: timeout exceeded\r\n"
+
+
+def test_auth_on_the_mx_is_refused_as_not_enabled(without_cycle_collection: None) -> None:
+    """The MX announces no AUTH, but aiosmtpd ran its own exchange all the same: a subscriber's
+    mail client set to port 25 was told 538 5.7.11 "Encryption required" before STARTTLS and,
+    after it, 535 5.7.8 "credentials invalid" for the right password (so the subscriber
+    changed a password that was right). Postfix's smtpd without SASL answers 503 5.5.1."""
+    service = serving_service()
+
+    async def run() -> list[bytes]:
+        server = await asyncio.get_running_loop().create_server(lambda: SMTPSession(service, "mx"), "127.0.0.1", 0)
+        try:
+            reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+            await reader.readline()  # 220
+            writer.write(b"EHLO client.example\r\n")
+            while not (await reader.readline()).startswith(b"250 "):
+                pass
+            replies = []
+            for command in (b"AUTH PLAIN AGFsaWNlAHNlY3JldA==", b"AUTH LOGIN", b"NOOP"):
+                writer.write(command + b"\r\n")
+                replies.append(await reader.readline())
+            writer.write(b"QUIT\r\n")
+            await reader.read()
+            writer.close()
+            return replies
+        finally:
+            server.close()
+
+    replies = uvloop.run(run())
+    assert replies == [b"503 5.5.1 Error: authentication not enabled\r\n"] * 2 + [b"250 2.0.0 OK\r\n"], replies
