@@ -348,6 +348,9 @@ class SMTPSession(SMTP):
         limit = self.data_size_limit
         buffer = bytearray()
         searched = 0
+        # Dots stuffed so far: RFC 1870 §3 counts the message without them, so a message of
+        # exactly the limit (SIZE= it, as announced) with a line that starts with "." fits.
+        stuffed = 0
         discarded = False
         while True:
             if not discarded and buffer.startswith(b".\r\n"):  # an empty message
@@ -357,8 +360,9 @@ class SMTPSession(SMTP):
             if index >= 0:
                 body, rest = bytes(buffer[:index + 2]), bytes(buffer[index + 5:])
                 break
+            stuffed += buffer.count(b"\r\n.", max(0, searched - 2))
             searched = len(buffer)
-            if limit and len(buffer) > limit + 2:
+            if limit and len(buffer) - stuffed > limit + 3:
                 # Too much: read on to the end, keeping only what a terminator could start with.
                 discarded = True
                 del buffer[:-4]
@@ -372,13 +376,16 @@ class SMTPSession(SMTP):
             buffer += chunk
         if rest:
             reader._buffer[:0] = rest  # type: ignore[attr-defined]  # pipelined commands after the end
-        if discarded or (limit and len(body) > limit):
+        if discarded:
             return b"", "552 Error: Too much mail data"
         if has_long_line(body):
             return b"", "500 Line too long (see RFC5321 4.5.3.1.6)"
         if body.startswith(b"."):
             body = body[1:]
-        return body.replace(b"\r\n.", b"\r\n"), None
+        body = body.replace(b"\r\n.", b"\r\n")
+        if limit and len(body) > limit:
+            return b"", "552 Error: Too much mail data"
+        return body, None
 
 
 def delivered(server: SMTPSession, reply: Reply) -> str:

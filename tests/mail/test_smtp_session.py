@@ -211,3 +211,52 @@ def test_auth_on_the_mx_is_refused_as_not_enabled(without_cycle_collection: None
 
     replies = uvloop.run(run())
     assert replies == [b"503 5.5.1 Error: authentication not enabled\r\n"] * 2 + [b"250 2.0.0 OK\r\n"], replies
+
+
+def test_a_message_of_exactly_the_size_limit_fits_whatever_dots_it_has(without_cycle_collection: None) -> None:
+    """RFC 1870 §3: a message's size does not count the dots stuffed before lines that start
+    with one. They were counted: a message of exactly max_message_bytes, announced so with
+    SIZE= and accepted at MAIL, was refused 552 after its whole transfer when one of its lines
+    started with a dot (found with a 25 MiB message on a running daemon)."""
+    service = serving_service()
+    service.config.max_message_bytes = 1024
+    service.replying = set()
+    refusals: list[str] = []
+    service.metrics.refusals = SimpleNamespace(inc=refusals.append)
+    service.metrics.messages = SimpleNamespace(inc=lambda outcome: None)
+
+    def message(size: int) -> bytes:
+        text = b"Subject: dots\r\n\r\n" + b".a dotted line\r\n" * 40
+        return text + b"z" * (size - len(text) - 2) + b"\r\n"
+
+    async def run() -> list[bytes]:
+        server = await asyncio.get_running_loop().create_server(lambda: SMTPSession(service, "mx"), "127.0.0.1", 0)
+        try:
+            reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+            await reader.readline()  # 220
+            writer.write(b"EHLO client.example\r\n")
+            while not (await reader.readline()).startswith(b"250 "):
+                pass
+            replies = []
+            for size in (1024, 1025):
+                declared = " SIZE=1024" if size == 1024 else ""  # (a larger one is refused at MAIL)
+                writer.write(f"MAIL FROM:<a@elsewhere.example>{declared}\r\nRCPT TO:<b@isp.example>\r\nDATA\r\n"
+                             .encode())
+                for _ in range(3):
+                    await reader.readline()  # 250, 250, 354
+                # The stuffed text first, alone (over the limit on the wire), then the end.
+                writer.write(message(size).replace(b"\r\n.", b"\r\n.."))
+                await writer.drain()
+                await asyncio.sleep(0.2)
+                writer.write(b".\r\n")
+                replies.append(await reader.readline())
+            writer.write(b"QUIT\r\n")
+            await reader.read()
+            writer.close()
+            return replies
+        finally:
+            server.close()
+
+    replies = uvloop.run(run())
+    assert [r[:9] for r in replies] == [b"250 2.0.0", b"552 5.3.4"], replies
+    assert refusals == ["too_large"]
