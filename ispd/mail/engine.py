@@ -233,6 +233,11 @@ class LoginRefused(Exception):
     """Right password, but the account may not read its mail now; str() says why."""
 
 
+class AuthUnavailable(Exception):
+    """A login that could not be checked now (the store did not answer): RFC 4954's 454 4.7.0
+    (IMAP's [UNAVAILABLE]), neither a wrong password nor a failure that counts against the client."""
+
+
 class CommandPace:
     """Commands of one session: a token bucket of ``per_second`` with a burst of five seconds'
     worth. ``delay`` says how long a command must wait: a client over the pace is slowed down to

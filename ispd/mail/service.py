@@ -60,6 +60,7 @@ from ispd.mail.authcheck import (
 from ispd.mail.config import MailConfig
 from ispd.mail.dnsbl import Blocklists
 from ispd.mail.engine import (
+    AuthUnavailable,
     ConnectionRate,
     LoginRefused,
     MXPolicy,
@@ -1012,7 +1013,9 @@ class MailService(Service):
 
     async def authenticate(self, login: bytes, password: bytes, client: str = "") -> Identity | None:
         """The subscriber whose login (a mailbox address or the username) and password these
-        are; None also when ``client`` has failed too often lately (the password unchecked)."""
+        are; None also when ``client`` has failed too often lately (the password unchecked).
+        Raises ``AuthUnavailable`` when the store cannot say: a wrong password then, the
+        subscriber's mail client asked for a new one and the failure counted against the client."""
         if client and self.throttle.blocked(client, time.monotonic()):
             log.warning("mail.auth.throttled", client=client)
             return None
@@ -1035,7 +1038,7 @@ class MailService(Service):
             return None
         except StoreError as exc:
             log.error("mail.store.error", operation="authenticate", error=str(exc))
-            return None
+            raise AuthUnavailable(str(exc)) from None
         now = self.context.clock()
         verdict = self.passwords.check_fast(subscriber_id, credentials, password, now)
         if verdict is None and credentials.verifier is not None:

@@ -30,7 +30,7 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, TLSSetup
 
 from ispd.logs import drop_messages, get_logger
 from ispd.mail.dnsbl import Listing
-from ispd.mail.engine import PlainRefused, Reply, SMTPRefusal, plain_login, with_enhanced_code
+from ispd.mail.engine import AuthUnavailable, PlainRefused, Reply, SMTPRefusal, plain_login, with_enhanced_code
 from ispd.store.models import MailRecipient
 
 if TYPE_CHECKING:
@@ -555,7 +555,11 @@ class SubmissionHandler(MXHandler):
         return await self._check(server, login, password)
 
     async def _check(self, server: SMTPSession, login: bytes, password: bytes) -> AuthResult:
-        identity = await self.service.authenticate(login, password, server.client)
+        try:
+            identity = await self.service.authenticate(login, password, server.client)
+        except AuthUnavailable:  # (said in the log by authenticate)
+            await server.push("454 4.7.0 Temporary authentication failure, try again later")
+            return AuthResult(success=False, handled=True)
         if identity is not None:
             self.service.auth_succeeded(login)
             self.service.metrics.auth.inc("success")

@@ -15,7 +15,9 @@ from aiosmtpd.smtp import Session
 from ispd.listeners import ConnectionGate
 from ispd.mail.dnsbl import Listing
 from ispd.mail.engine import MXPolicy
-from ispd.mail.smtp import MailEnvelope, MXHandler, SMTPSession, without_auth_parameter
+from ispd.mail.service import MailService
+from ispd.mail.smtp import MailEnvelope, MXHandler, SMTPSession, SubmissionHandler, without_auth_parameter
+from ispd.store import StoreError
 from tests.dns.test_streams import reset
 
 
@@ -260,3 +262,56 @@ def test_a_message_of_exactly_the_size_limit_fits_whatever_dots_it_has(without_c
     replies = uvloop.run(run())
     assert [r[:9] for r in replies] == [b"250 2.0.0", b"552 5.3.4"], replies
     assert refusals == ["too_large"]
+
+
+class _StoreDown:
+    async def mail_recipient(self, address: str) -> None:
+        raise StoreError("cannot connect to the PostgreSQL store")
+
+    get_subscriber = mail_recipient
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+def test_a_login_the_store_cannot_check_is_a_temporary_failure(without_cycle_collection: None) -> None:
+    """With the store down (PostgreSQL stopped, shown on a running daemon), AUTH with the right
+    password was answered 535 5.7.8 "credentials invalid": the subscriber's mail client asked for
+    a new password, and each try counted as a failed login against the client's address (its
+    growing delay, then the block). RFC 4954 §6: 454 4.7.0 Temporary authentication failure."""
+    service = serving_service()
+    stand_in = MailService.__new__(MailService)
+    stand_in.throttle = SimpleNamespace(blocked=lambda client, now: False)  # type: ignore[assignment]
+    stand_in.context = SimpleNamespace(store=_StoreDown())  # type: ignore[assignment]
+    service.authenticate = stand_in.authenticate
+    failures: list[bytes] = []
+
+    async def auth_failed(client: str, login: bytes) -> None:
+        failures.append(login)
+
+    service.auth_failed = auth_failed
+    service.config.max_auth_failures = 3
+    service.submission_handler = SubmissionHandler(service)
+
+    async def run() -> list[bytes]:
+        # (465's session: the whole connection counts as TLS, so AUTH needs no STARTTLS here)
+        server = await asyncio.get_running_loop().create_server(lambda: SMTPSession(service, "submissions"),
+                                                                "127.0.0.1", 0)
+        try:
+            reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+            await reader.readline()  # 220
+            writer.write(b"EHLO laptop\r\n")
+            while not (await reader.readline()).startswith(b"250 "):
+                pass
+            replies = []
+            for login in (b"AGFsaWNlQGlzcC5leGFtcGxlAHNlY3JldA==", b"AGJvYgBzZWNyZXQ="):  # an address, a username
+                writer.write(b"AUTH PLAIN " + login + b"\r\n")
+                replies.append(await reader.readline())
+            writer.write(b"QUIT\r\n")
+            await reader.read()
+            writer.close()
+            return replies
+        finally:
+            server.close()
+
+    replies = uvloop.run(run())
+    assert replies == [b"454 4.7.0 Temporary authentication failure, try again later\r\n"] * 2, replies
+    assert failures == []

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 from ispd.logs import get_logger
 from ispd.mail import mailindex
-from ispd.mail.engine import CommandPace, LoginRefused, PlainRefused, plain_login
+from ispd.mail.engine import AuthUnavailable, CommandPace, LoginRefused, PlainRefused, plain_login
 from ispd.mail.imap import mime
 from ispd.mail.imap.framing import Command as Framed
 from ispd.mail.imap.framing import CommandFramer, Continue, TooLong
@@ -436,6 +436,9 @@ class IMAPSession(asyncio.Protocol):
             found = await self.service.imap_login(user, password, self.client)
         except LoginRefused as refused:
             self.send(f"{tag} NO [CONTACTADMIN] {refused}".encode())
+            return
+        except AuthUnavailable:  # (RFC 5530; said in the log by authenticate)
+            self.send(f"{tag} NO [UNAVAILABLE] temporary authentication failure, try again later".encode())
             return
         if found is None:
             self._failures += 1

@@ -331,3 +331,36 @@ def test_a_command_the_disk_refuses_says_why(maildir: Maildir, monkeypatch: pyte
     assert b"SERVERBUG" not in answer
     failed = [e for e in logs if e["event"] == "mail.imap.storage_failed"]
     assert failed and failed[0]["mailbox"] == str(maildir.path) and os.strerror(error) in failed[0]["error"]
+
+
+def test_a_login_the_store_cannot_check_is_unavailable_not_failed(maildir: Maildir) -> None:
+    """The store down: LOGIN is a temporary failure ([UNAVAILABLE], RFC 5530), not a wrong
+    password counted against the client (``MailService.authenticate`` raises AuthUnavailable)."""
+    from ispd.mail.engine import AuthUnavailable
+
+    async def run() -> bytes:
+        transport = FakeTransport()
+        with ThreadPoolExecutor(2) as executor:
+            service = fake_service(maildir, executor)
+            failed: list[bytes] = []
+
+            async def imap_login(user: bytes, password: bytes, client: str = "") -> None:
+                raise AuthUnavailable("cannot connect to the PostgreSQL store")
+
+            async def auth_failed(client: str, login: bytes) -> None:
+                failed.append(login)
+
+            service.imap_login, service.auth_failed = imap_login, auth_failed
+            session = IMAPSession(service, "imaps")
+            session.connection_made(transport)  # type: ignore[arg-type]
+            session.data_received(b"a LOGIN alice@isp.example secret\r\n")
+            for _ in range(500):
+                if b"\r\na " in transport.written:
+                    break
+                await asyncio.sleep(0.01)
+            transport.close()
+            session.connection_lost(None)
+            assert failed == []
+            return transport.written
+
+    assert b"\r\na NO [UNAVAILABLE] temporary authentication failure, try again later\r\n" in asyncio.run(run())
