@@ -796,6 +796,13 @@ class MailService(Service):
         self.metrics.deliveries.inc(amount=len(maildirs))
         if maildirs:
             self.metrics.bytes.inc(amount=len(headers) + len(content))
+        # Each copy not written is said, and leaves the envelope's mailboxes, which the line of
+        # the delivered message lists: it named them as delivered, and under the null sender
+        # (no bounce) nothing at all told of the copy that never was.
+        for address, refused_copy in over.items():
+            log.warning("mail.delivery.refused", queue_id=queue_id, recipient=address,
+                        reply=str(refused_copy.reply), bounce=mail_from not in ("", "<>"))
+            envelope.mailboxes.pop(address, None)
         if over and mail_from not in ("", "<>"):
             failed = {address: _bounced(refusal.reply) for address, refusal in over.items()}
             try:

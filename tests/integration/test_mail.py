@@ -399,6 +399,24 @@ def test_one_full_mailbox_does_not_hold_back_the_others(mail: Mail) -> None:
     assert b"552 5.2.2" in alone
 
 
+def test_a_copy_not_written_is_said_and_not_logged_as_delivered(mail: Mail) -> None:
+    """A full mailbox among several: the message's mail.delivered line listed it among the
+    recipients, and with the null sender (no bounce) nothing else in the log told of the copy
+    that was never written (shown on a running daemon: an alias to alice and a full bob)."""
+    mail.ispd.cli("mailbox", "add", "alice", f"small@{DOMAIN}", "--quota", "1K")
+    body = b"Subject: a bounce for two\r\n\r\n" + (b"z" * 70 + b"\r\n") * 40  # ~3 KB
+    reply = mail.raw(b"EHLO s\r\nMAIL FROM:<>\r\nRCPT TO:<alice@isp.example>\r\nRCPT TO:<small@isp.example>\r\n"
+                     b"DATA\r\n" + body + b".\r\nQUIT\r\n")
+    assert b"250 2.0.0 Ok: queued as " in reply, reply
+    queue_id = reply.split(b"queued as ")[1].split(b"\r\n")[0].decode()
+    assert mail.inbox(f"small@{DOMAIN}") == []
+    delivered = [e for e in mail.ispd.log_events("mail.delivered") if e["queue_id"] == queue_id]
+    assert [e["recipients"] for e in delivered] == [[f"alice@{DOMAIN}"]], delivered
+    refused = [e for e in mail.ispd.log_events("mail.delivery.refused") if e["queue_id"] == queue_id]
+    assert [(e["recipient"], e["reply"][:9], e["bounce"]) for e in refused] == [
+        (f"small@{DOMAIN}", "552 5.2.2", False)], refused
+
+
 def own_mail_config(workdir: Path, mx: int, **mail: object) -> dict[str, object]:
     """A daemon of a test's own with the MX on ``mx`` (and whatever else ``mail`` adds)."""
     return base_config(workdir, mail={
