@@ -18,6 +18,7 @@ delivered at once, others queued).
 from __future__ import annotations
 
 import asyncio
+import collections
 import re
 import time
 import traceback
@@ -143,8 +144,16 @@ SOFT_RECIPIENT_ERRORS = 10
 HARD_RECIPIENT_ERRORS = 20
 
 
+# RFC 4954 §4: the AUTH command line (with its initial response) may be this long; aiosmtpd kept
+# it to 512 octets like any command (a long password's PLAIN response got 500), and a response to
+# a 334 over its reader's 1001 raised (451 "Local error" and an error-level log line).
+AUTH_LINE_LIMIT = 12288
+
+
 class SMTPSession(SMTP):
     """One SMTP connection; ``listener`` is "mx", "submission" (587) or "submissions" (465)."""
+
+    line_length_limit = AUTH_LINE_LIMIT + 2  # the reader's; each command's own limit is checked after
 
     def __init__(self, service: MailService, listener: str) -> None:
         config = service.config
@@ -156,6 +165,9 @@ class SMTPSession(SMTP):
             ident="ESMTP ispd", tls_context=None if implicit_tls else service.tls_context,
             require_starttls=listener == "submission", auth_required=submission, auth_require_tls=not implicit_tls,
             timeout=config.command_timeout_seconds, loop=asyncio.get_running_loop())
+        # aiosmtpd's table of limits is its class's, shared by every session (each EHLO adds to
+        # MAIL's in it, each new session clears it): one of our own.
+        self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit, AUTH=AUTH_LINE_LIMIT)
         self.service = service
         self.listener = listener
         self.implicit_tls = implicit_tls
@@ -294,6 +306,14 @@ class SMTPSession(SMTP):
             await self.push("503 5.5.1 Error: authentication not enabled")
             return
         await super().smtp_AUTH(arg)
+
+    async def challenge_auth(self, challenge: str | bytes, encode_to_b64: bool = True,
+                             log_client_response: bool = False) -> Any:
+        try:
+            return await super().challenge_auth(challenge, encode_to_b64, log_client_response)
+        except ValueError:  # the response line is over the reader's limit (a bad base64 is handled inside)
+            await self.push("500 5.5.6 Authentication Exchange line is too long")
+            return MISSING
 
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import weakref
 from types import SimpleNamespace
@@ -315,3 +316,52 @@ def test_a_login_the_store_cannot_check_is_a_temporary_failure(without_cycle_col
     replies = uvloop.run(run())
     assert replies == [b"454 4.7.0 Temporary authentication failure, try again later\r\n"] * 2, replies
     assert failures == []
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+def test_a_long_auth_line_is_taken_and_a_longer_one_refused_as_too_long(without_cycle_collection: None) -> None:
+    """RFC 4954 §4: an AUTH command line may be 12288 octets. aiosmtpd held it to 512 like any
+    command: a long password's PLAIN initial response was "500 Command line too long"; and a
+    response to 334 over its reader's limit (1001) raised out of AUTH: 451 4.3.0 "Local error"
+    and an error-level mail.session.error line, for any client that sent one."""
+    from ispd.mail.smtp import Identity
+
+    service = serving_service()
+    password = b"p" * 1200
+
+    async def authenticate(login: bytes, given: bytes, client: str = "") -> Identity | None:
+        return Identity(1, "alice") if given == password else None
+
+    service.authenticate = authenticate
+    service.auth_succeeded = lambda login: None
+    service.metrics.auth = SimpleNamespace(inc=lambda result: None)
+    service.submission_handler = SubmissionHandler(service)
+    response = base64.b64encode(b"\0alice@isp.example\0" + password)
+
+    async def exchange(lines: list[bytes]) -> list[bytes]:
+        server = await asyncio.get_running_loop().create_server(lambda: SMTPSession(service, "submissions"),
+                                                                "127.0.0.1", 0)
+        try:
+            reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+            await reader.readline()  # 220
+            writer.write(b"EHLO laptop\r\n")
+            while not (await reader.readline()).startswith(b"250 "):
+                pass
+            replies = []
+            for line in lines:
+                writer.write(line + b"\r\n")
+                replies.append(await reader.readline())
+            writer.close()
+            return replies
+        finally:
+            server.close()
+
+    async def run() -> tuple[list[bytes], list[bytes]]:
+        return (await exchange([b"AUTH PLAIN " + response]),
+                await exchange([b"AUTH PLAIN", base64.b64encode(b"x" * 15000), b"NOOP"]))
+
+    with_initial_response, too_long = uvloop.run(run())
+    assert len(response) > 1001
+    assert with_initial_response == [b"235 2.7.0 Authentication successful\r\n"], with_initial_response
+    assert too_long == [b"334 \r\n", b"500 5.5.6 Authentication Exchange line is too long\r\n", b"250 2.0.0 OK\r\n"], \
+        too_long
