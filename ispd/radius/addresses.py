@@ -153,7 +153,11 @@ class AddressPools:
         held, unclaimable = self.held, self.unclaimable
         chosen: list[int] = []
         previous = self.by_holder.get(holder)
-        if previous is not None and previous in pool and previous not in unclaimable:
+
+        def passed_over(address: int) -> bool:
+            return address in unclaimable or bool(reserved) and str(IPv4Address(address)) in reserved
+
+        if previous is not None and previous in pool and not passed_over(previous):
             claim = self.claims.get(previous)
             if held.get(previous, 0.0) <= now or (claim is not None and claim.holder == holder):
                 chosen.append(previous)
@@ -162,12 +166,15 @@ class AddressPools:
         for _ in range(min(size, MAX_SCAN)):
             if len(chosen) >= CANDIDATES:
                 break
-            if held.get(address, 0.0) <= now and address != previous and address not in unclaimable:
+            # Reserved ones passed over here, not left out of what was chosen: a run of
+            # CANDIDATES fixed addresses (static customers at the start of a pool) made the
+            # round's candidates all reserved, none proposed, and the login was refused as if
+            # the pool were full.
+            if held.get(address, 0.0) <= now and address != previous and not passed_over(address):
                 chosen.append(address)
             address = address + 1 if address < pool.last else pool.first
         pool.cursor = address
-        texts = (str(IPv4Address(a)) for a in chosen)
-        return tuple(text for text in texts if text not in reserved)
+        return tuple(str(IPv4Address(a)) for a in chosen)
 
     def claimed(self, lease: Lease, granted_at: float) -> None:
         """The store gave (or renewed) ``lease`` at ``granted_at``: for an Access-Accept then, or

@@ -7,6 +7,8 @@ claim rarely has to try more than one.
 
 from __future__ import annotations
 
+from ipaddress import IPv4Address
+
 from ispd.radius.addresses import CANDIDATES, SEVERAL, AddressPools, Claim, holder_of
 from ispd.store.models import Lease, LeaseService, LeaseState
 
@@ -226,3 +228,13 @@ def test_unclaimable_addresses_are_never_proposed_nor_given_again() -> None:
     assert pools.reuse(ALICE, "p", T0 + 10, until=T0 + 1800) is None
     pools.ended("10.0.0.1")
     assert "10.0.0.1" not in pools.candidates("p", ALICE, T0 + 20)
+
+
+def test_a_run_of_reserved_addresses_does_not_make_the_pool_look_full() -> None:
+    # Static customers' fixed addresses at the start of a pool, more of them than one claim's
+    # candidates: the free ones after them are proposed all the same (the login was refused as
+    # pool_exhausted).
+    pools = AddressPools([("p", int(IPv4Address("10.0.0.1")), int(IPv4Address("10.0.0.20")))])
+    reserved = {f"10.0.0.{n}" for n in range(1, CANDIDATES + 3)}
+    assert pools.candidates("p", BOB, T0, reserved=reserved)[:2] == (f"10.0.0.{CANDIDATES + 3}",
+                                                                     f"10.0.0.{CANDIDATES + 4}")
