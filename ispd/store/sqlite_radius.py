@@ -274,8 +274,15 @@ def _apply(conn: sqlite3.Connection, record: AccountingRecord) -> AccountingResu
             conn.execute("UPDATE radius_sessions SET stopped_at = ?, terminate_cause = ? WHERE id = ?",
                          (record.at, SUPERSEDED_CAUSE, latest["id"]))
         return AccountingResult(AccountingOutcome.STARTED, _open_session(conn, record, stopped=False))
-    if latest is not None and latest["terminate_cause"] in CLOSED_WITHOUT_NAS:  # it was not gone after all
-        return _reopen(conn, record, latest["id"])
+    if latest is not None and latest["terminate_cause"] in CLOSED_WITHOUT_NAS:
+        if _begun_after(record, latest):
+            # The same user's next session under the id (a NAS that went silent, then reused its
+            # ids), its Start lost: a session of its own, not the closed one come back.
+            return _made_up(conn, record)
+        if not _another_user(record, latest):  # it was not gone after all
+            return _reopen(conn, record, latest["id"])
+        # Another user's under a reused id: not that session back (its usage counted to the
+        # closed session's user, and the subscriber it is shown without a session); below.
     if latest is not None and latest["terminate_cause"] == NAS_RESTART_CAUSE \
             and record.session_time_seconds is not None:
         if record.at - record.session_time_seconds >= latest["stopped_at"]:
@@ -307,6 +314,17 @@ def _apply(conn: sqlite3.Connection, record: AccountingRecord) -> AccountingResu
     if latest is not None:  # stopped already: a late copy
         return AccountingResult(AccountingOutcome.DUPLICATE)
     return _made_up(conn, record)
+
+
+def _begun_after(record: AccountingRecord, session: sqlite3.Row) -> bool:
+    """Whether ``record``, of the same user as ``session``, is of a session begun (by its
+    Acct-Session-Time) SAME_START_SECONDS or more after ``session`` began, and after its last
+    report: not that one's (a report of it that waited in its NAS without an Acct-Delay-Time to
+    say so looks begun late, but not after what it had reported before)."""
+    if record.session_time_seconds is None or _another_user(record, session):
+        return False
+    began = record.at - record.session_time_seconds
+    return began - float(session["started_at"]) >= SAME_START_SECONDS and began > float(session["updated_at"])
 
 
 def _repeats_its_end(record: AccountingRecord, session: sqlite3.Row) -> bool:

@@ -379,6 +379,42 @@ async def test_a_session_closed_as_stale_comes_back_when_its_nas_reports(store: 
     assert (await usage(store)).input_octets == 2_000_000
 
 
+@pytest.mark.parametrize("cause", ["Stale-Session", "Closed-By-Admin", "Session-Context-Not-Found"])
+async def test_a_reused_ids_next_session_does_not_reopen_the_one_ispd_closed(store: Store, cause: str) -> None:
+    """A session ispd closed alone (its NAS silent, or gone): the NAS counts its ids from 1 again
+    and the next session under the id, its Start lost, is another user's, or the same user's
+    begun long after. A session of its own, not the closed one reopened (from a code read: the
+    other user's usage was counted to alice, and bob shown without a session)."""
+    bob = await store.add_subscriber("bob", actor="t")
+    started, _ = await store.record_accounting([START, interim(T0 + 600, 5000, 9000, 600)])
+    assert started.session is not None
+    await store.close_sessions([started.session.id], at=T0 + 2000, cause=cause)
+    [other] = await store.record_accounting([replace(interim(T0 + 3000, 7000, 100, 60), username="bob",
+                                                     subscriber_id=None)])
+    assert other.outcome == AccountingOutcome.STARTED and other.session is not None
+    assert other.session.username == "bob" and other.session.started_at == T0 + 2940
+    assert await usage(store) == Usage(5000, 9000, 600)
+    assert await store.usage(bob.id, since=T0 - 86400, until=T0 + 86400) == Usage(7000, 100, 60)
+    closed = await store.get_session(started.session.id)
+    assert closed.terminate_cause == cause and closed.input_octets == 5000
+    await store.close_sessions([other.session.id], at=T0 + 5000, cause=cause)
+    [again] = await store.record_accounting([interim(T0 + 6000, 300, 400, 120)])  # alice's, begun at T0 + 5880
+    assert again.outcome == AccountingOutcome.STARTED and again.session is not None
+    assert again.session.username == "alice" and again.session.started_at == T0 + 5880
+    assert await usage(store) == Usage(5300, 9400, 720)
+    # The same user's next session, begun after the closed one's last report: its own too.
+    await store.close_sessions([again.session.id], at=T0 + 7000, cause=cause)
+    [later] = await store.record_accounting([interim(T0 + 8000, 50, 60, 100)])  # begun at T0 + 7900
+    assert later.outcome == AccountingOutcome.STARTED and later.session is not None
+    assert later.session.started_at == T0 + 7900
+    assert await usage(store) == Usage(5350, 9460, 820)
+    # The closed one's own report (begun when it began) still brings it back.
+    await store.close_sessions([later.session.id], at=T0 + 9000, cause=cause)
+    [back] = await store.record_accounting([interim(T0 + 9500, 80, 90, 1600)])
+    assert back.outcome == AccountingOutcome.REOPENED and back.session is not None
+    assert back.session.id == later.session.id
+
+
 async def test_growth_is_counted_for_a_subscriber_learnt_on_the_same_record(store: Store) -> None:
     await store.record_accounting([replace(START, subscriber_id=None)])
     await store.record_accounting([interim(T0 + 300, 6000, 8000, 600, subscriber_id=1)])
