@@ -2079,29 +2079,18 @@ def check_config_files(path: Path, config: Config) -> int:
     """``ispd check-config`` past the file itself: every problem in the files the enabled
     services name (zones, hints, certificates, keys), all of them, then the exit status."""
     found: list[tuple[str, str]] = []  # (section, problem)
-    if config.admin.listen:
-        from ispd.admin.config import CLEARTEXT_WARNING
-
-        for address in config.admin.cleartext_listeners():
-            print(f"ispd: {path}: admin: warning: listen {address}: {CLEARTEXT_WARNING}", file=sys.stderr)
+    for warning in config.warnings():
+        print(f"ispd: {path}: {warning.section}: warning: {warning.detail}", file=sys.stderr)
     from ispd.certificates import certificate_problems
 
     for key, _, problem in certificate_problems(config.certificates(), time.time()):
         print(f"ispd: {path}: {key}: warning: {problem}", file=sys.stderr)
-    for warning in config.radius_pool_routers().values():
-        print(f"ispd: {path}: radius: warning: {warning}", file=sys.stderr)
-    for warning in config.accounting_feed.collector_warnings():
-        print(f"ispd: {path}: accounting_feed: warning: {warning}", file=sys.stderr)
-    if config.dhcp.enabled:
-        for warning in [*config.dhcp.shared_interface_warnings(), *config.dhcp.timer_warnings(),
-                        *config.dhcp.pool_router_warnings(), *config.dhcp.garden_warnings()]:
-            print(f"ispd: {path}: dhcp: warning: {warning}", file=sys.stderr)
     if config.dns.enabled:
         from ispd.dns.service import check_files
 
-        problems, warnings = check_files(config.dns)
-        for warning in warnings:
-            print(f"ispd: {path}: dns: warning: {warning}", file=sys.stderr)
+        problems, file_warnings = check_files(config.dns)
+        for detail in file_warnings:
+            print(f"ispd: {path}: dns: warning: {detail}", file=sys.stderr)
         found += [("dns", problem) for problem in problems]
     if config.radius.enabled:
         from ispd.radius.service import check_files as check_radius_files

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 from pydantic import BaseModel, BeforeValidator, Field, SecretStr, ValidationError, model_validator
 
 from ispd.admin.config import AdminConfig
-from ispd.configtypes import Section, SocketAddress, parse_range
+from ispd.configtypes import ConfigWarning, Section, SocketAddress, parse_range
 from ispd.control import MAX_PATH_BYTES as MAX_SOCKET_PATH_BYTES
 from ispd.dhcp.config import DHCPConfig
 from ispd.dhcp6.config import DHCP6Config
@@ -257,6 +257,17 @@ class Config(Section):
         return self.model_copy(update={"radius": radius.model_copy(update={
             "address_pool": [*radius.address_pool, *added]})})
 
+
+    def warnings(self) -> list[ConfigWarning]:
+        """What the enabled sections' settings, and settings of two sections together, do not do
+        as written: for check-config, and for the supervisor's log at each start and reload."""
+        found = [*self.admin.warnings(), *self.accounting_feed.warnings()]
+        for section in (self.dhcp, self.dhcp6, self.dns, self.radius, self.mail):
+            if section.enabled:
+                found += section.warnings()
+        found += [ConfigWarning("radius.address_pool.router_excluded", warning)
+                  for warning in self.radius_pool_routers().values()]
+        return found
 
     def radius_pool_routers(self) -> dict[int, str]:
         """Addresses of RADIUS's own pools that a DHCP pool sends as its router, each with its

@@ -189,6 +189,7 @@ class Supervisor:
         if open_files < OPEN_FILES_WANTED:
             log.warning("daemon.open_files.low", limit=open_files, wanted=OPEN_FILES_WANTED,
                         hint="raise the hard limit: LimitNOFILE= in the unit, or ulimit -Hn before ispd run")
+        _log_config_warnings(self.config)
         # Before anything slow (the store may wait for a lock): a TERM during start-up must stop
         # us cleanly, and a HUP must not kill us (its default action) but wait until we serve.
         self._install_signal_handlers()
@@ -762,6 +763,7 @@ class Supervisor:
             log.warning("config.reloaded", config=str(self.config_path), refused=refused)
         else:
             log.info("config.reloaded", config=str(self.config_path))
+        _log_config_warnings(applied)
         self._note_certificates_served(refused)
         self._warn_of_certificates()  # (a renewal is what a reload usually brings)
         return True
@@ -836,3 +838,10 @@ def run_daemon(config_path: Path, config: Config) -> int:
 
     collect_rarely()
     return uvloop.run(Supervisor(config_path, config).run())
+
+
+def _log_config_warnings(config: Config) -> None:
+    """The config's warnings (``Config.warnings``), at each start and reload: logged here once,
+    in the main process, for every service, wherever it runs."""
+    for warning in config.warnings():
+        log.warning(warning.event, detail=warning.detail)

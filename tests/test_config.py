@@ -1016,3 +1016,13 @@ def test_timers_of_addresses_in_no_pool_that_do_not_fit_are_warned_of_too(tmp_pa
         "subnet 198.18.0.0/24: its addresses in no pool (reservations): renew_seconds = 5000 and "
         "rebind_seconds = 6000 do not fit its lease time of 3600 s (T1 < T2 < lease): its clients get T1 "
         "1800 s and T2 3150 s instead; set lease_seconds beside them, or times that fit"]
+
+
+def test_config_warnings_are_the_enabled_sections_each_named_by_its_event() -> None:
+    """What check-config prints and the supervisor logs: the sections that run, not the others."""
+    dns = {"allow": ["0.0.0.0/0"], "lease_names": {"reverse_networks": ["198.18.0.0/24"]}}
+    assert Config.model_validate({"dns": dns}).warnings() == []
+    warnings = Config.model_validate({"dns": {**dns, "enabled": True}}).warnings()
+    assert [(w.event, w.section) for w in warnings] == [("dns.config.ignored", "dns"), ("dns.open_resolver", "dns")]
+    [admin] = Config.model_validate({"admin": {"listen": ["0.0.0.0:0"], "token": "x" * 32}}).warnings()
+    assert admin.event == "admin.listen.cleartext" and admin.detail.startswith("listen 0.0.0.0:0: the bearer token")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
 
-from ispd.configtypes import ListenAddress, Section, SocketAddress
+from ispd.configtypes import ConfigWarning, ListenAddress, Section, SocketAddress
 
 CLEARTEXT_WARNING = ("the bearer token and every answer cross the network unencrypted: listen on loopback "
                      "and put a TLS proxy in front")
@@ -50,6 +50,10 @@ class AdminConfig(Section):
         if self.max_connections_per_client is not None:
             return self.max_connections_per_client
         return min(DEFAULT_PER_CLIENT, self.max_connections)
+
+    def warnings(self) -> list[ConfigWarning]:
+        return [ConfigWarning("admin.listen.cleartext", f"listen {address}: {CLEARTEXT_WARNING}")
+                for address in self.cleartext_listeners()]
 
     def cleartext_listeners(self) -> list[SocketAddress]:
         """The TCP listeners beyond loopback: there the bearer token, and every answer (passwords

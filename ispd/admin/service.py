@@ -24,7 +24,6 @@ from prometheus_client.registry import Collector
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ispd.admin.app import build_app
-from ispd.admin.config import CLEARTEXT_WARNING
 from ispd.config import Config
 from ispd.control import ControlSocketError, open_private_socket, remove_own_socket
 from ispd.listeners import ConnectionGate, listening_tcp_socket
@@ -212,8 +211,6 @@ class AdminService(Service):
             collector = _AdminCollector(self.connection_stats)
             self.context.registry.register(collector)
             stack.callback(self.context.registry.unregister, collector)
-            for address in admin.cleartext_listeners():
-                log.warning("admin.listen.cleartext", listen=str(address), detail=CLEARTEXT_WARNING)
         log.info("admin.started", listen=self.listening)
 
     def _token(self) -> str | None:

@@ -14,7 +14,7 @@ from typing import Annotated, ClassVar, Literal, cast
 
 from pydantic import Field, field_validator, model_validator
 
-from ispd.configtypes import Section, parse_range
+from ispd.configtypes import ConfigWarning, Section, parse_range
 from ispd.dhcp.identifiers import opaque_bytes
 from ispd.dhcp.options import OptionValueError, encode_domain_names, encode_ips
 
@@ -508,6 +508,12 @@ class DHCPConfig(Section):
         if renew < rebind < lease:
             return lease, renew, rebind, True
         return lease, lease // 2, lease * 7 // 8, False
+
+    def warnings(self) -> list[ConfigWarning]:
+        return [*(ConfigWarning("dhcp.subnet.interface_shared", w) for w in self.shared_interface_warnings()),
+                *(ConfigWarning("dhcp.pool.timers_ignored", w) for w in self.timer_warnings()),
+                *(ConfigWarning("dhcp.pool.router_off_link", w) for w in self.pool_router_warnings()),
+                *(ConfigWarning("dhcp.subnet.no_garden", w) for w in self.garden_warnings())]
 
     def pool_router_warnings(self) -> list[str]:
         """Routers a pool sends that are not inside its subnet: a client cannot reach a gateway off

@@ -149,14 +149,6 @@ class DHCPService(Service):
         stack.push_async_callback(self._cancel_reclaimer)
         log.info("dhcp.started", interfaces=self.config.interfaces, port=self.server_port,
                  leases=len(leases), reservations=len(reservations))
-        for warning in self.config.shared_interface_warnings():
-            log.warning("dhcp.subnet.interface_shared", detail=warning)
-        for warning in self.config.timer_warnings():
-            log.warning("dhcp.pool.timers_ignored", detail=warning)
-        for warning in self.config.pool_router_warnings():
-            log.warning("dhcp.pool.router_off_link", detail=warning)
-        for warning in self.config.garden_warnings():
-            log.warning("dhcp.subnet.no_garden", detail=warning)
 
     async def stop(self) -> None:
         if self._socket is not None and self._loop is not None:
@@ -180,14 +172,6 @@ class DHCPService(Service):
         self.config = new.dhcp
         self.engine.reconfigure(new.dhcp)
         log.info("dhcp.reloaded", interfaces=new.dhcp.interfaces, listen_changed=listen_changed)
-        for warning in new.dhcp.shared_interface_warnings():
-            log.warning("dhcp.subnet.interface_shared", detail=warning)
-        for warning in new.dhcp.timer_warnings():
-            log.warning("dhcp.pool.timers_ignored", detail=warning)
-        for warning in new.dhcp.pool_router_warnings():
-            log.warning("dhcp.pool.router_off_link", detail=warning)
-        for warning in new.dhcp.garden_warnings():
-            log.warning("dhcp.subnet.no_garden", detail=warning)
 
     def health(self) -> Health:
         if self._socket is None:

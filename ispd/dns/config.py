@@ -11,13 +11,22 @@ reloads, with errors naming the file and line.
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+import socket
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, collapse_addresses, ip_address, ip_network
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
-from ispd.configtypes import ClientNetwork, IPNetwork, ListenAddress, Section, SocketAddress, parse_socket_address
+from ispd.configtypes import (
+    ClientNetwork,
+    ConfigWarning,
+    IPNetwork,
+    ListenAddress,
+    Section,
+    SocketAddress,
+    parse_socket_address,
+)
 from ispd.dns.dns64 import check_prefix
 from ispd.dns.wire import name_from_text
 
@@ -482,6 +491,14 @@ class DNSConfig(Section):
             raise ValueError("resolver: upstream_timeout_min_seconds is larger than upstream_timeout_max_seconds")
         return self
 
+    def warnings(self) -> list[ConfigWarning]:
+        found = [ConfigWarning("dns.config.ignored", w) for w in self.ignored_settings()]
+        if (warning := open_resolver_warning(self)) is not None:
+            found.append(ConfigWarning("dns.open_resolver", warning))
+        if (warning := outgoing_address_warning(self)) is not None:
+            found.append(ConfigWarning("dns.outgoing_address_unusable", warning))
+        return found
+
     def ignored_settings(self) -> list[str]:
         """Settings that do nothing as written, for check-config and the log to warn of. Warned of,
         not refused: a config that ran before an upgrade must still start."""
@@ -497,3 +514,47 @@ class DNSConfig(Section):
                            f"upstream_timeout_max_seconds ({r.upstream_timeout_max_seconds}), which every timeout "
                            "is held between: a server not measured yet is waited the nearer of the two")
         return ignored
+
+
+_GLOBAL_UNICAST = IPv6Network("2000::/3")  # the whole IPv6 Internet
+
+
+def open_resolver_warning(config: DNSConfig) -> str | None:
+    """``allow`` letting the whole IPv4 or IPv6 Internet ask (0.0.0.0/0, ::/0, or networks that
+    add up to it): an open resolver, what reflection floods are made with (RFC 5358)."""
+    open_to = []
+    if any(n.prefixlen == 0 for n in collapse_addresses(n for n in config.allow if isinstance(n, IPv4Network))):
+        open_to.append("every IPv4 address")
+    if any(_GLOBAL_UNICAST.subnet_of(n)
+           for n in collapse_addresses(n for n in config.allow if isinstance(n, IPv6Network))):
+        open_to.append("every IPv6 address")
+    if not open_to:
+        return None
+    return (f"allow lets {' and '.join(open_to)} ask: ispd is an open resolver, which anyone can use to "
+            "reflect and amplify floods at others (RFC 5358); allow only the subscriber networks")
+
+
+def outgoing_address_warning(config: DNSConfig) -> str | None:
+    """A warning for resolver.outgoing_ipv4/ipv6 that this host cannot send from (not one of its
+    addresses): every upstream query of that family fails at bind() and its servers are counted
+    unreachable and set aside, while the log said nothing (Unbound does not start)."""
+    unusable = []
+    for key, address in zip(("outgoing_ipv4", "outgoing_ipv6"), outgoing_addresses(config), strict=True):
+        if address is None:
+            continue
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as sock:
+                sock.bind((address, 0))
+        except OSError as exc:
+            unusable.append(f"resolver.{key} = {address}: {exc.strerror or exc}")
+    if not unusable:
+        return None
+    return (f"{'; '.join(unusable)}: upstream queries of that family cannot leave from it, and every server "
+            "of it will be counted unreachable (give an address of this host, or leave it unset)")
+
+
+def outgoing_addresses(config: DNSConfig) -> tuple[str | None, str | None]:
+    """The source addresses of upstream queries (None: the kernel's choice)."""
+    v4, v6 = config.resolver.outgoing_ipv4, config.resolver.outgoing_ipv6
+    return (str(v4) if v4 else None), (str(v6) if v6 else None)

@@ -16,10 +16,10 @@ from collections.abc import Callable
 import dnslib  # type: ignore[import-untyped]
 
 from ispd.dns.cache import CacheLimits, RRsetCache, Security
-from ispd.dns.config import DNSConfig
+from ispd.dns.config import DNSConfig, outgoing_addresses
 from ispd.dns.hints import load_root_hints
 from ispd.dns.resolver import Resolution, Resolver
-from ispd.dns.service import forward_zones, make_validator, outgoing_addresses, resolver_settings
+from ispd.dns.service import forward_zones, make_validator, resolver_settings
 from ispd.dns.upstream import UpstreamTransport
 from ispd.dns.wire import (
     FLAG_AD,

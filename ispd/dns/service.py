@@ -25,7 +25,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, collapse_addresses, ip_network
+from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any, cast
 
@@ -39,7 +39,7 @@ from ispd.control import CommandError
 from ispd.dns.admin import parse_name_argument
 from ispd.dns.aggressive import NsecIndex
 from ispd.dns.cache import AnswerCache, CacheLimits, RRsetCache
-from ispd.dns.config import DNSConfig, DnstapConfig, DoHConfig, DoQConfig, EncryptedListenerConfig
+from ispd.dns.config import DNSConfig, DnstapConfig, DoHConfig, DoQConfig, EncryptedListenerConfig, outgoing_addresses
 from ispd.dns.datafiles import DataFiles, DiskFiles, FileStore, HandedFiles
 from ispd.dns.dns64 import DNS64
 from ispd.dns.dnssec import TrustAnchor
@@ -201,44 +201,6 @@ def hints_in_do_not_query(config: DNSConfig, hints: Hints) -> str | None:
             "(for a private root on this host, set resolver.do_not_query_localhost = false)")
 
 
-_GLOBAL_UNICAST = IPv6Network("2000::/3")  # the whole IPv6 Internet
-
-
-def open_resolver_warning(config: DNSConfig) -> str | None:
-    """``allow`` letting the whole IPv4 or IPv6 Internet ask (0.0.0.0/0, ::/0, or networks that
-    add up to it): an open resolver, what reflection floods are made with (RFC 5358)."""
-    open_to = []
-    if any(n.prefixlen == 0 for n in collapse_addresses(n for n in config.allow if isinstance(n, IPv4Network))):
-        open_to.append("every IPv4 address")
-    if any(_GLOBAL_UNICAST.subnet_of(n)
-           for n in collapse_addresses(n for n in config.allow if isinstance(n, IPv6Network))):
-        open_to.append("every IPv6 address")
-    if not open_to:
-        return None
-    return (f"allow lets {' and '.join(open_to)} ask: ispd is an open resolver, which anyone can use to "
-            "reflect and amplify floods at others (RFC 5358); allow only the subscriber networks")
-
-
-def outgoing_address_warning(config: DNSConfig) -> str | None:
-    """A warning for resolver.outgoing_ipv4/ipv6 that this host cannot send from (not one of its
-    addresses): every upstream query of that family fails at bind() and its servers are counted
-    unreachable and set aside, while the log said nothing (Unbound does not start)."""
-    unusable = []
-    for key, address in zip(("outgoing_ipv4", "outgoing_ipv6"), outgoing_addresses(config), strict=True):
-        if address is None:
-            continue
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        try:
-            with socket.socket(family, socket.SOCK_DGRAM) as sock:
-                sock.bind((address, 0))
-        except OSError as exc:
-            unusable.append(f"resolver.{key} = {address}: {exc.strerror or exc}")
-    if not unusable:
-        return None
-    return (f"{'; '.join(unusable)}: upstream queries of that family cannot leave from it, and every server "
-            "of it will be counted unreachable (give an address of this host, or leave it unset)")
-
-
 def unusable_anchors(anchors: Iterable[TrustAnchor]) -> str | None:
     """A warning for trust anchors of only algorithms or digests ispd does not implement: what
     is under them is insecure (RFC 4035 §5.2), never validated, which nothing else would show
@@ -269,11 +231,6 @@ def check_files(config: DNSConfig) -> tuple[list[str], list[str]]:
     warnings (policy records that would be skipped)."""
     problems: list[str] = []
     warnings: list[str] = []
-    warnings.extend(config.ignored_settings())
-    if (warning := open_resolver_warning(config)) is not None:
-        warnings.append(warning)
-    if (warning := outgoing_address_warning(config)) is not None:
-        warnings.append(warning)
     try:
         hints = load_root_hints(config.root_hints)
     except HintsError as exc:
@@ -435,13 +392,6 @@ class DNSService(Service):
             raise ServiceStartError(f"dns: {exc}") from None
         if self.first and (warning := hints_in_do_not_query(self.config, hints)) is not None:
             log.warning("dns.root_hints.do_not_query", detail=warning)
-        if self.first:
-            for warning in self.config.ignored_settings():
-                log.warning("dns.config.ignored", detail=warning)
-        if self.first and (warning := open_resolver_warning(self.config)) is not None:
-            log.warning("dns.open_resolver", detail=warning)
-        if self.first and (warning := outgoing_address_warning(self.config)) is not None:
-            log.warning("dns.outgoing_address_unusable", detail=warning)
         clock = time.monotonic
         self.resolver = Resolver(self.rrsets, self.upstream, hints, clock, resolver_settings(self.config),
                                  forward_zones(self.config))
@@ -1354,13 +1304,6 @@ class DNSService(Service):
             raise ServiceStartError(f"dns: {exc}") from None
         if self.first and (warning := hints_in_do_not_query(new.dns, hints)) is not None:
             log.warning("dns.root_hints.do_not_query", detail=warning)
-        if self.first:
-            for warning in new.dns.ignored_settings():
-                log.warning("dns.config.ignored", detail=warning)
-        if self.first and (warning := open_resolver_warning(new.dns)) is not None:
-            log.warning("dns.open_resolver", detail=warning)
-        if self.first and (warning := outgoing_address_warning(new.dns)) is not None:
-            log.warning("dns.outgoing_address_unusable", detail=warning)
         dnssec_changed = old.dns.dnssec != new.dns.dnssec
         validator = self._validator(new.dns, time.monotonic) if dnssec_changed else None
         data = await self._read_data(new.dns)
@@ -1520,12 +1463,6 @@ _TAPPED_AS: dict[str, tuple[SocketProtocol, HttpProtocol | None]] = {
     "tcp": (SocketProtocol.TCP, None), "tls": (SocketProtocol.DOT, None),
     "https": (SocketProtocol.DOH, HttpProtocol.HTTP2), "http3": (SocketProtocol.DOH, HttpProtocol.HTTP3),
     "quic": (SocketProtocol.DOQ, None)}
-
-
-def outgoing_addresses(config: DNSConfig) -> tuple[str | None, str | None]:
-    """The source addresses of upstream queries (None: the kernel's choice)."""
-    v4, v6 = config.resolver.outgoing_ipv4, config.resolver.outgoing_ipv6
-    return (str(v4) if v4 else None), (str(v6) if v6 else None)
 
 
 def _quic_settings(section: DoHConfig | DoQConfig) -> QuicSettings:

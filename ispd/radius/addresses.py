@@ -155,7 +155,7 @@ class AddressPools:
         previous = self.by_holder.get(holder)
 
         def passed_over(address: int) -> bool:
-            return address in unclaimable or bool(reserved) and str(IPv4Address(address)) in reserved
+            return address in unclaimable or (bool(reserved) and str(IPv4Address(address)) in reserved)
 
         if previous is not None and previous in pool and not passed_over(previous):
             claim = self.claims.get(previous)

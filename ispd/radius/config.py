@@ -23,6 +23,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, field_validator, model_validator
 
 from ispd.configtypes import (
+    ConfigWarning,
     IPNetwork,
     IPv4RangeText,
     ListenAddress,
@@ -174,6 +175,9 @@ class AccountingFeedConfig(Section):
     interim_on_renew: bool = True
     timeout_seconds: float = Field(default=3.0, gt=0, le=60)
     attempts: int = Field(default=3, ge=1, le=10)
+
+    def warnings(self) -> list[ConfigWarning]:
+        return [ConfigWarning("accounting_feed.config.warning", w) for w in self.collector_warnings()]
 
     def collector_warnings(self) -> list[str]:
         """Collectors that cannot work as written, for check-config and the log to warn of (not

@@ -72,16 +72,12 @@ class AccountingFeed(Service):
         stack.callback(self.context.bus.subscribe(LeaseEnded, self._ended))
         stack.push_async_callback(self._drain)
         log.info("accounting_feed.started", collectors=[c.name for c in self.config.collectors])
-        for warning in self.config.collector_warnings():
-            log.warning("accounting_feed.config.warning", detail=warning)
 
     async def stop(self) -> None:
         await self._drain()
 
     async def reload(self, old: Config, new: Config) -> None:
         self.config = new.accounting_feed
-        for warning in self.config.collector_warnings():
-            log.warning("accounting_feed.config.warning", detail=warning)
         self.client = DynamicAuthorizationClient(self.config.timeout_seconds, self.config.attempts)
 
     def health(self) -> Health:

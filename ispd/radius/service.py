@@ -415,8 +415,6 @@ class RadiusService(Service):
         log.info("radius.started", listen=[f"{kind} {SocketAddress(h, p)}" for kind, h, p in self.bound],
                  clients=len(self.nas.clients), subscribers=len(self.directory.subjects),
                  open_sessions=len(self.sessions))
-        for warning in self._pool_routers.values():
-            log.warning("radius.address_pool.router_excluded", detail=warning)
 
     def _client_of(self, address: str) -> Nas | None:
         return self.nas.find(address)  # (the table of the last reload)
@@ -583,8 +581,6 @@ class RadiusService(Service):
             known = None
         self._warn_of_unknown_plans(new.radius, known)
         log.info("radius.reloaded", clients=len(table.clients))
-        for warning in self._pool_routers.values():
-            log.warning("radius.address_pool.router_excluded", detail=warning)
 
     def _warn_of_unknown_plans(self, config: RadiusConfig, known: set[str] | None = None) -> None:
         """A [[radius.plan]] whose name is no plan in the store reaches nobody: a typo, most

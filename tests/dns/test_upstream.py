@@ -171,15 +171,15 @@ def test_an_outgoing_address_this_host_does_not_have_is_warned_of() -> None:
     """From an IPv6 lab: outgoing_ipv6 set to an address the host lacks was taken silently; every
     IPv6 upstream failed at bind() ("unreachable", each server set aside) and IPv6-only zones
     answered SERVFAIL, with nothing in check-config or the log to say why."""
-    from ispd.dns.config import DNSConfig
-    from ispd.dns.service import check_files, outgoing_address_warning
+    from ispd.configtypes import ConfigWarning
+    from ispd.dns.config import DNSConfig, outgoing_address_warning
 
     config = DNSConfig.model_validate({"enabled": True, "resolver": {"outgoing_ipv4": "127.94.0.54",
                                                                      "outgoing_ipv6": "2001:db8:77::1"}})
     warning = outgoing_address_warning(config)
     assert warning is not None and "resolver.outgoing_ipv6 = 2001:db8:77::1" in warning
     assert "outgoing_ipv4" not in warning  # (any 127/8 address is this host's)
-    assert warning in check_files(config)[1]
+    assert ConfigWarning("dns.outgoing_address_unusable", warning) in config.warnings()
     usable = DNSConfig.model_validate({"enabled": True, "resolver": {"outgoing_ipv4": "127.94.0.54"}})
     assert outgoing_address_warning(usable) is None
 

@@ -516,3 +516,16 @@ def test_out_of_descriptors_the_metrics_listener_rests_says_so_and_answers_the_w
                 sock.close()
         assert (ispd.metric_value("ispd_metrics_accept_failures_total") or 0.0) > 0
         assert ispd.log_events("metrics.accept_failed")
+
+
+def test_config_warnings_are_logged_once_at_each_start_and_reload_whatever_runs_the_service(tmp_path: Path) -> None:
+    """Config.warnings, logged by the main process alone: once at the start and once at every
+    reload, also with the service in processes of its own (none of them says it again)."""
+    dns = {"enabled": True, "listen": [f"127.0.0.1:{free_port()}"], "allow": ["0.0.0.0/0"], "processes": 2}
+    with IspdProcess(tmp_path, base_config(tmp_path, dns=dns)) as ispd:
+        ispd.start()
+        [warning] = ispd.log_events("dns.open_resolver")
+        assert "open resolver" in warning["detail"] and warning["level"] == "warning", warning
+        ispd.reload()
+        eventually(lambda: ispd.log_events("config.reloaded"))
+        assert len(ispd.log_events("dns.open_resolver")) == 2
