@@ -313,7 +313,9 @@ class RRsetCache(_BoundedCache):
     def put(self, name: bytes, rtype: int, ttl: int, rdatas: tuple[bytes, ...], trust: Trust,
             now: float, *, sigs: tuple[bytes, ...] = (), proof: tuple[RR, ...] = (),
             zone: bytes = b"") -> RRsetEntry | None:
-        """Store an RRset unless a more credible one is still fresh; the stored entry or None."""
+        """Store an RRset unless a more credible one is still fresh; the stored entry or None.
+        With TTL 0 the entry is made but not kept, and replaces the one cached: the data is for
+        the transaction in progress only (RFC 1035 §3.2.1), never fresh, so never served stale."""
         key = (name, rtype)
         old = self._entries.get(key)
         if isinstance(old, RRsetEntry) and old.expires_at > now and old.trust > trust:
@@ -322,7 +324,10 @@ class RRsetCache(_BoundedCache):
         size = (_RRSET_OVERHEAD + len(name) + _rdatas_size(rdatas)
                 + (_TUPLE_OVERHEAD + _rdatas_size(sigs) if sigs else 0) + _records_size(proof))
         entry = RRsetEntry(name, rtype, rdatas, trust, ttl, now + ttl, size, sigs=sigs, proof=proof, zone=zone)
-        self._store(key, entry, old, now)
+        if ttl > 0:
+            self._store(key, entry, old, now)
+        else:  # RFC 1035 §3.2.1: for the transaction in progress only, never kept (nor served stale)
+            self._remove(key)
         if rtype != RRType.CNAME:  # positive data for the name ends an NXDOMAIN we held for it
             nx = self._entries.get((name, NXDOMAIN_KEY))
             if nx is not None:
@@ -338,7 +343,10 @@ class RRsetCache(_BoundedCache):
         stored_soa = RR(soa.name, soa.rtype, soa.rclass, ttl, soa.rdata) if soa is not None else None
         size = _NEGATIVE_OVERHEAD + len(name) + (_record_size(soa) if soa else 0) + _records_size(proof)
         entry = NegativeEntry(name, kind, stored_soa, now + ttl, size, proof=proof, zone=zone)
-        self._store(key, entry, self._entries.get(key), now)
+        if ttl > 0:
+            self._store(key, entry, self._entries.get(key), now)
+        else:  # an SOA with TTL or MINIMUM 0: not cached (RFC 2308 §5), so never served stale either
+            self._remove(key)
         return entry
 
     def forget_nxdomain(self, name: bytes) -> None:
@@ -492,6 +500,11 @@ class AnswerCache(_BoundedCache):
         old = table.pop(key, None)
         if old is not None:
             self._clock.bytes -= old.size
+        if entry.expires_at <= now:
+            # A record with TTL 0 in it: the answer is for this query only (RFC 1035 §3.2.1).
+            # Kept, it was never a hit but was served stale for ``stale_seconds`` (RFC 8767
+            # serves data that was fresh once; a TTL of 0 says it may not be reused at all).
+            return entry
         table[key] = entry
         entry.order = self._clock.stamp()
         self._clock.bytes += entry.size

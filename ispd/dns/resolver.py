@@ -1409,7 +1409,7 @@ class Resolver:
         addresses: dict[bytes, list[str]] = {}
         families = self._address_types()
         for (name, rtype), rrs in glue.items():
-            # The stored entry (expired at once with TTL 0) still knows its addresses; None when
+            # The entry (made but not kept with TTL 0) still knows its addresses; None when
             # a more credible set is cached, which the cache then answers with.
             entry = self.cache.put(name, rtype, min(rr.ttl for rr in rrs), tuple(rr.rdata for rr in rrs),
                                    Trust.GLUE, now)

@@ -46,6 +46,7 @@ from tests.dns.fakenet import (
     EXAMPLE_TEST_1,
     EXAMPLE_TEST_2,
     HINTS,
+    OTHER,
     TEST_1,
     TEST_2,
     FakeClock,
@@ -1456,3 +1457,30 @@ async def test_refused_clients_are_not_rate_limited_into_silence_but_answered_re
     for _ in range(5):
         reply = await env.ask_message(query("www.example.test."), OUTSIDER)
         assert reply.rcode == RCode.REFUSED
+
+
+async def test_records_with_ttl_0_are_never_served_stale() -> None:
+    """From a code read of the caches: an answer with TTL 0 (RFC 1035 §3.2.1: for the
+    transaction in progress only, not cached) was kept in both caches as expired at once, and
+    served as a stale answer (TTL 30) for the whole ``stale_seconds`` when the servers failed:
+    data that was never fresh, handed out for a day. A negative answer whose SOA has TTL or
+    MINIMUM 0 likewise."""
+    env = make_env(stale_seconds=86400)
+    env.net.zone("example.test.").add(RR(N("zero.example.test."), RRType.A, CLASS_IN, 0, bytes([192, 0, 2, 200])))
+    env.net.servers[OTHER] = [load_zone_text("""
+$ORIGIN other.example.
+$TTL 3600
+@    0 SOA ns1 hostmaster 1 7200 900 1209600 0
+@      NS  ns1
+ns1    A   10.4.0.1
+""", "other.example.")]
+    first = await env.ask_message(query("zero.example.test."))
+    assert addresses(first) == ["192.0.2.200"] and first.answer[0].ttl == 0
+    denied = await env.ask_message(query("nx.other.example."))
+    assert denied.rcode == RCode.NXDOMAIN and [rr.ttl for rr in denied.authority] == [0]
+    env.clock.advance(1)
+    for address in env.net.servers:
+        env.net.misbehave(address, timeout=True)
+    assert (await env.ask_message(query("zero.example.test."))).rcode == RCode.SERVFAIL
+    assert (await env.ask_message(query("nx.other.example."))).rcode == RCode.SERVFAIL
+    assert env.engine.stats.stale_answers == 0

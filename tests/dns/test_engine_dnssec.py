@@ -31,6 +31,7 @@ from tests.dns.fakenet import FakeClock
 N = name_from_text
 CLIENT = "192.168.1.10"
 A_RDATA = b"\xc6\x12\x05\x01"
+SOA_RDATA = N("ns.secure.test") + N("hostmaster.secure.test") + struct.pack("!5I", 1, 7200, 900, 1209600, 300)
 SIG = RR(N("www.secure.test"), RRType.RRSIG, 1, 300, b"\x00\x01" + bytes(40))
 
 
@@ -153,7 +154,8 @@ async def test_dns64_clients_questions_with_ad_and_cd_are_answered(do: bool, vie
     engine, resolver = make(Security.INSECURE)
     name = N("www.secure.test")
     by_type = {RRType.A: Resolution(RCode.NOERROR, [RR(name, RRType.A, 1, 300, A_RDATA)], security=Security.INSECURE),
-               RRType.AAAA: Resolution(RCode.NOERROR, [], security=Security.INSECURE)}
+               RRType.AAAA: Resolution(RCode.NOERROR, [], [RR(N("secure.test"), RRType.SOA, 1, 300, SOA_RDATA)],
+                                       security=Security.INSECURE)}  # (a NODATA without SOA is not cached)
 
     async def resolve(asked: bytes, qtype: int, **_: Any) -> Resolution:
         return by_type[RRType(qtype)]
