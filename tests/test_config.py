@@ -1026,3 +1026,22 @@ def test_config_warnings_are_the_enabled_sections_each_named_by_its_event() -> N
     assert [(w.event, w.section) for w in warnings] == [("dns.config.ignored", "dns"), ("dns.open_resolver", "dns")]
     [admin] = Config.model_validate({"admin": {"listen": ["0.0.0.0:0"], "token": "x" * 32}}).warnings()
     assert admin.event == "admin.listen.cleartext" and admin.detail.startswith("listen 0.0.0.0:0: the bearer token")
+
+
+def test_eap_methods_listed_that_cannot_be_offered_are_warned_of(tmp_path: Path) -> None:
+    """[radius.eap] methods = ["tls", "peap"] with a certificate and no client_ca ran offering
+    PEAP alone, without a word: the devices set up for EAP-TLS got EAP-Failure after their Nak.
+    The default list (written out as configs/ispd.toml has it, or not) names all four for
+    whatever the section configures, and is not warned of."""
+    certificate = tmp_path / "radius.pem"
+    head = ('[radius]\nenabled = true\n[[radius.client]]\nname = "ap"\naddress = "127.0.0.1"\nsecret = "s3cret"\n'
+            f'[radius.eap]\ncertificate = "{certificate}"\nprivate_key = "{tmp_path / "radius.key"}"\n')
+    config = load_config(write(tmp_path, head + 'methods = ["tls", "peap"]\n'))
+    assert config.radius.eap.offered == ["peap"]
+    assert [(w.event, w.detail) for w in config.warnings()] == [
+        ("radius.eap.method_unavailable", "methods: 'tls' is not offered: it needs `client_ca`")]
+    assert load_config(write(tmp_path, head + 'methods = ["md5", "peap", "ttls", "tls"]\n')).warnings() == []
+    assert load_config(write(tmp_path, head)).warnings() == []
+    bare = load_config(write(tmp_path, '[radius]\nenabled = true\n[radius.eap]\nmethods = ["md5", "ttls"]\n'))
+    assert [w.detail for w in bare.warnings()] == [
+        "methods: 'ttls' is not offered: it needs `certificate` and `private_key`"]
