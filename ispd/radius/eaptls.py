@@ -28,7 +28,8 @@ the client's certificate, which OpenSSL checks against the configured client CA 
 
 Every tunnel is used under one State for one round trip, then kept under a new one; each round
 trip may take ``EAP_TIMEOUT_SECONDS`` (the Access-Challenge's Session-Timeout), a conversation at
-most ``MAX_ROUNDS`` of them, and there are at most ``MAX_TUNNELS`` (the oldest go first). A TLS
+most ``MAX_ROUNDS`` of them, and there are at most ``MAX_TUNNELS`` (the oldest go first, and the
+log says so: ``radius.eap.tunnels_full``, at most once a minute). A TLS
 message longer than ``MAX_TLS_MESSAGE``, fragments whose lengths do not add up, an AVP that runs
 past its message (or a mandatory one ispd does not know), too many round trips or a TLS error
 raise ``TunnelError``: the conversation ends with EAP-Failure. TLS session resumption is off:
@@ -49,7 +50,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from OpenSSL import SSL
 
+from ispd.logs import LogThrottle, get_logger
 from ispd.radius.eap import EAP_TIMEOUT_SECONDS, EAPCode, EAPPacket, EAPType, decode_eap, encode_eap
+
+log = get_logger("ispd.radius")
 
 EAP_TLS = 13  # the EAP method types (RFC 5216, RFC 5281 §9.1, and PEAP's as IANA lists it)
 EAP_TTLS = 21
@@ -64,6 +68,7 @@ FRAGMENT_SIZE = 1000
 # TTLS's and PEAP's are a ClientHello or a few hundred octets.
 MAX_TLS_MESSAGE = {EAP_TLS: 64 * 1024, EAP_TTLS: 16 * 1024, EAP_PEAP: 16 * 1024}
 MAX_TUNNELS = 4096  # a TLS session in flight holds tens of kilobytes
+FULL_LOG_INTERVAL_SECONDS = 60.0  # radius.eap.tunnels_full, at most this often
 # Round trips of one conversation, at most (hostapd's EAP_MAX_AUTH_ROUNDS): each may take up to
 # EAP_TIMEOUT_SECONDS, as the Access-Challenge's Session-Timeout tells the NAS.
 MAX_ROUNDS = 50
@@ -254,6 +259,11 @@ class TunnelServer:
     def __init__(self, context: SSL.Context, client_context: SSL.Context | None = None) -> None:
         self.context, self.client_context = context, client_context
         self._tunnels: dict[bytes, Tunnel] = {}
+        # Conversations under way dropped to make room (a flood of starts): their stations'
+        # next message finds no tunnel, as an expired one would; said in the log, not only so.
+        self.evicted = 0
+        self._not_logged = 0
+        self._full_logged = LogThrottle(FULL_LOG_INTERVAL_SECONDS)
 
     def start(self, method: int, outer_username: str, identifier: int, now: float) -> TunnelStep:
         context = self.client_context if method == EAP_TLS else self.context
@@ -396,8 +406,14 @@ class TunnelServer:
         if len(tunnels) >= MAX_TUNNELS:
             self.expire(now)
             if len(tunnels) >= MAX_TUNNELS:  # a flood: the oldest make room
-                for state in list(itertools.islice(tunnels, MAX_TUNNELS // 10)):
+                oldest = list(itertools.islice(tunnels, MAX_TUNNELS // 10))
+                for state in oldest:
                     del tunnels[state]
+                self.evicted += len(oldest)
+                self._not_logged += len(oldest)
+                if self._full_logged.due("full", now):
+                    log.warning("radius.eap.tunnels_full", limit=MAX_TUNNELS, dropped=self._not_logged)
+                    self._not_logged = 0
         state = os.urandom(16)
         tunnels[state] = tunnel
         return state

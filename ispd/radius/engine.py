@@ -588,7 +588,8 @@ class AuthEngine:
             tunnel = self.tunnels.take(state, now) if self.tunnels is not None else None
             if tunnel is None or tunnel.outer_username != username:
                 return self._reject(RejectReason.EAP_FAILED, method, claimed, failure,
-                                    detail="no tunnel under this State and User-Name (expired, or never begun)")
+                                    detail="no tunnel under this State and User-Name (expired, dropped for newer ones "
+                                           "when the tunnels were full, or never begun)")
             tunnel.fragment_size = fragment_size_for(_u32(packet.first, _FRAMED_MTU))
             return self._tunnel(packet, nas, eap, message, tunnel, state, now, claimed)
         conversation = self.conversations.take(state, now)

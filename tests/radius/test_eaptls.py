@@ -271,6 +271,29 @@ def test_tunnels_expire_are_used_once_and_are_bounded(server: TunnelServer) -> N
     assert len(server) <= MAX_TUNNELS
 
 
+def test_a_flood_of_starts_that_pushes_out_conversations_under_way_is_said(server: TunnelServer,
+                                                                           certificates: Certificates) -> None:
+    """4 096 starts from one NAS (two requests each, seconds of work) dropped a station's tunnel
+    well within its 30 s: its next message got EAP-Failure with "expired, or never begun", and
+    nothing in the log said the tunnels were full. Now a warning (once a minute) says how many
+    were dropped."""
+    from structlog.testing import capture_logs
+
+    step = server.start(EAP_TTLS, "alice", 1, NOW)
+    with capture_logs() as logs:
+        for _ in range(MAX_TUNNELS):
+            server.start(EAP_TTLS, "flood", 1, NOW + 1)
+        assert server.take(step.state, NOW + 2) is None  # alice's was the oldest
+        for later in (20, 40, 62):  # a flood that goes on: another line a minute after the first
+            for _ in range(MAX_TUNNELS):
+                server.start(EAP_TTLS, "flood", 1, NOW + later)
+    full = [e for e in logs if e["event"] == "radius.eap.tunnels_full"]
+    assert [(e["log_level"], e["limit"]) for e in full] == [("warning", MAX_TUNNELS)] * 2
+    assert full[0]["dropped"] == MAX_TUNNELS // 10
+    assert full[1]["dropped"] > MAX_TUNNELS  # all those of the minute between
+    assert server.evicted > full[0]["dropped"] + full[1]["dropped"]  # and more since, for the next line
+
+
 @settings(max_examples=300, deadline=None)
 @given(payloads=st.lists(st.binary(max_size=300), min_size=1, max_size=4))
 def test_random_payloads_end_in_a_request_or_a_tunnel_error(certificates: Certificates,
