@@ -24,7 +24,7 @@ class AdminConfig(Section):
     token: SecretStr | None = None
     # Connections served at once on the Unix socket, and on the TCP listeners together; beyond,
     # requests get 503 (uvicorn's limit_concurrency: connections past it are still accepted, and
-    # held until their request, or the request head's deadline, REQUEST_HEAD_SECONDS).
+    # held until their request, or the request's deadline, REQUEST_HEAD_SECONDS).
     max_connections: int = Field(default=64, ge=1, le=10_000)
     # Of them, connections one client address (an IPv6 one by its /64) may hold on the TCP
     # listeners; beyond it a new one is answered 503 at once, so that one host cannot take all

@@ -45,8 +45,9 @@ drop_messages("uvicorn.error", (
 # minute; with max_connections held by idle connections, 500 requests wrote 500 warnings.
 throttle_messages("uvicorn.error", ("Exceeded concurrency limit.",), 60.0)
 
-# A client has this long to send a request's head, from its connection or from the end of the
-# previous response; then the connection is closed (nginx: client_header_timeout).
+# A client has this long to send a request, its head and its body (64 KiB at most), from its
+# connection or from the end of the previous response; then the connection is closed (nginx:
+# client_header_timeout and client_body_timeout, but for the whole of each, not between reads).
 REQUEST_HEAD_SECONDS = 10.0
 # The total on the TCP listeners is uvicorn's (limit_concurrency, max_connections); the gate
 # counts each client's connections only.
@@ -109,10 +110,11 @@ class _Server(uvicorn.Server):
 
 
 class _H11Protocol(H11Protocol):
-    """uvicorn's HTTP/1.1 with a deadline for each request's head. uvicorn times only the wait
-    between a response and the next request: a connection that never completes a request (one
-    that sends nothing, or a byte now and then) stayed open for good, and ``limit_concurrency``
-    counts connections, so ``max_connections`` of them had every request answered 503."""
+    """uvicorn's HTTP/1.1 with a deadline for each request, head and body. uvicorn times only the
+    wait between a response and the next request: a connection that never completes a request
+    (one that sends nothing, or a byte now and then) stayed open for good, and
+    ``limit_concurrency`` counts connections, so ``max_connections`` of them had every request
+    answered 503."""
 
     _head_deadline: asyncio.TimerHandle | None = None
     # On the TCP listeners (a subclass of this per server: AdminService._serve), each client's
@@ -142,7 +144,10 @@ class _H11Protocol(H11Protocol):
 
     def handle_events(self) -> None:
         super().handle_events()
-        if self.conn.their_state is not h11.IDLE:  # a head has come (or the connection is over)
+        # Once the whole request has come (or the connection is over); not at its head: a body
+        # announced and trickled a byte at a time (answered 401 unread, without the token) held
+        # the connection for good, since each byte put off uvicorn's keep-alive timeout too.
+        if self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):
             self._cancel_head_deadline()
 
     def on_response_complete(self) -> None:

@@ -4,6 +4,7 @@ as JSON with the right status, and the committed OpenAPI document equal to the o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -162,6 +163,48 @@ def test_connections_that_never_send_a_request_do_not_hold_the_api_for_good(tmp_
                 raise AssertionError("connections without a request held the admin API for 20 s")
             for sock in held:
                 assert sock.recv(1024) == b""  # closed by ispd
+        finally:
+            for sock in held:
+                sock.close()
+
+
+def test_a_trickled_request_body_does_not_hold_the_api_for_good(tmp_path: Path) -> None:
+    """A head is not the whole request: one that announces a body and trickles it a byte at a
+    time (after its 401, without the token) held its place for good, and max_connections of
+    them, from a few addresses, had every request answered 503. The whole request must come
+    within the deadline."""
+    port = free_tcp_port()
+    config = base_config(tmp_path, admin={"listen": [f"127.0.0.1:{port}"], "token": TOKEN, "max_connections": 2,
+                                          "max_connections_per_client": 1})
+    with IspdProcess(tmp_path, config) as ispd:
+        ispd.start()
+
+        def status() -> str:
+            return subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H",
+                                   f"Authorization: Bearer {TOKEN}", f"http://127.0.0.1:{port}/v1/plans"],
+                                  capture_output=True, text=True, timeout=30).stdout
+
+        held = []
+        for source in ("127.0.0.2", "127.0.0.3"):  # (one each: max_connections_per_client)
+            sock = socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(source, 0))
+            sock.sendall(b"POST /v1/plans HTTP/1.1\r\nHost: ispd\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 60000\r\n\r\n")  # and no token
+            held.append(sock)
+        try:
+            assert status() == "503"
+            deadline = time.monotonic() + 25
+            while time.monotonic() < deadline:
+                for sock in held:
+                    with contextlib.suppress(OSError):
+                        sock.sendall(b"x")  # the body, a byte now and then
+                time.sleep(1)
+                if status() == "200":
+                    break
+            else:
+                raise AssertionError("trickled request bodies held the admin API for 25 s")
+            for sock in held:
+                while sock.recv(65536):  # its 401, then closed by ispd
+                    pass
         finally:
             for sock in held:
                 sock.close()
