@@ -411,9 +411,12 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
                                            f"{media_type}); with curl: -H 'content-type: application/json'"},
                                 status_code=415)
         # FastAPI's own handler echoes the input back as UTF-8, which a lone surrogate in it
-        # (valid JSON, "\ud800") cannot be: a 500. The same answer, ASCII-escaped.
-        return Response(json.dumps({"detail": jsonable_encoder(exc.errors())}), status_code=422,
-                        media_type="application/json")
+        # (valid JSON, "\ud800") cannot be: a 500. The same answer, ASCII-escaped, and with an
+        # input of 1e999 (inf), or Python's NaN that json.loads takes, as a string: echoed as the
+        # number it is, it was "Infinity", which is not JSON (RFC 8259 6), and a client's parser
+        # failed on the very answer that says what was wrong.
+        return Response(json.dumps({"detail": _finite(jsonable_encoder(exc.errors()))}, allow_nan=False),
+                        status_code=422, media_type="application/json")
 
     # --- subscribers
 
@@ -805,6 +808,18 @@ def _is_json(media_type: str) -> bool:
     """Whether FastAPI reads a body of this media type as JSON (as it does one without a type)."""
     return media_type in ("", "application/json") or (
         media_type.startswith("application/") and media_type.endswith("+json"))
+
+
+def _finite(value: Any) -> Any:
+    """``value`` (as ``jsonable_encoder`` makes it) with each infinite or NaN float as its text,
+    which JSON can carry."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _mail_address_or_400(text: str) -> str:

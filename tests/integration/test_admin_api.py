@@ -510,6 +510,24 @@ def test_errors_are_json_with_the_right_status(api: Api) -> None:
     assert api.call("GET", "/v1/reservations?subscriber=%C2%B2")[0] == 404
 
 
+def test_a_422_over_a_number_json_cannot_hold_is_json_still(api: Api) -> None:
+    """1e999 is a JSON number that Python reads as inf (and json.loads takes NaN too): echoed
+    back as the input, it was the token Infinity, which is not JSON (RFC 8259 6), and a strict
+    client could not read why it was refused."""
+    def reject(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    for number in ("1e999", "-1e999", "NaN"):
+        result = subprocess.run(["curl", "-sS", "-w", "\\n%{http_code}", "--unix-socket", str(api.socket), "-X", "POST",
+                                 "-H", "content-type: application/json", "-d",
+                                 f'{{"name": "big", "download_kbps": {number}}}', "http://ispd/v1/plans"],
+                                capture_output=True, text=True, timeout=30)
+        text, _, status = result.stdout.rpartition("\n")
+        assert status == "422", (number, result.stdout)
+        detail = json.loads(text, parse_constant=reject)["detail"]
+        assert detail[0]["loc"] == ["body", "download_kbps"] and detail[0]["input"] in ("inf", "-inf", "nan"), detail
+
+
 def test_a_username_of_digits_names_the_same_subscriber_as_in_the_cli(api: Api) -> None:
     """A path segment of digits was always an id here and a username first on the CLI: each
     could act on a subscriber the other did not mean. Where the digits are both, neither guesses."""
