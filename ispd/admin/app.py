@@ -38,6 +38,7 @@ from ispd.dns import dnssec
 from ispd.dns.admin import parse_name_argument
 from ispd.dns.config import domain_name
 from ispd.dns.hints import HintsError, load_trust_anchors
+from ispd.dns.service import NOT_AN_NTA
 from ispd.dns.wire import name_to_text
 from ispd.effects import Effect, effects
 from ispd.listeners import AuthThrottle
@@ -685,7 +686,19 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
 
     @app.delete("/v1/dns/negative-trust-anchors/{name}", tags=["dns"])
     async def delete_nta(name: str) -> NegativeTrustAnchor:
-        deleted = await dns_command("dns.nta.delete", {"name": name})
+        """Delete a negative trust anchor added at run time (404: there is none; 409: the config
+        file's, to be removed there)."""
+        try:
+            parse_name_argument(name)  # a 400, as POST's, not the command's 409
+        except CommandError as exc:
+            raise HTTPException(400, str(exc)) from None
+        try:
+            deleted = await dns_command("dns.nta.delete", {"name": name})
+        except HTTPException as exc:
+            # None to delete (a second DELETE, one lapsed) is a 404, as every other DELETE's.
+            if exc.status_code == 409 and NOT_AN_NTA in str(exc.detail):
+                raise HTTPException(404, exc.detail) from None
+            raise
         return NegativeTrustAnchor(name=deleted["name"], seconds_left=0, source="runtime")
 
     @app.get("/v1/dns/trust-anchors", tags=["dns"])
