@@ -272,6 +272,32 @@ class MailboxQuota(BaseModel):
                                                                       "its subscriber's plan's")
 
 
+class ErrorDetail(BaseModel):
+    """An error: what went wrong, for a person to act on."""
+
+    detail: str
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorDetail, "description": description}
+
+
+# The errors any route may answer (besides FastAPI's own 422), in the OpenAPI document: it listed
+# 200 and 422 only, and a client built from it took each of these for a status it could not
+# know. (Not every route can answer each: one without a body has no 413 or 415.)
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _error("A bad value: a malformed address, name, time or field the CLI would refuse too"),
+    401: _error("TCP listeners: no bearer token, or a wrong one (WWW-Authenticate: Bearer)"),
+    404: _error("No such subscriber, plan, reservation, mailbox, alias, session or anchor"),
+    409: _error("A conflict: it exists already, or it cannot be done in its state"),
+    413: _error("A request body of more than 64 KiB"),
+    415: _error("A body not sent as JSON (Content-Type: application/json)"),
+    429: _error("TCP listeners: too many wrong tokens from this address; try again after Retry-After"),
+    503: _error("A service that is not running here, or the store locked by another process or failing to "
+                "write: try again (Retry-After)"),
+}
+
+
 DNSView = Callable[[int], Awaitable[dict[str, Any] | None]]
 MAX_BODY_BYTES = 64 * 1024  # the largest request any route takes is a few hundred bytes
 # A peer address that sends this many wrong tokens within the window is refused unchecked (429)
@@ -368,7 +394,8 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
     app = FastAPI(title="ispd admin API", version=__version__,
                   description="Subscribers, plans, reservations, mailboxes and mail aliases, sessions, leases, "
                               "attribution and usage of one ispd store. Changes are audited and reach the running "
-                              "services at once.")
+                              "services at once.",
+                  responses=ERROR_RESPONSES)
     # The token and the body's size are checked before anything reads the body: a client
     # without the token, or with a huge body, costs no memory.
     app.add_middleware(_Guard, token=token, max_body=MAX_BODY_BYTES)

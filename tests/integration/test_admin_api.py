@@ -695,6 +695,30 @@ def test_the_committed_openapi_document_is_the_one_served(api: Api) -> None:
             "/v1/mail-aliases/{address}"} <= set(served["paths"])
 
 
+def test_the_errors_the_api_answers_are_in_its_openapi_document(api: Api) -> None:
+    """A client generated from the document (or written from it) learns there what it may be
+    answered: it listed 200 and 422 only, and each 400, 404, 409 or 503 the API answers with its
+    {"detail": ...} was an undocumented status there."""
+    document = api.call("GET", "/openapi.json")[1]
+    api.call("POST", "/v1/subscribers", {"username": "documented"})
+    for method, path, template, body in (
+            ("GET", "/v1/subscribers/nobody", "/v1/subscribers/{subscriber}", None),
+            ("POST", "/v1/subscribers", "/v1/subscribers", {"username": "documented"}),
+            ("POST", "/v1/reservations", "/v1/reservations",
+             {"subscriber": "documented", "kind": "mac", "key": "not-a-mac"}),
+            ("DELETE", "/v1/reservations/999999", "/v1/reservations/{reservation_id}", None),
+            ("POST", "/v1/sessions/1/coa", "/v1/sessions/{session_id}/coa", None),
+            ("GET", "/v1/who/not-an-address", "/v1/who/{address}", None)):
+        status, answer = api.call(method, path, body)
+        assert status >= 400 and isinstance(answer["detail"], str), (path, status, answer)
+        documented = document["paths"][template][method.lower()]["responses"]
+        assert str(status) in documented, (method, template, status, sorted(documented))
+        schema = documented[str(status)]["content"]["application/json"]["schema"]["$ref"].rpartition("/")[2]
+        assert document["components"]["schemas"][schema]["properties"]["detail"]["type"] == "string"
+    tcp = document["paths"]["/v1/plans"]["get"]["responses"]
+    assert {"401", "413", "415", "429", "503"} <= set(tcp), sorted(tcp)
+
+
 def test_a_deleted_subscriber_s_mail_is_not_handed_to_the_next_owner_of_its_address(api: Api) -> None:
     """As on the CLI: deleting a subscriber sets its Maildirs aside, and a new mailbox is not
     made over a directory left under its address."""
