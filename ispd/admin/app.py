@@ -426,6 +426,13 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
             allowed = {method for route in app.router.routes if isinstance(route, Route) and route.methods
                        and route.matches(request.scope)[0] != Match.NONE for method in route.methods}
             exc = StarletteHTTPException(405, exc.detail, {**(exc.headers or {}), "Allow": ", ".join(sorted(allowed))})
+        elif exc.status_code == 404 and exc.detail == "Not Found" and \
+                b"%2f" in request.scope.get("raw_path", b"").lower():
+            # A name with a '/' (a username with a prefix realm: realm/user) sent as %2F: decoded,
+            # it splits the path and no route matches. "Not Found" told a DELETE or a suspend that
+            # a subscriber who stays active was not there.
+            exc = StarletteHTTPException(400, "a name with a '/' in it cannot be given in a path, even as %2F: name "
+                                              "a subscriber by its id, %23ID (ispd subscriber show prints it)")
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)

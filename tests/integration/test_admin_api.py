@@ -542,6 +542,21 @@ def test_a_username_of_digits_names_the_same_subscriber_as_in_the_cli(api: Api) 
     assert api.call("GET", f"/v1/subscribers/{named}")[1]["subscriber"]["id"] == named  # only an id: no doubt
 
 
+def test_a_username_with_a_slash_in_a_path_is_not_a_404_while_it_exists(api: Api) -> None:
+    """A username may hold a '/' (a prefix realm: realm/user), but a path segment cannot, even
+    as %2F: the route did not match, and DELETE or suspend answered 404 Not Found, which an
+    automation takes for "no such subscriber" (or "deleted already") while it stays active.
+    It is a 400 that says how to name it, and #ID reaches it."""
+    sub = api.call("POST", "/v1/subscribers", {"username": "realm/slashed"})[1]["id"]
+    for method, path in (("DELETE", "/v1/subscribers/realm%2Fslashed"), ("GET", "/v1/subscribers/realm%2fslashed"),
+                         ("POST", "/v1/subscribers/realm%2Fslashed/suspend")):
+        status, body = api.call(method, path)
+        assert status == 400 and "%23ID" in body["detail"], (method, path, status, body)
+    assert api.call("GET", f"/v1/subscribers/%23{sub}")[1]["subscriber"]["status"] == "active"
+    assert api.call("DELETE", f"/v1/subscribers/%23{sub}")[0] == 200
+    assert api.call("GET", "/v1/nothing-here") == (404, {"detail": "Not Found"})  # a path that is not the API's
+
+
 def test_who_and_usage_answer_from_the_history(api: Api) -> None:
     status, body = api.call("GET", "/v1/who/198.18.0.7?at=2026-11-03T14:00:00Z")
     assert status == 200 and body["holdings"] == [] and body["since"] == body["until"] == 1793714400.0
