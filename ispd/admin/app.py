@@ -507,7 +507,18 @@ def build_app(store: Store, current_config: Callable[[], Config], control: Contr
 
     @app.put("/v1/subscribers/{subscriber}/plan", tags=["subscribers"])
     async def set_plan(subscriber: str, body: PlanChoice, actor: Actor) -> Subscriber:
-        return await store.set_subscriber_plan(subscriber, body.plan, actor=actor)
+        """Put the subscriber on a plan (or none); on it already, the same answer again (a PUT is
+        idempotent), with no change audited."""
+        try:
+            return await store.set_subscriber_plan(subscriber, body.plan, actor=actor)
+        except Conflict:
+            # The store's "already on that plan", which the CLI says; sent again (a retry after
+            # a timeout), a PUT was answered 409 for the very state it asked for.
+            current = await store.get_subscriber(subscriber)
+            wanted = (await store.get_plan(body.plan)).id if body.plan is not None else None
+            if current.plan_id != wanted:
+                raise
+            return current
 
     @app.delete("/v1/subscribers/{subscriber}", tags=["subscribers"])
     async def delete_subscriber(subscriber: str, actor: Actor) -> DeletedSubscriber:

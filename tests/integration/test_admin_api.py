@@ -557,6 +557,23 @@ def test_a_username_with_a_slash_in_a_path_is_not_a_404_while_it_exists(api: Api
     assert api.call("GET", "/v1/nothing-here") == (404, {"detail": "Not Found"})  # a path that is not the API's
 
 
+def test_put_of_a_plan_is_idempotent(api: Api) -> None:
+    """PUT is idempotent (RFC 9110 9.2.2): a billing system that sends it again (its answer lost
+    to a timeout) was told 409 "already on that plan", for the state it asked for. It is that
+    state again, answered 200, and audited once; PUT of a quota was so already."""
+    api.call("POST", "/v1/plans", {"name": "idempotent"})
+    api.call("POST", "/v1/subscribers", {"username": "put-twice"})
+    for plan, expected in (("idempotent", "idempotent"), (None, None)):
+        answers = [api.call("PUT", "/v1/subscribers/put-twice/plan", {"plan": plan}) for _ in range(2)]
+        assert [status for status, _ in answers] == [200, 200], answers
+        assert answers[0][1] == answers[1][1], answers
+        shown = api.call("GET", "/v1/subscribers/put-twice")[1]
+        assert (shown["plan"] or {}).get("name") == expected
+    changes = [entry for entry in shown["audit"] if entry["action"] == "subscriber.plan_changed"]
+    assert len(changes) == 2, changes  # one for each change, none for a repeat
+    assert api.call("PUT", "/v1/subscribers/put-twice/plan", {"plan": "no-such-plan"})[0] == 404
+
+
 def test_who_and_usage_answer_from_the_history(api: Api) -> None:
     status, body = api.call("GET", "/v1/who/198.18.0.7?at=2026-11-03T14:00:00Z")
     assert status == 200 and body["holdings"] == [] and body["since"] == body["until"] == 1793714400.0
