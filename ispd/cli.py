@@ -1897,6 +1897,11 @@ async def cmd_session_close(config: Config, args: argparse.Namespace) -> None:
         shown = ", ".join(f"#{n}" for n in closed[:CLOSED_SHOWN])
         more = f" and {len(closed) - CLOSED_SHOWN} more" if len(closed) > CLOSED_SHOWN else ""
         print(f"closed {len(closed)} session(s): {shown}{more}")
+    elif args.nas is None:
+        # The daemon found it open, then the store had it closed already: another `session
+        # close`, its NAS's Accounting-Stop or the stale sweep came first. Not closed by this
+        # command, as when it asks about a session that is not open.
+        raise CommandFailed(f"session #{args.id} is not open (it was closed meanwhile)")
     else:
         print(f"no open session of NAS {args.nas}")
 
