@@ -254,6 +254,11 @@ async def cmd_subscriber_show(store: Store, args: argparse.Namespace) -> None:
         print(f"  {e.service:<6} {e.state:<8} {showable(e.subject)}: {showable(e.detail)}")  # (a NAS's session id)
 
 
+# The helpdesk view is read from the store; the resolver's part is one line of it, which a wedged
+# or stopped daemon (its socket still accepts) must not hold up for the control client's 60 s.
+DNS_VIEW_WAIT_SECONDS = 5.0
+
+
 async def _dns_view(config: Config, subscriber_id: int) -> dict[str, Any] | None:
     """The running resolver's walled addresses of this subscriber; None when no daemon answers."""
     from ispd.control import ControlError, control_request
@@ -262,7 +267,8 @@ async def _dns_view(config: Config, subscriber_id: int) -> dict[str, Any] | None
         return None
     try:
         answer: dict[str, Any] = await control_request(config.daemon.control_socket, "dns.walled.show",
-                                                      {"subscriber_id": subscriber_id})
+                                                      {"subscriber_id": subscriber_id},
+                                                      wait_seconds=DNS_VIEW_WAIT_SECONDS)
     except (ControlError, OSError):
         return None
     return answer

@@ -4,6 +4,7 @@ daemon gives only under a race or when it is wedged: a control server in the tes
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -51,3 +52,22 @@ async def test_a_session_closed_meanwhile_is_not_reported_as_a_nas_s(tmp_path: P
     assert err == "ispd: session #7 is not open (it was closed meanwhile)\n"
     code, out, err = await ispd(tmp_path, "session", "close", "--nas", "198.18.9.9")  # (unchanged)
     assert (code, out, err) == (0, "no open session of NAS 198.18.9.9\n", "")
+
+
+async def test_subscriber_show_does_not_wait_a_minute_for_a_daemon_that_does_not_answer(
+        tmp_path: Path, daemon: ControlCommands) -> None:
+    """`subscriber show` reads the store, and asks the running resolver only for its walled set
+    (one line of effects). With the daemon stopped (kill -STOP, a debugger, a wedged loop: its
+    socket still accepts), the helpdesk view waited the control client's 60 s for that line."""
+    async def wedged(args: dict[str, Any]) -> dict[str, Any]:
+        await asyncio.sleep(120)
+        return {}
+
+    daemon.register("dns.walled.show", wedged)
+    dns = {"enabled": True, "listen": ["127.0.0.1:53"]}  # (not listened on: the CLI only reads the config)
+    assert (await ispd(tmp_path, "subscriber", "add", "alice", dns=dns))[0] == 0
+    began = time.monotonic()
+    code, out, err = await ispd(tmp_path, "subscriber", "show", "alice", dns=dns)
+    assert code == 0, err
+    assert "subscriber    alice (#1)" in out
+    assert time.monotonic() - began < 20
