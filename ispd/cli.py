@@ -814,6 +814,18 @@ def moment(text: str) -> float:
     return value
 
 
+def span_usage(args: argparse.Namespace) -> str | None:
+    """A --from after its --to (or, without one, after now) is a command line mistake, exit 2, as
+    the other ones of these options are; the store's refusal of it exited 1."""
+    if args.since is None:
+        return None
+    until = args.until if args.until is not None else time.time()
+    if args.since > until:
+        return f"--from {when(args.since)} is after {'--to ' + when(until) if args.until is not None else 'now'}: " \
+            "the end of the span comes before its start"
+    return None
+
+
 def _utc(moment_: datetime) -> datetime:
     return moment_.replace(tzinfo=UTC) if moment_.tzinfo is None else moment_
 
@@ -1294,7 +1306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="until", type=moment, metavar="TIME",
                    help="end of a span (default: now); a midnight ends it with the day before")
     p.set_defaults(handler=cmd_usage, check=lambda a: "give --month, or --from and --to, not both"
-                   if a.month is not None and (a.since is not None or a.until is not None) else None)
+                   if a.month is not None and (a.since is not None or a.until is not None) else span_usage(a))
 
     p = top.add_parser(
         "who", parents=[config_opts, export_opts],
@@ -1314,7 +1326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="since", type=moment, metavar="TIME", help="start of a span (default: the oldest)")
     p.add_argument("--to", dest="until", type=moment, metavar="TIME", help="end of a span (default: now)")
     p.set_defaults(handler=cmd_who, check=lambda a: "give --at, or --from and --to, not both"
-                   if a.at is not None and (a.since is not None or a.until is not None) else None)
+                   if a.at is not None and (a.since is not None or a.until is not None) else span_usage(a))
 
     dns = top.add_parser("dns", help="the DNS resolver").add_subparsers(dest="action", required=True)
     p = dns.add_parser("lookup", parents=[config_opts],

@@ -223,6 +223,10 @@ def test_conflicts_are_reported(config_path: Path) -> None:
         ("subscriber", "add", "evil\u202egnp.exe"),
         ("subscriber", "add", "zero\u200bwidth"),
         ("subscriber", "suspend", "x", "--reason", "line\u2028break"),
+        # A span backwards (the store refused it, exit 1) or from the future to now:
+        ("usage", "--from", "2026-12-01", "--to", "2026-11-01"),
+        ("who", "198.18.0.10", "--from", "2026-12-01", "--to", "2026-11-01"),
+        ("who", "198.18.0.10", "--from", "9999-01-01"),
     ],
 )
 def test_bad_command_lines_exit_2_without_traceback(config_path: Path, args: tuple[str, ...]) -> None:
