@@ -2031,7 +2031,7 @@ def duration_seconds(text: str) -> int:
     """``90``, ``90s``, ``30m``, ``6h``, ``2d`` as seconds, between 1 s and 7 days."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
-    if not number.isdigit() or not 0 < int(number) * units[unit] <= 7 * 86400:
+    if not (number.isascii() and number.isdigit()) or not 0 < int(number) * units[unit] <= 7 * 86400:
         raise ValueError(f"{text!r} is not a duration between 1s and 7d (e.g. 90s, 30m, 6h, 2d)")
     return int(number) * units[unit]
 

@@ -227,12 +227,14 @@ def test_conflicts_are_reported(config_path: Path) -> None:
         ("usage", "--from", "2026-12-01", "--to", "2026-11-01"),
         ("who", "198.18.0.10", "--from", "2026-12-01", "--to", "2026-11-01"),
         ("who", "198.18.0.10", "--from", "9999-01-01"),
+        ("dns", "nta", "add", "broken.example", "--for", "\u00b2d"),  # (a digit to isdigit(), not to int())
     ],
 )
 def test_bad_command_lines_exit_2_without_traceback(config_path: Path, args: tuple[str, ...]) -> None:
     result = ispd(config_path, *args)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and result.stderr.strip()
+    assert "invalid literal" not in result.stderr  # (Python's words, not the operator's)
 
 
 def test_admin_commands_report_a_bad_config_in_one_line(tmp_path: Path) -> None:
