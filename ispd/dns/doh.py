@@ -10,8 +10,9 @@ call this for every request, so both speak the same DoH:
   over the limit, 414 for a ``dns=`` parameter over it, 400 for anything else malformed (no
   ``dns=``, bad base64, fewer than 12 bytes);
 - a 200 carries every DNS rcode (SERVFAIL is a DNS answer, not an HTTP error), with
-  ``cache-control: max-age`` no longer than the smallest TTL of the answer section, or for a
-  negative answer than the SOA's TTL and MINIMUM (RFC 8484 §5.1); failures get ``no-store``.
+  ``cache-control: max-age`` no longer than the smallest TTL of the answer section, nor for a
+  negative answer (one through a CNAME too) than the SOA's TTL and MINIMUM (RFC 8484 §5.1);
+  failures get ``no-store``.
 """
 
 from __future__ import annotations
@@ -102,9 +103,13 @@ def cache_control(reply: bytes) -> bytes:
         return b"no-store"
     if message.rcode not in (RCode.NOERROR, RCode.NXDOMAIN):
         return b"no-store"
-    if message.answer:
-        lifetime = min(rr.ttl for rr in message.answer)
-    else:
-        soas = [rr for rr in message.authority if rr.rtype == RRType.SOA]
-        lifetime = min(soas[0].ttl, soa_minimum(soas[0].rdata)) if soas else 0
-    return b"max-age=%d" % lifetime
+    # A negative answer reached through a CNAME (NXDOMAIN or NODATA for its target) has both an
+    # answer and the SOA: it lasts no longer than either, else a CNAME of an hour kept a
+    # name's NXDOMAIN in HTTP caches for that hour where the zone says 60 s (RFC 2308 §5).
+    lifetimes = [rr.ttl for rr in message.answer]
+    soas = [rr for rr in message.authority if rr.rtype == RRType.SOA]
+    if soas:
+        lifetimes.append(min(soas[0].ttl, soa_minimum(soas[0].rdata)))
+    elif not lifetimes or message.rcode == RCode.NXDOMAIN:
+        lifetimes.append(0)  # negative without a SOA: not to be cached (RFC 2308 §5)
+    return b"max-age=%d" % min(lifetimes)
