@@ -5,7 +5,8 @@ queries through the engine's slow path. ``serve_h2`` runs one HTTP/2 connection 
 sans-IO HTTP/2 state machine): requests are answered as they complete, several at once and in
 any order, within the stream limit announced in SETTINGS_MAX_CONCURRENT_STREAMS (a stream over
 it is refused with REFUSED_STREAM, the others go on); response
-bodies respect flow control (what does not fit the window waits for a WINDOW_UPDATE). A query
+bodies respect flow control (what does not fit the window waits for a WINDOW_UPDATE, or a larger
+SETTINGS_INITIAL_WINDOW_SIZE). A query
 the engine drops (a policy DROP, a rate-limited client) resets its stream with CANCEL, the
 HTTP counterpart of a UDP drop (not REFUSED_STREAM: RFC 9113 §8.7 keeps that for a stream
 closed before any processing, which a client may retry at once, and curl did, five times on
@@ -224,6 +225,15 @@ async def serve_h2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
         body = reason.encode() + b"\n"
         respond(stream_id, Response(error_headers(status, body), body))
 
+    def send_unsent(window_of: int) -> None:
+        """Go on with the replies waiting for the window of stream ``window_of`` (0: any)."""
+        for stream_id, body in list(unsent.items()):
+            if window_of in (0, stream_id):
+                try:
+                    send_body(stream_id, body)
+                except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                    unsent.pop(stream_id, None)
+
     def handle(event: h2.events.Event) -> bool:
         """Act on one event; False when the connection is over."""
         if isinstance(event, h2.events.RequestReceived):
@@ -250,12 +260,13 @@ async def serve_h2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
             streams.pop(event.stream_id, None)
             unsent.pop(event.stream_id, None)
         elif isinstance(event, h2.events.WindowUpdated):
-            for stream_id, body in list(unsent.items()):
-                if event.stream_id in (0, stream_id):
-                    try:
-                        send_body(stream_id, body)
-                    except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-                        unsent.pop(stream_id, None)
+            send_unsent(event.stream_id)
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            # A larger SETTINGS_INITIAL_WINDOW_SIZE opens every stream's window by the difference
+            # with no WINDOW_UPDATE (RFC 9113 §6.9.2): a reply waiting for a window the client
+            # opened that way waited for ever, its stream held until the client gave up.
+            if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+                send_unsent(0)
         elif isinstance(event, h2.events.ConnectionTerminated):
             return False
         return True

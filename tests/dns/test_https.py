@@ -230,6 +230,34 @@ class BigSlowAnswers:
         return data + bytes(60_000)  # (a large answer: DNSKEY sets, TXT, ANY...)
 
 
+async def test_a_reply_waiting_for_a_window_goes_when_the_client_s_settings_open_it() -> None:
+    """RFC 9113 §6.9.2: SETTINGS_INITIAL_WINDOW_SIZE changes every stream's window, with no
+    WINDOW_UPDATE. A client that starts at 0 and then raises it got the reply's headers and
+    never its body: the server went on only at a WINDOW_UPDATE."""
+    async with serving(CachedAnswers()) as served:
+        reader, writer = await asyncio.open_connection(*served.address)
+        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        client.local_settings = h2.settings.Settings(client=True, initial_values={
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+        client.initiate_connection()
+        ask(client)
+        writer.write(client.data_to_send())
+        body = b""
+        ended = False
+        opened = False
+        while not ended:
+            for event in client.receive_data(await asyncio.wait_for(reader.read(65536), 2)):
+                if isinstance(event, h2.events.ResponseReceived) and not opened:
+                    client.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 65535})
+                    opened = True
+                elif isinstance(event, h2.events.DataReceived):
+                    body += event.data
+                ended = ended or isinstance(event, h2.events.StreamEnded)
+            writer.write(client.data_to_send())
+        assert body == QUERY
+        writer.close()
+
+
 async def test_replies_left_unread_by_a_silent_client_do_not_hold_the_connection() -> None:
     """From a review: replies the resolving tasks wrote while the connection waited to read
     were not bounded by the drain check, and after the idle timeout writer.close() waited for a
