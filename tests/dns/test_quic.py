@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from aioquic.buffer import encode_uint_var
-from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.connection import H3_ALPN, FrameType, H3Connection, encode_frame, encode_settings
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, QuicEvent, StopSendingReceived
@@ -36,8 +36,9 @@ from ispd.dns.quic import (
 )
 from ispd.listeners import ConnectionGate
 from tests.lab.certs import issue
-from tests.lab.quicclient import _Client
+from tests.lab.quicclient import _Client, _Pending
 
+QPACK_ENCODER_STREAM_ERROR = 0x201  # RFC 9204 §6
 QUERY = bytes.fromhex("000001000001000000000000076578616d706c650474657374000001" "0001")  # (DoQ: ID 0)
 
 
@@ -510,6 +511,54 @@ async def test_a_connection_without_queries_or_replies_taken_is_closed_at_the_id
             client.transmit()
             await asyncio.sleep(0.3)
         assert (client._quic._close_event is None) == (client_does == "asks")
+
+
+def _qpack_integer(first: int, prefix_bits: int, value: int) -> bytes:
+    """An RFC 7541 §5.1 integer (QPACK uses them too) with ``first``'s bits above its prefix."""
+    top = (1 << prefix_bits) - 1
+    if value < top:
+        return bytes([first | value])
+    encoded, value = bytearray([first | top]), value - top
+    while value >= 128:
+        encoded.append(value & 127 | 128)
+        value >>= 7
+    return bytes(encoded + bytes([value]))
+
+
+async def test_an_http3_client_cannot_insert_into_a_qpack_dynamic_table(tmp_path: Path) -> None:
+    """A QPACK bomb: with aioquic's 4 KB dynamic table, a client inserted a 4 KB field and named
+    it by a byte of a HEADERS frame, twenty thousand times within the 24 KB a frame may have:
+    80 MB to decode, 2.5 s with the event loop (every service) stopped, per request. The table
+    is announced at 0 (RFC 9204 §3.2.3) and an insertion is an encoder stream error (§4.1.3)."""
+    closed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    class Client(_Client):
+        def quic_event_received(self, event: Any) -> None:
+            if isinstance(event, ConnectionTerminated) and not closed.done():
+                closed.set_result(event.error_code)
+            super().quic_event_received(event)
+
+    listener = listener_for(tmp_path, "h3")
+    async with AsyncExitStack() as stack:
+        client = await connected(stack, listener, Client)
+        quic = client._quic
+        control = quic.get_next_available_stream_id(is_unidirectional=True)
+        quic.send_stream_data(control, encode_uint_var(0x00) + encode_frame(FrameType.SETTINGS, encode_settings({})))
+        encoder = quic.get_next_available_stream_id(is_unidirectional=True)
+        value = b"a" * 4000
+        quic.send_stream_data(encoder, encode_uint_var(0x02) + _qpack_integer(0x20, 5, 4096)  # capacity, insert
+                              + _qpack_integer(0x40, 5, 5) + b"x-big" + _qpack_integer(0, 7, len(value)) + value)
+        path = b"/dns-query?dns=" + base64.urlsafe_b64encode(QUERY).rstrip(b"=")
+        block = (b"\x02\x00\xd1\xd7"  # insert count 1, base 1; :method GET, :scheme https
+                 + b"\x50" + _qpack_integer(0, 7, 8) + b"dns.test" + b"\x51" + _qpack_integer(0, 7, len(path)) + path
+                 + b"\x80" * 1000)  # the inserted field, a thousand times (4 MB)
+        request = quic.get_next_available_stream_id()
+        client.pending[request] = _Pending(asyncio.get_running_loop().create_future())
+        quic.send_stream_data(request, encode_frame(FrameType.HEADERS, block), end_stream=True)
+        client.transmit()
+        assert await asyncio.wait_for(closed, 5) == QPACK_ENCODER_STREAM_ERROR
+        assert not client.pending[request].future.done()  # (no reply)
+        assert listener.retry_tokens.stats.bad_requests == 1
 
 
 async def test_an_http3_protocol_error_is_counted_as_a_bad_request(tmp_path: Path) -> None:
