@@ -20,7 +20,7 @@ from h2.errors import ErrorCodes
 
 from ispd.dns.config import DoHConfig
 from ispd.dns.frontend import TransportStats
-from ispd.dns.https import DoHResponder, FrameLengths, serve_h2
+from ispd.dns.https import MAX_HEADER_LIST_SIZE, DoHResponder, FrameLengths, serve_h2
 from ispd.dns.streams import WRITE_BUFFER_HIGH
 from ispd.listeners import forget_connection_error
 from tests.dns.test_streams import reset
@@ -255,6 +255,28 @@ async def test_a_reply_waiting_for_a_window_goes_when_the_client_s_settings_open
                 ended = ended or isinstance(event, h2.events.StreamEnded)
             writer.write(client.data_to_send())
         assert body == QUERY
+        writer.close()
+
+
+@pytest.mark.parametrize(("padding", "answered"), [(MAX_HEADER_LIST_SIZE // 2, True),
+                                                   (MAX_HEADER_LIST_SIZE * 2, False)])
+async def test_a_header_list_over_the_announced_size_is_refused(padding: int, answered: bool) -> None:
+    """The header list size the server announces in SETTINGS is the one it takes (h2 kept its
+    default, 64 KB, and a request with 40 KB of headers was answered)."""
+    async with serving(CachedAnswers()) as served:
+        reader, writer = await asyncio.open_connection(*served.address)
+        client = h2_client()
+        path = "/dns-query?dns=" + base64.urlsafe_b64encode(QUERY).rstrip(b"=").decode()
+        client.send_headers(1, [(":method", "GET"), (":path", path), (":scheme", "https"), (":authority", "dns.test"),
+                                *((f"x-padding-{i}", "a" * 1000) for i in range(padding // 1000))], end_stream=True)
+        writer.write(client.data_to_send())
+        events: list[h2.events.Event] = []
+        while not any(isinstance(event, (h2.events.StreamEnded, h2.events.ConnectionTerminated)) for event in events):
+            data = await asyncio.wait_for(reader.read(65536), 5)
+            assert data
+            events += client.receive_data(data)
+            writer.write(client.data_to_send())
+        assert any(isinstance(event, h2.events.StreamEnded) for event in events) is answered
         writer.close()
 
 
