@@ -465,9 +465,11 @@ class DNSEngine:
         if query.flags & FLAG_QR:
             self.stats.malformed += 1
             return None  # never answer a response
+        question = query.question
+        if question is not None:  # every query that parsed, however it is answered (Unbound's num.query.type)
+            self.qtypes[question.qtype] = self.qtypes.get(question.qtype, 0) + 1
         if query.opcode != Opcode.QUERY:
             return self._error(query, RCode.NOTIMP)
-        question = query.question
         if question is None:
             return self._error(query, RCode.FORMERR)
         if query.edns is not None and query.edns.version != 0:
@@ -475,7 +477,6 @@ class DNSEngine:
         if question.qclass != CLASS_IN or question.qtype in REFUSED_QTYPES:
             return self._error(query, RCode.REFUSED)
         qtype = question.qtype
-        self.qtypes[qtype] = self.qtypes.get(qtype, 0) + 1
         name = question.key_name
         view = self.view_of(client)
 

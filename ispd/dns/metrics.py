@@ -53,8 +53,10 @@ class _DNSCollector(Collector):
             return
         stats = engine.stats
 
-        queries = CounterMetricFamily("ispd_dns_queries", "Queries answered or dropped, by query type.",
-                                      labels=["type"])
+        queries = CounterMetricFamily(
+            "ispd_dns_queries", "Queries that parsed, by query type, however answered (REFUSED for another class or "
+            "a zone transfer and NOTIMP for another opcode included); those refused to clients outside dns.allow, "
+            "rate-limited or malformed are in ispd_dns_dropped_total instead.", labels=["type"])
         by_type: dict[str, int] = {name: 0 for name in REPORTED_TYPES.values()}
         by_type["other"] = 0
         for qtype, count in list(engine.qtypes.items()):

@@ -222,6 +222,25 @@ async def test_formerr_for_a_query_without_a_question(env: Env) -> None:
     assert reply.rcode == RCode.FORMERR
 
 
+async def test_every_query_that_parsed_is_counted_by_type_however_it_is_answered(env: Env) -> None:
+    """ispd_dns_queries_total (Unbound's num.query.type.*) counts the queries answered REFUSED for
+    their class or type, NOTIMP or BADVERS too: they are answered (ispd_dns_answers_total) and
+    not dropped, so they were counted nowhere else; the malformed and those of clients outside
+    allow are ispd_dns_dropped_total's."""
+    notify = bytearray(query("www.example.test."))
+    notify[2] |= 4 << 3
+    base = query("www.example.test.", RRType.MX)
+    badvers = base[:11] + b"\x01" + base[12:] + b"\x00" + struct.pack("!HHIH", RRType.OPT, 1232, 1 << 16, 0)
+    for data in (query("version.bind.", RRType.TXT, qclass=CLASS_CH), query("example.test.", RRType.AXFR),
+                 bytes(notify), badvers):
+        assert (await env.ask_message(data)).rcode != RCode.NOERROR
+    assert env.engine.qtypes == {RRType.TXT: 1, RRType.AXFR: 1, RRType.A: 1, RRType.MX: 1}
+    await env.ask_message(query("www.example.test."), OUTSIDER)
+    await env.ask_message(HEADER.pack(0x4321, FLAG_RD, 1, 0, 0, 0) + b"\x03www\xff\xff")
+    assert sum(env.engine.qtypes.values()) == 4
+    assert env.engine.stats.refused_clients == 1 and env.engine.stats.malformed == 1
+
+
 # --- the cache-hit fast path ----------------------------------------------------------------------
 
 async def test_miss_then_hit_on_the_fast_path(env: Env) -> None:
