@@ -197,8 +197,10 @@ class MetricsService(Service):
         head_only = method == "HEAD"
         if target == "/metrics":
             body = generate_latest(self.context.registry)
-            for source in list(self.context.metrics_sources):
-                body += await source()
+            # Asked together: each source (a worker process's metrics) may wait for its process up
+            # to workers.QUICK_REQUEST_SECONDS, and one after the other two stuck workers (DNS's
+            # and RADIUS's) held a scrape 6 s, past a 5 s scrape_timeout (up == 0: IspdDown).
+            body += b"".join(await asyncio.gather(*(source() for source in list(self.context.metrics_sources))))
             return 200, CONTENT_TYPE_LATEST, body, head_only
         if target == "/healthz":
             ok, report = await self.context.health_report()
