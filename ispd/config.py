@@ -115,20 +115,26 @@ class Config(Section):
             raise ValueError(f"admin.socket is daemon.control_socket ({control}): give each a path of its own")
         return self
 
-    def certificates(self) -> list[tuple[str, Path]]:
-        """(key, file) of every server certificate an enabled service serves with, each file once:
-        what check-config, the daemon's expiry warnings and its expiry metric look at."""
-        found: dict[Path, str] = {}
+    def certificates(self, every: bool = False) -> list[tuple[str, Path]]:
+        """(key, file) of every server certificate an enabled service serves with, each file once
+        (under the first service that names it; ``every``: once per service): what check-config,
+        the daemon's expiry warnings and its expiry metric look at."""
+        found: list[tuple[str, Path]] = []
         dns, mail, eap = self.dns, self.mail, self.radius.eap
         if dns.enabled:
             for key, section in (("dns.dot", dns.dot), ("dns.doh", dns.doh), ("dns.doq", dns.doq)):
                 if section.enabled and section.certificate is not None:
-                    found.setdefault(section.certificate, key)
+                    found.append((key, section.certificate))
         if mail.enabled and mail.certificate is not None:
-            found.setdefault(mail.certificate, "mail")
+            found.append(("mail", mail.certificate))
         if self.radius.enabled and eap.certificate is not None:
-            found.setdefault(eap.certificate, "radius.eap")
-        return [(key, path) for path, key in found.items()]
+            found.append(("radius.eap", eap.certificate))
+        if every:
+            return found
+        first: dict[Path, str] = {}
+        for key, path in found:
+            first.setdefault(path, key)
+        return [(key, path) for path, key in first.items()]
 
     def _listeners(self) -> Iterator[tuple[str, str, list[Any]]]:
         """(transport, key, addresses) of every enabled service's listeners."""

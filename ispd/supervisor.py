@@ -662,11 +662,16 @@ class Supervisor:
     def _note_certificates_served(self, refused: list[str] | None = None) -> None:
         """Read each service's certificate file as the service has just loaded it; the
         ``refused`` services kept what they had, and so does their entry here."""
+        # A file two services serve with (DoT's and mail's, one certificate for the host) is
+        # entry of the first only; one that refused the reload still serves what the file held
+        # before, whichever service it is: the entry keeps that, under its name.
+        kept = {path: key for key, path in self.config.certificates(every=True)
+                if refused and key.split(".")[0] in refused}
         served = {}
         for key, path in self.config.certificates():
             known = self._served_certificates.get(path)
-            if refused and key.split(".")[0] in refused and known is not None:
-                served[path] = (key, known[1])
+            if path in kept and known is not None:
+                served[path] = (kept[path], known[1])
             else:
                 served[path] = (key, certificate_validity(path))
         self._served_certificates = served

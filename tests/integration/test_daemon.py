@@ -19,6 +19,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import cast
 
+import pytest
+
 from tests.lab.certs import issue
 from tests.lab.ports import free_port, free_tcp_port
 from tests.lab.process import IspdProcess, base_config, connections_out_of_descriptors, eventually, read_to_end
@@ -481,6 +483,50 @@ def test_the_certificate_expiry_speaks_of_the_certificate_served_not_the_file_on
         assert served() != before
         assert exported(ispd) > soon.timestamp() + 300 * 86400
         assert len(ispd.log_events("tls.certificate.expiring")) == 2
+
+
+def test_a_certificate_file_two_services_share_is_exported_as_the_one_that_refused_a_reload_serves(
+        tmp_path: Path) -> None:
+    """One certificate for the host, served by DoT and by mail: the metric's entry for the file
+    was DoT's alone. A renewal whose reload mail refused (another change of it needs a restart)
+    while DNS took it was exported with the renewal's dates, so the expiry alert cleared while
+    465, STARTTLS and IMAPS kept serving the old certificate to its end."""
+    soon = datetime.now(UTC) + timedelta(days=5)
+    certificates = issue(tmp_path / "tls", "host.isp.example", not_after=soon)
+    files = {"certificate": str(certificates.certificate), "private_key": str(certificates.private_key)}
+    (tmp_path / "root.hints").write_text(".  3600000  NS  a.root.invalid.\na.root.invalid.  3600000  A  127.0.0.254\n")
+    port = free_tcp_port()
+    config = base_config(
+        tmp_path,
+        dns={"enabled": True, "listen": [f"127.0.0.1:{free_port()}"], "allow": ["127.0.0.0/8"],
+             "root_hints": str(tmp_path / "root.hints"), "resolver": {"do_ipv6": False},
+             "dot": {"listen": [f"127.0.0.1:{free_tcp_port()}"], **files}},
+        mail={"enabled": True, "domains": ["isp.example"], "maildir_root": str(tmp_path / "mail"),
+              "queue_directory": str(tmp_path / "queue"), "listen_mx": [f"127.0.0.1:{port}"], **files})
+
+    def exported(ispd: IspdProcess) -> dict[str, float]:
+        prefix = "ispd_tls_certificate_expiry_timestamp_seconds{"
+        return {line.split("service=", 1)[1].split('"')[1]: float(line.rsplit(" ", 1)[1])
+                for line in ispd.http_get("/metrics")[1].splitlines() if line.startswith(prefix)}
+
+    with IspdProcess(tmp_path, config) as ispd:
+        ispd.start()
+        assert exported(ispd) == {"dns.dot": pytest.approx(soon.timestamp(), abs=1)}
+        renewed = issue(tmp_path / "renewed", "host.isp.example")  # (years)
+        os.replace(renewed.certificate, certificates.certificate)
+        os.replace(renewed.private_key, certificates.private_key)
+        changed = json.loads(json.dumps(config))
+        changed["mail"]["maildir_root"] = str(tmp_path / "elsewhere")  # (needs a restart: refused)
+        ispd.write_config(changed)
+        ispd.reload()
+        [refused] = ispd.log_events("config.reload.service_refused")
+        assert refused["service"] == "mail"
+        # Mail serves the old certificate still: the file's entry says so, under mail's name.
+        assert exported(ispd) == {"mail": pytest.approx(soon.timestamp(), abs=1)}
+        assert ispd.log_events("tls.certificate.expiring")[-1]["service"] == "mail"
+        ispd.write_config(config)
+        ispd.reload()  # taken by both: the renewal's dates
+        assert exported(ispd)["dns.dot"] > soon.timestamp() + 300 * 86400
 
 
 def test_the_open_files_limit_is_raised_to_the_hard_one_and_a_low_one_warned_of(tmp_path: Path) -> None:
