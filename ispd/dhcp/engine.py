@@ -119,6 +119,7 @@ class Ignored(StrEnum):
     HELD_ELSEWHERE = "held_by_radius"  # the store refused the lease: a RADIUS session has the address
     LEASEQUERY_REFUSED = "leasequery_not_allowed"  # giaddr not in leasequery_requesters (or none)
     BAD_LEASEQUERY = "bad_leasequery"  # none of ciaddr, chaddr and client-id to ask by
+    NO_CLIENT_IDENTITY = "no_client_identity"  # no hardware address (hlen 0) and no client-id
 
 
 class ClientClass(Enum):
@@ -636,6 +637,13 @@ class DHCPEngine:
             return Outcome(ignored=Ignored.NO_MESSAGE_TYPE)
         if message_type is DHCPMessageType.LEASEQUERY:
             return self._leasequery(received, now)
+        if not packet.hlen and not packet.option(Option.CLIENT_ID):
+            # Nothing tells this client from another (RFC 2131 §4.2: client-id or chaddr, with the
+            # address, is the binding's key; RFC 4390: an InfiniBand client has hlen 0 and MUST send
+            # a client-id): all such clients would share one key, and so one address, each
+            # "renewing" the last one's lease. Kea drops them too ("Missing or useless client-id
+            # and no HW address").
+            return Outcome(ignored=Ignored.NO_CLIENT_IDENTITY)
         relay_info = packet.option(Option.RELAY_AGENT_INFO)
         # Option 82 no relay forwarded: the client's own, or a forgery; neither names its line
         # (RFC 3046 §2.1). Not used to identify the client or choose the subnet; still echoed.

@@ -1032,6 +1032,32 @@ def test_the_by_mac_index_keeps_no_list_for_clients_without_a_mac() -> None:
     assert table.by_hw_address == {}
 
 
+def test_a_client_with_neither_a_hardware_address_nor_a_client_id_is_dropped() -> None:
+    """hlen 0 (InfiniBand, RFC 4390) and no client-id, or an empty one: nothing tells one such
+    client from another. Served, they all had one lease key, so the second was offered the
+    first one's address and its REQUEST "renewed" that lease: two hosts, one address. Kea drops
+    them ("Missing or useless client-id and no HW address"); one with a client-id is served."""
+    lab = Lab()
+    for number, client_id in enumerate((None, b"")):
+        chaddr = bytes((0x11 + number,)) * 16
+        extra = () if client_id is None else ((Option.CLIENT_ID, client_id),)
+        for kind in (DHCPMessageType.DISCOVER, DHCPMessageType.REQUEST, DHCPMessageType.RELEASE):
+            packet = replace(message(kind, requested="198.18.0.100", extra=extra), htype=32, hlen=0, chaddr=chaddr)
+            outcome = lab.send(packet)
+            assert (outcome.reply, outcome.writes) == (None, [])
+            assert outcome.ignored == "no_client_identity"  # (the metric's label)
+    granted = []
+    for client_id in (b"\xff\x00\x01", b"\xff\x00\x02"):
+        def sent(kind: DHCPMessageType, client_id: bytes = client_id, **kw: Any) -> Outcome:
+            return lab.send(replace(message(kind, extra=((Option.CLIENT_ID, client_id),), **kw), htype=32, hlen=0))
+        offer = sent(DHCPMessageType.DISCOVER)
+        assert offer.reply is not None
+        ack = sent(DHCPMessageType.REQUEST, requested=str(offer.reply.packet.yiaddr), server_id=str(SERVER))
+        assert ack.reply is not None and ack.reply.packet.message_type is DHCPMessageType.ACK
+        granted.append(ack.reply.packet.yiaddr)
+    assert granted[0] != granted[1]
+
+
 def test_the_client_fqdn_echo_names_the_host_name_the_lease_takes() -> None:
     """RFC 4702 §4: the reply's client FQDN is the server's notion of the client's name, with S
     saying the server publishes it. A device whose reservation gives it a name was told its own
