@@ -460,13 +460,22 @@ def _relay_agent_info(binding: Binding) -> bytes:
     return value
 
 
+def _mac_key(hw_address: bytes) -> bytes:
+    """The lease key of a client known by its hardware address: the address alone, not its htype,
+    which the store does not keep. With the htype in the key (and Ethernet's assumed for a stored
+    lease), a client of another hardware type (IEEE 802, htype 6) lost its lease at every restart:
+    its renewal was NAKed as someone else's address, which stayed bound until it expired. (A MAC
+    reservation and a leasequery by MAC take the address alone too.)"""
+    return b"h" + hw_address
+
+
 def _stored_client_key(lease: Lease) -> bytes | None:
-    """The lease key of a stored lease's client (Ethernet assumed for a MAC: the store has no htype)."""
+    """The lease key of a stored lease's client (``_mac_key``: the store has no htype, nor needs one)."""
     try:
         if lease.client_id:
             return b"c" + bytes.fromhex(lease.client_id)
         if lease.hw_address:
-            return b"h\x01" + bytes.fromhex(lease.hw_address.replace(":", ""))
+            return _mac_key(bytes.fromhex(lease.hw_address.replace(":", "")))
     except ValueError:
         return None
     return None
@@ -751,7 +760,7 @@ class DHCPEngine:
 
     def _identify(self, packet: DHCPPacket, relay: RelayAgentInfo, relay_info: bytes | None) -> Client:
         raw_client_id = packet.option(Option.CLIENT_ID)
-        mac_key = b"h" + _u8(packet.htype) + packet.hw_address
+        mac_key = _mac_key(packet.hw_address)
         client_key = b"c" + raw_client_id if raw_client_id else mac_key
         hw_address = mac_text(packet.hw_address)
         client_id = raw_client_id.hex() if raw_client_id else None

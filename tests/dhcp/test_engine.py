@@ -639,6 +639,29 @@ def test_leases_loaded_from_the_store_are_respected() -> None:
     assert lab.send(message(DHCPMessageType.DISCOVER, MAC_A)).ignored is Ignored.NO_ADDRESS
 
 
+def test_a_lease_of_a_client_not_on_ethernet_is_its_own_after_a_restart() -> None:
+    """The store keeps a lease's MAC but not its htype. The engine keyed a client by both and
+    took a stored lease for Ethernet's (htype 1): a client of another hardware type (IEEE 802,
+    htype 6) and no client-id had its renewal after a restart NAKed as another's address, which
+    stayed bound to nobody until it expired, and was offered a new one."""
+    def sent(lab: Lab, kind: DHCPMessageType, **kw: Any) -> Outcome:
+        return lab.send(replace(message(kind, MAC_A, **kw), htype=6))
+    before = Lab()
+    offer = sent(before, DHCPMessageType.DISCOVER)
+    assert offer.reply is not None
+    address = str(offer.reply.packet.yiaddr)
+    granted = sent(before, DHCPMessageType.REQUEST, requested=address, server_id=str(SERVER))
+    after = Lab()
+    after.engine.load([lease for lease, _ in granted.writes], [], {})
+    after.now = T0 + 600
+    renewal = after.send(replace(message(DHCPMessageType.REQUEST, MAC_A, ciaddr=address), htype=6),
+                         source=IPv4Address(address), destination=SERVER)  # (RENEWING: unicast from it)
+    assert renewal.reply is not None and renewal.reply.packet.message_type is DHCPMessageType.ACK
+    assert str(renewal.reply.packet.yiaddr) == address
+    offer = sent(after, DHCPMessageType.DISCOVER)
+    assert offer.reply is not None and str(offer.reply.packet.yiaddr) == address
+
+
 def test_hostnames_are_stored_only_when_fit_for_dns() -> None:
     lab = Lab()
     lab.dora(extra=((Option.HOSTNAME, b"Kitchen-PC"),))
@@ -867,7 +890,7 @@ def test_clients_that_come_and_go_leave_nothing_behind_beyond_the_pool() -> None
     assert len(lan._returned) <= lan.size
     # What the table still remembers keeps working: the last client returns to its address.
     last = bytes.fromhex("02aa00") + (299).to_bytes(3, "big")
-    assert lab.engine.table.previous_addresses(b"h\x01" + last)
+    assert lab.engine.table.previous_addresses(b"h" + last)
 
 
 # --- leasequery (RFC 4388)
