@@ -346,6 +346,35 @@ def test_a_pools_router_outside_its_subnet_is_warned_of(tmp_path: Path) -> None:
     assert checked.returncode == 0 and all(f"dhcp: warning: {warning}" in checked.stderr for warning in warnings)
 
 
+def test_static_routes_without_a_default_route_beside_routers_are_warned_of(tmp_path: Path) -> None:
+    """A client that takes option 121 ignores option 3 (RFC 3442 §1): routers with static_routes
+    that lack 0.0.0.0/0 left dhcpcd with the routes and no default route (run against ispd: no
+    "default" in its table), and check-config said ok. A warning, for the subnet and for a pool
+    whose own routers or routes make it so; none where a default route is among them."""
+    route = '[[{where}.static_routes]]\ndestination = "{network}"\nrouter = "198.18.0.1"\n'
+    path = write(tmp_path, '[dhcp]\nenabled = true\ninterfaces = ["eth1"]\n[[dhcp.subnet]]\nnetwork = "198.18.0.0/24"\n'
+                           'routers = ["198.18.0.1"]\n'
+                           + route.format(where="dhcp.subnet", network="10.0.0.0/8")
+                           + '[[dhcp.subnet.pool]]\nname = "a"\nrange = "198.18.0.10 - 198.18.0.20"\n'
+                           '[[dhcp.subnet.pool]]\nname = "b"\nrange = "198.18.0.30 - 198.18.0.40"\n'
+                           + route.format(where="dhcp.subnet.pool", network="0.0.0.0/0")
+                           + '[[dhcp.subnet.pool]]\nname = "c"\nrange = "198.18.0.50 - 198.18.0.60"\n'
+                           'routers = ["198.18.0.2"]\n'
+                           '[[dhcp.subnet.pool]]\nname = "d"\nrange = "198.18.0.70 - 198.18.0.80"\nrouters = []\n')
+    warnings = [w.detail for w in load_config(path).dhcp.warnings() if w.event == "dhcp.subnet.routes_without_default"]
+    assert warnings == [
+        "subnet 198.18.0.0/24: static_routes: routers 198.18.0.1 are sent with static routes that have no 0.0.0.0/0: "
+        "clients that take the routes (option 121, RFC 3442) ignore the routers and get no default route; add "
+        '{ destination = "0.0.0.0/0", router = "198.18.0.1" }',
+        "subnet 198.18.0.0/24: pool 'c': routers 198.18.0.2 are sent with static routes that have no 0.0.0.0/0: "
+        "clients that take the routes (option 121, RFC 3442) ignore the routers and get no default route; add "
+        '{ destination = "0.0.0.0/0", router = "198.18.0.2" }']
+    checked = subprocess.run([ISPD, "check-config", "-c", str(path)], capture_output=True, text=True)
+    assert checked.returncode == 0 and all(f"dhcp: warning: {warning}" in checked.stderr for warning in warnings)
+    fixed = write(tmp_path, path.read_text().replace('"10.0.0.0/8"', '"0.0.0.0/0"'))
+    assert not [w for w in load_config(fixed).dhcp.warnings() if w.event == "dhcp.subnet.routes_without_default"]
+
+
 def test_unknown_clients_sent_to_a_garden_a_subnet_lacks_is_warned_of(tmp_path: Path) -> None:
     """unknown_clients = "walled-garden" where a subnet has no garden pool: its unknown clients
     got no address at all, and check-config said ok. A warning (a config that ran must start)."""

@@ -513,7 +513,32 @@ class DHCPConfig(Section):
         return [*(ConfigWarning("dhcp.subnet.interface_shared", w) for w in self.shared_interface_warnings()),
                 *(ConfigWarning("dhcp.pool.timers_ignored", w) for w in self.timer_warnings()),
                 *(ConfigWarning("dhcp.pool.router_off_link", w) for w in self.pool_router_warnings()),
-                *(ConfigWarning("dhcp.subnet.no_garden", w) for w in self.garden_warnings())]
+                *(ConfigWarning("dhcp.subnet.no_garden", w) for w in self.garden_warnings()),
+                *(ConfigWarning("dhcp.subnet.routes_without_default", w) for w in self.static_route_warnings())]
+
+    def static_route_warnings(self) -> list[str]:
+        """Subnets and pools that send routers and static_routes with no 0.0.0.0/0 among them. A
+        client that takes option 121 MUST ignore option 3 (RFC 3442): dhcpcd, systemd-networkd
+        and dhclient's script install the routes and no default route, so the clients cannot
+        reach beyond them. A warning: such a config ran before (and the routes may be all there
+        is to reach on purpose)."""
+        warnings = []
+        for subnet in self.subnet:
+            for pool in [None, *subnet.pool]:
+                routes = pool.static_routes if pool is not None and pool.static_routes is not None \
+                    else subnet.static_routes
+                routers = pool.sent_routers() if pool is not None else None
+                if routers is None:
+                    routers = self.routers_of(subnet)
+                if pool is not None and routes is subnet.static_routes and routers == self.routers_of(subnet):
+                    continue  # as its subnet's: said once, for the subnet
+                if routes and routers and not any(route.destination.prefixlen == 0 for route in routes):
+                    where = f"pool {pool.name!r}" if pool is not None else "static_routes"
+                    warnings.append(f"subnet {subnet.network}: {where}: routers {', '.join(map(str, routers))} "
+                                    f"are sent with static routes that have no 0.0.0.0/0: clients that take "
+                                    f"the routes (option 121, RFC 3442) ignore the routers and get no default "
+                                    f"route; add {{ destination = \"0.0.0.0/0\", router = \"{routers[0]}\" }}")
+        return warnings
 
     def pool_router_warnings(self) -> list[str]:
         """Routers a pool sends that are not inside its subnet: a client cannot reach a gateway off
