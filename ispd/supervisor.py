@@ -224,8 +224,11 @@ class Supervisor:
             if self._reload_pending:
                 self._spawn_reload()
             await stop_requested
+            stop_started = time.monotonic()
             await self._end_reloads()
-            code = await self._shutdown()
+            # One grace for the whole stop: a reload slow to unwind, then the services' drain
+            # with a grace of their own, took up to twice what systemd was told (TimeoutStopSec).
+            code = await self._shutdown(spent=time.monotonic() - stop_started)
             return 1 if self._lock_lost else code
         finally:
             await self._close_all()
@@ -516,10 +519,12 @@ class Supervisor:
             raise
         self.running[spec.name] = entry
 
-    async def _shutdown(self) -> int:
+    async def _shutdown(self, spent: float = 0.0) -> int:
+        """Stop the services within what is left of the grace (``spent`` on the reloads cut short)."""
         self.notifier.stopping()
-        grace = self.config.daemon.shutdown_grace_seconds
-        log.info("daemon.stopping", grace_seconds=grace)
+        full_grace = self.config.daemon.shutdown_grace_seconds
+        grace = max(0.0, full_grace - spent)
+        log.info("daemon.stopping", grace_seconds=full_grace)
         started = time.monotonic()
         if self.relay is not None:
             await self.relay.stop()
@@ -533,7 +538,7 @@ class Supervisor:
         # Handlers still reacting to events get what is left of the grace, no more.
         drained = await self.bus.drain(max(0.0, grace - (time.monotonic() - started)))
         if pending or not drained:
-            log.error("daemon.stop.grace_exceeded", grace_seconds=grace, unfinished_services=len(pending),
+            log.error("daemon.stop.grace_exceeded", grace_seconds=full_grace, unfinished_services=len(pending),
                       unfinished_handlers=not drained)
             return 1
         log.info("daemon.stopped", seconds=round(time.monotonic() - started, 3))

@@ -573,3 +573,42 @@ async def test_a_term_during_a_reload_ends_it_and_sends_no_ready_after_stopping(
     await asyncio.sleep(0)
     gc.collect()  # a task that died with an exception nobody took says so as it goes
     assert unhandled == []
+
+
+async def test_a_reload_slow_to_unwind_and_the_drain_share_one_grace(tmp_path: Path) -> None:
+    """The stop's grace bounds the whole stop: a reload that took its cancellation slowly and
+    the services' drain after it each had a full grace, twice what systemd was told (from a
+    review)."""
+    config_path = tmp_path / "ispd.toml"
+    config_path.write_text(f'[daemon]\ncontrol_socket = "{tmp_path / "control.sock"}"\n'
+                           'shutdown_grace_seconds = 1\n'
+                           f'[store]\npath = "{tmp_path / "s.db"}"\n'
+                           '[metrics]\nlisten = "127.0.0.1:0"\n')
+    config = config_for(tmp_path).model_copy(update={"daemon": DaemonConfig(
+        control_socket=tmp_path / "control.sock", shutdown_grace_seconds=1)})
+    notifier = RecordingNotifier()
+    supervisor = Supervisor(config_path, config, notifier)
+    task = asyncio.create_task(supervisor.run())
+    await asyncio.wait_for(notifier.ready_event.wait(), READY_WITHIN)
+    reloading = asyncio.Event()
+    service = supervisor.running["metrics"].service
+
+    async def slow_reload(old: Config, new: Config) -> None:
+        reloading.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.8)  # unwinding takes most of the grace
+            raise
+
+    async def slow_stop() -> None:
+        await asyncio.sleep(0.8)  # so does the drain
+
+    service.reload = slow_reload  # type: ignore[method-assign]
+    service.stop = slow_stop  # type: ignore[method-assign]
+    supervisor._hangup()
+    await asyncio.wait_for(reloading.wait(), 10)
+    started = time.monotonic()
+    supervisor.request_stop()
+    assert await asyncio.wait_for(task, 10) == 1  # the grace ran out: said so
+    assert time.monotonic() - started < 1.5
