@@ -250,6 +250,15 @@ def connect(config: StoreConfig) -> PgConnection:
         )
     except psycopg.Error as exc:
         raise StoreUnavailable(f"cannot connect to {describe(config)}: {first_line(exc)}") from None
+    # The store's text is Unicode: a database of another encoding cannot keep it (LATIN1 refuses
+    # a hostname's ☃ and the U+FFFD that stands for a NUL; on SQL_ASCII psycopg reads every text
+    # as bytes, and the first read fails). Said before anything is created there.
+    encoding = raw.info.parameter_status("server_encoding")
+    if encoding is not None and encoding != "UTF8":
+        raw.close()
+        raise StoreUnavailable(
+            f"{describe(config)} has the encoding {encoding}; ispd keeps Unicode text and needs a UTF8 database: "
+            "create it with CREATE DATABASE ... OWNER ... ENCODING 'UTF8' TEMPLATE template0")
     raw.adapters.register_loader("numeric", _NumericLoader)
     # A str goes as text, not psycopg's default "unknown": SQLite's SQL tests parameters alone
     # (``?2 IS NOT NULL``), where PostgreSQL cannot tell the type of an unknown.

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -131,3 +133,26 @@ async def test_a_server_that_goes_away_mid_batch_fails_it_saying_so(postgres_url
         assert store.commits_failing() is None
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("encoding", ["SQL_ASCII", "LATIN1"])
+async def test_a_database_not_in_utf8_is_refused_before_anything_is_created(
+        postgres_cluster: Any, tmp_path: Path, encoding: str) -> None:
+    """On SQL_ASCII psycopg read every text as bytes: the store was created, then its first read
+    failed with a ValueError (b'verifier' is not a valid CredentialPolicy); on LATIN1 a plan named
+    "Grün ☃" was refused as "a text value is not valid Unicode". Refused at the start, saying why."""
+    import psycopg
+
+    from ispd.store.errors import StoreUnavailable
+
+    name = f"enc_{encoding.lower()}_{os.getpid()}"
+    with psycopg.connect(postgres_cluster.url(), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name} ENCODING '{encoding}' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+    try:
+        with pytest.raises(StoreUnavailable, match=f"has the encoding {encoding}; .* needs a UTF8 database"):
+            await open_store(StoreConfig(path=tmp_path / "ispd.db", backend="postgresql",
+                                         url=postgres_cluster.url(name)))
+        with psycopg.connect(postgres_cluster.url(name)) as conn:  # nothing was created there
+            assert conn.execute("SELECT to_regclass('schema_migrations')").fetchone()[0] is None
+    finally:
+        postgres_cluster.drop_database(name)
