@@ -465,6 +465,9 @@ class Connector:
 
 
 FAILED_COMMIT_LOG_SECONDS = 30.0
+# A batch still not committed this long past the write lock's longest wait is stuck (a PostgreSQL
+# COMMIT waiting for a synchronous replica that is gone, a disk that hangs): commits_failing says so.
+STALLED_COMMIT_SECONDS = 5.0
 # A current lease or binding (list_leases, list_leases6 without include_ended): one that holds its
 # address now, bound or declined and in quarantine (kept from its pool until expires_at: an
 # operator asking why a pool runs out must see those, as Kea's lease4-get-all shows them).
@@ -478,6 +481,7 @@ class _Writer(threading.Thread):
         self.jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.broken: BaseException | None = None
         self.failing: str | None = None  # why the last commit failed, until one succeeds
+        self.committing_since: float | None = None  # (monotonic) when the batch under way began
         # While the server is down every batch fails alike: a line when it starts, when its
         # error changes and every FAILED_COMMIT_LOG_SECONDS, and one when it is over.
         self._failures = RepeatedFailure(FAILED_COMMIT_LOG_SECONDS)
@@ -512,7 +516,11 @@ class _Writer(threading.Thread):
                         stopping = True
                         break
                     batch.append(job)
-                self._commit(batch)
+                self.committing_since = time.monotonic()
+                try:
+                    self._commit(batch)
+                finally:
+                    self.committing_since = None
                 batch = []
         except BaseException as exc:  # the writer itself failed (a bug, a broken disk): fail every waiter
             self.broken = exc
@@ -572,6 +580,7 @@ class _Writer(threading.Thread):
         else:
             if self.metrics is not None:  # (a batch that failed was committed by no transaction)
                 self.metrics.commit_batch_size.observe(len(batch))
+        self.committing_since = None  # (before the callers hear: one that asks next sees it over)
         for job, result, job_error in outcomes:
             job.loop.call_soon_threadsafe(_settle, job.future, result, job_error)
 
@@ -952,7 +961,16 @@ class SQLiteStore(Store):
         return self._writer.is_alive() and self._writer.broken is None
 
     def commits_failing(self) -> str | None:
-        return self._writer.failing
+        writer = self._writer
+        if writer.failing is not None:
+            return writer.failing
+        # A commit that never returns fails nothing: without this, /healthz said ok while every
+        # write waited behind it (a synchronous replica gone: PostgreSQL's COMMIT waits for ever).
+        since = writer.committing_since
+        waited = time.monotonic() - since if since is not None else 0.0
+        if waited > self.config.busy_timeout_seconds + STALLED_COMMIT_SECONDS:
+            return f"a write has waited {waited:.0f} s for {self._connector.describe()} to commit it"
+        return None
 
     # --- plumbing
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import sqlite3
 import stat
 import subprocess
@@ -593,3 +594,32 @@ def test_a_new_connection_whose_begin_failed_is_closed_whatever_the_failure(tmp_
     with pytest.raises(sqlite3.OperationalError):
         Fake(StoreConfig(path=tmp_path / "x.db")).begun(Conn(usable=False), locked)
     assert [conn.closed for conn in opened] == [True]
+
+
+async def test_a_commit_that_never_returns_is_a_failing_write_for_health(
+        store_config: StoreConfig, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch stuck in its commit (PostgreSQL waiting for a synchronous replica that is gone:
+    wait_event SyncRep, for ever) failed nothing: commits_failing() said None, /healthz 200,
+    while every write queued behind it. Past the write lock's longest wait and a margin, it says
+    so; once the commit returns, it no longer does."""
+    import threading
+
+    import ispd.store.sqlite
+
+    monkeypatch.setattr(ispd.store.sqlite, "STALLED_COMMIT_SECONDS", 0.3, raising=False)
+    config = store_config.model_copy(update={"busy_timeout_seconds": 0.2})
+    store = await open_store(config, StoreMetrics(), clock)
+    release = threading.Event()
+    try:
+        stuck = asyncio.ensure_future(store._write("stuck", lambda conn: release.wait(10)))  # type: ignore[attr-defined]
+        await asyncio.sleep(0.2)
+        assert store.commits_failing() is None  # within the lock's wait: nothing to say yet
+        await asyncio.sleep(0.5)
+        failing = store.commits_failing()
+        assert failing is not None and re.fullmatch(r"a write has waited \d+ s for the .* to commit it", failing)
+        release.set()
+        await stuck
+        assert store.commits_failing() is None
+    finally:
+        release.set()
+        await store.close()
