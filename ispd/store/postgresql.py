@@ -243,10 +243,11 @@ def connect(config: StoreConfig) -> PgConnection:
     try:
         given = psycopg.conninfo.conninfo_to_dict(config.url)  # a url that does not parse: the except below
         options: dict[str, Any] = {key: value for key, value in _TCP_DEFAULTS.items() if key not in given}
+        if "connect_timeout" not in given:  # (the url's own: a URL of several hosts gives up on each sooner)
+            options["connect_timeout"] = max(1, round(config.busy_timeout_seconds))
         raw = psycopg.connect(
             config.url, autocommit=True, row_factory=_row_factory,
-            application_name=f"ispd {socket.gethostname()} pid {os.getpid()}",
-            connect_timeout=max(1, round(config.busy_timeout_seconds)), **options,
+            application_name=f"ispd {socket.gethostname()} pid {os.getpid()}", **options,
         )
     except psycopg.Error as exc:
         raise StoreUnavailable(f"cannot connect to {describe(config)}: {first_line(exc)}") from None

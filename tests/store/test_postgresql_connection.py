@@ -71,6 +71,20 @@ def test_a_dead_server_is_given_up_on_by_tcp_unless_the_url_says_otherwise(postg
         conn.close()
 
 
+def test_the_urls_connect_timeout_wins_over_busy_timeout(postgres_url: str) -> None:
+    """connect_timeout=busy_timeout_seconds overrode the url's own: an operator's
+    ``connect_timeout=2`` (a URL of two hosts, giving up on a dead primary sooner) waited 10 s
+    per host. busy_timeout_seconds is the default only."""
+    from ispd.store.postgresql import connect
+
+    for url, expected in ((postgres_url, "10"), (f"{postgres_url}&connect_timeout=2", "2")):
+        conn = connect(StoreConfig(backend="postgresql", url=url))
+        try:
+            assert conn.raw.info.get_parameters()["connect_timeout"] == expected
+        finally:
+            conn.close()
+
+
 def test_a_url_that_does_not_parse_is_the_store_unavailable_not_a_driver_error() -> None:
     """``ispd run`` and every admin command say why (the url), not "unexpected error: ProgrammingError"."""
     from ispd.store.errors import StoreUnavailable
