@@ -1012,7 +1012,10 @@ class SQLiteStore(Store):
                 try:
                     return run(conn)
                 finally:
-                    conn.execute("COMMIT")
+                    # (On a connection the server ended under the read, the COMMIT would fail
+                    # too, and its "the connection is closed" would hide why the read failed.)
+                    if connector.usable(conn):
+                        conn.execute("COMMIT")
             except caught as exc:
                 raise connector.translate(exc) from None
 

@@ -170,3 +170,19 @@ async def test_a_database_not_in_utf8_is_refused_before_anything_is_created(
             assert conn.execute("SELECT to_regclass('schema_migrations')").fetchone()[0] is None
     finally:
         postgres_cluster.drop_database(name)
+
+
+async def test_a_read_cut_by_the_server_says_why(postgres_url: str, tmp_path: Path) -> None:
+    """The reader's COMMIT after a read whose connection the server ended failed in its turn,
+    and the caller (and /healthz, whose ping is a read) was told "the connection is closed",
+    not why it closed. The next read opens a new connection."""
+    from ispd.store.errors import StoreUnavailable
+
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db", backend="postgresql", url=postgres_url))
+    try:
+        with pytest.raises(StoreUnavailable, match="terminating connection due to administrator command"):
+            await store._read("kill", lambda c: c.execute(  # type: ignore[attr-defined]
+                "SELECT pg_terminate_backend(pg_backend_pid())").fetchall())
+        assert await query(store, "SELECT 1") == [(1,)]
+    finally:
+        await store.close()
