@@ -317,6 +317,10 @@ def translate(exc: BaseException, config: StoreConfig) -> BaseException:
     if isinstance(exc, errors.LockNotAvailable):
         return StoreUnavailable(
             f"the store stayed locked by another process for more than {config.busy_timeout_seconds:g} s")
+    if isinstance(exc, errors.InsufficientPrivilege):
+        # A database the role does not own (PostgreSQL 15 lets only the owner create in public).
+        return StoreUnavailable(f"{first_line(exc)} in {describe(config)}: the role ispd connects as must own "
+                                "the database (CREATE DATABASE ... OWNER ...) or be granted what it names")
     if isinstance(exc, errors.NumericValueOutOfRange):
         return InvalidValue("a number is too large for the store")
     if isinstance(exc, psycopg.DataError):  # a value of the wrong form for its column

@@ -186,3 +186,27 @@ async def test_a_read_cut_by_the_server_says_why(postgres_url: str, tmp_path: Pa
         assert await query(store, "SELECT 1") == [(1,)]
     finally:
         await store.close()
+
+
+async def test_a_role_that_may_not_create_the_tables_is_told_what_to_do(
+        postgres_cluster: Any, tmp_path: Path) -> None:
+    """A database the role does not own (PostgreSQL 15: no CREATE on public for others) failed
+    the start with "store error: permission denied for schema public": which database, and what
+    to change, unsaid."""
+    import psycopg
+
+    from ispd.store.errors import StoreUnavailable
+
+    name, role = f"notowned_{os.getpid()}", f"ispd_notowner_{os.getpid()}"
+    with psycopg.connect(postgres_cluster.url(), autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        url = postgres_cluster.url(name).replace("postgres@", f"{role}@", 1)
+        with pytest.raises(StoreUnavailable, match=rf"permission denied for schema public in the PostgreSQL store "
+                                                   rf"{name} on .*: the role ispd connects as must own the database"):
+            await open_store(StoreConfig(path=tmp_path / "ispd.db", backend="postgresql", url=url))
+    finally:
+        postgres_cluster.drop_database(name)
+        with psycopg.connect(postgres_cluster.url(), autocommit=True) as admin:
+            admin.execute(f"DROP ROLE {role}")
