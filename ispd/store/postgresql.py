@@ -247,7 +247,7 @@ def connect(config: StoreConfig) -> PgConnection:
             options["connect_timeout"] = max(1, round(config.busy_timeout_seconds))
         raw = psycopg.connect(
             config.url, autocommit=True, row_factory=_row_factory,
-            application_name=f"ispd {socket.gethostname()} pid {os.getpid()}", **options,
+            application_name=application_name(), **options,
         )
     except psycopg.Error as exc:
         raise StoreUnavailable(f"cannot connect to {describe(config)}: {first_line(exc)}") from None
@@ -271,6 +271,14 @@ def connect(config: StoreConfig) -> PgConnection:
         raw.close()
         raise StoreUnavailable(f"cannot connect to {describe(config)}: {first_line(exc)}") from None
     return PgConnection(raw)
+
+
+def application_name() -> str:
+    """"ispd HOST pid N", as the daemon lock's refusal and a standby name the holder: within the
+    63 bytes PostgreSQL keeps (it cuts the rest), a long host name shortened, never the PID."""
+    tail = f" pid {os.getpid()}"
+    host = socket.gethostname().encode("ascii", "replace")[:63 - len("ispd ") - len(tail)].decode()
+    return f"ispd {host}{tail}"
 
 
 def describe(config: StoreConfig) -> str:

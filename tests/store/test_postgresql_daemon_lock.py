@@ -72,3 +72,24 @@ def test_keep_fails_only_with_daemon_lock_error(postgres_url: str, tmp_path: Pat
     finally:
         lock.release()
 
+
+
+def test_a_long_host_name_leaves_the_holders_pid_in_the_refusal(postgres_url: str, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL keeps 63 bytes of application_name: "ispd HOST pid N" with a host name of 55
+    characters was cut to "... pi", and the refusal (and a standby's /healthz) named no PID."""
+    import os
+    import socket
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "radius-dhcp-node-a.datacenter-east.prod.example-isp.net")
+    first, second = lock_on(postgres_url, tmp_path / "a"), lock_on(postgres_url, tmp_path / "b")
+    first.acquire()
+    try:
+        with pytest.raises(DaemonLockError) as refused:
+            second.acquire()
+        assert refused.value.held_by == os.getpid()
+        holder = refused.value.holder or ""
+        assert holder.startswith("ispd radius-dhcp-node-a.datacenter-east.") and holder.endswith(f" pid {os.getpid()}")
+        assert len(holder) == 63 and f"({holder})" in str(refused.value)
+    finally:
+        first.release()
