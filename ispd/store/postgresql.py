@@ -474,6 +474,7 @@ class PostgresDaemonLock:
         self.config = config
         self._file = DaemonLock(config.path)
         self._conn: PgConnection | None = None
+        self._backend_pid: int | None = None  # the server session that holds the lock
         # keep() runs in a thread of the supervisor's while release() may run at shutdown: a lock
         # taken again after the release would outlive it.
         self._guard = threading.Lock()
@@ -539,16 +540,24 @@ class PostgresDaemonLock:
         (True), or raise DaemonLockError (``in_use``: another daemon has it now; else the server
         could not be asked, and the caller asks again later). Nothing else: a driver's error
         would end the supervisor's keeper for good."""
+        from ispd.daemonlock import DaemonLockError
+
         with self._guard:
             if self._released:
                 return False
             conn = self._conn
             if conn is not None and conn.usable:
                 try:
-                    conn.execute("SELECT 1")
-                    return False
+                    backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
                 except psycopg.Error:
                     pass
+                else:
+                    if backend == self._backend_pid:
+                        return False
+                    # Another server session answered: the lock's may be gone (a pooler closed
+                    # it) or be handed to another client, who holds it then. Stop rather than
+                    # answer clients beside a second daemon.
+                    raise DaemonLockError(_shared_session(self.config), in_use=True)
             if conn is not None:
                 conn.close()
             self._conn = None
@@ -624,7 +633,14 @@ class PostgresDaemonLock:
     def _take(self, conn: PgConnection) -> None:
         from ispd.daemonlock import DaemonLockError
 
+        backend, held_here = conn.execute(
+            "SELECT pg_backend_pid(), EXISTS (SELECT 1 FROM pg_locks WHERE pid = pg_backend_pid() AND"
+            " locktype = 'advisory' AND objsubid = 1 AND (classid::bigint << 32) + objid::bigint = ?)",
+            (_DAEMON_LOCK,)).fetchone()
+        if held_here:  # a new connection's session holds it already: another client's session
+            raise DaemonLockError(_shared_session(self.config), in_use=True)
         if conn.execute(f"SELECT pg_try_advisory_lock({_DAEMON_LOCK})").fetchone()[0]:
+            self._backend_pid = backend
             # The server's side of the lock's connection: a holder whose host vanished (no FIN, no
             # RST) must not keep the lock for the kernel's two idle hours, its standby waiting.
             conn.execute_script(_HOLDER_KEEPALIVES)
@@ -634,6 +650,15 @@ class PostgresDaemonLock:
         raise DaemonLockError(
             f"another ispd ({who}) is running on {describe(self.config)}; stop it first: two daemons "
             "on one store would both answer every client", _pid_in(who), in_use=True, holder=holder)
+
+
+def _shared_session(config: StoreConfig) -> str:
+    """Why the daemon lock cannot be held through a pooler that shares server sessions: a session
+    advisory lock stays with the session, which the pooler hands to other clients (a second
+    daemon among them, which then holds it too) and closes when it likes."""
+    return (f"the daemon lock needs a server session of its own on {describe(config)}, and this connection "
+            "shares its session with other clients (a pooler such as PgBouncer in transaction or statement "
+            "mode?): connect ispd to PostgreSQL directly, or through PgBouncer in session mode")
 
 
 def _holder(conn: PgConnection) -> tuple[bool, str | None]:

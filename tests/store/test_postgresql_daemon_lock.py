@@ -93,3 +93,30 @@ def test_a_long_host_name_leaves_the_holders_pid_in_the_refusal(postgres_url: st
         assert len(holder) == 63 and f"({holder})" in str(refused.value)
     finally:
         first.release()
+
+
+def test_a_session_shared_by_a_pooler_is_no_daemon_lock(postgres_url: str, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through PgBouncer in transaction mode a second daemon's connection got the first one's
+    server session, whose session lock pg_try_advisory_lock took again: both daemons held it
+    and both served. And the holder's own next statement may run on another session. Both are
+    refused, naming the pooler."""
+    import ispd.store.postgresql as pg
+
+    first, second = lock_on(postgres_url, tmp_path / "a"), lock_on(postgres_url, tmp_path / "b")
+    first.acquire()
+    try:
+        held: Any = first._conn
+        # What the pooler does: the second client's statements run in the first's server session.
+        monkeypatch.setattr(pg, "connect", lambda config: pg.PgConnection(held.raw))
+        with pytest.raises(DaemonLockError, match=r"shares its session with other clients .*PgBouncer"):
+            second.acquire()
+        assert not second.held
+        monkeypatch.undo()
+        # The holder's statement answered by another session (the pooler gave it another).
+        first._conn = pg.connect(first.config)
+        with pytest.raises(DaemonLockError, match="shares its session") as lost:
+            first.keep()
+        assert lost.value.in_use  # the daemon stops (daemon.lock.lost)
+    finally:
+        first.release()
