@@ -103,6 +103,13 @@ class RequestInProgress:
 
 
 MAX_HEADER_LIST_SIZE = 16384  # a GET's path holds the query in base64url: 5.5 KB at most
+
+
+def header_list_size(max_query_bytes: int) -> int:
+    """The header list size a connection announces and takes: MAX_HEADER_LIST_SIZE, or room
+    for a GET of a ``max_query_bytes`` query in base64url (4/3 of it) with a few short headers
+    when that is more (``max_query_bytes`` goes to 65535; HTTP/3 scales its limit alike)."""
+    return max(MAX_HEADER_LIST_SIZE, (max_query_bytes * 4 + 2) // 3 + 4096)
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # RFC 9113 §3.4
 
 
@@ -157,13 +164,14 @@ async def serve_h2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, c
                                        validate_outbound_headers=False, normalize_outbound_headers=False,
                                        validate_inbound_headers=False)
     conn = h2.connection.H2Connection(config=config)
+    header_list = header_list_size(responder.config.max_query_bytes)
     conn.local_settings = h2.settings.Settings(client=False, initial_values={
-        h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
+        h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: header_list,
     })
     # h2 applies a MAX_HEADER_LIST_SIZE only when it comes as a change the client acknowledges,
     # not as an initial value: its decoder kept its default of 64 KB, and a request with 40 KB
     # of headers was answered where SETTINGS said 16 KB.
-    conn.decoder.max_header_list_size = MAX_HEADER_LIST_SIZE
+    conn.decoder.max_header_list_size = header_list
     streams: dict[int, RequestInProgress] = {}
     unsent: dict[int, memoryview] = {}  # response bodies waiting for flow-control window
     tasks: set[asyncio.Task[None]] = set()

@@ -94,8 +94,9 @@ class Served:
 
 
 @contextlib.asynccontextmanager
-async def serving(answers: Any, *, idle_seconds: float = 5, max_streams: int = 10) -> AsyncIterator[Served]:
-    responder = DoHResponder(answers, TransportStats(), DoHConfig(), None)
+async def serving(answers: Any, *, idle_seconds: float = 5, max_streams: int = 10,
+                  config: DoHConfig | None = None) -> AsyncIterator[Served]:
+    responder = DoHResponder(answers, TransportStats(), config or DoHConfig(), None)
     served = Served()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -277,6 +278,31 @@ async def test_a_header_list_over_the_announced_size_is_refused(padding: int, an
             events += client.receive_data(data)
             writer.write(client.data_to_send())
         assert any(isinstance(event, h2.events.StreamEnded) for event in events) is answered
+        writer.close()
+
+
+async def test_a_get_within_max_query_bytes_is_answered_whatever_its_path_length() -> None:
+    """From a review: the header list size of 16 KB, now enforced, took no account of
+    ``max_query_bytes`` (up to 65535): with it at 16384, a GET for a 13 KB query (a path of
+    17 KB in base64url) ended the whole connection (with every other stream on it), where
+    before the decoder's 64 KB let it through, and HTTP/3 allows 16 KB + twice the query."""
+    config = DoHConfig(max_query_bytes=16384)
+    big = QUERY + bytes(13000)  # (the fake cache answers any bytes with themselves)
+    async with serving(CachedAnswers(), config=config) as served:
+        reader, writer = await asyncio.open_connection(*served.address)
+        client = h2_client()
+        path = "/dns-query?dns=" + base64.urlsafe_b64encode(big).rstrip(b"=").decode()
+        client.send_headers(1, [(":method", "GET"), (":path", path), (":scheme", "https"),
+                                (":authority", "dns.test")], end_stream=True)
+        writer.write(client.data_to_send())
+        events: list[h2.events.Event] = []
+        while not any(isinstance(event, (h2.events.StreamEnded, h2.events.ConnectionTerminated)) for event in events):
+            data = await asyncio.wait_for(reader.read(65536), 5)
+            assert data
+            events += client.receive_data(data)
+            writer.write(client.data_to_send())
+        assert not any(isinstance(event, h2.events.ConnectionTerminated) for event in events)
+        assert next(e.headers for e in events if isinstance(e, h2.events.ResponseReceived))[0] == (b":status", b"200")
         writer.close()
 
 
