@@ -23,9 +23,10 @@ Per message (RFC 2131 §4.3):
   RELEASE   the lease ends now; the address goes to the back of its pool's queue.
   INFORM    ACK with the configuration options only (RFC 2131 §3.4).
 
-The client is identified by option 61 when present, else by htype + chaddr (RFC 2131 §4.2); a
-lease taken with no option 61 is also the client's that sends one from that chaddr (as Kea's
-belongsToClient: dhclient then dhcpcd on one host keeps its address).
+The client is identified by option 61 when present, else by chaddr (RFC 2131 §4.2; its hlen
+bytes, not the htype, which the store does not keep: ``_mac_key``), and dropped with neither
+(hlen 0 and no option 61); a lease taken with no option 61 is also the client's that sends one
+from that chaddr (as Kea's belongsToClient: dhclient then dhcpcd on one host keeps its address).
 Its class decides the pools it may use: a reservation (by client-id, MAC, circuit-id, remote-id
 — in that order) names a subscriber; an active subscriber gets the normal pools (and its
 reserved address), a suspended one the walled-garden pools; a client with no reservation, or a
