@@ -110,6 +110,8 @@ def header_list_size(max_query_bytes: int) -> int:
     for a GET of a ``max_query_bytes`` query in base64url (4/3 of it) with a few short headers
     when that is more (``max_query_bytes`` goes to 65535; HTTP/3 scales its limit alike)."""
     return max(MAX_HEADER_LIST_SIZE, (max_query_bytes * 4 + 2) // 3 + 4096)
+
+
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # RFC 9113 §3.4
 
 
