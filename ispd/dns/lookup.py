@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import dnslib  # type: ignore[import-untyped]
 
+from ispd.dns.admin import class_text, rdata_text
 from ispd.dns.cache import CacheLimits, RRsetCache, Security
 from ispd.dns.config import DNSConfig, outgoing_addresses
 from ispd.dns.hints import load_root_hints
@@ -26,10 +27,13 @@ from ispd.dns.wire import (
     FLAG_QR,
     FLAG_RA,
     REFUSED_QTYPES,
+    RR,
     Question,
     RRType,
     encode_message,
     name_from_text,
+    name_to_text,
+    type_text,
 )
 
 
@@ -63,9 +67,28 @@ async def lookup(config: DNSConfig, name: str, qtype: int, say: Callable[[str], 
     flags = FLAG_QR | FLAG_RA | resolution.rcode | (FLAG_AD if resolution.security == Security.SECURE else 0)
     wire = encode_message(0, flags, Question(qname, qtype), resolution.answer, resolution.authority, []).data
     say("")
-    say(str(dnslib.DNSRecord.parse(wire)))
+    say(message_text(wire, resolution.answer, resolution.authority))
     if resolver.validator is not None:
         say(f";; DNSSEC: {resolution.security.name.lower()}")
     say(f";; {resolver.upstream_queries} upstream queries in {elapsed * 1000:.1f} ms"
         + (f"; failed: {resolution.failure}" if resolution.failure else ""))
     return resolution
+
+
+def message_text(wire: bytes, answer: list[RR], authority: list[RR]) -> str:
+    """The reply as dig shows it (dnslib's text). dnslib raises on rdata it cannot read (a TXT
+    string or a CAA tag running past the record's end), which the resolver passes on as it
+    came: those records are shown as ``ispd dns cache dump`` shows them (RFC 3597's generic
+    form when nothing else fits), not the command ending in an error without the answer."""
+    try:
+        return str(dnslib.DNSRecord.parse(wire))
+    except Exception:  # anything from IndexError to DNSError
+        pass
+    buffer = dnslib.DNSBuffer(wire)
+    lines = [str(dnslib.DNSHeader.parse(buffer)), ";; QUESTION SECTION:", str(dnslib.DNSQuestion.parse(buffer))]
+    for section, records in (("ANSWER", answer), ("AUTHORITY", authority)):
+        if records:
+            lines.append(f";; {section} SECTION:")
+            lines.extend(f"{name_to_text(rr.name)} {rr.ttl} {class_text(rr.rclass)} {type_text(rr.rtype)} "
+                         f"{rdata_text(rr.rtype, rr.rdata)}" for rr in records)
+    return "\n".join(lines)
