@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -204,6 +205,28 @@ def test_dump_goes_in_batches_and_survives_changes_between_them(clock: Clock) ->
     records = [line for line in lines if not line.startswith(";")]
     assert len(records) == DUMP_BATCH + 1  # the first batch, then the one entry still there
     assert records[-1] == f"h{total - 2}.example. 300 IN A 192.0.2.7"
+
+
+def test_the_dump_reaches_the_answer_cache_without_a_copy_of_each_key(clock: Clock) -> None:
+    """The step that began the answer cache's part made a (key, variant) pair of every key in
+    one go: 140 ms with 300,000 answers here, every query held meanwhile (the RRset part, a
+    list of the keys, takes a few). Its cost is shown by what it allocates: a list of
+    references (8 bytes a key), not an object per key."""
+    answers = AnswerCache(CacheLimits())
+    count = 100_000
+    stored = answers.entries  # (straight into the table: the dump reads only its keys)
+    for i in range(count):
+        stored[N(f"h{i}.example.") + b"\x00\x01\x00\x01"] = None  # type: ignore[assignment]
+    batches = DNSCacheAdmin(RRsetCache(CacheLimits()), answers, clock).dump(zone=N("nothing.matches."))
+    next(batches), next(batches)  # the heading, the RRset cache's (empty) part
+    tracemalloc.start()
+    try:
+        next(batches)  # the answers' first batch
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < count * 8 * 2, peak
+    assert sum(map(len, batches)) == 1  # (the count: nothing matched)
 
 
 def test_dump_command_checks_its_arguments(admin: DNSCacheAdmin) -> None:
