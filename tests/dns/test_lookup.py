@@ -10,7 +10,7 @@ from ispd.dns.lookup import lookup
 from ispd.dns.wire import RCode, RRType
 
 SERVER, SOURCE = "127.94.0.53", "127.94.0.54"
-ROGUE = "127.161.94.53"
+ROGUE = "127.94.0.55"
 
 
 async def test_lookup_asks_from_the_configured_source_address() -> None:
