@@ -1038,7 +1038,9 @@ class MailService(Service):
                     return None
                 subscriber_id, username = recipient.mailbox.subscriber_id, recipient.username
             else:
-                subscriber = await store.get_subscriber(text)
+                # The username as RADIUS takes it: never an id ("#4", or "4" when no subscriber
+                # has that username), and an account number that is another's id is still its own.
+                subscriber = await store.get_subscriber(text, login=True)
                 subscriber_id, username = subscriber.id, subscriber.username
             credentials = await store.get_credentials(subscriber_id)
         except (NotFound, InvalidValue, ValueError):

@@ -122,7 +122,9 @@ class Store(ABC):
         """Add a subscriber, with its password forms when given, in one durable write."""
 
     @abstractmethod
-    async def get_subscriber(self, ref: SubscriberRef) -> Subscriber: ...
+    async def get_subscriber(self, ref: SubscriberRef, *, login: bool = False) -> Subscriber:
+        """``login``: ``ref`` is a name a subscriber logs in with (mail's AUTH), found as its
+        username alone: never an id (``#ID``, or digits no subscriber has as its username)."""
 
     @abstractmethod
     async def list_subscribers(self, status: SubscriberStatus | None = None, *, after: str | None = None,

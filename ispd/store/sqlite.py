@@ -840,6 +840,14 @@ def _find_subscriber(conn: sqlite3.Connection, ref: SubscriberRef) -> sqlite3.Ro
     return found
 
 
+def _find_login(conn: sqlite3.Connection, ref: SubscriberRef) -> sqlite3.Row:
+    """The subscriber whose username ``ref`` is, as a login names it: never by its id."""
+    row: sqlite3.Row | None = conn.execute("SELECT * FROM subscribers WHERE username = ?", (str(ref),)).fetchone()
+    if row is None:
+        raise NotFound(f"no subscriber {ref!r}")
+    return row
+
+
 def _history_subscriber_id(conn: sqlite3.Connection, ref: SubscriberRef) -> int:
     """The id whose history (usage, sessions, CoA outcomes) is asked for: a subscriber's, or,
     named ``#ID``, one deleted since. Its history stays under that id, which is never given to
@@ -1167,8 +1175,9 @@ class SQLiteStore(Store):
 
         return await self._write("add_subscriber", run)
 
-    async def get_subscriber(self, ref: SubscriberRef) -> Subscriber:
-        return await self._read("get_subscriber", lambda conn: _subscriber(_find_subscriber(conn, ref)))
+    async def get_subscriber(self, ref: SubscriberRef, *, login: bool = False) -> Subscriber:
+        find = _find_login if login else _find_subscriber
+        return await self._read("get_subscriber", lambda conn: _subscriber(find(conn, ref)))
 
     async def list_subscribers(self, status: SubscriberStatus | None = None, *, after: str | None = None,
                                limit: int | None = None) -> list[Subscriber]:

@@ -133,3 +133,32 @@ def test_a_submitted_message_is_signed_as_it_goes_on_the_wire(body: bytes) -> No
     on_the_wire = LINE_ENDINGS_REGEX.sub(b"\r\n", signed)  # as client.data() writes it
     assert dkim.verify(on_the_wire, dnsfunc=lambda name, timeout=5: DKIM_LAB_RECORD.encode())
     assert dkim.verify(signed, dnsfunc=lambda name, timeout=5: DKIM_LAB_RECORD.encode())  # the local copies
+
+
+async def test_a_login_is_a_username_never_an_id(tmp_path: Path) -> None:
+    """An account number as the username ("1") that is also another subscriber's id: mail's
+    AUTH looked the login up as the CLI names a subscriber, got "names two subscribers" and
+    answered every login of it with a temporary failure (454, IMAP [UNAVAILABLE]) and an error
+    in the log, for as long as both exist, while RADIUS let it in. And "#4" (or "4" where no
+    username is "4") logged subscriber #4 in by its id, a login RADIUS refuses."""
+    from ispd.credentials import PasswordChecker, derive_credentials
+    from ispd.listeners import AuthThrottle
+    from ispd.mail.service import Identity
+    from ispd.store import StoreConfig, StoreMetrics, open_store
+    from ispd.store.models import CredentialPolicy
+
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"), StoreMetrics(), lambda: 1_800_000_000.0)
+    try:
+        for username in ("alice", "1"):  # #1 and #2
+            await store.add_subscriber(username, actor="test", credentials=derive_credentials(
+                f"{username}-secret", CredentialPolicy.CLEARTEXT, 0.0))
+        service = MailService.__new__(MailService)
+        service.context = SimpleNamespace(store=store, clock=lambda: 1_800_000_000.0)  # type: ignore[assignment]
+        service.throttle = AuthThrottle(per_address=1000, window=900, base_delay=0.01)
+        service.passwords = PasswordChecker(60)
+        assert await service.authenticate(b"1", b"1-secret") == Identity(2, "1")
+        assert await service.authenticate(b"alice", b"alice-secret") == Identity(1, "alice")
+        for by_id, password in ((b"#1", b"alice-secret"), (b"#2", b"1-secret"), (b"2", b"1-secret")):
+            assert await service.authenticate(by_id, password) is None
+    finally:
+        await store.close()
