@@ -126,6 +126,7 @@ from ispd.store.validation import (
     reservable_prefix6,
     reservation_key,
     usable_text,
+    username_text,
 )
 
 T = TypeVar("T")
@@ -1140,7 +1141,7 @@ class SQLiteStore(Store):
     ) -> Subscriber:
         # The same rules however it comes (CLI, admin API): what a helpdesk screen, a log line and
         # a CSV export show as it is.
-        username = _checked(usable_text, username)
+        username = _checked(username_text, username)
         if username.startswith("#") and _is_row_id(username[1:]):
             raise InvalidValue(f"{username!r} reads as a subscriber's id (#ID): choose another username")
         full_name = _checked(usable_text, full_name) if full_name else None  # ("": none, as a form sends it)

@@ -32,6 +32,18 @@ def usable_text(text: str) -> str:
     return text
 
 
+def username_text(text: str) -> str:
+    """A subscriber's username, as ``usable_text``, and written composed (Unicode NFC): "josé"
+    typed with a combining accent (NFD, as some systems' file names and clipboards hold it) is
+    another string that shows the same, and would make a second subscriber that the helpdesk
+    cannot tell from the first, each answering RADIUS and mail only to its own spelling."""
+    usable_text(text)
+    if not unicodedata.is_normalized("NFC", text):
+        raise ValueError(f"{text!r} is written decomposed (a letter and a combining mark apart): write it "
+                         f"composed, as {unicodedata.normalize('NFC', text)!r} (Unicode NFC)")
+    return text
+
+
 def showable(text: str) -> str:
     """``text`` with what ``usable_text`` refuses written as Python escapes (``\\x1b``), for
     what comes from the wire rather than an operator (a NAS's User-Name, Acct-Session-Id,

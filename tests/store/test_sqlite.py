@@ -80,6 +80,21 @@ async def test_names_are_what_a_screen_and_a_log_line_show_as_they_are(store: St
     assert suspended.status_reason is None
 
 
+async def test_a_login_that_shows_as_another_is_refused(sqlite_store: Store) -> None:
+    """"jos\u00e9" and "jose\u0301" (the accent as a combining mark: NFD) show the same on every
+    screen but were two subscribers, each with its own password and answered by RADIUS and mail
+    only under its own spelling, which the helpdesk typing the name could not choose between."""
+    store = sqlite_store
+    composed = await store.add_subscriber("jos\u00e9", actor="t")
+    for decomposed in ("jose\u0301", "Zo\u0308e"):
+        with pytest.raises(InvalidValue, match="written decomposed"):
+            await store.add_subscriber(decomposed, actor="t")
+    with pytest.raises(InvalidValue, match="written decomposed"):  # a reservation's login as well
+        await store.add_reservation(composed.id, "username", "jose\u0301@pppoe", actor="t")
+    await store.add_reservation(composed.id, "username", "jos\u00e9@pppoe", actor="t")
+    assert [s.username for s in await store.list_subscribers()] == ["jos\u00e9"]
+
+
 async def test_the_overview_says_since_when_the_status_holds(store: Store, clock: FakeClock) -> None:
     await store.add_plan("p", actor="t")
     added_at = clock.now
