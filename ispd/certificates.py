@@ -25,21 +25,27 @@ EXPIRY_WARNING_DAYS = 14
 
 @dataclass(frozen=True)
 class CertificateValidity:
-    """When a certificate file's first certificate (the server's own) is valid, in Unix time."""
+    """When a certificate file's chain (the server's own certificate and the intermediates after
+    it) is valid, in Unix time: from the latest start to the earliest end of its certificates,
+    since a client that checks the chain refuses it once any of them has expired. ``ending``
+    names the chain's certificate that ends first when it is not the server's own."""
 
     path: str
     not_before: float
     not_after: float
+    ending: str | None = None
 
     def problem(self, now: float) -> str | None:
         """What is wrong with its dates at ``now``, or soon will be; None when nothing is."""
+        what = f"the certificate {self.path}" if self.ending is None else \
+            f"the chain in {self.path} (its certificate {self.ending})"
         if now >= self.not_after:
-            return f"the certificate {self.path} expired on {_day(self.not_after)}"
+            return f"{what} expired on {_day(self.not_after)}"
         if now < self.not_before:
-            return f"the certificate {self.path} is not valid before {_day(self.not_before)} (is the clock right?)"
+            return f"{what} is not valid before {_day(self.not_before)} (is the clock right?)"
         days = (self.not_after - now) / 86400
         if days < EXPIRY_WARNING_DAYS:
-            return f"the certificate {self.path} expires on {_day(self.not_after)}, in {days:.1f} days"
+            return f"{what} expires on {_day(self.not_after)}, in {days:.1f} days"
         return None
 
 
@@ -48,15 +54,22 @@ def _day(when: float) -> str:
 
 
 def certificate_validity(path: Path) -> CertificateValidity | None:
-    """The validity of the first certificate in the PEM file ``path``; None when it cannot be
-    read as one (loading it for a service says why)."""
+    """The validity of the PEM file ``path``'s chain (``CertificateValidity``); None when it
+    cannot be read as one (loading it for a service says why)."""
     from cryptography import x509
 
     try:
-        leaf = x509.load_pem_x509_certificate(path.read_bytes())
+        chain = x509.load_pem_x509_certificates(path.read_bytes())
     except (OSError, ValueError):
         return None
-    return CertificateValidity(str(path), leaf.not_valid_before_utc.timestamp(), leaf.not_valid_after_utc.timestamp())
+    # A new intermediate's start can come after the server's own (a renewal signed by it):
+    # the chain is valid from the latest start, to the earliest end.
+    first_to_end = min(chain, key=lambda c: c.not_valid_after_utc)
+    last_to_start = max(chain, key=lambda c: c.not_valid_before_utc)
+    ending = None if first_to_end.not_valid_after_utc == chain[0].not_valid_after_utc \
+        else first_to_end.subject.rfc4514_string()
+    return CertificateValidity(str(path), last_to_start.not_valid_before_utc.timestamp(),
+                               first_to_end.not_valid_after_utc.timestamp(), ending)
 
 
 def certificate_problems(certificates: list[tuple[str, Path]], now: float) -> list[tuple[str, Path, str]]:

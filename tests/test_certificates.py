@@ -80,3 +80,42 @@ def test_check_config_warns_of_a_certificate_that_expired(tmp_path: Path) -> Non
     assert result.returncode == 0, result.stderr  # a warning: refusing to start would take mail down too
     assert result.stderr == (f"ispd: {path}: mail: warning: the certificate {expired.certificate} expired on "
                              "2021-01-01 00:00 UTC\n")
+
+
+def test_an_intermediate_in_the_chain_that_ends_first_is_warned_of(tmp_path: Path) -> None:
+    """A chain file whose intermediate expires before the server's own certificate: from then
+    every client that checks the chain refuses the server ("certificate has expired" at depth
+    1), and neither check-config, the log nor the expiry metric said a word: only the first
+    certificate's dates were read."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.now(UTC)
+
+    def certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str, signer: ec.EllipticCurvePrivateKey,
+                    not_after: datetime) -> bytes:
+        built = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                 .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+                 .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                 .not_valid_before(now - timedelta(days=30)).not_valid_after(not_after)
+                 .sign(signer, hashes.SHA256()))
+        return built.public_bytes(serialization.Encoding.PEM)
+
+    root, intermediate, server = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    chain = tmp_path / "chain.pem"
+    for ends_in, expected in ((timedelta(days=-2), "expired on"), (timedelta(days=5), "expires on")):
+        intermediate_ends = now + ends_in
+        chain.write_bytes(certificate("mx.isp.example", server, "Lab Intermediate", intermediate,
+                                      now + timedelta(days=300))
+                          + certificate("Lab Intermediate", intermediate, "Lab Root", root, intermediate_ends))
+        validity = certificate_validity(chain)
+        assert validity is not None and abs(validity.not_after - intermediate_ends.timestamp()) < 1
+        [(_, _, problem)] = certificate_problems([("mail", chain)], time.time())
+        assert problem.startswith(f"the chain in {chain} (its certificate CN=Lab Intermediate) {expected}")
+    # A chain whose certificates all outlast the server's own speaks of that one, as before.
+    chain.write_bytes(certificate("mx.isp.example", server, "Lab Intermediate", intermediate, now + timedelta(days=5))
+                      + certificate("Lab Intermediate", intermediate, "Lab Root", root, now + timedelta(days=900)))
+    [(_, _, problem)] = certificate_problems([("mail", chain)], time.time())
+    assert problem.startswith(f"the certificate {chain} expires on")
