@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ispd.store.errors import StoreError
-from ispd.store.sqlite import directory_owner_for_root
+from ispd.store.sqlite import directory_owner_for_root, sqlite_migrations
 
 _HEADER = b"SQLite format 3\x00"
 _SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -266,7 +266,19 @@ def _checked(conn: sqlite3.Connection, name: Path) -> int:
     has_schema = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'")
     if has_schema.fetchone() is None:
         raise StoreError(f"{name} is no ispd store (it has no schema_migrations table)")
-    return int(conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] or 0)
+    # Other programs keep a table of that name too (golang-migrate's version and dirty, Rails'
+    # text versions): a store is ispd's when each migration it records is ispd's, by number and
+    # name (none was ever renamed). A newer ispd's, past those this one knows, cannot be judged.
+    try:
+        applied = conn.execute("SELECT version, name FROM schema_migrations").fetchall()
+    except sqlite3.OperationalError:  # (no name column)
+        applied = []
+    known = {step.version: step.name for step in sqlite_migrations()}
+    newest = max(known)
+    if not applied or any(version.__class__ is not int or (version <= newest and known.get(version) != step)
+                          for version, step in applied):
+        raise StoreError(f"{name} is no ispd store (its schema_migrations table is not ispd's)")
+    return int(max(version for version, _ in applied))
 
 
 def _full(exc: sqlite3.Error) -> bool:

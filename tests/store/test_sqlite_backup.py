@@ -25,7 +25,7 @@ def make_store(path: Path, names: list[str]) -> None:
         conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER, name TEXT, applied_at REAL)")
         conn.execute("CREATE TABLE IF NOT EXISTS subscribers (username TEXT)")
         conn.execute("DELETE FROM schema_migrations")
-        conn.execute("INSERT INTO schema_migrations VALUES (1, 'first', 0)")
+        conn.execute("INSERT INTO schema_migrations VALUES (1, 'initial', 0)")
         conn.execute("DELETE FROM subscribers")
         conn.executemany("INSERT INTO subscribers VALUES (?)", [(n,) for n in names])
     finally:
@@ -96,6 +96,29 @@ def test_a_restore_still_sets_the_old_store_aside_with_its_log(tmp_path: Path) -
     assert aside is not None and names_in(aside) == ["alice", "bob", "carol"]
     assert names_in(store) == ["alice"]
     assert not Path(f"{store}-wal").exists() or Path(f"{store}-wal").stat().st_size == 0
+
+
+@pytest.mark.parametrize(("table", "row"), [
+    ("version INTEGER PRIMARY KEY, dirty BOOLEAN NOT NULL", (5, 0)),  # golang-migrate's
+    ("version TEXT PRIMARY KEY", ("20240101120000",)),  # Rails'
+    ("version INTEGER PRIMARY KEY, name TEXT, applied_at REAL", (1, "create_users", 0)),
+])
+def test_another_program_s_schema_migrations_is_no_ispd_store(tmp_path: Path, table: str,
+                                                               row: tuple[object, ...]) -> None:
+    """A database of another program that keeps its own schema_migrations, given by mistake,
+    must not replace the store (ispd would then fail to start on it, at "no such table")."""
+    store, other = tmp_path / "ispd.db", tmp_path / "other.db"
+    make_store(store, ["alice"])
+    conn = sqlite3.connect(other)
+    conn.execute(f"CREATE TABLE schema_migrations ({table})")
+    conn.execute(f"INSERT INTO schema_migrations VALUES ({', '.join('?' * len(row))})", row)
+    conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match=r"is no ispd store \(its schema_migrations table is not ispd's\)"):
+        restore(other, store, 21, 5.0)
+    assert names_in(store) == ["alice"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("ispd.db")) == ["ispd.db"]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
