@@ -1506,10 +1506,18 @@ def _sqlite_only(config: Config, command: str) -> None:
 
 
 async def cmd_store_backup(config: Config, args: argparse.Namespace) -> None:
-    from ispd.store.sqlite_backup import backup
+    from ispd.store.sqlite_backup import BackupStopped, backup
 
     _sqlite_only(config, "backup")
-    copied = await asyncio.to_thread(backup, config.store.path, args.destination, config.store.busy_timeout_seconds)
+    # Ctrl-C or a TERM (`timeout`, a unit stopped): the copy stops and is removed. Without this its
+    # thread copied on behind a KeyboardInterrupt and gave the file its name after the exit code
+    # 130, or a TERM left a hidden copy as large as the store, password verifiers and all.
+    try:
+        with _stop_asked_by_signals() as stop:
+            copied = await asyncio.to_thread(backup, config.store.path, args.destination,
+                                             config.store.busy_timeout_seconds, stop)
+    except BackupStopped:
+        raise CommandFailed(f"stopped: no backup was made ({args.destination} was not written)") from None
     _say_removed(copied.removed, "backup")
     print(f"backed up {config.store.path} (schema {copied.schema_version}) to {copied.path}: "
           f"{_megabytes(copied.bytes)} in {copied.seconds:.1f} s")

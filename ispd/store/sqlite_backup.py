@@ -21,7 +21,9 @@ daemon started on an empty name makes a new, empty store and runs on it). A back
 schema is migrated by the next start. A copy that a kill -9, the OOM killer or a power cut
 stopped half way stays under its temporary name (as large as the store, hidden, holding its
 password verifiers): the next backup into that directory, or restore of that store, removes it
-once the process that made it is gone, and says so. Asked to stop (``stop``: Ctrl-C, a TERM), a restore stops
+once the process that made it is gone, and says so. Asked to stop (``stop``: Ctrl-C, a TERM), a backup
+stops and removes its copy (read in steps then, all within one read transaction: one snapshot
+still); a restore stops
 while it copies, or once the copy is made, and leaves the old store as it was; once the old store
 is being set aside it finishes.
 """
@@ -42,8 +44,8 @@ from ispd.store.sqlite import directory_owner_for_root, sqlite_migrations
 
 _HEADER = b"SQLite format 3\x00"
 _SIDE_FILES = ("-wal", "-shm", "-journal")
-# A restore copies this many pages at a time (16 MB of SQLite's 4 kB pages), looking for a stop between.
-_RESTORE_STEP_PAGES = 4096
+# A stoppable copy copies this many pages at a time (16 MB of SQLite's 4 kB pages), looking for a stop between.
+_COPY_STEP_PAGES = 4096
 # The temporary names of a copy under way, ``.<name>.<pid>.partial`` (backup) and
 # ``.<name>.<pid>.restoring`` (restore), and what SQLite makes beside them.
 _TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]+)\.(?P<kind>partial|restoring)(?P<side>-wal|-shm|-journal)?")
@@ -51,6 +53,10 @@ _TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]+)\.(?P<kind>partial|rest
 
 class RestoreStopped(Exception):
     """The restore was asked to stop before it touched the store: the store is as it was."""
+
+
+class BackupStopped(Exception):
+    """The backup was asked to stop: no backup was made, nothing of it is left."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +69,9 @@ class Copied:
     removed: tuple[Path, ...] = ()
 
 
-def backup(store: Path, destination: Path, busy_timeout: float) -> Copied:
-    """A consistent copy of ``store`` at ``destination``, which must not exist yet."""
+def backup(store: Path, destination: Path, busy_timeout: float, stop: threading.Event | None = None) -> Copied:
+    """A consistent copy of ``store`` at ``destination``, which must not exist yet; ``stop`` set
+    (Ctrl-C, a TERM): BackupStopped, the copy under way removed, until it has its name."""
     began = time.monotonic()
     if not store.is_file():
         raise StoreError(f"no store at {store}")
@@ -78,10 +85,14 @@ def backup(store: Path, destination: Path, busy_timeout: float) -> Copied:
     temporary = destination.with_name(f".{destination.name}.{os.getpid()}.partial")
     removed = remove_interrupted(destination.parent, "partial")
     try:
-        version = _copy(store, temporary, busy_timeout, destination)
+        version = _copy(store, temporary, busy_timeout, destination, stop)
         _fsync(temporary)
+        if stop is not None and stop.is_set():
+            raise RestoreStopped()
         os.rename(temporary, destination)
         _fsync(destination.parent)
+    except RestoreStopped:
+        raise BackupStopped() from None
     except sqlite3.Error as exc:
         if _full(exc):  # the copy's disk, not the store's
             raise StoreError(f"cannot write {destination}: {exc}") from None
@@ -234,8 +245,9 @@ def _copy(source_path: Path, temporary: Path, busy_timeout: float, name: Path,
           stop: threading.Event | None = None) -> int:
     """``source_path`` copied into the new private file ``temporary``: all its pages in one step
     (one snapshot: a daemon may go on writing), as one file (no -wal to carry along), checked;
-    its schema version. With ``stop``, in steps, RestoreStopped once it is set: the source is a
-    backup then, which nobody writes (a write between steps would start the copy over)."""
+    its schema version. With ``stop``, in steps, RestoreStopped once it is set; the steps read
+    within one read transaction of the source's, one snapshot still (without it a write between
+    steps, a live store's daemon's, would start the copy over, again and again)."""
 
     def stopping(status: int, remaining: int, total: int) -> None:
         if stop is not None and stop.is_set():
@@ -249,7 +261,9 @@ def _copy(source_path: Path, temporary: Path, busy_timeout: float, name: Path,
             if stop is None:
                 source.backup(target)
             else:
-                source.backup(target, pages=_RESTORE_STEP_PAGES, progress=stopping)
+                source.execute("BEGIN")
+                source.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # (the snapshot begins)
+                source.backup(target, pages=_COPY_STEP_PAGES, progress=stopping)
             target.execute("PRAGMA journal_mode = DELETE")
             return _checked(target, name)
         finally:

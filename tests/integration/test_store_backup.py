@@ -6,9 +6,12 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import stat
+import subprocess
 import threading
+import time
 from pathlib import Path
 
 from ispd.store import StoreConfig, open_store
@@ -163,3 +166,36 @@ def test_ctrl_c_stops_a_restore_and_leaves_the_store_as_it_was(tmp_path: Path) -
     assert stderr == f"ispd: stopped: {tmp_path / 'ispd.db'} was left as it was\n"
     assert usernames(daemon) == ["alice"]
     assert [p.name for p in tmp_path.iterdir() if "replaced" in p.name or p.name.startswith(".")] == []
+
+
+def test_a_term_or_ctrl_c_stops_a_backup_and_leaves_nothing(tmp_path: Path) -> None:
+    """Before, a TERM left a hidden copy as large as the store (its password verifiers too) until
+    the next backup into that directory, and Ctrl-C exited 130 while the copy went on behind it
+    and took its name."""
+    daemon = IspdProcess(tmp_path, base_config(tmp_path))
+    daemon.write_config()
+    daemon.cli("subscriber", "add", "alice")
+    conn = sqlite3.connect(tmp_path / "ispd.db")  # 300 MB to copy: the signal comes while it does
+    conn.execute("CREATE TABLE ballast (b BLOB)")
+    conn.executemany("INSERT INTO ballast VALUES (randomblob(1000000))", [()] * 300)
+    conn.commit()
+    conn.close()
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        proc = subprocess.Popen([ISPD, "store", "backup", str(backups / "b.db"), "-c", str(daemon.config_path)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            while not any(p.name.endswith(".partial") for p in backups.iterdir()):  # the copy under way
+                assert proc.poll() is None, proc.communicate()
+                time.sleep(0.005)
+            proc.send_signal(signum)
+            _, stderr = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert (proc.returncode, stderr) == (1, f"ispd: stopped: no backup was made ({backups / 'b.db'} was not "
+                                                "written)\n"), signum
+        assert list(backups.iterdir()) == [], signum
+    assert usernames(daemon) == ["alice"]

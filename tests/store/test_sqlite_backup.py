@@ -157,7 +157,7 @@ def test_a_restore_asked_to_stop_leaves_the_store_as_it_was(tmp_path: Path, monk
     store, saved = tmp_path / "ispd.db", tmp_path / "saved.db"
     make_store(saved, [f"from-the-backup-{i:04}" * 10 for i in range(2000)])
     make_store(store, ["alice"])
-    monkeypatch.setattr(sqlite_backup, "_RESTORE_STEP_PAGES", 1)
+    monkeypatch.setattr(sqlite_backup, "_COPY_STEP_PAGES", 1)
     assert saved.stat().st_size > 20 * 4096  # more steps than the looks before the stop
     stop = StopAtLook(at)
     with pytest.raises(sqlite_backup.RestoreStopped):
@@ -165,6 +165,44 @@ def test_a_restore_asked_to_stop_leaves_the_store_as_it_was(tmp_path: Path, monk
     assert stop.looks == at  # it stopped at once
     assert names_in(store) == ["alice"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ispd.db", "saved.db"]
+
+
+@pytest.mark.parametrize("at", [1, 3])
+def test_a_backup_asked_to_stop_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at: int) -> None:
+    store, saved = tmp_path / "ispd.db", tmp_path / "saved.db"
+    make_store(store, [f"subscriber-{i:04}" * 10 for i in range(2000)])
+    monkeypatch.setattr(sqlite_backup, "_COPY_STEP_PAGES", 1)
+    stop = StopAtLook(at)
+    with pytest.raises(sqlite_backup.BackupStopped):
+        backup(store, saved, 5.0, stop)
+    assert stop.looks == at  # it stopped at once
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("ispd.db")) == []
+
+
+def test_a_backup_in_steps_beside_a_writer_is_one_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The steps a stop is looked for between read one snapshot: a write of the daemon's between
+    two of them neither tears the copy nor starts it over (forever, under a steady load)."""
+    store, saved = tmp_path / "ispd.db", tmp_path / "saved.db"
+    make_store(store, [f"subscriber-{i:04}" * 10 for i in range(2000)])
+    monkeypatch.setattr(sqlite_backup, "_COPY_STEP_PAGES", 1)
+    writer = sqlite3.connect(store, isolation_level=None, check_same_thread=False)
+    writes = 0
+
+    class WriteAtEachLook(threading.Event):
+        def is_set(self) -> bool:
+            nonlocal writes
+            writer.execute("INSERT INTO subscribers VALUES ('late')")
+            writes += 1
+            assert writes < 1000, "the copy starts over at each write"
+            return False
+
+    try:
+        copied = backup(store, saved, 5.0, WriteAtEachLook())
+    finally:
+        writer.close()
+    assert writes > 20  # one look per page, each after a write
+    assert names_in(saved) == [f"subscriber-{i:04}" * 10 for i in range(2000)]
+    assert copied.schema_version == 1
 
 
 def fill_up_copies(monkeypatch: pytest.MonkeyPatch) -> None:
