@@ -416,6 +416,26 @@ class DNSSECConfig(Section):
     auto_update_anchors: bool = True
 
 
+class DDRConfig(Section):
+    # Discovery of Designated Resolvers (RFC 9462): answer `_dns.resolver.arpa. SVCB` (and
+    # `_dns.<name> SVCB`) with the encrypted listeners ([dns.dot], [dns.doh], [dns.doq]), so that
+    # Windows 11, iOS/macOS and Android move to them on their own. `name`: the designated
+    # resolver's name, which every listener's certificate must hold (and, for clients to verify
+    # the designation, IP address SubjectAltNames for `listen`: check-config says when one does
+    # not). Unset: off (moving subscribers to TLS costs CPU, and is the operator's to decide).
+    name: DomainName | None = None
+    ttl: int = Field(default=300, ge=0, le=86400)
+
+    @model_validator(mode="after")
+    def _a_name(self) -> DDRConfig:
+        if self.name is not None:
+            if len(name_from_text(self.name)) + 5 > 255:
+                raise ValueError(f"name {self.name!r} is too long for _dns.{self.name}")
+            if "*" in self.name or self.name == ".":
+                raise ValueError(f"name {self.name!r}: give the name the certificates are for (a host name)")
+        return self
+
+
 class DNSConfig(Section):
     enabled: bool = False
     # UDP and TCP on each address.
@@ -458,6 +478,7 @@ class DNSConfig(Section):
     dot: DoTConfig = DoTConfig()
     doh: DoHConfig = DoHConfig()
     doq: DoQConfig = DoQConfig()
+    ddr: DDRConfig = DDRConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> DNSConfig:
@@ -472,6 +493,15 @@ class DNSConfig(Section):
                 if any(address.port == 0 for address in addresses):
                     raise ValueError(f"{key}: port 0 (any free port) cannot be shared by {self.processes} "
                                      "processes: give the port")
+        if self.ddr.name is not None:
+            encrypted = (("dot.listen", self.dot.listen), ("doh.listen", self.doh.listen),
+                         ("doh.listen_http3", self.doh.listen_http3), ("doq.listen", self.doq.listen))
+            if not any(addresses for _, addresses in encrypted):
+                raise ValueError("ddr.name is set, but no encrypted listener ([dns.dot], [dns.doh], [dns.doq]) "
+                                 "listens: there is nothing to designate")
+            for key, addresses in encrypted:
+                if any(address.port == 0 for address in addresses):
+                    raise ValueError(f"{key}: port 0 (any free port) cannot be advertised by ddr: give the port")
         seen: set[str] = set()
         for zone in self.forward_zone:
             if zone.name in seen:

@@ -12,6 +12,8 @@ either "not local" (``None``: recurse) or gives the answer. What is local, like 
 - configured records outside every local zone: the exact owner name is local ("transparent"):
   its types are answered, another type is NODATA, and names below it are not local.
   A configured record inside a local zone is added to that zone.
+- ``resolver.arpa.``, always a local zone (RFC 9462 §4), and the DDR records given
+  (``designated``, from ``ispd.dns.ddr``), added as configured records are.
 - lease names: ``add_lease_name`` puts ``<hostname>.<lease domain>`` (A or AAAA) and, when the
   address lies in a reverse network, its PTR into the zones, live. A hostname holds one
   address per family; a second lease claiming a hostname takes it over (the newest wins: a
@@ -40,6 +42,7 @@ from collections import deque
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
+from ispd.dns.ddr import RESOLVER_ARPA
 from ispd.dns.wire import (
     CLASS_IN,
     ROOT,
@@ -91,7 +94,8 @@ class LocalData:
     def __init__(self, *, lease_domain: str | bytes | None = None,
                  reverse_networks: Iterable[str | IPNetwork] = (),
                  static_records: Iterable[str] = (), zones: Iterable[Zone] = (),
-                 default_ttl: int = 3600, negative_ttl: int = 60, history: int = 1024) -> None:
+                 designated: Iterable[RR] = (), default_ttl: int = 3600, negative_ttl: int = 60,
+                 history: int = 1024) -> None:
         self.generation = 0
         self.negative_ttl = negative_ttl
         self._zones: dict[bytes, Zone] = {}  # origin -> zone
@@ -116,10 +120,14 @@ class LocalData:
         for network in self.reverse_networks:
             for origin in reverse_zones(network):
                 self._own_zone(origin)
+        # RFC 9462 §4: never resolved elsewhere, DDR on or off (``ispd.dns.ddr``).
+        self._own_zone(RESOLVER_ARPA)
         # Names holding configured data: leases never take them over.
         self._configured: set[bytes] = {name for zone in self._zones.values() for name in zone.names()}
         for index, text in enumerate(static_records):
             self._add_static(text, f"local_records[{index}]", default_ttl)
+        for rr in designated:
+            self._add_record(rr, "ddr")
         # Lease bookkeeping: (owner, type) -> address, and address -> (owner, PTR owner or None).
         self._lease_names: dict[tuple[bytes, int], str] = {}
         self._lease_addresses: dict[str, tuple[bytes, bytes | None]] = {}
@@ -162,7 +170,9 @@ class LocalData:
         if len(records) != 1:
             raise ZoneError(f"{source}: {text!r} should be one record, like "
                             f"'portal.isp.example. 300 A 198.18.0.10'")
-        rr = records[0].rr
+        self._add_record(records[0].rr, source)
+
+    def _add_record(self, rr: RR, source: str) -> None:
         zone = self.zone_for(rr.name)
         try:
             if zone is None:

@@ -41,6 +41,7 @@ from ispd.dns.aggressive import NsecIndex
 from ispd.dns.cache import AnswerCache, CacheLimits, RRsetCache
 from ispd.dns.config import DNSConfig, DnstapConfig, DoHConfig, DoQConfig, EncryptedListenerConfig, outgoing_addresses
 from ispd.dns.datafiles import DataFiles, DiskFiles, FileStore, HandedFiles
+from ispd.dns.ddr import certificate_warnings, designated_records
 from ispd.dns.dns64 import DNS64
 from ispd.dns.dnssec import TrustAnchor
 from ispd.dns.dnstap import Encoder, HttpProtocol, SocketProtocol
@@ -276,7 +277,8 @@ def check_files(config: DNSConfig) -> tuple[list[str], list[str]]:
     try:
         local = LocalData(lease_domain=config.lease_names.domain,
                           reverse_networks=config.lease_names.served_reverse_networks,
-                          static_records=config.local_records, zones=zones)  # as the start builds it
+                          static_records=config.local_records, zones=zones,
+                          designated=designated_records(config))  # as the start builds it
     except (ZoneError, ValueError) as exc:
         problems.append(f"local data: {exc}")
     else:
@@ -288,6 +290,7 @@ def check_files(config: DNSConfig) -> tuple[list[str], list[str]]:
             server_tls_context(listener.certificate, listener.private_key, [])
         except CertificateError as exc:
             problems.append(f"{name}: {exc}")
+    warnings += certificate_warnings(config)
     return problems, warnings
 
 
@@ -655,7 +658,8 @@ class DNSService(Service):
                      for z in config.local_zone]
             local = LocalData(lease_domain=config.lease_names.domain,
                               reverse_networks=config.lease_names.served_reverse_networks,
-                              static_records=config.local_records, zones=zones)
+                              static_records=config.local_records, zones=zones,
+                              designated=designated_records(config))
             policy_zones = [await loop.run_in_executor(None, _compile_policy_zone, files, z.file, z.name, z.action)
                             for z in config.policy_zone]
         except (ZoneError, ValueError) as exc:
@@ -678,6 +682,9 @@ class DNSService(Service):
         self.local = local
         if self.first and (warning := shadowed_forward_zones(config, local)) is not None:
             log.warning("dns.forward_zone_shadowed", detail=warning)
+        if self.first:
+            for warning in certificate_warnings(config):
+                log.warning("dns.ddr.unverifiable", detail=warning)
         assert self.resolver is not None
         delegated = [ForwardZone(cut.name, cut.addresses, recursive=False, ns_names=cut.ns_names)
                      for cut in local.delegations()]

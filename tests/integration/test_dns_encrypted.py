@@ -36,6 +36,7 @@ import dns.message
 import dns.query
 import dns.rcode
 import dns.rdatatype
+import dns.rdtypes.svcbbase
 import h2.config
 import h2.connection
 import h2.errors
@@ -1129,3 +1130,49 @@ def test_sighup_with_a_broken_certificate_keeps_the_old_one(tmp_path: Path, blac
         [reply] = doq(ispd, query(), ca=old.ca)
         assert addresses(reply) == {PORTAL_ADDRESS}
         assert "live.key" in ispd.log_text()
+
+
+# --- Discovery of Designated Resolvers (RFC 9462) ------------------------------------------------
+
+
+def test_ddr_designates_the_encrypted_listeners_and_a_client_can_verify_and_use_them(
+        tmp_path: Path, certs: Certs, black_hole: str) -> None:
+    """A DDR client's steps: `_dns.resolver.arpa. SVCB` over plain DNS (the answer read by
+    dnspython's SVCB parser), then each advertised endpoint at its hint and port, its
+    certificate checked for the address first asked (verified discovery, RFC 9462 §4.2), a
+    query over DoT and over DoH at the advertised dohpath."""
+    with running(EncryptedIspd(tmp_path / "ddr", certs, black_hole, dns={"ddr": {"name": SERVER_NAME}})) as ispd:
+        reply = dns.query.udp(query("_dns.resolver.arpa.", "SVCB"), "127.0.0.1", port=ispd.port, timeout=5)
+        assert reply.rcode() == dns.rcode.NOERROR
+        svcb = sorted(reply.answer[0], key=lambda r: r.priority)
+        params = [{dns.rdtypes.svcbbase.key_to_text(k): v.to_text() for k, v in r.params.items()} for r in svcb]
+        assert [r.target.to_text() for r in svcb] == [f"{SERVER_NAME}."] * 4
+        assert params == [
+            {"alpn": '"h2"', "port": f'"{ispd.doh_port}"', "ipv4hint": '"127.0.0.1"',
+             "dohpath": '"/dns-query{?dns}"'},
+            {"alpn": '"h3"', "port": f'"{ispd.doh3_port}"', "ipv4hint": '"127.0.0.1"',
+             "dohpath": '"/dns-query{?dns}"'},
+            {"alpn": '"dot"', "port": f'"{ispd.dot_port}"', "ipv4hint": '"127.0.0.1"'},
+            {"alpn": '"doq"', "port": f'"{ispd.doq_port}"', "ipv4hint": '"127.0.0.1"'},
+        ]
+        # §4.2: the certificate at the advertised DoT endpoint covers the plain address asked
+        # (server_hostname = that address), and the designated name.
+        for hostname in ("127.0.0.1", SERVER_NAME):
+            raw = socket.create_connection(("127.0.0.1", int(params[2]["port"].strip('"'))), timeout=5)
+            with tls_context(certs.ca, ["dot"]).wrap_socket(raw, server_hostname=hostname) as sock:
+                assert addresses(dot_ask(sock, query())) == {PORTAL_ADDRESS}
+        path = params[0]["dohpath"].strip('"').replace("{?dns}", "?dns=" + b64url(query().to_wire()))
+        result = curl(ispd, path, tmp_path=tmp_path)
+        assert result.status == 200 and addresses(dns.message.from_wire(result.body)) == {PORTAL_ADDRESS}
+        # §5: the same at _dns.<name>; nothing else under resolver.arpa. is looked for upstream
+        named = dns.query.udp(query(f"_dns.{SERVER_NAME}", "SVCB"), "127.0.0.1", port=ispd.port, timeout=5)
+        assert sorted(r.to_text() for r in named.answer[0]) == sorted(r.to_text() for r in svcb)
+        other = dns.query.udp(query("_other.resolver.arpa.", "SVCB"), "127.0.0.1", port=ispd.port, timeout=5)
+        assert other.rcode() == dns.rcode.NXDOMAIN
+
+
+def test_ddr_is_not_answered_to_clients_the_acl_refuses(tmp_path: Path, certs: Certs, black_hole: str) -> None:
+    with running(EncryptedIspd(tmp_path / "ddr-acl", certs, black_hole,
+                               dns={"ddr": {"name": SERVER_NAME}, "allow": ["127.0.0.2/32"]})) as ispd:
+        reply = dns.query.udp(query("_dns.resolver.arpa.", "SVCB"), "127.0.0.1", port=ispd.port, timeout=5)
+        assert reply.rcode() == dns.rcode.REFUSED and not reply.answer
