@@ -32,7 +32,9 @@ _SET_BY_ISPD = {
 }
 # Options that a setting of their own writes too: one place sets one or the other.
 SETTING_OF_OPTION = {3: "routers", 6: "dns_servers", 15: "domain_name", 26: "mtu", 42: "ntp_servers",
-                     114: "captive_portal", 121: "static_routes"}
+                     108: "ipv6_only_preferred_seconds", 114: "captive_portal", 121: "static_routes"}
+# RFC 8925 §3.4: clients wait at least this long (MIN_V6ONLY_WAIT), whatever option 108 says.
+MIN_V6ONLY_WAIT = 300
 
 
 # Options that hold a list of IPv4 addresses (RFC 2132 and vendors'), by what they are: given in
@@ -137,6 +139,20 @@ class DHCPOption(OptionValue):
         return code
 
     @model_validator(mode="after")
+    def _ipv6_only_preferred(self) -> DHCPOption:
+        """Option 108 given by code (as Kea's option-data v6-only-preferred) is served as
+        ipv6_only_preferred_seconds is: RFC 8925 §2 wants 4 bytes, and §3.3 forbids sending it
+        to a client that did not ask for it."""
+        if self.code == 108:
+            if len(self.encoded()) != 4:
+                raise ValueError("option 108 (IPv6-only preferred) is 4 bytes, the seconds to wait: "
+                                 "set ipv6_only_preferred_seconds instead")
+            if self.always_send:
+                raise ValueError("option 108 (IPv6-only preferred) goes only to clients that ask for it "
+                                 "(RFC 8925 §3.3): remove always_send")
+        return self
+
+    @model_validator(mode="after")
     def _addresses_as_addresses(self) -> DHCPOption:
         what = ADDRESS_LIST_OPTIONS.get(self.code)
         if what is not None and self.addresses is None and (self.hex is None or len(self.encoded()) % 4):
@@ -196,8 +212,22 @@ class ClientOptions(Section):
     # Option 114 (RFC 8910): the captive portal's API URI, which tells the client's OS to open
     # the portal (set it on walled-garden pools). An https URI that fits a DHCP option.
     captive_portal: str | None = Field(default=None, max_length=255, pattern=r"^https://[!-~]+$")
+    # Option 108 (RFC 8925), for IPv6-only networks behind NAT64 ([dns.dns64]): a client that asks
+    # for it (iOS, macOS, Android, Windows 11, recent Linux) is offered no IPv4 address (yiaddr
+    # 0.0.0.0, nothing leased) and told to leave DHCPv4 for this many seconds; clients that do not
+    # ask get their address as before. At least 300 (MIN_V6ONLY_WAIT: clients wait that long anyway);
+    # 0 turns it off where the subnet sets it (a pool for devices that must have IPv4).
+    ipv6_only_preferred_seconds: int | None = Field(default=None, ge=0, le=0xFFFFFFFF)
     # Any other option, by code: `[[dhcp.subnet.option]]`, `[[dhcp.subnet.pool.option]]`.
     option: list[DHCPOption] = []
+
+    @field_validator("ipv6_only_preferred_seconds")
+    @classmethod
+    def _a_wait_clients_keep(cls, seconds: int | None) -> int | None:
+        if seconds is not None and 0 < seconds < MIN_V6ONLY_WAIT:
+            raise ValueError(f"{seconds}: clients wait at least {MIN_V6ONLY_WAIT} seconds (RFC 8925 "
+                             f"MIN_V6ONLY_WAIT): give {MIN_V6ONLY_WAIT} or more, or 0 to turn it off here")
+        return seconds
 
     @model_validator(mode="after")
     def _options_once(self) -> ClientOptions:

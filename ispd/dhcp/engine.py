@@ -22,6 +22,9 @@ Per message (RFC 2131 §4.3):
             to that client again.
   RELEASE   the lease ends now; the address goes to the back of its pool's queue.
   INFORM    ACK with the configuration options only (RFC 2131 §3.4).
+  IPv6-only (RFC 8925): a DISCOVER, or a REQUEST without ciaddr, from a client that asks for
+            option 108 where its pool serves it: OFFER or ACK with yiaddr 0.0.0.0 and option
+            108, nothing allocated or written (``_ipv6_only_pool``).
 
 The client is identified by option 61 when present, else by chaddr (RFC 2131 §4.2; its hlen
 bytes, not the htype, which the store does not keep: ``_mac_key``), and dropped with neither
@@ -172,6 +175,7 @@ class Outcome:
     untrusted_option82: bool = False  # the request's option 82 came from no relay, and was not used
     exhausted_pools: tuple[str, ...] = ()  # NO_ADDRESS: the pools that had no address for the client
     unserved: tuple[str, str] | None = None  # NO_POOL: (the subnet, the client's class)
+    ipv6_only: int | None = None  # an IPv6-only answer (RFC 8925): the seconds option 108 told the client
 
 
 @dataclass(slots=True)
@@ -211,6 +215,9 @@ class Subnet:
     # The pools open to anyone, (normal ones, walled-garden ones): all that a client in no
     # class may use, found without a look at each pool per DISCOVER.
     open_pools: tuple[list[ServedPool], list[ServedPool]]
+    # Whether option 108 (IPv6-only preferred, RFC 8925) is served anywhere here (a pool, the
+    # subnet, a client class): if not, a DISCOVER is not looked at for it.
+    ipv6_only: bool = False
 
     def contains(self, address: int) -> bool:
         return self.first <= address <= self.last
@@ -386,6 +393,9 @@ def _settings_options(level: ClientOptions) -> dict[int, bytes | None]:
         written[Option.INTERFACE_MTU] = encode_u16(level.mtu)
     if level.captive_portal is not None:
         written[Option.CAPTIVE_PORTAL] = level.captive_portal.encode("ascii")
+    if level.ipv6_only_preferred_seconds is not None:  # (0: off here)
+        written[Option.IPV6_ONLY_PREFERRED] = encode_u32(level.ipv6_only_preferred_seconds) \
+            if level.ipv6_only_preferred_seconds else None
     if level.static_routes is not None:
         written[Option.CLASSLESS_STATIC_ROUTES] = encode_classless_routes(
             (r.destination, r.router) for r in level.static_routes) or None
@@ -419,6 +429,7 @@ def _served_pool(allocator: AddressPool, subnet: SubnetConfig, pool: PoolConfig 
 
 def build_subnets(config: DHCPConfig) -> list[Subnet]:
     subnets = []
+    by_classes = any(o.code == Option.IPV6_ONLY_PREFERRED for c in config.client_class for o in c.option)
     for sc in config.subnet:
         pools = [
             _served_pool(AddressPool(p.name, int(p.first), int(p.last), walled_garden=p.walled_garden), sc, p, config)
@@ -434,6 +445,7 @@ def build_subnets(config: DHCPConfig) -> list[Subnet]:
             pools=pools, unleasable=frozenset(unleasable), plain=plain,
             open_pools=([p for p in open_pools if not p.allocator.walled_garden],
                         [p for p in open_pools if p.allocator.walled_garden]),
+            ipv6_only=by_classes or any(Option.IPV6_ONLY_PREFERRED in p.options for p in (*pools, plain)),
         ))
     return subnets
 
@@ -886,6 +898,11 @@ class DHCPEngine:
     def _discover(self, received: Received, subnet: Subnet, server_id: IPv4Address, client: Client,
                   now: float) -> Outcome:
         packet = received.packet
+        if subnet.ipv6_only:
+            v6only = self._ipv6_only_pool(packet, subnet, client)
+            if v6only is not None:
+                # (before rapid commit: RFC 8925 §3.3, the client is offered nothing to commit)
+                return self._ipv6_only_answer(received, DHCPMessageType.OFFER, server_id, v6only, client)
         requested = _requested_address(packet)
         chosen = self._choose(subnet, client, requested, now)
         if chosen is None:
@@ -931,10 +948,47 @@ class DHCPEngine:
             address = None
         if address is None:
             return Outcome(ignored=Ignored.BAD_REQUEST)
+        if subnet.ipv6_only and packet.ciaddr == UNSPECIFIED:
+            # SELECTING or INIT-REBOOT (a device back on a network that is IPv6-mostly now): RFC
+            # 8925 §3.2 has the client stop DHCPv4 on an ACK with option 108, so nothing is leased.
+            # A RENEWING or REBINDING client keeps its address (§3.2: it ignores the option there).
+            v6only = self._ipv6_only_pool(packet, subnet, client)
+            if v6only is not None:
+                return self._ipv6_only_answer(received, DHCPMessageType.ACK, server_id, v6only, client)
         pool = self._confirmable(int(address), subnet, client, now)
         if pool is None:
             return Outcome(reply=self._nak(received, server_id, client))
         return self._ack(received, subnet, server_id, int(address), pool, client, now)
+
+    def _ipv6_only_pool(self, packet: DHCPPacket, subnet: Subnet, client: Client) -> tuple[ServedPool, int] | None:
+        """The pool whose option 108 answers this client, and the seconds it says, if it asked for option 108 (RFC 8925
+        §3.3: never to one that did not) and that pool serves it; None: serve it as any other.
+        The pool is the one its address would come from, found without taking one: its reserved
+        address's, else the first of the pools open to it (its class's, then anyone's)."""
+        requested = packet.option(Option.PARAMETER_REQUEST_LIST)
+        if requested is None or Option.IPV6_ONLY_PREFERRED not in requested:
+            return None
+        reserved = self._reserved_address(client, subnet)
+        if reserved is not None:
+            pool = subnet.pool_of(reserved) or subnet.plain
+        else:
+            pools = subnet.pools_for(client)
+            if not pools:
+                return None
+            pool = pools[0]
+        served = pool.options
+        if client.classes:
+            served, _ = _with_classes(served, (), client.classes, under_pool=pool.allocator.walled_garden)
+        value = served.get(Option.IPV6_ONLY_PREFERRED)
+        return (pool, int.from_bytes(value, "big")) if value is not None and len(value) == 4 else None
+
+    def _ipv6_only_answer(self, received: Received, message_type: DHCPMessageType, server_id: IPv4Address,
+                          v6only: tuple[ServedPool, int], client: Client) -> Outcome:
+        """RFC 8925 §3.3: yiaddr 0.0.0.0 and option 108 (the client asked for it), no lease times;
+        nothing is allocated, held or written, so the pool and the store are as they were."""
+        pool, wait = v6only
+        reply = self._reply(received, message_type, server_id, UNSPECIFIED, pool, client, with_lease=False)
+        return Outcome(reply=reply, ipv6_only=wait)
 
     def _confirmable(self, address: int, subnet: Subnet, client: Client, now: float) -> ServedPool | None:
         if not subnet.contains(address) or not self._usable(address, client, now):
@@ -1118,7 +1172,9 @@ class DHCPEngine:
             if always in served:
                 options.append((always, served[always]))
         if requested is None:
-            options += [(c, v) for c, v in served.items() if c not in (Option.SUBNET_MASK, Option.ROUTERS)]
+            # (never option 108 unasked, RFC 8925 §3.3: a client that did not ask may need its IPv4)
+            options += [(c, v) for c, v in served.items()
+                        if c not in (Option.SUBNET_MASK, Option.ROUTERS, Option.IPV6_ONLY_PREFERRED)]
         else:
             seen: set[int] = {Option.SUBNET_MASK, Option.ROUTERS}
             for code in itertools.chain(requested, unasked):

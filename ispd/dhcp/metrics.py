@@ -31,6 +31,10 @@ class DHCPMetrics:
             "ispd_dhcp_untrusted_option82_total",
             "Requests whose option 82 came from no relay (giaddr 0) and was not used (dhcp.option82_without_relay).",
             [])
+        self.ipv6_only = LabeledCounter(
+            "ispd_dhcp_ipv6_only_replies_total",
+            "Replies that offered no IPv4 address to a client that asked for option 108 (IPv6-only "
+            "preferred, RFC 8925), by message type: counted in ispd_dhcp_packets_sent_total too.", ["type"])
         self.latency = LabeledHistogram(
             "ispd_dhcp_processing_seconds",
             "From receiving a DHCP message to sending the reply (for an ACK: after the lease is durable).",
@@ -39,6 +43,8 @@ class DHCPMetrics:
             self.received.inc(kind, amount=0)
         for kind in ("offer", "ack", "nak"):
             self.sent.inc(kind, amount=0)
+        for kind in ("offer", "ack"):
+            self.ipv6_only.inc(kind, amount=0)
         # At 0 from the start: a counter that first appears at 3 has no increase() to alert on
         # (IspdDhcpLeaseWritesFailing would miss a store failure until the next drop).
         for reason in DROP_REASONS:
@@ -48,7 +54,7 @@ class DHCPMetrics:
 
     def collectors(self, pool_usage: Callable[[], list[tuple[str, int, int, int]]]) -> list[Collector]:
         return [FastCollector([self.received, self.sent, self.dropped, self.declines, self.untrusted_option82,
-                              self.latency]),
+                               self.ipv6_only, self.latency]),
                 PoolCollector(pool_usage)]
 
 

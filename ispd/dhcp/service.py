@@ -335,6 +335,12 @@ class DHCPService(Service):
                             hw_address=mac_text(packet.hw_address),
                             hint=f"the subnet has no pool for {client_class} clients (a suspended subscriber's "
                                  "devices need one with walled_garden = true): add one, or leave them unserved")
+        if outcome.ipv6_only is not None and outcome.reply is not None:
+            # RFC 8925: no address for a client that can do without one (NAT64 and DNS64 serve it).
+            kind = "offer" if outcome.reply.packet.message_type is DHCPMessageType.OFFER else "ack"
+            self.metrics.ipv6_only.inc(kind)
+            log.info("dhcp.ipv6_only", message=kind, hw_address=mac_text(packet.hw_address), interface=interface,
+                     relay=str(packet.giaddr) if int(packet.giaddr) else None, wait_seconds=outcome.ipv6_only)
         if outcome.declined:
             self.metrics.declines.inc()
             log.warning("dhcp.lease.declined", address=str(outcome.writes[0][0].address),
