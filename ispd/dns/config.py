@@ -27,6 +27,7 @@ from ispd.configtypes import (
     SocketAddress,
     parse_socket_address,
 )
+from ispd.dns.defaultzones import DEFAULT_ZONE_NAMES
 from ispd.dns.dns64 import check_prefix
 from ispd.dns.wire import name_from_text
 
@@ -465,6 +466,18 @@ class DNSConfig(Section):
     # Local data: records in zone-file syntax ("portal.isp.example. 300 A 198.18.0.10").
     local_records: list[str] = []
     local_zone: list[LocalZoneConfig] = []
+    # Names answered here by default, never sent to the Internet (Unbound's default local zones):
+    # localhost. (A 127.0.0.1, AAAA ::1) and its reverse names; NXDOMAIN with an SOA for onion.,
+    # test., invalid., home.arpa. and the reverse zones of private, shared (100.64.0.0/10),
+    # link-local, documentation and other special addresses (RFC 6303, 6598, 6761, 7686, 8375).
+    # Local data, lease names, policy and forward or stub zones at or below one of them win.
+    # "auto": all of them while names are resolved from the IANA root; only the localhost ones
+    # under a forward zone above them (such as ".") or with root_hints of your own, whose
+    # servers may hold answers of their own. "all": all of them whatever (as Unbound);
+    # "localhost": only the localhost ones; "none": nothing.
+    locally_served_zones: Literal["auto", "all", "localhost", "none"] = "auto"
+    # Default zones not served, e.g. ["10.in-addr.arpa."] (Unbound's local-zone nodefault).
+    locally_served_zones_exclude: list[DomainName] = []
     forward_zone: list[ForwardZoneConfig] = []
     policy_zone: list[PolicyZoneConfig] = []
     lease_names: LeaseNamesConfig = LeaseNamesConfig()
@@ -503,6 +516,10 @@ class DNSConfig(Section):
                 if any(address.port == 0 for address in addresses):
                     raise ValueError(f"{key}: port 0 (any free port) cannot be advertised by ddr: give the port")
         seen: set[str] = set()
+        for name in self.locally_served_zones_exclude:
+            if name_from_text(name) not in DEFAULT_ZONE_NAMES:
+                raise ValueError(f"locally_served_zones_exclude: {name} is not a locally served zone (such as "
+                                 f"localhost., onion., 10.in-addr.arpa., 64.100.in-addr.arpa.; README lists them)")
         for zone in self.forward_zone:
             if zone.name in seen:
                 raise ValueError(f"forward_zone {zone.name!r} is configured twice")

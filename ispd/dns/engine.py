@@ -18,7 +18,9 @@ Then, in order:
 2. local data (lease names, static records, local zones) answers authoritatively;
 3. response policy (RPZ) on the query name: NXDOMAIN, NODATA, local data, DROP, TCP-only, or
    PASSTHRU;
-4. the answer cache again (another client may have filled it), then the resolver. Concurrent
+4. the locally served zones (``ispd.dns.defaultzones``: localhost., onion., the private reverse
+   zones...), authoritatively, as local data;
+5. the answer cache again (another client may have filled it), then the resolver. Concurrent
    queries for one question share one resolution. The result is stored in wire form for the fast
    path. A resolution that fails falls back to an expired answer (RFC 8767) for up to
    ``stale_seconds`` past expiry, then keeps serving it for 30 s before trying again (§4's
@@ -277,6 +279,8 @@ class DNSEngine:
         self.policy_lookup: PolicyLookup = lambda name, view: None
         self._policy_changes = 0  # policy or its scopes replaced (a reload): an answer made across it is not kept
         self.walled_lookup: LocalLookup = lambda name, qtype: None
+        # The locally served zones (``ispd.dns.defaultzones``): after local data and the policy.
+        self.default_lookup: LocalLookup = lambda name, qtype: None
         self.walled_addresses: frozenset[str] = frozenset()
         # Whether an address lies in a suspended subscriber's IPv6 prefix (the longest prefix
         # that holds it decides: another's longer one inside it is not walled); None: none is.
@@ -515,6 +519,13 @@ class DNSEngine:
             key = self._key(query, question, client_class, view)
             resolution = await self._resolve_uncached(question, key)
             return self._reply_cached(query, self._build(key, question, resolution, self.clock(), store=False), tcp)
+        served = self.default_lookup(name, qtype)
+        if served is not None:  # a locally served zone: a local answer, counted as one
+            self.stats.local_answers += 1
+            entry = self._local_entry(question, served, None, view) if client_class in _ANSWERING else None
+            if entry is not None:
+                return self._reply_cached(query, entry, tcp)
+            return await self._reply_local(query, served, tcp, client_class, view)
 
         if not query.flags & FLAG_RD:
             return self._not_recursive(query)
@@ -855,6 +866,8 @@ class DNSEngine:
             local = self._local(name, qtype, recursive)
             if local is None:
                 local = self._policy_answer(name, qtype, key)
+            if local is None:
+                local = self.default_lookup(name, qtype)
             if local is None:
                 if not recursive:  # RD=0: no further than local data (the client may ask on)
                     return Resolution(RCode.NOERROR, chain)

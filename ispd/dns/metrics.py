@@ -84,7 +84,8 @@ class _DNSCollector(Collector):
         yield _counter("ispd_dns_prefetches", "Answers refreshed before they expired.", stats.prefetches)
         yield _counter("ispd_dns_stale_answers", "Expired answers served because upstreams failed (RFC 8767).",
                        stats.stale_answers)
-        yield _counter("ispd_dns_local_answers", "Queries answered from local data (lease names, local zones).",
+        yield _counter("ispd_dns_local_answers",
+                       "Queries answered from local data (lease names, local zones, locally served zones).",
                        stats.local_answers)
         yield _counter("ispd_dns_walled_garden_answers",
                        "Queries of suspended subscribers answered by the walled garden.",

@@ -42,6 +42,7 @@ from ispd.dns.cache import AnswerCache, CacheLimits, RRsetCache
 from ispd.dns.config import DNSConfig, DnstapConfig, DoHConfig, DoQConfig, EncryptedListenerConfig, outgoing_addresses
 from ispd.dns.datafiles import DataFiles, DiskFiles, FileStore, HandedFiles
 from ispd.dns.ddr import certificate_warnings, designated_records
+from ispd.dns.defaultzones import DefaultZones
 from ispd.dns.dns64 import DNS64
 from ispd.dns.dnssec import TrustAnchor
 from ispd.dns.dnstap import Encoder, HttpProtocol, SocketProtocol
@@ -211,6 +212,14 @@ def unusable_anchors(anchors: Iterable[TrustAnchor]) -> str | None:
         return None
     return (f"the trust anchor for {', '.join(names)} has no supported algorithm or digest (DNSKEY algorithms "
             f"8, 10, 13 to 16; DS digests 1, 2, 4): nothing under it is validated, every answer is insecure")
+
+
+def default_zones(config: DNSConfig, local: LocalData) -> DefaultZones:
+    """The locally served zones ``config`` leaves to be answered here: not where a forward or
+    stub zone, or a delegation in a local zone (resolved as a stub zone), sends names elsewhere."""
+    sent_elsewhere = [name_from_text(z.name) for z in config.forward_zone] + [cut.name for cut in local.delegations()]
+    return DefaultZones(config.locally_served_zones, config.locally_served_zones_exclude, sent_elsewhere,
+                        private_root=config.root_hints is not None)
 
 
 def shadowed_forward_zones(config: DNSConfig, local: LocalData) -> str | None:
@@ -695,6 +704,7 @@ class DNSService(Service):
         self.policy_zones = policy_zones
         assert self.engine is not None
         self.engine.local_lookup = local.answer
+        self.engine.default_lookup = default_zones(config, local).answer
         self.engine.set_policy(self.policy.match)
         self.engine.walled_lookup = self.walled.lookup
         self.engine.forget_local_answers()
