@@ -269,7 +269,8 @@ class _StoreDown:
     async def mail_recipient(self, address: str) -> None:
         raise StoreError("cannot connect to the PostgreSQL store")
 
-    get_subscriber = mail_recipient
+    async def get_subscriber(self, ref: str, *, login: bool = False) -> None:
+        raise StoreError("cannot connect to the PostgreSQL store")
 
 
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
