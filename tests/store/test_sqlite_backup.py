@@ -286,3 +286,30 @@ def test_copies_a_kill_left_half_made_are_removed_by_the_next_backup_and_restore
     assert not any(path.exists() for path in restoring)
     assert all(path.exists() for path in [*running, *others])
     assert names_in(store) == ["alice"]
+
+
+@pytest.mark.parametrize("stop", [None, threading.Event()], ids=["in-one-step", "in-steps"])
+def test_a_backup_lets_the_stores_wal_go_once_its_pages_are_copied(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop: threading.Event | None) -> None:
+    """The copy in steps read within a transaction of the store's that stayed open through the
+    check of the copy (PRAGMA quick_check: minutes for a large store): meanwhile the daemon's
+    WAL could not be checkpointed to its start and grew with every write, which the copy in one
+    step, ended before the check, never made it do."""
+    store, saved = tmp_path / "ispd.db", tmp_path / "saved.db"
+    make_store(store, [f"subscriber-{i:04}" for i in range(500)])
+    real_checked = sqlite_backup._checked
+    checkpoints: list[tuple[int, int, int]] = []
+
+    def checked_while_the_daemon_writes(conn: sqlite3.Connection, name: Path) -> int:
+        daemon = sqlite3.connect(store, isolation_level=None, timeout=0)
+        try:
+            daemon.execute("INSERT INTO subscribers VALUES ('late')")
+            checkpoints.append(daemon.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone())
+        finally:
+            daemon.close()
+        return real_checked(conn, name)
+
+    monkeypatch.setattr(sqlite_backup, "_checked", checked_while_the_daemon_writes)
+    backup(store, saved, 5.0, stop)
+    assert [busy for busy, _, _ in checkpoints] == [0]  # no reader of the store's left
+    assert len(names_in(saved)) == 500
