@@ -12,10 +12,12 @@ service refused) leaves the old certificate served, and the old dates are the on
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
@@ -59,7 +61,7 @@ def certificate_validity(path: Path) -> CertificateValidity | None:
     from cryptography import x509
 
     try:
-        chain = x509.load_pem_x509_certificates(path.read_bytes())
+        chain = _served_chain(x509.load_pem_x509_certificates(path.read_bytes()))
     except (OSError, ValueError):
         return None
     # A new intermediate's start can come after the server's own (a renewal signed by it):
@@ -70,6 +72,65 @@ def certificate_validity(path: Path) -> CertificateValidity | None:
         else first_to_end.subject.rfc4514_string()
     return CertificateValidity(str(path), last_to_start.not_valid_before_utc.timestamp(),
                                first_to_end.not_valid_after_utc.timestamp(), ending)
+
+
+def _served_chain(certificates: list[Any]) -> list[Any]:
+    """The file's first certificate and those a client builds its chain through: each the issuer
+    of the one before, up to a root the client trusts. Passed over, as clients pass them over:
+    a root (self-signed: the client's own copy is the one it trusts), a cross-sign of a trusted
+    root (Let's Encrypt's ISRG Root X1 signed by DST Root CA X3, kept in the file long after it
+    expired), a certificate nothing in the chain was issued by (an intermediate replaced but
+    left in the bundle)."""
+    chain, rest = [certificates[0]], certificates[1:]
+    anchors = _trust_anchor_names()
+    while (last := chain[-1]).issuer != last.subject and last.issuer not in anchors:
+        issuers = [c for c in rest if c.subject == last.issuer and c.issuer != c.subject and _issued(last, c)]
+        if not issuers:
+            break
+        chain.append(max(issuers, key=lambda c: c.not_valid_after_utc))
+        rest.remove(chain[-1])
+    return chain
+
+
+def _issued(certificate: Any, issuer: Any) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        certificate.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _trust_anchor_names() -> frozenset[Any]:
+    """The subjects of the roots this host trusts (OpenSSL's default CA file): a client that
+    trusts a root stops its chain there, as OpenSSL does, whatever the file has past it. Read
+    again only when that file changes (reading it takes some 25 ms, on the event loop)."""
+    import os
+    import ssl
+
+    cafile = ssl.get_default_verify_paths().cafile
+    try:
+        stat = os.stat(cafile) if cafile else None
+    except OSError:
+        stat = None
+    return _roots_read(cafile, stat.st_mtime_ns if stat else None, stat.st_size if stat else None)
+
+
+@functools.lru_cache(maxsize=1)
+def _roots_read(cafile: str | None, mtime_ns: int | None, size: int | None) -> frozenset[Any]:
+    import ssl
+    import warnings
+
+    from cryptography import x509
+
+    try:
+        roots = ssl.create_default_context().get_ca_certs(binary_form=True)
+        with warnings.catch_warnings():  # (an old root's serial number, say: not ours to speak of)
+            warnings.simplefilter("ignore")
+            return frozenset(x509.load_der_x509_certificate(der).subject for der in roots)
+    except (ssl.SSLError, ValueError):
+        return frozenset()
 
 
 def certificate_problems(certificates: list[tuple[str, Path]], now: float) -> list[tuple[str, Path, str]]:

@@ -9,6 +9,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from ispd.certificates import (
@@ -119,3 +120,53 @@ def test_an_intermediate_in_the_chain_that_ends_first_is_warned_of(tmp_path: Pat
                       + certificate("Lab Intermediate", intermediate, "Lab Root", root, now + timedelta(days=900)))
     [(_, _, problem)] = certificate_problems([("mail", chain)], time.time())
     assert problem.startswith(f"the certificate {chain} expires on")
+
+
+def test_a_certificate_of_the_file_no_client_builds_its_chain_through_is_not_warned_of(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The earliest end among every certificate of the file: a chain file with a cross-signed
+    root (Let's Encrypt's long chain: ISRG Root X1 signed by DST Root CA X3) whose cross-sign
+    expired, a self-signed root appended, or an old intermediate left in the bundle, all of which
+    clients pass over (they stop at the root they trust), was warned of as "the chain ... expired"
+    in check-config, the daemon's log each day, and the expiry metric, while every client was
+    served well."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    import ispd.certificates
+
+    now = datetime.now(UTC)
+
+    def name(text: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+    def certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str, signer: ec.EllipticCurvePrivateKey,
+                    not_after: datetime) -> bytes:
+        built = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name(issuer))
+                 .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                 .not_valid_before(now - timedelta(days=3000)).not_valid_after(not_after)
+                 .sign(signer, hashes.SHA256()))
+        return built.public_bytes(serialization.Encoding.PEM)
+
+    root, old_root, intermediate, old_intermediate, server = (ec.generate_private_key(ec.SECP256R1())
+                                                              for _ in range(5))
+    monkeypatch.setattr(ispd.certificates, "_trust_anchor_names", lambda: {name("Lab Root")},
+                        raising=False)
+    leaf_ends = now + timedelta(days=300)
+    leaf = certificate("mx.isp.example", server, "Lab Intermediate", intermediate, leaf_ends)
+    served = leaf + certificate("Lab Intermediate", intermediate, "Lab Root", root, now + timedelta(days=900))
+    expired = now - timedelta(days=10)
+    chain = tmp_path / "chain.pem"
+    for passed_over in (certificate("Lab Root", root, "Old Root", old_root, expired),  # the cross-sign
+                        certificate("Old Root", old_root, "Old Root", old_root, expired),  # a root
+                        certificate("Lab Intermediate", old_intermediate, "Lab Root", root, expired)):  # replaced
+        chain.write_bytes(served + passed_over)
+        validity = certificate_validity(chain)
+        assert validity is not None and abs(validity.not_after - leaf_ends.timestamp()) < 1
+        assert certificate_problems([("mail", chain)], time.time()) == []
+    # An intermediate the chain goes through is still the one warned of.
+    chain.write_bytes(leaf + certificate("Lab Intermediate", intermediate, "Lab Root", root, expired))
+    [(_, _, problem)] = certificate_problems([("mail", chain)], time.time())
+    assert problem.startswith(f"the chain in {chain} (its certificate CN=Lab Intermediate) expired on")
