@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 import string
-import unicodedata
 
 _PRINTABLE = frozenset(string.printable.encode()) - frozenset(b"\t\n\r\x0b\x0c")
 _HEX = re.compile(r"^[0-9a-f]*$")
@@ -85,9 +84,8 @@ def normalize_key(kind: str, key: str) -> str:
             raise ValueError("the username is empty")
         if len(key.encode("utf-8", "replace")) > 253 or any(ord(ch) < 0x20 or ch == "\x7f" for ch in key):
             raise ValueError(f"{key!r}: a RADIUS username has at most 253 bytes and no control characters")
-        if not unicodedata.is_normalized("NFC", key):  # (as a subscriber's username: store.validation)
-            raise ValueError(f"{key!r} is written decomposed (a letter and a combining mark apart): write it "
-                             f"composed, as {unicodedata.normalize('NFC', key)!r} (Unicode NFC)")
+        # (Written composed, Unicode NFC, unless its subscriber's own username predates that
+        # rule: the store checks it, knowing the subscriber.)
         return key
     if kind == "duid":
         return duid_text(key)

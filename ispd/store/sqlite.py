@@ -35,6 +35,7 @@ import queue
 import sqlite3
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -1390,6 +1391,11 @@ class SQLiteStore(Store):
                 raise Conflict(f"{checked_kind.value} {checked_key} is already reserved for {taken['username']}"
                                f" (reservation #{taken['id']})")
             if checked_kind == ReservationKind.USERNAME:
+                # Written composed (NFC), as a username: another spelling of a name that shows the
+                # same. Unless the subscriber's own username is written decomposed, stored before
+                # that rule: its NAS sends its logins spelled so, and no composed key would match.
+                if unicodedata.is_normalized("NFC", row["username"]):
+                    _checked(username_text, checked_key)
                 holder = conn.execute("SELECT id FROM subscribers WHERE username = ? AND id != ?",
                                       (checked_key, row["id"])).fetchone()
                 if holder is not None:

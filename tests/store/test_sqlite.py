@@ -95,6 +95,25 @@ async def test_a_login_that_shows_as_another_is_refused(sqlite_store: Store) -> 
     assert [s.username for s in await store.list_subscribers()] == ["jos\u00e9"]
 
 
+async def test_a_subscriber_stored_decomposed_before_the_rule_keeps_its_login_for_a_reservation(
+        sqlite_store: Store, tmp_path: Path) -> None:
+    """Names stored before the NFC rule stay as they are, and so does the login their NAS sends
+    (the CPE holds the decomposed spelling): a username reservation of that very login, the
+    only one RADIUS will ever match for it, was refused as "written decomposed", for a login
+    that is no second spelling of anyone's but the subscriber's own."""
+    store = sqlite_store
+    subscriber = await store.add_subscriber("jose", actor="t")
+    conn = sqlite3.connect(tmp_path / "ispd.db")  # as a store written before the rule has it
+    with conn:
+        conn.execute("UPDATE subscribers SET username = ? WHERE id = ?", ("jose\u0301", subscriber.id))
+    conn.close()
+    reservation = await store.add_reservation(subscriber.id, "username", "jose\u0301", actor="t")
+    assert reservation.key == "jose\u0301"
+    with pytest.raises(InvalidValue, match="written decomposed"):  # another's login: as before
+        other = await store.add_subscriber("zoe", actor="t")
+        await store.add_reservation(other.id, "username", "Zo\u0308e", actor="t")
+
+
 async def test_the_overview_says_since_when_the_status_holds(store: Store, clock: FakeClock) -> None:
     await store.add_plan("p", actor="t")
     added_at = clock.now
