@@ -817,8 +817,12 @@ class Supervisor:
 
 def standby_grace_seconds(config: Config) -> float:
     """How long a standby leaves a lock freed with every session to its holder's keeper, which
-    must reach the server again first: a new connection waits up to its connect timeout."""
-    return max(RESTART_GRACE_SECONDS, config.store.busy_timeout_seconds + 2 * DAEMON_LOCK_CHECK_SECONDS)
+    must reach the server again first: a new connection waits up to its connect timeout (the
+    url's own, when it gives one, each of its hosts in turn)."""
+    from ispd.store.postgresql import url_connect_seconds
+
+    connecting = max(config.store.busy_timeout_seconds, url_connect_seconds(config.store) or 0.0)
+    return max(RESTART_GRACE_SECONDS, connecting + 2 * DAEMON_LOCK_CHECK_SECONDS)
 
 
 def _not_migrating(step: Migration, target: int) -> None:

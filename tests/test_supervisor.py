@@ -612,3 +612,20 @@ async def test_a_reload_slow_to_unwind_and_the_drain_share_one_grace(tmp_path: P
     supervisor.request_stop()
     assert await asyncio.wait_for(task, 10) == 1  # the grace ran out: said so
     assert time.monotonic() - started < 1.5
+
+
+def test_a_standby_leaves_the_holder_the_urls_own_connect_timeout_to_take_the_lock_again(tmp_path: Path) -> None:
+    """ef7ef8c let the url's connect_timeout win over busy_timeout_seconds, which the standby's
+    grace for a holder reconnecting after a server restart was still reckoned from: with
+    ``connect_timeout=30`` the holder's keeper could still be connecting when the standby took
+    the lock over (12 s), and the holder then stopped (daemon.lock.lost)."""
+    from ispd.supervisor import standby_grace_seconds
+
+    def grace(url: str) -> float:
+        store = StoreConfig(path=tmp_path / "s.db", backend="postgresql", url=url, busy_timeout_seconds=10)
+        return standby_grace_seconds(config_for(tmp_path).model_copy(update={"store": store}))
+
+    assert grace("postgresql://ispd@db.example.net/ispd") == 12
+    assert grace("postgresql://ispd@db.example.net/ispd?connect_timeout=30") == 32
+    assert grace("postgresql://ispd@db1.example.net,db2.example.net/ispd?connect_timeout=30") == 62
+    assert grace("postgresql://ispd@db.example.net/ispd?connect_timeout=2") == 12

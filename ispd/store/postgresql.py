@@ -273,6 +273,23 @@ def connect(config: StoreConfig) -> PgConnection:
     return PgConnection(raw)
 
 
+def url_connect_seconds(config: StoreConfig) -> float | None:
+    """How long a new connection may wait for the server by the url's own connect_timeout (per
+    host of the url, as libpq tries each in turn); None when the url gives none (connect() asks
+    for busy_timeout_seconds then) or no limit (0)."""
+    if psycopg is None or config.url is None:
+        return None
+    try:
+        given = psycopg.conninfo.conninfo_to_dict(config.url)
+        timeout = float(str(given.get("connect_timeout") or 0))
+    except (psycopg.Error, ValueError):
+        return None
+    if timeout <= 0:
+        return None
+    hosts = len(str(given.get("hostaddr") or given.get("host") or "").split(","))
+    return max(2.0, timeout) * hosts  # (libpq takes 1 s as 2)
+
+
 def application_name() -> str:
     """"ispd HOST pid N", as the daemon lock's refusal and a standby name the holder: within the
     63 bytes PostgreSQL keeps (it cuts the rest), a long host name shortened, never the PID."""
