@@ -247,7 +247,10 @@ def connect(config: StoreConfig) -> PgConnection:
             options["connect_timeout"] = max(1, round(config.busy_timeout_seconds))
         raw = psycopg.connect(
             config.url, autocommit=True, row_factory=_row_factory,
-            application_name=application_name(), **options,
+            application_name=application_name(),
+            # The text psycopg reads and sends is UTF-8 whatever PGCLIENTENCODING or the url say:
+            # SQL_ASCII reads every text as bytes, LATIN1 refuses a ☃ (as a database in them would).
+            client_encoding="UTF8", **options,
         )
     except psycopg.Error as exc:
         raise StoreUnavailable(f"cannot connect to {describe(config)}: {first_line(exc)}") from None

@@ -210,3 +210,23 @@ async def test_a_role_that_may_not_create_the_tables_is_told_what_to_do(
         postgres_cluster.drop_database(name)
         with psycopg.connect(postgres_cluster.url(), autocommit=True) as admin:
             admin.execute(f"DROP ROLE {role}")
+
+
+@pytest.mark.parametrize("client_encoding", ["SQL_ASCII", "LATIN1"])
+async def test_a_client_encoding_from_the_environment_is_no_other_encoding_for_the_store(
+        postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, client_encoding: str) -> None:
+    """d97ffdc refused a database not in UTF8, but psycopg decodes by the client_encoding, which
+    libpq takes from PGCLIENTENCODING (a legacy host's profile, a unit's Environment=): on a
+    UTF8 database it gave the same failures (SQL_ASCII: every text read as bytes, "b'verifier'
+    is not a valid CredentialPolicy"; LATIN1: "Grün ☃" refused)."""
+    monkeypatch.setenv("PGCLIENTENCODING", client_encoding)
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db", backend="postgresql", url=postgres_url))
+    try:
+        plan = await store.add_plan("Grün \u2603", actor="t")
+        subscriber = await store.add_subscriber(f"enc-{client_encoding.lower()}-{os.getpid()}", actor="t",
+                                                plan="Grün \u2603")
+        found = await store.get_subscriber(subscriber.id)
+        assert (found.username, found.plan_id) == (subscriber.username, plan.id)
+        assert [p.name for p in await store.list_plans()] == ["Grün \u2603"]
+    finally:
+        await store.close()
