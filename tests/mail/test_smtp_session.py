@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import weakref
+from collections.abc import AsyncIterator, Iterable
 from types import SimpleNamespace
 from typing import Any
 
@@ -57,6 +59,38 @@ def serving_service() -> Any:
     service.metrics = SimpleNamespace(listener=stats)
     service.blocklists = SimpleNamespace(applies_to=lambda client: False)
     return service
+
+
+@contextlib.asynccontextmanager
+async def smtp_client(service: Any, listener: str = "mx", *,
+                      ehlo: bool = True) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A client of an SMTPSession on loopback, past its greeting (and EHLO's reply)."""
+    server = await asyncio.get_running_loop().create_server(lambda: SMTPSession(service, listener), "127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+        await reader.readline()  # 220
+        if ehlo:
+            writer.write(b"EHLO client.example\r\n")
+            while not (await reader.readline()).startswith(b"250 "):
+                pass
+        yield reader, writer
+    finally:
+        server.close()
+
+
+async def replies_to(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, lines: Iterable[bytes]) -> list[bytes]:
+    """The first line of the reply to each of ``lines``, sent one after the other."""
+    replies = []
+    for line in lines:
+        writer.write(line + b"\r\n")
+        replies.append(await reader.readline())
+    return replies
+
+
+async def quit_session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(b"QUIT\r\n")
+    await reader.read()
+    writer.close()
 
 
 @pytest.mark.parametrize("leave", ["QUIT", "reset"])
@@ -139,24 +173,14 @@ def test_a_size_parameter_in_other_digits_than_ascii_is_a_syntax_error(without_c
     service = serving_service()
 
     async def run() -> list[bytes]:
-        server = await asyncio.get_running_loop().create_server(lambda: SMTPSession(service, "mx"), "127.0.0.1", 0)
-        try:
-            reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
-            await reader.readline()  # 220
-            writer.write(b"EHLO client.example\r\n")
-            while not (await reader.readline()).startswith(b"250 "):
-                pass
+        async with smtp_client(service) as (reader, writer):
             replies = []
             for size in ("\u00b2", "\u0663", "1" * 21, "10"):
                 writer.write(f"MAIL FROM:<a@elsewhere.example> size={size}\r\nRSET\r\n".encode())
                 replies.append(await reader.readline())
                 await reader.readline()  # RSET's 250
-            writer.write(b"QUIT\r\n")
-            await reader.read()
-            writer.close()
+            await quit_session(reader, writer)
             return replies
-        finally:
-            server.close()
 
     replies = uvloop.run(run())
     assert [r[:9] for r in replies] == [b"501 5.5.4"] * 3 + [b"250 2.0.0"], replies
@@ -171,17 +195,8 @@ def test_a_silent_client_is_told_421_before_the_close(stage: str, without_cycle_
     service.config.command_timeout_seconds = 0.2
 
     async def run() -> bytes:
-        server = await asyncio.get_running_loop().create_server(lambda: SMTPSession(service, "mx"), "127.0.0.1", 0)
-        try:
-            reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
-            await reader.readline()  # 220
-            if stage == "after_ehlo":
-                writer.write(b"EHLO client.example\r\n")
-                while not (await reader.readline()).startswith(b"250 "):
-                    pass
+        async with smtp_client(service, ehlo=stage == "after_ehlo") as (reader, _):
             return await asyncio.wait_for(reader.read(), 5)
-        finally:
-            server.close()
 
     assert uvloop.run(run()) == b"421 4.4.2 mx.isp.example Error: timeout exceeded\r\n"
 
@@ -194,23 +209,10 @@ def test_auth_on_the_mx_is_refused_as_not_enabled(without_cycle_collection: None
     service = serving_service()
 
     async def run() -> list[bytes]:
-        server = await asyncio.get_running_loop().create_server(lambda: SMTPSession(service, "mx"), "127.0.0.1", 0)
-        try:
-            reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
-            await reader.readline()  # 220
-            writer.write(b"EHLO client.example\r\n")
-            while not (await reader.readline()).startswith(b"250 "):
-                pass
-            replies = []
-            for command in (b"AUTH PLAIN AGFsaWNlAHNlY3JldA==", b"AUTH LOGIN", b"NOOP"):
-                writer.write(command + b"\r\n")
-                replies.append(await reader.readline())
-            writer.write(b"QUIT\r\n")
-            await reader.read()
-            writer.close()
+        async with smtp_client(service) as (reader, writer):
+            replies = await replies_to(reader, writer, (b"AUTH PLAIN AGFsaWNlAHNlY3JldA==", b"AUTH LOGIN", b"NOOP"))
+            await quit_session(reader, writer)
             return replies
-        finally:
-            server.close()
 
     replies = uvloop.run(run())
     assert replies == [b"503 5.5.1 Error: authentication not enabled\r\n"] * 2 + [b"250 2.0.0 OK\r\n"], replies
@@ -233,13 +235,7 @@ def test_a_message_of_exactly_the_size_limit_fits_whatever_dots_it_has(without_c
         return text + b"z" * (size - len(text) - 2) + b"\r\n"
 
     async def run() -> list[bytes]:
-        server = await asyncio.get_running_loop().create_server(lambda: SMTPSession(service, "mx"), "127.0.0.1", 0)
-        try:
-            reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
-            await reader.readline()  # 220
-            writer.write(b"EHLO client.example\r\n")
-            while not (await reader.readline()).startswith(b"250 "):
-                pass
+        async with smtp_client(service) as (reader, writer):
             replies = []
             for size in (1024, 1025):
                 declared = " SIZE=1024" if size == 1024 else ""  # (a larger one is refused at MAIL)
@@ -253,12 +249,8 @@ def test_a_message_of_exactly_the_size_limit_fits_whatever_dots_it_has(without_c
                 await asyncio.sleep(0.2)
                 writer.write(b".\r\n")
                 replies.append(await reader.readline())
-            writer.write(b"QUIT\r\n")
-            await reader.read()
-            writer.close()
+            await quit_session(reader, writer)
             return replies
-        finally:
-            server.close()
 
     replies = uvloop.run(run())
     assert [r[:9] for r in replies] == [b"250 2.0.0", b"552 5.3.4"], replies
@@ -295,24 +287,11 @@ def test_a_login_the_store_cannot_check_is_a_temporary_failure(without_cycle_col
 
     async def run() -> list[bytes]:
         # (465's session: the whole connection counts as TLS, so AUTH needs no STARTTLS here)
-        server = await asyncio.get_running_loop().create_server(lambda: SMTPSession(service, "submissions"),
-                                                                "127.0.0.1", 0)
-        try:
-            reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
-            await reader.readline()  # 220
-            writer.write(b"EHLO laptop\r\n")
-            while not (await reader.readline()).startswith(b"250 "):
-                pass
-            replies = []
-            for login in (b"AGFsaWNlQGlzcC5leGFtcGxlAHNlY3JldA==", b"AGJvYgBzZWNyZXQ="):  # an address, a username
-                writer.write(b"AUTH PLAIN " + login + b"\r\n")
-                replies.append(await reader.readline())
-            writer.write(b"QUIT\r\n")
-            await reader.read()
-            writer.close()
+        async with smtp_client(service, "submissions") as (reader, writer):
+            replies = await replies_to(reader, writer, (  # an address, a username
+                b"AUTH PLAIN AGFsaWNlQGlzcC5leGFtcGxlAHNlY3JldA==", b"AUTH PLAIN AGJvYgBzZWNyZXQ="))
+            await quit_session(reader, writer)
             return replies
-        finally:
-            server.close()
 
     replies = uvloop.run(run())
     assert replies == [b"454 4.7.0 Temporary authentication failure, try again later\r\n"] * 2, replies
@@ -340,22 +319,10 @@ def test_a_long_auth_line_is_taken_and_a_longer_one_refused_as_too_long(without_
     response = base64.b64encode(b"\0alice@isp.example\0" + password)
 
     async def exchange(lines: list[bytes]) -> list[bytes]:
-        server = await asyncio.get_running_loop().create_server(lambda: SMTPSession(service, "submissions"),
-                                                                "127.0.0.1", 0)
-        try:
-            reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
-            await reader.readline()  # 220
-            writer.write(b"EHLO laptop\r\n")
-            while not (await reader.readline()).startswith(b"250 "):
-                pass
-            replies = []
-            for line in lines:
-                writer.write(line + b"\r\n")
-                replies.append(await reader.readline())
+        async with smtp_client(service, "submissions") as (reader, writer):
+            replies = await replies_to(reader, writer, lines)
             writer.close()
             return replies
-        finally:
-            server.close()
 
     async def run() -> tuple[list[bytes], list[bytes]]:
         return (await exchange([b"AUTH PLAIN " + response]),
