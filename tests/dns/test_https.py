@@ -259,6 +259,24 @@ async def test_a_reply_waiting_for_a_window_goes_when_the_client_s_settings_open
         writer.close()
 
 
+async def get_until_ended(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, query: bytes,
+                          *extra_headers: tuple[str, str]) -> list[h2.events.Event]:
+    """A DoH GET of ``query`` on a connection of its own: the events until its stream or the
+    connection ends."""
+    client = h2_client()
+    path = "/dns-query?dns=" + base64.urlsafe_b64encode(query).rstrip(b"=").decode()
+    client.send_headers(1, [(":method", "GET"), (":path", path), (":scheme", "https"), (":authority", "dns.test"),
+                            *extra_headers], end_stream=True)
+    writer.write(client.data_to_send())
+    events: list[h2.events.Event] = []
+    while not any(isinstance(event, (h2.events.StreamEnded, h2.events.ConnectionTerminated)) for event in events):
+        data = await asyncio.wait_for(reader.read(65536), 5)
+        assert data
+        events += client.receive_data(data)
+        writer.write(client.data_to_send())
+    return events
+
+
 @pytest.mark.parametrize(("padding", "answered"), [(MAX_HEADER_LIST_SIZE // 2, True),
                                                    (MAX_HEADER_LIST_SIZE * 2, False)])
 async def test_a_header_list_over_the_announced_size_is_refused(padding: int, answered: bool) -> None:
@@ -266,17 +284,8 @@ async def test_a_header_list_over_the_announced_size_is_refused(padding: int, an
     default, 64 KB, and a request with 40 KB of headers was answered)."""
     async with serving(CachedAnswers()) as served:
         reader, writer = await asyncio.open_connection(*served.address)
-        client = h2_client()
-        path = "/dns-query?dns=" + base64.urlsafe_b64encode(QUERY).rstrip(b"=").decode()
-        client.send_headers(1, [(":method", "GET"), (":path", path), (":scheme", "https"), (":authority", "dns.test"),
-                                *((f"x-padding-{i}", "a" * 1000) for i in range(padding // 1000))], end_stream=True)
-        writer.write(client.data_to_send())
-        events: list[h2.events.Event] = []
-        while not any(isinstance(event, (h2.events.StreamEnded, h2.events.ConnectionTerminated)) for event in events):
-            data = await asyncio.wait_for(reader.read(65536), 5)
-            assert data
-            events += client.receive_data(data)
-            writer.write(client.data_to_send())
+        events = await get_until_ended(reader, writer, QUERY,
+                                       *((f"x-padding-{i}", "a" * 1000) for i in range(padding // 1000)))
         assert any(isinstance(event, h2.events.StreamEnded) for event in events) is answered
         writer.close()
 
@@ -290,17 +299,7 @@ async def test_a_get_within_max_query_bytes_is_answered_whatever_its_path_length
     big = QUERY + bytes(13000)  # (the fake cache answers any bytes with themselves)
     async with serving(CachedAnswers(), config=config) as served:
         reader, writer = await asyncio.open_connection(*served.address)
-        client = h2_client()
-        path = "/dns-query?dns=" + base64.urlsafe_b64encode(big).rstrip(b"=").decode()
-        client.send_headers(1, [(":method", "GET"), (":path", path), (":scheme", "https"),
-                                (":authority", "dns.test")], end_stream=True)
-        writer.write(client.data_to_send())
-        events: list[h2.events.Event] = []
-        while not any(isinstance(event, (h2.events.StreamEnded, h2.events.ConnectionTerminated)) for event in events):
-            data = await asyncio.wait_for(reader.read(65536), 5)
-            assert data
-            events += client.receive_data(data)
-            writer.write(client.data_to_send())
+        events = await get_until_ended(reader, writer, big)
         assert not any(isinstance(event, h2.events.ConnectionTerminated) for event in events)
         assert next(e.headers for e in events if isinstance(e, h2.events.ResponseReceived))[0] == (b":status", b"200")
         writer.close()
