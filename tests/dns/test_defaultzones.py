@@ -103,3 +103,15 @@ def test_config_takes_the_mode_and_refuses_an_exclusion_that_is_no_default_zone(
         DNSConfig(enabled=True, locally_served_zones_exclude=["11.in-addr.arpa."])
     with pytest.raises(ValidationError):
         DNSConfig(enabled=True, locally_served_zones="yes")
+
+
+@pytest.mark.parametrize("zone", ["10.in-addr.arpa.", "home.arpa.", "d.f.ip6.arpa.", "onion.", "localhost."])
+def test_the_ds_at_a_zone_s_apex_is_left_to_its_parent(zone: str) -> None:
+    """RFC 4035 §3.1.4.1, and Unbound: DS 10.in-addr.arpa. is the signed in-addr.arpa.'s to answer
+    (its NSEC proves the delegation insecure); answered NODATA here, unsigned, a validating stub
+    behind ispd cannot prove that and finds every answer under the zone bogus."""
+    zones = DefaultZones("all")
+    assert zones.answer(N(zone), RRType.DS) is None
+    below = zones.answer(N("x." + zone), RRType.DS)  # below the apex: the zone's own answer
+    assert below is not None and below.authoritative
+    assert zones.answer(N(zone), RRType.SOA) is not None
