@@ -380,6 +380,13 @@ class DNSEngine:
         self._dns64_changes += 1
         self.forget_clients()
 
+    def _dns64_maps(self, name: bytes, client_class: ClientClass) -> bool:
+        """Whether ``name`` (a PTR question's) is one DNS64 maps to its IPv4 address's for this
+        client (RFC 6147 §5.3.1): a network-specific prefix may lie in a locally served zone."""
+        dns64 = self.dns64
+        return dns64 is not None and (self.dns64_clients is None or client_class in _GETTING_DNS64) \
+            and dns64.reverse_target(name) is not None
+
     def _dns64_for(self, key: bytes) -> DNS64 | None:
         """The DNS64 the answer under ``key`` gets, if any (no key: as for any client)."""
         if self.dns64_clients is None or (key and answer_variant(key) & VARIANT_DNS64):
@@ -520,6 +527,8 @@ class DNSEngine:
             resolution = await self._resolve_uncached(question, key)
             return self._reply_cached(query, self._build(key, question, resolution, self.clock(), store=False), tcp)
         served = self.default_lookup(name, qtype)
+        if served is not None and qtype == RRType.PTR and self._dns64_maps(name, client_class):
+            served = None  # DNS64's reverse mapping of a prefix in fd00::/8 or 2001:db8::/32 goes first
         if served is not None:  # a locally served zone: a local answer, counted as one
             self.stats.local_answers += 1
             entry = self._local_entry(question, served, None, view) if client_class in _ANSWERING else None

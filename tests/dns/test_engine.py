@@ -1503,3 +1503,23 @@ ns1    A   10.4.0.1
     assert (await env.ask_message(query("zero.example.test."))).rcode == RCode.SERVFAIL
     assert (await env.ask_message(query("nx.other.example."))).rcode == RCode.SERVFAIL
     assert env.engine.stats.stale_answers == 0
+
+
+@pytest.mark.parametrize("prefix", ["fd00:64::/96", "2001:db8:64::/96"])
+async def test_dns64_reverse_mapping_under_a_locally_served_zone(env: Env, prefix: str) -> None:
+    """A network-specific DNS64 prefix in ULA space (fd00::/8) or the documentation prefix lies
+    in a locally served zone (d.f.ip6.arpa., 8.b.d.0.1.0.0.2.ip6.arpa.): the PTR of an address
+    made under it is still mapped to the IPv4 address's (RFC 6147 §5.3.1), not NXDOMAIN from the
+    default zone; the rest of the zone stays local."""
+    from ispd.dns.defaultzones import DefaultZones
+
+    with_dns64(env)
+    env.engine.dns64 = DNS64(IPv6Network(prefix))
+    env.engine.default_lookup = DefaultZones("all").answer
+    ptr = IPv6Address(IPv6Network(prefix).network_address + 0xC0000207).reverse_pointer + "."
+    mapped = await env.ask_message(query(ptr, RRType.PTR))
+    assert mapped.answer and mapped.answer[0].rtype == RRType.CNAME, mapped
+    again = await env.ask_message(query(ptr, RRType.PTR))  # (and the second time, once kept)
+    assert again.answer and again.answer[0].rtype == RRType.CNAME
+    other = IPv6Address(IPv6Network(prefix).network_address + (1 << 40)).reverse_pointer + "."
+    assert (await env.ask_message(query(other, RRType.PTR))).rcode == RCode.NXDOMAIN
