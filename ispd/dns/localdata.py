@@ -47,6 +47,7 @@ from ispd.dns.wire import (
     CLASS_IN,
     ROOT,
     RR,
+    RCode,
     RRType,
     ancestor_with_labels,
     label_count,
@@ -54,7 +55,7 @@ from ispd.dns.wire import (
     name_to_text,
     reverse_name,
 )
-from ispd.dns.zone import Delegation, Zone, ZoneAnswer, ZoneError, parse_zone_text
+from ispd.dns.zone import AnswerKind, Delegation, Zone, ZoneAnswer, ZoneError, parse_zone_text
 
 IPNetwork = IPv4Network | IPv6Network
 _LDH = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
@@ -126,8 +127,13 @@ class LocalData:
         self._configured: set[bytes] = {name for zone in self._zones.values() for name in zone.names()}
         for index, text in enumerate(static_records):
             self._add_static(text, f"local_records[{index}]", default_ttl)
+        # RFC 9462 §6.4: a resolver that answers DDR answers NODATA for every other name under
+        # resolver.arpa. (in the zone we made: an operator's own zone file answers as written).
+        self._ddr_zone: Zone | None = None
         for rr in designated:
             self._add_record(rr, "ddr")
+            if RESOLVER_ARPA in self._synthesised:
+                self._ddr_zone = self._zones.get(RESOLVER_ARPA)
         # Lease bookkeeping: (owner, type) -> address, and address -> (owner, PTR owner or None).
         self._lease_names: dict[tuple[bytes, int], str] = {}
         self._lease_addresses: dict[str, tuple[bytes, bytes | None]] = {}
@@ -228,7 +234,10 @@ class LocalData:
         zone = self.zone_for(qname)
         if zone is None:
             return None
-        return zone.lookup(qname, qtype)
+        found = zone.lookup(qname, qtype)
+        if zone is self._ddr_zone and found.rcode == RCode.NXDOMAIN:
+            return ZoneAnswer(RCode.NOERROR, True, [], found.authority, [], AnswerKind.NODATA)
+        return found
 
     # --- changes ---
 

@@ -86,7 +86,7 @@ def test_answered_locally_and_nothing_else_under_resolver_arpa_is_resolved() -> 
     nodata = local.answer(DDR_OWNER, RRType.A)
     assert nodata is not None and nodata.kind == AnswerKind.NODATA
     other = local.answer(name_from_text("_other.resolver.arpa."), RRType.SVCB)
-    assert other is not None and other.rcode == RCode.NXDOMAIN
+    assert other is not None and other.rcode == RCode.NOERROR and other.kind == AnswerKind.NODATA
     named = local.answer(name_from_text("_dns.dns.isp.example."), RRType.SVCB)
     assert named is not None and len(named.answer) == 1
     # the designated name itself, and the rest of its zone, are still resolved
@@ -111,3 +111,14 @@ def test_check_config_warns_of_a_certificate_that_does_not_cover_the_name_or_the
     assert "no IP address SubjectAltName for 198.18.0.53 (listen)" in warnings[1]
     wildcard = issue(tmp_path, "*.isp.example", name="wildcard", addresses=("198.18.0.53",))
     assert certificate_warnings(with_certificate(wildcard.certificate)) == []
+
+
+@pytest.mark.parametrize("name", ["_other.resolver.arpa.", "resolver.arpa.", "x._dns.resolver.arpa.", "a.b.resolver.arpa."])
+def test_with_ddr_on_every_other_name_under_resolver_arpa_is_nodata(name: str) -> None:
+    """RFC 9462 §6.4: a resolver that answers _dns.resolver.arpa. SHOULD answer NODATA for any
+    name under resolver.arpa. (as AdGuard DNS does), not NXDOMAIN; with its SOA for the
+    negative TTL."""
+    local = LocalData(designated=designated_records(config(dot=listener("198.18.0.53:853"))))
+    answer = local.answer(name_from_text(name), RRType.A)
+    assert answer is not None and answer.rcode == RCode.NOERROR and answer.kind == AnswerKind.NODATA
+    assert answer.answer == [] and [rr.rtype for rr in answer.authority] == [RRType.SOA] and answer.authoritative
