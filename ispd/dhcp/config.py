@@ -138,19 +138,21 @@ class DHCPOption(OptionValue):
             raise ValueError(f"option {code} is {what}, which ispd writes itself")
         return code
 
-    @model_validator(mode="after")
-    def _ipv6_only_preferred(self) -> DHCPOption:
+    def ipv6_only_warning(self) -> str | None:
         """Option 108 given by code (as Kea's option-data v6-only-preferred) is served as
-        ipv6_only_preferred_seconds is: RFC 8925 §2 wants 4 bytes, and §3.3 forbids sending it
-        to a client that did not ask for it."""
-        if self.code == 108:
-            if len(self.encoded()) != 4:
-                raise ValueError("option 108 (IPv6-only preferred) is 4 bytes, the seconds to wait: "
-                                 "set ipv6_only_preferred_seconds instead")
-            if self.always_send:
-                raise ValueError("option 108 (IPv6-only preferred) goes only to clients that ask for it "
-                                 "(RFC 8925 §3.3): remove always_send")
-        return self
+        ipv6_only_preferred_seconds is, when it is what RFC 8925 says: 4 bytes (§2), and only to
+        clients that ask for it (§3.3). Otherwise a warning, not a refusal (such an option was
+        sent as given before the feature, docs/DESIGN.md): one of another length is no
+        IPv6-only answer, and always_send is not heeded for it."""
+        if self.code != 108:
+            return None
+        if len(self.encoded()) != 4:
+            return ("option 108 (IPv6-only preferred) is 4 bytes, the seconds to wait: this one gives no "
+                    "IPv6-only answer; set ipv6_only_preferred_seconds instead")
+        if self.always_send:
+            return ("option 108 (IPv6-only preferred) goes only to clients that ask for it (RFC 8925 §3.3): "
+                    "always_send is not heeded for it; remove it")
+        return None
 
     @model_validator(mode="after")
     def _addresses_as_addresses(self) -> DHCPOption:
@@ -544,7 +546,18 @@ class DHCPConfig(Section):
                 *(ConfigWarning("dhcp.pool.timers_ignored", w) for w in self.timer_warnings()),
                 *(ConfigWarning("dhcp.pool.router_off_link", w) for w in self.pool_router_warnings()),
                 *(ConfigWarning("dhcp.subnet.no_garden", w) for w in self.garden_warnings()),
-                *(ConfigWarning("dhcp.subnet.routes_without_default", w) for w in self.static_route_warnings())]
+                *(ConfigWarning("dhcp.subnet.routes_without_default", w) for w in self.static_route_warnings()),
+                *(ConfigWarning("dhcp.option.ipv6_only_preferred", w) for w in self.ipv6_only_option_warnings())]
+
+    def ipv6_only_option_warnings(self) -> list[str]:
+        """``DHCPOption.ipv6_only_warning`` of every option 108 given by code, with its place."""
+        levels: list[tuple[str, list[DHCPOption]]] = [("option", self.option)]
+        levels += [(f"client_class {c.name!r}", c.option) for c in self.client_class]
+        for subnet in self.subnet:
+            levels.append((f"subnet {subnet.network}", subnet.option))
+            levels += [(f"subnet {subnet.network}: pool {p.name!r}", p.option) for p in subnet.pool]
+        return [f"{where}: {warning}" for where, options in levels for option in options
+                if (warning := option.ipv6_only_warning()) is not None]
 
     def static_route_warnings(self) -> list[str]:
         """Subnets and pools that send routers and static_routes with no 0.0.0.0/0 among them. A

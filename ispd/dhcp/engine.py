@@ -376,7 +376,9 @@ def _u8(value: int) -> bytes:
 
 def _options_of(options: Iterable[DHCPOption]) -> tuple[dict[int, bytes], set[int]]:
     """Values by code, and the codes to send unasked."""
-    return {o.code: o.encoded() for o in options}, {o.code for o in options if o.always_send}
+    # (never option 108 unasked, RFC 8925 §3.3, whatever always_send says: DHCPOption.ipv6_only_warning)
+    return ({o.code: o.encoded() for o in options},
+            {o.code for o in options if o.always_send and o.code != Option.IPV6_ONLY_PREFERRED})
 
 
 def _settings_options(level: ClientOptions) -> dict[int, bytes | None]:
