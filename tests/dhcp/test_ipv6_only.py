@@ -148,7 +148,7 @@ def test_an_option_108_by_code_that_ran_before_is_warned_of_not_refused(option: 
     [warning] = [w for w in config.warnings() if w.event == "dhcp.option.ipv6_only_preferred"]
     assert expected in warning.detail, warning
     lab = Lab(config)
-    unasked = lab.send(message(DHCPMessageType.DISCOVER, MAC_A))
+    unasked = lab.send(message(DHCPMessageType.DISCOVER, MAC_A, extra=ASKS_NOT))
     assert unasked.reply is not None and unasked.reply.packet.option(Option.IPV6_ONLY_PREFERRED) is None
     assert unasked.reply.packet.yiaddr == IPv4Address("198.18.0.100")
 
