@@ -965,19 +965,19 @@ class DHCPEngine:
     def _ipv6_only_pool(self, packet: DHCPPacket, subnet: Subnet, client: Client) -> tuple[ServedPool, int] | None:
         """The pool whose option 108 answers this client, and the seconds it says, if it asked for option 108 (RFC 8925
         §3.3: never to one that did not) and that pool serves it; None: serve it as any other.
-        The pool is the one its address would come from, found without taking one: its reserved
-        address's, else the first of the pools open to it (its class's, then anyone's)."""
+        The pool is the one its address would come from, found without taking one: the first of
+        the pools open to it (its class's, then anyone's). A client with a reserved address gets
+        it, asked or not: the operator fixed that IPv4 address for it (a business line's router
+        with its static address), which an IPv6-only answer would take away."""
         requested = packet.option(Option.PARAMETER_REQUEST_LIST)
         if requested is None or Option.IPV6_ONLY_PREFERRED not in requested:
             return None
-        reserved = self._reserved_address(client, subnet)
-        if reserved is not None:
-            pool = subnet.pool_of(reserved) or subnet.plain
-        else:
-            pools = subnet.pools_for(client)
-            if not pools:
-                return None
-            pool = pools[0]
+        if client.reservation is not None and client.reservation.address is not None:
+            return None  # (nor does _reply send it option 108)
+        pools = subnet.pools_for(client)
+        if not pools:
+            return None
+        pool = pools[0]
         served = pool.options
         if client.classes:
             served, _ = _with_classes(served, (), client.classes, under_pool=pool.allocator.walled_garden)
@@ -1161,6 +1161,10 @@ class DHCPEngine:
             served, unasked = _with_classes(served, unasked, client.classes,
                                             under_pool=pool.allocator.walled_garden)
         reservation = client.reservation
+        if reservation is not None and reservation.address is not None and Option.IPV6_ONLY_PREFERRED in served:
+            # Its reserved IPv4 address is what the operator fixed for it: no option 108, which
+            # would have it leave DHCPv4 (RFC 8925 §3.2) and its address with it.
+            served = {code: value for code, value in served.items() if code != Option.IPV6_ONLY_PREFERRED}
         if reservation is not None and reservation.hostname:
             # The name its reservation gives it, for the device to take (RFC 2132 §3.14), as Kea
             # sends a reservation's hostname: to a client that asks for option 12 or sends its own.

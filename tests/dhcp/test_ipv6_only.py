@@ -14,7 +14,8 @@ from ispd.dhcp.config import DHCPConfig
 from ispd.dhcp.engine import Destination
 from ispd.dhcp.metrics import DHCPMetrics
 from ispd.dhcp.options import DHCPMessageType, Option, decode_u32
-from tests.dhcp.test_engine import MAC_A, MAC_B, SERVER, T0, Lab, config, message
+from ispd.store.models import ReservationKind, SubscriberStatus
+from tests.dhcp.test_engine import MAC_A, MAC_B, SERVER, T0, Lab, config, message, reservation
 
 ASKS_108 = ((Option.PARAMETER_REQUEST_LIST, bytes((1, 3, 6, 15, 108))),)
 ASKS_NOT = ((Option.PARAMETER_REQUEST_LIST, bytes((1, 3, 6, 15))),)
@@ -74,6 +75,20 @@ def test_the_pool_s_setting_replaces_the_subnet_s_and_other_subnets_are_untouche
     lab = Lab(v6only_config(pool={"ipv6_only_preferred_seconds": 300}))
     offer = lab.send(message(DHCPMessageType.DISCOVER, extra=ASKS_108)).reply
     assert offer is not None and offer.packet.yiaddr == IPv4Address("0.0.0.0")
+
+
+def test_a_client_with_a_reserved_address_gets_it_even_when_it_asks() -> None:
+    """From a review: a business line's router with its static IPv4 reserved, asking for option
+    108 as any recent router does, was offered no address and lost its IPv4; the reservation is
+    what the operator fixed for it."""
+    lab = Lab(v6only_config(subnet={"ipv6_only_preferred_seconds": 1800}))
+    lab.engine.load([], [reservation(ReservationKind.MAC, "02:00:5e:10:00:01", address="198.18.0.150")],
+                    {7: SubscriberStatus.ACTIVE})
+    offer = lab.send(message(DHCPMessageType.DISCOVER, MAC_A, extra=ASKS_108))
+    assert offer.reply is not None and offer.reply.packet.yiaddr == IPv4Address("198.18.0.150"), offer
+    assert offer.ipv6_only is None and offer.reply.packet.option(Option.IPV6_ONLY_PREFERRED) is None
+    other = lab.send(message(DHCPMessageType.DISCOVER, MAC_B, extra=ASKS_108))  # no reservation
+    assert other.reply is not None and other.reply.packet.yiaddr == IPv4Address("0.0.0.0")
 
 
 def test_rapid_commit_is_not_honoured_for_an_ipv6_only_client() -> None:
