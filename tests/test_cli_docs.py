@@ -91,3 +91,18 @@ def test_the_readme_finds_the_dev_daemons_pid_where_it_is() -> None:
     store = load_config(root / "configs" / "dev.toml").store.path
     lock = store.with_name(store.name + ".lock").relative_to(root)
     assert f"kill -HUP $(cat {lock})" in README.read_text()
+
+
+def test_the_readme_names_every_config_warning_check_config_prints() -> None:
+    """The check-config row listed two kinds of warnings (the admin API's listener, certificates)
+    while check-config and the daemon's log give a dozen more, each under its own event: an
+    operator reading it, or grepping the log for one, did not know what to expect."""
+    text = README.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| `ispd check-config`"))
+    source = Path(__file__).resolve().parent.parent / "ispd"
+    events = {event for path in source.rglob("*.py")
+              for event in re.findall(r'ConfigWarning\("([a-z0-9_.]+)"', path.read_text())}
+    # the warnings of the files the sections name, which check-config reads as the services do
+    events |= {"dns.forward_zone_shadowed", "dns.ddr.unverifiable", "tls.certificate.expiring"}
+    assert len(events) > 10
+    assert sorted(event for event in events if f"`{event}`" not in row) == []
