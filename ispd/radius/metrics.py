@@ -50,7 +50,8 @@ class RadiusMetrics:
             ["kind", "result"])
         self.proxied = LabeledCounter(
             "ispd_radius_proxied_total", "Requests proxied to a realm's home servers ([[radius.realm]]), by kind "
-            "and result (accept, reject, challenge; acked; timeout: no home server answered; error; loop: a copy of "
+            "and result (accept, reject, challenge; acked; timeout: no home server answered; refused: one answered, "
+            "but no answer was valid, such as another secret's; error; loop: a copy of "
             "ispd's own come back, not copied again; dropped: too "
             "many accounting copies waiting).",
             ["kind", "result"])
@@ -103,8 +104,8 @@ class RadiusMetrics:
             self.ipv6_withheld.inc(kind, amount=0)
         for result in ("reserved", "exhausted", "failed"):
             self.prefix_reservations.inc(result, amount=0)
-        for kind, results in (("auth", ("accept", "reject", "challenge", "timeout", "error")),
-                              ("acct", ("acked", "timeout", "error", "dropped", "loop"))):
+        for kind, results in (("auth", ("accept", "reject", "challenge", "timeout", "refused", "error")),
+                              ("acct", ("acked", "timeout", "refused", "error", "dropped", "loop"))):
             for result in results:
                 self.proxied.inc(kind, result, amount=0)
 

@@ -823,9 +823,12 @@ class RadiusService(Service):
         log.info("radius.proxy.home_server_alive", realm=realm.name, server=str(server))
 
     async def _ask_home(self, realm: Realm, servers: tuple[HomeServer, ...], build: Callable[[int], bytes],
-                        answers: tuple[int, ...]) -> tuple[Packet, bytes] | None:
+                        answers: tuple[int, ...]) -> tuple[tuple[Packet, bytes] | None, bool]:
         """The first valid answer of the realm's servers, tried in turn, with the request it
-        answers; None when none answered (a ``ProxyError`` from ``build`` goes to the caller)."""
+        answers, or None; and, when None, whether a server answered but was refused (another
+        secret, no Message-Authenticator: not a timeout, as the request's result says). A
+        ``ProxyError`` from ``build`` goes to the caller."""
+        refused_any = False
         for server, attempts in self._home_servers(servers, realm.attempts):
             if server in self._home_dead:  # (found dead while this request waited for another)
                 continue
@@ -836,7 +839,7 @@ class RadiusService(Service):
             if exchange.reply is not None:
                 self._home_down.pop(server, None)
                 self.metrics.home_servers.inc(str(server), kind, "answered")
-                return exchange.reply, exchange.request
+                return (exchange.reply, exchange.request), False
             if exchange.attempts == 0:
                 # Nothing was sent (every Identifier of its sockets in use, or no socket to be
                 # had): ispd's own limit, not the server's silence. Taken for silence, it marked
@@ -851,6 +854,7 @@ class RadiusService(Service):
             # It answered but every answer was refused (error says why: another secret, no
             # Message-Authenticator): no use either, but not the network's fault, as "silent" said.
             refused = exchange.refused
+            refused_any = refused_any or refused
             self.metrics.home_servers.inc(str(server), kind, "refused" if refused else "silent")
             if server not in self._home_down or self._home_down[server] <= time.monotonic():
                 log.warning("radius.proxy.home_server_refused" if refused else "radius.proxy.home_server_silent",
@@ -860,7 +864,7 @@ class RadiusService(Service):
             if realm.status_check and server not in self._home_dead:
                 self._home_dead[server] = self._spawn(self._check_home_server(realm, server, answers),
                                                       "home-server-check")
-        return None
+        return None, refused_any
 
     async def _proxied(self, realm: Realm, packet: Packet, nas: Nas, transport: asyncio.DatagramTransport,
                        addr: Any, key: DuplicateKey, started: float) -> None:
@@ -877,7 +881,7 @@ class RadiusService(Service):
         re-secured with the NAS's secret; an Access-Reject when none answers."""
         authenticator = os.urandom(16)
         try:
-            answered = await self._ask_home(
+            answered, refused = await self._ask_home(
                 realm, realm.servers_for(realm.auth_servers, packet, addr[0]),
                 lambda identifier: forward_access_request(packet, nas.secret, realm, identifier, authenticator,
                                                            self.realms.mark),
@@ -888,7 +892,9 @@ class RadiusService(Service):
             log.warning("radius.proxy.failed", realm=realm.name, nas=nas.name, error=str(exc))
             answered, reply = None, None
         else:
-            if answered is None:
+            if answered is None and refused:
+                self.metrics.proxied.inc("auth", "refused")
+            elif answered is None:
                 self.metrics.proxied.inc("auth", "timeout")
         now = self.context.clock()
         if answered is None or reply is None:
@@ -943,7 +949,7 @@ class RadiusService(Service):
 
         async def forward() -> None:
             try:
-                answered = await self._ask_home(
+                answered, refused = await self._ask_home(
                     realm, servers,
                     lambda identifier: forward_accounting_request(packet, realm, identifier,
                                                                   time.perf_counter() - received, mark),
@@ -954,7 +960,12 @@ class RadiusService(Service):
                 return
             finally:
                 self._copying -= 1
-            self.metrics.proxied.inc("acct", "acked" if answered is not None else "timeout")
+            if answered is not None:
+                self.metrics.proxied.inc("acct", "acked")
+            elif refused:
+                self.metrics.proxied.inc("acct", "refused")
+            else:
+                self.metrics.proxied.inc("acct", "timeout")
 
         self._spawn(forward(), "proxy-accounting")
 

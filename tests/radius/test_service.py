@@ -547,8 +547,8 @@ async def test_a_home_server_with_every_identifier_in_use_is_passed_over_not_tak
         service._home_client = clients.__getitem__  # type: ignore[method-assign,assignment]
         with capture_logs() as logs:
             for _ in range(2):  # (logged once a while per server, not per request)
-                answered = await service._ask_home(realm, (busy, other), lambda identifier: b"",
-                                                   (int(Code.ACCESS_ACCEPT),))
+                answered, _ = await service._ask_home(realm, (busy, other), lambda identifier: b"",
+                                                      (int(Code.ACCESS_ACCEPT),))
         assert answered is not None and answered[0] is accept
         assert [(e["event"], e["log_level"], e["server"], e["error"])
                 for e in logs if e["event"].startswith("radius.proxy")] == [
@@ -591,9 +591,9 @@ async def test_a_home_server_whose_answers_are_refused_is_told_apart_from_a_sile
         clients = {wrong: Client(Exchange(None, 2, error, refused=True)), quiet: Client(Exchange(None, 2))}
         service._home_client = clients.__getitem__  # type: ignore[method-assign,assignment]
         with capture_logs() as logs:
-            answered = await service._ask_home(realm, (wrong, quiet), lambda identifier: b"",
-                                               (int(Code.ACCESS_ACCEPT),))
-        assert answered is None
+            answered, refused = await service._ask_home(realm, (wrong, quiet), lambda identifier: b"",
+                                                         (int(Code.ACCESS_ACCEPT),))
+        assert answered is None and refused
         assert [(e["event"], e["server"], e["error"]) for e in logs if e["event"].startswith("radius.proxy")] == [
             ("radius.proxy.home_server_refused", str(wrong), error),
             ("radius.proxy.home_server_silent", str(quiet), None)]
@@ -717,8 +717,9 @@ async def test_accounting_on_reaches_every_server_of_a_load_balanced_realm(tmp_p
                                        load_balance=True)], [])
         asked: list[tuple[HomeServer, ...]] = []
 
-        async def ask_home(realm: Realm, servers: tuple[HomeServer, ...], *args: Any) -> None:
+        async def ask_home(realm: Realm, servers: tuple[HomeServer, ...], *args: Any) -> tuple[None, bool]:
             asked.append(servers)
+            return None, False
 
         service._ask_home = ask_home  # type: ignore[method-assign,assignment]
         record = AccountingRecord(at=1.0, status=AccountingStatus.ACCOUNTING_ON, nas_address=NAS,
@@ -1201,14 +1202,15 @@ async def test_a_wall_clock_stepped_forward_past_the_holds_renews_them_at_once(t
         await store.close()
 
 
-def _realm_of_one_home_server(nas: str, home: socket.socket) -> Config:
+def _realm_of_one_home_server(nas: str, home: socket.socket, accounting: bool = False) -> Config:
     """RADIUS for the NAS at ``nas`` (client "ap"), proxying realm home.example to the one home
-    server bound at ``home`` (0.2 s, one attempt)."""
+    server bound at ``home`` (0.2 s, one attempt; its accounting there too if ``accounting``)."""
     host, port = home.getsockname()
     return Config(radius=RadiusConfig.model_validate({
         "enabled": True, "listen_auth": [f"{nas}:0"], "listen_acct": [f"{nas}:0"],
         "client": [{"name": "ap", "address": f"{nas}/32", "secret": SECRET}],
         "realm": [{"name": "home.example", "auth_servers": [f"{host}:{port}"],
+                   "acct_servers": [f"{host}:{port}"] if accounting else [],
                    "secret": "home-secret", "timeout_seconds": 0.2, "attempts": 1}]}))
 
 
@@ -1243,6 +1245,50 @@ async def test_an_access_reject_for_silent_home_servers_is_counted_as_a_decision
             assert service.metrics.auth.get("proxy", "reject") == 1
     finally:
         home.close()
+        nas_socket.close()
+        await store.close()
+
+
+async def test_a_home_server_of_another_secret_is_counted_refused_not_timed_out(tmp_path: Path) -> None:
+    """From a code read: a home server with another secret (or that signs no Message-Authenticator)
+    answered every request, the answers were refused, and the request was counted as
+    ispd_radius_proxied_total{result="timeout"}, "no home server answered", for the Access-Request
+    and for the accounting copy alike: the realm's alert sent its operator to the network."""
+    from ispd.radius.codec import encode_response
+
+    nas = "127.62.7.5"
+    home = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    home.bind(("127.62.7.6", 0))
+
+    class OtherSecret(asyncio.DatagramProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport: asyncio.DatagramTransport = transport  # type: ignore[assignment]
+
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            request = decode(data)
+            code = Code.ACCOUNTING_RESPONSE if request.code == Code.ACCOUNTING_REQUEST else Code.ACCESS_ACCEPT
+            self.transport.sendto(encode_response(code, request.identifier, request.authenticator, b"",
+                                                  b"not-the-realms-secret"), addr)
+
+    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(OtherSecret, sock=home)
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    nas_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        async with _running(store, EventBus(), _realm_of_one_home_server(nas, home, accounting=True)) as service:
+            assert (await _realm_login(service, nas_socket, nas)).code == Code.ACCESS_REJECT
+            assert service.metrics.proxied.get("auth", "refused") == 1
+            assert service.metrics.proxied.get("auth", "timeout") == 0
+            realm = service.realms.by_name["home.example"]
+            service._home_down.clear()
+            packet = decode(encode_request(Code.ACCOUNTING_REQUEST, 1, encode_attributes(
+                [(Attr.ACCT_STATUS_TYPE, (1).to_bytes(4, "big")), (Attr.USER_NAME, b"v@home.example")]),
+                SECRET.encode(), message_authenticator=False))
+            service._copy_accounting(realm, packet, time.perf_counter(), realm.acct_servers)
+            await asyncio.gather(*[t for t in service._tasks if t.get_name() == "proxy-accounting"])
+            assert service.metrics.proxied.get("acct", "refused") == 1
+            assert service.metrics.proxied.get("acct", "timeout") == 0
+    finally:
+        transport.close()
         nas_socket.close()
         await store.close()
 
