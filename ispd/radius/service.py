@@ -335,6 +335,9 @@ class RadiusService(Service):
         self.realms = realms_of(self.config)
         # Home servers that did not answer lately, until when: tried after the others.
         self._home_down: dict[HomeServer, float] = {}
+        # When each home server last gave a valid answer: one that answered others while a
+        # request waited is up, whatever became of that request (FreeRADIUS's rule too).
+        self._home_heard: dict[HomeServer, float] = {}
         self._home_unsent_told: dict[HomeServer, float] = {}  # when each was last logged as unsent
         # Home servers of realms with Status-Server checks that did not answer: no requests go
         # to them until one of the checks (a task each) is answered.
@@ -832,11 +835,13 @@ class RadiusService(Service):
         for server, attempts in self._home_servers(servers, realm.attempts):
             if server in self._home_dead:  # (found dead while this request waited for another)
                 continue
+            asked = time.monotonic()
             exchange = await self._home_client(server).exchange(
                 build, realm.secret, answers, wait=realm.timeout, attempts=attempts,
                 require_message_authenticator=realm.require_message_authenticator and answers != _ACCOUNTING_ANSWER)
             kind = "acct" if answers == _ACCOUNTING_ANSWER else "auth"
             if exchange.reply is not None:
+                self._home_heard[server] = time.monotonic()
                 self._home_down.pop(server, None)
                 self.metrics.home_servers.inc(str(server), kind, "answered")
                 return (exchange.reply, exchange.request), False
@@ -856,6 +861,12 @@ class RadiusService(Service):
             refused = exchange.refused
             refused_any = refused_any or refused
             self.metrics.home_servers.inc(str(server), kind, "refused" if refused else "silent")
+            if self._home_heard.get(server, 0.0) >= asked:
+                # It answered other requests meanwhile: up, this one lost on its side (an eduroam
+                # proxy whose own upstream was silent answers nothing). Taken for down, one such
+                # request sent the realm's every request elsewhere for 30 s, or, with status
+                # checks, rejected them all until a check was answered. The next server is asked.
+                continue
             if server not in self._home_down or self._home_down[server] <= time.monotonic():
                 log.warning("radius.proxy.home_server_refused" if refused else "radius.proxy.home_server_silent",
                             realm=realm.name, server=str(server), attempts=exchange.attempts,

@@ -1293,6 +1293,71 @@ async def test_a_home_server_of_another_secret_is_counted_refused_not_timed_out(
         await store.close()
 
 
+async def test_a_home_server_that_answers_others_while_one_request_waits_is_not_taken_for_down(
+        tmp_path: Path) -> None:
+    """From a code read: one request its home server never answered (an eduroam federation
+    proxy answers nothing when the visitor's own server is silent) took the server for down
+    though it answered every other request meanwhile: with status checks, the realm's next
+    logins were all rejected at once, unsent, until a Status-Server was answered
+    (status_check_seconds later); without, they went elsewhere for 30 s. FreeRADIUS takes a
+    server that answered within the wait for alive."""
+    from ispd.radius.codec import encode_response
+
+    nas = "127.62.7.7"
+    home = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    home.bind(("127.62.7.8", 0))
+    heard: list[bytes] = []
+
+    class Federation(asyncio.DatagramProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport: asyncio.DatagramTransport = transport  # type: ignore[assignment]
+
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            request = decode(data)
+            user = request.get(Attr.USER_NAME) or b""
+            heard.append(user)
+            if not user.startswith(b"lost@"):
+                self.transport.sendto(encode_response(Code.ACCESS_ACCEPT, request.identifier, request.authenticator,
+                                                      b"", b"home-secret"), addr)
+
+    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(Federation, sock=home)
+    host, port = home.getsockname()
+    config = Config(radius=RadiusConfig.model_validate({
+        "enabled": True, "listen_auth": [f"{nas}:0"], "listen_acct": [f"{nas}:0"],
+        "client": [{"name": "ap", "address": f"{nas}/32", "secret": SECRET}],
+        "realm": [{"name": "*", "auth_servers": [f"{host}:{port}"], "secret": "home-secret",
+                   "timeout_seconds": 0.3, "attempts": 2, "status_check_seconds": 60}]}))
+    store = await open_store(StoreConfig(path=tmp_path / "ispd.db"))
+    loop = asyncio.get_running_loop()
+    sockets: list[socket.socket] = []
+    try:
+        async with _running(store, EventBus(), config) as service:
+            [auth_port] = [p for kind, _, p in service.bound if kind == "auth"]
+
+            async def login(user: bytes) -> int:
+                nas_socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sockets.append(nas_socket)
+                nas_socket.bind((nas, 0))
+                nas_socket.setblocking(False)
+                nas_socket.sendto(encode_request(Code.ACCESS_REQUEST, 1, encode_attributes([(Attr.USER_NAME, user)]),
+                                                 SECRET.encode()), (nas, auth_port))
+                return decode(await asyncio.wait_for(loop.sock_recv(nas_socket, 4096), 5)).code
+
+            lost = asyncio.ensure_future(login(b"lost@far.example"))
+            await asyncio.sleep(0.1)
+            assert await login(b"ok1@near.example") == Code.ACCESS_ACCEPT  # answered while lost@ waits
+            assert await lost == Code.ACCESS_REJECT  # (no answer: rejected, as FreeRADIUS does)
+            assert await login(b"ok2@near.example") == Code.ACCESS_ACCEPT
+            assert heard.count(b"ok2@near.example") == 1
+            assert service.metrics.home_servers.get(f"{host}:{port}", "auth", "silent") == 1
+            assert not service._home_dead
+    finally:
+        for nas_socket in sockets:
+            nas_socket.close()
+        transport.close()
+        await store.close()
+
+
 def test_every_method_a_reject_is_counted_under_is_exported_from_the_start() -> None:
     """Rejects that name no method of a password (no User-Name, no credentials) were counted
     under method="" (to Prometheus, no method label at all) and, as a proxy loop's "proxy", only
