@@ -37,7 +37,8 @@ proxied again (``Realms.looped``). Without it each pass was a new request: an Ac
 round until 4,096 waited on the one server, an accounting copy until the duplicate cache took one
 for a retransmission.
 
-Not here: Tunnel-Password in requests (NASes do not send it), proxying Status-Server.
+Not here: Tunnel-Password in requests (NASes do not send it), proxying Status-Server, relaying
+a home server's CoA or Disconnect-Request to the NAS (RFC 5176 §3.1: ispd listens for none).
 """
 
 from __future__ import annotations
