@@ -109,6 +109,10 @@ from ispd.store.models import (
 # never scanned whole; a pool that is full for this many in a row is as good as full.
 SCAN_LIMIT = 4096
 
+# A prefix looked at for another IA's binding inside it, of a longer length than its own, one
+# lookup per prefix of that length up to this many; past it, a walk of the bindings.
+INSIDE_LOOKUPS = 256
+
 # How many IAs of each kind one message gets addresses or prefixes for; those after are answered
 # NoAddrsAvail/NoPrefixAvail. A home router asks for one or two of each: without a bound, one
 # datagram of thousands of IAs could take a whole pool (and thousands of store rows).
@@ -245,6 +249,10 @@ class DHCP6Engine:
         # at each (a prefix whose reservation is gone, or whose pool was cut another way, is
         # held until its client's next renewal all the same).
         self.binding_lengths: set[int] = set()
+        # The lengths of delegated prefixes bound that are no prefix of a pool as cut now (made
+        # before the pool was cut another way, a reservation's): a pool's prefix may lie inside
+        # one or around one. Pools never overlap, so with none of these, nothing more is looked at.
+        self.stray_lengths: set[int] = set()
         self.reconfigure(config)
 
     def reconfigure(self, config: DHCP6Config) -> None:
@@ -263,6 +271,8 @@ class DHCP6Engine:
         self.in_sessions = {}
         for session_id, networks in self.sessions.items():
             self._index_session(session_id, networks)
+        self.stray_lengths = {_network(lease.prefix).prefixlen for lease in self.leases.values()
+                              if lease.kind is Lease6Kind.PREFIX and not self._a_pool_s(lease.prefix)}
 
     def load(self, leases: Iterable[Lease6], reservations: Iterable[Reservation],
              statuses: dict[int, SubscriberStatus]) -> None:
@@ -351,7 +361,10 @@ class DHCP6Engine:
             # that forgetting it (which clears that one's) leaves no IA naming it for good.
             self._drop_from_history((previous.duid, previous.iaid, previous.kind), lease.prefix)
         self._set(lease)
-        self.binding_lengths.add(int(lease.prefix.rpartition("/")[2]))
+        length = int(lease.prefix.rpartition("/")[2])
+        self.binding_lengths.add(length)
+        if lease.kind is Lease6Kind.PREFIX and length not in self.stray_lengths and not self._a_pool_s(lease.prefix):
+            self.stray_lengths.add(length)
         history = self.by_ia.setdefault(key, [])
         with contextlib.suppress(ValueError):
             history.remove(lease.prefix)
@@ -658,7 +671,40 @@ class DHCP6Engine:
             return False
         if self.in_sessions and self._in_a_session(prefix, now):
             return False
-        return self._unheld_for(prefix, key, now)
+        if not self._unheld_for(prefix, key, now):
+            return False
+        return not self.stray_lengths or prefix.endswith("/128") \
+            or not self._overlaps_another_length(prefix, key, now, subscriber)
+
+    def _a_pool_s(self, prefix: str) -> bool:
+        """Whether ``prefix`` is one of a pool's prefixes as the pools are cut now."""
+        network = _network(prefix)
+        return any(pool.index_of(network) is not None for pools in self.pools.values() for pool in pools)
+
+    def _overlaps_another_length(self, prefix: str, key: IAKey, now: float, subscriber: int | None) -> bool:
+        """Whether another IA holds a delegated prefix of another length around ``prefix`` or inside
+        it: a /56 bound before its pool was cut into /60s, held until its router's next renewal,
+        must not have its first /60 go to another home (the same addresses routed to two). Only
+        the lengths of such bindings are looked at (``stray_lengths``)."""
+        network = _network(prefix)
+        length, value = network.prefixlen, int(network.network_address)
+        for other in self.stray_lengths:
+            if other == length:
+                continue  # (the prefix itself: _unheld_for)
+            if other < length:
+                shift = 128 - other
+                if self._held_by_another(f"{IPv6Address(value >> shift << shift)}/{other}", key, now, subscriber):
+                    return True
+            elif 1 << (other - length) <= INSIDE_LOOKUPS:
+                step = 1 << (128 - other)
+                if any(self._held_by_another(f"{IPv6Address(value + index * step)}/{other}", key, now, subscriber)
+                       for index in range(1 << (other - length))):
+                    return True
+            elif any(lease.kind is Lease6Kind.PREFIX and self._held_by_another(lease.prefix, key, now, subscriber)
+                     and _network(lease.prefix).prefixlen == other and _network(lease.prefix).subnet_of(network)
+                     for lease in list(self.leases.values())):
+                return True
+        return False
 
     def overlaps_another_s(self, prefix: str, key: IAKey, now: float, subscriber: int | None = None) -> bool:
         """Whether another IA holds a pool's prefix inside ``prefix`` or around it: a reserved /48

@@ -340,6 +340,44 @@ def test_relayed_clients_are_placed_by_link_address_or_relay_address() -> None:
     assert unknown.ignored is Ignored6.NO_SUBNET
 
 
+def _homes_cut_to(length: int) -> DHCP6Config:
+    subnets = config().model_dump()["subnet"]
+    subnets[0]["prefix_pool"][0]["delegated_length"] = length
+    return config(subnet=subnets)
+
+
+@pytest.mark.parametrize(("before", "after"), [(56, 60), (60, 56)])
+def test_a_prefix_bound_before_its_pool_was_cut_another_way_is_not_given_in_part(before: int, after: int) -> None:
+    """The homes pool cut into /60s instead of /56s (or back) at a reload or a restart: a router
+    holds its old prefix until its next renewal, and no other home gets a prefix inside it or
+    around it meanwhile (the same addresses routed to two homes)."""
+    eng = DHCP6Engine(_homes_cut_to(before), SERVER_DUID)
+    held = IPv6Network(bind(eng, ia_pd(2)).writes[0][0].prefix)
+    eng.reconfigure(_homes_cut_to(after))
+    others = [IPv6Network(bind(eng, ia_pd(2), client=bytes.fromhex(f"0003000102005e2000{n:02x}"),
+                               now=T0 + n).writes[0][0].prefix) for n in range(3)]
+    assert [p for p in others if p.overlaps(held)] == [], held
+    assert all(p.prefixlen == after for p in others)
+    restarted = DHCP6Engine(_homes_cut_to(after), SERVER_DUID)
+    restarted.load([lease for lease in eng.leases.values() if lease.prefix == str(held)], [], {})
+    again = IPv6Network(bind(restarted, ia_pd(2), client=DUID_B).writes[0][0].prefix)
+    assert not again.overlaps(held), (again, held)
+    renewed = handle(eng, message(MessageType.RENEW, ia_pd(2, str(held)), server=SERVER_DUID), T0 + 100)
+    assert [(lease.prefix, event) for lease, event in renewed.writes][-1] == (str(held), "released")
+    assert IPv6Network(renewed.writes[0][0].prefix).prefixlen == after  # at its renewal, one of the new cut
+
+
+def test_a_reserved_prefix_inside_a_pool_is_not_given_in_part_after_its_reservation_is_deleted() -> None:
+    """A /55 reserved inside the homes pool (of /56s), bound; the reservation deleted: its router
+    holds the /55 until its next renewal, and the pool does not give the /56s inside it meanwhile."""
+    eng = engine()
+    _reserve(eng, 1, ReservationKind.DUID, DUID_A.hex(":"), prefix6="2001:db8:100::/55")
+    assert bind(eng, ia_pd(2)).writes[0][0].prefix == "2001:db8:100::/55"
+    eng.remove_reservation(1)
+    given = IPv6Network(bind(eng, ia_pd(2), client=DUID_B, now=T0 + 1).writes[0][0].prefix)
+    assert not given.overlaps(IPv6Network("2001:db8:100::/55")), given
+
+
 def test_a_line_reservation_names_the_subscriber_and_suspension_takes_ipv6_away() -> None:
     eng = engine()
     eng.load([], [Reservation(id=1, subscriber_id=42, kind=ReservationKind.CIRCUIT_ID, key="olt1 1/1/3"),
