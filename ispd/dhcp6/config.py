@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ispd.configtypes import Section
+from ispd.configtypes import ConfigWarning, Section
 
 _NAME = r"^[A-Za-z0-9_.-]{1,64}$"
 _DOMAIN = r"^[A-Za-z0-9.-]{1,253}$"
@@ -234,6 +234,28 @@ class DHCP6Config(Lifetimes):
                                      "(pools and subnets need names of their own)")
                 names.add(pool_name)
         return self
+
+    def warnings(self) -> list[ConfigWarning]:
+        return [ConfigWarning("dhcp6.subnet.relay_address_ambiguous", w) for w in self.relay_address_warnings()]
+
+    def relay_address_warnings(self) -> list[str]:
+        """``relay_addresses`` entries that another subnet claims too (inside its prefix, or in its
+        list): a relayed message goes to the first subnet, in the file's order, that holds the
+        relay's link-address in its prefix or lists it, so that relay's clients are that
+        subnet's whatever the other says, and moving a subnet in the file moves them. A warning,
+        not a refusal: such a config ran before (docs/DESIGN.md); it names the subnet that serves."""
+        warnings = []
+        said: set[IPv6Address] = set()
+        for subnet in self.subnet:
+            for address in subnet.relay_addresses:
+                claimants = [s.name for s in self.subnet if address in s.prefix or address in s.relay_addresses]
+                if len(claimants) < 2 or address in said:
+                    continue  # (inside its own prefix only: redundant, not ambiguous)
+                said.add(address)
+                warnings.append(f"relay address {address} is claimed by subnets {', '.join(map(repr, claimants))} "
+                                f"(a prefix that holds it, or relay_addresses): its relay's clients are served from "
+                                f"{claimants[0]!r}, the first in the file; keep it in one subnet only")
+        return warnings
 
     def lifetimes(self, subnet: Subnet6) -> tuple[int, int, int, int]:
         """(preferred, valid, T1, T2) for ``subnet``; ValueError if they are out of order."""

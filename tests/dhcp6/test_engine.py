@@ -453,6 +453,28 @@ def test_config_mistakes_are_explained(change: dict[str, Any], error: str) -> No
         config(**change)
 
 
+@pytest.mark.parametrize(("change", "warning"), [
+    ({"subnet": [{"name": "a", "prefix": "2001:db8:1::/64", "relay_addresses": ["2001:db8:ff::1"],
+                  "pool": [{"name": "p", "range": "2001:db8:1::100 - 2001:db8:1::1ff"}]},
+                 {"name": "b", "prefix": "2001:db8:3::/64", "relay_addresses": ["2001:db8:ff::1"],
+                  "pool": [{"name": "q", "range": "2001:db8:3::100 - 2001:db8:3::1ff"}]}]},
+     "relay address 2001:db8:ff::1 is claimed by subnets 'a', 'b' (a prefix that holds it, or relay_addresses): "
+     "its relay's clients are served from 'a'"),
+    ({"subnet": [{"name": "a", "prefix": "2001:db8:1::/64",
+                  "pool": [{"name": "p", "range": "2001:db8:1::100 - 2001:db8:1::1ff"}]},
+                 {"name": "b", "prefix": "2001:db8:3::/64", "relay_addresses": ["2001:db8:1::2"],
+                  "pool": [{"name": "q", "range": "2001:db8:3::100 - 2001:db8:3::1ff"}]}]},
+     "relay address 2001:db8:1::2 is claimed by subnets 'a', 'b'"),
+])
+def test_a_relay_address_two_subnets_claim_is_warned_of_naming_the_one_that_serves(change: dict[str, Any],
+                                                                                  warning: str) -> None:
+    """From a DHCPv6 check with dhcrelay: which subnet served a relay's clients depended on the
+    order of the subnets in the file. A config that ran must still start (docs/DESIGN.md): a
+    warning, naming the subnet that serves them."""
+    [said] = config(**change).warnings()
+    assert said.event == "dhcp6.subnet.relay_address_ambiguous" and said.detail.startswith(warning), said
+
+
 def test_a_relay_that_leaves_its_link_address_empty_is_placed_by_its_own_address() -> None:
     eng = engine()
     relayed = Received6(message(MessageType.SOLICIT, ia_na()), "uplink",
