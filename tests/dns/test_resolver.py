@@ -601,17 +601,7 @@ async def test_an_error_to_a_minimised_name_with_and_without_edns_leaves_edns_on
                                                                                 resolver: Resolver) -> None:
     """A server that errs on empty non-terminals whatever the EDNS: not one that rejects EDNS
     (a mark on type A would strip DO from all its A queries)."""
-    zone = net.zone("example.test.")
-
-    def broken(query: Message, reply: Reply) -> Reply:
-        assert query.question is not None
-        name = query.question.key_name
-        if zone.exists(name) and not zone.rrsets(name):
-            return Reply(RCode.FORMERR, False)
-        return reply
-
-    for address in EXAMPLE_TEST:
-        net.misbehave(address, handler=broken)
+    _erring_at_empty_non_terminals(net, RCode.FORMERR)
     assert values(await ask(resolver, "a.b.ent.example.test.")) == ["192.0.2.7"]
     net.clear_log()
     assert values(await ask(resolver, "www.example.test.")) == ["192.0.2.80"]
@@ -923,15 +913,18 @@ async def test_minimisation_off_sends_the_full_name(net: FakeNet, clock: FakeClo
     assert net.names_sent() == [(".", "NS")] + [("a.b.ent.example.test.", "A")] * 3
 
 
-def _nxdomain_for_empty_non_terminals(net: FakeNet) -> None:
-    """example.test's servers as some broken ones are: NXDOMAIN for an empty non-terminal."""
+def _erring_at_empty_non_terminals(net: FakeNet, rcode: int) -> None:
+    """example.test's servers as some broken ones are: ``rcode`` for an empty non-terminal
+    (NXDOMAIN as an authoritative denial with the zone's SOA, any other as an error)."""
     zone = net.zone("example.test.")
 
     def broken(query: Message, reply: Reply) -> Reply:
         assert query.question is not None
         name = query.question.key_name
         if zone.exists(name) and not zone.rrsets(name):
-            return Reply(RCode.NXDOMAIN, True, authority=zone.negative_soa())
+            if rcode == RCode.NXDOMAIN:
+                return Reply(RCode.NXDOMAIN, True, authority=zone.negative_soa())
+            return Reply(rcode, False)
         return reply
 
     for address in EXAMPLE_TEST:
@@ -939,7 +932,7 @@ def _nxdomain_for_empty_non_terminals(net: FakeNet) -> None:
 
 
 async def test_relaxed_minimisation_falls_back_to_the_full_name_on_nxdomain(net: FakeNet, resolver: Resolver) -> None:
-    _nxdomain_for_empty_non_terminals(net)
+    _erring_at_empty_non_terminals(net, RCode.NXDOMAIN)
     result = await ask(resolver, "a.b.ent.example.test.")
     assert values(result) == ["192.0.2.7"]
     assert net.names_sent()[-2:] == [("ent.example.test.", "A"), ("a.b.ent.example.test.", "A")]
@@ -950,14 +943,14 @@ async def test_relaxed_fallback_does_not_leave_the_broken_nxdomain_in_the_cache(
     """Before the fix the broken server's NXDOMAIN for the minimised ``ent.example.test`` stayed in
     the cache, and RFC 8020 then answered NXDOMAIN for every name below it — the very name just
     answered, for any other type."""
-    _nxdomain_for_empty_non_terminals(net)
+    _erring_at_empty_non_terminals(net, RCode.NXDOMAIN)
     assert values(await ask(resolver, "a.b.ent.example.test.")) == ["192.0.2.7"]
     other_type = await ask(resolver, "a.b.ent.example.test.", RRType.AAAA)
     assert other_type.rcode == RCode.NOERROR
 
 
 async def test_strict_minimisation_takes_the_nxdomain(net: FakeNet, clock: FakeClock) -> None:
-    _nxdomain_for_empty_non_terminals(net)
+    _erring_at_empty_non_terminals(net, RCode.NXDOMAIN)
     resolver = make_resolver(net, clock, qname_minimisation="strict")
     result = await ask(resolver, "a.b.ent.example.test.")
     assert result.rcode == RCode.NXDOMAIN
@@ -966,17 +959,7 @@ async def test_strict_minimisation_takes_the_nxdomain(net: FakeNet, clock: FakeC
 
 async def test_relaxed_minimisation_falls_back_on_an_error_for_a_minimised_name(net: FakeNet,
                                                                                  resolver: Resolver) -> None:
-    zone = net.zone("example.test.")
-
-    def broken(query: Message, reply: Reply) -> Reply:
-        assert query.question is not None
-        name = query.question.key_name
-        if zone.exists(name) and not zone.rrsets(name):
-            return Reply(RCode.SERVFAIL, False)
-        return reply
-
-    for address in EXAMPLE_TEST:
-        net.misbehave(address, handler=broken)
+    _erring_at_empty_non_terminals(net, RCode.SERVFAIL)
     assert values(await ask(resolver, "a.b.ent.example.test.")) == ["192.0.2.7"]
 
 
